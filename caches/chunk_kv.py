@@ -1,0 +1,467 @@
+"""Chunk key/value caches for Cache-Craft style reuse (arXiv 2502.15734).
+
+A *chunk-cache* is the per-layer key/value rows of one retrieved chunk as they were
+computed inside some request, plus the attention statistics Cache-Craft needs to decide,
+when the chunk shows up again at another position after other chunks, how many and which
+of its tokens must be recomputed.  The same chunk may be stored several times, once per
+context it was computed in (a *variant*).
+
+Storage layout of one variant
+-----------------------------
+``keys``, ``values`` : tensor of shape ``(n_layers, n_kv_heads, n_tokens, head_dim)``
+    Keys are stored *after* RoPE, at the absolute positions ``start .. start+n-1`` they had
+    when captured; :func:`ragkit.generators.local.rerotate_keys` moves them.
+``inter`` : float32 ``(n_layers, n_prefix)``
+    ``inter_l(C_i, C_j)``: summed attention (mean over query heads) from the chunk's
+    queries to the keys of each prefix chunk ``C_j`` (Cache-Craft Eq. 3).
+``intra`` : float32 ``(n_layers,)``
+    Summed causal attention of the chunk to itself (Eq. 4).
+``sys_inter`` : float32 ``(n_layers,)``
+    Attention mass to the system prompt, the attention sink (position 0) excluded.
+``token_scores`` : float32 ``(n_tokens,)``
+    Per-token outside attention (to all earlier chunks, or to the system prompt minus the
+    sink when the variant was captured alone), averaged over layers (Eq. 14).
+``prefix_ids`` / ``prefix_lens``
+    The ordered chunk keys ``S_old`` that preceded the chunk, and their lengths.
+
+The memory tier has a byte budget; when it is exceeded the variant of lowest utility
+``decayed_reuse * (1 - mean_CFO) / bytes`` is evicted (spilled to the disk tier when one is
+configured, dropped otherwise).  The disk tier holds one safetensors file per variant and a
+``manifest.json`` naming the model and tokenizer; opening it for another model raises
+:class:`CacheModelMismatchError`.  No pickle anywhere.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Literal, Sequence
+
+import numpy as np
+import torch
+
+__all__ = [
+    "ChunkVariant",
+    "ChunkKVCache",
+    "CacheStats",
+    "CacheModelMismatchError",
+    "chunk_key",
+    "compute_cci",
+    "prefix_overlap",
+    "order_penalty",
+    "cache_fix_overhead",
+]
+
+StorageDtype = Literal["float32", "float16"]
+_DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float16": torch.float16}
+_FORMAT_VERSION = 1
+
+
+class CacheModelMismatchError(ValueError):
+    """A chunk cache written for one model/tokenizer was offered to another."""
+
+
+def chunk_key(token_ids: Sequence[int] | np.ndarray | torch.Tensor, model_id: str, tokenizer_id: str) -> str:
+    """Content hash of a chunk: ``sha256(model_id, tokenizer_id, int32 token ids)`` as hex.
+
+    The model and tokenizer identities are part of the key, so a cache can never feed a
+    chunk's rows to a model (or a tokenisation) that did not compute them.
+    """
+    ids = np.asarray(token_ids.cpu() if isinstance(token_ids, torch.Tensor) else token_ids, dtype=np.int32)
+    h = hashlib.sha256()
+    h.update(model_id.encode())
+    h.update(b"\x00")
+    h.update(tokenizer_id.encode())
+    h.update(b"\x00")
+    h.update(ids.tobytes())
+    return h.hexdigest()[:40]
+
+
+# ----------------------------------------------------------------------------- scores
+def compute_cci(inter: np.ndarray, intra: np.ndarray, prefix_lens: Sequence[int], n_tokens: int,
+                sys_inter: np.ndarray | None = None, sys_len: int = 0) -> float:
+    """Cache Context Impact, Cache-Craft Eq. 9-11.
+
+    ``a_l = sum_j inter_l(C_i, C_j) / (|C_i| |C_j|)``, ``b_l = intra_l / |C_i|^2``,
+    ``CCI = sigmoid(mean_l a_l / mean_l b_l)``, in ``[0.5, 1)``.  When the variant was captured
+    with no prefix chunk, the system prompt (sink excluded, ``sys_len`` tokens) plays the
+    prefix, which gives the "captured alone" proxy of ALGORITHMS.md §5.3.
+    """
+    n = max(int(n_tokens), 1)
+    if len(prefix_lens) > 0 and inter.size:
+        lens = np.asarray(prefix_lens, dtype=np.float64).clip(min=1)
+        a = (inter.astype(np.float64) / (n * lens[None, :])).sum(axis=1)
+    elif sys_inter is not None and sys_len > 0:
+        a = sys_inter.astype(np.float64) / (n * sys_len)
+    else:
+        a = np.zeros(len(intra))
+    b = intra.astype(np.float64) / (n * n)
+    a_bar, b_bar = float(a.mean()) if a.size else 0.0, float(b.mean()) if b.size else 0.0
+    if b_bar <= 0.0:
+        return 1.0 if a_bar > 0 else 0.5
+    return float(1.0 / (1.0 + math.exp(-a_bar / b_bar)))
+
+
+def prefix_overlap(inter: np.ndarray, prefix_ids: Sequence[str], new_prefix: Sequence[str]) -> float:
+    """β (Eq. 6): share of the chunk's old outside attention going to chunks still before it."""
+    if len(prefix_ids) == 0:
+        return 1.0
+    mass = inter.sum(axis=0) if inter.ndim == 2 else np.asarray(inter)
+    total = float(mass.sum())
+    if total <= 0.0:
+        return 1.0
+    keep = np.fromiter((pid in set(new_prefix) for pid in prefix_ids), dtype=bool, count=len(prefix_ids))
+    return float(mass[keep].sum() / total)
+
+
+def order_penalty(prefix_ids: Sequence[str], new_prefix: Sequence[str]) -> float:
+    """γ (Eq. 7): normalised Kendall-tau distance of the common chunks' order, old vs new."""
+    new_pos = {cid: i for i, cid in enumerate(new_prefix)}
+    common = [new_pos[c] for c in prefix_ids if c in new_pos]
+    m = len(common)
+    if m < 2:
+        return 0.0
+    r = np.asarray(common)
+    discordant = int(np.triu(r[:, None] > r[None, :], k=1).sum())
+    return discordant / (m * (m - 1) / 2)
+
+
+def cache_fix_overhead(cci: float, beta: float, gamma: float, alpha: float = 1.0) -> float:
+    """CFO (Eq. 8 and 12): ``clip(alpha * CCI * (1 - beta * (1 - gamma)), 0, 1)``."""
+    return float(np.clip(alpha * cci * (1.0 - beta * (1.0 - gamma)), 0.0, 1.0))
+
+
+# ----------------------------------------------------------------------------- variant
+@dataclass
+class ChunkVariant:
+    """One stored context variant of a chunk (see the module docstring for the fields)."""
+
+    keys: torch.Tensor
+    values: torch.Tensor
+    start: int
+    prefix_ids: tuple[str, ...] = ()
+    prefix_lens: tuple[int, ...] = ()
+    inter: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float32))
+    intra: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
+    sys_inter: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
+    sys_len: int = 0
+    token_scores: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
+    cci: float = 0.5
+    # bookkeeping for the cache manager
+    reuse: float = 0.0
+    last_tick: int = 0
+    cfo_sum: float = 0.0
+    cfo_n: int = 0
+
+    def __post_init__(self) -> None:
+        if self.keys.shape != self.values.shape or self.keys.ndim != 4:
+            raise ValueError(
+                f"ChunkVariant: keys and values must both have shape (n_layers, n_kv_heads, n_tokens, head_dim); "
+                f"got keys {tuple(self.keys.shape)} and values {tuple(self.values.shape)}"
+            )
+        if len(self.prefix_ids) != len(self.prefix_lens):
+            raise ValueError(f"ChunkVariant: {len(self.prefix_ids)} prefix ids but {len(self.prefix_lens)} prefix lengths")
+
+    @property
+    def n_tokens(self) -> int:
+        return int(self.keys.shape[2])
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.keys.numel() * self.keys.element_size() * 2)
+
+    @property
+    def mean_cfo(self) -> float:
+        return self.cfo_sum / self.cfo_n if self.cfo_n else 0.0
+
+    def cfo(self, new_prefix: Sequence[str], alpha: float = 1.0) -> float:
+        """Cache Fix Overhead of reusing this variant after ``new_prefix`` (chunk keys)."""
+        beta = prefix_overlap(self.inter, self.prefix_ids, new_prefix)
+        gamma = order_penalty(self.prefix_ids, new_prefix)
+        return cache_fix_overhead(self.cci, beta, gamma, alpha)
+
+    # ------------------------------------------------------------------ (de)serialisation
+    def to_tensors(self) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+        tensors = {
+            "keys": self.keys.contiguous(), "values": self.values.contiguous(),
+            "inter": torch.from_numpy(np.ascontiguousarray(self.inter, np.float32)),
+            "intra": torch.from_numpy(np.ascontiguousarray(self.intra, np.float32)),
+            "sys_inter": torch.from_numpy(np.ascontiguousarray(self.sys_inter, np.float32)),
+            "token_scores": torch.from_numpy(np.ascontiguousarray(self.token_scores, np.float32)),
+        }
+        meta = {
+            "start": str(self.start), "prefix_ids": json.dumps(list(self.prefix_ids)),
+            "prefix_lens": json.dumps(list(self.prefix_lens)), "sys_len": str(self.sys_len),
+            "cci": repr(self.cci), "reuse": repr(self.reuse), "cfo_sum": repr(self.cfo_sum),
+            "cfo_n": str(self.cfo_n),
+        }
+        return tensors, meta
+
+    @classmethod
+    def from_tensors(cls, t: dict[str, torch.Tensor], meta: dict[str, str]) -> "ChunkVariant":
+        return cls(
+            keys=t["keys"], values=t["values"], start=int(meta["start"]),
+            prefix_ids=tuple(json.loads(meta["prefix_ids"])), prefix_lens=tuple(json.loads(meta["prefix_lens"])),
+            inter=t["inter"].numpy(), intra=t["intra"].numpy(), sys_inter=t["sys_inter"].numpy(),
+            sys_len=int(meta["sys_len"]), token_scores=t["token_scores"].numpy(), cci=float(meta["cci"]),
+            reuse=float(meta["reuse"]), cfo_sum=float(meta["cfo_sum"]), cfo_n=int(meta["cfo_n"]),
+        )
+
+
+@dataclass
+class CacheStats:
+    """Counters of a :class:`ChunkKVCache` (all cumulative)."""
+
+    hits: int = 0
+    misses: int = 0
+    disk_hits: int = 0
+    reused_tokens: int = 0
+    recomputed_tokens: int = 0
+    evictions: int = 0
+    spills: int = 0
+
+    @property
+    def hit_rate(self) -> float:
+        n = self.hits + self.misses
+        return self.hits / n if n else 0.0
+
+    def as_dict(self) -> dict[str, float]:
+        return {**self.__dict__, "hit_rate": self.hit_rate}
+
+
+# ----------------------------------------------------------------------------- the store
+class ChunkKVCache:
+    """Chunk-cache store with a memory byte budget, a disk tier and context variants.
+
+    Parameters
+    ----------
+    model_id, tokenizer_id : str
+        Identity of the model and tokenizer whose rows this cache holds (part of every key;
+        checked against the disk manifest).
+    budget_bytes : int or None, default=None
+        Memory budget for the key/value tensors; ``None`` means unbounded.
+    storage_dtype : {"float32", "float16"}, default="float32"
+        Dtype of stored keys/values (float16 halves the memory; values are cast back to the
+        model dtype on reuse).
+    max_variants : int, default=3
+        Context variants kept per chunk; the one of lowest utility is dropped beyond that.
+    half_life : float, default=64
+        Half-life, in cache requests, of the exponentially decayed reuse count.
+    disk_dir : str or Path or None
+        Folder of the disk tier.  Evicted variants are spilled there and read back on a
+        memory miss.
+
+    Examples
+    --------
+    >>> cache = ChunkKVCache("m", "t", budget_bytes=1 << 20)
+    >>> cache.stats.hit_rate
+    0.0
+    """
+
+    def __init__(self, model_id: str, tokenizer_id: str, *, budget_bytes: int | None = None,
+                 storage_dtype: StorageDtype = "float32", max_variants: int = 3, half_life: float = 64.0,
+                 disk_dir: str | Path | None = None) -> None:
+        if storage_dtype not in _DTYPES:
+            raise ValueError(f"ChunkKVCache: storage_dtype must be one of {sorted(_DTYPES)}; got {storage_dtype!r}")
+        if budget_bytes is not None and budget_bytes < 0:
+            raise ValueError(f"ChunkKVCache: budget_bytes must be >= 0 or None; got {budget_bytes}")
+        if max_variants < 1:
+            raise ValueError(f"ChunkKVCache: max_variants must be >= 1; got {max_variants}")
+        self.model_id = model_id
+        self.tokenizer_id = tokenizer_id
+        self.budget_bytes = budget_bytes
+        self.storage_dtype = storage_dtype
+        self.max_variants = max_variants
+        self.half_life = half_life
+        self.stats = CacheStats()
+        self._mem: dict[str, list[ChunkVariant]] = {}
+        self._bytes = 0
+        self._tick = 0
+        self.disk_dir = Path(disk_dir) if disk_dir is not None else None
+        if self.disk_dir is not None:
+            self._open_disk(self.disk_dir)
+
+    # ------------------------------------------------------------------ identity
+    def key(self, token_ids: Sequence[int] | np.ndarray | torch.Tensor) -> str:
+        """The cache key of a chunk's token ids for this model and tokenizer."""
+        return chunk_key(token_ids, self.model_id, self.tokenizer_id)
+
+    def check_owner(self, model_id: str, tokenizer_id: str, where: str = "") -> None:
+        """Raise :class:`CacheModelMismatchError` unless the cache belongs to this model/tokenizer."""
+        if (model_id, tokenizer_id) != (self.model_id, self.tokenizer_id):
+            raise CacheModelMismatchError(
+                f"{where or 'ChunkKVCache'}: this chunk cache holds rows of model {self.model_id!r} with tokenizer "
+                f"{self.tokenizer_id!r}, but it was given to model {model_id!r} with tokenizer {tokenizer_id!r}; "
+                f"use a separate cache (or disk_dir) per model"
+            )
+
+    # ------------------------------------------------------------------ sizes
+    @property
+    def nbytes(self) -> int:
+        """Bytes of key/value tensors held in memory."""
+        return self._bytes
+
+    def __len__(self) -> int:
+        return sum(len(v) for v in self._mem.values())
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._mem or (self.disk_dir is not None and (self.disk_dir / key).is_dir())
+
+    # ------------------------------------------------------------------ access
+    def lookup(self, key: str) -> list[ChunkVariant]:
+        """All variants of ``key`` (memory first, then disk); counts a hit or a miss."""
+        self._tick += 1
+        variants = self._mem.get(key)
+        if not variants and self.disk_dir is not None:
+            variants = self._read_disk(key)
+            if variants:
+                self.stats.disk_hits += 1
+                for v in variants:
+                    self._insert(key, v, count_new=False)
+                variants = self._mem.get(key)
+        if not variants:
+            self.stats.misses += 1
+            return []
+        self.stats.hits += 1
+        return list(variants)
+
+    def touch(self, variant: ChunkVariant, cfo: float) -> None:
+        """Record one reuse of ``variant`` with the given Cache Fix Overhead (decayed count)."""
+        decay = 0.5 ** ((self._tick - variant.last_tick) / self.half_life)
+        variant.reuse = variant.reuse * decay + 1.0
+        variant.last_tick = self._tick
+        variant.cfo_sum += cfo
+        variant.cfo_n += 1
+
+    def put(self, key: str, variant: ChunkVariant) -> ChunkVariant:
+        """Store a new variant of ``key`` (cast to the storage dtype); returns the stored object."""
+        dt = _DTYPES[self.storage_dtype]
+        variant.keys = variant.keys.detach().to(dt).contiguous()
+        variant.values = variant.values.detach().to(dt).contiguous()
+        variant.last_tick = self._tick
+        existing = self._mem.get(key, [])
+        if existing and existing[0].keys.shape[::2] != variant.keys.shape[::2]:
+            raise ValueError(
+                f"ChunkKVCache.put: variant of shape {tuple(variant.keys.shape)} does not match the stored "
+                f"variants of shape {tuple(existing[0].keys.shape)} for key {key}"
+            )
+        self._insert(key, variant, count_new=True)
+        return variant
+
+    def _insert(self, key: str, variant: ChunkVariant, count_new: bool) -> None:
+        lst = self._mem.setdefault(key, [])
+        lst.append(variant)
+        self._bytes += variant.nbytes
+        if len(lst) > self.max_variants:
+            worst = min(range(len(lst)), key=lambda i: self._utility(lst[i]))
+            self._drop(key, worst, spill=False)
+        self._enforce_budget(protect=variant)
+
+    def _utility(self, v: ChunkVariant) -> float:
+        decay = 0.5 ** ((self._tick - v.last_tick) / self.half_life)
+        return (v.reuse * decay + 1e-3) * (1.0 - 0.9 * v.mean_cfo) / max(v.nbytes, 1)
+
+    def _drop(self, key: str, idx: int, spill: bool) -> None:
+        lst = self._mem[key]
+        v = lst.pop(idx)
+        self._bytes -= v.nbytes
+        if spill and self.disk_dir is not None:
+            self._write_disk(key, v)
+            self.stats.spills += 1
+        if not lst:
+            del self._mem[key]
+
+    def _enforce_budget(self, protect: ChunkVariant | None = None) -> None:
+        """Evict minimum-utility variants until the memory tier fits ``budget_bytes``."""
+        if self.budget_bytes is None:
+            return
+        while self._bytes > self.budget_bytes and self._mem:
+            cands = [(self._utility(v), k, i) for k, lst in self._mem.items() for i, v in enumerate(lst)
+                     if v is not protect]
+            if not cands:  # only the protected variant is left and it alone exceeds the budget
+                k = next(iter(self._mem))
+                self._drop(k, 0, spill=True)
+                self.stats.evictions += 1
+                break
+            _, k, i = min(cands)
+            self._drop(k, i, spill=True)
+            self.stats.evictions += 1
+
+    def clear(self) -> None:
+        """Empty the memory tier (the disk tier is left as is)."""
+        self._mem.clear()
+        self._bytes = 0
+
+    # ------------------------------------------------------------------ disk tier
+    def _open_disk(self, folder: Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        manifest = folder / "manifest.json"
+        if manifest.exists():
+            meta = json.loads(manifest.read_text(encoding="utf-8"))
+            if meta.get("format_version", 0) > _FORMAT_VERSION:
+                raise ValueError(f"{manifest}: written by a newer ragkit (format {meta.get('format_version')})")
+            got = (meta.get("model_id"), meta.get("tokenizer_id"))
+            if got != (self.model_id, self.tokenizer_id):
+                raise CacheModelMismatchError(
+                    f"{folder}: this chunk-cache folder was written for model {got[0]!r} with tokenizer {got[1]!r}, "
+                    f"but it was opened for model {self.model_id!r} with tokenizer {self.tokenizer_id!r}; "
+                    f"use another disk_dir for this model"
+                )
+        else:
+            manifest.write_text(json.dumps({
+                "model_id": self.model_id, "tokenizer_id": self.tokenizer_id, "format_version": _FORMAT_VERSION,
+            }, indent=2), encoding="utf-8")
+
+    def _write_disk(self, key: str, v: ChunkVariant) -> None:
+        from safetensors.torch import save_file
+
+        assert self.disk_dir is not None
+        d = self.disk_dir / key
+        d.mkdir(exist_ok=True)
+        tensors, meta = v.to_tensors()
+        name = hashlib.sha256(json.dumps([list(v.prefix_ids), v.start]).encode()).hexdigest()[:16]
+        tmp = d / f".{name}.tmp"
+        save_file(tensors, str(tmp), metadata={**meta, "model_id": self.model_id, "tokenizer_id": self.tokenizer_id})
+        os.replace(tmp, d / f"{name}.safetensors")
+
+    def _read_disk(self, key: str) -> list[ChunkVariant]:
+        from safetensors import safe_open
+
+        assert self.disk_dir is not None
+        d = self.disk_dir / key
+        if not d.is_dir():
+            return []
+        out = []
+        for f in sorted(d.glob("*.safetensors")):
+            with safe_open(str(f), framework="pt") as fh:
+                meta = fh.metadata() or {}
+                if (meta.get("model_id"), meta.get("tokenizer_id")) != (self.model_id, self.tokenizer_id):
+                    raise CacheModelMismatchError(
+                        f"{f}: chunk-cache file of model {meta.get('model_id')!r}, expected {self.model_id!r}")
+                tensors = {k: fh.get_tensor(k) for k in fh.keys()}
+            out.append(ChunkVariant.from_tensors(tensors, meta))
+        return out
+
+    def flush(self) -> None:
+        """Write every in-memory variant to the disk tier (no-op without ``disk_dir``)."""
+        if self.disk_dir is None:
+            return
+        for key, lst in self._mem.items():
+            for v in lst:
+                self._write_disk(key, v)
+
+    def __repr__(self) -> str:
+        return (f"ChunkKVCache(model_id={self.model_id!r}, variants={len(self)}, bytes={self._bytes}, "
+                f"budget_bytes={self.budget_bytes}, storage_dtype={self.storage_dtype!r}, "
+                f"hit_rate={self.stats.hit_rate:.2f})")
+
+
+def iter_variants(cache: ChunkKVCache) -> Iterable[tuple[str, ChunkVariant]]:
+    """All ``(key, variant)`` pairs of the memory tier."""
+    for k, lst in cache._mem.items():
+        for v in lst:
+            yield k, v

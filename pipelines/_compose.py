@@ -1,0 +1,480 @@
+"""Composite operators: the four Modular RAG flow patterns (Gao et al., arXiv 2407.21059).
+
+* linear: ``a | b | c`` -> :class:`Pipeline` (also exported as ``Sequence``)
+* branching: ``a + b`` or ``Parallel([a, b], fuse=RRF(k=60))``
+* conditional: ``Route(router, {"label": pipeline, ...}, default=...)``
+* looping: ``Loop(body, until=judge, max_iters=n)``
+
+Composites are operators too (``kind = "composite"``), so they nest.  They are not in the
+registry: YAML spells them with the structural keys ``parallel``, ``route`` and ``loop``.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from ragkit.errors import NotFittedError, ParamError
+from ragkit.operator import Operator
+from ragkit.params import Params
+from ragkit.types import Corpus, Queries, Ranking, State, TraceEvent, TrainSet
+
+__all__ = ["Composite", "Pipeline", "Parallel", "Route", "Loop", "run_step"]
+
+
+def _recall(state: State, k: int = 100) -> float | None:
+    """Mean recall@k of the state's rankings against ``state.qrels`` (for traces only)."""
+    if state.qrels is None or state.rankings is None or not hasattr(run_step, "_ids"):
+        return None
+    ids = run_step._ids  # type: ignore[attr-defined]
+    vals = []
+    for qid, r in zip(state.query_ids, state.rankings):
+        rel = {d for d, v in state.qrels.get(qid, {}).items() if v > 0}
+        if rel:
+            vals.append(len(rel.intersection(ids[r.rows[:k]].tolist())) / len(rel))
+    return float(np.mean(vals)) if vals else None
+
+
+def run_step(op: Operator, state: State, path: str) -> State:
+    """Call ``op`` on ``state``; when tracing, record time, candidates in/out and recall."""
+    if state.trace is None:
+        return op(state)
+    n_in = np.mean([len(r) for r in state.rankings]) if state.rankings else 0.0
+    t0 = time.perf_counter()
+    out = op(state)
+    dt = time.perf_counter() - t0
+    n_out = np.mean([len(r) for r in out.rankings]) if out.rankings else 0.0
+    if op.kind != "composite":
+        out.trace.append(TraceEvent(path, op.name, dt, len(state), float(n_in), float(n_out), _recall(out)))
+    return out
+
+
+class Composite(Operator):
+    """Base of the structural operators; ``fit`` fits each child once."""
+
+    kind = "composite"
+    stateless = True
+
+    def __init__(self) -> None:  # composites have no Params model of their own
+        self.params = Params()
+
+    def __eq__(self, other: object) -> bool:
+        from ragkit.pipelines.yaml import to_node
+
+        return type(self) is type(other) and to_node(self) == to_node(other)  # type: ignore[arg-type]
+
+    __hash__ = object.__hash__
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({', '.join(repr(c) for c in self.children())})"
+
+    def to_dict(self) -> dict[str, Any]:
+        from ragkit.pipelines.yaml import to_node
+
+        return to_node(self)
+
+    @property
+    def is_fitted(self) -> bool:
+        return all(c.is_fitted for c in self.children())
+
+    def _check_fitted(self) -> None:
+        for leaf in iter_leaves(self):
+            leaf._check_fitted()
+
+    def fit(self, corpus: Corpus, train: TrainSet | None = None, *, upstream: State | None = None,
+            _seen: set[int] | None = None) -> "Composite":
+        seen = set() if _seen is None else _seen
+        for child in self.children():
+            fit_once(child, corpus, train, seen, upstream)
+        return self
+
+
+def fit_once(op: Operator, corpus: Corpus, train: TrainSet | None, seen: set[int], upstream: State | None) -> None:
+    """Fit ``op`` unless this pipeline already fitted the same object."""
+    if id(op) in seen:
+        return
+    seen.add(id(op))
+    if isinstance(op, Composite):
+        op.fit(corpus, train, upstream=upstream, _seen=seen)
+    else:
+        op.fit(corpus, train, upstream=upstream if op.wants_upstream else None)
+
+
+def iter_leaves(op: Operator) -> Iterable[Operator]:
+    """Leaves of an operator tree, depth first, each object once."""
+    seen: set[int] = set()
+    stack = [op]
+    while stack:
+        node = stack.pop(0)
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        kids = node.children()
+        if kids or isinstance(node, Composite):
+            stack[:0] = kids
+        else:
+            yield node
+
+
+class Pipeline(Composite):
+    """A linear sequence of operators; the root of every pipeline.
+
+    Examples
+    --------
+    >>> from ragkit.filters import TopK
+    >>> from ragkit.retrievers import BM25
+    >>> pipe = BM25(k=100) | TopK(k=10)
+    >>> [op.name for op in pipe.steps]
+    ['bm25', 'top_k']
+    """
+
+    def __init__(self, steps: Sequence[Operator] | Operator = ()) -> None:
+        super().__init__()
+        steps = [steps] if isinstance(steps, Operator) else list(steps)
+        for i, s in enumerate(steps):
+            if not isinstance(s, Operator):
+                raise ParamError(f"pipeline[{i}]: expected an operator, got {type(s).__name__} {s!r:.80}")
+        self.steps: list[Operator] = steps
+
+    def children(self) -> list[Operator]:
+        return list(self.steps)
+
+    def __or__(self, other: Operator) -> "Pipeline":
+        if not isinstance(other, Operator):
+            return NotImplemented
+        steps = list(self.steps)
+        if other.kind == "fuser" and steps and isinstance(steps[-1], Parallel) and steps[-1].implicit_fuse:
+            steps[-1] = Parallel(steps[-1].branches, fuse=other)  # (a + b) | RRF(...) fuses with RRF
+            return Pipeline(steps)
+        return Pipeline(steps + (other.steps if isinstance(other, Pipeline) else [other]))
+
+    def __ror__(self, other: Operator) -> "Pipeline":
+        return Pipeline([other]) | self
+
+    def __len__(self) -> int:
+        return len(self.steps)
+
+    # ------------------------------------------------------------------ fit
+    def fit(self, corpus: Corpus, train: TrainSet | None = None, *, upstream: State | None = None,
+            _seen: set[int] | None = None, backend: str = "local") -> "Pipeline":
+        """Fit every operator once, in order.
+
+        Operators that learn from the training split read ``train``; those with
+        ``wants_upstream`` also receive the output of the steps before them on the
+        training queries.  ``backend="ray"`` shards encoding and indexing on Ray.
+        """
+        if backend != "local":
+            from ragkit import scale
+
+            return scale.fit_pipeline(self, corpus, train, backend=backend)
+        seen = set() if _seen is None else _seen
+        state_cache: dict[int, State] = {}
+        for i, step in enumerate(self.steps):
+            up = upstream
+            if train is not None and _wants_upstream(step):
+                up = self._upstream(i, train, upstream, state_cache)
+            fit_once(step, corpus, train, seen, up)
+        if _seen is None:
+            self.corpus_ = corpus
+        return self
+
+    def _upstream(self, i: int, train: TrainSet, upstream: State | None, cache: dict[int, State]) -> State:
+        if i in cache:
+            return cache[i]
+        state = upstream.copy() if upstream is not None else State.of(train.queries)
+        for step in self.steps[:i]:
+            state = step(state)
+        cache[i] = state
+        return state
+
+    @property
+    def is_fitted(self) -> bool:
+        return hasattr(self, "corpus_") or all(c.is_fitted for c in self.steps)
+
+    # ------------------------------------------------------------------ run
+    def _call(self, state: State, path: str = "pipeline") -> State:
+        for i, step in enumerate(self.steps):
+            state = run_step(step, state, f"{path}[{i}].{_label(step)}")
+        return state
+
+    def __call__(self, state: State) -> State:
+        return self._call(state)
+
+    def search(
+        self, queries: Queries | Sequence[str] | str, *, k: int | None = None, trace: bool = False,
+        qrels: Mapping[str, Mapping[str, int]] | None = None, **options: Any,
+    ) -> "Run":
+        """Run the pipeline on a batch of queries and return a :class:`~ragkit.run.Run`.
+
+        Parameters
+        ----------
+        queries : Queries, list of str or str
+        k : int, optional
+            Final number of results per query (retrievers fetch at least ``k``).
+        trace : bool
+            Record per-operator wall time, candidates in/out and (with ``qrels``) recall@100.
+        **options
+            Run-time overrides: ``filter={field: value}``, or ``{operator_name: {param: value}}``.
+        """
+        from ragkit.run import Run
+
+        corpus = getattr(self, "corpus_", None)
+        if corpus is None:
+            leaves = [leaf for leaf in iter_leaves(self) if not leaf.stateless]
+            if leaves and not leaves[0].is_fitted:
+                raise NotFittedError("this pipeline is not fitted yet; call pipeline.fit(corpus) first")
+            corpus = leaves[0].corpus_ if leaves else None
+        if corpus is None:
+            raise NotFittedError("this pipeline has no retriever that was fitted on a corpus")
+        if k is not None:
+            if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+                raise ParamError(f"search: k must be a positive integer, got {k!r}")
+            options["k"] = int(k)
+        state = State.of(queries, options=options, trace=[] if trace else None,
+                         qrels=dict(qrels) if qrels is not None else None)
+        run_step._ids = corpus.ids  # type: ignore[attr-defined]
+        t0 = time.perf_counter()
+        state = self(state)
+        seconds = time.perf_counter() - t0
+        rankings = state.rankings if state.rankings is not None else [Ranking.empty() for _ in state.queries]
+        if k is not None:
+            rankings = [r.head(int(k)) for r in rankings]
+        return Run.from_rankings(state.query_ids, rankings, corpus.ids, values=state.values,
+                                 trace=state.trace, seconds=seconds)
+
+    # ------------------------------------------------------------------ YAML and files
+    def to_yaml(self) -> str:
+        from ragkit.pipelines.yaml import dump_yaml
+
+        return dump_yaml(self)
+
+    @classmethod
+    def from_yaml(cls, source: str | Any) -> "Pipeline":
+        """Build from a YAML file path or YAML text; the whole file is validated first."""
+        from ragkit.pipelines.yaml import load_yaml
+
+        return load_yaml(source)
+
+    def save(self, path: Any) -> None:
+        from ragkit.pipelines.store import save_pipeline
+
+        save_pipeline(self, path)
+
+    @classmethod
+    def load(cls, path: Any, corpus: Corpus | None = None, *, mmap: bool = False) -> "Pipeline":
+        from ragkit.pipelines.store import load_pipeline
+
+        return load_pipeline(path, mmap=mmap)
+
+
+def _wants_upstream(op: Operator) -> bool:
+    return op.wants_upstream or any(_wants_upstream(c) for c in op.children())
+
+
+def _label(op: Operator) -> str:
+    return op.name or type(op).__name__.lower()
+
+
+def _as_pipeline(x: Operator | Sequence[Operator], where: str) -> Operator:
+    if isinstance(x, Operator):
+        return x
+    if isinstance(x, (list, tuple)):
+        return Pipeline(list(x))
+    raise ParamError(f"{where}: expected an operator or a list of operators, got {type(x).__name__}")
+
+
+class Parallel(Composite):
+    """Run branches on the same queries and fuse their rankings (Modular RAG "branching").
+
+    Parameters
+    ----------
+    branches : list of Operator (or list of lists, each a linear pipeline)
+    fuse : Operator of kind ``"fuser"``, default ``RRF(k=60)``
+    names : list of str, optional
+        Branch names used in the fused ranking's fields (``"<name>.rank"``,
+        ``"<name>.score"``); default: the branch's operator name, made unique.
+    """
+
+    name = "parallel"
+
+    def __init__(self, branches: Sequence[Operator | Sequence[Operator]], fuse: Operator | None = None,
+                 names: Sequence[str] | None = None) -> None:
+        super().__init__()
+        self.branches = [_as_pipeline(b, f"parallel.branches[{i}]") for i, b in enumerate(branches)]
+        if not self.branches:
+            raise ParamError("parallel.branches: expected at least one branch, got an empty list")
+        self.implicit_fuse = fuse is None
+        if fuse is None:
+            from ragkit.pipelines.fusion import RRF
+
+            fuse = RRF()
+        if fuse.kind != "fuser":
+            raise ParamError(f"parallel.fuse: expected a fuser (rrf, weighted), got {fuse.name!r} ({fuse.kind})")
+        self.fuse = fuse
+        self.names = list(names) if names is not None else _unique_names(self.branches)
+        if len(self.names) != len(self.branches):
+            raise ParamError(f"parallel.names: {len(self.names)} names for {len(self.branches)} branches")
+
+    def children(self) -> list[Operator]:
+        return [*self.branches, self.fuse]
+
+    def __add__(self, other: Operator) -> "Parallel":
+        if not isinstance(other, Operator):
+            return NotImplemented
+        extra = other.branches if isinstance(other, Parallel) and other.implicit_fuse else [other]
+        return Parallel([*self.branches, *extra], fuse=None if self.implicit_fuse else self.fuse)
+
+    def fit(self, corpus: Corpus, train: TrainSet | None = None, *, upstream: State | None = None,
+            _seen: set[int] | None = None) -> "Parallel":
+        seen = set() if _seen is None else _seen
+        for b in self.branches:
+            fit_once(b, corpus, train, seen, upstream)
+        if id(self.fuse) not in seen:
+            seen.add(id(self.fuse))
+            up = None
+            if train is not None and self.fuse.wants_upstream:
+                up = self._branch_state(upstream.copy() if upstream is not None else State.of(train.queries))
+            self.fuse.fit(corpus, train, upstream=up)
+        return self
+
+    def _branch_state(self, state: State, path: str = "parallel") -> State:
+        outs = [run_step(b, state.copy(), f"{path}.branches[{i}].{_label(b)}") for i, b in enumerate(self.branches)]
+        merged = state.copy()
+        for o in outs:  # share query vectors computed in any branch
+            merged.vectors.update(o.vectors)
+            for key, vals in o.values.items():
+                merged.values.setdefault(key, vals)
+        merged.branches = [(n, o.rankings or [Ranking.empty()] * len(state)) for n, o in zip(self.names, outs)]
+        return merged
+
+    def _call(self, state: State, path: str = "parallel") -> State:
+        merged = self._branch_state(state, path)
+        out = run_step(self.fuse, merged, f"{path}.fuse.{self.fuse.name}")
+        out.branches = None
+        return out
+
+    def __call__(self, state: State) -> State:
+        return self._call(state)
+
+
+def _unique_names(branches: list[Operator]) -> list[str]:
+    names: list[str] = []
+    for b in branches:
+        leaf = b.steps[0] if isinstance(b, Pipeline) and b.steps else b
+        base = _label(leaf)
+        name, n = base, 1
+        while name in names:
+            n += 1
+            name = f"{base}{n}"
+        names.append(name)
+    return names
+
+
+class Route(Composite):
+    """Conditional flow: a router labels each query; each label's branch runs on its queries.
+
+    The batch is split by label, each part runs its branch as one batch, and the
+    results merge back in the original query order.  Queries whose label has no branch
+    go to ``default`` (an error when there is none).  The label is kept in
+    ``state.values["route"]``.
+    """
+
+    name = "route"
+
+    def __init__(self, router: Operator, branches: Mapping[str, Operator | Sequence[Operator]],
+                 default: Operator | Sequence[Operator] | str | None = None) -> None:
+        super().__init__()
+        if router.kind != "router":
+            raise ParamError(f"route.router: expected a router operator, got {router.name!r} ({router.kind})")
+        if not branches:
+            raise ParamError("route.branches: expected at least one labelled branch, got none")
+        self.router = router
+        self.branches = {str(k): _as_pipeline(v, f"route.branches.{k}") for k, v in branches.items()}
+        if isinstance(default, str):
+            if default not in self.branches:
+                raise ParamError(f"route.default: label {default!r} is not a branch; branches: {sorted(self.branches)}")
+            self.default_label: str | None = default
+            self.default: Operator | None = None
+        else:
+            self.default_label = None
+            self.default = None if default is None else _as_pipeline(default, "route.default")
+
+    def children(self) -> list[Operator]:
+        return [self.router, *self.branches.values(), *([self.default] if self.default is not None else [])]
+
+    def _call(self, state: State, path: str = "route") -> State:
+        labelled = run_step(self.router, state, f"{path}.router.{self.router.name}")
+        labels = [str(x) for x in labelled.values["label"]]
+        groups: dict[str, list[int]] = {}
+        for i, lab in enumerate(labels):
+            groups.setdefault(lab, []).append(i)
+        parts = []
+        for lab, idx in groups.items():
+            branch = self.branches.get(lab)
+            if branch is None:
+                branch = self.branches[self.default_label] if self.default_label else self.default
+            if branch is None:
+                raise ParamError(
+                    f"{path}: router {self.router.name!r} gave label {lab!r}, which has no branch and there is no "
+                    f"default; branches: {sorted(self.branches)}"
+                )
+            sub = labelled.subset(idx)
+            parts.append((idx, run_step(branch, sub, f"{path}.branches.{lab}")))
+        out = State.merge(labelled, parts)
+        out.values["route"] = labels
+        out.values.pop("label", None)
+        return out
+
+    def __call__(self, state: State) -> State:
+        return self._call(state)
+
+
+class Loop(Composite):
+    """Looping flow: run ``body`` per query until the judge says done or ``max_iters`` runs.
+
+    Each iteration runs the body on the queries still active (one batch); then the judge
+    marks each of them done or not (``state.values["done"]``).  A query runs at most
+    ``max_iters`` times; the number of iterations per query is in
+    ``state.values["iterations"]``.  Deterministic: same input, same iterations.
+    """
+
+    name = "loop"
+
+    def __init__(self, body: Operator | Sequence[Operator], until: Operator, max_iters: int = 3) -> None:
+        super().__init__()
+        if isinstance(max_iters, bool) or not isinstance(max_iters, (int, np.integer)) or max_iters < 1:
+            raise ParamError(f"loop.max_iters: expected a positive integer, got {max_iters!r}")
+        if until.kind != "judge":
+            raise ParamError(f"loop.until: expected a judge operator, got {until.name!r} ({until.kind})")
+        self.body = _as_pipeline(body, "loop.body")
+        self.until = until
+        self.max_iters = int(max_iters)
+
+    def children(self) -> list[Operator]:
+        return [self.body, self.until]
+
+    def _call(self, state: State, path: str = "loop") -> State:
+        n = len(state)
+        iters = [0] * n
+        active = list(range(n))
+        current = state.copy()
+        for it in range(self.max_iters):
+            if not active:
+                break
+            sub = current.subset(active)
+            sub.values["iteration"] = [it] * len(active)
+            sub = run_step(self.body, sub, f"{path}.body#{it}")
+            sub = run_step(self.until, sub, f"{path}.until.{self.until.name}")
+            done = [bool(d) for d in sub.values.pop("done")]
+            sub.values.pop("iteration", None)
+            current = State.merge(current, [(active, sub)])
+            for i in active:
+                iters[i] += 1
+            active = [i for i, d in zip(active, done) if not d]
+        current.values["iterations"] = iters
+        return current
+
+    def __call__(self, state: State) -> State:
+        return self._call(state)

@@ -1,0 +1,202 @@
+"""Fusers: merge the rankings of a :class:`~ragkit.pipelines.Parallel`'s branches.
+
+Both fusers merge documents by id (a document listed twice by one branch counts once, at
+its best rank), keep the fused score, and record each branch's rank and score in the
+ranking's fields (``"<branch>.rank"`` 1-based, 0 when absent; ``"<branch>.score"``, NaN
+when absent).  Everything is computed on flat arrays for the whole batch.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+from pydantic import Field, model_validator
+
+from ragkit.errors import ParamError
+from ragkit.operator import Operator
+from ragkit.params import Params
+from ragkit.registry import register
+from ragkit.types import Ranking, State
+
+__all__ = ["RRF", "WeightedFusion", "flatten_branches", "split_by_query"]
+
+
+def flatten_branches(state: State) -> tuple[dict[str, np.ndarray], list[str]]:
+    """Flat arrays over (branch, query, position): ``q``, ``row``, ``branch``, ``rank`` (1-based), ``score``.
+
+    A document repeated within one branch's ranking keeps only its best (first) entry.
+    """
+    if not state.branches:
+        raise ParamError("a fuser needs the rankings of parallel branches; put it after 'a + b' or in Parallel(fuse=...)")
+    names = [n for n, _ in state.branches]
+    qs, rows, br, ranks, scores = [], [], [], [], []
+    for b, (_, rankings) in enumerate(state.branches):
+        lens = np.fromiter((len(r) for r in rankings), np.int64, len(rankings))
+        if lens.sum() == 0:
+            continue
+        qs.append(np.repeat(np.arange(len(rankings)), lens))
+        rows.append(np.concatenate([r.rows for r in rankings]))
+        scores.append(np.concatenate([r.scores for r in rankings]).astype(np.float64))
+        starts = np.repeat(np.cumsum(lens) - lens, lens)
+        ranks.append(np.arange(lens.sum()) - starts + 1)
+        br.append(np.full(lens.sum(), b))
+    if not qs:
+        empty = np.empty(0, np.int64)
+        return {"q": empty, "row": empty, "branch": empty, "rank": empty, "score": empty.astype(float)}, names
+    flat = {"q": np.concatenate(qs), "row": np.concatenate(rows), "branch": np.concatenate(br),
+            "rank": np.concatenate(ranks), "score": np.concatenate(scores)}
+    # dedupe (branch, q, row), keeping the best rank
+    n_rows = int(flat["row"].max()) + 1
+    key = (flat["branch"] * len(state) + flat["q"]) * n_rows + flat["row"]
+    order = np.lexsort((flat["rank"], key))
+    keep = np.ones(len(key), bool)
+    keep[1:] = key[order][1:] != key[order][:-1]
+    sel = np.sort(order[keep])
+    return {k: v[sel] for k, v in flat.items()}, names
+
+
+def split_by_query(n_q: int, q: np.ndarray, row: np.ndarray, score: np.ndarray, top: int | None,
+                   fields: dict[str, np.ndarray]) -> list[Ranking]:
+    """Sort fused (q, row, score) triples per query (score desc, row asc) and split into rankings."""
+    order = np.lexsort((row, -score, q))
+    q, row, score = q[order], row[order], score[order]
+    fields = {k: v[order] for k, v in fields.items()}
+    bounds = np.searchsorted(q, np.arange(n_q + 1))
+    out = []
+    for i in range(n_q):
+        a, b = bounds[i], bounds[i + 1]
+        if top is not None:
+            b = min(b, a + top)
+        out.append(Ranking(row[a:b], score[a:b], {k: v[a:b] for k, v in fields.items()}))
+    return out
+
+
+def _group(flat: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Unique (q, row) pairs and the inverse index of every flat entry."""
+    n_rows = int(flat["row"].max()) + 1 if len(flat["row"]) else 1
+    key = flat["q"] * n_rows + flat["row"]
+    uniq, inv = np.unique(key, return_inverse=True)
+    return uniq // n_rows, uniq % n_rows, inv
+
+
+def _branch_fields(flat: dict[str, np.ndarray], inv: np.ndarray, n: int, names: list[str]) -> dict[str, np.ndarray]:
+    fields: dict[str, np.ndarray] = {}
+    for b, name in enumerate(names):
+        m = flat["branch"] == b
+        rank = np.zeros(n, np.int64)
+        score = np.full(n, np.nan, np.float32)
+        rank[inv[m]] = flat["rank"][m]
+        score[inv[m]] = flat["score"][m]
+        fields[f"{name}.rank"], fields[f"{name}.score"] = rank, score
+    return fields
+
+
+class _FuserParams(Params):
+    weights: list[float] | None = Field(None, description="Per-branch weights (default: all 1).")
+    top_k: int | None = Field(None, ge=1, description="Results kept after fusion (default: the whole union).")
+
+    @model_validator(mode="after")
+    def _check_weights(self) -> "_FuserParams":
+        if self.weights is not None and any(w < 0 for w in self.weights):
+            raise ValueError(f"weights must be non-negative, got {self.weights}")
+        return self
+
+
+class _Fuser(Operator):
+    kind = "fuser"
+    stateless = True
+
+    def _weights(self, names: list[str]) -> np.ndarray:
+        w = self.params.weights  # type: ignore[attr-defined]
+        if w is None:
+            return np.ones(len(names))
+        if len(w) != len(names):
+            raise ParamError(f"{self.name}.weights: {len(w)} weights for {len(names)} branches ({names})")
+        return np.asarray(w, dtype=np.float64)
+
+    def _top(self, state: State) -> int | None:
+        top = self.params.top_k  # type: ignore[attr-defined]
+        call_k = state.options.get("k")
+        return max(top, int(call_k)) if top is not None and call_k is not None else top
+
+    def _call(self, state: State) -> State:
+        flat, names = flatten_branches(state)
+        w = self._weights(names)
+        contrib = self._contributions(flat, w, len(state))
+        uq, urow, inv = _group(flat)
+        fused = np.bincount(inv, weights=contrib, minlength=len(uq))
+        fields = _branch_fields(flat, inv, len(uq), names)
+        out = state.copy()
+        out.rankings = split_by_query(len(state), uq, urow, fused, self._top(state), fields)
+        return out
+
+    def _contributions(self, flat: dict[str, np.ndarray], w: np.ndarray, n_q: int) -> np.ndarray:
+        raise NotImplementedError
+
+
+class RRFParams(_FuserParams):
+    k: float = Field(60.0, gt=0, description="RRF constant: a document at rank r scores w / (k + r).")
+
+
+@register
+class RRF(_Fuser):
+    """Reciprocal rank fusion (Cormack, Clarke & Büttcher, SIGIR 2009).
+
+    ``score(d) = sum_b w_b / (k + rank_b(d))`` over the branches that retrieved ``d``
+    (ranks from 1).
+
+    Examples
+    --------
+    >>> from ragkit.types import Ranking, State
+    >>> s = State(["q"], branches=[("a", [Ranking([1, 2], [.9, .5])]), ("b", [Ranking([2], [3.])])])
+    >>> r = RRF(k=60)(s).rankings[0]
+    >>> r.rows.tolist(), round(float(r.scores[0]), 5)
+    ([2, 1], 0.03252)
+    """
+
+    name = "rrf"
+    Params = RRFParams
+    example = {"k": 60}
+
+    def _contributions(self, flat, w, n_q):
+        return w[flat["branch"]] / (self.params.k + flat["rank"])
+
+
+class WeightedParams(_FuserParams):
+    norm: Literal["minmax", "zscore", "none"] = Field(
+        "minmax", description="Per-branch, per-query score normalisation before the weighted sum.")
+
+
+@register
+class WeightedFusion(_Fuser):
+    """Weighted score fusion with per-branch, per-query normalisation.
+
+    ``score(d) = sum_b w_b * norm_b(s_b(d))``; a branch that did not retrieve ``d``
+    contributes 0.  ``minmax`` maps each branch's list to [0, 1]; ``zscore`` subtracts
+    the list mean and divides by its standard deviation.
+    """
+
+    name = "weighted"
+    Params = WeightedParams
+    example = {"norm": "zscore"}
+
+    def _contributions(self, flat, w, n_q):
+        s = flat["score"]
+        if self.params.norm == "none" or len(s) == 0:
+            return w[flat["branch"]] * s
+        seg = flat["branch"] * n_q + flat["q"]  # contiguous segments: flat is ordered by (branch, q)
+        starts = np.flatnonzero(np.r_[True, seg[1:] != seg[:-1]])
+        counts = np.diff(np.r_[starts, len(s)])
+        if self.params.norm == "minmax":
+            lo = np.repeat(np.minimum.reduceat(s, starts), counts)
+            hi = np.repeat(np.maximum.reduceat(s, starts), counts)
+            span = hi - lo
+            z = np.where(span > 0, (s - lo) / np.where(span > 0, span, 1), 1.0)
+        else:
+            mean = np.add.reduceat(s, starts) / counts
+            sq = np.add.reduceat(s * s, starts) / counts
+            std = np.sqrt(np.maximum(sq - mean**2, 0))
+            m, sd = np.repeat(mean, counts), np.repeat(std, counts)
+            z = np.where(sd > 0, (s - m) / np.where(sd > 0, sd, 1), 0.0)
+        return w[flat["branch"]] * z

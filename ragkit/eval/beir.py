@@ -1,0 +1,218 @@
+"""BEIR datasets: read the standard folder layout, or download an official archive by name.
+
+Layout (Thakur et al., "BEIR", NeurIPS 2021 Datasets and Benchmarks)::
+
+    <name>/corpus.jsonl        {"_id", "title", "text", "metadata"?} per line
+    <name>/queries.jsonl       {"_id", "text"} per line
+    <name>/qrels/<split>.tsv   query-id <TAB> corpus-id <TAB> score, with a header line
+
+``load_beir("scifact")`` looks for a folder of that name in ``$RAGKIT_BEIR_DIR``, the
+ragkit cache and ``../shared/data/beir``; otherwise it downloads
+``{base_url}/{name}.zip`` (``$RAGKIT_BEIR_URL`` overrides the official address) into the
+cache and unzips it.  Every error names the file and line.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import shutil
+import tempfile
+import urllib.request
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ragkit.errors import DataError
+from ragkit.types import Corpus, Qrels, Queries, TrainSet
+
+__all__ = ["BeirDataset", "load_beir", "read_corpus", "read_queries", "read_qrels", "download_beir", "cache_dir"]
+
+BEIR_URL = "https://public.ukp.informatik.tu-darmstadt.de/thakur/BEIR/datasets"
+
+
+def cache_dir() -> Path:
+    """ragkit's cache folder: ``$RAGKIT_CACHE`` or ``~/.cache/ragkit``."""
+    return Path(os.environ.get("RAGKIT_CACHE", Path.home() / ".cache" / "ragkit"))
+
+
+def _read_jsonl(path: Path):
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path}:{n}: malformed JSON line ({e.msg} at column {e.colno})") from None
+            if not isinstance(rec, dict) or "_id" not in rec:
+                raise DataError(f"{path}:{n}: expected an object with an '_id' field, got {line.strip()[:80]!r}")
+            yield n, rec
+
+
+def read_corpus(path: str | Path) -> Corpus:
+    """Read a BEIR ``corpus.jsonl`` (a few hundred ms for SciFact's 5,183 documents)."""
+    path = Path(path)
+    ids, titles, texts, metas, seen = [], [], [], [], {}
+    for n, rec in _read_jsonl(path):
+        did = str(rec["_id"])
+        if did in seen:
+            raise DataError(f"{path}:{n}: duplicate document id {did!r} (first on line {seen[did]})")
+        seen[did] = n
+        ids.append(did)
+        titles.append(rec.get("title") or "")
+        texts.append(rec.get("text") or "")
+        metas.append(rec.get("metadata") or {})
+    if not ids:
+        raise DataError(f"{path}: the corpus is empty")
+    keys = sorted({k for m in metas if isinstance(m, dict) for k in m})
+    meta = {k: np.array([m.get(k) if isinstance(m, dict) else None for m in metas], dtype=object) for k in keys}
+    return Corpus(ids=np.array(ids, dtype=object), texts=np.array(texts, dtype=object),
+                  titles=np.array(titles, dtype=object), metadata=meta)
+
+
+def read_queries(path: str | Path) -> dict[str, str]:
+    """Read ``queries.jsonl`` into ``{query_id: text}``."""
+    out: dict[str, str] = {}
+    for n, rec in _read_jsonl(Path(path)):
+        if not isinstance(rec.get("text"), str):
+            raise DataError(f"{path}:{n}: query {rec['_id']!r} has no 'text' string")
+        out[str(rec["_id"])] = rec["text"]
+    return out
+
+
+def read_qrels(path: str | Path) -> Qrels:
+    """Read a BEIR qrels TSV (``query-id corpus-id score`` with a header) into ``{qid: {doc_id: rel}}``."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    qrels: Qrels = {}
+    with open(path, encoding="utf-8", newline="") as f:
+        for n, row in enumerate(csv.reader(f, delimiter="\t"), 1):
+            if not row or (n == 1 and row[0].strip().lower() in ("query-id", "query_id", "qid")):
+                continue
+            if len(row) not in (3, 4):
+                raise DataError(f"{path}:{n}: expected 3 tab-separated columns 'query-id corpus-id score', got {row!r}")
+            q, d, s = row[0], row[-2], row[-1]
+            try:
+                qrels.setdefault(q, {})[d] = int(float(s))
+            except ValueError:
+                raise DataError(f"{path}:{n}: relevance {s!r} is not a number") from None
+    return qrels
+
+
+@dataclass
+class BeirDataset:
+    """A BEIR dataset folder: the corpus, and queries and qrels per split.
+
+    ``queries(split)`` returns only the queries judged in that split, in file order.
+    """
+
+    path: Path
+    corpus: Corpus
+    _queries: dict[str, str] = field(repr=False, default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def splits(self) -> list[str]:
+        return sorted(p.stem for p in (self.path / "qrels").glob("*.tsv"))
+
+    def qrels(self, split: str = "test") -> Qrels:
+        """Judgements of ``split``; ids unknown to the queries or the corpus raise :class:`DataError`."""
+        path = self.path / "qrels" / f"{split}.tsv"
+        if not path.is_file():
+            raise DataError(f"{path}: no qrels for split {split!r}; available splits: {self.splits}")
+        qrels = read_qrels(path)
+        bad_q = [q for q in qrels if q not in self._queries]
+        if bad_q:
+            raise DataError(f"{path}: {len(bad_q)} query ids not in queries.jsonl, e.g. {bad_q[0]!r}")
+        known = set(self.corpus.ids.tolist())
+        bad_d = [(q, d) for q, rel in qrels.items() for d in rel if d not in known]
+        if bad_d:
+            raise DataError(f"{path}: {len(bad_d)} judged documents not in corpus.jsonl, e.g. {bad_d[0][1]!r} "
+                            f"(query {bad_d[0][0]!r})")
+        return qrels
+
+    def queries(self, split: str = "test") -> Queries:
+        ids = [q for q in self._queries if q in self.qrels(split)]
+        return Queries(ids, [self._queries[q] for q in ids])
+
+    def train_set(self, split: str = "train") -> TrainSet:
+        """The judged queries of ``split`` as a :class:`TrainSet` for ``fit(corpus, train=...)``."""
+        return TrainSet(self.queries(split), self.qrels(split))
+
+
+def _candidates(name: str) -> list[Path]:
+    out = []
+    if os.environ.get("RAGKIT_BEIR_DIR"):
+        out.append(Path(os.environ["RAGKIT_BEIR_DIR"]) / name)
+    out.append(cache_dir() / "beir" / name)
+    here = Path.cwd()
+    for base in (here, *here.parents[:3]):
+        out.append(base / "shared" / "data" / "beir" / name)
+    return out
+
+
+def load_beir(name_or_path: str | Path, *, download: bool = True, base_url: str | None = None) -> BeirDataset:
+    """Load a BEIR dataset from a folder, or by name (found locally, else downloaded and cached)."""
+    path = Path(name_or_path)
+    if not path.is_dir():
+        if os.sep in str(name_or_path) or str(name_or_path).startswith("."):
+            raise DataError(f"{name_or_path}: BEIR folder not found")
+        found = next((p for p in _candidates(str(name_or_path)) if (p / "corpus.jsonl").is_file()), None)
+        if found is None:
+            if not download:
+                raise DataError(f"BEIR dataset {name_or_path!r} not found locally and download=False")
+            found = download_beir(str(name_or_path), base_url=base_url)
+        path = found
+    for required in ("corpus.jsonl", "queries.jsonl"):
+        if not (path / required).is_file():
+            raise DataError(f"{path / required}: file not found; a BEIR folder holds corpus.jsonl, queries.jsonl "
+                            f"and qrels/<split>.tsv")
+    if not (path / "qrels").is_dir():
+        raise DataError(f"{path / 'qrels'}: folder not found; expected qrels/<split>.tsv files")
+    return BeirDataset(path=path, corpus=read_corpus(path / "corpus.jsonl"), _queries=read_queries(path / "queries.jsonl"))
+
+
+def download_beir(name: str, *, base_url: str | None = None, dest: Path | None = None, timeout: float = 60) -> Path:
+    """Download ``{base_url}/{name}.zip`` and unzip it into ``dest`` (default: the cache).
+
+    The archive is unpacked in a temporary folder and renamed into place, so an
+    interrupted download leaves nothing half-written.
+    """
+    base = (base_url or os.environ.get("RAGKIT_BEIR_URL") or BEIR_URL).rstrip("/")
+    dest = dest or cache_dir() / "beir"
+    dest.mkdir(parents=True, exist_ok=True)
+    url = f"{base}/{name}.zip"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            payload = resp.read()
+    except Exception as e:  # URLError, HTTPError, timeouts
+        raise DataError(f"could not download BEIR dataset {name!r} from {url}: {e}") from None
+    try:
+        archive = zipfile.ZipFile(io.BytesIO(payload))
+    except zipfile.BadZipFile:
+        raise DataError(f"{url}: not a zip archive ({len(payload)} bytes)") from None
+    with tempfile.TemporaryDirectory(dir=dest) as tmp:
+        for member in archive.namelist():
+            target = (Path(tmp) / member).resolve()
+            if not str(target).startswith(str(Path(tmp).resolve())):
+                raise DataError(f"{url}: archive member {member!r} escapes the target folder")
+        archive.extractall(tmp)
+        root = Path(tmp) / name if (Path(tmp) / name).is_dir() else Path(tmp)
+        if not (root / "corpus.jsonl").is_file():
+            raise DataError(f"{url}: archive has no {name}/corpus.jsonl")
+        final = dest / name
+        if final.exists():
+            shutil.rmtree(final)
+        shutil.move(str(root), str(final))
+    return final

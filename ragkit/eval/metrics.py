@@ -1,0 +1,126 @@
+"""Retrieval metrics with trec_eval semantics, computed by pytrec_eval as BEIR does.
+
+Metric names: ``ndcg@k``, ``recall@k``, ``map@k``, ``mrr@k``, ``p@k`` (case-insensitive).
+Like BEIR's ``EvaluateRetrieval.evaluate``, a document whose id equals the query id is
+ignored (``ignore_identical_ids=True``), and the aggregate is the mean over the queries
+present in both the run and the qrels.  Per-query values are kept for significance tests.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from ragkit.errors import DataError
+from ragkit.run import Run
+from ragkit.types import Qrels
+
+__all__ = ["evaluate", "EvalResult", "parse_metric", "paired_randomization_test"]
+
+_TREC = {"ndcg": "ndcg_cut", "recall": "recall", "map": "map_cut", "p": "P"}
+DEFAULT_METRICS = ("ndcg@10", "recall@100", "map@10", "mrr@10", "p@10")
+
+
+def parse_metric(name: str) -> tuple[str, int]:
+    """``"nDCG@10"`` -> ``("ndcg", 10)``; unknown names raise with the accepted forms."""
+    m = re.fullmatch(r"\s*(ndcg|recall|map|mrr|p)\s*@\s*(\d+)\s*", name.lower())
+    if not m or int(m.group(2)) < 1:
+        raise DataError(f"unknown metric {name!r}; expected one of ndcg@k, recall@k, map@k, mrr@k, p@k with k >= 1")
+    return m.group(1), int(m.group(2))
+
+
+@dataclass
+class EvalResult:
+    """Aggregate and per-query metric values.
+
+    Attributes
+    ----------
+    scores : dict of str -> float
+        Mean over evaluated queries, e.g. ``{"ndcg@10": 0.66}``.
+    per_query : dict of str -> dict of str -> float
+        ``{metric: {query_id: value}}``.
+    """
+
+    scores: dict[str, float]
+    per_query: dict[str, dict[str, float]] = field(repr=False)
+
+    def __getitem__(self, metric: str) -> float:
+        return self.scores[metric]
+
+    def to_dict(self) -> dict[str, object]:
+        return {**self.scores, "per_query": self.per_query}
+
+
+def _clean_run(run: Run | Mapping[str, Mapping[str, float]], ignore_identical_ids: bool) -> dict[str, dict[str, float]]:
+    d = run.to_dict() if isinstance(run, Run) else {str(q): {str(k): float(v) for k, v in docs.items()} for q, docs in run.items()}
+    if ignore_identical_ids:
+        d = {q: {doc: s for doc, s in docs.items() if doc != q} for q, docs in d.items()}
+    return d
+
+
+def evaluate(
+    run: Run | Mapping[str, Mapping[str, float]], qrels: Qrels, metrics: Sequence[str] = DEFAULT_METRICS,
+    *, ignore_identical_ids: bool = True,
+) -> EvalResult:
+    """Score a run against judgements.
+
+    Parameters
+    ----------
+    run : Run or dict ``{qid: {doc_id: score}}``
+    qrels : dict ``{qid: {doc_id: relevance}}``
+    metrics : list of str
+        ``ndcg@k``, ``recall@k``, ``map@k``, ``mrr@k``, ``p@k``.
+
+    Queries in the qrels that the run lacks count as 0 (trec_eval's ``-c``), as is
+    standard when reporting BEIR numbers; queries the qrels lack are skipped.
+    """
+    import pytrec_eval
+
+    parsed = [(m, *parse_metric(m)) for m in metrics]
+    if not qrels:
+        raise DataError("evaluate: qrels are empty")
+    d = _clean_run(run, ignore_identical_ids)
+    judged = {q: {doc: int(r) for doc, r in rel.items()} for q, rel in qrels.items()}
+    d_full = {q: d.get(q, {}) for q in judged}
+    # pytrec_eval drops queries with an empty run; give them a dummy non-relevant doc so they count as 0
+    d_full = {q: (docs if docs else {"__ragkit_none__": 0.0}) for q, docs in d_full.items()}
+    measures = set()
+    for _, fam, k in parsed:
+        if fam == "mrr":
+            measures.add("recip_rank")
+        else:
+            measures.add(f"{_TREC[fam]}.{k}")
+    per_query: dict[str, dict[str, float]] = {}
+    evaluator = pytrec_eval.RelevanceEvaluator(judged, measures)
+    res = evaluator.evaluate(d_full)
+    for name, fam, k in parsed:
+        if fam == "mrr":  # MRR@k: reciprocal rank within the top k (BEIR's evaluate_custom)
+            cut = {q: dict(sorted(docs.items(), key=lambda kv: (-kv[1], kv[0]))[:k]) for q, docs in d_full.items()}
+            rr = pytrec_eval.RelevanceEvaluator(judged, {"recip_rank"}).evaluate(cut)
+            per_query[name] = {q: float(v["recip_rank"]) for q, v in rr.items()}
+        else:
+            key = f"{_TREC[fam]}_{k}"
+            per_query[name] = {q: float(v[key]) for q, v in res.items()}
+    scores = {name: float(np.mean(list(v.values()))) if v else 0.0 for name, v in per_query.items()}
+    return EvalResult(scores=scores, per_query=per_query)
+
+
+def paired_randomization_test(a: Mapping[str, float], b: Mapping[str, float], *, n_resamples: int = 10000,
+                              seed: int = 0) -> float:
+    """Two-sided p-value of a paired randomisation (sign-flip) test on per-query values.
+
+    Only queries present in both ``a`` and ``b`` are used.  Vectorised: all resamples in one
+    ``(n_resamples, n_queries)`` array.
+    """
+    qs = sorted(set(a) & set(b))
+    if not qs:
+        raise DataError("paired_randomization_test: the two results share no query")
+    diff = np.array([a[q] - b[q] for q in qs])
+    observed = abs(diff.mean())
+    rng = np.random.default_rng(seed)
+    signs = rng.choice(np.array([-1.0, 1.0]), size=(n_resamples, len(diff)))
+    null = np.abs((signs * diff).mean(axis=1))
+    return float((np.sum(null >= observed - 1e-12) + 1) / (n_resamples + 1))

@@ -1,0 +1,1 @@
+"""Generators: answers from the top chunks."""

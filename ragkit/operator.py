@@ -1,0 +1,339 @@
+"""The operator protocol: what every retriever, filter, fuser, router, judge and generator is.
+
+An operator
+
+* is constructed from one pydantic parameter model (``BM25(k=100)`` validates into
+  ``BM25.Params``); the constructor stores the parameters and does no work;
+* learns in ``fit(corpus, train=None)``, which returns ``self`` and stores what it learned
+  in attributes ending in ``_`` (none exist before ``fit``);
+* transforms a batch in ``__call__(state) -> state`` (one query is a batch of one);
+* saves and loads as plain files (``params.json``, ``.npy``, JSON, usearch files; no pickle);
+* composes: ``a | b`` is a linear pipeline, ``a + b`` runs both and fuses them.
+
+Implementers override ``_fit``, ``_call``, ``_save`` and ``_load``.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Mapping, Sequence
+
+import numpy as np
+
+from ragkit import registry
+from ragkit.errors import ArtifactError, NotFittedError, ParamError
+from ragkit.params import Params, validate_params
+from ragkit.types import Corpus, Queries, Ranking, State, TrainSet
+
+if TYPE_CHECKING:
+    from ragkit.pipelines import Pipeline
+    from ragkit.run import Run
+
+__all__ = ["Operator", "FORMAT_VERSION", "atomic_dir", "write_json", "read_json"]
+
+FORMAT_VERSION = 1
+
+
+class Operator:
+    """Base class of all operators.
+
+    Class attributes
+    ----------------
+    name : str
+        Registry name, the YAML key (``"bm25"``).
+    kind : str
+        ``retriever``, ``reranker``, ``filter``, ``fuser``, ``router``, ``judge``,
+        ``generator`` or ``composite``.
+    Params : type[Params]
+        The parameter model.
+    example : dict
+        Small, fast parameters used by the conformance suite.
+    stateless : bool
+        ``True`` when ``fit`` learns nothing from the corpus (fusers, cut-offs): such an
+        operator may be called without ``fit``.
+    wants_upstream : bool
+        ``True`` when ``fit`` needs the output of the steps before it on the training
+        queries (a learned filter); :class:`~ragkit.pipelines.Pipeline` then passes it.
+    """
+
+    name: ClassVar[str] = ""
+    kind: ClassVar[str] = "operator"
+    Params: ClassVar[type[Params]] = Params
+    example: ClassVar[dict[str, Any]] = {}
+    stateless: ClassVar[bool] = False
+    wants_upstream: ClassVar[bool] = False
+    #: conformance checks known to fail, ``{check name: reason}``
+    xfail_checks: ClassVar[dict[str, str]] = {}
+
+    def __init__(self, params: Params | Mapping[str, Any] | None = None, /, **kwargs: Any) -> None:
+        if params is not None and kwargs:
+            raise ParamError(f"{self.name}: pass parameters either as a Params object or as keywords, not both")
+        self.params = validate_params(self.Params, params if params is not None else kwargs, self.name)
+
+    # ------------------------------------------------------------------ introspection
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.params.non_default().items())
+        return f"{type(self).__name__}({args})"
+
+    def __eq__(self, other: object) -> bool:
+        return type(self) is type(other) and self.params == other.params  # type: ignore[attr-defined]
+
+    __hash__ = object.__hash__
+
+    def to_dict(self) -> dict[str, Any]:
+        """``{name: {non-default params}}``: this operator's YAML node."""
+        return {self.name: self.params.non_default()}
+
+    def to_yaml(self) -> str:
+        """This operator as a one-step YAML pipeline."""
+        from ragkit.pipelines import Pipeline
+
+        return Pipeline([self]).to_yaml()
+
+    @property
+    def is_fitted(self) -> bool:
+        return self.stateless or any(k.endswith("_") and not k.startswith("_") for k in vars(self))
+
+    def _check_fitted(self) -> None:
+        if not self.is_fitted:
+            raise NotFittedError(
+                f"{type(self).__name__} ({self.name!r}) is not fitted yet; call fit(corpus) first "
+                f"(or Pipeline.fit(corpus) on the pipeline that holds it)"
+            )
+
+    def children(self) -> list["Operator"]:
+        """Sub-operators of a composite (empty for a leaf)."""
+        return []
+
+    # ------------------------------------------------------------------ protocol
+    def fit(self, corpus: Corpus, train: TrainSet | None = None, *, upstream: State | None = None) -> "Operator":
+        """Build indexes and learn parameters from ``corpus`` (and the training split ``train``).
+
+        Returns ``self``.  ``upstream`` is the output of the preceding pipeline steps on the
+        training queries, given only to operators with ``wants_upstream = True``.
+        """
+        if not isinstance(corpus, Corpus):
+            raise TypeError(f"{self.name}.fit expects a ragkit Corpus, got {type(corpus).__name__}")
+        if train is not None and not isinstance(train, TrainSet):
+            raise TypeError(f"{self.name}.fit: train must be a ragkit TrainSet, got {type(train).__name__}")
+        self.corpus_ = corpus
+        self._fit(corpus, train, upstream)
+        return self
+
+    def __call__(self, state: State) -> State:
+        """Transform a batch of queries.  Returns a new or updated :class:`State`."""
+        self._check_fitted()
+        return self._call(state)
+
+    def _fit(self, corpus: Corpus, train: TrainSet | None, upstream: State | None) -> None:
+        """Override: learn from the corpus.  The default learns nothing."""
+
+    def _call(self, state: State) -> State:  # pragma: no cover - abstract
+        raise NotImplementedError(f"{type(self).__name__} must implement _call(state)")
+
+    # ------------------------------------------------------------------ run-time options
+    def opt(self, state: State, key: str, default: Any = None) -> Any:
+        """A run-time override for this operator: ``options[self.name][key]``, else ``default``."""
+        per_op = state.options.get(self.name)
+        if isinstance(per_op, Mapping) and key in per_op:
+            return per_op[key]
+        return default
+
+    def k_for(self, state: State) -> int:
+        """The number of results this retriever returns: its ``k``, raised to a per-call ``k``."""
+        k = int(self.opt(state, "k", self.params.k))  # type: ignore[attr-defined]
+        call_k = state.options.get("k")
+        return max(k, int(call_k)) if call_k is not None else k
+
+    def filter_mask(self, state: State) -> np.ndarray | None:
+        """Row mask of the metadata filter (the ``filter`` parameter AND the per-call ``filter``)."""
+        where: dict[str, Any] = dict(getattr(self.params, "filter", None) or {})
+        where.update(self.opt(state, "filter", {}) or {})
+        where.update(state.options.get("filter") or {})
+        return self.corpus_.mask(where) if where else None
+
+    # ------------------------------------------------------------------ composition
+    def __or__(self, other: "Operator") -> "Pipeline":
+        from ragkit.pipelines import Pipeline
+
+        return Pipeline([self]) | other
+
+    def __add__(self, other: "Operator") -> "Operator":
+        from ragkit.pipelines import Parallel
+
+        return Parallel([self]) + other
+
+    def search(
+        self, queries: Queries | Sequence[str] | str, *, k: int | None = None, trace: bool = False,
+        qrels: Mapping[str, Mapping[str, int]] | None = None, **options: Any,
+    ) -> "Run":
+        """Run this operator as a one-step pipeline (see :meth:`Pipeline.search`)."""
+        from ragkit.pipelines import Pipeline
+
+        pipe = Pipeline([self])
+        if self.is_fitted and not self.stateless:
+            pipe.corpus_ = self.corpus_
+        return pipe.search(queries, k=k, trace=trace, qrels=qrels, **options)
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, path: str | Path) -> None:
+        """Write ``params.json``, the fitted artifacts and ``corpus.jsonl`` to the folder ``path``.
+
+        The folder is written under a temporary name and renamed into place, so an
+        interrupted save never destroys the previous one.
+        """
+        with atomic_dir(path) as tmp:
+            self.save_into(tmp, with_corpus=True)
+
+    def save_into(self, folder: Path, with_corpus: bool) -> None:
+        """Write this operator's files into an existing (temporary) folder."""
+        fitted = self.is_fitted and hasattr(self, "corpus_")
+        write_json(folder / "params.json", {
+            "operator": self.name, "params": self.params.model_dump(mode="json"),
+            "fitted": fitted, "format_version": FORMAT_VERSION, "ragkit_version": _version(),
+        })
+        if fitted:
+            self._save(folder)
+            if with_corpus:
+                self.corpus_.save(folder / "corpus.jsonl")
+
+    @classmethod
+    def load(cls, path: str | Path, corpus: Corpus | None = None, *, mmap: bool = False) -> "Operator":
+        """Load an operator saved with :meth:`save`.  ``mmap=True`` memory-maps large arrays/indexes."""
+        folder = Path(path)
+        meta = read_json(folder / "params.json")
+        for key in ("operator", "params", "fitted"):
+            if key not in meta:
+                raise ArtifactError(f"{folder / 'params.json'}: missing key {key!r}; not a ragkit operator folder")
+        if meta.get("format_version", 0) > FORMAT_VERSION:
+            raise ArtifactError(
+                f"{folder}: written by a newer ragkit (format {meta['format_version']}, this one reads "
+                f"{FORMAT_VERSION}); upgrade ragkit"
+            )
+        op_cls = registry.get(meta["operator"]) if cls is Operator else cls
+        if op_cls.name != meta["operator"]:
+            raise ArtifactError(f"{folder}: holds a {meta['operator']!r} operator, not {op_cls.name!r}")
+        op = op_cls(meta["params"])
+        if meta["fitted"]:
+            if corpus is None:
+                from ragkit.eval.beir import read_corpus
+
+                corpus = read_corpus(folder / "corpus.jsonl")
+            op.corpus_ = corpus
+            op._load(folder, mmap=mmap)
+        return op
+
+    def _save(self, folder: Path) -> None:
+        """Override: write fitted artifacts into ``folder`` (plain files only)."""
+
+    def _load(self, folder: Path, mmap: bool = False) -> None:
+        """Override: restore fitted state from ``folder`` (``self.corpus_`` is already set)."""
+
+
+# ---------------------------------------------------------------------- helpers
+def _version() -> str:
+    from ragkit import __version__
+
+    return __version__
+
+
+class atomic_dir:
+    """Context manager: yields a temporary sibling folder, renamed onto ``path`` on success.
+
+    The previous folder (if any) is kept until the new one is complete, then replaced.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    def __enter__(self) -> Path:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.tmp-", dir=self.path.parent))
+        return self.tmp
+
+    def __exit__(self, exc_type: object, *rest: object) -> None:
+        if exc_type is not None:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            return
+        old = None
+        if self.path.exists():
+            old = self.path.with_name(f".{self.path.name}.old-{self.tmp.name[-8:]}")
+            self.path.rename(old)
+        self.tmp.rename(self.path)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def write_json(path: Path, obj: Any) -> None:
+    """Write JSON through a temporary file renamed into place."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=_json_default), encoding="utf-8")
+    tmp.replace(path)
+
+
+def read_json(path: Path) -> Any:
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ArtifactError(f"{path}: file not found") from None
+    except json.JSONDecodeError as e:
+        raise ArtifactError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def save_arrays(folder: Path, **arrays: np.ndarray) -> None:
+    """Save arrays as ``<name>.npy`` (no pickle)."""
+    for name, arr in arrays.items():
+        np.save(folder / f"{name}.npy", np.ascontiguousarray(arr), allow_pickle=False)
+
+
+def load_array(folder: Path, name: str, mmap: bool = False) -> np.ndarray:
+    """Load ``<name>.npy`` with ``allow_pickle=False``; a missing or corrupt file raises ArtifactError."""
+    path = folder / f"{name}.npy"
+    try:
+        return np.load(path, allow_pickle=False, mmap_mode="r" if mmap else None)
+    except FileNotFoundError:
+        raise ArtifactError(f"{path}: file not found") from None
+    except (ValueError, OSError, EOFError) as e:
+        raise ArtifactError(f"{path}: corrupt or truncated array ({e})") from None
+
+
+def topk_rows(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Top-``k`` per row of a dense ``(n_q, n_docs)`` score matrix, best first.
+
+    Uses ``argpartition`` then sorts only the ``k`` kept columns; ``-inf`` scores (masked
+    documents) are dropped.  Ties are broken by lower row number.  Returns
+    ``(rows int64 (n_q, k'), scores float32 (n_q, k'))``.
+    """
+    n_q, n = scores.shape
+    k = min(k, n)
+    if k <= 0:
+        return np.empty((n_q, 0), np.int64), np.empty((n_q, 0), np.float32)
+    if k < n:
+        part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    else:
+        part = np.broadcast_to(np.arange(n), (n_q, n)).copy()
+    vals = np.take_along_axis(scores, part, axis=1)
+    order = np.lexsort((part, -vals), axis=1)
+    rows = np.take_along_axis(part, order, axis=1).astype(np.int64)
+    return rows, np.take_along_axis(vals, order, axis=1).astype(np.float32)
+
+
+def rankings_from_matrix(rows: np.ndarray, scores: np.ndarray) -> list[Ranking]:
+    """Split ``(n_q, k)`` top-k arrays into rankings, dropping ``-inf`` (masked) entries."""
+    finite = np.isfinite(scores)
+    if finite.all():
+        return [Ranking(r, s) for r, s in zip(rows, scores)]
+    return [Ranking(r[f], s[f]) for r, s, f in zip(rows, scores, finite)]

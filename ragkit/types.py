@@ -1,0 +1,431 @@
+"""The data that flows through ragkit: :class:`Corpus`, :class:`Ranking`, :class:`State`.
+
+Everything is columnar and batched.  Inside the library a document is addressed by its
+row number in the corpus (``int64``); string ids appear only at the edges (YAML, CLI,
+LangChain, TREC run files).  A batch of queries is a list of rankings, one per query.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from ragkit.errors import DataError
+
+__all__ = ["Corpus", "Queries", "Ranking", "State", "TrainSet", "TraceEvent", "Qrels"]
+
+#: ``{query_id: {doc_id: relevance}}`` as in BEIR and pytrec_eval.
+Qrels = dict[str, dict[str, int]]
+
+
+def _as_str_array(values: Iterable[Any], what: str) -> np.ndarray:
+    arr = np.asarray(list(values) if not isinstance(values, np.ndarray) else values, dtype=object)
+    if arr.ndim != 1:
+        raise DataError(f"{what} must be a 1-D sequence of strings, got an array of shape {arr.shape}")
+    return arr
+
+
+@dataclass(frozen=True, eq=False)
+class Corpus:
+    """A columnar document collection.
+
+    Parameters
+    ----------
+    ids : array of str, shape (n_docs,)
+        Unique document ids (the ``_id`` of a BEIR corpus).
+    texts : array of str, shape (n_docs,)
+        Document bodies.
+    titles : array of str, shape (n_docs,), optional
+        Titles; empty strings when absent.
+    metadata : dict of str -> array of shape (n_docs,), optional
+        Columnar metadata (one array per field), used by metadata filters.
+
+    Examples
+    --------
+    >>> c = Corpus.from_records([{"_id": "a", "text": "x"}, {"_id": "b", "text": "y", "title": "t"}])
+    >>> len(c), c.row_of(["b"]).tolist()
+    (2, [1])
+    """
+
+    ids: np.ndarray
+    texts: np.ndarray
+    titles: np.ndarray | None = None
+    metadata: Mapping[str, np.ndarray] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        ids = _as_str_array(self.ids, "Corpus.ids")
+        texts = _as_str_array(self.texts, "Corpus.texts")
+        titles = (
+            np.full(len(ids), "", dtype=object)
+            if self.titles is None
+            else _as_str_array(self.titles, "Corpus.titles")
+        )
+        if not (len(ids) == len(texts) == len(titles)):
+            raise DataError(
+                f"Corpus columns must have equal lengths, got ids={len(ids)}, texts={len(texts)}, "
+                f"titles={len(titles)}"
+            )
+        meta = {}
+        for key, col in dict(self.metadata).items():
+            col = np.asarray(col, dtype=object) if not isinstance(col, np.ndarray) else col
+            if len(col) != len(ids):
+                raise DataError(
+                    f"Corpus metadata field {key!r} has {len(col)} values, expected {len(ids)} (one per document)"
+                )
+            meta[key] = col
+        object.__setattr__(self, "ids", ids)
+        object.__setattr__(self, "texts", texts)
+        object.__setattr__(self, "titles", titles)
+        object.__setattr__(self, "metadata", meta)
+        object.__setattr__(self, "_row_of", None)
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_records(cls, records: Iterable[Mapping[str, Any]]) -> "Corpus":
+        """Build from dicts with ``_id`` (or ``id``), ``text``, optional ``title`` and ``metadata``."""
+        ids, texts, titles, metas = [], [], [], []
+        for i, r in enumerate(records):
+            did = r.get("_id", r.get("id"))
+            if did is None:
+                raise DataError(f"record {i} has no '_id' (or 'id') field: {dict(r)!r:.200}")
+            ids.append(str(did))
+            texts.append(str(r.get("text", "")))
+            titles.append(str(r.get("title", "") or ""))
+            metas.append(r.get("metadata") or {})
+        keys = sorted({k for m in metas for k in m})
+        meta = {k: np.array([m.get(k) for m in metas], dtype=object) for k in keys}
+        return cls(ids=ids, texts=texts, titles=titles, metadata=meta)
+
+    @classmethod
+    def from_texts(cls, texts: Sequence[str], ids: Sequence[str] | None = None, **metadata: Sequence[Any]) -> "Corpus":
+        """Build from plain texts; ids default to ``"0", "1", ...``."""
+        ids = [str(i) for i in range(len(texts))] if ids is None else ids
+        return cls(ids=ids, texts=texts, metadata={k: np.asarray(v, dtype=object) for k, v in metadata.items()})
+
+    @classmethod
+    def from_documents(cls, docs: Sequence[Any]) -> "Corpus":
+        """Build from LangChain ``Document`` objects (``page_content``, ``id``, ``metadata``).
+
+        The id is ``doc.id``, else ``metadata["id"]``, else the position; ``metadata["title"]``
+        becomes the title; the other metadata keys become columns.
+        """
+        records = []
+        for i, d in enumerate(docs):
+            meta = dict(getattr(d, "metadata", {}) or {})
+            did = getattr(d, "id", None) or meta.pop("id", None) or str(i)
+            records.append({"_id": did, "text": d.page_content, "title": meta.pop("title", ""), "metadata": meta})
+        return cls.from_records(records)
+
+    # ------------------------------------------------------------------ access
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __repr__(self) -> str:
+        fields_ = f", metadata={sorted(self.metadata)}" if self.metadata else ""
+        return f"Corpus({len(self)} docs{fields_})"
+
+    @property
+    def full_texts(self) -> list[str]:
+        """``title + " " + text`` per document (what BEIR encoders and BM25 index)."""
+        return [f"{t} {x}" if t else x for t, x in zip(self.titles.tolist(), self.texts.tolist())]
+
+    def row_of(self, ids: Iterable[str], missing: str = "raise") -> np.ndarray:
+        """Row numbers of document ids (``missing="raise"`` or ``"drop"``)."""
+        lut = self._row_of
+        if lut is None:
+            lut = {d: i for i, d in enumerate(self.ids.tolist())}
+            if len(lut) != len(self):
+                raise DataError(f"Corpus has {len(self) - len(lut)} duplicate ids")
+            object.__setattr__(self, "_row_of", lut)
+        ids = list(ids)
+        if missing == "drop":
+            return np.array([lut[d] for d in ids if d in lut], dtype=np.int64)
+        try:
+            return np.array([lut[d] for d in ids], dtype=np.int64)
+        except KeyError as e:
+            raise DataError(f"document id {e.args[0]!r} is not in the corpus") from None
+
+    def subset(self, rows: np.ndarray | Sequence[int]) -> "Corpus":
+        """A new corpus made of the given rows, in that order."""
+        rows = np.asarray(rows, dtype=np.int64)
+        return Corpus(
+            ids=self.ids[rows], texts=self.texts[rows], titles=self.titles[rows],
+            metadata={k: v[rows] for k, v in self.metadata.items()},
+        )
+
+    def concat(self, other: "Corpus") -> "Corpus":
+        """This corpus followed by ``other`` (metadata fields missing on one side become ``None``)."""
+        keys = sorted(set(self.metadata) | set(other.metadata))
+
+        def col(c: Corpus, k: str) -> np.ndarray:
+            return c.metadata.get(k, np.full(len(c), None, dtype=object))
+
+        return Corpus(
+            ids=np.concatenate([self.ids, other.ids]), texts=np.concatenate([self.texts, other.texts]),
+            titles=np.concatenate([self.titles, other.titles]),
+            metadata={k: np.concatenate([col(self, k), col(other, k)]) for k in keys},
+        )
+
+    def mask(self, where: Mapping[str, Any] | None) -> np.ndarray | None:
+        """Boolean row mask for a metadata filter, or ``None`` when there is no filter.
+
+        ``where`` maps a field to a value (equality) or a list/tuple/set of values
+        (membership); fields combine with AND.  ``"_id"`` filters on document ids.
+        """
+        if not where:
+            return None
+        keep = np.ones(len(self), dtype=bool)
+        for key, want in where.items():
+            if key == "_id":
+                column = self.ids
+            elif key in self.metadata:
+                column = self.metadata[key]
+            else:
+                raise DataError(
+                    f"filter field {key!r} is not a metadata field of the corpus; "
+                    f"available: {sorted(self.metadata) + ['_id']}"
+                )
+            if isinstance(want, (list, tuple, set, frozenset)):
+                keep &= np.isin(column.astype(str), [str(w) for w in want])
+            else:
+                keep &= column == want
+        return keep
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, path: str | Path) -> None:
+        """Write ``corpus.jsonl`` (BEIR layout plus a ``metadata`` object per line)."""
+        path = Path(path)
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        with open(tmp, "w", encoding="utf-8") as f:
+            keys = list(self.metadata)
+            for i, (d, t, x) in enumerate(zip(self.ids.tolist(), self.titles.tolist(), self.texts.tolist())):
+                rec: dict[str, Any] = {"_id": d, "title": t, "text": x}
+                if keys:
+                    rec["metadata"] = {k: _jsonable(self.metadata[k][i]) for k in keys}
+                f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+        tmp.replace(path)
+
+
+def _jsonable(v: Any) -> Any:
+    return v.item() if isinstance(v, np.generic) else v
+
+
+@dataclass(frozen=True)
+class Queries:
+    """A batch of queries: aligned ``ids`` and ``texts`` (lists of str)."""
+
+    ids: list[str]
+    texts: list[str]
+
+    def __post_init__(self) -> None:
+        if len(self.ids) != len(self.texts):
+            raise DataError(f"Queries: {len(self.ids)} ids but {len(self.texts)} texts")
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, idx: slice | Sequence[int]) -> "Queries":
+        if isinstance(idx, slice):
+            return Queries(self.ids[idx], self.texts[idx])
+        return Queries([self.ids[i] for i in idx], [self.texts[i] for i in idx])
+
+    @classmethod
+    def from_texts(cls, texts: Sequence[str]) -> "Queries":
+        return cls([f"q{i}" for i in range(len(texts))], list(texts))
+
+
+@dataclass(frozen=True)
+class TrainSet:
+    """Judged training queries handed to ``fit(corpus, train=...)``.
+
+    Operators that learn (fusers' weights, routers' thresholds, the Cosine Adapter,
+    encoder adaptation) read it; nothing from a test split may ever be put here.
+    """
+
+    queries: Queries
+    qrels: Qrels
+
+    def __post_init__(self) -> None:
+        if not any(any(v > 0 for v in rel.values()) for rel in self.qrels.values()):
+            raise DataError("TrainSet qrels contain no positive judgement (relevance > 0); nothing to learn from")
+
+
+@dataclass(eq=False)
+class Ranking:
+    """The ranked documents of one query, best first.
+
+    Attributes
+    ----------
+    rows : ndarray of int64, shape (n,)
+        Corpus row numbers.
+    scores : ndarray of float32, shape (n,)
+        Scores, non-increasing.
+    fields : dict of str -> ndarray, shape (n,) each
+        Extra aligned columns that travel with the documents, e.g. each fused branch's
+        rank and score (``"bm25.rank"``, ``"bm25.score"``).
+    """
+
+    rows: np.ndarray
+    scores: np.ndarray
+    fields: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.rows = np.asarray(self.rows, dtype=np.int64)
+        self.scores = np.asarray(self.scores, dtype=np.float32)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __iter__(self):  # unpack as ``rows, scores = ranking``
+        return iter((self.rows, self.scores))
+
+    def __repr__(self) -> str:
+        head = ", ".join(f"{r}:{s:.3f}" for r, s in zip(self.rows[:3].tolist(), self.scores[:3].tolist()))
+        return f"Ranking({len(self)} docs: {head}{', ...' if len(self) > 3 else ''})"
+
+    def take(self, idx: np.ndarray) -> "Ranking":
+        """The ranking restricted/reordered to positions ``idx`` (fields follow)."""
+        return Ranking(self.rows[idx], self.scores[idx], {k: v[idx] for k, v in self.fields.items()})
+
+    def head(self, k: int) -> "Ranking":
+        return self if len(self) <= k else self.take(np.arange(k))
+
+    def equals(self, other: "Ranking") -> bool:
+        return bool(np.array_equal(self.rows, other.rows) and np.array_equal(self.scores, other.scores))
+
+    @classmethod
+    def empty(cls) -> "Ranking":
+        return cls(np.empty(0, np.int64), np.empty(0, np.float32))
+
+
+@dataclass
+class TraceEvent:
+    """One operator's step in a traced run: wall time, candidates in/out, recall@k."""
+
+    path: str
+    operator: str
+    seconds: float
+    n_queries: int
+    candidates_in: float
+    candidates_out: float
+    recall: float | None = None
+
+
+@dataclass
+class State:
+    """What an operator receives and returns.
+
+    Attributes
+    ----------
+    queries : list of str, length n_q
+    query_ids : list of str, length n_q
+    rankings : list of Ranking or None
+        One per query; ``None`` before any retriever ran.
+    vectors : dict of str -> ndarray (n_q, d)
+        Query vectors cached per encoder key, so two operators on one encoder encode once.
+    values : dict of str -> list, length n_q each
+        Per-query scratch values: a route label, a loop counter, an answer, expanded query text.
+    branches : list of (name, rankings) or None
+        The rankings of each branch of a :class:`~ragkit.pipelines.Parallel`, for fusers.
+    options : dict
+        Run-time overrides (``k``, ``filter``, ``{"<op name>": {param: value}}``).
+    trace : list of TraceEvent or None
+        Filled when tracing is on.
+    qrels : Qrels or None
+        Judgements used only to report recall in the trace (never by operators).
+    """
+
+    queries: list[str]
+    query_ids: list[str] = field(default_factory=list)
+    rankings: list[Ranking] | None = None
+    vectors: dict[str, np.ndarray] = field(default_factory=dict)
+    values: dict[str, list[Any]] = field(default_factory=dict)
+    branches: list[tuple[str, list[Ranking]]] | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+    trace: list[TraceEvent] | None = None
+    qrels: Qrels | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.queries, str):
+            raise DataError("State.queries must be a list of strings, got one string; wrap it in a list")
+        self.queries = list(self.queries)
+        if not self.query_ids:
+            self.query_ids = [f"q{i}" for i in range(len(self.queries))]
+        if len(self.query_ids) != len(self.queries):
+            raise DataError(f"State: {len(self.query_ids)} query ids for {len(self.queries)} queries")
+
+    def __len__(self) -> int:
+        return len(self.queries)
+
+    @classmethod
+    def of(cls, queries: "Queries | Sequence[str] | str", **kw: Any) -> "State":
+        if isinstance(queries, str):
+            queries = [queries]
+        if isinstance(queries, Queries):
+            return cls(list(queries.texts), list(queries.ids), **kw)
+        return cls(list(queries), **kw)
+
+    def copy(self) -> "State":
+        """A shallow copy whose containers can be changed without touching this one."""
+        return replace(
+            self, queries=list(self.queries), query_ids=list(self.query_ids),
+            rankings=None if self.rankings is None else list(self.rankings),
+            vectors=dict(self.vectors), values={k: list(v) for k, v in self.values.items()},
+            branches=None if self.branches is None else list(self.branches), options=dict(self.options),
+        )
+
+    def subset(self, idx: Sequence[int] | np.ndarray) -> "State":
+        """The sub-batch of queries at positions ``idx`` (trace list is shared)."""
+        idx = [int(i) for i in idx]
+        sel = np.asarray(idx, dtype=np.int64)
+        return State(
+            queries=[self.queries[i] for i in idx], query_ids=[self.query_ids[i] for i in idx],
+            rankings=None if self.rankings is None else [self.rankings[i] for i in idx],
+            vectors={k: v[sel] for k, v in self.vectors.items()},
+            values={k: [v[i] for i in idx] for k, v in self.values.items()},
+            branches=None if self.branches is None else [(n, [r[i] for i in idx]) for n, r in self.branches],
+            options=self.options, trace=self.trace, qrels=self.qrels,
+        )
+
+    @classmethod
+    def merge(cls, parent: "State", parts: Sequence[tuple[Sequence[int], "State"]]) -> "State":
+        """Put sub-batches back in the parent's query order (inverse of :meth:`subset`)."""
+        n = len(parent)
+        out = parent.copy()
+        rankings: list[Ranking | None] = [None] * n if any(p.rankings is not None for _, p in parts) else None
+        keys = {k for _, p in parts for k in p.values} | set(parent.values)
+        values = {k: list(parent.values.get(k, [None] * n)) for k in keys}
+        vec_keys = set.intersection(*[set(p.vectors) for _, p in parts]) if parts else set()
+        vectors = {k: np.zeros((n, parts[0][1].vectors[k].shape[1]), parts[0][1].vectors[k].dtype) for k in vec_keys}
+        for idx, part in parts:
+            for j, i in enumerate(idx):
+                if rankings is not None:
+                    rankings[i] = part.rankings[j] if part.rankings is not None else (
+                        parent.rankings[i] if parent.rankings is not None else Ranking.empty())
+                for k in part.values:
+                    values[k][i] = part.values[k][j]
+            sel = np.asarray(list(idx), dtype=np.int64)
+            for k in vec_keys:
+                vectors[k][sel] = part.vectors[k]
+        out.rankings = rankings
+        out.values = values
+        out.vectors = {**parent.vectors, **vectors} if len(vec_keys) else parent.vectors
+        out.branches = None
+        return out
+
+
+class Timer:
+    """Context manager measuring wall seconds (``perf_counter``)."""
+
+    def __enter__(self) -> "Timer":
+        self.t0 = time.perf_counter()
+        self.seconds = 0.0
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.seconds = time.perf_counter() - self.t0

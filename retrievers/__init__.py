@@ -1,0 +1,8 @@
+"""Retrievers: operators that add rankings to a batch of queries.
+
+``ragkit.retrievers`` (installed from the top-level ``retrievers/`` folder).
+"""
+
+from ragkit.retrievers.bm25 import BM25
+
+__all__ = ["BM25"]
