@@ -4,5 +4,6 @@
 """
 
 from ragkit.retrievers.bm25 import BM25
+from ragkit.retrievers.dense import Dense
 
-__all__ = ["BM25"]
+__all__ = ["BM25", "Dense"]

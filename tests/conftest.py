@@ -1,0 +1,50 @@
+"""Shared fixtures: SciFact and small slices of it (fast), judged queries for learners."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO = Path(__file__).resolve().parents[1]
+SCIFACT = Path(os.environ.get("RAGKIT_SCIFACT", REPO.parent / "shared" / "data" / "beir" / "scifact"))
+
+
+def pytest_collection_modifyitems(config, items):
+    if not SCIFACT.is_dir():
+        raise pytest.UsageError(f"SciFact not found at {SCIFACT}; set RAGKIT_SCIFACT to the BEIR folder")
+
+
+@pytest.fixture(scope="session")
+def scifact():
+    """The full SciFact dataset (5,183 documents)."""
+    from ragkit import load_beir
+
+    return load_beir(SCIFACT)
+
+
+@pytest.fixture(scope="session")
+def slice_data(scifact):
+    """A ~250-document slice with 12 test and 40 train queries whose relevant documents are in it.
+
+    Returns ``(corpus, test_queries, test_qrels, train_set)``.
+    """
+    from ragkit.types import TrainSet
+
+    test_q, test_rel = scifact.queries("test")[:12], scifact.qrels("test")
+    train_q, train_rel = scifact.queries("train")[:40], scifact.qrels("train")
+    rel_ids = {d for q in test_q.ids for d in test_rel[q]} | {d for q in train_q.ids for d in train_rel[q]}
+    rows = sorted(set(range(200)) | set(scifact.corpus.row_of(rel_ids).tolist()))
+    corpus = scifact.corpus.subset(np.array(rows))
+    # metadata for filter tests: a deterministic "year"-like field
+    corpus = type(corpus)(ids=corpus.ids, texts=corpus.texts, titles=corpus.titles,
+                          metadata={"bucket": np.array([i % 3 for i in range(len(corpus))], dtype=object)})
+    qrels = {q: test_rel[q] for q in test_q.ids}
+    train = TrainSet(train_q, {q: train_rel[q] for q in train_q.ids})
+    return corpus, test_q, qrels, train
