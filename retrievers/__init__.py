@@ -5,5 +5,6 @@
 
 from ragkit.retrievers.bm25 import BM25
 from ragkit.retrievers.dense import Dense
+from ragkit.scale import Sharded
 
-__all__ = ["BM25", "Dense"]
+__all__ = ["BM25", "Dense", "Sharded"]

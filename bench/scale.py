@@ -1,0 +1,149 @@
+"""Scale-out benchmark: Ray encoding throughput and a sharded 1M-vector search.
+
+Usage::
+
+    python bench/scale.py                 # 600 docs encoded, 1M synthetic vectors in 8 shards
+    python bench/scale.py --quick         # 200 docs, 50k vectors
+
+Part 1 encodes SciFact documents (cache off) with the local encoder and with Ray Data's
+actor pool (1 and 2 actors), printing documents/second and Ray's overhead.  Part 2 builds
+``--n`` synthetic 384-d vectors (SciFact vectors plus Gaussian noise, so the geometry
+stays realistic) as one usearch HNSW index and as ``--shards`` shard indexes, searches
+the same queries on both, merges shard rankings with ``ragkit.scale.merge_rankings``, and
+prints latency and recall@10 against exact search.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+OUT = REPO / "bench" / "out"
+
+
+def encode_part(n_docs: int) -> dict:
+    from ragkit import load_beir
+    from ragkit.encoders import get_encoder
+    from ragkit.scale import ray_encode, ray_init
+
+    ds = load_beir(REPO.parent / "shared" / "data" / "beir" / "scifact")
+    texts = ds.corpus.full_texts[:n_docs]
+    enc = get_encoder()
+    enc.encode(texts[:8], cache=False)  # load the model before timing
+    t0 = time.perf_counter()
+    local = enc.encode(texts, cache=False)
+    t_local = time.perf_counter() - t0
+    res = {"docs": n_docs, "local_docs_per_s": n_docs / t_local}
+    t0 = time.perf_counter()
+    ray_init()
+    res["ray_init_s"] = time.perf_counter() - t0
+    for actors in (1, 2):
+        t0 = time.perf_counter()
+        vecs = ray_encode("all-MiniLM-L6-v2", texts, num_actors=actors, cache=False)
+        dt = time.perf_counter() - t0
+        res[f"ray_{actors}_actors_docs_per_s"] = n_docs / dt
+        res[f"ray_{actors}_actors_max_abs_diff"] = float(np.abs(vecs - local).max())
+    return res
+
+
+def shard_part(n: int, shards: int, n_queries: int, seed: int = 0) -> dict:
+    from usearch.index import Index
+
+    from ragkit.encoders import get_encoder
+    from ragkit.eval.beir import load_beir
+    from ragkit.scale import merge_rankings
+    from ragkit.types import Ranking
+
+    ds = load_beir(REPO.parent / "shared" / "data" / "beir" / "scifact")
+    base = get_encoder().encode(ds.corpus.full_texts)
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(base), n)
+    X = base[idx] + rng.normal(0, 0.05, (n, base.shape[1])).astype(np.float32)
+    X /= np.linalg.norm(X, axis=1, keepdims=True)
+    Q = get_encoder().encode_queries(ds.queries("test").texts[:n_queries])
+    # exact ground truth, in blocks
+    gt = np.zeros((len(Q), 10), np.int64)
+    best = np.full((len(Q), 10), -np.inf, np.float32)
+    for a in range(0, n, 100_000):
+        s = Q @ X[a:a + 100_000].T
+        cand = np.concatenate([best, s], axis=1)
+        rows = np.concatenate([gt, np.broadcast_to(np.arange(a, a + s.shape[1]), s.shape)], axis=1)
+        top = np.argsort(-cand, axis=1)[:, :10]
+        best, gt = np.take_along_axis(cand, top, 1), np.take_along_axis(rows, top, 1)
+
+    def build(vectors, keys):
+        ix = Index(ndim=X.shape[1], metric="ip", dtype="f32", connectivity=16, expansion_add=128, expansion_search=64)
+        ix.add(keys, vectors, log=False)
+        return ix
+
+    res = {"n": n, "shards": shards, "queries": len(Q)}
+    t0 = time.perf_counter()
+    one = build(X, np.arange(n))
+    res["single_build_s"] = time.perf_counter() - t0
+    bounds = np.linspace(0, n, shards + 1).astype(int)
+    t0 = time.perf_counter()
+    parts = [build(X[a:b], np.arange(a, b)) for a, b in zip(bounds[:-1], bounds[1:])]
+    res["sharded_build_s_sequential"] = time.perf_counter() - t0
+
+    def recall(rows):
+        return float(np.mean([len(set(r[:10].tolist()) & set(g.tolist())) / 10 for r, g in zip(rows, gt)]))
+
+    t0 = time.perf_counter()
+    m = one.search(Q, 10)
+    res["single_query_ms"] = (time.perf_counter() - t0) / len(Q) * 1e3
+    res["single_recall@10"] = recall(m.keys)
+    t0 = time.perf_counter()
+    per_shard = []
+    for ix in parts:
+        mm = ix.search(Q, 10)
+        per_shard.append([Ranking(k.astype(np.int64), -d) for k, d in zip(mm.keys, mm.distances)])
+    merged = merge_rankings(per_shard, 10)
+    res["sharded_query_ms"] = (time.perf_counter() - t0) / len(Q) * 1e3
+    res["sharded_recall@10"] = recall([r.rows for r in merged])
+    t0 = time.perf_counter()
+    for _ in range(20):
+        merge_rankings(per_shard, 10)
+    res["merge_ms_per_query"] = (time.perf_counter() - t0) / 20 / len(Q) * 1e3
+    return res
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--docs", type=int, default=600)
+    ap.add_argument("--n", type=int, default=1_000_000)
+    ap.add_argument("--shards", type=int, default=8)
+    ap.add_argument("--queries", type=int, default=300)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--skip-encode", action="store_true")
+    args = ap.parse_args()
+    if args.quick:
+        args.docs, args.n, args.queries = 200, 50_000, 100
+    OUT.mkdir(parents=True, exist_ok=True)
+    results = {}
+    if not args.skip_encode:
+        enc = encode_part(args.docs)
+        results["encode"] = enc
+        print(f"encoding {enc['docs']} docs: local {enc['local_docs_per_s']:.1f} docs/s; "
+              f"ray 1 actor {enc['ray_1_actors_docs_per_s']:.1f} docs/s "
+              f"({enc['ray_1_actors_docs_per_s'] / enc['local_docs_per_s']:.2f}x), "
+              f"2 actors {enc['ray_2_actors_docs_per_s']:.1f} docs/s "
+              f"({enc['ray_2_actors_docs_per_s'] / enc['local_docs_per_s']:.2f}x); ray.init {enc['ray_init_s']:.1f} s; "
+              f"max |ray - local| = {enc['ray_2_actors_max_abs_diff']:.2e}")
+    sh = shard_part(args.n, args.shards, args.queries)
+    results["shards"] = sh
+    print(f"{sh['n']:,} vectors: one HNSW index built in {sh['single_build_s']:.1f} s, {sh['shards']} shards in "
+          f"{sh['sharded_build_s_sequential']:.1f} s (sequential here; parallel on a cluster)")
+    print(f"  single index : {sh['single_query_ms']:.3f} ms/query, recall@10 {sh['single_recall@10']:.4f}")
+    print(f"  {sh['shards']} shards merged: {sh['sharded_query_ms']:.3f} ms/query "
+          f"({sh['sharded_query_ms'] / sh['single_query_ms']:.2f}x), recall@10 {sh['sharded_recall@10']:.4f}; "
+          f"merge {sh['merge_ms_per_query'] * 1e3:.1f} us/query")
+    (OUT / "scale.json").write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
