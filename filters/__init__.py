@@ -6,3 +6,9 @@
 from ragkit.filters.cutoffs import TopK
 
 __all__ = ["TopK"]
+from ragkit.filters.maxsim import MaxSim  # noqa: E402
+from ragkit.filters.thresholds import RelativeThreshold, ScoreThreshold  # noqa: E402
+from ragkit.filters.cosine_adapter import CosineAdapter  # noqa: E402
+from ragkit.filters.dbnorm import DBNorm  # noqa: E402
+
+__all__ += ["ScoreThreshold", "RelativeThreshold", "CosineAdapter", "DBNorm"]

@@ -38,7 +38,15 @@ def _recall(state: State, k: int = 100) -> float | None:
 
 
 def run_step(op: Operator, state: State, path: str) -> State:
-    """Call ``op`` on ``state``; when tracing, record time, candidates in/out and recall."""
+    """Call ``op`` on ``state`` at node ``path`` (the YAML path without the operator key).
+
+    Composites get ``path`` so that every leaf's trace event carries the same path that
+    :func:`~ragkit.pipelines.yaml.walk_leaves` and YAML error messages use, e.g.
+    ``pipeline[0].parallel.branches[1].dense``.  When tracing, a leaf records wall time,
+    mean candidates in/out and (with qrels) recall@100 after the step.
+    """
+    if isinstance(op, Composite):
+        return op._call(state, path)
     if state.trace is None:
         return op(state)
     n_in = np.mean([len(r) for r in state.rankings]) if state.rankings else 0.0
@@ -46,8 +54,62 @@ def run_step(op: Operator, state: State, path: str) -> State:
     out = op(state)
     dt = time.perf_counter() - t0
     n_out = np.mean([len(r) for r in out.rankings]) if out.rankings else 0.0
-    if op.kind != "composite":
-        out.trace.append(TraceEvent(path, op.name, dt, len(state), float(n_in), float(n_out), _recall(out)))
+    out.trace.append(TraceEvent(f"{path}.{_label(op)}", op.name, dt, len(state), float(n_in), float(n_out),
+                                _recall(out)))
+    return out
+
+
+def merge_parts(parent: State, parts: Sequence[tuple[Sequence[int], State]]) -> State:
+    """Put sub-batches (``State.subset`` of ``parent`` then transformed) back in ``parent``'s order.
+
+    Rows not covered by any part keep the parent's rankings, values and vectors.  A query
+    vector key survives only where it stays valid for every row: a part that dropped a
+    key the parent had (its query text changed) invalidates that key for the whole batch,
+    and a key new in some parts is kept only when those parts cover every row.
+    """
+    n = len(parent)
+    out = parent.copy()
+    out.branches = None
+    if not parts:
+        return out
+    covered = np.zeros(n, bool)
+    for idx, _ in parts:
+        covered[np.asarray(list(idx), dtype=np.int64)] = True
+    # rankings
+    if any(p.rankings is not None for _, p in parts) or parent.rankings is not None:
+        rankings = list(parent.rankings) if parent.rankings is not None else [Ranking.empty() for _ in range(n)]
+        for idx, part in parts:
+            if part.rankings is not None:
+                for j, i in enumerate(idx):
+                    rankings[i] = part.rankings[j]
+        out.rankings = rankings
+    # values
+    for _, part in parts:
+        for key in part.values:
+            if key not in out.values:
+                out.values[key] = [None] * n
+    for idx, part in parts:
+        for key, vals in part.values.items():
+            col = out.values[key]
+            for j, i in enumerate(idx):
+                col[i] = vals[j]
+    # vectors
+    keys = set(parent.vectors) | {k for _, p in parts for k in p.vectors}
+    vectors: dict[str, np.ndarray] = {}
+    for key in keys:
+        if any(key not in p.vectors for _, p in parts):
+            continue
+        if key in parent.vectors:
+            base = np.array(parent.vectors[key], copy=True)
+        elif covered.all():
+            first = parts[0][1].vectors[key]
+            base = np.zeros((n, first.shape[1]), first.dtype)
+        else:
+            continue
+        for idx, part in parts:
+            base[np.asarray(list(idx), dtype=np.int64)] = part.vectors[key]
+        vectors[key] = base
+    out.vectors = vectors
     return out
 
 
@@ -196,7 +258,7 @@ class Pipeline(Composite):
     # ------------------------------------------------------------------ run
     def _call(self, state: State, path: str = "pipeline") -> State:
         for i, step in enumerate(self.steps):
-            state = run_step(step, state, f"{path}[{i}].{_label(step)}")
+            state = run_step(step, state, f"{path}[{i}]")
         return state
 
     def __call__(self, state: State) -> State:
@@ -339,19 +401,39 @@ class Parallel(Composite):
             self.fuse.fit(corpus, train, upstream=up)
         return self
 
-    def _branch_state(self, state: State, path: str = "parallel") -> State:
-        outs = [run_step(b, state.copy(), f"{path}.branches[{i}].{_label(b)}") for i, b in enumerate(self.branches)]
+    def _branch_state(self, state: State, path: str = "") -> State:
+        """Run every branch on its own copy of ``state``; ``branches`` holds their rankings.
+
+        Query vectors computed by a branch are shared with the later branches and kept,
+        unless the branch rewrote the query text (``values["query_text"]``); branch
+        scratch values are kept (first branch wins), except a rewritten query text,
+        which stays inside its branch.
+        """
+        here = f"{path}.parallel" if path else "parallel"
+        qtext = state.values.get("query_text")
+        shared = dict(state.vectors)
+        outs = []
+        for i, b in enumerate(self.branches):
+            inp = state.copy()
+            inp.vectors = dict(shared)
+            o = run_step(b, inp, f"{here}.branches[{i}]")
+            if o.values.get("query_text") == qtext:
+                for key, vec in o.vectors.items():
+                    shared.setdefault(key, vec)
+            outs.append(o)
         merged = state.copy()
-        for o in outs:  # share query vectors computed in any branch
-            merged.vectors.update(o.vectors)
+        merged.vectors = shared
+        for o in outs:
             for key, vals in o.values.items():
-                merged.values.setdefault(key, vals)
-        merged.branches = [(n, o.rankings or [Ranking.empty()] * len(state)) for n, o in zip(self.names, outs)]
+                if key != "query_text":
+                    merged.values.setdefault(key, vals)
+        merged.branches = [(n, o.rankings if o.rankings is not None else [Ranking.empty() for _ in range(len(state))])
+                           for n, o in zip(self.names, outs)]
         return merged
 
-    def _call(self, state: State, path: str = "parallel") -> State:
+    def _call(self, state: State, path: str = "") -> State:
         merged = self._branch_state(state, path)
-        out = run_step(self.fuse, merged, f"{path}.fuse.{self.fuse.name}")
+        out = run_step(self.fuse, merged, f"{path}.parallel.fuse" if path else "parallel.fuse")
         out.branches = None
         return out
 
@@ -404,25 +486,33 @@ class Route(Composite):
     def children(self) -> list[Operator]:
         return [self.router, *self.branches.values(), *([self.default] if self.default is not None else [])]
 
-    def _call(self, state: State, path: str = "route") -> State:
-        labelled = run_step(self.router, state, f"{path}.router.{self.router.name}")
+    def _call(self, state: State, path: str = "") -> State:
+        here = f"{path}.route" if path else "route"
+        labelled = run_step(self.router, state, f"{here}.router")
+        if "label" not in labelled.values or len(labelled.values["label"]) != len(state):
+            raise ParamError(f"{here}.router: router {self.router.name!r} did not write one label per query "
+                             f"into state.values['label']")
         labels = [str(x) for x in labelled.values["label"]]
         groups: dict[str, list[int]] = {}
         for i, lab in enumerate(labels):
             groups.setdefault(lab, []).append(i)
         parts = []
         for lab, idx in groups.items():
-            branch = self.branches.get(lab)
-            if branch is None:
-                branch = self.branches[self.default_label] if self.default_label else self.default
+            branch, where = self.branches.get(lab), f"{here}.branches.{lab}"
+            if branch is None and self.default_label is not None:
+                branch, where = self.branches[self.default_label], f"{here}.branches.{self.default_label}"
+            elif branch is None and self.default is not None:
+                branch, where = self.default, f"{here}.default"
             if branch is None:
                 raise ParamError(
-                    f"{path}: router {self.router.name!r} gave label {lab!r}, which has no branch and there is no "
+                    f"{here}: router {self.router.name!r} gave label {lab!r}, which has no branch and there is no "
                     f"default; branches: {sorted(self.branches)}"
                 )
-            sub = labelled.subset(idx)
-            parts.append((idx, run_step(branch, sub, f"{path}.branches.{lab}")))
-        out = State.merge(labelled, parts)
+            parts.append((idx, run_step(branch, labelled.subset(idx), where)))
+        out = merge_parts(labelled, parts)
+        qtext = out.values.get("query_text")
+        if qtext is not None and any(t is None for t in qtext):  # rewritten in some branches only
+            out.values["query_text"] = [q if t is None else t for q, t in zip(out.queries, qtext)]
         out.values["route"] = labels
         out.values.pop("label", None)
         return out
@@ -455,25 +545,39 @@ class Loop(Composite):
     def children(self) -> list[Operator]:
         return [self.body, self.until]
 
-    def _call(self, state: State, path: str = "loop") -> State:
+    def _call(self, state: State, path: str = "") -> State:
+        """Iterate; per-query iteration counts go to ``values["iterations"]``.
+
+        Each iteration's body and judge steps appear in the trace under
+        ``<path>.loop.body`` / ``<path>.loop.until`` with the number of queries still
+        active.  Scratch values whose key starts with ``_`` (a judge's memory, such as
+        the previous top-k) are removed when the loop ends, so a second loop starts fresh.
+        """
+        here = f"{path}.loop" if path else "loop"
         n = len(state)
-        iters = [0] * n
-        active = list(range(n))
-        current = state.copy()
+        before = set(state.values)
+        iters = np.zeros(n, np.int64)
+        active = np.arange(n)
+        current = state
         for it in range(self.max_iters):
-            if not active:
+            if not len(active):
                 break
-            sub = current.subset(active)
+            sub = current.subset(active) if len(active) < n else current.copy()
             sub.values["iteration"] = [it] * len(active)
-            sub = run_step(self.body, sub, f"{path}.body#{it}")
-            sub = run_step(self.until, sub, f"{path}.until.{self.until.name}")
-            done = [bool(d) for d in sub.values.pop("done")]
+            sub = run_step(self.body, sub, f"{here}.body")
+            sub = run_step(self.until, sub, f"{here}.until")
+            if "done" not in sub.values or len(sub.values["done"]) != len(active):
+                raise ParamError(f"{here}.until: judge {self.until.name!r} did not write one 'done' value per query")
+            done = np.fromiter((bool(d) for d in sub.values.pop("done")), bool, len(active))
             sub.values.pop("iteration", None)
-            current = State.merge(current, [(active, sub)])
-            for i in active:
-                iters[i] += 1
-            active = [i for i, d in zip(active, done) if not d]
-        current.values["iterations"] = iters
+            current = merge_parts(current, [(active.tolist(), sub)]) if len(active) < n else sub
+            iters[active] += 1
+            active = active[~done]
+        if current is state:
+            current = state.copy()
+        for key in [k for k in current.values if k.startswith("_") and k not in before]:
+            del current.values[key]
+        current.values["iterations"] = iters.tolist()
         return current
 
     def __call__(self, state: State) -> State:

@@ -95,6 +95,9 @@ def _branch_fields(flat: dict[str, np.ndarray], inv: np.ndarray, n: int, names: 
 class _FuserParams(Params):
     weights: list[float] | None = Field(None, description="Per-branch weights (default: all 1).")
     top_k: int | None = Field(None, ge=1, description="Results kept after fusion (default: the whole union).")
+    learn: bool = Field(False, description="Learn the branch weights from the training split at fit "
+                                           "(cross-validated grid search maximising nDCG@10).")
+    folds: int = Field(5, ge=2, description="Cross-validation folds when learning weights.")
 
     @model_validator(mode="after")
     def _check_weights(self) -> "_FuserParams":
@@ -107,7 +110,48 @@ class _Fuser(Operator):
     kind = "fuser"
     stateless = True
 
+    @property
+    def wants_upstream(self) -> bool:  # type: ignore[override]
+        """A learning fuser needs its branches' rankings of the training queries at fit time."""
+        return bool(self.params.learn)  # type: ignore[attr-defined]
+
+    def _fit(self, corpus, train, upstream) -> None:
+        if not self.params.learn or train is None:  # type: ignore[attr-defined]
+            return
+        if upstream is None or not upstream.branches:
+            raise ParamError(f"{self.name}.learn: weights are learned inside a Parallel; fit the pipeline that "
+                             "holds this fuser with fit(corpus, train)")
+        from ragkit.pipelines.weights import learn_weights
+
+        names = [n for n, _ in upstream.branches]
+
+        def fuse(state: State, w: np.ndarray) -> list[Ranking]:
+            return self._fuse(state, w, None)
+
+        found = learn_weights(fuse, upstream, train.qrels, corpus.ids, folds=self.params.folds)  # type: ignore[attr-defined]
+        self.weights_ = found.weights
+        self.learned_ = {"branches": names, "weights": found.weights.tolist(), "cv_ndcg@10": found.cv_ndcg,
+                         "train_ndcg@10": found.train_ndcg, "uniform_ndcg@10": found.baseline_ndcg}
+
+    def _save(self, folder) -> None:
+        if hasattr(self, "weights_"):
+            from ragkit.operator import save_arrays, write_json
+
+            save_arrays(folder, weights=self.weights_)
+            write_json(folder / "learned.json", self.learned_)
+
+    def _load(self, folder, mmap: bool = False) -> None:
+        if (folder / "weights.npy").is_file():
+            from ragkit.operator import load_array, read_json
+
+            self.weights_ = load_array(folder, "weights")
+            self.learned_ = read_json(folder / "learned.json")
+
     def _weights(self, names: list[str]) -> np.ndarray:
+        if hasattr(self, "weights_"):
+            if len(self.weights_) != len(names):
+                raise ParamError(f"{self.name}: learned {len(self.weights_)} weights but got {len(names)} branches")
+            return np.asarray(self.weights_, dtype=np.float64)
         w = self.params.weights  # type: ignore[attr-defined]
         if w is None:
             return np.ones(len(names))
@@ -120,15 +164,18 @@ class _Fuser(Operator):
         call_k = state.options.get("k")
         return max(top, int(call_k)) if top is not None and call_k is not None else top
 
-    def _call(self, state: State) -> State:
+    def _fuse(self, state: State, w: np.ndarray | None, top: int | None) -> list[Ranking]:
         flat, names = flatten_branches(state)
-        w = self._weights(names)
+        w = self._weights(names) if w is None else w
         contrib = self._contributions(flat, w, len(state))
         uq, urow, inv = _group(flat)
         fused = np.bincount(inv, weights=contrib, minlength=len(uq))
         fields = _branch_fields(flat, inv, len(uq), names)
+        return split_by_query(len(state), uq, urow, fused, top, fields)
+
+    def _call(self, state: State) -> State:
         out = state.copy()
-        out.rankings = split_by_query(len(state), uq, urow, fused, self._top(state), fields)
+        out.rankings = self._fuse(state, None, self._top(state))
         return out
 
     def _contributions(self, flat: dict[str, np.ndarray], w: np.ndarray, n_q: int) -> np.ndarray:

@@ -42,6 +42,9 @@ def save_pipeline(pipe: Pipeline, path: str | Path) -> None:
     with atomic_dir(path) as tmp:
         (tmp / "pipeline.yaml").write_text(dump_yaml(pipe), encoding="utf-8")
         corpus = getattr(pipe, "corpus_", None)
+        if corpus is None:  # fitted operator by operator, not through Pipeline.fit
+            fitted = [leaf for _, leaf in walk_leaves(pipe) if not leaf.stateless and leaf.is_fitted]
+            corpus = fitted[0].corpus_ if fitted else None
         if corpus is not None:
             corpus.save(tmp / "corpus.jsonl")
         folders: dict[int, str] = {}

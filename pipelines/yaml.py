@@ -50,6 +50,24 @@ def _default_leaf(path: str, cls: type[Operator], params: Mapping[str, Any]) -> 
     return cls(validate_params(cls.Params, params, cls.name, path.rsplit(".", 1)[0]))
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key repeated in one mapping (YAML keeps the last silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                dup = key in seen
+            except TypeError:  # an unhashable key; the base class reports it
+                break
+            if dup:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} appears twice in one mapping", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def parse_yaml_text(source: str | Path) -> tuple[Any, str]:
     """Read YAML from a path or text with ``safe_load``; errors name the file and line."""
     where = "<text>"
@@ -60,7 +78,7 @@ def parse_yaml_text(source: str | Path) -> tuple[Any, str]:
             raise ConfigError(f"{path}: pipeline file not found")
         where, text = str(path), path.read_text(encoding="utf-8")
     try:
-        return yaml.safe_load(text), where
+        return yaml.load(text, Loader=_UniqueKeyLoader), where  # a SafeLoader: no object tags
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         loc = f" line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
@@ -82,8 +100,14 @@ def load_yaml(source: str | Path | Mapping[str, Any], make_leaf: LeafFactory | N
         raise ConfigError(f"{where}: expected a mapping with a 'pipeline' key, got {type(doc).__name__} {doc!r:.60}")
     unknown = set(map(str, doc)) - TOP_KEYS
     if unknown:
-        raise ConfigError(f"{sorted(unknown)[0]}: unknown top-level key; expected one of {sorted(TOP_KEYS)}",
-                          path=sorted(unknown)[0])
+        bad = sorted(unknown)[0]
+        close = difflib.get_close_matches(bad, sorted(TOP_KEYS), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ConfigError(f"{bad}: unknown top-level key{hint}; expected one of {sorted(TOP_KEYS)}", path=bad)
+    version = doc.get("version", 1)
+    if version != 1 or isinstance(version, bool):
+        raise ConfigError(f"version: expected 1 (the pipeline file format this ragkit reads), got {version!r}",
+                          path="version")
     if "pipeline" not in doc:
         raise ConfigError("pipeline: missing; a pipeline file needs a 'pipeline:' list of operators", path="pipeline")
     steps = doc["pipeline"]
@@ -135,7 +159,10 @@ def build(node: Any, path: str, make_leaf: LeafFactory = _default_leaf) -> Opera
         except ParamError as e:
             msg = str(e)
             raise ConfigError(msg if msg.startswith(here) else f"{here}: {msg}", path=here) from None
-    cls = registry.get(name, path=here)
+    try:
+        cls = registry.get(name, path=here)
+    except ParamError as e:
+        raise ConfigError(str(e), path=here) from None
     if body is None:
         body = {}
     if not isinstance(body, Mapping):
@@ -161,21 +188,36 @@ def _build_parallel(body: Mapping[str, Any], here: str, make_leaf: LeafFactory) 
         raise ConfigError(f"{here}.branches: expected a non-empty list of branches, got {branches!r:.60}",
                           path=f"{here}.branches")
     built = [_branch(b, f"{here}.branches[{i}]", make_leaf) for i, b in enumerate(branches)]
-    fuse = build(body["fuse"], f"{here}.fuse", make_leaf) if body.get("fuse") is not None else None
+    fuse = None
+    if "fuse" in body:
+        if body["fuse"] is None:
+            raise ConfigError(f"{here}.fuse: expected a fuser node such as 'rrf: {{k: 60}}', got nothing",
+                              path=f"{here}.fuse")
+        fuse = build(body["fuse"], f"{here}.fuse", make_leaf)
+        _need_kind(fuse, "fuser", f"{here}.fuse")
     names = body.get("names")
     if names is not None and (not isinstance(names, list) or not all(isinstance(n, str) for n in names)):
         raise ConfigError(f"{here}.names: expected a list of strings, got {names!r:.60}", path=f"{here}.names")
+    if names is not None and (len(names) != len(built) or len(set(names)) != len(names)):
+        raise ConfigError(f"{here}.names: expected {len(built)} distinct names (one per branch), got {names!r:.80}",
+                          path=f"{here}.names")
     return Parallel(built, fuse=fuse, names=names)
 
 
 def _build_route(body: Mapping[str, Any], here: str, make_leaf: LeafFactory) -> Route:
     router = build(_need(body, "router", here), f"{here}.router", make_leaf)
+    _need_kind(router, "router", f"{here}.router")
     branches = _need(body, "branches", here)
     if not isinstance(branches, Mapping) or not branches:
         raise ConfigError(f"{here}.branches: expected a mapping of label -> pipeline, got {branches!r:.60}",
                           path=f"{here}.branches")
     built = {str(k): _branch(v, f"{here}.branches.{k}", make_leaf) for k, v in branches.items()}
     default = body.get("default")
+    if isinstance(default, str) and default not in built:
+        close = difflib.get_close_matches(default, sorted(built), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ConfigError(f"{here}.default: label {default!r} is not a branch{hint}; branches: {sorted(built)}",
+                          path=f"{here}.default")
     if default is not None and not isinstance(default, str):
         default = _branch(default, f"{here}.default", make_leaf)
     return Route(router, built, default=default)
@@ -184,10 +226,18 @@ def _build_route(body: Mapping[str, Any], here: str, make_leaf: LeafFactory) -> 
 def _build_loop(body: Mapping[str, Any], here: str, make_leaf: LeafFactory) -> Loop:
     loop_body = _branch(_need(body, "body", here), f"{here}.body", make_leaf)
     until = build(_need(body, "until", here), f"{here}.until", make_leaf)
+    _need_kind(until, "judge", f"{here}.until")
     n = body.get("max_iters", 3)
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ConfigError(f"{here}.max_iters: expected a positive integer, got {n!r}", path=f"{here}.max_iters")
     return Loop(loop_body, until=until, max_iters=n)
+
+
+def _need_kind(op: Operator, kind: str, where: str) -> None:
+    if op.kind != kind:
+        names = sorted(n for n in registry.names() if registry.get(n).kind == kind)
+        raise ConfigError(f"{where}: expected a {kind} operator ({', '.join(names)}), got {op.name!r} "
+                          f"(a {op.kind})", path=where)
 
 
 _STRUCT_BUILDERS = {"parallel": _build_parallel, "route": _build_route, "loop": _build_loop}
@@ -244,3 +294,17 @@ def walk_leaves(op: Operator, path: str = "pipeline") -> Iterator[tuple[str, Ope
         yield from walk_leaves(op.until, f"{path}.loop.until")
     else:
         yield f"{path}.{op.name}", op
+
+
+def validate_file(path: str | Path) -> Pipeline:
+    """Check a pipeline YAML file without fitting or running it (``ragkit validate``).
+
+    Parses with a safe loader, validates the whole tree (structure, operator names,
+    every operator's parameters) and returns the built, unfitted pipeline.  Raises
+    :class:`~ragkit.errors.ConfigError` whose message starts with the path inside the
+    file (or ``<file>: line N`` for text that is not YAML).
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{p}: pipeline file not found", path=str(p))
+    return load_yaml(p)

@@ -135,6 +135,56 @@ def eval_cmd(
         run.write_trec(run_file)
 
 
+@app.command("train")
+def train_cmd(
+    data: str = typer.Option(..., "--data", help="BEIR dataset name or folder."),
+    pipeline: str = typer.Option(..., "--pipeline", "-p", help="Pipeline YAML file."),
+    out: Path = typer.Option(..., "--out", help="Folder to save the fitted pipeline to."),
+    split: str = typer.Option("train", help="Judged split to learn from (never the test split)."),
+    report: bool = typer.Option(True, "--report/--no-report",
+                                help="First fit on 80% of the split and report nDCG@10 on the held-out 20%."),
+    seed: int = typer.Option(0, help="Seed of the held-out fold."),
+) -> None:
+    """Fit a pipeline on a corpus, learning from a judged split, and save it."""
+    import numpy as np
+
+    from ragkit import evaluate, load_beir
+    from ragkit.types import TrainSet
+
+    if split == "test":
+        _fail(RagkitError("--split test: learning from the test split is refused; use the train split"))
+    try:
+        ds = load_beir(data)
+        train = ds.train_set(split)
+        if report:
+            n = len(train.queries)
+            perm = np.random.default_rng(seed).permutation(n)
+            held_idx, fit_idx = sorted(perm[: n // 5].tolist()), sorted(perm[n // 5:].tolist())
+            fit_part = TrainSet(train.queries[fit_idx], {q: train.qrels[q] for q in train.queries[fit_idx].ids})
+            held = train.queries[held_idx]
+            held_qrels = {q: train.qrels[q] for q in held.ids}
+            table = Table(title=f"held-out {len(held)} of {n} {split} queries (fit on the other {len(fit_idx)})")
+            for col in ("pipeline", "nDCG@10", "Recall@100"):
+                table.add_column(col)
+            for label, tr in (("unlearned (fit on the corpus only)", None), ("learned", fit_part)):
+                pipe, _ = resolve_pipeline(pipeline)
+                with console.status(f"fitting {label}..."):
+                    pipe.fit(ds.corpus, tr)
+                res = evaluate(pipe.search(held), held_qrels, ["ndcg@10", "recall@100"]).scores
+                table.add_row(label, f"{res['ndcg@10']:.4f}", f"{res['recall@100']:.4f}")
+            console.print(table)
+        pipe, _ = resolve_pipeline(pipeline)
+        t0 = time.perf_counter()
+        with console.status(f"fitting on all {len(train.queries)} {split} queries..."):
+            pipe.fit(ds.corpus, train)
+        pipe.save(out)
+    except RagkitError as e:
+        _fail(e)
+        return
+    console.print(f"fitted in {time.perf_counter() - t0:.1f} s; saved to {out} "
+                  f"(evaluate with: ragkit eval --data {data} --pipeline {out})")
+
+
 @app.command("search")
 def search_cmd(
     query: list[str] = typer.Argument(..., help="One or more queries."),

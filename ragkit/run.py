@@ -105,6 +105,8 @@ class Run:
     def read_trec(cls, path: str | Path) -> "Run":
         """Read a TREC run file; malformed lines raise :class:`DataError` with the line number."""
         run: dict[str, dict[str, float]] = {}
+        if not Path(path).is_file():
+            raise DataError(f"{path}: TREC run file not found")
         with open(path, encoding="utf-8") as f:
             for n, line in enumerate(f, 1):
                 parts = line.split()

@@ -8,3 +8,5 @@ from ragkit.retrievers.dense import Dense
 from ragkit.scale import Sharded
 
 __all__ = ["BM25", "Dense", "Sharded"]
+from ragkit.retrievers.knn_embed import KnnEmbed  # noqa: E402
+from ragkit.retrievers.muvera import MaxSimExact, Muvera  # noqa: E402

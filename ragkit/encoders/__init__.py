@@ -1,6 +1,7 @@
 """Encoders: sentence-transformers wrappers (dense vectors, token vectors) with an on-disk cache."""
 
 from ragkit.encoders.cache import EmbeddingCache, text_digests
+from ragkit.encoders.custom import register_encoder, registered_encoder, unregister_encoder  # noqa: F401
 from ragkit.encoders.sentence import DEFAULT_MODEL, Encoder, get_encoder, query_vectors, resolve_model
 
 __all__ = ["Encoder", "get_encoder", "query_vectors", "resolve_model", "DEFAULT_MODEL", "EmbeddingCache", "text_digests"]

@@ -18,6 +18,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from ragkit.encoders.cache import EmbeddingCache, text_digests
+from ragkit.encoders.custom import registered_encoder
 from ragkit.errors import ParamError
 
 __all__ = ["Encoder", "get_encoder", "resolve_model", "DEFAULT_MODEL"]
@@ -41,16 +42,22 @@ def resolve_model(model: str) -> str:
 
 
 def _fingerprint(path: str) -> str:
-    """Identity of a model folder: its name plus size and mtime of each weights/config file."""
+    """Identity of a model folder: the content hash of its weights and config files.
+
+    Content, not names or sizes: a fine-tuned copy of a model has the same file sizes but
+    must never share cached vectors with its base model.
+    """
     p = Path(path)
     if not p.is_dir():
         return path
-    h = hashlib.sha1(p.name.encode())
+    h = hashlib.sha1()
     for f in sorted(p.rglob("*")):
         if f.is_file() and f.suffix in (".safetensors", ".bin", ".json", ".txt"):
-            st = f.stat()
-            h.update(f"{f.relative_to(p)}:{st.st_size}".encode())
-    return f"{p.name}-{h.hexdigest()[:12]}"
+            h.update(str(f.relative_to(p)).encode())
+            with open(f, "rb") as fh:
+                for block in iter(lambda: fh.read(1 << 22), b""):
+                    h.update(block)
+    return f"{p.name}-{h.hexdigest()[:16]}"
 
 
 class Encoder:
@@ -157,7 +164,14 @@ class Encoder:
 
 
 def get_encoder(model: str = DEFAULT_MODEL, **kwargs: Any) -> Encoder:
-    """A shared :class:`Encoder` per (model, settings), so operators on one model share it."""
+    """A shared :class:`Encoder` per (model, settings), so operators on one model share it.
+
+    A name registered with :func:`~ragkit.encoders.register_encoder` (e.g. a LangChain
+    ``Embeddings`` adapter) returns that encoder object; ``kwargs`` are ignored for it.
+    """
+    custom = registered_encoder(model)
+    if custom is not None:
+        return custom
     key = (resolve_model(model), tuple(sorted(kwargs.items())))
     with _LOCK:
         if key not in _ENCODERS:

@@ -7,3 +7,5 @@ __all__ = [
     "BeirDataset", "load_beir", "download_beir", "read_corpus", "read_qrels", "read_queries",
     "evaluate", "EvalResult", "paired_randomization_test", "parse_metric",
 ]
+from ragkit.eval.hubness import HubnessReport, hubness, k_occurrence  # noqa: E402
+from ragkit.eval.filtering import FilterReport, expected_calibration_error, filter_report, pr_curve  # noqa: E402

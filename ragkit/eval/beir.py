@@ -80,10 +80,15 @@ def read_corpus(path: str | Path) -> Corpus:
 def read_queries(path: str | Path) -> dict[str, str]:
     """Read ``queries.jsonl`` into ``{query_id: text}``."""
     out: dict[str, str] = {}
+    seen: dict[str, int] = {}
     for n, rec in _read_jsonl(Path(path)):
+        qid = str(rec["_id"])
         if not isinstance(rec.get("text"), str):
-            raise DataError(f"{path}:{n}: query {rec['_id']!r} has no 'text' string")
-        out[str(rec["_id"])] = rec["text"]
+            raise DataError(f"{path}:{n}: query {qid!r} has no 'text' string")
+        if qid in seen:
+            raise DataError(f"{path}:{n}: duplicate query id {qid!r} (first on line {seen[qid]})")
+        seen[qid] = n
+        out[qid] = rec["text"]
     return out
 
 
@@ -93,6 +98,7 @@ def read_qrels(path: str | Path) -> Qrels:
     if not path.is_file():
         raise DataError(f"{path}: file not found")
     qrels: Qrels = {}
+    line_of: dict[tuple[str, str], int] = {}
     with open(path, encoding="utf-8", newline="") as f:
         for n, row in enumerate(csv.reader(f, delimiter="\t"), 1):
             if not row or (n == 1 and row[0].strip().lower() in ("query-id", "query_id", "qid")):
@@ -101,9 +107,15 @@ def read_qrels(path: str | Path) -> Qrels:
                 raise DataError(f"{path}:{n}: expected 3 tab-separated columns 'query-id corpus-id score', got {row!r}")
             q, d, s = row[0], row[-2], row[-1]
             try:
-                qrels.setdefault(q, {})[d] = int(float(s))
+                rel = int(float(s))
             except ValueError:
                 raise DataError(f"{path}:{n}: relevance {s!r} is not a number") from None
+            judged = qrels.setdefault(q, {})
+            if d in judged and judged[d] != rel:  # an identical repeated line is harmless
+                raise DataError(f"{path}:{n}: conflicting judgements of document {d!r} for query {q!r} "
+                                f"({judged[d]} on line {line_of[q, d]}, {rel} here)")
+            line_of.setdefault((q, d), n)
+            judged[d] = rel
     return qrels
 
 

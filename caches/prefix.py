@@ -1,0 +1,77 @@
+"""Exact prefix caching, the baseline of Cache-Craft (ALGORITHMS.md §5.2).
+
+A prompt's key/value rows are reusable only up to the first token that differs from a
+cached prompt.  The store maps ``sha256(token ids[:k])`` at segment boundaries ``k`` to the
+rows ``[0:k]`` of every layer (vLLM's block hashing and SGLang's radix tree do the same at a
+finer grain).  Quality is identical to a full prefill by construction.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import OrderedDict
+from typing import Sequence
+
+import numpy as np
+import torch
+
+__all__ = ["PrefixCache"]
+
+
+def _h(ids: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(ids, np.int32).tobytes()).hexdigest()[:32]
+
+
+class PrefixCache:
+    """Longest-exact-prefix store with an LRU byte budget.
+
+    Parameters
+    ----------
+    budget_bytes : int or None
+        Memory budget of the stored rows (``None``: unbounded).  Least recently used
+        prompts are dropped first.
+    """
+
+    def __init__(self, budget_bytes: int | None = None) -> None:
+        self.budget_bytes = budget_bytes
+        self._entries: "OrderedDict[str, tuple[torch.Tensor, torch.Tensor]]" = OrderedDict()
+        self._index: dict[str, tuple[str, int]] = {}
+        self._bytes = 0
+        self.hits = 0
+        self.misses = 0
+
+    def longest(self, ids: np.ndarray, boundaries: Sequence[int]) -> tuple[int, torch.Tensor | None, torch.Tensor | None]:
+        """Longest cached prefix among ``boundaries`` (descending search).
+
+        Returns ``(k, keys[..., :k, :], values[..., :k, :])`` with tensors of shape
+        ``(n_layers, n_kv_heads, k, head_dim)``, or ``(0, None, None)``.
+        """
+        for k in sorted(boundaries, reverse=True):
+            hit = self._index.get(_h(ids[:k]))
+            if hit is not None and hit[0] in self._entries:
+                entry, _ = hit
+                self._entries.move_to_end(entry)
+                K, V = self._entries[entry]
+                self.hits += 1
+                return k, K[:, :, :k], V[:, :, :k]
+        self.misses += 1
+        return 0, None, None
+
+    def put(self, ids: np.ndarray, boundaries: Sequence[int], keys: torch.Tensor, values: torch.Tensor) -> None:
+        """Store rows ``[0:max(boundaries)]`` and index every boundary."""
+        top = max(boundaries)
+        entry = _h(ids[:top])
+        if entry in self._entries:
+            return
+        K, V = keys[:, :, :top].contiguous(), values[:, :, :top].contiguous()
+        self._entries[entry] = (K, V)
+        self._bytes += K.numel() * K.element_size() * 2
+        for k in boundaries:
+            self._index[_h(ids[:k])] = (entry, k)
+        while self.budget_bytes is not None and self._bytes > self.budget_bytes and len(self._entries) > 1:
+            _, (k_old, v_old) = self._entries.popitem(last=False)
+            self._bytes -= k_old.numel() * k_old.element_size() * 2
+
+    @property
+    def nbytes(self) -> int:
+        return self._bytes

@@ -1,0 +1,59 @@
+"""Shared command line of the example scripts: ``--data``, ``--limit``, evaluation and printing."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "beir" / "scifact"
+
+
+def parse_args(description: str) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("--data", type=Path, default=DEFAULT_DATA, help="BEIR folder (default: SciFact).")
+    ap.add_argument("--split", default="test", help="Split to evaluate (default test).")
+    ap.add_argument("--limit", type=int, default=None,
+                    help="Use only the first N queries and a small corpus slice (their relevant documents "
+                         "plus the first 200) for a quick run.")
+    ap.add_argument("--json", action="store_true", help="Print the metrics as one JSON line.")
+    return ap.parse_args()
+
+
+def load(args: argparse.Namespace):
+    """``(corpus, queries, qrels)``, sliced when ``--limit`` is given."""
+    from ragkit import load_beir
+
+    ds = load_beir(args.data)
+    queries, qrels = ds.queries(args.split), ds.qrels(args.split)
+    corpus = ds.corpus
+    if args.limit is not None:
+        queries = queries[: args.limit]
+        rel = {d for q in queries.ids for d in qrels.get(q, {})}
+        rows = sorted(set(range(min(200, len(corpus)))) | set(corpus.row_of(rel, missing="drop").tolist()))
+        corpus = corpus.subset(np.array(rows))
+    qrels = {q: qrels[q] for q in queries.ids if q in qrels}
+    return corpus, queries, qrels
+
+
+def run(pipe, args: argparse.Namespace, name: str) -> dict:
+    """Fit, search, evaluate and print one pipeline; returns the metrics."""
+    from ragkit import evaluate
+
+    corpus, queries, qrels = load(args)
+    t0 = time.perf_counter()
+    pipe.fit(corpus)
+    t_fit = time.perf_counter() - t0
+    result = pipe.search(queries)
+    scores = evaluate(result, qrels, ["ndcg@10", "recall@100"]).scores
+    out = {"example": name, "queries": len(queries), "docs": len(corpus), **scores,
+           "fit_s": round(t_fit, 3), "search_s": round(result.seconds or 0.0, 3)}
+    if args.json:
+        print(json.dumps(out))
+    else:
+        print(f"{name}: {len(queries)} queries, {len(corpus)} docs  nDCG@10 {scores['ndcg@10']:.4f}  "
+              f"recall@100 {scores['recall@100']:.4f}  (fit {t_fit:.1f} s, search {result.seconds:.2f} s)")
+    return out

@@ -1,0 +1,27 @@
+"""A rule router: short keyword queries to BM25, the rest to hybrid; the same pipeline as ``router.yaml``.
+
+    python examples/router.py [--data DIR] [--limit N]
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from ragkit.filters import TopK  # noqa: E402
+from ragkit.pipelines import RRF, Parallel, Pipeline, Route, RuleRouter  # noqa: E402
+from ragkit.retrievers import BM25, Dense  # noqa: E402
+
+
+def build() -> Pipeline:
+    router = RuleRouter(rules=[{"label": "keyword", "max_words": 4}], default="hybrid")
+    hybrid = Parallel([BM25(k=100), Dense(k=100)], fuse=RRF(k=60)) | TopK(k=100)
+    return Pipeline([Route(router, {"keyword": [BM25(k=100)], "hybrid": hybrid})])
+
+
+if __name__ == "__main__":
+    from _common import parse_args, run
+
+    run(build(), parse_args(__doc__), "router")

@@ -1,0 +1,58 @@
+"""Batched helpers for filters and rerankers: rankings <-> flat arrays without per-document loops."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ragkit.errors import DataError
+from ragkit.types import Ranking
+
+__all__ = ["flatten", "cut_prefix", "check_cosines"]
+
+
+def flatten(rankings: list[Ranking]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Concatenate a batch of rankings.
+
+    Returns ``(rows int64 (N,), scores float32 (N,), lengths (B,), starts (B,), qidx (N,))``
+    where ``qidx[i]`` is the query (batch position) of flat entry ``i``.
+    """
+    lengths = np.fromiter((len(r) for r in rankings), dtype=np.int64, count=len(rankings))
+    starts = np.zeros(len(rankings), np.int64)
+    if len(rankings) > 1:
+        starts[1:] = np.cumsum(lengths)[:-1]
+    if lengths.sum() == 0:
+        return (np.empty(0, np.int64), np.empty(0, np.float32), lengths, starts, np.empty(0, np.int64))
+    rows = np.concatenate([r.rows for r in rankings])
+    scores = np.concatenate([r.scores for r in rankings]).astype(np.float32, copy=False)
+    qidx = np.repeat(np.arange(len(rankings)), lengths)
+    return rows, scores, lengths, starts, qidx
+
+
+def cut_prefix(rankings: list[Ranking], n_keep: np.ndarray, new_scores: np.ndarray | None = None,
+               starts: np.ndarray | None = None, fields: dict[str, np.ndarray] | None = None) -> list[Ranking]:
+    """Keep the first ``n_keep[i]`` documents of ranking ``i``.
+
+    ``new_scores`` (flat, aligned with :func:`flatten`) replaces the scores; ``fields``
+    (flat arrays) are added as extra aligned columns.
+    """
+    out = []
+    for i, (r, n) in enumerate(zip(rankings, n_keep.tolist())):
+        if new_scores is None and not fields:
+            out.append(r.head(n) if n < len(r) else r)
+            continue
+        s0 = int(starts[i])
+        flds = {k: v[:n] for k, v in r.fields.items()}
+        for name, col in (fields or {}).items():
+            flds[name] = col[s0:s0 + n]
+        sc = r.scores[:n] if new_scores is None else new_scores[s0:s0 + n]
+        out.append(Ranking(r.rows[:n], sc, flds))
+    return out
+
+
+def check_cosines(scores: np.ndarray, who: str) -> None:
+    """Raise DataError unless ``scores`` look like cosines (within [-1, 1])."""
+    if scores.size and (np.nanmax(np.abs(scores)) > 1.0 + 1e-3):
+        raise DataError(
+            f"{who} expects raw cosine scores in [-1, 1] from a dense retriever step before it "
+            f"(e.g. `dense | {who}`), got scores up to {float(np.nanmax(np.abs(scores))):.3g}"
+        )

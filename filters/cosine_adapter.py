@@ -1,0 +1,350 @@
+"""Cosine Adapter: a query-dependent, monotone map from raw cosine to P(relevant), then one global threshold.
+
+Rossi, Lin, Liu, Yang, Lee, Magnani, Liao, "Relevance Filtering for Embedding-based
+Retrieval", CIKM 2024, arXiv 2408.04887.  Recipe and pitfalls: ALGORITHMS.md section 2.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import Field
+from scipy.optimize import minimize
+from scipy.special import expit
+
+from ragkit.encoders import DEFAULT_MODEL, get_encoder, query_vectors
+from ragkit.errors import ArtifactError, DataError
+from ragkit.filters._flat import check_cosines, cut_prefix, flatten
+from ragkit.operator import Operator, load_array, read_json, save_arrays, write_json
+from ragkit.params import Params
+from ragkit.registry import register
+from ragkit.types import Corpus, Ranking, State, TrainSet
+
+__all__ = ["CosineAdapter", "CosineAdapterParams", "list_features", "choose_threshold"]
+
+N_LIST_FEATURES = 4
+
+
+class CosineAdapterParams(Params):
+    model: str = Field(DEFAULT_MODEL, description="Encoder of the query embedding (the dense retriever's model).")
+    form: Literal["linear", "sqrt", "quadratic", "power"] = Field(
+        "linear", description="Monotone map of the cosine: a(q)*c+b(q), a*sqrt(x)+b, a*x^2+b or a*x^p(q)+b, x=(c+1)/2.")
+    list_features: bool = Field(
+        True, description="ragkit extension (not in the paper): add the query's top-1 cosine, top1-top10 gap, "
+                          "mean and std of its candidate cosines to the adapter's input.")
+    l2: float = Field(1e-3, ge=0, description="L2 weight decay on the adapter weights (not on the biases).")
+    threshold: float | None = Field(
+        None, ge=0, le=1, description="Global probability cut-off; None chooses it on held-out training queries "
+                          "(target/target_value are then used; with a threshold they are ignored).")
+    target: Literal["recall", "precision"] = Field(
+        "recall", description="What the chosen threshold must reach on the held-out training queries.")
+    target_value: float = Field(0.95, gt=0, le=1, description="Recall (share of relevant candidates kept) or precision to reach.")
+    val_fraction: float = Field(0.2, gt=0, lt=1, description="Share of training queries held out to choose the threshold.")
+    train_k: int = Field(100, ge=1, description="Candidates per training query when fit runs its own dense retriever.")
+    k_min: int = Field(0, ge=0, description="Always keep at least this many results (product choice, not in the paper).")
+    max_iter: int = Field(500, ge=1, description="L-BFGS iterations.")
+    seed: int = Field(0, description="Seed of the held-out split.")
+
+
+def list_features(scores: np.ndarray, lengths: np.ndarray, starts: np.ndarray) -> np.ndarray:
+    """Per-query features of the candidate cosines: top-1, top-1 minus top-10, mean, std.
+
+    ``scores`` is flat (see ``flatten``); returns ``(B, 4)`` float64 (zeros for empty lists).
+    """
+    B = len(lengths)
+    out = np.zeros((B, N_LIST_FEATURES))
+    ok = lengths > 0
+    if not ok.any():
+        return out
+    s = scores.astype(np.float64)
+    top1 = s[starts[ok]]
+    c10 = s[starts[ok] + np.minimum(lengths[ok], 10) - 1]
+    qidx = np.repeat(np.arange(B), lengths)
+    n = np.maximum(lengths, 1)
+    mean = np.bincount(qidx, weights=s, minlength=B) / n
+    var = np.bincount(qidx, weights=s * s, minlength=B) / n - mean**2
+    out[ok, 0] = top1
+    out[ok, 1] = top1 - c10
+    out[:, 2] = mean
+    out[:, 3] = np.sqrt(np.maximum(var, 0))
+    return out
+
+
+def choose_threshold(probs: np.ndarray, labels: np.ndarray, target: str, value: float) -> float:
+    """The global cut-off on pooled held-out candidates.
+
+    ``target="recall"``: the largest ``t`` keeping at least ``value`` of the relevant
+    candidates; ``"precision"``: the smallest ``t`` whose kept set has precision >= ``value``
+    (the most precise cut-off when none reaches it).
+    """
+    order = np.argsort(-probs, kind="stable")
+    p, y = probs[order], labels[order].astype(np.float64)
+    tp = np.cumsum(y)
+    if tp[-1] == 0:
+        raise DataError("cosine_adapter: the held-out training queries have no relevant candidate; cannot choose a threshold")
+    if target == "recall":
+        i = int(np.searchsorted(tp, value * tp[-1] - 1e-9))
+        return float(p[min(i, len(p) - 1)])
+    prec = tp / np.arange(1, len(p) + 1)
+    ok = np.nonzero(prec >= value)[0]
+    i = int(ok[-1]) if len(ok) else int(np.argmax(prec))
+    return float(p[i])
+
+
+@register
+class CosineAdapter(Operator):
+    """Query-dependent relevance filter for dense retrieval (Cosine Adapter).
+
+    A linear layer ``h`` maps the query's features ``f(q)`` (its embedding, ``d`` floats,
+    plus optional list features of its candidate cosines) to a slope ``a(q) =
+    softplus(h_a(f)) > 0``, an offset ``b(q) = h_b(f)`` and, for ``form="power"``, an
+    exponent ``p(q) = softplus(h_p(f))``.  Each candidate's raw cosine ``c`` becomes
+    ``r = sigmoid(a(q) * g(c) + b(q))`` with ``g`` increasing, so ``r`` is monotone in ``c``
+    for a fixed query: the order never changes, only where the list is cut.  Documents with
+    ``r < threshold`` are dropped (lists may become empty unless ``k_min > 0``); the new
+    scores are ``r`` (float32, in [0, 1]) and the raw cosines travel in
+    ``ranking.fields["cosine"]``.
+
+    Training (``fit(corpus, train)``): candidates are the training queries' top-``K`` from
+    the preceding dense step (``upstream``; without one, fit runs its own
+    ``Dense(k=train_k, model=model)``); judged positives are labelled 1 and every other
+    retrieved candidate 0; the weights minimise mean binary cross-entropy + ``l2/2 *
+    ||W||^2`` with L-BFGS (scipy).  When ``threshold`` is None, ``val_fraction`` of the
+    training queries (seeded) are held out and the threshold is chosen on them for
+    ``target``/``target_value``; the adapter is the one fitted on the remaining queries.
+
+    The input scores must be raw cosines of the same encoder (``dense | cosine_adapter``);
+    candidate depth at inference should match training.
+
+    References
+    ----------
+    Rossi et al., "Relevance Filtering for Embedding-based Retrieval", CIKM 2024,
+    arXiv 2408.04887.
+
+    Examples
+    --------
+    >>> from ragkit.retrievers import Dense
+    >>> pipe = Dense(k=100) | CosineAdapter(target_value=0.9)   # doctest: +SKIP
+    >>> pipe.fit(corpus, train).search(["what causes ..."])      # doctest: +SKIP
+    """
+
+    name = "cosine_adapter"
+    kind = "filter"
+    Params = CosineAdapterParams
+    wants_upstream = True
+    example = {"max_iter": 50}
+    upstream_example = [{"dense": {"k": 20}}]
+
+    # ------------------------------------------------------------------ features / model
+    @property
+    def n_params(self) -> int:
+        return 3 if self.params.form == "power" else 2
+
+    def _raw_features(self, qvecs: np.ndarray, scores: np.ndarray, lengths: np.ndarray, starts: np.ndarray) -> np.ndarray:
+        parts = [qvecs.astype(np.float64)]
+        if self.params.list_features:
+            parts.append(list_features(scores, lengths, starts))
+        return np.concatenate(parts, axis=1)
+
+    def _transform(self, c: np.ndarray, p: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+        """``g(c)`` and, for the power form, ``log x`` (needed by the gradient)."""
+        form = self.params.form
+        if form == "linear":
+            return c, None
+        x = np.clip((c + 1.0) / 2.0, 1e-6, 1.0)
+        if form == "sqrt":
+            return np.sqrt(x), None
+        if form == "quadratic":
+            return x * x, None
+        logx = np.log(x)
+        return np.exp(p * logx), logx
+
+    def _heads(self, F1: np.ndarray, W: np.ndarray) -> tuple[np.ndarray, ...]:
+        U = F1 @ W  # (B, m)
+        a = np.logaddexp(0.0, U[:, 0])
+        b = U[:, 1]
+        p = np.logaddexp(0.0, U[:, 2]) if W.shape[1] == 3 else None
+        return U, a, b, p
+
+    def _logits(self, F1: np.ndarray, W: np.ndarray, c: np.ndarray, qidx: np.ndarray) -> np.ndarray:
+        _, a, b, p = self._heads(F1, W)
+        t, _ = self._transform(c, None if p is None else p[qidx])
+        return a[qidx] * t + b[qidx]
+
+    def _train(self, F1: np.ndarray, c: np.ndarray, y: np.ndarray, qidx: np.ndarray) -> tuple[np.ndarray, dict]:
+        """L-BFGS on mean BCE + L2; ``F1`` (n_q, D+1) with a trailing bias column."""
+        n_q, D1 = F1.shape
+        m = self.n_params
+        n = len(c)
+        l2 = self.params.l2
+        reg = np.ones((D1, 1))
+        reg[-1] = 0.0  # no decay on the bias row
+
+        def f(wflat: np.ndarray) -> tuple[float, np.ndarray]:
+            W = wflat.reshape(D1, m)
+            U, a, b, p = self._heads(F1, W)
+            t, logx = self._transform(c, None if p is None else p[qidx])
+            z = a[qidx] * t + b[qidx]
+            loss = float(np.mean(np.logaddexp(0.0, z) - y * z)) + 0.5 * l2 * float(np.sum(reg * W * W))
+            dz = (expit(z) - y) / n
+            G = np.zeros((n_q, m))
+            G[:, 0] = np.bincount(qidx, weights=dz * t, minlength=n_q) * expit(U[:, 0])
+            G[:, 1] = np.bincount(qidx, weights=dz, minlength=n_q)
+            if m == 3:
+                G[:, 2] = np.bincount(qidx, weights=dz * a[qidx] * t * logx, minlength=n_q) * expit(U[:, 2])
+            return loss, (F1.T @ G + l2 * reg * W).ravel()
+
+        W0 = np.zeros((D1, m))
+        W0[-1, 0] = np.log(np.expm1(10.0))  # slope 10 on the cosine scale
+        W0[-1, 1] = -10.0 * float(np.quantile(c, 0.9)) if self.params.form == "linear" else -5.0
+        if m == 3:
+            W0[-1, 2] = np.log(np.expm1(1.0))
+        res = minimize(f, W0.ravel(), jac=True, method="L-BFGS-B", options={"maxiter": self.params.max_iter})
+        return res.x.reshape(D1, m), {"loss": float(res.fun), "iterations": int(res.nit), "converged": bool(res.success)}
+
+    def _features1(self, X: np.ndarray) -> np.ndarray:
+        F = (X - self.feat_mean_) / self.feat_std_
+        return np.concatenate([F, np.ones((len(F), 1))], axis=1)
+
+    # ------------------------------------------------------------------ fit
+    def _fit(self, corpus: Corpus, train: TrainSet | None, upstream: State | None) -> None:
+        t0 = time.perf_counter()
+        if train is None:
+            raise DataError("cosine_adapter.fit needs judged training queries: fit(corpus, train=TrainSet(queries, qrels))")
+        encoder = get_encoder(self.params.model)
+        if upstream is None or upstream.rankings is None:
+            from ragkit.retrievers.dense import Dense
+
+            dense = Dense(k=self.params.train_k, model=self.params.model).fit(corpus)
+            upstream = dense(State.of(train.queries))
+        if len(upstream) != len(train.queries):
+            raise DataError(f"cosine_adapter.fit: upstream has {len(upstream)} queries, train has {len(train.queries)}")
+        rows, c, lengths, starts, qidx = flatten(upstream.rankings)
+        check_cosines(c, self.name)
+        qv = query_vectors(upstream, encoder)
+        if qv.shape[0] != len(lengths):
+            raise DataError(f"cosine_adapter.fit: {qv.shape[0]} query vectors for {len(lengths)} queries")
+        # labels: judged positives among the retrieved candidates, batched through a (query, doc) key set
+        doc_ids = corpus.ids[rows] if len(rows) else np.empty(0, object)
+        qids = np.asarray(upstream.query_ids, dtype=object)
+        pos = {(q, d) for q, rel in train.qrels.items() for d, v in rel.items() if v > 0}
+        y = np.fromiter(((q, d) in pos for q, d in zip(qids[qidx].tolist(), doc_ids.tolist())), dtype=np.float64,
+                        count=len(rows))
+        if y.sum() == 0:
+            raise DataError(
+                f"cosine_adapter.fit: none of the {len(rows)} retrieved training candidates "
+                f"({len(lengths)} queries) is a judged positive (relevance > 0); nothing to learn from. "
+                "Check that train qrels use the corpus's document ids and that the retriever finds them."
+            )
+        X = self._raw_features(qv, c, lengths, starts)
+        # the held-out split for the threshold
+        rng = np.random.default_rng(self.params.seed)
+        n_q = len(lengths)
+        fit_q = np.ones(n_q, bool)
+        choose = self.params.threshold is None
+        if choose:
+            has_pos = np.bincount(qidx, weights=y, minlength=n_q) > 0
+            perm = rng.permutation(n_q)
+            n_val = max(1, int(round(self.params.val_fraction * n_q)))
+            val = perm[:n_val]
+            if n_q >= 2 and has_pos[val].any() and has_pos[perm[n_val:]].any():
+                fit_q[val] = False
+            # else: too few queries to split; the threshold is chosen on the training queries themselves
+        sel = fit_q[qidx]
+        if y[sel].sum() == 0:
+            raise DataError("cosine_adapter.fit: the training part of the split has no positive candidate")
+        mu = X[fit_q].mean(axis=0)
+        sd = X[fit_q].std(axis=0)
+        self.feat_mean_ = mu
+        self.feat_std_ = np.where(sd > 1e-8, sd, 1.0)
+        F1 = self._features1(X)
+        remap = np.cumsum(fit_q) - 1
+        W, info = self._train(F1[fit_q], c[sel].astype(np.float64), y[sel], remap[qidx[sel]])
+        self.weights_ = W
+        if choose:
+            hold = ~fit_q if (~fit_q).any() else fit_q
+            hsel = hold[qidx]
+            probs = expit(self._logits(F1, W, c.astype(np.float64), qidx))[hsel]
+            self.threshold_ = choose_threshold(probs, y[hsel], self.params.target, self.params.target_value)
+            info["threshold_queries"] = int(hold.sum())
+            info["held_out"] = bool((~fit_q).any())
+        else:
+            self.threshold_ = float(self.params.threshold)
+        info.update(train_queries=int(fit_q.sum()), pairs=int(sel.sum()), positives=int(y[sel].sum()),
+                    dim=int(qv.shape[1]), encoder=encoder.key, threshold=self.threshold_,
+                    seconds=time.perf_counter() - t0)
+        self.info_ = info
+
+    # ------------------------------------------------------------------ inference
+    def predict_proba(self, qvecs: np.ndarray, cosines: np.ndarray) -> np.ndarray:
+        """P(relevant) for a padded ``(B, K)`` matrix of cosines (sorted best first per row).
+
+        ``qvecs`` is ``(B, d)``; NaN entries of ``cosines`` mark padding and come back NaN.
+        """
+        self._check_fitted()
+        cosines = np.asarray(cosines, dtype=np.float64)
+        B, K = cosines.shape
+        valid = ~np.isnan(cosines)
+        lengths = valid.sum(axis=1)
+        starts = np.zeros(B, np.int64)
+        starts[1:] = np.cumsum(lengths)[:-1]
+        flat = cosines[valid]
+        return self._proba_flat(np.asarray(qvecs), flat, lengths, starts, np.repeat(np.arange(B), lengths),
+                                scatter=(valid, (B, K)))
+
+    def _proba_flat(self, qv: np.ndarray, c: np.ndarray, lengths: np.ndarray, starts: np.ndarray,
+                    qidx: np.ndarray, scatter: Any = None) -> np.ndarray:
+        X = self._raw_features(qv, c, lengths, starts)
+        if X.shape[1] != self.weights_.shape[0] - 1:
+            raise DataError(
+                f"cosine_adapter: the adapter was trained on {self.weights_.shape[0] - 1} features "
+                f"(query dim {self.info_.get('dim')}), got {X.shape[1]} (query vectors of dim {qv.shape[1]}); "
+                "use the same encoder model as at fit time"
+            )
+        r = expit(self._logits(self._features1(X), self.weights_, c.astype(np.float64), qidx))
+        if scatter is None:
+            return r
+        valid, shape = scatter
+        out = np.full(shape, np.nan)
+        out[valid] = r
+        return out
+
+    def _call(self, state: State) -> State:
+        out = state.copy()
+        if state.rankings is None:
+            raise DataError("cosine_adapter needs rankings from a dense retriever before it (e.g. `dense | cosine_adapter`)")
+        if not len(state):
+            return out
+        t = float(self.opt(state, "threshold", self.threshold_))
+        k_min = int(self.opt(state, "k_min", self.params.k_min))
+        rows, c, lengths, starts, qidx = flatten(state.rankings)
+        check_cosines(c, self.name)
+        qv = query_vectors(out, get_encoder(self.params.model))
+        r = self._proba_flat(qv, c, lengths, starts, qidx).astype(np.float32)
+        # r is monotone in the cosine and the list is sorted, so the kept set is a prefix
+        n_keep = np.bincount(qidx, weights=r >= t, minlength=len(lengths)).astype(np.int64)
+        n_keep = np.maximum(n_keep, np.minimum(k_min, lengths))
+        out.rankings = cut_prefix(state.rankings, n_keep, new_scores=r, starts=starts, fields={"cosine": c})
+        return out
+
+    # ------------------------------------------------------------------ persistence
+    def _save(self, folder: Path) -> None:
+        save_arrays(folder, adapter_weights=self.weights_, adapter_feat_mean=self.feat_mean_,
+                    adapter_feat_std=self.feat_std_)
+        write_json(folder / "adapter.json", {"threshold": self.threshold_, "info": self.info_})
+
+    def _load(self, folder: Path, mmap: bool = False) -> None:
+        self.weights_ = load_array(folder, "adapter_weights")
+        self.feat_mean_ = load_array(folder, "adapter_feat_mean")
+        self.feat_std_ = load_array(folder, "adapter_feat_std")
+        meta = read_json(folder / "adapter.json")
+        if "threshold" not in meta:
+            raise ArtifactError(f"{folder / 'adapter.json'}: missing key 'threshold'")
+        if self.weights_.shape != (len(self.feat_mean_) + 1, self.n_params):
+            raise ArtifactError(f"{folder}: adapter weights of shape {self.weights_.shape} do not match "
+                                f"{len(self.feat_mean_)} features and form {self.params.form!r}")
+        self.threshold_ = float(meta["threshold"])
+        self.info_ = dict(meta.get("info", {}))

@@ -1,0 +1,107 @@
+"""Score cut-offs used as relevance-filtering baselines: a fixed score and a per-query relative cut-off.
+
+Both are stateless and keep a prefix of each (sorted) ranking, so the order never changes.
+The top-``k`` cut-off is :class:`ragkit.filters.TopK`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from pydantic import Field
+
+from ragkit.filters._flat import cut_prefix, flatten
+from ragkit.operator import Operator
+from ragkit.params import Params
+from ragkit.registry import register
+from ragkit.types import State
+
+__all__ = ["ScoreThreshold", "RelativeThreshold"]
+
+
+class ScoreThresholdParams(Params):
+    threshold: float = Field(0.5, description="Keep documents whose score is >= this value (raw cosine for dense).")
+    k_min: int = Field(0, ge=0, description="Always keep at least this many documents per query (0: lists may be empty).")
+
+
+@register
+class ScoreThreshold(Operator):
+    """Keep the documents whose score is at least a fixed, global ``threshold``.
+
+    The usual baseline for relevance filtering of embedding retrieval: one cosine cut-off
+    for every query (compare :class:`ragkit.filters.CosineAdapter`, Rossi et al.,
+    CIKM 2024, arXiv 2408.04887).  Per-call override: ``options={"score_threshold":
+    {"threshold": 0.4}}``.
+
+    Examples
+    --------
+    >>> from ragkit.types import Ranking, State
+    >>> st = State(["q"], rankings=[Ranking([3, 1, 2], [.9, .5, .1])])
+    >>> ScoreThreshold(threshold=0.5)(st).rankings[0].rows.tolist()
+    [3, 1]
+    """
+
+    name = "score_threshold"
+    kind = "filter"
+    Params = ScoreThresholdParams
+    stateless = True
+    example = {"threshold": 0.0}
+
+    def _call(self, state: State) -> State:
+        out = state.copy()
+        if state.rankings is None:
+            return out
+        t = float(self.opt(state, "threshold", self.params.threshold))
+        k_min = int(self.opt(state, "k_min", self.params.k_min))
+        _, scores, lengths, _, qidx = flatten(state.rankings)
+        n_keep = np.bincount(qidx, weights=scores >= t, minlength=len(lengths)).astype(np.int64)
+        n_keep = np.maximum(n_keep, np.minimum(k_min, lengths))
+        out.rankings = cut_prefix(state.rankings, n_keep)
+        return out
+
+
+class RelativeThresholdParams(Params):
+    alpha: float = Field(0.9, gt=0, le=1, description="Keep documents scoring >= alpha x the query's top score.")
+    k_min: int = Field(0, ge=0, description="Always keep at least this many documents per query.")
+
+
+@register
+class RelativeThreshold(Operator):
+    """Per-query relative cut-off: keep documents with ``score >= alpha * top score``.
+
+    For a non-positive top score the rule reads ``score >= top - (1 - alpha) * |top|`` (the
+    same rule for positive scores, and still a margin below the top for negative ones).
+    The top document is always kept.
+
+    Examples
+    --------
+    >>> from ragkit.types import Ranking, State
+    >>> st = State(["q"], rankings=[Ranking([3, 1, 2], [.8, .7, .3])])
+    >>> RelativeThreshold(alpha=0.8)(st).rankings[0].rows.tolist()
+    [3, 1]
+    """
+
+    name = "relative_threshold"
+    kind = "filter"
+    Params = RelativeThresholdParams
+    stateless = True
+    example = {"alpha": 0.9}
+
+    def _call(self, state: State) -> State:
+        out = state.copy()
+        if state.rankings is None:
+            return out
+        alpha = float(self.opt(state, "alpha", self.params.alpha))
+        k_min = int(self.opt(state, "k_min", self.params.k_min))
+        _, scores, lengths, starts, qidx = flatten(state.rankings)
+        if scores.size:
+            top = scores[starts[lengths > 0]]
+            top_full = np.zeros(len(lengths), np.float32)
+            top_full[lengths > 0] = top
+            cut = top_full - (1 - alpha) * np.abs(top_full)
+            keep = scores >= cut[qidx]
+        else:
+            keep = np.zeros(0, bool)
+        n_keep = np.bincount(qidx, weights=keep, minlength=len(lengths)).astype(np.int64)
+        n_keep = np.maximum(n_keep, np.minimum(max(k_min, 1), lengths))
+        out.rankings = cut_prefix(state.rankings, n_keep)
+        return out

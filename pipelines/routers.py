@@ -1,0 +1,205 @@
+"""Routers: operators that label each query, for :class:`~ragkit.pipelines.Route`.
+
+A router (``kind = "router"``) writes one label per query into ``state.values["label"]``;
+``Route`` splits the batch by label, runs each label's branch on its part and merges the
+results back in the original order (Modular RAG's "conditional" pattern, Gao et al.,
+arXiv 2407.21059, section on routing).
+
+* :class:`RuleRouter` (``rule_router``): ordered rules on the query text (regex, number of
+  words, keywords); the first rule that matches gives the label.
+* :class:`ScoreRouter` (``score_router``): a threshold on a feature of the rankings already
+  in the state (top-1 score, top-1 minus top-2 gap, or the gap relative to the top-1
+  score), so a cheap first retriever decides whether a query needs the expensive branch.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import cached_property
+from typing import Literal
+
+import numpy as np
+from pydantic import Field, field_validator, model_validator
+
+from ragkit.errors import ParamError
+from ragkit.operator import Operator
+from ragkit.params import Params
+from ragkit.registry import register
+from ragkit.types import State
+
+__all__ = ["RuleRouter", "ScoreRouter", "Rule", "ranking_feature"]
+
+_WORD = re.compile(r"\w+")
+
+
+class Rule(Params):
+    """One routing rule: every condition given must hold (AND); at least one is required."""
+
+    label: str = Field(..., min_length=1, description="Label given to the queries this rule matches.")
+    regex: str | None = Field(None, description="Python regular expression searched in the query text.")
+    keywords: list[str] | None = Field(None, min_length=1, description="Matches when any of these words occurs.")
+    min_words: int | None = Field(None, ge=0, description="Matches queries with at least this many words.")
+    max_words: int | None = Field(None, ge=0, description="Matches queries with at most this many words.")
+
+    @field_validator("regex")
+    @classmethod
+    def _compiles(cls, v: str | None) -> str | None:
+        if v is not None:
+            try:
+                re.compile(v)
+            except re.error as e:
+                raise ValueError(f"regex {v!r} does not compile: {e}") from None
+        return v
+
+    @model_validator(mode="after")
+    def _has_condition(self) -> "Rule":
+        if self.regex is None and self.keywords is None and self.min_words is None and self.max_words is None:
+            raise ValueError(f"rule {self.label!r} has no condition; give regex, keywords, min_words or max_words")
+        if self.min_words is not None and self.max_words is not None and self.min_words > self.max_words:
+            raise ValueError(f"rule {self.label!r}: min_words ({self.min_words}) > max_words ({self.max_words}) "
+                             "can never match")
+        return self
+
+
+class RuleRouterParams(Params):
+    rules: list[Rule] = Field(..., min_length=1, description="Ordered rules; the first that matches gives the label.")
+    default: str = Field("default", min_length=1, description="Label of queries no rule matches.")
+    ignore_case: bool = Field(True, description="Case-insensitive regex and keyword matching.")
+
+
+@register
+class RuleRouter(Operator):
+    """Label queries by ordered rules on their text (regex, word count, keywords).
+
+    Each rule's conditions are ANDed; rules are tried in order and the first match wins;
+    unmatched queries get ``default``.  Words are ``\\w+`` runs.  Writes
+    ``state.values["label"]`` (list of str, length n_q); rankings are untouched.
+    Rule-based routing is one of the routing kinds listed by Modular RAG (Gao et al.,
+    arXiv 2407.21059).
+
+    Examples
+    --------
+    >>> from ragkit.types import State
+    >>> r = RuleRouter(rules=[{"label": "short", "max_words": 3}], default="long")
+    >>> r(State(["gene expression", "what causes the flu in winter"])).values["label"]
+    ['short', 'long']
+    """
+
+    name = "rule_router"
+    kind = "router"
+    Params = RuleRouterParams
+    stateless = True
+    example = {"rules": [{"label": "short", "max_words": 6}, {"label": "cells", "keywords": ["cell", "cells"]}],
+               "default": "other"}
+
+    @cached_property
+    def _compiled(self) -> list[tuple[str, re.Pattern | None, frozenset | None, int | None, int | None]]:
+        flags = re.IGNORECASE if self.params.ignore_case else 0
+        out = []
+        for r in self.params.rules:
+            kw = None if r.keywords is None else frozenset(
+                k.lower() if self.params.ignore_case else k for k in r.keywords)
+            out.append((r.label, None if r.regex is None else re.compile(r.regex, flags), kw, r.min_words,
+                        r.max_words))
+        return out
+
+    def labels(self, texts: list[str]) -> list[str]:
+        """The label of each text (text matching is per query; there is no numeric work to batch)."""
+        lower = self.params.ignore_case
+        words = [_WORD.findall(t.lower() if lower else t) for t in texts]
+        n_words = np.fromiter((len(w) for w in words), np.int64, len(words))
+        labels = np.full(len(texts), None, dtype=object)
+        open_ = np.ones(len(texts), bool)
+        for label, rx, kw, lo, hi in self._compiled:
+            m = open_.copy()
+            if lo is not None:
+                m &= n_words >= lo
+            if hi is not None:
+                m &= n_words <= hi
+            if kw is not None:
+                m &= np.fromiter((not kw.isdisjoint(w) for w in words), bool, len(words))
+            if rx is not None:
+                m &= np.fromiter((rx.search(t) is not None for t in texts), bool, len(texts))
+            labels[m] = label
+            open_ &= ~m
+        labels[open_] = self.params.default
+        return labels.tolist()
+
+    def _call(self, state: State) -> State:
+        out = state.copy()
+        out.values["label"] = self.labels(list(state.queries))
+        return out
+
+
+def ranking_feature(state: State, feature: str) -> np.ndarray:
+    """Per-query feature of the current rankings, float64 ``(n_q,)``; NaN where undefined.
+
+    ``top1``: best score; ``gap``: best minus second score; ``rel_gap``: gap / |best|.
+    """
+    if state.rankings is None:
+        raise ParamError("score_router: there are no rankings to score; put a retriever (e.g. bm25) before the "
+                         "route, or use rule_router")
+    n = len(state)
+    lens = np.fromiter((len(r) for r in state.rankings), np.int64, n)
+    s1 = np.full(n, np.nan)
+    s2 = np.full(n, np.nan)
+    has1, has2 = lens >= 1, lens >= 2
+    if has1.any():
+        s1[has1] = [state.rankings[i].scores[0] for i in np.flatnonzero(has1)]
+    if has2.any():
+        s2[has2] = [state.rankings[i].scores[1] for i in np.flatnonzero(has2)]
+    if feature == "top1":
+        return s1
+    gap = s1 - s2
+    if feature == "gap":
+        return gap
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(np.abs(s1) > 0, gap / np.abs(s1), np.nan)
+
+
+class ScoreRouterParams(Params):
+    feature: Literal["top1", "gap", "rel_gap"] = Field(
+        "top1", description="Ranking feature: best score, best minus second score, or that gap / best score.")
+    threshold: float = Field(..., description="Queries whose feature is >= threshold get label 'above'.")
+    above: str = Field("easy", min_length=1, description="Label when feature >= threshold (confident first stage).")
+    below: str = Field("hard", min_length=1, description="Label otherwise, and for rankings with too few results.")
+
+    @model_validator(mode="after")
+    def _distinct(self) -> "ScoreRouterParams":
+        if self.above == self.below:
+            raise ValueError(f"above and below must be different labels, both are {self.above!r}")
+        if self.feature == "rel_gap" and not 0 <= self.threshold <= 1:
+            raise ValueError(f"threshold for feature 'rel_gap' must lie in [0, 1], got {self.threshold}")
+        return self
+
+
+@register
+class ScoreRouter(Operator):
+    """Label queries by how confident the rankings already in the state are.
+
+    Put a cheap retriever first and route on its scores, so easy queries skip the
+    expensive branch::
+
+        bm25 | Route(ScoreRouter(feature="top1", threshold=25), {"easy": TopK(k=100), "hard": hybrid})
+
+    ``feature`` is computed per query from ``state.rankings`` (see :func:`ranking_feature`);
+    scores are in the upstream retriever's units (BM25 scores, cosine similarities).
+    Writes ``state.values["label"]``; rankings are untouched.  Score-based routing follows
+    Modular RAG's routing-by-difficulty pattern (Gao et al., arXiv 2407.21059); the
+    top-score and score-gap features are classic query-performance predictors
+    (Cronen-Townsend et al., SIGIR 2002, for the clarity idea; the gap as in Shtok et al.,
+    TOIS 2012).
+    """
+
+    name = "score_router"
+    kind = "router"
+    Params = ScoreRouterParams
+    stateless = True
+    example = {"feature": "top1", "threshold": 20.0}
+
+    def _call(self, state: State) -> State:
+        f = ranking_feature(state, self.params.feature) if len(state) else np.empty(0)
+        above = np.nan_to_num(f, nan=-np.inf) >= self.params.threshold
+        out = state.copy()
+        out.values["label"] = np.where(above, self.params.above, self.params.below).astype(object).tolist()
+        return out

@@ -1,0 +1,123 @@
+"""Domain adaptation of a sentence-transformers encoder on judged training queries.
+
+Fine-tunes the model with sentence-transformers' own trainer and the multiple-negatives
+ranking loss (in-batch negatives plus mined hard negatives; Henderson et al. 2017, as in
+Reimers & Gurevych's training recipes).  Hard negatives are the best-ranked unjudged
+documents for each training query under BM25 and under the current model, alternating,
+so the model learns both lexical and semantic confusions.  Seeded; the tuned model is
+written to a folder (temporary name renamed into place) whose content fingerprint keys
+the embedding cache, so cached vectors of the base model are never reused for it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ragkit.errors import DataError
+from ragkit.types import Corpus, TrainSet
+
+__all__ = ["AdaptConfig", "mine_pairs", "fine_tune"]
+
+
+@dataclass(frozen=True)
+class AdaptConfig:
+    """Fine-tuning settings.
+
+    Attributes
+    ----------
+    epochs : float
+        Passes over the (query, positive, negative) triplets.
+    batch_size : int
+        Triplets per step; the other positives of a batch serve as in-batch negatives.
+    learning_rate : float
+    hard_negatives : int
+        Mined negatives per (query, positive) pair (each becomes its own triplet).
+    max_steps : int or None
+        Stop after this many optimiser steps (tests use a handful).
+    seed : int
+    """
+
+    epochs: float = 1.0
+    batch_size: int = 32
+    learning_rate: float = 2e-5
+    hard_negatives: int = 1
+    max_steps: int | None = None
+    seed: int = 0
+
+
+def mine_pairs(corpus: Corpus, train: TrainSet, model: str, n_neg: int = 1, depth: int = 30,
+               ) -> tuple[list[str], list[str], list[str]]:
+    """(query, positive, hard negative) texts; negatives alternate BM25 and current-model top ranks.
+
+    Batched: one BM25 search and one dense search for all training queries.
+    """
+    from ragkit.retrievers import BM25, Dense
+
+    qids = [q for q in train.queries.ids if any(v > 0 for v in train.qrels.get(q, {}).values())]
+    if not qids:
+        raise DataError("fine-tuning needs training queries with at least one positive judgement; got none")
+    queries = train.queries[[train.queries.ids.index(q) for q in qids]]
+    runs = [BM25(k=depth).fit(corpus).search(queries), Dense(k=depth, model=model).fit(corpus).search(queries)]
+    texts = corpus.full_texts
+    anchors, positives, negatives = [], [], []
+    for i, q in enumerate(qids):
+        pos = [d for d, v in train.qrels[q].items() if v > 0]
+        pos_rows = corpus.row_of(pos, missing="drop")
+        judged = set(train.qrels[q])
+        cands: list[int] = []
+        for depth_i in range(depth):  # interleave the two rankings, best ranks first
+            for run in runs:
+                ids = run.doc_ids[i]
+                if depth_i < len(ids) and ids[depth_i] not in judged:
+                    row = int(run.rankings[i].rows[depth_i])
+                    if row not in cands:
+                        cands.append(row)
+        negs = cands[:n_neg] or [int(np.random.default_rng(i).integers(len(corpus)))]
+        for p in pos_rows.tolist():
+            for n in negs:
+                anchors.append(queries.texts[i])
+                positives.append(texts[p])
+                negatives.append(texts[n])
+    return anchors, positives, negatives
+
+
+def fine_tune(model: str, corpus: Corpus, train: TrainSet, out_dir: str | Path, config: AdaptConfig = AdaptConfig(),
+              *, progress: bool = True) -> Path:
+    """Fine-tune ``model`` on ``train`` and save it to ``out_dir``; returns the folder."""
+    import torch
+    from datasets import Dataset
+    from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer, SentenceTransformerTrainingArguments
+    from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
+    from sentence_transformers.training_args import BatchSamplers
+
+    from ragkit.encoders.sentence import resolve_model
+
+    out_dir = Path(out_dir)
+    anchors, positives, negatives = mine_pairs(corpus, train, model, n_neg=config.hard_negatives)
+    torch.manual_seed(config.seed)
+    st = SentenceTransformer(resolve_model(model), device="cpu")
+    data = Dataset.from_dict({"anchor": anchors, "positive": positives, "negative": negatives})
+    with tempfile.TemporaryDirectory(prefix="ragkit-adapt-") as work:
+        args = SentenceTransformerTrainingArguments(
+            output_dir=work, num_train_epochs=config.epochs, per_device_train_batch_size=config.batch_size,
+            learning_rate=config.learning_rate, warmup_steps=0, seed=config.seed, data_seed=config.seed,
+            batch_sampler=BatchSamplers.NO_DUPLICATES, save_strategy="no", logging_strategy="no", report_to="none",
+            max_steps=config.max_steps if config.max_steps is not None else -1, disable_tqdm=not progress,
+            dataloader_num_workers=0, use_cpu=True,
+        )
+        trainer = SentenceTransformerTrainer(model=st, args=args, train_dataset=data,
+                                             loss=MultipleNegativesRankingLoss(st))
+        trainer.train()
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+        st.save(str(tmp))
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        os.replace(tmp, out_dir)
+    return out_dir

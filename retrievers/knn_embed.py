@@ -1,0 +1,456 @@
+"""kNN-Embed: a query as a smoothed mixture over corpus clusters, each component retrieving its share.
+
+El-Kishky, Markovich, Leung, Portman, Haghighi, Xiao, "kNN-Embed: Locally Smoothed Embedding Mixtures
+for Multi-interest Candidate Retrieval", PAKDD 2023, arXiv:2205.06205.  Adapted from users/items to
+queries/documents as specified in ``shared/design/ALGORITHMS.md`` section 4, including its
+"Refinements for ragkit" (anchor share, single-intent collapse, component query restricted to its
+cluster, score / Sainte-Laguë interleave merge).
+
+Everything is exact numpy search over normalised embeddings (cosine = inner product).  The hot path
+is batched: one ``(n_q, N)`` score matrix per batch, then one gathered search per *cluster* over the
+(query, cluster) pairs that use it; there is no Python loop over queries.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from pydantic import Field, model_validator
+
+from ragkit.encoders import DEFAULT_MODEL
+from ragkit.errors import ArtifactError, DataError
+from ragkit.operator import Operator, load_array, read_json, save_arrays, topk_rows, write_json
+from ragkit.params import Params
+from ragkit.registry import register
+from ragkit.types import Corpus, Ranking, State, TrainSet
+
+__all__ = ["KnnEmbed", "KnnEmbedParams", "default_n_clusters", "largest_remainder"]
+
+
+def default_n_clusters(n_docs: int) -> int:
+    """``clamp(round(sqrt(N / 2)), 4, 1024)``, never more than ``N``."""
+    return int(min(max(n_docs, 1), min(max(round(math.sqrt(n_docs / 2)), 4), 1024)))
+
+
+class KnnEmbedParams(Params):
+    model: str = Field(DEFAULT_MODEL, description="Sentence-transformers model name or folder (the dense encoder).")
+    k: int = Field(100, ge=1, description="Results per query.")
+    n_clusters: int | None = Field(
+        None, ge=2, description="k-means clusters C; None = clamp(round(sqrt(N/2)), 4, 1024), at most N.")
+    n_init: int = Field(3, ge=1, description="k-means restarts (scikit-learn n_init).")
+    seed: int = Field(0, ge=0, description="k-means random seed.")
+    min_cluster_size: int = Field(
+        5, ge=1, description="Clusters with fewer documents are never a mixture component (they still serve the anchor).")
+    n_neighbors: int = Field(20, ge=1, description="m: pseudo-relevant top documents that vote for clusters.")
+    tau: float | None = Field(
+        0.05, gt=0, description="Neighbour weight temperature in cosine units, w_j = exp((s_j - s_1)/tau); "
+                                 "None = uniform counts.")
+    alpha: float = Field(1.0, ge=0, description="Prior strength in pseudo-documents (additive smoothing).")
+    prior: Literal["global", "local"] = Field(
+        "global", description="global: cluster sizes / N; local: cluster histogram of the dense top local_depth.")
+    local_depth: int = Field(100, ge=1, description="M_local: depth of the dense pass used by prior='local'.")
+    weight_floor: float = Field(0.05, ge=0, lt=1, description="Components with smoothed weight below this are dropped.")
+    max_components: int = Field(4, ge=1, description="At most this many mixture components per query.")
+    collapse_at: float = Field(
+        0.85, gt=0, le=1, description="If the top component's (renormalised) weight is >= this, or only one component "
+                                      "survives, the query is answered as plain dense top-k.  1.0 = collapse only "
+                                      "single-component queries.")
+    anchor_share: float = Field(
+        0.5, ge=0, le=1, description="Share of the k slots kept for plain unrestricted dense results (1.0 = dense).")
+    component_query: Literal["filter", "rocchio_filter"] = Field(
+        "filter", description="filter: the query itself searched inside the cluster; rocchio_filter: "
+                              "normalise(q + rocchio_lambda * mean of the query's top-m docs in the cluster), inside "
+                              "the cluster (ranking only; returned scores stay q.d).")
+    rocchio_lambda: float = Field(0.5, ge=0, description="Weight of the Rocchio shift (component_query='rocchio_filter').")
+    merge: Literal["score", "interleave"] = Field(
+        "score", description="score: union sorted by cosine; interleave: Sainte-Laguë order over the anchor and "
+                             "components (diversity in the first slots; scores then not monotone).")
+    search: Literal["auto", "masked", "partitioned"] = Field(
+        "auto", description="In-cluster search: masked = full score rows masked to the cluster; partitioned = "
+                            "per-cluster contiguous sub-matrices (sub-indexes); auto = partitioned (measured faster, "
+                            "bench/diversity.py).")
+
+    @model_validator(mode="after")
+    def _check(self) -> "KnnEmbedParams":
+        if self.prior == "local" and self.local_depth < self.n_neighbors:
+            raise ValueError(
+                f"local_depth ({self.local_depth}) must be >= n_neighbors ({self.n_neighbors}): the local prior is "
+                f"read from a dense pass at least as deep as the neighbourhood")
+        return self
+
+
+def largest_remainder(weights: np.ndarray, total: np.ndarray | int, active: np.ndarray | None = None) -> np.ndarray:
+    """Integer quotas per row summing to ``total`` with every active entry >= 1 (when ``total`` allows).
+
+    Parameters
+    ----------
+    weights : (n, M) float, rows sum to 1 over the active entries (ordered by weight desc, ties by id).
+    total : int or (n,) int, slots to share per row.
+    active : (n, M) bool, entries that may receive slots (default ``weights > 0``).
+
+    Returns
+    -------
+    (n, M) int64 quotas.  Integer parts first, leftover slots by largest fractional remainder (ties:
+    earlier column), then every active entry is raised to 1 by taking slots from the largest quotas.
+    When ``total`` is smaller than the number of active entries, the first ``total`` entries get one.
+    """
+    w = np.asarray(weights, dtype=np.float64)
+    n, m = w.shape
+    act = (w > 0) if active is None else np.asarray(active, bool)
+    tot = np.broadcast_to(np.asarray(total, np.int64), (n,)).copy()
+    w = np.where(act, w, 0.0)
+    wsum = w.sum(1, keepdims=True)
+    w = np.divide(w, wsum, out=np.zeros_like(w), where=wsum > 0)
+    raw = w * tot[:, None]
+    q = np.floor(raw + 1e-9).astype(np.int64)
+    frac = np.where(act, raw - q, -1.0)
+    left = tot - q.sum(1)
+    order = np.lexsort((np.broadcast_to(np.arange(m), (n, m)), -frac), axis=1)
+    rank = np.empty_like(order)
+    np.put_along_axis(rank, order, np.arange(m)[None, :].repeat(n, 0), axis=1)
+    q += (rank < left[:, None]) & act
+    # every active component gets at least one slot (as far as the total allows)
+    n_act = act.sum(1)
+    few = tot < n_act
+    if few.any():  # not enough slots: one each to the first `tot` active columns
+        cum = np.cumsum(act, axis=1)
+        q[few] = (act & (cum <= tot[:, None]))[few].astype(np.int64)
+    need = act & (q == 0) & ~few[:, None]
+    for _ in range(m):  # at most M rounds, each moves one slot per row (vectorised over rows)
+        if not need.any():
+            break
+        rows = np.flatnonzero(need.any(1))
+        give = np.argmax(np.where(need[rows], 1, 0), axis=1)
+        take = np.argmax(np.where(act[rows], q[rows], -1), axis=1)
+        q[rows, give] += 1
+        q[rows, take] -= 1
+        need = act & (q == 0) & ~few[:, None]
+    return q
+
+
+@register
+class KnnEmbed(Operator):
+    """kNN-Embed multi-interest retriever: a query becomes a smoothed mixture of corpus clusters.
+
+    At fit, the documents' dense vectors (the ``dense`` encoder's cache) are clustered with
+    scikit-learn k-means (``n_init`` restarts, seeded); labels and renormalised centroids are
+    stored with the index.  Per query (all batched):
+
+    1. dense pass ``s = E q``; the top ``n_neighbors`` documents vote for their clusters with
+       weights ``w_j = exp((s_j - s_1) / tau)``;
+    2. smoothing ``pi(c) = (n(c) + alpha * prior(c)) / (W + alpha)`` (``prior`` global sizes or the
+       local histogram of the dense top ``local_depth``);
+    3. keep at most ``max_components`` clusters with ``pi >= weight_floor`` (renormalised);
+       a query with one component or a top weight ``>= collapse_at`` returns plain dense top-k;
+    4. ``round(anchor_share * k)`` slots go to the dense top results; the rest are shared by
+       largest-remainder quotas, each component searching only inside its cluster, excluding
+       documents already taken; shortfalls go to the components' other documents, then to dense;
+    5. merge by cosine (``merge="score"``) or in Sainte-Laguë order (``merge="interleave"``).
+
+    Output rankings carry ``scores`` = cosine ``q . d`` (float32) and ``fields["cluster"]``
+    (int32 cluster of each document) and ``fields["component"]`` (-1 = anchor/dense, else the
+    index of the mixture component, 0 = heaviest).  Exactly ``min(k, N)`` distinct documents.
+
+    Attributes (after fit)
+    ----------------------
+    vectors_ : (N, d) float32 unit document vectors
+    labels_ : (N,) int32 cluster of each document
+    centroids_ : (C, d) float32 unit centroids
+
+    References
+    ----------
+    El-Kishky et al., "kNN-Embed: Locally Smoothed Embedding Mixtures for Multi-interest
+    Candidate Retrieval", PAKDD 2023, arXiv:2205.06205.
+
+    Examples
+    --------
+    >>> from ragkit.retrievers.knn_embed import KnnEmbed
+    >>> KnnEmbed(k=10, anchor_share=0.25)
+    KnnEmbed(k=10, anchor_share=0.25)
+    """
+
+    name = "knn_embed"
+    kind = "retriever"
+    Params = KnnEmbedParams
+    example = {"k": 10, "n_clusters": 8, "n_init": 1, "collapse_at": 1.0, "weight_floor": 0.03}
+
+    # ------------------------------------------------------------------ fit
+    @property
+    def dense(self):
+        """The plain :class:`~ragkit.retrievers.dense.Dense` whose encoder this retriever shares."""
+        from ragkit.retrievers.dense import Dense
+
+        d = self.__dict__.get("_dense")
+        if d is None:
+            d = self.__dict__["_dense"] = Dense(k=self.params.k, model=self.params.model)
+        return d
+
+    def _fit(self, corpus: Corpus, train: TrainSet | None, upstream: State | None) -> None:
+        from sklearn.cluster import KMeans
+
+        vecs = np.ascontiguousarray(self.dense.encoder.encode(corpus.full_texts), dtype=np.float32)
+        n = len(vecs)
+        if n == 0:
+            raise DataError("knn_embed.fit: the corpus is empty; expected at least one document")
+        c = min(self.params.n_clusters or default_n_clusters(n), n)
+        km = KMeans(n_clusters=c, n_init=self.params.n_init, random_state=self.params.seed).fit(vecs)
+        cent = km.cluster_centers_.astype(np.float32)
+        cent /= np.maximum(np.linalg.norm(cent, axis=1, keepdims=True), 1e-12)
+        self.vectors_ = vecs
+        self.labels_ = km.labels_.astype(np.int32)
+        self.centroids_ = cent
+        self._build()
+
+    def _build(self) -> None:
+        """Derived per-cluster structures (not saved; rebuilt from labels)."""
+        c = len(self.centroids_)
+        labels = np.asarray(self.labels_)
+        order = np.argsort(labels, kind="stable")
+        sizes = np.bincount(labels, minlength=c)
+        starts = np.concatenate([[0], np.cumsum(sizes)])
+        self._members = [order[starts[i]:starts[i + 1]].astype(np.int64) for i in range(c)]
+        self._sizes = sizes
+        self._parts: list[np.ndarray] | None = None  # per-cluster contiguous vectors, built on first use
+
+    def _part(self, c: int) -> np.ndarray:
+        if self._parts is None:
+            v = np.asarray(self.vectors_)
+            self._parts = [np.ascontiguousarray(v[m]) for m in self._members]
+        return self._parts[c]
+
+    _CLUSTERING = ("model", "n_clusters", "n_init", "seed")
+
+    def with_params(self, **changes) -> "KnnEmbed":
+        """A copy with query-time parameters changed, sharing this fitted clustering (no refit).
+
+        Changing ``model``, ``n_clusters``, ``n_init`` or ``seed`` needs a new ``fit``: refused.
+        """
+        bad = [f for f in changes if f in self._CLUSTERING and changes[f] != getattr(self.params, f)]
+        if bad:
+            raise DataError(f"knn_embed.with_params: {bad} change the clustering; build a new KnnEmbed and fit it")
+        new = type(self)(self.params.updated(**changes))
+        self._check_fitted()
+        for key in ("corpus_", "vectors_", "labels_", "centroids_", "_members", "_sizes", "_parts"):
+            new.__dict__[key] = self.__dict__[key]
+        return new
+
+    # ------------------------------------------------------------------ mixture
+    def mixture(self, q: np.ndarray, s: np.ndarray | None = None,
+                top: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+        """The per-query cluster mixture, batched.
+
+        Parameters
+        ----------
+        q : (n_q, d) float32 unit query vectors.
+        s : optional (n_q, N) scores ``q @ E.T`` (computed when absent).
+
+        Returns
+        -------
+        dict with ``pi`` (n_q, C) smoothed mixture (rows sum to 1), ``clusters`` (n_q, M) int64
+        kept clusters by weight (-1 = none), ``weights`` (n_q, M) renormalised weights (rows sum
+        to 1), ``collapsed`` (n_q,) bool.
+        """
+        p = self.params
+        s = q @ np.asarray(self.vectors_).T if s is None else s
+        n_q, n = s.shape
+        c = len(self.centroids_)
+        labels = np.asarray(self.labels_)
+        m = min(p.n_neighbors, n)
+        rows, sc = top if top is not None else topk_rows(s, max(m, p.local_depth if p.prior == "local" else 0))
+        r_m, s_m = rows[:, :m], sc[:, :m].astype(np.float64)
+        w = np.ones_like(s_m) if p.tau is None else np.exp((s_m - s_m[:, :1]) / p.tau)
+        qi = np.repeat(np.arange(n_q), m)
+        cnt = np.bincount(qi * c + labels[r_m].ravel(), weights=w.ravel(), minlength=n_q * c).reshape(n_q, c)
+        big_w = w.sum(1, keepdims=True)
+        if p.prior == "global":
+            prior = np.broadcast_to(self._sizes / n, (n_q, c))
+        else:
+            d = min(p.local_depth, n)
+            qd = np.repeat(np.arange(n_q), d)
+            prior = np.bincount(qd * c + labels[rows[:, :d]].ravel(), minlength=n_q * c).reshape(n_q, c) / max(d, 1)
+        pi = (cnt + p.alpha * prior) / (big_w + p.alpha)
+        # component selection: eligible clusters by pi desc (ties by id), >= floor, at most M
+        elig = np.where(self._sizes[None, :] >= p.min_cluster_size, pi, -1.0)
+        mm = min(p.max_components, c)
+        order = np.argsort(-elig, axis=1, kind="stable")[:, :mm]
+        top_w = np.take_along_axis(elig, order, axis=1)
+        keep = top_w >= max(p.weight_floor, 1e-12)
+        kw = np.where(keep, top_w, 0.0)
+        tot = kw.sum(1, keepdims=True)
+        kw = np.divide(kw, tot, out=np.zeros_like(kw), where=tot > 0)
+        clusters = np.where(keep, order, -1)
+        collapsed = (keep.sum(1) <= 1) | (kw[:, 0] >= p.collapse_at - 1e-12)
+        return {"pi": pi, "clusters": clusters.astype(np.int64), "weights": kw, "collapsed": collapsed,
+                "top_rows": rows, "top_scores": sc}
+
+    # ------------------------------------------------------------------ search
+    def _call(self, state: State) -> State:
+        out = state.copy()
+        if len(state) == 0:
+            out.rankings = []
+            return out
+        p = self.params
+        k = self.k_for(state)
+        v = np.asarray(self.vectors_)
+        n = len(v)
+        k = min(k, n)
+        q = np.ascontiguousarray(self.dense.query_vectors(state), dtype=np.float32)
+        if q.ndim != 2 or q.shape[1] != v.shape[1]:
+            raise DataError(f"knn_embed: query vectors have shape {q.shape}, expected (n_q, {v.shape[1]})")
+        s = q @ v.T
+        n_q = len(q)
+        depth = max(k, p.n_neighbors, p.local_depth if p.prior == "local" else 0)
+        top_rows, top_sc = topk_rows(s, depth)
+        mix = self.mixture(q, s, top=(top_rows, top_sc))
+        labels = np.asarray(self.labels_)
+
+        k_a = int(math.floor(p.anchor_share * k + 0.5))
+        k_r = k - k_a
+        clusters, weights, collapsed = mix["clusters"], mix["weights"], mix["collapsed"].copy()
+        if k_r == 0:
+            collapsed[:] = True
+        mm = clusters.shape[1]
+        out_rows = top_rows[:, :k].copy()
+        comp = np.full((n_q, k), -1, np.int32)
+        live = np.flatnonzero(~collapsed)
+        if len(live):
+            lr, lc, lcomp = self._mixture_search(q[live], s[live], top_rows[live], clusters[live], weights[live],
+                                                 k, k_a, k_r, labels)
+            out_rows[live], comp[live] = lr, lc
+            del lcomp
+        out_sc = np.take_along_axis(s, out_rows, axis=1).astype(np.float32)
+        # merge
+        if p.merge == "score":
+            order = np.lexsort((out_rows, -out_sc), axis=1)
+        else:
+            # Sainte-Laguë: slot t of a component with weight w has priority w / (2 t + 1)
+            w_all = np.concatenate([np.full((n_q, 1), p.anchor_share), (1 - p.anchor_share) * weights], axis=1)
+            ci = comp + 1  # 0 = anchor
+            w_slot = np.take_along_axis(w_all, ci.astype(np.int64), axis=1)
+            # rank of each slot inside its component, by score desc (ties row asc)
+            pre = np.lexsort((out_rows, -out_sc, ci), axis=1)
+            ci_sorted = np.take_along_axis(ci, pre, axis=1)
+            pos = np.arange(k)[None, :].repeat(n_q, 0)
+            first = np.where(np.diff(ci_sorted, axis=1, prepend=-1) != 0, pos, 0)
+            first = np.maximum.accumulate(first, axis=1)
+            t_sorted = pos - first
+            t = np.empty_like(t_sorted)
+            np.put_along_axis(t, pre, t_sorted, axis=1)
+            prio = w_slot / (2 * t + 1)
+            order = np.lexsort((out_rows, -out_sc, ci, -prio), axis=1)
+        out_rows = np.take_along_axis(out_rows, order, axis=1)
+        out_sc = np.take_along_axis(out_sc, order, axis=1)
+        comp = np.take_along_axis(comp, order, axis=1)
+        clus = labels[out_rows].astype(np.int32)
+        out.rankings = [Ranking(r, sc_, {"cluster": cl, "component": co})
+                        for r, sc_, cl, co in zip(out_rows, out_sc, clus, comp)]
+        return out
+
+    def _mixture_search(self, q, s, top_rows, clusters, weights, k, k_a, k_r, labels):
+        """Anchor + per-component in-cluster search for non-collapsed queries (all arrays row-aligned)."""
+        p = self.params
+        n_q, n = s.shape
+        mm = clusters.shape[1]
+        active = clusters >= 0
+        quota = largest_remainder(weights, k_r, active)  # (n_q, M)
+        rows_out = np.full((n_q, k), -1, np.int64)
+        comp_out = np.full((n_q, k), -1, np.int32)
+        rows_out[:, :k_a] = top_rows[:, :k_a]
+        taken = np.zeros((n_q, n), bool)
+        np.put_along_axis(taken, top_rows[:, :k_a], True, axis=1)
+        offs = k_a + np.concatenate([np.zeros((n_q, 1), np.int64), np.cumsum(quota, axis=1)[:, :-1]], axis=1)
+        got = np.zeros((n_q, mm), np.int64)
+        method = "partitioned" if p.search == "auto" else p.search
+        rocchio = p.component_query == "rocchio_filter"
+        pq, pj = np.nonzero(active & (quota > 0))
+        pc = clusters[pq, pj]
+        grp = np.argsort(pc, kind="stable")
+        pq, pj, pc = pq[grp], pj[grp], pc[grp]
+        bounds = np.flatnonzero(np.diff(pc, prepend=-1, append=-1) != 0)
+        v = np.asarray(self.vectors_)
+        for a, b in zip(bounds[:-1], bounds[1:]):  # one gathered search per cluster (not per query)
+            c = int(pc[a])
+            qi, jj = pq[a:b], pj[a:b]
+            need = quota[qi, jj]
+            members = self._members[c]
+            if rocchio:
+                qc = self._rocchio(q[qi], top_rows[qi, :min(p.n_neighbors, n)], c, labels, v)
+            if method == "partitioned":
+                sub = (qc if rocchio else q[qi]) @ self._part(c).T
+                sub[taken[qi][:, members]] = -np.inf
+                r, sc = topk_rows(sub, int(need.max()))
+                r = members[r]
+            else:
+                full = (qc @ v.T) if rocchio else s[qi]
+                sub = np.where((labels == c)[None, :] & ~taken[qi], full, -np.inf)
+                r, sc = topk_rows(sub, int(need.max()))
+            ok = np.isfinite(sc) & (np.arange(r.shape[1])[None, :] < need[:, None])
+            got[qi, jj] = ok.sum(1)
+            pr, pcol = np.nonzero(ok)
+            dest = offs[qi, jj][pr] + pcol
+            rows_out[qi[pr], dest] = r[pr, pcol]
+            comp_out[qi[pr], dest] = jj[pr]
+        short = quota - got
+        if short.any():  # overflow (rare, cold path): components' other docs, then unrestricted dense
+            self._fill_shortfall(s, rows_out, comp_out, clusters, labels, k)
+        return rows_out, comp_out, None
+
+    def _rocchio(self, q, topm, c, labels, v):
+        """normalise(q + lambda * mean of the query's top-m docs in cluster c) per (query, c) pair."""
+        inc = (labels[topm] == c)
+        cnt = inc.sum(1, keepdims=True)
+        mean = np.einsum("pm,pmd->pd", inc.astype(np.float32), v[topm]) / np.maximum(cnt, 1)
+        qc = q + self.params.rocchio_lambda * mean * (cnt > 0)
+        return (qc / np.maximum(np.linalg.norm(qc, axis=1, keepdims=True), 1e-12)).astype(np.float32)
+
+    def _fill_shortfall(self, s, rows_out, comp_out, clusters, labels, k):
+        """Fill empty slots (-1): first from untaken docs of the query's kept clusters by score, then dense."""
+        bad = np.flatnonzero((rows_out < 0).any(1))
+        sb = s[bad].copy()
+        taken = np.zeros(sb.shape, bool)
+        valid = rows_out[bad] >= 0
+        rr = np.where(valid, rows_out[bad], 0)
+        np.put_along_axis(taken, rr, valid | np.take_along_axis(taken, rr, axis=1), axis=1)
+        sb[taken] = -np.inf
+        in_kept = (labels[None, :, None] == clusters[bad][:, None, :]).any(2)
+        for pool in (np.where(in_kept, sb, -np.inf), sb):
+            holes = rows_out[bad] < 0
+            n_h = holes.sum(1)
+            if not n_h.any():
+                break
+            r, sc = topk_rows(pool, int(n_h.max()))
+            ok = np.isfinite(sc) & (np.arange(r.shape[1])[None, :] < n_h[:, None])
+            # place the j-th fill into the j-th hole of the row
+            hole_rank = np.cumsum(holes, axis=1) - 1
+            for_rows, for_cols = np.nonzero(holes)
+            j = hole_rank[for_rows, for_cols]
+            use = j < ok.sum(1)[for_rows]
+            fr, fc, fj = for_rows[use], for_cols[use], j[use]
+            sub = rows_out[bad]
+            sub[fr, fc] = r[fr, fj]
+            rows_out[bad] = sub
+            sb[np.arange(len(bad))[:, None].repeat(r.shape[1], 1)[ok], r[ok]] = -np.inf
+        if (rows_out < 0).any():  # cannot happen with k <= N
+            raise DataError(f"knn_embed: could not fill {k} distinct results")
+
+    # ------------------------------------------------------------------ persistence
+    def _save(self, folder: Path) -> None:
+        save_arrays(folder, vectors=self.vectors_, labels=self.labels_, centroids=self.centroids_)
+        write_json(folder / "knn_embed.json", {"n_clusters": int(len(self.centroids_)), "n_docs": int(len(self.labels_))})
+
+    def _load(self, folder: Path, mmap: bool = False) -> None:
+        meta = read_json(folder / "knn_embed.json")
+        self.vectors_ = load_array(folder, "vectors", mmap=mmap)
+        self.labels_ = np.asarray(load_array(folder, "labels"))
+        self.centroids_ = np.asarray(load_array(folder, "centroids"))
+        if len(self.labels_) != meta.get("n_docs") or len(self.centroids_) != meta.get("n_clusters") \
+                or len(self.vectors_) != len(self.labels_) or len(self.labels_) != len(self.corpus_):
+            raise ArtifactError(
+                f"{folder}: knn_embed arrays disagree (labels {len(self.labels_)}, vectors {len(self.vectors_)}, "
+                f"centroids {len(self.centroids_)}, corpus {len(self.corpus_)}, meta {meta})")
+        if len(self.labels_) and (self.labels_.min() < 0 or self.labels_.max() >= len(self.centroids_)):
+            raise ArtifactError(f"{folder}/labels.npy: cluster ids outside [0, {len(self.centroids_)})")
+        self._build()

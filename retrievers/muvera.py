@@ -1,0 +1,287 @@
+"""Multi-vector retrieval: MUVERA (FDE candidates + exact MaxSim rerank) and exact MaxSim.
+
+Multi-vector (late-interaction, ColBERT-style) relevance is the Chamfer similarity
+``CH(Q, P) = sum_{q in Q} max_{p in P} <q, p>`` over per-token unit vectors (see
+:mod:`ragkit.encoders.tokens`).  Two retrievers:
+
+* ``maxsim_exact`` (:class:`MaxSimExact`): brute-force Chamfer of every query against every
+  document, the reference;
+* ``muvera`` (:class:`Muvera`): every document's token set becomes one Fixed Dimensional
+  Encoding (:mod:`ragkit.retrievers.fde`); the query FDE's inner products with the document
+  FDEs pick ``candidates`` documents, which are rescored with exact Chamfer.
+
+Reference: Dhulipala et al., "MUVERA: Multi-Vector Retrieval via Fixed Dimensional
+Encodings", NeurIPS 2024, arXiv 2405.19504.
+
+FDE search is exact (numpy inner products over the ``(n_docs, d_FDE)`` matrix, chunked),
+which for corpora of SciFact size is faster than building an HNSW graph over 10,240-d
+vectors (design note in ALGORITHMS.md); no shared vector-index class existed when this was
+written.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import Field, model_validator
+
+from ragkit.encoders import DEFAULT_MODEL
+from ragkit.encoders.tokens import TokenEncoder, TokenVectors, get_token_encoder
+from ragkit.errors import ArtifactError
+from ragkit.operator import Operator, load_array, rankings_from_matrix, read_json, save_arrays, topk_rows, write_json
+from ragkit.params import Params
+from ragkit.registry import register
+from ragkit.retrievers.fde import FDEConfig, ball_carve, chamfer_pairs, chamfer_scores, fde_dim, fde_documents, \
+    fde_queries
+from ragkit.types import Corpus, Ranking, State, TrainSet
+
+__all__ = ["Muvera", "MuveraParams", "MaxSimExact", "MaxSimExactParams", "TokenParams", "TokenOperatorMixin",
+           "rerank_tokens"]
+
+
+class TokenParams(Params):
+    """Token-encoder parameters shared by the multi-vector operators."""
+
+    model: str = Field(DEFAULT_MODEL, description="Sentence-transformers model whose token embeddings are used.")
+    special_tokens: Literal["keep", "drop"] = Field(
+        "keep", description="Keep the [CLS]/[SEP] token vectors (padding is always dropped).")
+    batch_size: int = Field(32, ge=1, description="Texts per forward pass when encoding tokens.")
+    ball_carve_tau: float | None = Field(
+        None, ge=-1.0, le=1.0,
+        description="Ball-carve query tokens at this cosine before the exact MaxSim (None = off; rerank only).")
+
+
+class TokenOperatorMixin:
+    """Token vectors of the corpus (``tokens_``) and of the queries, for MaxSim operators."""
+
+    params: Any
+
+    @property
+    def token_encoder(self) -> TokenEncoder:
+        return get_token_encoder(self.params.model, batch_size=self.params.batch_size,
+                                 special_tokens=self.params.special_tokens)
+
+    def _fit_tokens(self, corpus: Corpus) -> None:
+        self.tokens_ = self.token_encoder.encode(corpus.full_texts)
+
+    def query_tokens(self, state: State) -> TokenVectors:
+        """``TokenVectors`` of the batch's queries (the rewritten ``query_text`` where present)."""
+        texts = state.values.get("query_text") or state.queries
+        return self.token_encoder.encode_queries([str(t) for t in texts])
+
+    def rerank_query(self, q: TokenVectors) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """Query tokens for the exact MaxSim: as is, or ball-carved (centres, offsets, weights)."""
+        tau = self.params.ball_carve_tau
+        if tau is None:
+            return np.asarray(q.data, np.float32), q.offsets, None
+        return ball_carve(q.data, q.offsets, tau)
+
+    def _save_tokens(self, folder: Path) -> None:
+        self.tokens_.save(folder, "tokens")
+
+    def _load_tokens(self, folder: Path, mmap: bool) -> None:
+        tv = TokenVectors.load(folder, "tokens", mmap=mmap)
+        if len(tv) != len(self.corpus_):
+            raise ArtifactError(f"{folder}: token vectors hold {len(tv)} documents, the corpus {len(self.corpus_)}")
+        self.tokens_ = tv
+
+
+def rerank_tokens(q_data: np.ndarray, q_off: np.ndarray, q_w: np.ndarray | None, docs: TokenVectors,
+                  rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Exact MaxSim of padded candidate ``rows`` ``(n_q, k)`` (``-1`` = none), sorted best first.
+
+    Returns ``(rows, scores)`` of the same shape; missing candidates sort last with ``-inf``.
+    Ties keep the lower corpus row first.
+    """
+    sc = chamfer_pairs(q_data, q_off, docs.data, docs.offsets, rows, q_weights=q_w)
+    order = np.lexsort((np.where(rows < 0, np.iinfo(np.int64).max, rows), -sc), axis=1)
+    return np.take_along_axis(rows, order, axis=1), np.take_along_axis(sc, order, axis=1)
+
+
+# --------------------------------------------------------------------------------- MUVERA
+class MuveraParams(TokenParams):
+    k: int = Field(100, ge=1, description="Results per query.")
+    candidates: int = Field(200, ge=1, description="Documents taken by FDE inner product and rescored exactly.")
+    k_sim: int = Field(5, ge=0, le=12, description="SimHash hyperplanes per repetition (2**k_sim buckets).")
+    d_proj: int = Field(16, ge=1, description="Inner projection size per bucket (ignored for projection='identity').")
+    r_reps: int = Field(20, ge=1, description="Independent FDE repetitions.")
+    d_final: int | None = Field(None, ge=1, description="Optional final Count-Sketch dimension of the FDE.")
+    projection: Literal["ams", "countsketch", "identity"] = Field(
+        "ams", description="Inner projection: dense ±1/sqrt(d_proj) (paper), Count-Sketch (reference code), identity.")
+    fill_empty: bool = Field(True, description="Fill empty document buckets with the Hamming-nearest token.")
+    seed: int = Field(42, ge=0, description="Seed of the FDE random matrices (repetition r uses seed + r).")
+    fde_dtype: Literal["f32", "f16"] = Field("f32", description="Storage type of the document FDEs.")
+    rerank: bool = Field(True, description="Rescore candidates with exact MaxSim (False: FDE scores only).")
+    filter: dict[str, Any] | None = Field(None, description="Metadata filter {field: value or [values]}.")
+
+    @model_validator(mode="after")
+    def _check(self) -> "MuveraParams":
+        if self.rerank and self.candidates < self.k:
+            raise ValueError(
+                f"candidates ({self.candidates}) must be >= k ({self.k}): the exact rerank can only return "
+                f"documents the FDE search found")
+        if self.d_final is not None and self.projection != "identity":
+            full = self.r_reps * 2**self.k_sim * self.d_proj
+            if self.d_final >= full:
+                raise ValueError(
+                    f"d_final ({self.d_final}) must be smaller than r_reps * 2**k_sim * d_proj = {full}: "
+                    f"a final projection is for shrinking the FDE")
+        return self
+
+
+@register
+class Muvera(TokenOperatorMixin, Operator):
+    """MUVERA: FDE inner-product candidates, then exact MaxSim (Chamfer) rerank.
+
+    ``fit`` encodes every document's tokens (cached on disk, float16, ragged) and builds
+    document FDEs ``(n_docs, r_reps * 2**k_sim * d_proj)`` (or ``d_final``).  A query's FDE
+    is built from all its tokens with the same seeded matrices; the top ``candidates``
+    documents by FDE inner product are rescored with exact Chamfer (batched over all
+    query-candidate pairs) and the top ``k`` returned with their Chamfer scores.
+    ``rerank=False`` returns the FDE scores instead.
+
+    Dhulipala et al., "MUVERA: Multi-Vector Retrieval via Fixed Dimensional Encodings",
+    NeurIPS 2024, arXiv 2405.19504.
+
+    Examples
+    --------
+    >>> from ragkit.retrievers import Muvera
+    >>> Muvera(k=10, candidates=200)
+    Muvera(k=10)
+    """
+
+    name = "muvera"
+    kind = "retriever"
+    Params = MuveraParams
+    example = {"k": 5, "candidates": 20, "k_sim": 3, "d_proj": 8, "r_reps": 4}
+
+    @property
+    def fde_config(self) -> FDEConfig:
+        p = self.params
+        return FDEConfig(k_sim=p.k_sim, d_proj=p.d_proj, r_reps=p.r_reps, d_final=p.d_final,
+                         projection=p.projection, fill_empty=p.fill_empty, seed=p.seed)
+
+    def _fit(self, corpus: Corpus, train: TrainSet | None, upstream: State | None) -> None:
+        self._fit_tokens(corpus)
+        fde = fde_documents(self.tokens_.data, self.tokens_.offsets, self.fde_config)
+        self.fde_ = fde.astype(np.float16) if self.params.fde_dtype == "f16" else fde
+
+    @property
+    def dim(self) -> int:
+        return fde_dim(self.fde_config, self.tokens_.dim)
+
+    def query_fde(self, q: TokenVectors) -> np.ndarray:
+        """Query FDEs ``(n_q, d_FDE)`` float32 (bucket sums, no filling)."""
+        return fde_queries(q.data, q.offsets, self.fde_config)
+
+    def fde_scores(self, qf: np.ndarray, chunk: int = 4096) -> np.ndarray:
+        """FDE inner products ``(n_q, n_docs)`` float32 (document FDEs upcast in chunks)."""
+        fde = self.fde_
+        if fde.dtype == np.float32:
+            return qf @ fde.T
+        out = np.empty((len(qf), len(fde)), np.float32)
+        for s in range(0, len(fde), chunk):
+            out[:, s:s + chunk] = qf @ np.asarray(fde[s:s + chunk], np.float32).T
+        return out
+
+    def _call(self, state: State) -> State:
+        out = state.copy()
+        if len(state) == 0:
+            out.rankings = []
+            return out
+        k = self.k_for(state)
+        q = self.query_tokens(state)
+        s = self.fde_scores(self.query_fde(q))
+        mask = self.filter_mask(state)
+        if mask is not None:
+            s[:, ~mask] = -np.inf
+        if not self.params.rerank:
+            out.rankings = rankings_from_matrix(*topk_rows(s, k))
+            return out
+        n_cand = max(int(self.opt(state, "candidates", self.params.candidates)), k)
+        rows, sc = topk_rows(s, n_cand)
+        rows = np.where(np.isfinite(sc), rows, -1)
+        qd, qo, qw = self.rerank_query(q)
+        rows, sc = rerank_tokens(qd, qo, qw, self.tokens_, rows)
+        out.rankings = rankings_from_matrix(rows[:, :k], sc[:, :k])
+        return out
+
+    def _save(self, folder: Path) -> None:
+        self._save_tokens(folder)
+        save_arrays(folder, fde=self.fde_)
+        write_json(folder / "muvera.json", {"fde_dim": int(self.fde_.shape[1]), "token_dim": self.tokens_.dim,
+                                            "n_tokens": self.tokens_.n_tokens, "config": vars(self.fde_config)})
+
+    def _load(self, folder: Path, mmap: bool = False) -> None:
+        self._load_tokens(folder, mmap)
+        meta = read_json(folder / "muvera.json")
+        fde = load_array(folder, "fde", mmap=mmap)
+        if fde.shape != (len(self.corpus_), meta.get("fde_dim")) or meta.get("config") != vars(self.fde_config):
+            raise ArtifactError(
+                f"{folder}: FDE array of shape {fde.shape} / config {meta.get('config')} does not match the "
+                f"parameters ({len(self.corpus_)} docs, config {vars(self.fde_config)})")
+        self.fde_ = fde
+
+
+# ----------------------------------------------------------------------------- exact MaxSim
+class MaxSimExactParams(TokenParams):
+    k: int = Field(100, ge=1, description="Results per query.")
+    filter: dict[str, Any] | None = Field(None, description="Metadata filter {field: value or [values]}.")
+
+
+@register
+class MaxSimExact(TokenOperatorMixin, Operator):
+    """Brute-force multi-vector retrieval: exact Chamfer (MaxSim) against every document.
+
+    ``CH(Q, P) = sum_q max_p <q, p>`` with unit token vectors.  All query tokens of the
+    batch are multiplied against chunks of the flat document-token matrix (one BLAS call
+    per chunk) and reduced per document (``maximum.reduceat``) and per query
+    (``add.reduceat``).  The reference for :class:`Muvera`; cost grows with the corpus's
+    token count (SciFact: ~1.2M tokens).
+
+    Khattab & Zaharia, "ColBERT", SIGIR 2020 (late interaction); Dhulipala et al.,
+    arXiv 2405.19504 (Chamfer notation).
+    """
+
+    name = "maxsim_exact"
+    kind = "retriever"
+    Params = MaxSimExactParams
+    example = {"k": 5}
+
+    def _fit(self, corpus: Corpus, train: TrainSet | None, upstream: State | None) -> None:
+        self._fit_tokens(corpus)
+
+    def scores(self, q: TokenVectors) -> np.ndarray:
+        qd, qo, qw = self.rerank_query(q)
+        return chamfer_scores(qd, qo, self.tokens_.data, self.tokens_.offsets, q_weights=qw)
+
+    def _call(self, state: State) -> State:
+        out = state.copy()
+        if len(state) == 0:
+            out.rankings = []
+            return out
+        s = self.scores(self.query_tokens(state))
+        mask = self.filter_mask(state)
+        if mask is not None:
+            s[:, ~mask] = -np.inf
+        out.rankings = rankings_from_matrix(*topk_rows(s, self.k_for(state)))
+        return out
+
+    def _save(self, folder: Path) -> None:
+        self._save_tokens(folder)
+
+    def _load(self, folder: Path, mmap: bool = False) -> None:
+        self._load_tokens(folder, mmap)
+
+
+def _pad_rankings(rankings: list[Ranking]) -> np.ndarray:
+    """Rows of ragged rankings as one ``(n_q, max_len)`` int64 matrix padded with -1."""
+    lens = np.array([len(r) for r in rankings], np.int64)
+    width = int(lens.max()) if len(lens) else 0
+    rows = np.full((len(rankings), width), -1, np.int64)
+    if width:
+        flat = np.concatenate([r.rows for r in rankings])
+        rows[np.repeat(np.arange(len(rankings)), lens), np.arange(lens.sum()) - np.repeat(np.cumsum(lens) - lens, lens)] = flat
+    return rows

@@ -1,0 +1,46 @@
+"""Encoder domain adaptation: mined pairs, a short seeded fine-tune, cache keyed by the tuned model."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ragkit.encoders import Encoder
+from ragkit.encoders.adapt import AdaptConfig, fine_tune, mine_pairs
+from ragkit.errors import DataError
+from ragkit.types import Queries, TrainSet
+
+
+def test_mine_pairs_excludes_judged_documents(slice_data):
+    corpus, _, _, train = slice_data
+    anchors, pos, neg = mine_pairs(corpus, train, "all-MiniLM-L6-v2")
+    assert len(anchors) == len(pos) == len(neg) >= len(train.queries)
+    texts = corpus.full_texts
+    for q, n in zip(anchors, neg):
+        qid = train.queries.ids[train.queries.texts.index(q)]
+        judged_texts = {texts[r] for r in corpus.row_of(list(train.qrels[qid]), missing="drop")}
+        assert n not in judged_texts
+
+
+def test_mine_pairs_refuses_no_positives(slice_data):
+    corpus, _, _, train = slice_data
+    bad = TrainSet.__new__(TrainSet)
+    object.__setattr__(bad, "queries", Queries(["x"], ["nothing"]))
+    object.__setattr__(bad, "qrels", {"x": {corpus.ids[0]: 0}})
+    with pytest.raises(DataError, match="positive"):
+        mine_pairs(corpus, bad, "all-MiniLM-L6-v2")
+
+
+@pytest.mark.slow
+def test_fine_tune_is_seeded_and_changes_the_cache_key(slice_data, tmp_path):
+    corpus, _, _, train = slice_data
+    cfg = AdaptConfig(batch_size=8, max_steps=2, seed=3)
+    a = fine_tune("all-MiniLM-L6-v2", corpus, train, tmp_path / "a", cfg, progress=False)
+    b = fine_tune("all-MiniLM-L6-v2", corpus, train, tmp_path / "b", cfg, progress=False)
+    texts = corpus.full_texts[:5]
+    va = Encoder(str(a), cache=False).encode(texts)
+    vb = Encoder(str(b), cache=False).encode(texts)
+    base = Encoder(cache=False).encode(texts)
+    np.testing.assert_allclose(va, vb, atol=1e-5)
+    assert not np.allclose(va, base, atol=1e-4)
+    assert Encoder(str(a)).key != Encoder().key

@@ -1,0 +1,316 @@
+"""BEIR loading (errors, download from a local server), trec_eval metrics by hand, TREC run files,
+the paired randomisation test."""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import json
+import math
+import threading
+import zipfile
+from functools import partial
+from http.server import HTTPServer, SimpleHTTPRequestHandler
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ragkit.errors import DataError
+from ragkit.eval import download_beir, evaluate, load_beir, paired_randomization_test, parse_metric
+from ragkit.run import Run
+
+# pytest-socket (pulled in by langchain-tests) may run with --disable-socket; the local
+# server test opts back in.  The marker exists only where the plugin is installed.
+enable_socket = pytest.mark.enable_socket if importlib.util.find_spec("pytest_socket") else (lambda f: f)
+
+
+# ---------------------------------------------------------------------- a tiny BEIR folder
+CORPUS = [
+    {"_id": "d1", "title": "Apples", "text": "red apples are sweet"},
+    {"_id": "d2", "title": "", "text": "green pears"},
+    {"_id": "d3", "title": "Cars", "text": "red cars are fast", "metadata": {"year": 2020}},
+]
+QUERIES = [{"_id": "q1", "text": "red apples"}, {"_id": "q2", "text": "fast cars"}, {"_id": "q3", "text": "pears"}]
+QRELS = {"test": "query-id\tcorpus-id\tscore\nq1\td1\t1\nq2\td3\t2\n", "train": "query-id\tcorpus-id\tscore\nq3\td2\t1\n"}
+
+
+def write_beir(root: Path, corpus=CORPUS, queries=QUERIES, qrels=QRELS) -> Path:
+    (root / "qrels").mkdir(parents=True, exist_ok=True)
+    (root / "corpus.jsonl").write_text("".join(json.dumps(r) + "\n" for r in corpus))
+    (root / "queries.jsonl").write_text("".join(json.dumps(r) + "\n" for r in queries))
+    for split, text in qrels.items():
+        (root / "qrels" / f"{split}.tsv").write_text(text)
+    return root
+
+
+def test_load_valid_folder(tmp_path):
+    ds = load_beir(write_beir(tmp_path / "tiny"))
+    assert ds.corpus.ids.tolist() == ["d1", "d2", "d3"]
+    assert ds.corpus.full_texts[0] == "Apples red apples are sweet"
+    assert ds.corpus.metadata["year"].tolist() == [None, None, 2020]
+    assert ds.splits == ["test", "train"]
+    assert ds.queries("test").ids == ["q1", "q2"] and ds.qrels("test") == {"q1": {"d1": 1}, "q2": {"d3": 2}}
+    assert ds.train_set("train").queries.texts == ["pears"]
+
+
+@pytest.mark.parametrize("missing", ["corpus.jsonl", "queries.jsonl", "qrels"])
+def test_missing_files(tmp_path, missing):
+    root = write_beir(tmp_path / "tiny")
+    target = root / missing
+    if target.is_dir():
+        for f in target.iterdir():
+            f.unlink()
+        target.rmdir()
+    else:
+        target.unlink()
+    with pytest.raises(DataError, match=missing):
+        load_beir(root)
+
+
+def test_missing_split_lists_available(tmp_path):
+    ds = load_beir(write_beir(tmp_path / "tiny"))
+    with pytest.raises(DataError, match=r"no qrels for split 'dev'.*\['test', 'train'\]"):
+        ds.qrels("dev")
+
+
+def test_missing_folder_and_unknown_name(tmp_path, monkeypatch):
+    with pytest.raises(DataError, match="not found"):
+        load_beir(tmp_path / "nope")
+    monkeypatch.setenv("RAGKIT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(DataError, match="download=False"):
+        load_beir("no-such-dataset", download=False)
+
+
+@pytest.mark.parametrize("file,line,content,match", [
+    ("corpus.jsonl", 2, '{"_id": "d2", "text": "x",,}', r"corpus\.jsonl:2: malformed JSON line"),
+    ("corpus.jsonl", 3, '{"title": "no id"}', r"corpus\.jsonl:3: expected an object with an '_id' field"),
+    ("corpus.jsonl", 2, '["a", "list"]', r"corpus\.jsonl:2: expected an object"),
+    ("corpus.jsonl", 3, '{"_id": "d1", "text": "again"}', r"corpus\.jsonl:3: duplicate document id 'd1' \(first on line 1\)"),
+    ("queries.jsonl", 2, '{"_id": "q2"}', r"queries\.jsonl:2: query 'q2' has no 'text' string"),
+    ("queries.jsonl", 3, '{"_id": "q1", "text": "dup"}', r"queries\.jsonl:3: duplicate query id 'q1' \(first on line 1\)"),
+    ("queries.jsonl", 1, "not json", r"queries\.jsonl:1: malformed JSON line"),
+])
+def test_malformed_jsonl_names_the_line(tmp_path, file, line, content, match):
+    root = write_beir(tmp_path / "tiny")
+    lines = (root / file).read_text().splitlines()
+    lines[line - 1] = content
+    (root / file).write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataError, match=match):
+        load_beir(root)
+
+
+def test_blank_lines_are_skipped_and_line_numbers_stay_true(tmp_path):
+    root = write_beir(tmp_path / "tiny")
+    text = (root / "corpus.jsonl").read_text().splitlines()
+    (root / "corpus.jsonl").write_text("\n".join([text[0], "", text[1], "{bad"]) + "\n")
+    with pytest.raises(DataError, match=r"corpus\.jsonl:4:"):
+        load_beir(root)
+
+
+@pytest.mark.parametrize("qrels,match", [
+    ("query-id\tcorpus-id\tscore\nq9\td1\t1\n", r"test\.tsv: 1 query ids not in queries\.jsonl, e\.g\. 'q9'"),
+    ("query-id\tcorpus-id\tscore\nq1\td9\t1\n", r"test\.tsv: 1 judged documents not in corpus\.jsonl, e\.g\. 'd9' \(query 'q1'\)"),
+    ("query-id\tcorpus-id\tscore\nq1\td1\n", r"test\.tsv:2: expected 3 tab-separated columns"),
+    ("query-id\tcorpus-id\tscore\nq1\td1\thigh\n", r"test\.tsv:2: relevance 'high' is not a number"),
+    ("query-id\tcorpus-id\tscore\nq1\td1\t1\nq1\td1\t0\n", r"test\.tsv:3: conflicting judgements of document 'd1' for query 'q1' \(1 on line 2, 0 here\)"),
+])
+def test_bad_qrels(tmp_path, qrels, match):
+    ds = load_beir(write_beir(tmp_path / "tiny", qrels={"test": qrels}))
+    with pytest.raises(DataError, match=match):
+        ds.qrels("test")
+
+
+def test_qrels_without_header_and_trec_four_columns(tmp_path):
+    ds = load_beir(write_beir(tmp_path / "tiny", qrels={"test": "q1\td1\t1\nq2\t0\td3\t1\n"}))
+    assert ds.qrels("test") == {"q1": {"d1": 1}, "q2": {"d3": 1}}
+
+
+# ---------------------------------------------------------------------- metrics by hand
+# q1: relevant d1 (1), d2 (2), d5 (1); d6 judged non-relevant.  q2: relevant d3.
+QRELS_HAND = {"q1": {"d1": 1, "d2": 2, "d5": 1, "d6": 0}, "q2": {"d3": 1}}
+RUN_HAND = {"q1": {"d2": 0.9, "d4": 0.8, "d1": 0.7, "d6": 0.6}, "q2": {"d7": 0.5, "d8": 0.4, "d3": 0.3}}
+
+
+def test_metrics_match_trec_eval_by_hand():
+    """Expected values computed by hand with trec_eval's definitions (linear gain, log2 discount)."""
+    res = evaluate(RUN_HAND, QRELS_HAND, ["ndcg@3", "recall@3", "map@3", "mrr@3", "mrr@2", "p@3", "ndcg@10", "recall@1"])
+    l2 = math.log2
+    # q1 top 3: d2 (rel 2), d4 (0), d1 (1); ideal order 2, 1, 1
+    ndcg_q1 = (2 / l2(2) + 1 / l2(4)) / (2 / l2(2) + 1 / l2(3) + 1 / l2(4))
+    ndcg_q2 = (1 / l2(4)) / 1.0  # d3 at rank 3
+    expected = {
+        "ndcg@3": (ndcg_q1 + ndcg_q2) / 2,
+        "recall@3": (2 / 3 + 1) / 2,
+        "map@3": ((1 + 2 / 3) / 3 + (1 / 3) / 1) / 2,  # AP cut at 3, divided by all relevant (R)
+        "mrr@3": (1 + 1 / 3) / 2,
+        "mrr@2": (1 + 0) / 2,  # q2's first relevant is at rank 3
+        "p@3": (2 / 3 + 1 / 3) / 2,
+        "recall@1": (1 / 3 + 0) / 2,
+    }
+    ndcg10_q1 = (2 / l2(2) + 1 / l2(4)) / (2 / l2(2) + 1 / l2(3) + 1 / l2(4))  # d5 never retrieved
+    expected["ndcg@10"] = (ndcg10_q1 + ndcg_q2) / 2
+    for name, want in expected.items():
+        assert res[name] == pytest.approx(want, abs=1e-4), name
+    assert res.per_query["ndcg@3"]["q2"] == pytest.approx(0.5, abs=1e-4)
+    assert set(res.per_query["p@3"]) == {"q1", "q2"}
+
+
+def test_missing_queries_count_as_zero_and_identical_ids_are_ignored():
+    qrels = {**QRELS_HAND, "q3": {"d9": 1}}
+    res = evaluate(RUN_HAND, qrels, ["recall@3"])
+    assert res.per_query["recall@3"]["q3"] == 0.0
+    assert res["recall@3"] == pytest.approx((2 / 3 + 1 + 0) / 3, abs=1e-4)
+    # BEIR's ignore_identical_ids: a document whose id is the query id is dropped from the run
+    run = {"q2": {"q2": 9.0, "d3": 0.1}}
+    assert evaluate(run, {"q2": {"d3": 1}}, ["mrr@1"])["mrr@1"] == 1.0
+    assert evaluate(run, {"q2": {"d3": 1}}, ["mrr@1"], ignore_identical_ids=False)["mrr@1"] == 0.0
+    # queries the qrels lack are skipped
+    assert set(evaluate({**RUN_HAND, "qx": {"d1": 1.0}}, QRELS_HAND, ["p@1"]).per_query["p@1"]) == {"q1", "q2"}
+
+
+def test_evaluate_accepts_a_run_object():
+    run = Run.from_dict(RUN_HAND)
+    assert evaluate(run, QRELS_HAND, ["ndcg@3"])["ndcg@3"] == pytest.approx(evaluate(RUN_HAND, QRELS_HAND, ["ndcg@3"])["ndcg@3"])
+
+
+@pytest.mark.parametrize("bad", ["ndcg", "ndcg@0", "bpref@10", "recall@x", ""])
+def test_unknown_metric(bad):
+    with pytest.raises(DataError, match="unknown metric"):
+        parse_metric(bad)
+
+
+def test_parse_metric_forms():
+    assert parse_metric("nDCG@10") == ("ndcg", 10) and parse_metric(" P @ 5 ") == ("p", 5)
+
+
+def test_empty_qrels():
+    with pytest.raises(DataError, match="qrels are empty"):
+        evaluate(RUN_HAND, {})
+
+
+# ---------------------------------------------------------------------- TREC run files
+def test_trec_roundtrip(tmp_path):
+    run = Run.from_dict(RUN_HAND)
+    run.write_trec(tmp_path / "run.trec", tag="test")
+    lines = (tmp_path / "run.trec").read_text().splitlines()
+    assert lines[0] == "q1 Q0 d2 1 0.900000 test" and len(lines) == 7
+    back = Run.read_trec(tmp_path / "run.trec")
+    assert back.query_ids == run.query_ids
+    for a, b in zip(back.doc_ids, run.doc_ids):
+        assert a.tolist() == b.tolist()
+    for a, b in zip(back.scores, run.scores):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+@pytest.mark.parametrize("line,match", [
+    ("q1 Q0 d1 1 0.5", r"run\.trec:2: expected 6 columns"),
+    ("q1 Q0 d1 1 high tag", r"run\.trec:2: score 'high' is not a number"),
+])
+def test_trec_malformed_lines(tmp_path, line, match):
+    (tmp_path / "run.trec").write_text(f"q1 Q0 d2 1 0.9 t\n{line}\n")
+    with pytest.raises(DataError, match=match):
+        Run.read_trec(tmp_path / "run.trec")
+
+
+def test_trec_missing_file(tmp_path):
+    with pytest.raises(DataError, match="not found"):
+        Run.read_trec(tmp_path / "nope.trec")
+
+
+# ---------------------------------------------------------------------- download from a local server
+def _zip(name: str, with_folder: bool = True) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        prefix = f"{name}/" if with_folder else ""
+        z.writestr(f"{prefix}corpus.jsonl", "".join(json.dumps(r) + "\n" for r in CORPUS))
+        z.writestr(f"{prefix}queries.jsonl", "".join(json.dumps(r) + "\n" for r in QUERIES))
+        for split, text in QRELS.items():
+            z.writestr(f"{prefix}qrels/{split}.tsv", text)
+    return buf.getvalue()
+
+
+@pytest.fixture
+def server(tmp_path):
+    """A local HTTP server over ``tmp_path / "www"``; yields its base URL."""
+    www = tmp_path / "www"
+    www.mkdir()
+
+    class Quiet(SimpleHTTPRequestHandler):
+        def log_message(self, *a):  # noqa: D102
+            pass
+
+    httpd = HTTPServer(("127.0.0.1", 0), partial(Quiet, directory=str(www)))
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield www, f"http://127.0.0.1:{httpd.server_address[1]}"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+@enable_socket
+def test_download_by_name_from_local_server(server, tmp_path, monkeypatch):
+    www, url = server
+    (www / "tiny.zip").write_bytes(_zip("tiny"))
+    (www / "flat.zip").write_bytes(_zip("flat", with_folder=False))
+    monkeypatch.setenv("RAGKIT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("RAGKIT_BEIR_URL", url)
+    monkeypatch.delenv("RAGKIT_BEIR_DIR", raising=False)
+    monkeypatch.chdir(tmp_path)  # no shared/data/beir above the working folder
+    ds = load_beir("tiny")
+    assert ds.path == tmp_path / "cache" / "beir" / "tiny"
+    assert ds.corpus.ids.tolist() == ["d1", "d2", "d3"] and ds.qrels("test")["q2"] == {"d3": 2}
+    # the second load finds the cache and downloads nothing
+    (www / "tiny.zip").unlink()
+    assert load_beir("tiny").path == ds.path
+    # an archive without the top folder, explicit base_url and destination
+    got = download_beir("flat", base_url=url, dest=tmp_path / "elsewhere")
+    assert (got / "corpus.jsonl").is_file() and got == tmp_path / "elsewhere" / "flat"
+    assert not [p for p in (tmp_path / "cache" / "beir").iterdir() if p.name.startswith("tmp")]  # no leftovers
+
+
+@enable_socket
+def test_download_errors(server, tmp_path, monkeypatch):
+    www, url = server
+    monkeypatch.setenv("RAGKIT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(DataError, match=r"could not download BEIR dataset 'missing' from .*/missing\.zip.*404"):
+        download_beir("missing", base_url=url)
+    (www / "bad.zip").write_bytes(b"<html>not a zip</html>")
+    with pytest.raises(DataError, match=r"bad\.zip: not a zip archive"):
+        download_beir("bad", base_url=url)
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        z.writestr("other/readme.txt", "x")
+    (www / "empty.zip").write_bytes(buf.getvalue())
+    with pytest.raises(DataError, match="archive has no empty/corpus.jsonl"):
+        download_beir("empty", base_url=url)
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        z.writestr("../evil/corpus.jsonl", "{}")
+    (www / "evil.zip").write_bytes(buf.getvalue())
+    with pytest.raises(DataError, match="escapes the target folder"):
+        download_beir("evil", base_url=url)
+    assert not (tmp_path / "cache" / "beir" / "missing").exists()
+    assert not (tmp_path / "cache" / "evil").exists()
+    with pytest.raises(DataError, match="could not download"):
+        download_beir("x", base_url="http://127.0.0.1:9")  # nothing listens on the discard port
+
+
+# ---------------------------------------------------------------------- significance
+def test_paired_randomization_test():
+    rng = np.random.default_rng(0)
+    a = {f"q{i}": float(v) for i, v in enumerate(rng.uniform(size=50))}
+    assert paired_randomization_test(a, a) == 1.0
+    better = {q: v + 0.3 for q, v in a.items()}
+    assert paired_randomization_test(better, a, n_resamples=2000) < 0.01
+    noise = {q: v + float(rng.normal(0, 0.05)) for q, v in a.items()}
+    assert paired_randomization_test(noise, a, n_resamples=2000) > 0.05
+    # symmetric, deterministic for a seed, uses only shared queries
+    assert paired_randomization_test(a, noise, seed=3) == paired_randomization_test(noise, a, seed=3)
+    assert paired_randomization_test({**better, "extra": 100.0}, a, n_resamples=2000) < 0.01
+    with pytest.raises(DataError, match="share no query"):
+        paired_randomization_test({"x": 1.0}, {"y": 1.0})

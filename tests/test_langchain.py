@@ -1,0 +1,351 @@
+"""LangChain integration: LangChain's own standard retriever/embeddings suites, plus ragkit-specific checks.
+
+The standard suites (``langchain_tests``) are subclassed as they are: no test skipped or
+overridden.  Everything runs on a 200-document SciFact slice with BM25 (fast), except the
+embeddings suite and the hybrid checks, which use the cached MiniLM document vectors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import subprocess
+import sys
+import threading
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from langchain_core.callbacks import BaseCallbackHandler
+from langchain_core.documents import Document
+from langchain_core.embeddings import DeterministicFakeEmbedding
+from langchain_tests.integration_tests import EmbeddingsIntegrationTests, RetrieversIntegrationTests
+
+from ragkit.integrations.langchain import LangChainEmbeddingsEncoder, RagkitEmbeddings, RagkitRetriever
+
+REPO = Path(__file__).resolve().parents[1]
+SCIFACT_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "beir" / "scifact"
+
+YAML_BM25 = """
+pipeline:
+  - bm25: {k: 50}
+"""
+
+
+@lru_cache(maxsize=1)
+def _slice() -> Any:
+    """The first 200 SciFact documents (a Corpus) and 8 test queries."""
+    import os
+
+    from ragkit import load_beir
+
+    ds = load_beir(os.environ.get("RAGKIT_SCIFACT", SCIFACT_DIR))
+    return ds.corpus.subset(np.arange(200)), ds.queries("test")[:8]
+
+
+@lru_cache(maxsize=1)
+def _fitted_bm25() -> Any:
+    from ragkit.retrievers import BM25
+
+    return BM25(k=50).fit(_slice()[0])
+
+
+def _slice_documents() -> list[Document]:
+    c = _slice()[0]
+    return [Document(page_content=x, id=i, metadata={"title": t, "source": "scifact"})
+            for i, t, x in zip(c.ids.tolist(), c.titles.tolist(), c.texts.tolist())]
+
+
+# ---------------------------------------------------------------------- LangChain's standard suites
+class TestRagkitRetrieverStandard(RetrieversIntegrationTests):
+    """The standard suite on an already fitted BM25 pipeline."""
+
+    @property
+    def retriever_constructor(self) -> type[RagkitRetriever]:
+        return RagkitRetriever
+
+    @property
+    def retriever_constructor_params(self) -> dict:
+        return {"pipeline": _fitted_bm25()}
+
+    @property
+    def retriever_query_example(self) -> str:
+        return "cell biology of mitochondria in human disease"
+
+
+class TestRagkitRetrieverFromYamlStandard(RetrieversIntegrationTests):
+    """The standard suite on a YAML pipeline fitted at construction on LangChain Documents."""
+
+    @property
+    def retriever_constructor(self) -> type[RagkitRetriever]:
+        return RagkitRetriever
+
+    @property
+    def retriever_constructor_params(self) -> dict:
+        return {"pipeline": YAML_BM25, "corpus": _slice_documents(), "k": 5}
+
+    @property
+    def retriever_query_example(self) -> str:
+        return "protein expression in cancer cells"
+
+
+class TestRagkitEmbeddingsStandard(EmbeddingsIntegrationTests):
+    """LangChain's standard embeddings suite on ragkit's MiniLM encoder."""
+
+    @property
+    def embeddings_class(self) -> type[RagkitEmbeddings]:
+        return RagkitEmbeddings
+
+    @property
+    def embedding_model_params(self) -> dict:
+        return {}
+
+
+# ---------------------------------------------------------------------- ragkit-specific
+@pytest.fixture(scope="module")
+def bm25_retriever() -> RagkitRetriever:
+    return RagkitRetriever(pipeline=_fitted_bm25(), k=10)
+
+
+@pytest.fixture(scope="module")
+def queries() -> list[str]:
+    return list(_slice()[1].texts)
+
+
+def test_batch_equals_pipeline_and_is_one_call(bm25_retriever, queries, monkeypatch):
+    pipe = bm25_retriever.pipeline
+    direct = pipe.search(queries, k=7)
+    calls = []
+    real = pipe.search
+    monkeypatch.setattr(pipe, "search", lambda q, **kw: calls.append(list(q)) or real(q, **kw))
+    out = bm25_retriever.batch(queries, k=7)
+    assert calls == [queries], "batch() must send the whole batch through ONE pipeline.search call"
+    assert len(out) == len(queries)
+    for docs, ids, scores in zip(out, direct.doc_ids, direct.scores):
+        assert [d.id for d in docs] == ids.tolist()
+        assert np.allclose([d.metadata["score"] for d in docs], scores)
+        assert [d.metadata["rank"] for d in docs] == list(range(1, len(docs) + 1))
+    # and equals invoke, query by query
+    for q, docs in zip(queries[:3], out[:3]):
+        assert [d.id for d in bm25_retriever.invoke(q, k=7)] == [d.id for d in docs]
+
+
+async def test_abatch_one_call_with_kwargs(bm25_retriever, queries, monkeypatch):
+    pipe = bm25_retriever.pipeline
+    calls = []
+    real = pipe.search
+    monkeypatch.setattr(pipe, "search", lambda q, **kw: calls.append(kw) or real(q, **kw))
+    out = await bm25_retriever.abatch(queries, k=2)
+    assert len(calls) == 1 and calls[0]["k"] == 2
+    assert [len(d) for d in out] == [2] * len(queries)
+
+
+def test_batch_callbacks_one_run_per_query(bm25_retriever, queries):
+    class Count(BaseCallbackHandler):
+        def __init__(self) -> None:
+            self.starts, self.ends = [], []
+
+        def on_retriever_start(self, serialized, query, **kw):  # noqa: ANN001
+            self.starts.append(query)
+
+        def on_retriever_end(self, documents, **kw):  # noqa: ANN001
+            self.ends.append(len(documents))
+
+    h = Count()
+    bm25_retriever.batch(queries[:3], config={"callbacks": [h]}, k=4)
+    assert h.starts == queries[:3] and h.ends == [4, 4, 4]
+
+
+def test_batch_empty_and_bad_input(bm25_retriever):
+    assert bm25_retriever.batch([]) == []
+    with pytest.raises(ValueError, match="query 1: expected a string"):
+        bm25_retriever.batch(["ok", 3])
+    out = bm25_retriever.batch(["ok", 3], return_exceptions=True)
+    assert all(isinstance(e, ValueError) for e in out)
+
+
+def test_invoke_kwargs_pass_through(bm25_retriever, queries, monkeypatch):
+    pipe = bm25_retriever.pipeline
+    seen = []
+    real = pipe.search
+    monkeypatch.setattr(pipe, "search", lambda q, **kw: seen.append(kw) or real(q, **kw))
+    assert len(bm25_retriever.invoke(queries[0], k=3, bm25={"k1": 1.5})) == 3
+    assert seen[-1] == {"k": 3, "bm25": {"k1": 1.5}}
+    assert len(bm25_retriever.invoke(queries[0])) == 10 and seen[-1] == {"k": 10}
+    # a per-operator option really reaches the operator (an id filter on the bm25 step)
+    allowed = _slice()[0].ids[100:110].tolist()
+    docs = bm25_retriever.invoke(queries[0], k=3, bm25={"filter": {"_id": allowed}})
+    assert len(docs) == 3 and all(d.id in allowed for d in docs)
+
+
+async def test_ainvoke_kwargs_and_runs_off_loop(bm25_retriever, queries, monkeypatch):
+    pipe = bm25_retriever.pipeline
+    threads, seen = [], []
+    real = pipe.search
+
+    def spy(q, **kw):
+        threads.append(threading.get_ident())
+        seen.append(kw)
+        return real(q, **kw)
+
+    monkeypatch.setattr(pipe, "search", spy)
+    docs = await bm25_retriever.ainvoke(queries[0], k=2, bm25={"k1": 1.2})
+    assert len(docs) == 2 and seen[-1] == {"k": 2, "bm25": {"k1": 1.2}}
+    assert threads[-1] != threading.get_ident(), "ainvoke must run the search off the event loop thread"
+    res = await asyncio.gather(*(bm25_retriever.ainvoke(q, k=k) for q, k in zip(queries[:4], [1, 2, 3, 4])))
+    assert [len(r) for r in res] == [1, 2, 3, 4]
+
+
+def test_filter_option_and_search_kwargs(queries):
+    c = _slice()[0]
+    bucket = np.array([i % 2 for i in range(len(c))], dtype=object)
+    corpus = type(c)(ids=c.ids, texts=c.texts, titles=c.titles, metadata={"bucket": bucket})
+    from ragkit.retrievers import BM25
+
+    r = RagkitRetriever(pipeline=BM25(k=20), corpus=corpus, k=5)
+    docs = r.invoke(queries[0], filter={"bucket": 1})
+    assert len(docs) == 5 and all(d.metadata["bucket"] == 1 for d in docs)
+    r0 = RagkitRetriever(pipeline=r.pipeline, k=5, search_kwargs={"filter": {"bucket": 0}})
+    assert all(d.metadata["bucket"] == 0 for d in r0.invoke(queries[0]))
+    assert all(d.metadata["bucket"] == 1 for d in r0.invoke(queries[0], filter={"bucket": 1}))
+
+
+def test_metadata_contents_hybrid(queries):
+    from ragkit.pipelines import RRF
+    from ragkit.retrievers import BM25, Dense
+
+    corpus = _slice()[0]
+    pipe = (BM25(k=20) + Dense(k=20)) | RRF(k=60)
+    r = RagkitRetriever(pipeline=pipe, corpus=corpus, k=8)
+    docs = r.invoke(queries[1])
+    run = pipe.search([queries[1]], k=8)
+    assert [d.id for d in docs] == run.doc_ids[0].tolist()
+    row = corpus.row_of([docs[0].id])[0]
+    assert docs[0].page_content == corpus.texts[row] and docs[0].metadata["title"] == corpus.titles[row]
+    for i, d in enumerate(docs):
+        m = d.metadata
+        assert m["id"] == d.id and m["rank"] == i + 1 and isinstance(m["score"], float)
+        assert set(m["operators"]) <= {"bm25", "dense"} and m["operators"]
+        assert set(m["branches"]) == set(m["operators"])
+        for b, info in m["branches"].items():
+            assert info["rank"] >= 1 and isinstance(info["score"], float)
+        # RRF score is the sum of 1/(60 + rank) over the branches that retrieved it
+        assert m["score"] == pytest.approx(sum(1 / (60 + v["rank"]) for v in m["branches"].values()), rel=1e-5)
+    assert [d.metadata["score"] for d in docs] == sorted((d.metadata["score"] for d in docs), reverse=True)
+
+
+def test_construct_from_saved_folder_and_yaml_file(tmp_path, queries):
+    from ragkit.pipelines import load_yaml
+
+    pipe = load_yaml(YAML_BM25).fit(_slice()[0])
+    pipe.save(tmp_path / "saved")
+    (tmp_path / "p.yaml").write_text(YAML_BM25)
+    a = RagkitRetriever(pipeline=tmp_path / "saved", k=4).invoke(queries[2])
+    b = RagkitRetriever(pipeline=str(tmp_path / "p.yaml"), corpus=_slice()[0], k=4).invoke(queries[2])
+    c = RagkitRetriever(pipeline=pipe, k=4).invoke(queries[2])
+    assert [d.id for d in a] == [d.id for d in b] == [d.id for d in c]
+
+
+def test_construction_errors(tmp_path):
+    from ragkit.retrievers import BM25
+
+    from ragkit.errors import NotFittedError
+
+    with pytest.raises(NotFittedError, match="not fitted"):
+        RagkitRetriever(pipeline=BM25())
+    with pytest.raises(ValueError, match="does not exist"):
+        RagkitRetriever(pipeline=str(tmp_path / "missing.yaml"), corpus=["a"])
+    with pytest.raises(ValueError, match="expected a ragkit operator"):
+        RagkitRetriever(pipeline=42)
+    with pytest.raises(ValueError, match="corpus: expected"):
+        RagkitRetriever(pipeline=BM25(), corpus=[1, 2])
+    with pytest.raises(ValueError):
+        RagkitRetriever(pipeline=_fitted_bm25(), k=0)
+
+
+def test_from_texts_and_documents_roundtrip():
+    texts = ["scurvy is caused by a lack of vitamin c", "rickets and vitamin d", "the heart pumps blood"]
+    r = RagkitRetriever.from_texts(texts, ids=["a", "b", "c"], metadatas=[{"y": 1}, {"y": 2}, {"y": 3}], k=1)
+    d = r.invoke("vitamin c deficiency")[0]
+    assert d.id == "a" and d.page_content == texts[0] and d.metadata["y"] == 1
+
+
+# ---------------------------------------------------------------------- encoders both ways
+def test_langchain_embeddings_encoder_in_dense(queries):
+    from ragkit.encoders import Encoder, get_encoder, unregister_encoder
+    from ragkit.retrievers import Dense
+
+    fake = DeterministicFakeEmbedding(size=32)
+    enc = LangChainEmbeddingsEncoder(fake).register("lc-fake-32", replace=True)
+    try:
+        assert get_encoder("lc-fake-32") is enc and get_encoder("lc-fake-32", batch_size=8) is enc
+        st = get_encoder()
+        assert isinstance(st, Encoder)
+        for attr in ("encode", "encode_queries", "dim"):  # (class attributes: loads no model)
+            assert callable(getattr(enc, "encode")) and hasattr(type(enc), attr) and hasattr(type(st), attr)
+        assert isinstance(enc.key, str) and enc.key != st.key
+        corpus = _slice()[0]
+        dense = Dense(model="lc-fake-32", k=5).fit(corpus)
+        assert dense.vectors_.shape == (len(corpus), 32) and enc.dim == 32
+        np.testing.assert_allclose(np.linalg.norm(dense.vectors_, axis=1), 1, atol=1e-5)
+        # Dense's results are exactly the inner products of the adapter's vectors
+        q = enc.encode_queries(queries[:2])
+        run = dense.search(queries[:2], k=5)
+        expect = np.argsort(-(q @ dense.vectors_.T), axis=1, kind="stable")[:, :5]
+        assert [corpus.row_of(ids).tolist() for ids in run.doc_ids] == expect.tolist()
+        r = RagkitRetriever(pipeline=dense, k=3)
+        assert len(r.invoke(queries[0])) == 3
+        assert enc.encode([]).shape == (0, 32) and enc.encode_queries([]).shape == (0, 32)
+    finally:
+        unregister_encoder("lc-fake-32")
+
+
+def test_langchain_encoder_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("RAGKIT_CACHE", str(tmp_path))
+    calls = []
+
+    class Counting(DeterministicFakeEmbedding):
+        def embed_documents(self, texts):  # noqa: ANN001
+            calls.append(len(texts))
+            return super().embed_documents(texts)
+
+    enc = LangChainEmbeddingsEncoder(Counting(size=8), key="counting-8", cache=True)
+    a = enc.encode(["x", "y"])
+    b = enc.encode(["y", "x", "z"])
+    assert calls == [2, 1]
+    np.testing.assert_array_equal(a[[1, 0]], b[:2])
+
+
+def test_register_encoder_rejects_non_encoders():
+    from ragkit.encoders import register_encoder
+
+    with pytest.raises(ValueError, match="lacks"):
+        register_encoder("nope", object())
+    with pytest.raises(ValueError, match="expected a LangChain Embeddings"):
+        LangChainEmbeddingsEncoder("not embeddings")  # type: ignore[arg-type]
+
+
+def test_ragkit_embeddings_uses_ragkit_encoder():
+    from ragkit.encoders import get_encoder
+
+    emb = RagkitEmbeddings()
+    texts = list(_slice()[0].full_texts[:3])
+    np.testing.assert_allclose(np.array(emb.embed_documents(texts)), get_encoder().encode(texts), atol=1e-6)
+    np.testing.assert_allclose(emb.embed_query("scurvy"), get_encoder().encode_queries(["scurvy"])[0], atol=1e-6)
+
+
+# ---------------------------------------------------------------------- import hygiene and example
+def test_import_ragkit_does_not_import_langchain():
+    code = "import sys, ragkit; print([m for m in sys.modules if m.startswith('langchain')])"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.slow
+def test_example_app_runs():
+    out = subprocess.run([sys.executable, str(REPO / "examples" / "langchain_app.py"), "--n-docs", "300"],
+                         capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "ANSWER" in out.stdout and "SOURCES" in out.stdout

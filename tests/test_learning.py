@@ -1,0 +1,91 @@
+"""Learning from the training split: fused weights, no test data in fit, reproducible, saved."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from ragkit.cli import app
+from ragkit.pipelines import Pipeline
+from ragkit.pipelines.weights import simplex_grid
+
+PIPE = """
+pipeline:
+  - parallel:
+      branches:
+        - bm25: {k: 50}
+        - bm25: {k: 50, variant: okapi, k1: 1.5, b: 0.75, stemmer: none, stopwords: none}
+      fuse: {rrf: {learn: true, folds: 3}}
+"""
+
+
+def _write_beir(folder: Path, corpus, queries: dict[str, str], qrels: dict[str, dict[str, dict[str, int]]]) -> None:
+    folder.mkdir(parents=True)
+    corpus.save(folder / "corpus.jsonl")
+    with open(folder / "queries.jsonl", "w") as f:
+        for q, t in queries.items():
+            f.write(json.dumps({"_id": q, "text": t}) + "\n")
+    (folder / "qrels").mkdir()
+    for split, rel in qrels.items():
+        with open(folder / "qrels" / f"{split}.tsv", "w") as f:
+            f.write("query-id\tcorpus-id\tscore\n")
+            for q, docs in rel.items():
+                for d, v in docs.items():
+                    f.write(f"{q}\t{d}\t{v}\n")
+
+
+def test_simplex_grid():
+    g = simplex_grid(3, 0.5)
+    assert len(g) == 6 and np.allclose(g.sum(axis=1), 1)
+
+
+def test_learned_weights_reproducible_and_saved(slice_data, tmp_path):
+    corpus, queries, qrels, train = slice_data
+    a = Pipeline.from_yaml(PIPE).fit(corpus, train)
+    b = Pipeline.from_yaml(PIPE).fit(corpus, train)
+    wa, wb = a.steps[0].fuse.weights_, b.steps[0].fuse.weights_
+    np.testing.assert_array_equal(wa, wb)
+    assert np.isclose(wa.sum(), 1.0)
+    a.save(tmp_path / "p")
+    loaded = Pipeline.load(tmp_path / "p")
+    np.testing.assert_array_equal(loaded.steps[0].fuse.weights_, wa)
+    for r1, r2 in zip(a.search(queries).rankings, loaded.search(queries).rankings):
+        np.testing.assert_array_equal(r1.rows, r2.rows)
+
+
+def test_without_train_nothing_is_learned(slice_data):
+    corpus, _, _, _ = slice_data
+    p = Pipeline.from_yaml(PIPE).fit(corpus)
+    assert not hasattr(p.steps[0].fuse, "weights_")
+
+
+def test_poisoned_test_qrels_change_nothing(slice_data, tmp_path):
+    """``ragkit train`` on a dataset whose test qrels are poisoned saves exactly the same pipeline."""
+    corpus, test_q, test_qrels, train = slice_data
+    queries = dict(zip(train.queries.ids, train.queries.texts)) | dict(zip(test_q.ids, test_q.texts))
+    clean = tmp_path / "clean"
+    _write_beir(clean, corpus, queries, {"train": train.qrels, "test": test_qrels})
+    poisoned = tmp_path / "poisoned"
+    rng = np.random.default_rng(0)
+    bad = {q: {str(d): 1 for d in rng.choice(corpus.ids, 5, replace=False)} for q in test_qrels}
+    _write_beir(poisoned, corpus, queries, {"train": train.qrels, "test": bad})
+    (tmp_path / "p.yaml").write_text(PIPE)
+    runner = CliRunner()
+    for name in ("clean", "poisoned"):
+        res = runner.invoke(app, ["train", "--data", str(tmp_path / name), "--pipeline", str(tmp_path / "p.yaml"),
+                                  "--out", str(tmp_path / f"out-{name}"), "--no-report"])
+        assert res.exit_code == 0, res.output
+    w1 = np.load(next((tmp_path / "out-clean").rglob("weights.npy")))
+    w2 = np.load(next((tmp_path / "out-poisoned").rglob("weights.npy")))
+    np.testing.assert_array_equal(w1, w2)
+
+
+def test_train_refuses_test_split(tmp_path):
+    res = CliRunner().invoke(app, ["train", "--data", "x", "--pipeline", "bm25", "--out", str(tmp_path / "o"),
+                                   "--split", "test"])
+    assert res.exit_code == 2 and "test split is refused" in res.output

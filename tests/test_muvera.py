@@ -1,0 +1,251 @@
+"""MUVERA: FDE construction, exact Chamfer/MaxSim, token store, and the multi-vector operators."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ragkit.encoders.tokens import TokenCache, TokenVectors, gather_index
+from ragkit.errors import DataError, ParamError
+from ragkit.retrievers.fde import (
+    FDEConfig, ball_carve, chamfer_pairs, chamfer_scores, draw_matrices, fde_dim, fde_documents, fde_queries,
+)
+
+
+def _sets(rng, n, lo, hi, d=32, centres=None):
+    lens = rng.integers(lo, hi, n)
+    off = np.concatenate([[0], np.cumsum(lens)]).astype(np.int64)
+    if centres is None:
+        x = rng.standard_normal((off[-1], d))
+    else:  # clustered tokens: each token near one of a few centres
+        x = centres[rng.integers(0, len(centres), off[-1])] + 0.35 * rng.standard_normal((off[-1], centres.shape[1]))
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    return x.astype(np.float32), off
+
+
+def _naive_fde(x, off, cfg, is_query):
+    """Per-set, per-repetition loop implementation of the spec (reference for the vectorised one)."""
+    d = x.shape[1]
+    g, s = draw_matrices(cfg, d)
+    k, B = cfg.k_sim, cfg.buckets
+    dp = cfg.proj_dim(d)
+    out = np.zeros((len(off) - 1, cfg.r_reps * B * dp))
+    for j in range(len(off) - 1):
+        P = x[off[j]:off[j + 1]].astype(np.float64)
+        for r in range(cfg.r_reps):
+            bits = (P @ g[:, r * k:(r + 1) * k]) > 0
+            ids = [int("".join("1" if b else "0" for b in row) or "0", 2) for row in bits]
+            proj = P @ s[:, r * dp:(r + 1) * dp] if s is not None else P
+            for b in range(B):
+                members = [i for i, v in enumerate(ids) if v == b]
+                blk = slice(r * B * dp + b * dp, r * B * dp + (b + 1) * dp)
+                if members:
+                    out[j, blk] = proj[members].sum(0) if is_query else proj[members].mean(0)
+                elif not is_query and cfg.fill_empty and len(P):
+                    pat = np.array([(b >> (k - 1 - i)) & 1 for i in range(k)], bool)
+                    ham = [(row != pat).sum() for row in bits]
+                    best = int(np.argmin(ham))  # first minimum = lowest token index
+                    out[j, blk] = proj[best]
+    return out
+
+
+# ------------------------------------------------------------------------------ FDE
+@pytest.mark.parametrize("cfg,d,want", [
+    (FDEConfig(k_sim=5, d_proj=16, r_reps=20), 384, 20 * 32 * 16),
+    (FDEConfig(k_sim=3, d_proj=8, r_reps=2), 64, 2 * 8 * 8),
+    (FDEConfig(k_sim=2, r_reps=3, projection="identity"), 24, 3 * 4 * 24),
+    (FDEConfig(k_sim=4, d_proj=16, r_reps=10, d_final=1000), 64, 1000),
+])
+def test_fde_dimension_formula(cfg, d, want):
+    rng = np.random.default_rng(0)
+    x, off = _sets(rng, 5, 1, 9, d=d)
+    assert fde_dim(cfg, d) == want
+    assert fde_documents(x, off, cfg).shape == (5, want)
+    assert fde_queries(x, off, cfg).shape == (5, want)
+
+
+@pytest.mark.parametrize("cfg", [
+    FDEConfig(k_sim=3, d_proj=8, r_reps=3, seed=5),
+    FDEConfig(k_sim=2, r_reps=2, projection="identity", seed=1),
+    FDEConfig(k_sim=3, d_proj=6, r_reps=2, projection="countsketch"),
+    FDEConfig(k_sim=3, d_proj=6, r_reps=2, fill_empty=False),
+])
+def test_fde_matches_naive_loop_implementation(cfg):
+    rng = np.random.default_rng(1)
+    x, off = _sets(rng, 12, 0, 11, d=16)  # includes empty sets
+    np.testing.assert_allclose(fde_documents(x, off, cfg), _naive_fde(x, off, cfg, False), atol=1e-5)
+    np.testing.assert_allclose(fde_queries(x, off, cfg), _naive_fde(x, off, cfg, True), atol=1e-5)
+
+
+def test_query_sum_document_mean_asymmetry():
+    rng = np.random.default_rng(2)
+    x, off = _sets(rng, 6, 1, 12, d=16)
+    one = FDEConfig(k_sim=0, r_reps=1, projection="identity")  # one bucket: sum vs mean exactly
+    q, p = fde_queries(x, off, one), fde_documents(x, off, one)
+    for j in range(6):
+        np.testing.assert_allclose(q[j], x[off[j]:off[j + 1]].sum(0), atol=1e-5)
+        np.testing.assert_allclose(p[j], x[off[j]:off[j + 1]].mean(0), atol=1e-6)
+    cfg = FDEConfig(k_sim=4, r_reps=2, projection="identity")
+    q, p = fde_queries(x, off, cfg).reshape(6, -1, 16), fde_documents(x, off, cfg).reshape(6, -1, 16)
+    # documents fill every bucket, queries leave empty buckets at zero
+    assert (np.abs(p).sum(-1) > 0).all()
+    assert (np.abs(q).sum(-1) == 0).any()
+    q_nonzero = (np.abs(q).sum(-1) > 0).sum(1)
+    assert (q_nonzero <= 2 * np.diff(off)).all()  # at most one bucket per token per repetition
+
+
+def test_fde_deterministic_under_seed():
+    rng = np.random.default_rng(3)
+    x, off = _sets(rng, 8, 1, 10, d=16)
+    a = fde_documents(x, off, FDEConfig(k_sim=3, d_proj=8, r_reps=4, seed=7))
+    b = fde_documents(x, off, FDEConfig(k_sim=3, d_proj=8, r_reps=4, seed=7))
+    c = fde_documents(x, off, FDEConfig(k_sim=3, d_proj=8, r_reps=4, seed=8))
+    assert np.array_equal(a, b)
+    assert not np.allclose(a, c)
+    # repetition r depends only on seed + r: the first reps of a longer FDE are the shorter FDE
+    d = fde_documents(x, off, FDEConfig(k_sim=3, d_proj=8, r_reps=2, seed=7))
+    np.testing.assert_allclose(a[:, :d.shape[1]], d, atol=1e-5)
+
+
+def test_fde_inner_product_tracks_chamfer():
+    rng = np.random.default_rng(4)
+    centres = rng.standard_normal((40, 32))
+    D, Doff = _sets(rng, 200, 20, 60, centres=centres)
+    Q, Qoff = _sets(rng, 20, 4, 16, centres=centres)
+    ch = chamfer_scores(Q, Qoff, D, Doff)
+    cfg = FDEConfig(k_sim=5, d_proj=16, r_reps=20)  # the paper's operating point (10,240 dims at d=128)
+    ip = fde_queries(Q, Qoff, cfg) @ fde_documents(D, Doff, cfg).T
+    corr = np.corrcoef(ip.ravel(), ch.ravel())[0, 1]
+    assert corr > 0.85, corr  # measured 0.94
+    # the FDE top-60 (30% of the corpus) holds most of the exact top-10 (chance: 0.30)
+    top_fde = np.argsort(-ip, 1)[:, :60]
+    top_ex = np.argsort(-ch, 1)[:, :10]
+    recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(top_fde, top_ex)])
+    assert recall > 0.75, recall  # measured 0.885
+    # swapping the roles (document = sum, query = mean) breaks the approximation
+    bad = fde_documents(Q, Qoff, cfg) @ fde_queries(D, Doff, cfg).T
+    assert np.corrcoef(bad.ravel(), ch.ravel())[0, 1] < corr - 0.1
+
+
+def test_fde_rejects_bad_input():
+    with pytest.raises(ParamError, match="k_sim"):
+        FDEConfig(k_sim=40)
+    with pytest.raises(DataError, match="offsets"):
+        fde_documents(np.zeros((5, 4), np.float32), np.array([0, 2, 4]), FDEConfig(k_sim=1, d_proj=2, r_reps=1))
+
+
+# -------------------------------------------------------------------------- Chamfer
+def test_chamfer_scores_and_pairs_match_naive():
+    rng = np.random.default_rng(5)
+    D, Doff = _sets(rng, 30, 0, 20, d=16)  # some empty documents
+    Q, Qoff = _sets(rng, 4, 1, 7, d=16)
+    naive = np.zeros((4, 30), np.float32)
+    for i in range(4):
+        for j in range(30):
+            P = D[Doff[j]:Doff[j + 1]]
+            naive[i, j] = (Q[Qoff[i]:Qoff[i + 1]] @ P.T).max(1).sum() if len(P) else 0.0
+    full = chamfer_scores(Q, Qoff, D, Doff, chunk_elems=500)  # force many chunks
+    np.testing.assert_allclose(full, naive, atol=1e-5)
+    rows = rng.integers(0, 30, (4, 9))
+    rows[1, 5:] = -1
+    pairs = chamfer_pairs(Q, Qoff, D, Doff, rows, chunk_elems=1000)
+    want = np.take_along_axis(naive, np.maximum(rows, 0), 1)
+    np.testing.assert_allclose(pairs[rows >= 0], want[rows >= 0], atol=1e-5)
+    assert np.isneginf(pairs[1, 5:]).all()
+
+
+def test_ball_carving_keeps_token_weight():
+    rng = np.random.default_rng(6)
+    D, Doff = _sets(rng, 20, 3, 15, d=16)
+    Q, Qoff = _sets(rng, 5, 2, 9, d=16)
+    c, co, w = ball_carve(Q, Qoff, 1.01)  # nothing merges: identical to the plain query
+    np.testing.assert_allclose(chamfer_scores(c, co, D, Doff, q_weights=w), chamfer_scores(Q, Qoff, D, Doff), atol=1e-5)
+    c, co, w = ball_carve(Q, Qoff, -1.0)  # everything merges: one centre = the sum of the tokens
+    assert np.array_equal(co, np.arange(6))
+    for i in range(5):
+        s = Q[Qoff[i]:Qoff[i + 1]].sum(0)
+        np.testing.assert_allclose(c[i] * w[i], s, atol=1e-5)
+    c, co, w = ball_carve(Q, Qoff, 0.2)
+    assert co[-1] <= Qoff[-1]
+
+
+# ----------------------------------------------------------------------- token store
+def test_token_vectors_take_and_cache(tmp_path):
+    rng = np.random.default_rng(7)
+    x, off = _sets(rng, 10, 0, 6, d=8)
+    tv = TokenVectors(x.astype(np.float16), off)
+    sub = tv.take([3, 0, 3, 9])
+    for i, j in enumerate([3, 0, 3, 9]):
+        assert np.array_equal(sub[i], tv[j])
+    idx, new_off = gather_index(off, np.array([2, 1]))
+    assert np.array_equal(idx, np.r_[np.arange(off[2], off[3]), np.arange(off[1], off[2])])
+    cache = TokenCache(tmp_path, "model-x")
+    keys = np.array([bytes([i]) * 16 for i in range(10)], dtype="V16")
+    cache.put(keys, tv)
+    cache2 = TokenCache(tmp_path, "model-x")
+    parts, hit = cache2.get(keys[[4, 2]])
+    assert hit.all() and len(parts) == 1
+    assert np.array_equal(parts[0][1][0], tv[4]) and np.array_equal(parts[0][1][1], tv[2])
+    parts, hit = cache2.get(keys)
+    assert isinstance(parts[0][1].data, np.memmap)  # the whole shard in order stays memory-mapped
+    with pytest.raises(DataError, match="offsets"):
+        TokenVectors(x, off[:-1])
+
+
+# --------------------------------------------------------------------------- operators
+@pytest.fixture(scope="module")
+def tiny(slice_data):
+    corpus, queries, qrels, _ = slice_data
+    return corpus.subset(np.arange(60)), queries[:5]
+
+
+def test_muvera_rerank_equals_brute_force_when_candidates_cover_corpus(tiny):
+    from ragkit.retrievers import MaxSimExact, Muvera
+
+    corpus, queries = tiny
+    exact = MaxSimExact(k=10).fit(corpus).search(queries)
+    mu = Muvera(k=10, candidates=len(corpus), k_sim=3, d_proj=8, r_reps=4).fit(corpus).search(queries)
+    for a, b in zip(exact.rankings, mu.rankings):
+        np.testing.assert_array_equal(a.rows, b.rows)
+        np.testing.assert_allclose(a.scores, b.scores, rtol=1e-5)
+
+
+def test_maxsim_reranker_equals_exact_on_its_candidates(tiny):
+    from ragkit.filters import MaxSim
+    from ragkit.retrievers import BM25, MaxSimExact
+
+    corpus, queries = tiny
+    run = (BM25(k=15) | MaxSim()).fit(corpus).search(queries)
+    exact = MaxSimExact(k=len(corpus)).fit(corpus).search(queries)
+    bm = BM25(k=15).fit(corpus).search(queries)
+    for r, e, b in zip(run.rankings, exact.rankings, bm.rankings):
+        assert set(r.rows.tolist()) == set(b.rows.tolist())
+        keep = np.isin(e.rows, b.rows)
+        np.testing.assert_array_equal(r.rows, e.rows[keep])
+        assert "bm25.rank" not in r.fields or len(r.fields["bm25.rank"]) == len(r)
+
+
+def test_muvera_save_load_reproduces_query_fdes_bit_for_bit(tiny, tmp_path):
+    from ragkit.operator import Operator
+    from ragkit.retrievers import Muvera
+
+    corpus, queries = tiny
+    mu = Muvera(k=5, candidates=20, k_sim=3, d_proj=8, r_reps=4, fde_dtype="f16", seed=3).fit(corpus)
+    mu.save(tmp_path / "mu")
+    back = Operator.load(tmp_path / "mu", mmap=True)
+    q = mu.token_encoder.encode_queries(queries.texts)
+    assert np.array_equal(back.query_fde(q), mu.query_fde(q))
+    assert np.array_equal(np.asarray(back.fde_), mu.fde_) and back.fde_.dtype == np.float16
+    for a, b in zip(back.search(queries).rankings, mu.search(queries).rankings):
+        assert a.equals(b)
+
+
+def test_muvera_params_cross_checks():
+    from ragkit.retrievers import Muvera
+
+    with pytest.raises(ParamError, match="candidates"):
+        Muvera(k=100, candidates=50)
+    with pytest.raises(ParamError, match="d_final"):
+        Muvera(k_sim=3, d_proj=8, r_reps=2, d_final=500)
+    with pytest.raises(ParamError, match="ball_carve_tau"):
+        Muvera(ball_carve_tau=2.0)

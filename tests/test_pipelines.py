@@ -1,0 +1,415 @@
+"""Pipelines: composition semantics, fusers by hand, routers/judges/PRF, YAML round trips and
+malformed YAML, fit-once, save/load."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ragkit import registry
+from ragkit.errors import ArtifactError, ConfigError, ParamError
+from ragkit.filters import TopK
+from ragkit.operator import Operator
+from ragkit.pipelines import (PRF, RRF, Loop, MaxOnly, Parallel, Pipeline, Route, RuleRouter, ScoreRouter,
+                              ScoreThreshold, TopKStable, WeightedFusion)
+from ragkit.pipelines.yaml import load_yaml, walk_leaves
+from ragkit.retrievers import BM25
+from ragkit.types import Ranking, State
+
+
+@pytest.fixture(scope="module")
+def fitted_bm25(slice_data):
+    return BM25(k=20).fit(slice_data[0])
+
+
+def _same(a, b):
+    assert a.query_ids == b.query_ids
+    for ra, rb in zip(a.rankings, b.rankings):
+        np.testing.assert_array_equal(ra.rows, rb.rows)
+        np.testing.assert_allclose(ra.scores, rb.scores, rtol=1e-6)
+
+
+# ---------------------------------------------------------------------- fusers by hand
+def _branches():
+    # branch a lists doc 5 twice (counts once, at rank 1); branch b misses doc 7
+    a = [Ranking([5, 5, 7], [3.0, 2.0, 1.0]), Ranking([1], [1.0])]
+    b = [Ranking([9, 5], [0.8, 0.4]), Ranking.empty()]
+    return State(["q0", "q1"], branches=[("a", a), ("b", b)])
+
+
+def test_rrf_hand_computed_with_duplicates_and_fields():
+    r = RRF(k=60)(_branches()).rankings
+    exp = {5: 1 / 61 + 1 / 62, 9: 1 / 61, 7: 1 / 63}
+    assert r[0].rows.tolist() == [5, 9, 7]
+    np.testing.assert_allclose(r[0].scores, [exp[5], exp[9], exp[7]], rtol=1e-6)
+    assert r[0].fields["a.rank"].tolist() == [1, 0, 3] and r[0].fields["b.rank"].tolist() == [2, 1, 0]
+    np.testing.assert_allclose(r[0].fields["a.score"], [3.0, np.nan, 1.0])
+    assert r[1].rows.tolist() == [1] and r[1].fields["b.rank"].tolist() == [0]
+
+
+def test_rrf_weights_and_top_k():
+    r = RRF(k=10, weights=[1.0, 3.0], top_k=2)(_branches()).rankings[0]
+    exp = {5: 1 / 11 + 3 / 12, 9: 3 / 11, 7: 1 / 13}
+    assert r.rows.tolist() == [5, 9]
+    np.testing.assert_allclose(r.scores, [exp[5], exp[9]], rtol=1e-6)
+    with pytest.raises(ParamError, match="2 branches"):
+        RRF(weights=[1.0, 2.0, 3.0])(_branches())
+
+
+def test_weighted_minmax_and_zscore_by_hand():
+    r = WeightedFusion(norm="minmax")(_branches()).rankings[0]
+    # a: 5->(3-1)/2=1, 7->0 ; b: 9->1, 5->0
+    got = dict(zip(r.rows.tolist(), r.scores.tolist()))
+    assert got == pytest.approx({5: 1.0, 9: 1.0, 7: 0.0})
+    assert r.rows.tolist() == [5, 9, 7]  # tie broken by row
+    r = WeightedFusion(norm="zscore", weights=[2.0, 1.0])(_branches()).rankings[0]
+    za = (np.array([3.0, 1.0]) - 2.0) / 1.0
+    zb = (np.array([0.8, 0.4]) - 0.6) / 0.2
+    got = dict(zip(r.rows.tolist(), r.scores.tolist()))
+    assert got == pytest.approx({5: 2 * za[0] + zb[1], 7: 2 * za[1], 9: zb[0]}, rel=1e-5)
+
+
+# ---------------------------------------------------------------------- composition semantics
+class _Tag(Operator):
+    """Test operator: appends its tag to values['seen'] and counts fits/calls."""
+
+    name = "tag_test"
+    kind = "filter"
+    stateless = True
+
+    def __init__(self, tag):
+        super().__init__()
+        self.tag, self.fits, self.calls = tag, 0, []
+
+    def fit(self, corpus, train=None, *, upstream=None):
+        self.fits += 1
+        return self
+
+    def _call(self, state):
+        out = state.copy()
+        self.calls.append(list(state.query_ids))
+        out.values["seen"] = [f"{s or ''}{self.tag}" for s in state.values.get("seen", [None] * len(state))]
+        out.rankings = [Ranking([i], [1.0]) for i in range(len(state))] if state.rankings is None else state.rankings
+        return out
+
+
+def test_route_preserves_order_and_runs_each_part_as_one_batch():
+    a, b = _Tag("A"), _Tag("B")
+    queries = ["x", "long query here with many words", "y", "another long query of words", "z"]
+    route = Route(RuleRouter(rules=[{"label": "short", "max_words": 1}], default="long"), {"short": a, "long": b})
+    out = route(State(queries))
+    assert out.values["route"] == ["short", "long", "short", "long", "short"]
+    assert out.values["seen"] == ["A", "B", "A", "B", "A"]
+    assert a.calls == [["q0", "q2", "q4"]] and b.calls == [["q1", "q3"]]
+    assert out.query_ids == ["q0", "q1", "q2", "q3", "q4"]
+
+
+def test_route_default_branch_and_unknown_label():
+    router = RuleRouter(rules=[{"label": "nobranch", "max_words": 1}], default="other")
+    out = Route(router, {"other": _Tag("O")}, default=_Tag("D"))(State(["x", "two words"]))
+    assert out.values["seen"] == ["D", "O"]
+    with pytest.raises(ParamError, match="nobranch"):
+        Route(router, {"other": _Tag("O")})(State(["x"]))
+
+
+class _Never(Operator):
+    name = "never_test"
+    kind = "judge"
+    stateless = True
+
+    def __init__(self, stop_ids=()):
+        super().__init__()
+        self.stop = set(stop_ids)
+
+    def _call(self, state):
+        out = state.copy()
+        out.values["done"] = [q in self.stop for q in state.query_ids]
+        return out
+
+
+@pytest.mark.parametrize("max_iters", [1, 2, 5])
+def test_loop_stops_at_max_iters_exactly_per_query(max_iters):
+    body = _Tag("i")
+    out = Loop(body, until=_Never(stop_ids={"q1"}), max_iters=max_iters)(State(["a", "b", "c"], trace=[]))
+    assert out.values["iterations"] == [max_iters, 1, max_iters]
+    assert out.values["seen"] == ["i" * max_iters, "i", "i" * max_iters]
+    assert len(body.calls) == max_iters and body.calls[1:] == [["q0", "q2"]] * (max_iters - 1)
+    assert [e.n_queries for e in out.trace if e.operator == "tag_test"] == [3] + [2] * (max_iters - 1)
+    assert all(e.path == "loop.body.tag_test" for e in out.trace if e.operator == "tag_test")
+
+
+def test_max_only_and_score_threshold_judges():
+    s = State(["a", "b"], rankings=[Ranking([1, 2], [5.0, 1.0]), Ranking([3], [0.5])])
+    assert MaxOnly()(s).values["done"] == [False, False]
+    assert ScoreThreshold(threshold=1.0)(s).values["done"] == [True, False]
+    assert ScoreThreshold(threshold=1.0, rank=2)(s).values["done"] == [True, False]
+    assert ScoreThreshold(threshold=0.0, rank=2)(s).values["done"] == [True, False]  # too short: not done
+
+
+def test_topk_stable_memory_is_cleared_after_loop(slice_data, fitted_bm25):
+    corpus, queries, _, _ = slice_data
+    loop = Loop(fitted_bm25, until=TopKStable(k=5), max_iters=4)
+    run = (loop | Loop(fitted_bm25, until=TopKStable(k=5), max_iters=4)).search(queries)
+    assert "_topk_stable" not in run.values
+    assert run.values["iterations"] == [2] * len(queries)  # same ranking twice -> stable at iteration 2
+
+
+def test_operator_in_two_branches_is_fitted_once():
+    shared = _Tag("S")
+    pipe = Parallel([Pipeline([shared, _Tag("x")]), shared]) | Loop(shared, until=MaxOnly(), max_iters=2)
+    from ragkit.types import Corpus
+
+    pipe.fit(Corpus.from_texts(["a", "b"]))
+    assert shared.fits == 1
+
+
+def test_parallel_keeps_branch_query_text_inside_branch(slice_data, fitted_bm25):
+    corpus, queries, _, _ = slice_data
+    prf = PRF(max_df=0.5).fit(corpus)
+    par = Parallel([fitted_bm25, Pipeline([fitted_bm25, prf, fitted_bm25])], fuse=RRF())
+    out = par(State.of(queries))
+    assert "query_text" not in out.values and len(out.rankings) == len(queries)
+
+
+def test_trace_paths_match_yaml_paths(slice_data, fitted_bm25):
+    corpus, queries, qrels, _ = slice_data
+    pipe = Parallel([fitted_bm25, Pipeline([fitted_bm25, TopK(k=5)])], fuse=RRF()) | TopK(k=10)
+    run = pipe.search(queries, trace=True, qrels=qrels)
+    assert [e.path for e in run.trace] == [p for p, _ in walk_leaves(pipe)][:2] + [
+        "pipeline[0].parallel.branches[1][1].top_k", "pipeline[0].parallel.fuse.rrf", "pipeline[1].top_k"]
+    assert all(e.recall is not None for e in run.trace)
+    from rich.console import Console
+
+    from ragkit.pipelines.trace import aggregate_trace, trace_table
+
+    assert [r.calls for r in aggregate_trace(run.trace)] == [1] * 5
+    Console(file=open("/dev/null", "w")).print(trace_table(run.trace))
+
+
+# ---------------------------------------------------------------------- routers, PRF
+def test_rule_router_rules_in_order():
+    r = RuleRouter(rules=[{"label": "rx", "regex": r"^what\b"}, {"label": "kw", "keywords": ["Cancer"]},
+                          {"label": "short", "max_words": 2, "min_words": 1}], default="d")
+    assert r(State(["What is cancer", "cancer cells grow", "p53 gene", "a b c d"])).values["label"] == [
+        "rx", "kw", "short", "d"]
+    with pytest.raises(ParamError, match="rules.0"):
+        RuleRouter(rules=[{"label": "x"}])
+    with pytest.raises(ParamError, match="does not compile"):
+        RuleRouter(rules=[{"label": "x", "regex": "("}])
+
+
+def test_score_router_routes_easy_queries_past_expensive_branch(slice_data, fitted_bm25):
+    corpus, queries, _, _ = slice_data
+    state = fitted_bm25(State.of(queries))
+    top = np.array([r.scores[0] for r in state.rankings])
+    thr = float(np.median(top))
+    expensive = _Tag("E")
+    pipe = fitted_bm25 | Route(ScoreRouter(threshold=thr), {"easy": TopK(k=10), "hard": expensive})
+    run = pipe.search(queries)
+    assert run.values["route"] == ["easy" if t >= thr else "hard" for t in top]
+    assert sum(len(c) for c in expensive.calls) == int((top < thr).sum())
+    gap = ScoreRouter(feature="gap", threshold=0.0, above="hi", below="lo")(state).values["label"]
+    assert set(gap) == {"hi"}
+    with pytest.raises(ParamError, match="no rankings"):
+        ScoreRouter(threshold=1.0)(State(["q"]))
+
+
+def test_prf_expands_with_feedback_terms_and_loop_converges(slice_data, fitted_bm25):
+    corpus, queries, _, _ = slice_data
+    prf = PRF(max_df=0.5).fit(corpus)
+    s = fitted_bm25(State.of(queries))
+    s.vectors["enc"] = np.zeros((len(queries), 3), np.float32)
+    out = prf(s)
+    assert out.vectors == {} and len(out.values["query_text"]) == len(queries)
+    assert all(len(t.split()) > len(q.split()) for t, q in zip(out.values["query_text"], queries.texts))
+    # orig_weight=1: the original query, weights written to within 1/resolution -> same top documents
+    same = fitted_bm25(PRF(orig_weight=1.0, resolution=1000).fit(corpus)(s))
+    for a, b in zip(same.rankings, s.rankings):
+        assert set(a.rows[:5].tolist()) == set(b.rows[:5].tolist())
+    run = Loop([prf, fitted_bm25], until=TopKStable(k=10), max_iters=3).search(queries, trace=True)
+    assert all(1 <= i <= 3 for i in run.values["iterations"]) and "query_text" in run.values
+
+
+# ---------------------------------------------------------------------- YAML round trips
+@pytest.mark.parametrize("name", registry.names())
+def test_yaml_round_trip_every_registered_operator(name):
+    cls = registry.get(name)
+    op = cls(**cls.example)
+    pipe = Pipeline([op])
+    again = Pipeline.from_yaml(pipe.to_yaml())
+    assert again == pipe and type(again.steps[0]) is cls and again.to_yaml() == pipe.to_yaml()
+
+
+COMPOSITE = """
+pipeline:
+  - bm25: {k: 30}
+  - route:
+      router:
+        score_router: {feature: gap, threshold: 0.5}
+      branches:
+        easy:
+          - top_k: {k: 20}
+        hard:
+          - parallel:
+              branches:
+                - bm25: {k: 30, variant: okapi}
+                - [bm25: {k: 30}, top_k: {k: 10}]
+              fuse:
+                weighted: {norm: zscore, weights: [0.7, 0.3]}
+              names: [okapi, lucene]
+      default: hard
+  - loop:
+      body:
+        - prf: {fb_docs: 5, max_df: 0.5}
+        - bm25: {k: 30}
+      until:
+        topk_stable: {k: 5}
+      max_iters: 2
+  - top_k: {k: 10}
+"""
+
+
+def test_composite_yaml_round_trip_and_same_rankings(slice_data):
+    corpus, queries, _, _ = slice_data
+    p = Pipeline.from_yaml(COMPOSITE)
+    text = p.to_yaml()
+    q = Pipeline.from_yaml(text)
+    assert q == p and q.to_yaml() == text
+    _same(p.fit(corpus).search(queries), q.fit(corpus).search(queries))
+
+
+def test_call_k_override_same_for_python_and_yaml(slice_data):
+    corpus, queries, _, _ = slice_data
+    py = (Parallel([BM25(k=20), BM25(k=20, variant="okapi")], fuse=RRF(k=60)) | TopK(k=5)).fit(corpus)
+    ym = Pipeline.from_yaml(py.to_yaml()).fit(corpus)
+    for k in (None, 3, 15):
+        a, b = py.search(queries, k=k), ym.search(queries, k=k)
+        _same(a, b)
+        assert max(len(r) for r in a.rankings) == (5 if k is None else k)
+
+
+# ---------------------------------------------------------------------- save / load
+def test_save_load_identical_interrupted_save_and_checksum(slice_data, tmp_path, monkeypatch):
+    corpus, queries, _, _ = slice_data
+    pipe = Pipeline.from_yaml(COMPOSITE).fit(corpus)
+    before = pipe.search(queries)
+    pipe.save(tmp_path / "p")
+    _same(before, Pipeline.load(tmp_path / "p").search(queries))
+    files = sorted(str(x.relative_to(tmp_path)) for x in (tmp_path / "p").rglob("*"))
+
+    def boom(self, folder):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(PRF, "_save", boom)
+    with pytest.raises(RuntimeError, match="disk full"):
+        pipe.save(tmp_path / "p")
+    monkeypatch.undo()
+    assert sorted(str(x.relative_to(tmp_path)) for x in (tmp_path / "p").rglob("*")) == files
+    assert [x.name for x in tmp_path.iterdir()] == ["p"]  # no temporary folder left behind
+    _same(before, Pipeline.load(tmp_path / "p").search(queries))
+    victim = next((tmp_path / "p" / "ops").rglob("*.npy"))
+    victim.write_bytes(victim.read_bytes()[:-8] + b"\0" * 8)
+    with pytest.raises(ArtifactError, match="checksum mismatch"):
+        Pipeline.load(tmp_path / "p")
+
+
+# ---------------------------------------------------------------------- malformed YAML
+BAD = [
+    # (yaml text, expected message prefix)
+    ("pipeline: []", "pipeline:"),
+    ("pipeline:", "pipeline:"),
+    ("pipeline: {bm25: {k: 3}}", "pipeline:"),
+    ("steps: [{bm25: {}}]", "steps:"),
+    ("pipelin: [{bm25: {}}]", "pipelin: unknown top-level key (did you mean 'pipeline'"),
+    ("version: 2\npipeline: [{bm25: {}}]", "version:"),
+    ("description: x", "pipeline: missing"),
+    ("pipeline: [bm25]", "pipeline[0]:"),
+    ("pipeline: [3]", "pipeline[0]:"),
+    ("pipeline: [{bm25: {}, dense: {}}]", "pipeline[0]: expected exactly one operator key"),
+    ("pipeline: [{bm2: {k: 3}}]", "pipeline[0].bm2: unknown operator 'bm2'; did you mean 'bm25'"),
+    ("pipeline: [{top_k: {}}, {denss: {}}]", "pipeline[1].denss: unknown operator 'denss'; did you mean 'dense'"),
+    ("pipeline: [{bm25: {k: -3}}]", "pipeline[0].bm25.k: expected a positive integer, got -3"),
+    ("pipeline: [{bm25: {k: ten}}]", "pipeline[0].bm25.k: expected an integer"),
+    ("pipeline: [{bm25: {kk: 3}}]", "pipeline[0].bm25.kk: unknown parameter (did you mean k"),
+    ("pipeline: [{bm25: {variant: bm42}}]", "pipeline[0].bm25.variant: expected one of"),
+    ("pipeline: [{bm25: {b: 2}}]", "pipeline[0].bm25.b:"),
+    ("pipeline: [{bm25: [1, 2]}]", "pipeline[0].bm25: expected a mapping of parameters"),
+    ("pipeline: [{bm25: 5}]", "pipeline[0].bm25: expected a mapping of parameters"),
+    ("pipeline: [{bm25: {k: 3}}, {top_k: {k: 0}}]", "pipeline[1].top_k.k: expected a positive integer, got 0"),
+    ("pipeline: [{parallel: {}}]", "pipeline[0].parallel.branches: missing"),
+    ("pipeline: [{parallel: {branches: []}}]", "pipeline[0].parallel.branches: expected a non-empty list"),
+    ("pipeline: [{parallel: {branches: {bm25: {}}}}]", "pipeline[0].parallel.branches: expected a non-empty list"),
+    ("pipeline: [{parallel: {branches: [{bm25: {}}], fuse: {top_k: {}}}}]",
+     "pipeline[0].parallel.fuse: expected a fuser operator"),
+    ("pipeline: [{parallel: {branches: [{bm25: {}}], fuse: {rrf: {k: -1}}}}]", "pipeline[0].parallel.fuse.rrf.k:"),
+    ("pipeline: [{parallel: {branches: [{bm25: {}}], fusion: {rrf: {}}}}]",
+     "pipeline[0].parallel.fusion: unknown key (did you mean 'fuse'"),
+    ("pipeline: [{parallel: {branches: [{bm25: {}}, {dense: {k: -3}}]}}]",
+     "pipeline[0].parallel.branches[1].dense.k: expected a positive integer, got -3"),
+    ("pipeline: [{parallel: {branches: [[{bm25: {}}, {top_k: {k: x}}]]}}]",
+     "pipeline[0].parallel.branches[0][1].top_k.k:"),
+    ("pipeline: [{parallel: {branches: [{bm25: {}}], names: [a, b]}}]", "pipeline[0].parallel.names:"),
+    ("pipeline: [{parallel: {branches: [{bm25: {}}], names: a}}]", "pipeline[0].parallel.names:"),
+    ("pipeline: [{parallel: {branches: [[]]}}]", "pipeline[0].parallel.branches[0]: expected a non-empty list"),
+    ("pipeline: [{route: {branches: {a: [{bm25: {}}]}}}]", "pipeline[0].route.router: missing"),
+    ("pipeline: [{route: {router: {bm25: {}}, branches: {a: {bm25: {}}}}}]",
+     "pipeline[0].route.router: expected a router operator"),
+    ("pipeline: [{route: {router: {rule_router: {rules: []}}, branches: {a: {bm25: {}}}}}]",
+     "pipeline[0].route.router.rule_router.rules:"),
+    ("pipeline: [{route: {router: {rule_router: {rules: [{label: a}]}}, branches: {a: {bm25: {}}}}}]",
+     "pipeline[0].route.router.rule_router.rules.0:"),
+    ("pipeline: [{route: {router: {score_router: {threshold: 1}}, branches: []}}]",
+     "pipeline[0].route.branches: expected a mapping"),
+    ("pipeline: [{route: {router: {score_router: {threshold: 1}}, branches: {easy: {top_k: {}}}, default: hrad}}]",
+     "pipeline[0].route.default: label 'hrad' is not a branch"),
+    ("pipeline: [{route: {router: {score_router: {threshold: 1}}, branches: {easy: {bm25: {k: 0}}}}}]",
+     "pipeline[0].route.branches.easy.bm25.k:"),
+    ("pipeline: [{loop: {body: [{bm25: {}}]}}]", "pipeline[0].loop.until: missing"),
+    ("pipeline: [{loop: {body: [{bm25: {}}], until: {max_only: {}}, max_iters: 0}}]",
+     "pipeline[0].loop.max_iters: expected a positive integer, got 0"),
+    ("pipeline: [{loop: {body: [{bm25: {}}], until: {max_only: {}}, max_iters: two}}]", "pipeline[0].loop.max_iters:"),
+    ("pipeline: [{loop: {body: [{bm25: {}}], until: {bm25: {}}}}]", "pipeline[0].loop.until: expected a judge"),
+    ("pipeline: [{loop: {body: [{bm25: {}}], until: {topk_stable: {k: 0}}}}]", "pipeline[0].loop.until.topk_stable.k:"),
+    ("pipeline: [{loop: {body: [{prf: {orig_weight: 2}}], until: {max_only: {}}}}]",
+     "pipeline[0].loop.body[0].prf.orig_weight:"),
+    ("pipeline: [{loop: [{bm25: {}}]}]", "pipeline[0].loop: expected a mapping"),
+    ("pipeline: [{bm25: {}}\n", "<text>: line"),
+    ("pipeline:\n  - bm25: {k: 3\n  - top_k: {}", "<text>: line"),
+    ("\tpipeline: x", "<text>: line"),
+    ("just some words", "<text>: expected a mapping"),
+    ("pipeline: [{bm25: {}}]\npipeline: []", "<text>: line"),
+    ("pipeline: !!python/object/apply:os.system ['echo hi']", "<text>: line"),
+    ("pipeline: [{bm25: !!python/object:ragkit.retrievers.BM25 {}}]", "<text>: line"),
+    ("!!python/name:os.system", "<text>: line"),
+    ("pipeline: [{bm25: {k: 3, k: 4}}]", "<text>: line"),
+]
+
+
+def test_malformed_table_is_long_enough():
+    assert len(BAD) >= 30
+
+
+@pytest.mark.parametrize("text, prefix", BAD, ids=[f"bad{i:02d}" for i in range(len(BAD))])
+def test_malformed_yaml_rejected_with_place(text, prefix):
+    with pytest.raises(ConfigError) as exc:
+        load_yaml(text)
+    assert str(exc.value).startswith(prefix), str(exc.value)
+
+
+def test_yaml_tags_message_mentions_tags():
+    with pytest.raises(ConfigError, match="tags that construct objects are not allowed"):
+        load_yaml("pipeline: !!python/object/apply:os.system ['echo hi']")
+
+
+def test_validate_file(tmp_path):
+    from ragkit.pipelines import validate_file
+
+    good = tmp_path / "p.yaml"
+    good.write_text("pipeline: [{bm25: {k: 5}}]")
+    assert validate_file(good) == Pipeline([BM25(k=5)])
+    with pytest.raises(ConfigError, match="not found"):
+        validate_file(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("pipeline: [{bm25: {k: 5}]")
+    with pytest.raises(ConfigError, match=r"bad\.yaml: line 1"):
+        validate_file(bad)
