@@ -4,6 +4,7 @@ Usage::
 
     python bench/bm25.py                # full SciFact corpus, the 300 test queries
     python bench/bm25.py --quick        # 800-doc slice, 40 queries (a smoke run, ~10 s)
+    python bench/bm25.py --scaling      # plus ragkit q/s for n_jobs = 1, 2, 4, ... cores
 
 For each library it measures
 
@@ -71,6 +72,8 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="800-doc slice, 40 queries")
     ap.add_argument("--repeat", type=int, default=3, help="timing repeats for ragkit and bm25s (best of)")
     ap.add_argument("--k", type=int, default=100, help="results per query")
+    ap.add_argument("--scaling", action="store_true",
+                    help="also measure ragkit q/s for n_jobs = 1, 2, 4, ... cores on the queries repeated 10x")
     args = ap.parse_args()
 
     global _RB
@@ -94,10 +97,12 @@ def main() -> None:
     qrels = {q: qrels[q] for q in queries.ids}
     n_cores = os.cpu_count() or 1
     texts, qtexts, k = corpus.full_texts, list(queries.texts), args.k
-    print(f"{len(corpus)} documents, {len(queries)} queries, k={k}, {n_cores} cores")
+    print(f"{len(corpus)} documents, {len(queries)} queries, k={k}, {n_cores} cores, "
+          f"load average {os.getloadavg()[0]:.1f} (others' work slows every library alike)")
 
     res: dict = {"machine": {"platform": platform.platform(), "python": platform.python_version(), "cores": n_cores,
-                             "bm25s": bm25s.__version__},
+                             "bm25s": bm25s.__version__, "load_average_1min": os.getloadavg()[0],
+                             "date": time.strftime("%Y-%m-%d")},
                  "n_docs": len(corpus), "n_queries": len(queries), "k": k, "k1": K1, "b": B}
 
     def ndcg(top: np.ndarray) -> float:
@@ -115,6 +120,14 @@ def main() -> None:
     rko_top = np.stack([r.rows[:10] for r in rk_okapi.search(queries).rankings])
     res["ragkit"] = {"index_s": t_idx, "qps_1": len(queries) / t1, "qps_all": len(queries) / tn,
                      "ndcg@10": ndcg(rk_top), "ndcg@10_okapi": ndcg(rko_top)}
+
+    if args.scaling:
+        many = [t for _ in range(10) for t in qtexts]
+        res["ragkit_scaling_qps"] = {}
+        for nj in sorted({1, *[2 ** i for i in range(1, 8) if 2 ** i <= n_cores], n_cores}):
+            t, _ = best_of(lambda: rk.search(many, bm25={"n_jobs": nj}), args.repeat)
+            res["ragkit_scaling_qps"][nj] = len(many) / t
+            print(f"ragkit n_jobs={nj}: {len(many) / t:.0f} q/s ({len(many)} queries)")
 
     # ---------------------------------------------------------------- same tokens for everyone
     tok = Tokenizer("lucene", "porter")

@@ -12,3 +12,4 @@ from ragkit.filters.cosine_adapter import CosineAdapter  # noqa: E402
 from ragkit.filters.dbnorm import DBNorm  # noqa: E402
 
 __all__ += ["ScoreThreshold", "RelativeThreshold", "CosineAdapter", "DBNorm"]
+from ragkit.filters.mmr import MMR  # noqa: E402

@@ -60,57 +60,8 @@ def run_step(op: Operator, state: State, path: str) -> State:
 
 
 def merge_parts(parent: State, parts: Sequence[tuple[Sequence[int], State]]) -> State:
-    """Put sub-batches (``State.subset`` of ``parent`` then transformed) back in ``parent``'s order.
-
-    Rows not covered by any part keep the parent's rankings, values and vectors.  A query
-    vector key survives only where it stays valid for every row: a part that dropped a
-    key the parent had (its query text changed) invalidates that key for the whole batch,
-    and a key new in some parts is kept only when those parts cover every row.
-    """
-    n = len(parent)
-    out = parent.copy()
-    out.branches = None
-    if not parts:
-        return out
-    covered = np.zeros(n, bool)
-    for idx, _ in parts:
-        covered[np.asarray(list(idx), dtype=np.int64)] = True
-    # rankings
-    if any(p.rankings is not None for _, p in parts) or parent.rankings is not None:
-        rankings = list(parent.rankings) if parent.rankings is not None else [Ranking.empty() for _ in range(n)]
-        for idx, part in parts:
-            if part.rankings is not None:
-                for j, i in enumerate(idx):
-                    rankings[i] = part.rankings[j]
-        out.rankings = rankings
-    # values
-    for _, part in parts:
-        for key in part.values:
-            if key not in out.values:
-                out.values[key] = [None] * n
-    for idx, part in parts:
-        for key, vals in part.values.items():
-            col = out.values[key]
-            for j, i in enumerate(idx):
-                col[i] = vals[j]
-    # vectors
-    keys = set(parent.vectors) | {k for _, p in parts for k in p.vectors}
-    vectors: dict[str, np.ndarray] = {}
-    for key in keys:
-        if any(key not in p.vectors for _, p in parts):
-            continue
-        if key in parent.vectors:
-            base = np.array(parent.vectors[key], copy=True)
-        elif covered.all():
-            first = parts[0][1].vectors[key]
-            base = np.zeros((n, first.shape[1]), first.dtype)
-        else:
-            continue
-        for idx, part in parts:
-            base[np.asarray(list(idx), dtype=np.int64)] = part.vectors[key]
-        vectors[key] = base
-    out.vectors = vectors
-    return out
+    """Alias of :meth:`State.merge`."""
+    return State.merge(parent, parts)
 
 
 class Composite(Operator):

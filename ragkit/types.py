@@ -362,6 +362,13 @@ class State:
     def __len__(self) -> int:
         return len(self.queries)
 
+    def texts(self) -> list[str]:
+        """The query text per query: a rewritten ``values["query_text"]`` where set, else the original."""
+        rewritten = self.values.get("query_text")
+        if not rewritten:
+            return list(self.queries)
+        return [r if r is not None else q for r, q in zip(rewritten, self.queries)]
+
     @classmethod
     def of(cls, queries: "Queries | Sequence[str] | str", **kw: Any) -> "State":
         if isinstance(queries, str):
@@ -394,28 +401,56 @@ class State:
 
     @classmethod
     def merge(cls, parent: "State", parts: Sequence[tuple[Sequence[int], "State"]]) -> "State":
-        """Put sub-batches back in the parent's query order (inverse of :meth:`subset`)."""
+        """Put sub-batches (``State.subset`` of ``parent`` then transformed) back in ``parent``'s order.
+    
+        Rows not covered by any part keep the parent's rankings, values and vectors.  A query
+        vector key survives only where it stays valid for every row: a part that dropped a
+        key the parent had (its query text changed) invalidates that key for the whole batch,
+        and a key new in some parts is kept only when those parts cover every row.
+        """
         n = len(parent)
         out = parent.copy()
-        rankings: list[Ranking | None] = [None] * n if any(p.rankings is not None for _, p in parts) else None
-        keys = {k for _, p in parts for k in p.values} | set(parent.values)
-        values = {k: list(parent.values.get(k, [None] * n)) for k in keys}
-        vec_keys = set.intersection(*[set(p.vectors) for _, p in parts]) if parts else set()
-        vectors = {k: np.zeros((n, parts[0][1].vectors[k].shape[1]), parts[0][1].vectors[k].dtype) for k in vec_keys}
-        for idx, part in parts:
-            for j, i in enumerate(idx):
-                if rankings is not None:
-                    rankings[i] = part.rankings[j] if part.rankings is not None else (
-                        parent.rankings[i] if parent.rankings is not None else Ranking.empty())
-                for k in part.values:
-                    values[k][i] = part.values[k][j]
-            sel = np.asarray(list(idx), dtype=np.int64)
-            for k in vec_keys:
-                vectors[k][sel] = part.vectors[k]
-        out.rankings = rankings
-        out.values = values
-        out.vectors = {**parent.vectors, **vectors} if len(vec_keys) else parent.vectors
         out.branches = None
+        if not parts:
+            return out
+        covered = np.zeros(n, bool)
+        for idx, _ in parts:
+            covered[np.asarray(list(idx), dtype=np.int64)] = True
+        # rankings
+        if any(p.rankings is not None for _, p in parts) or parent.rankings is not None:
+            rankings = list(parent.rankings) if parent.rankings is not None else [Ranking.empty() for _ in range(n)]
+            for idx, part in parts:
+                if part.rankings is not None:
+                    for j, i in enumerate(idx):
+                        rankings[i] = part.rankings[j]
+            out.rankings = rankings
+        # values
+        for _, part in parts:
+            for key in part.values:
+                if key not in out.values:
+                    out.values[key] = [None] * n
+        for idx, part in parts:
+            for key, vals in part.values.items():
+                col = out.values[key]
+                for j, i in enumerate(idx):
+                    col[i] = vals[j]
+        # vectors
+        keys = set(parent.vectors) | {k for _, p in parts for k in p.vectors}
+        vectors: dict[str, np.ndarray] = {}
+        for key in keys:
+            if any(key not in p.vectors for _, p in parts):
+                continue
+            if key in parent.vectors:
+                base = np.array(parent.vectors[key], copy=True)
+            elif covered.all():
+                first = parts[0][1].vectors[key]
+                base = np.zeros((n, first.shape[1]), first.dtype)
+            else:
+                continue
+            for idx, part in parts:
+                base[np.asarray(list(idx), dtype=np.int64)] = part.vectors[key]
+            vectors[key] = base
+        out.vectors = vectors
         return out
 
 

@@ -1,7 +1,10 @@
-"""Dense retrieval: normalised sentence embeddings searched exactly (numpy) or with usearch HNSW.
+"""Dense retrieval over sentence embeddings, with storage and search as parameters.
 
-Designed so storage and search are parameters of one operator: the quantized variants
-(``dtype``, ``rescore``, ``reduce``) extend :class:`DenseParams`.
+``Dense`` encodes the corpus with a sentence-transformers model and delegates storage and
+search to :class:`ragkit.retrievers._index.VectorIndex`: float32 / float16 / calibrated
+int8 / sign-bit storage, optional PCA or Matryoshka reduction, re-scoring of a shortlist
+with memory-mapped float vectors, exact numpy or usearch HNSW search, metadata filters
+applied inside the search, ``add`` / ``remove`` without a rebuild.
 """
 
 from __future__ import annotations
@@ -10,34 +13,91 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from ragkit.encoders import DEFAULT_MODEL, Encoder, get_encoder, query_vectors
-from ragkit.operator import Operator, load_array, rankings_from_matrix, save_arrays, topk_rows
+from ragkit.errors import DataError, ParamError
+from ragkit.operator import Operator, rankings_from_matrix
 from ragkit.params import Params
 from ragkit.registry import register
+from ragkit.retrievers._index import EXACT_MAX, VectorIndex, parse_reduce
 from ragkit.types import Corpus, State, TrainSet
 
-__all__ = ["Dense", "DenseParams"]
+__all__ = ["Dense", "DenseParams", "KNOWN_DIMS"]
+
+#: embedding sizes of models known without loading them (validation of ``reduce``)
+KNOWN_DIMS = {"all-minilm-l6-v2": 384, "sentence-transformers/all-minilm-l6-v2": 384,
+              "all-minilm-l12-v2": 384, "all-mpnet-base-v2": 768, "sentence-transformers/all-mpnet-base-v2": 768}
 
 
 class DenseParams(Params):
     model: str = Field(DEFAULT_MODEL, description="Sentence-transformers model name or folder.")
     k: int = Field(100, ge=1, description="Results per query.")
-    search: Literal["auto", "exact", "hnsw"] = Field("auto", description="exact numpy, usearch HNSW, or auto by size.")
+    search: Literal["auto", "exact", "hnsw"] = Field(
+        "auto", description="exact (numpy), hnsw (usearch graph) or auto: exact up to exact_max documents.")
     batch_size: int = Field(64, ge=1, description="Encoding batch size.")
     filter: dict[str, Any] | None = Field(None, description="Metadata filter {field: value or [values]}.")
+    dtype: Literal["f32", "f16", "i8", "b1"] = Field(
+        "f32", description="Vector storage: float32, float16, int8 (per-dimension calibrated on the corpus) "
+                           "or b1 (packed sign bits, Hamming search).")
+    metric: Literal["cos", "ip"] = Field("cos", description="Cosine (unit vectors) or raw inner product.")
+    rescore: bool = Field(False, description="Re-score an oversample*k shortlist with the float vectors, kept "
+                                              "memory-mapped on disk (needs dtype != f32 or a reduce).")
+    oversample: int = Field(4, ge=1, description="Shortlist size as a multiple of k (rescore, and b1 bits re-ranking).")
+    reduce: str = Field("none", pattern=r"^(none|(pca|matryoshka):[1-9][0-9]*)$",
+                        description="none, pca:<dims> (fitted on the corpus) or matryoshka:<dims> "
+                                    "(truncate + renormalise; only for Matryoshka-trained models).")
+    whiten: bool = Field(False, description="Whiten PCA components (divide by their standard deviation).")
+    connectivity: int = Field(16, ge=2, description="HNSW graph degree (M).")
+    expansion_add: int = Field(128, ge=1, description="HNSW beam width while building (ef_construction).")
+    expansion_search: int = Field(64, ge=1, description="HNSW beam width while searching (ef).")
+    exact_max: int = Field(EXACT_MAX, ge=0, description="search=auto: exact numpy search up to this many documents.")
+    threads: int = Field(0, ge=0, description="usearch threads (0 = all cores).")
+
+    @model_validator(mode="after")
+    def _compatible(self) -> "DenseParams":
+        kind, dims = parse_reduce(self.reduce)
+        if self.rescore and self.dtype == "f32" and kind == "none":
+            raise ValueError("rescore=True re-scores a compressed or reduced shortlist with the float vectors, but "
+                             "dtype='f32' with reduce='none' already searches those exact floats; use dtype f16/i8/b1 "
+                             "or a reduce, or drop rescore")
+        if self.whiten and kind != "pca":
+            raise ValueError(f"whiten=True rescales PCA components and needs reduce='pca:<dims>', got reduce={self.reduce!r}")
+        known = KNOWN_DIMS.get(self.model.lower())
+        if kind != "none" and known is not None and dims > known:
+            raise ValueError(f"reduce={self.reduce!r} asks for {dims} dimensions but {self.model} embeddings have "
+                             f"only {known}; choose at most {known}")
+        if self.whiten and self.metric == "cos" and self.dtype == "b1":
+            pass  # allowed: whitened PCA then sign bits (ITQ-like); documented as experimental
+        return self
 
 
 @register
 class Dense(Operator):
-    """Dense retriever over normalised embeddings (cosine = inner product).
+    """Dense retriever: sentence embeddings in a quantised / reduced, exact or HNSW index.
+
+    Documents are encoded to L2-normalised float32 vectors ``(n_docs, dim)`` (the disk cache
+    makes re-encoding free) and handed to :class:`~ragkit.retrievers._index.VectorIndex`.
+    A query batch ``(n_q, dim)`` is searched in one call; scores are cosines (approximate
+    for compressed storage; exact after ``rescore``).
+
+    Storage (bytes per 384-d vector held in memory): ``f32`` 1536, ``f16`` 768, ``i8`` 384
+    (per-dimension calibration fitted on the corpus, scored against the float query),
+    ``b1`` 48 (sign bits, Hamming shortlist of ``oversample * k`` re-ranked with the float
+    query against the ±1 bits, or with the float vectors if ``rescore``).  ``reduce`` applies
+    PCA (Jolliffe; PCA-RAG, arXiv 2504.08386) or Matryoshka truncation (Kusupati et al.,
+    NeurIPS 2022 — MiniLM is *not* Matryoshka-trained; use PCA for it).  Quantisation
+    follows the sentence-transformers embedding-quantisation recipe (Aarsen et al., 2024)
+    and binary EBR with float re-ranking (Gao et al., Tencent, 2024).  HNSW: Malkov &
+    Yashunin, TPAMI 2018, via usearch.
 
     Examples
     --------
     >>> from ragkit.retrievers import Dense
     >>> Dense(k=10)
     Dense(k=10)
+    >>> Dense(k=10, dtype="b1", rescore=True, oversample=4)   # 32x smaller resident codes
+    Dense(k=10, dtype='b1', rescore=True)
     """
 
     name = "dense"
@@ -49,29 +109,121 @@ class Dense(Operator):
     def encoder(self) -> Encoder:
         return get_encoder(self.params.model, batch_size=self.params.batch_size)
 
+    def _new_index(self) -> VectorIndex:
+        p = self.params
+        return VectorIndex(dtype=p.dtype, metric=p.metric, search=p.search, rescore=p.rescore, oversample=p.oversample,
+                           reduce=p.reduce, whiten=p.whiten, connectivity=p.connectivity, expansion_add=p.expansion_add,
+                           expansion_search=p.expansion_search, exact_max=p.exact_max, threads=p.threads)
+
+    def _encode_docs(self, corpus: Corpus) -> np.ndarray:
+        return np.ascontiguousarray(self.encoder.encode(corpus.full_texts), dtype=np.float32)
+
     def _fit(self, corpus: Corpus, train: TrainSet | None, upstream: State | None) -> None:
-        self.vectors_ = self.encoder.encode(corpus.full_texts)
+        vecs = self._encode_docs(corpus)
+        kind, dims = parse_reduce(self.params.reduce)
+        if kind != "none" and len(vecs) and dims > vecs.shape[1]:
+            raise ParamError(f"dense.reduce: {self.params.reduce!r} asks for {dims} dimensions but {self.params.model} "
+                             f"embeddings have {vecs.shape[1]}; choose at most {vecs.shape[1]}", path="dense.reduce")
+        self.index_ = self._new_index().build(vecs)
+        self.slots_ = np.arange(len(corpus), dtype=np.int64)  # corpus row -> index slot
+
+    # ------------------------------------------------------------------ shared API
+    @property
+    def vectors_(self) -> np.ndarray:
+        """Float document vectors ``(n_docs, dim)`` in corpus row order.
+
+        The index's own floats when it keeps them (f32 exact, or the memory-mapped file of
+        ``rescore``); otherwise read back from the encoder's disk cache.
+        """
+        return self.document_vectors()
+
+    def document_vectors(self) -> np.ndarray:
+        """Float document vectors ``(n_docs, dim)`` (unit length), in corpus row order."""
+        self._check_fitted()
+        fv = self.index_.float_vectors()
+        if fv is not None:
+            if len(self.slots_) == len(fv) and (self.slots_ == np.arange(len(fv))).all():
+                return fv
+            return np.asarray(fv[self.slots_])
+        return self._encode_docs(self.corpus_)
 
     def query_vectors(self, state: State) -> np.ndarray:
         return query_vectors(state, self.encoder)
 
     def scores(self, q: np.ndarray) -> np.ndarray:
-        """Exact cosine scores, shape ``(n_q, n_docs)``."""
-        return q @ np.asarray(self.vectors_).T
+        """Exact cosine scores against the float document vectors, shape ``(n_q, n_docs)``."""
+        return np.asarray(q, dtype=np.float32) @ np.asarray(self.document_vectors()).T
+
+    # ------------------------------------------------------------------ search
+    def search_vectors(self, q: np.ndarray, k: int, mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` corpus rows for query vectors ``q`` (n_q, dim): ``(rows int64, scores float32)``.
+
+        ``mask`` (bool, ``(n_docs,)`` in corpus rows) restricts the search; ``-1`` / ``-inf`` pad
+        queries with fewer than ``k`` passing documents.
+        """
+        slot_mask = None
+        if mask is not None:
+            slot_mask = np.zeros(self.index_.n_slots, dtype=bool)
+            slot_mask[self.slots_[np.asarray(mask, dtype=bool)]] = True
+        slots, sc = self.index_.search(q, k, mask=slot_mask)
+        row_of_slot = np.full(self.index_.n_slots + 1, -1, dtype=np.int64)
+        row_of_slot[self.slots_] = np.arange(len(self.slots_))
+        return row_of_slot[slots], sc  # slot -1 -> last entry -> -1
 
     def _call(self, state: State) -> State:
         q = self.query_vectors(state)
-        s = self.scores(q)
-        mask = self.filter_mask(state)
-        if mask is not None:
-            s[:, ~mask] = -np.inf
-        rows, sc = topk_rows(s, self.k_for(state))
+        rows, sc = self.search_vectors(q, self.k_for(state), self.filter_mask(state))
         out = state.copy()
         out.rankings = rankings_from_matrix(rows, sc)
         return out
 
+    # ------------------------------------------------------------------ updates
+    def add(self, corpus: Corpus) -> "Dense":
+        """Index more documents (encoded, reduced and quantised with the fitted transforms; no rebuild)."""
+        self._check_fitted()
+        if not isinstance(corpus, Corpus):
+            raise TypeError(f"dense.add expects a ragkit Corpus, got {type(corpus).__name__}")
+        dup = set(corpus.ids.tolist()) & set(self.corpus_.ids.tolist())
+        if dup:
+            raise DataError(f"dense.add: {len(dup)} document ids are already indexed (e.g. {sorted(dup)[:3]}); "
+                            f"remove them first")
+        if not len(corpus):
+            return self
+        slots = self.index_.add(self._encode_docs(corpus))
+        self.corpus_ = self.corpus_.concat(corpus)
+        self.slots_ = np.concatenate([self.slots_, slots])
+        return self
+
+    def remove(self, ids: Any) -> "Dense":
+        """Remove documents by id (tombstoned in the index, dropped from the corpus; no rebuild)."""
+        self._check_fitted()
+        ids = [ids] if isinstance(ids, str) else list(ids)
+        try:
+            rows = self.corpus_.row_of(ids)
+        except (KeyError, DataError, ValueError) as e:
+            raise DataError(f"dense.remove: unknown document id(s): {e}") from None
+        rows = np.unique(np.asarray(rows, dtype=np.int64))
+        if not len(rows):
+            return self
+        self.index_.remove(self.slots_[rows])
+        keep = np.ones(len(self.corpus_), dtype=bool)
+        keep[rows] = False
+        self.corpus_ = self.corpus_.subset(np.flatnonzero(keep))
+        self.slots_ = self.slots_[keep]
+        return self
+
+    # ------------------------------------------------------------------ persistence
     def _save(self, folder: Path) -> None:
-        save_arrays(folder, vectors=self.vectors_)
+        self.index_.save(folder, prefix="index")
+        np.save(folder / "slots.npy", self.slots_, allow_pickle=False)
 
     def _load(self, folder: Path, mmap: bool = False) -> None:
-        self.vectors_ = load_array(folder, "vectors", mmap=mmap)
+        from ragkit.operator import load_array
+
+        self.index_ = VectorIndex.load(folder, prefix="index", mmap=mmap)
+        self.slots_ = np.array(load_array(folder, "slots"), dtype=np.int64)
+        if len(self.slots_) != len(self.corpus_) or len(self.slots_) != self.index_.n_alive:
+            from ragkit.errors import ArtifactError
+
+            raise ArtifactError(f"{folder}: slots.npy has {len(self.slots_)} rows, corpus has {len(self.corpus_)}, "
+                                f"index holds {self.index_.n_alive} live vectors")

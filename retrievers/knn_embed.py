@@ -42,6 +42,9 @@ class KnnEmbedParams(Params):
         None, ge=2, description="k-means clusters C; None = clamp(round(sqrt(N/2)), 4, 1024), at most N.")
     n_init: int = Field(3, ge=1, description="k-means restarts (scikit-learn n_init).")
     seed: int = Field(0, ge=0, description="k-means random seed.")
+    fit_threads: int | None = Field(
+        1, ge=1, description="Threads for k-means (OpenMP/BLAS); None = library default.  1 is ~10x faster than 2 on "
+                             "a shared, oversubscribed machine and gives bit-identical clusterings.")
     min_cluster_size: int = Field(
         5, ge=1, description="Clusters with fewer documents are never a mixture component (they still serve the anchor).")
     n_neighbors: int = Field(20, ge=1, description="m: pseudo-relevant top documents that vote for clusters.")
@@ -67,11 +70,13 @@ class KnnEmbedParams(Params):
     rocchio_lambda: float = Field(0.5, ge=0, description="Weight of the Rocchio shift (component_query='rocchio_filter').")
     merge: Literal["score", "interleave"] = Field(
         "score", description="score: union sorted by cosine; interleave: Sainte-Laguë order over the anchor and "
-                             "components (diversity in the first slots; scores then not monotone).")
-    search: Literal["auto", "masked", "partitioned"] = Field(
-        "auto", description="In-cluster search: masked = full score rows masked to the cluster; partitioned = "
-                            "per-cluster contiguous sub-matrices (sub-indexes); auto = partitioned (measured faster, "
-                            "bench/diversity.py).")
+                             "components (diversity in the first slots); its scores are then rank scores "
+                             "(k - i) / k and the cosine is in fields['cosine'].")
+    search: Literal["auto", "gather", "masked", "partitioned"] = Field(
+        "auto", description="In-cluster search: gather = the cluster's columns of the batch's exact score matrix; "
+                            "masked = full score rows masked to the cluster; partitioned = per-cluster contiguous "
+                            "sub-matrices (the analogue of per-cluster sub-indexes); auto = gather (measured fastest, "
+                            "bench/diversity.py; rocchio_filter always scores per cluster).")
 
     @model_validator(mode="after")
     def _check(self) -> "KnnEmbedParams":
@@ -190,13 +195,15 @@ class KnnEmbed(Operator):
 
     def _fit(self, corpus: Corpus, train: TrainSet | None, upstream: State | None) -> None:
         from sklearn.cluster import KMeans
+        from threadpoolctl import threadpool_limits
 
         vecs = np.ascontiguousarray(self.dense.encoder.encode(corpus.full_texts), dtype=np.float32)
         n = len(vecs)
         if n == 0:
             raise DataError("knn_embed.fit: the corpus is empty; expected at least one document")
         c = min(self.params.n_clusters or default_n_clusters(n), n)
-        km = KMeans(n_clusters=c, n_init=self.params.n_init, random_state=self.params.seed).fit(vecs)
+        with threadpool_limits(self.params.fit_threads):
+            km = KMeans(n_clusters=c, n_init=self.params.n_init, random_state=self.params.seed).fit(vecs)
         cent = km.cluster_centers_.astype(np.float32)
         cent /= np.maximum(np.linalg.norm(cent, axis=1, keepdims=True), 1e-12)
         self.vectors_ = vecs
@@ -345,8 +352,13 @@ class KnnEmbed(Operator):
         out_sc = np.take_along_axis(out_sc, order, axis=1)
         comp = np.take_along_axis(comp, order, axis=1)
         clus = labels[out_rows].astype(np.int32)
-        out.rankings = [Ranking(r, sc_, {"cluster": cl, "component": co})
-                        for r, sc_, cl, co in zip(out_rows, out_sc, clus, comp)]
+        if p.merge == "score":
+            out.rankings = [Ranking(r, sc_, {"cluster": cl, "component": co})
+                            for r, sc_, cl, co in zip(out_rows, out_sc, clus, comp)]
+        else:  # list order is the product: rank scores (k - i) / k, the cosine kept as a field
+            rank_sc = ((k - np.arange(k)) / k).astype(np.float32)
+            out.rankings = [Ranking(r, rank_sc.copy(), {"cluster": cl, "component": co, "cosine": sc_})
+                            for r, sc_, cl, co in zip(out_rows, out_sc, clus, comp)]
         return out
 
     def _mixture_search(self, q, s, top_rows, clusters, weights, k, k_a, k_r, labels):
@@ -363,7 +375,7 @@ class KnnEmbed(Operator):
         np.put_along_axis(taken, top_rows[:, :k_a], True, axis=1)
         offs = k_a + np.concatenate([np.zeros((n_q, 1), np.int64), np.cumsum(quota, axis=1)[:, :-1]], axis=1)
         got = np.zeros((n_q, mm), np.int64)
-        method = "partitioned" if p.search == "auto" else p.search
+        method = "gather" if p.search == "auto" else p.search
         rocchio = p.component_query == "rocchio_filter"
         pq, pj = np.nonzero(active & (quota > 0))
         pc = clusters[pq, pj]
@@ -378,7 +390,12 @@ class KnnEmbed(Operator):
             members = self._members[c]
             if rocchio:
                 qc = self._rocchio(q[qi], top_rows[qi, :min(p.n_neighbors, n)], c, labels, v)
-            if method == "partitioned":
+            if method == "gather" and not rocchio:  # the exact path: reuse the batch's score matrix
+                sub = s[np.ix_(qi, members)]
+                sub[taken[np.ix_(qi, members)]] = -np.inf
+                r, sc = topk_rows(sub, int(need.max()))
+                r = members[r]
+            elif method in ("partitioned", "gather"):
                 sub = (qc if rocchio else q[qi]) @ self._part(c).T
                 sub[taken[qi][:, members]] = -np.inf
                 r, sc = topk_rows(sub, int(need.max()))

@@ -68,7 +68,7 @@ class TokenOperatorMixin:
 
     def query_tokens(self, state: State) -> TokenVectors:
         """``TokenVectors`` of the batch's queries (the rewritten ``query_text`` where present)."""
-        texts = state.values.get("query_text") or state.queries
+        texts = state.texts()
         return self.token_encoder.encode_queries([str(t) for t in texts])
 
     def rerank_query(self, q: TokenVectors) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:

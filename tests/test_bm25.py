@@ -202,3 +202,10 @@ def test_bench_quick():
                          capture_output=True, text=True, timeout=300, cwd=REPO)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "ragkit okapi vs rank-bm25 identical 100.0%" in out.stdout
+
+
+def test_okapi_idf_vanishes_at_half_the_documents():
+    """Why ``lucene`` is the default: rank-bm25's idf is 0 for a term in half the documents."""
+    corpus = Corpus.from_texts(["red apples", "green pears"])
+    assert BM25(variant="okapi", stemmer="none").fit(corpus).score_matrix(["red"]).max() == 0.0
+    assert BM25(stemmer="none").fit(corpus).search("red").doc_ids[0][0] == "0"

@@ -170,6 +170,14 @@ def test_missing_queries_count_as_zero_and_identical_ids_are_ignored():
     assert set(evaluate({**RUN_HAND, "qx": {"d1": 1.0}}, QRELS_HAND, ["p@1"]).per_query["p@1"]) == {"q1", "q2"}
 
 
+def test_ties_follow_trec_eval_order():
+    """trec_eval breaks score ties by document id, descending; MRR@k cuts in that same order."""
+    run, qrels = {"q": {"d1": 1.0, "d2": 1.0, "d3": 0.5}}, {"q": {"d1": 1}}
+    res = evaluate(run, qrels, ["mrr@1", "mrr@2", "mrr@10", "p@1"])
+    assert res["mrr@10"] == pytest.approx(0.5) and res["mrr@2"] == pytest.approx(0.5)
+    assert res["mrr@1"] == 0.0 and res["p@1"] == 0.0  # d2 ranks first
+
+
 def test_evaluate_accepts_a_run_object():
     run = Run.from_dict(RUN_HAND)
     assert evaluate(run, QRELS_HAND, ["ndcg@3"])["ndcg@3"] == pytest.approx(evaluate(RUN_HAND, QRELS_HAND, ["ndcg@3"])["ndcg@3"])

@@ -343,9 +343,38 @@ def test_import_ragkit_does_not_import_langchain():
     assert out.stdout.strip() == "[]"
 
 
+def _example_module():
+    spec = importlib.util.spec_from_file_location("example_langchain_app", REPO / "examples" / "langchain_app.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_example_chain_uses_retriever_context(bm25_retriever, queries):
+    """The example's LCEL chain feeds the retriever's documents into the prompt (echo 'LLM')."""
+    from langchain_core.runnables import RunnableLambda
+
+    ex = _example_module()
+    chain = ex.make_chain(bm25_retriever, RunnableLambda(lambda prompt: prompt.to_messages()[0].content + "||"
+                                                         + prompt.to_messages()[1].content))
+    out = chain.invoke(queries[0])
+    top = bm25_retriever.invoke(queries[0])
+    assert out.endswith("||" + queries[0])
+    assert all(f"({d.id};" in out for d in top) and "[1]" in out
+    assert ex.build() == __import__("ragkit").Pipeline.from_yaml(REPO / "examples" / "langchain_app.yaml")
+
+
 @pytest.mark.slow
 def test_example_app_runs():
-    out = subprocess.run([sys.executable, str(REPO / "examples" / "langchain_app.py"), "--n-docs", "300"],
+    out = subprocess.run([sys.executable, str(REPO / "examples" / "langchain_app.py"), "--limit", "6"],
                          capture_output=True, text=True, timeout=300, cwd=REPO)
     assert out.returncode == 0, out.stderr[-3000:]
-    assert "ANSWER" in out.stdout and "SOURCES" in out.stdout
+    assert out.stdout.count("ANSWER: (fake LLM)") == 2 and "SOURCES: " in out.stdout
+    assert "langchain_app: 6 queries" in out.stdout and "nDCG@10" in out.stdout
+
+
+def test_bench_quick_runs():
+    out = subprocess.run([sys.executable, str(REPO / "bench" / "langchain.py"), "--quick"],
+                         capture_output=True, text=True, timeout=180, cwd=REPO)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "overhead" in out.stdout and " True " in out.stdout

@@ -413,3 +413,15 @@ def test_validate_file(tmp_path):
     bad.write_text("pipeline: [{bm25: {k: 5}]")
     with pytest.raises(ConfigError, match=r"bad\.yaml: line 1"):
         validate_file(bad)
+
+
+def test_pipeline_overhead_bench_quick(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    bench = Path(__file__).resolve().parents[1] / "bench" / "pipeline_overhead.py"
+    res = subprocess.run([sys.executable, str(bench), "--quick", "--queries", "100", "--out", str(tmp_path / "o.json")],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert "pipeline overhead" in res.stdout and (tmp_path / "o.json").is_file()

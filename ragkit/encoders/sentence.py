@@ -183,7 +183,7 @@ def query_vectors(state: Any, encoder: Encoder, transform: Callable[[np.ndarray]
     """The batch's query vectors for ``encoder``, computed once per state and shared via ``state.vectors``."""
     vecs = state.vectors.get(encoder.key)
     if vecs is None:
-        texts = state.values.get("query_text") or state.queries
+        texts = state.texts()
         vecs = encoder.encode_queries(texts) if len(texts) else np.zeros((0, encoder.dim), np.float32)
         state.vectors[encoder.key] = vecs
     return vecs if transform is None else transform(vecs)

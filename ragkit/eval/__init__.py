@@ -9,3 +9,4 @@ __all__ = [
 ]
 from ragkit.eval.hubness import HubnessReport, hubness, k_occurrence  # noqa: E402
 from ragkit.eval.filtering import FilterReport, expected_calibration_error, filter_report, pr_curve  # noqa: E402
+from ragkit.eval.diversity import alpha_ndcg, cluster_entropy, distinct_clusters, intra_list_diversity, near_duplicate_rate, subtopic_recall  # noqa: E402,F401

@@ -98,7 +98,7 @@ def evaluate(
     res = evaluator.evaluate(d_full)
     for name, fam, k in parsed:
         if fam == "mrr":  # MRR@k: reciprocal rank within the top k (BEIR's evaluate_custom)
-            cut = {q: dict(sorted(docs.items(), key=lambda kv: (-kv[1], kv[0]))[:k]) for q, docs in d_full.items()}
+            cut = {q: dict(_trec_order(docs)[:k]) for q, docs in d_full.items()}
             rr = pytrec_eval.RelevanceEvaluator(judged, {"recip_rank"}).evaluate(cut)
             per_query[name] = {q: float(v["recip_rank"]) for q, v in rr.items()}
         else:
@@ -106,6 +106,11 @@ def evaluate(
             per_query[name] = {q: float(v[key]) for q, v in res.items()}
     scores = {name: float(np.mean(list(v.values()))) if v else 0.0 for name, v in per_query.items()}
     return EvalResult(scores=scores, per_query=per_query)
+
+
+def _trec_order(docs: Mapping[str, float]) -> list[tuple[str, float]]:
+    """trec_eval's ranking of a run: score descending, ties by document id descending."""
+    return sorted(sorted(docs.items(), reverse=True), key=lambda kv: -kv[1])
 
 
 def paired_randomization_test(a: Mapping[str, float], b: Mapping[str, float], *, n_resamples: int = 10000,

@@ -54,6 +54,8 @@ Selector = Literal["fixed", "cacheblend", "cachecraft", "boundary", "random"]
 MODES: tuple[str, ...] = ("full", "prefix", "naive", "cachecraft")
 SELECTORS: tuple[str, ...] = ("fixed", "cacheblend", "cachecraft", "boundary", "random")
 
+_LOADED: dict[tuple[str, str | None], tuple[object, torch.nn.Module]] = {}
+
 DEFAULT_SYSTEM = (
     "You are a helpful assistant. Answer the question using the documents below. "
     "Be concise."
@@ -131,7 +133,7 @@ class Prefill:
     keys: list[torch.Tensor]  # per layer (1, n_kv, T, d)
     values: list[torch.Tensor]
     n_prompt: int
-    n_computed: int
+    n_computed: float
     seconds: float
     mode: str
     chunk_fraction: list[float] = field(default_factory=list)  # recomputed share per chunk
@@ -179,6 +181,13 @@ class LocalGenerator:
         proportion to their estimated need instead.
     full_threshold : float, default=0.8
         A chunk whose recompute share reaches this is recomputed entirely.
+    check_layer : int, default=1
+        Layer whose value deviation ranks tokens (CacheBlend's check layer; layers
+        ``0..check_layer`` run on every candidate token of the chunks being fixed).
+    token_select : {"deviation", "stored"}, default="deviation"
+        Which tokens the ``cachecraft`` selector recomputes inside each chunk's budget: the
+        largest layer-``check_layer`` value deviation, or the largest stored outside-attention
+        score of the variant (Cache-Craft Eq. 14, no check-layer pass).
 
     Examples
     --------
@@ -191,7 +200,7 @@ class LocalGenerator:
                  chunk_cache: ChunkKVCache | None = None, cache_budget_bytes: int | None = None,
                  storage_dtype: Literal["float32", "float16"] = "float32", disk_dir: str | None = None,
                  max_variants: int = 3, alpha: float | None = None, full_threshold: float = 0.8,
-                 check_layer: int = 1, seed: int = 0, num_threads: int | None = None) -> None:
+                 check_layer: int = 1, token_select: Literal["stored", "deviation"] = "deviation", seed: int = 0, num_threads: int | None = None) -> None:
         self.model_name = model
         self.gguf_file = gguf_file
         self.system_prompt = system_prompt
@@ -204,6 +213,7 @@ class LocalGenerator:
         self.alpha = alpha
         self.full_threshold = full_threshold
         self.check_layer = check_layer
+        self.token_select = token_select
         self.seed = seed
         self.num_threads = num_threads
         self.model_ = None
@@ -223,8 +233,11 @@ class LocalGenerator:
         if name is None:
             name, gguf = default_gguf()
         kw = {"gguf_file": gguf} if gguf else {}
-        self.tokenizer_ = AutoTokenizer.from_pretrained(name, **kw)
-        self.model_ = AutoModelForCausalLM.from_pretrained(name, dtype=torch.float32, **kw).eval()
+        if (name, gguf) not in _LOADED:  # one copy per process; the weights are never modified
+            _LOADED[(name, gguf)] = (
+                AutoTokenizer.from_pretrained(name, **kw),
+                AutoModelForCausalLM.from_pretrained(name, dtype=torch.float32, **kw).eval())
+        self.tokenizer_, self.model_ = _LOADED[(name, gguf)]
         cfg = self.model_.config
         ident = {k: getattr(cfg, k, None) for k in (
             "model_type", "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "head_dim",
@@ -307,15 +320,16 @@ class LocalGenerator:
     @torch.no_grad()
     def _pass(self, ids: torch.Tensor, pos: torch.Tensor, keys: list[torch.Tensor], values: list[torch.Tensor],
               seg_of: torch.Tensor | None = None, n_seg: int = 0,
-              blend: tuple[torch.Tensor, int] | None = None) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+              blend: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """Run the decoder layers on tokens ``ids`` at absolute positions ``pos``.
 
         ``keys``/``values`` are full-length per-layer rows (updated in place).  ``seg_of``
         (segment id per key position; -1 = ignored, e.g. the sink) turns on attention capture:
         returns per layer the attention mass (mean over heads) of each query on each
-        segment, shape ``(L, |R|, n_seg)``.  ``blend = (candidate mask over R, n_keep)`` runs
-        the CacheBlend check: after layer ``check_layer`` only the ``n_keep`` candidates of
-        largest value deviation (plus the non-candidates) continue.
+        segment, shape ``(L, |R|, n_seg)``.  ``blend = (candidate mask over R, group id per
+        candidate, tokens to keep per group)`` runs the CacheBlend check: after layer
+        ``check_layer`` only the candidates of largest layer-``check_layer`` value deviation
+        (``n_keep[g]`` per group ``g``) and the non-candidates continue.
         Returns ``(last logits, capture or None, kept positions)``.
         """
         m = self.model_.model
@@ -341,11 +355,20 @@ class LocalGenerator:
         try:
             for li, layer in enumerate(m.layers):
                 if blend is not None and li == self.check_layer:
-                    cand, n_keep = blend
+                    cand, group, n_keep = blend
                     old_v = values[li][:, :, pos[cand]].clone()
                 h = layer(h, attention_mask=mask, position_ids=p, past_key_values=scatter, position_embeddings=(cos, sin))
                 if blend is not None and li == self.check_layer:
                     dev = ((values[li][:, :, pos[cand]] - old_v) ** 2).sum(dim=(0, 1, 3))
+                    cidx = cand.nonzero()[:, 0]
+                    # rank of each candidate inside its group by descending deviation
+                    order = torch.argsort(dev, descending=True, stable=True)
+                    order = order[torch.argsort(group[order], stable=True)]
+                    g_sorted = group[order]
+                    first = torch.searchsorted(g_sorted, g_sorted, right=False)
+                    rank = torch.empty_like(order)
+                    rank[order] = torch.arange(len(order)) - first
+                    drop = cidx[rank >= n_keep[group]]
                     keep = torch.ones(len(pos), dtype=torch.bool)
                     cidx = cand.nonzero()[:, 0]
                     drop = cidx[torch.argsort(dev, descending=True)[n_keep:]]
@@ -548,7 +571,9 @@ class LocalGenerator:
                 budget = np.where(cand, np.ceil(fraction * np.asarray(lens)), 0).astype(np.int64)
             for i in np.nonzero(cand & (budget > 0))[0]:
                 b = int(min(budget[i], lens[i]))
-                if selector in ("fixed", "cachecraft"):
+                if selector == "cachecraft" and self.token_select == "deviation":
+                    sel_rel[i] = np.arange(lens[i])  # chosen at the check layer, budget per chunk
+                elif selector in ("fixed", "cachecraft"):
                     sc = chosen[i].token_scores
                     sel_rel[i] = np.sort(np.argsort(-sc, kind="stable")[:b]) if b < lens[i] else np.arange(lens[i])
                 elif selector == "boundary":
@@ -560,11 +585,19 @@ class LocalGenerator:
         pos_chunks = [starts[i] + sel_rel[i] for i in range(n)]
         pos = torch.from_numpy(np.concatenate(pos_chunks + [np.arange(seg.question_start, T)]).astype(np.int64))
         ids_all = torch.from_numpy(seg.ids())
-        if selector == "cacheblend" and fraction > 0 and cand.any():
+        use_dev = selector == "cacheblend" or (selector == "cachecraft" and self.token_select == "deviation")
+        dev_chunks = [i for i in np.nonzero(cand & (budget > 0))[0] if budget[i] < lens[i]]
+        if use_dev and fraction > 0 and dev_chunks:
             cmask = torch.zeros(len(pos), dtype=torch.bool)
-            cpos = np.concatenate([starts[i] + np.arange(lens[i]) for i in np.nonzero(cand)[0]])
+            cpos = np.concatenate([starts[i] + np.arange(lens[i]) for i in dev_chunks])
             cmask[torch.from_numpy(np.isin(pos.numpy(), cpos))] = True
-            blend = (cmask, int(budget.sum()))
+            if selector == "cacheblend":  # one global budget, as in CacheBlend's code
+                group = torch.zeros(int(cmask.sum()), dtype=torch.long)
+                n_keep = torch.tensor([int(budget[dev_chunks].sum())])
+            else:  # Cache-Craft: the budget is set per chunk
+                group = torch.from_numpy(np.concatenate([np.full(lens[i], j) for j, i in enumerate(dev_chunks)]))
+                n_keep = torch.from_numpy(budget[dev_chunks].astype(np.int64))
+            blend = (cmask, group, n_keep)
         to_capture = [i for i in range(n) if missing[i]]
         if to_capture:
             with self._attn("eager"):
@@ -582,7 +615,10 @@ class LocalGenerator:
                 cache.touch(chosen[i], k_i / max(lens[i], 1))
                 cache.stats.reused_tokens += lens[i] - k_i
             cache.stats.recomputed_tokens += k_i
-        n_comp = len(kept_np) + (int(blend[0].sum()) * (self.check_layer + 1) // L if blend else 0)
+        # layer-token work in units of whole tokens: candidates dropped at the check layer ran
+        # check_layer + 1 of the L layers
+        dropped = len(pos) - len(kept_np)
+        n_comp = len(kept_np) + dropped * (self.check_layer + 1) / L
         return Prefill(logits, keys, values, T, n_comp, 0.0, mode, frac, hits, misses)
 
     # ------------------------------------------------------------------ decoding

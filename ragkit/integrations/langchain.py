@@ -154,10 +154,19 @@ class RagkitRetriever(BaseRetriever):
     model_config = ConfigDict(arbitrary_types_allowed=True)
 
     pipeline: Any = Field(description="ragkit pipeline/operator, YAML file or saved pipeline folder.")
+    """The ragkit pipeline (after construction: always a fitted operator)."""
+
     corpus: Any = Field(default=None, exclude=True, repr=False, description="Documents to fit the pipeline on.")
+    """Documents to fit ``pipeline`` on (Corpus, LangChain Documents, strings or records); dropped after fitting."""
+
     train: Any = Field(default=None, exclude=True, repr=False, description="TrainSet for learned operators.")
+    """Judged training queries passed to ``fit`` with ``corpus``."""
+
     k: int = Field(default=4, ge=1, description="Documents per query.")
+    """Documents returned per query; ``invoke(q, k=...)`` overrides it."""
+
     search_kwargs: dict[str, Any] = Field(default_factory=dict, description="Default pipeline.search options.")
+    """Default search options (``filter``, ``{operator: {param: value}}``); per-call kwargs win."""
 
     _corpus: Corpus = PrivateAttr()
     _producers: list[str] = PrivateAttr(default_factory=list)
@@ -277,13 +286,19 @@ class RagkitRetriever(BaseRetriever):
         k = kwargs.pop("k", None)
         options = self._options(kwargs)
         ls = self._get_ls_params()
-        managers = []
-        for q, cfg in zip(inputs, configs):
-            cm = CallbackManager.configure(
+
+        def configure(cfg: RunnableConfig) -> CallbackManager:
+            return CallbackManager.configure(
                 cfg.get("callbacks"), None, verbose=bool(kwargs.get("verbose", False)),
                 inheritable_tags=cfg.get("tags"), local_tags=self.tags,
                 inheritable_metadata={**(cfg.get("metadata") or {}), **ls}, local_metadata=self.metadata,
             )
+
+        # one config for the whole batch (the common case): configure its callback manager once
+        shared = configure(configs[0]) if not isinstance(config, Sequence) else None
+        managers = []
+        for q, cfg in zip(inputs, configs):
+            cm = shared if shared is not None else configure(cfg)
             managers.append(cm.on_retriever_start(None, q, name=cfg.get("run_name") or self.get_name(),
                                                   run_id=cfg.pop("run_id", None)))
         try:

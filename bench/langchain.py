@@ -1,0 +1,155 @@
+"""RagkitRetriever.batch vs the ragkit pipeline called directly, on SciFact test queries.
+
+Measures, in one run and interleaved (direct, wrapper, direct, wrapper, ...):
+
+* ``direct``   — ``pipeline.search(queries, k=K)`` (returns a ragkit ``Run``);
+* ``wrapper``  — ``RagkitRetriever(pipeline, k=K).batch(queries)`` (one pipeline call, then
+  LangChain ``Document``s with metadata, and one callback run per query);
+* ``lc-default`` (peer) — LangChain's stock ``Runnable.batch`` on the same retriever:
+  one ``invoke`` per query on a thread pool, i.e. what a retriever gets without the
+  batched override (fewer repeats: it is slow).
+
+It checks that the wrapper's documents (ids and scores, in order) equal the direct run's,
+and reports the wrapper's overhead ``median(wrapper) / median(direct) - 1`` (target < 5%).
+Pipelines: ``hybrid`` (BM25 + MiniLM dense + RRF; the realistic case, dominated by query
+encoding) and ``bm25`` (a pipeline so fast that the per-document conversion shows).
+Document vectors come from ragkit's embedding cache; query vectors are computed in every run.
+
+    python bench/langchain.py [--queries 300] [--k 10] [--repeats 5] [--pipelines hybrid,bm25] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "beir" / "scifact"
+OUT = Path(__file__).resolve().parent / "out"
+
+
+def build(name: str):
+    from ragkit.pipelines import RRF, Parallel, Pipeline
+    from ragkit.retrievers import BM25, Dense
+
+    if name == "hybrid":
+        return Pipeline([Parallel([BM25(k=100), Dense(k=100)], fuse=RRF(k=60))])
+    if name == "bm25":
+        return Pipeline([BM25(k=100)])
+    raise SystemExit(f"--pipelines: unknown pipeline {name!r}; choose hybrid, bm25")
+
+
+def same(run, docs) -> bool:
+    """The wrapper's documents equal the direct run: same ids in order, same scores."""
+    if len(run.doc_ids) != len(docs):
+        return False
+    for ids, scores, ds in zip(run.doc_ids, run.scores, docs):
+        if [d.id for d in ds] != ids.tolist():
+            return False
+        if not np.array_equal(np.asarray([d.metadata["score"] for d in ds], np.float32), scores):
+            return False
+    return True
+
+
+def timed(fn):
+    t0 = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - t0, out
+
+
+def bench_one(name: str, corpus, texts: list[str], k: int, repeats: int, peer_repeats: int) -> dict:
+    from langchain_core.runnables import Runnable
+
+    from ragkit.integrations.langchain import RagkitRetriever
+
+    pipe = build(name)
+    t_fit, _ = timed(lambda: pipe.fit(corpus))
+    retriever = RagkitRetriever(pipeline=pipe, k=k)
+    # warm-up (loads the model, touches every code path), and the equality check
+    run = pipe.search(texts, k=k)
+    docs = retriever.batch(texts)
+    equal = same(run, docs)
+    direct, wrapper = [], []
+    for r in range(repeats):  # interleaved, alternating which goes first, so load noise hits both
+        order = [("d", lambda: pipe.search(texts, k=k)), ("w", lambda: retriever.batch(texts))]
+        for tag, fn in (order if r % 2 == 0 else order[::-1]):
+            dt, out = timed(fn)
+            (direct if tag == "d" else wrapper).append(dt)
+            if tag == "w":
+                equal = equal and same(run, out)
+    peer = []
+    for _ in range(peer_repeats):
+        dt, out = timed(lambda: Runnable.batch(retriever, texts))
+        peer.append(dt)
+        equal_peer = same(run, out)
+    md, mw = statistics.median(direct), statistics.median(wrapper)
+    res = {
+        "pipeline": name, "queries": len(texts), "k": k, "docs": len(corpus), "fit_s": round(t_fit, 3),
+        "equal": bool(equal), "direct_s": direct, "wrapper_s": wrapper, "lc_default_s": peer,
+        "direct_median_s": md, "wrapper_median_s": mw, "overhead_pct": 100.0 * (mw / md - 1.0),
+        "overhead_min_pct": 100.0 * (min(wrapper) / min(direct) - 1.0),
+    }
+    if peer:
+        res["lc_default_median_s"] = statistics.median(peer)
+        res["lc_default_vs_wrapper"] = statistics.median(peer) / mw
+        res["lc_default_equal"] = bool(equal_peer)
+    return res
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", type=Path, default=DEFAULT_DATA, help="BEIR folder (default: SciFact).")
+    ap.add_argument("--queries", type=int, default=300, help="Test queries (SciFact has 300).")
+    ap.add_argument("--k", type=int, default=10, help="Documents per query.")
+    ap.add_argument("--repeats", type=int, default=5, help="Timed repeats of direct and wrapper each.")
+    ap.add_argument("--peer-repeats", type=int, default=1, help="Repeats of LangChain's default batch (0: skip).")
+    ap.add_argument("--pipelines", default="hybrid,bm25", help="Comma-separated: hybrid, bm25.")
+    ap.add_argument("--quick", action="store_true", help="Smoke run: 1,000 docs, 30 queries, 2 repeats, bm25 only.")
+    args = ap.parse_args()
+
+    from ragkit import load_beir
+
+    ds = load_beir(args.data)
+    corpus, queries = ds.corpus, ds.queries("test")
+    names = args.pipelines.split(",")
+    if args.quick:
+        corpus = corpus.subset(np.arange(min(1000, len(corpus))))
+        args.queries, args.repeats, args.peer_repeats, names = 30, 2, 1, ["bm25"]
+    texts = list(queries.texts[: args.queries])
+
+    results = [bench_one(n, corpus, texts, args.k, args.repeats, args.peer_repeats) for n in names]
+
+    print(f"\nRagkitRetriever.batch vs pipeline.search — {len(texts)} SciFact test queries, {len(corpus)} docs, "
+          f"k={args.k}, median of {args.repeats} (interleaved)")
+    head = f"{'pipeline':<8} {'direct s':>9} {'wrapper s':>10} {'overhead':>9} {'(min-min)':>10} {'equal':>6} " \
+           f"{'lc-default s':>13} {'lc-default/wrapper':>19}"
+    print(head)
+    print("-" * len(head))
+    for r in results:
+        peer = f"{r['lc_default_median_s']:>13.3f} {r['lc_default_vs_wrapper']:>18.2f}x" if "lc_default_median_s" in r \
+            else f"{'-':>13} {'-':>19}"
+        print(f"{r['pipeline']:<8} {r['direct_median_s']:>9.3f} {r['wrapper_median_s']:>10.3f} "
+              f"{r['overhead_pct']:>8.1f}% {r['overhead_min_pct']:>9.1f}% {str(r['equal']):>6} {peer}")
+    OUT.mkdir(parents=True, exist_ok=True)
+    path = OUT / ("langchain_quick.json" if args.quick else "langchain.json")
+    path.write_text(json.dumps({
+        "command": " ".join([Path(sys.executable).name, *sys.argv]), "machine": platform.platform(),
+        "cpus": os.cpu_count(), "results": results,
+    }, indent=2))
+    print(f"wrote {path}")
+    if not all(r["equal"] for r in results):
+        raise SystemExit("wrapper results differ from the pipeline's")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,267 @@
+"""MUVERA benchmark: FDE candidates + exact MaxSim rerank against brute-force MaxSim on SciFact.
+
+Usage::
+
+    python bench/muvera.py                  # full SciFact (5,183 docs, 300 test queries)
+    python bench/muvera.py --quick          # 600-doc slice, 40 queries (smoke run)
+    python bench/muvera.py --configs 5x16x20,4x16x10 --candidates 50,100,200,500
+
+A config ``KxPxR`` is ``k_sim x d_proj x r_reps`` (FDE size ``R * 2**K * P``).  Measured in one
+run, on the same L2-normalised all-MiniLM-L6-v2 token vectors (special tokens kept, padding
+dropped, 256 max):
+
+* brute-force exact MaxSim over the whole corpus (``chamfer_scores``): latency and ranking;
+* per FDE config: document-FDE build time, correlation of FDE inner product with exact
+  Chamfer (Pearson over all query-document pairs, and mean per-query Spearman), and per
+  ``candidates``: top-10 agreement with exact (mean |top10 ∩ exact top10| / 10), Chamfer
+  recall (exact top-10 found among the candidates), nDCG@10, latency per query of FDE
+  search + batched exact rerank, and the speed-up over brute force;
+* nDCG@10 of exact MaxSim, MUVERA+rerank, single-vector MiniLM (``dense``), BM25, and
+  MUVERA fused with BM25 (RRF via ``ragkit.pipelines``);
+* memory per document of token vectors and FDEs (f32, f16, int8).
+
+Query encoding (the transformer forward) is the same for both and reported separately.
+Writes ``bench/out/muvera.json`` and ``bench/out/muvera.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+OUT = REPO / "bench" / "out"
+SCIFACT = REPO.parent / "shared" / "data" / "beir" / "scifact"
+
+
+def _data(quick: bool, n_docs: int, n_queries: int):
+    from ragkit import load_beir
+
+    ds = load_beir(SCIFACT)
+    queries, qrels = ds.queries("test"), ds.qrels("test")
+    corpus = ds.corpus
+    if quick:
+        queries = queries[:n_queries]
+        rel = {d for q in queries.ids for d in qrels.get(q, {})}
+        rows = sorted(set(range(n_docs)) | set(corpus.row_of(rel, missing="drop").tolist()))
+        corpus = corpus.subset(np.array(rows))
+    qrels = {q: qrels[q] for q in queries.ids if q in qrels}
+    return corpus, queries, qrels
+
+
+def _ndcg(rows: np.ndarray, scores: np.ndarray, queries, corpus, qrels) -> float:
+    from ragkit.eval import evaluate
+    from ragkit.run import Run
+    from ragkit.types import Ranking
+
+    rankings = [Ranking(r[r >= 0], s[r >= 0]) for r, s in zip(rows, scores)]
+    return float(evaluate(Run.from_rankings(queries.ids, rankings, corpus.ids), qrels, ["ndcg@10"]).scores["ndcg@10"])
+
+
+def _agreement(a: np.ndarray, b: np.ndarray) -> float:
+    """Mean |a_i ∩ b_i| / |b_i| over rows (b = exact top-k)."""
+    hits = (a[:, :, None] == b[:, None, :]).any(1).sum(1)
+    return float(np.mean(hits / b.shape[1]))
+
+
+def _spearman_rows(x: np.ndarray, y: np.ndarray) -> float:
+    rx = np.argsort(np.argsort(x, 1), 1).astype(np.float64)
+    ry = np.argsort(np.argsort(y, 1), 1).astype(np.float64)
+    rx -= rx.mean(1, keepdims=True)
+    ry -= ry.mean(1, keepdims=True)
+    return float(np.mean((rx * ry).sum(1) / np.sqrt((rx**2).sum(1) * (ry**2).sum(1))))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="600-doc slice, 40 queries, two small configs")
+    ap.add_argument("--configs", default=None, help="comma list of k_sim x d_proj x r_reps, e.g. 5x16x20")
+    ap.add_argument("--candidates", default="50,100,200,500")
+    ap.add_argument("--main", default="5x16x20", help="config used for fusion and the operator run")
+    ap.add_argument("--main-candidates", type=int, default=200)
+    ap.add_argument("--tau", default="0.9,0.8", help="ball-carving thresholds tried on the main config")
+    ap.add_argument("--seed", type=int, default=42)
+    args = ap.parse_args()
+    configs = args.configs or ("4x16x10,5x16x20" if args.quick else "4x16x10,5x16x10,5x16x20,5x32x20")
+    cands = [int(c) for c in args.candidates.split(",")]
+
+    from ragkit.encoders.tokens import get_token_encoder
+    from ragkit.operator import topk_rows
+    from ragkit.retrievers.fde import FDEConfig, ball_carve, chamfer_pairs, chamfer_scores, fde_documents, fde_queries
+
+    corpus, queries, qrels = _data(args.quick, 600, 40)
+    nq = len(queries)
+    enc = get_token_encoder()
+    t0 = time.perf_counter()
+    docs = enc.encode(corpus.full_texts)
+    t_doc_enc = time.perf_counter() - t0
+    enc.encode_queries(queries.texts[:2])  # warm the model
+    enc._memo.clear()
+    t0 = time.perf_counter()
+    qt = enc.encode_queries(queries.texts)
+    t_q_enc = time.perf_counter() - t0
+    qd = np.asarray(qt.data, np.float32)
+    print(f"corpus {len(corpus)} docs, {docs.n_tokens} tokens (mean {docs.n_tokens / len(corpus):.1f}/doc); "
+          f"{nq} queries, {qt.n_tokens} tokens; doc tokens {t_doc_enc:.1f}s (cache), query encode "
+          f"{1000 * t_q_enc / nq:.1f} ms/query", flush=True)
+
+    # ---------------------------------------------------------------- brute force
+    t0 = time.perf_counter()
+    exact = chamfer_scores(qd, qt.offsets, docs.data, docs.offsets)
+    t_brute = time.perf_counter() - t0
+    ex_rows, ex_sc = topk_rows(exact, 10)
+    ndcg_exact = _ndcg(ex_rows, ex_sc, queries, corpus, qrels)
+    brute_ms = 1000 * t_brute / nq
+    print(f"brute-force MaxSim: {t_brute:.1f}s ({brute_ms:.1f} ms/query), nDCG@10 {ndcg_exact:.4f}", flush=True)
+
+    results: dict = {"corpus_docs": len(corpus), "queries": nq, "doc_tokens": docs.n_tokens,
+                     "query_tokens": qt.n_tokens, "query_encode_ms": 1000 * t_q_enc / nq,
+                     "brute_force": {"seconds": t_brute, "ms_per_query": brute_ms, "ndcg@10": ndcg_exact},
+                     "configs": [], "quick": args.quick}
+    print(f"\n{'config':>9} {'dim':>6} {'build s':>7} {'pearson':>7} {'spearman':>8} {'cand':>5} {'agree@10':>8} "
+          f"{'ch.rec':>6} {'nDCG@10':>7} {'ms/q':>7} {'speedup':>7}")
+    main_state = None
+    for spec in configs.split(","):
+        k_sim, d_proj, r_reps = (int(v) for v in spec.split("x"))
+        cfg = FDEConfig(k_sim=k_sim, d_proj=d_proj, r_reps=r_reps, seed=args.seed)
+        t0 = time.perf_counter()
+        dfde = fde_documents(docs.data, docs.offsets, cfg)
+        t_build = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        qfde = fde_queries(qd, qt.offsets, cfg)
+        t_qfde = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        ip = qfde @ dfde.T
+        t_ip = time.perf_counter() - t0
+        pearson = float(np.corrcoef(ip.ravel(), exact.ravel())[0, 1])
+        spearman = _spearman_rows(ip, exact)
+        entry = {"config": spec, "k_sim": k_sim, "d_proj": d_proj, "r_reps": r_reps, "dim": dfde.shape[1],
+                 "build_s": t_build, "pearson": pearson, "spearman_per_query": spearman, "by_candidates": []}
+        for c in cands:
+            t0 = time.perf_counter()
+            rows, _ = topk_rows(ip, c)
+            t_top = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            sc = chamfer_pairs(qd, qt.offsets, docs.data, docs.offsets, rows)
+            order = np.lexsort((rows, -sc), axis=1)
+            rr, rs = np.take_along_axis(rows, order, 1), np.take_along_axis(sc, order, 1)
+            t_rr = time.perf_counter() - t0
+            ms = 1000 * (t_qfde + t_ip + t_top + t_rr) / nq
+            row = {"candidates": c, "agreement@10": _agreement(rr[:, :10], ex_rows),
+                   "chamfer_recall@10": _agreement(rows, ex_rows), "ndcg@10": _ndcg(rr[:, :10], rs[:, :10], queries,
+                                                                                     corpus, qrels),
+                   "ms_per_query": ms, "rerank_ms_per_query": 1000 * t_rr / nq, "speedup_vs_brute": brute_ms / ms}
+            entry["by_candidates"].append(row)
+            print(f"{spec:>9} {dfde.shape[1]:>6} {t_build:>7.1f} {pearson:>7.3f} {spearman:>8.3f} {c:>5} "
+                  f"{row['agreement@10']:>8.3f} {row['chamfer_recall@10']:>6.3f} {row['ndcg@10']:>7.4f} "
+                  f"{ms:>7.2f} {row['speedup_vs_brute']:>6.1f}x", flush=True)
+        results["configs"].append(entry)
+        if spec == args.main:
+            main_state = (cfg, dfde, qfde, ip)
+
+    # ------------------------------------------------ main config: quantised FDEs, ball carving
+    if main_state is not None:
+        cfg, dfde, qfde, ip = main_state
+        c = args.main_candidates
+        extra = {"config": args.main, "candidates": c}
+        f16 = qfde @ dfde.astype(np.float16).astype(np.float32).T
+        scale = np.abs(dfde).max(0) / 127.0
+        i8 = np.round(dfde / np.maximum(scale, 1e-12)).astype(np.int8)
+        ip8 = (qfde * scale) @ i8.astype(np.float32).T
+        for name, m in (("f32", ip), ("f16", f16), ("i8_per_dim", ip8)):
+            rows, _ = topk_rows(m, c)
+            extra[f"chamfer_recall@10_{name}"] = _agreement(rows, ex_rows)
+        for tau in [float(t) for t in args.tau.split(",") if t]:
+            rows, _ = topk_rows(ip, c)
+            cd, co, cw = ball_carve(qd, qt.offsets, tau)
+            t0 = time.perf_counter()
+            sc = chamfer_pairs(cd, co, docs.data, docs.offsets, rows, q_weights=cw)
+            t_rr = time.perf_counter() - t0
+            order = np.lexsort((rows, -sc), axis=1)
+            rr, rs = np.take_along_axis(rows, order, 1), np.take_along_axis(sc, order, 1)
+            extra[f"ball_carve_{tau}"] = {"query_tokens": int(co[-1]), "agreement@10": _agreement(rr[:, :10], ex_rows),
+                                          "ndcg@10": _ndcg(rr[:, :10], rs[:, :10], queries, corpus, qrels),
+                                          "rerank_ms_per_query": 1000 * t_rr / nq}
+        results["main_extra"] = extra
+        print(f"\nmain config {args.main} @ {c} candidates: chamfer recall f32 {extra['chamfer_recall@10_f32']:.3f}, "
+              f"f16 {extra['chamfer_recall@10_f16']:.3f}, int8 {extra['chamfer_recall@10_i8_per_dim']:.3f}")
+        for tau in [t for t in args.tau.split(",") if t]:
+            b = extra[f"ball_carve_{float(tau)}"]
+            print(f"ball carving tau={tau}: query tokens {qt.n_tokens} -> {b['query_tokens']}, agreement@10 "
+                  f"{b['agreement@10']:.3f}, nDCG@10 {b['ndcg@10']:.4f}, rerank {b['rerank_ms_per_query']:.2f} ms/q")
+
+    # ------------------------------------------------------------ operators and fusion
+    from ragkit.pipelines import Parallel, Pipeline
+    from ragkit.pipelines.fusion import RRF
+    from ragkit.eval import evaluate
+    from ragkit.retrievers import BM25, Dense, Muvera
+
+    k_sim, d_proj, r_reps = (int(v) for v in args.main.split("x"))
+    mu = Muvera(k=100, candidates=max(args.main_candidates, 100), k_sim=k_sim, d_proj=d_proj, r_reps=r_reps,
+                seed=args.seed)
+    t0 = time.perf_counter()
+    mu.fit(corpus)
+    t_fit = time.perf_counter() - t0
+    bm25 = BM25(k=100).fit(corpus)
+    ndcg = {"maxsim exact (brute force)": ndcg_exact}
+    for name, op in (("dense (single-vector MiniLM)", Dense(k=100).fit(corpus)), ("bm25", bm25),
+                     (f"muvera {args.main} + rerank@{mu.params.candidates}", mu),
+                     ("muvera + bm25 (RRF k=60)", Pipeline([Parallel([bm25, mu], fuse=RRF(k=60))]))):
+        if isinstance(op, Pipeline):
+            op.corpus_ = corpus  # both branches are fitted already
+        ndcg[name] = float(evaluate(op.search(queries), qrels, ["ndcg@10"]).scores["ndcg@10"])
+    results["ndcg@10"] = ndcg
+    results["muvera_fit_s"] = t_fit
+    print(f"\nnDCG@10 on SciFact test ({nq} queries):")
+    for name, v in ndcg.items():
+        print(f"  {name:<30} {v:.4f}")
+
+    # ------------------------------------------------------------------- memory
+    d = docs.dim
+    tok_per_doc = docs.n_tokens / len(corpus)
+    mem = {"token_vectors_f32": tok_per_doc * d * 4 + 8, "token_vectors_f16": tok_per_doc * d * 2 + 8}
+    for entry in results["configs"]:
+        mem[f"fde_{entry['config']}_f32"] = entry["dim"] * 4
+        mem[f"fde_{entry['config']}_f16"] = entry["dim"] * 2
+        mem[f"fde_{entry['config']}_i8"] = entry["dim"]
+    mem["single_vector_f32"] = d * 4
+    results["bytes_per_doc"] = mem
+    print("\nbytes per document:")
+    for name, v in mem.items():
+        print(f"  {name:<28} {v / 1024:8.1f} KiB")
+
+    OUT.mkdir(parents=True, exist_ok=True)
+    name = "muvera_quick" if args.quick else "muvera"
+    (OUT / f"{name}.json").write_text(json.dumps(results, indent=2))
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(1, 2, figsize=(10, 4))
+        for entry in results["configs"]:
+            xs = [r["candidates"] for r in entry["by_candidates"]]
+            ax[0].plot(xs, [r["agreement@10"] for r in entry["by_candidates"]], marker="o",
+                       label=f"{entry['config']} ({entry['dim']}d)")
+            ax[1].plot([r["ms_per_query"] for r in entry["by_candidates"]],
+                       [r["ndcg@10"] for r in entry["by_candidates"]], marker="o", label=entry["config"])
+        ax[0].axhline(0.95, ls="--", c="grey")
+        ax[0].set(xscale="log", xlabel="candidates", ylabel="top-10 agreement with exact MaxSim")
+        ax[1].axhline(ndcg_exact, ls="--", c="k", label=f"exact MaxSim ({brute_ms:.0f} ms/q)")
+        ax[1].set(xscale="log", xlabel="ms per query (FDE search + rerank)", ylabel="nDCG@10")
+        ax[0].legend(fontsize=8)
+        ax[1].legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(OUT / f"{name}.png", dpi=110)
+    except Exception as e:  # pragma: no cover - plotting is optional
+        print(f"(no plot: {e})")
+    print(f"\nwrote {OUT / (name + '.json')}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,89 @@
+"""What the pipeline machinery costs: a 10-operator pipeline of cheap operators against calling
+the same operator objects directly, on a batch of queries with 100-document rankings.
+
+    python bench/pipeline_overhead.py [--queries 300] [--repeats 200] [--quick]
+
+Both sides run the same operators on the same input state; the pipeline side adds
+``Pipeline._call`` / ``run_step`` (tracing off).  Timings are interleaved and the median
+is reported, so background load hits both sides alike.  Target: overhead < 5 %.
+Writes ``bench/out/pipeline_overhead.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ragkit.filters import TopK
+from ragkit.pipelines import MaxOnly, Pipeline, RuleRouter, ScoreRouter, ScoreThreshold, TopKStable
+from ragkit.types import Ranking, State
+
+
+def operators() -> list:
+    return [
+        TopK(k=100), RuleRouter(rules=[{"label": "short", "max_words": 5}], default="long"), TopK(k=80),
+        ScoreRouter(feature="gap", threshold=0.1), ScoreThreshold(threshold=0.5), TopK(k=60),
+        TopKStable(k=10), MaxOnly(), TopK(k=40), TopK(k=20),
+    ]
+
+
+def make_state(n_q: int, depth: int = 100, seed: int = 0) -> State:
+    rng = np.random.default_rng(seed)
+    words = np.array("cell gene protein cancer risk expression patients mutation therapy dose".split())
+    queries = [" ".join(rng.choice(words, size=int(rng.integers(3, 15)))) for _ in range(n_q)]
+    rankings = []
+    for _ in range(n_q):
+        rows = rng.choice(5000, size=depth, replace=False)
+        rankings.append(Ranking(rows, np.sort(rng.random(depth).astype(np.float32))[::-1]))
+    return State(queries, rankings=rankings)
+
+
+def direct(ops, state: State) -> State:
+    for op in ops:
+        state = op(state)
+    return state
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--queries", type=int, default=300)
+    ap.add_argument("--repeats", type=int, default=200)
+    ap.add_argument("--quick", action="store_true", help="Smoke run: 30 repeats.")
+    ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "out" / "pipeline_overhead.json")
+    args = ap.parse_args()
+    repeats = 30 if args.quick else args.repeats
+    ops = operators()
+    pipe = Pipeline(ops)
+    state = make_state(args.queries)
+    a, b = direct(ops, state), pipe(state)  # warm-up, and the two sides agree
+    assert all(x.equals(y) for x, y in zip(a.rankings, b.rankings)) and a.values.keys() == b.values.keys()
+    t_direct, t_pipe = [], []
+    for i in range(repeats):
+        order = (0, 1) if i % 2 == 0 else (1, 0)
+        for side in order:
+            t0 = time.perf_counter()
+            direct(ops, state) if side == 0 else pipe(state)
+            (t_direct if side == 0 else t_pipe).append(time.perf_counter() - t0)
+    md, mp = float(np.median(t_direct)), float(np.median(t_pipe))
+    overhead = 100.0 * (mp - md) / md
+    rows = [("direct calls", md), ("ragkit Pipeline", mp)]
+    print(f"10 operators, {args.queries} queries x 100 docs, {repeats} interleaved repeats (median)")
+    print(f"{'variant':<18} {'ms/batch':>10} {'ratio':>8}")
+    for name, t in rows:
+        print(f"{name:<18} {1000 * t:>10.3f} {t / md:>8.3f}")
+    print(f"pipeline overhead: {overhead:+.2f} % (target < 5 %) -> {'ok' if overhead < 5 else 'ABOVE TARGET'}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({
+        "queries": args.queries, "operators": len(ops), "repeats": repeats, "direct_ms": 1000 * md,
+        "pipeline_ms": 1000 * mp, "overhead_pct": overhead, "machine": platform.platform(),
+    }, indent=2))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,144 @@
+"""Maximal marginal relevance: rerank a ranking to trade relevance against redundancy.
+
+Carbonell and Goldstein, "The Use of MMR, Diversity-Based Reranking for Reordering Documents and
+Producing Summaries", SIGIR 1998.  The diversity baseline users know from LangChain's
+``max_marginal_relevance_search`` (``lambda_mult``, ``fetch_k``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from pydantic import Field
+
+from ragkit.encoders import DEFAULT_MODEL, Encoder, get_encoder, query_vectors
+from ragkit.errors import DataError
+from ragkit.operator import Operator, load_array, save_arrays
+from ragkit.params import Params
+from ragkit.registry import register
+from ragkit.types import Corpus, Ranking, State, TrainSet
+
+__all__ = ["MMR", "MMRParams", "mmr_select"]
+
+
+class MMRParams(Params):
+    model: str = Field(DEFAULT_MODEL, description="Sentence-transformers model for query and document vectors.")
+    k: int = Field(100, ge=1, description="Results kept per query.")
+    fetch_k: int = Field(200, ge=1, description="Pool: the first fetch_k documents of the incoming ranking.")
+    lambda_mult: float = Field(
+        0.5, ge=0, le=1, description="lambda: 1 = pure relevance (cosine order), 0 = pure diversity.")
+    batch_size: int = Field(64, ge=1, description="Encoding batch size.")
+
+
+def mmr_select(q: np.ndarray, pool: np.ndarray, valid: np.ndarray, vectors: np.ndarray, k: int,
+               lambda_mult: float) -> np.ndarray:
+    """Greedy MMR over padded pools, vectorised over the batch.
+
+    Parameters
+    ----------
+    q : (n_q, d) unit query vectors.
+    pool : (n_q, F) int64 document rows (padding anywhere ``valid`` is False).
+    valid : (n_q, F) bool.
+    vectors : (N, d) unit document vectors.
+    k : documents to select per query.
+    lambda_mult : weight of relevance ``cos(q, d)`` against ``max cos(d, chosen)``.
+
+    Returns
+    -------
+    (n_q, min(k, F)) int64 positions into ``pool`` in selection order (-1 once a pool is exhausted).
+    """
+    n_q, f = pool.shape
+    k = min(k, f)
+    sel = np.full((n_q, k), -1, np.int64)
+    if n_q == 0 or k == 0:
+        return sel
+    d = vectors[np.where(valid, pool, 0)]  # (n_q, F, dim)
+    rel = np.einsum("qfd,qd->qf", d, q).astype(np.float64)
+    sim = np.einsum("qfd,qgd->qfg", d, d)  # (n_q, F, F)
+    maxsim = np.zeros((n_q, f))
+    avail = valid.copy()
+    ar = np.arange(n_q)
+    first = True
+    for t in range(k):  # k greedy steps, each vectorised over the batch
+        obj = rel if first else lambda_mult * rel - (1 - lambda_mult) * maxsim
+        obj = np.where(avail, obj, -np.inf)
+        pick = np.argmax(obj, axis=1)  # ties: lowest pool position (= incoming rank)
+        ok = avail[ar, pick]
+        sel[:, t] = np.where(ok, pick, -1)
+        avail[ar[ok], pick[ok]] = False
+        row_sim = sim[ar, pick]  # (n_q, F)
+        maxsim = np.where(ok[:, None], np.maximum(maxsim, row_sim) if not first else row_sim, maxsim)
+        first = False
+    return sel
+
+
+@register
+class MMR(Operator):
+    """Maximal marginal relevance reranker.
+
+    Takes the first ``fetch_k`` documents of the incoming ranking and greedily picks ``k``: the
+    first is the most similar to the query, each next one maximises
+    ``lambda_mult * cos(q, d) - (1 - lambda_mult) * max_{s chosen} cos(d, s)``.  Cosines use the
+    model's unit vectors (``(N, d)`` float32 cached at fit).  The output order is the selection
+    order, so its ``scores`` are rank scores ``(n - i) / n`` (best first, float32) and the cosine
+    ``q . d`` is in ``fields["cosine"]``.
+
+    References
+    ----------
+    Carbonell & Goldstein, "The Use of MMR, Diversity-Based Reranking for Reordering Documents and
+    Producing Summaries", SIGIR 1998.
+
+    Examples
+    --------
+    >>> from ragkit.filters.mmr import MMR
+    >>> MMR(k=10, lambda_mult=0.7)
+    MMR(k=10, lambda_mult=0.7)
+    """
+
+    name = "mmr"
+    kind = "reranker"
+    Params = MMRParams
+    example = {"k": 10, "fetch_k": 20, "lambda_mult": 0.5}
+
+    @property
+    def encoder(self) -> Encoder:
+        return get_encoder(self.params.model, batch_size=self.params.batch_size)
+
+    def _fit(self, corpus: Corpus, train: TrainSet | None, upstream: State | None) -> None:
+        self.vectors_ = np.ascontiguousarray(self.encoder.encode(corpus.full_texts), dtype=np.float32)
+
+    def _call(self, state: State) -> State:
+        if state.rankings is None:
+            raise DataError("mmr: the state has no rankings; put a retriever before the MMR reranker")
+        out = state.copy()
+        n_q = len(state)
+        if n_q == 0:
+            out.rankings = []
+            return out
+        k = int(state.options.get("k") or self.opt(state, "k", self.params.k))
+        f = min(self.params.fetch_k, max((len(r) for r in state.rankings), default=0))
+        pool = np.zeros((n_q, f), np.int64)
+        valid = np.zeros((n_q, f), bool)
+        lens = np.array([min(len(r), f) for r in state.rankings])
+        valid[:] = np.arange(f)[None, :] < lens[:, None]
+        if f:
+            pool[valid] = np.concatenate([r.rows[:f] for r in state.rankings])
+        v = np.asarray(self.vectors_)
+        q = query_vectors(state, self.encoder).astype(np.float32)
+        sel = mmr_select(q, pool, valid, v, k, self.params.lambda_mult)
+        rankings = []
+        for i in range(n_q):  # assembling output objects only; the selection above is batched
+            s = sel[i][sel[i] >= 0]
+            rows = pool[i, s]
+            n = len(rows)
+            cos = (v[rows] @ q[i]).astype(np.float32)
+            rankings.append(Ranking(rows, ((n - np.arange(n)) / max(n, 1)).astype(np.float32), {"cosine": cos}))
+        out.rankings = rankings
+        return out
+
+    def _save(self, folder: Path) -> None:
+        save_arrays(folder, vectors=self.vectors_)
+
+    def _load(self, folder: Path, mmap: bool = False) -> None:
+        self.vectors_ = load_array(folder, "vectors", mmap=mmap)

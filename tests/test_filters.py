@@ -1,0 +1,307 @@
+"""Relevance filters (Cosine Adapter, score cut-offs), DBNorm and the hubness / filtering measures."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from ragkit.encoders import get_encoder
+from ragkit.errors import DataError, ParamError
+from ragkit.eval.filtering import expected_calibration_error, filter_report, pr_curve, precision_at_recall
+from ragkit.eval.hubness import hubness, k_occurrence, skewness
+from ragkit.filters import CosineAdapter, DBNorm, RelativeThreshold, ScoreThreshold
+from ragkit.filters.dbnorm import bank_log_partition, dbnorm_scores, pseudo_queries
+from ragkit.operator import Operator
+from ragkit.run import Run
+from ragkit.types import Corpus, Queries, Ranking, State, TrainSet
+
+KEY = get_encoder().key  # cheap: the model is not loaded
+
+
+def synthetic(n_q: int = 80, k: int = 30, d: int = 16, seed: int = 0):
+    """Queries whose relevance depends on a query-specific cosine offset (what the adapter should learn)."""
+    rng = np.random.default_rng(seed)
+    n_docs = 400
+    corpus = Corpus.from_texts([f"doc {i}" for i in range(n_docs)], ids=[f"d{i}" for i in range(n_docs)])
+    qv = rng.normal(size=(n_q, d)).astype(np.float32)
+    qv /= np.linalg.norm(qv, axis=1, keepdims=True)
+    offset = 0.5 + 0.2 * qv[:, 0]  # cosine above which a document is relevant, depends on the query
+    rankings, qrels = [], {}
+    for i in range(n_q):
+        rows = rng.choice(n_docs, k, replace=False)
+        c = np.sort(rng.uniform(0.2, 0.9, k))[::-1].astype(np.float32)
+        rankings.append(Ranking(rows, c))
+        rel = rows[c > offset[i] + rng.normal(0, 0.03, k)]
+        qrels[f"q{i}"] = {f"d{r}": 1 for r in rel} or {"d_unretrieved": 1}
+    queries = Queries([f"q{i}" for i in range(n_q)], [f"query {i}" for i in range(n_q)])
+    state = State(list(queries.texts), list(queries.ids), rankings=rankings, vectors={KEY: qv})
+    return corpus, TrainSet(queries, qrels), state
+
+
+@pytest.fixture(scope="module")
+def synth():
+    return synthetic()
+
+
+# ---------------------------------------------------------------------- Cosine Adapter
+@pytest.mark.parametrize("form", ["linear", "sqrt", "quadratic", "power"])
+def test_adapter_monotone_in_cosine(synth, form):
+    corpus, train, state = synth
+    ad = CosineAdapter(form=form, max_iter=200).fit(corpus, train, upstream=state)
+    qv = state.vectors[KEY][:5]
+    c = np.tile(np.linspace(0.95, -0.5, 60), (5, 1))  # sorted best first, like a ranking
+    p = ad.predict_proba(qv, c)
+    assert np.all((p >= 0) & (p <= 1))
+    assert np.all(np.diff(p, axis=1) <= 0), "probabilities must not increase as the cosine decreases"
+    assert np.all(p[:, 0] > p[:, -1]), "the map must not be flat"
+    # the call keeps the input order and scores are non-increasing
+    out = ad(state.copy())
+    for before, after in zip(state.rankings, out.rankings):
+        np.testing.assert_array_equal(after.rows, before.rows[:len(after)])
+        assert np.all(np.diff(after.scores) <= 0)
+        np.testing.assert_array_equal(after.fields["cosine"], before.scores[:len(after)])
+
+
+def test_adapter_learns_query_dependent_offset(synth):
+    corpus, train, state = synth
+    ad = CosineAdapter(list_features=False, threshold=0.5).fit(corpus, train, upstream=state)
+    # two queries with different first coordinates: their 50% points must differ in the learned direction
+    e = np.zeros((2, 16), np.float32)
+    e[0, 0], e[1, 0] = 0.9, -0.9
+    e[:, 1] = np.sqrt(1 - 0.81)
+    c = np.tile(np.linspace(0.9, 0.2, 200), (2, 1))
+    p = ad.predict_proba(e, c)
+    mid = [c[i][np.argmin(np.abs(p[i] - 0.5))] for i in range(2)]
+    assert mid[0] > mid[1] + 0.1, mid  # the true offsets are 0.68 and 0.32
+
+
+def test_adapter_threshold_hits_target_on_train(synth):
+    corpus, train, state = synth
+    ad = CosineAdapter(target="recall", target_value=0.9).fit(corpus, train, upstream=state)
+    assert ad.info_["held_out"] and 0 < ad.threshold_ < 1
+    tight = CosineAdapter(target="recall", target_value=0.5).fit(corpus, train, upstream=state)
+    assert tight.threshold_ > ad.threshold_
+    kept = sum(len(r) for r in tight(state.copy()).rankings)
+    assert kept < sum(len(r) for r in ad(state.copy()).rankings)
+
+
+def test_adapter_refuses_no_positives(synth):
+    corpus, train, state = synth
+    no_pos = TrainSet(train.queries, {q: {"d_not_retrieved": 1} for q in train.queries.ids})
+    with pytest.raises(DataError, match="none of the .* retrieved training candidates"):
+        CosineAdapter().fit(corpus, no_pos, upstream=state)
+    with pytest.raises(DataError, match="no positive"):
+        TrainSet(train.queries, {q: {"d1": 0} for q in train.queries.ids})
+    with pytest.raises(DataError, match="needs judged training queries"):
+        CosineAdapter().fit(corpus, None, upstream=state)
+
+
+def test_adapter_refuses_non_cosines_and_wrong_dims(synth):
+    corpus, train, state = synth
+    bm25_like = state.copy()
+    bm25_like.rankings = [Ranking(r.rows, r.scores * 20) for r in state.rankings]
+    with pytest.raises(DataError, match="raw cosine"):
+        CosineAdapter().fit(corpus, train, upstream=bm25_like)
+    ad = CosineAdapter(threshold=0.5).fit(corpus, train, upstream=state)
+    wrong = state.copy()
+    wrong.vectors = {KEY: state.vectors[KEY][:, :8]}
+    with pytest.raises(DataError, match="trained on 20 features"):
+        ad(wrong)
+
+
+def test_adapter_save_load_roundtrip(synth, tmp_path):
+    corpus, train, state = synth
+    ad = CosineAdapter(form="power", max_iter=100).fit(corpus, train, upstream=state)
+    ad.save(tmp_path / "ad")
+    names = sorted(p.name for p in (tmp_path / "ad").iterdir())
+    assert "adapter_weights.npy" in names and "adapter.json" in names
+    back = Operator.load(tmp_path / "ad")
+    assert back.threshold_ == ad.threshold_
+    a, b = ad(state.copy()), back(state.copy())
+    for x, y in zip(a.rankings, b.rankings):
+        assert x.equals(y)
+    (tmp_path / "ad" / "adapter_weights.npy").write_bytes(b"junk")
+    with pytest.raises(Exception, match="corrupt"):
+        Operator.load(tmp_path / "ad")
+
+
+def test_adapter_param_errors():
+    with pytest.raises(ParamError, match="cosine_adapter.form"):
+        CosineAdapter(form="cubic")
+    with pytest.raises(ParamError, match="cosine_adapter.target_value"):
+        CosineAdapter(target_value=1.5)
+
+
+@pytest.mark.slow
+def test_adapter_standalone_fit_equals_pipeline_fit(slice_data):
+    from ragkit.retrievers import Dense
+
+    corpus, queries, qrels, train = slice_data
+    alone = CosineAdapter(train_k=20, max_iter=100).fit(corpus, train)
+    pipe = (Dense(k=20) | CosineAdapter(train_k=20, max_iter=100)).fit(corpus, train)
+    np.testing.assert_allclose(alone.weights_, pipe.steps[-1].weights_, rtol=1e-6, atol=1e-8)
+    assert alone.threshold_ == pytest.approx(pipe.steps[-1].threshold_)
+    run = pipe.search(queries)
+    assert all(np.all(r.scores >= pipe.steps[-1].threshold_) for r in run.rankings)
+
+
+# ---------------------------------------------------------------------- baselines
+def test_score_and_relative_thresholds():
+    st = State(["a", "b", "c"], rankings=[Ranking([3, 1, 2], [.9, .5, .1]), Ranking([5, 6], [.3, .2]),
+                                           Ranking.empty()])
+    out = ScoreThreshold(threshold=0.4)(st)
+    assert [r.rows.tolist() for r in out.rankings] == [[3, 1], [], []]
+    out = ScoreThreshold(threshold=0.4, k_min=1)(st)
+    assert [r.rows.tolist() for r in out.rankings] == [[3, 1], [5], []]
+    out = RelativeThreshold(alpha=0.6)(st)
+    assert [r.rows.tolist() for r in out.rankings] == [[3], [5, 6], []]
+    neg = State(["a"], rankings=[Ranking([1, 2, 3], [-.1, -.105, -.5])])
+    assert RelativeThreshold(alpha=0.9)(neg).rankings[0].rows.tolist() == [1, 2]
+    with pytest.raises(ParamError, match="relative_threshold.alpha"):
+        RelativeThreshold(alpha=0)
+    assert len(st.rankings[0]) == 3  # input untouched
+
+
+# ---------------------------------------------------------------------- DBNorm
+def _unit(a):
+    a = np.asarray(a, dtype=np.float32)
+    return a / np.linalg.norm(a, axis=1, keepdims=True)
+
+
+DOCS = _unit([[1, 0], [0.8, 0.6], [0, 1], [-0.6, 0.8]])
+QBANK = _unit([[1, 0.1], [0.9, 0.5], [0.2, 1]])
+
+
+def _hand_log_z(bank, docs, beta, drop_self=False):
+    out = []
+    for g in range(len(docs)):
+        z = 0.0
+        for b in range(len(bank)):
+            if drop_self and b == g:
+                continue
+            z += math.exp(beta * float(np.dot(bank[b], docs[g])))
+        out.append(math.log(z))
+    return np.array(out)
+
+
+def test_bank_log_partition_by_hand():
+    lz, act = bank_log_partition(DOCS, QBANK, 2.0)
+    np.testing.assert_allclose(lz, _hand_log_z(QBANK, DOCS, 2.0), rtol=1e-6)
+    # top-1 of each bank item: docs 0, 1, 2
+    assert act.tolist() == [True, True, True, False]
+    lz_g, act_g = bank_log_partition(DOCS, DOCS, 3.0, bank_rows=np.arange(4), max_chunk_floats=4)  # chunked
+    np.testing.assert_allclose(lz_g, _hand_log_z(DOCS, DOCS, 3.0, drop_self=True), rtol=1e-6)
+    # without self: doc0 -> 1, doc1 -> 0, doc2 -> 3, doc3 -> 2
+    assert act_g.tolist() == [True, True, True, True]
+    big, _ = bank_log_partition(DOCS, QBANK, 2000.0)  # no overflow: log space
+    assert np.isfinite(big).all()
+
+
+def test_dis_and_ddis_by_hand():
+    b1, b2 = 0.7, 3.0
+    lzq, actq = bank_log_partition(DOCS, QBANK, b1)
+    lzg, actg = bank_log_partition(DOCS, DOCS, b2, bank_rows=np.arange(4))
+    q = _unit([[0.1, 1.0]])[0]
+    s = DOCS @ q
+    rows = np.arange(4)
+    hq, hg = _hand_log_z(QBANK, DOCS, b1), _hand_log_z(DOCS, DOCS, b2, drop_self=True)
+    # DualIS: product of the two inverted softmaxes, in log space
+    expect = np.log(np.exp(b1 * s) / np.exp(hq) * np.exp(b2 * s) / np.exp(hg))
+    top1 = np.full(4, int(np.argmax(s)))
+    got = dbnorm_scores(s, rows, top1, "dis", 20, b1, b2, lzq, actq, lzg, actg)
+    np.testing.assert_allclose(got, expect, rtol=1e-5)
+    # DDIS: a factor is normalised only if the raw top-1 is in that bank's activation set
+    actq2 = actq.copy()
+    actq2[top1[0]] = False
+    got = dbnorm_scores(s, rows, top1, "ddis", 20, b1, b2, lzq, actq2, lzg, actg)
+    expect_dyn = np.log(np.exp(b1 * s) * np.exp(b2 * s) / np.exp(hg))
+    np.testing.assert_allclose(got, expect_dyn, rtol=1e-5)
+    got = dbnorm_scores(s, rows, top1, "ddis", 20, b1, b2, lzq, actq, lzg, actg)
+    np.testing.assert_allclose(got, expect, rtol=1e-5)
+    # IS / QB-Norm
+    got = dbnorm_scores(s, rows, top1, "is", 2.0, b1, b2, lzq, actq, lzg, actg)
+    np.testing.assert_allclose(got, 2.0 * s - lzq, rtol=1e-6)
+    none = np.zeros(4, bool)
+    np.testing.assert_allclose(dbnorm_scores(s, rows, top1, "qbnorm", 2.0, b1, b2, lzq, none, lzg, actg), 2.0 * s)
+
+
+def test_dbnorm_refuses_empty_bank_and_wrong_dims():
+    with pytest.raises(DataError, match="bank is empty"):
+        bank_log_partition(DOCS, np.zeros((0, 2), np.float32), 1.0)
+    with pytest.raises(DataError, match="dimension 3 but document vectors have 2"):
+        bank_log_partition(DOCS, np.ones((2, 3), np.float32), 1.0)
+    with pytest.raises(DataError, match="at least 2 items"):
+        bank_log_partition(DOCS, DOCS[:1], 1.0, bank_rows=np.array([0]))
+
+
+def test_dbnorm_demotes_a_hub():
+    """A document close to every bank query loses its place to an equally close non-hub."""
+    docs = _unit([[1, 1, 0], [1, 0, 0.05], [0, 1, 0]])  # doc0 is a hub between the two clusters
+    bank = _unit([[1, 0.9, 0], [0.9, 1, 0], [1, 1, 0.1]])
+    lz, act = bank_log_partition(docs, bank, 10.0)
+    q = _unit([[1, 0.55, 0]])[0]
+    s = docs @ q
+    assert np.argmax(s) == 0
+    new = dbnorm_scores(s, np.arange(3), np.zeros(3, int), "is", 10.0, 1, 1, lz, act, None, None)
+    assert np.argmax(new) == 1
+
+
+def test_dbnorm_operator_roundtrip(slice_data, tmp_path):
+    from ragkit.pipelines import Pipeline
+    from ragkit.retrievers import Dense
+
+    corpus, queries, qrels, train = slice_data
+    pipe = (Dense(k=20) | DBNorm(method="ddis")).fit(corpus, train)
+    op = pipe.steps[-1]
+    assert op.info_["query_bank"] == "train" and op.info_["gallery_bank_size"] == len(corpus)
+    a = pipe.search(queries)
+    pipe.save(tmp_path / "p")
+    b = Pipeline.load(tmp_path / "p").search(queries)
+    for x, y in zip(a.rankings, b.rankings):
+        assert x.equals(y)
+        assert sorted(x.rows.tolist()) == sorted(x.rows.tolist())
+    raw = Dense(k=20).fit(corpus).search(queries)
+    for x, r in zip(a.rankings, raw.rankings):
+        assert set(x.rows.tolist()) == set(r.rows.tolist())  # a reranker: same candidates
+        assert np.all(np.diff(x.scores) <= 0)
+    # no training queries -> pseudo-queries from the corpus
+    op2 = DBNorm(method="is", query_bank_size=30).fit(corpus)
+    assert op2.info_["query_bank"] == "pseudo" and op2.info_["query_bank_size"] == 30
+    texts, rows = pseudo_queries(corpus, 5, seed=1)
+    assert len(texts) == 5 and all(t for t in texts) and len(set(rows.tolist())) == 5
+
+
+# ---------------------------------------------------------------------- measures
+def test_hubness_measures():
+    rk = [Ranking([0, 1, 2], [3, 2, 1]), Ranking([0, 1, 3], [3, 2, 1]), Ranking([0, 4], [2, 1])]
+    nk = k_occurrence(rk, n_docs=8, k=2)
+    assert nk.tolist() == [3, 2, 0, 0, 1, 0, 0, 0]
+    from scipy.stats import skew
+
+    assert skewness(nk) == pytest.approx(skew(nk))
+    rep = hubness(rk, 8, k=2, top=2)
+    assert rep.never_retrieved == pytest.approx(5 / 8)
+    assert rep.top_hubs == [(0, 3), (1, 2)] and rep.max_occurrence == 3
+    assert rep.skewness_nonzero == pytest.approx(skew([3, 2, 1]))
+    assert rep.top1pct_share == pytest.approx(3 / 6)
+    with pytest.raises(DataError):
+        k_occurrence(rk, n_docs=3, k=3)
+
+
+def test_filter_measures():
+    probs = np.array([0.05, 0.15, 0.95, 0.85])
+    labels = np.array([0, 0, 1, 1])
+    # bins of width 1/15: each prob alone in its bin; ECE = mean |y - p|
+    assert expected_calibration_error(probs, labels) == pytest.approx(np.mean([0.05, 0.15, 0.05, 0.15]))
+    p, r, t = pr_curve(np.array([0.9, 0.8, 0.7, 0.7, 0.1]), np.array([1, 0, 1, 0, 1]))
+    assert r.tolist() == pytest.approx([1 / 3, 1 / 3, 2 / 3, 1.0])
+    assert p.tolist() == pytest.approx([1.0, 0.5, 0.5, 0.6])
+    assert precision_at_recall(p, r, 0.6) == pytest.approx(0.6)
+    ref = Run(["q1", "q2"], [np.array(["a", "b", "c"]), np.array(["x", "y"])], [np.ones(3), np.ones(2)])
+    kept = Run(["q1", "q2"], [np.array(["a"]), np.array([], dtype=object)], [np.ones(1), np.ones(0)])
+    qrels = {"q1": {"a": 1, "c": 1, "z": 1}, "q2": {"y": 1}}
+    rep = filter_report(kept, qrels, reference=ref)
+    assert rep.precision == 1.0 and rep.recall == pytest.approx(1 / 3) and rep.empty == 0.5 and rep.mean_kept == 0.5
+    assert filter_report(kept, qrels).recall == pytest.approx(1 / 4)
