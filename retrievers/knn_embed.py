@@ -194,10 +194,26 @@ class KnnEmbed(Operator):
         return d
 
     def _fit(self, corpus: Corpus, train: TrainSet | None, upstream: State | None) -> None:
+        self._fit_vectors(self.dense.encoder.encode(corpus.full_texts))
+
+    def fit_vectors(self, corpus: Corpus, vectors: np.ndarray) -> "KnnEmbed":
+        """Fit on precomputed unit document vectors ``(len(corpus), d)`` instead of encoding the corpus.
+
+        Queries must then carry vectors of the same space in ``state.vectors[self.dense.encoder.key]``.
+        """
+        vectors = np.asarray(vectors)
+        if vectors.ndim != 2 or len(vectors) != len(corpus):
+            raise DataError(f"knn_embed.fit_vectors: vectors have shape {vectors.shape}, expected "
+                            f"({len(corpus)}, d) for a corpus of {len(corpus)} documents")
+        self.corpus_ = corpus
+        self._fit_vectors(vectors)
+        return self
+
+    def _fit_vectors(self, vecs: np.ndarray) -> None:
         from sklearn.cluster import KMeans
         from threadpoolctl import threadpool_limits
 
-        vecs = np.ascontiguousarray(self.dense.encoder.encode(corpus.full_texts), dtype=np.float32)
+        vecs = np.ascontiguousarray(vecs, dtype=np.float32)
         n = len(vecs)
         if n == 0:
             raise DataError("knn_embed.fit: the corpus is empty; expected at least one document")

@@ -13,10 +13,11 @@ Multi-vector (late-interaction, ColBERT-style) relevance is the Chamfer similari
 Reference: Dhulipala et al., "MUVERA: Multi-Vector Retrieval via Fixed Dimensional
 Encodings", NeurIPS 2024, arXiv 2405.19504.
 
-FDE search is exact (numpy inner products over the ``(n_docs, d_FDE)`` matrix, chunked),
-which for corpora of SciFact size is faster than building an HNSW graph over 10,240-d
-vectors (design note in ALGORITHMS.md); no shared vector-index class existed when this was
-written.
+The document FDEs live in the shared :class:`ragkit.retrievers._index.VectorIndex`
+(metric ``ip``), so its storage types (``f32``, ``f16``, per-dimension calibrated ``i8``)
+and search modes (``exact`` blocked numpy, ``hnsw`` usearch, ``auto`` by corpus size) apply.
+For SciFact-size corpora exact search is the right choice: an HNSW graph over 10,240-d
+vectors is slow to build (design note in ALGORITHMS.md).
 """
 
 from __future__ import annotations
@@ -30,9 +31,10 @@ from pydantic import Field, model_validator
 from ragkit.encoders import DEFAULT_MODEL
 from ragkit.encoders.tokens import TokenEncoder, TokenVectors, get_token_encoder
 from ragkit.errors import ArtifactError
-from ragkit.operator import Operator, load_array, rankings_from_matrix, read_json, save_arrays, topk_rows, write_json
+from ragkit.operator import Operator, rankings_from_matrix, read_json, topk_rows, write_json
 from ragkit.params import Params
 from ragkit.registry import register
+from ragkit.retrievers._index import VectorIndex
 from ragkit.retrievers.fde import FDEConfig, ball_carve, chamfer_pairs, chamfer_scores, fde_dim, fde_documents, \
     fde_queries
 from ragkit.types import Corpus, Ranking, State, TrainSet
@@ -112,7 +114,10 @@ class MuveraParams(TokenParams):
         "ams", description="Inner projection: dense ±1/sqrt(d_proj) (paper), Count-Sketch (reference code), identity.")
     fill_empty: bool = Field(True, description="Fill empty document buckets with the Hamming-nearest token.")
     seed: int = Field(42, ge=0, description="Seed of the FDE random matrices (repetition r uses seed + r).")
-    fde_dtype: Literal["f32", "f16"] = Field("f32", description="Storage type of the document FDEs.")
+    fde_dtype: Literal["f32", "f16", "i8"] = Field(
+        "f32", description="Storage of the document FDEs in the vector index (i8: per-dimension calibrated).")
+    search: Literal["auto", "exact", "hnsw"] = Field(
+        "auto", description="FDE index search: exact numpy, usearch HNSW, or auto by corpus size.")
     rerank: bool = Field(True, description="Rescore candidates with exact MaxSim (False: FDE scores only).")
     filter: dict[str, Any] | None = Field(None, description="Metadata filter {field: value or [values]}.")
 
@@ -166,7 +171,10 @@ class Muvera(TokenOperatorMixin, Operator):
     def _fit(self, corpus: Corpus, train: TrainSet | None, upstream: State | None) -> None:
         self._fit_tokens(corpus)
         fde = fde_documents(self.tokens_.data, self.tokens_.offsets, self.fde_config)
-        self.fde_ = fde.astype(np.float16) if self.params.fde_dtype == "f16" else fde
+        self.index_ = self._new_index().build(fde)
+
+    def _new_index(self) -> VectorIndex:
+        return VectorIndex(dtype=self.params.fde_dtype, metric="ip", search=self.params.search)
 
     @property
     def dim(self) -> int:
@@ -176,16 +184,6 @@ class Muvera(TokenOperatorMixin, Operator):
         """Query FDEs ``(n_q, d_FDE)`` float32 (bucket sums, no filling)."""
         return fde_queries(q.data, q.offsets, self.fde_config)
 
-    def fde_scores(self, qf: np.ndarray, chunk: int = 4096) -> np.ndarray:
-        """FDE inner products ``(n_q, n_docs)`` float32 (document FDEs upcast in chunks)."""
-        fde = self.fde_
-        if fde.dtype == np.float32:
-            return qf @ fde.T
-        out = np.empty((len(qf), len(fde)), np.float32)
-        for s in range(0, len(fde), chunk):
-            out[:, s:s + chunk] = qf @ np.asarray(fde[s:s + chunk], np.float32).T
-        return out
-
     def _call(self, state: State) -> State:
         out = state.copy()
         if len(state) == 0:
@@ -193,15 +191,13 @@ class Muvera(TokenOperatorMixin, Operator):
             return out
         k = self.k_for(state)
         q = self.query_tokens(state)
-        s = self.fde_scores(self.query_fde(q))
+        qf = self.query_fde(q)
         mask = self.filter_mask(state)
-        if mask is not None:
-            s[:, ~mask] = -np.inf
         if not self.params.rerank:
-            out.rankings = rankings_from_matrix(*topk_rows(s, k))
+            out.rankings = rankings_from_matrix(*self.index_.search(qf, k, mask=mask))
             return out
         n_cand = max(int(self.opt(state, "candidates", self.params.candidates)), k)
-        rows, sc = topk_rows(s, n_cand)
+        rows, sc = self.index_.search(qf, min(n_cand, len(self.corpus_)), mask=mask)
         rows = np.where(np.isfinite(sc), rows, -1)
         qd, qo, qw = self.rerank_query(q)
         rows, sc = rerank_tokens(qd, qo, qw, self.tokens_, rows)
@@ -210,19 +206,20 @@ class Muvera(TokenOperatorMixin, Operator):
 
     def _save(self, folder: Path) -> None:
         self._save_tokens(folder)
-        save_arrays(folder, fde=self.fde_)
-        write_json(folder / "muvera.json", {"fde_dim": int(self.fde_.shape[1]), "token_dim": self.tokens_.dim,
+        self.index_.save(folder, prefix="fde")
+        write_json(folder / "muvera.json", {"fde_dim": self.dim, "token_dim": self.tokens_.dim,
                                             "n_tokens": self.tokens_.n_tokens, "config": vars(self.fde_config)})
 
     def _load(self, folder: Path, mmap: bool = False) -> None:
         self._load_tokens(folder, mmap)
         meta = read_json(folder / "muvera.json")
-        fde = load_array(folder, "fde", mmap=mmap)
-        if fde.shape != (len(self.corpus_), meta.get("fde_dim")) or meta.get("config") != vars(self.fde_config):
+        index = VectorIndex.load(folder, prefix="fde", mmap=mmap)
+        if index.n_slots != len(self.corpus_) or meta.get("config") != vars(self.fde_config) \
+                or meta.get("fde_dim") != self.dim:
             raise ArtifactError(
-                f"{folder}: FDE array of shape {fde.shape} / config {meta.get('config')} does not match the "
+                f"{folder}: FDE index of {index.n_slots} vectors / config {meta.get('config')} does not match the "
                 f"parameters ({len(self.corpus_)} docs, config {vars(self.fde_config)})")
-        self.fde_ = fde
+        self.index_ = index
 
 
 # ----------------------------------------------------------------------------- exact MaxSim

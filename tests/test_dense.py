@@ -1,0 +1,305 @@
+"""Dense retrieval with quantised / reduced storage, HNSW, filters, add/remove and persistence.
+
+Operator checks run on the ~250-document SciFact slice with the query vectors encoded once
+(``state.vectors``), so every dtype x reduce x search combination stays fast; the index
+layer is also tested directly on synthetic vectors.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from ragkit.errors import ArtifactError, DataError, ParamError
+from ragkit.operator import Operator
+from ragkit.retrievers import Dense
+from ragkit.retrievers._index import VectorIndex
+from ragkit.types import State
+
+DTYPES = ["f32", "f16", "i8", "b1"]
+REDUCES = ["none", "pca:64", "matryoshka:128"]
+SEARCHES = ["exact", "hnsw"]
+
+
+@pytest.fixture(scope="module")
+def qvecs(slice_data):
+    from ragkit.encoders import get_encoder
+
+    _, queries, _, _ = slice_data
+    enc = get_encoder()
+    return enc.key, enc.encode_queries(queries.texts)
+
+
+def _state(queries, qvecs, idx=None, **options):
+    key, q = qvecs
+    idx = np.arange(len(queries)) if idx is None else np.asarray(idx, dtype=np.int64)
+    st = State([queries.texts[i] for i in idx], [queries.ids[i] for i in idx], options=dict(options))
+    st.vectors[key] = q[idx]
+    return st
+
+
+def _rows(state):
+    return [r.rows.tolist() for r in state.rankings]
+
+
+def _same(a, b):
+    assert _rows(a) == _rows(b)
+    for ra, rb in zip(a.rankings, b.rankings):
+        np.testing.assert_allclose(ra.scores, rb.scores, rtol=1e-5, atol=1e-6)
+
+
+def _combos():
+    for dtype, reduce, search in itertools.product(DTYPES, REDUCES, SEARCHES):
+        yield dict(dtype=dtype, reduce=reduce, search=search)
+    yield dict(dtype="i8", rescore=True, search="exact")
+    yield dict(dtype="b1", rescore=True, search="hnsw")
+    yield dict(dtype="f32", reduce="pca:32", whiten=True, rescore=True, search="exact")
+    yield dict(dtype="f16", metric="ip", search="hnsw")
+
+
+@pytest.mark.parametrize("kw", list(_combos()), ids=lambda kw: "-".join(f"{v}" for v in kw.values()))
+def test_every_combination_is_an_operator(kw, slice_data, qvecs, tmp_path):
+    """fit, batch call, batch-of-1 = row of batch, empty batch, save/load and mmap load identical."""
+    corpus, queries, qrels, _ = slice_data
+    op = Dense(k=10, **kw).fit(corpus)
+    out = op(_state(queries, qvecs))
+    assert len(out.rankings) == len(queries)
+    for r in out.rankings:
+        assert len(r.rows) == 10 and r.rows.dtype == np.int64 and r.scores.dtype == np.float32
+        assert np.all(np.diff(r.scores) <= 1e-6) and len(set(r.rows.tolist())) == 10
+        assert (r.rows >= 0).all() and (r.rows < len(corpus)).all()
+    one = op(_state(queries, qvecs, [3]))
+    assert _rows(one)[0] == _rows(out)[3]
+    assert op(_state(queries, qvecs, [])).rankings == []
+    # quality sanity: the exact f32 top-10 mostly recovered
+    ref = Dense(k=10).fit(corpus)(_state(queries, qvecs))
+    rec = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(_rows(out), _rows(ref))])
+    floor = 0.3 if kw["dtype"] == "b1" and not kw.get("rescore") or kw.get("reduce", "none") != "none" else 0.8
+    assert rec >= floor, rec
+    op.save(tmp_path / "op")
+    _same(out, Operator.load(tmp_path / "op")(_state(queries, qvecs)))
+    _same(out, Dense.load(tmp_path / "op", mmap=True)(_state(queries, qvecs)))
+
+
+def test_default_is_exact_f32(slice_data, qvecs):
+    corpus, queries, _, _ = slice_data
+    op = Dense(k=10).fit(corpus)
+    assert op.index_.backend == "numpy" and op.index_.dtype == "f32"
+    q = qvecs[1]
+    expect = np.argsort(-(q @ op.vectors_.T), axis=1, kind="stable")[:, :10]
+    assert _rows(op(_state(queries, qvecs))) == expect.tolist()
+    np.testing.assert_allclose(op.scores(q), q @ op.vectors_.T, rtol=1e-6)
+
+
+def test_document_vectors_for_compressed_storage(slice_data):
+    corpus = slice_data[0]
+    full = Dense(k=5).fit(corpus).vectors_
+    for kw in (dict(dtype="b1"), dict(dtype="i8", rescore=True)):
+        np.testing.assert_allclose(Dense(k=5, **kw).fit(corpus).vectors_, full, atol=1e-6)
+
+
+def test_i8_codes_are_calibrated_and_saved(slice_data, tmp_path):
+    corpus = slice_data[0]
+    op = Dense(k=5, dtype="i8").fit(corpus)
+    codes = np.asarray(op.index_.codes)
+    assert codes.dtype == np.uint8 and codes.min() == 0 and codes.max() == 255  # full range used per dimension
+    x = op.vectors_
+    recon = op.index_.i8_min + op.index_.i8_step * codes
+    assert np.abs(recon - x).max() <= op.index_.i8_step.max() * 0.51
+    op.save(tmp_path / "i8")
+    assert (tmp_path / "i8" / "index.i8_min.npy").is_file() and (tmp_path / "i8" / "index.i8_step.npy").is_file()
+
+
+def test_add_remove_round_trips(slice_data, qvecs, tmp_path):
+    corpus, queries, _, _ = slice_data
+    n = len(corpus)
+    first, rest = corpus.subset(np.arange(n - 60)), corpus.subset(np.arange(n - 60, n))
+    for kw in (dict(), dict(search="hnsw", dtype="f16"), dict(dtype="b1", rescore=True)):
+        whole = Dense(k=10, **kw).fit(corpus)
+        grown = Dense(k=10, **kw).fit(first).add(rest)
+        assert list(grown.corpus_.ids) == list(corpus.ids)
+        a, b = whole(_state(queries, qvecs)), grown(_state(queries, qvecs))
+        if kw.get("search") != "hnsw":  # exact search: identical to fitting on everything
+            _same(a, b)
+        # remove: equals the whole index searched with those documents filtered out
+        drop = corpus.ids[n - 60: n - 30].tolist() + corpus.ids[:5].tolist()
+        grown.remove(drop)
+        assert len(grown.corpus_) == n - 35 and not set(drop) & set(grown.corpus_.ids.tolist())
+        after = grown(_state(queries, qvecs))
+        gone = set(drop)
+        for r in after.rankings:
+            assert not {grown.corpus_.ids[i] for i in r.rows} & gone and len(r.rows) == 10
+        if kw.get("search") != "hnsw":
+            keep = ~np.isin(corpus.ids, drop)
+            ref = Dense(k=10, **kw).fit(corpus.subset(np.flatnonzero(keep)))(_state(queries, qvecs))
+            assert [[grown.corpus_.ids[i] for i in r] for r in _rows(after)] == \
+                   [[corpus.subset(np.flatnonzero(keep)).ids[i] for i in r] for r in _rows(ref)]
+        # save / load / mmap after edits, then edit a mmap-loaded index
+        grown.save(tmp_path / "g")
+        _same(after, Dense.load(tmp_path / "g")(_state(queries, qvecs)))
+        mm = Dense.load(tmp_path / "g", mmap=True)
+        _same(after, mm(_state(queries, qvecs)))
+        mm.remove(mm.corpus_.ids[:3].tolist()).add(corpus.subset(np.arange(3)))
+        assert len(mm(_state(queries, qvecs)).rankings[0].rows) == 10
+    with pytest.raises(DataError, match="already indexed"):
+        grown.add(corpus.subset(np.arange(n - 5, n)))
+    with pytest.raises(DataError, match="not in the corpus"):
+        grown.remove(["no-such-doc"])
+
+
+@pytest.mark.parametrize("search", ["exact", "hnsw"])
+def test_filter_inside_search_returns_k(search, slice_data, qvecs):
+    corpus, queries, _, _ = slice_data
+    op = Dense(k=20, search=search, dtype="i8").fit(corpus)
+    bucket = corpus.metadata["bucket"]
+    for where in ({"bucket": 1}, {"bucket": [0, 2]}, {"_id": corpus.ids[:25].tolist()}):
+        out = op(_state(queries, qvecs, filter=where))
+        passing = np.flatnonzero(corpus.mask(where))
+        for r in out.rankings:
+            assert len(r.rows) == min(20, len(passing))
+            assert np.isin(r.rows, passing).all()
+    tiny = op(_state(queries, qvecs, filter={"_id": corpus.ids[:3].tolist()}))
+    assert all(sorted(r.rows.tolist()) == [0, 1, 2] for r in tiny.rankings)
+    assert set(np.unique(bucket[np.concatenate([r.rows for r in out.rankings])])) <= set(bucket)
+
+
+def test_filtered_hnsw_oversampling_and_fallback():
+    """Index level: a non-selective filter uses the oversampled graph; a selective one falls back to exact."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((3000, 32)).astype(np.float32)
+    q = rng.standard_normal((20, 32)).astype(np.float32)
+    ix = VectorIndex(search="hnsw", exact_max=100).build(x)
+    exact = VectorIndex(search="exact").build(x)
+    for frac in (0.5, 0.05, 0.01):
+        mask = rng.random(3000) < frac
+        slots, sc = ix.search(q, 10, mask=mask)
+        ref, _ = exact.search(q, 10, mask=mask)
+        assert (slots >= 0).all() and mask[slots].all()
+        rec = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(slots, ref)])
+        assert rec >= 0.9, (frac, rec)
+
+
+def test_corrupt_or_truncated_index_refused(slice_data, tmp_path):
+    corpus = slice_data[0]
+    op = Dense(k=5, search="hnsw", dtype="i8").fit(corpus)
+    op.save(tmp_path / "ok")
+    Dense.load(tmp_path / "ok")
+    import shutil
+
+    # truncated usearch file
+    shutil.copytree(tmp_path / "ok", tmp_path / "trunc")
+    p = tmp_path / "trunc" / "index.usearch"
+    p.write_bytes(p.read_bytes()[: p.stat().st_size // 2])
+    with pytest.raises(ArtifactError, match="truncated"):
+        Dense.load(tmp_path / "trunc")
+    # same size, garbage in the middle (header and graph)
+    for where in (0, 40, None):
+        shutil.rmtree(tmp_path / "bad", ignore_errors=True)
+        shutil.copytree(tmp_path / "ok", tmp_path / "bad")
+        p = tmp_path / "bad" / "index.usearch"
+        data = bytearray(p.read_bytes())
+        at = len(data) // 2 if where is None else where
+        data[at: at + 16] = b"\xff" * 16
+        p.write_bytes(bytes(data))
+        for mmap in (False, True):
+            with pytest.raises(ArtifactError, match="corrupt"):
+                Dense.load(tmp_path / "bad", mmap=mmap)
+    # corrupt .npy codes of an exact index, and a missing file
+    op2 = Dense(k=5, dtype="b1").fit(corpus)
+    op2.save(tmp_path / "b1")
+    p = tmp_path / "b1" / "index.codes.npy"
+    data = bytearray(p.read_bytes())
+    data[-10:] = b"\x00" * 10
+    p.write_bytes(bytes(data))
+    with pytest.raises(ArtifactError):
+        Dense.load(tmp_path / "b1")
+    p.unlink()
+    with pytest.raises(ArtifactError, match="not found"):
+        Dense.load(tmp_path / "b1")
+    # manifest garbage
+    (tmp_path / "ok" / "index.json").write_text(json.dumps({"hello": 1}))
+    with pytest.raises(ArtifactError, match="manifest"):
+        Dense.load(tmp_path / "ok")
+
+
+@pytest.mark.parametrize("kw, why", [
+    (dict(rescore=True), "already searches those exact floats"),
+    (dict(reduce="pca:500"), "only 384"),
+    (dict(reduce="matryoshka:385"), "only 384"),
+    (dict(whiten=True), "needs reduce='pca"),
+    (dict(reduce="pca:0"), "dense.reduce"),
+    (dict(reduce="svd:3"), "dense.reduce"),
+    (dict(dtype="i4"), "dense.dtype"),
+    (dict(oversample=0), "dense.oversample"),
+])
+def test_invalid_combinations_refused(kw, why):
+    with pytest.raises(ParamError, match=why):
+        Dense(**kw)
+
+
+def test_reduce_larger_than_unknown_model_fails_at_fit(slice_data, monkeypatch):
+    """For a model whose size is unknown at validation, fit refuses before building."""
+    corpus = slice_data[0]
+    op = Dense(k=5, reduce="pca:64")
+    monkeypatch.setattr(Dense, "_encode_docs", lambda self, c: np.ones((len(c), 16), np.float32))
+    with pytest.raises(ParamError, match="at most 16"):
+        op.fit(corpus)
+
+
+def test_matryoshka_synthetic():
+    """Truncation keeps neighbours when information is front-loaded (as in MRL-trained models), not otherwise."""
+    rng = np.random.default_rng(1)
+    n, d, keep = 4000, 256, 64
+    scale = np.where(np.arange(d) < keep, 1.0, 0.05)  # Matryoshka-like: the head carries the geometry
+    mrl = rng.standard_normal((n, d)).astype(np.float32) * scale
+    iso = rng.standard_normal((n, d)).astype(np.float32)
+    for data, lo, hi in ((mrl, 0.9, 1.01), (iso, 0.0, 0.5)):
+        q = data[:50] + 0.1 * rng.standard_normal((50, d)).astype(np.float32) * scale
+        ref, _ = VectorIndex(search="exact").build(data).search(q, 10)
+        got, _ = VectorIndex(search="exact", reduce=f"matryoshka:{keep}").build(data).search(q, 10)
+        rec = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(got, ref)])
+        assert lo <= rec <= hi, rec
+
+
+def test_pca_shortlist_rescored_recovers_exact():
+    rng = np.random.default_rng(2)
+    base = rng.standard_normal((2000, 24)) @ rng.standard_normal((24, 96))
+    x = (base + 0.3 * rng.standard_normal((2000, 96))).astype(np.float32)
+    q = x[:30] + 0.1 * rng.standard_normal((30, 96)).astype(np.float32)
+    ref, rs = VectorIndex().build(x).search(q, 10)
+    got, gs = VectorIndex(reduce="pca:24", rescore=True, oversample=4).build(x).search(q, 10)
+    assert np.mean([len(set(a) & set(b)) / 10 for a, b in zip(got, ref)]) >= 0.97
+    np.testing.assert_allclose(gs[:, 0], rs[:, 0], atol=1e-5)  # rescored scores are the exact cosines
+
+
+def test_hnsw_recall_synthetic():
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((5000, 48)).astype(np.float32)
+    q = rng.standard_normal((50, 48)).astype(np.float32)
+    ref, _ = VectorIndex().build(x).search(q, 10)
+    for dtype in ("f32", "f16", "i8"):
+        got, _ = VectorIndex(search="hnsw", dtype=dtype, expansion_search=128).build(x).search(q, 10)
+        assert np.mean([len(set(a) & set(b)) / 10 for a, b in zip(got, ref)]) >= 0.9, dtype
+
+
+def test_auto_picks_by_size():
+    x = np.random.default_rng(0).standard_normal((300, 16)).astype(np.float32)
+    assert VectorIndex(search="auto", exact_max=1000).build(x).backend == "numpy"
+    assert VectorIndex(search="auto", exact_max=100).build(x).backend == "hnsw"
+
+
+def test_bench_quick(tmp_path):
+    """``bench/dense.py --quick`` runs end to end (synthetic only, tiny sizes) and writes its JSON."""
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    res = subprocess.run([sys.executable, str(repo / "bench" / "dense.py"), "--quick", "--no-scifact",
+                          "--out", str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr[-3000:]
+    data = json.loads((tmp_path / "dense.json").read_text())
+    assert data["synthetic"]["rows"]

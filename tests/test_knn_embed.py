@@ -1,0 +1,268 @@
+"""kNN-Embed retriever, MMR reranker and the diversity measures (synthetic data + a SciFact slice)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ragkit.errors import ArtifactError, DataError, ParamError
+from ragkit.eval.diversity import (
+    alpha_ndcg, cluster_entropy, distinct_clusters, intra_list_diversity, near_duplicate_rate, subtopic_recall,
+)
+from ragkit.filters.mmr import MMR, mmr_select
+from ragkit.operator import Operator, topk_rows
+from ragkit.retrievers.knn_embed import KnnEmbed, largest_remainder
+from ragkit.run import Run
+from ragkit.types import Corpus, Ranking, State
+
+D = 32
+
+
+def _unit(x):
+    return (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def blobs():
+    """4 well-separated clusters of 60 docs around orthogonal centres; returns (corpus, vectors, truth)."""
+    rng = np.random.default_rng(0)
+    centres = np.eye(D, dtype=np.float32)[:4]
+    truth = np.repeat(np.arange(4), 60)
+    vecs = _unit(centres[truth] + 0.05 * rng.standard_normal((len(truth), D)))
+    corpus = Corpus.from_texts([f"doc {i}" for i in range(len(truth))])
+    return corpus, vecs, truth
+
+
+def _fit(blobs, **kw):
+    corpus, vecs, _ = blobs
+    params = dict(k=20, n_clusters=4, n_init=2, collapse_at=0.95, anchor_share=0.0)
+    params.update(kw)
+    return KnnEmbed(**params).fit_vectors(corpus, vecs)
+
+
+def _state(op, q):
+    q = np.atleast_2d(q).astype(np.float32)
+    return State([f"q{i}" for i in range(len(q))], vectors={op.dense.encoder.key: q})
+
+
+def test_clusters_recover_the_blobs(blobs):
+    op = _fit(blobs)
+    _, _, truth = blobs
+    # a clustering equal to the truth up to renaming: each true blob maps to exactly one label
+    pairs = set(zip(truth.tolist(), op.labels_.tolist()))
+    assert len(pairs) == 4 and len({b for _, b in pairs}) == 4
+
+
+def test_weights_sum_to_one(blobs):
+    op = _fit(blobs)
+    rng = np.random.default_rng(1)
+    q = _unit(rng.standard_normal((25, D)))
+    mix = op.mixture(q)
+    np.testing.assert_allclose(mix["pi"].sum(1), 1.0, atol=1e-9)
+    np.testing.assert_allclose(mix["weights"].sum(1), 1.0, atol=1e-9)
+    assert (mix["weights"] >= 0).all()
+    kept = mix["clusters"] >= 0
+    assert (mix["weights"][~kept] == 0).all()
+    for prior in ("local",):  # the local prior is a distribution too
+        mix = op.with_params(prior=prior, local_depth=50).mixture(q)
+        np.testing.assert_allclose(mix["pi"].sum(1), 1.0, atol=1e-9)
+
+
+@pytest.mark.parametrize("mix_a", [0.5, 0.7])
+def test_query_between_two_clusters_retrieves_both_in_proportion(blobs, mix_a):
+    corpus, vecs, truth = blobs
+    op = _fit(blobs, k=20, tau=1.0, alpha=0.0, n_neighbors=40)
+    q = _unit(mix_a * np.eye(D)[0] + (1 - mix_a) * np.eye(D)[1])
+    st = op(_state(op, q))
+    got = truth[st.rankings[0].rows]
+    mix = op.mixture(q[None])
+    lab = {int(op.labels_[truth == b][0]): b for b in range(4)}
+    weights = {lab[int(c)]: w for c, w in zip(mix["clusters"][0], mix["weights"][0]) if c >= 0}
+    assert set(weights) == {0, 1}
+    quota = largest_remainder(np.array([[weights[0], weights[1]]]), 20)[0]
+    assert np.bincount(got, minlength=4)[:2].tolist() == quota.tolist()
+    # expected proportions: the neighbourhood of a 50/50 query splits the top-20 about evenly
+    if mix_a == 0.5:
+        assert 6 <= quota[0] <= 14
+    else:
+        assert quota[0] > quota[1] >= 1
+    # plain dense with the same query takes everything from the nearer blob (the test can fail)
+    s = q @ vecs.T
+    dense_rows, _ = topk_rows(s[None], 20)
+    assert len(set(truth[dense_rows[0]].tolist())) == 1 or mix_a == 0.5
+
+
+def test_output_exactly_k_distinct_and_sorted(blobs):
+    op = _fit(blobs, k=50, anchor_share=0.3, collapse_at=1.0, weight_floor=0.0, max_components=4)
+    q = _unit(np.random.default_rng(2).standard_normal((9, D)))
+    for i, r in enumerate(op(_state(op, q)).rankings):
+        assert len(r) == 50 and len(set(r.rows.tolist())) == 50
+        assert (np.diff(r.scores) <= 1e-7).all()
+        np.testing.assert_allclose(r.scores, blobs[1][r.rows] @ q[i], rtol=1e-5, atol=1e-6)  # the true cosine
+
+
+def test_overflow_fills_from_other_clusters(blobs):
+    # k larger than a cluster: quotas overflow, output still has k distinct docs
+    op = _fit(blobs, k=150, anchor_share=0.0, collapse_at=1.0, weight_floor=0.0, max_components=2, tau=None)
+    q = _unit(np.eye(D)[0] + np.eye(D)[1])
+    r = op(_state(op, q)).rankings[0]
+    assert len(set(r.rows.tolist())) == 150
+
+
+def test_collapse_and_full_anchor_equal_dense(blobs):
+    corpus, vecs, _ = blobs
+    q = _unit(np.random.default_rng(3).standard_normal((7, D)))
+    dense_rows, dense_sc = topk_rows(q @ vecs.T, 20)
+    for op in (_fit(blobs, collapse_at=0.01), _fit(blobs, anchor_share=1.0, collapse_at=1.0)):
+        st = op(_state(op, q))
+        np.testing.assert_array_equal(np.stack([r.rows for r in st.rankings]), dense_rows)
+    diverse = _fit(blobs, collapse_at=1.0, weight_floor=0.0)(_state(op, q))
+    assert not np.array_equal(np.stack([r.rows for r in diverse.rankings]), dense_rows)
+
+
+@pytest.mark.parametrize("search", ["gather", "masked", "partitioned"])
+def test_search_paths_agree(blobs, search):
+    q = _unit(np.random.default_rng(4).standard_normal((6, D)))
+    ref = _fit(blobs, collapse_at=1.0, weight_floor=0.0, anchor_share=0.25)
+    a = ref(_state(ref, q))
+    b = ref.with_params(search=search)(_state(ref, q))
+    for x, y in zip(a.rankings, b.rankings):
+        np.testing.assert_array_equal(np.sort(x.rows), np.sort(y.rows))
+
+
+def test_interleave_and_rocchio(blobs):
+    q = _unit(np.eye(D)[0] + 0.8 * np.eye(D)[2])
+    op = _fit(blobs, collapse_at=1.0, anchor_share=0.25, merge="interleave", tau=1.0, alpha=0.0)
+    r = op(_state(op, q)).rankings[0]
+    assert (np.diff(r.scores) < 0).all() and "cosine" in r.fields
+    # Sainte-Laguë: both intents appear in the first 4 slots
+    assert len(set(blobs[2][r.rows[:4]].tolist())) >= 2
+    ro = op.with_params(component_query="rocchio_filter", merge="score")(_state(op, q)).rankings[0]
+    assert len(set(ro.rows.tolist())) == 20
+
+
+def test_determinism_under_seed(blobs):
+    corpus, _, _ = blobs
+    rng = np.random.default_rng(5)
+    vecs = _unit(rng.standard_normal((300, D)))  # no clear structure: k-means init matters
+    a = KnnEmbed(k=10, n_clusters=12, seed=7, n_init=1).fit_vectors(Corpus.from_texts([str(i) for i in range(300)]), vecs)
+    b = KnnEmbed(k=10, n_clusters=12, seed=7, n_init=1).fit_vectors(Corpus.from_texts([str(i) for i in range(300)]), vecs)
+    np.testing.assert_array_equal(a.labels_, b.labels_)
+    np.testing.assert_array_equal(a.centroids_, b.centroids_)
+    q = _unit(rng.standard_normal((5, D)))
+    for x, y in zip(a(_state(a, q)).rankings, b(_state(b, q)).rankings):
+        np.testing.assert_array_equal(x.rows, y.rows)
+
+
+def test_save_load(blobs, tmp_path):
+    op = _fit(blobs, collapse_at=1.0, anchor_share=0.25)
+    q = _unit(np.random.default_rng(6).standard_normal((5, D)))
+    before = op(_state(op, q))
+    op.save(tmp_path / "op")
+    assert {p.name for p in (tmp_path / "op").iterdir()} >= {"labels.npy", "centroids.npy", "vectors.npy"}
+    loaded = Operator.load(tmp_path / "op")
+    after = loaded(_state(loaded, q))
+    for x, y in zip(before.rankings, after.rankings):
+        np.testing.assert_array_equal(x.rows, y.rows)
+        np.testing.assert_array_equal(x.fields["cluster"], y.fields["cluster"])
+    np.save(tmp_path / "op" / "labels.npy", np.full(10, 99, np.int32))
+    with pytest.raises(ArtifactError):
+        Operator.load(tmp_path / "op")
+
+
+def test_params_and_errors(blobs):
+    with pytest.raises(ParamError, match="knn_embed.anchor_share"):
+        KnnEmbed(anchor_share=1.5)
+    with pytest.raises(ParamError, match="local_depth"):
+        KnnEmbed(prior="local", local_depth=5, n_neighbors=40)
+    with pytest.raises(DataError, match="clustering"):
+        _fit(blobs).with_params(n_clusters=9)
+    with pytest.raises(DataError, match="shape"):
+        KnnEmbed().fit_vectors(blobs[0], blobs[1][:10])
+
+
+def test_largest_remainder():
+    w = np.array([[0.5, 0.3, 0.2, 0.0], [0.96, 0.02, 0.02, 0.0], [0.34, 0.33, 0.33, 0.0]])
+    q = largest_remainder(w, 10)
+    assert q.sum(1).tolist() == [10, 10, 10]
+    assert q[0].tolist() == [5, 3, 2, 0]
+    assert q[1].tolist() == [8, 1, 1, 0]  # every active component gets at least one
+    assert q[2].tolist() == [4, 3, 3, 0]
+    assert largest_remainder(w[:1], 2)[0].tolist() == [1, 1, 0, 0]  # fewer slots than components
+
+
+# ---------------------------------------------------------------------- MMR
+def test_mmr_lambda_one_is_relevance_order_and_low_lambda_diversifies(blobs):
+    _, vecs, truth = blobs
+    q = _unit(np.eye(D)[0] + 0.5 * np.eye(D)[1])[None]
+    pool, _ = topk_rows(q @ vecs.T, 120)
+    valid = np.ones_like(pool, bool)
+    sel1 = mmr_select(q, pool, valid, vecs, 10, 1.0)
+    np.testing.assert_array_equal(sel1[0], np.arange(10))
+    sel = mmr_select(q, pool, valid, vecs, 10, 0.3)
+    r_rel = [Ranking(pool[0, sel1[0]], np.zeros(10, np.float32))]
+    r_div = [Ranking(pool[0, sel[0]], np.zeros(10, np.float32))]
+    assert intra_list_diversity(r_div, vecs, 10)[0] > intra_list_diversity(r_rel, vecs, 10)[0] + 0.1
+    assert len(set(truth[pool[0, sel[0]]].tolist())) == 2
+
+
+def test_mmr_operator_batch_and_padding(blobs):
+    corpus, vecs, _ = blobs
+    op = MMR(k=5, fetch_k=8, lambda_mult=0.5)
+    op.vectors_ = vecs
+    op.corpus_ = corpus
+    q = _unit(np.random.default_rng(7).standard_normal((3, D)))
+    st = State(["a", "b", "c"], vectors={op.encoder.key: q},
+               rankings=[Ranking(np.arange(10), np.linspace(1, 0, 10)), Ranking(np.array([3, 4]), np.array([1., .5])),
+                         Ranking.empty()])
+    out = op(st)
+    assert [len(r) for r in out.rankings] == [5, 2, 0]
+    assert set(out.rankings[1].rows.tolist()) == {3, 4}
+    one = op(State(["b"], vectors={op.encoder.key: q[1:2]}, rankings=[st.rankings[1]]))
+    np.testing.assert_array_equal(one.rankings[0].rows, out.rankings[1].rows)
+    with pytest.raises(DataError):
+        op(State(["a"], vectors={op.encoder.key: q[:1]}))
+
+
+# ---------------------------------------------------------------------- diversity measures
+def test_diversity_measures():
+    v = np.eye(4, dtype=np.float32)
+    v = np.vstack([v, v[0]])  # doc 4 duplicates doc 0
+    rk = [Ranking(np.array([0, 1, 2]), np.zeros(3, np.float32)), Ranking(np.array([0, 4]), np.zeros(2, np.float32)),
+          Ranking(np.array([1]), np.zeros(1, np.float32))]
+    ild = intra_list_diversity(rk, v, k=10)
+    np.testing.assert_allclose(ild[:2], [1.0, 0.0], atol=1e-6)
+    assert np.isnan(ild[2])
+    np.testing.assert_allclose(near_duplicate_rate(rk, v, k=10)[:2], [0.0, 1.0])
+    labels = np.array([0, 0, 1, 2, 0])
+    assert distinct_clusters(rk, labels, k=10).tolist() == [2, 1, 1]
+    assert distinct_clusters(rk, labels, k=1).tolist() == [1, 1, 1]
+    np.testing.assert_allclose(cluster_entropy(rk, labels, k=10)[1], 0.0)
+    assert cluster_entropy(rk, labels, k=10)[0] > 0.6
+
+
+def test_alpha_ndcg_and_s_recall():
+    sub = {"q": {"a": ["t1"], "b": ["t1"], "c": ["t2"]}}
+    good = Run.from_dict({"q": {"a": 3, "c": 2, "b": 1}})
+    bad = Run.from_dict({"q": {"a": 3, "b": 2, "c": 1}})
+    assert alpha_ndcg(good, sub, k=3)["q"] == pytest.approx(1.0)
+    assert alpha_ndcg(bad, sub, k=3)["q"] < 1.0
+    assert subtopic_recall(good, sub, k=2)["q"] == 1.0
+    assert subtopic_recall(bad, sub, k=2)["q"] == 0.5
+
+
+def test_scifact_slice_no_recall_loss(slice_data):
+    """On a real slice at default settings (anchor 0.5): Recall@20 within 0.05 of dense, more clusters in top-20."""
+    from ragkit.eval import evaluate
+    from ragkit.retrievers import Dense
+
+    corpus, queries, qrels, _ = slice_data
+    op = KnnEmbed(k=20, n_init=1).fit(corpus)
+    dense = Dense(k=20).fit(corpus)
+    q = op.dense.encoder.encode_queries(queries.texts)
+    st = State(list(queries.texts), list(queries.ids), vectors={op.dense.encoder.key: q})
+    a, b = op(st), dense(st)
+    ra = evaluate(Run.from_rankings(queries.ids, a.rankings, corpus.ids), qrels, ["recall@20"])["recall@20"]
+    rb = evaluate(Run.from_rankings(queries.ids, b.rankings, corpus.ids), qrels, ["recall@20"])["recall@20"]
+    assert ra >= rb - 0.05
+    assert distinct_clusters(a.rankings, op.labels_, 20).mean() >= distinct_clusters(b.rankings, op.labels_, 20).mean()
