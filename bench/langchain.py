@@ -10,7 +10,10 @@ Measures, in one run and interleaved (direct, wrapper, direct, wrapper, ...):
   batched override (fewer repeats: it is slow).
 
 It checks that the wrapper's documents (ids and scores, in order) equal the direct run's,
-and reports the wrapper's overhead ``median(wrapper) / median(direct) - 1`` (target < 5%).
+and reports the wrapper's overhead two ways: end to end, ``median(wrapper) / median(direct) - 1``
+(noisy on a shared machine, where the pipeline's own run-to-run variance dwarfs the wrapper),
+and exactly, as the time ``batch()`` spends outside its single ``pipeline.search`` call divided
+by that call's time, in the same call (target < 5%).
 Pipelines: ``hybrid`` (BM25 + MiniLM dense + RRF; the realistic case, dominated by query
 encoding) and ``bm25`` (a pipeline so fast that the per-document conversion shows).
 Document vectors come from ragkit's embedding cache; query vectors are computed in every run.
@@ -75,29 +78,47 @@ def bench_one(name: str, corpus, texts: list[str], k: int, repeats: int, peer_re
     pipe = build(name)
     t_fit, _ = timed(lambda: pipe.fit(corpus))
     retriever = RagkitRetriever(pipeline=pipe, k=k)
+    real_search = pipe.search
+    inner: list[float] = []
+
+    def search_timed(*a, **kw):  # the pipeline call made inside retriever.batch, timed
+        t, out = timed(lambda: real_search(*a, **kw))
+        inner.append(t)
+        return out
+
+    pipe.search = search_timed  # instance attribute: retriever.pipeline is this same object
     # warm-up (loads the model, touches every code path), and the equality check
-    run = pipe.search(texts, k=k)
+    run = real_search(texts, k=k)
     docs = retriever.batch(texts)
     equal = same(run, docs)
-    direct, wrapper = [], []
+    direct, wrapper, own = [], [], []
     for r in range(repeats):  # interleaved, alternating which goes first, so load noise hits both
-        order = [("d", lambda: pipe.search(texts, k=k)), ("w", lambda: retriever.batch(texts))]
+        order = [("d", lambda: real_search(texts, k=k)), ("w", lambda: retriever.batch(texts))]
         for tag, fn in (order if r % 2 == 0 else order[::-1]):
+            n_inner = len(inner)
             dt, out = timed(fn)
-            (direct if tag == "d" else wrapper).append(dt)
-            if tag == "w":
+            if tag == "d":
+                direct.append(dt)
+            else:
+                assert len(inner) == n_inner + 1, "retriever.batch must make exactly one pipeline.search call"
+                wrapper.append(dt)
+                own.append((dt - inner[-1], inner[-1]))  # (wrapper's own seconds, pipeline seconds) of this call
                 equal = equal and same(run, out)
     peer = []
     for _ in range(peer_repeats):
         dt, out = timed(lambda: Runnable.batch(retriever, texts))
         peer.append(dt)
         equal_peer = same(run, out)
+    pipe.search = real_search
     md, mw = statistics.median(direct), statistics.median(wrapper)
+    own_pct = [100.0 * o / p for o, p in own]
     res = {
         "pipeline": name, "queries": len(texts), "k": k, "docs": len(corpus), "fit_s": round(t_fit, 3),
         "equal": bool(equal), "direct_s": direct, "wrapper_s": wrapper, "lc_default_s": peer,
-        "direct_median_s": md, "wrapper_median_s": mw, "overhead_pct": 100.0 * (mw / md - 1.0),
-        "overhead_min_pct": 100.0 * (min(wrapper) / min(direct) - 1.0),
+        "wrapper_own_s": [o for o, _ in own], "wrapper_inner_pipeline_s": [p for _, p in own],
+        "direct_median_s": md, "wrapper_median_s": mw, "end_to_end_overhead_pct": 100.0 * (mw / md - 1.0),
+        "wrapper_own_median_s": statistics.median(o for o, _ in own),
+        "overhead_pct": statistics.median(own_pct),
     }
     if peer:
         res["lc_default_median_s"] = statistics.median(peer)
@@ -131,15 +152,19 @@ def main() -> None:
 
     print(f"\nRagkitRetriever.batch vs pipeline.search — {len(texts)} SciFact test queries, {len(corpus)} docs, "
           f"k={args.k}, median of {args.repeats} (interleaved)")
-    head = f"{'pipeline':<8} {'direct s':>9} {'wrapper s':>10} {'overhead':>9} {'(min-min)':>10} {'equal':>6} " \
-           f"{'lc-default s':>13} {'lc-default/wrapper':>19}"
+    head = f"{'pipeline':<8} {'direct s':>9} {'wrapper s':>10} {'end-to-end':>11} {'own s':>7} {'overhead':>9} " \
+           f"{'equal':>6} {'lc-default s':>13} {'lc-default/wrapper':>19}"
     print(head)
     print("-" * len(head))
     for r in results:
         peer = f"{r['lc_default_median_s']:>13.3f} {r['lc_default_vs_wrapper']:>18.2f}x" if "lc_default_median_s" in r \
             else f"{'-':>13} {'-':>19}"
         print(f"{r['pipeline']:<8} {r['direct_median_s']:>9.3f} {r['wrapper_median_s']:>10.3f} "
-              f"{r['overhead_pct']:>8.1f}% {r['overhead_min_pct']:>9.1f}% {str(r['equal']):>6} {peer}")
+              f"{r['end_to_end_overhead_pct']:>10.1f}% {r['wrapper_own_median_s']:>7.3f} {r['overhead_pct']:>8.1f}% "
+              f"{str(r['equal']):>6} {peer}")
+    print("end-to-end: median(wrapper)/median(direct) - 1 (noisy on a shared machine); own s: time inside "
+          "batch() outside its one pipeline.search call;\noverhead: own / that call's pipeline time (median "
+          "over repeats) -- the wrapper's cost, independent of run-to-run noise.")
     OUT.mkdir(parents=True, exist_ok=True)
     path = OUT / ("langchain_quick.json" if args.quick else "langchain.json")
     path.write_text(json.dumps({

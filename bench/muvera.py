@@ -3,7 +3,7 @@
 Usage::
 
     python bench/muvera.py                  # full SciFact (5,183 docs, 300 test queries)
-    python bench/muvera.py --quick          # 600-doc slice, 40 queries (smoke run)
+    python bench/muvera.py --quick          # ~230-doc slice, 30 queries (smoke run)
     python bench/muvera.py --configs 5x16x20,4x16x10 --candidates 50,100,200,500
 
 A config ``KxPxR`` is ``k_sim x d_proj x r_reps`` (FDE size ``R * 2**K * P``).  Measured in one
@@ -78,22 +78,24 @@ def _spearman_rows(x: np.ndarray, y: np.ndarray) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--quick", action="store_true", help="600-doc slice, 40 queries, two small configs")
+    ap.add_argument("--quick", action="store_true", help="~230-doc slice, 30 queries, two configs")
     ap.add_argument("--configs", default=None, help="comma list of k_sim x d_proj x r_reps, e.g. 5x16x20")
-    ap.add_argument("--candidates", default="50,100,200,500")
+    ap.add_argument("--candidates", default=None, help="comma list (default 50,100,200,500; quick 10,20,50,100)")
     ap.add_argument("--main", default="5x16x20", help="config used for fusion and the operator run")
-    ap.add_argument("--main-candidates", type=int, default=200)
+    ap.add_argument("--main-candidates", type=int, default=None, help="default 200 (quick 50)")
     ap.add_argument("--tau", default="0.9,0.8", help="ball-carving thresholds tried on the main config")
     ap.add_argument("--seed", type=int, default=42)
     args = ap.parse_args()
     configs = args.configs or ("4x16x10,5x16x20" if args.quick else "4x16x10,5x16x10,5x16x20,5x32x20")
-    cands = [int(c) for c in args.candidates.split(",")]
+    cands = [int(c) for c in (args.candidates or ("10,20,50,100" if args.quick else "50,100,200,500")).split(",")]
+    if args.main_candidates is None:
+        args.main_candidates = 50 if args.quick else 200
 
     from ragkit.encoders.tokens import get_token_encoder
     from ragkit.operator import topk_rows
     from ragkit.retrievers.fde import FDEConfig, ball_carve, chamfer_pairs, chamfer_scores, fde_documents, fde_queries
 
-    corpus, queries, qrels = _data(args.quick, 600, 40)
+    corpus, queries, qrels = _data(args.quick, 200, 30)
     nq = len(queries)
     enc = get_token_encoder()
     t0 = time.perf_counter()

@@ -126,7 +126,9 @@ class MMR(Operator):
             pool[valid] = np.concatenate([r.rows[:f] for r in state.rankings])
         v = np.asarray(self.vectors_)
         q = query_vectors(state, self.encoder).astype(np.float32)
-        sel = mmr_select(q, pool, valid, v, k, self.params.lambda_mult)
+        step = max(1, int(2**26 // max(f * f, 1)))  # bound the (n_q, F, F) similarity block to ~256 MiB
+        sel = np.concatenate([mmr_select(q[i:i + step], pool[i:i + step], valid[i:i + step], v, k,
+                                         self.params.lambda_mult) for i in range(0, n_q, step)])
         rankings = []
         for i in range(n_q):  # assembling output objects only; the selection above is batched
             s = sel[i][sel[i] >= 0]

@@ -12,10 +12,11 @@ batched top-k inner-product / cosine queries.  Storage and search are parameters
     with one global symmetric scale (``127 / p99.9(|x|)``) so that int8-vs-int8 cosine in
     the graph keeps the geometry; usearch's own float->i8 cast is never used (it loses
     about 5 points of recall@10 on MiniLM).
-  - ``b1``: packed sign bits (``np.packbits(x > 0)``), searched by Hamming distance (numpy
-    for exact search, usearch ``metric="hamming"`` for HNSW).  The ``oversample * k``
-    Hamming candidates are then re-ranked: with the float vectors (``rescore=True``) or,
-    with no float vectors at all, by the float query against the ±1 bits.
+  - ``b1``: packed sign bits (``np.packbits(x > 0)``).  Exact search scores every code with
+    the float query against the ±1 bits (asymmetric; numpy); HNSW search uses usearch's
+    Hamming distance on the sign-quantised query.  The ``oversample * k`` candidates are
+    then re-ranked with the float vectors (``rescore=True``) or, with no float vectors at
+    all, by the float query against the ±1 bits.
 * ``reduce``: ``none``, ``pca:<d>`` (centred PCA fitted on the indexed vectors, optional
   whitening) or ``matryoshka:<d>`` (keep the first ``d`` dimensions; only sound for
   models trained with Matryoshka Representation Learning).  Vectors are re-normalised
@@ -210,12 +211,16 @@ class VectorIndex:
             sample = full if len(full) <= 200_000 else full[np.random.default_rng(0).choice(len(full), 200_000, replace=False)]
             sample = np.asarray(sample, dtype=np.float64)
             mean = sample.mean(axis=0)
-            _, sv, vt = np.linalg.svd(sample - mean, full_matrices=False)
+            centred = sample - mean
+            # eigen-decomposition of the (d x d) covariance: cheaper than an SVD of the (n x d) data
+            ev, vecs = np.linalg.eigh(centred.T @ centred / max(len(sample) - 1, 1))
+            order = np.argsort(ev)[::-1]
+            ev, vt = np.maximum(ev[order], 0.0), vecs[:, order].T
             vt = vt * np.where(vt[np.arange(len(vt)), np.abs(vt).argmax(axis=1)] < 0, -1.0, 1.0)[:, None]  # sign fix
+            sv = np.sqrt(ev * max(len(sample) - 1, 1))
             comps = vt[: self.reduce_dims].T
             if self.whiten:
-                std = sv[: self.reduce_dims] / np.sqrt(max(len(sample) - 1, 1))
-                comps = comps / np.maximum(std, 1e-12)
+                comps = comps / np.maximum(np.sqrt(ev[: self.reduce_dims]), 1e-12)
             self.pca_mean = mean.astype(np.float32)
             self.pca_components = np.ascontiguousarray(comps, dtype=np.float32)
             self.explained_variance_ratio = float((sv[: self.reduce_dims] ** 2).sum() / max((sv ** 2).sum(), 1e-30))
@@ -363,10 +368,10 @@ class VectorIndex:
             if codes.dtype == np.int8:  # global-scale codes fetched from usearch
                 return (qr @ codes.astype(np.float32).T) / self.i8_scale
             return codes.astype(np.float32) @ (qr * self.i8_step).T  # (n, nq); transposed below
-        # b1: -hamming via ±1 products (exact integer values in float32)
-        qb = np.unpackbits(np.packbits(qr > 0, axis=1), axis=1).astype(np.float32) * 2 - 1
-        db = np.unpackbits(np.asarray(codes), axis=1).astype(np.float32) * 2 - 1
-        return (qb @ db.T - qb.shape[1]) / 2  # = -hamming
+        # b1: the float query against the ±1 bits (asymmetric; ranks at least as well as Hamming
+        # on the sign-quantised query, for the same matrix-product cost in numpy)
+        db = np.unpackbits(np.asarray(codes), axis=1)[:, : self.ndim].astype(np.float32) * 2 - 1
+        return (qr @ db.T) / np.float32(np.sqrt(self.ndim))
 
     def _exact(self, qr: np.ndarray, kk: int, rows: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
         """Exact top-``kk`` over live slots (or over ``rows``) in blocks; returns (scores, slots)."""
@@ -405,7 +410,8 @@ class VectorIndex:
         m = self.usearch.search(q, kk, threads=self.threads)
         keys = np.asarray(m.keys).reshape(len(qr), -1).astype(np.int64)
         dist = np.asarray(m.distances, dtype=np.float32).reshape(len(qr), -1)
-        counts = np.asarray(m.counts).reshape(len(qr))
+        # a one-query batch comes back as ``Matches`` (already cut to the hits found), more as ``BatchMatches``
+        counts = np.asarray(m.counts).reshape(len(qr)) if hasattr(m, "counts") else np.array([keys.shape[1]])
         valid = np.arange(keys.shape[1])[None, :] < counts[:, None]
         s = -dist if self.dtype == "b1" else 1.0 - dist
         return np.where(valid, s, -np.inf).astype(np.float32), np.where(valid, keys, -1)

@@ -335,15 +335,12 @@ class KnnEmbed(Operator):
         clusters, weights, collapsed = mix["clusters"], mix["weights"], mix["collapsed"].copy()
         if k_r == 0:
             collapsed[:] = True
-        mm = clusters.shape[1]
         out_rows = top_rows[:, :k].copy()
         comp = np.full((n_q, k), -1, np.int32)
         live = np.flatnonzero(~collapsed)
         if len(live):
-            lr, lc, lcomp = self._mixture_search(q[live], s[live], top_rows[live], clusters[live], weights[live],
-                                                 k, k_a, k_r, labels)
-            out_rows[live], comp[live] = lr, lc
-            del lcomp
+            out_rows[live], comp[live] = self._mixture_search(
+                q[live], s[live], top_rows[live], clusters[live], weights[live], k, k_a, k_r, labels)
         out_sc = np.take_along_axis(s, out_rows, axis=1).astype(np.float32)
         # merge
         if p.merge == "score":
@@ -429,7 +426,7 @@ class KnnEmbed(Operator):
         short = quota - got
         if short.any():  # overflow (rare, cold path): components' other docs, then unrestricted dense
             self._fill_shortfall(s, rows_out, comp_out, clusters, labels, k)
-        return rows_out, comp_out, None
+        return rows_out, comp_out
 
     def _rocchio(self, q, topm, c, labels, v):
         """normalise(q + lambda * mean of the query's top-m docs in cluster c) per (query, c) pair."""
@@ -442,30 +439,25 @@ class KnnEmbed(Operator):
     def _fill_shortfall(self, s, rows_out, comp_out, clusters, labels, k):
         """Fill empty slots (-1): first from untaken docs of the query's kept clusters by score, then dense."""
         bad = np.flatnonzero((rows_out < 0).any(1))
-        sb = s[bad].copy()
-        taken = np.zeros(sb.shape, bool)
-        valid = rows_out[bad] >= 0
-        rr = np.where(valid, rows_out[bad], 0)
-        np.put_along_axis(taken, rr, valid | np.take_along_axis(taken, rr, axis=1), axis=1)
-        sb[taken] = -np.inf
+        sub = rows_out[bad]
+        sb = s[bad].astype(np.float64, copy=True)
+        vr, vc = np.nonzero(sub >= 0)
+        sb[vr, sub[vr, vc]] = -np.inf  # already taken
         in_kept = (labels[None, :, None] == clusters[bad][:, None, :]).any(2)
-        for pool in (np.where(in_kept, sb, -np.inf), sb):
-            holes = rows_out[bad] < 0
+        for restrict in (True, False):
+            holes = sub < 0
             n_h = holes.sum(1)
             if not n_h.any():
                 break
-            r, sc = topk_rows(pool, int(n_h.max()))
-            ok = np.isfinite(sc) & (np.arange(r.shape[1])[None, :] < n_h[:, None])
-            # place the j-th fill into the j-th hole of the row
-            hole_rank = np.cumsum(holes, axis=1) - 1
-            for_rows, for_cols = np.nonzero(holes)
-            j = hole_rank[for_rows, for_cols]
-            use = j < ok.sum(1)[for_rows]
-            fr, fc, fj = for_rows[use], for_cols[use], j[use]
-            sub = rows_out[bad]
-            sub[fr, fc] = r[fr, fj]
-            rows_out[bad] = sub
-            sb[np.arange(len(bad))[:, None].repeat(r.shape[1], 1)[ok], r[ok]] = -np.inf
+            r, sc = topk_rows(np.where(in_kept, sb, -np.inf) if restrict else sb, int(n_h.max()))
+            n_ok = (np.isfinite(sc) & (np.arange(r.shape[1])[None, :] < n_h[:, None])).sum(1)
+            hr, hc = np.nonzero(holes)  # the j-th fill goes into the j-th hole of the row
+            j = (np.cumsum(holes, axis=1) - 1)[hr, hc]
+            use = j < n_ok[hr]
+            hr, hc, j = hr[use], hc[use], j[use]
+            sub[hr, hc] = r[hr, j]
+            sb[hr, r[hr, j]] = -np.inf
+        rows_out[bad] = sub
         if (rows_out < 0).any():  # cannot happen with k <= N
             raise DataError(f"knn_embed: could not fill {k} distinct results")
 

@@ -301,5 +301,5 @@ def test_bench_quick(tmp_path):
     res = subprocess.run([sys.executable, str(repo / "bench" / "dense.py"), "--quick", "--no-scifact",
                           "--out", str(tmp_path)], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr[-3000:]
-    data = json.loads((tmp_path / "dense.json").read_text())
+    data = json.loads((tmp_path / "dense_quick.json").read_text())
     assert data["synthetic"]["rows"]

@@ -373,6 +373,7 @@ def test_example_app_runs():
     assert "langchain_app: 6 queries" in out.stdout and "nDCG@10" in out.stdout
 
 
+@pytest.mark.slow
 def test_bench_quick_runs():
     out = subprocess.run([sys.executable, str(REPO / "bench" / "langchain.py"), "--quick"],
                          capture_output=True, text=True, timeout=180, cwd=REPO)

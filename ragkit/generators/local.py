@@ -31,7 +31,6 @@ import glob
 import hashlib
 import importlib.util
 import json
-import math
 import os
 import time
 from contextlib import contextmanager

@@ -1,0 +1,354 @@
+"""Dense index benchmark: ragkit storage/search configurations vs faiss-cpu and plain numpy.
+
+Usage::
+
+    python bench/dense.py                    # SciFact (MiniLM) + synthetic scale set of 1M vectors
+    python bench/dense.py --n 200000         # smaller scale set
+    python bench/dense.py --quick            # smoke run: 1,000-doc SciFact slice, 5k synthetic vectors
+    python bench/dense.py --no-scifact       # synthetic part only
+
+For each configuration, in one run: build time, index bytes held in memory (ragkit:
+``VectorIndex.memory_bytes()`` = codes + graph + calibration, *not* memory-mapped floats;
+faiss: serialised index size; numpy: array bytes), for rescoring configurations also the
+resident bytes of the memory-mapped float file after the queries (``/proc/self/smaps``),
+queries/second (query vectors given; encoding excluded; whole batch per call), recall@10
+against exact float32 search, and (SciFact) nDCG@10 on the test qrels.
+
+The synthetic scale set: ``n`` vectors made from the SciFact document vectors plus
+Gaussian noise (per-dimension std of the corpus, ``--noise`` times), re-normalised, so the
+geometry stays realistic; queries are SciFact test queries plus the same noise.  Writes
+``bench/out/dense.json`` and ``bench/out/dense.png`` (recall vs queries/sec, marker area
+~ memory); ``_quick`` suffixes with ``--quick``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+SCIFACT = Path(os.environ.get("RAGKIT_SCIFACT", REPO.parent / "shared" / "data" / "beir" / "scifact"))
+sys.path.insert(0, str(REPO))
+
+
+def timed(fn, repeat=1):
+    best, out = float("inf"), None
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        out = fn()
+        best = min(best, time.perf_counter() - t0)
+    return best, out
+
+
+def exact_topk(d: np.ndarray, q: np.ndarray, k: int, block: int = 65536) -> np.ndarray:
+    """Plain numpy: ``Q @ D.T`` + argpartition, in row blocks (the peer and the ground truth)."""
+    best_s = best_i = None
+    for s0 in range(0, len(d), block):
+        s = q @ d[s0: s0 + block].T
+        idx = np.broadcast_to(np.arange(s0, s0 + s.shape[1]), s.shape)
+        if best_s is not None:
+            s, idx = np.concatenate([best_s, s], 1), np.concatenate([best_i, idx], 1)
+        part = np.argpartition(-s, k - 1, axis=1)[:, :k]
+        best_s, best_i = np.take_along_axis(s, part, 1), np.take_along_axis(idx, part, 1)
+    order = np.argsort(-best_s, axis=1, kind="stable")
+    return np.take_along_axis(best_i, order, 1)
+
+
+def recall(got: np.ndarray, ref: np.ndarray, k: int = 10) -> float:
+    return float(np.mean([len(set(a[:k].tolist()) & set(b[:k].tolist())) / k for a, b in zip(got, ref)]))
+
+
+def ndcg10(rows: np.ndarray, doc_ids: np.ndarray, qids: list[str], qrels: dict) -> float:
+    out = []
+    for r, q in zip(rows, qids):
+        rel = qrels.get(q, {})
+        gains = np.array([rel.get(doc_ids[i], 0) if i >= 0 else 0 for i in r[:10]], dtype=float)
+        dcg = float(((2 ** gains - 1) / np.log2(np.arange(2, len(gains) + 2))).sum())
+        ideal = np.sort(np.array([g for g in rel.values() if g > 0], dtype=float))[::-1][:10]
+        idcg = float(((2 ** ideal - 1) / np.log2(np.arange(2, len(ideal) + 2))).sum())
+        out.append(dcg / idcg if idcg > 0 else 0.0)
+    return float(np.mean(out))
+
+
+def run_configs(d: np.ndarray, q: np.ndarray, ref: np.ndarray, configs: list[tuple], *, k: int, repeat: int,
+                quality=None) -> list[dict]:
+    """Each config: (name, family, build() -> obj, search(obj) -> rows (n_q, >=k), mem(obj) -> bytes, extra(obj))."""
+    rows_out = []
+    for name, family, build, search, mem, extra in configs:
+        try:
+            tb, obj = timed(build)
+            search(obj)  # warm-up
+            ts, got = timed(lambda: search(obj), repeat)
+        except Exception as e:  # a peer missing or failing is reported, not fatal
+            print(f"  {name}: FAILED {type(e).__name__}: {e}")
+            continue
+        row = {"config": name, "family": family, "build_s": round(tb, 3), "memory_bytes": int(mem(obj)),
+               "qps": round(len(q) / ts, 1), "recall@10": round(recall(got, ref, 10), 4)}
+        if quality is not None:
+            row["ndcg@10"] = round(quality(got), 4)
+        row.update(extra(obj) if extra else {})
+        rows_out.append(row)
+        print("  " + "  ".join(f"{k_}={v}" for k_, v in row.items()), flush=True)
+        del obj
+    return rows_out
+
+
+def configs_for(d: np.ndarray, k: int, scale: bool, efs: list[int], threads: int) -> list[tuple]:
+    from ragkit.retrievers._index import VectorIndex, resident_bytes
+
+    def vi(**kw):
+        return lambda: VectorIndex(threads=threads, **kw).build(d)
+
+    def vs(obj):
+        return obj.search(qbox[0], k)[0]
+
+    def vmem(obj):
+        return obj.memory_bytes()
+
+    def vres(obj):
+        if obj.floats is None:
+            return {}
+        return {"floats_resident_bytes": resident_bytes(obj.floats.filename),
+                "floats_file_bytes": int(os.path.getsize(obj.floats.filename))}
+
+    cfgs: list[tuple] = [
+        ("numpy Q@D.T", "numpy", lambda: np.ascontiguousarray(d), lambda x: exact_topk(x, qbox[0], k), lambda x: x.nbytes, None),
+        ("ragkit exact f32", "ragkit", vi(search="exact"), vs, vmem, None),
+    ]
+    if not scale:
+        cfgs += [
+            ("ragkit exact f16", "ragkit", vi(search="exact", dtype="f16"), vs, vmem, None),
+            ("ragkit exact i8", "ragkit", vi(search="exact", dtype="i8"), vs, vmem, None),
+            ("ragkit exact b1 (bits only)", "ragkit", vi(search="exact", dtype="b1"), vs, vmem, None),
+            ("ragkit exact b1 + rescore x4", "ragkit", vi(search="exact", dtype="b1", rescore=True, oversample=4), vs, vmem, vres),
+            ("ragkit exact b1 + rescore x10", "ragkit", vi(search="exact", dtype="b1", rescore=True, oversample=10), vs, vmem, vres),
+            ("ragkit exact pca:192", "ragkit", vi(search="exact", reduce="pca:192"), vs, vmem, None),
+            ("ragkit exact pca:128", "ragkit", vi(search="exact", reduce="pca:128"), vs, vmem, None),
+            ("ragkit exact pca:64", "ragkit", vi(search="exact", reduce="pca:64"), vs, vmem, None),
+            ("ragkit exact pca:128 + rescore x4", "ragkit", vi(search="exact", reduce="pca:128", rescore=True), vs, vmem, vres),
+            ("ragkit exact pca:128 whiten", "ragkit", vi(search="exact", reduce="pca:128", whiten=True), vs, vmem, None),
+            ("ragkit exact i8 pca:192", "ragkit", vi(search="exact", dtype="i8", reduce="pca:192"), vs, vmem, None),
+            ("ragkit hnsw i8", "ragkit", vi(search="hnsw", dtype="i8"), vs, vmem, None),
+            ("ragkit hnsw b1 + rescore x4", "ragkit", vi(search="hnsw", dtype="b1", rescore=True), vs, vmem, vres),
+        ]
+    # HNSW sweep: ragkit, raw usearch on the same kind of index, faiss HNSWFlat
+    for ef in efs:
+        def rs(obj, ef=ef):
+            obj.usearch.expansion_search = ef
+            return obj.search(qbox[0], k)[0]
+
+        cfgs.append((f"ragkit hnsw f32 ef={ef}", "ragkit-hnsw",
+                     lambda: _cached("ragkit_hnsw", vi(search="hnsw")), rs, vmem, None))
+    try:
+        import faiss  # noqa: F401
+
+        faiss.omp_set_num_threads(threads or os.cpu_count())
+        cfgs += faiss_configs(d, k, efs, scale)
+    except ImportError:
+        print("  faiss-cpu not installed: skipping the faiss peers")
+    return cfgs
+
+
+def faiss_configs(d: np.ndarray, k: int, efs: list[int], scale: bool) -> list[tuple]:
+    import faiss
+
+    dim = d.shape[1]
+
+    def ser(ix):
+        return int(faiss.serialize_index(ix).nbytes)
+
+    def flat():
+        ix = faiss.IndexFlatIP(dim)
+        ix.add(np.ascontiguousarray(d))
+        return ix
+
+    def hnsw():
+        ix = faiss.IndexHNSWFlat(dim, 16, faiss.METRIC_INNER_PRODUCT)
+        ix.hnsw.efConstruction = 128
+        ix.add(np.ascontiguousarray(d))
+        return ix
+
+    def fsearch(ix):
+        return ix.search(qbox[0], k)[1]
+
+    cfgs = [("faiss IndexFlatIP", "faiss", flat, fsearch, ser, None)]
+    if not scale:
+        def binary():
+            ix = faiss.IndexBinaryFlat(8 * ((dim + 7) // 8))
+            ix.add(np.packbits(d > 0, axis=1))
+            return ix
+
+        def bsearch(ix, m=4):  # Hamming top m*k, then the same float rescoring as ragkit
+            cand = ix.search(np.packbits(qbox[0] > 0, axis=1), m * k)[1]
+            s = np.einsum("qcd,qd->qc", d[cand], qbox[0])
+            return np.take_along_axis(cand, np.argsort(-s, axis=1, kind="stable"), 1)[:, :k]
+
+        def bmem(ix):
+            return int(faiss.serialize_index_binary(ix).nbytes)
+
+        cfgs.append(("faiss IndexBinaryFlat + rescore x4", "faiss", binary, bsearch, bmem, None))
+    for ef in efs:
+        def fs(ix, ef=ef):
+            ix.hnsw.efSearch = ef
+            return ix.search(qbox[0], k)[1]
+
+        cfgs.append((f"faiss HNSWFlat ef={ef}", "faiss-hnsw", lambda: _cached("faiss_hnsw", hnsw), fs, ser, None))
+    return cfgs
+
+
+_CACHE: dict = {}
+qbox: list = [None]
+
+
+def _cached(key, fn):
+    """Build once, reuse across the ef sweep (build time reported on the first row)."""
+    if key not in _CACHE:
+        _CACHE[key] = fn()
+    return _CACHE[key]
+
+
+def raw_usearch_rows(d: np.ndarray, q: np.ndarray, ref: np.ndarray, k: int, efs: list[int], threads: int,
+                     repeat: int) -> list[dict]:
+    """The same HNSW built by ragkit, searched through VectorIndex and through raw usearch."""
+    from ragkit.retrievers._index import VectorIndex
+
+    out = []
+    ix = _cached("ragkit_hnsw", lambda: VectorIndex(search="hnsw", threads=threads).build(d))
+    for ef in efs:
+        ix.usearch.expansion_search = ef
+        t_rk, got_rk = timed(lambda: ix.search(q, k)[0], repeat)
+        t_raw, m = timed(lambda: ix.usearch.search(q, k, threads=threads), repeat)
+        row = {"ef": ef, "ragkit_qps": round(len(q) / t_rk, 1), "usearch_qps": round(len(q) / t_raw, 1),
+               "ragkit/usearch": round(t_raw / t_rk, 3), "recall@10": round(recall(got_rk, ref), 4),
+               "usearch_recall@10": round(recall(np.asarray(m.keys).astype(np.int64), ref), 4)}
+        print("  " + "  ".join(f"{k_}={v}" for k_, v in row.items()), flush=True)
+        out.append(row)
+    return out
+
+
+def synthetic(base: np.ndarray, qbase: np.ndarray, n: int, n_q: int, noise: float, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    std = base.std(axis=0).astype(np.float32)
+    d = np.empty((n, base.shape[1]), np.float32)
+    for s0 in range(0, n, 100_000):
+        m = min(n, s0 + 100_000) - s0
+        x = base[rng.integers(0, len(base), m)] + noise * std * rng.standard_normal((m, base.shape[1]), dtype=np.float32)
+        d[s0: s0 + m] = x / np.linalg.norm(x, axis=1, keepdims=True)
+    q = qbase[rng.integers(0, len(qbase), n_q)] + noise * std * rng.standard_normal((n_q, base.shape[1]), dtype=np.float32)
+    return d, (q / np.linalg.norm(q, axis=1, keepdims=True)).astype(np.float32)
+
+
+def table(rows: list[dict], base_name: str, keys: list[str]) -> str:
+    base = next((r for r in rows if r["config"] == base_name), rows[0])
+    lines = [f"{'config':40s} " + " ".join(f"{k_:>12s}" for k_ in keys) + f" {'qps/base':>9s} {'mem/base':>9s}"]
+    for r in rows:
+        vals = " ".join(f"{r.get(k_, ''):>12}" for k_ in keys)
+        lines.append(f"{r['config']:40s} {vals} {r['qps'] / base['qps']:9.2f} {r['memory_bytes'] / base['memory_bytes']:9.4f}")
+    return "\n".join(lines)
+
+
+def plot(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    parts = [p for p in ("scifact", "synthetic") if result.get(p)]
+    fig, axes = plt.subplots(1, len(parts), figsize=(7 * len(parts), 5.5), squeeze=False)
+    colors = {"numpy": "k", "ragkit": "tab:blue", "ragkit-hnsw": "tab:cyan", "faiss": "tab:red", "faiss-hnsw": "tab:orange"}
+    for ax, part in zip(axes[0], parts):
+        rows = result[part]["rows"]
+        mx = max(r["memory_bytes"] for r in rows)
+        for r in rows:
+            ax.scatter(r["qps"], r["recall@10"], s=20 + 400 * r["memory_bytes"] / mx, alpha=0.6,
+                       c=colors.get(r["family"], "gray"), edgecolors="k")
+            ax.annotate(f"{r['config']} ({r['memory_bytes'] / 2**20:.1f} MiB)", (r["qps"], r["recall@10"]),
+                        fontsize=6, xytext=(3, 3), textcoords="offset points")
+        ax.set_xscale("log")
+        ax.set_xlabel("queries / second (log)")
+        ax.set_ylabel("recall@10 vs exact f32")
+        ax.set_title(f"{part}: n={result[part]['n']:,} (marker area ~ index memory)")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="small smoke run")
+    ap.add_argument("--n", type=int, default=None, help="synthetic vectors (default 1,000,000; 5,000 with --quick)")
+    ap.add_argument("--n-queries", type=int, default=None, help="synthetic queries (default 1,000; 50 with --quick)")
+    ap.add_argument("--noise", type=float, default=1.0, help="noise std, in units of the corpus per-dimension std")
+    ap.add_argument("--ef", type=str, default=None, help="HNSW expansion_search sweep, comma separated")
+    ap.add_argument("--threads", type=int, default=0, help="threads for usearch/faiss (0 = all cores)")
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--no-scifact", action="store_true")
+    ap.add_argument("--no-synthetic", action="store_true")
+    ap.add_argument("--out", type=Path, default=REPO / "bench" / "out")
+    args = ap.parse_args()
+    n = args.n or (5_000 if args.quick else 1_000_000)
+    n_q = args.n_queries or (50 if args.quick else 1000)
+    efs = [int(x) for x in (args.ef or ("32" if args.quick else "16,32,64,128")).split(",")]
+    k = 10
+    args.out.mkdir(parents=True, exist_ok=True)
+    result: dict = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform()}, "args": vars(args) | {"out": str(args.out)}}
+
+    if args.quick and args.no_scifact:
+        rng = np.random.default_rng(0)
+        base, qbase, corpus, qids, qrels = rng.standard_normal((2000, 64)).astype(np.float32), \
+            rng.standard_normal((200, 64)).astype(np.float32), None, None, None
+        base /= np.linalg.norm(base, axis=1, keepdims=True)
+        qbase /= np.linalg.norm(qbase, axis=1, keepdims=True)
+    else:
+        from ragkit import load_beir
+        from ragkit.encoders import get_encoder
+
+        ds = load_beir(SCIFACT)
+        corpus, queries, qrels = ds.corpus, ds.queries("test"), ds.qrels("test")
+        enc = get_encoder()
+        base = np.ascontiguousarray(enc.encode(corpus.full_texts), dtype=np.float32)
+        qbase = enc.encode_queries(queries.texts)
+        qids = list(queries.ids)
+        if args.quick:
+            keep = np.unique(np.concatenate([np.arange(1000), corpus.row_of(
+                [d_ for q in qids for d_ in qrels.get(q, {}) if d_ in set(corpus.ids.tolist())], missing="drop")]))
+            base, corpus = base[keep], corpus.subset(keep)
+
+    if not args.no_scifact and corpus is not None:
+        print(f"SciFact: {len(base):,} docs x {base.shape[1]} dims, {len(qbase)} test queries")
+        qbox[0] = qbase
+        ref = exact_topk(base, qbase, k)
+        doc_ids = corpus.ids
+        rows = run_configs(base, qbase, ref, configs_for(base, k, False, efs, args.threads), k=k, repeat=args.repeat,
+                           quality=lambda got: ndcg10(got, doc_ids, qids, qrels))
+        _CACHE.clear()
+        result["scifact"] = {"n": len(base), "n_queries": len(qbase), "rows": rows}
+        print(table(rows, "ragkit exact f32", ["build_s", "memory_bytes", "qps", "recall@10", "ndcg@10"]))
+
+    if not args.no_synthetic:
+        d, q = synthetic(base, qbase, n, n_q, args.noise)
+        print(f"\nsynthetic: {n:,} vectors x {d.shape[1]} dims, {n_q} queries (noise {args.noise})")
+        qbox[0] = q
+        t_ref, ref = timed(lambda: exact_topk(d, q, k))
+        rows = run_configs(d, q, ref, configs_for(d, k, True, efs, args.threads), k=k, repeat=1 if n > 200_000 else args.repeat)
+        _CACHE.pop("faiss_hnsw", None)
+        print("  raw usearch vs ragkit on the same HNSW:")
+        raw = raw_usearch_rows(d, q, ref, k, efs, args.threads, args.repeat)
+        result["synthetic"] = {"n": n, "n_queries": n_q, "noise": args.noise, "rows": rows, "ragkit_vs_usearch": raw}
+        print(table(rows, "ragkit exact f32", ["build_s", "memory_bytes", "qps", "recall@10"]))
+
+    suffix = "_quick" if args.quick else ""
+    (args.out / f"dense{suffix}.json").write_text(json.dumps(result, indent=2))
+    plot(result, args.out / f"dense{suffix}.png")
+    print(f"wrote {args.out / f'dense{suffix}.json'}")
+
+
+if __name__ == "__main__":
+    main()
