@@ -193,3 +193,56 @@ def test_streaming_and_foreign_cache(gen):
     assert pieces and all(isinstance(p, str) for p in pieces)
     with pytest.raises(CacheModelMismatchError):
         gen.use_cache(ChunkKVCache("some-other-model", gen.tokenizer_id_))
+
+
+# ----------------------------------------------------------------------------- operator and adapters
+def test_langchain_adapter_with_a_fake_chat_model():
+    pytest.importorskip("langchain_core")
+    from langchain_core.language_models.fake_chat_models import FakeListChatModel
+
+    from ragkit.generators.langchain_chat import LangChainGenerator
+
+    gen = LangChainGenerator(FakeListChatModel(responses=["Yes, it does."]))
+    msgs = gen.messages(QUESTION, CHUNKS[:2])
+    assert CHUNKS[0] in msgs[1].content and QUESTION in msgs[1].content
+    assert gen.generate(QUESTION, CHUNKS[:2]) == "Yes, it does."
+    with pytest.raises(TypeError, match="int"):
+        LangChainGenerator(3)
+
+
+def _corpus_state():
+    from ragkit.types import Corpus, Ranking, State
+
+    corpus = Corpus.from_records([{"_id": f"d{i}", "text": t} for i, t in enumerate(CHUNKS)])
+    rk = [Ranking(np.array([1, 3, 0], np.int64), np.array([3, 2, 1], np.float32)),
+          Ranking(np.array([2], np.int64), np.array([1], np.float32))]
+    return corpus, State([QUESTION, "What causes scurvy?"], rankings=rk)
+
+
+def test_generate_operator_langchain_backend():
+    pytest.importorskip("langchain_core")
+    from langchain_core.language_models.fake_chat_models import FakeListChatModel
+
+    from ragkit.generators import Generate
+
+    corpus, state = _corpus_state()
+    op = Generate(backend="langchain", top_k=2).with_chat_model(FakeListChatModel(responses=["a", "b"]))
+    out = op.fit(corpus)(state)
+    assert out.values["answer"] == ["a", "b"] and "answer" not in state.values
+
+
+@needs_model
+@pytest.mark.slow
+def test_generate_operator_local_streams_answers(gen):
+    from ragkit.generators import Generate
+
+    corpus, state = _corpus_state()
+    op = Generate(top_k=2, max_new_tokens=6, max_chunk_tokens=64, mode="cachecraft").fit(corpus)
+    assert op.fit(corpus) is op
+    pieces: list[tuple[int, str]] = []
+    state.options["generate"] = {"on_token": lambda qi, s: pieces.append((qi, s))}
+    out = op(state)
+    answers = out.values["answer"]
+    assert len(answers) == 2 and all(isinstance(a, str) and a for a in answers)
+    assert {qi for qi, _ in pieces} == {0, 1}
+    assert "".join(s for qi, s in pieces if qi == 0).strip() == answers[0]

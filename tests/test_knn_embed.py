@@ -251,6 +251,7 @@ def test_alpha_ndcg_and_s_recall():
     assert subtopic_recall(bad, sub, k=2)["q"] == 0.5
 
 
+@pytest.mark.slow
 def test_scifact_slice_no_recall_loss(slice_data):
     """On a real slice at default settings (anchor 0.5): Recall@20 within 0.05 of dense; only non-collapsed queries change."""
     from ragkit.eval import evaluate
