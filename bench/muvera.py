@@ -28,10 +28,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import sys
 import time
 from pathlib import Path
 
-import numpy as np
+# BLAS / torch threads, set before numpy loads (``--threads N``, default 1): on a shared,
+# oversubscribed machine a 2-thread OpenBLAS call pays ~0.3 s of thread hand-off per GEMM.
+_THREADS = sys.argv[sys.argv.index("--threads") + 1] if "--threads" in sys.argv else "1"
+for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ[_var] = _THREADS
+
+import numpy as np  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "bench" / "out"
@@ -85,7 +93,11 @@ def main() -> None:
     ap.add_argument("--main-candidates", type=int, default=None, help="default 200 (quick 50)")
     ap.add_argument("--tau", default="0.9,0.8", help="ball-carving thresholds tried on the main config")
     ap.add_argument("--seed", type=int, default=42)
+    ap.add_argument("--threads", type=int, default=1, help="BLAS and torch threads for every method (default 1)")
     args = ap.parse_args()
+    import torch
+
+    torch.set_num_threads(args.threads)
     configs = args.configs or ("4x16x10,5x16x20" if args.quick else "4x16x10,5x16x10,5x16x20,5x32x20")
     cands = [int(c) for c in (args.candidates or ("10,20,50,100" if args.quick else "50,100,200,500")).split(",")]
     if args.main_candidates is None:
@@ -123,7 +135,7 @@ def main() -> None:
     results: dict = {"corpus_docs": len(corpus), "queries": nq, "doc_tokens": docs.n_tokens,
                      "query_tokens": qt.n_tokens, "query_encode_ms": 1000 * t_q_enc / nq,
                      "brute_force": {"seconds": t_brute, "ms_per_query": brute_ms, "ndcg@10": ndcg_exact},
-                     "configs": [], "quick": args.quick}
+                     "configs": [], "quick": args.quick, "threads": args.threads}
     print(f"\n{'config':>9} {'dim':>6} {'build s':>7} {'pearson':>7} {'spearman':>8} {'cand':>5} {'agree@10':>8} "
           f"{'ch.rec':>6} {'nDCG@10':>7} {'ms/q':>7} {'speedup':>7}")
     main_state = None

@@ -61,8 +61,9 @@ from ragkit.errors import ArtifactError, DataError, ParamError
 __all__ = ["VectorIndex", "EXACT_MAX", "parse_reduce", "resident_bytes"]
 
 #: ``search="auto"`` uses exact numpy search up to this many vectors.  Measured with
-#: ``bench/dense.py`` (384-d, 300-query batches, 2 shared cores): exact f32 ran 2,350 q/s at
-#: 5,183 vectors vs 1,330 q/s for usearch HNSW at recall 0.99 (exact wins, and needs no build);
+#: ``bench/dense.py`` (384-d, 300-query batches, 2 shared cores): at 5,183 vectors exact f32
+#: ran 2,350 q/s vs 1,330 q/s for usearch HNSW at recall 0.99 under load (9,250 vs 9,770 q/s in
+#: a quieter run) -- exact is as fast, exact, and needs no build;
 #: at 50,000 vectors exact ran ~200-270 q/s vs HNSW ~440 q/s at recall 0.95 after a 143 s
 #: build.  Exact throughput falls as 1/n, so the two cross near 20k vectors.
 EXACT_MAX = 20_000
@@ -302,7 +303,7 @@ class VectorIndex:
         fd, name = tempfile.mkstemp(prefix="floats-", suffix=".npy", dir=self._scratch())
         os.close(fd)
         np.save(name, np.ascontiguousarray(full, dtype=np.float32), allow_pickle=False)
-        return np.load(name, mmap_mode="r")
+        return _random_access(np.load(name, mmap_mode="r"))
 
     def _check_query_dim(self, x: np.ndarray, what: str) -> np.ndarray:
         x = np.asarray(x, dtype=np.float32)
@@ -614,7 +615,7 @@ class VectorIndex:
         if self.dtype == "i8":
             self.i8_scale = np.float32(meta["i8_scale"])
         self.explained_variance_ratio = meta.get("explained_variance_ratio")
-        self.floats = arr("floats", True) if f"{prefix}.floats.npy" in files else None
+        self.floats = _random_access(arr("floats", True)) if f"{prefix}.floats.npy" in files else None
         self.usearch = None
         if f"{prefix}.usearch" in files:
             from usearch.index import Index
@@ -632,6 +633,19 @@ class VectorIndex:
             raise ArtifactError(f"{folder}: {prefix}.codes.npy has {len(self.codes)} rows, {len(self.alive)} expected")
         self.built = True
         return self
+
+
+def _random_access(arr: np.ndarray) -> np.ndarray:
+    """Tell the kernel a memory-mapped array is read at random (no read-ahead: only touched pages load)."""
+    import mmap
+
+    mm = getattr(arr, "_mmap", None)
+    if mm is not None and hasattr(mm, "madvise") and hasattr(mmap, "MADV_RANDOM"):
+        try:
+            mm.madvise(mmap.MADV_RANDOM)
+        except OSError:
+            pass
+    return arr
 
 
 def resident_bytes(path: str | Path) -> int:

@@ -67,8 +67,6 @@ class DenseParams(Params):
         if kind != "none" and known is not None and dims > known:
             raise ValueError(f"reduce={self.reduce!r} asks for {dims} dimensions but {self.model} embeddings have "
                              f"only {known}; choose at most {known}")
-        if self.whiten and self.metric == "cos" and self.dtype == "b1":
-            pass  # allowed: whitened PCA then sign bits (ITQ-like); documented as experimental
         return self
 
 

@@ -78,11 +78,13 @@ class FDEConfig:
         if not 0 <= self.k_sim <= 16:
             raise ParamError(f"FDEConfig.k_sim must be in 0..16 (2**k_sim buckets), got {self.k_sim}")
         if self.d_proj < 1 or self.r_reps < 1:
-            raise ParamError(f"FDEConfig: d_proj and r_reps must be >= 1, got d_proj={self.d_proj}, r_reps={self.r_reps}")
+            raise ParamError(
+                f"FDEConfig: d_proj and r_reps must be >= 1, got d_proj={self.d_proj}, r_reps={self.r_reps}")
         if self.d_final is not None and self.d_final < 1:
             raise ParamError(f"FDEConfig.d_final must be >= 1 or None, got {self.d_final}")
         if self.projection not in ("ams", "countsketch", "identity"):
-            raise ParamError(f"FDEConfig.projection must be 'ams', 'countsketch' or 'identity', got {self.projection!r}")
+            raise ParamError(
+                f"FDEConfig.projection must be 'ams', 'countsketch' or 'identity', got {self.projection!r}")
 
     @property
     def buckets(self) -> int:
@@ -269,9 +271,9 @@ def chamfer_pairs(q_data: np.ndarray, q_off: np.ndarray, d_data: np.ndarray, d_o
 
     Document-major and batched: the distinct candidate documents of the batch are processed
     in chunks; each is gathered (and upcast from float16) once, padded to the chunk's
-    longest, and multiplied with one ``torch.bmm`` against the stacked, padded tokens of all
-    queries that selected it: ``(docs, P * m_q, d) @ (docs, d, m_doc)`` where ``P`` is the
-    number of such queries.  Padding is masked out, max over document tokens, (weighted) sum
+    longest, and multiplied with one ``torch.bmm`` against the stacked tokens of all queries
+    that selected it: ``(docs, T, d) @ (docs, d, m_doc)`` where ``T`` is the total number of
+    those queries' tokens (no per-query padding).  Padding is masked out, max over document tokens, (weighted) sum
     over query tokens.  No loop over queries or documents, and a document shared by many
     queries' candidate lists costs one read, as in brute force.
     ``rows`` entries < 0 score ``-inf`` (padding of short candidate lists).
@@ -292,38 +294,29 @@ def chamfer_pairs(q_data: np.ndarray, q_off: np.ndarray, d_data: np.ndarray, d_o
     pq, pd = pq[valid], pd[valid]
     q_len = np.diff(q_off)
     d_len = np.diff(d_off)
-    mq = max(int(q_len.max()), 1)
-    # padded query tensor once: (n_q, mq, d) and weights (0 on padding)
-    qi = np.minimum(q_off[:-1, None] + np.arange(mq), max(len(q_data) - 1, 0))
-    qmask = np.arange(mq) < q_len[:, None]
-    qpad = np.asarray(q_data, np.float32)[qi] if len(q_data) else np.zeros((nq, mq, d_data.shape[1]), np.float32)
-    w = qmask.astype(np.float32)
-    if q_weights is not None:
-        w = w * np.asarray(q_weights, np.float32)[qi]
+    q32 = np.asarray(q_data, np.float32)
+    qw = np.ones(len(q32), np.float32) if q_weights is None else np.asarray(q_weights, np.float32)
     import torch  # batched GEMM: torch.bmm runs at big-GEMM speed, numpy's stacked matmul 4-9x slower
 
     dim = d_data.shape[1]
     # document-major: each candidate document is gathered and converted ONCE per batch and
-    # multiplied against the stacked tokens of every query that selected it, so memory
-    # traffic per pair is ~ m_q * (d + L) floats instead of L * d.
+    # multiplied against the stacked tokens of every query that selected it (no per-query padding)
     u, inv, cnt = np.unique(pd, return_inverse=True, return_counts=True)
-    doc_order = np.argsort(-cnt, kind="stable")                          # most-shared documents first
+    qtot = np.bincount(inv, weights=q_len[pq], minlength=len(u)).astype(np.int64)  # query tokens per document
+    doc_order = np.argsort(-qtot, kind="stable")                         # largest stacks first
     rank = np.empty_like(doc_order)
     rank[doc_order] = np.arange(len(u))
     pr = rank[inv]                                                        # document rank of each pair
     po = np.argsort(pr, kind="stable")                                    # pairs grouped by document
-    sorted_cnt = cnt[doc_order]
     starts = np.zeros(len(u) + 1, np.int64)
-    np.cumsum(sorted_cnt, out=starts[1:])
-    slot = np.empty(len(pr), np.int64)
-    slot[po] = np.arange(len(po)) - starts[pr[po]]                        # position inside its group
+    np.cumsum(cnt[doc_order], out=starts[1:])
+    sorted_qtot = qtot[doc_order]
     l_max = max(int(d_len[u].max()), 1)
-    qpad_t, w_t = torch.from_numpy(qpad), torch.from_numpy(w)
-    res = np.empty(len(pd), np.float32)
+    res = np.zeros(len(pd), np.float32)
     r0 = 0
     while r0 < len(u):  # loop over chunks of documents (bounded memory), not over queries
-        P = int(sorted_cnt[r0])
-        r1 = min(len(u), r0 + max(1, chunk_elems // (P * mq * l_max + l_max * dim)))
+        T = max(int(sorted_qtot[r0]), 1)
+        r1 = min(len(u), r0 + max(1, chunk_elems // (T * (l_max + dim) + l_max * dim)))
         docs_c = u[doc_order[r0:r1]]
         n_c = len(docs_c)
         L = max(int(d_len[docs_c].max()), 1)
@@ -333,17 +326,24 @@ def chamfer_pairs(q_data: np.ndarray, q_off: np.ndarray, d_data: np.ndarray, d_o
             dpad = np.asarray(d_data[di.reshape(-1)], np.float32).reshape(n_c, L, dim)
         else:
             dpad = np.zeros((n_c, L, dim), np.float32)
-        pp = po[starts[r0]:starts[r1]]                                     # the pairs of these documents
-        qidx = np.zeros((n_c, P), np.int64)
-        qidx[pr[pp] - r0, slot[pp]] = pq[pp]
-        qi_t = torch.from_numpy(qidx)
-        qs = qpad_t[qi_t].reshape(n_c, P * mq, dim)                       # stacked query tokens per document
-        sim = torch.bmm(qs, torch.from_numpy(dpad).transpose(1, 2))      # (docs, P * mq, L)
+        pp = po[starts[r0]:starts[r1]]                                     # pairs of these documents, grouped
+        g = pr[pp] - r0                                                    # their document inside the chunk
+        ql = q_len[pq[pp]]
+        cq = np.cumsum(ql) - ql                                            # exclusive running token count
+        first = starts[r0:r1] - starts[r0]
+        pos0 = cq - cq[first][g]                                           # first stacked row of each pair
+        tot = int(ql.sum())
+        within = np.arange(tot, dtype=np.int64) - np.repeat(cq, ql)
+        tok = np.repeat(q_off[pq[pp]], ql) + within                        # query-token row
+        tg, tp = np.repeat(g, ql), np.repeat(pos0, ql) + within            # (document, stacked row)
+        qs = np.zeros((n_c, T, dim), np.float32)
+        qs[tg, tp] = q32[tok]
+        sim = torch.bmm(torch.from_numpy(qs), torch.from_numpy(dpad).transpose(1, 2))   # (docs, T, L)
         sim.masked_fill_(~torch.from_numpy(dmask)[:, None, :], float("-inf"))
-        best = sim.amax(dim=2).reshape(n_c, P, mq)
-        best = torch.where(torch.isfinite(best), best, torch.zeros((), dtype=best.dtype))  # empty document -> 0
-        sc = (best * w_t[qi_t]).sum(dim=2).numpy()                        # (docs, P)
-        res[pp] = sc[pr[pp] - r0, slot[pp]]
+        best = sim.amax(dim=2).numpy()
+        vals = best[tg, tp]
+        vals = np.where(np.isfinite(vals), vals, 0.0) * qw[tok]           # empty document -> 0
+        res[pp] = np.bincount(np.repeat(np.arange(len(pp)), ql), weights=vals, minlength=len(pp))
         r0 = r1
     flat = out.reshape(-1)
     flat[valid] = res

@@ -280,5 +280,6 @@ def _pad_rankings(rankings: list[Ranking]) -> np.ndarray:
     rows = np.full((len(rankings), width), -1, np.int64)
     if width:
         flat = np.concatenate([r.rows for r in rankings])
-        rows[np.repeat(np.arange(len(rankings)), lens), np.arange(lens.sum()) - np.repeat(np.cumsum(lens) - lens, lens)] = flat
+        within = np.arange(lens.sum()) - np.repeat(np.cumsum(lens) - lens, lens)
+        rows[np.repeat(np.arange(len(rankings)), lens), within] = flat
     return rows

@@ -152,10 +152,11 @@ def test_add_remove_round_trips(slice_data, qvecs, tmp_path):
         grown.remove(["no-such-doc"])
 
 
-@pytest.mark.parametrize("search", ["exact", "hnsw"])
-def test_filter_inside_search_returns_k(search, slice_data, qvecs):
+@pytest.mark.parametrize("search, dtype", [("exact", "i8"), ("hnsw", "i8"), ("hnsw", "b1"), ("hnsw", "f16"),
+                                           ("exact", "b1")])
+def test_filter_inside_search_returns_k(search, dtype, slice_data, qvecs):
     corpus, queries, _, _ = slice_data
-    op = Dense(k=20, search=search, dtype="i8").fit(corpus)
+    op = Dense(k=20, search=search, dtype=dtype).fit(corpus)
     bucket = corpus.metadata["bucket"]
     for where in ({"bucket": 1}, {"bucket": [0, 2]}, {"_id": corpus.ids[:25].tolist()}):
         out = op(_state(queries, qvecs, filter=where))

@@ -369,8 +369,6 @@ class LocalGenerator:
                     rank[order] = torch.arange(len(order)) - first
                     drop = cidx[rank >= n_keep[group]]
                     keep = torch.ones(len(pos), dtype=torch.bool)
-                    cidx = cand.nonzero()[:, 0]
-                    drop = cidx[torch.argsort(dev, descending=True)[n_keep:]]
                     keep[drop] = False
                     h, pos, p = h[:, keep], pos[keep], p[:, keep]
                     captured[:] = [c[keep] for c in captured]
