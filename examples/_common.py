@@ -23,29 +23,40 @@ def parse_args(description: str) -> argparse.Namespace:
     return ap.parse_args()
 
 
-def load(args: argparse.Namespace):
-    """``(corpus, queries, qrels)``, sliced when ``--limit`` is given."""
+def load(args: argparse.Namespace, train_split: str | None = None):
+    """``(corpus, queries, qrels, train)``, sliced when ``--limit`` is given.
+
+    ``train`` is the :class:`~ragkit.types.TrainSet` of ``train_split`` (``None`` without one);
+    with ``--limit N`` it keeps the first ``5 N`` training queries, and the slice keeps their
+    relevant documents too.
+    """
     from ragkit import load_beir
+    from ragkit.types import TrainSet
 
     ds = load_beir(args.data)
     queries, qrels = ds.queries(args.split), ds.qrels(args.split)
+    train = ds.train_set(train_split) if train_split else None
     corpus = ds.corpus
     if args.limit is not None:
         queries = queries[: args.limit]
         rel = {d for q in queries.ids for d in qrels.get(q, {})}
+        if train is not None:
+            tq = train.queries[: 5 * args.limit]
+            train = TrainSet(tq, {q: train.qrels[q] for q in tq.ids})
+            rel |= {d for q in tq.ids for d in train.qrels[q]}
         rows = sorted(set(range(min(200, len(corpus)))) | set(corpus.row_of(rel, missing="drop").tolist()))
         corpus = corpus.subset(np.array(rows))
     qrels = {q: qrels[q] for q in queries.ids if q in qrels}
-    return corpus, queries, qrels
+    return corpus, queries, qrels, train
 
 
-def run(pipe, args: argparse.Namespace, name: str) -> dict:
-    """Fit, search, evaluate and print one pipeline; returns the metrics."""
+def run(pipe, args: argparse.Namespace, name: str, train_split: str | None = None) -> dict:
+    """Fit (learning from ``train_split`` if given), search, evaluate and print one pipeline; returns the metrics."""
     from ragkit import evaluate
 
-    corpus, queries, qrels = load(args)
+    corpus, queries, qrels, train = load(args, train_split)
     t0 = time.perf_counter()
-    pipe.fit(corpus)
+    pipe.fit(corpus, train)
     t_fit = time.perf_counter() - t0
     result = pipe.search(queries)
     scores = evaluate(result, qrels, ["ndcg@10", "recall@100"]).scores

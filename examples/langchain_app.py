@@ -100,7 +100,7 @@ def main() -> dict:
     ap.add_argument("--json", action="store_true", help="Print the metrics as one JSON line.")
     args = ap.parse_args()
 
-    corpus, queries, qrels = load(args)
+    corpus, queries, qrels, _ = load(args)
     t0 = time.perf_counter()
     retriever = RagkitRetriever(pipeline=build(), corpus=corpus, k=10)  # fits the pipeline on the slice
     t_fit = time.perf_counter() - t0

@@ -1,4 +1,4 @@
-"""The ``ragkit`` command line: evaluate, search, validate.
+"""The ``ragkit`` command line: eval, train, search, ask, validate.
 
 ``ragkit eval --data scifact --pipeline hybrid.yaml`` fits the pipeline on the corpus,
 runs the split's queries, prints a metrics table and writes JSON.  ``--pipeline`` takes a
@@ -210,6 +210,71 @@ def search_cmd(
             label = corpus.titles[row] or corpus.texts[row]
             table.add_row(str(r), str(d), f"{s:.4f}", label[:80])
         console.print(table)
+
+
+@app.command("ask")
+def ask_cmd(
+    question: str = typer.Argument(..., help="The question to answer."),
+    pipeline: str = typer.Option(..., "--pipeline", "-p",
+                                 help="Pipeline YAML file, saved pipeline folder or operator name (e.g. bm25)."),
+    data: Optional[str] = typer.Option(None, "--data", help="Corpus to fit an unfitted pipeline on: a BEIR name or "
+                                                            "folder, or a corpus.jsonl file."),
+    top_k: int = typer.Option(5, "--top-k", min=1, help="Chunks given to the LLM when the pipeline has no "
+                                                        "generate step of its own."),
+    mode: str = typer.Option("cachecraft", help="KV reuse: full, prefix, naive or cachecraft (no generate step)."),
+    max_new_tokens: int = typer.Option(96, "--max-new-tokens", min=1),
+) -> None:
+    """Answer a question with retrieval + a local LLM, streaming the answer's tokens.
+
+    The pipeline's own ``generate`` step is used if it has one; otherwise one is appended
+    (SmolLM2-135M-Instruct by default, with Cache-Craft chunk-cache reuse).
+    """
+    from ragkit.generators.operator import Generate
+    from ragkit.pipelines import Pipeline
+    from ragkit.pipelines._compose import iter_leaves
+
+    if mode not in ("full", "prefix", "naive", "cachecraft"):
+        raise typer.BadParameter(f"expected one of full, prefix, naive, cachecraft; got {mode!r}", param_hint="--mode")
+    try:
+        pipe, fitted = resolve_pipeline(pipeline)
+        if not fitted and data is None:
+            raise RagkitError(f"--pipeline {pipeline!r} is not a fitted (saved) pipeline, so it needs a corpus: "
+                              f"pass --data <BEIR name or folder, or corpus.jsonl>")
+        gens = [op for op in iter_leaves(pipe) if op.name == "generate"]
+        if not gens:
+            gens = [Generate(top_k=top_k, mode=mode, max_new_tokens=max_new_tokens)]
+            pipe = Pipeline([pipe, gens[0]])
+        if fitted:
+            corpus = next(op.corpus_ for op in iter_leaves(pipe) if op.is_fitted and hasattr(op, "corpus_"))
+            for g in gens:
+                if not g.is_fitted:
+                    g.fit(corpus)
+        else:
+            from ragkit import load_beir
+            from ragkit.eval.beir import read_corpus
+
+            corpus = read_corpus(data) if str(data).endswith(".jsonl") else load_beir(data).corpus
+            with console.status(f"fitting the pipeline on {len(corpus):,} documents..."):
+                pipe.fit(corpus)
+        with console.status("loading the language model..."):
+            for g in gens:
+                load = getattr(g.engine_, "load", None)
+                if load is not None:
+                    load()
+
+        def show(_qi: int, piece: str) -> None:
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+
+        run = pipe.search([question], generate={"on_token": show})
+    except RagkitError as e:
+        _fail(e)
+        return
+    sys.stdout.write("\n")
+    ids = run.doc_ids[0][: gens[-1].params.top_k]
+    rows = corpus.row_of(list(ids), missing="drop")
+    console.print("[dim]sources: " + "; ".join(f"{d} ({(corpus.titles[r] or corpus.texts[r])[:60]})"
+                                              for d, r in zip(ids, rows)) + "[/]", soft_wrap=True)
 
 
 @app.command("validate")

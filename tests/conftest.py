@@ -48,3 +48,14 @@ def slice_data(scifact):
     qrels = {q: test_rel[q] for q in test_q.ids}
     train = TrainSet(train_q, {q: train_rel[q] for q in train_q.ids})
     return corpus, test_q, qrels, train
+
+
+@pytest.fixture(scope="session")
+def slice_beir(slice_data, tmp_path_factory):
+    """``slice_data`` written as a BEIR folder (train and test qrels), for command-line tests."""
+    from ragkit.eval import write_beir
+
+    corpus, test_q, test_qrels, train = slice_data
+    queries = dict(zip(train.queries.ids, train.queries.texts)) | dict(zip(test_q.ids, test_q.texts))
+    return write_beir(tmp_path_factory.mktemp("beir") / "scifact-slice", corpus, queries,
+                      {"train": train.qrels, "test": test_qrels})

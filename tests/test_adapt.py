@@ -44,3 +44,35 @@ def test_fine_tune_is_seeded_and_changes_the_cache_key(slice_data, tmp_path):
     np.testing.assert_allclose(va, vb, atol=1e-5)
     assert not np.allclose(va, base, atol=1e-4)
     assert Encoder(str(a)).key != Encoder().key
+
+
+def test_dense_adapt_needs_a_training_split(slice_data):
+    from ragkit.retrievers import Dense
+
+    corpus, _, _, _ = slice_data
+    with pytest.raises(DataError, match="adapt"):
+        Dense(k=5, adapt={"max_steps": 1}).fit(corpus)
+
+
+@pytest.mark.slow
+def test_dense_adapt_fits_caches_saves_and_loads(slice_data, tmp_path, monkeypatch):
+    from ragkit.encoders import adapt as adapt_mod
+    from ragkit.operator import Operator
+    from ragkit.retrievers import Dense
+
+    corpus, queries, _, train = slice_data
+    op = Dense(k=10, adapt={"batch_size": 8, "max_steps": 2, "seed": 1}).fit(corpus, train)
+    assert op.model_path_ and op.encoder.key != Dense(k=10).encoder.key
+    # a second fit with the same inputs reuses the cached tuned model: no training
+    monkeypatch.setattr(adapt_mod, "fine_tune", lambda *a, **k: pytest.fail("trained twice"))
+    again = Dense(k=10, adapt={"batch_size": 8, "max_steps": 2, "seed": 1}).fit(corpus, train)
+    assert again.model_path_ == op.model_path_
+    before = op.search(queries)
+    op.save(tmp_path / "d")
+    assert (tmp_path / "d" / "model" / "modules.json").is_file()
+    loaded = Operator.load(tmp_path / "d")
+    assert loaded.encoder.key == op.encoder.key          # content-keyed: the copied model keeps its cache
+    after = loaded.search(queries)
+    for a, b in zip(before.rankings, after.rankings):
+        np.testing.assert_array_equal(a.rows, b.rows)
+        np.testing.assert_allclose(a.scores, b.scores, atol=1e-6)

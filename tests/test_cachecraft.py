@@ -246,3 +246,25 @@ def test_generate_operator_local_streams_answers(gen):
     assert len(answers) == 2 and all(isinstance(a, str) and a for a in answers)
     assert {qi for qi, _ in pieces} == {0, 1}
     assert "".join(s for qi, s in pieces if qi == 0).strip() == answers[0]
+
+
+@needs_model
+@pytest.mark.slow
+def test_cli_ask_streams_an_answer_with_sources(tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from ragkit.cli import app
+
+    docs = tmp_path / "corpus.jsonl"
+    docs.write_text("\n".join(json.dumps({"_id": f"d{i}", "title": "", "text": t}) for i, t in enumerate(CHUNKS)))
+    res = CliRunner().invoke(app, ["ask", "--pipeline", "bm25", "--data", str(docs), "--top-k", "2",
+                                   "--max-new-tokens", "8", QUESTION])
+    assert res.exit_code == 0, res.output
+    lines = res.output.strip().splitlines()
+    assert lines[-1].startswith("sources: d") and lines[-1].count("(") == 2
+    assert lines[-2].strip()                                   # the streamed answer
+    # a YAML pipeline without --data is refused before any model loads
+    res = CliRunner().invoke(app, ["ask", "--pipeline", "bm25", QUESTION])
+    assert res.exit_code == 2 and "--data" in res.output

@@ -58,7 +58,8 @@ def test_script_runs_on_a_slice(script):
 
 
 @pytest.mark.parametrize("path", YAMLS, ids=lambda p: p.stem)
-def test_yaml_validates_and_evaluates(path):
+def test_yaml_validates_and_evaluates(path, slice_beir):
+    """Validate, then ``ragkit eval`` on a SciFact slice, learning parts fitted on its train split."""
     from typer.testing import CliRunner
 
     from ragkit.cli import app
@@ -66,7 +67,8 @@ def test_yaml_validates_and_evaluates(path):
     runner = CliRunner()
     res = runner.invoke(app, ["validate", str(path)])
     assert res.exit_code == 0, res.output
-    res = runner.invoke(app, ["eval", "--data", str(SCIFACT), "--pipeline", str(path), "--limit", "5", "--trace"])
+    res = runner.invoke(app, ["eval", "--data", str(slice_beir), "--pipeline", str(path), "--train-split", "train",
+                              "--limit", "5", "--trace"])
     assert res.exit_code == 0, res.output
     assert "ndcg@10" in res.output and "trace" in res.output
 

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import json
-import shutil
-from pathlib import Path
 
 import numpy as np
-import pytest
 from typer.testing import CliRunner
 
 from ragkit.cli import app
+from ragkit.eval import write_beir
 from ragkit.pipelines import Pipeline
 from ragkit.pipelines.weights import simplex_grid
 
@@ -22,21 +19,6 @@ pipeline:
         - bm25: {k: 50, variant: okapi, k1: 1.5, b: 0.75, stemmer: none, stopwords: none}
       fuse: {rrf: {learn: true, folds: 3}}
 """
-
-
-def _write_beir(folder: Path, corpus, queries: dict[str, str], qrels: dict[str, dict[str, dict[str, int]]]) -> None:
-    folder.mkdir(parents=True)
-    corpus.save(folder / "corpus.jsonl")
-    with open(folder / "queries.jsonl", "w") as f:
-        for q, t in queries.items():
-            f.write(json.dumps({"_id": q, "text": t}) + "\n")
-    (folder / "qrels").mkdir()
-    for split, rel in qrels.items():
-        with open(folder / "qrels" / f"{split}.tsv", "w") as f:
-            f.write("query-id\tcorpus-id\tscore\n")
-            for q, docs in rel.items():
-                for d, v in docs.items():
-                    f.write(f"{q}\t{d}\t{v}\n")
 
 
 def test_simplex_grid():
@@ -69,11 +51,11 @@ def test_poisoned_test_qrels_change_nothing(slice_data, tmp_path):
     corpus, test_q, test_qrels, train = slice_data
     queries = dict(zip(train.queries.ids, train.queries.texts)) | dict(zip(test_q.ids, test_q.texts))
     clean = tmp_path / "clean"
-    _write_beir(clean, corpus, queries, {"train": train.qrels, "test": test_qrels})
+    write_beir(clean, corpus, queries, {"train": train.qrels, "test": test_qrels})
     poisoned = tmp_path / "poisoned"
     rng = np.random.default_rng(0)
     bad = {q: {str(d): 1 for d in rng.choice(corpus.ids, 5, replace=False)} for q in test_qrels}
-    _write_beir(poisoned, corpus, queries, {"train": train.qrels, "test": bad})
+    write_beir(poisoned, corpus, queries, {"train": train.qrels, "test": bad})
     (tmp_path / "p.yaml").write_text(PIPE)
     runner = CliRunner()
     for name in ("clean", "poisoned"):

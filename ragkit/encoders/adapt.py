@@ -11,44 +11,32 @@ the embedding cache, so cached vectors of the base model are never reused for it
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from pydantic import Field
 
 from ragkit.errors import DataError
+from ragkit.params import Params
 from ragkit.types import Corpus, TrainSet
 
-__all__ = ["AdaptConfig", "mine_pairs", "fine_tune"]
+__all__ = ["AdaptConfig", "mine_pairs", "fine_tune", "adapted_model"]
 
 
-@dataclass(frozen=True)
-class AdaptConfig:
-    """Fine-tuning settings.
+class AdaptConfig(Params):
+    """Fine-tuning settings (the ``adapt`` parameter of the ``dense`` retriever)."""
 
-    Attributes
-    ----------
-    epochs : float
-        Passes over the (query, positive, negative) triplets.
-    batch_size : int
-        Triplets per step; the other positives of a batch serve as in-batch negatives.
-    learning_rate : float
-    hard_negatives : int
-        Mined negatives per (query, positive) pair (each becomes its own triplet).
-    max_steps : int or None
-        Stop after this many optimiser steps (tests use a handful).
-    seed : int
-    """
-
-    epochs: float = 1.0
-    batch_size: int = 32
-    learning_rate: float = 2e-5
-    hard_negatives: int = 1
-    max_steps: int | None = None
-    seed: int = 0
+    epochs: float = Field(1.0, gt=0, description="Passes over the (query, positive, hard negative) triplets.")
+    batch_size: int = Field(32, ge=2, description="Triplets per step; the batch's other positives are in-batch negatives.")
+    learning_rate: float = Field(2e-5, gt=0, description="AdamW learning rate.")
+    hard_negatives: int = Field(1, ge=1, description="Mined negatives per (query, positive) pair, one triplet each.")
+    max_steps: int | None = Field(None, ge=1, description="Stop after this many optimiser steps (tests use a few).")
+    seed: int = Field(0, description="Seed of the trainer, the data order and the initialisation.")
 
 
 def mine_pairs(corpus: Corpus, train: TrainSet, model: str, n_neg: int = 1, depth: int = 30,
@@ -121,3 +109,35 @@ def fine_tune(model: str, corpus: Corpus, train: TrainSet, out_dir: str | Path, 
             shutil.rmtree(out_dir)
         os.replace(tmp, out_dir)
     return out_dir
+
+
+def _training_digest(model_key: str, corpus: Corpus, train: TrainSet, config: AdaptConfig) -> str:
+    """Content hash of everything a fine-tune depends on: base model, corpus, judged queries, settings."""
+    from ragkit.encoders.cache import text_digests
+
+    h = hashlib.sha1()
+    h.update(model_key.encode())
+    h.update(json.dumps(config.model_dump(mode="json"), sort_keys=True).encode())
+    h.update("\x00".join(corpus.ids.tolist()).encode())
+    h.update(text_digests(corpus.full_texts).tobytes())
+    h.update(json.dumps([train.queries.ids, train.queries.texts], ensure_ascii=False).encode())
+    h.update(json.dumps({q: dict(sorted(r.items())) for q, r in sorted(train.qrels.items())}).encode())
+    return h.hexdigest()[:20]
+
+
+def adapted_model(model: str, corpus: Corpus, train: TrainSet, config: AdaptConfig = AdaptConfig(),
+                  *, progress: bool = True) -> Path:
+    """Folder of ``model`` fine-tuned on ``train``, trained once and cached.
+
+    The cache folder (``$RAGKIT_CACHE/models/adapt-<hash>``) is keyed by the base model's
+    content fingerprint, the corpus, the training queries and judgements, and ``config``;
+    a second fit with the same inputs loads the tuned model instead of training again.
+    """
+    from ragkit.encoders.sentence import get_encoder
+    from ragkit.eval.beir import cache_dir
+
+    key = _training_digest(get_encoder(model).key, corpus, train, config)
+    folder = cache_dir() / "models" / f"adapt-{key}"
+    if not (folder / "modules.json").is_file():
+        fine_tune(model, corpus, train, folder, config, progress=progress)
+    return folder

@@ -57,7 +57,7 @@ def _fingerprint(path: str) -> str:
             with open(f, "rb") as fh:
                 for block in iter(lambda: fh.read(1 << 22), b""):
                     h.update(block)
-    return f"{p.name}-{h.hexdigest()[:16]}"
+    return f"st-{h.hexdigest()[:16]}"  # content only: a copied folder keeps its cached vectors
 
 
 class Encoder:

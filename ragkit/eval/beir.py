@@ -24,13 +24,15 @@ import urllib.request
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Mapping
 
 import numpy as np
 
 from ragkit.errors import DataError
 from ragkit.types import Corpus, Qrels, Queries, TrainSet
 
-__all__ = ["BeirDataset", "load_beir", "read_corpus", "read_queries", "read_qrels", "download_beir", "cache_dir"]
+__all__ = ["BeirDataset", "load_beir", "read_corpus", "read_queries", "read_qrels", "download_beir", "cache_dir",
+           "write_beir"]
 
 BEIR_URL = "https://public.ukp.informatik.tu-darmstadt.de/thakur/BEIR/datasets"
 
@@ -161,6 +163,38 @@ class BeirDataset:
     def train_set(self, split: str = "train") -> TrainSet:
         """The judged queries of ``split`` as a :class:`TrainSet` for ``fit(corpus, train=...)``."""
         return TrainSet(self.queries(split), self.qrels(split))
+
+
+def write_beir(folder: str | Path, corpus: Corpus, queries: Mapping[str, str] | Queries,
+               qrels: Mapping[str, Qrels]) -> Path:
+    """Write a BEIR folder: ``corpus.jsonl``, ``queries.jsonl`` and ``qrels/<split>.tsv`` per split.
+
+    For slices of a dataset, or your own judged queries in the layout every BEIR tool reads.
+    Written under a temporary name and renamed into place; an existing ``folder`` is refused.
+    """
+    folder = Path(folder)
+    if folder.exists():
+        raise DataError(f"{folder}: already exists; write_beir does not overwrite a dataset")
+    if isinstance(queries, Queries):
+        queries = dict(zip(queries.ids, queries.texts))
+    for split, rel in qrels.items():
+        unknown = [q for q in rel if q not in queries]
+        if unknown:
+            raise DataError(f"write_beir: qrels[{split!r}] names {len(unknown)} queries not in queries, "
+                            f"e.g. {unknown[0]!r}")
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
+    corpus.save(tmp / "corpus.jsonl")
+    with open(tmp / "queries.jsonl", "w", encoding="utf-8") as f:
+        for q, t in queries.items():
+            f.write(json.dumps({"_id": q, "text": t}, ensure_ascii=False) + "\n")
+    (tmp / "qrels").mkdir()
+    for split, rel in qrels.items():
+        with open(tmp / "qrels" / f"{split}.tsv", "w", encoding="utf-8") as f:
+            f.write("query-id\tcorpus-id\tscore\n")
+            f.writelines(f"{q}\t{d}\t{v}\n" for q, docs in rel.items() for d, v in docs.items())
+    os.replace(tmp, folder)
+    return folder
 
 
 def _candidates(name: str) -> list[Path]:
