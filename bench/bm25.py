@@ -32,23 +32,11 @@ import os
 import platform
 import time
 from multiprocessing import get_context
-from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-OUT = REPO / "bench" / "out"
+from _common import OUT, best_of  # noqa: E402
 K1, B = 0.9, 0.4
-
-
-def best_of(fn, repeat: int):
-    """``(min seconds, last result)`` over ``repeat`` calls."""
-    best, out = float("inf"), None
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - t0)
-    return best, out
 
 
 # rank-bm25 in a process pool: the index is inherited by fork, queries are split in chunks

@@ -32,8 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data" / "beir" / "scifact"
+from _common import REPO as ROOT, SCIFACT as DATA  # noqa: E402
 
 
 def kl(full: torch.Tensor, other: torch.Tensor) -> float:

@@ -23,13 +23,10 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-OUT = REPO / "bench" / "out"
-SCIFACT = REPO.parent / "shared" / "data" / "beir" / "scifact"
+from _common import OUT, SCIFACT  # noqa: E402
 
 
 def main() -> None:
@@ -47,7 +44,7 @@ def main() -> None:
     from ragkit.filters.cosine_adapter import choose_threshold
     from ragkit.retrievers import Dense
     from ragkit.run import Run
-    from ragkit.types import Ranking, State, TrainSet
+    from ragkit.types import State, TrainSet
 
     ds = load_beir(SCIFACT)
     corpus = ds.corpus
@@ -149,7 +146,7 @@ def main() -> None:
     for name, rep in rows.items():
         print(f"{name:34s} {rep['precision']:9.4f} {rep['recall']:7.4f} {rep['mean_kept']:7.2f} {rep['empty']:6.3f} "
               f"{rep['precision'] / base['precision']:8.2f} {rep['ms_per_query']:6.2f}")
-    print(f"\nPR curves of one global threshold on test (precision at recall R):")
+    print("\nPR curves of one global threshold on test (precision at recall R):")
     print(f"{'score':34s} {'PR-AUC':>7s} {'P@R50':>7s} {'P@R80':>7s} {'P@R90':>7s} {'P@R95':>7s}")
     for name, d in par.items():
         print(f"{name:34s} {d['pr_auc']:7.4f} {d['p@r50']:7.4f} {d['p@r80']:7.4f} {d['p@r90']:7.4f} {d['p@r95']:7.4f}")

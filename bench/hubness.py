@@ -21,13 +21,10 @@ import argparse
 import itertools
 import json
 import time
-from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-OUT = REPO / "bench" / "out"
-SCIFACT = REPO.parent / "shared" / "data" / "beir" / "scifact"
+from _common import OUT, SCIFACT  # noqa: E402
 
 
 def main() -> None:

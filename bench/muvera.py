@@ -31,7 +31,6 @@ import json
 import os
 import sys
 import time
-from pathlib import Path
 
 # BLAS / torch threads, set before numpy loads (``--threads N``, default 1): on a shared,
 # oversubscribed machine a 2-thread OpenBLAS call pays ~0.3 s of thread hand-off per GEMM.
@@ -41,9 +40,7 @@ for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
 
 import numpy as np  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
-OUT = REPO / "bench" / "out"
-SCIFACT = REPO.parent / "shared" / "data" / "beir" / "scifact"
+from _common import OUT, SCIFACT  # noqa: E402
 
 
 def _data(quick: bool, n_docs: int, n_queries: int):

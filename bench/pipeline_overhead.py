@@ -20,14 +20,14 @@ from pathlib import Path
 import numpy as np
 
 from ragkit.filters import TopK
-from ragkit.pipelines import MaxOnly, Pipeline, RuleRouter, ScoreRouter, ScoreThreshold, TopKStable
+from ragkit.pipelines import MaxOnly, Pipeline, RuleRouter, ScoreRouter, ScoreReached, TopKStable
 from ragkit.types import Ranking, State
 
 
 def operators() -> list:
     return [
         TopK(k=100), RuleRouter(rules=[{"label": "short", "max_words": 5}], default="long"), TopK(k=80),
-        ScoreRouter(feature="gap", threshold=0.1), ScoreThreshold(threshold=0.5), TopK(k=60),
+        ScoreRouter(feature="gap", threshold=0.1), ScoreReached(threshold=0.5), TopK(k=60),
         TopKStable(k=10), MaxOnly(), TopK(k=40), TopK(k=20),
     ]
 

@@ -22,12 +22,10 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-OUT = REPO / "bench" / "out"
+from _common import OUT, REPO  # noqa: E402
 
 BM25 = {"bm25": {}}
 DENSE = {"dense": {}}

@@ -5,7 +5,7 @@
 
 from ragkit.pipelines._compose import Loop, Parallel, Pipeline, Route
 from ragkit.pipelines.fusion import RRF, WeightedFusion
-from ragkit.pipelines.judges import MaxOnly, ScoreThreshold, TopKStable
+from ragkit.pipelines.judges import MaxOnly, ScoreReached, TopKStable
 from ragkit.pipelines.prf import PRF
 from ragkit.pipelines.routers import RuleRouter, ScoreRouter
 from ragkit.pipelines.yaml import dump_yaml, load_yaml, validate_file
@@ -14,5 +14,5 @@ Sequence = Pipeline
 
 __all__ = [
     "Pipeline", "Sequence", "Parallel", "Route", "Loop", "RRF", "WeightedFusion", "RuleRouter", "ScoreRouter",
-    "TopKStable", "ScoreThreshold", "MaxOnly", "PRF", "load_yaml", "dump_yaml", "validate_file",
+    "TopKStable", "ScoreReached", "MaxOnly", "PRF", "load_yaml", "dump_yaml", "validate_file",
 ]

@@ -7,7 +7,7 @@ when to retrieve again or stop.
 
 * :class:`TopKStable` (``topk_stable``): done when the top-k documents did not change
   since the previous iteration (the loop has converged).
-* :class:`ScoreThreshold` (``score_threshold``): done when the score at a rank reaches a
+* :class:`ScoreReached` (``score_reached``): done when the score at a rank reaches a
   threshold (the retrieval is confident enough).
 * :class:`MaxOnly` (``max_only``): never done; the loop runs exactly ``max_iters`` times.
 
@@ -27,7 +27,7 @@ from ragkit.params import Params
 from ragkit.registry import register
 from ragkit.types import State
 
-__all__ = ["TopKStable", "ScoreThreshold", "MaxOnly"]
+__all__ = ["TopKStable", "ScoreReached", "MaxOnly"]
 
 
 class TopKStableParams(Params):
@@ -74,13 +74,13 @@ class TopKStable(Operator):
         return out
 
 
-class ScoreThresholdParams(Params):
+class ScoreReachedParams(Params):
     threshold: float = Field(..., description="Done when the score at `rank` is >= threshold (retriever units).")
     rank: int = Field(1, ge=1, description="1-based rank whose score is compared (1 = the top score).")
 
 
 @register
-class ScoreThreshold(Operator):
+class ScoreReached(Operator):
     """Done when the score at ``rank`` reaches ``threshold`` (the Modular RAG score judge).
 
     A ranking shorter than ``rank`` is not done.  Scores are in the units of the last
@@ -90,13 +90,13 @@ class ScoreThreshold(Operator):
     --------
     >>> from ragkit.types import Ranking, State
     >>> s = State(["a", "b"], rankings=[Ranking([1], [0.9]), Ranking([2], [0.2])])
-    >>> ScoreThreshold(threshold=0.5)(s).values["done"]
+    >>> ScoreReached(threshold=0.5)(s).values["done"]
     [True, False]
     """
 
-    name = "score_threshold"
+    name = "score_reached"
     kind = "judge"
-    Params = ScoreThresholdParams
+    Params = ScoreReachedParams
     stateless = True
     example = {"threshold": 20.0}
 

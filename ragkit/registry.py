@@ -33,7 +33,7 @@ def register(cls: T) -> T:
     if not name or not name.replace("_", "").isalnum() or name != name.lower():
         raise ValueError(f"operator class {cls.__name__} needs a lowercase snake_case 'name', got {name!r}")
     other = _REGISTRY.get(name)
-    if other is not None and other.__qualname__ != cls.__qualname__:
+    if other is not None and (other.__module__, other.__qualname__) != (cls.__module__, cls.__qualname__):
         raise ValueError(f"operator name {name!r} is taken by {other.__module__}.{other.__qualname__}")
     _REGISTRY[name] = cls
     return cls

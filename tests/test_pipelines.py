@@ -11,7 +11,7 @@ from ragkit.errors import ArtifactError, ConfigError, ParamError
 from ragkit.filters import TopK
 from ragkit.operator import Operator
 from ragkit.pipelines import (PRF, RRF, Loop, MaxOnly, Parallel, Pipeline, Route, RuleRouter, ScoreRouter,
-                              ScoreThreshold, TopKStable, WeightedFusion)
+                              ScoreReached, TopKStable, WeightedFusion)
 from ragkit.pipelines.yaml import load_yaml, walk_leaves
 from ragkit.retrievers import BM25
 from ragkit.types import Ranking, State
@@ -138,12 +138,12 @@ def test_loop_stops_at_max_iters_exactly_per_query(max_iters):
     assert all(e.path == "loop.body.tag_test" for e in out.trace if e.operator == "tag_test")
 
 
-def test_max_only_and_score_threshold_judges():
+def test_max_only_and_score_reached_judges():
     s = State(["a", "b"], rankings=[Ranking([1, 2], [5.0, 1.0]), Ranking([3], [0.5])])
     assert MaxOnly()(s).values["done"] == [False, False]
-    assert ScoreThreshold(threshold=1.0)(s).values["done"] == [True, False]
-    assert ScoreThreshold(threshold=1.0, rank=2)(s).values["done"] == [True, False]
-    assert ScoreThreshold(threshold=0.0, rank=2)(s).values["done"] == [True, False]  # too short: not done
+    assert ScoreReached(threshold=1.0)(s).values["done"] == [True, False]
+    assert ScoreReached(threshold=1.0, rank=2)(s).values["done"] == [True, False]
+    assert ScoreReached(threshold=0.0, rank=2)(s).values["done"] == [True, False]  # too short: not done
 
 
 def test_topk_stable_memory_is_cleared_after_loop(slice_data, fitted_bm25):
@@ -425,3 +425,19 @@ def test_pipeline_overhead_bench_quick(tmp_path):
                          capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
     assert "pipeline overhead" in res.stdout and (tmp_path / "o.json").is_file()
+
+
+def test_registry_names_are_unique_across_families():
+    """Two different classes may not share a name (the judge once shadowed the filter ``score_threshold``)."""
+    from ragkit import registry
+    from ragkit.operator import Operator
+
+    registry.load_all()
+    assert registry.get("score_threshold").kind == "filter" and registry.get("score_reached").kind == "judge"
+
+    class Impostor(Operator):
+        name = "score_threshold"
+
+    Impostor.__qualname__ = "ScoreThreshold"  # same class name, other module: still refused
+    with pytest.raises(ValueError, match="taken"):
+        registry.register(Impostor)
