@@ -437,6 +437,29 @@ class Route(Composite):
     def children(self) -> list[Operator]:
         return [self.router, *self.branches.values(), *([self.default] if self.default is not None else [])]
 
+    def fit(self, corpus: Corpus, train: TrainSet | None = None, *, upstream: State | None = None,
+            _seen: set[int] | None = None) -> "Route":
+        """Fit the router and every branch; a learning router then learns from the branches' results.
+
+        With ``train``, a router with ``learn_routes`` (``score_router(learn=true)``) gets each
+        branch's per-query nDCG@10 on the training queries that reach the route (``upstream``:
+        the preceding steps' output), and chooses its threshold from them.
+        """
+        super().fit(corpus, train, upstream=upstream, _seen=_seen)
+        if train is not None and getattr(self.router.params, "learn", False) and hasattr(self.router, "learn_routes"):
+            from ragkit.pipelines.weights import per_query_ndcg
+
+            state = upstream.copy() if upstream is not None else State.of(train.queries)
+            state = state.subset([i for i, q in enumerate(state.query_ids) if q in train.qrels])
+            gains = {}
+            for label in (self.router.params.above, self.router.params.below):
+                branch = self.branches.get(label) or (self.branches.get(self.default_label or "") or self.default)
+                if branch is None:
+                    raise ParamError(f"route: router label {label!r} has no branch and there is no default")
+                gains[label] = per_query_ndcg(branch(state.copy()), train.qrels, corpus.ids)
+            self.router.learn_routes(state, gains)
+        return self
+
     def _call(self, state: State, path: str = "") -> State:
         here = f"{path}.route" if path else "route"
         labelled = run_step(self.router, state, f"{here}.router")

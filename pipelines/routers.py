@@ -160,15 +160,22 @@ def ranking_feature(state: State, feature: str) -> np.ndarray:
 class ScoreRouterParams(Params):
     feature: Literal["top1", "gap", "rel_gap"] = Field(
         "top1", description="Ranking feature: best score, best minus second score, or that gap / best score.")
-    threshold: float = Field(..., description="Queries whose feature is >= threshold get label 'above'.")
+    threshold: float | None = Field(None, description="Queries whose feature is >= threshold get label 'above' "
+                                                      "(required unless learn=true).")
     above: str = Field("easy", min_length=1, description="Label when feature >= threshold (confident first stage).")
     below: str = Field("hard", min_length=1, description="Label otherwise, and for rankings with too few results.")
+    learn: bool = Field(False, description="Learn the threshold at fit from the training split: the one whose "
+                                           "routing maximises mean nDCG@10 of the training queries (minus cost).")
+    cost: float = Field(0.0, ge=0, description="When learning: nDCG@10 a query may lose to stay out of the 'below' "
+                                               "branch (the price of the expensive branch, per query).")
 
     @model_validator(mode="after")
     def _distinct(self) -> "ScoreRouterParams":
         if self.above == self.below:
             raise ValueError(f"above and below must be different labels, both are {self.above!r}")
-        if self.feature == "rel_gap" and not 0 <= self.threshold <= 1:
+        if self.threshold is None and not self.learn:
+            raise ValueError("threshold is required unless learn=true (then it is learned from the training split)")
+        if self.feature == "rel_gap" and self.threshold is not None and not 0 <= self.threshold <= 1:
             raise ValueError(f"threshold for feature 'rel_gap' must lie in [0, 1], got {self.threshold}")
         return self
 
@@ -197,9 +204,76 @@ class ScoreRouter(Operator):
     stateless = True
     example = {"feature": "top1", "threshold": 20.0}
 
+    @property
+    def wants_upstream(self) -> bool:  # type: ignore[override]
+        """A learning router needs the rankings of the training queries that reach it."""
+        return bool(self.params.learn)
+
+    def _fit(self, corpus, train, upstream) -> None:
+        if self.params.learn and train is None:
+            raise ParamError("score_router.learn: the threshold is learned from judged queries; fit the pipeline "
+                             "with fit(corpus, train=...) or give a threshold")
+
+    @property
+    def threshold(self) -> float:
+        """The threshold in use: the learned one after a learning fit, else the parameter."""
+        learned = getattr(self, "threshold_", None)
+        return float(learned if learned is not None else self.params.threshold)
+
+    def learn_routes(self, state: State, gains: dict[str, np.ndarray]) -> None:
+        """Choose the threshold from the training queries in ``state``.
+
+        ``gains[label]`` is each training query's nDCG@10 when routed to that label's branch
+        (``(n_q,)``).  Every cut between two observed feature values is tried at once
+        (sorted cumulative sums); the best mean gain minus ``cost`` x share routed ``below``
+        wins, ties going to the lower threshold (more queries on the cheap ``above`` branch).
+        """
+        if not self.params.learn:
+            return
+        f = np.nan_to_num(ranking_feature(state, self.params.feature), nan=-np.inf)
+        ga, gb = np.asarray(gains[self.params.above], float), np.asarray(gains[self.params.below], float)
+        order = np.argsort(f, kind="stable")
+        fs, da = f[order], (ga - gb)[order]
+        n = len(f)
+        # cut c: the c lowest-feature queries go below, the rest above (c = 0..n)
+        above_gain = np.concatenate([[0.0], np.cumsum(da[::-1])])[::-1]       # sum of (ga - gb) over the top n - c
+        objective = (gb.sum() + above_gain - self.params.cost * np.arange(n + 1)) / max(n, 1)
+        valid = np.ones(n + 1, bool)
+        valid[1:n] = fs[1:] > fs[:-1]                                         # cut only between distinct values
+        best = int(np.flatnonzero(valid)[np.argmax(objective[valid])])
+        finite = fs[np.isfinite(fs)]
+        if best == 0:
+            t = float(finite.min()) if len(finite) else 0.0                  # everything above
+        elif best == n:
+            t = float(np.nextafter(fs[-1], np.inf)) if np.isfinite(fs[-1]) else np.inf   # everything below
+        else:
+            t = float((fs[best - 1] + fs[best]) / 2) if np.isfinite(fs[best - 1]) else float(fs[best])
+        self.threshold_ = t
+        self.learned_ = {"threshold": t, "train_ndcg@10": float((objective[best] * max(n, 1)
+                                                                 + self.params.cost * best) / max(n, 1)),
+                         "share_below": best / max(n, 1),
+                         "all_above_ndcg@10": float(ga.mean()) if n else 0.0,
+                         "all_below_ndcg@10": float(gb.mean()) if n else 0.0}
+
+    def _save(self, folder) -> None:
+        if getattr(self, "learned_", None) is not None:
+            from ragkit.operator import write_json
+
+            write_json(folder / "learned.json", self.learned_)
+
+    def _load(self, folder, mmap: bool = False) -> None:
+        if (folder / "learned.json").is_file():
+            from ragkit.operator import read_json
+
+            self.learned_ = read_json(folder / "learned.json")
+            self.threshold_ = float(self.learned_["threshold"])
+
     def _call(self, state: State) -> State:
+        if self.params.learn and getattr(self, "threshold_", None) is None:
+            raise ParamError("score_router: learn=true but no threshold was learned; fit the pipeline with "
+                             "fit(corpus, train=...) first")
         f = ranking_feature(state, self.params.feature) if len(state) else np.empty(0)
-        above = np.nan_to_num(f, nan=-np.inf) >= self.params.threshold
+        above = np.nan_to_num(f, nan=-np.inf) >= self.threshold
         out = state.copy()
         out.values["label"] = np.where(above, self.params.above, self.params.below).astype(object).tolist()
         return out

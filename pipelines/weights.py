@@ -38,6 +38,18 @@ class WeightSearch:
     baseline_ndcg: float
 
 
+def per_query_ndcg(state: State, qrels: Qrels, corpus_ids: np.ndarray) -> np.ndarray:
+    """nDCG@10 of each judged query of ``state`` (in state order, unjudged queries skipped), ``(n_judged,)``."""
+    from ragkit.eval.metrics import evaluate
+    from ragkit.run import Run
+
+    qids = [q for q in state.query_ids if q in qrels]
+    rankings = state.rankings if state.rankings is not None else [Ranking.empty() for _ in state.query_ids]
+    run = Run.from_rankings(state.query_ids, rankings, corpus_ids)
+    pq = evaluate(run.head(10), {q: qrels[q] for q in qids}, ["ndcg@10"]).per_query["ndcg@10"]
+    return np.array([pq[q] for q in qids], dtype=np.float64)
+
+
 def learn_weights(fuse: Callable[[State, np.ndarray], list[Ranking]], state: State, qrels: Qrels,
                   corpus_ids: np.ndarray, *, folds: int = 5, step: float | None = None, seed: int = 0) -> WeightSearch:
     """Choose branch weights maximising nDCG@10 on the judged queries of ``state``.
@@ -59,9 +71,9 @@ def learn_weights(fuse: Callable[[State, np.ndarray], list[Ranking]], state: Sta
     qids = [q for q in state.query_ids if q in qrels]
     per_q = np.zeros((len(grid), len(qids)))
     for g, w in enumerate(grid):
-        run = Run.from_rankings(state.query_ids, fuse(state, w), corpus_ids)
-        pq = evaluate(run.head(10), {q: qrels[q] for q in qids}, ["ndcg@10"]).per_query["ndcg@10"]
-        per_q[g] = [pq[q] for q in qids]
+        st = state.copy()
+        st.rankings = fuse(state, w)
+        per_q[g] = per_query_ndcg(st, qrels, corpus_ids)
     rng = np.random.default_rng(seed)
     fold_of = rng.permutation(len(qids)) % max(2, min(folds, len(qids)))
     picks, held = [], []

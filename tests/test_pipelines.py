@@ -441,3 +441,56 @@ def test_registry_names_are_unique_across_families():
     Impostor.__qualname__ = "ScoreThreshold"  # same class name, other module: still refused
     with pytest.raises(ValueError, match="taken"):
         registry.register(Impostor)
+
+
+def test_score_router_learns_its_threshold_from_train(slice_data, tmp_path):
+    """A learned threshold routes at least as well on the training queries as sending all queries one way."""
+    corpus, queries, _, train = slice_data
+    spec = """
+pipeline:
+  - bm25: {k: 100}
+  - route:
+      router:
+        score_router: {feature: top1, learn: true}
+      branches:
+        easy:
+          - top_k: {k: 100}
+        hard:
+          - parallel:
+              branches:
+                - bm25: {k: 100}
+                - dense: {k: 100}
+              fuse:
+                rrf: {k: 60}
+"""
+    pipe = Pipeline.from_yaml(spec).fit(corpus, train)
+    router = pipe.steps[1].router
+    got = router.learned_
+    assert got["train_ndcg@10"] >= max(got["all_above_ndcg@10"], got["all_below_ndcg@10"]) - 1e-12
+    assert np.isfinite(router.threshold_) or router.threshold_ == np.inf
+    before = pipe.search(queries)
+    pipe.save(tmp_path / "p")
+    loaded = Pipeline.load(tmp_path / "p")
+    assert loaded.steps[1].router.threshold_ == router.threshold_
+    for a, b in zip(before.rankings, loaded.search(queries).rankings):
+        np.testing.assert_array_equal(a.rows, b.rows)
+    with pytest.raises(ParamError, match="learn"):
+        Pipeline.from_yaml(spec).fit(corpus)            # learning without judged queries is refused
+    with pytest.raises(ParamError, match="threshold"):
+        Pipeline.from_yaml(spec.replace("learn: true", "learn: false"))
+
+
+def test_score_router_cost_pushes_queries_to_the_cheap_branch(slice_data):
+    from ragkit.pipelines.routers import ScoreRouter
+    from ragkit.types import State
+
+    corpus, _, _, train = slice_data
+    st = BM25(k=10).fit(corpus)(State.of(train.queries))
+    n = len(st)
+    gains = {"easy": np.full(n, 0.5), "hard": np.full(n, 0.6)}
+    free = ScoreRouter(learn=True)
+    free.learn_routes(st, gains)
+    assert free.learned_["share_below"] == 1.0           # the better branch for everyone
+    priced = ScoreRouter(learn=True, cost=0.2)
+    priced.learn_routes(st, gains)
+    assert priced.learned_["share_below"] == 0.0         # 0.1 better, but costs 0.2: nobody goes there
