@@ -2,7 +2,7 @@
 
 Usage::
 
-    python bench/cachecraft.py --queries 8 --warm 8 --out bench/results/cachecraft
+    python bench/cachecraft.py --queries 20 --warm 8      # writes bench/out/cachecraft.json and .png
 
 Prompts: the BM25 top-5 documents (cut to 200 tokens) of SciFact test queries, with the chat
 template, built from per-segment token ids.  The chunk store is filled *before* the measured
@@ -23,7 +23,6 @@ Timings are wall clock on whatever CPU runs this; report the machine's load with
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -32,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from _common import REPO as ROOT, SCIFACT as DATA  # noqa: E402
+from _common import OUT, SCIFACT as DATA  # noqa: E402
 
 
 def kl(full: torch.Tensor, other: torch.Tensor) -> float:
@@ -50,46 +49,16 @@ def agree_prefix(a: list[int], b: list[int], n: int) -> float:
 
 
 def top5(data_dir: Path, n_queries: int) -> tuple[list[str], list[list[str]]]:
-    """Queries and the BM25 top-5 document texts (ragkit's BM25; a numpy BM25 otherwise)."""
-    corpus = [json.loads(l) for l in open(data_dir / "corpus.jsonl", encoding="utf-8")]
-    queries = {json.loads(l)["_id"]: json.loads(l)["text"] for l in open(data_dir / "queries.jsonl", encoding="utf-8")}
-    test_ids = []
-    for line in open(data_dir / "qrels" / "test.tsv", encoding="utf-8"):
-        qid = line.split("\t")[0]
-        if qid in queries and qid not in test_ids:
-            test_ids.append(qid)
-    test_ids = test_ids[:n_queries]
-    texts = [f"{d.get('title', '')}. {d['text']}".strip() for d in corpus]
-    qtexts = [queries[q] for q in test_ids]
-    try:
-        from ragkit.eval.beir import load_beir
-        from ragkit.retrievers import BM25
+    """The first ``n_queries`` SciFact test queries and their ragkit BM25 top-5 documents ("title. text")."""
+    from ragkit.eval.beir import load_beir
+    from ragkit.retrievers import BM25
 
-        ds = load_beir(data_dir, download=False)
-        run = BM25(k=5).fit(ds.corpus).search(qtexts, k=5)
-        pos = {d["_id"]: i for i, d in enumerate(corpus)}
-        docs = [[texts[pos[str(d)]] for d in ids[:5]] for ids in run.doc_ids]
-        print("retriever: ragkit.retrievers.BM25", file=sys.stderr)
-    except Exception as e:  # the core retriever is optional here
-        print(f"retriever: numpy BM25 fallback ({type(e).__name__}: {e})", file=sys.stderr)
-        from sklearn.feature_extraction.text import CountVectorizer
-
-        cv = CountVectorizer(lowercase=True, stop_words="english")
-        X = cv.fit_transform(texts).tocsc().astype(np.float32)
-        dl = np.asarray(X.sum(1)).ravel()
-        df = np.asarray((X > 0).sum(0)).ravel()
-        idf = np.log(1 + (X.shape[0] - df + 0.5) / (df + 0.5))
-        Q = cv.transform(qtexts)
-        X = X.tocsr()
-        k1, b = 0.9, 0.4
-        tf = X.copy()
-        denom = k1 * (1 - b + b * dl / dl.mean())
-        rows = np.repeat(np.arange(X.shape[0]), np.diff(X.indptr))
-        tf.data = X.data * (k1 + 1) / (X.data + denom[rows])
-        S = (Q > 0).astype(np.float32).multiply(idf) @ tf.T
-        S = S.toarray()
-        docs = [[texts[i] for i in np.argsort(-s)[:5]] for s in S]
-    return qtexts, docs
+    ds = load_beir(data_dir, download=False)
+    queries = ds.queries("test")[:n_queries]
+    run = BM25(k=5).fit(ds.corpus).search(queries, k=5)
+    rows = [ds.corpus.row_of(list(ids)) for ids in run.doc_ids]
+    docs = [[f"{ds.corpus.titles[r]}. {ds.corpus.texts[r]}".strip() for r in rr] for rr in rows]
+    return list(queries.texts), docs
 
 
 def main() -> None:
@@ -102,7 +71,7 @@ def main() -> None:
     ap.add_argument("--new-tokens", type=int, default=32)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--data", default=str(DATA))
-    ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "cachecraft"))
+    ap.add_argument("--out", default=str(OUT / "cachecraft"))
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     from ragkit.caches import ChunkKVCache

@@ -62,9 +62,13 @@ def run(pipe, args: argparse.Namespace, name: str, train_split: str | None = Non
     scores = evaluate(result, qrels, ["ndcg@10", "recall@100"]).scores
     out = {"example": name, "queries": len(queries), "docs": len(corpus), **scores,
            "fit_s": round(t_fit, 3), "search_s": round(result.seconds or 0.0, 3)}
+    return emit(out, args, f"recall@100 {scores['recall@100']:.4f}  (fit {t_fit:.1f} s, search {result.seconds:.2f} s)")
+
+
+def emit(out: dict, args: argparse.Namespace, details: str) -> dict:
+    """Print an example's result: one JSON line with ``--json`` (what the tests read), else a summary line."""
     if args.json:
         print(json.dumps(out))
     else:
-        print(f"{name}: {len(queries)} queries, {len(corpus)} docs  nDCG@10 {scores['ndcg@10']:.4f}  "
-              f"recall@100 {scores['recall@100']:.4f}  (fit {t_fit:.1f} s, search {result.seconds:.2f} s)")
+        print(f"{out['example']}: {out['queries']} queries, {out['docs']} docs  nDCG@10 {out['ndcg@10']:.4f}  {details}")
     return out

@@ -12,7 +12,6 @@ retriever (``retriever.batch`` over the queries: one pipeline call) with nDCG@10
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -83,7 +82,7 @@ def make_chain(retriever, llm):  # noqa: ANN001, ANN201
 
 
 def main() -> dict:
-    from _common import DEFAULT_DATA, load
+    from _common import DEFAULT_DATA, emit, load
 
     from ragkit import evaluate
     from ragkit.integrations.langchain import RagkitRetriever
@@ -122,12 +121,7 @@ def main() -> dict:
                 f"{d.id} ({'+'.join(d.metadata['operators'])}, {d.metadata['score']:.4f})" for d in ds[:3]) + "\n")
     out = {"example": "langchain_app", "queries": len(queries), "docs": len(corpus), **scores,
            "answers": len(answers), "llm": args.llm, "fit_s": round(t_fit, 3), "search_s": round(t_search, 3)}
-    if args.json:
-        print(json.dumps(out))
-    else:
-        print(f"langchain_app: {len(queries)} queries, {len(corpus)} docs  nDCG@10 {scores['ndcg@10']:.4f}  "
-              f"(fit {t_fit:.1f} s, retriever.batch {t_search:.2f} s)")
-    return out
+    return emit(out, args, f"(fit {t_fit:.1f} s, retriever.batch {t_search:.2f} s)")
 
 
 if __name__ == "__main__":

@@ -455,13 +455,7 @@ pipeline:
       branches:
         easy:
           - top_k: {k: 100}
-        hard:
-          - parallel:
-              branches:
-                - bm25: {k: 100}
-                - dense: {k: 100}
-              fuse:
-                rrf: {k: 60}
+        hard: [{dense: {k: 100}}]
 """
     pipe = Pipeline.from_yaml(spec).fit(corpus, train)
     router = pipe.steps[1].router
