@@ -105,6 +105,7 @@ def fine_tune(model: str, corpus: Corpus, train: TrainSet, out_dir: str | Path, 
         out_dir.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
         st.save(str(tmp))
+        os.chmod(tmp, 0o755)  # mkdtemp makes it private; a model folder is shared like any other
         if out_dir.exists():
             shutil.rmtree(out_dir)
         os.replace(tmp, out_dir)
