@@ -107,6 +107,9 @@ class Encoder:
             if key not in _MODELS:
                 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
                 from sentence_transformers import SentenceTransformer
+                from transformers.utils import logging as hf_logging
+
+                hf_logging.disable_progress_bar()  # no "Loading weights" bar per model load; encoding keeps its own
 
                 try:
                     _MODELS[key] = SentenceTransformer(self.path, device=self.device)
