@@ -21,7 +21,7 @@ from ragkit.filters._flat import check_cosines, cut_prefix, flatten
 from ragkit.operator import Operator, load_array, read_json, save_arrays, write_json
 from ragkit.params import Params
 from ragkit.registry import register
-from ragkit.types import Corpus, Ranking, State, TrainSet
+from ragkit.types import Corpus, State, TrainSet
 
 __all__ = ["CosineAdapter", "CosineAdapterParams", "list_features", "choose_threshold"]
 

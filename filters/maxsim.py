@@ -46,7 +46,7 @@ class MaxSim(TokenOperatorMixin, Operator):
     example = {"k": 10}
 
     def _fit(self, corpus: Corpus, train: TrainSet | None, upstream: State | None) -> None:
-        self._fit_tokens(corpus)
+        self._fit_tokens(corpus, train)
 
     def _call(self, state: State) -> State:
         out = state.copy()

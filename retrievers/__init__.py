@@ -5,8 +5,8 @@
 
 from ragkit.retrievers.bm25 import BM25
 from ragkit.retrievers.dense import Dense
+from ragkit.retrievers.knn_embed import KnnEmbed
+from ragkit.retrievers.muvera import MaxSimExact, Muvera
 from ragkit.scale import Sharded
 
-__all__ = ["BM25", "Dense", "Sharded"]
-from ragkit.retrievers.knn_embed import KnnEmbed  # noqa: E402
-from ragkit.retrievers.muvera import MaxSimExact, Muvera  # noqa: E402
+__all__ = ["BM25", "Dense", "KnnEmbed", "Muvera", "MaxSimExact", "Sharded"]

@@ -16,7 +16,7 @@ import numpy as np
 from pydantic import Field, model_validator
 
 from ragkit.encoders import DEFAULT_MODEL, Encoder, get_encoder, query_vectors
-from ragkit.encoders.adapt import AdaptConfig
+from ragkit.encoders.adapt import AdaptConfig, TunedEncoderMixin
 from ragkit.errors import ArtifactError, DataError, ParamError
 from ragkit.operator import Operator, rankings_from_matrix
 from ragkit.params import Params
@@ -75,7 +75,7 @@ class DenseParams(Params):
 
 
 @register
-class Dense(Operator):
+class Dense(TunedEncoderMixin, Operator):
     """Dense retriever: sentence embeddings in a quantised / reduced, exact or HNSW index.
 
     Documents are encoded to L2-normalised float32 vectors ``(n_docs, dim)`` (the disk cache
@@ -110,7 +110,7 @@ class Dense(Operator):
     @property
     def encoder(self) -> Encoder:
         """The encoder of documents and queries: the fine-tuned model after an ``adapt`` fit."""
-        return get_encoder(getattr(self, "model_path_", None) or self.params.model, batch_size=self.params.batch_size)
+        return get_encoder(self.encoder_model, batch_size=self.params.batch_size)
 
     def _new_index(self) -> VectorIndex:
         p = self.params
@@ -122,14 +122,7 @@ class Dense(Operator):
         return np.ascontiguousarray(self.encoder.encode(corpus.full_texts), dtype=np.float32)
 
     def _fit(self, corpus: Corpus, train: TrainSet | None, upstream: State | None) -> None:
-        self.model_path_: str | None = None
-        if self.params.adapt is not None:
-            if train is None:
-                raise DataError("dense.adapt fine-tunes the encoder on judged queries, but fit() got no training "
-                                "split; call fit(corpus, train=TrainSet(queries, qrels)) or drop 'adapt'")
-            from ragkit.encoders.adapt import adapted_model
-
-            self.model_path_ = str(adapted_model(self.params.model, corpus, train, self.params.adapt))
+        self._adapt_encoder(corpus, train)
         vecs = self._encode_docs(corpus)
         kind, dims = parse_reduce(self.params.reduce)
         if kind != "none" and len(vecs) and dims > vecs.shape[1]:
@@ -227,20 +220,14 @@ class Dense(Operator):
     def _save(self, folder: Path) -> None:
         self.index_.save(folder, prefix="index")
         np.save(folder / "slots.npy", self.slots_, allow_pickle=False)
-        if getattr(self, "model_path_", None):
-            import shutil
-
-            shutil.copytree(self.model_path_, folder / "model")  # the tuned encoder travels with the index
+        self._save_encoder(folder)  # the tuned encoder travels with the index
 
     def _load(self, folder: Path, mmap: bool = False) -> None:
         from ragkit.operator import load_array
 
         self.index_ = VectorIndex.load(folder, prefix="index", mmap=mmap)
         self.slots_ = np.array(load_array(folder, "slots"), dtype=np.int64)
-        self.model_path_ = str(folder / "model") if (folder / "model" / "modules.json").is_file() else None
-        if self.params.adapt is not None and self.model_path_ is None:
-            raise ArtifactError(f"{folder}: dense was fitted with adapt but the tuned model folder {folder / 'model'} "
-                                f"is missing")
+        self._load_encoder(folder)
         if len(self.slots_) != len(self.corpus_) or len(self.slots_) != self.index_.n_alive:
             raise ArtifactError(f"{folder}: slots.npy has {len(self.slots_)} rows, corpus has {len(self.corpus_)}, "
                                 f"index holds {self.index_.n_alive} live vectors")

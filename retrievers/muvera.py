@@ -29,6 +29,7 @@ import numpy as np
 from pydantic import Field, model_validator
 
 from ragkit.encoders import DEFAULT_MODEL
+from ragkit.encoders.adapt import AdaptConfig, TunedEncoderMixin
 from ragkit.encoders.tokens import TokenEncoder, TokenVectors, get_token_encoder
 from ragkit.errors import ArtifactError
 from ragkit.operator import Operator, rankings_from_matrix, read_json, topk_rows, write_json
@@ -53,19 +54,23 @@ class TokenParams(Params):
     ball_carve_tau: float | None = Field(
         None, ge=-1.0, le=1.0,
         description="Ball-carve query tokens at this cosine before the exact MaxSim (None = off; rerank only).")
+    adapt: AdaptConfig | None = Field(
+        None, description="Fine-tune the encoder on fit's judged training queries first (as dense's adapt; the same "
+                          "settings share one tuned model); its token vectors are then used.")
 
 
-class TokenOperatorMixin:
+class TokenOperatorMixin(TunedEncoderMixin):
     """Token vectors of the corpus (``tokens_``) and of the queries, for MaxSim operators."""
 
     params: Any
 
     @property
     def token_encoder(self) -> TokenEncoder:
-        return get_token_encoder(self.params.model, batch_size=self.params.batch_size,
+        return get_token_encoder(self.encoder_model, batch_size=self.params.batch_size,
                                  special_tokens=self.params.special_tokens)
 
-    def _fit_tokens(self, corpus: Corpus) -> None:
+    def _fit_tokens(self, corpus: Corpus, train: TrainSet | None = None) -> None:
+        self._adapt_encoder(corpus, train)
         self.tokens_ = self.token_encoder.encode(corpus.full_texts)
 
     def query_tokens(self, state: State) -> TokenVectors:
@@ -82,8 +87,10 @@ class TokenOperatorMixin:
 
     def _save_tokens(self, folder: Path) -> None:
         self.tokens_.save(folder, "tokens")
+        self._save_encoder(folder)
 
     def _load_tokens(self, folder: Path, mmap: bool) -> None:
+        self._load_encoder(folder)
         tv = TokenVectors.load(folder, "tokens", mmap=mmap)
         if len(tv) != len(self.corpus_):
             raise ArtifactError(f"{folder}: token vectors hold {len(tv)} documents, the corpus {len(self.corpus_)}")
@@ -169,7 +176,7 @@ class Muvera(TokenOperatorMixin, Operator):
                          projection=p.projection, fill_empty=p.fill_empty, seed=p.seed)
 
     def _fit(self, corpus: Corpus, train: TrainSet | None, upstream: State | None) -> None:
-        self._fit_tokens(corpus)
+        self._fit_tokens(corpus, train)
         fde = fde_documents(self.tokens_.data, self.tokens_.offsets, self.fde_config)
         self.index_ = self._new_index().build(fde)
 
@@ -248,7 +255,7 @@ class MaxSimExact(TokenOperatorMixin, Operator):
     example = {"k": 5}
 
     def _fit(self, corpus: Corpus, train: TrainSet | None, upstream: State | None) -> None:
-        self._fit_tokens(corpus)
+        self._fit_tokens(corpus, train)
 
     def scores(self, q: TokenVectors) -> np.ndarray:
         qd, qo, qw = self.rerank_query(q)

@@ -76,3 +76,24 @@ def test_dense_adapt_fits_caches_saves_and_loads(slice_data, tmp_path, monkeypat
     for a, b in zip(before.rankings, after.rankings):
         np.testing.assert_array_equal(a.rows, b.rows)
         np.testing.assert_allclose(a.scores, b.scores, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_token_operators_share_the_tuned_encoder(slice_data, tmp_path):
+    """muvera with the same ``adapt`` settings as dense uses the same tuned model (trained once) for its tokens."""
+    from ragkit.operator import Operator
+    from ragkit.retrievers import Dense, Muvera
+
+    corpus, queries, _, train = slice_data
+    adapt = {"batch_size": 8, "max_steps": 2, "seed": 1}
+    dense = Dense(k=10, adapt=adapt).fit(corpus, train)
+    mv = Muvera(k=10, candidates=20, adapt=adapt).fit(corpus, train)
+    assert mv.model_path_ == dense.model_path_
+    assert mv.token_encoder.key != Muvera(k=10).token_encoder.key
+    before = mv.search(queries)
+    mv.save(tmp_path / "m")
+    loaded = Operator.load(tmp_path / "m")
+    for a, b in zip(before.rankings, loaded.search(queries).rankings):
+        np.testing.assert_array_equal(a.rows, b.rows)
+    with pytest.raises(DataError, match="muvera.adapt"):
+        Muvera(k=10, adapt=adapt).fit(corpus)

@@ -17,6 +17,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from pydantic import Field
@@ -25,7 +26,7 @@ from ragkit.errors import DataError
 from ragkit.params import Params
 from ragkit.types import Corpus, TrainSet
 
-__all__ = ["AdaptConfig", "mine_pairs", "fine_tune", "adapted_model"]
+__all__ = ["AdaptConfig", "mine_pairs", "fine_tune", "adapted_model", "TunedEncoderMixin"]
 
 
 class AdaptConfig(Params):
@@ -142,3 +143,44 @@ def adapted_model(model: str, corpus: Corpus, train: TrainSet, config: AdaptConf
     if not (folder / "modules.json").is_file():
         fine_tune(model, corpus, train, folder, config, progress=progress)
     return folder
+
+
+class TunedEncoderMixin:
+    """For operators whose params have ``model`` and ``adapt``: the encoder tuned at fit, saved with them.
+
+    ``_adapt_encoder(corpus, train)`` (in ``_fit``) sets ``model_path_`` to the cached tuned
+    model, or ``None`` without ``adapt``; ``encoder_model`` is what the encoder should load;
+    ``_save_encoder`` copies the tuned model into the operator's folder (``model/``) and
+    ``_load_encoder`` reads it back, so a saved operator needs neither the cache nor training.
+    Operators with the same base model, corpus, training split and ``adapt`` settings share
+    one tuned model (the cache key), trained once.
+    """
+
+    params: Any
+    name: str
+
+    @property
+    def encoder_model(self) -> str:
+        """Model name or folder for the encoder: the tuned copy after an ``adapt`` fit."""
+        return getattr(self, "model_path_", None) or self.params.model
+
+    def _adapt_encoder(self, corpus: Corpus, train: TrainSet | None) -> None:
+        self.model_path_: str | None = None
+        if self.params.adapt is None:
+            return
+        if train is None:
+            raise DataError(f"{self.name}.adapt fine-tunes the encoder on judged queries, but fit() got no training "
+                            f"split; call fit(corpus, train=TrainSet(queries, qrels)) or drop 'adapt'")
+        self.model_path_ = str(adapted_model(self.params.model, corpus, train, self.params.adapt))
+
+    def _save_encoder(self, folder: Path) -> None:
+        if getattr(self, "model_path_", None):
+            shutil.copytree(self.model_path_, folder / "model")
+
+    def _load_encoder(self, folder: Path) -> None:
+        from ragkit.errors import ArtifactError
+
+        self.model_path_ = str(folder / "model") if (folder / "model" / "modules.json").is_file() else None
+        if self.params.adapt is not None and self.model_path_ is None:
+            raise ArtifactError(f"{folder}: {self.name} was fitted with adapt but the tuned model folder "
+                                f"{folder / 'model'} is missing")

@@ -93,7 +93,7 @@ class Encoder:
         self.cache_enabled = cache
         self.key = f"{_fingerprint(self.path)}|msl={max_seq_length}"
         self._cache: EmbeddingCache | None = None
-        #: documents actually encoded (not read from cache) since creation
+        #: texts encoded by :meth:`encode` (documents; not read from cache) since creation; queries are not counted
         self.n_encoded = 0
 
     def __repr__(self) -> str:
@@ -135,7 +135,6 @@ class Encoder:
     def _forward(self, texts: list[str], progress: bool) -> np.ndarray:
         vecs = self.model.encode(texts, batch_size=self.batch_size, convert_to_numpy=True, normalize_embeddings=True,
                                  show_progress_bar=progress)
-        self.n_encoded += len(texts)
         return np.asarray(vecs, dtype=np.float32)
 
     def encode(self, texts: Sequence[str], *, cache: bool | None = None, progress: bool | None = None) -> np.ndarray:
@@ -149,12 +148,14 @@ class Encoder:
             return np.zeros((0, self.dim), np.float32)
         use_cache = self.cache_enabled if cache is None else cache
         if not use_cache:
+            self.n_encoded += len(texts)
             return self._forward(texts, bool(progress))
         digests = text_digests(texts)
         cached, hit = self.store.get(digests)
         miss = np.flatnonzero(~hit)
         if len(miss) == 0:
             return cached  # type: ignore[return-value]
+        self.n_encoded += len(miss)
         fresh = self._forward([texts[i] for i in miss], progress if progress is not None else len(miss) > 1000)
         self.store.put(digests[miss], fresh)
         out = cached if cached is not None else np.zeros((len(texts), fresh.shape[1]), np.float32)
@@ -162,8 +163,9 @@ class Encoder:
         return out
 
     def encode_queries(self, texts: Sequence[str]) -> np.ndarray:
-        """Encode queries (no disk cache: they rarely repeat)."""
-        return self.encode(texts, cache=False, progress=False)
+        """Encode queries (no disk cache: they rarely repeat; not counted in ``n_encoded``)."""
+        texts = [str(t) for t in texts]
+        return self._forward(texts, False) if texts else np.zeros((0, self.dim), np.float32)
 
 
 def get_encoder(model: str = DEFAULT_MODEL, **kwargs: Any) -> Encoder:
