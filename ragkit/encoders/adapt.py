@@ -30,7 +30,7 @@ __all__ = ["AdaptConfig", "mine_pairs", "fine_tune", "adapted_model", "TunedEnco
 
 
 class AdaptConfig(Params):
-    """Fine-tuning settings (the ``adapt`` parameter of the ``dense`` retriever)."""
+    """Fine-tuning settings: the ``adapt`` parameter of ``dense`` and of the token operators (``muvera``, ...)."""
 
     epochs: float = Field(1.0, gt=0, description="Passes over the (query, positive, hard negative) triplets.")
     batch_size: int = Field(32, ge=2, description="Triplets per step; the batch's other positives are in-batch negatives.")
