@@ -132,7 +132,8 @@ def main() -> None:
     for name, xs in rows.items():
         t = np.mean([x["t"] for x in xs])
         k = [x["kl"] for x in xs]
-        lines.append(f"| {name.replace(' r', f' {args.fraction:.0%}')} | {t:.2f} | {full_t / t:.1f}x | "
+        label = name[:-2] + f" {args.fraction:.0%}" if name.endswith(" r") else name
+        lines.append(f"| {label} | {t:.2f} | {full_t / t:.1f}x | "
                      f"{np.mean([x['share'] for x in xs]):.0%} | {np.mean(k):.3f} / {np.percentile(k, 95):.3f} | "
                      f"{np.mean([x['first'] for x in xs]):.2f} | {np.mean([x['prefix'] for x in xs]):.2f} |")
     lines += ["", "| selector | r | prefill s | speedup | tokens computed | KL mean | first token same |",
