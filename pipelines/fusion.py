@@ -128,10 +128,21 @@ class _Fuser(Operator):
         def fuse(state: State, w: np.ndarray) -> list[Ranking]:
             return self._fuse(state, w, None)
 
-        found = learn_weights(fuse, upstream, train.qrels, corpus.ids, folds=self.params.folds)  # type: ignore[attr-defined]
+        best = None
+        for option in self._learnable_options():  # e.g. each score normalisation, weights searched for each
+            self.option_ = option
+            found = learn_weights(fuse, upstream, train.qrels, corpus.ids, folds=self.params.folds)  # type: ignore[attr-defined]
+            if best is None or found.cv_ndcg > best[1].cv_ndcg:
+                best = (option, found)
+        option, found = best
+        self.option_ = option
         self.weights_ = found.weights
-        self.learned_ = {"branches": names, "weights": found.weights.tolist(), "cv_ndcg@10": found.cv_ndcg,
+        self.learned_ = {"branches": names, "weights": found.weights.tolist(), **option, "cv_ndcg@10": found.cv_ndcg,
                          "train_ndcg@10": found.train_ndcg, "uniform_ndcg@10": found.baseline_ndcg}
+
+    def _learnable_options(self) -> list[dict]:
+        """Settings tried when learning, each with its own weight search; the best by CV wins."""
+        return [{}]
 
     def _save(self, folder) -> None:
         if hasattr(self, "weights_"):
@@ -146,6 +157,7 @@ class _Fuser(Operator):
 
             self.weights_ = load_array(folder, "weights")
             self.learned_ = read_json(folder / "learned.json")
+            self.option_ = {k: self.learned_[k] for k in ("norm",) if k in self.learned_}
 
     def _weights(self, names: list[str]) -> np.ndarray:
         if hasattr(self, "weights_"):
@@ -211,8 +223,15 @@ class RRF(_Fuser):
 
 
 class WeightedParams(_FuserParams):
-    norm: Literal["minmax", "zscore", "none"] = Field(
-        "minmax", description="Per-branch, per-query score normalisation before the weighted sum.")
+    norm: Literal["minmax", "zscore", "none", "learn"] = Field(
+        "minmax", description="Per-branch, per-query score normalisation before the weighted sum; 'learn' (with "
+                              "learn=true) picks minmax, zscore or none with the weights, by cross-validated nDCG@10.")
+
+    @model_validator(mode="after")
+    def _learn_norm(self) -> "WeightedParams":
+        if self.norm == "learn" and not self.learn:
+            raise ValueError("norm='learn' chooses the normalisation from the training split and needs learn=true")
+        return self
 
 
 @register
@@ -228,14 +247,28 @@ class WeightedFusion(_Fuser):
     Params = WeightedParams
     example = {"norm": "zscore"}
 
+    def _learnable_options(self) -> list[dict]:
+        if self.params.norm == "learn":
+            return [{"norm": n} for n in ("minmax", "zscore", "none")]
+        return [{}]
+
+    @property
+    def norm(self) -> str:
+        """The normalisation in use: the learned one after a learning fit, else the parameter."""
+        return getattr(self, "option_", {}).get("norm", self.params.norm)
+
     def _contributions(self, flat, w, n_q):
         s = flat["score"]
-        if self.params.norm == "none" or len(s) == 0:
+        norm = self.norm
+        if norm == "learn":
+            raise ParamError("weighted: norm='learn' but nothing was learned; fit the pipeline with "
+                             "fit(corpus, train=...) first")
+        if norm == "none" or len(s) == 0:
             return w[flat["branch"]] * s
         seg = flat["branch"] * n_q + flat["q"]  # contiguous segments: flat is ordered by (branch, q)
         starts = np.flatnonzero(np.r_[True, seg[1:] != seg[:-1]])
         counts = np.diff(np.r_[starts, len(s)])
-        if self.params.norm == "minmax":
+        if norm == "minmax":
             lo = np.repeat(np.minimum.reduceat(s, starts), counts)
             hi = np.repeat(np.maximum.reduceat(s, starts), counts)
             span = hi - lo

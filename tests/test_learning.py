@@ -71,3 +71,28 @@ def test_train_refuses_test_split(tmp_path):
     res = CliRunner().invoke(app, ["train", "--data", "x", "--pipeline", "bm25", "--out", str(tmp_path / "o"),
                                    "--split", "test"])
     assert res.exit_code == 2 and "test split is refused" in res.output
+
+
+def test_weighted_fusion_learns_its_normalisation(slice_data, tmp_path):
+    """norm: learn tries minmax, zscore and none, each with its own weight search, and keeps the best by CV."""
+    import pytest
+
+    from ragkit.errors import ParamError
+
+    corpus, queries, _, train = slice_data
+    spec = PIPE.replace("rrf: {learn: true, folds: 3}", "weighted: {learn: true, norm: learn, folds: 3}")
+    pipe = Pipeline.from_yaml(spec).fit(corpus, train)
+    fuse = pipe.steps[0].fuse
+    assert fuse.norm in ("minmax", "zscore", "none") and fuse.learned_["norm"] == fuse.norm
+    tried = {}
+    for norm in ("minmax", "zscore", "none"):
+        fixed = Pipeline.from_yaml(spec.replace("norm: learn", f"norm: {norm}")).fit(corpus, train)
+        tried[norm] = fixed.steps[0].fuse.learned_["cv_ndcg@10"]
+    assert fuse.learned_["cv_ndcg@10"] == max(tried.values())
+    pipe.save(tmp_path / "p")
+    loaded = Pipeline.load(tmp_path / "p")
+    assert loaded.steps[0].fuse.norm == fuse.norm
+    for r1, r2 in zip(pipe.search(queries).rankings, loaded.search(queries).rankings):
+        np.testing.assert_array_equal(r1.rows, r2.rows)
+    with pytest.raises(ParamError, match="learn=true"):
+        Pipeline.from_yaml(spec.replace("learn: true, norm", "norm"))
