@@ -24,17 +24,24 @@ from ragkit.types import Corpus, Queries, Ranking, State, TraceEvent, TrainSet
 __all__ = ["Composite", "Pipeline", "Parallel", "Route", "Loop", "run_step"]
 
 
-def _recall(state: State, k: int = 100) -> float | None:
-    """Mean recall@k of the state's rankings against ``state.qrels`` (for traces only)."""
+def _quality(state: State, k: int = 100, k_ndcg: int = 10) -> tuple[float | None, float | None]:
+    """Mean recall@k and nDCG@k_ndcg (trec_eval's, graded gains) of the state's rankings against
+    ``state.qrels``, over the judged queries with a relevant document (for traces only)."""
     if state.qrels is None or state.rankings is None or not hasattr(run_step, "_ids"):
-        return None
+        return None, None
     ids = run_step._ids  # type: ignore[attr-defined]
-    vals = []
+    disc = 1.0 / np.log2(np.arange(2, k_ndcg + 2))
+    rec, ndcg = [], []
     for qid, r in zip(state.query_ids, state.rankings):
-        rel = {d for d, v in state.qrels.get(qid, {}).items() if v > 0}
+        judged = state.qrels.get(qid, {})
+        rel = {d for d, v in judged.items() if v > 0}
         if rel:
-            vals.append(len(rel.intersection(ids[r.rows[:k]].tolist())) / len(rel))
-    return float(np.mean(vals)) if vals else None
+            top = ids[r.rows[:k]].tolist()
+            rec.append(len(rel.intersection(top)) / len(rel))
+            gains = np.array([max(judged.get(d, 0), 0) for d in top[:k_ndcg]], float)
+            ideal = np.sort(np.array([v for v in judged.values() if v > 0], float))[::-1][:k_ndcg]
+            ndcg.append(float(gains @ disc[:len(gains)]) / float(ideal @ disc[:len(ideal)]))
+    return (float(np.mean(rec)), float(np.mean(ndcg))) if rec else (None, None)
 
 
 def run_step(op: Operator, state: State, path: str) -> State:
@@ -43,7 +50,7 @@ def run_step(op: Operator, state: State, path: str) -> State:
     Composites get ``path`` so that every leaf's trace event carries the same path that
     :func:`~ragkit.pipelines.yaml.walk_leaves` and YAML error messages use, e.g.
     ``pipeline[0].parallel.branches[1].dense``.  When tracing, a leaf records wall time,
-    mean candidates in/out and (with qrels) recall@100 after the step.
+    mean candidates in/out and (with qrels) recall@100 and nDCG@10 after the step.
     """
     if isinstance(op, Composite):
         return op._call(state, path)
@@ -55,7 +62,7 @@ def run_step(op: Operator, state: State, path: str) -> State:
     dt = time.perf_counter() - t0
     n_out = np.mean([len(r) for r in out.rankings]) if out.rankings else 0.0
     out.trace.append(TraceEvent(f"{path}.{_label(op)}", op.name, dt, len(state), float(n_in), float(n_out),
-                                _recall(out)))
+                                *_quality(out)))
     return out
 
 

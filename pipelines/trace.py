@@ -14,7 +14,7 @@ from typing import Sequence
 
 from ragkit.types import TraceEvent
 
-__all__ = ["TraceRow", "aggregate_trace", "trace_table"]
+__all__ = ["TraceRow", "aggregate_trace", "trace_table", "stage_table"]
 
 
 @dataclass
@@ -29,6 +29,7 @@ class TraceRow:
     candidates_in: float
     candidates_out: float
     recall: float | None
+    ndcg: float | None = None
 
     @property
     def ms_per_query(self) -> float:
@@ -41,7 +42,7 @@ def aggregate_trace(events: Sequence[TraceEvent]) -> list[TraceRow]:
     ``calls`` counts the calls (loop iterations, route parts), ``queries`` the queries
     processed over all calls, ``seconds`` the total wall time; candidates in/out are
     query-weighted means; ``recall`` is the query-weighted mean recall@100 after the
-    step (``None`` without qrels).
+    step (``None`` without qrels), ``ndcg`` likewise for nDCG@10.
     """
     rows: dict[str, TraceRow] = {}
     rec_w: dict[str, float] = {}
@@ -58,6 +59,7 @@ def aggregate_trace(events: Sequence[TraceEvent]) -> list[TraceRow]:
         if e.recall is not None:
             w = rec_w[e.path]
             r.recall = ((r.recall or 0.0) * w + e.recall * n) / (w + n) if w + n else e.recall
+            r.ndcg = ((r.ndcg or 0.0) * w + (e.ndcg or 0.0) * n) / (w + n) if w + n else e.ndcg
             rec_w[e.path] = w + n
         r.calls += 1
         r.queries = tot
@@ -67,7 +69,7 @@ def aggregate_trace(events: Sequence[TraceEvent]) -> list[TraceRow]:
 
 def trace_table(events: Sequence[TraceEvent], title: str = "trace (per operator)"):
     """A ``rich.table.Table``: path, operator, calls, queries, total ms, ms/query, share of time,
-    mean candidates in -> out, recall@100 after the step."""
+    mean candidates in -> out, recall@100 and nDCG@10 after the step."""
     from rich.table import Table
 
     rows = aggregate_trace(events)
@@ -75,10 +77,36 @@ def trace_table(events: Sequence[TraceEvent], title: str = "trace (per operator)
     table = Table(title=title)
     for col, just in (("path", "left"), ("operator", "left"), ("calls", "right"), ("queries", "right"),
                       ("total ms", "right"), ("ms/query", "right"), ("time %", "right"), ("cand. in", "right"),
-                      ("cand. out", "right"), ("recall@100", "right")):
+                      ("cand. out", "right"), ("recall@100", "right"), ("nDCG@10", "right")):
         table.add_column(col, justify=just)
     for r in rows:
         table.add_row(r.path, r.operator, str(r.calls), str(r.queries), f"{1000 * r.seconds:.1f}",
                       f"{r.ms_per_query:.3f}", f"{100 * r.seconds / total:.1f}", f"{r.candidates_in:.1f}",
-                      f"{r.candidates_out:.1f}", "-" if r.recall is None else f"{r.recall:.4f}")
+                      f"{r.candidates_out:.1f}", "-" if r.recall is None else f"{r.recall:.4f}",
+                      "-" if r.ndcg is None else f"{r.ndcg:.4f}")
+    return table
+
+
+def stage_table(runs: dict[str, Sequence[TraceEvent]], title: str = "nDCG@10 / recall@100 after each step"):
+    """A ``rich.table.Table`` comparing traced runs of the same pipeline step by step.
+
+    ``runs`` maps a label (e.g. ``"unlearned"``, ``"learned"``) to its trace events; one row
+    per operator path, one ``nDCG@10`` and one ``recall@100`` column per run.
+    """
+    from rich.table import Table
+
+    agg = {label: {r.path: r for r in aggregate_trace(ev)} for label, ev in runs.items()}
+    paths = list(dict.fromkeys(p for rows in agg.values() for p in rows))
+    table = Table(title=title)
+    table.add_column("step")
+    for label in runs:
+        table.add_column(f"nDCG@10 {label}", justify="right")
+        table.add_column(f"R@100 {label}", justify="right")
+    for path in paths:
+        cells = []
+        for label in runs:
+            r = agg[label].get(path)
+            cells += ["-" if r is None or r.ndcg is None else f"{r.ndcg:.4f}",
+                      "-" if r is None or r.recall is None else f"{r.recall:.4f}"]
+        table.add_row(path, *cells)
     return table

@@ -166,13 +166,22 @@ def train_cmd(
             table = Table(title=f"held-out {len(held)} of {n} {split} queries (fit on the other {len(fit_idx)})")
             for col in ("pipeline", "nDCG@10", "Recall@100"):
                 table.add_column(col)
-            for label, tr in (("unlearned (fit on the corpus only)", None), ("learned", fit_part)):
+            traces = {}
+            for label, tr in (("unlearned", None), ("learned", fit_part)):
                 pipe, _ = resolve_pipeline(pipeline)
-                with console.status(f"fitting {label}..."):
+                if tr is None and _learns_only_with_train(pipe):
+                    console.print("[dim]unlearned: skipped (parts of this pipeline fit only with judged queries)[/]")
+                    continue
+                with console.status(f"fitting the {label} pipeline..."):
                     pipe.fit(ds.corpus, tr)
-                res = evaluate(pipe.search(held), held_qrels, ["ndcg@10", "recall@100"]).scores
+                run = pipe.search(held, trace=True, qrels=held_qrels)
+                res = evaluate(run, held_qrels, ["ndcg@10", "recall@100"]).scores
                 table.add_row(label, f"{res['ndcg@10']:.4f}", f"{res['recall@100']:.4f}")
+                traces[label] = run.trace
             console.print(table)
+            from ragkit.pipelines.trace import stage_table
+
+            console.print(stage_table(traces, title="what each step does to the held-out queries"))
         pipe, _ = resolve_pipeline(pipeline)
         t0 = time.perf_counter()
         with console.status(f"fitting on all {len(train.queries)} {split} queries..."):
@@ -183,6 +192,19 @@ def train_cmd(
         return
     console.print(f"fitted in {time.perf_counter() - t0:.1f} s; saved to {out} "
                   f"(evaluate with: ragkit eval --data {data} --pipeline {out})")
+
+
+def _learns_only_with_train(pipe) -> bool:
+    """True when some operator refuses to fit without judged queries (``adapt``, ``learn`` routers/norms)."""
+    from ragkit.pipelines._compose import iter_leaves
+
+    for op in iter_leaves(pipe):
+        params = op.params
+        if getattr(params, "adapt", None) is not None or getattr(params, "norm", None) == "learn":
+            return True
+        if op.kind == "router" and getattr(params, "learn", False):
+            return True
+    return False
 
 
 @app.command("search")

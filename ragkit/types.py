@@ -305,7 +305,7 @@ class Ranking:
 
 @dataclass
 class TraceEvent:
-    """One operator's step in a traced run: wall time, candidates in/out, recall@k."""
+    """One operator's step in a traced run: wall time, candidates in/out, recall@100 and nDCG@10 after it."""
 
     path: str
     operator: str
@@ -314,6 +314,7 @@ class TraceEvent:
     candidates_in: float
     candidates_out: float
     recall: float | None = None
+    ndcg: float | None = None
 
 
 @dataclass

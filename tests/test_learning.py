@@ -96,3 +96,14 @@ def test_weighted_fusion_learns_its_normalisation(slice_data, tmp_path):
         np.testing.assert_array_equal(r1.rows, r2.rows)
     with pytest.raises(ParamError, match="learn=true"):
         Pipeline.from_yaml(spec.replace("learn: true, norm", "norm"))
+
+
+def test_train_reports_each_step_on_a_held_out_fold(slice_beir, tmp_path):
+    (tmp_path / "p.yaml").write_text(PIPE)
+    res = CliRunner().invoke(app, ["train", "--data", str(slice_beir), "--pipeline", str(tmp_path / "p.yaml"),
+                                   "--out", str(tmp_path / "out")], env={"COLUMNS": "200"})
+    assert res.exit_code == 0, res.output
+    assert "held-out 8 of 40 train queries" in res.output and "what each step does" in res.output
+    rows = [ln for ln in res.output.splitlines() if "pipeline[0].parallel.branches[0].bm25" in ln]
+    assert rows and len([c for c in rows[0].split("│") if c.strip()]) == 5   # step + 2 columns per run
+    assert (tmp_path / "out" / "manifest.json").is_file()
