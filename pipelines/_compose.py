@@ -526,6 +526,31 @@ class Loop(Composite):
     def children(self) -> list[Operator]:
         return [self.body, self.until]
 
+    def fit(self, corpus: Corpus, train: TrainSet | None = None, *, upstream: State | None = None,
+            _seen: set[int] | None = None) -> "Loop":
+        """Fit the body and the judge; a learning judge then learns when to stop.
+
+        With ``train``, a judge with ``learn_stopping`` (``score_reached(learn=true)``) gets,
+        for every iteration up to ``max_iters``, each training query's judge feature and
+        nDCG@10 after that many body runs (the body run on all of them each time, as the
+        loop would for the queries still active), and chooses its threshold from them.
+        """
+        super().fit(corpus, train, upstream=upstream, _seen=_seen)
+        if train is not None and getattr(self.until.params, "learn", False) and hasattr(self.until, "learn_stopping"):
+            from ragkit.pipelines.weights import per_query_ndcg
+
+            current = upstream.copy() if upstream is not None else State.of(train.queries)
+            current = current.subset([i for i, q in enumerate(current.query_ids) if q in train.qrels])
+            features, gains = [], []
+            for it in range(self.max_iters):
+                current.values["iteration"] = [it] * len(current)
+                current = self.body(current)
+                current.values.pop("iteration", None)
+                features.append(self.until.feature(current))
+                gains.append(per_query_ndcg(current, train.qrels, corpus.ids))
+            self.until.learn_stopping(np.array(features), np.array(gains))
+        return self
+
     def _call(self, state: State, path: str = "") -> State:
         """Iterate; per-query iteration counts go to ``values["iterations"]``.
 

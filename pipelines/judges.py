@@ -20,8 +20,9 @@ from __future__ import annotations
 from typing import Literal
 
 import numpy as np
-from pydantic import Field
+from pydantic import Field, model_validator
 
+from ragkit.errors import ParamError
 from ragkit.operator import Operator
 from ragkit.params import Params
 from ragkit.registry import register
@@ -75,8 +76,18 @@ class TopKStable(Operator):
 
 
 class ScoreReachedParams(Params):
-    threshold: float = Field(..., description="Done when the score at `rank` is >= threshold (retriever units).")
+    threshold: float | None = Field(None, description="Done when the score at `rank` is >= threshold (retriever "
+                                                      "units); required unless learn=true.")
     rank: int = Field(1, ge=1, description="1-based rank whose score is compared (1 = the top score).")
+    learn: bool = Field(False, description="Learn the threshold at fit from the training split: the one whose "
+                                           "stopping maximises mean nDCG@10 of the training queries (minus cost).")
+    cost: float = Field(0.0, ge=0, description="When learning: nDCG@10 a query may lose to save one iteration.")
+
+    @model_validator(mode="after")
+    def _threshold_or_learn(self) -> "ScoreReachedParams":
+        if self.threshold is None and not self.learn:
+            raise ValueError("threshold is required unless learn=true (then it is learned from the training split)")
+        return self
 
 
 @register
@@ -100,12 +111,72 @@ class ScoreReached(Operator):
     stateless = True
     example = {"threshold": 20.0}
 
-    def _call(self, state: State) -> State:
+    @property
+    def wants_upstream(self) -> bool:  # type: ignore[override]
+        """A learning judge needs the training queries' state where the loop starts."""
+        return bool(self.params.learn)
+
+    def _fit(self, corpus, train, upstream) -> None:
+        if self.params.learn and train is None:
+            raise ParamError("score_reached.learn: the threshold is learned from judged queries; fit the pipeline "
+                             "with fit(corpus, train=...) or give a threshold")
+
+    @property
+    def threshold(self) -> float:
+        """The threshold in use: the learned one after a learning fit, else the parameter."""
+        learned = getattr(self, "threshold_", None)
+        return float(learned if learned is not None else self.params.threshold)
+
+    def feature(self, state: State) -> np.ndarray:
+        """Score at ``rank`` per query, float64 ``(n_q,)``; ``-inf`` for shorter rankings."""
         i = self.params.rank - 1
         rankings = state.rankings or [None] * len(state)
-        score = np.array([r.scores[i] if r is not None and len(r) > i else -np.inf for r in rankings], np.float64)
+        return np.array([r.scores[i] if r is not None and len(r) > i else -np.inf for r in rankings], np.float64)
+
+    def learn_stopping(self, features: np.ndarray, gains: np.ndarray) -> None:
+        """Choose the threshold from ``features`` and ``gains``, both ``(iterations, n_q)``.
+
+        Row ``i`` holds each training query's score at ``rank`` and its nDCG@10 after ``i + 1``
+        runs of the loop body.  A threshold stops each query at its first iteration whose
+        feature reaches it (else at the last); every observed value (and "never") is tried at
+        once with broadcasting; the best mean gain minus ``cost`` x mean iterations wins, ties
+        going to fewer iterations.
+        """
+        if not self.params.learn:
+            return
+        iters, n = features.shape
+        finite = np.unique(features[np.isfinite(features)])
+        cands = np.concatenate([finite, [np.inf]])
+        reached = features[None] >= cands[:, None, None]                        # (m, iters, n)
+        stop = np.where(reached.any(1), reached.argmax(1), iters - 1)            # (m, n)
+        got = np.take_along_axis(np.broadcast_to(gains, (len(cands), iters, n)), stop[:, None], 1)[:, 0]
+        mean_iters = (stop + 1).mean(1) if n else np.ones(len(cands))
+        objective = (got.mean(1) if n else np.zeros(len(cands))) - self.params.cost * mean_iters
+        best = int(np.lexsort((mean_iters, -objective))[0])
+        self.threshold_ = float(cands[best])
+        self.learned_ = {"threshold": self.threshold_, "train_ndcg@10": float(got[best].mean()) if n else 0.0,
+                         "mean_iterations": float(mean_iters[best]),
+                         "ndcg@10_per_iteration": [float(g.mean()) for g in gains] if n else []}
+
+    def _save(self, folder) -> None:
+        if getattr(self, "learned_", None) is not None:
+            from ragkit.operator import write_json
+
+            write_json(folder / "learned.json", self.learned_)
+
+    def _load(self, folder, mmap: bool = False) -> None:
+        if (folder / "learned.json").is_file():
+            from ragkit.operator import read_json
+
+            self.learned_ = read_json(folder / "learned.json")
+            self.threshold_ = float(self.learned_["threshold"])
+
+    def _call(self, state: State) -> State:
+        if self.params.learn and getattr(self, "threshold_", None) is None:
+            raise ParamError("score_reached: learn=true but no threshold was learned; fit the pipeline with "
+                             "fit(corpus, train=...) first")
         out = state.copy()
-        out.values["done"] = (score >= self.params.threshold).tolist()
+        out.values["done"] = (self.feature(state) >= self.threshold).tolist()
         return out
 
 

@@ -195,14 +195,14 @@ def train_cmd(
 
 
 def _learns_only_with_train(pipe) -> bool:
-    """True when some operator refuses to fit without judged queries (``adapt``, ``learn`` routers/norms)."""
+    """True when some operator refuses to fit without judged queries (``adapt``; learning routers, judges, norms)."""
     from ragkit.pipelines._compose import iter_leaves
 
     for op in iter_leaves(pipe):
         params = op.params
         if getattr(params, "adapt", None) is not None or getattr(params, "norm", None) == "learn":
             return True
-        if op.kind == "router" and getattr(params, "learn", False):
+        if op.kind in ("router", "judge") and getattr(params, "learn", False):
             return True
     return False
 
