@@ -12,7 +12,7 @@ registry: YAML spells them with the structural keys ``parallel``, ``route`` and 
 from __future__ import annotations
 
 import time
-from typing import Any, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -20,6 +20,9 @@ from ragkit.errors import NotFittedError, ParamError
 from ragkit.operator import Operator
 from ragkit.params import Params
 from ragkit.types import Corpus, Queries, Ranking, State, TraceEvent, TrainSet
+
+if TYPE_CHECKING:
+    from ragkit.run import Run
 
 __all__ = ["Composite", "Pipeline", "Parallel", "Route", "Loop", "run_step"]
 
