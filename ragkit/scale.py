@@ -82,7 +82,7 @@ def ray_encode(model: str, texts: Sequence[str], *, num_actors: int = 2, batch_s
 
     With ``cache=True`` the actors read and fill the shared on-disk embedding cache.
     """
-    ray = ray_init()
+    ray_init()
     import ray.data
 
     ds = ray.data.from_items([{"i": i, "text": t} for i, t in enumerate(texts)])

@@ -1,13 +1,18 @@
-"""Evaluation: BEIR loading, trec_eval metrics, run files, reports."""
+"""Evaluation: BEIR loading, trec_eval metrics, run files, reports (hubness, filtering, diversity)."""
 
 from ragkit.eval.beir import (BeirDataset, download_beir, load_beir, read_corpus, read_qrels, read_queries,
                               write_beir)
+from ragkit.eval.diversity import (alpha_ndcg, cluster_entropy, distinct_clusters, intra_list_diversity,
+                                   near_duplicate_rate, subtopic_recall)
+from ragkit.eval.filtering import FilterReport, expected_calibration_error, filter_report, pr_curve
+from ragkit.eval.hubness import HubnessReport, hubness, k_occurrence
 from ragkit.eval.metrics import EvalResult, evaluate, paired_randomization_test, parse_metric
 
 __all__ = [
     "BeirDataset", "load_beir", "download_beir", "read_corpus", "read_qrels", "read_queries", "write_beir",
     "evaluate", "EvalResult", "paired_randomization_test", "parse_metric",
+    "HubnessReport", "hubness", "k_occurrence",
+    "FilterReport", "expected_calibration_error", "filter_report", "pr_curve",
+    "alpha_ndcg", "cluster_entropy", "distinct_clusters", "intra_list_diversity", "near_duplicate_rate",
+    "subtopic_recall",
 ]
-from ragkit.eval.hubness import HubnessReport, hubness, k_occurrence  # noqa: E402
-from ragkit.eval.filtering import FilterReport, expected_calibration_error, filter_report, pr_curve  # noqa: E402
-from ragkit.eval.diversity import alpha_ndcg, cluster_entropy, distinct_clusters, intra_list_diversity, near_duplicate_rate, subtopic_recall  # noqa: E402,F401
