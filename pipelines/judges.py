@@ -22,8 +22,8 @@ from typing import Literal
 import numpy as np
 from pydantic import Field, model_validator
 
-from ragkit.errors import ParamError
 from ragkit.operator import Operator
+from ragkit.pipelines._learned import LearnedThreshold
 from ragkit.params import Params
 from ragkit.registry import register
 from ragkit.types import State
@@ -91,7 +91,7 @@ class ScoreReachedParams(Params):
 
 
 @register
-class ScoreReached(Operator):
+class ScoreReached(LearnedThreshold, Operator):
     """Done when the score at ``rank`` reaches ``threshold`` (the Modular RAG score judge).
 
     A ranking shorter than ``rank`` is not done.  Scores are in the units of the last
@@ -110,22 +110,6 @@ class ScoreReached(Operator):
     Params = ScoreReachedParams
     stateless = True
     example = {"threshold": 20.0}
-
-    @property
-    def wants_upstream(self) -> bool:  # type: ignore[override]
-        """A learning judge needs the training queries' state where the loop starts."""
-        return bool(self.params.learn)
-
-    def _fit(self, corpus, train, upstream) -> None:
-        if self.params.learn and train is None:
-            raise ParamError("score_reached.learn: the threshold is learned from judged queries; fit the pipeline "
-                             "with fit(corpus, train=...) or give a threshold")
-
-    @property
-    def threshold(self) -> float:
-        """The threshold in use: the learned one after a learning fit, else the parameter."""
-        learned = getattr(self, "threshold_", None)
-        return float(learned if learned is not None else self.params.threshold)
 
     def feature(self, state: State) -> np.ndarray:
         """Score at ``rank`` per query, float64 ``(n_q,)``; ``-inf`` for shorter rankings."""
@@ -158,23 +142,8 @@ class ScoreReached(Operator):
                          "mean_iterations": float(mean_iters[best]),
                          "ndcg@10_per_iteration": [float(g.mean()) for g in gains] if n else []}
 
-    def _save(self, folder) -> None:
-        if getattr(self, "learned_", None) is not None:
-            from ragkit.operator import write_json
-
-            write_json(folder / "learned.json", self.learned_)
-
-    def _load(self, folder, mmap: bool = False) -> None:
-        if (folder / "learned.json").is_file():
-            from ragkit.operator import read_json
-
-            self.learned_ = read_json(folder / "learned.json")
-            self.threshold_ = float(self.learned_["threshold"])
-
     def _call(self, state: State) -> State:
-        if self.params.learn and getattr(self, "threshold_", None) is None:
-            raise ParamError("score_reached: learn=true but no threshold was learned; fit the pipeline with "
-                             "fit(corpus, train=...) first")
+        self._check_learned()
         out = state.copy()
         out.values["done"] = (self.feature(state) >= self.threshold).tolist()
         return out

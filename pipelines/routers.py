@@ -23,6 +23,7 @@ from pydantic import Field, field_validator, model_validator
 
 from ragkit.errors import ParamError
 from ragkit.operator import Operator
+from ragkit.pipelines._learned import LearnedThreshold
 from ragkit.params import Params
 from ragkit.registry import register
 from ragkit.types import State
@@ -181,7 +182,7 @@ class ScoreRouterParams(Params):
 
 
 @register
-class ScoreRouter(Operator):
+class ScoreRouter(LearnedThreshold, Operator):
     """Label queries by how confident the rankings already in the state are.
 
     Put a cheap retriever first and route on its scores, so easy queries skip the
@@ -203,22 +204,6 @@ class ScoreRouter(Operator):
     Params = ScoreRouterParams
     stateless = True
     example = {"feature": "top1", "threshold": 20.0}
-
-    @property
-    def wants_upstream(self) -> bool:  # type: ignore[override]
-        """A learning router needs the rankings of the training queries that reach it."""
-        return bool(self.params.learn)
-
-    def _fit(self, corpus, train, upstream) -> None:
-        if self.params.learn and train is None:
-            raise ParamError("score_router.learn: the threshold is learned from judged queries; fit the pipeline "
-                             "with fit(corpus, train=...) or give a threshold")
-
-    @property
-    def threshold(self) -> float:
-        """The threshold in use: the learned one after a learning fit, else the parameter."""
-        learned = getattr(self, "threshold_", None)
-        return float(learned if learned is not None else self.params.threshold)
 
     def learn_routes(self, state: State, gains: dict[str, np.ndarray]) -> None:
         """Choose the threshold from the training queries in ``state``.
@@ -255,23 +240,8 @@ class ScoreRouter(Operator):
                          "all_above_ndcg@10": float(ga.mean()) if n else 0.0,
                          "all_below_ndcg@10": float(gb.mean()) if n else 0.0}
 
-    def _save(self, folder) -> None:
-        if getattr(self, "learned_", None) is not None:
-            from ragkit.operator import write_json
-
-            write_json(folder / "learned.json", self.learned_)
-
-    def _load(self, folder, mmap: bool = False) -> None:
-        if (folder / "learned.json").is_file():
-            from ragkit.operator import read_json
-
-            self.learned_ = read_json(folder / "learned.json")
-            self.threshold_ = float(self.learned_["threshold"])
-
     def _call(self, state: State) -> State:
-        if self.params.learn and getattr(self, "threshold_", None) is None:
-            raise ParamError("score_router: learn=true but no threshold was learned; fit the pipeline with "
-                             "fit(corpus, train=...) first")
+        self._check_learned()
         f = ranking_feature(state, self.params.feature) if len(state) else np.empty(0)
         above = np.nan_to_num(f, nan=-np.inf) >= self.threshold
         out = state.copy()

@@ -13,6 +13,7 @@ import hashlib
 import os
 import uuid
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -94,3 +95,17 @@ class EmbeddingCache:
                 np.save(f, arr, allow_pickle=False)
             os.replace(tmp, self.folder / f"{name}{suffix}")
         self._index = None
+
+    def fetch_or_compute(self, texts: list[str], compute: Callable[[list[str]], np.ndarray]) -> tuple[np.ndarray, int]:
+        """Vectors of ``texts`` ``(n, dim)``: cached rows read back, the others computed with ``compute``
+        (called once, on the missing texts in order) and stored.  Returns ``(vectors, number computed)``."""
+        digests = text_digests(texts)
+        cached, hit = self.get(digests)
+        miss = np.flatnonzero(~hit)
+        if len(miss) == 0:
+            return cached, 0  # type: ignore[return-value]
+        fresh = compute([texts[i] for i in miss])
+        self.put(digests[miss], fresh)
+        out = cached if cached is not None else np.zeros((len(texts), fresh.shape[1]), np.float32)
+        out[miss] = fresh
+        return out, len(miss)

@@ -17,7 +17,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from ragkit.encoders.cache import EmbeddingCache, text_digests
+from ragkit.encoders.cache import EmbeddingCache
 from ragkit.encoders.custom import registered_encoder
 from ragkit.errors import ParamError
 
@@ -150,17 +150,10 @@ class Encoder:
         if not use_cache:
             self.n_encoded += len(texts)
             return self._forward(texts, bool(progress))
-        digests = text_digests(texts)
-        cached, hit = self.store.get(digests)
-        miss = np.flatnonzero(~hit)
-        if len(miss) == 0:
-            return cached  # type: ignore[return-value]
-        self.n_encoded += len(miss)
-        fresh = self._forward([texts[i] for i in miss], progress if progress is not None else len(miss) > 1000)
-        self.store.put(digests[miss], fresh)
-        out = cached if cached is not None else np.zeros((len(texts), fresh.shape[1]), np.float32)
-        out[miss] = fresh
-        return out
+        vecs, n_new = self.store.fetch_or_compute(
+            texts, lambda new: self._forward(new, progress if progress is not None else len(new) > 1000))
+        self.n_encoded += n_new
+        return vecs
 
     def encode_queries(self, texts: Sequence[str]) -> np.ndarray:
         """Encode queries (no disk cache: they rarely repeat; not counted in ``n_encoded``)."""

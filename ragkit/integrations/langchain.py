@@ -418,18 +418,7 @@ class LangChainEmbeddingsEncoder:
             return np.zeros((0, self.dim), np.float32)
         if not (self.cache_enabled if cache is None else cache):
             return self._forward(texts)
-        from ragkit.encoders.cache import text_digests
-
-        digests = text_digests(texts)
-        cached, hit = self.store.get(digests)
-        miss = np.flatnonzero(~hit)
-        if len(miss) == 0:
-            return cached
-        fresh = self._forward([texts[i] for i in miss])
-        self.store.put(digests[miss], fresh)
-        out = cached if cached is not None else np.zeros((len(texts), fresh.shape[1]), np.float32)
-        out[miss] = fresh
-        return out
+        return self.store.fetch_or_compute(texts, self._forward)[0]
 
     def encode_queries(self, texts: Sequence[str]) -> np.ndarray:
         """Query vectors (``embed_query`` per text), ``(n, dim)`` float32, unit length."""

@@ -1,0 +1,58 @@
+"""What routers and loop judges with a learnable threshold share (``threshold``, ``learn``, ``cost``).
+
+The learning itself happens in the composite that owns them (:class:`~ragkit.pipelines.Route`
+or :class:`~ragkit.pipelines.Loop`), which alone can run the branches or the body on the
+training queries; it hands the per-query gains to the operator's own ``learn_*`` method,
+which sets ``threshold_`` and ``learned_``.  This mixin gives the rest: the refusal to learn
+without judged queries, the threshold in use, and saving / loading what was learned.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ragkit.errors import ParamError
+
+__all__ = ["LearnedThreshold"]
+
+
+class LearnedThreshold:
+    """Mixin for operators whose params have ``threshold: float | None`` and ``learn: bool``."""
+
+    params: Any
+    name: str
+
+    @property
+    def wants_upstream(self) -> bool:
+        """A learning operator needs the training queries' state where it runs."""
+        return bool(self.params.learn)
+
+    def _fit(self, corpus: Any, train: Any, upstream: Any) -> None:
+        if self.params.learn and train is None:
+            raise ParamError(f"{self.name}.learn: the threshold is learned from judged queries; fit the pipeline "
+                             f"with fit(corpus, train=...) or give a threshold")
+
+    @property
+    def threshold(self) -> float:
+        """The threshold in use: the learned one after a learning fit, else the parameter."""
+        learned = getattr(self, "threshold_", None)
+        return float(learned if learned is not None else self.params.threshold)
+
+    def _check_learned(self) -> None:
+        if self.params.learn and getattr(self, "threshold_", None) is None:
+            raise ParamError(f"{self.name}: learn=true but no threshold was learned; fit the pipeline with "
+                             f"fit(corpus, train=...) first")
+
+    def _save(self, folder: Path) -> None:
+        if getattr(self, "learned_", None) is not None:
+            from ragkit.operator import write_json
+
+            write_json(folder / "learned.json", self.learned_)
+
+    def _load(self, folder: Path, mmap: bool = False) -> None:
+        if (folder / "learned.json").is_file():
+            from ragkit.operator import read_json
+
+            self.learned_ = read_json(folder / "learned.json")
+            self.threshold_ = float(self.learned_["threshold"])
