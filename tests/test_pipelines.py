@@ -29,6 +29,19 @@ def _same(a, b):
         np.testing.assert_allclose(ra.scores, rb.scores, rtol=1e-6)
 
 
+def _learned_roundtrip(pipe, spec: str, queries, corpus, folder, off: str) -> Pipeline:
+    """Saved and loaded, a learning pipeline ranks the same; learning without judged queries and a
+    threshold-less non-learning spec (``spec`` with ``off`` replacing ``learn: true``) are refused."""
+    pipe.save(folder)
+    loaded = Pipeline.load(folder)
+    _same(pipe.search(queries), loaded.search(queries))
+    with pytest.raises(ParamError, match="learn"):
+        Pipeline.from_yaml(spec).fit(corpus)
+    with pytest.raises(ParamError, match="threshold"):
+        Pipeline.from_yaml(spec.replace("learn: true", off))
+    return loaded
+
+
 # ---------------------------------------------------------------------- fusers by hand
 def _branches():
     # branch a lists doc 5 twice (counts once, at rank 1); branch b misses doc 7
@@ -462,16 +475,8 @@ pipeline:
     got = router.learned_
     assert got["train_ndcg@10"] >= max(got["all_above_ndcg@10"], got["all_below_ndcg@10"]) - 1e-12
     assert np.isfinite(router.threshold_) or router.threshold_ == np.inf
-    before = pipe.search(queries)
-    pipe.save(tmp_path / "p")
-    loaded = Pipeline.load(tmp_path / "p")
+    loaded = _learned_roundtrip(pipe, spec, queries, corpus, tmp_path / "p", "learn: false")
     assert loaded.steps[1].router.threshold_ == router.threshold_
-    for a, b in zip(before.rankings, loaded.search(queries).rankings):
-        np.testing.assert_array_equal(a.rows, b.rows)
-    with pytest.raises(ParamError, match="learn"):
-        Pipeline.from_yaml(spec).fit(corpus)            # learning without judged queries is refused
-    with pytest.raises(ParamError, match="threshold"):
-        Pipeline.from_yaml(spec.replace("learn: true", "learn: false"))
 
 
 def test_score_router_cost_pushes_queries_to_the_cheap_branch(slice_data):
@@ -509,14 +514,6 @@ pipeline:
     per_iter = got["ndcg@10_per_iteration"]
     assert len(per_iter) == 3 and got["train_ndcg@10"] >= max(per_iter[0], per_iter[-1]) - 1e-12
     assert 1.0 <= got["mean_iterations"] <= 3.0
-    run = pipe.search(queries)
-    assert all(1 <= i <= 3 for i in run.values["iterations"])
-    pipe.save(tmp_path / "p")
-    loaded = Pipeline.load(tmp_path / "p")
+    assert all(1 <= i <= 3 for i in pipe.search(queries).values["iterations"])
+    loaded = _learned_roundtrip(pipe, spec, queries, corpus, tmp_path / "p", "learn: false")
     assert loaded.steps[0].until.threshold == judge.threshold
-    for a, b in zip(run.rankings, loaded.search(queries).rankings):
-        np.testing.assert_array_equal(a.rows, b.rows)
-    with pytest.raises(ParamError, match="learn"):
-        Pipeline.from_yaml(spec).fit(corpus)
-    with pytest.raises(ParamError, match="threshold"):
-        Pipeline.from_yaml(spec.replace("{learn: true}", "{learn: false}"))
