@@ -27,24 +27,21 @@ if TYPE_CHECKING:
 __all__ = ["Composite", "Pipeline", "Parallel", "Route", "Loop", "run_step"]
 
 
-def _quality(state: State, k: int = 100, k_ndcg: int = 10) -> tuple[float | None, float | None]:
-    """Mean recall@k and nDCG@k_ndcg (trec_eval's, graded gains) of the state's rankings against
-    ``state.qrels``, over the judged queries with a relevant document (for traces only)."""
+def _quality(state: State, k: int = 100) -> tuple[float | None, float | None]:
+    """Mean recall@k and nDCG@10 (trec_eval's) of the state's rankings against ``state.qrels``,
+    over the judged queries with a relevant document (for traces only)."""
     if state.qrels is None or state.rankings is None or not hasattr(run_step, "_ids"):
         return None, None
     ids = run_step._ids  # type: ignore[attr-defined]
-    disc = 1.0 / np.log2(np.arange(2, k_ndcg + 2))
-    rec, ndcg = [], []
-    for qid, r in zip(state.query_ids, state.rankings):
-        judged = state.qrels.get(qid, {})
-        rel = {d for d, v in judged.items() if v > 0}
-        if rel:
-            top = ids[r.rows[:k]].tolist()
-            rec.append(len(rel.intersection(top)) / len(rel))
-            gains = np.array([max(judged.get(d, 0), 0) for d in top[:k_ndcg]], float)
-            ideal = np.sort(np.array([v for v in judged.values() if v > 0], float))[::-1][:k_ndcg]
-            ndcg.append(float(gains @ disc[:len(gains)]) / float(ideal @ disc[:len(ideal)]))
-    return (float(np.mean(rec)), float(np.mean(ndcg))) if rec else (None, None)
+    rel_of = {q: {d for d, v in state.qrels.get(q, {}).items() if v > 0} for q in state.query_ids}
+    judged = [i for i, q in enumerate(state.query_ids) if rel_of[q]]
+    if not judged:
+        return None, None
+    rec = [len(rel_of[state.query_ids[i]].intersection(ids[state.rankings[i].rows[:k]].tolist()))
+           / len(rel_of[state.query_ids[i]]) for i in judged]
+    from ragkit.eval.metrics import per_query_ndcg
+
+    return float(np.mean(rec)), float(per_query_ndcg(state.subset(judged), state.qrels, ids).mean())
 
 
 def run_step(op: Operator, state: State, path: str) -> State:
@@ -457,7 +454,7 @@ class Route(Composite):
         """
         super().fit(corpus, train, upstream=upstream, _seen=_seen)
         if train is not None and getattr(self.router.params, "learn", False) and hasattr(self.router, "learn_routes"):
-            from ragkit.pipelines.weights import per_query_ndcg
+            from ragkit.eval.metrics import per_query_ndcg
 
             state = upstream.copy() if upstream is not None else State.of(train.queries)
             state = state.subset([i for i, q in enumerate(state.query_ids) if q in train.qrels])
@@ -540,7 +537,7 @@ class Loop(Composite):
         """
         super().fit(corpus, train, upstream=upstream, _seen=_seen)
         if train is not None and getattr(self.until.params, "learn", False) and hasattr(self.until, "learn_stopping"):
-            from ragkit.pipelines.weights import per_query_ndcg
+            from ragkit.eval.metrics import per_query_ndcg
 
             current = upstream.copy() if upstream is not None else State.of(train.queries)
             current = current.subset([i for i, q in enumerate(current.query_ids) if q in train.qrels])

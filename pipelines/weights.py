@@ -15,6 +15,7 @@ from typing import Callable
 
 import numpy as np
 
+from ragkit.eval.metrics import per_query_ndcg
 from ragkit.types import Qrels, Ranking, State
 
 __all__ = ["simplex_grid", "WeightSearch", "learn_weights"]
@@ -36,18 +37,6 @@ class WeightSearch:
     cv_ndcg: float
     train_ndcg: float
     baseline_ndcg: float
-
-
-def per_query_ndcg(state: State, qrels: Qrels, corpus_ids: np.ndarray) -> np.ndarray:
-    """nDCG@10 of each judged query of ``state`` (in state order, unjudged queries skipped), ``(n_judged,)``."""
-    from ragkit.eval.metrics import evaluate
-    from ragkit.run import Run
-
-    qids = [q for q in state.query_ids if q in qrels]
-    rankings = state.rankings if state.rankings is not None else [Ranking.empty() for _ in state.query_ids]
-    run = Run.from_rankings(state.query_ids, rankings, corpus_ids)
-    pq = evaluate(run.head(10), {q: qrels[q] for q in qids}, ["ndcg@10"]).per_query["ndcg@10"]
-    return np.array([pq[q] for q in qids], dtype=np.float64)
 
 
 def learn_weights(fuse: Callable[[State, np.ndarray], list[Ranking]], state: State, qrels: Qrels,

@@ -16,9 +16,9 @@ import numpy as np
 
 from ragkit.errors import DataError
 from ragkit.run import Run
-from ragkit.types import Qrels
+from ragkit.types import Qrels, Ranking, State
 
-__all__ = ["evaluate", "EvalResult", "parse_metric", "paired_randomization_test"]
+__all__ = ["evaluate", "EvalResult", "parse_metric", "paired_randomization_test", "per_query_ndcg"]
 
 _TREC = {"ndcg": "ndcg_cut", "recall": "recall", "map": "map_cut", "p": "P"}
 DEFAULT_METRICS = ("ndcg@10", "recall@100", "map@10", "mrr@10", "p@10")
@@ -129,3 +129,18 @@ def paired_randomization_test(a: Mapping[str, float], b: Mapping[str, float], *,
     signs = rng.choice(np.array([-1.0, 1.0]), size=(n_resamples, len(diff)))
     null = np.abs((signs * diff).mean(axis=1))
     return float((np.sum(null >= observed - 1e-12) + 1) / (n_resamples + 1))
+
+
+def per_query_ndcg(state: State, qrels: Qrels, corpus_ids: np.ndarray, k: int = 10) -> np.ndarray:
+    """nDCG@k (trec_eval's, through :func:`evaluate`) of each judged query of a pipeline ``state``.
+
+    In state order, queries without judgements skipped: ``(n_judged,)`` float64.  What the
+    learners (fusion weights, routers, loop judges) maximise and what traces report per step.
+    """
+    qids = [q for q in state.query_ids if q in qrels]
+    if not qids:
+        return np.zeros(0, np.float64)
+    rankings = state.rankings if state.rankings is not None else [Ranking.empty() for _ in state.query_ids]
+    run = Run.from_rankings(state.query_ids, rankings, corpus_ids)
+    pq = evaluate(run.head(k), {q: qrels[q] for q in qids}, [f"ndcg@{k}"]).per_query[f"ndcg@{k}"]
+    return np.array([pq[q] for q in qids], dtype=np.float64)
