@@ -28,8 +28,12 @@ class LearnedThreshold:
         """A learning operator needs the training queries' state where it runs."""
         return bool(self.params.learn)
 
+    @property
+    def needs_train(self) -> bool:
+        return bool(self.params.learn)
+
     def _fit(self, corpus: Any, train: Any, upstream: Any) -> None:
-        if self.params.learn and train is None:
+        if self.needs_train and train is None:
             raise ParamError(f"{self.name}.learn: the threshold is learned from judged queries; fit the pipeline "
                              f"with fit(corpus, train=...) or give a threshold")
 

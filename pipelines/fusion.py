@@ -247,6 +247,11 @@ class WeightedFusion(_Fuser):
     Params = WeightedParams
     example = {"norm": "zscore"}
 
+    @property
+    def needs_train(self) -> bool:
+        """``norm: learn`` has no normalisation until it is learned from judged queries."""
+        return self.params.norm == "learn"
+
     def _learnable_options(self) -> list[dict]:
         if self.params.norm == "learn":
             return [{"norm": n} for n in ("minmax", "zscore", "none")]

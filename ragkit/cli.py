@@ -149,6 +149,7 @@ def train_cmd(
     import numpy as np
 
     from ragkit import evaluate, load_beir
+    from ragkit.pipelines._compose import iter_leaves
     from ragkit.types import TrainSet
 
     if split == "test":
@@ -169,7 +170,7 @@ def train_cmd(
             traces = {}
             for label, tr in (("unlearned", None), ("learned", fit_part)):
                 pipe, _ = resolve_pipeline(pipeline)
-                if tr is None and _learns_only_with_train(pipe):
+                if tr is None and any(op.needs_train for op in iter_leaves(pipe)):
                     console.print("[dim]unlearned: skipped (parts of this pipeline fit only with judged queries)[/]")
                     continue
                 with console.status(f"fitting the {label} pipeline..."):
@@ -192,19 +193,6 @@ def train_cmd(
         return
     console.print(f"fitted in {time.perf_counter() - t0:.1f} s; saved to {out} "
                   f"(evaluate with: ragkit eval --data {data} --pipeline {out})")
-
-
-def _learns_only_with_train(pipe) -> bool:
-    """True when some operator refuses to fit without judged queries (``adapt``; learning routers, judges, norms)."""
-    from ragkit.pipelines._compose import iter_leaves
-
-    for op in iter_leaves(pipe):
-        params = op.params
-        if getattr(params, "adapt", None) is not None or getattr(params, "norm", None) == "learn":
-            return True
-        if op.kind in ("router", "judge") and getattr(params, "learn", False):
-            return True
-    return False
 
 
 @app.command("search")

@@ -57,6 +57,9 @@ class Operator:
     wants_upstream : bool
         ``True`` when ``fit`` needs the output of the steps before it on the training
         queries (a learned filter); :class:`~ragkit.pipelines.Pipeline` then passes it.
+    needs_train : bool
+        ``True`` when ``fit`` refuses to run without judged queries (``train``), as set by
+        its parameters (``adapt``, ``learn: true`` thresholds, ``norm: learn``).
     """
 
     name: ClassVar[str] = ""
@@ -65,6 +68,7 @@ class Operator:
     example: ClassVar[dict[str, Any]] = {}
     stateless: ClassVar[bool] = False
     wants_upstream: ClassVar[bool] = False
+    needs_train: ClassVar[bool] = False
     #: conformance checks known to fail, ``{check name: reason}``
     xfail_checks: ClassVar[dict[str, str]] = {}
 

@@ -107,3 +107,17 @@ def test_train_reports_each_step_on_a_held_out_fold(slice_beir, tmp_path):
     rows = [ln for ln in res.output.splitlines() if "pipeline[0].parallel.branches[0].bm25" in ln]
     assert rows and len([c for c in rows[0].split("│") if c.strip()]) == 5   # step + 2 columns per run
     assert (tmp_path / "out" / "manifest.json").is_file()
+
+
+def test_operators_say_when_they_need_judged_queries():
+    """``needs_train`` comes from the parameters: what ``ragkit train`` asks before an unlearned fit."""
+    from ragkit.pipelines._compose import iter_leaves
+
+    def needs(spec: str) -> list[str]:
+        return [op.name for op in iter_leaves(Pipeline.from_yaml(spec)) if op.needs_train]
+
+    assert needs(PIPE) == []                                   # learned RRF weights are optional
+    assert needs(PIPE.replace("rrf: {learn: true, folds: 3}", "weighted: {learn: true, norm: learn}")) == ["weighted"]
+    assert needs("pipeline: [{dense: {adapt: {epochs: 1.0}}}, {muvera: {adapt: {epochs: 1.0}}}]") == ["dense", "muvera"]
+    assert needs("pipeline: [{bm25: {}}, {route: {router: {score_router: {learn: true}}, "
+                 "branches: {easy: [{top_k: {k: 5}}], hard: [{top_k: {k: 9}}]}}}]") == ["score_router"]

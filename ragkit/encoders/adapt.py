@@ -164,9 +164,14 @@ class TunedEncoderMixin:
         """Model name or folder for the encoder: the tuned copy after an ``adapt`` fit."""
         return getattr(self, "model_path_", None) or self.params.model
 
+    @property
+    def needs_train(self) -> bool:
+        """Fine-tuning needs judged queries."""
+        return self.params.adapt is not None
+
     def _adapt_encoder(self, corpus: Corpus, train: TrainSet | None) -> None:
         self.model_path_: str | None = None
-        if self.params.adapt is None:
+        if not self.needs_train:
             return
         if train is None:
             raise DataError(f"{self.name}.adapt fine-tunes the encoder on judged queries, but fit() got no training "
