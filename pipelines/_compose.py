@@ -44,6 +44,13 @@ def _quality(state: State, k: int = 100) -> tuple[float | None, float | None]:
     return float(np.mean(rec)), float(per_query_ndcg(state.subset(judged), state.qrels, ids).mean())
 
 
+def _judged_start(train: TrainSet, upstream: State | None) -> State:
+    """The judged training queries as they reach a composite: ``upstream`` (the preceding steps'
+    output on the training queries) or, at the start of a pipeline, the bare queries."""
+    state = upstream.copy() if upstream is not None else State.of(train.queries)
+    return state.subset([i for i, q in enumerate(state.query_ids) if q in train.qrels])
+
+
 def run_step(op: Operator, state: State, path: str) -> State:
     """Call ``op`` on ``state`` at node ``path`` (the YAML path without the operator key).
 
@@ -456,16 +463,22 @@ class Route(Composite):
         if train is not None and getattr(self.router.params, "learn", False) and hasattr(self.router, "learn_routes"):
             from ragkit.eval.metrics import per_query_ndcg
 
-            state = upstream.copy() if upstream is not None else State.of(train.queries)
-            state = state.subset([i for i, q in enumerate(state.query_ids) if q in train.qrels])
-            gains = {}
-            for label in (self.router.params.above, self.router.params.below):
-                branch = self.branches.get(label) or (self.branches.get(self.default_label or "") or self.default)
-                if branch is None:
-                    raise ParamError(f"route: router label {label!r} has no branch and there is no default")
-                gains[label] = per_query_ndcg(branch(state.copy()), train.qrels, corpus.ids)
+            state = _judged_start(train, upstream)
+            gains = {label: per_query_ndcg(self._branch_for(label, "route")[0](state.copy()), train.qrels, corpus.ids)
+                     for label in (self.router.params.above, self.router.params.below)}
             self.router.learn_routes(state, gains)
         return self
+
+    def _branch_for(self, label: str, here: str) -> tuple[Operator, str]:
+        """The branch that runs queries labelled ``label``, and its path: its own, else the default."""
+        if label in self.branches:
+            return self.branches[label], f"{here}.branches.{label}"
+        if self.default_label is not None:
+            return self.branches[self.default_label], f"{here}.branches.{self.default_label}"
+        if self.default is not None:
+            return self.default, f"{here}.default"
+        raise ParamError(f"{here}: router {self.router.name!r} gave label {label!r}, which has no branch and there is "
+                         f"no default; branches: {sorted(self.branches)}")
 
     def _call(self, state: State, path: str = "") -> State:
         here = f"{path}.route" if path else "route"
@@ -479,16 +492,7 @@ class Route(Composite):
             groups.setdefault(lab, []).append(i)
         parts = []
         for lab, idx in groups.items():
-            branch, where = self.branches.get(lab), f"{here}.branches.{lab}"
-            if branch is None and self.default_label is not None:
-                branch, where = self.branches[self.default_label], f"{here}.branches.{self.default_label}"
-            elif branch is None and self.default is not None:
-                branch, where = self.default, f"{here}.default"
-            if branch is None:
-                raise ParamError(
-                    f"{here}: router {self.router.name!r} gave label {lab!r}, which has no branch and there is no "
-                    f"default; branches: {sorted(self.branches)}"
-                )
+            branch, where = self._branch_for(lab, here)
             parts.append((idx, run_step(branch, labelled.subset(idx), where)))
         out = merge_parts(labelled, parts)
         qtext = out.values.get("query_text")
@@ -539,8 +543,7 @@ class Loop(Composite):
         if train is not None and getattr(self.until.params, "learn", False) and hasattr(self.until, "learn_stopping"):
             from ragkit.eval.metrics import per_query_ndcg
 
-            current = upstream.copy() if upstream is not None else State.of(train.queries)
-            current = current.subset([i for i, q in enumerate(current.query_ids) if q in train.qrels])
+            current = _judged_start(train, upstream)
             features, gains = [], []
             for it in range(self.max_iters):
                 current.values["iteration"] = [it] * len(current)

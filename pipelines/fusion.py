@@ -157,7 +157,8 @@ class _Fuser(Operator):
 
             self.weights_ = load_array(folder, "weights")
             self.learned_ = read_json(folder / "learned.json")
-            self.option_ = {k: self.learned_[k] for k in ("norm",) if k in self.learned_}
+            keys = {k for option in self._learnable_options() for k in option}
+            self.option_ = {k: self.learned_[k] for k in keys if k in self.learned_}
 
     def _weights(self, names: list[str]) -> np.ndarray:
         if hasattr(self, "weights_"):
