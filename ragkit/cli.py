@@ -250,12 +250,12 @@ def ask_cmd(
         if not fitted and data is None:
             raise RagkitError(f"--pipeline {pipeline!r} is not a fitted (saved) pipeline, so it needs a corpus: "
                               f"pass --data <BEIR name or folder, or corpus.jsonl>")
+        corpus = pipe.corpus_ if fitted else None  # a saved pipeline loads with its corpus
         gens = [op for op in iter_leaves(pipe) if op.name == "generate"]
         if not gens:
             gens = [Generate(top_k=top_k, mode=mode, max_new_tokens=max_new_tokens)]
             pipe = Pipeline([pipe, gens[0]])
         if fitted:
-            corpus = next(op.corpus_ for op in iter_leaves(pipe) if op.is_fitted and hasattr(op, "corpus_"))
             for g in gens:
                 if not g.is_fitted:
                     g.fit(corpus)

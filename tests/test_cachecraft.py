@@ -265,6 +265,15 @@ def test_cli_ask_streams_an_answer_with_sources(tmp_path):
     lines = res.output.strip().splitlines()
     assert lines[-1].startswith("sources: d") and lines[-1].count("(") == 2
     assert lines[-2].strip()                                   # the streamed answer
+    # a saved pipeline brings its own corpus
+    from ragkit.eval.beir import read_corpus
+    from ragkit.pipelines import Pipeline
+    from ragkit.retrievers import BM25
+
+    Pipeline([BM25(k=2)]).fit(read_corpus(docs)).save(tmp_path / "saved")
+    res = CliRunner().invoke(app, ["ask", "--pipeline", str(tmp_path / "saved"), "--max-new-tokens", "4", QUESTION])
+    assert res.exit_code == 0, res.output
+    assert res.output.strip().splitlines()[-1].startswith("sources: d")
     # a YAML pipeline without --data is refused before any model loads
     res = CliRunner().invoke(app, ["ask", "--pipeline", "bm25", QUESTION])
     assert res.exit_code == 2 and "--data" in res.output
