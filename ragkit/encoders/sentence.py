@@ -109,12 +109,15 @@ class Encoder:
                 from sentence_transformers import SentenceTransformer
                 from transformers.utils import logging as hf_logging
 
-                hf_logging.disable_progress_bar()  # no "Loading weights" bar per model load; encoding keeps its own
-
+                bars = hf_logging.is_progress_bar_enabled()
+                hf_logging.disable_progress_bar()  # no "Loading weights" bar per model load, only while loading
                 try:
                     _MODELS[key] = SentenceTransformer(self.path, device=self.device)
                 except OSError as e:
                     raise ParamError(f"model {self.model_name!r}: could not load it from {self.path!r} ({e})") from None
+                finally:
+                    if bars:
+                        hf_logging.enable_progress_bar()
             m = _MODELS[key]
         if self.max_seq_length is not None:
             m.max_seq_length = self.max_seq_length
