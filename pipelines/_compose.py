@@ -460,7 +460,7 @@ class Route(Composite):
         the preceding steps' output), and chooses its threshold from them.
         """
         super().fit(corpus, train, upstream=upstream, _seen=_seen)
-        if train is not None and getattr(self.router.params, "learn", False) and hasattr(self.router, "learn_routes"):
+        if train is not None and self.router.needs_train and hasattr(self.router, "learn_routes"):
             from ragkit.eval.metrics import per_query_ndcg
 
             state = _judged_start(train, upstream)
@@ -540,7 +540,7 @@ class Loop(Composite):
         loop would for the queries still active), and chooses its threshold from them.
         """
         super().fit(corpus, train, upstream=upstream, _seen=_seen)
-        if train is not None and getattr(self.until.params, "learn", False) and hasattr(self.until, "learn_stopping"):
+        if train is not None and self.until.needs_train and hasattr(self.until, "learn_stopping"):
             from ragkit.eval.metrics import per_query_ndcg
 
             current = _judged_start(train, upstream)
