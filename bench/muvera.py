@@ -6,9 +6,14 @@ Usage::
     python bench/muvera.py --quick          # ~230-doc slice, 30 queries (smoke run)
     python bench/muvera.py --configs 5x16x20,4x16x10 --candidates 50,100,200,500
 
-A config ``KxPxR`` is ``k_sim x d_proj x r_reps`` (FDE size ``R * 2**K * P``).  Measured in one
-run, on the same L2-normalised all-MiniLM-L6-v2 token vectors (special tokens kept, padding
-dropped, 256 max):
+A config ``KxPxR`` is ``k_sim x d_proj x r_reps`` (FDE size ``R * 2**K * P``); ``P = id`` is the
+identity projection (``R * 2**K * 384``).  Measured in one run, on the same L2-normalised
+all-MiniLM-L6-v2 token vectors (special tokens kept, padding dropped, 256 max):
+
+* the main config (``--main auto``) is chosen on SciFact *train* queries, never on test:
+  exact Chamfer top-10 of ``--select-queries`` train queries, and the config whose FDE
+  candidates contain them (Chamfer recall >= ``--target``) at the fewest candidates wins
+  (ties: the smaller FDE);
 
 * brute-force exact MaxSim over the whole corpus (``chamfer_scores``): latency and ranking;
 * per FDE config: document-FDE build time, correlation of FDE inner product with exact
@@ -81,13 +86,55 @@ def _spearman_rows(x: np.ndarray, y: np.ndarray) -> float:
     return float(np.mean((rx * ry).sum(1) / np.sqrt((rx**2).sum(1) * (ry**2).sum(1))))
 
 
+def _config(spec: str, seed: int) -> dict:
+    """``KxPxR`` -> FDEConfig / Muvera keyword arguments (``P = id``: identity projection)."""
+    k_sim, d_proj, r_reps = spec.split("x")
+    kw = {"k_sim": int(k_sim), "r_reps": int(r_reps), "seed": seed}
+    if d_proj == "id":
+        kw.update(projection="identity")
+    else:
+        kw.update(d_proj=int(d_proj))
+    return kw
+
+
+def _select(fdes: dict, cands: list[int], docs, enc, args) -> tuple[str, int, dict]:
+    """Choose the main FDE config and candidate count on train queries (exact Chamfer as truth)."""
+    from ragkit import load_beir
+    from ragkit.operator import topk_rows
+    from ragkit.retrievers.fde import FDEConfig, chamfer_scores, fde_queries
+
+    train = load_beir(SCIFACT).queries("train")
+    rng = np.random.default_rng(args.seed)
+    pick = np.sort(rng.choice(len(train), min(args.select_queries, len(train)), replace=False))
+    qt = enc.encode_queries([train.texts[i] for i in pick])
+    qd = np.asarray(qt.data, np.float32)
+    ex_rows, _ = topk_rows(chamfer_scores(qd, qt.offsets, docs.data, docs.offsets), 10)
+    table = {}
+    for spec, dfde in fdes.items():
+        ip = fde_queries(qd, qt.offsets, FDEConfig(**_config(spec, args.seed))) @ dfde.T
+        table[spec] = {c: _agreement(topk_rows(ip, c)[0], ex_rows) for c in cands}
+    specs = list(fdes)
+    reached = [(c, fdes[s_].shape[1], s_) for s_ in specs for c in cands if table[s_][c] >= args.target]
+    if reached:
+        c, _, spec = min(reached)
+    else:  # nothing reaches the target: the best recall at the largest budget
+        c = max(cands)
+        spec = max(specs, key=lambda s_: table[s_][c])
+    return spec, c, {"train_queries": len(pick), "chamfer_recall@10": table, "chosen": spec, "candidates": c}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="~230-doc slice, 30 queries, two configs")
-    ap.add_argument("--configs", default=None, help="comma list of k_sim x d_proj x r_reps, e.g. 5x16x20")
-    ap.add_argument("--candidates", default=None, help="comma list (default 50,100,200,500; quick 10,20,50,100)")
-    ap.add_argument("--main", default="5x16x20", help="config used for fusion and the operator run")
-    ap.add_argument("--main-candidates", type=int, default=None, help="default 200 (quick 50)")
+    ap.add_argument("--configs", default=None,
+                    help="comma list of k_sim x d_proj x r_reps, d_proj 'id' = identity, e.g. 5x16x20,3xidx3")
+    ap.add_argument("--candidates", default=None, help="comma list (default 50,100,150,200,500; quick 10,20,50,100)")
+    ap.add_argument("--main", default="auto", help="config used for fusion and the operator run; 'auto' = chosen "
+                                                   "on train queries (see above)")
+    ap.add_argument("--main-candidates", type=int, default=None, help="default: chosen with --main auto, else 200 "
+                                                                      "(quick 50)")
+    ap.add_argument("--select-queries", type=int, default=200, help="train queries used by --main auto")
+    ap.add_argument("--target", type=float, default=0.95, help="Chamfer recall@10 the auto choice must reach")
     ap.add_argument("--tau", default="0.9,0.8", help="ball-carving thresholds tried on the main config")
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--threads", type=int, default=1, help="BLAS and torch threads for every method (default 1)")
@@ -95,10 +142,9 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    configs = args.configs or ("4x16x10,5x16x20" if args.quick else "4x16x10,5x16x10,5x16x20,5x32x20")
-    cands = [int(c) for c in (args.candidates or ("10,20,50,100" if args.quick else "50,100,200,500")).split(",")]
-    if args.main_candidates is None:
-        args.main_candidates = 50 if args.quick else 200
+    configs = args.configs or ("4x16x10,3xidx1" if args.quick else
+                               "5x16x20,4x32x20,3x64x20,2xidx5,3xidx3,3xidx5")
+    cands = [int(c) for c in (args.candidates or ("10,20,50,100" if args.quick else "50,100,150,200,500")).split(",")]
 
     from ragkit.encoders.tokens import get_token_encoder
     from ragkit.operator import topk_rows
@@ -129,7 +175,24 @@ def main() -> None:
     brute_ms = 1000 * t_brute / nq
     print(f"brute-force MaxSim: {t_brute:.1f}s ({brute_ms:.1f} ms/query), nDCG@10 {ndcg_exact:.4f}", flush=True)
 
-    results: dict = {"corpus_docs": len(corpus), "queries": nq, "doc_tokens": docs.n_tokens,
+    fdes, build_s = {}, {}
+    for spec in configs.split(","):  # document FDEs, built once (timed) for the selection and the table
+        t0 = time.perf_counter()
+        fdes[spec] = fde_documents(docs.data, docs.offsets, FDEConfig(**_config(spec, args.seed)))
+        build_s[spec] = time.perf_counter() - t0
+    if args.main == "auto":
+        t0 = time.perf_counter()
+        args.main, chosen_c, selection = _select(fdes, cands, docs, enc, args)
+        if args.main_candidates is None:
+            args.main_candidates = chosen_c
+        print(f"main config chosen on {selection['train_queries']} train queries ({time.perf_counter() - t0:.0f} s): "
+              f"{args.main} @ {chosen_c} candidates (train Chamfer recall@10 "
+              f"{selection['chamfer_recall@10'][args.main][chosen_c]:.3f})", flush=True)
+    else:
+        selection = None
+    if args.main_candidates is None:
+        args.main_candidates = 50 if args.quick else 200
+    results: dict = {"main_selection": selection, "corpus_docs": len(corpus), "queries": nq, "doc_tokens": docs.n_tokens,
                      "query_tokens": qt.n_tokens, "query_encode_ms": 1000 * t_q_enc / nq,
                      "brute_force": {"seconds": t_brute, "ms_per_query": brute_ms, "ndcg@10": ndcg_exact},
                      "configs": [], "quick": args.quick, "threads": args.threads}
@@ -137,11 +200,8 @@ def main() -> None:
           f"{'ch.rec':>6} {'nDCG@10':>7} {'ms/q':>7} {'speedup':>7}")
     main_state = None
     for spec in configs.split(","):
-        k_sim, d_proj, r_reps = (int(v) for v in spec.split("x"))
-        cfg = FDEConfig(k_sim=k_sim, d_proj=d_proj, r_reps=r_reps, seed=args.seed)
-        t0 = time.perf_counter()
-        dfde = fde_documents(docs.data, docs.offsets, cfg)
-        t_build = time.perf_counter() - t0
+        cfg = FDEConfig(**_config(spec, args.seed))
+        dfde, t_build = fdes[spec], build_s[spec]
         t0 = time.perf_counter()
         qfde = fde_queries(qd, qt.offsets, cfg)
         t_qfde = time.perf_counter() - t0
@@ -150,7 +210,7 @@ def main() -> None:
         t_ip = time.perf_counter() - t0
         pearson = float(np.corrcoef(ip.ravel(), exact.ravel())[0, 1])
         spearman = _spearman_rows(ip, exact)
-        entry = {"config": spec, "k_sim": k_sim, "d_proj": d_proj, "r_reps": r_reps, "dim": dfde.shape[1],
+        entry = {"config": spec, **_config(spec, args.seed), "dim": dfde.shape[1],
                  "build_s": t_build, "pearson": pearson, "spearman_per_query": spearman, "by_candidates": []}
         for c in cands:
             t0 = time.perf_counter()
@@ -211,9 +271,7 @@ def main() -> None:
     from ragkit.eval import evaluate
     from ragkit.retrievers import BM25, Dense, Muvera
 
-    k_sim, d_proj, r_reps = (int(v) for v in args.main.split("x"))
-    mu = Muvera(k=100, candidates=max(args.main_candidates, 100), k_sim=k_sim, d_proj=d_proj, r_reps=r_reps,
-                seed=args.seed)
+    mu = Muvera(k=100, candidates=max(args.main_candidates, 100), **_config(args.main, args.seed))
     t0 = time.perf_counter()
     mu.fit(corpus)
     t_fit = time.perf_counter() - t0

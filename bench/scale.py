@@ -8,7 +8,7 @@ Usage::
 Part 1 encodes SciFact documents (cache off) with the local encoder and with Ray Data's
 actor pool (1 and 2 actors), printing documents/second and Ray's overhead.  Part 2 builds
 ``--n`` synthetic 384-d vectors (SciFact vectors plus Gaussian noise, so the geometry
-stays realistic) as one usearch HNSW index and as ``--shards`` shard indexes, searches
+stays realistic) as one ragkit HNSW index (``VectorIndex``, usearch) and as ``--shards`` shard indexes, searches
 the same queries on both, merges shard rankings with ``ragkit.scale.merge_rankings``, and
 prints latency and recall@10 against exact search.
 """
@@ -49,8 +49,8 @@ def encode_part(n_docs: int) -> dict:
     return res
 
 
-def shard_part(n: int, shards: int, n_queries: int, seed: int = 0) -> dict:
-    from usearch.index import Index
+def shard_part(n: int, shards: int, n_queries: int, ef: int = 64, seed: int = 0) -> dict:
+    from ragkit.retrievers._index import VectorIndex
 
     from ragkit.encoders import get_encoder
     from ragkit.eval.beir import load_beir
@@ -74,32 +74,31 @@ def shard_part(n: int, shards: int, n_queries: int, seed: int = 0) -> dict:
         top = np.argsort(-cand, axis=1)[:, :10]
         best, gt = np.take_along_axis(cand, top, 1), np.take_along_axis(rows, top, 1)
 
-    def build(vectors, keys):
-        ix = Index(ndim=X.shape[1], metric="ip", dtype="f32", connectivity=16, expansion_add=128, expansion_search=64)
-        ix.add(keys, vectors, log=False)
-        return ix
+    def build(vectors):  # ragkit's own index (the operator's storage), HNSW over inner product
+        return VectorIndex(dtype="f32", metric="ip", search="hnsw", connectivity=16, expansion_add=128,
+                           expansion_search=ef).build(vectors)
 
-    res = {"n": n, "shards": shards, "queries": len(Q)}
+    res = {"n": n, "shards": shards, "queries": len(Q), "expansion_search": ef}
     t0 = time.perf_counter()
-    one = build(X, np.arange(n))
+    one = build(X)
     res["single_build_s"] = time.perf_counter() - t0
     bounds = np.linspace(0, n, shards + 1).astype(int)
     t0 = time.perf_counter()
-    parts = [build(X[a:b], np.arange(a, b)) for a, b in zip(bounds[:-1], bounds[1:])]
+    parts = [build(X[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
     res["sharded_build_s_sequential"] = time.perf_counter() - t0
 
     def recall(rows):
         return float(np.mean([len(set(r[:10].tolist()) & set(g.tolist())) / 10 for r, g in zip(rows, gt)]))
 
     t0 = time.perf_counter()
-    m = one.search(Q, 10)
+    rows, _ = one.search(Q, 10)
     res["single_query_ms"] = (time.perf_counter() - t0) / len(Q) * 1e3
-    res["single_recall@10"] = recall(m.keys)
+    res["single_recall@10"] = recall(rows)
     t0 = time.perf_counter()
     per_shard = []
-    for ix in parts:
-        mm = ix.search(Q, 10)
-        per_shard.append([Ranking(k.astype(np.int64), -d) for k, d in zip(mm.keys, mm.distances)])
+    for a, ix in zip(bounds[:-1], parts):  # shard rows are local: offset them to global rows
+        r, s = ix.search(Q, 10)
+        per_shard.append([Ranking(rr[np.isfinite(ss)] + a, ss[np.isfinite(ss)]) for rr, ss in zip(r, s)])
     merged = merge_rankings(per_shard, 10)
     res["sharded_query_ms"] = (time.perf_counter() - t0) / len(Q) * 1e3
     res["sharded_recall@10"] = recall([r.rows for r in merged])
@@ -116,6 +115,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=1_000_000)
     ap.add_argument("--shards", type=int, default=8)
     ap.add_argument("--queries", type=int, default=300)
+    ap.add_argument("--ef", type=int, default=64, help="HNSW expansion_search of every index")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--skip-encode", action="store_true")
     args = ap.parse_args()
@@ -132,7 +132,7 @@ def main() -> None:
               f"2 actors {enc['ray_2_actors_docs_per_s']:.1f} docs/s "
               f"({enc['ray_2_actors_docs_per_s'] / enc['local_docs_per_s']:.2f}x); ray.init {enc['ray_init_s']:.1f} s; "
               f"max |ray - local| = {enc['ray_2_actors_max_abs_diff']:.2e}")
-    sh = shard_part(args.n, args.shards, args.queries)
+    sh = shard_part(args.n, args.shards, args.queries, ef=args.ef)
     results["shards"] = sh
     print(f"{sh['n']:,} vectors: one HNSW index built in {sh['single_build_s']:.1f} s, {sh['shards']} shards in "
           f"{sh['sharded_build_s_sequential']:.1f} s (sequential here; parallel on a cluster)")

@@ -273,8 +273,9 @@ def chamfer_pairs(q_data: np.ndarray, q_off: np.ndarray, d_data: np.ndarray, d_o
     in chunks; each is gathered (and upcast from float16) once, padded to the chunk's
     longest, and multiplied with one ``torch.bmm`` against the stacked tokens of all queries
     that selected it: ``(docs, T, d) @ (docs, d, m_doc)`` where ``T`` is the total number of
-    those queries' tokens (no per-query padding).  Padding is masked out, max over document tokens, (weighted) sum
-    over query tokens.  No loop over queries or documents, and a document shared by many
+    those queries' tokens (no per-query padding).  A shorter document is padded with copies of
+    its own first token (the max is unchanged, so no mask pass), max over document tokens,
+    (weighted) sum over query tokens.  No loop over queries or documents, and a document shared by many
     queries' candidate lists costs one read, as in brute force.
     ``rows`` entries < 0 score ``-inf`` (padding of short candidate lists).
     """
@@ -319,11 +320,11 @@ def chamfer_pairs(q_data: np.ndarray, q_off: np.ndarray, d_data: np.ndarray, d_o
         r1 = min(len(u), r0 + max(1, chunk_elems // (T * (l_max + dim) + l_max * dim)))
         docs_c = u[doc_order[r0:r1]]
         n_c = len(docs_c)
-        L = max(int(d_len[docs_c].max()), 1)
-        dmask = np.arange(L) < d_len[docs_c, None]
-        if len(d_data):
-            di = np.where(dmask, d_off[docs_c, None] + np.arange(L), 0)
-            dpad = np.asarray(d_data[di.reshape(-1)], np.float32).reshape(n_c, L, dim)
+        lens_c = d_len[docs_c]
+        L = max(int(lens_c.max()), 1)
+        if len(d_data):  # pad each document with its own first token: the max is unchanged, no mask needed
+            di = d_off[docs_c, None] + np.minimum(np.arange(L), np.maximum(lens_c[:, None] - 1, 0))
+            dpad = np.asarray(d_data[np.minimum(di, len(d_data) - 1).reshape(-1)], np.float32).reshape(n_c, L, dim)
         else:
             dpad = np.zeros((n_c, L, dim), np.float32)
         pp = po[starts[r0]:starts[r1]]                                     # pairs of these documents, grouped
@@ -339,10 +340,8 @@ def chamfer_pairs(q_data: np.ndarray, q_off: np.ndarray, d_data: np.ndarray, d_o
         qs = np.zeros((n_c, T, dim), np.float32)
         qs[tg, tp] = q32[tok]
         sim = torch.bmm(torch.from_numpy(qs), torch.from_numpy(dpad).transpose(1, 2))   # (docs, T, L)
-        sim.masked_fill_(~torch.from_numpy(dmask)[:, None, :], float("-inf"))
         best = sim.amax(dim=2).numpy()
-        vals = best[tg, tp]
-        vals = np.where(np.isfinite(vals), vals, 0.0) * qw[tok]           # empty document -> 0
+        vals = np.where(lens_c[tg] > 0, best[tg, tp], 0.0) * qw[tok]    # empty document -> 0
         res[pp] = np.bincount(np.repeat(np.arange(len(pp)), ql), weights=vals, minlength=len(pp))
         r0 = r1
     flat = out.reshape(-1)

@@ -251,3 +251,19 @@ def test_muvera_params_cross_checks():
         Muvera(k_sim=3, d_proj=8, r_reps=2, d_final=500)
     with pytest.raises(ParamError, match="ball_carve_tau"):
         Muvera(ball_carve_tau=2.0)
+
+
+def test_chamfer_pairs_padding_never_wins():
+    """Short documents are padded inside a chunk; a padded slot must not beat a negative true max."""
+    rng = np.random.default_rng(11)
+    lens = np.array([1, 7, 3, 12, 0])                       # the last document is empty
+    D = rng.standard_normal((int(lens.sum()), 8)).astype(np.float32)
+    Doff = np.concatenate([[0], np.cumsum(lens)])
+    Q = -np.abs(D[:2]) - 1.0                                 # every similarity with these is strongly negative
+    D = np.abs(D)
+    Qoff = np.array([0, 2])
+    rows = np.array([[0, 1, 2, 3, 4]])
+    got = chamfer_pairs(Q, Qoff, D, Doff, rows)
+    want = [(Q @ D[Doff[j]:Doff[j + 1]].T).max(1).sum() if lens[j] else 0.0 for j in range(5)]
+    np.testing.assert_allclose(got[0], want, rtol=1e-5)
+    assert (got[0, :4] < 0).all()
