@@ -284,11 +284,12 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--no-scifact", action="store_true")
     ap.add_argument("--no-synthetic", action="store_true")
+    ap.add_argument("--no-hnsw", action="store_true", help="skip the HNSW sweeps (exact configurations at scale)")
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "out")
     args = ap.parse_args()
     n = args.n or (5_000 if args.quick else 1_000_000)
     n_q = args.n_queries or (50 if args.quick else 1000)
-    efs = [int(x) for x in (args.ef or ("32" if args.quick else "16,32,64,128")).split(",")]
+    efs = [] if args.no_hnsw else [int(x) for x in (args.ef or ("32" if args.quick else "16,32,64,128")).split(",")]
     k = 10
     args.out.mkdir(parents=True, exist_ok=True)
     result: dict = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform()}, "args": vars(args) | {"out": str(args.out)}}
@@ -332,8 +333,10 @@ def main() -> None:
         t_ref, ref = timed(lambda: exact_topk(d, q, k))
         rows = run_configs(d, q, ref, configs_for(d, k, True, efs, args.threads), k=k, repeat=1 if n > 200_000 else args.repeat)
         _CACHE.pop("faiss_hnsw", None)
-        print("  raw usearch vs ragkit on the same HNSW:")
-        raw = raw_usearch_rows(d, q, ref, k, efs, args.threads, args.repeat)
+        raw = []
+        if efs:
+            print("  raw usearch vs ragkit on the same HNSW:")
+            raw = raw_usearch_rows(d, q, ref, k, efs, args.threads, args.repeat)
         result["synthetic"] = {"n": n, "n_queries": n_q, "noise": args.noise, "rows": rows, "ragkit_vs_usearch": raw}
         print(table(rows, "ragkit exact f32", ["build_s", "memory_bytes", "qps", "recall@10"]))
 

@@ -90,15 +90,27 @@ def _crc(path: Path) -> int:
 
 def _topk_merge(best_s: np.ndarray | None, best_i: np.ndarray | None, s: np.ndarray, idx: np.ndarray,
                 k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Keep the top-``k`` of the running best and a new block (``idx`` are global slots)."""
-    if best_s is not None:
-        s = np.concatenate([best_s, s], axis=1)
-        idx = np.concatenate([best_i, idx], axis=1)
-    kk = min(k, s.shape[1])
-    if kk < s.shape[1]:
-        part = np.argpartition(-s, kk - 1, axis=1)[:, :kk]
-        s = np.take_along_axis(s, part, axis=1)
-        idx = np.take_along_axis(idx, part, axis=1)
+    """Keep the top-``k`` of the running best ``(n_q, <=k)`` and a new block of scores.
+
+    ``s`` is ``(n_q, m)`` float32, ``idx`` the block's ``m`` global slots.  The block is cut to
+    its own top ``k`` first (``torch.topk``, no ``(n_q, m)`` slot matrix), so only ``(n_q, 2k)``
+    is merged with the running best.
+    """
+    m = s.shape[1]
+    kk = min(k, m)
+    if kk < m:  # the kk largest, unordered: torch's multi-threaded top-k is ~3x numpy's argpartition
+        import torch
+
+        top, part = torch.topk(torch.from_numpy(np.ascontiguousarray(s)), kk, dim=1, sorted=False)
+        s, idx = top.numpy(), idx[part.numpy()]
+    else:
+        idx = np.broadcast_to(idx, s.shape)
+    if best_s is None:
+        return s, idx
+    s, idx = np.concatenate([best_s, s], axis=1), np.concatenate([best_i, idx], axis=1)
+    if k < s.shape[1]:
+        part = np.argpartition(s, s.shape[1] - k, axis=1)[:, s.shape[1] - k:]
+        s, idx = np.take_along_axis(s, part, axis=1), np.take_along_axis(idx, part, axis=1)
     return s, idx
 
 
@@ -393,8 +405,7 @@ class VectorIndex:
             s = self._block_scores(qr, codes)
             if i8_const is not None:
                 s = s.T + i8_const[:, None]
-            best_s, best_i = _topk_merge(best_s, best_i, s.astype(np.float32, copy=False),
-                                         np.broadcast_to(idx.astype(np.int64), (nq, len(idx))), kk)
+            best_s, best_i = _topk_merge(best_s, best_i, s.astype(np.float32, copy=False), idx.astype(np.int64), kk)
         if best_s is None:
             return np.full((nq, 0), -np.inf, np.float32), np.full((nq, 0), -1, np.int64)
         return best_s, best_i
