@@ -28,6 +28,7 @@ import json
 import os
 import platform
 import sys
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -128,20 +129,17 @@ def configs_for(d: np.ndarray, k: int, scale: bool, efs: list[int], threads: int
             ("ragkit hnsw b1 + rescore x4", "ragkit", vi(search="hnsw", dtype="b1", rescore=True), vs, vmem, vres),
         ]
     # HNSW sweep: ragkit, raw usearch on the same kind of index, faiss HNSWFlat
+    def rs(obj, ef):
+        obj.usearch.expansion_search = ef
+        return obj.search(qbox[0], k)[0]
+
     for ef in efs:
-        def rs(obj, ef=ef):
-            obj.usearch.expansion_search = ef
-            return obj.search(qbox[0], k)[0]
-
         cfgs.append((f"ragkit hnsw f32 ef={ef}", "ragkit-hnsw",
-                     lambda: _cached("ragkit_hnsw", vi(search="hnsw")), rs, vmem, None))
+                     lambda: _cached("ragkit_hnsw", vi(search="hnsw")), partial(rs, ef=ef), vmem, None))
     for ef in efs if scale else []:  # int8 graph (4x smaller codes), float rescore of a 4 x k shortlist
-        def rs8(obj, ef=ef):
-            obj.usearch.expansion_search = ef
-            return obj.search(qbox[0], k)[0]
-
         cfgs.append((f"ragkit hnsw i8 + rescore x4 ef={ef}", "ragkit-hnsw",
-                     lambda: _cached("ragkit_hnsw_i8", vi(search="hnsw", dtype="i8", rescore=True)), rs8, vmem, vres))
+                     lambda: _cached("ragkit_hnsw_i8", vi(search="hnsw", dtype="i8", rescore=True)),
+                     partial(rs, ef=ef), vmem, vres))
     try:
         import faiss  # noqa: F401
 
