@@ -167,9 +167,11 @@ def main() -> None:
           f"{1000 * t_q_enc / nq:.1f} ms/query", flush=True)
 
     # ---------------------------------------------------------------- brute force
-    t0 = time.perf_counter()
-    exact = chamfer_scores(qd, qt.offsets, docs.data, docs.offsets)
-    t_brute = time.perf_counter() - t0
+    t_brute = float("inf")
+    for _ in range(1 if args.quick else 2):  # best of two: the machine is shared, keep the faster brute force
+        t0 = time.perf_counter()
+        exact = chamfer_scores(qd, qt.offsets, docs.data, docs.offsets)
+        t_brute = min(t_brute, time.perf_counter() - t0)
     ex_rows, ex_sc = topk_rows(exact, 10)
     ndcg_exact = _ndcg(ex_rows, ex_sc, queries, corpus, qrels)
     brute_ms = 1000 * t_brute / nq
