@@ -97,11 +97,11 @@ def _config(spec: str, seed: int) -> dict:
     return kw
 
 
-def _select(fdes: dict, cands: list[int], docs, enc, args) -> tuple[str, int, dict]:
+def _select(cfgs: dict, fdes: dict, cands: list[int], docs, enc, args) -> tuple[str, int, dict]:
     """Choose the main FDE config and candidate count on train queries (exact Chamfer as truth)."""
     from ragkit import load_beir
     from ragkit.operator import topk_rows
-    from ragkit.retrievers.fde import FDEConfig, chamfer_scores, fde_queries
+    from ragkit.retrievers.fde import chamfer_scores, fde_queries
 
     train = load_beir(SCIFACT).queries("train")
     rng = np.random.default_rng(args.seed)
@@ -111,7 +111,7 @@ def _select(fdes: dict, cands: list[int], docs, enc, args) -> tuple[str, int, di
     ex_rows, _ = topk_rows(chamfer_scores(qd, qt.offsets, docs.data, docs.offsets), 10)
     table = {}
     for spec, dfde in fdes.items():
-        ip = fde_queries(qd, qt.offsets, FDEConfig(**_config(spec, args.seed))) @ dfde.T
+        ip = fde_queries(qd, qt.offsets, cfgs[spec]) @ dfde.T
         table[spec] = {c: _agreement(topk_rows(ip, c)[0], ex_rows) for c in cands}
     specs = list(fdes)
     reached = [(c, fdes[s_].shape[1], s_) for s_ in specs for c in cands if table[s_][c] >= args.target]
@@ -177,14 +177,15 @@ def main() -> None:
     brute_ms = 1000 * t_brute / nq
     print(f"brute-force MaxSim: {t_brute:.1f}s ({brute_ms:.1f} ms/query), nDCG@10 {ndcg_exact:.4f}", flush=True)
 
+    cfgs = {spec: FDEConfig(**_config(spec, args.seed)) for spec in configs.split(",")}
     fdes, build_s = {}, {}
-    for spec in configs.split(","):  # document FDEs, built once (timed) for the selection and the table
+    for spec, cfg in cfgs.items():  # document FDEs, built once (timed) for the selection and the table
         t0 = time.perf_counter()
-        fdes[spec] = fde_documents(docs.data, docs.offsets, FDEConfig(**_config(spec, args.seed)))
+        fdes[spec] = fde_documents(docs.data, docs.offsets, cfg)
         build_s[spec] = time.perf_counter() - t0
     if args.main == "auto":
         t0 = time.perf_counter()
-        args.main, chosen_c, selection = _select(fdes, cands, docs, enc, args)
+        args.main, chosen_c, selection = _select(cfgs, fdes, cands, docs, enc, args)
         if args.main_candidates is None:
             args.main_candidates = chosen_c
         print(f"main config chosen on {selection['train_queries']} train queries ({time.perf_counter() - t0:.0f} s): "
@@ -201,8 +202,7 @@ def main() -> None:
     print(f"\n{'config':>9} {'dim':>6} {'build s':>7} {'pearson':>7} {'spearman':>8} {'cand':>5} {'agree@10':>8} "
           f"{'ch.rec':>6} {'nDCG@10':>7} {'ms/q':>7} {'speedup':>7}")
     main_state = None
-    for spec in configs.split(","):
-        cfg = FDEConfig(**_config(spec, args.seed))
+    for spec, cfg in cfgs.items():
         dfde, t_build = fdes[spec], build_s[spec]
         t0 = time.perf_counter()
         qfde = fde_queries(qd, qt.offsets, cfg)
