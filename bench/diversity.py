@@ -5,16 +5,20 @@ Usage::
     python bench/diversity.py            # all 300 test queries + 150 synthetic two-intent queries
     python bench/diversity.py --quick    # 60 queries, 30 pairs, short sweeps
 
-All systems use the same all-MiniLM-L6-v2 embeddings and exact search.  Per system: nDCG@10,
-Recall@100, ILD@10 / ILD@100, distinct clusters in the top 10 / 100 (kNN-Embed's own clustering
-and an independent one: other seed, 2x clusters), share of collapsed queries, mean components,
+All systems use the same all-MiniLM-L6-v2 embeddings and exact search.  Every system is asked for
+k = 10 and for k = 100, as a user would: the @10 measures (nDCG@10, ILD@10, clusters@10) come from the
+k = 10 call, the @100 ones from the k = 100 call.  For dense and greedy MMR the k = 10 list is the k = 100
+list's prefix; kNN-Embed splits its budget by the mixture weights, so its k = 10 list is its own.
+Per system: nDCG@10, Recall@100, ILD@10 / ILD@100, distinct clusters in the top 10 / 100 (kNN-Embed's own
+clustering and an independent one: other seed, 2x clusters), share of collapsed queries, mean components,
 and batch latency relative to dense (median of repeats, measured in this run).  Then the
 "matched diversity" comparison of kNN-Embed against the MMR curve (linear interpolation of
 Recall@100 at equal ILD, with a paired randomisation test against the nearest MMR point), the
 in-cluster search paths (gather / masked / partitioned), and the synthetic multi-intent pairs
 (two test claims concatenated, qrels = union; S-recall@10/@100, alpha-nDCG@10).
-Writes ``bench/out/diversity.json`` and ``bench/out/diversity.png``.  Nothing is tuned here:
-every kNN-Embed setting is the spec default except the swept parameter.
+Writes ``bench/out/diversity.json`` and ``bench/out/diversity.png``.  The sweeps change one spec default
+at a time; one more setting ("chosen on train") is picked by ``select_on_train`` on SciFact *train*
+queries for the issue's target (ILD@10 >= 1.2x dense, Recall@100 >= dense - 0.01) and only then run on test.
 """
 
 from __future__ import annotations
@@ -61,6 +65,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="small smoke run")
     ap.add_argument("--repeats", type=int, default=3, help="timing repeats per system")
+    ap.add_argument("--z", type=float, default=0.0,
+                    help="selection on train: a setting must meet the target by z standard errors (0 = point estimate)")
     args = ap.parse_args()
 
     from sklearn.cluster import KMeans
@@ -99,53 +105,66 @@ def main() -> None:
             mmr_fit[lam] = m
         return mmr_fit[lam]
 
-    def run_system(fn, qids, qtexts, qv, qrel, repeats):
-        def call():
-            st = State(list(qtexts), list(qids), vectors={enc.key: qv})
-            return fn(st)
-        st, secs = timed(call, repeats)
+    def run_system(fn, qids, qtexts, qv, qrel, repeats, fn10=None):
+        """Metrics at k = 100 from ``fn`` and at k = 10 from ``fn10`` (a k = 10 call; None = the k = 100 list's
+        first 10, exact for dense and greedy MMR, whose lists are prefix-consistent)."""
+        def call(f):
+            return lambda: f(State(list(qtexts), list(qids), vectors={enc.key: qv}))
+        st, secs = timed(call(fn), repeats)
+        st10 = st if fn10 is None else call(fn10)()
         run = Run.from_rankings(list(qids), st.rankings, corpus.ids)
-        ev = evaluate(run, qrel, ["ndcg@10", "recall@100"])
+        run10 = Run.from_rankings(list(qids), st10.rankings, corpus.ids)
+        ev = evaluate(run, qrel, ["recall@100"])
+        ev10 = evaluate(run10, qrel, ["ndcg@10"])
+        ev.per_query.update(ev10.per_query)
+        ild10 = intra_list_diversity(st10.rankings, vecs, 10)
         row = {
-            "ndcg@10": ev["ndcg@10"], "recall@100": ev["recall@100"],
-            "ild@10": float(np.nanmean(intra_list_diversity(st.rankings, vecs, 10))),
+            "ndcg@10": ev10["ndcg@10"], "recall@100": ev["recall@100"],
+            "ild@10": float(np.nanmean(ild10)),
             "ild@100": float(np.nanmean(intra_list_diversity(st.rankings, vecs, 100))),
-            "clusters@10": float(distinct_clusters(st.rankings, knn.labels_, 10).mean()),
+            "clusters@10": float(distinct_clusters(st10.rankings, knn.labels_, 10).mean()),
             "clusters@100": float(distinct_clusters(st.rankings, knn.labels_, 100).mean()),
-            "ind_clusters@10": float(distinct_clusters(st.rankings, ind_labels, 10).mean()),
+            "ind_clusters@10": float(distinct_clusters(st10.rankings, ind_labels, 10).mean()),
             "ind_clusters@100": float(distinct_clusters(st.rankings, ind_labels, 100).mean()),
             "seconds": secs,
         }
-        return row, run, ev, st
+        return row, run, run10, ev
+
+    def pair(model, **kw):
+        """kNN-Embed at k = 100 and the same settings at k = 10 (its budget split depends on k)."""
+        return model.with_params(**kw), model.with_params(**{**kw, "k": 10})
 
     def systems(quick: bool):
-        out = [("dense", {}, dense)]
+        out = [("dense", {}, dense, None)]
         lams = [0.9, 0.7, 0.5] if quick else [0.9, 0.8, 0.7, 0.6, 0.5, 0.3]
         for lam in lams:
             out.append((f"mmr l={lam}", {"family": "mmr", "lambda": lam},
-                        lambda st, lam=lam: mmr(lam)(mmr_pool(st))))
-        anchors = [0.0, 0.25, 0.5, 0.75] if not quick else [0.0, 0.5]
-        for a in anchors:
-            out.append((f"knn anchor={a}", {"family": "knn_anchor", "anchor_share": a}, knn.with_params(anchor_share=a)))
+                        lambda st, lam=lam: mmr(lam)(mmr_pool(st)), None))
+        knn_rows = []
+        for a in ([0.0, 0.25, 0.5, 0.75] if not quick else [0.0, 0.5]):
+            knn_rows.append((f"knn anchor={a}", {"family": "knn_anchor", "anchor_share": a}, {"anchor_share": a}))
         for a in ([0.0, 0.5] if quick else [0.0, 0.25, 0.5]):
-            out.append((f"knn interleave anchor={a}", {"family": "knn_interleave", "anchor_share": a},
-                        knn.with_params(anchor_share=a, merge="interleave")))
+            knn_rows.append((f"knn interleave anchor={a}", {"family": "knn_interleave", "anchor_share": a},
+                             {"anchor_share": a, "merge": "interleave"}))
         # smoothing sweeps (anchor_share 0 so that the mixture decides the whole list)
         for al in ([0.0, 4.0] if quick else [0.0, 0.5, 1.0, 4.0]):
-            out.append((f"knn a0 alpha={al}", {"family": "knn_alpha", "alpha": al},
-                        knn.with_params(anchor_share=0.0, alpha=al)))
+            knn_rows.append((f"knn a0 alpha={al}", {"family": "knn_alpha", "alpha": al}, {"anchor_share": 0.0, "alpha": al}))
         for tau in ([0.02, None] if quick else [0.02, 0.05, 0.1, None]):
-            out.append((f"knn a0 tau={tau}", {"family": "knn_tau", "tau": tau}, knn.with_params(anchor_share=0.0, tau=tau)))
+            knn_rows.append((f"knn a0 tau={tau}", {"family": "knn_tau", "tau": tau}, {"anchor_share": 0.0, "tau": tau}))
         if not quick:
             for mc in (2, 8):
-                out.append((f"knn a0 max_comp={mc}", {"family": "knn_maxcomp", "max_components": mc},
-                            knn.with_params(anchor_share=0.0, max_components=mc)))
-            out.append(("knn a0 prior=local", {"family": "knn_prior"}, knn.with_params(anchor_share=0.0, prior="local")))
-            out.append(("knn a0 rocchio", {"family": "knn_rocchio"},
-                        knn.with_params(anchor_share=0.0, component_query="rocchio_filter")))
-            out.append(("knn a0 collapse=1.0", {"family": "knn_collapse"},
-                        knn.with_params(anchor_share=0.0, collapse_at=1.0)))
+                knn_rows.append((f"knn a0 max_comp={mc}", {"family": "knn_maxcomp", "max_components": mc},
+                                 {"anchor_share": 0.0, "max_components": mc}))
+            knn_rows += [("knn a0 prior=local", {"family": "knn_prior"}, {"anchor_share": 0.0, "prior": "local"}),
+                         ("knn a0 rocchio", {"family": "knn_rocchio"},
+                          {"anchor_share": 0.0, "component_query": "rocchio_filter"}),
+                         ("knn a0 collapse=1.0", {"family": "knn_collapse"}, {"anchor_share": 0.0, "collapse_at": 1.0})]
+        out += [(name, meta, *pair(knn, **kw)) for name, meta, kw in knn_rows]
+        out.append(("knn chosen on train", {"family": "knn_chosen", **chosen_kw}, *pair(chosen_knn, **chosen_query_kw)))
         return out
+
+    chosen_knn, chosen_kw, res_select = select_on_train(ds, dense, corpus, vecs, n_c, args.quick, args.z)
+    chosen_query_kw = {k: v for k, v in chosen_kw.items() if k != "n_clusters"}
 
     print(f"SciFact test: {len(queries)} queries, {len(corpus)} docs, C={n_c}, kNN-Embed fit {fit_s:.1f}s")
     qv = query_vectors(enc, list(queries.texts))
@@ -155,8 +174,9 @@ def main() -> None:
                  "mean_components_default": float((mix["clusters"] >= 0).sum(1).mean()),
                  "systems": {}}
     runs, evals = {}, {}
-    for name, meta, fn in systems(args.quick):
-        row, run, ev, _ = run_system(fn, queries.ids, queries.texts, qv, qrels, args.repeats)
+    res["selection"] = res_select
+    for name, meta, fn, fn10 in systems(args.quick):
+        row, run, _, ev = run_system(fn, queries.ids, queries.texts, qv, qrels, args.repeats, fn10)
         row.update(meta)
         res["systems"][name] = row
         evals[name] = ev
@@ -219,6 +239,7 @@ def main() -> None:
     lat = {}
     n_lat = 20 if args.quick else 60
     for name, fn in (("dense", dense), ("knn default", knn), ("knn anchor=0", knn.with_params(anchor_share=0.0)),
+                     ("knn chosen on train", chosen_knn.with_params(**chosen_query_kw)),
                      ("mmr l=0.5", lambda st: mmr(0.5)(mmr_pool(st)))):
         ts = []
         for i in range(n_lat):
@@ -257,19 +278,20 @@ def main() -> None:
     pmix = knn.mixture(pv)
     res["pairs"] = {"n_pairs": len(p_ids), "collapsed_share_default": float(pmix["collapsed"].mean()),
                     "mean_components_default": float((pmix["clusters"] >= 0).sum(1).mean()), "systems": {}}
-    pair_systems = [("dense", dense), ("mmr l=0.7", lambda st: mmr(0.7)(mmr_pool(st))),
-                    ("mmr l=0.5", lambda st: mmr(0.5)(mmr_pool(st)))]
+    pair_systems = [("dense", dense, None), ("mmr l=0.7", lambda st: mmr(0.7)(mmr_pool(st)), None),
+                    ("mmr l=0.5", lambda st: mmr(0.5)(mmr_pool(st)), None)]
     for a in (0.0, 0.25, 0.5):
-        pair_systems.append((f"knn anchor={a}", knn.with_params(anchor_share=a)))
-        pair_systems.append((f"knn interleave anchor={a}", knn.with_params(anchor_share=a, merge="interleave")))
+        pair_systems.append((f"knn anchor={a}", *pair(knn, anchor_share=a)))
+        pair_systems.append((f"knn interleave anchor={a}", *pair(knn, anchor_share=a, merge="interleave")))
+    pair_systems.append(("knn chosen on train", *pair(chosen_knn, **chosen_query_kw)))
     print(f"\nsynthetic two-intent queries: {len(p_ids)} pairs; default kNN-Embed collapses "
           f"{res['pairs']['collapsed_share_default']:.0%}, {res['pairs']['mean_components_default']:.2f} components")
     print(f"{'system':28s} {'nDCG@10':>8s} {'R@100':>7s} {'S-R@10':>7s} {'S-R@100':>8s} {'aNDCG@10':>9s} {'ILD@10':>7s}")
-    for name, fn in pair_systems:
-        row, run, ev, st = run_system(fn, p_ids, p_texts, pv, p_qrels, 1)
-        row["s_recall@10"] = float(np.mean(list(subtopic_recall(run, p_sub, 10).values())))
+    for name, fn, fn10 in pair_systems:
+        row, run, run10, _ = run_system(fn, p_ids, p_texts, pv, p_qrels, 1, fn10)
+        row["s_recall@10"] = float(np.mean(list(subtopic_recall(run10, p_sub, 10).values())))
         row["s_recall@100"] = float(np.mean(list(subtopic_recall(run, p_sub, 100).values())))
-        row["alpha_ndcg@10"] = float(np.mean(list(alpha_ndcg(run, p_sub, 10).values())))
+        row["alpha_ndcg@10"] = float(np.mean(list(alpha_ndcg(run10, p_sub, 10).values())))
         res["pairs"]["systems"][name] = row
         print(f"{name:28s} {row['ndcg@10']:8.4f} {row['recall@100']:7.4f} {row['s_recall@10']:7.4f} "
               f"{row['s_recall@100']:8.4f} {row['alpha_ndcg@10']:9.4f} {row['ild@10']:7.4f}")
@@ -280,6 +302,84 @@ def main() -> None:
     print(f"\nwrote {OUT / 'diversity.json'} and {OUT / 'diversity.png'}")
 
 
+def select_on_train(ds, dense, corpus, vecs: np.ndarray, n_c: int, quick: bool, z: float = 0.0) -> tuple:
+    """Choose a diversity-seeking kNN-Embed setting on SciFact *train* queries (test is never looked at).
+
+    Grid: n_clusters x {0.5, 1, 2}, anchor_share, weight_floor, tau, max_components, collapse_at.  Each
+    setting is run at k = 10 (ILD@10, nDCG@10) and at k = 100 (Recall@100).  A setting qualifies when the
+    issue's target holds on train, paired with dense over queries: mean(ILD@10 - 1.2 ILD@10_dense) - z SE >= 0
+    and mean(R@100 - R@100_dense + 0.01) - z SE >= 0 (z = 0: the point estimates; z = 1.645: 95% one-sided
+    confidence; the count at 95% is reported either way).  Among qualifying settings the highest train
+    nDCG@10 wins; if none qualifies, the highest ILD margin among those meeting the recall condition.
+    Returns (fitted KnnEmbed, params, report).
+    """
+    import itertools
+
+    from ragkit.eval import evaluate
+    from ragkit.eval.diversity import intra_list_diversity
+    from ragkit.retrievers import KnnEmbed
+    from ragkit.run import Run
+    from ragkit.types import State
+
+    enc = dense.encoder
+    tq, trel = ds.queries("train"), ds.qrels("train")
+    tq = tq[[i for i, q in enumerate(tq.ids) if q in trel]]
+    if quick:
+        tq = tq[:200]
+    tv = query_vectors(enc, list(tq.texts))
+
+    def measure(fn10, fn100):
+        st10 = fn10(State(list(tq.texts), list(tq.ids), vectors={enc.key: tv}))
+        st100 = st10 if fn100 is None else fn100(State(list(tq.texts), list(tq.ids), vectors={enc.key: tv}))
+        e10 = evaluate(Run.from_rankings(list(tq.ids), st10.rankings, corpus.ids), trel, ["ndcg@10"])
+        e100 = evaluate(Run.from_rankings(list(tq.ids), st100.rankings, corpus.ids), trel, ["recall@100"])
+        return (np.array([e10.per_query["ndcg@10"].get(q, 0.0) for q in tq.ids]),
+                np.array([e100.per_query["recall@100"].get(q, 0.0) for q in tq.ids]),
+                np.asarray(intra_list_diversity(st10.rankings, vecs, 10), dtype=np.float64))
+
+    def margins(x: np.ndarray) -> tuple[float, float]:
+        """(mean, standard error) of a per-query paired difference."""
+        return float(x.mean()), float(x.std(ddof=1) / np.sqrt(len(x)))
+
+    nd0, rc0, ild0 = measure(dense, None)
+    grid = dict(anchor_share=(0.0, 0.15, 0.3, 0.5), weight_floor=(0.0, 0.03), tau=(0.05, 0.1, None),
+                max_components=(4, 10), collapse_at=(0.85, 1.0))
+    if quick:
+        grid = dict(anchor_share=(0.0, 0.3), weight_floor=(0.0, 0.03), tau=(0.05,), max_components=(10,),
+                    collapse_at=(1.0,))
+    sizes = sorted({max(4, round(n_c / 2)), n_c, 2 * n_c})
+    rows, fitted = [], {}
+    t0 = time.perf_counter()
+    for c in sizes:
+        fitted[c] = KnnEmbed(k=100, n_clusters=c).fit(corpus)
+        for values in itertools.product(*grid.values()):
+            kw = dict(zip(grid, values))
+            nd, rc, ild = measure(fitted[c].with_params(k=10, **kw), fitted[c].with_params(**kw))
+            rows.append({"n_clusters": c, **kw, "ndcg@10": float(nd.mean()), "recall@100": float(rc.mean()),
+                         "ild@10_ratio": float(ild.mean() / ild0.mean()),
+                         "ild_margin": margins(ild - 1.2 * ild0), "recall_margin": margins(rc - rc0 + 0.01)})
+
+    def meets(r: dict, zz: float) -> bool:
+        return all(r[m][0] - zz * r[m][1] >= 0 for m in ("ild_margin", "recall_margin"))
+
+    ok = [r for r in rows if meets(r, z)]
+    n95 = sum(meets(r, 1.645) for r in rows)
+    best = max(ok, key=lambda r: r["ndcg@10"]) if ok else \
+        max((r for r in rows if r["recall_margin"][0] - z * r["recall_margin"][1] >= 0),
+            key=lambda r: r["ild_margin"][0], default=rows[0])
+    kw = {k: best[k] for k in ("n_clusters", *grid)}
+    report = {"n_train_queries": len(tq), "grid_size": len(rows), "seconds": time.perf_counter() - t0,
+              "z": z, "qualifying": len(ok), "qualifying_95pct": n95, "dense_train": {"ndcg@10": float(nd0.mean()), "recall@100": float(rc0.mean()),
+                                                     "ild@10": float(ild0.mean())},
+              "chosen": best, "rule": f"ILD@10 >= 1.2x dense and Recall@100 >= dense - 0.01 on train (z = {z}); "
+                                      "then max nDCG@10"}
+    print(f"selection on {len(tq)} train queries: {len(rows)} settings in {report['seconds']:.0f}s, "
+          f"{len(ok)} meet the target (z = {z}), {n95} with 95% confidence; chosen {kw}: train nDCG@10 {best['ndcg@10']:.4f} "
+          f"(dense {nd0.mean():.4f}), ILD@10 {best['ild@10_ratio']:.3f}x, Recall@100 {best['recall@100']:.4f} "
+          f"(dense {rc0.mean():.4f})")
+    return fitted[kw["n_clusters"]], kw, report
+
+
 def plot(res: dict, path: Path) -> None:
     import matplotlib
 
@@ -288,15 +388,16 @@ def plot(res: dict, path: Path) -> None:
 
     fams = {"mmr": ("MMR (lambda)", "o-"), "knn_anchor": ("kNN-Embed score (anchor_share)", "s-"),
             "knn_interleave": ("kNN-Embed interleave (anchor_share)", "^-"),
-            "knn_alpha": ("kNN-Embed a0 (alpha)", "d--"), "knn_tau": ("kNN-Embed a0 (tau)", "v--")}
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+            "knn_alpha": ("kNN-Embed a0 (alpha)", "d--"), "knn_tau": ("kNN-Embed a0 (tau)", "v--"),
+            "knn_chosen": ("kNN-Embed chosen on train", "rP")}
+    fig, axes = plt.subplots(1, 3, figsize=(17, 4.5))
     base = res["systems"]["dense"]
-    for ax, (x, y) in zip(axes, (("ild@100", "recall@100"), ("ild@10", "ndcg@10"))):
+    for ax, (x, y) in zip(axes, (("ild@100", "recall@100"), ("ild@10", "ndcg@10"), ("ild@10", "recall@100"))):
         ax.plot(base[x], base[y], "k*", ms=14, label="dense")
         for fam, (label, style) in fams.items():
             pts = sorted((r[x], r[y]) for r in res["systems"].values() if r.get("family") == fam)
             if pts:
-                ax.plot(*zip(*pts), style, label=label)
+                ax.plot(*zip(*pts), style, label=label, ms=10 if fam == "knn_chosen" else 6)
         ax.set_xlabel(x.upper().replace("ILD", "ILD"))
         ax.set_ylabel(y)
         ax.grid(alpha=0.3)

@@ -36,7 +36,7 @@ def main() -> None:
 
     from ragkit.encoders import get_encoder
     from ragkit.eval import evaluate, load_beir, paired_randomization_test
-    from ragkit.eval.hubness import hubness
+    from ragkit.eval.hubness import hubness, random_skewness
     from ragkit.filters import DBNorm
     from ragkit.filters.dbnorm import bank_log_partition
     from ragkit.retrievers import Dense
@@ -174,10 +174,19 @@ def main() -> None:
               f"{h['top1pct_share']:6.3f} {h['max_occurrence']:5d} {r['rerank_ms_per_query']:6.2f} | "
               f"{ph['skewness']:10.3f} {ph['skewness'] / b['hubness_probe']['skewness']:6.2f} {ph['never_retrieved']:6.3f} "
               f"{ph['max_occurrence']:5d}")
+    # the floor: the skewness of N_10 when each query's top 10 is drawn uniformly at random (no hubs at all)
+    floor = {"test": random_skewness(len(test_q), n_docs, 10), "probe": random_skewness(args.probe, n_docs, 10)}
+    print(f"{'random top-10 (floor)':26s} {'':8s} {'':7s} {'':6s} {'':7s} {'':7s} {floor['test']:9.3f} "
+          f"{floor['test'] / b['hubness']['skewness']:6.2f} {'':7s} {'':6s} {'':6s} {'':5s} {'':6s} | "
+          f"{floor['probe']:10.3f} {floor['probe'] / b['hubness_probe']['skewness']:6.2f}")
+    print(f"halving raw skewness needs {b['hubness']['skewness'] / 2:.2f} on the {len(test_q)} test queries; rankings "
+          f"with no hubs at all measure {floor['test']:.2f} there (sampling alone), {floor['probe']:.2f} on the "
+          f"{args.probe} pseudo-queries")
     OUT.mkdir(parents=True, exist_ok=True)
     path = OUT / ("hubness_quick.json" if args.quick else "hubness.json")
     path.write_text(json.dumps({"config": {"k": k, "quick": args.quick, "test_queries": len(test_q), "probe_queries": args.probe},
-                                "tuned": tuned, "tuning": tuning_log, "results": rows}, indent=2, default=float))
+                                "tuned": tuned, "tuning": tuning_log, "results": rows,
+                                "random_floor": floor}, indent=2, default=float))
     print(f"\nwrote {path}")
 
 

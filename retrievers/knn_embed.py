@@ -235,6 +235,8 @@ class KnnEmbed(Operator):
         sizes = np.bincount(labels, minlength=c)
         starts = np.concatenate([[0], np.cumsum(sizes)])
         self._members = [order[starts[i]:starts[i + 1]].astype(np.int64) for i in range(c)]
+        self._order = order.astype(np.int64)  # documents grouped by cluster, ascending id inside each
+        self._starts = starts.astype(np.int64)
         self._sizes = sizes
         self._parts: list[np.ndarray] | None = None  # per-cluster contiguous vectors, built on first use
 
@@ -256,7 +258,7 @@ class KnnEmbed(Operator):
             raise DataError(f"knn_embed.with_params: {bad} change the clustering; build a new KnnEmbed and fit it")
         new = type(self)(self.params.updated(**changes))
         self._check_fitted()
-        for key in ("corpus_", "vectors_", "labels_", "centroids_", "_members", "_sizes", "_parts"):
+        for key in ("corpus_", "vectors_", "labels_", "centroids_", "_members", "_order", "_starts", "_sizes", "_parts"):
             new.__dict__[key] = self.__dict__[key]
         return new
 
@@ -395,34 +397,44 @@ class KnnEmbed(Operator):
         grp = np.argsort(pc, kind="stable")
         pq, pj, pc = pq[grp], pj[grp], pc[grp]
         bounds = np.flatnonzero(np.diff(pc, prepend=-1, append=-1) != 0)
-        v = np.asarray(self.vectors_)
-        for a, b in zip(bounds[:-1], bounds[1:]):  # one gathered search per cluster (not per query)
-            c = int(pc[a])
-            qi, jj = pq[a:b], pj[a:b]
-            need = quota[qi, jj]
-            members = self._members[c]
-            if rocchio:
-                qc = self._rocchio(q[qi], top_rows[qi, :min(p.n_neighbors, n)], c, labels, v)
-            if method == "gather" and not rocchio:  # the exact path: reuse the batch's score matrix
-                sub = s[np.ix_(qi, members)]
-                sub[taken[np.ix_(qi, members)]] = -np.inf
-                r, sc = topk_rows(sub, int(need.max()))
-                r = members[r]
-            elif method in ("partitioned", "gather"):
-                sub = (qc if rocchio else q[qi]) @ self._part(c).T
-                sub[taken[qi][:, members]] = -np.inf
-                r, sc = topk_rows(sub, int(need.max()))
-                r = members[r]
-            else:
-                full = (qc @ v.T) if rocchio else s[qi]
-                sub = np.where((labels == c)[None, :] & ~taken[qi], full, -np.inf)
-                r, sc = topk_rows(sub, int(need.max()))
+
+        def place(qi, jj, r, sc, need):  # write each pair's first `need` finite hits into its slots
             ok = np.isfinite(sc) & (np.arange(r.shape[1])[None, :] < need[:, None])
             got[qi, jj] = ok.sum(1)
             pr, pcol = np.nonzero(ok)
             dest = offs[qi, jj][pr] + pcol
             rows_out[qi[pr], dest] = r[pr, pcol]
             comp_out[qi[pr], dest] = jj[pr]
+
+        if method == "gather" and not rocchio and len(pq):
+            # the exact path, vectorised over every (query, component) pair at once: each pair's cluster
+            # columns of the batch's score matrix, padded to the largest cluster used (-inf beyond its size)
+            size = self._sizes[pc]
+            width = np.arange(int(size.max()))[None, :]
+            doc = self._order[np.minimum(self._starts[pc][:, None] + width, n - 1)]
+            sub = s[pq[:, None], doc]
+            sub[(width >= size[:, None]) | taken[pq[:, None], doc]] = -np.inf
+            need = quota[pq, pj]
+            r, sc = topk_rows(sub, int(need.max()))
+            place(pq, pj, np.take_along_axis(doc, r, axis=1), sc, need)
+        else:
+            v = np.asarray(self.vectors_)
+            for a, b in zip(bounds[:-1], bounds[1:]):  # one search per cluster over the pairs that use it
+                c = int(pc[a])
+                qi, jj = pq[a:b], pj[a:b]
+                members = self._members[c]
+                if rocchio:
+                    qc = self._rocchio(q[qi], top_rows[qi, :min(p.n_neighbors, n)], c, labels, v)
+                if method in ("partitioned", "gather"):
+                    sub = (qc if rocchio else q[qi]) @ self._part(c).T
+                    sub[taken[qi][:, members]] = -np.inf
+                    r, sc = topk_rows(sub, int(quota[qi, jj].max()))
+                    r = members[r]
+                else:
+                    full = (qc @ v.T) if rocchio else s[qi]
+                    sub = np.where((labels == c)[None, :] & ~taken[qi], full, -np.inf)
+                    r, sc = topk_rows(sub, int(quota[qi, jj].max()))
+                place(qi, jj, r, sc, quota[qi, jj])
         short = quota - got
         if short.any():  # overflow (rare, cold path): components' other docs, then unrestricted dense
             self._fill_shortfall(s, rows_out, comp_out, clusters, labels, k)

@@ -10,7 +10,7 @@ import pytest
 from ragkit.encoders import get_encoder
 from ragkit.errors import DataError, ParamError
 from ragkit.eval.filtering import expected_calibration_error, filter_report, pr_curve, precision_at_recall
-from ragkit.eval.hubness import hubness, k_occurrence, skewness
+from ragkit.eval.hubness import hubness, k_occurrence, random_skewness, skewness
 from ragkit.filters import CosineAdapter, DBNorm, RelativeThreshold, ScoreThreshold
 from ragkit.filters.dbnorm import bank_log_partition, dbnorm_scores, pseudo_queries
 from ragkit.operator import Operator
@@ -288,6 +288,20 @@ def test_hubness_measures():
     assert rep.top1pct_share == pytest.approx(3 / 6)
     with pytest.raises(DataError):
         k_occurrence(rk, n_docs=3, k=3)
+
+
+def test_random_skewness_floor():
+    # uniform random top-k: N_k is close to Poisson(n_q k / n_docs), skewness about 1 / sqrt(lambda)
+    for n_q, skew_expected in ((300, 1.31), (2000, 0.51)):
+        lam = n_q * 10 / 5183
+        got = random_skewness(n_q, 5183, k=10, repeats=5, seed=3)
+        assert got == pytest.approx(1 / np.sqrt(lam), abs=0.08) and got == pytest.approx(skew_expected, abs=0.08)
+    assert random_skewness(50, 400, 5, repeats=3, seed=1) == random_skewness(50, 400, 5, repeats=3, seed=1)
+    # a run where every query returns the same documents is far above the floor
+    hub_run = [Ranking(np.arange(10), np.linspace(1, 0, 10)) for _ in range(300)]
+    assert hubness(hub_run, 5183, k=10).skewness > 10 * random_skewness(300, 5183, repeats=3)
+    with pytest.raises(DataError, match="k <= n_docs"):
+        random_skewness(10, 5, k=6)
 
 
 def test_filter_measures():

@@ -5,13 +5,13 @@ from ragkit.eval.beir import (BeirDataset, download_beir, load_beir, read_corpus
 from ragkit.eval.diversity import (alpha_ndcg, cluster_entropy, distinct_clusters, intra_list_diversity,
                                    near_duplicate_rate, subtopic_recall)
 from ragkit.eval.filtering import FilterReport, expected_calibration_error, filter_report, pr_curve
-from ragkit.eval.hubness import HubnessReport, hubness, k_occurrence
+from ragkit.eval.hubness import HubnessReport, hubness, k_occurrence, random_skewness
 from ragkit.eval.metrics import EvalResult, evaluate, paired_randomization_test, parse_metric, per_query_ndcg
 
 __all__ = [
     "BeirDataset", "load_beir", "download_beir", "read_corpus", "read_qrels", "read_queries", "write_beir",
     "evaluate", "EvalResult", "paired_randomization_test", "parse_metric", "per_query_ndcg",
-    "HubnessReport", "hubness", "k_occurrence",
+    "HubnessReport", "hubness", "k_occurrence", "random_skewness",
     "FilterReport", "expected_calibration_error", "filter_report", "pr_curve",
     "alpha_ndcg", "cluster_entropy", "distinct_clusters", "intra_list_diversity", "near_duplicate_rate",
     "subtopic_recall",
