@@ -27,6 +27,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import sys
 from functools import partial
 from pathlib import Path
@@ -290,8 +291,12 @@ def main() -> None:
     ap.add_argument("--no-scifact", action="store_true")
     ap.add_argument("--no-synthetic", action="store_true")
     ap.add_argument("--no-hnsw", action="store_true", help="skip the HNSW sweeps (exact configurations at scale)")
+    ap.add_argument("--only", default=None,
+                    help="regular expression: run only the configurations whose name matches (e.g. 'exact f32|i8'); "
+                         "the raw-usearch comparison runs only if it matches 'raw usearch'")
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "out")
     args = ap.parse_args()
+    keep = (lambda cfgs: [c for c in cfgs if re.search(args.only, c[0])]) if args.only else (lambda cfgs: cfgs)
     n = args.n or (5_000 if args.quick else 1_000_000)
     n_q = args.n_queries or (50 if args.quick else 1000)
     efs = [] if args.no_hnsw else [int(x) for x in (args.ef or ("32" if args.quick else "16,32,64,128")).split(",")]
@@ -325,7 +330,7 @@ def main() -> None:
         qbox[0] = qbase
         ref = exact_topk(base, qbase, k)
         doc_ids = corpus.ids
-        rows = run_configs(base, qbase, ref, configs_for(base, k, False, efs, args.threads), k=k, repeat=args.repeat,
+        rows = run_configs(base, qbase, ref, keep(configs_for(base, k, False, efs, args.threads)), k=k, repeat=args.repeat,
                            quality=lambda got: ndcg10(got, doc_ids, qids, qrels))
         _CACHE.clear()
         result["scifact"] = {"n": len(base), "n_queries": len(qbase), "rows": rows}
@@ -336,11 +341,12 @@ def main() -> None:
         print(f"\nsynthetic: {n:,} vectors x {d.shape[1]} dims, {n_q} queries (noise {args.noise})")
         qbox[0] = q
         t_ref, ref = timed(lambda: exact_topk(d, q, k))
-        rows = run_configs(d, q, ref, configs_for(d, k, True, efs, args.threads), k=k, repeat=1 if n > 200_000 else args.repeat)
+        rows = run_configs(d, q, ref, keep(configs_for(d, k, True, efs, args.threads)), k=k,
+                           repeat=1 if n > 200_000 else args.repeat)
         _CACHE.pop("faiss_hnsw", None)
         _CACHE.pop("ragkit_hnsw_i8", None)
         raw = []
-        if efs:
+        if efs and (not args.only or re.search(args.only, "raw usearch")):
             print("  raw usearch vs ragkit on the same HNSW:")
             raw = raw_usearch_rows(d, q, ref, k, efs, args.threads, args.repeat)
         result["synthetic"] = {"n": n, "n_queries": n_q, "noise": args.noise, "rows": rows, "ragkit_vs_usearch": raw}
