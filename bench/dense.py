@@ -76,7 +76,7 @@ def run_configs(d: np.ndarray, q: np.ndarray, ref: np.ndarray, configs: list[tup
         try:
             tb, obj = timed(build)
             search(obj)  # warm-up
-            ts, got = timed(lambda: search(obj), repeat)
+            ts, got = timed(partial(search, obj), repeat)
         except Exception as e:  # a peer missing or failing is reported, not fatal
             print(f"  {name}: FAILED {type(e).__name__}: {e}")
             continue

@@ -173,7 +173,7 @@ def main() -> None:
                  "collapsed_share_default": float(mix["collapsed"].mean()),
                  "mean_components_default": float((mix["clusters"] >= 0).sum(1).mean()),
                  "systems": {}}
-    runs, evals = {}, {}
+    evals = {}
     res["selection"] = res_select
     for name, meta, fn, fn10 in systems(args.quick):
         row, run, _, ev = run_system(fn, queries.ids, queries.texts, qv, qrels, args.repeats, fn10)
