@@ -30,6 +30,10 @@ from ragkit.types import Corpus, Ranking, State, TrainSet
 __all__ = ["KnnEmbed", "KnnEmbedParams", "default_n_clusters", "largest_remainder"]
 
 
+#: padded cells per chunk of the vectorised in-cluster search (pairs x largest cluster in the chunk)
+GATHER_ELEMS = 8_000_000
+
+
 def default_n_clusters(n_docs: int) -> int:
     """``clamp(round(sqrt(N / 2)), 4, 1024)``, never more than ``N``."""
     return int(min(max(n_docs, 1), min(max(round(math.sqrt(n_docs / 2)), 4), 1024)))
@@ -407,16 +411,25 @@ class KnnEmbed(Operator):
             comp_out[qi[pr], dest] = jj[pr]
 
         if method == "gather" and not rocchio and len(pq):
-            # the exact path, vectorised over every (query, component) pair at once: each pair's cluster
-            # columns of the batch's score matrix, padded to the largest cluster used (-inf beyond its size)
+            # the exact path, vectorised over (query, component) pairs: each pair's cluster columns of the
+            # batch's score matrix, padded to the largest cluster of its chunk (-inf beyond its own size).
+            # Pairs go largest cluster first, in chunks of at most GATHER_ELEMS padded cells (bounded memory
+            # and padding when cluster sizes are uneven)
+            by_size = np.argsort(-self._sizes[pc], kind="stable")
+            pq, pj, pc = pq[by_size], pj[by_size], pc[by_size]
             size = self._sizes[pc]
-            width = np.arange(int(size.max()))[None, :]
-            doc = self._order[np.minimum(self._starts[pc][:, None] + width, n - 1)]
-            sub = s[pq[:, None], doc]
-            sub[(width >= size[:, None]) | taken[pq[:, None], doc]] = -np.inf
-            need = quota[pq, pj]
-            r, sc = topk_rows(sub, int(need.max()))
-            place(pq, pj, np.take_along_axis(doc, r, axis=1), sc, need)
+            a = 0
+            while a < len(pq):
+                b = min(len(pq), a + max(1, GATHER_ELEMS // int(size[a])))
+                qi, jj, sz = pq[a:b], pj[a:b], size[a:b]
+                width = np.arange(int(sz[0]))[None, :]
+                doc = self._order[np.minimum(self._starts[pc[a:b]][:, None] + width, n - 1)]
+                sub = s[qi[:, None], doc]
+                sub[(width >= sz[:, None]) | taken[qi[:, None], doc]] = -np.inf
+                need = quota[qi, jj]
+                r, sc = topk_rows(sub, int(need.max()))
+                place(qi, jj, np.take_along_axis(doc, r, axis=1), sc, need)
+                a = b
         else:
             v = np.asarray(self.vectors_)
             for a, b in zip(bounds[:-1], bounds[1:]):  # one search per cluster over the pairs that use it

@@ -130,6 +130,18 @@ def test_search_paths_agree(blobs, search):
         np.testing.assert_array_equal(x.rows, y.rows)
 
 
+def test_gather_chunks_agree(blobs, monkeypatch):
+    """The vectorised in-cluster search gives the same rankings however its pairs are chunked."""
+    import ragkit.retrievers.knn_embed as mod
+
+    q = _unit(np.random.default_rng(5).standard_normal((9, D)))
+    op = _fit(blobs, collapse_at=1.0, weight_floor=0.0, anchor_share=0.25)
+    ref = [r.rows for r in op(_state(op, q)).rankings]
+    monkeypatch.setattr(mod, "GATHER_ELEMS", 1)  # one (query, component) pair per chunk
+    for x, y in zip(ref, op(_state(op, q)).rankings):
+        np.testing.assert_array_equal(x, y.rows)
+
+
 def test_interleave_and_rocchio(blobs):
     q = _unit(np.eye(D)[0] + 0.8 * np.eye(D)[2])
     op = _fit(blobs, collapse_at=1.0, anchor_share=0.25, merge="interleave", tau=None, alpha=0.0, n_neighbors=100)
