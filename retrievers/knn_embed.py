@@ -7,8 +7,9 @@ queries/documents as specified in ``shared/design/ALGORITHMS.md`` section 4, inc
 cluster, score / Sainte-Laguë interleave merge).
 
 Everything is exact numpy search over normalised embeddings (cosine = inner product).  The hot path
-is batched: one ``(n_q, N)`` score matrix per batch, then one gathered search per *cluster* over the
-(query, cluster) pairs that use it; there is no Python loop over queries.
+is batched: one ``(n_q, N)`` score matrix per batch, then one gathered top-k over the cluster columns of
+every (query, component) pair at once (in memory-bounded chunks); there is no Python loop over queries or
+clusters.
 """
 
 from __future__ import annotations
