@@ -131,7 +131,8 @@ class Encoder:
 
     @property
     def dim(self) -> int:
-        return int(self.model.get_sentence_embedding_dimension())
+        m = self.model  # sentence-transformers >= 6 renamed the method; older releases have only the old name
+        return int((getattr(m, "get_embedding_dimension", None) or m.get_sentence_embedding_dimension)())
 
     @property
     def store(self) -> EmbeddingCache:
