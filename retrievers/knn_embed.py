@@ -239,9 +239,9 @@ class KnnEmbed(Operator):
         order = np.argsort(labels, kind="stable")
         sizes = np.bincount(labels, minlength=c)
         starts = np.concatenate([[0], np.cumsum(sizes)])
-        self._members = [order[starts[i]:starts[i + 1]].astype(np.int64) for i in range(c)]
         self._order = order.astype(np.int64)  # documents grouped by cluster, ascending id inside each
         self._starts = starts.astype(np.int64)
+        self._members = [self._order[starts[i]:starts[i + 1]] for i in range(c)]  # views into _order
         self._sizes = sizes
         self._parts: list[np.ndarray] | None = None  # per-cluster contiguous vectors, built on first use
 
@@ -399,9 +399,6 @@ class KnnEmbed(Operator):
         rocchio = p.component_query == "rocchio_filter"
         pq, pj = np.nonzero(active & (quota > 0))
         pc = clusters[pq, pj]
-        grp = np.argsort(pc, kind="stable")
-        pq, pj, pc = pq[grp], pj[grp], pc[grp]
-        bounds = np.flatnonzero(np.diff(pc, prepend=-1, append=-1) != 0)
 
         def place(qi, jj, r, sc, need):  # write each pair's first `need` finite hits into its slots
             ok = np.isfinite(sc) & (np.arange(r.shape[1])[None, :] < need[:, None])
@@ -433,6 +430,9 @@ class KnnEmbed(Operator):
                 a = b
         else:
             v = np.asarray(self.vectors_)
+            grp = np.argsort(pc, kind="stable")
+            pq, pj, pc = pq[grp], pj[grp], pc[grp]
+            bounds = np.flatnonzero(np.diff(pc, prepend=-1, append=-1) != 0)
             for a, b in zip(bounds[:-1], bounds[1:]):  # one search per cluster over the pairs that use it
                 c = int(pc[a])
                 qi, jj = pq[a:b], pj[a:b]
