@@ -369,12 +369,13 @@ def select_on_train(ds, dense, corpus, vecs: np.ndarray, n_c: int, quick: bool, 
             key=lambda r: r["ild_margin"][0], default=rows[0])
     kw = {k: best[k] for k in ("n_clusters", *grid)}
     report = {"n_train_queries": len(tq), "grid_size": len(rows), "seconds": time.perf_counter() - t0,
-              "z": z, "qualifying": len(ok), "qualifying_95pct": n95, "dense_train": {"ndcg@10": float(nd0.mean()), "recall@100": float(rc0.mean()),
-                                                     "ild@10": float(ild0.mean())},
+              "z": z, "qualifying": len(ok), "qualifying_95pct": n95,
+              "dense_train": {"ndcg@10": float(nd0.mean()), "recall@100": float(rc0.mean()), "ild@10": float(ild0.mean())},
               "chosen": best, "rule": f"ILD@10 >= 1.2x dense and Recall@100 >= dense - 0.01 on train (z = {z}); "
                                       "then max nDCG@10"}
     print(f"selection on {len(tq)} train queries: {len(rows)} settings in {report['seconds']:.0f}s, "
-          f"{len(ok)} meet the target (z = {z}), {n95} with 95% confidence; chosen {kw}: train nDCG@10 {best['ndcg@10']:.4f} "
+          f"{len(ok)} meet the target (z = {z}), {n95} with 95% confidence; chosen {kw}: "
+          f"train nDCG@10 {best['ndcg@10']:.4f} "
           f"(dense {nd0.mean():.4f}), ILD@10 {best['ild@10_ratio']:.3f}x, Recall@100 {best['recall@100']:.4f} "
           f"(dense {rc0.mean():.4f})")
     return fitted[kw["n_clusters"]], kw, report
