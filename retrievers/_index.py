@@ -61,11 +61,11 @@ from ragkit.errors import ArtifactError, DataError, ParamError
 __all__ = ["VectorIndex", "EXACT_MAX", "parse_reduce", "resident_bytes"]
 
 #: ``search="auto"`` uses exact search up to this many vectors.  Measured with ``bench/dense.py``
-#: (384-d, 2 shared cores, after the blocked-GEMM + ``torch.topk`` exact search): at 100,000
-#: vectors exact f32 ran 1,234 q/s against 1,085 q/s for usearch HNSW f32 at recall 0.96 (ef 128,
-#: after a 70 s build) and 1,398 q/s for the int8 graph with float rescoring (36 s build); at
-#: 1,000,000 exact ran 112 q/s against 393 q/s for HNSW at recall 0.96.  Up to ~100k vectors exact
-#: is as fast, exact, smaller and needs no build.
+#: (384-d, 2 shared cores, blocked GEMM + ``torch.topk`` exact search): at 100,000 vectors exact f32
+#: ran 1,231 q/s against 1,184 q/s for usearch HNSW f32 at recall 0.96 (ef 128, after a 71 s build)
+#: and 1,602 q/s for the int8 graph with float rescoring (41 s build); at 1,000,000 exact ran
+#: 112-119 q/s against 393-544 q/s for the graphs at recall 0.96.  Up to ~100k vectors exact is
+#: exact, needs no build, and is within 1.3x of the fastest graph.
 EXACT_MAX = 100_000
 #: rows per block of the exact search (bounds the temporary float block to ~25 MB at 384 dims)
 BLOCK = 16_384
