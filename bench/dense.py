@@ -100,8 +100,8 @@ def cold_floats(obj) -> None:
     from ragkit.retrievers._index import _random_access
 
     floats = getattr(obj, "floats", None)
-    if floats is None or getattr(obj, "_bench_cold", False):
-        return
+    if floats is None or getattr(obj, "_bench_cold", False) or not hasattr(os, "posix_fadvise"):
+        return  # (no posix_fadvise, e.g. macOS: the file stays cached and resident sizes read high)
     fd = os.open(floats.filename, os.O_RDONLY)
     try:
         os.fsync(fd)
