@@ -35,25 +35,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from _common import REPO, SCIFACT, best_of as timed  # noqa: E402
-
-
-def exact_topk(d: np.ndarray, q: np.ndarray, k: int, block: int = 65536) -> np.ndarray:
-    """Plain numpy: ``Q @ D.T`` + argpartition, in row blocks (the peer and the ground truth)."""
-    best_s = best_i = None
-    for s0 in range(0, len(d), block):
-        s = q @ d[s0: s0 + block].T
-        idx = np.broadcast_to(np.arange(s0, s0 + s.shape[1]), s.shape)
-        if best_s is not None:
-            s, idx = np.concatenate([best_s, s], 1), np.concatenate([best_i, idx], 1)
-        part = np.argpartition(-s, k - 1, axis=1)[:, :k]
-        best_s, best_i = np.take_along_axis(s, part, 1), np.take_along_axis(idx, part, 1)
-    order = np.argsort(-best_s, axis=1, kind="stable")
-    return np.take_along_axis(best_i, order, 1)
-
-
-def recall(got: np.ndarray, ref: np.ndarray, k: int = 10) -> float:
-    return float(np.mean([len(set(a[:k].tolist()) & set(b[:k].tolist())) / k for a, b in zip(got, ref)]))
+from _common import REPO, SCIFACT, best_of as timed, exact_topk, recall  # noqa: E402
 
 
 def ndcg10(rows: np.ndarray, doc_ids: np.ndarray, qids: list[str], qrels: dict) -> float:

@@ -21,7 +21,7 @@ import time
 
 import numpy as np
 
-from _common import OUT, REPO  # noqa: E402
+from _common import OUT, REPO, exact_topk, recall  # noqa: E402
 
 
 def encode_part(n_docs: int) -> dict:
@@ -64,15 +64,7 @@ def shard_part(n: int, shards: int, n_queries: int, ef: int = 64, seed: int = 0)
     X = base[idx] + rng.normal(0, 0.05, (n, base.shape[1])).astype(np.float32)
     X /= np.linalg.norm(X, axis=1, keepdims=True)
     Q = get_encoder().encode_queries(ds.queries("test").texts[:n_queries])
-    # exact ground truth, in blocks
-    gt = np.zeros((len(Q), 10), np.int64)
-    best = np.full((len(Q), 10), -np.inf, np.float32)
-    for a in range(0, n, 100_000):
-        s = Q @ X[a:a + 100_000].T
-        cand = np.concatenate([best, s], axis=1)
-        rows = np.concatenate([gt, np.broadcast_to(np.arange(a, a + s.shape[1]), s.shape)], axis=1)
-        top = np.argsort(-cand, axis=1)[:, :10]
-        best, gt = np.take_along_axis(cand, top, 1), np.take_along_axis(rows, top, 1)
+    gt = exact_topk(X, Q, 10)  # exact ground truth, in blocks
 
     def build(vectors):  # ragkit's own index (the operator's storage), HNSW over inner product
         return VectorIndex(dtype="f32", metric="ip", search="hnsw", connectivity=16, expansion_add=128,
@@ -87,13 +79,10 @@ def shard_part(n: int, shards: int, n_queries: int, ef: int = 64, seed: int = 0)
     parts = [build(X[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
     res["sharded_build_s_sequential"] = time.perf_counter() - t0
 
-    def recall(rows):
-        return float(np.mean([len(set(r[:10].tolist()) & set(g.tolist())) / 10 for r, g in zip(rows, gt)]))
-
     t0 = time.perf_counter()
     rows, _ = one.search(Q, 10)
     res["single_query_ms"] = (time.perf_counter() - t0) / len(Q) * 1e3
-    res["single_recall@10"] = recall(rows)
+    res["single_recall@10"] = recall(rows, gt)
     t0 = time.perf_counter()
     per_shard = []
     for a, ix in zip(bounds[:-1], parts):  # shard rows are local: offset them to global rows
@@ -101,7 +90,7 @@ def shard_part(n: int, shards: int, n_queries: int, ef: int = 64, seed: int = 0)
         per_shard.append([Ranking(rr[np.isfinite(ss)] + a, ss[np.isfinite(ss)]) for rr, ss in zip(r, s)])
     merged = merge_rankings(per_shard, 10)
     res["sharded_query_ms"] = (time.perf_counter() - t0) / len(Q) * 1e3
-    res["sharded_recall@10"] = recall([r.rows for r in merged])
+    res["sharded_recall@10"] = recall([r.rows for r in merged], gt)
     t0 = time.perf_counter()
     for _ in range(20):
         merge_rankings(per_shard, 10)
