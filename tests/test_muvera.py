@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 
@@ -152,6 +154,36 @@ def test_chamfer_scores_and_pairs_match_naive():
     want = np.take_along_axis(naive, np.maximum(rows, 0), 1)
     np.testing.assert_allclose(pairs[rows >= 0], want[rows >= 0], atol=1e-5)
     assert np.isneginf(pairs[1, 5:]).all()
+
+
+def test_chamfer_on_float16_memory_map_matches_float32(tmp_path):
+    """The stored form (float16, read-only memory map) scores as its float32 upcast, with no warning."""
+    rng = np.random.default_rng(12)
+    D, Doff = _sets(rng, 40, 0, 30, d=16)
+    Q, Qoff = _sets(rng, 6, 1, 9, d=16)
+    np.save(tmp_path / "d.npy", D.astype(np.float16))
+    D16 = np.load(tmp_path / "d.npy", mmap_mode="r")
+    D32 = np.asarray(D16, np.float32)
+    rows = rng.integers(0, 40, (6, 11))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        full = chamfer_scores(Q, Qoff, D16, Doff, chunk_elems=700)
+        pairs = chamfer_pairs(Q, Qoff, D16, Doff, rows, chunk_elems=2000)
+    np.testing.assert_allclose(full, chamfer_scores(Q, Qoff, D32, Doff), atol=1e-5)
+    np.testing.assert_allclose(pairs, np.take_along_axis(full, rows, 1), atol=1e-5)
+
+
+def test_chamfer_rejects_mismatched_input():
+    rng = np.random.default_rng(13)
+    D, Doff = _sets(rng, 5, 1, 4, d=16)
+    Q, Qoff = _sets(rng, 2, 1, 4, d=8)
+    with pytest.raises(DataError, match="8 dimensions, document tokens 16"):
+        chamfer_scores(Q, Qoff, D, Doff)
+    with pytest.raises(DataError, match="8 dimensions, document tokens 16"):
+        chamfer_pairs(Q, Qoff, D, Doff, np.zeros((2, 1), np.int64))
+    Q, Qoff = _sets(rng, 2, 1, 4, d=16)
+    with pytest.raises(DataError, match="document 5, but there are 5 documents"):
+        chamfer_pairs(Q, Qoff, D, Doff, np.array([[0, 5], [1, 2]]))
 
 
 def test_ball_carving_keeps_token_weight():
