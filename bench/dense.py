@@ -15,8 +15,11 @@ queries/second (query vectors given; encoding excluded; whole batch per call), r
 against exact float32 search, and (SciFact) nDCG@10 on the test qrels.
 
 The synthetic scale set: ``n`` vectors made from the SciFact document vectors plus
-Gaussian noise (per-dimension std of the corpus, ``--noise`` times), re-normalised, so the
-geometry stays realistic; queries are SciFact test queries plus the same noise.  Writes
+Gaussian noise (``--noise`` times the corpus's spread), re-normalised; queries are SciFact
+test queries plus the same noise.  ``--noise-shape diag`` draws the noise independently per
+dimension (per-dimension std of the corpus), ``cov`` with the corpus's full covariance, so
+it keeps the real vectors' spectrum; the run prints the participation ratio and local
+intrinsic dimension of the corpus and of the synthetic set, to show which one is realistic.  Writes
 ``bench/out/dense.json`` and ``bench/out/dense.png`` (recall vs queries/sec, marker area
 ~ memory); ``_quick`` suffixes with ``--quick``.
 """
@@ -235,16 +238,56 @@ def raw_usearch_rows(d: np.ndarray, q: np.ndarray, ref: np.ndarray, k: int, efs:
     return out
 
 
-def synthetic(base: np.ndarray, qbase: np.ndarray, n: int, n_q: int, noise: float, seed: int = 0):
+def synthetic(base: np.ndarray, qbase: np.ndarray, n: int, n_q: int, noise: float, seed: int = 0,
+              shape: str = "diag") -> tuple[np.ndarray, np.ndarray]:
+    """``n`` unit vectors: random corpus vectors plus Gaussian noise, re-normalised; ``n_q`` queries alike.
+
+    ``shape="diag"``: independent noise per dimension with the corpus's per-dimension std.
+    ``shape="cov"``: noise with the corpus's full covariance (``z @ diag(s) @ Vt`` from the SVD
+    of the centred corpus), i.e. along the directions the real vectors vary in.  Both carry the
+    same total variance (``noise**2 * trace(cov)``); ``diag`` spreads it evenly over all
+    dimensions, ``cov`` keeps the corpus's spectrum (see :func:`geometry`).
+    """
     rng = np.random.default_rng(seed)
-    std = base.std(axis=0).astype(np.float32)
-    d = np.empty((n, base.shape[1]), np.float32)
+    dim = base.shape[1]
+    if shape == "diag":
+        std = base.std(axis=0).astype(np.float32)
+
+        def draw(m: int) -> np.ndarray:
+            return noise * std * rng.standard_normal((m, dim), dtype=np.float32)
+    elif shape == "cov":
+        _, sv, vt = np.linalg.svd(base - base.mean(0), full_matrices=False)
+        mix = ((sv / np.sqrt(len(base)))[:, None] * vt).astype(np.float32)  # mix.T @ mix = covariance
+
+        def draw(m: int) -> np.ndarray:
+            return noise * rng.standard_normal((m, len(mix)), dtype=np.float32) @ mix
+    else:
+        raise ValueError(f"--noise-shape: expected 'diag' or 'cov', got {shape!r}")
+    d = np.empty((n, dim), np.float32)
     for s0 in range(0, n, 100_000):
         m = min(n, s0 + 100_000) - s0
-        x = base[rng.integers(0, len(base), m)] + noise * std * rng.standard_normal((m, base.shape[1]), dtype=np.float32)
+        x = base[rng.integers(0, len(base), m)] + draw(m)
         d[s0: s0 + m] = x / np.linalg.norm(x, axis=1, keepdims=True)
-    q = qbase[rng.integers(0, len(qbase), n_q)] + noise * std * rng.standard_normal((n_q, base.shape[1]), dtype=np.float32)
+    q = qbase[rng.integers(0, len(qbase), n_q)] + draw(n_q)
     return d, (q / np.linalg.norm(q, axis=1, keepdims=True)).astype(np.float32)
+
+
+def geometry(d: np.ndarray, q: np.ndarray, sample: int, k: int = 20, seed: int = 0) -> dict:
+    """Two measures of how high-dimensional a vector set is, comparable across set sizes.
+
+    ``participation_ratio``: ``(sum l)^2 / sum l^2`` over the covariance eigenvalues ``l``
+    (384 for isotropic data, a few dozen for real sentence embeddings).  ``lid``: the mean
+    maximum-likelihood local intrinsic dimension (Levina & Bickel 2004) of the queries'
+    ``k`` nearest neighbours, on a random ``sample`` of the set (the same size for every set
+    compared, since LID depends on the neighbourhood scale).
+    """
+    rng = np.random.default_rng(seed)
+    sub = d[np.sort(rng.choice(len(d), min(sample, len(d)), replace=False))]
+    lam = np.linalg.eigvalsh(np.cov(sub, rowvar=False))
+    dist = np.sqrt(np.maximum(2 - 2 * np.sort(q @ sub.T, axis=1)[:, ::-1][:, :k], 1e-12))  # unit vectors
+    lid = -1.0 / np.mean(np.log(dist[:, :-1] / dist[:, -1:]), axis=1)
+    return {"participation_ratio": round(float(lam.sum() ** 2 / (lam ** 2).sum()), 1),
+            "lid": round(float(np.mean(lid)), 1), "sample": len(sub), "k": k}
 
 
 def table(rows: list[dict], base_name: str, keys: list[str]) -> str:
@@ -288,6 +331,8 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=None, help="synthetic vectors (default 1,000,000; 5,000 with --quick)")
     ap.add_argument("--n-queries", type=int, default=None, help="synthetic queries (default 1,000; 50 with --quick)")
     ap.add_argument("--noise", type=float, default=1.0, help="noise std, in units of the corpus per-dimension std")
+    ap.add_argument("--noise-shape", choices=["diag", "cov"], default="diag",
+                    help="diag: independent per-dimension noise; cov: noise with the corpus's covariance (its spectrum)")
     ap.add_argument("--ef", type=str, default=None, help="HNSW expansion_search sweep, comma separated")
     ap.add_argument("--threads", type=int, default=0, help="threads for usearch/faiss (0 = all cores)")
     ap.add_argument("--repeat", type=int, default=3)
@@ -340,8 +385,12 @@ def main() -> None:
         print(table(rows, "ragkit exact f32", ["build_s", "memory_bytes", "qps", "recall@10", "ndcg@10"]))
 
     if not args.no_synthetic:
-        d, q = synthetic(base, qbase, n, n_q, args.noise)
-        print(f"\nsynthetic: {n:,} vectors x {d.shape[1]} dims, {n_q} queries (noise {args.noise})")
+        d, q = synthetic(base, qbase, n, n_q, args.noise, shape=args.noise_shape)
+        geo = {"corpus": geometry(base, qbase, len(base)), "synthetic": geometry(d, q, len(base))}
+        print(f"\nsynthetic: {n:,} vectors x {d.shape[1]} dims, {n_q} queries (noise {args.noise}, "
+              f"{args.noise_shape}); participation ratio / LID@20 at {len(base):,} vectors: corpus "
+              f"{geo['corpus']['participation_ratio']} / {geo['corpus']['lid']}, synthetic "
+              f"{geo['synthetic']['participation_ratio']} / {geo['synthetic']['lid']}")
         qbox[0] = q
         t_ref, ref = timed(lambda: exact_topk(d, q, k))
         rows = run_configs(d, q, ref, selected(configs_for(d, k, True, efs, args.threads)), k=k,
@@ -352,7 +401,8 @@ def main() -> None:
         if efs and (not args.only or re.search(args.only, "raw usearch")):
             print("  raw usearch vs ragkit on the same HNSW:")
             raw = raw_usearch_rows(d, q, ref, k, efs, args.threads, args.repeat)
-        result["synthetic"] = {"n": n, "n_queries": n_q, "noise": args.noise, "rows": rows, "ragkit_vs_usearch": raw}
+        result["synthetic"] = {"n": n, "n_queries": n_q, "noise": args.noise, "noise_shape": args.noise_shape,
+                               "geometry": geo, "rows": rows, "ragkit_vs_usearch": raw}
         print(table(rows, "ragkit exact f32", ["build_s", "memory_bytes", "qps", "recall@10"]))
 
     suffix = "_quick" if args.quick else ""
