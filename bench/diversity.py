@@ -67,6 +67,9 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3, help="timing repeats per system")
     ap.add_argument("--z", type=float, default=0.0,
                     help="selection on train: a setting must meet the target by z standard errors (0 = point estimate)")
+    ap.add_argument("--rule", choices=["ndcg", "margin"], default="ndcg",
+                    help="selection on train: ndcg = best nDCG@10 among settings meeting the target; margin = the "
+                         "setting meeting it most surely (largest min(margin / SE)); writes diversity_margin.*")
     args = ap.parse_args()
 
     from sklearn.cluster import KMeans
@@ -163,7 +166,7 @@ def main() -> None:
         out.append(("knn chosen on train", {"family": "knn_chosen", **chosen_kw}, *pair(chosen_knn, **chosen_query_kw)))
         return out
 
-    chosen_knn, chosen_kw, res_select = select_on_train(ds, dense, corpus, vecs, n_c, args.quick, args.z)
+    chosen_knn, chosen_kw, res_select = select_on_train(ds, dense, corpus, vecs, n_c, args.quick, args.z, args.rule)
     chosen_query_kw = {k: v for k, v in chosen_kw.items() if k != "n_clusters"}
 
     print(f"SciFact test: {len(queries)} queries, {len(corpus)} docs, C={n_c}, kNN-Embed fit {fit_s:.1f}s")
@@ -297,21 +300,25 @@ def main() -> None:
               f"{row['s_recall@100']:8.4f} {row['alpha_ndcg@10']:9.4f} {row['ild@10']:7.4f}")
 
     OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / "diversity.json").write_text(json.dumps(res, indent=2))
-    plot(res, OUT / "diversity.png")
-    print(f"\nwrote {OUT / 'diversity.json'} and {OUT / 'diversity.png'}")
+    stem = "diversity" + ("_margin" if args.rule == "margin" else "") + ("_quick" if args.quick else "")
+    (OUT / f"{stem}.json").write_text(json.dumps(res, indent=2))
+    plot(res, OUT / f"{stem}.png")
+    print(f"\nwrote {OUT / (stem + '.json')} and {OUT / (stem + '.png')}")
 
 
-def select_on_train(ds, dense, corpus, vecs: np.ndarray, n_c: int, quick: bool, z: float = 0.0) -> tuple:
+def select_on_train(ds, dense, corpus, vecs: np.ndarray, n_c: int, quick: bool, z: float = 0.0,
+                    rule: str = "ndcg") -> tuple:
     """Choose a diversity-seeking kNN-Embed setting on SciFact *train* queries (test is never looked at).
 
     Grid: n_clusters x {0.5, 1, 2}, anchor_share, weight_floor, tau, max_components, collapse_at.  Each
     setting is run at k = 10 (ILD@10, nDCG@10) and at k = 100 (Recall@100).  A setting qualifies when the
     issue's target holds on train, paired with dense over queries: mean(ILD@10 - 1.2 ILD@10_dense) - z SE >= 0
     and mean(R@100 - R@100_dense + 0.01) - z SE >= 0 (z = 0: the point estimates; z = 1.645: 95% one-sided
-    confidence; the count at 95% is reported either way).  Among qualifying settings the highest train
-    nDCG@10 wins; if none qualifies, the highest ILD margin among those meeting the recall condition.
-    Returns (fitted KnnEmbed, params, report).
+    confidence; the count at 95% is reported either way).  ``rule="ndcg"``: among qualifying settings the
+    highest train nDCG@10 wins; if none qualifies, the highest ILD margin among those meeting the recall
+    condition.  ``rule="margin"``: the setting that meets both conditions most surely on train, the largest
+    ``min(ILD margin / SE, recall margin / SE)`` (ignores z and nDCG).  Every setting's train numbers are
+    in the report.  Returns (fitted KnnEmbed, params, report).
     """
     import itertools
 
@@ -362,17 +369,25 @@ def select_on_train(ds, dense, corpus, vecs: np.ndarray, n_c: int, quick: bool, 
     def meets(r: dict, zz: float) -> bool:
         return all(r[m][0] - zz * r[m][1] >= 0 for m in ("ild_margin", "recall_margin"))
 
+    def sureness(r: dict) -> float:
+        return min(r[m][0] / max(r[m][1], 1e-12) for m in ("ild_margin", "recall_margin"))
+
     ok = [r for r in rows if meets(r, z)]
     n95 = sum(meets(r, 1.645) for r in rows)
-    best = max(ok, key=lambda r: r["ndcg@10"]) if ok else \
-        max((r for r in rows if r["recall_margin"][0] - z * r["recall_margin"][1] >= 0),
-            key=lambda r: r["ild_margin"][0], default=rows[0])
+    if rule == "margin":
+        best = max(rows, key=sureness)
+    else:
+        best = max(ok, key=lambda r: r["ndcg@10"]) if ok else \
+            max((r for r in rows if r["recall_margin"][0] - z * r["recall_margin"][1] >= 0),
+                key=lambda r: r["ild_margin"][0], default=rows[0])
     kw = {k: best[k] for k in ("n_clusters", *grid)}
     report = {"n_train_queries": len(tq), "grid_size": len(rows), "seconds": time.perf_counter() - t0,
               "z": z, "qualifying": len(ok), "qualifying_95pct": n95,
               "dense_train": {"ndcg@10": float(nd0.mean()), "recall@100": float(rc0.mean()), "ild@10": float(ild0.mean())},
-              "chosen": best, "rule": f"ILD@10 >= 1.2x dense and Recall@100 >= dense - 0.01 on train (z = {z}); "
-                                      "then max nDCG@10"}
+              "chosen": best, "chosen_sureness": sureness(best), "settings": rows,
+              "rule": "max min(margin / SE) over ILD@10 >= 1.2x dense and Recall@100 >= dense - 0.01 on train"
+              if rule == "margin" else f"ILD@10 >= 1.2x dense and Recall@100 >= dense - 0.01 on train (z = {z}); "
+                                       "then max nDCG@10"}
     print(f"selection on {len(tq)} train queries: {len(rows)} settings in {report['seconds']:.0f}s, "
           f"{len(ok)} meet the target (z = {z}), {n95} with 95% confidence; chosen {kw}: "
           f"train nDCG@10 {best['ndcg@10']:.4f} "
