@@ -36,6 +36,7 @@ from multiprocessing import get_context
 import numpy as np
 
 from _common import OUT, best_of  # noqa: E402
+
 K1, B = 0.9, 0.4
 
 

@@ -37,8 +37,14 @@ def main() -> None:
     args = ap.parse_args()
 
     from ragkit.eval import evaluate, load_beir
-    from ragkit.eval.filtering import (expected_calibration_error, filter_report, plot_pr_curves, pr_curve,
-                                       precision_at_recall, relevance_labels)
+    from ragkit.eval.filtering import (
+        expected_calibration_error,
+        filter_report,
+        plot_pr_curves,
+        pr_curve,
+        precision_at_recall,
+        relevance_labels,
+    )
     from ragkit.filters import CosineAdapter, RelativeThreshold, ScoreThreshold, TopK
     from ragkit.filters._flat import flatten
     from ragkit.filters.cosine_adapter import choose_threshold

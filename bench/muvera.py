@@ -280,9 +280,9 @@ def main() -> None:
                   f"{b['agreement@10']:.3f}, nDCG@10 {b['ndcg@10']:.4f}, rerank {b['rerank_ms_per_query']:.2f} ms/q")
 
     # ------------------------------------------------------------ operators and fusion
+    from ragkit.eval import evaluate
     from ragkit.pipelines import Parallel, Pipeline
     from ragkit.pipelines.fusion import RRF
-    from ragkit.eval import evaluate
     from ragkit.retrievers import BM25, Dense, Muvera
 
     mu = Muvera(k=100, candidates=max(args.main_candidates, 100), **_config(args.main, args.seed))

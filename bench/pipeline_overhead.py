@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from ragkit.filters import TopK
-from ragkit.pipelines import MaxOnly, Pipeline, RuleRouter, ScoreRouter, ScoreReached, TopKStable
+from ragkit.pipelines import MaxOnly, Pipeline, RuleRouter, ScoreReached, ScoreRouter, TopKStable
 from ragkit.types import Ranking, State
 
 

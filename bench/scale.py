@@ -50,10 +50,9 @@ def encode_part(n_docs: int) -> dict:
 
 
 def shard_part(n: int, shards: int, n_queries: int, ef: int = 64, seed: int = 0) -> dict:
-    from ragkit.retrievers._index import VectorIndex
-
     from ragkit.encoders import get_encoder
     from ragkit.eval.beir import load_beir
+    from ragkit.retrievers._index import VectorIndex
     from ragkit.scale import merge_rankings
     from ragkit.types import Ranking
 

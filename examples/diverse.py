@@ -28,11 +28,11 @@ def build() -> Pipeline:
 if __name__ == "__main__":
     import numpy as np
 
-    from _common import emit, load, parse_args
-
     from ragkit import evaluate
     from ragkit.eval.diversity import intra_list_diversity
     from ragkit.retrievers import Dense
+
+    from _common import emit, load, parse_args
 
     args = parse_args(__doc__)
     corpus, queries, qrels, _ = load(args)

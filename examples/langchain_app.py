@@ -82,11 +82,11 @@ def make_chain(retriever, llm):  # noqa: ANN001, ANN201
 
 
 def main() -> dict:
-    from _common import DEFAULT_DATA, emit, load
-
     from ragkit import evaluate
     from ragkit.integrations.langchain import RagkitRetriever
     from ragkit.run import Run
+
+    from _common import DEFAULT_DATA, emit, load
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA, help="BEIR folder (default: SciFact).")

@@ -23,8 +23,8 @@ import numpy as np
 from pydantic import Field, model_validator
 
 from ragkit.operator import Operator
-from ragkit.pipelines._learned import LearnedThreshold
 from ragkit.params import Params
+from ragkit.pipelines._learned import LearnedThreshold
 from ragkit.registry import register
 from ragkit.types import State
 

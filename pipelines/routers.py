@@ -23,8 +23,8 @@ from pydantic import Field, field_validator, model_validator
 
 from ragkit.errors import ParamError
 from ragkit.operator import Operator
-from ragkit.pipelines._learned import LearnedThreshold
 from ragkit.params import Params
+from ragkit.pipelines._learned import LearnedThreshold
 from ragkit.registry import register
 from ragkit.types import State
 

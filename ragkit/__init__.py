@@ -9,12 +9,12 @@ Python or YAML; BEIR evaluation.
 __version__ = "0.1.0"
 
 from ragkit.errors import ArtifactError, ConfigError, DataError, NotFittedError, ParamError, RagkitError
+from ragkit.eval import evaluate, load_beir
 from ragkit.operator import Operator
 from ragkit.params import Params
-from ragkit.run import Run
-from ragkit.types import Corpus, Queries, Qrels, Ranking, State, TrainSet
 from ragkit.pipelines import Loop, Parallel, Pipeline, Route, Sequence
-from ragkit.eval import evaluate, load_beir
+from ragkit.run import Run
+from ragkit.types import Corpus, Qrels, Queries, Ranking, State, TrainSet
 
 __all__ = [
     "__version__", "Operator", "Params", "Run", "Corpus", "Queries", "Qrels", "Ranking", "State", "TrainSet",

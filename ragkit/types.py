@@ -403,7 +403,7 @@ class State:
     @classmethod
     def merge(cls, parent: "State", parts: Sequence[tuple[Sequence[int], "State"]]) -> "State":
         """Put sub-batches (``State.subset`` of ``parent`` then transformed) back in ``parent``'s order.
-    
+
         Rows not covered by any part keep the parent's rankings, values and vectors.  A query
         vector key survives only where it stays valid for every row: a part that dropped a
         key the parent had (its query text changed) invalidates that key for the whole batch,

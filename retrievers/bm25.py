@@ -37,7 +37,7 @@ import scipy.sparse as sp
 from pydantic import Field, field_validator
 
 from ragkit.errors import DataError
-from ragkit.operator import Operator, load_array, read_json, rankings_from_matrix, save_arrays, topk_rows, write_json
+from ragkit.operator import Operator, load_array, rankings_from_matrix, read_json, save_arrays, topk_rows, write_json
 from ragkit.params import Params
 from ragkit.registry import register
 from ragkit.types import Corpus, State, TrainSet

@@ -36,8 +36,15 @@ from ragkit.operator import Operator, rankings_from_matrix, read_json, topk_rows
 from ragkit.params import Params
 from ragkit.registry import register
 from ragkit.retrievers._index import VectorIndex
-from ragkit.retrievers.fde import FDEConfig, ball_carve, chamfer_pairs, chamfer_scores, fde_dim, fde_documents, \
-    fde_queries
+from ragkit.retrievers.fde import (
+    FDEConfig,
+    ball_carve,
+    chamfer_pairs,
+    chamfer_scores,
+    fde_dim,
+    fde_documents,
+    fde_queries,
+)
 from ragkit.types import Corpus, Ranking, State, TrainSet
 
 __all__ = ["Muvera", "MuveraParams", "MaxSimExact", "MaxSimExactParams", "TokenParams", "TokenOperatorMixin",

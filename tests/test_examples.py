@@ -12,10 +12,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import SCIFACT
 
 from ragkit.pipelines import Pipeline
-
-from conftest import SCIFACT
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 SCRIPTS = sorted(p for p in EXAMPLES.glob("*.py") if not p.name.startswith("_"))

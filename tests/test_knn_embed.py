@@ -7,7 +7,12 @@ import pytest
 
 from ragkit.errors import ArtifactError, DataError, ParamError
 from ragkit.eval.diversity import (
-    alpha_ndcg, cluster_entropy, distinct_clusters, intra_list_diversity, near_duplicate_rate, subtopic_recall,
+    alpha_ndcg,
+    cluster_entropy,
+    distinct_clusters,
+    intra_list_diversity,
+    near_duplicate_rate,
+    subtopic_recall,
 )
 from ragkit.filters.mmr import MMR, mmr_select
 from ragkit.operator import Operator, topk_rows

@@ -249,9 +249,8 @@ def test_construct_from_saved_folder_and_yaml_file(tmp_path, queries):
 
 
 def test_construction_errors(tmp_path):
-    from ragkit.retrievers import BM25
-
     from ragkit.errors import NotFittedError
+    from ragkit.retrievers import BM25
 
     with pytest.raises(NotFittedError, match="not fitted"):
         RagkitRetriever(pipeline=BM25())

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 import numpy as np
 from typer.testing import CliRunner
 

@@ -10,7 +10,14 @@ import pytest
 from ragkit.encoders.tokens import TokenCache, TokenVectors, gather_index
 from ragkit.errors import DataError, ParamError
 from ragkit.retrievers.fde import (
-    FDEConfig, ball_carve, chamfer_pairs, chamfer_scores, draw_matrices, fde_dim, fde_documents, fde_queries,
+    FDEConfig,
+    ball_carve,
+    chamfer_pairs,
+    chamfer_scores,
+    draw_matrices,
+    fde_dim,
+    fde_documents,
+    fde_queries,
 )
 
 

@@ -10,8 +10,20 @@ from ragkit import registry
 from ragkit.errors import ArtifactError, ConfigError, ParamError
 from ragkit.filters import TopK
 from ragkit.operator import Operator
-from ragkit.pipelines import (PRF, RRF, Loop, MaxOnly, Parallel, Pipeline, Route, RuleRouter, ScoreRouter,
-                              ScoreReached, TopKStable, WeightedFusion)
+from ragkit.pipelines import (
+    PRF,
+    RRF,
+    Loop,
+    MaxOnly,
+    Parallel,
+    Pipeline,
+    Route,
+    RuleRouter,
+    ScoreReached,
+    ScoreRouter,
+    TopKStable,
+    WeightedFusion,
+)
 from ragkit.pipelines.yaml import load_yaml, walk_leaves
 from ragkit.retrievers import BM25
 from ragkit.types import Ranking, State

@@ -8,7 +8,7 @@ import pytest
 from ragkit.errors import ParamError
 from ragkit.pipelines import Pipeline
 from ragkit.retrievers import Dense
-from ragkit.scale import ShardError, Sharded, merge_rankings
+from ragkit.scale import Sharded, ShardError, merge_rankings
 from ragkit.types import Ranking
 
 

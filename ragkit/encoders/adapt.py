@@ -81,7 +81,11 @@ def fine_tune(model: str, corpus: Corpus, train: TrainSet, out_dir: str | Path, 
     """Fine-tune ``model`` on ``train`` and save it to ``out_dir``; returns the folder."""
     import torch
     from datasets import Dataset
-    from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer, SentenceTransformerTrainingArguments
+    from sentence_transformers import (
+        SentenceTransformer,
+        SentenceTransformerTrainer,
+        SentenceTransformerTrainingArguments,
+    )
     from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
     from sentence_transformers.training_args import BatchSamplers
 

@@ -667,8 +667,8 @@ class LocalGenerator:
     def stream(self, question: str, chunks: Sequence[str], **kw) -> Iterator[str]:
         """Yield the answer's text pieces as they are generated (same arguments as :meth:`generate`)."""
         pieces: list[str] = []
-        import threading
         import queue
+        import threading
 
         q: "queue.Queue[str | None]" = queue.Queue()
 
