@@ -45,7 +45,8 @@ _RB = None
 
 
 def _rb_chunk(qtoks: list[list[str]]) -> np.ndarray:
-    return np.stack([np.argsort(-_RB.get_scores(q), kind="stable")[:10] for q in qtoks]) if qtoks else np.empty((0, 10), int)
+    return (np.stack([np.argsort(-_RB.get_scores(q), kind="stable")[:10] for q in qtoks]) if qtoks
+            else np.empty((0, 10), int))
 
 
 def top10_agreement(a: np.ndarray, b: np.ndarray) -> dict:
@@ -193,7 +194,8 @@ def main() -> None:
     print(f"same tokens, top-10: ragkit okapi vs rank-bm25 identical {a['identical_lists']:.1%} "
           f"(overlap {a['mean_overlap']:.1%}, max |score diff| {a['max_abs_score_diff']:.1e}); "
           f"ragkit lucene vs bm25s identical {b['identical_lists']:.1%} (overlap {b['mean_overlap']:.1%})")
-    print(f"nDCG@10 ragkit okapi {rr['ndcg@10_okapi']:.4f}; bm25s with its own tokenizer {bs_['ndcg@10_own_tokenizer']:.4f}")
+    print(f"nDCG@10 ragkit okapi {rr['ndcg@10_okapi']:.4f}; "
+          f"bm25s with its own tokenizer {bs_['ndcg@10_own_tokenizer']:.4f}")
     OUT.mkdir(parents=True, exist_ok=True)
     path = OUT / ("bm25_quick.json" if args.quick else "bm25.json")
     path.write_text(json.dumps(res, indent=2))

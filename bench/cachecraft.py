@@ -127,7 +127,9 @@ def main() -> None:
     lines = [f"SciFact, {len(eval_q)} measured prompts (BM25 top-5, chunks <= 200 tokens, "
              f"~{np.mean([x['n'] for x in rows['full']]):.0f} tokens), SmolLM2-135M fp32, {args.threads} threads, "
              f"cachecraft rows at r={args.fraction}",
-             "", "| mode | prefill s | speedup | tokens computed | KL vs full (mean / p95) | first token same | greedy agreement to 1st divergence |",
+             "",
+             "| mode | prefill s | speedup | tokens computed | KL vs full (mean / p95) | first token same "
+             "| greedy agreement to 1st divergence |",
              "|---|---|---|---|---|---|---|"]
     for name, xs in rows.items():
         t = np.mean([x["t"] for x in xs])
@@ -159,7 +161,8 @@ def main() -> None:
         ts.append(r.seconds)
     st = small.stats
     lines += ["", f"Streaming (2 passes over the measured prompts, cachecraft {args.fraction:.0%}, float16 storage): "
-              f"working set {work / 2**20:.1f} MiB (fp16), budget {budget / 2**20:.1f} MiB, peak {peak / 2**20:.1f} MiB, "
+              f"working set {work / 2**20:.1f} MiB (fp16), budget {budget / 2**20:.1f} MiB, "
+              f"peak {peak / 2**20:.1f} MiB, "
               f"hit rate {st.hit_rate:.2f} ({st.hits} hits / {st.misses} misses), evictions {st.evictions}, "
               f"recomputed {st.recomputed_tokens} / reused {st.reused_tokens} chunk tokens, "
               f"mean prefill {np.mean(ts):.2f}s"]
@@ -177,7 +180,8 @@ def main() -> None:
         for sel in selectors:
             xs = [f for f in fracs]
             axes[0].plot(xs, [np.mean([x["kl"] for x in sweep[(sel, f)]]) for f in fracs], "o-", label=sel)
-            axes[1].plot(xs, [np.mean([x["full_t"] for x in sweep[(sel, f)]]) / np.mean([x["t"] for x in sweep[(sel, f)]])
+            axes[1].plot(xs, [np.mean([x["full_t"] for x in sweep[(sel, f)]])
+                              / np.mean([x["t"] for x in sweep[(sel, f)]])
                               for f in fracs], "o-", label=sel)
         axes[0].set(xlabel="recompute fraction r", ylabel="next-token KL vs full", yscale="log", title="quality")
         axes[1].set(xlabel="recompute fraction r", ylabel="prefill speedup vs full", title="speed")

@@ -116,7 +116,8 @@ def configs_for(d: np.ndarray, k: int, scale: bool, efs: list[int], threads: int
                 "floats_file_bytes": int(os.path.getsize(obj.floats.filename))}
 
     cfgs: list[tuple] = [
-        ("numpy Q@D.T", "numpy", lambda: np.ascontiguousarray(d), lambda x: exact_topk(x, qbox[0], k), lambda x: x.nbytes, None),
+        ("numpy Q@D.T", "numpy", lambda: np.ascontiguousarray(d), lambda x: exact_topk(x, qbox[0], k),
+         lambda x: x.nbytes, None),
         ("ragkit exact f32", "ragkit", vi(search="exact"), vs, vmem, None),
     ]
     if not scale:
@@ -124,13 +125,17 @@ def configs_for(d: np.ndarray, k: int, scale: bool, efs: list[int], threads: int
             ("ragkit exact f16", "ragkit", vi(search="exact", dtype="f16"), vs, vmem, None),
             ("ragkit exact i8", "ragkit", vi(search="exact", dtype="i8"), vs, vmem, None),
             ("ragkit exact b1 (bits only)", "ragkit", vi(search="exact", dtype="b1"), vs, vmem, None),
-            ("ragkit exact b1 + rescore x4", "ragkit", vi(search="exact", dtype="b1", rescore=True, oversample=4), vs, vmem, vres),
-            ("ragkit exact b1 + rescore x10", "ragkit", vi(search="exact", dtype="b1", rescore=True, oversample=10), vs, vmem, vres),
+            ("ragkit exact b1 + rescore x4", "ragkit", vi(search="exact", dtype="b1", rescore=True, oversample=4),
+             vs, vmem, vres),
+            ("ragkit exact b1 + rescore x10", "ragkit", vi(search="exact", dtype="b1", rescore=True, oversample=10),
+             vs, vmem, vres),
             ("ragkit exact pca:192", "ragkit", vi(search="exact", reduce="pca:192"), vs, vmem, None),
             ("ragkit exact pca:128", "ragkit", vi(search="exact", reduce="pca:128"), vs, vmem, None),
             ("ragkit exact pca:64", "ragkit", vi(search="exact", reduce="pca:64"), vs, vmem, None),
-            ("ragkit exact pca:128 + rescore x4", "ragkit", vi(search="exact", reduce="pca:128", rescore=True), vs, vmem, vres),
-            ("ragkit exact pca:128 whiten", "ragkit", vi(search="exact", reduce="pca:128", whiten=True), vs, vmem, None),
+            ("ragkit exact pca:128 + rescore x4", "ragkit", vi(search="exact", reduce="pca:128", rescore=True),
+             vs, vmem, vres),
+            ("ragkit exact pca:128 whiten", "ragkit", vi(search="exact", reduce="pca:128", whiten=True),
+             vs, vmem, None),
             ("ragkit exact i8 pca:192", "ragkit", vi(search="exact", dtype="i8", reduce="pca:192"), vs, vmem, None),
             ("ragkit hnsw i8", "ragkit", vi(search="hnsw", dtype="i8"), vs, vmem, None),
             ("ragkit hnsw b1 + rescore x4", "ragkit", vi(search="hnsw", dtype="b1", rescore=True), vs, vmem, vres),
@@ -295,7 +300,8 @@ def table(rows: list[dict], base_name: str, keys: list[str]) -> str:
     lines = [f"{'config':40s} " + " ".join(f"{k_:>12s}" for k_ in keys) + f" {'qps/base':>9s} {'mem/base':>9s}"]
     for r in rows:
         vals = " ".join(f"{r.get(k_, ''):>12}" for k_ in keys)
-        lines.append(f"{r['config']:40s} {vals} {r['qps'] / base['qps']:9.2f} {r['memory_bytes'] / base['memory_bytes']:9.4f}")
+        lines.append(f"{r['config']:40s} {vals} {r['qps'] / base['qps']:9.2f} "
+                     f"{r['memory_bytes'] / base['memory_bytes']:9.4f}")
     return "\n".join(lines)
 
 
@@ -307,7 +313,8 @@ def plot(result: dict, path: Path) -> None:
 
     parts = [p for p in ("scifact", "synthetic") if result.get(p)]
     fig, axes = plt.subplots(1, len(parts), figsize=(7 * len(parts), 5.5), squeeze=False)
-    colors = {"numpy": "k", "ragkit": "tab:blue", "ragkit-hnsw": "tab:cyan", "faiss": "tab:red", "faiss-hnsw": "tab:orange"}
+    colors = {"numpy": "k", "ragkit": "tab:blue", "ragkit-hnsw": "tab:cyan", "faiss": "tab:red",
+              "faiss-hnsw": "tab:orange"}
     for ax, part in zip(axes[0], parts):
         rows = result[part]["rows"]
         mx = max(r["memory_bytes"] for r in rows)
@@ -332,7 +339,8 @@ def main() -> None:
     ap.add_argument("--n-queries", type=int, default=None, help="synthetic queries (default 1,000; 50 with --quick)")
     ap.add_argument("--noise", type=float, default=1.0, help="noise std, in units of the corpus per-dimension std")
     ap.add_argument("--noise-shape", choices=["diag", "cov"], default="diag",
-                    help="diag: independent per-dimension noise; cov: noise with the corpus's covariance (its spectrum)")
+                    help="diag: independent per-dimension noise; "
+                         "cov: noise with the corpus's covariance (its spectrum)")
     ap.add_argument("--ef", type=str, default=None, help="HNSW expansion_search sweep, comma separated")
     ap.add_argument("--threads", type=int, default=0, help="threads for usearch/faiss (0 = all cores)")
     ap.add_argument("--repeat", type=int, default=3)
@@ -350,7 +358,8 @@ def main() -> None:
     efs = [] if args.no_hnsw else [int(x) for x in (args.ef or ("32" if args.quick else "16,32,64,128")).split(",")]
     k = 10
     args.out.mkdir(parents=True, exist_ok=True)
-    result: dict = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform()}, "args": vars(args) | {"out": str(args.out)}}
+    result: dict = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+                    "args": vars(args) | {"out": str(args.out)}}
 
     if args.quick and args.no_scifact:
         rng = np.random.default_rng(0)
@@ -378,8 +387,8 @@ def main() -> None:
         qbox[0] = qbase
         ref = exact_topk(base, qbase, k)
         doc_ids = corpus.ids
-        rows = run_configs(base, qbase, ref, selected(configs_for(base, k, False, efs, args.threads)), k=k, repeat=args.repeat,
-                           quality=lambda got: ndcg10(got, doc_ids, qids, qrels))
+        rows = run_configs(base, qbase, ref, selected(configs_for(base, k, False, efs, args.threads)), k=k,
+                           repeat=args.repeat, quality=lambda got: ndcg10(got, doc_ids, qids, qrels))
         _CACHE.clear()
         result["scifact"] = {"n": len(base), "n_queries": len(qbase), "rows": rows}
         print(table(rows, "ragkit exact f32", ["build_s", "memory_bytes", "qps", "recall@10", "ndcg@10"]))

@@ -152,7 +152,8 @@ def main() -> None:
                              {"anchor_share": a, "merge": "interleave"}))
         # smoothing sweeps (anchor_share 0 so that the mixture decides the whole list)
         for al in ([0.0, 4.0] if quick else [0.0, 0.5, 1.0, 4.0]):
-            knn_rows.append((f"knn a0 alpha={al}", {"family": "knn_alpha", "alpha": al}, {"anchor_share": 0.0, "alpha": al}))
+            knn_rows.append((f"knn a0 alpha={al}", {"family": "knn_alpha", "alpha": al},
+                             {"anchor_share": 0.0, "alpha": al}))
         for tau in ([0.02, None] if quick else [0.02, 0.05, 0.1, None]):
             knn_rows.append((f"knn a0 tau={tau}", {"family": "knn_tau", "tau": tau}, {"anchor_share": 0.0, "tau": tau}))
         if not quick:
@@ -194,7 +195,8 @@ def main() -> None:
         r["recall@100_delta"] = r["recall@100"] - base["recall@100"]
         r["latency_ratio"] = r["seconds"] / base["seconds"]
         print(f"{name:28s} {r['ndcg@10']:8.4f} {r['recall@100']:7.4f} {r['ild@10']:7.4f} {r['ild@100']:8.4f} "
-              f"{r['clusters@10']:6.2f} {r['clusters@100']:7.2f} {r['ind_clusters@10']:7.2f} {r['ind_clusters@100']:8.2f} "
+              f"{r['clusters@10']:6.2f} {r['clusters@100']:7.2f} "
+              f"{r['ind_clusters@10']:7.2f} {r['ind_clusters@100']:8.2f} "
               f"{r['ild@10_ratio']:8.3f} {r['recall@100_delta']:+7.4f} {r['latency_ratio']:6.2f}")
     print(f"default kNN-Embed: {res['collapsed_share_default']:.0%} of queries collapse to dense, "
           f"{res['mean_components_default']:.2f} components on average")
@@ -290,7 +292,8 @@ def main() -> None:
     pair_systems.append(("knn chosen on train", *pair(chosen_knn, **chosen_query_kw)))
     print(f"\nsynthetic two-intent queries: {len(p_ids)} pairs; default kNN-Embed collapses "
           f"{res['pairs']['collapsed_share_default']:.0%}, {res['pairs']['mean_components_default']:.2f} components")
-    print(f"{'system':28s} {'nDCG@10':>8s} {'R@100':>7s} {'S-R@10':>7s} {'S-R@100':>8s} {'aNDCG@10':>9s} {'ILD@10':>7s}")
+    print(f"{'system':28s} {'nDCG@10':>8s} {'R@100':>7s} {'S-R@10':>7s} {'S-R@100':>8s} "
+          f"{'aNDCG@10':>9s} {'ILD@10':>7s}")
     for name, fn, fn10 in pair_systems:
         row, run, run10, _ = run_system(fn, p_ids, p_texts, pv, p_qrels, 1, fn10)
         row["s_recall@10"] = float(np.mean(list(subtopic_recall(run10, p_sub, 10).values())))
@@ -384,7 +387,8 @@ def select_on_train(ds, dense, corpus, vecs: np.ndarray, n_c: int, quick: bool, 
     kw = {k: best[k] for k in ("n_clusters", *grid)}
     report = {"n_train_queries": len(tq), "grid_size": len(rows), "seconds": time.perf_counter() - t0,
               "z": z, "qualifying": len(ok), "qualifying_95pct": n95,
-              "dense_train": {"ndcg@10": float(nd0.mean()), "recall@100": float(rc0.mean()), "ild@10": float(ild0.mean())},
+              "dense_train": {"ndcg@10": float(nd0.mean()), "recall@100": float(rc0.mean()),
+                              "ild@10": float(ild0.mean())},
               "chosen": best, "chosen_sureness": sureness(best), "settings": rows,
               "rule": "max min(margin / SE) over ILD@10 >= 1.2x dense and Recall@100 >= dense - 0.01 on train"
               if rule == "margin" else f"ILD@10 >= 1.2x dense and Recall@100 >= dense - 0.01 on train (z = {z}); "

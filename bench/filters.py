@@ -121,7 +121,8 @@ def main() -> None:
         p, r, _ = pr_curve(s, te_labels, n_rel)
         curves[name] = (r, p)
         ap_ = float(np.sum(np.diff(np.r_[0.0, r]) * p))
-        par[name] = {"pr_auc": ap_, **{f"p@r{int(t * 100)}": precision_at_recall(p, r, t) for t in (0.5, 0.8, 0.9, 0.95)}}
+        par[name] = {"pr_auc": ap_,
+                     **{f"p@r{int(t * 100)}": precision_at_recall(p, r, t) for t in (0.5, 0.8, 0.9, 0.95)}}
     results["pr"] = par
     results["ece"] = {name: expected_calibration_error(scores[name], te_labels) for name in adapters}
 
@@ -148,7 +149,8 @@ def main() -> None:
     print(f"\nSciFact: trained on {len(train_q)} train queries, measured on {len(test_q)} test queries; "
           f"Dense(k={args.k}) MiniLM candidates; every cut-off chosen on train for recall {args.target}")
     base = rows[f"cosine >= {t_cos:.3f}"]
-    print(f"\n{'filter':34s} {'precision':>9s} {'recall':>7s} {'kept/q':>7s} {'empty':>6s} {'P ratio':>8s} {'ms/q':>6s}")
+    print(f"\n{'filter':34s} {'precision':>9s} {'recall':>7s} {'kept/q':>7s} {'empty':>6s} "
+          f"{'P ratio':>8s} {'ms/q':>6s}")
     for name, rep in rows.items():
         print(f"{name:34s} {rep['precision']:9.4f} {rep['recall']:7.4f} {rep['mean_kept']:7.2f} {rep['empty']:6.3f} "
               f"{rep['precision'] / base['precision']:8.2f} {rep['ms_per_query']:6.2f}")
@@ -168,9 +170,11 @@ def main() -> None:
     print("\nno-answer probe (relevant documents removed from the test candidates):")
     for name, d in results["no_answer"].items():
         print(f"  {name:34s} kept/q {d['mean_kept']:7.2f}  empty {d['empty']:.3f}")
-    print(f"\nnDCG@10: dense {results['ndcg@10']['dense']:.4f}, dense | adapter {results['ndcg@10']['dense | adapter']:.4f}")
+    print(f"\nnDCG@10: dense {results['ndcg@10']['dense']:.4f}, "
+          f"dense | adapter {results['ndcg@10']['dense | adapter']:.4f}")
     for name, info in results["fit"].items():
-        print(f"fit {name}: {info['seconds']:.1f} s, {info['iterations']} L-BFGS iterations, threshold {info['threshold']:.4f}")
+        print(f"fit {name}: {info['seconds']:.1f} s, {info['iterations']} L-BFGS iterations, "
+              f"threshold {info['threshold']:.4f}")
 
     OUT.mkdir(parents=True, exist_ok=True)
     suffix = "_quick" if args.quick else ""

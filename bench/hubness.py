@@ -67,7 +67,8 @@ def main() -> None:
         op = DBNorm(method=method, **betas)
         op.corpus_ = corpus
         op.log_z_q_, op.active_q_ = log_z_q, act_q
-        op.log_z_g_, op.active_g_ = (log_z_g, act_g) if log_z_g is not None else (np.zeros(n_docs), np.zeros(n_docs, bool))
+        op.log_z_g_, op.active_g_ = ((log_z_g, act_g) if log_z_g is not None
+                                     else (np.zeros(n_docs), np.zeros(n_docs, bool)))
         op.info_ = {}
         return op
 
@@ -154,8 +155,10 @@ def main() -> None:
             phub = hubness(Run.from_rankings(pst.query_ids, pst.rankings, corpus.ids), n_docs, k=10)
         rows[name] = {
             "params": cfg, **ev.scores, "fit_s": fit_s, "rerank_ms_per_query": ms,
-            "p_ndcg@10": 1.0 if cfg is None else paired_randomization_test(ev.per_query["ndcg@10"], base_eval.per_query["ndcg@10"]),
-            "p_recall@100": 1.0 if cfg is None else paired_randomization_test(ev.per_query["recall@100"], base_eval.per_query["recall@100"]),
+            "p_ndcg@10": 1.0 if cfg is None else paired_randomization_test(
+                ev.per_query["ndcg@10"], base_eval.per_query["ndcg@10"]),
+            "p_recall@100": 1.0 if cfg is None else paired_randomization_test(
+                ev.per_query["recall@100"], base_eval.per_query["recall@100"]),
             "hubness": hub.to_dict(), "hubness_probe": phub.to_dict(),
         }
 
@@ -163,16 +166,19 @@ def main() -> None:
           f"({len(train_q)} queries) and the corpus ({n_docs} docs); N_10 over all {n_docs} docs")
     print("temperatures chosen on train dev split:", json.dumps(tuned), f"({tuning_seconds:.0f} s)")
     hdr = (f"{'method':26s} {'nDCG@10':>8s} {'d':>7s} {'p':>6s} {'R@100':>7s} {'d':>7s} {'skew N10':>9s} {'ratio':>6s}"
-           f" {'skew>0':>7s} {'never':>6s} {'top1%':>6s} {'maxN':>5s} {'ms/q':>6s} | {'probe skew':>10s} {'ratio':>6s} {'never':>6s} {'maxN':>5s}")
+           f" {'skew>0':>7s} {'never':>6s} {'top1%':>6s} {'maxN':>5s} {'ms/q':>6s}"
+           f" | {'probe skew':>10s} {'ratio':>6s} {'never':>6s} {'maxN':>5s}")
     print(hdr)
     b = rows["raw cosine"]
     for name, r in rows.items():
         h, ph = r["hubness"], r["hubness_probe"]
         print(f"{name:26s} {r['ndcg@10']:8.4f} {r['ndcg@10'] - b['ndcg@10']:+7.4f} {r['p_ndcg@10']:6.3f} "
               f"{r['recall@100']:7.4f} {r['recall@100'] - b['recall@100']:+7.4f} {h['skewness']:9.3f} "
-              f"{h['skewness'] / b['hubness']['skewness']:6.2f} {h['skewness_nonzero']:7.3f} {h['never_retrieved']:6.3f} "
+              f"{h['skewness'] / b['hubness']['skewness']:6.2f} {h['skewness_nonzero']:7.3f} "
+              f"{h['never_retrieved']:6.3f} "
               f"{h['top1pct_share']:6.3f} {h['max_occurrence']:5d} {r['rerank_ms_per_query']:6.2f} | "
-              f"{ph['skewness']:10.3f} {ph['skewness'] / b['hubness_probe']['skewness']:6.2f} {ph['never_retrieved']:6.3f} "
+              f"{ph['skewness']:10.3f} {ph['skewness'] / b['hubness_probe']['skewness']:6.2f} "
+              f"{ph['never_retrieved']:6.3f} "
               f"{ph['max_occurrence']:5d}")
     # the floor: the skewness of N_10 when each query's top 10 is drawn uniformly at random (no hubs at all)
     floor = {"test": random_skewness(len(test_q), n_docs, 10), "probe": random_skewness(args.probe, n_docs, 10)}
@@ -184,7 +190,8 @@ def main() -> None:
           f"{args.probe} pseudo-queries")
     OUT.mkdir(parents=True, exist_ok=True)
     path = OUT / ("hubness_quick.json" if args.quick else "hubness.json")
-    path.write_text(json.dumps({"config": {"k": k, "quick": args.quick, "test_queries": len(test_q), "probe_queries": args.probe},
+    path.write_text(json.dumps({"config": {"k": k, "quick": args.quick, "test_queries": len(test_q),
+                                           "probe_queries": args.probe},
                                 "tuned": tuned, "tuning": tuning_log, "results": rows,
                                 "random_floor": floor}, indent=2, default=float))
     print(f"\nwrote {path}")

@@ -142,7 +142,8 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="~230-doc slice, 30 queries, two configs")
     ap.add_argument("--configs", default=None,
                     help="comma list of k_sim x d_proj x r_reps, d_proj 'id' = identity, e.g. 5x16x20,3xidx3")
-    ap.add_argument("--candidates", default=None, help="comma list (default 50,100,120,150,200,500; quick 10,20,50,100)")
+    ap.add_argument("--candidates", default=None,
+                    help="comma list (default 50,100,120,150,200,500; quick 10,20,50,100)")
     ap.add_argument("--main", default="auto", help="config used for fusion and the operator run; 'auto' = chosen "
                                                    "on train queries (see above)")
     ap.add_argument("--main-candidates", type=int, default=None, help="default: chosen with --main auto, else 200 "
@@ -207,7 +208,8 @@ def main() -> None:
         selection = None
     if args.main_candidates is None:
         args.main_candidates = 50 if args.quick else 200
-    results: dict = {"main_selection": selection, "corpus_docs": len(corpus), "queries": nq, "doc_tokens": docs.n_tokens,
+    results: dict = {"main_selection": selection, "corpus_docs": len(corpus), "queries": nq,
+                     "doc_tokens": docs.n_tokens,
                      "query_tokens": qt.n_tokens, "query_encode_ms": 1000 * t_q_enc / nq,
                      "brute_force": {"seconds": t_brute, "ms_per_query": brute_ms, "ndcg@10": ndcg_exact},
                      "configs": [], "quick": args.quick, "threads": args.threads}

@@ -57,7 +57,8 @@ def main() -> None:
     corpus, train = ds.corpus, ds.train_set("train")
     queries, qrels = ds.queries("test"), ds.qrels("test")
     if args.quick:
-        keep = {d for q in queries.ids[:30] for d in qrels[q]} | {d for q in train.queries.ids[:60] for d in train.qrels[q]}
+        keep = ({d for q in queries.ids[:30] for d in qrels[q]}
+                | {d for q in train.queries.ids[:60] for d in train.qrels[q]})
         rows = sorted(set(range(600)) | set(corpus.row_of(keep).tolist()))
         corpus = corpus.subset(np.array(rows))
         queries = queries[:30]

@@ -164,7 +164,8 @@ class ChunkVariant:
                 f"got keys {tuple(self.keys.shape)} and values {tuple(self.values.shape)}"
             )
         if len(self.prefix_ids) != len(self.prefix_lens):
-            raise ValueError(f"ChunkVariant: {len(self.prefix_ids)} prefix ids but {len(self.prefix_lens)} prefix lengths")
+            raise ValueError(f"ChunkVariant: {len(self.prefix_ids)} prefix ids but "
+                             f"{len(self.prefix_lens)} prefix lengths")
 
     @property
     def n_tokens(self) -> int:

@@ -40,7 +40,8 @@ class PrefixCache:
         self.hits = 0
         self.misses = 0
 
-    def longest(self, ids: np.ndarray, boundaries: Sequence[int]) -> tuple[int, torch.Tensor | None, torch.Tensor | None]:
+    def longest(self, ids: np.ndarray,
+                boundaries: Sequence[int]) -> tuple[int, torch.Tensor | None, torch.Tensor | None]:
         """Longest cached prefix among ``boundaries`` (descending search).
 
         Returns ``(k, keys[..., :k, :], values[..., :k, :])`` with tensors of shape

@@ -70,5 +70,6 @@ def emit(out: dict, args: argparse.Namespace, details: str) -> dict:
     if args.json:
         print(json.dumps(out))
     else:
-        print(f"{out['example']}: {out['queries']} queries, {out['docs']} docs  nDCG@10 {out['ndcg@10']:.4f}  {details}")
+        print(f"{out['example']}: {out['queries']} queries, {out['docs']} docs  "
+              f"nDCG@10 {out['ndcg@10']:.4f}  {details}")
     return out

@@ -48,5 +48,6 @@ if __name__ == "__main__":
         out[f"{name}ndcg@10"] = evaluate(top10, qrels, ["ndcg@10"]).scores["ndcg@10"]
         out[f"{name}recall@100"] = evaluate(top100, qrels, ["recall@100"]).scores["recall@100"]
         out[f"{name}ild@10"] = float(np.nanmean(intra_list_diversity(top10, vectors, 10)))
-    emit(out, args, f"ILD@10 {out['ild@10']:.3f} (dense {out['dense_ild@10']:.3f}, nDCG@10 {out['dense_ndcg@10']:.4f}); "
+    emit(out, args, f"ILD@10 {out['ild@10']:.3f} (dense {out['dense_ild@10']:.3f}, "
+                    f"nDCG@10 {out['dense_ndcg@10']:.4f}); "
                     f"Recall@100 {out['recall@100']:.4f} (dense {out['dense_recall@100']:.4f})")

@@ -41,10 +41,13 @@ class CosineAdapterParams(Params):
                           "(target/target_value are then used; with a threshold they are ignored).")
     target: Literal["recall", "precision"] = Field(
         "recall", description="What the chosen threshold must reach on the held-out training queries.")
-    target_value: float = Field(0.95, gt=0, le=1, description="Recall (share of relevant candidates kept) or precision to reach.")
-    val_fraction: float = Field(0.2, gt=0, lt=1, description="Share of training queries held out to choose the threshold.")
+    target_value: float = Field(
+        0.95, gt=0, le=1, description="Recall (share of relevant candidates kept) or precision to reach.")
+    val_fraction: float = Field(
+        0.2, gt=0, lt=1, description="Share of training queries held out to choose the threshold.")
     train_k: int = Field(100, ge=1, description="Candidates per training query when fit runs its own dense retriever.")
-    k_min: int = Field(0, ge=0, description="Always keep at least this many results (product choice, not in the paper).")
+    k_min: int = Field(
+        0, ge=0, description="Always keep at least this many results (product choice, not in the paper).")
     max_iter: int = Field(500, ge=1, description="L-BFGS iterations.")
     seed: int = Field(0, description="Seed of the held-out split.")
 
@@ -84,7 +87,8 @@ def choose_threshold(probs: np.ndarray, labels: np.ndarray, target: str, value: 
     p, y = probs[order], labels[order].astype(np.float64)
     tp = np.cumsum(y)
     if tp[-1] == 0:
-        raise DataError("cosine_adapter: the held-out training queries have no relevant candidate; cannot choose a threshold")
+        raise DataError("cosine_adapter: the held-out training queries have no relevant candidate; "
+                        "cannot choose a threshold")
     if target == "recall":
         i = int(np.searchsorted(tp, value * tp[-1] - 1e-9))
         return float(p[min(i, len(p) - 1)])
@@ -143,7 +147,8 @@ class CosineAdapter(Operator):
     def n_params(self) -> int:
         return 3 if self.params.form == "power" else 2
 
-    def _raw_features(self, qvecs: np.ndarray, scores: np.ndarray, lengths: np.ndarray, starts: np.ndarray) -> np.ndarray:
+    def _raw_features(self, qvecs: np.ndarray, scores: np.ndarray, lengths: np.ndarray,
+                      starts: np.ndarray) -> np.ndarray:
         parts = [qvecs.astype(np.float64)]
         if self.params.list_features:
             parts.append(list_features(scores, lengths, starts))
@@ -203,7 +208,8 @@ class CosineAdapter(Operator):
         if m == 3:
             W0[-1, 2] = np.log(np.expm1(1.0))
         res = minimize(f, W0.ravel(), jac=True, method="L-BFGS-B", options={"maxiter": self.params.max_iter})
-        return res.x.reshape(D1, m), {"loss": float(res.fun), "iterations": int(res.nit), "converged": bool(res.success)}
+        return res.x.reshape(D1, m), {"loss": float(res.fun), "iterations": int(res.nit),
+                                      "converged": bool(res.success)}
 
     def _features1(self, X: np.ndarray) -> np.ndarray:
         F = (X - self.feat_mean_) / self.feat_std_
@@ -213,7 +219,8 @@ class CosineAdapter(Operator):
     def _fit(self, corpus: Corpus, train: TrainSet | None, upstream: State | None) -> None:
         t0 = time.perf_counter()
         if train is None:
-            raise DataError("cosine_adapter.fit needs judged training queries: fit(corpus, train=TrainSet(queries, qrels))")
+            raise DataError("cosine_adapter.fit needs judged training queries: "
+                            "fit(corpus, train=TrainSet(queries, qrels))")
         encoder = get_encoder(self.params.model)
         if upstream is None or upstream.rankings is None:
             from ragkit.retrievers.dense import Dense
@@ -315,7 +322,8 @@ class CosineAdapter(Operator):
     def _call(self, state: State) -> State:
         out = state.copy()
         if state.rankings is None:
-            raise DataError("cosine_adapter needs rankings from a dense retriever before it (e.g. `dense | cosine_adapter`)")
+            raise DataError("cosine_adapter needs rankings from a dense retriever before it "
+                            "(e.g. `dense | cosine_adapter`)")
         if not len(state):
             return out
         t = float(self.opt(state, "threshold", self.threshold_))

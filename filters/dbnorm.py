@@ -134,8 +134,10 @@ class DBNormParams(Params):
                              "(used automatically when fit gets no training queries).")
     query_bank_size: int | None = Field(None, ge=1, description="Query bank items (sampled, seeded); None: all "
                                                                  "training queries, or 1000 pseudo-queries.")
-    gallery_bank_size: int | None = Field(None, ge=2, description="Gallery bank documents (sampled); None: the whole corpus.")
-    activation_k: int = Field(1, ge=1, description="Top-k of each bank item forming the activation set (dynamic methods).")
+    gallery_bank_size: int | None = Field(
+        None, ge=2, description="Gallery bank documents (sampled); None: the whole corpus.")
+    activation_k: int = Field(
+        1, ge=1, description="Top-k of each bank item forming the activation set (dynamic methods).")
     seed: int = Field(0, description="Seed of bank sampling.")
 
 
@@ -213,7 +215,8 @@ class DBNorm(Operator):
         info = {"query_bank": source, "query_bank_size": len(texts), "n_docs": len(corpus), "dim": int(docs.shape[1])}
         if self.dual:
             n_g = len(corpus) if p.gallery_bank_size is None else min(p.gallery_bank_size, len(corpus))
-            g_rows = np.arange(len(corpus)) if n_g == len(corpus) else np.sort(rng.choice(len(corpus), n_g, replace=False))
+            g_rows = (np.arange(len(corpus)) if n_g == len(corpus)
+                      else np.sort(rng.choice(len(corpus), n_g, replace=False)))
             self.log_z_g_, self.active_g_ = bank_log_partition(
                 docs, docs[g_rows], p.beta2, bank_rows=g_rows, activation_k=p.activation_k, who="dbnorm gallery bank")
             info["gallery_bank_size"] = int(n_g)
@@ -273,5 +276,6 @@ class DBNorm(Operator):
         n = len(self.corpus_)
         for name in ("log_z_q_", "active_q_", "log_z_g_", "active_g_"):
             if len(getattr(self, name)) != n:
-                raise ArtifactError(f"{folder}: {name} has {len(getattr(self, name))} entries for a corpus of {n} documents")
+                raise ArtifactError(f"{folder}: {name} has {len(getattr(self, name))} entries "
+                                    f"for a corpus of {n} documents")
         self.info_ = read_json(folder / "dbnorm.json")

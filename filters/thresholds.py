@@ -20,7 +20,8 @@ __all__ = ["ScoreThreshold", "RelativeThreshold"]
 
 class ScoreThresholdParams(Params):
     threshold: float = Field(0.5, description="Keep documents whose score is >= this value (raw cosine for dense).")
-    k_min: int = Field(0, ge=0, description="Always keep at least this many documents per query (0: lists may be empty).")
+    k_min: int = Field(
+        0, ge=0, description="Always keep at least this many documents per query (0: lists may be empty).")
 
 
 @register

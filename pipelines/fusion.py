@@ -28,7 +28,8 @@ def flatten_branches(state: State) -> tuple[dict[str, np.ndarray], list[str]]:
     A document repeated within one branch's ranking keeps only its best (first) entry.
     """
     if not state.branches:
-        raise ParamError("a fuser needs the rankings of parallel branches; put it after 'a + b' or in Parallel(fuse=...)")
+        raise ParamError("a fuser needs the rankings of parallel branches; "
+                         "put it after 'a + b' or in Parallel(fuse=...)")
     names = [n for n, _ in state.branches]
     qs, rows, br, ranks, scores = [], [], [], [], []
     for b, (_, rankings) in enumerate(state.branches):

@@ -70,7 +70,8 @@ def load_pipeline(path: str | Path, *, mmap: bool = False, verify: bool = True) 
         raise ArtifactError(f"{folder}: not a saved pipeline folder (it does not exist)")
     manifest = read_json(folder / "manifest.json")
     if manifest.get("format_version", 0) > FORMAT_VERSION:
-        raise ArtifactError(f"{folder}: written by a newer ragkit (format {manifest['format_version']}); upgrade ragkit")
+        raise ArtifactError(f"{folder}: written by a newer ragkit (format {manifest['format_version']}); "
+                            "upgrade ragkit")
     if verify:
         for rel, digest in manifest.get("sha256", {}).items():
             p = folder / rel

@@ -72,7 +72,8 @@ def parse_yaml_text(source: str | Path) -> tuple[Any, str]:
     """Read YAML from a path or text with ``safe_load``; errors name the file and line."""
     where = "<text>"
     text = source
-    if isinstance(source, Path) or (isinstance(source, str) and "\n" not in source and source.strip().endswith((".yaml", ".yml"))):
+    if isinstance(source, Path) or (isinstance(source, str) and "\n" not in source
+                                    and source.strip().endswith((".yaml", ".yml"))):
         path = Path(source)
         if not path.is_file():
             raise ConfigError(f"{path}: pipeline file not found")

@@ -64,10 +64,12 @@ def eval_cmd(
     pipeline: str = typer.Option(..., "--pipeline", "-p", help="YAML file, saved pipeline folder or operator name."),
     split: str = typer.Option("test", help="Qrels split to evaluate."),
     k: str = typer.Option("10,100", "--k", help="Cut-offs, comma-separated."),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write metrics, per-query values, timings as JSON."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o",
+                                          help="Write metrics, per-query values, timings as JSON."),
     run_file: Optional[Path] = typer.Option(None, "--run", help="Also write a TREC run file."),
     trace: bool = typer.Option(False, "--trace", help="Print per-operator time, candidates and recall."),
-    train_split: Optional[str] = typer.Option(None, "--train-split", help="Fit learning operators on this split (never the test split)."),
+    train_split: Optional[str] = typer.Option(None, "--train-split",
+                                              help="Fit learning operators on this split (never the test split)."),
     limit: Optional[int] = typer.Option(None, "--limit", help="Evaluate only the first N queries (smoke runs)."),
     backend: str = typer.Option("local", "--backend", help="local or ray."),
 ) -> None:
@@ -78,7 +80,8 @@ def eval_cmd(
     t_all = time.perf_counter()
     try:
         if train_split is not None and train_split == split:
-            raise RagkitError(f"--train-split {train_split!r} equals the evaluated split; training on test data is refused")
+            raise RagkitError(f"--train-split {train_split!r} equals the evaluated split; "
+                              "training on test data is refused")
         pipe, loaded = resolve_pipeline(pipeline)
         t0 = time.perf_counter()
         ds = load_beir(data)

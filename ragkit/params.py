@@ -64,7 +64,8 @@ def describe_error(err: Mapping[str, Any]) -> str:
     return f"expected {expected()}, got {got!r}"
 
 
-def format_validation_error(exc: ValidationError, owner: str, path: str = "", fields: list[str] | None = None) -> ParamError:
+def format_validation_error(exc: ValidationError, owner: str, path: str = "",
+                            fields: list[str] | None = None) -> ParamError:
     """Turn a pydantic error into a :class:`ParamError` whose lines read ``path.owner.field: expected ..., got ...``."""
     prefix = f"{path}.{owner}" if path else owner
     lines = []

@@ -205,7 +205,8 @@ class Sharded(Operator):
                              f"got {self.params.retriever!r}", path="sharded.retriever")
         cls = registry.get(name, path="sharded.retriever")
         if cls.kind != "retriever":
-            raise ParamError(f"sharded.retriever: {name!r} is a {cls.kind}, expected a retriever", path="sharded.retriever")
+            raise ParamError(f"sharded.retriever: {name!r} is a {cls.kind}, expected a retriever",
+                             path="sharded.retriever")
         from ragkit.params import validate_params
 
         validate_params(cls.Params, sub, name, "sharded.retriever")

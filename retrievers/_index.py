@@ -164,7 +164,8 @@ class VectorIndex:
             raise ParamError(f"search: expected 'auto', 'exact' or 'hnsw', got {search!r}")
         self.reduce_kind, self.reduce_dims = parse_reduce(reduce)
         if whiten and self.reduce_kind != "pca":
-            raise ParamError(f"whiten=True needs reduce='pca:<dims>' (whitening rescales PCA components), got reduce={reduce!r}")
+            raise ParamError("whiten=True needs reduce='pca:<dims>' (whitening rescales PCA components), "
+                             f"got reduce={reduce!r}")
         if oversample < 1:
             raise ParamError(f"oversample: expected a positive integer, got {oversample!r}")
         self.dtype, self.metric, self.search_mode = dtype, metric, search
@@ -223,7 +224,8 @@ class VectorIndex:
         if self.reduce_kind == "pca":
             if len(full) < 2:
                 raise DataError(f"reduce={self.reduce!r}: PCA needs at least 2 vectors to fit, got {len(full)}")
-            sample = full if len(full) <= 200_000 else full[np.random.default_rng(0).choice(len(full), 200_000, replace=False)]
+            sample = (full if len(full) <= 200_000
+                      else full[np.random.default_rng(0).choice(len(full), 200_000, replace=False)])
             sample = np.asarray(sample, dtype=np.float64)
             mean = sample.mean(axis=0)
             centred = sample - mean
@@ -351,7 +353,8 @@ class VectorIndex:
         self._check_built()
         slots = np.unique(np.asarray(slots, dtype=np.int64))
         if len(slots) and (slots.min() < 0 or slots.max() >= self.n_slots or not self.alive[slots].all()):
-            raise DataError(f"VectorIndex.remove: slots must be live slots in [0, {self.n_slots}), got {slots.tolist()[:10]}")
+            raise DataError(f"VectorIndex.remove: slots must be live slots in [0, {self.n_slots}), "
+                            f"got {slots.tolist()[:10]}")
         if not len(slots):
             return
         self._writable()
@@ -594,7 +597,8 @@ class VectorIndex:
         try:
             cfg, files = dict(meta["config"]), dict(meta["files"])
             if meta.get("format", 0) > FORMAT:
-                raise ArtifactError(f"{folder / (prefix + '.json')}: index format {meta['format']} is newer than {FORMAT}")
+                raise ArtifactError(f"{folder / (prefix + '.json')}: index format {meta['format']} "
+                                    f"is newer than {FORMAT}")
         except (KeyError, TypeError):
             raise ArtifactError(f"{folder / (prefix + '.json')}: not a ragkit vector index manifest") from None
         for name, info in files.items():
@@ -618,7 +622,8 @@ class VectorIndex:
 
         self.alive = np.array(arr("alive", False), dtype=bool)
         if len(self.alive) != meta["n_slots"]:
-            raise ArtifactError(f"{folder}: {prefix}.alive.npy has {len(self.alive)} slots, manifest says {meta['n_slots']}")
+            raise ArtifactError(f"{folder}: {prefix}.alive.npy has {len(self.alive)} slots, "
+                                f"manifest says {meta['n_slots']}")
         self.codes = arr("codes") if f"{prefix}.codes.npy" in files else None
         for name in ("pca_mean", "pca_components", "i8_min", "i8_step"):
             if f"{prefix}.{name}.npy" in files:

@@ -116,7 +116,8 @@ class Tokenizer:
 class BM25Params(Params):
     k: int = Field(100, ge=1, description="Results per query.")
     variant: Literal["lucene", "okapi"] = Field(
-        "lucene", description="Scoring formula: 'lucene' (Anserini) or 'okapi' (rank-bm25's BM25Okapi); see module docs.")
+        "lucene", description="Scoring formula: 'lucene' (Anserini) or 'okapi' (rank-bm25's BM25Okapi); "
+                              "see module docs.")
     k1: float = Field(0.9, ge=0, description="Term-frequency saturation (0 = binary term weights).")
     b: float = Field(0.4, ge=0, le=1, description="Document-length normalisation, 0 (none) to 1 (full).")
     epsilon: float = Field(0.25, ge=0, description="okapi only: negative idfs become epsilon * mean idf.")
@@ -325,7 +326,8 @@ class BM25(Operator):
         data, ind, ptr = (load_array(folder, n) for n in ("tf_data", "tf_indices", "tf_indptr"))
         if not isinstance(terms, list) or len(ptr) != len(self.corpus_) + 1 or len(data) != len(ind) \
                 or (len(ind) and int(ind.max()) >= len(terms)):
-            raise ArtifactError(f"{folder}: BM25 arrays do not match (vocab {len(terms) if isinstance(terms, list) else '?'}"
+            raise ArtifactError(f"{folder}: BM25 arrays do not match "
+                                f"(vocab {len(terms) if isinstance(terms, list) else '?'}"
                                 f" terms, {len(ptr) - 1} rows of counts, corpus of {len(self.corpus_)} documents)")
         self._reset_cache()
         self.vocab_ = {t: i for i, t in enumerate(terms)}

@@ -66,7 +66,8 @@ class DenseParams(Params):
                              "dtype='f32' with reduce='none' already searches those exact floats; use dtype f16/i8/b1 "
                              "or a reduce, or drop rescore")
         if self.whiten and kind != "pca":
-            raise ValueError(f"whiten=True rescales PCA components and needs reduce='pca:<dims>', got reduce={self.reduce!r}")
+            raise ValueError("whiten=True rescales PCA components and needs reduce='pca:<dims>', "
+                             f"got reduce={self.reduce!r}")
         known = KNOWN_DIMS.get(self.model.lower())
         if kind != "none" and known is not None and dims > known:
             raise ValueError(f"reduce={self.reduce!r} asks for {dims} dimensions but {self.model} embeddings have "

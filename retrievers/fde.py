@@ -256,7 +256,8 @@ def chamfer_scores(q_data: np.ndarray, q_off: np.ndarray, d_data: np.ndarray, d_
     ``CH(Q, P) = sum_q w_q * max_p <q, p>``.  All query tokens are multiplied against a chunk
     of document tokens at once (one BLAS call), reduced per document with
     ``maximum.reduceat`` and per query with ``add.reduceat``; document chunks are converted to
-    float32 into one reused scratch.  An empty document or query scores 0.  ``q_weights`` (per query token, default 1) serves ball-carved queries.
+    float32 into one reused scratch.  An empty document or query scores 0.  ``q_weights`` (per query
+    token, default 1) serves ball-carved queries.
     """
     q_data, q_off = _check(q_data, q_off)
     d_data, d_off = _check(d_data, d_off)

@@ -51,7 +51,8 @@ class KnnEmbedParams(Params):
         1, ge=1, description="Threads for k-means (OpenMP/BLAS); None = library default.  1 is ~10x faster than 2 on "
                              "a shared, oversubscribed machine and gives bit-identical clusterings.")
     min_cluster_size: int = Field(
-        5, ge=1, description="Clusters with fewer documents are never a mixture component (they still serve the anchor).")
+        5, ge=1, description="Clusters with fewer documents are never a mixture component "
+                             "(they still serve the anchor).")
     n_neighbors: int = Field(20, ge=1, description="m: pseudo-relevant top documents that vote for clusters.")
     tau: float | None = Field(
         0.05, gt=0, description="Neighbour weight temperature in cosine units, w_j = exp((s_j - s_1)/tau); "
@@ -72,7 +73,8 @@ class KnnEmbedParams(Params):
         "filter", description="filter: the query itself searched inside the cluster; rocchio_filter: "
                               "normalise(q + rocchio_lambda * mean of the query's top-m docs in the cluster), inside "
                               "the cluster (ranking only; returned scores stay q.d).")
-    rocchio_lambda: float = Field(0.5, ge=0, description="Weight of the Rocchio shift (component_query='rocchio_filter').")
+    rocchio_lambda: float = Field(
+        0.5, ge=0, description="Weight of the Rocchio shift (component_query='rocchio_filter').")
     merge: Literal["score", "interleave"] = Field(
         "score", description="score: union sorted by cosine; interleave: Sainte-Laguë order over the anchor and "
                              "components (diversity in the first slots); its scores are then rank scores "
@@ -263,7 +265,8 @@ class KnnEmbed(Operator):
             raise DataError(f"knn_embed.with_params: {bad} change the clustering; build a new KnnEmbed and fit it")
         new = type(self)(self.params.updated(**changes))
         self._check_fitted()
-        for key in ("corpus_", "vectors_", "labels_", "centroids_", "_members", "_order", "_starts", "_sizes", "_parts"):
+        for key in ("corpus_", "vectors_", "labels_", "centroids_", "_members", "_order", "_starts", "_sizes",
+                    "_parts"):
             new.__dict__[key] = self.__dict__[key]
         return new
 
@@ -490,7 +493,8 @@ class KnnEmbed(Operator):
     # ------------------------------------------------------------------ persistence
     def _save(self, folder: Path) -> None:
         save_arrays(folder, vectors=self.vectors_, labels=self.labels_, centroids=self.centroids_)
-        write_json(folder / "knn_embed.json", {"n_clusters": int(len(self.centroids_)), "n_docs": int(len(self.labels_))})
+        write_json(folder / "knn_embed.json", {"n_clusters": int(len(self.centroids_)),
+                                               "n_docs": int(len(self.labels_))})
 
     def _load(self, folder: Path, mmap: bool = False) -> None:
         meta = read_json(folder / "knn_embed.json")

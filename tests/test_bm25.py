@@ -102,7 +102,8 @@ def test_add_equals_refit_on_union(slice_data):
         inc.search(queries)  # fills the token cache with words unknown to the first half
         inc.add(b)
         assert len(inc.corpus_) == len(corpus)
-        np.testing.assert_allclose(inc.score_matrix(queries.texts), full.score_matrix(queries.texts), rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(inc.score_matrix(queries.texts), full.score_matrix(queries.texts),
+                                   rtol=1e-12, atol=1e-12)
         r1, r2 = inc.search(queries), full.search(queries)
         assert r1.query_ids == r2.query_ids
         for x, y in zip(r1.doc_ids, r2.doc_ids):

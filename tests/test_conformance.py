@@ -157,7 +157,8 @@ def check_batch_invariance(cls, data, tmp_path):
     full = pipe.search(queries)
     one = pipe.search(queries[[3]])
     _same(one, full.head(10**9).__class__(full.query_ids[3:4], full.doc_ids[3:4], full.scores[3:4],
-                                        rankings=full.rankings[3:4], values={k: v[3:4] for k, v in full.values.items()}))
+                                        rankings=full.rankings[3:4],
+                                        values={k: v[3:4] for k, v in full.values.items()}))
     perm = list(np.random.default_rng(0).permutation(len(queries)))
     shuffled = pipe.search(queries[perm])
     for j, i in enumerate(perm):

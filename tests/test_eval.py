@@ -32,7 +32,8 @@ CORPUS = [
     {"_id": "d3", "title": "Cars", "text": "red cars are fast", "metadata": {"year": 2020}},
 ]
 QUERIES = [{"_id": "q1", "text": "red apples"}, {"_id": "q2", "text": "fast cars"}, {"_id": "q3", "text": "pears"}]
-QRELS = {"test": "query-id\tcorpus-id\tscore\nq1\td1\t1\nq2\td3\t2\n", "train": "query-id\tcorpus-id\tscore\nq3\td2\t1\n"}
+QRELS = {"test": "query-id\tcorpus-id\tscore\nq1\td1\t1\nq2\td3\t2\n",
+         "train": "query-id\tcorpus-id\tscore\nq3\td2\t1\n"}
 
 
 def write_beir(root: Path, corpus=CORPUS, queries=QUERIES, qrels=QRELS) -> Path:
@@ -87,9 +88,11 @@ def test_missing_folder_and_unknown_name(tmp_path, monkeypatch):
     ("corpus.jsonl", 2, '{"_id": "d2", "text": "x",,}', r"corpus\.jsonl:2: malformed JSON line"),
     ("corpus.jsonl", 3, '{"title": "no id"}', r"corpus\.jsonl:3: expected an object with an '_id' field"),
     ("corpus.jsonl", 2, '["a", "list"]', r"corpus\.jsonl:2: expected an object"),
-    ("corpus.jsonl", 3, '{"_id": "d1", "text": "again"}', r"corpus\.jsonl:3: duplicate document id 'd1' \(first on line 1\)"),
+    ("corpus.jsonl", 3, '{"_id": "d1", "text": "again"}',
+     r"corpus\.jsonl:3: duplicate document id 'd1' \(first on line 1\)"),
     ("queries.jsonl", 2, '{"_id": "q2"}', r"queries\.jsonl:2: query 'q2' has no 'text' string"),
-    ("queries.jsonl", 3, '{"_id": "q1", "text": "dup"}', r"queries\.jsonl:3: duplicate query id 'q1' \(first on line 1\)"),
+    ("queries.jsonl", 3, '{"_id": "q1", "text": "dup"}',
+     r"queries\.jsonl:3: duplicate query id 'q1' \(first on line 1\)"),
     ("queries.jsonl", 1, "not json", r"queries\.jsonl:1: malformed JSON line"),
 ])
 def test_malformed_jsonl_names_the_line(tmp_path, file, line, content, match):
@@ -111,10 +114,12 @@ def test_blank_lines_are_skipped_and_line_numbers_stay_true(tmp_path):
 
 @pytest.mark.parametrize("qrels,match", [
     ("query-id\tcorpus-id\tscore\nq9\td1\t1\n", r"test\.tsv: 1 query ids not in queries\.jsonl, e\.g\. 'q9'"),
-    ("query-id\tcorpus-id\tscore\nq1\td9\t1\n", r"test\.tsv: 1 judged documents not in corpus\.jsonl, e\.g\. 'd9' \(query 'q1'\)"),
+    ("query-id\tcorpus-id\tscore\nq1\td9\t1\n",
+     r"test\.tsv: 1 judged documents not in corpus\.jsonl, e\.g\. 'd9' \(query 'q1'\)"),
     ("query-id\tcorpus-id\tscore\nq1\td1\n", r"test\.tsv:2: expected 3 tab-separated columns"),
     ("query-id\tcorpus-id\tscore\nq1\td1\thigh\n", r"test\.tsv:2: relevance 'high' is not a number"),
-    ("query-id\tcorpus-id\tscore\nq1\td1\t1\nq1\td1\t0\n", r"test\.tsv:3: conflicting judgements of document 'd1' for query 'q1' \(1 on line 2, 0 here\)"),
+    ("query-id\tcorpus-id\tscore\nq1\td1\t1\nq1\td1\t0\n",
+     r"test\.tsv:3: conflicting judgements of document 'd1' for query 'q1' \(1 on line 2, 0 here\)"),
 ])
 def test_bad_qrels(tmp_path, qrels, match):
     ds = load_beir(write_beir(tmp_path / "tiny", qrels={"test": qrels}))
@@ -135,7 +140,8 @@ RUN_HAND = {"q1": {"d2": 0.9, "d4": 0.8, "d1": 0.7, "d6": 0.6}, "q2": {"d7": 0.5
 
 def test_metrics_match_trec_eval_by_hand():
     """Expected values computed by hand with trec_eval's definitions (linear gain, log2 discount)."""
-    res = evaluate(RUN_HAND, QRELS_HAND, ["ndcg@3", "recall@3", "map@3", "mrr@3", "mrr@2", "p@3", "ndcg@10", "recall@1"])
+    res = evaluate(RUN_HAND, QRELS_HAND,
+                   ["ndcg@3", "recall@3", "map@3", "mrr@3", "mrr@2", "p@3", "ndcg@10", "recall@1"])
     l2 = math.log2
     # q1 top 3: d2 (rel 2), d4 (0), d1 (1); ideal order 2, 1, 1
     ndcg_q1 = (2 / l2(2) + 1 / l2(4)) / (2 / l2(2) + 1 / l2(3) + 1 / l2(4))
@@ -180,7 +186,8 @@ def test_ties_follow_trec_eval_order():
 
 def test_evaluate_accepts_a_run_object():
     run = Run.from_dict(RUN_HAND)
-    assert evaluate(run, QRELS_HAND, ["ndcg@3"])["ndcg@3"] == pytest.approx(evaluate(RUN_HAND, QRELS_HAND, ["ndcg@3"])["ndcg@3"])
+    assert evaluate(run, QRELS_HAND, ["ndcg@3"])["ndcg@3"] == pytest.approx(
+        evaluate(RUN_HAND, QRELS_HAND, ["ndcg@3"])["ndcg@3"])
 
 
 @pytest.mark.parametrize("bad", ["ndcg", "ndcg@0", "bpref@10", "recall@x", ""])

@@ -162,8 +162,10 @@ def test_determinism_under_seed(blobs):
     corpus, _, _ = blobs
     rng = np.random.default_rng(5)
     vecs = _unit(rng.standard_normal((300, D)))  # no clear structure: k-means init matters
-    a = KnnEmbed(k=10, n_clusters=12, seed=7, n_init=1).fit_vectors(Corpus.from_texts([str(i) for i in range(300)]), vecs)
-    b = KnnEmbed(k=10, n_clusters=12, seed=7, n_init=1).fit_vectors(Corpus.from_texts([str(i) for i in range(300)]), vecs)
+    a = KnnEmbed(k=10, n_clusters=12, seed=7, n_init=1).fit_vectors(
+        Corpus.from_texts([str(i) for i in range(300)]), vecs)
+    b = KnnEmbed(k=10, n_clusters=12, seed=7, n_init=1).fit_vectors(
+        Corpus.from_texts([str(i) for i in range(300)]), vecs)
     np.testing.assert_array_equal(a.labels_, b.labels_)
     np.testing.assert_array_equal(a.centroids_, b.centroids_)
     q = _unit(rng.standard_normal((5, D)))
@@ -270,7 +272,8 @@ def test_alpha_ndcg_and_s_recall():
 
 @pytest.mark.slow
 def test_scifact_slice_no_recall_loss(slice_data):
-    """On a real slice at default settings (anchor 0.5): Recall@20 within 0.05 of dense; only non-collapsed queries change."""
+    """On a real slice at default settings (anchor 0.5): Recall@20 within 0.05 of dense; only non-collapsed
+    queries change."""
     from ragkit.eval import evaluate
     from ragkit.retrievers import Dense
 

@@ -26,7 +26,8 @@ def test_sharded_dense_equals_single_index(slice_data):
     sharded = Sharded(retriever={"dense": {"k": 10}}, n_shards=4, k=10, backend="local").fit(corpus).search(queries)
     for r1, r2 in zip(single.rankings, sharded.rankings):
         np.testing.assert_array_equal(r1.rows, r2.rows)
-        np.testing.assert_allclose(r1.scores, r2.scores, rtol=1e-5, atol=1e-6)  # one GEMM vs four: float32 summation order
+        # one GEMM vs four: float32 summation order
+        np.testing.assert_allclose(r1.scores, r2.scores, rtol=1e-5, atol=1e-6)
 
 
 def test_sharded_rejects_non_retriever():

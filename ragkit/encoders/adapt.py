@@ -33,7 +33,8 @@ class AdaptConfig(Params):
     """Fine-tuning settings: the ``adapt`` parameter of ``dense`` and of the token operators (``muvera``, ...)."""
 
     epochs: float = Field(1.0, gt=0, description="Passes over the (query, positive, hard negative) triplets.")
-    batch_size: int = Field(32, ge=2, description="Triplets per step; the batch's other positives are in-batch negatives.")
+    batch_size: int = Field(
+        32, ge=2, description="Triplets per step; the batch's other positives are in-batch negatives.")
     learning_rate: float = Field(2e-5, gt=0, description="AdamW learning rate.")
     hard_negatives: int = Field(1, ge=1, description="Mined negatives per (query, positive) pair, one triplet each.")
     max_steps: int | None = Field(None, ge=1, description="Stop after this many optimiser steps (tests use a few).")

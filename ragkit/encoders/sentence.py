@@ -187,7 +187,8 @@ def get_encoder(model: str = DEFAULT_MODEL, **kwargs: Any) -> Encoder:
         return _ENCODERS[key]
 
 
-def query_vectors(state: Any, encoder: Encoder, transform: Callable[[np.ndarray], np.ndarray] | None = None) -> np.ndarray:
+def query_vectors(state: Any, encoder: Encoder,
+                  transform: Callable[[np.ndarray], np.ndarray] | None = None) -> np.ndarray:
     """The batch's query vectors for ``encoder``, computed once per state and shared via ``state.vectors``."""
     vecs = state.vectors.get(encoder.key)
     if vecs is None:

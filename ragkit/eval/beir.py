@@ -226,7 +226,8 @@ def load_beir(name_or_path: str | Path, *, download: bool = True, base_url: str 
                             f"and qrels/<split>.tsv")
     if not (path / "qrels").is_dir():
         raise DataError(f"{path / 'qrels'}: folder not found; expected qrels/<split>.tsv files")
-    return BeirDataset(path=path, corpus=read_corpus(path / "corpus.jsonl"), _queries=read_queries(path / "queries.jsonl"))
+    return BeirDataset(path=path, corpus=read_corpus(path / "corpus.jsonl"),
+                       _queries=read_queries(path / "queries.jsonl"))
 
 
 def download_beir(name: str, *, base_url: str | None = None, dest: Path | None = None, timeout: float = 60) -> Path:

@@ -55,7 +55,8 @@ class EvalResult:
 
 
 def _clean_run(run: Run | Mapping[str, Mapping[str, float]], ignore_identical_ids: bool) -> dict[str, dict[str, float]]:
-    d = run.to_dict() if isinstance(run, Run) else {str(q): {str(k): float(v) for k, v in docs.items()} for q, docs in run.items()}
+    d = (run.to_dict() if isinstance(run, Run)
+         else {str(q): {str(k): float(v) for k, v in docs.items()} for q, docs in run.items()})
     if ignore_identical_ids:
         d = {q: {doc: s for doc, s in docs.items() if doc != q} for q, docs in d.items()}
     return d

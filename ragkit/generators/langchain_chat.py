@@ -63,7 +63,8 @@ class LangChainGenerator:
                **_: Any) -> Iterator[str]:
         """Yield text pieces as the chat model streams them."""
         for part in self.chat_model.stream(self.messages(question, chunks)):
-            piece = part.content if isinstance(getattr(part, "content", None), str) else str(getattr(part, "content", ""))
+            piece = (part.content if isinstance(getattr(part, "content", None), str)
+                     else str(getattr(part, "content", "")))
             if piece:
                 if on_token is not None:
                     on_token(piece)

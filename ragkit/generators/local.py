@@ -206,7 +206,8 @@ class LocalGenerator:
                  chunk_cache: ChunkKVCache | None = None, cache_budget_bytes: int | None = None,
                  storage_dtype: Literal["float32", "float16"] = "float32", disk_dir: str | None = None,
                  max_variants: int = 3, alpha: float | None = None, full_threshold: float = 0.8,
-                 check_layer: int = 1, token_select: Literal["stored", "deviation"] = "deviation", seed: int = 0, num_threads: int | None = None) -> None:
+                 check_layer: int = 1, token_select: Literal["stored", "deviation"] = "deviation", seed: int = 0,
+                 num_threads: int | None = None) -> None:
         self.model_name = model
         self.gguf_file = gguf_file
         self.system_prompt = system_prompt
@@ -326,7 +327,8 @@ class LocalGenerator:
     @torch.no_grad()
     def _pass(self, ids: torch.Tensor, pos: torch.Tensor, keys: list[torch.Tensor], values: list[torch.Tensor],
               seg_of: torch.Tensor | None = None, n_seg: int = 0,
-              blend: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+              blend: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+              ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """Run the decoder layers on tokens ``ids`` at absolute positions ``pos``.
 
         ``keys``/``values`` are full-length per-layer rows (updated in place).  ``seg_of``
@@ -484,7 +486,8 @@ class LocalGenerator:
             if k == 0:
                 o = self.model_(input_ids=torch.from_numpy(ids)[None], use_cache=True)
             else:
-                past = DynamicCache(ddp_cache_data=[(K[l:l + 1].clone(), V[l:l + 1].clone()) for l in range(K.shape[0])])
+                past = DynamicCache(ddp_cache_data=[(K[li:li + 1].clone(), V[li:li + 1].clone())
+                                                    for li in range(K.shape[0])])
                 o = self.model_(input_ids=torch.from_numpy(ids[k:])[None], position_ids=torch.arange(k, T)[None],
                                 use_cache=True, **{_cache_kwarg(self.model_): past})
         Ks = [layer.keys for layer in o.past_key_values.layers]
@@ -552,8 +555,8 @@ class LocalGenerator:
         pad = torch.zeros(L, Ks.shape[1], nq, Ks.shape[3])
         Kf = torch.cat(parts_k + [pad], 2)
         Vf = torch.cat(parts_v + [pad], 2)
-        keys = [Kf[l:l + 1] for l in range(L)]
-        values = [Vf[l:l + 1] for l in range(L)]
+        keys = [Kf[li:li + 1] for li in range(L)]
+        values = [Vf[li:li + 1] for li in range(L)]
 
         # --- choose the recompute set per chunk (positions relative to chunk start)
         missing = np.array([c is None for c in chosen], dtype=bool)
@@ -568,7 +571,7 @@ class LocalGenerator:
                     r = need
                 else:
                     r = _waterfill(np.where(cand, need + 1e-6, 0.0), np.asarray(lens, float), fraction * sum(
-                        l for l, c in zip(lens, cand) if c))
+                        length for length, c in zip(lens, cand) if c))
                 r = np.where(cand, r, 0.0)
                 r = np.where(r >= self.full_threshold, 1.0, r)
                 budget = np.ceil(r * np.asarray(lens)).astype(np.int64)

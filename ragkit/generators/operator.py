@@ -72,7 +72,8 @@ class Generate(Operator):
 
             model = getattr(self, "_chat_model", None)
             if model is None:
-                raise ValueError("generate(backend='langchain'): no chat model; call .with_chat_model(model) before fit")
+                raise ValueError("generate(backend='langchain'): no chat model; "
+                                 "call .with_chat_model(model) before fit")
             kw = {"system_prompt": p.system_prompt} if p.system_prompt else {}
             self.engine_ = LangChainGenerator(model, **kw)
             return

@@ -361,7 +361,8 @@ class LangChainEmbeddingsEncoder:
     def __init__(self, embeddings: Embeddings, *, key: str | None = None, dim: int | None = None,
                  cache: bool = False, batch_size: int = 256) -> None:
         if not isinstance(embeddings, Embeddings):
-            raise ParamError(f"LangChainEmbeddingsEncoder: expected a LangChain Embeddings, got {type(embeddings).__name__}")
+            raise ParamError("LangChainEmbeddingsEncoder: expected a LangChain Embeddings, "
+                             f"got {type(embeddings).__name__}")
         if batch_size < 1:
             raise ParamError(f"LangChainEmbeddingsEncoder: batch_size must be >= 1, got {batch_size}")
         self.embeddings = embeddings
