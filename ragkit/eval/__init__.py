@@ -2,12 +2,12 @@
 
 from ragkit.eval.beir import BeirDataset, download_beir, load_beir, read_corpus, read_qrels, read_queries, write_beir
 from ragkit.eval.diversity import (
-                              alpha_ndcg,
-                              cluster_entropy,
-                              distinct_clusters,
-                              intra_list_diversity,
-                              near_duplicate_rate,
-                              subtopic_recall,
+    alpha_ndcg,
+    cluster_entropy,
+    distinct_clusters,
+    intra_list_diversity,
+    near_duplicate_rate,
+    subtopic_recall,
 )
 from ragkit.eval.filtering import FilterReport, expected_calibration_error, filter_report, pr_curve
 from ragkit.eval.hubness import HubnessReport, hubness, k_occurrence, random_skewness
