@@ -289,7 +289,9 @@ def geometry(d: np.ndarray, q: np.ndarray, sample: int, k: int = 20, seed: int =
     rng = np.random.default_rng(seed)
     sub = d[np.sort(rng.choice(len(d), min(sample, len(d)), replace=False))]
     lam = np.linalg.eigvalsh(np.cov(sub, rowvar=False))
-    dist = np.sqrt(np.maximum(2 - 2 * np.sort(q @ sub.T, axis=1)[:, ::-1][:, :k], 1e-12))  # unit vectors
+    from ragkit.operator import topk_rows
+
+    dist = np.sqrt(np.maximum(2 - 2 * topk_rows(q @ sub.T, k)[1].astype(np.float64), 1e-12))  # unit vectors
     lid = -1.0 / np.mean(np.log(dist[:, :-1] / dist[:, -1:]), axis=1)
     return {"participation_ratio": round(float(lam.sum() ** 2 / (lam ** 2).sum()), 1),
             "lid": round(float(np.mean(lid)), 1), "sample": len(sub), "k": k}
