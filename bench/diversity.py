@@ -11,7 +11,7 @@ k = 10 call, the @100 ones from the k = 100 call.  For dense and greedy MMR the 
 list's prefix; kNN-Embed splits its budget by the mixture weights, so its k = 10 list is its own.
 Per system: nDCG@10, Recall@100, ILD@10 / ILD@100, distinct clusters in the top 10 / 100 (kNN-Embed's own
 clustering and an independent one: other seed, 2x clusters), share of collapsed queries, mean components,
-and batch latency relative to dense (median of repeats, measured in this run).  Then the
+and batch latency relative to dense (median over repeats of the ratio to a dense call made just before).  Then the
 "matched diversity" comparison of kNN-Embed against the MMR curve (linear interpolation of
 Recall@100 at equal ILD, with a paired randomisation test against the nearest MMR point), the
 in-cluster search paths (gather / masked / partitioned), and the synthetic multi-intent pairs
@@ -52,20 +52,36 @@ def query_vectors(enc, texts: list[str]) -> np.ndarray:
     return v
 
 
-def timed(fn, repeats: int):
-    best = []
-    out = None
-    for _ in range(repeats):
+def timed(fn, repeats: int, base=None):
+    """``(output, median seconds, median of per-repeat time ratios to base)``.
+
+    With ``base`` (dense), each repeat times ``base`` and ``fn`` back to back, so that the ratio
+    compares calls made under the same machine load (this VM's speed drifts by 30% within minutes);
+    the order alternates between repeats (the second call of a pair runs on warmer caches).
+    """
+    def clock(f):
         t0 = time.perf_counter()
-        out = fn()
-        best.append(time.perf_counter() - t0)
-    return out, float(np.median(best))
+        res = f()
+        return res, time.perf_counter() - t0
+
+    secs, ratios = [], []
+    out = None
+    for i in range(repeats):
+        if base is not None and i % 2 == 0:
+            tb = clock(base)[1]
+        out, ts = clock(fn)
+        secs.append(ts)
+        if base is not None:
+            tb = clock(base)[1] if i % 2 else tb
+            ratios.append(ts / tb)
+    return out, float(np.median(secs)), float(np.median(ratios)) if ratios else float("nan")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="small smoke run")
-    ap.add_argument("--repeats", type=int, default=3, help="timing repeats per system")
+    ap.add_argument("--repeats", type=int, default=8,
+                    help="timing repeats per system, each paired with a dense call (latency ratio = median ratio)")
     ap.add_argument("--z", type=float, default=0.0,
                     help="selection on train: a setting must meet the target by z standard errors (0 = point estimate)")
     ap.add_argument("--rule", choices=["ndcg", "margin"], default="ndcg",
@@ -114,7 +130,7 @@ def main() -> None:
         first 10, exact for dense and greedy MMR, whose lists are prefix-consistent)."""
         def call(f):
             return lambda: f(State(list(qtexts), list(qids), vectors={enc.key: qv}))
-        st, secs = timed(call(fn), repeats)
+        st, secs, ratio = timed(call(fn), repeats, base=call(dense))
         st10 = st if fn10 is None else call(fn10)()
         run = Run.from_rankings(list(qids), st.rankings, corpus.ids)
         run10 = Run.from_rankings(list(qids), st10.rankings, corpus.ids)
@@ -130,7 +146,7 @@ def main() -> None:
             "clusters@100": float(distinct_clusters(st.rankings, knn.labels_, 100).mean()),
             "ind_clusters@10": float(distinct_clusters(st10.rankings, ind_labels, 10).mean()),
             "ind_clusters@100": float(distinct_clusters(st.rankings, ind_labels, 100).mean()),
-            "seconds": secs,
+            "seconds": secs, "latency_ratio": ratio,
         }
         return row, run, run10, ev
 
@@ -193,7 +209,6 @@ def main() -> None:
         r["ild@10_ratio"] = r["ild@10"] / base["ild@10"]
         r["ild@100_ratio"] = r["ild@100"] / base["ild@100"]
         r["recall@100_delta"] = r["recall@100"] - base["recall@100"]
-        r["latency_ratio"] = r["seconds"] / base["seconds"]
         print(f"{name:28s} {r['ndcg@10']:8.4f} {r['recall@100']:7.4f} {r['ild@10']:7.4f} {r['ild@100']:8.4f} "
               f"{r['clusters@10']:6.2f} {r['clusters@100']:7.2f} "
               f"{r['ind_clusters@10']:7.2f} {r['ind_clusters@100']:8.2f} "
@@ -244,16 +259,18 @@ def main() -> None:
     # single-query latency (batch of 1), p50 / p95
     lat = {}
     n_lat = 20 if args.quick else 60
-    for name, fn in (("dense", dense), ("knn default", knn), ("knn anchor=0", knn.with_params(anchor_share=0.0)),
-                     ("knn chosen on train", chosen_knn.with_params(**chosen_query_kw)),
-                     ("mmr l=0.5", lambda st: mmr(0.5)(mmr_pool(st)))):
-        ts = []
-        for i in range(n_lat):
+    lat_systems = (("dense", dense), ("knn default", knn), ("knn anchor=0", knn.with_params(anchor_share=0.0)),
+                   ("knn chosen on train", chosen_knn.with_params(**chosen_query_kw)),
+                   ("mmr l=0.5", lambda st: mmr(0.5)(mmr_pool(st))))
+    ts = {name: [] for name, _ in lat_systems}
+    for i in range(n_lat):  # systems interleaved per query (same machine load), order rotated (same cache states)
+        for name, fn in lat_systems[i % len(lat_systems):] + lat_systems[:i % len(lat_systems)]:
             st = State([queries.texts[i]], [queries.ids[i]], vectors={enc.key: qv[i:i + 1]})
             t0 = time.perf_counter()
             fn(st)
-            ts.append(time.perf_counter() - t0)
-        lat[name] = {"p50_ms": 1000 * float(np.percentile(ts, 50)), "p95_ms": 1000 * float(np.percentile(ts, 95))}
+            ts[name].append(time.perf_counter() - t0)
+    for name, t_ in ts.items():
+        lat[name] = {"p50_ms": 1000 * float(np.percentile(t_, 50)), "p95_ms": 1000 * float(np.percentile(t_, 95))}
     for v in lat.values():
         v["p50_ratio"] = v["p50_ms"] / lat["dense"]["p50_ms"]
         v["p95_ratio"] = v["p95_ms"] / lat["dense"]["p95_ms"]

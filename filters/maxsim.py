@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 from pydantic import Field
 
-from ragkit.operator import Operator
+from ragkit.operator import Operator, desc_order
 from ragkit.registry import register
 from ragkit.retrievers.fde import chamfer_pairs
 from ragkit.retrievers.muvera import TokenOperatorMixin, TokenParams, _pad_rankings
@@ -57,7 +57,7 @@ class MaxSim(TokenOperatorMixin, Operator):
             return out
         qd, qo, qw = self.rerank_query(self.query_tokens(state))
         sc = chamfer_pairs(qd, qo, self.tokens_.data, self.tokens_.offsets, rows, q_weights=qw)
-        order = np.lexsort((np.where(rows < 0, np.iinfo(np.int64).max, rows), -sc), axis=1)
+        order = desc_order(sc, np.where(rows < 0, np.iinfo(np.int64).max, rows))
         k = self.params.k
         rankings = []
         for r, o, s in zip(state.rankings, order, sc):  # assemble Ranking objects (work is done above)

@@ -317,8 +317,11 @@ def load_array(folder: Path, name: str, mmap: bool = False) -> np.ndarray:
 def topk_rows(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Top-``k`` per row of a dense ``(n_q, n_docs)`` score matrix, best first.
 
-    Uses ``argpartition`` then sorts only the ``k`` kept columns; ``-inf`` scores (masked
-    documents) are dropped.  Ties are broken by lower row number.  Returns
+    Uses ``argpartition`` then sorts only the ``k`` kept columns.  Ties are broken by lower row
+    number, at the cut too: ``argpartition`` keeps an arbitrary few of the entries tied with the
+    k-th score, so rows where such a tie straddles the cut (one extra comparison pass finds them)
+    are re-picked with a stable full sort.  ``-inf`` (masked) entries are returned only when a
+    row has fewer than ``k`` finite scores; callers drop them.  Returns
     ``(rows int64 (n_q, k'), scores float32 (n_q, k'))``.
     """
     n_q, n = scores.shape
@@ -327,12 +330,28 @@ def topk_rows(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         return np.empty((n_q, 0), np.int64), np.empty((n_q, 0), np.float32)
     if k < n:
         part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+        vals = np.take_along_axis(scores, part, axis=1)
+        tied = np.flatnonzero((scores >= vals.min(1)[:, None]).sum(1) > k)
+        if len(tied):
+            part[tied] = np.argsort(-scores[tied], axis=1, kind="stable")[:, :k]
+            vals[tied] = np.take_along_axis(scores[tied], part[tied], axis=1)
     else:
         part = np.broadcast_to(np.arange(n), (n_q, n)).copy()
-    vals = np.take_along_axis(scores, part, axis=1)
-    order = np.lexsort((part, -vals), axis=1)
+        vals = np.take_along_axis(scores, part, axis=1)
+    order = desc_order(vals, part)
     rows = np.take_along_axis(part, order, axis=1).astype(np.int64)
     return rows, np.take_along_axis(vals, order, axis=1).astype(np.float32)
+
+
+def desc_order(scores: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """Per-row permutation ``(n_q, k)`` putting ``scores`` descending, ties by ascending ``rows``.
+
+    The result of ``np.lexsort((rows, -scores), axis=1)`` (NaN last) with two single-key stable
+    sorts, which is 10-20x faster than numpy's two-key lexsort on ``(3000, 60)`` blocks.
+    """
+    by_row = np.argsort(rows, axis=1, kind="stable")
+    sc = np.take_along_axis(scores, by_row, axis=1)
+    return np.take_along_axis(by_row, np.argsort(-sc, axis=1, kind="stable"), axis=1)
 
 
 def rankings_from_matrix(rows: np.ndarray, scores: np.ndarray) -> list[Ranking]:

@@ -57,6 +57,7 @@ from typing import Any
 import numpy as np
 
 from ragkit.errors import ArtifactError, DataError, ParamError
+from ragkit.operator import desc_order
 
 __all__ = ["VectorIndex", "EXACT_MAX", "parse_reduce", "resident_bytes"]
 
@@ -117,7 +118,7 @@ def _topk_merge(best_s: np.ndarray | None, best_i: np.ndarray | None, s: np.ndar
 def _sort_desc(s: np.ndarray, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Sort each row by score descending, ties by lower slot; invalid slots (-1) last."""
     s = np.where(idx < 0, -np.inf, s)
-    order = np.lexsort((np.where(idx < 0, np.iinfo(np.int64).max, idx), -s), axis=1)
+    order = desc_order(s, np.where(idx < 0, np.iinfo(np.int64).max, idx))
     return np.take_along_axis(s, order, axis=1).astype(np.float32), np.take_along_axis(idx, order, axis=1)
 
 

@@ -23,7 +23,7 @@ from pydantic import Field, model_validator
 
 from ragkit.encoders import DEFAULT_MODEL
 from ragkit.errors import ArtifactError, DataError
-from ragkit.operator import Operator, load_array, read_json, save_arrays, topk_rows, write_json
+from ragkit.operator import Operator, desc_order, load_array, read_json, save_arrays, topk_rows, write_json
 from ragkit.params import Params
 from ragkit.registry import register
 from ragkit.types import Corpus, Ranking, State, TrainSet
@@ -143,6 +143,27 @@ def largest_remainder(weights: np.ndarray, total: np.ndarray | int, active: np.n
     return q
 
 
+def _topk_var(scores: np.ndarray, need: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-row top-``need[i]`` of ``scores`` (n, w), as :func:`topk_rows` padded to ``need.max()`` columns.
+
+    Rows needing one result take an ``argmax`` (ties: lowest column, as ``topk_rows``), several times
+    cheaper than a partition; the rest share one :func:`topk_rows` call.  Columns past a row's need
+    hold ``-inf`` scores.
+    """
+    width = min(int(need.max()), scores.shape[1])
+    rows = np.zeros((len(scores), width), np.int64)
+    sc = np.full((len(scores), width), -np.inf, np.float32)
+    one = need <= 1
+    if one.any():
+        best = np.argmax(scores[one], axis=1)
+        rows[one, 0] = best
+        sc[one, 0] = scores[one][np.arange(len(best)), best]
+    if not one.all():
+        r, s_ = topk_rows(scores[~one], width)
+        rows[~one, :r.shape[1]], sc[~one, :r.shape[1]] = r, s_
+    return rows, sc
+
+
 @register
 class KnnEmbed(Operator):
     """kNN-Embed multi-interest retriever: a query becomes a smoothed mixture of corpus clusters.
@@ -245,6 +266,11 @@ class KnnEmbed(Operator):
         self._starts = starts.astype(np.int64)
         self._members = [self._order[starts[i]:starts[i + 1]] for i in range(c)]  # views into _order
         self._sizes = sizes
+        # (C, largest cluster) members of each cluster, ascending id, padded with N (a -inf score column)
+        width = np.arange(int(sizes.max()) if c else 0)[None, :]
+        self._padded = np.where(width < sizes[:, None],
+                                self._order[np.minimum(starts[:-1, None] + width, max(len(order) - 1, 0))],
+                                len(order)).astype(np.int64)
         self._parts: list[np.ndarray] | None = None  # per-cluster contiguous vectors, built on first use
 
     def _part(self, c: int) -> np.ndarray:
@@ -266,7 +292,7 @@ class KnnEmbed(Operator):
         new = type(self)(self.params.updated(**changes))
         self._check_fitted()
         for key in ("corpus_", "vectors_", "labels_", "centroids_", "_members", "_order", "_starts", "_sizes",
-                    "_parts"):
+                    "_padded", "_parts"):
             new.__dict__[key] = self.__dict__[key]
         return new
 
@@ -354,7 +380,7 @@ class KnnEmbed(Operator):
         out_sc = np.take_along_axis(s, out_rows, axis=1).astype(np.float32)
         # merge
         if p.merge == "score":
-            order = np.lexsort((out_rows, -out_sc), axis=1)
+            order = desc_order(out_sc, out_rows)
         else:
             # Sainte-Laguë: slot t of a component with weight w has priority w / (2 t + 1)
             w_all = np.concatenate([np.full((n_q, 1), p.anchor_share), (1 - p.anchor_share) * weights], axis=1)
@@ -394,8 +420,6 @@ class KnnEmbed(Operator):
         rows_out = np.full((n_q, k), -1, np.int64)
         comp_out = np.full((n_q, k), -1, np.int32)
         rows_out[:, :k_a] = top_rows[:, :k_a]
-        taken = np.zeros((n_q, n), bool)
-        np.put_along_axis(taken, top_rows[:, :k_a], True, axis=1)
         offs = k_a + np.concatenate([np.zeros((n_q, 1), np.int64), np.cumsum(quota, axis=1)[:, :-1]], axis=1)
         got = np.zeros((n_q, mm), np.int64)
         method = "gather" if p.search == "auto" else p.search
@@ -413,25 +437,29 @@ class KnnEmbed(Operator):
 
         if method == "gather" and not rocchio and len(pq):
             # the exact path, vectorised over (query, component) pairs: each pair's cluster columns of the
-            # batch's score matrix, padded to the largest cluster of its chunk (-inf beyond its own size).
-            # Pairs go largest cluster first, in chunks of at most GATHER_ELEMS padded cells (bounded memory
-            # and padding when cluster sizes are uneven)
+            # batch's score matrix (anchor results already set to -inf; clusters padded to the largest of their
+            # chunk with an extra -inf column), one flat gather.  Pairs go largest cluster first, in chunks of at
+            # most GATHER_ELEMS padded cells (bounded memory and padding when cluster sizes are uneven)
+            s_ext = np.empty((n_q, n + 1), s.dtype)
+            s_ext[:, :n] = s
+            s_ext[:, n] = -np.inf
+            np.put_along_axis(s_ext, top_rows[:, :k_a], -np.inf, axis=1)
             by_size = np.argsort(-self._sizes[pc], kind="stable")
             pq, pj, pc = pq[by_size], pj[by_size], pc[by_size]
             size = self._sizes[pc]
             a = 0
             while a < len(pq):
                 b = min(len(pq), a + max(1, GATHER_ELEMS // int(size[a])))
-                qi, jj, sz = pq[a:b], pj[a:b], size[a:b]
-                width = np.arange(int(sz[0]))[None, :]
-                doc = self._order[np.minimum(self._starts[pc[a:b]][:, None] + width, n - 1)]
-                sub = s[qi[:, None], doc]
-                sub[(width >= sz[:, None]) | taken[qi[:, None], doc]] = -np.inf
+                qi, jj = pq[a:b], pj[a:b]
+                doc = self._padded[pc[a:b], :int(size[a])]
+                sub = np.take(s_ext, (qi * (n + 1))[:, None] + doc)
                 need = quota[qi, jj]
-                r, sc = topk_rows(sub, int(need.max()))
+                r, sc = _topk_var(sub, need)
                 place(qi, jj, np.take_along_axis(doc, r, axis=1), sc, need)
                 a = b
         else:
+            taken = np.zeros((n_q, n), bool)
+            np.put_along_axis(taken, top_rows[:, :k_a], True, axis=1)
             v = np.asarray(self.vectors_)
             grp = np.argsort(pc, kind="stable")
             pq, pj, pc = pq[grp], pj[grp], pc[grp]

@@ -32,7 +32,7 @@ from ragkit.encoders import DEFAULT_MODEL
 from ragkit.encoders.adapt import AdaptConfig, TunedEncoderMixin
 from ragkit.encoders.tokens import TokenEncoder, TokenVectors, get_token_encoder
 from ragkit.errors import ArtifactError
-from ragkit.operator import Operator, rankings_from_matrix, read_json, topk_rows, write_json
+from ragkit.operator import Operator, desc_order, rankings_from_matrix, read_json, topk_rows, write_json
 from ragkit.params import Params
 from ragkit.registry import register
 from ragkit.retrievers._index import VectorIndex
@@ -112,7 +112,7 @@ def rerank_tokens(q_data: np.ndarray, q_off: np.ndarray, q_w: np.ndarray | None,
     Ties keep the lower corpus row first.
     """
     sc = chamfer_pairs(q_data, q_off, docs.data, docs.offsets, rows, q_weights=q_w)
-    order = np.lexsort((np.where(rows < 0, np.iinfo(np.int64).max, rows), -sc), axis=1)
+    order = desc_order(sc, np.where(rows < 0, np.iinfo(np.int64).max, rows))
     return np.take_along_axis(rows, order, axis=1), np.take_along_axis(sc, order, axis=1)
 
 

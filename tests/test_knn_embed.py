@@ -135,6 +135,46 @@ def test_search_paths_agree(blobs, search):
         np.testing.assert_array_equal(x.rows, y.rows)
 
 
+@pytest.mark.parametrize("search", ["masked", "partitioned"])
+def test_search_paths_agree_uneven_clusters_and_ties(search):
+    """Clusters of very different sizes (the gather path pads them) holding exact twins (score ties, broken
+    by the lower row on every path), queries wanting one or many results per component."""
+    rng = np.random.default_rng(11)
+    sizes = np.array([3, 7, 40, 90, 15])
+    truth = np.repeat(np.arange(5), sizes)
+    base = _unit(4 * np.eye(D, dtype=np.float32)[truth] + rng.standard_normal((len(truth), D)))
+    vecs = np.repeat(base, 2, axis=0)  # documents 2i and 2i + 1 are identical
+    corpus = Corpus.from_texts([f"doc {i}" for i in range(len(vecs))])
+    q = _unit(rng.standard_normal((12, D)) + np.eye(D)[rng.integers(0, 5, 12)])
+    for kw in ({"k": 30, "anchor_share": 0.2}, {"k": 8, "anchor_share": 0.0}, {"k": 60, "anchor_share": 0.5}):
+        op = KnnEmbed(n_clusters=5, n_init=1, collapse_at=1.0, weight_floor=0.0, max_components=5, tau=None,
+                      min_cluster_size=1, **kw).fit_vectors(corpus, vecs)
+        a, b = op(_state(op, q)), op.with_params(search=search)(_state(op, q))
+        for x, y in zip(a.rankings, b.rankings):
+            np.testing.assert_array_equal(x.rows, y.rows)
+            np.testing.assert_array_equal(x.fields["component"], y.fields["component"])
+            assert len(set(x.rows.tolist())) == len(x.rows) == kw["k"]
+        twins = np.concatenate([r.rows[np.isin(r.rows ^ 1, r.rows)] for r in a.rankings])
+        assert len(twins)  # ties did occur
+
+
+def test_ties_go_to_the_lower_row():
+    """``desc_order`` is ``lexsort((rows, -scores))``; ``topk_rows`` keeps the lower rows of a tie at its cut
+    too (``argpartition`` alone keeps an arbitrary few)."""
+    from ragkit.operator import desc_order
+
+    rng = np.random.default_rng(3)
+    sc = rng.integers(0, 5, (40, 300)).astype(np.float32)  # many ties
+    sc[rng.random(sc.shape) < 0.1] = -np.inf
+    rows = np.stack([rng.permutation(1000)[:300] for _ in range(40)])
+    np.testing.assert_array_equal(desc_order(sc, rows), np.lexsort((rows, -sc), axis=1))
+    for k in (1, 7, 60, 290):
+        r, s = topk_rows(sc, k)
+        ref = np.argsort(-sc, axis=1, kind="stable")[:, :k]
+        np.testing.assert_array_equal(r, ref)
+        np.testing.assert_array_equal(s, np.take_along_axis(sc, ref, axis=1))
+
+
 def test_gather_chunks_agree(blobs, monkeypatch):
     """The vectorised in-cluster search gives the same rankings however its pairs are chunked."""
     import ragkit.retrievers.knn_embed as mod
