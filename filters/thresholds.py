@@ -18,6 +18,33 @@ from ragkit.types import State
 __all__ = ["ScoreThreshold", "RelativeThreshold"]
 
 
+class _PrefixCut(Operator):
+    """Shared body of the score cut-offs: per query, the documents a rule keeps are counted, at
+    least ``max(k_min, min_keep)`` are kept, and each ranking is cut to that prefix (all queries at
+    once on the flattened rankings)."""
+
+    kind = "filter"
+    stateless = True
+    min_keep = 0  # kept per query whatever the rule and ``k_min`` say
+
+    def _keep(self, state: State, scores: np.ndarray, lengths: np.ndarray, starts: np.ndarray,
+              qidx: np.ndarray) -> np.ndarray:
+        """(n_docs,) bool over the flattened rankings: documents the rule keeps."""
+        raise NotImplementedError
+
+    def _call(self, state: State) -> State:
+        out = state.copy()
+        if state.rankings is None:
+            return out
+        k_min = int(self.opt(state, "k_min", self.params.k_min))
+        _, scores, lengths, starts, qidx = flatten(state.rankings)
+        keep = self._keep(state, scores, lengths, starts, qidx)
+        n_keep = np.bincount(qidx, weights=keep, minlength=len(lengths)).astype(np.int64)
+        n_keep = np.maximum(n_keep, np.minimum(max(k_min, self.min_keep), lengths))
+        out.rankings = cut_prefix(state.rankings, n_keep)
+        return out
+
+
 class ScoreThresholdParams(Params):
     threshold: float = Field(0.5, description="Keep documents whose score is >= this value (raw cosine for dense).")
     k_min: int = Field(
@@ -25,7 +52,7 @@ class ScoreThresholdParams(Params):
 
 
 @register
-class ScoreThreshold(Operator):
+class ScoreThreshold(_PrefixCut):
     """Keep the documents whose score is at least a fixed, global ``threshold``.
 
     The usual baseline for relevance filtering of embedding retrieval: one cosine cut-off
@@ -42,22 +69,11 @@ class ScoreThreshold(Operator):
     """
 
     name = "score_threshold"
-    kind = "filter"
     Params = ScoreThresholdParams
-    stateless = True
     example = {"threshold": 0.0}
 
-    def _call(self, state: State) -> State:
-        out = state.copy()
-        if state.rankings is None:
-            return out
-        t = float(self.opt(state, "threshold", self.params.threshold))
-        k_min = int(self.opt(state, "k_min", self.params.k_min))
-        _, scores, lengths, _, qidx = flatten(state.rankings)
-        n_keep = np.bincount(qidx, weights=scores >= t, minlength=len(lengths)).astype(np.int64)
-        n_keep = np.maximum(n_keep, np.minimum(k_min, lengths))
-        out.rankings = cut_prefix(state.rankings, n_keep)
-        return out
+    def _keep(self, state, scores, lengths, starts, qidx):
+        return scores >= float(self.opt(state, "threshold", self.params.threshold))
 
 
 class RelativeThresholdParams(Params):
@@ -66,7 +82,7 @@ class RelativeThresholdParams(Params):
 
 
 @register
-class RelativeThreshold(Operator):
+class RelativeThreshold(_PrefixCut):
     """Per-query relative cut-off: keep documents with ``score >= alpha * top score``.
 
     For a non-positive top score the rule reads ``score >= top - (1 - alpha) * |top|`` (the
@@ -82,27 +98,14 @@ class RelativeThreshold(Operator):
     """
 
     name = "relative_threshold"
-    kind = "filter"
     Params = RelativeThresholdParams
-    stateless = True
     example = {"alpha": 0.9}
+    min_keep = 1  # the top document
 
-    def _call(self, state: State) -> State:
-        out = state.copy()
-        if state.rankings is None:
-            return out
+    def _keep(self, state, scores, lengths, starts, qidx):
+        if not scores.size:
+            return np.zeros(0, bool)
         alpha = float(self.opt(state, "alpha", self.params.alpha))
-        k_min = int(self.opt(state, "k_min", self.params.k_min))
-        _, scores, lengths, starts, qidx = flatten(state.rankings)
-        if scores.size:
-            top = scores[starts[lengths > 0]]
-            top_full = np.zeros(len(lengths), np.float32)
-            top_full[lengths > 0] = top
-            cut = top_full - (1 - alpha) * np.abs(top_full)
-            keep = scores >= cut[qidx]
-        else:
-            keep = np.zeros(0, bool)
-        n_keep = np.bincount(qidx, weights=keep, minlength=len(lengths)).astype(np.int64)
-        n_keep = np.maximum(n_keep, np.minimum(max(k_min, 1), lengths))
-        out.rankings = cut_prefix(state.rankings, n_keep)
-        return out
+        top = np.zeros(len(lengths), np.float32)
+        top[lengths > 0] = scores[starts[lengths > 0]]
+        return scores >= (top - (1 - alpha) * np.abs(top))[qidx]

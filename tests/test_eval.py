@@ -297,18 +297,14 @@ def test_download_errors(server, tmp_path, monkeypatch):
     (www / "bad.zip").write_bytes(b"<html>not a zip</html>")
     with pytest.raises(DataError, match=r"bad\.zip: not a zip archive"):
         download_beir("bad", base_url=url)
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w") as z:
-        z.writestr("other/readme.txt", "x")
-    (www / "empty.zip").write_bytes(buf.getvalue())
-    with pytest.raises(DataError, match="archive has no empty/corpus.jsonl"):
-        download_beir("empty", base_url=url)
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w") as z:
-        z.writestr("../evil/corpus.jsonl", "{}")
-    (www / "evil.zip").write_bytes(buf.getvalue())
-    with pytest.raises(DataError, match="escapes the target folder"):
-        download_beir("evil", base_url=url)
+    for name, member, why in (("empty", "other/readme.txt", "archive has no empty/corpus.jsonl"),
+                              ("evil", "../evil/corpus.jsonl", "escapes the target folder")):
+        buf = io.BytesIO()
+        with zipfile.ZipFile(buf, "w") as z:
+            z.writestr(member, "{}")
+        (www / f"{name}.zip").write_bytes(buf.getvalue())
+        with pytest.raises(DataError, match=why):
+            download_beir(name, base_url=url)
     assert not (tmp_path / "cache" / "beir" / "missing").exists()
     assert not (tmp_path / "cache" / "evil").exists()
     with pytest.raises(DataError, match="could not download"):
