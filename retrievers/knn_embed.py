@@ -266,11 +266,6 @@ class KnnEmbed(Operator):
         self._starts = starts.astype(np.int64)
         self._members = [self._order[starts[i]:starts[i + 1]] for i in range(c)]  # views into _order
         self._sizes = sizes
-        # (C, largest cluster) members of each cluster, ascending id, padded with N (a -inf score column)
-        width = np.arange(int(sizes.max()) if c else 0)[None, :]
-        self._padded = np.where(width < sizes[:, None],
-                                self._order[np.minimum(starts[:-1, None] + width, max(len(order) - 1, 0))],
-                                len(order)).astype(np.int64)
         self._parts: list[np.ndarray] | None = None  # per-cluster contiguous vectors, built on first use
 
     def _part(self, c: int) -> np.ndarray:
@@ -292,7 +287,7 @@ class KnnEmbed(Operator):
         new = type(self)(self.params.updated(**changes))
         self._check_fitted()
         for key in ("corpus_", "vectors_", "labels_", "centroids_", "_members", "_order", "_starts", "_sizes",
-                    "_padded", "_parts"):
+                    "_parts"):
             new.__dict__[key] = self.__dict__[key]
         return new
 
@@ -450,8 +445,10 @@ class KnnEmbed(Operator):
             a = 0
             while a < len(pq):
                 b = min(len(pq), a + max(1, GATHER_ELEMS // int(size[a])))
-                qi, jj = pq[a:b], pj[a:b]
-                doc = self._padded[pc[a:b], :int(size[a])]
+                qi, jj, sz = pq[a:b], pj[a:b], size[a:b]
+                width = np.arange(int(sz[0]))[None, :]  # members ascending by id, padded with column n (-inf)
+                doc = np.where(width < sz[:, None], self._order[np.minimum(self._starts[pc[a:b]][:, None] + width,
+                                                                           n - 1)], n)
                 sub = np.take(s_ext, (qi * (n + 1))[:, None] + doc)
                 need = quota[qi, jj]
                 r, sc = _topk_var(sub, need)
