@@ -114,13 +114,35 @@ def load_yaml(source: str | Path | Mapping[str, Any], make_leaf: LeafFactory | N
     steps = doc["pipeline"]
     if not isinstance(steps, list) or not steps:
         raise ConfigError(f"pipeline: expected a non-empty list of operators, got {steps!r:.60}", path="pipeline")
-    return build_list(steps, "pipeline", make_leaf or _default_leaf)
+    try:
+        return build_list(steps, "pipeline", make_leaf or _default_leaf)
+    except ConfigError as e:
+        if where.startswith("<"):  # YAML text or a mapping: the message's path is all there is
+            raise
+        raise ConfigError(f"{where}: {e}" if "\n" not in str(e) else f"{where}:\n{e}", path=e.path) from None
+
+
+def _build_all(nodes: list[tuple[Any, str]], make_leaf: LeafFactory) -> list[Operator]:
+    """Build sibling nodes ``(node, path)``; the problems of all of them are reported together, one
+    line each (the error's ``path`` is the first problem's)."""
+    built, problems = [], []
+    for x, where in nodes:
+        try:
+            built.append(_branch(x, where, make_leaf))
+        except ConfigError as e:
+            problems.append(e)
+    if len(problems) == 1:
+        raise problems[0]
+    if problems:
+        raise ConfigError("\n".join(str(e) for e in problems), path=problems[0].path)
+    return built
 
 
 def build_list(items: list[Any], path: str, make_leaf: LeafFactory) -> Pipeline:
+    """A list of steps as a :class:`Pipeline` (every step's problems reported at once)."""
     if not items:
         raise ConfigError(f"{path}: expected a non-empty list of operators, got []", path=path)
-    return Pipeline([build(x, f"{path}[{i}]", make_leaf) for i, x in enumerate(items)])
+    return Pipeline(_build_all([(x, f"{path}[{i}]") for i, x in enumerate(items)], make_leaf))
 
 
 def _branch(x: Any, path: str, make_leaf: LeafFactory) -> Operator:
@@ -188,7 +210,7 @@ def _build_parallel(body: Mapping[str, Any], here: str, make_leaf: LeafFactory) 
     if not isinstance(branches, list) or not branches:
         raise ConfigError(f"{here}.branches: expected a non-empty list of branches, got {branches!r:.60}",
                           path=f"{here}.branches")
-    built = [_branch(b, f"{here}.branches[{i}]", make_leaf) for i, b in enumerate(branches)]
+    built = _build_all([(b, f"{here}.branches[{i}]") for i, b in enumerate(branches)], make_leaf)
     fuse = None
     if "fuse" in body:
         if body["fuse"] is None:
@@ -212,7 +234,8 @@ def _build_route(body: Mapping[str, Any], here: str, make_leaf: LeafFactory) -> 
     if not isinstance(branches, Mapping) or not branches:
         raise ConfigError(f"{here}.branches: expected a mapping of label -> pipeline, got {branches!r:.60}",
                           path=f"{here}.branches")
-    built = {str(k): _branch(v, f"{here}.branches.{k}", make_leaf) for k, v in branches.items()}
+    built = dict(zip(map(str, branches), _build_all([(v, f"{here}.branches.{k}") for k, v in branches.items()],
+                                                    make_leaf)))
     default = body.get("default")
     if isinstance(default, str) and default not in built:
         close = difflib.get_close_matches(default, sorted(built), n=1)

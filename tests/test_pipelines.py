@@ -3,6 +3,8 @@ malformed YAML, fit-once, save/load."""
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -438,6 +440,27 @@ def test_validate_file(tmp_path):
     bad.write_text("pipeline: [{bm25: {k: 5}]")
     with pytest.raises(ConfigError, match=r"bad\.yaml: line 1"):
         validate_file(bad)
+
+
+def test_every_bad_step_is_reported_at_once(tmp_path):
+    """All steps' problems in one error (one line each, nested lists too), the file named first."""
+    text = ("pipeline:\n  - bm25: {k: -3}\n  - densse: {k: 10}\n"
+            "  - parallel: {branches: [{bm25: {}}, {top_k: {k: 0}}, [{bm25: {b: 7}}]]}\n")
+    with pytest.raises(ConfigError) as exc:
+        load_yaml(text)
+    lines = str(exc.value).splitlines()
+    assert [ln.split(":")[0] for ln in lines] == [
+        "pipeline[0].bm25.k", "pipeline[1].densse", "pipeline[2].parallel.branches[1].top_k.k",
+        "pipeline[2].parallel.branches[2][0].bm25.b"], lines
+    assert exc.value.path == "pipeline[0].bm25.k"
+    f = tmp_path / "two.yaml"
+    f.write_text(text)
+    with pytest.raises(ConfigError) as exc:
+        load_yaml(f)
+    assert str(exc.value).splitlines()[0] == f"{f}:" and len(str(exc.value).splitlines()) == 5
+    f.write_text("pipeline: [{bm25: {k: 0}}]")
+    with pytest.raises(ConfigError, match=rf"^{re.escape(str(f))}: pipeline\[0\]\.bm25\.k: "):
+        load_yaml(f)
 
 
 def test_pipeline_overhead_bench_quick(tmp_path):
