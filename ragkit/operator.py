@@ -333,8 +333,9 @@ def topk_rows(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         vals = np.take_along_axis(scores, part, axis=1)
         tied = np.flatnonzero((scores >= vals.min(1)[:, None]).sum(1) > k)
         if len(tied):
-            part[tied] = np.argsort(-scores[tied], axis=1, kind="stable")[:, :k]
-            vals[tied] = np.take_along_axis(scores[tied], part[tied], axis=1)
+            sub = scores[tied]
+            part[tied] = np.argsort(-sub, axis=1, kind="stable")[:, :k]
+            vals[tied] = np.take_along_axis(sub, part[tied], axis=1)
     else:
         part = np.broadcast_to(np.arange(n), (n_q, n)).copy()
         vals = np.take_along_axis(scores, part, axis=1)

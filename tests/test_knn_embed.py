@@ -6,14 +6,7 @@ import numpy as np
 import pytest
 
 from ragkit.errors import ArtifactError, DataError, ParamError
-from ragkit.eval.diversity import (
-    alpha_ndcg,
-    cluster_entropy,
-    distinct_clusters,
-    intra_list_diversity,
-    near_duplicate_rate,
-    subtopic_recall,
-)
+from ragkit.eval import diversity as div
 from ragkit.filters.mmr import MMR, mmr_select
 from ragkit.operator import Operator, topk_rows
 from ragkit.retrievers.knn_embed import KnnEmbed, largest_remainder
@@ -261,7 +254,7 @@ def test_mmr_lambda_one_is_relevance_order_and_low_lambda_diversifies(blobs):
     sel = mmr_select(q, pool, valid, vecs, 10, 0.3)
     r_rel = [Ranking(pool[0, sel1[0]], np.zeros(10, np.float32))]
     r_div = [Ranking(pool[0, sel[0]], np.zeros(10, np.float32))]
-    assert intra_list_diversity(r_div, vecs, 10)[0] > intra_list_diversity(r_rel, vecs, 10)[0] + 0.1
+    assert div.intra_list_diversity(r_div, vecs, 10)[0] > div.intra_list_diversity(r_rel, vecs, 10)[0] + 0.1
     assert len(set(truth[pool[0, sel[0]]].tolist())) == 2
 
 
@@ -289,25 +282,25 @@ def test_diversity_measures():
     v = np.vstack([v, v[0]])  # doc 4 duplicates doc 0
     rk = [Ranking(np.array([0, 1, 2]), np.zeros(3, np.float32)), Ranking(np.array([0, 4]), np.zeros(2, np.float32)),
           Ranking(np.array([1]), np.zeros(1, np.float32))]
-    ild = intra_list_diversity(rk, v, k=10)
+    ild = div.intra_list_diversity(rk, v, k=10)
     np.testing.assert_allclose(ild[:2], [1.0, 0.0], atol=1e-6)
     assert np.isnan(ild[2])
-    np.testing.assert_allclose(near_duplicate_rate(rk, v, k=10)[:2], [0.0, 1.0])
+    np.testing.assert_allclose(div.near_duplicate_rate(rk, v, k=10)[:2], [0.0, 1.0])
     labels = np.array([0, 0, 1, 2, 0])
-    assert distinct_clusters(rk, labels, k=10).tolist() == [2, 1, 1]
-    assert distinct_clusters(rk, labels, k=1).tolist() == [1, 1, 1]
-    np.testing.assert_allclose(cluster_entropy(rk, labels, k=10)[1], 0.0)
-    assert cluster_entropy(rk, labels, k=10)[0] > 0.6
+    assert div.distinct_clusters(rk, labels, k=10).tolist() == [2, 1, 1]
+    assert div.distinct_clusters(rk, labels, k=1).tolist() == [1, 1, 1]
+    np.testing.assert_allclose(div.cluster_entropy(rk, labels, k=10)[1], 0.0)
+    assert div.cluster_entropy(rk, labels, k=10)[0] > 0.6
 
 
 def test_alpha_ndcg_and_s_recall():
     sub = {"q": {"a": ["t1"], "b": ["t1"], "c": ["t2"]}}
     good = Run.from_dict({"q": {"a": 3, "c": 2, "b": 1}})
     bad = Run.from_dict({"q": {"a": 3, "b": 2, "c": 1}})
-    assert alpha_ndcg(good, sub, k=3)["q"] == pytest.approx(1.0)
-    assert alpha_ndcg(bad, sub, k=3)["q"] < 1.0
-    assert subtopic_recall(good, sub, k=2)["q"] == 1.0
-    assert subtopic_recall(bad, sub, k=2)["q"] == 0.5
+    assert div.alpha_ndcg(good, sub, k=3)["q"] == pytest.approx(1.0)
+    assert div.alpha_ndcg(bad, sub, k=3)["q"] < 1.0
+    assert div.subtopic_recall(good, sub, k=2)["q"] == 1.0
+    assert div.subtopic_recall(bad, sub, k=2)["q"] == 0.5
 
 
 @pytest.mark.slow
