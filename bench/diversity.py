@@ -11,7 +11,8 @@ k = 10 call, the @100 ones from the k = 100 call.  For dense and greedy MMR the 
 list's prefix; kNN-Embed splits its budget by the mixture weights, so its k = 10 list is its own.
 Per system: nDCG@10, Recall@100, ILD@10 / ILD@100, distinct clusters in the top 10 / 100 (kNN-Embed's own
 clustering and an independent one: other seed, 2x clusters), share of collapsed queries, mean components,
-and batch latency relative to dense (median over repeats of the ratio to a dense call made just before).  Then the
+and batch latency relative to dense (median over repeats of the ratio to a dense call made just before or after,
+alternating).  Then the
 "matched diversity" comparison of kNN-Embed against the MMR curve (linear interpolation of
 Recall@100 at equal ILD, with a paired randomisation test against the nearest MMR point), the
 in-cluster search paths (gather / masked / partitioned), and the synthetic multi-intent pairs
@@ -67,12 +68,14 @@ def timed(fn, repeats: int, base=None):
     secs, ratios = [], []
     out = None
     for i in range(repeats):
-        if base is not None and i % 2 == 0:
+        base_first = i % 2 == 0
+        if base is not None and base_first:
             tb = clock(base)[1]
         out, ts = clock(fn)
         secs.append(ts)
         if base is not None:
-            tb = clock(base)[1] if i % 2 else tb
+            if not base_first:
+                tb = clock(base)[1]
             ratios.append(ts / tb)
     return out, float(np.median(secs)), float(np.median(ratios)) if ratios else float("nan")
 

@@ -155,9 +155,10 @@ def _topk_var(scores: np.ndarray, need: np.ndarray) -> tuple[np.ndarray, np.ndar
     sc = np.full((len(scores), width), -np.inf, np.float32)
     one = need <= 1
     if one.any():
-        best = np.argmax(scores[one], axis=1)
+        s1 = scores[one]
+        best = np.argmax(s1, axis=1)
         rows[one, 0] = best
-        sc[one, 0] = scores[one][np.arange(len(best)), best]
+        sc[one, 0] = s1[np.arange(len(best)), best]
     if not one.all():
         r, s_ = topk_rows(scores[~one], width)
         rows[~one, :r.shape[1]], sc[~one, :r.shape[1]] = r, s_
