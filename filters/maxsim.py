@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 from pydantic import Field
 
 from ragkit.operator import Operator, desc_order
@@ -57,7 +56,7 @@ class MaxSim(TokenOperatorMixin, Operator):
             return out
         qd, qo, qw = self.rerank_query(self.query_tokens(state))
         sc = chamfer_pairs(qd, qo, self.tokens_.data, self.tokens_.offsets, rows, q_weights=qw)
-        order = desc_order(sc, np.where(rows < 0, np.iinfo(np.int64).max, rows))
+        order = desc_order(sc, rows)
         k = self.params.k
         rankings = []
         for r, o, s in zip(state.rankings, order, sc):  # assemble Ranking objects (work is done above)

@@ -345,12 +345,13 @@ def topk_rows(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def desc_order(scores: np.ndarray, rows: np.ndarray) -> np.ndarray:
-    """Per-row permutation ``(n_q, k)`` putting ``scores`` descending, ties by ascending ``rows``.
+    """Per-row permutation ``(n_q, k)`` putting ``scores`` descending, ties by ascending ``rows``;
+    negative rows (padding, ``-1``) come after every real row of the same score.
 
     The result of ``np.lexsort((rows, -scores), axis=1)`` (NaN last) with two single-key stable
     sorts, which is 10-20x faster than numpy's two-key lexsort on ``(3000, 60)`` blocks.
     """
-    by_row = np.argsort(rows, axis=1, kind="stable")
+    by_row = np.argsort(np.where(rows < 0, np.iinfo(np.int64).max, rows), axis=1, kind="stable")
     sc = np.take_along_axis(scores, by_row, axis=1)
     return np.take_along_axis(by_row, np.argsort(-sc, axis=1, kind="stable"), axis=1)
 

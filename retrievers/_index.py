@@ -118,7 +118,7 @@ def _topk_merge(best_s: np.ndarray | None, best_i: np.ndarray | None, s: np.ndar
 def _sort_desc(s: np.ndarray, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Sort each row by score descending, ties by lower slot; invalid slots (-1) last."""
     s = np.where(idx < 0, -np.inf, s)
-    order = desc_order(s, np.where(idx < 0, np.iinfo(np.int64).max, idx))
+    order = desc_order(s, idx)
     return np.take_along_axis(s, order, axis=1).astype(np.float32), np.take_along_axis(idx, order, axis=1)
 
 

@@ -112,7 +112,7 @@ def rerank_tokens(q_data: np.ndarray, q_off: np.ndarray, q_w: np.ndarray | None,
     Ties keep the lower corpus row first.
     """
     sc = chamfer_pairs(q_data, q_off, docs.data, docs.offsets, rows, q_weights=q_w)
-    order = desc_order(sc, np.where(rows < 0, np.iinfo(np.int64).max, rows))
+    order = desc_order(sc, rows)
     return np.take_along_axis(rows, order, axis=1), np.take_along_axis(sc, order, axis=1)
 
 
