@@ -7,7 +7,8 @@ Usage::
     python bench/muvera.py --configs 5x16x20,4x16x10 --candidates 50,100,200,500
 
 A config ``KxPxR`` is ``k_sim x d_proj x r_reps`` (FDE size ``R * 2**K * P``); ``P = id`` is the
-identity projection (``R * 2**K * 384``).  Measured in one run, on the same L2-normalised
+identity projection (``R * 2**K * 384``); a ``+mW`` suffix adds the mean channel with weight ``W``
+(384 more dims; ``FDEConfig.mean_weight``).  Measured in one run, on the same L2-normalised
 all-MiniLM-L6-v2 token vectors (special tokens kept, padding dropped, 256 max):
 
 * the main config (``--main auto``) is chosen on SciFact *train* queries, never on test:
@@ -87,9 +88,11 @@ def _spearman_rows(x: np.ndarray, y: np.ndarray) -> float:
 
 
 def _config(spec: str, seed: int) -> dict:
-    """``KxPxR`` -> FDEConfig / Muvera keyword arguments (``P = id``: identity projection)."""
+    """``KxPxR[+mW]`` -> FDEConfig / Muvera keyword arguments (``P = id``: identity projection;
+    ``+mW``: mean channel of weight ``W``)."""
+    spec, _, mean = spec.partition("+m")
     k_sim, d_proj, r_reps = spec.split("x")
-    kw = {"k_sim": int(k_sim), "r_reps": int(r_reps), "seed": seed}
+    kw = {"k_sim": int(k_sim), "r_reps": int(r_reps), "seed": seed, "mean_weight": float(mean or 0)}
     if d_proj == "id":
         kw.update(projection="identity")
     else:
@@ -157,8 +160,9 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    configs = args.configs or ("4x16x10,3xidx1" if args.quick else
-                               "5x16x20,4x32x20,4x32x40,3x64x20,2xidx5,3xidx5,3xidx8")
+    configs = args.configs or ("4x16x10,3xidx1+m1" if args.quick else
+                               "5x16x20,4x32x20,4x32x40,2xidx5,3xidx5,5x16x20+m1,4x32x20+m1,2xidx3+m0.5,"
+                               "2xidx3+m1,2xidx3+m2,2xidx5+m1")
     cands = [int(c) for c in (args.candidates or ("10,20,50,100" if args.quick else
                                                   "50,100,120,150,200,500")).split(",")]
 

@@ -21,6 +21,14 @@ Fixed Dimensional Encodings", NeurIPS 2024, arXiv 2405.19504.  Steps as in
   = per-bucket **mean**, and (documents only) an empty bucket gets the projected token whose
   bit pattern is nearest in Hamming distance to the bucket's (ties: lowest token index).
 * ``d_FDE = r_reps * 2**k_sim * d_proj``; optional final Count-Sketch to ``d_final``.
+* Optional mean channel (``mean_weight > 0``; a ragkit extension, not in the paper): ``d`` more
+  coordinates after the (sketched) blocks, the unit-normalised mean of a document's tokens and
+  ``mean_weight * r_reps *`` the sum of a query's tokens.  The FDE inner product then adds
+  ``mean_weight * r_reps * sum_q <q, mean direction of P>``, the single-vector similarity that
+  mean-pooling sentence encoders score with.  It is a second, coarse view of the same tokens that
+  the SimHash blocks miss: on SciFact MiniLM tokens (200 train queries) the paper's 5x16x20 FDE
+  holds 0.912 of the exact-Chamfer top 10 among 120 candidates, 0.953 with the channel at weight 1
+  (``bench/muvera.py``).
 * Randomness: repetition ``r`` draws ``G_r`` then ``S_r`` from ``np.random.default_rng(seed + r)``;
   the final projection from ``np.random.default_rng([seed, 2**31 - 1])``.  Queries and
   documents use the same streams, so encoding is reproducible from ``(params, seed)`` alone.
@@ -63,6 +71,8 @@ class FDEConfig:
         Inner projection kind.
     fill_empty : bool
         Fill empty document buckets with the Hamming-nearest token (never for queries).
+    mean_weight : float
+        Weight of the mean channel (0: none, the paper's FDE); see the module docstring.
     seed : int
         Base seed; repetition ``r`` uses ``default_rng(seed + r)``.
     """
@@ -73,6 +83,7 @@ class FDEConfig:
     d_final: int | None = None
     projection: Literal["ams", "countsketch", "identity"] = "ams"
     fill_empty: bool = True
+    mean_weight: float = 0.0
     seed: int = 42
 
     def __post_init__(self) -> None:
@@ -83,6 +94,8 @@ class FDEConfig:
                 f"FDEConfig: d_proj and r_reps must be >= 1, got d_proj={self.d_proj}, r_reps={self.r_reps}")
         if self.d_final is not None and self.d_final < 1:
             raise ParamError(f"FDEConfig.d_final must be >= 1 or None, got {self.d_final}")
+        if not self.mean_weight >= 0:
+            raise ParamError(f"FDEConfig.mean_weight must be >= 0 (0: no mean channel), got {self.mean_weight}")
         if self.projection not in ("ams", "countsketch", "identity"):
             raise ParamError(
                 f"FDEConfig.projection must be 'ams', 'countsketch' or 'identity', got {self.projection!r}")
@@ -99,8 +112,10 @@ class FDEConfig:
 
 
 def fde_dim(cfg: FDEConfig, d: int) -> int:
-    """``d_final`` if set, else ``r_reps * 2**k_sim * d_proj`` (``d_proj = d`` for identity)."""
-    return cfg.d_final if cfg.d_final is not None else cfg.r_reps * cfg.buckets * cfg.proj_dim(d)
+    """``d_final`` if set, else ``r_reps * 2**k_sim * d_proj`` (``d_proj = d`` for identity); plus
+    ``d`` with the mean channel (``mean_weight > 0``)."""
+    blocks = cfg.d_final if cfg.d_final is not None else cfg.r_reps * cfg.buckets * cfg.proj_dim(d)
+    return blocks + (d if cfg.mean_weight > 0 else 0)
 
 
 def draw_matrices(cfg: FDEConfig, d: int) -> tuple[np.ndarray, np.ndarray | None]:
@@ -146,7 +161,11 @@ def _encode(data: np.ndarray, offsets: np.ndarray, cfg: FDEConfig, is_query: boo
             chunk_tokens: int = 200_000) -> np.ndarray:
     data, offsets = _check(data, offsets)
     n, d = len(offsets) - 1, data.shape[1]
-    out = np.zeros((n, cfg.r_reps * cfg.buckets * cfg.proj_dim(d)), np.float32)
+    width = cfg.r_reps * cfg.buckets * cfg.proj_dim(d)
+    n_mean = d if cfg.mean_weight > 0 else 0
+    # the mean channel lives in out's last columns unless a final sketch makes a new array
+    out = np.zeros((n, width + (n_mean if cfg.d_final is None else 0)), np.float32)
+    mean = out[:, width:] if cfg.d_final is None else np.zeros((n, n_mean), np.float32)
     g, s = draw_matrices(cfg, d)
     # chunk over sets so that the (tokens, r_reps * d_proj) projection stays small
     lo = 0
@@ -155,21 +174,32 @@ def _encode(data: np.ndarray, offsets: np.ndarray, cfg: FDEConfig, is_query: boo
         hi = min(max(hi, lo + 1), n)
         a, b = offsets[lo], offsets[hi]
         x = np.asarray(data[a:b], dtype=np.float32)
-        _encode_chunk(x, offsets[lo:hi + 1] - a, g, s, cfg, is_query, out[lo:hi])
+        _encode_chunk(x, offsets[lo:hi + 1] - a, g, s, cfg, is_query, out[lo:hi, :width],
+                      mean[lo:hi] if n_mean else None)
         lo = hi
     if cfg.d_final is not None:
         out = np.asarray(out @ _final_sketch(cfg, out.shape[1]), dtype=np.float32)
+        if n_mean:
+            out = np.concatenate([out, mean], axis=1)
     return out
 
 
 def _encode_chunk(x: np.ndarray, off: np.ndarray, g: np.ndarray, s: np.ndarray | None, cfg: FDEConfig,
-                  is_query: bool, out: np.ndarray) -> None:
+                  is_query: bool, out: np.ndarray, mean: np.ndarray | None) -> None:
     n, nt = len(off) - 1, len(x)
     B, k = cfg.buckets, cfg.k_sim
     dp = s.shape[1] // cfg.r_reps if s is not None else x.shape[1]
     if nt == 0:
         return
     doc = np.repeat(np.arange(n, dtype=np.int64), np.diff(off))
+    if mean is not None:  # mean channel: query sum * mean_weight * r_reps, document mean direction
+        tot = np.asarray(sp.csr_matrix((np.ones(nt, np.float32), (doc, np.arange(nt))), shape=(n, nt)) @ x,
+                         dtype=np.float32)
+        if is_query:
+            mean[:] = tot * np.float32(cfg.mean_weight * cfg.r_reps)
+        else:
+            norm = np.linalg.norm(tot, axis=1, keepdims=True)
+            mean[:] = tot / np.where(norm > 0, norm, 1.0)
     bits_all = (x @ g) > 0                                            # (nt, R*k)
     proj_all = x @ s if s is not None else None                       # (nt, R*dp)
     pow2 = (1 << np.arange(k - 1, -1, -1)).astype(np.int64)           # first hyperplane = MSB

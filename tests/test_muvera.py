@@ -55,6 +55,14 @@ def _naive_fde(x, off, cfg, is_query):
                     ham = [(row != pat).sum() for row in bits]
                     best = int(np.argmin(ham))  # first minimum = lowest token index
                     out[j, blk] = proj[best]
+    if cfg.d_final is None and cfg.mean_weight > 0:  # mean channel, per set
+        tail = np.array([x[off[j]:off[j + 1]].astype(np.float64).sum(0) for j in range(len(off) - 1)])
+        if is_query:
+            tail *= cfg.mean_weight * cfg.r_reps
+        else:
+            norm = np.linalg.norm(tail, axis=1, keepdims=True)
+            tail /= np.where(norm > 0, norm, 1)
+        out = np.concatenate([out, tail], axis=1)
     return out
 
 
@@ -64,6 +72,8 @@ def _naive_fde(x, off, cfg, is_query):
     (FDEConfig(k_sim=3, d_proj=8, r_reps=2), 64, 2 * 8 * 8),
     (FDEConfig(k_sim=2, r_reps=3, projection="identity"), 24, 3 * 4 * 24),
     (FDEConfig(k_sim=4, d_proj=16, r_reps=10, d_final=1000), 64, 1000),
+    (FDEConfig(k_sim=2, r_reps=3, projection="identity", mean_weight=1.0), 24, 3 * 4 * 24 + 24),
+    (FDEConfig(k_sim=4, d_proj=16, r_reps=10, d_final=1000, mean_weight=0.5), 64, 1000 + 64),
 ])
 def test_fde_dimension_formula(cfg, d, want):
     rng = np.random.default_rng(0)
@@ -78,6 +88,7 @@ def test_fde_dimension_formula(cfg, d, want):
     FDEConfig(k_sim=2, r_reps=2, projection="identity", seed=1),
     FDEConfig(k_sim=3, d_proj=6, r_reps=2, projection="countsketch"),
     FDEConfig(k_sim=3, d_proj=6, r_reps=2, fill_empty=False),
+    FDEConfig(k_sim=2, d_proj=6, r_reps=3, mean_weight=0.7),
 ])
 def test_fde_matches_naive_loop_implementation(cfg):
     rng = np.random.default_rng(1)
@@ -101,6 +112,25 @@ def test_query_sum_document_mean_asymmetry():
     assert (np.abs(q).sum(-1) == 0).any()
     q_nonzero = (np.abs(q).sum(-1) > 0).sum(1)
     assert (q_nonzero <= 2 * np.diff(off)).all()  # at most one bucket per token per repetition
+
+
+def test_fde_mean_channel_adds_weighted_single_vector_similarity():
+    """FDE ip with the mean channel = ip without it + mean_weight * r_reps * <sum q, unit mean of P>,
+    with or without a final sketch (the channel is appended after it, never sketched)."""
+    rng = np.random.default_rng(12)
+    D, Doff = _sets(rng, 9, 0, 14, d=16)                   # includes empty documents: channel 0
+    Q, Qoff = _sets(rng, 4, 1, 6, d=16)
+    for base in (FDEConfig(k_sim=3, d_proj=8, r_reps=4), FDEConfig(k_sim=3, d_proj=8, r_reps=4, d_final=50)):
+        plain = fde_queries(Q, Qoff, base) @ fde_documents(D, Doff, base).T
+        cfg = FDEConfig(**{**vars(base), "mean_weight": 0.25})
+        with_mean = fde_queries(Q, Qoff, cfg) @ fde_documents(D, Doff, cfg).T
+        qsum = np.array([Q[Qoff[i]:Qoff[i + 1]].sum(0) for i in range(4)])
+        dsum = np.array([D[Doff[j]:Doff[j + 1]].sum(0) for j in range(9)])
+        dnorm = np.linalg.norm(dsum, axis=1, keepdims=True)
+        want = plain + 0.25 * 4 * qsum @ (dsum / np.where(dnorm > 0, dnorm, 1)).T
+        np.testing.assert_allclose(with_mean, want, rtol=1e-4, atol=1e-4)
+    with pytest.raises(ParamError, match="mean_weight"):
+        FDEConfig(mean_weight=-1.0)
 
 
 def test_fde_deterministic_under_seed():
@@ -269,7 +299,7 @@ def test_muvera_save_load_reproduces_query_fdes_bit_for_bit(tiny, tmp_path):
     from ragkit.retrievers import Muvera
 
     corpus, queries = tiny
-    mu = Muvera(k=5, candidates=20, k_sim=3, d_proj=8, r_reps=4, fde_dtype="f16", seed=3).fit(corpus)
+    mu = Muvera(k=5, candidates=20, k_sim=3, d_proj=8, r_reps=4, fde_dtype="f16", seed=3, mean_weight=1.0).fit(corpus)
     mu.save(tmp_path / "mu")
     back = Operator.load(tmp_path / "mu", mmap=True)
     q = mu.token_encoder.encode_queries(queries.texts)
@@ -279,6 +309,31 @@ def test_muvera_save_load_reproduces_query_fdes_bit_for_bit(tiny, tmp_path):
         assert np.array_equal(a, b)
     for a, b in zip(back.search(queries).rankings, mu.search(queries).rankings):
         assert a.equals(b)
+
+
+def test_muvera_loads_a_save_from_before_the_mean_channel(tiny, tmp_path):
+    """A muvera.json written before ``mean_weight`` existed loads as ``mean_weight=0``; a save
+    whose FDE config disagrees with the parameters is refused."""
+    import json
+
+    from ragkit.errors import ArtifactError
+    from ragkit.operator import Operator
+    from ragkit.retrievers import Muvera
+
+    corpus, queries = tiny
+    mu = Muvera(k=5, candidates=20, k_sim=2, d_proj=8, r_reps=2).fit(corpus)
+    mu.save(tmp_path / "mu")
+    meta_path = tmp_path / "mu" / "muvera.json"
+    meta = json.loads(meta_path.read_text())
+    del meta["config"]["mean_weight"]
+    meta_path.write_text(json.dumps(meta))
+    back = Operator.load(tmp_path / "mu")
+    for a, b in zip(back.search(queries).rankings, mu.search(queries).rankings):
+        assert a.equals(b)
+    meta["config"]["mean_weight"] = 2.0
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(ArtifactError, match="does not match"):
+        Operator.load(tmp_path / "mu")
 
 
 def test_muvera_params_cross_checks():
