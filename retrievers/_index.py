@@ -9,9 +9,13 @@ batched top-k inner-product / cosine queries.  Storage and search are parameters
     vectors (``min_j``, ``step_j = (max_j - min_j) / 255``, as sentence-transformers'
     ``quantize_embeddings``), scored *asymmetrically* against the float query:
     ``<q, x> ~= (code + 128) @ (q * step) + q @ min``.  HNSW search hands usearch int8 codes
-    with one global symmetric scale (``127 / p99.9(|x|)``) so that int8-vs-int8 cosine in
-    the graph keeps the geometry; usearch's own float->i8 cast is never used (it loses
-    about 5 points of recall@10 on MiniLM).
+    with one global symmetric scale (``127 / p99.9(|x|)``) so that the int8-vs-int8 inner
+    product in the graph (divided by the scale squared) keeps the geometry; usearch's own
+    float->i8 cast is never used (it loses about 5 points of recall@10 on MiniLM).  The graph
+    uses usearch's ``ip`` kernel, not ``cos``: the codes of unit vectors have near-equal norms,
+    so the ranking is the same, the search ~14% faster (100k vectors, ef 64-128), and an
+    ``ip`` index of unnormalised vectors (MUVERA's FDEs) is searched by inner product, as it
+    must be.  Graphs saved with the ``cos`` kernel by earlier versions load and score as before.
   - ``b1``: packed sign bits (``np.packbits(x > 0)``).  Exact search scores every code with
     the float query against the ±1 bits (asymmetric; numpy); HNSW search uses usearch's
     Hamming distance on the sign-quantised query.  The ``oversample * k`` candidates are
@@ -299,7 +303,7 @@ class VectorIndex:
         from usearch.index import Index
 
         kind = {"f32": "f32", "f16": "f16", "i8": "i8", "b1": "b1"}[self.dtype]
-        metric = "hamming" if self.dtype == "b1" else ("cos" if self.dtype == "i8" else "ip")
+        metric = "hamming" if self.dtype == "b1" else "ip"  # i8 too: see the module docstring
         ndim = self.ndim if self.dtype != "b1" else 8 * ((self.ndim + 7) // 8)
         return Index(ndim=ndim, metric=metric, dtype=kind, connectivity=self.connectivity,
                      expansion_add=self.expansion_add, expansion_search=self.expansion_search)
@@ -431,7 +435,12 @@ class VectorIndex:
         # a one-query batch comes back as ``Matches`` (already cut to the hits found), more as ``BatchMatches``
         counts = np.asarray(m.counts).reshape(len(qr)) if hasattr(m, "counts") else np.array([keys.shape[1]])
         valid = np.arange(keys.shape[1])[None, :] < counts[:, None]
-        s = -dist if self.dtype == "b1" else 1.0 - dist
+        if self.dtype == "b1":
+            s = -dist
+        elif self.dtype == "i8" and self.usearch.metric_kind.name == "IP":  # integer dot of the codes
+            s = (1.0 - dist) / np.float32(self.i8_scale) ** 2
+        else:  # f32 / f16 inner product, or an i8 cosine graph saved by an earlier version
+            s = 1.0 - dist
         return np.where(valid, s, -np.inf).astype(np.float32), np.where(valid, keys, -1)
 
     def _filtered_hnsw(self, qr: np.ndarray, kk: int, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

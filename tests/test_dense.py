@@ -288,6 +288,42 @@ def test_hnsw_recall_synthetic():
         assert np.mean([len(set(a) & set(b)) / 10 for a, b in zip(got, ref)]) >= 0.9, dtype
 
 
+def test_int8_graph_searches_by_inner_product():
+    """An ``ip`` index of unnormalised vectors (MUVERA's FDEs) stored as int8 HNSW ranks by inner
+    product, with scores on the inner product's scale; a cosine graph would rank by angle."""
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((4000, 32)).astype(np.float32) * rng.uniform(0.2, 2.0, (4000, 1)).astype(np.float32)
+    q = rng.standard_normal((40, 32)).astype(np.float32)
+    ref, rs = VectorIndex(metric="ip").build(x).search(q, 10)
+    got, gs = VectorIndex(metric="ip", search="hnsw", dtype="i8", expansion_search=128).build(x).search(q, 10)
+    assert np.mean([len(set(a) & set(b)) / 10 for a, b in zip(got, ref)]) >= 0.85
+    np.testing.assert_allclose(gs[:, 0], (q * x[got[:, 0]]).sum(1), rtol=0.05, atol=0.05)
+    by_angle = np.argsort(-(q @ (x / np.linalg.norm(x, axis=1, keepdims=True)).T), 1)[:, :10]
+    assert np.mean([len(set(a) & set(b)) / 10 for a, b in zip(by_angle, ref)]) < 0.6  # the test can tell
+
+
+def test_int8_cosine_graph_of_an_earlier_version_loads(tmp_path):
+    """Graphs saved with usearch's ``cos`` kernel (before int8 graphs used ``ip``) load and score
+    as cosines."""
+    from usearch.index import Index
+
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((3000, 24)).astype(np.float32)
+    q = rng.standard_normal((20, 24)).astype(np.float32)
+    ix = VectorIndex(search="hnsw", dtype="i8", expansion_search=128).build(x)
+    old = Index(ndim=ix.ndim, metric="cos", dtype="i8", connectivity=ix.connectivity, expansion_add=ix.expansion_add,
+                expansion_search=ix.expansion_search)
+    old.add(np.arange(len(x), dtype=np.uint64), ix._get(np.arange(len(x))))
+    ix.usearch = old
+    ix.save(tmp_path / "old")
+    back = VectorIndex.load(tmp_path / "old")
+    assert back.usearch.metric_kind.name == "Cos"
+    rows, sc = back.search(q, 10)
+    ref, rs = VectorIndex().build(x).search(q, 10)
+    assert np.mean([len(set(a) & set(b)) / 10 for a, b in zip(rows, ref)]) >= 0.85
+    np.testing.assert_allclose(sc[:, 0], rs[:, 0], atol=0.03)
+
+
 def test_auto_picks_by_size():
     x = np.random.default_rng(0).standard_normal((300, 16)).astype(np.float32)
     assert VectorIndex(search="auto", exact_max=1000).build(x).backend == "numpy"
