@@ -15,7 +15,10 @@ batched top-k inner-product / cosine queries.  Storage and search are parameters
     uses usearch's ``ip`` kernel, not ``cos``: the codes of unit vectors have near-equal norms,
     so the ranking is the same, the search ~14% faster (100k vectors, ef 64-128), and an
     ``ip`` index of unnormalised vectors (MUVERA's FDEs) is searched by inner product, as it
-    must be.  Graphs saved with the ``cos`` kernel by earlier versions load and score as before.
+    must be.  A query is coded with the corpus's scale, shrunk for that query where it would
+    clip (an ``ip`` index's queries can be far larger than its documents: MUVERA's query FDEs
+    sum tokens, its document FDEs average them).  Graphs saved with the ``cos`` kernel by
+    earlier versions load and score as before.
   - ``b1``: packed sign bits (``np.packbits(x > 0)``).  Exact search scores every code with
     the float query against the ±1 bits (asymmetric; numpy); HNSW search uses usearch's
     Hamming distance on the sign-quantised query.  The ``oversample * k`` candidates are
@@ -428,7 +431,12 @@ class VectorIndex:
         return np.stack(got) if isinstance(got, (tuple, list)) else np.asarray(got).reshape(len(slots), -1)
 
     def _hnsw(self, qr: np.ndarray, kk: int) -> tuple[np.ndarray, np.ndarray]:
-        q = self._codes(qr, for_usearch=True)
+        if self.dtype == "i8":  # the corpus's scale, shrunk per query where it would clip: an ``ip``
+            # index's queries can be far larger than its documents (MUVERA: token sums vs means)
+            q_scale = np.minimum(self.i8_scale, 127.0 / np.maximum(np.abs(qr).max(axis=1), 1e-30)).astype(np.float32)
+            q = np.clip(np.rint(qr * q_scale[:, None]), -127, 127).astype(np.int8)
+        else:
+            q = self._codes(qr, for_usearch=True)
         m = self.usearch.search(q, kk, threads=self.threads)
         keys = np.asarray(m.keys).reshape(len(qr), -1).astype(np.int64)
         dist = np.asarray(m.distances, dtype=np.float32).reshape(len(qr), -1)
@@ -438,7 +446,7 @@ class VectorIndex:
         if self.dtype == "b1":
             s = -dist
         elif self.dtype == "i8" and self.usearch.metric_kind.name == "IP":  # integer dot of the codes
-            s = (1.0 - dist) / np.float32(self.i8_scale) ** 2
+            s = (1.0 - dist) / (np.float32(self.i8_scale) * q_scale[:, None])
         else:  # f32 / f16 inner product, or an i8 cosine graph saved by an earlier version
             s = 1.0 - dist
         return np.where(valid, s, -np.inf).astype(np.float32), np.where(valid, keys, -1)

@@ -294,10 +294,12 @@ def test_int8_graph_searches_by_inner_product():
     rng = np.random.default_rng(5)
     x = rng.standard_normal((4000, 32)).astype(np.float32) * rng.uniform(0.2, 2.0, (4000, 1)).astype(np.float32)
     q = rng.standard_normal((40, 32)).astype(np.float32)
+    q[20:] *= 25.0  # queries far larger than the documents (MUVERA: token sums against token means)
     ref, rs = VectorIndex(metric="ip").build(x).search(q, 10)
     got, gs = VectorIndex(metric="ip", search="hnsw", dtype="i8", expansion_search=128).build(x).search(q, 10)
     assert np.mean([len(set(a) & set(b)) / 10 for a, b in zip(got, ref)]) >= 0.85
-    np.testing.assert_allclose(gs[:, 0], (q * x[got[:, 0]]).sum(1), rtol=0.05, atol=0.05)
+    exact_ip = (q * x[got[:, 0]]).sum(1)
+    assert (np.abs(gs[:, 0] - exact_ip) <= 0.05 * np.abs(exact_ip) + 0.05 * np.abs(q).max(1)).all()
     by_angle = np.argsort(-(q @ (x / np.linalg.norm(x, axis=1, keepdims=True)).T), 1)[:, :10]
     assert np.mean([len(set(a) & set(b)) / 10 for a, b in zip(by_angle, ref)]) < 0.6  # the test can tell
 

@@ -336,6 +336,20 @@ def test_muvera_loads_a_save_from_before_the_mean_channel(tiny, tmp_path):
         Operator.load(tmp_path / "mu")
 
 
+def test_muvera_int8_graph_ranks_by_fde_inner_product(tiny):
+    """FDEs stored as an int8 HNSW graph: query FDEs (token sums) are far larger than document
+    FDEs (token means); the shortlist must still follow the FDE inner product, on its scale."""
+    from ragkit.retrievers import Muvera
+
+    corpus, queries = tiny
+    kw = dict(k=10, candidates=10, k_sim=3, d_proj=8, r_reps=4, mean_weight=1.0, rerank=False)
+    ref = Muvera(**kw).fit(corpus).search(queries)
+    got = Muvera(**kw, fde_dtype="i8", search="hnsw").fit(corpus).search(queries)
+    assert np.mean([len(set(a.rows) & set(b.rows)) / 10 for a, b in zip(got.rankings, ref.rankings)]) >= 0.9
+    for a, b in zip(got.rankings, ref.rankings):
+        np.testing.assert_allclose(a.scores[0], b.scores[0], rtol=0.05)
+
+
 def test_muvera_params_cross_checks():
     from ragkit.retrievers import Muvera
 
