@@ -24,10 +24,12 @@ batched top-k inner-product / cosine queries.  Storage and search are parameters
     Hamming distance on the sign-quantised query.  The ``oversample * k`` candidates are
     then re-ranked with the float vectors (``rescore=True``) or, with no float vectors at
     all, by the float query against the ±1 bits.
-* ``reduce``: ``none``, ``pca:<d>`` (centred PCA fitted on the indexed vectors, optional
-  whitening) or ``matryoshka:<d>`` (keep the first ``d`` dimensions; only sound for
-  models trained with Matryoshka Representation Learning).  Vectors are re-normalised
-  after reduction for ``metric="cos"``.
+* ``reduce``: ``none``, ``pca:<d>`` (PCA fitted on the indexed vectors, optional whitening;
+  with ``metric="cos"`` vectors are centred before the projection, with ``"ip"`` they are not,
+  since centring both sides adds a per-document bias to inner products; ``ip`` indexes saved
+  before this centred them and need a rebuild) or ``matryoshka:<d>`` (keep the first ``d``
+  dimensions; only sound for models trained with Matryoshka Representation Learning).
+  Vectors are re-normalised after reduction for ``metric="cos"``.
 * ``rescore``: the full-precision float vectors are written to a ``.npy`` file and
   memory-mapped (never loaded): a shortlist of ``oversample * k`` candidates from the
   compressed / reduced index is re-scored exactly with them.
@@ -246,7 +248,9 @@ class VectorIndex:
             comps = vt[: self.reduce_dims].T
             if self.whiten:
                 comps = comps / np.maximum(np.sqrt(ev[: self.reduce_dims]), 1e-12)
-            self.pca_mean = mean.astype(np.float32)
+            # cos: centred cosine (PCA-RAG); ip: project without centring, since (q - m).(x - m) adds a
+            # per-document bias -m.x to the ranking (tests/test_dense.py: 0.30 agreement with q P x)
+            self.pca_mean = mean.astype(np.float32) if self.metric == "cos" else np.zeros_like(mean, np.float32)
             self.pca_components = np.ascontiguousarray(comps, dtype=np.float32)
             self.explained_variance_ratio = float((sv[: self.reduce_dims] ** 2).sum() / max((sv ** 2).sum(), 1e-30))
         x = self._reduce(full)

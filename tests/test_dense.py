@@ -326,6 +326,23 @@ def test_int8_cosine_graph_of_an_earlier_version_loads(tmp_path):
     np.testing.assert_allclose(sc[:, 0], rs[:, 0], atol=0.03)
 
 
+def test_pca_on_inner_product_keeps_the_ranking_of_the_projected_vectors():
+    """``metric="ip"`` + PCA: no centring, so the index ranks by ``q P x`` (centring both sides
+    would add a per-document bias ``-m.x``: 0.30 agreement with ``q P x`` here)."""
+    rng = np.random.default_rng(8)
+    scale = np.linspace(3, 0.3, 48)
+    x = ((rng.standard_normal((5000, 48)) * scale + 1.5) * rng.uniform(0.5, 1.5, (5000, 1))).astype(np.float32)
+    q = (rng.standard_normal((100, 48)) * scale + 1.5).astype(np.float32)
+    ix = VectorIndex(metric="ip", reduce="pca:16").build(x)
+    got, gs = ix.search(q, 10)
+    w = ix.pca_components
+    want = np.argsort(-((q @ w) @ (x @ w).T), axis=1, kind="stable")[:, :10]
+    assert np.mean([len(set(a) & set(b)) / 10 for a, b in zip(got, want)]) >= 0.99
+    ref, _ = VectorIndex(metric="ip").build(x).search(q, 10)
+    assert np.mean([len(set(a) & set(b)) / 10 for a, b in zip(got, ref)]) >= 0.5
+    np.testing.assert_allclose(gs[:, 0], ((q @ w) * (x[got[:, 0]] @ w)).sum(1), rtol=1e-4)
+
+
 def test_auto_picks_by_size():
     x = np.random.default_rng(0).standard_normal((300, 16)).astype(np.float32)
     assert VectorIndex(search="auto", exact_max=1000).build(x).backend == "numpy"
