@@ -82,6 +82,11 @@ BLOCK = 16_384
 FORMAT = 1
 
 
+def _i8_symmetric(x: np.ndarray, scale: np.ndarray | float) -> np.ndarray:
+    """``x * scale`` rounded and clipped to int8 ``[-127, 127]`` (the codes usearch's graph holds)."""
+    return np.clip(np.rint(x * scale), -127, 127).astype(np.int8)
+
+
 def parse_reduce(reduce: str) -> tuple[str, int]:
     """``"pca:128"`` -> ``("pca", 128)``; ``"none"`` -> ``("none", 0)``."""
     m = re.fullmatch(r"(none)|(pca|matryoshka):([1-9][0-9]*)", reduce)
@@ -269,8 +274,8 @@ class VectorIndex:
             return x.astype(np.float16)
         if self.dtype == "b1":
             return np.packbits(x > 0, axis=1)
-        if for_usearch:  # global symmetric scale: int8-vs-int8 cosine in the graph keeps the geometry
-            return np.clip(np.rint(x * self.i8_scale), -127, 127).astype(np.int8)
+        if for_usearch:  # global symmetric scale: the int8-vs-int8 inner product in the graph keeps the geometry
+            return _i8_symmetric(x, self.i8_scale)
         # per-dimension calibration, clipped to the calibrated range (stored as uint8 = code + 128)
         return np.clip(np.rint((x - self.i8_min) / self.i8_step), 0, 255).astype(np.uint8)
 
@@ -438,7 +443,7 @@ class VectorIndex:
         if self.dtype == "i8":  # the corpus's scale, shrunk per query where it would clip: an ``ip``
             # index's queries can be far larger than its documents (MUVERA: token sums vs means)
             q_scale = np.minimum(self.i8_scale, 127.0 / np.maximum(np.abs(qr).max(axis=1), 1e-30)).astype(np.float32)
-            q = np.clip(np.rint(qr * q_scale[:, None]), -127, 127).astype(np.int8)
+            q = _i8_symmetric(qr, q_scale[:, None])
         else:
             q = self._codes(qr, for_usearch=True)
         m = self.usearch.search(q, kk, threads=self.threads)
