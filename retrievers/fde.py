@@ -193,8 +193,7 @@ def _encode_chunk(x: np.ndarray, off: np.ndarray, g: np.ndarray, s: np.ndarray |
         return
     doc = np.repeat(np.arange(n, dtype=np.int64), np.diff(off))
     if mean is not None:  # mean channel: query sum * mean_weight * r_reps, document mean direction
-        tot = np.asarray(sp.csr_matrix((np.ones(nt, np.float32), (doc, np.arange(nt))), shape=(n, nt)) @ x,
-                         dtype=np.float32)
+        tot = _segment_sum_rows(x, off)
         if is_query:
             mean[:] = tot * np.float32(cfg.mean_weight * cfg.r_reps)
         else:
