@@ -8,13 +8,17 @@ Usage::
 
 A config ``KxPxR`` is ``k_sim x d_proj x r_reps`` (FDE size ``R * 2**K * P``); ``P = id`` is the
 identity projection (``R * 2**K * 384``); a ``+mW`` suffix adds the mean channel with weight ``W``
-(384 more dims; ``FDEConfig.mean_weight``).  Measured in one run, on the same L2-normalised
+(384 more dims; ``FDEConfig.mean_weight``); a ``+pC`` suffix prunes: the FDE top ``--shortlist``
+are ranked by centroid interaction over a ``C``-centroid token codebook (PLAID;
+``Muvera(prune=..., centroids=C)``) and only the best ``--keep`` go to the exact rerank.
+Measured in one run, on the same L2-normalised
 all-MiniLM-L6-v2 token vectors (special tokens kept, padding dropped, 256 max):
 
 * the main config (``--main auto``) is chosen on SciFact *train* queries, never on test:
   exact Chamfer top-10 of ``--select-queries`` train queries; per config the fewest
-  candidates whose FDE candidates contain them (Chamfer recall >= ``--target``), and of
-  those the fastest on the same train queries (FDE search + exact rerank) wins;
+  candidates (documents reranked exactly) that contain them with confidence (mean Chamfer
+  recall minus ``--z`` standard errors >= ``--target``), and of those the fastest on the same
+  train queries (FDE search [+ centroid interaction] + exact rerank) wins;
 
 * brute-force exact MaxSim over the whole corpus (``chamfer_scores``): latency and ranking;
 * per FDE config: document-FDE build time, correlation of FDE inner product with exact
@@ -73,10 +77,10 @@ def _ndcg(rows: np.ndarray, scores: np.ndarray, queries, corpus, qrels) -> float
     return float(evaluate(Run.from_rankings(queries.ids, rankings, corpus.ids), qrels, ["ndcg@10"]).scores["ndcg@10"])
 
 
-def _agreement(a: np.ndarray, b: np.ndarray) -> float:
-    """Mean |a_i ∩ b_i| / |b_i| over rows (b = exact top-k)."""
-    hits = (a[:, :, None] == b[:, None, :]).any(1).sum(1)
-    return float(np.mean(hits / b.shape[1]))
+def _agreement(a: np.ndarray, b: np.ndarray, per_query: bool = False):
+    """Mean |a_i ∩ b_i| / |b_i| over rows (b = exact top-k); the per-row values with ``per_query``."""
+    hits = (a[:, :, None] == b[:, None, :]).any(1).sum(1) / b.shape[1]
+    return hits if per_query else float(np.mean(hits))
 
 
 def _spearman_rows(x: np.ndarray, y: np.ndarray) -> float:
@@ -88,8 +92,9 @@ def _spearman_rows(x: np.ndarray, y: np.ndarray) -> float:
 
 
 def _config(spec: str, seed: int) -> dict:
-    """``KxPxR[+mW]`` -> FDEConfig / Muvera keyword arguments (``P = id``: identity projection;
-    ``+mW``: mean channel of weight ``W``)."""
+    """``KxPxR[+mW][+pC]`` -> FDEConfig / Muvera keyword arguments (``P = id``: identity projection;
+    ``+mW``: mean channel of weight ``W``; ``+pC`` is read by :func:`_prune`)."""
+    spec = spec.split("+p")[0]
     spec, _, mean = spec.partition("+m")
     k_sim, d_proj, r_reps = spec.split("x")
     kw = {"k_sim": int(k_sim), "r_reps": int(r_reps), "seed": seed, "mean_weight": float(mean or 0)}
@@ -100,12 +105,63 @@ def _config(spec: str, seed: int) -> dict:
     return kw
 
 
-def _select(cfgs: dict, fdes: dict, cands: list[int], docs, enc, args) -> tuple[str, int, dict]:
+def _prune(spec: str) -> int | None:
+    """Codebook size of a ``+pC`` config (centroid-interaction pruning), else None."""
+    return int(spec.split("+p")[1]) if "+p" in spec else None
+
+
+class Shortlist:
+    """The documents each config sends to the exact rerank: the FDE top ``c``, or for a ``+pC``
+    config the centroid-interaction top ``c`` of the FDE top ``shortlist`` (``Muvera(prune=c)``)."""
+
+    def __init__(self, docs, shortlist: int, seed: int):
+        self.docs, self.shortlist, self.seed = docs, shortlist, seed
+        self.books: dict[int, tuple] = {}
+        self.build_s: dict[int, float] = {}
+
+    def book(self, n_centroids: int) -> tuple:
+        """(codebook, code data, code offsets) for ``n_centroids``, built once (timed)."""
+        from ragkit.retrievers.centroids import assign_codes, code_sets, fit_codebook
+
+        if n_centroids not in self.books:
+            t0 = time.perf_counter()
+            cb = fit_codebook(self.docs.data, n_centroids, seed=self.seed)
+            self.books[n_centroids] = (cb, *code_sets(assign_codes(self.docs.data, cb), self.docs.offsets))
+            self.build_s[n_centroids] = time.perf_counter() - t0
+        return self.books[n_centroids]
+
+    def ranked(self, spec: str, ip: np.ndarray, qd: np.ndarray, q_off: np.ndarray,
+               q_w: np.ndarray | None = None) -> np.ndarray:
+        """Candidates best first, as many as any ``c`` needs: FDE order, or centroid order of the shortlist."""
+        from ragkit.operator import topk_rows
+        from ragkit.retrievers.centroids import centroid_pairs
+
+        n_c = _prune(spec)
+        rows, _ = topk_rows(ip, self.shortlist if n_c else ip.shape[1])
+        if not n_c:
+            return rows
+        sc = centroid_pairs(qd, q_off, *self.book(n_c), rows, q_weights=q_w)
+        return np.take_along_axis(rows, np.argsort(-sc, axis=1, kind="stable"), axis=1)
+
+    def rows(self, spec: str, ip: np.ndarray, qd: np.ndarray, q_off: np.ndarray, c: int,
+             q_w: np.ndarray | None = None) -> np.ndarray:
+        """The ``c`` candidates of every query (FDE top ``c``; or centroid top ``c`` of the FDE shortlist)."""
+        from ragkit.operator import topk_rows
+
+        if not _prune(spec):
+            return topk_rows(ip, c)[0]
+        return self.ranked(spec, ip, qd, q_off, q_w)[:, :c]
+
+
+def _select(cfgs: dict, fdes: dict, grid, docs, enc, short: Shortlist, args) -> tuple[str, int, dict]:
     """Choose the main FDE config and candidate count on train queries (exact Chamfer as truth).
 
-    For every config, the fewest candidates whose Chamfer recall@10 reaches ``args.target``;
-    among those, the fastest on the same train queries (query FDEs + FDE inner products + top-c
-    + exact rerank, best of two), so a larger FDE wins only if its fewer candidates pay for it.
+    For every config, the fewest candidates (documents sent to the exact rerank) whose Chamfer
+    recall@10 is at least ``args.target`` with confidence: its mean over the train queries minus
+    ``args.z`` standard errors (a one-sided lower bound; ``--z 0`` = the mean itself).  Among
+    those, the fastest on the same train queries (query FDEs + FDE inner products + top-c
+    [+ centroid interaction] + exact rerank, best of two), so a larger FDE wins only if its
+    fewer candidates pay for it.
     """
     from ragkit import load_beir
     from ragkit.operator import topk_rows
@@ -117,26 +173,29 @@ def _select(cfgs: dict, fdes: dict, cands: list[int], docs, enc, args) -> tuple[
     qt = enc.encode_queries([train.texts[i] for i in pick])
     qd = np.asarray(qt.data, np.float32)
     ex_rows, _ = topk_rows(chamfer_scores(qd, qt.offsets, docs.data, docs.offsets), 10)
-    table, ms = {}, {}
+    table, lower, ms = {}, {}, {}
     for spec, dfde in fdes.items():
-        ip = fde_queries(qd, qt.offsets, cfgs[spec]) @ dfde.T
-        table[spec] = {c: _agreement(topk_rows(ip, c)[0], ex_rows) for c in cands}
-        reached = [c for c in cands if table[spec][c] >= args.target]
+        ranked = short.ranked(spec, fde_queries(qd, qt.offsets, cfgs[spec]) @ dfde.T, qd, qt.offsets)
+        per_q = {c: _agreement(ranked[:, :c], ex_rows, per_query=True) for c in grid(spec)}
+        table[spec] = {c: float(v.mean()) for c, v in per_q.items()}
+        lower[spec] = {c: float(v.mean() - args.z * v.std(ddof=1) / np.sqrt(len(v))) for c, v in per_q.items()}
+        reached = [c for c in grid(spec) if lower[spec][c] >= args.target]
         if reached:
             c = min(reached)
 
             def run(spec=spec, dfde=dfde, c=c):
-                rows, _ = topk_rows(fde_queries(qd, qt.offsets, cfgs[spec]) @ dfde.T, c)
+                rows = short.rows(spec, fde_queries(qd, qt.offsets, cfgs[spec]) @ dfde.T, qd, qt.offsets, c)
                 return chamfer_pairs(qd, qt.offsets, docs.data, docs.offsets, rows)
 
             ms[spec] = (c, 1000 * best_of(run, 2)[0] / len(pick))
     if ms:
         spec = min(ms, key=lambda s_: ms[s_][1])
         c = ms[spec][0]
-    else:  # nothing reaches the target: the best recall at the largest budget
-        c = max(cands)
-        spec = max(fdes, key=lambda s_: table[s_][c])
-    return spec, c, {"train_queries": len(pick), "chamfer_recall@10": table, "chosen": spec, "candidates": c,
+    else:  # nothing reaches the target: the best recall at each config's largest budget
+        spec = max(fdes, key=lambda s_: table[s_][max(grid(s_))])
+        c = max(grid(spec))
+    return spec, c, {"train_queries": len(pick), "chamfer_recall@10": table, "lower_bound": lower, "z": args.z,
+                     "chosen": spec, "candidates": c,
                      "train_ms_per_query": {s_: {"candidates": v[0], "ms": v[1]} for s_, v in ms.items()}}
 
 
@@ -153,6 +212,11 @@ def main() -> None:
                                                                       "(quick 50)")
     ap.add_argument("--select-queries", type=int, default=200, help="train queries used by --main auto")
     ap.add_argument("--target", type=float, default=0.95, help="Chamfer recall@10 the auto choice must reach")
+    ap.add_argument("--z", type=float, default=1.645,
+                    help="standard errors below the train mean that must still reach --target (0 = the mean)")
+    ap.add_argument("--shortlist", type=int, default=300, help="FDE shortlist of +pC (pruned) configs")
+    ap.add_argument("--keep", default=None,
+                    help="documents kept for the exact rerank by +pC configs (default 30,40,50,60,80,100; quick 10,20)")
     ap.add_argument("--tau", default="0.9,0.8", help="ball-carving thresholds tried on the main config")
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--threads", type=int, default=1, help="BLAS and torch threads for every method (default 1)")
@@ -160,11 +224,17 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    configs = args.configs or ("4x16x10,3xidx1+m1" if args.quick else
-                               "5x16x20,4x32x20,4x32x40,2xidx5,3xidx5,5x16x20+m1,4x32x20+m1,2xidx3+m0.5,"
-                               "2xidx3+m1,2xidx3+m2,2xidx5+m1")
+    configs = args.configs or ("4x16x10,3xidx1+m1,3xidx1+m1+p64" if args.quick else
+                               "5x16x20,4x32x20,4x32x40,2xidx5,5x16x20+m1,4x32x20+m1,2xidx3+m1,"
+                               "4x32x20+m1+p4096,5x16x20+m1+p4096,2xidx3+m1+p4096")
     cands = [int(c) for c in (args.candidates or ("10,20,50,100" if args.quick else
                                                   "50,100,120,150,200,500")).split(",")]
+    keeps = [int(c) for c in (args.keep or ("10,20" if args.quick else "30,40,50,60,80,100")).split(",")]
+    if args.quick:
+        args.shortlist = min(args.shortlist, 50)
+
+    def grid(spec: str) -> list[int]:
+        return keeps if _prune(spec) else cands
 
     from ragkit.encoders.tokens import get_token_encoder
     from ragkit.operator import topk_rows
@@ -195,6 +265,11 @@ def main() -> None:
     print(f"brute-force MaxSim: {t_brute:.1f}s ({brute_ms:.1f} ms/query), nDCG@10 {ndcg_exact:.4f}", flush=True)
 
     cfgs = {spec: FDEConfig(**_config(spec, args.seed)) for spec in configs.split(",")}
+    short = Shortlist(docs, args.shortlist, args.seed)
+    for n_c in sorted({_prune(spec) for spec in cfgs} - {None}):
+        short.book(n_c)
+        print(f"token codebook of {n_c} centroids (k-means + assignment of {docs.n_tokens} tokens): "
+              f"{short.build_s[n_c]:.0f} s", flush=True)
     fdes, build_s = {}, {}
     for spec, cfg in cfgs.items():  # document FDEs, built once (timed) for the selection and the table
         t0 = time.perf_counter()
@@ -202,7 +277,7 @@ def main() -> None:
         build_s[spec] = time.perf_counter() - t0
     if args.main == "auto":
         t0 = time.perf_counter()
-        args.main, chosen_c, selection = _select(cfgs, fdes, cands, docs, enc, args)
+        args.main, chosen_c, selection = _select(cfgs, fdes, grid, docs, enc, short, args)
         if args.main_candidates is None:
             args.main_candidates = chosen_c
         print(f"main config chosen on {selection['train_queries']} train queries ({time.perf_counter() - t0:.0f} s): "
@@ -217,8 +292,9 @@ def main() -> None:
                      "query_tokens": qt.n_tokens, "query_encode_ms": 1000 * t_q_enc / nq,
                      "brute_force": {"seconds": t_brute, "ms_per_query": brute_ms, "ndcg@10": ndcg_exact},
                      "configs": [], "quick": args.quick, "threads": args.threads}
-    print(f"\n{'config':>9} {'dim':>6} {'build s':>7} {'pearson':>7} {'spearman':>8} {'cand':>5} {'agree@10':>8} "
-          f"{'ch.rec':>6} {'nDCG@10':>7} {'ms/q':>7} {'speedup':>7}")
+    print(f"\n{'config':>17} {'dim':>6} {'build s':>7} {'pearson':>7} {'spearman':>8} {'cand':>7} {'agree@10':>8} "
+          f"{'ch.rec':>6} {'nDCG@10':>7} {'ms/q':>7} {'speedup':>7}   (cand = FDE candidates, or shortlist>kept "
+          f"for +pC configs)")
     main_state = None
     for spec, cfg in cfgs.items():
         dfde, t_build = fdes[spec], build_s[spec]
@@ -230,24 +306,33 @@ def main() -> None:
         t_ip = time.perf_counter() - t0
         pearson = float(np.corrcoef(ip.ravel(), exact.ravel())[0, 1])
         spearman = _spearman_rows(ip, exact)
+        n_c = _prune(spec)
         entry = {"config": spec, **_config(spec, args.seed), "dim": dfde.shape[1],
                  "build_s": t_build, "pearson": pearson, "spearman_per_query": spearman, "by_candidates": []}
-        for c in cands:
+        if n_c:
             t0 = time.perf_counter()
-            rows, _ = topk_rows(ip, c)
-            t_top = time.perf_counter() - t0
+            ranked = short.ranked(spec, ip, qd, qt.offsets)  # FDE top shortlist, then centroid interaction
+            t_rank = time.perf_counter() - t0
+            entry.update(centroids=n_c, shortlist=args.shortlist, codebook_build_s=short.build_s[n_c],
+                         centroid_ms_per_query=1000 * t_rank / nq)
+        for c in grid(spec):
+            t0 = time.perf_counter()
+            rows = ranked[:, :c] if n_c else topk_rows(ip, c)[0]
+            t_top = time.perf_counter() - t0 + (t_rank if n_c else 0.0)
             t0 = time.perf_counter()
             sc = chamfer_pairs(qd, qt.offsets, docs.data, docs.offsets, rows)
             order = np.lexsort((rows, -sc), axis=1)
             rr, rs = np.take_along_axis(rows, order, 1), np.take_along_axis(sc, order, 1)
             t_rr = time.perf_counter() - t0
             ms = 1000 * (t_qfde + t_ip + t_top + t_rr) / nq
-            row = {"candidates": c, "agreement@10": _agreement(rr[:, :10], ex_rows),
+            row = {"candidates": c, "shortlist": args.shortlist if n_c else c,
+                   "agreement@10": _agreement(rr[:, :10], ex_rows),
                    "chamfer_recall@10": _agreement(rows, ex_rows), "ndcg@10": _ndcg(rr[:, :10], rs[:, :10], queries,
                                                                                      corpus, qrels),
                    "ms_per_query": ms, "rerank_ms_per_query": 1000 * t_rr / nq, "speedup_vs_brute": brute_ms / ms}
             entry["by_candidates"].append(row)
-            print(f"{spec:>9} {dfde.shape[1]:>6} {t_build:>7.1f} {pearson:>7.3f} {spearman:>8.3f} {c:>5} "
+            cand = f"{args.shortlist}>{c}" if n_c else str(c)
+            print(f"{spec:>17} {dfde.shape[1]:>6} {t_build:>7.1f} {pearson:>7.3f} {spearman:>8.3f} {cand:>7} "
                   f"{row['agreement@10']:>8.3f} {row['chamfer_recall@10']:>6.3f} {row['ndcg@10']:>7.4f} "
                   f"{ms:>7.2f} {row['speedup_vs_brute']:>6.1f}x", flush=True)
         results["configs"].append(entry)
@@ -264,11 +349,10 @@ def main() -> None:
         i8 = np.round(dfde / np.maximum(scale, 1e-12)).astype(np.int8)
         ip8 = (qfde * scale) @ i8.astype(np.float32).T
         for name, m in (("f32", ip), ("f16", f16), ("i8_per_dim", ip8)):
-            rows, _ = topk_rows(m, c)
-            extra[f"chamfer_recall@10_{name}"] = _agreement(rows, ex_rows)
+            extra[f"chamfer_recall@10_{name}"] = _agreement(short.rows(args.main, m, qd, qt.offsets, c), ex_rows)
         for tau in [float(t) for t in args.tau.split(",") if t]:
-            rows, _ = topk_rows(ip, c)
             cd, co, cw = ball_carve(qd, qt.offsets, tau)
+            rows = short.rows(args.main, ip, cd, co, c, q_w=cw)
             t0 = time.perf_counter()
             sc = chamfer_pairs(cd, co, docs.data, docs.offsets, rows, q_weights=cw)
             t_rr = time.perf_counter() - t0
@@ -291,14 +375,18 @@ def main() -> None:
     from ragkit.pipelines.fusion import RRF
     from ragkit.retrievers import BM25, Dense, Muvera
 
-    mu = Muvera(k=100, candidates=max(args.main_candidates, 100), **_config(args.main, args.seed))
+    if _prune(args.main):  # the FDE shortlist, pruned by centroid interaction to the chosen count
+        mu = Muvera(k=min(100, args.main_candidates), candidates=args.shortlist, prune=args.main_candidates,
+                    centroids=_prune(args.main), **_config(args.main, args.seed))
+    else:
+        mu = Muvera(k=100, candidates=max(args.main_candidates, 100), **_config(args.main, args.seed))
     t0 = time.perf_counter()
     mu.fit(corpus)
     t_fit = time.perf_counter() - t0
     bm25 = BM25(k=100).fit(corpus)
     ndcg = {"maxsim exact (brute force)": ndcg_exact}
     for name, op in (("dense (single-vector MiniLM)", Dense(k=100).fit(corpus)), ("bm25", bm25),
-                     (f"muvera {args.main} + rerank@{mu.params.candidates}", mu),
+                     (f"muvera {args.main} + rerank@{mu.params.prune or mu.params.candidates}", mu),
                      ("muvera + bm25 (RRF k=60)", Pipeline([Parallel([bm25, mu], fuse=RRF(k=60))]))):
         if isinstance(op, Pipeline):
             op.corpus_ = corpus  # both branches are fitted already
@@ -317,6 +405,9 @@ def main() -> None:
         mem[f"fde_{entry['config']}_f32"] = entry["dim"] * 4
         mem[f"fde_{entry['config']}_f16"] = entry["dim"] * 2
         mem[f"fde_{entry['config']}_i8"] = entry["dim"]
+    for n_c, (cb, codes, _) in short.books.items():  # pruning: distinct codes per document + the shared codebook
+        mem[f"centroid_codes_{n_c}"] = codes.nbytes / len(corpus) + 8
+        mem[f"codebook_{n_c}_total"] = cb.nbytes
     mem["single_vector_f32"] = d * 4
     results["bytes_per_doc"] = mem
     print("\nbytes per document:")

@@ -375,3 +375,100 @@ def test_chamfer_pairs_padding_never_wins():
     want = [(Q @ D[Doff[j]:Doff[j + 1]].T).max(1).sum() if lens[j] else 0.0 for j in range(5)]
     np.testing.assert_allclose(got[0], want, rtol=1e-5)
     assert (got[0, :4] < 0).all()
+
+
+# ------------------------------------------------------------- centroid interaction (prune)
+def test_code_sets_are_distinct_sorted_codes_per_document():
+    from ragkit.retrievers.centroids import code_sets
+
+    codes = np.array([3, 1, 3, 0, 2, 2, 5, 1], np.int32)
+    off = np.array([0, 3, 3, 6, 8])  # second document empty
+    data, co = code_sets(codes, off)
+    assert co.tolist() == [0, 2, 2, 4, 6]
+    assert data.tolist() == [1, 3, 0, 2, 1, 5] and data.dtype == np.uint16
+
+
+def test_codebook_is_unit_deterministic_and_assignment_is_argmax():
+    from ragkit.retrievers.centroids import assign_codes, fit_codebook
+
+    rng = np.random.default_rng(4)
+    x, _ = _sets(rng, 40, 5, 15, d=16, centres=rng.standard_normal((6, 16)))
+    cb = fit_codebook(x, 8, seed=1)
+    assert cb.shape == (8, 16) and np.allclose(np.linalg.norm(cb, axis=1), 1, atol=1e-5)
+    assert np.array_equal(cb, fit_codebook(x, 8, seed=1))
+    assert np.array_equal(assign_codes(x.astype(np.float16), cb, chunk=7),
+                          np.argmax(x.astype(np.float16).astype(np.float32) @ cb.T, axis=1))
+    with pytest.raises(DataError, match="n_centroids"):
+        fit_codebook(x, len(x) + 1)
+
+
+def test_centroid_pairs_match_naive_and_equal_chamfer_with_exact_codebook():
+    """Centroid interaction = Chamfer with every document token moved to its centroid; with a
+    codebook that holds every token it is exact Chamfer.  Padding, empty documents, weights."""
+    from ragkit.retrievers.centroids import centroid_pairs, code_sets
+
+    rng = np.random.default_rng(8)
+    D, Doff = _sets(rng, 25, 0, 12, d=16)  # some empty documents
+    Q, Qoff = _sets(rng, 5, 1, 9, d=16)
+    cb = _sets(rng, 1, 11, 12, d=16)[0]
+    codes = np.argmax(D @ cb.T, axis=1)
+    cd, co = code_sets(codes, Doff)
+    rows = rng.integers(0, 25, (5, 8))
+    rows[2, 4:] = -1
+    w = rng.uniform(0.5, 2.0, len(Q)).astype(np.float32)
+    got = centroid_pairs(Q, Qoff, cb, cd, co, rows, q_weights=w, chunk_elems=300)  # force many chunks
+    moved = cb[codes]
+    for i in range(5):
+        for j in range(8):
+            d = rows[i, j]
+            if d < 0:
+                assert np.isneginf(got[i, j])
+                continue
+            P = moved[Doff[d]:Doff[d + 1]]
+            want = ((Q[Qoff[i]:Qoff[i + 1]] @ P.T).max(1) * w[Qoff[i]:Qoff[i + 1]]).sum() if len(P) else 0.0
+            assert got[i, j] == pytest.approx(want, abs=1e-5)
+    exact_cd, exact_co = code_sets(np.arange(len(D)), Doff)  # codebook = the tokens themselves
+    np.testing.assert_allclose(centroid_pairs(Q, Qoff, D, exact_cd, exact_co, np.maximum(rows, 0)),
+                               chamfer_pairs(Q, Qoff, D, Doff, np.maximum(rows, 0)), atol=1e-5)
+    with pytest.raises(DataError, match="rows"):
+        centroid_pairs(Q, Qoff, cb, cd, co, rows[:2])
+
+
+def test_muvera_prune_keeps_the_centroid_best_and_reranks_them_exactly(tiny, tmp_path):
+    from ragkit.operator import Operator
+    from ragkit.retrievers import Muvera
+    from ragkit.types import State
+
+    corpus, queries = tiny
+    kw = dict(k=5, candidates=30, k_sim=3, d_proj=8, r_reps=4, mean_weight=1.0)
+    full = Muvera(**kw).fit(corpus)
+    same = Muvera(**kw, prune=30, centroids=32).fit(corpus)  # prune = candidates: nothing cut
+    for a, b in zip(full.search(queries).rankings, same.search(queries).rankings):
+        assert a.equals(b)
+    mu = Muvera(**kw, prune=8, centroids=32).fit(corpus)
+    got = mu.search(queries)
+    q = mu.token_encoder.encode_queries(queries.texts)
+    rows, _ = mu.index_.search(mu.query_fde(q), 30)
+    kept = mu.prune_candidates(np.asarray(q.data, np.float32), q.offsets, None, rows, 8)
+    for r, kp in zip(got.rankings, kept):
+        assert set(r.rows.tolist()) <= set(kp.tolist()) and len(r) == 5
+    mu.save(tmp_path / "mu")
+    back = Operator.load(tmp_path / "mu", mmap=True)
+    for a, b in zip(back.search(queries).rankings, got.rankings):
+        assert a.equals(b)
+    # run-time override needs a codebook
+    with pytest.raises(DataError, match="codebook"):
+        full(State.of(queries.texts[:1], options={"muvera": {"prune": 6}}))
+    with pytest.raises(DataError, match="centroids"):
+        Muvera(**kw, prune=8, centroids=10**7).fit(corpus)
+
+
+def test_muvera_prune_params_cross_checks():
+    from ragkit.retrievers import Muvera
+
+    with pytest.raises(ParamError, match="prune"):
+        Muvera(k=10, candidates=50, prune=5)
+    with pytest.raises(ParamError, match="prune"):
+        Muvera(k=10, candidates=50, prune=60)
+    with pytest.raises(ParamError, match="prune"):
+        Muvera(k=10, candidates=50, prune=20, rerank=False)

@@ -1,0 +1,176 @@
+"""Centroid interaction: a token codebook and the approximate MaxSim it scores (PLAID).
+
+Every document token is replaced by the id of its nearest centroid in a codebook of ``C``
+unit vectors (spherical k-means over a sample of the corpus's tokens); a document keeps only
+its set of distinct ids.  A query's tokens are scored once against the codebook, ``S = Q C^T``
+``(query tokens, C)``, and a candidate document's approximate Chamfer similarity is
+
+    ``CI(Q, P) = sum_{q in Q} max_{c in codes(P)} S[q, c]``,
+
+i.e. MaxSim with every document token moved to its centroid.  It needs no document vectors
+and no dot products per candidate, only a gather and a max over ``|codes(P)|`` entries per
+query token, so it cheaply cuts a long FDE shortlist down to the few documents worth the
+exact rerank.  Used by :class:`ragkit.retrievers.Muvera` (``prune``).
+
+Reference: Santhanam, Khattab, Potts, Zaharia, "PLAID: An Efficient Engine for Late
+Interaction Retrieval", CIKM 2022 (centroid interaction and centroid pruning), arXiv 2205.09707.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ragkit.errors import DataError
+
+__all__ = ["fit_codebook", "assign_codes", "code_sets", "centroid_pairs"]
+
+
+def fit_codebook(data: np.ndarray, n_centroids: int, seed: int = 0, sample: int | None = None,
+                 max_iter: int = 10) -> np.ndarray:
+    """Spherical k-means codebook ``(n_centroids, d)`` float32 with unit rows.
+
+    ``data``: ``(n_tokens, d)`` token vectors (any float dtype).  scikit-learn's ``KMeans``
+    (random init, one run, ``max_iter`` Lloyd iterations) runs on ``sample`` rows drawn with
+    ``seed`` (default ``min(n_tokens, 32 * n_centroids)``); the centroids are then normalised,
+    so nearest means largest inner product for unit tokens.  Deterministic under ``seed``.
+    """
+    from sklearn.cluster import KMeans
+
+    n = len(data)
+    if n_centroids < 1 or n_centroids > n:
+        raise DataError(f"fit_codebook: n_centroids must be between 1 and the number of tokens ({n}), "
+                        f"got {n_centroids}")
+    m = min(n, sample or 32 * n_centroids)
+    rng = np.random.default_rng(seed)
+    rows = np.sort(rng.choice(n, m, replace=False)) if m < n else np.arange(n)
+    x = np.asarray(data[rows], np.float32)
+    km = KMeans(n_clusters=n_centroids, init="random", n_init=1, max_iter=max_iter, random_state=seed).fit(x)
+    c = km.cluster_centers_.astype(np.float32)
+    return c / np.maximum(np.linalg.norm(c, axis=1, keepdims=True), 1e-12)
+
+
+def assign_codes(data: np.ndarray, centroids: np.ndarray, chunk: int = 65_536) -> np.ndarray:
+    """Nearest centroid (largest inner product) of every row of ``data``: ``(n,)`` int32.
+
+    Blocked GEMM (``chunk`` rows at a time, float32) + argmax; ``data`` may be float16 and
+    memory-mapped.
+    """
+    import torch
+
+    c = torch.from_numpy(np.ascontiguousarray(centroids, np.float32))
+    if len(data) and data.shape[1] != c.shape[1]:
+        raise DataError(f"assign_codes: data has {data.shape[1]} dims, the codebook {c.shape[1]}")
+    out = np.empty(len(data), np.int32)
+    for lo in range(0, len(data), chunk):
+        x = torch.from_numpy(np.asarray(data[lo:lo + chunk], np.float32))
+        out[lo:lo + len(x)] = torch.argmax(x @ c.T, dim=1).numpy()
+    return out
+
+
+def code_sets(codes: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct codes of each document: ``(flat codes, offsets (n_docs + 1,))``, sorted per document.
+
+    ``codes`` ``(n_tokens,)`` and ragged ``offsets`` as in :class:`ragkit.encoders.tokens.TokenVectors`.
+    Vectorised: one lexsort over (document, code), one comparison with the previous entry.
+    """
+    offsets = np.asarray(offsets, np.int64)
+    doc = np.repeat(np.arange(len(offsets) - 1), np.diff(offsets))
+    order = np.lexsort((codes, doc))
+    d, c = doc[order], np.asarray(codes)[order]
+    keep = np.ones(len(c), bool)
+    keep[1:] = (d[1:] != d[:-1]) | (c[1:] != c[:-1])
+    out_off = np.zeros(len(offsets), np.int64)
+    np.cumsum(np.bincount(d[keep], minlength=len(offsets) - 1), out=out_off[1:])
+    dtype = np.uint16 if len(c) == 0 or int(c.max()) < 2**16 else np.int32
+    return c[keep].astype(dtype), out_off
+
+
+def centroid_pairs(q_data: np.ndarray, q_off: np.ndarray, centroids: np.ndarray, code_data: np.ndarray,
+                   code_off: np.ndarray, rows: np.ndarray, q_weights: np.ndarray | None = None,
+                   chunk_elems: int = 16_000_000) -> np.ndarray:
+    """Centroid-interaction scores of query ``i`` against documents ``rows[i, j]``: ``(n_q, k)`` float32.
+
+    ``q_data`` ``(query tokens, d)`` with ragged ``q_off``; ``centroids`` ``(C, d)``;
+    ``code_data``/``code_off`` the documents' code sets (:func:`code_sets`); ``q_weights``
+    per query token (ball carving; positive), default 1.  ``rows`` entries < 0 score ``-inf``;
+    a document without tokens scores 0, as in :func:`ragkit.retrievers.fde.chamfer_pairs`.
+
+    Batched over chunks of queries of similar length (sorted; no loop over queries or
+    documents).  Per chunk of ``n`` queries padded to ``T`` tokens (zero rows: they score 0
+    against every centroid and add 0), one GEMM writes the score table ``C @ Q^T`` as
+    ``(C * n, T)`` rows, row ``code * n + query``; every (pair, code) gathers one row
+    (``index_select``), the pair's codes are padded to the chunk's largest set with copies of
+    its own first code (the max is unchanged) and reduced with halving elementwise maxima, then
+    summed over ``T``.  Everything runs in one float32 scratch allocated once.
+    """
+    import torch
+
+    q_off = np.asarray(q_off, np.int64)
+    code_off = np.asarray(code_off, np.int64)
+    rows = np.asarray(rows, np.int64)
+    nq = len(q_off) - 1
+    if rows.ndim != 2 or rows.shape[0] != nq:
+        raise DataError(f"centroid_pairs: rows must be (n_queries={nq}, k), got shape {rows.shape}")
+    if rows.size and rows.max() >= len(code_off) - 1:
+        raise DataError(f"centroid_pairs: rows hold document {rows.max()}, but there are {len(code_off) - 1} documents")
+    if len(q_data) and q_data.shape[1] != centroids.shape[1]:
+        raise DataError(f"centroid_pairs: query tokens have {q_data.shape[1]} dims, the codebook {centroids.shape[1]}")
+    n_c, dim = centroids.shape
+    out = np.full(rows.shape, -np.inf, np.float32)
+    n_codes = np.diff(code_off)
+    ok = rows >= 0
+    out[ok & (n_codes[np.maximum(rows, 0)] == 0)] = 0.0                      # empty documents
+    ok &= n_codes[np.maximum(rows, 0)] > 0
+    if nq == 0 or not ok.any():
+        return out
+    q = np.asarray(q_data, np.float32)
+    if q_weights is not None:
+        q = q * np.asarray(q_weights, np.float32)[:, None]                       # w <c, q> = <c, w q>
+    q_len = np.diff(q_off)
+    width = np.where(ok, n_codes[np.maximum(rows, 0)], 0).max(1)              # largest code set per query
+    pairs = ok.sum(1)
+    order = np.argsort(q_len, kind="stable")                                  # similar lengths share a chunk
+    chunks, need, lo = [], 0, 0
+    while lo < nq:                                                            # chunk bounds, then one scratch
+        hi, t, w, p = lo, 1, 1, 0
+        while hi < nq:
+            i = order[hi]
+            t2, w2, p2 = max(t, int(q_len[i])), max(w, int(width[i])), p + int(pairs[i])
+            size = (hi + 1 - lo) * t2 * (n_c + dim) + p2 * w2 * t2
+            if hi > lo and size > chunk_elems:
+                break
+            t, w, p, hi = t2, w2, p2, hi + 1
+        chunks.append((lo, hi, t, w, p))
+        need = max(need, (hi - lo) * t * (n_c + dim) + p * w * t)
+        lo = hi
+    scratch = torch.empty(need, dtype=torch.float32)
+    cent = torch.from_numpy(np.ascontiguousarray(centroids, np.float32))
+    qt = torch.from_numpy(q)
+    for lo, hi, t, w, p in chunks:
+        sel = order[lo:hi]
+        n = hi - lo
+        lens = q_len[sel]
+        qpad = scratch[:n * t * dim].view(n * t, dim)
+        qpad.zero_()
+        tok = np.repeat(q_off[sel], lens) + np.arange(int(lens.sum())) - np.repeat(np.cumsum(lens) - lens, lens)
+        slot = np.repeat(np.arange(n) * t, lens) + tok - np.repeat(q_off[sel], lens)
+        qpad[torch.from_numpy(slot)] = qt[torch.from_numpy(tok)]
+        table = scratch[n * t * dim:n * t * (dim + n_c)].view(n_c, n * t)
+        torch.mm(cent, qpad.T, out=table)                                     # (C, n * T)
+        table = table.view(n_c * n, t)                                        # row = code * n + query
+        r = rows[sel]
+        pi, pj = np.nonzero(ok[sel])
+        docs = r[pi, pj]
+        cnt = n_codes[docs]
+        pos = code_off[docs][:, None] + np.minimum(np.arange(w), cnt[:, None] - 1)
+        look = np.asarray(code_data[pos], np.int64) * n + pi[:, None]
+        g = scratch[n * t * (dim + n_c):n * t * (dim + n_c) + p * w * t].view(p * w, t)
+        torch.index_select(table, 0, torch.from_numpy(look.reshape(-1)), out=g)
+        g = g.view(p, w, t)
+        m = w
+        while m > 1:                                                          # halving maxima, in place
+            h = m // 2
+            torch.maximum(g[:, :h], g[:, m - h:m], out=g[:, :h])
+            m -= h
+        out[sel[pi], pj] = g[:, 0].sum(1).numpy()
+    return out
