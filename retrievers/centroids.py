@@ -118,16 +118,16 @@ def centroid_pairs(q_data: np.ndarray, q_off: np.ndarray, centroids: np.ndarray,
     n_c, dim = centroids.shape
     out = np.full(rows.shape, -np.inf, np.float32)
     n_codes = np.diff(code_off)
-    ok = rows >= 0
-    out[ok & (n_codes[np.maximum(rows, 0)] == 0)] = 0.0                      # empty documents
-    ok &= n_codes[np.maximum(rows, 0)] > 0
+    per_pair = np.where(rows >= 0, n_codes[np.maximum(rows, 0)], -1)         # codes per pair; -1 = none
+    out[per_pair == 0] = 0.0                                                  # empty documents
+    ok = per_pair > 0
     if nq == 0 or not ok.any():
         return out
     q = np.asarray(q_data, np.float32)
     if q_weights is not None:
         q = q * np.asarray(q_weights, np.float32)[:, None]                       # w <c, q> = <c, w q>
     q_len = np.diff(q_off)
-    width = np.where(ok, n_codes[np.maximum(rows, 0)], 0).max(1)              # largest code set per query
+    width = per_pair.max(1)                                                   # largest code set per query
     pairs = ok.sum(1)
     order = np.argsort(q_len, kind="stable")                                  # similar lengths share a chunk
     chunks, need, lo = [], 0, 0
@@ -152,8 +152,9 @@ def centroid_pairs(q_data: np.ndarray, q_off: np.ndarray, centroids: np.ndarray,
         lens = q_len[sel]
         qpad = scratch[:n * t * dim].view(n * t, dim)
         qpad.zero_()
-        tok = np.repeat(q_off[sel], lens) + np.arange(int(lens.sum())) - np.repeat(np.cumsum(lens) - lens, lens)
-        slot = np.repeat(np.arange(n) * t, lens) + tok - np.repeat(q_off[sel], lens)
+        within = np.arange(int(lens.sum())) - np.repeat(np.cumsum(lens) - lens, lens)   # token's position
+        tok = np.repeat(q_off[sel], lens) + within                                     # row in q
+        slot = np.repeat(np.arange(n) * t, lens) + within                              # row in qpad
         qpad[torch.from_numpy(slot)] = qt[torch.from_numpy(tok)]
         table = scratch[n * t * dim:n * t * (dim + n_c)].view(n_c, n * t)
         torch.mm(cent, qpad.T, out=table)                                     # (C, n * T)

@@ -283,7 +283,7 @@ class Muvera(TokenOperatorMixin, Operator):
         "PLAID", CIKM 2022 (:mod:`ragkit.retrievers.centroids`).
         """
         sc = centroid_pairs(q_data, q_off, self.codebook_, self.codes_, self.code_offsets_, rows, q_weights=q_w)
-        order = np.argsort(-sc, axis=1, kind="stable")[:, :keep]
+        order, _ = topk_rows(sc, keep)  # ties: the lower column, i.e. the FDE order
         return np.take_along_axis(rows, order, axis=1)
 
     def _save(self, folder: Path) -> None:
