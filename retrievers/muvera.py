@@ -22,6 +22,7 @@ vectors is slow to build (design note in ALGORITHMS.md).
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Any, Literal
 
@@ -30,6 +31,7 @@ from pydantic import Field, model_validator
 
 from ragkit.encoders import DEFAULT_MODEL
 from ragkit.encoders.adapt import AdaptConfig, TunedEncoderMixin
+from ragkit.encoders.cache import text_digests
 from ragkit.encoders.tokens import TokenEncoder, TokenVectors, get_token_encoder
 from ragkit.errors import ArtifactError, DataError
 from ragkit.operator import (
@@ -45,7 +47,7 @@ from ragkit.operator import (
 from ragkit.params import Params
 from ragkit.registry import register
 from ragkit.retrievers._index import VectorIndex
-from ragkit.retrievers.centroids import assign_codes, centroid_pairs, code_sets, fit_codebook
+from ragkit.retrievers.centroids import build_codes, centroid_pairs
 from ragkit.retrievers.fde import (
     FDEConfig,
     ball_carve,
@@ -232,9 +234,12 @@ class Muvera(TokenOperatorMixin, Operator):
             if p.centroids > n_tok:
                 raise DataError(f"muvera: centroids ({p.centroids}) must not exceed the corpus's {n_tok} tokens "
                                 f"(the codebook clusters them); lower centroids or set prune: null")
-            self.codebook_ = fit_codebook(self.tokens_.data, p.centroids, seed=p.seed)
-            self.codes_, self.code_offsets_ = code_sets(assign_codes(self.tokens_.data, self.codebook_),
-                                                        self.tokens_.offsets)
+            enc = self.token_encoder
+            key = None
+            if enc.cache_enabled:  # same encoder, same texts -> same tokens -> the stored codebook
+                key = f"{enc.key}|{hashlib.sha1(text_digests(list(corpus.full_texts)).tobytes()).hexdigest()}"
+            self.codebook_, self.codes_, self.code_offsets_ = build_codes(
+                self.tokens_.data, self.tokens_.offsets, p.centroids, seed=p.seed, cache_key=key)
         fde = fde_documents(self.tokens_.data, self.tokens_.offsets, self.fde_config)
         self.index_ = self._new_index().build(fde)
 

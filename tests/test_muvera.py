@@ -472,3 +472,25 @@ def test_muvera_prune_params_cross_checks():
         Muvera(k=10, candidates=50, prune=60)
     with pytest.raises(ParamError, match="prune"):
         Muvera(k=10, candidates=50, prune=20, rerank=False)
+
+
+def test_codebook_cache_is_read_back_and_a_bad_entry_rebuilt(tmp_path, monkeypatch):
+    """build_codes stores its result under the cache key; the next call reads it (no k-means);
+    a stored codebook of the wrong shape is rebuilt, not used."""
+    import ragkit.retrievers.centroids as cen
+
+    monkeypatch.setenv("RAGKIT_CACHE", str(tmp_path))
+    rng = np.random.default_rng(2)
+    x, off = _sets(rng, 30, 1, 12, d=16)
+    first = cen.build_codes(x, off, 8, seed=3, cache_key="k1")
+    fits = []
+    real = cen.fit_codebook
+    monkeypatch.setattr(cen, "fit_codebook", lambda *a, **kw: fits.append(1) or real(*a, **kw))
+    again = cen.build_codes(x, off, 8, seed=3, cache_key="k1")
+    assert not fits and all(np.array_equal(a, b) for a, b in zip(first, again))
+    (folder,) = (tmp_path / "codebooks").iterdir()
+    np.save(folder / "codebook.npy", np.zeros((3, 16), np.float32))  # wrong shape: rebuilt
+    rebuilt = cen.build_codes(x, off, 8, seed=3, cache_key="k1")
+    assert fits == [1] and all(np.array_equal(a, b) for a, b in zip(first, rebuilt))
+    cen.build_codes(x, off, 8, seed=3, cache_key=None)  # no key: nothing read or written
+    assert fits == [1, 1] and len(list((tmp_path / "codebooks").iterdir())) == 1
