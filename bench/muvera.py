@@ -121,12 +121,11 @@ class Shortlist:
 
     def book(self, n_centroids: int) -> tuple:
         """(codebook, code data, code offsets) for ``n_centroids``, built once (timed)."""
-        from ragkit.retrievers.centroids import assign_codes, code_sets, fit_codebook
+        from ragkit.retrievers.centroids import build_codes
 
-        if n_centroids not in self.books:
+        if n_centroids not in self.books:  # no cache key: the build is what is timed
             t0 = time.perf_counter()
-            cb = fit_codebook(self.docs.data, n_centroids, seed=self.seed)
-            self.books[n_centroids] = (cb, *code_sets(assign_codes(self.docs.data, cb), self.docs.offsets))
+            self.books[n_centroids] = build_codes(self.docs.data, self.docs.offsets, n_centroids, seed=self.seed)
             self.build_s[n_centroids] = time.perf_counter() - t0
         return self.books[n_centroids]
 

@@ -24,14 +24,17 @@ import os
 import numpy as np
 
 from ragkit.errors import DataError
+from ragkit.retrievers.fde import check_pair_rows
 
 _CODEBOOK_FILES = ("codebook", "codes", "code_offsets")  # the offsets are written last: their presence = complete
+_SAMPLE_PER_CENTROID = 32  # fit_codebook's default sample, per centroid
+_MAX_ITER = 10  # fit_codebook's default Lloyd iterations
 
 __all__ = ["fit_codebook", "assign_codes", "code_sets", "centroid_pairs", "build_codes"]
 
 
 def fit_codebook(data: np.ndarray, n_centroids: int, seed: int = 0, sample: int | None = None,
-                 max_iter: int = 10) -> np.ndarray:
+                 max_iter: int = _MAX_ITER) -> np.ndarray:
     """Spherical k-means codebook ``(n_centroids, d)`` float32 with unit rows.
 
     ``data``: ``(n_tokens, d)`` token vectors (any float dtype).  scikit-learn's ``KMeans``
@@ -45,7 +48,7 @@ def fit_codebook(data: np.ndarray, n_centroids: int, seed: int = 0, sample: int 
     if n_centroids < 1 or n_centroids > n:
         raise DataError(f"fit_codebook: n_centroids must be between 1 and the number of tokens ({n}), "
                         f"got {n_centroids}")
-    m = min(n, sample or 32 * n_centroids)
+    m = min(n, sample or _SAMPLE_PER_CENTROID * n_centroids)
     rng = np.random.default_rng(seed)
     rows = np.sort(rng.choice(n, m, replace=False)) if m < n else np.arange(n)
     x = np.asarray(data[rows], np.float32)
@@ -106,7 +109,8 @@ def build_codes(data: np.ndarray, offsets: np.ndarray, n_centroids: int, seed: i
 
     folder = None
     if cache_key is not None:
-        key = f"{cache_key}|C={n_centroids}|seed={seed}|sample=32C|iter=10|sklearn={sklearn.__version__}"
+        key = (f"{cache_key}|C={n_centroids}|seed={seed}|sample={_SAMPLE_PER_CENTROID}C|iter={_MAX_ITER}"
+               f"|sklearn={sklearn.__version__}")
         folder = cache_dir() / "codebooks" / hashlib.sha1(key.encode()).hexdigest()[:16]
         try:
             cb, codes, off = (np.load(folder / f"{n}.npy", allow_pickle=False) for n in _CODEBOOK_FILES)
@@ -147,12 +151,8 @@ def centroid_pairs(q_data: np.ndarray, q_off: np.ndarray, centroids: np.ndarray,
 
     q_off = np.asarray(q_off, np.int64)
     code_off = np.asarray(code_off, np.int64)
-    rows = np.asarray(rows, np.int64)
     nq = len(q_off) - 1
-    if rows.ndim != 2 or rows.shape[0] != nq:
-        raise DataError(f"centroid_pairs: rows must be (n_queries={nq}, k), got shape {rows.shape}")
-    if rows.size and rows.max() >= len(code_off) - 1:
-        raise DataError(f"centroid_pairs: rows hold document {rows.max()}, but there are {len(code_off) - 1} documents")
+    rows = check_pair_rows(rows, nq, len(code_off) - 1, "centroid_pairs")
     if len(q_data) and q_data.shape[1] != centroids.shape[1]:
         raise DataError(f"centroid_pairs: query tokens have {q_data.shape[1]} dims, the codebook {centroids.shape[1]}")
     n_c, dim = centroids.shape

@@ -322,6 +322,17 @@ def chamfer_scores(q_data: np.ndarray, q_off: np.ndarray, d_data: np.ndarray, d_
     return out
 
 
+def check_pair_rows(rows: np.ndarray, n_q: int, n_docs: int, where: str) -> np.ndarray:
+    """Candidate ``rows`` ``(n_q, k)`` as int64, checked: one row per query, no document id past
+    ``n_docs`` (``-1`` pads).  Raises :class:`DataError` naming ``where``."""
+    rows = np.asarray(rows, np.int64)
+    if rows.ndim != 2 or rows.shape[0] != n_q:
+        raise DataError(f"{where}: rows must be (n_queries={n_q}, k), got shape {rows.shape}")
+    if rows.size and rows.max() >= n_docs:
+        raise DataError(f"{where}: rows hold document {rows.max()}, but there are {n_docs} documents")
+    return rows
+
+
 def chamfer_pairs(q_data: np.ndarray, q_off: np.ndarray, d_data: np.ndarray, d_off: np.ndarray,
                   rows: np.ndarray, q_weights: np.ndarray | None = None,
                   chunk_elems: int = 32_000_000) -> np.ndarray:
@@ -343,12 +354,8 @@ def chamfer_pairs(q_data: np.ndarray, q_off: np.ndarray, d_data: np.ndarray, d_o
     q_data, q_off = _check(q_data, q_off)
     d_data, d_off = _check(d_data, d_off)
     _dims_match(q_data, d_data, "chamfer_pairs")
-    rows = np.asarray(rows, np.int64)
     nq = len(q_off) - 1
-    if rows.ndim != 2 or rows.shape[0] != nq:
-        raise DataError(f"chamfer_pairs: rows must be (n_queries={nq}, k), got shape {rows.shape}")
-    if rows.size and rows.max() >= len(d_off) - 1:
-        raise DataError(f"chamfer_pairs: rows hold document {rows.max()}, but there are {len(d_off) - 1} documents")
+    rows = check_pair_rows(rows, nq, len(d_off) - 1, "chamfer_pairs")
     k = rows.shape[1]
     out = np.full((nq, k), -np.inf, np.float32)
     pq = np.repeat(np.arange(nq, dtype=np.int64), k)
