@@ -152,6 +152,11 @@ def configs_for(d: np.ndarray, k: int, scale: bool, efs: list[int], threads: int
         cfgs.append((f"ragkit hnsw i8 + rescore x4 ef={ef}", "ragkit-hnsw",
                      lambda: _cached("ragkit_hnsw_i8", vi(search="hnsw", dtype="i8", rescore=True)),
                      partial(rs, ef=ef), vmem, vres))
+    for ef in efs if scale else []:  # the same graph inserted in the given order (reorder=False): the order's effect
+        cfgs.append((f"ragkit hnsw i8 + rescore x4, given order ef={ef}", "ragkit-hnsw",
+                     lambda: _cached("ragkit_hnsw_i8_noreorder",
+                                     vi(search="hnsw", dtype="i8", rescore=True, reorder=False)),
+                     partial(rs, ef=ef), vmem, vres))
     try:
         import faiss  # noqa: F401
 
@@ -206,6 +211,23 @@ def faiss_configs(d: np.ndarray, k: int, efs: list[int], scale: bool) -> list[tu
             return ix.search(qbox[0], k)[1]
 
         cfgs.append((f"faiss HNSWFlat ef={ef}", "faiss-hnsw", lambda: _cached("faiss_hnsw", hnsw), fs, ser, None))
+    if scale:  # faiss given ragkit's insertion order (ids mapped back): does the order help it too?
+        from ragkit.retrievers._locality import insertion_order
+
+        def hnsw_ordered():
+            order = insertion_order(d)
+            ix = faiss.IndexHNSWFlat(dim, 16, faiss.METRIC_INNER_PRODUCT)
+            ix.hnsw.efConstruction = 128
+            ix.add(np.ascontiguousarray(d[order]))
+            return ix, order
+
+        for ef in efs:
+            def fso(obj, ef=ef):
+                obj[0].hnsw.efSearch = ef
+                return obj[1][obj[0].search(qbox[0], k)[1]]
+
+            cfgs.append((f"faiss HNSWFlat, ragkit's insertion order ef={ef}", "faiss-hnsw",
+                         lambda: _cached("faiss_hnsw_ordered", hnsw_ordered), fso, lambda obj: ser(obj[0]), None))
     return cfgs
 
 
@@ -406,8 +428,8 @@ def main() -> None:
         t_ref, ref = timed(lambda: exact_topk(d, q, k))
         rows = run_configs(d, q, ref, selected(configs_for(d, k, True, efs, args.threads)), k=k,
                            repeat=1 if n > 200_000 else args.repeat)
-        _CACHE.pop("faiss_hnsw", None)
-        _CACHE.pop("ragkit_hnsw_i8", None)
+        for key in ("faiss_hnsw", "faiss_hnsw_ordered", "ragkit_hnsw_i8", "ragkit_hnsw_i8_noreorder"):
+            _CACHE.pop(key, None)
         raw = []
         if efs and (not args.only or re.search(args.only, "raw usearch")):
             print("  raw usearch vs ragkit on the same HNSW:")

@@ -36,6 +36,11 @@ batched top-k inner-product / cosine queries.  Storage and search are parameters
 * ``search``: ``exact`` (blocked numpy matrix products + ``argpartition``), ``hnsw`` (one
   multi-threaded usearch call per query batch) or ``auto`` (exact up to ``exact_max``
   vectors, measured in ``bench/dense.py``; the choice is made at ``build`` and kept).
+* ``reorder`` (HNSW, default on from ``REORDER_MIN`` vectors): the graph is built from a random
+  tenth of the vectors first, then the rest cluster by cluster
+  (:func:`~ragkit.retrievers._locality.insertion_order`).  On 1M vectors (``bench/dense.py``,
+  two runs) builds ran 1.7-1.9x faster and searches 1.0-1.8x faster at equal recall (at 100k:
+  builds 1.3x, searches within noise); slots are unchanged.
 * ``mask``: a boolean row filter applied *inside* the search, so a filtered query still
   returns ``k`` results whenever ``k`` rows pass.  usearch 2.26's Python ``search`` takes
   no predicate, so: exact search scores only the passing rows; HNSW search oversamples by
@@ -67,6 +72,7 @@ import numpy as np
 
 from ragkit.errors import ArtifactError, DataError, ParamError
 from ragkit.operator import desc_order
+from ragkit.retrievers._locality import insertion_order
 
 __all__ = ["VectorIndex", "EXACT_MAX", "parse_reduce", "resident_bytes"]
 
@@ -162,6 +168,10 @@ class VectorIndex:
         ``search="auto"`` threshold.
     threads : int
         usearch threads (0 = all cores).
+    reorder : bool
+        HNSW, from ``REORDER_MIN`` vectors per ``build`` / ``add``: insert a random tenth first, then
+        the rest cluster by cluster (:func:`~ragkit.retrievers._locality.insertion_order`), so that
+        graph neighbours are built and stored together; slots are unchanged.
     workdir : str or Path, optional
         Where to write the float vectors file for ``rescore`` before the first ``save``
         (default: a temporary folder removed with the index).
@@ -170,7 +180,7 @@ class VectorIndex:
     def __init__(self, *, dtype: str = "f32", metric: str = "cos", search: str = "auto", rescore: bool = False,
                  oversample: int = 4, reduce: str = "none", whiten: bool = False, connectivity: int = 16,
                  expansion_add: int = 128, expansion_search: int = 64, exact_max: int = EXACT_MAX,
-                 threads: int = 0, workdir: str | Path | None = None) -> None:
+                 threads: int = 0, reorder: bool = True, workdir: str | Path | None = None) -> None:
         if dtype not in ("f32", "f16", "i8", "b1"):
             raise ParamError(f"dtype: expected one of f32, f16, i8, b1, got {dtype!r}")
         if metric not in ("cos", "ip"):
@@ -186,7 +196,7 @@ class VectorIndex:
         self.dtype, self.metric, self.search_mode = dtype, metric, search
         self.rescore, self.oversample, self.reduce, self.whiten = bool(rescore), int(oversample), reduce, bool(whiten)
         self.connectivity, self.expansion_add, self.expansion_search = connectivity, expansion_add, expansion_search
-        self.exact_max, self.threads = int(exact_max), int(threads)
+        self.exact_max, self.threads, self.reorder = int(exact_max), int(threads), bool(reorder)
         self.workdir = Path(workdir) if workdir is not None else None
         self._tmp: str | None = None
         self.built = False
@@ -196,7 +206,8 @@ class VectorIndex:
         return {"dtype": self.dtype, "metric": self.metric, "search": self.search_mode, "rescore": self.rescore,
                 "oversample": self.oversample, "reduce": self.reduce, "whiten": self.whiten,
                 "connectivity": self.connectivity, "expansion_add": self.expansion_add,
-                "expansion_search": self.expansion_search, "exact_max": self.exact_max, "threads": self.threads}
+                "expansion_search": self.expansion_search, "exact_max": self.exact_max, "threads": self.threads,
+                "reorder": self.reorder}
 
     def __repr__(self) -> str:
         state = f"n={self.n_alive}, backend={self.backend}" if self.built else "unbuilt"
@@ -303,8 +314,7 @@ class VectorIndex:
             self.codes = self._codes(x, for_usearch=False)
         else:
             self.usearch = self._new_usearch()
-            if n:
-                self.usearch.add(np.arange(n, dtype=np.uint64), self._codes(x, for_usearch=True), threads=self.threads)
+            self._add_to_graph(np.arange(n, dtype=np.int64), x)
         self.floats = None
         if self.rescore:
             self.floats = self._write_floats(full)
@@ -319,6 +329,16 @@ class VectorIndex:
         ndim = self.ndim if self.dtype != "b1" else 8 * ((self.ndim + 7) // 8)
         return Index(ndim=ndim, metric=metric, dtype=kind, connectivity=self.connectivity,
                      expansion_add=self.expansion_add, expansion_search=self.expansion_search)
+
+    def _add_to_graph(self, slots: np.ndarray, x: np.ndarray, chunk: int = 131_072) -> None:
+        """Add reduced vectors ``x`` ``(m, ndim)`` to the usearch graph as ``slots``, in
+        :func:`~ragkit.retrievers._locality.insertion_order` when ``reorder`` (chunks of ``chunk``
+        rows bound the reordered copy of the codes)."""
+        order = insertion_order(x) if self.reorder else np.arange(len(x), dtype=np.int64)
+        for lo in range(0, len(x), chunk):
+            rows = order[lo: lo + chunk]
+            self.usearch.add(slots[rows].astype(np.uint64), self._codes(x[rows], for_usearch=True),
+                             threads=self.threads)
 
     def _scratch(self) -> Path:
         if self.workdir is not None:
@@ -359,7 +379,7 @@ class VectorIndex:
         if self.backend == "numpy":
             self.codes = np.concatenate([np.asarray(self.codes), self._codes(x, for_usearch=False)])
         else:
-            self.usearch.add(slots.astype(np.uint64), self._codes(x, for_usearch=True), threads=self.threads)
+            self._add_to_graph(slots, x)
         if self.rescore:
             self.floats = self._write_floats(np.concatenate([np.asarray(self.floats), full]))
         self.alive = np.concatenate([self.alive, np.ones(m, dtype=bool)])

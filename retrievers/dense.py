@@ -54,6 +54,9 @@ class DenseParams(Params):
     expansion_search: int = Field(64, ge=1, description="HNSW beam width while searching (ef).")
     exact_max: int = Field(EXACT_MAX, ge=0, description="search=auto: exact numpy search up to this many documents.")
     threads: int = Field(0, ge=0, description="usearch threads (0 = all cores).")
+    reorder: bool = Field(True, description="HNSW: add documents to the graph cluster by cluster so that graph "
+                                           "neighbours lie close in memory (faster search on large corpora; "
+                                           "results keep corpus order).")
     adapt: AdaptConfig | None = Field(
         None, description="Fine-tune the encoder on fit's judged training queries (multiple-negatives ranking loss, "
                           "BM25 + dense hard negatives) before indexing; the tuned model is cached and saved.")
@@ -117,7 +120,8 @@ class Dense(TunedEncoderMixin, Operator):
         p = self.params
         return VectorIndex(dtype=p.dtype, metric=p.metric, search=p.search, rescore=p.rescore, oversample=p.oversample,
                            reduce=p.reduce, whiten=p.whiten, connectivity=p.connectivity, expansion_add=p.expansion_add,
-                           expansion_search=p.expansion_search, exact_max=p.exact_max, threads=p.threads)
+                           expansion_search=p.expansion_search, exact_max=p.exact_max, threads=p.threads,
+                           reorder=p.reorder)
 
     def _encode_docs(self, corpus: Corpus) -> np.ndarray:
         return np.ascontiguousarray(self.encoder.encode(corpus.full_texts), dtype=np.float32)

@@ -359,3 +359,79 @@ def test_bench_quick(tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
     data = json.loads((tmp_path / "dense_quick.json").read_text())
     assert data["synthetic"]["rows"]
+
+
+@pytest.fixture()
+def small_reorder(monkeypatch):
+    """Lower the reordering threshold so that a few thousand vectors are laid out by cluster."""
+    from ragkit.retrievers import _locality
+
+    monkeypatch.setattr(_locality, "REORDER_MIN", 1000)
+    monkeypatch.setattr(_locality, "ROWS_PER_CLUSTER", 100)
+    return _locality
+
+
+def _blobs(n: int, dim: int = 24, centres: int = 12, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    c = 4 * rng.standard_normal((centres, dim)).astype(np.float32)
+    lab = rng.integers(0, centres, n)
+    return (c[lab] + rng.standard_normal((n, dim)).astype(np.float32)), lab
+
+
+def test_locality_order_groups_clusters(small_reorder):
+    x, lab = _blobs(3000)
+    order = small_reorder.locality_order(x, seed=0)
+    assert np.array_equal(np.sort(order), np.arange(3000))
+    assert np.array_equal(order, small_reorder.locality_order(x, seed=0))  # deterministic under the seed
+    # well-separated blobs come out contiguous: the label changes about once per blob along the order
+    changes = int((np.diff(lab[order]) != 0).sum())
+    assert changes < 3 * 12, changes
+    assert int((np.diff(lab) != 0).sum()) > 2000  # (the given order is mixed)
+    # too few rows: the identity, no k-means
+    assert np.array_equal(small_reorder.locality_order(x[:999]), np.arange(999))
+
+
+def test_insertion_order_skeleton_then_clusters(small_reorder):
+    x, lab = _blobs(3000)
+    order = small_reorder.insertion_order(x, skeleton=0.1, seed=0)
+    assert np.array_equal(np.sort(order), np.arange(3000))
+    assert np.array_equal(order, small_reorder.insertion_order(x, skeleton=0.1, seed=0))
+    head, rest = order[:300], order[300:]
+    assert np.all(np.diff(head) > 0)  # a random tenth, in the given order
+    assert len(np.unique(lab[head])) == 12  # spread over every blob
+    assert int((np.diff(lab[rest]) != 0).sum()) < 3 * 12  # then the rest blob by blob
+    assert np.array_equal(small_reorder.insertion_order(x[:999]), np.arange(999))
+
+
+@pytest.mark.parametrize("dtype", ["f32", "i8"])
+def test_reordered_index_keeps_slots(small_reorder, monkeypatch, dtype, tmp_path):
+    """``reorder`` changes the order vectors enter the graph; slots, add, save and load work as before."""
+    from ragkit.retrievers import _index
+
+    calls = []
+    monkeypatch.setattr(_index, "insertion_order", lambda x: calls.append(len(x)) or small_reorder.insertion_order(x))
+    x, _ = _blobs(4000, seed=1)
+    q = x[::97] + 0.05
+    ref, _ = VectorIndex(search="exact").build(x).search(q, 10)
+    for reorder in (False, True):
+        ix = VectorIndex(search="hnsw", dtype=dtype, reorder=reorder, expansion_search=128, threads=1).build(x[:2500])
+        assert np.array_equal(ix.add(x[2500:]), np.arange(2500, 4000))  # ordered too: 1,500 >= REORDER_MIN
+        got = ix.search(q, 10)[0]
+        rec = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(got, ref)])
+        assert rec >= (0.95 if dtype == "f32" else 0.85), (reorder, rec)
+        own = ix.search(x, 10)[0]  # a stored vector finds its own slot (approximately: HNSW)
+        assert (own == np.arange(4000)[:, None]).any(axis=1).mean() >= 0.98
+    assert calls == [2500, 1500]
+    ix.save(tmp_path / "ix")
+    back = VectorIndex.load(tmp_path / "ix")
+    assert back.reorder and np.array_equal(back.search(q, 10)[0], got)
+
+
+def test_reorder_is_a_dense_parameter():
+    from ragkit.pipelines import Pipeline
+
+    pipe = Pipeline.from_yaml("pipeline:\n  - dense: {k: 5, search: hnsw, reorder: false}\n")
+    op = pipe.steps[0]
+    assert op.params.reorder is False and op._new_index().reorder is False
+    assert "reorder: false" in op.to_yaml()
+    assert Dense(k=5).params.reorder is True
