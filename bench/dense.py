@@ -19,7 +19,10 @@ Gaussian noise (``--noise`` times the corpus's spread), re-normalised; queries a
 test queries plus the same noise.  ``--noise-shape diag`` draws the noise independently per
 dimension (per-dimension std of the corpus), ``cov`` with the corpus's full covariance, so
 it keeps the real vectors' spectrum; the run prints the participation ratio and local
-intrinsic dimension of the corpus and of the synthetic set, to show which one is realistic.  Writes
+intrinsic dimension of the corpus and of the synthetic set, to show which one is realistic.  On the
+synthetic set the int8 graph is built twice, in ragkit's insertion order (``reorder``, the default)
+and in the given order, and faiss ``HNSWFlat`` also with its vectors added in ragkit's order (ids
+mapped back), so the order's effect is measured in the same run for both libraries.  Writes
 ``bench/out/dense.json`` and ``bench/out/dense.png`` (recall vs queries/sec, marker area
 ~ memory); ``_quick`` suffixes with ``--quick``.
 """
