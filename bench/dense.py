@@ -155,7 +155,7 @@ def configs_for(d: np.ndarray, k: int, scale: bool, efs: list[int], threads: int
         cfgs.append((f"ragkit hnsw i8 + rescore x4 ef={ef}", "ragkit-hnsw",
                      lambda: _cached("ragkit_hnsw_i8", vi(search="hnsw", dtype="i8", rescore=True)),
                      partial(rs, ef=ef), vmem, vres))
-    for ef in efs if scale else []:  # the same graph inserted in the given order (reorder=False): the order's effect
+    for ef in efs if scale else []:  # the same kind of graph, inserted in the given order (reorder=False)
         cfgs.append((f"ragkit hnsw i8 + rescore x4, given order ef={ef}", "ragkit-hnsw",
                      lambda: _cached("ragkit_hnsw_i8_noreorder",
                                      vi(search="hnsw", dtype="i8", rescore=True, reorder=False)),

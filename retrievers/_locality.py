@@ -75,9 +75,9 @@ def insertion_order(x: np.ndarray, skeleton: float = SKELETON, seed: int = 0) ->
     memory, is similar.  Below ``REORDER_MIN`` rows the identity is returned.
     """
     n = len(x)
-    order = locality_order(x, seed=seed)
     if n < REORDER_MIN:
-        return order
+        return np.arange(n, dtype=np.int64)
+    order = locality_order(x, seed=seed)
     first = np.zeros(n, dtype=bool)
     first[np.random.default_rng(seed).choice(n, int(round(skeleton * n)), replace=False)] = True
     return np.concatenate([np.flatnonzero(first), order[~first[order]]]).astype(np.int64)
