@@ -35,6 +35,11 @@ def qvecs(slice_data):
     return enc.key, enc.encode_queries(queries.texts)
 
 
+def _recall10(got, ref) -> float:
+    """Mean |top-10 of got ∩ top-10 of ref| / 10 over the rows (ids, any order)."""
+    return float(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(got, ref)]))
+
+
 def _state(queries, qvecs, idx=None, **options):
     key, q = qvecs
     idx = np.arange(len(queries)) if idx is None else np.asarray(idx, dtype=np.int64)
@@ -78,7 +83,7 @@ def test_every_combination_is_an_operator(kw, slice_data, qvecs, tmp_path):
     assert op(_state(queries, qvecs, [])).rankings == []
     # quality sanity: the exact f32 top-10 mostly recovered
     ref = Dense(k=10).fit(corpus)(_state(queries, qvecs))
-    rec = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(_rows(out), _rows(ref))])
+    rec = _recall10(_rows(out), _rows(ref))
     floor = 0.3 if kw["dtype"] == "b1" and not kw.get("rescore") or kw.get("reduce", "none") != "none" else 0.8
     assert rec >= floor, rec
     op.save(tmp_path / "op")
@@ -181,7 +186,7 @@ def test_filtered_hnsw_oversampling_and_fallback():
         slots, sc = ix.search(q, 10, mask=mask)
         ref, _ = exact.search(q, 10, mask=mask)
         assert (slots >= 0).all() and mask[slots].all()
-        rec = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(slots, ref)])
+        rec = _recall10(slots, ref)
         assert rec >= 0.9, (frac, rec)
 
 
@@ -263,7 +268,7 @@ def test_matryoshka_synthetic():
         q = data[:50] + 0.1 * rng.standard_normal((50, d)).astype(np.float32) * scale
         ref, _ = VectorIndex(search="exact").build(data).search(q, 10)
         got, _ = VectorIndex(search="exact", reduce=f"matryoshka:{keep}").build(data).search(q, 10)
-        rec = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(got, ref)])
+        rec = _recall10(got, ref)
         assert lo <= rec <= hi, rec
 
 
@@ -274,7 +279,7 @@ def test_pca_shortlist_rescored_recovers_exact():
     q = x[:30] + 0.1 * rng.standard_normal((30, 96)).astype(np.float32)
     ref, rs = VectorIndex().build(x).search(q, 10)
     got, gs = VectorIndex(reduce="pca:24", rescore=True, oversample=4).build(x).search(q, 10)
-    assert np.mean([len(set(a) & set(b)) / 10 for a, b in zip(got, ref)]) >= 0.97
+    assert _recall10(got, ref) >= 0.97
     np.testing.assert_allclose(gs[:, 0], rs[:, 0], atol=1e-5)  # rescored scores are the exact cosines
 
 
@@ -285,7 +290,7 @@ def test_hnsw_recall_synthetic():
     ref, _ = VectorIndex().build(x).search(q, 10)
     for dtype in ("f32", "f16", "i8"):
         got, _ = VectorIndex(search="hnsw", dtype=dtype, expansion_search=128).build(x).search(q, 10)
-        assert np.mean([len(set(a) & set(b)) / 10 for a, b in zip(got, ref)]) >= 0.9, dtype
+        assert _recall10(got, ref) >= 0.9, dtype
 
 
 def test_int8_graph_searches_by_inner_product():
@@ -297,11 +302,11 @@ def test_int8_graph_searches_by_inner_product():
     q[20:] *= 25.0  # queries far larger than the documents (MUVERA: token sums against token means)
     ref, rs = VectorIndex(metric="ip").build(x).search(q, 10)
     got, gs = VectorIndex(metric="ip", search="hnsw", dtype="i8", expansion_search=128).build(x).search(q, 10)
-    assert np.mean([len(set(a) & set(b)) / 10 for a, b in zip(got, ref)]) >= 0.85
+    assert _recall10(got, ref) >= 0.85
     exact_ip = (q * x[got[:, 0]]).sum(1)
     assert (np.abs(gs[:, 0] - exact_ip) <= 0.05 * np.abs(exact_ip) + 0.05 * np.abs(q).max(1)).all()
     by_angle = np.argsort(-(q @ (x / np.linalg.norm(x, axis=1, keepdims=True)).T), 1)[:, :10]
-    assert np.mean([len(set(a) & set(b)) / 10 for a, b in zip(by_angle, ref)]) < 0.6  # the test can tell
+    assert _recall10(by_angle, ref) < 0.6  # the test can tell
 
 
 def test_int8_cosine_graph_of_an_earlier_version_loads(tmp_path):
@@ -322,7 +327,7 @@ def test_int8_cosine_graph_of_an_earlier_version_loads(tmp_path):
     assert back.usearch.metric_kind.name == "Cos"
     rows, sc = back.search(q, 10)
     ref, rs = VectorIndex().build(x).search(q, 10)
-    assert np.mean([len(set(a) & set(b)) / 10 for a, b in zip(rows, ref)]) >= 0.85
+    assert _recall10(rows, ref) >= 0.85
     np.testing.assert_allclose(sc[:, 0], rs[:, 0], atol=0.03)
 
 
@@ -337,9 +342,9 @@ def test_pca_on_inner_product_keeps_the_ranking_of_the_projected_vectors():
     got, gs = ix.search(q, 10)
     w = ix.pca_components
     want = np.argsort(-((q @ w) @ (x @ w).T), axis=1, kind="stable")[:, :10]
-    assert np.mean([len(set(a) & set(b)) / 10 for a, b in zip(got, want)]) >= 0.99
+    assert _recall10(got, want) >= 0.99
     ref, _ = VectorIndex(metric="ip").build(x).search(q, 10)
-    assert np.mean([len(set(a) & set(b)) / 10 for a, b in zip(got, ref)]) >= 0.5
+    assert _recall10(got, ref) >= 0.5
     np.testing.assert_allclose(gs[:, 0], ((q @ w) * (x[got[:, 0]] @ w)).sum(1), rtol=1e-4)
 
 
@@ -417,7 +422,7 @@ def test_reordered_index_keeps_slots(small_reorder, monkeypatch, dtype, tmp_path
         ix = VectorIndex(search="hnsw", dtype=dtype, reorder=reorder, expansion_search=128, threads=1).build(x[:2500])
         assert np.array_equal(ix.add(x[2500:]), np.arange(2500, 4000))  # ordered too: 1,500 >= REORDER_MIN
         got = ix.search(q, 10)[0]
-        rec = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(got, ref)])
+        rec = _recall10(got, ref)
         assert rec >= (0.95 if dtype == "f32" else 0.85), (reorder, rec)
         own = ix.search(x, 10)[0]  # a stored vector finds its own slot (approximately: HNSW)
         assert (own == np.arange(4000)[:, None]).any(axis=1).mean() >= 0.98
