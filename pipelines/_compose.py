@@ -102,6 +102,13 @@ class Composite(Operator):
 
         return to_node(self)
 
+    def save(self, path: Any) -> None:
+        """Save as a one-step :class:`Pipeline` (manifest, YAML, every fitted leaf); load it with
+        :meth:`Pipeline.load` or :meth:`Operator.load`."""
+        from ragkit.pipelines.store import save_pipeline
+
+        save_pipeline(Pipeline([self]), path)
+
     @property
     def is_fitted(self) -> bool:
         return all(c.is_fitted for c in self.children())
@@ -172,9 +179,16 @@ class Pipeline(Composite):
         if not isinstance(other, Operator):
             return NotImplemented
         steps = list(self.steps)
-        if other.kind == "fuser" and steps and isinstance(steps[-1], Parallel) and steps[-1].implicit_fuse:
-            steps[-1] = Parallel(steps[-1].branches, fuse=other)  # (a + b) | RRF(...) fuses with RRF
-            return Pipeline(steps)
+        if other.kind == "fuser":
+            last = steps[-1] if steps else None
+            if isinstance(last, Parallel) and last.implicit_fuse:  # (a + b) | RRF(...) fuses with RRF
+                steps[-1] = Parallel(last.branches, fuse=other, names=last.names)
+                return Pipeline(steps)
+            already = f" (it already fuses with {last.fuse.name!r})" if isinstance(last, Parallel) else ""
+            raise ParamError(f"pipeline: {other.name!r} is a fuser; it fuses the rankings of a parallel's branches, "
+                             f"so it must directly follow 'a + b' without a fuser of its own{already}: write "
+                             f"(a + b) | {type(other).__name__}(...) or Parallel([a, b], fuse={type(other).__name__}"
+                             f"(...))")
         return Pipeline(steps + (other.steps if isinstance(other, Pipeline) else [other]))
 
     def __ror__(self, other: Operator) -> "Pipeline":
@@ -293,7 +307,7 @@ class Pipeline(Composite):
     def load(cls, path: Any, corpus: Corpus | None = None, *, mmap: bool = False) -> "Pipeline":
         from ragkit.pipelines.store import load_pipeline
 
-        return load_pipeline(path, mmap=mmap)
+        return load_pipeline(path, corpus=corpus, mmap=mmap)
 
 
 def _wants_upstream(op: Operator) -> bool:
@@ -310,6 +324,33 @@ def _as_pipeline(x: Operator | Sequence[Operator], where: str) -> Operator:
     if isinstance(x, (list, tuple)):
         return Pipeline(list(x))
     raise ParamError(f"{where}: expected an operator or a list of operators, got {type(x).__name__}")
+
+
+def fuse_weights_problem(fuse: Operator, names: Sequence[str]) -> str | None:
+    """Why ``fuse``'s ``weights`` do not fit branches ``names`` (one weight per branch), or ``None``."""
+    weights = getattr(fuse.params, "weights", None)
+    if weights is None or len(weights) == len(names):
+        return None
+    return f"expected {len(names)} weights, one per branch ({', '.join(names)}), got {len(weights)}: {list(weights)}"
+
+
+def route_label_problems(router: Operator, labels: Iterable[Any], has_default: bool) -> str | None:
+    """Why a route's branch ``labels`` do not serve ``router``, or ``None``: every label must be a
+    string (YAML reads unquoted ``yes`` / ``no`` / ``on`` / ``1`` as booleans and numbers), and
+    without a default every label the router can give (``possible_labels``) needs a branch."""
+    labels = list(labels)
+    bad = [k for k in labels if not isinstance(k, str)]
+    if bad:
+        got = ", ".join(f"{k!r} ({type(k).__name__})" for k in bad)
+        return (f"branch labels must be strings, got {got}; YAML reads unquoted yes/no/on/off/true/false as "
+                f'booleans and digits as numbers: quote the labels, e.g. "yes": [...] or "1": [...]')
+    possible = getattr(router, "possible_labels", None)
+    missing = [lab for lab in possible() if lab not in labels] if callable(possible) and not has_default else []
+    if missing:
+        return (f"router {router.name!r} can label queries {missing}, which have no branch, and the route has no "
+                f"'default'; branches: {sorted(labels)}; add a branch for each, or a 'default:' (a branch label or "
+                f"a pipeline)")
+    return None
 
 
 class Parallel(Composite):
@@ -340,9 +381,16 @@ class Parallel(Composite):
         if fuse.kind != "fuser":
             raise ParamError(f"parallel.fuse: expected a fuser (rrf, weighted), got {fuse.name!r} ({fuse.kind})")
         self.fuse = fuse
-        self.names = list(names) if names is not None else _unique_names(self.branches)
+        self.names = list(names) if names is not None else unique_names(self.branches)
         if len(self.names) != len(self.branches):
             raise ParamError(f"parallel.names: {len(self.names)} names for {len(self.branches)} branches")
+        repeated = sorted({n for n in self.names if self.names.count(n) > 1})
+        if repeated:
+            raise ParamError(f"parallel.names: {repeated} name more than one branch; each branch's fields "
+                             f"('<name>.rank', '<name>.score') need their own name")
+        problem = fuse_weights_problem(self.fuse, self.names)
+        if problem:
+            raise ParamError(f"parallel.fuse.{self.fuse.name}.weights: {problem}")
 
     def children(self) -> list[Operator]:
         return [*self.branches, self.fuse]
@@ -406,7 +454,7 @@ class Parallel(Composite):
         return self._call(state)
 
 
-def _unique_names(branches: list[Operator]) -> list[str]:
+def unique_names(branches: list[Operator]) -> list[str]:
     names: list[str] = []
     for b in branches:
         leaf = b.steps[0] if isinstance(b, Pipeline) and b.steps else b
@@ -437,8 +485,11 @@ class Route(Composite):
             raise ParamError(f"route.router: expected a router operator, got {router.name!r} ({router.kind})")
         if not branches:
             raise ParamError("route.branches: expected at least one labelled branch, got none")
+        problem = route_label_problems(router, branches, default is not None)
+        if problem:
+            raise ParamError(f"route.branches: {problem}")
         self.router = router
-        self.branches = {str(k): _as_pipeline(v, f"route.branches.{k}") for k, v in branches.items()}
+        self.branches = {k: _as_pipeline(v, f"route.branches.{k}") for k, v in branches.items()}
         if isinstance(default, str):
             if default not in self.branches:
                 raise ParamError(f"route.default: label {default!r} is not a branch; branches: {sorted(self.branches)}")

@@ -31,6 +31,7 @@ from ragkit.types import State
 __all__ = ["RuleRouter", "ScoreRouter", "Rule", "ranking_feature"]
 
 _WORD = re.compile(r"\w+")
+_SEP = "\0"  # joins a batch's texts: a non-word character that no keyword pattern crosses
 
 
 class Rule(Params):
@@ -38,7 +39,10 @@ class Rule(Params):
 
     label: str = Field(..., min_length=1, description="Label given to the queries this rule matches.")
     regex: str | None = Field(None, description="Python regular expression searched in the query text.")
-    keywords: list[str] | None = Field(None, min_length=1, description="Matches when any of these words occurs.")
+    keywords: list[str] | None = Field(None, min_length=1, description=(
+        "Matches when any of these words or phrases occurs as whole words; a keyword of several words "
+        "('heart disease', 'covid-19') matches those words in sequence, whatever non-word characters "
+        "separate them in the query."))
     min_words: int | None = Field(None, ge=0, description="Matches queries with at least this many words.")
     max_words: int | None = Field(None, ge=0, description="Matches queries with at most this many words.")
 
@@ -50,6 +54,15 @@ class Rule(Params):
                 re.compile(v)
             except re.error as e:
                 raise ValueError(f"regex {v!r} does not compile: {e}") from None
+        return v
+
+    @field_validator("keywords")
+    @classmethod
+    def _has_words(cls, v: list[str] | None) -> list[str] | None:
+        empty = [k for k in v or [] if not _WORD.search(k)]
+        if empty:
+            raise ValueError(f"keywords {empty} contain no word characters (letters, digits, '_'), so they can never "
+                             "match; keywords match whole words")
         return v
 
     @model_validator(mode="after")
@@ -73,7 +86,9 @@ class RuleRouter(Operator):
     """Label queries by ordered rules on their text (regex, word count, keywords).
 
     Each rule's conditions are ANDed; rules are tried in order and the first match wins;
-    unmatched queries get ``default``.  Words are ``\\w+`` runs.  Writes
+    unmatched queries get ``default``.  Words are ``\\w+`` runs; a keyword matches whole words,
+    and a keyword of several words (``"heart disease"``, ``"covid-19"``) matches them in
+    sequence, separated by any non-word characters (``"covid 19"``, ``"COVID-19"``).  Writes
     ``state.values["label"]`` (list of str, length n_q); rankings are untouched.
     Rule-based routing is one of the routing kinds listed by Modular RAG (Gao et al.,
     arXiv 2407.21059).
@@ -84,6 +99,8 @@ class RuleRouter(Operator):
     >>> r = RuleRouter(rules=[{"label": "short", "max_words": 3}], default="long")
     >>> r(State(["gene expression", "what causes the flu in winter"])).values["label"]
     ['short', 'long']
+    >>> RuleRouter(rules=[{"label": "covid", "keywords": ["covid-19"]}]).labels(["COVID 19 vaccines", "covid"])
+    ['covid', 'default']
     """
 
     name = "rule_router"
@@ -93,34 +110,44 @@ class RuleRouter(Operator):
     example = {"rules": [{"label": "short", "max_words": 6}, {"label": "cells", "keywords": ["cell", "cells"]}],
                "default": "other"}
 
+    def possible_labels(self) -> list[str]:
+        """Every label this router can give: the rules' labels, then ``default``."""
+        return list(dict.fromkeys([*(r.label for r in self.params.rules), self.params.default]))
+
     @cached_property
-    def _compiled(self) -> list[tuple[str, re.Pattern | None, frozenset | None, int | None, int | None]]:
+    def _compiled(self) -> list[tuple[str, re.Pattern | None, re.Pattern | None, int | None, int | None]]:
         flags = re.IGNORECASE if self.params.ignore_case else 0
         out = []
         for r in self.params.rules:
-            kw = None if r.keywords is None else frozenset(
-                k.lower() if self.params.ignore_case else k for k in r.keywords)
+            kw = None if r.keywords is None else _keyword_pattern(r.keywords, self.params.ignore_case)
             out.append((r.label, None if r.regex is None else re.compile(r.regex, flags), kw, r.min_words,
                         r.max_words))
         return out
 
     def labels(self, texts: list[str]) -> list[str]:
-        """The label of each text (text matching is per query; there is no numeric work to batch)."""
-        lower = self.params.ignore_case
-        words = [_WORD.findall(t.lower() if lower else t) for t in texts]
-        n_words = np.fromiter((len(w) for w in words), np.int64, len(words))
-        labels = np.full(len(texts), None, dtype=object)
-        open_ = np.ones(len(texts), bool)
+        """The label of each text.
+
+        Word counts and keywords are matched on the whole batch at once (one scan of the
+        texts joined by a separator); a rule's ``regex`` is searched text by text, since a
+        user's pattern could match across the separator.
+        """
+        n = len(texts)
+        joined, starts = _join(list(map(str.lower, texts)) if self.params.ignore_case else texts)
+        n_words = None
+        labels = np.full(n, None, dtype=object)
+        open_ = np.ones(n, bool)
         for label, rx, kw, lo, hi in self._compiled:
             m = open_.copy()
+            if (lo is not None or hi is not None) and n_words is None:
+                n_words = _match_counts(_WORD, joined, starts)
             if lo is not None:
                 m &= n_words >= lo
             if hi is not None:
                 m &= n_words <= hi
             if kw is not None:
-                m &= np.fromiter((not kw.isdisjoint(w) for w in words), bool, len(words))
+                m &= _match_counts(kw, joined, starts) > 0
             if rx is not None:
-                m &= np.fromiter((rx.search(t) is not None for t in texts), bool, len(texts))
+                m &= np.fromiter((rx.search(t) is not None for t in texts), bool, n)
             labels[m] = label
             open_ &= ~m
         labels[open_] = self.params.default
@@ -130,6 +157,25 @@ class RuleRouter(Operator):
         out = state.copy()
         out.values["label"] = self.labels(list(state.queries))
         return out
+
+
+def _keyword_pattern(keywords: list[str], lower: bool) -> re.Pattern:
+    """One pattern matching any keyword as whole words: each keyword's ``\\w+`` words in sequence,
+    separated by non-word characters (not the batch separator), e.g. ``covid-19`` -> ``covid[^\\w\\0]+19``."""
+    phrases = {r"[^\w\0]+".join(map(re.escape, _WORD.findall(k.lower() if lower else k))) for k in keywords}
+    return re.compile(r"(?<!\w)(?:" + "|".join(sorted(phrases, key=lambda p: (-len(p), p))) + r")(?!\w)")
+
+
+def _join(texts: list[str]) -> tuple[str, np.ndarray]:
+    """The texts joined by ``_SEP``, and each text's start offset in the joined string."""
+    lens = np.fromiter(map(len, texts), np.int64, len(texts)) + 1
+    return _SEP.join(texts), np.cumsum(lens) - lens
+
+
+def _match_counts(pattern: re.Pattern, joined: str, starts: np.ndarray) -> np.ndarray:
+    """Number of (non-overlapping) matches of ``pattern`` in each text of ``_join``'s string."""
+    pos = np.fromiter((m.start() for m in pattern.finditer(joined)), np.int64)
+    return np.bincount(np.searchsorted(starts, pos, side="right") - 1, minlength=len(starts))
 
 
 def ranking_feature(state: State, feature: str) -> np.ndarray:
@@ -204,6 +250,10 @@ class ScoreRouter(LearnedThreshold, Operator):
     Params = ScoreRouterParams
     stateless = True
     example = {"feature": "top1", "threshold": 20.0}
+
+    def possible_labels(self) -> list[str]:
+        """Every label this router can give: ``above`` and ``below``."""
+        return [self.params.above, self.params.below]
 
     def learn_routes(self, state: State, gains: dict[str, np.ndarray]) -> None:
         """Choose the threshold from the training queries in ``state``.

@@ -23,6 +23,7 @@ from ragkit.errors import ArtifactError
 from ragkit.operator import FORMAT_VERSION, Operator, atomic_dir, read_json, write_json
 from ragkit.pipelines._compose import Pipeline
 from ragkit.pipelines.yaml import dump_yaml, load_yaml, walk_leaves
+from ragkit.types import Corpus
 
 __all__ = ["save_pipeline", "load_pipeline"]
 
@@ -63,8 +64,13 @@ def save_pipeline(pipe: Pipeline, path: str | Path) -> None:
         })
 
 
-def load_pipeline(path: str | Path, *, mmap: bool = False, verify: bool = True) -> Pipeline:
-    """Load a folder written by :func:`save_pipeline`; checksums are verified first."""
+def load_pipeline(path: str | Path, *, corpus: Corpus | None = None, mmap: bool = False,
+                  verify: bool = True) -> Pipeline:
+    """Load a folder written by :func:`save_pipeline`; checksums are verified first.
+
+    ``corpus``: the corpus the pipeline was fitted on, when the caller already holds it
+    (it must have the saved corpus's number of documents); otherwise ``corpus.jsonl`` is read.
+    """
     folder = Path(path)
     if not folder.is_dir():
         raise ArtifactError(f"{folder}: not a saved pipeline folder (it does not exist)")
@@ -79,8 +85,9 @@ def load_pipeline(path: str | Path, *, mmap: bool = False, verify: bool = True) 
                 raise ArtifactError(f"{p}: listed in the manifest but missing")
             if _sha256(p) != digest:
                 raise ArtifactError(f"{p}: checksum mismatch; the file was changed or truncated after saving")
-    corpus = None
-    if manifest.get("fitted"):
+    if not manifest.get("fitted"):
+        corpus = None
+    elif corpus is None:
         from ragkit.eval.beir import read_corpus
 
         corpus = read_corpus(folder / "corpus.jsonl")

@@ -13,7 +13,13 @@
 
 Structural keys: ``parallel`` (``branches``, ``fuse``, ``names``), ``route`` (``router``,
 ``branches``, ``default``) and ``loop`` (``body``, ``until``, ``max_iters``).  A branch or
-body is one node or a list of nodes (a linear pipeline).  Only ``yaml.safe_load`` is
+body is one node or a list of nodes (a linear pipeline).  A fuser (``rrf``, ``weighted``)
+belongs in a parallel's ``fuse:``, never as a step of its own: the Python idiom
+``(a + b) | RRF(k=60)`` is written ``parallel: {branches: [a, b], fuse: {rrf: {k: 60}}}``
+(a one-step file holding only a fuser, as ``Operator.to_yaml`` writes it, is read back).
+Route labels are strings: quote ``"yes":``, ``"no":``, ``"on":``, ``"1":`` (YAML 1.1 reads
+them unquoted as booleans or numbers); an empty list ``[]`` as a route branch or default
+passes its queries through unchanged.  Only ``yaml.safe_load`` is
 used: tags that construct Python objects are refused.  The whole file is validated
 (every operator's parameters through its pydantic model) before anything is fitted, and
 an error starts with the path inside the file, e.g.
@@ -32,7 +38,15 @@ from ragkit import registry
 from ragkit.errors import ConfigError, ParamError
 from ragkit.operator import Operator
 from ragkit.params import validate_params
-from ragkit.pipelines._compose import Loop, Parallel, Pipeline, Route
+from ragkit.pipelines._compose import (
+    Loop,
+    Parallel,
+    Pipeline,
+    Route,
+    fuse_weights_problem,
+    route_label_problems,
+    unique_names,
+)
 
 __all__ = ["load_yaml", "dump_yaml", "to_node", "build", "walk_leaves", "parse_yaml_text"]
 
@@ -115,20 +129,21 @@ def load_yaml(source: str | Path | Mapping[str, Any], make_leaf: LeafFactory | N
     if not isinstance(steps, list) or not steps:
         raise ConfigError(f"pipeline: expected a non-empty list of operators, got {steps!r:.60}", path="pipeline")
     try:
-        return build_list(steps, "pipeline", make_leaf or _default_leaf)
+        return build_list(steps, "pipeline", make_leaf or _default_leaf, lone_fuser_ok=True)
     except ConfigError as e:
         if where.startswith("<"):  # YAML text or a mapping: the message's path is all there is
             raise
         raise ConfigError(f"{where}: {e}" if "\n" not in str(e) else f"{where}:\n{e}", path=e.path) from None
 
 
-def _build_all(nodes: list[tuple[Any, str]], make_leaf: LeafFactory) -> list[Operator]:
+def _build_all(nodes: list[tuple[Any, str]], make_leaf: LeafFactory, steps: bool = False) -> list[Operator]:
     """Build sibling nodes ``(node, path)``; the problems of all of them are reported together, one
-    line each (the error's ``path`` is the first problem's)."""
+    line each (the error's ``path`` is the first problem's).  ``steps``: the nodes are the
+    consecutive steps of one list, so each step's error can name the step before it."""
     built, problems = [], []
-    for x, where in nodes:
+    for i, (x, where) in enumerate(nodes):
         try:
-            built.append(_branch(x, where, make_leaf))
+            built.append(_branch(x, where, make_leaf, prev=nodes[i - 1] if steps and i else None))
         except ConfigError as e:
             problems.append(e)
     if len(problems) == 1:
@@ -138,17 +153,61 @@ def _build_all(nodes: list[tuple[Any, str]], make_leaf: LeafFactory) -> list[Ope
     return built
 
 
-def build_list(items: list[Any], path: str, make_leaf: LeafFactory) -> Pipeline:
-    """A list of steps as a :class:`Pipeline` (every step's problems reported at once)."""
+def build_list(items: list[Any], path: str, make_leaf: LeafFactory, *, lone_fuser_ok: bool = False) -> Pipeline:
+    """A list of steps as a :class:`Pipeline` (every step's problems reported at once).
+
+    ``lone_fuser_ok``: a list of one fuser is accepted (the whole file ``Operator.to_yaml``
+    writes for a fuser); anywhere else a fuser step is refused (see :func:`_misplaced_fuser`).
+    """
     if not items:
         raise ConfigError(f"{path}: expected a non-empty list of operators, got []", path=path)
-    return Pipeline(_build_all([(x, f"{path}[{i}]") for i, x in enumerate(items)], make_leaf))
+    if lone_fuser_ok and len(items) == 1 and not isinstance(items[0], list):
+        return Pipeline([build(items[0], f"{path}[0]", make_leaf)])
+    return Pipeline(_build_all([(x, f"{path}[{i}]") for i, x in enumerate(items)], make_leaf, steps=True))
 
 
-def _branch(x: Any, path: str, make_leaf: LeafFactory) -> Operator:
+def _branch(x: Any, path: str, make_leaf: LeafFactory, prev: tuple[Any, str] | None = None) -> Operator:
+    """A step, branch or body at ``path``: a list (linear pipeline) or one node; ``prev`` is the
+    ``(node, path)`` of the step before it in the same list, if any."""
     if isinstance(x, list):
         return build_list(x, path, make_leaf)
-    return build(x, path, make_leaf)
+    op = build(x, path, make_leaf)
+    if op.kind == "fuser":
+        raise _misplaced_fuser(op, f"{path}.{op.name}", prev)
+    return op
+
+
+def _flow(node: Any) -> str:
+    """``node`` as one line of flow-style YAML."""
+    return yaml.safe_dump(node, default_flow_style=True, sort_keys=False, width=1 << 16).strip()
+
+
+def _parallel_body(node: Any) -> Mapping[str, Any] | None:
+    """The body of a ``parallel:`` node (``{}`` when empty), else ``None``."""
+    if not isinstance(node, Mapping) or len(node) != 1 or "parallel" not in node:
+        return None
+    body = node["parallel"]
+    return body if isinstance(body, Mapping) else {}
+
+
+def _misplaced_fuser(op: Operator, here: str, prev: tuple[Any, str] | None) -> ConfigError:
+    """The error for a fuser used as a step: a fuser reads the rankings of a parallel's branches,
+    which exist only inside that parallel, so it would fail on the first search."""
+    fuse = _flow({op.name: op.params.non_default()})
+    body = _parallel_body(prev[0]) if prev is not None else None
+    if body is None:
+        return ConfigError(
+            f"{here}: a fuser is not a step of its own; it fuses the rankings of a parallel's branches, so write "
+            f"it as that parallel's 'fuse:', e.g. `- parallel: {{branches: [...], fuse: {fuse}}}`", path=here)
+    if body.get("fuse") is not None:
+        return ConfigError(
+            f"{here}: a fuser is not a step of its own, and the parallel before it ({prev[1]}) already fuses "
+            f"its branches with 'fuse: {_flow(body['fuse'])}'; put this fuser there instead "
+            f"(`fuse: {fuse}`) or remove this step", path=here)
+    return ConfigError(
+        f"{here}: a fuser is not a step of its own; to fuse the branches of the parallel before it ({prev[1]}), "
+        f"as Python's '(a + b) | {type(op).__name__}(...)' does, move it into that parallel as its 'fuse:': "
+        f"`- parallel: {{branches: [...], fuse: {fuse}}}`", path=here)
 
 
 def build(node: Any, path: str, make_leaf: LeafFactory = _default_leaf) -> Operator:
@@ -183,7 +242,7 @@ def build(node: Any, path: str, make_leaf: LeafFactory = _default_leaf) -> Opera
             msg = str(e)
             raise ConfigError(msg if msg.startswith(here) else f"{here}: {msg}", path=here) from None
     try:
-        cls = registry.get(name, path=here)
+        cls = registry.get(name, path=here, structural=True)
     except ParamError as e:
         raise ConfigError(str(e), path=here) from None
     if body is None:
@@ -224,6 +283,10 @@ def _build_parallel(body: Mapping[str, Any], here: str, make_leaf: LeafFactory) 
     if names is not None and (len(names) != len(built) or len(set(names)) != len(names)):
         raise ConfigError(f"{here}.names: expected {len(built)} distinct names (one per branch), got {names!r:.80}",
                           path=f"{here}.names")
+    problem = fuse_weights_problem(fuse, names or unique_names(built)) if fuse is not None else None
+    if problem:
+        where = f"{here}.fuse.{fuse.name}.weights"
+        raise ConfigError(f"{where}: {problem}", path=where)
     return Parallel(built, fuse=fuse, names=names)
 
 
@@ -234,15 +297,29 @@ def _build_route(body: Mapping[str, Any], here: str, make_leaf: LeafFactory) -> 
     if not isinstance(branches, Mapping) or not branches:
         raise ConfigError(f"{here}.branches: expected a mapping of label -> pipeline, got {branches!r:.60}",
                           path=f"{here}.branches")
-    built = dict(zip(map(str, branches), _build_all([(v, f"{here}.branches.{k}") for k, v in branches.items()],
-                                                    make_leaf)))
+    problem = route_label_problems(router, branches, has_default=True)  # the labels' types, before building
+    if problem:
+        raise ConfigError(f"{here}.branches: {problem}", path=f"{here}.branches")
+    # an empty list is a pass-through branch: its queries keep the rankings they arrived with
+    filled = [k for k, v in branches.items() if v != []]
+    built_filled = dict(zip(filled, _build_all([(branches[k], f"{here}.branches.{k}") for k in filled], make_leaf)))
+    built = {k: built_filled[k] if k in built_filled else Pipeline([]) for k in branches}
     default = body.get("default")
+    if isinstance(default, (bool, int, float)):
+        raise ConfigError(f"{here}.default: expected a branch label (a string) or a pipeline, got {default!r} "
+                          "(YAML reads unquoted yes/no/on/off/true/false as booleans and digits as numbers); "
+                          'quote the label, e.g. default: "no"', path=f"{here}.default")
     if isinstance(default, str) and default not in built:
         close = difflib.get_close_matches(default, sorted(built), n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         raise ConfigError(f"{here}.default: label {default!r} is not a branch{hint}; branches: {sorted(built)}",
                           path=f"{here}.default")
-    if default is not None and not isinstance(default, str):
+    problem = route_label_problems(router, branches, has_default=default is not None)
+    if problem:
+        raise ConfigError(f"{here}.branches: {problem}", path=f"{here}.branches")
+    if default == []:
+        default = Pipeline([])
+    elif default is not None and not isinstance(default, str):
         default = _branch(default, f"{here}.default", make_leaf)
     return Route(router, built, default=default)
 
@@ -276,9 +353,9 @@ def to_node(op: Operator) -> Any:
         node: dict[str, Any] = {"branches": [to_node(b) for b in op.branches]}
         if not op.implicit_fuse:
             node["fuse"] = to_node(op.fuse)
-        from ragkit.pipelines._compose import _unique_names
+        from ragkit.pipelines._compose import unique_names
 
-        if op.names != _unique_names(op.branches):
+        if op.names != unique_names(op.branches):
             node["names"] = list(op.names)
         return {"parallel": node}
     if isinstance(op, Route):

@@ -2,8 +2,10 @@
 
 ``ragkit eval --data scifact --pipeline hybrid.yaml`` fits the pipeline on the corpus,
 runs the split's queries, prints a metrics table and writes JSON.  ``--pipeline`` takes a
-YAML file, a saved pipeline folder or a registered operator name (a one-operator
-pipeline with its defaults).
+YAML file, a saved folder (``Pipeline.save``'s, or ``Operator.save``'s as a one-operator
+pipeline) or a registered operator name (a one-operator pipeline with its defaults).
+Output files are checked (their folders created) before any work starts and written
+atomically (a temporary file in the same folder, renamed into place).
 """
 
 from __future__ import annotations
@@ -29,18 +31,71 @@ err_console = Console(stderr=True)
 
 
 def resolve_pipeline(spec: str):
-    """A pipeline from a YAML file, a saved folder (``manifest.json``) or a registered operator name."""
+    """``(pipeline, fitted)`` from a YAML file, a saved folder or a registered operator name.
+
+    A saved folder is one written by ``Pipeline.save`` (``manifest.json``) or by
+    ``Operator.save`` (``params.json``; loaded as a one-operator pipeline).
+    """
     from ragkit import registry
     from ragkit.pipelines import Pipeline
 
     path = Path(spec)
-    if path.is_dir() and (path / "manifest.json").is_file():
-        return Pipeline.load(path), True
+    if path.is_dir():
+        return _load_folder(path)
     if path.suffix in (".yaml", ".yml") or path.is_file():
         return Pipeline.from_yaml(path), False
     if "\n" in spec or spec.strip().startswith("pipeline:"):
         return Pipeline.from_yaml(spec), False
+    if spec.lower() in registry.structural_keys():
+        raise RagkitError(f"--pipeline {spec!r}: a structural key of pipeline YAML, not an operator; write the "
+                          f"pipeline in a YAML file (e.g. '- {spec.lower()}: {{...}}') and pass its path")
     return Pipeline([registry.get(spec, path="--pipeline")()]), False
+
+
+def _load_folder(path: Path, option: str = "--pipeline"):
+    """``(pipeline, fitted)`` from a folder written by ``Pipeline.save`` or ``Operator.save``."""
+    from ragkit.operator import Operator
+    from ragkit.pipelines import Pipeline
+
+    if (path / "manifest.json").is_file() or (path / "params.json").is_file():
+        op = Operator.load(path)  # a pipeline folder loads as a Pipeline
+        pipe = op if isinstance(op, Pipeline) else Pipeline([op])
+        if hasattr(op, "corpus_"):
+            pipe.corpus_ = op.corpus_
+        return pipe, hasattr(pipe, "corpus_")
+    others = ", a pipeline YAML file or an operator name such as bm25" if option == "--pipeline" else ""
+    raise RagkitError(f"{option} {path}: a folder, but neither a saved pipeline (no manifest.json) nor a saved "
+                      f"operator (no params.json); expected a folder written by Pipeline.save or Operator.save{others}")
+
+
+def _prepare_output(path: Optional[Path], option: str, example: str) -> None:
+    """Check before any work starts that ``path`` can be written: create its folder."""
+    if path is None:
+        return
+    if path.is_dir():
+        raise RagkitError(f"{option} {path}: is a folder; expected a file path such as {path / example}")
+    blocker = next((p for p in path.parents if p.exists()), None)
+    if blocker is not None and not blocker.is_dir():
+        raise RagkitError(f"{option} {path}: {blocker} is a file, not a folder; choose another path")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise RagkitError(f"{option} {path}: cannot create its folder {path.parent}: {e.strerror or e}") from None
+    if not os.access(path.parent, os.W_OK):
+        raise RagkitError(f"{option} {path}: cannot write into the folder {path.parent} (permission denied)")
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to a temporary file in ``path``'s folder, then rename it onto ``path``
+    (``os.replace``), so an interrupted write never leaves a truncated file."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def _fail(e: Exception) -> None:
@@ -65,12 +120,15 @@ def eval_cmd(
     split: str = typer.Option("test", help="Qrels split to evaluate."),
     k: str = typer.Option("10,100", "--k", help="Cut-offs, comma-separated."),
     output: Optional[Path] = typer.Option(None, "--output", "-o",
-                                          help="Write metrics, per-query values, timings as JSON."),
-    run_file: Optional[Path] = typer.Option(None, "--run", help="Also write a TREC run file."),
+                                          help="Write metrics, per-query values, timings as JSON "
+                                               "(missing folders are created)."),
+    run_file: Optional[Path] = typer.Option(None, "--run", help="Also write a TREC run file "
+                                                                "(missing folders are created)."),
     trace: bool = typer.Option(False, "--trace", help="Print per-operator time, candidates and recall."),
     train_split: Optional[str] = typer.Option(None, "--train-split",
                                               help="Fit learning operators on this split (never the test split)."),
-    limit: Optional[int] = typer.Option(None, "--limit", help="Evaluate only the first N queries (smoke runs)."),
+    limit: Optional[int] = typer.Option(None, "--limit", min=1,
+                                        help="Evaluate only the first N queries (smoke runs; N >= 1)."),
     backend: str = typer.Option("local", "--backend", help="local or ray."),
 ) -> None:
     """Fit a pipeline on a BEIR corpus and evaluate it on one split."""
@@ -82,6 +140,8 @@ def eval_cmd(
         if train_split is not None and train_split == split:
             raise RagkitError(f"--train-split {train_split!r} equals the evaluated split; "
                               "training on test data is refused")
+        _prepare_output(output, "--output", "results.json")
+        _prepare_output(run_file, "--run", "run.trec")
         pipe, loaded = resolve_pipeline(pipeline)
         t0 = time.perf_counter()
         ds = load_beir(data)
@@ -130,25 +190,51 @@ def eval_cmd(
             "machine": {"platform": platform.platform(), "python": sys.version.split()[0], "cpus": os.cpu_count()},
             "date": date.today().isoformat(),
         }
-        tmp = output.with_name(output.name + ".tmp")
-        tmp.write_text(json.dumps(payload, indent=2), encoding="utf-8")
-        tmp.replace(output)
+        _write_atomic(output, json.dumps(payload, indent=2))
         console.print(f"wrote {output}")
     if run_file is not None:
-        run.write_trec(run_file)
+        run.write_trec(run_file)  # a temporary file in the same folder, renamed into place
+        console.print(f"wrote {run_file}")
+
+
+#: Judged queries ``ragkit train``'s held-out report needs: one in five is held out.
+MIN_REPORT_QUERIES = 5
+
+
+def _want_report(report: Optional[bool], n: int, split: str) -> bool:
+    """Whether ``ragkit train`` reports on a held-out fold: ``--report``/``--no-report``, else
+    (``None``) when the split has enough queries, with a note when it has not."""
+    if n >= MIN_REPORT_QUERIES:
+        return report is not False
+    why = (f"the {split} split has {n} judged quer{'y' if n == 1 else 'ies'}; the held-out report holds out one "
+           f"in five and needs at least {MIN_REPORT_QUERIES}")
+    if report:
+        raise RagkitError(f"--report: {why}; pass --no-report, or use a split with more judged queries")
+    if report is None:
+        console.print(f"[yellow]held-out report skipped:[/] {why} (--no-report silences this note)")
+    return False
 
 
 @app.command("train")
 def train_cmd(
     data: str = typer.Option(..., "--data", help="BEIR dataset name or folder."),
-    pipeline: str = typer.Option(..., "--pipeline", "-p", help="Pipeline YAML file."),
+    pipeline: str = typer.Option(..., "--pipeline", "-p",
+                                 help="Pipeline YAML file, saved pipeline or operator folder, or operator name."),
     out: Path = typer.Option(..., "--out", help="Folder to save the fitted pipeline to."),
     split: str = typer.Option("train", help="Judged split to learn from (never the test split)."),
-    report: bool = typer.Option(True, "--report/--no-report",
-                                help="First fit on 80% of the split and report nDCG@10 on the held-out 20%."),
+    report: Optional[bool] = typer.Option(
+        None, "--report/--no-report", show_default=False,
+        help=f"First fit on 80% of the split and report nDCG@10 on the held-out 20%; this needs at least "
+             f"{MIN_REPORT_QUERIES} judged queries.  Default: report when the split has that many, else skip the "
+             f"report with a note; --report on a smaller split is an error (before anything is fitted)."),
     seed: int = typer.Option(0, help="Seed of the held-out fold."),
 ) -> None:
-    """Fit a pipeline on a corpus, learning from a judged split, and save it."""
+    """Fit a pipeline on a corpus, learning from a judged split, and save it.
+
+    Unless --no-report, a held-out report comes first: one in five of the split's queries
+    are held out, the pipeline is fitted on the rest (and unlearned, when it can be), and
+    each step's effect on the held-out queries is shown.
+    """
     import numpy as np
 
     from ragkit import evaluate, load_beir
@@ -158,8 +244,12 @@ def train_cmd(
     if split == "test":
         _fail(RagkitError("--split test: learning from the test split is refused; use the train split"))
     try:
+        from ragkit.operator import atomic_dir
+
+        atomic_dir.check(out)  # refuse a file or a foreign folder now, not after the training
         ds = load_beir(data)
         train = ds.train_set(split)
+        report = _want_report(report, len(train.queries), split)
         if report:
             n = len(train.queries)
             perm = np.random.default_rng(seed).permutation(n)
@@ -201,14 +291,18 @@ def train_cmd(
 @app.command("search")
 def search_cmd(
     query: list[str] = typer.Argument(..., help="One or more queries."),
-    index: Path = typer.Option(..., "--index", help="A saved pipeline folder (pipeline.save(dir))."),
+    index: Path = typer.Option(..., "--index", help="A saved, fitted folder (pipeline.save(dir) or "
+                                                    "operator.save(dir))."),
     k: int = typer.Option(10, "--k", min=1),
 ) -> None:
     """Ad-hoc queries against a saved pipeline."""
-    from ragkit.pipelines import Pipeline
-
     try:
-        pipe = Pipeline.load(index)
+        if not index.is_dir():
+            raise RagkitError(f"--index {index}: not a folder; expected a folder written by Pipeline.save or "
+                              "Operator.save")
+        pipe, fitted = _load_folder(index, "--index")
+        if not fitted:
+            raise RagkitError(f"--index {index}: saved before it was fitted; fit it on a corpus and save it again")
         run = pipe.search(list(query), k=k)
     except RagkitError as e:
         _fail(e)

@@ -16,6 +16,7 @@ Implementers override ``_fit``, ``_call``, ``_save`` and ``_load``.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -206,8 +207,16 @@ class Operator:
 
     @classmethod
     def load(cls, path: str | Path, corpus: Corpus | None = None, *, mmap: bool = False) -> "Operator":
-        """Load an operator saved with :meth:`save`.  ``mmap=True`` memory-maps large arrays/indexes."""
+        """Load an operator saved with :meth:`save`.  ``mmap=True`` memory-maps large arrays/indexes.
+
+        A folder written by a pipeline or composite's ``save`` (``manifest.json``) loads as a
+        :class:`~ragkit.pipelines.Pipeline`.
+        """
         folder = Path(path)
+        if cls is Operator and (folder / "manifest.json").is_file() and not (folder / "params.json").exists():
+            from ragkit.pipelines import Pipeline
+
+            return Pipeline.load(folder, corpus=corpus, mmap=mmap)
         meta = read_json(folder / "params.json")
         for key in ("operator", "params", "fitted"):
             if key not in meta:
@@ -253,7 +262,23 @@ class atomic_dir:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
 
+    @staticmethod
+    def check(path: str | Path) -> Path:
+        """``path`` resolved, if a save may replace it: a new or empty folder, or an earlier ragkit
+        save (``params.json`` / ``manifest.json``); anything else raises :class:`ArtifactError`.
+        Call it before long work whose result will be saved there."""
+        path = Path(path).resolve()
+        if path.exists() and not path.is_dir():
+            raise ArtifactError(f"{path}: exists and is not a folder; refusing to replace it with a ragkit save")
+        if path.is_dir() and any(path.iterdir()) and not any(
+                (path / f).is_file() for f in ("params.json", "manifest.json")):
+            raise ArtifactError(
+                f"{path}: a non-empty folder that is not a ragkit save (no params.json or manifest.json); "
+                f"refusing to replace it: save into a new or empty folder")
+        return path
+
     def __enter__(self) -> Path:
+        self.path = self.check(self.path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.tmp-", dir=self.path.parent))
         return self.tmp
@@ -272,10 +297,16 @@ class atomic_dir:
 
 
 def write_json(path: Path, obj: Any) -> None:
-    """Write JSON through a temporary file renamed into place."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=_json_default), encoding="utf-8")
-    tmp.replace(path)
+    """Write JSON through a temporary file (a unique name in the same folder) renamed into place."""
+    text = json.dumps(obj, indent=2, sort_keys=True, default=_json_default)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def read_json(path: Path) -> Any:

@@ -7,13 +7,15 @@ One model per operator is its constructor signature, its YAML schema and what
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+import types
+import typing
+from typing import Any, Mapping, Sequence
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from ragkit.errors import ParamError
 
-__all__ = ["Params", "validate_params", "format_validation_error", "describe_error"]
+__all__ = ["Params", "validate_params", "format_validation_error", "describe_error", "format_loc", "model_at"]
 
 
 class Params(BaseModel):
@@ -37,6 +39,9 @@ def describe_error(err: Mapping[str, Any]) -> str:
         return "unknown parameter"
     if t == "missing":
         return "required parameter is missing"
+    if t == "string_type" and isinstance(got, (bool, int, float)):
+        return (f"expected a string, got {got!r}; YAML reads unquoted yes/no/on/off/true/false as booleans and "
+                f"digits as numbers: quote it, e.g. \"{str(got).lower() if isinstance(got, bool) else got}\"")
     if t in ("greater_than_equal", "greater_than") and isinstance(got, int) and not isinstance(got, bool):
         bound = ctx.get("ge", ctx.get("gt"))
         if (t == "greater_than_equal" and bound == 1) or (t == "greater_than" and bound == 0):
@@ -64,24 +69,80 @@ def describe_error(err: Mapping[str, Any]) -> str:
     return f"expected {expected()}, got {got!r}"
 
 
+def format_loc(prefix: str, loc: Sequence[Any]) -> str:
+    """A pydantic error location under ``prefix`` in the YAML path style: ``rules[0].label``."""
+    out = prefix
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else f".{part}" if out else str(part)
+    return out
+
+
+def _unwrap(tp: Any) -> Any:
+    """``tp`` without ``Annotated[...]`` and without ``None`` in an optional (``X | None`` -> ``X``)."""
+    while typing.get_origin(tp) is typing.Annotated:
+        tp = typing.get_args(tp)[0]
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1:
+            return _unwrap(args[0])
+    return tp
+
+
+def _type_at(tp: Any, part: Any) -> Any:
+    """The annotation found at one error-location ``part`` (field name, list index, dict key or
+    union member name) inside the annotation ``tp``; ``None`` when it cannot be told."""
+    tp = _unwrap(tp)
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if isinstance(tp, type) and issubclass(tp, BaseModel):
+        field = tp.model_fields.get(part) if isinstance(part, str) else None
+        return None if field is None else field.annotation
+    if origin in (typing.Union, types.UnionType):
+        return next((a for a in args if getattr(_unwrap(a), "__name__", None) == part), None)
+    if origin in (list, tuple, set, frozenset) and isinstance(part, int) and args:
+        return args[0]
+    if origin is dict and len(args) == 2:
+        return args[1]
+    return None
+
+
+def model_at(model: type[BaseModel], loc: Sequence[Any]) -> type[BaseModel] | None:
+    """The (nested) pydantic model that holds the value at error location ``loc`` of ``model``:
+    for ``("rules", 0, "max_word")`` in ``RuleRouterParams``, the ``Rule`` model."""
+    tp: Any = model
+    for part in loc[:-1]:
+        tp = _type_at(tp, part)
+        if tp is None:
+            return None
+    tp = _unwrap(tp)
+    return tp if isinstance(tp, type) and issubclass(tp, BaseModel) else None
+
+
 def format_validation_error(exc: ValidationError, owner: str, path: str = "",
-                            fields: list[str] | None = None) -> ParamError:
-    """Turn a pydantic error into a :class:`ParamError` whose lines read ``path.owner.field: expected ..., got ...``."""
+                            fields: list[str] | None = None, model: type[BaseModel] | None = None) -> ParamError:
+    """Turn a pydantic error into a :class:`ParamError` whose lines read ``path.owner.field: expected ..., got ...``.
+
+    List indices are written ``[i]`` (``rules[0].label``), as in the rest of a YAML path.  An
+    unknown key lists the valid fields of the model that holds it: with ``model``, the nested
+    model's (a ``rule_router`` rule's fields for a key inside ``rules[0]``), else ``fields``.
+    """
+    import difflib
+
     prefix = f"{path}.{owner}" if path else owner
     lines = []
     for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"])
-        where = f"{prefix}.{loc}" if loc else prefix
+        where = format_loc(prefix, err["loc"])
         text = describe_error(err)
-        if err["type"] == "extra_forbidden" and fields is not None:
-            import difflib
-
-            close = difflib.get_close_matches(str(err["loc"][-1]), fields, n=3)
-            hint = f" (did you mean {', '.join(close)}?)" if close else ""
-            text = f"unknown parameter{hint}; valid parameters of {owner} are: {', '.join(fields)}"
+        if err["type"] == "extra_forbidden":
+            holder = model_at(model, err["loc"]) if model is not None else None
+            valid = list(holder.model_fields) if holder is not None else fields
+            if valid is not None:
+                close = difflib.get_close_matches(str(err["loc"][-1]), valid, n=3)
+                hint = f" (did you mean {', '.join(close)}?)" if close else ""
+                of = owner if holder is None or holder is model else format_loc(owner, err["loc"][:-1])
+                text = f"unknown parameter{hint}; valid parameters of {of} are: {', '.join(valid)}"
         lines.append(f"{where}: {text}")
-    first_loc = ".".join(str(p) for p in exc.errors()[0]["loc"]) if exc.errors() else ""
-    return ParamError("\n".join(lines), path=f"{prefix}.{first_loc}" if first_loc else prefix)
+    first = format_loc(prefix, exc.errors()[0]["loc"]) if exc.errors() else prefix
+    return ParamError("\n".join(lines), path=first)
 
 
 def validate_params(model: type[Params], values: Any, owner: str, path: str = "") -> Params:
@@ -98,4 +159,4 @@ def validate_params(model: type[Params], values: Any, owner: str, path: str = ""
     try:
         return model.model_validate(dict(values))
     except ValidationError as exc:
-        raise format_validation_error(exc, owner, path, fields=list(model.model_fields)) from None
+        raise format_validation_error(exc, owner, path, fields=list(model.model_fields), model=model) from None

@@ -17,7 +17,7 @@ from ragkit.errors import ParamError
 if TYPE_CHECKING:
     from ragkit.operator import Operator
 
-__all__ = ["register", "get", "names", "load_all", "FAMILIES"]
+__all__ = ["register", "get", "names", "load_all", "structural_keys", "FAMILIES"]
 
 _REGISTRY: dict[str, type["Operator"]] = {}
 T = TypeVar("T", bound=type)
@@ -59,16 +59,33 @@ def names() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def get(name: str, path: str = "") -> type["Operator"]:
-    """The operator class registered as ``name``; an unknown name lists the closest ones."""
+def structural_keys() -> list[str]:
+    """The structural keys of pipeline YAML (``parallel``, ``route``, ``loop``): written where an
+    operator name goes, but not operators (see :mod:`ragkit.pipelines.yaml`)."""
+    from ragkit.pipelines.yaml import STRUCTURAL
+
+    return sorted(STRUCTURAL)
+
+
+def get(name: str, path: str = "", *, structural: bool = False) -> type["Operator"]:
+    """The operator class registered as ``name``; an unknown name lists the closest ones.
+
+    Suggestions are matched case-insensitively.  With ``structural`` (a node key read from
+    pipeline YAML), the YAML format's structural keys are suggested and listed too, so
+    ``paralel:`` or ``Parallel:`` gets "did you mean 'parallel'"; elsewhere (``--pipeline NAME``,
+    ``sharded.retriever``, a saved folder) only an operator can stand, so they are not.
+    """
     load_all()
     try:
         return _REGISTRY[name]
     except (KeyError, TypeError):
-        close = difflib.get_close_matches(str(name), list(_REGISTRY), n=3, cutoff=0.5)
-        hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+        keys = structural_keys() if structural else []
+        close = difflib.get_close_matches(str(name).lower(), [*_REGISTRY, *keys], n=3, cutoff=0.5)
+        hint = "; did you mean " + ", ".join(f"{c!r} (structural key)" if c in keys else repr(c) for c in close)
         where = f"{path}: " if path else ""
+        listed = f"; structural keys: {', '.join(keys)}" if keys else ""
         raise ParamError(
-            f"{where}unknown operator {name!r}{hint} Registered operators: {', '.join(sorted(_REGISTRY))}",
+            f"{where}unknown operator {name!r}{hint + '?' if close else '.'} Registered operators: "
+            f"{', '.join(sorted(_REGISTRY))}{listed}",
             path=path,
         ) from None

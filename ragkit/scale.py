@@ -27,6 +27,7 @@ from typing import Any, Literal, Sequence
 import numpy as np
 from pydantic import Field
 
+from ragkit.encoders.sentence import DEFAULT_MODEL
 from ragkit.errors import ParamError, RagkitError
 from ragkit.operator import Operator, read_json, write_json
 from ragkit.params import Params
@@ -109,8 +110,10 @@ def fit_pipeline(pipe: Any, corpus: Corpus, train: TrainSet | None, *, backend: 
     for leaf in iter_leaves(pipe):
         params = leaf.params.model_dump()
         if isinstance(leaf, Sharded):
-            params = next(iter(leaf.params.retriever.values())) or {}
-            params.setdefault("model", "all-MiniLM-L6-v2") if "dense" in leaf.params.retriever else None
+            (name, sub), = leaf.params.retriever.items()
+            params = dict(sub or {})
+            if name == "dense":
+                params.setdefault("model", DEFAULT_MODEL)
         if isinstance(params.get("model"), str) and leaf.kind == "retriever":
             models.add(params["model"])
     for model in sorted(models):
@@ -181,8 +184,11 @@ class Sharded(Operator):
 
     Fitting builds one shard folder per slice of the corpus (Ray tasks with
     ``backend="ray"``); searching runs every shard on the query batch and merges the
-    rankings by score.  With exact per-shard search the merged top-k equals the top-k of
-    one index over the whole corpus.
+    rankings by score.  With exact per-shard search and a retriever whose scores do not
+    depend on corpus statistics (``dense``, ``muvera`` with exact search, ``maxsim_exact``)
+    the merged top-k equals the top-k of one index over the whole corpus.  ``bm25`` shards
+    score with their own shard's idf and average length, as Elasticsearch's default
+    ``query_then_fetch`` does: close to one index for large random shards, not equal.
 
     Examples
     --------
@@ -215,7 +221,20 @@ class Sharded(Operator):
     def _use_ray(self) -> bool:
         return self._backend == "ray"
 
+    def _drop_actors(self) -> None:
+        """Stop the Ray actors serving the previous shards (a refit or load replaces them)."""
+        actors, self._actors = getattr(self, "_actors", None), None
+        if actors:
+            import ray
+
+            for a in actors:
+                try:
+                    ray.kill(a)
+                except Exception:  # noqa: BLE001 - the cluster is already gone (ray.shutdown()): nothing to stop
+                    pass
+
     def _fit(self, corpus: Corpus, train: TrainSet | None, upstream: State | None) -> None:
+        self._drop_actors()
         bounds = np.linspace(0, len(corpus), self.params.n_shards + 1).astype(np.int64)
         self.bounds_ = bounds
         if self.params.workdir:
@@ -252,13 +271,14 @@ class Sharded(Operator):
     def _call(self, state: State) -> State:
         k = self.k_for(state)
         options = {**state.options, "k": max(k, int(state.options.get("k") or 0))}
+        texts = state.texts()  # a rewritten query (PRF, a rewriter upstream) is what the shards search
         if self._use_ray():
             ray = ray_init()
             if getattr(self, "_actors", None) is None:
                 actor = ray.remote(max_restarts=self.params.max_retries, max_task_retries=self.params.max_retries)(
                     _ShardActor)
                 self._actors = [actor.remote(f) for f in self.folders_]
-            refs = [a.search.remote(state.queries, options) for a in self._actors]
+            refs = [a.search.remote(texts, options) for a in self._actors]
             results = []
             for s, ref in enumerate(refs):
                 try:
@@ -268,7 +288,7 @@ class Sharded(Operator):
         else:
             results = []
             for sh in self.shards_:
-                sub = sh(State(list(state.queries), options=options, vectors=state.vectors))
+                sub = sh(State(texts, list(state.query_ids), options=options, vectors=state.vectors))
                 state.vectors.update(sub.vectors)
                 results.append([(r.rows, r.scores) for r in sub.rankings])
         parts = [[Ranking(rows + off, sc) for rows, sc in res] for res, off in zip(results, self.bounds_[:-1])]
@@ -282,6 +302,7 @@ class Sharded(Operator):
         write_json(folder / "shards.json", {"bounds": self.bounds_.tolist()})
 
     def _load(self, folder: Path, mmap: bool = False) -> None:
+        self._drop_actors()
         self.bounds_ = np.asarray(read_json(folder / "shards.json")["bounds"], dtype=np.int64)
         self._load_shards([str(folder / f"shard-{s:03d}") for s in range(len(self.bounds_) - 1)])
 
@@ -291,11 +312,15 @@ def _search_chunk(pipe_dir: str, ids: list[str], texts: list[str], k: int | None
     from ragkit.types import Queries
 
     run = Pipeline.load(pipe_dir).search(Queries(ids, texts), k=k)
-    return run.query_ids, run.doc_ids, run.scores
+    return run.query_ids, run.doc_ids, [(r.rows, r.scores) for r in run.rankings or []], run.values
 
 
 def search_distributed(pipe: Any, queries: Any, *, n_chunks: int = 4, k: int | None = None) -> Any:
-    """Search a large query batch split across Ray workers (each loads the saved pipeline)."""
+    """Search a large query batch split across Ray workers (each loads the saved pipeline).
+
+    Returns the same :class:`~ragkit.run.Run` as ``pipe.search(queries, k=k)``: document ids,
+    scores, the row rankings and the per-query values, in query order (no trace).
+    """
     from ragkit.run import Run
     from ragkit.types import Queries
 
@@ -307,10 +332,10 @@ def search_distributed(pipe: Any, queries: Any, *, n_chunks: int = 4, k: int | N
         bounds = np.linspace(0, len(queries), n_chunks + 1).astype(int)
         refs = [task.remote(str(Path(tmp) / "p"), queries.ids[a:b], queries.texts[a:b], k)
                 for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
-        qids, docs, scores = [], [], []
-        for ref in refs:
-            q, d, s = ray.get(ref)
-            qids += q
-            docs += d
-            scores += s
-    return Run(qids, docs, scores)
+        chunks = [ray.get(ref) for ref in refs]
+    qids = [q for c in chunks for q in c[0]]
+    docs = [d for c in chunks for d in c[1]]
+    rankings = [Ranking(rows, sc) for c in chunks for rows, sc in c[2]]
+    keys = list(dict.fromkeys(key for c in chunks for key in c[3]))
+    values = {key: [v for c in chunks for v in c[3].get(key, [None] * len(c[0]))] for key in keys}
+    return Run(qids, docs, [r.scores for r in rankings], rankings=rankings, values=values)

@@ -70,6 +70,14 @@ class Corpus:
                 f"Corpus columns must have equal lengths, got ids={len(ids)}, texts={len(texts)}, "
                 f"titles={len(titles)}"
             )
+        if len(set(ids.tolist())) != len(ids):
+            seen, dup = set(), []
+            for x in ids.tolist():
+                if x in seen and len(dup) < 5:
+                    dup.append(x)
+                seen.add(x)
+            raise DataError(f"Corpus ids must be unique; repeated: {dup} (documents are addressed by id in "
+                            f"results, filters, add and remove)")
         meta = {}
         for key, col in dict(self.metadata).items():
             col = np.asarray(col, dtype=object) if not isinstance(col, np.ndarray) else col
@@ -175,7 +183,9 @@ class Corpus:
         """Boolean row mask for a metadata filter, or ``None`` when there is no filter.
 
         ``where`` maps a field to a value (equality) or a list/tuple/set of values
-        (membership); fields combine with AND.  ``"_id"`` filters on document ids.
+        (membership); fields combine with AND.  Values compare with Python's ``==`` either way
+        (``1`` matches ``1.0`` and ``True``, ``"2020"`` does not match ``2020``).  ``"_id"``
+        filters on document ids (given as strings or numbers).
         """
         if not where:
             return None
@@ -190,10 +200,10 @@ class Corpus:
                     f"filter field {key!r} is not a metadata field of the corpus; "
                     f"available: {sorted(self.metadata) + ['_id']}"
                 )
-            if isinstance(want, (list, tuple, set, frozenset)):
-                keep &= np.isin(column.astype(str), [str(w) for w in want])
-            else:
-                keep &= column == want
+            wants = list(want) if isinstance(want, (list, tuple, set, frozenset)) else [want]
+            if key == "_id":  # ids are strings; an id given as a number means the same document
+                wants = [str(w) for w in wants]
+            keep &= _isin(column, wants)
         return keep
 
     # ------------------------------------------------------------------ persistence
@@ -209,6 +219,15 @@ class Corpus:
                     rec["metadata"] = {k: _jsonable(self.metadata[k][i]) for k in keys}
                 f.write(json.dumps(rec, ensure_ascii=False) + "\n")
         tmp.replace(path)
+
+
+def _isin(column: np.ndarray, wants: list[Any]) -> np.ndarray:
+    """``column[i] == w`` for some ``w`` in ``wants``, with Python's equality (``1 == 1.0 == True``,
+    ``"2020" != 2020``) whether one value or a list is given; one vectorised comparison per value."""
+    hit = np.zeros(len(column), dtype=bool)
+    for w in wants:  # a filter lists few values; each comparison is over the whole column
+        hit |= np.asarray(column == w, dtype=bool)
+    return hit
 
 
 def _jsonable(v: Any) -> Any:

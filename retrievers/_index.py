@@ -32,8 +32,10 @@ batched top-k inner-product / cosine queries.  Storage and search are parameters
   Vectors are re-normalised after reduction for ``metric="cos"``.
 * ``rescore``: the full-precision float vectors are written to a ``.npy`` file and
   memory-mapped (never loaded): a shortlist of ``oversample * k`` candidates from the
-  compressed / reduced index is re-scored exactly with them.
-* ``search``: ``exact`` (blocked numpy matrix products + ``argpartition``), ``hnsw`` (one
+  compressed / reduced index is re-scored exactly with them (in query chunks bounded by
+  ``SECOND_STAGE_BYTES``).  ``add`` appends to that file in place (one scratch file per index).
+* ``search``: ``exact`` (blocked numpy matrix products + ``torch.topk``; equal scores are
+  ranked by lower slot, at the k cut too, so exact results are deterministic), ``hnsw`` (one
   multi-threaded usearch call per query batch) or ``auto`` (exact up to ``exact_max``
   vectors, measured in ``bench/dense.py``; the choice is made at ``build`` and kept).
 * ``reorder`` (HNSW, default on from ``REORDER_MIN`` vectors): the graph is built from a random
@@ -52,21 +54,25 @@ Rows are *slots*: ``build`` numbers vectors ``0..n-1``, ``add`` appends, ``remov
 slots dead (tombstones, removed from the HNSW graph) without a rebuild.
 
 Persistence: ``save(folder)`` writes plain files (``<prefix>.json`` manifest with sizes and
-CRC32 checksums, ``.npy`` arrays, ``<prefix>.usearch``); ``load(folder, mmap=True)``
-memory-maps the arrays and opens the usearch file as a view.  A truncated or corrupt file
+CRC32 checksums, ``.npy`` arrays, ``<prefix>.usearch``), each through a temporary name renamed
+into place; ``load(folder, mmap=True)`` memory-maps the arrays and opens the usearch file as a
+view, and such an index can be saved back into its own folder.  A truncated or corrupt file
 raises :class:`~ragkit.errors.ArtifactError`.
 """
 
 from __future__ import annotations
 
+import io
+import mmap
 import os
 import re
+import secrets
 import shutil
 import tempfile
 import weakref
 import zlib
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -85,6 +91,12 @@ __all__ = ["VectorIndex", "EXACT_MAX", "parse_reduce", "resident_bytes"]
 EXACT_MAX = 100_000
 #: rows per block of the exact search (bounds the temporary float block to ~25 MB at 384 dims)
 BLOCK = 16_384
+#: bytes of the float32 temporaries of the second stage (rescore / b1 re-ranking): the gathered
+#: ``(queries, candidates, dims)`` block and the distinct candidates' vectors; the query batch is
+#: scored in chunks that keep both under this
+SECOND_STAGE_BYTES = 64 << 20
+#: bytes per chunk when the float vectors file is copied (``add`` after ``load``)
+COPY_BYTES = 64 << 20
 FORMAT = 1
 
 
@@ -109,21 +121,152 @@ def _crc(path: Path) -> int:
     return c
 
 
+def _block_topk(s: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` largest of each row of ``s`` ``(n_q, m)`` (``k < m``), ties at the cut by lower column.
+
+    Returns ``(scores float32 (n_q, k), columns int64 (n_q, k))``, unordered.  ``torch.topk`` picks
+    the ``k`` largest (multi-threaded, ~3x numpy's ``argpartition``) but keeps an arbitrary few of
+    the entries tied with the k-th score; one comparison pass finds the rows where such a tie
+    straddles the cut, and only those are re-picked: every entry above the k-th score, then the
+    tied ones from the lowest column (in chunks of rows bounding the ``(rows, m)`` temporaries).
+    """
+    import torch
+
+    s = np.ascontiguousarray(s, dtype=np.float32)
+    top_t, part_t = torch.topk(torch.from_numpy(s), k, dim=1, sorted=False)
+    top, part = top_t.numpy(), part_t.numpy()
+    kth = top.min(axis=1, keepdims=True)
+    tied = np.flatnonzero(np.count_nonzero(s >= kth, axis=1) > k)  # numpy: ~10x torch's bool count here
+    if len(tied):
+        step = max(1, (1 << 22) // s.shape[1])
+        for a in range(0, len(tied), step):  # chunks of tied rows: (rows, m) temporaries <= ~4M cells
+            rows = tied[a: a + step]
+            sub, v = s[rows], kth[rows]
+            gt, eq = sub > v, sub == v
+            room = k - np.count_nonzero(gt, axis=1)[:, None]
+            take = gt | (eq & (np.cumsum(eq, axis=1, dtype=np.int32) <= room))
+            cols = np.nonzero(take)[1].reshape(len(rows), k)  # exactly k per row, ascending columns
+            part[rows] = cols
+            top[rows] = np.take_along_axis(sub, cols, axis=1)
+    return top, part.astype(np.int64, copy=False)
+
+
+def _file_id(path: str | Path) -> tuple[int, ...] | None:
+    """``(device, inode, size, mtime_ns)`` of ``path``, or None when it cannot be read."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def _whole_map(arr: Any) -> str | None:
+    """The file ``arr`` memory-maps in full (as ``np.load(mmap_mode=...)`` returns it), else None."""
+    if isinstance(arr, np.memmap) and isinstance(arr.base, mmap.mmap) and arr.filename:
+        return str(arr.filename)
+    return None
+
+
+def _replace_file(p: Path, write: Callable[[Path], None]) -> None:
+    """Write ``p`` as ``write(tmp)`` into a temporary name in its folder, then ``os.replace`` it over
+    ``p``: an interrupted save leaves the previous ``p`` whole, and maps of the old file stay valid."""
+    tmp = p.with_name(f".{p.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, p)
+    except BaseException:
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
+        raise
+
+
+def _save_npy(path: Path, arr: np.ndarray) -> None:
+    """``np.save`` to exactly ``path`` (no ``.npy`` appended), streaming a memory-mapped ``arr``."""
+    with open(path, "xb") as fh:
+        np.save(fh, arr if arr.flags.c_contiguous else np.ascontiguousarray(arr), allow_pickle=False)
+
+
+def _unlink_when_unmapped(path: str | Path, holder: Any) -> None:
+    """Delete a superseded scratch file now (POSIX: maps of it stay valid) or, where the system
+    refuses to delete a mapped file, once ``holder`` (its memory map) is collected."""
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    except OSError:
+        if holder is not None:
+            weakref.finalize(holder, _unlink_quiet, str(path))
+
+
+def _unlink_quiet(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def _npy_header(shape: tuple[int, ...], version: tuple[int, int] = (1, 0)) -> bytes:
+    """The ``.npy`` header of a C-order little-endian float32 array of ``shape`` (numpy's layout,
+    with its spare room for the first axis to grow in place)."""
+    buf = io.BytesIO()
+    d = {"descr": np.lib.format.dtype_to_descr(np.dtype("<f4")), "fortran_order": False, "shape": tuple(shape)}
+    if version == (1, 0):
+        np.lib.format.write_array_header_1_0(buf, d)
+    else:
+        np.lib.format.write_array_header_2_0(buf, d)
+    return buf.getvalue()
+
+
+def _grow_npy(path: Path, new: np.ndarray) -> bool:
+    """Append rows ``new`` ``(m, d)`` float32 to the 2-D float32 ``.npy`` at ``path`` in place.
+
+    The rows go after the data, then the header's row count is rewritten in the header's spare
+    room (numpy pads ``.npy`` headers for this); existing memory maps of the file stay valid.
+    Returns False, leaving the file untouched, when the file is not such an array or the new
+    header would not fit (the caller then writes a new file).
+    """
+    fmt = np.lib.format
+    with open(path, "r+b") as fh:
+        try:
+            version = fmt.read_magic(fh)
+            if version not in ((1, 0), (2, 0)):
+                return False
+            read = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+            shape, fortran, dtype = read(fh)
+        except ValueError:
+            return False
+        offset = fh.tell()
+        if fortran or dtype != np.dtype("<f4") or len(shape) != 2 or shape[1] != new.shape[1]:
+            return False
+        end = offset + shape[0] * shape[1] * 4
+        header = _npy_header((shape[0] + len(new), shape[1]), version)
+        if len(header) != offset or os.fstat(fh.fileno()).st_size != end:
+            return False
+        fh.seek(end)
+        fh.write(np.ascontiguousarray(new, dtype="<f4").data)
+        fh.flush()
+        fh.seek(0)
+        fh.write(header)
+    return True
+
+
 def _topk_merge(best_s: np.ndarray | None, best_i: np.ndarray | None, s: np.ndarray, idx: np.ndarray,
                 k: int) -> tuple[np.ndarray, np.ndarray]:
     """Keep the top-``k`` of the running best ``(n_q, <=k)`` and a new block of scores.
 
-    ``s`` is ``(n_q, m)`` float32, ``idx`` the block's ``m`` global slots.  The block is cut to
-    its own top ``k`` first (``torch.topk``, no ``(n_q, m)`` slot matrix), so only ``(n_q, 2k)``
-    is merged with the running best.
+    ``s`` is ``(n_q, m)`` float32, ``idx`` the block's ``m`` global slots, ascending and above
+    every slot of the running best (blocks are merged in slot order).  The block is cut to its
+    own top ``k`` first (:func:`_block_topk`, no ``(n_q, m)`` slot matrix), so only ``(n_q, 2k)``
+    is merged with the running best.  Equal scores keep the lower slot, at the cut and across
+    blocks, so the result is the first ``k`` of the stable (score desc, slot asc) order.
     """
     m = s.shape[1]
     kk = min(k, m)
-    if kk < m:  # the kk largest, unordered: torch's multi-threaded top-k is ~3x numpy's argpartition
-        import torch
-
-        top, part = torch.topk(torch.from_numpy(np.ascontiguousarray(s)), kk, dim=1, sorted=False)
-        s, idx = top.numpy(), idx[part.numpy()]
+    if kk < m:
+        s, part = _block_topk(s, kk)
+        idx = idx[part]
     else:
         idx = np.broadcast_to(idx, s.shape)
     if best_s is None:
@@ -131,6 +274,10 @@ def _topk_merge(best_s: np.ndarray | None, best_i: np.ndarray | None, s: np.ndar
     s, idx = np.concatenate([best_s, s], axis=1), np.concatenate([best_i, idx], axis=1)
     if k < s.shape[1]:
         part = np.argpartition(s, s.shape[1] - k, axis=1)[:, s.shape[1] - k:]
+        kth = np.take_along_axis(s, part, axis=1).min(axis=1)
+        tied = np.flatnonzero(np.count_nonzero(s >= kth[:, None], axis=1) > k)
+        if len(tied):  # a tie straddles the cut: the first k of (score desc, slot asc) for those rows
+            part[tied] = desc_order(s[tied], idx[tied])[:, :k]
         s, idx = np.take_along_axis(s, part, axis=1), np.take_along_axis(idx, part, axis=1)
     return s, idx
 
@@ -199,6 +346,8 @@ class VectorIndex:
         self.exact_max, self.threads, self.reorder = int(exact_max), int(threads), bool(reorder)
         self.workdir = Path(workdir) if workdir is not None else None
         self._tmp: str | None = None
+        self._floats_own: str | None = None  # the scratch float vectors file this index wrote (grown / deleted)
+        self._mapped: dict[str, tuple[int, ...] | None] = {}  # files mapped by ``load`` -> their _file_id then
         self.built = False
 
     # ------------------------------------------------------------------ config
@@ -271,11 +420,25 @@ class VectorIndex:
             self.explained_variance_ratio = float((sv[: self.reduce_dims] ** 2).sum() / max((sv ** 2).sum(), 1e-30))
         x = self._reduce(full)
         if self.dtype == "i8":
-            lo, hi = x.min(axis=0), x.max(axis=0)
-            self.i8_min = lo.astype(np.float32)
-            self.i8_step = np.maximum((hi - lo) / 255.0, 1e-12).astype(np.float32)
-            self.i8_scale = np.float32(127.0 / max(float(np.percentile(np.abs(x), 99.9)), 1e-12))
+            self._calibrate_i8(x)
         return x
+
+    def _calibrate_i8(self, x: np.ndarray) -> None:
+        """Fit the int8 calibration on reduced vectors ``x`` ``(n, ndim)``.
+
+        An empty ``x`` (an index built empty, like the other dtypes) gets a neutral placeholder
+        (``min`` 0, ``step`` 1/255, scale 127) that no code uses: the first ``add`` to an index
+        without slots calibrates on the added vectors.
+        """
+        if len(x) == 0:
+            self.i8_min = np.zeros(x.shape[1], np.float32)
+            self.i8_step = np.full(x.shape[1], 1.0 / 255.0, np.float32)
+            self.i8_scale = np.float32(127.0)
+            return
+        lo, hi = x.min(axis=0), x.max(axis=0)
+        self.i8_min = lo.astype(np.float32)
+        self.i8_step = np.maximum((hi - lo) / 255.0, 1e-12).astype(np.float32)
+        self.i8_scale = np.float32(127.0 / max(float(np.percentile(np.abs(x), 99.9)), 1e-12))
 
     def _codes(self, x: np.ndarray, for_usearch: bool) -> np.ndarray:
         """Reduced float vectors -> stored codes."""
@@ -291,8 +454,14 @@ class VectorIndex:
         return np.clip(np.rint((x - self.i8_min) / self.i8_step), 0, 255).astype(np.uint8)
 
     # ------------------------------------------------------------------ build / add / remove
-    def build(self, vectors: np.ndarray) -> "VectorIndex":
-        """Index ``vectors`` (n, d) float as slots ``0..n-1``; fits PCA / int8 calibration on them."""
+    def build(self, vectors: np.ndarray, *, copy: bool = True) -> "VectorIndex":
+        """Index ``vectors`` (n, d) float as slots ``0..n-1``; fits PCA / int8 calibration on them.
+
+        ``copy=False`` lets the index keep ``vectors`` itself where it would store them unchanged
+        (f32, ``ip``, no reduction, exact search): for a caller that hands over an array it will
+        never modify (saves a copy of the corpus).  By default the index never shares memory with
+        ``vectors``.
+        """
         full = np.asarray(vectors)
         if full.ndim != 2 or not np.issubdtype(full.dtype, np.floating):
             raise DataError(f"VectorIndex.build expects a 2-D float array (n, dim), got {full.dtype} {full.shape}")
@@ -311,7 +480,10 @@ class VectorIndex:
         self.codes: np.ndarray | None = None
         self.usearch = None
         if self.backend == "numpy":
-            self.codes = self._codes(x, for_usearch=False)
+            codes = self._codes(x, for_usearch=False)
+            # f32 / ip / no reduction: ``codes`` can be the caller's own array; never keep it (a caller
+            # reusing its buffer would change the index).  may_share_memory: a bounds check, no search
+            self.codes = codes.copy() if copy and np.may_share_memory(codes, vectors) else codes
         else:
             self.usearch = self._new_usearch()
             self._add_to_graph(np.arange(n, dtype=np.int64), x)
@@ -354,6 +526,42 @@ class VectorIndex:
         fd, name = tempfile.mkstemp(prefix="floats-", suffix=".npy", dir=self._scratch())
         os.close(fd)
         np.save(name, np.ascontiguousarray(full, dtype=np.float32), allow_pickle=False)
+        self._own_floats(name)
+        return _random_access(np.load(name, mmap_mode="r"))
+
+    def _own_floats(self, name: str) -> None:
+        """``name`` is now this index's scratch float vectors file; the one it replaces is deleted."""
+        old, self._floats_own = self._floats_own, name
+        if old is not None and old != name:
+            _unlink_when_unmapped(old, getattr(self, "floats", None))
+
+    def _append_floats(self, new: np.ndarray) -> np.ndarray:
+        """Append ``new`` ``(m, d_in)`` to the float vectors; returns a fresh read-only memory map.
+
+        The old vectors are never loaded into memory: this index's own scratch file is grown in
+        place (:func:`_grow_npy`; maps of it stay valid), and a file it does not own (one mapped
+        by ``load`` from a saved folder, which is left untouched) is copied into a new scratch
+        file in chunks of ``COPY_BYTES``, followed by the new rows.  A superseded scratch file is
+        deleted at once (POSIX keeps the data of a mapped deleted file until it is unmapped).
+        """
+        new = np.ascontiguousarray(new, dtype=np.float32)
+        old = self.floats
+        src = _whole_map(old)
+        if src is not None and self._floats_own is not None \
+                and os.path.abspath(src) == os.path.abspath(self._floats_own) and _grow_npy(Path(src), new):
+            return _random_access(np.load(src, mmap_mode="r"))
+        fd, name = tempfile.mkstemp(prefix="floats-", suffix=".npy", dir=self._scratch())
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(_npy_header((len(old) + len(new), self.d_in)))
+                step = max(1, COPY_BYTES // max(4 * self.d_in, 1))
+                for a in range(0, len(old), step):
+                    fh.write(np.ascontiguousarray(old[a: a + step], dtype="<f4").data)
+                fh.write(np.ascontiguousarray(new, dtype="<f4").data)
+        except BaseException:
+            _unlink_quiet(name)
+            raise
+        self._own_floats(name)
         return _random_access(np.load(name, mmap_mode="r"))
 
     def _check_query_dim(self, x: np.ndarray, what: str) -> np.ndarray:
@@ -376,12 +584,14 @@ class VectorIndex:
             return slots
         self._writable()
         x = self._reduce(full)
+        if self.dtype == "i8" and self.n_slots == 0:  # built empty: calibrate on the first vectors
+            self._calibrate_i8(x)
         if self.backend == "numpy":
             self.codes = np.concatenate([np.asarray(self.codes), self._codes(x, for_usearch=False)])
         else:
             self._add_to_graph(slots, x)
         if self.rescore:
-            self.floats = self._write_floats(np.concatenate([np.asarray(self.floats), full]))
+            self.floats = self._append_floats(full)
         self.alive = np.concatenate([self.alive, np.ones(m, dtype=bool)])
         return slots
 
@@ -472,6 +682,7 @@ class VectorIndex:
         # a one-query batch comes back as ``Matches`` (already cut to the hits found), more as ``BatchMatches``
         counts = np.asarray(m.counts).reshape(len(qr)) if hasattr(m, "counts") else np.array([keys.shape[1]])
         valid = np.arange(keys.shape[1])[None, :] < counts[:, None]
+        dist = np.where(valid, dist, np.float32(0.0))  # padding past the hits holds NaN: never compute on it
         if self.dtype == "b1":
             s = -dist
         elif self.dtype == "i8" and self.usearch.metric_kind.name == "IP":  # integer dot of the codes
@@ -503,7 +714,22 @@ class VectorIndex:
         return s, i
 
     def _second_stage(self, q_full: np.ndarray, qr: np.ndarray, cand: np.ndarray) -> np.ndarray:
-        """Scores of candidate slots (nq, c): floats from disk, or the float query vs ±1 bits."""
+        """Scores of candidate slots ``cand`` (nq, c), -1 = none: floats from disk, or the float query
+        vs ±1 bits; ``-inf`` for -1.
+
+        The queries go in chunks whose ``(queries, c, dims)`` float32 block of gathered vectors and
+        ``(<= queries * c, dims)`` distinct candidates' vectors stay under ``SECOND_STAGE_BYTES``
+        together (256 queries x 400 candidates x 384 dims would be 157 MB each at once).
+        """
+        nq, c = cand.shape
+        dims = self.d_in if self.rescore else self.ndim
+        step = max(1, SECOND_STAGE_BYTES // max(2 * 4 * c * dims, 1))
+        out = np.empty((nq, c), np.float32)
+        for a in range(0, nq, step):
+            out[a: a + step] = self._second_stage_chunk(q_full[a: a + step], qr[a: a + step], cand[a: a + step])
+        return out
+
+    def _second_stage_chunk(self, q_full: np.ndarray, qr: np.ndarray, cand: np.ndarray) -> np.ndarray:
         valid = cand >= 0
         u, inv = np.unique(np.where(valid, cand, cand.max(initial=0)), return_inverse=True)
         inv = inv.reshape(cand.shape)
@@ -512,7 +738,10 @@ class VectorIndex:
             qv = q_full
         else:  # b1 without floats: asymmetric float query x ±1 bits
             codes = self._get(u) if self.backend == "hnsw" else self.codes[u]
-            vecs = (np.unpackbits(codes, axis=1)[:, : self.ndim].astype(np.float32) * 2 - 1) / np.sqrt(self.ndim)
+            vecs = np.unpackbits(codes, axis=1)[:, : self.ndim].astype(np.float32)
+            vecs *= 2  # in place: one (u, ndim) float block
+            vecs -= 1
+            vecs /= np.sqrt(self.ndim)
             qv = qr
         s = np.einsum("qcd,qd->qc", vecs[inv], qv, optimize=True) if vecs.shape[0] else np.zeros(cand.shape, np.float32)
         return np.where(valid, s, -np.inf).astype(np.float32)
@@ -567,11 +796,14 @@ class VectorIndex:
         return i, s
 
     def float_vectors(self) -> np.ndarray | None:
-        """The float vectors of every slot (memory-mapped for ``rescore``), or None when not kept."""
+        """The float vectors ``(n_slots, d_in)`` of every slot, read-only (memory-mapped for
+        ``rescore``, else the f32 exact codes themselves), or None when not kept."""
         if self.floats is not None:
             return self.floats
         if self.dtype == "f32" and self.reduce_kind == "none" and self.backend == "numpy":
-            return self.codes
+            view = self.codes.view()
+            view.flags.writeable = False
+            return view
         return None
 
     def memory_bytes(self) -> int:
@@ -589,36 +821,60 @@ class VectorIndex:
         return int(total)
 
     # ------------------------------------------------------------------ persistence
+    def _intact(self, path: str | Path) -> bool:
+        """Whether the file at ``path`` still holds what this index maps from it: its own scratch
+        float vectors file, or a file mapped by ``load`` that has not been replaced since."""
+        path = os.path.abspath(path)
+        if self._floats_own is not None and path == os.path.abspath(self._floats_own):
+            return os.path.isfile(path)
+        return path in self._mapped and self._mapped[path] is not None and _file_id(path) == self._mapped[path]
+
     def save(self, folder: str | Path, prefix: str = "index") -> None:
-        """Write the index into ``folder`` as ``<prefix>.json`` + ``<prefix>.*.npy`` + ``<prefix>.usearch``."""
+        """Write the index into ``folder`` as ``<prefix>.json`` + ``<prefix>.*.npy`` + ``<prefix>.usearch``.
+
+        Every file is written under a temporary name in ``folder`` and renamed over the old one,
+        so an interrupted save leaves each previous file whole, and saving an index loaded with
+        ``mmap=True`` back into its own folder is safe: a file the index maps, unchanged since
+        ``load``, is kept as it is (not rewritten from its own mapping); the manifest comes last.
+        """
         self._check_built()
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
+
+        def same(src: str | None, p: Path) -> bool:  # ``p`` is the very file the index maps, unchanged
+            try:
+                return src is not None and self._intact(src) and p.exists() and os.path.samefile(src, p)
+            except OSError:
+                return False
+
         arrays: dict[str, np.ndarray] = {"alive": self.alive}
         if self.codes is not None:
-            arrays["codes"] = np.asarray(self.codes)
+            arrays["codes"] = self.codes
         for name in ("pca_mean", "pca_components", "i8_min", "i8_step"):
             if getattr(self, name, None) is not None:
                 arrays[name] = getattr(self, name)
+        if self.floats is not None:
+            arrays["floats"] = self.floats
         files: dict[str, dict[str, int]] = {}
         for name, arr in arrays.items():
             p = folder / f"{prefix}.{name}.npy"
-            np.save(p, np.ascontiguousarray(arr), allow_pickle=False)
-            files[p.name] = {"bytes": p.stat().st_size, "crc32": _crc(p)}
-        if self.floats is not None:
-            p = folder / f"{prefix}.floats.npy"
-            src = Path(self.floats.filename) if isinstance(self.floats, np.memmap) else None
-            if src is not None and src.resolve() != p.resolve():
-                shutil.copyfile(src, p)
-            elif src is None:
-                np.save(p, np.asarray(self.floats, dtype=np.float32), allow_pickle=False)
+            src = _whole_map(arr)
+            if same(src, p):
+                pass
+            elif src is not None and self._intact(src):  # a whole mapped file: copy it (no page faults)
+                _replace_file(p, lambda t, src=src: shutil.copyfile(src, t))
+            else:
+                _replace_file(p, lambda t, arr=arr: _save_npy(t, np.asarray(arr)))
             files[p.name] = {"bytes": p.stat().st_size, "crc32": _crc(p)}
         if self.usearch is not None:
             p = folder / f"{prefix}.usearch"
-            if getattr(self, "_view", False) and Path(self._view_path).resolve() != p.resolve():
-                shutil.copyfile(self._view_path, p)
-            elif not getattr(self, "_view", False):
-                self.usearch.save(str(p))
+            view = getattr(self, "_view", False)
+            if view and same(self._view_path, p):
+                pass
+            elif view and self._intact(self._view_path):
+                _replace_file(p, lambda t: shutil.copyfile(self._view_path, t))
+            else:
+                _replace_file(p, lambda t: self.usearch.save(str(t)))
             files[p.name] = {"bytes": p.stat().st_size, "crc32": _crc(p)}
         meta = {"format": FORMAT, "config": self.config(), "d_in": self.d_in, "ndim": self.ndim,
                 "backend": self.backend, "n_slots": self.n_slots, "files": files,
@@ -672,6 +928,8 @@ class VectorIndex:
             raise ArtifactError(f"{folder}: {prefix}.alive.npy has {len(self.alive)} slots, "
                                 f"manifest says {meta['n_slots']}")
         self.codes = arr("codes") if f"{prefix}.codes.npy" in files else None
+        if mmap and self.codes is not None:
+            self._mapped[os.path.abspath(folder / f"{prefix}.codes.npy")] = _file_id(folder / f"{prefix}.codes.npy")
         for name in ("pca_mean", "pca_components", "i8_min", "i8_step"):
             if f"{prefix}.{name}.npy" in files:
                 setattr(self, name, arr(name, False))
@@ -679,6 +937,8 @@ class VectorIndex:
             self.i8_scale = np.float32(meta["i8_scale"])
         self.explained_variance_ratio = meta.get("explained_variance_ratio")
         self.floats = _random_access(arr("floats", True)) if f"{prefix}.floats.npy" in files else None
+        if self.floats is not None:
+            self._mapped[os.path.abspath(folder / f"{prefix}.floats.npy")] = _file_id(folder / f"{prefix}.floats.npy")
         self.usearch = None
         if f"{prefix}.usearch" in files:
             from usearch.index import Index
@@ -692,6 +952,8 @@ class VectorIndex:
                 raise ArtifactError(f"{p}: holds {getattr(self.usearch, 'size', None)} vectors, "
                                     f"{int(self.alive.sum())} expected")
             self._view, self._view_path = mmap, str(p)
+            if mmap:
+                self._mapped[os.path.abspath(p)] = _file_id(p)
         if self.codes is not None and len(self.codes) != len(self.alive):
             raise ArtifactError(f"{folder}: {prefix}.codes.npy has {len(self.codes)} rows, {len(self.alive)} expected")
         self.built = True

@@ -152,8 +152,12 @@ class BM25(Operator):
     for more frequent ones, which misranks small corpora.  SciFact test: 0.6767 (Anserini
     publishes 0.679).
 
-    Scores are ``(n_queries, n_docs)`` float64 products; a metadata ``filter`` masks rows to
-    ``-inf`` before the top-k, so a query still gets ``k`` results when ``k`` documents match.
+    Scores are ``(n_queries, n_docs)`` float64 products.  Only documents that contain a query
+    term are returned, as Lucene does: a query with fewer than ``k`` matching documents gets a
+    shorter ranking, one with no indexed term an empty one (no zero-score padding that fusion
+    or pseudo-relevance feedback would take for evidence).  A metadata ``filter`` masks rows to
+    ``-inf`` before the top-k, so a query still gets ``k`` results when ``k`` documents pass
+    and match.
 
     Examples
     --------
@@ -283,7 +287,10 @@ class BM25(Operator):
         return (self.query_matrix(queries) @ self._wt).toarray()
 
     def _topk(self, q: sp.csr_matrix, k: int, drop: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-        s = (q @ self._wt).toarray()
+        """Top ``k`` of the documents that contain a query term; the others score ``-inf`` (dropped)."""
+        m = (q @ self._wt).tocsr()
+        s = np.full(m.shape, -np.inf)
+        s[np.repeat(np.arange(m.shape[0]), np.diff(m.indptr)), m.indices] = m.data
         if drop is not None:
             s[:, drop] = -np.inf
         return topk_rows(s, k)

@@ -10,6 +10,10 @@ Everything is exact numpy search over normalised embeddings (cosine = inner prod
 is batched: one ``(n_q, N)`` score matrix per batch, then one gathered top-k over the cluster columns of
 every (query, component) pair at once (in memory-bounded chunks); there is no Python loop over queries or
 clusters.
+
+A metadata filter (the run-time ``filter`` option) masks the batch's score matrix: a filtered query is
+answered as if the corpus held only the passing documents, with the same clusters (neighbours, priors and
+component eligibility count passing documents only), and still gets ``min(k, passing)`` results.
 """
 
 from __future__ import annotations
@@ -186,7 +190,9 @@ class KnnEmbed(Operator):
 
     Output rankings carry ``scores`` = cosine ``q . d`` (float32) and ``fields["cluster"]``
     (int32 cluster of each document) and ``fields["component"]`` (-1 = anchor/dense, else the
-    index of the mixture component, 0 = heaviest).  Exactly ``min(k, N)`` distinct documents.
+    index of the mixture component, 0 = heaviest).  Exactly ``min(k, N)`` distinct documents; with a
+    metadata filter (run-time ``filter`` option) ``min(k, passing)`` distinct passing documents, the
+    mixture read from the passing documents only.
 
     Attributes (after fit)
     ----------------------
@@ -294,13 +300,19 @@ class KnnEmbed(Operator):
 
     # ------------------------------------------------------------------ mixture
     def mixture(self, q: np.ndarray, s: np.ndarray | None = None,
-                top: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+                top: tuple[np.ndarray, np.ndarray] | None = None,
+                sizes: np.ndarray | None = None) -> dict[str, np.ndarray]:
         """The per-query cluster mixture, batched.
 
         Parameters
         ----------
         q : (n_q, d) float32 unit query vectors.
-        s : optional (n_q, N) scores ``q @ E.T`` (computed when absent).
+        s : optional (n_q, N) scores ``q @ E.T`` (computed when absent); ``-inf`` marks documents
+            filtered out, which neither vote nor count in the local prior.
+        top : optional ``topk_rows(s, depth)`` already computed, ``depth >= n_neighbors``
+            (``>= local_depth`` for ``prior="local"``).
+        sizes : optional (C,) documents per cluster that may be returned (a filter's passing
+            documents); the global prior and ``min_cluster_size`` use them (default: all).
 
         Returns
         -------
@@ -313,22 +325,26 @@ class KnnEmbed(Operator):
         n_q, n = s.shape
         c = len(self.centroids_)
         labels = np.asarray(self.labels_)
+        sizes = self._sizes if sizes is None else np.asarray(sizes)
         m = min(p.n_neighbors, n)
         rows, sc = top if top is not None else topk_rows(s, max(m, p.local_depth if p.prior == "local" else 0))
         r_m, s_m = rows[:, :m], sc[:, :m].astype(np.float64)
         w = np.ones_like(s_m) if p.tau is None else np.exp((s_m - s_m[:, :1]) / p.tau)
+        w = np.where(np.isfinite(s_m), w, 0.0)  # filtered-out documents (-inf) do not vote
         qi = np.repeat(np.arange(n_q), m)
         cnt = np.bincount(qi * c + labels[r_m].ravel(), weights=w.ravel(), minlength=n_q * c).reshape(n_q, c)
         big_w = w.sum(1, keepdims=True)
         if p.prior == "global":
-            prior = np.broadcast_to(self._sizes / n, (n_q, c))
+            prior = np.broadcast_to(sizes / max(int(sizes.sum()), 1), (n_q, c))
         else:
             d = min(p.local_depth, n)
             qd = np.repeat(np.arange(n_q), d)
-            prior = np.bincount(qd * c + labels[rows[:, :d]].ravel(), minlength=n_q * c).reshape(n_q, c) / max(d, 1)
+            ok = np.isfinite(sc[:, :d])  # the passing documents of the dense top local_depth
+            prior = np.bincount(qd * c + labels[rows[:, :d]].ravel(), weights=ok.ravel().astype(np.float64),
+                                minlength=n_q * c).reshape(n_q, c) / np.maximum(ok.sum(1, keepdims=True), 1)
         pi = (cnt + p.alpha * prior) / (big_w + p.alpha)
         # component selection: eligible clusters by pi desc (ties by id), >= floor, at most M
-        elig = np.where(self._sizes[None, :] >= p.min_cluster_size, pi, -1.0)
+        elig = np.where(sizes[None, :] >= p.min_cluster_size, pi, -1.0)
         mm = min(p.max_components, c)
         order = np.argsort(-elig, axis=1, kind="stable")[:, :mm]
         top_w = np.take_along_axis(elig, order, axis=1)
@@ -351,16 +367,28 @@ class KnnEmbed(Operator):
         k = self.k_for(state)
         v = np.asarray(self.vectors_)
         n = len(v)
-        k = min(k, n)
+        labels = np.asarray(self.labels_)
+        mask = self.filter_mask(state)
+        n_pass = n if mask is None else int(np.count_nonzero(mask))
+        k = min(k, n_pass)
         q = np.ascontiguousarray(self.dense.query_vectors(state), dtype=np.float32)
         if q.ndim != 2 or q.shape[1] != v.shape[1]:
             raise DataError(f"knn_embed: query vectors have shape {q.shape}, expected (n_q, {v.shape[1]})")
-        s = q @ v.T
         n_q = len(q)
+        if k == 0:  # nothing passes the filter: empty rankings with the usual fields
+            extra = ("cosine",) if p.merge == "interleave" else ()
+            out.rankings = [Ranking(np.empty(0, np.int64), np.empty(0, np.float32),
+                                    {"cluster": np.empty(0, np.int32), "component": np.empty(0, np.int32),
+                                     **{f: np.empty(0, np.float32) for f in extra}}) for _ in range(n_q)]
+            return out
+        s = q @ v.T
+        sizes = None
+        if mask is not None:  # filtered out: -inf in the one score matrix every later step reads
+            s[:, ~mask] = -np.inf
+            sizes = np.bincount(labels[mask], minlength=len(self.centroids_))
         depth = max(k, p.n_neighbors, p.local_depth if p.prior == "local" else 0)
         top_rows, top_sc = topk_rows(s, depth)
-        mix = self.mixture(q, s, top=(top_rows, top_sc))
-        labels = np.asarray(self.labels_)
+        mix = self.mixture(q, s, top=(top_rows, top_sc), sizes=sizes)
 
         k_a = int(math.floor(p.anchor_share * k + 0.5))
         k_r = k - k_a
@@ -372,7 +400,7 @@ class KnnEmbed(Operator):
         live = np.flatnonzero(~collapsed)
         if len(live):
             out_rows[live], comp[live] = self._mixture_search(
-                q[live], s[live], top_rows[live], clusters[live], weights[live], k, k_a, k_r, labels)
+                q[live], s[live], top_rows[live], clusters[live], weights[live], k, k_a, k_r, labels, mask)
         out_sc = np.take_along_axis(s, out_rows, axis=1).astype(np.float32)
         # merge
         if p.merge == "score":
@@ -406,8 +434,12 @@ class KnnEmbed(Operator):
                             for r, sc_, cl, co in zip(out_rows, out_sc, clus, comp)]
         return out
 
-    def _mixture_search(self, q, s, top_rows, clusters, weights, k, k_a, k_r, labels):
-        """Anchor + per-component in-cluster search for non-collapsed queries (all arrays row-aligned)."""
+    def _mixture_search(self, q, s, top_rows, clusters, weights, k, k_a, k_r, labels, mask=None):
+        """Anchor + per-component in-cluster search for non-collapsed queries (all arrays row-aligned).
+
+        ``s`` holds ``-inf`` for documents outside the filter ``mask`` (N,) bool (None = no filter);
+        the per-cluster paths that score afresh treat those documents as already taken.
+        """
         p = self.params
         n_q, n = s.shape
         mm = clusters.shape[1]
@@ -456,7 +488,7 @@ class KnnEmbed(Operator):
                 place(qi, jj, np.take_along_axis(doc, r, axis=1), sc, need)
                 a = b
         else:
-            taken = np.zeros((n_q, n), bool)
+            taken = np.zeros((n_q, n), bool) if mask is None else np.broadcast_to(~mask, (n_q, n)).copy()
             np.put_along_axis(taken, top_rows[:, :k_a], True, axis=1)
             v = np.asarray(self.vectors_)
             grp = np.argsort(pc, kind="stable")
@@ -467,7 +499,7 @@ class KnnEmbed(Operator):
                 qi, jj = pq[a:b], pj[a:b]
                 members = self._members[c]
                 if rocchio:
-                    qc = self._rocchio(q[qi], top_rows[qi, :min(p.n_neighbors, n)], c, labels, v)
+                    qc = self._rocchio(q[qi], top_rows[qi, :min(p.n_neighbors, n)], c, labels, v, mask)
                 if method in ("partitioned", "gather"):
                     sub = (qc if rocchio else q[qi]) @ self._part(c).T
                     sub[taken[qi][:, members]] = -np.inf
@@ -483,9 +515,10 @@ class KnnEmbed(Operator):
             self._fill_shortfall(s, rows_out, comp_out, clusters, labels, k)
         return rows_out, comp_out
 
-    def _rocchio(self, q, topm, c, labels, v):
-        """normalise(q + lambda * mean of the query's top-m docs in cluster c) per (query, c) pair."""
-        inc = (labels[topm] == c)
+    def _rocchio(self, q, topm, c, labels, v, mask=None):
+        """normalise(q + lambda * mean of the query's top-m docs in cluster c) per (query, c) pair
+        (passing documents only, under a filter ``mask``)."""
+        inc = (labels[topm] == c) if mask is None else (labels[topm] == c) & mask[topm]
         cnt = inc.sum(1, keepdims=True)
         mean = np.einsum("pm,pmd->pd", inc.astype(np.float32), v[topm]) / np.maximum(cnt, 1)
         qc = q + self.params.rocchio_lambda * mean * (cnt > 0)

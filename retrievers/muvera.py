@@ -241,7 +241,7 @@ class Muvera(TokenOperatorMixin, Operator):
             self.codebook_, self.codes_, self.code_offsets_ = build_codes(
                 self.tokens_.data, self.tokens_.offsets, p.centroids, seed=p.seed, cache_key=key)
         fde = fde_documents(self.tokens_.data, self.tokens_.offsets, self.fde_config)
-        self.index_ = self._new_index().build(fde)
+        self.index_ = self._new_index().build(fde, copy=False)  # fde is ours: no defensive copy
 
     def _new_index(self) -> VectorIndex:
         return VectorIndex(dtype=self.params.fde_dtype, metric="ip", search=self.params.search)

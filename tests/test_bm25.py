@@ -158,9 +158,17 @@ def test_filter_applied_before_top_k(slice_data):
     # the same filter as a parameter
     fixed = BM25(k=7, filter={"bucket": 1}).fit(corpus).search(queries)
     assert all(np.isin(bucket[r.rows], [1]).all() and len(r) == 7 for r in fixed.rankings)
-    # fewer matching documents than k: only those come back
+    # fewer passing documents than k: only those that contain a query term come back
     few = bm.search(queries[:2], filter={"_id": corpus.ids[:3].tolist()})
-    assert all(sorted(r.rows.tolist()) == [0, 1, 2] for r in few.rankings)
+    for r, s in zip(few.rankings, scores[:2]):
+        assert sorted(r.rows.tolist()) == [i for i in range(3) if s[i] > 0]
+
+
+def test_only_documents_with_a_query_term_are_returned():
+    corpus = Corpus.from_texts(["red apples", "green pears", "red cars", "blue sky"])
+    run = BM25(k=3).fit(corpus).search(["red", "zebra", "the of", "red sky"])
+    assert [sorted(r.rows.tolist()) for r in run.rankings] == [[0, 2], [], [], [0, 2, 3]]
+    assert all((r.scores > 0).all() for r in run.rankings)
 
 
 def test_threads_give_the_same_rankings(slice_data):
@@ -183,8 +191,8 @@ def test_params_and_input_errors():
     bm = BM25(k=3).fit(Corpus.from_texts(["one doc", "two docs"]))
     with pytest.raises(DataError, match="text 1 is a NoneType"):
         bm.score_matrix(["fine", None])
-    empty = bm.search(["", "the of and"])  # no indexed terms: every score is 0, k results still
-    assert [len(r) for r in empty.rankings] == [2, 2] and all((r.scores == 0).all() for r in empty.rankings)
+    empty = bm.search(["", "the of and"])  # no indexed terms: no document matches, empty rankings
+    assert [len(r) for r in empty.rankings] == [0, 0]
 
 
 def test_scifact_test_ndcg(scifact):

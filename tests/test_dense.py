@@ -440,3 +440,208 @@ def test_reorder_is_a_dense_parameter():
     assert op.params.reorder is False and op._new_index().reorder is False
     assert "reorder: false" in op.to_yaml()
     assert Dense(k=5).params.reorder is True
+
+
+# ---------------------------------------------------------------------- index-level regressions
+
+
+@pytest.mark.parametrize("kw", [dict(dtype="f32", search="exact"), dict(dtype="i8", search="exact"),
+                                dict(dtype="i8", search="hnsw", rescore=True, threads=1)],
+                         ids=["exact-f32", "exact-i8", "hnsw-i8-rescore"])
+def test_save_into_its_own_mmap_folder(kw, tmp_path):
+    """An index loaded with ``mmap=True`` saved back into its own folder (before and after edits)
+    keeps every file whole: no array is written over the file it is mapped from."""
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((1500, 24)).astype(np.float32)
+    extra = rng.standard_normal((40, 24)).astype(np.float32)
+    q = rng.standard_normal((15, 24)).astype(np.float32)
+    folder = tmp_path / "ix"
+    built = VectorIndex(**kw).build(x)
+    ref = built.search(q, 10)
+    built.save(folder)
+    mm = VectorIndex.load(folder, mmap=True)
+    if kw["search"] == "exact":
+        assert isinstance(mm.codes, np.memmap)
+
+    def searches():  # the saving index itself, and the folder loaded into memory and memory-mapped
+        return [mm.search(q, 10)] + [VectorIndex.load(folder, mmap=m).search(q, 10) for m in (False, True)]
+
+    mm.save(folder)  # unchanged: the mapped files stay as they are
+    for got in searches():
+        np.testing.assert_array_equal(got[0], ref[0])
+        np.testing.assert_array_equal(got[1], ref[1])
+    # edited (remove + add) and saved into the same folder again: equals the same edits in memory
+    for ix in (built, mm):
+        ix.remove(np.arange(0, 1500, 7))
+        ix.add(extra)
+    ref2 = built.search(q, 10)
+    mm.save(folder)
+    for got in searches():
+        np.testing.assert_array_equal(got[0], ref2[0])
+        np.testing.assert_allclose(got[1], ref2[1], rtol=1e-6)
+    assert not [p.name for p in folder.iterdir() if p.name.startswith(".")]  # no temporary file left
+
+
+def test_add_appends_floats_without_rewriting(tmp_path):
+    """``add`` with ``rescore`` grows the one scratch float vectors file (no new file per add, nothing
+    left behind); results equal a fresh build; a loaded index's own file is never modified."""
+    rng = np.random.default_rng(12)
+    x = rng.standard_normal((900, 16)).astype(np.float32)
+    q = rng.standard_normal((12, 16)).astype(np.float32)
+    scratch = tmp_path / "scratch"
+    ix = VectorIndex(dtype="f32", rescore=True, search="exact", workdir=scratch).build(x[:500])
+    before = ix.float_vectors()
+    for a in range(500, 900, 80):
+        ix.add(x[a: a + 80])
+        assert len(list(scratch.iterdir())) == 1
+    assert before.shape == (500, 16)  # an earlier map of the file stays valid
+    np.testing.assert_array_equal(np.asarray(before), ix._normalise(x[:500]))
+    np.testing.assert_array_equal(np.asarray(ix.float_vectors()), ix._normalise(x))
+    fresh = VectorIndex(dtype="f32", rescore=True, search="exact").build(x)
+    for got, want in zip(ix.search(q, 10), fresh.search(q, 10)):
+        np.testing.assert_array_equal(got, want)
+    # a loaded index copies its floats into one scratch file on the first add and grows it after
+    ix.save(tmp_path / "saved")
+    size = (tmp_path / "saved" / "index.floats.npy").stat().st_size
+    back = VectorIndex.load(tmp_path / "saved", mmap=True)
+    back.workdir = tmp_path / "scratch2"
+    for _ in range(3):
+        back.add(x[:10])
+        assert len(list(back.workdir.iterdir())) == 1
+    assert (tmp_path / "saved" / "index.floats.npy").stat().st_size == size
+    VectorIndex.load(tmp_path / "saved")  # still matches its manifest (sizes, CRC32)
+    np.testing.assert_array_equal(np.asarray(back.float_vectors()),
+                                  np.concatenate([ix._normalise(x)] + [ix._normalise(x[:10])] * 3))
+    # a rebuild supersedes the scratch file: deleted, one file again
+    ix.build(x[:100])
+    assert len(list(scratch.iterdir())) == 1
+
+
+def _tie_data():
+    """Vectors on a 1/64 grid in [-2, 2) (so every dtype codes them exactly, i8 with step 1/64) and
+    power-of-two queries: every inner product is exact, and only identical vectors (or ±1 bit patterns)
+    tie.  Two groups of duplicates (A top, B next) are spread over several 50-slot blocks."""
+    rng = np.random.default_rng(13)
+    x = (-2 + rng.integers(0, 256, (400, 8)) / 64).astype(np.float32)
+    x[0], x[1] = -2.0, -2 + 255 / 64  # the i8 calibration range of every dimension: min -2, step 1/64
+    a_slots, b_slots = [1, 60, 130, 210, 290, 370], [5, 65, 135, 255, 345]
+    x[a_slots] = -2 + 255 / 64
+    x[b_slots] = -2 + 255 / 64
+    x[b_slots, 0] -= 1 / 64
+    q = np.stack([2.0 ** rng.permutation(8) for _ in range(4)]).astype(np.float32)
+    return x, q
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_exact_ties_go_to_the_lower_slot_across_blocks(dtype, monkeypatch):
+    """Exact top-k ranks equal scores by lower slot, at the k cut too, whatever block the tied
+    slots are in (the block's own top-k and the running merge both cut through ties)."""
+    from ragkit.retrievers import _index
+
+    monkeypatch.setattr(_index, "BLOCK", 50)
+    x, q = _tie_data()
+    ix = VectorIndex(dtype=dtype, metric="ip", search="exact", oversample=1).build(x)
+    truth = ((x > 0) * 2.0 - 1.0) if dtype == "b1" else x.astype(np.float64)
+    s = q.astype(np.float64) @ truth.T  # exact (integers x grid values), as the index scores them
+    mask = np.ones(len(x), bool)
+    mask[[60, 255, 3]] = False
+    for m in (None, mask):
+        ref = np.argsort(-np.where(mask, s, -np.inf) if m is not None else -s, axis=1, kind="stable")
+        for k in range(1, 15):
+            got, _ = ix.search(q, k, mask=m)
+            np.testing.assert_array_equal(got, ref[:, :k], err_msg=f"k={k} mask={m is not None}")
+
+
+def test_second_stage_in_bounded_chunks(monkeypatch):
+    """The rescore / b1 second stage scores the query batch in chunks whose temporaries stay under
+    ``SECOND_STAGE_BYTES`` (the whole batch's ``(queries, candidates, dims)`` block would be ~6.6 MB
+    here), with the same results as one chunk per query and as the default budget."""
+    import tracemalloc
+
+    from ragkit.retrievers import _index
+
+    rng = np.random.default_rng(14)
+    x = rng.standard_normal((1200, 64)).astype(np.float32)
+    q = rng.standard_normal((64, 64)).astype(np.float32)
+    for kw in (dict(dtype="i8", rescore=True), dict(dtype="b1"), dict(dtype="b1", search="hnsw", threads=1)):
+        ix = VectorIndex(search=kw.pop("search", "exact"), oversample=4, **kw).build(x)
+        want = ix.search(q, 50)
+        monkeypatch.setattr(_index, "SECOND_STAGE_BYTES", 1 << 20, raising=False)
+        qn = ix._normalise(q)
+        cand = ix.search(q, 200)[0]  # (64, 200) candidate slots
+        tracemalloc.start()
+        ix._second_stage(qn, ix._reduce(qn), cand)
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        assert peak < 2 << 20, (kw, peak)
+        for budget in (1, 1 << 20):  # one query per chunk, a few chunks
+            monkeypatch.setattr(_index, "SECOND_STAGE_BYTES", budget, raising=False)
+            got = ix.search(q, 50)
+            np.testing.assert_array_equal(got[0], want[0])
+            np.testing.assert_array_equal(got[1], want[1])
+        monkeypatch.setattr(_index, "SECOND_STAGE_BYTES", 64 << 20, raising=False)
+
+
+def test_build_keeps_no_reference_to_the_callers_array():
+    """f32 / ip / no reduction / exact stores the vectors as they are: a copy, never the caller's
+    buffer; ``float_vectors`` is read-only."""
+    rng = np.random.default_rng(15)
+    x = rng.standard_normal((100, 8)).astype(np.float32)
+    q = x[:3].copy()
+    ix = VectorIndex(dtype="f32", metric="ip", search="exact").build(x)
+    want = ix.search(q, 5)
+    assert not np.shares_memory(ix.codes, x)
+    x[:] = 0  # the caller reuses its buffer
+    for got, w in zip(ix.search(q, 5), want):
+        np.testing.assert_array_equal(got, w)
+    fv = ix.float_vectors()
+    assert not fv.flags.writeable
+    with pytest.raises(ValueError):
+        fv[0, 0] = 1.0
+    cos = VectorIndex(dtype="f32", search="exact").build(rng.standard_normal((10, 8)).astype(np.float32))
+    assert not cos.float_vectors().flags.writeable
+    y = rng.standard_normal((10, 8)).astype(np.float32)  # handed over: kept as it is, no copy
+    assert np.shares_memory(VectorIndex(dtype="f32", metric="ip", search="exact").build(y, copy=False).codes, y)
+
+
+@pytest.mark.parametrize("search", SEARCHES)
+def test_empty_index_builds_for_every_dtype(search, tmp_path):
+    """An empty build gives an empty index for every dtype (i8 too: no calibration to fit yet); an
+    i8 index built empty calibrates on its first add, like a build on those vectors."""
+    rng = np.random.default_rng(16)
+    x = rng.standard_normal((300, 16)).astype(np.float32)
+    q = rng.standard_normal((6, 16)).astype(np.float32)
+    for dtype in DTYPES:
+        ix = VectorIndex(dtype=dtype, search=search, threads=1).build(np.zeros((0, 16), np.float32))
+        slots, scores = ix.search(q, 4)
+        assert (slots == -1).all() and np.isneginf(scores).all(), dtype
+        ix.save(tmp_path / dtype / search)
+        assert VectorIndex.load(tmp_path / dtype / search).n_slots == 0
+    empty = VectorIndex(dtype="i8", search=search, threads=1).build(np.zeros((0, 16), np.float32))
+    empty.add(x)
+    direct = VectorIndex(dtype="i8", search=search, threads=1).build(x)
+    np.testing.assert_array_equal(empty.i8_min, direct.i8_min)
+    np.testing.assert_array_equal(empty.i8_step, direct.i8_step)
+    assert empty.i8_scale == direct.i8_scale
+    if search == "exact":
+        for got, want in zip(empty.search(q, 10), direct.search(q, 10)):
+            np.testing.assert_array_equal(got, want)
+    else:
+        assert _recall10(empty.search(q, 10)[0], direct.search(q, 10)[0]) >= 0.9
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_hnsw_padding_raises_no_warning(dtype):
+    """More results asked than live vectors: usearch pads with NaN distances, never computed on."""
+    import warnings
+
+    rng = np.random.default_rng(17)
+    x = rng.standard_normal((40, 16)).astype(np.float32)
+    ix = VectorIndex(dtype=dtype, search="hnsw", threads=1).build(x)
+    ix.remove(np.arange(30))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for q in (x[:1], x[:5]):  # one query (Matches) and a batch (BatchMatches)
+            slots, scores = ix.search(q, 25)
+            assert ((slots >= 0).sum(1) == 10).all() and np.isneginf(scores[:, 10:]).all()
+            assert np.isfinite(scores[:, :10]).all()

@@ -104,6 +104,30 @@ def test_malformed_jsonl_names_the_line(tmp_path, file, line, content, match):
         load_beir(root)
 
 
+def test_corpus_bytes_and_field_types_name_the_line(tmp_path):
+    root = write_beir(tmp_path / "tiny")
+    lines = (root / "corpus.jsonl").read_bytes().splitlines()
+    (root / "corpus.jsonl").write_bytes(b"\n".join([lines[0], b'{"_id": "dx", "text": "caf\xe9"}', *lines[1:]]))
+    with pytest.raises(DataError, match=r"corpus\.jsonl:2: not UTF-8 \(byte 0xe9 at column 27\)"):
+        load_beir(root)
+    (root / "corpus.jsonl").write_bytes(b"\n".join([lines[0], b'{"_id": "dx", "text": {"a": 1}}', *lines[1:]]))
+    with pytest.raises(DataError, match=r"corpus\.jsonl:2: 'text' must be a string, got dict"):
+        load_beir(root)
+    (root / "corpus.jsonl").write_bytes(b"\n".join([lines[0], b'{"_id": "dx", "title": 5, "text": 7}', *lines[1:]]))
+    corpus = load_beir(root).corpus
+    assert (corpus.titles[1], corpus.texts[1]) == ("5", "7")
+
+
+def test_queries_of_a_split_read_the_qrels_once(tmp_path, monkeypatch):
+    import ragkit.eval.beir as beir
+
+    ds = load_beir(write_beir(tmp_path / "tiny"))
+    calls = []
+    real = beir.read_qrels
+    monkeypatch.setattr(beir, "read_qrels", lambda path: calls.append(path) or real(path))
+    assert len(ds.queries("test")) > 1 and len(calls) == 1
+
+
 def test_blank_lines_are_skipped_and_line_numbers_stay_true(tmp_path):
     root = write_beir(tmp_path / "tiny")
     text = (root / "corpus.jsonl").read_text().splitlines()
@@ -117,7 +141,8 @@ def test_blank_lines_are_skipped_and_line_numbers_stay_true(tmp_path):
     ("query-id\tcorpus-id\tscore\nq1\td9\t1\n",
      r"test\.tsv: 1 judged documents not in corpus\.jsonl, e\.g\. 'd9' \(query 'q1'\)"),
     ("query-id\tcorpus-id\tscore\nq1\td1\n", r"test\.tsv:2: expected 3 tab-separated columns"),
-    ("query-id\tcorpus-id\tscore\nq1\td1\thigh\n", r"test\.tsv:2: relevance 'high' is not a number"),
+    ("query-id\tcorpus-id\tscore\nq1\td1\thigh\n", r"test\.tsv:2: relevance 'high' is not a finite number"),
+    ("query-id\tcorpus-id\tscore\nq1\td1\tinf\n", r"test\.tsv:2: relevance 'inf' is not a finite number"),
     ("query-id\tcorpus-id\tscore\nq1\td1\t1\nq1\td1\t0\n",
      r"test\.tsv:3: conflicting judgements of document 'd1' for query 'q1' \(1 on line 2, 0 here\)"),
 ])

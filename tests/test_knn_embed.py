@@ -182,6 +182,72 @@ def test_gather_chunks_agree(blobs, monkeypatch):
         np.testing.assert_array_equal(x, y.rows)
 
 
+def _coloured(blobs):
+    """The blobs with a ``colour`` column (red / blue / green at random) and the fitted operator."""
+    _, vecs, truth = blobs
+    colour = np.array(["red", "blue", "green"], dtype=object)[np.random.default_rng(21).integers(0, 3, len(truth))]
+    corpus = Corpus.from_texts([f"doc {i}" for i in range(len(truth))], colour=colour)
+    op = KnnEmbed(k=20, n_clusters=4, n_init=2, collapse_at=0.95, anchor_share=0.25, weight_floor=0.0,
+                  ).fit_vectors(corpus, vecs)
+    return corpus, vecs, op
+
+
+@pytest.mark.parametrize("search", ["gather", "masked", "partitioned"])
+@pytest.mark.parametrize("component_query", ["filter", "rocchio_filter"])
+@pytest.mark.parametrize("merge", ["score", "interleave"])
+def test_metadata_filter_is_applied(blobs, search, component_query, merge):
+    """The run-time ``filter`` option: only passing documents, still ``min(k, passing)`` of them per query
+    (every in-cluster search path), and equal to the operator over the passing documents alone."""
+    corpus, vecs, base = _coloured(blobs)
+    op = base.with_params(search=search, component_query=component_query, merge=merge)
+    q = _unit(np.random.default_rng(22).standard_normal((10, D)) + 2 * np.eye(D)[np.arange(10) % 4])
+    colour = corpus.metadata["colour"]
+    for where, k in (({"colour": "red"}, 20), ({"colour": ["red", "blue"]}, 60), ({"colour": "green"}, 500)):
+        passing = np.flatnonzero(np.isin(colour, np.atleast_1d(where["colour"])))
+        st = _state(op, q)
+        st.options["filter"] = where
+        if k != 20:
+            st.options["k"] = k
+        rankings = op(st).rankings
+        for i, r in enumerate(rankings):
+            assert np.isin(r.rows, passing).all(), where
+            assert len(r) == len(set(r.rows.tolist())) == min(k, len(passing))
+            cos = r.fields["cosine"] if merge == "interleave" else r.scores
+            np.testing.assert_allclose(cos, vecs[r.rows] @ q[i], rtol=1e-5, atol=1e-6)
+        # the same as the operator over the passing documents only (same clusters)
+        sub = op.with_params()
+        sub.corpus_ = corpus.subset(passing)
+        sub.vectors_, sub.labels_ = vecs[passing], op.labels_[passing]
+        sub._build()
+        st = _state(sub, q)
+        st.options["k"] = k
+        for r, w in zip(rankings, sub(st).rankings):
+            np.testing.assert_array_equal(r.rows, passing[w.rows])
+            np.testing.assert_array_equal(r.fields["component"], w.fields["component"])
+    # a filter passing everything changes nothing; one passing nothing returns empty rankings
+    st = _state(op, q)
+    st.options["filter"] = {"colour": ["red", "blue", "green"]}
+    for r, w in zip(op(st).rankings, op(_state(op, q)).rankings):
+        np.testing.assert_array_equal(r.rows, w.rows)
+    st.options["filter"] = {"colour": "purple"}
+    assert [len(r) for r in op(st).rankings] == [0] * 10
+
+
+def test_metadata_filter_local_prior(blobs):
+    """prior='local' and no temperature: filtered-out documents neither vote nor count in the prior."""
+    corpus, vecs, base = _coloured(blobs)
+    op = base.with_params(prior="local", local_depth=50, tau=None)
+    q = _unit(np.random.default_rng(23).standard_normal((8, D)) + 2 * np.eye(D)[np.arange(8) % 4])
+    passing = np.flatnonzero(corpus.metadata["colour"] == "blue")
+    st = _state(op, q)
+    st.options["filter"] = {"colour": "blue"}
+    sub = op.with_params()
+    sub.corpus_, sub.vectors_, sub.labels_ = corpus.subset(passing), vecs[passing], op.labels_[passing]
+    sub._build()
+    for r, w in zip(op(st).rankings, sub(_state(sub, q)).rankings):
+        np.testing.assert_array_equal(r.rows, passing[w.rows])
+
+
 def test_interleave_and_rocchio(blobs):
     q = _unit(np.eye(D)[0] + 0.8 * np.eye(D)[2])
     op = _fit(blobs, collapse_at=1.0, anchor_share=0.25, merge="interleave", tau=None, alpha=0.0, n_neighbors=100)

@@ -271,6 +271,17 @@ def test_from_texts_and_documents_roundtrip():
     assert d.id == "a" and d.page_content == texts[0] and d.metadata["y"] == 1
 
 
+def test_documents_keep_their_own_metadata():
+    docs = [Document("vitamin c and scurvy", id="d1", metadata={"id": "meta-id", "page": 3}),
+            Document("vitamin d and rickets", id="d2", metadata={"source": "book"})]
+    r = RagkitRetriever.from_documents(docs, k=2)
+    got = {d.id: d.metadata for d in r.invoke("vitamin")}
+    assert got["d1"]["id"] == "meta-id" and got["d1"]["page"] == 3 and "source" not in got["d1"]
+    assert got["d2"]["id"] == "d2" and got["d2"]["source"] == "book" and "page" not in got["d2"]
+    with pytest.raises(ValueError, match=r"ids must be unique; repeated: \['1'\]"):
+        RagkitRetriever.from_documents([Document("x", id="1"), Document("y")])  # the second's id is its position
+
+
 # ---------------------------------------------------------------------- encoders both ways
 def test_langchain_embeddings_encoder_in_dense(queries):
     from ragkit.encoders import Encoder, get_encoder, unregister_encoder

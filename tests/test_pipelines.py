@@ -3,6 +3,7 @@ malformed YAML, fit-once, save/load."""
 
 from __future__ import annotations
 
+import json
 import re
 
 import numpy as np
@@ -384,7 +385,7 @@ BAD = [
     ("pipeline: [{route: {router: {rule_router: {rules: []}}, branches: {a: {bm25: {}}}}}]",
      "pipeline[0].route.router.rule_router.rules:"),
     ("pipeline: [{route: {router: {rule_router: {rules: [{label: a}]}}, branches: {a: {bm25: {}}}}}]",
-     "pipeline[0].route.router.rule_router.rules.0:"),
+     "pipeline[0].route.router.rule_router.rules[0]:"),
     ("pipeline: [{route: {router: {score_router: {threshold: 1}}, branches: []}}]",
      "pipeline[0].route.branches: expected a mapping"),
     ("pipeline: [{route: {router: {score_router: {threshold: 1}}, branches: {easy: {top_k: {}}}, default: hrad}}]",
@@ -552,3 +553,260 @@ pipeline:
     assert all(1 <= i <= 3 for i in pipe.search(queries).values["iterations"])
     loaded = _learned_roundtrip(pipe, spec, queries, corpus, tmp_path / "p", "learn: false")
     assert loaded.steps[0].until.threshold == judge.threshold
+
+
+# ---------------------------------------------------------------------- reviewed defects
+TOY_TEXTS = ["the cell divides rapidly in tissue", "protein folding and cell membranes",
+             "gene expression in yeast cells", "vaccines prevent influenza infection",
+             "influenza virus spreads in winter", "dna repair in cells", "heart disease and cholesterol",
+             "cholesterol lowering drugs statins", "cancer cell growth and tumor", "tumor suppressor gene p53",
+             "brain neurons and synapses", "synapse plasticity memory"]
+TOY_TRAIN = {"t0": ("cell division", "d0"), "t1": ("influenza winter", "d4"), "t2": ("tumor p53", "d9"),
+             "t3": ("cholesterol drugs", "d7")}
+TWO_BM25 = "branches: [bm25: {k: 5}, bm25: {k: 5, variant: okapi}]"
+
+
+def _toy_corpus():
+    from ragkit.types import Corpus
+
+    return Corpus.from_texts(TOY_TEXTS, ids=[f"d{i}" for i in range(len(TOY_TEXTS))])
+
+
+def _toy_train():
+    from ragkit.types import Queries, TrainSet
+
+    ids = list(TOY_TRAIN)
+    return TrainSet(Queries(ids, [TOY_TRAIN[q][0] for q in ids]), {q: {TOY_TRAIN[q][1]: 1} for q in ids})
+
+
+def _config_error(text: str) -> ConfigError:
+    with pytest.raises(ConfigError) as exc:
+        load_yaml(text)
+    return exc.value
+
+
+def test_fuser_step_is_refused_at_load_with_the_fuse_form():
+    """``(a + b) | RRF(k=10)`` in YAML is the parallel's ``fuse:``; a separate fuser step (which only failed
+    at search) is refused when the file is loaded, and the message shows the form to write."""
+    e = _config_error(f"pipeline:\n  - parallel: {{{TWO_BM25}}}\n  - rrf: {{k: 10}}\n")
+    assert e.path == "pipeline[1].rrf" and str(e).startswith("pipeline[1].rrf: a fuser is not a step of its own")
+    assert "parallel before it (pipeline[0])" in str(e) and "fuse: {rrf: {k: 10.0}}" in str(e), str(e)
+    fixed = Pipeline.from_yaml(f"pipeline:\n  - parallel: {{{TWO_BM25}, fuse: {{rrf: {{k: 10}}}}}}\n")
+    assert fixed == (BM25(k=5) + BM25(k=5, variant="okapi")) | RRF(k=10)
+    e = _config_error(f"pipeline:\n  - parallel: {{{TWO_BM25}, fuse: {{rrf: {{}}}}}}\n  - weighted: {{}}\n")
+    assert e.path == "pipeline[1].weighted" and "already fuses its branches with 'fuse: {rrf: {}}'" in str(e)
+    assert _config_error("pipeline: [{bm25: {}}, {rrf: {}}]").path == "pipeline[1].rrf"
+    assert _config_error("pipeline: [{parallel: {branches: [{rrf: {}}, {bm25: {}}]}}]").path == \
+        "pipeline[0].parallel.branches[0].rrf"
+    assert _config_error("pipeline: [{loop: {body: {weighted: {}}, until: {max_only: {}}}}]").path == \
+        "pipeline[0].loop.body.weighted"
+    assert Pipeline.from_yaml(RRF(k=10).to_yaml()) == Pipeline([RRF(k=10)])  # Operator.to_yaml's one-step file
+
+
+def test_fuser_weights_must_match_the_branches_at_load(tmp_path):
+    e = _config_error(f"pipeline:\n  - parallel:\n      {TWO_BM25}\n      fuse: {{rrf: {{weights: [1, 2, 3]}}}}\n")
+    assert e.path == "pipeline[0].parallel.fuse.rrf.weights"
+    assert str(e).startswith("pipeline[0].parallel.fuse.rrf.weights: expected 2 weights, one per branch "
+                             "(bm25, bm252), got 3"), str(e)
+    f = tmp_path / "w.yaml"
+    f.write_text(f"pipeline:\n  - parallel: {{{TWO_BM25}, fuse: {{weighted: {{weights: [1]}}}}}}\n")
+    from ragkit.pipelines import validate_file
+
+    with pytest.raises(ConfigError, match=rf"^{re.escape(str(f))}: pipeline\[0\]\.parallel\.fuse\.weighted\.weights"):
+        validate_file(f)
+    assert Pipeline.from_yaml(f"pipeline: [{{parallel: {{{TWO_BM25}, fuse: {{rrf: {{weights: [1, 2]}}}}}}}}]")
+
+
+ROUTE = """
+pipeline:
+  - bm25: {k: 5}
+  - route:
+      router:
+        rule_router:
+          rules: [{label: "yes", max_words: 2}]
+          default: "no"
+      branches:
+        LABELS
+"""
+
+
+def test_route_labels_must_be_strings():
+    """Unquoted yes/no (YAML 1.1 booleans) were silently turned into 'True'/'False' labels that never match."""
+    e = _config_error(ROUTE.replace("LABELS", "yes: [top_k: {k: 1}]\n        no: [top_k: {k: 3}]"))
+    assert e.path == "pipeline[1].route.branches" and "True (bool), False (bool)" in str(e)
+    assert 'quote the labels, e.g. "yes":' in str(e)
+    assert "1 (int)" in str(_config_error(ROUTE.replace("LABELS", '"yes": [top_k: {}]\n        1: [top_k: {}]')))
+    e = _config_error(ROUTE.replace("LABELS", '"yes": [top_k: {}]\n      default: no'))
+    assert e.path == "pipeline[1].route.default" and 'default: "no"' in str(e)
+    e = _config_error(ROUTE.replace('label: "yes"', "label: yes").replace("LABELS", '"yes": [top_k: {}]'))
+    assert "rules[0].label: expected a string, got True" in str(e) and 'quote it, e.g. "true"' in str(e)
+    pipe = Pipeline.from_yaml(ROUTE.replace("LABELS", '"yes": [top_k: {k: 1}]\n        "no": [top_k: {k: 3}]'))
+    run = pipe.fit(_toy_corpus()).search(["cell", "cell growth in tissue"])
+    assert run.values["route"] == ["yes", "no"] and [len(r) for r in run.rankings] == [1, 3]
+
+
+def test_route_without_default_needs_a_branch_for_every_router_label():
+    rules = "rule_router: {rules: [{label: a, max_words: 2}, {label: b, keywords: [x]}], default: c}"
+    text = f"pipeline: [{{bm25: {{}}}}, {{route: {{router: {{{rules}}}, branches: {{a: [top_k: {{}}]}}DEFAULT}}}}]"
+    e = _config_error(text.replace("DEFAULT", ""))
+    assert e.path == "pipeline[1].route.branches"
+    assert "router 'rule_router' can label queries ['b', 'c'], which have no branch" in str(e)
+    assert "branches: ['a']" in str(e) and "'default:'" in str(e)
+    assert Pipeline.from_yaml(text.replace("DEFAULT", ", default: a"))
+    assert Pipeline.from_yaml(text.replace("DEFAULT", ", default: [top_k: {k: 2}]"))
+    e = _config_error("pipeline: [{bm25: {}}, {route: {router: {score_router: {threshold: 2}}, "
+                      "branches: {easy: [top_k: {}]}}}]")
+    assert "can label queries ['hard']" in str(e)
+    assert RuleRouter(rules=[{"label": "a", "max_words": 1}]).possible_labels() == ["a", "default"]
+
+
+def test_rule_router_keywords_match_as_phrases():
+    """'covid-19' and 'heart disease' match their words in sequence (they never matched as one token)."""
+    r = RuleRouter(rules=[{"label": "hit", "keywords": ["covid-19", "Heart disease", "cell"]}], default="-")
+    texts = ["covid-19 vaccine", "COVID 19", "heart disease risk", "heart-disease", "heart of disease",
+             "covid19", "disease heart", "xcovid-19", "covid-199", "cells", "Cell!", "covid", "19 cases", ""]
+    assert r.labels(texts) == ["hit", "hit", "hit", "hit", "-", "-", "-", "-", "-", "-", "hit", "-", "-", "-"]
+    assert r.labels(texts) == [r.labels([t])[0] for t in texts]           # nothing matches across queries
+    exact = RuleRouter(rules=[{"label": "hit", "keywords": ["covid-19"]}], ignore_case=False, default="-")
+    assert exact.labels(["COVID-19", "covid 19"]) == ["-", "hit"]
+    words = RuleRouter(rules=[{"label": "short", "max_words": 2, "min_words": 1}], default="-")
+    assert words.labels(["covid-19", "a b c", "", "x"]) == ["short", "-", "-", "short"]
+    with pytest.raises(ParamError, match=r"rules\[0\]\.keywords: .*no word characters"):
+        RuleRouter(rules=[{"label": "x", "keywords": ["++"]}])
+
+
+def test_learned_weights_tie_goes_to_uniform_weights():
+    """Two identical branches score the same for every weighting: keep both (0.5, 0.5), not (0, 1)."""
+    pipe = Pipeline([Parallel([BM25(k=5), BM25(k=5)], fuse=RRF(learn=True, folds=2))]).fit(_toy_corpus(), _toy_train())
+    np.testing.assert_allclose(pipe.steps[0].fuse.weights_, [0.5, 0.5])
+    from ragkit.pipelines.weights import best_grid_point
+
+    assert best_grid_point(np.array([0.2, 0.5, 0.5, 0.5 - 1e-3]), np.array([0.0, 0.5, 0.1, 0.0])) == 2
+
+
+def test_nested_parameter_errors_name_the_nested_fields():
+    e = _config_error("pipeline: [{route: {router: {rule_router: {rules: [{label: a, max_words: 3}, "
+                      "{label: b, max_word: 3}]}}, branches: {a: [bm25: {}]}, default: a}}]")
+    assert e.path == "pipeline[0].route.router.rule_router.rules[1].max_word"
+    assert str(e) == ("pipeline[0].route.router.rule_router.rules[1].max_word: unknown parameter (did you mean "
+                      "max_words, min_words?); valid parameters of rule_router.rules[1] are: label, regex, keywords, "
+                      "min_words, max_words"), str(e)
+    with pytest.raises(ParamError, match=r"^rule_router\.rules\[0\]\.label: required parameter is missing"):
+        RuleRouter(rules=[{"max_words": 3}])
+    with pytest.raises(ParamError, match=r"valid parameters of bm25 are: k, "):
+        BM25(kk=3)
+
+
+@pytest.mark.parametrize("key, suggestion", [("paralel", "parallel"), ("Parallel", "parallel"), ("rout", "route"),
+                                             ("looop", "loop"), ("BM25", "bm25")])
+def test_misspelled_structural_keys_are_suggested(key, suggestion):
+    e = _config_error(f"pipeline: [{{{key}: {{}}}}]")
+    assert str(e).startswith(f"pipeline[0].{key}: unknown operator {key!r}; did you mean {suggestion!r}"), str(e)
+    assert str(e).endswith("; structural keys: loop, parallel, route")
+    with pytest.raises(ParamError) as exc:
+        registry.get(key)  # outside YAML (a saved folder, sharded.retriever) only operators are suggested
+    assert "structural" not in str(exc.value)
+
+
+def _toy_beir(folder):
+    from ragkit.eval import write_beir
+
+    queries = {"q0": "cell", "q1": "influenza vaccine winter", "q2": "tumor gene"} | {
+        q: text for q, (text, _) in TOY_TRAIN.items()}
+    return write_beir(folder, _toy_corpus(), queries, {
+        "test": {"q0": {"d0": 1}, "q1": {"d4": 1}, "q2": {"d9": 1}},
+        "train": {q: {d: 1} for q, (_, d) in TOY_TRAIN.items()}})
+
+
+def _cli(*args):
+    from typer.testing import CliRunner
+
+    from ragkit.cli import app
+
+    return CliRunner().invoke(app, [str(a) for a in args], env={"COLUMNS": "200"})
+
+
+def test_cli_eval_creates_output_folders_and_checks_them_first(tmp_path):
+    data = _toy_beir(tmp_path / "beir")
+    res = _cli("eval", "--data", data, "-p", "bm25", "--output", tmp_path / "a" / "b" / "res.json",
+               "--run", tmp_path / "c" / "run.trec")
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "a" / "b" / "res.json").read_text())["n_queries"] == 3
+    assert len((tmp_path / "c" / "run.trec").read_text().splitlines()) > 0
+    assert sorted(p.name for p in (tmp_path / "a" / "b").iterdir()) == ["res.json"]  # no temporary file left
+    (tmp_path / "file").write_text("x")
+    res = _cli("eval", "--data", data, "-p", "bm25", "--run", tmp_path / "file" / "run.trec")
+    assert res.exit_code == 2 and "is a file, not a folder" in res.output and "ndcg" not in res.output
+    res = _cli("eval", "--data", data, "-p", "bm25", "--output", tmp_path / "a")
+    assert res.exit_code == 2 and "is a folder; expected a file path" in res.output
+    res = _cli("eval", "--data", data, "-p", "bm25", "--limit", "-1")
+    assert res.exit_code == 2 and "--limit" in res.output and "ndcg" not in res.output
+
+
+def test_cli_pipeline_accepts_an_operator_save_folder(tmp_path):
+    data = _toy_beir(tmp_path / "beir")
+    BM25(k=5).fit(_toy_corpus()).save(tmp_path / "op")
+    res = _cli("eval", "--data", data, "-p", tmp_path / "op")
+    assert res.exit_code == 0, res.output
+    assert "ndcg@10" in res.output and "fit 0.00 s" in res.output   # fitted: loaded, not refitted
+    (tmp_path / "empty").mkdir()
+    res = _cli("eval", "--data", data, "-p", tmp_path / "empty")
+    assert res.exit_code == 2 and "neither a saved pipeline (no manifest.json) nor a saved operator" in res.output
+    res = _cli("search", "--index", tmp_path / "op", "cell")                # ragkit search reads it too
+    assert res.exit_code == 0 and "d0" in res.output, res.output
+    res = _cli("eval", "--data", data, "-p", "parallel")
+    assert res.exit_code == 2 and "structural key of pipeline YAML" in res.output
+
+
+def test_cli_train_report_on_a_split_too_small_to_hold_out(tmp_path):
+    """4 judged queries: the default report is skipped with a note; an explicit --report is refused up front."""
+    data = _toy_beir(tmp_path / "beir")
+    res = _cli("train", "--data", data, "-p", "bm25", "--out", tmp_path / "o1")
+    assert res.exit_code == 0, res.output
+    assert "held-out report skipped: the train split has 4 judged queries" in res.output
+    assert (tmp_path / "o1" / "manifest.json").is_file()
+    res = _cli("train", "--data", data, "-p", "bm25", "--out", tmp_path / "o2", "--report")
+    assert res.exit_code == 2 and "needs at least 5" in res.output and not (tmp_path / "o2").exists()
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep")
+    res = _cli("train", "--data", data, "-p", "bm25", "--out", tmp_path / "mine")  # refused before fitting
+    assert res.exit_code == 2 and "not a ragkit save" in res.output and "held-out" not in res.output
+    assert [f.name for f in (tmp_path / "mine").iterdir()] == ["notes.txt"]
+
+
+def test_python_api_refuses_what_yaml_refuses():
+    """The Python constructors check what the YAML loader checks, so a pipeline built in Python
+    always saves to a folder (and a ``to_yaml``) that loads back."""
+    with pytest.raises(ParamError, match=r"'rrf' is a fuser.*\(a \+ b\) \| RRF"):
+        BM25() | RRF()
+    with pytest.raises(ParamError, match="it already fuses with 'weighted'"):
+        Parallel([BM25(), BM25(variant="okapi")], fuse=WeightedFusion()) | RRF()
+    with pytest.raises(ParamError, match=r"parallel.fuse.rrf.weights: expected 2 weights, one per branch"):
+        (BM25() + BM25(variant="okapi")) | RRF(weights=[1, 2, 3])
+    router = RuleRouter(rules=[{"label": "short", "max_words": 2}], default="long")
+    with pytest.raises(ParamError, match=r"can label queries \['long'\], which have no branch"):
+        Route(router, {"short": [TopK(k=1)]})
+    with pytest.raises(ParamError, match=r"branch labels must be strings, got True \(bool\)"):
+        Route(router, {True: [TopK(k=1)], "long": [TopK(k=2)]})
+    fused = (BM25(k=3) + BM25(k=3, variant="okapi")) | RRF(k=10)
+    assert isinstance(fused.steps[0], Parallel) and fused.steps[0].fuse.params.k == 10
+
+
+def test_empty_route_branch_passes_queries_through(tmp_path):
+    router = RuleRouter(rules=[{"label": "short", "max_words": 1}], default="long")
+    pipe = BM25(k=4) | Route(router, {"short": [], "long": [TopK(k=2)]})
+    corpus = _toy_corpus()
+    run = pipe.fit(corpus).search(["cell", "cell growth in tissue"])
+    plain = BM25(k=4).fit(corpus).search(["cell"]).rankings[0]
+    assert run.rankings[0].rows.tolist() == plain.rows.tolist() and len(run.rankings[1]) == 2
+    again = Pipeline.from_yaml(pipe.to_yaml()).fit(corpus).search(["cell", "cell growth in tissue"])
+    assert [r.rows.tolist() for r in again.rankings] == [r.rows.tolist() for r in run.rankings]
+    pipe.save(tmp_path / "p")
+    loaded = Pipeline.load(tmp_path / "p").search(["cell", "cell growth in tissue"])
+    assert [r.rows.tolist() for r in loaded.rankings] == [r.rows.tolist() for r in run.rankings]
+    default_through = Pipeline.from_yaml(
+        "pipeline: [{bm25: {k: 4}}, {route: {router: {rule_router: {rules: [{label: a, max_words: 1}]}}, "
+        "branches: {a: [top_k: {k: 1}]}, default: []}}]")
+    got = default_through.fit(corpus).search(["cell", "cell growth in tissue"])
+    assert len(got.rankings[0]) == 1 and got.rankings[1].rows.tolist() == \
+        BM25(k=4).fit(corpus).search(["cell growth in tissue"]).rankings[0].rows.tolist()

@@ -7,7 +7,7 @@ import pytest
 
 from ragkit.errors import ParamError
 from ragkit.pipelines import Pipeline
-from ragkit.retrievers import Dense
+from ragkit.retrievers import BM25, Dense
 from ragkit.scale import Sharded, ShardError, merge_rankings
 from ragkit.types import Ranking
 
@@ -30,6 +30,19 @@ def test_sharded_dense_equals_single_index(slice_data):
         np.testing.assert_allclose(r1.scores, r2.scores, rtol=1e-5, atol=1e-6)
 
 
+def test_sharded_searches_the_rewritten_query_text(slice_data):
+    from ragkit.pipelines import PRF
+
+    corpus, queries, _, _ = slice_data
+    q = queries[:20]
+    one = Pipeline([BM25(k=10), PRF(), BM25(k=10)]).fit(corpus).search(q)
+    sharded = Pipeline([BM25(k=10), PRF(), Sharded(retriever={"bm25": {"k": 10}}, n_shards=1, k=10,
+                                                   backend="local")]).fit(corpus).search(q)
+    plain = BM25(k=10).fit(corpus).search(q)
+    assert [r.rows.tolist() for r in sharded.rankings] == [r.rows.tolist() for r in one.rankings]
+    assert [r.rows.tolist() for r in sharded.rankings] != [r.rows.tolist() for r in plain.rankings]
+
+
 def test_sharded_rejects_non_retriever():
     with pytest.raises(ParamError, match="sharded.retriever"):
         Sharded(retriever={"top_k": {}})
@@ -47,6 +60,15 @@ def test_ray_fit_and_search_equal_local(slice_data, tmp_path):
     got = on_ray.search(queries)
     for r1, r2 in zip(local.rankings, got.rankings):
         np.testing.assert_array_equal(r1.rows, r2.rows)
+    bm = Pipeline.from_yaml({"pipeline": [{"sharded": {"retriever": {"bm25": {"k": 10}}, "n_shards": 2, "k": 10,
+                                                       "backend": "ray"}}]})
+    bm.fit(corpus.subset(np.arange(0, 200)))
+    bm.search(queries)  # starts the shard actors
+    bm.fit(corpus)  # a refit replaces them: the search answers from the new shards
+    again_local = Pipeline.from_yaml({"pipeline": [{"sharded": {"retriever": {"bm25": {"k": 10}}, "n_shards": 2,
+                                                                "k": 10, "backend": "local"}}]}).fit(corpus)
+    assert [r.rows.tolist() for r in bm.search(queries).rankings] == \
+        [r.rows.tolist() for r in again_local.search(queries).rankings]
     on_ray.save(tmp_path / "p")
     again = Pipeline.load(tmp_path / "p").search(queries)
     for r1, r2 in zip(local.rankings, again.rankings):
@@ -55,8 +77,8 @@ def test_ray_fit_and_search_equal_local(slice_data, tmp_path):
 
     dist = search_distributed(on_ray, queries, n_chunks=2)
     assert dist.query_ids == local.query_ids
-    for d1, d2 in zip(local.doc_ids, dist.doc_ids):
-        assert d1.tolist() == d2.tolist()
+    for d1, d2, r1, r2 in zip(local.doc_ids, dist.doc_ids, local.rankings, dist.rankings):
+        assert d1.tolist() == d2.tolist() and r1.rows.tolist() == r2.rows.tolist()
     with pytest.raises(ShardError, match="shard 0"):
         Sharded(retriever={"dense": {"model": str(tmp_path / "no-such-model")}}, n_shards=2, k=5,
                 backend="ray", max_retries=0).fit(corpus)

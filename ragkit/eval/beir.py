@@ -45,8 +45,13 @@ def cache_dir() -> Path:
 def _read_jsonl(path: Path):
     if not path.is_file():
         raise DataError(f"{path}: file not found")
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
+    with open(path, "rb") as f:
+        for n, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise DataError(f"{path}:{n}: not UTF-8 (byte {raw[e.start]:#04x} at column {e.start + 1}); "
+                                f"BEIR files are UTF-8 JSON lines") from None
             if not line.strip():
                 continue
             try:
@@ -68,8 +73,8 @@ def read_corpus(path: str | Path) -> Corpus:
             raise DataError(f"{path}:{n}: duplicate document id {did!r} (first on line {seen[did]})")
         seen[did] = n
         ids.append(did)
-        titles.append(rec.get("title") or "")
-        texts.append(rec.get("text") or "")
+        titles.append(_text(rec.get("title"), path, n, "title"))
+        texts.append(_text(rec.get("text"), path, n, "text"))
         metas.append(rec.get("metadata") or {})
     if not ids:
         raise DataError(f"{path}: the corpus is empty")
@@ -77,6 +82,17 @@ def read_corpus(path: str | Path) -> Corpus:
     meta = {k: np.array([m.get(k) if isinstance(m, dict) else None for m in metas], dtype=object) for k in keys}
     return Corpus(ids=np.array(ids, dtype=object), texts=np.array(texts, dtype=object),
                   titles=np.array(titles, dtype=object), metadata=meta)
+
+
+def _text(v: object, path: Path, n: int, key: str) -> str:
+    """A corpus record's ``title`` / ``text``: a string, a number written as one, or "" when absent."""
+    if v is None:
+        return ""
+    if isinstance(v, str):
+        return v
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+        return str(v)
+    raise DataError(f"{path}:{n}: {key!r} must be a string, got {type(v).__name__} {str(v)[:60]!r}")
 
 
 def read_queries(path: str | Path) -> dict[str, str]:
@@ -110,8 +126,8 @@ def read_qrels(path: str | Path) -> Qrels:
             q, d, s = row[0], row[-2], row[-1]
             try:
                 rel = int(float(s))
-            except ValueError:
-                raise DataError(f"{path}:{n}: relevance {s!r} is not a number") from None
+            except (ValueError, OverflowError):
+                raise DataError(f"{path}:{n}: relevance {s!r} is not a finite number") from None
             judged = qrels.setdefault(q, {})
             if d in judged and judged[d] != rel:  # an identical repeated line is harmless
                 raise DataError(f"{path}:{n}: conflicting judgements of document {d!r} for query {q!r} "
@@ -157,7 +173,8 @@ class BeirDataset:
         return qrels
 
     def queries(self, split: str = "test") -> Queries:
-        ids = [q for q in self._queries if q in self.qrels(split)]
+        judged = self.qrels(split)
+        ids = [q for q in self._queries if q in judged]
         return Queries(ids, [self._queries[q] for q in ids])
 
     def train_set(self, split: str = "train") -> TrainSet:

@@ -2,8 +2,11 @@
 
 Metric names: ``ndcg@k``, ``recall@k``, ``map@k``, ``mrr@k``, ``p@k`` (case-insensitive).
 Like BEIR's ``EvaluateRetrieval.evaluate``, a document whose id equals the query id is
-ignored (``ignore_identical_ids=True``), and the aggregate is the mean over the queries
-present in both the run and the qrels.  Per-query values are kept for significance tests.
+ignored (``ignore_identical_ids=True``).  The aggregate is the mean over every query of the
+qrels: a judged query the run lacks (or answers with nothing) counts as 0, as trec_eval's
+``-c`` does (BEIR's ``evaluate`` averages over the queries the run holds instead; the two
+agree whenever every judged query is searched, as in ``ragkit eval``).  Per-query values are
+kept for significance tests.
 """
 
 from __future__ import annotations

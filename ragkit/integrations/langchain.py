@@ -142,7 +142,8 @@ class RagkitRetriever(BaseRetriever):
     ``id`` and ``metadata`` with ``id``, ``title``, ``score`` (the pipeline's final score),
     ``rank`` (1-based), ``operators`` (the branches that retrieved it in a fused pipeline,
     else the pipeline's retrievers), ``branches`` (``{branch: {"rank", "score"}}`` for fused
-    rankings), any other ranking ``fields``, and the corpus's metadata columns.
+    rankings), any other ranking ``fields``, and the document's own metadata as it was given
+    (a key it did not have is not added, and its own ``id`` / ``title`` keys are kept).
 
     Examples
     --------
@@ -244,8 +245,12 @@ class RagkitRetriever(BaseRetriever):
         other = {key: v.tolist() for key, v in r.fields.items() if key not in taken}
         docs = []
         for i in range(len(ids)):
-            meta: dict[str, Any] = {key: col[i] for key, col in meta_cols.items()}
-            meta.update(id=ids[i], title=titles[i], score=scores[i], rank=i + 1)
+            # the document's own metadata back unchanged: no None for keys it never had (the corpus
+            # stores metadata as columns, a missing key is None), no "id" / "title" over its own
+            meta: dict[str, Any] = {key: col[i] for key, col in meta_cols.items() if col[i] is not None}
+            meta.setdefault("id", ids[i])
+            meta.setdefault("title", titles[i])
+            meta.update(score=scores[i], rank=i + 1)
             if branch_cols:
                 branches = {b: {"rank": ranks[i], "score": _num(sc[i])} for b, ranks, sc in branch_cols if ranks[i] > 0}
                 meta["operators"] = list(branches)

@@ -1,0 +1,71 @@
+"""Saving and loading: composites save as pipelines, saves never replace a folder that is not a ragkit save."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ragkit.errors import ArtifactError, ParamError
+from ragkit.operator import Operator
+from ragkit.pipelines import RRF, Parallel, Pipeline
+from ragkit.retrievers import BM25
+from ragkit.types import Corpus
+
+TEXTS = ["red apples are sweet", "green pears and red apples", "the heart pumps blood", "blood cells carry oxygen",
+         "apples keep doctors away", "oxygen for the heart"]
+QUERIES = ["red apples", "heart blood", "oxygen"]
+
+
+@pytest.fixture
+def corpus() -> Corpus:
+    return Corpus.from_texts(TEXTS)
+
+
+def _rows(run) -> list[list[int]]:
+    return [r.rows.tolist() for r in run.rankings]
+
+
+def test_composite_saves_as_a_pipeline_and_loads_back(corpus, tmp_path):
+    hybrid = (BM25(k=4) + BM25(k=4, variant="okapi")).fit(corpus)
+    assert isinstance(hybrid, Parallel)
+    want = hybrid.search(QUERIES)
+    hybrid.save(tmp_path / "h")
+    for loaded in (Operator.load(tmp_path / "h"), Pipeline.load(tmp_path / "h")):
+        got = loaded.search(QUERIES)
+        assert _rows(got) == _rows(want)
+        np.testing.assert_allclose(np.concatenate(got.scores), np.concatenate(want.scores))
+
+
+def test_save_refuses_a_folder_that_is_not_a_ragkit_save(corpus, tmp_path):
+    bm = BM25(k=2).fit(corpus)
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    with pytest.raises(ArtifactError, match="not a ragkit save"):
+        bm.save(mine)
+    with pytest.raises(ArtifactError, match="not a ragkit save"):
+        Pipeline([bm]).save(mine)
+    assert (mine / "notes.txt").read_text() == "keep me" and sorted(p.name for p in mine.iterdir()) == ["notes.txt"]
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ArtifactError, match="is not a folder"):
+        bm.save(tmp_path / "file")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    bm.save(empty)  # an empty folder, or an earlier save, is replaced
+    bm.save(empty)
+    assert _rows(Operator.load(empty).search(QUERIES)) == _rows(bm.search(QUERIES))
+
+
+def test_pipeline_load_uses_the_corpus_it_is_given(corpus, tmp_path, monkeypatch):
+    pipe = Pipeline([BM25(k=3)]).fit(corpus)
+    pipe.save(tmp_path / "p")
+    import ragkit.eval.beir as beir
+
+    monkeypatch.setattr(beir, "read_corpus", lambda path: pytest.fail(f"read {path} although a corpus was given"))
+    loaded = Pipeline.load(tmp_path / "p", corpus=corpus)
+    assert loaded.corpus_ is corpus and _rows(loaded.search(QUERIES)) == _rows(pipe.search(QUERIES))
+
+
+def test_parallel_branch_names_must_be_unique():
+    with pytest.raises(ParamError, match=r"parallel.names: \['a'\] name more than one branch"):
+        Parallel([BM25(), BM25(variant="okapi")], fuse=RRF(), names=["a", "a"])
