@@ -23,6 +23,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from ragkit._files import atomic_file
 from ragkit.errors import RagkitError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="ragkit: retrieval operators that compose.")
@@ -83,19 +84,6 @@ def _prepare_output(path: Optional[Path], option: str, example: str) -> None:
         raise RagkitError(f"{option} {path}: cannot create its folder {path.parent}: {e.strerror or e}") from None
     if not os.access(path.parent, os.W_OK):
         raise RagkitError(f"{option} {path}: cannot write into the folder {path.parent} (permission denied)")
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to a temporary file in ``path``'s folder, then rename it onto ``path``
-    (``os.replace``), so an interrupted write never leaves a truncated file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def _fail(e: Exception) -> None:
@@ -190,7 +178,8 @@ def eval_cmd(
             "machine": {"platform": platform.platform(), "python": sys.version.split()[0], "cpus": os.cpu_count()},
             "date": date.today().isoformat(),
         }
-        _write_atomic(output, json.dumps(payload, indent=2))
+        with atomic_file(output) as tmp:
+            tmp.write_text(json.dumps(payload, indent=2), encoding="utf-8")
         console.print(f"wrote {output}")
     if run_file is not None:
         run.write_trec(run_file)  # a temporary file in the same folder, renamed into place

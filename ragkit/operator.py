@@ -16,7 +16,6 @@ Implementers override ``_fit``, ``_call``, ``_save`` and ``_load``.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -25,6 +24,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Mapping, Sequence
 import numpy as np
 
 from ragkit import registry
+from ragkit._files import atomic_file
 from ragkit.errors import ArtifactError, NotFittedError, ParamError
 from ragkit.params import Params, validate_params
 from ragkit.types import Corpus, Queries, Ranking, State, TrainSet
@@ -297,16 +297,10 @@ class atomic_dir:
 
 
 def write_json(path: Path, obj: Any) -> None:
-    """Write JSON through a temporary file (a unique name in the same folder) renamed into place."""
+    """Write JSON through a temporary file renamed into place (:func:`~ragkit._files.atomic_file`)."""
     text = json.dumps(obj, indent=2, sort_keys=True, default=_json_default)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
 
 
 def read_json(path: Path) -> Any:

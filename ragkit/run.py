@@ -14,6 +14,7 @@ from typing import Any, Iterator, Mapping
 
 import numpy as np
 
+from ragkit._files import atomic_file
 from ragkit.errors import DataError
 from ragkit.types import Ranking, TraceEvent
 
@@ -95,11 +96,9 @@ class Run:
     def write_trec(self, path: str | Path, tag: str = "ragkit") -> None:
         """Write a TREC run file ``qid Q0 docid rank score tag`` (rank from 1)."""
         path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "w", encoding="utf-8") as f:
+        with atomic_file(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
             for q, d, s in self:
                 f.writelines(f"{q} Q0 {doc} {r} {score:.6f} {tag}\n" for r, (doc, score) in enumerate(zip(d, s), 1))
-        tmp.replace(path)
 
     @classmethod
     def read_trec(cls, path: str | Path) -> "Run":

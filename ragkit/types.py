@@ -15,6 +15,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from ragkit._files import atomic_file
 from ragkit.errors import DataError
 
 __all__ = ["Corpus", "Queries", "Ranking", "State", "TrainSet", "TraceEvent", "Qrels"]
@@ -210,15 +211,13 @@ class Corpus:
     def save(self, path: str | Path) -> None:
         """Write ``corpus.jsonl`` (BEIR layout plus a ``metadata`` object per line)."""
         path = Path(path)
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        with open(tmp, "w", encoding="utf-8") as f:
+        with atomic_file(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
             keys = list(self.metadata)
             for i, (d, t, x) in enumerate(zip(self.ids.tolist(), self.titles.tolist(), self.texts.tolist())):
                 rec: dict[str, Any] = {"_id": d, "title": t, "text": x}
                 if keys:
                     rec["metadata"] = {k: _jsonable(self.metadata[k][i]) for k in keys}
                 f.write(json.dumps(rec, ensure_ascii=False) + "\n")
-        tmp.replace(path)
 
 
 def _isin(column: np.ndarray, wants: list[Any]) -> np.ndarray:

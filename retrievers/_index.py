@@ -66,16 +66,16 @@ import io
 import mmap
 import os
 import re
-import secrets
 import shutil
 import tempfile
 import weakref
 import zlib
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
+from ragkit._files import atomic_file
 from ragkit.errors import ArtifactError, DataError, ParamError
 from ragkit.operator import desc_order
 from ragkit.retrievers._locality import insertion_order
@@ -165,21 +165,6 @@ def _whole_map(arr: Any) -> str | None:
     if isinstance(arr, np.memmap) and isinstance(arr.base, mmap.mmap) and arr.filename:
         return str(arr.filename)
     return None
-
-
-def _replace_file(p: Path, write: Callable[[Path], None]) -> None:
-    """Write ``p`` as ``write(tmp)`` into a temporary name in its folder, then ``os.replace`` it over
-    ``p``: an interrupted save leaves the previous ``p`` whole, and maps of the old file stay valid."""
-    tmp = p.with_name(f".{p.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, p)
-    except BaseException:
-        try:
-            tmp.unlink()
-        except OSError:
-            pass
-        raise
 
 
 def _save_npy(path: Path, arr: np.ndarray) -> None:
@@ -862,9 +847,11 @@ class VectorIndex:
             if same(src, p):
                 pass
             elif src is not None and self._intact(src):  # a whole mapped file: copy it (no page faults)
-                _replace_file(p, lambda t, src=src: shutil.copyfile(src, t))
+                with atomic_file(p) as t:
+                    shutil.copyfile(src, t)
             else:
-                _replace_file(p, lambda t, arr=arr: _save_npy(t, np.asarray(arr)))
+                with atomic_file(p) as t:
+                    _save_npy(t, np.asarray(arr))
             files[p.name] = {"bytes": p.stat().st_size, "crc32": _crc(p)}
         if self.usearch is not None:
             p = folder / f"{prefix}.usearch"
@@ -872,9 +859,11 @@ class VectorIndex:
             if view and same(self._view_path, p):
                 pass
             elif view and self._intact(self._view_path):
-                _replace_file(p, lambda t: shutil.copyfile(self._view_path, t))
+                with atomic_file(p) as t:
+                    shutil.copyfile(self._view_path, t)
             else:
-                _replace_file(p, lambda t: self.usearch.save(str(t)))
+                with atomic_file(p) as t:
+                    self.usearch.save(str(t))
             files[p.name] = {"bytes": p.stat().st_size, "crc32": _crc(p)}
         meta = {"format": FORMAT, "config": self.config(), "d_in": self.d_in, "ndim": self.ndim,
                 "backend": self.backend, "n_slots": self.n_slots, "files": files,

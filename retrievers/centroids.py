@@ -19,10 +19,10 @@ Interaction Retrieval", CIKM 2022 (centroid interaction and centroid pruning), a
 from __future__ import annotations
 
 import hashlib
-import os
 
 import numpy as np
 
+from ragkit._files import atomic_file
 from ragkit.errors import DataError
 from ragkit.retrievers.fde import check_pair_rows
 
@@ -123,9 +123,8 @@ def build_codes(data: np.ndarray, offsets: np.ndarray, n_centroids: int, seed: i
     if folder is not None:
         folder.mkdir(parents=True, exist_ok=True)
         for name, arr in zip(_CODEBOOK_FILES, (cb, codes, off)):
-            tmp = folder / f".{name}.{os.getpid()}.tmp.npy"
-            np.save(tmp, arr, allow_pickle=False)
-            os.replace(tmp, folder / f"{name}.npy")
+            with atomic_file(folder / f"{name}.npy") as tmp:
+                np.save(tmp, arr, allow_pickle=False)
     return cb, codes, off
 
 

@@ -104,8 +104,13 @@ class FDEConfig:
     def buckets(self) -> int:
         return 2**self.k_sim
 
+    def identity(self, d: int) -> bool:
+        """Whether the inner projection is the identity: ``projection="identity"``, or ``d_proj == d``
+        (the paper: "if d_proj = d, psi is the identity")."""
+        return self.projection == "identity" or self.d_proj == d
+
     def proj_dim(self, d: int) -> int:
-        return d if self.projection == "identity" else self.d_proj
+        return d if self.identity(d) else self.d_proj
 
     def dim(self, d: int) -> int:
         return fde_dim(self, d)
@@ -129,6 +134,8 @@ def draw_matrices(cfg: FDEConfig, d: int) -> tuple[np.ndarray, np.ndarray | None
     for r in range(cfg.r_reps):  # loop over repetitions (20), not tokens
         rng = np.random.default_rng(cfg.seed + r)
         gs.append(rng.standard_normal((d, cfg.k_sim)))
+        if cfg.identity(d):
+            continue
         if cfg.projection == "ams":
             ss.append((rng.integers(0, 2, size=(d, dp)) * 2 - 1) / np.sqrt(dp))
         elif cfg.projection == "countsketch":
@@ -167,7 +174,9 @@ def _encode(data: np.ndarray, offsets: np.ndarray, cfg: FDEConfig, is_query: boo
     out = np.zeros((n, width + (n_mean if cfg.d_final is None else 0)), np.float32)
     mean = out[:, width:] if cfg.d_final is None else np.zeros((n, n_mean), np.float32)
     g, s = draw_matrices(cfg, d)
-    # chunk over sets so that the (tokens, r_reps * d_proj) projection stays small
+    # chunk over sets so that the (tokens, r_reps * d_proj) projection and the documents'
+    # (tokens, 2**k_sim) Hamming table of empty-bucket filling stay small (~128 MB at any k_sim)
+    chunk_tokens = max(1024, chunk_tokens * 32 // max(cfg.buckets, 32))
     lo = 0
     while lo < n:
         hi = int(np.searchsorted(offsets, offsets[lo] + chunk_tokens, side="right")) - 1
@@ -434,7 +443,8 @@ def chamfer_pairs(q_data: np.ndarray, q_off: np.ndarray, d_data: np.ndarray, d_o
     return out
 
 
-def ball_carve(data: np.ndarray, offsets: np.ndarray, tau: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def ball_carve(data: np.ndarray, offsets: np.ndarray, tau: float,
+               max_bytes: int = 64 << 20) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Ball carving of query token sets (MUVERA, rerank side): fewer tokens, same weight.
 
     Greedy per set: the first unassigned token q opens a cluster holding every unassigned
@@ -445,9 +455,25 @@ def ball_carve(data: np.ndarray, offsets: np.ndarray, tau: float) -> tuple[np.nd
     ``sum_c weight_c * max_p <centre_c, p>`` (``chamfer_scores(..., q_weights=weights)``).
 
     The greedy step is sequential over tokens by definition; it runs as a loop over the
-    (at most ``max query length``) token positions, vectorised across all queries.
+    (at most ``max query length``) token positions, vectorised across the queries of a chunk;
+    chunks of queries keep the padded ``(queries, length, d + length)`` float32 temporaries
+    under ``max_bytes``.
     """
     data, offsets = _check(data, offsets)
+    n = len(offsets) - 1
+    m = int(np.diff(offsets).max()) if n else 0
+    step = max(1, max_bytes // max(1, 2 * 4 * m * (data.shape[1] + m)))
+    if n <= step:
+        return _ball_carve(data, offsets, tau)
+    parts = [_ball_carve(data[offsets[a]:offsets[min(a + step, n)]], offsets[a:min(a + step, n) + 1] - offsets[a], tau)
+             for a in range(0, n, step)]  # a loop over chunks of queries
+    off = np.zeros(n + 1, np.int64)
+    np.cumsum(np.concatenate([np.diff(o) for _, o, _ in parts]), out=off[1:])
+    return np.concatenate([c for c, _, _ in parts]), off, np.concatenate([w for _, _, w in parts])
+
+
+def _ball_carve(data: np.ndarray, offsets: np.ndarray, tau: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`ball_carve` on one chunk of query sets, all at once."""
     x = np.asarray(data, np.float32)
     n = len(offsets) - 1
     lens = np.diff(offsets)

@@ -68,7 +68,8 @@ class TokenParams(Params):
 
     model: str = Field(DEFAULT_MODEL, description="Sentence-transformers model whose token embeddings are used.")
     special_tokens: Literal["keep", "drop"] = Field(
-        "keep", description="Keep the [CLS]/[SEP] token vectors (padding is always dropped).")
+        "keep", description=("'keep' every token vector; 'drop' the tokenizer's special tokens ([CLS], [SEP] and "
+                             "[UNK], so a text of unknown symbols can keep no token); padding is always dropped."))
     batch_size: int = Field(32, ge=1, description="Texts per forward pass when encoding tokens.")
     ball_carve_tau: float | None = Field(
         None, ge=-1.0, le=1.0,

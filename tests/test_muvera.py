@@ -238,6 +238,34 @@ def test_ball_carving_keeps_token_weight():
     assert co[-1] <= Qoff[-1]
 
 
+def test_d_proj_equal_to_d_is_the_identity_projection():
+    """The spec: "if d_proj = d, psi is the identity" (ams and countsketch alike)."""
+    rng = np.random.default_rng(3)
+    x, off = _sets(rng, 6, 1, 9, d=16)
+    ident = fde_documents(x, off, FDEConfig(k_sim=2, r_reps=3, projection="identity"))
+    for projection in ("ams", "countsketch"):
+        cfg = FDEConfig(k_sim=2, d_proj=16, r_reps=3, projection=projection)
+        assert draw_matrices(cfg, 16)[1] is None
+        np.testing.assert_array_equal(fde_documents(x, off, cfg), ident)
+
+
+def test_fill_empty_at_many_buckets_matches_the_reference():
+    """k_sim 10 (1,024 buckets): the token chunk shrinks with the bucket count; same FDEs as the spec."""
+    rng = np.random.default_rng(5)
+    x, off = _sets(rng, 4, 0, 12, d=8)
+    cfg = FDEConfig(k_sim=10, d_proj=4, r_reps=1)
+    np.testing.assert_allclose(fde_documents(x, off, cfg), _naive_fde(x, off, cfg, False), atol=1e-5)
+
+
+def test_ball_carve_in_chunks_equals_all_at_once():
+    rng = np.random.default_rng(9)
+    q, qoff = _sets(rng, 40, 0, 30, d=16)
+    whole = ball_carve(q, qoff, 0.3)
+    chunked = ball_carve(q, qoff, 0.3, max_bytes=1)  # one query per chunk
+    for a, b in zip(whole, chunked):
+        np.testing.assert_array_equal(a, b)
+
+
 # ----------------------------------------------------------------------- token store
 def test_token_vectors_take_and_cache(tmp_path):
     rng = np.random.default_rng(7)
@@ -259,6 +287,23 @@ def test_token_vectors_take_and_cache(tmp_path):
     assert isinstance(parts[0][1].data, np.memmap)  # the whole shard in order stays memory-mapped
     with pytest.raises(DataError, match="offsets"):
         TokenVectors(x, off[:-1])
+
+
+def test_max_seq_length_never_leaks_into_another_encoder(tmp_path, monkeypatch):
+    """Encoders of one model with different truncation never share a model object: a short
+    max_seq_length used first must not truncate the default encoders (nor their cache entries)."""
+    from ragkit.encoders import get_encoder
+    from ragkit.encoders.tokens import get_token_encoder
+
+    monkeypatch.setenv("RAGKIT_CACHE", str(tmp_path))
+    long = "vitamin d deficiency and the risk of fractures in older adults " * 4
+    n_full = len(get_token_encoder().encode([long], cache=False)[0])
+    dense_full = get_encoder().encode_queries([long])
+    assert len(get_token_encoder(max_seq_length=8).encode([long], cache=False)[0]) == 8
+    get_encoder(max_seq_length=8).encode_queries(["x"])
+    assert len(get_token_encoder().encode([long])[0]) == n_full > 8
+    np.testing.assert_allclose(get_encoder().encode_queries([long]), dense_full, atol=1e-6)
+    assert get_encoder().model.max_seq_length > 8
 
 
 # --------------------------------------------------------------------------- operators

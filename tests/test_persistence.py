@@ -69,3 +69,19 @@ def test_pipeline_load_uses_the_corpus_it_is_given(corpus, tmp_path, monkeypatch
 def test_parallel_branch_names_must_be_unique():
     with pytest.raises(ParamError, match=r"parallel.names: \['a'\] name more than one branch"):
         Parallel([BM25(), BM25(variant="okapi")], fuse=RRF(), names=["a", "a"])
+
+
+def test_atomic_file_keeps_the_old_file_when_a_write_fails(tmp_path):
+    from ragkit._files import atomic_file
+
+    target = tmp_path / "run.trec"
+    target.write_text("old")
+    with pytest.raises(RuntimeError):
+        with atomic_file(target) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("interrupted")
+    assert target.read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["run.trec"]
+    with atomic_file(target) as tmp:
+        assert tmp.parent == tmp_path and tmp.suffix == ".trec" and tmp != target
+        tmp.write_text("new")
+    assert target.read_text() == "new" and sorted(p.name for p in tmp_path.iterdir()) == ["run.trec"]

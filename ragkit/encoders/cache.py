@@ -10,12 +10,13 @@ and encodes nothing.
 from __future__ import annotations
 
 import hashlib
-import os
 import uuid
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
+
+from ragkit._files import atomic_file
 
 __all__ = ["EmbeddingCache", "text_digests"]
 
@@ -90,10 +91,8 @@ class EmbeddingCache:
         (self.folder / "MODEL").write_text(self.key, encoding="utf-8")
         name = uuid.uuid4().hex
         for suffix, arr in ((".npy", np.asarray(vectors, np.float32)), (".keys.npy", digests)):
-            tmp = self.folder / f".{name}{suffix}.tmp"
-            with open(tmp, "wb") as f:
+            with atomic_file(self.folder / f"{name}{suffix}") as tmp, open(tmp, "wb") as f:
                 np.save(f, arr, allow_pickle=False)
-            os.replace(tmp, self.folder / f"{name}{suffix}")
         self._index = None
 
     def fetch_or_compute(self, texts: list[str], compute: Callable[[list[str]], np.ndarray]) -> tuple[np.ndarray, int]:

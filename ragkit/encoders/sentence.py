@@ -27,7 +27,7 @@ __all__ = ["Encoder", "get_encoder", "resolve_model", "DEFAULT_MODEL"]
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 _ALIASES = {"all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2"}
 _LOCK = threading.Lock()
-_MODELS: dict[tuple[str, str], Any] = {}
+_MODELS: dict[tuple[str, str, int | None], Any] = {}
 _ENCODERS: dict[tuple[Any, ...], "Encoder"] = {}
 
 
@@ -107,9 +107,11 @@ class Encoder:
 
     @property
     def model(self) -> Any:
-        """The loaded ``SentenceTransformer`` (loaded once per process)."""
+        """The loaded ``SentenceTransformer``, loaded once per process and ``max_seq_length``:
+        encoders with different truncation never share (and so never change) one model object,
+        whose truncation is part of what their cache keys promise."""
         with _LOCK:
-            key = (self.path, self.device)
+            key = (self.path, self.device, self.max_seq_length)
             if key not in _MODELS:
                 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
                 from sentence_transformers import SentenceTransformer
@@ -118,16 +120,16 @@ class Encoder:
                 bars = hf_logging.is_progress_bar_enabled()
                 hf_logging.disable_progress_bar()  # no "Loading weights" bar per model load, only while loading
                 try:
-                    _MODELS[key] = SentenceTransformer(self.path, device=self.device)
+                    m = SentenceTransformer(self.path, device=self.device)
                 except OSError as e:
                     raise ParamError(f"model {self.model_name!r}: could not load it from {self.path!r} ({e})") from None
                 finally:
                     if bars:
                         hf_logging.enable_progress_bar()
-            m = _MODELS[key]
-        if self.max_seq_length is not None:
-            m.max_seq_length = self.max_seq_length
-        return m
+                if self.max_seq_length is not None:
+                    m.max_seq_length = self.max_seq_length
+                _MODELS[key] = m
+            return _MODELS[key]
 
     @property
     def dim(self) -> int:
@@ -173,6 +175,10 @@ class Encoder:
 
 def get_encoder(model: str = DEFAULT_MODEL, **kwargs: Any) -> Encoder:
     """A shared :class:`Encoder` per (model, settings), so operators on one model share it.
+
+    The encoder, its loaded model and its cache key (a fingerprint of the model folder's files)
+    are made once per process: a model folder rewritten in place is not re-read until the next
+    process; write a changed model to a new folder (as ``Dense(adapt=...)`` does).
 
     A name registered with :func:`~ragkit.encoders.register_encoder` (e.g. a LangChain
     ``Embeddings`` adapter) returns that encoder object; ``kwargs`` are ignored for it.

@@ -26,7 +26,6 @@ read.
 from __future__ import annotations
 
 import hashlib
-import os
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +33,7 @@ from typing import Any, Literal, Sequence
 
 import numpy as np
 
+from ragkit._files import atomic_file
 from ragkit.encoders.cache import text_digests
 from ragkit.encoders.sentence import DEFAULT_MODEL, _fingerprint, get_encoder, resolve_model
 from ragkit.errors import ArtifactError, DataError, ParamError
@@ -210,10 +210,8 @@ class TokenCache:
         name = uuid.uuid4().hex
         for suffix, arr in ((".npy", np.asarray(tokens.data, np.float16)), (".offsets.npy", tokens.offsets),
                             (".keys.npy", digests)):
-            tmp = self.folder / f".{name}{suffix}.tmp"
-            with open(tmp, "wb") as f:
+            with atomic_file(self.folder / f"{name}{suffix}") as tmp, open(tmp, "wb") as f:
                 np.save(f, arr, allow_pickle=False)
-            os.replace(tmp, self.folder / f"{name}{suffix}")
         self._index = None
 
 
@@ -283,9 +281,7 @@ class TokenEncoder:
         """Encode without cache: one forward per batch of length-sorted texts."""
         import torch
 
-        m = self.model
-        if self.max_seq_length is not None:
-            m.max_seq_length = self.max_seq_length
+        m = self.model  # the shared model of this max_seq_length (Encoder.model)
         special = np.array(sorted(set(m.tokenizer.all_special_ids)), dtype=np.int64)
         order = np.argsort([-len(t) for t in texts], kind="stable")
         chunks: list[np.ndarray] = []
