@@ -184,11 +184,11 @@ class Sharded(Operator):
 
     Fitting builds one shard folder per slice of the corpus (Ray tasks with
     ``backend="ray"``); searching runs every shard on the query batch and merges the
-    rankings by score.  With exact per-shard search and a retriever whose scores do not
-    depend on corpus statistics (``dense``, ``muvera`` with exact search, ``maxsim_exact``)
-    the merged top-k equals the top-k of one index over the whole corpus.  ``bm25`` shards
-    score with their own shard's idf and average length, as Elasticsearch's default
-    ``query_then_fetch`` does: close to one index for large random shards, not equal.
+    rankings by score.  With exact per-shard search the merged top-k equals the top-k of one
+    index over the whole corpus: ``bm25`` shards are given the whole corpus's idf and average
+    document length after fitting (Elasticsearch's ``dfs_query_then_fetch``), and ``dense``,
+    ``muvera`` with exact search and ``maxsim_exact`` scores need no corpus statistics.  Other
+    retrievers that learn from their corpus (``knn_embed``'s clusters) are fitted per shard.
 
     Examples
     --------
@@ -260,6 +260,32 @@ class Sharded(Operator):
             for s, (sh, f) in enumerate(zip(shards, folders)):
                 _fit_shard(node, sh, f)
         self._load_shards(folders)
+        if self._share_collection():
+            for sh, f in zip(self.shards_, folders):  # the Ray actors load the shards from these folders
+                sh.save(f)
+
+    def _share_collection(self) -> bool:
+        """Give BM25 shards the whole corpus's idf and average length (as Elasticsearch's
+        ``dfs_query_then_fetch`` does), so that the merged ranking equals one index's.
+
+        Document frequencies are summed per term over the shards' vocabularies (one
+        ``np.unique`` over their concatenation); returns False for other retrievers."""
+        from ragkit.retrievers.bm25 import BM25
+
+        shards = self.shards_
+        if not shards or not all(isinstance(sh, BM25) for sh in shards):
+            return False
+        terms = [np.array(sorted(sh.vocab_, key=sh.vocab_.get), dtype=object) for sh in shards]
+        dfs = [np.bincount(sh.tf_.indices, minlength=len(t)) for sh, t in zip(shards, terms)]
+        lengths = np.concatenate([sh.doc_lengths() for sh in shards])  # corpus order, as one index sums them
+        uniq, inv = np.unique(np.concatenate(terms), return_inverse=True)
+        df = np.bincount(inv, weights=np.concatenate(dfs), minlength=len(uniq))
+        idf = shards[0].idf_of(df, len(lengths))
+        avgdl = float(lengths.mean()) if len(lengths) else 1.0
+        cuts = np.cumsum([0] + [len(t) for t in terms])
+        for sh, a, b in zip(shards, cuts[:-1], cuts[1:]):
+            sh.set_collection(idf[inv[a:b]], avgdl)
+        return True
 
     def _load_shards(self, folders: list[str]) -> None:
         from ragkit.operator import Operator

@@ -224,6 +224,7 @@ class BM25(Operator):
     # ------------------------------------------------------------------ indexing
     def _fit(self, corpus: Corpus, train: TrainSet | None, upstream: State | None) -> None:
         self._reset_cache()
+        self.collection_ = None
         self.vocab_: dict[str, int] = {}
         self.tf_ = self._count_matrix(self._texts(corpus), grow=True)
         self._weigh()
@@ -237,6 +238,9 @@ class BM25(Operator):
         self._check_fitted()
         if not isinstance(corpus, Corpus):
             raise TypeError(f"bm25.add expects a ragkit Corpus, got {type(corpus).__name__}")
+        if getattr(self, "collection_", None) is not None:
+            raise DataError("bm25.add: this index scores with collection statistics set from outside "
+                            "(set_collection, a shard of Sharded); refit the whole collection instead")
         dup = np.intersect1d(self.corpus_.ids.astype(str), corpus.ids.astype(str))
         if len(dup):
             raise DataError(f"bm25.add: {len(dup)} document ids are already indexed, e.g. {dup[0]!r}")
@@ -251,24 +255,49 @@ class BM25(Operator):
         self._weigh()
         return self
 
+    def idf_of(self, df: np.ndarray, n_docs: int) -> np.ndarray:
+        """idf of every term of a vocabulary, float64, from document frequencies ``df`` (one per
+        term) in a collection of ``n_docs`` documents (the variant's formula; see module docs)."""
+        df = np.asarray(df, dtype=np.float64)
+        if self.params.variant == "okapi":
+            idf = np.log(n_docs - df + 0.5) - np.log(df + 0.5)
+            eps = self.params.epsilon * idf.sum() / max(len(idf), 1)
+            return np.where(idf < 0, eps, idf)
+        return np.log1p((n_docs - df + 0.5) / (df + 0.5))
+
+    def doc_lengths(self) -> np.ndarray:
+        """Indexed tokens per document, float64 ``(n_docs,)``."""
+        return np.asarray(self.tf_.sum(axis=1), dtype=np.float64).ravel()
+
+    def set_collection(self, idf: np.ndarray, avgdl: float) -> None:
+        """Score with collection statistics given from outside: ``idf`` of each of this index's
+        terms (vocabulary order) and the average document length, e.g. those of a whole corpus
+        this index holds one shard of (:class:`~ragkit.scale.Sharded`), so that its scores equal
+        one index's over the whole corpus."""
+        self._check_fitted()
+        idf = np.asarray(idf, dtype=np.float64)
+        if idf.shape != (len(self.vocab_),) or not np.isfinite(idf).all() or not avgdl > 0:
+            raise DataError(f"bm25.set_collection: expected {len(self.vocab_)} finite idf values and avgdl > 0, "
+                            f"got idf of shape {idf.shape} and avgdl {avgdl!r}")
+        self.collection_ = {"idf": idf, "avgdl": float(avgdl)}
+        self._weigh()
+
     def _weigh(self) -> None:
-        """Precompute the per-(term, doc) BM25 weights from the stored term counts."""
+        """Precompute the per-(term, doc) BM25 weights from the stored term counts (and the
+        collection statistics of :meth:`set_collection`, when given)."""
         p = self.params
         tf = self.tf_
         n_docs = tf.shape[0]
         if tf.shape[1] != len(self.vocab_):
             tf = self.tf_ = sp.csr_matrix((tf.data, tf.indices, tf.indptr), shape=(n_docs, len(self.vocab_)))
-        dl = np.asarray(tf.sum(axis=1), dtype=np.float64).ravel()  # tokens per document
-        avgdl = dl.mean() if n_docs else 1.0
-        df = np.bincount(tf.indices, minlength=len(self.vocab_)).astype(np.float64)
-        if p.variant == "okapi":
-            idf = np.log(n_docs - df + 0.5) - np.log(df + 0.5)
-            eps = p.epsilon * idf.sum() / max(len(idf), 1)
-            idf = np.where(idf < 0, eps, idf)
-            num_scale = p.k1 + 1.0
+        dl = self.doc_lengths()
+        coll = getattr(self, "collection_", None)
+        if coll is not None:
+            idf, avgdl = coll["idf"], coll["avgdl"]
         else:
-            idf = np.log1p((n_docs - df + 0.5) / (df + 0.5))
-            num_scale = 1.0
+            avgdl = dl.mean() if n_docs else 1.0
+            idf = self.idf_of(np.bincount(tf.indices, minlength=len(self.vocab_)), n_docs)
+        num_scale = p.k1 + 1.0 if p.variant == "okapi" else 1.0
         t = tf.data.astype(np.float64)
         norm = p.k1 * (1 - p.b + p.b * np.repeat(dl, np.diff(tf.indptr)) / (avgdl or 1.0))
         with np.errstate(divide="ignore", invalid="ignore"):  # k1 = 0 and b = 1: 0/0 never happens (t >= 1)
@@ -325,6 +354,10 @@ class BM25(Operator):
         save_arrays(folder, tf_data=tf.data.astype(np.float32), tf_indices=tf.indices, tf_indptr=tf.indptr)
         terms = sorted(self.vocab_, key=self.vocab_.get)
         write_json(folder / "vocab.json", terms)
+        coll = getattr(self, "collection_", None)
+        if coll is not None:
+            save_arrays(folder, collection_idf=coll["idf"])
+            write_json(folder / "collection.json", {"avgdl": coll["avgdl"]})
 
     def _load(self, folder: Path, mmap: bool = False) -> None:
         from ragkit.errors import ArtifactError
@@ -339,4 +372,11 @@ class BM25(Operator):
         self._reset_cache()
         self.vocab_ = {t: i for i, t in enumerate(terms)}
         self.tf_ = sp.csr_matrix((data.astype(np.float64), ind, ptr), shape=(len(ptr) - 1, len(terms)))
+        self.collection_ = None
+        if (folder / "collection.json").is_file():
+            idf, avgdl = load_array(folder, "collection_idf"), read_json(folder / "collection.json").get("avgdl")
+            if idf.shape != (len(terms),) or not isinstance(avgdl, (int, float)):
+                raise ArtifactError(f"{folder}: collection statistics ({idf.shape[0]} idf values, avgdl {avgdl!r}) "
+                                    f"do not match the {len(terms)}-term vocabulary")
+            self.collection_ = {"idf": idf.astype(np.float64), "avgdl": float(avgdl)}
         self._weigh()

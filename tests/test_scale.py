@@ -43,6 +43,28 @@ def test_sharded_searches_the_rewritten_query_text(slice_data):
     assert [r.rows.tolist() for r in sharded.rankings] != [r.rows.tolist() for r in plain.rankings]
 
 
+@pytest.mark.parametrize("variant", ["lucene", "okapi"])
+def test_sharded_bm25_equals_one_index(slice_data, tmp_path, variant):
+    """Shards share the corpus's idf and average length, so the merge equals one index exactly."""
+    corpus, queries, _, _ = slice_data
+    single = BM25(k=10, variant=variant).fit(corpus).search(queries)
+    node = {"bm25": {"k": 10, "variant": variant}}
+    sharded = Sharded(retriever=node, n_shards=3, k=10, backend="local").fit(corpus)
+    for got in (sharded.search(queries), _saved(sharded, tmp_path).search(queries)):
+        for r1, r2 in zip(single.rankings, got.rankings):
+            np.testing.assert_array_equal(r1.rows, r2.rows)
+            np.testing.assert_allclose(r1.scores, r2.scores, rtol=1e-12)
+    with pytest.raises(Exception, match="collection statistics"):
+        sharded.shards_[0].add(corpus.subset(np.arange(1)))
+
+
+def _saved(op, tmp_path):
+    from ragkit.operator import Operator
+
+    op.save(tmp_path / "sharded")
+    return Operator.load(tmp_path / "sharded")
+
+
 def test_sharded_rejects_non_retriever():
     with pytest.raises(ParamError, match="sharded.retriever"):
         Sharded(retriever={"top_k": {}})
