@@ -2,11 +2,13 @@
 
 The LCEL chain is ``retriever | format_docs | prompt | llm | parser``: the retriever is a
 :class:`~ragkit.integrations.langchain.RagkitRetriever` over the fitted ragkit pipeline.
-The LLM is LangChain's fake chat model unless ``--llm local`` is given and
-``ragkit.generators`` provides a LangChain chat model.  The script also scores the
-retriever (``retriever.batch`` over the queries: one pipeline call) with nDCG@10.
+The LLM is LangChain's fake chat model, so the example runs offline and in the tests; put
+any LangChain chat model in its place (``make_llm``).  ragkit's own local LLM answers through
+the ``generate`` operator and ``ragkit ask`` instead (chunk KV-cache reuse needs the prompt's
+chunks, which a chat-model interface does not pass).  The script also scores the retriever
+(``retriever.batch`` over the queries: one pipeline call) with nDCG@10.
 
-    python examples/langchain_app.py [--data DIR] [--limit N] [--llm fake|local] [--json]
+    python examples/langchain_app.py [--data DIR] [--limit N] [--json]
 """
 
 from __future__ import annotations
@@ -36,30 +38,8 @@ def format_docs(docs) -> str:  # noqa: ANN001 - list[Document]
     )
 
 
-def local_chat_model():  # noqa: ANN201
-    """A LangChain chat model from ``ragkit.generators``, or ``None`` when it has none yet."""
-    import importlib
-    import inspect
-
-    from langchain_core.language_models import BaseChatModel
-
-    for mod_name in ("ragkit.generators", "ragkit.generators.langchain", "ragkit.integrations.langchain_llm"):
-        try:
-            mod = importlib.import_module(mod_name)
-        except ImportError:
-            continue
-        for obj in vars(mod).values():
-            if inspect.isclass(obj) and issubclass(obj, BaseChatModel) and obj is not BaseChatModel:
-                return obj()
-    return None
-
-
-def make_llm(kind: str):  # noqa: ANN201
-    if kind == "local":
-        llm = local_chat_model()
-        if llm is None:
-            raise SystemExit("--llm local: ragkit.generators exposes no LangChain chat model yet; use --llm fake")
-        return llm
+def make_llm():  # noqa: ANN201
+    """The chat model of the chain: LangChain's fake one (any ``BaseChatModel`` fits here)."""
     from langchain_core.language_models.fake_chat_models import FakeListChatModel
 
     return FakeListChatModel(responses=[
@@ -94,7 +74,6 @@ def main() -> dict:
     ap.add_argument("--limit", type=int, default=20,
                     help="First N queries and a corpus slice (their relevant documents plus the first 200); "
                          "default 20.")
-    ap.add_argument("--llm", choices=["fake", "local"], default="fake", help="Chat model (default: fake).")
     ap.add_argument("--ask", type=int, default=2, help="Questions sent through the full LCEL chain (default 2).")
     ap.add_argument("--json", action="store_true", help="Print the metrics as one JSON line.")
     args = ap.parse_args()
@@ -112,7 +91,7 @@ def main() -> dict:
     scores = evaluate(run, qrels, ["ndcg@10"]).scores
 
     # the RAG chain on a few questions
-    chain = make_chain(retriever.with_config(run_name="ragkit"), make_llm(args.llm))
+    chain = make_chain(retriever.with_config(run_name="ragkit"), make_llm())
     n_ask = min(args.ask, len(queries))
     answers = chain.batch(list(queries.texts[:n_ask]))
     if not args.json:
@@ -120,7 +99,7 @@ def main() -> dict:
             print(f"QUESTION: {q}\nANSWER: {a}\nSOURCES: " + ", ".join(
                 f"{d.id} ({'+'.join(d.metadata['operators'])}, {d.metadata['score']:.4f})" for d in ds[:3]) + "\n")
     out = {"example": "langchain_app", "queries": len(queries), "docs": len(corpus), **scores,
-           "answers": len(answers), "llm": args.llm, "fit_s": round(t_fit, 3), "search_s": round(t_search, 3)}
+           "answers": len(answers), "fit_s": round(t_fit, 3), "search_s": round(t_search, 3)}
     return emit(out, args, f"(fit {t_fit:.1f} s, retriever.batch {t_search:.2f} s)")
 
 
