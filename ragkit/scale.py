@@ -260,7 +260,7 @@ class Sharded(Operator):
             for s, (sh, f) in enumerate(zip(shards, folders)):
                 _fit_shard(node, sh, f)
         self._load_shards(folders)
-        if self._share_collection():
+        if self._share_collection() and self._use_ray():
             for sh, f in zip(self.shards_, folders):  # the Ray actors load the shards from these folders
                 sh.save(f)
 
