@@ -22,7 +22,7 @@ from ragkit.encoders.cache import EmbeddingCache
 from ragkit.encoders.custom import registered_encoder
 from ragkit.errors import ParamError
 
-__all__ = ["Encoder", "get_encoder", "resolve_model", "DEFAULT_MODEL"]
+__all__ = ["Encoder", "get_encoder", "resolve_model", "model_fingerprint", "DEFAULT_MODEL"]
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 _ALIASES = {"all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2"}
@@ -47,23 +47,30 @@ def resolve_model(model: str) -> str:
     return model
 
 
-def _fingerprint(path: str) -> str:
-    """Identity of a model folder: the content hash of its weights and config files.
+def model_fingerprint(path: str) -> str:
+    """Identity of a local model: the content hash of a folder's weight and config files, or
+    of one weights file (a GGUF); any other name (a hub id) is returned as it is.
 
     Content, not names or sizes: a fine-tuned copy of a model has the same file sizes but
-    must never share cached vectors with its base model.
+    must never share cached vectors (or KV caches) with its base model; a copied folder or file
+    keeps its caches.
     """
     p = Path(path)
-    if not p.is_dir():
+    if p.is_file():
+        files, tag = [p], "file"
+    elif p.is_dir():
+        files, tag = [f for f in sorted(p.rglob("*"))
+                      if f.is_file() and f.suffix in (".safetensors", ".bin", ".json", ".txt")], "st"
+    else:
         return path
     h = hashlib.sha1()
-    for f in sorted(p.rglob("*")):
-        if f.is_file() and f.suffix in (".safetensors", ".bin", ".json", ".txt"):
+    for f in files:
+        if tag == "st":
             h.update(str(f.relative_to(p)).encode())
-            with open(f, "rb") as fh:
-                for block in iter(lambda: fh.read(1 << 22), b""):
-                    h.update(block)
-    return f"st-{h.hexdigest()[:16]}"  # content only: a copied folder keeps its cached vectors
+        with open(f, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 22), b""):
+                h.update(block)
+    return f"{tag}-{h.hexdigest()[:16]}"
 
 
 class Encoder:
@@ -97,7 +104,7 @@ class Encoder:
         self.max_seq_length = max_seq_length
         self.device = device
         self.cache_enabled = cache
-        self.key = f"{_fingerprint(self.path)}|msl={max_seq_length}"
+        self.key = f"{model_fingerprint(self.path)}|msl={max_seq_length}"
         self._cache: EmbeddingCache | None = None
         #: texts encoded by :meth:`encode` (documents; not read from cache) since creation; queries are not counted
         self.n_encoded = 0

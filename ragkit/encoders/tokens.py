@@ -35,7 +35,7 @@ import numpy as np
 
 from ragkit._files import atomic_file
 from ragkit.encoders.cache import text_digests
-from ragkit.encoders.sentence import DEFAULT_MODEL, _fingerprint, get_encoder, resolve_model
+from ragkit.encoders.sentence import DEFAULT_MODEL, get_encoder, model_fingerprint, resolve_model
 from ragkit.errors import ArtifactError, DataError, ParamError
 
 __all__ = ["TokenVectors", "TokenEncoder", "TokenCache", "get_token_encoder", "gather_index"]
@@ -248,7 +248,7 @@ class TokenEncoder:
         self.max_seq_length = max_seq_length
         self.special_tokens = special_tokens
         self.cache_enabled = cache
-        self.key = f"{_fingerprint(self.path)}|tokens|msl={max_seq_length}|special={special_tokens}|l2"
+        self.key = f"{model_fingerprint(self.path)}|tokens|msl={max_seq_length}|special={special_tokens}|l2"
         self._cache: TokenCache | None = None
         #: texts actually encoded (not read from cache) since creation
         self.n_encoded = 0

@@ -59,7 +59,7 @@ import torch
 
 from ragkit.caches import ChunkKVCache, ChunkVariant, PrefixCache, compute_cci
 from ragkit.caches.chunk_kv import order_penalty, prefix_overlap
-from ragkit.encoders.sentence import _fingerprint
+from ragkit.encoders.sentence import model_fingerprint
 from ragkit.errors import ParamError
 
 __all__ = [
@@ -154,19 +154,15 @@ def _check_source(name: str, gguf: str | None) -> tuple[str, str | None]:
 def _model_fingerprint(name: str, gguf: str | None, model: torch.nn.Module) -> str:
     """Content identity of the loaded weights.
 
-    A GGUF file: the sha1 of its bytes; a model folder: :func:`ragkit.encoders.sentence._fingerprint`
+    A GGUF file or a model folder: :func:`ragkit.encoders.sentence.model_fingerprint`
     (content of its weight and config files); a Hugging Face id: the id, the downloaded
     revision and the config.  Names and sizes are not enough: two checkpoints of one run
     have the same folder name, config and file sizes.
     """
     if gguf is not None and os.path.isfile(os.path.join(name, gguf)):
-        h = hashlib.sha1()
-        with open(os.path.join(name, gguf), "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 22), b""):
-                h.update(block)
-        return f"gguf-{h.hexdigest()[:16]}"
+        return model_fingerprint(os.path.join(name, gguf))
     if os.path.isdir(name):
-        return _fingerprint(name)
+        return model_fingerprint(name)
     cfg = model.config
     ident = {k: getattr(cfg, k, None) for k in (
         "model_type", "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "head_dim",
