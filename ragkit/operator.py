@@ -356,17 +356,36 @@ def topk_rows(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     if k < n:
         part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
         vals = np.take_along_axis(scores, part, axis=1)
-        tied = np.flatnonzero((scores >= vals.min(1)[:, None]).sum(1) > k)
-        if len(tied):
-            sub = scores[tied]
-            part[tied] = np.argsort(-sub, axis=1, kind="stable")[:, :k]
-            vals[tied] = np.take_along_axis(sub, part[tied], axis=1)
+        fix_cut_ties(scores, vals, part, k)
     else:
         part = np.broadcast_to(np.arange(n), (n_q, n)).copy()
         vals = np.take_along_axis(scores, part, axis=1)
     order = desc_order(vals, part)
     rows = np.take_along_axis(part, order, axis=1).astype(np.int64)
     return rows, np.take_along_axis(vals, order, axis=1).astype(np.float32)
+
+
+def fix_cut_ties(scores: np.ndarray, vals: np.ndarray, cols: np.ndarray, k: int) -> None:
+    """Make a partial top-``k`` deterministic at the cut, in place.
+
+    ``vals`` / ``cols`` ``(n_q, k)`` are the ``k`` largest entries of each row of ``scores``
+    ``(n_q, m)`` as ``argpartition`` or ``torch.topk`` pick them: any few of the entries tied with
+    the k-th score.  One comparison pass finds the rows where such a tie straddles the cut; only
+    those are re-picked: every entry above the k-th score, then the tied ones from the lowest
+    column (a cumulative count, no sort), in chunks of rows bounding the ``(rows, m)``
+    temporaries.  Re-picked rows hold their columns ascending.
+    """
+    kth = vals.min(axis=1, keepdims=True)
+    tied = np.flatnonzero(np.count_nonzero(scores >= kth, axis=1) > k)
+    step = max(1, (1 << 22) // max(scores.shape[1], 1))
+    for a in range(0, len(tied), step):  # chunks of tied rows: (rows, m) temporaries <= ~4M cells
+        rows = tied[a: a + step]
+        sub, v = scores[rows], kth[rows]
+        gt, eq = sub > v, sub == v
+        room = k - np.count_nonzero(gt, axis=1)[:, None]
+        take = gt | (eq & (np.cumsum(eq, axis=1, dtype=np.int32) <= room))
+        cols[rows] = np.nonzero(take)[1].reshape(len(rows), k)  # exactly k per row, ascending columns
+        vals[rows] = np.take_along_axis(sub, cols[rows], axis=1)
 
 
 def desc_order(scores: np.ndarray, rows: np.ndarray) -> np.ndarray:

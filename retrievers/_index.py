@@ -77,7 +77,7 @@ import numpy as np
 
 from ragkit._files import atomic_file
 from ragkit.errors import ArtifactError, DataError, ParamError
-from ragkit.operator import desc_order
+from ragkit.operator import desc_order, fix_cut_ties
 from ragkit.retrievers._locality import insertion_order
 
 __all__ = ["VectorIndex", "EXACT_MAX", "parse_reduce", "resident_bytes"]
@@ -126,28 +126,15 @@ def _block_topk(s: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
 
     Returns ``(scores float32 (n_q, k), columns int64 (n_q, k))``, unordered.  ``torch.topk`` picks
     the ``k`` largest (multi-threaded, ~3x numpy's ``argpartition``) but keeps an arbitrary few of
-    the entries tied with the k-th score; one comparison pass finds the rows where such a tie
-    straddles the cut, and only those are re-picked: every entry above the k-th score, then the
-    tied ones from the lowest column (in chunks of rows bounding the ``(rows, m)`` temporaries).
+    the entries tied with the k-th score; :func:`~ragkit.operator.fix_cut_ties` re-picks the rows
+    where such a tie straddles the cut.
     """
     import torch
 
     s = np.ascontiguousarray(s, dtype=np.float32)
     top_t, part_t = torch.topk(torch.from_numpy(s), k, dim=1, sorted=False)
     top, part = top_t.numpy(), part_t.numpy()
-    kth = top.min(axis=1, keepdims=True)
-    tied = np.flatnonzero(np.count_nonzero(s >= kth, axis=1) > k)  # numpy: ~10x torch's bool count here
-    if len(tied):
-        step = max(1, (1 << 22) // s.shape[1])
-        for a in range(0, len(tied), step):  # chunks of tied rows: (rows, m) temporaries <= ~4M cells
-            rows = tied[a: a + step]
-            sub, v = s[rows], kth[rows]
-            gt, eq = sub > v, sub == v
-            room = k - np.count_nonzero(gt, axis=1)[:, None]
-            take = gt | (eq & (np.cumsum(eq, axis=1, dtype=np.int32) <= room))
-            cols = np.nonzero(take)[1].reshape(len(rows), k)  # exactly k per row, ascending columns
-            part[rows] = cols
-            top[rows] = np.take_along_axis(sub, cols, axis=1)
+    fix_cut_ties(s, top, part, k)
     return top, part.astype(np.int64, copy=False)
 
 
