@@ -275,7 +275,7 @@ class Sharded(Operator):
         shards = self.shards_
         if not shards or not all(isinstance(sh, BM25) for sh in shards):
             return False
-        terms = [np.array(sorted(sh.vocab_, key=sh.vocab_.get), dtype=object) for sh in shards]
+        terms = [np.array(sh.terms(), dtype=object) for sh in shards]
         dfs = [np.bincount(sh.tf_.indices, minlength=len(t)) for sh, t in zip(shards, terms)]
         lengths = np.concatenate([sh.doc_lengths() for sh in shards])  # corpus order, as one index sums them
         uniq, inv = np.unique(np.concatenate(terms), return_inverse=True)

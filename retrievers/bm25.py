@@ -265,6 +265,10 @@ class BM25(Operator):
             return np.where(idf < 0, eps, idf)
         return np.log1p((n_docs - df + 0.5) / (df + 0.5))
 
+    def terms(self) -> list[str]:
+        """The indexed terms in vocabulary (column) order."""
+        return sorted(self.vocab_, key=self.vocab_.get)
+
     def doc_lengths(self) -> np.ndarray:
         """Indexed tokens per document, float64 ``(n_docs,)``."""
         return np.asarray(self.tf_.sum(axis=1), dtype=np.float64).ravel()
@@ -352,8 +356,7 @@ class BM25(Operator):
     def _save(self, folder: Path) -> None:
         tf = self.tf_
         save_arrays(folder, tf_data=tf.data.astype(np.float32), tf_indices=tf.indices, tf_indptr=tf.indptr)
-        terms = sorted(self.vocab_, key=self.vocab_.get)
-        write_json(folder / "vocab.json", terms)
+        write_json(folder / "vocab.json", self.terms())
         coll = getattr(self, "collection_", None)
         if coll is not None:
             save_arrays(folder, collection_idf=coll["idf"])
