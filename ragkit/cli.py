@@ -14,6 +14,7 @@ import json
 import os
 import platform
 import sys
+import tempfile
 import time
 from datetime import date
 from pathlib import Path
@@ -82,8 +83,26 @@ def _prepare_output(path: Optional[Path], option: str, example: str) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise RagkitError(f"{option} {path}: cannot create its folder {path.parent}: {e.strerror or e}") from None
-    if not os.access(path.parent, os.W_OK):
-        raise RagkitError(f"{option} {path}: cannot write into the folder {path.parent} (permission denied)")
+    try:  # a real write: os.access says yes to root on read-only file systems
+        fd, probe = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".probe")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise RagkitError(f"{option} {path}: cannot write into the folder {path.parent}: {e.strerror or e}") from None
+
+
+def _check_same_corpus(fitted: Any, corpus: Any, pipeline: str, data: str) -> None:
+    """A saved pipeline answers from the corpus it was fitted on: refuse to score it against
+    another dataset's judgements (its rankings would name documents they do not describe)."""
+    import numpy as np
+
+    a, b = np.asarray(fitted.ids, dtype=str), np.asarray(corpus.ids, dtype=str)
+    if len(a) == len(b) and np.array_equal(a, b):
+        return
+    diff = "" if len(a) != len(b) else f" (first difference at document {int(np.argmax(a != b))})"
+    raise RagkitError(f"--pipeline {pipeline}: fitted on a corpus of {len(a):,} documents, but --data {data} has "
+                      f"{len(b):,} documents with other ids{diff}; pass the pipeline's YAML to fit it on this "
+                      "dataset, or the folder saved for this dataset")
 
 
 def _fail(e: Exception) -> None:
@@ -127,12 +146,21 @@ def eval_cmd(
     try:
         if train_split is not None and train_split == split:
             raise RagkitError(f"--train-split {train_split!r} equals the evaluated split; "
-                              "training on test data is refused")
+                              "training on the evaluated queries is refused")
+        if train_split == "test":
+            raise RagkitError("--train-split test: learning from the test split is refused; use the train split")
         _prepare_output(output, "--output", "results.json")
         _prepare_output(run_file, "--run", "run.trec")
         pipe, loaded = resolve_pipeline(pipeline)
+        if loaded and (train_split is not None or backend != "local"):
+            given = " and ".join(f"{o} {v!r}" for o, v in (("--train-split", train_split), ("--backend", backend))
+                                 if v is not None and (o != "--backend" or v != "local"))
+            raise RagkitError(f"--pipeline {pipeline}: a saved, fitted pipeline is evaluated as it is, so {given} "
+                              "would be ignored; pass a pipeline YAML file to fit (and learn) here")
         t0 = time.perf_counter()
         ds = load_beir(data)
+        if loaded:
+            _check_same_corpus(pipe.corpus_, ds.corpus, pipeline, data)
         queries, qrels = ds.queries(split), ds.qrels(split)
         train = ds.train_set(train_split) if train_split else None
         t_load = time.perf_counter() - t0
@@ -169,21 +197,34 @@ def eval_cmd(
         from ragkit.pipelines.trace import trace_table
 
         console.print(trace_table(run.trace))
-    if output is not None:
-        payload: dict[str, Any] = {
+    try:
+        _write_outputs(output, run_file, run, {
             "dataset": ds.name, "split": split, "pipeline": pipe.to_yaml(), "n_queries": len(queries),
             "metrics": result.scores, "per_query": result.per_query,
             "timings": {"load_s": t_load, "fit_s": t_fit, "search_s": run.seconds, "total_s": total,
                         "documents_encoded": encoded},
             "machine": {"platform": platform.platform(), "python": sys.version.split()[0], "cpus": os.cpu_count()},
             "date": date.today().isoformat(),
-        }
-        with atomic_file(output) as tmp:
-            tmp.write_text(json.dumps(payload, indent=2), encoding="utf-8")
-        console.print(f"wrote {output}")
-    if run_file is not None:
-        run.write_trec(run_file)  # a temporary file in the same folder, renamed into place
-        console.print(f"wrote {run_file}")
+        })
+    except RagkitError as e:
+        _fail(e)
+
+
+def _write_outputs(output: Optional[Path], run_file: Optional[Path], run: Any, payload: dict[str, Any]) -> None:
+    """Write ``ragkit eval``'s JSON and TREC run file, each atomically; a failed write is a
+    :class:`RagkitError` naming the option and the path."""
+    for option, path in (("--output", output), ("--run", run_file)):
+        if path is None:
+            continue
+        try:
+            if option == "--output":
+                with atomic_file(path) as tmp:
+                    tmp.write_text(json.dumps(payload, indent=2), encoding="utf-8")
+            else:
+                run.write_trec(path)  # a temporary file in the same folder, renamed into place
+        except OSError as e:
+            raise RagkitError(f"{option} {path}: could not be written: {e.strerror or e}") from None
+        console.print(f"wrote {path}")
 
 
 #: Judged queries ``ragkit train``'s held-out report needs: one in five is held out.

@@ -18,7 +18,22 @@ from ragkit._files import atomic_file
 from ragkit.errors import DataError
 from ragkit.types import Ranking, TraceEvent
 
-__all__ = ["Run"]
+__all__ = ["Run", "trec_order"]
+
+
+def trec_order(docs: Mapping[str, float]) -> list[tuple[str, float]]:
+    """trec_eval's ranking of one query's ``{doc_id: score}``: score descending, compared in
+    float32 as trec_eval stores run scores, ties by document id descending."""
+    return sorted(sorted(docs.items(), reverse=True), key=lambda kv: -np.float32(kv[1]))
+
+
+def _check_unique(qid: str, docs: np.ndarray, where: str) -> None:
+    """trec_eval refuses a document retrieved twice for one query: so does ragkit."""
+    if len(docs) > 1 and len(set(docs.tolist())) != len(docs):
+        seen: set[str] = set()
+        dup = next(d for d in docs.tolist() if d in seen or seen.add(d))
+        raise DataError(f"{where}: query {qid!r} retrieves document {dup!r} more than once; expected each "
+                        "document at most once per query (trec_eval refuses duplicates)")
 
 
 @dataclass
@@ -58,10 +73,11 @@ class Run:
 
     @classmethod
     def from_dict(cls, run: Mapping[str, Mapping[str, float]]) -> "Run":
-        """From ``{qid: {doc_id: score}}`` (sorted by score, ties by doc id)."""
+        """From ``{qid: {doc_id: score}}``, in trec_eval's order (:func:`trec_order`), so that
+        :meth:`head` keeps what trec_eval's cut-offs keep."""
         qids, docs, scores = [], [], []
         for q, d in run.items():
-            items = sorted(d.items(), key=lambda kv: (-kv[1], kv[0]))
+            items = trec_order(d)
             qids.append(str(q))
             docs.append(np.array([i for i, _ in items], dtype=object))
             scores.append(np.array([s for _, s in items], dtype=np.float32))
@@ -78,9 +94,11 @@ class Run:
         return f"Run({len(self)} queries, up to {depth} docs each)"
 
     def to_dict(self, k: int | None = None) -> dict[str, dict[str, float]]:
-        """``{qid: {doc_id: score}}``, optionally cut to the top ``k``."""
+        """``{qid: {doc_id: score}}``, optionally cut to the top ``k``; a document twice in one
+        query's list is a :class:`DataError`."""
         out: dict[str, dict[str, float]] = {}
         for q, d, s in self:
+            _check_unique(q, d, "Run")
             d, s = (d[:k], s[:k]) if k is not None else (d, s)
             out[q] = dict(zip(d.tolist(), s.astype(float).tolist()))
         return out
@@ -94,11 +112,12 @@ class Run:
         )
 
     def write_trec(self, path: str | Path, tag: str = "ragkit") -> None:
-        """Write a TREC run file ``qid Q0 docid rank score tag`` (rank from 1)."""
+        """Write a TREC run file ``qid Q0 docid rank score tag`` (rank from 1; scores with 9
+        significant digits, which round-trip float32, so no two scores become a tie)."""
         path = Path(path)
         with atomic_file(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
             for q, d, s in self:
-                f.writelines(f"{q} Q0 {doc} {r} {score:.6f} {tag}\n" for r, (doc, score) in enumerate(zip(d, s), 1))
+                f.writelines(f"{q} Q0 {doc} {r} {score:.9g} {tag}\n" for r, (doc, score) in enumerate(zip(d, s), 1))
 
     @classmethod
     def read_trec(cls, path: str | Path) -> "Run":
@@ -117,5 +136,9 @@ class Run:
                     score = float(parts[4])
                 except ValueError:
                     raise DataError(f"{path}:{n}: score {parts[4]!r} is not a number") from None
-                run.setdefault(parts[0], {})[parts[2]] = score
+                docs = run.setdefault(parts[0], {})
+                if parts[2] in docs:
+                    raise DataError(f"{path}:{n}: document {parts[2]!r} appears twice for query {parts[0]!r}; "
+                                    "expected each document at most once per query (trec_eval refuses duplicates)")
+                docs[parts[2]] = score
         return cls.from_dict(run)

@@ -235,7 +235,7 @@ def test_trec_roundtrip(tmp_path):
     run = Run.from_dict(RUN_HAND)
     run.write_trec(tmp_path / "run.trec", tag="test")
     lines = (tmp_path / "run.trec").read_text().splitlines()
-    assert lines[0] == "q1 Q0 d2 1 0.900000 test" and len(lines) == 7
+    assert lines[0] == "q1 Q0 d2 1 0.899999976 test" and len(lines) == 7  # float32 0.9, 9 digits
     back = Run.read_trec(tmp_path / "run.trec")
     assert back.query_ids == run.query_ids
     for a, b in zip(back.doc_ids, run.doc_ids):
@@ -252,6 +252,71 @@ def test_trec_malformed_lines(tmp_path, line, match):
     (tmp_path / "run.trec").write_text(f"q1 Q0 d2 1 0.9 t\n{line}\n")
     with pytest.raises(DataError, match=match):
         Run.read_trec(tmp_path / "run.trec")
+
+
+def test_trec_file_keeps_distinct_float32_scores_apart(tmp_path):
+    """Scores that differ in float32 stay different in the file: a 6-decimal file made them a
+    tie that trec_eval re-orders by document id, so the file scored differently from the run."""
+    run = Run(["q"], [np.array(["a", "b"], dtype=object)], [np.array([0.8234563, 0.8234561], np.float32)])
+    run.write_trec(tmp_path / "run.trec")
+    back = Run.read_trec(tmp_path / "run.trec")
+    qrels = {"q": {"a": 1}}
+    assert evaluate(back, qrels, ["p@1", "mrr@10"]).scores == evaluate(run, qrels, ["p@1", "mrr@10"]).scores == {
+        "p@1": 1.0, "mrr@10": 1.0}
+    np.testing.assert_array_equal(back.scores[0], run.scores[0])
+
+
+def test_a_document_twice_in_one_query_is_refused(tmp_path):
+    """trec_eval refuses duplicate documents; ragkit did not and kept the last (lowest) score."""
+    (tmp_path / "run.trec").write_text("q Q0 a 1 3.0 t\nq Q0 b 2 2.0 t\nq Q0 a 3 1.0 t\n")
+    with pytest.raises(DataError, match=r"run\.trec:3: document 'a' appears twice for query 'q'"):
+        Run.read_trec(tmp_path / "run.trec")
+    run = Run(["q"], [np.array(["a", "b", "a"], dtype=object)], [np.array([3, 2, 1], np.float32)])
+    with pytest.raises(DataError, match="query 'q' retrieves document 'a' more than once"):
+        evaluate(run, {"q": {"a": 1}}, ["p@1"])
+
+
+def test_a_run_from_a_dict_is_in_trec_eval_order_so_its_head_is_trec_eval_cut():
+    """Ties by document id descending, scores compared in float32: cutting the run keeps what
+    trec_eval's own cut-offs keep (the reverse order made p@1 of run.head(1) differ from p@1)."""
+    from ragkit.eval import subtopic_recall
+
+    d = {"q": {"a": 1.0, "b": 1.0, "c": 0.5}}
+    run, qrels = Run.from_dict(d), {"q": {"b": 1}}
+    assert run.doc_ids[0].tolist() == ["b", "a", "c"]
+    assert evaluate(run.head(1), qrels, ["p@1"])["p@1"] == evaluate(run, qrels, ["p@1"])["p@1"] == 1.0
+    assert subtopic_recall(run, {"q": {"b": ["t1"]}}, 1) == {"q": 1.0}
+    # 1 + 1e-9 and 1.0 are one float32: a tie, broken by id (b before a), for MRR@1 as for P@1
+    near = {"q": {"a": 1.0 + 1e-9, "b": 1.0}}
+    res = evaluate(near, {"q": {"a": 1}}, ["mrr@1", "mrr@10", "p@1"]).scores
+    assert res == {"mrr@1": 0.0, "mrr@10": 0.5, "p@1": 0.0}
+
+
+def test_queries_with_empty_judgements_are_not_judged_queries():
+    """pytrec_eval drops a query whose judgement dict is empty; evaluate says so when all are."""
+    from ragkit.eval import per_query_ndcg
+    from ragkit.types import Ranking, State
+
+    res = evaluate({"q1": {"a": 1.0}, "q2": {"a": 1.0}}, {"q1": {"a": 1}, "q2": {}}, "ndcg@10")
+    assert set(res.per_query["ndcg@10"]) == {"q1"} and res["ndcg@10"] == 1.0
+    with pytest.raises(DataError, match="every one of the 1 queries of the qrels has an empty judgement list"):
+        evaluate({"q1": {"a": 1.0}}, {"q1": {}}, ["ndcg@10"])
+    state = State(["x", "y"], ["q1", "q2"], rankings=[Ranking([0], [1.0]), Ranking([0], [1.0])])
+    np.testing.assert_array_equal(per_query_ndcg(state, {"q1": {"a": 1}, "q2": {}}, np.array(["a"], dtype=object)),
+                                  [1.0])
+
+
+def test_per_query_ndcg_is_what_evaluate_reports_when_ties_straddle_the_cut():
+    """The learners maximise per_query_ndcg: it cut the run in ragkit's order (lower row first)
+    before trec_eval re-sorted it (higher id first), and gave 0 where evaluate gives 1."""
+    from ragkit.eval import per_query_ndcg
+    from ragkit.types import Ranking, State
+
+    ids = np.array(["a", "b", "c"], dtype=object)
+    rankings = [Ranking([0, 1, 2], [1.0, 1.0, 1.0])]
+    qrels = {"q": {"c": 1}}
+    got = per_query_ndcg(State(["x"], ["q"], rankings=rankings), qrels, ids, k=1)
+    assert got.tolist() == [evaluate(Run.from_rankings(["q"], rankings, ids), qrels, ["ndcg@1"])["ndcg@1"]] == [1.0]
 
 
 def test_trec_missing_file(tmp_path):

@@ -758,6 +758,23 @@ def test_cli_pipeline_accepts_an_operator_save_folder(tmp_path):
     assert res.exit_code == 2 and "structural key of pipeline YAML" in res.output
 
 
+def test_cli_eval_refuses_what_a_saved_pipeline_would_ignore_or_get_wrong(tmp_path):
+    """A saved pipeline answers from its own corpus: scoring it on another dataset's qrels is
+    refused, as are options it would ignore (--train-split, --backend), before any search."""
+    data = _toy_beir(tmp_path / "beir")
+    BM25(k=5).fit(_toy_corpus()).save(tmp_path / "op")
+    other = _toy_corpus().subset(np.arange(5))
+    BM25(k=5).fit(other).save(tmp_path / "small")
+    res = _cli("eval", "--data", data, "-p", tmp_path / "small")
+    assert res.exit_code == 2 and "fitted on a corpus of 5 documents, but --data" in res.output, res.output
+    assert "ndcg" not in res.output
+    for extra in (["--train-split", "train"], ["--backend", "ray"]):
+        res = _cli("eval", "--data", data, "-p", tmp_path / "op", *extra)
+        assert res.exit_code == 2 and f"{extra[0]} {extra[1]!r} would be ignored" in res.output, res.output
+    res = _cli("eval", "--data", data, "-p", "bm25", "--split", "train", "--train-split", "test")
+    assert res.exit_code == 2 and "--train-split test: learning from the test split is refused" in res.output
+
+
 def test_cli_train_report_on_a_split_too_small_to_hold_out(tmp_path):
     """4 judged queries: the default report is skipped with a note; an explicit --report is refused up front."""
     data = _toy_beir(tmp_path / "beir")

@@ -18,7 +18,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from ragkit.errors import DataError
-from ragkit.run import Run
+from ragkit.run import Run, trec_order
 from ragkit.types import Qrels, Ranking, State
 
 __all__ = ["evaluate", "EvalResult", "parse_metric", "paired_randomization_test", "per_query_ndcg"]
@@ -66,7 +66,7 @@ def _clean_run(run: Run | Mapping[str, Mapping[str, float]], ignore_identical_id
 
 
 def evaluate(
-    run: Run | Mapping[str, Mapping[str, float]], qrels: Qrels, metrics: Sequence[str] = DEFAULT_METRICS,
+    run: Run | Mapping[str, Mapping[str, float]], qrels: Qrels, metrics: str | Sequence[str] = DEFAULT_METRICS,
     *, ignore_identical_ids: bool = True,
 ) -> EvalResult:
     """Score a run against judgements.
@@ -75,19 +75,23 @@ def evaluate(
     ----------
     run : Run or dict ``{qid: {doc_id: score}}``
     qrels : dict ``{qid: {doc_id: relevance}}``
-    metrics : list of str
+    metrics : str or list of str
         ``ndcg@k``, ``recall@k``, ``map@k``, ``mrr@k``, ``p@k``.
 
     Queries in the qrels that the run lacks count as 0 (trec_eval's ``-c``), as is
-    standard when reporting BEIR numbers; queries the qrels lack are skipped.
+    standard when reporting BEIR numbers; queries the qrels lack, or hold with no judged
+    document, are skipped (as pytrec_eval does).  A document listed twice for one query is a
+    :class:`DataError`, as in trec_eval.
     """
     import pytrec_eval
 
-    parsed = [(m, *parse_metric(m)) for m in metrics]
-    if not qrels:
-        raise DataError("evaluate: qrels are empty")
+    parsed = [(m, *parse_metric(m)) for m in ([metrics] if isinstance(metrics, str) else metrics)]
+    # a query whose judgement dict is empty is no judged query (pytrec_eval drops it)
+    judged = {q: {doc: int(r) for doc, r in rel.items()} for q, rel in qrels.items() if rel}
+    if not judged:
+        raise DataError(f"evaluate: every one of the {len(qrels)} queries of the qrels has an empty judgement list"
+                        if qrels else "evaluate: qrels are empty")
     d = _clean_run(run, ignore_identical_ids)
-    judged = {q: {doc: int(r) for doc, r in rel.items()} for q, rel in qrels.items()}
     d_full = {q: d.get(q, {}) for q in judged}
     # pytrec_eval drops queries with an empty run; give them a dummy non-relevant doc so they count as 0
     d_full = {q: (docs if docs else {"__ragkit_none__": 0.0}) for q, docs in d_full.items()}
@@ -102,7 +106,7 @@ def evaluate(
     res = evaluator.evaluate(d_full)
     for name, fam, k in parsed:
         if fam == "mrr":  # MRR@k: reciprocal rank within the top k (BEIR's evaluate_custom)
-            cut = {q: dict(_trec_order(docs)[:k]) for q, docs in d_full.items()}
+            cut = {q: dict(trec_order(docs)[:k]) for q, docs in d_full.items()}
             rr = pytrec_eval.RelevanceEvaluator(judged, {"recip_rank"}).evaluate(cut)
             per_query[name] = {q: float(v["recip_rank"]) for q, v in rr.items()}
         else:
@@ -110,11 +114,6 @@ def evaluate(
             per_query[name] = {q: float(v[key]) for q, v in res.items()}
     scores = {name: float(np.mean(list(v.values()))) if v else 0.0 for name, v in per_query.items()}
     return EvalResult(scores=scores, per_query=per_query)
-
-
-def _trec_order(docs: Mapping[str, float]) -> list[tuple[str, float]]:
-    """trec_eval's ranking of a run: score descending, ties by document id descending."""
-    return sorted(sorted(docs.items(), reverse=True), key=lambda kv: -kv[1])
 
 
 def paired_randomization_test(a: Mapping[str, float], b: Mapping[str, float], *, n_resamples: int = 10000,
@@ -141,10 +140,12 @@ def per_query_ndcg(state: State, qrels: Qrels, corpus_ids: np.ndarray, k: int = 
     In state order, queries without judgements skipped: ``(n_judged,)`` float64.  What the
     learners (fusion weights, routers, loop judges) maximise and what traces report per step.
     """
-    qids = [q for q in state.query_ids if q in qrels]
+    qids = [q for q in state.query_ids if qrels.get(q)]
     if not qids:
         return np.zeros(0, np.float64)
     rankings = state.rankings if state.rankings is not None else [Ranking.empty() for _ in state.query_ids]
     run = Run.from_rankings(state.query_ids, rankings, corpus_ids)
-    pq = evaluate(run.head(k), {q: qrels[q] for q in qids}, [f"ndcg@{k}"]).per_query[f"ndcg@{k}"]
+    # the whole run: trec_eval's ndcg_cut makes the cut itself, in its own order (ties by doc id),
+    # so what the learners maximise is what evaluate reports
+    pq = evaluate(run, {q: qrels[q] for q in qids}, [f"ndcg@{k}"]).per_query[f"ndcg@{k}"]
     return np.array([pq[q] for q in qids], dtype=np.float64)
