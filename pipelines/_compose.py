@@ -19,7 +19,7 @@ import numpy as np
 from ragkit.errors import NotFittedError, ParamError
 from ragkit.operator import Operator
 from ragkit.params import Params
-from ragkit.types import Corpus, Queries, Ranking, State, TraceEvent, TrainSet
+from ragkit.types import QUERY_REWRITES, Corpus, Queries, Ranking, State, TraceEvent, TrainSet
 
 if TYPE_CHECKING:
     from ragkit.run import Run
@@ -419,8 +419,8 @@ class Parallel(Composite):
 
         Query vectors computed by a branch are shared with the later branches and kept,
         unless the branch rewrote the query text (``values["query_text"]``); branch
-        scratch values are kept (first branch wins), except a rewritten query text,
-        which stays inside its branch.
+        scratch values are kept (first branch wins), except a rewritten query text
+        (:data:`~ragkit.types.QUERY_REWRITES`), which stays inside its branch.
         """
         here = f"{path}.parallel" if path else "parallel"
         qtext = state.values.get("query_text")
@@ -438,7 +438,7 @@ class Parallel(Composite):
         merged.vectors = shared
         for o in outs:
             for key, vals in o.values.items():
-                if key != "query_text":
+                if key not in QUERY_REWRITES:
                     merged.values.setdefault(key, vals)
         merged.branches = [(n, o.rankings if o.rankings is not None else [Ranking.empty() for _ in range(len(state))])
                            for n, o in zip(self.names, outs)]
@@ -546,9 +546,10 @@ class Route(Composite):
             branch, where = self._branch_for(lab, here)
             parts.append((idx, run_step(branch, labelled.subset(idx), where)))
         out = merge_parts(labelled, parts)
-        qtext = out.values.get("query_text")
-        if qtext is not None and any(t is None for t in qtext):  # rewritten in some branches only
-            out.values["query_text"] = [q if t is None else t for q, t in zip(out.queries, qtext)]
+        for key in QUERY_REWRITES:
+            qtext = out.values.get(key)
+            if qtext is not None and any(t is None for t in qtext):  # rewritten in some branches only
+                out.values[key] = [q if t is None else t for q, t in zip(out.texts(), qtext)]
         out.values["route"] = labels
         out.values.pop("label", None)
         return out
@@ -611,14 +612,20 @@ class Loop(Composite):
         Each iteration's body and judge steps appear in the trace under
         ``<path>.loop.body`` / ``<path>.loop.until`` with the number of queries still
         active.  Scratch values whose key starts with ``_`` (a judge's memory, such as
-        the previous top-k) are removed when the loop ends, so a second loop starts fresh.
+        the previous top-k) belong to one loop: those coming in (an enclosing loop's judge)
+        are set aside while this loop runs and given back when it ends, and this loop's own
+        are removed, so nested or successive loops never read each other's memory.
         """
         here = f"{path}.loop" if path else "loop"
         n = len(state)
-        before = set(state.values)
+        outer = {k: v for k, v in state.values.items() if k.startswith("_")}
         iters = np.zeros(n, np.int64)
         active = np.arange(n)
         current = state
+        if outer:
+            current = state.copy()
+            for key in outer:
+                del current.values[key]
         for it in range(self.max_iters):
             if not len(active):
                 break
@@ -635,8 +642,9 @@ class Loop(Composite):
             active = active[~done]
         if current is state:
             current = state.copy()
-        for key in [k for k in current.values if k.startswith("_") and k not in before]:
+        for key in [k for k in current.values if k.startswith("_")]:
             del current.values[key]
+        current.values.update(outer)
         current.values["iterations"] = iters.tolist()
         return current
 

@@ -117,6 +117,8 @@ class _Fuser(Operator):
         return bool(self.params.learn)  # type: ignore[attr-defined]
 
     def _fit(self, corpus, train, upstream) -> None:
+        for attr in ("weights_", "option_", "learned_"):  # a refit re-learns, or forgets what it learned
+            self.__dict__.pop(attr, None)
         if not self.params.learn or train is None:  # type: ignore[attr-defined]
             return
         if upstream is None or not upstream.branches:
@@ -242,7 +244,8 @@ class WeightedFusion(_Fuser):
 
     ``score(d) = sum_b w_b * norm_b(s_b(d))``; a branch that did not retrieve ``d``
     contributes 0.  ``minmax`` maps each branch's list to [0, 1]; ``zscore`` subtracts
-    the list mean and divides by its standard deviation.
+    the list mean and divides by its standard deviation.  A non-finite score (NaN, ±inf)
+    counts as missing: it contributes 0 and takes no part in its list's normalisation.
     """
 
     name = "weighted"
@@ -265,25 +268,28 @@ class WeightedFusion(_Fuser):
         return getattr(self, "option_", {}).get("norm", self.params.norm)
 
     def _contributions(self, flat, w, n_q):
-        s = flat["score"]
+        raw = flat["score"]
         norm = self.norm
         if norm == "learn":
             raise ParamError("weighted: norm='learn' but nothing was learned; fit the pipeline with "
                              "fit(corpus, train=...) first")
+        finite = np.isfinite(raw)
+        s = np.where(finite, raw, 0.0)  # non-finite scores are missing: they neither count nor normalise
         if norm == "none" or len(s) == 0:
             return w[flat["branch"]] * s
         seg = flat["branch"] * n_q + flat["q"]  # contiguous segments: flat is ordered by (branch, q)
         starts = np.flatnonzero(np.r_[True, seg[1:] != seg[:-1]])
         counts = np.diff(np.r_[starts, len(s)])
         if norm == "minmax":
-            lo = np.repeat(np.minimum.reduceat(s, starts), counts)
-            hi = np.repeat(np.maximum.reduceat(s, starts), counts)
-            span = hi - lo
-            z = np.where(span > 0, (s - lo) / np.where(span > 0, span, 1), 1.0)
+            lo = np.repeat(np.fmin.reduceat(np.where(finite, s, np.nan), starts), counts)
+            hi = np.repeat(np.fmax.reduceat(np.where(finite, s, np.nan), starts), counts)
+            span = np.nan_to_num(hi - lo)
+            z = np.where(span > 0, (s - np.nan_to_num(lo)) / np.where(span > 0, span, 1), 1.0)
         else:
-            mean = np.add.reduceat(s, starts) / counts
-            sq = np.add.reduceat(s * s, starts) / counts
+            n_fin = np.maximum(np.add.reduceat(finite.astype(np.float64), starts), 1)
+            mean = np.add.reduceat(s, starts) / n_fin
+            sq = np.add.reduceat(s * s, starts) / n_fin
             std = np.sqrt(np.maximum(sq - mean**2, 0))
             m, sd = np.repeat(mean, counts), np.repeat(std, counts)
             z = np.where(sd > 0, (s - m) / np.where(sd > 0, sd, 1), 0.0)
-        return w[flat["branch"]] * z
+        return w[flat["branch"]] * np.where(finite, z, 0.0)

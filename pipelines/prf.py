@@ -13,7 +13,8 @@ used for expansion.
 
 Terms are the BM25 tokenizer's (lowercase, Lucene stopwords, Porter stems by default;
 the tokenizer parameters must match the BM25 that reads the expanded query).  The weighted
-query is written as text into ``state.values["query_text"]``, which BM25 reads: each term
+query is written as text into ``state.values["lexical_query"]``, which BM25 reads (encoders
+keep reading the query itself: the weighted text is for term matching only): each term
 is spelled with a corpus word that stems to it and repeated ``round(q'(t) * resolution)``
 times, and since BM25 counts repeated query terms, the BM25 score of the text is the
 weighted RM3 score to within ``1 / resolution``.  (Scores are therefore about
@@ -51,6 +52,7 @@ class PRFParams(Params):
     stopwords: Literal["lucene", "none"] = Field("lucene", description="As the BM25 that reads the text.")
     stemmer: Literal["porter", "english", "none"] = Field("porter", description="As the BM25 that reads the text.")
     fields: Literal["title_text", "text"] = Field("title_text", description="As the BM25 that reads the text.")
+    tokenizer: Literal["alnum", "whitespace"] = Field("alnum", description="As the BM25 that reads the text.")
 
 
 @register
@@ -58,10 +60,11 @@ class PRF(Operator):
     """RM3 pseudo-relevance feedback: expand each query with terms of its top documents.
 
     Reads ``state.rankings`` (the feedback documents) and the original ``state.queries``;
-    writes ``state.values["query_text"]`` (expanded query text, one str per query) and
-    clears ``state.vectors`` (cached query vectors belong to the old text).  Without
-    rankings (first step of a loop) it changes nothing.  A query whose feedback
-    documents hold no usable term keeps its original text.
+    writes ``state.values["lexical_query"]`` (expanded query text, one str per query), which
+    term-matching retrievers (BM25, ``State.texts(lexical=True)``) search with; dense and
+    multi-vector encoders keep encoding the query itself.  Without rankings (first step of a
+    loop) it changes nothing.  A query whose feedback documents hold no usable term keeps its
+    original text.  A feedback document with a non-finite score counts as scoring 0.
 
     Fitted state: per-document term distributions ``ptd_`` (CSR, n_docs x n_terms,
     rows sum to 1), document frequencies ``df_`` (n_terms,), and ``surface_`` (a corpus
@@ -81,7 +84,7 @@ class PRF(Operator):
 
     def _tokenize(self, texts: list[str]) -> tuple[list[list[str]], dict[str, str]]:
         """Stemmed tokens per text, and a surface word for every stem seen."""
-        raw = Tokenizer(self.params.stopwords, "none")(texts)
+        raw = Tokenizer(self.params.stopwords, "none", self.params.tokenizer)(texts)
         vocab = sorted({t for doc in raw for t in doc})
         stems = vocab if self.params.stemmer == "none" else _stemmer(self.params.stemmer).stemWords(vocab)
         surface: dict[str, str] = {}
@@ -132,7 +135,8 @@ class PRF(Operator):
         rows = np.concatenate([h.rows for h in heads]) if lens.sum() else np.empty(0, np.int64)
         qidx = np.repeat(np.arange(n_q), lens)
         if p.doc_weight == "score" and lens.sum():
-            w = np.maximum(np.concatenate([h.scores for h in heads]).astype(np.float64), 0.0)
+            w = np.concatenate([h.scores for h in heads]).astype(np.float64)
+            w = np.where(np.isfinite(w), np.maximum(w, 0.0), 0.0)  # a NaN would unnormalise the whole query
             tot = np.bincount(qidx, weights=w, minlength=n_q)
             uniform = tot[qidx] <= 0
             w = np.where(uniform, 1.0 / np.maximum(lens[qidx], 1), w / np.where(tot[qidx] > 0, tot[qidx], 1))
@@ -177,8 +181,7 @@ class PRF(Operator):
                            minlength=len(state)).astype(np.int64)
         bounds = np.concatenate([[0], np.cumsum(reps)])
         texts = [" ".join(words[bounds[i]:bounds[i + 1]]) if reps[i] else state.queries[i] for i in range(len(state))]
-        out.values["query_text"] = texts
-        out.vectors = {}
+        out.values["lexical_query"] = texts
         return out
 
     # ------------------------------------------------------------------ persistence

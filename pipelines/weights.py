@@ -17,6 +17,7 @@ from typing import Callable
 
 import numpy as np
 
+from ragkit.errors import DataError
 from ragkit.eval.metrics import per_query_ndcg
 from ragkit.types import Qrels, Ranking, State
 
@@ -72,7 +73,11 @@ def learn_weights(fuse: Callable[[State, np.ndarray], list[Ranking]], state: Sta
 
     n = len(state.branches or [])
     grid = simplex_grid(n, step or (0.1 if n <= 3 else 0.25))
-    qids = [q for q in state.query_ids if q in qrels]
+    qids = [q for q in state.query_ids if qrels.get(q)]
+    if not qids:
+        shown = ", ".join(repr(q) for q in state.query_ids[:3]) + (", ..." if len(state) > 3 else "")
+        raise DataError(f"learning fusion weights: none of the {len(state)} training queries ({shown}) has judgements "
+                        f"in the qrels given ({len(qrels)} queries); expected qrels keyed by the training queries' ids")
     per_q = np.zeros((len(grid), len(qids)))
     for g, w in enumerate(grid):
         st = state.copy()
@@ -90,6 +95,6 @@ def learn_weights(fuse: Callable[[State, np.ndarray], list[Ranking]], state: Sta
     weights = np.mean(picks, axis=0)
     uniform = int(np.argmin(from_uniform))
     final = Run.from_rankings(state.query_ids, fuse(state, weights), corpus_ids)
-    train_ndcg = evaluate(final.head(10), {q: qrels[q] for q in qids}, ["ndcg@10"]).scores["ndcg@10"]
+    train_ndcg = evaluate(final, {q: qrels[q] for q in qids}, ["ndcg@10"]).scores["ndcg@10"]
     return WeightSearch(weights=weights, fold_picks=np.array(picks), cv_ndcg=float(np.mean(held)),
                         train_ndcg=float(train_ndcg), baseline_ndcg=float(per_q[uniform].mean()))

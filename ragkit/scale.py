@@ -32,7 +32,7 @@ from ragkit.errors import ParamError, RagkitError
 from ragkit.operator import Operator, read_json, write_json
 from ragkit.params import Params
 from ragkit.registry import register
-from ragkit.types import Corpus, Ranking, State, TrainSet
+from ragkit.types import QUERY_REWRITES, Corpus, Ranking, State, TrainSet
 
 __all__ = ["ray_init", "ray_encode", "fit_pipeline", "Sharded", "merge_rankings", "search_distributed", "ShardError"]
 
@@ -173,8 +173,9 @@ class _ShardActor:
 
         self.op = Operator.load(folder)
 
-    def search(self, queries: list[str], options: dict[str, Any]) -> list[tuple[np.ndarray, np.ndarray]]:
-        out = self.op(State(list(queries), options=options))
+    def search(self, queries: list[str], options: dict[str, Any],
+               values: dict[str, Any] | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
+        out = self.op(State(list(queries), options=options, values=dict(values or {})))
         return [(r.rows, r.scores) for r in out.rankings]
 
 
@@ -297,14 +298,16 @@ class Sharded(Operator):
     def _call(self, state: State) -> State:
         k = self.k_for(state)
         options = {**state.options, "k": max(k, int(state.options.get("k") or 0))}
-        texts = state.texts()  # a rewritten query (PRF, a rewriter upstream) is what the shards search
+        # a rewritten query (a rewriter, PRF's lexical query upstream) is what the shards search
+        rewrites = {key: state.values[key] for key in QUERY_REWRITES if state.values.get(key)}
+        texts = list(state.queries)
         if self._use_ray():
             ray = ray_init()
             if getattr(self, "_actors", None) is None:
                 actor = ray.remote(max_restarts=self.params.max_retries, max_task_retries=self.params.max_retries)(
                     _ShardActor)
                 self._actors = [actor.remote(f) for f in self.folders_]
-            refs = [a.search.remote(texts, options) for a in self._actors]
+            refs = [a.search.remote(texts, options, rewrites) for a in self._actors]
             results = []
             for s, ref in enumerate(refs):
                 try:
@@ -314,7 +317,8 @@ class Sharded(Operator):
         else:
             results = []
             for sh in self.shards_:
-                sub = sh(State(texts, list(state.query_ids), options=options, vectors=state.vectors))
+                sub = sh(State(texts, list(state.query_ids), options=options, vectors=state.vectors,
+                               values=dict(rewrites)))
                 state.vectors.update(sub.vectors)
                 results.append([(r.rows, r.scores) for r in sub.rankings])
         parts = [[Ranking(rows + off, sc) for rows, sc in res] for res, off in zip(results, self.bounds_[:-1])]

@@ -335,6 +335,11 @@ class TraceEvent:
     ndcg: float | None = None
 
 
+#: ``State.values`` keys that rewrite the query text: they stay inside the parallel branch that
+#: wrote them, and a route fills them in for the queries its other branches left unchanged.
+QUERY_REWRITES = ("query_text", "lexical_query")
+
+
 @dataclass
 class State:
     """What an operator receives and returns.
@@ -381,12 +386,19 @@ class State:
     def __len__(self) -> int:
         return len(self.queries)
 
-    def texts(self) -> list[str]:
-        """The query text per query: a rewritten ``values["query_text"]`` where set, else the original."""
-        rewritten = self.values.get("query_text")
-        if not rewritten:
-            return list(self.queries)
-        return [r if r is not None else q for r, q in zip(rewritten, self.queries)]
+    def texts(self, lexical: bool = False) -> list[str]:
+        """The query text per query: a rewritten ``values["query_text"]`` where set, else the original.
+
+        ``lexical=True`` (what term-matching retrievers such as BM25 ask for) prefers
+        ``values["lexical_query"]``: a weighted bag of terms written for term matching only
+        (RM3's expansion), which an encoder must not read.
+        """
+        out = list(self.queries)
+        for key in ("query_text", "lexical_query") if lexical else ("query_text",):
+            rewritten = self.values.get(key)
+            if rewritten:
+                out = [r if r is not None else q for r, q in zip(rewritten, out)]
+        return out
 
     @classmethod
     def of(cls, queries: "Queries | Sequence[str] | str", **kw: Any) -> "State":

@@ -329,7 +329,7 @@ class BM25(Operator):
         return topk_rows(s, k)
 
     def _call(self, state: State) -> State:
-        texts = state.texts()
+        texts = state.texts(lexical=True)
         k = self.k_for(state)
         mask = self.filter_mask(state)
         drop = None if mask is None else ~mask

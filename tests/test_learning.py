@@ -40,9 +40,29 @@ def test_learned_weights_reproducible_and_saved(slice_data, tmp_path):
 
 
 def test_without_train_nothing_is_learned(slice_data):
-    corpus, _, _, _ = slice_data
+    """Fresh or refitted: a fit without judged queries holds no learned weights (a refit kept the
+    old ones, so ``ragkit train``'s "unlearned" row of a saved pipeline had seen every query)."""
+    corpus, queries, _, train = slice_data
     p = Pipeline.from_yaml(PIPE).fit(corpus)
     assert not hasattr(p.steps[0].fuse, "weights_")
+    unlearned = [r.rows.tolist() for r in p.search(queries).rankings]
+    p.fit(corpus, train)
+    assert hasattr(p.steps[0].fuse, "weights_")
+    p.fit(corpus)
+    assert not any(hasattr(p.steps[0].fuse, a) for a in ("weights_", "learned_", "option_"))
+    assert [r.rows.tolist() for r in p.search(queries).rankings] == unlearned
+
+
+def test_learning_weights_without_any_judged_training_query_says_so(slice_data):
+    import pytest
+
+    from ragkit.errors import DataError
+    from ragkit.types import Queries, TrainSet
+
+    corpus, _, _, train = slice_data
+    renamed = TrainSet(Queries([f"x{q}" for q in train.queries.ids], train.queries.texts), train.qrels)
+    with pytest.raises(DataError, match=r"none of the 40 training queries \('x.*has judgements in the qrels"):
+        Pipeline.from_yaml(PIPE).fit(corpus, renamed)
 
 
 def test_poisoned_test_qrels_change_nothing(slice_data, tmp_path):

@@ -97,6 +97,21 @@ def test_weighted_minmax_and_zscore_by_hand():
     assert got == pytest.approx({5: 2 * za[0] + zb[1], 7: 2 * za[1], 9: zb[0]}, rel=1e-5)
 
 
+@pytest.mark.parametrize("norm", ["minmax", "zscore", "none"])
+def test_weighted_fusion_treats_a_nan_score_as_missing(norm):
+    """One NaN in a branch's list spread over the whole list (minmax: every document 1.0, zscore:
+    every document 0); now it contributes 0 and the rest fuse as if it were absent."""
+    a, b = Ranking([1, 2, 3], [0.9, 0.5, 0.1]), Ranking([4, 3], [0.9, 0.2])
+    clean = WeightedFusion(norm=norm)(State(["q"], branches=[("a", [a]), ("b", [b])])).rankings[0]
+    a_nan = Ranking([1, 2, 3, 7], [0.9, 0.5, 0.1, np.nan])
+    with np.errstate(all="raise"):
+        got = WeightedFusion(norm=norm)(State(["q"], branches=[("a", [a_nan]), ("b", [b])])).rankings[0]
+    keep = got.rows != 7
+    assert got.rows[keep].tolist() == clean.rows.tolist()
+    np.testing.assert_allclose(got.scores[keep], clean.scores)
+    assert np.isfinite(got.scores).all()
+
+
 # ---------------------------------------------------------------------- composition semantics
 class _Tag(Operator):
     """Test operator: appends its tag to values['seen'] and counts fits/calls."""
@@ -196,7 +211,7 @@ def test_parallel_keeps_branch_query_text_inside_branch(slice_data, fitted_bm25)
     prf = PRF(max_df=0.5).fit(corpus)
     par = Parallel([fitted_bm25, Pipeline([fitted_bm25, prf, fitted_bm25])], fuse=RRF())
     out = par(State.of(queries))
-    assert "query_text" not in out.values and len(out.rankings) == len(queries)
+    assert "lexical_query" not in out.values and len(out.rankings) == len(queries)
 
 
 def test_trace_paths_match_yaml_paths(slice_data, fitted_bm25):
@@ -248,14 +263,67 @@ def test_prf_expands_with_feedback_terms_and_loop_converges(slice_data, fitted_b
     s = fitted_bm25(State.of(queries))
     s.vectors["enc"] = np.zeros((len(queries), 3), np.float32)
     out = prf(s)
-    assert out.vectors == {} and len(out.values["query_text"]) == len(queries)
-    assert all(len(t.split()) > len(q.split()) for t, q in zip(out.values["query_text"], queries.texts))
+    # the weighted text is for term matching: encoders keep the query and its vectors
+    assert "enc" in out.vectors and "query_text" not in out.values and out.texts() == list(queries.texts)
+    assert len(out.values["lexical_query"]) == len(queries)
+    assert all(len(t.split()) > len(q.split()) for t, q in zip(out.texts(lexical=True), queries.texts))
     # orig_weight=1: the original query, weights written to within 1/resolution -> same top documents
     same = fitted_bm25(PRF(orig_weight=1.0, resolution=1000).fit(corpus)(s))
     for a, b in zip(same.rankings, s.rankings):
         assert set(a.rows[:5].tolist()) == set(b.rows[:5].tolist())
     run = Loop([prf, fitted_bm25], until=TopKStable(k=10), max_iters=3).search(queries, trace=True)
-    assert all(1 <= i <= 3 for i in run.values["iterations"]) and "query_text" in run.values
+    assert all(1 <= i <= 3 for i in run.values["iterations"]) and "lexical_query" in run.values
+
+
+def test_prf_expansion_is_not_what_a_dense_retriever_encodes(slice_data, fitted_bm25):
+    """PRF's weighted bag of stems ("cerebr cerebr ... 0 0") is for BM25; a dense step after
+    it encoded that text (nDCG@10 0.89 -> 0.69 in the report) and now encodes the query."""
+    from ragkit.retrievers import Dense
+
+    corpus, queries, _, _ = slice_data
+    dense = Dense(k=10).fit(corpus)
+    alone = dense.search(queries)
+    after = Pipeline([fitted_bm25, PRF(max_df=0.5).fit(corpus), dense]).search(queries)
+    assert [r.rows.tolist() for r in after.rankings] == [r.rows.tolist() for r in alone.rankings]
+
+
+def test_prf_matches_a_whitespace_bm25_and_ignores_nan_feedback_scores(slice_data):
+    corpus, queries, _, _ = slice_data
+    bm25 = BM25(k=20, tokenizer="whitespace").fit(corpus)
+    prf = PRF(tokenizer="whitespace", max_df=0.5).fit(corpus)
+    s = bm25(State.of(queries))
+    expanded = prf(s).texts(lexical=True)
+    known = set(bm25.terms())
+    words = {w for t in expanded for w in bm25.make_tokenizer()([t])[0]}
+    assert words <= known, sorted(words - known)[:5]  # every word PRF writes is a term the BM25 knows
+    clean = prf.expansion_weights(s)
+    s.rankings[0].scores[3] = np.nan  # one NaN feedback score: that document weighs 0, the query stays normalised
+    w = prf.expansion_weights(s)
+    np.testing.assert_allclose(np.asarray(w.sum(axis=1)).ravel(), np.asarray(clean.sum(axis=1)).ravel())
+    assert np.isfinite(w.data).all()
+
+
+def test_nested_loops_keep_their_own_judge_memory():
+    """Both loops judged by topk_stable: the inner one overwrote the outer judge's memory, so the
+    outer loop stopped after two iterations although every call changed the ranking."""
+    from ragkit.operator import Operator
+
+    calls = []
+
+    class Drift(Operator):
+        name, kind, stateless = "drift_test", "retriever", True
+
+        def _call(self, state):
+            calls.append(1)
+            out = state.copy()
+            c = len(calls)
+            out.rankings = [Ranking([c, c + 1], [2.0, 1.0]) for _ in range(len(state))]
+            return out
+
+    inner = Loop(Drift(), until=TopKStable(k=2), max_iters=2)
+    out = Loop(inner, until=TopKStable(k=2), max_iters=5)(State(["q"]))
+    assert out.values["iterations"] == [5] and len(calls) == 10
+    assert not any(k.startswith("_") for k in out.values)
 
 
 # ---------------------------------------------------------------------- YAML round trips
