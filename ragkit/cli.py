@@ -395,7 +395,7 @@ def ask_cmd(
                 pipe.fit(corpus)
         with console.status("loading the language model..."):
             for g in gens:
-                load = getattr(g.engine_, "load", None)
+                load = getattr(getattr(g, "engine_", None), "load", None)
                 if load is not None:
                     load()
 

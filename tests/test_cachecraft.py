@@ -231,6 +231,39 @@ def test_generate_operator_langchain_backend():
     assert out.values["answer"] == ["a", "b"] and "answer" not in state.values
 
 
+def test_generate_langchain_saves_loads_and_honours_its_parameters(tmp_path):
+    """A saved langchain generator loads (it raised: no chat model at load time) and takes its chat
+    model afterwards; content blocks give their text, not a list repr; chunks are cut to
+    max_chunk_tokens words; an empty system prompt stays empty; local-only settings are refused."""
+    pytest.importorskip("langchain_core")
+    from langchain_core.language_models.fake_chat_models import FakeListChatModel, FakeMessagesListChatModel
+    from langchain_core.messages import AIMessage
+
+    from ragkit.errors import ParamError
+    from ragkit.generators import Generate
+    from ragkit.operator import Operator
+
+    corpus, state = _corpus_state()
+    op = Generate(backend="langchain", top_k=2, max_chunk_tokens=3).fit(corpus)
+    with pytest.raises(ParamError, match="no chat model; attach one with .with_chat_model"):
+        op(state)
+    blocks = AIMessage(content=[{"type": "text", "text": "Par"}, {"type": "text", "text": "is"}])
+    op.with_chat_model(FakeMessagesListChatModel(responses=[blocks, blocks]))
+    assert op(state).values["answer"] == ["Paris", "Paris"]
+    prompt = op.engine_.messages("q", ["one two three four five"])[1].content
+    assert "one two three\n" in prompt and "four" not in prompt
+    op.save(tmp_path / "g")
+    loaded = Operator.load(tmp_path / "g")
+    loaded.with_chat_model(FakeListChatModel(responses=["x", "y"]))
+    assert loaded(state).values["answer"] == ["x", "y"]
+    empty = Generate(backend="langchain", system_prompt="").with_chat_model(FakeListChatModel(responses=["x"]))
+    assert empty.engine_.messages("q", [])[0].content == ""
+    with pytest.raises(ParamError, match="max_new_tokens set, but they configure the local backend only"):
+        Generate(backend="langchain", max_new_tokens=5)
+    with pytest.raises(ParamError, match="only with backend='langchain'"):
+        Generate().with_chat_model(FakeListChatModel(responses=["x"]))
+
+
 @needs_model
 @pytest.mark.slow
 def test_generate_operator_local_streams_answers(gen):

@@ -25,6 +25,17 @@ def _lc_messages():
     return SystemMessage, HumanMessage
 
 
+def _text(content: Any) -> str:
+    """The text of a message's content: a string, or a list of content blocks (strings or
+    ``{"type": "text", "text": ...}`` dicts; other blocks such as tool calls carry no text)."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, (list, tuple)):
+        return "".join(b if isinstance(b, str) else str(b.get("text", "")) if isinstance(b, dict)
+                       and b.get("type", "text") == "text" else "" for b in content)
+    return str(content)
+
+
 class LangChainGenerator:
     """Answer from retrieved chunks with any LangChain ``BaseChatModel``.
 
@@ -34,9 +45,13 @@ class LangChainGenerator:
         Any chat model (``ChatOpenAI``, ``ChatOllama``, a fake model in tests, ...).
     system_prompt : str
         The system message.
+    max_chunk_words : int or None
+        Each chunk is cut to this many whitespace-separated words (the chat model's own
+        tokenizer is not at hand); ``None`` keeps chunks whole.
     """
 
-    def __init__(self, chat_model: Any, *, system_prompt: str = DEFAULT_SYSTEM) -> None:
+    def __init__(self, chat_model: Any, *, system_prompt: str = DEFAULT_SYSTEM,
+                 max_chunk_words: int | None = None) -> None:
         if not hasattr(chat_model, "invoke"):
             raise TypeError(
                 f"LangChainGenerator: chat_model must be a LangChain chat model with .invoke(); "
@@ -44,10 +59,18 @@ class LangChainGenerator:
             )
         self.chat_model = chat_model
         self.system_prompt = system_prompt
+        self.max_chunk_words = max_chunk_words
+
+    def _cut(self, chunk: str) -> str:
+        chunk = chunk.strip()
+        if self.max_chunk_words is None:
+            return chunk
+        words = chunk.split()
+        return chunk if len(words) <= self.max_chunk_words else " ".join(words[: self.max_chunk_words])
 
     def messages(self, question: str, chunks: Sequence[str]) -> list[Any]:
         SystemMessage, HumanMessage = _lc_messages()
-        docs = "".join(c.strip() + "\n\n" for c in chunks)
+        docs = "".join(self._cut(c) + "\n\n" for c in chunks)
         return [SystemMessage(content=self.system_prompt),
                 HumanMessage(content=f"Documents:\n{docs}Question: {question.strip()}")]
 
@@ -56,15 +79,14 @@ class LangChainGenerator:
         """The answer text; with ``on_token`` the model is streamed piece by piece."""
         if on_token is None:
             out = self.chat_model.invoke(self.messages(question, chunks))
-            return str(getattr(out, "content", out)).strip()
+            return _text(getattr(out, "content", out)).strip()
         return "".join(self.stream(question, chunks, on_token=on_token)).strip()
 
     def stream(self, question: str, chunks: Sequence[str], *, on_token: Callable[[str], None] | None = None,
                **_: Any) -> Iterator[str]:
         """Yield text pieces as the chat model streams them."""
         for part in self.chat_model.stream(self.messages(question, chunks)):
-            piece = (part.content if isinstance(getattr(part, "content", None), str)
-                     else str(getattr(part, "content", "")))
+            piece = _text(getattr(part, "content", ""))
             if piece:
                 if on_token is not None:
                     on_token(piece)

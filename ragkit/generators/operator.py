@@ -12,8 +12,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
+from ragkit.errors import ParamError
 from ragkit.operator import Operator
 from ragkit.params import Params
 from ragkit.registry import register
@@ -35,11 +36,26 @@ class GenerateParams(Params):
         "cachecraft", description="How the recomputed tokens are chosen (see ragkit.generators.local).")
     alpha: float | None = Field(None, ge=0.0, description="Cache-Craft's CFO scale; None = budget set by 'fraction'.")
     max_new_tokens: int = Field(64, ge=1, description="Greedy decoding length limit.")
-    max_chunk_tokens: int = Field(200, ge=1, description="Each chunk is cut to this many tokens.")
+    max_chunk_tokens: int = Field(200, ge=1, description="Each chunk is cut to this many tokens (LangChain backend: "
+                                                         "whitespace-separated words; its tokenizer is the model's).")
     system_prompt: str | None = Field(None, description="System message; None = ragkit's default.")
     cache_budget_mb: float | None = Field(None, gt=0, description="Memory budget of the chunk cache, MiB.")
     storage_dtype: Literal["float32", "float16"] = Field("float16", description="Chunk-cache storage dtype.")
     cache_dir: str | None = Field(None, description="Disk tier of the chunk cache (safetensors files).")
+
+    @model_validator(mode="after")
+    def _local_only(self) -> "GenerateParams":
+        if self.backend == "langchain":
+            ignored = [f for f in LOCAL_ONLY if getattr(self, f) != type(self).model_fields[f].default]
+            if ignored:
+                raise ValueError(f"{', '.join(ignored)} set, but they configure the local backend only; a LangChain chat "
+                                 "model is configured on the model itself (e.g. its max_tokens), so drop them")
+        return self
+
+
+#: Parameters of the local transformers backend that a LangChain chat model has no use for.
+LOCAL_ONLY = ("model", "gguf_file", "mode", "fraction", "selector", "alpha", "max_new_tokens", "cache_budget_mb",
+              "storage_dtype", "cache_dir")
 
 
 @register
@@ -61,33 +77,36 @@ class Generate(Operator):
     slow_conformance = True
 
     def with_chat_model(self, chat_model: Any) -> "Generate":
-        """Attach the LangChain chat model used by ``backend="langchain"``; returns ``self``."""
-        self._chat_model = chat_model
+        """Attach the LangChain chat model used by ``backend="langchain"`` (before or after
+        ``fit`` or ``load``: a saved pipeline holds no chat model); returns ``self``."""
+        if self.params.backend != "langchain":
+            raise ParamError(f"generate.with_chat_model: backend is {self.params.backend!r}; a chat model is used "
+                             "only with backend='langchain'")
+        from ragkit.generators.langchain_chat import LangChainGenerator
+
+        p = self.params
+        kw = {"system_prompt": p.system_prompt} if p.system_prompt is not None else {}
+        self.engine_ = LangChainGenerator(chat_model, max_chunk_words=p.max_chunk_tokens, **kw)
         return self
 
     def _fit(self, corpus: Corpus, train: TrainSet | None, upstream: State | None) -> None:
         p = self.params
         if p.backend == "langchain":
-            from ragkit.generators.langchain_chat import LangChainGenerator
-
-            model = getattr(self, "_chat_model", None)
-            if model is None:
-                raise ValueError("generate(backend='langchain'): no chat model; "
-                                 "call .with_chat_model(model) before fit")
-            kw = {"system_prompt": p.system_prompt} if p.system_prompt else {}
-            self.engine_ = LangChainGenerator(model, **kw)
-            return
+            return  # the engine is the chat model attached with with_chat_model, kept across fits
         from ragkit.generators.local import DEFAULT_SYSTEM, LocalGenerator
 
         self.engine_ = LocalGenerator(
-            p.model, gguf_file=p.gguf_file, system_prompt=p.system_prompt or DEFAULT_SYSTEM,
+            p.model, gguf_file=p.gguf_file, system_prompt=DEFAULT_SYSTEM if p.system_prompt is None else p.system_prompt,
             max_chunk_tokens=p.max_chunk_tokens, storage_dtype=p.storage_dtype, disk_dir=p.cache_dir,
             cache_budget_bytes=None if p.cache_budget_mb is None else int(p.cache_budget_mb * 2**20), alpha=p.alpha)
 
     def _call(self, state: State) -> State:
         if state.rankings is None:
-            raise ValueError("generate: the state has no rankings; put a retriever before the generator")
+            raise ParamError("generate: the state has no rankings; put a retriever before the generator")
         p = self.params
+        if getattr(self, "engine_", None) is None:
+            raise ParamError("generate(backend='langchain'): no chat model; attach one with .with_chat_model(model) "
+                             "(a saved pipeline does not hold it: attach it after loading)")
         on_token: Callable[[int, str], None] | None = self.opt(state, "on_token")
         texts = self.corpus_.texts
         titles = getattr(self.corpus_, "titles", None)
@@ -104,9 +123,10 @@ class Generate(Operator):
         return out
 
     def _save(self, folder: Path) -> None:
-        cache = getattr(self.engine_, "chunk_cache", None)
+        cache = getattr(getattr(self, "engine_", None), "chunk_cache", None)
         if cache is not None and cache.disk_dir is not None:
             cache.flush()
 
     def _load(self, folder: Path, mmap: bool = False) -> None:
-        self._fit(self.corpus_, None, None)
+        if self.params.backend == "local":
+            self._fit(self.corpus_, None, None)
