@@ -48,8 +48,8 @@ class GenerateParams(Params):
         if self.backend == "langchain":
             ignored = [f for f in LOCAL_ONLY if getattr(self, f) != type(self).model_fields[f].default]
             if ignored:
-                raise ValueError(f"{', '.join(ignored)} set, but they configure the local backend only; a LangChain chat "
-                                 "model is configured on the model itself (e.g. its max_tokens), so drop them")
+                raise ValueError(f"{', '.join(ignored)} set, but they configure the local backend only; a LangChain "
+                                 "chat model is configured on the model itself (e.g. its max_tokens), so drop them")
         return self
 
 
@@ -95,8 +95,9 @@ class Generate(Operator):
             return  # the engine is the chat model attached with with_chat_model, kept across fits
         from ragkit.generators.local import DEFAULT_SYSTEM, LocalGenerator
 
+        system = DEFAULT_SYSTEM if p.system_prompt is None else p.system_prompt
         self.engine_ = LocalGenerator(
-            p.model, gguf_file=p.gguf_file, system_prompt=DEFAULT_SYSTEM if p.system_prompt is None else p.system_prompt,
+            p.model, gguf_file=p.gguf_file, system_prompt=system,
             max_chunk_tokens=p.max_chunk_tokens, storage_dtype=p.storage_dtype, disk_dir=p.cache_dir,
             cache_budget_bytes=None if p.cache_budget_mb is None else int(p.cache_budget_mb * 2**20), alpha=p.alpha)
 
