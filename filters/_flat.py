@@ -49,10 +49,19 @@ def cut_prefix(rankings: list[Ranking], n_keep: np.ndarray, new_scores: np.ndarr
     return out
 
 
-def check_cosines(scores: np.ndarray, who: str) -> None:
-    """Raise DataError unless ``scores`` look like cosines (within [-1, 1])."""
-    if scores.size and (np.nanmax(np.abs(scores)) > 1.0 + 1e-3):
+def check_cosines(scores: np.ndarray, who: str, qidx: np.ndarray | None = None) -> None:
+    """Raise DataError unless ``scores`` look like cosines: finite, within [-1, 1].
+
+    ``qidx`` (the query of each score) lets the message name the first query at fault."""
+    if not scores.size:
+        return
+    bad = ~np.isfinite(scores)
+    if bad.any():
+        at = "" if qidx is None else f" (first in query {int(qidx[np.argmax(bad)])} of the batch)"
+        raise DataError(f"{who} expects raw cosine scores in [-1, 1] from a dense retriever step before it, got "
+                        f"{int(bad.sum())} non-finite score(s){at}; one NaN would spoil its list's features")
+    if np.max(np.abs(scores)) > 1.0 + 1e-3:
         raise DataError(
             f"{who} expects raw cosine scores in [-1, 1] from a dense retriever step before it "
-            f"(e.g. `dense | {who}`), got scores up to {float(np.nanmax(np.abs(scores))):.3g}"
+            f"(e.g. `dense | {who}`), got scores up to {float(np.max(np.abs(scores))):.3g}"
         )

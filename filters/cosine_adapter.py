@@ -89,13 +89,16 @@ def choose_threshold(probs: np.ndarray, labels: np.ndarray, target: str, value: 
     if tp[-1] == 0:
         raise DataError("cosine_adapter: the held-out training queries have no relevant candidate; "
                         "cannot choose a threshold")
+    # a cut-off t keeps every candidate with p >= t: only the last position of a run of equal
+    # probabilities is a kept set (tied candidates are kept or dropped together)
+    last = np.r_[np.nonzero(np.diff(p))[0], len(p) - 1]
     if target == "recall":
-        i = int(np.searchsorted(tp, value * tp[-1] - 1e-9))
-        return float(p[min(i, len(p) - 1)])
-    prec = tp / np.arange(1, len(p) + 1)
+        i = int(np.searchsorted(tp[last], value * tp[-1] - 1e-9))
+        return float(p[last[min(i, len(last) - 1)]])
+    prec = tp[last] / (last + 1)
     ok = np.nonzero(prec >= value)[0]
     i = int(ok[-1]) if len(ok) else int(np.argmax(prec))
-    return float(p[i])
+    return float(p[last[i]])
 
 
 @register
@@ -230,7 +233,7 @@ class CosineAdapter(Operator):
         if len(upstream) != len(train.queries):
             raise DataError(f"cosine_adapter.fit: upstream has {len(upstream)} queries, train has {len(train.queries)}")
         rows, c, lengths, starts, qidx = flatten(upstream.rankings)
-        check_cosines(c, self.name)
+        check_cosines(c, self.name, qidx)
         qv = query_vectors(upstream, encoder)
         if qv.shape[0] != len(lengths):
             raise DataError(f"cosine_adapter.fit: {qv.shape[0]} query vectors for {len(lengths)} queries")
@@ -270,6 +273,9 @@ class CosineAdapter(Operator):
         F1 = self._features1(X)
         remap = np.cumsum(fit_q) - 1
         W, info = self._train(F1[fit_q], c[sel].astype(np.float64), y[sel], remap[qidx[sel]])
+        if not np.isfinite(W).all():
+            raise DataError(f"cosine_adapter.fit: training diverged (non-finite weights after {info['iterations']} "
+                            f"L-BFGS iterations, loss {info['loss']}); check the query vectors and judgements")
         self.weights_ = W
         if choose:
             hold = ~fit_q if (~fit_q).any() else fit_q
@@ -293,6 +299,10 @@ class CosineAdapter(Operator):
         """
         self._check_fitted()
         cosines = np.asarray(cosines, dtype=np.float64)
+        qvecs = np.asarray(qvecs)
+        if cosines.ndim != 2 or qvecs.ndim != 2 or len(qvecs) != len(cosines):
+            raise DataError(f"cosine_adapter.predict_proba: expected qvecs (B, d) and cosines (B, K) with the same B, "
+                            f"got qvecs {qvecs.shape} and cosines {cosines.shape}")
         B, K = cosines.shape
         valid = ~np.isnan(cosines)
         lengths = valid.sum(axis=1)
@@ -329,7 +339,7 @@ class CosineAdapter(Operator):
         t = float(self.opt(state, "threshold", self.threshold_))
         k_min = int(self.opt(state, "k_min", self.params.k_min))
         rows, c, lengths, starts, qidx = flatten(state.rankings)
-        check_cosines(c, self.name)
+        check_cosines(c, self.name, qidx)
         qv = query_vectors(out, get_encoder(self.params.model))
         r = self._proba_flat(qv, c, lengths, starts, qidx).astype(np.float32)
         # r is monotone in the cosine and the list is sorted, so the kept set is a prefix

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from pydantic import Field
+from pydantic import Field, field_validator
 from scipy.special import logsumexp
 
 from ragkit.encoders import DEFAULT_MODEL, get_encoder
@@ -124,8 +124,15 @@ def dbnorm_scores(
 class DBNormParams(Params):
     model: str = Field(DEFAULT_MODEL, description="Encoder (the dense retriever's model) for banks and documents.")
     method: Literal["is", "qbnorm", "dis", "ddis"] = Field(
-        "dis", description="is: inverted softmax (query bank); qbnorm: dynamic IS (QB-Norm); dis: dual inverted "
-                           "softmax (DBNorm); ddis: dual dynamic inverted softmax.")
+        "dis", description="is: inverted softmax (query bank); qbnorm: dynamic IS (QB-Norm; the paper's 'DIS', "
+                           "dynamic inverted softmax); dis: dual inverted softmax (DBNorm's 'DualIS', also accepted "
+                           "as 'dualis'); ddis: dual dynamic inverted softmax.")
+
+    @field_validator("method", mode="before")
+    @classmethod
+    def _dualis(cls, v: object) -> object:
+        """The paper's name for the dual inverted softmax, read as ``dis``."""
+        return "dis" if isinstance(v, str) and v.lower() == "dualis" else v
     beta: float = Field(20.0, gt=0, description="Inverse temperature of is/qbnorm (cosine scale).")
     beta1: float = Field(0.5, gt=0, description="Inverse temperature of the query-bank factor (dis/ddis).")
     beta2: float = Field(3.0, gt=0, description="Inverse temperature of the gallery-bank factor (dis/ddis).")
@@ -153,7 +160,8 @@ class DBNorm(Operator):
 
     * ``is``: query bank only; ``qbnorm``: the same, applied only to queries whose raw
       top-1 is in the query bank's activation set (QB-Norm's dynamic inverted softmax);
-    * ``dis``: dual inverted softmax (DBNorm; the issue's "DIS"):
+    * ``dis``: dual inverted softmax (DBNorm's "DualIS", also accepted as ``dualis``; the
+      issue's "DIS"; note that the paper's "DIS", dynamic inverted softmax, is ``qbnorm``):
       ``(beta1 + beta2) s - log Z_q(g; beta1) - log Z_g(g; beta2)``;
     * ``ddis``: each factor applied only when the query's raw top-1 is in that bank's
       activation set; an inactive factor stays ``beta_x * s`` (never the raw cosine, which
@@ -234,7 +242,7 @@ class DBNorm(Operator):
         rows, c, lengths, starts, qidx = flatten(state.rankings)
         if not len(rows):
             return out
-        check_cosines(c, self.name)
+        check_cosines(c, self.name, qidx)
         if rows.max() >= len(self.log_z_q_):
             raise DataError(f"dbnorm: candidate row {int(rows.max())} is outside the fitted corpus "
                             f"({len(self.log_z_q_)} documents); refit on the current corpus")

@@ -127,15 +127,20 @@ class MMR(Operator):
         v = np.asarray(self.vectors_)
         q = query_vectors(state, self.encoder).astype(np.float32)
         step = max(1, int(2**26 // max(f * f, 1)))  # bound the (n_q, F, F) similarity block to ~256 MiB
-        sel = np.concatenate([mmr_select(q[i:i + step], pool[i:i + step], valid[i:i + step], v, k,
-                                         self.params.lambda_mult) for i in range(0, n_q, step)])
+        sels, coss = [], []
+        for i in range(0, n_q, step):
+            sel = mmr_select(q[i:i + step], pool[i:i + step], valid[i:i + step], v, k, self.params.lambda_mult)
+            picked = np.take_along_axis(pool[i:i + step], np.maximum(sel, 0), axis=1)  # padding where sel < 0
+            sels.append(sel)
+            coss.append(np.einsum("qkd,qd->qk", v[picked], q[i:i + step]).astype(np.float32))
+        sel, cosines = np.concatenate(sels), np.concatenate(coss)
         rankings = []
-        for i in range(n_q):  # assembling output objects only; the selection above is batched
-            s = sel[i][sel[i] >= 0]
-            rows = pool[i, s]
-            n = len(rows)
-            cos = (v[rows] @ q[i]).astype(np.float32)
-            rankings.append(Ranking(rows, ((n - np.arange(n)) / max(n, 1)).astype(np.float32), {"cosine": cos}))
+        for i, r in enumerate(state.rankings):  # assembling output objects only; the work above is batched
+            keep = sel[i] >= 0
+            s = sel[i][keep]
+            n = len(s)
+            fields = {**r.take(s).fields, "cosine": cosines[i][keep]}  # incoming fields travel with their documents
+            rankings.append(Ranking(pool[i, s], ((n - np.arange(n)) / max(n, 1)).astype(np.float32), fields))
         out.rankings = rankings
         return out
 

@@ -90,7 +90,7 @@ def load_pipeline(path: str | Path, *, corpus: Corpus | None = None, mmap: bool 
     elif corpus is None:
         from ragkit.eval.beir import read_corpus
 
-        corpus = read_corpus(folder / "corpus.jsonl")
+        corpus = read_corpus(folder / "corpus.jsonl", allow_empty=True)
     nodes: dict[str, str] = manifest.get("nodes", {})
     loaded: dict[str, Operator] = {}
 

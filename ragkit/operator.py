@@ -234,7 +234,7 @@ class Operator:
             if corpus is None:
                 from ragkit.eval.beir import read_corpus
 
-                corpus = read_corpus(folder / "corpus.jsonl")
+                corpus = read_corpus(folder / "corpus.jsonl", allow_empty=True)
             op.corpus_ = corpus
             op._load(folder, mmap=mmap)
         return op

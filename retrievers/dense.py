@@ -127,12 +127,15 @@ class Dense(TunedEncoderMixin, Operator):
         return np.ascontiguousarray(self.encoder.encode(corpus.full_texts), dtype=np.float32)
 
     def _fit(self, corpus: Corpus, train: TrainSet | None, upstream: State | None) -> None:
+        kind, dims = parse_reduce(self.params.reduce)
+        if kind != "none":  # before fine-tuning and encoding: the base model's width is the tuned one's
+            width = get_encoder(self.params.model, batch_size=self.params.batch_size).dim
+            if dims > width:
+                raise ParamError(f"dense.reduce: {self.params.reduce!r} asks for {dims} dimensions but "
+                                 f"{self.params.model} embeddings have {width}; choose at most {width}",
+                                 path="dense.reduce")
         self._adapt_encoder(corpus, train)
         vecs = self._encode_docs(corpus)
-        kind, dims = parse_reduce(self.params.reduce)
-        if kind != "none" and len(vecs) and dims > vecs.shape[1]:
-            raise ParamError(f"dense.reduce: {self.params.reduce!r} asks for {dims} dimensions but {self.params.model} "
-                             f"embeddings have {vecs.shape[1]}; choose at most {vecs.shape[1]}", path="dense.reduce")
         self.index_ = self._new_index().build(vecs)
         self.slots_ = np.arange(len(corpus), dtype=np.int64)  # corpus row -> index slot
 
@@ -206,7 +209,7 @@ class Dense(TunedEncoderMixin, Operator):
     def remove(self, ids: Any) -> "Dense":
         """Remove documents by id (tombstoned in the index, dropped from the corpus; no rebuild)."""
         self._check_fitted()
-        ids = [ids] if isinstance(ids, str) else list(ids)
+        ids = [str(i) for i in (ids if isinstance(ids, (list, tuple, set, np.ndarray)) else [ids])]
         try:
             rows = self.corpus_.row_of(ids)
         except (KeyError, DataError, ValueError) as e:

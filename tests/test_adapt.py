@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -29,6 +31,85 @@ def test_mine_pairs_refuses_no_positives(slice_data):
     object.__setattr__(bad, "qrels", {"x": {corpus.ids[0]: 0}})
     with pytest.raises(DataError, match="positive"):
         mine_pairs(corpus, bad, "all-MiniLM-L6-v2")
+
+
+def test_mine_pairs_refuses_positives_outside_the_corpus(slice_data):
+    corpus, _, _, train = slice_data
+    elsewhere = TrainSet(train.queries, {q: {f"not-{d}": v for d, v in r.items()} for q, r in train.qrels.items()})
+    with pytest.raises(DataError, match="none of the training queries' positive documents is in the corpus"):
+        mine_pairs(corpus, elsewhere, "all-MiniLM-L6-v2")
+
+
+def test_mine_pairs_never_uses_a_positive_as_the_fallback_negative():
+    """Every top-ranked document judged: the random negative was drawn from the whole corpus,
+    positives included (negative == positive), and seeded by the query's position."""
+    from ragkit.types import Corpus
+
+    corpus = Corpus.from_texts(["statins lower cholesterol", "statins and the liver", "aspirin and the heart"],
+                               ids=["d0", "d1", "d2"])
+    train = TrainSet(Queries(["q0", "q1"], ["do statins lower cholesterol", "what do statins do"]),
+                     {"q0": {"d0": 1, "d1": 0, "d2": 0}, "q1": {"d0": 1, "d1": 1, "d2": 0}})
+    anchors, pos, neg = mine_pairs(corpus, train, "all-MiniLM-L6-v2", seed=5)
+    assert len(anchors) == 3 and all(p != n for p, n in zip(pos, neg))
+    assert set(neg[1:]) == {"aspirin and the heart"}  # q1's only non-positive
+    everything = TrainSet(Queries(["q"], ["statins"]), {"q": {"d0": 1, "d1": 1, "d2": 1}})
+    assert mine_pairs(corpus, everything, "all-MiniLM-L6-v2") == ([], [], [])
+
+
+def test_training_digest_takes_numpy_judgements(slice_data):
+    from ragkit.encoders.adapt import _training_digest
+
+    corpus, _, _, train = slice_data
+    as_np = TrainSet(train.queries, {q: {d: np.int64(v) for d, v in r.items()} for q, r in train.qrels.items()})
+    cfg = AdaptConfig()
+    assert _training_digest("m", corpus, as_np, cfg) == _training_digest("m", corpus, train, cfg)
+
+
+def test_adapt_refuses_a_custom_encoder_before_any_work(slice_data):
+    from ragkit.encoders import register_encoder, unregister_encoder
+    from ragkit.errors import ParamError
+    from ragkit.retrievers import Dense
+
+    class Counting:
+        key, dim, calls = "counting-8", 8, 0
+
+        def encode(self, texts, **_):
+            Counting.calls += 1
+            return np.eye(8, dtype=np.float32)[np.arange(len(texts)) % 8]
+
+        encode_queries = encode
+
+    corpus, _, _, train = slice_data
+    register_encoder("counting-8", Counting(), replace=True)
+    try:
+        with pytest.raises(ParamError, match="registered custom encoder; adapt fine-tunes a sentence-transformers"):
+            Dense(model="counting-8", adapt={"max_steps": 1}).fit(corpus, train)
+        with pytest.raises(ParamError, match="'pca:64' asks for 64 dimensions but counting-8 embeddings have 8"):
+            Dense(model="counting-8", reduce="pca:64").fit(corpus)
+        assert Counting.calls == 0  # refused before encoding anything
+    finally:
+        unregister_encoder("counting-8")
+
+
+def test_a_published_tuned_model_is_kept_when_a_second_writer_finishes(tmp_path):
+    """Two processes tuning the same inputs: the second no longer deletes the first's folder
+    (under its readers) nor fails with 'Directory not empty'."""
+    from ragkit.encoders.adapt import _publish
+
+    out = tmp_path / "adapt-k"
+    for name in ("a", "b"):
+        tmp = tmp_path / f".adapt-k.tmp-{name}"
+        tmp.mkdir()
+        (tmp / "modules.json").write_text(name)
+        _publish(tmp, out)
+        assert not tmp.exists()
+    assert (out / "modules.json").read_text() == "a"
+    (out / "modules.json").unlink()  # a half-written folder is replaced
+    tmp = tmp_path / ".adapt-k.tmp-c"
+    tmp.mkdir()
+    (tmp / "modules.json").write_text("c")
+    _publish(tmp, out)
+    assert (out / "modules.json").read_text() == "c"
 
 
 @pytest.mark.slow
@@ -69,13 +150,19 @@ def test_dense_adapt_fits_caches_saves_and_loads(slice_data, tmp_path, monkeypat
     assert again.model_path_ == op.model_path_
     before = op.search(queries)
     op.save(tmp_path / "d")
-    assert (tmp_path / "d" / "model" / "modules.json").is_file()
+    assert (tmp_path / "d" / "model" / Path(op.model_path_).name / "modules.json").is_file()
     loaded = Operator.load(tmp_path / "d")
     assert loaded.encoder.key == op.encoder.key          # content-keyed: the copied model keeps its cache
     after = loaded.search(queries)
     for a, b in zip(before.rankings, after.rankings):
         np.testing.assert_array_equal(a.rows, b.rows)
         np.testing.assert_allclose(a.scores, b.scores, atol=1e-6)
+    # another tuned model saved over the same folder: its load is that model, not the one this
+    # process loaded from the folder before (encoders are cached per path)
+    monkeypatch.undo()
+    other = Dense(k=10, adapt={"batch_size": 8, "max_steps": 2, "seed": 2}).fit(corpus, train)
+    other.save(tmp_path / "d")
+    assert Operator.load(tmp_path / "d").encoder.key == other.encoder.key != op.encoder.key
 
 
 @pytest.mark.slow

@@ -645,3 +645,39 @@ def test_hnsw_padding_raises_no_warning(dtype):
             slots, scores = ix.search(q, 25)
             assert ((slots >= 0).sum(1) == 10).all() and np.isneginf(scores[:, 10:]).all()
             assert np.isfinite(scores[:, :10]).all()
+
+
+def test_dense_remove_takes_ids_as_filters_do_and_an_emptied_index_loads(slice_data, tmp_path):
+    """Numeric ids and a scalar id remove like the strings they are (filters already took them);
+    an index emptied by remove saves and loads (its empty corpus.jsonl was refused)."""
+    from ragkit.types import Corpus
+
+    corpus = Corpus.from_texts(["alpha beta", "gamma delta", "epsilon"], ids=["1", "2", "3"])
+    op = Dense(k=3).fit(corpus)
+    op.remove(3)
+    op.remove([np.int64(1)])
+    assert op.corpus_.ids.tolist() == ["2"]
+    op.remove("2")
+    op.save(tmp_path / "empty")
+    loaded = Operator.load(tmp_path / "empty")
+    assert len(loaded.corpus_) == 0 and loaded.search(["alpha"]).doc_ids[0].tolist() == []
+
+
+def test_embedding_cache_put_extends_the_loaded_index(tmp_path):
+    """A put used to drop the in-memory index, so the next lookup re-read every shard: each of
+    many small adds got slower.  The index now grows in place and agrees with a fresh reader."""
+    from ragkit.encoders.cache import EmbeddingCache, text_digests
+
+    cache = EmbeddingCache(tmp_path, "m")
+    rng = np.random.default_rng(0)
+    vecs = rng.standard_normal((6, 4)).astype(np.float32)
+    digests = text_digests([f"t{i}" for i in range(6)])
+    cache.put(digests[:3], vecs[:3])
+    assert cache.get(digests)[1].tolist() == [True] * 3 + [False] * 3   # index loaded
+    index = cache._index
+    cache.put(digests[3:], vecs[3:])
+    assert cache._index is index  # extended, not dropped
+    for reader in (cache, EmbeddingCache(tmp_path, "m")):
+        got, hit = reader.get(digests)
+        assert hit.all()
+        np.testing.assert_array_equal(got, vecs)

@@ -75,6 +75,8 @@ def test_adapter_learns_query_dependent_offset(synth):
     p = ad.predict_proba(e, c)
     mid = [c[i][np.argmin(np.abs(p[i] - 0.5))] for i in range(2)]
     assert mid[0] > mid[1] + 0.1, mid  # the true offsets are 0.68 and 0.32
+    with pytest.raises(DataError, match=r"got qvecs \(3, 16\) and cosines \(2, 200\)"):
+        ad.predict_proba(np.zeros((3, 16), np.float32), c)  # 5 vectors for 3 rows used the first 3, silently
 
 
 def test_adapter_threshold_hits_target_on_train(synth):
@@ -261,7 +263,6 @@ def test_dbnorm_operator_roundtrip(slice_data, tmp_path):
     b = Pipeline.load(tmp_path / "p").search(queries)
     for x, y in zip(a.rankings, b.rankings):
         assert x.equals(y)
-        assert sorted(x.rows.tolist()) == sorted(x.rows.tolist())
     raw = Dense(k=20).fit(corpus).search(queries)
     for x, r in zip(a.rankings, raw.rankings):
         assert set(x.rows.tolist()) == set(r.rows.tolist())  # a reranker: same candidates
@@ -319,3 +320,75 @@ def test_filter_measures():
     rep = filter_report(kept, qrels, reference=ref)
     assert rep.precision == 1.0 and rep.recall == pytest.approx(1 / 3) and rep.empty == 0.5 and rep.mean_kept == 0.5
     assert filter_report(kept, qrels).recall == pytest.approx(1 / 4)
+
+
+# ---------------------------------------------------------------------- edge cases found in review
+def test_nan_cosines_are_refused_before_they_spoil_a_list():
+    """One NaN passed the [-1, 1] check (nanmax) and emptied its query's list, or, at fit, gave
+    NaN weights and threshold saved as if trained."""
+    from ragkit.filters._flat import check_cosines
+
+    with pytest.raises(DataError, match=r"2 non-finite score\(s\) \(first in query 1 of the batch\)"):
+        check_cosines(np.array([0.5, 0.2, np.nan, np.inf]), "cosine_adapter", np.array([0, 0, 1, 1]))
+    with pytest.raises(DataError, match="scores up to 3"):
+        check_cosines(np.array([0.5, 3.0]), "dbnorm")
+    check_cosines(np.array([0.5, -1.0]), "dbnorm")
+
+
+def test_choose_threshold_keeps_or_drops_ties_together():
+    """A cut-off keeps every candidate with p >= t: the search ran over positions, so a tie
+    straddling the chosen position was kept and the precision target missed."""
+    from scipy.special import expit
+
+    from ragkit.filters.cosine_adapter import choose_threshold
+
+    probs, labels = np.array([0.9, 0.8, 0.8, 0.1]), np.array([1, 1, 0, 0])
+    t = choose_threshold(probs, labels, "precision", 1.0)
+    assert t == 0.9 and labels[probs >= t].mean() == 1.0
+    probs, labels = np.array([expit(60.0), expit(40.0), 0.7]), np.array([1, 0, 1])  # saturated: a tie at 1.0
+    t = choose_threshold(probs, labels, "precision", 0.9)
+    assert labels[probs >= t].mean() == pytest.approx(2 / 3)  # the best kept set there is
+    t = choose_threshold(np.array([0.9, 0.5, 0.5, 0.2]), np.array([1, 0, 1, 1]), "recall", 0.5)
+    assert t == 0.5  # 0.9 keeps 1/3; the tie at 0.5 comes whole
+
+
+def test_mmr_keeps_incoming_fields_and_adds_the_cosine(slice_data):
+    from ragkit.filters import MMR
+    from ragkit.pipelines import RRF, Parallel
+    from ragkit.retrievers import BM25
+
+    corpus, queries, _, _ = slice_data
+    pipe = (Parallel([BM25(k=20), BM25(k=20, variant="okapi")], fuse=RRF(k=60)) | MMR(k=5, fetch_k=20)).fit(corpus)
+    fused = pipe.steps[0](State.of(queries))
+    out = pipe.search(queries)
+    vecs, q = pipe.steps[1].vectors_, get_encoder().encode_queries(list(queries.texts))
+    for i, (r, before) in enumerate(zip(out.rankings, fused.rankings)):
+        assert {"cosine", *before.fields} == set(r.fields)
+        pos = {row: j for j, row in enumerate(before.rows.tolist())}
+        for name, col in before.fields.items():  # each field travels with its document
+            np.testing.assert_array_equal(r.fields[name], col[[pos[x] for x in r.rows.tolist()]])
+        np.testing.assert_allclose(r.fields["cosine"], vecs[r.rows] @ q[i], rtol=1e-5, atol=1e-6)
+
+
+def test_filter_report_against_a_reference_stays_a_recall():
+    qrels = {"q1": {"a": 1}, "q2": {"x": 1, "y": 1}}
+    ref = Run(["q1"], [np.array(["a", "b"])], [np.ones(2)])
+    kept = Run(["q1", "q2"], [np.array(["a"]), np.array(["x", "y"])], [np.ones(1), np.ones(2)])
+    with pytest.raises(DataError, match=r"1 judged queries of the filtered run are not in the reference run"):
+        filter_report(kept, qrels, reference=ref)
+    ref = Run(["q1", "q2"], [np.array(["a", "b"]), np.array(["x", "z"])], [np.ones(2), np.ones(2)])
+    rep = filter_report(kept, qrels, reference=ref)  # y was kept but the reference never retrieved it
+    assert rep.recall == 1.0 and rep.precision == 1.0
+
+
+def test_filtering_metrics_check_their_inputs():
+    with pytest.raises(DataError, match=r"1 of 3 are not \(e\.g\. \[nan\]\); drop padding"):
+        expected_calibration_error(np.array([0.2, np.nan, 0.9]), np.array([0, 1, 1]))
+    with pytest.raises(DataError, match="3 scores for 4 labels"):
+        pr_curve(np.array([0.3, 0.2, 0.1]), np.array([1, 0, 1, 1]))
+    with pytest.raises(DataError, match=r"row -1 outside a corpus of 10 documents; expected rows in \[0, 10\)"):
+        k_occurrence([Ranking([3, -1], [1.0, 0.5])], 10, k=2)
+
+
+def test_dbnorm_reads_the_papers_dualis_name():
+    assert DBNorm(method="dualis").params.method == "dis" and DBNorm(method="DualIS").params.method == "dis"

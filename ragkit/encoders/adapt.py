@@ -41,24 +41,33 @@ class AdaptConfig(Params):
     seed: int = Field(0, description="Seed of the trainer, the data order and the initialisation.")
 
 
-def mine_pairs(corpus: Corpus, train: TrainSet, model: str, n_neg: int = 1, depth: int = 30,
+def mine_pairs(corpus: Corpus, train: TrainSet, model: str, n_neg: int = 1, depth: int = 30, seed: int = 0,
                ) -> tuple[list[str], list[str], list[str]]:
     """(query, positive, hard negative) texts; negatives alternate BM25 and current-model top ranks.
 
-    Batched: one BM25 search and one dense search for all training queries.
+    Batched: one BM25 search and one dense search for all training queries.  A query whose
+    top ranks are all judged gets a random (seeded) document that is not one of its
+    positives; a query whose every document is a positive gives no triplet.
     """
     from ragkit.retrievers import BM25, Dense
 
-    qids = [q for q in train.queries.ids if any(v > 0 for v in train.qrels.get(q, {}).values())]
+    judged_pos = {q: [d for d, v in train.qrels.get(q, {}).items() if v > 0] for q in train.queries.ids}
+    qids = [q for q in train.queries.ids if judged_pos[q]]
     if not qids:
         raise DataError("fine-tuning needs training queries with at least one positive judgement; got none")
+    in_corpus = {q: corpus.row_of(judged_pos[q], missing="drop") for q in qids}
+    qids = [q for q in qids if len(in_corpus[q])]
+    if not qids:
+        some = next(iter(judged_pos[q] for q in judged_pos if judged_pos[q]))[0]
+        raise DataError(f"fine-tuning: none of the training queries' positive documents is in the corpus of "
+                        f"{len(corpus):,} documents (e.g. {some!r}); expected qrels that name this corpus's ids")
+    rng = np.random.default_rng(seed)
     queries = train.queries[[train.queries.ids.index(q) for q in qids]]
     runs = [BM25(k=depth).fit(corpus).search(queries), Dense(k=depth, model=model).fit(corpus).search(queries)]
     texts = corpus.full_texts
     anchors, positives, negatives = [], [], []
     for i, q in enumerate(qids):
-        pos = [d for d, v in train.qrels[q].items() if v > 0]
-        pos_rows = corpus.row_of(pos, missing="drop")
+        pos_rows = in_corpus[q]
         judged = set(train.qrels[q])
         cands: list[int] = []
         for depth_i in range(depth):  # interleave the two rankings, best ranks first
@@ -68,7 +77,12 @@ def mine_pairs(corpus: Corpus, train: TrainSet, model: str, n_neg: int = 1, dept
                     row = int(run.rankings[i].rows[depth_i])
                     if row not in cands:
                         cands.append(row)
-        negs = cands[:n_neg] or [int(np.random.default_rng(i).integers(len(corpus)))]
+        negs = cands[:n_neg]
+        if not negs:  # every top-ranked document is judged: any document but a positive
+            others = np.setdiff1d(np.arange(len(corpus)), pos_rows)
+            if not len(others):
+                continue
+            negs = [int(rng.choice(others))]
         for p in pos_rows.tolist():
             for n in negs:
                 anchors.append(queries.texts[i])
@@ -93,7 +107,10 @@ def fine_tune(model: str, corpus: Corpus, train: TrainSet, out_dir: str | Path, 
     from ragkit.encoders.sentence import resolve_model
 
     out_dir = Path(out_dir)
-    anchors, positives, negatives = mine_pairs(corpus, train, model, n_neg=config.hard_negatives)
+    anchors, positives, negatives = mine_pairs(corpus, train, model, n_neg=config.hard_negatives, seed=config.seed)
+    if not anchors:
+        raise DataError("fine-tuning: no (query, positive, negative) triplet could be formed: every document of the "
+                        "corpus is a positive of the training queries that have one")
     torch.manual_seed(config.seed)
     st = SentenceTransformer(resolve_model(model), device="cpu")
     data = Dataset.from_dict({"anchor": anchors, "positive": positives, "negative": negatives})
@@ -112,10 +129,22 @@ def fine_tune(model: str, corpus: Corpus, train: TrainSet, out_dir: str | Path, 
         tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
         st.save(str(tmp))
         os.chmod(tmp, 0o755)  # mkdtemp makes it private; a model folder is shared like any other
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
+        _publish(tmp, out_dir)
     return out_dir
+
+
+def _publish(tmp: Path, out_dir: Path) -> None:
+    """Rename the finished model folder ``tmp`` to ``out_dir``.  The name is a content key, so a
+    folder already there (another process trained the same inputs) is kept, never deleted under
+    a reader; a half-written one (no ``modules.json``) is replaced."""
+    if out_dir.exists() and not (out_dir / "modules.json").is_file():
+        shutil.rmtree(out_dir, ignore_errors=True)
+    try:
+        os.replace(tmp, out_dir)
+    except OSError:
+        if not (out_dir / "modules.json").is_file():
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)  # another writer published the same content first
 
 
 def _training_digest(model_key: str, corpus: Corpus, train: TrainSet, config: AdaptConfig) -> str:
@@ -128,7 +157,8 @@ def _training_digest(model_key: str, corpus: Corpus, train: TrainSet, config: Ad
     h.update("\x00".join(corpus.ids.tolist()).encode())
     h.update(text_digests(corpus.full_texts).tobytes())
     h.update(json.dumps([train.queries.ids, train.queries.texts], ensure_ascii=False).encode())
-    h.update(json.dumps({q: dict(sorted(r.items())) for q, r in sorted(train.qrels.items())}).encode())
+    h.update(json.dumps({str(q): {str(d): int(v) for d, v in sorted(r.items())}
+                         for q, r in sorted(train.qrels.items())}).encode())
     return h.hexdigest()[:20]
 
 
@@ -181,16 +211,27 @@ class TunedEncoderMixin:
         if train is None:
             raise DataError(f"{self.name}.adapt fine-tunes the encoder on judged queries, but fit() got no training "
                             f"split; call fit(corpus, train=TrainSet(queries, qrels)) or drop 'adapt'")
+        from ragkit.encoders.custom import registered_encoder
+        from ragkit.errors import ParamError
+
+        if registered_encoder(self.params.model) is not None:
+            raise ParamError(f"{self.name}.adapt: model {self.params.model!r} is a registered custom encoder; adapt "
+                             "fine-tunes a sentence-transformers model (a name or folder)", path=f"{self.name}.adapt")
         self.model_path_ = str(adapted_model(self.params.model, corpus, train, self.params.adapt))
 
     def _save_encoder(self, folder: Path) -> None:
+        """Copy the tuned model to ``model/<its content key>/``: a path names one model, so an
+        encoder cached per path in this process is never the one of an earlier save."""
         if getattr(self, "model_path_", None):
-            shutil.copytree(self.model_path_, folder / "model")
+            shutil.copytree(self.model_path_, folder / "model" / Path(self.model_path_).name)
 
     def _load_encoder(self, folder: Path) -> None:
         from ragkit.errors import ArtifactError
 
-        self.model_path_ = str(folder / "model") if (folder / "model" / "modules.json").is_file() else None
+        found = sorted(p.parent for p in (folder / "model").glob("*/modules.json"))
+        if (folder / "model" / "modules.json").is_file():  # saved before the content-named layout
+            found.insert(0, folder / "model")
+        self.model_path_ = str(found[0]) if found else None
         if self.params.adapt is not None and self.model_path_ is None:
             raise ArtifactError(f"{folder}: {self.name} was fitted with adapt but the tuned model folder "
                                 f"{folder / 'model'} is missing")

@@ -93,7 +93,10 @@ class EmbeddingCache:
         for suffix, arr in ((".npy", np.asarray(vectors, np.float32)), (".keys.npy", digests)):
             with atomic_file(self.folder / f"{name}{suffix}") as tmp, open(tmp, "wb") as f:
                 np.save(f, arr, allow_pickle=False)
-        self._index = None
+        if self._index is not None:  # extend the loaded index: re-reading every shard made each put slower
+            s = len(self._shards)
+            self._shards.append(np.load(self.folder / f"{name}.npy", allow_pickle=False, mmap_mode="r"))
+            self._index.update((k, (s, j)) for j, k in enumerate(digests.tolist()))
 
     def fetch_or_compute(self, texts: list[str], compute: Callable[[list[str]], np.ndarray]) -> tuple[np.ndarray, int]:
         """Vectors of ``texts`` ``(n, dim)``: cached rows read back, the others computed with ``compute``

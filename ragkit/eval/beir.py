@@ -63,8 +63,11 @@ def _read_jsonl(path: Path):
             yield n, rec
 
 
-def read_corpus(path: str | Path) -> Corpus:
-    """Read a BEIR ``corpus.jsonl`` (a few hundred ms for SciFact's 5,183 documents)."""
+def read_corpus(path: str | Path, *, allow_empty: bool = False) -> Corpus:
+    """Read a BEIR ``corpus.jsonl`` (a few hundred ms for SciFact's 5,183 documents).
+
+    An empty file is a :class:`DataError` unless ``allow_empty`` (a saved operator whose
+    documents were all removed)."""
     path = Path(path)
     ids, titles, texts, metas, seen = [], [], [], [], {}
     for n, rec in _read_jsonl(path):
@@ -76,7 +79,7 @@ def read_corpus(path: str | Path) -> Corpus:
         titles.append(_text(rec.get("title"), path, n, "title"))
         texts.append(_text(rec.get("text"), path, n, "text"))
         metas.append(rec.get("metadata") or {})
-    if not ids:
+    if not ids and not allow_empty:
         raise DataError(f"{path}: the corpus is empty")
     keys = sorted({k for m in metas if isinstance(m, dict) for k in m})
     meta = {k: np.array([m.get(k) if isinstance(m, dict) else None for m in metas], dtype=object) for k in keys}

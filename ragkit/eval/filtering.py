@@ -66,12 +66,21 @@ def filter_report(filtered: Run, qrels: Qrels, reference: Run | None = None) -> 
     kept = np.array([len(filtered.doc_ids[i]) for i in keep])
     tp = float(sum(labels[i].sum() for i in keep))
     if reference is not None:
-        ref_labels = dict(zip(reference.query_ids, relevance_labels(reference, qrels)))
-        total = float(sum(ref_labels[filtered.query_ids[i]].sum() for i in keep if filtered.query_ids[i] in ref_labels))
+        ref_at = {q: i for i, q in enumerate(reference.query_ids)}
+        missing = [filtered.query_ids[i] for i in keep if filtered.query_ids[i] not in ref_at]
+        if missing:
+            raise DataError(f"filter_report: {len(missing)} judged queries of the filtered run are not in the "
+                            f"reference run (e.g. {missing[:3]}); expected the unfiltered run of the same queries")
+        ref_labels = relevance_labels(reference, qrels)
+        total = float(sum(ref_labels[ref_at[filtered.query_ids[i]]].sum() for i in keep))
+        # recall within the reference: a kept relevant document the reference never retrieved does not count
+        tp = float(sum(np.isin(filtered.doc_ids[i][labels[i] > 0],
+                               reference.doc_ids[ref_at[filtered.query_ids[i]]]).sum() for i in keep))
     else:
         total = float(sum(sum(v > 0 for v in qrels[filtered.query_ids[i]].values()) for i in keep))
+    tp_all = float(sum(labels[i].sum() for i in keep))
     return FilterReport(
-        precision=tp / kept.sum() if kept.sum() else 0.0, recall=tp / total if total else 0.0,
+        precision=tp_all / kept.sum() if kept.sum() else 0.0, recall=tp / total if total else 0.0,
         mean_kept=float(kept.mean()), empty=float(np.mean(kept == 0)), n_queries=len(keep),
     )
 
@@ -84,8 +93,10 @@ def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, n_bins: in
         raise DataError(f"expected_calibration_error: {probs.shape} probabilities for {labels.shape} labels")
     if probs.size == 0:
         return 0.0
-    if probs.min() < 0 or probs.max() > 1:
-        raise DataError("expected_calibration_error: probabilities must lie in [0, 1]")
+    if not np.isfinite(probs).all() or probs.min() < 0 or probs.max() > 1:
+        bad = ~np.isfinite(probs) | (probs < 0) | (probs > 1)
+        raise DataError(f"expected_calibration_error: probabilities must be finite and lie in [0, 1]; {int(bad.sum())} "
+                        f"of {probs.size} are not (e.g. {probs[bad][:3].tolist()}); drop padding (NaN) first")
     b = np.minimum((probs * n_bins).astype(np.int64), n_bins - 1)
     cnt = np.bincount(b, minlength=n_bins)
     sp = np.bincount(b, weights=probs, minlength=n_bins)
@@ -102,6 +113,12 @@ def pr_curve(scores: np.ndarray, labels: np.ndarray, n_relevant: int | None = No
     """
     scores = np.asarray(scores, dtype=np.float64).ravel()
     labels = np.asarray(labels, dtype=np.float64).ravel()
+    if scores.shape != labels.shape:
+        raise DataError(f"pr_curve: {scores.shape[0]} scores for {labels.shape[0]} labels; expected one label per "
+                        "score")
+    if not np.isfinite(scores).all():
+        raise DataError(f"pr_curve: {int((~np.isfinite(scores)).sum())} non-finite scores; expected finite scores "
+                        "(drop padding first)")
     order = np.argsort(-scores, kind="stable")
     s, y = scores[order], labels[order]
     tp = np.cumsum(y)

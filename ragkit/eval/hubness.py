@@ -37,7 +37,9 @@ def k_occurrence(run: Run | Sequence[Ranking], n_docs: int, k: int = 10) -> np.n
     heads = [r.rows[:k] for r in rankings]
     rows = np.concatenate(heads) if heads else np.empty(0, np.int64)
     if len(rows) and (rows.max() >= n_docs or rows.min() < 0):
-        raise DataError(f"k_occurrence: row {int(rows.max())} outside a corpus of {n_docs} documents")
+        bad = int(rows[(rows < 0) | (rows >= n_docs)][0])
+        raise DataError(f"k_occurrence: row {bad} outside a corpus of {n_docs} documents; expected rows in "
+                        f"[0, {n_docs})")
     return np.bincount(rows, minlength=n_docs).astype(np.int64)
 
 
