@@ -15,6 +15,7 @@ Implementers override ``_fit``, ``_call``, ``_save`` and ``_load``.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import tempfile
@@ -149,16 +150,19 @@ class Operator:
 
     def k_for(self, state: State) -> int:
         """The number of results this retriever returns: its ``k``, raised to a per-call ``k``."""
-        k = int(self.opt(state, "k", self.params.k))  # type: ignore[attr-defined]
+        k = _positive_k(self.opt(state, "k", self.params.k), f"options.{self.name}.k")  # type: ignore[attr-defined]
         call_k = state.options.get("k")
-        return max(k, int(call_k)) if call_k is not None else k
+        return max(k, _positive_k(call_k, "options.k")) if call_k is not None else k
 
     def filter_mask(self, state: State) -> np.ndarray | None:
-        """Row mask of the metadata filter (the ``filter`` parameter AND the per-call ``filter``)."""
-        where: dict[str, Any] = dict(getattr(self.params, "filter", None) or {})
-        where.update(self.opt(state, "filter", {}) or {})
-        where.update(state.options.get("filter") or {})
-        return self.corpus_.mask(where) if where else None
+        """Row mask of the metadata filter: the ``filter`` parameter AND this operator's per-call
+        ``filter`` option AND the call's ``filter`` (a call narrows the configured filter, never
+        widens it, even on the same field)."""
+        sources = [getattr(self.params, "filter", None), self.opt(state, "filter", None), state.options.get("filter")]
+        masks = [self.corpus_.mask(w) for w in sources if w]
+        if not masks:
+            return None
+        return np.logical_and.reduce(masks) if len(masks) > 1 else masks[0]
 
     # ------------------------------------------------------------------ composition
     def __or__(self, other: "Operator") -> "Pipeline":
@@ -199,6 +203,7 @@ class Operator:
         write_json(folder / "params.json", {
             "operator": self.name, "params": self.params.model_dump(mode="json"),
             "fitted": fitted, "format_version": FORMAT_VERSION, "ragkit_version": _version(),
+            **({"corpus": corpus_fingerprint(self.corpus_)} if fitted else {}),
         })
         if fitted:
             self._save(folder)
@@ -235,6 +240,11 @@ class Operator:
                 from ragkit.eval.beir import read_corpus
 
                 corpus = read_corpus(folder / "corpus.jsonl", allow_empty=True)
+            elif "corpus" in meta and corpus_fingerprint(corpus) != meta["corpus"]:
+                raise ArtifactError(
+                    f"{folder}: fitted on a corpus of {meta['corpus']['n']:,} documents, but load(corpus=...) was "
+                    f"given {len(corpus):,} documents with other ids; pass the corpus it was fitted on (or none: the "
+                    "folder holds it)")
             op.corpus_ = corpus
             op._load(folder, mmap=mmap)
         return op
@@ -251,6 +261,31 @@ def _version() -> str:
     from ragkit import __version__
 
     return __version__
+
+
+def corpus_fingerprint(corpus: Corpus) -> dict[str, Any]:
+    """``{"n": documents, "ids_sha1": hash of the ids in order}``: what a saved operator was fitted on."""
+    h = hashlib.sha1("\x00".join(corpus.ids.tolist()).encode("utf-8", "surrogatepass"))
+    return {"n": len(corpus), "ids_sha1": h.hexdigest()}
+
+
+def _positive_k(value: Any, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ParamError(f"{where}: expected a positive integer, got {value!r}", path=where)
+    return int(value)
+
+
+def _is_ragkit_save(folder: Path) -> bool:
+    """Whether ``folder`` holds a ragkit save: a ``params.json`` or ``manifest.json`` that parses and
+    carries ragkit's ``format_version`` (a file merely named so is somebody else's)."""
+    for name in ("params.json", "manifest.json"):
+        try:
+            meta = json.loads((folder / name).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(meta, dict) and "format_version" in meta and ("operator" in meta or name == "manifest.json"):
+            return True
+    return False
 
 
 class atomic_dir:
@@ -270,11 +305,10 @@ class atomic_dir:
         path = Path(path).resolve()
         if path.exists() and not path.is_dir():
             raise ArtifactError(f"{path}: exists and is not a folder; refusing to replace it with a ragkit save")
-        if path.is_dir() and any(path.iterdir()) and not any(
-                (path / f).is_file() for f in ("params.json", "manifest.json")):
+        if path.is_dir() and any(path.iterdir()) and not _is_ragkit_save(path):
             raise ArtifactError(
-                f"{path}: a non-empty folder that is not a ragkit save (no params.json or manifest.json); "
-                f"refusing to replace it: save into a new or empty folder")
+                f"{path}: a non-empty folder that is not a ragkit save (no params.json or manifest.json written "
+                f"by ragkit); refusing to replace it: save into a new or empty folder")
         return path
 
     def __enter__(self) -> Path:

@@ -11,7 +11,7 @@ import types
 import typing
 from typing import Any, Mapping, Sequence
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 from ragkit.errors import ParamError
 
@@ -21,7 +21,19 @@ __all__ = ["Params", "validate_params", "format_validation_error", "describe_err
 class Params(BaseModel):
     """Base class of operator parameter models: unknown keys are refused, instances are frozen."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True, allow_inf_nan=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_bool_for_int(cls, data: Any) -> Any:
+        """``k: yes`` in YAML is ``True``: refused where an integer is expected (pydantic reads it as 1)."""
+        if isinstance(data, Mapping):
+            for name, f in cls.model_fields.items():
+                v = data.get(name)
+                if isinstance(v, bool) and _wants_int(f.annotation):
+                    raise ValueError(f"{name}: expected an integer, got {v!r}; YAML reads unquoted yes/no/on/off/"
+                                     "true/false as booleans")
+        return data
 
     def non_default(self) -> dict[str, Any]:
         """The parameters that differ from their defaults, as plain JSON/YAML values."""
@@ -42,10 +54,10 @@ def describe_error(err: Mapping[str, Any]) -> str:
     if t == "string_type" and isinstance(got, (bool, int, float)):
         return (f"expected a string, got {got!r}; YAML reads unquoted yes/no/on/off/true/false as booleans and "
                 f"digits as numbers: quote it, e.g. \"{str(got).lower() if isinstance(got, bool) else got}\"")
-    if t in ("greater_than_equal", "greater_than") and isinstance(got, int) and not isinstance(got, bool):
-        bound = ctx.get("ge", ctx.get("gt"))
-        if (t == "greater_than_equal" and bound == 1) or (t == "greater_than" and bound == 0):
-            return f"expected a positive integer, got {got!r}"
+    if t == "greater_than_equal" and ctx.get("ge") == 1 and isinstance(got, int) and not isinstance(got, bool):
+        return f"expected a positive integer, got {got!r}"  # ge=1 bounds counts; gt=0 bounds real numbers
+    if t == "finite_number":
+        return f"expected a finite number, got {got!r}"
     expected = {
         "greater_than_equal": lambda: f"a value >= {ctx.get('ge')}",
         "greater_than": lambda: f"a value > {ctx.get('gt')}",
@@ -67,6 +79,17 @@ def describe_error(err: Mapping[str, Any]) -> str:
         msg = msg.removeprefix("Value error, ").removeprefix("Assertion failed, ")
         return f"{msg}, got {got!r}" if "got" not in msg else msg
     return f"expected {expected()}, got {got!r}"
+
+
+def _wants_int(annotation: Any) -> bool:
+    """Whether a field's type is an integer (alone or in a union), and not bool."""
+    if annotation is int:
+        return True
+    args = typing.get_args(annotation)
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return int in args and bool not in args
+    return False
 
 
 def format_loc(prefix: str, loc: Sequence[Any]) -> str:

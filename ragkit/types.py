@@ -31,6 +31,30 @@ def _as_str_array(values: Iterable[Any], what: str) -> np.ndarray:
     return arr
 
 
+def _as_ids(values: Iterable[Any], what: str) -> np.ndarray:
+    """Ids as strings (``10`` and ``"10"`` name the same document or query, before and after a save)."""
+    arr = _as_str_array(values, what)
+    if len(arr) and not all(type(x) is str for x in arr.tolist()):
+        arr = np.array([str(x) for x in arr.tolist()] or [], dtype=object)
+    return arr
+
+
+def _column(values: Iterable[Any]) -> np.ndarray:
+    """A 1-D object column, even when every value is a list of one length (``np.array`` made that 2-D)."""
+    values = list(values)
+    return np.fromiter(values, dtype=object, count=len(values))
+
+
+def _as_rows(idx: Any, n: int) -> np.ndarray:
+    """Row numbers from integer positions or a boolean mask of length ``n`` (a mask is not 0/1 rows)."""
+    arr = np.asarray(idx)
+    if arr.dtype == bool:
+        if arr.shape != (n,):
+            raise DataError(f"a boolean mask selects rows of {n}, got one of shape {arr.shape}")
+        return np.flatnonzero(arr)
+    return np.asarray(arr, dtype=np.int64)
+
+
 @dataclass(frozen=True, eq=False)
 class Corpus:
     """A columnar document collection.
@@ -59,7 +83,7 @@ class Corpus:
     metadata: Mapping[str, np.ndarray] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        ids = _as_str_array(self.ids, "Corpus.ids")
+        ids = _as_ids(self.ids, "Corpus.ids")
         texts = _as_str_array(self.texts, "Corpus.texts")
         titles = (
             np.full(len(ids), "", dtype=object)
@@ -81,7 +105,7 @@ class Corpus:
                             f"results, filters, add and remove)")
         meta = {}
         for key, col in dict(self.metadata).items():
-            col = np.asarray(col, dtype=object) if not isinstance(col, np.ndarray) else col
+            col = _column(col) if not isinstance(col, np.ndarray) or col.ndim != 1 else col
             if len(col) != len(ids):
                 raise DataError(
                     f"Corpus metadata field {key!r} has {len(col)} values, expected {len(ids)} (one per document)"
@@ -107,14 +131,14 @@ class Corpus:
             titles.append(str(r.get("title", "") or ""))
             metas.append(r.get("metadata") or {})
         keys = sorted({k for m in metas for k in m})
-        meta = {k: np.array([m.get(k) for m in metas], dtype=object) for k in keys}
+        meta = {k: _column([m.get(k) for m in metas]) for k in keys}
         return cls(ids=ids, texts=texts, titles=titles, metadata=meta)
 
     @classmethod
     def from_texts(cls, texts: Sequence[str], ids: Sequence[str] | None = None, **metadata: Sequence[Any]) -> "Corpus":
         """Build from plain texts; ids default to ``"0", "1", ...``."""
         ids = [str(i) for i in range(len(texts))] if ids is None else ids
-        return cls(ids=ids, texts=texts, metadata={k: np.asarray(v, dtype=object) for k, v in metadata.items()})
+        return cls(ids=ids, texts=texts, metadata={k: _column(v) for k, v in metadata.items()})
 
     @classmethod
     def from_documents(cls, docs: Sequence[Any]) -> "Corpus":
@@ -160,8 +184,8 @@ class Corpus:
             raise DataError(f"document id {e.args[0]!r} is not in the corpus") from None
 
     def subset(self, rows: np.ndarray | Sequence[int]) -> "Corpus":
-        """A new corpus made of the given rows, in that order."""
-        rows = np.asarray(rows, dtype=np.int64)
+        """A new corpus made of the given rows, in that order (or the rows a boolean mask keeps)."""
+        rows = _as_rows(rows, len(self))
         return Corpus(
             ids=self.ids[rows], texts=self.texts[rows], titles=self.titles[rows],
             metadata={k: v[rows] for k, v in self.metadata.items()},
@@ -183,13 +207,15 @@ class Corpus:
     def mask(self, where: Mapping[str, Any] | None) -> np.ndarray | None:
         """Boolean row mask for a metadata filter, or ``None`` when there is no filter.
 
-        ``where`` maps a field to a value (equality) or a list/tuple/set of values
+        ``where`` maps a field to a value (equality) or a list/tuple/set/array of values
         (membership); fields combine with AND.  Values compare with Python's ``==`` either way
         (``1`` matches ``1.0`` and ``True``, ``"2020"`` does not match ``2020``).  ``"_id"``
-        filters on document ids (given as strings or numbers).
+        filters on document ids (given as strings or numbers).  Operators such as
+        ``{"$gte": 2020}`` are not supported and are refused.
         """
         if not where:
             return None
+        check_filter(where)
         keep = np.ones(len(self), dtype=bool)
         for key, want in where.items():
             if key == "_id":
@@ -201,10 +227,13 @@ class Corpus:
                     f"filter field {key!r} is not a metadata field of the corpus; "
                     f"available: {sorted(self.metadata) + ['_id']}"
                 )
-            wants = list(want) if isinstance(want, (list, tuple, set, frozenset)) else [want]
+            wants = list(want) if isinstance(want, (list, tuple, set, frozenset, np.ndarray)) else [want]
             if key == "_id":  # ids are strings; an id given as a number means the same document
-                wants = [str(w) for w in wants]
-            keep &= _isin(column, wants)
+                hit = np.zeros(len(self), dtype=bool)
+                hit[self.row_of([str(w) for w in wants], missing="drop")] = True
+                keep &= hit
+            else:
+                keep &= _isin(column, wants)
         return keep
 
     # ------------------------------------------------------------------ persistence
@@ -216,21 +245,48 @@ class Corpus:
             for i, (d, t, x) in enumerate(zip(self.ids.tolist(), self.titles.tolist(), self.texts.tolist())):
                 rec: dict[str, Any] = {"_id": d, "title": t, "text": x}
                 if keys:
-                    rec["metadata"] = {k: _jsonable(self.metadata[k][i]) for k in keys}
+                    rec["metadata"] = {k: _jsonable(self.metadata[k][i], k) for k in keys}
                 f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+
+
+def check_filter(where: Mapping[str, Any], path: str = "filter") -> None:
+    """Refuse filter values ragkit cannot honour (query operators such as ``{"$gte": 2020}``),
+    which would otherwise match nothing, silently."""
+    for key, want in where.items():
+        if not isinstance(key, str):
+            raise DataError(f"{path}: field names are strings, got {key!r}")
+        if isinstance(want, Mapping):
+            raise DataError(f"{path}.{key}: {dict(want)!r} is not supported; a filter value is a value (equality) "
+                            "or a list of values (membership)")
 
 
 def _isin(column: np.ndarray, wants: list[Any]) -> np.ndarray:
     """``column[i] == w`` for some ``w`` in ``wants``, with Python's equality (``1 == 1.0 == True``,
-    ``"2020" != 2020``) whether one value or a list is given; one vectorised comparison per value."""
-    hit = np.zeros(len(column), dtype=bool)
-    for w in wants:  # a filter lists few values; each comparison is over the whole column
-        hit |= np.asarray(column == w, dtype=bool)
-    return hit
+    ``"2020" != 2020``) whether one value or a list is given: set membership where the values
+    hash (one pass over the column), else one vectorised comparison per value."""
+    try:
+        wanted = set(wants)
+        return np.fromiter((v in wanted for v in column.tolist()), dtype=bool, count=len(column))
+    except TypeError:  # an unhashable value (a list) in the column or the filter
+        hit = np.zeros(len(column), dtype=bool)
+        for w in wants:
+            hit |= np.array([v == w for v in column.tolist()], dtype=bool)
+        return hit
 
 
-def _jsonable(v: Any) -> Any:
-    return v.item() if isinstance(v, np.generic) else v
+def _jsonable(v: Any, field: str = "") -> Any:
+    """A metadata value as JSON: numpy scalars as Python's (float32 by its shortest repr, so a
+    filter on ``0.1`` still matches after a save), lists element-wise; other types refused."""
+    if isinstance(v, (np.floating,)) and v.dtype != np.float64:
+        return float(str(v))
+    if isinstance(v, np.generic):
+        return v.item()
+    if isinstance(v, (list, tuple, np.ndarray)):
+        return [_jsonable(x, field) for x in (v.tolist() if isinstance(v, np.ndarray) else v)]
+    if v is None or isinstance(v, (str, bool, int, float, dict)):
+        return v
+    raise DataError(f"Corpus.save: metadata field {field!r} holds a {type(v).__name__} ({v!r:.60}); expected a "
+                    "JSON value (str, number, bool, None, list); convert it (e.g. a date to an ISO string)")
 
 
 @dataclass(frozen=True)
@@ -243,14 +299,23 @@ class Queries:
     def __post_init__(self) -> None:
         if len(self.ids) != len(self.texts):
             raise DataError(f"Queries: {len(self.ids)} ids but {len(self.texts)} texts")
+        ids = [x if type(x) is str else str(x) for x in self.ids]
+        if len(set(ids)) != len(ids):
+            seen: set[str] = set()
+            dup = next(x for x in ids if x in seen or seen.add(x))
+            raise DataError(f"Queries ids must be unique; {dup!r} is repeated (runs and judgements are keyed by "
+                            "query id)")
+        object.__setattr__(self, "ids", ids)
+        object.__setattr__(self, "texts", list(self.texts))
 
     def __len__(self) -> int:
         return len(self.ids)
 
-    def __getitem__(self, idx: slice | Sequence[int]) -> "Queries":
+    def __getitem__(self, idx: slice | Sequence[int] | np.ndarray) -> "Queries":
         if isinstance(idx, slice):
             return Queries(self.ids[idx], self.texts[idx])
-        return Queries([self.ids[i] for i in idx], [self.texts[i] for i in idx])
+        rows = _as_rows(idx, len(self)).tolist()
+        return Queries([self.ids[i] for i in rows], [self.texts[i] for i in rows])
 
     @classmethod
     def from_texts(cls, texts: Sequence[str]) -> "Queries":
@@ -418,16 +483,16 @@ class State:
         )
 
     def subset(self, idx: Sequence[int] | np.ndarray) -> "State":
-        """The sub-batch of queries at positions ``idx`` (trace list is shared)."""
-        idx = [int(i) for i in idx]
-        sel = np.asarray(idx, dtype=np.int64)
+        """The sub-batch of queries at positions ``idx`` (or a boolean mask; the trace list is shared)."""
+        sel = _as_rows(idx, len(self))
+        idx = sel.tolist()
         return State(
             queries=[self.queries[i] for i in idx], query_ids=[self.query_ids[i] for i in idx],
             rankings=None if self.rankings is None else [self.rankings[i] for i in idx],
             vectors={k: v[sel] for k, v in self.vectors.items()},
             values={k: [v[i] for i in idx] for k, v in self.values.items()},
             branches=None if self.branches is None else [(n, [r[i] for i in idx]) for n, r in self.branches],
-            options=self.options, trace=self.trace, qrels=self.qrels,
+            options=dict(self.options), trace=self.trace, qrels=self.qrels,
         )
 
     @classmethod

@@ -125,10 +125,15 @@ def check_fit_returns_self(cls, data, tmp_path):
     """``fit`` returns ``self``.  Fix: ``return self`` (the base class does)."""
     corpus, _, _, train = data
     pipe = _pipeline(cls)
-    pipe.fit(corpus, train)
+    assert pipe.fit(corpus, train) is pipe
     op = _target(pipe, cls)
     if not op.wants_upstream:
         assert op.fit(corpus, train) is op
+    elif cls.kind != "fuser":  # it learns from the steps before it on the training queries
+        upstream = State.of(train.queries)
+        for step in pipe.steps[:-1]:
+            upstream = step(upstream)
+        assert op.fit(corpus, train, upstream=upstream) is op
 
 
 def check_call_batch(cls, data, tmp_path):

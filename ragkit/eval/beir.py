@@ -82,7 +82,8 @@ def read_corpus(path: str | Path, *, allow_empty: bool = False) -> Corpus:
     if not ids and not allow_empty:
         raise DataError(f"{path}: the corpus is empty")
     keys = sorted({k for m in metas if isinstance(m, dict) for k in m})
-    meta = {k: np.array([m.get(k) if isinstance(m, dict) else None for m in metas], dtype=object) for k in keys}
+    meta = {k: np.fromiter((m.get(k) if isinstance(m, dict) else None for m in metas), dtype=object, count=len(metas))
+            for k in keys}  # fromiter: equal-length list values stay one column, not a 2-D array
     return Corpus(ids=np.array(ids, dtype=object), texts=np.array(texts, dtype=object),
                   titles=np.array(titles, dtype=object), metadata=meta)
 
