@@ -2,7 +2,7 @@
 
 Usage::
 
-    python bench/cachecraft.py --queries 20 --warm 8      # writes bench/out/cachecraft.json and .png
+    python bench/cachecraft.py --queries 20 --warm 8      # writes bench/out/cachecraft.md (the tables) and .png
 
 Prompts: the BM25 top-5 documents (cut to 200 tokens) of SciFact test queries, with the chat
 template, built from per-segment token ids.  The chunk store is filled *before* the measured

@@ -44,7 +44,8 @@ import time
 
 # BLAS / torch threads, set before numpy loads (``--threads N``, default 1): on a shared,
 # oversubscribed machine a 2-thread OpenBLAS call pays ~0.3 s of thread hand-off per GEMM.
-_THREADS = sys.argv[sys.argv.index("--threads") + 1] if "--threads" in sys.argv else "1"
+_THREADS = next((a.split("=", 1)[1] for a in sys.argv if a.startswith("--threads=")),
+                sys.argv[sys.argv.index("--threads") + 1] if "--threads" in sys.argv else "1")
 for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ[_var] = _THREADS
 

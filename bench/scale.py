@@ -49,7 +49,7 @@ def encode_part(n_docs: int) -> dict:
     return res
 
 
-def shard_part(n: int, shards: int, n_queries: int, ef: int = 64, seed: int = 0) -> dict:
+def shard_part(n: int, shards: int, n_queries: int, ef: int = 64, seed: int = 0, reorder: bool = True) -> dict:
     from ragkit.encoders import get_encoder
     from ragkit.eval.beir import load_beir
     from ragkit.retrievers._index import VectorIndex
@@ -67,9 +67,9 @@ def shard_part(n: int, shards: int, n_queries: int, ef: int = 64, seed: int = 0)
 
     def build(vectors):  # ragkit's own index (the operator's storage), HNSW over inner product
         return VectorIndex(dtype="f32", metric="ip", search="hnsw", connectivity=16, expansion_add=128,
-                           expansion_search=ef).build(vectors)
+                           expansion_search=ef, reorder=reorder).build(vectors)
 
-    res = {"n": n, "shards": shards, "queries": len(Q), "expansion_search": ef}
+    res = {"n": n, "shards": shards, "queries": len(Q), "expansion_search": ef, "reorder": reorder}
     t0 = time.perf_counter()
     one = build(X)
     res["single_build_s"] = time.perf_counter() - t0
@@ -106,6 +106,8 @@ def main() -> None:
     ap.add_argument("--ef", type=int, default=64, help="HNSW expansion_search of every index")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--skip-encode", action="store_true")
+    ap.add_argument("--no-reorder", action="store_true",
+                    help="Build graphs in the given order (VectorIndex(reorder=False)), as before 2026-12-02")
     args = ap.parse_args()
     if args.quick:
         args.docs, args.n, args.queries = 200, 50_000, 100
@@ -120,7 +122,7 @@ def main() -> None:
               f"2 actors {enc['ray_2_actors_docs_per_s']:.1f} docs/s "
               f"({enc['ray_2_actors_docs_per_s'] / enc['local_docs_per_s']:.2f}x); ray.init {enc['ray_init_s']:.1f} s; "
               f"max |ray - local| = {enc['ray_2_actors_max_abs_diff']:.2e}")
-    sh = shard_part(args.n, args.shards, args.queries, ef=args.ef)
+    sh = shard_part(args.n, args.shards, args.queries, ef=args.ef, reorder=not args.no_reorder)
     results["shards"] = sh
     print(f"{sh['n']:,} vectors: one HNSW index built in {sh['single_build_s']:.1f} s, {sh['shards']} shards in "
           f"{sh['sharded_build_s_sequential']:.1f} s (sequential here; parallel on a cluster)")

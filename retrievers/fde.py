@@ -32,6 +32,8 @@ Fixed Dimensional Encodings", NeurIPS 2024, arXiv 2405.19504.  Steps as in
 * Randomness: repetition ``r`` draws ``G_r`` then ``S_r`` from ``np.random.default_rng(seed + r)``;
   the final projection from ``np.random.default_rng([seed, 2**31 - 1])``.  Queries and
   documents use the same streams, so encoding is reproducible from ``(params, seed)`` alone.
+  (As the spec draws them, seeds ``s`` and ``s + 1`` share ``r_reps - 1`` repetitions, shifted by
+  one: to measure the variance over draws, use seeds at least ``r_reps`` apart.)
 """
 
 from __future__ import annotations
@@ -74,7 +76,8 @@ class FDEConfig:
     mean_weight : float
         Weight of the mean channel (0: none, the paper's FDE); see the module docstring.
     seed : int
-        Base seed; repetition ``r`` uses ``default_rng(seed + r)``.
+        Base seed; repetition ``r`` uses ``default_rng(seed + r)`` (independent draws need seeds
+        at least ``r_reps`` apart).
     """
 
     k_sim: int = 5
@@ -147,6 +150,10 @@ def draw_matrices(cfg: FDEConfig, d: int) -> tuple[np.ndarray, np.ndarray | None
     return g, s
 
 
+#: Bytes of temporaries one encoding chunk may hold (projections, Hamming tables, unsketched rows).
+CHUNK_BYTES = 128 * 2**20
+
+
 def _final_sketch(cfg: FDEConfig, d_in: int) -> sp.csr_matrix:
     rng = np.random.default_rng([cfg.seed, _FINAL_STREAM])
     h = rng.integers(0, cfg.d_final, size=d_in)
@@ -170,26 +177,30 @@ def _encode(data: np.ndarray, offsets: np.ndarray, cfg: FDEConfig, is_query: boo
     n, d = len(offsets) - 1, data.shape[1]
     width = cfg.r_reps * cfg.buckets * cfg.proj_dim(d)
     n_mean = d if cfg.mean_weight > 0 else 0
-    # the mean channel lives in out's last columns unless a final sketch makes a new array
-    out = np.zeros((n, width + (n_mean if cfg.d_final is None else 0)), np.float32)
-    mean = out[:, width:] if cfg.d_final is None else np.zeros((n, n_mean), np.float32)
+    final = cfg.d_final is not None
+    # the mean channel lives in out's last columns; with a final sketch, out is (n, d_final [+ d])
+    # and each chunk's unsketched FDEs live only in a scratch block
+    out = np.zeros((n, (cfg.d_final if final else width) + n_mean), np.float32)
+    mean = out[:, out.shape[1] - n_mean:]
+    sketch = _final_sketch(cfg, width) if final else None
     g, s = draw_matrices(cfg, d)
-    # chunk over sets so that the (tokens, r_reps * d_proj) projection and the documents'
-    # (tokens, 2**k_sim) Hamming table of empty-bucket filling stay small (~128 MB at any k_sim)
-    chunk_tokens = max(1024, chunk_tokens * 32 // max(cfg.buckets, 32))
+    # chunk over sets so that each chunk's temporaries stay near CHUNK_BYTES whatever the
+    # configuration: per token its SimHash bits, all repetitions' projections and (documents)
+    # the Hamming table of empty-bucket filling; with a final sketch, per set its unsketched row
+    per_token = 4 * (d + cfg.r_reps * (cfg.k_sim + cfg.proj_dim(d)) + (0 if is_query else cfg.buckets))
+    chunk_tokens = max(1024, min(chunk_tokens, CHUNK_BYTES // per_token))
+    max_sets = max(1, CHUNK_BYTES // (4 * width)) if final else n
     lo = 0
     while lo < n:
         hi = int(np.searchsorted(offsets, offsets[lo] + chunk_tokens, side="right")) - 1
-        hi = min(max(hi, lo + 1), n)
+        hi = min(max(hi, lo + 1), n, lo + max_sets)
         a, b = offsets[lo], offsets[hi]
         x = np.asarray(data[a:b], dtype=np.float32)
-        _encode_chunk(x, offsets[lo:hi + 1] - a, g, s, cfg, is_query, out[lo:hi, :width],
-                      mean[lo:hi] if n_mean else None)
+        block = np.zeros((hi - lo, width), np.float32) if final else out[lo:hi, :width]
+        _encode_chunk(x, offsets[lo:hi + 1] - a, g, s, cfg, is_query, block, mean[lo:hi] if n_mean else None)
+        if final:
+            out[lo:hi, :cfg.d_final] = np.asarray(block @ sketch, dtype=np.float32)
         lo = hi
-    if cfg.d_final is not None:
-        out = np.asarray(out @ _final_sketch(cfg, out.shape[1]), dtype=np.float32)
-        if n_mean:
-            out = np.concatenate([out, mean], axis=1)
     return out
 
 

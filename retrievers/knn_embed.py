@@ -8,8 +8,9 @@ cluster, score / Sainte-Laguë interleave merge).
 
 Everything is exact numpy search over normalised embeddings (cosine = inner product).  The hot path
 is batched: one ``(n_q, N)`` score matrix per batch, then one gathered top-k over the cluster columns of
-every (query, component) pair at once (in memory-bounded chunks); there is no Python loop over queries or
-clusters.
+every (query, component) pair at once (in memory-bounded chunks); the default ``gather`` search has no
+Python loop over queries or clusters (the ``masked`` / ``partitioned`` search modes and ``rocchio_filter``
+component queries run one vectorised step per used cluster).
 
 A metadata filter (the run-time ``filter`` option) masks the batch's score matrix: a filtered query is
 answered as if the corpus held only the passing documents, with the same clusters (neighbours, priors and
@@ -525,9 +526,12 @@ class KnnEmbed(Operator):
         return (qc / np.maximum(np.linalg.norm(qc, axis=1, keepdims=True), 1e-12)).astype(np.float32)
 
     def _fill_shortfall(self, s, rows_out, comp_out, clusters, labels, k):
-        """Fill empty slots (-1): first from untaken docs of the query's kept clusters by score, then dense."""
+        """Fill empty slots (-1): first from untaken docs of the query's kept clusters by score (labelled
+        with the component of their cluster), then dense (labelled -1, as the anchor)."""
         bad = np.flatnonzero((rows_out < 0).any(1))
         sub = rows_out[bad]
+        sub_comp = comp_out[bad]
+        kept = clusters[bad]
         sb = s[bad].astype(np.float64, copy=True)
         vr, vc = np.nonzero(sub >= 0)
         sb[vr, sub[vr, vc]] = -np.inf  # already taken
@@ -545,7 +549,10 @@ class KnnEmbed(Operator):
             hr, hc, j = hr[use], hc[use], j[use]
             sub[hr, hc] = r[hr, j]
             sb[hr, r[hr, j]] = -np.inf
+            if restrict:  # a document of a kept cluster belongs to that cluster's component
+                sub_comp[hr, hc] = np.argmax(kept[hr] == labels[r[hr, j]][:, None], axis=1)
         rows_out[bad] = sub
+        comp_out[bad] = sub_comp
         if (rows_out < 0).any():  # cannot happen with k <= N
             raise DataError(f"knn_embed: could not fill {k} distinct results")
 

@@ -118,10 +118,10 @@ def test_collapse_and_full_anchor_equal_dense(blobs):
     assert not np.array_equal(np.stack([r.rows for r in diverse.rankings]), dense_rows)
 
 
-@pytest.mark.parametrize("search", ["gather", "masked", "partitioned"])
+@pytest.mark.parametrize("search", ["auto", "gather", "partitioned"])  # each against masked
 def test_search_paths_agree(blobs, search):
     q = _unit(np.random.default_rng(4).standard_normal((6, D)))
-    ref = _fit(blobs, collapse_at=1.0, weight_floor=0.0, anchor_share=0.25)
+    ref = _fit(blobs, collapse_at=1.0, weight_floor=0.0, anchor_share=0.25, search="masked")
     a = ref(_state(ref, q))
     b = ref.with_params(search=search)(_state(ref, q))
     for x, y in zip(a.rankings, b.rankings):
@@ -252,11 +252,51 @@ def test_interleave_and_rocchio(blobs):
     q = _unit(np.eye(D)[0] + 0.8 * np.eye(D)[2])
     op = _fit(blobs, collapse_at=1.0, anchor_share=0.25, merge="interleave", tau=None, alpha=0.0, n_neighbors=100)
     r = op(_state(op, q)).rankings[0]
-    assert (np.diff(r.scores) < 0).all() and "cosine" in r.fields
+    cos = op.vectors_[r.rows] @ q
+    np.testing.assert_allclose(r.fields["cosine"], cos, rtol=1e-5, atol=1e-6)  # the cosine travels in fields
+    assert not (np.diff(cos) <= 0).all()  # interleaved: not the score order
     # Sainte-Laguë: both intents appear in the first 4 slots
     assert len(set(blobs[2][r.rows[:4]].tolist())) >= 2
     ro = op.with_params(component_query="rocchio_filter", merge="score")(_state(op, q)).rankings[0]
     assert len(set(ro.rows.tolist())) == 20
+
+
+def test_rocchio_component_query_is_the_shifted_query(blobs):
+    """normalise(q + lambda * mean of the query's top-m documents in cluster c), and it changes
+    rankings (a no-op shift passed every test before)."""
+    corpus, vecs, _ = blobs
+    op = KnnEmbed(k=20, n_clusters=4, n_init=2, collapse_at=1.0, anchor_share=0.25, tau=None, alpha=0.0,
+                  n_neighbors=100, rocchio_lambda=0.5).fit_vectors(corpus, vecs)
+    rng = np.random.default_rng(0)
+    q = _unit(rng.standard_normal((10, D)) + 2 * np.eye(D)[np.arange(10) % 4]).astype(np.float32)
+    top = np.argsort(-(q @ vecs.T), axis=1, kind="stable")[:, :30]
+    c = op.labels_[top[:, 0]]
+    got = op._rocchio(q, top, c[:, None], op.labels_, op.vectors_)
+    for i in range(len(q)):
+        mine = top[i][op.labels_[top[i]] == c[i]]
+        want = q[i] + 0.5 * op.vectors_[mine].mean(0)
+        np.testing.assert_allclose(got[i], want / np.linalg.norm(want), rtol=1e-5, atol=1e-6)
+    plain = op(_state(op, q)).rankings
+    shifted = op.with_params(component_query="rocchio_filter")(_state(op, q)).rankings
+    assert sum(not np.array_equal(a.rows, b.rows) for a, b in zip(plain, shifted)) >= 3
+
+
+def test_a_shortfall_filled_from_a_kept_cluster_keeps_that_component():
+    """A component whose cluster runs out is filled from the other kept clusters: those documents
+    belong to a component, not to the anchor (-1), which anchor_share = 0 does not have."""
+    rng = np.random.default_rng(0)
+    truth = np.repeat(np.arange(4), [10, 60, 60, 60])
+    vecs = _unit(np.eye(D, dtype=np.float32)[:4][truth] + 0.05 * rng.standard_normal((len(truth), D)))
+    corpus = Corpus.from_texts([f"doc {i}" for i in range(len(truth))])
+    op = KnnEmbed(k=40, n_clusters=4, n_init=2, collapse_at=1.0, anchor_share=0.0, weight_floor=0.0, tau=None,
+                  alpha=0.0, n_neighbors=20, min_cluster_size=1).fit_vectors(corpus, vecs)
+    q = _unit(np.eye(D)[0] + 0.7 * np.eye(D)[1])[None].astype(np.float32)
+    r = op(_state(op, q)).rankings[0]
+    mix = op.mixture(q)
+    kept = mix["clusters"][0][mix["clusters"][0] >= 0]
+    assert len(r) == 40 and (r.fields["component"] >= 0).all()
+    assert np.isin(r.fields["cluster"], kept).all()
+    np.testing.assert_array_equal(kept[r.fields["component"]], r.fields["cluster"])
 
 
 def test_determinism_under_seed(blobs):
