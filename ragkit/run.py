@@ -64,6 +64,15 @@ class Run:
     trace: list[TraceEvent] | None = None
     seconds: float | None = None
 
+    def __post_init__(self) -> None:
+        n = len(self.query_ids)
+        lens = {"doc_ids": len(self.doc_ids), "scores": len(self.scores)}
+        if self.rankings is not None:
+            lens["rankings"] = len(self.rankings)
+        if any(v != n for v in lens.values()):
+            raise DataError(f"Run: {n} query ids but " + ", ".join(f"{v} {k}" for k, v in lens.items())
+                            + "; expected one list per query")
+
     @classmethod
     def from_rankings(cls, query_ids: list[str], rankings: list[Ranking], corpus_ids: np.ndarray, **kw: Any) -> "Run":
         return cls(

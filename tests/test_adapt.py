@@ -63,6 +63,14 @@ def test_training_digest_takes_numpy_judgements(slice_data):
     as_np = TrainSet(train.queries, {q: {d: np.int64(v) for d, v in r.items()} for q, r in train.qrels.items()})
     cfg = AdaptConfig()
     assert _training_digest("m", corpus, as_np, cfg) == _training_digest("m", corpus, train, cfg)
+    # what the tuned model depends on changes the key: a judgement, a query, the settings
+    q0 = train.queries.ids[0]
+    d0 = next(iter(train.qrels[q0]))
+    changed = TrainSet(train.queries, {**train.qrels, q0: {**train.qrels[q0], d0: 0}})
+    dropped = TrainSet(train.queries[1:], {q: r for q, r in train.qrels.items() if q != q0})
+    keys = {_training_digest("m", corpus, t, c) for t, c in
+            ((train, cfg), (changed, cfg), (dropped, cfg), (train, AdaptConfig(seed=1)))}
+    assert len(keys) == 4
 
 
 def test_adapt_refuses_a_custom_encoder_before_any_work(slice_data):

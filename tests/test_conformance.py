@@ -12,6 +12,7 @@ How to fix a failing check is in each check's docstring.
 
 from __future__ import annotations
 
+import types
 import typing
 
 import numpy as np
@@ -54,6 +55,8 @@ def _target(pipe: Pipeline, cls: type[Operator]) -> Operator:
 def _same(a, b) -> None:
     """Two runs give identical rankings and per-query values."""
     assert a.query_ids == b.query_ids
+    assert len(a.rankings) == len(b.rankings) == len(a.query_ids)
+    assert set(a.values) == set(b.values), (sorted(a.values), sorted(b.values))
     for ra, rb in zip(a.rankings, b.rankings):
         np.testing.assert_array_equal(ra.rows, rb.rows)
         np.testing.assert_allclose(ra.scores, rb.scores, rtol=1e-5, atol=1e-6)
@@ -91,10 +94,17 @@ def check_bad_params(cls, data, tmp_path):
         cls(no_such_param=1)
     for fname, field in cls.Params.model_fields.items():
         ann = field.annotation
-        ge = [m.ge for m in field.metadata if hasattr(m, "ge") and m.ge is not None]
-        if ann is int and ge:
+        inner = [a for a in typing.get_args(ann) if a is not type(None)] if typing.get_origin(ann) in (
+            typing.Union, types.UnionType) else [ann]
+        bad = []
+        for m in field.metadata:  # every bound, on ints and floats, optional or not
+            for attr, step in (("ge", -1), ("gt", 0), ("le", 1), ("lt", 0)):
+                bound = getattr(m, attr, None)
+                if bound is not None and any(t in (int, float) for t in inner):
+                    bad.append(bound + step * (1 if int in inner and float not in inner else 0.5) if step else bound)
+        for value in bad:
             with pytest.raises(ParamError, match=rf"{cls.name}\.{fname}"):
-                cls(**{**cls.example, fname: ge[0] - 5})
+                cls(**{**cls.example, fname: value})
         if typing.get_origin(ann) is typing.Literal:
             with pytest.raises(ParamError, match=rf"{cls.name}\.{fname}"):
                 cls(**{**cls.example, fname: "__not_an_option__"})
@@ -145,6 +155,7 @@ def check_call_batch(cls, data, tmp_path):
     pipe = _pipeline(cls).fit(corpus, train)
     run = pipe.search(queries)
     assert len(run) == len(queries) and run.query_ids == queries.ids
+    assert len(run.rankings) == len(run.doc_ids) == len(queries), "one ranking per query"
     for r in run.rankings:
         assert r.rows.dtype == np.int64 and r.scores.dtype == np.float32
         assert np.all(np.diff(r.scores) <= 1e-6), "scores must be non-increasing"

@@ -84,7 +84,9 @@ def test_every_combination_is_an_operator(kw, slice_data, qvecs, tmp_path):
     # quality sanity: the exact f32 top-10 mostly recovered
     ref = Dense(k=10).fit(corpus)(_state(queries, qvecs))
     rec = _recall10(_rows(out), _rows(ref))
-    floor = 0.3 if kw["dtype"] == "b1" and not kw.get("rescore") or kw.get("reduce", "none") != "none" else 0.8
+    lossy = kw["dtype"] == "b1" and not kw.get("rescore") or kw.get("reduce", "none") != "none"
+    lossless = kw["dtype"] in ("f32", "f16") and kw.get("search", "auto") != "hnsw" and not lossy
+    floor = 0.99 if lossless else 0.5 if lossy else 0.8  # measured: 1.0, 0.59-0.90, >= 0.9
     assert rec >= floor, rec
     op.save(tmp_path / "op")
     _same(out, Operator.load(tmp_path / "op")(_state(queries, qvecs)))
@@ -171,7 +173,6 @@ def test_filter_inside_search_returns_k(search, dtype, slice_data, qvecs):
             assert np.isin(r.rows, passing).all()
     tiny = op(_state(queries, qvecs, filter={"_id": corpus.ids[:3].tolist()}))
     assert all(sorted(r.rows.tolist()) == [0, 1, 2] for r in tiny.rankings)
-    assert set(np.unique(bucket[np.concatenate([r.rows for r in out.rankings])])) <= set(bucket)
 
 
 def test_filtered_hnsw_oversampling_and_fallback():

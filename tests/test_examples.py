@@ -53,7 +53,7 @@ def test_script_builds_same_pipeline_as_yaml(script):
 @pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.stem)
 def test_script_runs_on_a_slice(script):
     out = _run_script(script, "--limit", "8")
-    assert out["queries"] == 8 and 0.0 < out["ndcg@10"] <= 1.0
+    assert out["queries"] == 8 and 0.6 < out["ndcg@10"] <= 1.0, out  # each measures 0.80-0.88 on this slice
 
 
 @pytest.mark.parametrize("path", YAMLS, ids=lambda p: p.stem)

@@ -87,7 +87,8 @@ def test_query_between_two_clusters_retrieves_both_in_proportion(blobs, mix_a):
     # plain dense with the same query takes everything from the nearer blob (the test can fail)
     s = q @ vecs.T
     dense_rows, _ = topk_rows(s[None], 20)
-    assert len(set(truth[dense_rows[0]].tolist())) == 1 or mix_a == 0.5
+    if mix_a != 0.5:  # halfway between the blobs, dense may take from both
+        assert len(set(truth[dense_rows[0]].tolist())) == 1
 
 
 def test_output_exactly_k_distinct_and_sorted(blobs):

@@ -294,7 +294,9 @@ def test_langchain_embeddings_encoder_in_dense(queries):
         st = get_encoder()
         assert isinstance(st, Encoder)
         for attr in ("encode", "encode_queries", "dim"):  # (class attributes: loads no model)
-            assert callable(getattr(enc, "encode")) and hasattr(type(enc), attr) and hasattr(type(st), attr)
+            assert hasattr(type(enc), attr) and hasattr(type(st), attr)
+            if attr != "dim":
+                assert callable(getattr(enc, attr))
         assert isinstance(enc.key, str) and enc.key != st.key
         corpus = _slice()[0]
         dense = Dense(model="lc-fake-32", k=5).fit(corpus)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from typer.testing import CliRunner
 
 from ragkit.cli import app
@@ -32,6 +33,18 @@ def test_learned_weights_reproducible_and_saved(slice_data, tmp_path):
     wa, wb = a.steps[0].fuse.weights_, b.steps[0].fuse.weights_
     np.testing.assert_array_equal(wa, wb)
     assert np.isclose(wa.sum(), 1.0)
+    # the learned weights favour the better branch (lucene BM25 over unstemmed okapi, on these
+    # training queries) and the report is what running the pipeline gives
+    from ragkit.eval import evaluate
+
+    def train_ndcg(pipe):
+        return evaluate(pipe.search(train.queries), train.qrels, ["ndcg@10"])["ndcg@10"]
+
+    branch = [evaluate(Pipeline.from_yaml(PIPE).fit(corpus).steps[0].branches[i].search(train.queries), train.qrels,
+                       ["ndcg@10"])["ndcg@10"] for i in (0, 1)]
+    assert branch[0] > branch[1] and wa[0] > 0.5
+    assert train_ndcg(a) == pytest.approx(a.steps[0].fuse.learned_["train_ndcg@10"], abs=1e-9)
+    assert train_ndcg(a) > train_ndcg(Pipeline.from_yaml(PIPE.replace("learn: true, ", "")).fit(corpus))
     a.save(tmp_path / "p")
     loaded = Pipeline.load(tmp_path / "p")
     np.testing.assert_array_equal(loaded.steps[0].fuse.weights_, wa)

@@ -342,7 +342,17 @@ def test_maxsim_reranker_equals_exact_on_its_candidates(tiny):
         assert set(r.rows.tolist()) == set(b.rows.tolist())
         keep = np.isin(e.rows, b.rows)
         np.testing.assert_array_equal(r.rows, e.rows[keep])
-        assert "bm25.rank" not in r.fields or len(r.fields["bm25.rank"]) == len(r)
+    # fields of a fused ranking (each branch's rank and score) travel with their documents
+    from ragkit.pipelines import RRF
+
+    fused_pipe = ((BM25(k=15) + BM25(k=15, variant="okapi")) | RRF(k=60)).fit(corpus)
+    fused = fused_pipe.search(queries)
+    reranked = (fused_pipe | MaxSim()).fit(corpus).search(queries)
+    for r, f in zip(reranked.rankings, fused.rankings):
+        assert f.fields and set(f.fields) <= set(r.fields)
+        at = {row: i for i, row in enumerate(f.rows.tolist())}
+        for name, col in f.fields.items():
+            np.testing.assert_array_equal(r.fields[name], col[[at[x] for x in r.rows.tolist()]])
 
 
 def test_muvera_save_load_reproduces_query_fdes_bit_for_bit(tiny, tmp_path):
@@ -500,9 +510,17 @@ def test_muvera_prune_keeps_the_centroid_best_and_reranks_them_exactly(tiny, tmp
     got = mu.search(queries)
     q = mu.token_encoder.encode_queries(queries.texts)
     rows, _ = mu.index_.search(mu.query_fde(q), 30)
-    kept = mu.prune_candidates(np.asarray(q.data, np.float32), q.offsets, None, rows, 8)
-    for r, kp in zip(got.rankings, kept):
+    qd = np.asarray(q.data, np.float32)
+    kept = mu.prune_candidates(qd, q.offsets, None, rows, 8)
+    for i, (r, kp) in enumerate(zip(got.rankings, kept)):
         assert set(r.rows.tolist()) <= set(kp.tolist()) and len(r) == 5
+        # the kept 8 are the best 8 by a naive centroid interaction: per query token, its best
+        # centroid among the document's codes, summed
+        qt = qd[q.offsets[i]:q.offsets[i + 1]]
+        naive = np.array([(qt @ mu.codebook_[mu.codes_[mu.code_offsets_[d]:mu.code_offsets_[d + 1]]].T).max(1).sum()
+                          for d in rows[i]])
+        best = np.sort(naive)[::-1]
+        assert np.sort(naive[np.isin(rows[i], kp)])[::-1] == pytest.approx(best[:8], abs=1e-4)
     mu.save(tmp_path / "mu")
     back = Operator.load(tmp_path / "mu", mmap=True)
     for a, b in zip(back.search(queries).rankings, got.rankings):
