@@ -94,14 +94,12 @@ def _prepare_output(path: Optional[Path], option: str, example: str) -> None:
 def _check_same_corpus(fitted: Any, corpus: Any, pipeline: str, data: str) -> None:
     """A saved pipeline answers from the corpus it was fitted on: refuse to score it against
     another dataset's judgements (its rankings would name documents they do not describe)."""
-    import numpy as np
+    from ragkit.operator import corpus_fingerprint
 
-    a, b = np.asarray(fitted.ids, dtype=str), np.asarray(corpus.ids, dtype=str)
-    if len(a) == len(b) and np.array_equal(a, b):
+    if corpus_fingerprint(fitted) == corpus_fingerprint(corpus):
         return
-    diff = "" if len(a) != len(b) else f" (first difference at document {int(np.argmax(a != b))})"
-    raise RagkitError(f"--pipeline {pipeline}: fitted on a corpus of {len(a):,} documents, but --data {data} has "
-                      f"{len(b):,} documents with other ids{diff}; pass the pipeline's YAML to fit it on this "
+    raise RagkitError(f"--pipeline {pipeline}: fitted on a corpus of {len(fitted):,} documents, but --data {data} "
+                      f"has {len(corpus):,} documents with other ids; pass the pipeline's YAML to fit it on this "
                       "dataset, or the folder saved for this dataset")
 
 

@@ -412,7 +412,8 @@ def test_paired_randomization_test():
     assert paired_randomization_test(noise, a, n_resamples=2000) > 0.05
     # symmetric, deterministic for a seed, uses only shared queries
     assert paired_randomization_test(a, noise, seed=3) == paired_randomization_test(noise, a, seed=3)
-    assert (paired_randomization_test({**noise, "extra": 100.0}, a, seed=3)
-            == paired_randomization_test(noise, {**a, "other": -5.0}, seed=3) == paired_randomization_test(noise, a, seed=3))
+    shared = paired_randomization_test(noise, a, seed=3)
+    assert paired_randomization_test({**noise, "extra": 100.0}, a, seed=3) == shared
+    assert paired_randomization_test(noise, {**a, "other": -5.0}, seed=3) == shared
     with pytest.raises(DataError, match="share no query"):
         paired_randomization_test({"x": 1.0}, {"y": 1.0})
