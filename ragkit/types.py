@@ -35,7 +35,7 @@ def _as_ids(values: Iterable[Any], what: str) -> np.ndarray:
     """Ids as strings (``10`` and ``"10"`` name the same document or query, before and after a save)."""
     arr = _as_str_array(values, what)
     if len(arr) and not all(type(x) is str for x in arr.tolist()):
-        arr = np.array([str(x) for x in arr.tolist()] or [], dtype=object)
+        arr = np.array([str(x) for x in arr.tolist()], dtype=object)
     return arr
 
 

@@ -64,7 +64,8 @@ def filter_report(filtered: Run, qrels: Qrels, reference: Run | None = None) -> 
         raise DataError("filter_report: no query of the run has judgements")
     labels = relevance_labels(filtered, qrels)
     kept = np.array([len(filtered.doc_ids[i]) for i in keep])
-    tp = float(sum(labels[i].sum() for i in keep))
+    hits = float(sum(labels[i].sum() for i in keep))  # kept relevant documents: precision's numerator
+    tp = hits
     if reference is not None:
         ref_at = {q: i for i, q in enumerate(reference.query_ids)}
         missing = [filtered.query_ids[i] for i in keep if filtered.query_ids[i] not in ref_at]
@@ -78,9 +79,8 @@ def filter_report(filtered: Run, qrels: Qrels, reference: Run | None = None) -> 
                                reference.doc_ids[ref_at[filtered.query_ids[i]]]).sum() for i in keep))
     else:
         total = float(sum(sum(v > 0 for v in qrels[filtered.query_ids[i]].values()) for i in keep))
-    tp_all = float(sum(labels[i].sum() for i in keep))
     return FilterReport(
-        precision=tp_all / kept.sum() if kept.sum() else 0.0, recall=tp / total if total else 0.0,
+        precision=hits / kept.sum() if kept.sum() else 0.0, recall=tp / total if total else 0.0,
         mean_kept=float(kept.mean()), empty=float(np.mean(kept == 0)), n_queries=len(keep),
     )
 
