@@ -15,7 +15,7 @@ from ragkit.retrievers import BM25  # noqa: E402
 
 
 def build() -> Pipeline:
-    body = [PRF(fb_docs=10, fb_terms=10, orig_weight=0.5), BM25(k=100)]
+    body = [PRF(fb_docs=10, fb_terms=10, original_query_weight=0.5), BM25(k=100)]
     return Pipeline([Loop(body, until=TopKStable(k=10), max_iters=3)])
 
 

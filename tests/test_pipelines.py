@@ -269,8 +269,8 @@ def test_prf_expands_with_feedback_terms_and_loop_converges(slice_data, fitted_b
     assert "enc" in out.vectors and "query_text" not in out.values and out.texts() == list(queries.texts)
     assert len(out.values["lexical_query"]) == len(queries)
     assert all(len(t.split()) > len(q.split()) for t, q in zip(out.texts(lexical=True), queries.texts))
-    # orig_weight=1: the original query, weights written to within 1/resolution -> same top documents
-    same = fitted_bm25(PRF(orig_weight=1.0, resolution=1000).fit(corpus)(s))
+    # original_query_weight=1: the original query, weights written to within 1/resolution -> same top documents
+    same = fitted_bm25(PRF(original_query_weight=1.0).fit(corpus)(s))
     for a, b in zip(same.rankings, s.rankings):
         assert set(a.rows[:5].tolist()) == set(b.rows[:5].tolist())
     run = Loop([prf, fitted_bm25], until=TopKStable(k=10), max_iters=3).search(queries, trace=True)
@@ -468,8 +468,8 @@ BAD = [
     ("pipeline: [{loop: {body: [{bm25: {}}], until: {max_only: {}}, max_iters: two}}]", "pipeline[0].loop.max_iters:"),
     ("pipeline: [{loop: {body: [{bm25: {}}], until: {bm25: {}}}}]", "pipeline[0].loop.until: expected a judge"),
     ("pipeline: [{loop: {body: [{bm25: {}}], until: {topk_stable: {k: 0}}}}]", "pipeline[0].loop.until.topk_stable.k:"),
-    ("pipeline: [{loop: {body: [{prf: {orig_weight: 2}}], until: {max_only: {}}}}]",
-     "pipeline[0].loop.body[0].prf.orig_weight:"),
+    ("pipeline: [{loop: {body: [{prf: {original_query_weight: 2}}], until: {max_only: {}}}}]",
+     "pipeline[0].loop.body[0].prf.original_query_weight:"),
     ("pipeline: [{loop: [{bm25: {}}]}]", "pipeline[0].loop: expected a mapping"),
     ("pipeline: [{bm25: {}}\n", "<text>: line"),
     ("pipeline:\n  - bm25: {k: 3\n  - top_k: {}", "<text>: line"),
