@@ -19,6 +19,7 @@ from ragkit.encoders import DEFAULT_MODEL, get_encoder, query_vectors
 from ragkit.errors import ArtifactError, DataError
 from ragkit.filters._flat import check_cosines, cut_prefix, flatten
 from ragkit.operator import Operator, load_array, read_json, save_arrays, write_json
+from ragkit.options import PARAM
 from ragkit.params import Params
 from ragkit.registry import register
 from ragkit.types import Corpus, State, TrainSet
@@ -144,6 +145,8 @@ class CosineAdapter(Operator):
     wants_upstream = True
     example = {"max_iter": 50}
     upstream_example = [{"dense": {"k": 20}}]
+    #: ``search(..., cosine_adapter={"threshold": 0.3})``; a ``threshold`` of None is the fitted one
+    run_options = {"threshold": PARAM, "k_min": PARAM}
 
     # ------------------------------------------------------------------ features / model
     @property
@@ -336,7 +339,8 @@ class CosineAdapter(Operator):
                             "(e.g. `dense | cosine_adapter`)")
         if not len(state):
             return out
-        t = float(self.opt(state, "threshold", self.threshold_))
+        t = self.opt(state, "threshold")
+        t = self.threshold_ if t is None else float(t)
         k_min = int(self.opt(state, "k_min", self.params.k_min))
         rows, c, lengths, starts, qidx = flatten(state.rankings)
         check_cosines(c, self.name, qidx)

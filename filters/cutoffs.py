@@ -5,6 +5,7 @@ from __future__ import annotations
 from pydantic import Field
 
 from ragkit.operator import Operator
+from ragkit.options import PARAM
 from ragkit.params import Params
 from ragkit.registry import register
 from ragkit.types import State
@@ -32,6 +33,7 @@ class TopK(Operator):
     Params = TopKParams
     stateless = True
     example = {"k": 5}
+    run_options = {"k": PARAM}
 
     def _call(self, state: State) -> State:
         k = int(state.options.get("k") or self.opt(state, "k", self.params.k))

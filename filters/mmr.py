@@ -15,6 +15,7 @@ from pydantic import Field
 from ragkit.encoders import DEFAULT_MODEL, Encoder, get_encoder, query_vectors
 from ragkit.errors import DataError
 from ragkit.operator import Operator, load_array, save_arrays
+from ragkit.options import PARAM
 from ragkit.params import Params
 from ragkit.registry import register
 from ragkit.types import Corpus, Ranking, State, TrainSet
@@ -100,6 +101,7 @@ class MMR(Operator):
     kind = "reranker"
     Params = MMRParams
     example = {"k": 10, "fetch_k": 20, "lambda_mult": 0.5}
+    run_options = {"k": PARAM}
 
     @property
     def encoder(self) -> Encoder:

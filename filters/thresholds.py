@@ -11,6 +11,7 @@ from pydantic import Field
 
 from ragkit.filters._flat import cut_prefix, flatten
 from ragkit.operator import Operator
+from ragkit.options import PARAM
 from ragkit.params import Params
 from ragkit.registry import register
 from ragkit.types import State
@@ -26,6 +27,7 @@ class _PrefixCut(Operator):
     kind = "filter"
     stateless = True
     min_keep = 0  # kept per query whatever the rule and ``k_min`` say
+    run_options = {"k_min": PARAM}
 
     def _keep(self, state: State, scores: np.ndarray, lengths: np.ndarray, starts: np.ndarray,
               qidx: np.ndarray) -> np.ndarray:
@@ -71,6 +73,7 @@ class ScoreThreshold(_PrefixCut):
     name = "score_threshold"
     Params = ScoreThresholdParams
     example = {"threshold": 0.0}
+    run_options = {**_PrefixCut.run_options, "threshold": PARAM}
 
     def _keep(self, state, scores, lengths, starts, qidx):
         return scores >= float(self.opt(state, "threshold", self.params.threshold))
@@ -100,6 +103,7 @@ class RelativeThreshold(_PrefixCut):
     name = "relative_threshold"
     Params = RelativeThresholdParams
     example = {"alpha": 0.9}
+    run_options = {**_PrefixCut.run_options, "alpha": PARAM}
     min_keep = 1  # the top document
 
     def _keep(self, state, scores, lengths, starts, qidx):

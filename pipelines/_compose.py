@@ -256,9 +256,29 @@ class Pipeline(Composite):
             Final number of results per query (retrievers fetch at least ``k``).
         trace : bool
             Record per-operator wall time, candidates in/out and (with ``qrels``) recall@100.
+        qrels : mapping, optional
+            Judgements, used only for the trace's recall and nDCG.
         **options
-            Run-time overrides: ``filter={field: value}``, or ``{operator_name: {param: value}}``.
+            Run-time overrides: ``filter={field: value or [values]}`` (every retriever, narrowing
+            its own ``filter``), or ``operator_name={option: value}`` for every operator of that
+            registry name anywhere in the pipeline, e.g. ``bm25={"n_jobs": 4}``,
+            ``muvera={"candidates": 500}``, ``score_threshold={"threshold": 0.4}``,
+            ``generate={"on_token": f}``.  Each operator reads only the options its class declares
+            (``type(op).declared_options()``: a retriever's ``k`` and ``filter``, plus its
+            ``run_options``); a value that is one of its parameters obeys the same rules as at
+            construction.
+
+        Raises
+        ------
+        ParamError
+            Before any work, for a key that is not ``k``, ``filter`` or the name of an operator
+            in the pipeline, an option the operator does not read, or a bad value, naming it:
+            ``search option bm25.kk: unknown option for operator 'bm25' (BM25); expected one
+            of: k, filter, n_jobs``.
+        NotFittedError
+            When the pipeline is not fitted.
         """
+        from ragkit.options import check_options
         from ragkit.run import Run
 
         corpus = getattr(self, "corpus_", None)
@@ -269,9 +289,10 @@ class Pipeline(Composite):
             corpus = leaves[0].corpus_ if leaves else None
         if corpus is None:
             raise NotFittedError("this pipeline has no retriever that was fitted on a corpus")
+        if k is not None and (isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1):
+            raise ParamError(f"search: k must be a positive integer, got {k!r}")
+        options = check_options(self, options, corpus)  # before any work: the whole tree's options
         if k is not None:
-            if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-                raise ParamError(f"search: k must be a positive integer, got {k!r}")
             options["k"] = int(k)
         state = State.of(queries, options=options, trace=[] if trace else None,
                          qrels=dict(qrels) if qrels is not None else None)

@@ -27,6 +27,7 @@ import numpy as np
 from ragkit import registry
 from ragkit._files import atomic_file
 from ragkit.errors import ArtifactError, NotFittedError, ParamError
+from ragkit.options import PARAM, OptionCheck, filter_option
 from ragkit.params import Params, validate_params
 from ragkit.types import Corpus, Queries, Ranking, State, TrainSet
 
@@ -62,6 +63,12 @@ class Operator:
     needs_train : bool
         ``True`` when ``fit`` refuses to run without judged queries (``train``), as set by
         its parameters (``adapt``, ``learn: true`` thresholds, ``norm: learn``).
+    run_options : dict of str -> OptionCheck or None
+        The run-time options this class reads with :meth:`opt` (``search(..., bm25={"n_jobs":
+        4})``), each with how :func:`ragkit.options.check_options` checks it before a search
+        starts: :data:`~ragkit.options.PARAM` (a field of ``Params`` of the same name, validated
+        as at construction) or a function ``(operator, value, corpus) -> value``.  Retrievers also get
+        ``k`` and ``filter`` (:meth:`declared_options`); ``None`` removes an inherited one.
     """
 
     name: ClassVar[str] = ""
@@ -73,6 +80,7 @@ class Operator:
     needs_train: ClassVar[bool] = False
     #: conformance checks known to fail, ``{check name: reason}``
     xfail_checks: ClassVar[dict[str, str]] = {}
+    run_options: ClassVar[Mapping[str, OptionCheck | None]] = {}
 
     def __init__(self, params: Params | Mapping[str, Any] | None = None, /, **kwargs: Any) -> None:
         if params is not None and kwargs:
@@ -141,8 +149,35 @@ class Operator:
         raise NotImplementedError(f"{type(self).__name__} must implement _call(state)")
 
     # ------------------------------------------------------------------ run-time options
+    @classmethod
+    def declared_options(cls) -> dict[str, OptionCheck]:
+        """Every run-time option this class reads, ``{option: how it is checked}``.
+
+        A retriever reads ``k`` (its parameter, raised to a per-call ``k``: :meth:`k_for`) and
+        ``filter`` (:meth:`filter_mask`); then come the class's own ``run_options``, where
+        ``None`` removes an option (a retriever that passes the filter on instead of applying it).
+        """
+        base: dict[str, OptionCheck | None] = {"k": PARAM, "filter": filter_option} if cls.kind == "retriever" else {}
+        return {key: how for key, how in {**base, **cls.run_options}.items() if how is not None}
+
+    def option_children(self) -> list[tuple[str, "Operator"]]:
+        """Operators that read this operator's run-time options but are not its :meth:`children`,
+        as ``(field, operator)`` (a sharded retriever's per-shard retriever); empty by default."""
+        return []
+
     def opt(self, state: State, key: str, default: Any = None) -> Any:
-        """A run-time override for this operator: ``options[self.name][key]``, else ``default``."""
+        """A run-time override for this operator: ``options[self.name][key]``, else ``default``.
+
+        ``key`` must be one of :meth:`declared_options`, which is what ``search`` accepts and
+        checks; reading another is a bug in the operator, refused with ``TypeError``.
+        """
+        declared = self.declared_options()
+        if key not in declared:
+            cls = type(self).__name__
+            raise TypeError(
+                f"{cls}.opt(state, {key!r}): {key!r} is not a run-time option declared by {cls} (declared: "
+                f"{', '.join(declared) or 'none'}); add it to {cls}.run_options so that search() accepts and "
+                "checks it")
         per_op = state.options.get(self.name)
         if isinstance(per_op, Mapping) and key in per_op:
             return per_op[key]

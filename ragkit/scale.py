@@ -201,6 +201,9 @@ class Sharded(Operator):
     kind = "retriever"
     Params = ShardedParams
     example = {"retriever": {"bm25": {"k": 10}}, "n_shards": 3, "k": 10, "backend": "local"}
+    #: the call's options go to every shard, whose retriever applies ``filter`` (and reads its own
+    #: options, e.g. ``bm25={"n_jobs": 2}``: :meth:`option_children`); ``sharded`` reads only ``k``
+    run_options = {"filter": None}
 
     def __init__(self, params: Any = None, /, **kwargs: Any) -> None:
         super().__init__(params, **kwargs)
@@ -218,6 +221,13 @@ class Sharded(Operator):
 
         validate_params(cls.Params, sub, name, "sharded.retriever")
         self._backend = self.params.backend
+
+    def option_children(self) -> list[tuple[str, Operator]]:
+        """The per-shard retriever (as built from ``retriever``), which reads the call's options."""
+        from ragkit import registry
+
+        (name, sub), = self.params.retriever.items()
+        return [("retriever", registry.get(name)(sub))]
 
     def _use_ray(self) -> bool:
         return self._backend == "ray"
@@ -351,9 +361,11 @@ def search_distributed(pipe: Any, queries: Any, *, n_chunks: int = 4, k: int | N
     Returns the same :class:`~ragkit.run.Run` as ``pipe.search(queries, k=k)``: document ids,
     scores, the row rankings and the per-query values, in query order (no trace).
     """
+    from ragkit.options import check_options
     from ragkit.run import Run
     from ragkit.types import Queries
 
+    check_options(pipe, {} if k is None else {"k": k})  # before Ray starts or the pipeline is saved
     ray = ray_init()
     queries = queries if isinstance(queries, Queries) else Queries.from_texts(list(queries))
     with tempfile.TemporaryDirectory(prefix="ragkit-pipe-") as tmp:

@@ -38,6 +38,7 @@ from pydantic import Field, field_validator
 
 from ragkit.errors import DataError
 from ragkit.operator import Operator, load_array, rankings_from_matrix, read_json, save_arrays, topk_rows, write_json
+from ragkit.options import PARAM
 from ragkit.params import Params
 from ragkit.registry import register
 from ragkit.types import Corpus, State, TrainSet
@@ -171,6 +172,7 @@ class BM25(Operator):
     kind = "retriever"
     Params = BM25Params
     example = {"k": 5}
+    run_options = {"n_jobs": PARAM}
 
     # ------------------------------------------------------------------ tokens
     def make_tokenizer(self) -> Tokenizer:

@@ -44,6 +44,7 @@ from ragkit.operator import (
     topk_rows,
     write_json,
 )
+from ragkit.options import PARAM
 from ragkit.params import Params
 from ragkit.registry import register
 from ragkit.retrievers._index import VectorIndex
@@ -220,6 +221,7 @@ class Muvera(TokenOperatorMixin, Operator):
     kind = "retriever"
     Params = MuveraParams
     example = {"k": 5, "candidates": 20, "k_sim": 3, "d_proj": 8, "r_reps": 4, "prune": 10, "centroids": 16}
+    run_options = {"candidates": PARAM, "prune": PARAM}
 
     @property
     def fde_config(self) -> FDEConfig:

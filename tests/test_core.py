@@ -7,11 +7,13 @@ import json
 
 import numpy as np
 import pytest
+from pydantic import Field
 
 from ragkit.errors import ArtifactError, DataError, ParamError
 from ragkit.operator import Operator
+from ragkit.params import Params
 from ragkit.retrievers import BM25
-from ragkit.types import Corpus, Queries, State
+from ragkit.types import Corpus, Queries, Ranking, State
 
 TEXTS = ["red apples", "green pears", "ripe apples and pears"]
 
@@ -141,3 +143,161 @@ def test_a_bug_inside_an_operator_family_is_not_taken_for_a_missing_extra(monkey
     monkeypatch.setattr(importlib, "import_module", broken)
     with pytest.raises(ModuleNotFoundError, match="numpy.nothing"):
         registry.load_all()
+
+
+# ---------------------------------------------------------------------- run-time search options
+class _RecorderParams(Params):
+    k: int = Field(3, ge=1)
+
+
+class _Recorder(Operator):
+    """A retriever that records each call (the options it saw): proof that nothing ran."""
+
+    name = "recorder"
+    kind = "retriever"
+    Params = _RecorderParams
+
+    def _fit(self, corpus, train, upstream):
+        self.calls_ = []
+
+    def _call(self, state):
+        self.calls_.append((self.k_for(state), self.filter_mask(state)))
+        out = state.copy()
+        n = min(self.k_for(state), len(self.corpus_))
+        out.rankings = [Ranking(np.arange(n), np.linspace(1, 0, n, dtype=np.float32)) for _ in state.queries]
+        return out
+
+
+def _options_pipeline():
+    """A recorder and BM25 in a parallel, inside a route branch, then a loop with a threshold."""
+    from ragkit.filters import ScoreThreshold, TopK
+    from ragkit.pipelines import RRF, Loop, MaxOnly, Pipeline, Route, RuleRouter
+
+    rec = _Recorder()
+    hybrid = (rec + BM25(k=5)) | RRF(k=60)
+    router = RuleRouter(rules=[{"label": "short", "max_words": 2}], default="long")
+    pipe = Pipeline([Route(router, {"short": hybrid, "long": [BM25(k=4)]}),
+                     Loop([ScoreThreshold(threshold=-1.0)], until=MaxOnly()), TopK(k=3)])
+    return pipe.fit(Corpus.from_texts(TEXTS, year=[2019, 2020, 2021])), rec
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"filtr": {"year": 2020}}, "search option 'filtr': not an option; expected k, filter, or an operator name: "
+                                "rule_router, recorder, bm25, rrf, score_threshold, max_only, top_k (did you mean "
+                                "'filter'?)"),
+    ({"bm25": {"kk": 1}}, "search option bm25.kk: unknown option for operator 'bm25' (BM25); expected one of: k, "
+                          "filter, n_jobs (did you mean 'k'?)"),
+    ({"dense": {"k": 3}}, "search option 'dense': no 'dense' operator in this pipeline; expected k, filter, or an "
+                          "operator name: rule_router, recorder, bm25, rrf"),
+    ({"bm25": {"n_jobs": "x"}}, "search option bm25.n_jobs: expected an integer, got 'x'"),
+    ({"bm25": {"n_jobs": 0}}, "search option bm25.n_jobs: n_jobs must be >= 1, or -1 for all cores"),
+    ({"bm25": 3}, "search option bm25: expected a mapping of options {option: value} for operator 'bm25', got 3"),
+    ({"rrf": {"k": 10}}, "search option rrf.k: unknown option for operator 'rrf' (RRF); it reads no run-time options"),
+    ({"recorder": {"k": 0}}, "search option recorder.k: expected a positive integer, got 0"),
+    ({"score_threshold": {"threshold": "high"}}, "search option score_threshold.threshold: expected a number, got "
+                                                 "'high'"),
+    ({"top_k": {"k": True}}, "search option top_k.k: expected an integer, got True"),
+    ({"filter": {"yeer": 2020}}, "search option filter: field 'yeer' is not a metadata field of the corpus; "
+                                 "available: ['year', '_id']"),
+    ({"filter": {"year": {"$gte": 2020}}}, "search option filter: field 'year': {'$gte': 2020} is not supported"),
+    ({"bm25": {"filter": ["year"]}}, "search option bm25.filter: expected a metadata filter"),
+])
+def test_search_options_are_checked_over_the_whole_tree_before_any_work(options, message):
+    pipe, rec = _options_pipeline()
+    with pytest.raises(ParamError) as err:
+        pipe.search(["apples", "ripe apples and green pears"], **options)
+    assert str(err.value).startswith(message), str(err.value)
+    assert err.value.path.startswith("options.")
+    assert rec.calls_ == [], "an operator ran before the options were checked"
+
+
+def test_options_reach_operators_nested_in_routes_parallels_and_loops():
+    pipe, rec = _options_pipeline()
+    run = pipe.search(["apples"], recorder={"k": 2}, bm25={"n_jobs": "2", "filter": {"year": [2019, 2021]}},
+                      score_threshold={"threshold": 0}, filter={"_id": ["0", "1", "2"]})
+    (k, mask), = rec.calls_
+    assert k == 2 and mask.tolist() == [True, True, True]
+    assert set(run.doc_ids[0].tolist()) <= {"0", "1", "2"} and len(run.doc_ids[0]) > 0
+    # a bare operator searches through the same check
+    with pytest.raises(ParamError, match=r"search option bm25.kk: unknown option"):
+        BM25(k=2).fit(Corpus.from_texts(TEXTS)).search(["apples"], bm25={"kk": 1})
+
+
+def test_option_values_obey_the_parameter_models_rules_and_are_converted():
+    from ragkit.options import check_options
+    from ragkit.pipelines import Pipeline
+    from ragkit.retrievers import Muvera, Sharded
+
+    assert check_options(BM25(), {"bm25": {"n_jobs": "2", "k": 7.0}}) == {"bm25": {"n_jobs": 2, "k": 7}}
+    two = Pipeline([Muvera(k=10, candidates=50) + Muvera(k=10, candidates=20)])
+    assert check_options(two, {"muvera": {"candidates": 40, "prune": None}}) == \
+        {"muvera": {"candidates": 40, "prune": None}}
+    with pytest.raises(ParamError, match=r"search option muvera.candidates: candidates \(5\) must be >= k \(10\)"):
+        check_options(two, {"muvera": {"candidates": 5}})
+    with pytest.raises(ParamError, match=r"search option muvera.k: candidates \(20\) must be >= k \(30\).*for the "
+                                         r"'muvera' at pipeline\[0\].parallel.branches\[1\]"):
+        check_options(two, {"muvera": {"k": 30}})
+    # a sharded retriever hands the call's options to its per-shard retriever, and applies no filter itself
+    sharded = Sharded(retriever={"bm25": {"k": 5}}, n_shards=2)
+    assert check_options(sharded, {"bm25": {"n_jobs": 2}, "sharded": {"k": 3}}) == \
+        {"bm25": {"n_jobs": 2}, "sharded": {"k": 3}}
+    with pytest.raises(ParamError, match="search option sharded.filter: unknown option for operator 'sharded'"):
+        check_options(sharded, {"sharded": {"filter": {"year": 2020}}})
+
+
+def test_opt_refuses_an_option_its_class_does_not_declare():
+    class Sloppy(_Recorder):
+        name = "sloppy"
+
+        def _call(self, state):
+            self.opt(state, "depth", 3)
+            return state
+
+    op = Sloppy().fit(Corpus.from_texts(TEXTS))
+    with pytest.raises(TypeError, match=r"Sloppy.opt\(state, 'depth'\): 'depth' is not a run-time option declared by "
+                                        r"Sloppy \(declared: k, filter\); add it to Sloppy.run_options"):
+        op(State(["apples"]))
+
+
+def test_distributed_search_checks_k_before_ray_starts(monkeypatch):
+    from ragkit import scale
+
+    monkeypatch.setattr(scale, "ray_init", lambda: pytest.fail("Ray was started before k was checked"))
+    with pytest.raises(ParamError, match="search option k: expected a positive integer, got 0"):
+        scale.search_distributed(BM25().fit(Corpus.from_texts(TEXTS)), ["apples"], k=0)
+
+
+def _reads(cls: type[Operator]) -> set[str]:
+    """Run-time options the source of ``cls`` (and its ragkit bases) reads."""
+    import inspect
+    import re
+
+    keys: set[str] = set()
+    for klass in cls.__mro__:
+        if klass in (Operator, object) or not klass.__module__.startswith("ragkit"):
+            continue
+        src = inspect.getsource(klass)
+        keys |= set(re.findall(r"self\.opt\(\s*state,\s*\"(\w+)\"", src))
+        keys |= {"k"} if "self.k_for(" in src else set()
+        keys |= {"filter"} if "self.filter_mask(" in src else set()
+    return keys
+
+
+def test_every_registered_operator_declares_exactly_the_options_it_reads():
+    """Declaration and use cannot drift: an option is declared iff the class reads it, a param-backed
+    one is a field of the parameter model, and each accepts the operator's own value."""
+    from ragkit import registry
+    from ragkit.options import PARAM, check_options
+
+    for name in registry.names():
+        cls = registry.get(name)
+        declared = cls.declared_options()
+        assert set(declared) == _reads(cls), (name, sorted(declared), sorted(_reads(cls)))
+        op = cls(**cls.example)
+        for key, how in declared.items():
+            if how == PARAM:
+                assert key in cls.Params.model_fields, f"{name}.{key} is declared PARAM but is not a parameter"
+                value = getattr(op.params, key)
+                assert check_options(op, {name: {key: value}}) == {name: {key: value}}
+            else:
+                assert callable(how), f"{name}.{key}: expected PARAM or a function, got {how!r}"

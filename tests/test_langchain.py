@@ -171,8 +171,8 @@ def test_invoke_kwargs_pass_through(bm25_retriever, queries, monkeypatch):
     seen = []
     real = pipe.search
     monkeypatch.setattr(pipe, "search", lambda q, **kw: seen.append(kw) or real(q, **kw))
-    assert len(bm25_retriever.invoke(queries[0], k=3, bm25={"k1": 1.5})) == 3
-    assert seen[-1] == {"k": 3, "bm25": {"k1": 1.5}}
+    assert len(bm25_retriever.invoke(queries[0], k=3, bm25={"n_jobs": 2})) == 3
+    assert seen[-1] == {"k": 3, "bm25": {"n_jobs": 2}}
     assert len(bm25_retriever.invoke(queries[0])) == 10 and seen[-1] == {"k": 10}
     # a per-operator option really reaches the operator (an id filter on the bm25 step)
     allowed = _slice()[0].ids[100:110].tolist()
@@ -191,8 +191,8 @@ async def test_ainvoke_kwargs_and_runs_off_loop(bm25_retriever, queries, monkeyp
         return real(q, **kw)
 
     monkeypatch.setattr(pipe, "search", spy)
-    docs = await bm25_retriever.ainvoke(queries[0], k=2, bm25={"k1": 1.2})
-    assert len(docs) == 2 and seen[-1] == {"k": 2, "bm25": {"k1": 1.2}}
+    docs = await bm25_retriever.ainvoke(queries[0], k=2, bm25={"n_jobs": 2})
+    assert len(docs) == 2 and seen[-1] == {"k": 2, "bm25": {"n_jobs": 2}}
     assert threads[-1] != threading.get_ident(), "ainvoke must run the search off the event loop thread"
     res = await asyncio.gather(*(bm25_retriever.ainvoke(q, k=k) for q, k in zip(queries[:4], [1, 2, 3, 4])))
     assert [len(r) for r in res] == [1, 2, 3, 4]
@@ -210,6 +210,28 @@ def test_filter_option_and_search_kwargs(queries):
     r0 = RagkitRetriever(pipeline=r.pipeline, k=5, search_kwargs={"filter": {"bucket": 0}})
     assert all(d.metadata["bucket"] == 0 for d in r0.invoke(queries[0]))
     assert all(d.metadata["bucket"] == 1 for d in r0.invoke(queries[0], filter={"bucket": 1}))
+
+
+def test_search_options_are_checked_as_pipeline_search_checks_them(bm25_retriever, queries):
+    from ragkit.retrievers import BM25
+
+    # search_kwargs: when the retriever is built, before the pipeline is fitted on the corpus
+    unfitted = BM25(k=20)
+    with pytest.raises(ValueError, match=r"search_kwargs: search option bm25.kk: unknown option for operator 'bm25' "
+                                         r"\(BM25\); expected one of: k, filter, n_jobs"):
+        RagkitRetriever(pipeline=unfitted, corpus=_slice()[0], search_kwargs={"bm25": {"kk": 1}})
+    assert not unfitted.is_fitted, "the pipeline was fitted before its search_kwargs were checked"
+    with pytest.raises(ValueError, match="search_kwargs: search option 'filtr': not an option"):
+        RagkitRetriever(pipeline=_fitted_bm25(), search_kwargs={"filtr": {"source": "scifact"}})
+    with pytest.raises(ValueError, match="search_kwargs: search option filter: field 'source' is not a metadata field"):
+        RagkitRetriever(pipeline=_fitted_bm25(), search_kwargs={"filter": {"source": "scifact"}})
+    # per call: invoke, batch and ainvoke
+    with pytest.raises(ValueError, match="search option bm25.n_jobs: expected an integer, got 'many'"):
+        bm25_retriever.invoke(queries[0], bm25={"n_jobs": "many"})
+    with pytest.raises(ValueError, match="search option 'dense': no 'dense' operator in this pipeline"):
+        bm25_retriever.batch(queries[:2], dense={"k": 3})
+    with pytest.raises(ValueError, match="search option 'filtr': not an option"):
+        asyncio.run(bm25_retriever.ainvoke(queries[0], filtr={"bucket": 1}))
 
 
 def test_metadata_contents_hybrid(queries):

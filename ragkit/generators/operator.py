@@ -16,6 +16,7 @@ from pydantic import Field, model_validator
 
 from ragkit.errors import ParamError
 from ragkit.operator import Operator
+from ragkit.options import callable_option
 from ragkit.params import Params
 from ragkit.registry import register
 from ragkit.types import Corpus, State, TrainSet
@@ -73,6 +74,8 @@ class Generate(Operator):
     kind = "generator"
     Params = GenerateParams
     example = {"top_k": 2, "max_new_tokens": 4, "mode": "full"}
+    #: ``search(..., generate={"on_token": f})`` streams the answers: ``f(query index, text piece)``
+    run_options = {"on_token": callable_option}
     #: calling it loads a 135M-parameter LLM (~30 s on 2 cores): conformance runs it as slow
     slow_conformance = True
 

@@ -42,6 +42,7 @@ from pydantic import ConfigDict, Field, PrivateAttr, model_validator
 
 from ragkit.errors import DataError, NotFittedError, ParamError
 from ragkit.operator import Operator
+from ragkit.options import check_options
 from ragkit.types import Corpus, Ranking, TrainSet
 
 __all__ = ["RagkitRetriever", "LangChainEmbeddingsEncoder", "RagkitEmbeddings", "as_corpus", "load_pipeline_like"]
@@ -135,8 +136,12 @@ class RagkitRetriever(BaseRetriever):
         Documents returned per query (default 4); ``invoke(q, k=...)`` overrides it.
     search_kwargs : dict
         Default search options for ``pipeline.search``: ``filter={field: value}`` or
-        per-operator overrides ``{"bm25": {"k1": 1.2}}``; per-call keyword arguments of
-        ``invoke`` / ``ainvoke`` / ``batch`` are merged over them.
+        per-operator options ``{"bm25": {"n_jobs": 4}}``; per-call keyword arguments of
+        ``invoke`` / ``ainvoke`` / ``batch`` are merged over them.  Both are checked as
+        ``pipeline.search`` checks them (:func:`ragkit.options.check_options`): ``search_kwargs``
+        when the retriever is built (before any fitting), per-call ones before each search; a
+        key that is no option of the pipeline or a bad value raises ``ParamError`` (a
+        ``ValueError``).
 
     Each returned ``Document`` has the corpus text as ``page_content``, the document id as
     ``id`` and ``metadata`` with ``id``, ``title``, ``score`` (the pipeline's final score),
@@ -168,7 +173,7 @@ class RagkitRetriever(BaseRetriever):
     """Documents returned per query; ``invoke(q, k=...)`` overrides it."""
 
     search_kwargs: dict[str, Any] = Field(default_factory=dict, description="Default pipeline.search options.")
-    """Default search options (``filter``, ``{operator: {param: value}}``); per-call kwargs win."""
+    """Default search options (``filter``, ``{operator: {option: value}}``); per-call kwargs win."""
 
     _corpus: Corpus = PrivateAttr()
     _producers: list[str] = PrivateAttr(default_factory=list)
@@ -178,17 +183,22 @@ class RagkitRetriever(BaseRetriever):
         op = load_pipeline_like(self.pipeline)
         if self.train is not None and not isinstance(self.train, TrainSet):
             raise ParamError(f"train: expected a ragkit TrainSet, got {type(self.train).__name__}")
-        if self.corpus is not None:
-            op.fit(as_corpus(self.corpus), self.train)
+        bad = sorted(set(self.search_kwargs) & _LANGCHAIN_KWARGS | ({"k"} & set(self.search_kwargs)))
+        if bad:
+            raise ParamError(f"search_kwargs: {bad} are not search options (set k with k=...)")
+        docs = as_corpus(self.corpus) if self.corpus is not None else None
+        try:  # before fitting: the options of the whole tree, a filter against the corpus searched
+            check_options(op, self.search_kwargs, docs if docs is not None else _corpus_of(op))
+        except ParamError as e:
+            raise ParamError(f"search_kwargs: {e}", path=e.path) from None
+        if docs is not None:
+            op.fit(docs, self.train)
             self.corpus = None  # the pipeline holds it now
         corpus = _corpus_of(op)
         if corpus is None or not op.is_fitted:
             raise NotFittedError(
                 "pipeline: it is not fitted; pass corpus=... (documents to index) or a fitted pipeline / saved folder"
             )
-        bad = sorted(set(self.search_kwargs) & _LANGCHAIN_KWARGS | ({"k"} & set(self.search_kwargs)))
-        if bad:
-            raise ParamError(f"search_kwargs: {bad} are not search options (set k with k=...)")
         self.pipeline = op
         self._corpus = corpus
         self._producers = _retriever_names(op)

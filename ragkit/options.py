@@ -1,0 +1,271 @@
+"""Run-time search options: what each operator reads, and one check before a search starts.
+
+``pipeline.search(queries, k=10, filter={"year": 2020}, bm25={"n_jobs": 4})`` hands its
+keyword options to the operators through ``State.options``.  Three kinds of key are valid:
+
+* ``k``: the final number of results (retrievers fetch at least ``k``);
+* ``filter``: a metadata filter ``{field: value or [values]}`` applied by every retriever;
+* an operator's registry name, mapping to that operator's own options
+  (``{"muvera": {"candidates": 500}}``); every operator of that name in the pipeline reads
+  them (names are registry names, shared by all operators of a class, not branch names).
+
+Each operator class declares the options it reads in ``run_options``
+(:meth:`Operator.declared_options <ragkit.operator.Operator.declared_options>` adds a
+retriever's ``k`` and ``filter``), each with how it is checked: :data:`PARAM` for a field of
+the operator's parameter model, validated by that model with the same rules as at
+construction (one source of truth), or a function ``(operator, value) -> value`` for the
+others.  :func:`check_options` walks the whole operator tree (parallel branches and fusers,
+routers and route branches, loop bodies and judges, nested pipelines, a sharded retriever's
+per-shard retriever) and raises :class:`~ragkit.errors.ParamError` for an unknown key or a
+bad value before any work is done, e.g.::
+
+    search option bm25.kk: unknown option for operator 'bm25' (BM25); expected one of: k, filter, n_jobs
+    search option 'filtr': not an option; expected k, filter, or an operator name: bm25, dense, rrf
+"""
+
+from __future__ import annotations
+
+import difflib
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Union
+
+from pydantic import ValidationError
+
+from ragkit.errors import ParamError
+from ragkit.params import describe_error, format_loc
+
+if TYPE_CHECKING:
+    from ragkit.operator import Operator
+    from ragkit.types import Corpus
+
+__all__ = ["PARAM", "OptionCheck", "CALL_OPTIONS", "check_options", "option_readers", "filter_option",
+           "callable_option", "filter_value"]
+
+#: ``run_options`` value of an option that is a field of the operator's parameter model of the
+#: same name: checked (and converted) by validating a copy of the parameters with it replaced.
+PARAM = "param"
+
+#: How an option is checked: :data:`PARAM`, or a function ``(operator, value, corpus) -> value``
+#: (``corpus``: the corpus searched, or None when unknown) that returns the value to use and raises
+#: ``ValueError`` / ``TypeError`` with ``expected ..., got ...``.
+OptionCheck = Union[str, Callable[["Operator", Any, "Corpus | None"], Any]]
+
+#: Keys of the call itself (not of an operator): read by every operator that honours them.
+CALL_OPTIONS = ("k", "filter")
+
+_WHERE = "search option"
+
+
+# ---------------------------------------------------------------------- checks of single options
+def filter_value(value: Any, corpus: "Corpus | None" = None) -> Any:
+    """Check a metadata filter ``{field: value or [values]}`` (or ``None``) and return it unchanged.
+
+    The rules of :meth:`Corpus.mask <ragkit.types.Corpus.mask>`: string field names, no query
+    operators such as ``{"$gte": 2020}``; with ``corpus``, every field must be one of its
+    metadata fields or ``_id``.  Raises ``TypeError`` / ``ValueError`` (``expected ..., got ...``).
+    """
+    if value is None:
+        return None
+    if not isinstance(value, Mapping):
+        raise TypeError(f"expected a metadata filter {{field: value or [values]}}, got {value!r:.80}")
+    for key, want in value.items():
+        if not isinstance(key, str):
+            raise TypeError(f"field names are strings, got {key!r}")
+        if isinstance(want, Mapping):
+            raise ValueError(f"field {key!r}: {dict(want)!r} is not supported; a filter value is a value (equality) "
+                             "or a list of values (membership)")
+        if corpus is not None and key != "_id" and key not in corpus.metadata:
+            raise ValueError(f"field {key!r} is not a metadata field of the corpus; available: "
+                             f"{sorted(corpus.metadata) + ['_id']}")
+    return value
+
+
+def filter_option(op: "Operator", value: Any, corpus: "Corpus | None") -> Any:
+    """The ``filter`` option of a retriever: :func:`filter_value` against the corpus searched."""
+    return filter_value(value, corpus)
+
+
+def callable_option(op: "Operator", value: Any, corpus: "Corpus | None") -> Any:
+    """An option that is a function (or ``None``), such as a generator's ``on_token``."""
+    if value is not None and not callable(value):
+        raise TypeError(f"expected a function or None, got {type(value).__name__} {value!r:.80}")
+    return value
+
+
+def _positive_k(value: Any) -> int | None:
+    """The call's ``k`` as an int (``None`` stays ``None``), as :meth:`Pipeline.search` checks it."""
+    import numpy as np
+
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ParamError(f"{_WHERE} k: expected a positive integer, got {value!r}", path="options.k")
+    return int(value)
+
+
+# ---------------------------------------------------------------------- the tree
+def option_readers(root: "Operator") -> Iterator[tuple[str, "Operator"]]:
+    """``(path, operator)`` for every operator of the tree under ``root`` that may read options.
+
+    Paths are those of :func:`~ragkit.pipelines.yaml.walk_leaves` (``pipeline[0].parallel.
+    branches[1].dense``); an operator's :meth:`~ragkit.operator.Operator.option_children` (a
+    sharded retriever's per-shard retriever) follow it, under ``<its path>.<field>``.
+    """
+    from ragkit.pipelines.yaml import walk_leaves
+
+    stack = list(walk_leaves(root))[::-1]
+    while stack:
+        path, op = stack.pop()
+        yield path, op
+        for field, child in op.option_children()[::-1]:
+            stack.extend(list(walk_leaves(child, f"{path}.{field}"))[::-1])
+
+
+def _hint(key: str, valid: list[str]) -> str:
+    """`` (did you mean 'filter'?)`` for the valid names closest to ``key``, or nothing."""
+    close = difflib.get_close_matches(str(key), valid, n=3, cutoff=0.6)
+    return f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
+
+
+def check_options(root: "Operator", options: Mapping[str, Any], corpus: "Corpus | None" = None) -> dict[str, Any]:
+    """Check run-time search ``options`` against the operator tree ``root``; return them converted.
+
+    Parameters
+    ----------
+    root : Operator
+        The pipeline (or single operator) that will run with these options.
+    options : mapping
+        ``k``, ``filter`` and ``{operator name: {option: value}}``, as given to ``search``.
+    corpus : Corpus, optional
+        The corpus searched (the one the pipeline was fitted on, or is about to be); when
+        given, a ``filter`` may only name its metadata fields (and ``_id``).
+
+    Returns
+    -------
+    dict
+        A new options dict (the caller's mappings are not changed) whose values are converted
+        as the parameter models convert them (``{"bm25": {"n_jobs": "2"}}`` -> ``2``).
+
+    Raises
+    ------
+    ParamError
+        For the first key that is not an option, an operator option its class does not
+        declare, or a value its check refuses; the message names the option's path, what
+        was given and what is expected.
+
+    Examples
+    --------
+    >>> from ragkit.retrievers import BM25
+    >>> check_options(BM25(), {"bm25": {"n_jobs": "2"}, "filter": {"year": 2020}})
+    {'bm25': {'n_jobs': 2}, 'filter': {'year': 2020}}
+    >>> check_options(BM25(), {"bm25": {"kk": 1}})
+    Traceback (most recent call last):
+    ragkit.errors.ParamError: search option bm25.kk: unknown option for operator 'bm25' (BM25); expected one of: ...
+    """
+    if not options:
+        return {}
+    readers: dict[str, list[tuple[str, Operator]]] = {}
+    for path, op in option_readers(root):
+        if op.name:
+            readers.setdefault(op.name, []).append((path, op))
+    out: dict[str, Any] = {}
+    for key, value in options.items():
+        if key == "k":
+            out[key] = _positive_k(value)
+        elif key == "filter":
+            try:
+                out[key] = filter_value(value, corpus)
+            except (TypeError, ValueError) as e:
+                raise ParamError(f"{_WHERE} filter: {e}", path="options.filter") from None
+        elif isinstance(key, str) and key in readers:
+            out[key] = _check_operator_options(key, value, readers[key], corpus)
+        else:
+            valid = [*CALL_OPTIONS, *readers]
+            names = ", ".join(readers) or "(none)"
+            from ragkit import registry
+
+            what = (f"no {key!r} operator in this pipeline" if isinstance(key, str) and key in registry.names()
+                    else "not an option")
+            raise ParamError(f"{_WHERE} {key!r}: {what}; expected k, filter, or an operator name: {names}"
+                             f"{_hint(key, valid)}", path=f"options.{key}")
+    return out
+
+
+def _check_operator_options(name: str, value: Any, ops: list[tuple[str, "Operator"]],
+                            corpus: "Corpus | None") -> dict[str, Any]:
+    """Check ``options[name]`` against every operator called ``name``; return it converted."""
+    where = f"{_WHERE} {name}"
+    if not isinstance(value, Mapping):
+        raise ParamError(f"{where}: expected a mapping of options {{option: value}} for operator {name!r}, got "
+                         f"{value!r:.80}", path=f"options.{name}")
+    classes = list(dict.fromkeys(type(op) for _, op in ops))
+    declared = {k: None for cls in classes for k in cls.declared_options()}
+    for key in value:
+        if key not in declared:
+            owners = ", ".join(cls.__name__ for cls in classes)
+            expected = (f"expected one of: {', '.join(declared)}{_hint(key, list(declared))}" if declared
+                        else "it reads no run-time options")
+            raise ParamError(f"{where}.{key}: unknown option for operator {name!r} ({owners}); {expected}",
+                             path=f"options.{name}.{key}")
+    out: dict[str, Any] = {}
+    seen: set[int] = set()
+    for path, op in ops:
+        if id(op) in seen:
+            continue
+        seen.add(id(op))
+        # a rule across fields depends on this operator's parameters: say which one when several share the name
+        at = f" (for the {name!r} at {path.rsplit('.', 1)[0]})" if len(ops) > 1 else ""
+        for key, converted in _check_one(op, value, name, at, corpus).items():
+            out.setdefault(key, converted)
+    return out
+
+
+def _check_one(op: "Operator", value: Mapping[str, Any], name: str, at: str, corpus: "Corpus | None") -> dict[str, Any]:
+    """The options in ``value`` that ``op`` declares, checked and converted for ``op``."""
+    where = f"{_WHERE} {name}"
+    specs = type(op).declared_options()
+    mine = {k: v for k, v in value.items() if k in specs}
+    params = {k: v for k, v in mine.items() if specs[k] == PARAM}
+    out: dict[str, Any] = {}
+    if params:
+        try:
+            checked = op.params.updated(**params)
+        except ValidationError as exc:
+            raise _param_error(exc, name, params, at) from None
+        out.update({k: getattr(checked, k) for k in params})
+    for key, v in mine.items():
+        if key in params:
+            continue
+        try:
+            out[key] = specs[key](op, v, corpus)  # type: ignore[operator]
+        except (TypeError, ValueError) as e:
+            raise ParamError(f"{where}.{key}: {e}", path=f"options.{name}.{key}") from None
+    return out
+
+
+def _no_yaml(text: str) -> str:
+    """A parameter error's text without its hint about YAML's spelling (options come from Python)."""
+    return text.split("; YAML reads", 1)[0]
+
+
+def _param_error(exc: ValidationError, name: str, given: Mapping[str, Any], at: str) -> ParamError:
+    """A pydantic error of a parameter copy as ``search option <name>.<field>: expected ..., got ...``.
+
+    A rule across fields (a model validator, location ``()``) is named at the one option given,
+    or at the operator when several were, and keeps its own text (which quotes the values).
+    """
+    where = f"{_WHERE} {name}"
+    lines = []
+    for err in exc.errors():
+        loc = tuple(err["loc"])
+        if loc:
+            lines.append(f"{format_loc(where, loc)}: {_no_yaml(describe_error(err))}")
+            continue
+        text = str(err.get("msg", "invalid value")).removeprefix("Value error, ")
+        field = next((f for f in given if text.startswith(f"{f}: ")), None)
+        if field is not None:  # a check of one field written before the others (booleans for integers)
+            lines.append(f"{where}.{field}: {_no_yaml(text.removeprefix(f'{field}: '))}")
+            continue
+        head = f"{where}.{next(iter(given))}" if len(given) == 1 else where
+        lines.append(f"{head}: {text}{at}")
+    first = exc.errors()[0]["loc"] if exc.errors() else ()
+    return ParamError("\n".join(lines), path=format_loc(f"options.{name}", first or (next(iter(given)),)))
