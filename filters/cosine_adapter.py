@@ -143,6 +143,7 @@ class CosineAdapter(Operator):
     kind = "filter"
     Params = CosineAdapterParams
     wants_upstream = True
+    needs_train = True  # fit always learns from judged queries (``ragkit train`` has no unlearned row for it)
     example = {"max_iter": 50}
     upstream_example = [{"dense": {"k": 20}}]
     #: ``search(..., cosine_adapter={"threshold": 0.3})``; a ``threshold`` of None is the fitted one

@@ -7,20 +7,32 @@ router, judge or generator runs after ``upstream_example`` (default BM25 top-20)
 fuses two BM25 variants.  A known failure is declared on the operator in
 ``xfail_checks = {check: reason}``.
 
+The example parameters leave every learning mode off, so a second parametrisation runs the
+operators in their learning modes (``LEARNING_MODES``, ids ``<operator>.<mode>-<check>``, so
+``pytest -k score_router.learn`` works): each mode is embedded in the small pipeline it learns
+in (a fuser in a parallel, a router in a route, a judge in a loop's ``until``) and fitted with
+the slice's judged training queries.  A new learning parameter (a field named ``learn`` or
+``adapt``, a ``"learn"`` option) fails ``test_every_learning_mode_is_exercised`` until a mode
+for it is added there.
+
 How to fix a failing check is in each check's docstring.
 """
 
 from __future__ import annotations
 
+import inspect
 import types
 import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 import pytest
 from pydantic import BaseModel
 
 from ragkit import registry
-from ragkit.errors import NotFittedError, ParamError
+from ragkit.errors import ConfigError, DataError, NotFittedError, ParamError
 from ragkit.operator import Operator
 from ragkit.pipelines import Pipeline
 from ragkit.pipelines.yaml import load_yaml
@@ -62,6 +74,24 @@ def _same(a, b) -> None:
         np.testing.assert_allclose(ra.scores, rb.scores, rtol=1e-5, atol=1e-6)
     for key in set(a.values) & set(b.values):
         assert [str(x) for x in a.values[key]] == [str(x) for x in b.values[key]], key
+
+
+def _rows(run, idx: list[int]):
+    """The queries ``idx`` of a run, as a run."""
+    return type(run)([run.query_ids[i] for i in idx], [run.doc_ids[i] for i in idx], [run.scores[i] for i in idx],
+                     rankings=[run.rankings[i] for i in idx],
+                     values={k: [v[i] for i in idx] for k, v in run.values.items()})
+
+
+def _well_formed(run, queries, corpus) -> None:
+    """One ranking per query, sorted best first, rows int64 in the corpus, scores float32, no duplicates."""
+    assert len(run) == len(queries) and run.query_ids == queries.ids
+    assert len(run.rankings) == len(run.doc_ids) == len(queries), "one ranking per query"
+    for r in run.rankings:
+        assert r.rows.dtype == np.int64 and r.scores.dtype == np.float32
+        assert np.all(np.diff(r.scores) <= 1e-6), "scores must be non-increasing"
+        assert len(np.unique(r.rows)) == len(r.rows), "a document appears twice in one ranking"
+        assert (r.rows >= 0).all() and (r.rows < len(corpus)).all()
 
 
 # ---------------------------------------------------------------------- checks
@@ -152,15 +182,7 @@ def check_call_batch(cls, data, tmp_path):
     Fix: use ``topk_rows`` / ``Ranking``; keep ``state.rankings`` aligned with ``state.queries``.
     """
     corpus, queries, _, train = data
-    pipe = _pipeline(cls).fit(corpus, train)
-    run = pipe.search(queries)
-    assert len(run) == len(queries) and run.query_ids == queries.ids
-    assert len(run.rankings) == len(run.doc_ids) == len(queries), "one ranking per query"
-    for r in run.rankings:
-        assert r.rows.dtype == np.int64 and r.scores.dtype == np.float32
-        assert np.all(np.diff(r.scores) <= 1e-6), "scores must be non-increasing"
-        assert len(np.unique(r.rows)) == len(r.rows), "a document appears twice in one ranking"
-        assert (r.rows >= 0).all() and (r.rows < len(corpus)).all()
+    _well_formed(_pipeline(cls).fit(corpus, train).search(queries), queries, corpus)
 
 
 def check_batch_invariance(cls, data, tmp_path):
@@ -171,10 +193,7 @@ def check_batch_invariance(cls, data, tmp_path):
     corpus, queries, _, train = data
     pipe = _pipeline(cls).fit(corpus, train)
     full = pipe.search(queries)
-    one = pipe.search(queries[[3]])
-    _same(one, full.head(10**9).__class__(full.query_ids[3:4], full.doc_ids[3:4], full.scores[3:4],
-                                        rankings=full.rankings[3:4],
-                                        values={k: v[3:4] for k, v in full.values.items()}))
+    _same(pipe.search(queries[[3]]), _rows(full, [3]))
     perm = list(np.random.default_rng(0).permutation(len(queries)))
     shuffled = pipe.search(queries[perm])
     for j, i in enumerate(perm):
@@ -253,3 +272,346 @@ def test_conformance(cls, check, slice_data, tmp_path):
 def test_registry_is_populated():
     """The core operators are registered (a broken family import would empty the registry)."""
     assert {"bm25", "dense", "rrf", "weighted", "top_k"} <= set(registry.names())
+
+
+# ---------------------------------------------------------------------- learning modes
+# Where a mode's operator learns: each function turns the operator's YAML node into the
+# smallest pipeline that trains it, and the matching ``where`` path finds it in that pipeline.
+STRONG_BM25 = {"bm25": {"k": 20}}
+WEAK_BM25 = {"bm25": {"k": 20, "fields": "text", "k1": 0.0, "b": 0.0, "stemmer": "none", "stopwords": "none"}}
+
+
+def _in_parallel(node: dict) -> dict:
+    """A fuser over a strong and a weak BM25 (binary tf, text only, unstemmed): learning weighs them unequally."""
+    return {"pipeline": [{"parallel": {"branches": [STRONG_BM25, WEAK_BM25], "fuse": node}}]}
+
+
+def _in_route(node: dict) -> dict:
+    """A router after BM25, choosing between a cut to 3 results and a re-retrieval with okapi BM25."""
+    return {"pipeline": [STRONG_BM25, {"route": {"router": node, "branches": {
+        "easy": [{"top_k": {"k": 3}}], "hard": [{"bm25": {"k": 20, "variant": "okapi", "k1": 1.5, "b": 0.75}}]}}}]}
+
+
+def _in_loop(node: dict) -> dict:
+    """A judge stopping a pseudo-relevance-feedback loop (up to 3 rounds of RM3 + BM25)."""
+    return {"pipeline": [{"loop": {"body": [{"prf": {"fb_docs": 5, "fb_terms": 10}}, STRONG_BM25], "until": node,
+                                   "max_iters": 3}}]}
+
+
+def _after(*upstream: dict) -> Callable[[dict], dict]:
+    return lambda node: {"pipeline": [*upstream, node]}
+
+
+ADAPT = {"batch_size": 8, "max_steps": 2, "seed": 1}  # test_adapt's settings: one cached fine-tune serves both
+
+
+def _learned_weights(op: Operator) -> dict:
+    return {"learn": False, "weights": [float(w) for w in op.weights_], **op.option_}
+
+
+def _learned_threshold(op: Operator) -> dict:
+    t = float(op.threshold_)  # "never" is +inf, which params refuse; any finite bound above every score acts alike
+    return {"learn": False, "threshold": t if np.isfinite(t) else float(np.finfo(np.float64).max)}
+
+
+def _tuned_model(op: Operator) -> dict:
+    return {"adapt": None, "model": op.model_path_}
+
+
+@dataclass(frozen=True)
+class LearningMode:
+    """One learning mode of a registered operator, and how the shared learning checks exercise it.
+
+    Attributes
+    ----------
+    op : registry name; ``mode`` names the mode in test ids (``<op>.<mode>-<check>``).
+    params : the operator's parameters in this mode.
+    pipeline, where : the pipeline YAML holding the operator (from its node), and the attribute
+        path from that pipeline to the operator.
+    learned : attributes a fit with judged queries sets.
+    frozen : the learned state written as ordinary parameters with learning off (fitted without
+        judged queries, that pipeline must answer exactly as the learned one); ``None`` when the
+        state has no parameter form.
+    off : parameters switching learning off (the unlearned pipeline, whose answers must differ);
+        ``None`` when the mode has no unlearned form.
+    without_train : ``None`` when a fit without judged queries forgets what was learned (it then
+        answers as the unlearned pipeline); else ``(error class, message pattern)`` of its refusal.
+    bad : ``(parameter changes, message pattern)`` pairs refused at validation.
+    slow : fine-tunes a model: every check that fits is marked slow.
+    """
+
+    op: str
+    mode: str
+    params: dict
+    pipeline: Callable[[dict], dict]
+    where: tuple
+    learned: tuple[str, ...]
+    frozen: Callable[[Operator], dict] | None
+    off: dict | None
+    without_train: tuple[type[Exception], str] | None
+    bad: tuple[tuple[dict, str], ...] = ()
+    slow: bool = False
+
+    @property
+    def id(self) -> str:
+        return f"{self.op}.{self.mode}"
+
+
+FUSER = {"pipeline": _in_parallel, "where": ("steps", 0, "fuse"), "learned": ("weights_", "learned_", "option_"),
+         "frozen": _learned_weights}
+THRESHOLD = {"learned": ("threshold_", "learned_"), "frozen": _learned_threshold, "off": None}
+
+
+def _adapt_mode(op: str, pipeline: Callable[[dict], dict], where: tuple, **params: Any) -> LearningMode:
+    return LearningMode(
+        op, "adapt", {**params, "adapt": ADAPT}, pipeline, where, ("model_path_",), _tuned_model, {"adapt": None},
+        (DataError, rf"{op}\.adapt fine-tunes the encoder on judged queries"),
+        (({"adapt": {**ADAPT, "max_steps": 0}}, rf"{op}\.adapt\.max_steps"),
+         ({"adapt": {**ADAPT, "batch_size": 1}}, rf"{op}\.adapt\.batch_size"),
+         ({"adapt": {**ADAPT, "lr": 0.1}}, rf"{op}\.adapt\.lr")), slow=True)
+
+
+LEARNING_MODES = [
+    LearningMode("rrf", "learn", {"learn": True, "folds": 3}, **FUSER, off={"learn": False}, without_train=None,
+                 bad=(({"folds": 1}, r"rrf\.folds"),)),
+    LearningMode("weighted", "learn", {"learn": True, "folds": 3}, **FUSER, off={"learn": False}, without_train=None,
+                 bad=(({"folds": 1}, r"weighted\.folds"),)),
+    LearningMode("weighted", "norm_learn", {"learn": True, "norm": "learn", "folds": 3}, **FUSER,
+                 off={"learn": False, "norm": "minmax"}, without_train=(ParamError, r"weighted\.norm"),
+                 bad=(({"learn": False}, r"weighted\b.*norm='learn'.*needs learn=true"),
+                      ({"folds": 0}, r"weighted\.folds"))),
+    LearningMode("score_router", "learn", {"feature": "top1", "learn": True}, _in_route, ("steps", 1, "router"),
+                 **THRESHOLD, without_train=(ParamError, r"score_router\.learn: the threshold is learned"),
+                 bad=(({"cost": -0.1}, r"score_router\.cost"),
+                      ({"learn": False}, r"score_router\b.*threshold is required unless learn=true"))),
+    LearningMode("score_reached", "learn", {"learn": True}, _in_loop, ("steps", 0, "until"),
+                 **THRESHOLD, without_train=(ParamError, r"score_reached\.learn: the threshold is learned"),
+                 bad=(({"cost": -0.1}, r"score_reached\.cost"),
+                      ({"learn": False}, r"score_reached\b.*threshold is required unless learn=true"))),
+    # learns by default (no switch): no frozen or unlearned form
+    LearningMode("cosine_adapter", "default", {"max_iter": 50}, _after({"dense": {"k": 20}}), ("steps", 1),
+                 ("weights_", "threshold_", "feat_mean_", "feat_std_"), None, None,
+                 (DataError, r"cosine_adapter\.fit needs judged training queries"),
+                 (({"val_fraction": 1.0}, r"cosine_adapter\.val_fraction"),
+                  ({"target_value": 0}, r"cosine_adapter\.target_value"))),
+    _adapt_mode("dense", _after(), ("steps", 0), k=10),
+    _adapt_mode("muvera", _after(), ("steps", 0), k=10, candidates=20),
+    _adapt_mode("maxsim_exact", _after(), ("steps", 0), k=10),
+    _adapt_mode("maxsim", _after(STRONG_BM25), ("steps", 1), k=10),
+]
+
+
+def _at(pipe: Operator, where: tuple) -> Operator:
+    node: Any = pipe
+    for part in where:
+        node = node[part] if isinstance(part, int) else getattr(node, part)
+    return node
+
+
+def _put(pipe: Operator, where: tuple, op: Operator) -> None:
+    parent = _at(pipe, where[:-1])
+    if isinstance(where[-1], int):
+        parent[where[-1]] = op
+    else:
+        setattr(parent, where[-1], op)
+
+
+def _mode_pipeline(mode: LearningMode, params: dict | None = None) -> Pipeline:
+    return load_yaml(mode.pipeline({mode.op: params if params is not None else dict(mode.params)}))
+
+
+def _differ(a, b) -> bool:
+    return any(len(ra) != len(rb) or not np.array_equal(ra.rows, rb.rows) or not np.allclose(ra.scores, rb.scores)
+               for ra, rb in zip(a.rankings, b.rankings))
+
+
+def _same_state(a: Any, b: Any, name: str) -> None:
+    """Learned attribute values are equal; a model folder (named by its content key) may have moved."""
+    if isinstance(a, str) and isinstance(b, str) and name == "model_path_":
+        assert Path(a).name == Path(b).name, name
+    elif isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=name)
+    else:
+        assert a == b, name
+
+
+def lcheck_yaml_roundtrip(mode, data, tmp_path, fitted):
+    """The pipeline holding the mode writes and reads back the same YAML, and fitting does not rewrite it.
+
+    Fix: learned state lives in ``attr_`` attributes, never in ``params``; ``to_dict`` keeps the switch.
+    """
+    pipe = _mode_pipeline(mode)
+    text = pipe.to_yaml()
+    again = Pipeline.from_yaml(text)
+    assert again.to_yaml() == text
+    assert _at(again, mode.where) == registry.get(mode.op)(**mode.params)
+    if not mode.slow:
+        assert fitted(mode)[0].to_yaml() == text, "fit(corpus, train) rewrote the parameters"
+
+
+def lcheck_learns(mode, data, tmp_path, fitted):
+    """A fit with judged queries learns: the state is set, used, and changes the answers.
+
+    The pipeline with the learned state written as plain parameters (learning off) answers
+    exactly as the learned one; the unlearned pipeline answers differently.  Fix: set every
+    learned attribute in the learning fit, and read it (not the parameter) when called.
+    """
+    corpus, _, _, train = data
+    pipe, _ = fitted(mode)
+    op = _at(pipe, mode.where)
+    missing = [a for a in mode.learned if getattr(op, a, None) is None]
+    assert not missing, f"fit(corpus, train) set no {missing}: learning was skipped"
+    learned = pipe.search(train.queries)
+    if mode.frozen is not None:
+        frozen = _mode_pipeline(mode, {**mode.params, **mode.frozen(op)}).fit(corpus)
+        _same(learned, frozen.search(train.queries))
+    if mode.off is not None:
+        plain = _mode_pipeline(mode, {**mode.params, **mode.off}).fit(corpus)
+        assert _differ(learned, plain.search(train.queries)), "the learned pipeline answers as the unlearned one"
+
+
+def lcheck_call_batch(mode, data, tmp_path, fitted):
+    """The learned pipeline's answers are well formed; a batch of 1 equals its row of a batch; empty works.
+
+    Fix: as ``call_batch`` and ``batch_invariance``; a learned threshold or weight is per operator, never per batch.
+    """
+    corpus, queries, _, _ = data
+    pipe, run = fitted(mode)
+    _well_formed(run, queries, corpus)
+    _same(pipe.search(queries[[3]]), _rows(run, [3]))
+    assert len(pipe.search(queries[:0])) == 0
+
+
+def lcheck_save_load(mode, data, tmp_path, fitted):
+    """Saved and loaded (pipeline folder and operator folder), the learned pipeline answers identically, unrefitted.
+
+    Fix: write every learned attribute in ``_save`` and read it back in ``_load``.
+    """
+    _, queries, _, _ = data
+    pipe, before = fitted(mode)
+    op = _at(pipe, mode.where)
+    pipe.save(tmp_path / "pipe")
+    op.save(tmp_path / "op")
+
+    def refit(*a, **k):
+        raise AssertionError("loading fitted")
+
+    with pytest.MonkeyPatch.context() as m:  # loading never fits (nor fine-tunes) again
+        m.setattr(Operator, "fit", refit)
+        m.setattr("ragkit.encoders.adapt.fine_tune", refit)
+        loaded = Pipeline.load(tmp_path / "pipe")
+        alone = Operator.load(tmp_path / "op")
+        for got in (_at(loaded, mode.where), alone):
+            assert type(got) is type(op) and got.params == op.params
+            for a in mode.learned:
+                _same_state(getattr(op, a), getattr(got, a, None), a)
+        _same(before, loaded.search(queries))
+        _put(loaded, mode.where, alone)  # the operator folder alone answers as the fitted operator did
+        _same(before, loaded.search(queries))
+    for p in (tmp_path / "pipe").rglob("*"):
+        assert p.suffix not in (".pkl", ".pickle", ".joblib"), p
+
+
+def lcheck_refit_without_train(mode, data, tmp_path, fitted):
+    """A refit without judged queries forgets what was learned, or refuses with the documented error and
+    changes nothing; a refit with them learns the same again.
+
+    Fix: drop learned attributes at the start of a fit that forgets; check ``train`` before
+    touching any state in a fit that refuses (``needs_train``).
+    """
+    corpus, queries, _, train = data
+    pipe = _mode_pipeline(mode).fit(corpus, train)
+    learned = pipe.search(queries)
+    op = _at(pipe, mode.where)
+    if mode.without_train is None:
+        assert not op.needs_train
+        pipe.fit(corpus)
+        kept = [a for a in mode.learned if hasattr(op, a)]
+        assert not kept, f"a fit without judged queries kept {kept} from the earlier fit"
+        _same(pipe.search(queries), _mode_pipeline(mode, {**mode.params, **mode.off}).fit(corpus).search(queries))
+    else:
+        assert op.needs_train, "an operator whose fit refuses to run without judged queries says so in needs_train"
+        error, pattern = mode.without_train
+        with pytest.raises(error, match=pattern):
+            pipe.fit(corpus)
+        _same(learned, pipe.search(queries))
+    pipe.fit(corpus, train)
+    _same(learned, pipe.search(queries))
+
+
+def lcheck_bad_params(mode, data, tmp_path, fitted):
+    """Bad learning parameters fail at validation (constructor and YAML) with a message naming the field.
+
+    Fix: constrain the field (``Field(ge=..)``) or check it in a model validator whose message names it.
+    """
+    cls = registry.get(mode.op)
+    bad = list(mode.bad)
+    if "learn" in cls.Params.model_fields:
+        bad.append(({"learn": "sometimes"}, rf"{cls.name}\.learn: expected true or false"))
+    for change, pattern in bad:
+        params = {**mode.params, **change}
+        with pytest.raises(ParamError, match=pattern):
+            cls(**params)
+        with pytest.raises(ConfigError, match=pattern):
+            load_yaml(mode.pipeline({cls.name: params}))
+
+
+LEARNING_CHECKS = [lcheck_yaml_roundtrip, lcheck_learns, lcheck_call_batch, lcheck_save_load,
+                   lcheck_refit_without_train, lcheck_bad_params]
+
+
+def _learning_cases():
+    for mode in LEARNING_MODES:
+        for check in LEARNING_CHECKS:
+            short = check.__name__.removeprefix("lcheck_")
+            marks = [pytest.mark.slow] if mode.slow and short not in ("yaml_roundtrip", "bad_params") else []
+            yield pytest.param(mode, check, id=f"{mode.id}-{short}", marks=marks)
+
+
+@pytest.fixture(scope="module")
+def learned_fits(slice_data):
+    """Each mode's pipeline fitted once with the slice's judged training queries, and its run on the test queries."""
+    corpus, queries, _, train = slice_data
+    cache: dict[str, tuple[Pipeline, Any]] = {}
+
+    def fitted(mode: LearningMode) -> tuple[Pipeline, Any]:
+        if mode.id not in cache:
+            pipe = _mode_pipeline(mode).fit(corpus, train)
+            cache[mode.id] = (pipe, pipe.search(queries))
+        return cache[mode.id]
+
+    return fitted
+
+
+@pytest.mark.parametrize("mode, check", list(_learning_cases()))
+def test_learning_mode(mode, check, slice_data, tmp_path, learned_fits):
+    check(mode, slice_data, tmp_path, learned_fits)
+
+
+def _learning_switches(cls: type[Operator]) -> dict[str, Any]:
+    """The parameters that turn a learning mode on: ``learn``/``adapt`` fields and ``"learn"`` options."""
+    out: dict[str, Any] = {}
+    for name, f in cls.Params.model_fields.items():
+        if name == "learn":
+            out[name] = True
+        elif name == "adapt":
+            out[name] = "any"
+        elif "learn" in typing.get_args(f.annotation):
+            out[name] = "learn"
+    return out
+
+
+def test_every_learning_mode_is_exercised():
+    """Every learning switch of a registered operator (and every operator that always learns from judged
+    queries) has an entry in LEARNING_MODES.  Fix: add one, with the pipeline the operator learns in."""
+    missing = []
+    for name in registry.names():
+        cls = registry.get(name)
+        modes = [m for m in LEARNING_MODES if m.op == name]
+        for switch, on in _learning_switches(cls).items():
+            if not any(switch in m.params and (on == "any" or m.params[switch] == on) for m in modes):
+                missing.append(f"{name}.{switch}")
+        if inspect.getattr_static(cls, "wants_upstream") is True and not modes:  # learns whatever its params
+            missing.append(name)
+    assert not missing, f"learning modes without an entry in LEARNING_MODES: {missing}"
+    assert len({m.id for m in LEARNING_MODES}) == len(LEARNING_MODES)

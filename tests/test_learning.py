@@ -153,3 +153,13 @@ def test_operators_say_when_they_need_judged_queries():
     assert needs("pipeline: [{dense: {adapt: {epochs: 1.0}}}, {muvera: {adapt: {epochs: 1.0}}}]") == ["dense", "muvera"]
     assert needs("pipeline: [{bm25: {}}, {route: {router: {score_router: {learn: true}}, "
                  "branches: {easy: [{top_k: {k: 5}}], hard: [{top_k: {k: 9}}]}}}]") == ["score_router"]
+
+
+def test_train_report_skips_the_unlearned_row_of_a_filter_that_always_learns(slice_beir, tmp_path):
+    """cosine_adapter fits only with judged queries, so ``needs_train`` says so and ``ragkit train``'s report
+    skips the unlearned row (it said False, and the command died fitting the unlearned pipeline)."""
+    (tmp_path / "p.yaml").write_text("pipeline: [{dense: {k: 20}}, {cosine_adapter: {max_iter: 50}}]\n")
+    res = CliRunner().invoke(app, ["train", "--data", str(slice_beir), "--pipeline", str(tmp_path / "p.yaml"),
+                                   "--out", str(tmp_path / "out")], env={"COLUMNS": "200"})
+    assert res.exit_code == 0, res.output
+    assert "unlearned: skipped" in res.output and (tmp_path / "out" / "manifest.json").is_file()

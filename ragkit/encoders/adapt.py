@@ -205,9 +205,11 @@ class TunedEncoderMixin:
         return self.params.adapt is not None
 
     def _adapt_encoder(self, corpus: Corpus, train: TrainSet | None) -> None:
-        self.model_path_: str | None = None
         if not self.needs_train:
+            self.model_path_: str | None = None
             return
+        # refusals come before any state changes: a refused refit keeps the tuned model that the
+        # index was built with (resetting it first left base-model queries against tuned documents)
         if train is None:
             raise DataError(f"{self.name}.adapt fine-tunes the encoder on judged queries, but fit() got no training "
                             f"split; call fit(corpus, train=TrainSet(queries, qrels)) or drop 'adapt'")
