@@ -122,23 +122,35 @@ class ScoreReached(LearnedThreshold, Operator):
 
         Row ``i`` holds each training query's score at ``rank`` and its nDCG@10 after ``i + 1``
         runs of the loop body.  A threshold stops each query at its first iteration whose
-        feature reaches it (else at the last); every observed value (and "never") is tried at
-        once with broadcasting; the best mean gain minus ``cost`` x mean iterations wins, ties
-        going to fewer iterations.
+        feature reaches it (else at the last); every observed value (and "never") is tried; the
+        best mean gain minus ``cost`` x mean iterations wins, ties going to fewer iterations.
+
+        All candidates are scored in one sweep, ``O(iterations x queries + candidates)`` memory: a
+        query stops at its first iteration whose running maximum of the feature reaches the
+        threshold, so raising the threshold past that running maximum at iteration ``i`` moves it
+        from stopping at ``i`` to ``i + 1``, which adds ``gains[i + 1] - gains[i]`` to the total gain
+        and one iteration; a difference array over the sorted candidates sums those events.
         """
         if not self.params.learn:
             return
         iters, n = features.shape
         finite = np.unique(features[np.isfinite(features)])
-        cands = np.concatenate([finite, [np.inf]])
-        reached = features[None] >= cands[:, None, None]                        # (m, iters, n)
-        stop = np.where(reached.any(1), reached.argmax(1), iters - 1)            # (m, n)
-        got = np.take_along_axis(np.broadcast_to(gains, (len(cands), iters, n)), stop[:, None], 1)[:, 0]
-        mean_iters = (stop + 1).mean(1) if n else np.ones(len(cands))
-        objective = (got.mean(1) if n else np.zeros(len(cands))) - self.params.cost * mean_iters
+        cands = np.concatenate([finite, [np.inf]])                               # (m,) ascending
+        m = len(cands)
+        if n:
+            running = np.maximum.accumulate(features, axis=0)[:-1]              # (iters - 1, n)
+            # candidate c stops past iteration i when cands[c] > running[i]: from c = pos on
+            pos = np.searchsorted(cands, running, side="right").ravel()
+            step = (gains[1:] - gains[:-1]).ravel()
+            total = gains[0].sum() + np.cumsum(np.bincount(pos, weights=step, minlength=m + 1))[:m]
+            mean_iters = 1.0 + np.cumsum(np.bincount(pos, minlength=m + 1))[:m] / n
+            mean_gain = total / n
+        else:
+            mean_iters, mean_gain = np.ones(m), np.zeros(m)
+        objective = np.round(mean_gain - self.params.cost * mean_iters, 12)  # sums in another order: same ties
         best = int(np.lexsort((mean_iters, -objective))[0])
         self.threshold_ = float(cands[best])
-        self.learned_ = {"threshold": self.threshold_, "train_ndcg@10": float(got[best].mean()) if n else 0.0,
+        self.learned_ = {"threshold": self.threshold_, "train_ndcg@10": float(mean_gain[best]),
                          "mean_iterations": float(mean_iters[best]),
                          "ndcg@10_per_iteration": [float(g.mean()) for g in gains] if n else []}
 

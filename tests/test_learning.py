@@ -163,3 +163,39 @@ def test_train_report_skips_the_unlearned_row_of_a_filter_that_always_learns(sli
                                    "--out", str(tmp_path / "out")], env={"COLUMNS": "200"})
     assert res.exit_code == 0, res.output
     assert "unlearned: skipped" in res.output and (tmp_path / "out" / "manifest.json").is_file()
+
+
+def _stopping_by_hand(features: np.ndarray, gains: np.ndarray, cost: float) -> tuple[float, float, float]:
+    """The judge's threshold choice, one candidate and one query at a time (plain Python)."""
+    iters, n = features.shape
+    cands = sorted({float(v) for v in features.ravel() if np.isfinite(v)}) + [float("inf")]
+    best = None
+    for t in cands:
+        stops = []
+        for q in range(n):
+            stops.append(next((i for i in range(iters) if features[i, q] >= t), iters - 1))
+        gain = sum(float(gains[s, q]) for q, s in enumerate(stops)) / n if n else 0.0
+        mean_iters = sum(s + 1 for s in stops) / n if n else 1.0
+        key = (-round(gain - cost * mean_iters, 12), mean_iters)
+        if best is None or key < best[0]:
+            best = (key, t, gain, mean_iters)
+    return best[1], best[2], best[3]
+
+
+@pytest.mark.parametrize("iters,n,cost,seed", [(1, 5, 0.0, 0), (3, 40, 0.0, 1), (3, 40, 0.02, 2), (5, 200, 0.01, 3),
+                                               (4, 0, 0.0, 4), (2, 30, 0.5, 5)])
+def test_score_reached_learns_the_threshold_a_plain_search_finds(iters, n, cost, seed):
+    """learn_stopping's one-sweep scoring of every candidate equals trying each one by hand
+    (ties in the features, unreachable -inf features, a cost per iteration)."""
+    from ragkit.pipelines import ScoreReached
+
+    rng = np.random.default_rng(seed)
+    features = rng.integers(0, 6, (iters, n)).astype(np.float64)  # few values: many ties
+    features[rng.random((iters, n)) < 0.1] = -np.inf
+    gains = rng.random((iters, n))
+    judge = ScoreReached(learn=True, cost=cost)
+    judge.learn_stopping(features, gains)
+    t, gain, mean_iters = _stopping_by_hand(features, gains, cost)
+    assert judge.threshold_ == t
+    assert judge.learned_["train_ndcg@10"] == pytest.approx(gain, abs=1e-12)
+    assert judge.learned_["mean_iterations"] == pytest.approx(mean_iters, abs=1e-12)
