@@ -474,6 +474,16 @@ class VectorIndex:
         return Index(ndim=ndim, metric=metric, dtype=kind, connectivity=self.connectivity,
                      expansion_add=self.expansion_add, expansion_search=self.expansion_search)
 
+    def _restore(self, source: str, view: bool) -> Any:
+        """``usearch.Index.restore`` with this index's beam widths: a usearch file does not keep
+        them, and a restored index would search with usearch's default ``expansion_search`` (64)."""
+        from usearch.index import Index
+
+        u = Index.restore(source, view=view)
+        if u is not None:
+            u.expansion_add, u.expansion_search = self.expansion_add, self.expansion_search
+        return u
+
     def _add_to_graph(self, slots: np.ndarray, x: np.ndarray, chunk: int = 131_072) -> None:
         """Add reduced vectors ``x`` ``(m, ndim)`` to the usearch graph as ``slots``, in
         :func:`~ragkit.retrievers._locality.insertion_order` when ``reorder`` (chunks of ``chunk``
@@ -585,10 +595,7 @@ class VectorIndex:
     def _writable(self) -> None:
         """A view-loaded (mmap) usearch index is read-only: copy it into memory before editing."""
         if self.usearch is not None and getattr(self, "_view", False):
-            from usearch.index import Index
-
-            fresh = Index.restore(self._view_path, view=False)
-            self.usearch, self._view = fresh, False
+            self.usearch, self._view = self._restore(self._view_path, view=False), False
 
     def _check_built(self) -> None:
         if not self.built:
@@ -922,11 +929,9 @@ class VectorIndex:
             self._mapped[os.path.abspath(folder / f"{prefix}.floats.npy")] = _file_id(folder / f"{prefix}.floats.npy")
         self.usearch = None
         if f"{prefix}.usearch" in files:
-            from usearch.index import Index
-
             p = folder / f"{prefix}.usearch"
             try:
-                self.usearch = Index.restore(str(p), view=mmap)
+                self.usearch = self._restore(str(p), view=mmap)
             except Exception as e:  # usearch raises RuntimeError/ValueError on a bad header
                 raise ArtifactError(f"{p}: usearch could not read it ({e})") from None
             if self.usearch is None or self.usearch.size != int(self.alive.sum()):

@@ -682,3 +682,20 @@ def test_embedding_cache_put_extends_the_loaded_index(tmp_path):
         got, hit = reader.get(digests)
         assert hit.all()
         np.testing.assert_array_equal(got, vecs)
+
+
+# ---------------------------------------------------------------------- HNSW beam widths
+
+
+def test_hnsw_beam_widths_survive_save_and_load(tmp_path):
+    """A usearch file does not keep expansion_search / expansion_add: a loaded graph used to
+    search with usearch's default beam of 64 whatever the index was configured with."""
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((3000, 16)).astype(np.float32)
+    ix = VectorIndex(search="hnsw", dtype="i8", expansion_add=77, expansion_search=300).build(x)
+    ix.save(tmp_path / "ix")
+    for mmap in (False, True):
+        back = VectorIndex.load(tmp_path / "ix", mmap=mmap)
+        assert (back.usearch.expansion_search, back.usearch.expansion_add) == (300, 77), mmap
+        back.remove(np.array([0]))  # an mmap view is copied into memory here: the widths must follow
+        assert (back.usearch.expansion_search, back.usearch.expansion_add) == (300, 77), mmap
