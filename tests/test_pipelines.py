@@ -595,6 +595,20 @@ pipeline:
     assert loaded.steps[1].router.threshold_ == router.threshold_
 
 
+@pytest.mark.parametrize("step,home", [("score_router: {learn: true}", "router of a route"),
+                                       ("score_reached: {learn: true}", "until judge of a loop")])
+def test_learning_router_or_judge_as_a_plain_step_is_refused_at_fit(step, home, slice_data, monkeypatch):
+    """Outside a route / loop a learning router / judge cannot learn: refused before anything is fitted
+    (it used to fit, then fail at search with 'no threshold was learned; fit with train')."""
+    corpus, _, _, train = slice_data
+    pipe = Pipeline.from_yaml(f"pipeline:\n  - bm25: {{k: 10}}\n  - {step}\n")
+    fitted = []
+    monkeypatch.setattr(BM25, "_fit", lambda self, *a: fitted.append(self))
+    with pytest.raises(ParamError, match=rf"pipeline\[1\]: score_\w+ with learn: true learns only as the {home}"):
+        pipe.fit(corpus, train)
+    assert not fitted
+
+
 def test_score_router_cost_pushes_queries_to_the_cheap_branch(slice_data):
     from ragkit.pipelines.routers import ScoreRouter
     from ragkit.types import State
