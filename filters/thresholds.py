@@ -59,8 +59,8 @@ class ScoreThreshold(_PrefixCut):
 
     The usual baseline for relevance filtering of embedding retrieval: one cosine cut-off
     for every query (compare :class:`ragkit.filters.CosineAdapter`, Rossi et al.,
-    CIKM 2024, arXiv 2408.04887).  Per-call override: ``options={"score_threshold":
-    {"threshold": 0.4}}``.
+    CIKM 2024, arXiv 2408.04887).  Per-call override:
+    ``pipeline.search(queries, score_threshold={"threshold": 0.4})``.
 
     Examples
     --------
