@@ -323,11 +323,14 @@ def geometry(d: np.ndarray, q: np.ndarray, sample: int, k: int = 20, seed: int =
 
 
 def table(rows: list[dict], base_name: str, keys: list[str]) -> str:
+    if not rows:
+        return "(no configuration selected)"
     base = next((r for r in rows if r["config"] == base_name), rows[0])
-    lines = [f"{'config':40s} " + " ".join(f"{k_:>12s}" for k_ in keys) + f" {'qps/base':>9s} {'mem/base':>9s}"]
+    w = max([40] + [len(r["config"]) for r in rows])
+    lines = [f"{'config':{w}s} " + " ".join(f"{k_:>12s}" for k_ in keys) + f" {'qps/base':>9s} {'mem/base':>9s}"]
     for r in rows:
         vals = " ".join(f"{r.get(k_, ''):>12}" for k_ in keys)
-        lines.append(f"{r['config']:40s} {vals} {r['qps'] / base['qps']:9.2f} "
+        lines.append(f"{r['config']:{w}s} {vals} {r['qps'] / base['qps']:9.2f} "
                      f"{r['memory_bytes'] / base['memory_bytes']:9.4f}")
     return "\n".join(lines)
 
@@ -338,7 +341,9 @@ def plot(result: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    parts = [p for p in ("scifact", "synthetic") if result.get(p)]
+    parts = [p for p in ("scifact", "synthetic") if result.get(p) and result[p]["rows"]]
+    if not parts:
+        return
     fig, axes = plt.subplots(1, len(parts), figsize=(7 * len(parts), 5.5), squeeze=False)
     colors = {"numpy": "k", "ragkit": "tab:blue", "ragkit-hnsw": "tab:cyan", "faiss": "tab:red",
               "faiss-hnsw": "tab:orange"}
@@ -430,7 +435,7 @@ def main() -> None:
         qbox[0] = q
         t_ref, ref = timed(lambda: exact_topk(d, q, k))
         rows = run_configs(d, q, ref, selected(configs_for(d, k, True, efs, args.threads)), k=k,
-                           repeat=1 if n > 200_000 else args.repeat)
+                           repeat=args.repeat)
         for key in ("faiss_hnsw", "faiss_hnsw_ordered", "ragkit_hnsw_i8", "ragkit_hnsw_i8_noreorder"):
             _CACHE.pop(key, None)
         raw = []
