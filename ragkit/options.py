@@ -63,16 +63,14 @@ def filter_value(value: Any, corpus: "Corpus | None" = None) -> Any:
     operators such as ``{"$gte": 2020}``; with ``corpus``, every field must be one of its
     metadata fields or ``_id``.  Raises ``TypeError`` / ``ValueError`` (``expected ..., got ...``).
     """
+    from ragkit.types import check_filter
+
     if value is None:
         return None
     if not isinstance(value, Mapping):
         raise TypeError(f"expected a metadata filter {{field: value or [values]}}, got {value!r:.80}")
-    for key, want in value.items():
-        if not isinstance(key, str):
-            raise TypeError(f"field names are strings, got {key!r}")
-        if isinstance(want, Mapping):
-            raise ValueError(f"field {key!r}: {dict(want)!r} is not supported; a filter value is a value (equality) "
-                             "or a list of values (membership)")
+    check_filter(value)  # DataError, a ValueError: ``filter.<field>: ...``
+    for key in value:
         if corpus is not None and key != "_id" and key not in corpus.metadata:
             raise ValueError(f"field {key!r} is not a metadata field of the corpus; available: "
                              f"{sorted(corpus.metadata) + ['_id']}")
