@@ -36,7 +36,8 @@ class TopK(Operator):
     run_options = {"k": PARAM}
 
     def _call(self, state: State) -> State:
-        k = int(state.options.get("k") or self.opt(state, "k", self.params.k))
+        own = self.opt(state, "k")  # this operator's own option wins over the call's k
+        k = int(own if own is not None else (state.options.get("k") or self.params.k))
         out = state.copy()
         out.rankings = [r.head(k) for r in (state.rankings or [])] if state.rankings is not None else None
         return out

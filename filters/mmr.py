@@ -118,7 +118,8 @@ class MMR(Operator):
         if n_q == 0:
             out.rankings = []
             return out
-        k = int(state.options.get("k") or self.opt(state, "k", self.params.k))
+        own = self.opt(state, "k")  # this operator's own option wins over the call's k
+        k = int(own if own is not None else (state.options.get("k") or self.params.k))
         f = min(self.params.fetch_k, max((len(r) for r in state.rankings), default=0))
         pool = np.zeros((n_q, f), np.int64)
         valid = np.zeros((n_q, f), bool)

@@ -413,3 +413,18 @@ def test_bench_quick_runs():
                          capture_output=True, text=True, timeout=180, cwd=REPO)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "overhead" in out.stdout and " True " in out.stdout
+
+
+def test_an_operators_own_k_option_wins_over_the_calls_k(queries):
+    """top_k / mmr read their own ``k`` option before the call's ``k``: the retriever always passes
+    ``k`` (default 4), which used to make ``search_kwargs={"top_k": {"k": 1}}`` a silent no-op."""
+    from ragkit.filters import MMR, TopK
+    from ragkit.retrievers import BM25
+
+    corpus = _slice()[0]
+    for cut, name in ((TopK(k=10), "top_k"), (MMR(k=10, fetch_k=20), "mmr")):
+        pipe = (BM25(k=20) | cut).fit(corpus)
+        assert [len(r) for r in pipe.search(queries[:3], k=4, **{name: {"k": 2}}).rankings] == [2, 2, 2], name
+        assert [len(r) for r in pipe.search(queries[:3], k=4).rankings] == [4, 4, 4], name
+        r = RagkitRetriever(pipeline=pipe, search_kwargs={name: {"k": 1}})
+        assert len(r.invoke(queries[0])) == 1, name
