@@ -160,6 +160,12 @@ class Operator:
         base: dict[str, OptionCheck | None] = {"k": PARAM, "filter": filter_option} if cls.kind == "retriever" else {}
         return {key: how for key, how in {**base, **cls.run_options}.items() if how is not None}
 
+    def check_run_options(self, options: Mapping[str, Any]) -> None:
+        """Refuse run-time options that pass their own checks but not this fitted operator
+        (``options``: this operator's, already checked and converted), with ``ValueError``
+        ``"<option>: ..."``; called by :func:`~ragkit.options.check_options` before any work.
+        Accepts everything by default."""
+
     def option_children(self) -> list[tuple[str, "Operator"]]:
         """Operators that read this operator's run-time options but are not its :meth:`children`,
         as ``(field, operator)`` (a sharded retriever's per-shard retriever); empty by default."""

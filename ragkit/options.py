@@ -63,13 +63,16 @@ def filter_value(value: Any, corpus: "Corpus | None" = None) -> Any:
     operators such as ``{"$gte": 2020}``; with ``corpus``, every field must be one of its
     metadata fields or ``_id``.  Raises ``TypeError`` / ``ValueError`` (``expected ..., got ...``).
     """
-    from ragkit.types import check_filter
+    from ragkit.types import filter_problem
 
     if value is None:
         return None
     if not isinstance(value, Mapping):
         raise TypeError(f"expected a metadata filter {{field: value or [values]}}, got {value!r:.80}")
-    check_filter(value)  # DataError, a ValueError: ``filter.<field>: ...``
+    bad = filter_problem(value)
+    if bad is not None:
+        key, what = bad
+        raise (ValueError(f"field {key!r}: {what}") if key is not None else TypeError(what))
     for key in value:
         if corpus is not None and key != "_id" and key not in corpus.metadata:
             raise ValueError(f"field {key!r} is not a metadata field of the corpus; available: "
@@ -237,6 +240,13 @@ def _check_one(op: "Operator", value: Mapping[str, Any], name: str, at: str, cor
             out[key] = specs[key](op, v, corpus)  # type: ignore[operator]
         except (TypeError, ValueError) as e:
             raise ParamError(f"{where}.{key}: {e}", path=f"options.{name}.{key}") from None
+    try:  # what the operator's fitted state allows (a muvera prune needs its codebook)
+        op.check_run_options(out)
+    except (TypeError, ValueError) as e:
+        key = next((k for k in out if str(e).startswith(f"{k}: ")), None)
+        text = str(e).removeprefix(f"{key}: ") if key else str(e)
+        raise ParamError(f"{where}{'.' + key if key else ''}: {text}{at}",
+                         path=f"options.{name}{'.' + key if key else ''}") from None
     return out
 
 

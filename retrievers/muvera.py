@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Mapping
 
 import numpy as np
 from pydantic import Field, model_validator
@@ -222,6 +222,13 @@ class Muvera(TokenOperatorMixin, Operator):
     Params = MuveraParams
     example = {"k": 5, "candidates": 20, "k_sim": 3, "d_proj": 8, "r_reps": 4, "prune": 10, "centroids": 16}
     run_options = {"candidates": PARAM, "prune": PARAM}
+
+    def check_run_options(self, options: Mapping[str, Any]) -> None:
+        """A run-time ``prune`` needs the token codebook, which ``fit`` builds only when the
+        ``prune`` parameter is set."""
+        if options.get("prune") is not None and self.is_fitted and getattr(self, "codebook_", None) is None:
+            raise ValueError(f"prune: pruning to {options['prune']} candidates needs a token codebook, built by fit "
+                             f"only when the prune parameter is set (it is None for this muvera); refit with prune set")
 
     @property
     def fde_config(self) -> FDEConfig:

@@ -525,7 +525,15 @@ def test_muvera_prune_keeps_the_centroid_best_and_reranks_them_exactly(tiny, tmp
     back = Operator.load(tmp_path / "mu", mmap=True)
     for a, b in zip(back.search(queries).rankings, got.rankings):
         assert a.equals(b)
-    # run-time override needs a codebook
+    # run-time override needs a codebook: refused by search before any work (no FDE search), and by a
+    # direct call of the operator
+    searched = []
+    real = full.index_.search
+    full.index_.search = lambda *a, **kw: searched.append(1) or real(*a, **kw)
+    with pytest.raises(ParamError, match=r"search option muvera.prune: pruning to 6 candidates needs a token codebook"):
+        full.search(queries, muvera={"prune": 6})
+    assert not searched
+    assert len(same.search(queries, muvera={"prune": 6}).rankings[0]) == 5  # fitted with a codebook: accepted
     with pytest.raises(DataError, match="codebook"):
         full(State.of(queries.texts[:1], options={"muvera": {"prune": 6}}))
     with pytest.raises(DataError, match="centroids"):
