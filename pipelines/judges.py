@@ -138,7 +138,8 @@ class ScoreReached(LearnedThreshold, Operator):
         cands = np.concatenate([finite, [np.inf]])                               # (m,) ascending
         m = len(cands)
         if n:
-            running = np.maximum.accumulate(features, axis=0)[:-1]              # (iters - 1, n)
+            reached = np.where(np.isnan(features), -np.inf, features)          # NaN never reaches a threshold
+            running = np.maximum.accumulate(reached, axis=0)[:-1]               # (iters - 1, n)
             # candidate c stops past iteration i when cands[c] > running[i]: from c = pos on
             pos = np.searchsorted(cands, running, side="right").ravel()
             step = (gains[1:] - gains[:-1]).ravel()

@@ -186,12 +186,13 @@ def _stopping_by_hand(features: np.ndarray, gains: np.ndarray, cost: float) -> t
                                                (4, 0, 0.0, 4), (2, 30, 0.5, 5)])
 def test_score_reached_learns_the_threshold_a_plain_search_finds(iters, n, cost, seed):
     """learn_stopping's one-sweep scoring of every candidate equals trying each one by hand
-    (ties in the features, unreachable -inf features, a cost per iteration)."""
+    (ties in the features, unreachable -inf and NaN features, a cost per iteration)."""
     from ragkit.pipelines import ScoreReached
 
     rng = np.random.default_rng(seed)
     features = rng.integers(0, 6, (iters, n)).astype(np.float64)  # few values: many ties
     features[rng.random((iters, n)) < 0.1] = -np.inf
+    features[rng.random((iters, n)) < 0.05] = np.nan  # never reaches a threshold, as in _call
     gains = rng.random((iters, n))
     judge = ScoreReached(learn=True, cost=cost)
     judge.learn_stopping(features, gains)
