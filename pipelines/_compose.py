@@ -136,20 +136,24 @@ def fit_once(op: Operator, corpus: Corpus, train: TrainSet | None, seen: set[int
         op.fit(corpus, train, upstream=upstream if op.wants_upstream else None)
 
 
-def _check_learns_in_place(step: Operator, where: str) -> None:
-    """Refuse a learning router or judge used as a plain step, before anything is fitted: it learns
-    only where its choice is made (a route's router, a loop's ``until``), from what each choice
-    gives the judged queries; as a step it would fit without learning and fail at search."""
-    if not getattr(step, "needs_train", False):
-        return
-    if hasattr(step, "learn_routes"):
-        home = "the router of a route (route: {router: ..., branches: ...})"
-    elif hasattr(step, "learn_stopping"):
-        home = "the until judge of a loop (loop: {body: ..., until: ...})"
-    else:
-        return
-    raise ParamError(f"{where}: {step.name} with learn: true learns only as {home}, from what each choice gives the "
-                     f"judged queries; as a step of a pipeline it has nothing to learn from")
+def check_learning_in_place(root: Operator) -> None:
+    """Refuse, before anything is fitted, a learning router or judge that is not where its choice is
+    made (a route's ``router``, a loop's ``until``): it learns there from what each choice gives the
+    judged queries; anywhere else it would fit without learning and fail at search."""
+    from ragkit.pipelines.yaml import walk_leaves
+
+    for path, leaf in walk_leaves(root):
+        if not getattr(leaf, "needs_train", False):
+            continue
+        holder = path.rsplit(".", 1)[0]
+        if hasattr(leaf, "learn_routes") and not holder.endswith(".router"):
+            home = "the router of a route (route: {router: ..., branches: ...})"
+        elif hasattr(leaf, "learn_stopping") and not holder.endswith(".until"):
+            home = "the until judge of a loop (loop: {body: ..., until: ...})"
+        else:
+            continue
+        raise ParamError(f"{path}: {leaf.name} with learn: true learns only as {home}, from what each choice "
+                         f"gives the judged queries; anywhere else it has nothing to learn from")
 
 
 def iter_leaves(op: Operator) -> Iterable[Operator]:
@@ -226,9 +230,8 @@ class Pipeline(Composite):
             from ragkit import scale
 
             return scale.fit_pipeline(self, corpus, train, backend=backend)
-        if train is not None:
-            for i, step in enumerate(self.steps):
-                _check_learns_in_place(step, f"pipeline[{i}]")
+        if train is not None and _seen is None:
+            check_learning_in_place(self)
         seen = set() if _seen is None else _seen
         state_cache: dict[int, State] = {}
         for i, step in enumerate(self.steps):

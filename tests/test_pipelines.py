@@ -595,16 +595,27 @@ pipeline:
     assert loaded.steps[1].router.threshold_ == router.threshold_
 
 
+_STEP = "pipeline:\n  - bm25: {{k: 10}}\n  - {step}\n"
+_IN_LOOP_BODY = ("pipeline:\n  - bm25: {{k: 10}}\n  - loop:\n      body:\n        - bm25: {{k: 10}}\n        - {step}\n"
+                 "      until:\n        score_reached: {{threshold: 1.0}}\n")
+_IN_BRANCH = ("pipeline:\n  - bm25: {{k: 10}}\n  - parallel:\n      branches:\n"
+              "        - [{{bm25: {{k: 10}}}}, {step}]\n        - bm25: {{k: 5}}\n      fuse:\n        rrf: {{}}\n")
+
+
+@pytest.mark.parametrize("shape,where", [(_STEP, "pipeline[1]"), (_IN_LOOP_BODY, "pipeline[1].loop.body[1]"),
+                                         (_IN_BRANCH, "pipeline[1].parallel.branches[0][1]")])
 @pytest.mark.parametrize("step,home", [("score_router: {learn: true}", "router of a route"),
                                        ("score_reached: {learn: true}", "until judge of a loop")])
-def test_learning_router_or_judge_as_a_plain_step_is_refused_at_fit(step, home, slice_data, monkeypatch):
-    """Outside a route / loop a learning router / judge cannot learn: refused before anything is fitted
-    (it used to fit, then fail at search with 'no threshold was learned; fit with train')."""
+def test_learning_router_or_judge_out_of_place_is_refused_at_fit(shape, where, step, home, slice_data, monkeypatch):
+    """Outside a route's router / a loop's until, a learning router / judge cannot learn: refused with its
+    path before anything is fitted (it used to fit, then fail at search with 'no threshold was learned;
+    fit with train'), also when nested in a loop body or a parallel branch."""
     corpus, _, _, train = slice_data
-    pipe = Pipeline.from_yaml(f"pipeline:\n  - bm25: {{k: 10}}\n  - {step}\n")
+    pipe = Pipeline.from_yaml(shape.format(step=step))
     fitted = []
     monkeypatch.setattr(BM25, "_fit", lambda self, *a: fitted.append(self))
-    with pytest.raises(ParamError, match=rf"pipeline\[1\]: score_\w+ with learn: true learns only as the {home}"):
+    with pytest.raises(ParamError, match=rf"{re.escape(where)}\.score_\w+: score_\w+ with learn: true learns only "
+                                         rf"as the {home}"):
         pipe.fit(corpus, train)
     assert not fitted
 
