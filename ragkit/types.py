@@ -249,15 +249,25 @@ class Corpus:
                 f.write(json.dumps(rec, ensure_ascii=False) + "\n")
 
 
-def check_filter(where: Mapping[str, Any], path: str = "filter") -> None:
-    """Refuse filter values ragkit cannot honour (query operators such as ``{"$gte": 2020}``),
-    which would otherwise match nothing, silently."""
+def filter_problem(where: Mapping[str, Any]) -> tuple[str | None, str] | None:
+    """The first thing ragkit cannot honour in a filter, as ``(field or None, what is wrong)``, or None:
+    a field name that is not a string, or a query operator such as ``{"$gte": 2020}`` (which would
+    otherwise match nothing, silently)."""
     for key, want in where.items():
         if not isinstance(key, str):
-            raise DataError(f"{path}: field names are strings, got {key!r}")
+            return None, f"field names are strings, got {key!r}"
         if isinstance(want, Mapping):
-            raise DataError(f"{path}.{key}: {dict(want)!r} is not supported; a filter value is a value (equality) "
-                            "or a list of values (membership)")
+            return key, (f"{dict(want)!r} is not supported; a filter value is a value (equality) or a list of "
+                         "values (membership)")
+    return None
+
+
+def check_filter(where: Mapping[str, Any], path: str = "filter") -> None:
+    """Raise :class:`DataError` at ``path`` for a filter :func:`filter_problem` refuses."""
+    bad = filter_problem(where)
+    if bad is not None:
+        key, what = bad
+        raise DataError(f"{path}.{key}: {what}" if key is not None else f"{path}: {what}")
 
 
 def _isin(column: np.ndarray, wants: list[Any]) -> np.ndarray:

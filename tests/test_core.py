@@ -199,7 +199,7 @@ def _options_pipeline():
     ({"top_k": {"k": True}}, "search option top_k.k: expected an integer, got True"),
     ({"filter": {"yeer": 2020}}, "search option filter: field 'yeer' is not a metadata field of the corpus; "
                                  "available: ['year', '_id']"),
-    ({"filter": {"year": {"$gte": 2020}}}, "search option filter: filter.year: {'$gte': 2020} is not supported"),
+    ({"filter": {"year": {"$gte": 2020}}}, "search option filter: field 'year': {'$gte': 2020} is not supported"),
     ({"bm25": {"filter": ["year"]}}, "search option bm25.filter: expected a metadata filter"),
 ])
 def test_search_options_are_checked_over_the_whole_tree_before_any_work(options, message):

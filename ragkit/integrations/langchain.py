@@ -140,8 +140,9 @@ class RagkitRetriever(BaseRetriever):
         ``invoke`` / ``ainvoke`` / ``batch`` are merged over them.  Both are checked as
         ``pipeline.search`` checks them (:func:`ragkit.options.check_options`): ``search_kwargs``
         when the retriever is built (before any fitting), per-call ones before each search; a
-        key that is no option of the pipeline or a bad value raises ``ParamError`` (a
-        ``ValueError``).
+        key that is no option of the pipeline or a bad value raises ``ParamError`` per call, and
+        pydantic's ``ValidationError`` carrying the same message when the retriever is built
+        (both are ``ValueError``).
 
     Each returned ``Document`` has the corpus text as ``page_content``, the document id as
     ``id`` and ``metadata`` with ``id``, ``title``, ``score`` (the pipeline's final score),
