@@ -223,11 +223,13 @@ class CosineAdapter(Operator):
         return np.concatenate([F, np.ones((len(F), 1))], axis=1)
 
     # ------------------------------------------------------------------ fit
+    def train_refusal(self) -> Exception | None:
+        """The adapter always learns from judged queries (see :meth:`Operator.train_refusal`)."""
+        return DataError("cosine_adapter.fit needs judged training queries: "
+                         "fit(corpus, train=TrainSet(queries, qrels))")
+
     def _fit(self, corpus: Corpus, train: TrainSet | None, upstream: State | None) -> None:
         t0 = time.perf_counter()
-        if train is None:
-            raise DataError("cosine_adapter.fit needs judged training queries: "
-                            "fit(corpus, train=TrainSet(queries, qrels))")
         encoder = get_encoder(self.params.model)
         if upstream is None or upstream.rankings is None:
             from ragkit.retrievers.dense import Dense

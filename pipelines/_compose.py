@@ -136,13 +136,24 @@ def fit_once(op: Operator, corpus: Corpus, train: TrainSet | None, seen: set[int
         op.fit(corpus, train, upstream=upstream if op.wants_upstream else None)
 
 
-def check_learning_in_place(root: Operator) -> None:
-    """Refuse, before anything is fitted, a learning router or judge that is not where its choice is
-    made (a route's ``router``, a loop's ``until``): it learns there from what each choice gives the
-    judged queries; anywhere else it would fit without learning and fail at search."""
+def check_trainable(root: Operator, train: TrainSet | None) -> None:
+    """What ``fit(corpus, train)`` of ``root`` would refuse, refused before anything is fitted.
+
+    Without ``train``: the first operator of the tree that learns only from judged queries raises
+    its own error (:meth:`Operator.train_refusal`), so a refused refit (on another corpus too)
+    refits none of the steps before it.  With ``train``: a learning router or judge that is not
+    where its choice is made (a route's ``router``, a loop's ``until``) is refused: it learns there
+    from what each choice gives the judged queries; anywhere else it would fit without learning
+    and fail at search.
+    """
     from ragkit.pipelines.yaml import walk_leaves
 
     for path, leaf in walk_leaves(root):
+        if train is None:
+            refusal = leaf.train_refusal()
+            if refusal is not None:
+                raise refusal
+            continue
         if not getattr(leaf, "needs_train", False):
             continue
         holder = path.rsplit(".", 1)[0]
@@ -230,8 +241,8 @@ class Pipeline(Composite):
             from ragkit import scale
 
             return scale.fit_pipeline(self, corpus, train, backend=backend)
-        if train is not None and _seen is None:
-            check_learning_in_place(self)
+        if _seen is None:
+            check_trainable(self, train)
         seen = set() if _seen is None else _seen
         state_cache: dict[int, State] = {}
         for i, step in enumerate(self.steps):

@@ -32,10 +32,12 @@ class LearnedThreshold:
     def needs_train(self) -> bool:
         return bool(self.params.learn)
 
-    def _fit(self, corpus: Any, train: Any, upstream: Any) -> None:
-        if self.needs_train and train is None:
-            raise ParamError(f"{self.name}.learn: the threshold is learned from judged queries; fit the pipeline "
-                             f"with fit(corpus, train=...) or give a threshold")
+    def train_refusal(self) -> Exception | None:
+        """``learn: true`` without judged queries is refused (see :meth:`Operator.train_refusal`)."""
+        if not self.needs_train:
+            return None
+        return ParamError(f"{self.name}.learn: the threshold is learned from judged queries; fit the pipeline "
+                          f"with fit(corpus, train=...) or give a threshold")
 
     @property
     def threshold(self) -> float:

@@ -257,11 +257,12 @@ class WeightedFusion(_Fuser):
         """``norm: learn`` has no normalisation until it is learned from judged queries."""
         return self.params.norm == "learn"
 
-    def _fit(self, corpus, train, upstream) -> None:
-        if self.needs_train and train is None:  # refused before any state changes, as needs_train promises
-            raise ParamError("weighted.norm: 'learn' chooses the normalisation from judged queries; fit the pipeline "
-                             "with fit(corpus, train=...) or give a norm (minmax, zscore or none)")
-        super()._fit(corpus, train, upstream)
+    def train_refusal(self) -> Exception | None:
+        """``norm: learn`` without judged queries is refused (see :meth:`Operator.train_refusal`)."""
+        if not self.needs_train:
+            return None
+        return ParamError("weighted.norm: 'learn' chooses the normalisation from judged queries; fit the pipeline "
+                          "with fit(corpus, train=...) or give a norm (minmax, zscore or none)")
 
     def _learnable_options(self) -> list[dict]:
         if self.params.norm == "learn":

@@ -133,6 +133,9 @@ class Operator:
             raise TypeError(f"{self.name}.fit expects a ragkit Corpus, got {type(corpus).__name__}")
         if train is not None and not isinstance(train, TrainSet):
             raise TypeError(f"{self.name}.fit: train must be a ragkit TrainSet, got {type(train).__name__}")
+        refusal = self.train_refusal() if train is None else None
+        if refusal is not None:  # before any state changes: a refused refit keeps what was fitted
+            raise refusal
         self.corpus_ = corpus
         self._fit(corpus, train, upstream)
         return self
@@ -141,6 +144,16 @@ class Operator:
         """Transform a batch of queries.  Returns a new or updated :class:`State`."""
         self._check_fitted()
         return self._call(state)
+
+    def train_refusal(self) -> Exception | None:
+        """The error ``fit`` raises when it gets no judged queries (``train=None``), or None when
+        it can fit without them; :meth:`Pipeline.fit <ragkit.pipelines.Pipeline.fit>` asks every
+        operator of the tree before fitting any.  Operators with ``needs_train`` override it
+        with their own message."""
+        if not self.needs_train:
+            return None
+        return ParamError(f"{self.name}: fit learns from judged queries; call fit(corpus, train=TrainSet(queries, "
+                          f"qrels))")
 
     def _fit(self, corpus: Corpus, train: TrainSet | None, upstream: State | None) -> None:
         """Override: learn from the corpus.  The default learns nothing."""

@@ -104,10 +104,9 @@ def fit_pipeline(pipe: Any, corpus: Corpus, train: TrainSet | None, *, backend: 
     """Fit ``pipe`` with Ray encoding: pre-encode every encoder model's corpus texts, then fit locally."""
     if backend != "ray":
         raise ParamError(f"fit: backend must be 'local' or 'ray', got {backend!r}")
-    from ragkit.pipelines._compose import check_learning_in_place, iter_leaves
+    from ragkit.pipelines._compose import check_trainable, iter_leaves
 
-    if train is not None:  # before Ray encodes anything
-        check_learning_in_place(pipe)
+    check_trainable(pipe, train)  # before Ray encodes anything
     models = set()
     for leaf in iter_leaves(pipe):
         params = leaf.params.model_dump()

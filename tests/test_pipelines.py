@@ -620,6 +620,30 @@ def test_learning_router_or_judge_out_of_place_is_refused_at_fit(shape, where, s
     assert not fitted
 
 
+def test_a_refit_without_judgements_refuses_before_refitting_any_step(slice_data):
+    """A pipeline with an operator that learns only from judged queries, refitted without them on
+    another corpus, refuses before any step is refitted (the steps before it were refitted on the
+    new corpus, leaving a pipeline half on each corpus)."""
+    corpus, queries, _, train = slice_data
+    pipe = Pipeline.from_yaml("""
+pipeline:
+  - bm25: {k: 50}
+  - route:
+      router:
+        score_router: {feature: top1, learn: true}
+      branches:
+        easy: [{top_k: {k: 10}}]
+        hard: [{top_k: {k: 5}}]
+""").fit(corpus, train)
+    before = pipe.search(queries)
+    other = corpus.subset(np.arange(40))
+    with pytest.raises(ParamError, match=r"score_router.learn: the threshold is learned from judged queries"):
+        pipe.fit(other)
+    assert pipe.steps[0].corpus_ is corpus and pipe.corpus_ is corpus
+    after = pipe.search(queries)
+    assert all(a.equals(b) for a, b in zip(before.rankings, after.rankings))
+
+
 def test_score_router_cost_pushes_queries_to_the_cheap_branch(slice_data):
     from ragkit.pipelines.routers import ScoreRouter
     from ragkit.types import State

@@ -204,6 +204,13 @@ class TunedEncoderMixin:
         """Fine-tuning needs judged queries."""
         return self.params.adapt is not None
 
+    def train_refusal(self) -> Exception | None:
+        """Fine-tuning without judged queries is refused (see :meth:`Operator.train_refusal`)."""
+        if not self.needs_train:
+            return None
+        return DataError(f"{self.name}.adapt fine-tunes the encoder on judged queries, but fit() got no training "
+                         f"split; call fit(corpus, train=TrainSet(queries, qrels)) or drop 'adapt'")
+
     def _adapt_encoder(self, corpus: Corpus, train: TrainSet | None) -> None:
         if not self.needs_train:
             self.model_path_: str | None = None
@@ -211,8 +218,7 @@ class TunedEncoderMixin:
         # refusals come before any state changes: a refused refit keeps the tuned model that the
         # index was built with (resetting it first left base-model queries against tuned documents)
         if train is None:
-            raise DataError(f"{self.name}.adapt fine-tunes the encoder on judged queries, but fit() got no training "
-                            f"split; call fit(corpus, train=TrainSet(queries, qrels)) or drop 'adapt'")
+            raise self.train_refusal()  # type: ignore[misc]  # (Operator.fit raises it first)
         from ragkit.encoders.custom import registered_encoder
         from ragkit.errors import ParamError
 
