@@ -216,9 +216,9 @@ class TunedEncoderMixin:
             self.model_path_: str | None = None
             return
         # refusals come before any state changes: a refused refit keeps the tuned model that the
-        # index was built with (resetting it first left base-model queries against tuned documents)
-        if train is None:
-            raise self.train_refusal()  # type: ignore[misc]  # (Operator.fit raises it first)
+        # index was built with (resetting it first left base-model queries against tuned documents);
+        # fit without judged queries never gets here (Operator.fit raises train_refusal first)
+        assert train is not None
         from ragkit.encoders.custom import registered_encoder
         from ragkit.errors import ParamError
 
