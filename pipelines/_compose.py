@@ -12,6 +12,7 @@ registry: YAML spells them with the structural keys ``parallel``, ``route`` and 
 from __future__ import annotations
 
 import time
+from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
 import numpy as np
@@ -26,13 +27,17 @@ if TYPE_CHECKING:
 
 __all__ = ["Composite", "Pipeline", "Parallel", "Route", "Loop", "run_step"]
 
+# The corpus ids of the search in progress, for the trace's recall and nDCG: a context variable,
+# so that searches running at once in threads or asyncio tasks each see their own corpus.
+_TRACE_IDS: ContextVar[np.ndarray | None] = ContextVar("ragkit_trace_ids", default=None)
+
 
 def _quality(state: State, k: int = 100) -> tuple[float | None, float | None]:
     """Mean recall@k and nDCG@10 (trec_eval's) of the state's rankings against ``state.qrels``,
     over the judged queries with a relevant document (for traces only)."""
-    if state.qrels is None or state.rankings is None or not hasattr(run_step, "_ids"):
+    ids = _TRACE_IDS.get()
+    if state.qrels is None or state.rankings is None or ids is None:
         return None, None
-    ids = run_step._ids  # type: ignore[attr-defined]
     rel_of = {q: {d for d, v in state.qrels.get(q, {}).items() if v > 0} for q in state.query_ids}
     judged = [i for i, q in enumerate(state.query_ids) if rel_of[q]]
     if not judged:
@@ -329,10 +334,13 @@ class Pipeline(Composite):
             options["k"] = int(k)
         state = State.of(queries, options=options, trace=[] if trace else None,
                          qrels=dict(qrels) if qrels is not None else None)
-        run_step._ids = corpus.ids  # type: ignore[attr-defined]
-        t0 = time.perf_counter()
-        state = self(state)
-        seconds = time.perf_counter() - t0
+        token = _TRACE_IDS.set(corpus.ids)
+        try:
+            t0 = time.perf_counter()
+            state = self(state)
+            seconds = time.perf_counter() - t0
+        finally:
+            _TRACE_IDS.reset(token)
         rankings = state.rankings if state.rankings is not None else [Ranking.empty() for _ in state.queries]
         if k is not None:
             rankings = [r.head(int(k)) for r in rankings]

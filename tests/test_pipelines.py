@@ -229,6 +229,35 @@ def test_trace_paths_match_yaml_paths(slice_data, fitted_bm25):
     Console(file=open("/dev/null", "w")).print(trace_table(run.trace))
 
 
+class _SearchesElsewhere(Operator):
+    """Test filter that runs a whole search of another pipeline, on another corpus, mid-call
+    (as a user's operator might, or another thread)."""
+
+    name = "searches_elsewhere_test"
+    kind = "filter"
+    stateless = True
+
+    def __init__(self, other, queries):
+        super().__init__()
+        self.other, self.queries = other, queries
+
+    def _call(self, state):
+        self.other.search(self.queries, trace=True)
+        return state
+
+
+def test_trace_scores_each_search_against_its_own_corpus(slice_data, fitted_bm25):
+    """The trace's recall maps rows to ids of the search's own corpus: a search run meanwhile on
+    another corpus (here nested; threads and asyncio tasks alike) no longer leaves its ids behind."""
+    corpus, queries, qrels, _ = slice_data
+    reversed_bm25 = BM25(k=20).fit(corpus.subset(np.arange(len(corpus))[::-1]))
+    plain = (fitted_bm25 | TopK(k=10)).search(queries, trace=True, qrels=qrels)
+    nested = (fitted_bm25 | _SearchesElsewhere(Pipeline([reversed_bm25]), queries) | TopK(k=10)).search(
+        queries, trace=True, qrels=qrels)
+    assert nested.trace[-1].recall == pytest.approx(plain.trace[-1].recall) and plain.trace[-1].recall > 0.5
+    assert nested.trace[-1].ndcg == pytest.approx(plain.trace[-1].ndcg)
+
+
 # ---------------------------------------------------------------------- routers, PRF
 def test_rule_router_rules_in_order():
     r = RuleRouter(rules=[{"label": "rx", "regex": r"^what\b"}, {"label": "kw", "keywords": ["Cancer"]},
