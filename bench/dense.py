@@ -100,11 +100,12 @@ def cold_floats(obj) -> None:
     obj._bench_cold = True
 
 
-def configs_for(d: np.ndarray, k: int, scale: bool, efs: list[int], threads: int) -> list[tuple]:
+def configs_for(d: np.ndarray, k: int, scale: bool, efs: list[int], threads: int, m: int = 16) -> list[tuple]:
+    """The configurations to time; ``m`` is the HNSW graph degree of both libraries (connectivity / M)."""
     from ragkit.retrievers._index import VectorIndex, resident_bytes
 
     def vi(**kw):
-        return lambda: VectorIndex(threads=threads, **kw).build(d)
+        return lambda: VectorIndex(threads=threads, connectivity=m, **kw).build(d)
 
     def vs(obj):
         return obj.search(qbox[0], k)[0]
@@ -164,13 +165,13 @@ def configs_for(d: np.ndarray, k: int, scale: bool, efs: list[int], threads: int
         import faiss  # noqa: F401
 
         faiss.omp_set_num_threads(threads or os.cpu_count())
-        cfgs += faiss_configs(d, k, efs, scale)
+        cfgs += faiss_configs(d, k, efs, scale, m)
     except ImportError:
         print("  faiss-cpu not installed: skipping the faiss peers")
     return cfgs
 
 
-def faiss_configs(d: np.ndarray, k: int, efs: list[int], scale: bool) -> list[tuple]:
+def faiss_configs(d: np.ndarray, k: int, efs: list[int], scale: bool, m: int = 16) -> list[tuple]:
     import faiss
 
     dim = d.shape[1]
@@ -184,7 +185,7 @@ def faiss_configs(d: np.ndarray, k: int, efs: list[int], scale: bool) -> list[tu
         return ix
 
     def hnsw():
-        ix = faiss.IndexHNSWFlat(dim, 16, faiss.METRIC_INNER_PRODUCT)
+        ix = faiss.IndexHNSWFlat(dim, m, faiss.METRIC_INNER_PRODUCT)
         ix.hnsw.efConstruction = 128
         ix.add(np.ascontiguousarray(d))
         return ix
@@ -219,7 +220,7 @@ def faiss_configs(d: np.ndarray, k: int, efs: list[int], scale: bool) -> list[tu
 
         def hnsw_ordered():
             order = insertion_order(d)
-            ix = faiss.IndexHNSWFlat(dim, 16, faiss.METRIC_INNER_PRODUCT)
+            ix = faiss.IndexHNSWFlat(dim, m, faiss.METRIC_INNER_PRODUCT)
             ix.hnsw.efConstruction = 128
             ix.add(np.ascontiguousarray(d[order]))
             return ix, order
@@ -246,12 +247,12 @@ def _cached(key, fn):
 
 
 def raw_usearch_rows(d: np.ndarray, q: np.ndarray, ref: np.ndarray, k: int, efs: list[int], threads: int,
-                     repeat: int) -> list[dict]:
+                     repeat: int, m: int = 16) -> list[dict]:
     """The same HNSW built by ragkit, searched through VectorIndex and through raw usearch."""
     from ragkit.retrievers._index import VectorIndex
 
     out = []
-    ix = _cached("ragkit_hnsw", lambda: VectorIndex(search="hnsw", threads=threads).build(d))
+    ix = _cached("ragkit_hnsw", lambda: VectorIndex(search="hnsw", threads=threads, connectivity=m).build(d))
     for ef in efs:
         ix.usearch.expansion_search = ef
         t_rk = t_raw = float("inf")
@@ -375,6 +376,8 @@ def main() -> None:
                          "cov: noise with the corpus's covariance (its spectrum)")
     ap.add_argument("--ef", type=str, default=None, help="HNSW expansion_search sweep, comma separated")
     ap.add_argument("--threads", type=int, default=0, help="threads for usearch/faiss (0 = all cores)")
+    ap.add_argument("--connectivity", type=int, default=16,
+                    help="HNSW graph degree of both libraries (ragkit connectivity, faiss M)")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--no-scifact", action="store_true")
     ap.add_argument("--no-synthetic", action="store_true")
@@ -419,7 +422,8 @@ def main() -> None:
         qbox[0] = qbase
         ref = exact_topk(base, qbase, k)
         doc_ids = corpus.ids
-        rows = run_configs(base, qbase, ref, selected(configs_for(base, k, False, efs, args.threads)), k=k,
+        cfgs = selected(configs_for(base, k, False, efs, args.threads, args.connectivity))
+        rows = run_configs(base, qbase, ref, cfgs, k=k,
                            repeat=args.repeat, quality=lambda got: ndcg10(got, doc_ids, qids, qrels))
         _CACHE.clear()
         result["scifact"] = {"n": len(base), "n_queries": len(qbase), "rows": rows}
@@ -434,14 +438,14 @@ def main() -> None:
               f"{geo['synthetic']['participation_ratio']} / {geo['synthetic']['lid']}")
         qbox[0] = q
         t_ref, ref = timed(lambda: exact_topk(d, q, k))
-        rows = run_configs(d, q, ref, selected(configs_for(d, k, True, efs, args.threads)), k=k,
+        rows = run_configs(d, q, ref, selected(configs_for(d, k, True, efs, args.threads, args.connectivity)), k=k,
                            repeat=args.repeat)
         for key in ("faiss_hnsw", "faiss_hnsw_ordered", "ragkit_hnsw_i8", "ragkit_hnsw_i8_noreorder"):
             _CACHE.pop(key, None)
         raw = []
         if efs and (not args.only or re.search(args.only, "raw usearch")):
             print("  raw usearch vs ragkit on the same HNSW:")
-            raw = raw_usearch_rows(d, q, ref, k, efs, args.threads, args.repeat)
+            raw = raw_usearch_rows(d, q, ref, k, efs, args.threads, args.repeat, args.connectivity)
         result["synthetic"] = {"n": n, "n_queries": n_q, "noise": args.noise, "noise_shape": args.noise_shape,
                                "geometry": geo, "rows": rows, "ragkit_vs_usearch": raw}
         print(table(rows, "ragkit exact f32", ["build_s", "memory_bytes", "qps", "recall@10"]))
