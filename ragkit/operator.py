@@ -453,18 +453,21 @@ def topk_rows(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     return rows, np.take_along_axis(vals, order, axis=1).astype(np.float32)
 
 
-def fix_cut_ties(scores: np.ndarray, vals: np.ndarray, cols: np.ndarray, k: int) -> None:
+def fix_cut_ties(scores: np.ndarray, vals: np.ndarray, cols: np.ndarray, k: int,
+                 tied: np.ndarray | None = None) -> None:
     """Make a partial top-``k`` deterministic at the cut, in place.
 
     ``vals`` / ``cols`` ``(n_q, k)`` are the ``k`` largest entries of each row of ``scores``
     ``(n_q, m)`` as ``argpartition`` or ``torch.topk`` pick them: any few of the entries tied with
-    the k-th score.  One comparison pass finds the rows where such a tie straddles the cut; only
-    those are re-picked: every entry above the k-th score, then the tied ones from the lowest
-    column (a cumulative count, no sort), in chunks of rows bounding the ``(rows, m)``
-    temporaries.  Re-picked rows hold their columns ascending.
+    the k-th score.  The rows where such a tie straddles the cut are ``tied`` when the caller knows
+    them (e.g. from a top ``k + 1``), else one comparison pass finds them; only those are
+    re-picked: every entry above the k-th score, then the tied ones from the lowest column (a
+    cumulative count, no sort), in chunks of rows bounding the ``(rows, m)`` temporaries.
+    Re-picked rows hold their columns ascending.
     """
     kth = vals.min(axis=1, keepdims=True)
-    tied = np.flatnonzero(np.count_nonzero(scores >= kth, axis=1) > k)
+    if tied is None:
+        tied = np.flatnonzero(np.count_nonzero(scores >= kth, axis=1) > k)
     step = max(1, (1 << 22) // max(scores.shape[1], 1))
     for a in range(0, len(tied), step):  # chunks of tied rows: (rows, m) temporaries <= ~4M cells
         rows = tied[a: a + step]

@@ -127,14 +127,18 @@ def _block_topk(s: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     Returns ``(scores float32 (n_q, k), columns int64 (n_q, k))``, unordered.  ``torch.topk`` picks
     the ``k`` largest (multi-threaded, ~3x numpy's ``argpartition``) but keeps an arbitrary few of
     the entries tied with the k-th score; :func:`~ragkit.operator.fix_cut_ties` re-picks the rows
-    where such a tie straddles the cut.
+    where such a tie straddles the cut.  Needs ``k < m``.
     """
     import torch
 
     s = np.ascontiguousarray(s, dtype=np.float32)
-    top_t, part_t = torch.topk(torch.from_numpy(s), k, dim=1, sorted=False)
+    # the k + 1 largest, sorted: a row's tie straddles the cut exactly when its (k+1)-th score
+    # equals its k-th, which spares a comparison pass over the whole block to find those rows
+    top_t, part_t = torch.topk(torch.from_numpy(s), k + 1, dim=1, sorted=True)
     top, part = top_t.numpy(), part_t.numpy()
-    fix_cut_ties(s, top, part, k)
+    tied = np.flatnonzero((top[:, k] == top[:, k - 1]) & ~np.isnan(top).any(axis=1))  # NaN rows: as before
+    top, part = np.ascontiguousarray(top[:, :k]), np.ascontiguousarray(part[:, :k])
+    fix_cut_ties(s, top, part, k, tied=tied)
     return top, part.astype(np.int64, copy=False)
 
 

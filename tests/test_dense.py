@@ -553,6 +553,24 @@ def test_exact_ties_go_to_the_lower_slot_across_blocks(dtype, monkeypatch):
             np.testing.assert_array_equal(got, ref[:, :k], err_msg=f"k={k} mask={m is not None}")
 
 
+def test_block_topk_keeps_the_lowest_columns_of_a_tie_at_the_cut():
+    """The exact search's per-block top k: the k largest of each row, a tie straddling the cut
+    going to the lowest columns, rows with and without such ties (heavy ties: integer scores)."""
+    from ragkit.retrievers._index import _block_topk
+
+    rng = np.random.default_rng(21)
+    s = rng.integers(0, 6, (300, 40)).astype(np.float32)
+    s[0] = 1.0  # every column tied
+    s[1] = np.arange(40, dtype=np.float32)  # no tie at all
+    for k in (1, 2, 5, 13, 39):
+        vals, cols = _block_topk(s, k)
+        want = np.argsort(-s, axis=1, kind="stable")[:, :k]
+        np.testing.assert_array_equal(np.sort(cols, axis=1), np.sort(want, axis=1), err_msg=f"k={k}")
+        np.testing.assert_array_equal(vals, np.take_along_axis(s, cols, axis=1))
+    nan_row = np.array([[np.nan, 3.0, 2.0, 2.0, 1.0]], np.float32)  # scores of a NaN query: no crash
+    assert _block_topk(nan_row, 2)[1].shape == (1, 2)
+
+
 def test_second_stage_in_bounded_chunks(monkeypatch):
     """The rescore / b1 second stage scores the query batch in chunks whose temporaries stay under
     ``SECOND_STAGE_BYTES`` (the whole batch's ``(queries, candidates, dims)`` block would be ~6.6 MB
