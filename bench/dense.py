@@ -100,8 +100,13 @@ def cold_floats(obj) -> None:
     obj._bench_cold = True
 
 
-def configs_for(d: np.ndarray, k: int, scale: bool, efs: list[int], threads: int, m: int = 16) -> list[tuple]:
-    """The configurations to time; ``m`` is the HNSW graph degree of both libraries (connectivity / M)."""
+def configs_for(d: np.ndarray, k: int, scale: bool, efs: list[int], threads: int, m: int = 16,
+                graph_reduce: tuple[str, ...] = (), graph_oversample: int = 8) -> list[tuple]:
+    """The configurations to time; ``m`` is the HNSW graph degree of both libraries (connectivity / M).
+
+    ``graph_reduce`` (synthetic set only): also an int8 graph over each reduction given (e.g.
+    ``pca:256``), its ``graph_oversample x k`` shortlist rescored with the full float vectors.
+    """
     from ragkit.retrievers._index import VectorIndex, resident_bytes
 
     def vi(**kw):
@@ -156,6 +161,12 @@ def configs_for(d: np.ndarray, k: int, scale: bool, efs: list[int], threads: int
         cfgs.append((f"ragkit hnsw i8 + rescore x4 ef={ef}", "ragkit-hnsw",
                      lambda: _cached("ragkit_hnsw_i8", vi(search="hnsw", dtype="i8", rescore=True)),
                      partial(rs, ef=ef), vmem, vres))
+    for red in graph_reduce if scale else ():  # an int8 graph over reduced vectors, full-vector rescoring
+        for ef in efs:
+            cfgs.append((f"ragkit hnsw i8 {red} + rescore x{graph_oversample} ef={ef}", "ragkit-hnsw",
+                         partial(_cached, f"ragkit_hnsw_i8_{red}",
+                                 vi(search="hnsw", dtype="i8", rescore=True, reduce=red, oversample=graph_oversample)),
+                         partial(rs, ef=ef), vmem, vres))
     for ef in efs if scale else []:  # the same kind of graph, inserted in the given order (reorder=False)
         cfgs.append((f"ragkit hnsw i8 + rescore x4, given order ef={ef}", "ragkit-hnsw",
                      lambda: _cached("ragkit_hnsw_i8_noreorder",
@@ -378,6 +389,10 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0, help="threads for usearch/faiss (0 = all cores)")
     ap.add_argument("--connectivity", type=int, default=16,
                     help="HNSW graph degree of both libraries (ragkit connectivity, faiss M)")
+    ap.add_argument("--graph-reduce", default="",
+                    help="synthetic set: also int8 graphs over these reductions, comma separated (e.g. pca:256), "
+                         "their shortlists rescored with the full vectors")
+    ap.add_argument("--graph-oversample", type=int, default=8, help="shortlist multiplier of the --graph-reduce graphs")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--no-scifact", action="store_true")
     ap.add_argument("--no-synthetic", action="store_true")
@@ -438,9 +453,11 @@ def main() -> None:
               f"{geo['synthetic']['participation_ratio']} / {geo['synthetic']['lid']}")
         qbox[0] = q
         t_ref, ref = timed(lambda: exact_topk(d, q, k))
-        rows = run_configs(d, q, ref, selected(configs_for(d, k, True, efs, args.threads, args.connectivity)), k=k,
+        rows = run_configs(d, q, ref, selected(configs_for(
+            d, k, True, efs, args.threads, args.connectivity,
+            tuple(r for r in args.graph_reduce.split(",") if r), args.graph_oversample)), k=k,
                            repeat=args.repeat)
-        for key in ("faiss_hnsw", "faiss_hnsw_ordered", "ragkit_hnsw_i8", "ragkit_hnsw_i8_noreorder"):
+        for key in [key for key in _CACHE if key.startswith(("faiss_hnsw", "ragkit_hnsw_i8"))]:
             _CACHE.pop(key, None)
         raw = []
         if efs and (not args.only or re.search(args.only, "raw usearch")):
