@@ -201,11 +201,17 @@ class Pipeline(Composite):
     """
 
     def __init__(self, steps: Sequence[Operator] | Operator = ()) -> None:
+        """``steps`` in order.  A fuser step right after ``a + b`` (a parallel with the default
+        fuser) becomes that parallel's fuser, as ``(a + b) | RRF(...)`` does; a fuser anywhere else
+        is refused, since it reads the rankings of a parallel's branches (a pipeline of one fuser
+        alone is what ``Operator.to_yaml`` writes for a fuser, and is kept)."""
         super().__init__()
         steps = [steps] if isinstance(steps, Operator) else list(steps)
         for i, s in enumerate(steps):
             if not isinstance(s, Operator):
                 raise ParamError(f"pipeline[{i}]: expected an operator, got {type(s).__name__} {s!r:.80}")
+        if len(steps) > 1:
+            steps = _fold_fusers(steps)
         self.steps: list[Operator] = steps
 
     def children(self) -> list[Operator]:
@@ -214,18 +220,7 @@ class Pipeline(Composite):
     def __or__(self, other: Operator) -> "Pipeline":
         if not isinstance(other, Operator):
             return NotImplemented
-        steps = list(self.steps)
-        if other.kind == "fuser":
-            last = steps[-1] if steps else None
-            if isinstance(last, Parallel) and last.implicit_fuse:  # (a + b) | RRF(...) fuses with RRF
-                steps[-1] = Parallel(last.branches, fuse=other, names=last.names)
-                return Pipeline(steps)
-            already = f" (it already fuses with {last.fuse.name!r})" if isinstance(last, Parallel) else ""
-            raise ParamError(f"pipeline: {other.name!r} is a fuser; it fuses the rankings of a parallel's branches, "
-                             f"so it must directly follow 'a + b' without a fuser of its own{already}: write "
-                             f"(a + b) | {type(other).__name__}(...) or Parallel([a, b], fuse={type(other).__name__}"
-                             f"(...))")
-        return Pipeline(steps + (other.steps if isinstance(other, Pipeline) else [other]))
+        return Pipeline(list(self.steps) + (other.steps if isinstance(other, Pipeline) else [other]))
 
     def __ror__(self, other: Operator) -> "Pipeline":
         return Pipeline([other]) | self
@@ -327,6 +322,10 @@ class Pipeline(Composite):
             corpus = leaves[0].corpus_ if leaves else None
         if corpus is None:
             raise NotFittedError("this pipeline has no retriever that was fitted on a corpus")
+        if not any(leaf.kind == "retriever" for leaf in iter_leaves(self)):  # nothing would rank anything
+            raise ParamError(f"this pipeline has no retriever (its operators: "
+                             f"{', '.join(sorted({_label(leaf) for leaf in iter_leaves(self)}))}), so no query would "
+                             "get a document; start it with one, e.g. bm25 or dense")
         if k is not None and (isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1):
             raise ParamError(f"search: k must be a positive integer, got {k!r}")
         options = check_options(self, options, corpus)  # before any work: the whole tree's options
@@ -380,12 +379,45 @@ def _label(op: Operator) -> str:
     return op.name or type(op).__name__.lower()
 
 
-def _as_pipeline(x: Operator | Sequence[Operator], where: str) -> Operator:
-    if isinstance(x, Operator):
-        return x
+def _fold_fusers(steps: list[Operator]) -> list[Operator]:
+    """``steps`` with each fuser that follows ``a + b`` moved into it; any other fuser step refused."""
+    out: list[Operator] = []
+    for i, s in enumerate(steps):
+        if s.kind != "fuser":
+            out.append(s)
+            continue
+        last = out[-1] if out else None
+        if isinstance(last, Parallel) and last.implicit_fuse:  # (a + b) | RRF(...) fuses with RRF
+            out[-1] = Parallel(last.branches, fuse=s, names=last.names)
+            continue
+        already = f" (the parallel before it already fuses with {last.fuse.name!r})" if isinstance(
+            last, Parallel) else ""
+        raise ParamError(f"pipeline[{i}]: {s.name!r} is a fuser; it fuses the rankings of a parallel's branches, "
+                         f"so it must directly follow 'a + b' without a fuser of its own{already}: write "
+                         f"(a + b) | {type(s).__name__}(...) or Parallel([a, b], fuse={type(s).__name__}(...))")
+    return out
+
+
+def _as_pipeline(x: Operator | Sequence[Operator], where: str, *, empty_ok: bool = False) -> Operator:
+    """A branch or body: an operator, or a list of steps as a :class:`Pipeline`.
+
+    An empty list (a pass-through) only where ``empty_ok`` (a route's branches and default); a
+    fuser, or a list that starts with one, is refused: there are no branches for it to fuse.
+    """
     if isinstance(x, (list, tuple)):
-        return Pipeline(list(x))
-    raise ParamError(f"{where}: expected an operator or a list of operators, got {type(x).__name__}")
+        if not x and not empty_ok:
+            raise ParamError(f"{where}: expected an operator or a non-empty list of operators, got []")
+        try:
+            x = Pipeline(list(x))
+        except ParamError as e:
+            raise ParamError(f"{where}: {e}") from None
+    elif not isinstance(x, Operator):
+        raise ParamError(f"{where}: expected an operator or a list of operators, got {type(x).__name__}")
+    first = x.steps[0] if isinstance(x, Pipeline) and x.steps else x
+    if first.kind == "fuser":
+        raise ParamError(f"{where}: {first.name!r} is a fuser, which fuses the rankings of a parallel's branches; "
+                         "as a branch or loop body it has none: give it to a Parallel as fuse=... instead")
+    return x
 
 
 def fuse_weights_problem(fuse: Operator, names: Sequence[str]) -> str | None:
@@ -460,8 +492,12 @@ class Parallel(Composite):
     def __add__(self, other: Operator) -> "Parallel":
         if not isinstance(other, Operator):
             return NotImplemented
-        extra = other.branches if isinstance(other, Parallel) and other.implicit_fuse else [other]
-        return Parallel([*self.branches, *extra], fuse=None if self.implicit_fuse else self.fuse)
+        if isinstance(other, Parallel) and other.implicit_fuse:
+            extra, extra_names = other.branches, other.names
+        else:
+            extra, extra_names = [other], unique_names([other])
+        return Parallel([*self.branches, *extra], fuse=None if self.implicit_fuse else self.fuse,
+                        names=unique_names(extra, taken=self.names, wanted=extra_names))
 
     def fit(self, corpus: Corpus, train: TrainSet | None = None, *, upstream: State | None = None,
             _seen: set[int] | None = None) -> "Parallel":
@@ -516,11 +552,15 @@ class Parallel(Composite):
         return self._call(state)
 
 
-def unique_names(branches: list[Operator]) -> list[str]:
-    names: list[str] = []
-    for b in branches:
+def unique_names(branches: list[Operator], taken: Sequence[str] = (),
+                 wanted: Sequence[str] | None = None) -> list[str]:
+    """Branch names: ``taken`` (the names of branches already there) followed by one name per
+    branch of ``branches``: its ``wanted`` name, else its first operator's name, made unique with
+    a number (``bm25``, ``bm252``, ...)."""
+    names: list[str] = list(taken)
+    for i, b in enumerate(branches):
         leaf = b.steps[0] if isinstance(b, Pipeline) and b.steps else b
-        base = _label(leaf)
+        base = wanted[i] if wanted is not None else _label(leaf)
         name, n = base, 1
         while name in names:
             n += 1
@@ -551,7 +591,7 @@ class Route(Composite):
         if problem:
             raise ParamError(f"route.branches: {problem}")
         self.router = router
-        self.branches = {k: _as_pipeline(v, f"route.branches.{k}") for k, v in branches.items()}
+        self.branches = {k: _as_pipeline(v, f"route.branches.{k}", empty_ok=True) for k, v in branches.items()}
         if isinstance(default, str):
             if default not in self.branches:
                 raise ParamError(f"route.default: label {default!r} is not a branch; branches: {sorted(self.branches)}")
@@ -559,7 +599,7 @@ class Route(Composite):
             self.default: Operator | None = None
         else:
             self.default_label = None
-            self.default = None if default is None else _as_pipeline(default, "route.default")
+            self.default = None if default is None else _as_pipeline(default, "route.default", empty_ok=True)
 
     def children(self) -> list[Operator]:
         return [self.router, *self.branches.values(), *([self.default] if self.default is not None else [])]

@@ -11,7 +11,7 @@ import types
 import typing
 from typing import Any, Mapping, Sequence
 
-from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, ValidationError, ValidationInfo, field_validator
 
 from ragkit.errors import ParamError
 
@@ -23,17 +23,20 @@ class Params(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True, allow_inf_nan=False)
 
-    @model_validator(mode="before")
+    @field_validator("*", mode="before")
     @classmethod
-    def _no_bool_for_int(cls, data: Any) -> Any:
-        """``k: yes`` in YAML is ``True``: refused where an integer is expected (pydantic reads it as 1)."""
-        if isinstance(data, Mapping):
-            for name, f in cls.model_fields.items():
-                v = data.get(name)
-                if isinstance(v, bool) and _wants_int(f.annotation):
-                    raise ValueError(f"{name}: expected an integer, got {v!r}; YAML reads unquoted yes/no/on/off/"
-                                     "true/false as booleans")
-        return data
+    def _no_bool_for_number(cls, v: Any, info: ValidationInfo) -> Any:
+        """``k: yes`` in YAML is ``True``: refused where a number or a list of numbers is expected
+        (pydantic reads it as 1 / 1.0)."""
+        annotation = cls.model_fields[info.field_name].annotation if info.field_name else None
+        if isinstance(v, bool) and (kind := _number_kind(annotation)):
+            raise ValueError(f"expected {kind}, got {v!r}; YAML reads unquoted yes/no/on/off/true/false as booleans")
+        if isinstance(v, (list, tuple)) and (kind := _items_number_kind(annotation)):
+            for i, x in enumerate(v):
+                if isinstance(x, bool):
+                    raise ValueError(f"item {i}: expected {kind}, got {x!r}; YAML reads unquoted "
+                                     "yes/no/on/off/true/false as booleans")
+        return v
 
     def non_default(self) -> dict[str, Any]:
         """The parameters that differ from their defaults, as plain JSON/YAML values."""
@@ -81,15 +84,31 @@ def describe_error(err: Mapping[str, Any]) -> str:
     return f"expected {expected()}, got {got!r}"
 
 
-def _wants_int(annotation: Any) -> bool:
-    """Whether a field's type is an integer (alone or in a union), and not bool."""
+def _number_kind(annotation: Any) -> str | None:
+    """``"an integer"`` / ``"a number"`` when a field's type is ``int`` / ``float`` (alone or in a
+    union without ``bool``), else None."""
     if annotation is int:
-        return True
-    args = typing.get_args(annotation)
+        return "an integer"
+    if annotation is float:
+        return "a number"
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        args = typing.get_args(annotation)
+        if bool in args:
+            return None
+        return next((kind for a in args if (kind := _number_kind(a))), None)
+    return None
+
+
+def _items_number_kind(annotation: Any) -> str | None:
+    """The :func:`_number_kind` of a list / tuple / sequence field's items (or of a union's list member)."""
     origin = typing.get_origin(annotation)
     if origin in (typing.Union, types.UnionType):
-        return int in args and bool not in args
-    return False
+        return next((kind for a in typing.get_args(annotation) if (kind := _items_number_kind(a))), None)
+    if origin in (list, tuple, Sequence, typing.Sequence) or (
+            isinstance(origin, type) and issubclass(origin, (list, tuple))):
+        args = [a for a in typing.get_args(annotation) if a is not Ellipsis]
+        return next((kind for a in args if (kind := _number_kind(a))), None)
+    return None
 
 
 def format_loc(prefix: str, loc: Sequence[Any]) -> str:

@@ -150,7 +150,8 @@ class ShardedParams(Params):
     n_shards: int = Field(2, ge=1, description="Number of document shards.")
     k: int = Field(100, ge=1, description="Results per query after the merge.")
     backend: Literal["auto", "local", "ray"] = Field(
-        "auto", description="Where shards are fitted and searched; auto = ray when fitted with backend='ray'.")
+        "auto", description="Where shards are fitted and searched; auto = ray when fitted with backend='ray' "
+                            "in this process (a loaded pipeline searches locally unless this is 'ray').")
     max_retries: int = Field(3, ge=0, description="Ray retries per shard task before the shard fails for good.")
     workdir: str | None = Field(
         None, description="Folder for the shard folders while fitting; must be shared storage on a multi-node "

@@ -144,14 +144,25 @@ class Corpus:
     def from_documents(cls, docs: Sequence[Any]) -> "Corpus":
         """Build from LangChain ``Document`` objects (``page_content``, ``id``, ``metadata``).
 
-        The id is ``doc.id``, else ``metadata["id"]``, else the position; ``metadata["title"]``
+        The id is ``doc.id``, else ``metadata["id"]``, else the position (``"3"``, or ``"3#1"``,
+        ``"3#2"``, ... where another document's own id is already ``"3"``); ``metadata["title"]``
         becomes the title; the other metadata keys become columns.
         """
         records = []
-        for i, d in enumerate(docs):
+        for d in docs:
             meta = dict(getattr(d, "metadata", {}) or {})
-            did = getattr(d, "id", None) or meta.pop("id", None) or str(i)
-            records.append({"_id": did, "text": d.page_content, "title": meta.pop("title", ""), "metadata": meta})
+            did = getattr(d, "id", None) or meta.pop("id", None)
+            records.append({"_id": None if did is None else str(did), "text": d.page_content,
+                            "title": meta.pop("title", ""), "metadata": meta})
+        taken = {r["_id"] for r in records if r["_id"] is not None}
+        for i, r in enumerate(records):
+            if r["_id"] is None:  # the position, unless a given id holds it
+                did, n = str(i), 0
+                while did in taken:
+                    n += 1
+                    did = f"{i}#{n}"
+                r["_id"] = did
+                taken.add(did)
         return cls.from_records(records)
 
     # ------------------------------------------------------------------ access

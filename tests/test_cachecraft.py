@@ -195,6 +195,16 @@ def test_streaming_and_foreign_cache(gen):
         gen.use_cache(ChunkKVCache("some-other-model", gen.tokenizer_id_))
 
 
+def test_stream_raises_what_generation_raised(tmp_path):
+    from ragkit.generators.local import LocalGenerator
+
+    g = LocalGenerator(model=str(tmp_path / "no-such-model"))
+    with pytest.raises(Exception) as raised:
+        g.generate(QUESTION, CHUNKS[:1])
+    with pytest.raises(type(raised.value), match=str(raised.value)[:40].replace("(", r"\(").replace(")", r"\)")):
+        list(g.stream(QUESTION, CHUNKS[:1]))  # the worker thread's error, raised to the consumer
+
+
 # ----------------------------------------------------------------------------- operator and adapters
 def test_langchain_adapter_with_a_fake_chat_model():
     pytest.importorskip("langchain_core")

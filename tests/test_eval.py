@@ -19,6 +19,7 @@ import pytest
 from ragkit.errors import DataError
 from ragkit.eval import download_beir, evaluate, load_beir, paired_randomization_test, parse_metric
 from ragkit.run import Run
+from ragkit.types import Corpus
 
 # pytest-socket (pulled in by langchain-tests) may run with --disable-socket; the local
 # server test opts back in.  The marker exists only where the plugin is installed.
@@ -152,6 +153,31 @@ def test_bad_qrels(tmp_path, qrels, match):
         ds.qrels("test")
 
 
+@pytest.mark.parametrize("header", ["\ufeffquery-id\tcorpus-id\tscore", "query\tdoc\trelevance"])
+def test_qrels_header_with_byte_order_mark_or_other_names(tmp_path, header):
+    """BEIR's loader skips line 1 whatever it names; a UTF-8 byte-order mark is not part of it."""
+    ds = load_beir(write_beir(tmp_path / "tiny", qrels={"test": header + "\nq1\td1\t1\n"}))
+    assert ds.qrels("test") == {"q1": {"d1": 1}}
+
+
+def test_jsonl_files_may_open_with_a_byte_order_mark(tmp_path):
+    root = write_beir(tmp_path / "tiny")
+    for name in ("corpus.jsonl", "queries.jsonl"):
+        (root / name).write_text("\ufeff" + (root / name).read_text(), encoding="utf-8")
+    ds = load_beir(root)
+    assert ds.corpus.ids[0] == CORPUS[0]["_id"] and ds.queries("test").ids[0] == "q1"
+
+
+def test_write_beir_refuses_judgements_of_documents_outside_the_corpus(tmp_path):
+    from ragkit.eval import write_beir as write
+
+    corpus = Corpus.from_texts(["x", "y"], ids=["d1", "d2"])
+    with pytest.raises(DataError, match=r"qrels\['test'\] judges 1 documents not in the corpus, e\.g\. 'd2' "
+                                        r"\(query 'q2'\)"):
+        write(tmp_path / "ds", corpus.subset([0]), {"q1": "a", "q2": "b"}, {"test": {"q1": {"d1": 1}, "q2": {"d2": 1}}})
+    assert not (tmp_path / "ds").exists()
+
+
 def test_qrels_without_header_and_trec_four_columns(tmp_path):
     ds = load_beir(write_beir(tmp_path / "tiny", qrels={"test": "q1\td1\t1\nq2\t0\td3\t1\n"}))
     assert ds.qrels("test") == {"q1": {"d1": 1}, "q2": {"d3": 1}}
@@ -161,6 +187,13 @@ def test_qrels_without_header_and_trec_four_columns(tmp_path):
 # q1: relevant d1 (1), d2 (2), d5 (1); d6 judged non-relevant.  q2: relevant d3.
 QRELS_HAND = {"q1": {"d1": 1, "d2": 2, "d5": 1, "d6": 0}, "q2": {"d3": 1}}
 RUN_HAND = {"q1": {"d2": 0.9, "d4": 0.8, "d1": 0.7, "d6": 0.6}, "q2": {"d7": 0.5, "d8": 0.4, "d3": 0.3}}
+
+
+def test_result_lookup_in_any_spelling_and_integer_ids():
+    res = evaluate({1: {2: 0.9, 3: 0.1}}, {1: {2: 1}}, ["nDCG@10", "P@1"])
+    assert res["ndcg@10"] == res["nDCG@10"] == 1.0 and res["p@1"] == 1.0
+    with pytest.raises(KeyError, match="'recall@10': not evaluated; this result holds nDCG@10, P@1"):
+        res["recall@10"]
 
 
 def test_metrics_match_trec_eval_by_hand():

@@ -162,8 +162,14 @@ def test_batch_empty_and_bad_input(bm25_retriever):
     assert bm25_retriever.batch([]) == []
     with pytest.raises(ValueError, match="query 1: expected a string"):
         bm25_retriever.batch(["ok", 3])
-    out = bm25_retriever.batch(["ok", 3], return_exceptions=True)
-    assert all(isinstance(e, ValueError) for e in out)
+    out = bm25_retriever.batch(["ok", 3], return_exceptions=True)  # only the bad input fails
+    assert isinstance(out[1], ValueError) and "query 1" in str(out[1])
+    assert out[0] == bm25_retriever.invoke("ok")
+    assert all(isinstance(e, ValueError) for e in bm25_retriever.batch([None, 3], return_exceptions=True))
+    with pytest.raises(ValueError, match="unknown option"):  # the pipeline's own error reaches every query
+        bm25_retriever.batch(["ok", "fine"], bm25={"kk": 1})
+    out = bm25_retriever.batch(["ok", 3], return_exceptions=True, bm25={"kk": 1})
+    assert "unknown option" in str(out[0]) and "query 1" in str(out[1])
 
 
 def test_invoke_kwargs_pass_through(bm25_retriever, queries, monkeypatch):
@@ -300,8 +306,17 @@ def test_documents_keep_their_own_metadata():
     got = {d.id: d.metadata for d in r.invoke("vitamin")}
     assert got["d1"]["id"] == "meta-id" and got["d1"]["page"] == 3 and "source" not in got["d1"]
     assert got["d2"]["id"] == "d2" and got["d2"]["source"] == "book" and "page" not in got["d2"]
-    with pytest.raises(ValueError, match=r"ids must be unique; repeated: \['1'\]"):
-        RagkitRetriever.from_documents([Document("x", id="1"), Document("y")])  # the second's id is its position
+    # a document without an id gets its position, unless another document's own id holds it
+    r = RagkitRetriever.from_documents([Document("x", id="1"), Document("y"), Document("z")], k=3)
+    assert sorted(d.id for d in r.invoke("x y z")) == ["1", "1#1", "2"]
+    with pytest.raises(ValueError, match=r"ids must be unique; repeated: \['a'\]"):
+        RagkitRetriever.from_documents([Document("x", id="a"), Document("y", id="a")])
+
+
+def test_metadata_keys_the_retrieval_writes_are_refused():
+    with pytest.raises(ValueError, match=r"corpus: the documents' metadata has 'score', which RagkitRetriever writes "
+                                         r".*rename that key \(e\.g\. 'doc_score'\)"):
+        RagkitRetriever.from_documents([Document("cat", id="a", metadata={"score": 99})])
 
 
 # ---------------------------------------------------------------------- encoders both ways

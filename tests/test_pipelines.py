@@ -974,6 +974,53 @@ def test_python_api_refuses_what_yaml_refuses():
     assert isinstance(fused.steps[0], Parallel) and fused.steps[0].fuse.params.k == 10
 
 
+def test_python_fuser_and_empty_steps_are_placed_or_refused_like_yaml(tmp_path):
+    """A fuser step is folded into the ``a + b`` before it however the pipeline is spelled, and
+    refused anywhere else (a branch, a loop body, after a parallel that fuses); an empty list is a
+    pass-through only as a route branch.  What is accepted saves and loads."""
+    two = BM25(k=3) + BM25(k=3, variant="okapi")
+    listed = Pipeline([two, RRF(k=10)])
+    assert isinstance(listed.steps[0], Parallel) and listed.steps[0].fuse.params.k == 10 and len(listed) == 1
+    assert listed.to_yaml() == (two | RRF(k=10)).to_yaml()
+    listed.fit(_toy_corpus()).save(tmp_path / "p")
+    assert Operator.load(tmp_path / "p").to_yaml() == listed.to_yaml()
+    for make, match in [
+        (lambda: BM25() + RRF(), r"parallel\.branches\[1\]: 'rrf' is a fuser"),
+        (lambda: two | (RRF() | BM25()), r"pipeline\[0\]: 'rrf' is a fuser"),
+        (lambda: Pipeline([BM25(), RRF()]), r"pipeline\[1\]: 'rrf' is a fuser"),
+        (lambda: two | RRF() | RRF(), r"pipeline\[1\]: .*already fuses with 'rrf'"),
+        (lambda: BM25() | Loop([RRF()], until=MaxOnly()), r"loop\.body: 'rrf' is a fuser"),
+        (lambda: BM25() | Parallel([[], BM25(k=5)]), r"parallel\.branches\[0\]: .*non-empty list .* got \[\]"),
+        (lambda: Loop([], until=MaxOnly()), r"loop\.body: .*non-empty list"),
+    ]:
+        with pytest.raises(ParamError, match=match):
+            make()
+
+
+def test_adding_a_branch_keeps_the_branch_names():
+    named = Parallel([BM25(k=10), BM25(k=5)], names=["x", "y"])
+    assert (named + BM25(k=3)).names == ["x", "y", "bm25"]
+    assert (named + Parallel([BM25(k=5), BM25(k=6)], names=["x", "z"])).names == ["x", "y", "x2", "z"]
+    assert (BM25(k=10) + BM25(k=5) + BM25(k=3)).names == ["bm25", "bm252", "bm253"]
+
+
+def test_a_pipeline_without_a_retriever_is_refused_at_search():
+    with pytest.raises(ParamError, match=r"this pipeline has no retriever \(its operators: top_k\)"):
+        Pipeline([TopK(k=3)]).fit(_toy_corpus()).search(["cell"])
+
+
+@pytest.mark.parametrize("text,match", [
+    ("pipeline: [{bm25: {k: yes}}]", r"pipeline\[0\]\.bm25\.k: expected an integer, got True"),
+    ("pipeline: [{score_threshold: {threshold: on}}]",
+     r"pipeline\[0\]\.score_threshold\.threshold: expected a number, got True"),
+    ("pipeline: [{parallel: {branches: [bm25: {}, bm25: {b: 0.9}], fuse: {rrf: {weights: [1, no]}}}}]",
+     r"pipeline\[0\]\.parallel\.fuse\.rrf\.weights: item 1: expected a number, got False"),
+])
+def test_yaml_booleans_are_refused_where_numbers_are_expected(text, match):
+    with pytest.raises(ConfigError, match=match):
+        Pipeline.from_yaml(text)
+
+
 def test_empty_route_branch_passes_queries_through(tmp_path):
     router = RuleRouter(rules=[{"label": "short", "max_words": 1}], default="long")
     pipe = BM25(k=4) | Route(router, {"short": [], "long": [TopK(k=2)]})

@@ -48,7 +48,7 @@ def _read_jsonl(path: Path):
     with open(path, "rb") as f:
         for n, raw in enumerate(f, 1):
             try:
-                line = raw.decode("utf-8")
+                line = raw.decode("utf-8-sig" if n == 1 else "utf-8")  # a byte-order mark may open the file
             except UnicodeDecodeError as e:
                 raise DataError(f"{path}:{n}: not UTF-8 (byte {raw[e.start]:#04x} at column {e.start + 1}); "
                                 f"BEIR files are UTF-8 JSON lines") from None
@@ -114,6 +114,15 @@ def read_queries(path: str | Path) -> dict[str, str]:
     return out
 
 
+def _is_header(row: list[str]) -> bool:
+    """A qrels file's first row is a header when its relevance column is not a number."""
+    try:
+        float(row[-1])
+    except ValueError:
+        return True
+    return False
+
+
 def read_qrels(path: str | Path) -> Qrels:
     """Read a BEIR qrels TSV (``query-id corpus-id score`` with a header) into ``{qid: {doc_id: rel}}``."""
     path = Path(path)
@@ -121,9 +130,9 @@ def read_qrels(path: str | Path) -> Qrels:
         raise DataError(f"{path}: file not found")
     qrels: Qrels = {}
     line_of: dict[tuple[str, str], int] = {}
-    with open(path, encoding="utf-8", newline="") as f:
+    with open(path, encoding="utf-8-sig", newline="") as f:  # -sig: a byte-order mark is not part of the header
         for n, row in enumerate(csv.reader(f, delimiter="\t"), 1):
-            if not row or (n == 1 and row[0].strip().lower() in ("query-id", "query_id", "qid")):
+            if not row or (n == 1 and _is_header(row)):  # BEIR's loader skips line 1 whatever it names
                 continue
             if len(row) not in (3, 4):
                 raise DataError(f"{path}:{n}: expected 3 tab-separated columns 'query-id corpus-id score', got {row!r}")
@@ -198,11 +207,17 @@ def write_beir(folder: str | Path, corpus: Corpus, queries: Mapping[str, str] | 
         raise DataError(f"{folder}: already exists; write_beir does not overwrite a dataset")
     if isinstance(queries, Queries):
         queries = dict(zip(queries.ids, queries.texts))
+    doc_ids = set(corpus.ids.tolist())
     for split, rel in qrels.items():
         unknown = [q for q in rel if q not in queries]
         if unknown:
             raise DataError(f"write_beir: qrels[{split!r}] names {len(unknown)} queries not in queries, "
                             f"e.g. {unknown[0]!r}")
+        missing = [(q, d) for q, judged in rel.items() for d in judged if d not in doc_ids]
+        if missing:  # load_beir would refuse the folder: say so before writing it
+            raise DataError(f"write_beir: qrels[{split!r}] judges {len(missing)} documents not in the corpus, "
+                            f"e.g. {missing[0][1]!r} (query {missing[0][0]!r}); drop those judgements or add "
+                            "the documents")
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
     corpus.save(tmp / "corpus.jsonl")

@@ -51,7 +51,14 @@ class EvalResult:
     per_query: dict[str, dict[str, float]] = field(repr=False)
 
     def __getitem__(self, metric: str) -> float:
-        return self.scores[metric]
+        """The mean of ``metric`` in any spelling ``parse_metric`` reads (``"nDCG@10"`` finds ``"ndcg@10"``)."""
+        if metric in self.scores:
+            return self.scores[metric]
+        want = parse_metric(metric)
+        for name, value in self.scores.items():
+            if parse_metric(name) == want:
+                return value
+        raise KeyError(f"{metric!r}: not evaluated; this result holds {', '.join(self.scores)}")
 
     def to_dict(self) -> dict[str, object]:
         return {**self.scores, "per_query": self.per_query}
@@ -87,7 +94,7 @@ def evaluate(
 
     parsed = [(m, *parse_metric(m)) for m in ([metrics] if isinstance(metrics, str) else metrics)]
     # a query whose judgement dict is empty is no judged query (pytrec_eval drops it)
-    judged = {q: {doc: int(r) for doc, r in rel.items()} for q, rel in qrels.items() if rel}
+    judged = {str(q): {str(doc): int(r) for doc, r in rel.items()} for q, rel in qrels.items() if rel}
     if not judged:
         raise DataError(f"evaluate: every one of the {len(qrels)} queries of the qrels has an empty judgement list"
                         if qrels else "evaluate: qrels are empty")

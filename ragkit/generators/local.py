@@ -797,25 +797,32 @@ class LocalGenerator:
         return self.tokenizer_.decode(self.decode(pre, max_new_tokens, on_token), skip_special_tokens=True).strip()
 
     def stream(self, question: str, chunks: Sequence[str], **kw) -> Iterator[str]:
-        """Yield the answer's text pieces as they are generated (same arguments as :meth:`generate`)."""
-        pieces: list[str] = []
+        """Yield the answer's text pieces as they are generated (same arguments as :meth:`generate`).
+
+        An error raised while generating (a model that cannot load, a bad argument) is raised
+        here, in the consumer, after the pieces generated before it.
+        """
         import queue
         import threading
 
         q: "queue.Queue[str | None]" = queue.Queue()
+        failed: list[BaseException] = []
 
         def run() -> None:
             try:
                 self.generate(question, chunks, on_token=q.put, **kw)
+            except BaseException as e:  # handed to the consumer, not printed by the thread
+                failed.append(e)
             finally:
                 q.put(None)
 
         th = threading.Thread(target=run, daemon=True)
         th.start()
         while (piece := q.get()) is not None:
-            pieces.append(piece)
             yield piece
         th.join()
+        if failed:
+            raise failed[0]
 
 
 def _waterfill(weights: np.ndarray, caps: np.ndarray, total: float) -> np.ndarray:

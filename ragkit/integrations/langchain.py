@@ -188,6 +188,9 @@ class RagkitRetriever(BaseRetriever):
         if bad:
             raise ParamError(f"search_kwargs: {bad} are not search options (set k with k=...)")
         docs = as_corpus(self.corpus) if self.corpus is not None else None
+        searched = docs if docs is not None else _corpus_of(op)
+        if searched is not None:
+            _check_reserved(searched, "corpus" if docs is not None else "pipeline")
         try:  # before fitting: the options of the whole tree, a filter against the corpus searched
             check_options(op, self.search_kwargs, docs if docs is not None else _corpus_of(op))
         except ParamError as e:
@@ -235,8 +238,8 @@ class RagkitRetriever(BaseRetriever):
     def _search(self, queries: list[str], k: int | None, options: dict[str, Any]) -> list[list[Document]]:
         """One ``pipeline.search`` call for the whole batch, converted to Documents."""
         for i, q in enumerate(queries):
-            if not isinstance(q, str):
-                raise DataError(f"query {i}: expected a string, got {type(q).__name__} {q!r:.80}")
+            if (e := _bad_query(i, q)) is not None:
+                raise e
         k = self.k if k is None else k
         run = self.pipeline.search(queries, k=k, **options)
         rankings = run.rankings if run.rankings is not None else [Ranking.empty() for _ in queries]
@@ -318,22 +321,51 @@ class RagkitRetriever(BaseRetriever):
             cm = shared if shared is not None else configure(cfg)
             managers.append(cm.on_retriever_start(None, q, name=cfg.get("run_name") or self.get_name(),
                                                   run_id=cfg.pop("run_id", None)))
+        # a query that is not a string fails alone (with return_exceptions) or stops the batch first
+        bad = {i: e for i, q in enumerate(inputs) if (e := _bad_query(i, q)) is not None}
+        for i, e in bad.items():
+            managers[i].on_retriever_error(e)
+        if bad and not return_exceptions:
+            raise next(iter(bad.values()))
+        good = [i for i in range(len(inputs)) if i not in bad]
         try:
-            results = self._search(inputs, k, options)
-        except Exception as e:
-            for m in managers:
-                m.on_retriever_error(e)
+            found = self._search([inputs[i] for i in good], k, options) if good else []
+        except Exception as e:  # the pipeline failed: every query that reached it fails with it
+            for i in good:
+                managers[i].on_retriever_error(e)
             if return_exceptions:
-                return [e for _ in inputs]  # type: ignore[misc]
+                return [bad.get(i, e) for i in range(len(inputs))]  # type: ignore[misc]
             raise
-        for m, docs in zip(managers, results):
-            m.on_retriever_end(docs)
+        results: list[Any] = [bad.get(i) for i in range(len(inputs))]
+        for i, docs in zip(good, found):
+            managers[i].on_retriever_end(docs)
+            results[i] = docs
         return results
 
     async def abatch(self, inputs: list[str], config: RunnableConfig | list[RunnableConfig] | None = None, *,
                      return_exceptions: bool = False, **kwargs: Any) -> list[list[Document]]:
         """:meth:`batch` in a worker thread (one pipeline call, event loop not blocked)."""
         return await run_in_executor(None, self.batch, inputs, config, return_exceptions=return_exceptions, **kwargs)
+
+
+def _bad_query(i: int, q: Any) -> DataError | None:
+    """The error for batch item ``i`` when it is not a query string, else None."""
+    if isinstance(q, str):
+        return None
+    return DataError(f"query {i}: expected a string, got {type(q).__name__} {q!r:.80}")
+
+
+# Keys each returned Document's metadata gets from the retrieval: a document's own key of the same name is refused
+RESERVED_METADATA = ("score", "rank", "operators", "branches", "fields")
+
+
+def _check_reserved(corpus: Corpus, where: str) -> None:
+    clash = [key for key in RESERVED_METADATA if key in corpus.metadata]
+    if clash:
+        raise ParamError(
+            f"{where}: the documents' metadata has {', '.join(repr(c) for c in clash)}, which RagkitRetriever "
+            f"writes into every returned Document's metadata ({', '.join(RESERVED_METADATA)}); rename "
+            f"{'that key' if len(clash) == 1 else 'those keys'} (e.g. 'doc_{clash[0]}')")
 
 
 # ---------------------------------------------------------------------------------- encoders
