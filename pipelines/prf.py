@@ -91,7 +91,8 @@ class PRFParams(Params):
     stopwords: Literal["lucene", "none"] = Field("lucene", description="As the BM25 that reads the text.")
     stemmer: Literal["porter", "english", "none"] = Field("porter", description="As the BM25 that reads the text.")
     fields: Literal["title_text", "text"] = Field("title_text", description="As the BM25 that reads the text.")
-    tokenizer: Literal["alnum", "whitespace"] = Field("alnum", description="As the BM25 that reads the text.")
+    tokenizer: Literal["alnum", "unicode", "whitespace"] = Field(
+        "alnum", description="As the BM25 that reads the text.")
 
 
 def _top_per_group(group: np.ndarray, key: np.ndarray, term: np.ndarray, k: int) -> np.ndarray:

@@ -764,12 +764,16 @@ class VectorIndex:
         if self.backend == "numpy":
             rows = None if mask is None else np.flatnonzero(mask & self.alive)
             s, i = self._exact(qr, kk, rows)
-        elif mask is None:
-            s, i = self._hnsw(qr, kk)
+        elif mask is None:  # a request for every live slot is answered exactly: a graph walk may miss a
+            # node that edits left poorly linked (seen after add + remove on several threads)
+            s, i = self._exact(qr, kk, None) if kk >= self.n_alive else self._hnsw(qr, kk)
         else:
             s, i = self._filtered_hnsw(qr, kk, mask)
         if self.has_shortlist and i.shape[1]:
             s = self._second_stage(q_full, qr, i)
+        if self.metric == "cos" and (self.dtype != "b1" or self.rescore):
+            # quantised codes approximate a cosine and can pass 1 (int8 graph: 1.002); callers rely on [-1, 1]
+            s = np.where(np.isfinite(s), np.clip(s, -1.0, 1.0), s).astype(np.float32, copy=False)
         s, i = _sort_desc(s, i)
         s, i = s[:, :k], i[:, :k]
         if s.shape[1] < k:

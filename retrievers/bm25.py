@@ -26,6 +26,7 @@ the surface -> term-id map is cached on the retriever, so a token costs one dict
 from __future__ import annotations
 
 import os
+import re
 from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
 from itertools import chain
@@ -53,6 +54,8 @@ LUCENE_STOPWORDS = frozenset(
 # bytes.translate table: ASCII digits and lowercase letters are kept, every other byte
 # (punctuation, whitespace, the bytes of non-ASCII characters) becomes a space.
 _ALNUM = bytes(c if (48 <= c <= 57 or 97 <= c <= 122) else 32 for c in range(256))
+# ``unicode`` split: runs of Unicode letters and digits (``\w`` without the underscore)
+_WORD = re.compile(r"[^\W_]+")
 #: Dense score blocks are at most this many float64 cells (8 MB); larger batches are chunked.
 _BLOCK_CELLS = 1_000_000
 _MIN_TASK_CELLS = 100_000
@@ -73,9 +76,12 @@ class Tokenizer:
     stopwords : "lucene" | "none"
         Lucene's English stop set, removed before stemming.
     stemmer : "porter" | "english" (Snowball) | "none"
-    split : "alnum" | "whitespace"
-        ``alnum`` splits on every character that is not ``[0-9a-z]`` after lowercasing;
-        ``whitespace`` is ``text.lower().split()`` (the tokenisation of rank-bm25's README).
+    split : "alnum" | "unicode" | "whitespace"
+        ``alnum`` splits on every character that is not ``[0-9a-z]`` after lowercasing (fast;
+        letters outside ASCII are dropped: ``café`` -> ``caf``, Greek or Chinese text has no
+        tokens); ``unicode`` keeps every Unicode letter and digit (``str.isalnum``), for text in
+        other scripts or with accents; ``whitespace`` is ``text.lower().split()`` (the
+        tokenisation of rank-bm25's README).
 
     Examples
     --------
@@ -93,6 +99,8 @@ class Tokenizer:
         try:
             if self.split_kind == "whitespace":
                 return [x.lower().split() for x in texts]
+            if self.split_kind == "unicode":
+                return [_WORD.findall(x.lower()) for x in texts]
             return [x.lower().encode("utf-8", "replace").translate(_ALNUM).split() for x in texts]
         except AttributeError:
             bad = next(i for i, x in enumerate(texts) if not isinstance(x, str))
@@ -122,8 +130,10 @@ class BM25Params(Params):
     k1: float = Field(0.9, ge=0, description="Term-frequency saturation (0 = binary term weights).")
     b: float = Field(0.4, ge=0, le=1, description="Document-length normalisation, 0 (none) to 1 (full).")
     epsilon: float = Field(0.25, ge=0, description="okapi only: negative idfs become epsilon * mean idf.")
-    tokenizer: Literal["alnum", "whitespace"] = Field(
-        "alnum", description="'alnum': lowercase, split on non-[0-9a-z]; 'whitespace': lowercase, split on whitespace.")
+    tokenizer: Literal["alnum", "unicode", "whitespace"] = Field(
+        "alnum", description="'alnum': lowercase, split on non-[0-9a-z] (drops non-ASCII letters); 'unicode': "
+                             "lowercase, keep runs of Unicode letters and digits; 'whitespace': lowercase, split "
+                             "on whitespace.")
     stopwords: Literal["lucene", "none"] = Field("lucene", description="Stopword list removed before stemming.")
     stemmer: Literal["porter", "english", "none"] = Field(
         "porter", description="PyStemmer algorithm: 'porter', 'english' (Snowball) or 'none'.")
@@ -310,6 +320,11 @@ class BM25(Operator):
             w = idf[tf.indices] * t * num_scale / (t + norm)
         self.idf_ = idf
         self._wt = sp.csr_matrix((w, tf.indices, tf.indptr), shape=tf.shape).T.tocsr()  # terms x docs
+        # okapi's idf is 0 (a term in half the documents; epsilon 0) or floored below 0 on small corpora:
+        # a matching document's score can then sum to 0, which scipy's product does not store, so matches
+        # are found from the term pattern too (lucene's idf is always > 0: no second product)
+        self._hits = (sp.csr_matrix((np.ones(len(w)), tf.indices, tf.indptr), shape=tf.shape).T.tocsr()
+                      if (idf[np.unique(tf.indices)] <= 0).any() else None)
 
     # ------------------------------------------------------------------ search
     def query_matrix(self, queries: Sequence[str]) -> sp.csr_matrix:
@@ -325,6 +340,9 @@ class BM25(Operator):
         """Top ``k`` of the documents that contain a query term; the others score ``-inf`` (dropped)."""
         m = (q @ self._wt).tocsr()
         s = np.full(m.shape, -np.inf)
+        if self._hits is not None:  # matches whose weights sum to 0 score 0
+            h = (q @ self._hits).tocsr()
+            s[np.repeat(np.arange(h.shape[0]), np.diff(h.indptr)), h.indices] = 0.0
         s[np.repeat(np.arange(m.shape[0]), np.diff(m.indptr)), m.indices] = m.data
         if drop is not None:
             s[:, drop] = -np.inf

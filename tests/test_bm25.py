@@ -218,3 +218,25 @@ def test_okapi_idf_vanishes_at_half_the_documents():
     corpus = Corpus.from_texts(["red apples", "green pears"])
     assert BM25(variant="okapi", stemmer="none").fit(corpus).score_matrix(["red"]).max() == 0.0
     assert BM25(stemmer="none").fit(corpus).search("red").doc_ids[0][0] == "0"
+
+
+def test_okapi_returns_matching_documents_whose_score_is_zero():
+    """A document that contains a query term is returned even when its weights sum to 0 (scipy's
+    sparse product does not store a 0), as rank-bm25 scores it."""
+    two = BM25(k=10, variant="okapi", stemmer="none").fit(Corpus.from_texts(["red apples", "green pears"]))
+    run = two.search(["red", "red pears", "blue"])
+    assert [r.rows.tolist() for r in run.rankings] == [[0], [0, 1], []]  # every idf is 0 here: ties by row
+    assert run.rankings[1].scores.tolist() == [0.0, 0.0]
+    three = BM25(k=10, variant="okapi", epsilon=0, stemmer="none").fit(
+        Corpus.from_texts(["apple pie", "apple tart", "pear cake"]))
+    assert three.search("apple").doc_ids[0].tolist() == ["0", "1"]
+
+
+def test_unicode_tokenizer_keeps_letters_outside_ascii():
+    corpus = Corpus.from_texts(["Le café est fermé", "naïve Bayes classifier", "Η πρωτεΐνη p53", "plain text"])
+    ascii_only = BM25(k=4).fit(corpus)
+    assert ascii_only.search("πρωτεΐνη").doc_ids[0].tolist() == []  # alnum drops non-ASCII letters
+    uni = BM25(k=4, tokenizer="unicode").fit(corpus)
+    run = uni.search(["πρωτεΐνη", "café", "naïve", "fermé"])
+    assert [r.rows.tolist() for r in run.rankings] == [[2], [0], [1], [0]]
+    assert uni.search("caf").doc_ids[0].tolist() == []

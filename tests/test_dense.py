@@ -717,3 +717,29 @@ def test_hnsw_beam_widths_survive_save_and_load(tmp_path):
         assert (back.usearch.expansion_search, back.usearch.expansion_add) == (300, 77), mmap
         back.remove(np.array([0]))  # an mmap view is copied into memory here: the widths must follow
         assert (back.usearch.expansion_search, back.usearch.expansion_add) == (300, 77), mmap
+
+
+@pytest.mark.parametrize("kw", [dict(dtype="i8", search="hnsw"), dict(dtype="i8", search="exact"),
+                                dict(dtype="f16", search="exact")])
+def test_cosine_scores_of_quantised_indexes_stay_within_one(kw):
+    """int8 / f16 codes approximate a cosine and can pass 1 (1.007 here for a vector's own code):
+    the scores a cos index returns are clipped to [-1, 1], which DBNorm and the Cosine Adapter check."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((3000, 64)).astype(np.float32) * np.linspace(0.2, 2, 64, dtype=np.float32)
+    ix = VectorIndex(**kw).build(x)
+    qr = ix._reduce(ix._normalise(x[:500]))
+    raw = ix._hnsw(qr, 5)[0] if kw["search"] == "hnsw" else ix._exact(qr, 5, None)[0]
+    assert raw.max() > 1.0  # what the codes give
+    rows, scores = ix.search(x[:500], 5)
+    assert scores.max() == 1.0 and (rows[:, 0] == np.arange(500)).mean() > 0.9
+
+
+def test_hnsw_search_for_every_live_slot_returns_them_all():
+    rng = np.random.default_rng(1)
+    ix = VectorIndex(search="hnsw", dtype="i8").build(rng.standard_normal((300, 32)).astype(np.float32))
+    ix.add(rng.standard_normal((100, 32)).astype(np.float32))
+    ix.remove(np.arange(0, 400, 7))
+    rows, scores = ix.search(rng.standard_normal((20, 32)).astype(np.float32), 500)
+    live = set(np.flatnonzero(ix.alive).tolist())
+    assert all(set(r[r >= 0].tolist()) == live for r in rows)
+    assert np.isfinite(scores[:, : len(live)]).all() and np.isneginf(scores[:, len(live):]).all()
