@@ -87,7 +87,7 @@ def parse_yaml_text(source: str | Path) -> tuple[Any, str]:
     where = "<text>"
     text = source
     if isinstance(source, Path) or (isinstance(source, str) and "\n" not in source
-                                    and source.strip().endswith((".yaml", ".yml"))):
+                                    and source.strip().lower().endswith((".yaml", ".yml"))):
         path = Path(source)
         if not path.is_file():
             raise ConfigError(f"{path}: pipeline file not found")

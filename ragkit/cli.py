@@ -142,6 +142,8 @@ def eval_cmd(
     ks = _parse_ks(k)
     t_all = time.perf_counter()
     try:
+        if backend not in ("local", "ray"):
+            raise RagkitError(f"--backend: expected 'local' or 'ray', got {backend!r}")
         if train_split is not None and train_split == split:
             raise RagkitError(f"--train-split {train_split!r} equals the evaluated split; "
                               "training on the evaluated queries is refused")

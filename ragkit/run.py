@@ -8,6 +8,7 @@ pytrec_eval and BEIR use, and reads/writes TREC run files
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping
@@ -34,6 +35,20 @@ def _check_unique(qid: str, docs: np.ndarray, where: str) -> None:
         dup = next(d for d in docs.tolist() if d in seen or seen.add(d))
         raise DataError(f"{where}: query {qid!r} retrieves document {dup!r} more than once; expected each "
                         "document at most once per query (trec_eval refuses duplicates)")
+
+
+_SPACE = re.compile(r"\s")
+
+
+def _unwritable(ids: list[str]) -> str | None:
+    """The first id that is empty or holds whitespace (one regex pass over all of them), else None."""
+    if "" in ids:
+        return ""
+    joined = "\x00".join(map(str, ids))
+    m = _SPACE.search(joined)
+    if m is None:
+        return None
+    return joined[joined.rfind("\x00", 0, m.start()) + 1:].split("\x00", 1)[0]
 
 
 @dataclass
@@ -124,6 +139,13 @@ class Run:
         """Write a TREC run file ``qid Q0 docid rank score tag`` (rank from 1; scores with 9
         significant digits, which round-trip float32, so no two scores become a tie)."""
         path = Path(path)
+        # the file's columns are whitespace-separated: an id read_trec could not read back is refused first
+        for what, ids in (("query id", list(self.query_ids)), ("document id", [x for d in self.doc_ids for x in d]),
+                          ("tag", [tag])):
+            bad = _unwritable(ids)
+            if bad is not None:
+                raise DataError(f"{path}: cannot write a TREC run file: {what} {bad!r} is empty or holds "
+                                "whitespace, which would break the file's columns")
         with atomic_file(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
             for q, d, s in self:
                 f.writelines(f"{q} Q0 {doc} {r} {score:.9g} {tag}\n" for r, (doc, score) in enumerate(zip(d, s), 1))

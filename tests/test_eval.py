@@ -277,6 +277,18 @@ def test_trec_roundtrip(tmp_path):
         np.testing.assert_allclose(a, b, atol=1e-6)
 
 
+def test_trec_write_refuses_ids_the_file_cannot_hold(tmp_path):
+    (tmp_path / "run.trec").write_text("kept\n")
+    for run, tag, match in [
+        (Run.from_dict({"q 1": {"d1": 1.0}}), "t", r"query id 'q 1' is empty or holds whitespace"),
+        (Run.from_dict({"q1": {"d1": 1.0, "d\t2": 0.5}}), "t", r"document id 'd\\t2' is empty"),
+        (Run.from_dict({"q1": {"d1": 1.0}}), "my run", r"tag 'my run' is empty or holds whitespace"),
+    ]:
+        with pytest.raises(DataError, match=match):
+            run.write_trec(tmp_path / "run.trec", tag=tag)
+    assert (tmp_path / "run.trec").read_text() == "kept\n"  # refused before anything was written
+
+
 @pytest.mark.parametrize("line,match", [
     ("q1 Q0 d1 1 0.5", r"run\.trec:2: expected 6 columns"),
     ("q1 Q0 d1 1 high tag", r"run\.trec:2: score 'high' is not a number"),

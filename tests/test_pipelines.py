@@ -891,6 +891,16 @@ def _cli(*args):
     return CliRunner().invoke(app, [str(a) for a in args], env={"COLUMNS": "200"})
 
 
+def test_cli_eval_refuses_an_unknown_backend_before_loading_data(tmp_path):
+    res = _cli("eval", "--data", tmp_path / "missing", "-p", "bm25", "--backend", "rayy")
+    assert res.exit_code == 2 and "--backend: expected 'local' or 'ray', got 'rayy'" in res.output
+
+
+def test_yaml_file_path_with_an_upper_case_extension(tmp_path):
+    (tmp_path / "P.YAML").write_text("pipeline:\n  - bm25: {k: 7}\n")
+    assert Pipeline.from_yaml(str(tmp_path / "P.YAML")).steps[0].params.k == 7
+
+
 def test_cli_eval_creates_output_folders_and_checks_them_first(tmp_path):
     data = _toy_beir(tmp_path / "beir")
     res = _cli("eval", "--data", data, "-p", "bm25", "--output", tmp_path / "a" / "b" / "res.json",
