@@ -33,6 +33,9 @@ def load(args: argparse.Namespace, train_split: str | None = None):
     from ragkit import load_beir
     from ragkit.types import TrainSet
 
+    if train_split is not None and train_split == args.split:  # as `ragkit eval --train-split` refuses it
+        raise SystemExit(f"--split {args.split!r} is the split this example learns from; training on the "
+                         "evaluated queries is refused: evaluate another split (default: test)")
     ds = load_beir(args.data)
     queries, qrels = ds.queries(args.split), ds.qrels(args.split)
     train = ds.train_set(train_split) if train_split else None

@@ -226,7 +226,7 @@ class CosineAdapter(Operator):
     def train_refusal(self) -> Exception | None:
         """The adapter always learns from judged queries (see :meth:`Operator.train_refusal`)."""
         return DataError("cosine_adapter.fit needs judged training queries: "
-                         "fit(corpus, train=TrainSet(queries, qrels))")
+                         "fit(corpus, train=TrainSet(queries, qrels)) (command line: --train-split)")
 
     def _fit(self, corpus: Corpus, train: TrainSet | None, upstream: State | None) -> None:
         t0 = time.perf_counter()

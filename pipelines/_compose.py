@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from ragkit.errors import NotFittedError, ParamError
+from ragkit.errors import DataError, NotFittedError, ParamError
 from ragkit.operator import Operator
 from ragkit.params import Params
 from ragkit.types import QUERY_REWRITES, Corpus, Queries, Ranking, State, TraceEvent, TrainSet
@@ -49,11 +49,18 @@ def _quality(state: State, k: int = 100) -> tuple[float | None, float | None]:
     return float(np.mean(rec)), float(per_query_ndcg(state.subset(judged), state.qrels, ids).mean())
 
 
-def _judged_start(train: TrainSet, upstream: State | None) -> State:
+def _judged_start(train: TrainSet, upstream: State | None, learner: str) -> State:
     """The judged training queries as they reach a composite: ``upstream`` (the preceding steps'
-    output on the training queries) or, at the start of a pipeline, the bare queries."""
+    output on the training queries) or, at the start of a pipeline, the bare queries.  A query
+    whose judgements are empty is not judged (as in :func:`~ragkit.eval.metrics.per_query_ndcg`);
+    none judged is a :class:`DataError` naming ``learner``."""
     state = upstream.copy() if upstream is not None else State.of(train.queries)
-    return state.subset([i for i, q in enumerate(state.query_ids) if q in train.qrels])
+    judged = state.subset([i for i, q in enumerate(state.query_ids) if train.qrels.get(q)])
+    if not len(judged):
+        shown = ", ".join(repr(q) for q in state.query_ids[:3]) + (", ..." if len(state) > 3 else "")
+        raise DataError(f"{learner}: none of the {len(state)} training queries ({shown}) has judgements in the "
+                        f"qrels given ({len(train.qrels)} queries); expected qrels keyed by the training queries' ids")
+    return judged
 
 
 def run_step(op: Operator, state: State, path: str) -> State:
@@ -124,6 +131,8 @@ class Composite(Operator):
 
     def fit(self, corpus: Corpus, train: TrainSet | None = None, *, upstream: State | None = None,
             _seen: set[int] | None = None) -> "Composite":
+        if _seen is None:  # fitted on its own: a refused refit changes nothing (see check_trainable)
+            check_trainable(self, train)
         seen = set() if _seen is None else _seen
         for child in self.children():
             fit_once(child, corpus, train, seen, upstream)
@@ -501,6 +510,8 @@ class Parallel(Composite):
 
     def fit(self, corpus: Corpus, train: TrainSet | None = None, *, upstream: State | None = None,
             _seen: set[int] | None = None) -> "Parallel":
+        if _seen is None:  # fitted on its own: a refused refit changes nothing (see check_trainable)
+            check_trainable(self, train)
         seen = set() if _seen is None else _seen
         for b in self.branches:
             fit_once(b, corpus, train, seen, upstream)
@@ -616,7 +627,7 @@ class Route(Composite):
         if train is not None and self.router.needs_train and hasattr(self.router, "learn_routes"):
             from ragkit.eval.metrics import per_query_ndcg
 
-            state = _judged_start(train, upstream)
+            state = _judged_start(train, upstream, f"learning {self.router.name}'s threshold")
             gains = {label: per_query_ndcg(self._branch_for(label, "route")[0](state.copy()), train.qrels, corpus.ids)
                      for label in (self.router.params.above, self.router.params.below)}
             self.router.learn_routes(state, gains)
@@ -697,7 +708,7 @@ class Loop(Composite):
         if train is not None and self.until.needs_train and hasattr(self.until, "learn_stopping"):
             from ragkit.eval.metrics import per_query_ndcg
 
-            current = _judged_start(train, upstream)
+            current = _judged_start(train, upstream, f"learning {self.until.name}'s threshold")
             features, gains = [], []
             for it in range(self.max_iters):
                 current.values["iteration"] = [it] * len(current)

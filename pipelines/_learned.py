@@ -37,7 +37,7 @@ class LearnedThreshold:
         if not self.needs_train:
             return None
         return ParamError(f"{self.name}.learn: the threshold is learned from judged queries; fit the pipeline "
-                          f"with fit(corpus, train=...) or give a threshold")
+                          f"with fit(corpus, train=...) (command line: --train-split) or give a threshold")
 
     @property
     def threshold(self) -> float:

@@ -262,7 +262,8 @@ class WeightedFusion(_Fuser):
         if not self.needs_train:
             return None
         return ParamError("weighted.norm: 'learn' chooses the normalisation from judged queries; fit the pipeline "
-                          "with fit(corpus, train=...) or give a norm (minmax, zscore or none)")
+                          "with fit(corpus, train=...) (command line: --train-split) or give a norm (minmax, zscore "
+                          "or none)")
 
     def _learnable_options(self) -> list[dict]:
         if self.params.norm == "learn":

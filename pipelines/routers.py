@@ -275,6 +275,9 @@ class ScoreRouter(LearnedThreshold, Operator):
         objective = (gb.sum() + above_gain - self.params.cost * np.arange(n + 1)) / max(n, 1)
         valid = np.ones(n + 1, bool)
         valid[1:n] = fs[1:] > fs[:-1]                                         # cut only between distinct values
+        # a query without a feature (NaN: no results, or too few for a gap) scores below every threshold, so
+        # "everything above" cannot be expressed when such a query is there: its cut is not a choice
+        valid[0] = not (n and np.isneginf(fs[0]))
         best = int(np.flatnonzero(valid)[np.argmax(objective[valid])])
         finite = fs[np.isfinite(fs)]
         if best == 0:

@@ -108,6 +108,18 @@ def _fail(e: Exception) -> None:
     raise typer.Exit(code=2)
 
 
+def _note_unlearned(pipe: Any) -> None:
+    """Say on stderr which ``learn: true`` operators will fit without learning (no --train-split)."""
+    from ragkit.pipelines.yaml import walk_leaves
+
+    idle = [path for path, leaf in walk_leaves(pipe) if getattr(leaf.params, "learn", False)]
+    if idle:
+        one = len(idle) == 1
+        typer.echo(f"note: {', '.join(idle)} {'learns' if one else 'learn'} from judged queries; without "
+                   f"--train-split {'it fits' if one else 'they fit'} with the parameters as given, learning nothing",
+                   err=True)
+
+
 def _parse_ks(ks: str) -> list[int]:
     try:
         out = [int(x) for x in ks.split(",") if x.strip()]
@@ -171,6 +183,8 @@ def eval_cmd(
 
         before = sum(e.n_encoded for e in _ENCODERS.values())
         t0 = time.perf_counter()
+        if not loaded and train is None:
+            _note_unlearned(pipe)
         if not loaded:
             with console.status("fitting (encoding and indexing)..."):
                 pipe.fit(ds.corpus, train, backend=backend) if backend != "local" else pipe.fit(ds.corpus, train)

@@ -200,3 +200,77 @@ def test_score_reached_learns_the_threshold_a_plain_search_finds(iters, n, cost,
     assert judge.threshold_ == t
     assert judge.learned_["train_ndcg@10"] == pytest.approx(gain, abs=1e-12)
     assert judge.learned_["mean_iterations"] == pytest.approx(mean_iters, abs=1e-12)
+
+
+ROUTE = """
+pipeline:
+  - bm25: {k: 30}
+  - route:
+      router: {score_router: {learn: true}}
+      branches: {easy: [{top_k: {k: 10}}], hard: [{bm25: {k: 30, k1: 1.5}}]}
+"""
+LOOP = """
+pipeline:
+  - loop:
+      body: [{prf: {fb_docs: 5}}, {bm25: {k: 30}}]
+      until: {score_reached: {learn: true}}
+      max_iters: 2
+"""
+
+
+@pytest.mark.parametrize("text,learner", [(ROUTE, "score_router"), (LOOP, "score_reached")])
+def test_route_and_loop_learning_need_judged_queries_and_skip_empty_judgements(slice_data, text, learner):
+    from ragkit.errors import DataError
+    from ragkit.types import TrainSet
+
+    corpus, _, _, train = slice_data
+    rekeyed = TrainSet(train.queries, {"Q" + q: r for q, r in train.qrels.items()})
+    with pytest.raises(DataError, match=rf"learning {learner}'s threshold: none of the 40 training queries"):
+        Pipeline.from_yaml(text).fit(corpus, rekeyed)
+    # a query whose judgements are an empty dict is not judged: skipped, as fusion learning skips it
+    emptied = dict(train.qrels) | {train.queries.ids[3]: {}}
+    pipe = Pipeline.from_yaml(text).fit(corpus, TrainSet(train.queries, emptied))
+    from ragkit.pipelines._compose import iter_leaves
+
+    learned = [leaf for leaf in iter_leaves(pipe) if leaf.name == learner][0]
+    assert learned.threshold_ == learned.learned_["threshold"]
+
+
+def test_a_refused_refit_of_a_composite_changes_nothing(slice_data):
+    from ragkit.errors import ParamError
+    from ragkit.pipelines import Parallel, WeightedFusion
+    from ragkit.retrievers import BM25
+
+    corpus, queries, _, train = slice_data
+    hyb = Parallel([BM25(k=30), BM25(k=30, k1=1.5)], fuse=WeightedFusion(learn=True, norm="learn"))
+    hyb.fit(corpus, train)
+    before = [r.rows.tolist() for r in Pipeline([hyb]).search(queries).rankings]
+    with pytest.raises(ParamError):
+        hyb.fit(corpus.subset(np.arange(50)))  # no judged queries: norm 'learn' refuses
+    assert len(hyb.branches[0].corpus_) == len(corpus)  # the branches were not refitted on the 50
+    assert [r.rows.tolist() for r in Pipeline([hyb]).search(queries).rankings] == before
+
+
+def test_score_router_learns_only_thresholds_it_can_apply():
+    """A query without a feature (no results) is below every threshold, so 'everything above' is no
+    choice when there is one: the learned figures are those of the routing the threshold gives."""
+    from ragkit.pipelines import ScoreRouter
+    from ragkit.types import Ranking, State
+
+    s = State(["a", "b", "c"], rankings=[Ranking([1, 2], [5.0, 1.0]), Ranking([3, 4], [9.0, 2.0]), Ranking([], [])])
+    r = ScoreRouter(learn=True)
+    r.learn_routes(s, {"easy": np.ones(3), "hard": np.zeros(3)})
+    labels = r(s).values["label"]
+    assert labels == ["easy", "easy", "hard"]
+    assert r.learned_["share_below"] == labels.count("hard") / 3 and r.learned_["train_ndcg@10"] == 2 / 3
+
+
+def test_examples_refuse_to_evaluate_the_split_they_learn_from():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, str(repo / "examples" / "learned.py"), "--split", "train", "--limit", "2"],
+                         capture_output=True, text=True, timeout=300, cwd=repo)
+    assert out.returncode != 0 and "training on the evaluated queries is refused" in out.stderr

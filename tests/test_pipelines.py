@@ -896,6 +896,16 @@ def test_cli_eval_refuses_an_unknown_backend_before_loading_data(tmp_path):
     assert res.exit_code == 2 and "--backend: expected 'local' or 'ray', got 'rayy'" in res.output
 
 
+def test_cli_eval_notes_learning_operators_without_a_train_split(tmp_path):
+    data = _toy_beir(tmp_path / "beir")
+    (tmp_path / "p.yaml").write_text("pipeline:\n  - parallel:\n      branches: [{bm25: {k: 5}}, "
+                                     "{bm25: {k: 5, b: 0.9}}]\n      fuse: {rrf: {learn: true}}\n")
+    res = _cli("eval", "--data", data, "-p", tmp_path / "p.yaml")
+    assert res.exit_code == 0, res.output
+    assert "note: pipeline[0].parallel.fuse.rrf learns from judged queries; without --train-split it fits" in res.output
+    assert "note:" not in _cli("eval", "--data", data, "-p", "bm25").output
+
+
 def test_yaml_file_path_with_an_upper_case_extension(tmp_path):
     (tmp_path / "P.YAML").write_text("pipeline:\n  - bm25: {k: 7}\n")
     assert Pipeline.from_yaml(str(tmp_path / "P.YAML")).steps[0].params.k == 7

@@ -209,7 +209,8 @@ class TunedEncoderMixin:
         if not self.needs_train:
             return None
         return DataError(f"{self.name}.adapt fine-tunes the encoder on judged queries, but fit() got no training "
-                         f"split; call fit(corpus, train=TrainSet(queries, qrels)) or drop 'adapt'")
+                         "split; call fit(corpus, train=TrainSet(queries, qrels)) (command line: --train-split) or "
+                         "drop 'adapt'")
 
     def _adapt_encoder(self, corpus: Corpus, train: TrainSet | None) -> None:
         if not self.needs_train:
