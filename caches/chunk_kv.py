@@ -58,6 +58,7 @@ import numpy as np
 import torch
 
 from ragkit._files import atomic_file
+from ragkit.errors import ArtifactError
 
 __all__ = [
     "ChunkVariant",
@@ -76,8 +77,9 @@ _DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float16": torch.fl
 _FORMAT_VERSION = 1
 
 
-class CacheModelMismatchError(ValueError):
-    """A chunk cache written for one model/tokenizer was offered to another."""
+class CacheModelMismatchError(ArtifactError, ValueError):
+    """A chunk cache written for one model/tokenizer was offered to another (a ragkit
+    :class:`~ragkit.errors.ArtifactError`, and a ``ValueError`` as before)."""
 
 
 def chunk_key(token_ids: Sequence[int] | np.ndarray | torch.Tensor, model_id: str, tokenizer_id: str) -> str:
@@ -447,9 +449,15 @@ class ChunkKVCache:
         folder.mkdir(parents=True, exist_ok=True)
         manifest = folder / "manifest.json"
         if manifest.exists():
-            meta = json.loads(manifest.read_text(encoding="utf-8"))
+            try:
+                meta = json.loads(manifest.read_text(encoding="utf-8"))
+                if not isinstance(meta, dict):
+                    raise ValueError(f"expected a JSON object, got {type(meta).__name__}")
+            except (ValueError, UnicodeDecodeError) as e:
+                raise ArtifactError(f"{manifest}: not a chunk-cache manifest ({e}); it names the model the folder's "
+                                    "chunks were computed with: delete the folder, or use another disk_dir") from None
             if meta.get("format_version", 0) > _FORMAT_VERSION:
-                raise ValueError(f"{manifest}: written by a newer ragkit (format {meta.get('format_version')})")
+                raise ArtifactError(f"{manifest}: written by a newer ragkit (format {meta.get('format_version')})")
             got = (meta.get("model_id"), meta.get("tokenizer_id"))
             if got != (self.model_id, self.tokenizer_id):
                 raise CacheModelMismatchError(
@@ -457,10 +465,11 @@ class ChunkKVCache:
                     f"but it was opened for model {self.model_id!r} with tokenizer {self.tokenizer_id!r}; "
                     f"use another disk_dir for this model"
                 )
-        else:
-            manifest.write_text(json.dumps({
-                "model_id": self.model_id, "tokenizer_id": self.tokenizer_id, "format_version": _FORMAT_VERSION,
-            }, indent=2), encoding="utf-8")
+        else:  # written whole or not at all: another process may open the folder at the same moment
+            with atomic_file(manifest) as tmp:
+                tmp.write_text(json.dumps({
+                    "model_id": self.model_id, "tokenizer_id": self.tokenizer_id, "format_version": _FORMAT_VERSION,
+                }, indent=2), encoding="utf-8")
 
     def _write_disk(self, key: str, v: ChunkVariant) -> None:
         from safetensors.torch import save_file
@@ -483,13 +492,18 @@ class ChunkKVCache:
             return []
         out = []
         for f in sorted(d.glob("*.safetensors")):
-            with safe_open(str(f), framework="pt") as fh:
-                meta = fh.metadata() or {}
-                if (meta.get("model_id"), meta.get("tokenizer_id")) != (self.model_id, self.tokenizer_id):
-                    raise CacheModelMismatchError(
-                        f"{f}: chunk-cache file of model {meta.get('model_id')!r}, expected {self.model_id!r}")
-                tensors = {k: fh.get_tensor(k) for k in fh.keys()}
-            out.append(ChunkVariant.from_tensors(tensors, meta))
+            try:
+                with safe_open(str(f), framework="pt") as fh:
+                    meta = fh.metadata() or {}
+                    if (meta.get("model_id"), meta.get("tokenizer_id")) != (self.model_id, self.tokenizer_id):
+                        raise CacheModelMismatchError(
+                            f"{f}: chunk-cache file of model {meta.get('model_id')!r}, expected {self.model_id!r}")
+                    tensors = {k: fh.get_tensor(k) for k in fh.keys()}
+                out.append(ChunkVariant.from_tensors(tensors, meta))
+            except CacheModelMismatchError:
+                raise
+            except Exception:  # noqa: BLE001 - a damaged file (cut short, bad header): a miss, computed again
+                f.unlink(missing_ok=True)
         return out
 
     def flush(self) -> None:

@@ -36,6 +36,7 @@ class PrefixCache:
         self.budget_bytes = budget_bytes
         self._entries: "OrderedDict[str, tuple[torch.Tensor, torch.Tensor]]" = OrderedDict()
         self._index: dict[str, tuple[str, int]] = {}
+        self._hashes: dict[str, list[str]] = {}  # entry -> its boundary hashes (pruned with the entry)
         self._bytes = 0
         self.hits = 0
         self.misses = 0
@@ -67,11 +68,16 @@ class PrefixCache:
         K, V = keys[:, :, :top].contiguous(), values[:, :, :top].contiguous()
         self._entries[entry] = (K, V)
         self._bytes += K.numel() * K.element_size() * 2
-        for k in boundaries:
-            self._index[_h(ids[:k])] = (entry, k)
+        hashes = [_h(ids[:k]) for k in boundaries]
+        for h, k in zip(hashes, boundaries):
+            self._index[h] = (entry, k)
+        self._hashes[entry] = hashes
         while self.budget_bytes is not None and self._bytes > self.budget_bytes and len(self._entries) > 1:
-            _, (k_old, v_old) = self._entries.popitem(last=False)
+            old, (k_old, v_old) = self._entries.popitem(last=False)
             self._bytes -= k_old.numel() * k_old.element_size() * 2
+            for h in self._hashes.pop(old, ()):
+                if self._index.get(h, ("",))[0] == old:  # a later entry may hold the same prefix: keep its row
+                    del self._index[h]
 
     @property
     def nbytes(self) -> int:

@@ -71,6 +71,7 @@ def trace_table(events: Sequence[TraceEvent], title: str = "trace (per operator)
     """A ``rich.table.Table``: path, operator, calls, queries, total ms, ms/query, share of time,
     mean candidates in -> out, recall@100 and nDCG@10 after the step."""
     from rich.table import Table
+    from rich.text import Text
 
     rows = aggregate_trace(events)
     total = sum(r.seconds for r in rows) or 1e-12
@@ -80,7 +81,7 @@ def trace_table(events: Sequence[TraceEvent], title: str = "trace (per operator)
                       ("cand. out", "right"), ("recall@100", "right"), ("nDCG@10", "right")):
         table.add_column(col, justify=just)
     for r in rows:
-        table.add_row(r.path, r.operator, str(r.calls), str(r.queries), f"{1000 * r.seconds:.1f}",
+        table.add_row(Text(r.path), Text(r.operator), str(r.calls), str(r.queries), f"{1000 * r.seconds:.1f}",
                       f"{r.ms_per_query:.3f}", f"{100 * r.seconds / total:.1f}", f"{r.candidates_in:.1f}",
                       f"{r.candidates_out:.1f}", "-" if r.recall is None else f"{r.recall:.4f}",
                       "-" if r.ndcg is None else f"{r.ndcg:.4f}")
@@ -94,6 +95,7 @@ def stage_table(runs: dict[str, Sequence[TraceEvent]], title: str = "nDCG@10 / r
     per operator path, one ``nDCG@10`` and one ``recall@100`` column per run.
     """
     from rich.table import Table
+    from rich.text import Text
 
     agg = {label: {r.path: r for r in aggregate_trace(ev)} for label, ev in runs.items()}
     paths = list(dict.fromkeys(p for rows in agg.values() for p in rows))
@@ -108,5 +110,5 @@ def stage_table(runs: dict[str, Sequence[TraceEvent]], title: str = "nDCG@10 / r
             r = agg[label].get(path)
             cells += ["-" if r is None or r.ndcg is None else f"{r.ndcg:.4f}",
                       "-" if r is None or r.recall is None else f"{r.recall:.4f}"]
-        table.add_row(path, *cells)
+        table.add_row(Text(path), *cells)
     return table

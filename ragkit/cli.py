@@ -22,7 +22,9 @@ from typing import Any, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from ragkit._files import atomic_file
 from ragkit.errors import RagkitError
@@ -104,7 +106,7 @@ def _check_same_corpus(fitted: Any, corpus: Any, pipeline: str, data: str) -> No
 
 
 def _fail(e: Exception) -> None:
-    err_console.print(f"[bold red]error:[/] {e}")
+    err_console.print(f"[bold red]error:[/] {escape(str(e))}")
     raise typer.Exit(code=2)
 
 
@@ -180,8 +182,12 @@ def eval_cmd(
             queries = queries[:limit]
             qrels = {q: qrels[q] for q in queries.ids}
         from ragkit.encoders.sentence import _ENCODERS
+        from ragkit.encoders.tokens import _TOKEN_ENCODERS
 
-        before = sum(e.n_encoded for e in _ENCODERS.values())
+        def n_encoded() -> int:  # documents encoded so far: sentence vectors and token vectors (MUVERA)
+            return sum(e.n_encoded for e in (*_ENCODERS.values(), *_TOKEN_ENCODERS.values()))
+
+        before = n_encoded()
         t0 = time.perf_counter()
         if not loaded and train is None:
             _note_unlearned(pipe)
@@ -189,7 +195,7 @@ def eval_cmd(
             with console.status("fitting (encoding and indexing)..."):
                 pipe.fit(ds.corpus, train, backend=backend) if backend != "local" else pipe.fit(ds.corpus, train)
         t_fit = time.perf_counter() - t0
-        encoded = sum(e.n_encoded for e in _ENCODERS.values()) - before
+        encoded = n_encoded() - before
         run = pipe.search(queries, trace=trace, qrels=qrels if trace else None)
         metrics = [f"{m}@{c}" for m in ("ndcg", "recall", "map", "mrr", "p") for c in ks]
         result = evaluate(run, qrels, metrics)
@@ -197,7 +203,7 @@ def eval_cmd(
         _fail(e)
         return
     total = time.perf_counter() - t_all
-    table = Table(title=f"{ds.name} / {split} ({len(queries)} queries)  pipeline: {pipeline}")
+    table = Table(title=Text(f"{ds.name} / {split} ({len(queries)} queries)  pipeline: {pipeline}"))
     table.add_column("metric")
     table.add_column("value", justify="right")
     for m, v in result.scores.items():
@@ -238,7 +244,7 @@ def _write_outputs(output: Optional[Path], run_file: Optional[Path], run: Any, p
                 run.write_trec(path)  # a temporary file in the same folder, renamed into place
         except OSError as e:
             raise RagkitError(f"{option} {path}: could not be written: {e.strerror or e}") from None
-        console.print(f"wrote {path}")
+        console.print(Text(f"wrote {path}"))
 
 
 #: Judged queries ``ragkit train``'s held-out report needs: one in five is held out.
@@ -255,7 +261,7 @@ def _want_report(report: Optional[bool], n: int, split: str) -> bool:
     if report:
         raise RagkitError(f"--report: {why}; pass --no-report, or use a split with more judged queries")
     if report is None:
-        console.print(f"[yellow]held-out report skipped:[/] {why} (--no-report silences this note)")
+        console.print(f"[yellow]held-out report skipped:[/] {escape(str(why))} (--no-report silences this note)")
     return False
 
 
@@ -301,7 +307,7 @@ def train_cmd(
             fit_part = TrainSet(train.queries[fit_idx], {q: train.qrels[q] for q in train.queries[fit_idx].ids})
             held = train.queries[held_idx]
             held_qrels = {q: train.qrels[q] for q in held.ids}
-            table = Table(title=f"held-out {len(held)} of {n} {split} queries (fit on the other {len(fit_idx)})")
+            table = Table(title=Text(f"held-out {len(held)} of {n} {split} queries (fit on the other {len(fit_idx)})"))
             for col in ("pipeline", "nDCG@10", "Recall@100"):
                 table.add_column(col)
             traces = {}
@@ -328,8 +334,8 @@ def train_cmd(
     except RagkitError as e:
         _fail(e)
         return
-    console.print(f"fitted in {time.perf_counter() - t0:.1f} s; saved to {out} "
-                  f"(evaluate with: ragkit eval --data {data} --pipeline {out})")
+    console.print(Text(f"fitted in {time.perf_counter() - t0:.1f} s; saved to {out} "
+                       f"(evaluate with: ragkit eval --data {data} --pipeline {out})"))
 
 
 @app.command("search")
@@ -353,13 +359,13 @@ def search_cmd(
         return
     corpus = pipe.corpus_
     for q, (qid, ids, scores) in zip(query, run):
-        table = Table(title=q)
+        table = Table(title=Text(q))
         for col in ("rank", "doc id", "score", "title / text"):
             table.add_column(col)
         rows = corpus.row_of(ids.tolist())
         for r, (d, s, row) in enumerate(zip(ids, scores, rows), 1):
             label = corpus.titles[row] or corpus.texts[row]
-            table.add_row(str(r), str(d), f"{s:.4f}", label[:80])
+            table.add_row(str(r), Text(str(d)), f"{s:.4f}", Text(label[:80]))
         console.print(table)
 
 
@@ -370,10 +376,13 @@ def ask_cmd(
                                  help="Pipeline YAML file, saved pipeline folder or operator name (e.g. bm25)."),
     data: Optional[str] = typer.Option(None, "--data", help="Corpus to fit an unfitted pipeline on: a BEIR name or "
                                                             "folder, or a corpus.jsonl file."),
-    top_k: int = typer.Option(5, "--top-k", min=1, help="Chunks given to the LLM when the pipeline has no "
-                                                        "generate step of its own."),
-    mode: str = typer.Option("cachecraft", help="KV reuse: full, prefix, naive or cachecraft (no generate step)."),
-    max_new_tokens: int = typer.Option(96, "--max-new-tokens", min=1),
+    top_k: Optional[int] = typer.Option(None, "--top-k", min=1, help="Chunks given to the LLM (default 5), when "
+                                                                     "the pipeline has no generate step of its own."),
+    mode: Optional[str] = typer.Option(None, help="KV reuse: full, prefix, naive or cachecraft (default), when the "
+                                                  "pipeline has no generate step of its own."),
+    max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", min=1,
+                                                 help="Answer length in tokens (default 96), when the pipeline has "
+                                                      "no generate step of its own."),
 ) -> None:
     """Answer a question with retrieval + a local LLM, streaming the answer's tokens.
 
@@ -384,8 +393,10 @@ def ask_cmd(
     from ragkit.pipelines import Pipeline
     from ragkit.pipelines._compose import iter_leaves
 
-    if mode not in ("full", "prefix", "naive", "cachecraft"):
+    if mode not in (None, "full", "prefix", "naive", "cachecraft"):
         raise typer.BadParameter(f"expected one of full, prefix, naive, cachecraft; got {mode!r}", param_hint="--mode")
+    given = {f: v for f, v in (("--top-k", top_k), ("--mode", mode), ("--max-new-tokens", max_new_tokens))
+             if v is not None}
     try:
         pipe, fitted = resolve_pipeline(pipeline)
         if not fitted and data is None:
@@ -393,8 +404,11 @@ def ask_cmd(
                               f"pass --data <BEIR name or folder, or corpus.jsonl>")
         corpus = pipe.corpus_ if fitted else None  # a saved pipeline loads with its corpus
         gens = [op for op in iter_leaves(pipe) if op.name == "generate"]
+        if gens and given:
+            raise RagkitError(f"{', '.join(given)}: the pipeline {pipeline} has its own generate step, whose "
+                              "parameters (top_k, mode, max_new_tokens) decide; set them there, or drop the flags")
         if not gens:
-            gens = [Generate(top_k=top_k, mode=mode, max_new_tokens=max_new_tokens)]
+            gens = [Generate(top_k=top_k or 5, mode=mode or "cachecraft", max_new_tokens=max_new_tokens or 96)]
             pipe = Pipeline([pipe, gens[0]])
         if fitted:
             for g in gens:
@@ -424,15 +438,17 @@ def ask_cmd(
     sys.stdout.write("\n")
     ids = run.doc_ids[0][: gens[-1].params.top_k]
     rows = corpus.row_of(list(ids), missing="drop")
-    console.print("[dim]sources: " + "; ".join(f"{d} ({(corpus.titles[r] or corpus.texts[r])[:60]})"
-                                              for d, r in zip(ids, rows)) + "[/]", soft_wrap=True)
+    console.print(Text("sources: " + "; ".join(f"{d} ({(corpus.titles[r] or corpus.texts[r])[:60]})"
+                                               for d, r in zip(ids, rows)), style="dim"), soft_wrap=True)
 
 
 @app.command("validate")
-def validate_cmd(path: Path = typer.Argument(..., help="Pipeline YAML file.")) -> None:
-    """Check a pipeline file without running it."""
+def validate_cmd(path: Path = typer.Argument(..., help="Pipeline YAML file, or a saved pipeline folder.")) -> None:
+    """Check a pipeline file (or a saved pipeline's ``pipeline.yaml``) without running it."""
     from ragkit.pipelines import Pipeline
 
+    if path.is_dir() and (path / "pipeline.yaml").is_file():
+        path = path / "pipeline.yaml"
     try:
         pipe = Pipeline.from_yaml(path)
     except RagkitError as e:
@@ -441,9 +457,9 @@ def validate_cmd(path: Path = typer.Argument(..., help="Pipeline YAML file.")) -
     from ragkit.pipelines.yaml import walk_leaves
 
     leaves = list(walk_leaves(pipe))
-    console.print(f"[green]ok[/] {path}: {len(leaves)} operators")
+    console.print(f"[green]ok[/] {escape(str(path))}: {len(leaves)} operators")
     for p, op in leaves:
-        console.print(f"  {p}  {op!r}")
+        console.print(Text(f"  {p}  {op!r}"))
 
 
 def main() -> None:  # pragma: no cover

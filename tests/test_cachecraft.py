@@ -512,3 +512,55 @@ def test_cli_ask_with_a_missing_model_exits_2(tmp_path):
         res = CliRunner().invoke(app, ["ask", "--pipeline", str(pipe), "--data", str(docs), QUESTION])
         assert res.exit_code == 2, res.output
         assert "error:" in res.output and ("nope" in res.output or "missing.gguf" in res.output), res.output
+    # flags for the generate step ragkit appends are refused where the pipeline brings its own
+    res = CliRunner().invoke(app, ["ask", "--pipeline", str(pipe), "--data", str(docs), "--max-new-tokens", "1",
+                                   "--mode", "naive", QUESTION])
+    assert res.exit_code == 2 and "--mode, --max-new-tokens: the pipeline" in res.output, res.output
+    # a chunk cache of another model is a clear error, not a traceback
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "manifest.json").write_text('{"model_id": "other", "tokenizer_id": "x", "format_version": 1}')
+    pipe.write_text(f"pipeline:\n  - bm25: {{k: 2}}\n  - generate: {{cache_dir: {other}}}\n")
+    res = CliRunner().invoke(app, ["ask", "--pipeline", str(pipe), "--data", str(docs), QUESTION])
+    assert res.exit_code == 2 and "error:" in res.output and "use another disk_dir" in res.output, res.output
+
+
+def test_prefix_cache_budget_evicts_rows_and_their_index():
+    import torch
+
+    from ragkit.caches.prefix import PrefixCache
+
+    def kv(n):  # (layers, heads, tokens, dim) float32: 2 * 4 * n * 8 * 4 bytes each
+        return torch.ones(2, 1, n, 8), torch.ones(2, 1, n, 8)
+
+    pc = PrefixCache(budget_bytes=2 * 2 * (2 * 1 * 10 * 8 * 4))  # room for two 10-token prompts
+    prompts = [np.arange(10) + 100 * i for i in range(3)]
+    for ids in prompts:
+        pc.put(ids, [4, 10], *kv(10))
+    assert pc.nbytes <= pc.budget_bytes and len(pc._entries) == 2
+    assert pc.longest(prompts[0], [4, 10])[0] == 0  # evicted: rows and index entries gone
+    assert pc.longest(prompts[2], [4, 10])[0] == 10 and pc.longest(prompts[1][:4], [4])[0] == 4
+    assert len(pc._index) == 4  # two boundaries for each kept prompt, none for the evicted one
+
+
+def test_chunk_cache_disk_tier_survives_damaged_files(tmp_path):
+    import torch
+
+    from ragkit.caches import ChunkKVCache, ChunkVariant
+    from ragkit.caches.chunk_kv import CacheModelMismatchError
+    from ragkit.errors import ArtifactError, RagkitError
+
+    c = ChunkKVCache("m", "t", disk_dir=tmp_path / "kv")
+    c.put("k1", ChunkVariant(keys=torch.randn(2, 1, 4, 8), values=torch.randn(2, 1, 4, 8), start=5))
+    c.flush()
+    (f,) = (tmp_path / "kv" / "k1").glob("*.safetensors")
+    f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+    assert ChunkKVCache("m", "t", disk_dir=tmp_path / "kv").lookup("k1") == []  # a miss, computed again
+    assert not f.exists()
+    (tmp_path / "kv" / "manifest.json").write_text("")
+    with pytest.raises(ArtifactError, match=r"manifest\.json: not a chunk-cache manifest"):
+        ChunkKVCache("m", "t", disk_dir=tmp_path / "kv")
+    ChunkKVCache("m", "t", disk_dir=tmp_path / "kv2")
+    with pytest.raises(CacheModelMismatchError) as raised:
+        ChunkKVCache("other", "t", disk_dir=tmp_path / "kv2")
+    assert isinstance(raised.value, RagkitError) and isinstance(raised.value, ValueError)

@@ -168,6 +168,16 @@ def test_jsonl_files_may_open_with_a_byte_order_mark(tmp_path):
     assert ds.corpus.ids[0] == CORPUS[0]["_id"] and ds.queries("test").ids[0] == "q1"
 
 
+def test_unpaired_surrogate_escapes_are_refused_with_the_line(tmp_path):
+    root = write_beir(tmp_path / "tiny")
+    lines = (root / "corpus.jsonl").read_text().splitlines()
+    lines[1] = json.dumps({"_id": "d2", "text": "pair \U0001F600 then lone \ud800 end"})  # ensure_ascii escapes both
+    (root / "corpus.jsonl").write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataError, match=r"corpus\.jsonl:2: field 'text' holds an unpaired surrogate escape "
+                                        r"\(\\ud800 at character 18\)"):
+        load_beir(root)
+
+
 def test_write_beir_refuses_judgements_of_documents_outside_the_corpus(tmp_path):
     from ragkit.eval import write_beir as write
 

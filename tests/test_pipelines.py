@@ -906,6 +906,21 @@ def test_cli_eval_notes_learning_operators_without_a_train_split(tmp_path):
     assert "note:" not in _cli("eval", "--data", data, "-p", "bm25").output
 
 
+def test_cli_prints_user_text_as_written_not_as_markup(tmp_path):
+    from ragkit.types import Corpus
+
+    corpus = Corpus.from_texts(["[bold]cell[/] growth", "tumor gene"], ids=["d[/]0", "d1"])
+    Pipeline([BM25(k=2)]).fit(corpus).save(tmp_path / "idx")
+    res = _cli("search", "--index", tmp_path / "idx", "cell [/] growth")
+    assert res.exit_code == 0, res.output
+    assert "cell [/] growth" in res.output and "d[/]0" in res.output and "[bold]cell[/] growth" in res.output
+    res = _cli("validate", tmp_path / "idx")  # a saved pipeline folder: its pipeline.yaml
+    assert res.exit_code == 0 and "1 operators" in res.output, res.output
+    (tmp_path / "bad.yaml").write_text('pipeline:\n  - bm25: {k: "[/]"}\n')
+    res = _cli("validate", tmp_path / "bad.yaml")
+    assert res.exit_code == 2 and "'[/]'" in res.output and "Traceback" not in res.output
+
+
 def test_yaml_file_path_with_an_upper_case_extension(tmp_path):
     (tmp_path / "P.YAML").write_text("pipeline:\n  - bm25: {k: 7}\n")
     assert Pipeline.from_yaml(str(tmp_path / "P.YAML")).steps[0].params.k == 7

@@ -60,7 +60,8 @@ def model_fingerprint(path: str) -> str:
         files, tag = [p], "file"
     elif p.is_dir():
         files, tag = [f for f in sorted(p.rglob("*"))
-                      if f.is_file() and f.suffix in (".safetensors", ".bin", ".json", ".txt")], "st"
+                      if f.is_file() and f.suffix in (".safetensors", ".bin", ".json", ".txt", ".model", ".tiktoken")
+                      ], "st"  # weights, configs and every tokenizer format (vocab.txt, SentencePiece, tiktoken)
     else:
         return path
     h = hashlib.sha1()

@@ -75,6 +75,8 @@ class TokenVectors:
                 f"TokenVectors.offsets must be non-decreasing, start at 0 and end at n_tokens={len(self.data)}; "
                 f"got {len(off)} offsets ending at {off[-1] if len(off) else None}"
             )
+        off = off.view()  # read-only through this object (the array it views keeps its own flags): a cached
+        off.setflags(write=False)  # shard's offsets are shared by every TokenVectors served from it
         object.__setattr__(self, "offsets", off)
 
     def __len__(self) -> int:

@@ -18,6 +18,7 @@ import csv
 import io
 import json
 import os
+import re
 import shutil
 import tempfile
 import urllib.request
@@ -42,6 +43,20 @@ def cache_dir() -> Path:
     return Path(os.environ.get("RAGKIT_CACHE", Path.home() / ".cache" / "ragkit"))
 
 
+_SURROGATE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+def _check_no_lone_surrogate(rec: dict, path: Path, n: int) -> None:
+    for key, value in rec.items():
+        if isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError as e:
+                raise DataError(f"{path}:{n}: field {key!r} holds an unpaired surrogate escape "
+                                f"(\\u{ord(value[e.start]):04x} at character {e.start + 1}), which is not text; "
+                                "fix or drop that escape") from None
+
+
 def _read_jsonl(path: Path):
     if not path.is_file():
         raise DataError(f"{path}: file not found")
@@ -60,6 +75,8 @@ def _read_jsonl(path: Path):
                 raise DataError(f"{path}:{n}: malformed JSON line ({e.msg} at column {e.colno})") from None
             if not isinstance(rec, dict) or "_id" not in rec:
                 raise DataError(f"{path}:{n}: expected an object with an '_id' field, got {line.strip()[:80]!r}")
+            if _SURROGATE.search(raw):  # a \ud800-\udfff escape: JSON allows it, no UTF-8 text (or tokenizer) does
+                _check_no_lone_surrogate(rec, path, n)
             yield n, rec
 
 

@@ -316,7 +316,7 @@ class LocalGenerator:
         self.num_threads = num_threads
         self.model_ = None
         self._lock = threading.RLock()  # replaced by the loaded model's lock in load()
-        self.prefix_cache = PrefixCache()
+        self.prefix_cache = PrefixCache(cache_budget_bytes)  # the prefix mode's store, with the same budget
         self._sys_cache: dict[tuple[int, ...], tuple[torch.Tensor, torch.Tensor]] = {}
 
     # ------------------------------------------------------------------ loading

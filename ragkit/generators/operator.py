@@ -40,7 +40,8 @@ class GenerateParams(Params):
     max_chunk_tokens: int = Field(200, ge=1, description="Each chunk is cut to this many tokens (LangChain backend: "
                                                          "whitespace-separated words; its tokenizer is the model's).")
     system_prompt: str | None = Field(None, description="System message; None = ragkit's default.")
-    cache_budget_mb: float | None = Field(None, gt=0, description="Memory budget of the chunk cache, MiB.")
+    cache_budget_mb: float | None = Field(None, gt=0, description="Memory budget of the chunk cache, MiB (and "
+                                                                    "of the prefix mode's cache); None: unbounded.")
     storage_dtype: Literal["float32", "float16"] = Field("float16", description="Chunk-cache storage dtype.")
     cache_dir: str | None = Field(None, description="Disk tier of the chunk cache (safetensors files).")
 
