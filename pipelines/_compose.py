@@ -181,6 +181,36 @@ def check_trainable(root: Operator, train: TrainSet | None) -> None:
                          f"gives the judged queries; anywhere else it has nothing to learn from")
 
 
+def shared_corpus(root: Operator) -> Corpus | None:
+    """The corpus that every fitted, stateful leaf of ``root`` searches (rows of its rankings are
+    rows of it), else ``root.corpus_``; ``None`` when nothing is fitted.
+
+    A retriever edited on its own after the pipeline's fit (``add`` / ``remove``) searches its
+    edited corpus: the pipeline follows it, as long as every such leaf holds the same documents
+    (else a :class:`DataError` naming two that differ).  Checked by identity first; a content check
+    is remembered per set of corpus objects, so repeated searches do not repeat it.
+    """
+    from ragkit.pipelines.yaml import walk_leaves
+
+    fitted = [(path, leaf) for path, leaf in walk_leaves(root)
+              if not leaf.stateless and getattr(leaf, "corpus_", None) is not None]
+    if not fitted:
+        return getattr(root, "corpus_", None)
+    corpora = tuple({id(leaf.corpus_): leaf.corpus_ for _, leaf in fitted}.values())  # distinct objects
+    key = tuple(id(c) for c in corpora)
+    checked = getattr(root, "_shared_corpus", None)  # (key, the corpora themselves: their ids stay theirs)
+    if len(corpora) > 1 and (checked is None or checked[0] != key):
+        first_path, first = fitted[0]
+        for path, leaf in fitted[1:]:
+            c, c0 = leaf.corpus_, first.corpus_
+            if c is not c0 and (len(c) != len(c0) or not np.array_equal(c.ids, c0.ids)):
+                raise DataError(f"{path} searches {len(c):,} documents and {first_path} {len(c0):,} other ones (an "
+                                "add or remove on one of them alone?): the rows of their rankings cannot be merged; "
+                                "edit every retriever of the pipeline alike, or fit the pipeline again")
+        root._shared_corpus = (key, corpora)  # type: ignore[attr-defined]
+    return corpora[0]
+
+
 def iter_leaves(op: Operator) -> Iterable[Operator]:
     """Leaves of an operator tree, depth first, each object once."""
     seen: set[int] = set()
@@ -323,12 +353,10 @@ class Pipeline(Composite):
         from ragkit.options import check_options
         from ragkit.run import Run
 
-        corpus = getattr(self, "corpus_", None)
-        if corpus is None:
-            leaves = [leaf for leaf in iter_leaves(self) if not leaf.stateless]
-            if leaves and not leaves[0].is_fitted:
-                raise NotFittedError("this pipeline is not fitted yet; call pipeline.fit(corpus) first")
-            corpus = leaves[0].corpus_ if leaves else None
+        leaves = [leaf for leaf in iter_leaves(self) if not leaf.stateless]
+        if getattr(self, "corpus_", None) is None and leaves and not leaves[0].is_fitted:
+            raise NotFittedError("this pipeline is not fitted yet; call pipeline.fit(corpus) first")
+        corpus = shared_corpus(self)
         if corpus is None:
             raise NotFittedError("this pipeline has no retriever that was fitted on a corpus")
         if not any(leaf.kind == "retriever" for leaf in iter_leaves(self)):  # nothing would rank anything

@@ -39,13 +39,13 @@ def _sha256(path: Path) -> str:
 def save_pipeline(pipe: Pipeline, path: str | Path) -> None:
     """Write ``pipe`` (fitted or not) to the folder ``path`` atomically."""
     from ragkit import __version__
+    from ragkit.pipelines._compose import shared_corpus
 
+    # the documents every fitted step searches (after an add / remove on them, the edited ones);
+    # steps that disagree are refused here, before the folder is touched
+    corpus = shared_corpus(pipe)
     with atomic_dir(path) as tmp:
         (tmp / "pipeline.yaml").write_text(dump_yaml(pipe), encoding="utf-8")
-        corpus = getattr(pipe, "corpus_", None)
-        if corpus is None:  # fitted operator by operator, not through Pipeline.fit
-            fitted = [leaf for _, leaf in walk_leaves(pipe) if not leaf.stateless and leaf.is_fitted]
-            corpus = fitted[0].corpus_ if fitted else None
         if corpus is not None:
             corpus.save(tmp / "corpus.jsonl")
         folders: dict[int, str] = {}
@@ -75,6 +75,13 @@ def load_pipeline(path: str | Path, *, corpus: Corpus | None = None, mmap: bool 
     if not folder.is_dir():
         raise ArtifactError(f"{folder}: not a saved pipeline folder (it does not exist)")
     manifest = read_json(folder / "manifest.json")
+    shapes = (("format_version", int), ("fitted", bool), ("sha256", dict), ("nodes", dict))
+    bad = [key for key, kind in shapes if key in manifest and not isinstance(manifest[key], kind)] if isinstance(
+        manifest, dict) else ["(the whole file)"]
+    if bad:
+        raise ArtifactError(f"{folder / 'manifest.json'}: {bad[0]} has the wrong type; expected a JSON object with "
+                            "format_version (integer), fitted (boolean), sha256 and nodes (objects): save the "
+                            "pipeline again")
     if manifest.get("format_version", 0) > FORMAT_VERSION:
         raise ArtifactError(f"{folder}: written by a newer ragkit (format {manifest['format_version']}); "
                             "upgrade ragkit")

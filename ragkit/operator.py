@@ -294,7 +294,13 @@ class Operator:
                 from ragkit.eval.beir import read_corpus
 
                 corpus = read_corpus(folder / "corpus.jsonl", allow_empty=True)
-            elif "corpus" in meta and corpus_fingerprint(corpus) != meta["corpus"]:
+                if "corpus" in meta and corpus_fingerprint(corpus) != meta["corpus"]:
+                    raise ArtifactError(
+                        f"{folder / 'corpus.jsonl'}: holds {len(corpus):,} documents whose ids differ from the "
+                        f"{meta['corpus']['n']:,} this operator was fitted on (params.json); the folder was changed "
+                        "after it was saved: save the operator again")
+            elif "corpus" in meta and not op.stateless and corpus_fingerprint(corpus) != meta["corpus"]:
+                # (a stateless step holds nothing of the corpus: it follows the pipeline's documents)
                 raise ArtifactError(
                     f"{folder}: fitted on a corpus of {meta['corpus']['n']:,} documents, but load(corpus=...) was "
                     f"given {len(corpus):,} documents with other ids; pass the corpus it was fitted on (or none: the "

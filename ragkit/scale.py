@@ -300,10 +300,10 @@ class Sharded(Operator):
             sh.set_collection(idf[inv[a:b]], avgdl)
         return True
 
-    def _load_shards(self, folders: list[str]) -> None:
+    def _load_shards(self, folders: list[str], mmap: bool = False) -> None:
         from ragkit.operator import Operator
 
-        self.shards_ = [Operator.load(f, corpus=self.corpus_.subset(np.arange(a, b)))
+        self.shards_ = [Operator.load(f, corpus=self.corpus_.subset(np.arange(a, b)), mmap=mmap)
                         for f, a, b in zip(folders, self.bounds_[:-1], self.bounds_[1:])]
         self.folders_ = folders
 
@@ -346,7 +346,7 @@ class Sharded(Operator):
     def _load(self, folder: Path, mmap: bool = False) -> None:
         self._drop_actors()
         self.bounds_ = np.asarray(read_json(folder / "shards.json")["bounds"], dtype=np.int64)
-        self._load_shards([str(folder / f"shard-{s:03d}") for s in range(len(self.bounds_) - 1)])
+        self._load_shards([str(folder / f"shard-{s:03d}") for s in range(len(self.bounds_) - 1)], mmap=mmap)
 
 
 def _search_chunk(pipe_dir: str, ids: list[str], texts: list[str], k: int | None) -> Any:

@@ -478,7 +478,7 @@ class VectorIndex:
         return Index(ndim=ndim, metric=metric, dtype=kind, connectivity=self.connectivity,
                      expansion_add=self.expansion_add, expansion_search=self.expansion_search)
 
-    def _restore(self, source: str, view: bool) -> Any:
+    def _restore(self, source: str | bytes | bytearray, view: bool) -> Any:
         """``usearch.Index.restore`` with this index's beam widths: a usearch file does not keep
         them, and a restored index would search with usearch's default ``expansion_search`` (64)."""
         from usearch.index import Index
@@ -597,9 +597,13 @@ class VectorIndex:
             self.usearch.remove(slots.astype(np.uint64))
 
     def _writable(self) -> None:
-        """A view-loaded (mmap) usearch index is read-only: copy it into memory before editing."""
+        """A view-loaded (mmap) usearch index is read-only: copy it into memory before editing.
+
+        The copy is made from the mapped memory, not by reading the file again: the file may have
+        been replaced (a later save to the same folder) or deleted since ``load``, while the mapping
+        still holds what was loaded."""
         if self.usearch is not None and getattr(self, "_view", False):
-            self.usearch, self._view = self._restore(self._view_path, view=False), False
+            self.usearch, self._view = self._restore(self.usearch.save(), view=False), False
 
     def _check_built(self) -> None:
         if not self.built:
@@ -909,7 +913,10 @@ class VectorIndex:
                 raise ArtifactError(f"{p}: truncated or altered: {size} bytes on disk, {info['bytes']} expected")
             if verify and _crc(p) != info["crc32"]:
                 raise ArtifactError(f"{p}: corrupt (CRC32 mismatch with {prefix}.json)")
-        self = cls(**cfg)
+        try:
+            self = cls(**cfg)
+        except (TypeError, ParamError) as e:  # a key or value no VectorIndex takes: the file was edited
+            raise ArtifactError(f"{folder / (prefix + '.json')}: its config does not describe an index ({e})") from None
         self.d_in, self.ndim, self.backend = int(meta["d_in"]), int(meta["ndim"]), meta["backend"]
 
         def arr(name: str, mm: bool = mmap) -> np.ndarray:
@@ -945,7 +952,7 @@ class VectorIndex:
             if self.usearch is None or self.usearch.size != int(self.alive.sum()):
                 raise ArtifactError(f"{p}: holds {getattr(self.usearch, 'size', None)} vectors, "
                                     f"{int(self.alive.sum())} expected")
-            self._view, self._view_path = mmap, str(p)
+            self._view, self._view_path = mmap, os.path.abspath(p)  # absolute: a later chdir changes nothing
             if mmap:
                 self._mapped[os.path.abspath(p)] = _file_id(p)
         if self.codes is not None and len(self.codes) != len(self.alive):

@@ -743,3 +743,25 @@ def test_hnsw_search_for_every_live_slot_returns_them_all():
     live = set(np.flatnonzero(ix.alive).tolist())
     assert all(set(r[r >= 0].tolist()) == live for r in rows)
     assert np.isfinite(scores[:, : len(live)]).all() and np.isneginf(scores[:, len(live):]).all()
+
+
+def test_mmap_index_edits_copy_what_was_loaded_even_after_its_folder_changed(tmp_path):
+    import shutil
+
+    rng = np.random.default_rng(2)
+    a, b = (rng.standard_normal((400, 32)).astype(np.float32) for _ in range(2))
+    q = rng.standard_normal((30, 32)).astype(np.float32)
+    VectorIndex(search="hnsw", expansion_search=200).build(a).save(tmp_path / "A")
+    mapped = VectorIndex.load(tmp_path / "A", mmap=True)
+    control = VectorIndex.load(tmp_path / "A")
+    VectorIndex(search="hnsw").build(b).save(tmp_path / "A")  # the folder now holds another index
+    for ix in (mapped, control):
+        ix.remove(np.array([0, 5]))
+    assert np.array_equal(mapped.search(q, 10)[0], control.search(q, 10)[0])
+    assert mapped.usearch.expansion_search == 200  # the beam width survives the copy
+    VectorIndex(search="hnsw").build(a).save(tmp_path / "B")
+    gone = VectorIndex.load(tmp_path / "B", mmap=True)
+    shutil.rmtree(tmp_path / "B")  # deleted while mapped: the mapping still holds the index
+    gone.remove(np.array([0, 5]))
+    gone.add(b[:3])
+    assert gone.n_alive == 401 and gone.search(q, 10)[0].shape == (30, 10)

@@ -85,3 +85,56 @@ def test_atomic_file_keeps_the_old_file_when_a_write_fails(tmp_path):
         assert tmp.parent == tmp_path and tmp.suffix == ".trec" and tmp != target
         tmp.write_text("new")
     assert target.read_text() == "new" and sorted(p.name for p in tmp_path.iterdir()) == ["run.trec"]
+
+
+def test_operator_folder_whose_corpus_was_changed_is_refused(tmp_path):
+    import json
+
+    from ragkit.errors import ArtifactError
+    from ragkit.operator import Operator
+    from ragkit.retrievers import BM25
+    from ragkit.types import Corpus
+
+    BM25(k=1).fit(Corpus.from_texts(["apple pie", "banana split", "cherry tart"])).save(tmp_path / "b")
+    lines = (tmp_path / "b" / "corpus.jsonl").read_text().splitlines()
+    a, b = json.loads(lines[0]), json.loads(lines[1])
+    a["_id"], b["_id"] = b["_id"], a["_id"]
+    (tmp_path / "b" / "corpus.jsonl").write_text("\n".join([json.dumps(a), json.dumps(b)] + lines[2:]) + "\n")
+    with pytest.raises(ArtifactError, match=r"corpus\.jsonl: holds 3 documents whose ids differ"):
+        Operator.load(tmp_path / "b")
+
+
+def test_a_pipeline_follows_its_edited_retrievers_and_refuses_ones_that_disagree(tmp_path):
+    from ragkit.errors import DataError
+    from ragkit.filters import TopK
+    from ragkit.operator import Operator
+    from ragkit.retrievers import BM25
+    from ragkit.types import Corpus
+
+    c = Corpus.from_texts(["apple pie", "banana split", "cherry tart"])
+    b = BM25(k=2)
+    p = (b | TopK(k=1)).fit(c)
+    p.save(tmp_path / "p")
+    b.add(Corpus.from_texts(["date cake"], ids=["new-1"]))  # edited on its own after the pipeline's fit
+    assert p.search(["date cake"]).doc_ids[0].tolist() == ["new-1"]
+    p.save(tmp_path / "p")
+    assert Operator.load(tmp_path / "p").search(["date cake"]).doc_ids[0].tolist() == ["new-1"]
+    two = BM25(k=2).fit(c) + BM25(k=2).fit(Corpus.from_texts(["x y", "y z"]))
+    with pytest.raises(DataError, match=r"branches\[1\]\.bm25 searches 2 documents and .*branches\[0\]\.bm25 3"):
+        Pipeline([two]).search(["x"])
+    with pytest.raises(DataError, match="cannot be merged"):
+        two.save(tmp_path / "p")  # refused before the earlier save is touched
+    assert Operator.load(tmp_path / "p").search(["date cake"]).doc_ids[0].tolist() == ["new-1"]
+
+
+@pytest.mark.parametrize("edit", [lambda m: m.update(sha256="abc"), lambda m: m.update(format_version="1"),
+                                  lambda m: m.update(nodes=[])])
+def test_a_malformed_pipeline_manifest_is_an_artifact_error(tmp_path, edit):
+    import json
+
+    Pipeline([BM25(k=1)]).fit(Corpus.from_texts(["apple pie", "banana split"])).save(tmp_path / "p")
+    manifest = json.loads((tmp_path / "p" / "manifest.json").read_text())
+    edit(manifest)
+    (tmp_path / "p" / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ArtifactError, match=r"manifest\.json: \w+ has the wrong type"):
+        Pipeline.load(tmp_path / "p")

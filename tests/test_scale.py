@@ -105,3 +105,15 @@ def test_ray_fit_and_search_equal_local(slice_data, tmp_path):
         Sharded(retriever={"dense": {"model": str(tmp_path / "no-such-model")}}, n_shards=2, k=5,
                 backend="ray", max_retries=0).fit(corpus)
     ray.shutdown()
+
+
+def test_sharded_load_with_mmap_maps_every_shard(slice_data, tmp_path):
+    from ragkit.operator import Operator
+
+    corpus, queries, _, _ = slice_data
+    sh = Sharded(retriever={"dense": {"k": 10, "search": "hnsw"}}, n_shards=2, k=10, backend="local").fit(corpus)
+    sh.save(tmp_path / "s")
+    mapped = Operator.load(tmp_path / "s", mmap=True)
+    assert all(s.index_._view for s in mapped.shards_)
+    assert [r.rows.tolist() for r in mapped.search(queries).rankings] == \
+        [r.rows.tolist() for r in Operator.load(tmp_path / "s").search(queries).rankings]

@@ -96,15 +96,10 @@ def load_pipeline_like(source: Any) -> Operator:
 
 
 def _corpus_of(op: Operator) -> Corpus | None:
-    corpus = getattr(op, "corpus_", None)
-    if corpus is not None:
-        return corpus
-    from ragkit.pipelines._compose import iter_leaves
+    """The documents ``op`` searches (its fitted retrievers', after any ``add`` / ``remove``)."""
+    from ragkit.pipelines._compose import shared_corpus
 
-    for leaf in iter_leaves(op):
-        if not leaf.stateless and getattr(leaf, "corpus_", None) is not None:
-            return leaf.corpus_
-    return None
+    return shared_corpus(op)
 
 
 def _retriever_names(op: Operator) -> list[str]:
@@ -242,6 +237,7 @@ class RagkitRetriever(BaseRetriever):
                 raise e
         k = self.k if k is None else k
         run = self.pipeline.search(queries, k=k, **options)
+        self._corpus = _corpus_of(self.pipeline) or self._corpus  # a retriever edited since (add / remove)
         rankings = run.rankings if run.rankings is not None else [Ranking.empty() for _ in queries]
         return [self._documents(r) for r in rankings]
 
