@@ -32,21 +32,20 @@ __all__ = ["Composite", "Pipeline", "Parallel", "Route", "Loop", "run_step"]
 _TRACE_IDS: ContextVar[np.ndarray | None] = ContextVar("ragkit_trace_ids", default=None)
 
 
-def _quality(state: State, k: int = 100) -> tuple[float | None, float | None]:
-    """Mean recall@k and nDCG@10 (trec_eval's) of the state's rankings against ``state.qrels``,
-    over the judged queries with a relevant document (for traces only)."""
+def _quality(state: State) -> tuple[float | None, float | None, int]:
+    """Mean recall@100 and nDCG@10 of the state's rankings against ``state.qrels``, computed as
+    :func:`~ragkit.eval.evaluate` computes them, over the judged queries, and how many were judged
+    (for traces only: a step run on several parts is averaged by judged queries)."""
     ids = _TRACE_IDS.get()
     if state.qrels is None or state.rankings is None or ids is None:
-        return None, None
-    rel_of = {q: {d for d, v in state.qrels.get(q, {}).items() if v > 0} for q in state.query_ids}
-    judged = [i for i, q in enumerate(state.query_ids) if rel_of[q]]
-    if not judged:
-        return None, None
-    rec = [len(rel_of[state.query_ids[i]].intersection(ids[state.rankings[i].rows[:k]].tolist()))
-           / len(rel_of[state.query_ids[i]]) for i in judged]
-    from ragkit.eval.metrics import per_query_ndcg
+        return None, None, 0
+    from ragkit.eval.metrics import per_query_metrics
 
-    return float(np.mean(rec)), float(per_query_ndcg(state.subset(judged), state.qrels, ids).mean())
+    m = per_query_metrics(state, state.qrels, ids, ["recall@100", "ndcg@10"])
+    n = len(m["ndcg@10"])
+    if not n:
+        return None, None, 0
+    return float(m["recall@100"].mean()), float(m["ndcg@10"].mean()), n
 
 
 def _judged_start(train: TrainSet, upstream: State | None, learner: str) -> State:
@@ -80,8 +79,9 @@ def run_step(op: Operator, state: State, path: str) -> State:
     out = op(state)
     dt = time.perf_counter() - t0
     n_out = np.mean([len(r) for r in out.rankings]) if out.rankings else 0.0
+    recall, ndcg, n_judged = _quality(out)
     out.trace.append(TraceEvent(f"{path}.{_label(op)}", op.name, dt, len(state), float(n_in), float(n_out),
-                                *_quality(out)))
+                                recall, ndcg, n_judged))
     return out
 
 

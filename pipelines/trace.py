@@ -41,8 +41,8 @@ def aggregate_trace(events: Sequence[TraceEvent]) -> list[TraceRow]:
 
     ``calls`` counts the calls (loop iterations, route parts), ``queries`` the queries
     processed over all calls, ``seconds`` the total wall time; candidates in/out are
-    query-weighted means; ``recall`` is the query-weighted mean recall@100 after the
-    step (``None`` without qrels), ``ndcg`` likewise for nDCG@10.
+    query-weighted means; ``recall`` is the mean recall@100 after the step over the judged
+    queries of all its calls (``None`` without qrels), ``ndcg`` likewise for nDCG@10.
     """
     rows: dict[str, TraceRow] = {}
     rec_w: dict[str, float] = {}
@@ -57,10 +57,10 @@ def aggregate_trace(events: Sequence[TraceEvent]) -> list[TraceRow]:
             r.candidates_in = (r.candidates_in * r.queries + e.candidates_in * n) / tot
             r.candidates_out = (r.candidates_out * r.queries + e.candidates_out * n) / tot
         if e.recall is not None:
-            w = rec_w[e.path]
-            r.recall = ((r.recall or 0.0) * w + e.recall * n) / (w + n) if w + n else e.recall
-            r.ndcg = ((r.ndcg or 0.0) * w + (e.ndcg or 0.0) * n) / (w + n) if w + n else e.ndcg
-            rec_w[e.path] = w + n
+            w, nj = rec_w[e.path], max(e.n_judged, 0)
+            r.recall = ((r.recall or 0.0) * w + e.recall * nj) / (w + nj) if w + nj else e.recall
+            r.ndcg = ((r.ndcg or 0.0) * w + (e.ndcg or 0.0) * nj) / (w + nj) if w + nj else e.ndcg
+            rec_w[e.path] = w + nj
         r.calls += 1
         r.queries = tot
         r.seconds += e.seconds

@@ -11,11 +11,42 @@ import types
 import typing
 from typing import Any, Mapping, Sequence
 
-from pydantic import BaseModel, ConfigDict, ValidationError, ValidationInfo, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError, ValidationInfo, field_validator
 
 from ragkit.errors import ParamError
 
-__all__ = ["Params", "validate_params", "format_validation_error", "describe_error", "format_loc", "model_at"]
+__all__ = ["Params", "MetadataFilter", "validate_params", "format_validation_error", "describe_error", "format_loc",
+           "model_at"]
+
+
+def _plain(value: Any) -> Any:
+    """A filter value as plain Python: numpy scalars -> ``.item()``, any collection -> a list."""
+    if hasattr(value, "item") and getattr(value, "ndim", None) == 0:
+        return value.item()
+    if isinstance(value, (str, bytes)) or not isinstance(value, typing.Iterable):
+        return value
+    return [_plain(v) for v in value]
+
+
+def _metadata_filter(value: Any) -> Any:
+    """A retriever's ``filter`` parameter: the rules of the ``filter`` search option (no query
+    operators such as ``{"$gte": 2020}``, string field names), values made plain Python (numpy
+    values, ranges, Series), so that it validates where it is written and saves as YAML."""
+    if value is None:
+        return None
+    if not isinstance(value, Mapping):
+        raise ValueError(f"expected a metadata filter {{field: value or [values]}}, got {value!r:.80}")
+    from ragkit.types import filter_problem
+
+    bad = filter_problem(value)
+    if bad is not None:
+        key, what = bad
+        raise ValueError(f"field {key!r}: {what}" if key is not None else what)
+    return {key: _plain(v) for key, v in value.items()}
+
+
+#: The type of a retriever's ``filter`` parameter (see :func:`_metadata_filter`).
+MetadataFilter = typing.Annotated[typing.Optional[dict[str, Any]], BeforeValidator(_metadata_filter)]
 
 
 class Params(BaseModel):

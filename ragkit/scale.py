@@ -225,7 +225,12 @@ class Sharded(Operator):
         self._backend = self.params.backend
 
     def option_children(self) -> list[tuple[str, Operator]]:
-        """The per-shard retriever (as built from ``retriever``), which reads the call's options."""
+        """The per-shard retriever, which reads the call's options: a fitted shard once fitted (so
+        that what its state cannot serve is refused before any shard searches), else one built
+        from ``retriever``."""
+        shards = getattr(self, "shards_", None)
+        if shards:
+            return [("retriever", shards[0])]
         from ragkit import registry
 
         (name, sub), = self.params.retriever.items()

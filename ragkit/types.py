@@ -238,7 +238,9 @@ class Corpus:
                     f"filter field {key!r} is not a metadata field of the corpus; "
                     f"available: {sorted(self.metadata) + ['_id']}"
                 )
-            wants = list(want) if isinstance(want, (list, tuple, set, frozenset, np.ndarray)) else [want]
+            # any collection of values (a list, a set, a range, dict keys, a numpy array or pandas
+            # Series) means membership; a string or a single value means equality
+            wants = list(want) if isinstance(want, Iterable) and not isinstance(want, (str, bytes)) else [want]
             if key == "_id":  # ids are strings; an id given as a number means the same document
                 hit = np.zeros(len(self), dtype=bool)
                 hit[self.row_of([str(w) for w in wants], missing="drop")] = True
@@ -419,6 +421,7 @@ class TraceEvent:
     candidates_out: float
     recall: float | None = None
     ndcg: float | None = None
+    n_judged: int = 0  # queries with judgements the recall and nDCG average over
 
 
 #: ``State.values`` keys that rewrite the query text: they stay inside the parallel branch that

@@ -40,7 +40,7 @@ from pydantic import Field, field_validator
 from ragkit.errors import DataError
 from ragkit.operator import Operator, load_array, rankings_from_matrix, read_json, save_arrays, topk_rows, write_json
 from ragkit.options import PARAM
-from ragkit.params import Params
+from ragkit.params import MetadataFilter, Params
 from ragkit.registry import register
 from ragkit.types import Corpus, State, TrainSet
 
@@ -139,7 +139,7 @@ class BM25Params(Params):
         "porter", description="PyStemmer algorithm: 'porter', 'english' (Snowball) or 'none'.")
     fields: Literal["title_text", "text"] = Field("title_text", description="Index title + text, or text only.")
     n_jobs: int = Field(1, ge=-1, description="Threads scoring query chunks in parallel; -1 = all cores.")
-    filter: dict[str, Any] | None = Field(None, description="Metadata filter {field: value or [values]}.")
+    filter: MetadataFilter = Field(None, description="Metadata filter {field: value or [values]}.")
 
     @field_validator("n_jobs")
     @classmethod

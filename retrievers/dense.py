@@ -19,7 +19,7 @@ from ragkit.encoders import DEFAULT_MODEL, Encoder, get_encoder, query_vectors
 from ragkit.encoders.adapt import AdaptConfig, TunedEncoderMixin
 from ragkit.errors import ArtifactError, DataError, ParamError
 from ragkit.operator import Operator, rankings_from_matrix
-from ragkit.params import Params
+from ragkit.params import MetadataFilter, Params
 from ragkit.registry import register
 from ragkit.retrievers._index import EXACT_MAX, VectorIndex, parse_reduce
 from ragkit.types import Corpus, State, TrainSet
@@ -37,7 +37,7 @@ class DenseParams(Params):
     search: Literal["auto", "exact", "hnsw"] = Field(
         "auto", description="exact (numpy), hnsw (usearch graph) or auto: exact up to exact_max documents.")
     batch_size: int = Field(64, ge=1, description="Encoding batch size.")
-    filter: dict[str, Any] | None = Field(None, description="Metadata filter {field: value or [values]}.")
+    filter: MetadataFilter = Field(None, description="Metadata filter {field: value or [values]}.")
     dtype: Literal["f32", "f16", "i8", "b1"] = Field(
         "f32", description="Vector storage: float32, float16, int8 (per-dimension calibrated on the corpus) "
                            "or b1 (packed sign bits, Hamming search).")

@@ -45,7 +45,7 @@ from ragkit.operator import (
     write_json,
 )
 from ragkit.options import PARAM
-from ragkit.params import Params
+from ragkit.params import MetadataFilter, Params
 from ragkit.registry import register
 from ragkit.retrievers._index import VectorIndex
 from ragkit.retrievers.centroids import build_codes, centroid_pairs
@@ -155,7 +155,7 @@ class MuveraParams(TokenParams):
         "(None = rerank every candidate)."))
     centroids: int = Field(4096, ge=1, description=(
         "Token codebook size for prune (spherical k-means over a sample of the corpus's tokens at fit)."))
-    filter: dict[str, Any] | None = Field(None, description="Metadata filter {field: value or [values]}.")
+    filter: MetadataFilter = Field(None, description="Metadata filter {field: value or [values]}.")
 
     @model_validator(mode="after")
     def _check(self) -> "MuveraParams":
@@ -333,7 +333,7 @@ class Muvera(TokenOperatorMixin, Operator):
 # ----------------------------------------------------------------------------- exact MaxSim
 class MaxSimExactParams(TokenParams):
     k: int = Field(100, ge=1, description="Results per query.")
-    filter: dict[str, Any] | None = Field(None, description="Metadata filter {field: value or [values]}.")
+    filter: MetadataFilter = Field(None, description="Metadata filter {field: value or [values]}.")
 
 
 @register

@@ -301,3 +301,34 @@ def test_every_registered_operator_declares_exactly_the_options_it_reads():
                 assert check_options(op, {name: {key: value}}) == {name: {key: value}}
             else:
                 assert callable(how), f"{name}.{key}: expected PARAM or a function, got {how!r}"
+
+
+def test_filter_values_in_any_collection_mean_membership():
+    import pandas as pd
+
+    from ragkit.retrievers import BM25
+    from ragkit.types import Corpus
+
+    b = BM25(k=10).fit(Corpus.from_texts(["apple a", "apple b", "apple c"], year=[2019, 2020, 2021]))
+    for want in (range(2019, 2021), {2019: 1, 2020: 2}.keys(), pd.Series([2019, 2020]), np.array([2019, 2020]),
+                 (2019, 2020), {2019, 2020}):
+        assert sorted(b.search(["apple"], filter={"year": want}).doc_ids[0].tolist()) == ["0", "1"]
+    assert b.search(["apple"], filter={"year": 2021}).doc_ids[0].tolist() == ["2"]
+
+
+def test_a_retrievers_filter_parameter_follows_the_filter_options_rules(tmp_path):
+    from ragkit.errors import ConfigError, ParamError
+    from ragkit.pipelines import Pipeline
+    from ragkit.retrievers import BM25
+    from ragkit.types import Corpus
+
+    with pytest.raises(ParamError, match=r"bm25\.filter: field 'year': \{'\$gte': 2001\} is not supported"):
+        BM25(filter={"year": {"$gte": 2001}})
+    with pytest.raises(ConfigError, match=r"pipeline\[0\]\.bm25\.filter: field 'year'"):
+        Pipeline.from_yaml("pipeline:\n  - bm25: {k: 5, filter: {year: {$gte: 2001}}}\n")
+    c = Corpus.from_texts(["apple a", "apple b", "apple c"], year=[2001, 2002, 2003])
+    b = BM25(filter={"year": np.array([2001, 2002])[0]}).fit(c)  # a numpy value, e.g. from df.year.unique()
+    assert b.params.filter == {"year": 2001} and "filter: {year: 2001}" in b.to_yaml()
+    b.save(tmp_path / "b")
+    many = BM25(filter={"year": np.array([2001, 2003])}).fit(c)
+    assert many.params.filter == {"year": [2001, 2003]} and many.search(["apple"]).doc_ids[0].tolist() == ["0", "2"]

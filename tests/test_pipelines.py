@@ -1074,3 +1074,27 @@ def test_empty_route_branch_passes_queries_through(tmp_path):
     got = default_through.fit(corpus).search(["cell", "cell growth in tissue"])
     assert len(got.rankings[0]) == 1 and got.rankings[1].rows.tolist() == \
         BM25(k=4).fit(corpus).search(["cell growth in tissue"]).rankings[0].rows.tolist()
+
+
+def test_trace_quality_is_what_evaluate_reports():
+    """Trace recall@100 follows trec_eval's rules (its tie order at the cut, a document with the
+    query's id ignored) and a step run on several parts averages over their judged queries."""
+    from ragkit import evaluate
+    from ragkit.pipelines.trace import aggregate_trace
+    from ragkit.types import Corpus, Queries
+
+    ties = BM25(k=200).fit(Corpus.from_texts(["apple pie"] * 101, ids=[f"d{i:03d}" for i in range(101)]))
+    texts = ["apple apple apple"] + ["apple " + " ".join(f"w{j}" for j in range(i + 1)) for i in range(100)]
+    own_id = BM25(k=200).fit(Corpus.from_texts(texts, ids=["q1"] + [f"d{i}" for i in range(100)]))
+    for op, qid, rel in ((ties, "q", "d100"), (own_id, "q1", "d99")):
+        run = op.search(Queries([qid], ["apple"]), trace=True, qrels={qid: {rel: 1}})
+        assert run.trace[0].recall == evaluate(run, {qid: {rel: 1}}, ["recall@100"])["recall@100"] == 1.0
+    c = Corpus.from_texts(["apple pie", "banana split", "cherry tart", "date loaf"], ids=["d0", "d1", "d2", "d3"])
+    router = RuleRouter(rules=[{"label": "one", "max_words": 1}, {"label": "three", "min_words": 3}], default="two")
+    pipe = Pipeline([Route(router, {"one": [BM25(k=2)]}, default=[BM25(k=2)])]).fit(c)
+    qs = Queries(["q1", "q2", "q3", "q4"], ["apple", "banana split now", "cherry tart", "date loaf"])
+    qrels = {"q2": {"d1": 1}, "q3": {"d3": 1}}  # q1 and q4 unjudged; q2 and q3 take the default in two parts
+    run = pipe.search(qs, trace=True, qrels=qrels)
+    last = aggregate_trace(run.trace)[-1]
+    assert last.path == "pipeline[0].route.default[0].bm25" and last.calls == 2
+    assert last.recall == evaluate(run, qrels, ["recall@100"])["recall@100"] == 0.5

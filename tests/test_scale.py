@@ -117,3 +117,18 @@ def test_sharded_load_with_mmap_maps_every_shard(slice_data, tmp_path):
     assert all(s.index_._view for s in mapped.shards_)
     assert [r.rows.tolist() for r in mapped.search(queries).rankings] == \
         [r.rows.tolist() for r in Operator.load(tmp_path / "s").search(queries).rankings]
+
+
+def test_sharded_checks_options_against_its_fitted_shards(slice_data):
+    corpus, _, _, _ = slice_data
+    sh = Sharded(retriever={"muvera": {"k": 10, "candidates": 20, "r_reps": 2}}, n_shards=2, k=10,
+                 backend="local").fit(corpus.subset(np.arange(40)))
+    calls = []
+    original = type(sh.shards_[0])._call
+    type(sh.shards_[0])._call = lambda self, state: calls.append(1) or original(self, state)
+    try:
+        with pytest.raises(ParamError, match=r"search option muvera\.prune: .*needs a token codebook"):
+            sh.search(["vitamin d"], muvera={"prune": 15})
+    finally:
+        type(sh.shards_[0])._call = original
+    assert calls == []  # refused before any shard searched

@@ -21,7 +21,8 @@ from ragkit.errors import DataError
 from ragkit.run import Run, trec_order
 from ragkit.types import Qrels, Ranking, State
 
-__all__ = ["evaluate", "EvalResult", "parse_metric", "paired_randomization_test", "per_query_ndcg"]
+__all__ = ["evaluate", "EvalResult", "parse_metric", "paired_randomization_test", "per_query_ndcg",
+           "per_query_metrics"]
 
 _TREC = {"ndcg": "ndcg_cut", "recall": "recall", "map": "map_cut", "p": "P"}
 DEFAULT_METRICS = ("ndcg@10", "recall@100", "map@10", "mrr@10", "p@10")
@@ -147,16 +148,26 @@ def per_query_ndcg(state: State, qrels: Qrels, corpus_ids: np.ndarray, k: int = 
     In state order, queries without judgements skipped: ``(n_judged,)`` float64.  What the
     learners (fusion weights, routers, loop judges) maximise and what traces report per step.
     """
+    return per_query_metrics(state, qrels, corpus_ids, [f"ndcg@{k}"])[f"ndcg@{k}"]
+
+
+def per_query_metrics(state: State, qrels: Qrels, corpus_ids: np.ndarray,
+                      metrics: Sequence[str]) -> dict[str, np.ndarray]:
+    """Each metric (``"ndcg@10"``, ``"recall@100"``, ...) of each judged query of a pipeline ``state``,
+    computed by :func:`evaluate` (trec_eval's rules: its tie order, a document whose id is the query
+    id ignored): ``{metric: (n_judged,) float64}`` in state order, queries without judgements skipped."""
     qids = [q for q in state.query_ids if qrels.get(q)]
     if not qids:
-        return np.zeros(0, np.float64)
+        return {m: np.zeros(0, np.float64) for m in metrics}
     rankings = state.rankings if state.rankings is not None else [Ranking.empty() for _ in state.query_ids]
     # trec_eval cuts at k in its own order (ties by doc id, not by ragkit's rank): keep every
-    # document scoring at least the k-th score, so a tie straddling the cut is cut by trec_eval,
-    # and what the learners maximise is what evaluate reports (the full lists cost ~10x more)
+    # document scoring at least the k-th score (k: the deepest metric), so a tie straddling the cut
+    # is cut by trec_eval, and what the learners maximise is what evaluate reports (the full lists
+    # cost ~10x more); one more document per query covers one ignored for having the query's id
+    k = max(parse_metric(m)[1] for m in metrics) + 1
     run = Run.from_rankings(state.query_ids, [_with_ties_at(r, k) for r in rankings], corpus_ids)
-    pq = evaluate(run, {q: qrels[q] for q in qids}, [f"ndcg@{k}"]).per_query[f"ndcg@{k}"]
-    return np.array([pq[q] for q in qids], dtype=np.float64)
+    pq = evaluate(run, {q: qrels[q] for q in qids}, list(metrics)).per_query
+    return {m: np.array([pq[m][q] for q in qids], dtype=np.float64) for m in metrics}
 
 
 def _with_ties_at(ranking: Ranking, k: int) -> Ranking:
