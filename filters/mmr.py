@@ -14,6 +14,7 @@ from pydantic import Field
 
 from ragkit.encoders import DEFAULT_MODEL, Encoder, get_encoder, query_vectors
 from ragkit.errors import DataError
+from ragkit.filters.cutoffs import cut_k
 from ragkit.operator import Operator, load_array, save_arrays
 from ragkit.options import PARAM
 from ragkit.params import Params
@@ -26,7 +27,8 @@ __all__ = ["MMR", "MMRParams", "mmr_select"]
 class MMRParams(Params):
     model: str = Field(DEFAULT_MODEL, description="Sentence-transformers model for query and document vectors.")
     k: int = Field(100, ge=1, description="Results kept per query.")
-    fetch_k: int = Field(200, ge=1, description="Pool: the first fetch_k documents of the incoming ranking.")
+    fetch_k: int = Field(200, ge=1, description="Pool: the first fetch_k documents of the incoming ranking "
+                                               "(at least k).")
     lambda_mult: float = Field(
         0.5, ge=0, le=1, description="lambda: 1 = pure relevance (cosine order), 0 = pure diversity.")
     batch_size: int = Field(64, ge=1, description="Encoding batch size.")
@@ -118,9 +120,8 @@ class MMR(Operator):
         if n_q == 0:
             out.rankings = []
             return out
-        own = self.opt(state, "k")  # this operator's own option wins over the call's k
-        k = int(own if own is not None else (state.options.get("k") or self.params.k))
-        f = min(self.params.fetch_k, max((len(r) for r in state.rankings), default=0))
+        k = cut_k(self, state)  # its own k option exactly, else its k raised to the call's
+        f = min(max(self.params.fetch_k, k), max((len(r) for r in state.rankings), default=0))  # pool >= k
         pool = np.zeros((n_q, f), np.int64)
         valid = np.zeros((n_q, f), bool)
         lens = np.array([min(len(r), f) for r in state.rankings])

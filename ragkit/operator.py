@@ -203,8 +203,12 @@ class Operator:
         return default
 
     def k_for(self, state: State) -> int:
-        """The number of results this retriever returns: its ``k``, raised to a per-call ``k``."""
-        k = _positive_k(self.opt(state, "k", self.params.k), f"options.{self.name}.k")  # type: ignore[attr-defined]
+        """The number of results this retriever returns: its own ``k`` option exactly, else its
+        ``k`` parameter raised to a per-call ``k`` (retrievers fetch at least the final number)."""
+        own = self.opt(state, "k")
+        if own is not None:
+            return _positive_k(own, f"options.{self.name}.k")
+        k = _positive_k(self.params.k, f"{self.name}.k")  # type: ignore[attr-defined]
         call_k = state.options.get("k")
         return max(k, _positive_k(call_k, "options.k")) if call_k is not None else k
 

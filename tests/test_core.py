@@ -278,7 +278,7 @@ def _reads(cls: type[Operator]) -> set[str]:
             continue
         src = inspect.getsource(klass)
         keys |= set(re.findall(r"self\.opt\(\s*state,\s*\"(\w+)\"", src))
-        keys |= {"k"} if "self.k_for(" in src else set()
+        keys |= {"k"} if "self.k_for(" in src or "cut_k(self, state)" in src else set()
         keys |= {"filter"} if "self.filter_mask(" in src else set()
     return keys
 

@@ -1098,3 +1098,18 @@ def test_trace_quality_is_what_evaluate_reports():
     last = aggregate_trace(run.trace)[-1]
     assert last.path == "pipeline[0].route.default[0].bm25" and last.calls == 2
     assert last.recall == evaluate(run, qrels, ["recall@100"])["recall@100"] == 0.5
+
+
+def test_the_calls_k_is_a_floor_and_an_operators_own_k_is_exact(slice_data):
+    """``search(k=...)`` is the final number of results: it raises every step's ``k`` (retrievers
+    fetch at least it, a cut-off or a reranker before the end keeps at least it), so the answer is
+    the top of what ``search()`` answers; an operator's own ``k`` option sets its ``k`` exactly."""
+    from ragkit.filters import MMR
+
+    corpus, queries, _, _ = slice_data
+    pipe = (BM25(k=100) | TopK(k=50) | MMR(k=10, fetch_k=50)).fit(corpus)
+    full, ten = pipe.search(queries), pipe.search(queries, k=10)
+    assert [d.tolist() for d in ten.doc_ids] == [d[:10].tolist() for d in full.doc_ids]
+    assert {len(d) for d in pipe.search(queries, k=30).doc_ids} == {30}  # MMR's pool widens to k
+    three = BM25(k=100).fit(corpus).search(queries, k=10, bm25={"k": 3})
+    assert {len(d) for d in three.doc_ids} == {3}
