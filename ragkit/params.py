@@ -32,17 +32,13 @@ def _metadata_filter(value: Any) -> Any:
     """A retriever's ``filter`` parameter: the rules of the ``filter`` search option (no query
     operators such as ``{"$gte": 2020}``, string field names), values made plain Python (numpy
     values, ranges, Series), so that it validates where it is written and saves as YAML."""
-    if value is None:
-        return None
-    if not isinstance(value, Mapping):
-        raise ValueError(f"expected a metadata filter {{field: value or [values]}}, got {value!r:.80}")
-    from ragkit.types import filter_problem
+    from ragkit.options import filter_value
 
-    bad = filter_problem(value)
-    if bad is not None:
-        key, what = bad
-        raise ValueError(f"field {key!r}: {what}" if key is not None else what)
-    return {key: _plain(v) for key, v in value.items()}
+    try:
+        value = filter_value(value)
+    except TypeError as e:  # pydantic reports ValueErrors only
+        raise ValueError(str(e)) from None
+    return None if value is None else {key: _plain(v) for key, v in value.items()}
 
 
 #: The type of a retriever's ``filter`` parameter (see :func:`_metadata_filter`).
