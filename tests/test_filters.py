@@ -397,3 +397,20 @@ def test_filtering_metrics_check_their_inputs():
 
 def test_dbnorm_reads_the_papers_dualis_name():
     assert DBNorm(method="dualis").params.method == "dis" and DBNorm(method="DualIS").params.method == "dis"
+
+
+def test_filter_report_counts_a_query_whose_list_was_emptied_even_after_a_trec_file(tmp_path):
+    from ragkit.eval.filtering import filter_report
+    from ragkit.run import Run
+
+    def run(lists):
+        return Run(list(lists), [np.array(d, dtype=object) for d in lists.values()],
+                   [np.linspace(1, 0, len(d)) for d in lists.values()])
+
+    ref = run({"q1": ["a", "b", "c", "d"], "q2": ["e", "f"], "q3": ["g"]})
+    flt = run({"q1": ["a", "b"], "q2": [], "q3": ["g"]})
+    qrels = {"q1": {"a": 1, "c": 1}, "q2": {"f": 2}, "q3": {"x": 1}}
+    flt.write_trec(tmp_path / "f.trec")  # a TREC file cannot hold q2's empty list
+    for got in (flt, Run.read_trec(tmp_path / "f.trec")):
+        rep = filter_report(got, qrels, reference=ref)
+        assert (rep.recall, rep.empty, rep.mean_kept, rep.n_queries) == (1 / 3, 1 / 3, 1.0, 3)

@@ -432,3 +432,15 @@ def test_scifact_slice_no_recall_loss(slice_data):
     assert live.any()
     changed = [set(x.rows.tolist()) != set(y.rows.tolist()) for x, y in zip(a.rankings, b.rankings)]
     assert np.array(changed)[live].any() and not np.array(changed)[~live].any()
+
+
+def test_alpha_ndcg_counts_a_repeated_subtopic_once_and_takes_alpha_one():
+    from ragkit.eval.diversity import alpha_ndcg, cluster_entropy
+    from ragkit.run import Run
+    from ragkit.types import Ranking
+
+    run = Run(["q"], [np.array(["B"], dtype=object)], [np.array([1.0])])
+    subtopics = {"q": {"A": ["t1", "t1"], "B": ["t2"]}}
+    assert alpha_ndcg(run, subtopics, k=1)["q"] == 1.0  # A and B each cover one subtopic
+    assert alpha_ndcg(run, subtopics, k=1, alpha=1.0)["q"] == 1.0
+    assert np.isnan(cluster_entropy([Ranking.empty()], np.zeros(3, np.int64), k=10)[0])

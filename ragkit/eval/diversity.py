@@ -101,7 +101,8 @@ def cluster_entropy(rankings: Run | Sequence[Ranking], labels: np.ndarray, k: in
     h = _cluster_hist(rankings, labels, k).astype(np.float64)
     p = h / np.maximum(h.sum(1, keepdims=True), 1)
     with np.errstate(divide="ignore", invalid="ignore"):
-        return -np.where(p > 0, p * np.log(p), 0.0).sum(1)
+        ent = -np.where(p > 0, p * np.log(p), 0.0).sum(1)
+    return np.where(h.sum(1) > 0, ent + 0.0, np.nan)  # an empty list has no histogram: nan, as documented
 
 
 def _doc_lists(run: Run, k: int) -> dict[str, list[str]]:
@@ -115,8 +116,10 @@ def alpha_ndcg(run: Run, subtopics: Subtopics, k: int = 10, alpha: float = 0.5) 
     earlier documents covering subtopic t; discount ``1 / log2(r + 1)``.  The ideal ranking is the
     usual greedy approximation over the judged documents.  Queries without subtopics are skipped.
     """
-    if not 0 <= alpha < 1:
-        raise DataError(f"alpha_ndcg: alpha must be in [0, 1), got {alpha}")
+    if not 0 <= alpha <= 1:
+        raise DataError(f"alpha_ndcg: alpha must be in [0, 1], got {alpha}")
+    # a subtopic listed twice for one document is covered once
+    subtopics = {q: {d: list(dict.fromkeys(ts)) for d, ts in judged.items()} for q, judged in subtopics.items()}
     lists = _doc_lists(run, k)
     disc = 1.0 / np.log2(np.arange(2, k + 2))
 

@@ -59,29 +59,36 @@ def filter_report(filtered: Run, qrels: Qrels, reference: Run | None = None) -> 
     With ``reference`` (the unfiltered run), recall is relative to the relevant documents
     the reference retrieved ("recall within the top-K"); otherwise to all judged relevant.
     """
-    keep = [i for i, q in enumerate(filtered.query_ids) if q in qrels]
-    if not keep:
-        raise DataError("filter_report: no query of the run has judgements")
-    labels = relevance_labels(filtered, qrels)
-    kept = np.array([len(filtered.doc_ids[i]) for i in keep])
-    hits = float(sum(labels[i].sum() for i in keep))  # kept relevant documents: precision's numerator
-    tp = hits
+    f_at = {q: i for i, q in enumerate(filtered.query_ids)}
+    judged = [q for q in filtered.query_ids if q in qrels]
     if reference is not None:
         ref_at = {q: i for i, q in enumerate(reference.query_ids)}
-        missing = [filtered.query_ids[i] for i in keep if filtered.query_ids[i] not in ref_at]
+        missing = [q for q in judged if q not in ref_at]
         if missing:
             raise DataError(f"filter_report: {len(missing)} judged queries of the filtered run are not in the "
                             f"reference run (e.g. {missing[:3]}); expected the unfiltered run of the same queries")
+        # a judged query of the reference that the filtered run lacks kept nothing (a TREC file, say,
+        # cannot hold an empty list): it counts as an empty list, not as a query that never ran
+        judged = [q for q in reference.query_ids if q in qrels]
+    if not judged:
+        raise DataError("filter_report: no query of the run has judgements")
+    labels = relevance_labels(filtered, qrels)
+    none = np.zeros(0, dtype=object)
+    docs = {q: filtered.doc_ids[f_at[q]] if q in f_at else none for q in judged}
+    rel = {q: labels[f_at[q]] > 0 if q in f_at else np.zeros(0, bool) for q in judged}
+    kept = np.array([len(docs[q]) for q in judged])
+    hits = float(sum(rel[q].sum() for q in judged))  # kept relevant documents: precision's numerator
+    tp = hits
+    if reference is not None:
         ref_labels = relevance_labels(reference, qrels)
-        total = float(sum(ref_labels[ref_at[filtered.query_ids[i]]].sum() for i in keep))
+        total = float(sum(ref_labels[ref_at[q]].sum() for q in judged))
         # recall within the reference: a kept relevant document the reference never retrieved does not count
-        tp = float(sum(np.isin(filtered.doc_ids[i][labels[i] > 0],
-                               reference.doc_ids[ref_at[filtered.query_ids[i]]]).sum() for i in keep))
+        tp = float(sum(np.isin(docs[q][rel[q]], reference.doc_ids[ref_at[q]]).sum() for q in judged))
     else:
-        total = float(sum(sum(v > 0 for v in qrels[filtered.query_ids[i]].values()) for i in keep))
+        total = float(sum(sum(v > 0 for v in qrels[q].values()) for q in judged))
     return FilterReport(
         precision=hits / kept.sum() if kept.sum() else 0.0, recall=tp / total if total else 0.0,
-        mean_kept=float(kept.mean()), empty=float(np.mean(kept == 0)), n_queries=len(keep),
+        mean_kept=float(kept.mean()), empty=float(np.mean(kept == 0)), n_queries=len(judged),
     )
 
 
