@@ -65,3 +65,22 @@ def check_cosines(scores: np.ndarray, who: str, qidx: np.ndarray | None = None) 
             f"{who} expects raw cosine scores in [-1, 1] from a dense retriever step before it "
             f"(e.g. `dense | {who}`), got scores up to {float(np.max(np.abs(scores))):.3g}"
         )
+
+
+def check_dense_rankings(rankings: list[Ranking], c: np.ndarray, qidx: np.ndarray, who: str,
+                         ordered: bool = False) -> None:
+    """Raise DataError unless ``rankings`` (flattened scores ``c``, query of each ``qidx``) are a
+    dense retriever's: scores that are the cosines themselves (a step that rescored them, as
+    ``mmr`` or a filter's probabilities, keeps the cosine in ``fields["cosine"]``) and, with
+    ``ordered``, sorted by it within each query."""
+    if len(c) and rankings and all("cosine" in r.fields for r in rankings):
+        cos = np.concatenate([np.asarray(r.fields["cosine"], np.float64) for r in rankings])
+        if cos.shape == c.shape and not np.allclose(cos, c, atol=1e-5):
+            raise DataError(f"{who} expects the cosines of a dense retriever as scores, but the step before it "
+                            "rescored them (they differ from the 'cosine' field it kept, as after mmr): put "
+                            f"{who} right after dense")
+    if ordered and len(c) > 1:
+        up = (np.diff(c) > 1e-6) & (qidx[1:] == qidx[:-1])
+        if up.any():
+            raise DataError(f"{who} expects each ranking sorted by cosine, as dense returns it; query "
+                            f"{int(qidx[1:][up][0])} of the batch is not: put {who} right after dense")

@@ -17,7 +17,7 @@ from scipy.special import expit
 
 from ragkit.encoders import DEFAULT_MODEL, get_encoder, query_vectors
 from ragkit.errors import ArtifactError, DataError
-from ragkit.filters._flat import check_cosines, cut_prefix, flatten
+from ragkit.filters._flat import check_cosines, check_dense_rankings, cut_prefix, flatten
 from ragkit.operator import Operator, load_array, read_json, save_arrays, write_json
 from ragkit.options import PARAM
 from ragkit.params import Params
@@ -347,6 +347,7 @@ class CosineAdapter(Operator):
         k_min = int(self.opt(state, "k_min", self.params.k_min))
         rows, c, lengths, starts, qidx = flatten(state.rankings)
         check_cosines(c, self.name, qidx)
+        check_dense_rankings(state.rankings, c, qidx, self.name, ordered=True)  # the kept set is a prefix
         qv = query_vectors(out, get_encoder(self.params.model))
         r = self._proba_flat(qv, c, lengths, starts, qidx).astype(np.float32)
         # r is monotone in the cosine and the list is sorted, so the kept set is a prefix

@@ -18,7 +18,7 @@ from scipy.special import logsumexp
 
 from ragkit.encoders import DEFAULT_MODEL, get_encoder
 from ragkit.errors import ArtifactError, DataError
-from ragkit.filters._flat import check_cosines, flatten
+from ragkit.filters._flat import check_cosines, check_dense_rankings, flatten
 from ragkit.operator import Operator, load_array, read_json, save_arrays, write_json
 from ragkit.params import Params
 from ragkit.registry import register
@@ -243,6 +243,7 @@ class DBNorm(Operator):
         if not len(rows):
             return out
         check_cosines(c, self.name, qidx)
+        check_dense_rankings(state.rankings, c, qidx, self.name)
         if rows.max() >= len(self.log_z_q_):
             raise DataError(f"dbnorm: candidate row {int(rows.max())} is outside the fitted corpus "
                             f"({len(self.log_z_q_)} documents); refit on the current corpus")

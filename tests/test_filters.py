@@ -414,3 +414,19 @@ def test_filter_report_counts_a_query_whose_list_was_emptied_even_after_a_trec_f
     for got in (flt, Run.read_trec(tmp_path / "f.trec")):
         rep = filter_report(got, qrels, reference=ref)
         assert (rep.recall, rep.empty, rep.mean_kept, rep.n_queries) == (1 / 3, 1 / 3, 1.0, 3)
+
+
+def test_cosine_filters_refuse_rankings_another_step_rescored(slice_data):
+    from ragkit.errors import DataError
+    from ragkit.filters import MMR, DBNorm
+    from ragkit.retrievers import Dense
+    from ragkit.types import State
+
+    corpus, queries, _, train = slice_data
+    dense = Dense(k=20).fit(corpus)
+    mmr = MMR(k=10, fetch_k=20).fit(corpus)
+    rescored = mmr(dense(State.of(queries)))  # rank scores in [0, 1], the cosine kept as a field
+    db = DBNorm(method="is").fit(corpus, train)
+    with pytest.raises(DataError, match="dbnorm expects the cosines of a dense retriever as scores"):
+        db(rescored)
+    db(dense(State.of(queries)))  # straight after dense: fine
