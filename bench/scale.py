@@ -40,7 +40,7 @@ def encode_part(n_docs: int) -> dict:
     t0 = time.perf_counter()
     ray_init()
     res["ray_init_s"] = time.perf_counter() - t0
-    for actors in (1, 2):
+    for actors in (1, 2):  # one call's cost: actor start-up and each actor's model load included
         t0 = time.perf_counter()
         vecs = ray_encode("all-MiniLM-L6-v2", texts, num_actors=actors, cache=False)
         dt = time.perf_counter() - t0
