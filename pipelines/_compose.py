@@ -353,15 +353,16 @@ class Pipeline(Composite):
         from ragkit.options import check_options
         from ragkit.run import Run
 
-        leaves = [leaf for leaf in iter_leaves(self) if not leaf.stateless]
-        if getattr(self, "corpus_", None) is None and leaves and not leaves[0].is_fitted:
+        leaves = list(iter_leaves(self))
+        stateful = [leaf for leaf in leaves if not leaf.stateless]
+        if getattr(self, "corpus_", None) is None and stateful and not stateful[0].is_fitted:
             raise NotFittedError("this pipeline is not fitted yet; call pipeline.fit(corpus) first")
         corpus = shared_corpus(self)
         if corpus is None:
             raise NotFittedError("this pipeline has no retriever that was fitted on a corpus")
-        if not any(leaf.kind == "retriever" for leaf in iter_leaves(self)):  # nothing would rank anything
+        if not any(leaf.kind == "retriever" for leaf in leaves):  # nothing would rank anything
             raise ParamError(f"this pipeline has no retriever (its operators: "
-                             f"{', '.join(sorted({_label(leaf) for leaf in iter_leaves(self)}))}), so no query would "
+                             f"{', '.join(sorted({_label(leaf) for leaf in leaves}))}), so no query would "
                              "get a document; start it with one, e.g. bm25 or dense")
         if k is not None and (isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1):
             raise ParamError(f"search: k must be a positive integer, got {k!r}")

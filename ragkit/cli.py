@@ -408,7 +408,9 @@ def ask_cmd(
             raise RagkitError(f"{', '.join(given)}: the pipeline {pipeline} has its own generate step, whose "
                               "parameters (top_k, mode, max_new_tokens) decide; set them there, or drop the flags")
         if not gens:
-            gens = [Generate(top_k=top_k or 5, mode=mode or "cachecraft", max_new_tokens=max_new_tokens or 96)]
+            chosen = {f: v for f, v in (("top_k", top_k), ("mode", mode), ("max_new_tokens", max_new_tokens))
+                      if v is not None}
+            gens = [Generate(**{"max_new_tokens": 96, **chosen})]  # ask answers at more length than the default
             pipe = Pipeline([pipe, gens[0]])
         if fitted:
             for g in gens:

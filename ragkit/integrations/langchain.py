@@ -187,7 +187,7 @@ class RagkitRetriever(BaseRetriever):
         if searched is not None:
             _check_reserved(searched, "corpus" if docs is not None else "pipeline")
         try:  # before fitting: the options of the whole tree, a filter against the corpus searched
-            check_options(op, self.search_kwargs, docs if docs is not None else _corpus_of(op))
+            check_options(op, self.search_kwargs, searched)
         except ParamError as e:
             raise ParamError(f"search_kwargs: {e}", path=e.path) from None
         if docs is not None:
