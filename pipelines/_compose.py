@@ -162,6 +162,7 @@ def check_trainable(root: Operator, train: TrainSet | None) -> None:
     """
     from ragkit.pipelines.yaml import walk_leaves
 
+    homes = _decision_seats(root)
     for path, leaf in walk_leaves(root):
         if train is None:
             refusal = leaf.train_refusal()
@@ -170,15 +171,27 @@ def check_trainable(root: Operator, train: TrainSet | None) -> None:
             continue
         if not getattr(leaf, "needs_train", False):
             continue
-        holder = path.rsplit(".", 1)[0]
-        if hasattr(leaf, "learn_routes") and not holder.endswith(".router"):
+        seat = homes.get(id(leaf))
+        if hasattr(leaf, "learn_routes") and seat != "router":
             home = "the router of a route (route: {router: ..., branches: ...})"
-        elif hasattr(leaf, "learn_stopping") and not holder.endswith(".until"):
+        elif hasattr(leaf, "learn_stopping") and seat != "until":
             home = "the until judge of a loop (loop: {body: ..., until: ...})"
         else:
             continue
         raise ParamError(f"{path}: {leaf.name} with learn: true learns only as {home}, from what each choice "
                          f"gives the judged queries; anywhere else it has nothing to learn from")
+
+
+def _decision_seats(op: Operator) -> dict[int, str]:
+    """``id(leaf) -> "router" | "until"`` for each leaf that is a route's router or a loop's judge."""
+    seats: dict[int, str] = {}
+    if isinstance(op, Route):
+        seats[id(op.router)] = "router"
+    elif isinstance(op, Loop):
+        seats[id(op.until)] = "until"
+    for child in op.children():
+        seats.update(_decision_seats(child))
+    return seats
 
 
 def shared_corpus(root: Operator) -> Corpus | None:

@@ -629,10 +629,14 @@ _IN_LOOP_BODY = ("pipeline:\n  - bm25: {{k: 10}}\n  - loop:\n      body:\n      
                  "      until:\n        score_reached: {{threshold: 1.0}}\n")
 _IN_BRANCH = ("pipeline:\n  - bm25: {{k: 10}}\n  - parallel:\n      branches:\n"
               "        - [{{bm25: {{k: 10}}}}, {step}]\n        - bm25: {{k: 5}}\n      fuse:\n        rrf: {{}}\n")
+# a route branch labelled like a router's or a judge's seat is still a branch
+_IN_ROUTE_BRANCH = ("pipeline:\n  - bm25: {{k: 10}}\n  - route:\n      router: {{score_router: {{threshold: 1.0, above: router, below: until}}}}\n"
+                    "      branches:\n        router: {{{step}}}\n        until: {{top_k: {{k: 5}}}}\n")
 
 
 @pytest.mark.parametrize("shape,where", [(_STEP, "pipeline[1]"), (_IN_LOOP_BODY, "pipeline[1].loop.body[1]"),
-                                         (_IN_BRANCH, "pipeline[1].parallel.branches[0][1]")])
+                                         (_IN_BRANCH, "pipeline[1].parallel.branches[0][1]"),
+                                         (_IN_ROUTE_BRANCH, "pipeline[1].route.branches.router")])
 @pytest.mark.parametrize("step,home", [("score_router: {learn: true}", "router of a route"),
                                        ("score_reached: {learn: true}", "until judge of a loop")])
 def test_learning_router_or_judge_out_of_place_is_refused_at_fit(shape, where, step, home, slice_data, monkeypatch):
