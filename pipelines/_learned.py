@@ -14,7 +14,21 @@ from typing import Any
 
 from ragkit.errors import ParamError
 
-__all__ = ["LearnedThreshold"]
+__all__ = ["LearnedThreshold", "threshold_or_learn_problem"]
+
+
+def threshold_or_learn_problem(threshold: float | None, learn: bool, cost: float) -> str | None:
+    """Why ``threshold`` / ``learn`` / ``cost`` cannot go together, else ``None``: exactly one of a
+    threshold and ``learn=true`` (a given threshold would be replaced by the learned one), and a
+    ``cost`` only when learning (it weighs the learning's choice and nothing else)."""
+    if threshold is None and not learn:
+        return "threshold is required unless learn=true (then it is learned from the training split)"
+    if threshold is not None and learn:
+        return (f"threshold={threshold} and learn=true: a learned threshold replaces the given one; give a "
+                "threshold, or learn=true without one")
+    if cost and not learn:
+        return f"cost={cost} applies only when learning (learn=true); without it, leave cost out"
+    return None
 
 
 class LearnedThreshold:

@@ -24,7 +24,7 @@ from pydantic import Field, model_validator
 
 from ragkit.operator import Operator
 from ragkit.params import Params
-from ragkit.pipelines._learned import LearnedThreshold
+from ragkit.pipelines._learned import LearnedThreshold, threshold_or_learn_problem
 from ragkit.registry import register
 from ragkit.types import State
 
@@ -77,7 +77,7 @@ class TopKStable(Operator):
 
 class ScoreReachedParams(Params):
     threshold: float | None = Field(None, description="Done when the score at `rank` is >= threshold (retriever "
-                                                      "units); required unless learn=true.")
+                                                      "units); give a threshold or learn=true, not both.")
     rank: int = Field(1, ge=1, description="1-based rank whose score is compared (1 = the top score).")
     learn: bool = Field(False, description="Learn the threshold at fit from the training split: the one whose "
                                            "stopping maximises mean nDCG@10 of the training queries (minus cost).")
@@ -85,8 +85,9 @@ class ScoreReachedParams(Params):
 
     @model_validator(mode="after")
     def _threshold_or_learn(self) -> "ScoreReachedParams":
-        if self.threshold is None and not self.learn:
-            raise ValueError("threshold is required unless learn=true (then it is learned from the training split)")
+        problem = threshold_or_learn_problem(self.threshold, self.learn, self.cost)
+        if problem:
+            raise ValueError(problem)
         return self
 
 

@@ -24,7 +24,7 @@ from pydantic import Field, field_validator, model_validator
 from ragkit.errors import ParamError
 from ragkit.operator import Operator
 from ragkit.params import Params
-from ragkit.pipelines._learned import LearnedThreshold
+from ragkit.pipelines._learned import LearnedThreshold, threshold_or_learn_problem
 from ragkit.registry import register
 from ragkit.types import State
 
@@ -208,7 +208,7 @@ class ScoreRouterParams(Params):
     feature: Literal["top1", "gap", "rel_gap"] = Field(
         "top1", description="Ranking feature: best score, best minus second score, or that gap / best score.")
     threshold: float | None = Field(None, description="Queries whose feature is >= threshold get label 'above' "
-                                                      "(required unless learn=true).")
+                                                      "(give a threshold or learn=true, not both).")
     above: str = Field("easy", min_length=1, description="Label when feature >= threshold (confident first stage).")
     below: str = Field("hard", min_length=1, description="Label otherwise, and for rankings with too few results.")
     learn: bool = Field(False, description="Learn the threshold at fit from the training split: the one whose "
@@ -220,8 +220,9 @@ class ScoreRouterParams(Params):
     def _distinct(self) -> "ScoreRouterParams":
         if self.above == self.below:
             raise ValueError(f"above and below must be different labels, both are {self.above!r}")
-        if self.threshold is None and not self.learn:
-            raise ValueError("threshold is required unless learn=true (then it is learned from the training split)")
+        problem = threshold_or_learn_problem(self.threshold, self.learn, self.cost)
+        if problem:
+            raise ValueError(problem)
         if self.feature == "rel_gap" and self.threshold is not None and not 0 <= self.threshold <= 1:
             raise ValueError(f"threshold for feature 'rel_gap' must lie in [0, 1], got {self.threshold}")
         return self
