@@ -82,8 +82,11 @@ class KnnEmbedParams(Params):
         0.5, ge=0, description="Weight of the Rocchio shift (component_query='rocchio_filter').")
     merge: Literal["score", "interleave"] = Field(
         "score", description="score: union sorted by cosine; interleave: Sainte-Laguë order over the anchor and "
-                             "components (diversity in the first slots); its scores are then rank scores "
-                             "(k - i) / k and the cosine is in fields['cosine'].")
+                             "components (diversity in the first slots), with the weights of their slot shares: "
+                             "anchor_share for the anchor, (1 - anchor_share) * pi(c) for a component (the spec "
+                             "weighs a component by pi(c) alone, which gives the anchor fewer early slots than "
+                             "its share); its scores are then rank scores (k - i) / k and the cosine is in "
+                             "fields['cosine'].")
     search: Literal["auto", "gather", "masked", "partitioned"] = Field(
         "auto", description="In-cluster search: gather = the cluster's columns of the batch's exact score matrix; "
                             "masked = full score rows masked to the cluster; partitioned = per-cluster contiguous "
@@ -526,8 +529,10 @@ class KnnEmbed(Operator):
         return (qc / np.maximum(np.linalg.norm(qc, axis=1, keepdims=True), 1e-12)).astype(np.float32)
 
     def _fill_shortfall(self, s, rows_out, comp_out, clusters, labels, k):
-        """Fill empty slots (-1): first from untaken docs of the query's kept clusters by score (labelled
-        with the component of their cluster), then dense (labelled -1, as the anchor)."""
+        """Fill empty slots (-1) as the spec's overflow rule says: first from the untaken docs of the
+        query's kept components in pi order (the heaviest component's best free docs first, labelled
+        with that component), then from the next unrestricted dense results (labelled -1, as the
+        anchor).  ``clusters`` columns are in pi order (see :meth:`mixture`)."""
         bad = np.flatnonzero((rows_out < 0).any(1))
         sub = rows_out[bad]
         sub_comp = comp_out[bad]
@@ -535,13 +540,23 @@ class KnnEmbed(Operator):
         sb = s[bad].astype(np.float64, copy=True)
         vr, vc = np.nonzero(sub >= 0)
         sb[vr, sub[vr, vc]] = -np.inf  # already taken
-        in_kept = (labels[None, :, None] == clusters[bad][:, None, :]).any(2)
+        n_comp = kept.shape[1]
+        lut = np.full((len(bad), int(labels.max()) + 2), n_comp)  # cluster -> its component column, else n_comp
+        kr, kc = np.nonzero(kept >= 0)
+        lut[kr, kept[kr, kc]] = kc
+        comp_of = lut[:, labels]  # (bad, docs)
+        in_kept = comp_of < n_comp
+        # pi order first, score within a component: shift each component's scores below the previous one's
+        fin = np.isfinite(sb)
+        hi, lo = np.where(fin, sb, -np.inf).max(1, keepdims=True), np.where(fin, sb, np.inf).min(1, keepdims=True)
+        span = np.where(np.isfinite(hi - lo), hi - lo, 0.0) + 1.0
+        by_pi = np.where(in_kept, sb - span * comp_of, -np.inf)
         for restrict in (True, False):
             holes = sub < 0
             n_h = holes.sum(1)
             if not n_h.any():
                 break
-            r, sc = topk_rows(np.where(in_kept, sb, -np.inf) if restrict else sb, int(n_h.max()))
+            r, sc = topk_rows(by_pi if restrict else sb, int(n_h.max()))
             n_ok = (np.isfinite(sc) & (np.arange(r.shape[1])[None, :] < n_h[:, None])).sum(1)
             hr, hc = np.nonzero(holes)  # the j-th fill goes into the j-th hole of the row
             j = (np.cumsum(holes, axis=1) - 1)[hr, hc]
@@ -549,8 +564,9 @@ class KnnEmbed(Operator):
             hr, hc, j = hr[use], hc[use], j[use]
             sub[hr, hc] = r[hr, j]
             sb[hr, r[hr, j]] = -np.inf
+            by_pi[hr, r[hr, j]] = -np.inf
             if restrict:  # a document of a kept cluster belongs to that cluster's component
-                sub_comp[hr, hc] = np.argmax(kept[hr] == labels[r[hr, j]][:, None], axis=1)
+                sub_comp[hr, hc] = comp_of[hr, r[hr, j]]
         rows_out[bad] = sub
         comp_out[bad] = sub_comp
         if (rows_out < 0).any():  # cannot happen with k <= N

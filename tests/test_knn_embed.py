@@ -300,6 +300,29 @@ def test_a_shortfall_filled_from_a_kept_cluster_keeps_that_component():
     np.testing.assert_array_equal(kept[r.fields["component"]], r.fields["cluster"])
 
 
+def test_a_shortfall_goes_to_the_other_components_in_pi_order():
+    """The spec's overflow rule: a component whose cluster holds fewer free documents than its quota
+    hands the shortfall to the other components in pi order (quotas 12 / 5 / 3 of 20, the first
+    cluster holds 5: the second component takes the 7 it lacks), not to the best-scoring documents
+    of any kept cluster."""
+    rng = np.random.default_rng(1)
+    labels = np.repeat(np.arange(3), [5, 20, 20]).astype(np.int32)
+    vecs = _unit(rng.standard_normal((45, 4)))
+    op = KnnEmbed(k=20)
+    op.vectors_, op.labels_, op.centroids_ = vecs, labels, np.eye(3, 4, dtype=np.float32)
+    op._build()
+    q = _unit(rng.standard_normal((1, 4)))
+    s = q @ vecs.T
+    rows, comp = op._mixture_search(q, s, np.argsort(-s, axis=1, kind="stable"), np.array([[0, 1, 2]]),
+                                    np.array([[0.6, 0.25, 0.15]]), 20, 0, 20, labels)
+    assert np.bincount(comp[0], minlength=3).tolist() == [5, 12, 3]
+    assert len(set(rows[0].tolist())) == 20
+    for c in range(3):  # each component's documents are its cluster's best free ones
+        mine = rows[0][comp[0] == c]
+        assert (labels[mine] == c).all()
+        np.testing.assert_array_equal(np.sort(s[0, mine])[::-1], np.sort(s[0, labels == c])[::-1][:len(mine)])
+
+
 def test_determinism_under_seed(blobs):
     corpus, _, _ = blobs
     rng = np.random.default_rng(5)

@@ -630,7 +630,8 @@ _IN_LOOP_BODY = ("pipeline:\n  - bm25: {{k: 10}}\n  - loop:\n      body:\n      
 _IN_BRANCH = ("pipeline:\n  - bm25: {{k: 10}}\n  - parallel:\n      branches:\n"
               "        - [{{bm25: {{k: 10}}}}, {step}]\n        - bm25: {{k: 5}}\n      fuse:\n        rrf: {{}}\n")
 # a route branch labelled like a router's or a judge's seat is still a branch
-_IN_ROUTE_BRANCH = ("pipeline:\n  - bm25: {{k: 10}}\n  - route:\n      router: {{score_router: {{threshold: 1.0, above: router, below: until}}}}\n"
+_IN_ROUTE_BRANCH = ("pipeline:\n  - bm25: {{k: 10}}\n  - route:\n"
+                    "      router: {{score_router: {{threshold: 1.0, above: router, below: until}}}}\n"
                     "      branches:\n        router: {{{step}}}\n        until: {{top_k: {{k: 5}}}}\n")
 
 
