@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -386,10 +387,17 @@ class atomic_dir:
             shutil.rmtree(self.tmp, ignore_errors=True)
             return
         old = None
+        try:  # a process working inside the replaced folder follows it to the new one
+            inside: Path | None = Path.cwd().relative_to(self.path)
+        except (ValueError, OSError):
+            inside = None
         if self.path.exists():
             old = self.path.with_name(f".{self.path.name}.old-{self.tmp.name[-8:]}")
             self.path.rename(old)
         self.tmp.rename(self.path)
+        if inside is not None:
+            target = self.path / inside
+            os.chdir(target if target.is_dir() else self.path)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -138,3 +140,18 @@ def test_a_malformed_pipeline_manifest_is_an_artifact_error(tmp_path, edit):
     (tmp_path / "p" / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(ArtifactError, match=r"manifest\.json: \w+ has the wrong type"):
         Pipeline.load(tmp_path / "p")
+
+
+
+@pytest.mark.parametrize("where", [".", "sub"])
+def test_saving_over_the_working_folder_leaves_the_process_in_the_new_one(corpus, tmp_path, monkeypatch, where):
+    """``save(".")`` replaces the folder the process works in: the process follows it to the new
+    folder (it was left in the deleted old one, where every relative path failed); from a
+    subfolder the new save lacks, it lands in the new folder itself."""
+    folder = tmp_path / "saved"
+    BM25(k=5).fit(corpus).save(folder)
+    (folder / "sub").mkdir()
+    monkeypatch.chdir(folder / where)
+    BM25(k=7).fit(corpus).save(Path(".") if where == "." else folder)
+    assert Path.cwd() == folder.resolve()
+    assert Operator.load(".").params.k == 7
