@@ -14,7 +14,6 @@ from typing import Literal
 
 import numpy as np
 from pydantic import Field, field_validator
-from scipy.special import logsumexp
 
 from ragkit.encoders import DEFAULT_MODEL, get_encoder
 from ragkit.errors import ArtifactError, DataError
@@ -48,7 +47,9 @@ def bank_log_partition(
     log_z : (n_docs,) float64, ``log sum_b exp(beta * s(b, g))``
     active : (n_docs,) bool, documents in some bank item's top-``activation_k``
 
-    Computed over chunks of bank rows with ``logsumexp`` (no overflow for any ``beta``).
+    Computed over chunks of bank rows, each a log-sum-exp shifted by its column maximum (no overflow
+    for any ``beta``; exponentials in float32, sums in float64).  Ties for an activation slot go to the
+    lower document row.
     """
     docs = np.asarray(docs)
     bank = np.asarray(bank)
@@ -68,14 +69,24 @@ def bank_log_partition(
     active = np.zeros(n, bool)
     k = min(activation_k, n)
     step = max(1, max_chunk_floats // n)
+    docs_t = np.ascontiguousarray(docs, np.float32).T
     for i in range(0, n_b, step):
-        S = (bank[i:i + step] @ docs.T).astype(np.float64) * beta
+        S = np.asarray(bank[i:i + step], np.float32) @ docs_t
+        S *= np.float32(beta)
         if bank_rows is not None:
             br = bank_rows[i:i + step]
             has = br >= 0
             S[np.nonzero(has)[0], br[has]] = -np.inf
-        log_z = np.logaddexp(log_z, logsumexp(S, axis=0))
-        top = np.argpartition(-S, k - 1, axis=1)[:, :k] if k < n else np.broadcast_to(np.arange(n), S.shape)
+        # log-sum-exp over the chunk's bank items: shifted by the column max, exp in float32, sum in float64
+        m = S.max(axis=0)
+        m = np.where(np.isfinite(m), m, np.float32(0))
+        with np.errstate(divide="ignore"):  # a column of dropped terms only: log 0 = -inf, refused below
+            part = m.astype(np.float64) + np.log(np.exp(S - m).sum(axis=0, dtype=np.float64))
+        log_z = np.logaddexp(log_z, part)
+        if k == 1:
+            top = S.argmax(axis=1)[:, None]  # ties: the lowest row
+        else:
+            top = np.argpartition(-S, k - 1, axis=1)[:, :k] if k < n else np.broadcast_to(np.arange(n), S.shape)
         finite = np.isfinite(np.take_along_axis(S, top, axis=1))
         active[top[finite]] = True
     if not np.isfinite(log_z).all():
@@ -170,7 +181,7 @@ class DBNorm(Operator):
     Banks: query bank = training queries (``train`` given to fit) or, without them,
     first sentences of random documents; gallery bank = the corpus (or a sample), with each
     document's self-similarity dropped.  ``log Z`` and activation masks are computed at fit
-    (chunked ``logsumexp``), so search is one gather per candidate plus a per-query sort.
+    (chunked log-sum-exp), so search is one gather per candidate plus a per-query sort.
 
     Input: a ranking of raw cosines (``dense | dbnorm``); only those candidates are
     re-scored (shape ``(B, K)`` -> same rows, new order).  Output scores are the log-space
