@@ -8,7 +8,7 @@ when absent).  Everything is computed on flat arrays for the whole batch.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Callable, Literal
 
 import numpy as np
 from pydantic import Field, model_validator
@@ -50,7 +50,7 @@ def flatten_branches(state: State) -> tuple[dict[str, np.ndarray], list[str]]:
     # dedupe (branch, q, row), keeping the best rank
     n_rows = int(flat["row"].max()) + 1
     key = (flat["branch"] * len(state) + flat["q"]) * n_rows + flat["row"]
-    order = np.lexsort((flat["rank"], key))
+    order = np.argsort(key, kind="stable")  # flat runs by rank within a (branch, q): the first of a key is its best
     keep = np.ones(len(key), bool)
     keep[1:] = key[order][1:] != key[order][:-1]
     sel = np.sort(order[keep])
@@ -60,7 +60,10 @@ def flatten_branches(state: State) -> tuple[dict[str, np.ndarray], list[str]]:
 def split_by_query(n_q: int, q: np.ndarray, row: np.ndarray, score: np.ndarray, top: int | None,
                    fields: dict[str, np.ndarray]) -> list[Ranking]:
     """Sort fused (q, row, score) triples per query (score desc, row asc) and split into rankings."""
-    order = np.lexsort((row, -score, q))
+    n_rows = int(row.max()) + 1 if len(row) else 1
+    order = np.arange(len(q)) if np.all(np.diff(q * n_rows + row) > 0) else np.lexsort((row, q))
+    order = order[np.argsort(-score[order], kind="stable")]  # single-key stable sorts: 3x faster than lexsort
+    order = order[np.argsort(q[order], kind="stable")]
     q, row, score = q[order], row[order], score[order]
     fields = {k: v[order] for k, v in fields.items()}
     bounds = np.searchsorted(q, np.arange(n_q + 1))
@@ -128,12 +131,14 @@ class _Fuser(Operator):
 
         names = [n for n, _ in upstream.branches]
 
-        def fuse(state: State, w: np.ndarray) -> list[Ranking]:
-            return self._fuse(state, w, None)
-
         best = None
         for option in self._learnable_options():  # e.g. each score normalisation, weights searched for each
             self.option_ = option
+            prepared = self._prepare(upstream, with_fields=False)  # what every grid point shares, computed once
+
+            def fuse(state: State, w: np.ndarray, prepared: Callable = prepared) -> list[Ranking]:
+                return prepared(w, None)
+
             found = learn_weights(fuse, upstream, train.qrels, corpus.ids, folds=self.params.folds)  # type: ignore[attr-defined]
             if best is None or found.cv_ndcg > best[1].cv_ndcg:
                 best = (option, found)
@@ -181,20 +186,38 @@ class _Fuser(Operator):
         return max(top, int(call_k)) if top is not None and call_k is not None else top
 
     def _fuse(self, state: State, w: np.ndarray | None, top: int | None) -> list[Ranking]:
+        return self._prepare(state, with_fields=True)(w, top)
+
+    def _prepare(self, state: State, with_fields: bool) -> Callable[[np.ndarray | None, int | None], list[Ranking]]:
+        """The fusion of ``state``'s branches as a function of the weights ``(w, top) -> rankings``
+        (``w=None``: the fuser's own), with everything that does not depend on them computed once:
+        weight learning calls it for every grid point.  A contribution is linear in its branch's
+        weight (``w_b * f(rank or score)``), so each branch's unweighted contributions are kept and
+        summed with the weights, branch by branch, in the order a single pass would add them."""
         flat, names = flatten_branches(state)
-        w = self._weights(names) if w is None else w
-        contrib = self._contributions(flat, w, len(state))
         uq, urow, inv = _group(flat)
-        fused = np.bincount(inv, weights=contrib, minlength=len(uq))
-        fields = _branch_fields(flat, inv, len(uq), names)
-        return split_by_query(len(state), uq, urow, fused, top, fields)
+        fields = _branch_fields(flat, inv, len(uq), names) if with_fields else {}
+        unit = self._unit_contributions(flat, len(state))
+        per_branch = np.zeros((len(names), len(uq)))
+        per_branch[flat["branch"], inv] = unit  # a (q, row) pair is at most once per branch after dedupe
+
+        def fuse(w: np.ndarray | None, top: int | None) -> list[Ranking]:
+            w = self._weights(names) if w is None else w
+            fused = np.zeros(len(uq))
+            for b in range(len(names)):  # branches, not queries: a handful of vector operations
+                fused += w[b] * per_branch[b]
+            return split_by_query(len(state), uq, urow, fused, top, fields)
+
+        return fuse
 
     def _call(self, state: State) -> State:
         out = state.copy()
         out.rankings = self._fuse(state, None, self._top(state))
         return out
 
-    def _contributions(self, flat: dict[str, np.ndarray], w: np.ndarray, n_q: int) -> np.ndarray:
+    def _unit_contributions(self, flat: dict[str, np.ndarray], n_q: int) -> np.ndarray:
+        """What each flat entry adds to its document's fused score at branch weight 1 (the weight
+        multiplies it)."""
         raise NotImplementedError
 
 
@@ -222,8 +245,8 @@ class RRF(_Fuser):
     Params = RRFParams
     example = {"k": 60}
 
-    def _contributions(self, flat, w, n_q):
-        return w[flat["branch"]] / (self.params.k + flat["rank"])
+    def _unit_contributions(self, flat, n_q):
+        return 1.0 / (self.params.k + flat["rank"])
 
 
 class WeightedParams(_FuserParams):
@@ -275,7 +298,7 @@ class WeightedFusion(_Fuser):
         """The normalisation in use: the learned one after a learning fit, else the parameter."""
         return getattr(self, "option_", {}).get("norm", self.params.norm)
 
-    def _contributions(self, flat, w, n_q):
+    def _unit_contributions(self, flat, n_q):
         raw = flat["score"]
         norm = self.norm
         if norm == "learn":
@@ -284,7 +307,7 @@ class WeightedFusion(_Fuser):
         finite = np.isfinite(raw)
         s = np.where(finite, raw, 0.0)  # non-finite scores are missing: they neither count nor normalise
         if norm == "none" or len(s) == 0:
-            return w[flat["branch"]] * s
+            return s
         seg = flat["branch"] * n_q + flat["q"]  # contiguous segments: flat is ordered by (branch, q)
         starts = np.flatnonzero(np.r_[True, seg[1:] != seg[:-1]])
         counts = np.diff(np.r_[starts, len(s)])
@@ -300,4 +323,4 @@ class WeightedFusion(_Fuser):
             std = np.sqrt(np.maximum(sq - mean**2, 0))
             m, sd = np.repeat(mean, counts), np.repeat(std, counts)
             z = np.where(sd > 0, (s - m) / np.where(sd > 0, sd, 1), 0.0)
-        return w[flat["branch"]] * np.where(finite, z, 0.0)
+        return np.where(finite, z, 0.0)

@@ -472,3 +472,31 @@ def test_paired_randomization_test():
     assert paired_randomization_test(noise, {**a, "other": -5.0}, seed=3) == shared
     with pytest.raises(DataError, match="share no query"):
         paired_randomization_test({"x": 1.0}, {"y": 1.0})
+
+
+def test_per_query_metrics_cut_keeps_every_tie_at_the_cut_and_agrees_with_evaluate():
+    """The learners' per-query nDCG / recall (lists cut at the deepest k, every document tied with the
+    k-th kept, so trec_eval cuts the tie) equals ``evaluate`` on the full rankings, over random
+    rankings full of ties, empty ones, NaN scores and a document whose id is the query's."""
+    from ragkit.eval.metrics import per_query_metrics
+    from ragkit.types import Ranking, State
+
+    rng = np.random.default_rng(0)
+    ids = np.array([f"d{i}" for i in range(60)] + ["q3"], dtype=object)
+    rankings = []
+    for i in range(40):
+        n = int(rng.integers(0, 40))
+        sc = (np.round(rng.random(n) * 4) / 4).astype(np.float32)  # many ties
+        if n and i % 5 == 0:
+            sc[int(rng.integers(n))] = np.nan
+        order = np.argsort(-np.nan_to_num(sc, nan=-9), kind="stable")
+        rows = rng.choice(61, n, replace=False)[order]
+        rankings.append(Ranking(rows, sc[order]))
+    qids = [f"q{i}" for i in range(40)]
+    qrels = {q: {f"d{j}": int(rng.integers(1, 3)) for j in rng.choice(60, 4, replace=False)} for q in qids[:35]}
+    qrels["q3"]["q3"] = 1
+    state = State(qids, rankings=rankings)
+    got = per_query_metrics(state, qrels, ids, ["ndcg@10", "recall@20"])
+    full = evaluate(Run.from_rankings(qids, rankings, ids), qrels, ["ndcg@10", "recall@20"]).per_query
+    for m in ("ndcg@10", "recall@20"):
+        np.testing.assert_allclose(got[m], [full[m][q] for q in qids[:35]], atol=1e-12)

@@ -165,14 +165,35 @@ def per_query_metrics(state: State, qrels: Qrels, corpus_ids: np.ndarray,
     # is cut by trec_eval, and what the learners maximise is what evaluate reports (the full lists
     # cost ~10x more); one more document per query covers one ignored for having the query's id
     k = max(parse_metric(m)[1] for m in metrics) + 1
-    run = Run.from_rankings(state.query_ids, [_with_ties_at(r, k) for r in rankings], corpus_ids)
+    doc_ids, scores = _with_ties_at(rankings, k, corpus_ids)
+    run = Run(list(state.query_ids), doc_ids, scores)
     pq = evaluate(run, {q: qrels[q] for q in qids}, list(metrics)).per_query
     return {m: np.array([pq[m][q] for q in qids], dtype=np.float64) for m in metrics}
 
 
-def _with_ties_at(ranking: Ranking, k: int) -> Ranking:
-    """The documents of ``ranking`` scoring at least its k-th best score (float32, as trec_eval)."""
-    if len(ranking) <= k:
-        return ranking
-    kth = -np.partition(-ranking.scores, k - 1)[k - 1]
-    return ranking.take(np.flatnonzero(ranking.scores >= kth))
+def _with_ties_at(rankings: Sequence[Ranking], k: int,
+                  corpus_ids: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Per ranking, the ids and scores of its documents scoring at least its k-th best score
+    (float32, as trec_eval), in ranking order; a ranking of at most ``k`` documents is kept whole.
+    Vectorised over the rankings (one padded score matrix and one partition)."""
+    n = len(rankings)
+    lens = np.fromiter((len(r) for r in rankings), np.int64, n)
+    if lens.sum() == 0:
+        return [corpus_ids[:0] for _ in rankings], [np.zeros(0, np.float32) for _ in rankings]
+    flat = np.concatenate([r.scores for r in rankings]).astype(np.float32)
+    rows = np.concatenate([r.rows for r in rankings])
+    owner = np.repeat(np.arange(n), lens)
+    keep = np.ones(len(flat), bool)
+    long = np.flatnonzero(lens > k)
+    if len(long):
+        starts = np.cumsum(lens) - lens
+        width = int(lens[long].max())
+        padded = np.full((len(long), width), -np.inf, np.float32)
+        col = np.arange(width)
+        inside = col[None, :] < lens[long][:, None]
+        padded[inside] = flat[(starts[long][:, None] + col[None, :])[inside]]
+        at = np.full(n, -np.inf, np.float32)
+        at[long] = -np.partition(-padded, k - 1, axis=1)[:, k - 1]
+        keep = (flat >= at[owner]) | (lens[owner] <= k)
+    cut = np.cumsum(np.bincount(owner[keep], minlength=n))[:-1]
+    return np.split(corpus_ids[rows[keep]], cut), np.split(flat[keep], cut)
