@@ -116,6 +116,7 @@ class Corpus:
         object.__setattr__(self, "titles", titles)
         object.__setattr__(self, "metadata", meta)
         object.__setattr__(self, "_row_of", None)
+        object.__setattr__(self, "_codes", {})  # metadata field -> (codes, value -> code), built by mask()
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -246,8 +247,32 @@ class Corpus:
                 hit[self.row_of([str(w) for w in wants], missing="drop")] = True
                 keep &= hit
             else:
-                keep &= _isin(column, wants)
+                keep &= self._field_isin(key, column, wants)
         return keep
+
+    def _field_isin(self, key: str, column: np.ndarray, wants: list[Any]) -> np.ndarray:
+        """``column == w`` for some ``w`` in ``wants`` (see :meth:`mask`).  A column of hashable
+        values is coded once (value -> small integer, keyed by a dict, so Python's equality decides
+        which values share a code) and each later filter is one ``np.isin`` over the codes."""
+        coded = self._codes.get(key)
+        if coded is None:
+            lut: dict[Any, int] = {}
+            try:
+                codes = np.fromiter((lut.setdefault(v, len(lut)) for v in column.tolist()), np.int64, len(column))
+                coded = (codes, lut)
+            except TypeError:  # an unhashable value (a list) in the column
+                coded = (None, None)
+            self._codes[key] = coded
+        codes, lut = coded
+        if codes is None:
+            return _isin(column, wants)
+        try:
+            hit = [lut[w] for w in wants if w in lut]
+        except TypeError:  # an unhashable filter value (a list) matches no hashable column value
+            hit = [lut[w] for w in wants if _hashable(w) and w in lut]
+        if len(hit) == 1:
+            return codes == hit[0]
+        return np.isin(codes, hit)
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | Path) -> None:
@@ -283,6 +308,14 @@ def check_filter(where: Mapping[str, Any], path: str = "filter") -> None:
         raise DataError(f"{path}.{key}: {what}" if key is not None else f"{path}: {what}")
 
 
+def _hashable(v: Any) -> bool:
+    try:
+        hash(v)
+    except TypeError:
+        return False
+    return True
+
+
 def _isin(column: np.ndarray, wants: list[Any]) -> np.ndarray:
     """``column[i] == w`` for some ``w`` in ``wants``, with Python's equality (``1 == 1.0 == True``,
     ``"2020" != 2020``) whether one value or a list is given: set membership where the values
@@ -293,8 +326,17 @@ def _isin(column: np.ndarray, wants: list[Any]) -> np.ndarray:
     except TypeError:  # an unhashable value (a list) in the column or the filter
         hit = np.zeros(len(column), dtype=bool)
         for w in wants:
-            hit |= np.array([v == w for v in column.tolist()], dtype=bool)
+            hit |= np.array([_equal(v, w) for v in column.tolist()], dtype=bool)
         return hit
+
+
+def _equal(v: Any, w: Any) -> bool:
+    """``v == w`` as one bool; a comparison that broadcasts (a numpy scalar against a list) is no match."""
+    try:
+        same = v == w
+    except Exception:  # noqa: BLE001 - a type whose == raises matches nothing
+        return False
+    return bool(same) if isinstance(same, (bool, np.bool_)) else False
 
 
 def _jsonable(v: Any, field: str = "") -> Any:

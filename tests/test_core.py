@@ -71,6 +71,23 @@ def test_filters_take_arrays_as_lists_and_refuse_query_operators():
         c.mask({"year": {"$gte": 2020}})
 
 
+def test_coded_filter_masks_equal_python_equality_on_mixed_columns():
+    """A filtered search codes each metadata column once; the masks equal a plain Python ``==`` test
+    of every value, for mixed types (1 == 1.0 == True, "1" != 1), None, NaN, unhashable lists in
+    the column or the filter, and repeated calls."""
+    from ragkit.types import _isin
+
+    col = [1, 1.0, True, "1", None, float("nan"), 2.5, "a", 0, False, ["x"], np.int64(2), np.float32(2.5)]
+    c = Corpus.from_texts([str(i) for i in range(len(col))], v=col, w=[x for x in col if not isinstance(x, list)] + [3])
+    wants = [1, [1, "a"], "1", None, [None, 2], float("nan"), [["x"]], [["x"], 0], 2.5, np.float32(2.5), [], [False]]
+    for field in ("v", "w"):
+        for _ in range(2):  # the second pass reads the cached codes
+            for want in wants:
+                as_list = list(want) if isinstance(want, list) else [want]
+                got = c.mask({field: want})
+                np.testing.assert_array_equal(got, _isin(c.metadata[field], as_list), err_msg=f"{field}={want!r}")
+
+
 def test_a_call_filter_narrows_the_configured_one_even_on_the_same_field():
     c = Corpus.from_texts(["acme apples", "evil apples"], tenant=["acme", "evil"])
     bm = BM25(k=5, filter={"tenant": "acme"}).fit(c)
