@@ -755,6 +755,11 @@ class VectorIndex:
         self._check_built()
         q_full = self._normalise(self._check_query_dim(queries, "search"))
         nq = len(q_full)
+        bad = ~np.isfinite(q_full).all(axis=1)
+        if bad.any():  # a NaN query scores nothing: it would come back empty, silently
+            raise DataError(f"VectorIndex.search: {int(bad.sum())} of the {nq} query vectors contain NaN or "
+                            f"infinite values (first at position {int(np.argmax(bad))} of the batch); check the "
+                            "encoder's output")
         if k < 1:
             raise ParamError(f"VectorIndex.search: k must be >= 1, got {k}")
         if mask is not None:

@@ -184,7 +184,8 @@ class Dense(TunedEncoderMixin, Operator):
 
     def _call(self, state: State) -> State:
         q = self.query_vectors(state)
-        rows, sc = self.search_vectors(q, self.k_for(state), self.filter_mask(state))
+        k = min(self.k_for(state), max(self.index_.n_alive, 1))  # never more rows than documents: k is user input
+        rows, sc = self.search_vectors(q, k, self.filter_mask(state))
         out = state.copy()
         out.rankings = rankings_from_matrix(rows, sc)
         return out

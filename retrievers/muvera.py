@@ -274,7 +274,7 @@ class Muvera(TokenOperatorMixin, Operator):
         qf = self.query_fde(q)
         mask = self.filter_mask(state)
         if not self.params.rerank:
-            out.rankings = rankings_from_matrix(*self.index_.search(qf, k, mask=mask))
+            out.rankings = rankings_from_matrix(*self.index_.search(qf, min(k, max(self.index_.n_alive, 1)), mask=mask))
             return out
         n_cand = max(int(self.opt(state, "candidates", self.params.candidates)), k)
         rows, sc = self.index_.search(qf, min(n_cand, len(self.corpus_)), mask=mask)

@@ -765,3 +765,32 @@ def test_mmap_index_edits_copy_what_was_loaded_even_after_its_folder_changed(tmp
     gone.remove(np.array([0, 5]))
     gone.add(b[:3])
     assert gone.n_alive == 401 and gone.search(q, 10)[0].shape == (30, 10)
+
+
+@pytest.mark.parametrize("kw", [{}, {"dtype": "i8"}, {"dtype": "b1", "rescore": True}, {"search": "hnsw"}],
+                         ids=["f32", "i8", "b1-rescore", "hnsw"])
+def test_a_query_vector_with_nan_is_refused_with_its_position(kw):
+    """A NaN query vector (a broken encoder) scored nothing and came back as an empty ranking."""
+    rng = np.random.default_rng(2)
+    ix = VectorIndex(**kw).build(rng.standard_normal((200, 16)).astype(np.float32))
+    q = rng.standard_normal((4, 16)).astype(np.float32)
+    q[2, 5] = np.nan
+    with pytest.raises(DataError, match=r"1 of the 4 query vectors contain NaN or infinite values \(first at "
+                                        r"position 2 of the batch\)"):
+        ix.search(q, 5)
+
+
+def test_a_huge_k_costs_what_the_corpus_holds(slice_data, qvecs):
+    """``search(k=...)`` is user input: a k far beyond the corpus returns every document without
+    allocating k slots per query (k = 5e6 took 4 s and 1 GB for a 10-document corpus)."""
+    import tracemalloc
+
+    corpus, queries, _, _ = slice_data
+    op = Dense().fit(corpus)
+    st = _state(queries, qvecs, k=50_000_000)
+    tracemalloc.start()
+    out = op(st)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert all(len(r) == len(corpus) for r in out.rankings)
+    assert peak < 200 * len(corpus) * len(queries) + (64 << 20)  # ~O(n_q x n_docs), not O(n_q x k)
