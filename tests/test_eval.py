@@ -474,6 +474,26 @@ def test_paired_randomization_test():
         paired_randomization_test({"x": 1.0}, {"y": 1.0})
 
 
+def test_paired_randomization_test_memory_is_bounded_and_its_draws_unchanged():
+    """Resamples run in blocks (10,000 x 5,000 queries took 0.8 GB at once); the p-value is the one
+    a single (n_resamples, n_queries) draw of random signs gives."""
+    import tracemalloc
+
+    rng = np.random.default_rng(1)
+    a = {f"q{i}": float(v) for i, v in enumerate(rng.random(5000))}
+    b = {q: v + float(rng.normal(0.004, 0.1)) for q, v in a.items()}
+    tracemalloc.start()
+    p = paired_randomization_test(a, b)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 64 << 20
+    qs = sorted(a)
+    diff = np.array([a[q] - b[q] for q in qs])
+    signs = np.random.default_rng(0).choice(np.array([-1.0, 1.0]), size=(10000, len(qs)))
+    null = np.abs((signs * diff).mean(axis=1))
+    assert p == (np.sum(null >= abs(diff.mean()) - 1e-12) + 1) / 10001
+
+
 def test_per_query_metrics_cut_keeps_every_tie_at_the_cut_and_agrees_with_evaluate():
     """The learners' per-query nDCG / recall (lists cut at the deepest k, every document tied with the
     k-th kept, so trec_eval cuts the tie) equals ``evaluate`` on the full rankings, over random
