@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 from pydantic import Field
 
+from ragkit.errors import DataError
 from ragkit.filters._flat import cut_prefix, flatten
 from ragkit.operator import Operator
 from ragkit.options import PARAM
@@ -40,11 +41,26 @@ class _PrefixCut(Operator):
             return out
         k_min = int(self.opt(state, "k_min", self.params.k_min))
         _, scores, lengths, starts, qidx = flatten(state.rankings)
+        _check_sorted(scores, qidx, self.name)
         keep = self._keep(state, scores, lengths, starts, qidx)
         n_keep = np.bincount(qidx, weights=keep, minlength=len(lengths)).astype(np.int64)
         n_keep = np.maximum(n_keep, np.minimum(max(k_min, self.min_keep), lengths))
         out.rankings = cut_prefix(state.rankings, n_keep)
         return out
+
+
+def _check_sorted(scores: np.ndarray, qidx: np.ndarray, who: str) -> None:
+    """Raise DataError unless every ranking is sorted by score, best first (NaN only at the end):
+    a cut-off keeps a prefix, which is the passing documents only in such a ranking."""
+    if len(scores) < 2:
+        return
+    nan = np.isnan(scores)
+    bad = (qidx[1:] == qidx[:-1]) & ((scores[1:] > scores[:-1]) | (nan[:-1] & ~nan[1:]))
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise DataError(f"{who} keeps a prefix of each ranking and expects it sorted by score, best first (NaN "
+                        f"last); query {int(qidx[i])} of the batch is not ({float(scores[i]):.4g} before "
+                        f"{float(scores[i + 1]):.4g}): put {who} after a step that returns sorted rankings")
 
 
 class ScoreThresholdParams(Params):

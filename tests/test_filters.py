@@ -169,6 +169,15 @@ def test_score_and_relative_thresholds():
     with pytest.raises(ParamError, match="relative_threshold.alpha"):
         RelativeThreshold(alpha=0)
     assert len(st.rankings[0]) == 3  # input untouched
+    # a cut-off keeps a prefix: a ranking not sorted best first (NaN last) is refused, not cut wrongly
+    # ([NaN, .9, .8] at 0.5 kept the NaN document and dropped .8)
+    ok = State(["a"], rankings=[Ranking([1, 2, 3], [.9, .9, np.nan])])
+    assert ScoreThreshold(threshold=0.5)(ok).rankings[0].rows.tolist() == [1, 2]
+    for scores in ([np.nan, .9, .8], [.2, .9, .8]):
+        bad = State(["a", "b"], rankings=[Ranking([7], [1.0]), Ranking([1, 2, 3], scores)])
+        for op in (ScoreThreshold(threshold=0.5), RelativeThreshold(alpha=0.9)):
+            with pytest.raises(DataError, match=rf"{op.name} keeps a prefix .* query 1 of the batch is not"):
+                op(bad)
 
 
 # ---------------------------------------------------------------------- DBNorm
