@@ -411,6 +411,22 @@ def test_muvera_int8_graph_ranks_by_fde_inner_product(tiny):
         np.testing.assert_allclose(a.scores[0], b.scores[0], rtol=0.05)
 
 
+def test_muvera_without_rerank_answers_a_huge_k_with_the_corpus(tiny):
+    """``search(k=...)`` is user input: the FDE search asks the index for at most its documents
+    (a k of 5e7 allocated k result slots per query)."""
+    from ragkit.retrievers import Muvera
+
+    corpus, queries = tiny
+    import tracemalloc
+
+    op = Muvera(k=10, candidates=10, k_sim=3, d_proj=8, r_reps=4, rerank=False).fit(corpus)
+    tracemalloc.start()
+    run = op.search(queries, k=50_000_000)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert all(len(r) == len(corpus) for r in run.rankings) and peak < 64 << 20
+
+
 def test_muvera_params_cross_checks():
     from ragkit.retrievers import Muvera
 
