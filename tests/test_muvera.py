@@ -420,6 +420,7 @@ def test_muvera_without_rerank_answers_a_huge_k_with_the_corpus(tiny):
     import tracemalloc
 
     op = Muvera(k=10, candidates=10, k_sim=3, d_proj=8, r_reps=4, rerank=False).fit(corpus)
+    op.search(queries)  # loads the token model
     tracemalloc.start()
     run = op.search(queries, k=50_000_000)
     peak = tracemalloc.get_traced_memory()[1]
