@@ -1,16 +1,28 @@
 """Scale out on Ray: encoding, sharded indexing and batch search (``pip install 'ragkit[ray]'``).
 
-* ``pipeline.fit(corpus, backend="ray")`` encodes the corpus for every encoder-backed
-  operator as a Ray Data ``map_batches`` over a pool of encoder actors (each loads the
-  model once and writes into the shared on-disk embedding cache), then fits the
-  pipeline; the operators then read their vectors from the cache, so the fitted
-  pipeline is exactly the one a local fit gives, and saves and loads like any other.
+* ``pipeline.fit(corpus, backend="ray")`` pre-encodes the corpus's sentence vectors as a
+  Ray Data ``map_batches`` over a pool of encoder actors (each loads the model once and
+  writes into the shared on-disk embedding cache), for each model of an operator whose fit
+  encodes the corpus texts into sentence vectors: ``dense`` (its base model), ``knn_embed``,
+  ``mmr`` and ``dbnorm``, also as a ``sharded`` retriever.  It then fits the pipeline in this
+  process, where those operators read their vectors from the cache, so the fitted pipeline
+  is exactly the one a local fit gives, and saves and loads like any other.  Nothing else is
+  encoded on Ray: token vectors (``muvera``, ``maxsim_exact``, ``maxsim``), a fine-tuned
+  (``adapt``) model's vectors, query vectors (``cosine_adapter``), and models registered with
+  :func:`~ragkit.encoders.register_encoder` (a per-process registry that Ray workers do not
+  share) are encoded in this process by the local fit.  ``sharded`` retrievers with
+  ``backend: auto`` are then fitted and searched on Ray.
 * :class:`Sharded` splits the corpus into shards, fits one ordinary ragkit retriever per
-  shard (as Ray tasks, one folder per shard), searches all shards for a query batch and
-  merges the rankings by score with :func:`merge_rankings` (the same merge for any set of
-  shards).  A shard that fails after Ray's retries raises an error naming the shard.
+  shard (as Ray tasks with ``backend="ray"``, one folder per shard), searches all shards for
+  a query batch and merges the rankings by score with :func:`merge_rankings` (the same merge
+  for any set of shards).  A shard that fails after Ray's retries raises an error naming the
+  shard.
 * :func:`search_distributed` splits a query batch across Ray workers, each loading the
   saved pipeline once.
+
+Bad input (an unloadable model, a registered encoder where Ray workers would need it, a
+retriever that fine-tunes inside ``sharded``, a bad ``n_chunks``, an unfitted pipeline) is
+refused with a :class:`~ragkit.errors.RagkitError` before Ray starts.
 
 Works with ``ray.init()`` on one machine and with an existing cluster address
 (``RAGKIT_RAY_ADDRESS`` or ``ray.init(address=...)`` before calling).  Without Ray
@@ -22,12 +34,11 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Any, Iterable, Literal, Mapping, Sequence
 
 import numpy as np
 from pydantic import Field
 
-from ragkit.encoders.sentence import DEFAULT_MODEL
 from ragkit.errors import ParamError, RagkitError
 from ragkit.operator import Operator, read_json, write_json
 from ragkit.params import Params
@@ -47,6 +58,56 @@ def _ray():
     except ImportError:
         raise ImportError("the Ray backend needs Ray: pip install 'ragkit[ray]'") from None
     return ray
+
+
+def _registered(model: Any) -> bool:
+    """Whether ``model`` names an encoder registered with :func:`~ragkit.encoders.register_encoder`
+    (in this process only: a Ray worker resolves the name as a sentence-transformers model)."""
+    from ragkit.encoders.custom import registered_encoder
+
+    return isinstance(model, str) and registered_encoder(model) is not None
+
+
+def _root_cause(e: BaseException) -> BaseException | None:
+    """The :class:`RagkitError` behind a Ray error (``RayTaskError(ParamError)`` is one, its
+    ``cause`` the original), else ``None``."""
+    seen: set[int] = set()
+    stack: list[BaseException | None] = [e]
+    while stack:
+        c = stack.pop()
+        if c is None or id(c) in seen:
+            continue
+        seen.add(id(c))
+        cause = getattr(c, "cause", None)
+        if isinstance(c, RagkitError) and not isinstance(cause, BaseException):
+            return c
+        stack += [c.__context__, c.__cause__, cause if isinstance(cause, BaseException) else None]
+    return None
+
+
+def _reason(e: BaseException) -> str:
+    """What failed, for an error message: ``"ValueError: ..."`` for the user exception a Ray task
+    raised (``RayTaskError.cause``), else the Ray error's own text without its terminal colours."""
+    import re
+
+    cause = getattr(e, "cause", None)
+    if isinstance(cause, BaseException) and not type(cause).__module__.startswith("ray."):
+        return f"{type(cause).__name__}: {cause}"
+    return re.sub(r"\x1b\[[0-9;]*m", "", str(e)).strip()
+
+
+def _cancel(ray: Any, refs: Sequence[Any]) -> None:
+    """Cancel the Ray tasks of ``refs`` (no more retries) and wait a little for them to stop, so
+    that nothing still reads a folder the caller is about to delete."""
+    for ref in refs:
+        try:
+            ray.cancel(ref)
+        except Exception:  # noqa: BLE001 - already finished, or the cluster is gone: nothing to cancel
+            pass
+    try:
+        ray.wait(list(refs), num_returns=len(refs), timeout=30)
+    except Exception:  # noqa: BLE001 - best effort: the caller raises its own error next
+        pass
 
 
 def ray_init(address: str | None = None, num_cpus: int | None = None) -> Any:
@@ -77,51 +138,134 @@ class _EncoderActor:
         return {"i": batch["i"], "vec": vecs}
 
 
+def _check_model(model: Any, batch_size: int, where: str) -> int:
+    """Load ``model`` in this process (as the actors will) and return its width; an unloadable
+    model is refused here, before Ray starts, instead of as a Ray traceback from an actor."""
+    if not isinstance(model, str) or not model.strip():
+        raise ParamError(f"{where}: model must be a sentence-transformers model name or folder, got {model!r}")
+    if _registered(model):
+        raise ParamError(f"{where}: model {model!r} is an encoder registered with register_encoder in this "
+                         "process; Ray workers are other processes and do not have it, so it cannot encode on "
+                         "Ray: encode in this process (get_encoder(model).encode(texts), or a local fit)")
+    from ragkit.encoders import get_encoder
+
+    try:
+        return int(get_encoder(model, batch_size=batch_size).dim)
+    except ParamError as e:
+        raise ParamError(f"{where}: {e}; expected a sentence-transformers model name or folder that loads in "
+                         "this process (the Ray actors load it the same way)", path=e.path) from None
+    except RagkitError:
+        raise
+    except Exception as e:  # noqa: BLE001 - whatever sentence-transformers raises for a model it cannot load
+        raise ParamError(f"{where}: model {model!r} could not be loaded ({type(e).__name__}: {e}); expected a "
+                         "sentence-transformers model name or folder") from None
+
+
+def _collect(batches: Iterable[Mapping[str, np.ndarray]], n: int, dim: int, model: str) -> np.ndarray:
+    """Gather the encoded batches ``{"i": rows, "vec": vectors}`` into ``(n, dim)`` in input order.
+
+    A failure while the actors encode surfaces as the :class:`RagkitError` behind it where Ray kept
+    it, else as a :class:`ShardError` naming the model, never as a bare Ray exception."""
+    out = np.zeros((n, dim), np.float32)
+    try:
+        for b in batches:
+            out[b["i"]] = b["vec"]
+    except RagkitError:
+        raise
+    except Exception as e:  # noqa: BLE001 - Ray's errors (RayTaskError, UserCodeException...) become ours
+        cause = _root_cause(e)
+        if cause is not None:
+            raise cause from None
+        raise ShardError(f"ray_encode({model!r}): {_reason(e)}") from None
+    return out
+
+
 def ray_encode(model: str, texts: Sequence[str], *, num_actors: int = 2, batch_size: int = 64,
                block: int = 256, cache: bool = True) -> np.ndarray:
     """Encode ``texts`` with a pool of ``num_actors`` encoder actors; returns ``(n, dim)`` in input order.
 
     With ``cache=True`` the actors read and fill the shared on-disk embedding cache.
+
+    Raises
+    ------
+    ParamError
+        Before Ray starts: a bad ``num_actors`` / ``batch_size`` / ``block``, a model that does not
+        load in this process, or a model registered with ``register_encoder`` (Ray workers lack it).
+    ShardError
+        When the actors fail while encoding (a :class:`RagkitError` raised there is re-raised as it is).
     """
+    for name, value in (("num_actors", num_actors), ("batch_size", batch_size), ("block", block)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise ParamError(f"ray_encode: {name} must be a positive integer, got {value!r}")
+    texts = [str(t) for t in texts]
+    dim = _check_model(model, batch_size, f"ray_encode({model!r})")
+    if not texts:
+        return np.zeros((0, dim), np.float32)
     ray_init()
     import ray.data
 
     ds = ray.data.from_items([{"i": i, "text": t} for i, t in enumerate(texts)])
     ds = ds.map_batches(_EncoderActor, fn_constructor_args=(model, batch_size, cache), batch_size=block,
                         compute=ray.data.ActorPoolStrategy(size=num_actors), batch_format="numpy")
-    out: np.ndarray | None = None
-    for b in ds.iter_batches(batch_size=4096, batch_format="numpy"):
-        if out is None:
-            out = np.zeros((len(texts), b["vec"].shape[1]), np.float32)
-        out[b["i"]] = b["vec"]
-    if out is None:
-        raise ShardError("Ray encoding returned no batches")
-    return out
+    return _collect(ds.iter_batches(batch_size=4096, batch_format="numpy"), len(texts), dim, model)
+
+
+def _sentence_encoders() -> tuple[type, ...]:
+    """Operator classes whose fit encodes the corpus texts into sentence vectors of their ``model``
+    through :func:`~ragkit.encoders.get_encoder` and its disk cache (what :func:`fit_pipeline`
+    pre-encodes): ``dense`` (the base model; ``adapt`` mines its hard negatives with it),
+    ``knn_embed`` (a ``dense`` inside), ``mmr`` and ``dbnorm``.  Not ``muvera`` / ``maxsim_exact`` /
+    ``maxsim`` (token vectors) nor ``cosine_adapter`` (query vectors; its upstream ``dense``
+    encodes the corpus)."""
+    from ragkit.filters.dbnorm import DBNorm
+    from ragkit.filters.mmr import MMR
+    from ragkit.retrievers.dense import Dense
+    from ragkit.retrievers.knn_embed import KnnEmbed
+
+    return Dense, KnnEmbed, MMR, DBNorm
+
+
+def corpus_models(pipe: Any) -> list[str]:
+    """The models whose sentence vectors of the corpus ``pipe``'s fit reads (a ``sharded``
+    retriever's per-shard retriever included), sorted, without registered encoders (see
+    :func:`fit_pipeline`)."""
+    from ragkit.pipelines._compose import iter_leaves
+
+    kinds = _sentence_encoders()
+    models: set[str] = set()
+    for leaf in iter_leaves(pipe):
+        op = leaf.sub_retriever() if isinstance(leaf, Sharded) else leaf
+        model = getattr(op.params, "model", None)
+        if isinstance(op, kinds) and isinstance(model, str) and not _registered(model):
+            models.add(model)
+    return sorted(models)
 
 
 def fit_pipeline(pipe: Any, corpus: Corpus, train: TrainSet | None, *, backend: str = "ray",
                  num_actors: int = 2) -> Any:
-    """Fit ``pipe`` with Ray encoding: pre-encode every encoder model's corpus texts, then fit locally."""
+    """Fit ``pipe`` with Ray encoding: pre-encode the corpus's sentence vectors of every model
+    :func:`corpus_models` names on Ray, then fit in this process (which reads them from the cache).
+
+    ``sharded`` retrievers with ``backend: auto`` are fitted (and later searched) on Ray; an
+    explicit ``backend: local`` stays local.  Models registered with ``register_encoder`` are
+    encoded in this process by the fit; a ``sharded`` retriever that would build its shards on
+    Ray with one is refused (:class:`ParamError`) before anything is encoded.
+    """
     if backend != "ray":
         raise ParamError(f"fit: backend must be 'local' or 'ray', got {backend!r}")
     from ragkit.pipelines._compose import check_trainable, iter_leaves
 
     check_trainable(pipe, train)  # before Ray encodes anything
-    models = set()
-    for leaf in iter_leaves(pipe):
-        params = leaf.params.model_dump()
-        if isinstance(leaf, Sharded):
-            (name, sub), = leaf.params.retriever.items()
-            params = dict(sub or {})
-            if name == "dense":
-                params.setdefault("model", DEFAULT_MODEL)
-        if isinstance(params.get("model"), str) and leaf.kind == "retriever":
-            models.add(params["model"])
-    for model in sorted(models):
+    sharded = [leaf for leaf in iter_leaves(pipe) if isinstance(leaf, Sharded) and leaf.params.backend != "local"]
+    for leaf in sharded:
+        leaf._check_ray_model("fit(backend='ray')")
+    models = corpus_models(pipe)
+    for model in models:  # each checked to load before Ray starts
+        _check_model(model, 64, "fit(backend='ray')")
+    for model in models:
         ray_encode(model, corpus.full_texts, num_actors=num_actors)
-    for leaf in iter_leaves(pipe):
-        if isinstance(leaf, Sharded):
-            leaf._backend = "ray"
+    for leaf in sharded:  # backend "auto": fitted and searched on Ray from now on in this process
+        leaf._backend = "ray"
     return pipe.fit(corpus, train)
 
 
@@ -189,9 +333,24 @@ class Sharded(Operator):
     ``backend="ray"``); searching runs every shard on the query batch and merges the
     rankings by score.  With exact per-shard search the merged top-k equals the top-k of one
     index over the whole corpus: ``bm25`` shards are given the whole corpus's idf and average
-    document length after fitting (Elasticsearch's ``dfs_query_then_fetch``), and ``dense``,
-    ``muvera`` with exact search and ``maxsim_exact`` scores need no corpus statistics.  Other
-    retrievers that learn from their corpus (``knn_embed``'s clusters) are fitted per shard.
+    document length after fitting (Elasticsearch's ``dfs_query_then_fetch``), and ``dense``
+    (``dtype`` f32 or f16 without ``rescore``, ``reduce`` none or matryoshka), ``muvera`` with
+    exact search and ``maxsim_exact`` scores need no corpus statistics.  Not so for what is
+    fitted on each shard's own documents: a ``dense`` with ``reduce: pca:<d>`` (a PCA per shard,
+    so each shard scores in its own projection) or ``dtype: i8`` (an int8 calibration per shard)
+    gives approximate scores that differ from shard to shard, and a shortlist re-scored per shard
+    (``dtype: b1``, ``rescore``) or an HNSW search is approximate per shard, so their merge only
+    approximates one index's ranking; other retrievers that learn from their corpus
+    (``knn_embed``'s clusters) are likewise fitted per shard.
+
+    The shards get no training split: a retriever that fine-tunes at fit (``dense`` with
+    ``adapt``) is refused, since each shard would tune its own model and their scores would
+    not be comparable; fine-tune once and pass the tuned model's folder as ``model``.
+
+    A search's ``k`` option of the per-shard retriever (``search(q, bm25={"k": 3})``) sets the
+    number of results exactly, as for one index: every shard returns its top ``3`` and the
+    merge keeps the top ``3`` of those, which are one index's top ``3`` (the ``sharded``
+    retriever's own ``k`` option, when also given, caps it further).
 
     Examples
     --------
@@ -205,6 +364,7 @@ class Sharded(Operator):
     example = {"retriever": {"bm25": {"k": 10}}, "n_shards": 3, "k": 10, "backend": "local"}
     #: the call's options go to every shard, whose retriever applies ``filter`` (and reads its own
     #: options, e.g. ``bm25={"n_jobs": 2}``: :meth:`option_children`); ``sharded`` reads only ``k``
+    #: (its own, and its shard retriever's own ``k`` option, which also sets the merged number)
     run_options = {"filter": None}
 
     def __init__(self, params: Any = None, /, **kwargs: Any) -> None:
@@ -221,8 +381,31 @@ class Sharded(Operator):
                              path="sharded.retriever")
         from ragkit.params import validate_params
 
-        validate_params(cls.Params, sub, name, "sharded.retriever")
+        sub_params = validate_params(cls.Params, sub, name, "sharded.retriever")
+        self._sub_name: str = name
+        self._sub_cls: type[Operator] = cls
+        if getattr(cls(sub_params), "needs_train", False):
+            raise ParamError(f"sharded.retriever: {name} with these parameters ({sub!r}) learns from judged queries "
+                             f"at fit (e.g. dense's adapt fine-tunes its model), but shards cannot fine-tune: each "
+                             f"would tune its own model and their scores would not be comparable; fine-tune once "
+                             f"(e.g. Dense(adapt=...).fit(corpus, train)) and pass the tuned model folder as "
+                             f"'model'", path="sharded.retriever")
         self._backend = self.params.backend
+
+    def sub_retriever(self) -> Operator:
+        """A new, unfitted per-shard retriever built from ``retriever`` (its parameters, defaults filled)."""
+        (_, sub), = self.params.retriever.items()
+        return self._sub_cls(sub)
+
+    def _check_ray_model(self, where: str) -> None:
+        """Refuse a per-shard retriever whose ``model`` is registered with ``register_encoder`` where its
+        shards would be built or searched on Ray: the registry is per process, a Ray worker lacks it."""
+        model = getattr(self.sub_retriever().params, "model", None)
+        if _registered(model):
+            raise ParamError(f"{where}: sharded.retriever {self._sub_name}'s model {model!r} is an encoder registered "
+                             f"with register_encoder in this process; Ray workers are other processes and do not "
+                             f"have it, so its shards cannot be built or searched on Ray: use backend='local'",
+                             path="sharded.backend")
 
     def option_children(self) -> list[tuple[str, Operator]]:
         """The per-shard retriever, which reads the call's options: a fitted shard once fitted (so
@@ -231,10 +414,7 @@ class Sharded(Operator):
         shards = getattr(self, "shards_", None)
         if shards:
             return [("retriever", shards[0])]
-        from ragkit import registry
-
-        (name, sub), = self.params.retriever.items()
-        return [("retriever", registry.get(name)(sub))]
+        return [("retriever", self.sub_retriever())]
 
     def _use_ray(self) -> bool:
         return self._backend == "ray"
@@ -265,6 +445,7 @@ class Sharded(Operator):
         shards = [corpus.subset(np.arange(a, b)) for a, b in zip(bounds[:-1], bounds[1:])]
         node = dict(self.params.retriever)
         if self._use_ray():
+            self._check_ray_model("sharded.fit")  # before Ray starts
             ray = ray_init()
             task = ray.remote(max_retries=self.params.max_retries, retry_exceptions=True)(_fit_shard)
             refs = [task.remote(node, sh, f) for sh, f in zip(shards, folders)]
@@ -273,7 +454,7 @@ class Sharded(Operator):
                     ray.get(ref)
                 except Exception as e:
                     raise ShardError(f"sharded: shard {s} (documents {bounds[s]}..{bounds[s + 1] - 1}) failed to "
-                                     f"build after {self.params.max_retries} retries: {e}") from None
+                                     f"build after {self.params.max_retries} retries: {_reason(e)}") from None
         else:
             for s, (sh, f) in enumerate(zip(shards, folders)):
                 _fit_shard(node, sh, f)
@@ -312,13 +493,29 @@ class Sharded(Operator):
                         for f, a, b in zip(folders, self.bounds_[:-1], self.bounds_[1:])]
         self.folders_ = folders
 
+    def _merge_k(self, state: State) -> int:
+        """How many merged results: the per-shard retriever's own ``k`` option exactly (each shard
+        then returns that many, so the merge's top equals one index's; capped by this retriever's
+        own ``k`` option when both are given), else :meth:`k_for`."""
+        k = self.k_for(state)
+        own = state.options.get(self._sub_name)
+        own_k = own.get("k") if isinstance(own, Mapping) else None
+        if own_k is None:
+            return k
+        own_k = int(own_k)
+        mine = self.opt(state, "k")
+        return min(own_k, int(mine)) if mine is not None else own_k
+
     def _call(self, state: State) -> State:
         k = self.k_for(state)
+        merge_k = self._merge_k(state)
+        # the shards fetch at least k (their own k option, when given, is exact and at least merge_k)
         options = {**state.options, "k": max(k, int(state.options.get("k") or 0))}
         # a rewritten query (a rewriter, PRF's lexical query upstream) is what the shards search
         rewrites = {key: state.values[key] for key in QUERY_REWRITES if state.values.get(key)}
         texts = list(state.queries)
         if self._use_ray():
+            self._check_ray_model("sharded.search")  # before Ray starts
             ray = ray_init()
             if getattr(self, "_actors", None) is None:
                 actor = ray.remote(max_restarts=self.params.max_retries, max_task_retries=self.params.max_retries)(
@@ -330,7 +527,7 @@ class Sharded(Operator):
                 try:
                     results.append(ray.get(ref))
                 except Exception as e:
-                    raise ShardError(f"sharded: shard {s} failed to search: {e}") from None
+                    raise ShardError(f"sharded: shard {s} failed to search: {_reason(e)}") from None
         else:
             results = []
             for sh in self.shards_:
@@ -340,7 +537,7 @@ class Sharded(Operator):
                 results.append([(r.rows, r.scores) for r in sub.rankings])
         parts = [[Ranking(rows + off, sc) for rows, sc in res] for res, off in zip(results, self.bounds_[:-1])]
         out = state.copy()
-        out.rankings = merge_rankings(parts, k)
+        out.rankings = merge_rankings(parts, merge_k)
         return out
 
     def _save(self, folder: Path) -> None:
@@ -354,34 +551,117 @@ class Sharded(Operator):
         self._load_shards([str(folder / f"shard-{s:03d}") for s in range(len(self.bounds_) - 1)], mmap=mmap)
 
 
-def _search_chunk(pipe_dir: str, ids: list[str], texts: list[str], k: int | None) -> Any:
+def _search_chunk(pipe_dir: str, ids: list[str], texts: list[str], k: int | None,
+                  options: dict[str, Any] | None = None) -> Any:
     from ragkit.pipelines import Pipeline
     from ragkit.types import Queries
 
-    run = Pipeline.load(pipe_dir).search(Queries(ids, texts), k=k)
+    run = Pipeline.load(pipe_dir).search(Queries(ids, texts), k=k, **(options or {}))
     return run.query_ids, run.doc_ids, [(r.rows, r.scores) for r in run.rankings or []], run.values
 
 
-def search_distributed(pipe: Any, queries: Any, *, n_chunks: int = 4, k: int | None = None) -> Any:
+def _registered_in(pipe: Any) -> list[tuple[str, str]]:
+    """``(path, model)`` for every operator of ``pipe`` (a ``sharded`` retriever's per-shard one
+    included) whose ``model`` is registered with ``register_encoder`` in this process."""
+    from ragkit.pipelines.yaml import walk_leaves
+
+    found = []
+    for path, leaf in walk_leaves(pipe):
+        op, where = (leaf.sub_retriever(), f"{path}.retriever") if isinstance(leaf, Sharded) else (leaf, path)
+        model = getattr(op.params, "model", None)
+        if _registered(model):
+            found.append((f"{where}.model", model))
+    return found
+
+
+def search_distributed(pipe: Any, queries: Any, *, n_chunks: int = 4, k: int | None = None,
+                       **options: Any) -> Any:
     """Search a large query batch split across Ray workers (each loads the saved pipeline).
 
-    Returns the same :class:`~ragkit.run.Run` as ``pipe.search(queries, k=k)``: document ids,
-    scores, the row rankings and the per-query values, in query order (no trace).
+    Returns the same :class:`~ragkit.run.Run` as ``pipe.search(queries, k=k, **options)``:
+    document ids, scores, the row rankings and the per-query values, in query order (no trace).
+
+    Parameters
+    ----------
+    pipe : Pipeline or Operator
+        A fitted pipeline (or one fitted operator); it is saved to a temporary folder that
+        every worker loads.
+    queries : Queries, list of str or str
+    n_chunks : int
+        Number of query chunks, one Ray task each (at most one per query).
+    k : int, optional
+        Final number of results per query, as for ``search``.
+    **options
+        Run-time options as for ``search`` (``filter=...``, ``bm25={"k": 3}``...), checked
+        against ``pipe`` before Ray starts.  ``trace`` and ``qrels`` are not supported.
+
+    Raises
+    ------
+    ParamError
+        Before Ray starts: a bad ``n_chunks``, ``k`` or option, or an operator whose ``model`` is
+        an encoder registered with ``register_encoder`` (Ray workers lack it).
+    NotFittedError
+        Before Ray starts, when ``pipe`` is not fitted.
+    ShardError
+        When a chunk fails on the workers after Ray's retries, naming the chunk.
     """
     from ragkit.options import check_options
+    from ragkit.pipelines import Pipeline
     from ragkit.run import Run
     from ragkit.types import Queries
 
-    check_options(pipe, {} if k is None else {"k": k})  # before Ray starts or the pipeline is saved
-    ray = ray_init()
+    if isinstance(n_chunks, bool) or not isinstance(n_chunks, (int, np.integer)) or n_chunks < 1:
+        raise ParamError(f"search_distributed: n_chunks must be a positive integer (query chunks, one Ray task "
+                         f"each), got {n_chunks!r}")
+    if k is not None and (isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1):
+        raise ParamError(f"search_distributed: k must be a positive integer, got {k!r}")
+    for key in ("trace", "qrels"):
+        if key in options:
+            raise ParamError(f"search_distributed: {key}= is not supported (the workers return rankings and "
+                             f"values only); use pipe.search(queries, {key}=...) in this process")
+    if not isinstance(pipe, Pipeline):
+        if not isinstance(pipe, Operator):
+            raise ParamError(f"search_distributed: expected a fitted ragkit Pipeline or Operator, "
+                             f"got {type(pipe).__name__}")
+        single = Pipeline([pipe])
+        if pipe.is_fitted and not pipe.stateless:
+            single.corpus_ = pipe.corpus_
+        pipe = single
+    pipe._check_fitted()  # before Ray starts or the pipeline is saved (a worker would fail, retried)
+    from ragkit.pipelines._compose import iter_leaves, shared_corpus
+
+    if not any(leaf.kind == "retriever" for leaf in iter_leaves(pipe)):
+        raise ParamError("search_distributed: this pipeline has no retriever, so no query would get a document; "
+                         "start it with one, e.g. bm25 or dense")
+    registered = _registered_in(pipe)
+    if registered:
+        where, model = registered[0]
+        raise ParamError(f"search_distributed: {where} {model!r} is an encoder registered with register_encoder in "
+                         f"this process; the Ray workers that load the pipeline do not have it: search in this "
+                         f"process (pipe.search)", path=where)
+    check_options(pipe, {**options, **({} if k is None else {"k": int(k)})}, shared_corpus(pipe))  # before Ray
+    if isinstance(queries, str):
+        queries = [queries]
     queries = queries if isinstance(queries, Queries) else Queries.from_texts(list(queries))
+    ray = ray_init()
+    bounds = np.linspace(0, len(queries), int(n_chunks) + 1).astype(int)
+    spans = [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
     with tempfile.TemporaryDirectory(prefix="ragkit-pipe-") as tmp:
         pipe.save(Path(tmp) / "p")
         task = ray.remote(max_retries=3, retry_exceptions=True)(_search_chunk)
-        bounds = np.linspace(0, len(queries), n_chunks + 1).astype(int)
-        refs = [task.remote(str(Path(tmp) / "p"), queries.ids[a:b], queries.texts[a:b], k)
-                for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
-        chunks = [ray.get(ref) for ref in refs]
+        refs = [task.remote(str(Path(tmp) / "p"), queries.ids[a:b], queries.texts[a:b], k, options)
+                for a, b in spans]
+        chunks = []
+        try:
+            for c, ((a, b), ref) in enumerate(zip(spans, refs)):
+                try:
+                    chunks.append(ray.get(ref))
+                except Exception as e:  # noqa: BLE001 - a Ray error becomes ours, naming the chunk
+                    raise ShardError(f"search_distributed: chunk {c} (queries {a}..{b - 1}) failed after 3 "
+                                     f"retries: {_reason(e)}") from None
+        except BaseException:
+            _cancel(ray, refs)  # no retry may still read the folder deleted next
+            raise
     qids = [q for c in chunks for q in c[0]]
     docs = [d for c in chunks for d in c[1]]
     rankings = [Ranking(rows, sc) for c in chunks for rows, sc in c[2]]

@@ -5,11 +5,62 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ragkit.errors import ParamError
+from ragkit import scale
+from ragkit.encoders import DEFAULT_MODEL
+from ragkit.errors import DataError, NotFittedError, ParamError
 from ragkit.pipelines import Pipeline
 from ragkit.retrievers import BM25, Dense
-from ragkit.scale import Sharded, ShardError, merge_rankings
+from ragkit.scale import Sharded, ShardError, merge_rankings, ray_encode, search_distributed
 from ragkit.types import Ranking
+
+
+class _HashEncoder:
+    """A registered (per-process) encoder: hashed bag of words, 16 dimensions."""
+
+    key = "test-scale-hash-v1"
+    dim = 16
+
+    def encode(self, texts, **kw):
+        import hashlib
+
+        out = np.full((len(texts), 16), 1e-3, np.float32)
+        for i, t in enumerate(texts):
+            for w in str(t).lower().split():
+                out[i, int(hashlib.md5(w.encode()).hexdigest(), 16) % 16] += 1
+        return out / np.linalg.norm(out, axis=1, keepdims=True)
+
+    encode_queries = encode
+
+
+@pytest.fixture
+def hash_encoder():
+    """The name of a registered encoder (unregistered after the test)."""
+    from ragkit.encoders import register_encoder, unregister_encoder
+
+    name = "test-scale-hash"
+    register_encoder(name, _HashEncoder(), replace=True)
+    try:
+        yield name
+    finally:
+        unregister_encoder(name)
+
+
+@pytest.fixture
+def no_ray(monkeypatch):
+    """Fail the test if anything starts (or joins) Ray."""
+    def refuse(*args, **kwargs):
+        raise AssertionError("Ray was started")
+
+    monkeypatch.setattr(scale, "ray_init", refuse)
+
+
+@pytest.fixture(scope="module")
+def ray_session():
+    """A local Ray instance on 2 CPUs for the tests of this module that need one; shut down after them."""
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
+    yield ray
+    ray.shutdown()
 
 
 def test_merge_rankings_by_score():
@@ -73,8 +124,7 @@ def test_sharded_rejects_non_retriever():
 
 
 @pytest.mark.slow
-def test_ray_fit_and_search_equal_local(slice_data, tmp_path):
-    ray = pytest.importorskip("ray")
+def test_ray_fit_and_search_equal_local(slice_data, tmp_path, ray_session):
     corpus, queries, _, _ = slice_data
     yaml = {"pipeline": [{"sharded": {"retriever": {"dense": {"k": 10}}, "n_shards": 2, "k": 10}}]}
     local = Pipeline.from_yaml({"pipeline": [{"dense": {"k": 10}}]}).fit(corpus).search(queries)
@@ -95,8 +145,6 @@ def test_ray_fit_and_search_equal_local(slice_data, tmp_path):
     again = Pipeline.load(tmp_path / "p").search(queries)
     for r1, r2 in zip(local.rankings, again.rankings):
         np.testing.assert_array_equal(r1.rows, r2.rows)
-    from ragkit.scale import search_distributed
-
     dist = search_distributed(on_ray, queries, n_chunks=2)
     assert dist.query_ids == local.query_ids
     for d1, d2, r1, r2 in zip(local.doc_ids, dist.doc_ids, local.rankings, dist.rankings):
@@ -104,7 +152,6 @@ def test_ray_fit_and_search_equal_local(slice_data, tmp_path):
     with pytest.raises(ShardError, match="shard 0"):
         Sharded(retriever={"dense": {"model": str(tmp_path / "no-such-model")}}, n_shards=2, k=5,
                 backend="ray", max_retries=0).fit(corpus)
-    ray.shutdown()
 
 
 def test_sharded_load_with_mmap_maps_every_shard(slice_data, tmp_path):
@@ -132,3 +179,158 @@ def test_sharded_checks_options_against_its_fitted_shards(slice_data):
     finally:
         type(sh.shards_[0])._call = original
     assert calls == []  # refused before any shard searched
+
+
+# ---------------------------------------------------------------------- review fixes
+def test_sharded_refuses_a_retriever_that_fine_tunes():
+    """Shards get no training split (and each would tune its own model): refused at construction."""
+    with pytest.raises(ParamError, match=r"shards cannot fine-tune.*tuned model folder as 'model'") as err:
+        Sharded(retriever={"dense": {"k": 10, "adapt": {"max_steps": 1}}}, n_shards=2)
+    assert err.value.path == "sharded.retriever"
+    Sharded(retriever={"dense": {"k": 10}}, n_shards=2)  # without adapt: accepted
+
+
+def test_ray_fit_keeps_an_explicit_local_backend(slice_data, no_ray):
+    corpus, queries, _, _ = slice_data
+    local = Sharded(retriever={"bm25": {"k": 5}}, n_shards=2, k=5, backend="local")
+    Pipeline([local]).fit(corpus, backend="ray")  # bm25: nothing to encode, and its shards stay local
+    assert not local._use_ray()
+    assert local.search(queries[:2]).rankings[0].rows.size == 5
+    auto = Sharded(retriever={"bm25": {"k": 5}}, n_shards=2, k=5)  # backend auto: on Ray after a Ray fit
+    with pytest.raises(AssertionError, match="Ray was started"):
+        Pipeline([auto]).fit(corpus, backend="ray")
+
+
+def test_ray_encode_refuses_before_ray_starts(tmp_path, no_ray):
+    missing = str(tmp_path / "no-such-model")
+    with pytest.raises(ParamError, match=r"ray_encode\(.*no-such-model.*could not load"):
+        ray_encode(missing, ["a claim about cells"])
+    with pytest.raises(ParamError, match="num_actors must be a positive integer, got 0"):
+        ray_encode(DEFAULT_MODEL, ["a"], num_actors=0)
+
+
+def test_ray_encode_failures_are_ragkit_errors():
+    """What the actors raise reaches the caller as a RagkitError: the cause itself where Ray kept it
+    (a task's RayTaskError(ParamError) carries it as ``cause``), else a ShardError naming the model."""
+    class FakeRayTaskError(RuntimeError):
+        def __init__(self, cause):
+            super().__init__(f"ray::task failed: {cause!r}")
+            self.cause = cause
+
+    def batches(failure):
+        yield {"i": np.array([1]), "vec": np.ones((1, 2), np.float32)}
+        raise failure
+
+    got = scale._collect(iter([{"i": np.array([1, 0]), "vec": np.eye(2, dtype=np.float32)}]), 2, 2, "m")
+    np.testing.assert_array_equal(got, [[0, 1], [1, 0]])
+    with pytest.raises(ShardError, match=r"ray_encode\('m'\): actor died"):
+        scale._collect(batches(RuntimeError("actor died")), 2, 2, "m")
+    with pytest.raises(DataError, match="^bad text$"):
+        scale._collect(batches(FakeRayTaskError(DataError("bad text"))), 2, 2, "m")
+
+
+def test_registered_encoders_never_go_to_ray_workers(slice_data, hash_encoder, no_ray, monkeypatch):
+    """The register_encoder registry is per process: a Ray fit encodes such a model here, and what
+    would need it in a Ray worker (ray_encode, shards built on Ray, search_distributed) is refused."""
+    corpus, queries, _, _ = slice_data
+    corpus = corpus.subset(np.arange(60))
+    monkeypatch.setattr(scale, "ray_encode", lambda *a, **kw: pytest.fail("ray_encode was called"))
+    on_ray = Pipeline([Dense(model=hash_encoder, k=5)]).fit(corpus, backend="ray")
+    local = Pipeline([Dense(model=hash_encoder, k=5)]).fit(corpus)
+    assert [r.rows.tolist() for r in on_ray.search(queries).rankings] == \
+        [r.rows.tolist() for r in local.search(queries).rankings]
+    node = {"dense": {"model": hash_encoder, "k": 5}}
+    with pytest.raises(ParamError, match=r"sharded.fit: .*registered with register_encoder.*backend='local'") as err:
+        Sharded(retriever=node, n_shards=2, k=5, backend="ray").fit(corpus)
+    assert err.value.path == "sharded.backend"
+    with pytest.raises(ParamError, match=r"fit\(backend='ray'\): .*registered with register_encoder"):
+        Pipeline([Sharded(retriever=node, n_shards=2, k=5)]).fit(corpus, backend="ray")
+    sharded = Sharded(retriever=node, n_shards=2, k=5, backend="local").fit(corpus)
+    assert [r.rows.tolist() for r in sharded.search(queries).rankings] == \
+        [r.rows.tolist() for r in local.search(queries).rankings]
+    monkeypatch.undo()  # the real ray_encode: it refuses before Ray starts
+    monkeypatch.setattr(scale, "ray_init", lambda *a, **kw: pytest.fail("Ray was started"))
+    with pytest.raises(ParamError, match="registered with register_encoder"):
+        ray_encode(hash_encoder, ["a"])
+    with pytest.raises(ParamError, match=r"pipeline\[0\].dense.model 'test-scale-hash' is an encoder registered"):
+        search_distributed(local, queries)
+
+
+def test_search_distributed_refuses_before_ray_starts(slice_data, no_ray):
+    corpus, queries, _, _ = slice_data
+    pipe = Pipeline([BM25(k=5)]).fit(corpus)
+    for bad in (0, -1, 1.5, True, "2"):
+        with pytest.raises(ParamError, match=f"n_chunks must be a positive integer .*got {bad!r}"):
+            search_distributed(pipe, queries, n_chunks=bad)
+    with pytest.raises(NotFittedError, match="not fitted"):
+        search_distributed(Pipeline([BM25(k=5)]), queries)
+    with pytest.raises(ParamError, match="nofield"):
+        search_distributed(pipe, queries, filter={"nofield": 1})
+    with pytest.raises(ParamError, match="trace= is not supported"):
+        search_distributed(pipe, queries, trace=True)
+
+
+@pytest.mark.parametrize("own_k", [3, 15])
+def test_sharded_own_k_option_is_exact_and_the_true_top(slice_data, own_k):
+    """``bm25={"k": n}`` on a sharded bm25 gives what it gives one index: n results, the true top n."""
+    corpus, queries, _, _ = slice_data
+    single = BM25(k=10).fit(corpus)
+    sharded = Sharded(retriever={"bm25": {"k": 10}}, n_shards=3, k=10, backend="local").fit(corpus)
+    one, got = single.search(queries, bm25={"k": own_k}), sharded.search(queries, bm25={"k": own_k})
+    assert all(len(r.rows) == own_k for r in got.rankings)
+    assert [r.rows.tolist() for r in got.rankings] == [r.rows.tolist() for r in one.rankings]
+    capped = sharded.search(queries, bm25={"k": own_k}, sharded={"k": 2})  # its own k caps the merge
+    assert [r.rows.tolist() for r in capped.rankings] == [r.rows[:2].tolist() for r in one.rankings]
+
+
+def test_ray_fit_pre_encodes_only_sentence_vectors_of_the_corpus(slice_data, hash_encoder, no_ray, monkeypatch):
+    """Pre-encoded: the models of dense, knn_embed, mmr and dbnorm (also inside sharded); not token
+    vectors (muvera, maxsim), not cosine_adapter's query vectors, not registered encoders."""
+    from ragkit.filters import MMR, CosineAdapter, DBNorm, MaxSim
+    from ragkit.retrievers import Muvera
+
+    corpus, _, _, train = slice_data
+    retrievers = (Dense(model="m-dense") + Muvera(model="m-muvera") + Dense(model=hash_encoder)
+                  + Sharded(retriever={"knn_embed": {"model": "m-knn"}})
+                  + Sharded(retriever={"muvera": {"model": "m-mv2"}}))
+    pipe = retrievers | MMR(model="m-mmr") | DBNorm(model="m-dbnorm") | MaxSim(model="m-maxsim") \
+        | CosineAdapter(model="m-adapter")
+    assert scale.corpus_models(pipe) == ["m-dbnorm", "m-dense", "m-knn", "m-mmr"]
+    encoded = []
+    monkeypatch.setattr(scale, "_check_model", lambda model, batch_size, where: 8)
+    monkeypatch.setattr(scale, "ray_encode", lambda model, texts, **kw: encoded.append(model))
+    monkeypatch.setattr(pipe, "fit", lambda corpus, train: pipe)
+    assert scale.fit_pipeline(pipe, corpus, train) is pipe
+    assert encoded == ["m-dbnorm", "m-dense", "m-knn", "m-mmr"]
+
+
+@pytest.mark.slow
+def test_ray_failures_are_ragkit_errors(slice_data, ray_session, monkeypatch):
+    """On a real Ray: an encoding actor's failure is a ShardError naming the model; a failing
+    search chunk a ShardError naming the chunk; search_distributed takes search's options."""
+    corpus, queries, _, _ = slice_data
+
+    class BrokenActor:
+        def __init__(self, *args):
+            pass
+
+        def __call__(self, batch):
+            raise ValueError("the actor broke")
+
+    monkeypatch.setattr(scale, "_EncoderActor", BrokenActor)
+    with pytest.raises(ShardError, match=r"(?s)ray_encode\('all-MiniLM-L6-v2'\): .*the actor broke"):
+        ray_encode(DEFAULT_MODEL, corpus.full_texts[:8], num_actors=1)
+    pipe = Pipeline([BM25(k=5)]).fit(corpus)
+    local = pipe.search(queries, filter={"bucket": 1}, bm25={"k": 3})
+    dist = search_distributed(pipe, queries, n_chunks=2, filter={"bucket": 1}, bm25={"k": 3})
+    assert [r.rows.tolist() for r in dist.rankings] == [r.rows.tolist() for r in local.rankings]
+    real = scale._search_chunk
+
+    def second_chunk_fails(pipe_dir, ids, texts, k, options=None):
+        if ids[0] != queries.ids[0]:
+            raise ValueError("this chunk failed")
+        return real(pipe_dir, ids, texts, k, options)
+
+    monkeypatch.setattr(scale, "_search_chunk", second_chunk_fails)
+    with pytest.raises(ShardError, match=r"chunk 1 \(queries 6\.\.11\) failed after 3 retries: .*this chunk failed"):
+        search_distributed(pipe, queries, n_chunks=2)
