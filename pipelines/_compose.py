@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from ragkit.errors import DataError, NotFittedError, ParamError
+from ragkit.errors import DataError, NotFittedError, ParamError, some_ids
 from ragkit.operator import Operator
 from ragkit.params import Params
 from ragkit.types import QUERY_REWRITES, Corpus, Queries, Ranking, State, TraceEvent, TrainSet
@@ -56,7 +56,7 @@ def _judged_start(train: TrainSet, upstream: State | None, learner: str) -> Stat
     state = upstream.copy() if upstream is not None else State.of(train.queries)
     judged = state.subset([i for i, q in enumerate(state.query_ids) if train.qrels.get(q)])
     if not len(judged):
-        shown = ", ".join(repr(q) for q in state.query_ids[:3]) + (", ..." if len(state) > 3 else "")
+        shown = some_ids(state.query_ids)
         raise DataError(f"{learner}: none of the {len(state)} training queries ({shown}) has judgements in the "
                         f"qrels given ({len(train.qrels)} queries); expected qrels keyed by the training queries' ids")
     return judged

@@ -17,7 +17,7 @@ from typing import Callable
 
 import numpy as np
 
-from ragkit.errors import DataError
+from ragkit.errors import DataError, some_ids
 from ragkit.eval.metrics import per_query_ndcg
 from ragkit.types import Qrels, Ranking, State
 
@@ -75,7 +75,7 @@ def learn_weights(fuse: Callable[[State, np.ndarray], list[Ranking]], state: Sta
     grid = simplex_grid(n, step or (0.1 if n <= 3 else 0.25))
     qids = [q for q in state.query_ids if qrels.get(q)]
     if not qids:
-        shown = ", ".join(repr(q) for q in state.query_ids[:3]) + (", ..." if len(state) > 3 else "")
+        shown = some_ids(state.query_ids)
         raise DataError(f"learning fusion weights: none of the {len(state)} training queries ({shown}) has judgements "
                         f"in the qrels given ({len(qrels)} queries); expected qrels keyed by the training queries' ids")
     per_q = np.zeros((len(grid), len(qids)))

@@ -37,3 +37,9 @@ class NotFittedError(RagkitError, RuntimeError):
 
 class ArtifactError(RagkitError, OSError):
     """A saved artifact (index file, manifest, array) is missing, truncated or corrupt."""
+
+
+def some_ids(ids: object, n: int = 3) -> str:
+    """The first ``n`` of ``ids`` for an error message: ``'q1', 'q2', 'q3', ...``."""
+    listed = list(ids)  # type: ignore[call-overload]
+    return ", ".join(repr(q) for q in listed[:n]) + (", ..." if len(listed) > n else "")

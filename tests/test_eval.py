@@ -91,6 +91,8 @@ def test_missing_folder_and_unknown_name(tmp_path, monkeypatch):
     ("corpus.jsonl", 2, '["a", "list"]', r"corpus\.jsonl:2: expected an object"),
     ("corpus.jsonl", 3, '{"_id": "d1", "text": "again"}',
      r"corpus\.jsonl:3: duplicate document id 'd1' \(first on line 1\)"),
+    ("corpus.jsonl", 2, '{"_id": "d2", "contents": "another layout"}',
+     r"corpus\.jsonl:2: document 'd2' has neither a 'text' nor a 'title' field \(keys: \['_id', 'contents'\]\)"),
     ("queries.jsonl", 2, '{"_id": "q2"}', r"queries\.jsonl:2: query 'q2' has no 'text' string"),
     ("queries.jsonl", 3, '{"_id": "q1", "text": "dup"}',
      r"queries\.jsonl:3: duplicate query id 'q1' \(first on line 1\)"),
@@ -520,3 +522,12 @@ def test_per_query_metrics_cut_keeps_every_tie_at_the_cut_and_agrees_with_evalua
     full = evaluate(Run.from_rankings(qids, rankings, ids), qrels, ["ndcg@10", "recall@20"]).per_query
     for m in ("ndcg@10", "recall@20"):
         np.testing.assert_allclose(got[m], [full[m][q] for q in qids[:35]], atol=1e-12)
+
+
+def test_evaluate_refuses_a_run_that_shares_no_query_with_the_qrels():
+    """A test run scored against train judgements gave 0.0 silently (every judged query missing)."""
+    run = {"q1": {"d1": 1.0}, "q2": {"d2": 0.5}}
+    with pytest.raises(DataError, match=r"none of the run's 2 queries \('q1', 'q2'\) is judged in the qrels, "
+                                        r"which judge 1 other queries \('t9'\)"):
+        evaluate(run, {"t9": {"d1": 1}}, ["ndcg@10"])
+    assert evaluate(run, {"q1": {"d1": 1}, "t9": {"d1": 1}}, ["ndcg@10"]).scores["ndcg@10"] == 0.5  # t9 counts 0

@@ -92,6 +92,9 @@ def read_corpus(path: str | Path, *, allow_empty: bool = False) -> Corpus:
         if did in seen:
             raise DataError(f"{path}:{n}: duplicate document id {did!r} (first on line {seen[did]})")
         seen[did] = n
+        if "text" not in rec and "title" not in rec:  # another layout (Pyserini's 'contents'): not an empty document
+            raise DataError(f"{path}:{n}: document {did!r} has neither a 'text' nor a 'title' field (keys: "
+                            f"{sorted(rec)}); a BEIR corpus line is {{\"_id\", \"title\", \"text\"}}")
         ids.append(did)
         titles.append(_text(rec.get("title"), path, n, "title"))
         texts.append(_text(rec.get("text"), path, n, "text"))

@@ -17,7 +17,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from ragkit.errors import DataError
+from ragkit.errors import DataError, some_ids
 from ragkit.run import Run, trec_order
 from ragkit.types import Qrels, Ranking, State
 
@@ -88,7 +88,8 @@ def evaluate(
 
     Queries in the qrels that the run lacks count as 0 (trec_eval's ``-c``), as is
     standard when reporting BEIR numbers; queries the qrels lack, or hold with no judged
-    document, are skipped (as pytrec_eval does).  A document listed twice for one query is a
+    document, are skipped (as pytrec_eval does).  A run that shares no query with the qrels
+    is a :class:`DataError` (judgements of another split, not a score of 0).  A document listed twice for one query is a
     :class:`DataError`, as in trec_eval.
     """
     import pytrec_eval
@@ -100,6 +101,10 @@ def evaluate(
         raise DataError(f"evaluate: every one of the {len(qrels)} queries of the qrels has an empty judgement list"
                         if qrels else "evaluate: qrels are empty")
     d = _clean_run(run, ignore_identical_ids)
+    if d and not judged.keys() & d.keys():  # every query would count 0: judgements of other queries
+        raise DataError(f"evaluate: none of the run's {len(d)} queries ({some_ids(d)}) is judged in the qrels, which "
+                        f"judge {len(judged)} other queries ({some_ids(judged)}); are these the judgements of another "
+                        "split?")
     d_full = {q: d.get(q, {}) for q in judged}
     # pytrec_eval drops queries with an empty run; give them a dummy non-relevant doc so they count as 0
     d_full = {q: (docs if docs else {"__ragkit_none__": 0.0}) for q, docs in d_full.items()}
