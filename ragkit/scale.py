@@ -613,8 +613,6 @@ def search_distributed(pipe: Any, queries: Any, *, n_chunks: int = 4, k: int | N
     if isinstance(n_chunks, bool) or not isinstance(n_chunks, (int, np.integer)) or n_chunks < 1:
         raise ParamError(f"search_distributed: n_chunks must be a positive integer (query chunks, one Ray task "
                          f"each), got {n_chunks!r}")
-    if k is not None and (isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1):
-        raise ParamError(f"search_distributed: k must be a positive integer, got {k!r}")
     for key in ("trace", "qrels"):
         if key in options:
             raise ParamError(f"search_distributed: {key}= is not supported (the workers return rankings and "
@@ -639,7 +637,7 @@ def search_distributed(pipe: Any, queries: Any, *, n_chunks: int = 4, k: int | N
         raise ParamError(f"search_distributed: {where} {model!r} is an encoder registered with register_encoder in "
                          f"this process; the Ray workers that load the pipeline do not have it: search in this "
                          f"process (pipe.search)", path=where)
-    check_options(pipe, {**options, **({} if k is None else {"k": int(k)})}, shared_corpus(pipe))  # before Ray
+    check_options(pipe, {**options, **({} if k is None else {"k": k})}, shared_corpus(pipe))  # before Ray
     if isinstance(queries, str):
         queries = [queries]
     queries = queries if isinstance(queries, Queries) else Queries.from_texts(list(queries))
