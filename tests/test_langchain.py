@@ -443,3 +443,15 @@ def test_an_operators_own_k_option_wins_over_the_calls_k(queries):
         assert [len(r) for r in pipe.search(queries[:3], k=4).rankings] == [4, 4, 4], name
         r = RagkitRetriever(pipeline=pipe, search_kwargs={name: {"k": 1}})
         assert len(r.invoke(queries[0])) == 1, name
+
+
+def test_an_unknown_constructor_argument_is_refused_with_a_suggestion():
+    """``top_k=1`` and a misspelled ``serach_kwargs`` were ignored silently (k stayed 4)."""
+    from ragkit.retrievers import BM25
+
+    with pytest.raises(ValueError, match=r"unknown arguments 'top_k' \(did you mean k\?\), 'serach_kwargs' \(did "
+                                         r"you mean search_kwargs\?\), 'search_type'; expected corpus, k"):
+        RagkitRetriever(pipeline=BM25(), corpus=["red apples", "green pears"], top_k=1, serach_kwargs={},
+                        search_type="mmr")
+    r = RagkitRetriever(pipeline=BM25(), corpus=["red apples", "green pears"], k=1, tags=["t"], metadata={"a": 1})
+    assert [d.page_content for d in r.invoke("apples")] == ["red apples"] and r.tags == ["t"]

@@ -137,7 +137,7 @@ class RagkitRetriever(BaseRetriever):
         when the retriever is built (before any fitting), per-call ones before each search; a
         key that is no option of the pipeline or a bad value raises ``ParamError`` per call, and
         pydantic's ``ValidationError`` carrying the same message when the retriever is built
-        (both are ``ValueError``).
+        (both are ``ValueError``).  So is an unknown argument (``top_k=1``: "did you mean k?").
 
     Each returned ``Document`` has the corpus text as ``page_content``, the document id as
     ``id`` and ``metadata`` with ``id``, ``title``, ``score`` (the pipeline's final score),
@@ -154,7 +154,25 @@ class RagkitRetriever(BaseRetriever):
     'a cat'
     """
 
-    model_config = ConfigDict(arbitrary_types_allowed=True)
+    model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_unknown_arguments(cls, data: Any) -> Any:
+        """A misspelled argument (``top_k=1``, ``serach_kwargs=...``) is an error, not ignored."""
+        if isinstance(data, dict):
+            import difflib
+
+            known = sorted(cls.model_fields)
+            unknown = [key for key in data if key not in cls.model_fields]
+            if unknown:
+                hints = []
+                for key in unknown:
+                    close = difflib.get_close_matches(str(key), known, n=2) or (["k"] if key in ("top_k", "n") else [])
+                    hints.append(f"{key!r}" + (f" (did you mean {' or '.join(close)}?)" if close else ""))
+                raise ParamError(f"RagkitRetriever: unknown argument{'s' if len(unknown) > 1 else ''} "
+                                 f"{', '.join(hints)}; expected {', '.join(known)}")
+        return data
 
     pipeline: Any = Field(description="ragkit pipeline/operator, YAML file or saved pipeline folder.")
     """The ragkit pipeline (after construction: always a fitted operator)."""
