@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ragkit.errors import ArtifactError
-from ragkit.operator import FORMAT_VERSION, Operator, atomic_dir, read_json, write_json
+from ragkit.operator import FORMAT_VERSION, Operator, _saved_pipeline_above, atomic_dir, read_json, write_json
 from ragkit.pipelines._compose import Pipeline
 from ragkit.pipelines.yaml import dump_yaml, load_yaml, walk_leaves
 from ragkit.types import Corpus
@@ -73,7 +73,16 @@ def load_pipeline(path: str | Path, *, corpus: Corpus | None = None, mmap: bool 
     """
     folder = Path(path)
     if not folder.is_dir():
-        raise ArtifactError(f"{folder}: not a saved pipeline folder (it does not exist)")
+        what = "a file, not a folder (a pipeline YAML file? Pipeline.from_yaml reads it)" if folder.exists() else \
+            "it does not exist"
+        raise ArtifactError(f"{folder}: not a saved pipeline folder ({what})")
+    if not (folder / "manifest.json").is_file():
+        if (folder / "params.json").is_file():
+            above = _saved_pipeline_above(folder)
+            raise ArtifactError(f"{folder}: a saved operator, not a pipeline (no manifest.json): " + (
+                f"one step of the saved pipeline at {above}, load that folder" if above is not None else
+                "load it with Operator.load"))
+        raise ArtifactError(f"{folder}: no manifest.json: not a folder written by Pipeline.save")
     manifest = read_json(folder / "manifest.json")
     shapes = (("format_version", int), ("fitted", bool), ("sha256", dict), ("nodes", dict))
     bad = [key for key, kind in shapes if key in manifest and not isinstance(manifest[key], kind)] if isinstance(

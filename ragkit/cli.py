@@ -50,6 +50,9 @@ def resolve_pipeline(spec: str):
         return Pipeline.from_yaml(path), False
     if "\n" in spec or spec.strip().startswith("pipeline:"):
         return Pipeline.from_yaml(spec), False
+    if any(c in spec for c in "/\\") or path.suffix:  # a path, not an operator name: it does not exist
+        raise RagkitError(f"--pipeline {spec}: no such file or folder (expected a pipeline YAML file, a folder "
+                          f"written by Pipeline.save / Operator.save, or an operator name such as bm25)")
     if spec.lower() in registry.structural_keys():
         raise RagkitError(f"--pipeline {spec!r}: a structural key of pipeline YAML, not an operator; write the "
                           f"pipeline in a YAML file (e.g. '- {spec.lower()}: {{...}}') and pass its path")

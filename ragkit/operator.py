@@ -281,6 +281,8 @@ class Operator:
             from ragkit.pipelines import Pipeline
 
             return Pipeline.load(folder, corpus=corpus, mmap=mmap)
+        if not (folder / "params.json").is_file():
+            raise ArtifactError(f"{folder}: {_not_an_operator_folder(folder)}")
         meta = read_json(folder / "params.json")
         for key in ("operator", "params", "fitted"):
             if key not in meta:
@@ -298,6 +300,10 @@ class Operator:
             if corpus is None:
                 from ragkit.eval.beir import read_corpus
 
+                whole = _saved_pipeline_above(folder)
+                if whole is not None and not (folder / "corpus.jsonl").exists():
+                    raise ArtifactError(f"{folder}: one step of the saved pipeline at {whole} (its documents are "
+                                        f"saved there): load that folder with Pipeline.load({str(whole)!r})")
                 corpus = read_corpus(folder / "corpus.jsonl", allow_empty=True)
                 if "corpus" in meta and corpus_fingerprint(corpus) != meta["corpus"]:
                     raise ArtifactError(
@@ -351,6 +357,26 @@ def _is_ragkit_save(folder: Path) -> bool:
         if isinstance(meta, dict) and "format_version" in meta and ("operator" in meta or name == "manifest.json"):
             return True
     return False
+
+
+def _saved_pipeline_above(folder: Path) -> Path | None:
+    """The nearest folder above ``folder`` holding a pipeline ``manifest.json``, if any."""
+    for parent in Path(folder).resolve().parents:
+        if (parent / "manifest.json").is_file():
+            return parent
+    return None
+
+
+def _not_an_operator_folder(folder: Path) -> str:
+    """Why ``folder`` cannot load as an operator (it has no ``params.json``), with what to do."""
+    if not folder.exists():
+        return "no such folder; expected one written by Operator.save"
+    if not folder.is_dir():
+        return ("a file, not a folder; an operator loads from the folder Operator.save wrote (a pipeline YAML "
+                "file: Pipeline.from_yaml)")
+    if (folder / "manifest.json").is_file():
+        return "a saved pipeline, not a single operator: load it with Pipeline.load (or Operator.load)"
+    return "no params.json: not a folder written by Operator.save"
 
 
 class atomic_dir:

@@ -155,3 +155,28 @@ def test_saving_over_the_working_folder_leaves_the_process_in_the_new_one(corpus
     BM25(k=7).fit(corpus).save(Path(".") if where == "." else folder)
     assert Path.cwd() == folder.resolve()
     assert Operator.load(".").params.k == 7
+
+
+def test_loading_the_wrong_folder_says_what_it_is_and_what_to_do(corpus, tmp_path):
+    """A step folder inside a saved pipeline, a pipeline folder given to BM25.load, a file given to
+    Pipeline.load and an operator folder given to Pipeline.load each say what they are (they said
+    'corpus.jsonl: file not found', 'params.json: file not found', 'it does not exist')."""
+    pipe = Pipeline([BM25(k=3)]).fit(corpus)
+    pipe.save(tmp_path / "p")
+    step = next(p for p in (tmp_path / "p").rglob("params.json")).parent
+    with pytest.raises(ArtifactError, match=r"one step of the saved pipeline at .*p \(its documents are saved "
+                                            r"there\): load that folder with Pipeline.load"):
+        Operator.load(step)
+    with pytest.raises(ArtifactError, match="a saved pipeline, not a single operator: load it with Pipeline.load"):
+        BM25.load(tmp_path / "p")
+    (tmp_path / "x.yaml").write_text("pipeline: [bm25: {}]\n")
+    with pytest.raises(ArtifactError, match=r"x\.yaml: not a saved pipeline folder \(a file, not a folder"):
+        Pipeline.load(tmp_path / "x.yaml")
+    with pytest.raises(ArtifactError, match="a saved operator, not a pipeline .*one step of the saved pipeline"):
+        Pipeline.load(step)
+    BM25(k=3).fit(corpus).save(tmp_path / "op")
+    with pytest.raises(ArtifactError, match="a saved operator, not a pipeline .*load it with Operator.load"):
+        Pipeline.load(tmp_path / "op")
+    with pytest.raises(ArtifactError, match="no such folder"):
+        BM25.load(tmp_path / "nope")
+    assert Operator.load(tmp_path / "op").search(QUERIES).doc_ids  # the right folders still load
