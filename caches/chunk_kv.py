@@ -39,9 +39,15 @@ an exact one.
 
 The memory tier has a byte budget; when it is exceeded the variant of lowest utility
 ``decayed_reuse * (1 - mean_CFO) / bytes`` is evicted (spilled to the disk tier when one is
-configured, dropped otherwise).  The disk tier holds one safetensors file per variant and a
-``manifest.json`` naming the model and tokenizer; opening it for another model raises
-:class:`CacheModelMismatchError`.  No pickle anywhere.
+configured, dropped otherwise).  A variant larger than the whole budget never enters memory:
+it is spilled (or dropped) on its own, and the other variants stay.  The disk tier holds one
+safetensors file per variant (named by its context) and a ``manifest.json`` naming the model
+and tokenizer; opening it for another model raises :class:`CacheModelMismatchError`.  A
+lookup returns the in-memory variants of a chunk plus those of its disk variants whose context
+is not in memory; variants read from disk are returned even when they cannot stay in memory
+(they are then not written back), and kept in memory as far as the budget allows.  A variant
+dropped because the chunk has more than ``max_variants`` is dropped from the disk tier too.
+No pickle anywhere.
 """
 
 from __future__ import annotations
@@ -58,7 +64,7 @@ import numpy as np
 import torch
 
 from ragkit._files import atomic_file
-from ragkit.errors import ArtifactError
+from ragkit.errors import ArtifactError, ParamError
 
 __all__ = [
     "ChunkVariant",
@@ -70,6 +76,8 @@ __all__ = [
     "prefix_overlap",
     "order_penalty",
     "cache_fix_overhead",
+    "alone_fix_overhead",
+    "iter_variants",
 ]
 
 StorageDtype = Literal["float32", "float16"]
@@ -152,6 +160,15 @@ def cache_fix_overhead(cci: float, beta: float, gamma: float, alpha: float = 1.0
     return float(np.clip(alpha * cci * (1.0 - beta * (1.0 - gamma)), 0.0, 1.0))
 
 
+def alone_fix_overhead(cci: float, alpha: float = 1.0) -> float:
+    """Recompute share of a variant captured alone (no prefix chunk), reused after other chunks.
+
+    β cannot see added context (it is 1 for an empty ``S_old``, so Eq. 12 would give 0), so
+    ALGORITHMS.md §5.3 uses the proxy ``r = alpha * (CCI - 0.5) * 2``, clipped to ``[0, 1]``.
+    """
+    return float(np.clip(alpha * (cci - 0.5) * 2.0, 0.0, 1.0))
+
+
 # ----------------------------------------------------------------------------- variant
 @dataclass
 class ChunkVariant:
@@ -204,15 +221,31 @@ class ChunkVariant:
         return tuple(self.prefix_ids), int(self.start), self.sys_id
 
     def cfo(self, new_prefix: Sequence[str], alpha: float = 1.0) -> float:
-        """Cache Fix Overhead of reusing this variant after ``new_prefix`` (chunk keys)."""
+        """Cache Fix Overhead of reusing this variant after ``new_prefix`` (chunk keys).
+
+        Eq. 12 for a variant captured after prefix chunks; for one captured alone and reused
+        after other chunks, the proxy of :func:`alone_fix_overhead` (ALGORITHMS.md §5.3).
+        """
+        if not self.prefix_ids and len(new_prefix) > 0:
+            return alone_fix_overhead(self.cci, alpha)
         beta = prefix_overlap(self.inter, self.prefix_ids, new_prefix)
         gamma = order_penalty(self.prefix_ids, new_prefix)
         return cache_fix_overhead(self.cci, beta, gamma, alpha)
 
     # ------------------------------------------------------------------ (de)serialisation
+    @property
+    def file_stem(self) -> str:
+        """Name of this variant's file in the disk tier (a digest of :attr:`context`)."""
+        ctx = json.dumps([list(self.prefix_ids), int(self.start), self.sys_id])
+        return hashlib.sha256(ctx.encode()).hexdigest()[:16]
+
     def to_tensors(self) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+        """The variant as safetensors tensors and string metadata."""
+        keys, values = self.keys.contiguous(), self.values.contiguous()
+        if keys.untyped_storage().data_ptr() == values.untyped_storage().data_ptr():
+            values = values.clone()  # two views of one tensor: safetensors refuses shared storage
         tensors = {
-            "keys": self.keys.contiguous(), "values": self.values.contiguous(),
+            "keys": keys, "values": values,
             "inter": torch.from_numpy(np.ascontiguousarray(self.inter, np.float32)),
             "intra": torch.from_numpy(np.ascontiguousarray(self.intra, np.float32)),
             "sys_inter": torch.from_numpy(np.ascontiguousarray(self.sys_inter, np.float32)),
@@ -228,6 +261,7 @@ class ChunkVariant:
 
     @classmethod
     def from_tensors(cls, t: dict[str, torch.Tensor], meta: dict[str, str]) -> "ChunkVariant":
+        """Inverse of :meth:`to_tensors`."""
         return cls(
             keys=t["keys"], values=t["values"], start=int(meta["start"]),
             prefix_ids=tuple(json.loads(meta["prefix_ids"])), prefix_lens=tuple(json.loads(meta["prefix_lens"])),
@@ -296,11 +330,12 @@ class ChunkKVCache:
                  storage_dtype: StorageDtype = "float32", max_variants: int = 3, half_life: float = 64.0,
                  disk_dir: str | Path | None = None) -> None:
         if storage_dtype not in _DTYPES:
-            raise ValueError(f"ChunkKVCache: storage_dtype must be one of {sorted(_DTYPES)}; got {storage_dtype!r}")
+            raise ParamError(f"ChunkKVCache: storage_dtype must be one of {sorted(_DTYPES)}; got {storage_dtype!r}",
+                             "storage_dtype")
         if budget_bytes is not None and budget_bytes < 0:
-            raise ValueError(f"ChunkKVCache: budget_bytes must be >= 0 or None; got {budget_bytes}")
+            raise ParamError(f"ChunkKVCache: budget_bytes must be >= 0 or None; got {budget_bytes}", "budget_bytes")
         if max_variants < 1:
-            raise ValueError(f"ChunkKVCache: max_variants must be >= 1; got {max_variants}")
+            raise ParamError(f"ChunkKVCache: max_variants must be >= 1; got {max_variants}", "max_variants")
         self.model_id = model_id
         self.tokenizer_id = tokenizer_id
         self.budget_bytes = budget_bytes
@@ -337,32 +372,45 @@ class ChunkKVCache:
         return self._bytes
 
     def __len__(self) -> int:
-        return sum(len(v) for v in self._mem.values())
+        """Number of variants held in memory."""
+        with self._lock:
+            return sum(len(v) for v in self._mem.values())
 
     def __contains__(self, key: str) -> bool:
-        return key in self._mem or (self.disk_dir is not None and (self.disk_dir / key).is_dir())
+        with self._lock:
+            if key in self._mem:
+                return True
+        return self.disk_dir is not None and (self.disk_dir / key).is_dir()
 
     # ------------------------------------------------------------------ access
     def lookup(self, key: str) -> list[ChunkVariant]:
-        """All variants of ``key`` (memory first, then disk); counts a hit or a miss."""
+        """All variants of ``key``: those in memory, then the disk variants of other contexts.
+
+        Counts a hit or a miss (and a disk hit when a variant came from disk).  Variants read
+        from disk are returned even when the memory budget cannot hold them; those that fit
+        are kept in memory.
+        """
         with self._lock:
             return self._lookup(key)
 
     def _lookup(self, key: str) -> list[ChunkVariant]:
         self._tick += 1
-        variants = self._mem.get(key)
-        if not variants and self.disk_dir is not None:
-            variants = self._read_disk(key)
-            if variants:
+        variants = list(self._mem.get(key, ()))
+        if self.disk_dir is not None:
+            from_disk = self._read_disk(key, skip={v.file_stem for v in variants})
+            if from_disk:
                 self.stats.disk_hits += 1
-                for v in variants:
-                    self._insert(key, v, count_new=False)
-                variants = self._mem.get(key)
+                pinned: list[ChunkVariant] = []  # read by this lookup: kept in memory as far as they fit
+                for v in from_disk:
+                    v.last_tick = self._tick
+                    if self._insert(key, v, from_disk=True, pinned=pinned):
+                        pinned.append(v)
+                variants += from_disk
         if not variants:
             self.stats.misses += 1
             return []
         self.stats.hits += 1
-        return list(variants)
+        return variants
 
     def touch(self, variant: ChunkVariant, cfo: float) -> None:
         """Record one reuse of ``variant`` with the given Cache Fix Overhead (decayed count)."""
@@ -378,7 +426,9 @@ class ChunkKVCache:
 
         A variant of the same context (:attr:`ChunkVariant.context`) held in memory is
         replaced, unless it is exact and the new one is not: then the old one is kept and
-        returned.
+        returned (also when the exact one is in the disk tier).  A variant larger than the
+        whole memory budget is spilled to the disk tier (dropped without one) at once; the
+        variants in memory stay.
         """
         with self._lock:
             existing = self._mem.get(key, [])
@@ -390,49 +440,76 @@ class ChunkKVCache:
             same = [i for i, v in enumerate(existing) if v.context == variant.context]
             if same and existing[same[0]].exact and not variant.exact:
                 return existing[same[0]]
+            if not same and not variant.exact and self.disk_dir is not None:
+                on_disk = self._read_file(self.disk_dir / key / f"{variant.file_stem}.safetensors", exact_only=True)
+                if on_disk is not None:  # an exact variant of this context sits in the disk tier: keep it
+                    on_disk.last_tick = self._tick
+                    self._insert(key, on_disk, from_disk=True)
+                    return on_disk
             for i in reversed(same):
                 self._drop(key, i, spill=False)
             dt = _DTYPES[self.storage_dtype]
             variant.keys = variant.keys.detach().to(dt).contiguous()
             variant.values = variant.values.detach().to(dt).contiguous()
             variant.last_tick = self._tick
-            self._insert(key, variant, count_new=True)
+            self._insert(key, variant, from_disk=False)
             return variant
 
-    def _insert(self, key: str, variant: ChunkVariant, count_new: bool) -> None:
+    def _insert(self, key: str, variant: ChunkVariant, *, from_disk: bool,
+                pinned: Sequence[ChunkVariant] = ()) -> bool:
+        """Add ``variant`` to the memory tier, evicting others (never ``pinned``) to fit the budget.
+
+        A variant that cannot fit next to ``pinned`` is not added: one read from disk stays
+        where it is, a new one is spilled to disk (dropped without a disk tier).  Returns
+        whether the variant was added.
+        """
+        if self.budget_bytes is not None and variant.nbytes + sum(p.nbytes for p in pinned) > self.budget_bytes:
+            if not from_disk:
+                self._evict_one(key, variant)
+            return False
         lst = self._mem.setdefault(key, [])
         lst.append(variant)
         self._bytes += variant.nbytes
         if len(lst) > self.max_variants:
             worst = min(range(len(lst)), key=lambda i: self._utility(lst[i]))
-            self._drop(key, worst, spill=False)
-        self._enforce_budget(protect=variant)
+            self._drop(key, worst, spill=False, forget=True)
+        self._enforce_budget(protect={id(variant), *(id(p) for p in pinned)})
+        return True
+
+    def _evict_one(self, key: str, variant: ChunkVariant) -> None:
+        """Spill (or drop) a variant that is not in the memory tier."""
+        if self.disk_dir is not None:
+            self._write_disk(key, variant)
+            self.stats.spills += 1
+        self.stats.evictions += 1
 
     def _utility(self, v: ChunkVariant) -> float:
         decay = 0.5 ** ((self._tick - v.last_tick) / self.half_life)
         return (v.reuse * decay + 1e-3) * (1.0 - 0.9 * v.mean_cfo) / max(v.nbytes, 1)
 
-    def _drop(self, key: str, idx: int, spill: bool) -> None:
+    def _drop(self, key: str, idx: int, spill: bool, forget: bool = False) -> None:
+        """Remove variant ``idx`` of ``key`` from memory; ``spill``: write it to disk;
+        ``forget``: delete its disk file too (dropped from the store)."""
         lst = self._mem[key]
         v = lst.pop(idx)
         self._bytes -= v.nbytes
         if spill and self.disk_dir is not None:
             self._write_disk(key, v)
             self.stats.spills += 1
+        elif forget and self.disk_dir is not None:
+            (self.disk_dir / key / f"{v.file_stem}.safetensors").unlink(missing_ok=True)
         if not lst:
             del self._mem[key]
 
-    def _enforce_budget(self, protect: ChunkVariant | None = None) -> None:
-        """Evict minimum-utility variants until the memory tier fits ``budget_bytes``."""
+    def _enforce_budget(self, protect: set[int] = frozenset()) -> None:
+        """Evict minimum-utility variants (never those whose ``id`` is in ``protect``) until the
+        memory tier fits ``budget_bytes``."""
         if self.budget_bytes is None:
             return
-        while self._bytes > self.budget_bytes and self._mem:
+        while self._bytes > self.budget_bytes:
             cands = [(self._utility(v), k, i) for k, lst in self._mem.items() for i, v in enumerate(lst)
-                     if v is not protect]
-            if not cands:  # only the protected variant is left and it alone exceeds the budget
-                k = next(iter(self._mem))
-                self._drop(k, 0, spill=True)
-                self.stats.evictions += 1
+                     if id(v) not in protect]
+            if not cands:  # _insert admits only what fits next to the protected variants
                 break
             _, k, i = min(cands)
             self._drop(k, i, spill=True)
@@ -456,8 +533,13 @@ class ChunkKVCache:
             except (ValueError, UnicodeDecodeError) as e:
                 raise ArtifactError(f"{manifest}: not a chunk-cache manifest ({e}); it names the model the folder's "
                                     "chunks were computed with: delete the folder, or use another disk_dir") from None
-            if meta.get("format_version", 0) > _FORMAT_VERSION:
-                raise ArtifactError(f"{manifest}: written by a newer ragkit (format {meta.get('format_version')})")
+            version = meta.get("format_version", 0)
+            if isinstance(version, bool) or not isinstance(version, int):
+                raise ArtifactError(f"{manifest}: format_version is {version!r}; expected an int (this ragkit writes "
+                                    f"{_FORMAT_VERSION}): not a chunk-cache manifest of ragkit, or a damaged one")
+            if version > _FORMAT_VERSION:
+                raise ArtifactError(f"{manifest}: written by a newer ragkit (format {version}; this ragkit reads "
+                                    f"up to {_FORMAT_VERSION})")
             got = (meta.get("model_id"), meta.get("tokenizer_id"))
             if got != (self.model_id, self.tokenizer_id):
                 raise CacheModelMismatchError(
@@ -478,33 +560,54 @@ class ChunkKVCache:
         d = self.disk_dir / key
         d.mkdir(exist_ok=True)
         tensors, meta = v.to_tensors()
-        name = hashlib.sha256(json.dumps([list(v.prefix_ids), v.start, v.sys_id]).encode()).hexdigest()[:16]
-        with atomic_file(d / f"{name}.safetensors") as tmp:
+        with atomic_file(d / f"{v.file_stem}.safetensors") as tmp:
             save_file(tensors, str(tmp),
                       metadata={**meta, "model_id": self.model_id, "tokenizer_id": self.tokenizer_id})
 
-    def _read_disk(self, key: str) -> list[ChunkVariant]:
-        from safetensors import safe_open
-
+    def _read_disk(self, key: str, skip: set[str] = frozenset()) -> list[ChunkVariant]:
+        """The disk variants of ``key`` whose file stem is not in ``skip``."""
         assert self.disk_dir is not None
         d = self.disk_dir / key
         if not d.is_dir():
             return []
         out = []
         for f in sorted(d.glob("*.safetensors")):
-            try:
-                with safe_open(str(f), framework="pt") as fh:
-                    meta = fh.metadata() or {}
-                    if (meta.get("model_id"), meta.get("tokenizer_id")) != (self.model_id, self.tokenizer_id):
-                        raise CacheModelMismatchError(
-                            f"{f}: chunk-cache file of model {meta.get('model_id')!r}, expected {self.model_id!r}")
-                    tensors = {k: fh.get_tensor(k) for k in fh.keys()}
-                out.append(ChunkVariant.from_tensors(tensors, meta))
-            except CacheModelMismatchError:
-                raise
-            except Exception:  # noqa: BLE001 - a damaged file (cut short, bad header): a miss, computed again
-                f.unlink(missing_ok=True)
+            if f.name.startswith(".") or f.stem in skip:  # another writer's temporary file, or held in memory
+                continue
+            v = self._read_file(f)
+            if v is not None:
+                out.append(v)
         return out
+
+    def _read_file(self, f: Path, exact_only: bool = False) -> ChunkVariant | None:
+        """Read one variant file; ``None`` when it is missing, damaged (then deleted: a miss,
+        computed again) or, with ``exact_only``, not exact.
+
+        Raises :class:`CacheModelMismatchError` for a file of another model and
+        :class:`~ragkit.errors.ArtifactError` when the file cannot be read (permissions, I/O).
+        """
+        from safetensors import SafetensorError, safe_open
+
+        try:
+            with safe_open(str(f), framework="pt") as fh:
+                meta = fh.metadata() or {}
+                if (meta.get("model_id"), meta.get("tokenizer_id")) != (self.model_id, self.tokenizer_id):
+                    raise CacheModelMismatchError(
+                        f"{f}: chunk-cache file of model {meta.get('model_id')!r}, expected {self.model_id!r}")
+                if exact_only and meta.get("exact") != "1":
+                    return None
+                tensors = {k: fh.get_tensor(k) for k in fh.keys()}
+            return ChunkVariant.from_tensors(tensors, meta)
+        except CacheModelMismatchError:
+            raise
+        except FileNotFoundError:  # removed meanwhile (another process dropped it)
+            return None
+        except OSError as e:
+            raise ArtifactError(f"{f}: could not read this chunk-cache file ({type(e).__name__}: {e}); expected a "
+                                "readable safetensors file: check its permissions and the disk") from e
+        except (SafetensorError, KeyError, ValueError, TypeError):  # cut short, bad header or metadata
+            f.unlink(missing_ok=True)
+            return None
 
     def flush(self) -> None:
         """Write every in-memory variant to the disk tier (no-op without ``disk_dir``)."""
@@ -516,13 +619,15 @@ class ChunkKVCache:
                     self._write_disk(key, v)
 
     def __repr__(self) -> str:
-        return (f"ChunkKVCache(model_id={self.model_id!r}, variants={len(self)}, bytes={self._bytes}, "
-                f"budget_bytes={self.budget_bytes}, storage_dtype={self.storage_dtype!r}, "
-                f"hit_rate={self.stats.hit_rate:.2f})")
+        with self._lock:
+            return (f"ChunkKVCache(model_id={self.model_id!r}, variants={len(self)}, bytes={self._bytes}, "
+                    f"budget_bytes={self.budget_bytes}, storage_dtype={self.storage_dtype!r}, "
+                    f"hit_rate={self.stats.hit_rate:.2f})")
 
 
 def iter_variants(cache: ChunkKVCache) -> Iterable[tuple[str, ChunkVariant]]:
-    """All ``(key, variant)`` pairs of the memory tier."""
-    for k, lst in cache._mem.items():
-        for v in lst:
-            yield k, v
+    """All ``(key, variant)`` pairs of the memory tier, as of the call (a snapshot taken under
+    the store's lock, so other threads may use the store meanwhile)."""
+    with cache._lock:
+        pairs = [(k, v) for k, lst in cache._mem.items() for v in lst]
+    return iter(pairs)

@@ -29,13 +29,17 @@ class PrefixCache:
     ----------
     budget_bytes : int or None
         Memory budget of the stored rows (``None``: unbounded).  Least recently used
-        prompts are dropped first.
+        prompts are dropped first; a prompt whose rows alone exceed the budget is not stored.
+
+    A boundary shared by several stored prompts (the same system prompt and first chunks)
+    stays indexed while any of them is stored.
     """
 
     def __init__(self, budget_bytes: int | None = None) -> None:
         self.budget_bytes = budget_bytes
         self._entries: "OrderedDict[str, tuple[torch.Tensor, torch.Tensor]]" = OrderedDict()
-        self._index: dict[str, tuple[str, int]] = {}
+        # boundary hash -> {entry holding those rows: boundary}, the most recently stored entry last
+        self._index: dict[str, dict[str, int]] = {}
         self._hashes: dict[str, list[str]] = {}  # entry -> its boundary hashes (pruned with the entry)
         self._bytes = 0
         self.hits = 0
@@ -49,9 +53,9 @@ class PrefixCache:
         ``(n_layers, n_kv_heads, k, head_dim)``, or ``(0, None, None)``.
         """
         for k in sorted(boundaries, reverse=True):
-            hit = self._index.get(_h(ids[:k]))
-            if hit is not None and hit[0] in self._entries:
-                entry, _ = hit
+            owners = self._index.get(_h(ids[:k]))
+            if owners:
+                entry = next(reversed(owners))
                 self._entries.move_to_end(entry)
                 K, V = self._entries[entry]
                 self.hits += 1
@@ -66,18 +70,25 @@ class PrefixCache:
         if entry in self._entries:
             return
         K, V = keys[:, :, :top].contiguous(), values[:, :, :top].contiguous()
+        size = K.numel() * K.element_size() * 2
+        if self.budget_bytes is not None and size > self.budget_bytes:
+            return  # would empty the store and still not fit
         self._entries[entry] = (K, V)
-        self._bytes += K.numel() * K.element_size() * 2
+        self._bytes += size
         hashes = [_h(ids[:k]) for k in boundaries]
         for h, k in zip(hashes, boundaries):
-            self._index[h] = (entry, k)
+            owners = self._index.setdefault(h, {})
+            owners.pop(entry, None)
+            owners[entry] = k
         self._hashes[entry] = hashes
-        while self.budget_bytes is not None and self._bytes > self.budget_bytes and len(self._entries) > 1:
+        while self.budget_bytes is not None and self._bytes > self.budget_bytes:
             old, (k_old, v_old) = self._entries.popitem(last=False)
             self._bytes -= k_old.numel() * k_old.element_size() * 2
             for h in self._hashes.pop(old, ()):
-                if self._index.get(h, ("",))[0] == old:  # a later entry may hold the same prefix: keep its row
-                    del self._index[h]
+                owners = self._index.get(h, {})
+                owners.pop(old, None)
+                if not owners:  # no stored prompt holds this prefix any more
+                    self._index.pop(h, None)
 
     @property
     def nbytes(self) -> int:

@@ -564,3 +564,291 @@ def test_chunk_cache_disk_tier_survives_damaged_files(tmp_path):
     with pytest.raises(CacheModelMismatchError) as raised:
         ChunkKVCache("other", "t", disk_dir=tmp_path / "kv2")
     assert isinstance(raised.value, RagkitError) and isinstance(raised.value, ValueError)
+
+
+# ----------------------------------------------------------------------------- review fixes: the store (fast)
+def test_disk_variant_larger_than_the_budget_is_served_not_spilled_back(tmp_path):
+    one = _variant().nbytes
+    cache = ChunkKVCache("m", "t", disk_dir=tmp_path / "a", budget_bytes=one // 2)
+    cache.put("k", _variant())  # larger than the whole budget: spilled at once
+    assert cache.nbytes == 0 and cache.stats.spills == 1
+    (f,) = (tmp_path / "a" / "k").glob("*.safetensors")
+    written = f.stat().st_mtime_ns
+    for _ in range(2):
+        (got,) = cache.lookup("k")  # served from disk, although it cannot stay in memory
+        assert torch.equal(got.keys, _variant().keys)
+    assert cache.stats.misses == 0 and cache.stats.hits == 2 and cache.stats.disk_hits == 2
+    assert cache.stats.spills == 1 and f.stat().st_mtime_ns == written and cache.nbytes == 0  # not written back
+    # two variants on disk, room for one in memory: both are returned, one is kept
+    full = ChunkKVCache("m", "t", disk_dir=tmp_path / "b")
+    full.put("k", _variant(prefix=("a",)))
+    full.put("k", _variant(prefix=("b",), seed=1))
+    full.flush()
+    small = ChunkKVCache("m", "t", disk_dir=tmp_path / "b", budget_bytes=int(1.5 * one))
+    assert sorted(v.prefix_ids for v in small.lookup("k")) == [("a",), ("b",)]
+    assert len(small) == 1 and small.nbytes == one and small.stats.spills == 0
+
+
+def test_oversized_put_leaves_the_other_variants(tmp_path):
+    one = _variant().nbytes
+    for disk in (None, tmp_path / "kv"):
+        cache = ChunkKVCache("m", "t", budget_bytes=3 * one, disk_dir=disk)
+        for i in range(3):
+            cache.put(f"s{i}", _variant(seed=i))
+        cache.put("big", _variant(n=40))  # 4x the variant size: more than the whole budget
+        assert len(cache) == 3 and all(f"s{i}" in cache._mem for i in range(3)) and cache.nbytes == 3 * one
+        assert cache.stats.evictions == 1 and "big" not in cache._mem
+        assert cache.stats.spills == (0 if disk is None else 1)
+        assert [v.n_tokens for v in cache.lookup("big")] == ([] if disk is None else [40])
+
+
+def test_disk_variants_of_other_contexts_join_the_memory_ones(tmp_path):
+    cache = ChunkKVCache("m", "t", disk_dir=tmp_path)
+    cache.put("k", _variant(prefix=("a",)))
+    cache.flush()
+    cache.clear()
+    cache.put("k", _variant(prefix=("b",), seed=1))
+    assert [v.prefix_ids for v in cache.lookup("k")] == [("b",), ("a",)]
+    assert cache.stats.disk_hits == 1
+    # the same context in memory and on disk: the memory one, once
+    cache.put("k", _variant(prefix=("a",), seed=2))
+    got = cache.lookup("k")
+    assert sorted(v.prefix_ids for v in got) == [("a",), ("b",)]
+    assert torch.equal(next(v for v in got if v.prefix_ids == ("a",)).keys, _variant(seed=2).keys)
+    # an inexact variant does not replace an exact one of its context that sits on disk
+    exact = ChunkKVCache("m", "t", disk_dir=tmp_path / "x")
+    exact.put("k", _variant(prefix=("a",)))
+    exact.flush()
+    exact.clear()
+    inexact = _variant(prefix=("a",), seed=3)
+    inexact.exact = False
+    kept = exact.put("k", inexact)
+    assert kept.exact and torch.equal(kept.keys, _variant().keys)
+    (v,) = exact.lookup("k")
+    assert v.exact and torch.equal(v.keys, _variant().keys)
+
+
+def test_variant_beyond_max_variants_leaves_the_disk_tier_too(tmp_path):
+    cache = ChunkKVCache("m", "t", disk_dir=tmp_path, max_variants=2)
+    for p in [("a",), ("b",)]:
+        cache.put("k", _variant(prefix=p))
+    cache.flush()
+    (a,) = [v for v in cache.lookup("k") if v.prefix_ids == ("a",)]
+    cache.touch(a, 0.0)
+    cache.put("k", _variant(prefix=("c",)))  # a third variant: b, never reused and older than c, is dropped
+    assert sorted(v.prefix_ids for v in cache.lookup("k")) == [("a",), ("c",)]
+    assert len(list((tmp_path / "k").glob("*.safetensors"))) == 1  # b's file went with it; c is not written yet
+    cache.clear()
+    assert [v.prefix_ids for v in cache.lookup("k")] == [("a",)]
+
+
+def test_len_repr_and_iter_variants_while_another_thread_puts():
+    import sys
+    import threading
+
+    from ragkit.caches.chunk_kv import iter_variants
+
+    cache = ChunkKVCache("m", "t", budget_bytes=50 * _variant(n=2).nbytes)
+    stop = threading.Event()
+
+    def writer() -> None:
+        i = 0
+        while not stop.is_set():
+            cache.put(f"k{i}", _variant(n=2))
+            i += 1
+
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    th = threading.Thread(target=writer)
+    th.start()
+    try:
+        for _ in range(3000):
+            len(cache)
+            repr(cache)
+            for _k, v in iter_variants(cache):
+                assert v.n_tokens == 2
+    finally:
+        stop.set()
+        th.join()
+        sys.setswitchinterval(old)
+
+
+def test_manifest_with_a_non_int_format_version_is_an_artifact_error(tmp_path):
+    import json
+
+    from ragkit.errors import ArtifactError
+
+    for bad in ("1", 1.5, None, True):
+        (tmp_path / "manifest.json").write_text(json.dumps({"model_id": "m", "tokenizer_id": "t",
+                                                            "format_version": bad}))
+        with pytest.raises(ArtifactError, match=r"manifest\.json: format_version is .*; expected an int"):
+            ChunkKVCache("m", "t", disk_dir=tmp_path)
+
+
+def test_unreadable_disk_file_is_reported_and_kept(tmp_path, monkeypatch):
+    import safetensors
+
+    from ragkit.errors import ArtifactError
+
+    ChunkKVCache("m", "t", disk_dir=tmp_path).put("k", _variant())
+    c = ChunkKVCache("m", "t", disk_dir=tmp_path, budget_bytes=0)
+    c.put("k2", _variant())  # spilled
+    (f,) = (tmp_path / "k2").glob("*.safetensors")
+
+    def denied(path, *a, **kw):
+        raise PermissionError(13, "Permission denied", path)
+
+    monkeypatch.setattr(safetensors, "safe_open", denied)
+    with pytest.raises(ArtifactError, match=r"could not read this chunk-cache file \(PermissionError"):
+        c.lookup("k2")
+    assert f.exists()  # not taken for a damaged file
+    monkeypatch.undo()
+    assert len(c.lookup("k2")) == 1
+
+
+def test_variant_captured_alone_gets_the_cci_proxy():
+    from ragkit.caches.chunk_kv import alone_fix_overhead
+
+    v = _variant()  # no prefix chunk, CCI 0.7
+    assert v.cfo(["x", "y"]) == pytest.approx(0.4) and v.cfo(["x"], alpha=0.5) == pytest.approx(0.2)
+    assert v.cfo([]) == 0.0  # reused alone: the context it was captured in
+    assert alone_fix_overhead(0.99, alpha=3.0) == 1.0 and alone_fix_overhead(0.5) == 0.0
+
+
+def test_prefix_cache_keeps_a_boundary_that_two_prompts_share():
+    from ragkit.caches.prefix import PrefixCache
+
+    def kv(n):
+        return torch.ones(2, 1, n, 8), torch.ones(2, 1, n, 8)
+
+    sysp, c1, c2, c3, c4 = [np.arange(4) + 100 * i for i in range(5)]
+    a, b, c = np.concatenate([sysp, c1, c2]), np.concatenate([sysp, c1, c3]), np.concatenate([sysp, c4, c4])
+    pc = PrefixCache(budget_bytes=2 * 2 * (2 * 1 * 12 * 8 * 4))  # room for two 12-token prompts
+    pc.put(a, [4, 8, 12], *kv(12))
+    pc.put(b, [4, 8, 12], *kv(12))  # shares the boundaries 4 and 8 with a
+    assert pc.longest(a, [4, 8, 12])[0] == 12  # a is now the most recent
+    pc.put(c, [4, 8, 12], *kv(12))  # evicts b
+    assert pc.longest(b, [4, 8, 12])[0] == 8  # a still holds rows 0..8
+    assert pc.longest(np.concatenate([sysp, c1, c4]), [4, 8, 12])[0] == 8
+    # a prompt whose rows alone exceed the budget is not stored, and the stored ones stay
+    pc.put(np.arange(40) + 900, [40], *kv(40))
+    assert len(pc._entries) == 2 and pc.longest(c, [12])[0] == 12
+
+
+# ----------------------------------------------------------------------------- review fixes: tiny models
+def test_streamed_pieces_join_to_the_answer_with_multibyte_characters(tiny):
+    from ragkit.generators.local import LocalGenerator
+
+    g = LocalGenerator(tiny[0]).load()
+    chunks = ["Ein Dokument über Äpfel 🍎.", "日本語のテキスト"]
+    for i in range(4):  # the byte-level tokenizer sends many bytes alone: partial characters
+        q = f"Question {i} about ünïcödé 😀?"
+        pieces: list[str] = []
+        answer = g.generate(q, chunks, mode="full", max_new_tokens=24, on_token=pieces.append)
+        assert "".join(pieces) == answer == g.generate(q, chunks, mode="full", max_new_tokens=24), i
+        assert "".join(g.stream(q, chunks, mode="full", max_new_tokens=24)) == answer
+
+
+def test_closing_a_stream_stops_its_worker(tiny):
+    import threading
+
+    from ragkit.generators.local import LocalGenerator
+
+    g = LocalGenerator(tiny[0]).load()
+    g.eos_ids_ = set()  # a random model: never stop by chance
+    before = set(threading.enumerate())
+    it = g.stream(TINY_Q, TINY_CHUNKS, mode="full", max_new_tokens=100_000)
+    assert next(it)
+    (worker,) = [t for t in threading.enumerate() if t not in before]
+    it.close()
+    worker.join(timeout=10)
+    assert not worker.is_alive()
+
+
+@pytest.mark.parametrize("rope", [None, {"rope_type": "yarn", "factor": 4.0, "rope_theta": 10000.0,
+                                         "original_max_position_embeddings": 128},
+                                  {"rope_type": "linear", "factor": 2.0, "rope_theta": 10000.0}])
+def test_rerotation_with_scaled_rope_matches_keys_computed_there(rope):
+    pytest.importorskip("transformers")
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from ragkit.generators.local import rerotate_keys
+
+    cfg = LlamaConfig(vocab_size=300, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                      **({} if rope is None else {"rope_parameters": rope}))
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(cfg).eval()
+    ids = torch.arange(40, 80)[None]
+    with torch.no_grad():
+        at0 = model(input_ids=ids, use_cache=True).past_key_values.layers[0].keys
+        at37 = model(input_ids=ids, position_ids=torch.arange(40)[None] + 37, use_cache=True).past_key_values.layers[0]
+    moved = rerotate_keys(at0, 37, model.model.rotary_emb)
+    assert (moved - at37.keys).abs().max() < 1e-4  # yarn: 1.44 when attention_scaling was applied twice
+    assert (rerotate_keys(moved, -37, model.model.rotary_emb) - at0).abs().max() < 1e-4
+
+
+def test_alpha_recomputes_chunks_captured_alone(tiny):
+    from ragkit.generators.local import LocalGenerator
+
+    g = LocalGenerator(tiny[0], alpha=1.0).load()
+    for c in TINY_CHUNKS:  # every chunk captured alone: beta = 1, so Eq. 12 alone would give CFO 0
+        g.prefill(g.segments(TINY_Q, [c]), "full", capture=True)
+    seg = g.segments(TINY_Q, TINY_CHUNKS)
+    for fraction in (0.3, 0.0):  # with alpha set the budgets are the CFOs, whatever fraction is
+        for select in ("deviation", "stored"):
+            g.token_select = select
+            pre = g.prefill(seg, "cachecraft", fraction=fraction, selector="cachecraft")
+            assert pre.chunk_fraction[0] == 0.0, (fraction, select)  # the exact prefix hit
+            assert all(f > 0.3 for f in pre.chunk_fraction[1:]), (fraction, select, pre.chunk_fraction)
+    assert g.prefill(seg, "naive").chunk_fraction == [0.0, 0.0, 0.0]
+    assert g.prefill(seg, "cachecraft", fraction=0.0, selector="fixed").chunk_fraction == [0.0, 0.0, 0.0]
+
+
+def test_invalid_generator_settings_are_param_errors(tiny):
+    from ragkit.errors import ParamError
+    from ragkit.generators.local import LocalGenerator
+
+    for kw, msg in [({"check_layer": -1}, r"check_layer=-1; expected an int from 0"),
+                    ({"token_select": "stord"}, r"token_select='stord'; expected one of \('deviation', 'stored'\)"),
+                    ({"max_chunk_tokens": 0}, r"max_chunk_tokens=0; expected an int >= 1"),
+                    ({"alpha": -0.5}, r"alpha=-0.5; expected a finite number >= 0"),
+                    ({"full_threshold": 0.0}, r"full_threshold=0.0; expected a number in \(0, 1\]"),
+                    ({"full_threshold": 1.5}, r"full_threshold=1.5"),
+                    ({"storage_dtype": "int8"}, r"storage_dtype='int8'"),
+                    ({"max_variants": 0}, r"max_variants=0"),
+                    ({"cache_budget_bytes": -1}, r"cache_budget_bytes=-1")]:
+        with pytest.raises(ParamError, match=msg) as raised:
+            LocalGenerator(tiny[0], **kw)
+        assert raised.value.path == next(iter(kw))
+    # the model-dependent limits, at load: the tiny model has 4 layers, "\n\n" is 2 byte tokens
+    with pytest.raises(ParamError, match=r"check_layer=4; expected a layer of the model, 0 to 3"):
+        LocalGenerator(tiny[0], check_layer=4).load()
+    with pytest.raises(ParamError, match=r"max_chunk_tokens=2; expected more than the 2 token\(s\)"):
+        LocalGenerator(tiny[0], max_chunk_tokens=2).load()
+    g = LocalGenerator(tiny[0], check_layer=3).load()
+    with pytest.raises(ParamError, match="selector must be one of"):
+        g.prefill(g.segments(TINY_Q, TINY_CHUNKS), "cachecraft", selector="cachecraf")  # type: ignore[arg-type]
+
+
+def test_a_long_chunk_is_cut_before_its_separator(tiny):
+    from ragkit.generators.local import LocalGenerator
+
+    g = LocalGenerator(tiny[0], max_chunk_tokens=10).load()
+    seg = g.segments(TINY_Q, ["abcdefghijklmnopqrstuvwxyz", "short"])
+    assert [g.tokenizer_.decode(c) for c in seg.chunks] == ["abcdefgh\n\n", "short\n\n"]
+    assert len(seg.chunks[0]) == 10
+
+
+def test_float16_storage_reuses_exact_rows_only_approximately(tiny):
+    """The documented limit of exactness: a 100% recompute reuses exact variants as stored,
+    which reproduces full prefill with float32 storage only."""
+    from ragkit.generators.local import LocalGenerator
+
+    for dtype, close in (("float32", True), ("float16", False)):
+        g = LocalGenerator(tiny[0], storage_dtype=dtype).load()
+        seg = g.segments(TINY_Q, TINY_CHUNKS)
+        full = g.prefill(seg, "full", capture=True)
+        re = g.prefill(seg, "cachecraft", fraction=1.0, selector="fixed")
+        assert re.chunk_fraction == [0.0, 0.0, 0.0]  # every chunk reused as exact
+        assert (_max_dlogit(re, full) < 1e-4) is close, dtype

@@ -24,13 +24,21 @@ their true absolute positions, with a 4D additive mask over the full-length key/
 in which the fresh keys/values of the selected tokens are scattered layer by layer
 (ALGORITHMS.md §5 "Recomputation").  With every token selected it reproduces ``full``.
 
-Exactness.  A stored chunk's rows are reused without recomputation only when they equal a
-full prefill of the same system prompt and the same prefix chunks (the variant is ``exact``,
-and its ``sys_id`` and ``prefix_ids`` match).  A chunk computed in a request where an earlier
-chunk was reused approximately (neither exact nor recomputed in full) is stored as an
-inexact variant: it serves later requests as a context variant, recomputed like any other
-reused chunk, and is replaced by an exact one when a later pass recomputes it in full on
-exact rows.  So a 100% recompute always reproduces ``full``.
+Exactness.  A stored chunk's rows are reused without recomputation only when they were
+computed by a full prefill of the same system prompt and the same prefix chunks (the variant
+is ``exact``, and its ``sys_id`` and ``prefix_ids`` match).  A chunk computed in a request
+where an earlier chunk was reused approximately (neither exact nor recomputed in full) is
+stored as an inexact variant: it serves later requests as a context variant, recomputed like
+any other reused chunk, and is replaced by an exact one when a later pass recomputes it in
+full on exact rows.  So with ``storage_dtype="float32"`` (the default here) a 100% recompute
+reproduces ``full`` to float error.  With ``float16`` storage (half the memory; the default of
+the ``generate`` operator) the rows reused as exact are rounded to float16, so the logits
+differ from ``full`` (by 3e-3 on SmolLM2-135M; more on models with larger activations) and
+greedy output can differ; use float32 storage where ``full`` must be reproduced.
+
+Streaming.  ``on_token`` receives text pieces whose concatenation is exactly the answer
+:meth:`LocalGenerator.generate` returns (a character spanning several tokens is sent once it
+is complete; surrounding whitespace is not sent).
 
 Identity and threads.  ``model_id_`` is a content fingerprint of the weights (a model
 folder's files, or the GGUF file), so chunk caches are never shared between checkpoints.
@@ -58,7 +66,7 @@ import numpy as np
 import torch
 
 from ragkit.caches import ChunkKVCache, ChunkVariant, PrefixCache, compute_cci
-from ragkit.caches.chunk_kv import order_penalty, prefix_overlap
+from ragkit.caches.chunk_kv import alone_fix_overhead, order_penalty, prefix_overlap
 from ragkit.encoders.sentence import model_fingerprint
 from ragkit.errors import ParamError
 
@@ -70,6 +78,9 @@ Mode = Literal["full", "prefix", "naive", "cachecraft"]
 Selector = Literal["fixed", "cacheblend", "cachecraft", "boundary", "random"]
 MODES: tuple[str, ...] = ("full", "prefix", "naive", "cachecraft")
 SELECTORS: tuple[str, ...] = ("fixed", "cacheblend", "cachecraft", "boundary", "random")
+TOKEN_SELECTS: tuple[str, ...] = ("deviation", "stored")
+#: appended to every chunk's text; part of the chunk's tokens (and of ``max_chunk_tokens``)
+CHUNK_SEP = "\n\n"
 
 @dataclass
 class _Loaded:
@@ -186,12 +197,21 @@ def rerotate_keys(keys: torch.Tensor, delta: int | torch.Tensor, rotary_emb: tor
     """Move post-RoPE keys by ``delta`` positions with the model's own rotary module.
 
     RoPE rotations compose additively, so ``k' = k cos(Δθ) + rotate_half(k) sin(Δθ)``, with
-    ``cos``/``sin`` returned by ``rotary_emb`` for position ``Δ`` (any rope scaling of the
-    config included; Δ may be negative).  ``keys`` has shape ``(..., n_tokens, head_dim)``.
+    ``cos``/``sin`` returned by ``rotary_emb`` for position ``Δ`` (the frequencies of any rope
+    scaling of the config included; Δ may be negative).  ``keys`` has shape
+    ``(..., n_tokens, head_dim)``.
+
+    The stored keys already carry the rotary module's ``attention_scaling`` (not 1 for
+    ``yarn`` and ``longrope``), which ``rotary_emb`` multiplies into its ``cos``/``sin``; it
+    is divided out here so that it is applied once.  Dynamic NTK scaling (``rope_type
+    "dynamic"``) changes its frequencies with the sequence length beyond
+    ``original_max_position_embeddings``, so there rotations do not compose: re-rotation is
+    exact only while every position stays within ``original_max_position_embeddings``.
     """
     d = torch.as_tensor(delta, dtype=torch.long).reshape(1, 1)
-    cos, sin = rotary_emb(keys, position_ids=d)  # (1, 1, head_dim)
-    cos, sin = cos[0, 0].to(keys.dtype), sin[0, 0].to(keys.dtype)
+    cos, sin = rotary_emb(keys, position_ids=d)  # (1, 1, head_dim), times attention_scaling
+    scale = float(getattr(rotary_emb, "attention_scaling", 1.0) or 1.0)
+    cos, sin = (cos[0, 0] / scale).to(keys.dtype), (sin[0, 0] / scale).to(keys.dtype)
     return keys * cos + _rotate_half(keys) * sin
 
 
@@ -255,6 +275,42 @@ class _ScatterCache:
         return self.keys[layer_idx], self.values[layer_idx]
 
 
+def _is_int(x: object) -> bool:
+    return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
+
+
+def _is_real(x: object) -> bool:
+    return isinstance(x, (int, float, np.integer, np.floating)) and not isinstance(x, bool) and bool(np.isfinite(x))
+
+
+def _check_settings(*, max_chunk_tokens: object, cache_budget_bytes: object, storage_dtype: object,
+                    max_variants: object, alpha: object, full_threshold: object, check_layer: object,
+                    token_select: object, num_threads: object) -> None:
+    """Raise :class:`ParamError` naming the first invalid :class:`LocalGenerator` setting, the
+    value given and the values allowed (the model-dependent limits are checked by ``load``)."""
+    checks: list[tuple[str, object, bool, str]] = [
+        ("max_chunk_tokens", max_chunk_tokens, _is_int(max_chunk_tokens) and max_chunk_tokens >= 1,
+         "an int >= 1 (the chunk separator included)"),
+        ("cache_budget_bytes", cache_budget_bytes,
+         cache_budget_bytes is None or (_is_int(cache_budget_bytes) and cache_budget_bytes >= 0),
+         "an int >= 0, or None for no budget"),
+        ("storage_dtype", storage_dtype, storage_dtype in ("float32", "float16"), "'float32' or 'float16'"),
+        ("max_variants", max_variants, _is_int(max_variants) and max_variants >= 1, "an int >= 1"),
+        ("alpha", alpha, alpha is None or (_is_real(alpha) and alpha >= 0), "a finite number >= 0, or None"),
+        ("full_threshold", full_threshold, _is_real(full_threshold) and 0 < full_threshold <= 1,
+         "a number in (0, 1]"),
+        ("check_layer", check_layer, _is_int(check_layer) and check_layer >= 0,
+         "an int from 0 to the model's number of layers - 1"),
+        ("token_select", token_select, isinstance(token_select, str) and token_select in TOKEN_SELECTS,
+         f"one of {TOKEN_SELECTS}"),
+        ("num_threads", num_threads, num_threads is None or (_is_int(num_threads) and num_threads >= 1),
+         "an int >= 1, or None"),
+    ]
+    for name, value, ok, expected in checks:
+        if not ok:
+            raise ParamError(f"LocalGenerator: {name}={value!r}; expected {expected}", name)
+
+
 class LocalGenerator:
     """Greedy generator over a local causal LM, with chunk KV-cache reuse.
 
@@ -268,23 +324,32 @@ class LocalGenerator:
     system_prompt : str
         The system message.
     max_chunk_tokens : int, default=200
-        Chunks are cut to this many tokens.
+        Chunks are cut to this many tokens, the ``"\\n\\n"`` separator that ends every chunk
+        included (a longer chunk keeps its first ``max_chunk_tokens - len(separator)`` tokens
+        and its separator); at least 1, and more than the separator's tokens (checked by
+        :meth:`load`).
     chunk_cache : ChunkKVCache or None
         The chunk-cache store (created on load with ``cache_budget_bytes``/``storage_dtype``/
         ``disk_dir`` when ``None``).  A store of another model is refused.
     alpha : float or None
-        Cache-Craft's scalar in ``CFO = alpha * CCI * (1 - beta')``.  ``None`` (default) sets
-        the per-chunk budgets by distributing ``fraction`` of the chunk tokens over chunks in
-        proportion to their estimated need instead.
+        Cache-Craft's scalar (>= 0) in ``CFO = alpha * CCI * (1 - beta')``; for a variant
+        captured alone (no prefix chunk) ``alpha * (CCI - 0.5) * 2`` (ALGORITHMS.md §5.3).  With
+        ``alpha`` set the ``cachecraft`` selector recomputes CFO of each chunk whatever
+        ``fraction`` is (``fraction=0`` included; ``naive`` mode recomputes nothing).  ``None``
+        (default) sets the per-chunk budgets by distributing ``fraction`` of the chunk tokens
+        over chunks in proportion to their estimated need instead.
     full_threshold : float, default=0.8
-        A chunk whose recompute share reaches this is recomputed entirely.
+        A chunk whose recompute share reaches this is recomputed entirely; in ``(0, 1]``.
     check_layer : int, default=1
         Layer whose value deviation ranks tokens (CacheBlend's check layer; layers
-        ``0..check_layer`` run on every candidate token of the chunks being fixed).
+        ``0..check_layer`` run on every candidate token of the chunks being fixed); from 0 to
+        the model's number of layers - 1 (checked by :meth:`load`).
     token_select : {"deviation", "stored"}, default="deviation"
         Which tokens the ``cachecraft`` selector recomputes inside each chunk's budget: the
         largest layer-``check_layer`` value deviation, or the largest stored outside-attention
         score of the variant (Cache-Craft Eq. 14, no check-layer pass).
+
+    Invalid settings raise :class:`ragkit.errors.ParamError` here, before any model loads.
 
     Examples
     --------
@@ -299,6 +364,10 @@ class LocalGenerator:
                  max_variants: int = 3, alpha: float | None = None, full_threshold: float = 0.8,
                  check_layer: int = 1, token_select: Literal["stored", "deviation"] = "deviation", seed: int = 0,
                  num_threads: int | None = None) -> None:
+        _check_settings(max_chunk_tokens=max_chunk_tokens, cache_budget_bytes=cache_budget_bytes,
+                        storage_dtype=storage_dtype, max_variants=max_variants, alpha=alpha,
+                        full_threshold=full_threshold, check_layer=check_layer, token_select=token_select,
+                        num_threads=num_threads)
         self.model_name = model
         self.gguf_file = gguf_file
         self.system_prompt = system_prompt
@@ -324,8 +393,9 @@ class LocalGenerator:
         """Load model and tokenizer (offline) and create or check the chunk cache.
 
         Raises :class:`ragkit.errors.ParamError` before loading anything when ``model`` looks
-        like a path that does not exist or ``gguf_file`` is not in its folder, and when
-        transformers cannot load the model.
+        like a path that does not exist or ``gguf_file`` is not in its folder, when
+        transformers cannot load the model, and when ``check_layer`` is not a layer of the
+        model or ``max_chunk_tokens`` leaves no room beside the chunk separator.
         """
         if self.model_ is not None:
             return self
@@ -349,6 +419,15 @@ class LocalGenerator:
                                      f"a GGUF file or a Hugging Face model id ({e})", "model") from None
                 _LOADED[(name, gguf)] = _Loaded(tok, model, _model_fingerprint(name, gguf, model))
             loaded = _LOADED[(name, gguf)]
+        n_layers = int(loaded.model.config.num_hidden_layers)
+        if not 0 <= self.check_layer < n_layers:
+            raise ParamError(f"LocalGenerator: check_layer={self.check_layer!r}; expected a layer of the model, "
+                             f"0 to {n_layers - 1} (model {name!r} has {n_layers} layers)", "check_layer")
+        n_sep = len(loaded.tokenizer(CHUNK_SEP, add_special_tokens=False)["input_ids"])
+        if self.max_chunk_tokens <= n_sep:
+            raise ParamError(f"LocalGenerator: max_chunk_tokens={self.max_chunk_tokens!r}; expected more than the "
+                             f"{n_sep} token(s) of the chunk separator {CHUNK_SEP!r} that it includes",
+                             "max_chunk_tokens")
         self.tokenizer_, self._lock = loaded.tokenizer, loaded.lock
         self.model_id_ = loaded.fingerprint  # content only: a copied folder keeps its chunk caches
         vocab = self.tokenizer_.get_vocab()
@@ -390,7 +469,13 @@ class LocalGenerator:
         enc = lambda s: tok(s, add_special_tokens=False)["input_ids"]  # noqa: E731
         with self._lock:  # the tokenizer is shared by the generators of this model
             system = enc(head + "Documents:\n")
-            chunk_ids = [enc(c.strip() + "\n\n")[: self.max_chunk_tokens] for c in chunks]
+            sep = enc(CHUNK_SEP)
+            chunk_ids = []
+            for c in chunks:
+                ids = enc(c.strip() + CHUNK_SEP)
+                if len(ids) > self.max_chunk_tokens:  # cut the text, keep the separator
+                    ids = enc(c.strip())[: self.max_chunk_tokens - len(sep)] + sep
+                chunk_ids.append(ids)
             q = enc("Question: " + question.strip() + tail)
         return PromptSegments(system, chunk_ids, q)
 
@@ -502,13 +587,14 @@ class LocalGenerator:
         Cache-Craft attention statistics (slower: eager attention).  In the reuse modes a
         chunk missing from the store is computed in full inside the request and stored.
         """
-        self.load()
         if mode not in MODES:
-            raise ValueError(f"LocalGenerator.prefill: mode must be one of {MODES}; got {mode!r}")
+            raise ParamError(f"LocalGenerator.prefill: mode must be one of {MODES}; got {mode!r}", "mode")
         if selector not in SELECTORS:
-            raise ValueError(f"LocalGenerator.prefill: selector must be one of {SELECTORS}; got {selector!r}")
+            raise ParamError(f"LocalGenerator.prefill: selector must be one of {SELECTORS}; got {selector!r}",
+                             "selector")
         if not 0.0 <= fraction <= 1.0:
-            raise ValueError(f"LocalGenerator.prefill: fraction must be in [0, 1]; got {fraction}")
+            raise ParamError(f"LocalGenerator.prefill: fraction must be in [0, 1]; got {fraction}", "fraction")
+        self.load()
         with self._lock:  # one pass at a time per loaded model (shared config, attention hooks)
             t0 = time.perf_counter()
             if mode == "full":
@@ -612,7 +698,9 @@ class LocalGenerator:
         """Recompute need of reusing variant ``v`` after ``new_prefix``, and whether it is exact.
 
         Exact: ``v`` is an exact variant computed after the same system prompt (``sys_id``)
-        and the same prefix chunks.  With ``alpha`` set: Cache-Craft's CFO (Eq. 12).
+        and the same prefix chunks.  With ``alpha`` set: Cache-Craft's CFO (Eq. 12), or for a
+        variant captured alone (no prefix chunk, where beta cannot see the added context)
+        ALGORITHMS.md §5.3's proxy ``alpha * (CCI - 0.5) * 2``.
         Otherwise ragkit's budget weight ``(2 CCI - 1) * (1 - beta' * kappa)``, where
         ``kappa`` is the share of the new prefix tokens that were also in the old prefix
         (beta alone cannot see added context).  Under another system prompt every chunk
@@ -624,6 +712,8 @@ class LocalGenerator:
         beta = prefix_overlap(v.inter, v.prefix_ids, new_prefix) if same_sys else 0.0
         gamma = order_penalty(v.prefix_ids, new_prefix)
         if self.alpha is not None:
+            if not v.prefix_ids:  # captured alone
+                return alone_fix_overhead(v.cci, self.alpha), False
             return float(np.clip(self.alpha * v.cci * (1 - beta * (1 - gamma)), 0, 1)), False
         old = set(v.prefix_ids)
         tot = sum(new_lens)
@@ -680,7 +770,9 @@ class LocalGenerator:
         sel_rel: list[np.ndarray] = [np.arange(lens[i]) if missing[i] else np.zeros(0, np.int64) for i in range(n)]
         blend = None
         rng = np.random.default_rng(self.seed + T)
-        if fraction > 0 and cand.any():
+        # with alpha set, the cachecraft selector's budgets are the CFOs, whatever fraction is
+        fix = mode != "naive" and (fraction > 0 or (selector == "cachecraft" and self.alpha is not None))
+        if fix and cand.any():
             if selector == "cachecraft":
                 if self.alpha is not None:
                     r = need
@@ -710,7 +802,7 @@ class LocalGenerator:
         ids_all = torch.from_numpy(seg.ids())
         use_dev = selector == "cacheblend" or (selector == "cachecraft" and self.token_select == "deviation")
         dev_chunks = [i for i in np.nonzero(cand & (budget > 0))[0] if budget[i] < lens[i]]
-        if use_dev and fraction > 0 and dev_chunks:
+        if use_dev and fix and dev_chunks:
             cmask = torch.zeros(len(pos), dtype=torch.bool)
             cpos = np.concatenate([starts[i] + np.arange(lens[i]) for i in dev_chunks])
             cmask[torch.from_numpy(np.isin(pos.numpy(), cpos))] = True
@@ -759,8 +851,15 @@ class LocalGenerator:
     # ------------------------------------------------------------------ decoding
     @torch.no_grad()
     def decode(self, pre: Prefill, max_new_tokens: int = 64,
-               on_token: Callable[[str], None] | None = None) -> list[int]:
-        """Greedy decoding from a prefill; calls ``on_token(text_piece)`` as tokens arrive."""
+               on_token: Callable[[str], None] | None = None, *, stop: threading.Event | None = None) -> list[int]:
+        """Greedy decoding from a prefill; returns the new token ids.
+
+        ``on_token(text_piece)`` is called as text arrives; the pieces join to exactly the
+        decoded answer with its surrounding whitespace stripped (what :meth:`generate`
+        returns): a character spanning several tokens is sent once complete (a partial one
+        decodes to U+FFFD), trailing whitespace once more text follows.  When ``stop`` is set,
+        decoding ends before the next token.
+        """
         from transformers import DynamicCache
 
         self.load()
@@ -771,55 +870,87 @@ class LocalGenerator:
         pos = pre.n_prompt
         shown = ""
         for _ in range(max_new_tokens):
+            if stop is not None and stop.is_set():
+                return out
             tok = int(torch.argmax(logits))
             if tok in self.eos_ids_:
                 break
             out.append(tok)
             if on_token is not None:
-                text = self.tokenizer_.decode(out, skip_special_tokens=True)
-                if len(text) > len(shown):
-                    on_token(text[len(shown):])
-                    shown = text
+                shown = self._send(out, shown, on_token, final=False)
             with self._lock:
                 o = self.model_(input_ids=torch.tensor([[tok]]), position_ids=torch.tensor([[pos]]),
                                 use_cache=True, **{cache_kw: past})
             past = o.past_key_values
             logits = o.logits[0, -1]
             pos += 1
+        if on_token is not None:
+            self._send(out, shown, on_token, final=True)
         return out
+
+    def _send(self, out: list[int], shown: str, on_token: Callable[[str], None], final: bool) -> str:
+        """Send the text of ``out`` that is settled and not sent yet; return the text sent so far.
+
+        Settled: leading whitespace dropped and, until ``final``, trailing U+FFFD (a partial
+        character) and whitespace held back.  Text that no longer starts with what was sent
+        (a decoder that rewrites earlier text) waits for the end, and is sent then if it does.
+        """
+        text = self.tokenizer_.decode(out, skip_special_tokens=True).lstrip()
+        if final:
+            text = text.rstrip()
+        else:
+            end = len(text)
+            while end and (text[end - 1] == "\ufffd" or text[end - 1].isspace()):
+                end -= 1
+            text = text[:end]
+        if len(text) > len(shown) and text.startswith(shown):
+            on_token(text[len(shown):])
+            return text
+        return shown
 
     def generate(self, question: str, chunks: Sequence[str], *, mode: Mode = "cachecraft", fraction: float = 0.3,
                  selector: Selector = "cachecraft", max_new_tokens: int = 64,
-                 on_token: Callable[[str], None] | None = None) -> str:
-        """Answer ``question`` from ``chunks`` (best first) with greedy decoding."""
+                 on_token: Callable[[str], None] | None = None, stop: threading.Event | None = None) -> str:
+        """Answer ``question`` from ``chunks`` (best first) with greedy decoding.
+
+        ``on_token`` receives the answer's text in pieces that join to the returned string;
+        setting ``stop`` ends decoding early (see :meth:`decode`).
+        """
         seg = self.segments(question, chunks)
         pre = self.prefill(seg, mode, fraction=fraction, selector=selector)
-        return self.tokenizer_.decode(self.decode(pre, max_new_tokens, on_token), skip_special_tokens=True).strip()
+        ids = self.decode(pre, max_new_tokens, on_token, stop=stop)
+        return self.tokenizer_.decode(ids, skip_special_tokens=True).strip()
 
     def stream(self, question: str, chunks: Sequence[str], **kw) -> Iterator[str]:
-        """Yield the answer's text pieces as they are generated (same arguments as :meth:`generate`).
+        """Yield the answer's text pieces as they are generated (same arguments as :meth:`generate`);
+        they join to the answer :meth:`generate` returns.
 
-        An error raised while generating (a model that cannot load, a bad argument) is raised
-        here, in the consumer, after the pieces generated before it.
+        Generation runs on a worker thread (named ``"ragkit-stream"``).  An error raised while
+        generating (a model that cannot load, a bad argument) is raised here, in the consumer,
+        after the pieces generated before it.  Closing the iterator early (``close()``, or
+        dropping it after a ``break``) stops the generation before its next token.
         """
         import queue
-        import threading
 
         q: "queue.Queue[str | None]" = queue.Queue()
         failed: list[BaseException] = []
+        stop = threading.Event()
 
         def run() -> None:
             try:
-                self.generate(question, chunks, on_token=q.put, **kw)
+                self.generate(question, chunks, on_token=q.put, stop=stop, **kw)
             except BaseException as e:  # handed to the consumer, not printed by the thread
                 failed.append(e)
             finally:
                 q.put(None)
 
-        th = threading.Thread(target=run, daemon=True)
+        th = threading.Thread(target=run, name="ragkit-stream", daemon=True)
         th.start()
-        while (piece := q.get()) is not None:
-            yield piece
+        try:
+            while (piece := q.get()) is not None:
+                yield piece
+        finally:
+            stop.set()  # the consumer stopped early (or the worker is done): no further tokens
         th.join()
         if failed:
             raise failed[0]

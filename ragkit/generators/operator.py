@@ -32,17 +32,22 @@ class GenerateParams(Params):
     top_k: int = Field(5, ge=1, description="Chunks of the ranking put in the prompt, best first.")
     mode: Literal["full", "prefix", "naive", "cachecraft"] = Field(
         "cachecraft", description="KV reuse mode: full (none), prefix, naive (reuse all), cachecraft (reuse + fix).")
-    fraction: float = Field(0.3, ge=0.0, le=1.0, description="Share of reused chunk tokens to recompute.")
+    fraction: float = Field(0.3, ge=0.0, le=1.0, description="Share of reused chunk tokens to recompute (unused "
+                                                               "by selector 'cachecraft' when alpha is set).")
     selector: Literal["fixed", "cacheblend", "cachecraft", "boundary", "random"] = Field(
         "cachecraft", description="How the recomputed tokens are chosen (see ragkit.generators.local).")
-    alpha: float | None = Field(None, ge=0.0, description="Cache-Craft's CFO scale; None = budget set by 'fraction'.")
+    alpha: float | None = Field(None, ge=0.0, description="Cache-Craft's CFO scale (per-chunk budgets from CCI and "
+                                                          "prefix overlap); None = budget set by 'fraction'.")
     max_new_tokens: int = Field(64, ge=1, description="Greedy decoding length limit.")
-    max_chunk_tokens: int = Field(200, ge=1, description="Each chunk is cut to this many tokens (LangChain backend: "
-                                                         "whitespace-separated words; its tokenizer is the model's).")
+    max_chunk_tokens: int = Field(200, ge=1, description="Each chunk is cut to this many tokens, its closing blank "
+                                                         "line included (LangChain backend: whitespace-separated "
+                                                         "words; its tokenizer is the model's).")
     system_prompt: str | None = Field(None, description="System message; None = ragkit's default.")
     cache_budget_mb: float | None = Field(None, gt=0, description="Memory budget of the chunk cache, MiB (and "
                                                                     "of the prefix mode's cache); None: unbounded.")
-    storage_dtype: Literal["float32", "float16"] = Field("float16", description="Chunk-cache storage dtype.")
+    storage_dtype: Literal["float32", "float16"] = Field(
+        "float16", description="Chunk-cache storage dtype: float16 halves the memory; only float32 reproduces a full "
+                               "prefill exactly where chunks are reused without recomputation.")
     cache_dir: str | None = Field(None, description="Disk tier of the chunk cache (safetensors files).")
 
     @model_validator(mode="after")
