@@ -287,7 +287,8 @@ class Pipeline(Composite):
 
         Operators that learn from the training split read ``train``; those with
         ``wants_upstream`` also receive the output of the steps before them on the
-        training queries.  ``backend="ray"`` shards encoding and indexing on Ray.
+        training queries.  ``backend="ray"`` pre-encodes the corpus's sentence vectors on Ray (and
+        fits ``sharded`` retrievers with ``backend: auto`` as Ray tasks); see :mod:`ragkit.scale`.
         """
         if backend != "local":
             from ragkit import scale
@@ -405,7 +406,9 @@ class Pipeline(Composite):
 
     @classmethod
     def from_yaml(cls, source: str | Any) -> "Pipeline":
-        """Build from a YAML file path or YAML text; the whole file is validated first."""
+        """Build from a YAML file (a ``Path``, or a string naming an existing file, any suffix) or
+        YAML text; the whole file is validated first.  A saved pipeline folder is refused with a
+        pointer to :meth:`load`; a path-like string naming nothing is "no such file"."""
         from ragkit.pipelines.yaml import load_yaml
 
         return load_yaml(source)

@@ -23,7 +23,9 @@ passes its queries through unchanged.  Only ``yaml.safe_load`` is
 used: tags that construct Python objects are refused.  The whole file is validated
 (every operator's parameters through its pydantic model) before anything is fitted, and
 an error starts with the path inside the file, e.g.
-``pipeline[1].parallel.branches[0].dense.k: expected a positive integer, got -3``.
+``pipeline[1].parallel.branches[0].dense.k: expected a positive integer, got -3``; every
+problem of the file (its top-level keys, every step, every branch, fuser, router, default,
+body, judge and key of a parallel / route / loop) is reported in one error, one line each.
 """
 
 from __future__ import annotations
@@ -61,7 +63,7 @@ LeafFactory = Callable[[str, type[Operator], Mapping[str, Any]], Operator]
 
 
 def _default_leaf(path: str, cls: type[Operator], params: Mapping[str, Any]) -> Operator:
-    return cls(validate_params(cls.Params, params, cls.name, path.rsplit(".", 1)[0]))
+    return cls(validate_params(cls.Params, params, cls.name, path.rsplit(".", 1)[0], source="yaml"))
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
@@ -82,18 +84,26 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
-def parse_yaml_text(source: str | Path) -> tuple[Any, str]:
-    """Read YAML from a path or text with ``safe_load``; errors name the file and line."""
-    where = "<text>"
-    text = source
-    if isinstance(source, Path) or (isinstance(source, str) and "\n" not in source
-                                    and source.strip().lower().endswith((".yaml", ".yml"))):
-        path = Path(source)
-        if not path.is_file():
-            raise ConfigError(f"{path}: pipeline file not found")
-        where, text = str(path), path.read_text(encoding="utf-8")
+def _what_is(path: Path) -> str | None:
+    """``"file"``, ``"folder"`` or ``None`` (nothing there, or a string no file system takes as a path)."""
     try:
-        return yaml.load(text, Loader=_UniqueKeyLoader), where  # a SafeLoader: no object tags
+        return "file" if path.is_file() else "folder" if path.is_dir() else None
+    except (OSError, ValueError):  # a name too long, a NUL byte
+        return None
+
+
+def _not_a_file(path: Path | str, kind: str | None) -> ConfigError:
+    """The error for a pipeline source that names a folder (``kind == "folder"``) or nothing."""
+    if kind == "folder":
+        return ConfigError(f"{path} is a folder (a saved pipeline?): load it with Pipeline.load({str(path)!r})",
+                           path=str(path))
+    return ConfigError(f"{path}: no such file (expected a pipeline YAML file, or YAML text with a 'pipeline:' key)",
+                       path=str(path))
+
+
+def _safe_load(text: str, where: str) -> Any:
+    try:
+        return yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader: no object tags
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         loc = f" line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
@@ -103,8 +113,54 @@ def parse_yaml_text(source: str | Path) -> tuple[Any, str]:
         raise ConfigError(f"{where}:{loc}: not valid pipeline YAML: {problem}") from None
 
 
+def parse_yaml_text(source: str | Path) -> tuple[Any, str]:
+    """Read YAML from a path or text with ``safe_load``; errors name the file and line.
+
+    A :class:`~pathlib.Path` is a file.  A string is a file when it names an existing file (any
+    suffix); one that names a folder, or a one-line string that looks like a path (a ``/`` or
+    ``\\``, or a ``.yaml`` / ``.yml`` ending) and names nothing, is refused with that said.  Any
+    other string is YAML text.  Returns ``(document, where)``: the file name or ``"<text>"``.
+    """
+    if not isinstance(source, str):
+        path = Path(source)
+        kind = _what_is(path)
+        if kind != "file":
+            raise _not_a_file(path, kind)
+        return _safe_load(path.read_text(encoding="utf-8"), str(path)), str(path)
+    line = source.strip()
+    if not line or "\n" in line:  # several lines: YAML text
+        return _safe_load(source, "<text>"), "<text>"
+    kind = _what_is(Path(line))
+    if kind == "file":
+        return _safe_load(Path(line).read_text(encoding="utf-8"), line), line
+    if kind == "folder":
+        raise _not_a_file(line, kind)
+    named_yaml = line.lower().endswith((".yaml", ".yml"))
+    try:
+        doc = _safe_load(source, "<text>")
+    except ConfigError:
+        if named_yaml:
+            raise _not_a_file(line, None) from None
+        raise
+    if not isinstance(doc, (Mapping, list)) and (named_yaml or "/" in line or "\\" in line):
+        raise _not_a_file(line, None)
+    return doc, "<text>"
+
+
+def _combined(problems: list[ConfigError]) -> ConfigError:
+    """One error for several: their messages one per line, the path the first one's."""
+    if len(problems) == 1:
+        return problems[0]
+    return ConfigError("\n".join(str(e) for e in problems), path=problems[0].path)
+
+
 def load_yaml(source: str | Path | Mapping[str, Any], make_leaf: LeafFactory | None = None) -> Pipeline:
-    """Validate and build a pipeline from a YAML file path, YAML text or an already-parsed mapping."""
+    """Validate and build a pipeline from a YAML file path, YAML text or an already-parsed mapping.
+
+    A string is read as a file when it names one (see :func:`parse_yaml_text`).  Every problem
+    of the file (top-level keys, every step, every part of a parallel / route / loop) is
+    reported in one :class:`~ragkit.errors.ConfigError`, one line each, after the file's name.
+    """
     if isinstance(source, Mapping):
         doc, where = source, "<mapping>"
     else:
@@ -112,28 +168,51 @@ def load_yaml(source: str | Path | Mapping[str, Any], make_leaf: LeafFactory | N
     if isinstance(doc, list):
         doc = {"pipeline": doc}
     if not isinstance(doc, Mapping):
-        raise ConfigError(f"{where}: expected a mapping with a 'pipeline' key, got {type(doc).__name__} {doc!r:.60}")
-    unknown = set(map(str, doc)) - TOP_KEYS
-    if unknown:
-        bad = sorted(unknown)[0]
-        close = difflib.get_close_matches(bad, sorted(TOP_KEYS), n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise ConfigError(f"{bad}: unknown top-level key{hint}; expected one of {sorted(TOP_KEYS)}", path=bad)
-    version = doc.get("version", 1)
-    if version != 1 or isinstance(version, bool):
-        raise ConfigError(f"version: expected 1 (the pipeline file format this ragkit reads), got {version!r}",
-                          path="version")
-    if "pipeline" not in doc:
-        raise ConfigError("pipeline: missing; a pipeline file needs a 'pipeline:' list of operators", path="pipeline")
-    steps = doc["pipeline"]
-    if not isinstance(steps, list) or not steps:
-        raise ConfigError(f"pipeline: expected a non-empty list of operators, got {steps!r:.60}", path="pipeline")
+        also = ""
+        if isinstance(doc, str) and isinstance(source, str) and "\n" not in source.strip():
+            also = " (and no file or folder has that name)"
+        raise ConfigError(f"{where}: expected a mapping with a 'pipeline' key, got {type(doc).__name__} {doc!r:.60}"
+                          f"{also}")
     try:
-        return build_list(steps, "pipeline", make_leaf or _default_leaf, lone_fuser_ok=True)
+        return _load_doc(doc, make_leaf or _default_leaf)
     except ConfigError as e:
         if where.startswith("<"):  # YAML text or a mapping: the message's path is all there is
             raise
         raise ConfigError(f"{where}: {e}" if "\n" not in str(e) else f"{where}:\n{e}", path=e.path) from None
+
+
+def _load_doc(doc: Mapping[str, Any], make_leaf: LeafFactory) -> Pipeline:
+    """The pipeline of a parsed document; its top-level problems and its steps' together in one error."""
+    problems: list[ConfigError] = []
+    pipe: Pipeline | None = None
+    unknown = [str(key) for key in doc if str(key) not in TOP_KEYS]
+    misspelt = False  # an unknown key close to 'pipeline' (a missing 'pipeline' is then not reported again)
+    for bad in unknown:
+        close = difflib.get_close_matches(bad, sorted(TOP_KEYS), n=1)
+        misspelt = misspelt or close == ["pipeline"]
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        problems.append(ConfigError(f"{bad}: unknown top-level key{hint}; expected one of {sorted(TOP_KEYS)}",
+                                    path=bad))
+    version = doc.get("version", 1)
+    if version != 1 or isinstance(version, bool):
+        problems.append(ConfigError(
+            f"version: expected 1 (the pipeline file format this ragkit reads), got {version!r}", path="version"))
+    steps = doc.get("pipeline")
+    if "pipeline" not in doc:
+        if not misspelt:
+            problems.append(ConfigError("pipeline: missing; a pipeline file needs a 'pipeline:' list of operators",
+                                        path="pipeline"))
+    elif not isinstance(steps, list) or not steps:
+        problems.append(ConfigError(f"pipeline: expected a non-empty list of operators, got {steps!r:.60}",
+                                    path="pipeline"))
+    else:
+        try:
+            pipe = build_list(steps, "pipeline", make_leaf, lone_fuser_ok=True)
+        except ConfigError as e:
+            problems.append(e)
+    if problems or pipe is None:
+        raise _combined(problems)
+    return pipe
 
 
 def _build_all(nodes: list[tuple[Any, str]], make_leaf: LeafFactory, steps: bool = False) -> list[Operator]:
@@ -146,10 +225,8 @@ def _build_all(nodes: list[tuple[Any, str]], make_leaf: LeafFactory, steps: bool
             built.append(_branch(x, where, make_leaf, prev=nodes[i - 1] if steps and i else None))
         except ConfigError as e:
             problems.append(e)
-    if len(problems) == 1:
-        raise problems[0]
     if problems:
-        raise ConfigError("\n".join(str(e) for e in problems), path=problems[0].path)
+        raise _combined(problems)
     return built
 
 
@@ -210,12 +287,79 @@ def _misplaced_fuser(op: Operator, here: str, prev: tuple[Any, str] | None) -> C
         f"`- parallel: {{branches: [...], fuse: {fuse}}}`", path=here)
 
 
+def _bare_name_hint(node: Any) -> str:
+    """For a bare operator name where a node is expected (``until: topk_stable``): how to write it."""
+    if not isinstance(node, str):
+        return ""
+    known = registry.names()
+    if node in known:
+        return f"; an operator with its default parameters is written '{node}: {{}}'"
+    close = difflib.get_close_matches(node, known, n=1)
+    return f" (did you mean '{close[0]}: {{}}'?)" if close else ""
+
+
+def _placed(e: ParamError, owner: str, here: str) -> ConfigError:
+    """``e`` (raised while building the node ``owner`` at ``here``) with every line that names a
+    place inside the node (``route.default: ...``, ``sharded.retriever.bm25.k: ...``) naming it
+    from the top of the file; a first line that names none is put at ``here``."""
+    lines = str(e).split("\n")
+    for i, line in enumerate(lines):
+        if line.startswith(here):
+            continue
+        if line.startswith((f"{owner}.", f"{owner}:", f"{owner}[")):
+            lines[i] = here + line[len(owner):]
+        elif i == 0:
+            lines[i] = f"{here}: {line}"
+    path = e.path
+    if not path.startswith(here):
+        path = here + path[len(owner):] if path == owner or path.startswith((f"{owner}.", f"{owner}[")) else \
+            lines[0].split(": ", 1)[0]
+    return ConfigError("\n".join(lines), path=path)
+
+
+class _Problems:
+    """The problems of one parallel / route / loop node, collected from all of its keys and reported
+    together in one error, in the order the keys are written (a missing key's first)."""
+
+    def __init__(self, body: Mapping[Any, Any]) -> None:
+        self._rank = {str(k): i for i, k in enumerate(body)}
+        self._found: list[tuple[str, ConfigError]] = []
+
+    def add(self, key: str, error: ConfigError) -> None:
+        self._found.append((key, error))
+
+    def attempt(self, key: str, make: Callable[[], Any]) -> Any:
+        """``make()``, or ``None`` when it raises a :class:`ConfigError` (kept as a problem of ``key``)."""
+        try:
+            return make()
+        except ConfigError as e:
+            self.add(key, e)
+            return None
+
+    def given(self, body: Mapping[Any, Any], key: str, here: str) -> bool:
+        """Whether ``body`` has ``key`` (not null); a problem of ``key`` when it has not."""
+        if body.get(key) is None:
+            self.add(key, ConfigError(f"{here}.{key}: missing", path=f"{here}.{key}"))
+            return False
+        return True
+
+    def check(self) -> None:
+        """Raise every problem found so far, as one error."""
+        if self._found:
+            order = sorted(range(len(self._found)), key=lambda i: (self._rank.get(self._found[i][0], -1), i))
+            raise _combined([self._found[i][1] for i in order])
+
+
 def build(node: Any, path: str, make_leaf: LeafFactory = _default_leaf) -> Operator:
-    """Build one node (``{name: params}``) found at ``path``."""
+    """Build one node (``{name: params}``) found at ``path``.
+
+    The problems of a parallel / route / loop node (its keys, every branch, its fuser, router,
+    default, body, judge) are all reported in one :class:`ConfigError`, one line each.
+    """
     if not isinstance(node, Mapping):
         raise ConfigError(
             f"{path}: expected a mapping with one operator name as key (e.g. 'bm25: {{k: 100}}'), "
-            f"got {type(node).__name__} {node!r:.60}", path=path)
+            f"got {type(node).__name__} {node!r:.60}{_bare_name_hint(node)}", path=path)
     if len(node) != 1:
         raise ConfigError(f"{path}: expected exactly one operator key, got {len(node)}: {sorted(map(str, node))}",
                           path=path)
@@ -227,20 +371,18 @@ def build(node: Any, path: str, make_leaf: LeafFactory = _default_leaf) -> Opera
         body = {} if body is None else body
         if not isinstance(body, Mapping):
             raise ConfigError(f"{here}: expected a mapping of {sorted(STRUCTURAL[name])}, got {body!r:.60}", path=here)
-        extra = set(map(str, body)) - STRUCTURAL[name]
-        if extra:
-            bad = sorted(extra)[0]
+        problems = _Problems(body)
+        for bad in (str(k) for k in body if str(k) not in STRUCTURAL[name]):
             close = difflib.get_close_matches(bad, sorted(STRUCTURAL[name]), n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise ConfigError(f"{here}.{bad}: unknown key{hint}; {name} takes {sorted(STRUCTURAL[name])}",
-                              path=f"{here}.{bad}")
+            problems.add(bad, ConfigError(f"{here}.{bad}: unknown key{hint}; {name} takes {sorted(STRUCTURAL[name])}",
+                                          path=f"{here}.{bad}"))
         try:
-            return _STRUCT_BUILDERS[name](body, here, make_leaf)
+            return _STRUCT_BUILDERS[name](body, here, make_leaf, problems)
         except ConfigError:
             raise
         except ParamError as e:
-            msg = str(e)
-            raise ConfigError(msg if msg.startswith(here) else f"{here}: {msg}", path=here) from None
+            raise _placed(e, name, here) from None
     try:
         cls = registry.get(name, path=here, structural=True)
     except ParamError as e:
@@ -255,90 +397,127 @@ def build(node: Any, path: str, make_leaf: LeafFactory = _default_leaf) -> Opera
     except ConfigError:
         raise
     except ParamError as e:
-        raise ConfigError(str(e), path=e.path) from None
+        raise _placed(e, name, here) from None
 
 
-def _need(body: Mapping[str, Any], key: str, here: str) -> Any:
-    if key not in body or body[key] is None:
-        raise ConfigError(f"{here}.{key}: missing", path=f"{here}.{key}")
-    return body[key]
-
-
-def _build_parallel(body: Mapping[str, Any], here: str, make_leaf: LeafFactory) -> Parallel:
-    branches = _need(body, "branches", here)
-    if not isinstance(branches, list) or not branches:
-        raise ConfigError(f"{here}.branches: expected a non-empty list of branches, got {branches!r:.60}",
-                          path=f"{here}.branches")
-    built = _build_all([(b, f"{here}.branches[{i}]") for i, b in enumerate(branches)], make_leaf)
+def _build_parallel(body: Mapping[str, Any], here: str, make_leaf: LeafFactory, problems: _Problems) -> Parallel:
+    branches, built = body.get("branches"), None
+    if problems.given(body, "branches", here):
+        if not isinstance(branches, list) or not branches:
+            problems.add("branches", ConfigError(
+                f"{here}.branches: expected a non-empty list of branches, got {branches!r:.60}",
+                path=f"{here}.branches"))
+        else:
+            built = problems.attempt("branches", lambda: _build_all(
+                [(b, f"{here}.branches[{i}]") for i, b in enumerate(branches)], make_leaf))
     fuse = None
     if "fuse" in body:
         if body["fuse"] is None:
-            raise ConfigError(f"{here}.fuse: expected a fuser node such as 'rrf: {{k: 60}}', got nothing",
-                              path=f"{here}.fuse")
-        fuse = build(body["fuse"], f"{here}.fuse", make_leaf)
-        _need_kind(fuse, "fuser", f"{here}.fuse")
-    names = body.get("names")
+            problems.add("fuse", ConfigError(
+                f"{here}.fuse: expected a fuser node such as 'rrf: {{k: 60}}', got nothing", path=f"{here}.fuse"))
+        else:
+            fuse = problems.attempt("fuse", lambda: _need_kind(
+                build(body["fuse"], f"{here}.fuse", make_leaf), "fuser", f"{here}.fuse"))
+    names, names_ok = body.get("names"), True
     if names is not None and (not isinstance(names, list) or not all(isinstance(n, str) for n in names)):
-        raise ConfigError(f"{here}.names: expected a list of strings, got {names!r:.60}", path=f"{here}.names")
-    if names is not None and (len(names) != len(built) or len(set(names)) != len(names)):
-        raise ConfigError(f"{here}.names: expected {len(built)} distinct names (one per branch), got {names!r:.80}",
-                          path=f"{here}.names")
-    problem = fuse_weights_problem(fuse, names or unique_names(built)) if fuse is not None else None
+        problems.add("names", ConfigError(f"{here}.names: expected a list of strings, got {names!r:.60}",
+                                          path=f"{here}.names"))
+        names_ok = False
+    elif names is not None and isinstance(branches, list) and branches and (
+            len(names) != len(branches) or len(set(names)) != len(names)):
+        problems.add("names", ConfigError(
+            f"{here}.names: expected {len(branches)} distinct names (one per branch), got {names!r:.80}",
+            path=f"{here}.names"))
+        names_ok = False
+    labels = names if names is not None else unique_names(built) if built is not None else None
+    problem = fuse_weights_problem(fuse, labels) if fuse is not None and names_ok and labels is not None else None
     if problem:
         where = f"{here}.fuse.{fuse.name}.weights"
-        raise ConfigError(f"{where}: {problem}", path=where)
+        problems.add("fuse", ConfigError(f"{where}: {problem}", path=where))
+    problems.check()
     return Parallel(built, fuse=fuse, names=names)
 
 
-def _build_route(body: Mapping[str, Any], here: str, make_leaf: LeafFactory) -> Route:
-    router = build(_need(body, "router", here), f"{here}.router", make_leaf)
-    _need_kind(router, "router", f"{here}.router")
-    branches = _need(body, "branches", here)
-    if not isinstance(branches, Mapping) or not branches:
-        raise ConfigError(f"{here}.branches: expected a mapping of label -> pipeline, got {branches!r:.60}",
-                          path=f"{here}.branches")
-    problem = route_label_problems(router, branches, has_default=True)  # the labels' types, before building
-    if problem:
-        raise ConfigError(f"{here}.branches: {problem}", path=f"{here}.branches")
-    # an empty list is a pass-through branch: its queries keep the rankings they arrived with
-    filled = [k for k, v in branches.items() if v != []]
-    built_filled = dict(zip(filled, _build_all([(branches[k], f"{here}.branches.{k}") for k in filled], make_leaf)))
-    built = {k: built_filled[k] if k in built_filled else Pipeline([]) for k in branches}
+def _quote_forms(value: Any) -> str:
+    """How a label YAML read as ``value`` (a boolean or a number) was likely written, quoted."""
+    if value is True:
+        return '"yes" (or "on", "true": whichever you wrote)'
+    if value is False:
+        return '"no" (or "off", "false": whichever you wrote)'
+    return f'"{value}"'
+
+
+def _build_route(body: Mapping[str, Any], here: str, make_leaf: LeafFactory, problems: _Problems) -> Route:
+    router = None
+    if problems.given(body, "router", here):
+        router = problems.attempt("router", lambda: _need_kind(
+            build(body["router"], f"{here}.router", make_leaf), "router", f"{here}.router"))
+    branches, built, labels_ok = body.get("branches"), None, False
+    if problems.given(body, "branches", here):
+        if not isinstance(branches, Mapping) or not branches:
+            problems.add("branches", ConfigError(
+                f"{here}.branches: expected a mapping of label -> pipeline, got {branches!r:.60}",
+                path=f"{here}.branches"))
+        else:
+            # the labels' types (with has_default=True the router is not asked for its labels)
+            problem = route_label_problems(router, branches, has_default=True)  # type: ignore[arg-type]
+            if problem:
+                problems.add("branches", ConfigError(f"{here}.branches: {problem}", path=f"{here}.branches"))
+            labels_ok = not problem
+            # an empty list is a pass-through branch: its queries keep the rankings they arrived with
+            filled = [k for k, v in branches.items() if v != []]
+            made = problems.attempt("branches", lambda: _build_all(
+                [(branches[k], f"{here}.branches.{k}") for k in filled], make_leaf))
+            if made is not None and labels_ok:
+                built_filled = dict(zip(filled, made))
+                built = {k: built_filled[k] if k in built_filled else Pipeline([]) for k in branches}
     default = body.get("default")
     if isinstance(default, (bool, int, float)):
-        raise ConfigError(f"{here}.default: expected a branch label (a string) or a pipeline, got {default!r} "
-                          "(YAML reads unquoted yes/no/on/off/true/false as booleans and digits as numbers); "
-                          'quote the label, e.g. default: "no"', path=f"{here}.default")
-    if isinstance(default, str) and default not in built:
-        close = difflib.get_close_matches(default, sorted(built), n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise ConfigError(f"{here}.default: label {default!r} is not a branch{hint}; branches: {sorted(built)}",
-                          path=f"{here}.default")
-    problem = route_label_problems(router, branches, has_default=default is not None)
-    if problem:
-        raise ConfigError(f"{here}.branches: {problem}", path=f"{here}.branches")
-    if default == []:
+        problems.add("default", ConfigError(
+            f"{here}.default: expected a branch label (a string) or a pipeline, got {default!r}; YAML reads unquoted "
+            f"yes/no/on/off/true/false as booleans and digits as numbers: quote the label, e.g. default: "
+            f"{_quote_forms(default)}", path=f"{here}.default"))
+    elif isinstance(default, str):
+        if isinstance(branches, Mapping) and branches and default not in branches:
+            known = sorted(branches, key=str)  # a label YAML read as a boolean or a number is shown as such
+            close = difflib.get_close_matches(default, [k for k in known if isinstance(k, str)], n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            problems.add("default", ConfigError(
+                f"{here}.default: label {default!r} is not a branch{hint}; branches: {known}", path=f"{here}.default"))
+    elif default == []:
         default = Pipeline([])
-    elif default is not None and not isinstance(default, str):
-        default = _branch(default, f"{here}.default", make_leaf)
+    elif default is not None:
+        default = problems.attempt("default", lambda: _branch(body["default"], f"{here}.default", make_leaf))
+    if router is not None and built is not None:
+        problem = route_label_problems(router, branches, has_default=body.get("default") is not None)
+        if problem:
+            problems.add("branches", ConfigError(f"{here}.branches: {problem}", path=f"{here}.branches"))
+    problems.check()
     return Route(router, built, default=default)
 
 
-def _build_loop(body: Mapping[str, Any], here: str, make_leaf: LeafFactory) -> Loop:
-    loop_body = _branch(_need(body, "body", here), f"{here}.body", make_leaf)
-    until = build(_need(body, "until", here), f"{here}.until", make_leaf)
-    _need_kind(until, "judge", f"{here}.until")
+def _build_loop(body: Mapping[str, Any], here: str, make_leaf: LeafFactory, problems: _Problems) -> Loop:
+    loop_body = until = None
+    if problems.given(body, "body", here):
+        loop_body = problems.attempt("body", lambda: _branch(body["body"], f"{here}.body", make_leaf))
+    if problems.given(body, "until", here):
+        until = problems.attempt("until", lambda: _need_kind(
+            build(body["until"], f"{here}.until", make_leaf), "judge", f"{here}.until"))
     n = body.get("max_iters", 3)
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ConfigError(f"{here}.max_iters: expected a positive integer, got {n!r}", path=f"{here}.max_iters")
+        problems.add("max_iters", ConfigError(f"{here}.max_iters: expected a positive integer, got {n!r}",
+                                              path=f"{here}.max_iters"))
+    problems.check()
     return Loop(loop_body, until=until, max_iters=n)
 
 
-def _need_kind(op: Operator, kind: str, where: str) -> None:
+def _need_kind(op: Operator, kind: str, where: str) -> Operator:
+    """``op``, when it is a ``kind`` operator (a fuser, a router, a judge)."""
     if op.kind != kind:
         names = sorted(n for n in registry.names() if registry.get(n).kind == kind)
         raise ConfigError(f"{where}: expected a {kind} operator ({', '.join(names)}), got {op.name!r} "
                           f"(a {op.kind})", path=where)
+    return op
 
 
 _STRUCT_BUILDERS = {"parallel": _build_parallel, "route": _build_route, "loop": _build_loop}
@@ -406,6 +585,9 @@ def validate_file(path: str | Path) -> Pipeline:
     file (or ``<file>: line N`` for text that is not YAML).
     """
     p = Path(path)
-    if not p.is_file():
+    kind = _what_is(p)
+    if kind == "folder":
+        raise _not_a_file(p, kind)
+    if kind is None:
         raise ConfigError(f"{p}: pipeline file not found", path=str(p))
     return load_yaml(p)

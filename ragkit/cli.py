@@ -206,15 +206,24 @@ def eval_cmd(
         _fail(e)
         return
     total = time.perf_counter() - t_all
-    table = Table(title=Text(f"{ds.name} / {split} ({len(queries)} queries)  pipeline: {pipeline}"))
+    console.print(Text(f"{ds.name} / {split} ({len(queries)} queries)  pipeline: {pipeline}"))  # not a table title:
+    table = Table()  # a title wraps to the table's narrow width
     table.add_column("metric")
     table.add_column("value", justify="right")
     for m, v in result.scores.items():
         table.add_row(m, f"{v:.4f}")
     console.print(table)
+    depth = max((len(d) for d in run.doc_ids), default=0)
+    deeper = [c for c in ks if c > depth]
+    if deeper:
+        console.print(f"[yellow]note:[/] the pipeline returned at most {depth} documents per query, so the "
+                      f"@{', @'.join(map(str, deeper))} metrics count only those; give its last steps a larger k "
+                      "(e.g. bm25: {k: 100}) to measure that depth")
+    qps = len(queries) / max(run.seconds or 1e-9, 1e-9)
+    rate = f"{qps:,.0f}" if qps >= 10 else f"{qps:.2g}"  # a few slow queries: not "0 q/s"
     console.print(
         f"load {t_load:.2f} s · fit {t_fit:.2f} s ({encoded} documents encoded) · search {run.seconds:.2f} s "
-        f"({len(queries) / max(run.seconds or 1e-9, 1e-9):.0f} q/s) · total {total:.2f} s"
+        f"({rate} q/s) · total {total:.2f} s"
     )
     if trace and run.trace:
         from ragkit.pipelines.trace import trace_table
@@ -405,6 +414,9 @@ def ask_cmd(
         if not fitted and data is None:
             raise RagkitError(f"--pipeline {pipeline!r} is not a fitted (saved) pipeline, so it needs a corpus: "
                               f"pass --data <BEIR name or folder, or corpus.jsonl>")
+        if fitted and data is not None:
+            raise RagkitError(f"--data {data}: the pipeline {pipeline} is saved fitted and searches the corpus saved "
+                              "with it; drop --data, or pass a pipeline YAML file to fit on that corpus")
         corpus = pipe.corpus_ if fitted else None  # a saved pipeline loads with its corpus
         gens = [op for op in iter_leaves(pipe) if op.name == "generate"]
         if gens and given:

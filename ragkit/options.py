@@ -266,7 +266,7 @@ def _param_error(exc: ValidationError, name: str, given: Mapping[str, Any], at: 
     for err in exc.errors():
         loc = tuple(err["loc"])
         if loc:
-            lines.append(f"{format_loc(where, loc)}: {_no_yaml(describe_error(err))}")
+            lines.append(f"{format_loc(where, loc)}: {_no_yaml(describe_error(err, 'python'))}")
             continue
         text = str(err.get("msg", "invalid value")).removeprefix("Value error, ")
         field = next((f for f in given if text.startswith(f"{f}: ")), None)

@@ -54,15 +54,16 @@ class Params(BaseModel):
     @classmethod
     def _no_bool_for_number(cls, v: Any, info: ValidationInfo) -> Any:
         """``k: yes`` in YAML is ``True``: refused where a number or a list of numbers is expected
-        (pydantic reads it as 1 / 1.0)."""
+        (pydantic reads it as 1 / 1.0).  The hint fits where the value came from (the validation
+        context's ``source``: ``"yaml"``, ``"python"``, or not known)."""
         annotation = cls.model_fields[info.field_name].annotation if info.field_name else None
+        source = info.context.get("source") if isinstance(info.context, Mapping) else None
         if isinstance(v, bool) and (kind := _number_kind(annotation)):
-            raise ValueError(f"expected {kind}, got {v!r}; YAML reads unquoted yes/no/on/off/true/false as booleans")
+            raise ValueError(f"expected {kind}, got {v!r}; {_bool_not_number(source)}")
         if isinstance(v, (list, tuple)) and (kind := _items_number_kind(annotation)):
             for i, x in enumerate(v):
                 if isinstance(x, bool):
-                    raise ValueError(f"item {i}: expected {kind}, got {x!r}; YAML reads unquoted "
-                                     "yes/no/on/off/true/false as booleans")
+                    raise ValueError(f"item {i}: expected {kind}, got {x!r}; {_bool_not_number(source)}")
         return v
 
     def non_default(self) -> dict[str, Any]:
@@ -70,20 +71,44 @@ class Params(BaseModel):
         return self.model_dump(mode="json", exclude_defaults=True)
 
     def updated(self, **changes: Any) -> "Params":
-        """A validated copy with ``changes`` applied."""
-        return type(self).model_validate({**self.model_dump(), **changes})
+        """A validated copy with ``changes`` applied (given in Python: error hints do not mention YAML)."""
+        return type(self).model_validate({**self.model_dump(), **changes}, context={"source": "python"})
 
 
-def describe_error(err: Mapping[str, Any]) -> str:
-    """One pydantic error as ``expected ..., got ...`` text."""
+def _bool_not_number(source: str | None) -> str:
+    """Why a boolean is refused as a number, for a value from ``source`` (``"yaml"``, ``"python"``
+    or ``None``: not known, so both are named)."""
+    if source == "yaml":
+        return "YAML reads unquoted yes/no/on/off/true/false as booleans"
+    if source == "python":
+        return "a boolean is not a number"
+    return "a boolean (True/False, or YAML's unquoted yes/no/on/off) is not a number"
+
+
+def _quote_hint(got: Any, source: str | None) -> str:
+    """For a boolean or a number given where a string is expected: why, and how to write it."""
+    if isinstance(got, bool):  # what was written (yes, on, true) is not known once YAML has read it
+        words = ("yes", "on", "true") if got else ("no", "off", "false")
+        in_yaml = (f"YAML reads unquoted {'/'.join(words)} as {got}: quote the word you wrote, "
+                   f'e.g. "{words[0]}" (or "{words[1]}", "{words[2]}")')
+    else:
+        in_yaml = f'YAML reads unquoted digits as numbers: quote it, e.g. "{got}"'
+    if source == "yaml":
+        return in_yaml
+    kind = "a boolean" if isinstance(got, bool) else "a number"
+    return f"{kind} is not a string" if source == "python" else f"{kind} is not a string (in a YAML file: {in_yaml})"
+
+
+def describe_error(err: Mapping[str, Any], source: str | None = None) -> str:
+    """One pydantic error as ``expected ..., got ...`` text; ``source`` (``"yaml"``, ``"python"`` or
+    ``None``: not known) is where the value came from, for the hint about YAML's booleans."""
     t, ctx, got = err["type"], err.get("ctx") or {}, err.get("input")
     if t == "extra_forbidden":
         return "unknown parameter"
     if t == "missing":
         return "required parameter is missing"
     if t == "string_type" and isinstance(got, (bool, int, float)):
-        return (f"expected a string, got {got!r}; YAML reads unquoted yes/no/on/off/true/false as booleans and "
-                f"digits as numbers: quote it, e.g. \"{str(got).lower() if isinstance(got, bool) else got}\"")
+        return f"expected a string, got {got!r}; {_quote_hint(got, source)}"
     if t == "greater_than_equal" and ctx.get("ge") == 1 and isinstance(got, int) and not isinstance(got, bool):
         return f"expected a positive integer, got {got!r}"  # ge=1 bounds counts; gt=0 bounds real numbers
     if t == "finite_number":
@@ -187,12 +212,14 @@ def model_at(model: type[BaseModel], loc: Sequence[Any]) -> type[BaseModel] | No
 
 
 def format_validation_error(exc: ValidationError, owner: str, path: str = "",
-                            fields: list[str] | None = None, model: type[BaseModel] | None = None) -> ParamError:
+                            fields: list[str] | None = None, model: type[BaseModel] | None = None,
+                            source: str | None = None) -> ParamError:
     """Turn a pydantic error into a :class:`ParamError` whose lines read ``path.owner.field: expected ..., got ...``.
 
     List indices are written ``[i]`` (``rules[0].label``), as in the rest of a YAML path.  An
     unknown key lists the valid fields of the model that holds it: with ``model``, the nested
     model's (a ``rule_router`` rule's fields for a key inside ``rules[0]``), else ``fields``.
+    ``source``: where the values came from (see :func:`describe_error`).
     """
     import difflib
 
@@ -200,7 +227,7 @@ def format_validation_error(exc: ValidationError, owner: str, path: str = "",
     lines = []
     for err in exc.errors():
         where = format_loc(prefix, err["loc"])
-        text = describe_error(err)
+        text = describe_error(err, source)
         if err["type"] == "extra_forbidden":
             holder = model_at(model, err["loc"]) if model is not None else None
             valid = list(holder.model_fields) if holder is not None else fields
@@ -214,8 +241,13 @@ def format_validation_error(exc: ValidationError, owner: str, path: str = "",
     return ParamError("\n".join(lines), path=first)
 
 
-def validate_params(model: type[Params], values: Any, owner: str, path: str = "") -> Params:
-    """Validate ``values`` (a mapping, ``None`` or a model instance) against ``model``."""
+def validate_params(model: type[Params], values: Any, owner: str, path: str = "", *,
+                    source: str | None = None) -> Params:
+    """Validate ``values`` (a mapping, ``None`` or a model instance) against ``model``.
+
+    ``source``: where the values came from, ``"yaml"`` or ``"python"`` (``None``: not known), so
+    that a hint about YAML's unquoted yes/no is given where it applies.
+    """
     if isinstance(values, model):
         return values
     if values is None:
@@ -224,8 +256,34 @@ def validate_params(model: type[Params], values: Any, owner: str, path: str = ""
         values = values.model_dump()
     if not isinstance(values, Mapping):
         where = f"{path}.{owner}" if path else owner
+        if not path and source != "yaml":  # Operator(10): a positional argument that is not a mapping
+            raise ParamError(f"{where}: {_keywords_only(model, owner, values)}", path=where)
         raise ParamError(f"{where}: expected a mapping of parameters, got {values!r}", path=where)
     try:
-        return model.model_validate(dict(values))
+        return model.model_validate(dict(values), context={"source": source} if source else None)
     except ValidationError as exc:
-        raise format_validation_error(exc, owner, path, fields=list(model.model_fields), model=model) from None
+        raise format_validation_error(exc, owner, path, fields=list(model.model_fields), model=model,
+                                      source=source) from None
+
+
+def _keywords_only(model: type[Params], owner: str, value: Any) -> str:
+    """The error text for an operator given a positional value (``BM25(10)``)."""
+    try:
+        from ragkit import registry
+
+        cls = registry.get(owner).__name__
+    except (ParamError, ImportError):  # not a registered operator: the model's name without "Params"
+        cls = model.__name__.removesuffix("Params") or owner
+    fields = model.model_fields
+    field, info = ("k", fields["k"]) if "k" in fields else next(iter(fields.items()), ("k", None))
+    simple = isinstance(value, (int, float, str)) and not isinstance(value, bool)
+    example = f"{field}={value!r}" if simple and info is not None and _accepts(info.annotation, value) else \
+        f"{field}=..."
+    return (f"{cls} takes its parameters as keyword arguments only, e.g. {cls}({example}); got the positional "
+            f"argument {value!r:.60}")
+
+
+def _accepts(annotation: Any, value: Any) -> bool:
+    """Whether ``value`` is of the plain type ``annotation`` (or of one member of an optional)."""
+    tp = _unwrap(annotation)
+    return isinstance(tp, type) and (isinstance(value, tp) or (tp is float and isinstance(value, int)))

@@ -320,6 +320,10 @@ def test_cli_ask_streams_an_answer_with_sources(tmp_path):
     # a YAML pipeline without --data is refused before any model loads
     res = CliRunner().invoke(app, ["ask", "--pipeline", "bm25", QUESTION])
     assert res.exit_code == 2 and "--data" in res.output
+    # and a saved pipeline with --data (it searches its own corpus: the flag was ignored)
+    res = CliRunner().invoke(app, ["ask", "--pipeline", str(tmp_path / "saved"), "--data", str(docs), QUESTION],
+                             env={"COLUMNS": "200"})
+    assert res.exit_code == 2 and "searches the corpus saved with it; drop --data" in res.output
 
 
 # ----------------------------------------------------------------------------- tiny models (offline, seconds)

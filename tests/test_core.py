@@ -131,7 +131,7 @@ def test_parameters_refuse_inf_nan_and_booleans_for_integers():
         BM25(k1=float("inf"))
     with pytest.raises(ParamError, match="expected a finite number, got nan"):
         ScoreThreshold(threshold=float("nan"))
-    with pytest.raises(ParamError, match="k: expected an integer, got True; YAML reads"):
+    with pytest.raises(ParamError, match="k: expected an integer, got True; a boolean"):
         BM25(k=True)
     with pytest.raises(ParamError, match=r"rrf.k: expected a value > 0(\.0)?, got 0"):  # a real number, not a count
         RRF(k=0)

@@ -531,3 +531,23 @@ def test_evaluate_refuses_a_run_that_shares_no_query_with_the_qrels():
                                         r"which judge 1 other queries \('t9'\)"):
         evaluate(run, {"t9": {"d1": 1}}, ["ndcg@10"])
     assert evaluate(run, {"q1": {"d1": 1}, "t9": {"d1": 1}}, ["ndcg@10"]).scores["ndcg@10"] == 0.5  # t9 counts 0
+
+
+def test_cli_eval_notes_cut_offs_deeper_than_the_pipeline_and_names_missing_paths(tmp_path):
+    """``--k 10`` on a pipeline returning 3 documents printed recall@10 silently (it is recall@3);
+    a mistyped pipeline path was reported as an unknown operator."""
+    from typer.testing import CliRunner
+
+    from ragkit.cli import app
+
+    root = write_beir(tmp_path / "tiny")
+    (tmp_path / "p.yaml").write_text("pipeline:\n  - bm25: {k: 3}\n")
+    run = CliRunner().invoke(app, ["eval", "--data", str(root), "-p", str(tmp_path / "p.yaml"), "--k", "1,3,10"],
+                             env={"COLUMNS": "200"})
+    assert run.exit_code == 0, run.output
+    assert "note: the pipeline returned at most 2 documents per query, so the @3, @10 metrics count only" in run.output
+    assert "q/s" in run.output and " (0 q/s)" not in run.output
+    for missing, said in (("pp.yaml", "pp.yaml: no such file"), ("saved-pipe", "saved-pipe: no such file or folder")):
+        run = CliRunner().invoke(app, ["eval", "--data", str(root), "-p", str(tmp_path / missing)],
+                                 env={"COLUMNS": "200"})
+        assert run.exit_code == 2 and said in run.output and "unknown operator" not in run.output

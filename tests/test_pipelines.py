@@ -809,7 +809,7 @@ def test_route_labels_must_be_strings():
     e = _config_error(ROUTE.replace("LABELS", '"yes": [top_k: {}]\n      default: no'))
     assert e.path == "pipeline[1].route.default" and 'default: "no"' in str(e)
     e = _config_error(ROUTE.replace('label: "yes"', "label: yes").replace("LABELS", '"yes": [top_k: {}]'))
-    assert "rules[0].label: expected a string, got True" in str(e) and 'quote it, e.g. "true"' in str(e)
+    assert "rules[0].label: expected a string, got True" in str(e) and 'quote the word you wrote, e.g. "yes"' in str(e)
     pipe = Pipeline.from_yaml(ROUTE.replace("LABELS", '"yes": [top_k: {k: 1}]\n        "no": [top_k: {k: 3}]'))
     run = pipe.fit(_toy_corpus()).search(["cell", "cell growth in tissue"])
     assert run.values["route"] == ["yes", "no"] and [len(r) for r in run.rankings] == [1, 3]
@@ -908,7 +908,7 @@ def test_cli_eval_notes_learning_operators_without_a_train_split(tmp_path):
     res = _cli("eval", "--data", data, "-p", tmp_path / "p.yaml")
     assert res.exit_code == 0, res.output
     assert "note: pipeline[0].parallel.fuse.rrf learns from judged queries; without --train-split it fits" in res.output
-    assert "note:" not in _cli("eval", "--data", data, "-p", "bm25").output
+    assert "learns from judged queries" not in _cli("eval", "--data", data, "-p", "bm25").output
 
 
 def test_cli_prints_user_text_as_written_not_as_markup(tmp_path):
@@ -1118,3 +1118,118 @@ def test_the_calls_k_is_a_floor_and_an_operators_own_k_is_exact(slice_data):
     assert {len(d) for d in pipe.search(queries, k=30).doc_ids} == {30}  # MMR's pool widens to k
     three = BM25(k=100).fit(corpus).search(queries, k=10, bm25={"k": 3})
     assert {len(d) for d in three.doc_ids} == {3}
+
+
+# ---------------------------------------------------------------------- review: every problem, where it is
+def _lines(e: ConfigError) -> list[str]:
+    """The path each line of an error starts with."""
+    return [ln.split(": ", 1)[0] for ln in str(e).splitlines()]
+
+
+def test_every_problem_of_a_parallel_route_or_loop_is_reported_at_once():
+    """A composite's branches, fuser, router, default, body, judge and own keys are checked in one
+    pass (only the first of them was reported), each line at its own path, in the order written."""
+    e = _config_error("pipeline:\n  - parallel:\n      branches: [dens: {k: 10}, bm25: {k: 0}]\n"
+                      "      fuse: {rrf: {kk: 60}}\n      fusee: {}\n  - top_k: {k: 0}\n")
+    assert _lines(e) == ["pipeline[0].parallel.branches[0].dens", "pipeline[0].parallel.branches[1].bm25.k",
+                         "pipeline[0].parallel.fuse.rrf.kk", "pipeline[0].parallel.fusee", "pipeline[1].top_k.k"]
+    assert e.path == "pipeline[0].parallel.branches[0].dens"
+    e = _config_error("pipeline: [{parallel: {branches: [dens: {}, bm25: {}], fuse: {rff: {k: 60}}, names: [a]}}]")
+    assert _lines(e) == ["pipeline[0].parallel.branches[0].dens", "pipeline[0].parallel.fuse.rff",
+                         "pipeline[0].parallel.names"]
+    e = _config_error("pipeline:\n  - route:\n      router: {rule_router: {rules: [{label: a, max_wordz: 1}]}}\n"
+                      "      branches:\n        a: [bm25: {k: 0}]\n        b: [dense: {kk: 1}]\n      default: c\n")
+    assert _lines(e) == ["pipeline[0].route.router.rule_router.rules[0].max_wordz",
+                         "pipeline[0].route.branches.a[0].bm25.k", "pipeline[0].route.branches.b[0].dense.kk",
+                         "pipeline[0].route.default"]
+    e = _config_error("pipeline:\n  - bm25: {}\n  - loop:\n      body: [prf: {fb_doc: 3}]\n"
+                      "      until: topk_stabel\n      max_iters: 0\n")
+    assert _lines(e) == ["pipeline[1].loop.body[0].prf.fb_doc", "pipeline[1].loop.until", "pipeline[1].loop.max_iters"]
+    assert "(did you mean 'topk_stable: {}'?)" in str(e)
+    e = _config_error("pipeline: [{loop: {until: {max_only: {}}, max_iters: 0}}]")  # a missing key and a bad one
+    assert _lines(e) == ["pipeline[0].loop.body", "pipeline[0].loop.max_iters"]
+    # one problem alone reads as before
+    assert str(_config_error("pipeline: [{parallel: {branches: [bm25: {}], fusion: {rrf: {}}}}]")).startswith(
+        "pipeline[0].parallel.fusion: unknown key (did you mean 'fuse'?)")
+
+
+def test_top_level_problems_name_the_file(tmp_path):
+    """``pipline:`` or ``version: 7`` in a file started with the key, not the file; a top-level problem
+    and a step's are reported together."""
+    f = tmp_path / "noplist.yaml"
+    for text, first in [("pipline:\n  - bm25: {}\n", "pipline: unknown top-level key (did you mean 'pipeline'?)"),
+                        ("version: 7\npipeline: [bm25: {}]\n", "version: expected 1"),
+                        ("description: x\n", "pipeline: missing"),
+                        ("pipeline: []\n", "pipeline: expected a non-empty list")]:
+        f.write_text(text)
+        with pytest.raises(ConfigError) as exc:
+            load_yaml(f)
+        assert str(exc.value).startswith(f"{f}: {first}"), str(exc.value)
+        assert str(_config_error(text)).startswith(first)  # YAML text: the path inside it is all there is
+    f.write_text("version: 7\npipeline: [bm25: {k: 0}]\n")
+    with pytest.raises(ConfigError) as exc:
+        load_yaml(f)
+    assert str(exc.value).splitlines() == [f"{f}:", "version: expected 1 (the pipeline file format this ragkit "
+                                           "reads), got 7", "pipeline[0].bm25.k: expected a positive integer, got 0"]
+    assert exc.value.path == "version"
+
+
+def test_from_yaml_reads_files_of_any_suffix_and_says_what_else_a_string_is(tmp_path, monkeypatch):
+    """A string naming a file is read as one (it was read as YAML text unless it ended in .yaml), a
+    folder is pointed to Pipeline.load, a path that names nothing says so; YAML text still works."""
+    txt = tmp_path / "hybrid_pipe.txt"
+    txt.write_text("pipeline:\n  - bm25: {k: 7}\n")
+    assert Pipeline.from_yaml(str(txt)) == Pipeline.from_yaml(txt) == Pipeline([BM25(k=7)])
+    txt.write_text("pipeline:\n  - bm25: {k: 0}\n")
+    with pytest.raises(ConfigError, match=rf"^{re.escape(str(txt))}: pipeline\[0\]\.bm25\.k: "):
+        Pipeline.from_yaml(str(txt))
+    BM25(k=3).save(tmp_path / "saved")
+    monkeypatch.chdir(tmp_path)
+    for folder in ("saved", str(tmp_path / "saved"), tmp_path / "saved"):
+        with pytest.raises(ConfigError, match=r"saved is a folder \(a saved pipeline\?\): load it with "
+                                              r"Pipeline\.load\("):
+            Pipeline.from_yaml(folder)
+    for missing in ("pipes/missng", str(tmp_path / "nope.txt"), "missing.yml", "C:\\pipes\\p"):
+        with pytest.raises(ConfigError, match=rf"^{re.escape(missing)}: no such file"):
+            Pipeline.from_yaml(missing)
+    with pytest.raises(ConfigError, match="^<text>: expected a mapping with a 'pipeline' key, got str 'scifact-hy"):
+        Pipeline.from_yaml("scifact-hybrid")
+    model = "sentence-transformers/all-MiniLM-L6-v2"  # a one-line YAML text with a / in it
+    assert Pipeline.from_yaml(f"pipeline: [{{dense: {{model: {model}}}}}]").steps[0].params.model == model
+    assert Pipeline.from_yaml("[{bm25: {k: 2}}]") == Pipeline.from_yaml("- bm25: {k: 2}") == Pipeline([BM25(k=2)])
+
+
+def test_boolean_hints_fit_where_the_value_came_from():
+    """A boolean for a number from Python does not claim it came from YAML; a positional value says
+    parameters are keywords; a YAML boolean's quoting hint names yes/no as well as true/false."""
+    with pytest.raises(ParamError) as exc:
+        BM25(k=True)
+    assert "got True; a boolean (True/False, or YAML's unquoted yes/no/on/off) is not a number" in str(exc.value)
+    assert "YAML reads" not in str(exc.value)
+    with pytest.raises(ConfigError, match=r"bm25\.k: expected an integer, got True; YAML reads unquoted"):
+        load_yaml("pipeline: [{bm25: {k: yes}}]")
+    with pytest.raises(ParamError, match=r"^bm25: BM25 takes its parameters as keyword arguments only, "
+                                         r"e\.g\. BM25\(k=10\); got the positional argument 10$"):
+        BM25(10)
+    with pytest.raises(ParamError, match=r"TopK\(k=\.\.\.\)"):
+        TopK("ten")
+    e = _config_error(ROUTE.replace('label: "yes"', "label: no").replace("LABELS", '"no": [top_k: {}]'))
+    assert 'quote the word you wrote, e.g. "no" (or "off", "false")' in str(e), str(e)
+    e = _config_error(ROUTE.replace("LABELS", '"yes": [top_k: {}]\n      default: yes'))
+    assert 'default: "yes"' in str(e) and 'default: "no"' not in str(e), str(e)
+    with pytest.raises(ParamError) as exc:
+        (BM25(k=3) | TopK(k=2)).fit(_toy_corpus()).search(["cell"], top_k={"k": True})
+    assert "expected an integer, got True" in str(exc.value) and "YAML" not in str(exc.value), str(exc.value)
+
+
+def test_errors_inside_a_node_point_at_its_key():
+    """An error raised inside a node (a sharded retriever's, a route's default next to other problems)
+    names its place from the top of the file (it started 'sharded.retriever...')."""
+    e = _config_error("pipeline: [{sharded: {retriever: {bm25: {k: 0}}}}]")
+    assert e.path == "pipeline[0].sharded.retriever.bm25.k" and str(e).startswith(
+        "pipeline[0].sharded.retriever.bm25.k: expected a positive integer, got 0"), str(e)
+    assert _config_error("pipeline: [{sharded: {retriever: {top_k: {}}}}]").path == "pipeline[0].sharded.retriever"
+    e = _config_error(ROUTE.replace("LABELS", '"yes": [top_k: {k: 0}]\n      default: no'))
+    assert _lines(e) == ["pipeline[1].route.branches.yes[0].top_k.k", "pipeline[1].route.default"]
+    e = _config_error("pipeline: [{loop: {body: bm25, until: {max_only: {}}}}]")
+    assert e.path == "pipeline[0].loop.body" and "written 'bm25: {}'" in str(e)
