@@ -10,11 +10,11 @@ operator path (the same paths YAML errors and ``ragkit validate`` print) and
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Sequence
 
 from ragkit.types import TraceEvent
 
-__all__ = ["TraceRow", "aggregate_trace", "trace_table", "stage_table"]
+__all__ = ["TraceRow", "aggregate_trace", "trace_table", "print_trace", "stage_table"]
 
 
 @dataclass
@@ -79,13 +79,37 @@ def trace_table(events: Sequence[TraceEvent], title: str = "trace (per operator)
     for col, just in (("path", "left"), ("operator", "left"), ("calls", "right"), ("queries", "right"),
                       ("total ms", "right"), ("ms/query", "right"), ("time %", "right"), ("cand. in", "right"),
                       ("cand. out", "right"), ("recall@100", "right"), ("nDCG@10", "right")):
-        table.add_column(col, justify=just)
+        table.add_column(col, justify=just, no_wrap=just == "right")
     for r in rows:
         table.add_row(Text(r.path), Text(r.operator), str(r.calls), str(r.queries), f"{1000 * r.seconds:.1f}",
                       f"{r.ms_per_query:.3f}", f"{100 * r.seconds / total:.1f}", f"{r.candidates_in:.1f}",
                       f"{r.candidates_out:.1f}", "-" if r.recall is None else f"{r.recall:.4f}",
                       "-" if r.ndcg is None else f"{r.ndcg:.4f}")
     return table
+
+
+def print_trace(console: Any, events: Sequence[TraceEvent]) -> None:
+    """Print :func:`trace_table` on a ``rich`` console, or, where the console is narrower than the
+    table (an 80-column terminal, a pipe), the same figures as one block per step, so no cell is
+    cut short."""
+    from rich.measure import Measurement
+    from rich.text import Text
+
+    table = trace_table(events)
+    natural = Measurement.get(console, console.options.update_width(10_000), table).maximum
+    if natural <= console.width:
+        console.print(table)
+        return
+    console.print(Text("trace (per operator)", style="italic"))
+    rows = aggregate_trace(events)
+    total = sum(r.seconds for r in rows) or 1e-12
+    for r in rows:
+        console.print(Text(r.path, style="bold"))
+        console.print(Text(
+            f"  {r.operator} · {r.calls} call(s), {r.queries} queries · {1000 * r.seconds:.1f} ms "
+            f"({r.ms_per_query:.3f} ms/query, {100 * r.seconds / total:.1f}% of the time) · candidates "
+            f"{r.candidates_in:.1f} -> {r.candidates_out:.1f} · recall@100 "
+            f"{'-' if r.recall is None else f'{r.recall:.4f}'} · nDCG@10 {'-' if r.ndcg is None else f'{r.ndcg:.4f}'}"))
 
 
 def stage_table(runs: dict[str, Sequence[TraceEvent]], title: str = "nDCG@10 / recall@100 after each step"):
@@ -100,10 +124,10 @@ def stage_table(runs: dict[str, Sequence[TraceEvent]], title: str = "nDCG@10 / r
     agg = {label: {r.path: r for r in aggregate_trace(ev)} for label, ev in runs.items()}
     paths = list(dict.fromkeys(p for rows in agg.values() for p in rows))
     table = Table(title=title)
-    table.add_column("step")
+    table.add_column("step", overflow="fold")
     for label in runs:
-        table.add_column(f"nDCG@10 {label}", justify="right")
-        table.add_column(f"R@100 {label}", justify="right")
+        table.add_column(f"nDCG@10 {label}", justify="right", overflow="fold")
+        table.add_column(f"R@100 {label}", justify="right", overflow="fold")
     for path in paths:
         cells = []
         for label in runs:

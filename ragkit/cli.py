@@ -226,9 +226,9 @@ def eval_cmd(
         f"({rate} q/s) · total {total:.2f} s"
     )
     if trace and run.trace:
-        from ragkit.pipelines.trace import trace_table
+        from ragkit.pipelines.trace import print_trace
 
-        console.print(trace_table(run.trace))
+        print_trace(console, run.trace)
     try:
         _write_outputs(output, run_file, run, {
             "dataset": ds.name, "split": split, "pipeline": pipe.to_yaml(), "n_queries": len(queries),

@@ -223,10 +223,17 @@ def test_trace_paths_match_yaml_paths(slice_data, fitted_bm25):
     assert all(e.recall is not None for e in run.trace)
     from rich.console import Console
 
-    from ragkit.pipelines.trace import aggregate_trace, trace_table
+    from ragkit.pipelines.trace import aggregate_trace
 
     assert [r.calls for r in aggregate_trace(run.trace)] == [1] * 5
-    Console(file=open("/dev/null", "w")).print(trace_table(run.trace))
+    from ragkit.pipelines.trace import print_trace
+
+    for width in (80, 250):  # an 80-column terminal gets one block per step: no cell cut short ("tot…")
+        out = Console(width=width, record=True, file=open("/dev/null", "w"))
+        print_trace(out, run.trace)
+        shown = out.export_text()
+        assert "…" not in shown and shown.count("pipeline[0].parallel.branches[1][1].top_k") == 1
+        assert ("nDCG@10 0." in shown) == (width == 80)
 
 
 class _SearchesElsewhere(Operator):
