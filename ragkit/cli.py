@@ -11,6 +11,7 @@ atomically (a temporary file in the same folder, renamed into place).
 from __future__ import annotations
 
 import json
+import logging
 import os
 import platform
 import sys
@@ -32,6 +33,23 @@ from ragkit.errors import RagkitError
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="ragkit: retrieval operators that compose.")
 console = Console()
 err_console = Console(stderr=True)
+
+
+class _NoteHandler(logging.Handler):
+    """Shows the library's INFO messages (``logging.getLogger("ragkit")``: a fine-tune starting, ...)
+    on stderr as notes while a command runs."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        err_console.print(Text(f"note: {record.getMessage()}", style="dim"))
+
+
+@app.callback()
+def _main() -> None:
+    """ragkit: retrieval operators that compose."""
+    log = logging.getLogger("ragkit")
+    if not any(isinstance(h, _NoteHandler) for h in log.handlers):
+        log.addHandler(_NoteHandler(logging.INFO))
+        log.setLevel(logging.INFO)
 
 
 def resolve_pipeline(spec: str):

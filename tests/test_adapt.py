@@ -192,3 +192,29 @@ def test_token_operators_share_the_tuned_encoder(slice_data, tmp_path):
         np.testing.assert_array_equal(a.rows, b.rows)
     with pytest.raises(DataError, match="muvera.adapt"):
         Muvera(k=10, adapt=adapt).fit(corpus)
+
+
+def test_a_fine_tune_announces_itself_once(slice_data, tmp_path, monkeypatch, caplog):
+    """Minutes of training used to start with nothing but progress bars: a note says what is tuned and
+    where it is cached; a cached model loads without one."""
+    import logging
+
+    from ragkit.encoders import adapt as adapt_mod
+
+    corpus, _, _, train = slice_data
+    monkeypatch.setenv("RAGKIT_CACHE", str(tmp_path))
+    trained = []
+
+    def fake_fine_tune(model, corpus, train, folder, config, progress=True):
+        trained.append(folder)
+        Path(folder).mkdir(parents=True)
+        (Path(folder) / "modules.json").write_text("[]")
+
+    monkeypatch.setattr(adapt_mod, "fine_tune", fake_fine_tune)
+    with caplog.at_level(logging.INFO, logger="ragkit"):
+        folder = adapt_mod.adapted_model("all-MiniLM-L6-v2", corpus, train)
+        adapt_mod.adapted_model("all-MiniLM-L6-v2", corpus, train)
+    notes = [r.getMessage() for r in caplog.records if r.name.startswith("ragkit")]
+    assert len(trained) == 1 and len(notes) == 1
+    assert notes[0].startswith(f"fine-tuning all-MiniLM-L6-v2 on {len(train.qrels)} judged training queries") and \
+        str(folder) in notes[0]

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -27,6 +28,8 @@ from ragkit.params import Params
 from ragkit.types import Corpus, TrainSet
 
 __all__ = ["AdaptConfig", "mine_pairs", "fine_tune", "adapted_model", "TunedEncoderMixin"]
+
+_log = logging.getLogger(__name__)
 
 
 class AdaptConfig(Params):
@@ -176,6 +179,8 @@ def adapted_model(model: str, corpus: Corpus, train: TrainSet, config: AdaptConf
     key = _training_digest(get_encoder(model).key, corpus, train, config)
     folder = cache_dir() / "models" / f"adapt-{key}"
     if not (folder / "modules.json").is_file():
+        _log.info("fine-tuning %s on %d judged training queries over %s documents (minutes on a CPU; trained once, "
+                  "cached in %s)", model, len(train.qrels), f"{len(corpus):,}", folder)
         fine_tune(model, corpus, train, folder, config, progress=progress)
     return folder
 
