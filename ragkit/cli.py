@@ -478,23 +478,40 @@ def ask_cmd(
 
 
 @app.command("validate")
-def validate_cmd(path: Path = typer.Argument(..., help="Pipeline YAML file, or a saved pipeline folder.")) -> None:
-    """Check a pipeline file (or a saved pipeline's ``pipeline.yaml``) without running it."""
+def validate_cmd(path: Path = typer.Argument(..., help="Pipeline YAML file, or a saved pipeline or operator "
+                                                        "folder.")) -> None:
+    """Check a pipeline file (or a saved pipeline's pipeline.yaml, or a saved operator's
+    parameters) without running it; notes models that would be downloaded at the first fit."""
+    from ragkit.encoders.sentence import model_note
     from ragkit.pipelines import Pipeline
 
     if path.is_dir() and (path / "pipeline.yaml").is_file():
         path = path / "pipeline.yaml"
     try:
-        pipe = Pipeline.from_yaml(path)
+        if path.is_dir() and (path / "params.json").is_file():  # a folder written by Operator.save
+            from ragkit import registry
+            from ragkit.operator import read_json
+
+            meta = read_json(path / "params.json")
+            if not isinstance(meta, dict) or "operator" not in meta or not isinstance(meta.get("params"), dict):
+                raise RagkitError(f"{path / 'params.json'}: not a ragkit operator's parameters (operator, params)")
+            pipe = Pipeline([registry.get(meta["operator"], path=str(path / "params.json"))(meta["params"])])
+        else:
+            pipe = Pipeline.from_yaml(path)
     except RagkitError as e:
         _fail(e)
         return
     from ragkit.pipelines.yaml import walk_leaves
 
     leaves = list(walk_leaves(pipe))
-    console.print(f"[green]ok[/] {escape(str(path))}: {len(leaves)} operators")
+    console.print(f"[green]ok[/] {escape(str(path))}: {len(leaves)} operator{'' if len(leaves) == 1 else 's'}")
     for p, op in leaves:
         console.print(Text(f"  {p}  {op!r}"))
+    models = {getattr(op.params, "model", None) for _, op in leaves if op.kind != "generator"}  # sentence encoders
+    for m in sorted(m for m in models if isinstance(m, str)):
+        note = model_note(m)
+        if note:
+            console.print(Text(f"note: {note}", style="yellow"))
 
 
 def main() -> None:  # pragma: no cover

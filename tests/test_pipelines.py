@@ -1240,3 +1240,18 @@ def test_errors_inside_a_node_point_at_its_key():
     assert _lines(e) == ["pipeline[1].route.branches.yes[0].top_k.k", "pipeline[1].route.default"]
     e = _config_error("pipeline: [{loop: {body: bm25, until: {max_only: {}}}}]")
     assert e.path == "pipeline[0].loop.body" and "written 'bm25: {}'" in str(e)
+
+
+def test_cli_validate_takes_operator_folders_and_notes_models_it_would_download(tmp_path):
+    """``ragkit validate`` refused an Operator.save folder that eval accepts, and passed a misspelled
+    model name that failed only at fit (after the hub client's retries)."""
+    from ragkit.types import Corpus
+
+    BM25(k=3).fit(Corpus.from_texts(["red apples", "green pears"])).save(tmp_path / "op")
+    res = _cli("validate", tmp_path / "op")
+    assert res.exit_code == 0 and "1 operator\n" in res.output and "bm25" in res.output
+    (tmp_path / "p.yaml").write_text("pipeline:\n  - dense: {model: all-MiniLM-L6-v3}\n  - dense: {k: 5}\n")
+    res = _cli("validate", tmp_path / "p.yaml")
+    assert res.exit_code == 0 and "2 operators" in res.output
+    assert "note: model 'all-MiniLM-L6-v3' is neither a local folder nor in the Hugging Face cache" in res.output
+    assert "'all-MiniLM-L6-v2'" not in res.output  # the packaged model is local

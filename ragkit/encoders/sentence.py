@@ -47,6 +47,27 @@ def resolve_model(model: str) -> str:
     return model
 
 
+def model_note(model: str) -> str | None:
+    """Why ``model`` may not load on a machine without a network, else ``None``: it is neither an
+    encoder registered in this process, nor a local folder (or the packaged MiniLM), nor in the
+    Hugging Face cache, so its first load downloads it (a misspelled name fails only then, after the
+    hub client's retries when offline).  ``ragkit validate`` prints it."""
+    from ragkit.encoders.custom import registered_encoder
+
+    if registered_encoder(model) is not None or Path(resolve_model(model)).exists():
+        return None
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        for repo in (model, f"sentence-transformers/{model}"):
+            if isinstance(try_to_load_from_cache(repo, "config.json"), str):
+                return None
+    except Exception:  # noqa: BLE001 - not a valid hub id either: the note below applies
+        pass
+    return (f"model {model!r} is neither a local folder nor in the Hugging Face cache: its first load downloads it "
+            "(a misspelled name fails only then)")
+
+
 def model_fingerprint(path: str) -> str:
     """Identity of a local model: the content hash of a folder's weight and config files, or
     of one weights file (a GGUF); any other name (a hub id) is returned as it is.
