@@ -81,7 +81,8 @@ def test_missing_folder_and_unknown_name(tmp_path, monkeypatch):
         load_beir(tmp_path / "nope")
     monkeypatch.setenv("RAGKIT_CACHE", str(tmp_path / "cache"))
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(DataError, match="download=False"):
+    with pytest.raises(DataError, match=r"'no-such-dataset' not found locally \(looked in .*cache/beir/no-such-dataset"
+                                        r".*\) and download=False"):
         load_beir("no-such-dataset", download=False)
 
 
@@ -97,6 +98,7 @@ def test_missing_folder_and_unknown_name(tmp_path, monkeypatch):
     ("queries.jsonl", 3, '{"_id": "q1", "text": "dup"}',
      r"queries\.jsonl:3: duplicate query id 'q1' \(first on line 1\)"),
     ("queries.jsonl", 1, "not json", r"queries\.jsonl:1: malformed JSON line"),
+    ("queries.jsonl", 2, '{"_id": "q2", "text": "open"', r"queries\.jsonl:2: malformed JSON line \(.* at column 29\)"),
 ])
 def test_malformed_jsonl_names_the_line(tmp_path, file, line, content, match):
     root = write_beir(tmp_path / "tiny")
@@ -441,6 +443,8 @@ def test_download_errors(server, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(DataError, match=r"could not download BEIR dataset 'missing' from .*/missing\.zip.*404"):
         download_beir("missing", base_url=url)
+    with pytest.raises(DataError, match=r"'missing': not found locally \(looked in .*\); could not download"):
+        load_beir("missing", base_url=url)  # a misspelled name: where it looked, then the download's failure
     (www / "bad.zip").write_bytes(b"<html>not a zip</html>")
     with pytest.raises(DataError, match=r"bad\.zip: not a zip archive"):
         download_beir("bad", base_url=url)

@@ -70,7 +70,7 @@ def _read_jsonl(path: Path):
             if not line.strip():
                 continue
             try:
-                rec = json.loads(line)
+                rec = json.loads(line.rstrip("\r\n"))  # an unclosed last object: its column, not "line 2 column 1"
             except json.JSONDecodeError as e:
                 raise DataError(f"{path}:{n}: malformed JSON line ({e.msg} at column {e.colno})") from None
             if not isinstance(rec, dict) or "_id" not in rec:
@@ -270,11 +270,17 @@ def load_beir(name_or_path: str | Path, *, download: bool = True, base_url: str 
     if not path.is_dir():
         if os.sep in str(name_or_path) or str(name_or_path).startswith("."):
             raise DataError(f"{name_or_path}: BEIR folder not found")
-        found = next((p for p in _candidates(str(name_or_path)) if (p / "corpus.jsonl").is_file()), None)
+        places = list(_candidates(str(name_or_path)))
+        found = next((p for p in places if (p / "corpus.jsonl").is_file()), None)
         if found is None:
+            looked = ", ".join(str(p) for p in places)
             if not download:
-                raise DataError(f"BEIR dataset {name_or_path!r} not found locally and download=False")
-            found = download_beir(str(name_or_path), base_url=base_url)
+                raise DataError(f"BEIR dataset {name_or_path!r} not found locally (looked in {looked}) and "
+                                "download=False")
+            try:
+                found = download_beir(str(name_or_path), base_url=base_url)
+            except DataError as e:
+                raise DataError(f"BEIR dataset {name_or_path!r}: not found locally (looked in {looked}); {e}") from None
         path = found
     for required in ("corpus.jsonl", "queries.jsonl"):
         if not (path / required).is_file():
