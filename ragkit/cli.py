@@ -30,7 +30,8 @@ from rich.text import Text
 from ragkit._files import atomic_file
 from ragkit.errors import RagkitError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="ragkit: retrieval operators that compose.")
+app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="markdown",
+                  help="ragkit: retrieval operators that compose.")
 console = Console()
 err_console = Console(stderr=True)
 
@@ -156,7 +157,8 @@ def _parse_ks(ks: str) -> list[int]:
 @app.command("eval")
 def eval_cmd(
     data: str = typer.Option(..., "--data", help="BEIR dataset name or folder."),
-    pipeline: str = typer.Option(..., "--pipeline", "-p", help="YAML file, saved pipeline folder or operator name."),
+    pipeline: str = typer.Option(..., "--pipeline", "-p",
+                                 help="Pipeline YAML file, saved pipeline or operator folder, or operator name."),
     split: str = typer.Option("test", help="Qrels split to evaluate."),
     k: str = typer.Option("10,100", "--k", help="Cut-offs, comma-separated."),
     output: Optional[Path] = typer.Option(None, "--output", "-o",
@@ -373,7 +375,7 @@ def search_cmd(
     query: list[str] = typer.Argument(..., help="One or more queries."),
     index: Path = typer.Option(..., "--index", help="A saved, fitted folder (pipeline.save(dir) or "
                                                     "operator.save(dir))."),
-    k: int = typer.Option(10, "--k", min=1),
+    k: int = typer.Option(10, "--k", min=1, help="Documents shown per query."),
 ) -> None:
     """Ad-hoc queries against a saved pipeline."""
     try:

@@ -927,7 +927,7 @@ def test_cli_prints_user_text_as_written_not_as_markup(tmp_path):
     assert res.exit_code == 0, res.output
     assert "cell [/] growth" in res.output and "d[/]0" in res.output and "[bold]cell[/] growth" in res.output
     res = _cli("validate", tmp_path / "idx")  # a saved pipeline folder: its pipeline.yaml
-    assert res.exit_code == 0 and "1 operators" in res.output, res.output
+    assert res.exit_code == 0 and "1 operator\n" in res.output, res.output
     (tmp_path / "bad.yaml").write_text('pipeline:\n  - bm25: {k: "[/]"}\n')
     res = _cli("validate", tmp_path / "bad.yaml")
     assert res.exit_code == 2 and "'[/]'" in res.output and "Traceback" not in res.output
