@@ -555,3 +555,10 @@ def test_cli_eval_notes_cut_offs_deeper_than_the_pipeline_and_names_missing_path
         run = CliRunner().invoke(app, ["eval", "--data", str(root), "-p", str(tmp_path / missing)],
                                  env={"COLUMNS": "200"})
         assert run.exit_code == 2 and said in run.output and "unknown operator" not in run.output
+
+
+def test_an_empty_qrels_file_is_refused_with_its_path(tmp_path):
+    root = write_beir(tmp_path / "tiny")
+    (root / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\n")
+    with pytest.raises(DataError, match=r"qrels/test\.tsv: holds no judgements \(an empty file, or a header only\)"):
+        load_beir(root).qrels("test")

@@ -167,6 +167,9 @@ def read_qrels(path: str | Path) -> Qrels:
                                 f"({judged[d]} on line {line_of[q, d]}, {rel} here)")
             line_of.setdefault((q, d), n)
             judged[d] = rel
+    if not qrels:
+        raise DataError(f"{path}: holds no judgements (an empty file, or a header only); expected lines "
+                        "'query-id<TAB>corpus-id<TAB>score'")
     return qrels
 
 
