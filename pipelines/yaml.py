@@ -328,6 +328,10 @@ class _Problems:
     def add(self, key: str, error: ConfigError) -> None:
         self._found.append((key, error))
 
+    def wrong(self, key: str, here: str, what: str) -> None:
+        """A problem of ``key`` of the node at ``here``: ``"<here>.<key>: <what>"``."""
+        self.add(key, ConfigError(f"{here}.{key}: {what}", path=f"{here}.{key}"))
+
     def attempt(self, key: str, make: Callable[[], Any]) -> Any:
         """``make()``, or ``None`` when it raises a :class:`ConfigError` (kept as a problem of ``key``)."""
         try:
@@ -339,7 +343,7 @@ class _Problems:
     def given(self, body: Mapping[Any, Any], key: str, here: str) -> bool:
         """Whether ``body`` has ``key`` (not null); a problem of ``key`` when it has not."""
         if body.get(key) is None:
-            self.add(key, ConfigError(f"{here}.{key}: missing", path=f"{here}.{key}"))
+            self.wrong(key, here, "missing")
             return False
         return True
 
@@ -375,8 +379,7 @@ def build(node: Any, path: str, make_leaf: LeafFactory = _default_leaf) -> Opera
         for bad in (str(k) for k in body if str(k) not in STRUCTURAL[name]):
             close = difflib.get_close_matches(bad, sorted(STRUCTURAL[name]), n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
-            problems.add(bad, ConfigError(f"{here}.{bad}: unknown key{hint}; {name} takes {sorted(STRUCTURAL[name])}",
-                                          path=f"{here}.{bad}"))
+            problems.wrong(bad, here, f"unknown key{hint}; {name} takes {sorted(STRUCTURAL[name])}")
         try:
             return _STRUCT_BUILDERS[name](body, here, make_leaf, problems)
         except ConfigError:
@@ -404,30 +407,24 @@ def _build_parallel(body: Mapping[str, Any], here: str, make_leaf: LeafFactory, 
     branches, built = body.get("branches"), None
     if problems.given(body, "branches", here):
         if not isinstance(branches, list) or not branches:
-            problems.add("branches", ConfigError(
-                f"{here}.branches: expected a non-empty list of branches, got {branches!r:.60}",
-                path=f"{here}.branches"))
+            problems.wrong("branches", here, f"expected a non-empty list of branches, got {branches!r:.60}")
         else:
             built = problems.attempt("branches", lambda: _build_all(
                 [(b, f"{here}.branches[{i}]") for i, b in enumerate(branches)], make_leaf))
     fuse = None
     if "fuse" in body:
         if body["fuse"] is None:
-            problems.add("fuse", ConfigError(
-                f"{here}.fuse: expected a fuser node such as 'rrf: {{k: 60}}', got nothing", path=f"{here}.fuse"))
+            problems.wrong("fuse", here, "expected a fuser node such as 'rrf: {k: 60}', got nothing")
         else:
             fuse = problems.attempt("fuse", lambda: _need_kind(
                 build(body["fuse"], f"{here}.fuse", make_leaf), "fuser", f"{here}.fuse"))
     names, names_ok = body.get("names"), True
     if names is not None and (not isinstance(names, list) or not all(isinstance(n, str) for n in names)):
-        problems.add("names", ConfigError(f"{here}.names: expected a list of strings, got {names!r:.60}",
-                                          path=f"{here}.names"))
+        problems.wrong("names", here, f"expected a list of strings, got {names!r:.60}")
         names_ok = False
     elif names is not None and isinstance(branches, list) and branches and (
             len(names) != len(branches) or len(set(names)) != len(names)):
-        problems.add("names", ConfigError(
-            f"{here}.names: expected {len(branches)} distinct names (one per branch), got {names!r:.80}",
-            path=f"{here}.names"))
+        problems.wrong("names", here, f"expected {len(branches)} distinct names (one per branch), got {names!r:.80}")
         names_ok = False
     labels = names if names is not None else unique_names(built) if built is not None else None
     problem = fuse_weights_problem(fuse, labels) if fuse is not None and names_ok and labels is not None else None
@@ -455,14 +452,12 @@ def _build_route(body: Mapping[str, Any], here: str, make_leaf: LeafFactory, pro
     branches, built, labels_ok = body.get("branches"), None, False
     if problems.given(body, "branches", here):
         if not isinstance(branches, Mapping) or not branches:
-            problems.add("branches", ConfigError(
-                f"{here}.branches: expected a mapping of label -> pipeline, got {branches!r:.60}",
-                path=f"{here}.branches"))
+            problems.wrong("branches", here, f"expected a mapping of label -> pipeline, got {branches!r:.60}")
         else:
             # the labels' types (with has_default=True the router is not asked for its labels)
             problem = route_label_problems(router, branches, has_default=True)  # type: ignore[arg-type]
             if problem:
-                problems.add("branches", ConfigError(f"{here}.branches: {problem}", path=f"{here}.branches"))
+                problems.wrong("branches", here, problem)
             labels_ok = not problem
             # an empty list is a pass-through branch: its queries keep the rankings they arrived with
             filled = [k for k, v in branches.items() if v != []]
@@ -473,17 +468,15 @@ def _build_route(body: Mapping[str, Any], here: str, make_leaf: LeafFactory, pro
                 built = {k: built_filled[k] if k in built_filled else Pipeline([]) for k in branches}
     default = body.get("default")
     if isinstance(default, (bool, int, float)):
-        problems.add("default", ConfigError(
-            f"{here}.default: expected a branch label (a string) or a pipeline, got {default!r}; YAML reads unquoted "
-            f"yes/no/on/off/true/false as booleans and digits as numbers: quote the label, e.g. default: "
-            f"{_quote_forms(default)}", path=f"{here}.default"))
+        problems.wrong("default", here, f"expected a branch label (a string) or a pipeline, got {default!r}; YAML "
+                       f"reads unquoted yes/no/on/off/true/false as booleans and digits as numbers: quote the label, "
+                       f"e.g. default: {_quote_forms(default)}")
     elif isinstance(default, str):
         if isinstance(branches, Mapping) and branches and default not in branches:
             known = sorted(branches, key=str)  # a label YAML read as a boolean or a number is shown as such
             close = difflib.get_close_matches(default, [k for k in known if isinstance(k, str)], n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
-            problems.add("default", ConfigError(
-                f"{here}.default: label {default!r} is not a branch{hint}; branches: {known}", path=f"{here}.default"))
+            problems.wrong("default", here, f"label {default!r} is not a branch{hint}; branches: {known}")
     elif default == []:
         default = Pipeline([])
     elif default is not None:
@@ -491,7 +484,7 @@ def _build_route(body: Mapping[str, Any], here: str, make_leaf: LeafFactory, pro
     if router is not None and built is not None:
         problem = route_label_problems(router, branches, has_default=body.get("default") is not None)
         if problem:
-            problems.add("branches", ConfigError(f"{here}.branches: {problem}", path=f"{here}.branches"))
+            problems.wrong("branches", here, problem)
     problems.check()
     return Route(router, built, default=default)
 
@@ -505,8 +498,7 @@ def _build_loop(body: Mapping[str, Any], here: str, make_leaf: LeafFactory, prob
             build(body["until"], f"{here}.until", make_leaf), "judge", f"{here}.until"))
     n = body.get("max_iters", 3)
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        problems.add("max_iters", ConfigError(f"{here}.max_iters: expected a positive integer, got {n!r}",
-                                              path=f"{here}.max_iters"))
+        problems.wrong("max_iters", here, f"expected a positive integer, got {n!r}")
     problems.check()
     return Loop(loop_body, until=until, max_iters=n)
 
