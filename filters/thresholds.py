@@ -128,4 +128,6 @@ class RelativeThreshold(_PrefixCut):
         alpha = float(self.opt(state, "alpha", self.params.alpha))
         top = np.zeros(len(lengths), np.float32)
         top[lengths > 0] = scores[starts[lengths > 0]]
-        return scores >= (top - (1 - alpha) * np.abs(top))[qidx]
+        with np.errstate(invalid="ignore"):  # an infinite top: the bar is the top itself (inf - inf is NaN)
+            bar = np.where(np.isinf(top), top, top - (1 - alpha) * np.abs(top))
+        return scores >= bar[qidx]

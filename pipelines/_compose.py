@@ -419,10 +419,11 @@ class Pipeline(Composite):
         save_pipeline(self, path)
 
     @classmethod
-    def load(cls, path: Any, corpus: Corpus | None = None, *, mmap: bool = False) -> "Pipeline":
+    def load(cls, path: Any, corpus: Corpus | None = None, *, mmap: bool = False, verify: bool = True) -> "Pipeline":
+        """Load a folder written by :meth:`save` (checksums verified first unless ``verify=False``)."""
         from ragkit.pipelines.store import load_pipeline
 
-        return load_pipeline(path, corpus=corpus, mmap=mmap)
+        return load_pipeline(path, corpus=corpus, mmap=mmap, verify=verify)
 
 
 def _wants_upstream(op: Operator) -> bool:

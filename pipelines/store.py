@@ -15,10 +15,10 @@ save never destroys the previous one.  ``load`` verifies every checksum first.
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Any
 
+from ragkit._files import folder_checksums, verify_checksums
 from ragkit.errors import ArtifactError
 from ragkit.operator import FORMAT_VERSION, Operator, _saved_pipeline_above, atomic_dir, read_json, write_json
 from ragkit.pipelines._compose import Pipeline
@@ -26,14 +26,6 @@ from ragkit.pipelines.yaml import dump_yaml, load_yaml, walk_leaves
 from ragkit.types import Corpus
 
 __all__ = ["save_pipeline", "load_pipeline"]
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def save_pipeline(pipe: Pipeline, path: str | Path) -> None:
@@ -57,10 +49,9 @@ def save_pipeline(pipe: Pipeline, path: str | Path) -> None:
                 leaf.save_into(tmp / folder, with_corpus=False)
                 folders[id(leaf)] = folder
             nodes[node_path] = folders[id(leaf)]
-        files = sorted(p for p in tmp.rglob("*") if p.is_file())
         write_json(tmp / "manifest.json", {
             "format_version": FORMAT_VERSION, "ragkit_version": __version__, "fitted": corpus is not None,
-            "nodes": nodes, "sha256": {str(p.relative_to(tmp)): _sha256(p) for p in files},
+            "nodes": nodes, "sha256": folder_checksums(tmp),
         })
 
 
@@ -95,12 +86,7 @@ def load_pipeline(path: str | Path, *, corpus: Corpus | None = None, mmap: bool 
         raise ArtifactError(f"{folder}: written by a newer ragkit (format {manifest['format_version']}); "
                             "upgrade ragkit")
     if verify:
-        for rel, digest in manifest.get("sha256", {}).items():
-            p = folder / rel
-            if not p.is_file():
-                raise ArtifactError(f"{p}: listed in the manifest but missing")
-            if _sha256(p) != digest:
-                raise ArtifactError(f"{p}: checksum mismatch; the file was changed or truncated after saving")
+        verify_checksums(folder, manifest.get("sha256", {}))
     if not manifest.get("fitted"):
         corpus = None
     elif corpus is None:

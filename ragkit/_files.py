@@ -7,13 +7,14 @@ was, and two writers never share a temporary name.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import secrets
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Mapping
 
-__all__ = ["atomic_file"]
+__all__ = ["atomic_file", "sha256_file", "folder_checksums", "verify_checksums"]
 
 
 @contextmanager
@@ -39,3 +40,32 @@ def atomic_file(path: str | Path) -> Iterator[Path]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def sha256_file(path: str | Path) -> str:
+    """Hex SHA-256 of a file's bytes, read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def folder_checksums(folder: Path, skip: tuple[str, ...] = ()) -> dict[str, str]:
+    """``{relative path: sha256}`` of every file under ``folder`` but the ``skip`` names (sorted)."""
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and str(p.relative_to(folder)) not in skip)
+    return {str(p.relative_to(folder)): sha256_file(p) for p in files}
+
+
+def verify_checksums(folder: Path, digests: Mapping[str, str]) -> None:
+    """Raise :class:`~ragkit.errors.ArtifactError` naming the first file of ``digests`` that is
+    missing under ``folder`` or whose bytes changed since the digests were taken."""
+    from ragkit.errors import ArtifactError
+
+    for rel, digest in digests.items():
+        p = folder / rel
+        if not p.is_file():
+            raise ArtifactError(f"{p}: listed in the saved checksums but missing; the folder was changed after "
+                                "saving")
+        if sha256_file(p) != digest:
+            raise ArtifactError(f"{p}: checksum mismatch; the file was changed or truncated after saving")

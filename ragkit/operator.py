@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Mapping, Sequence
 import numpy as np
 
 from ragkit import registry
-from ragkit._files import atomic_file
+from ragkit._files import atomic_file, folder_checksums, verify_checksums
 from ragkit.errors import ArtifactError, NotFittedError, ParamError
 from ragkit.options import PARAM, OptionCheck, filter_option
 from ragkit.params import Params, validate_params
@@ -37,6 +37,8 @@ if TYPE_CHECKING:
     from ragkit.run import Run
 
 __all__ = ["Operator", "FORMAT_VERSION", "atomic_dir", "write_json", "read_json"]
+
+CHECKSUMS = "checksums.json"  # written by Operator.save beside params.json
 
 FORMAT_VERSION = 1
 
@@ -248,13 +250,15 @@ class Operator:
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | Path) -> None:
-        """Write ``params.json``, the fitted artifacts and ``corpus.jsonl`` to the folder ``path``.
+        """Write ``params.json``, the fitted artifacts, ``corpus.jsonl`` and ``checksums.json``
+        (SHA-256 of every other file, verified by :meth:`load`) to the folder ``path``.
 
         The folder is written under a temporary name and renamed into place, so an
         interrupted save never destroys the previous one.
         """
         with atomic_dir(path) as tmp:
             self.save_into(tmp, with_corpus=True)
+            write_json(tmp / CHECKSUMS, folder_checksums(tmp))
 
     def save_into(self, folder: Path, with_corpus: bool) -> None:
         """Write this operator's files into an existing (temporary) folder."""
@@ -270,19 +274,28 @@ class Operator:
                 self.corpus_.save(folder / "corpus.jsonl")
 
     @classmethod
-    def load(cls, path: str | Path, corpus: Corpus | None = None, *, mmap: bool = False) -> "Operator":
+    def load(cls, path: str | Path, corpus: Corpus | None = None, *, mmap: bool = False,
+             verify: bool = True) -> "Operator":
         """Load an operator saved with :meth:`save`.  ``mmap=True`` memory-maps large arrays/indexes.
 
-        A folder written by a pipeline or composite's ``save`` (``manifest.json``) loads as a
+        The files' checksums (``checksums.json``) are verified first unless ``verify=False``
+        (the artifacts' own checks still refuse a truncated or corrupt index).  A folder
+        written by a pipeline or composite's ``save`` (``manifest.json``) loads as a
         :class:`~ragkit.pipelines.Pipeline`.
         """
         folder = Path(path)
         if cls is Operator and (folder / "manifest.json").is_file() and not (folder / "params.json").exists():
             from ragkit.pipelines import Pipeline
 
-            return Pipeline.load(folder, corpus=corpus, mmap=mmap)
+            return Pipeline.load(folder, corpus=corpus, mmap=mmap, verify=verify)
         if not (folder / "params.json").is_file():
             raise ArtifactError(f"{folder}: {_not_an_operator_folder(folder)}")
+        if verify and (folder / CHECKSUMS).is_file():  # (a step of a saved pipeline: its manifest has them)
+            digests = read_json(folder / CHECKSUMS)
+            if not isinstance(digests, dict):
+                raise ArtifactError(f"{folder / CHECKSUMS}: expected a JSON object of file -> sha256; save the "
+                                    "operator again")
+            verify_checksums(folder, digests)
         meta = read_json(folder / "params.json")
         for key in ("operator", "params", "fitted"):
             if key not in meta:
@@ -382,7 +395,9 @@ def _not_an_operator_folder(folder: Path) -> str:
 class atomic_dir:
     """Context manager: yields a temporary sibling folder, renamed onto ``path`` on success.
 
-    The previous folder (if any) is kept until the new one is complete, then replaced.
+    The previous folder (if any) is kept until the new one is complete, then replaced: on Linux
+    the two are swapped in one atomic step (:func:`_exchange`), so ``path`` is never missing;
+    elsewhere by two renames.
     """
 
     def __init__(self, path: str | Path) -> None:
@@ -417,15 +432,37 @@ class atomic_dir:
             inside: Path | None = Path.cwd().relative_to(self.path)
         except (ValueError, OSError):
             inside = None
-        if self.path.exists():
-            old = self.path.with_name(f".{self.path.name}.old-{self.tmp.name[-8:]}")
-            self.path.rename(old)
-        self.tmp.rename(self.path)
+        if self.path.exists() and _exchange(self.tmp, self.path):
+            old = self.tmp  # swapped in one step: ``path`` never went missing; tmp now holds the old save
+        else:
+            if self.path.exists():  # two renames: a short window in which ``path`` is missing
+                old = self.path.with_name(f".{self.path.name}.old-{self.tmp.name[-8:]}")
+                self.path.rename(old)
+            self.tmp.rename(self.path)
         if inside is not None:
             target = self.path / inside
             os.chdir(target if target.is_dir() else self.path)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap the folders ``a`` and ``b`` atomically (Linux ``renameat2(RENAME_EXCHANGE)``): a
+    reader sees either one, never neither.  False where the system or file system cannot (the
+    caller then renames twice)."""
+    import ctypes
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):  # no libc symbol (glibc < 2.28, musl)
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    at_fdcwd, rename_exchange = -100, 2
+    return renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
 
 
 def write_json(path: Path, obj: Any) -> None:

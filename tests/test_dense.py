@@ -202,8 +202,10 @@ def test_corrupt_or_truncated_index_refused(slice_data, tmp_path):
     shutil.copytree(tmp_path / "ok", tmp_path / "trunc")
     p = tmp_path / "trunc" / "index.usearch"
     p.write_bytes(p.read_bytes()[: p.stat().st_size // 2])
-    with pytest.raises(ArtifactError, match="truncated"):
+    with pytest.raises(ArtifactError, match=r"index\.usearch: checksum mismatch"):  # the folder's checksums
         Dense.load(tmp_path / "trunc")
+    with pytest.raises(ArtifactError, match="truncated"):  # the index's own size / CRC checks, without them
+        Dense.load(tmp_path / "trunc", verify=False)
     # same size, garbage in the middle (header and graph)
     for where in (0, 40, None):
         shutil.rmtree(tmp_path / "bad", ignore_errors=True)
@@ -215,7 +217,7 @@ def test_corrupt_or_truncated_index_refused(slice_data, tmp_path):
         p.write_bytes(bytes(data))
         for mmap in (False, True):
             with pytest.raises(ArtifactError, match="corrupt"):
-                Dense.load(tmp_path / "bad", mmap=mmap)
+                Dense.load(tmp_path / "bad", mmap=mmap, verify=False)
     # corrupt .npy codes of an exact index, and a missing file
     op2 = Dense(k=5, dtype="b1").fit(corpus)
     op2.save(tmp_path / "b1")
@@ -224,14 +226,16 @@ def test_corrupt_or_truncated_index_refused(slice_data, tmp_path):
     data[-10:] = b"\x00" * 10
     p.write_bytes(bytes(data))
     with pytest.raises(ArtifactError):
-        Dense.load(tmp_path / "b1")
+        Dense.load(tmp_path / "b1", verify=False)
     p.unlink()
-    with pytest.raises(ArtifactError, match="not found"):
+    with pytest.raises(ArtifactError, match="listed in the saved checksums but missing"):
         Dense.load(tmp_path / "b1")
+    with pytest.raises(ArtifactError, match="not found"):
+        Dense.load(tmp_path / "b1", verify=False)
     # manifest garbage
     (tmp_path / "ok" / "index.json").write_text(json.dumps({"hello": 1}))
     with pytest.raises(ArtifactError, match="manifest"):
-        Dense.load(tmp_path / "ok")
+        Dense.load(tmp_path / "ok", verify=False)
 
 
 @pytest.mark.parametrize("kw, why", [

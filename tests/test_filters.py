@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from ragkit.encoders import get_encoder
-from ragkit.errors import DataError, ParamError
+from ragkit.errors import ArtifactError, DataError, ParamError
 from ragkit.eval.filtering import expected_calibration_error, filter_report, pr_curve, precision_at_recall
 from ragkit.eval.hubness import hubness, k_occurrence, random_skewness, skewness
 from ragkit.filters import CosineAdapter, DBNorm, RelativeThreshold, ScoreThreshold
@@ -130,8 +130,10 @@ def test_adapter_save_load_roundtrip(synth, tmp_path):
     for x, y in zip(a.rankings, b.rankings):
         assert x.equals(y)
     (tmp_path / "ad" / "adapter_weights.npy").write_bytes(b"junk")
-    with pytest.raises(Exception, match="corrupt"):
+    with pytest.raises(ArtifactError, match=r"adapter_weights\.npy: checksum mismatch"):
         Operator.load(tmp_path / "ad")
+    with pytest.raises(Exception, match="corrupt"):  # the array's own check, without the checksums
+        Operator.load(tmp_path / "ad", verify=False)
 
 
 def test_adapter_param_errors():
@@ -166,6 +168,10 @@ def test_score_and_relative_thresholds():
     assert [r.rows.tolist() for r in out.rankings] == [[3], [5, 6], []]
     neg = State(["a"], rankings=[Ranking([1, 2, 3], [-.1, -.105, -.5])])
     assert RelativeThreshold(alpha=0.9)(neg).rankings[0].rows.tolist() == [1, 2]
+    # an infinite top score: every document tied with it is kept, the rest dropped (inf - inf is NaN,
+    # which kept only the first); a -inf top means every score is -inf: all kept
+    inf = State(["a", "b"], rankings=[Ranking([1, 2, 3], [np.inf, np.inf, 5.0]), Ranking([4, 5], [-np.inf, -np.inf])])
+    assert [r.rows.tolist() for r in RelativeThreshold(alpha=0.9)(inf).rankings] == [[1, 2], [4, 5]]
     with pytest.raises(ParamError, match="relative_threshold.alpha"):
         RelativeThreshold(alpha=0)
     assert len(st.rankings[0]) == 3  # input untouched

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -102,8 +103,10 @@ def test_operator_folder_whose_corpus_was_changed_is_refused(tmp_path):
     a, b = json.loads(lines[0]), json.loads(lines[1])
     a["_id"], b["_id"] = b["_id"], a["_id"]
     (tmp_path / "b" / "corpus.jsonl").write_text("\n".join([json.dumps(a), json.dumps(b)] + lines[2:]) + "\n")
-    with pytest.raises(ArtifactError, match=r"corpus\.jsonl: holds 3 documents whose ids differ"):
+    with pytest.raises(ArtifactError, match=r"corpus\.jsonl: checksum mismatch"):  # the folder's checksums
         Operator.load(tmp_path / "b")
+    with pytest.raises(ArtifactError, match=r"corpus\.jsonl: holds 3 documents whose ids differ"):
+        Operator.load(tmp_path / "b", verify=False)  # the fingerprint in params.json still catches it
 
 
 def test_a_pipeline_follows_its_edited_retrievers_and_refuses_ones_that_disagree(tmp_path):
@@ -180,3 +183,55 @@ def test_loading_the_wrong_folder_says_what_it_is_and_what_to_do(corpus, tmp_pat
     with pytest.raises(ArtifactError, match="no such folder"):
         BM25.load(tmp_path / "nope")
     assert Operator.load(tmp_path / "op").search(QUERIES).doc_ids  # the right folders still load
+
+
+def test_an_operator_folder_carries_checksums(tmp_path):
+    """Operator.save writes checksums.json (SHA-256 of every file); load verifies them first, as
+    Pipeline.load does with its manifest, so a changed byte is refused before it is read."""
+    import json
+
+    from ragkit.errors import ArtifactError
+    from ragkit.operator import Operator
+    from ragkit.retrievers import BM25
+    from ragkit.types import Corpus
+
+    BM25(k=1).fit(Corpus.from_texts(["apple pie", "banana split", "cherry tart"])).save(tmp_path / "b")
+    digests = json.loads((tmp_path / "b" / "checksums.json").read_text())
+    assert {"params.json", "corpus.jsonl"} <= set(digests) and "checksums.json" not in digests
+    assert Operator.load(tmp_path / "b").search(["cherry"]).doc_ids[0].tolist() == ["2"]
+    name = sorted(set(digests) - {"params.json", "corpus.jsonl"})[0]  # one of BM25's own files
+    target = tmp_path / "b" / name
+    data = bytearray(target.read_bytes())
+    data[-1] ^= 1
+    target.write_bytes(bytes(data))
+    with pytest.raises(ArtifactError, match=rf"{name}: checksum mismatch; the file was changed or truncated"):
+        Operator.load(tmp_path / "b")
+    (tmp_path / "b" / "checksums.json").write_text("[1, 2]")
+    with pytest.raises(ArtifactError, match=r"checksums\.json: expected a JSON object"):
+        Operator.load(tmp_path / "b")
+
+
+@pytest.mark.parametrize("swap", [True, False])
+def test_a_save_replaces_the_previous_one_whole(tmp_path, monkeypatch, swap):
+    """Saving over an earlier save: on Linux the folders are swapped in one step (the path never
+    goes missing); where that is unavailable, two renames; either way the new save is there,
+    nothing of the old one is left beside it, and a process inside the folder follows it."""
+    from ragkit import operator
+    from ragkit.operator import Operator
+    from ragkit.retrievers import BM25
+    from ragkit.types import Corpus
+
+    corpus = Corpus.from_texts(["apple pie", "banana split", "cherry tart"])
+    BM25(k=1).fit(corpus).save(tmp_path / "b")
+    calls = []
+    real = operator._exchange
+    monkeypatch.setattr(operator, "_exchange", lambda a, b: calls.append(1) or (real(a, b) if swap else False))
+    monkeypatch.chdir(tmp_path / "b")
+    BM25(k=2).fit(corpus).save(tmp_path / "b")
+    assert calls == [1] and Operator.load(tmp_path / "b").params.k == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b"]  # no temporary or old folder left
+    assert Path.cwd() == (tmp_path / "b").resolve() and Path("params.json").is_file()
+    if sys.platform.startswith("linux") and swap:  # this machine's file system swaps folders
+        a, b = tmp_path / "x", tmp_path / "y"
+        a.mkdir(), b.mkdir(), (a / "in-x").touch()
+        assert real(a, b) and (b / "in-x").exists() and not any(a.iterdir())
