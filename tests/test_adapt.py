@@ -48,12 +48,26 @@ def test_mine_pairs_never_uses_a_positive_as_the_fallback_negative():
     corpus = Corpus.from_texts(["statins lower cholesterol", "statins and the liver", "aspirin and the heart"],
                                ids=["d0", "d1", "d2"])
     train = TrainSet(Queries(["q0", "q1"], ["do statins lower cholesterol", "what do statins do"]),
-                     {"q0": {"d0": 1, "d1": 0, "d2": 0}, "q1": {"d0": 1, "d1": 1, "d2": 0}})
-    anchors, pos, neg = mine_pairs(corpus, train, "all-MiniLM-L6-v2", seed=5)
+                     {"q0": {"d0": 1}, "q1": {"d0": 1, "d1": 1}})
+    # depth 1: both miners rank a positive first, so no mined negative exists
+    anchors, pos, neg = mine_pairs(corpus, train, "all-MiniLM-L6-v2", depth=1, seed=5)
     assert len(anchors) == 3 and all(p != n for p, n in zip(pos, neg))
     assert set(neg[1:]) == {"aspirin and the heart"}  # q1's only non-positive
     everything = TrainSet(Queries(["q"], ["statins"]), {"q": {"d0": 1, "d1": 1, "d2": 1}})
     assert mine_pairs(corpus, everything, "all-MiniLM-L6-v2") == ([], [], [])
+
+
+def test_mine_pairs_takes_judged_non_relevant_documents_first():
+    """A document judged non-relevant (qrels value 0) is a known negative: it comes before the
+    mined ones, even when no miner ranks it (it was excluded as 'judged' and never used)."""
+    from ragkit.types import Corpus
+
+    corpus = Corpus.from_texts(["statins lower cholesterol", "statins and the liver", "aspirin and the heart",
+                                "a history of the bicycle"], ids=["d0", "d1", "d2", "d3"])
+    train = TrainSet(Queries(["q"], ["do statins lower cholesterol"]), {"q": {"d0": 1, "d3": 0, "d9": 0}})
+    _, _, neg = mine_pairs(corpus, train, "all-MiniLM-L6-v2", n_neg=2)
+    assert neg[0] == "a history of the bicycle"  # the judged one (d9 is not in the corpus: skipped)
+    assert neg[1] in {"statins and the liver", "aspirin and the heart"}  # then the best mined one
 
 
 def test_training_digest_takes_numpy_judgements(slice_data):
@@ -71,6 +85,19 @@ def test_training_digest_takes_numpy_judgements(slice_data):
     keys = {_training_digest("m", corpus, t, c) for t, c in
             ((train, cfg), (changed, cfg), (dropped, cfg), (train, AdaptConfig(seed=1)))}
     assert len(keys) == 4
+
+
+def test_training_digest_follows_the_training_code(slice_data, monkeypatch):
+    """A cached fine-tune is keyed by the recipe too: a new mining depth or recipe version trains again."""
+    from ragkit.encoders import adapt
+
+    corpus, _, _, train = slice_data
+    before = adapt._training_digest("m", corpus, train, AdaptConfig())
+    monkeypatch.setattr(adapt, "_MINE_DEPTH", adapt._MINE_DEPTH + 1)
+    deeper = adapt._training_digest("m", corpus, train, AdaptConfig())
+    monkeypatch.setattr(adapt, "_RECIPE", adapt._RECIPE + 1)
+    newer = adapt._training_digest("m", corpus, train, AdaptConfig())
+    assert len({before, deeper, newer}) == 3
 
 
 def test_adapt_refuses_a_custom_encoder_before_any_work(slice_data):

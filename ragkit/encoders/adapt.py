@@ -31,6 +31,11 @@ __all__ = ["AdaptConfig", "mine_pairs", "fine_tune", "adapted_model", "TunedEnco
 
 _log = logging.getLogger(__name__)
 
+_MINE_DEPTH = 30  # ranks of each miner (BM25, current model) searched for hard negatives
+# Version of the training recipe (mining, triplets, loss, trainer settings that are not in
+# AdaptConfig): part of the cache key, so bump it when a code change alters what a fine-tune learns.
+_RECIPE = 2  # 2: judged non-relevant documents are the first negatives
+
 
 class AdaptConfig(Params):
     """Fine-tuning settings: the ``adapt`` parameter of ``dense`` and of the token operators (``muvera``, ...)."""
@@ -44,13 +49,16 @@ class AdaptConfig(Params):
     seed: int = Field(0, description="Seed of the trainer, the data order and the initialisation.")
 
 
-def mine_pairs(corpus: Corpus, train: TrainSet, model: str, n_neg: int = 1, depth: int = 30, seed: int = 0,
+def mine_pairs(corpus: Corpus, train: TrainSet, model: str, n_neg: int = 1, depth: int = _MINE_DEPTH, seed: int = 0,
                ) -> tuple[list[str], list[str], list[str]]:
-    """(query, positive, hard negative) texts; negatives alternate BM25 and current-model top ranks.
+    """(query, positive, hard negative) texts, ``n_neg`` negatives per (query, positive).
 
-    Batched: one BM25 search and one dense search for all training queries.  A query whose
-    top ranks are all judged gets a random (seeded) document that is not one of its
-    positives; a query whose every document is a positive gives no triplet.
+    Negatives are the query's documents judged non-relevant (a qrels value <= 0: known
+    negatives, in qrels order) first, then unjudged documents from the top ``depth`` ranks of
+    BM25 and of the current model, interleaved best ranks first.  Batched: one BM25 search and
+    one dense search for all training queries.  A query without any gets a random (seeded)
+    document that is not one of its positives; a query whose every document is a positive
+    gives no triplet.
     """
     from ragkit.retrievers import BM25, Dense
 
@@ -65,14 +73,16 @@ def mine_pairs(corpus: Corpus, train: TrainSet, model: str, n_neg: int = 1, dept
         raise DataError(f"fine-tuning: none of the training queries' positive documents is in the corpus of "
                         f"{len(corpus):,} documents (e.g. {some!r}); expected qrels that name this corpus's ids")
     rng = np.random.default_rng(seed)
-    queries = train.queries[[train.queries.ids.index(q) for q in qids]]
+    position = {q: i for i, q in enumerate(train.queries.ids)}
+    queries = train.queries[[position[q] for q in qids]]
     runs = [BM25(k=depth).fit(corpus).search(queries), Dense(k=depth, model=model).fit(corpus).search(queries)]
     texts = corpus.full_texts
     anchors, positives, negatives = [], [], []
     for i, q in enumerate(qids):
         pos_rows = in_corpus[q]
         judged = set(train.qrels[q])
-        cands: list[int] = []
+        known = [d for d, v in train.qrels[q].items() if v <= 0]
+        cands = corpus.row_of(known, missing="drop").tolist() if known else []
         for depth_i in range(depth):  # interleave the two rankings, best ranks first
             for run in runs:
                 ids = run.doc_ids[i]
@@ -110,7 +120,8 @@ def fine_tune(model: str, corpus: Corpus, train: TrainSet, out_dir: str | Path, 
     from ragkit.encoders.sentence import resolve_model
 
     out_dir = Path(out_dir)
-    anchors, positives, negatives = mine_pairs(corpus, train, model, n_neg=config.hard_negatives, seed=config.seed)
+    anchors, positives, negatives = mine_pairs(corpus, train, model, n_neg=config.hard_negatives, depth=_MINE_DEPTH,
+                                               seed=config.seed)
     if not anchors:
         raise DataError("fine-tuning: no (query, positive, negative) triplet could be formed: every document of the "
                         "corpus is a positive of the training queries that have one")
@@ -151,11 +162,18 @@ def _publish(tmp: Path, out_dir: Path) -> None:
 
 
 def _training_digest(model_key: str, corpus: Corpus, train: TrainSet, config: AdaptConfig) -> str:
-    """Content hash of everything a fine-tune depends on: base model, corpus, judged queries, settings."""
+    """Content hash of everything a fine-tune depends on: base model, corpus, judged queries, settings,
+    and the code that trains (the recipe version, the mining depth, sentence-transformers' and torch's
+    versions), so a cached model is never one an older recipe trained."""
+    import sentence_transformers
+    import torch
+
     from ragkit.encoders.cache import text_digests
 
     h = hashlib.sha1()
     h.update(model_key.encode())
+    h.update(f"recipe={_RECIPE}|depth={_MINE_DEPTH}|st={sentence_transformers.__version__}|"
+             f"torch={torch.__version__}".encode())
     h.update(json.dumps(config.model_dump(mode="json"), sort_keys=True).encode())
     h.update("\x00".join(corpus.ids.tolist()).encode())
     h.update(text_digests(corpus.full_texts).tobytes())
