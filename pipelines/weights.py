@@ -11,7 +11,6 @@ honest estimate.
 
 from __future__ import annotations
 
-import itertools
 from dataclasses import dataclass
 from typing import Callable
 
@@ -25,10 +24,29 @@ __all__ = ["simplex_grid", "WeightSearch", "learn_weights", "best_grid_point"]
 
 
 def simplex_grid(n: int, step: float) -> np.ndarray:
-    """All weight vectors with ``n`` non-negative entries in multiples of ``step`` summing to 1."""
+    """All weight vectors with ``n`` non-negative entries in multiples of ``step`` summing to 1:
+    ``(C(m + n - 1, n - 1), n)`` for ``m = 1 / step``, in lexicographic order of the entries.
+
+    Built column by column (each partial vector extended by every count its remainder allows),
+    so the cost is the number of points, not the ``(m + 1) ** n`` tuples of a filtered product.
+
+    Examples
+    --------
+    >>> simplex_grid(3, 0.5).tolist()
+    [[0.0, 0.0, 1.0], [0.0, 0.5, 0.5], [0.0, 1.0, 0.0], [0.5, 0.0, 0.5], [0.5, 0.5, 0.0], [1.0, 0.0, 0.0]]
+    """
     m = int(round(1 / step))
-    pts = [c for c in itertools.product(range(m + 1), repeat=n) if sum(c) == m]
-    return np.array(pts, dtype=np.float64) / m
+    if n < 1:
+        return np.zeros((0, 0), np.float64)
+    counts = np.zeros((1, 0), np.int64)
+    left = np.array([m], np.int64)
+    for _ in range(n - 1):
+        options = left + 1                                          # the next entry takes 0..left
+        parent = np.repeat(np.arange(len(counts)), options)
+        value = np.arange(int(options.sum())) - np.repeat(np.cumsum(options) - options, options)
+        counts = np.column_stack([counts[parent], value])
+        left = left[parent] - value
+    return np.column_stack([counts, left]).astype(np.float64) / m
 
 
 @dataclass

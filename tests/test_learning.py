@@ -22,8 +22,18 @@ pipeline:
 
 
 def test_simplex_grid():
+    import itertools
+    from math import comb
+
     g = simplex_grid(3, 0.5)
     assert len(g) == 6 and np.allclose(g.sum(axis=1), 1)
+    # the same points, in the same (lexicographic) order, as the filtered product it replaces
+    for n, step in ((1, 0.5), (2, 0.1), (4, 0.25), (5, 0.1)):
+        m = int(round(1 / step))
+        ref = [c for c in itertools.product(range(m + 1), repeat=n) if sum(c) == m]
+        np.testing.assert_array_equal(simplex_grid(n, step), np.array(ref, np.float64) / m)
+    # 12 branches at step 0.1: 352,716 points, without walking 11 ** 12 tuples
+    assert simplex_grid(12, 0.1).shape == (comb(21, 11), 12)
 
 
 def test_learned_weights_reproducible_and_saved(slice_data, tmp_path):
