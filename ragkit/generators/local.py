@@ -328,6 +328,10 @@ class LocalGenerator:
         included (a longer chunk keeps its first ``max_chunk_tokens - len(separator)`` tokens
         and its separator); at least 1, and more than the separator's tokens (checked by
         :meth:`load`).
+    cache_budget_bytes : int or None, default=None
+        Memory budget of the chunk cache created on load and of the prefix mode's cache, bytes
+        (least recently used entries are evicted first); ``None``: unbounded (the ``generate``
+        operator's default is 1 GiB).
     chunk_cache : ChunkKVCache or None
         The chunk-cache store (created on load with ``cache_budget_bytes``/``storage_dtype``/
         ``disk_dir`` when ``None``).  A store of another model is refused.
