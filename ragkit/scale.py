@@ -48,6 +48,17 @@ from ragkit.types import QUERY_REWRITES, Corpus, Ranking, State, TrainSet
 __all__ = ["ray_init", "ray_encode", "fit_pipeline", "Sharded", "merge_rankings", "search_distributed", "ShardError"]
 
 
+# Errors a retry can cure (the file system, memory); Ray also retries a crashed worker. Any other
+# error (a ragkit DataError, a ValueError) would fail the same way again, so it fails at once.
+_TRANSIENT: tuple[type[BaseException], ...] = (OSError, MemoryError)
+_SEARCH_RETRIES = 3
+
+
+def _retried(n: int) -> str:
+    """What a failure message says about retries: only crashes and transient errors are retried."""
+    return f" (after up to {n} retries of a crashed worker or an OS / memory error)" if n else ""
+
+
 class ShardError(RagkitError, RuntimeError):
     """A shard could not be built or searched, even after Ray's retries."""
 
@@ -296,7 +307,9 @@ class ShardedParams(Params):
     backend: Literal["auto", "local", "ray"] = Field(
         "auto", description="Where shards are fitted and searched; auto = ray when fitted with backend='ray' "
                             "in this process (a loaded pipeline searches locally unless this is 'ray').")
-    max_retries: int = Field(3, ge=0, description="Ray retries per shard task before the shard fails for good.")
+    max_retries: int = Field(
+        3, ge=0, description="Ray retries per shard task (a crashed worker, an OS or memory error; other errors "
+                             "fail at once) before the shard fails for good.")
     workdir: str | None = Field(
         None, description="Folder for the shard folders while fitting; must be shared storage on a multi-node "
                           "cluster (default: a local temporary folder).")
@@ -447,14 +460,14 @@ class Sharded(Operator):
         if self._use_ray():
             self._check_ray_model("sharded.fit")  # before Ray starts
             ray = ray_init()
-            task = ray.remote(max_retries=self.params.max_retries, retry_exceptions=True)(_fit_shard)
+            task = ray.remote(max_retries=self.params.max_retries, retry_exceptions=list(_TRANSIENT))(_fit_shard)
             refs = [task.remote(node, sh, f) for sh, f in zip(shards, folders)]
             for s, ref in enumerate(refs):
                 try:
                     ray.get(ref)
                 except Exception as e:
                     raise ShardError(f"sharded: shard {s} (documents {bounds[s]}..{bounds[s + 1] - 1}) failed to "
-                                     f"build after {self.params.max_retries} retries: {_reason(e)}") from None
+                                     f"build{_retried(self.params.max_retries)}: {_reason(e)}") from None
         else:
             for s, (sh, f) in enumerate(zip(shards, folders)):
                 _fit_shard(node, sh, f)
@@ -517,10 +530,15 @@ class Sharded(Operator):
         if self._use_ray():
             self._check_ray_model("sharded.search")  # before Ray starts
             ray = ray_init()
+            ctx = ray.get_runtime_context()
+            job = (ctx.get_node_id(), ctx.get_job_id())  # a new cluster has a new node id (job ids restart)
+            if getattr(self, "_actors", None) is not None and getattr(self, "_actors_job", None) != job:
+                self._actors = None  # made before a ray.shutdown(): those actors are gone with their cluster
             if getattr(self, "_actors", None) is None:
                 actor = ray.remote(max_restarts=self.params.max_retries, max_task_retries=self.params.max_retries)(
                     _ShardActor)
                 self._actors = [actor.remote(f) for f in self.folders_]
+                self._actors_job = job
             refs = [a.search.remote(texts, options, rewrites) for a in self._actors]
             results = []
             for s, ref in enumerate(refs):
@@ -646,7 +664,7 @@ def search_distributed(pipe: Any, queries: Any, *, n_chunks: int = 4, k: int | N
     spans = [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
     with tempfile.TemporaryDirectory(prefix="ragkit-pipe-") as tmp:
         pipe.save(Path(tmp) / "p")
-        task = ray.remote(max_retries=3, retry_exceptions=True)(_search_chunk)
+        task = ray.remote(max_retries=_SEARCH_RETRIES, retry_exceptions=list(_TRANSIENT))(_search_chunk)
         refs = [task.remote(str(Path(tmp) / "p"), queries.ids[a:b], queries.texts[a:b], k, options)
                 for a, b in spans]
         chunks = []
@@ -655,8 +673,8 @@ def search_distributed(pipe: Any, queries: Any, *, n_chunks: int = 4, k: int | N
                 try:
                     chunks.append(ray.get(ref))
                 except Exception as e:  # noqa: BLE001 - a Ray error becomes ours, naming the chunk
-                    raise ShardError(f"search_distributed: chunk {c} (queries {a}..{b - 1}) failed after 3 "
-                                     f"retries: {_reason(e)}") from None
+                    raise ShardError(f"search_distributed: chunk {c} (queries {a}..{b - 1}) "
+                                     f"failed{_retried(_SEARCH_RETRIES)}: {_reason(e)}") from None
         except BaseException:
             _cancel(ray, refs)  # no retry may still read the folder deleted next
             raise

@@ -132,6 +132,11 @@ def test_ray_fit_and_search_equal_local(slice_data, tmp_path, ray_session):
     got = on_ray.search(queries)
     for r1, r2 in zip(local.rankings, got.rankings):
         np.testing.assert_array_equal(r1.rows, r2.rows)
+    # Ray restarted under the fitted pipeline: its shard actors died with the old cluster and are made
+    # again (the stale handles failed every search)
+    ray_session.shutdown()
+    ray_session.init(num_cpus=2, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
+    assert [r.rows.tolist() for r in on_ray.search(queries).rankings] == [r.rows.tolist() for r in got.rankings]
     bm = Pipeline.from_yaml({"pipeline": [{"sharded": {"retriever": {"bm25": {"k": 10}}, "n_shards": 2, "k": 10,
                                                        "backend": "ray"}}]})
     bm.fit(corpus.subset(np.arange(0, 200)))
@@ -305,7 +310,7 @@ def test_ray_fit_pre_encodes_only_sentence_vectors_of_the_corpus(slice_data, has
 
 
 @pytest.mark.slow
-def test_ray_failures_are_ragkit_errors(slice_data, ray_session, monkeypatch):
+def test_ray_failures_are_ragkit_errors(slice_data, ray_session, monkeypatch, tmp_path):
     """On a real Ray: an encoding actor's failure is a ShardError naming the model; a failing
     search chunk a ShardError naming the chunk; search_distributed takes search's options."""
     corpus, queries, _, _ = slice_data
@@ -326,11 +331,31 @@ def test_ray_failures_are_ragkit_errors(slice_data, ray_session, monkeypatch):
     assert [r.rows.tolist() for r in dist.rankings] == [r.rows.tolist() for r in local.rankings]
     real = scale._search_chunk
 
+    calls = tmp_path / "calls"
+
     def second_chunk_fails(pipe_dir, ids, texts, k, options=None):
+        with open(calls, "a") as f:  # the workers are other processes: count attempts in a file
+            f.write(ids[0] + "\n")
         if ids[0] != queries.ids[0]:
             raise ValueError("this chunk failed")
         return real(pipe_dir, ids, texts, k, options)
 
     monkeypatch.setattr(scale, "_search_chunk", second_chunk_fails)
-    with pytest.raises(ShardError, match=r"chunk 1 \(queries 6\.\.11\) failed after 3 retries: .*this chunk failed"):
+    with pytest.raises(ShardError, match=r"chunk 1 \(queries 6\.\.11\) failed \(after up to 3 retries of a crashed "
+                                         r"worker or an OS / memory error\): .*this chunk failed"):
         search_distributed(pipe, queries, n_chunks=2)
+    # a deterministic error is not retried: it would fail the same way again
+    assert calls.read_text().split().count(queries.ids[6]) == 1
+    calls.unlink()
+
+    def first_try_hits_the_disk(pipe_dir, ids, texts, k, options=None):
+        with open(calls, "a") as f:
+            f.write(ids[0] + "\n")
+        if calls.read_text().split().count(ids[0]) == 1:
+            raise OSError("the shared disk went away for a moment")
+        return real(pipe_dir, ids, texts, k, options)
+
+    monkeypatch.setattr(scale, "_search_chunk", first_try_hits_the_disk)
+    dist = search_distributed(pipe, queries, n_chunks=2)  # an OS error is retried, and the retry succeeds
+    assert [r.rows.tolist() for r in dist.rankings] == [r.rows.tolist() for r in pipe.search(queries).rankings]
+    assert sorted(calls.read_text().split()) == sorted([queries.ids[0], queries.ids[6]] * 2)
