@@ -350,8 +350,10 @@ def test_save_load(blobs, tmp_path):
         np.testing.assert_array_equal(x.rows, y.rows)
         np.testing.assert_array_equal(x.fields["cluster"], y.fields["cluster"])
     np.save(tmp_path / "op" / "labels.npy", np.full(10, 99, np.int32))
-    with pytest.raises(ArtifactError):
+    with pytest.raises(ArtifactError, match="labels.npy: checksum mismatch"):
         Operator.load(tmp_path / "op")
+    with pytest.raises(ArtifactError):  # the operator's own check of its arrays, without the checksums
+        Operator.load(tmp_path / "op", verify=False)
 
 
 def test_params_and_errors(blobs):

@@ -388,6 +388,7 @@ def test_muvera_loads_a_save_from_before_the_mean_channel(tiny, tmp_path):
     meta = json.loads(meta_path.read_text())
     del meta["config"]["mean_weight"]
     meta_path.write_text(json.dumps(meta))
+    (tmp_path / "mu" / "checksums.json").unlink()  # such a save also predates the folder's checksums
     back = Operator.load(tmp_path / "mu")
     for a, b in zip(back.search(queries).rankings, mu.search(queries).rankings):
         assert a.equals(b)
