@@ -14,6 +14,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Mapping
 
+from ragkit.errors import ArtifactError
+
 __all__ = ["atomic_file", "sha256_file", "folder_checksums", "verify_checksums"]
 
 
@@ -51,17 +53,15 @@ def sha256_file(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def folder_checksums(folder: Path, skip: tuple[str, ...] = ()) -> dict[str, str]:
-    """``{relative path: sha256}`` of every file under ``folder`` but the ``skip`` names (sorted)."""
-    files = sorted(p for p in folder.rglob("*") if p.is_file() and str(p.relative_to(folder)) not in skip)
+def folder_checksums(folder: Path) -> dict[str, str]:
+    """``{relative path: sha256}`` of every file under ``folder``, sorted by path."""
+    files = sorted(p for p in folder.rglob("*") if p.is_file())
     return {str(p.relative_to(folder)): sha256_file(p) for p in files}
 
 
 def verify_checksums(folder: Path, digests: Mapping[str, str]) -> None:
     """Raise :class:`~ragkit.errors.ArtifactError` naming the first file of ``digests`` that is
     missing under ``folder`` or whose bytes changed since the digests were taken."""
-    from ragkit.errors import ArtifactError
-
     for rel, digest in digests.items():
         p = folder / rel
         if not p.is_file():

@@ -531,14 +531,14 @@ class Sharded(Operator):
             self._check_ray_model("sharded.search")  # before Ray starts
             ray = ray_init()
             ctx = ray.get_runtime_context()
-            job = (ctx.get_node_id(), ctx.get_job_id())  # a new cluster has a new node id (job ids restart)
-            if getattr(self, "_actors", None) is not None and getattr(self, "_actors_job", None) != job:
+            session = (ctx.get_node_id(), ctx.get_job_id())  # a new cluster has a new node id (job ids restart)
+            if getattr(self, "_actors", None) is not None and getattr(self, "_actors_session", None) != session:
                 self._actors = None  # made before a ray.shutdown(): those actors are gone with their cluster
             if getattr(self, "_actors", None) is None:
                 actor = ray.remote(max_restarts=self.params.max_retries, max_task_retries=self.params.max_retries)(
                     _ShardActor)
                 self._actors = [actor.remote(f) for f in self.folders_]
-                self._actors_job = job
+                self._actors_session = session
             refs = [a.search.remote(texts, options, rewrites) for a in self._actors]
             results = []
             for s, ref in enumerate(refs):
