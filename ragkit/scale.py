@@ -34,7 +34,7 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Iterable, Literal, Mapping, Sequence
+from typing import Any, Callable, Iterable, Literal, Mapping, Sequence
 
 import numpy as np
 from pydantic import Field
@@ -52,6 +52,22 @@ __all__ = ["ray_init", "ray_encode", "fit_pipeline", "Sharded", "merge_rankings"
 # error (a ragkit DataError, a ValueError) would fail the same way again, so it fails at once.
 _TRANSIENT: tuple[type[BaseException], ...] = (OSError, MemoryError)
 _SEARCH_RETRIES = 3
+
+
+class _Permanent(RuntimeError):
+    """A ragkit error raised inside a Ray task: the same inputs fail the same way, so it is not
+    retried (an :class:`~ragkit.errors.ArtifactError` is also an ``OSError``, which would be);
+    its text is the original's, ``"ArtifactError: ..."``."""
+
+
+def _ragkit_errors_final(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``fn`` for a Ray task whose ragkit errors are raised as :class:`_Permanent` (not retried)."""
+    def task(*args: Any) -> Any:
+        try:
+            return fn(*args)
+        except RagkitError as e:
+            raise _Permanent(f"{type(e).__name__}: {e}") from None
+    return task
 
 
 def _retried(n: int) -> str:
@@ -102,6 +118,8 @@ def _reason(e: BaseException) -> str:
     import re
 
     cause = getattr(e, "cause", None)
+    if isinstance(cause, _Permanent):
+        return str(cause)
     if isinstance(cause, BaseException) and not type(cause).__module__.startswith("ray."):
         return f"{type(cause).__name__}: {cause}"
     return re.sub(r"\x1b\[[0-9;]*m", "", str(e)).strip()
@@ -460,7 +478,8 @@ class Sharded(Operator):
         if self._use_ray():
             self._check_ray_model("sharded.fit")  # before Ray starts
             ray = ray_init()
-            task = ray.remote(max_retries=self.params.max_retries, retry_exceptions=list(_TRANSIENT))(_fit_shard)
+            task = ray.remote(max_retries=self.params.max_retries, retry_exceptions=list(_TRANSIENT))(
+                _ragkit_errors_final(_fit_shard))
             refs = [task.remote(node, sh, f) for sh, f in zip(shards, folders)]
             for s, ref in enumerate(refs):
                 try:
@@ -664,7 +683,8 @@ def search_distributed(pipe: Any, queries: Any, *, n_chunks: int = 4, k: int | N
     spans = [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
     with tempfile.TemporaryDirectory(prefix="ragkit-pipe-") as tmp:
         pipe.save(Path(tmp) / "p")
-        task = ray.remote(max_retries=_SEARCH_RETRIES, retry_exceptions=list(_TRANSIENT))(_search_chunk)
+        task = ray.remote(max_retries=_SEARCH_RETRIES, retry_exceptions=list(_TRANSIENT))(
+            _ragkit_errors_final(_search_chunk))
         refs = [task.remote(str(Path(tmp) / "p"), queries.ids[a:b], queries.texts[a:b], k, options)
                 for a, b in spans]
         chunks = []

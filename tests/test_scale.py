@@ -7,7 +7,7 @@ import pytest
 
 from ragkit import scale
 from ragkit.encoders import DEFAULT_MODEL
-from ragkit.errors import DataError, NotFittedError, ParamError
+from ragkit.errors import ArtifactError, DataError, NotFittedError, ParamError
 from ragkit.pipelines import Pipeline
 from ragkit.retrievers import BM25, Dense
 from ragkit.scale import Sharded, ShardError, merge_rankings, ray_encode, search_distributed
@@ -354,6 +354,19 @@ def test_ray_failures_are_ragkit_errors(slice_data, ray_session, monkeypatch, tm
         if calls.read_text().split().count(ids[0]) == 1:
             raise OSError("the shared disk went away for a moment")
         return real(pipe_dir, ids, texts, k, options)
+
+    artifact_calls = tmp_path / "artifact-calls"  # (a cancelled chunk may still write: its own file)
+
+    def artifact_error(pipe_dir, ids, texts, k, options=None):
+        with open(artifact_calls, "a") as f:
+            f.write(ids[0] + "\n")
+        raise ArtifactError(f"{pipe_dir}: checksum mismatch")
+
+    monkeypatch.setattr(scale, "_search_chunk", artifact_error)
+    with pytest.raises(ShardError, match=r"chunk 0 \(queries 0\.\.5\) failed .*: ArtifactError: .*checksum mismatch"):
+        search_distributed(pipe, queries, n_chunks=2)
+    # a ragkit error is final, even an ArtifactError (an OSError): one attempt per chunk
+    assert artifact_calls.read_text().split().count(queries.ids[0]) == 1
 
     monkeypatch.setattr(scale, "_search_chunk", first_try_hits_the_disk)
     dist = search_distributed(pipe, queries, n_chunks=2)  # an OS error is retried, and the retry succeeds
