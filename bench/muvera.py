@@ -182,7 +182,7 @@ def _select(cfgs: dict, fdes: dict, grid, docs, enc, short: Shortlist, args) -> 
       least ``-args.ndcg_gap``.
 
     Among those, the fastest on the same train queries (query FDEs + FDE inner products + top-c
-    [+ centroid interaction] + exact rerank, best of two), so a larger FDE wins only if its
+    [+ centroid interaction] + exact rerank, best of ``--repeat``), so a larger FDE wins only if its
     fewer candidates pay for it.
     """
     from ragkit import load_beir
@@ -222,7 +222,7 @@ def _select(cfgs: dict, fdes: dict, grid, docs, enc, short: Shortlist, args) -> 
                 rows = short.rows(spec, fde_queries(qd, qt.offsets, cfgs[spec]) @ dfde.T, qd, qt.offsets, c)
                 return chamfer_pairs(qd, qt.offsets, docs.data, docs.offsets, rows)
 
-            ms[spec] = (c, 1000 * best_of(run, 2)[0] / len(train))
+            ms[spec] = (c, 1000 * best_of(run, args.repeat)[0] / len(train))
             break
     if ms:
         spec = min(ms, key=lambda s_: ms[s_][1])
