@@ -33,7 +33,9 @@ from ragkit.errors import RagkitError
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="markdown",
                   help="ragkit: retrieval operators that compose.")
 console = Console()
-err_console = Console(stderr=True)
+# errors and notes are never hard-wrapped: a path or a YAML location in them stays on one line,
+# whatever the terminal width (or 80 columns when piped), so it can be copied and grepped
+err_console = Console(stderr=True, soft_wrap=True)
 
 
 class _NoteHandler(logging.Handler):
@@ -238,7 +240,7 @@ def eval_cmd(
     if deeper:
         console.print(f"[yellow]note:[/] the pipeline returned at most {depth} documents per query, so the "
                       f"@{', @'.join(map(str, deeper))} metrics count only those; give its last steps a larger k "
-                      "(e.g. bm25: {k: 100}) to measure that depth")
+                      "(e.g. bm25: {k: 100}) to measure that depth", soft_wrap=True)
     qps = len(queries) / max(run.seconds or 1e-9, 1e-9)
     rate = f"{qps:,.0f}" if qps >= 10 else f"{qps:.2g}"  # a few slow queries: not "0 q/s"
     console.print(
@@ -293,7 +295,8 @@ def _want_report(report: Optional[bool], n: int, split: str) -> bool:
     if report:
         raise RagkitError(f"--report: {why}; pass --no-report, or use a split with more judged queries")
     if report is None:
-        console.print(f"[yellow]held-out report skipped:[/] {escape(str(why))} (--no-report silences this note)")
+        console.print(f"[yellow]held-out report skipped:[/] {escape(str(why))} (--no-report silences this note)",
+                      soft_wrap=True)
     return False
 
 
@@ -513,7 +516,7 @@ def validate_cmd(path: Path = typer.Argument(..., help="Pipeline YAML file, or a
     for m in sorted(m for m in models if isinstance(m, str)):
         note = model_note(m)
         if note:
-            console.print(Text(f"note: {note}", style="yellow"))
+            console.print(Text(f"note: {note}", style="yellow"), soft_wrap=True)
 
 
 def main() -> None:  # pragma: no cover
