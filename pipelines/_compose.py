@@ -661,16 +661,33 @@ class Route(Composite):
     def children(self) -> list[Operator]:
         return [self.router, *self.branches.values(), *([self.default] if self.default is not None else [])]
 
+    @property
+    def wants_upstream(self) -> bool:  # type: ignore[override]
+        """Routing the training queries (for the branches that learn) needs what the steps before
+        the route made of them: a ``score_router`` reads their rankings."""
+        return any(getattr(leaf, "needs_train", False) for leaf in iter_leaves(self))
+
     def fit(self, corpus: Corpus, train: TrainSet | None = None, *, upstream: State | None = None,
             _seen: set[int] | None = None) -> "Route":
         """Fit the router and every branch; a learning router then learns from the branches' results.
 
-        With ``train``, a router with ``learn_routes`` (``score_router(learn=true)``) gets each
-        branch's per-query nDCG@10 on the training queries that reach the route (``upstream``:
-        the preceding steps' output), and chooses its threshold from them.
+        With ``train`` and a router that does not learn, a branch whose operators learn (a
+        learned fuser, the Cosine Adapter, a fine-tuned encoder: ``needs_train``) learns from
+        the training queries the router sends it, the ones it will serve, not from all of
+        them; branches that share a learning operator learn from the union of theirs.  A
+        learning branch that the router sends no judged training query is a
+        :class:`DataError` naming it.  With a router that learns (``learn_routes``,
+        ``score_router(learn=true)``), the routing is not known before the branches are
+        fitted: every branch learns from all the training queries that reach the route, then
+        the router gets each branch's per-query nDCG@10 on them (``upstream``: the preceding
+        steps' output) and chooses its threshold from them.
         """
-        super().fit(corpus, train, upstream=upstream, _seen=_seen)
-        if train is not None and self.router.needs_train and hasattr(self.router, "learn_routes"):
+        learning_router = train is not None and self.router.needs_train and hasattr(self.router, "learn_routes")
+        if train is None or learning_router or not self.wants_upstream:
+            super().fit(corpus, train, upstream=upstream, _seen=_seen)
+        else:
+            self._fit_routed(corpus, train, upstream, _seen)
+        if learning_router:
             from ragkit.eval.metrics import per_query_ndcg
 
             state = _judged_start(train, upstream, f"learning {self.router.name}'s threshold")
@@ -678,6 +695,57 @@ class Route(Composite):
                      for label in (self.router.params.above, self.router.params.below)}
             self.router.learn_routes(state, gains)
         return self
+
+    def _fit_routed(self, corpus: Corpus, train: TrainSet, upstream: State | None, _seen: set[int] | None) -> None:
+        """Fit the router, route the training queries, and fit each branch on the queries it gets."""
+        if _seen is None:
+            check_trainable(self, train)
+        seen = set() if _seen is None else _seen
+        fit_once(self.router, corpus, train, seen, upstream)
+        start = upstream.copy() if upstream is not None else State.of(train.queries)
+        labelled = run_step(self.router, start, "route.router")
+        labels = [str(x) for x in labelled.values.get("label", [])]
+        if len(labels) != len(start):
+            raise ParamError(f"route.router: router {self.router.name!r} did not write one label per query "
+                             f"into state.values['label']")
+        # branch objects in children order, with their paths and the training queries each serves
+        branches: dict[int, tuple[Operator, str, list[int]]] = {}
+        for label in self.branches:
+            op, where = self._branch_for(label, "route")
+            branches.setdefault(id(op), (op, where, []))
+        if self.default is not None:
+            branches.setdefault(id(self.default), (self.default, "route.default", []))
+        for i, label in enumerate(labels):
+            op, where = self._branch_for(label, "route")
+            branches[id(op)][2].append(i)
+        # branches sharing a learning operator train it together, on the union of their queries
+        learners = {id(b): {id(x) for x in iter_leaves(b) if getattr(x, "needs_train", False)}
+                    for b, _, _ in branches.values()}
+        group = {key: key for key in branches}
+        for a in branches:
+            for b in branches:
+                if a < b and learners[a] & learners[b]:
+                    ga, gb = group[a], group[b]
+                    group = {k: (ga if g == gb else g) for k, g in group.items()}
+        pos = {q: i for i, q in enumerate(train.queries.ids)}
+        plan: list[tuple[Operator, TrainSet, State | None]] = []  # every branch checked before any is fitted
+        for key, (op, where, _) in branches.items():
+            if not learners[key]:
+                plan.append((op, train, upstream))
+                continue
+            idx = sorted(i for k, (_, _, rows) in branches.items() if group[k] == group[key] for i in rows)
+            ids = [start.query_ids[i] for i in idx]
+            qrels = {q: train.qrels[q] for q in ids if q in train.qrels}
+            if not any(any(v > 0 for v in rel.values()) for rel in qrels.values()):
+                names = sorted({x.name for x in iter_leaves(op) if getattr(x, "needs_train", False)})
+                raise DataError(
+                    f"{where}: the router {self.router.name!r} sends {len(idx)} of the {len(start)} training queries "
+                    f"here, none with a positive judgement, and {', '.join(names)} in this branch learn from the "
+                    f"training queries it serves; route more judged queries here or drop learning from the branch")
+            sub = TrainSet(train.queries[[pos[q] for q in ids]], qrels)
+            plan.append((op, sub, labelled.subset(idx) if upstream is not None else None))
+        for op, sub, up in plan:
+            fit_once(op, corpus, sub, seen, up)
 
     def _branch_for(self, label: str, here: str) -> tuple[Operator, str]:
         """The branch that runs queries labelled ``label``, and its path: its own, else the default."""

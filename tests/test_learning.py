@@ -8,6 +8,8 @@ from typer.testing import CliRunner
 
 from ragkit.cli import app
 from ragkit.eval import write_beir
+from ragkit.operator import Operator
+from ragkit.params import Params
 from ragkit.pipelines import Pipeline
 from ragkit.pipelines.weights import simplex_grid
 
@@ -284,3 +286,88 @@ def test_examples_refuse_to_evaluate_the_split_they_learn_from():
     out = subprocess.run([sys.executable, str(repo / "examples" / "learned.py"), "--split", "train", "--limit", "2"],
                          capture_output=True, text=True, timeout=300, cwd=repo)
     assert out.returncode != 0 and "training on the evaluated queries is refused" in out.stderr
+
+
+# ------------------------------------------------------------------ learning inside a route's branches
+class _SpyParams(Params):
+    pass
+
+
+class _TrainSpy(Operator):
+    """A filter that learns nothing but records the training queries (and the upstream) its fit saw."""
+
+    name = "train_spy"
+    kind = "filter"
+    Params = _SpyParams
+    needs_train = True
+    wants_upstream = True
+
+    def _fit(self, corpus, train, upstream):
+        self.seen_ = list(train.queries.ids)
+        self.qrels_ = sorted(train.qrels)
+        self.upstream_ = None if upstream is None else list(upstream.query_ids)
+        self.had_rankings_ = upstream is not None and upstream.rankings is not None
+
+    def _call(self, state):
+        return state
+
+
+def _short_route(short, long, *, learn_router: bool = False):
+    from ragkit.pipelines import Route, RuleRouter, ScoreRouter
+    from ragkit.retrievers import BM25
+
+    router = (ScoreRouter(feature="top1", learn=True, above="short", below="long") if learn_router
+              else RuleRouter(rules=[{"label": "short", "max_words": 9}], default="long"))
+    return Pipeline([BM25(k=20), Route(router, {"short": short, "long": long})])
+
+
+def _labels(pipe, train):
+    from ragkit.types import State
+
+    route = pipe.steps[1]
+    return [str(x) for x in route.router(pipe.steps[0](State.of(train.queries))).values["label"]]
+
+
+def test_a_route_branch_learns_from_the_training_queries_the_router_sends_it(slice_data):
+    from ragkit.retrievers import BM25
+
+    corpus, queries, _, train = slice_data
+    a, b = _TrainSpy(), _TrainSpy()
+    pipe = _short_route([BM25(k=10), a], [BM25(k=10), b]).fit(corpus, train)
+    labels = _labels(pipe, train)
+    short = [q for q, lab in zip(train.queries.ids, labels) if lab == "short"]
+    long = [q for q, lab in zip(train.queries.ids, labels) if lab == "long"]
+    assert short and long                                   # the slice's claims route both ways
+    assert a.seen_ == short and a.qrels_ == sorted(short) and a.upstream_ == short and a.had_rankings_
+    assert b.seen_ == long and b.qrels_ == sorted(long) and b.upstream_ == long
+    # a learning operator shared by both branches learns from the union: every training query
+    shared = _TrainSpy()
+    _short_route([BM25(k=10), shared], [shared]).fit(corpus, train)
+    assert sorted(shared.seen_) == sorted(train.queries.ids)
+    # a learning router: the routing is learned from the branches, so they learn from all queries
+    c = _TrainSpy()
+    _short_route([c], [BM25(k=5)], learn_router=True).fit(corpus, train)
+    assert c.seen_ == list(train.queries.ids)
+    # a real learned fuser in one branch fits on its queries and searches
+    from ragkit.pipelines import RRF, Parallel
+
+    hyb = Parallel([BM25(k=30), BM25(k=30, k1=1.5)], fuse=RRF(learn=True))
+    pipe = _short_route([hyb], [BM25(k=10)]).fit(corpus, train)
+    assert hyb.fuse.is_fitted and len(pipe.search(queries, k=5).rankings) == len(queries)
+
+
+def test_a_learning_branch_the_router_sends_no_judged_query_is_refused_by_name(slice_data):
+    from ragkit.errors import DataError
+    from ragkit.retrievers import BM25
+    from ragkit.types import TrainSet
+
+    corpus, _, _, train = slice_data
+    labels = _labels(_short_route([], [BM25(k=5)]).fit(corpus), train)
+    judged_short_only = {q: (train.qrels[q] if lab == "short" else {}) for q, lab in zip(train.queries.ids, labels)}
+    spy, first = _TrainSpy(), BM25(k=5)
+    with pytest.raises(DataError, match=r"route\.branches\.long: the router 'rule_router' sends \d+ of the 40 "
+                                        r"training queries here, none with a positive judgement, and train_spy"):
+        _short_route([first, _TrainSpy()], [BM25(k=5), spy]).fit(corpus, TrainSet(train.queries, judged_short_only))
+    assert not first.is_fitted and not spy.is_fitted          # refused before any branch was fitted
+    # a branch that learns nothing does not care which queries it gets
+    _short_route([BM25(k=5), _TrainSpy()], [BM25(k=5)]).fit(corpus, TrainSet(train.queries, judged_short_only))
