@@ -703,11 +703,7 @@ class Route(Composite):
         seen = set() if _seen is None else _seen
         fit_once(self.router, corpus, train, seen, upstream)
         start = upstream.copy() if upstream is not None else State.of(train.queries)
-        labelled = run_step(self.router, start, "route.router")
-        labels = [str(x) for x in labelled.values.get("label", [])]
-        if len(labels) != len(start):
-            raise ParamError(f"route.router: router {self.router.name!r} did not write one label per query "
-                             f"into state.values['label']")
+        labelled, labels = self._route(start, "route")
         # branch objects in children order, with their paths and the training queries each serves
         branches: dict[int, tuple[Operator, str, list[int]]] = {}
         for label in self.branches:
@@ -747,6 +743,14 @@ class Route(Composite):
         for op, sub, up in plan:
             fit_once(op, corpus, sub, seen, up)
 
+    def _route(self, state: State, here: str) -> tuple[State, list[str]]:
+        """The router's output on ``state`` and its label for each query (as strings)."""
+        labelled = run_step(self.router, state, f"{here}.router")
+        if "label" not in labelled.values or len(labelled.values["label"]) != len(state):
+            raise ParamError(f"{here}.router: router {self.router.name!r} did not write one label per query "
+                             f"into state.values['label']")
+        return labelled, [str(x) for x in labelled.values["label"]]
+
     def _branch_for(self, label: str, here: str) -> tuple[Operator, str]:
         """The branch that runs queries labelled ``label``, and its path: its own, else the default."""
         if label in self.branches:
@@ -760,11 +764,7 @@ class Route(Composite):
 
     def _call(self, state: State, path: str = "") -> State:
         here = f"{path}.route" if path else "route"
-        labelled = run_step(self.router, state, f"{here}.router")
-        if "label" not in labelled.values or len(labelled.values["label"]) != len(state):
-            raise ParamError(f"{here}.router: router {self.router.name!r} did not write one label per query "
-                             f"into state.values['label']")
-        labels = [str(x) for x in labelled.values["label"]]
+        labelled, labels = self._route(state, here)
         groups: dict[str, list[int]] = {}
         for i, lab in enumerate(labels):
             groups.setdefault(lab, []).append(i)
