@@ -240,6 +240,11 @@ def iter_leaves(op: Operator) -> Iterable[Operator]:
             yield node
 
 
+def _learning_leaves(op: Operator) -> list[Operator]:
+    """The leaves of ``op`` that learn from judged training queries (``needs_train``)."""
+    return [leaf for leaf in iter_leaves(op) if getattr(leaf, "needs_train", False)]
+
+
 class Pipeline(Composite):
     """A linear sequence of operators; the root of every pipeline.
 
@@ -665,7 +670,7 @@ class Route(Composite):
     def wants_upstream(self) -> bool:  # type: ignore[override]
         """Routing the training queries (for the branches that learn) needs what the steps before
         the route made of them: a ``score_router`` reads their rankings."""
-        return any(getattr(leaf, "needs_train", False) for leaf in iter_leaves(self))
+        return bool(_learning_leaves(self))
 
     def fit(self, corpus: Corpus, train: TrainSet | None = None, *, upstream: State | None = None,
             _seen: set[int] | None = None) -> "Route":
@@ -715,8 +720,7 @@ class Route(Composite):
             op, where = self._branch_for(label, "route")
             branches[id(op)][2].append(i)
         # branches sharing a learning operator train it together, on the union of their queries
-        learners = {id(b): {id(x) for x in iter_leaves(b) if getattr(x, "needs_train", False)}
-                    for b, _, _ in branches.values()}
+        learners = {id(b): {id(x) for x in _learning_leaves(b)} for b, _, _ in branches.values()}
         group = {key: key for key in branches}
         for a in branches:
             for b in branches:
@@ -733,7 +737,7 @@ class Route(Composite):
             ids = [start.query_ids[i] for i in idx]
             qrels = {q: train.qrels[q] for q in ids if q in train.qrels}
             if not any(any(v > 0 for v in rel.values()) for rel in qrels.values()):
-                names = sorted({x.name for x in iter_leaves(op) if getattr(x, "needs_train", False)})
+                names = sorted({x.name for x in _learning_leaves(op)})
                 raise DataError(
                     f"{where}: the router {self.router.name!r} sends {len(idx)} of the {len(start)} training queries "
                     f"here, none with a positive judgement, and {', '.join(names)} in this branch learn from the "
