@@ -130,7 +130,7 @@ def build_codes(data: np.ndarray, offsets: np.ndarray, n_centroids: int, seed: i
 
 def centroid_pairs(q_data: np.ndarray, q_off: np.ndarray, centroids: np.ndarray, code_data: np.ndarray,
                    code_off: np.ndarray, rows: np.ndarray, q_weights: np.ndarray | None = None,
-                   chunk_elems: int = 16_000_000) -> np.ndarray:
+                   chunk_elems: int = 4_000_000) -> np.ndarray:
     """Centroid-interaction scores of query ``i`` against documents ``rows[i, j]``: ``(n_q, k)`` float32.
 
     ``q_data`` ``(query tokens, d)`` with ragged ``q_off``; ``centroids`` ``(C, d)``;
@@ -141,10 +141,15 @@ def centroid_pairs(q_data: np.ndarray, q_off: np.ndarray, centroids: np.ndarray,
     Batched over chunks of queries of similar length (sorted; no loop over queries or
     documents).  Per chunk of ``n`` queries padded to ``T`` tokens (zero rows: they score 0
     against every centroid and add 0), one GEMM writes the score table ``C @ Q^T`` as
-    ``(C * n, T)`` rows, row ``code * n + query``; every (pair, code) gathers one row
-    (``index_select``), the pair's codes are padded to the chunk's largest set with copies of
-    its own first code (the max is unchanged) and reduced with halving elementwise maxima, then
-    summed over ``T``.  Everything runs in one float32 scratch allocated once.
+    ``(C * n, T)`` rows, row ``code * n + query``.  The chunk's pairs, sorted by code count
+    (largest first), are reduced position by position: code ``j`` of every pair that has more
+    than ``j`` codes gathers its row (``index_select``) into a ``(pairs, T)`` buffer and is folded
+    into the running maximum, then the maxima are summed over ``T``.  No padding of code sets,
+    and with the default ``chunk_elems`` (16 MB of float32) the table the gathers read and the
+    running maximum stay in cache: on SciFact (300 queries x 300 candidates, 4,096 centroids) this
+    is 1.6-1.8x faster than gathering every pair's padded set of a 64 MB chunk at once, then
+    halving it.  The table's GEMM is numpy's (OpenBLAS): MKL's ran ~30% slower on this AMD
+    machine.  Everything runs in one float32 scratch allocated once.
     """
     import torch
 
@@ -166,26 +171,23 @@ def centroid_pairs(q_data: np.ndarray, q_off: np.ndarray, centroids: np.ndarray,
     if q_weights is not None:
         q = q * np.asarray(q_weights, np.float32)[:, None]                       # w <c, q> = <c, w q>
     q_len = np.diff(q_off)
-    width = per_pair.max(1)                                                   # largest code set per query
     pairs = ok.sum(1)
     order = np.argsort(q_len, kind="stable")                                  # similar lengths share a chunk
     chunks, need, lo = [], 0, 0
     while lo < nq:                                                            # chunk bounds, then one scratch
-        hi, t, w, p = lo, 1, 1, 0
+        hi, t, p = lo, 1, 0
         while hi < nq:
-            i = order[hi]
-            t2, w2, p2 = max(t, int(q_len[i])), max(w, int(width[i])), p + int(pairs[i])
-            size = (hi + 1 - lo) * t2 * (n_c + dim) + p2 * w2 * t2
-            if hi > lo and size > chunk_elems:
+            t2, p2 = max(t, int(q_len[order[hi]])), p + int(pairs[order[hi]])
+            if hi > lo and (hi + 1 - lo) * t2 * (n_c + dim) + 2 * p2 * t2 > chunk_elems:
                 break
-            t, w, p, hi = t2, w2, p2, hi + 1
-        chunks.append((lo, hi, t, w, p))
-        need = max(need, (hi - lo) * t * (n_c + dim) + p * w * t)
+            t, p, hi = t2, p2, hi + 1
+        chunks.append((lo, hi, t))
+        need = max(need, (hi - lo) * t * (n_c + dim) + 2 * p * t)
         lo = hi
     scratch = torch.empty(need, dtype=torch.float32)
-    cent = torch.from_numpy(np.ascontiguousarray(centroids, np.float32))
+    cent = np.ascontiguousarray(centroids, np.float32)
     qt = torch.from_numpy(q)
-    for lo, hi, t, w, p in chunks:
+    for lo, hi, t in chunks:
         sel = order[lo:hi]
         n = hi - lo
         lens = q_len[sel]
@@ -196,21 +198,25 @@ def centroid_pairs(q_data: np.ndarray, q_off: np.ndarray, centroids: np.ndarray,
         slot = np.repeat(np.arange(n) * t, lens) + within                              # row in qpad
         qpad[torch.from_numpy(slot)] = qt[torch.from_numpy(tok)]
         table = scratch[n * t * dim:n * t * (dim + n_c)].view(n_c, n * t)
-        torch.mm(cent, qpad.T, out=table)                                     # (C, n * T)
+        np.matmul(cent, qpad.numpy().T, out=table.numpy())                   # (C, n * T), OpenBLAS
         table = table.view(n_c * n, t)                                        # row = code * n + query
-        r = rows[sel]
         pi, pj = np.nonzero(ok[sel])
-        docs = r[pi, pj]
+        docs = rows[sel][pi, pj]
         cnt = n_codes[docs]
-        pos = code_off[docs][:, None] + np.minimum(np.arange(w), cnt[:, None] - 1)
-        look = np.asarray(code_data[pos], np.int64) * n + pi[:, None]
-        g = scratch[n * t * (dim + n_c):n * t * (dim + n_c) + p * w * t].view(p * w, t)
-        torch.index_select(table, 0, torch.from_numpy(look.reshape(-1)), out=g)
-        g = g.view(p, w, t)
-        m = w
-        while m > 1:                                                          # halving maxima, in place
-            h = m // 2
-            torch.maximum(g[:, :h], g[:, m - h:m], out=g[:, :h])
-            m -= h
-        out[sel[pi], pj] = g[:, 0].sum(1).numpy()
+        by = np.argsort(-cnt, kind="stable")                                  # pairs by code count, largest first
+        pi, pj, docs, cnt = pi[by], pj[by], docs[by], cnt[by]
+        m = len(docs)
+        alive = np.searchsorted(-cnt, -np.arange(int(cnt[0])), side="left")   # pairs with more than j codes
+        start = np.zeros(len(alive) + 1, np.int64)
+        np.cumsum(alive, out=start[1:])
+        pair = np.arange(start[-1]) - np.repeat(start[:-1], alive)            # position-major: code j of pair
+        look = np.asarray(code_data[code_off[docs][pair] + np.repeat(np.arange(len(alive)), alive)], np.int64)
+        look = torch.from_numpy(look * n + pi[pair])                          # table row of each (pair, code)
+        rest = scratch[n * t * (dim + n_c):]
+        acc, buf = rest[:m * t].view(m, t), rest[m * t:2 * m * t].view(m, t)
+        torch.index_select(table, 0, look[:m], out=acc)
+        for j, a in enumerate(alive[1:].tolist(), start=1):                   # code positions, not pairs
+            torch.index_select(table, 0, look[start[j]:start[j + 1]], out=buf[:a])
+            torch.maximum(acc[:a], buf[:a], out=acc[:a])
+        out[sel[pi], pj] = acc.sum(1).numpy()
     return out

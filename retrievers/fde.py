@@ -427,7 +427,7 @@ def chamfer_pairs(q_data: np.ndarray, q_off: np.ndarray, d_data: np.ndarray, d_o
         qs = scratch[:n_c * T * dim].view(n_c, T, dim)
         dpad = scratch[n_c * T * dim:n_c * (T + L) * dim].view(n_c, L, dim)
         sim = scratch[n_c * (T + L) * dim:n_c * ((T + L) * dim + T * L)].view(n_c, T, L)
-        if len(d16):  # pad each document with its own first token: the max is unchanged, no mask needed
+        if len(d16):  # pad each document with its own last token: the max is unchanged, no mask needed
             di = d_off[docs_c, None] + np.minimum(np.arange(L), np.maximum(lens_c[:, None] - 1, 0))
             _f32_into(dpad.view(n_c * L, dim), d16[np.minimum(di, len(d16) - 1).reshape(-1)])
         else:
