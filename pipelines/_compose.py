@@ -129,23 +129,34 @@ class Composite(Operator):
         for leaf in iter_leaves(self):
             leaf._check_fitted()
 
+    def child_paths(self, path: str) -> list[tuple[Operator, str]]:
+        """Every child with its path, this composite being at ``path`` (``"pipeline[1]"``): the paths
+        the YAML builder, the trace and the errors of search and fit use."""
+        return [(c, path) for c in self.children()]
+
     def fit(self, corpus: Corpus, train: TrainSet | None = None, *, upstream: State | None = None,
-            _seen: set[int] | None = None) -> "Composite":
+            _seen: set[int] | None = None, _path: str = "") -> "Composite":
         if _seen is None:  # fitted on its own: a refused refit changes nothing (see check_trainable)
             check_trainable(self, train)
         seen = set() if _seen is None else _seen
-        for child in self.children():
-            fit_once(child, corpus, train, seen, upstream)
+        for child, where in self.child_paths(_path):
+            fit_once(child, corpus, train, seen, upstream, where)
         return self
 
 
-def fit_once(op: Operator, corpus: Corpus, train: TrainSet | None, seen: set[int], upstream: State | None) -> None:
-    """Fit ``op`` unless this pipeline already fitted the same object."""
+def _at(path: str, kind: str) -> str:
+    """``path.kind``, or ``kind`` for a composite searched or fitted on its own (no path)."""
+    return f"{path}.{kind}" if path else kind
+
+
+def fit_once(op: Operator, corpus: Corpus, train: TrainSet | None, seen: set[int], upstream: State | None,
+             path: str = "") -> None:
+    """Fit ``op`` (at ``path`` in the tree, for errors) unless this pipeline already fitted the same object."""
     if id(op) in seen:
         return
     seen.add(id(op))
     if isinstance(op, Composite):
-        op.fit(corpus, train, upstream=upstream, _seen=seen)
+        op.fit(corpus, train, upstream=upstream, _seen=seen, _path=path)
     else:
         op.fit(corpus, train, upstream=upstream if op.wants_upstream else None)
 
@@ -274,6 +285,9 @@ class Pipeline(Composite):
     def children(self) -> list[Operator]:
         return list(self.steps)
 
+    def child_paths(self, path: str) -> list[tuple[Operator, str]]:
+        return [(s, f"{path}[{i}]") for i, s in enumerate(self.steps)]
+
     def __or__(self, other: Operator) -> "Pipeline":
         if not isinstance(other, Operator):
             return NotImplemented
@@ -287,7 +301,7 @@ class Pipeline(Composite):
 
     # ------------------------------------------------------------------ fit
     def fit(self, corpus: Corpus, train: TrainSet | None = None, *, upstream: State | None = None,
-            _seen: set[int] | None = None, backend: str = "local") -> "Pipeline":
+            _seen: set[int] | None = None, backend: str = "local", _path: str = "pipeline") -> "Pipeline":
         """Fit every operator once, in order.
 
         Operators that learn from the training split read ``train``; those with
@@ -303,11 +317,11 @@ class Pipeline(Composite):
             check_trainable(self, train)
         seen = set() if _seen is None else _seen
         state_cache: dict[int, State] = {}
-        for i, step in enumerate(self.steps):
+        for i, (step, where) in enumerate(self.child_paths(_path or "pipeline")):
             up = upstream
             if train is not None and _wants_upstream(step):
                 up = self._upstream(i, train, upstream, state_cache)
-            fit_once(step, corpus, train, seen, up)
+            fit_once(step, corpus, train, seen, up, where)
         if _seen is None:
             self.corpus_ = corpus
         return self
@@ -549,6 +563,10 @@ class Parallel(Composite):
     def children(self) -> list[Operator]:
         return [*self.branches, self.fuse]
 
+    def child_paths(self, path: str) -> list[tuple[Operator, str]]:
+        here = _at(path, "parallel")
+        return [*((b, f"{here}.branches[{i}]") for i, b in enumerate(self.branches)), (self.fuse, f"{here}.fuse")]
+
     def __add__(self, other: Operator) -> "Parallel":
         if not isinstance(other, Operator):
             return NotImplemented
@@ -560,12 +578,12 @@ class Parallel(Composite):
                         names=unique_names(extra, taken=self.names, wanted=extra_names))
 
     def fit(self, corpus: Corpus, train: TrainSet | None = None, *, upstream: State | None = None,
-            _seen: set[int] | None = None) -> "Parallel":
+            _seen: set[int] | None = None, _path: str = "") -> "Parallel":
         if _seen is None:  # fitted on its own: a refused refit changes nothing (see check_trainable)
             check_trainable(self, train)
         seen = set() if _seen is None else _seen
-        for b in self.branches:
-            fit_once(b, corpus, train, seen, upstream)
+        for b, where in self.child_paths(_path)[:-1]:
+            fit_once(b, corpus, train, seen, upstream, where)
         if id(self.fuse) not in seen:
             seen.add(id(self.fuse))
             up = None
@@ -666,6 +684,11 @@ class Route(Composite):
     def children(self) -> list[Operator]:
         return [self.router, *self.branches.values(), *([self.default] if self.default is not None else [])]
 
+    def child_paths(self, path: str) -> list[tuple[Operator, str]]:
+        here = _at(path, "route")
+        return [(self.router, f"{here}.router"), *((b, f"{here}.branches.{k}") for k, b in self.branches.items()),
+                *([(self.default, f"{here}.default")] if self.default is not None else [])]
+
     @property
     def wants_upstream(self) -> bool:  # type: ignore[override]
         """Routing the training queries (for the branches that learn) needs what the steps before
@@ -673,7 +696,7 @@ class Route(Composite):
         return bool(_learning_leaves(self))
 
     def fit(self, corpus: Corpus, train: TrainSet | None = None, *, upstream: State | None = None,
-            _seen: set[int] | None = None) -> "Route":
+            _seen: set[int] | None = None, _path: str = "") -> "Route":
         """Fit the router and every branch; a learning router then learns from the branches' results.
 
         With ``train`` and a router that does not learn, a branch whose operators learn (a
@@ -689,9 +712,9 @@ class Route(Composite):
         """
         learning_router = train is not None and self.router.needs_train and hasattr(self.router, "learn_routes")
         if train is None or learning_router or not self.wants_upstream:
-            super().fit(corpus, train, upstream=upstream, _seen=_seen)
+            super().fit(corpus, train, upstream=upstream, _seen=_seen, _path=_path)
         else:
-            self._fit_routed(corpus, train, upstream, _seen)
+            self._fit_routed(corpus, train, upstream, _seen, _at(_path, "route"))
         if learning_router:
             from ragkit.eval.metrics import per_query_ndcg
 
@@ -701,23 +724,25 @@ class Route(Composite):
             self.router.learn_routes(state, gains)
         return self
 
-    def _fit_routed(self, corpus: Corpus, train: TrainSet, upstream: State | None, _seen: set[int] | None) -> None:
-        """Fit the router, route the training queries, and fit each branch on the queries it gets."""
+    def _fit_routed(self, corpus: Corpus, train: TrainSet, upstream: State | None, _seen: set[int] | None,
+                    here: str) -> None:
+        """Fit the router, route the training queries, and fit each branch on the queries it gets
+        (``here``: the route's path, ``pipeline[1].route``, for errors)."""
         if _seen is None:
             check_trainable(self, train)
         seen = set() if _seen is None else _seen
-        fit_once(self.router, corpus, train, seen, upstream)
+        fit_once(self.router, corpus, train, seen, upstream, f"{here}.router")
         start = upstream.copy() if upstream is not None else State.of(train.queries)
-        labelled, labels = self._route(start, "route")
+        labelled, labels = self._route(start, here)
         # branch objects in children order, with their paths and the training queries each serves
         branches: dict[int, tuple[Operator, str, list[int]]] = {}
         for label in self.branches:
-            op, where = self._branch_for(label, "route")
+            op, where = self._branch_for(label, here)
             branches.setdefault(id(op), (op, where, []))
         if self.default is not None:
-            branches.setdefault(id(self.default), (self.default, "route.default", []))
+            branches.setdefault(id(self.default), (self.default, f"{here}.default", []))
         for i, label in enumerate(labels):
-            op, where = self._branch_for(label, "route")
+            op, where = self._branch_for(label, here)
             branches[id(op)][2].append(i)
         # branches sharing a learning operator train it together, on the union of their queries
         learners = {id(b): {id(x) for x in _learning_leaves(b)} for b, _, _ in branches.values()}
@@ -728,10 +753,10 @@ class Route(Composite):
                     ga, gb = group[a], group[b]
                     group = {k: (ga if g == gb else g) for k, g in group.items()}
         pos = {q: i for i, q in enumerate(train.queries.ids)}
-        plan: list[tuple[Operator, TrainSet, State | None]] = []  # every branch checked before any is fitted
+        plan: list[tuple[Operator, TrainSet, State | None, str]] = []  # every branch checked before any is fitted
         for key, (op, where, _) in branches.items():
             if not learners[key]:
-                plan.append((op, train, upstream))
+                plan.append((op, train, upstream, where))
                 continue
             idx = sorted(i for k, (_, _, rows) in branches.items() if group[k] == group[key] for i in rows)
             ids = [start.query_ids[i] for i in idx]
@@ -743,9 +768,9 @@ class Route(Composite):
                     f"here, none with a positive judgement, and {', '.join(names)} in this branch learn from the "
                     f"training queries it serves; route more judged queries here or drop learning from the branch")
             sub = TrainSet(train.queries[[pos[q] for q in ids]], qrels)
-            plan.append((op, sub, labelled.subset(idx) if upstream is not None else None))
-        for op, sub, up in plan:
-            fit_once(op, corpus, sub, seen, up)
+            plan.append((op, sub, labelled.subset(idx) if upstream is not None else None, where))
+        for op, sub, up, where in plan:
+            fit_once(op, corpus, sub, seen, up, where)
 
     def _route(self, state: State, here: str) -> tuple[State, list[str]]:
         """The router's output on ``state`` and its label for each query (as strings)."""
@@ -813,8 +838,12 @@ class Loop(Composite):
     def children(self) -> list[Operator]:
         return [self.body, self.until]
 
+    def child_paths(self, path: str) -> list[tuple[Operator, str]]:
+        here = _at(path, "loop")
+        return [(self.body, f"{here}.body"), (self.until, f"{here}.until")]
+
     def fit(self, corpus: Corpus, train: TrainSet | None = None, *, upstream: State | None = None,
-            _seen: set[int] | None = None) -> "Loop":
+            _seen: set[int] | None = None, _path: str = "") -> "Loop":
         """Fit the body and the judge; a learning judge then learns when to stop.
 
         With ``train``, a judge with ``learn_stopping`` (``score_reached(learn=true)``) gets,
@@ -822,7 +851,7 @@ class Loop(Composite):
         nDCG@10 after that many body runs (the body run on all of them each time, as the
         loop would for the queries still active), and chooses its threshold from them.
         """
-        super().fit(corpus, train, upstream=upstream, _seen=_seen)
+        super().fit(corpus, train, upstream=upstream, _seen=_seen, _path=_path)
         if train is not None and self.until.needs_train and hasattr(self.until, "learn_stopping"):
             from ragkit.eval.metrics import per_query_ndcg
 

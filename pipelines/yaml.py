@@ -41,6 +41,7 @@ from ragkit.errors import ConfigError, ParamError
 from ragkit.operator import Operator
 from ragkit.params import validate_params
 from ragkit.pipelines._compose import (
+    Composite,
     Loop,
     Parallel,
     Pipeline,
@@ -547,23 +548,11 @@ def dump_yaml(pipe: Pipeline) -> str:
 
 
 def walk_leaves(op: Operator, path: str = "pipeline") -> Iterator[tuple[str, Operator]]:
-    """``(path, leaf)`` for every leaf, with the same paths the YAML builder uses."""
-    if isinstance(op, Pipeline):
-        for i, s in enumerate(op.steps):
-            yield from walk_leaves(s, f"{path}[{i}]")
-    elif isinstance(op, Parallel):
-        for i, b in enumerate(op.branches):
-            yield from walk_leaves(b, f"{path}.parallel.branches[{i}]")
-        yield from walk_leaves(op.fuse, f"{path}.parallel.fuse")
-    elif isinstance(op, Route):
-        yield from walk_leaves(op.router, f"{path}.route.router")
-        for k, b in op.branches.items():
-            yield from walk_leaves(b, f"{path}.route.branches.{k}")
-        if op.default is not None:
-            yield from walk_leaves(op.default, f"{path}.route.default")
-    elif isinstance(op, Loop):
-        yield from walk_leaves(op.body, f"{path}.loop.body")
-        yield from walk_leaves(op.until, f"{path}.loop.until")
+    """``(path, leaf)`` for every leaf, with the same paths the YAML builder uses
+    (:meth:`~ragkit.pipelines.Composite.child_paths`)."""
+    if isinstance(op, Composite):
+        for child, where in op.child_paths(path):
+            yield from walk_leaves(child, where)
     else:
         yield f"{path}.{op.name}", op
 

@@ -358,6 +358,7 @@ def test_a_route_branch_learns_from_the_training_queries_the_router_sends_it(sli
 
 def test_a_learning_branch_the_router_sends_no_judged_query_is_refused_by_name(slice_data):
     from ragkit.errors import DataError
+    from ragkit.pipelines import Parallel
     from ragkit.retrievers import BM25
     from ragkit.types import TrainSet
 
@@ -365,9 +366,16 @@ def test_a_learning_branch_the_router_sends_no_judged_query_is_refused_by_name(s
     labels = _labels(_short_route([], [BM25(k=5)]).fit(corpus), train)
     judged_short_only = {q: (train.qrels[q] if lab == "short" else {}) for q, lab in zip(train.queries.ids, labels)}
     spy, first = _TrainSpy(), BM25(k=5)
-    with pytest.raises(DataError, match=r"route\.branches\.long: the router 'rule_router' sends \d+ of the 40 "
-                                        r"training queries here, none with a positive judgement, and train_spy"):
+    with pytest.raises(DataError, match=r"^pipeline\[1\]\.route\.branches\.long: the router 'rule_router' sends "
+                                        r"\d+ of the 40 training queries here, none with a positive judgement, "
+                                        r"and train_spy"):  # the whole path, as at search
         _short_route([first, _TrainSpy()], [BM25(k=5), spy]).fit(corpus, TrainSet(train.queries, judged_short_only))
     assert not first.is_fitted and not spy.is_fitted          # refused before any branch was fitted
+    nested = Pipeline([Parallel([_short_route([BM25(k=5)], [BM25(k=5), _TrainSpy()]), BM25(k=5)])])
+    with pytest.raises(DataError, match=r"^pipeline\[0\]\.parallel\.branches\[0\]\[1\]\.route\.branches\.long: "):
+        nested.fit(corpus, TrainSet(train.queries, judged_short_only))
+    alone = _short_route([BM25(k=5)], [_TrainSpy()]).steps[1]  # a route fitted on its own has no pipeline above
+    with pytest.raises(DataError, match=r"^route\.branches\.long: "):
+        alone.fit(corpus, TrainSet(train.queries, judged_short_only))
     # a branch that learns nothing does not care which queries it gets
     _short_route([BM25(k=5), _TrainSpy()], [BM25(k=5)]).fit(corpus, TrainSet(train.queries, judged_short_only))
