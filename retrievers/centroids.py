@@ -189,6 +189,9 @@ def centroid_pairs(q_data: np.ndarray, q_off: np.ndarray, centroids: np.ndarray,
     qt = torch.from_numpy(q)
     for lo, hi, t in chunks:
         sel = order[lo:hi]
+        pi, pj = np.nonzero(ok[sel])
+        if len(pi) == 0:                                                      # these queries have no candidate
+            continue
         n = hi - lo
         lens = q_len[sel]
         qpad = scratch[:n * t * dim].view(n * t, dim)
@@ -200,7 +203,6 @@ def centroid_pairs(q_data: np.ndarray, q_off: np.ndarray, centroids: np.ndarray,
         table = scratch[n * t * dim:n * t * (dim + n_c)].view(n_c, n * t)
         np.matmul(cent, qpad.numpy().T, out=table.numpy())                   # (C, n * T), OpenBLAS
         table = table.view(n_c * n, t)                                        # row = code * n + query
-        pi, pj = np.nonzero(ok[sel])
         docs = rows[sel][pi, pj]
         cnt = n_codes[docs]
         by = np.argsort(-cnt, kind="stable")                                  # pairs by code count, largest first

@@ -494,6 +494,7 @@ def test_centroid_pairs_match_naive_and_equal_chamfer_with_exact_codebook():
     cd, co = code_sets(codes, Doff)
     rows = rng.integers(0, 25, (5, 8))
     rows[2, 4:] = -1
+    rows[3] = -1  # a query with no candidate: a chunk without pairs
     w = rng.uniform(0.5, 2.0, len(Q)).astype(np.float32)
     got = centroid_pairs(Q, Qoff, cb, cd, co, rows, q_weights=w, chunk_elems=300)  # force many chunks
     moved = cb[codes]
