@@ -148,8 +148,8 @@ def centroid_pairs(q_data: np.ndarray, q_off: np.ndarray, centroids: np.ndarray,
     and with the default ``chunk_elems`` (16 MB of float32) the table the gathers read and the
     running maximum stay in cache: on SciFact (300 queries x 300 candidates, 4,096 centroids) this
     is 1.6-1.8x faster than gathering every pair's padded set of a 64 MB chunk at once, then
-    halving it.  The table's GEMM is numpy's (OpenBLAS): MKL's ran ~30% slower on this AMD
-    machine.  Everything runs in one float32 scratch allocated once.
+    halving it.  The table's GEMM is numpy's (OpenBLAS): torch's (MKL) ran ~30% slower on the AMD
+    EPYC machines measured (bench/RESULTS.md).  Everything runs in one float32 scratch allocated once.
     """
     import torch
 
