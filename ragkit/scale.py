@@ -52,6 +52,7 @@ __all__ = ["ray_init", "ray_encode", "fit_pipeline", "Sharded", "merge_rankings"
 # error (a ragkit DataError, a ValueError) would fail the same way again, so it fails at once.
 _TRANSIENT: tuple[type[BaseException], ...] = (OSError, MemoryError)
 _SEARCH_RETRIES = 3
+_DRAIN_S = 120.0  # the longest a failed search waits for its other chunks
 
 
 class _Permanent(RuntimeError):
@@ -125,16 +126,19 @@ def _reason(e: BaseException) -> str:
     return re.sub(r"\x1b\[[0-9;]*m", "", str(e)).strip()
 
 
-def _cancel(ray: Any, refs: Sequence[Any]) -> None:
-    """Cancel the Ray tasks of ``refs`` (no more retries) and wait a little for them to stop, so
-    that nothing still reads a folder the caller is about to delete."""
-    for ref in refs:
-        try:
-            ray.cancel(ref)
-        except Exception:  # noqa: BLE001 - already finished, or the cluster is gone: nothing to cancel
-            pass
+def _drain(ray: Any, refs: Sequence[Any], timeout: float = _DRAIN_S) -> None:
+    """Wait (up to ``timeout`` seconds) for the Ray tasks of ``refs`` to end, so that nothing still
+    reads a folder the caller is about to delete; their results and errors are dropped.
+
+    They are not cancelled: in Ray 2.x a ``ray.cancel`` that races with the reply of a task
+    finishing on its worker aborts the driver process ("Check failed: it !=
+    submissible_tasks_.end() Tried to complete task that was not pending"; seen here on Ray
+    2.60, see ray-project/ray#54798 for a sibling of that race), which would take the user's
+    whole program down with the one failing chunk.  A task still running after ``timeout`` may
+    then fail reading the deleted folder; nobody reads its result.
+    """
     try:
-        ray.wait(list(refs), num_returns=len(refs), timeout=30)
+        ray.wait(list(refs), num_returns=len(refs), timeout=timeout)
     except Exception:  # noqa: BLE001 - best effort: the caller raises its own error next
         pass
 
@@ -696,7 +700,7 @@ def search_distributed(pipe: Any, queries: Any, *, n_chunks: int = 4, k: int | N
                     raise ShardError(f"search_distributed: chunk {c} (queries {a}..{b - 1}) "
                                      f"failed{_retried(_SEARCH_RETRIES)}: {_reason(e)}") from None
         except BaseException:
-            _cancel(ray, refs)  # no retry may still read the folder deleted next
+            _drain(ray, refs)  # no chunk (or retry) may still read the folder deleted next
             raise
     qids = [q for c in chunks for q in c[0]]
     docs = [d for c in chunks for d in c[1]]
