@@ -341,8 +341,8 @@ class Pipeline(Composite):
 
     # ------------------------------------------------------------------ run
     def _call(self, state: State, path: str = "pipeline") -> State:
-        for i, step in enumerate(self.steps):
-            state = run_step(step, state, f"{path}[{i}]")
+        for step, where in self.child_paths(path):
+            state = run_step(step, state, where)
         return state
 
     def __call__(self, state: State) -> State:
@@ -600,14 +600,13 @@ class Parallel(Composite):
         scratch values are kept (first branch wins), except a rewritten query text
         (:data:`~ragkit.types.QUERY_REWRITES`), which stays inside its branch.
         """
-        here = f"{path}.parallel" if path else "parallel"
         qtext = state.values.get("query_text")
         shared = dict(state.vectors)
         outs = []
-        for i, b in enumerate(self.branches):
+        for b, where in self.child_paths(path)[:-1]:
             inp = state.copy()
             inp.vectors = dict(shared)
-            o = run_step(b, inp, f"{here}.branches[{i}]")
+            o = run_step(b, inp, where)
             if o.values.get("query_text") == qtext:
                 for key, vec in o.vectors.items():
                     shared.setdefault(key, vec)
@@ -624,7 +623,7 @@ class Parallel(Composite):
 
     def _call(self, state: State, path: str = "") -> State:
         merged = self._branch_state(state, path)
-        out = run_step(self.fuse, merged, f"{path}.parallel.fuse" if path else "parallel.fuse")
+        out = run_step(self.fuse, merged, self.child_paths(path)[-1][1])
         out.branches = None
         return out
 
@@ -792,7 +791,7 @@ class Route(Composite):
                          f"no default; branches: {sorted(self.branches)}")
 
     def _call(self, state: State, path: str = "") -> State:
-        here = f"{path}.route" if path else "route"
+        here = _at(path, "route")
         labelled, labels = self._route(state, here)
         groups: dict[str, list[int]] = {}
         for i, lab in enumerate(labels):
@@ -876,7 +875,7 @@ class Loop(Composite):
         are set aside while this loop runs and given back when it ends, and this loop's own
         are removed, so nested or successive loops never read each other's memory.
         """
-        here = f"{path}.loop" if path else "loop"
+        here = _at(path, "loop")
         n = len(state)
         outer = {k: v for k, v in state.values.items() if k.startswith("_")}
         iters = np.zeros(n, np.int64)
