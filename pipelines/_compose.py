@@ -317,7 +317,7 @@ class Pipeline(Composite):
             check_trainable(self, train)
         seen = set() if _seen is None else _seen
         state_cache: dict[int, State] = {}
-        for i, (step, where) in enumerate(self.child_paths(_path or "pipeline")):
+        for i, (step, where) in enumerate(self.child_paths(_path)):
             up = upstream
             if train is not None and _wants_upstream(step):
                 up = self._upstream(i, train, upstream, state_cache)
