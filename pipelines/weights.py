@@ -18,6 +18,7 @@ import numpy as np
 
 from ragkit.errors import DataError, some_ids
 from ragkit.eval.metrics import per_query_ndcg
+from ragkit.operator import group_positions
 from ragkit.types import Qrels, Ranking, State
 
 __all__ = ["simplex_grid", "WeightSearch", "learn_weights", "best_grid_point"]
@@ -43,7 +44,7 @@ def simplex_grid(n: int, step: float) -> np.ndarray:
     for _ in range(n - 1):
         options = left + 1                                          # the next entry takes 0..left
         parent = np.repeat(np.arange(len(counts)), options)
-        value = np.arange(int(options.sum())) - np.repeat(np.cumsum(options) - options, options)
+        value = group_positions(options)
         counts = np.column_stack([counts[parent], value])
         left = left[parent] - value
     return np.column_stack([counts, left]).astype(np.float64) / m

@@ -508,6 +508,13 @@ def load_array(folder: Path, name: str, mmap: bool = False) -> np.ndarray:
         raise ArtifactError(f"{path}: corrupt or truncated array ({e})") from None
 
 
+def group_positions(lens: np.ndarray) -> np.ndarray:
+    """Position of each item inside its group, for groups of ``lens`` items laid end to end:
+    ``[2, 3] -> [0, 1, 0, 1, 2]`` (int64, length ``sum(lens)``)."""
+    lens = np.asarray(lens, np.int64)
+    return np.arange(int(lens.sum()), dtype=np.int64) - np.repeat(np.cumsum(lens) - lens, lens)
+
+
 def topk_rows(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Top-``k`` per row of a dense ``(n_q, n_docs)`` score matrix, best first.
 

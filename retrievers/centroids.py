@@ -24,6 +24,7 @@ import numpy as np
 
 from ragkit._files import atomic_file
 from ragkit.errors import DataError
+from ragkit.operator import group_positions
 from ragkit.retrievers.fde import check_pair_rows
 
 _CODEBOOK_FILES = ("codebook", "codes", "code_offsets")  # the offsets are written last: their presence = complete
@@ -196,7 +197,7 @@ def centroid_pairs(q_data: np.ndarray, q_off: np.ndarray, centroids: np.ndarray,
         lens = q_len[sel]
         qpad = scratch[:n * t * dim].view(n * t, dim)
         qpad.zero_()
-        within = np.arange(int(lens.sum())) - np.repeat(np.cumsum(lens) - lens, lens)   # token's position
+        within = group_positions(lens)                                                 # token's position
         tok = np.repeat(q_off[sel], lens) + within                                     # row in q
         slot = np.repeat(np.arange(n) * t, lens) + within                              # row in qpad
         qpad[torch.from_numpy(slot)] = qt[torch.from_numpy(tok)]
@@ -211,7 +212,7 @@ def centroid_pairs(q_data: np.ndarray, q_off: np.ndarray, centroids: np.ndarray,
         alive = np.searchsorted(-cnt, -np.arange(int(cnt[0])), side="left")   # pairs with more than j codes
         start = np.zeros(len(alive) + 1, np.int64)
         np.cumsum(alive, out=start[1:])
-        pair = np.arange(start[-1]) - np.repeat(start[:-1], alive)            # position-major: code j of pair
+        pair = group_positions(alive)                                         # position-major: code j of pair
         look = np.asarray(code_data[code_off[docs][pair] + np.repeat(np.arange(len(alive)), alive)], np.int64)
         look = torch.from_numpy(look * n + pi[pair])                          # table row of each (pair, code)
         rest = scratch[n * t * (dim + n_c):]

@@ -46,6 +46,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from ragkit.errors import DataError, ParamError
+from ragkit.operator import group_positions
 
 __all__ = [
     "FDEConfig", "fde_dim", "fde_documents", "fde_queries", "chamfer_scores", "chamfer_pairs",
@@ -438,8 +439,7 @@ def chamfer_pairs(q_data: np.ndarray, q_off: np.ndarray, d_data: np.ndarray, d_o
         cq = np.cumsum(ql) - ql                                            # exclusive running token count
         first = starts[r0:r1] - starts[r0]
         pos0 = cq - cq[first][g]                                           # first stacked row of each pair
-        tot = int(ql.sum())
-        within = np.arange(tot, dtype=np.int64) - np.repeat(cq, ql)
+        within = group_positions(ql)
         tok = np.repeat(q_off[pq[pp]], ql) + within                        # query-token row
         tg, tp = np.repeat(g, ql), np.repeat(pos0, ql) + within            # (document, stacked row)
         src = np.full(n_c * T, zero_row, np.int64)                        # stacked row -> query-token row

@@ -37,6 +37,7 @@ from ragkit.errors import ArtifactError, DataError
 from ragkit.operator import (
     Operator,
     desc_order,
+    group_positions,
     load_array,
     rankings_from_matrix,
     read_json,
@@ -388,6 +389,5 @@ def _pad_rankings(rankings: list[Ranking]) -> np.ndarray:
     rows = np.full((len(rankings), width), -1, np.int64)
     if width:
         flat = np.concatenate([r.rows for r in rankings])
-        within = np.arange(lens.sum()) - np.repeat(np.cumsum(lens) - lens, lens)
-        rows[np.repeat(np.arange(len(rankings)), lens), within] = flat
+        rows[np.repeat(np.arange(len(rankings)), lens), group_positions(lens)] = flat
     return rows
