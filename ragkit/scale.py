@@ -51,22 +51,29 @@ __all__ = ["ray_init", "ray_encode", "fit_pipeline", "Sharded", "merge_rankings"
 # Errors a retry can cure (the file system, memory); Ray also retries a crashed worker. Any other
 # error (a ragkit DataError, a ValueError) would fail the same way again, so it fails at once.
 _TRANSIENT: tuple[type[BaseException], ...] = (OSError, MemoryError)
+# OS errors that name a path which is missing, of the wrong kind or not allowed: the same call fails
+# the same way again, so they are final like ragkit's own (a shared disk going away for a moment
+# raises other OSErrors: EIO, ESTALE, ETIMEDOUT, a dropped connection)
+_DETERMINISTIC_OS: tuple[type[OSError], ...] = (FileNotFoundError, NotADirectoryError, IsADirectoryError,
+                                                  PermissionError, FileExistsError)
 _SEARCH_RETRIES = 3
 _DRAIN_S = 120.0  # the longest a failed search waits for its other chunks
 
 
 class _Permanent(RuntimeError):
-    """A ragkit error raised inside a Ray task: the same inputs fail the same way, so it is not
-    retried (an :class:`~ragkit.errors.ArtifactError` is also an ``OSError``, which would be);
-    its text is the original's, ``"ArtifactError: ..."``."""
+    """An error inside a Ray task that the same inputs would raise again: a ragkit error (an
+    :class:`~ragkit.errors.ArtifactError` is also an ``OSError``, which Ray would retry) or a
+    path error (:data:`_DETERMINISTIC_OS`).  It is not retried; its text is the original's,
+    ``"ArtifactError: ..."``."""
 
 
-def _ragkit_errors_final(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """``fn`` for a Ray task whose ragkit errors are raised as :class:`_Permanent` (not retried)."""
+def _deterministic_errors_final(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``fn`` for a Ray task whose deterministic errors (ragkit's, :data:`_DETERMINISTIC_OS`) are
+    raised as :class:`_Permanent`, so Ray's ``retry_exceptions`` does not retry them."""
     def task(*args: Any) -> Any:
         try:
             return fn(*args)
-        except RagkitError as e:
+        except (RagkitError, *_DETERMINISTIC_OS) as e:
             raise _Permanent(f"{type(e).__name__}: {e}") from None
     return task
 
@@ -330,11 +337,13 @@ class ShardedParams(Params):
         "auto", description="Where shards are fitted and searched; auto = ray when fitted with backend='ray' "
                             "in this process (a loaded pipeline searches locally unless this is 'ray').")
     max_retries: int = Field(
-        3, ge=0, description="Ray retries per shard task (a crashed worker, an OS or memory error; other errors "
-                             "fail at once) before the shard fails for good.")
+        3, ge=0, description="Ray retries per shard task (a crashed worker, running out of memory, a transient OS "
+                             "error; other errors, a missing file among them, fail at once) before the shard fails "
+                             "for good.")
     workdir: str | None = Field(
-        None, description="Folder for the shard folders while fitting; must be shared storage on a multi-node "
-                          "cluster (default: a local temporary folder).")
+        None, description="Where a fit writes its shard folders (a fresh ragkit-shards-* folder inside it per fit, "
+                          "removed with the operator); must be shared storage on a multi-node cluster (default: a "
+                          "local temporary folder).")
 
 
 def _fit_shard(node: dict[str, Any], corpus: Corpus, folder: str) -> str:
@@ -470,12 +479,14 @@ class Sharded(Operator):
         self._drop_actors()
         bounds = np.linspace(0, len(corpus), self.params.n_shards + 1).astype(np.int64)
         self.bounds_ = bounds
+        # a folder of this fit's own, inside workdir when given: two sharded retrievers (or a refit, or the
+        # straggling tasks of a failed fit) never write into each other's shard folders, which Ray actors
+        # load lazily; it is removed when this operator is refitted or garbage-collected
         if self.params.workdir:
-            root = Path(self.params.workdir)
-            root.mkdir(parents=True, exist_ok=True)
-        else:
-            self._dir = tempfile.TemporaryDirectory(prefix="ragkit-shards-")
-            root = Path(self._dir.name)
+            Path(self.params.workdir).mkdir(parents=True, exist_ok=True)
+        self._dir = tempfile.TemporaryDirectory(prefix="ragkit-shards-", dir=self.params.workdir,
+                                                ignore_cleanup_errors=True)
+        root = Path(self._dir.name)
         folders = [str(root / f"shard-{s:03d}") for s in range(self.params.n_shards)]
         shards = [corpus.subset(np.arange(a, b)) for a, b in zip(bounds[:-1], bounds[1:])]
         node = dict(self.params.retriever)
@@ -483,7 +494,7 @@ class Sharded(Operator):
             self._check_ray_model("sharded.fit")  # before Ray starts
             ray = ray_init()
             task = ray.remote(max_retries=self.params.max_retries, retry_exceptions=list(_TRANSIENT))(
-                _ragkit_errors_final(_fit_shard))
+                _deterministic_errors_final(_fit_shard))
             refs = [task.remote(node, sh, f) for sh, f in zip(shards, folders)]
             for s, ref in enumerate(refs):
                 try:
@@ -688,7 +699,7 @@ def search_distributed(pipe: Any, queries: Any, *, n_chunks: int = 4, k: int | N
     with tempfile.TemporaryDirectory(prefix="ragkit-pipe-") as tmp:
         pipe.save(Path(tmp) / "p")
         task = ray.remote(max_retries=_SEARCH_RETRIES, retry_exceptions=list(_TRANSIENT))(
-            _ragkit_errors_final(_search_chunk))
+            _deterministic_errors_final(_search_chunk))
         refs = [task.remote(str(Path(tmp) / "p"), queries.ids[a:b], queries.texts[a:b], k, options)
                 for a, b in spans]
         chunks = []

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -171,6 +173,32 @@ def test_sharded_load_with_mmap_maps_every_shard(slice_data, tmp_path):
         [r.rows.tolist() for r in Operator.load(tmp_path / "s").search(queries).rankings]
 
 
+def test_sharded_fits_never_share_shard_folders(slice_data, tmp_path):
+    """Two sharded retrievers with one workdir (or a refit) each write their own folder inside it:
+    the folders Ray actors load from always hold that operator's shards; each folder goes with
+    its operator (refit or garbage collection)."""
+    import gc
+
+    from ragkit.operator import Operator
+
+    corpus, queries, _, _ = slice_data
+    work = tmp_path / "shared-disk"
+    node = {"retriever": {"bm25": {"k": 5}}, "n_shards": 2, "k": 5, "backend": "local", "workdir": str(work)}
+    a = Sharded(**node).fit(corpus.subset(np.arange(0, 60)))
+    b = Sharded(**node).fit(corpus.subset(np.arange(60, 120)))
+    assert not set(a.folders_) & set(b.folders_)
+    assert all(str(work) in f for f in a.folders_ + b.folders_)
+    assert a.shards_[1].terms() != b.shards_[1].terms()
+    for op in (a, b):  # what an actor would load is this operator's own shard
+        assert Operator.load(op.folders_[1], corpus=op.shards_[1].corpus_).terms() == op.shards_[1].terms()
+    old = Path(a.folders_[0]).parent
+    a.fit(corpus.subset(np.arange(0, 60)))
+    assert not old.exists() and Path(a.folders_[0]).exists()
+    del a, b, op
+    gc.collect()
+    assert list(work.iterdir()) == []
+
+
 def test_sharded_checks_options_against_its_fitted_shards(slice_data):
     corpus, _, _, _ = slice_data
     sh = Sharded(retriever={"muvera": {"k": 10, "candidates": 20, "r_reps": 2}}, n_shards=2, k=10,
@@ -310,6 +338,26 @@ def test_ray_fit_pre_encodes_only_sentence_vectors_of_the_corpus(slice_data, has
 
 
 @pytest.mark.slow
+def test_deterministic_errors_are_final_for_ray():
+    """A Ray task's ragkit errors and path errors are raised as _Permanent (Ray does not retry
+    them); other OS errors and memory errors pass through, for Ray's retry_exceptions."""
+    def raising(e):
+        def fn(*args):
+            raise e
+        return scale._deterministic_errors_final(fn)
+
+    for e in [DataError("bad document 3"), ArtifactError("x.npy: truncated"),
+              FileNotFoundError(2, "No such file or directory", "/data/shard-001/index.usearch"),
+              PermissionError(13, "Permission denied", "/data"), IsADirectoryError(21, "Is a directory", "/d")]:
+        with pytest.raises(scale._Permanent, match=type(e).__name__):
+            raising(e)()
+    for e in [OSError(5, "Input/output error"), TimeoutError("the disk timed out"), ConnectionResetError(),
+              MemoryError()]:
+        with pytest.raises(type(e)):
+            raising(e)()
+    assert scale._deterministic_errors_final(lambda a, b: a + b)(1, 2) == 3
+
+
 def test_ray_failures_are_ragkit_errors(slice_data, ray_session, monkeypatch, tmp_path):
     """On a real Ray: an encoding actor's failure is a ShardError naming the model; a failing
     search chunk a ShardError naming the chunk; search_distributed takes search's options."""
@@ -371,6 +419,19 @@ def test_ray_failures_are_ragkit_errors(slice_data, ray_session, monkeypatch, tm
     # chunk is waited for, not cancelled (a cancel racing with a task's reply aborts Ray's driver)
     assert sorted(artifact_calls.read_text().split()) == sorted([queries.ids[0], queries.ids[6]])
     assert cancelled == []
+
+    missing_calls = tmp_path / "missing-calls"
+
+    def missing_file(pipe_dir, ids, texts, k, options=None):
+        with open(missing_calls, "a") as f:
+            f.write(ids[0] + "\n")
+        raise FileNotFoundError(2, "No such file or directory", f"{pipe_dir}/gone.npy")
+
+    monkeypatch.setattr(scale, "_search_chunk", missing_file)
+    with pytest.raises(ShardError, match=r"chunk 0 \(queries 0\.\.5\) failed .*: FileNotFoundError: .*gone\.npy"):
+        search_distributed(pipe, queries, n_chunks=2)
+    # a missing file is an OSError that a retry cannot cure: one attempt per chunk
+    assert sorted(missing_calls.read_text().split()) == sorted([queries.ids[0], queries.ids[6]])
 
     monkeypatch.setattr(scale, "_search_chunk", first_try_hits_the_disk)
     dist = search_distributed(pipe, queries, n_chunks=2)  # an OS error is retried, and the retry succeeds
