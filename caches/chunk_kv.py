@@ -39,14 +39,17 @@ an exact one.
 
 The memory tier has a byte budget; when it is exceeded the variant of lowest utility
 ``decayed_reuse * (1 - mean_CFO) / bytes`` is evicted (spilled to the disk tier when one is
-configured, dropped otherwise).  A variant larger than the whole budget never enters memory:
+configured, dropped otherwise): reused often and recently, cheap to fix, small is kept
+(Cache-Craft's eviction idea); the decay is exponential in requests since the variant's last
+use, so among equals the least recently used goes first.  A variant larger than the whole budget never enters memory:
 it is spilled (or dropped) on its own, and the other variants stay.  The disk tier holds one
 safetensors file per variant (named by its context) and a ``manifest.json`` naming the model
 and tokenizer; opening it for another model raises :class:`CacheModelMismatchError`.  A
 lookup returns the in-memory variants of a chunk plus those of its disk variants whose context
 is not in memory; variants read from disk are returned even when they cannot stay in memory
 (they are then not written back), and kept in memory as far as the budget allows.  A variant
-dropped because the chunk has more than ``max_variants`` is dropped from the disk tier too.
+dropped because the chunk has more than ``max_variants`` is dropped from the disk tier too (a
+new variant is always admitted; the lowest-utility older one goes).
 No pickle anywhere.
 """
 
@@ -190,6 +193,8 @@ class ChunkVariant:
     # bookkeeping for the cache manager
     reuse: float = 0.0
     last_tick: int = 0
+    #: when the store admitted it (a running count, not saved): utility ties go oldest first
+    stored: int = 0
     cfo_sum: float = 0.0
     cfo_n: int = 0
 
@@ -309,7 +314,8 @@ class ChunkKVCache:
         Dtype of stored keys/values (float16 halves the memory; values are cast back to the
         model dtype on reuse).
     max_variants : int, default=3
-        Context variants kept per chunk; the one of lowest utility is dropped beyond that.
+        Context variants kept per chunk; beyond that the one of lowest utility among the older
+        ones is dropped (a new variant is always admitted).
     half_life : float, default=64
         Half-life, in cache requests, of the exponentially decayed reuse count.
     disk_dir : str or Path or None
@@ -346,6 +352,7 @@ class ChunkKVCache:
         self._mem: dict[str, list[ChunkVariant]] = {}
         self._bytes = 0
         self._tick = 0
+        self._n_stored = 0
         self._lock = threading.RLock()
         self.disk_dir = Path(disk_dir) if disk_dir is not None else None
         if self.disk_dir is not None:
@@ -469,9 +476,11 @@ class ChunkKVCache:
             return False
         lst = self._mem.setdefault(key, [])
         lst.append(variant)
+        self._n_stored += 1
+        variant.stored = self._n_stored
         self._bytes += variant.nbytes
-        if len(lst) > self.max_variants:
-            worst = min(range(len(lst)), key=lambda i: self._utility(lst[i]))
+        if len(lst) > self.max_variants:  # the new variant is admitted: it has had no chance to be reused yet
+            worst = min(range(len(lst) - 1), key=lambda i: self._rank(lst[i]))
             self._drop(key, worst, spill=False, forget=True)
         self._enforce_budget(protect={id(variant), *(id(p) for p in pinned)})
         return True
@@ -484,8 +493,15 @@ class ChunkKVCache:
         self.stats.evictions += 1
 
     def _utility(self, v: ChunkVariant) -> float:
+        """``(reuse + 0.001) * 0.5 ** (requests since last use / half_life) * (1 - 0.9 CFO) / bytes``:
+        the decayed reuse count also decays the floor, so among variants never reused the least
+        recently used goes first."""
         decay = 0.5 ** ((self._tick - v.last_tick) / self.half_life)
-        return (v.reuse * decay + 1e-3) * (1.0 - 0.9 * v.mean_cfo) / max(v.nbytes, 1)
+        return (v.reuse + 1e-3) * decay * (1.0 - 0.9 * v.mean_cfo) / max(v.nbytes, 1)
+
+    def _rank(self, v: ChunkVariant) -> tuple[float, int, int]:
+        """Eviction order, lowest first: utility, then least recently used, then oldest stored."""
+        return self._utility(v), v.last_tick, v.stored
 
     def _drop(self, key: str, idx: int, spill: bool, forget: bool = False) -> None:
         """Remove variant ``idx`` of ``key`` from memory; ``spill``: write it to disk;
@@ -507,7 +523,7 @@ class ChunkKVCache:
         if self.budget_bytes is None:
             return
         while self._bytes > self.budget_bytes:
-            cands = [(self._utility(v), k, i) for k, lst in self._mem.items() for i, v in enumerate(lst)
+            cands = [(self._rank(v), k, i) for k, lst in self._mem.items() for i, v in enumerate(lst)
                      if id(v) not in protect]
             if not cands:  # _insert admits only what fits next to the protected variants
                 break

@@ -65,6 +65,34 @@ def test_eviction_respects_budget():
     assert hot in cache._mem and cache.nbytes <= cache.budget_bytes
 
 
+def test_eviction_among_equals_is_least_recently_used_and_new_variants_are_admitted():
+    """Variants never reused tie on reuse: the least recently stored goes first, whatever the
+    keys' order (it went by key hash); a long-unused variant decays below a fresh one; a chunk
+    at max_variants admits a new context's variant and drops the weakest older one."""
+    one = _variant().nbytes
+    cache = ChunkKVCache("m", "t", budget_bytes=2 * one)
+    keys = {"A": "f" * 40, "B": "0" * 40, "C": "8" * 40}
+    for name in "ABC":
+        cache.put(keys[name], _variant())
+    assert sorted(n for n, k in keys.items() if k in cache._mem) == ["B", "C"]
+    cache = ChunkKVCache("m", "t", budget_bytes=2 * one, half_life=64)
+    cache.put(keys["A"], _variant())
+    cache.touch(cache.lookup(keys["A"])[0], 0.0)
+    for _ in range(2000):  # other requests go by: A's one reuse decays to nothing
+        cache.lookup("x" * 40)
+    cache.put(keys["B"], _variant())
+    cache.put(keys["C"], _variant())
+    assert sorted(n for n, k in keys.items() if k in cache._mem) == ["B", "C"]
+    cache = ChunkKVCache("m", "t", max_variants=2)
+    for ctx in ("p", "q"):
+        cache.put("k", _variant(prefix=(ctx,)))
+    cache.touch(cache.lookup("k")[0], 0.0)  # "p" reused once, "q" three times: both above a new variant
+    for _ in range(3):
+        cache.touch(cache.lookup("k")[1], 0.0)
+    cache.put("k", _variant(prefix=("r",)))
+    assert sorted(v.prefix_ids for v in cache.lookup("k")) == [("q",), ("r",)]
+
+
 def test_float16_storage_halves_memory():
     a, b = ChunkKVCache("m", "t"), ChunkKVCache("m", "t", storage_dtype="float16")
     a.put("k", _variant())

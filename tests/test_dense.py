@@ -706,6 +706,40 @@ def test_embedding_cache_put_extends_the_loaded_index(tmp_path):
         np.testing.assert_array_equal(got, vecs)
 
 
+def test_embedding_caches_skip_empty_shards_and_survive_a_read_only_folder(tmp_path, monkeypatch):
+    """A zero-byte shard file (a crash after the rename) is ignored and recomputed, not an
+    EOFError on every later encode; a cache folder that cannot be written costs a warning, not
+    the vectors just computed."""
+    import ragkit.encoders.cache as cache_mod
+    from ragkit.encoders.cache import EmbeddingCache, text_digests
+    from ragkit.encoders.tokens import TokenCache, TokenVectors
+
+    rng = np.random.default_rng(1)
+    vecs = rng.standard_normal((3, 4)).astype(np.float32)
+    digests = text_digests(["a", "b", "c"])
+    tv = TokenVectors(rng.standard_normal((5, 4)).astype(np.float16), np.array([0, 2, 3, 5]))
+    EmbeddingCache(tmp_path / "e", "m").put(digests, vecs)
+    TokenCache(tmp_path / "t", "m").put(digests, tv)
+    for path in [*(tmp_path / "e").rglob("*.keys.npy"), *(tmp_path / "t").rglob("*.offsets.npy")]:
+        path.write_bytes(b"")
+    assert not EmbeddingCache(tmp_path / "e", "m").get(digests)[1].any()
+    assert not TokenCache(tmp_path / "t", "m").get(digests)[1].any()
+
+    def read_only(path):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(cache_mod, "atomic_file", read_only)
+    calls = []
+    ro = EmbeddingCache(tmp_path / "ro", "m")
+    with pytest.warns(RuntimeWarning, match=r"cache .*ro.* cannot be written \(PermissionError.*RAGKIT_CACHE"):
+        got, n = ro.fetch_or_compute(["a", "b", "c"], lambda ts: calls.append(ts) or vecs)
+    assert n == 3 and calls == [["a", "b", "c"]]
+    np.testing.assert_array_equal(got, vecs)
+    with pytest.warns(RuntimeWarning, match="cannot be written"):
+        TokenCache(tmp_path / "ro-t", "m").put(digests, tv)
+    assert not list((tmp_path / "ro-t").rglob("*.npy"))
+
+
 # ---------------------------------------------------------------------- HNSW beam widths
 
 

@@ -148,6 +148,9 @@ def test_blank_lines_are_skipped_and_line_numbers_stay_true(tmp_path):
     ("query-id\tcorpus-id\tscore\nq1\td1\n", r"test\.tsv:2: expected 3 tab-separated columns"),
     ("query-id\tcorpus-id\tscore\nq1\td1\thigh\n", r"test\.tsv:2: relevance 'high' is not a finite number"),
     ("query-id\tcorpus-id\tscore\nq1\td1\tinf\n", r"test\.tsv:2: relevance 'inf' is not a finite number"),
+    ("query-id\tcorpus-id\tscore\nq1\td1\t0.5\n", r"test\.tsv:2: relevance '0\.5' is not an integer"),
+    # a quote is part of an id, not the start of a field spanning lines (line numbers stay right)
+    ('query-id\tcorpus-id\tscore\n"q1\td1\t1\nq1\td1\tx\n', r"test\.tsv:3: relevance 'x' is not a finite"),
     ("query-id\tcorpus-id\tscore\nq1\td1\t1\nq1\td1\t0\n",
      r"test\.tsv:3: conflicting judgements of document 'd1' for query 'q1' \(1 on line 2, 0 here\)"),
 ])
@@ -478,6 +481,17 @@ def test_paired_randomization_test():
     assert paired_randomization_test(noise, {**a, "other": -5.0}, seed=3) == shared
     with pytest.raises(DataError, match="share no query"):
         paired_randomization_test({"x": 1.0}, {"y": 1.0})
+    # a NaN (the diversity of an empty ranking) would make p as small as it can be: refused, named
+    with pytest.raises(DataError, match=r"1 of the 50 shared queries .*not a finite number .*'q7'"):
+        paired_randomization_test(a, {**a, "q7": float("nan")})
+
+
+def test_evaluate_refuses_relevance_that_is_not_an_integer_grade():
+    run = {"q1": {"d1": 2.0, "d2": 1.0}}
+    assert evaluate(run, {"q1": {"d1": 1.0, "d2": np.int64(0)}}, ["ndcg@2"]).scores["ndcg@2"] == 1.0
+    for bad in (0.5, "high"):
+        with pytest.raises(DataError, match=r"qrels\['q1'\]\['d1'\] = .* is not an integer relevance grade"):
+            evaluate(run, {"q1": {"d1": bad}}, ["ndcg@2"])
 
 
 def test_paired_randomization_test_memory_is_bounded_and_its_draws_unchanged():

@@ -295,6 +295,35 @@ def test_token_vectors_take_and_cache(tmp_path):
         TokenVectors(x, off[:-1])
 
 
+def test_query_memo_forgets_the_least_recently_used_and_keeps_the_batch():
+    """The query memo past memo_size drops its oldest entries, never the batch being answered
+    (clearing it under a batch that repeated a memoised query was a KeyError)."""
+    from ragkit.encoders.tokens import TokenEncoder
+
+    forwarded = []
+
+    class Fake(TokenEncoder):
+        dim = 4
+
+        def _forward(self, texts, progress=False):
+            forwarded.extend(texts)
+            n = np.array([len(t) for t in texts])
+            data = np.repeat(np.array([[len(t), 0, 0, 0] for t in texts], np.float16), n, axis=0)
+            return TokenVectors(data, np.r_[0, np.cumsum(n)])
+
+    enc = Fake(cache=False)
+    enc.memo_size = 4
+    enc.encode_queries(["a", "bb", "ccc"])
+    out = enc.encode_queries(["a", "dddd", "eeeee", "a"])  # 3 memoised + 2 new > 4
+    assert out.lengths.tolist() == [1, 4, 5, 1] and [m[0, 0] for m in (out[0], out[1], out[3])] == [1, 4, 1]
+    assert list(enc._memo) == ["ccc", "a", "dddd", "eeeee"]  # "bb" (least recently used) forgotten
+    forwarded.clear()
+    enc.encode_queries(["bb", "a"])
+    assert forwarded == ["bb"] and len(enc._memo) == 4
+    big = enc.encode_queries([f"q{i}" for i in range(10)])  # a batch larger than the memo
+    assert big.lengths.tolist() == [2] * 10 and len(enc._memo) == 4
+
+
 def test_max_seq_length_never_leaks_into_another_encoder(tmp_path, monkeypatch):
     """Encoders of one model with different truncation never share a model object: a short
     max_seq_length used first must not truncate the default encoders (nor their cache entries)."""

@@ -11,14 +11,18 @@ from __future__ import annotations
 
 import hashlib
 import uuid
+import warnings
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 
 from ragkit._files import atomic_file
 
-__all__ = ["EmbeddingCache", "text_digests"]
+__all__ = ["EmbeddingCache", "text_digests", "UNREADABLE", "write_shard"]
+
+#: what ``np.load`` raises on a damaged, half-written or empty shard file (an empty one: EOFError)
+UNREADABLE: tuple[type[Exception], ...] = (OSError, ValueError, EOFError)
 
 
 def text_digests(texts: list[str]) -> np.ndarray:
@@ -27,6 +31,36 @@ def text_digests(texts: list[str]) -> np.ndarray:
     for i, t in enumerate(texts):
         out[i] = hashlib.blake2b(t.encode("utf-8"), digest_size=16).digest()
     return out
+
+
+def write_shard(folder: Path, key: str, arrays: Sequence[tuple[str, np.ndarray]]) -> str | None:
+    """Write one cache shard: ``<name><suffix>`` per ``(suffix, array)``, each through a temporary
+    file renamed into place, in order (put the keys file last: a shard is found through it).
+
+    Returns the shard's name, or ``None`` when ``folder`` cannot be written (a read-only or full
+    cache): then a ``RuntimeWarning`` says so, what was written of the shard is removed, and the
+    caller keeps its vectors uncached instead of losing the work that computed them.
+    """
+    name = uuid.uuid4().hex
+    written: list[Path] = []
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "MODEL").write_text(key, encoding="utf-8")
+        for suffix, arr in arrays:
+            with atomic_file(folder / f"{name}{suffix}") as tmp, open(tmp, "wb") as f:
+                np.save(f, arr, allow_pickle=False)
+            written.append(folder / f"{name}{suffix}")
+    except OSError as e:
+        for path in written:
+            try:
+                path.unlink()
+            except OSError:
+                pass
+        warnings.warn(f"ragkit: the embedding cache {folder} cannot be written ({type(e).__name__}: {e}); the "
+                      f"vectors are used but not cached. Set RAGKIT_CACHE to a writable folder, or pass cache=False",
+                      RuntimeWarning, stacklevel=3)
+        return None
+    return name
 
 
 class EmbeddingCache:
@@ -58,8 +92,8 @@ class EmbeddingCache:
                 try:
                     keys = np.load(keys_path, allow_pickle=False)
                     vecs = np.load(vec_path, allow_pickle=False, mmap_mode="r")
-                except (OSError, ValueError):
-                    continue  # a shard being written or damaged: ignore it, it will be recomputed
+                except UNREADABLE:
+                    continue  # a shard being written, damaged or empty: ignore it, it will be recomputed
                 if len(keys) != len(vecs):
                     continue
                 s = len(self._shards)
@@ -84,16 +118,13 @@ class EmbeddingCache:
         return out, hit
 
     def put(self, digests: np.ndarray, vectors: np.ndarray) -> None:
-        """Store new vectors as one shard (temporary files renamed into place)."""
+        """Store new vectors as one shard (temporary files renamed into place; a cache that cannot be
+        written is warned about and skipped: :func:`write_shard`)."""
         if len(digests) == 0:
             return
-        self.folder.mkdir(parents=True, exist_ok=True)
-        (self.folder / "MODEL").write_text(self.key, encoding="utf-8")
-        name = uuid.uuid4().hex
-        for suffix, arr in ((".npy", np.asarray(vectors, np.float32)), (".keys.npy", digests)):
-            with atomic_file(self.folder / f"{name}{suffix}") as tmp, open(tmp, "wb") as f:
-                np.save(f, arr, allow_pickle=False)
-        if self._index is not None:  # extend the loaded index: re-reading every shard made each put slower
+        name = write_shard(self.folder, self.key,
+                           [(".npy", np.asarray(vectors, np.float32)), (".keys.npy", digests)])
+        if name is not None and self._index is not None:  # extend the loaded index (re-reading every shard: slower)
             s = len(self._shards)
             self._shards.append(np.load(self.folder / f"{name}.npy", allow_pickle=False, mmap_mode="r"))
             self._index.update((k, (s, j)) for j, k in enumerate(digests.tolist()))

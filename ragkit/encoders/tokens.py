@@ -26,15 +26,14 @@ read.
 from __future__ import annotations
 
 import hashlib
-import uuid
+import itertools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Sequence
 
 import numpy as np
 
-from ragkit._files import atomic_file
-from ragkit.encoders.cache import text_digests
+from ragkit.encoders.cache import UNREADABLE, text_digests, write_shard
 from ragkit.encoders.sentence import DEFAULT_MODEL, get_encoder, model_fingerprint, resolve_model
 from ragkit.errors import ArtifactError, DataError, ParamError
 
@@ -175,8 +174,8 @@ class TokenCache:
                 try:
                     keys = np.load(keys_path, allow_pickle=False)
                     tv = TokenVectors.load(self.folder, name, mmap=True)
-                except (OSError, ValueError):
-                    continue  # damaged shard: ignored, its texts are re-encoded
+                except UNREADABLE:
+                    continue  # damaged or empty shard: ignored, its texts are re-encoded
                 if len(keys) == len(tv):
                     loaded.append((keys, tv))
         # larger shards last, so a text present in several shards resolves to the largest one
@@ -207,14 +206,9 @@ class TokenCache:
     def put(self, digests: np.ndarray, tokens: TokenVectors) -> None:
         if len(digests) == 0:
             return
-        self.folder.mkdir(parents=True, exist_ok=True)
-        (self.folder / "MODEL").write_text(self.key, encoding="utf-8")
-        name = uuid.uuid4().hex
-        for suffix, arr in ((".npy", np.asarray(tokens.data, np.float16)), (".offsets.npy", tokens.offsets),
-                            (".keys.npy", digests)):
-            with atomic_file(self.folder / f"{name}{suffix}") as tmp, open(tmp, "wb") as f:
-                np.save(f, arr, allow_pickle=False)
-        self._index = None
+        if write_shard(self.folder, self.key, [(".npy", np.asarray(tokens.data, np.float16)),
+                                               (".offsets.npy", tokens.offsets), (".keys.npy", digests)]):
+            self._index = None
 
 
 class TokenEncoder:
@@ -350,14 +344,16 @@ class TokenEncoder:
         if not texts:
             return TokenVectors.empty(self.dim)
         memo = self._memo
-        miss = [t for t in dict.fromkeys(texts) if t not in memo]
+        uniq = list(dict.fromkeys(texts))
+        got = {t: memo.pop(t) for t in uniq if t in memo}   # popped, to go back in as the newest
+        miss = [t for t in uniq if t not in got]
         if miss:
             fresh = self.encode(miss, cache=False, progress=False)
-            if len(memo) + len(miss) > self.memo_size:
-                memo.clear()
-            for i, t in enumerate(miss):
-                memo[t] = np.asarray(fresh[i])
-        mats = [memo[t] for t in texts]
+            got.update((t, np.asarray(fresh[i])) for i, t in enumerate(miss))
+        memo.update(got)  # least recently used first: the oldest go once the memo is past memo_size
+        for old in list(itertools.islice(memo, max(0, len(memo) - self.memo_size))):
+            del memo[old]
+        mats = [got[t] for t in texts]
         lens = np.array([len(m) for m in mats], np.int64)
         off = np.zeros(len(texts) + 1, np.int64)
         np.cumsum(lens, out=off[1:])

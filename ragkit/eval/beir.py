@@ -151,16 +151,21 @@ def read_qrels(path: str | Path) -> Qrels:
     qrels: Qrels = {}
     line_of: dict[tuple[str, str], int] = {}
     with open(path, encoding="utf-8-sig", newline="") as f:  # -sig: a byte-order mark is not part of the header
-        for n, row in enumerate(csv.reader(f, delimiter="\t"), 1):
+        # QUOTE_NONE: a '"' in an id is part of it (quoting would join lines up to the next quote, silently)
+        for n, row in enumerate(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE), 1):
             if not row or (n == 1 and _is_header(row)):  # BEIR's loader skips line 1 whatever it names
                 continue
             if len(row) not in (3, 4):
                 raise DataError(f"{path}:{n}: expected 3 tab-separated columns 'query-id corpus-id score', got {row!r}")
             q, d, s = row[0], row[-2], row[-1]
             try:
-                rel = int(float(s))
+                value = float(s)
+                rel = int(value)
             except (ValueError, OverflowError):
                 raise DataError(f"{path}:{n}: relevance {s!r} is not a finite number") from None
+            if rel != value:  # trec_eval's grades are integers; truncating 0.5 to 0 would drop a judgement
+                raise DataError(f"{path}:{n}: relevance {s!r} is not an integer; qrels grade relevance with "
+                                "integers (0 not relevant, 1, 2, ... more relevant)")
             judged = qrels.setdefault(q, {})
             if d in judged and judged[d] != rel:  # an identical repeated line is harmless
                 raise DataError(f"{path}:{n}: conflicting judgements of document {d!r} for query {q!r} "

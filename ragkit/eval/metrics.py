@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -96,7 +96,7 @@ def evaluate(
 
     parsed = [(m, *parse_metric(m)) for m in ([metrics] if isinstance(metrics, str) else metrics)]
     # a query whose judgement dict is empty is no judged query (pytrec_eval drops it)
-    judged = {str(q): {str(doc): int(r) for doc, r in rel.items()} for q, rel in qrels.items() if rel}
+    judged = {str(q): {str(doc): _grade(r, q, doc) for doc, r in rel.items()} for q, rel in qrels.items() if rel}
     if not judged:
         raise DataError(f"evaluate: every one of the {len(qrels)} queries of the qrels has an empty judgement list"
                         if qrels else "evaluate: qrels are empty")
@@ -129,11 +129,25 @@ def evaluate(
     return EvalResult(scores=scores, per_query=per_query)
 
 
+def _grade(r: Any, q: Any, doc: Any) -> int:
+    """A judgement as trec_eval's integer grade; 0.5 or "high" is a :class:`DataError` (int() would
+    turn 0.5 into 0 and drop the judgement)."""
+    try:
+        g = int(float(r))
+        if g == float(r):
+            return g
+    except (TypeError, ValueError, OverflowError):
+        pass
+    raise DataError(f"evaluate: qrels[{q!r}][{doc!r}] = {r!r} is not an integer relevance grade (0 not relevant, "
+                    f"1, 2, ... more relevant)")
+
+
 def paired_randomization_test(a: Mapping[str, float], b: Mapping[str, float], *, n_resamples: int = 10000,
                               seed: int = 0) -> float:
     """Two-sided p-value of a paired randomisation (sign-flip) test on per-query values.
 
-    Only queries present in both ``a`` and ``b`` are used.  Vectorised: resamples in blocks of
+    Only queries present in both ``a`` and ``b`` are used; a NaN or infinite value among them is
+    a :class:`DataError` naming the queries (it would make the p-value meaningless).  Vectorised: resamples in blocks of
     ``(block, n_queries)`` random signs, each block one matrix-vector product (memory bounded by
     ~8 MB of signs whatever the number of queries).
     """
@@ -141,6 +155,11 @@ def paired_randomization_test(a: Mapping[str, float], b: Mapping[str, float], *,
     if not qs:
         raise DataError("paired_randomization_test: the two results share no query")
     diff = np.array([a[q] - b[q] for q in qs], dtype=np.float64)
+    bad = [qs[i] for i in np.flatnonzero(~np.isfinite(diff))]
+    if bad:  # a NaN difference makes every comparison false: p would come out as small as it can be
+        raise DataError(f"paired_randomization_test: {len(bad)} of the {len(qs)} shared queries have a value that "
+                        f"is not a finite number in a or b ({some_ids(bad)}), e.g. a diversity measure of an empty "
+                        "ranking; drop those queries or give them a value")
     observed = abs(diff.mean())
     rng = np.random.default_rng(seed)
     block = max(1, (1 << 20) // len(diff))  # the same random stream as one (n_resamples, n_queries) draw

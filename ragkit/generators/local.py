@@ -330,8 +330,8 @@ class LocalGenerator:
         :meth:`load`).
     cache_budget_bytes : int or None, default=None
         Memory budget of the chunk cache created on load and of the prefix mode's cache, bytes
-        (least recently used entries are evicted first); ``None``: unbounded (the ``generate``
-        operator's default is 1 GiB).
+        (the chunk cache evicts its lowest-utility variants first, the prefix cache its least
+        recently used entries); ``None``: unbounded (the ``generate`` operator's default is 1 GiB).
     chunk_cache : ChunkKVCache or None
         The chunk-cache store (created on load with ``cache_budget_bytes``/``storage_dtype``/
         ``disk_dir`` when ``None``).  A store of another model is refused.

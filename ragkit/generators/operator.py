@@ -44,8 +44,9 @@ class GenerateParams(Params):
                                                          "words; its tokenizer is the model's).")
     system_prompt: str | None = Field(None, description="System message; None = ragkit's default.")
     cache_budget_mb: float | None = Field(
-        1024, gt=0, description="Memory budget of the chunk cache, MiB (and of the prefix mode's cache; least recently "
-                                "used entries go first, to the disk tier when there is one); None: unbounded.")
+        1024, gt=0, description="Memory budget of the chunk cache, MiB (its lowest-utility variants go first, to the "
+                                "disk tier when there is one: reused least, least recently, costliest to fix per byte; "
+                                "the prefix mode's cache evicts least recently used); None: unbounded.")
     storage_dtype: Literal["float32", "float16"] = Field(
         "float16", description="Chunk-cache storage dtype: float16 halves the memory; only float32 reproduces a full "
                                "prefill exactly where chunks are reused without recomputation.")
