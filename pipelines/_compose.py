@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from ragkit.errors import DataError, NotFittedError, ParamError, some_ids
+from ragkit.errors import ConfigError, DataError, NotFittedError, ParamError, some_ids
 from ragkit.operator import Operator
 from ragkit.params import Params
 from ragkit.types import QUERY_REWRITES, Corpus, Queries, Ranking, State, TraceEvent, TrainSet
@@ -251,9 +251,46 @@ def iter_leaves(op: Operator) -> Iterable[Operator]:
             yield node
 
 
+def _retrieves(op: Operator) -> bool:
+    """Whether ``op`` holds a retriever, so that the steps after it get rankings."""
+    return any(leaf.kind == "retriever" for leaf in iter_leaves(op))
+
+
+def unranked_router(op: Operator, path: str = "pipeline", ranked: bool = False) -> ConfigError | None:
+    """The error for the first route of ``op`` whose router reads rankings (``reads_rankings``:
+    ``score_router``) with no retriever before it, or ``None``.
+
+    Steps of a pipeline see the rankings of the steps before them; parallel and route branches
+    those that reach them; a loop's judge also its body's.  Checked when a pipeline is built from
+    YAML, fitted and searched, before any work (at search it would fail on its first query).
+    """
+    if isinstance(op, Pipeline):
+        for step, where in op.child_paths(path):
+            problem = unranked_router(step, where, ranked)
+            if problem is not None:
+                return problem
+            ranked = ranked or _retrieves(step)
+        return None
+    if isinstance(op, Route) and getattr(op.router, "reads_rankings", False) and not ranked:
+        where = f"{_at(path, 'route')}.router"
+        return ConfigError(f"{where}: {op.router.name} routes on the scores of the rankings already made, and no step "
+                           f"before this route retrieves anything; put a retriever (e.g. bm25) before the route, or "
+                           f"route on the query text with rule_router", path=where)
+    if isinstance(op, Loop):
+        body, until = op.child_paths(path)
+        return unranked_router(body[0], body[1], ranked) or unranked_router(until[0], until[1],
+                                                                            ranked or _retrieves(op.body))
+    if isinstance(op, Composite):
+        for child, where in op.child_paths(path):
+            problem = unranked_router(child, where, ranked)
+            if problem is not None:
+                return problem
+    return None
+
+
 def _learning_leaves(op: Operator) -> list[Operator]:
-    """The leaves of ``op`` that learn from judged training queries (``needs_train``)."""
-    return [leaf for leaf in iter_leaves(op) if getattr(leaf, "needs_train", False)]
+    """The leaves of ``op`` that learn from judged training queries (:attr:`Operator.learns`)."""
+    return [leaf for leaf in iter_leaves(op) if getattr(leaf, "learns", False)]
 
 
 class Pipeline(Composite):
@@ -314,6 +351,9 @@ class Pipeline(Composite):
 
             return scale.fit_pipeline(self, corpus, train, backend=backend)
         if _seen is None:
+            problem = unranked_router(self, _path)
+            if problem is not None:
+                raise problem
             check_trainable(self, train)
         seen = set() if _seen is None else _seen
         state_cache: dict[int, State] = {}
@@ -386,10 +426,19 @@ class Pipeline(Composite):
         from ragkit.options import check_options
         from ragkit.run import Run
 
+        problem = unranked_router(self)
+        if problem is not None:
+            raise problem
         leaves = list(iter_leaves(self))
         stateful = [leaf for leaf in leaves if not leaf.stateless]
-        if getattr(self, "corpus_", None) is None and stateful and not stateful[0].is_fitted:
-            raise NotFittedError("this pipeline is not fitted yet; call pipeline.fit(corpus) first")
+        if any(not leaf.is_fitted for leaf in stateful):
+            if getattr(self, "corpus_", None) is None and not stateful[0].is_fitted:
+                raise NotFittedError("this pipeline is not fitted yet; call pipeline.fit(corpus) first")
+            from ragkit.pipelines.yaml import walk_leaves
+
+            path, leaf = next((p, x) for p, x in walk_leaves(self) if not x.stateless and not x.is_fitted)
+            raise NotFittedError(f"{path}: {leaf.name} is not fitted (the rest of the pipeline is); call "
+                                 f"pipeline.fit(corpus) to fit every operator")
         corpus = shared_corpus(self)
         if corpus is None:
             raise NotFittedError("this pipeline has no retriever that was fitted on a corpus")
@@ -699,7 +748,7 @@ class Route(Composite):
         """Fit the router and every branch; a learning router then learns from the branches' results.
 
         With ``train`` and a router that does not learn, a branch whose operators learn (a
-        learned fuser, the Cosine Adapter, a fine-tuned encoder: ``needs_train``) learns from
+        learned fuser, the Cosine Adapter, a fine-tuned encoder: :attr:`Operator.learns`) learns from
         the training queries the router sends it, the ones it will serve, not from all of
         them; branches that share a learning operator learn from the union of theirs.  A
         learning branch that the router sends no judged training query is a
@@ -764,8 +813,9 @@ class Route(Composite):
                 names = sorted({x.name for x in _learning_leaves(op)})
                 raise DataError(
                     f"{where}: the router {self.router.name!r} sends {len(idx)} of the {len(start)} training queries "
-                    f"here, none with a positive judgement, and {', '.join(names)} in this branch learn from the "
-                    f"training queries it serves; route more judged queries here or drop learning from the branch")
+                    f"here, none with a positive judgement, and {', '.join(names)} in this branch "
+                    f"{'learns' if len(names) == 1 else 'learn'} from the training queries it serves; route more "
+                    "judged queries here or drop learning from the branch")
             sub = TrainSet(train.queries[[pos[q] for q in ids]], qrels)
             plan.append((op, sub, labelled.subset(idx) if upstream is not None else None, where))
         for op, sub, up, where in plan:

@@ -119,6 +119,11 @@ class _Fuser(Operator):
         """A learning fuser needs its branches' rankings of the training queries at fit time."""
         return bool(self.params.learn)  # type: ignore[attr-defined]
 
+    @property
+    def learns(self) -> bool:  # type: ignore[override]
+        """``learn: true`` learns the weights from judged queries when fitted with them."""
+        return bool(self.params.learn)  # type: ignore[attr-defined]
+
     def _fit(self, corpus, train, upstream) -> None:
         for attr in ("weights_", "option_", "learned_"):  # a refit re-learns, or forgets what it learned
             self.__dict__.pop(attr, None)

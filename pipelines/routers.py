@@ -250,6 +250,9 @@ class ScoreRouter(LearnedThreshold, Operator):
     kind = "router"
     Params = ScoreRouterParams
     stateless = True
+    #: routes on the rankings of the steps before its route: a route with no retriever before it is
+    #: refused when the pipeline is built (:func:`~ragkit.pipelines._compose.unranked_router`)
+    reads_rankings = True
     example = {"feature": "top1", "threshold": 20.0}
 
     def possible_labels(self) -> list[str]:

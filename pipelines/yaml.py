@@ -49,6 +49,7 @@ from ragkit.pipelines._compose import (
     fuse_weights_problem,
     route_label_problems,
     unique_names,
+    unranked_router,
 )
 
 __all__ = ["load_yaml", "dump_yaml", "to_node", "build", "walk_leaves", "parse_yaml_text"]
@@ -68,11 +69,17 @@ def _default_leaf(path: str, cls: type[Operator], params: Mapping[str, Any]) -> 
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
-    """``yaml.SafeLoader`` that refuses a key repeated in one mapping (YAML keeps the last silently)."""
+    """``yaml.SafeLoader`` that refuses a key repeated in one mapping (YAML keeps the last silently).
+
+    Merge keys (``{<<: *base, b: 0.8}``) work as in ``yaml.safe_load``: only the keys written
+    in the mapping itself are checked, and they override the merged ones.
+    """
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen: set[Any] = set()
         for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
             key = self.construct_object(key_node, deep=deep)
             try:
                 dup = key in seen
@@ -211,6 +218,10 @@ def _load_doc(doc: Mapping[str, Any], make_leaf: LeafFactory) -> Pipeline:
             pipe = build_list(steps, "pipeline", make_leaf, lone_fuser_ok=True)
         except ConfigError as e:
             problems.append(e)
+        else:
+            unranked = unranked_router(pipe)
+            if unranked is not None:
+                problems.append(unranked)
     if problems or pipe is None:
         raise _combined(problems)
     return pipe

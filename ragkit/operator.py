@@ -148,6 +148,14 @@ class Operator:
         self._check_fitted()
         return self._call(state)
 
+    @property
+    def learns(self) -> bool:
+        """Whether ``fit`` given judged queries (``train``) learns from them: every ``needs_train``
+        operator, and one that learns when given them but also fits without (a fuser with
+        ``learn: true`` keeps its given weights then).  A route's branches that learn are fitted
+        on the training queries the router sends them."""
+        return bool(self.needs_train)
+
     def train_refusal(self) -> Exception | None:
         """The error ``fit`` raises when it gets no judged queries (``train=None``), or None when
         it can fit without them; :meth:`Pipeline.fit <ragkit.pipelines.Pipeline.fit>` asks every

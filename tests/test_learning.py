@@ -349,11 +349,21 @@ def test_a_route_branch_learns_from_the_training_queries_the_router_sends_it(sli
     _short_route([c], [BM25(k=5)], learn_router=True).fit(corpus, train)
     assert c.seen_ == list(train.queries.ids)
     # a real learned fuser in one branch fits on its queries and searches
+    import ragkit.pipelines.weights as weights
     from ragkit.pipelines import RRF, Parallel
 
-    hyb = Parallel([BM25(k=30), BM25(k=30, k1=1.5)], fuse=RRF(learn=True))
-    pipe = _short_route([hyb], [BM25(k=10)]).fit(corpus, train)
+    learned_on = []
+    real = weights.learn_weights
+    weights.learn_weights = lambda fuse, state, *a, **kw: learned_on.append(list(state.query_ids)) or real(
+        fuse, state, *a, **kw)
+    try:
+        hyb = Parallel([BM25(k=30), BM25(k=30, k1=1.5)], fuse=RRF(learn=True))
+        pipe = _short_route([hyb], [BM25(k=10)]).fit(corpus, train)
+    finally:
+        weights.learn_weights = real
     assert hyb.fuse.is_fitted and len(pipe.search(queries, k=5).rankings) == len(queries)
+    # its weights come from the queries routed to it (a fuser with learn: true learns without needs_train)
+    assert learned_on == [short]
 
 
 def test_a_learning_branch_the_router_sends_no_judged_query_is_refused_by_name(slice_data):
@@ -377,5 +387,10 @@ def test_a_learning_branch_the_router_sends_no_judged_query_is_refused_by_name(s
     alone = _short_route([BM25(k=5)], [_TrainSpy()]).steps[1]  # a route fitted on its own has no pipeline above
     with pytest.raises(DataError, match=r"^route\.branches\.long: "):
         alone.fit(corpus, TrainSet(train.queries, judged_short_only))
+    from ragkit.pipelines import RRF
+
+    with pytest.raises(DataError, match=r"^pipeline\[1\]\.route\.branches\.long: .* and rrf in this branch learns "):
+        _short_route([BM25(k=5)], [Parallel([BM25(k=5), BM25(k=5, b=0.3)], fuse=RRF(learn=True))]).fit(
+            corpus, TrainSet(train.queries, judged_short_only))
     # a branch that learns nothing does not care which queries it gets
     _short_route([BM25(k=5), _TrainSpy()], [BM25(k=5)]).fit(corpus, TrainSet(train.queries, judged_short_only))

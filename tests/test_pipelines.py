@@ -295,6 +295,39 @@ def test_score_router_routes_easy_queries_past_expensive_branch(slice_data, fitt
         ScoreRouter(threshold=1.0)(State(["q"]))
 
 
+def test_a_score_router_with_no_retriever_before_its_route_is_refused_before_any_work(slice_data):
+    """It would fail on the first search (or, learning, after every branch was fitted): refused
+    when the YAML is loaded, at fit and at search, with the router's path."""
+    from ragkit.errors import NotFittedError
+
+    corpus, queries, _, train = slice_data
+    where = r"^pipeline\[0\]\.route\.router: score_router routes on the scores .* no step before this route"
+    with pytest.raises(ConfigError, match=where):
+        load_yaml("pipeline: [{route: {router: {score_router: {threshold: 5}}, branches: {easy: [{bm25: {}}], "
+                  "hard: [{bm25: {}}]}}}]")
+    branch = BM25(k=3)
+    pipe = Pipeline([Route(ScoreRouter(learn=True), {"easy": branch, "hard": BM25(k=5)})])
+    with pytest.raises(ConfigError, match=where):
+        pipe.fit(corpus, train)
+    assert not branch.is_fitted  # before any branch was fitted
+    with pytest.raises(ConfigError, match=where):
+        pipe.search(queries)
+    nested = "pipeline[1].loop.body[0].route.router"  # a loop's body sees the rankings of the steps before the loop
+    ok = load_yaml("pipeline: [{bm25: {}}, {loop: {body: [{route: {router: {score_router: {threshold: 5}}, "
+                   "branches: {easy: [], hard: [{prf: {}}, {bm25: {}}]}}}], until: {max_only: {}}, max_iters: 2}}]")
+    assert [p for p, _ in walk_leaves(ok)][1].startswith(nested)
+    with pytest.raises(ConfigError, match=r"^pipeline\[0\]\.parallel\.branches\[1\]\[0\]\.route\.router: "):
+        load_yaml("pipeline: [{parallel: {branches: [[{bm25: {}}], [{route: {router: {score_router: {threshold: 5}}, "
+                  "branches: {easy: [{bm25: {}}], hard: [{bm25: {}}]}}}]]}}]")
+    # a pipeline searched with an operator left unfitted (here a route branch added after the fit)
+    # names it, before any step runs
+    fitted = Pipeline([BM25(k=5), Route(ScoreRouter(threshold=1e9), {"easy": TopK(k=3), "hard": TopK(k=3)})])
+    fitted.fit(corpus)
+    fitted.steps[1].branches["hard"] = Pipeline([BM25(k=5)])
+    with pytest.raises(NotFittedError, match=r"^pipeline\[1\]\.route\.branches\.hard.*bm25 is not fitted"):
+        fitted.search(queries[:2])
+
+
 def test_prf_expands_with_feedback_terms_and_loop_converges(slice_data, fitted_bm25):
     corpus, queries, _, _ = slice_data
     prf = PRF(max_df=0.5).fit(corpus)
@@ -528,6 +561,21 @@ def test_malformed_yaml_rejected_with_place(text, prefix):
     with pytest.raises(ConfigError) as exc:
         load_yaml(text)
     assert str(exc.value).startswith(prefix), str(exc.value)
+
+
+def test_yaml_merge_keys_share_parameters_and_explicit_keys_win():
+    text = """
+pipeline:
+  - parallel:
+      branches:
+        - bm25: &base {k: 50, k1: 1.1, b: 0.4}
+        - bm25: {<<: *base, b: 0.8}
+"""
+    a, b = load_yaml(text).steps[0].branches
+    assert (a.params.k, a.params.k1, a.params.b) == (50, 1.1, 0.4)
+    assert (b.params.k, b.params.k1, b.params.b) == (50, 1.1, 0.8)
+    with pytest.raises(ConfigError, match="key 'b' appears twice"):  # written twice in one mapping: still refused
+        load_yaml("pipeline: [{bm25: &base {k: 5}}, {bm25: {<<: *base, b: 0.8, b: 0.7}}]")
 
 
 def test_yaml_tags_message_mentions_tags():
