@@ -133,6 +133,9 @@ class MMR(Operator):
         if f:
             pool[valid] = np.concatenate([r.rows[:f] for r in state.rankings])
         v = np.asarray(self.vectors_)
+        if valid.any() and pool[valid].max() >= len(v):
+            raise DataError(f"mmr: candidate row {int(pool[valid].max())} is outside the fitted corpus ({len(v)} "
+                            "documents); refit on the current corpus")
         q = query_vectors(state, self.encoder).astype(np.float32)
         step = max(1, int(2**26 // max(f * f, 1)))  # bound the (n_q, F, F) similarity block to ~256 MiB
         sels, coss = [], []

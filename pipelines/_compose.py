@@ -553,14 +553,19 @@ def fuse_weights_problem(fuse: Operator, names: Sequence[str]) -> str | None:
 
 def route_label_problems(router: Operator, labels: Iterable[Any], has_default: bool) -> str | None:
     """Why a route's branch ``labels`` do not serve ``router``, or ``None``: every label must be a
-    string (YAML reads unquoted ``yes`` / ``no`` / ``on`` / ``1`` as booleans and numbers), and
-    without a default every label the router can give (``possible_labels``) needs a branch."""
+    string (YAML reads unquoted ``yes`` / ``no`` / ``on`` / ``1`` as booleans and numbers) without
+    ``.``, ``[`` or ``]`` (path syntax), and without a default every label the router can give
+    (``possible_labels``) needs a branch."""
     labels = list(labels)
     bad = [k for k in labels if not isinstance(k, str)]
     if bad:
         got = ", ".join(f"{k!r} ({type(k).__name__})" for k in bad)
         return (f"branch labels must be strings, got {got}; YAML reads unquoted yes/no/on/off/true/false as "
                 f'booleans and digits as numbers: quote the labels, e.g. "yes": [...] or "1": [...]')
+    odd = [k for k in labels if not k.strip() or any(c in k for c in ".[]")]
+    if odd:  # a label is a part of every path under its branch: "a[0]" would name what "a"'s first step is
+        return (f"branch labels must be non-empty and hold no '.', '[' or ']' (they are parts of the paths that "
+                f"name operators in errors, traces and saved pipelines), got {odd}")
     possible = getattr(router, "possible_labels", None)
     missing = [lab for lab in possible() if lab not in labels] if callable(possible) and not has_default else []
     if missing:

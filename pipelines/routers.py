@@ -132,7 +132,9 @@ class RuleRouter(Operator):
         user's pattern could match across the separator.
         """
         n = len(texts)
-        joined, starts = _join(list(map(str.lower, texts)) if self.params.ignore_case else texts)
+        # the texts as written (str.lower turns some letters into two characters, e.g. 'İ' into 'i' and a
+        # combining dot, which splits a word): case is ignored by the keyword pattern's IGNORECASE
+        joined, starts = _join(texts)
         n_words = None
         labels = np.full(n, None, dtype=object)
         open_ = np.ones(n, bool)
@@ -159,11 +161,13 @@ class RuleRouter(Operator):
         return out
 
 
-def _keyword_pattern(keywords: list[str], lower: bool) -> re.Pattern:
+def _keyword_pattern(keywords: list[str], ignore_case: bool) -> re.Pattern:
     """One pattern matching any keyword as whole words: each keyword's ``\\w+`` words in sequence,
-    separated by non-word characters (not the batch separator), e.g. ``covid-19`` -> ``covid[^\\w\\0]+19``."""
-    phrases = {r"[^\w\0]+".join(map(re.escape, _WORD.findall(k.lower() if lower else k))) for k in keywords}
-    return re.compile(r"(?<!\w)(?:" + "|".join(sorted(phrases, key=lambda p: (-len(p), p))) + r")(?!\w)")
+    separated by non-word characters (not the batch separator), e.g. ``covid-19`` -> ``covid[^\\w\\0]+19``;
+    ``ignore_case``: Unicode case-insensitive (``re.IGNORECASE``, as a rule's ``regex``)."""
+    phrases = {r"[^\w\0]+".join(map(re.escape, _WORD.findall(k))) for k in keywords}
+    return re.compile(r"(?<!\w)(?:" + "|".join(sorted(phrases, key=lambda p: (-len(p), p))) + r")(?!\w)",
+                      re.IGNORECASE if ignore_case else 0)
 
 
 def _join(texts: list[str]) -> tuple[str, np.ndarray]:

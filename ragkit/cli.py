@@ -206,6 +206,10 @@ def eval_cmd(
         if limit is not None:
             queries = queries[:limit]
             qrels = {q: qrels[q] for q in queries.ids}
+        if run_file is not None:  # ids a TREC file cannot hold are refused now, not after the search
+            from ragkit.run import check_trec_ids
+
+            check_trec_ids(run_file, queries.ids, ds.corpus.ids)
         from ragkit.encoders.sentence import _ENCODERS
         from ragkit.encoders.tokens import _TOKEN_ENCODERS
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -19,7 +19,7 @@ from ragkit._files import atomic_file
 from ragkit.errors import DataError
 from ragkit.types import Ranking, TraceEvent
 
-__all__ = ["Run", "trec_order"]
+__all__ = ["Run", "trec_order", "check_trec_ids"]
 
 
 def trec_order(docs: Mapping[str, float]) -> list[tuple[str, float]]:
@@ -49,6 +49,18 @@ def _unwritable(ids: list[str]) -> str | None:
     if m is None:
         return None
     return joined[joined.rfind("\x00", 0, m.start()) + 1:].split("\x00", 1)[0]
+
+
+def check_trec_ids(path: str | Path, query_ids: Sequence[str], doc_ids: Iterable[str], tag: str = "ragkit") -> None:
+    """Refuse ids a TREC run file cannot hold (empty, or holding whitespace: the file's columns
+    are whitespace-separated, so :meth:`Run.read_trec` could not read them back): a
+    :class:`DataError` naming ``path``.  ``ragkit eval --run`` calls it on the dataset's ids
+    before any work; :meth:`Run.write_trec` on what it writes."""
+    for what, ids in (("query id", list(query_ids)), ("document id", list(doc_ids)), ("tag", [tag])):
+        bad = _unwritable(ids)
+        if bad is not None:
+            raise DataError(f"{path}: cannot write a TREC run file: {what} {bad!r} is empty or holds "
+                            "whitespace, which would break the file's columns")
 
 
 @dataclass
@@ -139,13 +151,7 @@ class Run:
         """Write a TREC run file ``qid Q0 docid rank score tag`` (rank from 1; scores with 9
         significant digits, which round-trip float32, so no two scores become a tie)."""
         path = Path(path)
-        # the file's columns are whitespace-separated: an id read_trec could not read back is refused first
-        for what, ids in (("query id", list(self.query_ids)), ("document id", [x for d in self.doc_ids for x in d]),
-                          ("tag", [tag])):
-            bad = _unwritable(ids)
-            if bad is not None:
-                raise DataError(f"{path}: cannot write a TREC run file: {what} {bad!r} is empty or holds "
-                                "whitespace, which would break the file's columns")
+        check_trec_ids(path, self.query_ids, (x for d in self.doc_ids for x in d), tag)
         with atomic_file(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
             for q, d, s in self:
                 f.writelines(f"{q} Q0 {doc} {r} {score:.9g} {tag}\n" for r, (doc, score) in enumerate(zip(d, s), 1))

@@ -404,7 +404,8 @@ class VectorIndex:
 
         An empty ``x`` (an index built empty, like the other dtypes) gets a neutral placeholder
         (``min`` 0, ``step`` 1/255, scale 127) that no code uses: the first ``add`` to an index
-        without slots calibrates on the added vectors.
+        without slots calibrates on the added vectors, and one to an exact index built on one or
+        two vectors recalibrates on those and the added ones.
         """
         if len(x) == 0:
             self.i8_min = np.zeros(x.shape[1], np.float32)
@@ -572,6 +573,13 @@ class VectorIndex:
         x = self._reduce(full)
         if self.dtype == "i8" and self.n_slots == 0:  # built empty: calibrate on the first vectors
             self._calibrate_i8(x)
+        elif self.dtype == "i8" and self.n_slots < 3 and self.backend == "numpy":
+            # built on one or two vectors, a range of zero width per dimension (every later vector fell on
+            # one code): calibrate on them and the added ones.  Their codes are their range's ends, so
+            # decoding gives them back exactly (float rounding) to re-encode with the new calibration.
+            old = self.i8_min + np.asarray(self.codes).astype(np.float32) * self.i8_step
+            self._calibrate_i8(np.concatenate([old, x]))
+            self.codes = self._codes(old, for_usearch=False)
         if self.backend == "numpy":
             self.codes = np.concatenate([np.asarray(self.codes), self._codes(x, for_usearch=False)])
         else:

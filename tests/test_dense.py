@@ -706,6 +706,22 @@ def test_embedding_cache_put_extends_the_loaded_index(tmp_path):
         np.testing.assert_array_equal(got, vecs)
 
 
+def test_i8_index_built_on_one_or_two_vectors_recalibrates_on_add():
+    """A build on one vector calibrates a range of zero width per dimension: every added vector
+    fell on one code, so all scored alike.  Such an index recalibrates on its vectors and the
+    added ones, and ranks as if built on all of them."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((51, 16)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    full = VectorIndex(dtype="i8", search="exact").build(x)
+    want = full.search(x[10:30], 5)[0]
+    for n0 in (1, 2):
+        ix = VectorIndex(dtype="i8", search="exact").build(x[:n0])
+        ix.add(x[n0:])
+        np.testing.assert_array_equal(ix.search(x[10:30], 5)[0], want)
+        np.testing.assert_allclose(ix.i8_step, full.i8_step, rtol=1e-5)
+
+
 def test_embedding_caches_skip_empty_shards_and_survive_a_read_only_folder(tmp_path, monkeypatch):
     """A zero-byte shard file (a crash after the rename) is ignored and recomputed, not an
     EOFError on every later encode; a cache folder that cannot be written costs a warning, not

@@ -408,6 +408,8 @@ def test_mmr_operator_batch_and_padding(blobs):
     np.testing.assert_array_equal(one.rankings[0].rows, out.rankings[1].rows)
     with pytest.raises(DataError):
         op(State(["a"], vectors={op.encoder.key: q[:1]}))
+    with pytest.raises(DataError, match=rf"mmr: candidate row {len(vecs)} is outside the fitted corpus"):
+        op(State(["a"], vectors={op.encoder.key: q[:1]}, rankings=[Ranking(np.array([0, len(vecs)]), np.ones(2))]))
 
 
 # ---------------------------------------------------------------------- diversity measures

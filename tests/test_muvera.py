@@ -456,6 +456,10 @@ def test_muvera_without_rerank_answers_a_huge_k_with_the_corpus(tiny):
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     assert all(len(r) == len(corpus) for r in run.rankings) and peak < 64 << 20
+    # an empty corpus answers empty rankings, with or without rerank, as every retriever does
+    for rerank in (False, True):
+        empty = Muvera(k=5, candidates=20, k_sim=2, d_proj=4, r_reps=2, rerank=rerank).fit(corpus.subset(np.arange(0)))
+        assert [len(r) for r in empty.search(queries).rankings] == [0] * len(queries)
 
 
 def test_muvera_params_cross_checks():

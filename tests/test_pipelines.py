@@ -868,6 +868,11 @@ def test_route_labels_must_be_strings():
     pipe = Pipeline.from_yaml(ROUTE.replace("LABELS", '"yes": [top_k: {k: 1}]\n        "no": [top_k: {k: 3}]'))
     run = pipe.fit(_toy_corpus()).search(["cell", "cell growth in tissue"])
     assert run.values["route"] == ["yes", "no"] and [len(r) for r in run.rankings] == [1, 3]
+    # a label is part of the paths under its branch: "no[0]" would name what "no"'s first step is (and
+    # a save keyed by those paths loaded one branch's operator into the other)
+    for label in ('"no[0]"', '"v1.2"', '""'):
+        e = _config_error(ROUTE.replace("LABELS", f'"yes": [top_k: {{}}]\n        {label}: [top_k: {{}}]'))
+        assert e.path == "pipeline[1].route.branches" and "hold no '.', '[' or ']'" in str(e), str(e)
 
 
 def test_route_without_default_needs_a_branch_for_every_router_label():
@@ -898,6 +903,12 @@ def test_rule_router_keywords_match_as_phrases():
     assert words.labels(["covid-19", "a b c", "", "x"]) == ["short", "-", "-", "short"]
     with pytest.raises(ParamError, match=r"rules\[0\]\.keywords: .*no word characters"):
         RuleRouter(rules=[{"label": "x", "keywords": ["++"]}])
+    # ignoring case never splits a word: 'İ'.lower() is 'i' + a combining dot, which is not a word character
+    turkish = ["İstanbul", "istanbul", "İzmir earthquake"]
+    one = RuleRouter(rules=[{"label": "one", "max_words": 1}], default="more")
+    assert one.labels(turkish) == ["one", "one", "more"]
+    city = RuleRouter(rules=[{"label": "city", "keywords": ["istanbul"]}], default="-")
+    assert city.labels(turkish) == ["city", "city", "-"]
 
 
 def test_learned_weights_tie_goes_to_uniform_weights():
@@ -1001,6 +1012,16 @@ def test_cli_eval_creates_output_folders_and_checks_them_first(tmp_path):
     assert res.exit_code == 2 and "is a folder; expected a file path" in res.output
     res = _cli("eval", "--data", data, "-p", "bm25", "--limit", "-1")
     assert res.exit_code == 2 and "--limit" in res.output and "ndcg" not in res.output
+    # ids a TREC file cannot hold are refused once the data is read: before the fit, nothing written
+    from ragkit.eval.beir import write_beir
+    from ragkit.types import Corpus
+
+    spaced = write_beir(tmp_path / "spaced", Corpus.from_texts(["the cat sat", "a quick fox"], ids=["doc 1", "doc 2"]),
+                        {"a": "cat", "b": "fox"}, {"test": {"a": {"doc 1": 1}, "b": {"doc 2": 1}}})
+    res = _cli("eval", "--data", spaced, "-p", "bm25", "-o", tmp_path / "sp" / "res.json", "--run",
+               tmp_path / "sp" / "run.trec")
+    assert res.exit_code == 2 and "document id 'doc 1' is empty or holds whitespace" in res.output
+    assert "fit" not in res.output and not (tmp_path / "sp" / "res.json").exists()
 
 
 def test_cli_pipeline_accepts_an_operator_save_folder(tmp_path):
