@@ -202,7 +202,7 @@ def _load_doc(doc: Mapping[str, Any], make_leaf: LeafFactory) -> Pipeline:
         problems.append(ConfigError(f"{bad}: unknown top-level key{hint}; expected one of {sorted(TOP_KEYS)}",
                                     path=bad))
     version = doc.get("version", 1)
-    if version != 1 or isinstance(version, bool):
+    if version != 1 or not isinstance(version, int) or isinstance(version, bool):
         problems.append(ConfigError(
             f"version: expected 1 (the pipeline file format this ragkit reads), got {version!r}", path="version"))
     steps = doc.get("pipeline")
@@ -555,7 +555,7 @@ def to_node(op: Operator) -> Any:
 
 def dump_yaml(pipe: Pipeline) -> str:
     """YAML text of a pipeline; ``load_yaml(dump_yaml(p))`` rebuilds an equal pipeline."""
-    return yaml.safe_dump({"pipeline": to_node(pipe)}, sort_keys=False, default_flow_style=None)
+    return yaml.safe_dump({"pipeline": to_node(pipe)}, sort_keys=False, default_flow_style=None, allow_unicode=True)
 
 
 def walk_leaves(op: Operator, path: str = "pipeline") -> Iterator[tuple[str, Operator]]:

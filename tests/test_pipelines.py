@@ -578,6 +578,13 @@ pipeline:
         load_yaml("pipeline: [{bm25: &base {k: 5}}, {bm25: {<<: *base, b: 0.8, b: 0.7}}]")
 
 
+def test_yaml_dump_writes_text_as_it_is():
+    pipe = Pipeline([BM25(k=5), Route(RuleRouter(rules=[{"label": "kurz", "keywords": ["größe"]}], default="lang"),
+                                      {"kurz": TopK(k=3), "lang": TopK(k=5)})])
+    text = pipe.to_yaml()
+    assert "größe" in text and "\\x" not in text and load_yaml(text) == pipe
+
+
 def test_yaml_tags_message_mentions_tags():
     with pytest.raises(ConfigError, match="tags that construct objects are not allowed"):
         load_yaml("pipeline: !!python/object/apply:os.system ['echo hi']")
@@ -1235,6 +1242,7 @@ def test_top_level_problems_name_the_file(tmp_path):
     f = tmp_path / "noplist.yaml"
     for text, first in [("pipline:\n  - bm25: {}\n", "pipline: unknown top-level key (did you mean 'pipeline'?)"),
                         ("version: 7\npipeline: [bm25: {}]\n", "version: expected 1"),
+                        ("version: 1.0\npipeline: [bm25: {}]\n", "version: expected 1"),
                         ("description: x\n", "pipeline: missing"),
                         ("pipeline: []\n", "pipeline: expected a non-empty list")]:
         f.write_text(text)
