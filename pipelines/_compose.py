@@ -625,7 +625,10 @@ class Parallel(Composite):
         if not isinstance(other, Operator):
             return NotImplemented
         if isinstance(other, Parallel) and other.implicit_fuse:
-            extra, extra_names = other.branches, other.names
+            # names it made itself are made again next to ours (a + (b + c) names bm25, bm252, bm253, as
+            # (a + b) + c does); names given to it are kept
+            extra = other.branches
+            extra_names = None if other.names == unique_names(other.branches) else other.names
         else:
             extra, extra_names = [other], unique_names([other])
         return Parallel([*self.branches, *extra], fuse=None if self.implicit_fuse else self.fuse,

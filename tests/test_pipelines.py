@@ -1125,6 +1125,8 @@ def test_adding_a_branch_keeps_the_branch_names():
     assert (named + BM25(k=3)).names == ["x", "y", "bm25"]
     assert (named + Parallel([BM25(k=5), BM25(k=6)], names=["x", "z"])).names == ["x", "y", "x2", "z"]
     assert (BM25(k=10) + BM25(k=5) + BM25(k=3)).names == ["bm25", "bm252", "bm253"]
+    assert (BM25(k=10) + (BM25(k=5) + BM25(k=3))).names == ["bm25", "bm252", "bm253"]  # was bm2522
+    assert (BM25(k=10) + Parallel([BM25(k=5), BM25(k=3)], names=["x", "y"])).names == ["bm25", "x", "y"]
 
 
 def test_a_pipeline_without_a_retriever_is_refused_at_search():
