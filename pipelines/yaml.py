@@ -103,8 +103,13 @@ def _what_is(path: Path) -> str | None:
 def _not_a_file(path: Path | str, kind: str | None) -> ConfigError:
     """The error for a pipeline source that names a folder (``kind == "folder"``) or nothing."""
     if kind == "folder":
-        return ConfigError(f"{path} is a folder (a saved pipeline?): load it with Pipeline.load({str(path)!r})",
-                           path=str(path))
+        if (Path(path) / "manifest.json").is_file():
+            hint = f"a saved pipeline: load it with Pipeline.load({str(path)!r})"
+        elif (Path(path) / "params.json").is_file():
+            hint = f"a saved operator: load it with Operator.load({str(path)!r})"
+        else:
+            hint = "not a ragkit save either (no manifest.json or params.json); expected a pipeline YAML file"
+        return ConfigError(f"{path} is a folder, {hint}", path=str(path))
     return ConfigError(f"{path}: no such file (expected a pipeline YAML file, or YAML text with a 'pipeline:' key)",
                        path=str(path))
 

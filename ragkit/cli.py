@@ -369,12 +369,33 @@ def train_cmd(
         t0 = time.perf_counter()
         with console.status(f"fitting on all {len(train.queries)} {split} queries..."):
             pipe.fit(ds.corpus, train)
-        pipe.save(out)
+        try:
+            pipe.save(out)
+        except OSError as e:
+            raise RagkitError(f"--out {out}: the fitted pipeline could not be saved: {e.strerror or e}") from None
     except RagkitError as e:
         _fail(e)
         return
     console.print(Text(f"fitted in {time.perf_counter() - t0:.1f} s; saved to {out} "
                        f"(evaluate with: ragkit eval --data {data} --pipeline {out})"))
+
+
+def _without_generation(pipe: Any) -> Any:
+    """``pipe`` up to its first ``generate`` step: ``ragkit search`` shows documents, so it does not
+    run a language model whose answers it would not print (``ragkit ask`` answers)."""
+    from ragkit.pipelines import Pipeline
+
+    steps = list(pipe.steps)
+    cut = next((i for i, op in enumerate(steps) if op.kind == "generator"), None)
+    if cut is None:
+        return pipe
+    if cut == 0:
+        raise RagkitError("--index: the saved pipeline starts with a generate step and retrieves nothing to show")
+    console.print(Text("(the pipeline's generate step is not run: search shows the documents; ragkit ask "
+                       "answers with them)", style="dim"))
+    part = Pipeline(steps[:cut])
+    part.corpus_ = pipe.corpus_
+    return part
 
 
 @app.command("search")
@@ -392,6 +413,7 @@ def search_cmd(
         pipe, fitted = _load_folder(index, "--index")
         if not fitted:
             raise RagkitError(f"--index {index}: saved before it was fitted; fit it on a corpus and save it again")
+        pipe = _without_generation(pipe)
         run = pipe.search(list(query), k=k)
     except RagkitError as e:
         _fail(e)
@@ -434,6 +456,8 @@ def ask_cmd(
 
     if mode not in (None, "full", "prefix", "naive", "cachecraft"):
         raise typer.BadParameter(f"expected one of full, prefix, naive, cachecraft; got {mode!r}", param_hint="--mode")
+    if not question.strip():
+        raise typer.BadParameter("expected a question, got an empty one", param_hint="QUESTION")
     given = {f: v for f, v in (("--top-k", top_k), ("--mode", mode), ("--max-new-tokens", max_new_tokens))
              if v is not None}
     try:
@@ -454,6 +478,8 @@ def ask_cmd(
                       if v is not None}
             gens = [Generate(**{"max_new_tokens": 96, **chosen})]  # ask answers at more length than the default
             pipe = Pipeline([pipe, gens[0]])
+        for g in gens:  # a model path that does not exist is refused before the retrieval steps are fitted
+            g.check_source()
         if fitted:
             for g in gens:
                 if not g.is_fitted:
@@ -516,7 +542,11 @@ def validate_cmd(path: Path = typer.Argument(..., help="Pipeline YAML file, or a
     console.print(f"[green]ok[/] {escape(str(path))}: {len(leaves)} operator{'' if len(leaves) == 1 else 's'}")
     for p, op in leaves:
         console.print(Text(f"  {p}  {op!r}"))
-    models = {getattr(op.params, "model", None) for _, op in leaves if op.kind != "generator"}  # sentence encoders
+    from ragkit.scale import Sharded
+
+    # sentence encoders, a sharded retriever's per-shard one included (a generator's model is another kind)
+    models = {getattr((op.sub_retriever() if isinstance(op, Sharded) else op).params, "model", None)
+              for _, op in leaves if op.kind != "generator"}
     for m in sorted(m for m in models if isinstance(m, str)):
         note = model_note(m)
         if note:

@@ -419,6 +419,9 @@ class atomic_dir:
         path = Path(path).resolve()
         if path.exists() and not path.is_dir():
             raise ArtifactError(f"{path}: exists and is not a folder; refusing to replace it with a ragkit save")
+        blocker = next((p for p in path.parents if p.exists()), None)
+        if blocker is not None and not blocker.is_dir():
+            raise ArtifactError(f"{path}: {blocker} is a file, not a folder; a save cannot be written below it")
         if path.is_dir() and any(path.iterdir()) and not _is_ragkit_save(path):
             raise ArtifactError(
                 f"{path}: a non-empty folder that is not a ragkit save (no params.json or manifest.json written "

@@ -561,6 +561,9 @@ class Sharded(Operator):
         # a rewritten query (a rewriter, PRF's lexical query upstream) is what the shards search
         rewrites = {key: state.values[key] for key in QUERY_REWRITES if state.values.get(key)}
         texts = list(state.queries)
+        # shards with documents (more shards than documents leaves some empty: nothing to search, and a
+        # shard loaded from its folder alone would not know the corpus's metadata fields a filter names)
+        live = np.flatnonzero(np.diff(self.bounds_) > 0)
         if self._use_ray():
             self._check_ray_model("sharded.search")  # before Ray starts
             ray = ray_init()
@@ -573,23 +576,23 @@ class Sharded(Operator):
                     _ShardActor)
                 self._actors = [actor.remote(f) for f in self.folders_]
                 self._actors_session = session
-            refs = [a.search.remote(texts, options, rewrites) for a in self._actors]
+            refs = [self._actors[s].search.remote(texts, options, rewrites) for s in live]
             results = []
-            for s, ref in enumerate(refs):
+            for s, ref in zip(live, refs):
                 try:
                     results.append(ray.get(ref))
                 except Exception as e:
                     raise ShardError(f"sharded: shard {s} failed to search: {_reason(e)}") from None
         else:
             results = []
-            for sh in self.shards_:
-                sub = sh(State(texts, list(state.query_ids), options=options, vectors=state.vectors,
-                               values=dict(rewrites)))
+            for s in live:
+                sub = self.shards_[s](State(texts, list(state.query_ids), options=options, vectors=state.vectors,
+                                            values=dict(rewrites)))
                 state.vectors.update(sub.vectors)
                 results.append([(r.rows, r.scores) for r in sub.rankings])
-        parts = [[Ranking(rows + off, sc) for rows, sc in res] for res, off in zip(results, self.bounds_[:-1])]
+        parts = [[Ranking(rows + off, sc) for rows, sc in res] for res, off in zip(results, self.bounds_[live])]
         out = state.copy()
-        out.rankings = merge_rankings(parts, merge_k)
+        out.rankings = merge_rankings(parts, merge_k) if parts else [Ranking.empty() for _ in texts]
         return out
 
     def _save(self, folder: Path) -> None:

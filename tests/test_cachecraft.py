@@ -416,6 +416,25 @@ def test_chunk_computed_after_approximate_rows_is_not_exact(tiny):
         assert re.chunk_fraction == [0.0, 1.0, 0.0] and _max_dlogit(re, full) < 1e-3, selector
 
 
+def test_a_prompt_past_the_models_context_is_refused_before_the_prefill(tiny):
+    """The tiny model's context is 512 tokens (bytes): three 300-byte chunks went through a long
+    prefill to an empty answer; refused up front, naming what sets the length."""
+    from ragkit.errors import ParamError
+    from ragkit.generators.local import LocalGenerator
+
+    g = LocalGenerator(tiny[0], max_chunk_tokens=400).load()
+    assert g.context_length == 512
+    long = ["cells " * 50] * 3
+    with pytest.raises(ParamError, match=r"the prompt is [\d,]+ tokens \(3 chunks.*past the model's context of 512 "
+                                         r"tokens; give the generator fewer chunks"):
+        g.generate(TINY_Q, long, max_new_tokens=4)
+    with pytest.raises(ParamError, match="past the model's context"):
+        g.prefill(g.segments(TINY_Q, long), "full")
+    with pytest.raises(ParamError, match="plus 600 new tokens"):  # room for the answer counts too
+        g.generate(TINY_Q, TINY_CHUNKS[:1], max_new_tokens=600)
+    assert isinstance(g.generate(TINY_Q, TINY_CHUNKS[:1], max_new_tokens=2), str)
+
+
 def test_system_prompt_is_part_of_a_chunks_context(tiny, tmp_path):
     from ragkit.generators.local import LocalGenerator
 
@@ -542,9 +561,20 @@ def test_cli_ask_with_a_missing_model_exits_2(tmp_path):
     for gen in (f"{{model: {tmp_path / 'nope'}}}", f"{{model: {tmp_path}, gguf_file: missing.gguf}}"):
         pipe = tmp_path / "p.yaml"
         pipe.write_text(f"pipeline:\n  - bm25: {{k: 2}}\n  - generate: {gen}\n")
-        res = CliRunner().invoke(app, ["ask", "--pipeline", str(pipe), "--data", str(docs), QUESTION])
+        fitted = []
+        import ragkit.retrievers.bm25 as bm25_mod
+
+        real_fit = bm25_mod.BM25._fit
+        bm25_mod.BM25._fit = lambda self, *a: fitted.append(1) or real_fit(self, *a)
+        try:
+            res = CliRunner().invoke(app, ["ask", "--pipeline", str(pipe), "--data", str(docs), QUESTION])
+        finally:
+            bm25_mod.BM25._fit = real_fit
         assert res.exit_code == 2, res.output
         assert "error:" in res.output and ("nope" in res.output or "missing.gguf" in res.output), res.output
+        assert fitted == []  # refused before the retrieval steps were fitted
+    res = CliRunner().invoke(app, ["ask", "--pipeline", "bm25", "--data", str(docs), "  "])
+    assert res.exit_code == 2 and "expected a question, got an empty one" in res.output, res.output
     # flags for the generate step ragkit appends are refused where the pipeline brings its own
     res = CliRunner().invoke(app, ["ask", "--pipeline", str(pipe), "--data", str(docs), "--max-new-tokens", "1",
                                    "--mode", "naive", QUESTION])

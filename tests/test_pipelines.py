@@ -1031,6 +1031,26 @@ def test_cli_eval_creates_output_folders_and_checks_them_first(tmp_path):
     assert "fit" not in res.output and not (tmp_path / "sp" / "res.json").exists()
 
 
+def test_cli_search_does_not_run_a_saved_pipelines_generate_step(tmp_path, monkeypatch):
+    from ragkit.generators.operator import Generate
+
+    corpus = _toy_corpus()
+    pipe = Pipeline([BM25(k=3), Generate()])
+    pipe.steps[0].fit(corpus)
+    pipe.corpus_ = corpus
+    pipe.save(tmp_path / "rag")
+    monkeypatch.setattr(Generate, "_call", lambda self, state: (_ for _ in ()).throw(AssertionError("LLM ran")))
+    res = _cli("search", "--index", tmp_path / "rag", "--k", "2", "cell growth")
+    assert res.exit_code == 0, res.output
+    assert "generate step is not run" in res.output and "rank" in res.output
+
+
+def test_cli_validate_notes_the_model_of_a_sharded_retriever(tmp_path):
+    (tmp_path / "p.yaml").write_text("pipeline:\n  - sharded: {retriever: {dense: {model: org/some-model}}}\n")
+    res = _cli("validate", tmp_path / "p.yaml")
+    assert res.exit_code == 0 and "note:" in res.output and "org/some-model" in res.output, res.output
+
+
 def test_cli_pipeline_accepts_an_operator_save_folder(tmp_path):
     data = _toy_beir(tmp_path / "beir")
     BM25(k=5).fit(_toy_corpus()).save(tmp_path / "op")
@@ -1077,6 +1097,10 @@ def test_cli_train_report_on_a_split_too_small_to_hold_out(tmp_path):
     res = _cli("train", "--data", data, "-p", "bm25", "--out", tmp_path / "mine")  # refused before fitting
     assert res.exit_code == 2 and "not a ragkit save" in res.output and "held-out" not in res.output
     assert [f.name for f in (tmp_path / "mine").iterdir()] == ["notes.txt"]
+    (tmp_path / "afile").write_text("x")  # below a file: refused before fitting too (it was a traceback after)
+    res = _cli("train", "--data", data, "-p", "bm25", "--out", tmp_path / "afile" / "model")
+    assert res.exit_code == 2 and "afile is a file, not a folder" in res.output and "fitted in" not in res.output
+    assert "Traceback" not in res.output
 
 
 def test_python_api_refuses_what_yaml_refuses():
@@ -1272,9 +1296,11 @@ def test_from_yaml_reads_files_of_any_suffix_and_says_what_else_a_string_is(tmp_
     BM25(k=3).save(tmp_path / "saved")
     monkeypatch.chdir(tmp_path)
     for folder in ("saved", str(tmp_path / "saved"), tmp_path / "saved"):
-        with pytest.raises(ConfigError, match=r"saved is a folder \(a saved pipeline\?\): load it with "
-                                              r"Pipeline\.load\("):
+        with pytest.raises(ConfigError, match=r"saved is a folder, a saved operator: load it with Operator\.load\("):
             Pipeline.from_yaml(folder)
+    (tmp_path / "data").mkdir()
+    with pytest.raises(ConfigError, match=r"data is a folder, not a ragkit save either"):
+        Pipeline.from_yaml(tmp_path / "data")
     for missing in ("pipes/missng", str(tmp_path / "nope.txt"), "missing.yml", "C:\\pipes\\p"):
         with pytest.raises(ConfigError, match=rf"^{re.escape(missing)}: no such file"):
             Pipeline.from_yaml(missing)

@@ -159,6 +159,12 @@ def test_ray_fit_and_search_equal_local(slice_data, tmp_path, ray_session):
     with pytest.raises(ShardError, match="shard 0"):
         Sharded(retriever={"dense": {"model": str(tmp_path / "no-such-model")}}, n_shards=2, k=5,
                 backend="ray", max_retries=0).fit(corpus)
+    # an empty shard's actor (loaded from its folder, it knows no metadata fields) is not asked: a
+    # filtered search answers as the local one
+    tiny = corpus.subset(np.arange(2))  # buckets 0 and 1
+    sparse = Sharded(retriever={"bm25": {"k": 3}}, n_shards=3, k=3, backend="ray").fit(tiny)
+    assert [r.rows.tolist() for r in sparse.search(queries[:3], filter={"bucket": 1}).rankings] == \
+        [r.rows.tolist() for r in BM25(k=3).fit(tiny).search(queries[:3], filter={"bucket": 1}).rankings]
 
 
 def test_sharded_load_with_mmap_maps_every_shard(slice_data, tmp_path):
@@ -171,6 +177,19 @@ def test_sharded_load_with_mmap_maps_every_shard(slice_data, tmp_path):
     assert all(s.index_._view for s in mapped.shards_)
     assert [r.rows.tolist() for r in mapped.search(queries).rankings] == \
         [r.rows.tolist() for r in Operator.load(tmp_path / "s").search(queries).rankings]
+
+
+def test_sharded_with_more_shards_than_documents_searches_the_ones_it_has():
+    from ragkit.types import Corpus
+
+    c = Corpus.from_texts(["apple banana", "banana cherry"], year=[2020, 2021])
+    one = BM25(k=3).fit(c).search(["banana"], filter={"year": 2020})
+    sh = Sharded(retriever={"bm25": {"k": 3}}, n_shards=3, k=3, backend="local").fit(c)
+    assert list(np.diff(sh.bounds_)) == [0, 1, 1]
+    got = sh.search(["banana", "cherry"], filter={"year": 2020})
+    assert got.doc_ids[0].tolist() == one.doc_ids[0].tolist() == ["0"] and len(got.doc_ids[1]) == 0
+    empty = Sharded(retriever={"bm25": {"k": 3}}, n_shards=2, k=3, backend="local").fit(c.subset(np.arange(0)))
+    assert [len(r) for r in empty.search(["banana", "x"]).rankings] == [0, 0]
 
 
 def test_sharded_fits_never_share_shard_folders(slice_data, tmp_path):

@@ -599,6 +599,7 @@ class LocalGenerator:
         if not 0.0 <= fraction <= 1.0:
             raise ParamError(f"LocalGenerator.prefill: fraction must be in [0, 1]; got {fraction}", "fraction")
         self.load()
+        self.check_fits(seg)
         with self._lock:  # one pass at a time per loaded model (shared config, attention hooks)
             t0 = time.perf_counter()
             if mode == "full":
@@ -610,6 +611,27 @@ class LocalGenerator:
                                   rerotate=rerotate, mode=mode)
             out.seconds = time.perf_counter() - t0
         return out
+
+    @property
+    def context_length(self) -> int | None:
+        """The model's context window in tokens (``max_position_embeddings``), or ``None`` if unknown."""
+        n = getattr(self.model.config, "max_position_embeddings", None)
+        return int(n) if isinstance(n, int) and n > 0 else None
+
+    def check_fits(self, seg: PromptSegments, max_new_tokens: int = 0) -> None:
+        """Refuse, before any model pass, a prompt (plus ``max_new_tokens``) longer than the model's
+        context: past it the answer is empty or garbage after a long prefill.  A
+        :class:`~ragkit.errors.ParamError` saying how long the prompt is and what sets it."""
+        limit = self.context_length
+        need = len(seg) + max_new_tokens
+        if limit is None or need <= limit:
+            return
+        longest = max((len(c) for c in seg.chunks), default=0)
+        raise ParamError(
+            f"LocalGenerator: the prompt is {len(seg):,} tokens ({len(seg.chunks)} chunks, the longest {longest:,} "
+            f"tokens; max_chunk_tokens {self.max_chunk_tokens:,}) plus {max_new_tokens:,} new tokens, past the model's "
+            f"context of {limit:,} tokens; give the generator fewer chunks (generate's top_k, ragkit ask --top-k) or "
+            f"shorter ones (max_chunk_tokens)", "max_chunk_tokens")
 
     def _full(self, seg: PromptSegments, capture: bool) -> Prefill:
         ids = torch.from_numpy(seg.ids())
@@ -921,6 +943,7 @@ class LocalGenerator:
         setting ``stop`` ends decoding early (see :meth:`decode`).
         """
         seg = self.segments(question, chunks)
+        self.check_fits(seg, max_new_tokens)
         pre = self.prefill(seg, mode, fraction=fraction, selector=selector)
         ids = self.decode(pre, max_new_tokens, on_token, stop=stop)
         return self.tokenizer_.decode(ids, skip_special_tokens=True).strip()

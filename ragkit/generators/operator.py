@@ -100,6 +100,18 @@ class Generate(Operator):
         self.engine_ = LangChainGenerator(chat_model, max_chunk_words=p.max_chunk_tokens, **kw)
         return self
 
+    def check_source(self) -> None:
+        """Refuse a local ``model`` path that does not exist (or a ``gguf_file`` missing from it) now,
+        with :class:`~ragkit.errors.ParamError`, as loading would, but before any other work
+        (``ragkit ask`` calls it before fitting the retrieval steps)."""
+        if self.params.backend == "local" and self.params.model is not None:
+            from ragkit.generators.local import _check_source
+
+            try:
+                _check_source(self.params.model, self.params.gguf_file)
+            except ParamError as e:
+                raise ParamError(f"generate.{e.path or 'model'}: {e}", path=f"generate.{e.path or 'model'}") from None
+
     def _fit(self, corpus: Corpus, train: TrainSet | None, upstream: State | None) -> None:
         p = self.params
         if p.backend == "langchain":
