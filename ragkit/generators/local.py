@@ -618,20 +618,20 @@ class LocalGenerator:
         n = getattr(self.model.config, "max_position_embeddings", None)
         return int(n) if isinstance(n, int) and n > 0 else None
 
-    def check_fits(self, seg: PromptSegments, max_new_tokens: int = 0) -> None:
-        """Refuse, before any model pass, a prompt (plus ``max_new_tokens``) longer than the model's
-        context: past it the answer is empty or garbage after a long prefill.  A
-        :class:`~ragkit.errors.ParamError` saying how long the prompt is and what sets it."""
+    def check_fits(self, seg: PromptSegments) -> None:
+        """Refuse, before any model pass, a prompt that leaves no room in the model's context for an
+        answer token: past it the answer is empty or garbage after a long prefill.  A
+        :class:`~ragkit.errors.ParamError` saying how long the prompt is and what sets it (the
+        answer itself stops where the context ends: :meth:`decode`)."""
         limit = self.context_length
-        need = len(seg) + max_new_tokens
-        if limit is None or need <= limit:
+        if limit is None or len(seg) < limit:
             return
         longest = max((len(c) for c in seg.chunks), default=0)
         raise ParamError(
             f"LocalGenerator: the prompt is {len(seg):,} tokens ({len(seg.chunks)} chunks, the longest {longest:,} "
-            f"tokens; max_chunk_tokens {self.max_chunk_tokens:,}) plus {max_new_tokens:,} new tokens, past the model's "
-            f"context of {limit:,} tokens; give the generator fewer chunks (generate's top_k, ragkit ask --top-k) or "
-            f"shorter ones (max_chunk_tokens)", "max_chunk_tokens")
+            f"tokens; max_chunk_tokens {self.max_chunk_tokens:,}), which leaves no room in the model's context of "
+            f"{limit:,} tokens; give the generator fewer chunks (generate's top_k, ragkit ask --top-k) or shorter "
+            f"ones (max_chunk_tokens)", "max_chunk_tokens")
 
     def _full(self, seg: PromptSegments, capture: bool) -> Prefill:
         ids = torch.from_numpy(seg.ids())
@@ -884,11 +884,14 @@ class LocalGenerator:
         decoded answer with its surrounding whitespace stripped (what :meth:`generate`
         returns): a character spanning several tokens is sent once complete (a partial one
         decodes to U+FFFD), trailing whitespace once more text follows.  When ``stop`` is set,
-        decoding ends before the next token.
+        decoding ends before the next token.  Decoding also ends where the model's context does
+        (:attr:`context_length`), as transformers' ``generate`` stops at its maximum length.
         """
         from transformers import DynamicCache
 
         self.load()
+        if self.context_length is not None:
+            max_new_tokens = min(max_new_tokens, max(self.context_length - pre.n_prompt, 0))
         past = DynamicCache(ddp_cache_data=[(k.clone(), v.clone()) for k, v in zip(pre.keys, pre.values)])
         cache_kw = _cache_kwarg(self.model_)
         out: list[int] = []
@@ -943,7 +946,6 @@ class LocalGenerator:
         setting ``stop`` ends decoding early (see :meth:`decode`).
         """
         seg = self.segments(question, chunks)
-        self.check_fits(seg, max_new_tokens)
         pre = self.prefill(seg, mode, fraction=fraction, selector=selector)
         ids = self.decode(pre, max_new_tokens, on_token, stop=stop)
         return self.tokenizer_.decode(ids, skip_special_tokens=True).strip()
