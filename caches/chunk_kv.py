@@ -41,8 +41,8 @@ The memory tier has a byte budget; when it is exceeded the variant of lowest uti
 ``decayed_reuse * (1 - mean_CFO) / bytes`` is evicted (spilled to the disk tier when one is
 configured, dropped otherwise): reused often and recently, cheap to fix, small is kept
 (Cache-Craft's eviction idea); the decay is exponential in requests since the variant's last
-use, so among equals the least recently used goes first.  A variant larger than the whole budget never enters memory:
-it is spilled (or dropped) on its own, and the other variants stay.  The disk tier holds one
+use, so among equals the least recently used goes first.  A variant larger than the whole
+budget never enters memory: it is spilled (or dropped) on its own, and the other variants stay.  The disk tier holds one
 safetensors file per variant (named by its context) and a ``manifest.json`` naming the model
 and tokenizer; opening it for another model raises :class:`CacheModelMismatchError`.  A
 lookup returns the in-memory variants of a chunk plus those of its disk variants whose context

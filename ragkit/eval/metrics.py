@@ -147,9 +147,9 @@ def paired_randomization_test(a: Mapping[str, float], b: Mapping[str, float], *,
     """Two-sided p-value of a paired randomisation (sign-flip) test on per-query values.
 
     Only queries present in both ``a`` and ``b`` are used; a NaN or infinite value among them is
-    a :class:`DataError` naming the queries (it would make the p-value meaningless).  Vectorised: resamples in blocks of
-    ``(block, n_queries)`` random signs, each block one matrix-vector product (memory bounded by
-    ~8 MB of signs whatever the number of queries).
+    a :class:`DataError` naming the queries (it would make the p-value meaningless).
+    Vectorised: resamples in blocks of ``(block, n_queries)`` random signs, each block one
+    matrix-vector product (memory bounded by ~8 MB of signs whatever the number of queries).
     """
     qs = sorted(set(a) & set(b))
     if not qs:
