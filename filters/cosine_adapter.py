@@ -238,6 +238,11 @@ class CosineAdapter(Operator):
             upstream = dense(State.of(train.queries))
         if len(upstream) != len(train.queries):
             raise DataError(f"cosine_adapter.fit: upstream has {len(upstream)} queries, train has {len(train.queries)}")
+        # a query without judgements is unjudged, not a query with nothing relevant (its candidates would all
+        # be learned as negatives); one whose judgements are all 0 stays: a judged "no answer" query
+        judged = [i for i, q in enumerate(upstream.query_ids) if train.qrels.get(q)]
+        if len(judged) < len(upstream):
+            upstream = upstream.subset(judged)
         rows, c, lengths, starts, qidx = flatten(upstream.rankings)
         check_cosines(c, self.name, qidx)
         qv = query_vectors(upstream, encoder)

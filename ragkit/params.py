@@ -7,10 +7,12 @@ One model per operator is its constructor signature, its YAML schema and what
 
 from __future__ import annotations
 
+import math
 import types
 import typing
 from typing import Any, Mapping, Sequence
 
+import numpy as np
 from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError, ValidationInfo, field_validator
 
 from ragkit.errors import ParamError
@@ -38,7 +40,14 @@ def _metadata_filter(value: Any) -> Any:
         value = filter_value(value)
     except TypeError as e:  # pydantic reports ValueErrors only
         raise ValueError(str(e)) from None
-    return None if value is None else {key: _plain(v) for key, v in value.items()}
+    if value is None:
+        return None
+    plain = {key: _plain(v) for key, v in value.items()}
+    for key, v in plain.items():  # NaN matches nothing, and JSON/YAML would save NaN or inf as null
+        if any(isinstance(x, float) and not math.isfinite(x) for x in (v if isinstance(v, list) else [v])):
+            raise ValueError(f"filter field {key!r}: {v!r} holds a value that is not a finite number (NaN equals "
+                             "nothing, and it would be saved as null)")
+    return plain
 
 
 #: The type of a retriever's ``filter`` parameter (see :func:`_metadata_filter`).
@@ -58,11 +67,11 @@ class Params(BaseModel):
         context's ``source``: ``"yaml"``, ``"python"``, or not known)."""
         annotation = cls.model_fields[info.field_name].annotation if info.field_name else None
         source = info.context.get("source") if isinstance(info.context, Mapping) else None
-        if isinstance(v, bool) and (kind := _number_kind(annotation)):
+        if isinstance(v, (bool, np.bool_)) and (kind := _number_kind(annotation)):
             raise ValueError(f"expected {kind}, got {v!r}; {_bool_not_number(source)}")
         if isinstance(v, (list, tuple)) and (kind := _items_number_kind(annotation)):
             for i, x in enumerate(v):
-                if isinstance(x, bool):
+                if isinstance(x, (bool, np.bool_)):
                     raise ValueError(f"item {i}: expected {kind}, got {x!r}; {_bool_not_number(source)}")
         return v
 

@@ -52,7 +52,18 @@ def _as_rows(idx: Any, n: int) -> np.ndarray:
         if arr.shape != (n,):
             raise DataError(f"a boolean mask selects rows of {n}, got one of shape {arr.shape}")
         return np.flatnonzero(arr)
-    return np.asarray(arr, dtype=np.int64)
+    if arr.size == 0:
+        return np.zeros(0, np.int64)
+    if arr.dtype == object:  # Python ints in an object array
+        arr = np.asarray(arr.tolist())
+    if arr.dtype.kind not in "iu":  # 1.7 would silently become row 1
+        raise DataError(f"rows must be integer positions (or a boolean mask), got {arr.dtype} values such as "
+                        f"{arr.reshape(-1)[0].item()!r}")
+    rows = arr.astype(np.int64)
+    if rows.max() >= n or rows.min() < -n:
+        bad = int(rows.max()) if rows.max() >= n else int(rows.min())
+        raise DataError(f"row {bad} is out of range for {n} rows (valid: 0..{n - 1}, or -{n}..-1 from the end)")
+    return rows
 
 
 @dataclass(frozen=True, eq=False)
@@ -105,6 +116,9 @@ class Corpus:
                             f"results, filters, add and remove)")
         meta = {}
         for key, col in dict(self.metadata).items():
+            if isinstance(col, (str, bytes)) or not isinstance(col, Iterable):  # 'en' would become ['e', 'n']
+                raise DataError(f"Corpus metadata field {key!r}: expected one value per document (a list or array of "
+                                f"{len(ids)}), got {col!r:.60}")
             col = _column(col) if not isinstance(col, np.ndarray) or col.ndim != 1 else col
             if len(col) != len(ids):
                 raise DataError(
@@ -139,7 +153,9 @@ class Corpus:
     def from_texts(cls, texts: Sequence[str], ids: Sequence[str] | None = None, **metadata: Sequence[Any]) -> "Corpus":
         """Build from plain texts; ids default to ``"0", "1", ...``."""
         ids = [str(i) for i in range(len(texts))] if ids is None else ids
-        return cls(ids=ids, texts=texts, metadata={k: _column(v) for k, v in metadata.items()})
+        # a string or a scalar is left for __post_init__ to refuse (list('en') would be two values)
+        return cls(ids=ids, texts=texts, metadata={k: v if isinstance(v, (str, bytes)) or not isinstance(v, Iterable)
+                                                   else _column(v) for k, v in metadata.items()})
 
     @classmethod
     def from_documents(cls, docs: Sequence[Any]) -> "Corpus":
@@ -401,6 +417,13 @@ class TrainSet:
     def __post_init__(self) -> None:
         if not any(any(v > 0 for v in rel.values()) for rel in self.qrels.values()):
             raise DataError("TrainSet qrels contain no positive judgement (relevance > 0); nothing to learn from")
+        ids = set(self.queries.ids)
+        if not any(q in ids and any(v > 0 for v in rel.values()) for q, rel in self.qrels.items()):
+            from ragkit.errors import some_ids
+
+            raise DataError(f"TrainSet: none of the queries judged positive in the qrels ({some_ids(self.qrels)}) is "
+                            f"one of the {len(ids)} training queries ({some_ids(self.queries.ids)}); the qrels must "
+                            "be keyed by the queries' ids")
 
 
 @dataclass(eq=False)

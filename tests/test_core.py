@@ -38,6 +38,29 @@ def test_boolean_masks_select_rows_not_positions_0_and_1():
     assert s.subset(np.array([True, False, True])).queries == ["x", "z"]
     with pytest.raises(DataError, match="a boolean mask selects rows of 3"):
         c.subset([True, False])
+    # positions are integers in range: 1.7 silently became row 1, 7 a bare IndexError
+    for bad, match in (([1.7, 2.2], r"integer positions .* got float64 values such as 1\.7"),
+                       ([7], r"row 7 is out of range for 3 rows"), ([-4], r"row -4 is out of range")):
+        with pytest.raises(DataError, match=match):
+            c.subset(bad)
+        with pytest.raises(DataError, match=match):
+            s.subset(bad)
+    assert c.subset([-1]).ids.tolist() == ["2"] and c.subset(np.array([2, 0], dtype=object)).ids.tolist() == ["2", "0"]
+    assert len(c.subset([])) == 0
+    # a metadata value must be one per document: 'en' became ['e', 'n'] for two documents
+    for value in ("en", 2020):
+        with pytest.raises(DataError, match=r"metadata field 'lang': expected one value per document"):
+            Corpus.from_texts(["x", "y"], lang=value)
+
+
+def test_training_judgements_must_name_the_training_queries():
+    from ragkit.types import TrainSet
+
+    q = Queries(["1", "2"], ["x", "y"])
+    with pytest.raises(DataError, match=r"none of the queries judged positive in the qrels \('train-1'.*is one of "
+                                        r"the 2 training queries \('1', '2'\)"):
+        TrainSet(q, {"train-1": {"d": 1}})
+    TrainSet(q, {"1": {"d": 1}, "other": {"d": 1}})  # one shared judged query is enough
 
 
 def test_list_metadata_stays_one_column_and_saves(tmp_path):
@@ -133,6 +156,12 @@ def test_parameters_refuse_inf_nan_and_booleans_for_integers():
         ScoreThreshold(threshold=float("nan"))
     with pytest.raises(ParamError, match="k: expected an integer, got True; a boolean"):
         BM25(k=True)
+    with pytest.raises(ParamError, match="k: expected an integer, got np.True_; a boolean"):
+        BM25(k=np.True_)
+    # a filter value that is not finite matches nothing, and JSON / YAML would save it as null
+    for value in (float("inf"), [1, float("nan")]):
+        with pytest.raises(ParamError, match=r"bm25\.filter: filter field 'rating': .* not a finite number"):
+            BM25(filter={"rating": value})
     with pytest.raises(ParamError, match=r"rrf.k: expected a value > 0(\.0)?, got 0"):  # a real number, not a count
         RRF(k=0)
 

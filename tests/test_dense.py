@@ -706,6 +706,14 @@ def test_embedding_cache_put_extends_the_loaded_index(tmp_path):
         np.testing.assert_array_equal(got, vecs)
 
 
+def test_a_model_folder_that_holds_no_model_is_a_param_error(tmp_path):
+    from ragkit.encoders import get_encoder
+
+    (tmp_path / "m").mkdir()
+    with pytest.raises(ParamError, match=r"model '.*m': could not load it from .*Unrecognized model"):
+        get_encoder(str(tmp_path / "m")).encode_queries(["x"])
+
+
 def test_i8_index_built_on_one_or_two_vectors_recalibrates_on_add():
     """A build on one vector calibrates a range of zero width per dimension: every added vector
     fell on one code, so all scored alike.  Such an index recalibrates on its vectors and the

@@ -451,7 +451,10 @@ def test_download_errors(server, tmp_path, monkeypatch):
     (www / "bad.zip").write_bytes(b"<html>not a zip</html>")
     with pytest.raises(DataError, match=r"bad\.zip: not a zip archive"):
         download_beir("bad", base_url=url)
-    for name, member, why in (("empty", "other/readme.txt", "archive has no empty/corpus.jsonl"),
+    for name, member, why in (("empty", "other/readme.txt", r"archive has no empty/corpus\.jsonl, empty/queries"),
+                              # a corpus without queries or qrels is not cached (every later load found it)
+                              ("noqrels", "noqrels/corpus.jsonl", r"archive has no noqrels/queries\.jsonl, "
+                                                                   r"noqrels/qrels/<split>\.tsv.*nothing was cached"),
                               ("evil", "../evil/corpus.jsonl", "escapes the target folder")):
         buf = io.BytesIO()
         with zipfile.ZipFile(buf, "w") as z:
@@ -460,6 +463,7 @@ def test_download_errors(server, tmp_path, monkeypatch):
         with pytest.raises(DataError, match=why):
             download_beir(name, base_url=url)
     assert not (tmp_path / "cache" / "beir" / "missing").exists()
+    assert not (tmp_path / "cache" / "beir" / "noqrels").exists()
     assert not (tmp_path / "cache" / "evil").exists()
     with pytest.raises(DataError, match="could not download"):
         download_beir("x", base_url="http://127.0.0.1:9")  # nothing listens on the discard port

@@ -94,6 +94,19 @@ def test_adapter_threshold_hits_target_on_train(synth):
     assert 0.85 <= rep.recall < 1.0, rep
 
 
+def test_adapter_learns_only_from_judged_queries(synth):
+    """A training query without judgements is unjudged: its candidates were learned as irrelevant
+    (biasing every probability low); one whose judgements are all 0 stays, a "no answer" query."""
+    corpus, train, state = synth
+    ids = list(train.queries.ids)
+    half = {q: train.qrels[q] for q in ids[: len(ids) // 2]}
+    zero = {**half, ids[-1]: {"d0": 0}}
+    for qrels, n in ((half, len(half)), (zero, len(half) + 1)):
+        ad = CosineAdapter(max_iter=50, threshold=0.5).fit(corpus, TrainSet(train.queries, qrels), upstream=state)
+        assert ad.info_["train_queries"] == n  # a given threshold: no held-out split, every judged query learns
+        assert ad.info_["pairs"] == sum(len(state.rankings[i]) for i, q in enumerate(ids) if q in qrels)
+
+
 def test_adapter_refuses_no_positives(synth):
     corpus, train, state = synth
     no_pos = TrainSet(train.queries, {q: {"d_not_retrieved": 1} for q in train.queries.ids})

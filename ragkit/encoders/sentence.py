@@ -150,7 +150,7 @@ class Encoder:
                 hf_logging.disable_progress_bar()  # no "Loading weights" bar per model load, only while loading
                 try:
                     m = SentenceTransformer(self.path, device=self.device)
-                except OSError as e:
+                except (OSError, ValueError) as e:  # ValueError: a folder that holds no model ("Unrecognized model")
                     raise ParamError(f"model {self.model_name!r}: could not load it from {self.path!r} ({e})") from None
                 finally:
                     if bars:

@@ -326,8 +326,14 @@ def download_beir(name: str, *, base_url: str | None = None, dest: Path | None =
                 raise DataError(f"{url}: archive member {member!r} escapes the target folder")
         archive.extractall(tmp)
         root = Path(tmp) / name if (Path(tmp) / name).is_dir() else Path(tmp)
-        if not (root / "corpus.jsonl").is_file():
-            raise DataError(f"{url}: archive has no {name}/corpus.jsonl")
+        # the whole BEIR layout, checked before the folder moves into the cache: a partial one placed
+        # there would be found by every later load_beir (which looks for corpus.jsonl) and never replaced
+        missing = [f for f in ("corpus.jsonl", "queries.jsonl") if not (root / f).is_file()]
+        if not list((root / "qrels").glob("*.tsv")):
+            missing.append("qrels/<split>.tsv")
+        if missing:
+            raise DataError(f"{url}: the archive has no {', '.join(f'{name}/{f}' for f in missing)}; expected a BEIR "
+                            "dataset (corpus.jsonl, queries.jsonl, qrels/<split>.tsv); nothing was cached")
         final = dest / name
         if final.exists():
             shutil.rmtree(final)
