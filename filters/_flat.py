@@ -49,6 +49,14 @@ def cut_prefix(rankings: list[Ranking], n_keep: np.ndarray, new_scores: np.ndarr
     return out
 
 
+def check_rows_in_corpus(rows: np.ndarray, n_docs: int, who: str) -> None:
+    """Refuse candidate ``rows`` past the ``n_docs`` documents ``who`` was fitted on (a retriever
+    that grew with ``add`` after the filter was fitted): :class:`DataError`."""
+    if len(rows) and rows.max() >= n_docs:
+        raise DataError(f"{who}: candidate row {int(rows.max())} is outside the fitted corpus ({n_docs} documents); "
+                        "refit on the current corpus")
+
+
 def check_cosines(scores: np.ndarray, who: str, qidx: np.ndarray | None = None) -> None:
     """Raise DataError unless ``scores`` look like cosines: finite, within [-1, 1].
 

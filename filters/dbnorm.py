@@ -17,7 +17,7 @@ from pydantic import Field, field_validator
 
 from ragkit.encoders import DEFAULT_MODEL, get_encoder
 from ragkit.errors import ArtifactError, DataError
-from ragkit.filters._flat import check_cosines, check_dense_rankings, flatten
+from ragkit.filters._flat import check_cosines, check_dense_rankings, check_rows_in_corpus, flatten
 from ragkit.operator import Operator, load_array, read_json, save_arrays, write_json
 from ragkit.params import Params
 from ragkit.registry import register
@@ -255,9 +255,7 @@ class DBNorm(Operator):
             return out
         check_cosines(c, self.name, qidx)
         check_dense_rankings(state.rankings, c, qidx, self.name)
-        if rows.max() >= len(self.log_z_q_):
-            raise DataError(f"dbnorm: candidate row {int(rows.max())} is outside the fitted corpus "
-                            f"({len(self.log_z_q_)} documents); refit on the current corpus")
+        check_rows_in_corpus(rows, len(self.log_z_q_), self.name)
         p = self.params
         # raw top-1 per query: the candidate with the highest cosine (the first one after dense)
         B, K = len(lengths), int(lengths.max())

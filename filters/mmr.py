@@ -14,6 +14,7 @@ from pydantic import Field
 
 from ragkit.encoders import DEFAULT_MODEL, Encoder, get_encoder, query_vectors
 from ragkit.errors import DataError
+from ragkit.filters._flat import check_rows_in_corpus
 from ragkit.filters.cutoffs import cut_k
 from ragkit.operator import Operator, load_array, save_arrays
 from ragkit.options import PARAM
@@ -133,9 +134,7 @@ class MMR(Operator):
         if f:
             pool[valid] = np.concatenate([r.rows[:f] for r in state.rankings])
         v = np.asarray(self.vectors_)
-        if valid.any() and pool[valid].max() >= len(v):
-            raise DataError(f"mmr: candidate row {int(pool[valid].max())} is outside the fitted corpus ({len(v)} "
-                            "documents); refit on the current corpus")
+        check_rows_in_corpus(pool[valid], len(v), self.name)
         q = query_vectors(state, self.encoder).astype(np.float32)
         step = max(1, int(2**26 // max(f * f, 1)))  # bound the (n_q, F, F) similarity block to ~256 MiB
         sels, coss = [], []

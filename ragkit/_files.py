@@ -44,6 +44,13 @@ def atomic_file(path: str | Path) -> Iterator[Path]:
         raise
 
 
+def file_above(path: str | Path) -> Path | None:
+    """The nearest existing parent of ``path`` when it is a file (nothing can be written below it),
+    else ``None``."""
+    blocker = next((p for p in Path(path).parents if p.exists()), None)
+    return blocker if blocker is not None and not blocker.is_dir() else None
+
+
 def sha256_file(path: str | Path) -> str:
     """Hex SHA-256 of a file's bytes, read in 1 MiB blocks."""
     h = hashlib.sha256()

@@ -27,7 +27,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from ragkit._files import atomic_file
+from ragkit._files import atomic_file, file_above
 from ragkit.errors import RagkitError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="markdown",
@@ -102,8 +102,8 @@ def _prepare_output(path: Optional[Path], option: str, example: str) -> None:
         return
     if path.is_dir():
         raise RagkitError(f"{option} {path}: is a folder; expected a file path such as {path / example}")
-    blocker = next((p for p in path.parents if p.exists()), None)
-    if blocker is not None and not blocker.is_dir():
+    blocker = file_above(path)
+    if blocker is not None:
         raise RagkitError(f"{option} {path}: {blocker} is a file, not a folder; choose another path")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

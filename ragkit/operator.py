@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Mapping, Sequence
 import numpy as np
 
 from ragkit import registry
-from ragkit._files import atomic_file, folder_checksums, verify_checksums
+from ragkit._files import atomic_file, file_above, folder_checksums, verify_checksums
 from ragkit.errors import ArtifactError, NotFittedError, ParamError
 from ragkit.options import PARAM, OptionCheck, filter_option
 from ragkit.params import Params, validate_params
@@ -419,8 +419,8 @@ class atomic_dir:
         path = Path(path).resolve()
         if path.exists() and not path.is_dir():
             raise ArtifactError(f"{path}: exists and is not a folder; refusing to replace it with a ragkit save")
-        blocker = next((p for p in path.parents if p.exists()), None)
-        if blocker is not None and not blocker.is_dir():
+        blocker = file_above(path)
+        if blocker is not None:
             raise ArtifactError(f"{path}: {blocker} is a file, not a folder; a save cannot be written below it")
         if path.is_dir() and any(path.iterdir()) and not _is_ragkit_save(path):
             raise ArtifactError(
