@@ -53,10 +53,14 @@ class CosineAdapterParams(Params):
     seed: int = Field(0, description="Seed of the held-out split.")
 
 
-def list_features(scores: np.ndarray, lengths: np.ndarray, starts: np.ndarray) -> np.ndarray:
+def list_features(scores: np.ndarray, lengths: np.ndarray, starts: np.ndarray,
+                  depth: int | None = None) -> np.ndarray:
     """Per-query features of the candidate cosines: top-1, top-1 minus top-10, mean, std.
 
     ``scores`` is flat (see ``flatten``); returns ``(B, 4)`` float64 (zeros for empty lists).
+    ``depth``: the mean and std use each list's first ``depth`` candidates only (the adapter's
+    training depth), so a deeper call keeps the probabilities of the candidates it shares with
+    a call at the training depth.
     """
     B = len(lengths)
     out = np.zeros((B, N_LIST_FEATURES))
@@ -67,9 +71,11 @@ def list_features(scores: np.ndarray, lengths: np.ndarray, starts: np.ndarray) -
     top1 = s[starts[ok]]
     c10 = s[starts[ok] + np.minimum(lengths[ok], 10) - 1]
     qidx = np.repeat(np.arange(B), lengths)
-    n = np.maximum(lengths, 1)
-    mean = np.bincount(qidx, weights=s, minlength=B) / n
-    var = np.bincount(qidx, weights=s * s, minlength=B) / n - mean**2
+    used = lengths if depth is None else np.minimum(lengths, depth)
+    w = None if depth is None else (np.arange(len(s)) - starts[qidx] < depth).astype(np.float64)
+    n = np.maximum(used, 1)
+    mean = np.bincount(qidx, weights=s if w is None else s * w, minlength=B) / n
+    var = np.bincount(qidx, weights=s * s if w is None else s * s * w, minlength=B) / n - mean**2
     out[ok, 0] = top1
     out[ok, 1] = top1 - c10
     out[:, 2] = mean
@@ -124,8 +130,11 @@ class CosineAdapter(Operator):
     training queries (seeded) are held out and the threshold is chosen on them for
     ``target``/``target_value``; the adapter is the one fitted on the remaining queries.
 
-    The input scores must be raw cosines of the same encoder (``dense | cosine_adapter``);
-    candidate depth at inference should match training.
+    The input scores must be raw cosines of the same encoder (``dense | cosine_adapter``).
+    The list features (``list_features=True``) read each query's first ``depth_`` candidates,
+    the most a training query brought: a call with more candidates (``search(k=...)`` above the
+    training depth) gives the candidates they share the same probabilities and the same cut; a
+    call with fewer sees a shorter list, whose mean and std differ from training's.
 
     References
     ----------
@@ -158,7 +167,7 @@ class CosineAdapter(Operator):
                       starts: np.ndarray) -> np.ndarray:
         parts = [qvecs.astype(np.float64)]
         if self.params.list_features:
-            parts.append(list_features(scores, lengths, starts))
+            parts.append(list_features(scores, lengths, starts, getattr(self, "depth_", None)))
         return np.concatenate(parts, axis=1)
 
     def _transform(self, c: np.ndarray, p: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
@@ -245,6 +254,7 @@ class CosineAdapter(Operator):
             upstream = upstream.subset(judged)
         rows, c, lengths, starts, qidx = flatten(upstream.rankings)
         check_cosines(c, self.name, qidx)
+        self.depth_ = int(lengths.max()) if len(lengths) else 0
         qv = query_vectors(upstream, encoder)
         if qv.shape[0] != len(lengths):
             raise DataError(f"cosine_adapter.fit: {qv.shape[0]} query vectors for {len(lengths)} queries")
@@ -365,7 +375,7 @@ class CosineAdapter(Operator):
     def _save(self, folder: Path) -> None:
         save_arrays(folder, adapter_weights=self.weights_, adapter_feat_mean=self.feat_mean_,
                     adapter_feat_std=self.feat_std_)
-        write_json(folder / "adapter.json", {"threshold": self.threshold_, "info": self.info_})
+        write_json(folder / "adapter.json", {"threshold": self.threshold_, "depth": self.depth_, "info": self.info_})
 
     def _load(self, folder: Path, mmap: bool = False) -> None:
         self.weights_ = load_array(folder, "adapter_weights")
@@ -378,4 +388,5 @@ class CosineAdapter(Operator):
             raise ArtifactError(f"{folder}: adapter weights of shape {self.weights_.shape} do not match "
                                 f"{len(self.feat_mean_)} features and form {self.params.form!r}")
         self.threshold_ = float(meta["threshold"])
+        self.depth_ = None if meta.get("depth") is None else int(meta["depth"])  # None: saved before depth was kept
         self.info_ = dict(meta.get("info", {}))

@@ -15,7 +15,7 @@ from typing import Literal
 import numpy as np
 from pydantic import Field, field_validator
 
-from ragkit.encoders import DEFAULT_MODEL, get_encoder
+from ragkit.encoders import DEFAULT_MODEL, get_encoder, unit_rows
 from ragkit.errors import ArtifactError, DataError
 from ragkit.filters._flat import check_cosines, check_dense_rankings, check_rows_in_corpus, flatten
 from ragkit.operator import Operator, load_array, read_json, save_arrays, write_json
@@ -214,7 +214,7 @@ class DBNorm(Operator):
         t0 = time.perf_counter()
         p = self.params
         enc = get_encoder(p.model)
-        docs = enc.encode(corpus.full_texts)
+        docs = unit_rows(enc.encode(corpus.full_texts))  # banks of cosines, like the dense scores it corrects
         rng = np.random.default_rng(p.seed)
         # query bank
         source = p.query_bank if train is not None else "pseudo"
@@ -227,7 +227,7 @@ class DBNorm(Operator):
             texts, q_rows = pseudo_queries(corpus, p.query_bank_size or 1000, p.seed)
         if not texts:
             raise DataError("dbnorm.fit: the query bank is empty (no training queries); use query_bank='pseudo'")
-        qbank = enc.encode_queries(texts)
+        qbank = unit_rows(enc.encode_queries(texts))
         beta_q = p.beta1 if self.dual else p.beta
         self.log_z_q_, self.active_q_ = bank_log_partition(
             docs, qbank, beta_q, bank_rows=q_rows, activation_k=p.activation_k, who="dbnorm query bank")

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 from pydantic import Field
 
-from ragkit.encoders import DEFAULT_MODEL, Encoder, get_encoder, query_vectors
+from ragkit.encoders import DEFAULT_MODEL, Encoder, get_encoder, query_vectors, unit_rows
 from ragkit.errors import DataError
 from ragkit.filters._flat import check_rows_in_corpus
 from ragkit.filters.cutoffs import cut_k
@@ -115,7 +115,7 @@ class MMR(Operator):
         return get_encoder(self.params.model, batch_size=self.params.batch_size)
 
     def _fit(self, corpus: Corpus, train: TrainSet | None, upstream: State | None) -> None:
-        self.vectors_ = np.ascontiguousarray(self.encoder.encode(corpus.full_texts), dtype=np.float32)
+        self.vectors_ = unit_rows(self.encoder.encode(corpus.full_texts))  # cosines, whatever the encoder returns
 
     def _call(self, state: State) -> State:
         if state.rankings is None:
@@ -135,7 +135,7 @@ class MMR(Operator):
             pool[valid] = np.concatenate([r.rows[:f] for r in state.rankings])
         v = np.asarray(self.vectors_)
         check_rows_in_corpus(pool[valid], len(v), self.name)
-        q = query_vectors(state, self.encoder).astype(np.float32)
+        q = unit_rows(query_vectors(state, self.encoder))
         step = max(1, int(2**26 // max(f * f, 1)))  # bound the (n_q, F, F) similarity block to ~256 MiB
         sels, coss = [], []
         for i in range(0, n_q, step):

@@ -137,7 +137,7 @@ class Composite(Operator):
     def fit(self, corpus: Corpus, train: TrainSet | None = None, *, upstream: State | None = None,
             _seen: set[int] | None = None, _path: str = "") -> "Composite":
         if _seen is None:  # fitted on its own: a refused refit changes nothing (see check_trainable)
-            check_trainable(self, train)
+            check_trainable(self, train, corpus)
         seen = set() if _seen is None else _seen
         for child, where in self.child_paths(_path):
             fit_once(child, corpus, train, seen, upstream, where)
@@ -161,8 +161,11 @@ def fit_once(op: Operator, corpus: Corpus, train: TrainSet | None, seen: set[int
         op.fit(corpus, train, upstream=upstream if op.wants_upstream else None)
 
 
-def check_trainable(root: Operator, train: TrainSet | None) -> None:
+def check_trainable(root: Operator, train: TrainSet | None, corpus: Corpus | None = None) -> None:
     """What ``fit(corpus, train)`` of ``root`` would refuse, refused before anything is fitted.
+
+    With ``train`` and ``corpus``, when a leaf learns from judged queries: judgements that name no
+    document of the corpus (:meth:`TrainSet.check_corpus`).
 
     Without ``train``: the first operator of the tree that learns only from judged queries raises
     its own error (:meth:`Operator.train_refusal`), so a refused refit (on another corpus too)
@@ -191,6 +194,8 @@ def check_trainable(root: Operator, train: TrainSet | None) -> None:
             continue
         raise ParamError(f"{path}: {leaf.name} with learn: true learns only as {home}, from what each choice "
                          f"gives the judged queries; anywhere else it has nothing to learn from")
+    if train is not None and corpus is not None and any(leaf.learns for _, leaf in walk_leaves(root)):
+        train.check_corpus(corpus)
 
 
 def _decision_seats(op: Operator) -> dict[int, str]:
@@ -322,6 +327,9 @@ class Pipeline(Composite):
     def children(self) -> list[Operator]:
         return list(self.steps)
 
+    def __repr__(self) -> str:
+        return f"Pipeline([{', '.join(repr(s) for s in self.steps)}])"
+
     def child_paths(self, path: str) -> list[tuple[Operator, str]]:
         return [(s, f"{path}[{i}]") for i, s in enumerate(self.steps)]
 
@@ -354,7 +362,7 @@ class Pipeline(Composite):
             problem = unranked_router(self, _path)
             if problem is not None:
                 raise problem
-            check_trainable(self, train)
+            check_trainable(self, train, corpus)
         seen = set() if _seen is None else _seen
         state_cache: dict[int, State] = {}
         for i, (step, where) in enumerate(self.child_paths(_path)):
@@ -617,6 +625,14 @@ class Parallel(Composite):
     def children(self) -> list[Operator]:
         return [*self.branches, self.fuse]
 
+    def __repr__(self) -> str:
+        args = [f"[{', '.join(_branch_repr(b) for b in self.branches)}]"]
+        if not self.implicit_fuse:
+            args.append(f"fuse={self.fuse!r}")
+        if self.names != unique_names(self.branches):
+            args.append(f"names={self.names!r}")
+        return f"Parallel({', '.join(args)})"
+
     def child_paths(self, path: str) -> list[tuple[Operator, str]]:
         here = _at(path, "parallel")
         return [*((b, f"{here}.branches[{i}]") for i, b in enumerate(self.branches)), (self.fuse, f"{here}.fuse")]
@@ -637,7 +653,7 @@ class Parallel(Composite):
     def fit(self, corpus: Corpus, train: TrainSet | None = None, *, upstream: State | None = None,
             _seen: set[int] | None = None, _path: str = "") -> "Parallel":
         if _seen is None:  # fitted on its own: a refused refit changes nothing (see check_trainable)
-            check_trainable(self, train)
+            check_trainable(self, train, corpus)
         seen = set() if _seen is None else _seen
         for b, where in self.child_paths(_path)[:-1]:
             fit_once(b, corpus, train, seen, upstream, where)
@@ -686,6 +702,13 @@ class Parallel(Composite):
 
     def __call__(self, state: State) -> State:
         return self._call(state)
+
+
+def _branch_repr(branch: Operator) -> str:
+    """A branch or loop body as its constructor takes it: a list of steps, or one operator."""
+    if isinstance(branch, Pipeline):
+        return f"[{', '.join(repr(s) for s in branch.steps)}]"
+    return repr(branch)
 
 
 def unique_names(branches: list[Operator], taken: Sequence[str] = (),
@@ -740,6 +763,12 @@ class Route(Composite):
     def children(self) -> list[Operator]:
         return [self.router, *self.branches.values(), *([self.default] if self.default is not None else [])]
 
+    def __repr__(self) -> str:
+        branches = ", ".join(f"{k!r}: {_branch_repr(b)}" for k, b in self.branches.items())
+        default = (f", default={self.default_label!r}" if self.default_label is not None
+                   else f", default={_branch_repr(self.default)}" if self.default is not None else "")
+        return f"Route({self.router!r}, {{{branches}}}{default})"
+
     def child_paths(self, path: str) -> list[tuple[Operator, str]]:
         here = _at(path, "route")
         return [(self.router, f"{here}.router"), *((b, f"{here}.branches.{k}") for k, b in self.branches.items()),
@@ -785,7 +814,7 @@ class Route(Composite):
         """Fit the router, route the training queries, and fit each branch on the queries it gets
         (``here``: the route's path, ``pipeline[1].route``, for errors)."""
         if _seen is None:
-            check_trainable(self, train)
+            check_trainable(self, train, corpus)
         seen = set() if _seen is None else _seen
         fit_once(self.router, corpus, train, seen, upstream, f"{here}.router")
         start = upstream.copy() if upstream is not None else State.of(train.queries)
@@ -894,6 +923,9 @@ class Loop(Composite):
 
     def children(self) -> list[Operator]:
         return [self.body, self.until]
+
+    def __repr__(self) -> str:
+        return f"Loop({_branch_repr(self.body)}, until={self.until!r}, max_iters={self.max_iters})"
 
     def child_paths(self, path: str) -> list[tuple[Operator, str]]:
         here = _at(path, "loop")

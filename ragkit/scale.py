@@ -295,7 +295,7 @@ def fit_pipeline(pipe: Any, corpus: Corpus, train: TrainSet | None, *, backend: 
         raise ParamError(f"fit: backend must be 'local' or 'ray', got {backend!r}")
     from ragkit.pipelines._compose import check_trainable, iter_leaves
 
-    check_trainable(pipe, train)  # before Ray encodes anything
+    check_trainable(pipe, train, corpus)  # before Ray encodes anything
     sharded = [leaf for leaf in iter_leaves(pipe) if isinstance(leaf, Sharded) and leaf.params.backend != "local"]
     for leaf in sharded:
         leaf._check_ray_model("fit(backend='ray')")

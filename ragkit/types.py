@@ -45,6 +45,39 @@ def _column(values: Iterable[Any]) -> np.ndarray:
     return np.fromiter(values, dtype=object, count=len(values))
 
 
+def _frozen(arr: np.ndarray, given: Any) -> np.ndarray:
+    """``arr`` made read-only (a copy when it is the caller's own array, which stays writable)."""
+    if isinstance(given, np.ndarray) and np.may_share_memory(arr, given):
+        arr = arr.copy()
+    arr.flags.writeable = False
+    return arr
+
+
+class _Columns(Mapping):
+    """The read-only mapping of a :class:`Corpus`'s metadata columns (``field -> (n_docs,) array``).
+
+    A corpus caches lookups built from its ids and columns (row numbers, filter codes), so neither
+    may change after it is made: build a new corpus instead (``Corpus(..., metadata={...})``).
+    """
+
+    __slots__ = ("_cols",)
+
+    def __init__(self, cols: dict[str, np.ndarray]) -> None:
+        self._cols = cols
+
+    def __getitem__(self, key: str) -> np.ndarray:
+        return self._cols[key]
+
+    def __iter__(self):
+        return iter(self._cols)
+
+    def __len__(self) -> int:
+        return len(self._cols)
+
+    def __repr__(self) -> str:
+        return f"Columns({sorted(self._cols)})"
+
+
 def _as_rows(idx: Any, n: int) -> np.ndarray:
     """Row numbers from integer positions or a boolean mask of length ``n`` (a mask is not 0/1 rows)."""
     arr = np.asarray(idx)
@@ -80,6 +113,9 @@ class Corpus:
         Titles; empty strings when absent.
     metadata : dict of str -> array of shape (n_docs,), optional
         Columnar metadata (one array per field), used by metadata filters.
+
+    A corpus is immutable: its arrays are read-only and ``metadata`` is a read-only mapping
+    (row numbers and filter codes are cached from them); arrays passed in are copied, not frozen.
 
     Examples
     --------
@@ -124,11 +160,11 @@ class Corpus:
                 raise DataError(
                     f"Corpus metadata field {key!r} has {len(col)} values, expected {len(ids)} (one per document)"
                 )
-            meta[key] = col
-        object.__setattr__(self, "ids", ids)
-        object.__setattr__(self, "texts", texts)
-        object.__setattr__(self, "titles", titles)
-        object.__setattr__(self, "metadata", meta)
+            meta[key] = _frozen(col, self.metadata[key])
+        object.__setattr__(self, "ids", _frozen(ids, self.ids))
+        object.__setattr__(self, "texts", _frozen(texts, self.texts))
+        object.__setattr__(self, "titles", _frozen(titles, self.titles))
+        object.__setattr__(self, "metadata", _Columns(meta))
         object.__setattr__(self, "_row_of", None)
         object.__setattr__(self, "_codes", {})  # metadata field -> (codes, value -> code), built by mask()
 
@@ -424,6 +460,18 @@ class TrainSet:
             raise DataError(f"TrainSet: none of the queries judged positive in the qrels ({some_ids(self.qrels)}) is "
                             f"one of the {len(ids)} training queries ({some_ids(self.queries.ids)}); the qrels must "
                             "be keyed by the queries' ids")
+
+    def check_corpus(self, corpus: "Corpus", who: str = "fit") -> None:
+        """Refuse judgements that name no document of ``corpus``: learning would see no relevant
+        document anywhere (nDCG 0 for every choice) and keep its defaults without a word."""
+        ids = set(self.queries.ids)
+        positives = {d for q, rel in self.qrels.items() if q in ids for d, v in rel.items() if v > 0}
+        if not len(corpus.row_of(positives, missing="drop")):
+            from ragkit.errors import some_ids
+
+            raise DataError(f"{who}: none of the {len(positives)} documents judged relevant for the training queries "
+                            f"({some_ids(sorted(positives))}) is in the corpus of {len(corpus)} documents "
+                            f"({some_ids(corpus.ids)}); the qrels must use the corpus's document ids")
 
 
 @dataclass(eq=False)

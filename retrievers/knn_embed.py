@@ -26,7 +26,7 @@ from typing import Literal
 import numpy as np
 from pydantic import Field, model_validator
 
-from ragkit.encoders import DEFAULT_MODEL
+from ragkit.encoders import DEFAULT_MODEL, unit_rows
 from ragkit.errors import ArtifactError, DataError
 from ragkit.operator import Operator, desc_order, load_array, read_json, save_arrays, topk_rows, write_json
 from ragkit.params import Params
@@ -236,7 +236,7 @@ class KnnEmbed(Operator):
         self._fit_vectors(self.dense.encoder.encode(corpus.full_texts))
 
     def fit_vectors(self, corpus: Corpus, vectors: np.ndarray) -> "KnnEmbed":
-        """Fit on precomputed unit document vectors ``(len(corpus), d)`` instead of encoding the corpus.
+        """Fit on precomputed document vectors ``(len(corpus), d)`` instead of encoding the corpus (rows are L2-normalised).
 
         Queries must then carry vectors of the same space in ``state.vectors[self.dense.encoder.key]``.
         """
@@ -252,7 +252,7 @@ class KnnEmbed(Operator):
         from sklearn.cluster import KMeans
         from threadpoolctl import threadpool_limits
 
-        vecs = np.ascontiguousarray(vecs, dtype=np.float32)
+        vecs = unit_rows(vecs)  # cosine geometry, whatever the encoder returned
         n = len(vecs)
         if n == 0:
             raise DataError("knn_embed.fit: the corpus is empty; expected at least one document")
@@ -375,7 +375,7 @@ class KnnEmbed(Operator):
         mask = self.filter_mask(state)
         n_pass = n if mask is None else int(np.count_nonzero(mask))
         k = min(k, n_pass)
-        q = np.ascontiguousarray(self.dense.query_vectors(state), dtype=np.float32)
+        q = unit_rows(self.dense.query_vectors(state))
         if q.ndim != 2 or q.shape[1] != v.shape[1]:
             raise DataError(f"knn_embed: query vectors have shape {q.shape}, expected (n_q, {v.shape[1]})")
         n_q = len(q)

@@ -111,6 +111,30 @@ def test_coded_filter_masks_equal_python_equality_on_mixed_columns():
                 np.testing.assert_array_equal(got, _isin(c.metadata[field], as_list), err_msg=f"{field}={want!r}")
 
 
+def test_a_corpus_is_immutable_so_its_cached_lookups_stay_true():
+    """Row numbers and filter codes are cached from a corpus's ids and columns: changing one in place
+    answered later filters and lookups from the old values.  The arrays are read-only, the metadata a
+    read-only mapping, and the caller's own arrays are copied (they stay writable)."""
+    import pickle
+
+    lang = np.array(["en", "de", "en"], dtype=object)
+    c = Corpus.from_texts(["a", "b", "c"], lang=lang)
+    assert c.mask({"lang": "en"}).tolist() == [True, False, True] and c.row_of(["1"]).tolist() == [1]
+    with pytest.raises(ValueError, match="read-only"):
+        c.metadata["lang"][0] = "de"
+    with pytest.raises(TypeError):
+        c.metadata["lang"] = np.array(["de"] * 3, dtype=object)
+    for arr in (c.ids, c.texts, c.titles):
+        with pytest.raises(ValueError, match="read-only"):
+            arr[0] = "x"
+    lang[0] = "de"  # the caller's array is theirs: the corpus holds a copy
+    assert c.mask({"lang": "en"}).tolist() == [True, False, True]
+    back = pickle.loads(pickle.dumps(c))  # Ray ships corpora to workers
+    assert dict(back.metadata).keys() == {"lang"} and back.mask({"lang": "de"}).tolist() == [False, True, False]
+    both = c.concat(Corpus.from_texts(["d"], ids=["3"], lang=["fr"]))
+    assert both.metadata["lang"].tolist() == ["en", "de", "en", "fr"] and both.subset([3]).texts.tolist() == ["d"]
+
+
 def test_a_call_filter_narrows_the_configured_one_even_on_the_same_field():
     c = Corpus.from_texts(["acme apples", "evil apples"], tenant=["acme", "evil"])
     bm = BM25(k=5, filter={"tenant": "acme"}).fit(c)

@@ -107,6 +107,24 @@ def test_adapter_learns_only_from_judged_queries(synth):
         assert ad.info_["pairs"] == sum(len(state.rankings[i]) for i, q in enumerate(ids) if q in qrels)
 
 
+def test_adapter_list_features_read_the_training_depth(synth, tmp_path):
+    """A deeper call (search(k) above the depth the adapter was trained at) keeps the probabilities of
+    the shared candidates and the cut: the list features read the first ``depth_`` candidates only."""
+    corpus, train, state = synth
+    ad = CosineAdapter(max_iter=100).fit(corpus, train, upstream=state)
+    assert ad.depth_ == 30
+    deep = state.copy()
+    rng = np.random.default_rng(1)
+    deep.rankings = [Ranking(np.r_[r.rows, np.setdiff1d(np.arange(400), r.rows)[:30]],
+                             np.r_[r.scores, np.sort(rng.uniform(-0.2, r.scores[-1], 30))[::-1]].astype(np.float32))
+                     for r in state.rankings]
+    a, b = ad(state.copy()), ad(deep)
+    for x, y in zip(a.rankings, b.rankings):
+        assert len(x) < 30 and x.equals(y)  # the same kept prefix, with the same probabilities
+    ad.save(tmp_path / "ad")
+    assert Operator.load(tmp_path / "ad").depth_ == 30
+
+
 def test_adapter_refuses_no_positives(synth):
     corpus, train, state = synth
     no_pos = TrainSet(train.queries, {q: {"d_not_retrieved": 1} for q in train.queries.ids})
@@ -466,3 +484,45 @@ def test_cosine_filters_refuse_rankings_another_step_rescored(slice_data):
     with pytest.raises(DataError, match="dbnorm expects the cosines of a dense retriever as scores"):
         db(rescored)
     db(dense(State.of(queries)))  # straight after dense: fine
+
+
+class _SeededEncoder:
+    """A registered encoder: a seeded random vector per text; ``scaled`` breaks the unit-vector promise."""
+
+    dim = 16
+
+    def __init__(self, scaled: bool) -> None:
+        self.scaled, self.key = scaled, f"test-seeded-{scaled}"
+
+    def encode(self, texts, **_):
+        import zlib
+
+        out = np.stack([np.random.default_rng(zlib.crc32(str(t).encode())).normal(size=16) for t in texts])
+        out /= np.linalg.norm(out, axis=1, keepdims=True)
+        return (out * (0.5 + np.arange(len(texts)) % 5)[:, None] if self.scaled else out).astype(np.float32)
+
+    encode_queries = encode
+
+
+def test_cosine_methods_normalise_a_registered_encoders_vectors():
+    """MMR, kNN-Embed and DBNorm are cosine methods: an encoder whose vectors are not unit length
+    (a registered one may break that promise) gives the same rankings as its normalised twin."""
+    from ragkit.encoders import register_encoder, unregister_encoder
+    from ragkit.filters import MMR
+    from ragkit.retrievers import Dense, KnnEmbed
+
+    corpus = Corpus.from_texts([f"document {i}" for i in range(60)])
+    queries = [f"query {i}" for i in range(7)]
+    register_encoder("bag-unit", _SeededEncoder(False), replace=True)
+    register_encoder("bag-scaled", _SeededEncoder(True), replace=True)
+    try:
+        for make in (lambda m: KnnEmbed(model=m, k=10, n_clusters=4),
+                     lambda m: Dense(model=m, k=20) | MMR(model=m, k=10, fetch_k=20),
+                     lambda m: Dense(model=m, k=20) | DBNorm(model=m, method="ddis", query_bank_size=30)):
+            a, b = (make(m).fit(corpus).search(queries, k=10) for m in ("bag-unit", "bag-scaled"))
+            for x, y in zip(a.rankings, b.rankings):
+                np.testing.assert_array_equal(x.rows, y.rows)
+                np.testing.assert_allclose(x.scores, y.scores, rtol=1e-4, atol=1e-5)
+    finally:
+        unregister_encoder("bag-unit")
+        unregister_encoder("bag-scaled")

@@ -91,6 +91,23 @@ def test_learning_weights_without_any_judged_training_query_says_so(slice_data):
         TrainSet(Queries([f"x{q}" for q in train.queries.ids], train.queries.texts), train.qrels)
 
 
+def test_judgements_naming_no_document_of_the_corpus_are_refused_before_learning(slice_data):
+    """Qrels of another corpus (no judged document in this one) learned uniform weights from nDCG 0
+    everywhere, without a word; now refused before anything is fitted, naming ids of both sides."""
+    from ragkit.errors import DataError
+    from ragkit.pipelines.yaml import load_yaml
+    from ragkit.types import TrainSet
+
+    corpus, _, _, train = slice_data
+    other = TrainSet(train.queries, {q: {f"other-{d}": v for d, v in rel.items()} for q, rel in train.qrels.items()})
+    pipe = load_yaml(PIPE)
+    with pytest.raises(DataError, match=r"none of the \d+ documents judged relevant .* \('other-.* is in the corpus "
+                                        r"of \d+ documents"):
+        pipe.fit(corpus, other)
+    assert not pipe.steps[0].branches[0].is_fitted  # refused before the first retriever was built
+    pipe.fit(corpus)  # nothing learns without judgements: nothing to check
+
+
 def test_poisoned_test_qrels_change_nothing(slice_data, tmp_path):
     """``ragkit train`` on a dataset whose test qrels are poisoned saves exactly the same pipeline."""
     corpus, test_q, test_qrels, train = slice_data

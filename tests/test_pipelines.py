@@ -1360,3 +1360,24 @@ def test_cli_validate_takes_operator_folders_and_notes_models_it_would_download(
     assert res.exit_code == 0 and "2 operators" in res.output
     assert "note: model 'all-MiniLM-L6-v3' is neither a local folder nor in the Hugging Face cache" in res.output
     assert "'all-MiniLM-L6-v2'" not in res.output  # the packaged model is local
+
+
+def test_a_composites_repr_is_the_python_that_builds_it():
+    """``repr`` of a pipeline is constructor code: evaluated, it builds an equal pipeline, with
+    branch names, route labels and defaults, a loop's ``max_iters`` and the steps of list branches."""
+    import ragkit.filters as filters_
+    import ragkit.pipelines as pipelines_
+    import ragkit.retrievers as retrievers_
+
+    ns = {**vars(filters_), **vars(pipelines_), **vars(retrievers_)}
+    pipe = Pipeline([
+        Parallel([BM25(k=50), [BM25(k=20), TopK(k=5)]], fuse=RRF(k=10), names=["wide", "narrow"]),
+        Route(RuleRouter(rules=[{"label": "short", "max_words": 2}], default="long"),
+              {"short": [TopK(k=3)], "long": TopK(k=8), "none": []}, default="long"),
+        Loop([PRF(), BM25()], until=TopKStable(k=5), max_iters=5),
+    ])
+    text = repr(pipe)
+    assert "names=['wide', 'narrow']" in text and "default='long'" in text and "max_iters=5" in text, text
+    assert eval(text, ns) == pipe
+    plain = BM25() + BM25(k=30)
+    assert repr(plain) == "Parallel([BM25(), BM25(k=30)])" and eval(repr(plain), ns) == plain

@@ -2,7 +2,7 @@
 
 from ragkit.encoders.cache import EmbeddingCache, text_digests
 from ragkit.encoders.custom import register_encoder, registered_encoder, unregister_encoder  # noqa: F401
-from ragkit.encoders.sentence import DEFAULT_MODEL, Encoder, get_encoder, query_vectors, resolve_model
+from ragkit.encoders.sentence import DEFAULT_MODEL, Encoder, get_encoder, query_vectors, resolve_model, unit_rows
 
 __all__ = ["Encoder", "get_encoder", "query_vectors", "resolve_model", "DEFAULT_MODEL", "EmbeddingCache",
-           "text_digests"]
+           "text_digests", "unit_rows"]

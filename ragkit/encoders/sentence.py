@@ -22,7 +22,7 @@ from ragkit.encoders.cache import EmbeddingCache
 from ragkit.encoders.custom import registered_encoder
 from ragkit.errors import ParamError
 
-__all__ = ["Encoder", "get_encoder", "resolve_model", "model_fingerprint", "DEFAULT_MODEL"]
+__all__ = ["Encoder", "get_encoder", "resolve_model", "model_fingerprint", "unit_rows", "DEFAULT_MODEL"]
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 _ALIASES = {"all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2"}
@@ -231,3 +231,20 @@ def query_vectors(state: Any, encoder: Encoder,
         vecs = encoder.encode_queries(texts) if len(texts) else np.zeros((0, encoder.dim), np.float32)
         state.vectors[encoder.key] = vecs
     return vecs if transform is None else transform(vecs)
+
+
+def unit_rows(x: Any) -> np.ndarray:
+    """``x`` as C-contiguous float32 rows of unit L2 norm, shape ``(n, d)`` unchanged (a zero row stays zero).
+
+    The encoders of this package already return unit rows; a registered encoder promises them
+    (:func:`~ragkit.encoders.register_encoder`) but cannot be made to keep the promise, so the
+    cosine methods (MMR, kNN-Embed, DBNorm) pass what they are given through this.  Rows already
+    of unit norm (to 1e-4) come back without a copy.
+    """
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    if x.ndim != 2 or not x.size:
+        return x  # the caller's shape check names the problem
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    if np.all(np.abs(norms - 1) <= 1e-4):
+        return x
+    return np.ascontiguousarray(x / np.maximum(norms, 1e-12), dtype=np.float32)
