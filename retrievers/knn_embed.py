@@ -236,7 +236,9 @@ class KnnEmbed(Operator):
         self._fit_vectors(self.dense.encoder.encode(corpus.full_texts))
 
     def fit_vectors(self, corpus: Corpus, vectors: np.ndarray) -> "KnnEmbed":
-        """Fit on precomputed document vectors ``(len(corpus), d)`` instead of encoding the corpus (rows are L2-normalised).
+        """Fit on precomputed document vectors ``(len(corpus), d)`` instead of encoding the corpus.
+
+        Rows are L2-normalised here (kNN-Embed works in cosine geometry).
 
         Queries must then carry vectors of the same space in ``state.vectors[self.dense.encoder.key]``.
         """
