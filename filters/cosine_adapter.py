@@ -15,7 +15,7 @@ from pydantic import Field
 from scipy.optimize import minimize
 from scipy.special import expit
 
-from ragkit.encoders import DEFAULT_MODEL, get_encoder, query_vectors
+from ragkit.encoders import DEFAULT_MODEL, check_encoder_key, get_encoder, query_vectors, save_encoder_key
 from ragkit.errors import ArtifactError, DataError
 from ragkit.filters._flat import check_cosines, check_dense_rankings, cut_prefix, flatten
 from ragkit.operator import Operator, load_array, read_json, save_arrays, write_json
@@ -376,8 +376,10 @@ class CosineAdapter(Operator):
         save_arrays(folder, adapter_weights=self.weights_, adapter_feat_mean=self.feat_mean_,
                     adapter_feat_std=self.feat_std_)
         write_json(folder / "adapter.json", {"threshold": self.threshold_, "depth": self.depth_, "info": self.info_})
+        save_encoder_key(folder, get_encoder(self.params.model))
 
     def _load(self, folder: Path, mmap: bool = False) -> None:
+        check_encoder_key(folder, get_encoder(self.params.model), self.name, self.params.model)
         self.weights_ = load_array(folder, "adapter_weights")
         self.feat_mean_ = load_array(folder, "adapter_feat_mean")
         self.feat_std_ = load_array(folder, "adapter_feat_std")

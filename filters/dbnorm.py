@@ -15,7 +15,7 @@ from typing import Literal
 import numpy as np
 from pydantic import Field, field_validator
 
-from ragkit.encoders import DEFAULT_MODEL, get_encoder, unit_rows
+from ragkit.encoders import DEFAULT_MODEL, check_encoder_key, get_encoder, save_encoder_key, unit_rows
 from ragkit.errors import ArtifactError, DataError
 from ragkit.filters._flat import check_cosines, check_dense_rankings, check_rows_in_corpus, flatten
 from ragkit.operator import Operator, load_array, read_json, save_arrays, write_json
@@ -285,8 +285,10 @@ class DBNorm(Operator):
         save_arrays(folder, dbnorm_log_z_q=self.log_z_q_, dbnorm_active_q=self.active_q_,
                     dbnorm_log_z_g=self.log_z_g_, dbnorm_active_g=self.active_g_)
         write_json(folder / "dbnorm.json", self.info_)
+        save_encoder_key(folder, get_encoder(self.params.model))
 
     def _load(self, folder: Path, mmap: bool = False) -> None:
+        check_encoder_key(folder, get_encoder(self.params.model), self.name, self.params.model)
         self.log_z_q_ = load_array(folder, "dbnorm_log_z_q", mmap=mmap)
         self.active_q_ = load_array(folder, "dbnorm_active_q", mmap=mmap)
         self.log_z_g_ = load_array(folder, "dbnorm_log_z_g", mmap=mmap)

@@ -12,7 +12,15 @@ from pathlib import Path
 import numpy as np
 from pydantic import Field
 
-from ragkit.encoders import DEFAULT_MODEL, Encoder, get_encoder, query_vectors, unit_rows
+from ragkit.encoders import (
+    DEFAULT_MODEL,
+    Encoder,
+    check_encoder_key,
+    get_encoder,
+    query_vectors,
+    save_encoder_key,
+    unit_rows,
+)
 from ragkit.errors import DataError
 from ragkit.filters._flat import check_rows_in_corpus
 from ragkit.filters.cutoffs import cut_k
@@ -156,6 +164,8 @@ class MMR(Operator):
 
     def _save(self, folder: Path) -> None:
         save_arrays(folder, vectors=self.vectors_)
+        save_encoder_key(folder, self.encoder)
 
     def _load(self, folder: Path, mmap: bool = False) -> None:
+        check_encoder_key(folder, self.encoder, self.name, self.params.model)
         self.vectors_ = load_array(folder, "vectors", mmap=mmap)

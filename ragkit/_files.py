@@ -14,9 +14,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Mapping
 
-from ragkit.errors import ArtifactError
+from ragkit.errors import ArtifactError, DataError
 
-__all__ = ["atomic_file", "sha256_file", "folder_checksums", "verify_checksums"]
+__all__ = ["atomic_file", "sha256_file", "folder_checksums", "verify_checksums", "utf8_lines"]
 
 
 @contextmanager
@@ -42,6 +42,20 @@ def atomic_file(path: str | Path) -> Iterator[Path]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def utf8_lines(path: Path, expected: str) -> Iterator[tuple[int, bytes, str]]:
+    """``(line number, raw bytes, text)`` of each line of a UTF-8 text file, a byte-order mark
+    dropped; a line that is not UTF-8 is a :class:`DataError` naming ``path:line``, the byte and
+    ``expected`` (what the file should be: "BEIR files are UTF-8 JSON lines")."""
+    with open(path, "rb") as f:
+        for n, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8-sig" if n == 1 else "utf-8")
+            except UnicodeDecodeError as e:
+                raise DataError(f"{path}:{n}: not UTF-8 (byte {raw[e.start]:#04x} at column {e.start + 1}); "
+                                f"{expected}") from None
+            yield n, raw, line
 
 
 def file_above(path: str | Path) -> Path | None:

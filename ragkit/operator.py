@@ -27,7 +27,7 @@ import numpy as np
 
 from ragkit import registry
 from ragkit._files import atomic_file, file_above, folder_checksums, verify_checksums
-from ragkit.errors import ArtifactError, NotFittedError, ParamError
+from ragkit.errors import ArtifactError, NotFittedError, ParamError, some_ids
 from ragkit.options import PARAM, OptionCheck, filter_option
 from ragkit.params import Params, validate_params
 from ragkit.types import Corpus, Queries, Ranking, State, TrainSet
@@ -298,7 +298,15 @@ class Operator:
             return Pipeline.load(folder, corpus=corpus, mmap=mmap, verify=verify)
         if not (folder / "params.json").is_file():
             raise ArtifactError(f"{folder}: {_not_an_operator_folder(folder)}")
-        if verify and (folder / CHECKSUMS).is_file():  # (a step of a saved pipeline: its manifest has them)
+        if verify and not (folder / CHECKSUMS).is_file():  # every save writes it: a changed folder lost it
+            whole = _saved_pipeline_above(folder)
+            if whole is not None:  # a pipeline's step: its manifest holds the checksums, and the documents
+                raise ArtifactError(f"{folder}: one step of the saved pipeline at {whole} (its documents are "
+                                    f"saved there): load that folder with Pipeline.load({str(whole)!r})")
+            raise ArtifactError(f"{folder}: no {CHECKSUMS} (Operator.save writes one) to verify the files against; "
+                                "the folder was changed after saving: save the operator again, or load it unchecked "
+                                "with verify=False")
+        if verify:  # (a step of a saved pipeline has none: Pipeline.load checks the manifest's, then loads it)
             digests = read_json(folder / CHECKSUMS)
             if not isinstance(digests, dict):
                 raise ArtifactError(f"{folder / CHECKSUMS}: expected a JSON object of file -> sha256; save the "
@@ -380,6 +388,23 @@ def _is_ragkit_save(folder: Path) -> bool:
     return False
 
 
+def _foreign_files(folder: Path) -> list[str]:
+    """Files under the ragkit save ``folder`` that its own record (``checksums.json``, or a pipeline
+    manifest's ``sha256``) does not list: somebody else's, e.g. another save written inside it.
+    Empty when the save keeps no record to compare with."""
+    for name, key in ((CHECKSUMS, None), ("manifest.json", "sha256")):
+        try:
+            record = json.loads((folder / name).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        listed = record.get(key) if key is not None and isinstance(record, dict) else record
+        if isinstance(listed, dict):
+            own = {*listed, name}
+            return sorted(rel for p in folder.rglob("*") if not p.is_dir()
+                          and (rel := str(p.relative_to(folder))) not in own)
+    return []
+
+
 def _saved_pipeline_above(folder: Path) -> Path | None:
     """The nearest folder above ``folder`` holding a pipeline ``manifest.json``, if any."""
     for parent in Path(folder).resolve().parents:
@@ -422,10 +447,17 @@ class atomic_dir:
         blocker = file_above(path)
         if blocker is not None:
             raise ArtifactError(f"{path}: {blocker} is a file, not a folder; a save cannot be written below it")
-        if path.is_dir() and any(path.iterdir()) and not _is_ragkit_save(path):
-            raise ArtifactError(
-                f"{path}: a non-empty folder that is not a ragkit save (no params.json or manifest.json written "
-                f"by ragkit); refusing to replace it: save into a new or empty folder")
+        if path.is_dir() and any(path.iterdir()):
+            if not _is_ragkit_save(path):
+                raise ArtifactError(
+                    f"{path}: a non-empty folder that is not a ragkit save (no params.json or manifest.json written "
+                    f"by ragkit); refusing to replace it: save into a new or empty folder")
+            foreign = _foreign_files(path)
+            if foreign:
+                raise ArtifactError(
+                    f"{path}: an earlier ragkit save that also holds {len(foreign)} files it did not write "
+                    f"({some_ids(foreign)}); replacing the save would delete them: move them out, or save into a "
+                    "new folder")
         return path
 
     def __enter__(self) -> Path:

@@ -15,7 +15,7 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from ragkit._files import atomic_file
+from ragkit._files import atomic_file, utf8_lines
 from ragkit.errors import DataError
 from ragkit.types import Ranking, TraceEvent
 
@@ -99,6 +99,15 @@ class Run:
         if any(v != n for v in lens.values()):
             raise DataError(f"Run: {n} query ids but " + ", ".join(f"{v} {k}" for k, v in lens.items())
                             + "; expected one list per query")
+        n_docs, n_scores = [len(d) for d in self.doc_ids], [len(s) for s in self.scores]
+        if n_docs != n_scores:  # zip would drop the documents past the shorter list
+            i = next(i for i, (a, b) in enumerate(zip(n_docs, n_scores)) if a != b)
+            raise DataError(f"Run: query {self.query_ids[i]!r} has {n_docs[i]} document ids and {n_scores[i]} "
+                            "scores; expected one score per document")
+        if len(set(self.query_ids)) != n:  # to_dict would keep the last list, a TREC file both
+            seen: set[str] = set()
+            dup = next(q for q in self.query_ids if q in seen or seen.add(q))
+            raise DataError(f"Run: query id {dup!r} appears more than once; expected one ranking per query")
 
     @classmethod
     def from_rankings(cls, query_ids: list[str], rankings: list[Ranking], corpus_ids: np.ndarray, **kw: Any) -> "Run":
@@ -162,20 +171,21 @@ class Run:
         run: dict[str, dict[str, float]] = {}
         if not Path(path).is_file():
             raise DataError(f"{path}: TREC run file not found")
-        with open(path, encoding="utf-8") as f:
-            for n, line in enumerate(f, 1):
-                parts = line.split()
-                if not parts:
-                    continue
-                if len(parts) != 6:
-                    raise DataError(f"{path}:{n}: expected 6 columns 'qid Q0 docid rank score tag', got {len(parts)}")
-                try:
-                    score = float(parts[4])
-                except ValueError:
-                    raise DataError(f"{path}:{n}: score {parts[4]!r} is not a number") from None
-                docs = run.setdefault(parts[0], {})
-                if parts[2] in docs:
-                    raise DataError(f"{path}:{n}: document {parts[2]!r} appears twice for query {parts[0]!r}; "
-                                    "expected each document at most once per query (trec_eval refuses duplicates)")
-                docs[parts[2]] = score
+        for n, _, line in utf8_lines(Path(path), "a TREC run file is UTF-8 text"):
+            parts = line.split()
+            if not parts:
+                continue
+            if len(parts) != 6:
+                raise DataError(f"{path}:{n}: expected 6 columns 'qid Q0 docid rank score tag', got {len(parts)}")
+            try:
+                score = float(parts[4])
+            except ValueError:
+                raise DataError(f"{path}:{n}: score {parts[4]!r} is not a number") from None
+            if score != score:  # NaN: no order, and sorting on it scrambles the query's other documents
+                raise DataError(f"{path}:{n}: score {parts[4]!r} is not a number")
+            docs = run.setdefault(parts[0], {})
+            if parts[2] in docs:
+                raise DataError(f"{path}:{n}: document {parts[2]!r} appears twice for query {parts[0]!r}; "
+                                "expected each document at most once per query (trec_eval refuses duplicates)")
+            docs[parts[2]] = score
         return cls.from_dict(run)

@@ -10,12 +10,19 @@ applied inside the search, ``add`` / ``remove`` without a rebuild.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Iterable, Literal
 
 import numpy as np
 from pydantic import Field, model_validator
 
-from ragkit.encoders import DEFAULT_MODEL, Encoder, get_encoder, query_vectors
+from ragkit.encoders import (
+    DEFAULT_MODEL,
+    Encoder,
+    check_encoder_key,
+    get_encoder,
+    query_vectors,
+    save_encoder_key,
+)
 from ragkit.encoders.adapt import AdaptConfig, TunedEncoderMixin
 from ragkit.errors import ArtifactError, DataError, ParamError
 from ragkit.operator import Operator, rankings_from_matrix
@@ -210,7 +217,8 @@ class Dense(TunedEncoderMixin, Operator):
     def remove(self, ids: Any) -> "Dense":
         """Remove documents by id (tombstoned in the index, dropped from the corpus; no rebuild)."""
         self._check_fitted()
-        ids = [str(i) for i in (ids if isinstance(ids, (list, tuple, set, np.ndarray)) else [ids])]
+        one = isinstance(ids, (str, bytes)) or not isinstance(ids, Iterable)  # any other iterable lists ids, as in mask
+        ids = [str(i) for i in ([ids] if one else ids)]
         try:
             rows = self.corpus_.row_of(ids)
         except (KeyError, DataError, ValueError) as e:
@@ -230,6 +238,7 @@ class Dense(TunedEncoderMixin, Operator):
         self.index_.save(folder, prefix="index")
         np.save(folder / "slots.npy", self.slots_, allow_pickle=False)
         self._save_encoder(folder)  # the tuned encoder travels with the index
+        save_encoder_key(folder, self.encoder)
 
     def _load(self, folder: Path, mmap: bool = False) -> None:
         from ragkit.operator import load_array
@@ -237,6 +246,10 @@ class Dense(TunedEncoderMixin, Operator):
         self.index_ = VectorIndex.load(folder, prefix="index", mmap=mmap)
         self.slots_ = np.array(load_array(folder, "slots"), dtype=np.int64)
         self._load_encoder(folder)
+        check_encoder_key(folder, self.encoder, self.name, self.encoder_model)
         if len(self.slots_) != len(self.corpus_) or len(self.slots_) != self.index_.n_alive:
             raise ArtifactError(f"{folder}: slots.npy has {len(self.slots_)} rows, corpus has {len(self.corpus_)}, "
                                 f"index holds {self.index_.n_alive} live vectors")
+        if not np.array_equal(self.slots_, np.flatnonzero(self.index_.alive)):  # row i is the i-th live slot
+            raise ArtifactError(f"{folder}: slots.npy does not list the index's live vectors in order; the file was "
+                                "changed after saving")

@@ -26,7 +26,7 @@ from typing import Literal
 import numpy as np
 from pydantic import Field, model_validator
 
-from ragkit.encoders import DEFAULT_MODEL, unit_rows
+from ragkit.encoders import DEFAULT_MODEL, check_encoder_key, save_encoder_key, unit_rows
 from ragkit.errors import ArtifactError, DataError
 from ragkit.operator import Operator, desc_order, load_array, read_json, save_arrays, topk_rows, write_json
 from ragkit.params import Params
@@ -577,11 +577,13 @@ class KnnEmbed(Operator):
     # ------------------------------------------------------------------ persistence
     def _save(self, folder: Path) -> None:
         save_arrays(folder, vectors=self.vectors_, labels=self.labels_, centroids=self.centroids_)
+        save_encoder_key(folder, self.dense.encoder)
         write_json(folder / "knn_embed.json", {"n_clusters": int(len(self.centroids_)),
                                                "n_docs": int(len(self.labels_))})
 
     def _load(self, folder: Path, mmap: bool = False) -> None:
         meta = read_json(folder / "knn_embed.json")
+        check_encoder_key(folder, self.dense.encoder, self.name, self.params.model)
         self.vectors_ = load_array(folder, "vectors", mmap=mmap)
         self.labels_ = np.asarray(load_array(folder, "labels"))
         self.centroids_ = np.asarray(load_array(folder, "centroids"))

@@ -29,7 +29,7 @@ from typing import Any, Literal, Mapping
 import numpy as np
 from pydantic import Field, model_validator
 
-from ragkit.encoders import DEFAULT_MODEL
+from ragkit.encoders import DEFAULT_MODEL, check_encoder_key, save_encoder_key
 from ragkit.encoders.adapt import AdaptConfig, TunedEncoderMixin
 from ragkit.encoders.cache import text_digests
 from ragkit.encoders.tokens import TokenEncoder, TokenVectors, get_token_encoder
@@ -110,9 +110,11 @@ class TokenOperatorMixin(TunedEncoderMixin):
     def _save_tokens(self, folder: Path) -> None:
         self.tokens_.save(folder, "tokens")
         self._save_encoder(folder)
+        save_encoder_key(folder, self.token_encoder)
 
     def _load_tokens(self, folder: Path, mmap: bool) -> None:
         self._load_encoder(folder)
+        check_encoder_key(folder, self.token_encoder, self.name, self.encoder_model)
         tv = TokenVectors.load(folder, "tokens", mmap=mmap)
         if len(tv) != len(self.corpus_):
             raise ArtifactError(f"{folder}: token vectors hold {len(tv)} documents, the corpus {len(self.corpus_)}")

@@ -19,7 +19,7 @@ import pytest
 from ragkit.errors import DataError
 from ragkit.eval import download_beir, evaluate, load_beir, paired_randomization_test, parse_metric
 from ragkit.run import Run
-from ragkit.types import Corpus
+from ragkit.types import Corpus, Ranking
 
 # pytest-socket (pulled in by langchain-tests) may run with --disable-socket; the local
 # server test opts back in.  The marker exists only where the plugin is installed.
@@ -521,7 +521,8 @@ def test_paired_randomization_test_memory_is_bounded_and_its_draws_unchanged():
 def test_per_query_metrics_cut_keeps_every_tie_at_the_cut_and_agrees_with_evaluate():
     """The learners' per-query nDCG / recall (lists cut at the deepest k, every document tied with the
     k-th kept, so trec_eval cuts the tie) equals ``evaluate`` on the full rankings, over random
-    rankings full of ties, empty ones, NaN scores and a document whose id is the query's."""
+    rankings full of ties, empty ones, -inf scores and a document whose id is the query's; a NaN
+    score (no order: it scrambled the query's other documents) is refused by both."""
     from ragkit.eval.metrics import per_query_metrics
     from ragkit.types import Ranking, State
 
@@ -532,8 +533,8 @@ def test_per_query_metrics_cut_keeps_every_tie_at_the_cut_and_agrees_with_evalua
         n = int(rng.integers(0, 40))
         sc = (np.round(rng.random(n) * 4) / 4).astype(np.float32)  # many ties
         if n and i % 5 == 0:
-            sc[int(rng.integers(n))] = np.nan
-        order = np.argsort(-np.nan_to_num(sc, nan=-9), kind="stable")
+            sc[int(rng.integers(n))] = -np.inf
+        order = np.argsort(-sc, kind="stable")
         rows = rng.choice(61, n, replace=False)[order]
         rankings.append(Ranking(rows, sc[order]))
     qids = [f"q{i}" for i in range(40)]
@@ -544,6 +545,11 @@ def test_per_query_metrics_cut_keeps_every_tie_at_the_cut_and_agrees_with_evalua
     full = evaluate(Run.from_rankings(qids, rankings, ids), qrels, ["ndcg@10", "recall@20"]).per_query
     for m in ("ndcg@10", "recall@20"):
         np.testing.assert_allclose(got[m], [full[m][q] for q in qids[:35]], atol=1e-12)
+    rankings[7].scores[0] = np.nan
+    with pytest.raises(DataError, match="query 'q7' gives document .* the score NaN"):
+        per_query_metrics(state, qrels, ids, ["ndcg@10"])
+    with pytest.raises(DataError, match="query 'q7' gives document .* the score NaN"):
+        evaluate(Run.from_rankings(qids, rankings, ids), qrels, ["ndcg@10"])
 
 
 def test_evaluate_refuses_a_run_that_shares_no_query_with_the_qrels():
@@ -580,3 +586,65 @@ def test_an_empty_qrels_file_is_refused_with_its_path(tmp_path):
     (root / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\n")
     with pytest.raises(DataError, match=r"qrels/test\.tsv: holds no judgements \(an empty file, or a header only\)"):
         load_beir(root).qrels("test")
+
+
+def test_run_and_qrels_files_read_as_trec_eval_does_or_say_where_they_are_wrong(tmp_path):
+    """A byte-order mark made the first query unknown (scored 0); Latin-1 bytes gave a bare
+    UnicodeDecodeError; a NaN score scrambled the query's order; trec_eval's own qrels layout
+    (``qid 0 docid rel``, whitespace-separated) lost its first line as a "header"."""
+    from ragkit.eval import read_qrels
+
+    (tmp_path / "bom.trec").write_bytes("\ufeffq1 Q0 a 1 2.0 t\nq2 Q0 b 1 1.0 t\n".encode("utf-8"))
+    run = Run.read_trec(tmp_path / "bom.trec")
+    assert run.query_ids == ["q1", "q2"]
+    assert evaluate(run, {"q1": {"a": 1}, "q2": {"b": 1}}, ["ndcg@10"]).scores["ndcg@10"] == 1.0
+    (tmp_path / "l1.trec").write_bytes("q1 Q0 caf\xe9 1 2.0 t\n".encode("latin-1"))
+    with pytest.raises(DataError, match=r"l1\.trec:1: not UTF-8 \(byte 0xe9 at column 10\)"):
+        Run.read_trec(tmp_path / "l1.trec")
+    (tmp_path / "l1.tsv").write_bytes("query-id\tcorpus-id\tscore\nq\tcaf\xe9\t1\n".encode("latin-1"))
+    with pytest.raises(DataError, match=r"l1\.tsv:2: not UTF-8"):
+        read_qrels(tmp_path / "l1.tsv")
+    (tmp_path / "nan.trec").write_text("q1 Q0 a 1 3.0 t\nq1 Q0 b 2 nan t\n")
+    with pytest.raises(DataError, match=r"nan\.trec:2: score 'nan' is not a number"):
+        Run.read_trec(tmp_path / "nan.trec")
+    with pytest.raises(DataError, match="query 'q1' gives document 'b' the score NaN"):
+        evaluate({"q1": {"a": 3.0, "b": float("nan"), "c": 1.0}}, {"q1": {"a": 1}}, ["mrr@1"])
+    (tmp_path / "trec.qrels").write_text("1 0 d1 1\n2 0 d2 2\n")
+    assert read_qrels(tmp_path / "trec.qrels") == {"1": {"d1": 1}, "2": {"d2": 2}}
+    (tmp_path / "space.tsv").write_text("query-id\tcorpus-id\tscore\nq 1\td 1\t1\n")  # BEIR TSV: ids may hold spaces
+    assert read_qrels(tmp_path / "space.tsv") == {"q 1": {"d 1": 1}}
+
+
+def test_a_run_is_one_aligned_list_per_query():
+    """Two ids and one score dropped a document (zip); a query id twice gave evaluate the last list
+    and a TREC file both."""
+    with pytest.raises(DataError, match="query 'q' has 2 document ids and 1 scores"):
+        Run(["q"], [np.array(["a", "b"], object)], [np.ones(1, np.float32)])
+    with pytest.raises(DataError, match="query id 'q1' appears more than once"):
+        Run(["q1", "q1"], [np.array(["a"], object)] * 2, [np.ones(1, np.float32)] * 2)
+
+
+def test_evaluation_helpers_refuse_what_they_cannot_measure(tmp_path):
+    """n_resamples <= 0 gave ZeroDivisionError or p < 0; differences of 1e-13 all of one sign gave
+    p = 1 (an absolute tolerance of 1e-12); labels too short for the rankings gave IndexError; a
+    cut-off past trec_eval's C int a KeyError; write_beir wrote a tab inside an id."""
+    from ragkit.errors import ParamError
+    from ragkit.eval import write_beir as ragkit_write_beir
+    from ragkit.eval.diversity import distinct_clusters
+    from ragkit.eval.metrics import paired_randomization_test
+
+    a = {f"q{i}": 1e-13 * (i + 1) for i in range(30)}
+    b = {q: 0.0 for q in a}
+    assert paired_randomization_test(a, b) < 0.001
+    for bad in (0, -5, 2.5, True):
+        with pytest.raises(ParamError, match="n_resamples must be a positive integer"):
+            paired_randomization_test(a, b, n_resamples=bad)
+    with pytest.raises(DataError, match="rankings hold row 3 but labels cover 2 documents"):
+        distinct_clusters([Ranking(np.array([0, 3]), np.ones(2, np.float32))], np.array([0, 1]))
+    assert distinct_clusters([Ranking.empty()], np.zeros(0, np.int64)).tolist() == [0.0]
+    with pytest.raises(DataError, match=r"1 <= k <= 2147483647"):
+        evaluate({"q": {"a": 1.0}}, {"q": {"a": 1}}, ["ndcg@100000000000000000000"])
+    with pytest.raises(DataError, match=r"qrels\['test'\] id 'q\\t1' holds a tab"):
+        ragkit_write_beir(tmp_path / "x", Corpus.from_texts(["t"], ids=["d"]), {"q\t1": "t"},
+                          {"test": {"q\t1": {"d": 1}}})
+    assert not (tmp_path / "x").exists()

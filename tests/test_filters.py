@@ -468,6 +468,9 @@ def test_filter_report_counts_a_query_whose_list_was_emptied_even_after_a_trec_f
     for got in (flt, Run.read_trec(tmp_path / "f.trec")):
         rep = filter_report(got, qrels, reference=ref)
         assert (rep.recall, rep.empty, rep.mean_kept, rep.n_queries) == (1 / 3, 1 / 3, 1.0, 3)
+        # without a reference too: every judged query counts (as evaluate's trec_eval -c), recall of all 4
+        rep = filter_report(got, qrels)
+        assert (rep.recall, rep.empty, rep.mean_kept, rep.n_queries) == (1 / 4, 1 / 3, 1.0, 3)
 
 
 def test_cosine_filters_refuse_rankings_another_step_rescored(slice_data):

@@ -235,3 +235,86 @@ def test_a_save_replaces_the_previous_one_whole(tmp_path, monkeypatch, swap):
         a, b = tmp_path / "x", tmp_path / "y"
         a.mkdir(), b.mkdir(), (a / "in-x").touch()
         assert real(a, b) and (b / "in-x").exists() and not any(a.iterdir())
+
+
+def test_a_save_never_deletes_files_it_did_not_write(corpus, tmp_path):
+    """A save inside an earlier save's folder, or a user's file there, was deleted without a word when
+    the earlier save was replaced: the README promises a save never replaces a folder of other files."""
+    BM25(k=2).fit(corpus).save(tmp_path / "p")
+    BM25(k=3).fit(corpus).save(tmp_path / "p")  # its own files only: replaced
+    BM25(k=4).fit(corpus).save(tmp_path / "p" / "inner")
+    (tmp_path / "p" / "notes.txt").write_text("mine")
+    with pytest.raises(ArtifactError, match=r"an earlier ragkit save that also holds \d+ files it did not write "
+                                            r"\('inner/checksums.json', .*replacing the save would delete them"):
+        BM25(k=5).fit(corpus).save(tmp_path / "p")
+    assert (tmp_path / "p" / "notes.txt").read_text() == "mine" and Operator.load(tmp_path / "p").params.k == 3
+    pipe = Pipeline([BM25(k=2)]).fit(corpus)
+    pipe.save(tmp_path / "q")
+    (tmp_path / "q" / "ops" / "extra.npy").write_bytes(b"x")
+    with pytest.raises(ArtifactError, match=r"holds 1 files it did not write \('ops/extra.npy'\)"):
+        pipe.save(tmp_path / "q")
+
+
+def test_a_folder_that_lost_its_checksums_is_not_loaded_unchecked(corpus, tmp_path):
+    """With checksums.json deleted (or a manifest without sha256), edited files loaded with verify=True."""
+    import json
+
+    BM25(k=2).fit(corpus).save(tmp_path / "op")
+    (tmp_path / "op" / "checksums.json").unlink()
+    with pytest.raises(ArtifactError, match=r"no checksums.json .* load it unchecked with verify=False"):
+        Operator.load(tmp_path / "op")
+    assert Operator.load(tmp_path / "op", verify=False).params.k == 2
+    Pipeline([BM25(k=2)]).fit(corpus).save(tmp_path / "p")
+    manifest = json.loads((tmp_path / "p" / "manifest.json").read_text())
+    for digests in ({}, None):
+        if digests is None:
+            manifest.pop("sha256")
+        else:
+            manifest["sha256"] = digests
+        (tmp_path / "p" / "manifest.json").write_text(json.dumps(manifest))
+        with pytest.raises(ArtifactError, match="lists no checksums of the saved files"):
+            Pipeline.load(tmp_path / "p")
+    assert Pipeline.load(tmp_path / "p", verify=False).steps[0].params.k == 2
+
+
+def test_a_saved_dense_refuses_another_encoder_and_reordered_slots(tmp_path):
+    """A model name registered again with another encoder loaded and silently changed the rankings
+    (query vectors from another space); reordered slots.npy mapped rows to other documents."""
+    from ragkit.encoders import register_encoder, unregister_encoder
+    from ragkit.retrievers import Dense
+
+    class Seeded:
+        dim = 8
+
+        def __init__(self, seed: int) -> None:
+            self.seed, self.key = seed, f"seeded-{seed}"
+
+        def encode(self, texts, **_):
+            import zlib
+
+            return np.stack([np.random.default_rng(zlib.crc32(f"{self.seed}{t}".encode())).normal(size=8)
+                             for t in texts]).astype(np.float32)
+
+        encode_queries = encode
+
+    docs = Corpus.from_texts([f"document {i}" for i in range(20)])
+    register_encoder("swap-me", Seeded(0), replace=True)
+    try:
+        dense = Dense(model="swap-me", k=5).fit(docs)
+        dense.remove(iter(["3", "4"]))  # any iterable of ids (a generator was taken as one id)
+        dense.remove({"5": None}.keys())
+        assert len(dense.corpus_) == 17
+        dense.save(tmp_path / "d")
+        assert Operator.load(tmp_path / "d").search(["document 1"]).doc_ids[0].tolist() == \
+            dense.search(["document 1"]).doc_ids[0].tolist()
+        register_encoder("swap-me", Seeded(1), replace=True)
+        with pytest.raises(ArtifactError, match=r"dense was fitted with the encoder 'seeded-0', but model 'swap-me' is "
+                                                r"now 'seeded-1'"):
+            Operator.load(tmp_path / "d")
+        register_encoder("swap-me", Seeded(0), replace=True)
+        slots = np.load(tmp_path / "d" / "slots.npy")
+        np.save(tmp_path / "d" / "slots.npy", slots[::-1].copy())
+        with pytest.raises(ArtifactError, match="slots.npy does not list the index's live vectors in order"):
+            Operator.load(tmp_path / "d", verify=False)
+    finally:
+        unregister_encoder("swap-me")

@@ -2,7 +2,16 @@
 
 from ragkit.encoders.cache import EmbeddingCache, text_digests
 from ragkit.encoders.custom import register_encoder, registered_encoder, unregister_encoder  # noqa: F401
-from ragkit.encoders.sentence import DEFAULT_MODEL, Encoder, get_encoder, query_vectors, resolve_model, unit_rows
+from ragkit.encoders.sentence import (  # noqa: F401
+    DEFAULT_MODEL,
+    Encoder,
+    check_encoder_key,
+    get_encoder,
+    query_vectors,
+    resolve_model,
+    save_encoder_key,
+    unit_rows,
+)
 
 __all__ = ["Encoder", "get_encoder", "query_vectors", "resolve_model", "DEFAULT_MODEL", "EmbeddingCache",
            "text_digests", "unit_rows"]

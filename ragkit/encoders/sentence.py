@@ -22,7 +22,8 @@ from ragkit.encoders.cache import EmbeddingCache
 from ragkit.encoders.custom import registered_encoder
 from ragkit.errors import ParamError
 
-__all__ = ["Encoder", "get_encoder", "resolve_model", "model_fingerprint", "unit_rows", "DEFAULT_MODEL"]
+__all__ = ["Encoder", "get_encoder", "resolve_model", "model_fingerprint", "unit_rows", "save_encoder_key",
+           "check_encoder_key", "DEFAULT_MODEL"]
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 _ALIASES = {"all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2"}
@@ -248,3 +249,32 @@ def unit_rows(x: Any) -> np.ndarray:
     if np.all(np.abs(norms - 1) <= 1e-4):
         return x
     return np.ascontiguousarray(x / np.maximum(norms, 1e-12), dtype=np.float32)
+
+
+ENCODER_FILE = "encoder.json"
+
+
+def save_encoder_key(folder: Path, encoder: Any) -> None:
+    """Record which encoder made the vectors an operator saves (``encoder.json``: its ``key``)."""
+    from ragkit.operator import write_json
+
+    write_json(folder / ENCODER_FILE, {"key": str(encoder.key)})
+
+
+def check_encoder_key(folder: Path, encoder: Any, who: str, model: str) -> None:
+    """Refuse a saved operator whose vectors came from another encoder than ``model`` resolves to
+    now (a re-registered name, a model folder rewritten in place): its queries would be encoded
+    into another space than its documents.  A folder saved without ``encoder.json`` is not checked."""
+    from ragkit.errors import ArtifactError
+    from ragkit.operator import read_json
+
+    if not (folder / ENCODER_FILE).is_file():
+        return
+    saved = read_json(folder / ENCODER_FILE)
+    if not isinstance(saved, dict) or saved.get("key") != str(encoder.key):
+        was = saved.get("key") if isinstance(saved, dict) else saved
+        raise ArtifactError(
+            f"{folder}: {who} was fitted with the encoder {was!r}, but model {model!r} is now {encoder.key!r}: queries "
+            "would be encoded into another space than the saved vectors. Load it where the model is the one it was "
+            "fitted with (a custom encoder: register_encoder it first), or fit it again")
+

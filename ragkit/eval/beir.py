@@ -14,7 +14,6 @@ cache and unzips it.  Every error names the file and line.
 
 from __future__ import annotations
 
-import csv
 import io
 import json
 import os
@@ -29,6 +28,7 @@ from typing import Mapping
 
 import numpy as np
 
+from ragkit._files import utf8_lines
 from ragkit.errors import DataError
 from ragkit.types import Corpus, Qrels, Queries, TrainSet
 
@@ -60,24 +60,21 @@ def _check_no_lone_surrogate(rec: dict, path: Path, n: int) -> None:
 def _read_jsonl(path: Path):
     if not path.is_file():
         raise DataError(f"{path}: file not found")
-    with open(path, "rb") as f:
-        for n, raw in enumerate(f, 1):
-            try:
-                line = raw.decode("utf-8-sig" if n == 1 else "utf-8")  # a byte-order mark may open the file
-            except UnicodeDecodeError as e:
-                raise DataError(f"{path}:{n}: not UTF-8 (byte {raw[e.start]:#04x} at column {e.start + 1}); "
-                                f"BEIR files are UTF-8 JSON lines") from None
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line.rstrip("\r\n"))  # an unclosed last object: its column, not "line 2 column 1"
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{n}: malformed JSON line ({e.msg} at column {e.colno})") from None
-            if not isinstance(rec, dict) or "_id" not in rec:
-                raise DataError(f"{path}:{n}: expected an object with an '_id' field, got {line.strip()[:80]!r}")
-            if _SURROGATE.search(raw):  # a \ud800-\udfff escape: JSON allows it, no UTF-8 text (or tokenizer) does
-                _check_no_lone_surrogate(rec, path, n)
-            yield n, rec
+    for n, raw, line in utf8_lines(path, "BEIR files are UTF-8 JSON lines"):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line.rstrip("\r\n"))  # an unclosed last object: its column, not "line 2 column 1"
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}:{n}: malformed JSON line ({e.msg} at column {e.colno})") from None
+        if not isinstance(rec, dict) or "_id" not in rec:
+            raise DataError(f"{path}:{n}: expected an object with an '_id' field, got {line.strip()[:80]!r}")
+        if not isinstance(rec["_id"], (str, int)) or isinstance(rec["_id"], bool):  # None / {} became 'None'
+            raise DataError(f"{path}:{n}: '_id' must be a string (or an integer), got {type(rec['_id']).__name__} "
+                            f"{rec['_id']!r:.40}")
+        if _SURROGATE.search(raw):  # a \ud800-\udfff escape: JSON allows it, no UTF-8 text (or tokenizer) does
+            _check_no_lone_surrogate(rec, path, n)
+        yield n, rec
 
 
 def read_corpus(path: str | Path, *, allow_empty: bool = False) -> Corpus:
@@ -144,34 +141,40 @@ def _is_header(row: list[str]) -> bool:
 
 
 def read_qrels(path: str | Path) -> Qrels:
-    """Read a BEIR qrels TSV (``query-id corpus-id score`` with a header) into ``{qid: {doc_id: rel}}``."""
+    """Read a BEIR qrels TSV (``query-id corpus-id score`` with a header) into ``{qid: {doc_id: rel}}``.
+
+    A line without a tab is split on whitespace, so trec_eval's qrels (``qid 0 docid rel``) read too.
+    """
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: file not found")
     qrels: Qrels = {}
     line_of: dict[tuple[str, str], int] = {}
-    with open(path, encoding="utf-8-sig", newline="") as f:  # -sig: a byte-order mark is not part of the header
-        # QUOTE_NONE: a '"' in an id is part of it (quoting would join lines up to the next quote, silently)
-        for n, row in enumerate(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE), 1):
-            if not row or (n == 1 and _is_header(row)):  # BEIR's loader skips line 1 whatever it names
-                continue
-            if len(row) not in (3, 4):
-                raise DataError(f"{path}:{n}: expected 3 tab-separated columns 'query-id corpus-id score', got {row!r}")
-            q, d, s = row[0], row[-2], row[-1]
-            try:
-                value = float(s)
-                rel = int(value)
-            except (ValueError, OverflowError):
-                raise DataError(f"{path}:{n}: relevance {s!r} is not a finite number") from None
-            if rel != value:  # trec_eval's grades are integers; truncating 0.5 to 0 would drop a judgement
-                raise DataError(f"{path}:{n}: relevance {s!r} is not an integer; qrels grade relevance with "
-                                "integers (0 not relevant, 1, 2, ... more relevant)")
-            judged = qrels.setdefault(q, {})
-            if d in judged and judged[d] != rel:  # an identical repeated line is harmless
-                raise DataError(f"{path}:{n}: conflicting judgements of document {d!r} for query {q!r} "
-                                f"({judged[d]} on line {line_of[q, d]}, {rel} here)")
-            line_of.setdefault((q, d), n)
-            judged[d] = rel
+    # a byte-order mark is not part of the header; a '"' in an id is part of it (no CSV quoting)
+    for n, _, line in utf8_lines(path, "qrels files are UTF-8 text"):
+        text = line.rstrip("\r\n")
+        # BEIR's TSV splits on tabs (an id may hold a space); trec_eval's 'qid 0 docid rel' on whitespace
+        row = text.split("\t") if "\t" in text else text.split()
+        if not text.strip() or (n == 1 and _is_header(row)):  # BEIR's loader skips line 1 whatever it names
+            continue
+        if len(row) not in (3, 4):
+            raise DataError(f"{path}:{n}: expected 3 tab-separated columns 'query-id corpus-id score' (BEIR) "
+                            f"or 4 columns 'query-id 0 doc-id relevance' (trec_eval), got {row!r}")
+        q, d, s = row[0], row[-2], row[-1]
+        try:
+            value = float(s)
+            rel = int(value)
+        except (ValueError, OverflowError):
+            raise DataError(f"{path}:{n}: relevance {s!r} is not a finite number") from None
+        if rel != value:  # trec_eval's grades are integers; truncating 0.5 to 0 would drop a judgement
+            raise DataError(f"{path}:{n}: relevance {s!r} is not an integer; qrels grade relevance with "
+                            "integers (0 not relevant, 1, 2, ... more relevant)")
+        judged = qrels.setdefault(q, {})
+        if d in judged and judged[d] != rel:  # an identical repeated line is harmless
+            raise DataError(f"{path}:{n}: conflicting judgements of document {d!r} for query {q!r} "
+                            f"({judged[d]} on line {line_of[q, d]}, {rel} here)")
+        line_of.setdefault((q, d), n)
+        judged[d] = rel
     if not qrels:
         raise DataError(f"{path}: holds no judgements (an empty file, or a header only); expected lines "
                         "'query-id<TAB>corpus-id<TAB>score'")
@@ -241,6 +244,10 @@ def write_beir(folder: str | Path, corpus: Corpus, queries: Mapping[str, str] | 
         if unknown:
             raise DataError(f"write_beir: qrels[{split!r}] names {len(unknown)} queries not in queries, "
                             f"e.g. {unknown[0]!r}")
+        broken = next((x for q, judged in rel.items() for x in (q, *judged) if re.search(r"[\t\r\n]", str(x))), None)
+        if broken is not None:  # a tab or line break in an id would split the TSV's columns or lines
+            raise DataError(f"write_beir: qrels[{split!r}] id {broken!r} holds a tab or a line break, which a qrels "
+                            "TSV cannot hold")
         missing = [(q, d) for q, judged in rel.items() for d in judged if d not in doc_ids]
         if missing:  # load_beir would refuse the folder: say so before writing it
             raise DataError(f"write_beir: qrels[{split!r}] judges {len(missing)} documents not in the corpus, "

@@ -85,9 +85,12 @@ def _cluster_hist(rankings, labels: np.ndarray, k: int) -> np.ndarray:
     lab = np.asarray(labels, np.int64)
     if lab.ndim != 1 or (len(lab) and lab.min() < 0):
         raise DataError("diversity: labels must be a 1-d array of non-negative cluster ids per document")
+    if valid.any() and rows[valid].max() >= len(lab):
+        raise DataError(f"diversity: the rankings hold row {int(rows[valid].max())} but labels cover {len(lab)} "
+                        "documents; expected one cluster label per corpus document")
     c = int(lab.max(initial=-1)) + 1
     n_q = len(rows)
-    flat = (np.arange(n_q)[:, None] * c + lab[rows])[valid]
+    flat = np.nonzero(valid)[0] * c + lab[rows[valid]]  # padding never indexes labels
     return np.bincount(flat, minlength=n_q * c).reshape(n_q, c)
 
 

@@ -57,10 +57,15 @@ def filter_report(filtered: Run, qrels: Qrels, reference: Run | None = None) -> 
     """Precision and recall of the kept set of ``filtered`` (only queries present in ``qrels``).
 
     With ``reference`` (the unfiltered run), recall is relative to the relevant documents
-    the reference retrieved ("recall within the top-K"); otherwise to all judged relevant.
+    the reference retrieved ("recall within the top-K"), over the reference's judged queries;
+    otherwise to all judged relevant, over every query the qrels judge (as :func:`evaluate`
+    counts them, trec_eval's ``-c``).  Either way a judged query the filtered run lacks kept
+    nothing: a TREC run file cannot hold the empty list of a query the filter emptied.
     """
     f_at = {q: i for i, q in enumerate(filtered.query_ids)}
     judged = [q for q in filtered.query_ids if q in qrels]
+    if reference is None and judged:
+        judged = [q for q, rel in qrels.items() if rel]
     if reference is not None:
         ref_at = {q: i for i, q in enumerate(reference.query_ids)}
         missing = [q for q in judged if q not in ref_at]

@@ -17,7 +17,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from ragkit.errors import DataError, some_ids
+from ragkit.errors import DataError, ParamError, some_ids
 from ragkit.run import Run, trec_order
 from ragkit.types import Qrels, Ranking, State
 
@@ -28,11 +28,15 @@ _TREC = {"ndcg": "ndcg_cut", "recall": "recall", "map": "map_cut", "p": "P"}
 DEFAULT_METRICS = ("ndcg@10", "recall@100", "map@10", "mrr@10", "p@10")
 
 
+_MAX_CUTOFF = 2**31 - 1
+
+
 def parse_metric(name: str) -> tuple[str, int]:
     """``"nDCG@10"`` -> ``("ndcg", 10)``; unknown names raise with the accepted forms."""
     m = re.fullmatch(r"\s*(ndcg|recall|map|mrr|p)\s*@\s*(\d+)\s*", name.lower())
-    if not m or int(m.group(2)) < 1:
-        raise DataError(f"unknown metric {name!r}; expected one of ndcg@k, recall@k, map@k, mrr@k, p@k with k >= 1")
+    if not m or not 1 <= int(m.group(2)) <= _MAX_CUTOFF:  # trec_eval reads the cut-off as a C int
+        raise DataError(f"unknown metric {name!r}; expected one of ndcg@k, recall@k, map@k, mrr@k, p@k with "
+                        f"1 <= k <= {_MAX_CUTOFF}")
     return m.group(1), int(m.group(2))
 
 
@@ -65,9 +69,15 @@ class EvalResult:
         return {**self.scores, "per_query": self.per_query}
 
 
+_NO_DOC = "\tragkit: no document"
+
+
 def _clean_run(run: Run | Mapping[str, Mapping[str, float]], ignore_identical_ids: bool) -> dict[str, dict[str, float]]:
     d = (run.to_dict() if isinstance(run, Run)
          else {str(q): {str(k): float(v) for k, v in docs.items()} for q, docs in run.items()})
+    bad = next(((q, doc) for q, docs in d.items() for doc, s in docs.items() if s != s), None)
+    if bad is not None:  # NaN has no order: sorting on it scrambles the query's other documents too
+        raise DataError(f"evaluate: query {bad[0]!r} gives document {bad[1]!r} the score NaN; expected numbers")
     if ignore_identical_ids:
         d = {q: {doc: s for doc, s in docs.items() if doc != q} for q, docs in d.items()}
     return d
@@ -107,7 +117,8 @@ def evaluate(
                         "split?")
     d_full = {q: d.get(q, {}) for q in judged}
     # pytrec_eval drops queries with an empty run; give them a dummy non-relevant doc so they count as 0
-    d_full = {q: (docs if docs else {"__ragkit_none__": 0.0}) for q, docs in d_full.items()}
+    # (its id holds a tab, which no qrels id can: a TSV column, or a whitespace-separated one)
+    d_full = {q: (docs if docs else {_NO_DOC: 0.0}) for q, docs in d_full.items()}
     measures = set()
     for _, fam, k in parsed:
         if fam == "mrr":
@@ -151,6 +162,8 @@ def paired_randomization_test(a: Mapping[str, float], b: Mapping[str, float], *,
     Vectorised: resamples in blocks of ``(block, n_queries)`` random signs, each block one
     matrix-vector product (memory bounded by ~8 MB of signs whatever the number of queries).
     """
+    if isinstance(n_resamples, bool) or not isinstance(n_resamples, (int, np.integer)) or n_resamples < 1:
+        raise ParamError(f"paired_randomization_test: n_resamples must be a positive integer, got {n_resamples!r}")
     qs = sorted(set(a) & set(b))
     if not qs:
         raise DataError("paired_randomization_test: the two results share no query")
@@ -161,13 +174,14 @@ def paired_randomization_test(a: Mapping[str, float], b: Mapping[str, float], *,
                         f"is not a finite number in a or b ({some_ids(bad)}), e.g. a diversity measure of an empty "
                         "ranking; drop those queries or give them a value")
     observed = abs(diff.mean())
+    tol = 1e-9 * float(np.abs(diff).max())  # float rounding of the same sum, at the data's own scale
     rng = np.random.default_rng(seed)
     block = max(1, (1 << 20) // len(diff))  # the same random stream as one (n_resamples, n_queries) draw
     extreme = 0
     for start in range(0, n_resamples, block):  # blocks of resamples, not queries
         signs = rng.integers(0, 2, size=(min(block, n_resamples - start), len(diff))) * 2 - 1
         null = np.abs(signs @ diff) / len(diff)
-        extreme += int(np.sum(null >= observed - 1e-12))
+        extreme += int(np.sum(null >= observed - tol))
     return float((extreme + 1) / (n_resamples + 1))
 
 
@@ -194,14 +208,14 @@ def per_query_metrics(state: State, qrels: Qrels, corpus_ids: np.ndarray,
     # is cut by trec_eval, and what the learners maximise is what evaluate reports (the full lists
     # cost ~10x more); one more document per query covers one ignored for having the query's id
     k = max(parse_metric(m)[1] for m in metrics) + 1
-    doc_ids, scores = _with_ties_at(rankings, k, corpus_ids)
+    doc_ids, scores = _with_ties_at(rankings, k, corpus_ids, state.query_ids)
     run = Run(list(state.query_ids), doc_ids, scores)
     pq = evaluate(run, {q: qrels[q] for q in qids}, list(metrics)).per_query
     return {m: np.array([pq[m][q] for q in qids], dtype=np.float64) for m in metrics}
 
 
-def _with_ties_at(rankings: Sequence[Ranking], k: int,
-                  corpus_ids: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray]]:
+def _with_ties_at(rankings: Sequence[Ranking], k: int, corpus_ids: np.ndarray,
+                  query_ids: Sequence[str]) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Per ranking, the ids and scores of its documents scoring at least its k-th best score
     (float32, as trec_eval), in ranking order; a ranking of at most ``k`` documents is kept whole.
     Vectorised over the rankings (one padded score matrix and one partition)."""
@@ -212,6 +226,11 @@ def _with_ties_at(rankings: Sequence[Ranking], k: int,
     flat = np.concatenate([r.scores for r in rankings]).astype(np.float32)
     rows = np.concatenate([r.rows for r in rankings])
     owner = np.repeat(np.arange(n), lens)
+    nan = np.flatnonzero(np.isnan(flat))
+    if len(nan):  # as evaluate refuses it (the cut below would drop it silently)
+        i = int(nan[0])
+        raise DataError(f"evaluate: query {query_ids[owner[i]]!r} gives document {corpus_ids[rows[i]]!r} the score "
+                        "NaN; expected numbers")
     keep = np.ones(len(flat), bool)
     long = np.flatnonzero(lens > k)
     if len(long):
