@@ -20,7 +20,7 @@ from ragkit.errors import ArtifactError, DataError
 from ragkit.filters._flat import check_cosines, check_dense_rankings, cut_prefix, flatten
 from ragkit.operator import Operator, load_array, read_json, save_arrays, write_json
 from ragkit.options import PARAM
-from ragkit.params import Params
+from ragkit.params import ModelName, Params, Seed
 from ragkit.registry import register
 from ragkit.types import Corpus, State, TrainSet
 
@@ -30,7 +30,7 @@ N_LIST_FEATURES = 4
 
 
 class CosineAdapterParams(Params):
-    model: str = Field(DEFAULT_MODEL, description="Encoder of the query embedding (the dense retriever's model).")
+    model: ModelName = Field(DEFAULT_MODEL, description="Encoder of the query embedding (the dense retriever's model).")
     form: Literal["linear", "sqrt", "quadratic", "power"] = Field(
         "linear", description="Monotone map of the cosine: a(q)*c+b(q), a*sqrt(x)+b, a*x^2+b or a*x^p(q)+b, x=(c+1)/2.")
     list_features: bool = Field(
@@ -50,7 +50,7 @@ class CosineAdapterParams(Params):
     k_min: int = Field(
         0, ge=0, description="Always keep at least this many results (product choice, not in the paper).")
     max_iter: int = Field(500, ge=1, description="L-BFGS iterations.")
-    seed: int = Field(0, description="Seed of the held-out split.")
+    seed: Seed = Field(0, description="Seed of the held-out split.")
 
 
 def list_features(scores: np.ndarray, lengths: np.ndarray, starts: np.ndarray,

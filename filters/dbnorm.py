@@ -19,7 +19,7 @@ from ragkit.encoders import DEFAULT_MODEL, check_encoder_key, get_encoder, save_
 from ragkit.errors import ArtifactError, DataError
 from ragkit.filters._flat import check_cosines, check_dense_rankings, check_rows_in_corpus, flatten
 from ragkit.operator import Operator, load_array, read_json, save_arrays, write_json
-from ragkit.params import Params
+from ragkit.params import ModelName, Params, Seed
 from ragkit.registry import register
 from ragkit.types import Corpus, Ranking, State, TrainSet
 
@@ -133,7 +133,8 @@ def dbnorm_scores(
 
 
 class DBNormParams(Params):
-    model: str = Field(DEFAULT_MODEL, description="Encoder (the dense retriever's model) for banks and documents.")
+    model: ModelName = Field(DEFAULT_MODEL,
+                             description="Encoder (the dense retriever's model) for banks and documents.")
     method: Literal["is", "qbnorm", "dis", "ddis"] = Field(
         "dis", description="is: inverted softmax (query bank); qbnorm: dynamic IS (QB-Norm; the paper's 'DIS', "
                            "dynamic inverted softmax); dis: dual inverted softmax (DBNorm's 'DualIS', also accepted "
@@ -156,7 +157,7 @@ class DBNormParams(Params):
         None, ge=2, description="Gallery bank documents (sampled); None: the whole corpus.")
     activation_k: int = Field(
         1, ge=1, description="Top-k of each bank item forming the activation set (dynamic methods).")
-    seed: int = Field(0, description="Seed of bank sampling.")
+    seed: Seed = Field(0, description="Seed of bank sampling.")
 
 
 @register

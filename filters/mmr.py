@@ -26,7 +26,7 @@ from ragkit.filters._flat import check_rows_in_corpus
 from ragkit.filters.cutoffs import cut_k
 from ragkit.operator import Operator, load_array, save_arrays
 from ragkit.options import PARAM
-from ragkit.params import Params
+from ragkit.params import ModelName, Params
 from ragkit.registry import register
 from ragkit.types import Corpus, Ranking, State, TrainSet
 
@@ -34,7 +34,7 @@ __all__ = ["MMR", "MMRParams", "mmr_select"]
 
 
 class MMRParams(Params):
-    model: str = Field(DEFAULT_MODEL, description="Sentence-transformers model for query and document vectors.")
+    model: ModelName = Field(DEFAULT_MODEL, description="Sentence-transformers model for query and document vectors.")
     k: int = Field(100, ge=1, description="Results kept per query.")
     fetch_k: int = Field(200, ge=1, description="Pool: the first fetch_k documents of the incoming ranking "
                                                "(at least k).")

@@ -11,6 +11,7 @@ registry: YAML spells them with the structural keys ``parallel``, ``route`` and 
 
 from __future__ import annotations
 
+import difflib
 import time
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
@@ -559,11 +560,13 @@ def fuse_weights_problem(fuse: Operator, names: Sequence[str]) -> str | None:
     return f"expected {len(names)} weights, one per branch ({', '.join(names)}), got {len(weights)}: {list(weights)}"
 
 
-def route_label_problems(router: Operator, labels: Iterable[Any], has_default: bool) -> str | None:
+def route_label_problems(router: Operator, labels: Iterable[Any], has_default: bool,
+                         default_label: str | None = None) -> str | None:
     """Why a route's branch ``labels`` do not serve ``router``, or ``None``: every label must be a
     string (YAML reads unquoted ``yes`` / ``no`` / ``on`` / ``1`` as booleans and numbers) without
-    ``.``, ``[`` or ``]`` (path syntax), and without a default every label the router can give
-    (``possible_labels``) needs a branch."""
+    ``.``, ``[`` or ``]`` (path syntax); without a default every label the router can give
+    (``possible_labels``) needs a branch; and every branch must be reachable: a label the router
+    can give, or the route's ``default_label`` (a misspelt label's queries went to the default)."""
     labels = list(labels)
     bad = [k for k in labels if not isinstance(k, str)]
     if bad:
@@ -580,6 +583,13 @@ def route_label_problems(router: Operator, labels: Iterable[Any], has_default: b
         return (f"router {router.name!r} can label queries {missing}, which have no branch, and the route has no "
                 f"'default'; branches: {sorted(labels)}; add a branch for each, or a 'default:' (a branch label or "
                 f"a pipeline)")
+    if callable(possible):
+        can = possible()
+        never = [lab for lab in labels if lab not in can and lab != default_label]
+        if never:
+            close = {lab: difflib.get_close_matches(lab, can, n=1) for lab in never}
+            hints = "".join(f"; {lab!r}: did you mean {c[0]!r}?" for lab, c in close.items() if c)
+            return (f"branches {never} can never run: router {router.name!r} labels queries only {can}{hints}")
     return None
 
 
@@ -746,7 +756,8 @@ class Route(Composite):
             raise ParamError(f"route.router: expected a router operator, got {router.name!r} ({router.kind})")
         if not branches:
             raise ParamError("route.branches: expected at least one labelled branch, got none")
-        problem = route_label_problems(router, branches, default is not None)
+        problem = route_label_problems(router, branches, default is not None,
+                                       default if isinstance(default, str) else None)
         if problem:
             raise ParamError(f"route.branches: {problem}")
         self.router = router

@@ -107,6 +107,9 @@ class _FuserParams(Params):
     def _check_weights(self) -> "_FuserParams":
         if self.weights is not None and any(w < 0 for w in self.weights):
             raise ValueError(f"weights must be non-negative, got {self.weights}")
+        if self.weights is not None and self.weights and not any(w > 0 for w in self.weights):
+            raise ValueError(f"weights are all 0 ({self.weights}): every fused score would be 0; give at least one "
+                             "branch a positive weight")
         return self
 
 

@@ -164,8 +164,15 @@ class RuleRouter(Operator):
 def _keyword_pattern(keywords: list[str], ignore_case: bool) -> re.Pattern:
     """One pattern matching any keyword as whole words: each keyword's ``\\w+`` words in sequence,
     separated by non-word characters (not the batch separator), e.g. ``covid-19`` -> ``covid[^\\w\\0]+19``;
-    ``ignore_case``: Unicode case-insensitive (``re.IGNORECASE``, as a rule's ``regex``)."""
-    phrases = {r"[^\w\0]+".join(map(re.escape, _WORD.findall(k))) for k in keywords}
+    the punctuation a keyword starts or ends with is matched as written (``c++``, ``c#`` and ``.net``
+    are not ``c`` and ``net``); ``ignore_case``: Unicode case-insensitive (``re.IGNORECASE``, as a
+    rule's ``regex``)."""
+    phrases = set()
+    for k in keywords:
+        words = list(_WORD.finditer(k))
+        core = r"[^\w\0]+".join(re.escape(w.group()) for w in words)
+        lead, trail = k[:words[0].start()].lstrip(), k[words[-1].end():].rstrip()
+        phrases.add(re.escape(lead) + core + re.escape(trail))
     return re.compile(r"(?<!\w)(?:" + "|".join(sorted(phrases, key=lambda p: (-len(p), p))) + r")(?!\w)",
                       re.IGNORECASE if ignore_case else 0)
 

@@ -114,9 +114,31 @@ def _not_a_file(path: Path | str, kind: str | None) -> ConfigError:
                        path=str(path))
 
 
+def _read_text(path: Path | str) -> str:
+    """A pipeline file's text; one that is not UTF-8 is a :class:`ConfigError` naming it."""
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 (byte {e.object[e.start]:#04x} at offset {e.start}); pipeline YAML "
+                          "files are UTF-8 text", path=str(path)) from None
+
+
+def _cycle(node: Any, where: str, inside: tuple[int, ...] = ()) -> None:
+    """Refuse a document that contains itself (an alias to an anchor around it, ``&p [.., *p]``):
+    it has no end, and building it would recurse until Python gives up."""
+    if isinstance(node, (Mapping, list)):
+        if id(node) in inside:
+            raise ConfigError(f"{where}: not valid pipeline YAML: an alias refers to a node that contains it "
+                              "(a structure inside itself has no end)")
+        for child in (node.values() if isinstance(node, Mapping) else node):
+            _cycle(child, where, (*inside, id(node)))
+
+
 def _safe_load(text: str, where: str) -> Any:
     try:
-        return yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader: no object tags
+        doc = yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader: no object tags
+        _cycle(doc, where)
+        return doc
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         loc = f" line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
@@ -139,13 +161,13 @@ def parse_yaml_text(source: str | Path) -> tuple[Any, str]:
         kind = _what_is(path)
         if kind != "file":
             raise _not_a_file(path, kind)
-        return _safe_load(path.read_text(encoding="utf-8"), str(path)), str(path)
+        return _safe_load(_read_text(path), str(path)), str(path)
     line = source.strip()
     if not line or "\n" in line:  # several lines: YAML text
         return _safe_load(source, "<text>"), "<text>"
     kind = _what_is(Path(line))
     if kind == "file":
-        return _safe_load(Path(line).read_text(encoding="utf-8"), line), line
+        return _safe_load(_read_text(line), line), line
     if kind == "folder":
         raise _not_a_file(line, kind)
     named_yaml = line.lower().endswith((".yaml", ".yml"))
@@ -499,7 +521,8 @@ def _build_route(body: Mapping[str, Any], here: str, make_leaf: LeafFactory, pro
     elif default is not None:
         default = problems.attempt("default", lambda: _branch(body["default"], f"{here}.default", make_leaf))
     if router is not None and built is not None:
-        problem = route_label_problems(router, branches, has_default=body.get("default") is not None)
+        problem = route_label_problems(router, branches, has_default=body.get("default") is not None,
+                                       default_label=default if isinstance(default, str) else None)
         if problem:
             problems.wrong("branches", here, problem)
     problems.check()

@@ -336,6 +336,7 @@ def train_cmd(
         from ragkit.operator import atomic_dir
 
         atomic_dir.check(out)  # refuse a file or a foreign folder now, not after the training
+        resolve_pipeline(pipeline)  # a broken pipeline is refused before the dataset is read (or downloaded)
         ds = load_beir(data)
         train = ds.train_set(split)
         report = _want_report(report, len(train.queries), split)

@@ -13,12 +13,21 @@ import typing
 from typing import Any, Mapping, Sequence
 
 import numpy as np
-from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError, ValidationInfo, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 
 from ragkit.errors import ParamError
 
-__all__ = ["Params", "MetadataFilter", "validate_params", "format_validation_error", "describe_error", "format_loc",
-           "model_at"]
+__all__ = ["Params", "MetadataFilter", "ModelName", "Seed", "validate_params", "format_validation_error",
+           "describe_error", "format_loc", "model_at"]
 
 
 def _plain(value: Any) -> Any:
@@ -47,8 +56,31 @@ def _metadata_filter(value: Any) -> Any:
         if any(isinstance(x, float) and not math.isfinite(x) for x in (v if isinstance(v, list) else [v])):
             raise ValueError(f"filter field {key!r}: {v!r} holds a value that is not a finite number (NaN equals "
                              "nothing, and it would be saved as null)")
+        odd = _unsavable(v)
+        if odd is not None:  # to_yaml would write it as a string, which no longer equals the column's values
+            hint = " (YAML reads an unquoted 2020-01-01 as a date: quote it)" if hasattr(odd, "isoformat") else ""
+            raise ValueError(f"filter field {key!r}: {odd!r} is a {type(odd).__name__}; a filter parameter holds "
+                             f"strings, numbers, booleans, null and lists of them, which save as YAML{hint}")
     return plain
 
+
+def _unsavable(v: Any) -> Any:
+    """The first value in ``v`` (a filter value, lists nested) that YAML / JSON cannot hold as itself."""
+    if isinstance(v, list):
+        return next((x for x in map(_unsavable, v) if x is not None), None)
+    return None if v is None or isinstance(v, (str, bool, int, float)) else v
+
+
+def _model_name(value: str) -> str:
+    if not value.strip():  # Path("") is the current folder: it "exists", and fit failed 16 s later
+        raise ValueError("expected a model name or folder, got an empty string")
+    return value
+
+
+#: The type of an operator's ``model`` parameter: a non-blank model name or folder.
+ModelName = typing.Annotated[str, AfterValidator(_model_name)]
+#: The type of a ``seed`` parameter: numpy's generators and scikit-learn take 0 .. 2**32 - 1.
+Seed = typing.Annotated[int, Field(ge=0, le=2**32 - 1)]
 
 #: The type of a retriever's ``filter`` parameter (see :func:`_metadata_filter`).
 MetadataFilter = typing.Annotated[typing.Optional[dict[str, Any]], BeforeValidator(_metadata_filter)]

@@ -39,6 +39,20 @@ def _as_ids(values: Iterable[Any], what: str) -> np.ndarray:
     return arr
 
 
+def _check_encodable(col: np.ndarray, what: str, ids: np.ndarray) -> None:
+    """Refuse a lone surrogate (text decoded with ``errors="surrogateescape"``): no UTF-8 file, and
+    so no save, can hold it, and tokenizers fail on it.  One encode of the whole column."""
+    joined = "\x00".join(map(str, col.tolist()))  # (a text that is no string is refused where it is read)
+    try:
+        joined.encode("utf-8")
+    except UnicodeEncodeError as e:
+        row = joined.count("\x00", 0, e.start)
+        raise DataError(f"{what}[{row}] (document {ids[row]!r}) holds a lone surrogate {joined[e.start]!r} at "
+                        f"character {e.start - joined.rfind(chr(0), 0, e.start) - 1}, which is no Unicode text "
+                        "(bytes decoded with errors='surrogateescape'?); decode the source with its real encoding"
+                        ) from None
+
+
 def _column(values: Iterable[Any]) -> np.ndarray:
     """A 1-D object column, even when every value is a list of one length (``np.array`` made that 2-D)."""
     values = list(values)
@@ -142,6 +156,8 @@ class Corpus:
                 f"Corpus columns must have equal lengths, got ids={len(ids)}, texts={len(texts)}, "
                 f"titles={len(titles)}"
             )
+        for what, col in (("ids", ids), ("texts", texts), ("titles", titles)):
+            _check_encodable(col, f"Corpus.{what}", ids)
         if len(set(ids.tolist())) != len(ids):
             seen, dup = set(), []
             for x in ids.tolist():
@@ -349,6 +365,9 @@ def filter_problem(where: Mapping[str, Any]) -> tuple[str | None, str] | None:
         if isinstance(want, Mapping):
             return key, (f"{dict(want)!r} is not supported; a filter value is a value (equality) or a list of "
                          "values (membership)")
+        wants = want if isinstance(want, (list, tuple, set, frozenset)) else [want]
+        if any(isinstance(w, float) and w != w for w in wants):  # NaN equals nothing, itself included
+            return key, f"{want!r} holds NaN, which equals no value (not even NaN): it would match nothing"
     return None
 
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import os
 import re
+import unicodedata
 from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
 from itertools import chain
@@ -54,8 +55,28 @@ LUCENE_STOPWORDS = frozenset(
 # bytes.translate table: ASCII digits and lowercase letters are kept, every other byte
 # (punctuation, whitespace, the bytes of non-ASCII characters) becomes a space.
 _ALNUM = bytes(c if (48 <= c <= 57 or 97 <= c <= 122) else 32 for c in range(256))
-# ``unicode`` split: runs of Unicode letters and digits (``\w`` without the underscore)
-_WORD = re.compile(r"[^\W_]+")
+#: Ideographic and kana characters, each its own token in ``unicode`` split (as Lucene's StandardTokenizer
+#: emits Han characters and hiragana: a run of them is a sentence, not a word)
+_IDEOGRAPHS = "\u3040-\u309f\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0002fa1f"
+
+
+@lru_cache(maxsize=1)
+def _unicode_word() -> re.Pattern[str]:
+    """``unicode`` split: an ideograph alone, or a run of Unicode letters and digits (``\\w`` without
+    the underscore) and combining marks (categories M*: Devanagari vowel signs, a decomposed accent),
+    which ``\\w`` does not count as word characters.  Built on first use (a pass over the code points)."""
+    import sys
+    import unicodedata
+
+    marks, start = [], None
+    for c in range(sys.maxunicode + 2):
+        is_mark = c <= sys.maxunicode and unicodedata.category(chr(c)).startswith("M")
+        if is_mark and start is None:
+            start = c
+        elif not is_mark and start is not None:
+            marks.append(f"{re.escape(chr(start))}-{re.escape(chr(c - 1))}")
+            start = None
+    return re.compile(rf"[{_IDEOGRAPHS}]|(?:(?![{_IDEOGRAPHS}])[^\W_]|[{''.join(marks)}])+")
 #: Dense score blocks are at most this many float64 cells (8 MB); larger batches are chunked.
 _BLOCK_CELLS = 1_000_000
 _MIN_TASK_CELLS = 100_000
@@ -79,9 +100,10 @@ class Tokenizer:
     split : "alnum" | "unicode" | "whitespace"
         ``alnum`` splits on every character that is not ``[0-9a-z]`` after lowercasing (fast;
         letters outside ASCII are dropped: ``café`` -> ``caf``, Greek or Chinese text has no
-        tokens); ``unicode`` keeps every Unicode letter and digit (``str.isalnum``), for text in
-        other scripts or with accents; ``whitespace`` is ``text.lower().split()`` (the
-        tokenisation of rank-bm25's README).
+        tokens); ``unicode`` keeps runs of Unicode letters, digits and combining marks (NFC), for
+        text in other scripts or with accents, and makes each Han character or hiragana its own
+        token (Lucene's StandardTokenizer does the same); ``whitespace`` is ``text.lower().split()``
+        (the tokenisation of rank-bm25's README).
 
     Examples
     --------
@@ -99,8 +121,9 @@ class Tokenizer:
         try:
             if self.split_kind == "whitespace":
                 return [x.lower().split() for x in texts]
-            if self.split_kind == "unicode":
-                return [_WORD.findall(x.lower()) for x in texts]
+            if self.split_kind == "unicode":  # NFC: a decomposed "café" is the composed one
+                word = _unicode_word()
+                return [word.findall(unicodedata.normalize("NFC", x.lower())) for x in texts]
             return [x.lower().encode("utf-8", "replace").translate(_ALNUM).split() for x in texts]
         except AttributeError:
             bad = next(i for i, x in enumerate(texts) if not isinstance(x, str))
@@ -112,7 +135,9 @@ class Tokenizer:
         words = [s.decode("ascii") if isinstance(s, bytes) else s for s in surfaces]
         keep = [w for w in words if w not in self.stop]
         stems = dict(zip(keep, self.stem(keep) if self.stem is not None else keep))
-        return [stems.get(w) for w in words]
+        # an empty stem is no term (Porter stems the "s" of "Fermat's" or "U.S." to ""): it would match
+        # every document with a possessive
+        return [stems.get(w) or None for w in words]
 
     def __call__(self, texts: Sequence[str]) -> list[list[str]]:
         """Tokens (terms) of each text."""

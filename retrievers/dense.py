@@ -26,7 +26,7 @@ from ragkit.encoders import (
 from ragkit.encoders.adapt import AdaptConfig, TunedEncoderMixin
 from ragkit.errors import ArtifactError, DataError, ParamError
 from ragkit.operator import Operator, rankings_from_matrix
-from ragkit.params import MetadataFilter, Params
+from ragkit.params import MetadataFilter, ModelName, Params
 from ragkit.registry import register
 from ragkit.retrievers._index import EXACT_MAX, VectorIndex, parse_reduce
 from ragkit.types import Corpus, State, TrainSet
@@ -39,7 +39,7 @@ KNOWN_DIMS = {"all-minilm-l6-v2": 384, "sentence-transformers/all-minilm-l6-v2":
 
 
 class DenseParams(Params):
-    model: str = Field(DEFAULT_MODEL, description="Sentence-transformers model name or folder.")
+    model: ModelName = Field(DEFAULT_MODEL, description="Sentence-transformers model name or folder.")
     k: int = Field(100, ge=1, description="Results per query.")
     search: Literal["auto", "exact", "hnsw"] = Field(
         "auto", description="exact (numpy), hnsw (usearch graph) or auto: exact up to exact_max documents.")

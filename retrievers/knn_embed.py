@@ -29,7 +29,7 @@ from pydantic import Field, model_validator
 from ragkit.encoders import DEFAULT_MODEL, check_encoder_key, save_encoder_key, unit_rows
 from ragkit.errors import ArtifactError, DataError
 from ragkit.operator import Operator, desc_order, load_array, read_json, save_arrays, topk_rows, write_json
-from ragkit.params import Params
+from ragkit.params import ModelName, Params, Seed
 from ragkit.registry import register
 from ragkit.types import Corpus, Ranking, State, TrainSet
 
@@ -46,12 +46,13 @@ def default_n_clusters(n_docs: int) -> int:
 
 
 class KnnEmbedParams(Params):
-    model: str = Field(DEFAULT_MODEL, description="Sentence-transformers model name or folder (the dense encoder).")
+    model: ModelName = Field(DEFAULT_MODEL,
+                             description="Sentence-transformers model name or folder (the dense encoder).")
     k: int = Field(100, ge=1, description="Results per query.")
     n_clusters: int | None = Field(
         None, ge=2, description="k-means clusters C; None = clamp(round(sqrt(N/2)), 4, 1024), at most N.")
     n_init: int = Field(3, ge=1, description="k-means restarts (scikit-learn n_init).")
-    seed: int = Field(0, ge=0, description="k-means random seed.")
+    seed: Seed = Field(0, description="k-means random seed.")
     fit_threads: int | None = Field(
         1, ge=1, description="Threads for k-means (OpenMP/BLAS); None = library default.  1 is ~10x faster than 2 on "
                              "a shared, oversubscribed machine and gives bit-identical clusterings.")

@@ -46,7 +46,7 @@ from ragkit.operator import (
     write_json,
 )
 from ragkit.options import PARAM
-from ragkit.params import MetadataFilter, Params
+from ragkit.params import MetadataFilter, ModelName, Params, Seed
 from ragkit.registry import register
 from ragkit.retrievers._index import VectorIndex
 from ragkit.retrievers.centroids import build_codes, centroid_pairs
@@ -68,7 +68,7 @@ __all__ = ["Muvera", "MuveraParams", "MaxSimExact", "MaxSimExactParams", "TokenP
 class TokenParams(Params):
     """Token-encoder parameters shared by the multi-vector operators."""
 
-    model: str = Field(DEFAULT_MODEL, description="Sentence-transformers model whose token embeddings are used.")
+    model: ModelName = Field(DEFAULT_MODEL, description="Sentence-transformers model whose token embeddings are used.")
     special_tokens: Literal["keep", "drop"] = Field(
         "keep", description=("'keep' every token vector; 'drop' the tokenizer's special tokens ([CLS], [SEP] and "
                              "[UNK], so a text of unknown symbols can keep no token); padding is always dropped."))
@@ -147,7 +147,7 @@ class MuveraParams(TokenParams):
     mean_weight: float = Field(0.0, ge=0, description=(
         "Mean channel of the FDE (ragkit extension; 0 = the paper's FDE): documents add their unit mean token, "
         "queries mean_weight * r_reps * their token sum, so FDE scores add a single-vector similarity."))
-    seed: int = Field(42, ge=0, description="Seed of the FDE random matrices (repetition r uses seed + r).")
+    seed: Seed = Field(42, description="Seed of the FDE random matrices (repetition r uses seed + r).")
     fde_dtype: Literal["f32", "f16", "i8"] = Field(
         "f32", description="Storage of the document FDEs in the vector index (i8: per-dimension calibrated).")
     search: Literal["auto", "exact", "hnsw"] = Field(

@@ -242,3 +242,25 @@ def test_unicode_tokenizer_keeps_letters_outside_ascii():
     run = uni.search(["πρωτεΐνη", "café", "naïve", "fermé"])
     assert [r.rows.tolist() for r in run.rankings] == [[2], [0], [1], [0]]
     assert uni.search("caf").doc_ids[0].tolist() == []
+
+
+def test_unicode_tokenizer_keeps_combining_marks_and_splits_ideographs():
+    """Devanagari vowel signs and decomposed accents are combining marks, which ``\\w`` does not count:
+    words broke apart at them ('हिन्दी' found 'सिनेमा' through the fragment 'न', a decomposed 'café'
+    missed the composed one); a run of Chinese characters was one token ('北京' found nothing)."""
+    tok = Tokenizer(split="unicode", stemmer="none", stopwords="none")
+    assert tok(["हिन्दी भाषा", "我爱北京", "cafe\u0301", "ひらがな カタカナ"]) == [
+        ["हिन्दी", "भाषा"], ["我", "爱", "北", "京"], ["café"], ["ひ", "ら", "が", "な", "カタカナ"]]
+    corpus = Corpus.from_texts(["हिन्दी भाषा", "सिनेमा देखना", "我爱北京天安门", "上海很大", "un cafe\u0301 noir"])
+    uni = BM25(k=5, tokenizer="unicode", stemmer="none").fit(corpus)
+    run = uni.search(["हिन्दी", "北京", "café"])
+    assert [r.rows.tolist() for r in run.rankings] == [[0], [2], [4]]
+
+
+def test_a_possessive_adds_no_term_that_matches_every_possessive():
+    """Porter stems the 's' of "Alzheimer's" or "U.S." to '', which was indexed: every document with a
+    possessive matched every query with one."""
+    corpus = Corpus.from_texts(["the U.S. economy", "John's car is red", "Alzheimer disease onset"])
+    bm = BM25(k=3).fit(corpus)
+    assert "" not in bm.vocab_
+    assert bm.search("Alzheimer's").doc_ids[0].tolist() == ["2"]

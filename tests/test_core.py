@@ -102,13 +102,16 @@ def test_coded_filter_masks_equal_python_equality_on_mixed_columns():
 
     col = [1, 1.0, True, "1", None, float("nan"), 2.5, "a", 0, False, ["x"], np.int64(2), np.float32(2.5)]
     c = Corpus.from_texts([str(i) for i in range(len(col))], v=col, w=[x for x in col if not isinstance(x, list)] + [3])
-    wants = [1, [1, "a"], "1", None, [None, 2], float("nan"), [["x"]], [["x"], 0], 2.5, np.float32(2.5), [], [False]]
+    wants = [1, [1, "a"], "1", None, [None, 2], [["x"]], [["x"], 0], 2.5, np.float32(2.5), [], [False]]
     for field in ("v", "w"):
         for _ in range(2):  # the second pass reads the cached codes
             for want in wants:
                 as_list = list(want) if isinstance(want, list) else [want]
                 got = c.mask({field: want})
                 np.testing.assert_array_equal(got, _isin(c.metadata[field], as_list), err_msg=f"{field}={want!r}")
+    for nan in (float("nan"), [1, float("nan")]):  # NaN equals nothing: refused, not an empty mask
+        with pytest.raises(DataError, match="holds NaN, which equals no value"):
+            c.mask({"v": nan})
 
 
 def test_a_corpus_is_immutable_so_its_cached_lookups_stay_true():
@@ -184,7 +187,7 @@ def test_parameters_refuse_inf_nan_and_booleans_for_integers():
         BM25(k=np.True_)
     # a filter value that is not finite matches nothing, and JSON / YAML would save it as null
     for value in (float("inf"), [1, float("nan")]):
-        with pytest.raises(ParamError, match=r"bm25\.filter: filter field 'rating': .* not a finite number"):
+        with pytest.raises(ParamError, match=r"bm25\.filter: (filter )?field 'rating': .* (not a finite number|NaN)"):
             BM25(filter={"rating": value})
     with pytest.raises(ParamError, match=r"rrf.k: expected a value > 0(\.0)?, got 0"):  # a real number, not a count
         RRF(k=0)
@@ -402,3 +405,13 @@ def test_a_retrievers_filter_parameter_follows_the_filter_options_rules(tmp_path
     b.save(tmp_path / "b")
     many = BM25(filter={"year": np.array([2001, 2003])}).fit(c)
     assert many.params.filter == {"year": [2001, 2003]} and many.search(["apple"]).doc_ids[0].tolist() == ["0", "2"]
+
+
+def test_a_corpus_refuses_lone_surrogates_before_any_work():
+    """Text decoded with errors='surrogateescape' fitted, then failed to save with a raw UnicodeEncodeError."""
+    bad = b"caf\xe9".decode("utf-8", "surrogateescape")
+    with pytest.raises(DataError, match=r"Corpus.texts\[1\] \(document 'b'\) holds a lone surrogate '\\udce9' at "
+                                        r"character 3"):
+        Corpus.from_texts(["ok", bad], ids=["a", "b"])
+    with pytest.raises(DataError, match=r"Corpus.ids\[0\]"):
+        Corpus.from_texts(["ok"], ids=[bad])

@@ -133,6 +133,11 @@ def test_train_refuses_test_split(tmp_path):
     res = CliRunner().invoke(app, ["train", "--data", "x", "--pipeline", "bm25", "--out", str(tmp_path / "o"),
                                    "--split", "test"])
     assert res.exit_code == 2 and "test split is refused" in res.output
+    # a broken pipeline is named before the dataset is read (a dataset name would be downloaded first)
+    (tmp_path / "p.yaml").write_text("pipeline:\n  - bm25: {kk: 1}\n")
+    res = CliRunner().invoke(app, ["train", "--data", str(tmp_path / "no-such-data"), "--pipeline",
+                                   str(tmp_path / "p.yaml"), "--out", str(tmp_path / "o")])
+    assert res.exit_code == 2 and "bm25.kk" in res.output and "no-such-data" not in res.output, res.output
 
 
 def test_weighted_fusion_learns_its_normalisation(slice_data, tmp_path):

@@ -910,6 +910,10 @@ def test_rule_router_keywords_match_as_phrases():
     assert words.labels(["covid-19", "a b c", "", "x"]) == ["short", "-", "-", "short"]
     with pytest.raises(ParamError, match=r"rules\[0\]\.keywords: .*no word characters"):
         RuleRouter(rules=[{"label": "x", "keywords": ["++"]}])
+    # a keyword's leading and trailing punctuation is part of it: 'c++' is not 'c', '.net' not 'net'
+    code = RuleRouter(rules=[{"label": "code", "keywords": ["c++", "C#", ".net"]}], default="-")
+    assert code.labels(["vitamin c deficiency", "hepatitis c", "net income", "learn c++ fast", "c# and .NET",
+                        "asp.net"]) == ["-", "-", "-", "code", "code", "-"]
     # ignoring case never splits a word: 'İ'.lower() is 'i' + a combining dot, which is not a word character
     turkish = ["İstanbul", "istanbul", "İzmir earthquake"]
     one = RuleRouter(rules=[{"label": "one", "max_words": 1}], default="more")
@@ -1373,11 +1377,47 @@ def test_a_composites_repr_is_the_python_that_builds_it():
     pipe = Pipeline([
         Parallel([BM25(k=50), [BM25(k=20), TopK(k=5)]], fuse=RRF(k=10), names=["wide", "narrow"]),
         Route(RuleRouter(rules=[{"label": "short", "max_words": 2}], default="long"),
-              {"short": [TopK(k=3)], "long": TopK(k=8), "none": []}, default="long"),
+              {"short": [TopK(k=3)], "long": TopK(k=8), "none": []}, default="none"),
         Loop([PRF(), BM25()], until=TopKStable(k=5), max_iters=5),
     ])
     text = repr(pipe)
-    assert "names=['wide', 'narrow']" in text and "default='long'" in text and "max_iters=5" in text, text
+    assert "names=['wide', 'narrow']" in text and "default='none'" in text and "max_iters=5" in text, text
     assert eval(text, ns) == pipe
     plain = BM25() + BM25(k=30)
     assert repr(plain) == "Parallel([BM25(), BM25(k=30)])" and eval(repr(plain), ns) == plain
+
+
+def test_parameters_and_files_that_could_only_fail_later_are_refused_up_front(tmp_path):
+    """Each of these was accepted and failed later (or never ran): a self-referencing YAML alias
+    (RecursionError), a Latin-1 file (UnicodeDecodeError), ``model: ""`` (fit failed 16 s later),
+    seeds numpy refuses, a route branch no label reaches (its queries went to the default), a date
+    in a saved filter (written back as a string, which matched nothing), all-zero fusion weights."""
+    from datetime import date
+
+    from ragkit.errors import ConfigError
+    from ragkit.filters import DBNorm
+    from ragkit.retrievers import Dense, KnnEmbed
+
+    with pytest.raises(ConfigError, match="an alias refers to a node that contains it"):
+        load_yaml("pipeline: &p\n  - bm25: {}\n  - *p\n")
+    (tmp_path / "l1.yaml").write_bytes("pipeline:\n  - bm25: {}  # caf\xe9\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"l1\.yaml: not UTF-8"):
+        load_yaml(tmp_path / "l1.yaml")
+    with pytest.raises(ParamError, match="dense.model: expected a model name or folder, got an empty string"):
+        Dense(model=" ")
+    with pytest.raises(ParamError, match="dbnorm.seed: expected a value >= 0"):
+        DBNorm(seed=-1)
+    with pytest.raises(ParamError, match="knn_embed.seed: expected a value <= 4294967295"):
+        KnnEmbed(seed=2**32)
+    router = {"rule_router": {"rules": [{"label": "short", "max_words": 3}], "default": "long"}}
+    text = {"pipeline": [{"route": {"router": router, "branches": {"short": [{"bm25": {}}], "lnog": [{"bm25": {}}]},
+                                    "default": "short"}}]}
+    with pytest.raises(ConfigError, match=r"branches \['lnog'\] can never run: .*'lnog': did you mean 'long'\?"):
+        load_yaml(text)
+    with pytest.raises(ConfigError, match=r"'day': datetime.date\(2020, 1, 1\) is a date; .*quote it"):
+        load_yaml("pipeline:\n  - bm25: {filter: {day: 2020-01-01}}\n")
+    assert BM25(filter={"day": "2020-01-01"}).params.filter == {"day": "2020-01-01"}
+    with pytest.raises(ParamError, match="weights are all 0"):
+        RRF(weights=[0, 0])
+    with pytest.raises(ParamError, match="filter"):
+        BM25(filter={"day": date(2020, 1, 1)})

@@ -24,7 +24,7 @@ import numpy as np
 from pydantic import Field
 
 from ragkit.errors import DataError
-from ragkit.params import Params
+from ragkit.params import Params, Seed
 from ragkit.types import Corpus, TrainSet
 
 __all__ = ["AdaptConfig", "mine_pairs", "fine_tune", "adapted_model", "TunedEncoderMixin"]
@@ -46,7 +46,7 @@ class AdaptConfig(Params):
     learning_rate: float = Field(2e-5, gt=0, description="AdamW learning rate.")
     hard_negatives: int = Field(1, ge=1, description="Mined negatives per (query, positive) pair, one triplet each.")
     max_steps: int | None = Field(None, ge=1, description="Stop after this many optimiser steps (tests use a few).")
-    seed: int = Field(0, description="Seed of the trainer, the data order and the initialisation.")
+    seed: Seed = Field(0, description="Seed of the trainer, the data order and the initialisation.")
 
 
 def mine_pairs(corpus: Corpus, train: TrainSet, model: str, n_neg: int = 1, depth: int = _MINE_DEPTH, seed: int = 0,

