@@ -110,6 +110,7 @@ class _FuserParams(Params):
         if self.weights is not None and self.weights and not any(w > 0 for w in self.weights):
             raise ValueError(f"weights are all 0 ({self.weights}): every fused score would be 0; give at least one "
                              "branch a positive weight")
+        self.refuse_unused(("folds", self.learn, "learn: true"))
         return self
 
 

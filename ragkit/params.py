@@ -107,6 +107,15 @@ class Params(BaseModel):
                     raise ValueError(f"item {i}: expected {kind}, got {x!r}; {_bool_not_number(source)}")
         return v
 
+    def refuse_unused(self, *checks: tuple[str, bool, str]) -> None:
+        """For a model validator: each ``(field, used, needs)`` whose field holds a value other than
+        its default though ``used`` is False (the field is read only with the setting ``needs``) is
+        a ``ValueError``: a parameter that would silently do nothing."""
+        for name, used, needs in checks:
+            value = getattr(self, name)
+            if not used and value != type(self).model_fields[name].default:
+                raise ValueError(f"{name}={value!r} has no effect without {needs}; leave it out, or set {needs}")
+
     def non_default(self) -> dict[str, Any]:
         """The parameters that differ from their defaults, as plain JSON/YAML values."""
         return self.model_dump(mode="json", exclude_defaults=True)

@@ -36,7 +36,7 @@ from typing import Any, Literal, Sequence
 
 import numpy as np
 import scipy.sparse as sp
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from ragkit.errors import DataError
 from ragkit.operator import Operator, load_array, rankings_from_matrix, read_json, save_arrays, topk_rows, write_json
@@ -172,6 +172,11 @@ class BM25Params(Params):
         if v == 0:
             raise ValueError("n_jobs must be >= 1, or -1 for all cores; 0 threads cannot score anything")
         return v
+
+    @model_validator(mode="after")
+    def _used(self) -> "BM25Params":
+        self.refuse_unused(("epsilon", self.variant == "okapi", "variant: okapi"))
+        return self
 
 
 @register

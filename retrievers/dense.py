@@ -78,6 +78,11 @@ class DenseParams(Params):
         if self.whiten and kind != "pca":
             raise ValueError("whiten=True rescales PCA components and needs reduce='pca:<dims>', "
                              f"got reduce={self.reduce!r}")
+        graph = self.search != "exact"
+        self.refuse_unused(("oversample", self.rescore or self.dtype == "b1", "rescore: true (or dtype: b1)"),
+                           ("connectivity", graph, "search: hnsw (or auto)"),
+                           ("expansion_add", graph, "search: hnsw (or auto)"),
+                           ("expansion_search", graph, "search: hnsw (or auto)"))
         known = KNOWN_DIMS.get(self.model.lower())
         if kind != "none" and known is not None and dims > known:
             raise ValueError(f"reduce={self.reduce!r} asks for {dims} dimensions but {self.model} embeddings have "

@@ -100,6 +100,9 @@ class KnnEmbedParams(Params):
             raise ValueError(
                 f"local_depth ({self.local_depth}) must be >= n_neighbors ({self.n_neighbors}): the local prior is "
                 f"read from a dense pass at least as deep as the neighbourhood")
+        self.refuse_unused(("local_depth", self.prior == "local", "prior: local"),
+                           ("rocchio_lambda", self.component_query == "rocchio_filter",
+                            "component_query: rocchio_filter"))
         return self
 
 

@@ -166,6 +166,7 @@ class MuveraParams(TokenParams):
             raise ValueError(
                 f"candidates ({self.candidates}) must be >= k ({self.k}): the exact rerank can only return "
                 f"documents the FDE search found")
+        self.refuse_unused(("centroids", self.prune is not None, "prune"))
         if self.prune is not None:
             if not self.rerank:
                 raise ValueError("prune needs rerank: it chooses which candidates the exact rerank scores")

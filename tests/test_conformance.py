@@ -306,7 +306,8 @@ ADAPT = {"batch_size": 8, "max_steps": 2, "seed": 1}  # test_adapt's settings: o
 
 
 def _learned_weights(op: Operator) -> dict:
-    return {"learn": False, "weights": [float(w) for w in op.weights_], **op.option_}
+    folds = type(op.params).model_fields["folds"].default  # folds without learn would do nothing: refused
+    return {"learn": False, "folds": folds, "weights": [float(w) for w in op.weights_], **op.option_}
 
 
 def _learned_threshold(op: Operator) -> dict:
@@ -372,13 +373,15 @@ def _adapt_mode(op: str, pipeline: Callable[[dict], dict], where: tuple, **param
 
 
 LEARNING_MODES = [
-    LearningMode("rrf", "learn", {"learn": True, "folds": 3}, **FUSER, off={"learn": False}, without_train=None,
+    LearningMode("rrf", "learn", {"learn": True, "folds": 3}, **FUSER, off={"learn": False, "folds": 5},
+                 without_train=None,
                  bad=(({"folds": 1}, r"rrf\.folds"),)),
-    LearningMode("weighted", "learn", {"learn": True, "folds": 3}, **FUSER, off={"learn": False}, without_train=None,
+    LearningMode("weighted", "learn", {"learn": True, "folds": 3}, **FUSER, off={"learn": False, "folds": 5},
+                 without_train=None,
                  bad=(({"folds": 1}, r"weighted\.folds"),)),
     LearningMode("weighted", "norm_learn", {"learn": True, "norm": "learn", "folds": 3}, **FUSER,
-                 off={"learn": False, "norm": "minmax"}, without_train=(ParamError, r"weighted\.norm"),
-                 bad=(({"learn": False}, r"weighted\b.*norm='learn'.*needs learn=true"),
+                 off={"learn": False, "norm": "minmax", "folds": 5}, without_train=(ParamError, r"weighted\.norm"),
+                 bad=(({"learn": False, "folds": 5}, r"weighted\b.*norm='learn'.*needs learn=true"),
                       ({"folds": 0}, r"weighted\.folds"))),
     LearningMode("score_router", "learn", {"feature": "top1", "learn": True}, _in_route, ("steps", 1, "router"),
                  **THRESHOLD, without_train=(ParamError, r"score_router\.learn: the threshold is learned"),

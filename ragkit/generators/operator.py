@@ -60,6 +60,9 @@ class GenerateParams(Params):
             if ignored:
                 raise ValueError(f"{', '.join(ignored)} set, but they configure the local backend only; a LangChain "
                                  "chat model is configured on the model itself (e.g. its max_tokens), so drop them")
+        fix = self.mode == "cachecraft"  # full, prefix and naive recompute nothing of a reused chunk
+        self.refuse_unused(("fraction", fix, "mode: cachecraft"), ("selector", fix, "mode: cachecraft"),
+                           ("alpha", fix and self.selector == "cachecraft", "mode and selector: cachecraft"))
         return self
 
 
