@@ -15,14 +15,7 @@ from typing import Any, Iterable, Literal
 import numpy as np
 from pydantic import Field, model_validator
 
-from ragkit.encoders import (
-    DEFAULT_MODEL,
-    Encoder,
-    check_encoder_key,
-    get_encoder,
-    query_vectors,
-    save_encoder_key,
-)
+from ragkit.encoders import DEFAULT_MODEL, Encoder, check_encoder_key, get_encoder, query_vectors, save_encoder_key
 from ragkit.encoders.adapt import AdaptConfig, TunedEncoderMixin
 from ragkit.errors import ArtifactError, DataError, ParamError
 from ragkit.operator import Operator, rankings_from_matrix
