@@ -180,8 +180,8 @@ class Run:
             try:
                 score = float(parts[4])
             except ValueError:
-                raise DataError(f"{path}:{n}: score {parts[4]!r} is not a number") from None
-            if score != score:  # NaN: no order, and sorting on it scrambles the query's other documents
+                score = float("nan")
+            if score != score:  # (NaN has no order: sorting on it scrambles the query's other documents too)
                 raise DataError(f"{path}:{n}: score {parts[4]!r} is not a number")
             docs = run.setdefault(parts[0], {})
             if parts[2] in docs:

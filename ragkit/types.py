@@ -480,7 +480,7 @@ class TrainSet:
                             f"one of the {len(ids)} training queries ({some_ids(self.queries.ids)}); the qrels must "
                             "be keyed by the queries' ids")
 
-    def check_corpus(self, corpus: "Corpus", who: str = "fit") -> None:
+    def check_corpus(self, corpus: "Corpus") -> None:
         """Refuse judgements that name no document of ``corpus``: learning would see no relevant
         document anywhere (nDCG 0 for every choice) and keep its defaults without a word."""
         ids = set(self.queries.ids)
@@ -488,7 +488,7 @@ class TrainSet:
         if not len(corpus.row_of(positives, missing="drop")):
             from ragkit.errors import some_ids
 
-            raise DataError(f"{who}: none of the {len(positives)} documents judged relevant for the training queries "
+            raise DataError(f"fit: none of the {len(positives)} documents judged relevant for the training queries "
                             f"({some_ids(sorted(positives))}) is in the corpus of {len(corpus)} documents "
                             f"({some_ids(corpus.ids)}); the qrels must use the corpus's document ids")
 

@@ -66,7 +66,6 @@ def _unicode_word() -> re.Pattern[str]:
     the underscore) and combining marks (categories M*: Devanagari vowel signs, a decomposed accent),
     which ``\\w`` does not count as word characters.  Built on first use (a pass over the code points)."""
     import sys
-    import unicodedata
 
     marks, start = [], None
     for c in range(sys.maxunicode + 2):
