@@ -71,11 +71,11 @@ def list_features(scores: np.ndarray, lengths: np.ndarray, starts: np.ndarray,
     top1 = s[starts[ok]]
     c10 = s[starts[ok] + np.minimum(lengths[ok], 10) - 1]
     qidx = np.repeat(np.arange(B), lengths)
-    used = lengths if depth is None else np.minimum(lengths, depth)
-    w = None if depth is None else (np.arange(len(s)) - starts[qidx] < depth).astype(np.float64)
-    n = np.maximum(used, 1)
-    mean = np.bincount(qidx, weights=s if w is None else s * w, minlength=B) / n
-    var = np.bincount(qidx, weights=s * s if w is None else s * s * w, minlength=B) / n - mean**2
+    depth = int(lengths.max()) if depth is None else depth
+    s = np.where(np.arange(len(s)) - starts[qidx] < depth, s, 0.0)  # candidates past the depth weigh nothing
+    n = np.maximum(np.minimum(lengths, depth), 1)
+    mean = np.bincount(qidx, weights=s, minlength=B) / n
+    var = np.bincount(qidx, weights=s * s, minlength=B) / n - mean**2
     out[ok, 0] = top1
     out[ok, 1] = top1 - c10
     out[:, 2] = mean

@@ -426,6 +426,8 @@ class Sharded(Operator):
         from ragkit.params import validate_params
 
         sub_params = validate_params(cls.Params, sub, name, "sharded.retriever")
+        # kept as validated (k: "5" is 5; {bm25: {k: 100}} is {bm25: {}}), so == and to_yaml see one value
+        self.params = self.params.updated(retriever={name: sub_params.non_default()})
         self._sub_name: str = name
         self._sub_cls: type[Operator] = cls
         if getattr(cls(sub_params), "needs_train", False):

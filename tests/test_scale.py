@@ -456,3 +456,10 @@ def test_ray_failures_are_ragkit_errors(slice_data, ray_session, monkeypatch, tm
     dist = search_distributed(pipe, queries, n_chunks=2)  # an OS error is retried, and the retry succeeds
     assert [r.rows.tolist() for r in dist.rankings] == [r.rows.tolist() for r in pipe.search(queries).rankings]
     assert sorted(calls.read_text().split()) == sorted([queries.ids[0], queries.ids[6]] * 2)
+
+
+def test_sharded_keeps_its_retriever_as_validated():
+    """The per-shard node was kept as given: k: "5" was written back as '5', and {bm25: {}} was not
+    equal to the same retriever written with its default {bm25: {k: 100}}."""
+    assert Sharded(retriever={"bm25": {"k": "5"}}).params.retriever == {"bm25": {"k": 5}}
+    assert Sharded(retriever={"bm25": {}}) == Sharded(retriever={"bm25": {"k": 100}})
