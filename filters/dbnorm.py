@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from ragkit.encoders import DEFAULT_MODEL, check_encoder_key, get_encoder, save_encoder_key, unit_rows
 from ragkit.errors import ArtifactError, DataError
@@ -158,6 +158,14 @@ class DBNormParams(Params):
     activation_k: int = Field(
         1, ge=1, description="Top-k of each bank item forming the activation set (dynamic methods).")
     seed: Seed = Field(0, description="Seed of bank sampling.")
+
+    @model_validator(mode="after")
+    def _used(self) -> "DBNormParams":
+        dual, dynamic = self.method in ("dis", "ddis"), self.method in ("qbnorm", "ddis")
+        self.refuse_unused(("beta", not dual, "method: is or qbnorm"), ("beta1", dual, "method: dis or ddis"),
+                           ("beta2", dual, "method: dis or ddis"), ("gallery_bank_size", dual, "method: dis or ddis"),
+                           ("activation_k", dynamic, "method: qbnorm or ddis"))
+        return self
 
 
 @register

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Literal, Mapping, Sequence
 
 import numpy as np
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from ragkit.errors import ParamError, RagkitError
 from ragkit.operator import Operator, read_json, write_json
@@ -344,6 +344,11 @@ class ShardedParams(Params):
         None, description="Where a fit writes its shard folders (a fresh ragkit-shards-* folder inside it per fit, "
                           "removed with the operator); must be shared storage on a multi-node cluster (default: a "
                           "local temporary folder).")
+
+    @model_validator(mode="after")
+    def _used(self) -> "ShardedParams":
+        self.refuse_unused(("max_retries", self.backend != "local", "backend: ray (or auto)"))
+        return self
 
 
 def _fit_shard(node: dict[str, Any], corpus: Corpus, folder: str) -> str:

@@ -529,3 +529,14 @@ def test_cosine_methods_normalise_a_registered_encoders_vectors():
     finally:
         unregister_encoder("bag-unit")
         unregister_encoder("bag-scaled")
+
+
+def test_dbnorm_refuses_temperatures_its_method_does_not_read():
+    """beta is read by is / qbnorm only, beta1 / beta2 / gallery_bank_size by the dual methods,
+    activation_k by the dynamic ones: given elsewhere they did nothing, silently."""
+    for params, needs in (({"method": "dis", "beta": 5}, "is or qbnorm"), ({"method": "is", "beta1": 1}, "dis or ddis"),
+                          ({"method": "qbnorm", "gallery_bank_size": 10}, "dis or ddis"),
+                          ({"method": "dis", "activation_k": 3}, "qbnorm or ddis")):
+        with pytest.raises(ParamError, match=f"has no effect without method: {needs}"):
+            DBNorm(**params)
+    assert DBNorm(method="ddis", beta1=1, activation_k=3).params.activation_k == 3
