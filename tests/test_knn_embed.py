@@ -471,3 +471,19 @@ def test_alpha_ndcg_counts_a_repeated_subtopic_once_and_takes_alpha_one():
     assert alpha_ndcg(run, subtopics, k=1)["q"] == 1.0  # A and B each cover one subtopic
     assert alpha_ndcg(run, subtopics, k=1, alpha=1.0)["q"] == 1.0
     assert np.isnan(cluster_entropy([Ranking.empty()], np.zeros(3, np.int64), k=10)[0])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("bench, expect", [("diversity.py", "knn chosen on train"), ("filters.py", "nDCG@10: dense")])
+def test_bench_quick_runs(bench, expect):
+    """``bench/diversity.py --quick`` and ``bench/filters.py --quick`` run end to end (~30 s and ~20 s with
+    the corpus's vectors cached), so the benches behind the README's tables do not rot unseen."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, str(repo / "bench" / bench), "--quick"], capture_output=True, text=True,
+                         timeout=900, cwd=repo)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert expect in out.stdout and "wrote " in out.stdout
