@@ -109,7 +109,12 @@ def load_pipeline(path: str | Path, *, corpus: Corpus | None = None, mmap: bool 
             # (the manifest's checksums, verified above, cover the step's files)
             loaded[sub] = Operator.load(folder / sub, corpus=corpus, mmap=mmap, verify=False) if corpus is not None \
                 else cls.load(folder / sub, corpus=None, mmap=mmap, verify=False)
-        return loaded[sub]
+        op = loaded[sub]
+        if type(op) is not cls or op.params != cls(params).params:  # the step runs its params.json's parameters
+            raise ArtifactError(f"{folder / 'pipeline.yaml'}: {node_path} is {{{cls.name}: {dict(params)}}}, but "
+                                f"{folder / sub / 'params.json'} holds {{{op.name}: {op.params.non_default()}}}; the "
+                                "folder was changed after saving: save the pipeline again")
+        return op
 
     pipe = load_yaml(folder / "pipeline.yaml", make_leaf=make_leaf)
     if corpus is not None:

@@ -318,3 +318,17 @@ def test_a_saved_dense_refuses_another_encoder_and_reordered_slots(tmp_path):
             Operator.load(tmp_path / "d", verify=False)
     finally:
         unregister_encoder("swap-me")
+
+
+def test_a_saved_pipeline_whose_yaml_disagrees_with_its_steps_is_refused(corpus, tmp_path):
+    """With verify=False, an edited pipeline.yaml (k: 0, or k: 9) loaded: its parameters were neither
+    validated nor used (each step runs its params.json's)."""
+    Pipeline([BM25(k=2)]).fit(corpus).save(tmp_path / "p")
+    text = (tmp_path / "p" / "pipeline.yaml").read_text()
+    (tmp_path / "p" / "pipeline.yaml").write_text(text.replace("bm25: {k: 2}", "bm25: {k: 9}"))
+    with pytest.raises(ArtifactError, match=r"pipeline.yaml: pipeline\[0\]\.bm25 is \{bm25: \{'k': 9\}\}, but "
+                                            r".*params.json holds \{bm25: \{'k': 2\}\}"):
+        Pipeline.load(tmp_path / "p", verify=False)
+    (tmp_path / "p" / "pipeline.yaml").write_text(text.replace("bm25: {k: 2}", "bm25: {k: 0}"))
+    with pytest.raises((ArtifactError, ParamError), match=r"k"):
+        Pipeline.load(tmp_path / "p", verify=False)
