@@ -324,7 +324,11 @@ class Operator:
         op_cls = registry.get(meta["operator"]) if cls is Operator else cls
         if op_cls.name != meta["operator"]:
             raise ArtifactError(f"{folder}: holds a {meta['operator']!r} operator, not {op_cls.name!r}")
-        op = op_cls(meta["params"])
+        try:
+            op = op_cls(meta["params"])
+        except ParamError as e:  # name the file the parameters came from, not just the field
+            raise ArtifactError(f"{folder / 'params.json'}: {e}; the folder was changed after saving, or written by "
+                                "another ragkit version: save the operator again") from None
         if meta["fitted"]:
             if corpus is None:
                 from ragkit.eval.beir import read_corpus

@@ -332,3 +332,15 @@ def test_a_saved_pipeline_whose_yaml_disagrees_with_its_steps_is_refused(corpus,
     (tmp_path / "p" / "pipeline.yaml").write_text(text.replace("bm25: {k: 2}", "bm25: {k: 0}"))
     with pytest.raises((ArtifactError, ParamError), match=r"k"):
         Pipeline.load(tmp_path / "p", verify=False)
+
+
+def test_a_bad_saved_parameter_names_its_params_json(corpus, tmp_path):
+    """A load refused a bad params.json with only 'bm25.k: expected ...', naming no file."""
+    import json
+
+    BM25(k=2).fit(corpus).save(tmp_path / "op")
+    meta = json.loads((tmp_path / "op" / "params.json").read_text())
+    meta["params"]["k"] = 0
+    (tmp_path / "op" / "params.json").write_text(json.dumps(meta))
+    with pytest.raises(ArtifactError, match=r"op/params.json: bm25.k: expected a positive integer, got 0"):
+        Operator.load(tmp_path / "op", verify=False)
