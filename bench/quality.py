@@ -108,8 +108,10 @@ def main() -> None:
     print(f"\nbest learned {results[best_l]['ndcg@10']:.4f} vs best unlearned ({best_u.strip()}) "
           f"{results[best_u]['ndcg@10']:.4f}: paired randomisation test p = {p:.4f} over {len(queries)} test queries")
     OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / ("quality-quick.json" if args.quick else "quality.json")).write_text(json.dumps(
+    path = OUT / ("quality-quick.json" if args.quick else "quality.json")
+    path.write_text(json.dumps(
         {"results": results, "best_learned": best_l, "best_unlearned": best_u, "p_value": p}, indent=2, default=str))
+    print(f"wrote {path}")
 
 
 def _leaves(pipe):

@@ -130,7 +130,9 @@ def main() -> None:
     print(f"  {sh['shards']} shards merged: {sh['sharded_query_ms']:.3f} ms/query "
           f"({sh['sharded_query_ms'] / sh['single_query_ms']:.2f}x), recall@10 {sh['sharded_recall@10']:.4f}; "
           f"merge {sh['merge_ms_per_query'] * 1e3:.1f} us/query")
-    (OUT / ("scale_quick.json" if args.quick else "scale.json")).write_text(json.dumps(results, indent=2))
+    path = OUT / ("scale_quick.json" if args.quick else "scale.json")
+    path.write_text(json.dumps(results, indent=2))
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":

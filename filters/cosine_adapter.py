@@ -58,9 +58,9 @@ def list_features(scores: np.ndarray, lengths: np.ndarray, starts: np.ndarray,
     """Per-query features of the candidate cosines: top-1, top-1 minus top-10, mean, std.
 
     ``scores`` is flat (see ``flatten``); returns ``(B, 4)`` float64 (zeros for empty lists).
-    ``depth``: the mean and std use each list's first ``depth`` candidates only (the adapter's
-    training depth), so a deeper call keeps the probabilities of the candidates it shares with
-    a call at the training depth.
+    ``depth``: every feature reads each list's first ``depth`` candidates only (the adapter's
+    training depth; the "top-10" is the depth-th when the depth is under 10), so a deeper call
+    keeps the probabilities of the candidates it shares with a call at the training depth.
     """
     B = len(lengths)
     out = np.zeros((B, N_LIST_FEATURES))
@@ -68,10 +68,10 @@ def list_features(scores: np.ndarray, lengths: np.ndarray, starts: np.ndarray,
     if not ok.any():
         return out
     s = scores.astype(np.float64)
-    top1 = s[starts[ok]]
-    c10 = s[starts[ok] + np.minimum(lengths[ok], 10) - 1]
-    qidx = np.repeat(np.arange(B), lengths)
     depth = int(lengths.max()) if depth is None else depth
+    top1 = s[starts[ok]]
+    c10 = s[starts[ok] + np.minimum(np.minimum(lengths[ok], depth), 10) - 1]  # the 10th, within the depth
+    qidx = np.repeat(np.arange(B), lengths)
     s = np.where(np.arange(len(s)) - starts[qidx] < depth, s, 0.0)  # candidates past the depth weigh nothing
     n = np.maximum(np.minimum(lengths, depth), 1)
     mean = np.bincount(qidx, weights=s, minlength=B) / n
@@ -254,6 +254,7 @@ class CosineAdapter(Operator):
             upstream = upstream.subset(judged)
         rows, c, lengths, starts, qidx = flatten(upstream.rankings)
         check_cosines(c, self.name, qidx)
+        check_dense_rankings(upstream.rankings, c, qidx, self.name, ordered=True)  # as every search will
         self.depth_ = int(lengths.max()) if len(lengths) else 0
         qv = query_vectors(upstream, encoder)
         if qv.shape[0] != len(lengths):
@@ -326,12 +327,23 @@ class CosineAdapter(Operator):
                             f"got qvecs {qvecs.shape} and cosines {cosines.shape}")
         B, K = cosines.shape
         valid = ~np.isnan(cosines)
+        inside = (~valid[:, :-1] & valid[:, 1:]).any(axis=1)
+        if inside.any():  # a NaN inside a row would shift its list features
+            row = int(np.flatnonzero(inside)[0])
+            raise DataError(f"cosine_adapter.predict_proba: cosines row {row} has NaN before a value; NaN marks "
+                            "padding, at the end of a row only")
         lengths = valid.sum(axis=1)
         starts = np.zeros(B, np.int64)
         starts[1:] = np.cumsum(lengths)[:-1]
         flat = cosines[valid]
-        return self._proba_flat(np.asarray(qvecs), flat, lengths, starts, np.repeat(np.arange(B), lengths),
-                                scatter=(valid, (B, K)))
+        qidx = np.repeat(np.arange(B), lengths)
+        check_cosines(flat, self.name, qidx)
+        up = (np.diff(flat) > 1e-6) & (qidx[1:] == qidx[:-1])
+        if up.any():
+            row = int(qidx[1:][up][0])
+            raise DataError(f"cosine_adapter.predict_proba: cosines row {row} is not sorted best first (the "
+                            "features read the top-1 and top-10 by position)")
+        return self._proba_flat(np.asarray(qvecs), flat, lengths, starts, qidx, scatter=(valid, (B, K)))
 
     def _proba_flat(self, qv: np.ndarray, c: np.ndarray, lengths: np.ndarray, starts: np.ndarray,
                     qidx: np.ndarray, scatter: Any = None) -> np.ndarray:

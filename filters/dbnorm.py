@@ -18,7 +18,7 @@ from pydantic import Field, field_validator, model_validator
 from ragkit.encoders import DEFAULT_MODEL, check_encoder_key, get_encoder, save_encoder_key, unit_rows
 from ragkit.errors import ArtifactError, DataError
 from ragkit.filters._flat import check_cosines, check_dense_rankings, check_rows_in_corpus, flatten
-from ragkit.operator import Operator, load_array, read_json, save_arrays, write_json
+from ragkit.operator import Operator, load_array, read_json, save_arrays, topk_rows, write_json
 from ragkit.params import ModelName, Params, Seed
 from ragkit.registry import register
 from ragkit.types import Corpus, Ranking, State, TrainSet
@@ -60,6 +60,11 @@ def bank_log_partition(
     if bank.shape[1] != docs.shape[1]:
         raise DataError(f"{who}: bank vectors have dimension {bank.shape[1]} but document vectors have "
                         f"{docs.shape[1]}; encode both with the same model")
+    for what, x in (("bank", bank), ("document", docs)):
+        bad = ~np.isfinite(x).all(axis=1)
+        if bad.any():  # one NaN spoils every log Z (and was reported as "no bank term")
+            raise DataError(f"{who}: {int(bad.sum())} {what} vectors hold NaN or inf (first: row "
+                            f"{int(np.argmax(bad))}); the encoder returned them")
     n_b, n = len(bank), len(docs)
     if bank_rows is not None:
         bank_rows = np.asarray(bank_rows, dtype=np.int64)
@@ -86,7 +91,7 @@ def bank_log_partition(
         if k == 1:
             top = S.argmax(axis=1)[:, None]  # ties: the lowest row
         else:
-            top = np.argpartition(-S, k - 1, axis=1)[:, :k] if k < n else np.broadcast_to(np.arange(n), S.shape)
+            top = topk_rows(S, k)[0]  # ties at the cut: the lower rows
         finite = np.isfinite(np.take_along_axis(S, top, axis=1))
         active[top[finite]] = True
     if not np.isfinite(log_z).all():
@@ -223,6 +228,12 @@ class DBNorm(Operator):
         t0 = time.perf_counter()
         p = self.params
         enc = get_encoder(p.model)
+        if not len(corpus):  # nothing to normalise: every ranking it will see is empty
+            self.log_z_q_, self.active_q_ = np.zeros(0), np.zeros(0, bool)
+            self.log_z_g_, self.active_g_ = np.zeros(0), np.zeros(0, bool)
+            self.info_ = {"query_bank": None, "query_bank_size": 0, "n_docs": 0, "dim": None, "active_q": 0,
+                          "active_g": 0, "seconds": time.perf_counter() - t0}
+            return
         docs = unit_rows(enc.encode(corpus.full_texts))  # banks of cosines, like the dense scores it corrects
         rng = np.random.default_rng(p.seed)
         # query bank
@@ -243,8 +254,8 @@ class DBNorm(Operator):
         info = {"query_bank": source, "query_bank_size": len(texts), "n_docs": len(corpus), "dim": int(docs.shape[1])}
         if self.dual:
             n_g = len(corpus) if p.gallery_bank_size is None else min(p.gallery_bank_size, len(corpus))
-            g_rows = (np.arange(len(corpus)) if n_g == len(corpus)
-                      else np.sort(rng.choice(len(corpus), n_g, replace=False)))
+            g_rows = (np.arange(len(corpus)) if n_g == len(corpus)  # its own stream: not the pseudo-queries' rows
+                      else np.sort(np.random.default_rng([p.seed, 1]).choice(len(corpus), n_g, replace=False)))
             self.log_z_g_, self.active_g_ = bank_log_partition(
                 docs, docs[g_rows], p.beta2, bank_rows=g_rows, activation_k=p.activation_k, who="dbnorm gallery bank")
             info["gallery_bank_size"] = int(n_g)

@@ -197,6 +197,12 @@ def check_trainable(root: Operator, train: TrainSet | None, corpus: Corpus | Non
                          f"gives the judged queries; anywhere else it has nothing to learn from")
     if train is not None and corpus is not None and any(leaf.learns for _, leaf in walk_leaves(root)):
         train.check_corpus(corpus)
+    if train is not None:
+        fusers = [path for path, leaf in walk_leaves(root) if leaf.kind == "fuser" and leaf.learns]
+        judged = [q for q in train.queries.ids if train.qrels.get(q)]
+        if fusers and len(judged) < 2:
+            raise DataError(f"{fusers[0]}: learning fusion weights cross-validates over the judged training queries "
+                            f"and needs at least 2; the train set has {len(judged)} ({some_ids(judged) or 'none'})")
 
 
 def _decision_seats(op: Operator) -> dict[int, str]:

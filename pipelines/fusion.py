@@ -146,7 +146,7 @@ class _Fuser(Operator):
             prepared = self._prepare(upstream, with_fields=False)  # what every grid point shares, computed once
 
             def fuse(state: State, w: np.ndarray, prepared: Callable = prepared) -> list[Ranking]:
-                return prepared(w, None)
+                return prepared(w, self.params.top_k)  # type: ignore[attr-defined]  # what search returns
 
             found = learn_weights(fuse, upstream, train.qrels, corpus.ids, folds=self.params.folds)  # type: ignore[attr-defined]
             if best is None or found.cv_ndcg > best[1].cv_ndcg:

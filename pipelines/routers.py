@@ -234,8 +234,10 @@ class ScoreRouterParams(Params):
         problem = threshold_or_learn_problem(self.threshold, self.learn, self.cost)
         if problem:
             raise ValueError(problem)
-        if self.feature == "rel_gap" and self.threshold is not None and not 0 <= self.threshold <= 1:
-            raise ValueError(f"threshold for feature 'rel_gap' must lie in [0, 1], got {self.threshold}")
+        if self.feature == "rel_gap" and self.threshold is not None and self.threshold < 0:
+            # (above 1 is reachable: scores (-2, -7) have a gap of 2.5 times |best|)
+            raise ValueError(f"threshold for feature 'rel_gap' must be >= 0 (the gap is never negative), got "
+                             f"{self.threshold}")
         return self
 
 

@@ -1,9 +1,10 @@
 """Learning a fuser's branch weights from judged training queries.
 
-Grid search over the weight simplex, scored by per-query nDCG@10 (pytrec_eval) on the
-training queries' fused rankings.  K-fold cross-validation picks the best weights on
-each fold's training part (of equally good grid points, the one closest to uniform
-weights, so no branch is dropped for nothing); the final weights are the mean of those
+Grid search over the weight simplex (plus the exact uniform point, which a 0.1 or 0.25 grid
+lacks for 3 or 5+ branches), scored by per-query nDCG@10 (pytrec_eval) on the training
+queries' fused rankings.  K-fold cross-validation picks the best weights on each fold's
+training part (of equally good grid points, the one closest to uniform weights, so no branch
+is dropped for nothing); the final weights are the mean of those
 per-fold picks (bagging across folds, which damps the variance of a single arg-max over a
 few hundred queries), and the mean held-out nDCG@10 of the picks is reported as the
 honest estimate.
@@ -92,11 +93,19 @@ def learn_weights(fuse: Callable[[State, np.ndarray], list[Ranking]], state: Sta
 
     n = len(state.branches or [])
     grid = simplex_grid(n, step or (0.1 if n <= 3 else 0.25))
+    from_uniform = np.linalg.norm(grid - 1 / n, axis=1)
+    if from_uniform.min() > 1e-9:  # the unlearned fuser's point: the baseline, and the winner of ties
+        grid = np.vstack([grid, np.full(n, 1 / n)])
+        from_uniform = np.append(from_uniform, 0.0)
+    uniform = int(np.argmin(from_uniform))
     qids = [q for q in state.query_ids if qrels.get(q)]
     if not qids:
         shown = some_ids(state.query_ids)
         raise DataError(f"learning fusion weights: none of the {len(state)} training queries ({shown}) has judgements "
                         f"in the qrels given ({len(qrels)} queries); expected qrels keyed by the training queries' ids")
+    if len(qids) < 2:
+        raise DataError(f"learning fusion weights: 1 judged training query ({qids[0]!r}) of {len(state)}; "
+                        "cross-validation needs at least 2 (one to learn from, one held out)")
     per_q = np.zeros((len(grid), len(qids)))
     for g, w in enumerate(grid):
         st = state.copy()
@@ -104,7 +113,6 @@ def learn_weights(fuse: Callable[[State, np.ndarray], list[Ranking]], state: Sta
         per_q[g] = per_query_ndcg(st, qrels, corpus_ids)
     rng = np.random.default_rng(seed)
     fold_of = rng.permutation(len(qids)) % max(2, min(folds, len(qids)))
-    from_uniform = np.linalg.norm(grid - 1 / n, axis=1)
     picks, held = [], []
     for f in range(fold_of.max() + 1):
         tr, te = fold_of != f, fold_of == f
@@ -112,7 +120,6 @@ def learn_weights(fuse: Callable[[State, np.ndarray], list[Ranking]], state: Sta
         picks.append(grid[best])
         held.append(per_q[best, te].mean())
     weights = np.mean(picks, axis=0)
-    uniform = int(np.argmin(from_uniform))
     final = Run.from_rankings(state.query_ids, fuse(state, weights), corpus_ids)
     train_ndcg = evaluate(final, {q: qrels[q] for q in qids}, ["ndcg@10"]).scores["ndcg@10"]
     return WeightSearch(weights=weights, fold_picks=np.array(picks), cv_ndcg=float(np.mean(held)),

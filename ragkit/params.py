@@ -23,10 +23,11 @@ from pydantic import (
     ValidationInfo,
     field_validator,
 )
+from pydantic.fields import FieldInfo
 
 from ragkit.errors import ParamError
 
-__all__ = ["Params", "MetadataFilter", "ModelName", "Seed", "validate_params", "format_validation_error",
+__all__ = ["Params", "MetadataFilter", "ModelName", "Seed", "MAX_INT", "has_upper_bound", "validate_params", "format_validation_error",
            "describe_error", "format_loc", "model_at"]
 
 
@@ -79,11 +80,20 @@ def _model_name(value: str) -> str:
 
 #: The type of an operator's ``model`` parameter: a non-blank model name or folder.
 ModelName = typing.Annotated[str, AfterValidator(_model_name)]
+#: The largest integer an operator parameter takes unless its field sets its own upper bound: a
+#: count beyond it (``k``, a graph degree, restarts, threads) names nothing a machine can hold or
+#: finish, and numpy / usearch / scikit-learn overflow or hang on it instead of saying so.
+MAX_INT = 2**31 - 1
 #: The type of a ``seed`` parameter: numpy's generators and scikit-learn take 0 .. 2**32 - 1.
 Seed = typing.Annotated[int, Field(ge=0, le=2**32 - 1)]
 
 #: The type of a retriever's ``filter`` parameter (see :func:`_metadata_filter`).
 MetadataFilter = typing.Annotated[typing.Optional[dict[str, Any]], BeforeValidator(_metadata_filter)]
+
+
+def has_upper_bound(field: FieldInfo) -> bool:
+    """Whether a pydantic field sets its own ``le`` / ``lt`` bound (else :data:`MAX_INT` bounds its integers)."""
+    return any(getattr(m, "le", None) is not None or getattr(m, "lt", None) is not None for m in field.metadata)
 
 
 class Params(BaseModel):
@@ -105,6 +115,19 @@ class Params(BaseModel):
             for i, x in enumerate(v):
                 if isinstance(x, (bool, np.bool_)):
                     raise ValueError(f"item {i}: expected {kind}, got {x!r}; {_bool_not_number(source)}")
+        return v
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _bounded_int(cls, v: Any, info: ValidationInfo) -> Any:
+        """An integer (or list of integers) beyond :data:`MAX_INT` is refused, unless the field
+        sets its own ``le`` / ``lt`` bound (as :data:`Seed` does)."""
+        field = cls.model_fields[info.field_name] if info.field_name else None
+        if field is None or has_upper_bound(field):
+            return v
+        for x in (v if isinstance(v, (list, tuple)) else [v]):
+            if isinstance(x, int) and not isinstance(x, bool) and abs(x) > MAX_INT:
+                raise ValueError(f"expected an integer within ±{MAX_INT:,}, got {x!r}")
         return v
 
     def refuse_unused(self, *checks: tuple[str, bool, str]) -> None:

@@ -21,9 +21,9 @@ batched top-k inner-product / cosine queries.  Storage and search are parameters
     earlier versions load and score as before.
   - ``b1``: packed sign bits (``np.packbits(x > 0)``).  Exact search scores every code with
     the float query against the ±1 bits (asymmetric; numpy); HNSW search uses usearch's
-    Hamming distance on the sign-quantised query.  The ``oversample * k`` candidates are
-    then re-ranked with the float vectors (``rescore=True``) or, with no float vectors at
-    all, by the float query against the ±1 bits.
+    Hamming distance on the sign-quantised query, and its ``oversample * k`` candidates are
+    re-ranked by the float query against the ±1 bits.  With ``rescore=True`` the
+    ``oversample * k`` candidates of either are re-scored with the float vectors.
 * ``reduce``: ``none``, ``pca:<d>`` (PCA fitted on the indexed vectors, optional whitening;
   with ``metric="cos"`` vectors are centred before the projection, with ``"ip"`` they are not,
   since centring both sides adds a per-document bias to inner products; ``ip`` indexes saved
@@ -258,6 +258,15 @@ def _topk_merge(best_s: np.ndarray | None, best_i: np.ndarray | None, s: np.ndar
     return s, idx
 
 
+def check_finite_vectors(x: np.ndarray, who: str, what: str) -> None:
+    """DataError naming ``who`` when a row of ``x`` ``(n, d)`` (``what`` vectors: query, document)
+    holds NaN or inf: it would score nothing, or spoil a fit, silently."""
+    bad = ~np.isfinite(x).all(axis=1)
+    if bad.any():
+        raise DataError(f"{who}: {int(bad.sum())} of the {len(x)} {what} vectors contain NaN or infinite values "
+                        f"(first at position {int(np.argmax(bad))}); check the encoder's output")
+
+
 def _sort_desc(s: np.ndarray, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Sort each row by score descending, ties by lower slot; invalid slots (-1) last."""
     s = np.where(idx < 0, -np.inf, s)
@@ -348,8 +357,10 @@ class VectorIndex:
 
     @property
     def has_shortlist(self) -> bool:
-        """Whether search is two-stage (``oversample * k`` candidates, then re-scoring)."""
-        return self.rescore or self.dtype == "b1"
+        """Whether search is two-stage (``oversample * k`` candidates, then re-scoring): with
+        ``rescore``, or for ``b1`` graphs (Hamming shortlist, then the float query against the
+        bits).  Exact ``b1`` search scores the float query against the bits at once."""
+        return self.rescore or (self.dtype == "b1" and self.backend != "numpy")
 
     # ------------------------------------------------------------------ transforms
     def _normalise(self, x: np.ndarray) -> np.ndarray:
@@ -387,8 +398,10 @@ class VectorIndex:
             vt = vt * np.where(vt[np.arange(len(vt)), np.abs(vt).argmax(axis=1)] < 0, -1.0, 1.0)[:, None]  # sign fix
             sv = np.sqrt(ev * max(len(sample) - 1, 1))
             comps = vt[: self.reduce_dims].T
-            if self.whiten:
-                comps = comps / np.maximum(np.sqrt(ev[: self.reduce_dims]), 1e-12)
+            if self.whiten:  # a direction without variance (beyond the corpus's rank) is noise: weight 0,
+                # not 1e8 (1 / sqrt(1e-16)), which let rounding noise outrank every real component
+                sd = np.sqrt(ev[: self.reduce_dims])
+                comps = comps * np.where(ev[: self.reduce_dims] > 1e-6 * max(ev[0], 1e-30), 1 / np.maximum(sd, 1e-30), 0)
             # cos: centred cosine (PCA-RAG); ip: project without centring, since (q - m).(x - m) adds a
             # per-document bias -m.x to the ranking (tests/test_dense.py: 0.30 agreement with q P x)
             self.pca_mean = mean.astype(np.float32) if self.metric == "cos" else np.zeros_like(mean, np.float32)
@@ -763,11 +776,7 @@ class VectorIndex:
         self._check_built()
         q_full = self._normalise(self._check_query_dim(queries, "search"))
         nq = len(q_full)
-        bad = ~np.isfinite(q_full).all(axis=1)
-        if bad.any():  # a NaN query scores nothing: it would come back empty, silently
-            raise DataError(f"VectorIndex.search: {int(bad.sum())} of the {nq} query vectors contain NaN or "
-                            f"infinite values (first at position {int(np.argmax(bad))} of the batch); check the "
-                            "encoder's output")
+        check_finite_vectors(q_full, "VectorIndex.search", "query")
         if k < 1:
             raise ParamError(f"VectorIndex.search: k must be >= 1, got {k}")
         if mask is not None:
@@ -793,6 +802,9 @@ class VectorIndex:
             s = np.where(np.isfinite(s), np.clip(s, -1.0, 1.0), s).astype(np.float32, copy=False)
         s, i = _sort_desc(s, i)
         s, i = s[:, :k], i[:, :k]
+        zero = ~q_full.any(axis=1)
+        if zero.any():  # no direction: every score ties at 0, and corpus order is no answer (BM25: no terms)
+            s[zero], i[zero] = -np.inf, -1
         if s.shape[1] < k:
             pad = k - s.shape[1]
             s = np.pad(s, ((0, 0), (0, pad)), constant_values=-np.inf)

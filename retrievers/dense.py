@@ -40,16 +40,17 @@ class DenseParams(Params):
     filter: MetadataFilter = Field(None, description="Metadata filter {field: value or [values]}.")
     dtype: Literal["f32", "f16", "i8", "b1"] = Field(
         "f32", description="Vector storage: float32, float16, int8 (per-dimension calibrated on the corpus) "
-                           "or b1 (packed sign bits, Hamming search).")
+                           "or b1 (packed sign bits: scored against the float query; Hamming in a graph).")
     metric: Literal["cos", "ip"] = Field("cos", description="Cosine (unit vectors) or raw inner product.")
     rescore: bool = Field(False, description="Re-score an oversample*k shortlist with the float vectors, kept "
                                               "memory-mapped on disk (needs dtype != f32 or a reduce).")
-    oversample: int = Field(4, ge=1, description="Shortlist size as a multiple of k (rescore, and b1 bits re-ranking).")
+    oversample: int = Field(4, ge=1, description="Shortlist size as a multiple of k (rescore, and the re-ranking of "
+                                                 "a b1 graph's Hamming shortlist).")
     reduce: str = Field("none", pattern=r"^(none|(pca|matryoshka):[1-9][0-9]*)$",
                         description="none, pca:<dims> (fitted on the corpus) or matryoshka:<dims> "
                                     "(truncate + renormalise; only for Matryoshka-trained models).")
     whiten: bool = Field(False, description="Whiten PCA components (divide by their standard deviation).")
-    connectivity: int = Field(16, ge=2, description="HNSW graph degree (M).")
+    connectivity: int = Field(16, ge=2, le=4096, description="HNSW graph degree (M).")
     expansion_add: int = Field(128, ge=1, description="HNSW beam width while building (ef_construction).")
     expansion_search: int = Field(64, ge=1, description="HNSW beam width while searching (ef).")
     exact_max: int = Field(EXACT_MAX, ge=0, description="search=auto: exact numpy search up to this many documents.")
@@ -72,7 +73,8 @@ class DenseParams(Params):
             raise ValueError("whiten=True rescales PCA components and needs reduce='pca:<dims>', "
                              f"got reduce={self.reduce!r}")
         graph = self.search != "exact"
-        self.refuse_unused(("oversample", self.rescore or self.dtype == "b1", "rescore: true (or dtype: b1)"),
+        self.refuse_unused(("oversample", self.rescore or (self.dtype == "b1" and graph),
+                            "rescore: true (or dtype: b1 with search: hnsw or auto)"),
                            ("connectivity", graph, "search: hnsw (or auto)"),
                            ("expansion_add", graph, "search: hnsw (or auto)"),
                            ("expansion_search", graph, "search: hnsw (or auto)"))
@@ -94,8 +96,9 @@ class Dense(TunedEncoderMixin, Operator):
 
     Storage (bytes per 384-d vector held in memory): ``f32`` 1536, ``f16`` 768, ``i8`` 384
     (per-dimension calibration fitted on the corpus, scored against the float query),
-    ``b1`` 48 (sign bits, Hamming shortlist of ``oversample * k`` re-ranked with the float
-    query against the ±1 bits, or with the float vectors if ``rescore``).  ``reduce`` applies
+    ``b1`` 48 (sign bits scored against the float query; in an HNSW graph, a Hamming shortlist
+    of ``oversample * k`` re-ranked so; with ``rescore``, the shortlist re-scored with the float
+    vectors).  ``reduce`` applies
     PCA (Jolliffe; PCA-RAG, arXiv 2504.08386) or Matryoshka truncation (Kusupati et al.,
     NeurIPS 2022 — MiniLM is *not* Matryoshka-trained; use PCA for it).  Quantisation
     follows the sentence-transformers embedding-quantisation recipe (Aarsen et al., 2024)

@@ -31,6 +31,7 @@ from ragkit.errors import ArtifactError, DataError
 from ragkit.operator import Operator, desc_order, load_array, read_json, save_arrays, topk_rows, write_json
 from ragkit.params import ModelName, Params, Seed
 from ragkit.registry import register
+from ragkit.retrievers._index import check_finite_vectors
 from ragkit.types import Corpus, Ranking, State, TrainSet
 
 __all__ = ["KnnEmbed", "KnnEmbedParams", "default_n_clusters", "largest_remainder"]
@@ -51,7 +52,7 @@ class KnnEmbedParams(Params):
     k: int = Field(100, ge=1, description="Results per query.")
     n_clusters: int | None = Field(
         None, ge=2, description="k-means clusters C; None = clamp(round(sqrt(N/2)), 4, 1024), at most N.")
-    n_init: int = Field(3, ge=1, description="k-means restarts (scikit-learn n_init).")
+    n_init: int = Field(3, ge=1, le=1000, description="k-means restarts (scikit-learn n_init).")
     seed: Seed = Field(0, description="k-means random seed.")
     fit_threads: int | None = Field(
         1, ge=1, description="Threads for k-means (OpenMP/BLAS); None = library default.  1 is ~10x faster than 2 on "
@@ -259,6 +260,8 @@ class KnnEmbed(Operator):
         from threadpoolctl import threadpool_limits
 
         vecs = unit_rows(vecs)  # cosine geometry, whatever the encoder returned
+        if vecs.ndim == 2:
+            check_finite_vectors(vecs, "knn_embed.fit", "document")
         n = len(vecs)
         if n == 0:
             raise DataError("knn_embed.fit: the corpus is empty; expected at least one document")
@@ -384,12 +387,10 @@ class KnnEmbed(Operator):
         q = unit_rows(self.dense.query_vectors(state))
         if q.ndim != 2 or q.shape[1] != v.shape[1]:
             raise DataError(f"knn_embed: query vectors have shape {q.shape}, expected (n_q, {v.shape[1]})")
+        check_finite_vectors(q, "knn_embed", "query")
         n_q = len(q)
         if k == 0:  # nothing passes the filter: empty rankings with the usual fields
-            extra = ("cosine",) if p.merge == "interleave" else ()
-            out.rankings = [Ranking(np.empty(0, np.int64), np.empty(0, np.float32),
-                                    {"cluster": np.empty(0, np.int32), "component": np.empty(0, np.int32),
-                                     **{f: np.empty(0, np.float32) for f in extra}}) for _ in range(n_q)]
+            out.rankings = [self._empty_ranking() for _ in range(n_q)]
             return out
         s = q @ v.T
         sizes = None
@@ -442,7 +443,16 @@ class KnnEmbed(Operator):
             rank_sc = ((k - np.arange(k)) / k).astype(np.float32)
             out.rankings = [Ranking(r, rank_sc.copy(), {"cluster": cl, "component": co, "cosine": sc_})
                             for r, sc_, cl, co in zip(out_rows, out_sc, clus, comp)]
+        for i in np.flatnonzero(~q.any(axis=1)):  # no direction: no answer (as dense and BM25 give)
+            out.rankings[i] = self._empty_ranking()
         return out
+
+    def _empty_ranking(self) -> Ranking:
+        """No results, with the fields a ranking of this operator carries."""
+        extra = ("cosine",) if self.params.merge == "interleave" else ()
+        return Ranking(np.empty(0, np.int64), np.empty(0, np.float32),
+                       {"cluster": np.empty(0, np.int32), "component": np.empty(0, np.int32),
+                        **{f: np.empty(0, np.float32) for f in extra}})
 
     def _mixture_search(self, q, s, top_rows, clusters, weights, k, k_a, k_r, labels, mask=None):
         """Anchor + per-component in-cluster search for non-collapsed queries (all arrays row-aligned).

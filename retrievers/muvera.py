@@ -33,7 +33,7 @@ from ragkit.encoders import DEFAULT_MODEL, check_encoder_key, save_encoder_key
 from ragkit.encoders.adapt import AdaptConfig, TunedEncoderMixin
 from ragkit.encoders.cache import text_digests
 from ragkit.encoders.tokens import TokenEncoder, TokenVectors, get_token_encoder
-from ragkit.errors import ArtifactError, DataError
+from ragkit.errors import ArtifactError, DataError, ParamError
 from ragkit.operator import (
     Operator,
     desc_order,
@@ -134,6 +134,19 @@ def rerank_tokens(q_data: np.ndarray, q_off: np.ndarray, q_w: np.ndarray | None,
 
 
 # --------------------------------------------------------------------------------- MUVERA
+#: The largest FDE (before a final projection) muvera builds: 4 MiB of float32 per document.  The
+#: paper's largest are ~20k dimensions; beyond this a typo (``r_reps: 20000``) would exhaust memory.
+MAX_FDE_DIM = 2**20
+
+
+def check_fde_size(dims: int, formula: str) -> None:
+    """ValueError when an FDE of ``dims`` dimensions (``formula`` says how it is counted) exceeds
+    :data:`MAX_FDE_DIM`."""
+    if dims > MAX_FDE_DIM:
+        raise ValueError(f"the FDE would have {formula} = {dims:,} dimensions, more than the {MAX_FDE_DIM:,} "
+                         f"muvera builds ({dims * 4 / 2**20:,.0f} MiB per document); lower r_reps, k_sim or d_proj")
+
+
 class MuveraParams(TokenParams):
     k: int = Field(100, ge=1, description="Results per query.")
     candidates: int = Field(200, ge=1, description="Documents taken by FDE inner product and rescored exactly.")
@@ -174,6 +187,8 @@ class MuveraParams(TokenParams):
                 raise ValueError(
                     f"prune ({self.prune}) must lie between k ({self.k}) and candidates ({self.candidates}): it keeps "
                     f"that many of the FDE candidates for the exact rerank")
+        if self.projection != "identity":  # identity's size needs the token dimension: checked at fit
+            check_fde_size(self.r_reps * 2**self.k_sim * self.d_proj, "r_reps * 2**k_sim * d_proj")
         if self.d_final is not None and self.projection != "identity":
             full = self.r_reps * 2**self.k_sim * self.d_proj
             if self.d_final >= full:
@@ -242,6 +257,12 @@ class Muvera(TokenOperatorMixin, Operator):
 
     def _fit(self, corpus: Corpus, train: TrainSet | None, upstream: State | None) -> None:
         p = self.params
+        if p.projection == "identity":  # before any encoding
+            try:
+                check_fde_size(p.r_reps * 2**p.k_sim * self.token_encoder.dim,
+                               f"r_reps * 2**k_sim * the {self.token_encoder.dim}-d tokens (projection: identity)")
+            except ValueError as e:
+                raise ParamError(f"muvera: {e}") from None
         self._fit_tokens(corpus, train)
         if p.prune is not None:
             n_tok = self.tokens_.n_tokens

@@ -34,6 +34,7 @@ from pydantic import BaseModel
 from ragkit import registry
 from ragkit.errors import ConfigError, DataError, NotFittedError, ParamError
 from ragkit.operator import Operator
+from ragkit.params import MAX_INT, has_upper_bound
 from ragkit.pipelines import Pipeline
 from ragkit.pipelines.yaml import load_yaml
 from ragkit.types import State
@@ -132,6 +133,8 @@ def check_bad_params(cls, data, tmp_path):
                 bound = getattr(m, attr, None)
                 if bound is not None and any(t in (int, float) for t in inner):
                     bad.append(bound + step * (1 if int in inner and float not in inner else 0.5) if step else bound)
+        if int in inner and not has_upper_bound(field):  # no bound of its own: MAX_INT bounds it
+            bad.append(MAX_INT + 1)
         for value in bad:
             with pytest.raises(ParamError, match=rf"{cls.name}\.{fname}"):
                 cls(**{**cls.example, fname: value})

@@ -247,10 +247,35 @@ def test_corrupt_or_truncated_index_refused(slice_data, tmp_path):
     (dict(reduce="svd:3"), "dense.reduce"),
     (dict(dtype="i4"), "dense.dtype"),
     (dict(oversample=0), "dense.oversample"),
+    # exact b1 scores the float query against the bits at once: no shortlist for oversample to size
+    (dict(dtype="b1", search="exact", oversample=8), "oversample=8 has no effect without rescore"),
 ])
 def test_invalid_combinations_refused(kw, why):
     with pytest.raises(ParamError, match=why):
         Dense(**kw)
+
+
+def test_whitened_pca_beyond_the_corpus_rank_ignores_directions_without_variance():
+    """20 documents span 19 centred directions: whitening the others divided rounding noise by 1e-8,
+    and the top-1 of a near-copy query was a random document."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((20, 64)).astype(np.float32)
+    q = x[:5] + 0.05 * rng.standard_normal((5, 64)).astype(np.float32)
+    for dims in (16, 32):
+        slots, _ = VectorIndex(reduce=f"pca:{dims}", whiten=True, search="exact").build(x).search(q, 1)
+        assert slots[:, 0].tolist() == [0, 1, 2, 3, 4]
+
+
+def test_exact_b1_is_one_stage_and_unchanged_by_oversample():
+    rng = np.random.default_rng(3)
+    x, q = rng.standard_normal((300, 32)).astype(np.float32), rng.standard_normal((6, 32)).astype(np.float32)
+    ref = VectorIndex(dtype="b1", search="exact").build(x)
+    assert not ref.has_shortlist
+    bits = np.where(x > 0, 1.0, -1.0) / np.sqrt(32)
+    qn = q / np.linalg.norm(q, axis=1, keepdims=True)
+    slots, scores = ref.search(q, 10)
+    np.testing.assert_allclose(scores, np.sort(qn @ bits.T, axis=1)[:, ::-1][:, :10], rtol=1e-5, atol=1e-6)
+    assert VectorIndex(dtype="b1", search="hnsw").build(x).has_shortlist
 
 
 def test_reduce_larger_than_unknown_model_fails_at_fit(slice_data, monkeypatch):
@@ -838,8 +863,13 @@ def test_a_query_vector_with_nan_is_refused_with_its_position(kw):
     q = rng.standard_normal((4, 16)).astype(np.float32)
     q[2, 5] = np.nan
     with pytest.raises(DataError, match=r"1 of the 4 query vectors contain NaN or infinite values \(first at "
-                                        r"position 2 of the batch\)"):
+                                        r"position 2\)"):
         ix.search(q, 5)
+    # an all-zero query (a bag-of-words encoder's for a query of unknown words) has no direction: no
+    # results, as BM25 gives a query without a known term (it got the first 5 slots, scored 0)
+    q[2] = 0
+    slots, scores = ix.search(q, 5)
+    assert (slots[2] == -1).all() and np.isneginf(scores[2]).all() and (slots[[0, 1, 3]] >= 0).all()
 
 
 def test_a_huge_k_costs_what_the_corpus_holds(slice_data, qvecs):

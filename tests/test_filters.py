@@ -125,6 +125,43 @@ def test_adapter_list_features_read_the_training_depth(synth, tmp_path):
     assert Operator.load(tmp_path / "ad").depth_ == 30
 
 
+def test_adapter_trained_shallower_than_ten_keeps_its_probabilities_deeper(synth):
+    """Trained on 5 candidates, the top-1 minus top-10 feature read the 10th of a deeper call."""
+    corpus, train, state = synth
+    short = state.copy()
+    short.rankings = [Ranking(r.rows[:5], r.scores[:5]) for r in state.rankings]
+    ad = CosineAdapter(max_iter=100).fit(corpus, train, upstream=short)
+    assert ad.depth_ == 5
+    qv = state.vectors[KEY]
+    pad = np.full((len(state), 30), np.nan)
+    for i, r in enumerate(state.rankings):
+        pad[i, :len(r)] = r.scores
+    np.testing.assert_array_equal(ad.predict_proba(qv, pad[:, :5]), ad.predict_proba(qv, pad)[:, :5])
+
+
+def test_adapter_fit_refuses_rescored_input_as_search_does(synth):
+    """``dense | mmr | cosine_adapter`` fitted on MMR's rank scores, then every search refused them."""
+    corpus, train, state = synth
+    rescored = state.copy()
+    rescored.rankings = [Ranking(r.rows, np.linspace(1, 0, len(r)).astype(np.float32), {"cosine": r.scores})
+                         for r in state.rankings]
+    with pytest.raises(DataError, match="rescored them"):
+        CosineAdapter().fit(corpus, train, upstream=rescored)
+
+
+def test_adapter_predict_proba_checks_its_input(synth):
+    corpus, train, state = synth
+    ad = CosineAdapter(max_iter=50).fit(corpus, train, upstream=state)
+    qv = state.vectors[KEY][:1]
+    with pytest.raises(DataError, match="raw cosine scores in \\[-1, 1\\]"):
+        ad.predict_proba(qv, np.array([[5.0, -7.0]]))
+    with pytest.raises(DataError, match="row 0 has NaN before a value"):
+        ad.predict_proba(qv, np.array([[0.9, np.nan, 0.5]]))
+    with pytest.raises(DataError, match="row 0 is not sorted"):
+        ad.predict_proba(qv, np.array([[0.5, 0.9]]))
+    assert np.isnan(ad.predict_proba(qv, np.array([[0.9, 0.5, np.nan]]))[0, 2])
+
+
 def test_adapter_refuses_no_positives(synth):
     corpus, train, state = synth
     no_pos = TrainSet(train.queries, {q: {"d_not_retrieved": 1} for q in train.queries.ids})
@@ -297,6 +334,17 @@ def test_dbnorm_refuses_empty_bank_and_wrong_dims():
         bank_log_partition(DOCS, DOCS[:1], 1.0, bank_rows=np.array([0]))
 
 
+def test_dbnorm_bank_checks_finite_vectors_and_breaks_activation_ties_by_row():
+    with pytest.raises(DataError, match="1 bank vectors hold NaN or inf \\(first: row 1\\)"):
+        bank_log_partition(DOCS, np.array([[1, 0], [np.nan, 0]], np.float32), 1.0)
+    with pytest.raises(DataError, match="document vectors hold NaN"):
+        bank_log_partition(np.array([[1, 0], [0, np.inf]], np.float32), DOCS, 1.0)
+    docs = np.tile(_unit([[1, 0]]), (12, 1))  # 12 identical documents: every activation slot is a tie
+    for k in (1, 2, 5):
+        _, active = bank_log_partition(docs, _unit([[1, 0.1]]), 1.0, activation_k=k)
+        assert np.flatnonzero(active).tolist() == list(range(k))  # ties go to the lower rows, as documented
+
+
 def test_dbnorm_demotes_a_hub():
     """A document close to every bank query loses its place to an equally close non-hub."""
     docs = _unit([[1, 1, 0], [1, 0, 0.05], [0, 1, 0]])  # doc0 is a hub between the two clusters
@@ -331,6 +379,22 @@ def test_dbnorm_operator_roundtrip(slice_data, tmp_path):
     assert op2.info_["query_bank"] == "pseudo" and op2.info_["query_bank_size"] == 30
     texts, rows = pseudo_queries(corpus, 5, seed=1)
     assert len(texts) == 5 and all(t for t in texts) and len(set(rows.tolist())) == 5
+
+
+def test_dbnorm_samples_its_two_banks_independently_and_fits_an_empty_corpus(slice_data, monkeypatch):
+    """Equal pseudo-query and gallery bank sizes drew the same documents (one seeded stream for both)."""
+    import ragkit.filters.dbnorm as dbn
+    from ragkit.pipelines import Pipeline
+    from ragkit.retrievers import Dense
+
+    corpus, queries, _, _ = slice_data
+    seen, real = [], dbn.bank_log_partition
+    monkeypatch.setattr(dbn, "bank_log_partition", lambda *a, **kw: seen.append(kw["bank_rows"]) or real(*a, **kw))
+    DBNorm(method="dis", query_bank_size=50, gallery_bank_size=50).fit(corpus)
+    q_rows, g_rows = seen
+    assert len(q_rows) == len(g_rows) == 50 and len(np.intersect1d(q_rows, g_rows)) < 25
+    empty = Pipeline([Dense(k=5), DBNorm(method="ddis")]).fit(corpus.subset(np.arange(0)))
+    assert [len(r) for r in empty.search(queries).rankings] == [0] * len(queries)
 
 
 # ---------------------------------------------------------------------- measures

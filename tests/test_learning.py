@@ -108,6 +108,61 @@ def test_judgements_naming_no_document_of_the_corpus_are_refused_before_learning
     pipe.fit(corpus)  # nothing learns without judgements: nothing to check
 
 
+def test_one_judged_training_query_is_refused_before_learning_weights(slice_data):
+    """Cross-validation needs two judged queries; with one, a fold trained on nothing (numpy warned
+    "Mean of empty slice") and its held-out score was reported as an honest estimate."""
+    from ragkit.errors import DataError
+    from ragkit.pipelines.yaml import load_yaml
+    from ragkit.types import TrainSet
+
+    corpus, _, _, train = slice_data
+    pipe = load_yaml(PIPE)
+    with pytest.raises(DataError, match=r"pipeline\[0\]\.parallel\.fuse\.rrf: .* needs at least 2; the train set "
+                                        r"has 1 \('"):
+        pipe.fit(corpus, TrainSet(train.queries[:1], train.qrels))
+    assert not pipe.steps[0].branches[0].is_fitted  # refused before the first retriever was built
+
+
+@pytest.mark.parametrize("n", [3, 5])
+def test_identical_branches_learn_equal_weights_and_the_baseline_is_uniform(n):
+    """1/3 is not on the 0.1 grid and no 0.25 point gives 5 branches all a weight: equally good
+    branches learned (0.3, 0.4, 0.3) or dropped one, and the reported uniform baseline was (0.3, 0.3, 0.4)'s."""
+    from ragkit.eval.metrics import per_query_ndcg
+    from ragkit.pipelines.fusion import RRF
+    from ragkit.pipelines.weights import learn_weights
+    from ragkit.types import Ranking, State
+
+    rng = np.random.default_rng(5)
+    ids = np.array([f"d{i}" for i in range(40)])
+    qids = [f"q{i}" for i in range(30)]
+    same = [Ranking(rng.permutation(40)[:15], np.linspace(1, 0, 15).astype(np.float32)) for _ in qids]
+    st = State(list(qids), query_ids=list(qids), branches=[(f"b{i}", same) for i in range(n)])
+    qrels = {q: {ids[same[i].rows[3]]: 1} for i, q in enumerate(qids)}
+    prep = RRF()._prepare(st, with_fields=False)
+    res = learn_weights(lambda s, w: prep(w, None), st, qrels, ids, folds=5)
+    np.testing.assert_allclose(res.weights, np.full(n, 1 / n))
+    # different branches: the baseline is the fusion with equal weights
+    br = [(f"b{i}", [Ranking(rng.permutation(40)[:15], np.linspace(1, 0, 15).astype(np.float32)) for _ in qids])
+          for i in range(n)]
+    st = State(list(qids), query_ids=list(qids), branches=br)
+    qrels = {q: {ids[br[i % n][1][i].rows[j]]: 1 for j in (0, 4, 9)} for i, q in enumerate(qids)}
+    prep = RRF()._prepare(st, with_fields=False)
+    res = learn_weights(lambda s, w: prep(w, None), st, qrels, ids, folds=5)
+    uniform = st.copy()
+    uniform.rankings = prep(np.full(n, 1 / n), None)
+    assert res.baseline_ndcg == pytest.approx(per_query_ndcg(uniform, qrels, ids).mean(), abs=1e-12)
+
+
+def test_a_learning_fuser_with_a_short_top_k_learns_what_it_returns(slice_data):
+    """With top_k 1 the weights were chosen (and train nDCG@10 reported) on the uncut fused union."""
+    from ragkit.eval import evaluate
+
+    corpus, _, _, train = slice_data
+    pipe = Pipeline.from_yaml(PIPE.replace("folds: 3", "folds: 3, top_k: 1")).fit(corpus, train)
+    got = evaluate(pipe.search(train.queries), train.qrels, ["ndcg@10"])["ndcg@10"]
+    assert pipe.steps[0].fuse.learned_["train_ndcg@10"] == pytest.approx(got, abs=1e-9)
+
+
 def test_poisoned_test_qrels_change_nothing(slice_data, tmp_path):
     """``ragkit train`` on a dataset whose test qrels are poisoned saves exactly the same pipeline."""
     corpus, test_q, test_qrels, train = slice_data

@@ -473,6 +473,24 @@ def test_muvera_params_cross_checks():
         Muvera(k_sim=3, d_proj=8, r_reps=2, d_final=500)
     with pytest.raises(ParamError, match="ball_carve_tau"):
         Muvera(ball_carve_tau=2.0)
+    # an FDE no machine holds (a typo for r_reps: 20) is refused at construction, not at fit
+    with pytest.raises(ParamError, match=r"r_reps \* 2\*\*k_sim \* d_proj = 20,480,000 dimensions"):
+        Muvera(r_reps=40_000, k_sim=5, d_proj=16)
+
+
+def test_muvera_identity_fde_size_checked_before_encoding(slice_data, monkeypatch):
+    """With projection: identity the FDE size needs the token dimension: fit checks it before encoding."""
+    from ragkit.encoders.tokens import TokenEncoder
+    from ragkit.retrievers import Muvera
+
+    corpus = slice_data[0]
+
+    def no_encoding(*args, **kwargs):
+        raise AssertionError("encoded before the size check")
+
+    monkeypatch.setattr(TokenEncoder, "encode", no_encoding)
+    with pytest.raises(ParamError, match=r"the 384-d tokens \(projection: identity\) = 3,145,728 dimensions"):
+        Muvera(projection="identity", k_sim=3, r_reps=1024, k=5, candidates=10).fit(corpus)
 
 
 def test_chamfer_pairs_padding_never_wins():

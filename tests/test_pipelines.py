@@ -293,6 +293,12 @@ def test_score_router_routes_easy_queries_past_expensive_branch(slice_data, fitt
     assert gap == ["hi" if g >= cut else "lo" for g in gaps] and set(gap) == {"hi", "lo"}
     with pytest.raises(ParamError, match="no rankings"):
         ScoreRouter(threshold=1.0)(State(["q"]))
+    # rel_gap passes 1 when the second score is negative (logits): such a threshold is a real one
+    logits = State(["a", "b"], rankings=[Ranking(np.array([0, 1]), np.array([-2.0, -7.0], np.float32)),
+                                         Ranking(np.array([0, 1]), np.array([-2.0, -3.0], np.float32))])
+    assert ScoreRouter(feature="rel_gap", threshold=1.5)(logits).values["label"] == ["easy", "hard"]
+    with pytest.raises(ParamError, match="rel_gap' must be >= 0"):
+        ScoreRouter(feature="rel_gap", threshold=-0.1)
 
 
 def test_a_score_router_with_no_retriever_before_its_route_is_refused_before_any_work(slice_data):

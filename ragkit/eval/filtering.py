@@ -103,6 +103,8 @@ def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, n_bins: in
     labels = np.asarray(labels, dtype=np.float64).ravel()
     if probs.shape != labels.shape:
         raise DataError(f"expected_calibration_error: {probs.shape} probabilities for {labels.shape} labels")
+    if isinstance(n_bins, bool) or not isinstance(n_bins, (int, np.integer)) or n_bins < 1:
+        raise DataError(f"expected_calibration_error: n_bins must be a positive integer, got {n_bins!r}")
     if probs.size == 0:
         return 0.0
     if not np.isfinite(probs).all() or probs.min() < 0 or probs.max() > 1:

@@ -33,6 +33,8 @@ def k_occurrence(run: Run | Sequence[Ranking], n_docs: int, k: int = 10) -> np.n
     """
     if k < 1:
         raise DataError(f"k_occurrence: k must be >= 1, got {k}")
+    if n_docs < 0:
+        raise DataError(f"k_occurrence: n_docs must be >= 0 (the corpus size), got {n_docs}")
     rankings = _rankings(run)
     heads = [r.rows[:k] for r in rankings]
     rows = np.concatenate(heads) if heads else np.empty(0, np.int64)
@@ -48,6 +50,8 @@ def skewness(x: np.ndarray) -> float:
     x = np.asarray(x, dtype=np.float64)
     if x.size == 0:
         return 0.0
+    if not np.isfinite(x).all():  # NaN made sd NaN, and "sd > 0" False: 0.0, a hub-free verdict
+        raise DataError(f"skewness: expected finite values, got {int((~np.isfinite(x)).sum())} NaN or inf of {x.size}")
     d = x - x.mean()
     sd = np.sqrt(np.mean(d * d))
     return float(np.mean(d**3) / sd**3) if sd > 0 else 0.0
