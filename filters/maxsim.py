@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 from pydantic import Field
 
+from ragkit.filters.cutoffs import cut_k
 from ragkit.operator import Operator, desc_order
+from ragkit.options import PARAM
 from ragkit.registry import register
 from ragkit.retrievers.fde import chamfer_pairs
 from ragkit.retrievers.muvera import TokenOperatorMixin, TokenParams, _pad_rankings
@@ -16,7 +19,8 @@ __all__ = ["MaxSim", "MaxSimParams"]
 
 
 class MaxSimParams(TokenParams):
-    k: int | None = Field(None, ge=1, description="Keep this many documents after rescoring (None = all).")
+    k: int | None = Field(None, ge=1, description="Keep this many documents after rescoring (None = all; a call's "
+                                                  "k raises it, as for every reranker before the end).")
 
 
 @register
@@ -43,6 +47,7 @@ class MaxSim(TokenOperatorMixin, Operator):
     kind = "reranker"
     Params = MaxSimParams
     example = {"k": 10}
+    run_options = {"k": PARAM}
 
     def _fit(self, corpus: Corpus, train: TrainSet | None, upstream: State | None) -> None:
         self._fit_tokens(corpus, train)
@@ -57,12 +62,14 @@ class MaxSim(TokenOperatorMixin, Operator):
         qd, qo, qw = self.rerank_query(self.query_tokens(state))
         sc = chamfer_pairs(qd, qo, self.tokens_.data, self.tokens_.offsets, rows, q_weights=qw)
         order = desc_order(sc, rows)
-        k = self.params.k
+        tokenless = np.diff(qo) == 0  # (special_tokens: drop, an empty text) every score 0: keep the order
+        order[tokenless] = np.arange(rows.shape[1])
+        k = None if self.params.k is None and self.opt(state, "k") is None else cut_k(self, state)
         rankings = []
-        for r, o, s in zip(state.rankings, order, sc):  # assemble Ranking objects (work is done above)
+        for r, o, s, keep in zip(state.rankings, order, sc, tokenless):  # Ranking objects (work is done above)
             o = o[:len(r)][:k] if k is not None else o[:len(r)]
             new = r.take(o)
-            rankings.append(Ranking(new.rows, s[o], new.fields))
+            rankings.append(Ranking(new.rows, new.scores if keep else s[o], new.fields))
         out.rankings = rankings
         return out
 

@@ -240,9 +240,12 @@ def shared_corpus(root: Operator) -> Corpus | None:
         for path, leaf in fitted[1:]:
             c, c0 = leaf.corpus_, first.corpus_
             if c is not c0 and (len(c) != len(c0) or not np.array_equal(c.ids, c0.ids)):
+                fixed = next((p for p, op in fitted if not hasattr(op, "add")), None)
+                advice = (f"fit the pipeline again ({fixed} cannot be edited: it has no add)" if fixed is not None else
+                          "edit every retriever of the pipeline alike, or fit the pipeline again")
                 raise DataError(f"{path} searches {len(c):,} documents and {first_path} {len(c0):,} other ones (an "
-                                "add or remove on one of them alone?): the rows of their rankings cannot be merged; "
-                                "edit every retriever of the pipeline alike, or fit the pipeline again")
+                                f"add or remove on one of them alone?): the rows of their rankings cannot be merged; "
+                                f"{advice}")
         root._shared_corpus = (key, corpora)  # type: ignore[attr-defined]
     return corpora[0]
 

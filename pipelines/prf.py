@@ -58,6 +58,7 @@ import numpy as np
 import scipy.sparse as sp
 from pydantic import AliasChoices, Field
 
+from ragkit.filters._flat import check_rows_in_corpus
 from ragkit.operator import Operator, load_array, read_json, save_arrays, write_json
 from ragkit.params import Params
 from ragkit.registry import register
@@ -203,6 +204,7 @@ class PRF(Operator):
         rows = np.concatenate([h.rows for h in heads])
         qidx = np.repeat(np.arange(n_q), lens)
         w = self._doc_weights(np.concatenate([h.scores for h in heads]), qidx, n_q)
+        check_rows_in_corpus(rows, self.tf_.shape[0], self.name)
         # each feedback document's term vector: filtered, pruned to fb_terms, then normalised
         sub = self.tf_[rows]
         pair = np.repeat(np.arange(len(rows)), np.diff(sub.indptr))

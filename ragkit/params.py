@@ -27,8 +27,8 @@ from pydantic.fields import FieldInfo
 
 from ragkit.errors import ParamError
 
-__all__ = ["Params", "MetadataFilter", "ModelName", "Seed", "MAX_INT", "has_upper_bound", "validate_params", "format_validation_error",
-           "describe_error", "format_loc", "model_at"]
+__all__ = ["Params", "MetadataFilter", "ModelName", "Seed", "MAX_INT", "has_upper_bound", "validate_params",
+           "format_validation_error", "describe_error", "format_loc", "model_at"]
 
 
 def _plain(value: Any) -> Any:

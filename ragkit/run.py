@@ -19,13 +19,28 @@ from ragkit._files import atomic_file, utf8_lines
 from ragkit.errors import DataError
 from ragkit.types import Ranking, TraceEvent
 
-__all__ = ["Run", "trec_order", "check_trec_ids"]
+__all__ = ["Run", "trec_order", "trec_head", "check_trec_ids"]
 
 
 def trec_order(docs: Mapping[str, float]) -> list[tuple[str, float]]:
     """trec_eval's ranking of one query's ``{doc_id: score}``: score descending, compared in
     float32 as trec_eval stores run scores, ties by document id descending."""
-    return sorted(sorted(docs.items(), reverse=True), key=lambda kv: -np.float32(kv[1]))
+    items = sorted(docs.items(), reverse=True)  # ties: document id descending
+    if len(items) < 2:
+        return items
+    s32 = np.fromiter((v for _, v in items), np.float64, len(items)).astype(np.float32)
+    return [items[i] for i in np.argsort(-s32, kind="stable")]
+
+
+def trec_head(docs: Mapping[str, float], k: int) -> list[tuple[str, float]]:
+    """The first ``k`` of :func:`trec_order` without ordering the rest: only the documents whose
+    float32 score reaches the ``k``-th best (ties at the cut included) are sorted."""
+    if len(docs) <= k:
+        return trec_order(docs)
+    keys = list(docs)
+    s32 = np.fromiter(docs.values(), np.float64, len(keys)).astype(np.float32)
+    kth = np.partition(s32, len(s32) - k)[len(s32) - k]
+    return trec_order({keys[i]: docs[keys[i]] for i in np.flatnonzero(s32 >= kth)})[:k]
 
 
 def _check_unique(qid: str, docs: np.ndarray, where: str) -> None:
@@ -143,9 +158,12 @@ class Run:
         query's list is a :class:`DataError`."""
         out: dict[str, dict[str, float]] = {}
         for q, d, s in self:
-            _check_unique(q, d, "Run")
-            d, s = (d[:k], s[:k]) if k is not None else (d, s)
+            if k is not None:
+                _check_unique(q, d, "Run")
+                d, s = d[:k], s[:k]
             out[q] = dict(zip(d.tolist(), s.astype(float).tolist()))
+            if len(out[q]) != len(d):  # a document twice: the dict kept one
+                _check_unique(q, d, "Run")
         return out
 
     def head(self, k: int) -> "Run":

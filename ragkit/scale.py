@@ -39,6 +39,7 @@ from typing import Any, Callable, Iterable, Literal, Mapping, Sequence
 import numpy as np
 from pydantic import Field, model_validator
 
+from ragkit.encoders.sentence import as_texts
 from ragkit.errors import ParamError, RagkitError
 from ragkit.operator import Operator, read_json, write_json
 from ragkit.params import Params
@@ -237,7 +238,7 @@ def ray_encode(model: str, texts: Sequence[str], *, num_actors: int = 2, batch_s
     for name, value in (("num_actors", num_actors), ("batch_size", batch_size), ("block", block)):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
             raise ParamError(f"ray_encode: {name} must be a positive integer, got {value!r}")
-    texts = [str(t) for t in texts]
+    texts = as_texts(texts, "ray_encode")
     dim = _check_model(model, batch_size, f"ray_encode({model!r})")
     if not texts:
         return np.zeros((0, dim), np.float32)

@@ -266,23 +266,49 @@ class Corpus:
     def subset(self, rows: np.ndarray | Sequence[int]) -> "Corpus":
         """A new corpus made of the given rows, in that order (or the rows a boolean mask keeps)."""
         rows = _as_rows(rows, len(self))
-        return Corpus(
-            ids=self.ids[rows], texts=self.texts[rows], titles=self.titles[rows],
-            metadata={k: v[rows] for k, v in self.metadata.items()},
-        )
+        cols = dict(ids=self.ids[rows], texts=self.texts[rows], titles=self.titles[rows],
+                    metadata={k: v[rows] for k, v in self.metadata.items()})
+        if len(np.unique(rows)) != len(rows):  # a row twice: the checks name the repeated id
+            return Corpus(**cols)
+        return Corpus._checked(**cols)  # rows of this (checked) corpus: nothing to check again
 
     def concat(self, other: "Corpus") -> "Corpus":
-        """This corpus followed by ``other`` (metadata fields missing on one side become ``None``)."""
+        """This corpus followed by ``other`` (metadata fields missing on one side become ``None``).
+
+        Both are checked corpora: only the ids they share are looked for (an edit of a large corpus
+        costs what the new documents cost, not a new check of every text)."""
         keys = sorted(set(self.metadata) | set(other.metadata))
 
         def col(c: Corpus, k: str) -> np.ndarray:
             return c.metadata.get(k, np.full(len(c), None, dtype=object))
 
-        return Corpus(
-            ids=np.concatenate([self.ids, other.ids]), texts=np.concatenate([self.texts, other.texts]),
-            titles=np.concatenate([self.titles, other.titles]),
-            metadata={k: np.concatenate([col(self, k), col(other, k)]) for k in keys},
-        )
+        cols = dict(ids=np.concatenate([self.ids, other.ids]), texts=np.concatenate([self.texts, other.texts]),
+                    titles=np.concatenate([self.titles, other.titles]),
+                    metadata={k: np.concatenate([col(self, k), col(other, k)]) for k in keys})
+        self.row_of([])  # builds the id -> row lookup once
+        lut: dict[str, int] = self._row_of  # type: ignore[assignment]
+        new = other.ids.tolist()
+        if any(d in lut for d in new):
+            return Corpus(**cols)  # the checks name the repeated ids
+        out = Corpus._checked(**cols)
+        object.__setattr__(out, "_row_of", {**lut, **{d: len(self) + i for i, d in enumerate(new)}})
+        return out
+
+    @classmethod
+    def _checked(cls, ids: np.ndarray, texts: np.ndarray, titles: np.ndarray,
+                 metadata: dict[str, np.ndarray]) -> "Corpus":
+        """A corpus of columns already checked (new arrays cut or joined from checked corpora),
+        made read-only without the checks of ``__post_init__``."""
+        out = object.__new__(cls)
+        for name, value in (("ids", ids), ("texts", texts), ("titles", titles)):
+            value.flags.writeable = False
+            object.__setattr__(out, name, value)
+        for value in metadata.values():
+            value.flags.writeable = False
+        object.__setattr__(out, "metadata", _Columns(metadata))
+        object.__setattr__(out, "_row_of", None)
+        object.__setattr__(out, "_codes", {})
+        return out
 
     def mask(self, where: Mapping[str, Any] | None) -> np.ndarray | None:
         """Boolean row mask for a metadata filter, or ``None`` when there is no filter.

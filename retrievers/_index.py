@@ -400,8 +400,8 @@ class VectorIndex:
             comps = vt[: self.reduce_dims].T
             if self.whiten:  # a direction without variance (beyond the corpus's rank) is noise: weight 0,
                 # not 1e8 (1 / sqrt(1e-16)), which let rounding noise outrank every real component
-                sd = np.sqrt(ev[: self.reduce_dims])
-                comps = comps * np.where(ev[: self.reduce_dims] > 1e-6 * max(ev[0], 1e-30), 1 / np.maximum(sd, 1e-30), 0)
+                kept = ev[: self.reduce_dims]
+                comps = comps * np.where(kept > 1e-6 * max(ev[0], 1e-30), 1 / np.sqrt(np.maximum(kept, 1e-30)), 0)
             # cos: centred cosine (PCA-RAG); ip: project without centring, since (q - m).(x - m) adds a
             # per-document bias -m.x to the ranking (tests/test_dense.py: 0.30 agreement with q P x)
             self.pca_mean = mean.astype(np.float32) if self.metric == "cos" else np.zeros_like(mean, np.float32)

@@ -235,8 +235,8 @@ class BM25(Operator):
         s2i: dict[Any, int] = self.__dict__.setdefault("_s2i", {})
         new = set(flat).difference(s2i)
         if new:
-            if len(s2i) > 4 * len(self.vocab_) + 200_000:  # bound the cache of unknown query words
-                s2i.clear()
+            if len(s2i) > 4 * len(self.vocab_) + 200_000:  # bound the cache of unknown query words: a new
+                s2i = self.__dict__["_s2i"] = {}  # one (clearing in place lost a concurrent search's words)
                 new = set(flat)
             new = sorted(new)  # deterministic term ids
             vocab = self.vocab_
@@ -284,7 +284,7 @@ class BM25(Operator):
                             "(set_collection, a shard of Sharded); refit the whole collection instead")
         dup = np.intersect1d(self.corpus_.ids.astype(str), corpus.ids.astype(str))
         if len(dup):
-            raise DataError(f"bm25.add: {len(dup)} document ids are already indexed, e.g. {dup[0]!r}")
+            raise DataError(f"bm25.add: {len(dup)} document ids are already indexed, e.g. {str(dup[0])!r}")
         s2i = self.__dict__.get("_s2i")
         if s2i:  # words unknown so far may be indexed now
             self._s2i = {s: j for s, j in s2i.items() if j >= 0}

@@ -22,7 +22,7 @@ import hashlib
 
 import numpy as np
 
-from ragkit._files import atomic_file
+from ragkit.encoders.cache import write_cache_files
 from ragkit.errors import DataError
 from ragkit.operator import group_positions
 from ragkit.retrievers.fde import check_pair_rows
@@ -121,11 +121,9 @@ def build_codes(data: np.ndarray, offsets: np.ndarray, n_centroids: int, seed: i
             pass  # absent or unreadable: build it
     cb = fit_codebook(data, n_centroids, seed=seed)
     codes, off = code_sets(assign_codes(data, cb), offsets)
-    if folder is not None:
-        folder.mkdir(parents=True, exist_ok=True)
-        for name, arr in zip(_CODEBOOK_FILES, (cb, codes, off)):
-            with atomic_file(folder / f"{name}.npy") as tmp:
-                np.save(tmp, arr, allow_pickle=False)
+    if folder is not None:  # a cache that cannot be written warns; the codebook is used uncached
+        write_cache_files(folder, [(f"{name}.npy", arr) for name, arr in zip(_CODEBOOK_FILES, (cb, codes, off))],
+                          "the codebook is used but not cached. Set RAGKIT_CACHE to a writable folder")
     return cb, codes, off
 
 

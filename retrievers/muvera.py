@@ -88,8 +88,11 @@ class TokenOperatorMixin(TunedEncoderMixin):
 
     @property
     def token_encoder(self) -> TokenEncoder:
-        return get_token_encoder(self.encoder_model, batch_size=self.params.batch_size,
-                                 special_tokens=self.params.special_tokens)
+        try:
+            return get_token_encoder(self.encoder_model, batch_size=self.params.batch_size,
+                                     special_tokens=self.params.special_tokens)
+        except ParamError as e:  # a registered custom encoder: named with this operator's parameter
+            raise ParamError(f"{self.name}.model: {e}", path=f"{self.name}.model") from None
 
     def _fit_tokens(self, corpus: Corpus, train: TrainSet | None = None) -> None:
         self._adapt_encoder(corpus, train)
@@ -392,7 +395,9 @@ class MaxSimExact(TokenOperatorMixin, Operator):
         if len(state) == 0:
             out.rankings = []
             return out
-        s = self.scores(self.query_tokens(state))
+        q = self.query_tokens(state)
+        s = self.scores(q)
+        s[np.diff(q.offsets) == 0] = -np.inf  # a query without tokens (special_tokens: drop) finds nothing
         mask = self.filter_mask(state)
         if mask is not None:
             s[:, ~mask] = -np.inf

@@ -264,3 +264,17 @@ def test_a_possessive_adds_no_term_that_matches_every_possessive():
     bm = BM25(k=3).fit(corpus)
     assert "" not in bm.vocab_
     assert bm.search("Alzheimer's").doc_ids[0].tolist() == ["2"]
+
+
+def test_the_unknown_word_cache_is_replaced_not_cleared_under_concurrent_searches(monkeypatch):
+    """Past its bound the surface -> term cache was cleared in place, so a search on another thread
+    (RagkitRetriever.abatch) lost the words it had just looked up: KeyError.  A new cache replaces
+    it; the dict a running search holds keeps its words."""
+    bm = BM25(k=3).fit(Corpus.from_texts(["red apples", "green pears", "red cars"]))
+    bm.search(["red zebra"])
+    held = bm._s2i  # what a concurrent search is reading from
+    held.update({f"filler{i}".encode(): -1 for i in range(200_100)})  # past 4 * |vocab| + 200,000
+    before = dict(held)
+    assert bm.search(["red quokka"]).doc_ids[0].tolist() == ["0", "2"]
+    assert bm._s2i is not held and held == before  # the old cache is untouched
+    assert bm.search(["red zebra"]).doc_ids[0].tolist() == ["0", "2"]

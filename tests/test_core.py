@@ -136,6 +136,16 @@ def test_a_corpus_is_immutable_so_its_cached_lookups_stay_true():
     assert dict(back.metadata).keys() == {"lang"} and back.mask({"lang": "de"}).tolist() == [False, True, False]
     both = c.concat(Corpus.from_texts(["d"], ids=["3"], lang=["fr"]))
     assert both.metadata["lang"].tolist() == ["en", "de", "en", "fr"] and both.subset([3]).texts.tolist() == ["d"]
+    # concat and subset of checked corpora skip the text checks (an edit of a large corpus re-checked
+    # every text): their results are as read-only, and what they could break is still refused
+    for made in (both, both.subset([3, 0]), both.subset(np.array([True, False, True, True]))):
+        for arr in (made.ids, made.texts, made.titles, *made.metadata.values()):
+            assert not arr.flags.writeable
+    assert both.row_of(["3", "0"]).tolist() == [3, 0] and both.subset([3, 0]).row_of(["0"]).tolist() == [1]
+    with pytest.raises(DataError, match="ids must be unique; repeated: \\['0'\\]"):
+        both.subset([0, 0])
+    with pytest.raises(DataError, match="ids must be unique; repeated: \\['1'\\]"):
+        both.concat(Corpus.from_texts(["x"], ids=["1"]))
 
 
 def test_a_call_filter_narrows_the_configured_one_even_on_the_same_field():

@@ -23,6 +23,7 @@ from langchain_core.documents import Document
 from langchain_core.embeddings import DeterministicFakeEmbedding
 from langchain_tests.integration_tests import EmbeddingsIntegrationTests, RetrieversIntegrationTests
 
+from ragkit.errors import DataError
 from ragkit.integrations.langchain import LangChainEmbeddingsEncoder, RagkitEmbeddings, RagkitRetriever
 
 REPO = Path(__file__).resolve().parents[1]
@@ -383,6 +384,34 @@ def test_ragkit_embeddings_uses_ragkit_encoder():
     texts = list(_slice()[0].full_texts[:3])
     np.testing.assert_allclose(np.array(emb.embed_documents(texts)), get_encoder().encode(texts), atol=1e-6)
     np.testing.assert_allclose(emb.embed_query("scurvy"), get_encoder().encode_queries(["scurvy"])[0], atol=1e-6)
+
+
+def test_what_an_embeddings_returns_and_what_it_is_given_are_checked():
+    """One vector back for three texts, ragged vectors, a width other than dim: bare numpy errors
+    later (or none); None as a text was embedded as the text "None"."""
+    from langchain_core.embeddings import DeterministicFakeEmbedding
+
+    class Short(DeterministicFakeEmbedding):
+        def embed_documents(self, texts):  # noqa: ANN001
+            return super().embed_documents(texts)[:1]
+
+    class Ragged(DeterministicFakeEmbedding):
+        def embed_documents(self, texts):  # noqa: ANN001
+            return [v[: 8 - i] for i, v in enumerate(super().embed_documents(texts))]
+
+    with pytest.raises(DataError, match=r"Short.embed_documents \(texts 0..2\): expected 3 vectors \(one per text\), "
+                                        r"got an array of shape \(1, 8\)"):
+        LangChainEmbeddingsEncoder(Short(size=8)).encode(["a", "b", "c"])
+    with pytest.raises(DataError, match=r"expected 2 vectors of equal length, got vectors of lengths \[7, 8\]"):
+        LangChainEmbeddingsEncoder(Ragged(size=8)).encode(["a", "b"])
+    with pytest.raises(DataError, match=r"expected vectors of 99 numbers \(the encoder's dim\), got 8"):
+        LangChainEmbeddingsEncoder(DeterministicFakeEmbedding(size=8), dim=99).encode(["a"])
+    enc = LangChainEmbeddingsEncoder(DeterministicFakeEmbedding(size=8))
+    for bad, call in ((["a", None], enc.encode), ([3], enc.encode_queries), ("abc", enc.encode)):
+        with pytest.raises(DataError, match=r"text \d is a (NoneType|int)|got one str"):
+            call(bad)
+    with pytest.raises(DataError, match=r"encode_queries: text 0 is a NoneType"):
+        RagkitEmbeddings().embed_query(None)  # type: ignore[arg-type]
 
 
 # ---------------------------------------------------------------------- import hygiene and example

@@ -643,3 +643,88 @@ def test_codebook_cache_is_read_back_and_a_bad_entry_rebuilt(tmp_path, monkeypat
     assert fits == [1] and all(np.array_equal(a, b) for a, b in zip(first, rebuilt))
     cen.build_codes(x, off, 8, seed=3, cache_key=None)  # no key: nothing read or written
     assert fits == [1, 1] and len(list((tmp_path / "codebooks").iterdir())) == 1
+
+
+def test_a_codebook_cache_that_cannot_be_written_warns_and_keeps_the_codebook(tmp_path, monkeypatch):
+    """fit(prune=...) raised NotADirectoryError after its k-means, losing the codebook it had built."""
+    import ragkit.retrievers.centroids as cen
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    monkeypatch.setenv("RAGKIT_CACHE", str(blocker / "cache"))  # under a file: cannot be made
+    x, off = _sets(np.random.default_rng(2), 30, 1, 12, d=16)
+    with pytest.warns(RuntimeWarning, match=r"cannot be written \(NotADirectoryError.*codebook is used but not cached"):
+        got = cen.build_codes(x, off, 8, seed=3, cache_key="k1")
+    want = cen.build_codes(x, off, 8, seed=3, cache_key=None)
+    assert all(np.array_equal(a, b) for a, b in zip(got, want))
+
+
+def test_maxsim_reranker_keeps_what_the_call_asks_for(tiny):
+    """Its k ignored the call's k (5 results for search(k=10), where top_k gives 10), and it had no k option."""
+    from ragkit.filters import MaxSim
+    from ragkit.retrievers import MaxSimExact
+
+    corpus, queries = tiny
+    pipe = (MaxSimExact(k=20) | MaxSim(k=5)).fit(corpus)
+    assert [len(r) for r in pipe.search(queries).rankings] == [5] * len(queries)
+    assert [len(r) for r in pipe.search(queries, k=10).rankings] == [10] * len(queries)
+    assert [len(r) for r in pipe.search(queries, maxsim={"k": 3}).rankings] == [3] * len(queries)
+    keep_all = (MaxSimExact(k=20) | MaxSim()).fit(corpus)
+    assert [len(r) for r in keep_all.search(queries).rankings] == [20] * len(queries)
+
+
+def test_a_query_without_tokens_finds_nothing_and_keeps_a_reranked_order(tiny):
+    """With special_tokens: drop an empty query has no token: every Chamfer score is 0, and the
+    corpus order came back (from muvera and maxsim_exact) or replaced the incoming one (maxsim)."""
+    from ragkit.filters import MaxSim
+    from ragkit.retrievers import MaxSimExact, Muvera
+
+    corpus, queries = tiny
+    texts = ["", queries.texts[0]]
+    for op in (MaxSimExact(k=3, special_tokens="drop"),
+               Muvera(k=3, candidates=10, k_sim=2, d_proj=8, r_reps=2, special_tokens="drop")):
+        got = op.fit(corpus).search(texts).rankings
+        assert [len(r) for r in got] == [0, 3], op
+    before = MaxSimExact(k=5).fit(corpus).search(texts).rankings  # "" keeps [CLS] and [SEP]: 5 results
+    after = (MaxSimExact(k=5) | MaxSim(special_tokens="drop")).fit(corpus).search(texts).rankings
+    assert after[0].equals(before[0])  # nothing to rescore with: the incoming order and scores
+    assert set(after[1].rows.tolist()) == set(before[1].rows.tolist())
+
+
+def test_registered_single_vector_encoders_are_refused_by_token_operators(tiny):
+    from ragkit.encoders import register_encoder, unregister_encoder
+    from ragkit.filters import MaxSim
+    from ragkit.retrievers import MaxSimExact, Muvera
+
+    class OneVector:
+        dim, key = 4, "one-vector-4"
+
+        def encode(self, texts, **kw):
+            return np.ones((len(texts), 4), np.float32) / 2
+
+        encode_queries = encode
+
+    register_encoder("one-vector", OneVector(), replace=True)
+    try:
+        for op in (Muvera(model="one-vector"), MaxSimExact(model="one-vector"), MaxSim(model="one-vector")):
+            with pytest.raises(ParamError, match=rf"{op.name}\.model: model 'one-vector' is a registered custom "
+                                                 r"encoder, which gives one vector per text"):
+                op.fit(tiny[0])
+    finally:
+        unregister_encoder("one-vector")
+
+
+def test_token_offsets_and_positions_are_checked():
+    from ragkit.retrievers.fde import chamfer_scores
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((6, 4)).astype(np.float32)
+    with pytest.raises(DataError, match=r"offsets must not decrease; offsets\[2\] = 3 < offsets\[1\] = 5"):
+        chamfer_scores(x[:2], np.array([0, 2]), x, np.array([0, 5, 3, 6]))
+    tv = TokenVectors(x.astype(np.float16), np.array([0, 2, 6]))
+    assert tv[-1].shape == (4, 4) and np.array_equal(tv[-1], tv[1])
+    with pytest.raises(IndexError):
+        tv[2]
+    for bad in ([-1], [5]):
+        with pytest.raises(DataError, match=rf"row {bad[0]} outside the 2 texts"):
+            tv.take(bad)

@@ -182,3 +182,21 @@ def test_old_parameter_name_is_still_read():
 
     pipe = Pipeline.from_yaml("pipeline: [{prf: {orig_weight: 0.3}}]")
     assert pipe.steps[0].params.original_query_weight == 0.3 and "original_query_weight: 0.3" in pipe.to_yaml()
+
+
+def test_rows_past_its_corpus_and_an_add_it_cannot_follow_are_named():
+    """A row outside the fitted corpus was a bare IndexError; after add() on the pipeline's BM25 steps
+    the error advised editing every retriever alike, which PRF (no add) cannot follow."""
+    from ragkit.errors import DataError
+    from ragkit.pipelines import Pipeline
+
+    prf = PRF(fb_docs=2, stemmer="none").fit(FRUIT)
+    with pytest.raises(DataError, match=r"prf: candidate row 99 is outside the fitted corpus \(8 documents\)"):
+        prf(_state("apple", [0, 99], [2.0, 1.0]))
+    pipe = Pipeline([BM25(k=5), PRF(fb_docs=2), BM25(k=5)]).fit(FRUIT)
+    more = Corpus.from_texts(["apple pie"], ids=["new"])
+    pipe.steps[0].add(more)
+    pipe.steps[2].add(more)
+    with pytest.raises(DataError, match=r"fit the pipeline again \(pipeline\[1\]\.prf cannot be edited: it has "
+                                        r"no add\)"):
+        pipe.search(["apple"])

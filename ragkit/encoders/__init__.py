@@ -5,6 +5,7 @@ from ragkit.encoders.custom import register_encoder, registered_encoder, unregis
 from ragkit.encoders.sentence import (  # noqa: F401
     DEFAULT_MODEL,
     Encoder,
+    as_texts,
     check_encoder_key,
     get_encoder,
     query_vectors,
@@ -14,4 +15,4 @@ from ragkit.encoders.sentence import (  # noqa: F401
 )
 
 __all__ = ["Encoder", "get_encoder", "query_vectors", "resolve_model", "DEFAULT_MODEL", "EmbeddingCache",
-           "text_digests", "unit_rows"]
+           "text_digests", "unit_rows", "as_texts"]

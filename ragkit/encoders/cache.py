@@ -42,25 +42,39 @@ def write_shard(folder: Path, key: str, arrays: Sequence[tuple[str, np.ndarray]]
     caller keeps its vectors uncached instead of losing the work that computed them.
     """
     name = uuid.uuid4().hex
+    files: list[tuple[str, str | np.ndarray]] = [("MODEL", key)]
+    ok = write_cache_files(folder, files + [(f"{name}{suffix}", arr) for suffix, arr in arrays],
+                           "the vectors are used but not cached. Set RAGKIT_CACHE to a writable folder, or pass "
+                           "cache=False", stacklevel=4)
+    return name if ok else None
+
+
+def write_cache_files(folder: Path, files: Sequence[tuple[str, str | np.ndarray]], instead: str,
+                      stacklevel: int = 3) -> bool:
+    """Write ``(file name, text or array)`` pairs into the cache ``folder`` (arrays as ``.npy``
+    through temporary files renamed into place, in order).  Returns False when the folder cannot
+    be written (a read-only or full cache): the arrays written are removed and a ``RuntimeWarning``
+    says so, ending with ``instead`` (what the caller does without the cache)."""
     written: list[Path] = []
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / "MODEL").write_text(key, encoding="utf-8")
-        for suffix, arr in arrays:
-            with atomic_file(folder / f"{name}{suffix}") as tmp, open(tmp, "wb") as f:
-                np.save(f, arr, allow_pickle=False)
-            written.append(folder / f"{name}{suffix}")
+        for fname, value in files:
+            if isinstance(value, str):
+                (folder / fname).write_text(value, encoding="utf-8")
+                continue
+            with atomic_file(folder / fname) as tmp, open(tmp, "wb") as f:
+                np.save(f, value, allow_pickle=False)
+            written.append(folder / fname)
     except OSError as e:
         for path in written:
             try:
                 path.unlink()
             except OSError:
                 pass
-        warnings.warn(f"ragkit: the embedding cache {folder} cannot be written ({type(e).__name__}: {e}); the "
-                      f"vectors are used but not cached. Set RAGKIT_CACHE to a writable folder, or pass cache=False",
-                      RuntimeWarning, stacklevel=3)
-        return None
-    return name
+        warnings.warn(f"ragkit: the cache {folder} cannot be written ({type(e).__name__}: {e}); {instead}",
+                      RuntimeWarning, stacklevel=stacklevel)
+        return False
+    return True
 
 
 class EmbeddingCache:

@@ -20,9 +20,9 @@ import numpy as np
 
 from ragkit.encoders.cache import EmbeddingCache
 from ragkit.encoders.custom import registered_encoder
-from ragkit.errors import ParamError
+from ragkit.errors import DataError, ParamError
 
-__all__ = ["Encoder", "get_encoder", "resolve_model", "model_fingerprint", "unit_rows", "save_encoder_key",
+__all__ = ["Encoder", "get_encoder", "resolve_model", "model_fingerprint", "unit_rows", "as_texts", "save_encoder_key",
            "check_encoder_key", "DEFAULT_MODEL"]
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
@@ -185,7 +185,7 @@ class Encoder:
         With the cache on (documents), vectors already on disk are read back and only
         the missing texts are encoded.  A progress bar shows for more than 1,000 new texts.
         """
-        texts = [str(t) for t in texts]
+        texts = as_texts(texts, "encode")
         if not texts:
             return np.zeros((0, self.dim), np.float32)
         use_cache = self.cache_enabled if cache is None else cache
@@ -199,7 +199,7 @@ class Encoder:
 
     def encode_queries(self, texts: Sequence[str]) -> np.ndarray:
         """Encode queries (no disk cache: they rarely repeat; not counted in ``n_encoded``)."""
-        texts = [str(t) for t in texts]
+        texts = as_texts(texts, "encode_queries")
         return self._forward(texts, False) if texts else np.zeros((0, self.dim), np.float32)
 
 
@@ -232,6 +232,20 @@ def query_vectors(state: Any, encoder: Encoder,
         vecs = encoder.encode_queries(texts) if len(texts) else np.zeros((0, encoder.dim), np.float32)
         state.vectors[encoder.key] = vecs
     return vecs if transform is None else transform(vecs)
+
+
+def as_texts(texts: Any, who: str) -> list[str]:
+    """``texts`` (a sequence of strings) as a list of ``str``.  A non-string item is a DataError
+    naming its position (``str(None)`` would be embedded as the text "None"), and so is one string
+    given for a list (its characters would be embedded one by one)."""
+    if isinstance(texts, (str, bytes)):
+        raise DataError(f"{who}: expected a list of texts, got one {type(texts).__name__} ({texts!r:.60}); wrap it "
+                        "in a list")
+    out = list(texts)
+    for i, t in enumerate(out):
+        if not isinstance(t, str):
+            raise DataError(f"{who}: text {i} is a {type(t).__name__} ({t!r:.60}), expected a string")
+    return [t if type(t) is str else str(t) for t in out]
 
 
 def unit_rows(x: Any) -> np.ndarray:

@@ -34,7 +34,7 @@ from typing import Any, Literal, Sequence
 import numpy as np
 
 from ragkit.encoders.cache import UNREADABLE, text_digests, write_shard
-from ragkit.encoders.sentence import DEFAULT_MODEL, get_encoder, model_fingerprint, resolve_model
+from ragkit.encoders.sentence import DEFAULT_MODEL, as_texts, get_encoder, model_fingerprint, resolve_model
 from ragkit.errors import ArtifactError, DataError, ParamError
 
 __all__ = ["TokenVectors", "TokenEncoder", "TokenCache", "get_token_encoder", "gather_index"]
@@ -82,6 +82,11 @@ class TokenVectors:
         return len(self.offsets) - 1
 
     def __getitem__(self, i: int) -> np.ndarray:
+        """The ``(n_tokens_i, d)`` token vectors of text ``i`` (negative counts from the end)."""
+        n = len(self)
+        if not -n <= i < n:
+            raise IndexError(f"TokenVectors: text {i} of {n}")
+        i = i % n
         return self.data[self.offsets[i]:self.offsets[i + 1]]
 
     @property
@@ -101,8 +106,14 @@ class TokenVectors:
         return np.repeat(np.arange(len(self), dtype=np.int64), self.lengths)
 
     def take(self, rows: np.ndarray | Sequence[int]) -> "TokenVectors":
-        """The texts at ``rows`` (in that order), gathered into new contiguous arrays."""
-        idx, off = gather_index(self.offsets, np.asarray(rows, dtype=np.int64))
+        """The texts at ``rows`` (in that order; positions in ``[0, len)``), gathered into new
+        contiguous arrays."""
+        rows = np.asarray(rows, dtype=np.int64)
+        if rows.size and (rows.min() < 0 or rows.max() >= len(self)):
+            bad = int(rows[(rows < 0) | (rows >= len(self))][0])
+            raise DataError(f"TokenVectors.take: row {bad} outside the {len(self)} texts; expected rows in "
+                            f"[0, {len(self)})")
+        idx, off = gather_index(self.offsets, rows)
         return TokenVectors(np.asarray(self.data[idx]), off)
 
     def astype(self, dtype: Any) -> "TokenVectors":
@@ -316,7 +327,7 @@ class TokenEncoder:
 
     def encode(self, texts: Sequence[str], *, cache: bool | None = None, progress: bool | None = None) -> TokenVectors:
         """Token vectors of ``texts`` (float16 unit rows), read from the disk cache where present."""
-        texts = [str(t) for t in texts]
+        texts = as_texts(texts, "encode")
         if not texts:
             return TokenVectors.empty(self.dim)
         use_cache = self.cache_enabled if cache is None else cache
@@ -340,7 +351,7 @@ class TokenEncoder:
     def encode_queries(self, texts: Sequence[str]) -> TokenVectors:
         """Token vectors of queries (no disk cache; a small in-memory memo shares them between the
         operators of one pipeline, e.g. ``muvera`` then ``maxsim``)."""
-        texts = [str(t) for t in texts]
+        texts = as_texts(texts, "encode_queries")
         if not texts:
             return TokenVectors.empty(self.dim)
         memo = self._memo
@@ -364,7 +375,15 @@ _TOKEN_ENCODERS: dict[tuple[Any, ...], TokenEncoder] = {}
 
 
 def get_token_encoder(model: str = DEFAULT_MODEL, **kwargs: Any) -> TokenEncoder:
-    """A shared :class:`TokenEncoder` per (model, settings)."""
+    """A shared :class:`TokenEncoder` per (model, settings).  A registered custom encoder
+    (:func:`~ragkit.encoders.register_encoder`) gives one vector per text, no token vectors: a
+    ParamError."""
+    from ragkit.encoders.custom import registered_encoder
+
+    if registered_encoder(model) is not None:
+        raise ParamError(f"model {model!r} is a registered custom encoder, which gives one vector per text; "
+                         "multi-vector operators (muvera, maxsim, maxsim_exact) read per-token vectors of a "
+                         "sentence-transformers model (a name or folder)")
     key = (resolve_model(model), tuple(sorted(kwargs.items())))
     if key not in _TOKEN_ENCODERS:
         _TOKEN_ENCODERS[key] = TokenEncoder(model, **kwargs)

@@ -18,7 +18,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from ragkit.errors import DataError, ParamError, some_ids
-from ragkit.run import Run, trec_order
+from ragkit.run import Run, trec_head
 from ragkit.types import Qrels, Ranking, State
 
 __all__ = ["evaluate", "EvalResult", "parse_metric", "paired_randomization_test", "per_query_ndcg",
@@ -73,13 +73,18 @@ _NO_DOC = "\tragkit: no document"
 
 
 def _clean_run(run: Run | Mapping[str, Mapping[str, float]], ignore_identical_ids: bool) -> dict[str, dict[str, float]]:
-    d = (run.to_dict() if isinstance(run, Run)
-         else {str(q): {str(k): float(v) for k, v in docs.items()} for q, docs in run.items()})
-    bad = next(((q, doc) for q, docs in d.items() for doc, s in docs.items() if s != s), None)
+    if isinstance(run, Run):
+        nan = [i for i, s in enumerate(run.scores) if np.isnan(s).any()]  # one array test per query
+        bad = (run.query_ids[nan[0]], run.doc_ids[nan[0]][np.isnan(run.scores[nan[0]])][0]) if nan else None
+        d = run.to_dict() if bad is None else {}
+    else:
+        d = {str(q): {str(k): float(v) for k, v in docs.items()} for q, docs in run.items()}
+        bad = next(((q, doc) for q, docs in d.items() for doc, s in docs.items() if s != s), None)
     if bad is not None:  # NaN has no order: sorting on it scrambles the query's other documents too
         raise DataError(f"evaluate: query {bad[0]!r} gives document {bad[1]!r} the score NaN; expected numbers")
     if ignore_identical_ids:
-        d = {q: {doc: s for doc, s in docs.items() if doc != q} for q, docs in d.items()}
+        for q, docs in d.items():  # (the dicts are this function's own)
+            docs.pop(q, None)
     return d
 
 
@@ -128,10 +133,13 @@ def evaluate(
     per_query: dict[str, dict[str, float]] = {}
     evaluator = pytrec_eval.RelevanceEvaluator(judged, measures)
     res = evaluator.evaluate(d_full)
+    mrr_cuts = [k for _, fam, k in parsed if fam == "mrr"]
+    if mrr_cuts:  # each query ordered once, as deep as the deepest MRR cut-off
+        heads = {q: trec_head(docs, max(mrr_cuts)) for q, docs in d_full.items()}
+        rr_eval = pytrec_eval.RelevanceEvaluator(judged, {"recip_rank"})
     for name, fam, k in parsed:
         if fam == "mrr":  # MRR@k: reciprocal rank within the top k (BEIR's evaluate_custom)
-            cut = {q: dict(trec_order(docs)[:k]) for q, docs in d_full.items()}
-            rr = pytrec_eval.RelevanceEvaluator(judged, {"recip_rank"}).evaluate(cut)
+            rr = rr_eval.evaluate({q: dict(head[:k]) for q, head in heads.items()})
             per_query[name] = {q: float(v["recip_rank"]) for q, v in rr.items()}
         else:
             key = f"{_TREC[fam]}_{k}"

@@ -40,6 +40,7 @@ from langchain_core.runnables import RunnableConfig
 from langchain_core.runnables.config import get_config_list, run_in_executor
 from pydantic import ConfigDict, Field, PrivateAttr, model_validator
 
+from ragkit.encoders.sentence import as_texts
 from ragkit.errors import DataError, NotFittedError, ParamError
 from ragkit.operator import Operator
 from ragkit.options import check_options
@@ -144,7 +145,8 @@ class RagkitRetriever(BaseRetriever):
     ``rank`` (1-based), ``operators`` (the branches that retrieved it in a fused pipeline,
     else the pipeline's retrievers), ``branches`` (``{branch: {"rank", "score"}}`` for fused
     rankings), any other ranking ``fields``, and the document's own metadata as it was given
-    (a key it did not have is not added, and its own ``id`` / ``title`` keys are kept).
+    (a key it did not have is not added, nor one whose value was ``None``: a metadata column
+    holds ``None`` for both; its own ``id`` / ``title`` keys are kept, as the strings the corpus holds).
 
     Examples
     --------
@@ -383,10 +385,18 @@ def _check_reserved(corpus: Corpus, where: str) -> None:
 
 
 # ---------------------------------------------------------------------------------- encoders
-def _unit(x: Any) -> np.ndarray:
-    v = np.asarray(x, dtype=np.float32)
-    if v.ndim != 2:
-        raise DataError(f"embeddings: expected a (n, dim) list of vectors, got an array of shape {v.shape}")
+def _unit(x: Any, n_texts: int, dim: int | None, who: str) -> np.ndarray:
+    """What an ``Embeddings`` returned for ``n_texts`` texts, checked (one vector each, all of
+    ``dim`` numbers when known) and L2-normalised, ``(n_texts, dim)`` float32."""
+    try:
+        v = np.asarray(x, dtype=np.float32)
+    except (ValueError, TypeError):
+        lens = sorted({len(r) for r in x}) if isinstance(x, list) else None
+        raise DataError(f"{who}: expected {n_texts} vectors of equal length, got vectors of lengths {lens}") from None
+    if v.ndim != 2 or len(v) != n_texts:
+        raise DataError(f"{who}: expected {n_texts} vectors (one per text), got an array of shape {v.shape}")
+    if dim is not None and v.shape[1] != dim:
+        raise DataError(f"{who}: expected vectors of {dim} numbers (the encoder's dim), got {v.shape[1]}")
     n = np.linalg.norm(v, axis=1, keepdims=True)
     return v / np.where(n > 0, n, 1.0)
 
@@ -466,17 +476,20 @@ class LangChainEmbeddingsEncoder:
         return self._cache
 
     def _forward(self, texts: list[str]) -> np.ndarray:
-        parts = [_unit(self.embeddings.embed_documents(texts[i:i + self.batch_size]))
-                 for i in range(0, len(texts), self.batch_size)]
+        parts = []
+        for i in range(0, len(texts), self.batch_size):
+            batch = texts[i:i + self.batch_size]
+            parts.append(_unit(self.embeddings.embed_documents(batch), len(batch), self._dim,
+                               f"{type(self.embeddings).__name__}.embed_documents (texts {i}..{i + len(batch) - 1})"))
+            if self._dim is None:
+                self._dim = int(parts[-1].shape[1])
         out = np.concatenate(parts) if parts else np.zeros((0, self.dim), np.float32)
         self.n_encoded += len(texts)
-        if self._dim is None and len(out):
-            self._dim = int(out.shape[1])
         return out
 
     def encode(self, texts: Sequence[str], *, cache: bool | None = None, progress: bool | None = None) -> np.ndarray:
         """Document vectors, ``(n, dim)`` float32, unit length (cached on disk when enabled)."""
-        texts = [str(t) for t in texts]
+        texts = as_texts(texts, "LangChainEmbeddingsEncoder.encode")
         if not texts:
             return np.zeros((0, self.dim), np.float32)
         if not (self.cache_enabled if cache is None else cache):
@@ -485,10 +498,11 @@ class LangChainEmbeddingsEncoder:
 
     def encode_queries(self, texts: Sequence[str]) -> np.ndarray:
         """Query vectors (``embed_query`` per text), ``(n, dim)`` float32, unit length."""
-        texts = [str(t) for t in texts]
+        texts = as_texts(texts, "LangChainEmbeddingsEncoder.encode_queries")
         if not texts:
             return np.zeros((0, self.dim), np.float32)
-        return _unit([self.embeddings.embed_query(t) for t in texts])
+        return _unit([self.embeddings.embed_query(t) for t in texts], len(texts), self.dim,
+                     f"{type(self.embeddings).__name__}.embed_query")
 
     def register(self, name: str, *, replace: bool = False) -> "LangChainEmbeddingsEncoder":
         """Register under ``name`` so that ``Dense(model=name)`` (via ``get_encoder``) uses it."""
