@@ -38,7 +38,8 @@ start, system prompt) replaces the older one, except that an inexact variant nev
 an exact one.
 
 The memory tier has a byte budget; when it is exceeded the variant of lowest utility
-``decayed_reuse * (1 - mean_CFO) / bytes`` is evicted (spilled to the disk tier when one is
+``(decayed_reuse + 0.001) * (1 - 0.9 mean_CFO) / bytes`` is evicted (the floors keep a variant
+never reused, or always recomputed in full, comparable by recency and size) (spilled to the disk tier when one is
 configured, dropped otherwise): reused often and recently, cheap to fix, small is kept
 (Cache-Craft's eviction idea); the decay is exponential in requests since the variant's last
 use, so among equals the least recently used goes first.  A variant larger than the whole
@@ -49,7 +50,10 @@ lookup returns the in-memory variants of a chunk plus those of its disk variants
 is not in memory; variants read from disk are returned even when they cannot stay in memory
 (they are then not written back), and kept in memory as far as the budget allows.  A variant
 dropped because the chunk has more than ``max_variants`` is dropped from the disk tier too (a
-new variant is always admitted; the lowest-utility older one goes).
+new variant is always admitted; the lowest-utility older one goes), and a chunk never holds more
+than ``max_variants`` in memory and on disk together (a spill past it deletes the oldest disk-only
+files; a lookup returns at most ``max_variants``).  A variant stored again in the same context
+keeps the reuse history of the one it replaces.
 No pickle anywhere.
 """
 
@@ -405,6 +409,7 @@ class ChunkKVCache:
         variants = list(self._mem.get(key, ()))
         if self.disk_dir is not None:
             from_disk = self._read_disk(key, skip={v.file_stem for v in variants})
+            from_disk = from_disk[:max(self.max_variants - len(variants), 0)]  # a chunk holds max_variants
             if from_disk:
                 self.stats.disk_hits += 1
                 pinned: list[ChunkVariant] = []  # read by this lookup: kept in memory as far as they fit
@@ -453,6 +458,9 @@ class ChunkKVCache:
                     on_disk.last_tick = self._tick
                     self._insert(key, on_disk, from_disk=True)
                     return on_disk
+            if same:  # the same chunk in the same context, computed again: its reuse history carries over
+                old = existing[same[0]]
+                variant.reuse, variant.cfo_sum, variant.cfo_n = old.reuse, old.cfo_sum, old.cfo_n
             for i in reversed(same):
                 self._drop(key, i, spill=False)
             dt = _DTYPES[self.storage_dtype]
@@ -579,6 +587,14 @@ class ChunkKVCache:
         with atomic_file(d / f"{v.file_stem}.safetensors") as tmp:
             save_file(tensors, str(tmp),
                       metadata={**meta, "model_id": self.model_id, "tokenizer_id": self.tokenizer_id})
+        # at most max_variants per chunk, memory and disk together: the oldest disk-only files go
+        in_mem = {x.file_stem for x in self._mem.get(key, ())}
+        files = [f for f in d.glob("*.safetensors") if not f.name.startswith(".")]
+        extra = len(in_mem | {f.stem for f in files}) - self.max_variants
+        if extra > 0:
+            spare = [f for f in files if f.stem not in in_mem and f.stem != v.file_stem]
+            for f in sorted(spare, key=lambda f: f.stat().st_mtime)[:extra]:
+                f.unlink(missing_ok=True)
 
     def _read_disk(self, key: str, skip: set[str] = frozenset()) -> list[ChunkVariant]:
         """The disk variants of ``key`` whose file stem is not in ``skip``."""

@@ -706,6 +706,34 @@ def test_variant_beyond_max_variants_leaves_the_disk_tier_too(tmp_path):
     assert [v.prefix_ids for v in cache.lookup("k")] == [("a",)]
 
 
+def test_a_chunk_holds_max_variants_in_memory_and_on_disk_together(tmp_path):
+    """Spilled variants went to disk past the cap: 8 files and 8 variants per lookup with max_variants 2."""
+    cache = ChunkKVCache("m", "t", disk_dir=tmp_path, max_variants=2, budget_bytes=0)  # every put spills
+    for i in range(6):
+        cache.put("k", _variant(prefix=(f"p{i}",)))
+        assert len(list((tmp_path / "k").glob("*.safetensors"))) <= 2
+    assert len(cache.lookup("k")) == 2
+    for i in range(6):  # an older folder with more files: a lookup still returns at most max_variants
+        cache._write_disk("k2", _variant(prefix=(f"q{i}",)))
+    assert len(cache.lookup("k2")) == 2
+
+
+def test_a_variant_stored_again_in_its_context_keeps_its_reuse_history():
+    """Captured again (every full pass with capture=True), a hot chunk lost its reuse count and was
+    evicted before a cold one."""
+    v = _variant(prefix=("a",))
+    cache = ChunkKVCache("m", "t", budget_bytes=2 * v.nbytes)
+    cache.put("hot", v)
+    cache.put("cold", _variant(prefix=("a",), seed=1))
+    for _ in range(20):
+        cache.touch(cache.lookup("hot")[0], 0.1)
+    cache.touch(cache.lookup("cold")[0], 0.1)
+    cache.put("hot", _variant(prefix=("a",), seed=2))  # the same context again
+    assert cache.lookup("hot")[0].reuse > 10
+    cache.put("new", _variant(prefix=("a",), seed=3))  # admitted: one of the two others goes
+    assert cache.lookup("hot") and not cache.lookup("cold")
+
+
 def test_len_repr_and_iter_variants_while_another_thread_puts():
     import sys
     import threading
@@ -867,6 +895,38 @@ def test_alpha_recomputes_chunks_captured_alone(tiny):
             assert all(f > 0.3 for f in pre.chunk_fraction[1:]), (fraction, select, pre.chunk_fraction)
     assert g.prefill(seg, "naive").chunk_fraction == [0.0, 0.0, 0.0]
     assert g.prefill(seg, "cachecraft", fraction=0.0, selector="fixed").chunk_fraction == [0.0, 0.0, 0.0]
+
+
+def test_an_inexact_variant_after_the_same_prefix_is_recomputed_like_any_reused_chunk(tiny):
+    """Chunk 2, computed after re-rotated rows of chunks 0 and 1, is stored inexact; reused after the
+    same prefix it counted as fully kept context (beta 1) and was never recomputed (CFO 0)."""
+    from ragkit.generators.local import LocalGenerator
+
+    g = LocalGenerator(tiny[0], alpha=1.0).load()
+    for c in TINY_CHUNKS[:2]:
+        g.prefill(g.segments(TINY_Q, [c]), "full", capture=True)
+    seg = g.segments(TINY_Q, TINY_CHUNKS)
+    g.prefill(seg, "naive")
+    (stored,) = g.chunk_cache.lookup(g.chunk_cache.key(seg.chunks[2]))
+    assert not stored.exact
+    assert g.prefill(seg, "cachecraft", fraction=0.3, selector="cachecraft").chunk_fraction[2] > 0.2
+
+
+def test_hand_built_segments_without_system_or_question_are_refused_by_the_reuse_modes(tiny):
+    from ragkit.errors import ParamError
+    from ragkit.generators.local import LocalGenerator, PromptSegments
+
+    g = LocalGenerator(tiny[0]).load()
+    seg = g.segments(TINY_Q, TINY_CHUNKS[:1])
+    for mode in ("naive", "cachecraft"):  # a bare torch RuntimeError before
+        with pytest.raises(ParamError, match=f"mode '{mode}' needs a non-empty system segment"):
+            g.prefill(PromptSegments([], seg.chunks, seg.question), mode)
+        with pytest.raises(ParamError, match="needs a non-empty question segment"):
+            g.prefill(PromptSegments(seg.system, seg.chunks, []), mode)
+    for mode in ("full", "prefix", "naive"):
+        with pytest.raises(ParamError, match="the prompt has no token"):
+            g.prefill(PromptSegments([], [], []), mode)
+    assert g.prefill(PromptSegments([], seg.chunks, seg.question), "full").logits.shape[0] > 0
 
 
 def test_invalid_generator_settings_are_param_errors(tiny):

@@ -598,6 +598,15 @@ class LocalGenerator:
                              "selector")
         if not 0.0 <= fraction <= 1.0:
             raise ParamError(f"LocalGenerator.prefill: fraction must be in [0, 1]; got {fraction}", "fraction")
+        if not len(seg):
+            raise ParamError("LocalGenerator.prefill: the prompt has no token (system, chunks and question are all "
+                             "empty)", "seg")
+        if mode in ("naive", "cachecraft"):  # reused chunks sit between the two: both must hold tokens
+            empty = [name for name in ("system", "question") if not getattr(seg, name)]
+            if empty:
+                raise ParamError(f"LocalGenerator.prefill: mode {mode!r} needs a non-empty {' and '.join(empty)} "
+                                 "segment (the chat template's system turn and the question close the reused "
+                                 "chunks); got none", "seg")
         self.load()
         self.check_fits(seg)
         with self._lock:  # one pass at a time per loaded model (shared config, attention hooks)
@@ -735,6 +744,11 @@ class LocalGenerator:
         same_sys = v.sys_id == sys_id
         if same_sys and v.exact and tuple(new_prefix) == v.prefix_ids:
             return 0.0, True
+        if not v.exact:  # its rows are approximate themselves: none of its context counts as kept, as for a
+            # variant captured alone (beta = 1 had made an inexact variant after the same prefix need nothing)
+            if self.alpha is not None:
+                return alone_fix_overhead(v.cci, self.alpha), False
+            return float(np.clip(2 * v.cci - 1, 0, 1)), False
         beta = prefix_overlap(v.inter, v.prefix_ids, new_prefix) if same_sys else 0.0
         gamma = order_penalty(v.prefix_ids, new_prefix)
         if self.alpha is not None:
