@@ -20,7 +20,15 @@ from typing import Any
 
 from ragkit._files import folder_checksums, verify_checksums
 from ragkit.errors import ArtifactError
-from ragkit.operator import FORMAT_VERSION, Operator, _saved_pipeline_above, atomic_dir, read_json, write_json
+from ragkit.operator import (
+    _LOST_MANIFEST,
+    FORMAT_VERSION,
+    Operator,
+    _saved_pipeline_above,
+    atomic_dir,
+    read_json,
+    write_json,
+)
 from ragkit.pipelines._compose import Pipeline
 from ragkit.pipelines.yaml import dump_yaml, load_yaml, walk_leaves
 from ragkit.types import Corpus
@@ -73,6 +81,8 @@ def load_pipeline(path: str | Path, *, corpus: Corpus | None = None, mmap: bool 
             raise ArtifactError(f"{folder}: a saved operator, not a pipeline (no manifest.json): " + (
                 f"one step of the saved pipeline at {above}, load that folder" if above is not None else
                 "load it with Operator.load"))
+        if (folder / "pipeline.yaml").is_file() and (folder / "ops").is_dir():
+            raise ArtifactError(f"{folder}: {_LOST_MANIFEST}")
         raise ArtifactError(f"{folder}: no manifest.json: not a folder written by Pipeline.save")
     manifest = read_json(folder / "manifest.json")
     shapes = (("format_version", int), ("fitted", bool), ("sha256", dict), ("nodes", dict))

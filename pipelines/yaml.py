@@ -123,15 +123,36 @@ def _read_text(path: Path | str) -> str:
                           "files are UTF-8 text", path=str(path)) from None
 
 
-def _cycle(node: Any, where: str, inside: tuple[int, ...] = ()) -> None:
+#: The most nodes a pipeline document may expand to through its aliases (a few hundred bytes of
+#: nested aliases expand to billions: every later walk of the document would take hours).
+_MAX_EXPANDED_NODES = 1_000_000
+
+
+def _cycle(node: Any, where: str) -> None:
     """Refuse a document that contains itself (an alias to an anchor around it, ``&p [.., *p]``):
-    it has no end, and building it would recurse until Python gives up."""
-    if isinstance(node, (Mapping, list)):
-        if id(node) in inside:
+    it has no end, and building it would recurse until Python gives up; and one whose aliases
+    expand it past :data:`_MAX_EXPANDED_NODES`.  Each shared node is visited once (its expanded
+    size memoised), so the check is linear in the text, not in the expansion."""
+    size: dict[int, int] = {}
+
+    def visit(n: Any, inside: set[int]) -> int:
+        if not isinstance(n, (Mapping, list)):
+            return 1
+        if id(n) in size:
+            return size[id(n)]
+        if id(n) in inside:
             raise ConfigError(f"{where}: not valid pipeline YAML: an alias refers to a node that contains it "
                               "(a structure inside itself has no end)")
-        for child in (node.values() if isinstance(node, Mapping) else node):
-            _cycle(child, where, (*inside, id(node)))
+        inside.add(id(n))
+        total = 1 + sum(visit(child, inside) for child in (n.values() if isinstance(n, Mapping) else n))
+        inside.discard(id(n))
+        size[id(n)] = total
+        if total > _MAX_EXPANDED_NODES:
+            raise ConfigError(f"{where}: not a pipeline YAML this library builds: its aliases expand it to more "
+                              f"than {_MAX_EXPANDED_NODES:,} values (aliases nested in aliases)")
+        return total
+
+    visit(node, set())
 
 
 def _safe_load(text: str, where: str) -> Any:

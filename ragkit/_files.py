@@ -16,7 +16,8 @@ from typing import Iterator, Mapping
 
 from ragkit.errors import ArtifactError, DataError
 
-__all__ = ["atomic_file", "sha256_file", "folder_checksums", "verify_checksums", "utf8_lines"]
+__all__ = ["atomic_file", "sha256_file", "folder_checksums", "verify_checksums", "utf8_lines", "shared_tempdir",
+           "share_like_umask"]
 
 
 @contextmanager
@@ -90,3 +91,21 @@ def verify_checksums(folder: Path, digests: Mapping[str, str]) -> None:
                                 "saving")
         if sha256_file(p) != digest:
             raise ArtifactError(f"{p}: checksum mismatch; the file was changed or truncated after saving")
+
+
+def share_like_umask(path: str | os.PathLike[str]) -> None:
+    """Give the folder ``path`` the permissions a plain ``mkdir`` would (``0o777`` less the umask):
+    ``tempfile`` makes its folders owner-only, and a save renamed from one stayed so."""
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(path, 0o777 & ~mask)
+
+
+def shared_tempdir(parent: Path, prefix: str) -> Path:
+    """A new temporary folder in ``parent`` with the permissions of a plain ``mkdir``, to be
+    renamed into place when complete."""
+    import tempfile
+
+    tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+    share_like_umask(tmp)
+    return tmp

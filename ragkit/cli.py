@@ -28,7 +28,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ragkit._files import atomic_file, file_above
-from ragkit.errors import RagkitError
+from ragkit.errors import ParamError, RagkitError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="markdown",
                   help="ragkit: retrieval operators that compose.")
@@ -153,6 +153,8 @@ def _parse_ks(ks: str) -> list[int]:
         raise typer.BadParameter(f"expected comma-separated integers such as 10,100, got {ks!r}", param_hint="--k")
     if not out or any(k < 1 for k in out):
         raise typer.BadParameter(f"expected positive integers, got {ks!r}", param_hint="--k")
+    if max(out) > 2**31 - 1:  # trec_eval's cut-offs are C ints: refused here, not as an unknown metric after the search
+        raise typer.BadParameter(f"expected cut-offs of at most 2,147,483,647, got {max(out)}", param_hint="--k")
     return out
 
 
@@ -188,6 +190,9 @@ def eval_cmd(
                               "training on the evaluated queries is refused")
         if train_split == "test":
             raise RagkitError("--train-split test: learning from the test split is refused; use the train split")
+        if output is not None and run_file is not None and output.resolve() == run_file.resolve():
+            raise RagkitError(f"--output and --run both name {output}; the run file would replace the JSON results: "
+                              "give two paths")
         _prepare_output(output, "--output", "results.json")
         _prepare_output(run_file, "--run", "run.trec")
         pipe, loaded = resolve_pipeline(pipeline)
@@ -316,7 +321,7 @@ def train_cmd(
         help=f"First fit on 80% of the split and report nDCG@10 on the held-out 20%; this needs at least "
              f"{MIN_REPORT_QUERIES} judged queries.  Default: report when the split has that many, else skip the "
              f"report with a note; --report on a smaller split is an error (before anything is fitted)."),
-    seed: int = typer.Option(0, help="Seed of the held-out fold."),
+    seed: int = typer.Option(0, min=0, max=2**32 - 1, help="Seed of the held-out fold."),
 ) -> None:
     """Fit a pipeline on a corpus, learning from a judged split, and save it.
 
@@ -408,6 +413,9 @@ def search_cmd(
 ) -> None:
     """Ad-hoc queries against a saved pipeline."""
     try:
+        blank = next((i for i, q in enumerate(query) if not q.strip()), None)
+        if blank is not None:
+            raise RagkitError(f"query {blank + 1} is empty; expected a question or keywords")
         if not index.is_dir():
             raise RagkitError(f"--index {index}: not a folder; expected a folder written by Pipeline.save or "
                               "Operator.save")
@@ -531,7 +539,10 @@ def validate_cmd(path: Path = typer.Argument(..., help="Pipeline YAML file, or a
             meta = read_json(path / "params.json")
             if not isinstance(meta, dict) or "operator" not in meta or not isinstance(meta.get("params"), dict):
                 raise RagkitError(f"{path / 'params.json'}: not a ragkit operator's parameters (operator, params)")
-            pipe = Pipeline([registry.get(meta["operator"], path=str(path / "params.json"))(meta["params"])])
+            try:
+                pipe = Pipeline([registry.get(meta["operator"], path=str(path / "params.json"))(meta["params"])])
+            except ParamError as e:  # the file the bad parameter came from
+                raise RagkitError(f"{path / 'params.json'}: {e}") from None
         else:
             pipe = Pipeline.from_yaml(path)
     except RagkitError as e:
@@ -545,9 +556,10 @@ def validate_cmd(path: Path = typer.Argument(..., help="Pipeline YAML file, or a
         console.print(Text(f"  {p}  {op!r}"))
     from ragkit.scale import Sharded
 
-    # sentence encoders, a sharded retriever's per-shard one included (a generator's model is another kind)
+    # sentence encoders, a sharded retriever's per-shard one included, and a local generator's LLM
+    # (None: the packaged SmolLM2; a langchain backend's model lives in the chat model given to it)
     models = {getattr((op.sub_retriever() if isinstance(op, Sharded) else op).params, "model", None)
-              for _, op in leaves if op.kind != "generator"}
+              for _, op in leaves if op.kind != "generator" or op.params.backend == "local"}
     for m in sorted(m for m in models if isinstance(m, str)):
         note = model_note(m)
         if note:

@@ -19,14 +19,13 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Mapping, Sequence
 
 import numpy as np
 
 from ragkit import registry
-from ragkit._files import atomic_file, file_above, folder_checksums, verify_checksums
+from ragkit._files import atomic_file, file_above, folder_checksums, shared_tempdir, verify_checksums
 from ragkit.errors import ArtifactError, NotFittedError, ParamError, some_ids
 from ragkit.options import PARAM, OptionCheck, filter_option
 from ragkit.params import Params, validate_params
@@ -313,6 +312,9 @@ class Operator:
                                     "operator again")
             verify_checksums(folder, digests)
         meta = read_json(folder / "params.json")
+        if not isinstance(meta, dict):
+            raise ArtifactError(f"{folder / 'params.json'}: expected a JSON object (operator, params, fitted), got "
+                                f"{type(meta).__name__}; save the operator again")
         for key in ("operator", "params", "fitted"):
             if key not in meta:
                 raise ArtifactError(f"{folder / 'params.json'}: missing key {key!r}; not a ragkit operator folder")
@@ -321,7 +323,10 @@ class Operator:
                 f"{folder}: written by a newer ragkit (format {meta['format_version']}, this one reads "
                 f"{FORMAT_VERSION}); upgrade ragkit"
             )
-        op_cls = registry.get(meta["operator"]) if cls is Operator else cls
+        try:
+            op_cls = registry.get(meta["operator"]) if cls is Operator else cls
+        except ParamError as e:
+            raise ArtifactError(f"{folder / 'params.json'}: {e}") from None
         if op_cls.name != meta["operator"]:
             raise ArtifactError(f"{folder}: holds a {meta['operator']!r} operator, not {op_cls.name!r}")
         try:
@@ -426,7 +431,14 @@ def _not_an_operator_folder(folder: Path) -> str:
                 "file: Pipeline.from_yaml)")
     if (folder / "manifest.json").is_file():
         return "a saved pipeline, not a single operator: load it with Pipeline.load (or Operator.load)"
+    if (folder / "pipeline.yaml").is_file() and (folder / "ops").is_dir():
+        return _LOST_MANIFEST
     return "no params.json: not a folder written by Operator.save"
+
+
+#: Why a saved pipeline's folder without its manifest cannot load (verify=False included).
+_LOST_MANIFEST = ("a saved pipeline's folder (pipeline.yaml, ops/) that lost its manifest.json, which holds its "
+                  "layout and checksums, so it cannot be loaded even with verify=False: save the pipeline again")
 
 
 class atomic_dir:
@@ -451,6 +463,10 @@ class atomic_dir:
         blocker = file_above(path)
         if blocker is not None:
             raise ArtifactError(f"{path}: {blocker} is a file, not a folder; a save cannot be written below it")
+        whole = _saved_pipeline_above(path)
+        if whole is not None:  # a step folder (or a folder below one): the pipeline's checksums list its files
+            raise ArtifactError(f"{path}: inside the saved pipeline at {whole}; a save here would break that "
+                                "pipeline: save into a folder of its own")
         if path.is_dir() and any(path.iterdir()):
             if not _is_ragkit_save(path):
                 raise ArtifactError(
@@ -467,7 +483,7 @@ class atomic_dir:
     def __enter__(self) -> Path:
         self.path = self.check(self.path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.tmp-", dir=self.path.parent))
+        self.tmp = shared_tempdir(self.path.parent, f".{self.path.name}.tmp-")
         return self.tmp
 
     def __exit__(self, exc_type: object, *rest: object) -> None:

@@ -195,6 +195,29 @@ def test_write_beir_refuses_judgements_of_documents_outside_the_corpus(tmp_path)
     assert not (tmp_path / "ds").exists()
 
 
+def test_write_beir_refuses_what_load_beir_would_and_leaves_nothing_behind(tmp_path):
+    """Grades 0.5 / True, an empty split, a query text None were written and then refused by load_beir;
+    a split named 'a/b' or a parent that is a file raised bare OSErrors, leaving a temporary folder."""
+    from ragkit.eval import write_beir as write
+
+    corpus = Corpus.from_texts(["x", "y"], ids=["d1", "d2"])
+    q = {"q1": "a"}
+    for queries, qrels, why in (
+            (q, {"test": {"q1": {"d1": 0.5}}}, r"qrels\['test'\]\['q1'\]\['d1'\] = 0.5 is not an integer relevance"),
+            (q, {"test": {"q1": {"d1": True}}}, r"= True is not an integer relevance"),
+            (q, {"test": {}}, r"qrels\['test'\] judges no query"),
+            ({"q1": None}, {"test": {"q1": {"d1": 1}}}, r"query 'q1' has the text None; expected a string"),
+            (q, {"a/b": {"q1": {"d1": 1}}}, r"split name 'a/b' is not a file name")):
+        with pytest.raises(DataError, match=why):
+            write(tmp_path / "ds", corpus, queries, qrels)
+    (tmp_path / "file").write_text("")
+    with pytest.raises(DataError, match=r"is a file, not a folder; a dataset cannot be written below it"):
+        write(tmp_path / "file" / "ds", corpus, q, {"test": {"q1": {"d1": 1}}})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]  # nothing written, no temporary folder
+    assert load_beir(write(tmp_path / "ok", corpus, q, {"test": {"q1": {"d1": np.int64(2)}}})).qrels("test") == \
+        {"q1": {"d1": 2}}
+
+
 def test_qrels_without_header_and_trec_four_columns(tmp_path):
     ds = load_beir(write_beir(tmp_path / "tiny", qrels={"test": "q1\td1\t1\nq2\t0\td3\t1\n"}))
     assert ds.qrels("test") == {"q1": {"d1": 1}, "q2": {"d3": 1}}
@@ -437,6 +460,19 @@ def test_download_by_name_from_local_server(server, tmp_path, monkeypatch):
     got = download_beir("flat", base_url=url, dest=tmp_path / "elsewhere")
     assert (got / "corpus.jsonl").is_file() and got == tmp_path / "elsewhere" / "flat"
     assert not [p for p in (tmp_path / "cache" / "beir").iterdir() if p.name.startswith("tmp")]  # no leftovers
+    import stat
+
+    assert stat.S_IMODE(got.stat().st_mode) & 0o055 == 0o055  # readable by others, not owner-only
+    # a folder of that name holding other files (a user's) is not deleted to make room; an incomplete
+    # download of the dataset (its BEIR files only) is replaced
+    (tmp_path / "mine" / "flat").mkdir(parents=True)
+    (tmp_path / "mine" / "flat" / "notes.txt").write_text("mine")
+    with pytest.raises(DataError, match=r"mine/flat: exists and is not a BEIR download of 'flat'"):
+        download_beir("flat", base_url=url, dest=tmp_path / "mine")
+    assert (tmp_path / "mine" / "flat" / "notes.txt").read_text() == "mine"
+    (got / "qrels" / "test.tsv").unlink()
+    assert download_beir("flat", base_url=url, dest=tmp_path / "elsewhere") == got
+    assert (got / "qrels" / "test.tsv").is_file()
 
 
 @enable_socket

@@ -344,3 +344,39 @@ def test_a_bad_saved_parameter_names_its_params_json(corpus, tmp_path):
     (tmp_path / "op" / "params.json").write_text(json.dumps(meta))
     with pytest.raises(ArtifactError, match=r"op/params.json: bm25.k: expected a positive integer, got 0"):
         Operator.load(tmp_path / "op", verify=False)
+    for bad, why in ((5, r"expected a JSON object \(operator, params, fitted\), got int"),
+                     ({**meta, "operator": "bm99"}, r"op/params.json: unknown operator 'bm99'")):
+        (tmp_path / "op" / "params.json").write_text(json.dumps(bad))
+        with pytest.raises(ArtifactError, match=why):
+            Operator.load(tmp_path / "op", verify=False)
+
+
+def test_a_save_inside_a_saved_pipeline_is_refused_and_saves_are_readable_by_others(corpus, tmp_path):
+    """A save into a step folder replaced it (checksums then failed the whole pipeline's load); saved
+    folders were owner-only (renamed from mkdtemp), whatever the umask."""
+    import os
+    import stat
+
+    pipe = Pipeline([BM25(k=2)]).fit(corpus)
+    pipe.save(tmp_path / "p")
+    (step,) = [p for p in (tmp_path / "p" / "ops").iterdir() if p.is_dir()]
+    for inside in (step, tmp_path / "p" / "new-sub"):
+        with pytest.raises(ArtifactError, match=r"inside the saved pipeline at .*a save here would break"):
+            BM25(k=3).fit(corpus).save(inside)
+    assert Pipeline.load(tmp_path / "p").steps[0].params.k == 2
+    old = os.umask(0o022)
+    try:
+        BM25(k=2).fit(corpus).save(tmp_path / "op")
+        pipe.save(tmp_path / "p2")
+    finally:
+        os.umask(old)
+    for folder in (tmp_path / "op", tmp_path / "p2"):
+        assert stat.S_IMODE(folder.stat().st_mode) == 0o755, folder
+
+
+def test_a_pipeline_that_lost_its_manifest_says_so(corpus, tmp_path):
+    Pipeline([BM25(k=2)]).fit(corpus).save(tmp_path / "p")
+    (tmp_path / "p" / "manifest.json").unlink()
+    for load in (Operator.load, Pipeline.load):
+        with pytest.raises(ArtifactError, match=r"lost its manifest.json, which holds its layout and checksums"):
+            load(tmp_path / "p", verify=False)

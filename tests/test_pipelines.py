@@ -984,6 +984,41 @@ def test_cli_eval_refuses_an_unknown_backend_before_loading_data(tmp_path):
     assert res.exit_code == 2 and "--backend: expected 'local' or 'ray', got 'rayy'" in res.output
 
 
+def test_cli_refuses_clashing_or_impossible_options_before_any_work(tmp_path):
+    """-o X --run X wrote the run over the JSON; --seed -1 was a numpy traceback after reading the data;
+    --k 10**12 an 'unknown metric' after the search; an empty search query an empty table."""
+    data = _toy_beir(tmp_path / "beir")
+    res = _cli("eval", "--data", data, "-p", "bm25", "-o", tmp_path / "x", "--run", tmp_path / "x")
+    assert res.exit_code == 2 and "--output and --run both name" in res.output and not (tmp_path / "x").exists()
+    res = _cli("eval", "--data", data, "-p", "bm25", "--k", "10,1000000000000")
+    assert res.exit_code == 2 and "cut-offs of at most 2,147,483,647" in res.output
+    res = _cli("train", "--data", data, "-p", "bm25", "--out", tmp_path / "t", "--seed", "-1")
+    assert res.exit_code == 2 and "--seed" in res.output
+    from ragkit.retrievers import BM25
+    from ragkit.types import Corpus
+
+    BM25(k=2).fit(Corpus.from_texts(["red apples", "green pears"])).save(tmp_path / "idx")
+    res = _cli("search", "--index", tmp_path / "idx", "red", " ")
+    assert res.exit_code == 2 and "query 2 is empty" in res.output
+
+
+def test_cli_validate_names_the_params_json_of_a_bad_parameter_and_notes_a_generators_model(tmp_path):
+    import json
+
+    from ragkit.retrievers import BM25
+    from ragkit.types import Corpus
+
+    BM25(k=2).fit(Corpus.from_texts(["red apples", "green pears"])).save(tmp_path / "op")
+    meta = json.loads((tmp_path / "op" / "params.json").read_text())
+    meta["params"]["k"] = "x"
+    (tmp_path / "op" / "params.json").write_text(json.dumps(meta))
+    res = _cli("validate", tmp_path / "op")
+    assert res.exit_code == 2 and "op/params.json: bm25.k: expected an integer" in res.output
+    (tmp_path / "g.yaml").write_text("pipeline:\n  - bm25: {}\n  - generate: {model: nowhere/llm-nope}\n")
+    res = _cli("validate", tmp_path / "g.yaml")
+    assert res.exit_code == 0 and "model 'nowhere/llm-nope' is neither a local folder" in res.output
+
+
 def test_cli_eval_notes_learning_operators_without_a_train_split(tmp_path):
     data = _toy_beir(tmp_path / "beir")
     (tmp_path / "p.yaml").write_text("pipeline:\n  - parallel:\n      branches: [{bm25: {k: 5}}, "
@@ -1406,6 +1441,11 @@ def test_parameters_and_files_that_could_only_fail_later_are_refused_up_front(tm
 
     with pytest.raises(ConfigError, match="an alias refers to a node that contains it"):
         load_yaml("pipeline: &p\n  - bm25: {}\n  - *p\n")
+    # aliases nested in aliases: 500 bytes expand to 10^8 values; the cycle check walked them all (minutes)
+    laughs = "a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]\n" for i in range(1, 9)) + "pipeline: [bm25: {}]\n"
+    with pytest.raises(ConfigError, match=r"its aliases expand it to more than 1,000,000 values"):
+        load_yaml(laughs)
     (tmp_path / "l1.yaml").write_bytes("pipeline:\n  - bm25: {}  # caf\xe9\n".encode("latin-1"))
     with pytest.raises(ConfigError, match=r"l1\.yaml: not UTF-8"):
         load_yaml(tmp_path / "l1.yaml")

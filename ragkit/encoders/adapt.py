@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 from pydantic import Field
 
+from ragkit._files import shared_tempdir
 from ragkit.errors import DataError
 from ragkit.params import Params, Seed
 from ragkit.types import Corpus, TrainSet
@@ -140,9 +141,8 @@ def fine_tune(model: str, corpus: Corpus, train: TrainSet, out_dir: str | Path, 
                                              loss=MultipleNegativesRankingLoss(st))
         trainer.train()
         out_dir.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+        tmp = shared_tempdir(out_dir.parent, f".{out_dir.name}.tmp-")  # a model folder is shared like any other
         st.save(str(tmp))
-        os.chmod(tmp, 0o755)  # mkdtemp makes it private; a model folder is shared like any other
         _publish(tmp, out_dir)
     return out_dir
 

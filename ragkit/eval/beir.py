@@ -28,7 +28,7 @@ from typing import Mapping
 
 import numpy as np
 
-from ragkit._files import utf8_lines
+from ragkit._files import file_above, share_like_umask, shared_tempdir, utf8_lines
 from ragkit.errors import DataError
 from ragkit.types import Corpus, Qrels, Queries, TrainSet
 
@@ -194,7 +194,7 @@ class BeirDataset:
 
     @property
     def name(self) -> str:
-        return self.path.name
+        return self.path.resolve().name  # ("." names the folder it is)
 
     @property
     def splits(self) -> list[str]:
@@ -236,10 +236,26 @@ def write_beir(folder: str | Path, corpus: Corpus, queries: Mapping[str, str] | 
     folder = Path(folder)
     if folder.exists():
         raise DataError(f"{folder}: already exists; write_beir does not overwrite a dataset")
+    blocker = file_above(folder)
+    if blocker is not None:
+        raise DataError(f"{folder}: {blocker} is a file, not a folder; a dataset cannot be written below it")
     if isinstance(queries, Queries):
         queries = dict(zip(queries.ids, queries.texts))
+    odd = next(((q, t) for q, t in queries.items() if not isinstance(t, str)), None)
+    if odd is not None:
+        raise DataError(f"write_beir: query {odd[0]!r} has the text {odd[1]!r:.60}; expected a string")
     doc_ids = set(corpus.ids.tolist())
-    for split, rel in qrels.items():
+    for split, rel in qrels.items():  # what load_beir would refuse (or a path) is refused before writing
+        if not isinstance(split, str) or not re.fullmatch(r"[^/\\\s.][^/\\\s]*", split):
+            raise DataError(f"write_beir: split name {split!r} is not a file name (qrels/<split>.tsv); expected e.g. "
+                            "'train' or 'test'")
+        if not rel:
+            raise DataError(f"write_beir: qrels[{split!r}] judges no query; leave the split out")
+        for q, judged in rel.items():
+            for d, v in judged.items():
+                if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)):
+                    raise DataError(f"write_beir: qrels[{split!r}][{q!r}][{d!r}] = {v!r} is not an integer "
+                                    "relevance grade (0 not relevant, 1, 2, ... more relevant)")
         unknown = [q for q in rel if q not in queries]
         if unknown:
             raise DataError(f"write_beir: qrels[{split!r}] names {len(unknown)} queries not in queries, "
@@ -254,17 +270,21 @@ def write_beir(folder: str | Path, corpus: Corpus, queries: Mapping[str, str] | 
                             f"e.g. {missing[0][1]!r} (query {missing[0][0]!r}); drop those judgements or add "
                             "the documents")
     folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
-    corpus.save(tmp / "corpus.jsonl")
-    with open(tmp / "queries.jsonl", "w", encoding="utf-8") as f:
-        for q, t in queries.items():
-            f.write(json.dumps({"_id": q, "text": t}, ensure_ascii=False) + "\n")
-    (tmp / "qrels").mkdir()
-    for split, rel in qrels.items():
-        with open(tmp / "qrels" / f"{split}.tsv", "w", encoding="utf-8") as f:
-            f.write("query-id\tcorpus-id\tscore\n")
-            f.writelines(f"{q}\t{d}\t{v}\n" for q, docs in rel.items() for d, v in docs.items())
-    os.replace(tmp, folder)
+    tmp = shared_tempdir(folder.parent, f".{folder.name}.tmp-")
+    try:
+        corpus.save(tmp / "corpus.jsonl")
+        with open(tmp / "queries.jsonl", "w", encoding="utf-8") as f:
+            for q, t in queries.items():
+                f.write(json.dumps({"_id": q, "text": t}, ensure_ascii=False) + "\n")
+        (tmp / "qrels").mkdir()
+        for split, rel in qrels.items():
+            with open(tmp / "qrels" / f"{split}.tsv", "w", encoding="utf-8") as f:
+                f.write("query-id\tcorpus-id\tscore\n")
+                f.writelines(f"{q}\t{d}\t{int(v)}\n" for q, docs in rel.items() for d, v in docs.items())
+        os.replace(tmp, folder)
+    except BaseException:  # nothing half-written is left beside the folder
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     return folder
 
 
@@ -342,7 +362,11 @@ def download_beir(name: str, *, base_url: str | None = None, dest: Path | None =
             raise DataError(f"{url}: the archive has no {', '.join(f'{name}/{f}' for f in missing)}; expected a BEIR "
                             "dataset (corpus.jsonl, queries.jsonl, qrels/<split>.tsv); nothing was cached")
         final = dest / name
-        if final.exists():
-            shutil.rmtree(final)
+        if final.is_dir() and not set(os.listdir(final)) - {"corpus.jsonl", "queries.jsonl", "qrels"}:
+            shutil.rmtree(final)  # an incomplete download of this dataset: replaced
+        elif final.exists() or final.is_symlink():
+            raise DataError(f"{final}: exists and is not a BEIR download of {name!r} (it holds other files, or is not "
+                            "a folder); refusing to replace it: move it, or pass another dest")
+        share_like_umask(root)  # a TemporaryDirectory is owner-only
         shutil.move(str(root), str(final))
     return final
