@@ -87,8 +87,15 @@ def check_dense_rankings(rankings: list[Ranking], c: np.ndarray, qidx: np.ndarra
             raise DataError(f"{who} expects the cosines of a dense retriever as scores, but the step before it "
                             "rescored them (they differ from the 'cosine' field it kept, as after mmr): put "
                             f"{who} right after dense")
-    if ordered and len(c) > 1:
-        up = (np.diff(c) > 1e-6) & (qidx[1:] == qidx[:-1])
-        if up.any():
+    if ordered:
+        q = first_unsorted(c, qidx)
+        if q is not None:
             raise DataError(f"{who} expects each ranking sorted by cosine, as dense returns it; query "
-                            f"{int(qidx[1:][up][0])} of the batch is not: put {who} right after dense")
+                            f"{q} of the batch is not: put {who} right after dense")
+
+
+def first_unsorted(c: np.ndarray, qidx: np.ndarray) -> int | None:
+    """The first query (batch position) whose flattened scores ``c`` (query of each: ``qidx``)
+    rise somewhere along its list (beyond 1e-6), or None when every list is sorted best first."""
+    up = (np.diff(c) > 1e-6) & (qidx[1:] == qidx[:-1])
+    return int(qidx[1:][up][0]) if up.any() else None

@@ -17,7 +17,7 @@ from scipy.special import expit
 
 from ragkit.encoders import DEFAULT_MODEL, check_encoder_key, get_encoder, query_vectors, save_encoder_key
 from ragkit.errors import ArtifactError, DataError
-from ragkit.filters._flat import check_cosines, check_dense_rankings, cut_prefix, flatten
+from ragkit.filters._flat import check_cosines, check_dense_rankings, cut_prefix, first_unsorted, flatten
 from ragkit.operator import Operator, load_array, read_json, save_arrays, write_json
 from ragkit.options import PARAM
 from ragkit.params import ModelName, Params, Seed
@@ -338,9 +338,8 @@ class CosineAdapter(Operator):
         flat = cosines[valid]
         qidx = np.repeat(np.arange(B), lengths)
         check_cosines(flat, self.name, qidx)
-        up = (np.diff(flat) > 1e-6) & (qidx[1:] == qidx[:-1])
-        if up.any():
-            row = int(qidx[1:][up][0])
+        row = first_unsorted(flat, qidx)
+        if row is not None:
             raise DataError(f"cosine_adapter.predict_proba: cosines row {row} is not sorted best first (the "
                             "features read the top-1 and top-10 by position)")
         return self._proba_flat(np.asarray(qvecs), flat, lengths, starts, qidx, scatter=(valid, (B, K)))

@@ -21,6 +21,7 @@ from ragkit.filters._flat import check_cosines, check_dense_rankings, check_rows
 from ragkit.operator import Operator, load_array, read_json, save_arrays, topk_rows, write_json
 from ragkit.params import ModelName, Params, Seed
 from ragkit.registry import register
+from ragkit.retrievers._index import check_finite_vectors
 from ragkit.types import Corpus, Ranking, State, TrainSet
 
 __all__ = ["DBNorm", "DBNormParams", "bank_log_partition", "pseudo_queries", "dbnorm_scores"]
@@ -60,11 +61,8 @@ def bank_log_partition(
     if bank.shape[1] != docs.shape[1]:
         raise DataError(f"{who}: bank vectors have dimension {bank.shape[1]} but document vectors have "
                         f"{docs.shape[1]}; encode both with the same model")
-    for what, x in (("bank", bank), ("document", docs)):
-        bad = ~np.isfinite(x).all(axis=1)
-        if bad.any():  # one NaN spoils every log Z (and was reported as "no bank term")
-            raise DataError(f"{who}: {int(bad.sum())} {what} vectors hold NaN or inf (first: row "
-                            f"{int(np.argmax(bad))}); the encoder returned them")
+    check_finite_vectors(bank, who, "bank")  # one NaN spoils every log Z (and was reported as "no bank term")
+    check_finite_vectors(docs, who, "document")
     n_b, n = len(bank), len(docs)
     if bank_rows is not None:
         bank_rows = np.asarray(bank_rows, dtype=np.int64)

@@ -249,12 +249,7 @@ class Corpus:
 
     def row_of(self, ids: Iterable[str], missing: str = "raise") -> np.ndarray:
         """Row numbers of document ids (``missing="raise"`` or ``"drop"``)."""
-        lut = self._row_of
-        if lut is None:
-            lut = {d: i for i, d in enumerate(self.ids.tolist())}
-            if len(lut) != len(self):
-                raise DataError(f"Corpus has {len(self) - len(lut)} duplicate ids")
-            object.__setattr__(self, "_row_of", lut)
+        lut = self._lookup()
         ids = list(ids)
         if missing == "drop":
             return np.array([lut[d] for d in ids if d in lut], dtype=np.int64)
@@ -262,6 +257,16 @@ class Corpus:
             return np.array([lut[d] for d in ids], dtype=np.int64)
         except KeyError as e:
             raise DataError(f"document id {e.args[0]!r} is not in the corpus") from None
+
+    def _lookup(self) -> dict[str, int]:
+        """``{id: row}``, built once per corpus."""
+        lut = self._row_of
+        if lut is None:
+            lut = {d: i for i, d in enumerate(self.ids.tolist())}
+            if len(lut) != len(self):
+                raise DataError(f"Corpus has {len(self) - len(lut)} duplicate ids")
+            object.__setattr__(self, "_row_of", lut)
+        return lut
 
     def subset(self, rows: np.ndarray | Sequence[int]) -> "Corpus":
         """A new corpus made of the given rows, in that order (or the rows a boolean mask keeps)."""
@@ -285,8 +290,7 @@ class Corpus:
         cols = dict(ids=np.concatenate([self.ids, other.ids]), texts=np.concatenate([self.texts, other.texts]),
                     titles=np.concatenate([self.titles, other.titles]),
                     metadata={k: np.concatenate([col(self, k), col(other, k)]) for k in keys})
-        self.row_of([])  # builds the id -> row lookup once
-        lut: dict[str, int] = self._row_of  # type: ignore[assignment]
+        lut = self._lookup()
         new = other.ids.tolist()
         if any(d in lut for d in new):
             return Corpus(**cols)  # the checks name the repeated ids

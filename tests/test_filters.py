@@ -335,9 +335,10 @@ def test_dbnorm_refuses_empty_bank_and_wrong_dims():
 
 
 def test_dbnorm_bank_checks_finite_vectors_and_breaks_activation_ties_by_row():
-    with pytest.raises(DataError, match="1 bank vectors hold NaN or inf \\(first: row 1\\)"):
+    with pytest.raises(DataError, match=r"1 of the 2 bank vectors contain NaN or infinite values \(first at "
+                                        r"position 1\)"):
         bank_log_partition(DOCS, np.array([[1, 0], [np.nan, 0]], np.float32), 1.0)
-    with pytest.raises(DataError, match="document vectors hold NaN"):
+    with pytest.raises(DataError, match="document vectors contain NaN"):
         bank_log_partition(np.array([[1, 0], [0, np.inf]], np.float32), DOCS, 1.0)
     docs = np.tile(_unit([[1, 0]]), (12, 1))  # 12 identical documents: every activation slot is a tie
     for k in (1, 2, 5):
