@@ -38,11 +38,11 @@ start, system prompt) replaces the older one, except that an inexact variant nev
 an exact one.
 
 The memory tier has a byte budget; when it is exceeded the variant of lowest utility
-``(decayed_reuse + 0.001) * (1 - 0.9 mean_CFO) / bytes`` is evicted (the floors keep a variant
-never reused, or always recomputed in full, comparable by recency and size) (spilled to the disk tier when one is
-configured, dropped otherwise): reused often and recently, cheap to fix, small is kept
-(Cache-Craft's eviction idea); the decay is exponential in requests since the variant's last
-use, so among equals the least recently used goes first.  A variant larger than the whole
+``(decayed_reuse + 0.001) * (1 - 0.9 mean_CFO) / bytes`` is evicted, spilled to the disk tier
+when one is configured, dropped otherwise: reused often and recently, cheap to fix, small is
+kept (Cache-Craft's eviction idea; the two floors keep a variant never reused, or always
+recomputed in full, comparable by recency and size); the decay is exponential in requests since
+the variant's last use, so among equals the least recently used goes first.  A variant larger than the whole
 budget never enters memory: it is spilled (or dropped) on its own, and the other variants stay.  The disk tier holds one
 safetensors file per variant (named by its context) and a ``manifest.json`` naming the model
 and tokenizer; opening it for another model raises :class:`CacheModelMismatchError`.  A

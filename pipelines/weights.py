@@ -4,10 +4,9 @@ Grid search over the weight simplex (plus the exact uniform point, which a 0.1 o
 lacks for 3 or 5+ branches), scored by per-query nDCG@10 (pytrec_eval) on the training
 queries' fused rankings.  K-fold cross-validation picks the best weights on each fold's
 training part (of equally good grid points, the one closest to uniform weights, so no branch
-is dropped for nothing); the final weights are the mean of those
-per-fold picks (bagging across folds, which damps the variance of a single arg-max over a
-few hundred queries), and the mean held-out nDCG@10 of the picks is reported as the
-honest estimate.
+is dropped for nothing); the final weights are the mean of those per-fold picks (bagging
+across folds, which damps the variance of a single arg-max over a few hundred queries), and
+the mean held-out nDCG@10 of the picks is reported as the honest estimate.
 """
 
 from __future__ import annotations
