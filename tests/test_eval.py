@@ -121,6 +121,13 @@ def test_corpus_bytes_and_field_types_name_the_line(tmp_path):
     (root / "corpus.jsonl").write_bytes(b"\n".join([lines[0], b'{"_id": "dx", "title": 5, "text": 7}', *lines[1:]]))
     corpus = load_beir(root).corpus
     assert (corpus.titles[1], corpus.texts[1]) == ("5", "7")
+    # a JSON NaN was read as the text "nan"; metadata that is not an object was dropped without a word
+    for line, why in ((b'{"_id": "dx", "text": NaN}', r"corpus\.jsonl:2: 'text' must be a string, got float 'nan'"),
+                      (b'{"_id": "dx", "text": "a", "metadata": [1]}',
+                       r"corpus\.jsonl:2: document 'dx' has 'metadata' '\[1\]' \(list\); expected an object")):
+        (root / "corpus.jsonl").write_bytes(b"\n".join([lines[0], line, *lines[1:]]))
+        with pytest.raises(DataError, match=why):
+            load_beir(root)
 
 
 def test_queries_of_a_split_read_the_qrels_once(tmp_path, monkeypatch):

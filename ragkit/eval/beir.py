@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import re
 import shutil
@@ -95,7 +96,11 @@ def read_corpus(path: str | Path, *, allow_empty: bool = False) -> Corpus:
         ids.append(did)
         titles.append(_text(rec.get("title"), path, n, "title"))
         texts.append(_text(rec.get("text"), path, n, "text"))
-        metas.append(rec.get("metadata") or {})
+        meta = rec.get("metadata")
+        if meta is not None and not isinstance(meta, dict):  # dropped without a word before
+            raise DataError(f"{path}:{n}: document {did!r} has 'metadata' {str(meta)[:60]!r} ({type(meta).__name__}); "
+                            "expected an object of field -> value")
+        metas.append(meta or {})
     if not ids and not allow_empty:
         raise DataError(f"{path}: the corpus is empty")
     keys = sorted({k for m in metas if isinstance(m, dict) for k in m})
@@ -111,7 +116,7 @@ def _text(v: object, path: Path, n: int, key: str) -> str:
         return ""
     if isinstance(v, str):
         return v
-    if isinstance(v, (int, float)) and not isinstance(v, bool):
+    if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):  # (JSON NaN is no text)
         return str(v)
     raise DataError(f"{path}:{n}: {key!r} must be a string, got {type(v).__name__} {str(v)[:60]!r}")
 
