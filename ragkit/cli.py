@@ -247,9 +247,11 @@ def eval_cmd(
     depth = max((len(d) for d in run.doc_ids), default=0)
     deeper = [c for c in ks if c > depth]
     if deeper:
+        why = (f"the corpus holds {len(ds.corpus)}" if depth >= len(ds.corpus) else
+               "what limits it: a step's k (give the last steps a larger one to measure that depth), or documents "
+               "it did not find (BM25 returns only documents sharing a term with the query)")
         console.print(f"[yellow]note:[/] the pipeline returned at most {depth} documents per query, so the "
-                      f"@{', @'.join(map(str, deeper))} metrics count only those; give its last steps a larger k "
-                      "(e.g. bm25: {k: 100}) to measure that depth", soft_wrap=True)
+                      f"@{', @'.join(map(str, deeper))} metrics count only those; {why}", soft_wrap=True)
     qps = len(queries) / max(run.seconds or 1e-9, 1e-9)
     rate = f"{qps:,.0f}" if qps >= 10 else f"{qps:.2g}"  # a few slow queries: not "0 q/s"
     console.print(

@@ -1002,6 +1002,17 @@ def test_cli_refuses_clashing_or_impossible_options_before_any_work(tmp_path):
     assert res.exit_code == 2 and "query 2 is empty" in res.output
 
 
+def test_cli_eval_depth_note_names_what_limits_the_depth(tmp_path):
+    """It advised bm25: {k: 100} also when k was 100 and the corpus (or BM25's matches) was the limit."""
+    data = _toy_beir(tmp_path / "beir")
+    n_docs = len(_toy_corpus())
+    res = _cli("eval", "--data", data, "-p", "dense", "--k", "10,100")  # dense returns the whole small corpus
+    assert res.exit_code == 0 and f"the corpus holds {n_docs}" in res.output
+    res = _cli("eval", "--data", data, "-p", "bm25", "--k", "10,100")
+    assert res.exit_code == 0 and "BM25 returns only documents sharing a term" in res.output
+    assert "bm25: {k: 100}" not in res.output
+
+
 def test_cli_validate_names_the_params_json_of_a_bad_parameter_and_notes_a_generators_model(tmp_path):
     import json
 
