@@ -1028,6 +1028,9 @@ def test_cli_validate_names_the_params_json_of_a_bad_parameter_and_notes_a_gener
     (tmp_path / "g.yaml").write_text("pipeline:\n  - bm25: {}\n  - generate: {model: nowhere/llm-nope}\n")
     res = _cli("validate", tmp_path / "g.yaml")
     assert res.exit_code == 0 and "model 'nowhere/llm-nope' is neither a local folder" in res.output
+    (tmp_path / "d.yaml").write_text("pipeline:\n  - dense: {model: ./no/such/dir}\n")
+    res = _cli("validate", tmp_path / "d.yaml")  # a path is not downloaded: said so
+    assert res.exit_code == 0 and "model './no/such/dir' names a folder that does not exist" in res.output
 
 
 def test_cli_eval_notes_learning_operators_without_a_train_split(tmp_path):

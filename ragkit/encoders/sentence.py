@@ -57,6 +57,8 @@ def model_note(model: str) -> str | None:
 
     if registered_encoder(model) is not None or Path(resolve_model(model)).exists():
         return None
+    if model.startswith((".", "/", "~")) or "\\" in model:  # a path, not a hub id: nothing to download
+        return f"model {model!r} names a folder that does not exist (loading it will fail)"
     try:
         from huggingface_hub import try_to_load_from_cache
 
