@@ -177,9 +177,13 @@ class Corpus:
                     f"Corpus metadata field {key!r} has {len(col)} values, expected {len(ids)} (one per document)"
                 )
             meta[key] = _frozen(col, self.metadata[key])
-        object.__setattr__(self, "ids", _frozen(ids, self.ids))
-        object.__setattr__(self, "texts", _frozen(texts, self.texts))
-        object.__setattr__(self, "titles", _frozen(titles, self.titles))
+        self._hold(_frozen(ids, self.ids), _frozen(texts, self.texts), _frozen(titles, self.titles), meta)
+
+    def _hold(self, ids: np.ndarray, texts: np.ndarray, titles: np.ndarray, meta: dict[str, np.ndarray]) -> None:
+        """Keep the (read-only) columns, and empty caches of what is derived from them."""
+        object.__setattr__(self, "ids", ids)
+        object.__setattr__(self, "texts", texts)
+        object.__setattr__(self, "titles", titles)
         object.__setattr__(self, "metadata", _Columns(meta))
         object.__setattr__(self, "_row_of", None)
         object.__setattr__(self, "_codes", {})  # metadata field -> (codes, value -> code), built by mask()
@@ -304,14 +308,9 @@ class Corpus:
         """A corpus of columns already checked (new arrays cut or joined from checked corpora),
         made read-only without the checks of ``__post_init__``."""
         out = object.__new__(cls)
-        for name, value in (("ids", ids), ("texts", texts), ("titles", titles)):
+        for value in (ids, texts, titles, *metadata.values()):
             value.flags.writeable = False
-            object.__setattr__(out, name, value)
-        for value in metadata.values():
-            value.flags.writeable = False
-        object.__setattr__(out, "metadata", _Columns(metadata))
-        object.__setattr__(out, "_row_of", None)
-        object.__setattr__(out, "_codes", {})
+        out._hold(ids, texts, titles, metadata)
         return out
 
     def mask(self, where: Mapping[str, Any] | None) -> np.ndarray | None:

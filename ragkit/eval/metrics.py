@@ -74,8 +74,12 @@ _NO_DOC = "\tragkit: no document"
 
 def _clean_run(run: Run | Mapping[str, Mapping[str, float]], ignore_identical_ids: bool) -> dict[str, dict[str, float]]:
     if isinstance(run, Run):
-        nan = [i for i, s in enumerate(run.scores) if np.isnan(s).any()]  # one array test per query
-        bad = (run.query_ids[nan[0]], run.doc_ids[nan[0]][np.isnan(run.scores[nan[0]])][0]) if nan else None
+        flat = np.concatenate([np.asarray(s, np.float64) for s in run.scores]) if len(run) else np.zeros(0)
+        bad = None
+        if np.isnan(flat).any():  # the query and document of the first NaN
+            at = int(np.argmax(np.isnan(flat)))
+            q = int(np.searchsorted(np.cumsum([len(s) for s in run.scores]), at, side="right"))
+            bad = (run.query_ids[q], run.doc_ids[q][np.isnan(run.scores[q])][0])
         d = run.to_dict() if bad is None else {}
     else:
         d = {str(q): {str(k): float(v) for k, v in docs.items()} for q, docs in run.items()}
