@@ -9,7 +9,7 @@ Python or YAML; BEIR evaluation.
 __version__ = "0.1.0"
 
 from ragkit.errors import ArtifactError, ConfigError, DataError, NotFittedError, ParamError, RagkitError
-from ragkit.eval import evaluate, load_beir
+from ragkit.eval import beir_subsets, evaluate, load_beir
 from ragkit.operator import Operator
 from ragkit.params import Params
 from ragkit.pipelines import Loop, Parallel, Pipeline, Route, Sequence
@@ -18,6 +18,6 @@ from ragkit.types import Corpus, Qrels, Queries, Ranking, State, TrainSet
 
 __all__ = [
     "__version__", "Operator", "Params", "Run", "Corpus", "Queries", "Qrels", "Ranking", "State", "TrainSet",
-    "Pipeline", "Sequence", "Parallel", "Route", "Loop", "evaluate", "load_beir",
+    "Pipeline", "Sequence", "Parallel", "Route", "Loop", "evaluate", "load_beir", "beir_subsets",
     "RagkitError", "ParamError", "ConfigError", "DataError", "NotFittedError", "ArtifactError",
 ]

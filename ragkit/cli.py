@@ -3,7 +3,9 @@
 ``ragkit eval --data scifact --pipeline hybrid.yaml`` fits the pipeline on the corpus,
 runs the split's queries, prints a metrics table and writes JSON.  ``--pipeline`` takes a
 YAML file, a saved folder (``Pipeline.save``'s, or ``Operator.save``'s as a one-operator
-pipeline) or a registered operator name (a one-operator pipeline with its defaults).
+pipeline) or a registered operator name (a one-operator pipeline with its defaults).  ``--data``
+on an archive of several BEIR datasets (``cqadupstack``) evaluates each and their mean;
+``--data cqadupstack/android`` evaluates one.
 Output files are checked (their folders created) before any work starts and written
 atomically (a temporary file in the same folder, renamed into place).
 """
@@ -17,6 +19,7 @@ import platform
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 from typing import Any, Optional
@@ -158,9 +161,104 @@ def _parse_ks(ks: str) -> list[int]:
     return out
 
 
+@dataclass
+class _Split:
+    """One dataset's evaluated split, read and checked before any fit: the dataset, its ``queries``
+    (the first ``--limit``), their ``qrels``, the ``--train-split`` set or ``None``, the load time in s."""
+
+    ds: Any
+    queries: Any
+    qrels: dict[str, dict[str, int]]
+    train: Any
+    t_load: float
+
+
+def _read_split(data: str, split: str, train_split: Optional[str], limit: Optional[int], run_file: Optional[Path],
+                fitted: Any = None, pipeline: str = "") -> _Split:
+    """Load ``data`` and read what ``ragkit eval`` needs of it; a saved pipeline's corpus (``fitted``)
+    must be the dataset's, and ids a TREC ``run_file`` cannot hold are refused, all before any fit."""
+    from ragkit import load_beir
+
+    t0 = time.perf_counter()
+    ds = load_beir(data)
+    if fitted is not None:
+        _check_same_corpus(fitted, ds.corpus, pipeline, data)
+    queries, qrels = ds.queries(split), ds.qrels(split)
+    train = ds.train_set(train_split) if train_split else None
+    t_load = time.perf_counter() - t0
+    if limit is not None:
+        queries = queries[:limit]
+        qrels = {q: qrels[q] for q in queries.ids}
+    if run_file is not None:  # ids a TREC file cannot hold are refused now, not after the search
+        from ragkit.run import check_trec_ids
+
+        check_trec_ids(run_file, queries.ids, ds.corpus.ids)
+    return _Split(ds, queries, qrels, train, t_load)
+
+
+@dataclass
+class _Scored:
+    """A fitted pipeline's run on one split, its :class:`EvalResult`, the fit time in s and the
+    number of documents encoded by the fit."""
+
+    run: Any
+    result: Any
+    t_fit: float
+    encoded: int
+
+
+def _fit_and_score(pipe: Any, loaded: bool, sp: _Split, ks: list[int], trace: bool, backend: str) -> _Scored:
+    """Fit ``pipe`` on the split's corpus (unless ``loaded``: saved fitted), search its queries and
+    evaluate nDCG, recall, MAP, MRR and precision at each cut-off of ``ks``."""
+    from ragkit import evaluate
+    from ragkit.encoders.sentence import _ENCODERS
+    from ragkit.encoders.tokens import _TOKEN_ENCODERS
+
+    def n_encoded() -> int:  # documents encoded so far: sentence vectors and token vectors (MUVERA)
+        return sum(e.n_encoded for e in (*_ENCODERS.values(), *_TOKEN_ENCODERS.values()))
+
+    before = n_encoded()
+    t0 = time.perf_counter()
+    if not loaded:
+        with console.status("fitting (encoding and indexing)..."):
+            pipe.fit(sp.ds.corpus, sp.train, backend=backend) if backend != "local" else pipe.fit(sp.ds.corpus,
+                                                                                                  sp.train)
+    t_fit = time.perf_counter() - t0
+    encoded = n_encoded() - before
+    run = pipe.search(sp.queries, trace=trace, qrels=sp.qrels if trace else None)
+    metrics = [f"{m}@{c}" for m in ("ndcg", "recall", "map", "mrr", "p") for c in ks]
+    return _Scored(run, evaluate(run, sp.qrels, metrics), t_fit, encoded)
+
+
+def _note_depth(run: Any, ks: list[int], corpus: Any, prefix: str = "") -> None:
+    """Say when the pipeline returned fewer documents than a cut-off of ``ks``, and what limits it."""
+    depth = max((len(d) for d in run.doc_ids), default=0)
+    deeper = [c for c in ks if c > depth]
+    if deeper:
+        why = (f"the corpus holds {len(corpus)}" if depth >= len(corpus) else
+               "what limits it: a step's k (give the last steps a larger one to measure that depth), or documents "
+               "it did not find (BM25 returns only documents sharing a term with the query)")
+        console.print(f"[yellow]note:[/] {escape(prefix)}the pipeline returned at most {depth} documents per query, "
+                      f"so the @{', @'.join(map(str, deeper))} metrics count only those; {why}", soft_wrap=True)
+
+
+def _timings_line(t_load: float, t_fit: float, encoded: int, search_s: float, n_queries: int, total: float) -> str:
+    """``load 0.12 s · fit ... · search ... (q/s) · total ...``: what ``ragkit eval`` prints last."""
+    qps = n_queries / max(search_s or 1e-9, 1e-9)
+    rate = f"{qps:,.0f}" if qps >= 10 else f"{qps:.2g}"  # a few slow queries: not "0 q/s"
+    return (f"load {t_load:.2f} s · fit {t_fit:.2f} s ({encoded} documents encoded) · search {search_s:.2f} s "
+            f"({rate} q/s) · total {total:.2f} s")
+
+
+def _machine() -> dict[str, Any]:
+    return {"platform": platform.platform(), "python": sys.version.split()[0], "cpus": os.cpu_count()}
+
+
 @app.command("eval")
 def eval_cmd(
-    data: str = typer.Option(..., "--data", help="BEIR dataset name or folder."),
+    data: str = typer.Option(..., "--data", help="BEIR dataset name or folder; for an archive of several datasets "
+                                                 "(cqadupstack) each is evaluated and the mean reported, or one "
+                                                 "is named: cqadupstack/android."),
     pipeline: str = typer.Option(..., "--pipeline", "-p",
                                  help="Pipeline YAML file, saved pipeline or operator folder, or operator name."),
     split: str = typer.Option("test", help="Qrels split to evaluate."),
@@ -177,8 +275,12 @@ def eval_cmd(
                                         help="Evaluate only the first N queries (smoke runs; N >= 1)."),
     backend: str = typer.Option("local", "--backend", help="local or ray."),
 ) -> None:
-    """Fit a pipeline on a BEIR corpus and evaluate it on one split."""
-    from ragkit import evaluate, load_beir
+    """Fit a pipeline on a BEIR corpus and evaluate it on one split.
+
+    On an archive of several datasets (cqadupstack) the pipeline is fitted on each dataset's
+    corpus in turn; each is reported, and the mean of each metric over them (BEIR's convention).
+    """
+    from ragkit.eval.beir import beir_subsets
 
     ks = _parse_ks(k)
     t_all = time.perf_counter()
@@ -202,40 +304,20 @@ def eval_cmd(
             raise RagkitError(f"--pipeline {pipeline}: a saved, fitted pipeline is evaluated as it is, so {given} "
                               "would be ignored; pass a pipeline YAML file to fit (and learn) here")
         t0 = time.perf_counter()
-        ds = load_beir(data)
-        if loaded:
-            _check_same_corpus(pipe.corpus_, ds.corpus, pipeline, data)
-        queries, qrels = ds.queries(split), ds.qrels(split)
-        train = ds.train_set(train_split) if train_split else None
-        t_load = time.perf_counter() - t0
-        if limit is not None:
-            queries = queries[:limit]
-            qrels = {q: qrels[q] for q in queries.ids}
-        if run_file is not None:  # ids a TREC file cannot hold are refused now, not after the search
-            from ragkit.run import check_trec_ids
-
-            check_trec_ids(run_file, queries.ids, ds.corpus.ids)
-        from ragkit.encoders.sentence import _ENCODERS
-        from ragkit.encoders.tokens import _TOKEN_ENCODERS
-
-        def n_encoded() -> int:  # documents encoded so far: sentence vectors and token vectors (MUVERA)
-            return sum(e.n_encoded for e in (*_ENCODERS.values(), *_TOKEN_ENCODERS.values()))
-
-        before = n_encoded()
-        t0 = time.perf_counter()
-        if not loaded and train is None:
+        subs = beir_subsets(data)
+        t_find = time.perf_counter() - t0  # a download of the dataset, when it is not found locally
+        if subs:
+            _eval_subsets(data, subs, pipeline, loaded, split=split, train_split=train_split, ks=ks, limit=limit,
+                          trace=trace, backend=backend, output=output, run_file=run_file, t_all=t_all, t_find=t_find)
+            return
+        sp = _read_split(data, split, train_split, limit, run_file, pipe.corpus_ if loaded else None, pipeline)
+        if not loaded and sp.train is None:
             _note_unlearned(pipe)
-        if not loaded:
-            with console.status("fitting (encoding and indexing)..."):
-                pipe.fit(ds.corpus, train, backend=backend) if backend != "local" else pipe.fit(ds.corpus, train)
-        t_fit = time.perf_counter() - t0
-        encoded = n_encoded() - before
-        run = pipe.search(queries, trace=trace, qrels=qrels if trace else None)
-        metrics = [f"{m}@{c}" for m in ("ndcg", "recall", "map", "mrr", "p") for c in ks]
-        result = evaluate(run, qrels, metrics)
+        scored = _fit_and_score(pipe, loaded, sp, ks, trace, backend)
     except RagkitError as e:
         _fail(e)
         return
+    ds, queries, run, result = sp.ds, sp.queries, scored.run, scored.result
     total = time.perf_counter() - t_all
     console.print(Text(f"{ds.name} / {split} ({len(queries)} queries)  pipeline: {pipeline}"))  # not a table title:
     table = Table()  # a title wraps to the table's narrow width
@@ -244,20 +326,8 @@ def eval_cmd(
     for m, v in result.scores.items():
         table.add_row(m, f"{v:.4f}")
     console.print(table)
-    depth = max((len(d) for d in run.doc_ids), default=0)
-    deeper = [c for c in ks if c > depth]
-    if deeper:
-        why = (f"the corpus holds {len(ds.corpus)}" if depth >= len(ds.corpus) else
-               "what limits it: a step's k (give the last steps a larger one to measure that depth), or documents "
-               "it did not find (BM25 returns only documents sharing a term with the query)")
-        console.print(f"[yellow]note:[/] the pipeline returned at most {depth} documents per query, so the "
-                      f"@{', @'.join(map(str, deeper))} metrics count only those; {why}", soft_wrap=True)
-    qps = len(queries) / max(run.seconds or 1e-9, 1e-9)
-    rate = f"{qps:,.0f}" if qps >= 10 else f"{qps:.2g}"  # a few slow queries: not "0 q/s"
-    console.print(
-        f"load {t_load:.2f} s · fit {t_fit:.2f} s ({encoded} documents encoded) · search {run.seconds:.2f} s "
-        f"({rate} q/s) · total {total:.2f} s"
-    )
+    _note_depth(run, ks, ds.corpus)
+    console.print(_timings_line(t_find + sp.t_load, scored.t_fit, scored.encoded, run.seconds, len(queries), total))
     if trace and run.trace:
         from ragkit.pipelines.trace import print_trace
 
@@ -266,13 +336,91 @@ def eval_cmd(
         _write_outputs(output, run_file, run, {
             "dataset": ds.name, "split": split, "pipeline": pipe.to_yaml(), "n_queries": len(queries),
             "metrics": result.scores, "per_query": result.per_query,
-            "timings": {"load_s": t_load, "fit_s": t_fit, "search_s": run.seconds, "total_s": total,
-                        "documents_encoded": encoded},
-            "machine": {"platform": platform.platform(), "python": sys.version.split()[0], "cpus": os.cpu_count()},
+            "timings": {"load_s": t_find + sp.t_load, "fit_s": scored.t_fit, "search_s": run.seconds, "total_s": total,
+                        "documents_encoded": scored.encoded},
+            "machine": _machine(),
             "date": date.today().isoformat(),
         })
     except RagkitError as e:
         _fail(e)
+
+
+def _eval_subsets(data: str, subs: list[str], pipeline: str, loaded: bool, *, split: str, train_split: Optional[str],
+                  ks: list[int], limit: Optional[int], trace: bool, backend: str, output: Optional[Path],
+                  run_file: Optional[Path], t_all: float, t_find: float) -> None:
+    """``ragkit eval`` on an archive of several datasets (``subs``): every split is read and checked
+    first, then the pipeline is fitted and evaluated on each in turn; prints each and the mean of
+    each metric over them, and writes both to ``output``.  ``t_find``: seconds spent finding (or
+    downloading) the archive."""
+    base = data.rstrip("/") or data
+    if loaded:
+        raise RagkitError(f"--pipeline {pipeline}: a saved, fitted pipeline answers from the one corpus it was "
+                          f"fitted on, but --data {data} holds {len(subs)} datasets ({', '.join(subs)}), each with its "
+                          f"own corpus; pass the pipeline's YAML to fit it on each, or evaluate the dataset it was "
+                          f"fitted on (--data {base}/<dataset>)")
+    if run_file is not None:
+        raise RagkitError(f"--run {run_file}: --data {data} holds {len(subs)} datasets ({', '.join(subs)}) whose "
+                          f"query ids may repeat, and one TREC run file cannot tell them apart; write one run per "
+                          f"dataset (--data {base}/{subs[0]} --run ...)")
+    splits = {s: _read_split(f"{base}/{s}", split, train_split, limit, None) for s in subs}
+    splits[subs[0]].t_load += t_find
+    scored: dict[str, _Scored] = {}
+    for s, sp in splits.items():
+        pipe, _ = resolve_pipeline(pipeline)  # a fresh pipeline for each corpus
+        if not scored and sp.train is None:
+            _note_unlearned(pipe)
+        scored[s] = one = _fit_and_score(pipe, False, sp, ks, trace, backend)
+        first = next(iter(one.result.scores))
+        console.print(Text(f"{s} / {split} ({len(sp.queries)} queries): {first} {one.result.scores[first]:.4f} · "
+                           f"fit {one.t_fit:.2f} s · search {one.run.seconds:.2f} s"))
+        _note_depth(one.run, ks, sp.ds.corpus, prefix=f"{s}: ")
+        if trace and one.run.trace:
+            from ragkit.pipelines.trace import print_trace
+
+            print_trace(console, one.run.trace)
+    _report_subsets(splits, scored, pipeline, pipe.to_yaml(), split, output, t_all)
+
+
+def _report_subsets(splits: dict[str, _Split], scored: dict[str, _Scored], pipeline: str, spec: str, split: str,
+                    output: Optional[Path], t_all: float) -> None:
+    """Print each dataset's metrics and their mean (one row each) and the summed timings; write the
+    JSON: ``metrics`` the means, ``subsets`` each dataset's metrics, per-query values and timings;
+    ``spec`` is the pipeline's YAML."""
+    names = list(scored)
+    metrics = list(scored[names[0]].result.scores)
+    means = {m: sum(scored[s].result.scores[m] for s in names) / len(names) for m in metrics}
+    n_queries = sum(len(splits[s].queries) for s in names)
+    parent = splits[names[0]].ds.path.resolve().parent.name
+    total = time.perf_counter() - t_all
+    console.print(Text(f"{parent} / {split}: {len(names)} datasets, {n_queries} queries, and the mean of each metric "
+                       f"over the datasets (BEIR's convention)  pipeline: {pipeline}"), soft_wrap=True)
+    table = Table()
+    table.add_column("dataset")
+    table.add_column("queries", justify="right")
+    for m in metrics:
+        table.add_column(m, justify="right")
+    for s in names:
+        table.add_row(s, str(len(splits[s].queries)), *(f"{scored[s].result.scores[m]:.4f}" for m in metrics))
+    table.add_section()
+    table.add_row("mean", str(n_queries), *(f"{means[m]:.4f}" for m in metrics), style="bold")
+    console.print(table)
+    t_load = sum(sp.t_load for sp in splits.values())
+    t_fit = sum(one.t_fit for one in scored.values())
+    encoded = sum(one.encoded for one in scored.values())
+    search_s = sum(one.run.seconds or 0.0 for one in scored.values())
+    console.print(_timings_line(t_load, t_fit, encoded, search_s, n_queries, total))
+    subsets = {s: {"n_queries": len(splits[s].queries), "metrics": scored[s].result.scores,
+                   "per_query": scored[s].result.per_query,
+                   "timings": {"load_s": splits[s].t_load, "fit_s": scored[s].t_fit, "search_s": scored[s].run.seconds,
+                               "documents_encoded": scored[s].encoded}} for s in names}
+    _write_outputs(output, None, None, {
+        "dataset": parent, "split": split, "pipeline": spec, "n_queries": n_queries,
+        "metrics": means, "aggregate": f"mean over the {len(names)} datasets, each weighted equally",
+        "subsets": subsets,
+        "timings": {"load_s": t_load, "fit_s": t_fit, "search_s": search_s, "total_s": total,
+                    "documents_encoded": encoded},
+        "machine": _machine(), "date": date.today().isoformat(),
+    })
 
 
 def _write_outputs(output: Optional[Path], run_file: Optional[Path], run: Any, payload: dict[str, Any]) -> None:

@@ -7,6 +7,8 @@ import importlib.util
 import io
 import json
 import math
+import os
+import shutil
 import threading
 import zipfile
 from functools import partial
@@ -17,7 +19,7 @@ import numpy as np
 import pytest
 
 from ragkit.errors import DataError
-from ragkit.eval import download_beir, evaluate, load_beir, paired_randomization_test, parse_metric
+from ragkit.eval import beir_subsets, download_beir, evaluate, load_beir, paired_randomization_test, parse_metric
 from ragkit.run import Run
 from ragkit.types import Corpus, Ranking
 
@@ -510,6 +512,168 @@ def test_download_errors(server, tmp_path, monkeypatch):
     assert not (tmp_path / "cache" / "evil").exists()
     with pytest.raises(DataError, match="could not download"):
         download_beir("x", base_url="http://127.0.0.1:9")  # nothing listens on the discard port
+
+
+# ---------------------------------------------------------------------- archives of several datasets (CQADupStack)
+def _forum_zip(forums=("android", "gaming"), top: str | None = "cqadupstack",
+               drop: tuple[str, str] | None = None) -> bytes:
+    """An archive like BEIR's ``cqadupstack.zip``: ``<top>/<forum>/...`` per forum, each forum's document ids
+    prefixed with its name; ``gaming`` judges one more query, and q1 by a document BM25 cannot find;
+    ``drop = (forum, file)`` leaves that file out."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        for forum in forums:
+            prefix = f"{top}/{forum}/" if top else f"{forum}/"
+            qrels = QRELS if forum != "gaming" else dict(QRELS, test="q1\td2\t1\nq2\td3\t2\nq3\td2\t1\n")
+            files = {"corpus.jsonl": "".join(json.dumps({**r, "_id": f"{forum}-{r['_id']}"}) + "\n" for r in CORPUS),
+                     "queries.jsonl": "".join(json.dumps(r) + "\n" for r in QUERIES),
+                     **{f"qrels/{s}.tsv": t.replace("\td", f"\t{forum}-d") for s, t in qrels.items()}}
+            for file, text in files.items():
+                if (forum, file) != drop:
+                    z.writestr(prefix + file, text)
+    return buf.getvalue()
+
+
+@pytest.fixture
+def forums(server, tmp_path, monkeypatch):
+    """``cqadupstack.zip`` (android, gaming) served locally, an empty cache; yields (www, url, cache)."""
+    www, url = server
+    (www / "cqadupstack.zip").write_bytes(_forum_zip())
+    monkeypatch.setenv("RAGKIT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("RAGKIT_BEIR_URL", url)
+    monkeypatch.delenv("RAGKIT_BEIR_DIR", raising=False)
+    monkeypatch.chdir(tmp_path)  # no shared/data/beir above the working folder
+    yield www, url, tmp_path / "cache" / "beir"
+
+
+@enable_socket
+def test_a_dataset_of_a_multi_dataset_archive_loads_by_name_and_the_archive_downloads_once(forums):
+    www, url, cache = forums
+    ds = load_beir("cqadupstack/android")
+    assert ds.path == cache / "cqadupstack" / "android" and ds.name == "android"
+    assert ds.corpus.ids.tolist() == ["android-d1", "android-d2", "android-d3"]
+    assert ds.qrels("test") == {"q1": {"android-d1": 1}, "q2": {"android-d3": 2}}
+    assert sorted(os.listdir(cache)) == ["cqadupstack"]  # the whole archive, no temporary folder left
+    assert sorted(os.listdir(cache / "cqadupstack")) == ["android", "gaming"]
+    (www / "cqadupstack.zip").unlink()  # the second dataset, and the first again, come from the cache
+    assert load_beir("cqadupstack/gaming").qrels("test") == {"q1": {"gaming-d2": 1}, "q2": {"gaming-d3": 2},
+                                                             "q3": {"gaming-d2": 1}}
+    assert load_beir("cqadupstack/android").path == ds.path
+    assert beir_subsets("cqadupstack") == ["android", "gaming"]
+    assert beir_subsets(cache / "cqadupstack") == ["android", "gaming"] and beir_subsets(ds.path) == []
+    # a path keeps working as a path, absolute or relative
+    assert load_beir(str(ds.path)).corpus.ids.tolist() == ds.corpus.ids.tolist()
+    assert load_beir("./cache/beir/cqadupstack/gaming").name == "gaming"
+
+
+@enable_socket
+def test_a_multi_dataset_archive_or_an_unknown_dataset_of_it_names_the_datasets(forums, tmp_path):
+    www, url, cache = forums
+    with pytest.raises(DataError, match=r"^cqadupstack: holds 2 BEIR datasets \(android, gaming\), not one; load "
+                                        r"one as 'cqadupstack/android'"):
+        load_beir("cqadupstack")  # downloads, then says what to load
+    with pytest.raises(DataError, match=r"holds 2 BEIR datasets \(android, gaming\), not one; load one as "
+                                        r"'.*/cache/beir/cqadupstack/android'"):
+        load_beir(cache / "cqadupstack")
+    with pytest.raises(DataError, match=r"BEIR dataset 'cqadupstack' \(.*/cqadupstack\) has no sub-dataset "
+                                        r"'wordpress'; its 2 sub-datasets are android, gaming \(load one as "
+                                        r"'cqadupstack/android'\)"):
+        load_beir("cqadupstack/wordpress")
+    with pytest.raises(DataError, match=r"cqadupstack/wordpres: BEIR folder not found; .*/cqadupstack holds the "
+                                        r"sub-datasets android, gaming"):
+        load_beir(str(cache / "cqadupstack" / "wordpres"))
+    (www / "tiny.zip").write_bytes(_zip("tiny"))
+    with pytest.raises(DataError, match=r"BEIR dataset 'tiny' \(.*\) is a single dataset, without sub-datasets such "
+                                        r"as 'android'; load it as 'tiny'"):
+        load_beir("tiny/android")
+    with pytest.raises(DataError, match=r"'nothing/here' not found locally \(looked in .*cache/beir/nothing, .*\) and "
+                                        r"download=False"):
+        load_beir("nothing/here", download=False)
+    (tmp_path / "data").mkdir()  # 'data/scifact' beside a folder 'data' is a path: not downloaded as data.zip
+    with pytest.raises(DataError, match=r"^data/scifact: BEIR folder not found$"):
+        load_beir("data/scifact")
+
+
+def test_a_dataset_of_a_local_multi_dataset_folder_is_found_where_names_are(tmp_path, monkeypatch):
+    """``$RAGKIT_BEIR_DIR`` and ``shared/data/beir`` above the working folder, without any download."""
+    monkeypatch.setenv("RAGKIT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("RAGKIT_BEIR_DIR", str(tmp_path / "mine"))
+    write_beir(tmp_path / "mine" / "forums" / "tex")
+    write_beir(tmp_path / "work" / "shared" / "data" / "beir" / "other" / "unix",
+               corpus=[{"_id": "u1", "text": "a shell"}], queries=[{"_id": "q1", "text": "shell"}],
+               qrels={"test": "q1\tu1\t1\n"})
+    (tmp_path / "work" / "sub").mkdir()
+    monkeypatch.chdir(tmp_path / "work" / "sub")
+    assert load_beir("forums/tex", download=False).path == tmp_path / "mine" / "forums" / "tex"
+    assert load_beir("other/unix", download=False).corpus.ids.tolist() == ["u1"]
+    assert beir_subsets("other", download=False) == ["unix"]
+
+
+@enable_socket
+def test_a_multi_dataset_archive_is_checked_whole_before_anything_is_cached(forums, tmp_path):
+    www, url, cache = forums
+    (www / "broken.zip").write_bytes(_forum_zip(top="broken", drop=("gaming", "queries.jsonl")))
+    with pytest.raises(DataError, match=r"broken\.zip: the archive holds the sub-datasets android, gaming, but has no "
+                                        r"broken/gaming/queries\.jsonl; .*nothing was cached"):
+        download_beir("broken")
+    with pytest.raises(DataError, match=r"'broken/android': not found locally .*; .*broken/gaming/queries\.jsonl"):
+        load_beir("broken/android")  # the complete dataset is not cached either
+    (www / "nocorpus.zip").write_bytes(_forum_zip(top=None, forums=("android", "gaming", "gis"),
+                                                  drop=("gis", "corpus.jsonl")))
+    with pytest.raises(DataError, match=r"has no nocorpus/gis/corpus\.jsonl; .*nothing was cached"):
+        download_beir("nocorpus")  # a folder without corpus.jsonl is a broken dataset too
+    assert sorted(os.listdir(cache)) == []
+    # an archive without the top folder is cached under its name
+    (www / "flat.zip").write_bytes(_forum_zip(top=None))
+    got = download_beir("flat", dest=tmp_path / "elsewhere")
+    assert got == tmp_path / "elsewhere" / "flat" and sorted(os.listdir(got)) == ["android", "gaming"]
+    assert load_beir(got / "gaming").corpus.ids.tolist() == ["gaming-d1", "gaming-d2", "gaming-d3"]
+    # an earlier, incomplete download is replaced; a folder holding anything else is left alone
+    shutil.rmtree(got / "gaming")
+    (got / "android" / "queries.jsonl").unlink()
+    assert download_beir("flat", dest=tmp_path / "elsewhere") == got
+    assert sorted(os.listdir(got)) == ["android", "gaming"] and (got / "android" / "queries.jsonl").is_file()
+    (got / "android" / "notes.txt").write_text("mine")
+    with pytest.raises(DataError, match=r"elsewhere/flat: exists and is not a BEIR download of 'flat'"):
+        download_beir("flat", dest=tmp_path / "elsewhere")
+    assert (got / "android" / "notes.txt").read_text() == "mine"
+
+
+@enable_socket
+def test_cli_eval_on_a_multi_dataset_archive_reports_each_dataset_and_the_mean(forums, tmp_path):
+    from typer.testing import CliRunner
+
+    from ragkit.cli import app
+
+    def cli(*args, pipeline="bm25"):
+        return CliRunner().invoke(app, ["eval", "-p", str(pipeline), "--k", "1,3", *map(str, args)],
+                                  env={"COLUMNS": "200"})
+
+    res = cli("--data", "cqadupstack", "-o", tmp_path / "all.json")
+    assert res.exit_code == 0, res.output
+    out = json.loads((tmp_path / "all.json").read_text())
+    assert out["dataset"] == "cqadupstack" and out["n_queries"] == 5 and sorted(out["subsets"]) == ["android", "gaming"]
+    each = {s: out["subsets"][s]["metrics"]["ndcg@1"] for s in ("android", "gaming")}
+    assert each["android"] == 1.0 and each["gaming"] == pytest.approx(2 / 3)  # gaming's q1: a document BM25 misses
+    assert out["metrics"]["ndcg@1"] == pytest.approx(5 / 6)  # the mean of the datasets, not of the 5 queries (0.8)
+    assert out["subsets"]["gaming"]["per_query"]["ndcg@1"] == {"q1": 0.0, "q2": 1.0, "q3": 1.0}
+    assert "per_query" not in out  # query ids repeat across the datasets
+    assert "android / test (2 queries): ndcg@1 1.0000" in res.output and "mean" in res.output
+    # one dataset of it, by name: the same numbers as in the mean's table
+    res = cli("--data", "cqadupstack/gaming", "-o", tmp_path / "gaming.json")
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "gaming.json").read_text())["metrics"] == out["subsets"]["gaming"]["metrics"]
+    # what cannot apply to several datasets is refused before any fit
+    res = cli("--data", "cqadupstack", "--run", tmp_path / "run.trec")
+    assert res.exit_code == 2 and "--run " in res.output and "cqadupstack/android --run" in res.output
+    assert "ndcg" not in res.output and not (tmp_path / "run.trec").exists()
+    from ragkit.retrievers import BM25
+
+    BM25(k=3).fit(load_beir("cqadupstack/android").corpus).save(tmp_path / "op")
+    res = cli("--data", "cqadupstack", pipeline=tmp_path / "op")
+    assert res.exit_code == 2 and "a saved, fitted pipeline answers from the one corpus" in res.output
+    res = cli("--data", "cqadupstack", "--split", "dev")  # a split no dataset has: before any fit
+    assert res.exit_code == 2 and "no qrels for split 'dev'" in res.output and "fit" not in res.output
 
 
 # ---------------------------------------------------------------------- significance

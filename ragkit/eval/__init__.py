@@ -1,6 +1,15 @@
 """Evaluation: BEIR loading, trec_eval metrics, run files, reports (hubness, filtering, diversity)."""
 
-from ragkit.eval.beir import BeirDataset, download_beir, load_beir, read_corpus, read_qrels, read_queries, write_beir
+from ragkit.eval.beir import (
+    BeirDataset,
+    beir_subsets,
+    download_beir,
+    load_beir,
+    read_corpus,
+    read_qrels,
+    read_queries,
+    write_beir,
+)
 from ragkit.eval.diversity import (
     alpha_ndcg,
     cluster_entropy,
@@ -14,7 +23,8 @@ from ragkit.eval.hubness import HubnessReport, hubness, k_occurrence, random_ske
 from ragkit.eval.metrics import EvalResult, evaluate, paired_randomization_test, parse_metric, per_query_ndcg
 
 __all__ = [
-    "BeirDataset", "load_beir", "download_beir", "read_corpus", "read_qrels", "read_queries", "write_beir",
+    "BeirDataset", "load_beir", "beir_subsets", "download_beir", "read_corpus", "read_qrels", "read_queries",
+    "write_beir",
     "evaluate", "EvalResult", "paired_randomization_test", "parse_metric", "per_query_ndcg",
     "HubnessReport", "hubness", "k_occurrence", "random_skewness",
     "FilterReport", "expected_calibration_error", "filter_report", "pr_curve",

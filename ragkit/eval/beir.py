@@ -10,6 +10,11 @@ Layout (Thakur et al., "BEIR", NeurIPS 2021 Datasets and Benchmarks)::
 ragkit cache and ``../shared/data/beir``; otherwise it downloads
 ``{base_url}/{name}.zip`` (``$RAGKIT_BEIR_URL`` overrides the official address) into the
 cache and unzips it.  Every error names the file and line.
+
+Some archives hold several datasets, one folder each (CQADupStack: ``cqadupstack/<forum>/``
+for 12 forums, reported as the mean of each metric over them).  ``beir_subsets("cqadupstack")``
+lists them and ``load_beir("cqadupstack/android")`` loads one, downloading the whole archive
+once when it is not found locally.
 """
 
 from __future__ import annotations
@@ -33,8 +38,8 @@ from ragkit._files import file_above, share_like_umask, shared_tempdir, utf8_lin
 from ragkit.errors import DataError
 from ragkit.types import Corpus, Qrels, Queries, TrainSet
 
-__all__ = ["BeirDataset", "load_beir", "read_corpus", "read_queries", "read_qrels", "download_beir", "cache_dir",
-           "write_beir"]
+__all__ = ["BeirDataset", "load_beir", "beir_subsets", "read_corpus", "read_queries", "read_qrels", "download_beir",
+           "cache_dir", "write_beir"]
 
 BEIR_URL = "https://public.ukp.informatik.tu-darmstadt.de/thakur/BEIR/datasets"
 
@@ -304,24 +309,97 @@ def _candidates(name: str) -> list[Path]:
     return out
 
 
-def load_beir(name_or_path: str | Path, *, download: bool = True, base_url: str | None = None) -> BeirDataset:
-    """Load a BEIR dataset from a folder, or by name (found locally, else downloaded and cached)."""
+#: ``<archive>/<sub>``: one dataset of an archive that holds several, e.g. ``cqadupstack/android``
+_SUB_NAME = re.compile(r"([A-Za-z0-9][\w.-]*)/([A-Za-z0-9][\w.-]*)")
+
+
+def _folders(root: Path) -> list[str]:
+    """Names of the folders directly in ``root``, sorted; hidden ones and macOS's ``__MACOSX`` left out."""
+    return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith((".", "__MACOSX")))
+
+
+def _subsets(folder: Path) -> list[str]:
+    """The datasets of a folder that holds several (its folders with a ``corpus.jsonl``), sorted;
+    ``[]`` for a single dataset (a ``corpus.jsonl`` of its own) or anything else."""
+    if not folder.is_dir() or (folder / "corpus.jsonl").is_file():
+        return []
+    return [s for s in _folders(folder) if (folder / s / "corpus.jsonl").is_file()]
+
+
+def _is_dataset(folder: Path) -> bool:
+    """Whether ``folder`` holds a BEIR dataset, or several."""
+    return (folder / "corpus.jsonl").is_file() or bool(_subsets(folder))
+
+
+def _find(name: str, label: str, *, download: bool, base_url: str | None) -> Path:
+    """The folder of dataset (or multi-dataset archive) ``name``: the first of :func:`_candidates` that
+    holds it, else downloaded into the cache.  ``label`` is what the caller asked for, for the errors."""
+    places = _candidates(name)
+    found = next((p for p in places if _is_dataset(p)), None)
+    if found is not None:
+        return found
+    looked = ", ".join(str(p) for p in places)
+    if not download:
+        raise DataError(f"BEIR dataset {label!r} not found locally (looked in {looked}) and download=False")
+    try:
+        return download_beir(name, base_url=base_url)
+    except DataError as e:
+        raise DataError(f"BEIR dataset {label!r}: not found locally (looked in {looked}); {e}") from None
+
+
+def _find_sub(archive: str, sub: str, *, download: bool, base_url: str | None) -> Path:
+    """The folder of dataset ``sub`` of the multi-dataset archive ``archive``: found locally, else in the
+    archive, downloaded whole.  A ``sub`` it does not hold is a :class:`DataError` listing those it does."""
+    hit = next((p / sub for p in _candidates(archive) if (p / sub / "corpus.jsonl").is_file()), None)
+    if hit is not None:
+        return hit
+    parent = _find(archive, f"{archive}/{sub}", download=download, base_url=base_url)
+    subs = _subsets(parent)
+    if not subs:
+        raise DataError(f"BEIR dataset {archive!r} ({parent}) is a single dataset, without sub-datasets such as "
+                        f"{sub!r}; load it as {archive!r}")
+    if (parent / sub).is_dir():
+        return parent / sub  # incomplete: load_beir names the file it lacks
+    raise DataError(f"BEIR dataset {archive!r} ({parent}) has no sub-dataset {sub!r}; its {len(subs)} sub-datasets "
+                    f"are {', '.join(subs)} (load one as '{archive}/{subs[0]}')")
+
+
+def _not_a_folder(text: str) -> DataError:
+    """The error for a path that is no folder; it lists the sub-datasets when its parent holds several."""
+    parent = Path(text).parent
+    subs = _subsets(parent)
+    hint = f"; {parent} holds the sub-datasets {', '.join(subs)}" if subs else ""
+    return DataError(f"{text}: BEIR folder not found{hint}")
+
+
+def _locate(name_or_path: str | Path, *, download: bool, base_url: str | None) -> Path:
+    """The folder ``name_or_path`` stands for: an existing folder, a dataset name (``scifact``) or
+    ``<archive>/<sub>`` (``cqadupstack/android``), found locally or downloaded."""
     path = Path(name_or_path)
-    if not path.is_dir():
-        if os.sep in str(name_or_path) or str(name_or_path).startswith("."):
-            raise DataError(f"{name_or_path}: BEIR folder not found")
-        places = list(_candidates(str(name_or_path)))
-        found = next((p for p in places if (p / "corpus.jsonl").is_file()), None)
-        if found is None:
-            looked = ", ".join(str(p) for p in places)
-            if not download:
-                raise DataError(f"BEIR dataset {name_or_path!r} not found locally (looked in {looked}) and "
-                                "download=False")
-            try:
-                found = download_beir(str(name_or_path), base_url=base_url)
-            except DataError as e:
-                raise DataError(f"BEIR dataset {name_or_path!r}: not found locally (looked in {looked}); {e}") from None
-        path = found
+    if path.is_dir():
+        return path
+    text = str(name_or_path)
+    sub = _SUB_NAME.fullmatch(text)
+    if sub is not None and not Path(sub[1]).exists():  # 'data/x' beside an existing ./data is a path
+        return _find_sub(sub[1], sub[2], download=download, base_url=base_url)
+    if os.sep in text or "/" in text or text.startswith("."):
+        raise _not_a_folder(text)
+    return _find(text, text, download=download, base_url=base_url)
+
+
+def load_beir(name_or_path: str | Path, *, download: bool = True, base_url: str | None = None) -> BeirDataset:
+    """Load a BEIR dataset from a folder, or by name (found locally, else downloaded and cached).
+
+    ``name_or_path`` is a folder, a name (``"scifact"``) or, for one dataset of an archive that
+    holds several, ``"<archive>/<sub>"`` (``"cqadupstack/android"``; :func:`beir_subsets` lists
+    them).  A folder or name that holds several datasets is a :class:`DataError` naming them.
+    """
+    path = _locate(name_or_path, download=download, base_url=base_url)
+    subs = _subsets(path)
+    if subs:
+        one = f"{str(name_or_path).rstrip('/')}/{subs[0]}"
+        raise DataError(f"{name_or_path}: holds {len(subs)} BEIR datasets ({', '.join(subs)}), not one; load one as "
+                        f"{one!r} (beir_subsets lists them; BEIR reports the mean of each metric over them)")
     for required in ("corpus.jsonl", "queries.jsonl"):
         if not (path / required).is_file():
             raise DataError(f"{path / required}: file not found; a BEIR folder holds corpus.jsonl, queries.jsonl "
@@ -332,42 +410,43 @@ def load_beir(name_or_path: str | Path, *, download: bool = True, base_url: str 
                        _queries=read_queries(path / "queries.jsonl"))
 
 
+def beir_subsets(name_or_path: str | Path, *, download: bool = True, base_url: str | None = None) -> list[str]:
+    """The datasets of a BEIR archive that holds several, sorted; ``[]`` for anything else (one dataset).
+
+    Found as :func:`load_beir` finds a dataset: a folder, or a name found locally, else downloaded
+    and cached.  Load each as ``load_beir(f"{name}/{sub}")``; BEIR reports such an archive
+    (CQADupStack) as the mean of each metric over its datasets.
+
+    Examples
+    --------
+    >>> beir_subsets("cqadupstack")  # doctest: +SKIP
+    ['android', 'english', 'gaming', 'gis', 'mathematica', 'physics', 'programmers', 'stats', 'tex', 'unix',
+     'webmasters', 'wordpress']
+    """
+    return _subsets(_locate(name_or_path, download=download, base_url=base_url))
+
+
 def download_beir(name: str, *, base_url: str | None = None, dest: Path | None = None, timeout: float = 60) -> Path:
-    """Download ``{base_url}/{name}.zip`` and unzip it into ``dest`` (default: the cache).
+    """Download ``{base_url}/{name}.zip`` and unzip it into ``dest`` (default: the cache); returns ``dest / name``.
 
     The archive is unpacked in a temporary folder and renamed into place, so an
-    interrupted download leaves nothing half-written.
+    interrupted download leaves nothing half-written.  An archive of several datasets
+    (``cqadupstack/<forum>/corpus.jsonl``, ...) is cached whole as ``dest / name / <forum>``,
+    once every one of its folders is checked to be a complete BEIR dataset.
     """
     base = (base_url or os.environ.get("RAGKIT_BEIR_URL") or BEIR_URL).rstrip("/")
     dest = dest or cache_dir() / "beir"
     dest.mkdir(parents=True, exist_ok=True)
     url = f"{base}/{name}.zip"
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:
-            payload = resp.read()
-    except Exception as e:  # URLError, HTTPError, timeouts
-        raise DataError(f"could not download BEIR dataset {name!r} from {url}: {e}") from None
-    try:
-        archive = zipfile.ZipFile(io.BytesIO(payload))
-    except zipfile.BadZipFile:
-        raise DataError(f"{url}: not a zip archive ({len(payload)} bytes)") from None
+    archive = _fetch_zip(url, name, timeout)
     with tempfile.TemporaryDirectory(dir=dest) as tmp:
-        for member in archive.namelist():
-            target = (Path(tmp) / member).resolve()
-            if not str(target).startswith(str(Path(tmp).resolve())):
-                raise DataError(f"{url}: archive member {member!r} escapes the target folder")
-        archive.extractall(tmp)
+        _extract(archive, Path(tmp), url)
         root = Path(tmp) / name if (Path(tmp) / name).is_dir() else Path(tmp)
         # the whole BEIR layout, checked before the folder moves into the cache: a partial one placed
         # there would be found by every later load_beir (which looks for corpus.jsonl) and never replaced
-        missing = [f for f in ("corpus.jsonl", "queries.jsonl") if not (root / f).is_file()]
-        if not list((root / "qrels").glob("*.tsv")):
-            missing.append("qrels/<split>.tsv")
-        if missing:
-            raise DataError(f"{url}: the archive has no {', '.join(f'{name}/{f}' for f in missing)}; expected a BEIR "
-                            "dataset (corpus.jsonl, queries.jsonl, qrels/<split>.tsv); nothing was cached")
+        _check_layout(root, name, url)
         final = dest / name
-        if final.is_dir() and not set(os.listdir(final)) - {"corpus.jsonl", "queries.jsonl", "qrels"}:
+        if _is_download_of(final, root):
             shutil.rmtree(final)  # an incomplete download of this dataset: replaced
         elif final.exists() or final.is_symlink():
             raise DataError(f"{final}: exists and is not a BEIR download of {name!r} (it holds other files, or is not "
@@ -375,3 +454,64 @@ def download_beir(name: str, *, base_url: str | None = None, dest: Path | None =
         share_like_umask(root)  # a TemporaryDirectory is owner-only
         shutil.move(str(root), str(final))
     return final
+
+
+def _fetch_zip(url: str, name: str, timeout: float) -> zipfile.ZipFile:
+    """The zip archive at ``url``, read into memory; ``timeout`` in seconds."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            payload = resp.read()
+    except Exception as e:  # URLError, HTTPError, timeouts
+        raise DataError(f"could not download BEIR dataset {name!r} from {url}: {e}") from None
+    try:
+        return zipfile.ZipFile(io.BytesIO(payload))
+    except zipfile.BadZipFile:
+        raise DataError(f"{url}: not a zip archive ({len(payload)} bytes)") from None
+
+
+def _extract(archive: zipfile.ZipFile, tmp: Path, url: str) -> None:
+    """Unzip ``archive`` into the folder ``tmp``, refusing it whole when a member would land outside."""
+    inside = tmp.resolve()
+    for member in archive.namelist():
+        if not (inside / member).resolve().is_relative_to(inside):
+            raise DataError(f"{url}: archive member {member!r} escapes the target folder")
+    archive.extractall(tmp)
+
+
+def _layout_missing(root: Path) -> list[str]:
+    """What ``root`` lacks of the BEIR layout: ``corpus.jsonl``, ``queries.jsonl``, ``qrels/<split>.tsv``."""
+    missing = [f for f in ("corpus.jsonl", "queries.jsonl") if not (root / f).is_file()]
+    if not list((root / "qrels").glob("*.tsv")):
+        missing.append("qrels/<split>.tsv")
+    return missing
+
+
+def _check_layout(root: Path, name: str, url: str) -> None:
+    """Refuse an unpacked archive that is neither a whole BEIR dataset nor a folder of whole ones: when
+    ``root`` has no ``corpus.jsonl`` but one of its folders has, every folder must be a dataset."""
+    subs = _folders(root) if _subsets(root) else []
+    if not subs:
+        missing = _layout_missing(root)
+        if missing:
+            raise DataError(f"{url}: the archive has no {', '.join(f'{name}/{f}' for f in missing)}; expected a BEIR "
+                            "dataset (corpus.jsonl, queries.jsonl, qrels/<split>.tsv); nothing was cached")
+        return
+    broken = [f"{name}/{s}/{f}" for s in subs for f in _layout_missing(root / s)]
+    if broken:
+        raise DataError(f"{url}: the archive holds the sub-datasets {', '.join(subs)}, but has no {', '.join(broken)}; "
+                        "each must be a BEIR dataset (corpus.jsonl, queries.jsonl, qrels/<split>.tsv); nothing was "
+                        "cached")
+
+
+def _holds_only(folder: Path, names: set[str]) -> bool:
+    """Whether ``folder`` is a folder (not a link) whose entries are all in ``names``."""
+    return folder.is_dir() and not folder.is_symlink() and set(os.listdir(folder)) <= names
+
+
+def _is_download_of(final: Path, root: Path) -> bool:
+    """Whether ``final`` holds only what the unpacked archive ``root`` holds (the names at its top and
+    one level down): an earlier download of it, perhaps incomplete, not a user's folder."""
+    if not _holds_only(final, set(os.listdir(root))):
+        return False
+    return all(_holds_only(final / e, set(os.listdir(root / e)) if (root / e).is_dir() else set())
+               for e in os.listdir(final) if (final / e).is_dir() or (final / e).is_symlink())
