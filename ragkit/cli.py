@@ -1,4 +1,4 @@
-"""The ``ragkit`` command line: eval, train, search, ask, validate.
+"""The ``ragkit`` command line: eval, train, search, ask, validate, compare.
 
 ``ragkit eval --data scifact --pipeline hybrid.yaml`` fits the pipeline on the corpus,
 runs the split's queries, prints a metrics table and writes JSON.  ``--pipeline`` takes a
@@ -714,6 +714,93 @@ def validate_cmd(path: Path = typer.Argument(..., help="Pipeline YAML file, or a
         note = model_note(m)
         if note:
             console.print(Text(f"note: {note}", style="yellow"), soft_wrap=True)
+
+
+@app.command("compare")
+def compare_cmd(
+    results: list[Path] = typer.Argument(..., help="Two or more 'ragkit eval -o' JSON files or TREC run files; "
+                                                   "the first is the baseline unless --baseline names another."),
+    metrics: str = typer.Option("ndcg@10,recall@100", "--metrics", "-m", help="Metrics, comma-separated."),
+    baseline: Optional[Path] = typer.Option(None, "--baseline", help="The reference system: one of RESULTS "
+                                                                     "(default: the first)."),
+    data: Optional[str] = typer.Option(None, "--data", help="BEIR dataset name or folder whose judgements score "
+                                                            "TREC run files."),
+    split: str = typer.Option("test", help="Qrels split that scores TREC run files."),
+    resamples: int = typer.Option(10_000, "--resamples", min=1, max=10**7,
+                                  help="Sign flips of the randomisation test and bootstrap resamples."),
+    seed: int = typer.Option(0, min=0, max=2**32 - 1, help="Seed of the resampling."),
+    alpha: float = typer.Option(0.05, "--alpha", min=0.0, max=1.0, help="Significance level (Holm-corrected)."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write the comparison as JSON."),
+) -> None:
+    """Compare systems over the same queries: means, differences to a baseline with 95% bootstrap
+    intervals, and paired randomisation p-values corrected by Holm's method."""
+    from ragkit.eval.compare import compare, load_result
+    from ragkit.eval.metrics import parse_metric
+
+    try:
+        names = [m.strip() for m in metrics.split(",") if m.strip()]
+        for m in names:
+            try:
+                parse_metric(m)
+            except RagkitError as e:
+                raise RagkitError(f"--metrics: {e}") from None
+        if not names:
+            raise RagkitError(f"--metrics: expected names such as ndcg@10,recall@100, got {metrics!r}")
+        if len(results) < 2:
+            raise RagkitError(f"RESULTS: expected two or more result files, got {len(results)}")
+        missing = [str(p) for p in results if not p.is_file()]
+        if missing:
+            raise RagkitError(f"RESULTS: {', '.join(missing)}: no such file (expected 'ragkit eval -o' JSON files or "
+                              "TREC run files)")
+        resolved = [p.resolve() for p in results]
+        base = 0
+        if baseline is not None:
+            if baseline.resolve() not in resolved:
+                raise RagkitError(f"--baseline {baseline}: not one of the RESULTS ({', '.join(map(str, results))})")
+            base = resolved.index(baseline.resolve())
+        _prepare_output(output, "--output", "comparison.json")
+        qrels, ds_name = None, None
+        if data is not None:
+            from ragkit import load_beir
+
+            ds = load_beir(data)
+            qrels, ds_name = ds.qrels(split), ds.name
+        stems = [p.stem for p in results]  # short names in the table: file stems when they tell the files apart
+        labels = stems if len(set(stems)) == len(stems) else [str(p) for p in results]
+        loaded = [load_result(p, qrels=qrels, metrics=names, dataset=ds_name, split=split if qrels else None, name=n)
+                  for p, n in zip(results, labels)]
+        cmp = compare(loaded, names, baseline=base, n_resamples=resamples, seed=seed, alpha=alpha)
+    except RagkitError as e:
+        _fail(e)
+        return
+    n_tests = (len(cmp.systems) - 1) * len(cmp.metrics)
+    console.print(Text(f"{cmp.n_queries} queries · baseline {cmp.systems[base]} · paired randomisation test "
+                       f"({resamples:,} sign flips), Holm-corrected over {n_tests} comparison"
+                       f"{'' if n_tests == 1 else 's'} · * p (Holm) < {alpha:g}"), soft_wrap=True)
+    from rich import box
+
+    table = Table(box=box.SIMPLE_HEAD)  # a narrow frame: seven columns of short names fit 80 terminal columns
+    for col in ("metric", "system", "mean", "Δ", f"{cmp.confidence:.0%} CI", "p", "p (Holm)"):
+        table.add_column(col, justify="left" if col in ("metric", "system") else "right", no_wrap=True)
+    for j, m in enumerate(cmp.metrics):
+        for i, s in enumerate(cmp.systems):
+            cells = [m if i == 0 else "", s, f"{cmp.means[i, j]:.4f}"]
+            if i != base:
+                cells += [f"{cmp.delta[i, j]:+.4f}", f"[{cmp.ci_low[i, j]:+.3f}, {cmp.ci_high[i, j]:+.3f}]",
+                          f"{cmp.p_value[i, j]:.4f}", f"{cmp.p_holm[i, j]:.4f}{' *' if cmp.significant[i, j] else ''}"]
+            table.add_row(*cells)
+        table.add_section()
+    from rich.measure import Measurement
+
+    need = Measurement.get(console, console.options.update(max_width=10_000), table).maximum
+    (console if need <= console.width else Console(width=need)).print(table)  # never cut a name or a number
+    if output is not None:
+        try:
+            with atomic_file(output) as tmp:
+                tmp.write_text(json.dumps(cmp.to_dict(), indent=2), encoding="utf-8")
+        except OSError as e:
+            _fail(RagkitError(f"--output {output}: could not be written: {e.strerror or e}"))
+        console.print(Text(f"wrote {output}"))
 
 
 def main() -> None:  # pragma: no cover

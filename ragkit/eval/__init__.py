@@ -10,6 +10,7 @@ from ragkit.eval.beir import (
     read_queries,
     write_beir,
 )
+from ragkit.eval.compare import Comparison, SystemResult, compare, load_result
 from ragkit.eval.diversity import (
     alpha_ndcg,
     cluster_entropy,
@@ -26,6 +27,7 @@ __all__ = [
     "BeirDataset", "load_beir", "beir_subsets", "download_beir", "read_corpus", "read_qrels", "read_queries",
     "write_beir",
     "evaluate", "EvalResult", "paired_randomization_test", "parse_metric", "per_query_ndcg",
+    "compare", "load_result", "Comparison", "SystemResult",
     "HubnessReport", "hubness", "k_occurrence", "random_skewness",
     "FilterReport", "expected_calibration_error", "filter_report", "pr_curve",
     "alpha_ndcg", "cluster_entropy", "distinct_clusters", "intra_list_diversity", "near_duplicate_rate",

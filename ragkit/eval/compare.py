@@ -1,0 +1,254 @@
+"""Paired comparison of retrieval systems over the same queries (``ragkit compare``).
+
+For every metric: each system's mean over the queries, its difference to a baseline system
+with a percentile-bootstrap confidence interval over queries, and the two-sided p-value of a
+paired randomisation test (Fisher's sign flip, the test Smucker, Allan & Carterette, CIKM 2007,
+recommend for IR; :func:`ragkit.eval.metrics.paired_randomization_test`).  The p-values of all
+(system, metric) comparisons of one call are corrected together by Holm's step-down method, so
+"significant" keeps its meaning however many systems and metrics are compared.
+
+Results come from ``ragkit eval -o`` JSON files (their per-query values) or from TREC run files
+scored against judgements here (:func:`load_result`); every system must be scored on the same
+queries, or the comparison is refused.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from ragkit.errors import DataError, ParamError, some_ids
+from ragkit.eval.metrics import evaluate, paired_randomization_test, parse_metric
+from ragkit.run import Run
+from ragkit.types import Qrels
+
+__all__ = ["SystemResult", "Comparison", "compare", "load_result", "holm"]
+
+#: Metrics compared when none are named: BEIR's headline pair.
+DEFAULT_COMPARE_METRICS = ("ndcg@10", "recall@100")
+
+
+@dataclass(frozen=True)
+class SystemResult:
+    """One system's per-query metric values: ``per_query[metric][query_id] -> value``.
+
+    ``dataset`` and ``split`` (when known, e.g. read from ``ragkit eval -o``) let
+    :func:`compare` refuse results of different data.
+    """
+
+    name: str
+    per_query: Mapping[str, Mapping[str, float]] = field(repr=False)
+    dataset: str | None = None
+    split: str | None = None
+
+    def values(self, metric: str) -> Mapping[str, float]:
+        """Per-query values of ``metric`` in any spelling :func:`parse_metric` reads."""
+        want = parse_metric(metric)
+        for name, vals in self.per_query.items():
+            try:
+                if parse_metric(name) == want:
+                    return vals
+            except DataError:  # a key that is no metric name: not this one
+                continue
+        raise DataError(f"{self.name}: holds no per-query values of {metric!r}; it holds "
+                        f"{', '.join(self.per_query) or 'none'}")
+
+
+def load_result(path: str | Path, *, qrels: Qrels | None = None, metrics: Sequence[str] = DEFAULT_COMPARE_METRICS,
+                name: str | None = None, dataset: str | None = None, split: str | None = None) -> SystemResult:
+    """A :class:`SystemResult` from a ``ragkit eval -o`` JSON file, or from a TREC run file
+    scored here against ``qrels`` on ``metrics`` (a run file holds no judgements; ``dataset`` and
+    ``split`` name where ``qrels`` come from, so that :func:`compare` can check it)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: file not found; expected a 'ragkit eval -o' JSON file or a TREC run file")
+    name = name or str(path)
+    with open(path, "rb") as f:
+        head = f.read(4096).lstrip()[:1]
+    if head == b"{":
+        try:
+            payload = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise DataError(f"{path}: not valid JSON ({e}); expected a 'ragkit eval -o' results file") from None
+        return _from_payload(payload, path, name)
+    if qrels is None:
+        raise DataError(f"{path}: a TREC run file holds no judgements; give the dataset to score it against "
+                        "(ragkit compare --data NAME_OR_FOLDER --split SPLIT)")
+    result = evaluate(Run.read_trec(path), qrels, list(metrics))
+    return SystemResult(name, result.per_query, dataset, split)
+
+
+def _from_payload(payload: Any, path: Path, name: str) -> SystemResult:
+    per_query = payload.get("per_query") if isinstance(payload, dict) else None
+    if per_query is None and isinstance(payload, dict) and isinstance(payload.get("subsets"), dict):
+        subs = ", ".join(payload["subsets"])
+        raise DataError(f"{path}: results of {len(payload['subsets'])} datasets ({subs}), averaged per dataset; "
+                        f"compare the results of one dataset (ragkit eval --data {payload.get('dataset', 'NAME')}/SUB "
+                        "-o ...), as the queries of different datasets are not paired")
+    if not isinstance(per_query, dict) or not per_query:
+        raise DataError(f"{path}: no 'per_query' values; expected the JSON 'ragkit eval -o' writes")
+    for metric, vals in per_query.items():
+        if not isinstance(vals, dict) or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                 for v in vals.values()):
+            raise DataError(f"{path}: per_query[{metric!r}] must map query ids to numbers")
+    return SystemResult(name, per_query, payload.get("dataset"), payload.get("split"))
+
+
+def holm(p: np.ndarray) -> np.ndarray:
+    """Holm's step-down adjustment of the p-values ``p`` (any shape; NaN entries are left out
+    and stay NaN): the i-th smallest of ``m`` becomes ``max_{j<=i} min(1, (m - j + 1) p_(j))``."""
+    p = np.asarray(p, np.float64)
+    out = np.full(p.shape, np.nan)
+    flat = p.reshape(-1)
+    live = np.flatnonzero(~np.isnan(flat))
+    order = live[np.argsort(flat[live], kind="stable")]
+    m = len(order)
+    adj = np.minimum(1.0, np.maximum.accumulate((m - np.arange(m)) * flat[order]))
+    out.reshape(-1)[order] = adj
+    return out
+
+
+def _bootstrap_ci(diff: np.ndarray, confidence: float, n_resamples: int, seed: int) -> tuple[float, float]:
+    """Percentile-bootstrap interval of ``diff.mean()``: queries resampled with replacement, in
+    blocks of resamples bounding the ``(block, n)`` index matrix to ~8 MB."""
+    rng = np.random.default_rng(seed)
+    n = len(diff)
+    block = max(1, (1 << 20) // n)
+    means = np.concatenate([diff[rng.integers(0, n, size=(min(block, n_resamples - s), n))].mean(1)
+                            for s in range(0, n_resamples, block)])
+    tail = (1 - confidence) / 2
+    lo, hi = np.quantile(means, [tail, 1 - tail])
+    return float(lo), float(hi)
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """What :func:`compare` found; arrays are ``(n_systems, n_metrics)``, the baseline's row holds
+    its means and NaN elsewhere.
+
+    ``delta`` is mean(system) - mean(baseline) over the shared queries, ``ci_low``/``ci_high`` its
+    bootstrap interval at ``confidence``, ``p_value`` the raw two-sided paired randomisation
+    p-value and ``p_holm`` the same after Holm's correction over every comparison in the table.
+    """
+
+    systems: list[str]
+    metrics: list[str]
+    baseline: int
+    n_queries: int
+    means: np.ndarray
+    delta: np.ndarray
+    ci_low: np.ndarray
+    ci_high: np.ndarray
+    p_value: np.ndarray
+    p_holm: np.ndarray
+    alpha: float
+    confidence: float
+    n_resamples: int
+
+    @property
+    def significant(self) -> np.ndarray:
+        """``(n_systems, n_metrics)`` bool: Holm-corrected p-value below ``alpha``."""
+        return np.nan_to_num(self.p_holm, nan=1.0) < self.alpha
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: one record per (system, metric)."""
+        rows = []
+        for i, s in enumerate(self.systems):
+            for j, m in enumerate(self.metrics):
+                rec: dict[str, Any] = {"system": s, "metric": m, "mean": float(self.means[i, j])}
+                if i != self.baseline:
+                    rec.update(delta=float(self.delta[i, j]), ci=[float(self.ci_low[i, j]), float(self.ci_high[i, j])],
+                               p_value=float(self.p_value[i, j]), p_holm=float(self.p_holm[i, j]),
+                               significant=bool(self.significant[i, j]))
+                rows.append(rec)
+        return {"baseline": self.systems[self.baseline], "n_queries": self.n_queries, "alpha": self.alpha,
+                "confidence": self.confidence, "n_resamples": self.n_resamples,
+                "test": "paired randomisation (sign flip), two-sided, Holm-corrected", "rows": rows}
+
+
+def _check_args(results: Sequence[SystemResult], metrics: Sequence[str], baseline: int, n_resamples: int,
+                alpha: float, confidence: float) -> None:
+    if len(results) < 2:
+        raise ParamError(f"compare: needs at least two results, got {len(results)}")
+    names = [r.name for r in results]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise ParamError(f"compare: {', '.join(twice)} given twice; name each system once")
+    if isinstance(baseline, bool) or not isinstance(baseline, (int, np.integer)) or not 0 <= baseline < len(results):
+        raise ParamError(f"compare: baseline must be the index of one of the {len(results)} results, got {baseline!r}")
+    if isinstance(metrics, str) or not metrics:
+        raise ParamError(f"compare: metrics must be a non-empty list of names such as ['ndcg@10'], got {metrics!r}")
+    for m in metrics:
+        parse_metric(m)
+    if isinstance(n_resamples, bool) or not isinstance(n_resamples, (int, np.integer)) or not 1 <= n_resamples <= 10**7:
+        raise ParamError(f"compare: n_resamples must be an integer in [1, 10,000,000], got {n_resamples!r}")
+    for label, v in (("alpha", alpha), ("confidence", confidence)):
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or not 0 < v < 1:
+            raise ParamError(f"compare: {label} must be a number in (0, 1), got {v!r}")
+    for key in ("dataset", "split"):
+        seen = {getattr(r, key) for r in results if getattr(r, key) is not None}
+        if len(seen) > 1:
+            which = ", ".join(f"{r.name}: {getattr(r, key)!r}" for r in results if getattr(r, key) is not None)
+            raise DataError(f"compare: the results are of different {key}s ({which}); compare results of one {key}")
+
+
+def _same_queries(results: Sequence[SystemResult], metric: str) -> list[str]:
+    """The query ids every result scored on ``metric`` (the first's order); refused if they differ."""
+    first = results[0].values(metric)
+    for r in results[1:]:
+        other = r.values(metric)
+        if other.keys() != first.keys():
+            only_a, only_b = first.keys() - other.keys(), other.keys() - first.keys()
+            raise DataError(
+                f"compare: {results[0].name} and {r.name} scored {metric} on different queries ({len(first)} and "
+                f"{len(other)}; {len(only_a)} only in the first, e.g. {some_ids(sorted(only_a))}; {len(only_b)} only "
+                f"in the second, e.g. {some_ids(sorted(only_b))}); compare runs of the same split, without --limit "
+                "or with the same one")
+    if not first:
+        raise DataError(f"compare: {results[0].name} holds no query for {metric}")
+    return list(first)
+
+
+def compare(results: Sequence[SystemResult], metrics: Sequence[str] = DEFAULT_COMPARE_METRICS, *, baseline: int = 0,
+            n_resamples: int = 10_000, seed: int = 0, alpha: float = 0.05, confidence: float = 0.95) -> Comparison:
+    """Compare every system with ``results[baseline]`` on each metric, over the same queries.
+
+    Parameters
+    ----------
+    results : two or more :class:`SystemResult` (e.g. from :func:`load_result`)
+    metrics : metric names (``ndcg@10``, ``recall@100``, ...); each result must hold them
+    baseline : index of the reference system
+    n_resamples : sign flips of the randomisation test and bootstrap resamples of the interval
+    seed : seeds both (the same call gives the same numbers)
+    alpha : significance level applied to the Holm-corrected p-values
+    confidence : level of the bootstrap interval of each difference
+
+    Everything is checked (names unique, same dataset and split, every metric held by every result,
+    the same queries) before any resampling.  The loop runs over (system, metric) pairs, each
+    test vectorised over queries and resamples.
+    """
+    _check_args(results, metrics, baseline, n_resamples, alpha, confidence)
+    queries = {m: _same_queries(results, m) for m in metrics}
+    shape = (len(results), len(metrics))
+    means, delta, lo, hi, p = (np.full(shape, np.nan) for _ in range(5))
+    for j, m in enumerate(metrics):
+        qs = queries[m]
+        base = results[baseline].values(m)
+        b = np.array([base[q] for q in qs], np.float64)
+        for i, r in enumerate(results):
+            vals = r.values(m)
+            a = np.array([vals[q] for q in qs], np.float64)
+            means[i, j] = a.mean() if len(a) else np.nan
+            if i == baseline:
+                continue
+            p[i, j] = paired_randomization_test(dict(zip(qs, a)), dict(zip(qs, b)), n_resamples=n_resamples,
+                                                seed=seed)
+            delta[i, j] = (a - b).mean()
+            lo[i, j], hi[i, j] = _bootstrap_ci(a - b, confidence, n_resamples, seed)
+    n_q = len(queries[metrics[0]])
+    return Comparison([r.name for r in results], list(metrics), int(baseline), n_q, means, delta, lo, hi, p,
+                      holm(p), alpha, confidence, n_resamples)

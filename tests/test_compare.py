@@ -1,0 +1,174 @@
+"""``ragkit.eval.compare`` and ``ragkit compare``: paired comparison of systems over the same queries."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ragkit.errors import DataError, ParamError
+from ragkit.eval.compare import SystemResult, compare, holm, load_result
+from ragkit.eval.metrics import paired_randomization_test
+
+QUERIES = [f"q{i}" for i in range(60)]
+
+
+def _result(name: str, values: np.ndarray, metric: str = "ndcg@10", **kw) -> SystemResult:
+    return SystemResult(name, {metric: dict(zip(QUERIES, map(float, values)))}, **kw)
+
+
+def _base() -> np.ndarray:
+    return np.random.default_rng(0).uniform(0.2, 0.8, len(QUERIES))
+
+
+def test_compare_finds_a_real_gain_and_no_gain_where_there_is_none():
+    base = _base()
+    noise = np.random.default_rng(1).normal(0, 0.02, len(QUERIES))
+    better, same = base + 0.05 + noise, base + noise
+    c = compare([_result("base", base), _result("better", better), _result("same", same)], ["ndcg@10"],
+                n_resamples=4000)
+    assert c.systems == ["base", "better", "same"] and c.n_queries == len(QUERIES)
+    assert c.means[:, 0] == pytest.approx([base.mean(), better.mean(), same.mean()])
+    assert np.isnan(c.delta[0, 0]) and np.isnan(c.p_value[0, 0])  # the baseline is not tested against itself
+    assert c.delta[1, 0] == pytest.approx((better - base).mean())
+    assert c.ci_low[1, 0] < c.delta[1, 0] < c.ci_high[1, 0] and c.ci_low[1, 0] > 0
+    assert c.significant[1, 0] and not c.significant[2, 0]
+    assert c.ci_low[2, 0] < 0 < c.ci_high[2, 0]
+    # the raw p-value is the library's paired test; Holm multiplies the smaller of the two by 2
+    p_same = paired_randomization_test(dict(zip(QUERIES, same)), dict(zip(QUERIES, base)), n_resamples=4000)
+    assert c.p_value[2, 0] == pytest.approx(p_same)
+    assert c.p_holm[1, 0] == pytest.approx(min(1.0, 2 * c.p_value[1, 0]))
+    again = compare([_result("base", base), _result("better", better), _result("same", same)], ["ndcg@10"],
+                    n_resamples=4000)
+    assert np.array_equal(again.ci_low, c.ci_low, equal_nan=True)  # seeded: the same call, the same numbers
+
+
+def test_compare_baseline_and_identical_systems():
+    base = _base()
+    c = compare([_result("a", base), _result("b", base)], ["nDCG@10"], baseline=1)  # any spelling of the metric
+    assert c.baseline == 1 and c.delta[0, 0] == 0.0 and c.p_value[0, 0] == 1.0
+    assert c.ci_low[0, 0] == c.ci_high[0, 0] == 0.0
+    d = c.to_dict()
+    assert d["baseline"] == "b" and [r["system"] for r in d["rows"]] == ["a", "b"]
+    assert d["rows"][0]["significant"] is False and "delta" not in d["rows"][1]
+
+
+def test_holm_step_down():
+    p = np.array([[np.nan, np.nan], [0.01, 0.04], [0.03, 0.5]])
+    adj = holm(p)
+    assert np.isnan(adj[0]).all()
+    # sorted 0.01, 0.03, 0.04, 0.5 -> x4, x3, x2, x1 -> 0.04, 0.09, 0.08 -> monotone 0.09, 0.5
+    assert adj[1:] == pytest.approx(np.array([[0.04, 0.09], [0.09, 0.5]]))
+    assert holm(np.array([0.9, 0.8]))[0] == 1.0  # capped at 1
+
+
+def test_compare_refuses_what_cannot_be_compared():
+    base = _base()
+    a = _result("a", base)
+    with pytest.raises(ParamError, match="at least two"):
+        compare([a])
+    with pytest.raises(ParamError, match="a given twice"):
+        compare([a, _result("a", base)], ["ndcg@10"])
+    with pytest.raises(ParamError, match="baseline must be the index"):
+        compare([a, _result("b", base)], ["ndcg@10"], baseline=2)
+    with pytest.raises(ParamError, match="alpha must be a number in"):
+        compare([a, _result("b", base)], ["ndcg@10"], alpha=1.5)
+    with pytest.raises(DataError, match="unknown metric"):
+        compare([a, _result("b", base)], ["ndcg"])
+    with pytest.raises(DataError, match=r"b: holds no per-query values of 'recall@100'; it holds map@10"):
+        compare([_result("a", base, "recall@100"), _result("b", base, "map@10")], ["recall@100"])
+    short = SystemResult("b", {"ndcg@10": dict(zip(QUERIES[:50], base[:50]))})
+    with pytest.raises(DataError, match=r"different queries \(60 and 50; 10 only in the first"):
+        compare([a, short], ["ndcg@10"])
+    with pytest.raises(DataError, match="different splits .*a: 'test', b: 'dev'"):
+        compare([_result("a", base, split="test"), _result("b", base, split="dev")], ["ndcg@10"])
+
+
+def _eval_json(path: Path, values: np.ndarray, dataset: str = "tiny", split: str = "test") -> Path:
+    """A results file in the shape ``ragkit eval -o`` writes."""
+    per_query = {"ndcg@10": dict(zip(QUERIES, map(float, values))),
+                 "recall@100": dict(zip(QUERIES, map(float, np.clip(values + 0.2, 0, 1))))}
+    path.write_text(json.dumps({"dataset": dataset, "split": split, "metrics": {}, "per_query": per_query}))
+    return path
+
+
+def test_load_result_reads_eval_json_and_scores_trec_runs(tmp_path: Path):
+    r = load_result(_eval_json(tmp_path / "a.json", _base()))
+    assert r.name == str(tmp_path / "a.json") and r.dataset == "tiny" and r.split == "test"
+    assert r.values("ndcg@10")["q3"] == pytest.approx(_base()[3])
+    trec = tmp_path / "run.trec"
+    trec.write_text("q1 Q0 d1 1 2.0 x\nq1 Q0 d2 2 1.0 x\nq2 Q0 d3 1 1.0 x\n")
+    with pytest.raises(DataError, match="holds no judgements; give the dataset"):
+        load_result(trec)
+    scored = load_result(trec, qrels={"q1": {"d2": 1}, "q2": {"d3": 1}}, metrics=["mrr@10"], split="test")
+    assert scored.values("mrr@10") == {"q1": 0.5, "q2": 1.0} and scored.split == "test"
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(DataError, match="bad.json: not valid JSON"):
+        load_result(tmp_path / "bad.json")
+    (tmp_path / "other.json").write_text(json.dumps({"metrics": {"ndcg@10": 0.5}}))
+    with pytest.raises(DataError, match="no 'per_query' values"):
+        load_result(tmp_path / "other.json")
+    with pytest.raises(DataError, match="nothing.json: file not found"):
+        load_result(tmp_path / "nothing.json")
+    (tmp_path / "multi.json").write_text(json.dumps({"dataset": "cqadupstack", "subsets": {"android": {}, "gis": {}}}))
+    with pytest.raises(DataError, match=r"results of 2 datasets \(android, gis\).*--data cqadupstack/SUB"):
+        load_result(tmp_path / "multi.json")
+
+
+def _cli(*args: str):
+    from typer.testing import CliRunner
+
+    from ragkit.cli import app
+
+    return CliRunner().invoke(app, ["compare", *args], catch_exceptions=False)
+
+
+def test_cli_compare_prints_the_table_and_writes_json(tmp_path: Path):
+    base = _base()
+    a = _eval_json(tmp_path / "bm25.json", base)
+    b = _eval_json(tmp_path / "hybrid_pipeline_with_a_long_name.json", base + 0.1)
+    out = tmp_path / "cmp" / "comparison.json"
+    res = _cli(str(a), str(b), "-o", str(out), "--resamples", "2000")
+    assert res.exit_code == 0, res.output
+    assert "60 queries · baseline bm25" in res.output and "over 2 comparisons" in res.output
+    assert "hybrid_pipeline_with_a_long_name" in res.output  # names are never cut, whatever the width
+    assert "+0.1000" in res.output and "0.0010 *" in res.output  # every one of 60 queries gains: p = 2/2001
+    written = json.loads(out.read_text())
+    assert written["baseline"] == "bm25" and len(written["rows"]) == 4 and written["n_resamples"] == 2000
+    flipped = _cli(str(a), str(b), "--baseline", str(b), "-m", "ndcg@10", "--resamples", "200")
+    assert flipped.exit_code == 0 and "baseline hybrid_pipeline_with_a_long_name" in flipped.output
+    assert "-0.1000" in flipped.output
+
+
+def test_cli_compare_scores_trec_runs_against_a_dataset(tmp_path: Path):
+    from ragkit.eval import write_beir
+    from ragkit.types import Corpus
+
+    corpus = Corpus(ids=["d1", "d2", "d3"], texts=["a", "b", "c"])
+    data = write_beir(tmp_path / "tiny", corpus, {"q1": "x", "q2": "y"}, {"test": {"q1": {"d2": 1}, "q2": {"d3": 1}}})
+    (tmp_path / "one.trec").write_text("q1 Q0 d1 1 2.0 x\nq1 Q0 d2 2 1.0 x\nq2 Q0 d3 1 1.0 x\n")
+    (tmp_path / "two.trec").write_text("q1 Q0 d2 1 2.0 x\nq2 Q0 d3 1 1.0 x\n")
+    res = _cli(str(tmp_path / "one.trec"), str(tmp_path / "two.trec"), "--data", str(data), "-m", "mrr@10",
+               "--resamples", "100")
+    assert res.exit_code == 0, res.output
+    assert "0.7500" in res.output and "1.0000" in res.output and "+0.2500" in res.output
+
+
+@pytest.mark.parametrize("args, message", [
+    (["ONE"], "expected two or more result files, got 1"),
+    (["ONE", "missing.json"], "missing.json: no such file"),
+    (["ONE", "ONE2", "-m", "ndcg"], "--metrics: unknown metric 'ndcg'"),
+    (["ONE", "ONE2", "--baseline", "other.json"], "other.json: not one of the RESULTS"),
+    (["ONE", "RUN"], "holds no judgements; give the dataset"),
+])
+def test_cli_compare_errors_before_any_work(tmp_path: Path, args: list[str], message: str):
+    one = _eval_json(tmp_path / "one.json", _base())
+    two = _eval_json(tmp_path / "two.json", _base())
+    (tmp_path / "run.trec").write_text("q1 Q0 d1 1 1.0 x\n")
+    names = {"ONE": str(one), "ONE2": str(two), "RUN": str(tmp_path / "run.trec"),
+             "missing.json": str(tmp_path / "missing.json"), "other.json": str(tmp_path / "other.json")}
+    res = _cli(*[names.get(a, a) for a in args])
+    assert res.exit_code == 2
+    assert message in " ".join(res.output.split()), res.output
