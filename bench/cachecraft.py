@@ -2,10 +2,11 @@
 
 Usage::
 
-    python bench/cachecraft.py --queries 20 --warm 8      # writes bench/out/cachecraft.md (the tables) and .png
+    python bench/cachecraft.py --queries 20 --warm 8      # writes bench/out/cachecraft.md (the tables), .json and .png
+    python bench/cachecraft.py --quick    # smoke run (~75 s on 2 cores): bench/out/cachecraft_quick.*
 
-Prompts: the BM25 top-5 documents (cut to 200 tokens) of SciFact test queries, with the chat
-template, built from per-segment token ids.  The chunk store is filled *before* the measured
+Prompts: the BM25 top-5 documents (cut to ``--chunk-tokens`` tokens, 200 by default) of SciFact test queries,
+with the chat template, built from per-segment token ids.  The chunk store is filled *before* the measured
 queries, never from the measured prompts themselves:
 
 * every chunk is captured alone after the system prompt (CacheBlend-style offline caching);
@@ -18,11 +19,17 @@ KL(full || mode), first-token agreement, greedy agreement up to the first diverg
 tokens).  A recompute-fraction sweep per selector is plotted to ``<out>.png``; a streaming
 pass with a byte budget below the working set (float16 storage) reports hit rate and memory.
 Timings are wall clock on whatever CPU runs this; report the machine's load with them.
+
+``--quick`` runs every part above (each mode, the sweep over every selector, the plot, the
+streaming pass) on 3 measured prompts after 1 warm one, chunks cut to 48 tokens, a two-point
+sweep (r = 0.3, 1.0) and 8 greedy tokens, so the bench cannot rot unseen; its numbers are not
+the README's.  Any flag given explicitly overrides the quick setting.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -63,16 +70,28 @@ def top5(data_dir: Path, n_queries: int) -> tuple[list[str], list[list[str]]]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--queries", type=int, default=8, help="measured test queries")
-    ap.add_argument("--warm", type=int, default=8, help="test queries before them prefilled with capture")
-    ap.add_argument("--fractions", default="0.1,0.2,0.3,0.5,1.0", help="recompute-fraction sweep")
+    ap.add_argument("--quick", action="store_true", help="smoke run: 3 queries after 1 warm one, 48-token chunks, "
+                    "r in 0.3,1.0, 8 new tokens; writes bench/out/cachecraft_quick.*")
+    ap.add_argument("--queries", type=int, default=None, help="measured test queries (default 8; quick 3)")
+    ap.add_argument("--warm", type=int, default=None, help="test queries before them prefilled with capture "
+                    "(default 8; quick 1)")
+    ap.add_argument("--fractions", default=None, help="recompute-fraction sweep (default 0.1,0.2,0.3,0.5,1.0; "
+                    "quick 0.3,1.0)")
     ap.add_argument("--selectors", default="cachecraft,cacheblend,fixed,boundary,random")
     ap.add_argument("--fraction", type=float, default=0.3, help="fraction of the side-by-side cachecraft rows")
-    ap.add_argument("--new-tokens", type=int, default=32)
+    ap.add_argument("--new-tokens", type=int, default=None, help="greedy tokens compared (default 32; quick 8)")
+    ap.add_argument("--chunk-tokens", type=int, default=None, help="chunks cut to this many tokens "
+                    "(default 200; quick 48)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--data", default=str(DATA))
-    ap.add_argument("--out", default=str(OUT / "cachecraft"))
+    ap.add_argument("--out", default=None, help="output stem (default bench/out/cachecraft, "
+                    "bench/out/cachecraft_quick with --quick)")
     args = ap.parse_args()
+    for name, full, quick in [("queries", 8, 3), ("warm", 8, 1), ("fractions", "0.1,0.2,0.3,0.5,1.0", "0.3,1.0"),
+                              ("new_tokens", 32, 8), ("chunk_tokens", 200, 48),
+                              ("out", str(OUT / "cachecraft"), str(OUT / "cachecraft_quick"))]:
+        if getattr(args, name) is None:
+            setattr(args, name, quick if args.quick else full)
     torch.set_num_threads(args.threads)
     from ragkit.caches import ChunkKVCache
     from ragkit.generators.local import LocalGenerator
@@ -84,7 +103,7 @@ def main() -> None:
     eval_q, eval_d = qtexts[args.warm:], docs[args.warm:]
 
     t0 = time.perf_counter()
-    gen = LocalGenerator(max_chunk_tokens=200).load()
+    gen = LocalGenerator(max_chunk_tokens=args.chunk_tokens).load()
     print(f"model loaded in {time.perf_counter() - t0:.1f}s; load average {os.getloadavg()}", file=sys.stderr)
     # offline: each chunk alone; warm queries in context
     uniq = sorted({c for ds in docs for c in ds})
@@ -94,8 +113,8 @@ def main() -> None:
         gen.prefill(gen.segments(q, ds), "full", capture=True)
         gen.prefill(gen.segments(q, ds), "prefix")  # what a prefix cache would hold by now
     store = gen.chunk_cache
-    print(f"store: {len(store)} variants, {store.nbytes / 2**20:.1f} MiB; load average {os.getloadavg()}",
-          file=sys.stderr)
+    print(f"store: {len(store)} variants, {store.nbytes / 2**20:.1f} MiB at {time.perf_counter() - t0:.0f}s; "
+          f"load average {os.getloadavg()}", file=sys.stderr)
 
     main_modes = [("full", {}), ("prefix", {}), ("naive", {}), ("naive (no re-rotation)", {"rerotate": False}),
                   ("cacheblend r", {"selector": "cacheblend"}), ("cachecraft r", {"selector": "cachecraft"})]
@@ -121,10 +140,11 @@ def main() -> None:
                 sweep.setdefault((sel, f), []).append(dict(
                     t=r.seconds, share=r.computed_share, kl=kl(ref.logits, r.logits),
                     first=float(int(torch.argmax(r.logits)) == int(torch.argmax(ref.logits))), full_t=ref.seconds))
-        print(f"query {qi + 1}/{len(eval_q)} done; load average {os.getloadavg()[0]:.1f}", file=sys.stderr)
+        print(f"query {qi + 1}/{len(eval_q)} done at {time.perf_counter() - t0:.0f}s; "
+              f"load average {os.getloadavg()[0]:.1f}", file=sys.stderr)
 
     full_t = np.mean([x["t"] for x in rows["full"]])
-    lines = [f"SciFact, {len(eval_q)} measured prompts (BM25 top-5, chunks <= 200 tokens, "
+    lines = [f"SciFact, {len(eval_q)} measured prompts (BM25 top-5, chunks <= {args.chunk_tokens} tokens, "
              f"~{np.mean([x['n'] for x in rows['full']]):.0f} tokens), SmolLM2-135M fp32, {args.threads} threads, "
              f"cachecraft rows at r={args.fraction}",
              "",
@@ -166,10 +186,28 @@ def main() -> None:
               f"hit rate {st.hit_rate:.2f} ({st.hits} hits / {st.misses} misses), evictions {st.evictions}, "
               f"recomputed {st.recomputed_tokens} / reused {st.reused_tokens} chunk tokens, "
               f"mean prefill {np.mean(ts):.2f}s"]
-    lines.append(f"load average at the end: {os.getloadavg()}")
+    lines.append(f"{time.perf_counter() - t0:.0f}s since the model load began; "
+                 f"load average at the end: {os.getloadavg()}")
     text = "\n".join(lines)
     print(text)
     out.with_suffix(".md").write_text(text + "\n", encoding="utf-8")
+
+    def summary(xs: list[dict]) -> dict[str, float]:
+        return {k: float(np.mean([x[k] for x in xs])) for k in xs[0] if k != "n"}
+
+    record = {
+        "config": {k: getattr(args, k) for k in ("quick", "queries", "warm", "fractions", "selectors", "fraction",
+                                                  "new_tokens", "chunk_tokens", "threads")},
+        "prompt_tokens": float(np.mean([x["n"] for x in rows["full"]])),
+        "modes": {name: {**summary(xs), "kl_p95": float(np.percentile([x["kl"] for x in xs], 95)),
+                         "speedup": float(full_t / np.mean([x["t"] for x in xs]))} for name, xs in rows.items()},
+        "sweep": [{"selector": sel, "fraction": f, **summary(xs)} for (sel, f), xs in sweep.items()],
+        "streaming": {"working_set_bytes": int(work), "budget_bytes": int(budget), "peak_bytes": int(peak),
+                      "mean_prefill_s": float(np.mean(ts)), **st.as_dict()},
+        "load_average": list(os.getloadavg()),
+    }
+    out.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    written = [out.with_suffix(".md"), out.with_suffix(".json")]
     try:
         import matplotlib
 
@@ -188,9 +226,11 @@ def main() -> None:
         axes[0].legend()
         fig.tight_layout()
         fig.savefig(out.with_suffix(".png"), dpi=120)
-        print(f"plot: {out.with_suffix('.png')}")
+        plt.close(fig)
+        written.append(out.with_suffix(".png"))
     except ImportError:
         print("matplotlib missing: no plot", file=sys.stderr)
+    print(f"\nwrote {', '.join(map(str, written))}")
 
 
 if __name__ == "__main__":

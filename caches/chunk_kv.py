@@ -51,9 +51,23 @@ is not in memory; variants read from disk are returned even when they cannot sta
 (they are then not written back), and kept in memory as far as the budget allows.  A variant
 dropped because the chunk has more than ``max_variants`` is dropped from the disk tier too (a
 new variant is always admitted; the lowest-utility older one goes), and a chunk never holds more
-than ``max_variants`` in memory and on disk together (a spill past it deletes the oldest disk-only
-files; a lookup returns at most ``max_variants``).  A variant stored again in the same context
-keeps the reuse history of the one it replaces.
+than ``max_variants`` in memory and on disk together: a spill past it deletes the disk-only
+variants of lowest utility, the one being spilled among them (not written when it is the one to
+go), ties going oldest written first; a lookup returns at most ``max_variants``, the disk ones of highest
+utility first.  A variant stored again in the same context keeps the reuse history of the one it
+replaces.
+
+Utility on disk.  Each file's metadata keeps what the utility needs: the reuse count and the
+CFO sum and count (the tensors' header gives the bytes), ``last_tick`` (the request of its last
+use) with ``store`` (the id of the store object whose request count that is), and ``written_ns``
+(when it was written: the tie-break).  At the cap a disk variant's utility is the one it would
+have in memory.  Read back, a variant keeps its reuse history, the count decayed by the
+requests since its last use, and counts as used at that lookup.  Request counts are per store
+object, so a file written by another store (another process, an earlier run), or before
+``last_tick`` and ``store`` were kept, counts as last used when this store opened (request 0),
+with the reuse count and CFO it carries (files have always carried those); one without
+``written_ns`` counts as written at its modification time, and one whose header cannot be read
+goes first.
 No pickle anywhere.
 """
 
@@ -62,7 +76,9 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import secrets
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Literal, Sequence
@@ -90,6 +106,8 @@ __all__ = [
 StorageDtype = Literal["float32", "float16"]
 _DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float16": torch.float16}
 _FORMAT_VERSION = 1
+#: bytes per element of the safetensors dtypes a variant's keys may have
+_ITEMSIZE = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2}
 
 
 class CacheModelMismatchError(ArtifactError, ValueError):
@@ -197,7 +215,8 @@ class ChunkVariant:
     # bookkeeping for the cache manager
     reuse: float = 0.0
     last_tick: int = 0
-    #: when the store admitted it (a running count, not saved): utility ties go oldest first
+    #: when the store admitted it (a running count, not saved; the disk tier keeps the write time):
+    #: utility ties go oldest first
     stored: int = 0
     cfo_sum: float = 0.0
     cfo_n: int = 0
@@ -357,6 +376,7 @@ class ChunkKVCache:
         self._bytes = 0
         self._tick = 0
         self._n_stored = 0
+        self._store_id = secrets.token_hex(8)  # whose request count a file's last_tick is
         self._lock = threading.RLock()
         self.disk_dir = Path(disk_dir) if disk_dir is not None else None
         if self.disk_dir is not None:
@@ -409,7 +429,8 @@ class ChunkKVCache:
         variants = list(self._mem.get(key, ()))
         if self.disk_dir is not None:
             from_disk = self._read_disk(key, skip={v.file_stem for v in variants})
-            from_disk = from_disk[:max(self.max_variants - len(variants), 0)]  # a chunk holds max_variants
+            from_disk.sort(key=self._utility, reverse=True)  # a chunk holds max_variants: the most useful
+            from_disk = from_disk[:max(self.max_variants - len(variants), 0)]
             if from_disk:
                 self.stats.disk_hits += 1
                 pinned: list[ChunkVariant] = []  # read by this lookup: kept in memory as far as they fit
@@ -495,8 +516,7 @@ class ChunkKVCache:
 
     def _evict_one(self, key: str, variant: ChunkVariant) -> None:
         """Spill (or drop) a variant that is not in the memory tier."""
-        if self.disk_dir is not None:
-            self._write_disk(key, variant)
+        if self.disk_dir is not None and self._write_disk(key, variant):
             self.stats.spills += 1
         self.stats.evictions += 1
 
@@ -504,8 +524,21 @@ class ChunkKVCache:
         """``(reuse + 0.001) * 0.5 ** (requests since last use / half_life) * (1 - 0.9 CFO) / bytes``:
         the decayed reuse count also decays the floor, so among variants never reused the least
         recently used goes first."""
-        decay = 0.5 ** ((self._tick - v.last_tick) / self.half_life)
-        return (v.reuse + 1e-3) * decay * (1.0 - 0.9 * v.mean_cfo) / max(v.nbytes, 1)
+        return self._utility_of(v.reuse, v.last_tick, v.mean_cfo, v.nbytes)
+
+    def _decay(self, last_tick: int) -> float:
+        """Decay of a reuse count last bumped at request ``last_tick``."""
+        return 0.5 ** (max(self._tick - last_tick, 0) / self.half_life)
+
+    def _utility_of(self, reuse: float, last_tick: int, mean_cfo: float, nbytes: int) -> float:
+        return (reuse + 1e-3) * self._decay(last_tick) * (1.0 - 0.9 * mean_cfo) / max(nbytes, 1)
+
+    def _last_tick_of(self, meta: dict[str, str]) -> int:
+        """A file's last use in this store's request count: request 0 (the store's opening) for a
+        file of another store or one written before ``last_tick`` was kept."""
+        if meta.get("store") != self._store_id:
+            return 0
+        return int(meta["last_tick"])
 
     def _rank(self, v: ChunkVariant) -> tuple[float, int, int]:
         """Eviction order, lowest first: utility, then least recently used, then oldest stored."""
@@ -518,8 +551,8 @@ class ChunkKVCache:
         v = lst.pop(idx)
         self._bytes -= v.nbytes
         if spill and self.disk_dir is not None:
-            self._write_disk(key, v)
-            self.stats.spills += 1
+            if self._write_disk(key, v):
+                self.stats.spills += 1
         elif forget and self.disk_dir is not None:
             (self.disk_dir / key / f"{v.file_stem}.safetensors").unlink(missing_ok=True)
         if not lst:
@@ -577,24 +610,52 @@ class ChunkKVCache:
                     "model_id": self.model_id, "tokenizer_id": self.tokenizer_id, "format_version": _FORMAT_VERSION,
                 }, indent=2), encoding="utf-8")
 
-    def _write_disk(self, key: str, v: ChunkVariant) -> None:
+    def _write_disk(self, key: str, v: ChunkVariant) -> bool:
+        """Write ``v`` to the disk tier, its utility's inputs in the metadata, keeping ``key`` at
+        ``max_variants`` in memory and on disk together: past it the disk-only variants of lowest
+        utility go (ties: oldest written), ``v`` among them unless it is in memory.  Returns whether
+        ``v`` was written (not when it was the one to go)."""
         from safetensors.torch import save_file
 
         assert self.disk_dir is not None
         d = self.disk_dir / key
         d.mkdir(exist_ok=True)
-        tensors, meta = v.to_tensors()
-        with atomic_file(d / f"{v.file_stem}.safetensors") as tmp:
-            save_file(tensors, str(tmp),
-                      metadata={**meta, "model_id": self.model_id, "tokenizer_id": self.tokenizer_id})
-        # at most max_variants per chunk, memory and disk together: the oldest disk-only files go
         in_mem = {x.file_stem for x in self._mem.get(key, ())}
-        files = [f for f in d.glob("*.safetensors") if not f.name.startswith(".")]
-        extra = len(in_mem | {f.stem for f in files}) - self.max_variants
+        files = {f.stem: f for f in d.glob("*.safetensors") if not f.name.startswith(".")}
+        extra = len(in_mem | set(files) | {v.file_stem}) - self.max_variants
+        gone: set[str] = set()
         if extra > 0:
-            spare = [f for f in files if f.stem not in in_mem and f.stem != v.file_stem]
-            for f in sorted(spare, key=lambda f: f.stat().st_mtime)[:extra]:
-                f.unlink(missing_ok=True)
+            ranked = [(self._file_rank(f), stem) for stem, f in files.items()
+                      if stem not in in_mem and stem != v.file_stem]  # v's own file is rewritten below
+            if v.file_stem not in in_mem:
+                ranked.append(((self._utility(v), math.inf), v.file_stem))  # the newest written
+            gone = {stem for _, stem in sorted(ranked)[:extra]}
+        if v.file_stem not in gone:
+            tensors, meta = v.to_tensors()
+            meta.update(model_id=self.model_id, tokenizer_id=self.tokenizer_id, store=self._store_id,
+                        last_tick=str(v.last_tick), written_ns=str(time.time_ns()))
+            with atomic_file(d / f"{v.file_stem}.safetensors") as tmp:
+                save_file(tensors, str(tmp), metadata=meta)
+        for stem in gone:
+            (d / f"{stem}.safetensors").unlink(missing_ok=True)
+        return v.file_stem not in gone
+
+    def _file_rank(self, f: Path) -> tuple[float, float]:
+        """``(utility, write time in ns)`` of a disk variant, from its header alone (see the module
+        docstring for the defaults of older files); ``(-inf, 0)`` when the header cannot be read."""
+        from safetensors import SafetensorError, safe_open
+
+        try:
+            with safe_open(str(f), framework="pt") as fh:
+                meta = fh.metadata() or {}
+                keys = fh.get_slice("keys")
+                nbytes = 2 * math.prod(keys.get_shape()) * _ITEMSIZE.get(keys.get_dtype(), 4)
+            written = int(meta["written_ns"]) if "written_ns" in meta else f.stat().st_mtime_ns
+            cfo_n = int(meta["cfo_n"])
+            cfo = float(meta["cfo_sum"]) / cfo_n if cfo_n else 0.0
+            return self._utility_of(float(meta["reuse"]), self._last_tick_of(meta), cfo, nbytes), float(written)
+        except (OSError, SafetensorError, KeyError, ValueError, TypeError):  # damaged, unreadable or removed
+            return -math.inf, 0.0  # meanwhile: goes first (unlinked if still there)
 
     def _read_disk(self, key: str, skip: set[str] = frozenset()) -> list[ChunkVariant]:
         """The disk variants of ``key`` whose file stem is not in ``skip``."""
@@ -629,7 +690,11 @@ class ChunkKVCache:
                 if exact_only and meta.get("exact") != "1":
                     return None
                 tensors = {k: fh.get_tensor(k) for k in fh.keys()}
-            return ChunkVariant.from_tensors(tensors, meta)
+            v = ChunkVariant.from_tensors(tensors, meta)
+            # its reuse count decays by the requests it spent on disk: the utility it would have in memory
+            v.reuse *= self._decay(self._last_tick_of(meta))
+            v.last_tick = self._tick
+            return v
         except CacheModelMismatchError:
             raise
         except FileNotFoundError:  # removed meanwhile (another process dropped it)

@@ -1,8 +1,8 @@
 """The benches behind the README's tables run end to end in their ``--quick`` smoke modes, so they
 do not rot unseen (their numbers are the benches' business, not the tests').  Seconds here with the
 corpus's sentence and token vectors cached: diversity ~20, filters ~15, muvera ~70, hubness ~70,
-quality ~55, scale ~45 (its shard part).  The bm25, dense, langchain and pipeline-overhead benches have their own
-quick tests beside the code they measure."""
+quality ~55, scale ~45 (its shard part), cachecraft ~75 (SmolLM2-135M's load ~25 of it).  The bm25,
+dense, langchain and pipeline-overhead benches have their own quick tests beside the code they measure."""
 
 from __future__ import annotations
 
@@ -24,6 +24,8 @@ BENCHES = [  # (script and flags, expected in stdout, JSON written)
     ("quality.py", "best learned", "quality-quick.json"),
     # its Ray encoding part (~80 s: three encodings of 200 documents) is what tests/test_scale.py runs already
     ("scale.py --skip-encode", "shards merged", "scale_quick.json"),
+    # every mode, the selector sweep, the plot and the streaming pass, on 3 short prompts (SmolLM2-135M)
+    ("cachecraft.py", "Streaming (2 passes", "cachecraft_quick.json"),
 ]
 
 

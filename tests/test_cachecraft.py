@@ -734,6 +734,82 @@ def test_a_variant_stored_again_in_its_context_keeps_its_reuse_history():
     assert cache.lookup("hot") and not cache.lookup("cold")
 
 
+# ----------------------------------------------------------------------------- the disk tier's utility (fast)
+def _stems(folder) -> set[str]:
+    return {f.stem for f in folder.glob("*.safetensors")}
+
+
+def test_a_hot_variant_spilled_to_disk_outlives_a_cold_newer_one_at_the_cap(tmp_path):
+    """The cap on variants per chunk (memory and disk together) deleted the oldest disk file,
+    whatever its reuse: a hot variant spilled first went before a cold one spilled after it."""
+    one = _variant().nbytes
+    cache = ChunkKVCache("m", "t", disk_dir=tmp_path, budget_bytes=one, max_variants=2)
+    hot = cache.put("k", _variant(prefix=("a",)))
+    for _ in range(10):
+        cache.touch(cache.lookup("k")[0], 0.0)
+    reuse = hot.reuse
+    cache.put("k", _variant(prefix=("b",), seed=1))  # memory holds one: the hot one is spilled
+    cold = cache.put("k", _variant(prefix=("c",), seed=2))  # b, never reused, is spilled past the cap
+    assert _stems(tmp_path / "k") == {hot.file_stem}  # b was the one to go: not written
+    assert cache.stats.spills == 1 and cache.stats.evictions == 2
+    got = {v.prefix_ids: v for v in cache.lookup("k")}
+    assert sorted(got) == [("a",), ("c",)] and got[("c",)] is cold
+    assert got[("a",)].reuse == pytest.approx(reuse * 0.5 ** (1 / cache.half_life))  # read back: its history
+
+
+def test_a_variant_read_back_from_disk_has_the_utility_it_had_in_memory(tmp_path):
+    """Its reuse count decays by the requests it spent on disk (it came back as if used just now);
+    another store, whose request count is its own, takes the count as of its opening."""
+    cache = ChunkKVCache("m", "t", disk_dir=tmp_path, budget_bytes=0, half_life=8)
+    v = _variant(prefix=("a",))
+    v.reuse, v.cfo_sum, v.cfo_n = 6.0, 0.5, 2
+    cache.put("k", v)  # budget 0: spilled at once, its utility inputs with it
+    for _ in range(15):
+        cache.lookup("missing")  # 15 requests
+    (back,) = cache.lookup("k")  # the 16th: two half-lives since its last use
+    assert back.reuse == pytest.approx(6.0 * 0.25) and (back.cfo_sum, back.cfo_n) == (0.5, 2)
+    (other,) = ChunkKVCache("m", "t", disk_dir=tmp_path, half_life=8).lookup("k")  # its first request
+    assert other.reuse == pytest.approx(6.0 * 0.5 ** (1 / 8))
+
+
+def test_an_old_format_disk_file_loads_and_counts_as_last_used_when_the_store_opened(tmp_path):
+    """Files written before the disk tier kept last_tick, store and written_ns: read as before, ranked
+    at the cap by the reuse count and CFO they carry, last used at request 0."""
+    import os
+
+    from safetensors.torch import save_file
+
+    (tmp_path / "k").mkdir(parents=True)
+    cache = ChunkKVCache("m", "t", disk_dir=tmp_path, budget_bytes=0, max_variants=2)
+    old = {}
+    for i, (name, reuse) in enumerate([("hot", 5.0), ("stale", 0.0)]):
+        v = _variant(prefix=(name,), seed=i)
+        v.reuse = reuse
+        tensors, meta = v.to_tensors()  # what the disk tier wrote before
+        f = tmp_path / "k" / f"{v.file_stem}.safetensors"
+        save_file(tensors, str(f), metadata={**meta, "model_id": "m", "tokenizer_id": "t"})
+        os.utime(f, (1e9 + i, 1e9 + i))  # the hot one written first
+        old[name] = v.file_stem
+    for _ in range(4):
+        cache.lookup("missing")
+    new = cache.put("k", _variant(prefix=("new",), seed=2))  # a third variant: the cap drops one
+    assert _stems(tmp_path / "k") == {old["hot"], new.file_stem}  # the stale one, never reused and older
+    got = {v.prefix_ids: v for v in ChunkKVCache("m", "t", disk_dir=tmp_path, half_life=8).lookup("k")}
+    assert sorted(got) == [("hot",), ("new",)] and got[("hot",)].reuse == pytest.approx(5.0 * 0.5 ** (1 / 8))
+    assert torch.equal(got[("hot",)].keys, _variant(prefix=("hot",)).keys)
+
+
+def test_a_lookup_past_max_variants_returns_the_disk_variants_of_highest_utility(tmp_path):
+    writer = ChunkKVCache("m", "t", disk_dir=tmp_path, budget_bytes=0, max_variants=4)
+    for i, reuse in enumerate([0.0, 0.0, 9.0, 0.0]):
+        v = _variant(prefix=(f"p{i}",), seed=i)
+        v.reuse = reuse
+        writer.put("k", v)
+    assert len(_stems(tmp_path / "k")) == 4
+    got = ChunkKVCache("m", "t", disk_dir=tmp_path, max_variants=1).lookup("k")
+    assert [v.prefix_ids for v in got] == [("p2",)]
+
+
 def test_len_repr_and_iter_variants_while_another_thread_puts():
     import sys
     import threading
