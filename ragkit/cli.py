@@ -362,6 +362,15 @@ def _eval_subsets(data: str, subs: list[str], pipeline: str, loaded: bool, *, sp
         raise RagkitError(f"--run {run_file}: --data {data} holds {len(subs)} datasets ({', '.join(subs)}) whose "
                           f"query ids may repeat, and one TREC run file cannot tell them apart; write one run per "
                           f"dataset (--data {base}/{subs[0]} --run ...)")
+    from ragkit.eval.beir import ARCHIVE_SUBSETS
+
+    archive = Path(base).name
+    missing = [s for s in ARCHIVE_SUBSETS.get(archive, ()) if s not in subs]
+    if missing:  # a partial local copy: its mean is not the archive's BEIR score
+        known = ARCHIVE_SUBSETS[archive]
+        typer.echo(f"note: BEIR scores {archive} as the mean over its {len(known)} datasets; --data {data} holds "
+                   f"{len(subs)} of them, so this mean is not comparable with BEIR's (missing: {', '.join(missing)})",
+                   err=True)
     splits = {s: _read_split(f"{base}/{s}", split, train_split, limit, None) for s in subs}
     splits[subs[0]].t_load += t_find
     scored: dict[str, _Scored] = {}
@@ -378,14 +387,15 @@ def _eval_subsets(data: str, subs: list[str], pipeline: str, loaded: bool, *, sp
             from ragkit.pipelines.trace import print_trace
 
             print_trace(console, one.run.trace)
-    _report_subsets(splits, scored, pipeline, pipe.to_yaml(), split, output, t_all)
+    _report_subsets(splits, scored, pipeline, pipe.to_yaml(), split, output, t_all, missing)
 
 
 def _report_subsets(splits: dict[str, _Split], scored: dict[str, _Scored], pipeline: str, spec: str, split: str,
-                    output: Optional[Path], t_all: float) -> None:
+                    output: Optional[Path], t_all: float, missing: Optional[list[str]] = None) -> None:
     """Print each dataset's metrics and their mean (one row each) and the summed timings; write the
     JSON: ``metrics`` the means, ``subsets`` each dataset's metrics, per-query values and timings;
-    ``spec`` is the pipeline's YAML."""
+    ``spec`` is the pipeline's YAML; ``missing`` the archive's datasets the folder lacks (the JSON
+    says so, as the mean is then not BEIR's)."""
     names = list(scored)
     metrics = list(scored[names[0]].result.scores)
     means = {m: sum(scored[s].result.scores[m] for s in names) / len(names) for m in metrics}
@@ -416,6 +426,7 @@ def _report_subsets(splits: dict[str, _Split], scored: dict[str, _Scored], pipel
     _write_outputs(output, None, None, {
         "dataset": parent, "split": split, "pipeline": spec, "n_queries": n_queries,
         "metrics": means, "aggregate": f"mean over the {len(names)} datasets, each weighted equally",
+        **({"missing_datasets": missing} if missing else {}),
         "subsets": subsets,
         "timings": {"load_s": t_load, "fit_s": t_fit, "search_s": search_s, "total_s": total,
                     "documents_encoded": encoded},
@@ -739,13 +750,20 @@ def compare_cmd(
 
     try:
         names = [m.strip() for m in metrics.split(",") if m.strip()]
+        parsed = []
         for m in names:
             try:
-                parse_metric(m)
+                parsed.append(parse_metric(m))
             except RagkitError as e:
                 raise RagkitError(f"--metrics: {e}") from None
         if not names:
             raise RagkitError(f"--metrics: expected names such as ndcg@10,recall@100, got {metrics!r}")
+        twice = [m for m, pm in zip(names, parsed) if parsed.count(pm) > 1]
+        if twice:  # Holm would count the same comparison twice
+            raise RagkitError(f"--metrics: {', '.join(twice)} name the same metric; name each once")
+        if not 0 < alpha < 1:
+            raise RagkitError(f"--alpha: expected a significance level strictly between 0 and 1, such as 0.05, "
+                              f"got {alpha:g}")
         if len(results) < 2:
             raise RagkitError(f"RESULTS: expected two or more result files, got {len(results)}")
         missing = [str(p) for p in results if not p.is_file()]

@@ -86,6 +86,37 @@ def test_compare_refuses_what_cannot_be_compared():
         compare([_result("a", base, split="test"), _result("b", base, split="dev")], ["ndcg@10"])
 
 
+def test_compare_refuses_a_metric_named_twice():
+    """Review: ``["ndcg@10", "nDCG@10"]`` compared the same metric twice, and Holm counted it twice
+    (p 0.61 became 1.0)."""
+    base = _base()
+    with pytest.raises(ParamError, match=r"metrics 'NDCG@10', 'ndcg@10' name the same metric; name each once"):
+        compare([_result("a", base), _result("b", base + 0.01)], ["ndcg@10", "NDCG@10"])
+
+
+def test_compare_refuses_values_that_are_not_finite_before_any_resampling(tmp_path: Path, monkeypatch):
+    """Review: a NaN per-query value was refused by the test of the pair that held it, after the
+    resampling of the pairs before it, in words naming neither the file nor the system."""
+    import importlib
+
+    cmp_mod = importlib.import_module("ragkit.eval.compare")  # (ragkit.eval.compare is also the function)
+    base = _base()
+    bad = base.copy()
+    bad[[3, 7]] = [np.nan, np.inf]
+    path = _eval_json(tmp_path / "c.json", bad)  # json writes NaN and Infinity, and reads them back
+    with pytest.raises(DataError, match=r"c\.json: per_query\['ndcg@10'\]: 2 of the 60 per-query values are not "
+                                        r"finite numbers \('q3': nan, 'q7': inf\)"):
+        load_result(path)
+
+    def no_resampling(*a, **k):
+        raise AssertionError("resampled before checking every value")
+
+    monkeypatch.setattr(cmp_mod, "paired_randomization_test", no_resampling)
+    monkeypatch.setattr(cmp_mod, "_bootstrap_ci", no_resampling)
+    with pytest.raises(DataError, match=r"compare: c: ndcg@10: 2 of the 60 per-query values are not finite"):
+        compare([_result("a", base), _result("b", base), _result("c", bad)], ["ndcg@10"])
+
+
 def _eval_json(path: Path, values: np.ndarray, dataset: str = "tiny", split: str = "test") -> Path:
     """A results file in the shape ``ragkit eval -o`` writes."""
     per_query = {"ndcg@10": dict(zip(QUERIES, map(float, values))),
@@ -156,19 +187,44 @@ def test_cli_compare_scores_trec_runs_against_a_dataset(tmp_path: Path):
     assert "0.7500" in res.output and "1.0000" in res.output and "+0.2500" in res.output
 
 
+def test_cli_compare_checks_json_results_against_data_and_split(tmp_path: Path):
+    """Review: with ``--data``/``--split``, results read from JSON were never checked against them: two
+    'scifact' test files compared under ``--data nfcorpus --split dev`` without a word."""
+    from ragkit.eval import write_beir
+    from ragkit.types import Corpus
+
+    corpus = Corpus(ids=["d1", "d2"], texts=["a", "b"])
+    for name in ("tiny", "other"):
+        write_beir(tmp_path / name, corpus, {"q1": "x"}, {"test": {"q1": {"d1": 1}}, "dev": {"q1": {"d2": 1}}})
+    one = _eval_json(tmp_path / "one.json", _base())
+    two = _eval_json(tmp_path / "two.json", _base() + 0.01)
+    res = _cli(str(one), str(two), "--data", str(tmp_path / "other"), "--resamples", "100")
+    assert res.exit_code == 2
+    assert "one.json: results of dataset 'tiny', but 'other' was given" in " ".join(res.output.split()), res.output
+    res = _cli(str(one), str(two), "--data", str(tmp_path / "tiny"), "--split", "dev", "--resamples", "100")
+    assert res.exit_code == 2 and "results of split 'test', but 'dev' was given" in " ".join(res.output.split())
+    res = _cli(str(one), str(two), "--data", str(tmp_path / "tiny"), "--resamples", "100")
+    assert res.exit_code == 0, res.output
+
+
 @pytest.mark.parametrize("args, message", [
     (["ONE"], "expected two or more result files, got 1"),
     (["ONE", "missing.json"], "missing.json: no such file"),
     (["ONE", "ONE2", "-m", "ndcg"], "--metrics: unknown metric 'ndcg'"),
     (["ONE", "ONE2", "--baseline", "other.json"], "other.json: not one of the RESULTS"),
     (["ONE", "RUN"], "holds no judgements; give the dataset"),
+    # review: --alpha 0 or 1 passed typer's [0, 1] and was refused only after --data was loaded
+    (["ONE", "ONE2", "--alpha", "1", "--data", "NODATA"], "--alpha: expected a significance level strictly between"),
+    (["ONE", "ONE2", "--alpha", "0"], "--alpha: expected a significance level strictly between 0 and 1"),
+    (["ONE", "ONE2", "-m", "ndcg@10,nDCG@10"], "--metrics: ndcg@10, nDCG@10 name the same metric"),
 ])
 def test_cli_compare_errors_before_any_work(tmp_path: Path, args: list[str], message: str):
     one = _eval_json(tmp_path / "one.json", _base())
     two = _eval_json(tmp_path / "two.json", _base())
     (tmp_path / "run.trec").write_text("q1 Q0 d1 1 1.0 x\n")
     names = {"ONE": str(one), "ONE2": str(two), "RUN": str(tmp_path / "run.trec"),
-             "missing.json": str(tmp_path / "missing.json"), "other.json": str(tmp_path / "other.json")}
+             "missing.json": str(tmp_path / "missing.json"), "other.json": str(tmp_path / "other.json"),
+             "NODATA": str(tmp_path / "no" / "data")}
     res = _cli(*[names.get(a, a) for a in args])
     assert res.exit_code == 2
     assert message in " ".join(res.output.split()), res.output

@@ -676,6 +676,58 @@ def test_cli_eval_on_a_multi_dataset_archive_reports_each_dataset_and_the_mean(f
     assert res.exit_code == 2 and "no qrels for split 'dev'" in res.output and "fit" not in res.output
 
 
+@enable_socket
+def test_a_redownload_never_deletes_a_users_files_inside_a_dataset_of_the_archive(forums, tmp_path):
+    """Review: ``_is_download_of`` looked one level down only, so ``<forum>/qrels/mine.tsv`` (two levels
+    down) was deleted with the folder it replaced; a single dataset's ``qrels/mine.tsv`` was kept."""
+    www, url, cache = forums
+    got = download_beir("cqadupstack", dest=tmp_path / "mine")
+    mine = got / "android" / "qrels" / "mine.tsv"
+    mine.write_text("query-id\tcorpus-id\tscore\nq1\tandroid-d2\t2\n")
+    with pytest.raises(DataError, match=r"mine/cqadupstack: exists and is not a BEIR download of 'cqadupstack'"):
+        download_beir("cqadupstack", dest=tmp_path / "mine")
+    assert mine.is_file() and (got / "android" / "corpus.jsonl").is_file()
+    mine.unlink()  # what the archive holds, at every depth: an earlier download, replaced
+    (got / "gaming" / "qrels" / "test.tsv").unlink()
+    assert download_beir("cqadupstack", dest=tmp_path / "mine") == got
+    assert (got / "gaming" / "qrels" / "test.tsv").is_file()
+
+
+@enable_socket
+def test_a_relative_path_to_no_folder_says_so_not_only_that_no_archive_of_that_name_was_found(forums):
+    """Review: ``data/scifact`` without a folder ``data`` is read as dataset ``scifact`` of an archive
+    ``data``; when that fails too, the error named only the archive (before: 'BEIR folder not found')."""
+    with pytest.raises(DataError, match=r"^datasets/scifact: no such folder \(.*/datasets does not exist\); as a "
+                                        r"dataset of a BEIR archive: .*datasets\.zip"):
+        load_beir("datasets/scifact")
+    with pytest.raises(DataError, match=r"^nothing/here: no such folder .* and download=False$"):
+        load_beir("nothing/here", download=False)
+
+
+@enable_socket
+def test_cli_eval_on_a_partial_copy_of_cqadupstack_says_its_mean_is_not_beirs(forums, tmp_path):
+    """Review: a local ``cqadupstack`` with 2 of the 12 forums was averaged and called BEIR's convention
+    without a word; BEIR's CQADupStack score is the mean over all 12."""
+    from typer.testing import CliRunner
+
+    from ragkit.cli import app
+
+    res = CliRunner().invoke(app, ["eval", "-p", "bm25", "--k", "1", "--data", "cqadupstack", "-o",
+                                   str(tmp_path / "all.json")], env={"COLUMNS": "200"})
+    assert res.exit_code == 0, res.output
+    out = " ".join(res.output.split())
+    assert ("note: BEIR scores cqadupstack as the mean over its 12 datasets; --data cqadupstack holds 2 of them, so "
+            "this mean is not comparable with BEIR's (missing: english, gis, mathematica,") in out
+    assert out.index("note: BEIR scores") < out.index("android / test")  # said before any fit
+    written = json.loads((tmp_path / "all.json").read_text())
+    assert written["missing_datasets"][:2] == ["english", "gis"] and len(written["missing_datasets"]) == 10
+    (forums[0] / "other.zip").write_bytes(_forum_zip(top="other"))  # an archive BEIR does not define
+    res = CliRunner().invoke(app, ["eval", "-p", "bm25", "--k", "1", "--data", "other", "-o",
+                                   str(tmp_path / "other.json")], env={"COLUMNS": "200"})
+    assert res.exit_code == 0 and "note: BEIR scores" not in res.output, res.output
+    assert "missing_datasets" not in json.loads((tmp_path / "other.json").read_text())
+
+
 # ---------------------------------------------------------------------- significance
 def test_paired_randomization_test():
     rng = np.random.default_rng(0)

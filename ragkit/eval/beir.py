@@ -309,6 +309,10 @@ def _candidates(name: str) -> list[Path]:
     return out
 
 
+#: The datasets of BEIR's archives of several, whose score is the mean over all of them (Thakur et al., 2021)
+ARCHIVE_SUBSETS = {"cqadupstack": ("android", "english", "gaming", "gis", "mathematica", "physics", "programmers",
+                                   "stats", "tex", "unix", "webmasters", "wordpress")}
+
 #: ``<archive>/<sub>``: one dataset of an archive that holds several, e.g. ``cqadupstack/android``
 _SUB_NAME = re.compile(r"([A-Za-z0-9][\w.-]*)/([A-Za-z0-9][\w.-]*)")
 
@@ -353,7 +357,11 @@ def _find_sub(archive: str, sub: str, *, download: bool, base_url: str | None) -
     hit = next((p / sub for p in _candidates(archive) if (p / sub / "corpus.jsonl").is_file()), None)
     if hit is not None:
         return hit
-    parent = _find(archive, f"{archive}/{sub}", download=download, base_url=base_url)
+    try:
+        parent = _find(archive, f"{archive}/{sub}", download=download, base_url=base_url)
+    except DataError as e:  # it may have been meant as a path: say that there is no such folder either
+        raise DataError(f"{archive}/{sub}: no such folder ({Path(archive).absolute()} does not exist); as a "
+                        f"dataset of a BEIR archive: {e}") from None
     subs = _subsets(parent)
     if not subs:
         raise DataError(f"BEIR dataset {archive!r} ({parent}) is a single dataset, without sub-datasets such as "
@@ -509,9 +517,15 @@ def _holds_only(folder: Path, names: set[str]) -> bool:
 
 
 def _is_download_of(final: Path, root: Path) -> bool:
-    """Whether ``final`` holds only what the unpacked archive ``root`` holds (the names at its top and
-    one level down): an earlier download of it, perhaps incomplete, not a user's folder."""
+    """Whether ``final`` holds only what the unpacked archive ``root`` holds, at every depth (a
+    multi-dataset archive's ``<sub>/qrels/`` is two levels down): an earlier download of it, perhaps
+    incomplete, not a user's folder.  A folder that is a link is never one."""
     if not _holds_only(final, set(os.listdir(root))):
         return False
-    return all(_holds_only(final / e, set(os.listdir(root / e)) if (root / e).is_dir() else set())
-               for e in os.listdir(final) if (final / e).is_dir() or (final / e).is_symlink())
+    for here, dirs, files in os.walk(final):
+        rel = Path(here).relative_to(final)
+        if any((Path(here) / d).is_symlink() or not (root / rel / d).is_dir() for d in dirs):
+            return False
+        if any(not (root / rel / f).is_file() for f in files):
+            return False
+    return True

@@ -62,7 +62,8 @@ def load_result(path: str | Path, *, qrels: Qrels | None = None, metrics: Sequen
                 name: str | None = None, dataset: str | None = None, split: str | None = None) -> SystemResult:
     """A :class:`SystemResult` from a ``ragkit eval -o`` JSON file, or from a TREC run file
     scored here against ``qrels`` on ``metrics`` (a run file holds no judgements; ``dataset`` and
-    ``split`` name where ``qrels`` come from, so that :func:`compare` can check it)."""
+    ``split`` name where ``qrels`` come from, so that :func:`compare` can check it).  A JSON file
+    of another ``dataset`` or ``split`` than the ones given is a :class:`DataError`."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: file not found; expected a 'ragkit eval -o' JSON file or a TREC run file")
@@ -74,7 +75,13 @@ def load_result(path: str | Path, *, qrels: Qrels | None = None, metrics: Sequen
             payload = json.loads(path.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise DataError(f"{path}: not valid JSON ({e}); expected a 'ragkit eval -o' results file") from None
-        return _from_payload(payload, path, name)
+        result = _from_payload(payload, path, name)
+        for key, want in (("dataset", dataset), ("split", split)):  # --data/--split name what every result is of
+            got = getattr(result, key)
+            if want is not None and got is not None and got != want:
+                raise DataError(f"{path}: results of {key} {got!r}, but {want!r} was given (--data / --split); "
+                                f"compare results of the {key} given, or leave it out")
+        return result
     if qrels is None:
         raise DataError(f"{path}: a TREC run file holds no judgements; give the dataset to score it against "
                         "(ragkit compare --data NAME_OR_FOLDER --split SPLIT)")
@@ -95,7 +102,20 @@ def _from_payload(payload: Any, path: Path, name: str) -> SystemResult:
         if not isinstance(vals, dict) or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
                                                  for v in vals.values()):
             raise DataError(f"{path}: per_query[{metric!r}] must map query ids to numbers")
+        _check_finite(vals, f"{path}: per_query[{metric!r}]")
     return SystemResult(name, per_query, payload.get("dataset"), payload.get("split"))
+
+
+def _check_finite(vals: Mapping[str, float], where: str) -> None:
+    """Refuse NaN or infinite per-query values (a mean, an interval and a test of them mean nothing),
+    naming ``where`` and the queries."""
+    arr = np.fromiter(vals.values(), np.float64, len(vals))
+    bad = np.flatnonzero(~np.isfinite(arr))
+    if len(bad):
+        ids = list(vals)
+        shown = ", ".join(f"{ids[i]!r}: {arr[i]}" for i in bad[:3]) + (", ..." if len(bad) > 3 else "")
+        raise DataError(f"{where}: {len(bad)} of the {len(arr)} per-query values are not finite numbers ({shown}); "
+                        "expected numbers such as 0.5; drop those queries from every result or give them a value")
 
 
 def holm(p: np.ndarray) -> np.ndarray:
@@ -182,8 +202,10 @@ def _check_args(results: Sequence[SystemResult], metrics: Sequence[str], baselin
         raise ParamError(f"compare: baseline must be the index of one of the {len(results)} results, got {baseline!r}")
     if isinstance(metrics, str) or not metrics:
         raise ParamError(f"compare: metrics must be a non-empty list of names such as ['ndcg@10'], got {metrics!r}")
-    for m in metrics:
-        parse_metric(m)
+    parsed = [parse_metric(m) for m in metrics]
+    twice = sorted({m for m, pm in zip(metrics, parsed) if parsed.count(pm) > 1})
+    if twice:  # the same comparison twice in one table: Holm would count it twice
+        raise ParamError(f"compare: metrics {', '.join(map(repr, twice))} name the same metric; name each once")
     if isinstance(n_resamples, bool) or not isinstance(n_resamples, (int, np.integer)) or not 1 <= n_resamples <= 10**7:
         raise ParamError(f"compare: n_resamples must be an integer in [1, 10,000,000], got {n_resamples!r}")
     for label, v in (("alpha", alpha), ("confidence", confidence)):
@@ -233,6 +255,9 @@ def compare(results: Sequence[SystemResult], metrics: Sequence[str] = DEFAULT_CO
     """
     _check_args(results, metrics, baseline, n_resamples, alpha, confidence)
     queries = {m: _same_queries(results, m) for m in metrics}
+    for m in metrics:  # before any resampling, naming the system (the test would name neither)
+        for r in results:
+            _check_finite(r.values(m), f"compare: {r.name}: {m}")
     shape = (len(results), len(metrics))
     means, delta, lo, hi, p = (np.full(shape, np.nan) for _ in range(5))
     for j, m in enumerate(metrics):
