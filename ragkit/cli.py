@@ -792,7 +792,9 @@ def compare_cmd(
         _fail(e)
         return
     n_tests = (len(cmp.systems) - 1) * len(cmp.metrics)
-    console.print(Text(f"{cmp.n_queries} queries · baseline {cmp.systems[base]} · paired randomisation test "
+    where = (f"{cmp.n_queries} queries of {cmp.n_datasets} datasets, each weighted equally (BEIR's mean; the "
+             f"bootstrap resamples within each)" if cmp.n_datasets > 1 else f"{cmp.n_queries} queries")
+    console.print(Text(f"{where} · baseline {cmp.systems[base]} · paired randomisation test "
                        f"({resamples:,} sign flips), Holm-corrected over {n_tests} comparison"
                        f"{'' if n_tests == 1 else 's'} · * p (Holm) < {alpha:g}"), soft_wrap=True)
     from rich import box

@@ -144,8 +144,51 @@ def test_load_result_reads_eval_json_and_scores_trec_runs(tmp_path: Path):
     with pytest.raises(DataError, match="nothing.json: file not found"):
         load_result(tmp_path / "nothing.json")
     (tmp_path / "multi.json").write_text(json.dumps({"dataset": "cqadupstack", "subsets": {"android": {}, "gis": {}}}))
-    with pytest.raises(DataError, match=r"results of 2 datasets \(android, gis\).*--data cqadupstack/SUB"):
+    with pytest.raises(DataError, match=r"multi.json: subsets\['android'\]: no 'per_query' values"):
         load_result(tmp_path / "multi.json")
+
+
+def _multi_json(path: Path, by_set: dict[str, np.ndarray]) -> Path:
+    """Results of an archive of several datasets, in the shape ``ragkit eval --data <archive> -o`` writes."""
+    subsets = {s: {"n_queries": len(v), "metrics": {"ndcg@10": float(v.mean())},
+                   "per_query": {"ndcg@10": {f"q{i}": float(x) for i, x in enumerate(v)}}} for s, v in by_set.items()}
+    means = {"ndcg@10": float(np.mean([v.mean() for v in by_set.values()]))}
+    path.write_text(json.dumps({"dataset": "cqa", "split": "test", "metrics": means, "subsets": subsets}))
+    return path
+
+
+def test_results_of_several_datasets_weight_each_dataset_equally(tmp_path: Path):
+    import itertools
+
+    rng = np.random.default_rng(3)
+    base = {"small": rng.uniform(0, 1, 2), "large": rng.uniform(0, 1, 6)}
+    other = {"small": base["small"] + np.array([0.3, 0.2]), "large": base["large"] - rng.uniform(0, 0.1, 6)}
+    a = load_result(_multi_json(tmp_path / "a.json", base))
+    b = load_result(_multi_json(tmp_path / "b.json", other))
+    assert a.groups["small/q1"] == "small" and len(a.values("ndcg@10")) == 8
+    c = compare([a, b], ["ndcg@10"], n_resamples=20_000)
+    beir_mean = np.mean([other[s].mean() for s in other])  # BEIR's CQADupStack mean: each dataset weighs 1/2
+    assert c.n_datasets == 2 and c.n_queries == 8
+    assert c.means[1, 0] == pytest.approx(beir_mean) and c.means[1, 0] != pytest.approx(np.concatenate(
+        list(other.values())).mean())
+    diff = {s: other[s] - base[s] for s in base}
+    assert c.delta[1, 0] == pytest.approx(np.mean([d.mean() for d in diff.values()]))
+    # the exact randomisation distribution of the weighted statistic: all 2**8 sign patterns
+    d = np.concatenate([diff["small"] / 2, diff["large"] / 6]) / 2
+    stats = np.abs(np.array(list(itertools.product([-1, 1], repeat=8))) @ d)
+    exact = np.mean(stats >= abs(d.sum()) - 1e-12)
+    assert c.p_value[1, 0] == pytest.approx(exact, abs=0.015)
+    # stratified bootstrap: a dataset whose every query gains 1 and one whose queries gain 0 give 0.5 in
+    # every resample (pooled resampling would not keep the two datasets' sizes)
+    flat = {"small": np.zeros(2), "large": np.zeros(6)}
+    c2 = compare([load_result(_multi_json(tmp_path / "z.json", flat)),
+                  load_result(_multi_json(tmp_path / "o.json", {"small": np.ones(2), "large": np.zeros(6)}))],
+                 ["ndcg@10"], n_resamples=500)
+    assert c2.delta[1, 0] == pytest.approx(0.5) and c2.ci_low[1, 0] == pytest.approx(0.5)
+    assert c2.ci_high[1, 0] == pytest.approx(0.5)
+    single = SystemResult("one", {"ndcg@10": dict(a.values("ndcg@10"))})
+    with pytest.raises(DataError, match="holds results of 2 datasets, one of one dataset"):
+        compare([a, single], ["ndcg@10"])
 
 
 def _cli(*args: str):
@@ -228,3 +271,23 @@ def test_cli_compare_errors_before_any_work(tmp_path: Path, args: list[str], mes
     res = _cli(*[names.get(a, a) for a in args])
     assert res.exit_code == 2
     assert message in " ".join(res.output.split()), res.output
+
+
+def test_cli_compare_of_several_datasets_says_how_it_averages(tmp_path: Path):
+    rng = np.random.default_rng(5)
+    base = {"android": rng.uniform(0, 1, 3), "gis": rng.uniform(0, 1, 5)}
+    a = _multi_json(tmp_path / "bm25.json", base)
+    b = _multi_json(tmp_path / "dense.json", {s: v + 0.05 for s, v in base.items()})
+    res = _cli(str(a), str(b), "-m", "ndcg@10", "--resamples", "500")
+    assert res.exit_code == 0, res.output
+    assert "8 queries of 2 datasets, each weighted equally (BEIR's mean" in " ".join(res.output.split())
+    assert "+0.0500" in res.output
+
+
+def test_weighted_randomisation_test_needs_a_positive_weight_per_query():
+    a, b = {"x": 1.0, "y": 0.5}, {"x": 0.0, "y": 0.5}
+    assert paired_randomization_test(a, b, weights={"x": 1.0, "y": 3.0}, n_resamples=100) > 0.3  # 2 flips of 4
+    with pytest.raises(DataError, match="weights must give every shared query a positive finite weight; 1 of the 2"):
+        paired_randomization_test(a, b, weights={"x": 1.0})
+    with pytest.raises(DataError, match="1 of the 2 have none"):
+        paired_randomization_test(a, b, weights={"x": 1.0, "y": 0.0})

@@ -9,7 +9,11 @@ recommend for IR; :func:`ragkit.eval.metrics.paired_randomization_test`).  The p
 
 Results come from ``ragkit eval -o`` JSON files (their per-query values) or from TREC run files
 scored against judgements here (:func:`load_result`); every system must be scored on the same
-queries, or the comparison is refused.
+queries, or the comparison is refused.  Results of an archive of several datasets (``ragkit eval
+--data cqadupstack``) are compared as BEIR reports them: every mean weights each dataset equally
+(a query of a dataset of ``n`` queries weighs ``1 / (n_datasets * n)``), the randomisation test's
+statistic is that weighted mean difference, and the bootstrap resamples queries within each
+dataset (stratified), so each dataset keeps its size in every resample.
 """
 
 from __future__ import annotations
@@ -37,13 +41,16 @@ class SystemResult:
     """One system's per-query metric values: ``per_query[metric][query_id] -> value``.
 
     ``dataset`` and ``split`` (when known, e.g. read from ``ragkit eval -o``) let
-    :func:`compare` refuse results of different data.
+    :func:`compare` refuse results of different data.  ``groups`` maps every query id to its
+    dataset for results of several datasets (ids ``"<dataset>/<query>"`` as :func:`load_result`
+    builds them), ``None`` for one dataset.
     """
 
     name: str
     per_query: Mapping[str, Mapping[str, float]] = field(repr=False)
     dataset: str | None = None
     split: str | None = None
+    groups: Mapping[str, str] | None = field(default=None, repr=False)
 
     def values(self, metric: str) -> Mapping[str, float]:
         """Per-query values of ``metric`` in any spelling :func:`parse_metric` reads."""
@@ -92,18 +99,38 @@ def load_result(path: str | Path, *, qrels: Qrels | None = None, metrics: Sequen
 def _from_payload(payload: Any, path: Path, name: str) -> SystemResult:
     per_query = payload.get("per_query") if isinstance(payload, dict) else None
     if per_query is None and isinstance(payload, dict) and isinstance(payload.get("subsets"), dict):
-        subs = ", ".join(payload["subsets"])
-        raise DataError(f"{path}: results of {len(payload['subsets'])} datasets ({subs}), averaged per dataset; "
-                        f"compare the results of one dataset (ragkit eval --data {payload.get('dataset', 'NAME')}/SUB "
-                        "-o ...), as the queries of different datasets are not paired")
+        return _from_subsets(payload, path, name)
+    _check_per_query(per_query, str(path))
+    return SystemResult(name, per_query, payload.get("dataset"), payload.get("split"))
+
+
+def _check_per_query(per_query: Any, where: str) -> None:
+    """``per_query`` must map metric names to ``{query id: finite number}``."""
     if not isinstance(per_query, dict) or not per_query:
-        raise DataError(f"{path}: no 'per_query' values; expected the JSON 'ragkit eval -o' writes")
+        raise DataError(f"{where}: no 'per_query' values; expected the JSON 'ragkit eval -o' writes")
     for metric, vals in per_query.items():
         if not isinstance(vals, dict) or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
                                                  for v in vals.values()):
-            raise DataError(f"{path}: per_query[{metric!r}] must map query ids to numbers")
-        _check_finite(vals, f"{path}: per_query[{metric!r}]")
-    return SystemResult(name, per_query, payload.get("dataset"), payload.get("split"))
+            raise DataError(f"{where}: per_query[{metric!r}] must map query ids to numbers")
+        _check_finite(vals, f"{where}: per_query[{metric!r}]")
+
+
+def _from_subsets(payload: dict, path: Path, name: str) -> SystemResult:
+    """The results of ``ragkit eval --data <archive>`` (``subsets``: each dataset's ``per_query``) as one
+    :class:`SystemResult` whose query ids are ``"<dataset>/<query>"``, grouped by dataset."""
+    subsets = payload["subsets"]
+    if not subsets:
+        raise DataError(f"{path}: 'subsets' is empty; expected the per-dataset results 'ragkit eval' writes")
+    for sub, res in subsets.items():
+        _check_per_query(res.get("per_query") if isinstance(res, dict) else None, f"{path}: subsets[{sub!r}]")
+    first = subsets[next(iter(subsets))]["per_query"]
+    metrics = [m for m in first if all(m in r["per_query"] for r in subsets.values())]
+    if not metrics:
+        raise DataError(f"{path}: its datasets share no metric; expected the per-dataset results 'ragkit eval' writes")
+    per_query = {m: {f"{sub}/{q}": v for sub, r in subsets.items() for q, v in r["per_query"][m].items()}
+                 for m in metrics}
+    groups = {f"{sub}/{q}": sub for sub, r in subsets.items() for q in r["per_query"][metrics[0]]}
+    return SystemResult(name, per_query, payload.get("dataset"), payload.get("split"), groups)
 
 
 def _check_finite(vals: Mapping[str, float], where: str) -> None:
@@ -132,14 +159,19 @@ def holm(p: np.ndarray) -> np.ndarray:
     return out
 
 
-def _bootstrap_ci(diff: np.ndarray, confidence: float, n_resamples: int, seed: int) -> tuple[float, float]:
-    """Percentile-bootstrap interval of ``diff.mean()``: queries resampled with replacement, in
-    blocks of resamples bounding the ``(block, n)`` index matrix to ~8 MB."""
+def _bootstrap_ci(diff: np.ndarray, strata: list[np.ndarray], confidence: float, n_resamples: int,
+                  seed: int) -> tuple[float, float]:
+    """Percentile-bootstrap interval of the mean over ``strata`` (index arrays into ``diff``, one
+    per dataset, weighted equally) of each stratum's mean of ``diff``: queries resampled with
+    replacement within their stratum, in blocks of resamples bounding each ``(block, n)`` index
+    matrix to ~8 MB.  One stratum is the plain bootstrap of ``diff.mean()``."""
     rng = np.random.default_rng(seed)
-    n = len(diff)
-    block = max(1, (1 << 20) // n)
-    means = np.concatenate([diff[rng.integers(0, n, size=(min(block, n_resamples - s), n))].mean(1)
-                            for s in range(0, n_resamples, block)])
+    block = max(1, (1 << 20) // len(diff))
+    means = np.zeros(n_resamples)
+    for s in range(0, n_resamples, block):  # blocks of resamples, then strata (datasets): never queries
+        b = min(block, n_resamples - s)
+        for idx in strata:
+            means[s:s + b] += diff[idx[rng.integers(0, len(idx), size=(b, len(idx)))]].mean(1) / len(strata)
     tail = (1 - confidence) / 2
     lo, hi = np.quantile(means, [tail, 1 - tail])
     return float(lo), float(hi)
@@ -159,6 +191,7 @@ class Comparison:
     metrics: list[str]
     baseline: int
     n_queries: int
+    n_datasets: int
     means: np.ndarray
     delta: np.ndarray
     ci_low: np.ndarray
@@ -185,7 +218,8 @@ class Comparison:
                                p_value=float(self.p_value[i, j]), p_holm=float(self.p_holm[i, j]),
                                significant=bool(self.significant[i, j]))
                 rows.append(rec)
-        return {"baseline": self.systems[self.baseline], "n_queries": self.n_queries, "alpha": self.alpha,
+        return {"baseline": self.systems[self.baseline], "n_queries": self.n_queries, "n_datasets": self.n_datasets,
+                "mean": "each dataset weighted equally" if self.n_datasets > 1 else "over queries", "alpha": self.alpha,
                 "confidence": self.confidence, "n_resamples": self.n_resamples,
                 "test": "paired randomisation (sign flip), two-sided, Holm-corrected", "rows": rows}
 
@@ -235,6 +269,26 @@ def _same_queries(results: Sequence[SystemResult], metric: str) -> list[str]:
     return list(first)
 
 
+def _strata(results: Sequence[SystemResult], queries: list[str]) -> tuple[list[np.ndarray], np.ndarray]:
+    """``(strata, weights)`` of ``queries``: one index array per dataset and each query's weight
+    ``1 / (n_datasets * n_queries_of_its_dataset)`` (one dataset: ``1 / n``).  Results of one
+    dataset and of several cannot be compared."""
+    first = results[0].groups
+    for r in results[1:]:
+        if (r.groups is None) != (first is None) or (first is not None and dict(r.groups) != dict(first)):
+            def kind(x: SystemResult) -> str:
+                return f"{len(set(x.groups.values()))} datasets" if x.groups else "one dataset"
+
+            raise DataError(f"compare: {results[0].name} holds results of {kind(results[0])}, {r.name} of {kind(r)}; "
+                            "compare results of the same datasets")
+    if first is None:
+        return [np.arange(len(queries))], np.full(len(queries), 1.0 / len(queries))
+    _, label = np.unique([first[q] for q in queries], return_inverse=True)
+    strata = [np.flatnonzero(label == g) for g in range(label.max() + 1)]
+    size = np.bincount(label)
+    return strata, 1.0 / (len(strata) * size[label])
+
+
 def compare(results: Sequence[SystemResult], metrics: Sequence[str] = DEFAULT_COMPARE_METRICS, *, baseline: int = 0,
             n_resamples: int = 10_000, seed: int = 0, alpha: float = 0.05, confidence: float = 0.95) -> Comparison:
     """Compare every system with ``results[baseline]`` on each metric, over the same queries.
@@ -260,20 +314,23 @@ def compare(results: Sequence[SystemResult], metrics: Sequence[str] = DEFAULT_CO
             _check_finite(r.values(m), f"compare: {r.name}: {m}")
     shape = (len(results), len(metrics))
     means, delta, lo, hi, p = (np.full(shape, np.nan) for _ in range(5))
+    n_sets = 1
     for j, m in enumerate(metrics):
         qs = queries[m]
+        strata, w = _strata(results, qs)
+        n_sets = len(strata)
         base = results[baseline].values(m)
         b = np.array([base[q] for q in qs], np.float64)
         for i, r in enumerate(results):
             vals = r.values(m)
             a = np.array([vals[q] for q in qs], np.float64)
-            means[i, j] = a.mean() if len(a) else np.nan
+            means[i, j] = w @ a
             if i == baseline:
                 continue
             p[i, j] = paired_randomization_test(dict(zip(qs, a)), dict(zip(qs, b)), n_resamples=n_resamples,
-                                                seed=seed)
-            delta[i, j] = (a - b).mean()
-            lo[i, j], hi[i, j] = _bootstrap_ci(a - b, confidence, n_resamples, seed)
+                                                seed=seed, weights=None if n_sets == 1 else dict(zip(qs, w)))
+            delta[i, j] = w @ (a - b)
+            lo[i, j], hi[i, j] = _bootstrap_ci(a - b, strata, confidence, n_resamples, seed)
     n_q = len(queries[metrics[0]])
-    return Comparison([r.name for r in results], list(metrics), int(baseline), n_q, means, delta, lo, hi, p,
+    return Comparison([r.name for r in results], list(metrics), int(baseline), n_q, n_sets, means, delta, lo, hi, p,
                       holm(p), alpha, confidence, n_resamples)
