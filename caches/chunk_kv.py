@@ -459,7 +459,9 @@ class ChunkKVCache:
 
         A variant of the same context (:attr:`ChunkVariant.context`) held in memory is
         replaced, unless it is exact and the new one is not: then the old one is kept and
-        returned (also when the exact one is in the disk tier).  A variant larger than the
+        returned (also when the exact one is in the disk tier).  The replaced variant's reuse
+        history (decayed reuse count, CFO) carries over to the new one, whether it was in memory or
+        only in the disk tier.  A variant larger than the
         whole memory budget is spilled to the disk tier (dropped without one) at once; the
         variants in memory stay.
         """
@@ -473,15 +475,20 @@ class ChunkKVCache:
             same = [i for i, v in enumerate(existing) if v.context == variant.context]
             if same and existing[same[0]].exact and not variant.exact:
                 return existing[same[0]]
-            if not same and not variant.exact and self.disk_dir is not None:
-                on_disk = self._read_file(self.disk_dir / key / f"{variant.file_stem}.safetensors", exact_only=True)
+            history = None
+            if not same and self.disk_dir is not None:
+                f = self.disk_dir / key / f"{variant.file_stem}.safetensors"
+                on_disk = None if variant.exact else self._read_file(f, exact_only=True)
                 if on_disk is not None:  # an exact variant of this context sits in the disk tier: keep it
                     on_disk.last_tick = self._tick
                     self._insert(key, on_disk, from_disk=True)
                     return on_disk
+                history = self._disk_history(f)  # one of this context only on disk: replaced, its history kept
             if same:  # the same chunk in the same context, computed again: its reuse history carries over
                 old = existing[same[0]]
-                variant.reuse, variant.cfo_sum, variant.cfo_n = old.reuse, old.cfo_sum, old.cfo_n
+                history = (old.reuse, old.cfo_sum, old.cfo_n)
+            if history is not None:
+                variant.reuse, variant.cfo_sum, variant.cfo_n = history
             for i in reversed(same):
                 self._drop(key, i, spill=False)
             dt = _DTYPES[self.storage_dtype]
@@ -656,6 +663,19 @@ class ChunkKVCache:
             return self._utility_of(float(meta["reuse"]), self._last_tick_of(meta), cfo, nbytes), float(written)
         except (OSError, SafetensorError, KeyError, ValueError, TypeError):  # damaged, unreadable or removed
             return -math.inf, 0.0  # meanwhile: goes first (unlinked if still there)
+
+    def _disk_history(self, f: Path) -> tuple[float, float, int] | None:
+        """``(reuse decayed to now, cfo_sum, cfo_n)`` of the disk variant ``f``, from its header alone;
+        ``None`` when there is none (or it cannot be read: it is then replaced as if absent)."""
+        from safetensors import SafetensorError, safe_open
+
+        try:
+            with safe_open(str(f), framework="pt") as fh:
+                meta = fh.metadata() or {}
+            return (float(meta["reuse"]) * self._decay(self._last_tick_of(meta)), float(meta["cfo_sum"]),
+                    int(meta["cfo_n"]))
+        except (OSError, SafetensorError, KeyError, ValueError, TypeError):
+            return None
 
     def _read_disk(self, key: str, skip: set[str] = frozenset()) -> list[ChunkVariant]:
         """The disk variants of ``key`` whose file stem is not in ``skip``."""

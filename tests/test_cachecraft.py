@@ -772,6 +772,21 @@ def test_a_variant_read_back_from_disk_has_the_utility_it_had_in_memory(tmp_path
     assert other.reuse == pytest.approx(6.0 * 0.5 ** (1 / 8))
 
 
+def test_a_variant_computed_again_keeps_the_history_of_the_one_only_on_disk(tmp_path):
+    """A context whose variant was spilled is computed again (put, not looked up): the new variant
+    inherits the spilled one's decayed reuse and CFO, as it would from one in memory."""
+    cache = ChunkKVCache("m", "t", disk_dir=tmp_path, budget_bytes=0, half_life=8)
+    v = _variant(prefix=("a",))
+    v.reuse, v.cfo_sum, v.cfo_n = 4.0, 0.3, 3
+    cache.put("k", v)  # budget 0: spilled at once
+    for _ in range(8):
+        cache.lookup("missing")  # one half-life
+    again = cache.put("k", _variant(prefix=("a",), seed=1))  # the same context, computed again
+    assert again.reuse == pytest.approx(2.0) and (again.cfo_sum, again.cfo_n) == (0.3, 3)
+    fresh = cache.put("k", _variant(prefix=("b",), seed=2))  # another context: no history
+    assert fresh.reuse == 0.0 and fresh.cfo_n == 0
+
+
 def test_an_old_format_disk_file_loads_and_counts_as_last_used_when_the_store_opened(tmp_path):
     """Files written before the disk tier kept last_tick, store and written_ns: read as before, ranked
     at the cap by the reuse count and CFO they carry, last used at request 0."""
