@@ -428,9 +428,9 @@ class ChunkKVCache:
         self._tick += 1
         variants = list(self._mem.get(key, ()))
         if self.disk_dir is not None:
-            from_disk = self._read_disk(key, skip={v.file_stem for v in variants})
-            from_disk.sort(key=self._utility, reverse=True)  # a chunk holds max_variants: the most useful
-            from_disk = from_disk[:max(self.max_variants - len(variants), 0)]
+            # a chunk holds max_variants: the most useful, ranked by their headers before any tensor is read
+            from_disk = self._read_disk(key, skip={v.file_stem for v in variants},
+                                        limit=max(self.max_variants - len(variants), 0))
             if from_disk:
                 self.stats.disk_hits += 1
                 pinned: list[ChunkVariant] = []  # read by this lookup: kept in memory as far as they fit
@@ -677,16 +677,21 @@ class ChunkKVCache:
         except (OSError, SafetensorError, KeyError, ValueError, TypeError):
             return None
 
-    def _read_disk(self, key: str, skip: set[str] = frozenset()) -> list[ChunkVariant]:
-        """The disk variants of ``key`` whose file stem is not in ``skip``."""
+    def _read_disk(self, key: str, skip: set[str] = frozenset(), limit: int | None = None) -> list[ChunkVariant]:
+        """The disk variants of ``key`` whose file stem is not in ``skip``; with ``limit``, the ``limit``
+        of highest utility (ranked by their headers, so only those are read), best first."""
         assert self.disk_dir is not None
         d = self.disk_dir / key
         if not d.is_dir():
             return []
-        out = []
-        for f in sorted(d.glob("*.safetensors")):
-            if f.name.startswith(".") or f.stem in skip:  # another writer's temporary file, or held in memory
-                continue
+        files = [f for f in sorted(d.glob("*.safetensors"))  # not another writer's temporary file, nor one in memory
+                 if not f.name.startswith(".") and f.stem not in skip]
+        if limit is not None:
+            files.sort(key=self._file_rank, reverse=True)
+        out: list[ChunkVariant] = []
+        for f in files:
+            if limit is not None and len(out) >= limit:
+                break
             v = self._read_file(f)
             if v is not None:
                 out.append(v)

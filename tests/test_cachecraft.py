@@ -787,6 +787,23 @@ def test_a_variant_computed_again_keeps_the_history_of_the_one_only_on_disk(tmp_
     assert fresh.reuse == 0.0 and fresh.cfo_n == 0
 
 
+def test_a_lookup_reads_only_the_disk_variants_it_returns(tmp_path):
+    """Past max_variants a lookup ranks the disk files by their headers and reads only those it
+    returns: a cold file it leaves out is not opened (a damaged one would be deleted when read)."""
+    writer = ChunkKVCache("m", "t", disk_dir=tmp_path, budget_bytes=0, max_variants=2)
+    hot, cold = _variant(prefix=("hot",), seed=0), _variant(prefix=("cold",), seed=1)
+    hot.reuse = 5.0
+    writer.put("k", hot)
+    writer.put("k", cold)
+    cold_file = tmp_path / "k" / f"{cold.file_stem}.safetensors"
+    cold_file.write_bytes(cold_file.read_bytes()[:-64])  # its tensors cut short: reading them fails
+    reader = ChunkKVCache("m", "t", disk_dir=tmp_path, max_variants=2)
+    reader.put("k", _variant(prefix=("mem",), seed=2))  # one variant in memory: room for one from disk
+    got = reader.lookup("k")
+    assert [v.prefix_ids for v in got] == [("mem",), ("hot",)] and torch.equal(got[1].keys, hot.keys)
+    assert cold_file.exists()  # never read
+
+
 def test_an_old_format_disk_file_loads_and_counts_as_last_used_when_the_store_opened(tmp_path):
     """Files written before the disk tier kept last_tick, store and written_ns: read as before, ranked
     at the cap by the reuse count and CFO they carry, last used at request 0."""
