@@ -468,6 +468,7 @@ def test_download_by_name_from_local_server(server, tmp_path, monkeypatch):
     # an archive without the top folder, explicit base_url and destination
     got = download_beir("flat", base_url=url, dest=tmp_path / "elsewhere")
     assert (got / "corpus.jsonl").is_file() and got == tmp_path / "elsewhere" / "flat"
+    assert sorted(os.listdir(got)) == ["corpus.jsonl", "qrels", "queries.jsonl"]  # the downloaded archive is not kept
     assert not [p for p in (tmp_path / "cache" / "beir").iterdir() if p.name.startswith("tmp")]  # no leftovers
     import stat
 
@@ -496,6 +497,10 @@ def test_download_errors(server, tmp_path, monkeypatch):
     (www / "bad.zip").write_bytes(b"<html>not a zip</html>")
     with pytest.raises(DataError, match=r"bad\.zip: not a zip archive"):
         download_beir("bad", base_url=url)
+    (www / "cut.zip").write_bytes(_zip("cut")[:-100])  # a download cut short: its directory is lost
+    with pytest.raises(DataError, match=r"cut\.zip: not a zip archive \(\d+ bytes\)"):
+        download_beir("cut", base_url=url)
+    assert os.listdir(tmp_path / "cache" / "beir") == []  # neither the archive nor a folder is left behind
     for name, member, why in (("empty", "other/readme.txt", r"archive has no empty/corpus\.jsonl, empty/queries"),
                               # a corpus without queries or qrels is not cached (every later load found it)
                               ("noqrels", "noqrels/corpus.jsonl", r"archive has no noqrels/queries\.jsonl, "

@@ -19,8 +19,8 @@ once when it is not found locally.
 
 from __future__ import annotations
 
-import io
 import json
+import logging
 import math
 import os
 import re
@@ -37,6 +37,8 @@ import numpy as np
 from ragkit._files import file_above, share_like_umask, shared_tempdir, utf8_lines
 from ragkit.errors import DataError
 from ragkit.types import Corpus, Qrels, Queries, TrainSet
+
+_log = logging.getLogger(__name__)
 
 __all__ = ["BeirDataset", "load_beir", "beir_subsets", "read_corpus", "read_queries", "read_qrels", "download_beir",
            "cache_dir", "write_beir"]
@@ -446,10 +448,11 @@ def download_beir(name: str, *, base_url: str | None = None, dest: Path | None =
     dest = dest or cache_dir() / "beir"
     dest.mkdir(parents=True, exist_ok=True)
     url = f"{base}/{name}.zip"
-    archive = _fetch_zip(url, name, timeout)
-    with tempfile.TemporaryDirectory(dir=dest) as tmp:
-        _extract(archive, Path(tmp), url)
-        root = Path(tmp) / name if (Path(tmp) / name).is_dir() else Path(tmp)
+    with tempfile.TemporaryDirectory(dir=dest) as tmp:  # the archive and its contents: removed whatever happens
+        with _fetch_zip(url, name, timeout, Path(tmp) / "archive.zip") as archive:
+            _extract(archive, Path(tmp) / "unpacked", url)
+        unpacked = Path(tmp) / "unpacked"
+        root = unpacked / name if (unpacked / name).is_dir() else unpacked
         # the whole BEIR layout, checked before the folder moves into the cache: a partial one placed
         # there would be found by every later load_beir (which looks for corpus.jsonl) and never replaced
         _check_layout(root, name, url)
@@ -464,17 +467,19 @@ def download_beir(name: str, *, base_url: str | None = None, dest: Path | None =
     return final
 
 
-def _fetch_zip(url: str, name: str, timeout: float) -> zipfile.ZipFile:
-    """The zip archive at ``url``, read into memory; ``timeout`` in seconds."""
+def _fetch_zip(url: str, name: str, timeout: float, into: Path) -> zipfile.ZipFile:
+    """The zip archive at ``url``, streamed to the file ``into`` in 1 MiB pieces (BEIR archives reach
+    gigabytes: never held in memory whole) and opened; ``timeout`` in seconds, per network read."""
+    _log.info(f"downloading {url} into {into.parent.parent}")
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:
-            payload = resp.read()
-    except Exception as e:  # URLError, HTTPError, timeouts
+        with urllib.request.urlopen(url, timeout=timeout) as resp, open(into, "wb") as f:
+            shutil.copyfileobj(resp, f, length=1 << 20)
+    except Exception as e:  # URLError, HTTPError, timeouts, a connection cut short, a full disk
         raise DataError(f"could not download BEIR dataset {name!r} from {url}: {e}") from None
     try:
-        return zipfile.ZipFile(io.BytesIO(payload))
+        return zipfile.ZipFile(into)
     except zipfile.BadZipFile:
-        raise DataError(f"{url}: not a zip archive ({len(payload)} bytes)") from None
+        raise DataError(f"{url}: not a zip archive ({into.stat().st_size} bytes)") from None
 
 
 def _extract(archive: zipfile.ZipFile, tmp: Path, url: str) -> None:
