@@ -48,26 +48,29 @@ safetensors file per variant (named by its context) and a ``manifest.json`` nami
 and tokenizer; opening it for another model raises :class:`CacheModelMismatchError`.  A
 lookup returns the in-memory variants of a chunk plus those of its disk variants whose context
 is not in memory; variants read from disk are returned even when they cannot stay in memory
-(they are then not written back), and kept in memory as far as the budget allows.  A variant
-dropped because the chunk has more than ``max_variants`` is dropped from the disk tier too (a
-new variant is always admitted; the lowest-utility older one goes), and a chunk never holds more
-than ``max_variants`` in memory and on disk together: a spill past it deletes the disk-only
-variants of lowest utility, the one being spilled among them (not written when it is the one to
-go), ties going oldest written first; a lookup returns at most ``max_variants``, the disk ones of highest
-utility first.  A variant stored again in the same context keeps the reuse history of the one it
-replaces.
+(they are then not written back), and kept in memory as far as the budget allows.  A chunk never
+holds more than ``max_variants`` in memory and on disk together: a new variant is always admitted
+and the older one of lowest utility goes, from memory (its disk file with it) or from the disk tier;
+a spill past it deletes the disk-only variants of lowest utility, the one being spilled among them
+(not written when it is the one to go), ties going oldest written first; a lookup returns at most
+``max_variants``, the disk ones of highest utility first.  A variant stored again in the same
+context keeps the reuse history of the one it replaces, its count decayed to that moment.
 
 Utility on disk.  Each file's metadata keeps what the utility needs: the reuse count and the
 CFO sum and count (the tensors' header gives the bytes), ``last_tick`` (the request of its last
-use) with ``store`` (the id of the store object whose request count that is), and ``written_ns``
-(when it was written: the tie-break).  At the cap a disk variant's utility is the one it would
-have in memory.  Read back, a variant keeps its reuse history, the count decayed by the
-requests since its last use, and counts as used at that lookup.  Request counts are per store
-object, so a file written by another store (another process, an earlier run), or before
-``last_tick`` and ``store`` were kept, counts as last used when this store opened (request 0),
-with the reuse count and CFO it carries (files have always carried those); one without
-``written_ns`` counts as written at its modification time, and one whose header cannot be read
-goes first.
+use) and ``tick`` (the request count at the write) with ``store`` (the id of the store object
+whose request count those are), and ``written_ns`` (when it was written: the tie-break).  At the
+cap a disk variant's utility is the one it would have in memory.  Read back, a variant keeps its
+reuse history, the count decayed by the requests since its last use, and counts as used at that
+lookup.  Request counts are per store object (a forked child takes a new store id), so a file of
+another store (another process, an earlier run) counts the requests this store served since the
+file was written (the store keeps the wall time of its recent requests; all of its requests for a
+file written before it opened) plus those its writer served between the variant's last use and
+the write (``tick - last_tick``).  A file written before these fields were kept carries the reuse
+count and CFO (files have always carried those) and counts as last used when it was written, at
+its modification time when it has no ``written_ns``; one whose header cannot be read goes first.
+A file the cap deletes is deleted only while it is the one whose header was ranked: one that
+another store rewrote meanwhile stays.
 No pickle anywhere.
 """
 
@@ -76,9 +79,12 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import secrets
 import threading
 import time
+from array import array
+from bisect import bisect_right
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Literal, Sequence
@@ -108,6 +114,8 @@ _DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float16": torch.fl
 _FORMAT_VERSION = 1
 #: bytes per element of the safetensors dtypes a variant's keys may have
 _ITEMSIZE = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2}
+#: wall-clock marks a store keeps of its requests (spanning at least 64 half-lives; older decays below 2**-64)
+_CLOCK_LEN = 4096
 
 
 class CacheModelMismatchError(ArtifactError, ValueError):
@@ -377,6 +385,13 @@ class ChunkKVCache:
         self._tick = 0
         self._n_stored = 0
         self._store_id = secrets.token_hex(8)  # whose request count a file's last_tick is
+        self._pid = os.getpid()  # a forked child counts its own requests: it takes a new store id
+        # (wall time, request) marks, every _clock_step requests: when a file of another store was written,
+        # in this store's request count
+        step = 64.0 * half_life / _CLOCK_LEN
+        self._clock_step = math.ceil(min(max(step, 1.0), 2.0 ** 40)) if not math.isnan(step) else 1
+        self._clock_ns = array("q")
+        self._clock_tick = array("q")
         self._lock = threading.RLock()
         self.disk_dir = Path(disk_dir) if disk_dir is not None else None
         if self.disk_dir is not None:
@@ -426,11 +441,13 @@ class ChunkKVCache:
 
     def _lookup(self, key: str) -> list[ChunkVariant]:
         self._tick += 1
+        if self._tick % self._clock_step == 0:
+            self._mark_clock()
         variants = list(self._mem.get(key, ()))
-        if self.disk_dir is not None:
+        room = self.max_variants - len(variants)
+        if self.disk_dir is not None and room > 0:  # max_variants in memory: no disk file is opened
             # a chunk holds max_variants: the most useful, ranked by their headers before any tensor is read
-            from_disk = self._read_disk(key, skip={v.file_stem for v in variants},
-                                        limit=max(self.max_variants - len(variants), 0))
+            from_disk = self._read_disk(key, skip={v.file_stem for v in variants}, limit=room)
             if from_disk:
                 self.stats.disk_hits += 1
                 pinned: list[ChunkVariant] = []  # read by this lookup: kept in memory as far as they fit
@@ -485,8 +502,8 @@ class ChunkKVCache:
                     return on_disk
                 history = self._disk_history(f)  # one of this context only on disk: replaced, its history kept
             if same:  # the same chunk in the same context, computed again: its reuse history carries over
-                old = existing[same[0]]
-                history = (old.reuse, old.cfo_sum, old.cfo_n)
+                old = existing[same[0]]  # its count decayed to now, as a disk one's is (the new one counts as used now)
+                history = (old.reuse * self._decay(old.last_tick), old.cfo_sum, old.cfo_n)
             if history is not None:
                 variant.reuse, variant.cfo_sum, variant.cfo_n = history
             for i in reversed(same):
@@ -515,11 +532,47 @@ class ChunkKVCache:
         self._n_stored += 1
         variant.stored = self._n_stored
         self._bytes += variant.nbytes
-        if len(lst) > self.max_variants:  # the new variant is admitted: it has had no chance to be reused yet
+        if not from_disk and self.disk_dir is not None:  # a new context: max_variants in memory and on disk together
+            self._cap_variants(key, variant)
+        elif len(lst) > self.max_variants:  # the new variant is admitted: it has had no chance to be reused yet
             worst = min(range(len(lst) - 1), key=lambda i: self._rank(lst[i]))
             self._drop(key, worst, spill=False, forget=True)
         self._enforce_budget(protect={id(variant), *(id(p) for p in pinned)})
         return True
+
+    def _cap_variants(self, key: str, new: ChunkVariant) -> None:
+        """Keep ``key`` at ``max_variants`` in memory and on disk together once ``new`` is in memory: the
+        older variants of lowest utility go, from memory (their files with them) or from the disk tier
+        (at equal utility a disk one first, the oldest written; then the least recently used in memory)."""
+        assert self.disk_dir is not None
+        lst = self._mem[key]
+        in_mem = {v.file_stem for v in lst}
+        files = self._disk_files(key)
+        extra = len(in_mem | set(files)) - self.max_variants
+        if extra <= 0:
+            return
+        cands: list[tuple[tuple[float, ...], int, object]] = []
+        for v in lst:
+            if v is not new:  # the new variant is admitted: it has had no chance to be reused yet
+                cands.append(((self._utility(v), 1.0, float(v.last_tick), float(v.stored)), len(cands), v))
+        for stem, f in files.items():
+            if stem not in in_mem:
+                ident = _file_ident(f)  # before the header: a file rewritten after it is never deleted
+                utility, written = self._file_rank(f)
+                cands.append(((utility, 0.0, written, 0.0), len(cands), (f, ident)))
+        for _, _, c in sorted(cands)[:extra]:
+            if isinstance(c, ChunkVariant):
+                self._drop(key, next(i for i, x in enumerate(lst) if x is c), spill=False, forget=True)
+            else:
+                _unlink_unchanged(*c)
+
+    def _disk_files(self, key: str) -> dict[str, Path]:
+        """``{stem: path}`` of the disk variants of ``key`` (not another writer's temporary files)."""
+        assert self.disk_dir is not None
+        d = self.disk_dir / key
+        if not d.is_dir():
+            return {}
+        return {f.stem: f for f in d.glob("*.safetensors") if not f.name.startswith(".")}
 
     def _evict_one(self, key: str, variant: ChunkVariant) -> None:
         """Spill (or drop) a variant that is not in the memory tier."""
@@ -540,12 +593,39 @@ class ChunkKVCache:
     def _utility_of(self, reuse: float, last_tick: int, mean_cfo: float, nbytes: int) -> float:
         return (reuse + 1e-3) * self._decay(last_tick) * (1.0 - 0.9 * mean_cfo) / max(nbytes, 1)
 
-    def _last_tick_of(self, meta: dict[str, str]) -> int:
-        """A file's last use in this store's request count: request 0 (the store's opening) for a
-        file of another store or one written before ``last_tick`` was kept."""
-        if meta.get("store") != self._store_id:
-            return 0
-        return int(meta["last_tick"])
+    def _last_tick_of(self, meta: dict[str, str], written_ns: int) -> int:
+        """A file's last use in this store's request count: its ``last_tick`` when this store wrote it.
+        A file of another store (another process, an earlier run, a forked child) counts the requests
+        this store served since it was written (all of them when it was written before this store
+        opened), plus those its writer served between its last use and the write (``tick - last_tick``;
+        none for a file that does not keep them)."""
+        if meta.get("store") == self._sid():
+            return int(meta["last_tick"])
+        idle = max(int(meta["tick"]) - int(meta["last_tick"]), 0) if "tick" in meta and "last_tick" in meta else 0
+        return self._tick_at(written_ns) - idle
+
+    def _sid(self) -> str:
+        """This store's id; a forked child, whose request count goes its own way, takes a new one."""
+        if os.getpid() != self._pid:
+            self._pid, self._store_id = os.getpid(), secrets.token_hex(8)
+        return self._store_id
+
+    def _mark_clock(self) -> None:
+        """Note the wall time of this request (see :meth:`_tick_at`)."""
+        now = time.time_ns()
+        if self._clock_ns and now < self._clock_ns[-1]:  # the wall clock was set back: keep the marks ordered
+            now = self._clock_ns[-1]
+        self._clock_ns.append(now)
+        self._clock_tick.append(self._tick)
+        if len(self._clock_ns) > 2 * _CLOCK_LEN:
+            del self._clock_ns[:_CLOCK_LEN]
+            del self._clock_tick[:_CLOCK_LEN]
+
+    def _tick_at(self, ns: int) -> int:
+        """This store's request count at wall time ``ns``: 0 before its first request (or before the
+        marks it keeps, which span at least 64 half-lives: the decay there is below 2**-64)."""
+        i = bisect_right(self._clock_ns, ns)
+        return int(self._clock_tick[i - 1]) if i else 0
 
     def _rank(self, v: ChunkVariant) -> tuple[float, int, int]:
         """Eviction order, lowest first: utility, then least recently used, then oldest stored."""
@@ -628,23 +708,27 @@ class ChunkKVCache:
         d = self.disk_dir / key
         d.mkdir(exist_ok=True)
         in_mem = {x.file_stem for x in self._mem.get(key, ())}
-        files = {f.stem: f for f in d.glob("*.safetensors") if not f.name.startswith(".")}
+        files = self._disk_files(key)
         extra = len(in_mem | set(files) | {v.file_stem}) - self.max_variants
-        gone: set[str] = set()
+        gone: dict[str, tuple[int, ...] | None] = {}  # stem: identity of the file that was ranked
         if extra > 0:
-            ranked = [(self._file_rank(f), stem) for stem, f in files.items()
-                      if stem not in in_mem and stem != v.file_stem]  # v's own file is rewritten below
-            if v.file_stem not in in_mem:
-                ranked.append(((self._utility(v), math.inf), v.file_stem))  # the newest written
-            gone = {stem for _, stem in sorted(ranked)[:extra]}
+            ranked = []
+            for stem, f in files.items():
+                if stem not in in_mem and stem != v.file_stem:  # v's own file is rewritten below
+                    ident = _file_ident(f)  # before the header: a file rewritten after it is never deleted
+                    ranked.append((self._file_rank(f), stem, ident))
+            if v.file_stem not in in_mem:  # the newest written; its older file goes with it
+                ranked.append(((self._utility(v), math.inf), v.file_stem,
+                               _file_ident(files[v.file_stem]) if v.file_stem in files else None))
+            gone = {stem: ident for _, stem, ident in sorted(ranked)[:extra]}
         if v.file_stem not in gone:
             tensors, meta = v.to_tensors()
-            meta.update(model_id=self.model_id, tokenizer_id=self.tokenizer_id, store=self._store_id,
-                        last_tick=str(v.last_tick), written_ns=str(time.time_ns()))
+            meta.update(model_id=self.model_id, tokenizer_id=self.tokenizer_id, store=self._sid(),
+                        last_tick=str(v.last_tick), tick=str(self._tick), written_ns=str(time.time_ns()))
             with atomic_file(d / f"{v.file_stem}.safetensors") as tmp:
                 save_file(tensors, str(tmp), metadata=meta)
-        for stem in gone:
-            (d / f"{stem}.safetensors").unlink(missing_ok=True)
+        for stem, ident in gone.items():
+            _unlink_unchanged(d / f"{stem}.safetensors", ident)
         return v.file_stem not in gone
 
     def _file_rank(self, f: Path) -> tuple[float, float]:
@@ -657,10 +741,11 @@ class ChunkKVCache:
                 meta = fh.metadata() or {}
                 keys = fh.get_slice("keys")
                 nbytes = 2 * math.prod(keys.get_shape()) * _ITEMSIZE.get(keys.get_dtype(), 4)
-            written = int(meta["written_ns"]) if "written_ns" in meta else f.stat().st_mtime_ns
+            written = _written_ns(meta, f)
             cfo_n = int(meta["cfo_n"])
             cfo = float(meta["cfo_sum"]) / cfo_n if cfo_n else 0.0
-            return self._utility_of(float(meta["reuse"]), self._last_tick_of(meta), cfo, nbytes), float(written)
+            return (self._utility_of(float(meta["reuse"]), self._last_tick_of(meta, written), cfo, nbytes),
+                    float(written))
         except (OSError, SafetensorError, KeyError, ValueError, TypeError):  # damaged, unreadable or removed
             return -math.inf, 0.0  # meanwhile: goes first (unlinked if still there)
 
@@ -672,8 +757,8 @@ class ChunkKVCache:
         try:
             with safe_open(str(f), framework="pt") as fh:
                 meta = fh.metadata() or {}
-            return (float(meta["reuse"]) * self._decay(self._last_tick_of(meta)), float(meta["cfo_sum"]),
-                    int(meta["cfo_n"]))
+            return (float(meta["reuse"]) * self._decay(self._last_tick_of(meta, _written_ns(meta, f))),
+                    float(meta["cfo_sum"]), int(meta["cfo_n"]))
         except (OSError, SafetensorError, KeyError, ValueError, TypeError):
             return None
 
@@ -717,7 +802,7 @@ class ChunkKVCache:
                 tensors = {k: fh.get_tensor(k) for k in fh.keys()}
             v = ChunkVariant.from_tensors(tensors, meta)
             # its reuse count decays by the requests it spent on disk: the utility it would have in memory
-            v.reuse *= self._decay(self._last_tick_of(meta))
+            v.reuse *= self._decay(self._last_tick_of(meta, _written_ns(meta, f)))
             v.last_tick = self._tick
             return v
         except CacheModelMismatchError:
@@ -745,6 +830,50 @@ class ChunkKVCache:
             return (f"ChunkKVCache(model_id={self.model_id!r}, variants={len(self)}, bytes={self._bytes}, "
                     f"budget_bytes={self.budget_bytes}, storage_dtype={self.storage_dtype!r}, "
                     f"hit_rate={self.stats.hit_rate:.2f})")
+
+
+def _written_ns(meta: dict[str, str], f: Path) -> int:
+    """When a disk variant was written: its ``written_ns``, else the file's modification time (0 when
+    it is gone)."""
+    if "written_ns" in meta:
+        return int(meta["written_ns"])
+    try:
+        return f.stat().st_mtime_ns
+    except OSError:
+        return 0
+
+
+def _file_ident(f: Path) -> tuple[int, ...] | None:
+    """What tells one file at ``f`` from another written there later (``None`` when there is none)."""
+    try:
+        st = f.stat()
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
+
+
+def _unlink_unchanged(f: Path, ident: tuple[int, ...] | None) -> None:
+    """Delete ``f`` if it is still the file :func:`_file_ident` saw (``ident``): one another store wrote
+    there since is kept.  ``f`` is renamed aside first, so the check and the delete see the same file;
+    one that changed is linked back, never over a newer one."""
+    if ident is None:  # gone when it was listed
+        return
+    aside = f.with_name(f".{f.stem}.{os.getpid()}-{secrets.token_hex(4)}.gone")
+    try:
+        os.rename(f, aside)
+    except FileNotFoundError:  # another store deleted it meanwhile
+        return
+    try:
+        if _file_ident(aside) != ident:  # rewritten after it was ranked: put it back
+            try:
+                os.link(aside, f)
+            except FileExistsError:  # a newer one is there already
+                pass
+            except OSError:  # no hard links on this file system
+                if not f.exists():
+                    os.replace(aside, f)
+    finally:
+        aside.unlink(missing_ok=True)
 
 
 def iter_variants(cache: ChunkKVCache) -> Iterable[tuple[str, ChunkVariant]]:

@@ -749,9 +749,10 @@ def test_a_hot_variant_spilled_to_disk_outlives_a_cold_newer_one_at_the_cap(tmp_
         cache.touch(cache.lookup("k")[0], 0.0)
     reuse = hot.reuse
     cache.put("k", _variant(prefix=("b",), seed=1))  # memory holds one: the hot one is spilled
-    cold = cache.put("k", _variant(prefix=("c",), seed=2))  # b, never reused, is spilled past the cap
+    cold = cache.put("k", _variant(prefix=("c",), seed=2))  # b, never reused, goes at the cap
     assert _stems(tmp_path / "k") == {hot.file_stem}  # b was the one to go: not written
-    assert cache.stats.spills == 1 and cache.stats.evictions == 2
+    # evicted by the budget: the hot one only (b went at the cap as c came, before the budget needed room)
+    assert cache.stats.spills == 1 and cache.stats.evictions == 1
     got = {v.prefix_ids: v for v in cache.lookup("k")}
     assert sorted(got) == [("a",), ("c",)] and got[("c",)] is cold
     assert got[("a",)].reuse == pytest.approx(reuse * 0.5 ** (1 / cache.half_life))  # read back: its history
@@ -790,6 +791,10 @@ def test_a_variant_computed_again_keeps_the_history_of_the_one_only_on_disk(tmp_
 def test_a_lookup_reads_only_the_disk_variants_it_returns(tmp_path):
     """Past max_variants a lookup ranks the disk files by their headers and reads only those it
     returns: a cold file it leaves out is not opened (a damaged one would be deleted when read)."""
+    # one variant in memory, put before the disk ones came (a put past the cap would drop the cold one):
+    # room for one from disk
+    reader = ChunkKVCache("m", "t", disk_dir=tmp_path, max_variants=2)
+    reader.put("k", _variant(prefix=("mem",), seed=2))
     writer = ChunkKVCache("m", "t", disk_dir=tmp_path, budget_bytes=0, max_variants=2)
     hot, cold = _variant(prefix=("hot",), seed=0), _variant(prefix=("cold",), seed=1)
     hot.reuse = 5.0
@@ -797,8 +802,6 @@ def test_a_lookup_reads_only_the_disk_variants_it_returns(tmp_path):
     writer.put("k", cold)
     cold_file = tmp_path / "k" / f"{cold.file_stem}.safetensors"
     cold_file.write_bytes(cold_file.read_bytes()[:-64])  # its tensors cut short: reading them fails
-    reader = ChunkKVCache("m", "t", disk_dir=tmp_path, max_variants=2)
-    reader.put("k", _variant(prefix=("mem",), seed=2))  # one variant in memory: room for one from disk
     got = reader.lookup("k")
     assert [v.prefix_ids for v in got] == [("mem",), ("hot",)] and torch.equal(got[1].keys, hot.keys)
     assert cold_file.exists()  # never read
@@ -840,6 +843,164 @@ def test_a_lookup_past_max_variants_returns_the_disk_variants_of_highest_utility
     assert len(_stems(tmp_path / "k")) == 4
     got = ChunkKVCache("m", "t", disk_dir=tmp_path, max_variants=1).lookup("k")
     assert [v.prefix_ids for v in got] == [("p2",)]
+
+
+# ----------------------------------------------------------------------------- review fixes: disk utility (fast)
+def test_a_context_computed_again_in_memory_inherits_its_reuse_decayed_as_from_disk(tmp_path):
+    """Put again in its context, a variant in memory passed on its reuse count undecayed while the new
+    one counts as used now: computed again after a half-life it came back at its full count, where the
+    same history only on disk came back halved."""
+    got = []
+    for disk in (None, tmp_path):
+        cache = ChunkKVCache("m", "t", half_life=8, disk_dir=disk, budget_bytes=None if disk is None else 0)
+        v = _variant(prefix=("a",))
+        v.reuse = 4.0
+        cache.put("k", v)  # in memory; with the disk tier, budget 0: spilled at once
+        for _ in range(8):
+            cache.lookup("missing")  # one half-life
+        got.append(cache.put("k", _variant(prefix=("a",), seed=1)).reuse)
+    assert got == pytest.approx([2.0, 2.0])
+
+
+def test_a_variant_of_another_store_on_the_folder_counts_the_requests_since_it_was_written(tmp_path):
+    """Two stores on one folder: a hot variant the other store had just spilled counted as last used when
+    this store opened: 2,000 requests later it went at this store's next spill past the cap, before this
+    store's own variant that was never reused, and read back its reuse count was ~0."""
+    a = ChunkKVCache("m", "t", disk_dir=tmp_path, budget_bytes=0, max_variants=2, half_life=8)
+    b = ChunkKVCache("m", "t", disk_dir=tmp_path, max_variants=2, half_life=8)
+    for _ in range(2000):
+        a.lookup("x")
+    mine = a.put("k", _variant(prefix=("mine",), seed=3))  # a's own, never reused: spilled at a's request 2000
+    hot = _variant(prefix=("hot",))
+    hot.reuse = 10.0
+    b.put("k", hot)  # used at b's request 0 ...
+    for _ in range(16):
+        b.lookup("y")
+    b.flush()  # ... and written 16 of b's requests (two half-lives) later
+    for _ in range(8):
+        a.lookup("x")  # a's requests since: one half-life
+    cold = a.put("k", _variant(prefix=("cold",), seed=1))  # past the cap: a's own old one is the lowest
+    assert _stems(tmp_path / "k") == {hot.file_stem, cold.file_stem}
+    back = next(v for v in a.lookup("k") if v.prefix_ids == ("hot",))  # 9 of a's requests and 16 of b's
+    assert back.reuse == pytest.approx(10.0 * 0.5 ** (25 / 8))
+    assert mine.file_stem not in _stems(tmp_path / "k")
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs os.fork")
+def test_a_forked_store_counts_its_requests_under_its_own_store_id(tmp_path):
+    """A forked child kept its parent's store id: the parent took the child's request count for its own,
+    a last use 500 requests in its future, and the variant did not decay on its disk."""
+    import os
+    import time
+
+    cache = ChunkKVCache("m", "t", disk_dir=tmp_path, budget_bytes=0)
+    v = _variant(prefix=("child",))
+    v.reuse = 8.0
+    for _ in range(3):
+        cache.lookup("x")
+    pid = os.fork()
+    if pid == 0:  # the child: 500 requests of its own, then a spill (used at its request 503)
+        code = 1
+        try:
+            for _ in range(500):
+                cache.lookup("x")
+            cache.put("k", v)
+            code = 0
+        finally:
+            os._exit(code)
+    deadline = time.monotonic() + 60
+    while (done := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if done[0] == 0:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+        pytest.fail("the forked child did not finish")
+    assert os.waitstatus_to_exitcode(done[1]) == 0
+    for _ in range(64):
+        cache.lookup("x")  # the parent: written at its request 3, one half-life and one request ago
+    (back,) = cache.lookup("k")
+    assert back.reuse == pytest.approx(8.0 * 0.5 ** (65 / 64))
+
+
+def test_the_cap_keeps_a_file_another_store_rewrote_after_it_was_ranked(tmp_path, monkeypatch):
+    """A spill past the cap ranks the disk files, writes, then deletes the losers: a loser that another
+    store rewrote meanwhile (a hot variant of that context) was deleted on the strength of the header of
+    the file it had replaced."""
+    import json
+
+    import safetensors.torch as st
+
+    a = ChunkKVCache("m", "t", disk_dir=tmp_path, budget_bytes=0, max_variants=2)
+    b = ChunkKVCache("m", "t", disk_dir=tmp_path, max_variants=2)
+    a.put("k", _variant(prefix=("x",)))  # never reused: the one to go at a's next spill
+    y = _variant(prefix=("y",), seed=1)
+    y.reuse = 3.0
+    a.put("k", y)
+    real = st.save_file
+
+    def racing(tensors, path, metadata=None):
+        if json.loads(metadata["prefix_ids"]) == ["new"]:  # while a writes its new variant ...
+            monkeypatch.setattr(st, "save_file", real)
+            hot = b.put("k", _variant(prefix=("x",), seed=5))
+            for _ in range(50):
+                b.touch(hot, 0.0)
+            b.flush()  # ... b rewrites x's file with a hot variant
+        real(tensors, path, metadata=metadata)
+
+    monkeypatch.setattr(st, "save_file", racing)
+    new = _variant(prefix=("new",), seed=2)
+    new.reuse = 1.0
+    a.put("k", new)
+    got = {v.prefix_ids: v for v in ChunkKVCache("m", "t", disk_dir=tmp_path).lookup("k")}
+    assert got[("x",)].reuse > 40 and torch.equal(got[("x",)].keys, _variant(prefix=("x",), seed=5).keys)
+    assert all(f.suffix == ".safetensors" for f in (tmp_path / "k").iterdir())  # nothing left aside
+
+
+def test_a_lookup_with_max_variants_in_memory_opens_no_disk_file(tmp_path, monkeypatch):
+    """With max_variants in memory a lookup returns no disk variant, yet it opened the header of every
+    disk file of the chunk (to rank them) at each of these memory hits."""
+    import safetensors
+
+    reader = ChunkKVCache("m", "t", disk_dir=tmp_path, max_variants=2)
+    for p in ("m1", "m2"):
+        reader.put("k", _variant(prefix=(p,)))
+    writer = ChunkKVCache("m", "t", disk_dir=tmp_path, budget_bytes=0, max_variants=8)
+    for i in range(4):
+        writer.put("k", _variant(prefix=(f"d{i}",), seed=i))
+    opened = []
+    real = safetensors.safe_open
+    monkeypatch.setattr(safetensors, "safe_open", lambda path, *a, **kw: opened.append(path) or real(path, *a, **kw))
+    for _ in range(3):
+        assert [v.prefix_ids for v in reader.lookup("k")] == [("m1",), ("m2",)]
+    assert opened == []
+
+
+def test_a_put_past_max_variants_drops_the_lowest_variant_on_disk_too(tmp_path):
+    """A put kept max_variants in memory only: with variants of the chunk on disk, it held more than
+    max_variants in memory and on disk together, and a hot one on disk was invisible to lookups (memory
+    full) while a cold one in memory was served."""
+    one = _variant().nbytes
+    cache = ChunkKVCache("m", "t", disk_dir=tmp_path, budget_bytes=2 * one, max_variants=2)
+    a = cache.put("k", _variant(prefix=("a",)))
+    cache.put("k", _variant(prefix=("b",), seed=1))
+    for _ in range(3):
+        cache.touch(cache.lookup("k")[1], 0.0)  # b is reused: a is the one to spill
+    cache.put("x", _variant(seed=7))  # spills a
+    assert _stems(tmp_path / "k") == {a.file_stem}
+    for _ in range(2):
+        cache.touch(cache.lookup("x")[0], 0.0)
+    cache.put("k", _variant(prefix=("c",), seed=2))  # spills x; a, older and never reused, goes
+    assert _stems(tmp_path / "k") == set()
+    assert sorted(v.prefix_ids for v in cache.lookup("k")) == [("b",), ("c",)]
+    # a hot variant on disk (spilled by another store) outranks the cold ones in memory: they go
+    reader = ChunkKVCache("m", "t", disk_dir=tmp_path, max_variants=2)
+    for p in ("cold1", "cold2"):
+        reader.put("h", _variant(prefix=(p,)))
+    hot = _variant(prefix=("hot",), seed=1)
+    hot.reuse = 10.0
+    ChunkKVCache("m", "t", disk_dir=tmp_path, budget_bytes=0).put("h", hot)
+    reader.put("h", _variant(prefix=("new",), seed=2))
+    assert [v.prefix_ids for v in reader.lookup("h")] == [("new",), ("hot",)]
 
 
 def test_len_repr_and_iter_variants_while_another_thread_puts():
