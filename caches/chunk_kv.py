@@ -373,6 +373,9 @@ class ChunkKVCache:
             raise ParamError(f"ChunkKVCache: budget_bytes must be >= 0 or None; got {budget_bytes}", "budget_bytes")
         if max_variants < 1:
             raise ParamError(f"ChunkKVCache: max_variants must be >= 1; got {max_variants}", "max_variants")
+        if isinstance(half_life, bool) or not isinstance(half_life, (int, float)) or not 0 < half_life < math.inf:
+            raise ParamError(f"ChunkKVCache: half_life must be a positive finite number of requests; got {half_life!r}",
+                             "half_life")
         self.model_id = model_id
         self.tokenizer_id = tokenizer_id
         self.budget_bytes = budget_bytes
@@ -470,6 +473,13 @@ class ChunkKVCache:
             variant.last_tick = self._tick
             variant.cfo_sum += cfo
             variant.cfo_n += 1
+
+    def count_tokens(self, reused: int, recomputed: int) -> None:
+        """Add a prefill's chunk tokens taken from the cache (``reused``) and computed again
+        (``recomputed``) to :attr:`stats`, under the store's lock (generators may share a store)."""
+        with self._lock:
+            self.stats.reused_tokens += reused
+            self.stats.recomputed_tokens += recomputed
 
     def put(self, key: str, variant: ChunkVariant) -> ChunkVariant:
         """Store a new variant of ``key`` (cast to the storage dtype); returns the stored object.

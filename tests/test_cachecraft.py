@@ -1245,3 +1245,23 @@ def test_float16_storage_reuses_exact_rows_only_approximately(tiny):
         re = g.prefill(seg, "cachecraft", fraction=1.0, selector="fixed")
         assert re.chunk_fraction == [0.0, 0.0, 0.0]  # every chunk reused as exact
         assert (_max_dlogit(re, full) < 1e-4) is close, dtype
+
+
+@pytest.mark.parametrize("half_life", [0, -8, float("nan"), float("inf"), "8", True])
+def test_a_store_refuses_a_half_life_that_is_no_positive_number(half_life):
+    from ragkit.errors import ParamError
+
+    with pytest.raises(ParamError, match="half_life must be a positive finite number of requests"):
+        ChunkKVCache("m", "t", half_life=half_life)
+
+
+def test_token_counts_add_up_under_the_lock():
+    import threading
+
+    cache = ChunkKVCache("m", "t")
+    threads = [threading.Thread(target=lambda: [cache.count_tokens(3, 1) for _ in range(2000)]) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert (cache.stats.reused_tokens, cache.stats.recomputed_tokens) == (24_000, 8_000)

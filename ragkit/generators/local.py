@@ -875,13 +875,15 @@ class LocalGenerator:
         # bookkeeping
         kept_np = kept.numpy()
         frac = []
-        for i in range(n):
+        reused = recomputed = 0
+        for i in range(n):  # over the prompt's chunks (a handful), not tokens
             k_i = int(((kept_np >= starts[i]) & (kept_np < starts[i] + lens[i])).sum())
             frac.append(k_i / max(lens[i], 1))
             if chosen[i] is not None:
                 cache.touch(chosen[i], k_i / max(lens[i], 1))
-                cache.stats.reused_tokens += lens[i] - k_i
-            cache.stats.recomputed_tokens += k_i
+                reused += lens[i] - k_i
+            recomputed += k_i
+        cache.count_tokens(reused, recomputed)
         # layer-token work in units of whole tokens: candidates dropped at the check layer ran
         # check_layer + 1 of the L layers
         dropped = len(pos) - len(kept_np)
