@@ -778,11 +778,10 @@ def compare_cmd(
             base = resolved.index(baseline.resolve())
         _prepare_output(output, "--output", "comparison.json")
         qrels, ds_name = None, None
-        if data is not None:
-            from ragkit import load_beir
+        if data is not None:  # its judgements only: a corpus can be gigabytes
+            from ragkit.eval.beir import beir_qrels
 
-            ds = load_beir(data)
-            qrels, ds_name = ds.qrels(split), ds.name
+            ds_name, qrels = beir_qrels(data, split)
         stems = [p.stem for p in results]  # short names in the table: file stems when they tell the files apart
         labels = stems if len(set(stems)) == len(stems) else [str(p) for p in results]
         loaded = [load_result(p, qrels=qrels, metrics=names, dataset=ds_name, split=split if qrels else None, name=n)

@@ -291,3 +291,24 @@ def test_weighted_randomisation_test_needs_a_positive_weight_per_query():
         paired_randomization_test(a, b, weights={"x": 1.0})
     with pytest.raises(DataError, match="1 of the 2 have none"):
         paired_randomization_test(a, b, weights={"x": 1.0, "y": 0.0})
+
+
+def test_cli_compare_reads_only_the_judgements_of_data(tmp_path: Path):
+    """--data scores TREC runs with its qrels alone: a corpus that cannot be read (or gigabytes of one) is
+    never opened."""
+    from ragkit.eval.beir import beir_qrels
+
+    data = tmp_path / "tiny"
+    (data / "qrels").mkdir(parents=True)
+    (data / "corpus.jsonl").write_text("{not json\n")  # load_beir would refuse it
+    (data / "queries.jsonl").write_text('{"_id": "q1", "text": "x"}\n')
+    (data / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq1\td2\t1\n")
+    assert beir_qrels(data) == ("tiny", {"q1": {"d2": 1}})
+    with pytest.raises(DataError, match=r"no qrels for split 'dev'; available splits: \['test'\]"):
+        beir_qrels(data, "dev")
+    (tmp_path / "one.trec").write_text("q1 Q0 d1 1 2.0 x\nq1 Q0 d2 2 1.0 x\n")
+    (tmp_path / "two.trec").write_text("q1 Q0 d2 1 2.0 x\n")
+    res = _cli(str(tmp_path / "one.trec"), str(tmp_path / "two.trec"), "--data", str(data), "-m", "mrr@10",
+               "--resamples", "10")
+    assert res.exit_code == 0, res.output
+    assert "0.5000" in res.output and "+0.5000" in res.output

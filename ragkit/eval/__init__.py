@@ -2,6 +2,7 @@
 
 from ragkit.eval.beir import (
     BeirDataset,
+    beir_qrels,
     beir_subsets,
     download_beir,
     load_beir,
@@ -24,8 +25,8 @@ from ragkit.eval.hubness import HubnessReport, hubness, k_occurrence, random_ske
 from ragkit.eval.metrics import EvalResult, evaluate, paired_randomization_test, parse_metric, per_query_ndcg
 
 __all__ = [
-    "BeirDataset", "load_beir", "beir_subsets", "download_beir", "read_corpus", "read_qrels", "read_queries",
-    "write_beir",
+    "BeirDataset", "load_beir", "beir_qrels", "beir_subsets", "download_beir", "read_corpus", "read_qrels",
+    "read_queries", "write_beir",
     "evaluate", "EvalResult", "paired_randomization_test", "parse_metric", "per_query_ndcg",
     "compare", "load_result", "Comparison", "SystemResult",
     "HubnessReport", "hubness", "k_occurrence", "random_skewness",

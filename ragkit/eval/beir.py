@@ -40,8 +40,8 @@ from ragkit.types import Corpus, Qrels, Queries, TrainSet
 
 _log = logging.getLogger(__name__)
 
-__all__ = ["BeirDataset", "load_beir", "beir_subsets", "read_corpus", "read_queries", "read_qrels", "download_beir",
-           "cache_dir", "write_beir"]
+__all__ = ["BeirDataset", "load_beir", "beir_qrels", "beir_subsets", "read_corpus", "read_queries", "read_qrels",
+           "download_beir", "cache_dir", "write_beir"]
 
 BEIR_URL = "https://public.ukp.informatik.tu-darmstadt.de/thakur/BEIR/datasets"
 
@@ -214,9 +214,7 @@ class BeirDataset:
 
     def qrels(self, split: str = "test") -> Qrels:
         """Judgements of ``split``; ids unknown to the queries or the corpus raise :class:`DataError`."""
-        path = self.path / "qrels" / f"{split}.tsv"
-        if not path.is_file():
-            raise DataError(f"{path}: no qrels for split {split!r}; available splits: {self.splits}")
+        path = _qrels_file(self.path, split)
         qrels = read_qrels(path)
         bad_q = [q for q in qrels if q not in self._queries]
         if bad_q:
@@ -236,6 +234,15 @@ class BeirDataset:
     def train_set(self, split: str = "train") -> TrainSet:
         """The judged queries of ``split`` as a :class:`TrainSet` for ``fit(corpus, train=...)``."""
         return TrainSet(self.queries(split), self.qrels(split))
+
+
+def _qrels_file(folder: Path, split: str) -> Path:
+    """``folder/qrels/<split>.tsv``; a split the folder lacks is a :class:`DataError` naming those it has."""
+    path = folder / "qrels" / f"{split}.tsv"
+    if not path.is_file():
+        splits = sorted(p.stem for p in (folder / "qrels").glob("*.tsv"))
+        raise DataError(f"{path}: no qrels for split {split!r}; available splits: {splits}")
+    return path
 
 
 def write_beir(folder: str | Path, corpus: Corpus, queries: Mapping[str, str] | Queries,
@@ -404,12 +411,7 @@ def load_beir(name_or_path: str | Path, *, download: bool = True, base_url: str 
     holds several, ``"<archive>/<sub>"`` (``"cqadupstack/android"``; :func:`beir_subsets` lists
     them).  A folder or name that holds several datasets is a :class:`DataError` naming them.
     """
-    path = _locate(name_or_path, download=download, base_url=base_url)
-    subs = _subsets(path)
-    if subs:
-        one = f"{str(name_or_path).rstrip('/')}/{subs[0]}"
-        raise DataError(f"{name_or_path}: holds {len(subs)} BEIR datasets ({', '.join(subs)}), not one; load one as "
-                        f"{one!r} (beir_subsets lists them; BEIR reports the mean of each metric over them)")
+    path = _locate_one(name_or_path, download=download, base_url=base_url)
     for required in ("corpus.jsonl", "queries.jsonl"):
         if not (path / required).is_file():
             raise DataError(f"{path / required}: file not found; a BEIR folder holds corpus.jsonl, queries.jsonl "
@@ -418,6 +420,27 @@ def load_beir(name_or_path: str | Path, *, download: bool = True, base_url: str 
         raise DataError(f"{path / 'qrels'}: folder not found; expected qrels/<split>.tsv files")
     return BeirDataset(path=path, corpus=read_corpus(path / "corpus.jsonl"),
                        _queries=read_queries(path / "queries.jsonl"))
+
+
+def _locate_one(name_or_path: str | Path, *, download: bool, base_url: str | None) -> Path:
+    """The folder of the one dataset ``name_or_path`` names (:func:`_locate`); a folder or name that holds
+    several is a :class:`DataError` naming them."""
+    path = _locate(name_or_path, download=download, base_url=base_url)
+    subs = _subsets(path)
+    if subs:
+        one = f"{str(name_or_path).rstrip('/')}/{subs[0]}"
+        raise DataError(f"{name_or_path}: holds {len(subs)} BEIR datasets ({', '.join(subs)}), not one; load one as "
+                        f"{one!r} (beir_subsets lists them; BEIR reports the mean of each metric over them)")
+    return path
+
+
+def beir_qrels(name_or_path: str | Path, split: str = "test", *, download: bool = True,
+               base_url: str | None = None) -> tuple[str, Qrels]:
+    """``(dataset name, judgements of split)`` of a BEIR dataset, found as :func:`load_beir` finds it,
+    without reading its corpus or queries (``ragkit compare`` scores run files with them; a corpus
+    can be gigabytes).  Their ids are not checked against the corpus, as ``BeirDataset.qrels`` does."""
+    path = _locate_one(name_or_path, download=download, base_url=base_url)
+    return path.resolve().name, read_qrels(_qrels_file(path, split))
 
 
 def beir_subsets(name_or_path: str | Path, *, download: bool = True, base_url: str | None = None) -> list[str]:
