@@ -565,16 +565,24 @@ class ChunkKVCache:
         for v in lst:
             if v is not new:  # the new variant is admitted: it has had no chance to be reused yet
                 cands.append(((self._utility(v), 1.0, float(v.last_tick), float(v.stored)), len(cands), v))
-        for stem, f in files.items():
-            if stem not in in_mem:
-                ident = _file_ident(f)  # before the header: a file rewritten after it is never deleted
-                utility, written = self._file_rank(f)
-                cands.append(((utility, 0.0, written, 0.0), len(cands), (f, ident)))
+        for (utility, written), f, ident in self._rank_files(files, skip=in_mem):
+            cands.append(((utility, 0.0, written, 0.0), len(cands), (f, ident)))
         for _, _, c in sorted(cands)[:extra]:
             if isinstance(c, ChunkVariant):
                 self._drop(key, next(i for i, x in enumerate(lst) if x is c), spill=False, forget=True)
             else:
                 _unlink_unchanged(*c)
+
+    def _rank_files(self, files: dict[str, Path], skip: set[str]) -> list[tuple[tuple[float, float], Path, object]]:
+        """``((utility, written ns), path, identity)`` of the disk variants ``files`` whose stem is not in
+        ``skip``; the identity (:func:`_file_ident`) is taken before the header is read, so a file rewritten
+        after it was ranked is never deleted on the strength of the old header."""
+        out = []
+        for stem, f in files.items():
+            if stem not in skip:
+                ident = _file_ident(f)
+                out.append((self._file_rank(f), f, ident))
+        return out
 
     def _disk_files(self, key: str) -> dict[str, Path]:
         """``{stem: path}`` of the disk variants of ``key`` (not another writer's temporary files)."""
@@ -722,11 +730,8 @@ class ChunkKVCache:
         extra = len(in_mem | set(files) | {v.file_stem}) - self.max_variants
         gone: dict[str, tuple[int, ...] | None] = {}  # stem: identity of the file that was ranked
         if extra > 0:
-            ranked = []
-            for stem, f in files.items():
-                if stem not in in_mem and stem != v.file_stem:  # v's own file is rewritten below
-                    ident = _file_ident(f)  # before the header: a file rewritten after it is never deleted
-                    ranked.append((self._file_rank(f), stem, ident))
+            # v's own file is rewritten below
+            ranked = [(rank, f.stem, ident) for rank, f, ident in self._rank_files(files, skip=in_mem | {v.file_stem})]
             if v.file_stem not in in_mem:  # the newest written; its older file goes with it
                 ranked.append(((self._utility(v), math.inf), v.file_stem,
                                _file_ident(files[v.file_stem]) if v.file_stem in files else None))
@@ -775,12 +780,7 @@ class ChunkKVCache:
     def _read_disk(self, key: str, skip: set[str] = frozenset(), limit: int | None = None) -> list[ChunkVariant]:
         """The disk variants of ``key`` whose file stem is not in ``skip``; with ``limit``, the ``limit``
         of highest utility (ranked by their headers, so only those are read), best first."""
-        assert self.disk_dir is not None
-        d = self.disk_dir / key
-        if not d.is_dir():
-            return []
-        files = [f for f in sorted(d.glob("*.safetensors"))  # not another writer's temporary file, nor one in memory
-                 if not f.name.startswith(".") and f.stem not in skip]
+        files = [f for stem, f in sorted(self._disk_files(key).items()) if stem not in skip]  # skip: in memory
         if limit is not None:
             files.sort(key=self._file_rank, reverse=True)
         out: list[ChunkVariant] = []
