@@ -52,6 +52,13 @@ LUCENE_STOPWORDS = frozenset(
     "a an and are as at be but by for if in into is it no not of on or such that the their then there these they "
     "this to was will with".split()
 )
+
+
+def _lower(text: str) -> str:
+    """``text.lower()``, with ``İ`` (U+0130) lowercased to a plain ``i`` (Java's, hence Lucene's, rule)."""
+    return text.replace("\u0130", "I").lower()
+
+
 # bytes.translate table: ASCII digits and lowercase letters are kept, every other byte
 # (punctuation, whitespace, the bytes of non-ASCII characters) becomes a space.
 _ALNUM = bytes(c if (48 <= c <= 57 or 97 <= c <= 122) else 32 for c in range(256))
@@ -116,14 +123,18 @@ class Tokenizer:
         self.split_kind = split
 
     def surfaces(self, texts: Sequence[str]) -> list[list[Any]]:
-        """Split each text into surface tokens (``bytes`` for ``alnum``, ``str`` for ``whitespace``)."""
+        """Split each text into surface tokens (``bytes`` for ``alnum``, ``str`` for ``whitespace``).
+
+        Lowercasing maps the dotted capital ``İ`` (U+0130) to ``i``, as Lucene's ``LowerCaseFilter``
+        does: Python's ``str.lower`` makes it ``i`` + a combining dot, so "İstanbul" missed "istanbul".
+        """
         try:
             if self.split_kind == "whitespace":
-                return [x.lower().split() for x in texts]
+                return [_lower(x).split() for x in texts]
             if self.split_kind == "unicode":  # NFC: a decomposed "café" is the composed one
                 word = _unicode_word()
-                return [word.findall(unicodedata.normalize("NFC", x.lower())) for x in texts]
-            return [x.lower().encode("utf-8", "replace").translate(_ALNUM).split() for x in texts]
+                return [word.findall(unicodedata.normalize("NFC", _lower(x))) for x in texts]
+            return [_lower(x).encode("utf-8", "replace").translate(_ALNUM).split() for x in texts]
         except AttributeError:
             bad = next(i for i, x in enumerate(texts) if not isinstance(x, str))
             raise DataError(f"bm25: text {bad} is a {type(texts[bad]).__name__} ({texts[bad]!r:.60}), "
