@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 import numpy as np
 
 from ragkit.errors import ConfigError, DataError, NotFittedError, ParamError, some_ids
-from ragkit.operator import Operator
+from ragkit.operator import Operator, call_checked, options_checked
 from ragkit.params import Params
 from ragkit.types import QUERY_REWRITES, Corpus, Queries, Ranking, State, TraceEvent, TrainSet
 
@@ -114,6 +114,14 @@ class Composite(Operator):
         from ragkit.pipelines.yaml import to_node
 
         return to_node(self)
+
+    def checked_options(self, options: Mapping[str, Any]) -> dict[str, Any]:
+        """The options of a :class:`State` this composite is called on directly, checked against its
+        whole tree as :meth:`Pipeline.search` checks them (an unknown key is refused), with a ``filter``
+        checked against the corpus its retrievers search (:func:`shared_corpus`)."""
+        from ragkit.options import check_options
+
+        return check_options(self, options, shared_corpus(self))
 
     def save(self, path: Any) -> None:
         """Save as a one-step :class:`Pipeline` (manifest, YAML, every fitted leaf); load it with
@@ -404,7 +412,7 @@ class Pipeline(Composite):
         return state
 
     def __call__(self, state: State) -> State:
-        return self._call(state)
+        return call_checked(self, state, self._call)
 
     def search(
         self, queries: Queries | Sequence[str] | str, *, k: int | None = None, trace: bool = False,
@@ -474,7 +482,8 @@ class Pipeline(Composite):
         token = _TRACE_IDS.set(corpus.ids)
         try:
             t0 = time.perf_counter()
-            state = self(state)
+            with options_checked():  # checked above, once for the whole tree
+                state = self(state)
             seconds = time.perf_counter() - t0
         finally:
             _TRACE_IDS.reset(token)
@@ -720,7 +729,7 @@ class Parallel(Composite):
         return out
 
     def __call__(self, state: State) -> State:
-        return self._call(state)
+        return call_checked(self, state, self._call)
 
 
 def _branch_repr(branch: Operator) -> str:
@@ -917,7 +926,7 @@ class Route(Composite):
         return out
 
     def __call__(self, state: State) -> State:
-        return self._call(state)
+        return call_checked(self, state, self._call)
 
 
 class Loop(Composite):
@@ -1018,4 +1027,4 @@ class Loop(Composite):
         return current
 
     def __call__(self, state: State) -> State:
-        return self._call(state)
+        return call_checked(self, state, self._call)

@@ -19,8 +19,11 @@ import hashlib
 import json
 import os
 import shutil
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -35,11 +38,40 @@ if TYPE_CHECKING:
     from ragkit.pipelines import Pipeline
     from ragkit.run import Run
 
-__all__ = ["Operator", "FORMAT_VERSION", "atomic_dir", "write_json", "read_json"]
+__all__ = ["Operator", "FORMAT_VERSION", "atomic_dir", "write_json", "read_json", "call_checked", "options_checked"]
 
 CHECKSUMS = "checksums.json"  # written by Operator.save beside params.json
 
 FORMAT_VERSION = 1
+
+# True while an operator tree runs on run-time options that were already checked (by Pipeline.search,
+# or by the outermost operator called on a State): the operators inside it do not check them again.
+# A context variable, so that calls running at once in threads or asyncio tasks each keep their own.
+_OPTIONS_CHECKED: ContextVar[bool] = ContextVar("ragkit_options_checked", default=False)
+
+
+@contextmanager
+def options_checked() -> Iterator[None]:
+    """Within it, operators called on a :class:`State` take its ``options`` as already checked
+    (:meth:`Pipeline.search <ragkit.pipelines.Pipeline.search>` checks them once, before any work)."""
+    token = _OPTIONS_CHECKED.set(True)
+    try:
+        yield
+    finally:
+        _OPTIONS_CHECKED.reset(token)
+
+
+def call_checked(op: "Operator", state: State, call: Callable[[State], State]) -> State:
+    """``call(state)``, with ``state.options`` first checked and converted by ``op.checked_options``
+    when ``op`` is the outermost operator called (not one run inside a search or another operator's
+    call, whose options were checked there).  Calling an operator directly on a ``State`` that carries
+    options (``pipe(State(queries, options={"bm25": {"kk": 3}}))``) thus refuses what ``search``
+    refuses, instead of ignoring a misspelt option."""
+    if not state.options or _OPTIONS_CHECKED.get():
+        return call(state)
+    state = replace(state, options=op.checked_options(state.options))
+    with options_checked():
+        return call(state)
 
 
 class Operator:
@@ -145,7 +177,7 @@ class Operator:
     def __call__(self, state: State) -> State:
         """Transform a batch of queries.  Returns a new or updated :class:`State`."""
         self._check_fitted()
-        return self._call(state)
+        return call_checked(self, state, self._call)
 
     @property
     def learns(self) -> bool:
@@ -188,6 +220,21 @@ class Operator:
         (``options``: this operator's, already checked and converted), with ``ValueError``
         ``"<option>: ..."``; called by :func:`~ragkit.options.check_options` before any work.
         Accepts everything by default."""
+
+    def checked_options(self, options: Mapping[str, Any]) -> dict[str, Any]:
+        """``options`` of a :class:`State` this operator is called on directly, checked and
+        converted as :meth:`Pipeline.search <ragkit.pipelines.Pipeline.search>` checks them
+        (:func:`~ragkit.options.check_options`): ``k``, ``filter`` and the options of the operators
+        that read them here (this one and its :meth:`option_children`) raise
+        :class:`~ragkit.errors.ParamError` for an unknown option or a bad value.  Other operator
+        names pass through unchanged: a single operator is also called with the options of the
+        pipeline around it (a shard's retriever on a Ray worker).  A composite checks every key
+        against its whole tree."""
+        from ragkit.options import CALL_OPTIONS, check_options, option_readers
+
+        names = {op.name for _, op in option_readers(self) if op.name}
+        mine = {key: v for key, v in options.items() if key in CALL_OPTIONS or key in names}
+        return {**options, **check_options(self, mine)}
 
     def option_children(self) -> list[tuple[str, "Operator"]]:
         """Operators that read this operator's run-time options but are not its :meth:`children`,
