@@ -962,27 +962,79 @@ class Loop(Composite):
 
     def fit(self, corpus: Corpus, train: TrainSet | None = None, *, upstream: State | None = None,
             _seen: set[int] | None = None, _path: str = "") -> "Loop":
-        """Fit the body and the judge; a learning judge then learns when to stop.
+        """Fit the body and the judge; a learning judge then learns when to stop; the body's learners
+        then learn from the iteration whose output the loop returns.
 
-        With ``train``, a judge with ``learn_stopping`` (``score_reached(learn=true)``) gets,
-        for every iteration up to ``max_iters``, each training query's judge feature and
-        nDCG@10 after that many body runs (the body run on all of them each time, as the
-        loop would for the queries still active), and chooses its threshold from them.
+        With ``train``, the body is first fitted on the training queries as they reach the loop
+        (its first iteration's input).  A judge with ``learn_stopping`` (``score_reached(learn=true)``)
+        gets, for every iteration up to ``max_iters``, each training query's judge feature and
+        nDCG@10 after that many body runs (the body run on all of them each time, as the loop would
+        for the queries still active), and chooses its threshold from them.  The body's operators
+        that learn from what reaches them (``wants_upstream``: a learned fuser, a learning
+        ``score_router``'s route, the Cosine Adapter) then learn again from each training query's
+        input to its last iteration (:meth:`_refit_on_iterations`), and a learning judge learns
+        again for the body so refitted.  From the first iteration alone they never saw what later
+        iterations give them: a ``prf`` at the start of the body has no feedback in the first
+        iteration, so a fuser after it learned to weigh a plain query's rankings, while every ranking
+        the loop returned came from an expanded one.
         """
         super().fit(corpus, train, upstream=upstream, _seen=_seen, _path=_path)
-        if train is not None and self.until.needs_train and hasattr(self.until, "learn_stopping"):
-            from ragkit.eval.metrics import per_query_ndcg
-
-            current = _judged_start(train, upstream, f"learning {self.until.name}'s threshold")
-            features, gains = [], []
-            for it in range(self.max_iters):
-                current.values["iteration"] = [it] * len(current)
-                current = self.body(current)
-                current.values.pop("iteration", None)
-                features.append(self.until.feature(current))
-                gains.append(per_query_ndcg(current, train.qrels, corpus.ids))
-            self.until.learn_stopping(np.array(features), np.array(gains))
+        learning_judge = train is not None and self.until.needs_train and hasattr(self.until, "learn_stopping")
+        if learning_judge:
+            self._learn_stopping(corpus, train, upstream)  # type: ignore[arg-type]
+        if train is not None and self.max_iters > 1 and any(x.wants_upstream for x in iter_leaves(self.body)):
+            if self._refit_on_iterations(corpus, train, upstream, _at(_path, "loop")) and learning_judge:
+                self._learn_stopping(corpus, train, upstream)  # again, for the body as refitted
         return self
+
+    def _learn_stopping(self, corpus: Corpus, train: TrainSet, upstream: State | None) -> None:
+        """Run the body ``max_iters`` times on every judged training query and give the judge each
+        iteration's features and nDCG@10 (its ``learn_stopping``)."""
+        from ragkit.eval.metrics import per_query_ndcg
+
+        current = _judged_start(train, upstream, f"learning {self.until.name}'s threshold")
+        features, gains = [], []
+        for it in range(self.max_iters):
+            current.values["iteration"] = [it] * len(current)
+            current = self.body(current)
+            current.values.pop("iteration", None)
+            features.append(self.until.feature(current))  # type: ignore[attr-defined]
+            gains.append(per_query_ndcg(current, train.qrels, corpus.ids))
+        self.until.learn_stopping(np.array(features), np.array(gains))  # type: ignore[attr-defined]
+
+    def _refit_on_iterations(self, corpus: Corpus, train: TrainSet, upstream: State | None, here: str) -> bool:
+        """Fit the body's operators that learn from their input (``wants_upstream``) again, on each
+        judged training query's input to its last iteration: the state whose output the loop returns.
+
+        The iterations are run with the body fitted on the first one, each query until the judge
+        (learned by then, if it learns) stops it, as at search.  The other operators of the body
+        (retrievers, a fine-tuned encoder: they learn from the corpus or the query texts) keep their
+        fit.  The refit does not run the iterations again with the
+        refitted body (one step, not a fixed point).  In a loop with no ranking before it, the
+        queries whose last iteration is the first one had no rankings there while the others had,
+        and a state holds rankings for all of its queries or none (an operator such as ``prf`` does
+        not treat the two alike): the body then learns from the larger of the two groups (from
+        those with rankings on a tie).  Returns whether anything was refitted: nothing is when every
+        query's last iteration is the first (the body was fitted on exactly that).
+        """
+        start = _judged_start(train, upstream, f"{here}.body")
+        inputs: list[tuple[np.ndarray, State]] = []
+        out = self._iterate(start, "", on_input=lambda active, sub: inputs.append((active, sub)))
+        last = np.asarray(out.values["iterations"], np.int64) - 1
+        if not last.any():
+            return False
+        parts = [(active[last[active] == it], sub.subset(np.flatnonzero(last[active] == it)))
+                 for it, (active, sub) in enumerate(inputs)]
+        parts = [(idx, sub) for idx, sub in parts if len(idx)]
+        unranked = sum(len(idx) for idx, sub in parts if sub.rankings is None)
+        if 0 < unranked < len(start):  # keep the larger group; a tie keeps the queries with rankings
+            parts = [(idx, sub) for idx, sub in parts if (sub.rankings is None) == (2 * unranked > len(start))]
+        pooled = _pool_parts(parts)
+        keep = {id(x) for x in iter_leaves(self.body) if not x.wants_upstream}  # fitted already: kept
+        sub_train = TrainSet(Queries(pooled.query_ids, pooled.queries),
+                             {q: train.qrels[q] for q in pooled.query_ids if q in train.qrels})
+        fit_once(self.body, corpus, sub_train, keep, pooled, f"{here}.body")
+        return True
 
     def _call(self, state: State, path: str = "") -> State:
         """Iterate; per-query iteration counts go to ``values["iterations"]``.
@@ -994,6 +1046,12 @@ class Loop(Composite):
         are set aside while this loop runs and given back when it ends, and this loop's own
         are removed, so nested or successive loops never read each other's memory.
         """
+        return self._iterate(state, path)
+
+    def _iterate(self, state: State, path: str, on_input: Any = None) -> State:
+        """The loop on ``state`` (see :meth:`_call`); ``on_input(active, sub)``, when given, receives
+        each iteration's input to the body: the positions of the queries still active, and their
+        state (a copy)."""
         here = _at(path, "loop")
         n = len(state)
         outer = {k: v for k, v in state.values.items() if k.startswith("_")}
@@ -1009,6 +1067,8 @@ class Loop(Composite):
                 break
             sub = current.subset(active) if len(active) < n else current.copy()
             sub.values["iteration"] = [it] * len(active)
+            if on_input is not None:
+                on_input(active, sub.copy())
             sub = run_step(self.body, sub, f"{here}.body")
             sub = run_step(self.until, sub, f"{here}.until")
             if "done" not in sub.values or len(sub.values["done"]) != len(active):
@@ -1028,3 +1088,24 @@ class Loop(Composite):
 
     def __call__(self, state: State) -> State:
         return call_checked(self, state, self._call)
+
+
+def _pool_parts(parts: Sequence[tuple[np.ndarray, State]]) -> State:
+    """Sub-batches ``(positions, state)`` of one batch, each query in one of them, as one state in
+    the order of the positions: rankings (all parts have them, or none), values (``None`` for a
+    query whose part lacks the key, as :meth:`State.merge` fills them) and the query vectors every
+    part has."""
+    order = np.argsort(np.concatenate([idx for idx, _ in parts]), kind="stable")
+    states = [sub for _, sub in parts]
+
+    def flat(lists: Iterable[Sequence[Any]]) -> list[Any]:
+        joined = [x for seq in lists for x in seq]
+        return [joined[i] for i in order]
+
+    rankings = None if states[0].rankings is None else flat(sub.rankings or [] for sub in states)
+    keys = dict.fromkeys(k for sub in states for k in sub.values)
+    values = {k: flat(sub.values.get(k, [None] * len(sub)) for sub in states) for k in keys}
+    vkeys = [k for k in states[0].vectors if all(k in sub.vectors for sub in states)]
+    vectors = {k: np.concatenate([sub.vectors[k] for sub in states])[order] for k in vkeys}
+    return State(flat(sub.queries for sub in states), flat(sub.query_ids for sub in states), rankings=rankings,
+                 values=values, vectors=vectors)

@@ -471,3 +471,35 @@ def test_a_learning_branch_the_router_sends_no_judged_query_is_refused_by_name(s
             corpus, TrainSet(train.queries, judged_short_only))
     # a branch that learns nothing does not care which queries it gets
     _short_route([BM25(k=5), _TrainSpy()], [BM25(k=5)]).fit(corpus, TrainSet(train.queries, judged_short_only))
+
+
+def test_a_loop_body_learns_from_the_iteration_whose_output_the_loop_returns(slice_data):
+    """A learned fuser inside a loop body learned only from the first iteration's input.  After a
+    ``prf`` at the start of the body, that input has no feedback (plain queries), while every
+    ranking the loop returns (``topk_stable`` is never done at its first judgement) comes from an
+    expanded query: the fuser never saw what it fuses.  It now learns from each training query's
+    input to its last iteration."""
+    import ragkit.pipelines.weights as weights
+    from ragkit.pipelines import PRF, RRF, Loop, Parallel, TopKStable
+    from ragkit.retrievers import BM25
+
+    corpus, queries, _, train = slice_data
+    judged = [q for q in train.queries.ids if train.qrels.get(q)]
+    learned_on = []
+    real = weights.learn_weights
+    weights.learn_weights = lambda fuse, state, *a, **kw: learned_on.append(
+        (list(state.query_ids), state.values.get("lexical_query"), state.values.get("iteration"))) or real(
+        fuse, state, *a, **kw)
+    try:
+        body = [PRF(fb_docs=5), Parallel([BM25(k=30), BM25(k=30, k1=1.5)], fuse=RRF(learn=True, folds=3))]
+        pipe = Pipeline([Loop(body, until=TopKStable(k=10), max_iters=3)]).fit(corpus, train)
+    finally:
+        weights.learn_weights = real
+    assert learned_on[0][1] is None  # the first fit: no feedback yet, plain queries
+    ids, expanded, iteration = learned_on[-1]  # the final fit of the fuser
+    assert ids == judged and expanded is not None and all(expanded)
+    assert set(iteration) <= {1, 2} and 2 in iteration  # each query's last iteration (never the first)
+    run = pipe.search(queries)
+    assert min(run.values["iterations"]) >= 2
+    one = pipe.search(queries[[3]])
+    np.testing.assert_array_equal(one.rankings[0].rows, run.rankings[3].rows)
