@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import platform
+import shlex
 import sys
 import tempfile
 import time
@@ -118,6 +119,41 @@ def _prepare_output(path: Optional[Path], option: str, example: str) -> None:
         os.unlink(probe)
     except OSError as e:
         raise RagkitError(f"{option} {path}: cannot write into the folder {path.parent}: {e.strerror or e}") from None
+
+
+def _check_data_folder(data: str) -> None:
+    """Refuse a ``--data`` that names a file (``corpus.jsonl``, a qrels file): a BEIR dataset is a
+    folder, and the file's own folder is named when it is one."""
+    path = Path(data)
+    if not path.is_file():
+        return
+    folder = path.parent.parent if path.parent.name == "qrels" else path.parent
+    hint = f" (this file's dataset: --data {folder})" if (folder / "corpus.jsonl").is_file() else ""
+    raise RagkitError(f"--data {data}: a file; expected a BEIR folder (corpus.jsonl, queries.jsonl and "
+                      f"qrels/<split>.tsv) or a dataset name such as scifact{hint}")
+
+
+def _read_ask_corpus(data: str) -> Any:
+    """The corpus ``ragkit ask`` fits on: a ``corpus.jsonl`` file, a folder holding one (a BEIR folder,
+    or the corpus alone: ask needs no queries or judgements), or a BEIR dataset name."""
+    from ragkit import load_beir
+    from ragkit.eval.beir import read_corpus
+
+    path = Path(data)
+    if path.is_dir() and (path / "corpus.jsonl").is_file():
+        return read_corpus(path / "corpus.jsonl")
+    if path.is_file():
+        return read_corpus(path)
+    if not path.exists() and (path.suffix or any(c in data for c in "/\\") or data.startswith(".")):
+        raise RagkitError(f"--data {data}: no such file or folder; expected a BEIR dataset name or folder, or a "
+                          "corpus.jsonl file")
+    return load_beir(data).corpus
+
+
+def _blank_file(path: Path) -> bool:
+    """Whether ``path`` holds nothing but whitespace (read until its first other byte)."""
+    with open(path, "rb") as f:
+        return not any(block.strip() for block in iter(lambda: f.read(1 << 16), b""))
 
 
 def _check_same_corpus(fitted: Any, corpus: Any, pipeline: str, data: str) -> None:
@@ -298,12 +334,14 @@ def eval_cmd(
         _prepare_output(output, "--output", "results.json")
         _prepare_output(run_file, "--run", "run.trec")
         pipe, loaded = resolve_pipeline(pipeline)
+        pipe = _without_generation(pipe, f"--pipeline {pipeline}")  # an LLM answer per query would be thrown away
         if loaded and (train_split is not None or backend != "local"):
             given = " and ".join(f"{o} {v!r}" for o, v in (("--train-split", train_split), ("--backend", backend))
                                  if v is not None and (o != "--backend" or v != "local"))
             raise RagkitError(f"--pipeline {pipeline}: a saved, fitted pipeline is evaluated as it is, so {given} "
                               "would be ignored; pass a pipeline YAML file to fit (and learn) here")
         t0 = time.perf_counter()
+        _check_data_folder(data)
         subs = beir_subsets(data)
         t_find = time.perf_counter() - t0  # a download of the dataset, when it is not found locally
         if subs:
@@ -319,7 +357,8 @@ def eval_cmd(
         return
     ds, queries, run, result = sp.ds, sp.queries, scored.run, scored.result
     total = time.perf_counter() - t_all
-    console.print(Text(f"{ds.name} / {split} ({len(queries)} queries)  pipeline: {pipeline}"))  # not a table title:
+    console.print(Text(f"{ds.name} / {split} ({len(queries)} queries)  pipeline: {pipeline}"),  # not a table title:
+                  soft_wrap=True)
     table = Table()  # a title wraps to the table's narrow width
     table.add_column("metric")
     table.add_column("value", justify="right")
@@ -327,7 +366,8 @@ def eval_cmd(
         table.add_row(m, f"{v:.4f}")
     console.print(table)
     _note_depth(run, ks, ds.corpus)
-    console.print(_timings_line(t_find + sp.t_load, scored.t_fit, scored.encoded, run.seconds, len(queries), total))
+    console.print(_timings_line(t_find + sp.t_load, scored.t_fit, scored.encoded, run.seconds, len(queries), total),
+                  soft_wrap=True)
     if trace and run.trace:
         from ragkit.pipelines.trace import print_trace
 
@@ -375,13 +415,14 @@ def _eval_subsets(data: str, subs: list[str], pipeline: str, loaded: bool, *, sp
     splits[subs[0]].t_load += t_find
     scored: dict[str, _Scored] = {}
     for s, sp in splits.items():
-        pipe, _ = resolve_pipeline(pipeline)  # a fresh pipeline for each corpus
+        # a fresh pipeline for each corpus
+        pipe = _without_generation(resolve_pipeline(pipeline)[0], f"--pipeline {pipeline}", note=False)
         if not scored and sp.train is None:
             _note_unlearned(pipe)
         scored[s] = one = _fit_and_score(pipe, False, sp, ks, trace, backend)
         first = next(iter(one.result.scores))
         console.print(Text(f"{s} / {split} ({len(sp.queries)} queries): {first} {one.result.scores[first]:.4f} · "
-                           f"fit {one.t_fit:.2f} s · search {one.run.seconds:.2f} s"))
+                           f"fit {one.t_fit:.2f} s · search {one.run.seconds:.2f} s"), soft_wrap=True)
         _note_depth(one.run, ks, sp.ds.corpus, prefix=f"{s}: ")
         if trace and one.run.trace:
             from ragkit.pipelines.trace import print_trace
@@ -418,7 +459,7 @@ def _report_subsets(splits: dict[str, _Split], scored: dict[str, _Scored], pipel
     t_fit = sum(one.t_fit for one in scored.values())
     encoded = sum(one.encoded for one in scored.values())
     search_s = sum(one.run.seconds or 0.0 for one in scored.values())
-    console.print(_timings_line(t_load, t_fit, encoded, search_s, n_queries, total))
+    console.print(_timings_line(t_load, t_fit, encoded, search_s, n_queries, total), soft_wrap=True)
     subsets = {s: {"n_queries": len(splits[s].queries), "metrics": scored[s].result.scores,
                    "per_query": scored[s].result.per_query,
                    "timings": {"load_s": splits[s].t_load, "fit_s": scored[s].t_fit, "search_s": scored[s].run.seconds,
@@ -448,7 +489,7 @@ def _write_outputs(output: Optional[Path], run_file: Optional[Path], run: Any, p
                 run.write_trec(path)  # a temporary file in the same folder, renamed into place
         except OSError as e:
             raise RagkitError(f"{option} {path}: could not be written: {e.strerror or e}") from None
-        console.print(Text(f"wrote {path}"))
+        console.print(Text(f"wrote {path}"), soft_wrap=True)
 
 
 #: Judged queries ``ragkit train``'s held-out report needs: one in five is held out.
@@ -502,7 +543,9 @@ def train_cmd(
         from ragkit.operator import atomic_dir
 
         atomic_dir.check(out)  # refuse a file or a foreign folder now, not after the training
-        resolve_pipeline(pipeline)  # a broken pipeline is refused before the dataset is read (or downloaded)
+        # a broken pipeline is refused before the dataset is read (or downloaded)
+        _without_generation(resolve_pipeline(pipeline)[0], f"--pipeline {pipeline}", note=False)
+        _check_data_folder(data)
         ds = load_beir(data)
         train = ds.train_set(split)
         report = _want_report(report, len(train.queries), split)
@@ -518,7 +561,8 @@ def train_cmd(
                 table.add_column(col)
             traces = {}
             for label, tr in (("unlearned", None), ("learned", fit_part)):
-                pipe, _ = resolve_pipeline(pipeline)
+                # scored on rankings: a generate step's answers per held-out query would be thrown away
+                pipe = _without_generation(resolve_pipeline(pipeline)[0], f"--pipeline {pipeline}", note=tr is None)
                 if tr is None and any(op.needs_train for op in iter_leaves(pipe)):
                     console.print("[dim]unlearned: skipped (parts of this pipeline fit only with judged queries)[/]")
                     continue
@@ -543,25 +587,35 @@ def train_cmd(
     except RagkitError as e:
         _fail(e)
         return
-    console.print(Text(f"fitted in {time.perf_counter() - t0:.1f} s; saved to {out} "
-                       f"(evaluate with: ragkit eval --data {data} --pipeline {out})"))
+    console.print(Text(f"fitted in {time.perf_counter() - t0:.1f} s; saved to {out} "  # the command on one line,
+                       f"(evaluate with: ragkit eval --data {shlex.quote(data)} --pipeline {shlex.quote(str(out))})"),
+                  soft_wrap=True)  # to copy
 
 
-def _without_generation(pipe: Any) -> Any:
-    """``pipe`` up to its first ``generate`` step: ``ragkit search`` shows documents, so it does not
-    run a language model whose answers it would not print (``ragkit ask`` answers)."""
+def _without_generation(pipe: Any, option: str, note: bool = True) -> Any:
+    """``pipe`` up to its first ``generate`` step: ``ragkit search`` shows documents and ``ragkit eval``
+    / ``train`` score rankings, so they do not run a language model on every query for answers they
+    would not print (``ragkit ask`` answers).  ``option`` names the pipeline in the errors (``--index DIR``
+    or ``--pipeline P``); ``note``: say that the step is left out (on stdout for search, else on stderr)."""
     from ragkit.pipelines import Pipeline
 
     steps = list(pipe.steps)
     cut = next((i for i, op in enumerate(steps) if op.kind == "generator"), None)
     if cut is None:
         return pipe
+    index = option.startswith("--index")
     if cut == 0:
-        raise RagkitError("--index: the saved pipeline starts with a generate step and retrieves nothing to show")
-    console.print(Text("(the pipeline's generate step is not run: search shows the documents; ragkit ask "
-                       "answers with them)", style="dim"))
+        raise RagkitError(f"{option}: the {'saved ' if index else ''}pipeline starts with a generate step and "
+                          f"retrieves nothing to {'show' if index else 'evaluate'}; put a retriever before it")
+    if note and index:
+        console.print(Text("(the pipeline's generate step is not run: search shows the documents; ragkit ask "
+                           "answers with them)", style="dim"))
+    elif note:
+        err_console.print(Text(f"note: {option}: the pipeline's generate step (and any step after it) is not run "
+                               "here: the rankings before it are scored; ragkit ask answers with them", style="dim"))
     part = Pipeline(steps[:cut])
-    part.corpus_ = pipe.corpus_
+    if hasattr(pipe, "corpus_"):
+        part.corpus_ = pipe.corpus_
     return part
 
 
@@ -578,12 +632,13 @@ def search_cmd(
         if blank is not None:
             raise RagkitError(f"query {blank + 1} is empty; expected a question or keywords")
         if not index.is_dir():
-            raise RagkitError(f"--index {index}: not a folder; expected a folder written by Pipeline.save or "
+            what = "not a folder" if index.exists() else "no such folder"
+            raise RagkitError(f"--index {index}: {what}; expected a folder written by Pipeline.save or "
                               "Operator.save")
         pipe, fitted = _load_folder(index, "--index")
         if not fitted:
             raise RagkitError(f"--index {index}: saved before it was fitted; fit it on a corpus and save it again")
-        pipe = _without_generation(pipe)
+        pipe = _without_generation(pipe, f"--index {index}")
         run = pipe.search(list(query), k=k)
     except RagkitError as e:
         _fail(e)
@@ -655,10 +710,7 @@ def ask_cmd(
                 if not g.is_fitted:
                     g.fit(corpus)
         else:
-            from ragkit import load_beir
-            from ragkit.eval.beir import read_corpus
-
-            corpus = read_corpus(data) if str(data).endswith(".jsonl") else load_beir(data).corpus
+            corpus = _read_ask_corpus(data)
             with console.status(f"fitting the pipeline on {len(corpus):,} documents..."):
                 pipe.fit(corpus)
         with console.status("loading the language model..."):
@@ -712,9 +764,10 @@ def validate_cmd(path: Path = typer.Argument(..., help="Pipeline YAML file, or a
     from ragkit.pipelines.yaml import walk_leaves
 
     leaves = list(walk_leaves(pipe))
-    console.print(f"[green]ok[/] {escape(str(path))}: {len(leaves)} operator{'' if len(leaves) == 1 else 's'}")
+    console.print(f"[green]ok[/] {escape(str(path))}: {len(leaves)} operator{'' if len(leaves) == 1 else 's'}",
+                  soft_wrap=True)
     for p, op in leaves:
-        console.print(Text(f"  {p}  {op!r}"))
+        console.print(Text(f"  {p}  {op!r}"), soft_wrap=True)  # the Python that builds it, on one line
     from ragkit.scale import Sharded
 
     # sentence encoders, a sharded retriever's per-shard one included, and a local generator's LLM
@@ -770,6 +823,10 @@ def compare_cmd(
         if missing:
             raise RagkitError(f"RESULTS: {', '.join(missing)}: no such file (expected 'ragkit eval -o' JSON files or "
                               "TREC run files)")
+        empty = [str(p) for p in results if _blank_file(p)]  # else scored as a run that found nothing
+        if empty:
+            raise RagkitError(f"RESULTS: {', '.join(empty)}: an empty file (an interrupted write?); expected a "
+                              "'ragkit eval -o' JSON file or a TREC run file")
         resolved = [p.resolve() for p in results]
         base = 0
         if baseline is not None:
@@ -781,6 +838,7 @@ def compare_cmd(
         if data is not None:  # its judgements only: a corpus can be gigabytes
             from ragkit.eval.beir import beir_qrels
 
+            _check_data_folder(data)
             ds_name, qrels = beir_qrels(data, split)
         stems = [p.stem for p in results]  # short names in the table: file stems when they tell the files apart
         labels = stems if len(set(stems)) == len(stems) else [str(p) for p in results]
@@ -819,7 +877,7 @@ def compare_cmd(
                 tmp.write_text(json.dumps(cmp.to_dict(), indent=2), encoding="utf-8")
         except OSError as e:
             _fail(RagkitError(f"--output {output}: could not be written: {e.strerror or e}"))
-        console.print(Text(f"wrote {output}"))
+        console.print(Text(f"wrote {output}"), soft_wrap=True)
 
 
 def main() -> None:  # pragma: no cover

@@ -1,0 +1,169 @@
+"""A new user's path through the README's commands: mistakes get a clear error before any work,
+and the commands do only the work their output needs (no language model behind a score)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+DOCS = [("d1", "Vitamin D", "Vitamin D prevents fractures in elderly people."),
+        ("d2", "Cats", "Cats sleep most of the day."),
+        ("d3", "Dogs", "Dogs bark at strangers."),
+        ("é4", "Café", "Un café au lait à Paris."),
+        ("d5", "", "Fractures of the hip are common.")]
+QUERIES = [("q1", "does vitamin D prevent fractures"), ("q2", "why do cats sleep"), ("q3", "dog barking"),
+           ("q4", "café à Paris"), ("q5", "hip fracture"), ("q6", "sleeping cats"), ("q7", "barking dogs"),
+           ("q8", "vitamin for bones")]
+TEST = "q1\td1\t1\nq2\td2\t1\nq4\té4\t1\n"
+TRAIN = "q3\td3\t1\nq5\td5\t1\nq6\td2\t1\nq7\td3\t1\nq8\td1\t1\n"
+GENERATE_YAML = "pipeline:\n  - bm25: {k: 10}\n  - generate: {max_new_tokens: 2, top_k: 2}\n"
+
+
+def _cli(*args: object, columns: int = 200):
+    from typer.testing import CliRunner
+
+    from ragkit.cli import app
+
+    return CliRunner().invoke(app, [str(a) for a in args], env={"COLUMNS": str(columns)})
+
+
+def _tiny(root: Path, queries: bool = True) -> Path:
+    """A five-document BEIR folder (a unicode id among them), or its corpus.jsonl alone."""
+    (root / "qrels").mkdir(parents=True)
+    with open(root / "corpus.jsonl", "w", encoding="utf-8") as f:
+        for i, t, x in DOCS:
+            f.write(json.dumps({"_id": i, "title": t, "text": x}, ensure_ascii=False) + "\n")
+    if not queries:
+        (root / "qrels").rmdir()
+        return root
+    with open(root / "queries.jsonl", "w", encoding="utf-8") as f:
+        for i, t in QUERIES:
+            f.write(json.dumps({"_id": i, "text": t}, ensure_ascii=False) + "\n")
+    (root / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\n" + TEST, encoding="utf-8")
+    (root / "qrels" / "train.tsv").write_text("query-id\tcorpus-id\tscore\n" + TRAIN, encoding="utf-8")
+    return root
+
+
+class _FakeEngine:
+    """Stands for the local LLM: answers "ok" at once."""
+
+    def generate(self, question: str, chunks: list[str], *, on_token=None, **kw) -> str:
+        if on_token is not None:
+            on_token("ok")
+        return "ok"
+
+
+@pytest.fixture
+def no_llm(monkeypatch):
+    """``generate`` fits a fake engine; calling it in a scored command is a failure (``calls`` counts)."""
+    from ragkit.generators.operator import Generate
+
+    calls: list[int] = []
+
+    def call(self, state):
+        calls.append(len(state.queries))
+        raise AssertionError("the language model ran")
+
+    monkeypatch.setattr(Generate, "_fit", lambda self, corpus, train, upstream: setattr(self, "engine_", _FakeEngine()))
+    monkeypatch.setattr(Generate, "_call", call)
+    return calls
+
+
+def test_eval_scores_the_rankings_before_a_generate_step_without_running_the_llm(tmp_path, no_llm):
+    data = _tiny(tmp_path / "tiny")
+    (tmp_path / "rag.yaml").write_text(GENERATE_YAML)
+    res = _cli("eval", "--data", data, "-p", tmp_path / "rag.yaml", "-o", tmp_path / "r.json")
+    assert res.exit_code == 0, res.output
+    assert not no_llm and "generate step (and any step after it) is not run" in res.output
+    out = json.loads((tmp_path / "r.json").read_text())
+    assert out["metrics"]["ndcg@10"] == pytest.approx(1.0) and "generate" not in out["pipeline"]
+    # a saved, fitted pipeline with a generate step is scored the same way
+    from ragkit.generators.operator import Generate
+    from ragkit.pipelines import Pipeline
+    from ragkit.retrievers import BM25
+
+    pipe = Pipeline([BM25(k=10), Generate(max_new_tokens=2)])
+    pipe.fit(__import__("ragkit").load_beir(data).corpus)
+    pipe.save(tmp_path / "saved")
+    res = _cli("eval", "--data", data, "-p", tmp_path / "saved")
+    assert res.exit_code == 0 and not no_llm, res.output
+
+
+def test_eval_and_train_refuse_a_pipeline_that_starts_with_generate_before_any_fit(tmp_path, no_llm):
+    data = _tiny(tmp_path / "tiny")
+    (tmp_path / "g.yaml").write_text("pipeline:\n  - generate: {}\n  - bm25: {}\n")
+    for cmd in (("eval",), ("train", "--out", tmp_path / "out")):
+        res = _cli(*cmd, "--data", data, "-p", tmp_path / "g.yaml")
+        assert res.exit_code == 2, res.output
+        assert f"--pipeline {tmp_path / 'g.yaml'}: the pipeline starts with a generate step" in res.output
+        assert "ndcg" not in res.output and not (tmp_path / "out").exists()
+
+
+def test_train_report_scores_without_the_llm_and_saves_the_generate_step(tmp_path, no_llm):
+    data = _tiny(tmp_path / "tiny")
+    (tmp_path / "rag.yaml").write_text(GENERATE_YAML)
+    res = _cli("train", "--data", data, "-p", tmp_path / "rag.yaml", "--out", tmp_path / "out", "--report")
+    assert res.exit_code == 0, res.output
+    assert not no_llm and "held-out 1 of 5 train queries" in res.output
+    assert "generate" in (tmp_path / "out" / "pipeline.yaml").read_text()  # ask answers with it
+
+
+def test_commands_to_copy_and_timings_stay_on_one_line_at_80_columns(tmp_path):
+    data = _tiny(tmp_path / "a folder with a rather long name for its tiny dataset")
+    out = tmp_path / "and a saved pipeline with a name as long"
+    res = _cli("train", "--data", data, "-p", "bm25", "--out", out, "--no-report", columns=80)
+    assert res.exit_code == 0, res.output
+    assert f"(evaluate with: ragkit eval --data '{data}' --pipeline '{out}')" in res.output
+    res = _cli("eval", "--data", data, "-p", out, "-o", tmp_path / "r.json", columns=80)
+    assert res.exit_code == 0, res.output
+    timings = next(line for line in res.output.splitlines() if line.startswith("load "))
+    assert "total" in timings and f"wrote {tmp_path / 'r.json'}" in res.output
+    (tmp_path / "p.yaml").write_text("pipeline:\n  - bm25: {k: 100}\n  - generate: {max_new_tokens: 2, top_k: 2, "
+                                     "mode: full}\n")
+    res = _cli("validate", tmp_path / "p.yaml", columns=80)
+    assert "pipeline[1].generate  Generate(top_k=2, mode='full', max_new_tokens=2)" in res.output, res.output
+
+
+@pytest.mark.parametrize("part", ["corpus.jsonl", "qrels/test.tsv"])
+def test_a_file_given_as_data_is_refused_naming_its_folder(tmp_path, part):
+    data = _tiny(tmp_path / "tiny")
+    (tmp_path / "r.json").write_text("{}")
+    (tmp_path / "r.trec").write_text("q1 Q0 d1 1 1.0 x\n")
+    for cmd in (("eval", "-p", "bm25"), ("train", "-p", "bm25", "--out", tmp_path / "out"),
+                ("compare", tmp_path / "r.trec", tmp_path / "r.json")):
+        res = _cli(*cmd, "--data", data / part)
+        assert res.exit_code == 2, res.output
+        assert (f"--data {data / part}: a file; expected a BEIR folder (corpus.jsonl, queries.jsonl and "
+                f"qrels/<split>.tsv) or a dataset name such as scifact (this file's dataset: --data {data})"
+                in res.output), res.output
+
+
+def test_compare_refuses_an_empty_result_file_instead_of_scoring_it_zero(tmp_path):
+    data = _tiny(tmp_path / "tiny")
+    res = _cli("eval", "--data", data, "-p", "bm25", "-o", tmp_path / "bm25.json")
+    assert res.exit_code == 0, res.output
+    (tmp_path / "cut.trec").write_text("\n  \n")
+    res = _cli("compare", tmp_path / "cut.trec", tmp_path / "bm25.json", "--data", data)
+    assert res.exit_code == 2 and "mean" not in res.output
+    assert f"RESULTS: {tmp_path / 'cut.trec'}: an empty file" in res.output
+
+
+def test_ask_fits_on_a_folder_that_holds_only_a_corpus(tmp_path, monkeypatch):
+    from ragkit.generators.operator import Generate
+
+    monkeypatch.setattr(Generate, "_fit", lambda self, corpus, train, upstream: setattr(self, "engine_", _FakeEngine()))
+    folder = _tiny(tmp_path / "docs", queries=False)
+    res = _cli("ask", "-p", "bm25", "--data", folder, "--max-new-tokens", "2", "Does vitamin D prevent fractures?")
+    assert res.exit_code == 0, res.output
+    assert res.output.startswith("ok\n") and "sources: d1 (Vitamin D)" in res.output
+
+
+def test_ask_and_search_name_a_path_that_does_not_exist(tmp_path):
+    res = _cli("ask", "-p", "bm25", "--data", tmp_path / "docs" / "corpus.json", "why?")
+    assert res.exit_code == 2
+    assert (f"--data {tmp_path / 'docs' / 'corpus.json'}: no such file or folder; expected a BEIR dataset name or "
+            "folder, or a corpus.jsonl file") in res.output
+    res = _cli("search", "--index", tmp_path / "saved", "cats")
+    assert res.exit_code == 2 and f"--index {tmp_path / 'saved'}: no such folder" in res.output
