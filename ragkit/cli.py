@@ -833,6 +833,9 @@ def compare_cmd(
             if baseline.resolve() not in resolved:
                 raise RagkitError(f"--baseline {baseline}: not one of the RESULTS ({', '.join(map(str, results))})")
             base = resolved.index(baseline.resolve())
+        if output is not None and output.resolve() in resolved:  # it would replace a result it compares
+            raise RagkitError(f"--output {output}: one of the RESULTS; writing the comparison there would replace "
+                              "those results; give another path, such as comparison.json")
         _prepare_output(output, "--output", "comparison.json")
         qrels, ds_name = None, None
         if data is not None:  # its judgements only: a corpus can be gigabytes

@@ -167,3 +167,15 @@ def test_ask_and_search_name_a_path_that_does_not_exist(tmp_path):
             "folder, or a corpus.jsonl file") in res.output
     res = _cli("search", "--index", tmp_path / "saved", "cats")
     assert res.exit_code == 2 and f"--index {tmp_path / 'saved'}: no such folder" in res.output
+
+
+def test_compare_refuses_to_write_over_one_of_its_results(tmp_path):
+    data = _tiny(tmp_path / "tiny")
+    for name, k1 in (("bm25", "0.9"), ("tuned", "1.5")):
+        (tmp_path / f"{name}.yaml").write_text(f"pipeline:\n  - bm25: {{k1: {k1}}}\n")
+        res = _cli("eval", "--data", data, "-p", tmp_path / f"{name}.yaml", "--k", "5", "-o", tmp_path / f"{name}.json")
+        assert res.exit_code == 0, res.output
+    kept = (tmp_path / "bm25.json").read_bytes()
+    res = _cli("compare", tmp_path / "bm25.json", tmp_path / "tuned.json", "-m", "ndcg@5", "-o", tmp_path / "bm25.json")
+    assert res.exit_code == 2 and f"--output {tmp_path / 'bm25.json'}: one of the RESULTS" in res.output, res.output
+    assert (tmp_path / "bm25.json").read_bytes() == kept and "mean" not in res.output
