@@ -1015,7 +1015,8 @@ class Loop(Composite):
         and a state holds rankings for all of its queries or none (an operator such as ``prf`` does
         not treat the two alike): the body then learns from the larger of the two groups (from
         those with rankings on a tie).  Returns whether anything was refitted: nothing is when every
-        query's last iteration is the first (the body was fitted on exactly that).
+        query's last iteration is the first (the body was fitted on exactly that), nor when that
+        group holds a single query.
         """
         start = _judged_start(train, upstream, f"{here}.body")
         inputs: list[tuple[np.ndarray, State]] = []
@@ -1030,6 +1031,8 @@ class Loop(Composite):
         if 0 < unranked < len(start):  # keep the larger group; a tie keeps the queries with rankings
             parts = [(idx, sub) for idx, sub in parts if (sub.rankings is None) == (2 * unranked > len(start))]
         pooled = _pool_parts(parts)
+        if len(pooled) < 2:  # a learned fuser cross-validates over 2 or more: the first fit stays
+            return False
         keep = {id(x) for x in iter_leaves(self.body) if not x.wants_upstream}  # fitted already: kept
         sub_train = TrainSet(Queries(pooled.query_ids, pooled.queries),
                              {q: train.qrels[q] for q in pooled.query_ids if q in train.qrels})
