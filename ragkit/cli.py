@@ -121,6 +121,22 @@ def _prepare_output(path: Optional[Path], option: str, example: str) -> None:
         raise RagkitError(f"{option} {path}: cannot write into the folder {path.parent}: {e.strerror or e}") from None
 
 
+def _check_not_an_input(path: Optional[Path], option: str, pipeline: str, data: str) -> None:
+    """Refuse an output ``path`` that is the ``--pipeline`` file or a file of the ``--data`` folder
+    (corpus, queries, qrels): the results would replace what the command reads."""
+    if path is None:
+        return
+    folder = Path(data)
+    inputs = {Path(pipeline).resolve(): "the --pipeline file"} if Path(pipeline).is_file() else {}
+    if folder.is_dir():
+        for f in (folder / "corpus.jsonl", folder / "queries.jsonl", *folder.glob("qrels/*.tsv"),
+                  *folder.glob("*/corpus.jsonl"), *folder.glob("*/queries.jsonl"), *folder.glob("*/qrels/*.tsv")):
+            inputs[f.resolve()] = f"a file of --data {data}"
+    if path.resolve() in inputs:
+        raise RagkitError(f"{option} {path}: is {inputs[path.resolve()]}; writing there would replace it: give another "
+                          f"path, such as {'results.json' if option == '--output' else 'run.trec'}")
+
+
 def _check_data_folder(data: str) -> None:
     """Refuse a ``--data`` that names a file (``corpus.jsonl``, a qrels file): a BEIR dataset is a
     folder, and the file's own folder is named when it is one."""
@@ -331,6 +347,8 @@ def eval_cmd(
         if output is not None and run_file is not None and output.resolve() == run_file.resolve():
             raise RagkitError(f"--output and --run both name {output}; the run file would replace the JSON results: "
                               "give two paths")
+        _check_not_an_input(output, "--output", pipeline, data)
+        _check_not_an_input(run_file, "--run", pipeline, data)
         _prepare_output(output, "--output", "results.json")
         _prepare_output(run_file, "--run", "run.trec")
         pipe, loaded = resolve_pipeline(pipeline)

@@ -179,3 +179,17 @@ def test_compare_refuses_to_write_over_one_of_its_results(tmp_path):
     res = _cli("compare", tmp_path / "bm25.json", tmp_path / "tuned.json", "-m", "ndcg@5", "-o", tmp_path / "bm25.json")
     assert res.exit_code == 2 and f"--output {tmp_path / 'bm25.json'}: one of the RESULTS" in res.output, res.output
     assert (tmp_path / "bm25.json").read_bytes() == kept and "mean" not in res.output
+
+
+def test_eval_refuses_to_write_over_its_pipeline_or_its_dataset(tmp_path):
+    data = _tiny(tmp_path / "tiny")
+    (tmp_path / "p.yaml").write_text("pipeline:\n  - bm25: {k: 10}\n")
+    kept = {f: f.read_bytes() for f in (tmp_path / "p.yaml", data / "qrels" / "test.tsv", data / "corpus.jsonl")}
+    for opt, path, what in (("--output", tmp_path / "p.yaml", "the --pipeline file"),
+                            ("--run", data / "qrels" / "test.tsv", f"a file of --data {data}"),
+                            ("--output", data / "corpus.jsonl", f"a file of --data {data}")):
+        res = _cli("eval", "--data", data, "-p", tmp_path / "p.yaml", opt, path)
+        assert res.exit_code == 2, res.output
+        assert f"{opt} {path}: is {what}; writing there would replace it" in res.output, res.output
+        assert "ndcg" not in res.output
+    assert all(f.read_bytes() == b for f, b in kept.items())
