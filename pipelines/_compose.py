@@ -882,6 +882,14 @@ class Route(Composite):
                     f"here, none with a positive judgement, and {', '.join(names)} in this branch "
                     f"{'learns' if len(names) == 1 else 'learn'} from the training queries it serves; route more "
                     "judged queries here or drop learning from the branch")
+            judged = [q for q in ids if train.qrels.get(q)]
+            fusers = sorted({x.name for x in _learning_leaves(op) if x.kind == "fuser"})
+            if fusers and len(judged) < 2:  # what learn_weights refuses, refused before any branch is fitted
+                raise DataError(
+                    f"{where}: the router {self.router.name!r} sends {len(idx)} of the {len(start)} training queries "
+                    f"here, {len(judged)} of them judged ({some_ids(judged) or 'none'}), and the learned fuser "
+                    f"{', '.join(fusers)} in this branch cross-validates its weights over at least 2 judged training "
+                    "queries; route more judged queries here or drop learning from the branch")
             sub = TrainSet(train.queries[[pos[q] for q in ids]], qrels)
             plan.append((op, sub, labelled.subset(idx) if upstream is not None else None, where))
         for op, sub, up, where in plan:

@@ -473,6 +473,29 @@ def test_a_learning_branch_the_router_sends_no_judged_query_is_refused_by_name(s
     _short_route([BM25(k=5), _TrainSpy()], [BM25(k=5)]).fit(corpus, TrainSet(train.queries, judged_short_only))
 
 
+def test_a_learned_fuser_the_router_sends_one_judged_query_is_refused_by_name_before_any_fit(slice_data):
+    """A route branch with a learned fuser that the router sends a single judged training query
+    failed inside the fuser's fit, after the branches before it were fitted, with an error naming
+    no branch; it is now refused before any branch is fitted, by the branch's path."""
+    from ragkit.errors import DataError
+    from ragkit.pipelines import RRF, Parallel
+    from ragkit.retrievers import BM25
+    from ragkit.types import TrainSet
+
+    corpus, _, _, train = slice_data
+    labels = _labels(_short_route([], [BM25(k=5)]).fit(corpus), train)
+    one_long = [q for q, lab in zip(train.queries.ids, labels) if lab == "long"][0]
+    qrels = {q: (train.qrels[q] if lab == "short" or q == one_long else {})
+             for q, lab in zip(train.queries.ids, labels)}
+    first = _TrainSpy()
+    with pytest.raises(DataError, match=rf"^pipeline\[1\]\.route\.branches\.long: the router 'rule_router' sends "
+                                        rf"\d+ of the 40 training queries here, 1 of them judged \('{one_long}'\), and "
+                                        r"the learned fuser rrf in this branch cross-validates"):
+        _short_route([BM25(k=5), first], [Parallel([BM25(k=5), BM25(k=5, b=0.3)], fuse=RRF(learn=True))]).fit(
+            corpus, TrainSet(train.queries, qrels))
+    assert not first.is_fitted
+
+
 def test_a_loop_body_learns_from_the_iteration_whose_output_the_loop_returns(slice_data):
     """A learned fuser inside a loop body learned only from the first iteration's input.  After a
     ``prf`` at the start of the body, that input has no feedback (plain queries), while every
