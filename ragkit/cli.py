@@ -137,6 +137,19 @@ def _check_not_an_input(path: Optional[Path], option: str, pipeline: str, data: 
                           f"path, such as {'results.json' if option == '--output' else 'run.trec'}")
 
 
+def _check_retrieves(pipe: Any, option: str) -> None:
+    """Refuse, before any fit (a reranker's encodes the corpus, a generator's loads an LLM), a pipeline
+    that would rank nothing: no retriever in it, or a generate step first."""
+    from ragkit.pipelines._compose import iter_leaves
+
+    leaves = list(iter_leaves(pipe))
+    if not any(leaf.kind == "retriever" for leaf in leaves):
+        names = ", ".join(sorted({leaf.name or type(leaf).__name__.lower() for leaf in leaves}))
+        raise RagkitError(f"{option}: the pipeline has no retriever (its operators: {names}), so no query would get "
+                          "a document; start it with one, e.g. bm25 or dense")
+    _without_generation(pipe, option, note=False)
+
+
 def _check_data_folder(data: str) -> None:
     """Refuse a ``--data`` that names a file (``corpus.jsonl``, a qrels file): a BEIR dataset is a
     folder, and the file's own folder is named when it is one."""
@@ -352,6 +365,7 @@ def eval_cmd(
         _prepare_output(output, "--output", "results.json")
         _prepare_output(run_file, "--run", "run.trec")
         pipe, loaded = resolve_pipeline(pipeline)
+        _check_retrieves(pipe, f"--pipeline {pipeline}")
         pipe = _without_generation(pipe, f"--pipeline {pipeline}")  # an LLM answer per query would be thrown away
         if loaded and (train_split is not None or backend != "local"):
             given = " and ".join(f"{o} {v!r}" for o, v in (("--train-split", train_split), ("--backend", backend))
@@ -562,7 +576,7 @@ def train_cmd(
 
         atomic_dir.check(out)  # refuse a file or a foreign folder now, not after the training
         # a broken pipeline is refused before the dataset is read (or downloaded)
-        _without_generation(resolve_pipeline(pipeline)[0], f"--pipeline {pipeline}", note=False)
+        _check_retrieves(resolve_pipeline(pipeline)[0], f"--pipeline {pipeline}")
         _check_data_folder(data)
         ds = load_beir(data)
         train = ds.train_set(split)
@@ -623,8 +637,8 @@ def _without_generation(pipe: Any, option: str, note: bool = True) -> Any:
         return pipe
     index = option.startswith("--index")
     if cut == 0:
-        raise RagkitError(f"{option}: the {'saved ' if index else ''}pipeline starts with a generate step and "
-                          f"retrieves nothing to {'show' if index else 'evaluate'}; put a retriever before it")
+        raise RagkitError(f"{option}: the {'saved ' if index else ''}pipeline starts with a generate step, which "
+                          "has no documents to answer from; put a retriever before it")
     if note and index:
         console.print(Text("(the pipeline's generate step is not run: search shows the documents; ragkit ask "
                            "answers with them)", style="dim"))
@@ -705,6 +719,7 @@ def ask_cmd(
              if v is not None}
     try:
         pipe, fitted = resolve_pipeline(pipeline)
+        _check_retrieves(pipe, f"--pipeline {pipeline}")  # before the fit and the LLM's load
         if not fitted and data is None:
             raise RagkitError(f"--pipeline {pipeline!r} is not a fitted (saved) pipeline, so it needs a corpus: "
                               f"pass --data <BEIR name or folder, or corpus.jsonl>")

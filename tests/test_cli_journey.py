@@ -97,7 +97,8 @@ def test_eval_and_train_refuse_a_pipeline_that_starts_with_generate_before_any_f
     for cmd in (("eval",), ("train", "--out", tmp_path / "out")):
         res = _cli(*cmd, "--data", data, "-p", tmp_path / "g.yaml")
         assert res.exit_code == 2, res.output
-        assert f"--pipeline {tmp_path / 'g.yaml'}: the pipeline starts with a generate step" in res.output
+        assert (f"--pipeline {tmp_path / 'g.yaml'}: the pipeline starts with a generate step, which has no documents "
+                "to answer from") in res.output
         assert "ndcg" not in res.output and not (tmp_path / "out").exists()
 
 
@@ -193,3 +194,25 @@ def test_eval_refuses_to_write_over_its_pipeline_or_its_dataset(tmp_path):
         assert f"{opt} {path}: is {what}; writing there would replace it" in res.output, res.output
         assert "ndcg" not in res.output
     assert all(f.read_bytes() == b for f, b in kept.items())
+
+
+def test_a_pipeline_without_a_retriever_is_refused_before_any_fit(tmp_path, monkeypatch, no_llm):
+    from ragkit.generators.operator import Generate
+    from ragkit.pipelines import Pipeline
+
+    fitted: list[str] = []
+    monkeypatch.setattr(Generate, "fit", lambda self, *a, **kw: fitted.append("generate") or self)
+    monkeypatch.setattr(Pipeline, "fit", lambda self, *a, **kw: fitted.append("pipeline") or self)
+    data = _tiny(tmp_path / "tiny")
+    for args in (("eval", "--data", data, "-p", "mmr"),
+                 ("train", "--data", data, "-p", "top_k", "--out", tmp_path / "o"),
+                 ("ask", "--data", data, "-p", "generate", "why?")):
+        res = _cli(*args)
+        assert res.exit_code == 2, res.output
+        op = args[args.index("-p") + 1]
+        assert (f"--pipeline {op}: the pipeline has no retriever (its operators: {op}), so no query would get a "
+                "document") in res.output, res.output
+    (tmp_path / "g.yaml").write_text("pipeline:\n  - generate: {}\n  - bm25: {}\n")
+    res = _cli("ask", "--data", data, "-p", tmp_path / "g.yaml", "why?")
+    assert res.exit_code == 2 and "the pipeline starts with a generate step" in res.output, res.output
+    assert fitted == [] and not (tmp_path / "o").exists()
