@@ -791,6 +791,7 @@ def validate_cmd(path: Path = typer.Argument(..., help="Pipeline YAML file, or a
                 raise RagkitError(f"{path / 'params.json'}: {e}") from None
         else:
             pipe = Pipeline.from_yaml(path)
+            _check_retrieves(pipe, str(path))  # what eval, train and ask refuse (a saved operator may be a reranker)
     except RagkitError as e:
         _fail(e)
         return

@@ -216,3 +216,13 @@ def test_a_pipeline_without_a_retriever_is_refused_before_any_fit(tmp_path, monk
     res = _cli("ask", "--data", data, "-p", tmp_path / "g.yaml", "why?")
     assert res.exit_code == 2 and "the pipeline starts with a generate step" in res.output, res.output
     assert fitted == [] and not (tmp_path / "o").exists()
+
+
+def test_validate_refuses_what_eval_would_refuse(tmp_path):
+    (tmp_path / "p.yaml").write_text("pipeline:\n  - mmr: {}\n  - top_k: {k: 10}\n")
+    res = _cli("validate", tmp_path / "p.yaml")
+    assert res.exit_code == 2 and "ok" not in res.output, res.output
+    assert f"{tmp_path / 'p.yaml'}: the pipeline has no retriever (its operators: mmr, top_k)" in res.output
+    (tmp_path / "g.yaml").write_text("pipeline:\n  - generate: {}\n  - bm25: {}\n")
+    res = _cli("validate", tmp_path / "g.yaml")
+    assert res.exit_code == 2 and "the pipeline starts with a generate step" in res.output, res.output
