@@ -445,6 +445,27 @@ def test_diversity_measures():
     assert div.cluster_entropy(rk, labels, k=10)[0] > 0.6
 
 
+
+def test_pairwise_diversity_matches_a_loop_over_pairs():
+    """ILD@k and the near-duplicate rate (one batched product of the gathered top-k vectors) equal a
+    plain loop over each ranking's document pairs, with padding, short and empty rankings."""
+    rng = np.random.default_rng(11)
+    v = _unit(rng.standard_normal((50, 16)))
+    v[7] = v[3]  # an exact duplicate pair
+    rk = [Ranking(rng.permutation(50)[:n], np.zeros(n, np.float32)) for n in (12, 10, 5, 1, 0)]
+    rk.append(Ranking(np.array([3, 7, 9]), np.zeros(3, np.float32)))
+    for k in (1, 4, 10, 12):
+        ild, ndr = [], []
+        for r in rk:
+            top = r.rows[:k]
+            cos = [float(v[a] @ v[b]) for i, a in enumerate(top) for b in top[i + 1:]]
+            ild.append(1 - np.mean(cos) if cos else np.nan)
+            ndr.append(np.mean(np.array(cos) > 0.95) if cos else np.nan)
+        np.testing.assert_allclose(div.intra_list_diversity(rk, v, k=k), ild, rtol=0, atol=1e-6)
+        np.testing.assert_array_equal(div.near_duplicate_rate(rk, v, k=k), ndr)
+    assert div.near_duplicate_rate(rk, v, k=3)[-1] == 1 / 3
+    assert div.intra_list_diversity([], v, k=5).shape == (0,)
+
 def test_alpha_ndcg_and_s_recall():
     sub = {"q": {"a": ["t1"], "b": ["t1"], "c": ["t2"]}}
     good = Run.from_dict({"q": {"a": 3, "c": 2, "b": 1}})
