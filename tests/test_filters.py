@@ -505,6 +505,35 @@ def test_filter_report_against_a_reference_stays_a_recall():
     assert rep.recall == 1.0 and rep.precision == 1.0
 
 
+
+def test_filter_report_against_a_reference_matches_a_loop_over_documents():
+    """Recall within the reference (a set of the reference's relevant documents per query) equals a plain
+    loop asking, for each kept document, whether it is judged relevant and in the reference's list."""
+    rng = np.random.default_rng(4)
+    docs = np.array([f"d{i}" for i in range(60)], dtype=object)
+    qids = [f"q{i}" for i in range(25)]
+    qrels = {q: {str(d): int(g) for d, g in zip(rng.choice(docs, 6, replace=False), rng.integers(0, 3, 6))}
+             for q in qids[:22]}  # grades 0-2: a 0 is judged, not relevant; q22-q24 unjudged
+    ref_lists = [rng.choice(docs, rng.integers(0, 30), replace=False) for _ in qids]
+    # the filter keeps a prefix of the reference, plus for some queries a relevant document the reference never
+    # retrieved (not counted in the recall) or a random one
+    outside = [[d for d, g in qrels.get(q, {}).items() if g > 0 and d not in set(r)][:i % 2] + [str(rng.choice(docs))]
+               for i, (q, r) in enumerate(zip(qids, ref_lists))]
+    kept_lists = [np.concatenate([r[:rng.integers(0, len(r) + 1)], np.array(o[:rng.integers(0, 3)], dtype=object)])
+                  for r, o in zip(ref_lists, outside)]
+    ref = Run(qids, ref_lists, [np.linspace(1, 0, len(r)) for r in ref_lists])
+    kept = Run(qids, kept_lists, [np.linspace(1, 0, len(r)) for r in kept_lists])
+    rep = filter_report(kept, qrels, reference=ref)
+    judged = [q for q in qids if q in qrels]
+    rel = {q: {d for d, g in qrels[q].items() if g > 0} for q in judged}
+    kept_at, ref_at = dict(zip(qids, kept_lists)), dict(zip(qids, ref_lists))
+    tp = sum(d in rel[q] and d in set(ref_at[q]) for q in judged for d in kept_at[q])
+    total = sum(d in rel[q] for q in judged for d in ref_at[q])
+    hits = sum(d in rel[q] for q in judged for d in kept_at[q])
+    n_kept = sum(len(kept_at[q]) for q in judged)
+    assert tp < hits  # some kept relevant documents are outside the reference
+    assert rep.recall == tp / total and rep.precision == hits / n_kept and rep.n_queries == len(judged)
+
 def test_filtering_metrics_check_their_inputs():
     with pytest.raises(DataError, match=r"1 of 3 are not \(e\.g\. \[nan\]\); drop padding"):
         expected_calibration_error(np.array([0.2, np.nan, 0.9]), np.array([0, 1, 1]))

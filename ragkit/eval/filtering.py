@@ -87,8 +87,11 @@ def filter_report(filtered: Run, qrels: Qrels, reference: Run | None = None) -> 
     if reference is not None:
         ref_labels = relevance_labels(reference, qrels)
         total = float(sum(ref_labels[ref_at[q]].sum() for q in judged))
-        # recall within the reference: a kept relevant document the reference never retrieved does not count
-        tp = float(sum(np.isin(docs[q][rel[q]], reference.doc_ids[ref_at[q]]).sum() for q in judged))
+        # recall within the reference: a kept relevant document the reference never retrieved does not count.
+        # A kept relevant document is in the reference's list exactly when it is among the reference's
+        # relevant ones: a set of those few per query (np.isin over each whole list sorted it, ~25x slower)
+        ref_rel = {q: set(reference.doc_ids[ref_at[q]][ref_labels[ref_at[q]]].tolist()) for q in judged}
+        tp = float(sum(d in ref_rel[q] for q in judged for d in docs[q][rel[q]].tolist()))
     else:
         total = float(sum(sum(v > 0 for v in qrels[q].values()) for q in judged))
     return FilterReport(
