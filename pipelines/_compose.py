@@ -121,7 +121,7 @@ class Composite(Operator):
         checked against the corpus its retrievers search (:func:`shared_corpus`)."""
         from ragkit.options import check_options
 
-        return check_options(self, options, shared_corpus(self))
+        return check_options(self, options, shared_corpus(self), where="options.")
 
     def save(self, path: Any) -> None:
         """Save as a one-step :class:`Pipeline` (manifest, YAML, every fitted leaf); load it with

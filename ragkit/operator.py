@@ -222,19 +222,24 @@ class Operator:
         Accepts everything by default."""
 
     def checked_options(self, options: Mapping[str, Any]) -> dict[str, Any]:
-        """``options`` of a :class:`State` this operator is called on directly, checked and
-        converted as :meth:`Pipeline.search <ragkit.pipelines.Pipeline.search>` checks them
-        (:func:`~ragkit.options.check_options`): ``k``, ``filter`` and the options of the operators
-        that read them here (this one and its :meth:`option_children`) raise
-        :class:`~ragkit.errors.ParamError` for an unknown option or a bad value.  Other operator
-        names pass through unchanged: a single operator is also called with the options of the
-        pipeline around it (a shard's retriever on a Ray worker).  A composite checks every key
-        against its whole tree."""
-        from ragkit.options import CALL_OPTIONS, check_options, option_readers
+        """``options`` of a :class:`State` this operator is called on directly, with the names
+        checked: under this operator's name (and its :meth:`option_children`'), every option must be
+        one the class declares (:func:`~ragkit.options.check_option_names`), so a misspelt option
+        raises :class:`~ragkit.errors.ParamError` (``options.bm25.kk: unknown option ...``) instead
+        of being ignored.  The values are checked where the operator reads them, as before (a
+        composite, the whole pipeline, checks and converts them as ``search`` does); other operator
+        names pass through: a single operator is also called with the options of the pipeline
+        around it (a shard's retriever on a Ray worker)."""
+        from ragkit.options import check_option_names, option_readers
 
-        names = {op.name for _, op in option_readers(self) if op.name}
-        mine = {key: v for key, v in options.items() if key in CALL_OPTIONS or key in names}
-        return {**options, **check_options(self, mine)}
+        readers: dict[str, list[Operator]] = {}
+        for _, op in option_readers(self):
+            if op.name:
+                readers.setdefault(op.name, []).append(op)
+        for name, ops in readers.items():
+            if name in options:
+                check_option_names(name, options[name], ops, "options.")
+        return dict(options)
 
     def option_children(self) -> list[tuple[str, "Operator"]]:
         """Operators that read this operator's run-time options but are not its :meth:`children`,

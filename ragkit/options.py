@@ -37,8 +37,8 @@ if TYPE_CHECKING:
     from ragkit.operator import Operator
     from ragkit.types import Corpus
 
-__all__ = ["PARAM", "OptionCheck", "CALL_OPTIONS", "check_options", "option_readers", "filter_option",
-           "callable_option", "filter_value"]
+__all__ = ["PARAM", "OptionCheck", "CALL_OPTIONS", "check_options", "check_option_names", "option_readers",
+           "filter_option", "callable_option", "filter_value"]
 
 #: ``run_options`` value of an option that is a field of the operator's parameter model of the
 #: same name: checked (and converted) by validating a copy of the parameters with it replaced.
@@ -52,7 +52,10 @@ OptionCheck = Union[str, Callable[["Operator", Any, "Corpus | None"], Any]]
 #: Keys of the call itself (not of an operator): read by every operator that honours them.
 CALL_OPTIONS = ("k", "filter")
 
-_WHERE = "search option"
+#: How an option is named in errors: ``search option bm25.kk`` for ``search``'s keywords; an
+#: operator called directly on a ``State`` names it by its place in ``State.options``
+#: (``options.bm25.kk``, the path of every error).
+_WHERE = "search option "
 
 
 # ---------------------------------------------------------------------- checks of single options
@@ -92,14 +95,14 @@ def callable_option(op: "Operator", value: Any, corpus: "Corpus | None") -> Any:
     return value
 
 
-def _positive_k(value: Any) -> int | None:
+def _positive_k(value: Any, where: str = _WHERE) -> int | None:
     """The call's ``k`` as an int (``None`` stays ``None``), as :meth:`Pipeline.search` checks it."""
     import numpy as np
 
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ParamError(f"{_WHERE} k: expected a positive integer, got {value!r}", path="options.k")
+        raise ParamError(f"{where}k: expected a positive integer, got {value!r}", path="options.k")
     return int(value)
 
 
@@ -127,7 +130,8 @@ def _hint(key: str, valid: list[str]) -> str:
     return f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
 
 
-def check_options(root: "Operator", options: Mapping[str, Any], corpus: "Corpus | None" = None) -> dict[str, Any]:
+def check_options(root: "Operator", options: Mapping[str, Any], corpus: "Corpus | None" = None, *,
+                  where: str = _WHERE) -> dict[str, Any]:
     """Check run-time search ``options`` against the operator tree ``root``; return them converted.
 
     Parameters
@@ -139,6 +143,9 @@ def check_options(root: "Operator", options: Mapping[str, Any], corpus: "Corpus 
     corpus : Corpus, optional
         The corpus searched (the one the pipeline was fitted on, or is about to be); when
         given, a ``filter`` may only name its metadata fields (and ``_id``).
+    where : str
+        What the errors call an option, before its name: ``"search option "`` (``search option
+        bm25.kk: ...``), or ``"options."`` for the options of a ``State`` an operator is called on.
 
     Returns
     -------
@@ -171,14 +178,14 @@ def check_options(root: "Operator", options: Mapping[str, Any], corpus: "Corpus 
     out: dict[str, Any] = {}
     for key, value in options.items():
         if key == "k":
-            out[key] = _positive_k(value)
+            out[key] = _positive_k(value, where)
         elif key == "filter":
             try:
                 out[key] = filter_value(value, corpus)
             except (TypeError, ValueError) as e:
-                raise ParamError(f"{_WHERE} filter: {e}", path="options.filter") from None
+                raise ParamError(f"{where}filter: {e}", path="options.filter") from None
         elif isinstance(key, str) and key in readers:
-            out[key] = _check_operator_options(key, value, readers[key], corpus)
+            out[key] = _check_operator_options(key, value, readers[key], corpus, where)
         else:
             valid = [*CALL_OPTIONS, *readers]
             names = ", ".join(readers) or "(none)"
@@ -186,19 +193,21 @@ def check_options(root: "Operator", options: Mapping[str, Any], corpus: "Corpus 
 
             what = (f"no {key!r} operator in this pipeline" if isinstance(key, str) and key in registry.names()
                     else "not an option")
-            raise ParamError(f"{_WHERE} {key!r}: {what}; expected k, filter, or an operator name: {names}"
+            raise ParamError(f"{where.rstrip('. ')} {key!r}: {what}; expected k, filter, or an operator name: {names}"
                              f"{_hint(key, valid)}", path=f"options.{key}")
     return out
 
 
-def _check_operator_options(name: str, value: Any, ops: list[tuple[str, "Operator"]],
-                            corpus: "Corpus | None") -> dict[str, Any]:
-    """Check ``options[name]`` against every operator called ``name``; return it converted."""
-    where = f"{_WHERE} {name}"
+def check_option_names(name: str, value: Any, ops: list["Operator"], prefix: str = _WHERE) -> None:
+    """Refuse ``options[name]`` unless it is a mapping whose every key is an option that the operators
+    ``ops`` (those called ``name``) declare: a :class:`ParamError` naming it (``search option
+    bm25.kk: unknown option for operator 'bm25' (BM25); expected one of: k, filter, n_jobs``).
+    The values are not checked here."""
+    where = f"{prefix}{name}"
     if not isinstance(value, Mapping):
         raise ParamError(f"{where}: expected a mapping of options {{option: value}} for operator {name!r}, got "
                          f"{value!r:.80}", path=f"options.{name}")
-    classes = list(dict.fromkeys(type(op) for _, op in ops))
+    classes = list(dict.fromkeys(type(op) for op in ops))
     declared = {k: None for cls in classes for k in cls.declared_options()}
     for key in value:
         if key not in declared:
@@ -207,6 +216,12 @@ def _check_operator_options(name: str, value: Any, ops: list[tuple[str, "Operato
                         else "it reads no run-time options")
             raise ParamError(f"{where}.{key}: unknown option for operator {name!r} ({owners}); {expected}",
                              path=f"options.{name}.{key}")
+
+
+def _check_operator_options(name: str, value: Any, ops: list[tuple[str, "Operator"]],
+                            corpus: "Corpus | None", prefix: str = _WHERE) -> dict[str, Any]:
+    """Check ``options[name]`` against every operator called ``name``; return it converted."""
+    check_option_names(name, value, [op for _, op in ops], prefix)
     out: dict[str, Any] = {}
     seen: set[int] = set()
     for path, op in ops:
@@ -215,14 +230,15 @@ def _check_operator_options(name: str, value: Any, ops: list[tuple[str, "Operato
         seen.add(id(op))
         # a rule across fields depends on this operator's parameters: say which one when several share the name
         at = f" (for the {name!r} at {path.rsplit('.', 1)[0]})" if len(ops) > 1 else ""
-        for key, converted in _check_one(op, value, name, at, corpus).items():
+        for key, converted in _check_one(op, value, name, at, corpus, prefix).items():
             out.setdefault(key, converted)
     return out
 
 
-def _check_one(op: "Operator", value: Mapping[str, Any], name: str, at: str, corpus: "Corpus | None") -> dict[str, Any]:
+def _check_one(op: "Operator", value: Mapping[str, Any], name: str, at: str, corpus: "Corpus | None",
+               prefix: str = _WHERE) -> dict[str, Any]:
     """The options in ``value`` that ``op`` declares, checked and converted for ``op``."""
-    where = f"{_WHERE} {name}"
+    where = f"{prefix}{name}"
     specs = type(op).declared_options()
     mine = {k: v for k, v in value.items() if k in specs}
     params = {k: v for k, v in mine.items() if specs[k] == PARAM}
@@ -231,7 +247,7 @@ def _check_one(op: "Operator", value: Mapping[str, Any], name: str, at: str, cor
         try:
             checked = op.params.updated(**params)
         except ValidationError as exc:
-            raise _param_error(exc, name, params, at) from None
+            raise _param_error(exc, name, params, at, prefix) from None
         out.update({k: getattr(checked, k) for k in params})
     for key, v in mine.items():
         if key in params:
@@ -255,13 +271,14 @@ def _no_yaml(text: str) -> str:
     return text.split("; YAML reads", 1)[0]
 
 
-def _param_error(exc: ValidationError, name: str, given: Mapping[str, Any], at: str) -> ParamError:
+def _param_error(exc: ValidationError, name: str, given: Mapping[str, Any], at: str,
+                 prefix: str = _WHERE) -> ParamError:
     """A pydantic error of a parameter copy as ``search option <name>.<field>: expected ..., got ...``.
 
     A rule across fields (a model validator, location ``()``) is named at the one option given,
     or at the operator when several were, and keeps its own text (which quotes the values).
     """
-    where = f"{_WHERE} {name}"
+    where = f"{prefix}{name}"
     lines = []
     for err in exc.errors():
         loc = tuple(err["loc"])

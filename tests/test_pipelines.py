@@ -1486,25 +1486,31 @@ def test_parameters_and_files_that_could_only_fail_later_are_refused_up_front(tm
 def test_calling_an_operator_on_a_state_checks_its_options_as_search_does(fitted_bm25, slice_data):
     """``op(State(..., options=...))`` is public (``State`` is exported, ``__call__`` is the
     protocol); it ignored a misspelt option or key that ``search`` refuses.  The outermost call
-    checks them once (converted as search converts them); a leaf checks its own options and lets
-    other operators' names through (a shard is called with its pipeline's options)."""
+    checks them once: a composite as search does (converted as search converts them), a leaf the
+    names of its own options, letting other operators' names through (a shard is called with its
+    pipeline's options)."""
     corpus, queries = slice_data[0], slice_data[1]
     pipe = Pipeline([fitted_bm25, TopK(k=5)])
     pipe.corpus_ = corpus
     texts = list(queries.texts[:2])
-    with pytest.raises(ParamError, match=r"search option bm25\.kk: unknown option .*did you mean 'k'"):
+    with pytest.raises(ParamError, match=r"^options\.bm25\.kk: unknown option .*did you mean 'k'"):
         pipe(State(texts, options={"bm25": {"kk": 3}}))
-    with pytest.raises(ParamError, match=r"search option 'filtr': not an option"):
+    with pytest.raises(ParamError, match=r"^options 'filtr': not an option"):
         pipe(State(texts, options={"filtr": {"bucket": 1}}))
-    with pytest.raises(ParamError, match=r"search option filter: field 'year' is not a metadata field"):
+    with pytest.raises(ParamError, match=r"^options\.filter: field 'year' is not a metadata field"):
         pipe(State(texts, options={"filter": {"year": 2020}}))
-    with pytest.raises(ParamError, match=r"search option bm25\.kk"):
+    with pytest.raises(ParamError, match=r"^options\.bm25\.kk"):
         fitted_bm25(State(texts, options={"bm25": {"kk": 3}}))
-    with pytest.raises(ParamError, match=r"search option top_k\.k"):
+    with pytest.raises(ParamError, match=r"^options\.top_k\.k"):
         Route(RuleRouter(rules=[{"label": "a", "max_words": 1}], default="b"), {"a": [], "b": [TopK(k=2)]})(
             State(texts, rankings=[Ranking([1, 2, 3], [3.0, 2.0, 1.0])] * 2, options={"top_k": {"k": 0}}))
+    # search names them as its keywords
+    with pytest.raises(ParamError, match=r"^search option bm25\.kk: unknown option"):
+        pipe.search(queries[:2], bm25={"kk": 3})
     # valid options run as search runs them, converted the same way; other names pass a leaf through
     out = pipe(State(texts, options={"top_k": {"k": "2"}, "bm25": {"n_jobs": "1"}}))
     assert [len(r) for r in out.rankings] == [2, 2] and out.options["bm25"] == {"n_jobs": 1}
     _same(pipe.search(queries[:2], top_k={"k": 2}), pipe.search(queries[:2], top_k={"k": "2"}))
     assert len(fitted_bm25(State(texts, options={"rrf": {"anything": 1}, "k": 3})).rankings[0]) == 20
+    with pytest.raises(ParamError, match=r"^options\.bm25: expected a mapping of options"):
+        fitted_bm25(State(texts, options={"bm25": 5}))
