@@ -226,3 +226,16 @@ def test_validate_refuses_what_eval_would_refuse(tmp_path):
     (tmp_path / "g.yaml").write_text("pipeline:\n  - generate: {}\n  - bm25: {}\n")
     res = _cli("validate", tmp_path / "g.yaml")
     assert res.exit_code == 2 and "the pipeline starts with a generate step" in res.output, res.output
+
+
+def test_ask_refuses_a_question_that_retrieves_nothing_before_loading_the_llm(tmp_path, monkeypatch):
+    from ragkit.generators.operator import Generate
+
+    monkeypatch.setattr(Generate, "_fit", lambda self, corpus, train, upstream: setattr(self, "engine_", _FakeEngine()))
+    data = _tiny(tmp_path / "tiny")
+    res = _cli("ask", "-p", "bm25", "--data", data, "what is the of and")
+    assert res.exit_code == 2 and "ok" not in res.output and "sources" not in res.output, res.output
+    assert "no document of the 5 matched the question 'what is the of and', so there is nothing to answer from" \
+        in res.output
+    res = _cli("ask", "-p", "bm25", "--data", data, "sleeping cats?")
+    assert res.exit_code == 0 and "sources: d2 (Cats)" in res.output, res.output
