@@ -1514,3 +1514,22 @@ def test_calling_an_operator_on_a_state_checks_its_options_as_search_does(fitted
     assert len(fitted_bm25(State(texts, options={"rrf": {"anything": 1}, "k": 3})).rankings[0]) == 20
     with pytest.raises(ParamError, match=r"^options\.bm25: expected a mapping of options"):
         fitted_bm25(State(texts, options={"bm25": 5}))
+
+
+def test_every_composite_ranks_a_batch_as_its_queries_one_by_one(slice_data, fitted_bm25):
+    """Fusion (branches of different lengths, a cut branch, z-scores), a score route (a pass-through
+    branch and a PRF one) and a loop whose queries stop at different iterations: a batch gets the
+    rankings, route labels and iteration counts its queries get one at a time."""
+    corpus, queries, _, _ = slice_data
+    hybrid = Parallel([fitted_bm25, [BM25(k=8, b=0.3), TopK(k=3)]], fuse=WeightedFusion(norm="zscore", top_k=15))
+    route = Route(ScoreRouter(threshold=5.0), {"easy": [], "hard": [PRF(fb_docs=5), BM25(k=20)]})
+    loop = Loop([PRF(fb_docs=5), BM25(k=20)], until=TopKStable(k=5, order="ranked"), max_iters=4)
+    pipe = Pipeline([hybrid, route, loop]).fit(corpus)
+    whole = pipe.search(queries)
+    assert len(set(whole.values["route"])) == 2 and len(set(whole.values["iterations"])) > 1
+    for i in range(len(queries)):
+        one = pipe.search(queries[[i]])
+        np.testing.assert_array_equal(one.rankings[0].rows, whole.rankings[i].rows)
+        np.testing.assert_allclose(one.rankings[0].scores, whole.rankings[i].scores, rtol=1e-6)
+        assert (one.values["route"][0], one.values["iterations"][0]) == (
+            whole.values["route"][i], whole.values["iterations"][i])
