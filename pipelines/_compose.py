@@ -917,12 +917,13 @@ class Route(Composite):
     def _call(self, state: State, path: str = "") -> State:
         here = _at(path, "route")
         labelled, labels = self._route(state, here)
-        groups: dict[str, list[int]] = {}
-        for i, lab in enumerate(labels):
-            groups.setdefault(lab, []).append(i)
+        # the positions of each label's queries, labels in order of first appearance (one numpy pass)
+        uniq, first, inv = np.unique(np.array(labels, dtype=object), return_index=True, return_inverse=True)
+        inv = inv.reshape(-1)
         parts = []
-        for lab, idx in groups.items():
-            branch, where = self._branch_for(lab, here)
+        for g in np.argsort(first, kind="stable"):
+            idx = np.flatnonzero(inv == g).tolist()
+            branch, where = self._branch_for(str(uniq[g]), here)
             parts.append((idx, run_step(branch, labelled.subset(idx), where)))
         out = merge_parts(labelled, parts)
         for key in QUERY_REWRITES:
