@@ -214,6 +214,22 @@ def _note_unlearned(pipe: Any) -> None:
                    err=True)
 
 
+def _uses_training(pipe: Any) -> bool:
+    """Whether fitting ``pipe`` with training queries differs from fitting it without: an operator
+    learns from their judgements (:attr:`Operator.learns`), or ``dbnorm`` takes its query bank from them."""
+    from ragkit.pipelines._compose import iter_leaves
+
+    return any(leaf.learns or (leaf.name == "dbnorm" and leaf.params.query_bank == "train")
+               for leaf in iter_leaves(pipe))
+
+
+def _note_nothing_learns(option: str, so: str) -> None:
+    """Say on stderr that no operator of the pipeline learns from training queries, and ``so`` what
+    follows (``--train-split train changes nothing``)."""
+    typer.echo(f"note: {option}: no operator learns from training queries (dense or muvera adapt, learn: true, "
+               f"cosine_adapter and dbnorm do), so {so}", err=True)
+
+
 def _parse_ks(ks: str) -> list[int]:
     try:
         out = [int(x) for x in ks.split(",") if x.strip()]
@@ -383,6 +399,8 @@ def eval_cmd(
         sp = _read_split(data, split, train_split, limit, run_file, pipe.corpus_ if loaded else None, pipeline)
         if not loaded and sp.train is None:
             _note_unlearned(pipe)
+        elif not loaded and not _uses_training(pipe):
+            _note_nothing_learns(f"--pipeline {pipeline}", f"--train-split {train_split} changes nothing")
         scored = _fit_and_score(pipe, loaded, sp, ks, trace, backend)
     except RagkitError as e:
         _fail(e)
@@ -576,11 +594,18 @@ def train_cmd(
 
         atomic_dir.check(out)  # refuse a file or a foreign folder now, not after the training
         # a broken pipeline is refused before the dataset is read (or downloaded)
-        _check_retrieves(resolve_pipeline(pipeline)[0], f"--pipeline {pipeline}")
+        first = resolve_pipeline(pipeline)[0]
+        _check_retrieves(first, f"--pipeline {pipeline}")
         _check_data_folder(data)
         ds = load_beir(data)
         train = ds.train_set(split)
-        report = _want_report(report, len(train.queries), split)
+        wanted, report = report, _want_report(report, len(train.queries), split)
+        if not _uses_training(first):  # the report's two rows would be one fit twice: skipped unless asked for
+            skip = report and wanted is None
+            report = report and not skip
+            _note_nothing_learns(f"--pipeline {pipeline}", "ragkit train fits it as ragkit eval would" + (
+                "; the held-out report is skipped (unlearned and learned would be one fit; --report shows it)"
+                if skip else ""))
         if report:
             n = len(train.queries)
             perm = np.random.default_rng(seed).permutation(n)

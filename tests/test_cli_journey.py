@@ -239,3 +239,23 @@ def test_ask_refuses_a_question_that_retrieves_nothing_before_loading_the_llm(tm
         in res.output
     res = _cli("ask", "-p", "bm25", "--data", data, "sleeping cats?")
     assert res.exit_code == 0 and "sources: d2 (Cats)" in res.output, res.output
+
+
+def test_a_pipeline_that_learns_nothing_is_said_so_and_train_skips_its_report(tmp_path):
+    data = _tiny(tmp_path / "tiny")
+    res = _cli("train", "--data", data, "-p", "bm25", "--out", tmp_path / "a")
+    assert res.exit_code == 0, res.output
+    assert ("note: --pipeline bm25: no operator learns from training queries (dense or muvera adapt, learn: true, "
+            "cosine_adapter and dbnorm do), so ragkit train fits it as ragkit eval would; the held-out report is "
+            "skipped") in res.output and "held-out 1" not in res.output
+    res = _cli("train", "--data", data, "-p", "bm25", "--out", tmp_path / "b", "--report")
+    assert res.exit_code == 0 and "held-out 1 of 5 train queries" in res.output and "is skipped" not in res.output
+    res = _cli("eval", "--data", data, "-p", "bm25", "--train-split", "train")
+    assert res.exit_code == 0 and "so --train-split train changes nothing" in res.output, res.output
+    (tmp_path / "d.yaml").write_text("pipeline:\n  - bm25: {k: 5}\n  - dbnorm: {}\n")  # its query bank: train
+    res = _cli("eval", "--data", data, "-p", tmp_path / "d.yaml", "--train-split", "train")
+    assert "no operator learns" not in res.output, res.output
+    (tmp_path / "r.yaml").write_text("pipeline:\n  - parallel: {branches: [bm25: {}, bm25: {k1: 1.5}], "
+                                     "fuse: {rrf: {learn: true}}}\n")
+    res = _cli("train", "--data", data, "-p", tmp_path / "r.yaml", "--out", tmp_path / "c")
+    assert res.exit_code == 0 and "held-out 1 of 5" in res.output and "no operator learns" not in res.output
