@@ -1025,7 +1025,7 @@ class Loop(Composite):
         not treat the two alike): the body then learns from the larger of the two groups (from
         those with rankings on a tie).  Returns whether anything was refitted: nothing is when every
         query's last iteration is the first (the body was fitted on exactly that), nor when that
-        group holds a single query.
+        group holds a single query or no positive judgement.
         """
         start = _judged_start(train, upstream, f"{here}.body")
         inputs: list[tuple[np.ndarray, State]] = []
@@ -1040,11 +1040,11 @@ class Loop(Composite):
         if 0 < unranked < len(start):  # keep the larger group; a tie keeps the queries with rankings
             parts = [(idx, sub) for idx, sub in parts if (sub.rankings is None) == (2 * unranked > len(start))]
         pooled = _pool_parts(parts)
-        if len(pooled) < 2:  # a learned fuser cross-validates over 2 or more: the first fit stays
-            return False
+        qrels = {q: train.qrels[q] for q in pooled.query_ids if q in train.qrels}
+        if len(pooled) < 2 or not any(v > 0 for rel in qrels.values() for v in rel.values()):
+            return False  # too few to learn from (a fuser cross-validates over 2): the first fit stays
         keep = {id(x) for x in iter_leaves(self.body) if not x.wants_upstream}  # fitted already: kept
-        sub_train = TrainSet(Queries(pooled.query_ids, pooled.queries),
-                             {q: train.qrels[q] for q in pooled.query_ids if q in train.qrels})
+        sub_train = TrainSet(Queries(pooled.query_ids, pooled.queries), qrels)
         fit_once(self.body, corpus, sub_train, keep, pooled, f"{here}.body")
         return True
 
