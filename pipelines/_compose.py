@@ -992,7 +992,7 @@ class Loop(Composite):
         if learning_judge:
             self._learn_stopping(corpus, train, upstream)  # type: ignore[arg-type]
         if train is not None and self.max_iters > 1 and any(x.wants_upstream for x in iter_leaves(self.body)):
-            if self._refit_on_iterations(corpus, train, upstream, _at(_path, "loop")) and learning_judge:
+            if self._refit_on_iterations(corpus, train, upstream, _path) and learning_judge:
                 self._learn_stopping(corpus, train, upstream)  # again, for the body as refitted
         return self
 
@@ -1011,15 +1011,16 @@ class Loop(Composite):
             gains.append(per_query_ndcg(current, train.qrels, corpus.ids))
         self.until.learn_stopping(np.array(features), np.array(gains))  # type: ignore[attr-defined]
 
-    def _refit_on_iterations(self, corpus: Corpus, train: TrainSet, upstream: State | None, here: str) -> bool:
+    def _refit_on_iterations(self, corpus: Corpus, train: TrainSet, upstream: State | None, path: str) -> bool:
         """Fit the body's operators that learn from their input (``wants_upstream``) again, on each
-        judged training query's input to its last iteration: the state whose output the loop returns.
+        judged training query's input to its last iteration: the state whose output the loop returns
+        (``path``: where the loop is, for errors).
 
         The iterations are run with the body fitted on the first one, each query until the judge
         (learned by then, if it learns) stops it, as at search.  The other operators of the body
         (retrievers, a fine-tuned encoder: they learn from the corpus or the query texts) keep their
-        fit.  The refit does not run the iterations again with the
-        refitted body (one step, not a fixed point).  In a loop with no ranking before it, the
+        fit.  The refit does not run the iterations again with the refitted body (one step, not a
+        fixed point).  In a loop with no ranking before it, the
         queries whose last iteration is the first one had no rankings there while the others had,
         and a state holds rankings for all of its queries or none (an operator such as ``prf`` does
         not treat the two alike): the body then learns from the larger of the two groups (from
@@ -1027,9 +1028,10 @@ class Loop(Composite):
         query's last iteration is the first (the body was fitted on exactly that), nor when that
         group holds a single query or no positive judgement.
         """
+        here = _at(path, "loop")
         start = _judged_start(train, upstream, f"{here}.body")
         inputs: list[tuple[np.ndarray, State]] = []
-        out = self._iterate(start, "", on_input=lambda active, sub: inputs.append((active, sub)))
+        out = self._iterate(start, path, on_input=lambda active, sub: inputs.append((active, sub)))
         last = np.asarray(out.values["iterations"], np.int64) - 1
         if not last.any():
             return False
