@@ -774,8 +774,8 @@ def ask_cmd(
         retrieval = _without_generation(pipe, f"--pipeline {pipeline}", note=False)
         if retrieval is not pipe and not len(retrieval.search([question]).doc_ids[0]):  # an answer from nothing
             raise RagkitError(f"no document of the {len(corpus):,} matched the question {question!r}, so there is "
-                              "nothing to answer from (BM25 returns only documents that share a word with it, "
-                              "stopwords aside); ask with the words the documents would use")
+                              "nothing to answer from (a bm25 step returns only documents that share a word with "
+                              "it, stopwords aside); ask with the words the documents would use")
         with console.status("loading the language model..."):
             for g in gens:
                 load = getattr(getattr(g, "engine_", None), "load", None)
