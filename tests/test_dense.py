@@ -287,6 +287,23 @@ def test_reduce_larger_than_unknown_model_fails_at_fit(slice_data, monkeypatch):
         op.fit(corpus)
 
 
+
+@pytest.mark.parametrize("reduce", ["pca:16", "matryoshka:32"])
+def test_reduce_of_a_known_model_fits_without_loading_it(slice_data, monkeypatch, reduce):
+    """A known model's width (``KNOWN_DIMS``) spares fit loading the model to read it: the index is the one
+    built on the cached embeddings, and the model's ``dim`` is never asked for."""
+    from ragkit.encoders.sentence import Encoder
+
+    corpus = slice_data[0]
+    ref = VectorIndex(reduce=reduce, search="exact").build(Dense()._encode_docs(corpus))
+
+    def no_model(self):
+        raise AssertionError("fit loaded the model to read its width")
+
+    monkeypatch.setattr(Encoder, "dim", property(no_model))
+    got = Dense(k=5, reduce=reduce).fit(corpus).index_
+    np.testing.assert_array_equal(got.codes, ref.codes)
+
 def test_matryoshka_synthetic():
     """Truncation keeps neighbours when information is front-loaded (as in MRL-trained models), not otherwise."""
     rng = np.random.default_rng(1)
