@@ -32,7 +32,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ragkit._files import atomic_file, file_above
-from ragkit.errors import ParamError, RagkitError
+from ragkit.errors import ParamError, RagkitError, some_ids
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="markdown",
                   help="ragkit: retrieval operators that compose.")
@@ -270,6 +270,13 @@ def _read_split(data: str, split: str, train_split: Optional[str], limit: Option
     if limit is not None:
         queries = queries[:limit]
         qrels = {q: qrels[q] for q in queries.ids}
+    if train is not None:  # learning from an evaluated query scores it on what it was taught
+        taught = set(train.queries.ids)
+        shared = [q for q in queries.ids if q in taught]
+        if shared:
+            raise RagkitError(f"--train-split {train_split}: holds {len(shared)} of the evaluated --split {split} "
+                              f"quer{'y' if len(shared) == 1 else 'ies'} ({some_ids(shared)}), whose scores would not "
+                              f"be held out; remove them from qrels/{train_split}.tsv or qrels/{split}.tsv")
     if run_file is not None:  # ids a TREC file cannot hold are refused now, not after the search
         from ragkit.run import check_trec_ids
 

@@ -259,3 +259,21 @@ def test_a_pipeline_that_learns_nothing_is_said_so_and_train_skips_its_report(tm
                                      "fuse: {rrf: {learn: true}}}\n")
     res = _cli("train", "--data", data, "-p", tmp_path / "r.yaml", "--out", tmp_path / "c")
     assert res.exit_code == 0 and "held-out 1 of 5" in res.output and "no operator learns" not in res.output
+
+
+def test_eval_refuses_training_queries_that_are_also_evaluated_before_any_fit(tmp_path, monkeypatch):
+    from ragkit.pipelines import Pipeline
+
+    data = _tiny(tmp_path / "tiny")
+    (data / "qrels" / "train.tsv").write_text("query-id\tcorpus-id\tscore\n" + TRAIN + "q2\td2\t1\n")
+    (tmp_path / "r.yaml").write_text("pipeline:\n  - parallel: {branches: [bm25: {}, bm25: {k1: 1.5}], "
+                                     "fuse: {rrf: {learn: true}}}\n")
+    fitted: list[int] = []
+    monkeypatch.setattr(Pipeline, "fit", lambda self, *a, **kw: fitted.append(1) or self)
+    res = _cli("eval", "--data", data, "-p", tmp_path / "r.yaml", "--train-split", "train", "-o", tmp_path / "r.json")
+    assert res.exit_code == 2 and fitted == [] and not (tmp_path / "r.json").exists(), res.output
+    assert ("--train-split train: holds 1 of the evaluated --split test query ('q2'), whose scores would not be "
+            "held out") in res.output
+    monkeypatch.undo()
+    res = _cli("eval", "--data", data, "-p", tmp_path / "r.yaml", "--train-split", "train", "--limit", "1")
+    assert res.exit_code == 0, res.output  # q1 alone is evaluated: it was not learned from
