@@ -429,6 +429,23 @@ def test_random_skewness_floor():
         random_skewness(10, 5, k=6)
 
 
+
+@pytest.mark.parametrize("n_q, n_docs, k", [(300, 5183, 10), (900, 5183, 3), (40, 50, 49), (7, 12, 12)])
+def test_random_skewness_is_the_simulation_with_argpartition(n_q, n_docs, k):
+    """The batched top-k (torch.topk of the k smallest draws) counts the very documents a plain
+    argpartition of the same random stream picks: the same value to the last bit."""
+    rng = np.random.default_rng(5)
+    chunk = max(1, (1 << 22) // n_docs)
+    ref = []
+    for _ in range(3):
+        counts = np.zeros(n_docs, np.int64)
+        for a in range(0, n_q, chunk):
+            r = rng.random((min(chunk, n_q - a), n_docs))
+            for row in r:  # one query at a time
+                counts[np.argpartition(row, k - 1)[:k] if k < n_docs else np.arange(n_docs)] += 1
+        ref.append(skewness(counts))
+    assert random_skewness(n_q, n_docs, k=k, repeats=3, seed=5) == float(np.mean(ref))
+
 def test_filter_measures():
     probs = np.array([0.05, 0.15, 0.95, 0.85])
     labels = np.array([0, 0, 1, 1])
