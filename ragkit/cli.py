@@ -106,6 +106,9 @@ def _prepare_output(path: Optional[Path], option: str, example: str) -> None:
         return
     if path.is_dir():
         raise RagkitError(f"{option} {path}: is a folder; expected a file path such as {path / example}")
+    if path.exists() and not path.is_file():  # renamed over, a device (/dev/null, as root) or a pipe would be lost
+        raise RagkitError(f"{option} {path}: not a regular file (a device, pipe or socket), which the written file "
+                          f"would replace; expected a file path such as {path.parent / example}")
     blocker = file_above(path)
     if blocker is not None:
         raise RagkitError(f"{option} {path}: {blocker} is a file, not a folder; choose another path")

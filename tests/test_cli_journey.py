@@ -277,3 +277,23 @@ def test_eval_refuses_training_queries_that_are_also_evaluated_before_any_fit(tm
     monkeypatch.undo()
     res = _cli("eval", "--data", data, "-p", tmp_path / "r.yaml", "--train-split", "train", "--limit", "1")
     assert res.exit_code == 0, res.output  # q1 alone is evaluated: it was not learned from
+
+
+def test_an_output_that_is_a_pipe_or_device_is_refused_not_replaced(tmp_path):
+    import os
+    import shutil
+    import stat
+
+    data = _tiny(tmp_path / "tiny")
+    fifo = tmp_path / "out.json"
+    os.mkfifo(fifo)
+    res = _cli("eval", "--data", data, "-p", "bm25", "--k", "5", "-o", tmp_path / "a.json")
+    assert res.exit_code == 0, res.output
+    shutil.copy(tmp_path / "a.json", tmp_path / "b.json")
+    for args in (("eval", "--data", data, "-p", "bm25", "-o", fifo),
+                 ("eval", "--data", data, "-p", "bm25", "--run", fifo),
+                 ("compare", tmp_path / "a.json", tmp_path / "b.json", "-m", "ndcg@5", "-o", fifo)):
+        res = _cli(*args)
+        assert res.exit_code == 2 and "ndcg" not in res.output, res.output
+        assert f"{fifo}: not a regular file (a device, pipe or socket)" in res.output
+    assert stat.S_ISFIFO(fifo.stat().st_mode)
