@@ -56,7 +56,7 @@ class _FakeEngine:
 
 
 @pytest.fixture
-def no_llm(monkeypatch):
+def no_llm(monkeypatch) -> list[int]:
     """``generate`` fits a fake engine; calling it in a scored command is a failure (``calls`` counts)."""
     from ragkit.generators.operator import Generate
 
@@ -80,12 +80,13 @@ def test_eval_scores_the_rankings_before_a_generate_step_without_running_the_llm
     out = json.loads((tmp_path / "r.json").read_text())
     assert out["metrics"]["ndcg@10"] == pytest.approx(1.0) and "generate" not in out["pipeline"]
     # a saved, fitted pipeline with a generate step is scored the same way
+    from ragkit import load_beir
     from ragkit.generators.operator import Generate
     from ragkit.pipelines import Pipeline
     from ragkit.retrievers import BM25
 
     pipe = Pipeline([BM25(k=10), Generate(max_new_tokens=2)])
-    pipe.fit(__import__("ragkit").load_beir(data).corpus)
+    pipe.fit(load_beir(data).corpus)
     pipe.save(tmp_path / "saved")
     res = _cli("eval", "--data", data, "-p", tmp_path / "saved")
     assert res.exit_code == 0 and not no_llm, res.output
