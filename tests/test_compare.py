@@ -148,6 +148,37 @@ def test_load_result_reads_eval_json_and_scores_trec_runs(tmp_path: Path):
         load_result(tmp_path / "multi.json")
 
 
+def test_a_trec_run_of_other_queries_is_refused_and_a_partial_one_noted(tmp_path: Path, caplog):
+    """A run of another split judged none of its queries and scored 0 everywhere; a run written with
+    ``--limit`` scored 0 on every query it left out, silently (a 5-query run's mean over 300)."""
+    import logging
+
+    qrels = {"q1": {"d2": 1}, "q2": {"d3": 1}, "q3": {"d1": 1}}
+    other = tmp_path / "other.trec"
+    other.write_text("t1 Q0 d1 1 2.0 x\nt2 Q0 d3 1 1.0 x\n")
+    with pytest.raises(DataError, match=r"other.trec: ranks documents for 2 queries \('t1', 't2'\), none of them "
+                                        r"judged in the split 'train' .*3 judged queries"):
+        load_result(other, qrels=qrels, metrics=["mrr@10"], split="train")
+    part = tmp_path / "part.trec"
+    part.write_text("q1 Q0 d2 1 2.0 x\n")
+    with caplog.at_level(logging.INFO, logger="ragkit"):
+        scored = load_result(part, qrels=qrels, metrics=["mrr@10"])
+    assert scored.values("mrr@10") == {"q1": 1.0, "q2": 0.0, "q3": 0.0}
+    assert "part.trec ranks documents for 1 of the 3 judged queries; the others score 0" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="ragkit"):
+        load_result(part, qrels={"q1": {"d2": 1}}, metrics=["mrr@10"])
+    assert "judged queries" not in caplog.text
+
+
+def test_different_queries_message_gives_examples_only_where_there_are_some():
+    a = SystemResult("a", {"ndcg@10": {"q1": 0.5, "q2": 0.5}})
+    b = SystemResult("b", {"ndcg@10": {"q1": 0.5}})
+    with pytest.raises(DataError) as e:
+        compare([a, b])
+    assert "1 only in the first, e.g. 'q2'; 0 only in the second)" in str(e.value)
+
+
 def _multi_json(path: Path, by_set: dict[str, np.ndarray]) -> Path:
     """Results of an archive of several datasets, in the shape ``ragkit eval --data <archive> -o`` writes."""
     subsets = {s: {"n_queries": len(v), "metrics": {"ndcg@10": float(v.mean())},

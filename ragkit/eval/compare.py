@@ -19,6 +19,7 @@ dataset (stratified), so each dataset keeps its size in every resample.
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -92,7 +93,22 @@ def load_result(path: str | Path, *, qrels: Qrels | None = None, metrics: Sequen
     if qrels is None:
         raise DataError(f"{path}: a TREC run file holds no judgements; give the dataset to score it against "
                         "(ragkit compare --data NAME_OR_FOLDER --split SPLIT)")
-    result = evaluate(Run.read_trec(path), qrels, list(metrics))
+    run = Run.read_trec(path)
+    judged = [q for q in run.query_ids if q in qrels]
+    named = (f"split {split!r}" if split else "", f"dataset {dataset!r}" if dataset else "")
+    where = " of ".join(x for x in named if x)
+    if not judged:
+        raise DataError(f"{path}: ranks documents for {len(run.query_ids)} queries "
+                        f"({some_ids(list(run.query_ids)) or 'none'}), none of them judged in the "
+                        f"{where or 'judgements given'} ({len(qrels)} judged queries, e.g. {some_ids(list(qrels))}); "
+                        "score a run of the same dataset and split")
+    result = evaluate(run, qrels, list(metrics))
+    scored = next(iter(result.per_query.values()), {})
+    covered = len(scored.keys() & set(judged))
+    if covered < len(scored):
+        logging.getLogger("ragkit").info(
+            "%s ranks documents for %d of the %d judged queries; the others score 0 (as trec_eval -c): a run "
+            "written with --limit is compared on every judged query", path, covered, len(scored))
     return SystemResult(name, result.per_query, dataset, split)
 
 
@@ -252,6 +268,11 @@ def _check_args(results: Sequence[SystemResult], metrics: Sequence[str], baselin
             raise DataError(f"compare: the results are of different {key}s ({which}); compare results of one {key}")
 
 
+def _only(ids: set[str], where: str) -> str:
+    """``"N only in <where>"``, with examples when there are any."""
+    return f"{len(ids)} only in {where}" + (f", e.g. {some_ids(sorted(ids))}" if ids else "")
+
+
 def _same_queries(results: Sequence[SystemResult], metric: str) -> list[str]:
     """The query ids every result scored on ``metric`` (the first's order); refused if they differ."""
     first = results[0].values(metric)
@@ -261,9 +282,8 @@ def _same_queries(results: Sequence[SystemResult], metric: str) -> list[str]:
             only_a, only_b = first.keys() - other.keys(), other.keys() - first.keys()
             raise DataError(
                 f"compare: {results[0].name} and {r.name} scored {metric} on different queries ({len(first)} and "
-                f"{len(other)}; {len(only_a)} only in the first, e.g. {some_ids(sorted(only_a))}; {len(only_b)} only "
-                f"in the second, e.g. {some_ids(sorted(only_b))}); compare runs of the same split, without --limit "
-                "or with the same one")
+                f"{len(other)}; {_only(only_a, 'the first')}; {_only(only_b, 'the second')}); compare runs of the "
+                "same split, without --limit or with the same one")
     if not first:
         raise DataError(f"compare: {results[0].name} holds no query for {metric}")
     return list(first)
