@@ -223,6 +223,9 @@ def load_yaml(source: str | Path | Mapping[str, Any], make_leaf: LeafFactory | N
         doc, where = parse_yaml_text(source)
     if isinstance(doc, list):
         doc = {"pipeline": doc}
+    if doc is None:  # an empty file, or one of comments only
+        raise ConfigError(f"{where}: holds no pipeline (nothing but blanks or comments); expected a mapping with "
+                          "a 'pipeline' key, e.g. 'pipeline: [{bm25: {k: 100}}]'")
     if not isinstance(doc, Mapping):
         also = ""
         if isinstance(doc, str) and isinstance(source, str) and "\n" not in source.strip():

@@ -24,7 +24,8 @@ __all__ = ["atomic_file", "sha256_file", "folder_checksums", "verify_checksums",
 def atomic_file(path: str | Path) -> Iterator[Path]:
     """Yield a unique temporary path beside ``path`` (same suffix, so ``np.save`` and
     ``safetensors`` keep the name); when the block ends it is renamed onto ``path``
-    (``os.replace``), and deleted if the block raises.
+    (``os.replace``), and deleted if the block raises.  A ``path`` that exists and is no regular file
+    (a folder, a pipe, a device) is an :class:`ArtifactError` before the block runs.
 
     Examples
     --------
@@ -36,6 +37,9 @@ def atomic_file(path: str | Path) -> Iterator[Path]:
     {'a': 1}
     """
     path = Path(path)
+    if os.path.lexists(path) and not path.is_file():  # a rename would replace a folder's name, a pipe or a device
+        raise ArtifactError(f"{path}: exists and is not a regular file (a folder, pipe or device); expected a path "
+                            "to write a file to")
     tmp = path.with_name(f".{path.stem}.{os.getpid()}-{secrets.token_hex(4)}.tmp{path.suffix}")
     try:
         yield tmp

@@ -8,6 +8,7 @@ import io
 import json
 import math
 import os
+import re
 import shutil
 import threading
 import zipfile
@@ -597,6 +598,20 @@ def test_a_multi_dataset_archive_or_an_unknown_dataset_of_it_names_the_datasets(
     (tmp_path / "data").mkdir()  # 'data/scifact' beside a folder 'data' is a path: not downloaded as data.zip
     with pytest.raises(DataError, match=r"^data/scifact: BEIR folder not found$"):
         load_beir("data/scifact")
+
+
+def test_a_file_of_a_dataset_is_refused_naming_the_dataset_folder(tmp_path, monkeypatch):
+    """``load_beir("corpus.jsonl")`` inside a dataset's folder took the file's name for a dataset to
+    download (``corpus.jsonl.zip``); a path to a file said 'BEIR folder not found' of a file that exists."""
+    ds = tmp_path / "tiny"
+    (ds / "qrels").mkdir(parents=True)
+    (ds / "corpus.jsonl").write_text('{"_id": "d1", "text": "a"}\n')
+    (ds / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq1\td1\t1\n")
+    monkeypatch.chdir(ds)
+    for given in ("corpus.jsonl", "qrels/test.tsv", str(ds / "qrels" / "test.tsv")):
+        with pytest.raises(DataError, match=rf"^{re.escape(given)}: is a file; expected a BEIR dataset folder .* "
+                                            rf"pass its folder, '{re.escape(str(ds.resolve()))}'$"):
+            load_beir(given, download=False)
 
 
 def test_a_dataset_of_a_local_multi_dataset_folder_is_found_where_names_are(tmp_path, monkeypatch):

@@ -380,3 +380,31 @@ def test_a_pipeline_that_lost_its_manifest_says_so(corpus, tmp_path):
     for load in (Operator.load, Pipeline.load):
         with pytest.raises(ArtifactError, match=r"lost its manifest.json, which holds its layout and checksums"):
             load(tmp_path / "p", verify=False)
+
+
+def test_atomic_file_refuses_a_path_that_is_no_regular_file(tmp_path: Path):
+    """The final rename replaced whatever had the name: a FIFO became a regular file (and ``-o
+    /dev/null`` as root would replace the device); now refused before the block runs."""
+    import os
+
+    from ragkit._files import atomic_file
+    from ragkit.run import Run
+    from ragkit.types import Ranking
+
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
+    ran = []
+    for target in (fifo, tmp_path / "folder", tmp_path / "dangling"):
+        with pytest.raises(ArtifactError, match=r"exists and is not a regular file \(a folder, pipe or device\)"):
+            with atomic_file(target):
+                ran.append(target)
+    assert ran == [] and fifo.is_fifo() and not any(p.name.startswith(".") for p in tmp_path.iterdir())
+    run = Run.from_rankings(["q1"], [Ranking(np.array([0]), np.array([1.0], np.float32))], np.array(["d1"]))
+    with pytest.raises(ArtifactError, match="pipe: exists and is not a regular file"):
+        run.write_trec(fifo)
+    (tmp_path / "ok.txt").write_text("old")
+    with atomic_file(tmp_path / "ok.txt") as tmp:
+        tmp.write_text("new")
+    assert (tmp_path / "ok.txt").read_text() == "new"

@@ -1343,6 +1343,16 @@ def test_top_level_problems_name_the_file(tmp_path):
     assert exc.value.path == "version"
 
 
+def test_an_empty_pipeline_file_says_it_is_empty(tmp_path):
+    """An empty file (or one of comments only) was 'expected a mapping with a 'pipeline' key, got NoneType None'."""
+    for text in ("", "\n  \n", "# nothing yet\n"):
+        f = tmp_path / "p.yaml"
+        f.write_text(text)
+        with pytest.raises(ConfigError, match=r"p.yaml: holds no pipeline \(nothing but blanks or comments\); expected "
+                                              r"a mapping with a 'pipeline' key, e.g. 'pipeline: \[\{bm25"):
+            Pipeline.from_yaml(f)
+
+
 def test_from_yaml_reads_files_of_any_suffix_and_says_what_else_a_string_is(tmp_path, monkeypatch):
     """A string naming a file is read as one (it was read as YAML text unless it ended in .yaml), a
     folder is pointed to Pipeline.load, a path that names nothing says so; YAML text still works."""

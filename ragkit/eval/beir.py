@@ -395,6 +395,11 @@ def _locate(name_or_path: str | Path, *, download: bool, base_url: str | None) -
     path = Path(name_or_path)
     if path.is_dir():
         return path
+    if path.is_file():  # 'corpus.jsonl' in a dataset's folder would be taken for a name to download
+        folder = path.resolve().parent
+        folder = folder.parent if folder.name == "qrels" else folder
+        raise DataError(f"{name_or_path}: is a file; expected a BEIR dataset folder (corpus.jsonl, queries.jsonl, "
+                        f"qrels/) or a dataset name: pass its folder, {str(folder)!r}")
     text = str(name_or_path)
     sub = _SUB_NAME.fullmatch(text)
     if sub is not None and not Path(sub[1]).exists():  # 'data/x' beside an existing ./data is a path
