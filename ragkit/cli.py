@@ -156,10 +156,12 @@ def _check_retrieves(pipe: Any, option: str) -> None:
 def _check_data_folder(data: str) -> None:
     """Refuse a ``--data`` that names a file (``corpus.jsonl``, a qrels file): a BEIR dataset is a
     folder, and the file's own folder is named when it is one."""
+    from ragkit.eval.beir import dataset_folder_of
+
     path = Path(data)
     if not path.is_file():
         return
-    folder = path.parent.parent if path.parent.name == "qrels" else path.parent
+    folder = dataset_folder_of(path)
     hint = f" (this file's dataset: --data {folder})" if (folder / "corpus.jsonl").is_file() else ""
     raise RagkitError(f"--data {data}: a file; expected a BEIR folder (corpus.jsonl, queries.jsonl and "
                       f"qrels/<split>.tsv) or a dataset name such as scifact{hint}")

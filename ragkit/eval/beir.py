@@ -389,6 +389,11 @@ def _not_a_folder(text: str) -> DataError:
     return DataError(f"{text}: BEIR folder not found{hint}")
 
 
+def dataset_folder_of(file: Path) -> Path:
+    """The dataset folder a BEIR file belongs to: its folder, or the one above ``qrels/``."""
+    return file.parent.parent if file.parent.name == "qrels" else file.parent
+
+
 def _locate(name_or_path: str | Path, *, download: bool, base_url: str | None) -> Path:
     """The folder ``name_or_path`` stands for: an existing folder, a dataset name (``scifact``) or
     ``<archive>/<sub>`` (``cqadupstack/android``), found locally or downloaded."""
@@ -396,10 +401,8 @@ def _locate(name_or_path: str | Path, *, download: bool, base_url: str | None) -
     if path.is_dir():
         return path
     if path.is_file():  # 'corpus.jsonl' in a dataset's folder would be taken for a name to download
-        folder = path.resolve().parent
-        folder = folder.parent if folder.name == "qrels" else folder
         raise DataError(f"{name_or_path}: is a file; expected a BEIR dataset folder (corpus.jsonl, queries.jsonl, "
-                        f"qrels/) or a dataset name: pass its folder, {str(folder)!r}")
+                        f"qrels/) or a dataset name: pass its folder, {str(dataset_folder_of(path.resolve()))!r}")
     text = str(name_or_path)
     sub = _SUB_NAME.fullmatch(text)
     if sub is not None and not Path(sub[1]).exists():  # 'data/x' beside an existing ./data is a path
