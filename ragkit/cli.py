@@ -304,7 +304,7 @@ def _fit_and_score(pipe: Any, loaded: bool, sp: _Split, ks: list[int], trace: bo
     """Fit ``pipe`` on the split's corpus (unless ``loaded``: saved fitted), search its queries and
     evaluate nDCG, recall, MAP, MRR and precision at each cut-off of ``ks``."""
     from ragkit import evaluate
-    from ragkit.encoders.sentence import _ENCODERS
+    from ragkit.encoders.sentence import _ENCODERS, caching_queries
     from ragkit.encoders.tokens import _TOKEN_ENCODERS
 
     def n_encoded() -> int:  # documents encoded so far: sentence vectors and token vectors (MUVERA)
@@ -313,12 +313,13 @@ def _fit_and_score(pipe: Any, loaded: bool, sp: _Split, ks: list[int], trace: bo
     before = n_encoded()
     t0 = time.perf_counter()
     if not loaded:
-        with console.status("fitting (encoding and indexing)..."):
+        with console.status("fitting (encoding and indexing)..."), caching_queries():
             pipe.fit(sp.ds.corpus, sp.train, backend=backend) if backend != "local" else pipe.fit(sp.ds.corpus,
                                                                                                   sp.train)
     t_fit = time.perf_counter() - t0
     encoded = n_encoded() - before
-    run = pipe.search(sp.queries, trace=trace, qrels=sp.qrels if trace else None)
+    with caching_queries():  # an evaluation's queries come back run after run: their vectors are cached
+        run = pipe.search(sp.queries, trace=trace, qrels=sp.qrels if trace else None)
     metrics = [f"{m}@{c}" for m in ("ndcg", "recall", "map", "mrr", "p") for c in ks]
     return _Scored(run, evaluate(run, sp.qrels, metrics), t_fit, encoded)
 
@@ -596,6 +597,7 @@ def train_cmd(
     import numpy as np
 
     from ragkit import evaluate, load_beir
+    from ragkit.encoders import caching_queries
     from ragkit.pipelines._compose import iter_leaves
     from ragkit.types import TrainSet
 
@@ -635,9 +637,10 @@ def train_cmd(
                 if tr is None and any(op.needs_train for op in iter_leaves(pipe)):
                     console.print("[dim]unlearned: skipped (parts of this pipeline fit only with judged queries)[/]")
                     continue
-                with console.status(f"fitting the {label} pipeline..."):
+                with console.status(f"fitting the {label} pipeline..."), caching_queries():
                     pipe.fit(ds.corpus, tr)
-                run = pipe.search(held, trace=True, qrels=held_qrels)
+                with caching_queries():
+                    run = pipe.search(held, trace=True, qrels=held_qrels)
                 res = evaluate(run, held_qrels, ["ndcg@10", "recall@100"]).scores
                 table.add_row(label, f"{res['ndcg@10']:.4f}", f"{res['recall@100']:.4f}")
                 traces[label] = run.trace
@@ -647,7 +650,7 @@ def train_cmd(
             console.print(stage_table(traces, title="what each step does to the held-out queries"))
         pipe, _ = resolve_pipeline(pipeline)
         t0 = time.perf_counter()
-        with console.status(f"fitting on all {len(train.queries)} {split} queries..."):
+        with console.status(f"fitting on all {len(train.queries)} {split} queries..."), caching_queries():
             pipe.fit(ds.corpus, train)
         try:
             pipe.save(out)

@@ -903,3 +903,52 @@ def test_a_huge_k_costs_what_the_corpus_holds(slice_data, qvecs):
     tracemalloc.stop()
     assert all(len(r) == len(corpus) for r in out.rankings)
     assert peak < 200 * len(corpus) * len(queries) + (64 << 20)  # ~O(n_q x n_docs), not O(n_q x k)
+
+
+def test_query_vectors_are_cached_on_disk_only_when_asked(tmp_path, monkeypatch):
+    """Queries are not cached by default (served queries rarely repeat); inside ``caching_queries`` or
+    with ``RAGKIT_CACHE_QUERIES=1`` they are, in the documents' cache (a query's vector is computed as a
+    document's), and read back without a forward pass; ``n_encoded`` still counts documents only."""
+    from ragkit.encoders import Encoder, caching_queries, queries_cached
+
+    monkeypatch.setenv("RAGKIT_CACHE", str(tmp_path))
+    monkeypatch.delenv("RAGKIT_CACHE_QUERIES", raising=False)
+    texts = ["Vitamin D prevents fractures.", "a second claim", "Vitamin D prevents fractures."]
+    enc = Encoder()
+    fresh = enc.encode_queries(texts)
+    assert not queries_cached() and not (tmp_path / "embeddings").exists()
+    with caching_queries():
+        assert queries_cached()
+        cached = enc.encode_queries(texts)
+    assert not queries_cached() and enc.n_encoded == 0
+    np.testing.assert_allclose(cached, fresh, atol=1e-6)
+    np.testing.assert_allclose(enc.encode(texts, cache=False), fresh, atol=1e-6)  # the documents' function
+
+    def no_forward(*a, **k):
+        raise AssertionError("encoded again")
+
+    monkeypatch.setattr(enc, "_forward", no_forward)
+    with caching_queries():
+        assert np.array_equal(enc.encode_queries(texts), cached)
+    monkeypatch.setenv("RAGKIT_CACHE_QUERIES", "1")
+    assert np.array_equal(enc.encode_queries(texts[:2]), cached[:2])
+    assert np.array_equal(Encoder().encode_queries(texts[1:]), cached[1:])  # another encoder of the model
+    with caching_queries(), pytest.raises(AssertionError, match="encoded again"):
+        enc.encode_queries(texts, cache=False)  # asked not to read the cache
+    off = Encoder(cache=False)  # an encoder without a cache never reads one
+    monkeypatch.setattr(off, "_forward", no_forward)
+    with caching_queries(), pytest.raises(AssertionError, match="encoded again"):
+        off.encode_queries(texts)
+
+
+def test_ragkit_eval_caches_the_evaluated_queries(slice_beir, slice_data):
+    """``ragkit eval`` keeps its queries' vectors (an evaluation's queries come back run after run)."""
+    from typer.testing import CliRunner
+
+    from ragkit.cli import app
+    from ragkit.encoders import get_encoder, text_digests
+
+    _, queries, _, _ = slice_data
+    res = CliRunner().invoke(app, ["eval", "-p", "dense", "--k", "10", "--data", str(slice_beir)])
+    assert res.exit_code == 0, res.output
+    assert get_encoder().store.get(text_digests([str(t) for t in queries.texts]))[1].all()

@@ -6,8 +6,10 @@ from ragkit.encoders.sentence import (  # noqa: F401
     DEFAULT_MODEL,
     Encoder,
     as_texts,
+    caching_queries,
     check_encoder_key,
     get_encoder,
+    queries_cached,
     query_vectors,
     resolve_model,
     save_encoder_key,
@@ -15,4 +17,4 @@ from ragkit.encoders.sentence import (  # noqa: F401
 )
 
 __all__ = ["Encoder", "get_encoder", "query_vectors", "resolve_model", "DEFAULT_MODEL", "EmbeddingCache",
-           "text_digests", "unit_rows", "as_texts"]
+           "text_digests", "unit_rows", "as_texts", "caching_queries", "queries_cached"]

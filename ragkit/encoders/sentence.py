@@ -13,8 +13,10 @@ import hashlib
 import importlib.util
 import os
 import threading
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -23,7 +25,7 @@ from ragkit.encoders.custom import registered_encoder
 from ragkit.errors import DataError, ParamError
 
 __all__ = ["Encoder", "get_encoder", "resolve_model", "model_fingerprint", "unit_rows", "as_texts", "save_encoder_key",
-           "check_encoder_key", "DEFAULT_MODEL"]
+           "check_encoder_key", "DEFAULT_MODEL", "caching_queries", "queries_cached"]
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 _ALIASES = {"all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2"}
@@ -96,6 +98,32 @@ def model_fingerprint(path: str) -> str:
             for block in iter(lambda: fh.read(1 << 22), b""):
                 h.update(block)
     return f"{tag}-{h.hexdigest()[:16]}"
+
+
+_QUERY_CACHE: ContextVar[bool] = ContextVar("ragkit_query_cache", default=False)
+
+
+def queries_cached() -> bool:
+    """Whether :meth:`Encoder.encode_queries` keeps query vectors in the on-disk cache by default:
+    inside :func:`caching_queries`, or with the environment variable ``RAGKIT_CACHE_QUERIES=1``."""
+    return _QUERY_CACHE.get() or os.environ.get("RAGKIT_CACHE_QUERIES", "").strip().lower() in ("1", "true", "yes")
+
+
+@contextmanager
+def caching_queries() -> Iterator[None]:
+    """Within it, query vectors are cached on disk like documents' (an evaluation's queries repeat
+    from run to run); custom encoders decide for themselves.
+
+    Examples
+    --------
+    >>> with caching_queries():                              # doctest: +SKIP
+    ...     run = pipe.search(data.queries("test"))          # a second run reads the vectors back
+    """
+    token = _QUERY_CACHE.set(True)
+    try:
+        yield
+    finally:
+        _QUERY_CACHE.reset(token)
 
 
 class Encoder:
@@ -199,10 +227,20 @@ class Encoder:
         self.n_encoded += n_new
         return vecs
 
-    def encode_queries(self, texts: Sequence[str]) -> np.ndarray:
-        """Encode queries (no disk cache: they rarely repeat; not counted in ``n_encoded``)."""
+    def encode_queries(self, texts: Sequence[str], *, cache: bool | None = None) -> np.ndarray:
+        """Encode queries, shape ``(n, dim)`` (not counted in ``n_encoded``).
+
+        Queries go to the on-disk cache only when asked (``cache=True``, or ``None`` inside
+        :func:`caching_queries` or with ``RAGKIT_CACHE_QUERIES=1``): served queries rarely repeat, but an
+        evaluation's do, run after run (``ragkit eval`` and ``train`` ask).  They share the documents'
+        cache: this encoder computes a query's vector as a document's.
+        """
         texts = as_texts(texts, "encode_queries")
-        return self._forward(texts, False) if texts else np.zeros((0, self.dim), np.float32)
+        if not texts:
+            return np.zeros((0, self.dim), np.float32)
+        if not self.cache_enabled or not (queries_cached() if cache is None else cache):
+            return self._forward(texts, False)
+        return self.store.fetch_or_compute(texts, lambda new: self._forward(new, False))[0]
 
 
 def get_encoder(model: str = DEFAULT_MODEL, **kwargs: Any) -> Encoder:
