@@ -594,13 +594,30 @@ class VectorIndex:
             self._calibrate_i8(np.concatenate([old, x]))
             self.codes = self._codes(old, for_usearch=False)
         if self.backend == "numpy":
-            self.codes = np.concatenate([np.asarray(self.codes), self._codes(x, for_usearch=False)])
+            self.codes = self._grown_codes(self._codes(x, for_usearch=False))
         else:
             self._add_to_graph(slots, x)
         if self.rescore:
             self.floats = self._append_floats(full)
         self.alive = np.concatenate([self.alive, np.ones(m, dtype=bool)])
         return slots
+
+    def _grown_codes(self, new: np.ndarray) -> np.ndarray:
+        """The stored codes with ``new`` rows appended, as a view of a buffer with room to spare: a
+        quarter more rows than needed are allocated when it is full, so a stream of small adds
+        copies the codes ``O(log n)`` times instead of once per call (at 100,000 f32 vectors a one-vector
+        add copied 154 MB).  Views handed out earlier keep their rows: later rows are written past them."""
+        codes = np.asarray(self.codes)
+        n, m = len(codes), len(new)
+        buf = getattr(self, "_codes_buf", None)
+        ours = (buf is not None and codes.base is buf and codes.__array_interface__["data"][0]
+                == buf.__array_interface__["data"][0])
+        if not ours or len(buf) < n + m or buf.dtype != new.dtype or buf.shape[1:] != new.shape[1:]:
+            buf = np.empty((n + m + max((n + m) // 4, 16), *new.shape[1:]), dtype=new.dtype)
+            buf[:n] = codes
+            self._codes_buf = buf
+        buf[n:n + m] = new
+        return buf[:n + m]
 
     def remove(self, slots: np.ndarray) -> None:
         """Mark slots deleted (removed from the HNSW graph; numpy codes become tombstones)."""
