@@ -153,6 +153,40 @@ def _check_retrieves(pipe: Any, option: str) -> None:
     _without_generation(pipe, option, note=False)
 
 
+def _dataset_list(data: str) -> Optional[dict[str, str]]:
+    """``--data a,b,...`` as ``{label: item}`` (the label: the dataset's folder name), or ``None`` for
+    one dataset or archive (a path that exists is one, commas and all).  Blank, repeated or
+    same-named items are refused; the datasets themselves are found by :func:`_eval_subsets`."""
+    if "," not in data or Path(data).exists():
+        return None
+    items = [x.strip() for x in data.split(",")]
+    if not all(items):
+        raise RagkitError(f"--data {data}: an empty item in the comma-separated list; expected dataset names or "
+                          "folders such as scifact,nfcorpus")
+    out: dict[str, str] = {}
+    for item in items:
+        label = Path(item.rstrip("/\\")).name or item
+        if label in out:
+            raise RagkitError(f"--data {data}: {item!r} and {out[label]!r} are both called {label!r}; each dataset "
+                              "of a list is reported (and compared) by its folder's name: list each once")
+        out[label] = item
+    return out
+
+
+def _check_listed(data: str, sources: dict[str, str], pipeline: str, output: Optional[Path]) -> None:
+    """Each item of ``--data a,b,...`` must be one dataset (found, or downloaded, here) that ``--output``
+    does not overwrite: an archive of several is refused (BEIR averages it first: evaluate it alone)."""
+    from ragkit.eval.beir import beir_subsets
+
+    for item in sources.values():
+        _check_data_folder(item)
+        subs = beir_subsets(item)
+        if subs:
+            raise RagkitError(f"--data {data}: {item} holds {len(subs)} datasets ({', '.join(subs)}); BEIR averages "
+                              f"them first: evaluate it alone (--data {item}), or list one of them ({item}/{subs[0]})")
+        _check_not_an_input(output, "--output", pipeline, item)
+
+
 def _check_data_folder(data: str) -> None:
     """Refuse a ``--data`` that names a file (``corpus.jsonl``, a qrels file): a BEIR dataset is a
     folder, and the file's own folder is named when it is one."""
@@ -352,7 +386,8 @@ def _machine() -> dict[str, Any]:
 def eval_cmd(
     data: str = typer.Option(..., "--data", help="BEIR dataset name or folder; for an archive of several datasets "
                                                  "(cqadupstack) each is evaluated and the mean reported, or one "
-                                                 "is named: cqadupstack/android."),
+                                                 "is named: cqadupstack/android; a comma-separated list "
+                                                 "(scifact,nfcorpus) is evaluated alike, dataset by dataset."),
     pipeline: str = typer.Option(..., "--pipeline", "-p",
                                  help="Pipeline YAML file, saved pipeline or operator folder, or operator name."),
     split: str = typer.Option("test", help="Qrels split to evaluate."),
@@ -371,8 +406,9 @@ def eval_cmd(
 ) -> None:
     """Fit a pipeline on a BEIR corpus and evaluate it on one split.
 
-    On an archive of several datasets (cqadupstack) the pipeline is fitted on each dataset's
-    corpus in turn; each is reported, and the mean of each metric over them (BEIR's convention).
+    On an archive of several datasets (cqadupstack), or a comma-separated list of datasets, the
+    pipeline is fitted on each dataset's corpus in turn; each is reported, and the mean of each
+    metric over them (BEIR's convention).
     """
     from ragkit.eval.beir import beir_subsets
 
@@ -402,12 +438,15 @@ def eval_cmd(
             raise RagkitError(f"--pipeline {pipeline}: a saved, fitted pipeline is evaluated as it is, so {given} "
                               "would be ignored; pass a pipeline YAML file to fit (and learn) here")
         t0 = time.perf_counter()
-        _check_data_folder(data)
-        subs = beir_subsets(data)
+        listed = _dataset_list(data)
+        if listed is None:
+            _check_data_folder(data)
+            subs = beir_subsets(data)
         t_find = time.perf_counter() - t0  # a download of the dataset, when it is not found locally
-        if subs:
-            _eval_subsets(data, subs, pipeline, loaded, split=split, train_split=train_split, ks=ks, limit=limit,
-                          trace=trace, backend=backend, output=output, run_file=run_file, t_all=t_all, t_find=t_find)
+        if listed is not None or subs:
+            _eval_subsets(data, list(listed or subs), pipeline, loaded, split=split, train_split=train_split, ks=ks,
+                          limit=limit, trace=trace, backend=backend, output=output, run_file=run_file, t_all=t_all,
+                          t_find=t_find, sources=listed)
             return
         sp = _read_split(data, split, train_split, limit, run_file, pipe.corpus_ if loaded else None, pipeline)
         if not loaded and sp.train is None:
@@ -450,31 +489,37 @@ def eval_cmd(
 
 def _eval_subsets(data: str, subs: list[str], pipeline: str, loaded: bool, *, split: str, train_split: Optional[str],
                   ks: list[int], limit: Optional[int], trace: bool, backend: str, output: Optional[Path],
-                  run_file: Optional[Path], t_all: float, t_find: float) -> None:
-    """``ragkit eval`` on an archive of several datasets (``subs``): every split is read and checked
+                  run_file: Optional[Path], t_all: float, t_find: float,
+                  sources: Optional[dict[str, str]] = None) -> None:
+    """``ragkit eval`` on several datasets (``subs``): the datasets of an archive, or with ``sources``
+    (label -> ``--data`` item) those of a comma-separated list.  Every split is read and checked
     first, then the pipeline is fitted and evaluated on each in turn; prints each and the mean of
     each metric over them, and writes both to ``output``.  ``t_find``: seconds spent finding (or
-    downloading) the archive."""
+    downloading) the data."""
     base = data.rstrip("/") or data
+    holds = "names" if sources else "holds"
+    first = sources[subs[0]] if sources else f"{base}/{subs[0]}"  # the --data of one of them
     if loaded:
         raise RagkitError(f"--pipeline {pipeline}: a saved, fitted pipeline answers from the one corpus it was "
-                          f"fitted on, but --data {data} holds {len(subs)} datasets ({', '.join(subs)}), each with its "
-                          f"own corpus; pass the pipeline's YAML to fit it on each, or evaluate the dataset it was "
-                          f"fitted on (--data {base}/<dataset>)")
+                          f"fitted on, but --data {data} {holds} {len(subs)} datasets ({', '.join(subs)}), each with "
+                          f"its own corpus; pass the pipeline's YAML to fit it on each, or evaluate the dataset it was "
+                          f"fitted on (--data {'<dataset>' if sources else base + '/<dataset>'})")
     if run_file is not None:
-        raise RagkitError(f"--run {run_file}: --data {data} holds {len(subs)} datasets ({', '.join(subs)}) whose "
+        raise RagkitError(f"--run {run_file}: --data {data} {holds} {len(subs)} datasets ({', '.join(subs)}) whose "
                           f"query ids may repeat, and one TREC run file cannot tell them apart; write one run per "
-                          f"dataset (--data {base}/{subs[0]} --run ...)")
+                          f"dataset (--data {first} --run ...)")
+    if sources:
+        _check_listed(data, sources, pipeline, output)
     from ragkit.eval.beir import ARCHIVE_SUBSETS
 
     archive = Path(base).name
-    missing = [s for s in ARCHIVE_SUBSETS.get(archive, ()) if s not in subs]
+    missing = [] if sources else [s for s in ARCHIVE_SUBSETS.get(archive, ()) if s not in subs]
     if missing:  # a partial local copy: its mean is not the archive's BEIR score
         known = ARCHIVE_SUBSETS[archive]
         typer.echo(f"note: BEIR scores {archive} as the mean over its {len(known)} datasets; --data {data} holds "
                    f"{len(subs)} of them, so this mean is not comparable with BEIR's (missing: {', '.join(missing)})",
                    err=True)
-    splits = {s: _read_split(f"{base}/{s}", split, train_split, limit, None) for s in subs}
+    splits = {s: _read_split(sources[s] if sources else f"{base}/{s}", split, train_split, limit, None) for s in subs}
     splits[subs[0]].t_load += t_find
     scored: dict[str, _Scored] = {}
     for s, sp in splits.items():
@@ -491,20 +536,23 @@ def _eval_subsets(data: str, subs: list[str], pipeline: str, loaded: bool, *, sp
             from ragkit.pipelines.trace import print_trace
 
             print_trace(console, one.run.trace)
-    _report_subsets(splits, scored, pipeline, pipe.to_yaml(), split, output, t_all, missing)
+    _report_subsets(splits, scored, pipeline, pipe.to_yaml(), split, output, t_all, missing,
+                    dataset=",".join(subs) if sources else None)
 
 
 def _report_subsets(splits: dict[str, _Split], scored: dict[str, _Scored], pipeline: str, spec: str, split: str,
-                    output: Optional[Path], t_all: float, missing: Optional[list[str]] = None) -> None:
+                    output: Optional[Path], t_all: float, missing: Optional[list[str]] = None,
+                    dataset: Optional[str] = None) -> None:
     """Print each dataset's metrics and their mean (one row each) and the summed timings; write the
     JSON: ``metrics`` the means, ``subsets`` each dataset's metrics, per-query values and timings;
     ``spec`` is the pipeline's YAML; ``missing`` the archive's datasets the folder lacks (the JSON
-    says so, as the mean is then not BEIR's)."""
+    says so, as the mean is then not BEIR's); ``dataset`` names the whole (default: the archive's
+    folder)."""
     names = list(scored)
     metrics = list(scored[names[0]].result.scores)
     means = {m: sum(scored[s].result.scores[m] for s in names) / len(names) for m in metrics}
     n_queries = sum(len(splits[s].queries) for s in names)
-    parent = splits[names[0]].ds.path.resolve().parent.name
+    parent = dataset or splits[names[0]].ds.path.resolve().parent.name
     total = time.perf_counter() - t_all
     console.print(Text(f"{parent} / {split}: {len(names)} datasets, {n_queries} queries, and the mean of each metric "
                        f"over the datasets (BEIR's convention)  pipeline: {pipeline}"), soft_wrap=True)

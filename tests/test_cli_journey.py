@@ -4,6 +4,7 @@ and the commands do only the work their output needs (no language model behind a
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -298,3 +299,41 @@ def test_an_output_that_is_a_pipe_or_device_is_refused_not_replaced(tmp_path):
         assert res.exit_code == 2 and "ndcg" not in res.output, res.output
         assert f"{fifo}: not a regular file (a device, pipe or socket)" in res.output
     assert stat.S_ISFIFO(fifo.stat().st_mode)
+
+
+def test_eval_on_a_list_of_datasets_reports_each_and_their_mean(tmp_path):
+    """``--data a,b`` evaluates each dataset as an archive's (BEIR's average over datasets), writes JSON
+    that ``compare`` reads as one multi-dataset result, and refuses what cannot be such a list before
+    any fit: a blank or repeated item, an archive inside it, a saved pipeline or ``--run``."""
+    from ragkit.eval.compare import load_result
+
+    a, b = _tiny(tmp_path / "a"), _tiny(tmp_path / "x" / "b")
+    (b / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq3\td3\t1\nq5\td5\t1\n", encoding="utf-8")
+    both = f"{a},{b}"
+    res = _cli("eval", "--data", both, "-p", "bm25", "--k", "10", "-o", tmp_path / "bm25.json")
+    assert res.exit_code == 0, res.output
+    out = json.loads((tmp_path / "bm25.json").read_text())
+    assert out["dataset"] == "a,b" and list(out["subsets"]) == ["a", "b"]
+    assert [out["subsets"][s]["n_queries"] for s in ("a", "b")] == [3, 2]
+    means = out["metrics"]["ndcg@10"]
+    assert means == pytest.approx((out["subsets"]["a"]["metrics"]["ndcg@10"]
+                                   + out["subsets"]["b"]["metrics"]["ndcg@10"]) / 2)
+    alone = _cli("eval", "--data", b, "-p", "bm25", "--k", "10", "-o", tmp_path / "b.json")
+    assert alone.exit_code == 0, alone.output
+    assert json.loads((tmp_path / "b.json").read_text())["metrics"]["ndcg@10"] == pytest.approx(
+        out["subsets"]["b"]["metrics"]["ndcg@10"])
+    assert "2 datasets, 5 queries" in res.output and "mean" in res.output
+    res = _cli("eval", "--data", both, "-p", "bm25", "--k", "10", "-o", tmp_path / "bm25b.json")
+    cmp = _cli("compare", tmp_path / "bm25.json", tmp_path / "bm25b.json", "-m", "ndcg@10")
+    assert cmp.exit_code == 0 and "5 queries of 2 datasets, each weighted equally" in cmp.output, cmp.output
+    assert load_result(tmp_path / "bm25.json").dataset == "a,b"
+    cqa = tmp_path / "cqa"
+    _tiny(cqa / "android"), _tiny(cqa / "gis")
+    for data, message in ((f"{a},,{b}", "an empty item in the comma-separated list"),
+                          (f"{a},{tmp_path / 'y' / 'a'}", "are both called 'a'"),
+                          (f"{a},{cqa}", r"holds 2 datasets \(android, gis\); BEIR averages them first")):
+        bad = _cli("eval", "--data", data, "-p", "bm25")
+        assert bad.exit_code == 2 and re.search(message, bad.output), bad.output
+    bad = _cli("eval", "--data", both, "-p", "bm25", "--run", tmp_path / "r.trec")
+    assert bad.exit_code == 2 and "names 2 datasets (a, b) whose query ids may repeat" in bad.output, bad.output
+    assert f"--data {a} --run" in bad.output
