@@ -269,6 +269,15 @@ def _note_nothing_learns(option: str, so: str) -> None:
                f"cosine_adapter and dbnorm do), so {so}", err=True)
 
 
+def _print_uncut(table: Table) -> None:
+    """Print ``table`` on stdout as wide as it needs: a narrower terminal (or 80 columns when piped)
+    would cut names and numbers to ``0.6…``."""
+    from rich.measure import Measurement
+
+    need = Measurement.get(console, console.options.update(max_width=10_000), table).maximum
+    (console if need <= console.width else Console(width=need)).print(table)
+
+
 def _parse_ks(ks: str) -> list[int]:
     try:
         out = [int(x) for x in ks.split(",") if x.strip()]
@@ -565,7 +574,7 @@ def _report_subsets(splits: dict[str, _Split], scored: dict[str, _Scored], pipel
         table.add_row(s, str(len(splits[s].queries)), *(f"{scored[s].result.scores[m]:.4f}" for m in metrics))
     table.add_section()
     table.add_row("mean", str(n_queries), *(f"{means[m]:.4f}" for m in metrics), style="bold")
-    console.print(table)
+    _print_uncut(table)
     t_load = sum(sp.t_load for sp in splits.values())
     t_fit = sum(one.t_fit for one in scored.values())
     encoded = sum(one.encoded for one in scored.values())
@@ -997,10 +1006,7 @@ def compare_cmd(
                           f"{cmp.p_value[i, j]:.4f}", f"{cmp.p_holm[i, j]:.4f}{' *' if cmp.significant[i, j] else ''}"]
             table.add_row(*cells)
         table.add_section()
-    from rich.measure import Measurement
-
-    need = Measurement.get(console, console.options.update(max_width=10_000), table).maximum
-    (console if need <= console.width else Console(width=need)).print(table)  # never cut a name or a number
+    _print_uncut(table)
     if output is not None:
         try:
             with atomic_file(output) as tmp:

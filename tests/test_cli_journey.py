@@ -310,7 +310,7 @@ def test_eval_on_a_list_of_datasets_reports_each_and_their_mean(tmp_path):
     a, b = _tiny(tmp_path / "a"), _tiny(tmp_path / "x" / "b")
     (b / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq3\td3\t1\nq5\td5\t1\n", encoding="utf-8")
     both = f"{a},{b}"
-    res = _cli("eval", "--data", both, "-p", "bm25", "--k", "10", "-o", tmp_path / "bm25.json")
+    res = _cli("eval", "--data", both, "-p", "bm25", "-o", tmp_path / "bm25.json", columns=80)
     assert res.exit_code == 0, res.output
     out = json.loads((tmp_path / "bm25.json").read_text())
     assert out["dataset"] == "a,b" and list(out["subsets"]) == ["a", "b"]
@@ -323,6 +323,7 @@ def test_eval_on_a_list_of_datasets_reports_each_and_their_mean(tmp_path):
     assert json.loads((tmp_path / "b.json").read_text())["metrics"]["ndcg@10"] == pytest.approx(
         out["subsets"]["b"]["metrics"]["ndcg@10"])
     assert "2 datasets, 5 queries" in res.output and "mean" in res.output
+    assert "…" not in res.output and "recall@100" in res.output  # 12 columns printed whole, not cut to 80
     res = _cli("eval", "--data", both, "-p", "bm25", "--k", "10", "-o", tmp_path / "bm25b.json")
     cmp = _cli("compare", tmp_path / "bm25.json", tmp_path / "bm25b.json", "-m", "ndcg@10")
     assert cmp.exit_code == 0 and "5 queries of 2 datasets, each weighted equally" in cmp.output, cmp.output
