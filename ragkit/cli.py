@@ -774,6 +774,10 @@ def search_cmd(
         return
     corpus = pipe.corpus_
     for q, (qid, ids, scores) in zip(query, run):
+        if not len(ids):  # an empty table said nothing
+            console.print(Text(f"{q}: no document found (a BM25 step returns only documents that share a term "
+                               "with the query, a filter only those that pass)", style="dim"), soft_wrap=True)
+            continue
         table = Table(title=Text(q))
         for col in ("rank", "doc id", "score", "title / text"):
             table.add_column(col)

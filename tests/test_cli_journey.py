@@ -338,3 +338,15 @@ def test_eval_on_a_list_of_datasets_reports_each_and_their_mean(tmp_path):
     bad = _cli("eval", "--data", both, "-p", "bm25", "--run", tmp_path / "r.trec")
     assert bad.exit_code == 2 and "names 2 datasets (a, b) whose query ids may repeat" in bad.output, bad.output
     assert f"--data {a} --run" in bad.output
+
+
+def test_search_says_when_a_query_finds_nothing(tmp_path):
+    """A query that matched no document printed an empty table, saying nothing."""
+    from ragkit.eval.beir import read_corpus
+    from ragkit.retrievers import BM25
+
+    BM25(k=5).fit(read_corpus(_tiny(tmp_path / "d") / "corpus.jsonl")).save(tmp_path / "ix")
+    res = _cli("search", "--index", tmp_path / "ix", "the of and", "cats")
+    assert res.exit_code == 0, res.output
+    assert "the of and: no document found (a BM25 step returns only documents that share a term" in res.output
+    assert "Cats" in res.output and res.output.count("no document found") == 1
