@@ -520,7 +520,7 @@ def test_filter_report_against_a_reference_stays_a_recall():
     ref = Run(["q1", "q2"], [np.array(["a", "b"]), np.array(["x", "z"])], [np.ones(2), np.ones(2)])
     rep = filter_report(kept, qrels, reference=ref)  # y was kept but the reference never retrieved it
     assert rep.recall == 1.0 and rep.precision == 1.0
-
+    assert all(type(v) is float for v in (rep.precision, rep.recall, rep.mean_kept, rep.empty))  # not numpy's
 
 
 def test_filter_report_against_a_reference_matches_a_loop_over_documents():

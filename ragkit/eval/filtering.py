@@ -95,7 +95,7 @@ def filter_report(filtered: Run, qrels: Qrels, reference: Run | None = None) -> 
     else:
         total = float(sum(sum(v > 0 for v in qrels[q].values()) for q in judged))
     return FilterReport(
-        precision=hits / kept.sum() if kept.sum() else 0.0, recall=tp / total if total else 0.0,
+        precision=float(hits / kept.sum()) if kept.sum() else 0.0, recall=tp / total if total else 0.0,
         mean_kept=float(kept.mean()), empty=float(np.mean(kept == 0)), n_queries=len(judged),
     )
 
