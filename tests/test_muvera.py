@@ -324,6 +324,40 @@ def test_query_memo_forgets_the_least_recently_used_and_keeps_the_batch():
     assert big.lengths.tolist() == [2] * 10 and len(enc._memo) == 4
 
 
+def test_query_token_vectors_are_not_counted_as_documents_and_cached_when_asked(tmp_path, monkeypatch):
+    """``ragkit eval`` reported a learned MUVERA pipeline's 807 training queries as "807 documents
+    encoded": encode_queries counted its texts in ``n_encoded``.  Queries are not counted now, and
+    their token vectors go to the disk cache where ``caching_queries`` asks (as sentence vectors do)."""
+    from ragkit.encoders import caching_queries
+    from ragkit.encoders.tokens import TokenEncoder, TokenVectors
+
+    monkeypatch.setenv("RAGKIT_CACHE", str(tmp_path))
+    monkeypatch.delenv("RAGKIT_CACHE_QUERIES", raising=False)
+    forwarded: list[str] = []
+
+    class Fake(TokenEncoder):
+        dim = 4
+        key = "fake"
+
+        def _forward(self, texts, progress=False):
+            forwarded.extend(texts)
+            n = np.array([len(t) for t in texts])
+            data = np.repeat(np.array([[len(t), 0, 0, 0] for t in texts], np.float16), n, axis=0)
+            return TokenVectors(data, np.r_[0, np.cumsum(n)])
+
+    enc = Fake()
+    enc.encode_queries(["a", "bb"])
+    assert enc.n_encoded == 0 and forwarded == ["a", "bb"] and not (tmp_path / "tokens").exists()
+    enc.encode(["doc one", "doc two"])
+    assert enc.n_encoded == 2
+    with caching_queries():
+        Fake().encode_queries(["ccc", "dddd"])
+        forwarded.clear()
+        again = Fake().encode_queries(["dddd", "ccc"])  # a fresh memo: read back from disk
+    assert forwarded == [] and again.lengths.tolist() == [4, 3]
+    assert Fake().n_encoded == 0
+
+
 def test_max_seq_length_never_leaks_into_another_encoder(tmp_path, monkeypatch):
     """Encoders of one model with different truncation never share a model object: a short
     max_seq_length used first must not truncate the default encoders (nor their cache entries)."""

@@ -34,7 +34,14 @@ from typing import Any, Literal, Sequence
 import numpy as np
 
 from ragkit.encoders.cache import UNREADABLE, text_digests, write_shard
-from ragkit.encoders.sentence import DEFAULT_MODEL, as_texts, get_encoder, model_fingerprint, resolve_model
+from ragkit.encoders.sentence import (
+    DEFAULT_MODEL,
+    as_texts,
+    get_encoder,
+    model_fingerprint,
+    queries_cached,
+    resolve_model,
+)
 from ragkit.errors import ArtifactError, DataError, ParamError
 
 __all__ = ["TokenVectors", "TokenEncoder", "TokenCache", "get_token_encoder", "gather_index"]
@@ -322,22 +329,27 @@ class TokenEncoder:
         inv = np.empty_like(order)
         inv[order] = np.arange(len(order))
         idx, off = gather_index(sorted_off, inv)
-        self.n_encoded += len(texts)
         return TokenVectors(flat[idx], off)
 
     def encode(self, texts: Sequence[str], *, cache: bool | None = None, progress: bool | None = None) -> TokenVectors:
         """Token vectors of ``texts`` (float16 unit rows), read from the disk cache where present."""
         texts = as_texts(texts, "encode")
+        return self._encode(texts, self.cache_enabled if cache is None else cache, progress, count=True)
+
+    def _encode(self, texts: list[str], use_cache: bool, progress: bool | None, count: bool) -> TokenVectors:
+        """:meth:`encode`; ``count``: add the texts encoded (not read from the cache) to ``n_encoded``
+        (documents: queries are not counted)."""
         if not texts:
             return TokenVectors.empty(self.dim)
-        use_cache = self.cache_enabled if cache is None else cache
         if not use_cache:
+            self.n_encoded += len(texts) if count else 0
             return self._forward(texts, bool(progress))
         digests = text_digests(texts)
         parts, hit = self.store.get(digests)
         miss = np.flatnonzero(~hit)
         if len(miss):
             fresh = self._forward([texts[i] for i in miss], progress if progress is not None else len(miss) > 500)
+            self.n_encoded += len(miss) if count else 0
             self.store.put(digests[miss], fresh)
             parts.append((miss, fresh))
         if len(parts) == 1 and np.array_equal(parts[0][0], np.arange(len(texts))):
@@ -349,8 +361,9 @@ class TokenEncoder:
         return allv.take(inv)
 
     def encode_queries(self, texts: Sequence[str]) -> TokenVectors:
-        """Token vectors of queries (no disk cache; a small in-memory memo shares them between the
-        operators of one pipeline, e.g. ``muvera`` then ``maxsim``)."""
+        """Token vectors of queries (not counted in ``n_encoded``): a small in-memory memo shares them
+        between the operators of one pipeline (``muvera`` then ``maxsim``), and the disk cache keeps
+        them where :func:`~ragkit.encoders.queries_cached` says (``ragkit eval`` and ``train`` ask)."""
         texts = as_texts(texts, "encode_queries")
         if not texts:
             return TokenVectors.empty(self.dim)
@@ -359,7 +372,7 @@ class TokenEncoder:
         got = {t: memo.pop(t) for t in uniq if t in memo}   # popped, to go back in as the newest
         miss = [t for t in uniq if t not in got]
         if miss:
-            fresh = self.encode(miss, cache=False, progress=False)
+            fresh = self._encode(miss, self.cache_enabled and queries_cached(), False, count=False)
             got.update((t, np.asarray(fresh[i])) for i, t in enumerate(miss))
         memo.update(got)  # least recently used first: the oldest go once the memo is past memo_size
         for old in list(itertools.islice(memo, max(0, len(memo) - self.memo_size))):
