@@ -946,12 +946,14 @@ def test_ragkit_eval_caches_the_evaluated_queries(slice_beir, slice_data):
     from typer.testing import CliRunner
 
     from ragkit.cli import app
-    from ragkit.encoders import get_encoder, text_digests
+    from ragkit.encoders import EmbeddingCache, get_encoder, text_digests
+    from ragkit.eval.beir import cache_dir
 
     _, queries, _, _ = slice_data
     res = CliRunner().invoke(app, ["eval", "-p", "dense", "--k", "10", "--data", str(slice_beir)])
     assert res.exit_code == 0, res.output
-    assert get_encoder().store.get(text_digests([str(t) for t in queries.texts]))[1].all()
+    on_disk = EmbeddingCache(cache_dir() / "embeddings", get_encoder().key)  # a fresh reader of the folder
+    assert on_disk.get(text_digests([str(t) for t in queries.texts]))[1].all()
 
 
 @pytest.mark.parametrize("dtype", ["f32", "f16", "i8", "b1"])
