@@ -985,3 +985,18 @@ def test_small_adds_grow_the_codes_in_place(dtype, tmp_path):
     assert np.array_equal(back.codes, fresh.codes)
     back.add(x[:3])  # a loaded index's codes (not the buffer's) are copied into a new buffer
     assert len(back.codes) == 403 and np.array_equal(back.codes[:400], fresh.codes)
+
+
+def test_encoders_of_one_model_share_one_cache_reader(tmp_path, monkeypatch):
+    """Two encoders of a model (the dense operator's has batch size 64) kept two readers of one cache
+    folder: a reader whose index was loaded never saw the other's new vectors and encoded them again."""
+    from ragkit.encoders import Encoder
+
+    monkeypatch.setenv("RAGKIT_CACHE", str(tmp_path))
+    a, b = Encoder(), Encoder(batch_size=8)
+    assert a.store.get(np.empty(0, "V16"))[1].size == 0  # a's index is loaded (empty)
+    b.encode(["a text for the cache"])
+    calls = []
+    monkeypatch.setattr(a, "_forward", lambda texts, progress: calls.append(texts))
+    a.encode(["a text for the cache"])
+    assert a.store is b.store and calls == []

@@ -32,6 +32,8 @@ _ALIASES = {"all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2"}
 _LOCK = threading.Lock()
 _MODELS: dict[tuple[str, str, int | None], Any] = {}
 _ENCODERS: dict[tuple[Any, ...], "Encoder"] = {}
+#: one EmbeddingCache per (folder, model key): encoders of one model with other batch sizes share it
+_STORES: dict[tuple[str, str], EmbeddingCache] = {}
 
 
 @functools.lru_cache(maxsize=256)
@@ -198,10 +200,16 @@ class Encoder:
 
     @property
     def store(self) -> EmbeddingCache:
+        """The on-disk cache of this model's vectors: one reader per folder and model key in a process,
+        shared by every encoder of the model (of any batch size), so that each sees what the others wrote."""
         if self._cache is None:
             from ragkit.eval.beir import cache_dir
 
-            self._cache = EmbeddingCache(cache_dir() / "embeddings", self.key)
+            folder = cache_dir() / "embeddings"
+            with _LOCK:
+                self._cache = _STORES.get((str(folder), self.key))
+                if self._cache is None:
+                    self._cache = _STORES[(str(folder), self.key)] = EmbeddingCache(folder, self.key)
         return self._cache
 
     def _forward(self, texts: list[str], progress: bool) -> np.ndarray:
