@@ -219,6 +219,11 @@ class DBNorm(Operator):
     upstream_example = [{"dense": {"k": 20}}]
 
     @property
+    def uses_training_queries(self) -> bool:
+        """The query bank of ``query_bank: train`` is the training queries (their judgements unused)."""
+        return self.params.query_bank == "train"
+
+    @property
     def dual(self) -> bool:
         return self.params.method in ("dis", "ddis")
 

@@ -254,12 +254,11 @@ def _note_unlearned(pipe: Any) -> None:
 
 
 def _uses_training(pipe: Any) -> bool:
-    """Whether fitting ``pipe`` with training queries differs from fitting it without: an operator
-    learns from their judgements (:attr:`Operator.learns`), or ``dbnorm`` takes its query bank from them."""
+    """Whether fitting ``pipe`` with training queries differs from fitting it without
+    (:attr:`Operator.uses_training_queries` of any of its operators)."""
     from ragkit.pipelines._compose import iter_leaves
 
-    return any(leaf.learns or (leaf.name == "dbnorm" and leaf.params.query_bank == "train")
-               for leaf in iter_leaves(pipe))
+    return any(leaf.uses_training_queries for leaf in iter_leaves(pipe))
 
 
 def _note_nothing_learns(option: str, so: str) -> None:

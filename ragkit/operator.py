@@ -187,6 +187,12 @@ class Operator:
         on the training queries the router sends them."""
         return bool(self.needs_train)
 
+    @property
+    def uses_training_queries(self) -> bool:
+        """Whether ``fit`` given training queries differs from ``fit`` without them: it learns from
+        their judgements (:attr:`learns`), or reads the queries themselves (``dbnorm``'s query bank)."""
+        return self.learns
+
     def train_refusal(self) -> Exception | None:
         """The error ``fit`` raises when it gets no judged queries (``train=None``), or None when
         it can fit without them; :meth:`Pipeline.fit <ragkit.pipelines.Pipeline.fit>` asks every
