@@ -41,7 +41,9 @@ if __name__ == "__main__":
     pipe.fit(corpus)
     t_fit = time.perf_counter() - t0
     dense = Pipeline([Dense(k=10)]).fit(corpus)
-    vectors = pipe.steps[0].vectors_
+    knn = pipe.steps[0]
+    assert isinstance(knn, KnnEmbed)
+    vectors = knn.vectors_  # the unit document vectors it clustered, for intra-list diversity
     out = {"example": "diverse", "queries": len(queries), "docs": len(corpus), "fit_s": round(t_fit, 3)}
     for name, p in (("", pipe), ("dense_", dense)):
         top10, top100 = p.search(queries), p.search(queries, k=100)

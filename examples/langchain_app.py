@@ -87,7 +87,7 @@ def main() -> dict:
     t0 = time.perf_counter()
     docs = retriever.batch(list(queries.texts))
     t_search = time.perf_counter() - t0
-    run = Run.from_dict({q: {d.id: d.metadata["score"] for d in ds} for q, ds in zip(queries.ids, docs)})
+    run = Run.from_dict({q: {str(d.id): d.metadata["score"] for d in ds} for q, ds in zip(queries.ids, docs)})
     scores = evaluate(run, qrels, ["ndcg@10"]).scores
 
     # the RAG chain on a few questions

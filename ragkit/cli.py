@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import typer
 from rich.console import Console
@@ -33,6 +33,9 @@ from rich.text import Text
 
 from ragkit._files import atomic_file, file_above
 from ragkit.errors import ParamError, RagkitError, some_ids
+
+if TYPE_CHECKING:
+    from ragkit.types import Corpus
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="markdown",
                   help="ragkit: retrieval operators that compose.")
@@ -350,7 +353,7 @@ def _fit_and_score(pipe: Any, loaded: bool, sp: _Split, ks: list[int], trace: bo
     from ragkit.encoders.tokens import _TOKEN_ENCODERS
 
     def n_encoded() -> int:  # documents encoded so far: sentence vectors and token vectors (MUVERA)
-        return sum(e.n_encoded for e in (*_ENCODERS.values(), *_TOKEN_ENCODERS.values()))
+        return sum(e.n_encoded for e in _ENCODERS.values()) + sum(e.n_encoded for e in _TOKEN_ENCODERS.values())
 
     before = n_encoded()
     t0 = time.perf_counter()
@@ -826,8 +829,7 @@ def ask_cmd(
         if fitted and data is not None:
             raise RagkitError(f"--data {data}: the pipeline {pipeline} is saved fitted and searches the corpus saved "
                               "with it; drop --data, or pass a pipeline YAML file to fit on that corpus")
-        corpus = pipe.corpus_ if fitted else None  # a saved pipeline loads with its corpus
-        gens = [op for op in iter_leaves(pipe) if op.name == "generate"]
+        gens = [op for op in iter_leaves(pipe) if isinstance(op, Generate)]
         if gens and given:
             raise RagkitError(f"{', '.join(given)}: the pipeline {pipeline} has its own generate step, whose "
                               "parameters (top_k, mode, max_new_tokens) decide; set them there, or drop the flags")
@@ -839,10 +841,12 @@ def ask_cmd(
         for g in gens:  # a model path that does not exist is refused before the retrieval steps are fitted
             g.check_source()
         if fitted:
+            corpus: Corpus = pipe.corpus_  # a saved pipeline loads with its corpus
             for g in gens:
                 if not g.is_fitted:
                     g.fit(corpus)
         else:
+            assert data is not None  # refused above
             corpus = _read_ask_corpus(data)
             with console.status(f"fitting the pipeline on {len(corpus):,} documents..."):
                 pipe.fit(corpus)
@@ -907,12 +911,13 @@ def validate_cmd(path: Path = typer.Argument(..., help="Pipeline YAML file, or a
                   soft_wrap=True)
     for p, op in leaves:
         console.print(Text(f"  {p}  {op!r}"), soft_wrap=True)  # the Python that builds it, on one line
+    from ragkit.generators.operator import Generate
     from ragkit.scale import Sharded
 
     # sentence encoders, a sharded retriever's per-shard one included, and a local generator's LLM
     # (None: the packaged SmolLM2; a langchain backend's model lives in the chat model given to it)
     models = {getattr((op.sub_retriever() if isinstance(op, Sharded) else op).params, "model", None)
-              for _, op in leaves if op.kind != "generator" or op.params.backend == "local"}
+              for _, op in leaves if not isinstance(op, Generate) or op.params.backend == "local"}
     for m in sorted(m for m in models if isinstance(m, str)):
         note = model_note(m)
         if note:

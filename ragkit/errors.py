@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Hashable, Iterable, TypeVar
+
+_H = TypeVar("_H", bound=Hashable)
+
 __all__ = ["RagkitError", "ParamError", "DataError", "NotFittedError", "ConfigError", "ArtifactError"]
 
 
@@ -37,6 +41,17 @@ class NotFittedError(RagkitError, RuntimeError):
 
 class ArtifactError(RagkitError, OSError):
     """A saved artifact (index file, manifest, array) is missing, truncated or corrupt."""
+
+
+def repeated(values: Iterable[_H], n: int = 1) -> list[_H]:
+    """The first ``n`` values of ``values`` seen for a second time, in order (for an error message)."""
+    seen: set[_H] = set()
+    out: list[_H] = []
+    for v in values:
+        if v in seen and len(out) < n:
+            out.append(v)
+        seen.add(v)
+    return out
 
 
 def some_ids(ids: object, n: int = 3) -> str:

@@ -31,7 +31,7 @@ from ragkit import registry
 from ragkit._files import atomic_file, file_above, folder_checksums, shared_tempdir, verify_checksums
 from ragkit.errors import ArtifactError, NotFittedError, ParamError, some_ids
 from ragkit.options import PARAM, OptionCheck, filter_option
-from ragkit.params import Params, validate_params
+from ragkit.params import Params as ParamsModel, validate_params  # (inside Operator, ``Params`` is its model class)
 from ragkit.types import Corpus, Queries, Ranking, State, TrainSet
 
 if TYPE_CHECKING:
@@ -107,7 +107,7 @@ class Operator:
 
     name: ClassVar[str] = ""
     kind: ClassVar[str] = "operator"
-    Params: ClassVar[type[Params]] = Params
+    Params: ClassVar[type[ParamsModel]] = ParamsModel
     example: ClassVar[dict[str, Any]] = {}
     stateless: ClassVar[bool] = False
     wants_upstream: ClassVar[bool] = False
@@ -115,8 +115,10 @@ class Operator:
     #: conformance checks known to fail, ``{check name: reason}``
     xfail_checks: ClassVar[dict[str, str]] = {}
     run_options: ClassVar[Mapping[str, OptionCheck | None]] = {}
+    #: the validated parameters; a subclass annotates it with its own model (``params: BM25Params``)
+    params: ParamsModel
 
-    def __init__(self, params: Params | Mapping[str, Any] | None = None, /, **kwargs: Any) -> None:
+    def __init__(self, params: ParamsModel | Mapping[str, Any] | None = None, /, **kwargs: Any) -> None:
         if params is not None and kwargs:
             raise ParamError(f"{self.name}: pass parameters either as a Params object or as keywords, not both")
         self.params = validate_params(self.Params, params if params is not None else kwargs, self.name)
@@ -127,7 +129,7 @@ class Operator:
         return f"{type(self).__name__}({args})"
 
     def __eq__(self, other: object) -> bool:
-        return type(self) is type(other) and self.params == other.params  # type: ignore[attr-defined]
+        return type(self) is type(other) and self.params == other.params
 
     __hash__ = object.__hash__
 
@@ -285,7 +287,7 @@ class Operator:
         ``filter`` option AND the call's ``filter`` (a call narrows the configured filter, never
         widens it, even on the same field)."""
         sources = [getattr(self.params, "filter", None), self.opt(state, "filter", None), state.options.get("filter")]
-        masks = [self.corpus_.mask(w) for w in sources if w]
+        masks = [m for m in map(self.corpus_.mask, sources) if m is not None]  # None: no filter
         if not masks:
             return None
         return np.logical_and.reduce(masks) if len(masks) > 1 else masks[0]

@@ -259,10 +259,10 @@ def _check_one(op: "Operator", value: Mapping[str, Any], name: str, at: str, cor
     try:  # what the operator's fitted state allows (a muvera prune needs its codebook)
         op.check_run_options(out)
     except (TypeError, ValueError) as e:
-        key = next((k for k in out if str(e).startswith(f"{k}: ")), None)
-        text = str(e).removeprefix(f"{key}: ") if key else str(e)
-        raise ParamError(f"{where}{'.' + key if key else ''}: {text}{at}",
-                         path=f"options.{name}{'.' + key if key else ''}") from None
+        named = next((k for k in out if str(e).startswith(f"{k}: ")), None)
+        text = str(e).removeprefix(f"{named}: ") if named else str(e)
+        raise ParamError(f"{where}{'.' + named if named else ''}: {text}{at}",
+                         path=f"options.{name}{'.' + named if named else ''}") from None
     return out
 
 

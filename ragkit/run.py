@@ -16,7 +16,7 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 import numpy as np
 
 from ragkit._files import atomic_file, utf8_lines
-from ragkit.errors import DataError
+from ragkit.errors import DataError, repeated
 from ragkit.types import Ranking, TraceEvent
 
 __all__ = ["Run", "trec_order", "trec_head", "check_trec_ids"]
@@ -46,8 +46,7 @@ def trec_head(docs: Mapping[str, float], k: int) -> list[tuple[str, float]]:
 def _check_unique(qid: str, docs: np.ndarray, where: str) -> None:
     """trec_eval refuses a document retrieved twice for one query: so does ragkit."""
     if len(docs) > 1 and len(set(docs.tolist())) != len(docs):
-        seen: set[str] = set()
-        dup = next(d for d in docs.tolist() if d in seen or seen.add(d))
+        dup = repeated(docs.tolist())[0]
         raise DataError(f"{where}: query {qid!r} retrieves document {dup!r} more than once; expected each "
                         "document at most once per query (trec_eval refuses duplicates)")
 
@@ -120,8 +119,7 @@ class Run:
             raise DataError(f"Run: query {self.query_ids[i]!r} has {n_docs[i]} document ids and {n_scores[i]} "
                             "scores; expected one score per document")
         if len(set(self.query_ids)) != n:  # to_dict would keep the last list, a TREC file both
-            seen: set[str] = set()
-            dup = next(q for q in self.query_ids if q in seen or seen.add(q))
+            dup = repeated(self.query_ids)[0]
             raise DataError(f"Run: query id {dup!r} appears more than once; expected one ranking per query")
 
     @classmethod

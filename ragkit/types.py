@@ -11,12 +11,12 @@ import json
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
 from ragkit._files import atomic_file
-from ragkit.errors import DataError
+from ragkit.errors import DataError, repeated
 
 __all__ = ["Corpus", "Queries", "Ranking", "State", "TrainSet", "TraceEvent", "Qrels"]
 
@@ -113,6 +113,10 @@ def _as_rows(idx: Any, n: int) -> np.ndarray:
     return rows
 
 
+#: a metadata column coded for filters: (codes, value -> code), or (None, None) when a value is unhashable
+_Coded = tuple[np.ndarray, dict[Any, int]] | tuple[None, None]
+
+
 @dataclass(frozen=True, eq=False)
 class Corpus:
     """A columnar document collection.
@@ -140,8 +144,15 @@ class Corpus:
 
     ids: np.ndarray
     texts: np.ndarray
-    titles: np.ndarray | None = None
+    titles: np.ndarray = None  # type: ignore[assignment]  # None in: empty strings (see __init__ below)
     metadata: Mapping[str, np.ndarray] = field(default_factory=dict)
+
+    if TYPE_CHECKING:  # what the constructor accepts; the attributes above are what it holds
+        def __init__(self, ids: Iterable[Any], texts: Iterable[Any], titles: Iterable[Any] | None = None,
+                     metadata: Mapping[str, Iterable[Any]] | None = None) -> None: ...
+
+        _row_of: dict[str, int] | None = None  # id -> row, built by row_of()
+        _codes: dict[str, _Coded] = field(default_factory=dict)  # metadata field -> codes, built by mask()
 
     def __post_init__(self) -> None:
         ids = _as_ids(self.ids, "Corpus.ids")
@@ -159,15 +170,10 @@ class Corpus:
         for what, col in (("ids", ids), ("texts", texts), ("titles", titles)):
             _check_encodable(col, f"Corpus.{what}", ids)
         if len(set(ids.tolist())) != len(ids):
-            seen, dup = set(), []
-            for x in ids.tolist():
-                if x in seen and len(dup) < 5:
-                    dup.append(x)
-                seen.add(x)
-            raise DataError(f"Corpus ids must be unique; repeated: {dup} (documents are addressed by id in "
-                            f"results, filters, add and remove)")
+            raise DataError(f"Corpus ids must be unique; repeated: {repeated(ids.tolist(), 5)} (documents are "
+                            "addressed by id in results, filters, add and remove)")
         meta = {}
-        for key, col in dict(self.metadata).items():
+        for key, col in dict(self.metadata or {}).items():
             if isinstance(col, (str, bytes)) or not isinstance(col, Iterable):  # 'en' would become ['e', 'n']
                 raise DataError(f"Corpus metadata field {key!r}: expected one value per document (a list or array of "
                                 f"{len(ids)}), got {col!r:.60}")
@@ -275,11 +281,10 @@ class Corpus:
     def subset(self, rows: np.ndarray | Sequence[int]) -> "Corpus":
         """A new corpus made of the given rows, in that order (or the rows a boolean mask keeps)."""
         rows = _as_rows(rows, len(self))
-        cols = dict(ids=self.ids[rows], texts=self.texts[rows], titles=self.titles[rows],
-                    metadata={k: v[rows] for k, v in self.metadata.items()})
+        cols = (self.ids[rows], self.texts[rows], self.titles[rows], {k: v[rows] for k, v in self.metadata.items()})
         if len(np.unique(rows)) != len(rows):  # a row twice: the checks name the repeated id
-            return Corpus(**cols)
-        return Corpus._checked(**cols)  # rows of this (checked) corpus: nothing to check again
+            return Corpus(*cols)
+        return Corpus._checked(*cols)  # rows of this (checked) corpus: nothing to check again
 
     def concat(self, other: "Corpus") -> "Corpus":
         """This corpus followed by ``other`` (metadata fields missing on one side become ``None``).
@@ -291,14 +296,14 @@ class Corpus:
         def col(c: Corpus, k: str) -> np.ndarray:
             return c.metadata.get(k, np.full(len(c), None, dtype=object))
 
-        cols = dict(ids=np.concatenate([self.ids, other.ids]), texts=np.concatenate([self.texts, other.texts]),
-                    titles=np.concatenate([self.titles, other.titles]),
-                    metadata={k: np.concatenate([col(self, k), col(other, k)]) for k in keys})
+        cols = (np.concatenate([self.ids, other.ids]), np.concatenate([self.texts, other.texts]),
+                np.concatenate([self.titles, other.titles]),
+                {k: np.concatenate([col(self, k), col(other, k)]) for k in keys})
         lut = self._lookup()
         new = other.ids.tolist()
         if any(d in lut for d in new):
-            return Corpus(**cols)  # the checks name the repeated ids
-        out = Corpus._checked(**cols)
+            return Corpus(*cols)  # the checks name the repeated ids
+        out = Corpus._checked(*cols)
         object.__setattr__(out, "_row_of", {**lut, **{d: len(self) + i for i, d in enumerate(new)}})
         return out
 
@@ -351,7 +356,7 @@ class Corpus:
         """``column == w`` for some ``w`` in ``wants`` (see :meth:`mask`).  A column of hashable
         values is coded once (value -> small integer, keyed by a dict, so Python's equality decides
         which values share a code) and each later filter is one ``np.isin`` over the codes."""
-        coded = self._codes.get(key)
+        coded: _Coded | None = self._codes.get(key)
         if coded is None:
             lut: dict[Any, int] = {}
             try:
@@ -466,8 +471,7 @@ class Queries:
             raise DataError(f"Queries: {len(self.ids)} ids but {len(self.texts)} texts")
         ids = [x if type(x) is str else str(x) for x in self.ids]
         if len(set(ids)) != len(ids):
-            seen: set[str] = set()
-            dup = next(x for x in ids if x in seen or seen.add(x))
+            dup = repeated(ids)[0]
             raise DataError(f"Queries ids must be unique; {dup!r} is repeated (runs and judgements are keyed by "
                             "query id)")
         object.__setattr__(self, "ids", ids)

@@ -148,6 +148,14 @@ def test_a_corpus_is_immutable_so_its_cached_lookups_stay_true():
         both.concat(Corpus.from_texts(["x"], ids=["1"]))
 
 
+def test_a_corpus_is_built_from_plain_lists_with_titles_and_metadata_optional():
+    """What the constructor's type hints promise (lists in, read-only arrays held; ``None`` for no
+    titles or no metadata)."""
+    c = Corpus(["a", "b"], ["x", "y"], None, None)
+    assert c.titles.tolist() == ["", ""] and dict(c.metadata) == {} and isinstance(c.ids, np.ndarray)
+    assert Corpus(ids=("a",), texts=("x",), metadata={"n": [1]}).metadata["n"].tolist() == [1]
+
+
 def test_a_call_filter_narrows_the_configured_one_even_on_the_same_field():
     c = Corpus.from_texts(["acme apples", "evil apples"], tenant=["acme", "evil"])
     bm = BM25(k=5, filter={"tenant": "acme"}).fit(c)

@@ -30,7 +30,7 @@ import urllib.request
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping
+from typing import Any, Mapping
 
 import numpy as np
 
@@ -91,7 +91,11 @@ def read_corpus(path: str | Path, *, allow_empty: bool = False) -> Corpus:
     An empty file is a :class:`DataError` unless ``allow_empty`` (a saved operator whose
     documents were all removed)."""
     path = Path(path)
-    ids, titles, texts, metas, seen = [], [], [], [], {}
+    ids: list[str] = []
+    titles: list[str] = []
+    texts: list[str] = []
+    metas: list[dict[str, Any]] = []
+    seen: dict[str, int] = {}
     for n, rec in _read_jsonl(path):
         did = str(rec["_id"])
         if did in seen:

@@ -102,26 +102,25 @@ def load_result(path: str | Path, *, qrels: Qrels | None = None, metrics: Sequen
                         f"({some_ids(list(run.query_ids)) or 'none'}), none of them judged in the "
                         f"{where or 'judgements given'} ({len(qrels)} judged queries, e.g. {some_ids(list(qrels))}); "
                         "score a run of the same dataset and split")
-    result = evaluate(run, qrels, list(metrics))
-    scored = next(iter(result.per_query.values()), {})
+    scores = evaluate(run, qrels, list(metrics))
+    scored = next(iter(scores.per_query.values()), {})
     covered = len(scored.keys() & set(judged))
     if covered < len(scored):
         logging.getLogger("ragkit").info(
             "%s ranks documents for %d of the %d judged queries; the others score 0 (as trec_eval -c): a run "
             "written with --limit is compared on every judged query", path, covered, len(scored))
-    return SystemResult(name, result.per_query, dataset, split)
+    return SystemResult(name, scores.per_query, dataset, split)
 
 
 def _from_payload(payload: Any, path: Path, name: str) -> SystemResult:
     per_query = payload.get("per_query") if isinstance(payload, dict) else None
     if per_query is None and isinstance(payload, dict) and isinstance(payload.get("subsets"), dict):
         return _from_subsets(payload, path, name)
-    _check_per_query(per_query, str(path))
-    return SystemResult(name, per_query, payload.get("dataset"), payload.get("split"))
+    return SystemResult(name, _checked_per_query(per_query, str(path)), payload.get("dataset"), payload.get("split"))
 
 
-def _check_per_query(per_query: Any, where: str) -> None:
-    """``per_query`` must map metric names to ``{query id: finite number}``."""
+def _checked_per_query(per_query: Any, where: str) -> dict[str, dict[str, float]]:
+    """``per_query``, which must map metric names to ``{query id: finite number}``."""
     if not isinstance(per_query, dict) or not per_query:
         raise DataError(f"{where}: no 'per_query' values; expected the JSON 'ragkit eval -o' writes")
     for metric, vals in per_query.items():
@@ -129,6 +128,7 @@ def _check_per_query(per_query: Any, where: str) -> None:
                                                  for v in vals.values()):
             raise DataError(f"{where}: per_query[{metric!r}] must map query ids to numbers")
         _check_finite(vals, f"{where}: per_query[{metric!r}]")
+    return per_query
 
 
 def _from_subsets(payload: dict, path: Path, name: str) -> SystemResult:
@@ -138,7 +138,7 @@ def _from_subsets(payload: dict, path: Path, name: str) -> SystemResult:
     if not subsets:
         raise DataError(f"{path}: 'subsets' is empty; expected the per-dataset results 'ragkit eval' writes")
     for sub, res in subsets.items():
-        _check_per_query(res.get("per_query") if isinstance(res, dict) else None, f"{path}: subsets[{sub!r}]")
+        _checked_per_query(res.get("per_query") if isinstance(res, dict) else None, f"{path}: subsets[{sub!r}]")
     first = subsets[next(iter(subsets))]["per_query"]
     metrics = [m for m in first if all(m in r["per_query"] for r in subsets.values())]
     if not metrics:
@@ -295,7 +295,7 @@ def _strata(results: Sequence[SystemResult], queries: list[str]) -> tuple[list[n
     dataset and of several cannot be compared."""
     first = results[0].groups
     for r in results[1:]:
-        if (r.groups is None) != (first is None) or (first is not None and dict(r.groups) != dict(first)):
+        if (r.groups is None) != (first is None) or dict(r.groups or {}) != dict(first or {}):
             def kind(x: SystemResult) -> str:
                 return f"{len(set(x.groups.values()))} datasets" if x.groups else "one dataset"
 

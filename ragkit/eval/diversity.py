@@ -147,7 +147,9 @@ def alpha_ndcg(run: Run, subtopics: Subtopics, k: int = 10, alpha: float = 0.5) 
     for q, judged in subtopics.items():
         if not any(judged.values()):
             continue
-        ideal, seen, pool = [], {}, {d: list(ts) for d, ts in judged.items() if ts}
+        ideal: list[str] = []
+        seen: dict[str, int] = {}
+        pool = {d: list(ts) for d, ts in judged.items() if ts}
         while pool and len(ideal) < k:  # greedy ideal ordering
             best = max(pool, key=lambda d: (sum((1 - alpha) ** seen.get(t, 0) for t in pool[d]), d))
             for t in pool.pop(best):

@@ -87,8 +87,8 @@ def _clean_run(run: Run | Mapping[str, Mapping[str, float]], ignore_identical_id
     if bad is not None:  # NaN has no order: sorting on it scrambles the query's other documents too
         raise DataError(f"evaluate: query {bad[0]!r} gives document {bad[1]!r} the score NaN; expected numbers")
     if ignore_identical_ids:
-        for q, docs in d.items():  # (the dicts are this function's own)
-            docs.pop(q, None)
+        for qid, docs in d.items():  # (the dicts are this function's own)
+            docs.pop(qid, None)
     return d
 
 

@@ -1,0 +1,66 @@
+"""Typical user code, type-checked (never run) by ``tests/test_typing.py``: ragkit's hints must accept
+what its documentation shows and give precise types back (``assert_type`` fails mypy otherwise)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from typing_extensions import assert_type
+
+from ragkit import Corpus, Operator, Pipeline, Queries, Run, TrainSet, evaluate, load_beir
+from ragkit.eval import EvalResult
+from ragkit.filters import MMR, CosineAdapter, TopK
+from ragkit.integrations.langchain import RagkitRetriever
+from ragkit.pipelines import RRF, Loop, Parallel, TopKStable
+from ragkit.retrievers import BM25, Dense, KnnEmbed, Muvera
+from ragkit.retrievers.bm25 import BM25Params
+from ragkit.retrievers.dense import DenseParams
+
+
+def build_and_search(folder: Path) -> float:
+    # a corpus from plain Python lists (the constructor copies them into read-only arrays)
+    corpus = Corpus(ids=["a", "b"], texts=["Vitamin D", "bone density"], metadata={"year": [2020, 2021]})
+    assert_type(corpus.ids, np.ndarray)
+    assert_type(corpus.titles, np.ndarray)  # empty strings when none were given
+    assert_type(Corpus.from_texts(["x", "y"], year=[1, 2]), Corpus)
+    assert_type(corpus.subset([1]), Corpus)
+
+    # each operator's parameters are its own pydantic model
+    bm25 = BM25(k=100)
+    assert_type(bm25.params, BM25Params)
+    assert_type(bm25.params.k, int)
+    dense = Dense(k=100, dtype="i8")
+    assert_type(dense.params, DenseParams)
+
+    # composition and the fitted pipeline
+    hybrid = (bm25 + dense) | RRF(k=60)
+    assert_type(hybrid, Pipeline)
+    assert_type(bm25 + dense, Operator)
+    pipe = Pipeline([Parallel([bm25, Muvera(k=100)], fuse=RRF()), MMR(k=10), TopK(k=10)])
+    looped = Pipeline([Loop(Pipeline([KnnEmbed(k=10)]), until=TopKStable(), max_iters=3)])
+    assert_type(looped, Pipeline)
+    fitted = pipe.fit(corpus)
+    assert_type(fitted, Pipeline)
+    run = fitted.search(["does vitamin D help bones?"], k=10)
+    assert_type(run, Run)
+    assert_type(run.doc_ids[0], np.ndarray)
+
+    # evaluation on BEIR
+    data = load_beir(folder)
+    result = evaluate(pipe.fit(data.corpus).search(data.queries("test")), data.qrels("test"), ["ndcg@10", "recall@100"])
+    assert_type(result, EvalResult)
+    assert_type(result.scores["ndcg@10"], float)
+
+    # learning from judged queries, saving and loading
+    train = TrainSet(Queries(["q1"], ["vitamin D"]), {"q1": {"a": 1}})
+    learned = Pipeline([bm25, CosineAdapter()]).fit(corpus, data.train_set("train"))
+    learned.fit(corpus, train)
+    learned.save(folder / "saved")
+    assert_type(Pipeline.load(folder / "saved"), Pipeline)
+    assert_type(BM25.load(folder / "bm25"), BM25)
+
+    # LangChain
+    retriever = RagkitRetriever(pipeline=learned, k=5)
+    docs = retriever.invoke("Vitamin D prevents fractures")
+    return float(docs[0].metadata["score"]) + result.scores["ndcg@10"]
