@@ -25,7 +25,8 @@ def atomic_file(path: str | Path) -> Iterator[Path]:
     """Yield a unique temporary path beside ``path`` (same suffix, so ``np.save`` and
     ``safetensors`` keep the name); when the block ends it is renamed onto ``path``
     (``os.replace``), and deleted if the block raises.  A ``path`` that exists and is no regular file
-    (a folder, a pipe, a device) is an :class:`ArtifactError` before the block runs.
+    (a folder, a pipe, a device) is an :class:`ArtifactError` before the block runs.  A symbolic link
+    to a file is written through, as ``open(path, "w")`` would: its target gets the new file, the link stays.
 
     Examples
     --------
@@ -37,6 +38,8 @@ def atomic_file(path: str | Path) -> Iterator[Path]:
     {'a': 1}
     """
     path = Path(path)
+    if path.is_symlink() and path.is_file():  # (a rename would replace the link, not its target)
+        path = Path(os.path.realpath(path))
     if os.path.lexists(path) and not path.is_file():  # a rename would replace a folder's name, a pipe or a device
         raise ArtifactError(f"{path}: exists and is not a regular file (a folder, pipe or device); expected a path "
                             "to write a file to")

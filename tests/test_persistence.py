@@ -88,6 +88,11 @@ def test_atomic_file_keeps_the_old_file_when_a_write_fails(tmp_path):
         assert tmp.parent == tmp_path and tmp.suffix == ".trec" and tmp != target
         tmp.write_text("new")
     assert target.read_text() == "new" and sorted(p.name for p in tmp_path.iterdir()) == ["run.trec"]
+    link = tmp_path / "latest.trec"  # a link is written through: its target changes, the link stays
+    link.symlink_to(target)
+    with atomic_file(link) as tmp:
+        tmp.write_text("newer")
+    assert link.is_symlink() and target.read_text() == "newer" and link.read_text() == "newer"
 
 
 def test_operator_folder_whose_corpus_was_changed_is_refused(tmp_path):
