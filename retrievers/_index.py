@@ -71,7 +71,7 @@ import tempfile
 import weakref
 import zlib
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -79,6 +79,9 @@ from ragkit._files import atomic_file
 from ragkit.errors import ArtifactError, DataError, ParamError
 from ragkit.operator import desc_order, fix_cut_ties
 from ragkit.retrievers._locality import insertion_order
+
+if TYPE_CHECKING:
+    from usearch.index import Index
 
 __all__ = ["VectorIndex", "EXACT_MAX", "parse_reduce", "resident_bytes"]
 
@@ -100,7 +103,7 @@ COPY_BYTES = 64 << 20
 FORMAT = 1
 
 
-def _i8_symmetric(x: np.ndarray, scale: np.ndarray | float) -> np.ndarray:
+def _i8_symmetric(x: np.ndarray, scale: np.ndarray | np.floating | float) -> np.ndarray:
     """``x * scale`` rounded and clipped to int8 ``[-127, 127]`` (the codes usearch's graph holds)."""
     return np.clip(np.rint(x * scale), -127, 127).astype(np.int8)
 
@@ -309,6 +312,24 @@ class VectorIndex:
         (default: a temporary folder removed with the index).
     """
 
+    # set by ``build`` / ``load``; the transforms' arrays only where they apply (absent otherwise)
+    d_in: int
+    ndim: int
+    backend: str  # "numpy" (exact) or "hnsw"
+    alive: np.ndarray
+    codes: np.ndarray | None  # the exact backend's stored codes
+    usearch: Index | None  # the HNSW backend's graph
+    floats: np.ndarray | None  # memory-mapped float vectors (``rescore``)
+    pca_mean: np.ndarray
+    pca_components: np.ndarray
+    explained_variance_ratio: float | None
+    i8_min: np.ndarray
+    i8_step: np.ndarray
+    i8_scale: np.float32
+    _view: bool  # ``usearch`` is a read-only view of the file at ``_view_path``
+    _view_path: str
+    _codes_buf: np.ndarray
+
     def __init__(self, *, dtype: str = "f32", metric: str = "cos", search: str = "auto", rescore: bool = False,
                  oversample: int = 4, reduce: str = "none", whiten: bool = False, connectivity: int = 16,
                  expansion_add: int = 128, expansion_search: int = 64, exact_max: int = EXACT_MAX,
@@ -378,7 +399,7 @@ class VectorIndex:
             x = x[:, : self.reduce_dims]
         return np.ascontiguousarray(self._normalise(x) if self.reduce_kind != "none" else x, dtype=np.float32)
 
-    def _fit_transforms(self, full: np.ndarray) -> None:
+    def _fit_transforms(self, full: np.ndarray) -> np.ndarray:
         d_in = full.shape[1]
         if self.reduce_kind != "none" and self.reduce_dims > d_in:
             raise ParamError(f"reduce={self.reduce!r} asks for {self.reduce_dims} dimensions but the vectors have "
@@ -467,7 +488,7 @@ class VectorIndex:
         else:
             self.backend = "numpy" if self.search_mode == "exact" else "hnsw"
         self.alive = np.ones(n, dtype=bool)
-        self.codes: np.ndarray | None = None
+        self.codes = None
         self.usearch = None
         if self.backend == "numpy":
             codes = self._codes(x, for_usearch=False)
@@ -483,7 +504,7 @@ class VectorIndex:
         self.built = True
         return self
 
-    def _new_usearch(self) -> Any:
+    def _new_usearch(self) -> Index:
         from usearch.index import Index
 
         kind = {"f32": "f32", "f16": "f16", "i8": "i8", "b1": "b1"}[self.dtype]
@@ -492,25 +513,26 @@ class VectorIndex:
         return Index(ndim=ndim, metric=metric, dtype=kind, connectivity=self.connectivity,
                      expansion_add=self.expansion_add, expansion_search=self.expansion_search)
 
-    def _restore(self, source: str | bytes | bytearray, view: bool) -> Any:
+    def _restore(self, source: str | bytes | bytearray, view: bool) -> Index | None:
         """``usearch.Index.restore`` with this index's beam widths: a usearch file does not keep
         them, and a restored index would search with usearch's default ``expansion_search`` (64)."""
         from usearch.index import Index
 
         u = Index.restore(source, view=view)
         if u is not None:
-            u.expansion_add, u.expansion_search = self.expansion_add, self.expansion_search
+            # usearch defines these properties' setters apart from their getters, which mypy reads as read-only
+            u.expansion_add, u.expansion_search = self.expansion_add, self.expansion_search  # type: ignore[misc]
         return u
 
     def _add_to_graph(self, slots: np.ndarray, x: np.ndarray, chunk: int = 131_072) -> None:
         """Add reduced vectors ``x`` ``(m, ndim)`` to the usearch graph as ``slots``, in
         :func:`~ragkit.retrievers._locality.insertion_order` when ``reorder`` (chunks of ``chunk``
         rows bound the reordered copy of the codes)."""
+        graph = self._graph()
         order = insertion_order(x) if self.reorder else np.arange(len(x), dtype=np.int64)
         for lo in range(0, len(x), chunk):
             rows = order[lo: lo + chunk]
-            self.usearch.add(slots[rows].astype(np.uint64), self._codes(x[rows], for_usearch=True),
-                             threads=self.threads)
+            graph.add(slots[rows].astype(np.uint64), self._codes(x[rows], for_usearch=True), threads=self.threads)
 
     def _scratch(self) -> Path:
         if self.workdir is not None:
@@ -545,7 +567,7 @@ class VectorIndex:
         deleted at once (POSIX keeps the data of a mapped deleted file until it is unmapped).
         """
         new = np.ascontiguousarray(new, dtype=np.float32)
-        old = self.floats
+        old = self._float_file()
         src = _whole_map(old)
         if src is not None and self._floats_own is not None \
                 and os.path.abspath(src) == os.path.abspath(self._floats_own) and _grow_npy(Path(src), new):
@@ -610,9 +632,9 @@ class VectorIndex:
         codes = np.asarray(self.codes)
         n, m = len(codes), len(new)
         buf = getattr(self, "_codes_buf", None)
-        ours = (buf is not None and codes.base is buf and codes.__array_interface__["data"][0]
+        ours = (codes.base is buf and buf is not None and codes.__array_interface__["data"][0]
                 == buf.__array_interface__["data"][0])
-        if not ours or len(buf) < n + m or buf.dtype != new.dtype or buf.shape[1:] != new.shape[1:]:
+        if buf is None or not ours or len(buf) < n + m or buf.dtype != new.dtype or buf.shape[1:] != new.shape[1:]:
             buf = np.empty((n + m + max((n + m) // 4, 16), *new.shape[1:]), dtype=new.dtype)
             buf[:n] = codes
             self._codes_buf = buf
@@ -641,11 +663,31 @@ class VectorIndex:
         been replaced (a later save to the same folder) or deleted since ``load``, while the mapping
         still holds what was loaded."""
         if self.usearch is not None and getattr(self, "_view", False):
-            self.usearch, self._view = self._restore(self.usearch.save(), view=False), False
+            # usearch types save() as bytes | None: None only when saving to the index's own path, which an index
+            # made or restored here never has
+            self.usearch, self._view = self._restore(self.usearch.save(), view=False), False  # type: ignore[arg-type]
 
     def _check_built(self) -> None:
         if not self.built:
             raise ParamError("VectorIndex: call build(vectors) (or load) before searching or editing")
+
+    def _graph(self) -> Index:
+        """The usearch graph (``hnsw`` backend)."""
+        if self.usearch is None:
+            raise RuntimeError(f"VectorIndex: the {self.backend!r} backend has no HNSW graph")
+        return self.usearch
+
+    def _stored_codes(self) -> np.ndarray:
+        """The codes of the exact (``numpy``) backend."""
+        if self.codes is None:
+            raise RuntimeError(f"VectorIndex: the {self.backend!r} backend keeps no codes in numpy")
+        return self.codes
+
+    def _float_file(self) -> np.ndarray:
+        """The memory-mapped float vectors (``rescore``)."""
+        if self.floats is None:
+            raise RuntimeError("VectorIndex: float vectors are kept only with rescore=True")
+        return self.floats
 
     # ------------------------------------------------------------------ search
     def _block_scores(self, qr: np.ndarray, codes: np.ndarray) -> np.ndarray:
@@ -669,39 +711,50 @@ class VectorIndex:
         if rows is None:
             rows = np.flatnonzero(self.alive) if not self.alive.all() else None
         n = self.n_slots if rows is None else len(rows)
-        best_s = best_i = None
+        best_s: np.ndarray | None = None
+        best_i: np.ndarray | None = None
         i8_const = qr @ self.i8_min if (self.dtype == "i8" and self.backend == "numpy") else None
         for start in range(0, n, BLOCK):
             idx = np.arange(start, min(n, start + BLOCK)) if rows is None else rows[start:start + BLOCK]
             if self.backend == "numpy":
-                codes = self.codes[idx[0]: idx[-1] + 1] if rows is None else self.codes[idx]
+                stored = self._stored_codes()
+                codes = stored[idx[0]: idx[-1] + 1] if rows is None else stored[idx]
             else:
                 codes = self._get(idx)
             s = self._block_scores(qr, codes)
             if i8_const is not None:
                 s = s.T + i8_const[:, None]
             best_s, best_i = _topk_merge(best_s, best_i, s.astype(np.float32, copy=False), idx.astype(np.int64), kk)
-        if best_s is None:
+        if best_s is None or best_i is None:
             return np.full((nq, 0), -np.inf, np.float32), np.full((nq, 0), -1, np.int64)
         return best_s, best_i
 
     def _get(self, slots: np.ndarray) -> np.ndarray:
         """Stored codes of ``slots`` fetched from the usearch index."""
+        graph = self._graph()
         if not len(slots):
-            return np.zeros((0, self.usearch.ndim // 8 if self.dtype == "b1" else self.ndim),
+            return np.zeros((0, graph.ndim // 8 if self.dtype == "b1" else self.ndim),
                             dtype={"f32": np.float32, "f16": np.float16, "i8": np.int8, "b1": np.uint8}[self.dtype])
-        got = self.usearch.get(np.asarray(slots, dtype=np.uint64),
-                               dtype={"f32": np.float32, "f16": np.float16, "i8": np.int8, "b1": np.uint8}[self.dtype])
-        return np.stack(got) if isinstance(got, (tuple, list)) else np.asarray(got).reshape(len(slots), -1)
+        got = graph.get(np.asarray(slots, dtype=np.uint64), dtype=self.dtype)  # usearch's names are ours
+        if not isinstance(got, (tuple, list)):
+            return np.asarray(got).reshape(len(slots), -1)
+        found = [g for g in got if g is not None]  # usearch gives None for a key it does not hold
+        if len(found) != len(slots):
+            raise RuntimeError(f"VectorIndex: the HNSW graph holds no vector for {len(slots) - len(found)} of the "
+                               f"{len(slots)} slots asked for")
+        return np.stack(found)
 
     def _hnsw(self, qr: np.ndarray, kk: int) -> tuple[np.ndarray, np.ndarray]:
+        from usearch.index import MetricKind
+
+        graph = self._graph()
         if self.dtype == "i8":  # the corpus's scale, shrunk per query where it would clip: an ``ip``
             # index's queries can be far larger than its documents (MUVERA: token sums vs means)
             q_scale = np.minimum(self.i8_scale, 127.0 / np.maximum(np.abs(qr).max(axis=1), 1e-30)).astype(np.float32)
             q = _i8_symmetric(qr, q_scale[:, None])
         else:
             q = self._codes(qr, for_usearch=True)
-        m = self.usearch.search(q, kk, threads=self.threads)
+        m = graph.search(q, kk, threads=self.threads)
         keys = np.asarray(m.keys).reshape(len(qr), -1).astype(np.int64)
         dist = np.asarray(m.distances, dtype=np.float32).reshape(len(qr), -1)
         # a one-query batch comes back as ``Matches`` (already cut to the hits found), more as ``BatchMatches``
@@ -710,7 +763,7 @@ class VectorIndex:
         dist = np.where(valid, dist, np.float32(0.0))  # padding past the hits holds NaN: never compute on it
         if self.dtype == "b1":
             s = -dist
-        elif self.dtype == "i8" and self.usearch.metric_kind.name == "IP":  # integer dot of the codes
+        elif self.dtype == "i8" and graph.metric_kind == MetricKind.IP:  # integer dot of the codes
             s = (1.0 - dist) / (np.float32(self.i8_scale) * q_scale[:, None])
         else:  # f32 / f16 inner product, or an i8 cosine graph saved by an earlier version
             s = 1.0 - dist
@@ -759,10 +812,10 @@ class VectorIndex:
         u, inv = np.unique(np.where(valid, cand, cand.max(initial=0)), return_inverse=True)
         inv = inv.reshape(cand.shape)
         if self.rescore:
-            vecs = np.asarray(self.floats[u], dtype=np.float32)
+            vecs = np.asarray(self._float_file()[u], dtype=np.float32)
             qv = q_full
         else:  # b1 without floats: asymmetric float query x ±1 bits
-            codes = self._get(u) if self.backend == "hnsw" else self.codes[u]
+            codes = self._get(u) if self.backend == "hnsw" else self._stored_codes()[u]
             vecs = np.unpackbits(codes, axis=1)[:, : self.ndim].astype(np.float32)
             vecs *= 2  # in place: one (u, ndim) float block
             vecs -= 1
@@ -834,7 +887,7 @@ class VectorIndex:
         if self.floats is not None:
             return self.floats
         if self.dtype == "f32" and self.reduce_kind == "none" and self.backend == "numpy":
-            view = self.codes.view()
+            view = self._stored_codes().view()
             view.flags.writeable = False
             return view
         return None

@@ -32,7 +32,7 @@ from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
 from itertools import chain
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Any, Literal, Sequence, TypedDict
 
 import numpy as np
 import scipy.sparse as sp
@@ -157,6 +157,13 @@ class Tokenizer:
         return [[t for t in map(term.__getitem__, d) if t is not None] for d in docs]
 
 
+class CollectionStats(TypedDict):
+    """Collection statistics given from outside (:meth:`BM25.set_collection`)."""
+
+    idf: np.ndarray
+    avgdl: float
+
+
 class BM25Params(Params):
     k: int = Field(100, ge=1, description="Results per query.")
     variant: Literal["lucene", "okapi"] = Field(
@@ -221,8 +228,14 @@ class BM25(Operator):
     name = "bm25"
     kind = "retriever"
     Params = BM25Params
+    params: BM25Params
     example = {"k": 5}
     run_options = {"n_jobs": PARAM}
+
+    vocab_: dict[str, int]  # term -> column
+    tf_: sp.csr_matrix  # term counts (n_docs, n_terms)
+    idf_: np.ndarray
+    collection_: CollectionStats | None  # statistics set from outside, else None
 
     # ------------------------------------------------------------------ tokens
     def make_tokenizer(self) -> Tokenizer:
@@ -249,9 +262,9 @@ class BM25(Operator):
             if len(s2i) > 4 * len(self.vocab_) + 200_000:  # bound the cache of unknown query words: a new
                 s2i = self.__dict__["_s2i"] = {}  # one (clearing in place lost a concurrent search's words)
                 new = set(flat)
-            new = sorted(new)  # deterministic term ids
+            ordered = sorted(new)  # deterministic term ids
             vocab = self.vocab_
-            for s, t in zip(new, tok.normalize(new)):
+            for s, t in zip(ordered, tok.normalize(ordered)):
                 j = -1 if t is None else vocab.get(t, -1)
                 if j < 0 and t is not None and grow:
                     j = vocab[t] = len(vocab)
@@ -277,7 +290,7 @@ class BM25(Operator):
     def _fit(self, corpus: Corpus, train: TrainSet | None, upstream: State | None) -> None:
         self._reset_cache()
         self.collection_ = None
-        self.vocab_: dict[str, int] = {}
+        self.vocab_ = {}
         self.tf_ = self._count_matrix(self._texts(corpus), grow=True)
         self._weigh()
 
@@ -319,7 +332,7 @@ class BM25(Operator):
 
     def terms(self) -> list[str]:
         """The indexed terms in vocabulary (column) order."""
-        return sorted(self.vocab_, key=self.vocab_.get)
+        return sorted(self.vocab_, key=self.vocab_.__getitem__)
 
     def doc_lengths(self) -> np.ndarray:
         """Indexed tokens per document, float64 ``(n_docs,)``."""

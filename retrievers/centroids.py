@@ -211,8 +211,8 @@ def centroid_pairs(q_data: np.ndarray, q_off: np.ndarray, centroids: np.ndarray,
         start = np.zeros(len(alive) + 1, np.int64)
         np.cumsum(alive, out=start[1:])
         pair = group_positions(alive)                                         # position-major: code j of pair
-        look = np.asarray(code_data[code_off[docs][pair] + np.repeat(np.arange(len(alive)), alive)], np.int64)
-        look = torch.from_numpy(look * n + pi[pair])                          # table row of each (pair, code)
+        code = np.asarray(code_data[code_off[docs][pair] + np.repeat(np.arange(len(alive)), alive)], np.int64)
+        look = torch.from_numpy(code * n + pi[pair])                          # table row of each (pair, code)
         rest = scratch[n * t * (dim + n_c):]
         acc, buf = rest[:m * t].view(m, t), rest[m * t:2 * m * t].view(m, t)
         torch.index_select(table, 0, look[:m], out=acc)

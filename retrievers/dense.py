@@ -117,7 +117,11 @@ class Dense(TunedEncoderMixin, Operator):
     name = "dense"
     kind = "retriever"
     Params = DenseParams
+    params: DenseParams
     example = {"k": 5}
+
+    index_: VectorIndex
+    slots_: np.ndarray  # (n_docs,) int64 index slot of each corpus row
 
     @property
     def encoder(self) -> Encoder:

@@ -143,9 +143,9 @@ def draw_matrices(cfg: FDEConfig, d: int) -> tuple[np.ndarray, np.ndarray | None
         if cfg.projection == "ams":
             ss.append((rng.integers(0, 2, size=(d, dp)) * 2 - 1) / np.sqrt(dp))
         elif cfg.projection == "countsketch":
-            s = np.zeros((d, dp))
-            s[np.arange(d), rng.integers(0, dp, size=d)] = rng.integers(0, 2, size=d) * 2 - 1
-            ss.append(s)
+            sk = np.zeros((d, dp))
+            sk[np.arange(d), rng.integers(0, dp, size=d)] = rng.integers(0, 2, size=d) * 2 - 1
+            ss.append(sk)
     g = np.concatenate(gs, axis=1).astype(np.float32) if cfg.k_sim else np.zeros((d, 0), np.float32)
     s = np.concatenate(ss, axis=1).astype(np.float32) if ss else None
     return g, s
@@ -186,7 +186,7 @@ def _encode(data: np.ndarray, offsets: np.ndarray, cfg: FDEConfig, is_query: boo
     final = cfg.d_final is not None
     # the mean channel lives in out's last columns; with a final sketch, out is (n, d_final [+ d])
     # and each chunk's unsketched FDEs live only in a scratch block
-    out = np.zeros((n, (cfg.d_final if final else width) + n_mean), np.float32)
+    out = np.zeros((n, (cfg.d_final if cfg.d_final is not None else width) + n_mean), np.float32)
     mean = out[:, out.shape[1] - n_mean:]
     sketch = _final_sketch(cfg, width) if final else None
     g, s = draw_matrices(cfg, d)
@@ -204,7 +204,7 @@ def _encode(data: np.ndarray, offsets: np.ndarray, cfg: FDEConfig, is_query: boo
         x = np.asarray(data[a:b], dtype=np.float32)
         block = np.zeros((hi - lo, width), np.float32) if final else out[lo:hi, :width]
         _encode_chunk(x, offsets[lo:hi + 1] - a, g, s, cfg, is_query, block, mean[lo:hi] if n_mean else None)
-        if final:
+        if sketch is not None:
             out[lo:hi, :cfg.d_final] = np.asarray(block @ sketch, dtype=np.float32)
         lo = hi
     return out

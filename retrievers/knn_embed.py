@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 from pydantic import Field, model_validator
@@ -33,6 +33,9 @@ from ragkit.params import ModelName, Params, Seed
 from ragkit.registry import register
 from ragkit.retrievers._index import check_finite_vectors
 from ragkit.types import Corpus, Ranking, State, TrainSet
+
+if TYPE_CHECKING:
+    from ragkit.retrievers.dense import Dense
 
 __all__ = ["KnnEmbed", "KnnEmbedParams", "default_n_clusters", "largest_remainder"]
 
@@ -224,11 +227,16 @@ class KnnEmbed(Operator):
     name = "knn_embed"
     kind = "retriever"
     Params = KnnEmbedParams
+    params: KnnEmbedParams
     example = {"k": 10, "n_clusters": 8, "n_init": 1, "collapse_at": 1.0, "weight_floor": 0.03}
+
+    vectors_: np.ndarray  # (N, d) float32 unit document vectors (memory-mapped after load(mmap=True))
+    labels_: np.ndarray  # (N,) int32 cluster of each document
+    centroids_: np.ndarray  # (C, d) float32 unit centroids
 
     # ------------------------------------------------------------------ fit
     @property
-    def dense(self):
+    def dense(self) -> Dense:
         """The plain :class:`~ragkit.retrievers.dense.Dense` whose encoder this retriever shares."""
         from ragkit.retrievers.dense import Dense
 

@@ -84,7 +84,9 @@ class TokenParams(Params):
 class TokenOperatorMixin(TunedEncoderMixin):
     """Token vectors of the corpus (``tokens_``) and of the queries, for MaxSim operators."""
 
-    params: Any
+    params: TokenParams
+    corpus_: Corpus  # set by Operator.fit / load
+    tokens_: TokenVectors
 
     @property
     def token_encoder(self) -> TokenEncoder:
@@ -242,8 +244,14 @@ class Muvera(TokenOperatorMixin, Operator):
     name = "muvera"
     kind = "retriever"
     Params = MuveraParams
+    params: MuveraParams
     example = {"k": 5, "candidates": 20, "k_sim": 3, "d_proj": 8, "r_reps": 4, "prune": 10, "centroids": 16}
     run_options = {"candidates": PARAM, "prune": PARAM}
+
+    index_: VectorIndex  # the document FDEs
+    codebook_: np.ndarray  # (centroids, dim) token codebook, only with prune
+    codes_: np.ndarray  # flat code sets of the documents (only with prune) ...
+    code_offsets_: np.ndarray  # ... and their (n_docs + 1,) offsets
 
     def check_run_options(self, options: Mapping[str, Any]) -> None:
         """A run-time ``prune`` needs the token codebook, which ``fit`` builds only when the
@@ -381,6 +389,7 @@ class MaxSimExact(TokenOperatorMixin, Operator):
     name = "maxsim_exact"
     kind = "retriever"
     Params = MaxSimExactParams
+    params: MaxSimExactParams
     example = {"k": 5}
 
     def _fit(self, corpus: Corpus, train: TrainSet | None, upstream: State | None) -> None:
