@@ -33,13 +33,16 @@ def cut_prefix(rankings: list[Ranking], n_keep: np.ndarray, new_scores: np.ndarr
     """Keep the first ``n_keep[i]`` documents of ranking ``i``.
 
     ``new_scores`` (flat, aligned with :func:`flatten`) replaces the scores; ``fields``
-    (flat arrays) are added as extra aligned columns.
+    (flat arrays) are added as extra aligned columns; ``starts`` (each ranking's first position in
+    them, as :func:`flatten` returns it) is computed when not given.
     """
+    if new_scores is None and not fields:
+        return [r.head(n) if n < len(r) else r for r, n in zip(rankings, n_keep.tolist())]
+    if starts is None:
+        lengths = np.fromiter((len(r) for r in rankings), np.int64, len(rankings))
+        starts = np.cumsum(lengths) - lengths
     out = []
     for i, (r, n) in enumerate(zip(rankings, n_keep.tolist())):
-        if new_scores is None and not fields:
-            out.append(r.head(n) if n < len(r) else r)
-            continue
         s0 = int(starts[i])
         flds = {k: v[:n] for k, v in r.fields.items()}
         for name, col in (fields or {}).items():

@@ -27,6 +27,8 @@ from ragkit.types import Corpus, State, TrainSet
 __all__ = ["CosineAdapter", "CosineAdapterParams", "list_features", "choose_threshold"]
 
 N_LIST_FEATURES = 4
+_NEEDS_TRAIN = ("cosine_adapter.fit needs judged training queries: fit(corpus, train=TrainSet(queries, qrels)) "
+                "(command line: --train-split)")
 
 
 class CosineAdapterParams(Params):
@@ -151,12 +153,15 @@ class CosineAdapter(Operator):
     name = "cosine_adapter"
     kind = "filter"
     Params = CosineAdapterParams
+    params: CosineAdapterParams
     wants_upstream = True
     needs_train = True  # fit always learns from judged queries (``ragkit train`` has no unlearned row for it)
     example = {"max_iter": 50}
     upstream_example = [{"dense": {"k": 20}}]
     #: ``search(..., cosine_adapter={"threshold": 0.3})``; a ``threshold`` of None is the fitted one
     run_options = {"threshold": PARAM, "k_min": PARAM}
+    #: set by fit: the deepest training query's candidates, or None when loaded from a save that predates it
+    depth_: int | None
 
     # ------------------------------------------------------------------ features / model
     @property
@@ -183,7 +188,7 @@ class CosineAdapter(Operator):
         logx = np.log(x)
         return np.exp(p * logx), logx
 
-    def _heads(self, F1: np.ndarray, W: np.ndarray) -> tuple[np.ndarray, ...]:
+    def _heads(self, F1: np.ndarray, W: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
         U = F1 @ W  # (B, m)
         a = np.logaddexp(0.0, U[:, 0])
         b = U[:, 1]
@@ -234,11 +239,12 @@ class CosineAdapter(Operator):
     # ------------------------------------------------------------------ fit
     def train_refusal(self) -> Exception | None:
         """The adapter always learns from judged queries (see :meth:`Operator.train_refusal`)."""
-        return DataError("cosine_adapter.fit needs judged training queries: "
-                         "fit(corpus, train=TrainSet(queries, qrels)) (command line: --train-split)")
+        return DataError(_NEEDS_TRAIN)
 
     def _fit(self, corpus: Corpus, train: TrainSet | None, upstream: State | None) -> None:
         t0 = time.perf_counter()
+        if train is None:  # fit refuses it first (train_refusal)
+            raise DataError(_NEEDS_TRAIN)
         encoder = get_encoder(self.params.model)
         if upstream is None or upstream.rankings is None:
             from ragkit.retrievers.dense import Dense
@@ -252,9 +258,12 @@ class CosineAdapter(Operator):
         judged = [i for i, q in enumerate(upstream.query_ids) if train.qrels.get(q)]
         if len(judged) < len(upstream):
             upstream = upstream.subset(judged)
-        rows, c, lengths, starts, qidx = flatten(upstream.rankings)
+        rankings = upstream.rankings
+        if rankings is None:
+            raise DataError("cosine_adapter.fit: the dense retriever gave the training queries no rankings")
+        rows, c, lengths, starts, qidx = flatten(rankings)
         check_cosines(c, self.name, qidx)
-        check_dense_rankings(upstream.rankings, c, qidx, self.name, ordered=True)  # as every search will
+        check_dense_rankings(rankings, c, qidx, self.name, ordered=True)  # as every search will
         self.depth_ = int(lengths.max()) if len(lengths) else 0
         qv = query_vectors(upstream, encoder)
         if qv.shape[0] != len(lengths):
@@ -299,15 +308,15 @@ class CosineAdapter(Operator):
             raise DataError(f"cosine_adapter.fit: training diverged (non-finite weights after {info['iterations']} "
                             f"L-BFGS iterations, loss {info['loss']}); check the query vectors and judgements")
         self.weights_ = W
-        if choose:
+        if self.params.threshold is not None:
+            self.threshold_ = float(self.params.threshold)
+        else:
             hold = ~fit_q if (~fit_q).any() else fit_q
             hsel = hold[qidx]
             probs = expit(self._logits(F1, W, c.astype(np.float64), qidx))[hsel]
             self.threshold_ = choose_threshold(probs, y[hsel], self.params.target, self.params.target_value)
             info["threshold_queries"] = int(hold.sum())
             info["held_out"] = bool((~fit_q).any())
-        else:
-            self.threshold_ = float(self.params.threshold)
         info.update(train_queries=int(fit_q.sum()), pairs=int(sel.sum()), positives=int(y[sel].sum()),
                     dim=int(qv.shape[1]), encoder=encoder.key, threshold=self.threshold_,
                     seconds=time.perf_counter() - t0)
@@ -338,9 +347,9 @@ class CosineAdapter(Operator):
         flat = cosines[valid]
         qidx = np.repeat(np.arange(B), lengths)
         check_cosines(flat, self.name, qidx)
-        row = first_unsorted(flat, qidx)
-        if row is not None:
-            raise DataError(f"cosine_adapter.predict_proba: cosines row {row} is not sorted best first (the "
+        unsorted = first_unsorted(flat, qidx)
+        if unsorted is not None:
+            raise DataError(f"cosine_adapter.predict_proba: cosines row {unsorted} is not sorted best first (the "
                             "features read the top-1 and top-10 by position)")
         return self._proba_flat(np.asarray(qvecs), flat, lengths, starts, qidx, scatter=(valid, (B, K)))
 

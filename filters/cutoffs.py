@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any, Protocol
+
 from pydantic import Field
 
+from ragkit.errors import ParamError
 from ragkit.operator import Operator
 from ragkit.options import PARAM
 from ragkit.params import Params
@@ -17,15 +20,35 @@ class TopKParams(Params):
     k: int = Field(10, ge=1, description="Results kept per query.")
 
 
-def cut_k(op: Operator, state: State) -> int:
+class _KParams(Protocol):
+    @property
+    def k(self) -> int | None: ...
+
+
+class _Cutter(Protocol):
+    """An operator whose parameters have ``k`` (top_k, mmr, maxsim)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def params(self) -> _KParams: ...
+
+    def opt(self, state: State, key: str, default: Any = None) -> Any: ...
+
+
+def cut_k(op: _Cutter, state: State) -> int:
     """How many documents a cut-off or reranker keeps: its own ``k`` option exactly, else its ``k``
     parameter raised to the call's ``k`` (the final number of results: no step before the end
     keeps fewer, as retrievers fetch at least ``k``)."""
     own = op.opt(state, "k")
     if own is not None:
         return int(own)
+    k = op.params.k
+    if k is None:  # maxsim's k: None (keep all) without a k option: it does not cut
+        raise ParamError(f"{op.name}: k is None and no k option was given; there is no cut-off")
     call_k = state.options.get("k")
-    return max(int(op.params.k), int(call_k)) if call_k is not None else int(op.params.k)
+    return max(int(k), int(call_k)) if call_k is not None else int(k)
 
 
 @register
@@ -46,6 +69,7 @@ class TopK(Operator):
     name = "top_k"
     kind = "filter"
     Params = TopKParams
+    params: TopKParams
     stateless = True
     example = {"k": 5}
     run_options = {"k": PARAM}

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 import time
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import Field, field_validator, model_validator
@@ -127,12 +127,14 @@ def dbnorm_scores(
         return beta * s - log_z_q[rows]
     if method == "qbnorm":
         return beta * s - np.where(act_q[top1], log_z_q[rows], 0.0)
+    if method not in ("dis", "ddis"):
+        raise ValueError(f"unknown method {method!r}")
+    if log_z_g is None or act_g is None:
+        raise ValueError(f"method {method!r} needs the gallery bank's log_z_g and act_g, got None")
     if method == "dis":
         return (beta1 + beta2) * s - log_z_q[rows] - log_z_g[rows]
-    if method == "ddis":
-        return ((beta1 + beta2) * s - np.where(act_q[top1], log_z_q[rows], 0.0)
-                - np.where(act_g[top1], log_z_g[rows], 0.0))
-    raise ValueError(f"unknown method {method!r}")
+    return ((beta1 + beta2) * s - np.where(act_q[top1], log_z_q[rows], 0.0)
+            - np.where(act_g[top1], log_z_g[rows], 0.0))
 
 
 class DBNormParams(Params):
@@ -215,8 +217,10 @@ class DBNorm(Operator):
     name = "dbnorm"
     kind = "reranker"
     Params = DBNormParams
+    params: DBNormParams
     example = {"method": "ddis"}
     upstream_example = [{"dense": {"k": 20}}]
+    info_: dict[str, Any]  # set by fit
 
     @property
     def uses_training_queries(self) -> bool:
@@ -240,13 +244,15 @@ class DBNorm(Operator):
         docs = unit_rows(enc.encode(corpus.full_texts))  # banks of cosines, like the dense scores it corrects
         rng = np.random.default_rng(p.seed)
         # query bank
-        source = p.query_bank if train is not None else "pseudo"
-        if source == "train":
+        q_rows: np.ndarray | None
+        if p.query_bank == "train" and train is not None:
+            source = "train"
             texts = list(train.queries.texts)
             if p.query_bank_size is not None and p.query_bank_size < len(texts):
                 texts = [texts[i] for i in np.sort(rng.choice(len(texts), p.query_bank_size, replace=False))]
             q_rows = None
         else:
+            source = "pseudo"
             texts, q_rows = pseudo_queries(corpus, p.query_bank_size or 1000, p.seed)
         if not texts:
             raise DataError("dbnorm.fit: the query bank is empty (no training queries); use query_bank='pseudo'")
@@ -254,7 +260,8 @@ class DBNorm(Operator):
         beta_q = p.beta1 if self.dual else p.beta
         self.log_z_q_, self.active_q_ = bank_log_partition(
             docs, qbank, beta_q, bank_rows=q_rows, activation_k=p.activation_k, who="dbnorm query bank")
-        info = {"query_bank": source, "query_bank_size": len(texts), "n_docs": len(corpus), "dim": int(docs.shape[1])}
+        info: dict[str, Any] = {"query_bank": source, "query_bank_size": len(texts), "n_docs": len(corpus),
+                                "dim": int(docs.shape[1])}
         if self.dual:
             n_g = len(corpus) if p.gallery_bank_size is None else min(p.gallery_bank_size, len(corpus))
             g_rows = (np.arange(len(corpus)) if n_g == len(corpus)  # its own stream: not the pseudo-queries' rows

@@ -46,6 +46,7 @@ class MaxSim(TokenOperatorMixin, Operator):
     name = "maxsim"
     kind = "reranker"
     Params = MaxSimParams
+    params: MaxSimParams
     example = {"k": 10}
     run_options = {"k": PARAM}
 

@@ -115,6 +115,7 @@ class MMR(Operator):
     name = "mmr"
     kind = "reranker"
     Params = MMRParams
+    params: MMRParams
     example = {"k": 10, "fetch_k": 20, "lambda_mult": 0.5}
     run_options = {"k": PARAM}
 

@@ -26,6 +26,7 @@ class _PrefixCut(Operator):
     once on the flattened rankings)."""
 
     kind = "filter"
+    params: ScoreThresholdParams | RelativeThresholdParams  # (k_min)
     stateless = True
     min_keep = 0  # kept per query whatever the rule and ``k_min`` say
     run_options = {"k_min": PARAM}
@@ -88,6 +89,7 @@ class ScoreThreshold(_PrefixCut):
 
     name = "score_threshold"
     Params = ScoreThresholdParams
+    params: ScoreThresholdParams
     example = {"threshold": 0.0}
     run_options = {**_PrefixCut.run_options, "threshold": PARAM}
 
@@ -118,6 +120,7 @@ class RelativeThreshold(_PrefixCut):
 
     name = "relative_threshold"
     Params = RelativeThresholdParams
+    params: RelativeThresholdParams
     example = {"alpha": 0.9}
     run_options = {**_PrefixCut.run_options, "alpha": PARAM}
     min_keep = 1  # the top document

@@ -14,7 +14,7 @@ from __future__ import annotations
 import difflib
 import time
 from contextvars import ContextVar
-from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
@@ -31,6 +31,35 @@ __all__ = ["Composite", "Pipeline", "Parallel", "Route", "Loop", "run_step"]
 # The corpus ids of the search in progress, for the trace's recall and nDCG: a context variable,
 # so that searches running at once in threads or asyncio tasks each see their own corpus.
 _TRACE_IDS: ContextVar[np.ndarray | None] = ContextVar("ragkit_trace_ids", default=None)
+
+
+class _RouteLabels(Protocol):
+    @property
+    def above(self) -> str: ...
+
+    @property
+    def below(self) -> str: ...
+
+
+@runtime_checkable
+class _LearningRouter(Protocol):
+    """A router that learns from what each branch gives the training queries (``score_router``
+    with ``learn: true``): the route hands it each query's nDCG@10 in its ``above`` and ``below`` branches."""
+
+    @property
+    def params(self) -> _RouteLabels: ...
+
+    def learn_routes(self, state: State, gains: dict[str, np.ndarray]) -> None: ...
+
+
+@runtime_checkable
+class _LearningJudge(Protocol):
+    """A judge that learns when to stop (``score_reached`` with ``learn: true``): the loop hands it each
+    iteration's ``feature`` and nDCG@10 of the training queries."""
+
+    def feature(self, state: State) -> np.ndarray: ...
+
+    def learn_stopping(self, features: np.ndarray, gains: np.ndarray) -> None: ...
 
 
 def _quality(state: State) -> tuple[float | None, float | None, int]:
@@ -73,16 +102,19 @@ def run_step(op: Operator, state: State, path: str) -> State:
     """
     if isinstance(op, Composite):
         return op._call(state, path)
-    if state.trace is None:
+    trace = state.trace  # the search's list, shared by the states made from this one (State.copy, subset)
+    if trace is None:
         return op(state)
     n_in = np.mean([len(r) for r in state.rankings]) if state.rankings else 0.0
     t0 = time.perf_counter()
     out = op(state)
     dt = time.perf_counter() - t0
+    if out.trace is None:  # an operator that returned a new State without it: the steps after it are traced too
+        out.trace = trace
     n_out = np.mean([len(r) for r in out.rankings]) if out.rankings else 0.0
     recall, ndcg, n_judged = _quality(out)
-    out.trace.append(TraceEvent(f"{path}.{_label(op)}", op.name, dt, len(state), float(n_in), float(n_out),
-                                recall, ndcg, n_judged))
+    trace.append(TraceEvent(f"{path}.{_label(op)}", op.name, dt, len(state), float(n_in), float(n_out),
+                            recall, ndcg, n_judged))
     return out
 
 
@@ -100,10 +132,14 @@ class Composite(Operator):
     def __init__(self) -> None:  # composites have no Params model of their own
         self.params = Params()
 
+    def _call(self, state: State, path: str = "") -> State:  # pragma: no cover - abstract
+        """Run on ``state`` as the node at ``path`` (the YAML path, for traces and errors)."""
+        raise NotImplementedError(f"{type(self).__name__} must implement _call(state, path)")
+
     def __eq__(self, other: object) -> bool:
         from ragkit.pipelines.yaml import to_node
 
-        return type(self) is type(other) and to_node(self) == to_node(other)  # type: ignore[arg-type]
+        return type(self) is type(other) and to_node(self) == to_node(other)
 
     __hash__ = object.__hash__
 
@@ -578,13 +614,14 @@ def fuse_weights_problem(fuse: Operator, names: Sequence[str]) -> str | None:
     return f"expected {len(names)} weights, one per branch ({', '.join(names)}), got {len(weights)}: {list(weights)}"
 
 
-def route_label_problems(router: Operator, labels: Iterable[Any], has_default: bool,
+def route_label_problems(router: Operator | None, labels: Iterable[Any], has_default: bool,
                          default_label: str | None = None) -> str | None:
     """Why a route's branch ``labels`` do not serve ``router``, or ``None``: every label must be a
     string (YAML reads unquoted ``yes`` / ``no`` / ``on`` / ``1`` as booleans and numbers) without
     ``.``, ``[`` or ``]`` (path syntax); without a default every label the router can give
     (``possible_labels``) needs a branch; and every branch must be reachable: a label the router
-    can give, or the route's ``default_label`` (a misspelt label's queries went to the default)."""
+    can give, or the route's ``default_label`` (a misspelt label's queries went to the default).
+    Without a ``router`` (not built yet) only the labels themselves are checked."""
     labels = list(labels)
     bad = [k for k in labels if not isinstance(k, str)]
     if bad:
@@ -595,6 +632,8 @@ def route_label_problems(router: Operator, labels: Iterable[Any], has_default: b
     if odd:  # a label is a part of every path under its branch: "a[0]" would name what "a"'s first step is
         return (f"branch labels must be non-empty and hold no '.', '[' or ']' (they are parts of the paths that "
                 f"name operators in errors, traces and saved pipelines), got {odd}")
+    if router is None:
+        return None
     possible = getattr(router, "possible_labels", None)
     missing = [lab for lab in possible() if lab not in labels] if callable(possible) and not has_default else []
     if missing:
@@ -804,7 +843,7 @@ class Route(Composite):
                 *([(self.default, f"{here}.default")] if self.default is not None else [])]
 
     @property
-    def wants_upstream(self) -> bool:  # type: ignore[override]
+    def wants_upstream(self) -> bool:
         """Routing the training queries (for the branches that learn) needs what the steps before
         the route made of them: a ``score_router`` reads their rankings."""
         return bool(_learning_leaves(self))
@@ -824,18 +863,19 @@ class Route(Composite):
         the router gets each branch's per-query nDCG@10 on them (``upstream``: the preceding
         steps' output) and chooses its threshold from them.
         """
-        learning_router = train is not None and self.router.needs_train and hasattr(self.router, "learn_routes")
-        if train is None or learning_router or not self.wants_upstream:
+        learning_router = (self.router if train is not None and self.router.needs_train
+                           and isinstance(self.router, _LearningRouter) else None)
+        if train is None or learning_router is not None or not self.wants_upstream:
             super().fit(corpus, train, upstream=upstream, _seen=_seen, _path=_path)
         else:
             self._fit_routed(corpus, train, upstream, _seen, _at(_path, "route"))
-        if learning_router:
+        if learning_router is not None and train is not None:
             from ragkit.eval.metrics import per_query_ndcg
 
             state = _judged_start(train, upstream, f"learning {self.router.name}'s threshold")
             gains = {label: per_query_ndcg(self._branch_for(label, "route")[0](state.copy()), train.qrels, corpus.ids)
-                     for label in (self.router.params.above, self.router.params.below)}
-            self.router.learn_routes(state, gains)
+                     for label in (learning_router.params.above, learning_router.params.below)}
+            learning_router.learn_routes(state, gains)
         return self
 
     def _fit_routed(self, corpus: Corpus, train: TrainSet, upstream: State | None, _seen: set[int] | None,
@@ -988,17 +1028,18 @@ class Loop(Composite):
         the loop returned came from an expanded one.
         """
         super().fit(corpus, train, upstream=upstream, _seen=_seen, _path=_path)
-        learning_judge = train is not None and self.until.needs_train and hasattr(self.until, "learn_stopping")
-        if learning_judge:
-            self._learn_stopping(corpus, train, upstream)  # type: ignore[arg-type]
+        judge = (self.until if train is not None and self.until.needs_train
+                 and isinstance(self.until, _LearningJudge) else None)
+        if judge is not None and train is not None:
+            self._learn_stopping(judge, corpus, train, upstream)
         if train is not None and self.max_iters > 1 and any(x.wants_upstream for x in iter_leaves(self.body)):
-            if self._refit_on_iterations(corpus, train, upstream, _path) and learning_judge:
-                self._learn_stopping(corpus, train, upstream)  # again, for the body as refitted
+            if self._refit_on_iterations(corpus, train, upstream, _path) and judge is not None:
+                self._learn_stopping(judge, corpus, train, upstream)  # again, for the body as refitted
         return self
 
-    def _learn_stopping(self, corpus: Corpus, train: TrainSet, upstream: State | None) -> None:
-        """Run the body ``max_iters`` times on every judged training query and give the judge each
-        iteration's features and nDCG@10 (its ``learn_stopping``)."""
+    def _learn_stopping(self, judge: _LearningJudge, corpus: Corpus, train: TrainSet, upstream: State | None) -> None:
+        """Run the body ``max_iters`` times on every judged training query and give the judge (``until``)
+        each iteration's features and nDCG@10 (its ``learn_stopping``)."""
         from ragkit.eval.metrics import per_query_ndcg
 
         current = _judged_start(train, upstream, f"learning {self.until.name}'s threshold")
@@ -1007,9 +1048,9 @@ class Loop(Composite):
             current.values["iteration"] = [it] * len(current)
             current = self.body(current)
             current.values.pop("iteration", None)
-            features.append(self.until.feature(current))  # type: ignore[attr-defined]
+            features.append(judge.feature(current))
             gains.append(per_query_ndcg(current, train.qrels, corpus.ids))
-        self.until.learn_stopping(np.array(features), np.array(gains))  # type: ignore[attr-defined]
+        judge.learn_stopping(np.array(features), np.array(gains))
 
     def _refit_on_iterations(self, corpus: Corpus, train: TrainSet, upstream: State | None, path: str) -> bool:
         """Fit the body's operators that learn from their input (``wants_upstream``) again, on each

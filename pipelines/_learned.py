@@ -10,7 +10,7 @@ without judged queries, the threshold in use, and saving / loading what was lear
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Protocol
 
 from ragkit.errors import ParamError
 
@@ -31,11 +31,22 @@ def threshold_or_learn_problem(threshold: float | None, learn: bool, cost: float
     return None
 
 
+class _ThresholdParams(Protocol):
+    @property
+    def threshold(self) -> float | None: ...
+
+    @property
+    def learn(self) -> bool: ...
+
+
 class LearnedThreshold:
     """Mixin for operators whose params have ``threshold: float | None`` and ``learn: bool``."""
 
-    params: Any
-    name: str
+    params: _ThresholdParams
+    name: ClassVar[str]
+    #: set by a learning fit (the owner's ``learn_*`` method) or loaded
+    threshold_: float
+    learned_: dict[str, Any]
 
     @property
     def wants_upstream(self) -> bool:
@@ -57,12 +68,19 @@ class LearnedThreshold:
     def threshold(self) -> float:
         """The threshold in use: the learned one after a learning fit, else the parameter."""
         learned = getattr(self, "threshold_", None)
-        return float(learned if learned is not None else self.params.threshold)
+        if learned is not None:
+            return float(learned)
+        if self.params.threshold is None:  # learn=true, nothing learned yet
+            raise self._not_learned()
+        return float(self.params.threshold)
 
     def _check_learned(self) -> None:
         if self.params.learn and getattr(self, "threshold_", None) is None:
-            raise ParamError(f"{self.name}: learn=true but no threshold was learned; fit the pipeline with "
-                             f"fit(corpus, train=...) first")
+            raise self._not_learned()
+
+    def _not_learned(self) -> ParamError:
+        return ParamError(f"{self.name}: learn=true but no threshold was learned; fit the pipeline with "
+                          f"fit(corpus, train=...) first")
 
     def _save(self, folder: Path) -> None:
         if getattr(self, "learned_", None) is not None:

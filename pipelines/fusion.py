@@ -8,7 +8,7 @@ when absent).  Everything is computed on flat arrays for the whole batch.
 
 from __future__ import annotations
 
-from typing import Callable, Literal
+from typing import TYPE_CHECKING, Any, Callable, Literal
 
 import numpy as np
 from pydantic import Field, model_validator
@@ -18,6 +18,9 @@ from ragkit.operator import Operator
 from ragkit.params import Params
 from ragkit.registry import register
 from ragkit.types import Ranking, State
+
+if TYPE_CHECKING:
+    from ragkit.pipelines.weights import WeightSearch
 
 __all__ = ["RRF", "WeightedFusion", "flatten_branches", "split_by_query"]
 
@@ -116,22 +119,27 @@ class _FuserParams(Params):
 
 class _Fuser(Operator):
     kind = "fuser"
+    params: _FuserParams
     stateless = True
+    #: set by a learning fit (or loaded): the weights, the other settings learned with them, a report
+    weights_: np.ndarray
+    option_: dict[str, Any]
+    learned_: dict[str, Any]
 
     @property
-    def wants_upstream(self) -> bool:  # type: ignore[override]
+    def wants_upstream(self) -> bool:
         """A learning fuser needs its branches' rankings of the training queries at fit time."""
-        return bool(self.params.learn)  # type: ignore[attr-defined]
+        return bool(self.params.learn)
 
     @property
-    def learns(self) -> bool:  # type: ignore[override]
+    def learns(self) -> bool:
         """``learn: true`` learns the weights from judged queries when fitted with them."""
-        return bool(self.params.learn)  # type: ignore[attr-defined]
+        return bool(self.params.learn)
 
     def _fit(self, corpus, train, upstream) -> None:
         for attr in ("weights_", "option_", "learned_"):  # a refit re-learns, or forgets what it learned
             self.__dict__.pop(attr, None)
-        if not self.params.learn or train is None:  # type: ignore[attr-defined]
+        if not self.params.learn or train is None:
             return
         if upstream is None or not upstream.branches:
             raise ParamError(f"{self.name}.learn: weights are learned inside a Parallel; fit the pipeline that "
@@ -140,24 +148,26 @@ class _Fuser(Operator):
 
         names = [n for n, _ in upstream.branches]
 
-        best = None
+        best: tuple[dict[str, Any], WeightSearch] | None = None
         for option in self._learnable_options():  # e.g. each score normalisation, weights searched for each
             self.option_ = option
             prepared = self._prepare(upstream, with_fields=False)  # what every grid point shares, computed once
 
             def fuse(state: State, w: np.ndarray, prepared: Callable = prepared) -> list[Ranking]:
-                return prepared(w, self.params.top_k)  # type: ignore[attr-defined]  # what search returns
+                return prepared(w, self.params.top_k)  # what search returns
 
-            found = learn_weights(fuse, upstream, train.qrels, corpus.ids, folds=self.params.folds)  # type: ignore[attr-defined]
+            found = learn_weights(fuse, upstream, train.qrels, corpus.ids, folds=self.params.folds)
             if best is None or found.cv_ndcg > best[1].cv_ndcg:
                 best = (option, found)
+        if best is None:
+            raise ParamError(f"{self.name}.learn: no setting to learn weights for")  # _learnable_options is never []
         option, found = best
         self.option_ = option
         self.weights_ = found.weights
         self.learned_ = {"branches": names, "weights": found.weights.tolist(), **option, "cv_ndcg@10": found.cv_ndcg,
                          "train_ndcg@10": found.train_ndcg, "uniform_ndcg@10": found.baseline_ndcg}
 
-    def _learnable_options(self) -> list[dict]:
+    def _learnable_options(self) -> list[dict[str, Any]]:
         """Settings tried when learning, each with its own weight search; the best by CV wins."""
         return [{}]
 
@@ -182,7 +192,7 @@ class _Fuser(Operator):
             if len(self.weights_) != len(names):
                 raise ParamError(f"{self.name}: learned {len(self.weights_)} weights but got {len(names)} branches")
             return np.asarray(self.weights_, dtype=np.float64)
-        w = self.params.weights  # type: ignore[attr-defined]
+        w = self.params.weights
         if w is None:
             return np.ones(len(names))
         if len(w) != len(names):
@@ -190,7 +200,7 @@ class _Fuser(Operator):
         return np.asarray(w, dtype=np.float64)
 
     def _top(self, state: State) -> int | None:
-        top = self.params.top_k  # type: ignore[attr-defined]
+        top = self.params.top_k
         call_k = state.options.get("k")
         return max(top, int(call_k)) if top is not None and call_k is not None else top
 
@@ -252,6 +262,7 @@ class RRF(_Fuser):
 
     name = "rrf"
     Params = RRFParams
+    params: RRFParams
     example = {"k": 60}
 
     def _unit_contributions(self, flat, n_q):
@@ -282,6 +293,7 @@ class WeightedFusion(_Fuser):
 
     name = "weighted"
     Params = WeightedParams
+    params: WeightedParams
     example = {"norm": "zscore"}
 
     @property
@@ -297,7 +309,7 @@ class WeightedFusion(_Fuser):
                           "with fit(corpus, train=...) (command line: --train-split) or give a norm (minmax, zscore "
                           "or none)")
 
-    def _learnable_options(self) -> list[dict]:
+    def _learnable_options(self) -> list[dict[str, Any]]:
         if self.params.norm == "learn":
             return [{"norm": n} for n in ("minmax", "zscore", "none")]
         return [{}]

@@ -17,7 +17,7 @@ with ``_``; the loop removes such keys when it ends.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, Sequence
 
 import numpy as np
 from pydantic import Field, model_validator
@@ -26,7 +26,7 @@ from ragkit.operator import Operator
 from ragkit.params import Params
 from ragkit.pipelines._learned import LearnedThreshold, threshold_or_learn_problem
 from ragkit.registry import register
-from ragkit.types import State
+from ragkit.types import Ranking, State
 
 __all__ = ["TopKStable", "ScoreReached", "MaxOnly"]
 
@@ -57,6 +57,7 @@ class TopKStable(Operator):
     name = "topk_stable"
     kind = "judge"
     Params = TopKStableParams
+    params: TopKStableParams
     stateless = True
     example = {"k": 5}
     memory_key = "_topk_stable"
@@ -109,13 +110,14 @@ class ScoreReached(LearnedThreshold, Operator):
     name = "score_reached"
     kind = "judge"
     Params = ScoreReachedParams
+    params: ScoreReachedParams
     stateless = True
     example = {"threshold": 20.0}
 
     def feature(self, state: State) -> np.ndarray:
         """Score at ``rank`` per query, float64 ``(n_q,)``; ``-inf`` for shorter rankings."""
         i = self.params.rank - 1
-        rankings = state.rankings or [None] * len(state)
+        rankings: Sequence[Ranking | None] = state.rankings or [None] * len(state)
         return np.array([r.scores[i] if r is not None and len(r) > i else -np.inf for r in rankings], np.float64)
 
     def learn_stopping(self, features: np.ndarray, gains: np.ndarray) -> None:
@@ -177,8 +179,9 @@ class MaxOnly(Operator):
     name = "max_only"
     kind = "judge"
     Params = MaxOnlyParams
+    params: MaxOnlyParams
     stateless = True
-    example: dict = {}
+    example = {}
 
     def _call(self, state: State) -> State:
         out = state.copy()

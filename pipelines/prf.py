@@ -134,6 +134,7 @@ class PRF(Operator):
     name = "prf"
     kind = "rewriter"
     Params = PRFParams
+    params: PRFParams
     example = {"fb_docs": 5, "fb_terms": 5, "max_df": 0.5}
 
     def _tokenize(self, texts: list[str]) -> tuple[list[list[str]], dict[str, str]]:
@@ -171,7 +172,7 @@ class PRF(Operator):
         p = self.params
         self.tf_ = tf
         self.df_ = np.bincount(tf.indices, minlength=tf.shape[1]).astype(np.int64)
-        terms = sorted(self.vocab_, key=self.vocab_.get)
+        terms = sorted(self.vocab_, key=self.vocab_.__getitem__)
         n_chars = np.fromiter((len(t.encode("utf-16-le")) // 2 for t in terms), np.int64, len(terms))
         ok = (n_chars >= MIN_TERM_CHARS) & (n_chars <= MAX_TERM_CHARS)
         if p.filter_terms:
@@ -197,6 +198,8 @@ class PRF(Operator):
         CSR ``(n_q, n_terms)``; an empty row where the query gets no expansion."""
         p = self.params
         n_q, n_terms = len(state), len(self.vocab_)
+        if state.rankings is None:  # no feedback documents (the first step of a loop): no expansion
+            return sp.csr_matrix((n_q, n_terms))
         heads = [r.head(p.fb_docs) for r in state.rankings]
         lens = np.fromiter((len(h) for h in heads), np.int64, n_q)
         if not lens.sum():
@@ -270,7 +273,7 @@ class PRF(Operator):
     def _save(self, folder: Path) -> None:
         tf = self.tf_
         save_arrays(folder, tf_data=tf.data, tf_indices=tf.indices, tf_indptr=tf.indptr)
-        terms = sorted(self.vocab_, key=self.vocab_.get)
+        terms = sorted(self.vocab_, key=self.vocab_.__getitem__)
         write_json(folder / "terms.json", {"terms": terms, "surface": self.surface_.tolist()})
 
     def _load(self, folder: Path, mmap: bool = False) -> None:

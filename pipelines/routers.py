@@ -106,6 +106,7 @@ class RuleRouter(Operator):
     name = "rule_router"
     kind = "router"
     Params = RuleRouterParams
+    params: RuleRouterParams
     stateless = True
     example = {"rules": [{"label": "short", "max_words": 6}, {"label": "cells", "keywords": ["cell", "cells"]}],
                "default": "other"}
@@ -135,17 +136,18 @@ class RuleRouter(Operator):
         # the texts as written (str.lower turns some letters into two characters, e.g. 'İ' into 'i' and a
         # combining dot, which splits a word): case is ignored by the keyword pattern's IGNORECASE
         joined, starts = _join(texts)
-        n_words = None
+        n_words: np.ndarray | None = None  # counted once, for the first rule that reads them
         labels = np.full(n, None, dtype=object)
         open_ = np.ones(n, bool)
         for label, rx, kw, lo, hi in self._compiled:
             m = open_.copy()
-            if (lo is not None or hi is not None) and n_words is None:
-                n_words = _match_counts(_WORD, joined, starts)
-            if lo is not None:
-                m &= n_words >= lo
-            if hi is not None:
-                m &= n_words <= hi
+            if lo is not None or hi is not None:
+                if n_words is None:
+                    n_words = _match_counts(_WORD, joined, starts)
+                if lo is not None:
+                    m &= n_words >= lo
+                if hi is not None:
+                    m &= n_words <= hi
             if kw is not None:
                 m &= _match_counts(kw, joined, starts) > 0
             if rx is not None:
@@ -262,6 +264,7 @@ class ScoreRouter(LearnedThreshold, Operator):
     name = "score_router"
     kind = "router"
     Params = ScoreRouterParams
+    params: ScoreRouterParams
     stateless = True
     #: routes on the rankings of the steps before its route: a route with no retriever before it is
     #: refused when the pipeline is built (:func:`~ragkit.pipelines._compose.unranked_router`)

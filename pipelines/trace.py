@@ -10,9 +10,13 @@ operator path (the same paths YAML errors and ``ragkit validate`` print) and
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from ragkit.types import TraceEvent
+
+if TYPE_CHECKING:
+    from rich.console import JustifyMethod
+    from rich.table import Table
 
 __all__ = ["TraceRow", "aggregate_trace", "trace_table", "print_trace", "stage_table"]
 
@@ -67,7 +71,7 @@ def aggregate_trace(events: Sequence[TraceEvent]) -> list[TraceRow]:
     return list(rows.values())
 
 
-def trace_table(events: Sequence[TraceEvent], title: str = "trace (per operator)"):
+def trace_table(events: Sequence[TraceEvent], title: str = "trace (per operator)") -> Table:
     """A ``rich.table.Table``: path, operator, calls, queries, total ms, ms/query, share of time,
     mean candidates in -> out, recall@100 and nDCG@10 after the step."""
     from rich.table import Table
@@ -76,9 +80,11 @@ def trace_table(events: Sequence[TraceEvent], title: str = "trace (per operator)
     rows = aggregate_trace(events)
     total = sum(r.seconds for r in rows) or 1e-12
     table = Table(title=title)
-    for col, just in (("path", "left"), ("operator", "left"), ("calls", "right"), ("queries", "right"),
-                      ("total ms", "right"), ("ms/query", "right"), ("time %", "right"), ("cand. in", "right"),
-                      ("cand. out", "right"), ("recall@100", "right"), ("nDCG@10", "right")):
+    columns: list[tuple[str, JustifyMethod]] = [
+        ("path", "left"), ("operator", "left"), ("calls", "right"), ("queries", "right"), ("total ms", "right"),
+        ("ms/query", "right"), ("time %", "right"), ("cand. in", "right"), ("cand. out", "right"),
+        ("recall@100", "right"), ("nDCG@10", "right")]
+    for col, just in columns:
         table.add_column(col, justify=just, no_wrap=just == "right")
     for r in rows:
         table.add_row(Text(r.path), Text(r.operator), str(r.calls), str(r.queries), f"{1000 * r.seconds:.1f}",
@@ -112,7 +118,7 @@ def print_trace(console: Any, events: Sequence[TraceEvent]) -> None:
             f"{'-' if r.recall is None else f'{r.recall:.4f}'} · nDCG@10 {'-' if r.ndcg is None else f'{r.ndcg:.4f}'}"))
 
 
-def stage_table(runs: dict[str, Sequence[TraceEvent]], title: str = "nDCG@10 / recall@100 after each step"):
+def stage_table(runs: dict[str, Sequence[TraceEvent]], title: str = "nDCG@10 / recall@100 after each step") -> Table:
     """A ``rich.table.Table`` comparing traced runs of the same pipeline step by step.
 
     ``runs`` maps a label (e.g. ``"unlearned"``, ``"learned"``) to its trace events; one row

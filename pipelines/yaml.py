@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping, TypeVar
 
 import yaml
 
@@ -335,7 +335,7 @@ def _misplaced_fuser(op: Operator, here: str, prev: tuple[Any, str] | None) -> C
     which exist only inside that parallel, so it would fail on the first search."""
     fuse = _flow({op.name: op.params.non_default()})
     body = _parallel_body(prev[0]) if prev is not None else None
-    if body is None:
+    if prev is None or body is None:
         return ConfigError(
             f"{here}: a fuser is not a step of its own; it fuses the rankings of a parallel's branches, so write "
             f"it as that parallel's 'fuse:', e.g. `- parallel: {{branches: [...], fuse: {fuse}}}`", path=here)
@@ -380,6 +380,9 @@ def _placed(e: ParamError, owner: str, here: str) -> ConfigError:
     return ConfigError("\n".join(lines), path=path)
 
 
+_T = TypeVar("_T")
+
+
 class _Problems:
     """The problems of one parallel / route / loop node, collected from all of its keys and reported
     together in one error, in the order the keys are written (a missing key's first)."""
@@ -395,7 +398,7 @@ class _Problems:
         """A problem of ``key`` of the node at ``here``: ``"<here>.<key>: <what>"``."""
         self.add(key, ConfigError(f"{here}.{key}: {what}", path=f"{here}.{key}"))
 
-    def attempt(self, key: str, make: Callable[[], Any]) -> Any:
+    def attempt(self, key: str, make: Callable[[], _T]) -> _T | None:
         """``make()``, or ``None`` when it raises a :class:`ConfigError` (kept as a problem of ``key``)."""
         try:
             return make()
@@ -491,10 +494,11 @@ def _build_parallel(body: Mapping[str, Any], here: str, make_leaf: LeafFactory, 
         names_ok = False
     labels = names if names is not None else unique_names(built) if built is not None else None
     problem = fuse_weights_problem(fuse, labels) if fuse is not None and names_ok and labels is not None else None
-    if problem:
+    if problem and fuse is not None:
         where = f"{here}.fuse.{fuse.name}.weights"
         problems.add("fuse", ConfigError(f"{where}: {problem}", path=where))
     problems.check()
+    assert built is not None  # (else a problem was found: check raised it)
     return Parallel(built, fuse=fuse, names=names)
 
 
@@ -518,7 +522,7 @@ def _build_route(body: Mapping[str, Any], here: str, make_leaf: LeafFactory, pro
             problems.wrong("branches", here, f"expected a mapping of label -> pipeline, got {branches!r:.60}")
         else:
             # the labels' types (with has_default=True the router is not asked for its labels)
-            problem = route_label_problems(router, branches, has_default=True)  # type: ignore[arg-type]
+            problem = route_label_problems(router, branches, has_default=True)
             if problem:
                 problems.wrong("branches", here, problem)
             labels_ok = not problem
@@ -529,27 +533,30 @@ def _build_route(body: Mapping[str, Any], here: str, make_leaf: LeafFactory, pro
             if made is not None and labels_ok:
                 built_filled = dict(zip(filled, made))
                 built = {k: built_filled[k] if k in built_filled else Pipeline([]) for k in branches}
-    default = body.get("default")
-    if isinstance(default, (bool, int, float)):
-        problems.wrong("default", here, f"expected a branch label (a string) or a pipeline, got {default!r}; YAML "
-                       f"reads unquoted yes/no/on/off/true/false as booleans and digits as numbers: quote the label, "
-                       f"e.g. default: {_quote_forms(default)}")
-    elif isinstance(default, str):
+    given_default = body.get("default")
+    default: Operator | str | None = None  # the label or branch, once given_default passed its checks
+    if isinstance(given_default, (bool, int, float)):
+        problems.wrong("default", here, f"expected a branch label (a string) or a pipeline, got {given_default!r}; "
+                       f"YAML reads unquoted yes/no/on/off/true/false as booleans and digits as numbers: quote the "
+                       f"label, e.g. default: {_quote_forms(given_default)}")
+    elif isinstance(given_default, str):
+        default = given_default
         if isinstance(branches, Mapping) and branches and default not in branches:
             known = sorted(branches, key=str)  # a label YAML read as a boolean or a number is shown as such
             close = difflib.get_close_matches(default, [k for k in known if isinstance(k, str)], n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             problems.wrong("default", here, f"label {default!r} is not a branch{hint}; branches: {known}")
-    elif default == []:
+    elif given_default == []:
         default = Pipeline([])
-    elif default is not None:
+    elif given_default is not None:
         default = problems.attempt("default", lambda: _branch(body["default"], f"{here}.default", make_leaf))
     if router is not None and built is not None:
-        problem = route_label_problems(router, branches, has_default=body.get("default") is not None,
+        problem = route_label_problems(router, built, has_default=given_default is not None,
                                        default_label=default if isinstance(default, str) else None)
         if problem:
             problems.wrong("branches", here, problem)
     problems.check()
+    assert router is not None and built is not None  # (else a problem was found: check raised it)
     return Route(router, built, default=default)
 
 
@@ -564,6 +571,7 @@ def _build_loop(body: Mapping[str, Any], here: str, make_leaf: LeafFactory, prob
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         problems.wrong("max_iters", here, f"expected a positive integer, got {n!r}")
     problems.check()
+    assert loop_body is not None and until is not None  # (else a problem was found: check raised it)
     return Loop(loop_body, until=until, max_iters=n)
 
 

@@ -12,6 +12,7 @@ from ragkit.errors import ArtifactError, DataError, ParamError
 from ragkit.eval.filtering import expected_calibration_error, filter_report, pr_curve, precision_at_recall
 from ragkit.eval.hubness import hubness, k_occurrence, random_skewness, skewness
 from ragkit.filters import CosineAdapter, DBNorm, RelativeThreshold, ScoreThreshold
+from ragkit.filters._flat import cut_prefix, flatten
 from ragkit.filters.dbnorm import bank_log_partition, dbnorm_scores, pseudo_queries
 from ragkit.operator import Operator
 from ragkit.run import Run
@@ -323,6 +324,34 @@ def test_dis_and_ddis_by_hand():
     np.testing.assert_allclose(got, 2.0 * s - lzq, rtol=1e-6)
     none = np.zeros(4, bool)
     np.testing.assert_allclose(dbnorm_scores(s, rows, top1, "qbnorm", 2.0, b1, b2, lzq, none, lzg, actg), 2.0 * s)
+
+
+def test_dbnorm_scores_dual_methods_refuse_a_missing_gallery_bank():
+    """The gallery bank's arrays are optional (is / qbnorm do without): a dual method given None says
+    what is missing (it raised "'NoneType' object is not subscriptable"); the others still work."""
+    lzq, actq = bank_log_partition(DOCS, QBANK, 1.0)
+    s, rows, top1 = DOCS @ _unit([[0.1, 1.0]])[0], np.arange(4), np.zeros(4, np.int64)
+    for method in ("dis", "ddis"):
+        with pytest.raises(ValueError, match="gallery bank's log_z_g and act_g"):
+            dbnorm_scores(s, rows, top1, method, 2.0, 0.5, 3.0, lzq, actq, None, None)
+    np.testing.assert_allclose(dbnorm_scores(s, rows, top1, "is", 2.0, 0.5, 3.0, lzq, actq, None, None),
+                               2.0 * s - lzq, rtol=1e-6)
+    with pytest.raises(ValueError, match="unknown method"):
+        dbnorm_scores(s, rows, top1, "dualis", 2.0, 0.5, 3.0, lzq, actq, None, None)
+
+
+def test_cut_prefix_computes_the_starts_it_is_not_given():
+    """New scores and fields are flat arrays; without ``starts`` (optional) cut_prefix finds each
+    ranking's place in them (it raised "'NoneType' object is not subscriptable")."""
+    rankings = [Ranking([3, 1, 2], [.9, .5, .1]), Ranking([], []), Ranking([7, 8], [.8, .2])]
+    _, scores, _, starts, _ = flatten(rankings)
+    new = scores * 10
+    n_keep = np.array([2, 0, 1])
+    want = cut_prefix(rankings, n_keep, new_scores=new, starts=starts, fields={"cosine": scores})
+    got = cut_prefix(rankings, n_keep, new_scores=new, fields={"cosine": scores})
+    assert [r.rows.tolist() for r in got] == [r.rows.tolist() for r in want] == [[3, 1], [], [7]]
+    assert [r.scores.tolist() for r in got] == [r.scores.tolist() for r in want]
+    assert [r.fields["cosine"].tolist() for r in got] == [r.fields["cosine"].tolist() for r in want]
 
 
 def test_dbnorm_refuses_empty_bank_and_wrong_dims():

@@ -265,6 +265,35 @@ def test_trace_scores_each_search_against_its_own_corpus(slice_data, fitted_bm25
     assert nested.trace[-1].ndcg == pytest.approx(plain.trace[-1].ndcg)
 
 
+class _FreshState(Operator):
+    """Test filter that returns a new State (as a user's operator may), without the trace list."""
+
+    name = "fresh_state_test"
+    kind = "filter"
+    stateless = True
+
+    def _call(self, state):
+        return State(list(state.queries), list(state.query_ids), rankings=state.rankings)
+
+
+def test_trace_records_a_step_whose_output_state_dropped_the_trace(slice_data, fitted_bm25):
+    """A traced step is recorded in the search's trace list even when the operator's output state
+    does not carry it, and the steps after it too (appending to the output's trace raised
+    "'NoneType' object has no attribute 'append'")."""
+    corpus, queries, qrels, _ = slice_data
+    run = (fitted_bm25 | _FreshState() | TopK(k=5)).search(queries, trace=True, qrels=qrels)
+    assert [e.operator for e in run.trace] == ["bm25", "fresh_state_test", "top_k"]
+
+
+def test_learning_threshold_before_fit_is_refused_clearly():
+    """``threshold`` of an unfitted ``learn: true`` router or judge says it was not learned (it raised
+    "float() argument must be ... not 'NoneType'")."""
+    for op in (ScoreRouter(learn=True), ScoreReached(learn=True)):
+        with pytest.raises(ParamError, match="no threshold was learned"):
+            op.threshold
+    assert ScoreRouter(threshold=0.5).threshold == 0.5
+
+
 # ---------------------------------------------------------------------- routers, PRF
 def test_rule_router_rules_in_order():
     r = RuleRouter(rules=[{"label": "rx", "regex": r"^what\b"}, {"label": "kw", "keywords": ["Cancer"]},

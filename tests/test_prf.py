@@ -46,6 +46,16 @@ FRUIT = Corpus.from_texts([
 ])
 
 
+def test_relevance_model_without_rankings_expands_nothing():
+    """Without rankings there are no feedback documents: an empty relevance model, so the expansion
+    weights are the query model's share (it raised "'NoneType' object is not iterable")."""
+    prf = PRF(fb_docs=2, fb_terms=2, original_query_weight=0.5, max_df=0.5, stemmer="none").fit(FRUIT)
+    bare = State(["apple kiwi", "date"])
+    assert prf.relevance_model(bare).shape == (2, len(prf.vocab_)) and prf.relevance_model(bare).nnz == 0
+    assert _weights(prf, bare) == [{"apple": 0.25}, {"date": 0.5}]
+    assert prf(bare).values == {}  # and the call still leaves such a state alone
+
+
 def test_worked_example_by_hand():
     """fb_docs 2, fb_terms 2, weight 0.5, max_df 0.5 ('common', in 5 of 8 documents, is dropped):
 
