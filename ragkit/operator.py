@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterator, Mapping, Sequence, cast
 
 import numpy as np
 
@@ -35,6 +35,8 @@ from ragkit.params import Params as ParamsModel, validate_params  # (inside Oper
 from ragkit.types import Corpus, Queries, Ranking, State, TrainSet
 
 if TYPE_CHECKING:
+    from typing_extensions import Self
+
     from ragkit.pipelines import Pipeline
     from ragkit.run import Run
 
@@ -91,12 +93,6 @@ class Operator:
     stateless : bool
         ``True`` when ``fit`` learns nothing from the corpus (fusers, cut-offs): such an
         operator may be called without ``fit``.
-    wants_upstream : bool
-        ``True`` when ``fit`` needs the output of the steps before it on the training
-        queries (a learned filter); :class:`~ragkit.pipelines.Pipeline` then passes it.
-    needs_train : bool
-        ``True`` when ``fit`` refuses to run without judged queries (``train``), as set by
-        its parameters (``adapt``, ``learn: true`` thresholds, ``norm: learn``).
     run_options : dict of str -> OptionCheck or None
         The run-time options this class reads with :meth:`opt` (``search(..., bm25={"n_jobs":
         4})``), each with how :func:`ragkit.options.check_options` checks it before a search
@@ -110,8 +106,6 @@ class Operator:
     Params: ClassVar[type[ParamsModel]] = ParamsModel
     example: ClassVar[dict[str, Any]] = {}
     stateless: ClassVar[bool] = False
-    wants_upstream: ClassVar[bool] = False
-    needs_train: ClassVar[bool] = False
     #: conformance checks known to fail, ``{check name: reason}``
     xfail_checks: ClassVar[dict[str, str]] = {}
     run_options: ClassVar[Mapping[str, OptionCheck | None]] = {}
@@ -159,7 +153,7 @@ class Operator:
         return []
 
     # ------------------------------------------------------------------ protocol
-    def fit(self, corpus: Corpus, train: TrainSet | None = None, *, upstream: State | None = None) -> "Operator":
+    def fit(self, corpus: Corpus, train: TrainSet | None = None, *, upstream: State | None = None) -> Self:
         """Build indexes and learn parameters from ``corpus`` (and the training split ``train``).
 
         Returns ``self``.  ``upstream`` is the output of the preceding pipeline steps on the
@@ -180,6 +174,18 @@ class Operator:
         """Transform a batch of queries.  Returns a new or updated :class:`State`."""
         self._check_fitted()
         return call_checked(self, state, self._call)
+
+    @property
+    def wants_upstream(self) -> bool:
+        """``True`` when ``fit`` needs the output of the steps before it on the training queries (a
+        learned filter); :class:`~ragkit.pipelines.Pipeline` then passes it.  A subclass overrides it."""
+        return False
+
+    @property
+    def needs_train(self) -> bool:
+        """``True`` when ``fit`` refuses to run without judged queries (``train``), as set by the
+        parameters (``adapt``, ``learn: true`` thresholds, ``norm: learn``); a subclass overrides it."""
+        return False
 
     @property
     def learns(self) -> bool:
@@ -342,7 +348,7 @@ class Operator:
 
     @classmethod
     def load(cls, path: str | Path, corpus: Corpus | None = None, *, mmap: bool = False,
-             verify: bool = True) -> "Operator":
+             verify: bool = True) -> Self:
         """Load an operator saved with :meth:`save`.  ``mmap=True`` memory-maps large arrays/indexes.
 
         The files' checksums (``checksums.json``) are verified first unless ``verify=False``
@@ -354,7 +360,7 @@ class Operator:
         if cls is Operator and (folder / "manifest.json").is_file() and not (folder / "params.json").exists():
             from ragkit.pipelines import Pipeline
 
-            return Pipeline.load(folder, corpus=corpus, mmap=mmap, verify=verify)
+            return cast("Self", Pipeline.load(folder, corpus=corpus, mmap=mmap, verify=verify))  # Self is Operator
         if not (folder / "params.json").is_file():
             raise ArtifactError(f"{folder}: {_not_an_operator_folder(folder)}")
         if verify and not (folder / CHECKSUMS).is_file():  # every save writes it: a changed folder lost it
@@ -416,7 +422,7 @@ class Operator:
                     "folder holds it)")
             op.corpus_ = corpus
             op._load(folder, mmap=mmap)
-        return op
+        return cast("Self", op)  # an instance of cls (of the class saved when cls is Operator)
 
     def _save(self, folder: Path) -> None:
         """Override: write fitted artifacts into ``folder`` (plain files only)."""

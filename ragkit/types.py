@@ -113,8 +113,8 @@ def _as_rows(idx: Any, n: int) -> np.ndarray:
     return rows
 
 
-#: a metadata column coded for filters: (codes, value -> code), or (None, None) when a value is unhashable
-_Coded = tuple[np.ndarray, dict[Any, int]] | tuple[None, None]
+#: a metadata column coded for filters: (codes, value -> code), or None when a value is unhashable
+_Coded = tuple[np.ndarray, dict[Any, int]] | None
 
 
 @dataclass(frozen=True, eq=False)
@@ -356,18 +356,18 @@ class Corpus:
         """``column == w`` for some ``w`` in ``wants`` (see :meth:`mask`).  A column of hashable
         values is coded once (value -> small integer, keyed by a dict, so Python's equality decides
         which values share a code) and each later filter is one ``np.isin`` over the codes."""
-        coded: _Coded | None = self._codes.get(key)
-        if coded is None:
-            lut: dict[Any, int] = {}
+        if key not in self._codes:
+            table: dict[Any, int] = {}
             try:
-                codes = np.fromiter((lut.setdefault(v, len(lut)) for v in column.tolist()), np.int64, len(column))
-                coded = (codes, lut)
+                self._codes[key] = (
+                    np.fromiter((table.setdefault(v, len(table)) for v in column.tolist()), np.int64, len(column)),
+                    table)
             except TypeError:  # an unhashable value (a list) in the column
-                coded = (None, None)
-            self._codes[key] = coded
-        codes, lut = coded
-        if codes is None:
+                self._codes[key] = None
+        coded = self._codes[key]
+        if coded is None:
             return _isin(column, wants)
+        codes, lut = coded
         try:
             hit = [lut[w] for w in wants if w in lut]
         except TypeError:  # an unhashable filter value (a list) matches no hashable column value

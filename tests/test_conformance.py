@@ -21,6 +21,7 @@ How to fix a failing check is in each check's docstring.
 from __future__ import annotations
 
 import inspect
+import sys
 import types
 import typing
 from dataclasses import dataclass
@@ -104,6 +105,19 @@ def check_params_roundtrip(cls, data, tmp_path):
     op = cls(**cls.example)
     assert op == cls(op.params.model_dump(mode="json"))
     assert isinstance(op.params, BaseModel)
+
+
+def check_params_typed(cls, data, tmp_path):
+    """``cls.params`` is annotated with ``cls.Params``, so that users' type checkers know
+    ``op.params.k`` (``tests/test_typing.py`` runs mypy; this names the class that lacks it).
+
+    Fix: write ``params: XParams`` in the class body, beside ``Params = XParams``.
+    """
+    owner = next(c for c in cls.__mro__ if "params" in vars(c).get("__annotations__", {}))
+    hint = vars(owner)["__annotations__"]["params"]  # (only this one: others may name TYPE_CHECKING imports)
+    if isinstance(hint, str):
+        hint = eval(hint, vars(sys.modules[owner.__module__]))
+    assert hint is cls.Params, f"{cls.__name__}.params is annotated {hint} (in {owner.__name__})"
 
 
 def check_yaml_roundtrip(cls, data, tmp_path):
@@ -246,9 +260,9 @@ def check_save_load(cls, data, tmp_path):
 
 
 CHECKS = [
-    check_params_roundtrip, check_yaml_roundtrip, check_bad_params, check_no_learned_attrs_before_fit,
-    check_unfitted_raises, check_fit_returns_self, check_call_batch, check_batch_invariance, check_empty_batch,
-    check_fit_idempotent, check_save_load,
+    check_params_roundtrip, check_params_typed, check_yaml_roundtrip, check_bad_params,
+    check_no_learned_attrs_before_fit, check_unfitted_raises, check_fit_returns_self, check_call_batch,
+    check_batch_invariance, check_empty_batch, check_fit_idempotent, check_save_load,
 ]
 
 
@@ -262,7 +276,7 @@ def _cases():
             if reason:
                 marks.append(pytest.mark.xfail(reason=reason, strict=True))
             if getattr(cls, "slow_conformance", False) and short not in (
-                    "params_roundtrip", "yaml_roundtrip", "bad_params", "no_learned_attrs_before_fit"):
+                    "params_roundtrip", "params_typed", "yaml_roundtrip", "bad_params", "no_learned_attrs_before_fit"):
                 marks.append(pytest.mark.slow)
             yield pytest.param(cls, check, id=f"{name}-{short}", marks=marks)
 
