@@ -87,7 +87,7 @@ from array import array
 from bisect import bisect_right
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Literal, Sequence
+from typing import AbstractSet, Iterable, Literal, Sequence
 
 import numpy as np
 import torch
@@ -561,7 +561,7 @@ class ChunkKVCache:
         extra = len(in_mem | set(files)) - self.max_variants
         if extra <= 0:
             return
-        cands: list[tuple[tuple[float, ...], int, object]] = []
+        cands: list[tuple[tuple[float, ...], int, ChunkVariant | tuple[Path, tuple[int, ...] | None]]] = []
         for v in lst:
             if v is not new:  # the new variant is admitted: it has had no chance to be reused yet
                 cands.append(((self._utility(v), 1.0, float(v.last_tick), float(v.stored)), len(cands), v))
@@ -573,7 +573,8 @@ class ChunkKVCache:
             else:
                 _unlink_unchanged(*c)
 
-    def _rank_files(self, files: dict[str, Path], skip: set[str]) -> list[tuple[tuple[float, float], Path, object]]:
+    def _rank_files(self, files: dict[str, Path],
+                    skip: set[str]) -> list[tuple[tuple[float, float], Path, tuple[int, ...] | None]]:
         """``((utility, written ns), path, identity)`` of the disk variants ``files`` whose stem is not in
         ``skip``; the identity (:func:`_file_ident`) is taken before the header is read, so a file rewritten
         after it was ranked is never deleted on the strength of the old header."""
@@ -663,7 +664,7 @@ class ChunkKVCache:
         if not lst:
             del self._mem[key]
 
-    def _enforce_budget(self, protect: set[int] = frozenset()) -> None:
+    def _enforce_budget(self, protect: AbstractSet[int] = frozenset()) -> None:
         """Evict minimum-utility variants (never those whose ``id`` is in ``protect``) until the
         memory tier fits ``budget_bytes``."""
         if self.budget_bytes is None:
@@ -777,7 +778,8 @@ class ChunkKVCache:
         except (OSError, SafetensorError, KeyError, ValueError, TypeError):
             return None
 
-    def _read_disk(self, key: str, skip: set[str] = frozenset(), limit: int | None = None) -> list[ChunkVariant]:
+    def _read_disk(self, key: str, skip: AbstractSet[str] = frozenset(),
+                   limit: int | None = None) -> list[ChunkVariant]:
         """The disk variants of ``key`` whose file stem is not in ``skip``; with ``limit``, the ``limit``
         of highest utility (ranked by their headers, so only those are read), best first."""
         files = [f for stem, f in sorted(self._disk_files(key).items()) if stem not in skip]  # skip: in memory

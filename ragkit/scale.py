@@ -34,7 +34,7 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Iterable, Literal, Mapping, Sequence
+from typing import Any, Callable, Iterable, Literal, Mapping, Sequence, TypeGuard
 
 import numpy as np
 from pydantic import Field, model_validator
@@ -57,6 +57,8 @@ _TRANSIENT: tuple[type[BaseException], ...] = (OSError, MemoryError)
 # raises other OSErrors: EIO, ESTALE, ETIMEDOUT, a dropped connection)
 _DETERMINISTIC_OS: tuple[type[OSError], ...] = (FileNotFoundError, NotADirectoryError, IsADirectoryError,
                                                   PermissionError, FileExistsError)
+# errors raised as _Permanent in a Ray task: ragkit's own and the deterministic OS errors
+_FINAL: tuple[type[BaseException], ...] = (RagkitError, *_DETERMINISTIC_OS)
 _SEARCH_RETRIES = 3
 _DRAIN_S = 120.0  # the longest a failed search waits for its other chunks
 
@@ -74,7 +76,7 @@ def _deterministic_errors_final(fn: Callable[..., Any]) -> Callable[..., Any]:
     def task(*args: Any) -> Any:
         try:
             return fn(*args)
-        except (RagkitError, *_DETERMINISTIC_OS) as e:
+        except _FINAL as e:
             raise _Permanent(f"{type(e).__name__}: {e}") from None
     return task
 
@@ -96,7 +98,7 @@ def _ray():
     return ray
 
 
-def _registered(model: Any) -> bool:
+def _registered(model: Any) -> TypeGuard[str]:
     """Whether ``model`` names an encoder registered with :func:`~ragkit.encoders.register_encoder`
     (in this process only: a Ray worker resolves the name as a sentence-transformers model)."""
     from ragkit.encoders.custom import registered_encoder
@@ -245,7 +247,7 @@ def ray_encode(model: str, texts: Sequence[str], *, num_actors: int = 2, batch_s
     ray_init()
     import ray.data
 
-    ds = ray.data.from_items([{"i": i, "text": t} for i, t in enumerate(texts)])
+    ds: ray.data.Dataset = ray.data.from_items([{"i": i, "text": t} for i, t in enumerate(texts)])
     ds = ds.map_batches(_EncoderActor, fn_constructor_args=(model, batch_size, cache), batch_size=block,
                         compute=ray.data.ActorPoolStrategy(size=num_actors), batch_format="numpy")
     return _collect(ds.iter_batches(batch_size=4096, batch_format="numpy"), len(texts), dim, model)
@@ -328,9 +330,13 @@ def merge_rankings(parts: Sequence[list[Ranking]], k: int) -> list[Ranking]:
 
 
 # ---------------------------------------------------------------------- sharded retriever
+def _default_retriever() -> dict[str, dict[str, Any]]:
+    return {"dense": {}}
+
+
 class ShardedParams(Params):
     retriever: dict[str, dict[str, Any]] = Field(
-        default_factory=lambda: {"dense": {}},
+        default_factory=_default_retriever,
         description="The per-shard retriever as a YAML node, e.g. {dense: {k: 100}}.")
     n_shards: int = Field(2, ge=1, description="Number of document shards.")
     k: int = Field(100, ge=1, description="Results per query after the merge.")
@@ -372,7 +378,14 @@ class _ShardActor:
     def search(self, queries: list[str], options: dict[str, Any],
                values: dict[str, Any] | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
         out = self.op(State(list(queries), options=options, values=dict(values or {})))
-        return [(r.rows, r.scores) for r in out.rankings]
+        return _rows_scores(out, self.op.name)
+
+
+def _rows_scores(state: State, name: str) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``(rows, scores)`` of each query's ranking in the output of a shard's retriever ``name``."""
+    if state.rankings is None:
+        raise ShardError(f"sharded: the per-shard retriever {name} returned no rankings")
+    return [(r.rows, r.scores) for r in state.rankings]
 
 
 @register
@@ -411,6 +424,10 @@ class Sharded(Operator):
     name = "sharded"
     kind = "retriever"
     Params = ShardedParams
+    params: ShardedParams
+    #: the Ray actor handles serving the shards, once searched on Ray (Any: Ray types an actor method's call
+    #: only for methods declared with ``@ray.method``)
+    _actors: list[Any] | None
     example = {"retriever": {"bm25": {"k": 10}}, "n_shards": 3, "k": 10, "backend": "local"}
     #: the call's options go to every shard, whose retriever applies ``filter`` (and reads its own
     #: options, e.g. ``bm25={"n_jobs": 2}``: :meth:`option_children`); ``sharded`` reads only ``k``
@@ -515,8 +532,8 @@ class Sharded(Operator):
                 _fit_shard(node, sh, f)
         self._load_shards(folders)
         if self._share_collection() and self._use_ray():
-            for sh, f in zip(self.shards_, folders):  # the Ray actors load the shards from these folders
-                sh.save(f)
+            for shard, f in zip(self.shards_, folders):  # the Ray actors load the shards from these folders
+                shard.save(f)
 
     def _share_collection(self) -> bool:
         """Give BM25 shards the whole corpus's idf and average length (as Elasticsearch's
@@ -526,8 +543,8 @@ class Sharded(Operator):
         ``np.unique`` over their concatenation); returns False for other retrievers."""
         from ragkit.retrievers.bm25 import BM25
 
-        shards = self.shards_
-        if not shards or not all(isinstance(sh, BM25) for sh in shards):
+        shards = [sh for sh in self.shards_ if isinstance(sh, BM25)]
+        if not shards or len(shards) < len(self.shards_):
             return False
         terms = [np.array(sh.terms(), dtype=object) for sh in shards]
         dfs = [np.bincount(sh.tf_.indices, minlength=len(t)) for sh, t in zip(shards, terms)]
@@ -577,14 +594,15 @@ class Sharded(Operator):
             ray = ray_init()
             ctx = ray.get_runtime_context()
             session = (ctx.get_node_id(), ctx.get_job_id())  # a new cluster has a new node id (job ids restart)
-            if getattr(self, "_actors", None) is not None and getattr(self, "_actors_session", None) != session:
-                self._actors = None  # made before a ray.shutdown(): those actors are gone with their cluster
-            if getattr(self, "_actors", None) is None:
+            actors: list[Any] | None = getattr(self, "_actors", None)
+            if actors is not None and getattr(self, "_actors_session", None) != session:
+                actors = None  # made before a ray.shutdown(): those actors are gone with their cluster
+            if actors is None:
                 actor = ray.remote(max_restarts=self.params.max_retries, max_task_retries=self.params.max_retries)(
                     _ShardActor)
-                self._actors = [actor.remote(f) for f in self.folders_]
+                actors = self._actors = [actor.remote(f) for f in self.folders_]
                 self._actors_session = session
-            refs = [self._actors[s].search.remote(texts, options, rewrites) for s in live]
+            refs = [actors[s].search.remote(texts, options, rewrites) for s in live]
             results = []
             for s, ref in zip(live, refs):
                 try:
@@ -597,7 +615,7 @@ class Sharded(Operator):
                 sub = self.shards_[s](State(texts, list(state.query_ids), options=options, vectors=state.vectors,
                                             values=dict(rewrites)))
                 state.vectors.update(sub.vectors)
-                results.append([(r.rows, r.scores) for r in sub.rankings])
+                results.append(_rows_scores(sub, self._sub_name))
         parts = [[Ranking(rows + off, sc) for rows, sc in res] for res, off in zip(results, self.bounds_[live])]
         out = state.copy()
         out.rankings = merge_rankings(parts, merge_k) if parts else [Ranking.empty() for _ in texts]

@@ -18,7 +18,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import ClassVar, Protocol
 
 import numpy as np
 from pydantic import Field
@@ -41,13 +41,15 @@ _RECIPE = 2  # 2: judged non-relevant documents are the first negatives
 class AdaptConfig(Params):
     """Fine-tuning settings: the ``adapt`` parameter of ``dense`` and of the token operators (``muvera``, ...)."""
 
-    epochs: float = Field(1.0, gt=0, description="Passes over the (query, positive, hard negative) triplets.")
+    epochs: float = Field(default=1.0, gt=0, description="Passes over the (query, positive, hard negative) triplets.")
     batch_size: int = Field(
-        32, ge=2, description="Triplets per step; the batch's other positives are in-batch negatives.")
-    learning_rate: float = Field(2e-5, gt=0, description="AdamW learning rate.")
-    hard_negatives: int = Field(1, ge=1, description="Mined negatives per (query, positive) pair, one triplet each.")
-    max_steps: int | None = Field(None, ge=1, description="Stop after this many optimiser steps (tests use a few).")
-    seed: Seed = Field(0, description="Seed of the trainer, the data order and the initialisation.")
+        default=32, ge=2, description="Triplets per step; the batch's other positives are in-batch negatives.")
+    learning_rate: float = Field(default=2e-5, gt=0, description="AdamW learning rate.")
+    hard_negatives: int = Field(
+        default=1, ge=1, description="Mined negatives per (query, positive) pair, one triplet each.")
+    max_steps: int | None = Field(
+        default=None, ge=1, description="Stop after this many optimiser steps (tests use a few).")
+    seed: Seed = Field(default=0, description="Seed of the trainer, the data order and the initialisation.")
 
 
 def mine_pairs(corpus: Corpus, train: TrainSet, model: str, n_neg: int = 1, depth: int = _MINE_DEPTH, seed: int = 0,
@@ -88,6 +90,7 @@ def mine_pairs(corpus: Corpus, train: TrainSet, model: str, n_neg: int = 1, dept
             for run in runs:
                 ids = run.doc_ids[i]
                 if depth_i < len(ids) and ids[depth_i] not in judged:
+                    assert run.rankings is not None, "a search's run holds its rankings"
                     row = int(run.rankings[i].rows[depth_i])
                     if row not in cands:
                         cands.append(row)
@@ -203,6 +206,16 @@ def adapted_model(model: str, corpus: Corpus, train: TrainSet, config: AdaptConf
     return folder
 
 
+class _TunedParams(Protocol):
+    """What :class:`TunedEncoderMixin` reads of its operator's parameters."""
+
+    @property
+    def model(self) -> str: ...
+
+    @property
+    def adapt(self) -> AdaptConfig | None: ...
+
+
 class TunedEncoderMixin:
     """For operators whose params have ``model`` and ``adapt``: the encoder tuned at fit, saved with them.
 
@@ -214,8 +227,9 @@ class TunedEncoderMixin:
     one tuned model (the cache key), trained once.
     """
 
-    params: Any
-    name: str
+    params: _TunedParams
+    name: ClassVar[str]
+    model_path_: str | None  # set by _adapt_encoder / _load_encoder
 
     @property
     def encoder_model(self) -> str:
@@ -236,8 +250,9 @@ class TunedEncoderMixin:
                          "drop 'adapt'")
 
     def _adapt_encoder(self, corpus: Corpus, train: TrainSet | None) -> None:
-        if not self.needs_train:
-            self.model_path_: str | None = None
+        config = self.params.adapt
+        if config is None:  # not needs_train
+            self.model_path_ = None
             return
         # refusals come before any state changes: a refused refit keeps the tuned model that the
         # index was built with (resetting it first left base-model queries against tuned documents);
@@ -249,13 +264,14 @@ class TunedEncoderMixin:
         if registered_encoder(self.params.model) is not None:
             raise ParamError(f"{self.name}.adapt: model {self.params.model!r} is a registered custom encoder; adapt "
                              "fine-tunes a sentence-transformers model (a name or folder)", path=f"{self.name}.adapt")
-        self.model_path_ = str(adapted_model(self.params.model, corpus, train, self.params.adapt))
+        self.model_path_ = str(adapted_model(self.params.model, corpus, train, config))
 
     def _save_encoder(self, folder: Path) -> None:
         """Copy the tuned model to ``model/<its content key>/``: a path names one model, so an
         encoder cached per path in this process is never the one of an earlier save."""
-        if getattr(self, "model_path_", None):
-            shutil.copytree(self.model_path_, folder / "model" / Path(self.model_path_).name)
+        path: str | None = getattr(self, "model_path_", None)
+        if path:
+            shutil.copytree(path, folder / "model" / Path(path).name)
 
     def _load_encoder(self, folder: Path) -> None:
         from ragkit.errors import ArtifactError

@@ -124,7 +124,8 @@ class EmbeddingCache:
         hit = np.array([w is not None for w in where], dtype=bool)
         if not hit.any():
             return None, hit
-        dim = self._shards[where[int(np.argmax(hit))][0]].shape[1]
+        first = next(w for w in where if w is not None)
+        dim = self._shards[first[0]].shape[1]
         out = np.zeros((len(digests), dim), np.float32)
         for i, w in enumerate(where):
             if w is not None:

@@ -60,7 +60,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Literal, Sequence
+from typing import TYPE_CHECKING, Callable, Iterator, Literal, Sequence, TypeGuard
 
 import numpy as np
 import torch
@@ -69,6 +69,9 @@ from ragkit.caches import ChunkKVCache, ChunkVariant, PrefixCache, compute_cci
 from ragkit.caches.chunk_kv import alone_fix_overhead, order_penalty, prefix_overlap
 from ragkit.encoders.sentence import model_fingerprint
 from ragkit.errors import ParamError
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 __all__ = [
     "LocalGenerator", "PromptSegments", "Prefill", "rerotate_keys", "default_gguf", "MODES", "SELECTORS",
@@ -86,8 +89,8 @@ CHUNK_SEP = "\n\n"
 class _Loaded:
     """One loaded model, shared by every generator of the process that names it."""
 
-    tokenizer: object
-    model: torch.nn.Module
+    tokenizer: PreTrainedTokenizerBase
+    model: PreTrainedModel
     fingerprint: str
     lock: threading.RLock = field(default_factory=threading.RLock)
 
@@ -275,11 +278,11 @@ class _ScatterCache:
         return self.keys[layer_idx], self.values[layer_idx]
 
 
-def _is_int(x: object) -> bool:
+def _is_int(x: object) -> TypeGuard[int | np.integer]:
     return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
 
 
-def _is_real(x: object) -> bool:
+def _is_real(x: object) -> TypeGuard[int | float | np.integer | np.floating]:
     return isinstance(x, (int, float, np.integer, np.floating)) and not isinstance(x, bool) and bool(np.isfinite(x))
 
 
@@ -288,7 +291,7 @@ def _check_settings(*, max_chunk_tokens: object, cache_budget_bytes: object, sto
                     token_select: object, num_threads: object) -> None:
     """Raise :class:`ParamError` naming the first invalid :class:`LocalGenerator` setting, the
     value given and the values allowed (the model-dependent limits are checked by ``load``)."""
-    checks: list[tuple[str, object, bool, str]] = [
+    checks: list[tuple[str, object, bool | np.bool_, str]] = [  # numpy scalars compare to np.bool_
         ("max_chunk_tokens", max_chunk_tokens, _is_int(max_chunk_tokens) and max_chunk_tokens >= 1,
          "an int >= 1 (the chunk separator included)"),
         ("cache_budget_bytes", cache_budget_bytes,
@@ -387,7 +390,7 @@ class LocalGenerator:
         self.token_select = token_select
         self.seed = seed
         self.num_threads = num_threads
-        self.model_ = None
+        self.model_: PreTrainedModel | None = None  # set by load()
         self._lock = threading.RLock()  # replaced by the loaded model's lock in load()
         self.prefix_cache = PrefixCache(cache_budget_bytes)  # the prefix mode's store, with the same budget
         self._sys_cache: dict[tuple[int, ...], tuple[torch.Tensor, torch.Tensor]] = {}
@@ -449,8 +452,18 @@ class LocalGenerator:
         return self
 
     @property
-    def model(self):
-        return self.load().model_
+    def model(self) -> PreTrainedModel:
+        """The causal LM (loaded on first use)."""
+        model = self.load().model_
+        assert model is not None, "load() sets model_"
+        return model
+
+    @property
+    def _store(self) -> ChunkKVCache:
+        """The chunk cache (created or checked by :meth:`load`)."""
+        cache = self.load().chunk_cache
+        assert cache is not None, "load() sets chunk_cache"
+        return cache
 
     def use_cache(self, cache: ChunkKVCache) -> None:
         """Swap in another chunk-cache store (refused if written for another model)."""
@@ -467,6 +480,7 @@ class LocalGenerator:
         msgs = [{"role": "system", "content": self.system_prompt}, {"role": "user", "content": sentinel}]
         if getattr(tok, "chat_template", None):
             rendered = tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+            assert isinstance(rendered, str), "apply_chat_template(tokenize=False) renders a str"
         else:
             rendered = f"{self.system_prompt}\n\nUser: {sentinel}\nAssistant:"
         head, tail = rendered.split(sentinel)
@@ -488,7 +502,7 @@ class LocalGenerator:
     def _attn(self, impl: str) -> Iterator[None]:
         """Switch the shared model config to attention ``impl``, holding the model's lock."""
         with self._lock:
-            cfg = self.model_.config
+            cfg = self.model.config
             old = cfg._attn_implementation
             cfg._attn_implementation = impl
             try:
@@ -497,7 +511,7 @@ class LocalGenerator:
                 cfg._attn_implementation = old
 
     def _empty_kv(self, T: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        c = self.model_.config
+        c = self.model.config
         shape = (1, c.num_key_value_heads, T, getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads)
         L = c.num_hidden_layers
         return [torch.zeros(shape) for _ in range(L)], [torch.zeros(shape) for _ in range(L)]
@@ -507,7 +521,7 @@ class LocalGenerator:
         key = tuple(system)
         if key not in self._sys_cache:
             with torch.no_grad():
-                out = self.model_(input_ids=torch.tensor([system]), use_cache=True)
+                out = self.model(input_ids=torch.tensor([system]), use_cache=True)
             pkv = out.past_key_values
             K = torch.cat([layer.keys for layer in pkv.layers], 0)
             V = torch.cat([layer.values for layer in pkv.layers], 0)
@@ -519,7 +533,7 @@ class LocalGenerator:
     def _pass(self, ids: torch.Tensor, pos: torch.Tensor, keys: list[torch.Tensor], values: list[torch.Tensor],
               seg_of: torch.Tensor | None = None, n_seg: int = 0,
               blend: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
-              ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+              ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
         """Run the decoder layers on tokens ``ids`` at absolute positions ``pos``.
 
         ``keys``/``values`` are full-length per-layer rows (updated in place).  ``seg_of``
@@ -531,7 +545,7 @@ class LocalGenerator:
         (``n_keep[g]`` per group ``g``) and the non-candidates continue.
         Returns ``(last logits, capture or None, kept positions)``.
         """
-        m = self.model_.model
+        m = self.model.model
         T = keys[0].shape[2]
         h = m.embed_tokens(ids[None])
         p = pos[None]
@@ -578,7 +592,7 @@ class LocalGenerator:
         finally:
             for hk in hooks:
                 hk.remove()
-        logits = self.model_.lm_head(m.norm(h[:, -1:]))[0, 0]
+        logits = self.model.lm_head(m.norm(h[:, -1:]))[0, 0]
         cap = torch.stack(captured) if captured else None
         return logits, cap, pos
 
@@ -647,7 +661,7 @@ class LocalGenerator:
         T = len(ids)
         if not capture:
             with torch.no_grad():
-                o = self.model_(input_ids=ids[None], use_cache=True)
+                o = self.model(input_ids=ids[None], use_cache=True)
             K = [layer.keys for layer in o.past_key_values.layers]
             V = [layer.values for layer in o.past_key_values.layers]
             return Prefill(o.logits[0, -1], K, V, T, T, 0.0, "full", [1.0] * len(seg.chunks))
@@ -655,6 +669,7 @@ class LocalGenerator:
         seg_of = self._segment_ids(seg)
         with self._attn("eager"):
             logits, cap, _ = self._pass(ids, torch.arange(T), keys, values, seg_of, len(seg.chunks) + 2)
+        assert cap is not None, "a pass given seg_of captures"
         self._store_variants(seg, keys, values, cap, torch.arange(T), list(range(len(seg.chunks))))
         return Prefill(logits, keys, values, T, T, 0.0, "full", [1.0] * len(seg.chunks))
 
@@ -666,11 +681,11 @@ class LocalGenerator:
         return s
 
     def _chunk_keys(self, seg: PromptSegments) -> list[str]:
-        return [self.chunk_cache.key(c) for c in seg.chunks]
+        return [self._store.key(c) for c in seg.chunks]
 
     def _sys_id(self, seg: PromptSegments) -> str:
         """Digest of the system segment's token ids (part of every variant's context)."""
-        return self.chunk_cache.key(seg.system)
+        return self._store.key(seg.system)
 
     def _store_variants(self, seg: PromptSegments, keys: list[torch.Tensor], values: list[torch.Tensor],
                         cap: torch.Tensor, pos: torch.Tensor, which: list[int],
@@ -704,7 +719,7 @@ class LocalGenerator:
                 start=starts[i], prefix_ids=tuple(ckeys[:i]), prefix_lens=plens, inter=inter, intra=intra,
                 sys_inter=sys_inter, sys_len=sys_len, token_scores=tok, cci=cci, sys_id=sys_id,
                 exact=i not in inexact)
-            self.chunk_cache.put(ckeys[i], var)
+            self._store.put(ckeys[i], var)
 
     def _prefix(self, seg: PromptSegments) -> Prefill:
         ids = seg.ids()
@@ -714,13 +729,13 @@ class LocalGenerator:
         from transformers import DynamicCache
 
         with torch.no_grad():
-            if k == 0:
-                o = self.model_(input_ids=torch.from_numpy(ids)[None], use_cache=True)
+            if k == 0 or K is None or V is None:  # no cached prefix
+                o = self.model(input_ids=torch.from_numpy(ids)[None], use_cache=True)
             else:
                 past = DynamicCache(ddp_cache_data=[(K[li:li + 1].clone(), V[li:li + 1].clone())
                                                     for li in range(K.shape[0])])
-                o = self.model_(input_ids=torch.from_numpy(ids[k:])[None], position_ids=torch.arange(k, T)[None],
-                                use_cache=True, **{_cache_kwarg(self.model_): past})
+                o = self.model(input_ids=torch.from_numpy(ids[k:])[None], position_ids=torch.arange(k, T)[None],
+                               use_cache=True, **{_cache_kwarg(self.model): past})
         Ks = [layer.keys for layer in o.past_key_values.layers]
         Vs = [layer.values for layer in o.past_key_values.layers]
         self.prefix_cache.put(ids, bounds, torch.cat(Ks, 0), torch.cat(Vs, 0))
@@ -761,7 +776,7 @@ class LocalGenerator:
         return float(np.clip((2 * v.cci - 1) * (1 - beta * (1 - gamma) * kappa), 0, 1)), False
 
     def _reuse(self, seg: PromptSegments, *, fraction: float, selector: str, rerotate: bool, mode: str) -> Prefill:
-        cache = self.chunk_cache
+        cache = self._store
         n = len(seg.chunks)
         T = len(seg)
         starts, ckeys, sys_id = seg.starts(), self._chunk_keys(seg), self._sys_id(seg)
@@ -792,7 +807,7 @@ class LocalGenerator:
             k = v.keys.float()
             delta = starts[i] - v.start
             if rerotate and delta != 0:
-                k = rerotate_keys(k, delta, self.model_.model.rotary_emb)
+                k = rerotate_keys(k, delta, self.model.model.rotary_emb)
             parts_k.append(k)
             parts_v.append(v.values.float())
         nq = len(seg.question)
@@ -824,12 +839,14 @@ class LocalGenerator:
                 budget = np.ceil(r * np.asarray(lens)).astype(np.int64)
             else:
                 budget = np.where(cand, np.ceil(fraction * np.asarray(lens)), 0).astype(np.int64)
-            for i in np.nonzero(cand & (budget > 0))[0]:
+            for i in np.nonzero(cand & (budget > 0))[0].tolist():
                 b = int(min(budget[i], lens[i]))
                 if selector == "cachecraft" and self.token_select == "deviation":
                     sel_rel[i] = np.arange(lens[i])  # chosen at the check layer, budget per chunk
                 elif selector in ("fixed", "cachecraft"):
-                    sc = chosen[i].token_scores
+                    var = chosen[i]
+                    assert var is not None, "a chunk to fix was found in the cache"
+                    sc = var.token_scores
                     sel_rel[i] = np.sort(np.argsort(-sc, kind="stable")[:b]) if b < lens[i] else np.arange(lens[i])
                 elif selector == "boundary":
                     sel_rel[i] = np.arange(b)
@@ -862,12 +879,13 @@ class LocalGenerator:
             ok = ok and bool(exact[i] or full_sel[i])
         # store misses (inexact when an earlier chunk's rows are approximate), and a chunk recomputed in full
         # on exact rows whose variant had this prefix but was inexact (replaced) or of another system prompt
-        upgrade = [i for i in range(n) if chosen[i] is not None and not exact[i] and full_sel[i] and exact_before[i]
-                   and chosen[i].prefix_ids == tuple(ckeys[:i]) and chosen[i].start == starts[i]]
+        upgrade = [i for i, v in enumerate(chosen) if v is not None and not exact[i] and full_sel[i] and exact_before[i]
+                   and v.prefix_ids == tuple(ckeys[:i]) and v.start == starts[i]]
         to_capture = sorted([i for i in range(n) if missing[i]] + upgrade)
         if to_capture:
             with self._attn("eager"):
                 logits, cap, kept = self._pass(ids_all[pos], pos, keys, values, self._segment_ids(seg), n + 2, blend)
+            assert cap is not None, "a pass given seg_of captures"
             self._store_variants(seg, keys, values, cap, kept, to_capture,
                                  inexact=[i for i in to_capture if not exact_before[i]])
         else:
@@ -876,11 +894,11 @@ class LocalGenerator:
         kept_np = kept.numpy()
         frac = []
         reused = recomputed = 0
-        for i in range(n):  # over the prompt's chunks (a handful), not tokens
+        for i, var in enumerate(chosen):  # over the prompt's chunks (a handful), not tokens
             k_i = int(((kept_np >= starts[i]) & (kept_np < starts[i] + lens[i])).sum())
             frac.append(k_i / max(lens[i], 1))
-            if chosen[i] is not None:
-                cache.touch(chosen[i], k_i / max(lens[i], 1))
+            if var is not None:
+                cache.touch(var, k_i / max(lens[i], 1))
                 reused += lens[i] - k_i
             recomputed += k_i
         cache.count_tokens(reused, recomputed)
@@ -909,7 +927,7 @@ class LocalGenerator:
         if self.context_length is not None:
             max_new_tokens = min(max_new_tokens, max(self.context_length - pre.n_prompt, 0))
         past = DynamicCache(ddp_cache_data=[(k.clone(), v.clone()) for k, v in zip(pre.keys, pre.values)])
-        cache_kw = _cache_kwarg(self.model_)
+        cache_kw = _cache_kwarg(self.model)
         out: list[int] = []
         logits = pre.logits
         pos = pre.n_prompt
@@ -924,8 +942,8 @@ class LocalGenerator:
             if on_token is not None:
                 shown = self._send(out, shown, on_token, final=False)
             with self._lock:
-                o = self.model_(input_ids=torch.tensor([[tok]]), position_ids=torch.tensor([[pos]]),
-                                use_cache=True, **{cache_kw: past})
+                o = self.model(input_ids=torch.tensor([[tok]]), position_ids=torch.tensor([[pos]]),
+                               use_cache=True, **{cache_kw: past})
             past = o.past_key_values
             logits = o.logits[0, -1]
             pos += 1
@@ -940,7 +958,7 @@ class LocalGenerator:
         character) and whitespace held back.  Text that no longer starts with what was sent
         (a decoder that rewrites earlier text) waits for the end, and is sent then if it does.
         """
-        text = self.tokenizer_.decode(out, skip_special_tokens=True).lstrip()
+        text = self._text(out).lstrip()
         if final:
             text = text.rstrip()
         else:
@@ -964,7 +982,13 @@ class LocalGenerator:
         seg = self.segments(question, chunks)
         pre = self.prefill(seg, mode, fraction=fraction, selector=selector)
         ids = self.decode(pre, max_new_tokens, on_token, stop=stop)
-        return self.tokenizer_.decode(ids, skip_special_tokens=True).strip()
+        return self._text(ids).strip()
+
+    def _text(self, ids: list[int]) -> str:
+        """The text of token ids ``ids``, special tokens dropped."""
+        text = self.tokenizer_.decode(ids, skip_special_tokens=True)
+        assert isinstance(text, str), "decode of one sequence returns a str"
+        return text
 
     def stream(self, question: str, chunks: Sequence[str], **kw) -> Iterator[str]:
         """Yield the answer's text pieces as they are generated (same arguments as :meth:`generate`);

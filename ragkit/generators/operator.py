@@ -10,7 +10,7 @@ over queries; everything inside a prefill is batched over tokens.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import TYPE_CHECKING, Any, Callable, Literal
 
 from pydantic import Field, model_validator
 
@@ -20,6 +20,10 @@ from ragkit.options import callable_option
 from ragkit.params import ModelName, Params
 from ragkit.registry import register
 from ragkit.types import Corpus, State, TrainSet
+
+if TYPE_CHECKING:
+    from ragkit.generators.langchain_chat import LangChainGenerator
+    from ragkit.generators.local import LocalGenerator
 
 __all__ = ["Generate", "GenerateParams"]
 
@@ -85,6 +89,9 @@ class Generate(Operator):
     name = "generate"
     kind = "generator"
     Params = GenerateParams
+    params: GenerateParams
+    #: the local LLM, or the LangChain chat model attached with :meth:`with_chat_model`
+    engine_: LocalGenerator | LangChainGenerator
     example = {"top_k": 2, "max_new_tokens": 4, "mode": "full"}
     #: ``search(..., generate={"on_token": f})`` streams the answers: ``f(query index, text piece)``
     run_options = {"on_token": callable_option}

@@ -349,8 +349,9 @@ class RagkitRetriever(BaseRetriever):
         except Exception as e:  # the pipeline failed: every query that reached it fails with it
             for i in good:
                 managers[i].on_retriever_error(e)
-            if return_exceptions:
-                return [bad.get(i, e) for i in range(len(inputs))]  # type: ignore[misc]
+            if return_exceptions:  # Runnable.batch's return type has no room for the exceptions it returns
+                failed: list[Any] = [bad.get(i, e) for i in range(len(inputs))]
+                return failed
             raise
         results: list[Any] = [bad.get(i) for i in range(len(inputs))]
         for i, docs in zip(good, found):
