@@ -12,7 +12,7 @@ import numpy as np
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "beir" / "scifact"
 
 
-def parse_args(description: str) -> argparse.Namespace:
+def parse_args(description: str | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=description)
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA, help="BEIR folder (default: SciFact).")
     ap.add_argument("--split", default="test", help="Split to evaluate (default test).")

@@ -68,7 +68,7 @@ def main() -> dict:
 
     from _common import DEFAULT_DATA, emit, load
 
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA, help="BEIR folder (default: SciFact).")
     ap.add_argument("--split", default="test", help="Split to evaluate (default test).")
     ap.add_argument("--limit", type=int, default=20,

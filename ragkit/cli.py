@@ -452,10 +452,10 @@ def eval_cmd(
         listed = _dataset_list(data)
         if listed is None:
             _check_data_folder(data)
-            subs = beir_subsets(data)
+        subs = beir_subsets(data) if listed is None else listed
         t_find = time.perf_counter() - t0  # a download of the dataset, when it is not found locally
-        if listed is not None or subs:
-            _eval_subsets(data, list(listed or subs), pipeline, loaded, split=split, train_split=train_split, ks=ks,
+        if subs:
+            _eval_subsets(data, list(subs), pipeline, loaded, split=split, train_split=train_split, ks=ks,
                           limit=limit, trace=trace, backend=backend, output=output, run_file=run_file, t_all=t_all,
                           t_find=t_find, sources=listed)
             return
@@ -829,6 +829,8 @@ def ask_cmd(
         if fitted and data is not None:
             raise RagkitError(f"--data {data}: the pipeline {pipeline} is saved fitted and searches the corpus saved "
                               "with it; drop --data, or pass a pipeline YAML file to fit on that corpus")
+        if fitted:
+            corpus: Corpus = pipe.corpus_  # a saved pipeline loads with its corpus
         gens = [op for op in iter_leaves(pipe) if isinstance(op, Generate)]
         if gens and given:
             raise RagkitError(f"{', '.join(given)}: the pipeline {pipeline} has its own generate step, whose "
@@ -841,7 +843,6 @@ def ask_cmd(
         for g in gens:  # a model path that does not exist is refused before the retrieval steps are fitted
             g.check_source()
         if fitted:
-            corpus: Corpus = pipe.corpus_  # a saved pipeline loads with its corpus
             for g in gens:
                 if not g.is_fitted:
                     g.fit(corpus)

@@ -123,7 +123,7 @@ class Operator:
         return f"{type(self).__name__}({args})"
 
     def __eq__(self, other: object) -> bool:
-        return type(self) is type(other) and self.params == other.params
+        return isinstance(other, Operator) and type(self) is type(other) and self.params == other.params
 
     __hash__ = object.__hash__
 

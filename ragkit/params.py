@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import types
 import typing
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 from pydantic import (
@@ -26,6 +26,9 @@ from pydantic import (
 from pydantic.fields import FieldInfo
 
 from ragkit.errors import ParamError
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 __all__ = ["Params", "MetadataFilter", "ModelName", "Seed", "MAX_INT", "has_upper_bound", "validate_params",
            "format_validation_error", "describe_error", "format_loc", "model_at"]
@@ -143,7 +146,7 @@ class Params(BaseModel):
         """The parameters that differ from their defaults, as plain JSON/YAML values."""
         return self.model_dump(mode="json", exclude_defaults=True)
 
-    def updated(self, **changes: Any) -> "Params":
+    def updated(self, **changes: Any) -> Self:
         """A validated copy with ``changes`` applied (given in Python: error hints do not mention YAML)."""
         return type(self).model_validate({**self.model_dump(), **changes}, context={"source": "python"})
 
