@@ -364,7 +364,7 @@ def _fit_and_score(pipe: Any, loaded: bool, sp: _Split, ks: list[int], trace: bo
     t_fit = time.perf_counter() - t0
     encoded = n_encoded() - before
     with caching_queries():  # an evaluation's queries come back run after run: their vectors are cached
-        run = pipe.search(sp.queries, trace=trace, qrels=sp.qrels if trace else None)
+        run = pipe.search(sp.queries, trace=trace, qrels=sp.qrels if trace else None, **_rankings_only(pipe))
     metrics = [f"{m}@{c}" for m in ("ndcg", "recall", "map", "mrr", "p") for c in ks]
     return _Scored(run, evaluate(run, sp.qrels, metrics), t_fit, encoded)
 
@@ -699,7 +699,7 @@ def train_cmd(
                 with console.status(f"fitting the {label} pipeline..."), caching_queries():
                     pipe.fit(ds.corpus, tr)
                 with caching_queries():
-                    run = pipe.search(held, trace=True, qrels=held_qrels)
+                    run = pipe.search(held, trace=True, qrels=held_qrels, **_rankings_only(pipe))
                 res = evaluate(run, held_qrels, ["ndcg@10", "recall@100"]).scores
                 table.add_row(label, f"{res['ndcg@10']:.4f}", f"{res['recall@100']:.4f}")
                 traces[label] = run.trace
@@ -750,6 +750,17 @@ def _without_generation(pipe: Any, option: str, note: bool = True) -> Any:
     return part
 
 
+def _rankings_only(pipe: Any) -> dict[str, Any]:
+    """The search options that keep ``pipe``'s generate steps from running the language model: one
+    inside a branch, route or loop (:func:`_without_generation` cuts the pipeline's own) passes the
+    rankings on.  ``search`` shows rankings and ``eval`` / ``train`` score them: answers would be
+    thrown away (an LLM answer per query of SciFact takes hours)."""
+    from ragkit.generators.operator import Generate
+    from ragkit.pipelines._compose import iter_leaves
+
+    return {"generate": {"answer": False}} if any(isinstance(op, Generate) for op in iter_leaves(pipe)) else {}
+
+
 @app.command("search")
 def search_cmd(
     query: list[str] = typer.Argument(..., help="One or more queries."),
@@ -770,7 +781,7 @@ def search_cmd(
         if not fitted:
             raise RagkitError(f"--index {index}: saved before it was fitted; fit it on a corpus and save it again")
         pipe = _without_generation(pipe, f"--index {index}")
-        run = pipe.search(list(query), k=k)
+        run = pipe.search(list(query), k=k, **_rankings_only(pipe))
     except RagkitError as e:
         _fail(e)
         return
@@ -852,7 +863,7 @@ def ask_cmd(
             with console.status(f"fitting the pipeline on {len(corpus):,} documents..."):
                 pipe.fit(corpus)
         retrieval = _without_generation(pipe, f"--pipeline {pipeline}", note=False)
-        if retrieval is not pipe and not len(retrieval.search([question]).doc_ids[0]):  # an answer from nothing
+        if retrieval is not pipe and not len(retrieval.search([question], **_rankings_only(retrieval)).doc_ids[0]):
             raise RagkitError(f"no document of the {len(corpus):,} matched the question {question!r}, so there is "
                               "nothing to answer from (a bm25 step returns only documents that share a word with "
                               "it, stopwords aside); ask with the words the documents would use")

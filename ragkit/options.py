@@ -88,6 +88,13 @@ def filter_option(op: "Operator", value: Any, corpus: "Corpus | None") -> Any:
     return filter_value(value, corpus)
 
 
+def bool_option(op: "Operator", value: Any, corpus: "Corpus | None") -> bool:
+    """An on/off option, such as a generator's ``answer``."""
+    if not isinstance(value, bool):
+        raise TypeError(f"expected true or false, got {type(value).__name__} {value!r:.80}")
+    return value
+
+
 def callable_option(op: "Operator", value: Any, corpus: "Corpus | None") -> Any:
     """An option that is a function (or ``None``), such as a generator's ``on_token``."""
     if value is not None and not callable(value):

@@ -104,6 +104,47 @@ def test_eval_and_train_refuse_a_pipeline_that_starts_with_generate_before_any_f
         assert "ndcg" not in res.output and not (tmp_path / "out").exists()
 
 
+ROUTED_GENERATE_YAML = """pipeline:
+  - bm25: {k: 10}
+  - route:
+      router: {rule_router: {rules: [{label: short, max_words: 3}], default: long}}
+      branches:
+        short: [generate: {max_new_tokens: 2, top_k: 2}]
+        long: [top_k: {k: 10}]
+"""
+
+
+def test_a_generate_step_inside_a_route_is_not_run_by_eval_train_or_search(tmp_path, monkeypatch):
+    """Only a pipeline's own generate step was cut: one inside a route branch (or a parallel, a loop)
+    ran the language model on every query of ``eval`` (hours on SciFact) for answers nobody reads."""
+    from ragkit.generators.operator import Generate
+
+    class _Refuses(_FakeEngine):
+        def generate(self, *a, **kw) -> str:
+            raise AssertionError("the language model ran")
+
+    monkeypatch.setattr(Generate, "_fit", lambda self, corpus, train, upstream: setattr(self, "engine_", _Refuses()))
+    data = _tiny(tmp_path / "tiny")
+    (tmp_path / "rag.yaml").write_text(ROUTED_GENERATE_YAML)
+    res = _cli("eval", "--data", data, "-p", tmp_path / "rag.yaml", "-o", tmp_path / "r.json")
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "r.json").read_text())["metrics"]["ndcg@10"] > 0
+    res = _cli("train", "--data", data, "-p", tmp_path / "rag.yaml", "--out", tmp_path / "out", "--report")
+    assert res.exit_code == 0, res.output
+    res = _cli("search", "--index", tmp_path / "out", "cats")  # one word: the route's generate branch
+    assert res.exit_code == 0 and "d2" in res.output, res.output
+    # in Python the same option: generate={"answer": False} passes the rankings on
+    from ragkit.errors import ParamError
+    from ragkit.pipelines import Pipeline
+
+    pipe = Pipeline.load(tmp_path / "out")
+    with pytest.raises(AssertionError, match="the language model ran"):
+        pipe.search(["cats"])
+    assert pipe.search(["cats"], generate={"answer": False}).doc_ids[0].tolist()[0] == "d2"
+    with pytest.raises(ParamError, match="generate.answer: expected true or false, got str 'no'"):
+        pipe.search(["cats"], generate={"answer": "no"})
+
+
 def test_train_report_scores_without_the_llm_and_saves_the_generate_step(tmp_path, no_llm):
     data = _tiny(tmp_path / "tiny")
     (tmp_path / "rag.yaml").write_text(GENERATE_YAML)

@@ -16,7 +16,7 @@ from pydantic import Field, model_validator
 
 from ragkit.errors import ParamError
 from ragkit.operator import Operator
-from ragkit.options import callable_option
+from ragkit.options import bool_option, callable_option
 from ragkit.params import ModelName, Params
 from ragkit.registry import register
 from ragkit.types import Corpus, State, TrainSet
@@ -93,8 +93,10 @@ class Generate(Operator):
     #: the local LLM, or the LangChain chat model attached with :meth:`with_chat_model`
     engine_: LocalGenerator | LangChainGenerator
     example = {"top_k": 2, "max_new_tokens": 4, "mode": "full"}
-    #: ``search(..., generate={"on_token": f})`` streams the answers: ``f(query index, text piece)``
-    run_options = {"on_token": callable_option}
+    #: ``search(..., generate={"on_token": f})`` streams the answers: ``f(query index, text piece)``;
+    #: ``generate={"answer": False}`` passes the rankings on without running the model (what ``ragkit eval``,
+    #: ``train`` and ``search`` do with a generate step inside a branch, route or loop: they score or show rankings)
+    run_options = {"on_token": callable_option, "answer": bool_option}
     #: calling it loads a 135M-parameter LLM (~30 s on 2 cores): conformance runs it as slow
     slow_conformance = True
 
@@ -136,6 +138,8 @@ class Generate(Operator):
             cache_budget_bytes=None if p.cache_budget_mb is None else int(p.cache_budget_mb * 2**20), alpha=p.alpha)
 
     def _call(self, state: State) -> State:
+        if not self.opt(state, "answer", True):
+            return state
         if state.rankings is None:
             raise ParamError("generate: the state has no rankings; put a retriever before the generator")
         p = self.params
