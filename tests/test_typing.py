@@ -1,5 +1,6 @@
 """ragkit ships ``py.typed``, so its type hints are what users' type checkers see: mypy must accept
-the package, the examples and ``tests/typing/user_code.py`` (typical user code with ``assert_type``).
+the package, the examples, the README's Python snippets and ``tests/typing/user_code.py`` (typical
+user code with ``assert_type``).
 
 mypy runs over the package laid out as installed: ``pyproject.toml`` maps ``ragkit.retrievers``,
 ``ragkit.filters``, ``ragkit.caches`` and ``ragkit.pipelines`` onto top-level folders, which an
@@ -9,6 +10,7 @@ them would be ``Any``, checking nothing)."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -40,7 +42,14 @@ def installed_layout(into: Path) -> dict[Path, Path]:
     return links
 
 
+def readme_snippets() -> str:
+    """The README's ```python blocks, in order, as one module (a later block uses an earlier one's names)."""
+    blocks = re.findall(r"^```python\n(.*?)^```", (ROOT / "README.md").read_text(encoding="utf-8"), re.M | re.S)
+    return "\n".join(blocks)
+
+
 def test_installed_layout_holds_every_subpackage(tmp_path):
+    assert readme_snippets().count("import") >= 3  # the README's Python is found
     installed_layout(tmp_path)
     names = {p.name for p in (tmp_path / "ragkit").iterdir()}
     assert {"retrievers", "filters", "caches", "pipelines", "eval", "encoders", "py.typed"} <= names
@@ -49,9 +58,10 @@ def test_installed_layout_holds_every_subpackage(tmp_path):
 def test_mypy_accepts_package_examples_and_user_code(tmp_path):
     pytest.importorskip("mypy")
     installed_layout(tmp_path)
+    (tmp_path / "readme_snippets.py").write_text(readme_snippets(), encoding="utf-8")
     cmd = [sys.executable, "-m", "mypy", "--config-file", str(ROOT / "pyproject.toml"),
            "--cache-dir", str(cache_dir() / "mypy"), "--no-error-summary",
-           "ragkit", "examples", "tests/typing/user_code.py"]
+           "ragkit", "examples", "tests/typing/user_code.py", "readme_snippets.py"]
     proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=900,
                           env={**os.environ, "MYPY_FORCE_COLOR": "0"})
     report = proc.stdout + proc.stderr
