@@ -294,14 +294,32 @@ def _parse_ks(ks: str) -> list[int]:
 
 @dataclass
 class _Split:
-    """One dataset's evaluated split, read and checked before any fit: the dataset, its ``queries``
-    (the first ``--limit``), their ``qrels``, the ``--train-split`` set or ``None``, the load time in s."""
+    """One dataset's evaluated split, read and checked before any fit: the dataset (``None`` while
+    released: :meth:`dataset` reads it again), its ``queries`` (the first ``--limit``), their
+    ``qrels``, the ``--train-split`` set or ``None``, the load time in s, and the ``--data`` it came from."""
 
     ds: Any
     queries: Any
     qrels: dict[str, dict[str, int]]
     train: Any
     t_load: float
+    source: str
+
+    def released(self) -> "_Split":
+        """Drop the dataset's corpus (``ragkit eval`` on several datasets checks them all first, then
+        holds one corpus at a time: BEIR's larger ones hold millions of documents each)."""
+        self.ds = None
+        return self
+
+    def dataset(self) -> Any:
+        """The dataset, read again (and timed as loading) when it was released."""
+        if self.ds is None:
+            from ragkit import load_beir
+
+            t0 = time.perf_counter()
+            self.ds = load_beir(self.source)
+            self.t_load += time.perf_counter() - t0
+        return self.ds
 
 
 def _read_split(data: str, split: str, train_split: Optional[str], limit: Optional[int], run_file: Optional[Path],
@@ -331,7 +349,7 @@ def _read_split(data: str, split: str, train_split: Optional[str], limit: Option
         from ragkit.run import check_trec_ids
 
         check_trec_ids(run_file, queries.ids, ds.corpus.ids)
-    return _Split(ds, queries, qrels, train, t_load)
+    return _Split(ds, queries, qrels, train, t_load, data)
 
 
 @dataclass
@@ -359,8 +377,8 @@ def _fit_and_score(pipe: Any, loaded: bool, sp: _Split, ks: list[int], trace: bo
     t0 = time.perf_counter()
     if not loaded:
         with console.status("fitting (encoding and indexing)..."), caching_queries():
-            pipe.fit(sp.ds.corpus, sp.train, backend=backend) if backend != "local" else pipe.fit(sp.ds.corpus,
-                                                                                                  sp.train)
+            corpus = sp.dataset().corpus
+            pipe.fit(corpus, sp.train, backend=backend) if backend != "local" else pipe.fit(corpus, sp.train)
     t_fit = time.perf_counter() - t0
     encoded = n_encoded() - before
     with caching_queries():  # an evaluation's queries come back run after run: their vectors are cached
@@ -530,8 +548,11 @@ def _eval_subsets(data: str, subs: list[str], pipeline: str, loaded: bool, *, sp
         typer.echo(f"note: BEIR scores {archive} as the mean over its {len(known)} datasets; --data {data} holds "
                    f"{len(subs)} of them, so this mean is not comparable with BEIR's (missing: {', '.join(missing)})",
                    err=True)
-    splits = {s: _read_split(sources[s] if sources else f"{base}/{s}", split, train_split, limit, None) for s in subs}
+    # every split is read and checked before any fit, then each corpus is read again in its turn
+    splits = {s: _read_split(sources[s] if sources else f"{base}/{s}", split, train_split, limit, None).released()
+              for s in subs}
     splits[subs[0]].t_load += t_find
+    parent = Path(base).resolve().name  # the archive's folder
     scored: dict[str, _Scored] = {}
     for s, sp in splits.items():
         # a fresh pipeline for each corpus
@@ -542,28 +563,30 @@ def _eval_subsets(data: str, subs: list[str], pipeline: str, loaded: bool, *, sp
         first = next(iter(one.result.scores))
         console.print(Text(f"{s} / {split} ({len(sp.queries)} queries): {first} {one.result.scores[first]:.4f} · "
                            f"fit {one.t_fit:.2f} s · search {one.run.seconds:.2f} s"), soft_wrap=True)
-        _note_depth(one.run, ks, sp.ds.corpus, prefix=f"{s}: ")
+        _note_depth(one.run, ks, sp.dataset().corpus, prefix=f"{s}: ")
+        spec = pipe.to_yaml()
+        sp.released()
+        del pipe  # (the fitted pipeline holds the corpus and its index too)
         if trace and one.run.trace:
             from ragkit.pipelines.trace import print_trace
 
             print_trace(console, one.run.trace)
-    _report_subsets(splits, scored, pipeline, pipe.to_yaml(), split, output, t_all, missing,
-                    dataset=",".join(subs) if sources else None)
+    _report_subsets(splits, scored, pipeline, spec, split, output, t_all, missing,
+                    dataset=",".join(subs) if sources else parent)
 
 
 def _report_subsets(splits: dict[str, _Split], scored: dict[str, _Scored], pipeline: str, spec: str, split: str,
-                    output: Optional[Path], t_all: float, missing: Optional[list[str]] = None,
-                    dataset: Optional[str] = None) -> None:
+                    output: Optional[Path], t_all: float, missing: Optional[list[str]], *, dataset: str) -> None:
     """Print each dataset's metrics and their mean (one row each) and the summed timings; write the
     JSON: ``metrics`` the means, ``subsets`` each dataset's metrics, per-query values and timings;
     ``spec`` is the pipeline's YAML; ``missing`` the archive's datasets the folder lacks (the JSON
-    says so, as the mean is then not BEIR's); ``dataset`` names the whole (default: the archive's
-    folder)."""
+    says so, as the mean is then not BEIR's); ``dataset`` names the whole (the archive's folder, or
+    the listed datasets)."""
     names = list(scored)
     metrics = list(scored[names[0]].result.scores)
     means = {m: sum(scored[s].result.scores[m] for s in names) / len(names) for m in metrics}
     n_queries = sum(len(splits[s].queries) for s in names)
-    parent = dataset or splits[names[0]].ds.path.resolve().parent.name
+    parent = dataset
     total = time.perf_counter() - t_all
     console.print(Text(f"{parent} / {split}: {len(names)} datasets, {n_queries} queries, and the mean of each metric "
                        f"over the datasets (BEIR's convention)  pipeline: {pipeline}"), soft_wrap=True)

@@ -342,6 +342,33 @@ def test_an_output_that_is_a_pipe_or_device_is_refused_not_replaced(tmp_path):
     assert stat.S_ISFIFO(fifo.stat().st_mode)
 
 
+def test_eval_on_several_datasets_holds_one_corpus_at_a_time(tmp_path, monkeypatch):
+    """Every dataset of a list (or an archive) is read and checked before any fit, and then held only in
+    its turn: all of them stayed in memory (BEIR's larger corpora hold millions of documents each)."""
+    import gc
+    import weakref
+
+    import ragkit
+
+    read, alive_at_read = [], []
+
+    def load_beir(*args, **kwargs):
+        gc.collect()
+        alive_at_read.append(sum(r() is not None for r in read))
+        ds = real(*args, **kwargs)
+        read.append(weakref.ref(ds.corpus))
+        return ds
+
+    real = ragkit.load_beir
+    monkeypatch.setattr(ragkit, "load_beir", load_beir)
+    data = ",".join(str(_tiny(tmp_path / name)) for name in ("a", "b", "c"))
+    res = _cli("eval", "--data", data, "-p", "bm25", "-o", tmp_path / "r.json")
+    assert res.exit_code == 0, res.output
+    assert len(read) == 6 and alive_at_read == [0] * 6  # checked: 3 reads; evaluated: 3 more, one at a time
+    timings = json.loads((tmp_path / "r.json").read_text())["subsets"]["c"]["timings"]
+    assert timings["load_s"] > 0  # both of its reads
+
+
 def test_eval_on_a_list_of_datasets_reports_each_and_their_mean(tmp_path):
     """``--data a,b`` evaluates each dataset as an archive's (BEIR's average over datasets), writes JSON
     that ``compare`` reads as one multi-dataset result, and refuses what cannot be such a list before
