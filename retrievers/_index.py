@@ -100,6 +100,12 @@ BLOCK = 16_384
 SECOND_STAGE_BYTES = 64 << 20
 #: bytes per chunk when the float vectors file is copied (``add`` after ``load``)
 COPY_BYTES = 64 << 20
+#: rows per block when vectors are normalised (bounds the squares ``np.linalg.norm`` makes to ~6 MB at 384 dims)
+NORM_BLOCK = 4096
+#: PCA is fitted on at most this many vectors (a seeded random sample of larger sets)
+PCA_SAMPLE = 200_000
+#: bytes of each float64 block of the PCA sample (mean and covariance are summed block by block)
+PCA_CHUNK_BYTES = 32 << 20
 FORMAT = 1
 
 
@@ -384,11 +390,28 @@ class VectorIndex:
         return self.rescore or (self.dtype == "b1" and self.backend != "numpy")
 
     # ------------------------------------------------------------------ transforms
-    def _normalise(self, x: np.ndarray) -> np.ndarray:
+    def _normalise(self, x: np.ndarray, inplace: bool = False) -> np.ndarray:
+        """Rows of unit length for ``metric="cos"`` (``x`` itself for ``"ip"``), a new array unless
+        ``inplace``; in blocks of ``NORM_BLOCK`` rows, so no ``(n, d)`` temporary (``np.linalg.norm``
+        squares its whole input) is made beside the result."""
         if self.metric != "cos":
             return x
-        n = np.linalg.norm(x, axis=1, keepdims=True)
-        return x / np.maximum(n, 1e-12)
+        out = x if inplace else np.empty(x.shape, np.result_type(x.dtype, np.float32))
+        for a in range(0, len(x), NORM_BLOCK):
+            n = np.linalg.norm(x[a:a + NORM_BLOCK], axis=1, keepdims=True)
+            np.divide(x[a:a + NORM_BLOCK], np.maximum(n, 1e-12), out=out[a:a + NORM_BLOCK])
+        return out
+
+    def _reduce_rows(self, full: np.ndarray) -> np.ndarray:
+        """:meth:`_reduce` of many vectors, in blocks of ``BLOCK`` rows (the centred / truncated
+        copy of the input and its norms are never made whole)."""
+        if self.reduce_kind == "none" or len(full) <= BLOCK:
+            return self._reduce(full)
+        dims = self.pca_components.shape[1] if self.reduce_kind == "pca" else self.reduce_dims
+        out = np.empty((len(full), dims), np.float32)
+        for a in range(0, len(full), BLOCK):
+            out[a:a + BLOCK] = self._reduce(full[a:a + BLOCK])
+        return out
 
     def _reduce(self, x: np.ndarray) -> np.ndarray:
         """Full float vectors (n, d_in) -> the vectors the index stores (n, d), float32."""
@@ -407,17 +430,35 @@ class VectorIndex:
         if self.reduce_kind == "pca":
             if len(full) < 2:
                 raise DataError(f"reduce={self.reduce!r}: PCA needs at least 2 vectors to fit, got {len(full)}")
-            sample = (full if len(full) <= 200_000
-                      else full[np.random.default_rng(0).choice(len(full), 200_000, replace=False)])
-            sample = np.asarray(sample, dtype=np.float64)
-            mean = sample.mean(axis=0)
-            centred = sample - mean
+            pick = None if len(full) <= PCA_SAMPLE else np.random.default_rng(0).choice(len(full), PCA_SAMPLE,
+                                                                                         replace=False)
+            m = len(full) if pick is None else PCA_SAMPLE
+            step = max(1, PCA_CHUNK_BYTES // (8 * d_in))
+
+            def rows64(a: int, b: int) -> np.ndarray:  # sample rows a:b as a fresh float64 block
+                return np.array(full[a:b] if pick is None else full[pick[a:b]], dtype=np.float64)
+
+            if m <= step:  # one block (SciFact: 5,183 x 384)
+                centred = rows64(0, m)
+                mean = centred.mean(axis=0)
+                centred -= mean
+                cov = centred.T @ centred
+            else:  # float64 blocks of PCA_CHUNK_BYTES: the sample is never copied whole (it was, twice, in float64)
+                mean = np.zeros(d_in)
+                for a in range(0, m, step):
+                    mean += rows64(a, a + step).sum(axis=0)
+                mean /= m
+                cov = np.zeros((d_in, d_in))
+                for a in range(0, m, step):
+                    block = rows64(a, a + step)
+                    block -= mean
+                    cov += block.T @ block
             # eigen-decomposition of the (d x d) covariance: cheaper than an SVD of the (n x d) data
-            ev, vecs = np.linalg.eigh(centred.T @ centred / max(len(sample) - 1, 1))
+            ev, vecs = np.linalg.eigh(cov / max(m - 1, 1))
             order = np.argsort(ev)[::-1]
             ev, vt = np.maximum(ev[order], 0.0), vecs[:, order].T
             vt = vt * np.where(vt[np.arange(len(vt)), np.abs(vt).argmax(axis=1)] < 0, -1.0, 1.0)[:, None]  # sign fix
-            sv = np.sqrt(ev * max(len(sample) - 1, 1))
+            sv = np.sqrt(ev * max(m - 1, 1))
             comps = vt[: self.reduce_dims].T
             if self.whiten:  # a direction without variance (beyond the corpus's rank) is noise: weight 0,
                 # not 1e8 (1 / sqrt(1e-16)), which let rounding noise outrank every real component
@@ -428,7 +469,7 @@ class VectorIndex:
             self.pca_mean = mean.astype(np.float32) if self.metric == "cos" else np.zeros_like(mean, np.float32)
             self.pca_components = np.ascontiguousarray(comps, dtype=np.float32)
             self.explained_variance_ratio = float((sv[: self.reduce_dims] ** 2).sum() / max((sv ** 2).sum(), 1e-30))
-        x = self._reduce(full)
+        x = self._reduce_rows(full)
         if self.dtype == "i8":
             self._calibrate_i8(x)
         return x
@@ -449,7 +490,8 @@ class VectorIndex:
         lo, hi = x.min(axis=0), x.max(axis=0)
         self.i8_min = lo.astype(np.float32)
         self.i8_step = np.maximum((hi - lo) / 255.0, 1e-12).astype(np.float32)
-        self.i8_scale = np.float32(127.0 / max(float(np.percentile(np.abs(x), 99.9)), 1e-12))
+        # (the |x| temporary is partitioned in place: no second copy of it)
+        self.i8_scale = np.float32(127.0 / max(float(np.percentile(np.abs(x), 99.9, overwrite_input=True)), 1e-12))
 
     def _codes(self, x: np.ndarray, for_usearch: bool) -> np.ndarray:
         """Reduced float vectors -> stored codes."""
@@ -464,21 +506,37 @@ class VectorIndex:
         # per-dimension calibration, clipped to the calibrated range (stored as uint8 = code + 128)
         return np.clip(np.rint((x - self.i8_min) / self.i8_step), 0, 255).astype(np.uint8)
 
+    def _stored_codes_of(self, x: np.ndarray) -> np.ndarray:
+        """:meth:`_codes` of the exact backend for many vectors: i8 and b1 in blocks of ``BLOCK`` rows
+        (their float / bool temporaries, each the size of ``x``, were made whole)."""
+        if self.dtype not in ("i8", "b1") or len(x) <= BLOCK:
+            return self._codes(x, for_usearch=False)
+        width = (x.shape[1] + 7) // 8 if self.dtype == "b1" else x.shape[1]
+        out = np.empty((len(x), width), np.uint8)
+        for a in range(0, len(x), BLOCK):
+            out[a:a + BLOCK] = self._codes(x[a:a + BLOCK], for_usearch=False)
+        return out
+
     # ------------------------------------------------------------------ build / add / remove
     def build(self, vectors: np.ndarray, *, copy: bool = True) -> "VectorIndex":
         """Index ``vectors`` (n, d) float as slots ``0..n-1``; fits PCA / int8 calibration on them.
 
-        ``copy=False`` lets the index keep ``vectors`` itself where it would store them unchanged
-        (f32, ``ip``, no reduction, exact search): for a caller that hands over an array it will
-        never modify (saves a copy of the corpus).  By default the index never shares memory with
-        ``vectors``.
+        ``copy=False`` hands ``vectors`` over to the index, for a caller that will neither use nor
+        modify them again (saves a copy of the corpus): a writable float32 array is normalised in
+        place (``metric="cos"``) and kept itself where the index stores the vectors unchanged
+        (f32, no reduction, exact search).  By default the index never shares memory with
+        ``vectors`` nor writes to them.
         """
-        full = np.asarray(vectors)
-        if full.ndim != 2 or not np.issubdtype(full.dtype, np.floating):
-            raise DataError(f"VectorIndex.build expects a 2-D float array (n, dim), got {full.dtype} {full.shape}")
-        if not np.isfinite(full).all():
-            raise DataError("VectorIndex.build: the vectors contain NaN or infinite values")
-        full = self._normalise(np.asarray(full, dtype=np.float32))
+        given = np.asarray(vectors)
+        if given.ndim != 2 or not np.issubdtype(given.dtype, np.floating):
+            raise DataError(f"VectorIndex.build expects a 2-D float array (n, dim), got {given.dtype} {given.shape}")
+        for a in range(0, len(given), BLOCK):  # blocks: no (n, d) bool temporary
+            if not np.isfinite(given[a:a + BLOCK]).all():
+                raise DataError("VectorIndex.build: the vectors contain NaN or infinite values")
+        full = np.asarray(given, dtype=np.float32)
+        # a float32 copy made just above is ours to normalise in place, and so is a handed-over array
+        ours = not np.may_share_memory(full, given) or (not copy and full.flags.writeable)
+        full = self._normalise(full, inplace=ours)
         self.d_in = int(full.shape[1])
         x = self._fit_transforms(full)
         self.ndim = int(x.shape[1])
@@ -491,8 +549,8 @@ class VectorIndex:
         self.codes = None
         self.usearch = None
         if self.backend == "numpy":
-            codes = self._codes(x, for_usearch=False)
-            # f32 / ip / no reduction: ``codes`` can be the caller's own array; never keep it (a caller
+            codes = self._stored_codes_of(x)
+            # f32 / no reduction: ``codes`` can be the caller's own array; never keep it (a caller
             # reusing its buffer would change the index).  may_share_memory: a bounds check, no search
             self.codes = codes.copy() if copy and np.may_share_memory(codes, vectors) else codes
         else:
@@ -605,7 +663,7 @@ class VectorIndex:
         if m == 0:
             return slots
         self._writable()
-        x = self._reduce(full)
+        x = self._reduce_rows(full)
         if self.dtype == "i8" and self.n_slots == 0:  # built empty: calibrate on the first vectors
             self._calibrate_i8(x)
         elif self.dtype == "i8" and self.n_slots < 3 and self.backend == "numpy":
@@ -616,7 +674,7 @@ class VectorIndex:
             self._calibrate_i8(np.concatenate([old, x]))
             self.codes = self._codes(old, for_usearch=False)
         if self.backend == "numpy":
-            self.codes = self._grown_codes(self._codes(x, for_usearch=False))
+            self.codes = self._grown_codes(self._stored_codes_of(x))
         else:
             self._add_to_graph(slots, x)
         if self.rescore:

@@ -9,6 +9,7 @@ applied inside the search, ``add`` / ``remove`` without a rebuild.
 
 from __future__ import annotations
 
+import weakref
 from pathlib import Path
 from typing import Any, Iterable, Literal
 
@@ -136,7 +137,13 @@ class Dense(TunedEncoderMixin, Operator):
                            reorder=p.reorder)
 
     def _encode_docs(self, corpus: Corpus) -> np.ndarray:
-        return np.ascontiguousarray(self.encoder.encode(corpus.full_texts), dtype=np.float32)
+        enc = self.encoder
+        raw = enc.encode(corpus.full_texts)
+        vecs = np.ascontiguousarray(raw, dtype=np.float32)
+        if not np.may_share_memory(vecs, raw) or type(enc) is Encoder:  # a copy made here, or the fresh array
+            # ragkit's own encoder returns (never a custom encoder's, which it may keep): fit may hand it over
+            self.__dict__["_fresh_docs"] = weakref.ref(vecs)
+        return vecs
 
     def _fit(self, corpus: Corpus, train: TrainSet | None, upstream: State | None) -> None:
         kind, dims = parse_reduce(self.params.reduce)
@@ -149,8 +156,13 @@ class Dense(TunedEncoderMixin, Operator):
                                  f"{self.params.model} embeddings have {width}; choose at most {width}",
                                  path="dense.reduce")
         self._adapt_encoder(corpus, train)
+        self.__dict__.pop("_fresh_docs", None)
         vecs = self._encode_docs(corpus)
-        self.index_ = self._new_index().build(vecs)
+        fresh = self.__dict__.pop("_fresh_docs", None)
+        # a fresh array is handed over to the index (normalised in place; the f32 index keeps it): the
+        # corpus's vectors are not copied a second time
+        self.index_ = self._new_index().build(vecs, copy=fresh is None or fresh() is not vecs)
+        del vecs
         self.slots_ = np.arange(len(corpus), dtype=np.int64)  # corpus row -> index slot
 
     # ------------------------------------------------------------------ shared API
