@@ -10,6 +10,7 @@ and encodes nothing.
 from __future__ import annotations
 
 import hashlib
+import threading
 import uuid
 import warnings
 from pathlib import Path
@@ -86,6 +87,9 @@ class EmbeddingCache:
         Cache root; vectors live in ``root / <model key>``.
     key : str
         Model identity (name or path plus a fingerprint of its weights and settings).
+
+    One reader is safe to share between threads (a served pipeline's searches): its in-memory index of
+    the shards is read and extended under a lock; computing the missing vectors is not.
     """
 
     def __init__(self, root: Path, key: str) -> None:
@@ -94,10 +98,15 @@ class EmbeddingCache:
         self.key = key
         self._index: dict[bytes, tuple[int, int]] | None = None
         self._shards: list[np.ndarray] = []
+        #: guards _index and _shards: a shard's number is its position in _shards, which two threads
+        #: loading or extending them at once gave to two shards (vectors of other texts were served)
+        self._lock = threading.RLock()
 
     def _load_index(self) -> dict[bytes, tuple[int, int]]:
-        if self._index is not None:
-            return self._index
+        with self._lock:
+            return self._index if self._index is not None else self._read_index()
+
+    def _read_index(self) -> dict[bytes, tuple[int, int]]:
         index: dict[bytes, tuple[int, int]] = {}
         self._shards = []
         if self.folder.is_dir():
@@ -119,17 +128,19 @@ class EmbeddingCache:
 
     def get(self, digests: np.ndarray) -> tuple[np.ndarray | None, np.ndarray]:
         """Cached vectors for the digests that are present, and the boolean ``hit`` mask."""
-        index = self._load_index()
-        where = [index.get(d) for d in digests.tolist()]
+        with self._lock:  # the shard numbers looked up and the shards they number, from one moment
+            index = self._load_index()
+            where = [index.get(d) for d in digests.tolist()]
+            shards = list(self._shards)
         hit = np.array([w is not None for w in where], dtype=bool)
         if not hit.any():
             return None, hit
         first = next(w for w in where if w is not None)
-        dim = self._shards[first[0]].shape[1]
+        dim = shards[first[0]].shape[1]
         out = np.zeros((len(digests), dim), np.float32)
         for i, w in enumerate(where):
             if w is not None:
-                out[i] = self._shards[w[0]][w[1]]
+                out[i] = shards[w[0]][w[1]]
         return out, hit
 
     def put(self, digests: np.ndarray, vectors: np.ndarray) -> None:
@@ -139,10 +150,14 @@ class EmbeddingCache:
             return
         name = write_shard(self.folder, self.key,
                            [(".npy", np.asarray(vectors, np.float32)), (".keys.npy", digests)])
-        if name is not None and self._index is not None:  # extend the loaded index (re-reading every shard: slower)
-            s = len(self._shards)
-            self._shards.append(np.load(self.folder / f"{name}.npy", allow_pickle=False, mmap_mode="r"))
-            self._index.update((k, (s, j)) for j, k in enumerate(digests.tolist()))
+        if name is None or self._index is None:  # nothing loaded to extend (read again under the lock)
+            return
+        vecs = np.load(self.folder / f"{name}.npy", allow_pickle=False, mmap_mode="r")
+        with self._lock:
+            if self._index is not None:  # extend the loaded index (re-reading every shard: slower)
+                s = len(self._shards)
+                self._shards.append(vecs)
+                self._index.update((k, (s, j)) for j, k in enumerate(digests.tolist()))
 
     def fetch_or_compute(self, texts: list[str], compute: Callable[[list[str]], np.ndarray]) -> tuple[np.ndarray, int]:
         """Vectors of ``texts`` ``(n, dim)``: cached rows read back, the others computed with ``compute``

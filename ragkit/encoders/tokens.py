@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Sequence
@@ -179,10 +180,15 @@ class TokenCache:
         self.key = key
         self._index: dict[bytes, tuple[int, int]] | None = None
         self._shards: list[TokenVectors] = []
+        #: guards _index and _shards (as EmbeddingCache's): a put drops the index, and a reload numbers the
+        #: shards anew, so a get on another thread read one index's numbers in the other's shards
+        self._lock = threading.RLock()
 
     def _load_index(self) -> dict[bytes, tuple[int, int]]:
-        if self._index is not None:
-            return self._index
+        with self._lock:
+            return self._index if self._index is not None else self._read_index()
+
+    def _read_index(self) -> dict[bytes, tuple[int, int]]:
         index: dict[bytes, tuple[int, int]] = {}
         self._shards = []
         loaded = []
@@ -207,14 +213,16 @@ class TokenCache:
 
     def get(self, digests: np.ndarray) -> tuple[list[tuple[np.ndarray, TokenVectors]], np.ndarray]:
         """Cached token matrices: ``[(positions, TokenVectors)]`` per shard hit, and the ``hit`` mask."""
-        index = self._load_index()
-        where = [index.get(d, (-1, -1)) for d in digests.tolist()]
+        with self._lock:  # the shard numbers looked up and the shards they number, from one moment
+            index = self._load_index()
+            where = [index.get(d, (-1, -1)) for d in digests.tolist()]
+            shards = list(self._shards)
         arr = np.array(where, dtype=np.int64).reshape(-1, 2)
         hit = arr[:, 0] >= 0
         parts = []
         for s in np.unique(arr[hit, 0]).tolist():  # loop over shards, not texts
             pos = np.flatnonzero(arr[:, 0] == s)
-            shard = self._shards[s]
+            shard = shards[s]
             if len(pos) == len(shard) and np.array_equal(arr[pos, 1], np.arange(len(shard))):
                 parts.append((pos, shard))  # the whole shard in order: keep the memory map, no copy
             else:
@@ -226,7 +234,8 @@ class TokenCache:
             return
         if write_shard(self.folder, self.key, [(".npy", np.asarray(tokens.data, np.float16)),
                                                (".offsets.npy", tokens.offsets), (".keys.npy", digests)]):
-            self._index = None
+            with self._lock:
+                self._index = None
 
 
 class TokenEncoder:
@@ -267,6 +276,7 @@ class TokenEncoder:
         #: texts actually encoded (not read from cache) since creation
         self.n_encoded = 0
         self._memo: dict[str, np.ndarray] = {}
+        self._memo_lock = threading.Lock()
         #: query texts kept in the in-memory memo
         self.memo_size = 4096
 
@@ -369,14 +379,16 @@ class TokenEncoder:
             return TokenVectors.empty(self.dim)
         memo = self._memo
         uniq = list(dict.fromkeys(texts))
-        got = {t: memo.pop(t) for t in uniq if t in memo}   # popped, to go back in as the newest
+        with self._memo_lock:  # shared by the threads of a served pipeline: popped and trimmed by each
+            got = {t: memo.pop(t) for t in uniq if t in memo}   # popped, to go back in as the newest
         miss = [t for t in uniq if t not in got]
-        if miss:
+        if miss:  # encoded outside the lock
             fresh = self._encode(miss, self.cache_enabled and queries_cached(), False, count=False)
             got.update((t, np.asarray(fresh[i])) for i, t in enumerate(miss))
-        memo.update(got)  # least recently used first: the oldest go once the memo is past memo_size
-        for old in list(itertools.islice(memo, max(0, len(memo) - self.memo_size))):
-            del memo[old]
+        with self._memo_lock:
+            memo.update(got)  # least recently used first: the oldest go once the memo is past memo_size
+            for old in list(itertools.islice(memo, max(0, len(memo) - self.memo_size))):
+                del memo[old]
         mats = [got[t] for t in texts]
         lens = np.array([len(m) for m in mats], np.int64)
         off = np.zeros(len(texts) + 1, np.int64)

@@ -48,6 +48,9 @@ from ragkit.types import Corpus, Ranking, TrainSet
 
 __all__ = ["RagkitRetriever", "LangChainEmbeddingsEncoder", "RagkitEmbeddings", "as_corpus", "load_pipeline_like"]
 
+#: searches made for one call whose documents were each time edited on another thread before a clear error
+_EDIT_RETRIES = 5
+
 #: keyword arguments LangChain itself may leave in ``invoke``'s kwargs; never search options
 _LANGCHAIN_KWARGS = frozenset({"verbose", "run_id", "run_name", "callbacks", "tags", "metadata"})
 
@@ -103,6 +106,13 @@ def _corpus_of(op: Operator) -> Corpus | None:
     return shared_corpus(op)
 
 
+def _extends(new: Corpus | None, old: Corpus | None) -> bool:
+    """Whether ``new`` is ``old`` with documents appended (``add``): every row of ``old`` is the same row of ``new``."""
+    if new is None or old is None or len(new) < len(old):
+        return False
+    return bool(np.array_equal(new.ids[:len(old)], old.ids))
+
+
 def _retriever_names(op: Operator) -> list[str]:
     from ragkit.pipelines._compose import iter_leaves
 
@@ -147,6 +157,12 @@ class RagkitRetriever(BaseRetriever):
     rankings), any other ranking ``fields``, and the document's own metadata as it was given
     (a key it did not have is not added, nor one whose value was ``None``: a metadata column
     holds ``None`` for both; its own ``id`` / ``title`` keys are kept, as the strings the corpus holds).
+
+    One retriever may serve many threads at once (``ainvoke`` runs in executor threads): each call
+    maps its search's rows onto the documents the pipeline held during that search.  When a retriever
+    of the pipeline is edited on another thread during a search (``add`` / ``remove``), documents only
+    added keep its answer; any other edit makes it search again, up to 5 times, then raise
+    ``DataError`` saying so (edit the index between searches).
 
     Examples
     --------
@@ -256,13 +272,42 @@ class RagkitRetriever(BaseRetriever):
             if (e := _bad_query(i, q)) is not None:
                 raise e
         k = self.k if k is None else k
-        run = self.pipeline.search(queries, k=k, **options)
-        self._corpus = _corpus_of(self.pipeline) or self._corpus  # a retriever edited since (add / remove)
+        error: Exception | None = None
+        for _ in range(_EDIT_RETRIES):
+            # the documents this search's rows index: read from the pipeline before and after it, never from
+            # this retriever (a call on another thread updates self._corpus after its own search)
+            before = self._searched_corpus()
+            try:
+                run = self.pipeline.search(queries, k=k, **options)
+            except Exception as e:  # noqa: BLE001 - re-raised unless the documents changed under the search
+                if self._searched_corpus() is before:
+                    raise
+                error = e
+                continue
+            corpus = self._searched_corpus()
+            # unchanged, or documents only added (add on another thread): rows of either are rows of the new one
+            if corpus is not None and (corpus is before or _extends(corpus, before)):
+                break
+            error = None  # else edited during the search (remove, refit): its rows may be of either corpus
+        else:
+            raise DataError(
+                f"RagkitRetriever: the pipeline's documents changed during each of {_EDIT_RETRIES} searches of "
+                f"{len(queries)} quer{'y' if len(queries) == 1 else 'ies'} (add / remove on another thread); "
+                "expected them unchanged for the length of one search: edit the index between searches"
+                + (f" (last error: {type(error).__name__}: {error})" if error is not None else "")) from error
+        self._corpus = corpus  # a retriever edited since (add / remove)
         rankings = run.rankings if run.rankings is not None else [Ranking.empty() for _ in queries]
-        return [self._documents(r) for r in rankings]
+        return [self._documents(r, corpus) for r in rankings]
 
-    def _documents(self, r: Ranking) -> list[Document]:
-        c = self._corpus
+    def _searched_corpus(self) -> Corpus | None:
+        """The corpus the pipeline searches now (``None`` while its retrievers disagree, in the middle
+        of an edit of each of them on another thread: the search fails then, or is repeated)."""
+        try:
+            return _corpus_of(self.pipeline)
+        except DataError:
+            return None
+
+    def _documents(self, r: Ranking, c: Corpus) -> list[Document]:
         rows = r.rows
         ids = c.ids[rows].tolist()
         texts = c.texts[rows].tolist()
