@@ -374,6 +374,10 @@ class Pipeline(Composite):
         for i, s in enumerate(steps):
             if not isinstance(s, Operator):
                 raise ParamError(f"pipeline[{i}]: expected an operator, got {type(s).__name__} {s!r:.80}")
+            if isinstance(s, Pipeline) and not s.steps:  # YAML refuses `- []`: the save would not load
+                raise ParamError(f"pipeline[{i}]: expected an operator or a non-empty pipeline, got an empty "
+                                 "Pipeline([]), which does nothing as a step (and a pipeline file cannot hold it); "
+                                 "drop it")
         if len(steps) > 1:
             steps = _fold_fusers(steps)
         self.steps: list[Operator] = steps
@@ -505,9 +509,10 @@ class Pipeline(Composite):
         if corpus is None:
             raise NotFittedError("this pipeline has no retriever that was fitted on a corpus")
         if not any(leaf.kind == "retriever" for leaf in leaves):  # nothing would rank anything
-            raise ParamError(f"this pipeline has no retriever (its operators: "
-                             f"{', '.join(sorted({_label(leaf) for leaf in leaves}))}), so no query would "
-                             "get a document; start it with one, e.g. bm25 or dense")
+            held = (f"its operators: {', '.join(sorted({_label(leaf) for leaf in leaves}))}" if leaves
+                    else "it has no operators at all")
+            raise ParamError(f"this pipeline has no retriever ({held}), so no query would get a document; start "
+                             "it with one, e.g. bm25 or dense")
         if k is not None and (isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1):
             raise ParamError(f"search: k must be a positive integer, got {k!r}")
         options = check_options(self, options, corpus)  # before any work: the whole tree's options
@@ -599,6 +604,8 @@ def _as_pipeline(x: Operator | Sequence[Operator], where: str, *, empty_ok: bool
             raise ParamError(f"{where}: {e}") from None
     elif not isinstance(x, Operator):
         raise ParamError(f"{where}: expected an operator or a list of operators, got {type(x).__name__}")
+    elif isinstance(x, Pipeline) and not x.steps and not empty_ok:  # as [] (YAML refuses both: a save would not load)
+        raise ParamError(f"{where}: expected an operator or a non-empty list of operators, got an empty Pipeline([])")
     first = x.steps[0] if isinstance(x, Pipeline) and x.steps else x
     if first.kind == "fuser":
         raise ParamError(f"{where}: {first.name!r} is a fuser, which fuses the rankings of a parallel's branches; "
@@ -678,6 +685,8 @@ class Parallel(Composite):
         if fuse.kind != "fuser":
             raise ParamError(f"parallel.fuse: expected a fuser (rrf, weighted), got {fuse.name!r} ({fuse.kind})")
         self.fuse = fuse
+        if names is not None and (isinstance(names, str) or not all(isinstance(n, str) for n in names)):
+            raise ParamError(f"parallel.names: expected a list of strings (one per branch), got {names!r:.80}")
         self.names = list(names) if names is not None else unique_names(self.branches)
         if len(self.names) != len(self.branches):
             raise ParamError(f"parallel.names: {len(self.names)} names for {len(self.branches)} branches")

@@ -210,7 +210,8 @@ def ranking_feature(state: State, feature: str) -> np.ndarray:
         s2[has2] = [state.rankings[i].scores[1] for i in np.flatnonzero(has2)]
     if feature == "top1":
         return s1
-    gap = s1 - s2
+    with np.errstate(invalid="ignore"):  # two infinite scores of one sign: no gap (NaN), as too few results
+        gap = s1 - s2
     if feature == "gap":
         return gap
     with np.errstate(divide="ignore", invalid="ignore"):

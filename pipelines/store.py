@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ragkit._files import folder_checksums, verify_checksums
-from ragkit.errors import ArtifactError
+from ragkit.errors import ArtifactError, ParamError
 from ragkit.operator import (
     _LOST_MANIFEST,
     FORMAT_VERSION,
@@ -41,6 +41,8 @@ def save_pipeline(pipe: Pipeline, path: str | Path) -> None:
     from ragkit import __version__
     from ragkit.pipelines._compose import shared_corpus
 
+    if not pipe.steps:  # pipeline.yaml would read `pipeline: []`, which no load accepts
+        raise ParamError(f"{path}: expected a pipeline of at least one operator to save, got an empty Pipeline([])")
     # the documents every fitted step searches (after an add / remove on them, the edited ones);
     # steps that disagree are refused here, before the folder is touched
     corpus = shared_corpus(pipe)
