@@ -111,6 +111,17 @@ def test_sharded_bm25_equals_one_index(slice_data, tmp_path, variant):
         sharded.shards_[0].add(corpus.subset(np.arange(1)))
 
 
+def test_sharded_bm25_over_a_corpus_without_a_term_answers_as_one_index():
+    """A corpus of stopwords, punctuation and blanks has no term: one index answers empty rankings, and
+    the shards did not fit (their shared average length 0 was refused by set_collection)."""
+    from ragkit.types import Corpus
+
+    corpus = Corpus.from_texts(["the and of", "!!! ...", "", "a an the"])
+    single = BM25(k=3).fit(corpus).search(["the cat"])
+    sharded = Sharded(retriever={"bm25": {"k": 3}}, n_shards=2, k=3, backend="local").fit(corpus)
+    assert single.doc_ids[0].tolist() == sharded.search(["the cat"]).doc_ids[0].tolist() == []
+
+
 def _saved(op, tmp_path):
     from ragkit.operator import Operator
 
