@@ -118,3 +118,122 @@ def test_knn_embed_search_scores_queries_in_chunks():
         alone = run(q[i:i + 1])[0]
         assert np.array_equal(got[i].rows, alone.rows)
         assert np.array_equal(got[i].fields["component"], alone.fields["component"])
+
+
+# ----------------------------------------------------------------------- token vectors
+def _fake_forward(texts, progress=False):
+    """Deterministic stand-in for the model: text ``t`` gets ``1 + len(t) % 5`` rows of 8 dims."""
+    from ragkit.encoders.tokens import TokenVectors
+
+    mats = [np.full((1 + len(t) % 5, 8), (sum(map(ord, t)) % 97) / 97, np.float16) for t in texts]
+    off = np.zeros(len(texts) + 1, np.int64)
+    np.cumsum([len(m) for m in mats], out=off[1:])
+    return TokenVectors(np.concatenate(mats), off)
+
+
+@pytest.fixture
+def fake_token_encoder(tmp_path, monkeypatch):
+    """A token encoder with a stand-in model, caching under ``tmp_path``."""
+    from ragkit.encoders import tokens
+
+    monkeypatch.setattr(tokens.TokenEncoder, "dim", property(lambda self: 8))
+    enc = tokens.TokenEncoder()
+    monkeypatch.setattr(enc, "_forward", _fake_forward)
+    enc._cache = tokens.TokenCache(tmp_path, enc.key)
+    return enc
+
+
+def _n_shards(enc) -> int:
+    return len(list(enc.store.folder.glob("*.keys.npy")))
+
+
+def test_token_vectors_from_several_shards_are_served_memory_mapped(fake_token_encoder, monkeypatch):
+    """MUVERA's fit held a corpus's token vectors in memory (SciFact: 910 MB, peaking at 2 GB) when the
+    corpus's texts were cached in two shards (a concatenated copy, then a gathered one) or were new.  A
+    large result is written as one shard, gathered step by step into the file, and served from its
+    memory map; the next request for the same texts, by this reader or a new one, reads that shard."""
+    from ragkit.encoders import tokens
+
+    enc = fake_token_encoder
+    texts = [f"document {i} " + "x" * (i % 7) for i in range(300)]
+    enc.encode(texts[:120])
+    enc.encode(texts[200:])  # two small shards, held in memory when encoded (below the threshold)
+    assert _n_shards(enc) == 2
+    monkeypatch.setattr(tokens, "CONSOLIDATE_BYTES", 1)  # everything counts as large from here on
+    monkeypatch.setattr(tokens, "ASSEMBLE_BYTES", 8 * 16 * 10)  # ~10 tokens per step: many steps
+    order = np.random.default_rng(0).permutation(300)
+    mixed = [texts[i] for i in order]  # cached in two shards, in another order, 80 texts new
+    got = enc.encode(mixed)
+    want = _fake_forward(mixed)
+    assert isinstance(got.data, np.memmap) and enc.n_encoded == 220 + 80
+    np.testing.assert_array_equal(got.offsets, want.offsets)
+    np.testing.assert_array_equal(got.data, want.data)
+    assert _n_shards(enc) == 3
+    again = enc.encode(mixed)
+    assert isinstance(again.data, np.memmap) and _n_shards(enc) == 3 and enc.n_encoded == 300
+    reader = tokens.TokenEncoder()  # a new process's reader: the shard is found by its texts, not rewritten
+    reader._forward = _fake_forward  # type: ignore[method-assign]
+    reader._cache = tokens.TokenCache(enc.store.folder.parent, enc.key)
+    np.testing.assert_array_equal(reader.encode(mixed).data, want.data)
+    # part of one shard (the index prefers the larger shard for these texts): written once, then found
+    for _ in range(2):
+        part = tokens.TokenEncoder()
+        part._forward = _fake_forward  # type: ignore[method-assign]
+        part._cache = tokens.TokenCache(enc.store.folder.parent, enc.key)
+        sub = part.encode(mixed[50:250])
+        assert isinstance(sub.data, np.memmap) and part.n_encoded == 0 and _n_shards(enc) == 4
+        np.testing.assert_array_equal(sub.data, want.data[want.offsets[50]:want.offsets[250]])
+
+
+def test_a_large_result_in_a_cache_that_cannot_be_written_is_assembled_in_memory(fake_token_encoder,
+                                                                                monkeypatch):
+    from ragkit.encoders import cache as cache_mod, tokens
+
+    enc = fake_token_encoder
+    texts = [f"text {i}" for i in range(40)]
+    enc.encode(texts[:25])
+    monkeypatch.setattr(tokens, "CONSOLIDATE_BYTES", 1)
+
+    def read_only(path):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(cache_mod, "atomic_file", read_only)
+    with pytest.warns(RuntimeWarning, match="cannot be written"):
+        got = enc.encode(texts[::-1])
+    np.testing.assert_array_equal(got.data, _fake_forward(texts[::-1]).data)
+    assert not isinstance(got.data, np.memmap) and _n_shards(enc) == 1
+
+
+def test_new_token_vectors_are_made_without_float32_copies_of_the_whole(monkeypatch):
+    """The model's rows were concatenated, normalised and cast as float32 arrays of all the tokens
+    (4 float32 copies, then float16 ones): each batch is now normalised and cast on its own."""
+    from ragkit.encoders.tokens import TokenEncoder
+
+    enc = TokenEncoder(cache=False, batch_size=8)
+    texts = [f"claim {i} about " + "cells " * (20 + i % 30) for i in range(64)]
+    enc.encode(texts[:2])  # the model loaded outside the measurement
+    got, peak = _peak(lambda: enc.encode(texts))
+    assert peak < 3.2 * got.data.nbytes  # the float16 batches, the result (+ one batch's float32 rows)
+    ref = enc.model.encode(texts[5:7], output_value="token_embeddings", convert_to_numpy=False)
+    for i, r in zip((5, 6), ref):
+        r = r.float().numpy()
+        np.testing.assert_allclose(got[i], r / np.linalg.norm(r, axis=1, keepdims=True), atol=2e-3)
+
+
+def test_top_k_of_a_large_score_matrix_works_in_chunks_of_rows(monkeypatch):
+    """topk_rows made a negated copy and an int64 index matrix of the whole score matrix (3x its size):
+    a BM25 or maxsim_exact batch over a large corpus.  Rows are taken in chunks; same answer."""
+    from ragkit import operator
+
+    rng = np.random.default_rng(5)
+    scores = rng.standard_normal((400, 50_000), dtype=np.float32)
+    scores[7, :] = 1.0  # ties straddling the cut: the lowest rows win
+    scores[9, ::2] = -np.inf
+    (rows, vals), peak = _peak(lambda: operator.topk_rows(scores, 10))
+    assert peak < 0.8 * scores.nbytes  # was ~3x
+    monkeypatch.setattr(operator, "TOPK_CELLS", scores.size)  # one chunk: the whole matrix at once
+    want_rows, want_vals = operator.topk_rows(scores, 10)
+    np.testing.assert_array_equal(rows, want_rows)
+    np.testing.assert_array_equal(vals, want_vals)
+    assert rows[7].tolist() == list(range(10))
+    assert np.array_equal(rows[3], np.argsort(-scores[3], kind="stable")[:10])

@@ -25,16 +25,15 @@ read.
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Any, Literal, Optional, Sequence
 
 import numpy as np
 
-from ragkit.encoders.cache import UNREADABLE, text_digests, write_shard
+from ragkit.encoders.cache import ShardStore, text_digests, write_shard
 from ragkit.encoders.sentence import (
     DEFAULT_MODEL,
     as_texts,
@@ -167,75 +166,97 @@ class TokenVectors:
             raise ArtifactError(f"{folder / prefix}: inconsistent token arrays ({e})") from None
 
 
-class TokenCache:
+#: Bytes of token vectors above which an encode that gathers from several cache shards (or encodes
+#: anew) writes the result as one shard and returns its memory map instead of an array in memory:
+#: a corpus's token vectors (about 1 GB for SciFact with MiniLM) are then never resident at once.
+CONSOLIDATE_BYTES = 64 * 2**20
+
+#: Bytes of token vectors one step of :func:`assemble` gathers (bounds its temporaries).
+ASSEMBLE_BYTES = 32 * 2**20
+
+#: ``(positions in the result, source, rows of the source or None for all of it in order)``
+Part = tuple[np.ndarray, TokenVectors, Optional[np.ndarray]]
+
+
+def part_lengths(parts: Sequence[Part], n: int) -> np.ndarray:
+    """``(n,)`` int64 token counts of the ``n`` texts the ``parts`` fill."""
+    lens = np.zeros(n, np.int64)
+    for pos, src, rows in parts:
+        lens[pos] = src.lengths if rows is None else src.lengths[rows]
+    return lens
+
+
+def assemble(out: np.ndarray, offsets: np.ndarray, parts: Sequence[Part]) -> None:
+    """Gather ``parts`` into ``out`` ``(n_tokens, dim)`` laid out by ``offsets`` ``(n + 1,)``: text
+    ``pos[j]`` of the result gets the source's text ``rows[j]``.  Vectorised per step of about
+    :data:`ASSEMBLE_BYTES` (a loop over steps, not texts), so ``out`` may be a memory map larger than
+    memory and the sources memory maps too."""
+    per_token = max(1, out.shape[1] * out.itemsize)
+    for pos, src, rows in parts:
+        rows = np.arange(len(pos), dtype=np.int64) if rows is None else np.asarray(rows, np.int64)
+        cum = np.cumsum(src.lengths[rows])
+        a = 0
+        while a < len(pos):
+            done = cum[a - 1] if a else 0
+            b = max(a + 1, int(np.searchsorted(cum, done + ASSEMBLE_BYTES // per_token, side="right")))
+            dst, _ = gather_index(offsets, pos[a:b])
+            got, _ = gather_index(src.offsets, rows[a:b])
+            out[dst] = src.data[got]
+            a = b
+
+
+class TokenCache(ShardStore[TokenVectors]):
     """Persistent ``text digest -> token matrix`` store for one model key (ragged shards).
 
     A shard is ``<uuid>.npy`` (flat float16 vectors), ``<uuid>.offsets.npy`` and
     ``<uuid>.keys.npy`` (16-byte digests), each written to a temporary file and renamed,
-    the keys file last, so a reader never sees a half-written shard.
+    the keys file last, so a reader never sees a half-written shard.  Shards are memory-mapped.
     """
 
-    def __init__(self, root: Path, key: str) -> None:
-        self.folder = Path(root) / hashlib.sha1(key.encode()).hexdigest()[:16]
-        self.key = key
-        self._index: dict[bytes, tuple[int, int]] | None = None
-        self._shards: list[TokenVectors] = []
-        #: guards _index and _shards (as EmbeddingCache's): a put drops the index, and a reload numbers the
-        #: shards anew, so a get on another thread read one index's numbers in the other's shards
-        self._lock = threading.RLock()
+    def _open(self, name: str) -> TokenVectors:
+        return TokenVectors.load(self.folder, name, mmap=True)
 
-    def _load_index(self) -> dict[bytes, tuple[int, int]]:
-        with self._lock:
-            return self._index if self._index is not None else self._read_index()
-
-    def _read_index(self) -> dict[bytes, tuple[int, int]]:
-        index: dict[bytes, tuple[int, int]] = {}
-        self._shards = []
-        loaded = []
-        if self.folder.is_dir():
-            for keys_path in sorted(self.folder.glob("*.keys.npy")):
-                name = keys_path.name[: -len(".keys.npy")]
-                try:
-                    keys = np.load(keys_path, allow_pickle=False)
-                    tv = TokenVectors.load(self.folder, name, mmap=True)
-                except UNREADABLE:
-                    continue  # damaged or empty shard: ignored, its texts are re-encoded
-                if len(keys) == len(tv):
-                    loaded.append((keys, tv))
-        # larger shards last, so a text present in several shards resolves to the largest one
-        # (a whole corpus then comes back as one memory map instead of a gathered copy)
-        for keys, tv in sorted(loaded, key=lambda kt: len(kt[0])):
-            s = len(self._shards)
-            self._shards.append(tv)
-            index.update(zip(keys.tolist(), zip([s] * len(keys), range(len(keys)))))
-        self._index = index
-        return index
+    def parts(self, digests: np.ndarray) -> tuple[list[Part], np.ndarray]:
+        """Where the cached texts are, without reading them: ``[(positions, shard, rows or None)]`` per
+        shard hit (``None``: the whole shard in order), and the ``hit`` mask."""
+        where, shards = self.locate(digests)
+        hit = where[:, 0] >= 0
+        found: list[Part] = []
+        for s in np.unique(where[hit, 0]).tolist():  # a loop over shards, not texts
+            pos = np.flatnonzero(where[:, 0] == s)
+            shard = shards[s]
+            whole = len(pos) == len(shard) and np.array_equal(where[pos, 1], np.arange(len(shard)))
+            found.append((pos, shard, None if whole else where[pos, 1]))
+        return found, hit
 
     def get(self, digests: np.ndarray) -> tuple[list[tuple[np.ndarray, TokenVectors]], np.ndarray]:
-        """Cached token matrices: ``[(positions, TokenVectors)]`` per shard hit, and the ``hit`` mask."""
-        with self._lock:  # the shard numbers looked up and the shards they number, from one moment
-            index = self._load_index()
-            where = [index.get(d, (-1, -1)) for d in digests.tolist()]
-            shards = list(self._shards)
-        arr = np.array(where, dtype=np.int64).reshape(-1, 2)
-        hit = arr[:, 0] >= 0
-        parts = []
-        for s in np.unique(arr[hit, 0]).tolist():  # loop over shards, not texts
-            pos = np.flatnonzero(arr[:, 0] == s)
-            shard = shards[s]
-            if len(pos) == len(shard) and np.array_equal(arr[pos, 1], np.arange(len(shard))):
-                parts.append((pos, shard))  # the whole shard in order: keep the memory map, no copy
-            else:
-                parts.append((pos, shard.take(arr[pos, 1])))
-        return parts, hit
+        """Cached token matrices: ``[(positions, TokenVectors)]`` per shard hit (a whole shard in order
+        is its memory map, other hits are gathered), and the ``hit`` mask."""
+        found, hit = self.parts(digests)
+        return [(pos, tv if rows is None else tv.take(rows)) for pos, tv, rows in found], hit
 
-    def put(self, digests: np.ndarray, tokens: TokenVectors) -> None:
+    def put(self, digests: np.ndarray, tokens: TokenVectors) -> TokenVectors | None:
+        """Store ``tokens`` of the texts ``digests`` as one shard; returns its memory map (``None`` when
+        the cache cannot be written: a warning said so)."""
         if len(digests) == 0:
-            return
-        if write_shard(self.folder, self.key, [(".npy", np.asarray(tokens.data, np.float16)),
-                                               (".offsets.npy", tokens.offsets), (".keys.npy", digests)]):
-            with self._lock:
-                self._index = None
+            return None
+        return self.write(digests, tokens.offsets, [(np.arange(len(digests)), tokens, None)])
+
+    def write(self, digests: np.ndarray, offsets: np.ndarray, parts: Sequence[Part]) -> TokenVectors | None:
+        """Store the texts ``digests`` laid out by ``offsets``, gathered from ``parts`` (:func:`assemble`)
+        straight into the shard's file; returns the shard's memory map, or ``None`` when the cache
+        cannot be written (a warning said so)."""
+        dim = parts[0][1].dim
+
+        def fill(tmp: Path) -> None:
+            out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=(int(offsets[-1]), dim))
+            assemble(out, offsets, parts)
+            out.flush()
+            del out
+
+        name = write_shard(self.folder, self.key, [(".npy", fill), (".offsets.npy", np.asarray(offsets, np.int64)),
+                                                   (".keys.npy", digests)])
+        return self._written(name, digests)
 
 
 class TokenEncoder:
@@ -308,7 +329,7 @@ class TokenEncoder:
         m = self.model  # the shared model of this max_seq_length (Encoder.model)
         special = np.array(sorted(set(m.tokenizer.all_special_ids)), dtype=np.int64)
         order = np.argsort([-len(t) for t in texts], kind="stable")
-        chunks: list[np.ndarray] = []
+        chunks: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
         lens = np.zeros(len(texts), np.int64)
         starts = range(0, len(texts), self.batch_size)
         if progress:
@@ -328,18 +349,21 @@ class TokenEncoder:
                 keep = feats["attention_mask"].numpy().astype(bool)
                 if self.special_tokens == "drop":
                     keep &= ~np.isin(feats["input_ids"].numpy(), special)
-                chunks.append(emb[keep])  # row-major: tokens of text 0, then text 1, ...
-                lens[idx] = keep.sum(1)
-        flat = np.concatenate(chunks) if chunks else np.zeros((0, self.dim), np.float32)
-        norms = np.linalg.norm(flat, axis=1, keepdims=True)
-        flat = (flat / np.maximum(norms, 1e-12)).astype(np.float16)
-        # rows are in length-sorted order: put them back in input order
-        sorted_off = np.zeros(len(texts) + 1, np.int64)
-        np.cumsum(lens[order], out=sorted_off[1:])
-        inv = np.empty_like(order)
-        inv[order] = np.arange(len(order))
-        idx, off = gather_index(sorted_off, inv)
-        return TokenVectors(flat[idx], off)
+                rows = emb[keep]  # row-major: tokens of text 0, then text 1, ...
+                rows /= np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-12)
+                chunks.append((idx, rows.astype(np.float16), keep.sum(1)))  # float16 per batch: no
+                lens[idx] = keep.sum(1)                                     # float32 copy of the whole
+        # batches are in length-sorted order: gather them into input order
+        off = np.zeros(len(texts) + 1, np.int64)
+        np.cumsum(lens, out=off[1:])
+        flat = np.empty((int(off[-1]), self.dim), np.float16)
+        parts: list[Part] = []
+        for idx, rows, n in chunks:
+            boff = np.zeros(len(n) + 1, np.int64)
+            np.cumsum(n, out=boff[1:])
+            parts.append((idx, TokenVectors(rows, boff), None))
+        assemble(flat, off, parts)
+        return TokenVectors(flat, off)
 
     def encode(self, texts: Sequence[str], *, cache: bool | None = None, progress: bool | None = None) -> TokenVectors:
         """Token vectors of ``texts`` (float16 unit rows), read from the disk cache where present."""
@@ -355,20 +379,32 @@ class TokenEncoder:
             self.n_encoded += len(texts) if count else 0
             return self._forward(texts, bool(progress))
         digests = text_digests(texts)
-        parts, hit = self.store.get(digests)
+        store = self.store
+        whole = store.whole(digests)
+        if whole is not None:
+            return whole  # one shard holds exactly these texts in this order: its memory map
+        parts, hit = store.parts(digests)
         miss = np.flatnonzero(~hit)
+        fresh = None
         if len(miss):
             fresh = self._forward([texts[i] for i in miss], progress if progress is not None else len(miss) > 500)
             self.n_encoded += len(miss) if count else 0
-            self.store.put(digests[miss], fresh)
-            parts.append((miss, fresh))
-        if len(parts) == 1 and np.array_equal(parts[0][0], np.arange(len(texts))):
-            return parts[0][1]
-        pos = np.concatenate([p for p, _ in parts])
-        allv = TokenVectors.concat([tv for _, tv in parts], self.dim)
-        inv = np.empty(len(texts), np.int64)
-        inv[pos] = np.arange(len(pos))
-        return allv.take(inv)
+            parts.append((miss, fresh, None))
+        off = np.zeros(len(texts) + 1, np.int64)
+        np.cumsum(part_lengths(parts, len(texts)), out=off[1:])
+        if off[-1] * self.dim * 2 >= CONSOLIDATE_BYTES:
+            # large: written as one shard (the new texts with it) and served from its memory map, so
+            # the result is never held in memory (texts cached before are then held twice on disk)
+            whole = store.write(digests, off, parts)
+            if whole is not None:
+                return whole
+        elif fresh is not None:
+            store.put(digests[miss], fresh)
+        if fresh is not None and len(miss) == len(texts):
+            return fresh  # all new (or a cache that cannot be written): the fresh array itself
+        out = np.empty((int(off[-1]), self.dim), np.float16)
+        assemble(out, off, parts)
+        return TokenVectors(out, off)
 
     def encode_queries(self, texts: Sequence[str]) -> TokenVectors:
         """Token vectors of queries (not counted in ``n_encoded``): a small in-memory memo shares them
@@ -397,6 +433,7 @@ class TokenEncoder:
 
 
 _TOKEN_ENCODERS: dict[tuple[Any, ...], TokenEncoder] = {}
+_TOKEN_LOCK = threading.Lock()
 
 
 def get_token_encoder(model: str = DEFAULT_MODEL, **kwargs: Any) -> TokenEncoder:
@@ -410,6 +447,7 @@ def get_token_encoder(model: str = DEFAULT_MODEL, **kwargs: Any) -> TokenEncoder
                          "multi-vector operators (muvera, maxsim, maxsim_exact) read per-token vectors of a "
                          "sentence-transformers model (a name or folder)")
     key = (resolve_model(model), tuple(sorted(kwargs.items())))
-    if key not in _TOKEN_ENCODERS:
-        _TOKEN_ENCODERS[key] = TokenEncoder(model, **kwargs)
-    return _TOKEN_ENCODERS[key]
+    with _TOKEN_LOCK:  # one encoder (one query memo, one cache reader) per key, whatever the threads
+        if key not in _TOKEN_ENCODERS:
+            _TOKEN_ENCODERS[key] = TokenEncoder(model, **kwargs)
+        return _TOKEN_ENCODERS[key]
