@@ -652,12 +652,28 @@ def topk_rows(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     k-th score, so rows where such a tie straddles the cut (one extra comparison pass finds them)
     are re-picked with a stable full sort.  ``-inf`` (masked) entries are returned only when a
     row has fewer than ``k`` finite scores; callers drop them.  Returns
-    ``(rows int64 (n_q, k'), scores float32 (n_q, k'))``.
+    ``(rows int64 (n_q, k'), scores float32 (n_q, k'))``.  Rows are taken in chunks of about
+    :data:`TOPK_CELLS` scores, so the temporaries (a negated copy, int64 column indices: 3x the
+    chunk's float32 scores) stay bounded whatever the batch.
     """
     n_q, n = scores.shape
     k = min(k, n)
     if k <= 0:
         return np.empty((n_q, 0), np.int64), np.empty((n_q, 0), np.float32)
+    step = max(1, TOPK_CELLS // n)
+    if n_q > step:  # a loop over chunks of rows, each answered as alone
+        parts = [_topk_rows(scores[a:a + step], k) for a in range(0, n_q, step)]
+        return np.concatenate([r for r, _ in parts]), np.concatenate([v for _, v in parts])
+    return _topk_rows(scores, k)
+
+
+#: Scores per chunk of rows in :func:`topk_rows` (4M cells: 16 MB of float32 scores, ~48 MB of temporaries).
+TOPK_CELLS = 1 << 22
+
+
+def _topk_rows(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`topk_rows` of one chunk of rows, ``0 < k <= n_docs``."""
+    n_q, n = scores.shape
     if k < n:
         part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
         vals = np.take_along_axis(scores, part, axis=1)
