@@ -18,6 +18,7 @@ import queue
 import random
 import sys
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -363,3 +364,22 @@ def test_ainvoke_from_many_event_loop_tasks(scifact_slice: Any) -> None:
     with ThreadPoolExecutor(4) as pool:  # and from several event loops on their own threads
         runs = list(pool.map(lambda _: [_key(d) for d in asyncio.run(main())], range(4)))
     assert all(run == ref for run in runs)
+
+
+def test_threads_asking_for_one_token_encoder_get_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``get_token_encoder`` checked and filled its table without a lock: threads starting at once
+    (a served MUVERA pipeline's first requests) each built an encoder, with its own query memo and
+    cache reader."""
+    from ragkit.encoders import tokens
+
+    monkeypatch.setattr(tokens, "_TOKEN_ENCODERS", {})
+    real = tokens.TokenEncoder.__init__
+
+    def slow_init(self: TokenEncoder, *a: object, **kw: object) -> None:
+        time.sleep(0.01)  # the model's fingerprint is read here: long enough for the others to ask
+        real(self, *a, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(tokens.TokenEncoder, "__init__", slow_init)
+    got: list[TokenEncoder] = []
+    errors = in_threads(lambda t: got.append(tokens.get_token_encoder(batch_size=7)))
+    assert not errors and len(got) == N_THREADS and len({id(e) for e in got}) == 1
