@@ -32,6 +32,7 @@ from pydantic import Field, model_validator
 from ragkit.encoders import DEFAULT_MODEL, check_encoder_key, save_encoder_key
 from ragkit.encoders.adapt import AdaptConfig, TunedEncoderMixin
 from ragkit.encoders.cache import text_digests
+from ragkit.encoders.sentence import blank_texts
 from ragkit.encoders.tokens import TokenEncoder, TokenVectors, get_token_encoder
 from ragkit.errors import ArtifactError, DataError, ParamError
 from ragkit.operator import (
@@ -102,8 +103,18 @@ class TokenOperatorMixin(TunedEncoderMixin):
 
     def query_tokens(self, state: State) -> TokenVectors:
         """``TokenVectors`` of the batch's queries (the rewritten ``query_text`` where present)."""
-        texts = state.texts()
-        return self.token_encoder.encode_queries([str(t) for t in texts])
+        texts = [str(t) for t in state.texts()]
+        blank = blank_texts(texts)
+        if not blank.any():
+            return self.token_encoder.encode_queries(texts)
+        # a blank query (empty or whitespace) has no tokens, not the model's [CLS] [SEP]: it finds nothing
+        keep = np.flatnonzero(~blank)
+        some = self.token_encoder.encode_queries([texts[i] for i in keep])
+        lens = np.zeros(len(texts), np.int64)
+        lens[keep] = some.lengths
+        off = np.zeros(len(texts) + 1, np.int64)
+        np.cumsum(lens, out=off[1:])
+        return TokenVectors(np.asarray(some.data), off)
 
     def rerank_query(self, q: TokenVectors) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         """Query tokens for the exact MaxSim: as is, or ball-carved (centres, offsets, weights)."""

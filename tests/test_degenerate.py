@@ -32,7 +32,7 @@ from ragkit.pipelines import (
     WeightedFusion,
 )
 from ragkit.pipelines.yaml import load_yaml
-from ragkit.retrievers import BM25
+from ragkit.retrievers import BM25, Dense
 from ragkit.types import Corpus, Queries, Ranking, State
 
 LONG = " ".join(["protein kinase signalling in tumour cells regulates apoptosis"] * 60)  # > 256 encoder tokens
@@ -250,3 +250,27 @@ def test_cosine_adapter_learns_on_a_tiny_corpus():
                     run = pipe.search(QUERIES[:3], **kw)
                     _well_formed(run, QUERIES[:3], corpus)
                     assert all(((r.scores >= 0) & (r.scores <= 1)).all() for r in run.rankings)
+
+
+@pytest.mark.parametrize("name", [n for n in OPERATORS if registry.get(n).kind == "retriever"])
+def test_a_blank_query_finds_nothing_from_every_retriever(name):
+    """An empty or whitespace query got an empty ranking from BM25 but every document from dense,
+    MUVERA, kNN-Embed and maxsim_exact (ranked by the model's vector of an empty text), so a hybrid
+    answered it with the dense half's guesses.  Such a query has no vector direction and no token now,
+    and finds nothing from every retriever; the ordinary query in the same batch is answered as alone."""
+    corpus = Corpus.from_texts([f"cell protein apoptosis {i}" if i % 2 else f"folding study {i}" for i in range(12)])
+    pipe = _pipeline(registry.get(name)).fit(corpus)
+    run = pipe.search(["", "  \n\t", "cell protein"], k=5)
+    assert [len(r) for r in run.rankings][:2] == [0, 0]
+    alone = pipe.search(["cell protein"], k=5).rankings[0]
+    assert len(alone) > 0 and np.array_equal(run.rankings[2].rows, alone.rows)
+    np.testing.assert_allclose(run.rankings[2].scores, alone.scores, rtol=1e-5)  # a GEMM of 3 rows or of 1
+
+
+def test_a_blank_query_finds_nothing_from_a_hybrid_or_through_langchain():
+    from ragkit.integrations.langchain import RagkitRetriever
+
+    corpus = Corpus.from_texts(["cell protein apoptosis", "cell cycle", "protein folding"])
+    hybrid = Parallel([BM25(k=5), Dense(k=5)], fuse=RRF()).fit(corpus)
+    assert [len(r) for r in hybrid.search(["", "cell"]).rankings] == [0, 3]
+    assert RagkitRetriever(pipeline=hybrid).invoke(" ") == []

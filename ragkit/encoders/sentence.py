@@ -273,13 +273,29 @@ def get_encoder(model: str = DEFAULT_MODEL, **kwargs: Any) -> Encoder:
 
 def query_vectors(state: Any, encoder: Encoder,
                   transform: Callable[[np.ndarray], np.ndarray] | None = None) -> np.ndarray:
-    """The batch's query vectors for ``encoder``, computed once per state and shared via ``state.vectors``."""
+    """The batch's query vectors for ``encoder`` ``(n_q, dim)``, computed once per state and shared via
+    ``state.vectors``.  A blank query (empty or whitespace) gets a zero vector, not the model's vector of
+    an empty text: it has no direction, so it finds nothing, as BM25 finds nothing for it."""
     vecs = state.vectors.get(encoder.key)
     if vecs is None:
         texts = state.texts()
-        vecs = encoder.encode_queries(texts) if len(texts) else np.zeros((0, encoder.dim), np.float32)
+        blank = blank_texts(texts)
+        if not blank.any():
+            vecs = encoder.encode_queries(texts) if len(texts) else np.zeros((0, encoder.dim), np.float32)
+        else:
+            keep = np.flatnonzero(~blank)
+            some = encoder.encode_queries([texts[i] for i in keep]) if len(keep) else None
+            vecs = np.zeros((len(texts), encoder.dim if some is None else some.shape[1]),
+                            np.float32 if some is None else some.dtype)
+            if some is not None:
+                vecs[keep] = some
         state.vectors[encoder.key] = vecs
     return vecs if transform is None else transform(vecs)
+
+
+def blank_texts(texts: Sequence[str]) -> np.ndarray:
+    """``(n,)`` bool: which texts are blank (empty or whitespace only)."""
+    return np.fromiter((not t or t.isspace() for t in texts), bool, len(texts))
 
 
 def as_texts(texts: Any, who: str) -> list[str]:
