@@ -86,6 +86,8 @@ def _unicode_word() -> re.Pattern[str]:
 #: Dense score blocks are at most this many float64 cells (8 MB); larger batches are chunked.
 _BLOCK_CELLS = 1_000_000
 _MIN_TASK_CELLS = 100_000
+#: Characters of text tokenised at once when counting terms (bounds the Python token objects of a fit).
+COUNT_CHUNK_CHARS = 8_000_000
 
 
 @lru_cache(maxsize=8)
@@ -273,12 +275,25 @@ class BM25(Operator):
         return lens, ids
 
     def _count_matrix(self, texts: Sequence[str], grow: bool) -> sp.csr_matrix:
-        """Term counts, shape ``(len(texts), len(vocab))``, float64 CSR with sorted indices."""
-        lens, ids = self._term_ids(texts, grow)
-        rows = np.repeat(np.arange(len(lens)), lens)
-        keep = ids >= 0
-        m = sp.coo_matrix((np.ones(int(keep.sum())), (rows[keep], ids[keep])),
-                          shape=(len(lens), len(self.vocab_))).tocsr()  # sums duplicates
+        """Term counts, shape ``(len(texts), len(vocab))``, float64 CSR with sorted indices.
+
+        Texts are tokenised in chunks of about :data:`COUNT_CHUNK_CHARS` characters: the surface
+        tokens of a chunk are Python objects (about 10x the text's bytes), so a whole large corpus at
+        once peaked at ~10x its text; now at the chunk's temporaries plus the counts."""
+        chars = np.cumsum(np.fromiter(map(len, texts), np.int64, len(texts)))
+        chunk = np.maximum(chars - 1, 0) // COUNT_CHUNK_CHARS  # the chunk each text ends in
+        bounds = [0, *(np.flatnonzero(np.diff(chunk)) + 1).tolist(), len(texts)]
+        parts = []
+        for a, b in zip(bounds[:-1], bounds[1:]):  # a loop over chunks of texts
+            lens, ids = self._term_ids(texts[a:b], grow)
+            rows = np.repeat(np.arange(len(lens)), lens)
+            keep = ids >= 0
+            parts.append(sp.coo_matrix((np.ones(int(keep.sum())), (rows[keep], ids[keep])),
+                                       shape=(len(lens), len(self.vocab_))).tocsr())  # sums duplicates
+            del lens, ids, rows, keep
+        width = len(self.vocab_)  # earlier chunks were made before later ones added terms: same columns, wider
+        parts = [sp.csr_matrix((m.data, m.indices, m.indptr), shape=(m.shape[0], width)) for m in parts]
+        m = parts[0] if len(parts) == 1 else sp.vstack(parts, format="csr")
         m.sort_indices()
         return m
 

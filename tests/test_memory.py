@@ -237,3 +237,27 @@ def test_top_k_of_a_large_score_matrix_works_in_chunks_of_rows(monkeypatch):
     np.testing.assert_array_equal(vals, want_vals)
     assert rows[7].tolist() == list(range(10))
     assert np.array_equal(rows[3], np.argsort(-scores[3], kind="stable")[:10])
+
+
+def test_bm25_fit_tokenises_in_chunks(monkeypatch):
+    """BM25's fit held the surface tokens of the whole corpus as Python objects at once (a list per
+    text, one flat list, its term ids and row numbers): ~10x the corpus's text.  Texts are counted in
+    chunks; the index answers as one built at once."""
+    from ragkit.retrievers import BM25, bm25
+
+    rng = np.random.default_rng(2)
+    words = np.array([f"w{i}x{i * 7919 % 1000}" for i in range(4000)])
+    texts = [" ".join(words[rng.zipf(1.3, 60) % 4000]) for _ in range(5000)]
+    corpus = Corpus.from_texts(texts)
+    n_bytes = sum(map(len, texts))
+    monkeypatch.setattr(bm25, "COUNT_CHUNK_CHARS", n_bytes // 7)  # 7 or 8 chunks
+    op, peak = _peak(lambda: BM25(k=10).fit(corpus))
+    assert peak < 6 * n_bytes  # the counts and the weights' temporaries (was ~12x)
+    monkeypatch.setattr(bm25, "COUNT_CHUNK_CHARS", 10 * n_bytes)
+    whole = BM25(k=10).fit(corpus)
+    queries = [texts[i][:40] for i in range(0, 5000, 250)] + ["w17x103 w5x35 nothing"]
+    a, b = op.search(queries), whole.search(queries)
+    for ra, rb in zip(a.rankings, b.rankings):
+        np.testing.assert_array_equal(ra.rows, rb.rows)
+        np.testing.assert_allclose(ra.scores, rb.scores, rtol=1e-6)
+    assert sorted(op.vocab_) == sorted(whole.vocab_)
