@@ -280,7 +280,10 @@ class BM25(Operator):
         Texts are tokenised in chunks of about :data:`COUNT_CHUNK_CHARS` characters: the surface
         tokens of a chunk are Python objects (about 10x the text's bytes), so a whole large corpus at
         once peaked at ~10x its text; now at the chunk's temporaries plus the counts."""
-        chars = np.cumsum(np.fromiter(map(len, texts), np.int64, len(texts)))
+        try:
+            chars = np.cumsum(np.fromiter(map(len, texts), np.int64, len(texts)))
+        except TypeError:  # a text that is no string: one chunk, whose tokenizer names it
+            chars = np.zeros(len(texts), np.int64)
         chunk = np.maximum(chars - 1, 0) // COUNT_CHUNK_CHARS  # the chunk each text ends in
         bounds = [0, *(np.flatnonzero(np.diff(chunk)) + 1).tolist(), len(texts)]
         parts = []
