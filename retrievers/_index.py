@@ -94,6 +94,8 @@ __all__ = ["VectorIndex", "EXACT_MAX", "parse_reduce", "resident_bytes"]
 EXACT_MAX = 100_000
 #: rows per block of the exact search (bounds the temporary float block to ~25 MB at 384 dims)
 BLOCK = 16_384
+#: score cells per block of the exact search (queries are chunked to keep ``queries x BLOCK`` under it)
+EXACT_CELLS = 1 << 24
 #: bytes of the float32 temporaries of the second stage (rescore / b1 re-ranking): the gathered
 #: ``(queries, candidates, dims)`` block and the distinct candidates' vectors; the query batch is
 #: scored in chunks that keep both under this
@@ -764,10 +766,17 @@ class VectorIndex:
         return (qr @ db.T) / np.float32(np.sqrt(self.ndim))
 
     def _exact(self, qr: np.ndarray, kk: int, rows: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-        """Exact top-``kk`` over live slots (or over ``rows``) in blocks; returns (scores, slots)."""
+        """Exact top-``kk`` over live slots (or over ``rows``) in blocks; returns (scores, slots).
+
+        Queries are taken in chunks of at most ``EXACT_CELLS // BLOCK`` (1,024): the score block and
+        the merge's temporaries are ``(queries, BLOCK)`` each (10,000 queries: ~2 GB at once)."""
         nq = len(qr)
         if rows is None:
             rows = np.flatnonzero(self.alive) if not self.alive.all() else None
+        step = max(1, EXACT_CELLS // BLOCK)
+        if nq > step:  # a loop over chunks of queries, each answered as alone
+            parts = [self._exact(qr[a:a + step], kk, rows) for a in range(0, nq, step)]
+            return np.concatenate([s for s, _ in parts]), np.concatenate([i for _, i in parts])
         n = self.n_slots if rows is None else len(rows)
         best_s: np.ndarray | None = None
         best_i: np.ndarray | None = None

@@ -261,3 +261,20 @@ def test_bm25_fit_tokenises_in_chunks(monkeypatch):
         np.testing.assert_array_equal(ra.rows, rb.rows)
         np.testing.assert_allclose(ra.scores, rb.scores, rtol=1e-6)
     assert sorted(op.vocab_) == sorted(whole.vocab_)
+
+
+def test_exact_search_of_many_queries_works_in_chunks_of_queries(vecs, monkeypatch):
+    """The exact search scored every query of a batch against a block of 16,384 vectors at once:
+    10,000 queries made ~2 GB of temporaries.  Queries are chunked; same answer."""
+    from ragkit.retrievers import _index
+
+    ix = VectorIndex(search="exact").build(vecs)
+    q = vecs[:2000] + 0.1
+    assert _index.EXACT_CELLS // _index.BLOCK <= 1024
+    monkeypatch.setattr(_index, "EXACT_CELLS", 200 * _index.BLOCK)  # 10 chunks
+    (slots, scores), peak = _peak(lambda: ix.search(q, 10))
+    assert peak < 0.5 * 4 * len(q) * _index.BLOCK  # a chunk's (scores, int64 positions); was ~3x the whole
+    monkeypatch.setattr(_index, "EXACT_CELLS", len(q) * _index.BLOCK)  # one chunk
+    want_slots, want_scores = ix.search(q, 10)
+    np.testing.assert_array_equal(slots, want_slots)
+    np.testing.assert_allclose(scores, want_scores, rtol=1e-5)
