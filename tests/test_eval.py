@@ -927,3 +927,30 @@ def test_evaluation_helpers_refuse_what_they_cannot_measure(tmp_path):
         ragkit_write_beir(tmp_path / "x", Corpus.from_texts(["t"], ids=["d"]), {"q\t1": "t"},
                           {"test": {"q\t1": {"d": 1}}})
     assert not (tmp_path / "x").exists()
+
+
+def test_a_deep_pipeline_run_is_scored_as_its_cut_head():
+    """evaluate handed pytrec_eval every document of a k=1000 run when the metrics read the top 100 at
+    most (3x slower): a pipeline's run is cut at the deepest cut-off + 1, ties kept, and scores exactly as
+    the whole run (its dict form, never cut), ties at the cut and a document with the query's id included."""
+    rng = np.random.default_rng(4)
+    n_q, n_docs = 40, 3000
+    corpus_ids = np.array([f"d{i}" for i in range(n_docs)] + [f"q{i}" for i in range(n_q)])
+    qids = [f"q{i}" for i in range(n_q)]
+    rankings = []
+    for i in range(n_q):
+        rows = rng.permutation(n_docs)[:1000]
+        if i % 3 == 0:
+            rows[5] = n_docs + i  # the query itself, ranked 6th: ignored, one more document counts
+        scores = np.sort(rng.integers(0, 60, 1000).astype(np.float32))[::-1]  # many ties, at every cut
+        rankings.append(Ranking(rows, scores))
+    run = Run.from_rankings(qids, rankings, corpus_ids)
+    qrels = {q: {f"d{j}": int(rng.integers(1, 3)) for j in rng.choice(n_docs, 30, replace=False)} for q in qids}
+    metrics = [f"{m}@{c}" for m in ("ndcg", "recall", "map", "mrr", "p") for c in (10, 100)]
+    cut = evaluate(run, qrels, metrics)
+    whole = evaluate(run.to_dict(), qrels, metrics)
+    assert cut.per_query == whole.per_query and cut.scores["recall@100"] > 0
+    assert evaluate(run, qrels, ["mrr@10"]).per_query["mrr@10"] == whole.per_query["mrr@10"]
+    rankings[3] = Ranking(np.r_[rankings[3].rows[:999], rankings[3].rows[0]], rankings[3].scores)  # listed twice
+    with pytest.raises(DataError, match="q3.*more than once"):
+        evaluate(Run.from_rankings(qids, rankings, corpus_ids), qrels, metrics)

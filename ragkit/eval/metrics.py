@@ -72,7 +72,10 @@ class EvalResult:
 _NO_DOC = "\tragkit: no document"
 
 
-def _clean_run(run: Run | Mapping[str, Mapping[str, float]], ignore_identical_ids: bool) -> dict[str, dict[str, float]]:
+def _clean_run(run: Run | Mapping[str, Mapping[str, float]], ignore_identical_ids: bool,
+               depth: int | None = None) -> dict[str, dict[str, float]]:
+    """``run`` as pytrec_eval's dicts, checked (no NaN score, no document twice); a pipeline's run deeper
+    than ``depth`` (the deepest cut-off + 1) is cut there first, ties kept (:func:`_cut_run`)."""
     if isinstance(run, Run):
         flat = np.concatenate([np.asarray(s, np.float64) for s in run.scores]) if len(run) else np.zeros(0)
         bad = None
@@ -80,7 +83,7 @@ def _clean_run(run: Run | Mapping[str, Mapping[str, float]], ignore_identical_id
             at = int(np.argmax(np.isnan(flat)))
             q = int(np.searchsorted(np.cumsum([len(s) for s in run.scores]), at, side="right"))
             bad = (run.query_ids[q], run.doc_ids[q][np.isnan(run.scores[q])][0])
-        d = run.to_dict() if bad is None else {}
+        d = (run if depth is None else _cut_run(run, depth)).to_dict() if bad is None else {}
     else:
         d = {str(q): {str(k): float(v) for k, v in docs.items()} for q, docs in run.items()}
         bad = next(((q, doc) for q, docs in d.items() for doc, s in docs.items() if s != s), None)
@@ -119,7 +122,7 @@ def evaluate(
     if not judged:
         raise DataError(f"evaluate: every one of the {len(qrels)} queries of the qrels has an empty judgement list"
                         if qrels else "evaluate: qrels are empty")
-    d = _clean_run(run, ignore_identical_ids)
+    d = _clean_run(run, ignore_identical_ids, max(k for _, _, k in parsed) + 1 if parsed else None)
     if d and not judged.keys() & d.keys():  # every query would count 0: judgements of other queries
         raise DataError(f"evaluate: none of the run's {len(d)} queries ({some_ids(d)}) is judged in the qrels, which "
                         f"judge {len(judged)} other queries ({some_ids(judged)}); are these the judgements of another "
@@ -128,15 +131,9 @@ def evaluate(
     # pytrec_eval drops queries with an empty run; give them a dummy non-relevant doc so they count as 0
     # (its id holds a tab, which no qrels id can: a TSV column, or a whitespace-separated one)
     d_full = {q: (docs if docs else {_NO_DOC: 0.0}) for q, docs in d_full.items()}
-    measures = set()
-    for _, fam, k in parsed:
-        if fam == "mrr":
-            measures.add("recip_rank")
-        else:
-            measures.add(f"{_TREC[fam]}.{k}")
+    measures = {f"{_TREC[fam]}.{k}" for _, fam, k in parsed if fam != "mrr"}  # MRR@k: its own evaluator below
     per_query: dict[str, dict[str, float]] = {}
-    evaluator = pytrec_eval.RelevanceEvaluator(judged, measures)
-    res = evaluator.evaluate(d_full)
+    res = pytrec_eval.RelevanceEvaluator(judged, measures).evaluate(d_full) if measures else {}
     mrr_cuts = [k for _, fam, k in parsed if fam == "mrr"]
     if mrr_cuts:  # each query ordered once, as deep as the deepest MRR cut-off
         heads = {q: trec_head(docs, max(mrr_cuts)) for q, docs in d_full.items()}
@@ -253,17 +250,45 @@ def _with_ties_at(rankings: Sequence[Ranking], k: int, corpus_ids: np.ndarray,
         i = int(nan[0])
         raise DataError(f"evaluate: query {query_ids[owner[i]]!r} gives document {corpus_ids[rows[i]]!r} the score "
                         "NaN; expected numbers")
-    keep = np.ones(len(flat), bool)
-    long = np.flatnonzero(lens > k)
-    if len(long):
-        starts = np.cumsum(lens) - lens
-        width = int(lens[long].max())
-        padded = np.full((len(long), width), -np.inf, np.float32)
-        col = np.arange(width)
-        inside = col[None, :] < lens[long][:, None]
-        padded[inside] = flat[(starts[long][:, None] + col[None, :])[inside]]
-        at = np.full(n, -np.inf, np.float32)
-        at[long] = -np.partition(-padded, k - 1, axis=1)[:, k - 1]
-        keep = (flat >= at[owner]) | (lens[owner] <= k)
+    keep = _ties_kept(lens, flat, owner, k)
     cut = np.cumsum(np.bincount(owner[keep], minlength=n))[:-1]
     return np.split(corpus_ids[rows[keep]], cut), np.split(flat[keep], cut)
+
+
+def _ties_kept(lens: np.ndarray, flat: np.ndarray, owner: np.ndarray, k: int) -> np.ndarray:
+    """``(n_entries,)`` bool over the concatenated float32 scores ``flat`` of rankings of lengths ``lens``
+    (``owner``: each entry's ranking): the entries scoring at least their ranking's k-th best score
+    (every entry of a ranking of at most ``k``).  One padded matrix of the long rankings, one partition."""
+    long = np.flatnonzero(lens > k)
+    if not len(long):
+        return np.ones(len(flat), bool)
+    starts = np.cumsum(lens) - lens
+    width = int(lens[long].max())
+    padded = np.full((len(long), width), -np.inf, np.float32)
+    col = np.arange(width)
+    inside = col[None, :] < lens[long][:, None]
+    padded[inside] = flat[(starts[long][:, None] + col[None, :])[inside]]
+    at = np.full(len(lens), -np.inf, np.float32)
+    at[long] = -np.partition(-padded, k - 1, axis=1)[:, k - 1]
+    return (flat >= at[owner]) | (lens[owner] <= k)
+
+
+def _cut_run(run: Run, k: int) -> Run:
+    """``run`` with each query cut to the documents scoring at least its k-th best score (ties kept), which
+    every metric cut at ``k - 1`` or less scores as the whole run (trec_eval cuts ties in its own order; one
+    more document covers one ignored for having the query's id).  Only a pipeline's run (with rankings, so
+    a document listed twice is found from integer rows): another run is returned whole, for
+    :meth:`Run.to_dict` to check.  A k=1000 run scored at 100: ~3x faster to evaluate."""
+    lens = np.fromiter((len(s) for s in run.scores), np.int64, len(run.scores))
+    if not len(lens) or lens.max() <= k or run.rankings is None or any(
+            len(r) != n for r, n in zip(run.rankings, lens.tolist())):
+        return run
+    rows = np.concatenate([r.rows for r in run.rankings])
+    owner = np.repeat(np.arange(len(lens)), lens)
+    key = np.sort(owner * (int(rows.max()) + 1) + rows)  # (a sort: numpy's hashed unique is 5x slower here)
+    if (key[1:] == key[:-1]).any():
+        return run  # a document twice for one query: to_dict names it
+    keep = _ties_kept(lens, np.concatenate(run.scores).astype(np.float32), owner, k)
+    cut = np.cumsum(np.bincount(owner[keep], minlength=len(lens)))[:-1]
+    return Run(run.query_ids, np.split(np.concatenate(run.doc_ids)[keep], cut),
+               np.split(np.concatenate(run.scores)[keep], cut))
