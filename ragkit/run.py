@@ -176,10 +176,11 @@ class Run:
         """Write a TREC run file ``qid Q0 docid rank score tag`` (rank from 1; scores with 9
         significant digits, which round-trip float32, so no two scores become a tie)."""
         path = Path(path)
-        check_trec_ids(path, self.query_ids, (x for d in self.doc_ids for x in d), tag)
+        check_trec_ids(path, self.query_ids, set().union(*(d.tolist() for d in self.doc_ids)), tag)  # distinct ids
         with atomic_file(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
-            for q, d, s in self:
-                f.writelines(f"{q} Q0 {doc} {r} {score:.9g} {tag}\n" for r, (doc, score) in enumerate(zip(d, s), 1))
+            for q, d, s in self:  # formatted from Python lists (numpy scalars format 2x slower), same bytes
+                f.writelines([f"{q} Q0 {doc} {r} {score:.9g} {tag}\n"
+                              for r, (doc, score) in enumerate(zip(d.tolist(), s.tolist()), 1)])
 
     @classmethod
     def read_trec(cls, path: str | Path) -> "Run":
