@@ -405,6 +405,24 @@ def filter_problem(where: Mapping[str, Any]) -> tuple[str | None, str] | None:
     return None
 
 
+def and_filters(a: Mapping[str, Any], b: Mapping[str, Any]) -> dict[str, Any]:
+    """The filter matching what both ``a`` and ``b`` match: their fields together, and on a field both
+    name, the values both accept (``{"year": [2020, 2021]}`` and ``{"year": 2021}``: ``{"year": [2021]}``;
+    none in common: ``[]``, which matches nothing).  Values compare with Python's equality, as
+    :meth:`Corpus.mask` does (``_id`` values as strings)."""
+    out = dict(a)
+    for key, want in b.items():
+        if key not in out:
+            out[key] = want
+            continue
+        mine, theirs = (list(v) if isinstance(v, Iterable) and not isinstance(v, (str, bytes, Mapping)) else [v]
+                        for v in (out[key], want))
+        if key == "_id":
+            mine, theirs = [str(v) for v in mine], [str(v) for v in theirs]
+        out[key] = [v for v in mine if any(v == w for w in theirs)]
+    return out
+
+
 def check_filter(where: Mapping[str, Any], path: str = "filter") -> None:
     """Raise :class:`DataError` at ``path`` for a filter :func:`filter_problem` refuses."""
     bad = filter_problem(where)

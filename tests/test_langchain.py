@@ -484,3 +484,53 @@ def test_an_unknown_constructor_argument_is_refused_with_a_suggestion():
                         search_type="mmr")
     r = RagkitRetriever(pipeline=BM25(), corpus=["red apples", "green pears"], k=1, tags=["t"], metadata={"a": 1})
     assert [d.page_content for d in r.invoke("apples")] == ["red apples"] and r.tags == ["t"]
+
+
+# ----------------------------------------------------------------------- one user's app (review helper)
+def _tenant_docs(tenant: str) -> list[Document]:
+    return [Document(page_content=t, id=f"{tenant}{i}", metadata={"tenant": tenant, "topic": topic})
+            for i, (t, topic) in enumerate([("cats purr on warm laps", "pets"), ("cells divide by mitosis", "bio"),
+                                            ("cats and dogs as pets", "pets"), ("protein folding in cells", "bio")])]
+
+
+def test_one_pipeline_object_given_to_two_retrievers_keeps_each_ones_documents():
+    """RagkitRetriever fitted the operator it was given in place: a second retriever (another tenant's
+    documents) built from the same object refitted it, and the first answered with the second's documents."""
+    from ragkit.retrievers import BM25
+
+    pipe = BM25(k=3)
+    a = RagkitRetriever(pipeline=pipe, corpus=_tenant_docs("a"), k=2)
+    b = RagkitRetriever(pipeline=pipe, corpus=_tenant_docs("b"), k=2)
+    assert {d.metadata["tenant"] for d in a.invoke("cats")} == {"a"}
+    assert {d.metadata["tenant"] for d in b.invoke("cats")} == {"b"}
+    assert a.pipeline is pipe and b.pipeline is not pipe and b.pipeline.params == pipe.params
+
+
+def test_a_call_filter_narrows_the_default_one_and_operator_options_merge():
+    """A per-call filter replaced the retriever's search_kwargs filter (another tenant's documents came
+    back); both apply now, as a call's filter narrows an operator's own.  An operator's options merge too."""
+    from ragkit.retrievers import BM25
+
+    docs = _tenant_docs("a") + _tenant_docs("b")
+    r = RagkitRetriever(pipeline=BM25(k=10), corpus=docs, k=10, search_kwargs={"filter": {"tenant": "a"},
+                                                                              "bm25": {"n_jobs": 1}})
+    got = r.invoke("cats cells", filter={"topic": "bio"})
+    assert [d.id for d in got] and {(d.metadata["tenant"], d.metadata["topic"]) for d in got} == {("a", "bio")}
+    assert r.invoke("cats cells", filter={"tenant": "b"}) == []  # narrowed, never widened
+    assert {d.metadata["tenant"] for d in r.batch(["cats"], filter={"tenant": ["a", "b"]})[0]} == {"a"}
+    assert len(r.invoke("cats cells", bm25={"k": 1})) == 1  # the default bm25 options and the call's together
+
+
+def test_the_ragkit_embeddings_key_is_the_same_in_every_process():
+    """A pipeline saved with LangChainEmbeddingsEncoder(RagkitEmbeddings()) never loaded elsewhere: the key
+    held the object's id().  It is the encoder's own key now."""
+    from ragkit.encoders import get_encoder
+
+    a = LangChainEmbeddingsEncoder(RagkitEmbeddings())
+    b = LangChainEmbeddingsEncoder(RagkitEmbeddings())
+    assert a.key == b.key == f"langchain:RagkitEmbeddings:{get_encoder().key}"
+
+
+def test_a_registered_operator_name_is_a_pipeline():
+    r = RagkitRetriever(pipeline="bm25", corpus=_tenant_docs("a"), k=1)
+    assert [d.id for d in r.invoke("cats purr")] == ["a0"]

@@ -316,6 +316,10 @@ def test_a_saved_dense_refuses_another_encoder_and_reordered_slots(tmp_path):
         with pytest.raises(ArtifactError, match=r"dense was fitted with the encoder 'seeded-0', but model 'swap-me' is "
                                                 r"now 'seeded-1'"):
             Operator.load(tmp_path / "d")
+        unregister_encoder("swap-me")  # a new process that forgot to register it: said so, not "is now '...|msl='"
+        with pytest.raises(ArtifactError, match=r"custom encoder 'seeded-0' registered as 'swap-me', and no encoder "
+                                                r"is registered as 'swap-me' in this process"):
+            Operator.load(tmp_path / "d")
         register_encoder("swap-me", Seeded(0), replace=True)
         slots = np.load(tmp_path / "d" / "slots.npy")
         np.save(tmp_path / "d" / "slots.npy", slots[::-1].copy())

@@ -351,6 +351,13 @@ def check_encoder_key(folder: Path, encoder: Any, who: str, model: str) -> None:
     saved = read_json(folder / ENCODER_FILE)
     if not isinstance(saved, dict) or saved.get("key") != str(encoder.key):
         was = saved.get("key") if isinstance(saved, dict) else saved
+        from ragkit.encoders.custom import registered_encoder
+
+        if registered_encoder(model) is None and "|msl=" not in str(was):  # fitted with a custom encoder
+            raise ArtifactError(
+                f"{folder}: {who} was fitted with the custom encoder {was!r} registered as {model!r}, and no "
+                f"encoder is registered as {model!r} in this process (it was read as a sentence-transformers model). "
+                f"register_encoder the same encoder (its key {was!r}) under {model!r} before loading")
         raise ArtifactError(
             f"{folder}: {who} was fitted with the encoder {was!r}, but model {model!r} is now {encoder.key!r}: queries "
             "would be encoded into another space than the saved vectors. Load it where the model is the one it was "

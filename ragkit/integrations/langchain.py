@@ -25,7 +25,7 @@ import hashlib
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 from langchain_core.callbacks import (
@@ -44,7 +44,7 @@ from ragkit.encoders.sentence import as_texts
 from ragkit.errors import DataError, NotFittedError, ParamError
 from ragkit.operator import Operator
 from ragkit.options import check_options
-from ragkit.types import Corpus, Ranking, TrainSet
+from ragkit.types import Corpus, Ranking, TrainSet, and_filters
 
 __all__ = ["RagkitRetriever", "LangChainEmbeddingsEncoder", "RagkitEmbeddings", "as_corpus", "load_pipeline_like"]
 
@@ -74,7 +74,8 @@ def as_corpus(corpus: Any) -> Corpus:
 
 
 def load_pipeline_like(source: Any) -> Operator:
-    """An operator from an operator, a saved pipeline/operator folder, a YAML file or YAML text."""
+    """An operator from an operator, a saved pipeline/operator folder, a YAML file, YAML text or a registered
+    operator's name (``"bm25"``: that operator with its default parameters)."""
     if isinstance(source, Operator):
         return source
     if not isinstance(source, (str, Path)):
@@ -92,11 +93,39 @@ def load_pipeline_like(source: Any) -> Operator:
             return Operator.load(path)
         raise ParamError(f"pipeline: {path} is a folder but holds neither a saved pipeline (manifest.json) "
                          f"nor a saved operator (params.json)")
+    from ragkit import registry
     from ragkit.pipelines import load_yaml
 
+    if path is not None and not path.exists() and str(source).strip().lower() in registry.names():
+        return registry.get(str(source).strip().lower())()  # an operator's name, as `ragkit --pipeline bm25`
     if path is not None and not path.is_file() and path.suffix.lower() in (".yaml", ".yml"):
         raise ParamError(f"pipeline: YAML file {path} does not exist")
     return load_yaml(str(path) if path is not None and path.is_file() else str(source))
+
+
+def merge_options(base: Mapping[str, Any], call: Mapping[str, Any]) -> dict[str, Any]:
+    """Search options of one call over the retriever's defaults: a call's ``filter`` narrows the default
+    ``filter`` (both apply, as an operator's own ``filter`` parameter and a call's do), an operator's
+    options merge option by option (``{"bm25": {"n_jobs": 4}}`` then ``bm25={"k": 5}``: both), anything
+    else the call sets replaces the default.  Values are checked later, by ``search``."""
+    out = dict(base)
+    for key, value in call.items():
+        old = out.get(key)
+        if key == "filter" and isinstance(old, Mapping) and isinstance(value, Mapping):
+            out[key] = and_filters(old, value)
+        elif isinstance(old, Mapping) and isinstance(value, Mapping):
+            out[key] = merge_options(old, value)
+        else:
+            out[key] = value
+    return out
+
+
+def _unfitted_copy(op: Operator) -> Operator:
+    """A new, unfitted ``op`` with the same parameters (built from its YAML)."""
+    from ragkit.pipelines import Pipeline, load_yaml
+
+    copy = load_yaml(op.to_yaml())
+    return copy if isinstance(op, Pipeline) else copy.steps[0]
 
 
 def _corpus_of(op: Operator) -> Corpus | None:
@@ -227,6 +256,8 @@ class RagkitRetriever(BaseRetriever):
         except ParamError as e:
             raise ParamError(f"search_kwargs: {e}", path=e.path) from None
         if docs is not None:
+            if op.is_fitted and not op.stateless:  # fitted already (another retriever's, or the caller's):
+                op = _unfitted_copy(op)             # refitting it in place changed what they search
             op.fit(docs, self.train)
             self.corpus = None  # the pipeline holds it now
         corpus = _corpus_of(op)
@@ -262,9 +293,7 @@ class RagkitRetriever(BaseRetriever):
 
     # ------------------------------------------------------------------ core
     def _options(self, kwargs: dict[str, Any]) -> dict[str, Any]:
-        opts = dict(self.search_kwargs)
-        opts.update({key: v for key, v in kwargs.items() if key not in _LANGCHAIN_KWARGS})
-        return opts
+        return merge_options(self.search_kwargs, {key: v for key, v in kwargs.items() if key not in _LANGCHAIN_KWARGS})
 
     def _search(self, queries: list[str], k: int | None, options: dict[str, Any]) -> list[list[Document]]:
         """One ``pipeline.search`` call for the whole batch, converted to Documents."""
@@ -460,7 +489,9 @@ class LangChainEmbeddingsEncoder:
     key : str, optional
         Identity of the model and its settings: names the query vectors shared between
         operators and the on-disk cache folder.  Default: ``langchain:<Class>:<hash of its
-        settings>`` (pydantic models) or ``langchain:<Class>:<object id>``.
+        settings>`` (pydantic models), ``langchain:RagkitEmbeddings:<its encoder's key>``, or
+        ``langchain:<Class>:<object id>``, which differs in every process: a pipeline saved with it
+        loads only where the encoder is registered with that ``key`` (pass one).
     dim : int, optional
         Vector dimension; found by embedding one probe text when not given.
     cache : bool
@@ -494,6 +525,8 @@ class LangChainEmbeddingsEncoder:
     @staticmethod
     def _default_key(emb: Embeddings) -> str:
         name = type(emb).__name__
+        if isinstance(emb, RagkitEmbeddings):  # its encoder's key names the model and settings, in every process
+            return f"langchain:{name}:{emb.encoder.key}"
         dump = getattr(emb, "model_dump_json", None)
         if dump is not None:
             try:
