@@ -286,6 +286,19 @@ class Corpus:
             return Corpus(*cols)
         return Corpus._checked(*cols)  # rows of this (checked) corpus: nothing to check again
 
+    def rows_to_remove(self, ids: Any, who: str) -> np.ndarray:
+        """Sorted distinct rows of the document ``ids`` (one id, or any iterable of ids; numbers as
+        strings), for an operator's ``remove``; an unknown id is a :class:`DataError` naming ``who``."""
+        one = isinstance(ids, (str, bytes)) or not isinstance(ids, Iterable)  # any other iterable lists ids
+        ids = [str(i) for i in ([ids] if one else ids)]
+        lut = self._lookup()
+        unknown = [d for d in ids if d not in lut]
+        if unknown:
+            raise DataError(f"{who}: document id(s) {unknown[:3]!r}" + (
+                f" and {len(unknown) - 3} more" if len(unknown) > 3 else "")
+                + f" not in the corpus of {len(self)} documents; nothing was removed")
+        return np.unique(np.fromiter((lut[d] for d in ids), np.int64, len(ids)))
+
     def concat(self, other: "Corpus") -> "Corpus":
         """This corpus followed by ``other`` (metadata fields missing on one side become ``None``).
 

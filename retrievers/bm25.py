@@ -338,6 +338,31 @@ class BM25(Operator):
         self._weigh()
         return self
 
+    def remove(self, ids: Any) -> "BM25":
+        """Remove documents by id (one, or any iterable of ids): their term counts are dropped, terms no
+        document holds any more leave the vocabulary, and idf and the average length are recomputed, so
+        the result equals a fit on the remaining documents (no re-tokenising)."""
+        self._check_fitted()
+        if getattr(self, "collection_", None) is not None:
+            raise DataError("bm25.remove: this index scores with collection statistics set from outside "
+                            "(set_collection, a shard of Sharded); refit the whole collection instead")
+        rows = self.corpus_.rows_to_remove(ids, "bm25.remove")
+        if not len(rows):
+            return self
+        keep = np.ones(len(self.corpus_), dtype=bool)
+        keep[rows] = False
+        tf = self.tf_[keep]
+        used = np.bincount(tf.indices, minlength=tf.shape[1]) > 0  # terms still in some document
+        if not used.all():  # (okapi's idf floor averages over the vocabulary: keep it a refit's)
+            new_col = np.cumsum(used) - 1
+            tf = sp.csr_matrix((tf.data, new_col[tf.indices], tf.indptr), shape=(tf.shape[0], int(used.sum())))
+            self.vocab_ = {t: int(new_col[j]) for t, j in self.vocab_.items() if used[j]}
+            self.__dict__.pop("_s2i", None)  # surface -> old column
+        self.tf_ = tf
+        self.corpus_ = self.corpus_.subset(np.flatnonzero(keep))
+        self._weigh()
+        return self
+
     def idf_of(self, df: np.ndarray, n_docs: int) -> np.ndarray:
         """idf of every term of a vocabulary, float64, from document frequencies ``df`` (one per
         term) in a collection of ``n_docs`` documents (the variant's formula; see module docs)."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import weakref
 from pathlib import Path
-from typing import Any, Iterable, Literal
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import Field, model_validator
@@ -236,13 +236,7 @@ class Dense(TunedEncoderMixin, Operator):
     def remove(self, ids: Any) -> "Dense":
         """Remove documents by id (tombstoned in the index, dropped from the corpus; no rebuild)."""
         self._check_fitted()
-        one = isinstance(ids, (str, bytes)) or not isinstance(ids, Iterable)  # any other iterable lists ids, as in mask
-        ids = [str(i) for i in ([ids] if one else ids)]
-        try:
-            rows = self.corpus_.row_of(ids)
-        except (KeyError, DataError, ValueError) as e:
-            raise DataError(f"dense.remove: unknown document id(s): {e}") from None
-        rows = np.unique(np.asarray(rows, dtype=np.int64))
+        rows = self.corpus_.rows_to_remove(ids, "dense.remove")
         if not len(rows):
             return self
         self.index_.remove(self.slots_[rows])

@@ -289,3 +289,28 @@ def test_the_unknown_word_cache_is_replaced_not_cleared_under_concurrent_searche
     assert bm.search(["red quokka"]).doc_ids[0].tolist() == ["0", "2"]
     assert bm._s2i is not held and held == before  # the old cache is untouched
     assert bm.search(["red zebra"]).doc_ids[0].tolist() == ["0", "2"]
+
+
+def test_remove_equals_refit_on_the_rest(slice_data):
+    """BM25 had no remove: a hybrid index could not drop a document without a refit.  Removing equals a fit
+    on the remaining documents, okapi's vocabulary-wide idf floor included (terms no document holds any
+    more leave the vocabulary); an unknown id changes nothing."""
+    corpus, queries, _, _ = slice_data
+    drop = corpus.ids[::3].tolist()
+    rest = corpus.subset(np.flatnonzero(~np.isin(corpus.ids, drop)))
+    for variant in ("lucene", "okapi"):
+        inc = BM25(k=20, variant=variant).fit(corpus)
+        inc.search(queries)  # fills the token cache with the old columns
+        before = len(inc.vocab_)
+        with pytest.raises(DataError, match=r"bm25.remove: document id\(s\) \['nope'\] not in the corpus"):
+            inc.remove([drop[0], "nope"])
+        assert len(inc.corpus_) == len(corpus)
+        inc.remove(iter(drop))
+        full = BM25(k=20, variant=variant).fit(rest)
+        assert len(inc.vocab_) == len(full.vocab_) < before
+        np.testing.assert_allclose(inc.score_matrix(queries.texts), full.score_matrix(queries.texts),
+                                   rtol=1e-12, atol=1e-12)
+        for x, y in zip(inc.search(queries).doc_ids, full.search(queries).doc_ids):
+            np.testing.assert_array_equal(x, y)
+        inc.add(corpus.subset(np.flatnonzero(np.isin(corpus.ids, drop))))  # and back again
+        assert sorted(inc.corpus_.ids.tolist()) == sorted(corpus.ids.tolist())

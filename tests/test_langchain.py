@@ -23,7 +23,7 @@ from langchain_core.documents import Document
 from langchain_core.embeddings import DeterministicFakeEmbedding
 from langchain_tests.integration_tests import EmbeddingsIntegrationTests, RetrieversIntegrationTests
 
-from ragkit.errors import DataError
+from ragkit.errors import DataError, ParamError
 from ragkit.integrations.langchain import LangChainEmbeddingsEncoder, RagkitEmbeddings, RagkitRetriever
 
 REPO = Path(__file__).resolve().parents[1]
@@ -534,3 +534,81 @@ def test_the_ragkit_embeddings_key_is_the_same_in_every_process():
 def test_a_registered_operator_name_is_a_pipeline():
     r = RagkitRetriever(pipeline="bm25", corpus=_tenant_docs("a"), k=1)
     assert [d.id for d in r.invoke("cats purr")] == ["a0"]
+
+
+def test_add_documents_and_delete_edit_every_retriever_of_a_hybrid():
+    """A LangChain user could not add or delete documents through the retriever, and BM25 had no remove, so
+    a hybrid could not drop a document without a refit; documents without ids got positions, which the
+    next batch's positions collided with."""
+    from ragkit.pipelines import RRF, Parallel
+    from ragkit.retrievers import BM25, Dense
+
+    r = RagkitRetriever(pipeline=Parallel([BM25(k=10), Dense(k=10)], fuse=RRF()), corpus=_tenant_docs("a"), k=3)
+    new = [Document(page_content="zebras graze on the savanna", metadata={"tenant": "z", "topic": "animals"}),
+           Document(page_content="zebra stripes confuse flies", id="z-stripes", metadata={"tenant": "z"})]
+    ids = r.add_documents(new)
+    assert len(ids) == 2 and ids[1] == "z-stripes" and len(ids[0]) == 32  # a UUID for the one without an id
+    assert set(r.add_documents([Document(page_content="zebra foals")])) != set(ids)  # no positional collisions
+    got = r.invoke("zebras on the savanna")
+    assert got[0].id == ids[0] and got[0].metadata["topic"] == "animals"
+    assert {d.metadata["tenant"] for d in r.invoke("zebra", filter={"tenant": "z"})} == {"z"}
+    with pytest.raises(DataError, match="already indexed, e.g. 'z-stripes'"):
+        r.add_documents([Document(page_content="again", id="z-stripes")])
+    with pytest.raises(DataError, match=r"delete: document id\(s\) \['nope'\] not in the corpus"):
+        r.delete([ids[0], "nope"])
+    assert r.invoke("zebras on the savanna")[0].id == ids[0]  # nothing was removed
+    assert r.delete([ids[0], "a1"]) is True
+    assert ids[0] not in {d.id for d in r.invoke("zebras on the savanna savanna", k=10)}
+    bm25, dense = r.pipeline.branches  # both retrievers hold the same documents, in the same rows
+    assert bm25.corpus_.ids.tolist() == dense.corpus_.ids.tolist()
+    assert len(bm25.corpus_) == 5 and not {"a1", ids[0]} & set(bm25.corpus_.ids.tolist())
+
+
+def test_edits_of_a_pipeline_with_a_retriever_that_cannot_edit_are_refused_before_any_change():
+    from ragkit.pipelines import RRF, Parallel
+    from ragkit.retrievers import BM25, KnnEmbed
+
+    docs = _tenant_docs("a") + _tenant_docs("b")
+    r = RagkitRetriever(pipeline=Parallel([BM25(k=5), KnnEmbed(k=5, n_clusters=2, n_init=1)], fuse=RRF()),
+                        corpus=docs, k=2)
+    with pytest.raises(ParamError, match=r"add_documents: .*knn_embed.* cannot add documents"):
+        r.add_documents([Document(page_content="new", id="n")])
+    with pytest.raises(ParamError, match=r"delete: .*knn_embed.* cannot remove documents"):
+        r.delete(["a0"])
+    assert all(len(leaf.corpus_) == 8 for leaf in r.pipeline.branches)
+    with pytest.raises(ValueError, match="k"):
+        RagkitRetriever(pipeline=BM25(), corpus=docs, k=True)
+
+
+def test_an_edit_that_fails_in_one_retriever_is_rolled_back_in_the_others(monkeypatch):
+    from ragkit.pipelines import RRF, Parallel
+    from ragkit.retrievers import BM25
+
+    r = RagkitRetriever(pipeline=Parallel([BM25(k=5), BM25(k=5, variant="okapi")], fuse=RRF()),
+                        corpus=_tenant_docs("a"), k=2)
+    first, second = r.pipeline.branches
+
+    def broken(*_: Any) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(second, "add", broken)
+    with pytest.raises(OSError, match="disk full"):
+        r.add_documents([Document(page_content="zebras", id="z")])
+    assert first.corpus_.ids.tolist() == ["a0", "a1", "a2", "a3"] and r.invoke("cats")
+    monkeypatch.undo()  # the second's add works again
+    real_remove, calls = second.remove, []
+
+    def fails_once(ids: Any) -> Any:
+        calls.append(ids)
+        if len(calls) == 1:
+            raise OSError("disk full")
+        return real_remove(ids)
+
+    monkeypatch.setattr(second, "remove", fails_once)
+    with pytest.raises(OSError, match="disk full"):
+        r.delete(["a1"])  # undone: a1 appended again in the first, and the second realigned to the same rows
+    assert first.corpus_.ids.tolist() == second.corpus_.ids.tolist() == ["a0", "a2", "a3", "a1"]
+    assert {d.id for d in r.invoke("cats cells", k=4)} >= {"a1"}
+    monkeypatch.setattr(second, "remove", broken)  # it fails again when realigned: said so
+    with pytest.raises(DataError, match=r"remove: OSError: disk full; undoing it failed too .* fit a new retriever"):
+        r.delete(["a2"])

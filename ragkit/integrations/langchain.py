@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -230,7 +230,7 @@ class RagkitRetriever(BaseRetriever):
     train: Any = Field(default=None, exclude=True, repr=False, description="TrainSet for learned operators.")
     """Judged training queries passed to ``fit`` with ``corpus``."""
 
-    k: int = Field(default=4, ge=1, description="Documents per query.")
+    k: int = Field(default=4, ge=1, strict=True, description="Documents per query.")
     """Documents returned per query; ``invoke(q, k=...)`` overrides it."""
 
     search_kwargs: dict[str, Any] = Field(default_factory=dict, description="Default pipeline.search options.")
@@ -327,6 +327,98 @@ class RagkitRetriever(BaseRetriever):
         self._corpus = corpus  # a retriever edited since (add / remove)
         rankings = run.rankings if run.rankings is not None else [Ranking.empty() for _ in queries]
         return [self._documents(r, corpus) for r in rankings]
+
+    # ------------------------------------------------------------------ edits
+    def add_documents(self, documents: Sequence[Document], *, ids: Sequence[str] | None = None) -> list[str]:
+        """Index more documents in every retriever of the pipeline (their ``add``: BM25 and dense; no
+        refit), as a LangChain vector store's ``add_documents``.  A document's id is ``ids[i]``, else its
+        own ``id`` (or ``metadata["id"]``), else a new UUID.  Returns the ids, in order.
+
+        Everything is checked before any index changes (Documents, ids not already indexed nor given
+        twice, metadata keys, every retriever able to ``add``); should a retriever still fail, those
+        already edited are rolled back.  Searches on other threads meanwhile see the documents before or
+        after the edit (see the class notes)."""
+        import uuid
+
+        docs = list(documents)
+        bad = next((i for i, d in enumerate(docs) if not isinstance(d, Document)), None)
+        if bad is not None:
+            raise DataError(f"add_documents: item {bad} is a {type(docs[bad]).__name__}, expected a LangChain "
+                            "Document")
+        if ids is not None and (isinstance(ids, str) or len(ids) != len(docs)):
+            raise DataError(f"add_documents: ids must list one id per document ({len(docs)}), got {ids!r:.80}")
+        if not docs:
+            return []
+        given = [str(i) for i in ids] if ids is not None else [
+            d.id or (str(d.metadata["id"]) if d.metadata.get("id") is not None else None) or uuid.uuid4().hex
+            for d in docs]
+        new = Corpus.from_documents([d.model_copy(update={"id": i}) for d, i in zip(docs, given)])
+        _check_reserved(new, "add_documents")
+        held = _corpus_of(self.pipeline)
+        if held is not None and len(dup := held.row_of(new.ids.tolist(), missing="drop")):
+            raise DataError(f"add_documents: {len(dup)} of the ids are already indexed, e.g. "
+                            f"{held.ids[dup[0]]!r}; delete them first, or give other ids")
+        self._edit("add", new, lambda leaf: leaf.remove(new.ids.tolist()))
+        return new.ids.tolist()
+
+    def delete(self, ids: Sequence[str] | None = None, **kwargs: Any) -> bool:
+        """Remove the documents ``ids`` from every retriever of the pipeline (their ``remove``: BM25 and
+        dense; no refit), as a LangChain vector store's ``delete``.  An unknown id changes nothing and is
+        a :class:`~ragkit.errors.DataError`; should a retriever still fail, those already edited are
+        rolled back.  Returns True."""
+        if kwargs:
+            raise ParamError(f"delete: unknown argument(s) {sorted(kwargs)}; expected ids")
+        if ids is None or isinstance(ids, str):
+            raise DataError(f"delete: expected a list of document ids, got {ids!r:.80}")
+        held = _corpus_of(self.pipeline)
+        assert held is not None  # a built retriever's pipeline is fitted
+        rows = held.rows_to_remove(list(ids), "delete")
+        if len(rows):
+            gone, gone_ids = held.subset(rows), held.ids[rows].tolist()
+
+            def realign(leaf: Operator) -> None:  # a leaf not edited: the rows the undone ones hold now
+                leaf.remove(gone_ids)
+                leaf.add(gone)
+
+            self._edit("remove", gone_ids, lambda leaf: leaf.add(gone), realign)
+        return True
+
+    def _edit(self, method: str, arg: Any, undo: Callable[[Any], Any],
+              realign: Callable[[Any], Any] | None = None) -> None:
+        """``leaf.<method>(arg)`` on every fitted retriever (stateful leaf) of the pipeline, each checked
+        first to have it; on a failure, ``undo(leaf)`` on those already edited and ``realign(leaf)`` on the
+        others (a removal undone appends the documents again: every retriever must hold the same rows),
+        then the error."""
+        from ragkit.pipelines.yaml import walk_leaves
+
+        leaves = [(path, leaf) for path, leaf in walk_leaves(self.pipeline)
+                  if not leaf.stateless and getattr(leaf, "corpus_", None) is not None]
+        cannot = [f"{path} ({leaf.name})" for path, leaf in leaves if not callable(getattr(leaf, method, None))]
+        if cannot:
+            verb = "add documents" if method == "add" else "remove documents"
+            raise ParamError(f"{'add_documents' if method == 'add' else 'delete'}: {', '.join(cannot)} cannot {verb} "
+                             "(only bm25 and dense can, without a refit); build a new retriever on the documents "
+                             "you want instead")
+        done = []
+        try:
+            for _, leaf in leaves:
+                getattr(leaf, method)(arg)
+                done.append(leaf)
+        except BaseException as e:
+            try:
+                for leaf in done:
+                    undo(leaf)
+                if realign is not None and done:
+                    for _, leaf in leaves[len(done):]:
+                        realign(leaf)
+            except Exception as again:  # noqa: BLE001 - reported with the first error
+                raise DataError(f"{method}: {type(e).__name__}: {e}; undoing it failed too ({type(again).__name__}: "
+                                f"{again}): the pipeline's retrievers may now hold different documents, and searches "
+                                "say so; fit a new retriever") from e
+            raise
+        corpus = _corpus_of(self.pipeline)
+        assert corpus is not None
+        self._corpus = corpus
 
     def _searched_corpus(self) -> Corpus | None:
         """The corpus the pipeline searches now (``None`` while its retrievers disagree, in the middle
