@@ -337,7 +337,8 @@ class Corpus:
         ``where`` maps a field to a value (equality) or a list/tuple/set/array of values
         (membership); fields combine with AND.  Values compare with Python's ``==`` either way
         (``1`` matches ``1.0`` and ``True``, ``"2020"`` does not match ``2020``).  ``"_id"``
-        filters on document ids (given as strings or numbers).  Operators such as
+        filters on document ids (given as strings or numbers).  A list-valued field (tags) matches a
+        value it holds as an element, as well as a value equal to the whole list.  Operators such as
         ``{"$gte": 2020}`` are not supported and are refused.
         """
         if not where:
@@ -455,14 +456,17 @@ def _hashable(v: Any) -> bool:
 def _isin(column: np.ndarray, wants: list[Any]) -> np.ndarray:
     """``column[i] == w`` for some ``w`` in ``wants``, with Python's equality (``1 == 1.0 == True``,
     ``"2020" != 2020``) whether one value or a list is given: set membership where the values
-    hash (one pass over the column), else one vectorised comparison per value."""
+    hash (one pass over the column), else one pass per value; a list-valued ``column[i]`` (tags)
+    also matches a ``w`` it holds as an element."""
     try:
         wanted = set(wants)
         return np.fromiter((v in wanted for v in column.tolist()), dtype=bool, count=len(column))
     except TypeError:  # an unhashable value (a list) in the column or the filter
         hit = np.zeros(len(column), dtype=bool)
-        for w in wants:
-            hit |= np.array([_equal(v, w) for v in column.tolist()], dtype=bool)
+        values = column.tolist()
+        for w in wants:  # a list value also matches each of its elements (tags: ["x", "y"] matches "y")
+            hit |= np.fromiter((_equal(v, w) or (isinstance(v, (list, tuple)) and any(_equal(e, w) for e in v))
+                                for v in values), dtype=bool, count=len(values))
         return hit
 
 

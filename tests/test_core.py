@@ -114,6 +114,16 @@ def test_coded_filter_masks_equal_python_equality_on_mixed_columns():
             c.mask({"v": nan})
 
 
+def test_a_list_valued_field_matches_the_values_it_holds():
+    """A tags field (a list per document) filtered on one tag matched nothing, silently: only a value
+    equal to the whole list matched.  A list value matches each of its elements too."""
+    c = Corpus.from_texts(["a", "b", "c", "d"], tags=[["x", "y"], ["z"], [], "y"])
+    assert c.mask({"tags": "y"}).tolist() == [True, False, False, True]
+    assert c.mask({"tags": ["z", "x"]}).tolist() == [True, True, False, False]
+    assert c.mask({"tags": [["z"]]}).tolist() == [False, True, False, False]  # the whole list, as before
+    assert not c.mask({"tags": "q"}).any()
+
+
 def test_a_corpus_is_immutable_so_its_cached_lookups_stay_true():
     """Row numbers and filter codes are cached from a corpus's ids and columns: changing one in place
     answered later filters and lookups from the old values.  The arrays are read-only, the metadata a
