@@ -481,17 +481,21 @@ def _equal(v: Any, w: Any) -> bool:
 
 def _jsonable(v: Any, field: str = "") -> Any:
     """A metadata value as JSON: numpy scalars as Python's (float32 by its shortest repr, so a
-    filter on ``0.1`` still matches after a save), lists element-wise; other types refused."""
+    filter on ``0.1`` still matches after a save), lists and dicts (string keys) element-wise; other
+    types refused."""
     if isinstance(v, (np.floating,)) and v.dtype != np.float64:
         return float(str(v))
     if isinstance(v, np.generic):
         return v.item()
     if isinstance(v, (list, tuple, np.ndarray)):
         return [_jsonable(x, field) for x in (v.tolist() if isinstance(v, np.ndarray) else v)]
-    if v is None or isinstance(v, (str, bool, int, float, dict)):
+    if isinstance(v, dict) and all(isinstance(key, str) for key in v):
+        return {key: _jsonable(x, field) for key, x in v.items()}
+    if v is None or isinstance(v, (str, bool, int, float)):
         return v
     raise DataError(f"Corpus.save: metadata field {field!r} holds a {type(v).__name__} ({v!r:.60}); expected a "
-                    "JSON value (str, number, bool, None, list); convert it (e.g. a date to an ISO string)")
+                    "JSON value (str, number, bool, None, a list of them, a dict with string keys); convert it "
+                    "(e.g. a date to an ISO string)")
 
 
 @dataclass(frozen=True)

@@ -83,6 +83,11 @@ def test_metadata_keeps_its_values_across_a_save_or_names_the_field(tmp_path):
     dated = Corpus.from_texts(["a"], when=[datetime.date(2024, 1, 2)])
     with pytest.raises(DataError, match="metadata field 'when' holds a date"):
         dated.save(tmp_path / "d.jsonl")
+    nested = Corpus.from_texts(["a"], info=[{"source": "web", "when": datetime.date(2024, 1, 2)}])
+    with pytest.raises(DataError, match=r"metadata field 'info' holds a date .*a dict with string keys"):
+        nested.save(tmp_path / "n.jsonl")  # (a date inside a dict was a bare TypeError from json)
+    Corpus.from_texts(["a"], info=[{"source": "web", "n": np.int64(3)}]).save(tmp_path / "n.jsonl")
+    assert read_corpus(tmp_path / "n.jsonl").metadata["info"][0] == {"source": "web", "n": 3}
 
 
 def test_filters_take_arrays_as_lists_and_refuse_query_operators():
