@@ -376,7 +376,7 @@ class RagkitRetriever(BaseRetriever):
         if len(rows):
             gone, gone_ids = held.subset(rows), held.ids[rows].tolist()
 
-            def realign(leaf: Operator) -> None:  # a leaf not edited: the rows the undone ones hold now
+            def realign(leaf: Any) -> None:  # a leaf not edited: the rows the undone ones hold now
                 leaf.remove(gone_ids)
                 leaf.add(gone)
 
