@@ -77,7 +77,7 @@ def filter_value(value: Any, corpus: "Corpus | None" = None) -> Any:
         key, what = bad
         raise (ValueError(f"field {key!r}: {what}") if key is not None else TypeError(what))
     for key in value:
-        if corpus is not None and key != "_id" and key not in corpus.metadata:
+        if corpus is not None and key not in ("_id", "id") and key not in corpus.metadata:
             raise ValueError(f"field {key!r} is not a metadata field of the corpus; available: "
                              f"{sorted(corpus.metadata) + ['_id']}")
     return value

@@ -337,7 +337,8 @@ class Corpus:
         ``where`` maps a field to a value (equality) or a list/tuple/set/array of values
         (membership); fields combine with AND.  Values compare with Python's ``==`` either way
         (``1`` matches ``1.0`` and ``True``, ``"2020"`` does not match ``2020``).  ``"_id"``
-        filters on document ids (given as strings or numbers).  A list-valued field (tags) matches a
+        filters on document ids (given as strings or numbers; ``"id"`` too, unless a metadata field has
+        that name).  A list-valued field (tags) matches a
         value it holds as an element, as well as a value equal to the whole list.  Operators such as
         ``{"$gte": 2020}`` are not supported and are refused.
         """
@@ -346,6 +347,8 @@ class Corpus:
         check_filter(where)
         keep = np.ones(len(self), dtype=bool)
         for key, want in where.items():
+            if key == "id" and "id" not in self.metadata:  # as a returned Document's metadata names it
+                key = "_id"
             if key == "_id":
                 column = self.ids
             elif key in self.metadata:
@@ -431,7 +434,7 @@ def and_filters(a: Mapping[str, Any], b: Mapping[str, Any]) -> dict[str, Any]:
             continue
         mine, theirs = (list(v) if isinstance(v, Iterable) and not isinstance(v, (str, bytes, Mapping)) else [v]
                         for v in (out[key], want))
-        if key == "_id":
+        if key in ("_id", "id"):
             mine, theirs = [str(v) for v in mine], [str(v) for v in theirs]
         out[key] = [v for v in mine if any(v == w for w in theirs)]
     return out

@@ -129,6 +129,18 @@ def test_a_list_valued_field_matches_the_values_it_holds():
     assert not c.mask({"tags": "q"}).any()
 
 
+def test_id_filters_on_document_ids_unless_a_field_has_that_name():
+    """Returned Documents name their id ``metadata["id"]``, but ``filter={"id": ...}`` was refused (only
+    ``_id`` was known)."""
+    from ragkit.options import filter_value
+
+    c = Corpus.from_texts(["a", "b", "c"], ids=["x", "y", "z"])
+    assert c.mask({"id": ["x", "z"]}).tolist() == c.mask({"_id": ["x", "z"]}).tolist() == [True, False, True]
+    assert filter_value({"id": "y"}, c) == {"id": "y"}
+    own = Corpus.from_texts(["a", "b"], ids=["x", "y"], id=["y", "x"])  # a field named id is that field
+    assert own.mask({"id": "y"}).tolist() == [True, False]
+
+
 def test_a_corpus_is_immutable_so_its_cached_lookups_stay_true():
     """Row numbers and filter codes are cached from a corpus's ids and columns: changing one in place
     answered later filters and lookups from the old values.  The arrays are read-only, the metadata a
