@@ -8,6 +8,7 @@ Producing Summaries", SIGIR 1998.  The diversity baseline users know from LangCh
 from __future__ import annotations
 
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 from pydantic import Field
@@ -111,6 +112,8 @@ class MMR(Operator):
     >>> MMR(k=10, lambda_mult=0.7)
     MMR(k=10, lambda_mult=0.7)
     """
+
+    uses_torch: ClassVar[bool] = True  # torch.topk / torch.bmm at search
 
     name = "mmr"
     kind = "reranker"

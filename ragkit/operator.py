@@ -106,6 +106,9 @@ class Operator:
     Params: ClassVar[type[ParamsModel]] = ParamsModel
     example: ClassVar[dict[str, Any]] = {}
     stateless: ClassVar[bool] = False
+    #: ``True`` when a search calls into PyTorch (``torch.topk``, ``torch.bmm``): ``fit`` and ``load``
+    #: import it, so the first search does not pay the ~2 s import (nor report it as search time)
+    uses_torch: ClassVar[bool] = False
     #: conformance checks known to fail, ``{check name: reason}``
     xfail_checks: ClassVar[dict[str, str]] = {}
     run_options: ClassVar[Mapping[str, OptionCheck | None]] = {}
@@ -168,6 +171,8 @@ class Operator:
             raise refusal
         self.corpus_ = corpus
         self._fit(corpus, train, upstream)
+        if self.uses_torch:
+            warm_torch()
         return self
 
     def __call__(self, state: State) -> State:
@@ -422,6 +427,8 @@ class Operator:
                     "folder holds it)")
             op.corpus_ = corpus
             op._load(folder, mmap=mmap)
+        if op.uses_torch:
+            warm_torch()
         return cast("Self", op)  # an instance of cls (of the class saved when cls is Operator)
 
     def _save(self, folder: Path) -> None:
@@ -642,6 +649,14 @@ def group_positions(lens: np.ndarray) -> np.ndarray:
     ``[2, 3] -> [0, 1, 0, 1, 2]`` (int64, length ``sum(lens)``)."""
     lens = np.asarray(lens, np.int64)
     return np.arange(int(lens.sum()), dtype=np.int64) - np.repeat(np.cumsum(lens) - lens, lens)
+
+
+def warm_torch() -> None:
+    """Import PyTorch now (when installed), not inside the first search that needs it."""
+    try:
+        import torch  # noqa: F401
+    except ImportError:  # pragma: no cover - ragkit's dependencies bring it
+        pass
 
 
 def topk_rows(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

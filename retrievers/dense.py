@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import weakref
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 from pydantic import Field, model_validator
@@ -114,6 +114,8 @@ class Dense(TunedEncoderMixin, Operator):
     >>> Dense(k=10, dtype="b1", rescore=True, oversample=4)   # 32x smaller resident codes
     Dense(k=10, dtype='b1', rescore=True)
     """
+
+    uses_torch: ClassVar[bool] = True  # torch.topk / torch.bmm at search
 
     name = "dense"
     kind = "retriever"

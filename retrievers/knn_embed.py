@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, ClassVar, Literal
 
 import numpy as np
 from pydantic import Field, model_validator
@@ -225,6 +225,8 @@ class KnnEmbed(Operator):
     >>> KnnEmbed(k=10, anchor_share=0.25)
     KnnEmbed(k=10, anchor_share=0.25)
     """
+
+    uses_torch: ClassVar[bool] = True  # torch.topk / torch.bmm at search
 
     name = "knn_embed"
     kind = "retriever"

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import Any, ClassVar, Literal, Mapping
 
 import numpy as np
 from pydantic import Field, model_validator
@@ -84,6 +84,8 @@ class TokenParams(Params):
 
 class TokenOperatorMixin(TunedEncoderMixin):
     """Token vectors of the corpus (``tokens_``) and of the queries, for MaxSim operators."""
+
+    uses_torch: ClassVar[bool] = True  # torch.topk / torch.bmm at search
 
     params: TokenParams
     corpus_: Corpus  # set by Operator.fit / load
