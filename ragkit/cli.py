@@ -363,9 +363,12 @@ class _Scored:
     encoded: int
 
 
-def _fit_and_score(pipe: Any, loaded: bool, sp: _Split, ks: list[int], trace: bool, backend: str) -> _Scored:
-    """Fit ``pipe`` on the split's corpus (unless ``loaded``: saved fitted), search its queries and
-    evaluate nDCG, recall, MAP, MRR and precision at each cut-off of ``ks``."""
+def _fit_and_score(pipe: Any, loaded: bool, sp: _Split, ks: list[int], trace: bool, backend: str,
+                   depth: Optional[int] = None, keep_ids: bool = False) -> _Scored:
+    """Fit ``pipe`` on the split's corpus (unless ``loaded``: saved fitted), search its queries (``depth``:
+    the search's ``k``, deepening every retriever; None: the pipeline's own) and evaluate nDCG, recall,
+    MAP, MRR and precision at each cut-off of ``ks`` (``keep_ids``: documents with their query's id are
+    scored, not dropped as BEIR does)."""
     from ragkit import evaluate
     from ragkit.encoders.sentence import _ENCODERS, caching_queries
     from ragkit.encoders.tokens import _TOKEN_ENCODERS
@@ -382,9 +385,16 @@ def _fit_and_score(pipe: Any, loaded: bool, sp: _Split, ks: list[int], trace: bo
     t_fit = time.perf_counter() - t0
     encoded = n_encoded() - before
     with caching_queries():  # an evaluation's queries come back run after run: their vectors are cached
-        run = pipe.search(sp.queries, trace=trace, qrels=sp.qrels if trace else None, **_rankings_only(pipe))
+        run = pipe.search(sp.queries, k=depth, trace=trace, qrels=sp.qrels if trace else None,
+                          **_rankings_only(pipe))
     metrics = [f"{m}@{c}" for m in ("ndcg", "recall", "map", "mrr", "p") for c in ks]
-    return _Scored(run, evaluate(run, sp.qrels, metrics), t_fit, encoded)
+    result = evaluate(run, sp.qrels, metrics, ignore_identical_ids=not keep_ids)
+    if result.ignored_judged:
+        console.print(f"[yellow]note:[/] {result.ignored_judged} judged-relevant document(s) have their query's id "
+                      "and were dropped from the run, as BEIR does for datasets whose queries are documents too "
+                      "(ArguAna, Quora), so they count as not found; --keep-identical-ids scores them",
+                      soft_wrap=True)
+    return _Scored(run, result, t_fit, encoded)
 
 
 def _note_depth(run: Any, ks: list[int], corpus: Any, prefix: str = "") -> None:
@@ -411,6 +421,16 @@ def _machine() -> dict[str, Any]:
     return {"platform": platform.platform(), "python": sys.version.split()[0], "cpus": os.cpu_count()}
 
 
+def _settings(data: str, pipeline: str, train_split: Optional[str], limit: Optional[int], depth: Optional[int],
+              keep_ids: bool) -> dict[str, Any]:
+    """What ``ragkit eval`` was asked, for its JSON (runs of one pipeline YAML with and without
+    ``--train-split`` or ``--limit`` otherwise differ only in their numbers)."""
+    from ragkit import __version__
+
+    return {"data": data, "pipeline_source": pipeline, "train_split": train_split, "limit": limit, "depth": depth,
+            "ignore_identical_ids": not keep_ids, "ragkit_version": __version__}
+
+
 @app.command("eval")
 def eval_cmd(
     data: str = typer.Option(..., "--data", help="BEIR dataset name or folder; for an archive of several datasets "
@@ -432,6 +452,12 @@ def eval_cmd(
     limit: Optional[int] = typer.Option(None, "--limit", min=1,
                                         help="Evaluate only the first N queries (smoke runs; N >= 1)."),
     backend: str = typer.Option("local", "--backend", help="local or ray."),
+    depth: Optional[int] = typer.Option(None, "--depth", min=1,
+                                        help="Documents retrieved per query (the search's k, deepening every "
+                                             "retriever: 1000 for recall@1000); default: the pipeline's own."),
+    keep_identical_ids: bool = typer.Option(False, "--keep-identical-ids",
+                                            help="Score documents whose id is the query's id (BEIR drops them "
+                                                 "from the run, for ArguAna and Quora)."),
 ) -> None:
     """Fit a pipeline on a BEIR corpus and evaluate it on one split.
 
@@ -475,14 +501,14 @@ def eval_cmd(
         if subs:
             _eval_subsets(data, list(subs), pipeline, loaded, split=split, train_split=train_split, ks=ks,
                           limit=limit, trace=trace, backend=backend, output=output, run_file=run_file, t_all=t_all,
-                          t_find=t_find, sources=listed)
+                          t_find=t_find, sources=listed, depth=depth, keep_ids=keep_identical_ids)
             return
         sp = _read_split(data, split, train_split, limit, run_file, pipe.corpus_ if loaded else None, pipeline)
         if not loaded and sp.train is None:
             _note_unlearned(pipe)
         elif not loaded and not _uses_training(pipe):
             _note_nothing_learns(f"--pipeline {pipeline}", f"--train-split {train_split} changes nothing")
-        scored = _fit_and_score(pipe, loaded, sp, ks, trace, backend)
+        scored = _fit_and_score(pipe, loaded, sp, ks, trace, backend, depth, keep_identical_ids)
     except RagkitError as e:
         _fail(e)
         return
@@ -509,6 +535,7 @@ def eval_cmd(
             "metrics": result.scores, "per_query": result.per_query,
             "timings": {"load_s": t_find + sp.t_load, "fit_s": scored.t_fit, "search_s": run.seconds, "total_s": total,
                         "documents_encoded": scored.encoded},
+            "settings": _settings(data, pipeline, train_split, limit, depth, keep_identical_ids),
             "machine": _machine(),
             "date": date.today().isoformat(),
         })
@@ -519,7 +546,8 @@ def eval_cmd(
 def _eval_subsets(data: str, subs: list[str], pipeline: str, loaded: bool, *, split: str, train_split: Optional[str],
                   ks: list[int], limit: Optional[int], trace: bool, backend: str, output: Optional[Path],
                   run_file: Optional[Path], t_all: float, t_find: float,
-                  sources: Optional[dict[str, str]] = None) -> None:
+                  sources: Optional[dict[str, str]] = None, depth: Optional[int] = None,
+                  keep_ids: bool = False) -> None:
     """``ragkit eval`` on several datasets (``subs``): the datasets of an archive, or with ``sources``
     (label -> ``--data`` item) those of a comma-separated list.  Every split is read and checked
     first, then the pipeline is fitted and evaluated on each in turn; prints each and the mean of
@@ -559,7 +587,7 @@ def _eval_subsets(data: str, subs: list[str], pipeline: str, loaded: bool, *, sp
         pipe = _without_generation(resolve_pipeline(pipeline)[0], f"--pipeline {pipeline}", note=False)
         if not scored and sp.train is None:
             _note_unlearned(pipe)
-        scored[s] = one = _fit_and_score(pipe, False, sp, ks, trace, backend)
+        scored[s] = one = _fit_and_score(pipe, False, sp, ks, trace, backend, depth, keep_ids)
         first = next(iter(one.result.scores))
         console.print(Text(f"{s} / {split} ({len(sp.queries)} queries): {first} {one.result.scores[first]:.4f} · "
                            f"fit {one.t_fit:.2f} s · search {one.run.seconds:.2f} s"), soft_wrap=True)
@@ -572,11 +600,13 @@ def _eval_subsets(data: str, subs: list[str], pipeline: str, loaded: bool, *, sp
 
             print_trace(console, one.run.trace)
     _report_subsets(splits, scored, pipeline, spec, split, output, t_all, missing,
-                    dataset=",".join(subs) if sources else parent)
+                    dataset=",".join(subs) if sources else parent,
+                    settings=_settings(data, pipeline, train_split, limit, depth, keep_ids))
 
 
 def _report_subsets(splits: dict[str, _Split], scored: dict[str, _Scored], pipeline: str, spec: str, split: str,
-                    output: Optional[Path], t_all: float, missing: Optional[list[str]], *, dataset: str) -> None:
+                    output: Optional[Path], t_all: float, missing: Optional[list[str]], *, dataset: str,
+                    settings: dict[str, Any]) -> None:
     """Print each dataset's metrics and their mean (one row each) and the summed timings; write the
     JSON: ``metrics`` the means, ``subsets`` each dataset's metrics, per-query values and timings;
     ``spec`` is the pipeline's YAML; ``missing`` the archive's datasets the folder lacks (the JSON
@@ -616,7 +646,7 @@ def _report_subsets(splits: dict[str, _Split], scored: dict[str, _Scored], pipel
         "subsets": subsets,
         "timings": {"load_s": t_load, "fit_s": t_fit, "search_s": search_s, "total_s": total,
                     "documents_encoded": encoded},
-        "machine": _machine(), "date": date.today().isoformat(),
+        "settings": settings, "machine": _machine(), "date": date.today().isoformat(),
     })
 
 

@@ -418,3 +418,42 @@ def test_search_says_when_a_query_finds_nothing(tmp_path):
     assert res.exit_code == 0, res.output
     assert "the of and: no document found (a BM25 step returns only documents that share a term" in res.output
     assert "Cats" in res.output and res.output.count("no document found") == 1
+
+
+def test_eval_depth_identical_ids_and_the_settings_it_ran_with(tmp_path):
+    """A BEIR user could not retrieve deeper than the pipeline's k from the command line (recall@1000 of a
+    k=100 BM25 equalled its recall@100), judged documents with their query's id were dropped without a
+    word (ragkit's nDCG disagreed with trec_eval on ragkit's own run file), and the JSON did not say what
+    it was run with (--train-split, --limit)."""
+    root = tmp_path / "ids"
+    (root / "qrels").mkdir(parents=True)
+    docs = [(str(i), f"cell protein topic{i} " + " ".join(f"w{j}" for j in range(i))) for i in range(1, 31)]
+    (root / "corpus.jsonl").write_text("".join(json.dumps({"_id": i, "text": t}) + "\n" for i, t in docs))
+    (root / "queries.jsonl").write_text("".join(json.dumps({"_id": str(i), "text": f"cell protein topic{i}"}) + "\n"
+                                                for i in (1, 2, 3)))
+    (root / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\n1\t1\t2\n2\t2\t1\n3\t10\t1\n")
+    yaml = tmp_path / "bm25.yaml"
+    yaml.write_text("pipeline:\n  - bm25: {k: 5}\n")
+    res = _cli("eval", "--data", root, "-p", yaml, "--k", "5,20", "-o", tmp_path / "a.json",
+               "--run", tmp_path / "a.trec")
+    assert res.exit_code == 0, res.output
+    assert "2 judged-relevant document(s) have their query's id" in res.output and "--keep-identical-ids" in res.output
+    a = json.loads((tmp_path / "a.json").read_text())
+    assert a["settings"]["ignore_identical_ids"] is True and a["settings"]["depth"] is None
+    assert a["settings"]["limit"] is None and a["settings"]["data"] == str(root)
+    kept = _cli("eval", "--data", root, "-p", yaml, "--k", "5,20", "--keep-identical-ids", "-o", tmp_path / "b.json")
+    b = json.loads((tmp_path / "b.json").read_text())
+    assert "have their query's id" not in kept.output and b["metrics"]["ndcg@5"] > a["metrics"]["ndcg@5"]
+    import pytrec_eval  # ragkit's numbers with the option are trec_eval's on ragkit's own run file
+
+    run: dict[str, dict[str, float]] = {}
+    for line in (tmp_path / "a.trec").read_text().splitlines():
+        q, _, d, _, s, _ = line.split()
+        run.setdefault(q, {})[d] = float(s)
+    ev = pytrec_eval.RelevanceEvaluator({"1": {"1": 2}, "2": {"2": 1}, "3": {"10": 1}}, {"ndcg_cut.5"})
+    want = sum(v["ndcg_cut_5"] for v in ev.evaluate(run).values()) / 3
+    assert b["metrics"]["ndcg@5"] == pytest.approx(want, abs=1e-9)
+    deep = _cli("eval", "--data", root, "-p", yaml, "--k", "5,20", "--depth", "20", "-o", tmp_path / "c.json")
+    c = json.loads((tmp_path / "c.json").read_text())
+    assert deep.exit_code == 0 and c["settings"]["depth"] == 20
+    assert a["metrics"]["recall@20"] == a["metrics"]["recall@5"] < c["metrics"]["recall@20"]  # doc 10 found deeper

@@ -54,6 +54,9 @@ class EvalResult:
 
     scores: dict[str, float]
     per_query: dict[str, dict[str, float]] = field(repr=False)
+    #: judged-relevant documents that have their query's id, dropped from the run by ``ignore_identical_ids``
+    #: (so counted as not found); 0 when the option is off
+    ignored_judged: int = 0
 
     def __getitem__(self, metric: str) -> float:
         """The mean of ``metric`` in any spelling ``parse_metric`` reads (``"nDCG@10"`` finds ``"ndcg@10"``)."""
@@ -108,6 +111,10 @@ def evaluate(
     metrics : str or list of str
         ``ndcg@k``, ``recall@k``, ``map@k``, ``mrr@k``, ``p@k``.
 
+    ``ignore_identical_ids`` (BEIR's convention, for datasets where a query is also a document:
+    ArguAna, Quora) drops a document whose id is the query's id from the run; where the qrels judge
+    such a document relevant it then counts as not found (``EvalResult.ignored_judged`` counts them).
+
     Queries in the qrels that the run lacks count as 0 (trec_eval's ``-c``), as is
     standard when reporting BEIR numbers; queries the qrels lack, or hold with no judged
     document, are skipped (as pytrec_eval does).  A run that shares no query with the qrels
@@ -146,7 +153,8 @@ def evaluate(
             key = f"{_TREC[fam]}_{k}"
             per_query[name] = {q: float(v[key]) for q, v in res.items()}
     scores = {name: float(np.mean(list(v.values()))) if v else 0.0 for name, v in per_query.items()}
-    return EvalResult(scores=scores, per_query=per_query)
+    ignored = sum(1 for q, rel in judged.items() if rel.get(q, 0) > 0) if ignore_identical_ids else 0
+    return EvalResult(scores=scores, per_query=per_query, ignored_judged=ignored)
 
 
 def _grade(r: Any, q: Any, doc: Any) -> int:
