@@ -395,6 +395,9 @@ def test_eval_on_a_list_of_datasets_reports_each_and_their_mean(tmp_path):
     res = _cli("eval", "--data", both, "-p", "bm25", "--k", "10", "-o", tmp_path / "bm25b.json")
     cmp = _cli("compare", tmp_path / "bm25.json", tmp_path / "bm25b.json", "-m", "ndcg@10")
     assert cmp.exit_code == 0 and "5 queries of 2 datasets, each weighted equally" in cmp.output, cmp.output
+    _cli("eval", "--data", f"{b},{a}", "-p", "bm25", "--k", "10", "-o", tmp_path / "ba.json")  # listed the other way
+    cmp = _cli("compare", tmp_path / "bm25.json", tmp_path / "ba.json", "-m", "ndcg@10")
+    assert cmp.exit_code == 0 and "5 queries of 2 datasets" in cmp.output, cmp.output
     assert load_result(tmp_path / "bm25.json").dataset == "a,b"
     cqa = tmp_path / "cqa"
     _tiny(cqa / "android"), _tiny(cqa / "gis")

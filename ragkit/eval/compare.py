@@ -261,8 +261,8 @@ def _check_args(results: Sequence[SystemResult], metrics: Sequence[str], baselin
     for label, v in (("alpha", alpha), ("confidence", confidence)):
         if not isinstance(v, (int, float)) or isinstance(v, bool) or not 0 < v < 1:
             raise ParamError(f"compare: {label} must be a number in (0, 1), got {v!r}")
-    for key in ("dataset", "split"):
-        seen = {getattr(r, key) for r in results if getattr(r, key) is not None}
+    for key in ("dataset", "split"):  # a list of datasets in any order is the same datasets
+        seen = {",".join(sorted(str(getattr(r, key)).split(","))) for r in results if getattr(r, key) is not None}
         if len(seen) > 1:
             which = ", ".join(f"{r.name}: {getattr(r, key)!r}" for r in results if getattr(r, key) is not None)
             raise DataError(f"compare: the results are of different {key}s ({which}); compare results of one {key}")
