@@ -14,7 +14,7 @@ from __future__ import annotations
 import difflib
 import time
 from contextvars import ContextVar
-from typing import TYPE_CHECKING, Any, Iterable, Mapping, Protocol, Sequence, runtime_checkable
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
@@ -102,19 +102,26 @@ def run_step(op: Operator, state: State, path: str) -> State:
     """
     if isinstance(op, Composite):
         return op._call(state, path)
+    return traced(state, f"{path}.{_label(op)}", op.name, op)
+
+
+def traced(state: State, path: str, name: str, call: Callable[[State], State], inclusive: bool = False) -> State:
+    """``call(state)``; when the search is traced, with a :class:`TraceEvent` for ``path``: wall time, mean
+    candidates in/out and (with qrels) recall@100 and nDCG@10 of what ``call`` returned (``inclusive``: a
+    composite's, whose time includes its steps' events)."""
     trace = state.trace  # the search's list, shared by the states made from this one (State.copy, subset)
     if trace is None:
-        return op(state)
+        return call(state)
     n_in = np.mean([len(r) for r in state.rankings]) if state.rankings else 0.0
     t0 = time.perf_counter()
-    out = op(state)
+    out = call(state)
     dt = time.perf_counter() - t0
     if out.trace is None:  # an operator that returned a new State without it: the steps after it are traced too
         out.trace = trace
     n_out = np.mean([len(r) for r in out.rankings]) if out.rankings else 0.0
     recall, ndcg, n_judged = _quality(out)
-    trace.append(TraceEvent(f"{path}.{_label(op)}", op.name, dt, len(state), float(n_in), float(n_out),
-                            recall, ndcg, n_judged))
+    trace.append(TraceEvent(path, name, dt, len(state), float(n_in), float(n_out), recall, ndcg, n_judged,
+                            inclusive))
     return out
 
 
@@ -1105,12 +1112,14 @@ class Loop(Composite):
 
         Each iteration's body and judge steps appear in the trace under
         ``<path>.loop.body`` / ``<path>.loop.until`` with the number of queries still
-        active.  Scratch values whose key starts with ``_`` (a judge's memory, such as
+        active, then the loop itself under ``<path>.loop``: its output over all its queries
+        (what the steps after it get; an iteration's rows cover the queries still active).
+        Scratch values whose key starts with ``_`` (a judge's memory, such as
         the previous top-k) belong to one loop: those coming in (an enclosing loop's judge)
         are set aside while this loop runs and given back when it ends, and this loop's own
         are removed, so nested or successive loops never read each other's memory.
         """
-        return self._iterate(state, path)
+        return traced(state, _at(path, "loop"), "loop", lambda s: self._iterate(s, path), inclusive=True)
 
     def _iterate(self, state: State, path: str, on_input: Any = None) -> State:
         """The loop on ``state`` (see :meth:`_call`); ``on_input(active, sub)``, when given, receives

@@ -2,7 +2,8 @@
 
 ``pipeline.search(queries, trace=True, qrels=...)`` records one
 :class:`~ragkit.types.TraceEvent` per leaf operator call; a loop's body appears once per
-iteration and a route's branches once per label.  :func:`aggregate_trace` sums them per
+iteration (on the queries still active) and the loop itself once (its output over all its
+queries, its time including its steps'), and a route's branches once per label.  :func:`aggregate_trace` sums them per
 operator path (the same paths YAML errors and ``ragkit validate`` print) and
 :func:`trace_table` renders that as a ``rich`` table (``ragkit eval --trace``).
 """
@@ -34,6 +35,8 @@ class TraceRow:
     candidates_out: float
     recall: float | None
     ndcg: float | None = None
+    #: a composite's row (a loop's output): its time includes the rows of its steps, so it has no share
+    inclusive: bool = False
 
     @property
     def ms_per_query(self) -> float:
@@ -53,7 +56,7 @@ def aggregate_trace(events: Sequence[TraceEvent]) -> list[TraceRow]:
     for e in events:
         r = rows.get(e.path)
         if r is None:
-            r = rows[e.path] = TraceRow(e.path, e.operator, 0, 0, 0.0, 0.0, 0.0, None)
+            r = rows[e.path] = TraceRow(e.path, e.operator, 0, 0, 0.0, 0.0, 0.0, None, inclusive=e.inclusive)
             rec_w[e.path] = 0.0
         n = max(e.n_queries, 0)
         tot = r.queries + n
@@ -78,7 +81,7 @@ def trace_table(events: Sequence[TraceEvent], title: str = "trace (per operator)
     from rich.text import Text
 
     rows = aggregate_trace(events)
-    total = sum(r.seconds for r in rows) or 1e-12
+    total = sum(r.seconds for r in rows if not r.inclusive) or 1e-12  # a loop's row holds its steps' time
     table = Table(title=title)
     columns: list[tuple[str, JustifyMethod]] = [
         ("path", "left"), ("operator", "left"), ("calls", "right"), ("queries", "right"), ("total ms", "right"),
@@ -88,7 +91,8 @@ def trace_table(events: Sequence[TraceEvent], title: str = "trace (per operator)
         table.add_column(col, justify=just, no_wrap=just == "right")
     for r in rows:
         table.add_row(Text(r.path), Text(r.operator), str(r.calls), str(r.queries), f"{1000 * r.seconds:.1f}",
-                      f"{r.ms_per_query:.3f}", f"{100 * r.seconds / total:.1f}", f"{r.candidates_in:.1f}",
+                      f"{r.ms_per_query:.3f}", "-" if r.inclusive else f"{100 * r.seconds / total:.1f}",
+                      f"{r.candidates_in:.1f}",
                       f"{r.candidates_out:.1f}", "-" if r.recall is None else f"{r.recall:.4f}",
                       "-" if r.ndcg is None else f"{r.ndcg:.4f}")
     return table
@@ -108,12 +112,13 @@ def print_trace(console: Any, events: Sequence[TraceEvent]) -> None:
         return
     console.print(Text("trace (per operator)", style="italic"))
     rows = aggregate_trace(events)
-    total = sum(r.seconds for r in rows) or 1e-12
+    total = sum(r.seconds for r in rows if not r.inclusive) or 1e-12
     for r in rows:
+        share = "with the steps inside it" if r.inclusive else f"{100 * r.seconds / total:.1f}% of the time"
         console.print(Text(r.path, style="bold"))
         console.print(Text(
             f"  {r.operator} · {r.calls} call(s), {r.queries} queries · {1000 * r.seconds:.1f} ms "
-            f"({r.ms_per_query:.3f} ms/query, {100 * r.seconds / total:.1f}% of the time) · candidates "
+            f"({r.ms_per_query:.3f} ms/query, {share}) · candidates "
             f"{r.candidates_in:.1f} -> {r.candidates_out:.1f} · recall@100 "
             f"{'-' if r.recall is None else f'{r.recall:.4f}'} · nDCG@10 {'-' if r.ndcg is None else f'{r.ndcg:.4f}'}"))
 

@@ -629,6 +629,8 @@ class TraceEvent:
     recall: float | None = None
     ndcg: float | None = None
     n_judged: int = 0  # queries with judgements the recall and nDCG average over
+    #: a composite's own event (a loop's output): its time includes the events of the steps inside it
+    inclusive: bool = False
 
 
 #: ``State.values`` keys that rewrite the query text: they stay inside the parallel branch that

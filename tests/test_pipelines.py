@@ -1572,3 +1572,31 @@ def test_every_composite_ranks_a_batch_as_its_queries_one_by_one(slice_data, fit
         np.testing.assert_allclose(one.rankings[0].scores, whole.rankings[i].scores, rtol=1e-6)
         assert (one.values["route"][0], one.values["iterations"][0]) == (
             whole.values["route"][i], whole.values["iterations"][i])
+
+
+def test_a_traced_loop_reports_its_output_as_its_own_row(slice_data, fitted_bm25):
+    """A loop's trace rows average its iterations (each on the queries still active), so the last row of
+    ``ragkit eval --trace`` on examples/prf_loop.yaml said nDCG@10 0.6440 where the metric table said 0.6127.
+    The loop now has its own row: its output over all its queries, its time holding its steps' (no share)."""
+    from rich.console import Console
+
+    from ragkit import evaluate
+    from ragkit.pipelines import PRF, Loop, TopKStable
+    from ragkit.pipelines.trace import aggregate_trace, print_trace, trace_table
+
+    corpus, queries, qrels, _ = slice_data
+    pipe = Pipeline([fitted_bm25, Loop(PRF(fb_docs=3, fb_terms=5) | BM25(k=100), until=TopKStable(k=5),
+                                       max_iters=3)]).fit(corpus)
+    run = pipe.search(queries, trace=True, qrels=qrels)
+    rows = aggregate_trace(run.trace)
+    loop = rows[-1]
+    assert loop.path == "pipeline[1].loop" and loop.inclusive and loop.calls == 1 and loop.queries == len(queries)
+    assert loop.ndcg == pytest.approx(evaluate(run, qrels, ["ndcg@10"])["ndcg@10"], abs=1e-12)
+    assert loop.seconds >= sum(r.seconds for r in rows if r.path.startswith("pipeline[1].loop."))
+    shown = Console(width=250, record=True, file=open("/dev/null", "w"))
+    shown.print(trace_table(run.trace))
+    line = next(x for x in shown.export_text().splitlines() if "pipeline[1].loop " in x)
+    assert [c.strip() for c in line.split("│")][7] == "-"  # no share of the time
+    narrow = Console(width=80, record=True, file=open("/dev/null", "w"))
+    print_trace(narrow, run.trace)
+    assert "with the steps inside" in narrow.export_text()
