@@ -14,7 +14,8 @@ import numpy as np
 from pydantic import Field, model_validator
 
 from ragkit.errors import ParamError
-from ragkit.operator import Operator
+from ragkit.eval.metrics import _ties_kept
+from ragkit.operator import Operator, group_positions
 from ragkit.params import Params
 from ragkit.registry import register
 from ragkit.types import Ranking, State
@@ -22,7 +23,7 @@ from ragkit.types import Ranking, State
 if TYPE_CHECKING:
     from ragkit.pipelines.weights import WeightSearch
 
-__all__ = ["RRF", "WeightedFusion", "flatten_branches", "split_by_query"]
+__all__ = ["RRF", "WeightedFusion", "PreparedFusion", "flatten_branches", "ranked_order", "split_by_query"]
 
 
 def flatten_branches(state: State) -> tuple[dict[str, np.ndarray], list[str]]:
@@ -60,13 +61,19 @@ def flatten_branches(state: State) -> tuple[dict[str, np.ndarray], list[str]]:
     return {k: v[sel] for k, v in flat.items()}, names
 
 
-def split_by_query(n_q: int, q: np.ndarray, row: np.ndarray, score: np.ndarray, top: int | None,
-                   fields: dict[str, np.ndarray]) -> list[Ranking]:
-    """Sort fused (q, row, score) triples per query (score desc, row asc) and split into rankings."""
+def ranked_order(q: np.ndarray, row: np.ndarray, score: np.ndarray) -> np.ndarray:
+    """The order of fused ``(q, row, score)`` entries in their rankings: by query, then score descending, then
+    row ascending (a fuser's tie rule).  ``(n,)`` int64 indices."""
     n_rows = int(row.max()) + 1 if len(row) else 1
     order = np.arange(len(q)) if np.all(np.diff(q * n_rows + row) > 0) else np.lexsort((row, q))
     order = order[np.argsort(-score[order], kind="stable")]  # single-key stable sorts: 3x faster than lexsort
-    order = order[np.argsort(q[order], kind="stable")]
+    return order[np.argsort(q[order], kind="stable")]
+
+
+def split_by_query(n_q: int, q: np.ndarray, row: np.ndarray, score: np.ndarray, top: int | None,
+                   fields: dict[str, np.ndarray]) -> list[Ranking]:
+    """Sort fused (q, row, score) triples per query (:func:`ranked_order`) and split into rankings."""
+    order = ranked_order(q, row, score)
     q, row, score = q[order], row[order], score[order]
     fields = {k: v[order] for k, v in fields.items()}
     bounds = np.searchsorted(q, np.arange(n_q + 1))
@@ -117,6 +124,58 @@ class _FuserParams(Params):
         return self
 
 
+class PreparedFusion:
+    """The fusion of one batch's branches as a function of the branch weights, everything that does not
+    depend on them computed once.
+
+    A contribution is linear in its branch's weight (``w_b * f(rank or score)``), so each branch's
+    unweighted contributions are kept, ``per_branch`` ``(n_branches, n_pairs)`` float64 (0 where the
+    branch did not retrieve the document), and summed with the weights.  ``q``, ``row``: the ``(n_pairs,)``
+    fused (query, row) pairs, sorted by query then row; ``fields``: per pair, each branch's rank and score
+    (or ``{}``); ``default_weights``: the fuser's own weights, asked for when ``w`` is None.
+    """
+
+    def __init__(self, n_q: int, q: np.ndarray, row: np.ndarray, per_branch: np.ndarray,
+                 fields: dict[str, np.ndarray], default_weights: Callable[[], np.ndarray]) -> None:
+        self.n_q, self.q, self.row, self.per_branch, self.fields = n_q, q, row, per_branch, fields
+        self.default_weights = default_weights
+        self.lens = np.bincount(q, minlength=n_q)  # (n_q,) fused documents per query
+
+    def scores(self, w: np.ndarray | None) -> np.ndarray:
+        """``(n_pairs,)`` float64 fused scores with weights ``w`` (None: the fuser's own), summed branch by
+        branch in the order a single pass would add them."""
+        w = self.default_weights() if w is None else w
+        fused = np.zeros(len(self.q))
+        for b in range(len(self.per_branch)):  # branches, not queries: a handful of vector operations
+            fused += w[b] * self.per_branch[b]
+        return fused
+
+    def __call__(self, w: np.ndarray | None, top: int | None) -> list[Ranking]:
+        """The fused rankings with weights ``w``, each cut to its first ``top`` (None: the whole union)."""
+        return split_by_query(self.n_q, self.q, self.row, self.scores(w), top, self.fields)
+
+    def heads(self, w: np.ndarray, top: int | None, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """What scoring ``self(w, top)`` at cut-offs below ``k`` reads, without building its rankings: of each
+        ranking, the entries whose float32 score reaches its k-th best (ties kept; a ranking of at most ``k``
+        whole), as :func:`~ragkit.eval.metrics.per_query_metrics` cuts it.  Returns ``(q, row, score)``:
+        ``(n_kept,)`` int64, int64, float32, sorted by query then row.
+
+        The entries reaching the k-th best float32 score of the whole union are a prefix of its ranking
+        order (float32 rounding keeps the order), holding its first ``k``; so ``top`` cuts that prefix
+        (ties at the cut by row, as :func:`split_by_query`), and only those few are sorted.  (Fused scores are
+        never NaN: branch scores are float32 and every normalised contribution is finite.)"""
+        fused = self.scores(w)
+        s32 = fused.astype(np.float32)  # the scores trec_eval compares
+        keep = _ties_kept(self.lens, s32, self.q, k)
+        if top is not None:
+            at = np.flatnonzero(keep)
+            counts = np.bincount(self.q[at], minlength=self.n_q)
+            if len(at) and counts.max() > top:
+                order = ranked_order(self.q[at], self.row[at], fused[at])
+                keep[at[order[group_positions(counts) >= top]]] = False
+        return self.q[keep], self.row[keep], s32[keep]
+
+
 class _Fuser(Operator):
     kind = "fuser"
     params: _FuserParams
@@ -152,11 +211,15 @@ class _Fuser(Operator):
         for option in self._learnable_options():  # e.g. each score normalisation, weights searched for each
             self.option_ = option
             prepared = self._prepare(upstream, with_fields=False)  # what every grid point shares, computed once
+            top = self.params.top_k  # what search returns
 
-            def fuse(state: State, w: np.ndarray, prepared: Callable = prepared) -> list[Ranking]:
-                return prepared(w, self.params.top_k)  # what search returns
+            def fuse(state: State, w: np.ndarray, prepared: PreparedFusion = prepared) -> list[Ranking]:
+                return prepared(w, top)
 
-            found = learn_weights(fuse, upstream, train.qrels, corpus.ids, folds=self.params.folds)
+            def heads(w: np.ndarray, k: int, prepared: PreparedFusion = prepared) -> tuple[np.ndarray, ...]:
+                return prepared.heads(w, top, k)
+
+            found = learn_weights(fuse, upstream, train.qrels, corpus.ids, folds=self.params.folds, heads=heads)
             if best is None or found.cv_ndcg > best[1].cv_ndcg:
                 best = (option, found)
         if best is None:
@@ -207,27 +270,16 @@ class _Fuser(Operator):
     def _fuse(self, state: State, w: np.ndarray | None, top: int | None) -> list[Ranking]:
         return self._prepare(state, with_fields=True)(w, top)
 
-    def _prepare(self, state: State, with_fields: bool) -> Callable[[np.ndarray | None, int | None], list[Ranking]]:
-        """The fusion of ``state``'s branches as a function of the weights ``(w, top) -> rankings``
-        (``w=None``: the fuser's own), with everything that does not depend on them computed once:
-        weight learning calls it for every grid point.  A contribution is linear in its branch's
-        weight (``w_b * f(rank or score)``), so each branch's unweighted contributions are kept and
-        summed with the weights, branch by branch, in the order a single pass would add them."""
+    def _prepare(self, state: State, with_fields: bool) -> PreparedFusion:
+        """The fusion of ``state``'s branches as a function of the weights (:class:`PreparedFusion`), with
+        everything that does not depend on them computed once: weight learning calls it for every grid point."""
         flat, names = flatten_branches(state)
         uq, urow, inv = _group(flat)
         fields = _branch_fields(flat, inv, len(uq), names) if with_fields else {}
         unit = self._unit_contributions(flat, len(state))
         per_branch = np.zeros((len(names), len(uq)))
         per_branch[flat["branch"], inv] = unit  # a (q, row) pair is at most once per branch after dedupe
-
-        def fuse(w: np.ndarray | None, top: int | None) -> list[Ranking]:
-            w = self._weights(names) if w is None else w
-            fused = np.zeros(len(uq))
-            for b in range(len(names)):  # branches, not queries: a handful of vector operations
-                fused += w[b] * per_branch[b]
-            return split_by_query(len(state), uq, urow, fused, top, fields)
-
-        return fuse
+        return PreparedFusion(len(state), uq, urow, per_branch, fields, lambda: self._weights(names))
 
     def _call(self, state: State) -> State:
         out = state.copy()

@@ -17,11 +17,16 @@ from typing import Callable
 import numpy as np
 
 from ragkit.errors import DataError, some_ids
-from ragkit.eval.metrics import per_query_ndcg
+from ragkit.eval.metrics import evaluate, per_query_ndcg
 from ragkit.operator import group_positions
+from ragkit.run import Run
 from ragkit.types import Qrels, Ranking, State
 
 __all__ = ["simplex_grid", "WeightSearch", "learn_weights", "best_grid_point"]
+
+#: what nDCG@10 reads of a ranking: the documents reaching its 11th best score (ties kept; one more than 10
+#: covers a document ignored for having the query's id), as per_query_ndcg cuts it
+_DEPTH = 10 + 1
 
 
 def simplex_grid(n: int, step: float) -> np.ndarray:
@@ -75,7 +80,8 @@ def best_grid_point(scores: np.ndarray, from_uniform: np.ndarray, tol: float = 1
 
 
 def learn_weights(fuse: Callable[[State, np.ndarray], list[Ranking]], state: State, qrels: Qrels,
-                  corpus_ids: np.ndarray, *, folds: int = 5, step: float | None = None, seed: int = 0) -> WeightSearch:
+                  corpus_ids: np.ndarray, *, folds: int = 5, step: float | None = None, seed: int = 0,
+                  heads: Callable[[np.ndarray, int], tuple[np.ndarray, ...]] | None = None) -> WeightSearch:
     """Choose branch weights maximising nDCG@10 on the judged queries of ``state``.
 
     Parameters
@@ -86,10 +92,12 @@ def learn_weights(fuse: Callable[[State, np.ndarray], list[Ranking]], state: Sta
         The training queries with ``branches`` filled by the parallel branches.
     qrels : Qrels
         Training judgements (never test).
+    heads : callable (weights, k) -> (query, row, score) arrays, optional
+        The same fusion reduced to what its scores at cut-offs below ``k`` read (each ranking's
+        entries reaching its k-th best float32 score, ties kept: :meth:`PreparedFusion.heads
+        <ragkit.pipelines.fusion.PreparedFusion.heads>`).  Given, every weight vector is scored from it,
+        with the same nDCG, without building rankings (SciFact train, 3 branches: 3-6x faster).
     """
-    from ragkit.eval.metrics import evaluate
-    from ragkit.run import Run
-
     n = len(state.branches or [])
     grid = simplex_grid(n, step or (0.1 if n <= 3 else 0.25))
     from_uniform = np.linalg.norm(grid - 1 / n, axis=1)
@@ -105,11 +113,16 @@ def learn_weights(fuse: Callable[[State, np.ndarray], list[Ranking]], state: Sta
     if len(qids) < 2:
         raise DataError(f"learning fusion weights: 1 judged training query ({qids[0]!r}) of {len(state)}; "
                         "cross-validation needs at least 2 (one to learn from, one held out)")
+    judged = {q: qrels[q] for q in qids}
     per_q = np.zeros((len(grid), len(qids)))
     for g, w in enumerate(grid):
-        st = state.copy()
-        st.rankings = fuse(state, w)
-        per_q[g] = per_query_ndcg(st, qrels, corpus_ids)
+        if heads is None:
+            st = state.copy()
+            st.rankings = fuse(state, w)
+            per_q[g] = per_query_ndcg(st, qrels, corpus_ids)
+        else:  # what per_query_ndcg reads of fuse(state, w)
+            pq = evaluate(_heads_run(heads(w, _DEPTH), state.query_ids, corpus_ids), judged, ["ndcg@10"]).per_query
+            per_q[g] = [pq["ndcg@10"][q] for q in qids]
     rng = np.random.default_rng(seed)
     fold_of = rng.permutation(len(qids)) % max(2, min(folds, len(qids)))
     picks, held = [], []
@@ -119,7 +132,18 @@ def learn_weights(fuse: Callable[[State, np.ndarray], list[Ranking]], state: Sta
         picks.append(grid[best])
         held.append(per_q[best, te].mean())
     weights = np.mean(picks, axis=0)
-    final = Run.from_rankings(state.query_ids, fuse(state, weights), corpus_ids)
-    train_ndcg = evaluate(final, {q: qrels[q] for q in qids}, ["ndcg@10"]).scores["ndcg@10"]
+    final = (Run.from_rankings(state.query_ids, fuse(state, weights), corpus_ids) if heads is None
+             else _heads_run(heads(weights, _DEPTH), state.query_ids, corpus_ids))
+    train_ndcg = evaluate(final, judged, ["ndcg@10"]).scores["ndcg@10"]
     return WeightSearch(weights=weights, fold_picks=np.array(picks), cv_ndcg=float(np.mean(held)),
                         train_ndcg=float(train_ndcg), baseline_ndcg=float(per_q[uniform].mean()))
+
+
+def _heads_run(heads: tuple[np.ndarray, ...], query_ids: list[str], corpus_ids: np.ndarray) -> Run:
+    """A run of every query of ``query_ids`` from fused ``(q, row, score)`` arrays sorted by query
+    (the order within a query is free: trec_eval orders by score)."""
+    q, row, score = heads
+    ends = np.cumsum(np.bincount(q, minlength=len(query_ids))).tolist()
+    spans = list(zip([0, *ends[:-1]], ends))
+    docs = corpus_ids[row]
+    return Run(list(query_ids), [docs[a:b] for a, b in spans], [score[a:b] for a, b in spans])  # (np.split: 5x slower)
