@@ -196,7 +196,7 @@ def _check_data_folder(data: str) -> None:
     from ragkit.eval.beir import dataset_folder_of
 
     path = Path(data)
-    if not path.is_file():
+    if not path.is_file() or path.suffix.lower() == ".zip":  # a zip as BEIR distributes them: unpacked
         return
     folder = dataset_folder_of(path)
     hint = f" (this file's dataset: --data {folder})" if (folder / "corpus.jsonl").is_file() else ""

@@ -954,3 +954,41 @@ def test_a_deep_pipeline_run_is_scored_as_its_cut_head():
     rankings[3] = Ranking(np.r_[rankings[3].rows[:999], rankings[3].rows[0]], rankings[3].scores)  # listed twice
     with pytest.raises(DataError, match="q3.*more than once"):
         evaluate(Run.from_rankings(qids, rankings, corpus_ids), qrels, metrics)
+
+
+def test_a_local_zip_loads_as_the_dataset_it_holds(tmp_path, monkeypatch):
+    """``--data scifact.zip`` (a BEIR zip downloaded by hand) was refused as "a file; expected a BEIR
+    folder".  It unpacks into the cache once per version of the file; a changed zip is unpacked again."""
+    monkeypatch.setenv("RAGKIT_CACHE", str(tmp_path / "cache"))
+    archive = tmp_path / "dl" / "tiny.zip"
+    archive.parent.mkdir()
+    archive.write_bytes(_zip("tiny"))
+    ds = load_beir(archive)
+    assert ds.name == "tiny" and ds.corpus.ids.tolist() == ["d1", "d2", "d3"] and ds.qrels("test")["q2"] == {"d3": 2}
+    assert load_beir(str(archive)).path == ds.path and str(ds.path).startswith(str(tmp_path / "cache"))
+    flat = tmp_path / "dl" / "flat.zip"
+    flat.write_bytes(_zip("flat", with_folder=False))
+    assert load_beir(flat).corpus.ids.tolist() == ["d1", "d2", "d3"]
+    from typer.testing import CliRunner
+
+    from ragkit.cli import app
+
+    res = CliRunner().invoke(app, ["eval", "--data", str(archive), "-p", "bm25", "--k", "10"])
+    assert res.exit_code == 0 and "tiny / test" in res.output, res.output
+
+
+def test_a_saved_pipeline_beside_datasets_is_not_read_as_one(tmp_path):
+    """A working folder holding datasets and a saved pipeline (which holds a corpus.jsonl too) was read as
+    an archive with the pipeline among its datasets, and failed on its missing queries.jsonl."""
+    from ragkit.eval import beir_subsets
+    from ragkit.retrievers import BM25
+    from ragkit.types import Corpus
+
+    for name in ("a", "b"):
+        d = tmp_path / name
+        (d / "qrels").mkdir(parents=True)
+        (d / "corpus.jsonl").write_text("".join(json.dumps(r) + "\n" for r in CORPUS))
+        (d / "queries.jsonl").write_text("".join(json.dumps(r) + "\n" for r in QUERIES))
+        (d / "qrels" / "test.tsv").write_text(QRELS["test"])
+    BM25().fit(Corpus.from_texts(["x y"])).save(tmp_path / "saved")
+    assert beir_subsets(tmp_path) == ["a", "b"]

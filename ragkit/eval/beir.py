@@ -19,6 +19,7 @@ once when it is not found locally.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -340,7 +341,8 @@ def _subsets(folder: Path) -> list[str]:
     ``[]`` for a single dataset (a ``corpus.jsonl`` of its own) or anything else."""
     if not folder.is_dir() or (folder / "corpus.jsonl").is_file():
         return []
-    return [s for s in _folders(folder) if (folder / s / "corpus.jsonl").is_file()]
+    return [s for s in _folders(folder) if (folder / s / "corpus.jsonl").is_file()
+            and not any((folder / s / f).is_file() for f in ("manifest.json", "params.json"))]  # (a saved pipeline)
 
 
 def _is_dataset(folder: Path) -> bool:
@@ -404,6 +406,8 @@ def _locate(name_or_path: str | Path, *, download: bool, base_url: str | None) -
     path = Path(name_or_path)
     if path.is_dir():
         return path
+    if path.is_file() and path.suffix.lower() == ".zip":
+        return _unpacked(path)
     if path.is_file():  # 'corpus.jsonl' in a dataset's folder would be taken for a name to download
         raise DataError(f"{name_or_path}: is a file; expected a BEIR dataset folder (corpus.jsonl, queries.jsonl, "
                         f"qrels/) or a dataset name: pass its folder, {str(dataset_folder_of(path.resolve()))!r}")
@@ -416,10 +420,23 @@ def _locate(name_or_path: str | Path, *, download: bool, base_url: str | None) -
     return _find(text, text, download=download, base_url=base_url)
 
 
+def _unpacked(archive: Path) -> Path:
+    """The folder a local BEIR zip (``scifact.zip``, as BEIR distributes them) unpacks to, under the cache
+    (``beir-zip/<hash of its path, size and time>/<name>``; checked as a download is); unpacked once per
+    version of the file."""
+    st = archive.stat()
+    key = hashlib.sha1(f"{archive.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:16]
+    dest = cache_dir() / "beir-zip" / key
+    if (dest / archive.stem).is_dir():
+        return dest / archive.stem
+    return download_beir(archive.stem, base_url=archive.resolve().parent.as_uri(), dest=dest)
+
+
 def load_beir(name_or_path: str | Path, *, download: bool = True, base_url: str | None = None) -> BeirDataset:
     """Load a BEIR dataset from a folder, or by name (found locally, else downloaded and cached).
 
-    ``name_or_path`` is a folder, a name (``"scifact"``) or, for one dataset of an archive that
+    ``name_or_path`` is a folder, a local zip as BEIR distributes them (unpacked into the cache), a
+    name (``"scifact"``) or, for one dataset of an archive that
     holds several, ``"<archive>/<sub>"`` (``"cqadupstack/android"``; :func:`beir_subsets` lists
     them).  A folder or name that holds several datasets is a :class:`DataError` naming them.
     """
