@@ -105,6 +105,13 @@ def run_step(op: Operator, state: State, path: str) -> State:
     return traced(state, f"{path}.{_label(op)}", op.name, op)
 
 
+def _candidates(state: State, fuser: bool = False) -> float:
+    """Mean documents per query a step receives: the rankings', or for a fuser its branches' together."""
+    if fuser and state.branches:
+        return float(sum(len(r) for _, rankings in state.branches for r in rankings) / max(len(state), 1))
+    return float(np.mean([len(r) for r in state.rankings])) if state.rankings else 0.0
+
+
 def traced(state: State, path: str, name: str, call: Callable[[State], State], inclusive: bool = False) -> State:
     """``call(state)``; when the search is traced, with a :class:`TraceEvent` for ``path``: wall time, mean
     candidates in/out and (with qrels) recall@100 and nDCG@10 of what ``call`` returned (``inclusive``: a
@@ -112,7 +119,7 @@ def traced(state: State, path: str, name: str, call: Callable[[State], State], i
     trace = state.trace  # the search's list, shared by the states made from this one (State.copy, subset)
     if trace is None:
         return call(state)
-    n_in = np.mean([len(r) for r in state.rankings]) if state.rankings else 0.0
+    n_in = _candidates(state, getattr(call, "kind", None) == "fuser")
     t0 = time.perf_counter()
     out = call(state)
     dt = time.perf_counter() - t0

@@ -226,6 +226,9 @@ def test_trace_paths_match_yaml_paths(slice_data, fitted_bm25):
     from ragkit.pipelines.trace import aggregate_trace
 
     assert [r.calls for r in aggregate_trace(run.trace)] == [1] * 5
+    fuse = aggregate_trace(run.trace)[3]  # a fuser receives its branches' documents (was "0.0")
+    assert fuse.path.endswith("fuse.rrf") and fuse.candidates_in == pytest.approx(
+        run.trace[0].candidates_out + run.trace[2].candidates_out)
     from ragkit.pipelines.trace import print_trace
 
     for width in (80, 250):  # an 80-column terminal gets one block per step: no cell cut short ("tot…")
