@@ -103,9 +103,14 @@ def _load_folder(path: Path, option: str = "--pipeline"):
                       f"operator (no params.json); expected a folder written by Pipeline.save or Operator.save{others}")
 
 
+def _is_stdout(path: Optional[Path]) -> bool:
+    """Whether an output option says ``-``: standard output (the human output goes to standard error)."""
+    return path is not None and str(path) == "-"
+
+
 def _prepare_output(path: Optional[Path], option: str, example: str) -> None:
     """Check before any work starts that ``path`` can be written: create its folder."""
-    if path is None:
+    if path is None or _is_stdout(path):
         return
     if path.is_dir():
         raise RagkitError(f"{option} {path}: is a folder; expected a file path such as {path / example}")
@@ -130,7 +135,7 @@ def _prepare_output(path: Optional[Path], option: str, example: str) -> None:
 def _check_not_an_input(path: Optional[Path], option: str, pipeline: str, data: str) -> None:
     """Refuse an output ``path`` that is the ``--pipeline`` file or a file of the ``--data`` folder
     (corpus, queries, qrels): the results would replace what the command reads."""
-    if path is None:
+    if path is None or _is_stdout(path):
         return
     folder = Path(data)
     inputs = {Path(pipeline).resolve(): "the --pipeline file"} if Path(pipeline).is_file() else {}
@@ -433,6 +438,7 @@ def _settings(data: str, pipeline: str, train_split: Optional[str], limit: Optio
 
 @app.command("eval")
 def eval_cmd(
+    ctx: typer.Context,
     data: str = typer.Option(..., "--data", help="BEIR dataset name or folder; for an archive of several datasets "
                                                  "(cqadupstack) each is evaluated and the mean reported, or one "
                                                  "is named: cqadupstack/android; a comma-separated list "
@@ -443,9 +449,10 @@ def eval_cmd(
     k: str = typer.Option("10,100", "--k", help="Cut-offs, comma-separated."),
     output: Optional[Path] = typer.Option(None, "--output", "-o",
                                           help="Write metrics, per-query values, timings as JSON "
-                                               "(missing folders are created)."),
+                                               "(missing folders are created; '-': standard output)."),
     run_file: Optional[Path] = typer.Option(None, "--run", help="Also write a TREC run file "
-                                                                "(missing folders are created)."),
+                                                                "(missing folders are created; '-': standard "
+                                                                "output)."),
     trace: bool = typer.Option(False, "--trace", help="Print per-operator time, candidates and recall."),
     train_split: Optional[str] = typer.Option(None, "--train-split",
                                               help="Fit learning operators on this split (never the test split)."),
@@ -477,7 +484,11 @@ def eval_cmd(
                               "training on the evaluated queries is refused")
         if train_split == "test":
             raise RagkitError("--train-split test: learning from the test split is refused; use the train split")
-        if output is not None and run_file is not None and output.resolve() == run_file.resolve():
+        if _is_stdout(output) or _is_stdout(run_file):  # the table, notes and timings go to standard error
+            console.file = sys.stderr
+            ctx.call_on_close(lambda: setattr(console, "file", None))
+        if output is not None and run_file is not None and (str(output) == str(run_file) == "-" or (
+                not _is_stdout(output) and not _is_stdout(run_file) and output.resolve() == run_file.resolve())):
             raise RagkitError(f"--output and --run both name {output}; the run file would replace the JSON results: "
                               "give two paths")
         _check_not_an_input(output, "--output", pipeline, data)
@@ -655,6 +666,13 @@ def _write_outputs(output: Optional[Path], run_file: Optional[Path], run: Any, p
     :class:`RagkitError` naming the option and the path."""
     for option, path in (("--output", output), ("--run", run_file)):
         if path is None:
+            continue
+        if _is_stdout(path):  # for a script: the JSON or the run alone on standard output
+            if option == "--output":
+                sys.stdout.write(json.dumps(payload, indent=2) + "\n")
+            else:
+                run.to_trec(sys.stdout)
+            sys.stdout.flush()
             continue
         try:
             if option == "--output":

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence, TextIO
 
 import numpy as np
 
@@ -178,9 +178,17 @@ class Run:
         path = Path(path)
         check_trec_ids(path, self.query_ids, set().union(*(d.tolist() for d in self.doc_ids)), tag)  # distinct ids
         with atomic_file(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
-            for q, d, s in self:  # formatted from Python lists (numpy scalars format 2x slower), same bytes
-                f.writelines([f"{q} Q0 {doc} {r} {score:.9g} {tag}\n"
-                              for r, (doc, score) in enumerate(zip(d.tolist(), s.tolist()), 1)])
+            self.to_trec(f, tag, checked=True)
+
+    def to_trec(self, f: TextIO, tag: str = "ragkit", *, checked: bool = False) -> None:
+        """Write the run's TREC lines to the text stream ``f`` (standard output, say); ids a TREC file
+        cannot hold are refused first, unless ``checked``."""
+        if not checked:
+            check_trec_ids(getattr(f, "name", "<stream>"), self.query_ids,
+                           set().union(*(d.tolist() for d in self.doc_ids)), tag)
+        for q, d, s in self:  # formatted from Python lists (numpy scalars format 2x slower), same bytes
+            f.writelines([f"{q} Q0 {doc} {r} {score:.9g} {tag}\n"
+                          for r, (doc, score) in enumerate(zip(d.tolist(), s.tolist()), 1)])
 
     @classmethod
     def read_trec(cls, path: str | Path) -> "Run":

@@ -460,3 +460,24 @@ def test_eval_depth_identical_ids_and_the_settings_it_ran_with(tmp_path):
     c = json.loads((tmp_path / "c.json").read_text())
     assert deep.exit_code == 0 and c["settings"]["depth"] == 20
     assert a["metrics"]["recall@20"] == a["metrics"]["recall@5"] < c["metrics"]["recall@20"]  # doc 10 found deeper
+
+
+def test_eval_writes_json_or_a_run_to_standard_output_for_scripts(tmp_path):
+    """``-o -`` wrote a file named '-' (and '-o /dev/stdout' into a pipe was refused): the JSON, or with
+    ``--run -`` the TREC run, now goes alone to standard output and the table to standard error."""
+    from typer.testing import CliRunner
+
+    from ragkit.cli import app
+
+    root = _tiny(tmp_path / "d")
+    res = CliRunner().invoke(app, ["eval", "--data", str(root), "-p", "bm25", "--k", "10", "-o", "-"],
+                             env={"COLUMNS": "200"})
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout)
+    assert out["metrics"]["ndcg@10"] >= 0 and "ndcg@10" in res.stderr and not (Path.cwd() / "-").exists()
+    res = CliRunner().invoke(app, ["eval", "--data", str(root), "-p", "bm25", "--run", "-"], env={"COLUMNS": "200"})
+    assert res.exit_code == 0, res.output
+    lines = res.stdout.splitlines()
+    assert lines and all(len(x.split()) == 6 and x.split()[1] == "Q0" for x in lines)
+    res = CliRunner().invoke(app, ["eval", "--data", str(root), "-p", "bm25", "-o", "-", "--run", "-"])
+    assert res.exit_code != 0 and "both name -" in res.output
