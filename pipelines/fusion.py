@@ -8,6 +8,7 @@ when absent).  Everything is computed on flat arrays for the whole batch.
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING, Any, Callable, Literal
 
 import numpy as np
@@ -115,6 +116,10 @@ class _FuserParams(Params):
 
     @model_validator(mode="after")
     def _check_weights(self) -> "_FuserParams":
+        if self.weights is not None and not all(math.isfinite(w) and abs(w) <= 1e6 for w in self.weights):
+            raise ValueError(f"weights must be finite numbers of at most 1e6 (only their ratios matter), got "
+                             f"{self.weights}: products of scores and weights near 1e308 overflow every fused "
+                             "score to infinity")
         if self.weights is not None and any(w < 0 for w in self.weights):
             raise ValueError(f"weights must be non-negative, got {self.weights}")
         if self.weights is not None and self.weights and not any(w > 0 for w in self.weights):

@@ -274,3 +274,12 @@ def test_a_blank_query_finds_nothing_from_a_hybrid_or_through_langchain():
     hybrid = Parallel([BM25(k=5), Dense(k=5)], fuse=RRF()).fit(corpus)
     assert [len(r) for r in hybrid.search(["", "cell"]).rankings] == [0, 3]
     assert RagkitRetriever(pipeline=hybrid).invoke(" ") == []
+
+
+def test_fusion_weights_that_overflow_or_are_not_numbers_are_refused():
+    """Weights near 1e308 overflowed every fused score to inf (ties everywhere), NaN weights made them NaN."""
+    for weights in ([1e308, 1.0], [float("nan"), 1.0], [float("inf"), 1.0], [2e6, 1.0]):
+        for fuser in (RRF, WeightedFusion):
+            with pytest.raises(ParamError, match="finite"):
+                fuser(weights=weights)
+    assert WeightedFusion(weights=[1e6, 1.0]).params.weights == [1e6, 1.0]
