@@ -426,6 +426,15 @@ def _machine() -> dict[str, Any]:
     return {"platform": platform.platform(), "python": sys.version.split()[0], "cpus": os.cpu_count()}
 
 
+def _trace_rows(events: Any) -> list[dict[str, Any]]:
+    """``--trace``'s table for the JSON: one dict per operator path (:class:`~ragkit.pipelines.trace.TraceRow`)."""
+    from dataclasses import asdict
+
+    from ragkit.pipelines.trace import aggregate_trace
+
+    return [asdict(r) for r in aggregate_trace(events)]
+
+
 def _settings(data: str, pipeline: str, train_split: Optional[str], limit: Optional[int], depth: Optional[int],
               keep_ids: bool) -> dict[str, Any]:
     """What ``ragkit eval`` was asked, for its JSON (runs of one pipeline YAML with and without
@@ -547,6 +556,7 @@ def eval_cmd(
             "timings": {"load_s": t_find + sp.t_load, "fit_s": scored.t_fit, "search_s": run.seconds, "total_s": total,
                         "documents_encoded": scored.encoded},
             "settings": _settings(data, pipeline, train_split, limit, depth, keep_identical_ids),
+            **({"trace": _trace_rows(run.trace)} if trace and run.trace else {}),
             "machine": _machine(),
             "date": date.today().isoformat(),
         })
@@ -649,7 +659,8 @@ def _report_subsets(splits: dict[str, _Split], scored: dict[str, _Scored], pipel
     subsets = {s: {"n_queries": len(splits[s].queries), "metrics": scored[s].result.scores,
                    "per_query": scored[s].result.per_query,
                    "timings": {"load_s": splits[s].t_load, "fit_s": scored[s].t_fit, "search_s": scored[s].run.seconds,
-                               "documents_encoded": scored[s].encoded}} for s in names}
+                               "documents_encoded": scored[s].encoded},
+                   **({"trace": _trace_rows(scored[s].run.trace)} if scored[s].run.trace else {})} for s in names}
     _write_outputs(output, None, None, {
         "dataset": parent, "split": split, "pipeline": spec, "n_queries": n_queries,
         "metrics": means, "aggregate": f"mean over the {len(names)} datasets, each weighted equally",

@@ -475,6 +475,10 @@ def test_eval_writes_json_or_a_run_to_standard_output_for_scripts(tmp_path):
     assert res.exit_code == 0, res.output
     out = json.loads(res.stdout)
     assert out["metrics"]["ndcg@10"] >= 0 and "ndcg@10" in res.stderr and not (Path.cwd() / "-").exists()
+    assert "trace" not in out
+    res = CliRunner().invoke(app, ["eval", "--data", str(root), "-p", "bm25", "-o", "-", "--trace"])
+    rows = json.loads(res.stdout)["trace"]  # --trace's table is in the JSON too, for scripts
+    assert [r["path"] for r in rows] == ["pipeline[0].bm25"] and rows[0]["queries"] == 3 and "ndcg" in rows[0]
     res = CliRunner().invoke(app, ["eval", "--data", str(root), "-p", "bm25", "--run", "-"], env={"COLUMNS": "200"})
     assert res.exit_code == 0, res.output
     lines = res.stdout.splitlines()
