@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from rich.console import JustifyMethod
     from rich.table import Table
 
-__all__ = ["TraceRow", "aggregate_trace", "trace_table", "print_trace", "stage_table"]
+__all__ = ["TraceRow", "aggregate_trace", "trace_table", "print_trace", "stage_table", "print_stages"]
 
 
 @dataclass
@@ -147,3 +147,26 @@ def stage_table(runs: dict[str, Sequence[TraceEvent]], title: str = "nDCG@10 / r
                       "-" if r is None or r.recall is None else f"{r.recall:.4f}"]
         table.add_row(Text(path), *cells)
     return table
+
+
+def print_stages(console: Any, runs: dict[str, Sequence[TraceEvent]],
+                 title: str = "nDCG@10 / recall@100 after each step") -> None:
+    """Print :func:`stage_table`, or, where the console is narrower than the table (a pipe, a log file), the
+    same figures as one block per step (a step's path is not folded across lines), as :func:`print_trace`."""
+    from rich.measure import Measurement
+    from rich.text import Text
+
+    table = stage_table(runs, title)
+    natural = Measurement.get(console, console.options.update_width(10_000), table).maximum
+    if natural <= console.width:
+        console.print(table)
+        return
+    console.print(Text(title, style="italic"))
+    agg = {label: {r.path: r for r in aggregate_trace(ev)} for label, ev in runs.items()}
+    for path in dict.fromkeys(p for rows in agg.values() for p in rows):
+        console.print(Text(path, style="bold"))
+        for label in runs:
+            r = agg[label].get(path)
+            ndcg = "-" if r is None or r.ndcg is None else f"{r.ndcg:.4f}"
+            recall = "-" if r is None or r.recall is None else f"{r.recall:.4f}"
+            console.print(Text(f"  {label}: nDCG@10 {ndcg} · recall@100 {recall}"))

@@ -786,9 +786,9 @@ def train_cmd(
                 table.add_row(label, f"{res['ndcg@10']:.4f}", f"{res['recall@100']:.4f}")
                 traces[label] = run.trace
             console.print(table)
-            from ragkit.pipelines.trace import stage_table
+            from ragkit.pipelines.trace import print_stages
 
-            console.print(stage_table(traces, title="what each step does to the held-out queries"))
+            print_stages(console, traces, title="what each step does to the held-out queries")
         pipe, _ = resolve_pipeline(pipeline)
         t0 = time.perf_counter()
         with console.status(f"fitting on all {len(train.queries)} {split} queries..."), caching_queries():
@@ -800,9 +800,31 @@ def train_cmd(
     except RagkitError as e:
         _fail(e)
         return
+    _print_learned(pipe)
     console.print(Text(f"fitted in {time.perf_counter() - t0:.1f} s; saved to {out} "  # the command on one line,
                        f"(evaluate with: ragkit eval --data {shlex.quote(data)} --pipeline {shlex.quote(str(out))})"),
                   soft_wrap=True)  # to copy
+
+
+def _print_learned(pipe: Any) -> None:
+    """One line per operator that learned settings from the judged queries (fusion weights, thresholds):
+    what it learned (``learned.json`` in the saved folder holds the same)."""
+    from ragkit.pipelines.yaml import walk_leaves
+
+    for path, leaf in walk_leaves(pipe):
+        learned = getattr(leaf, "learned_", None)
+        if isinstance(learned, dict):
+            shown = ", ".join(f"{k} {_short(v)}" for k, v in learned.items() if isinstance(v, (int, float, str, list)))
+            console.print(Text(f"learned: {path}: {shown}"), soft_wrap=True)
+
+
+def _short(v: Any) -> str:
+    """A learned value for one line: floats to 4 decimals, lists element-wise."""
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    if isinstance(v, list):
+        return "[" + ", ".join(_short(x) for x in v) + "]"
+    return str(v)
 
 
 def _without_generation(pipe: Any, option: str, note: bool = True) -> Any:

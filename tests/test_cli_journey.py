@@ -485,3 +485,18 @@ def test_eval_writes_json_or_a_run_to_standard_output_for_scripts(tmp_path):
     assert lines and all(len(x.split()) == 6 and x.split()[1] == "Q0" for x in lines)
     res = CliRunner().invoke(app, ["eval", "--data", str(root), "-p", "bm25", "-o", "-", "--run", "-"])
     assert res.exit_code != 0 and "both name -" in res.output
+
+
+def test_train_prints_what_it_learned_and_its_step_table_whole_in_a_narrow_terminal(tmp_path):
+    """ragkit train never said what it learned (the weights sat in learned.json only), and its per-step
+    table folded each path across lines in a pipe or log file ('pipeline[0].p' / 'arallel.branc')."""
+    data = _tiny(tmp_path / "tiny")
+    (tmp_path / "p.yaml").write_text("pipeline:\n  - parallel:\n      branches:\n        - bm25: {k: 10}\n"
+                                     "        - bm25: {k: 10, variant: okapi, k1: 1.5, b: 0.75}\n"
+                                     "      fuse:\n        rrf: {learn: true, folds: 2}\n")
+    res = _cli("train", "--data", data, "-p", tmp_path / "p.yaml", "--out", tmp_path / "out", "--report",
+               columns=60)
+    assert res.exit_code == 0, res.output
+    learned = next(x for x in res.output.splitlines() if x.startswith("learned: "))
+    assert "pipeline[0].parallel.fuse.rrf: " in learned and "weights [" in learned
+    assert "pipeline[0].parallel.branches[1].bm25" in res.output.splitlines()  # a step's path on a line of its own
