@@ -368,12 +368,23 @@ class _Scored:
     encoded: int
 
 
+@dataclass(frozen=True)
+class _Scoring:
+    """How ``ragkit eval`` searches and scores: ``depth`` (the search's ``k``, deepening every retriever;
+    None: the pipeline's own), ``keep_ids`` (documents with their query's id are scored, not dropped as
+    BEIR does), ``relevance_level`` (the lowest grade the binary metrics count, trec_eval's ``-l``) and the
+    run file's ``run_tag``."""
+
+    depth: Optional[int] = None
+    keep_ids: bool = False
+    relevance_level: int = 1
+    run_tag: str = "ragkit"
+
+
 def _fit_and_score(pipe: Any, loaded: bool, sp: _Split, ks: list[int], trace: bool, backend: str,
-                   depth: Optional[int] = None, keep_ids: bool = False) -> _Scored:
-    """Fit ``pipe`` on the split's corpus (unless ``loaded``: saved fitted), search its queries (``depth``:
-    the search's ``k``, deepening every retriever; None: the pipeline's own) and evaluate nDCG, recall,
-    MAP, MRR and precision at each cut-off of ``ks`` (``keep_ids``: documents with their query's id are
-    scored, not dropped as BEIR does)."""
+                   scoring: _Scoring = _Scoring()) -> _Scored:
+    """Fit ``pipe`` on the split's corpus (unless ``loaded``: saved fitted), search its queries and
+    evaluate nDCG, recall, MAP, MRR and precision at each cut-off of ``ks``, as ``scoring`` says."""
     from ragkit import evaluate
     from ragkit.encoders.sentence import _ENCODERS, caching_queries
     from ragkit.encoders.tokens import _TOKEN_ENCODERS
@@ -390,10 +401,11 @@ def _fit_and_score(pipe: Any, loaded: bool, sp: _Split, ks: list[int], trace: bo
     t_fit = time.perf_counter() - t0
     encoded = n_encoded() - before
     with caching_queries():  # an evaluation's queries come back run after run: their vectors are cached
-        run = pipe.search(sp.queries, k=depth, trace=trace, qrels=sp.qrels if trace else None,
+        run = pipe.search(sp.queries, k=scoring.depth, trace=trace, qrels=sp.qrels if trace else None,
                           **_rankings_only(pipe))
     metrics = [f"{m}@{c}" for m in ("ndcg", "recall", "map", "mrr", "p") for c in ks]
-    result = evaluate(run, sp.qrels, metrics, ignore_identical_ids=not keep_ids)
+    result = evaluate(run, sp.qrels, metrics, ignore_identical_ids=not scoring.keep_ids,
+                      relevance_level=scoring.relevance_level)
     if result.ignored_judged:
         console.print(f"[yellow]note:[/] {result.ignored_judged} judged-relevant document(s) have their query's id "
                       "and were dropped from the run, as BEIR does for datasets whose queries are documents too "
@@ -435,14 +447,15 @@ def _trace_rows(events: Any) -> list[dict[str, Any]]:
     return [asdict(r) for r in aggregate_trace(events)]
 
 
-def _settings(data: str, pipeline: str, train_split: Optional[str], limit: Optional[int], depth: Optional[int],
-              keep_ids: bool) -> dict[str, Any]:
+def _settings(data: str, pipeline: str, train_split: Optional[str], limit: Optional[int],
+              scoring: _Scoring) -> dict[str, Any]:
     """What ``ragkit eval`` was asked, for its JSON (runs of one pipeline YAML with and without
     ``--train-split`` or ``--limit`` otherwise differ only in their numbers)."""
     from ragkit import __version__
 
-    return {"data": data, "pipeline_source": pipeline, "train_split": train_split, "limit": limit, "depth": depth,
-            "ignore_identical_ids": not keep_ids, "ragkit_version": __version__}
+    return {"data": data, "pipeline_source": pipeline, "train_split": train_split, "limit": limit,
+            "depth": scoring.depth, "ignore_identical_ids": not scoring.keep_ids,
+            "relevance_level": scoring.relevance_level, "run_tag": scoring.run_tag, "ragkit_version": __version__}
 
 
 @app.command("eval")
@@ -474,6 +487,10 @@ def eval_cmd(
     keep_identical_ids: bool = typer.Option(False, "--keep-identical-ids",
                                             help="Score documents whose id is the query's id (BEIR drops them "
                                                  "from the run, for ArguAna and Quora)."),
+    relevance_level: int = typer.Option(1, "--relevance-level", min=1,
+                                        help="Lowest grade the binary metrics (recall, MAP, MRR, P) count as "
+                                             "relevant, as trec_eval's -l."),
+    run_tag: str = typer.Option("ragkit", "--run-tag", help="The tag column of the --run file."),
 ) -> None:
     """Fit a pipeline on a BEIR corpus and evaluate it on one split.
 
@@ -484,6 +501,7 @@ def eval_cmd(
     from ragkit.eval.beir import beir_subsets
 
     ks = _parse_ks(k)
+    scoring = _Scoring(depth, keep_identical_ids, relevance_level, run_tag)
     t_all = time.perf_counter()
     try:
         if backend not in ("local", "ray"):
@@ -500,6 +518,10 @@ def eval_cmd(
                 not _is_stdout(output) and not _is_stdout(run_file) and output.resolve() == run_file.resolve())):
             raise RagkitError(f"--output and --run both name {output}; the run file would replace the JSON results: "
                               "give two paths")
+        if run_file is not None:  # the tag column: no whitespace (the file's columns), not empty
+            from ragkit.run import check_trec_ids
+
+            check_trec_ids(f"--run-tag {run_tag!r}", [], [], run_tag)
         _check_not_an_input(output, "--output", pipeline, data)
         _check_not_an_input(run_file, "--run", pipeline, data)
         _prepare_output(output, "--output", "results.json")
@@ -521,14 +543,14 @@ def eval_cmd(
         if subs:
             _eval_subsets(data, list(subs), pipeline, loaded, split=split, train_split=train_split, ks=ks,
                           limit=limit, trace=trace, backend=backend, output=output, run_file=run_file, t_all=t_all,
-                          t_find=t_find, sources=listed, depth=depth, keep_ids=keep_identical_ids)
+                          t_find=t_find, sources=listed, scoring=scoring)
             return
         sp = _read_split(data, split, train_split, limit, run_file, pipe.corpus_ if loaded else None, pipeline)
         if not loaded and sp.train is None:
             _note_unlearned(pipe)
         elif not loaded and not _uses_training(pipe):
             _note_nothing_learns(f"--pipeline {pipeline}", f"--train-split {train_split} changes nothing")
-        scored = _fit_and_score(pipe, loaded, sp, ks, trace, backend, depth, keep_identical_ids)
+        scored = _fit_and_score(pipe, loaded, sp, ks, trace, backend, scoring)
     except RagkitError as e:
         _fail(e)
         return
@@ -555,11 +577,11 @@ def eval_cmd(
             "metrics": result.scores, "per_query": result.per_query,
             "timings": {"load_s": t_find + sp.t_load, "fit_s": scored.t_fit, "search_s": run.seconds, "total_s": total,
                         "documents_encoded": scored.encoded},
-            "settings": _settings(data, pipeline, train_split, limit, depth, keep_identical_ids),
+            "settings": _settings(data, pipeline, train_split, limit, scoring),
             **({"trace": _trace_rows(run.trace)} if trace and run.trace else {}),
             "machine": _machine(),
             "date": date.today().isoformat(),
-        })
+        }, tag=run_tag)
     except RagkitError as e:
         _fail(e)
 
@@ -567,8 +589,7 @@ def eval_cmd(
 def _eval_subsets(data: str, subs: list[str], pipeline: str, loaded: bool, *, split: str, train_split: Optional[str],
                   ks: list[int], limit: Optional[int], trace: bool, backend: str, output: Optional[Path],
                   run_file: Optional[Path], t_all: float, t_find: float,
-                  sources: Optional[dict[str, str]] = None, depth: Optional[int] = None,
-                  keep_ids: bool = False) -> None:
+                  sources: Optional[dict[str, str]] = None, scoring: _Scoring = _Scoring()) -> None:
     """``ragkit eval`` on several datasets (``subs``): the datasets of an archive, or with ``sources``
     (label -> ``--data`` item) those of a comma-separated list.  Every split is read and checked
     first, then the pipeline is fitted and evaluated on each in turn; prints each and the mean of
@@ -608,7 +629,7 @@ def _eval_subsets(data: str, subs: list[str], pipeline: str, loaded: bool, *, sp
         pipe = _without_generation(resolve_pipeline(pipeline)[0], f"--pipeline {pipeline}", note=False)
         if not scored and sp.train is None:
             _note_unlearned(pipe)
-        scored[s] = one = _fit_and_score(pipe, False, sp, ks, trace, backend, depth, keep_ids)
+        scored[s] = one = _fit_and_score(pipe, False, sp, ks, trace, backend, scoring)
         first = next(iter(one.result.scores))
         console.print(Text(f"{s} / {split} ({len(sp.queries)} queries): {first} {one.result.scores[first]:.4f} · "
                            f"fit {one.t_fit:.2f} s · search {one.run.seconds:.2f} s"), soft_wrap=True)
@@ -622,7 +643,7 @@ def _eval_subsets(data: str, subs: list[str], pipeline: str, loaded: bool, *, sp
             print_trace(console, one.run.trace)
     _report_subsets(splits, scored, pipeline, spec, split, output, t_all, missing,
                     dataset=",".join(subs) if sources else parent,
-                    settings=_settings(data, pipeline, train_split, limit, depth, keep_ids))
+                    settings=_settings(data, pipeline, train_split, limit, scoring))
 
 
 def _report_subsets(splits: dict[str, _Split], scored: dict[str, _Scored], pipeline: str, spec: str, split: str,
@@ -672,7 +693,8 @@ def _report_subsets(splits: dict[str, _Split], scored: dict[str, _Scored], pipel
     })
 
 
-def _write_outputs(output: Optional[Path], run_file: Optional[Path], run: Any, payload: dict[str, Any]) -> None:
+def _write_outputs(output: Optional[Path], run_file: Optional[Path], run: Any, payload: dict[str, Any],
+                   tag: str = "ragkit") -> None:
     """Write ``ragkit eval``'s JSON and TREC run file, each atomically; a failed write is a
     :class:`RagkitError` naming the option and the path."""
     for option, path in (("--output", output), ("--run", run_file)):
@@ -682,7 +704,7 @@ def _write_outputs(output: Optional[Path], run_file: Optional[Path], run: Any, p
             if option == "--output":
                 sys.stdout.write(json.dumps(payload, indent=2) + "\n")
             else:
-                run.to_trec(sys.stdout)
+                run.to_trec(sys.stdout, tag)
             sys.stdout.flush()
             continue
         try:
@@ -690,7 +712,7 @@ def _write_outputs(output: Optional[Path], run_file: Optional[Path], run: Any, p
                 with atomic_file(path) as tmp:
                     tmp.write_text(json.dumps(payload, indent=2), encoding="utf-8")
             else:
-                run.write_trec(path)  # a temporary file in the same folder, renamed into place
+                run.write_trec(path, tag)  # a temporary file in the same folder, renamed into place
         except OSError as e:
             raise RagkitError(f"{option} {path}: could not be written: {e.strerror or e}") from None
         console.print(Text(f"wrote {path}"), soft_wrap=True)

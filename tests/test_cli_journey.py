@@ -9,6 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from ragkit import evaluate
+from ragkit.run import Run
+
 DOCS = [("d1", "Vitamin D", "Vitamin D prevents fractures in elderly people."),
         ("d2", "Cats", "Cats sleep most of the day."),
         ("d3", "Dogs", "Dogs bark at strangers."),
@@ -500,3 +503,31 @@ def test_train_prints_what_it_learned_and_its_step_table_whole_in_a_narrow_termi
     learned = next(x for x in res.output.splitlines() if x.startswith("learned: "))
     assert "pipeline[0].parallel.fuse.rrf: " in learned and "weights [" in learned
     assert "pipeline[0].parallel.branches[1].bm25" in res.output.splitlines()  # a step's path on a line of its own
+
+
+def test_eval_relevance_level_and_run_tag_as_trec_eval_takes_them(tmp_path):
+    """trec_eval's -l (the lowest grade the binary measures count) and a run tag were missing."""
+    import pytrec_eval
+
+    root = _tiny(tmp_path / "d")
+    (root / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq1\td1\t2\nq2\td2\t1\nq4\té4\t2\n",
+                                             encoding="utf-8")
+    res = _cli("eval", "--data", root, "-p", "bm25", "--k", "10", "--relevance-level", "2", "--run-tag", "mine",
+               "-o", tmp_path / "r.json", "--run", tmp_path / "r.trec")
+    assert res.exit_code == 0, res.output
+    out = json.loads((tmp_path / "r.json").read_text())
+    lines = (tmp_path / "r.trec").read_text(encoding="utf-8").splitlines()
+    assert lines and all(x.split()[-1] == "mine" for x in lines) and out["settings"]["relevance_level"] == 2
+    run: dict[str, dict[str, float]] = {}
+    for line in lines:
+        q, _, d, _, sc, _ = line.split()
+        run.setdefault(q, {})[d] = float(sc)
+    qrels = {"q1": {"d1": 2}, "q2": {"d2": 1}, "q4": {"é4": 2}}
+    for level in (1, 2):
+        ev = pytrec_eval.RelevanceEvaluator(qrels, {"recall.10"}, relevance_level=level).evaluate(run)
+        want = sum(v["recall_10"] for v in ev.values()) / 3
+        got = evaluate(Run.read_trec(tmp_path / "r.trec"), qrels, ["recall@10"], relevance_level=level)
+        assert got["recall@10"] == pytest.approx(want)
+    assert out["metrics"]["recall@10"] == pytest.approx(2 / 3)  # q2's grade-1 document is not relevant at -l 2
+    bad = _cli("eval", "--data", root, "-p", "bm25", "--run-tag", "my tag", "--run", tmp_path / "x.trec")
+    assert bad.exit_code != 0 and "holds whitespace" in bad.output and not (tmp_path / "x.trec").exists()

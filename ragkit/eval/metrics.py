@@ -100,7 +100,7 @@ def _clean_run(run: Run | Mapping[str, Mapping[str, float]], ignore_identical_id
 
 def evaluate(
     run: Run | Mapping[str, Mapping[str, float]], qrels: Qrels, metrics: str | Sequence[str] = DEFAULT_METRICS,
-    *, ignore_identical_ids: bool = True,
+    *, ignore_identical_ids: bool = True, relevance_level: int = 1,
 ) -> EvalResult:
     """Score a run against judgements.
 
@@ -110,6 +110,9 @@ def evaluate(
     qrels : dict ``{qid: {doc_id: relevance}}``
     metrics : str or list of str
         ``ndcg@k``, ``recall@k``, ``map@k``, ``mrr@k``, ``p@k``.
+
+    ``relevance_level`` is the lowest grade counted as relevant by the binary measures (recall, MAP, MRR,
+    precision; trec_eval's ``-l``): 2 on graded qrels where 1 means "partly relevant".
 
     ``ignore_identical_ids`` (BEIR's convention, for datasets where a query is also a document:
     ArguAna, Quora) drops a document whose id is the query's id from the run; where the qrels judge
@@ -123,6 +126,9 @@ def evaluate(
     """
     import pytrec_eval
 
+    if isinstance(relevance_level, bool) or not isinstance(relevance_level, (int, np.integer)) or relevance_level < 1:
+        raise ParamError(f"evaluate: relevance_level must be an integer grade >= 1, got {relevance_level!r}")
+    relevance_level = int(relevance_level)
     parsed = [(m, *parse_metric(m)) for m in ([metrics] if isinstance(metrics, str) else metrics)]
     # a query whose judgement dict is empty is no judged query (pytrec_eval drops it)
     judged = {str(q): {str(doc): _grade(r, q, doc) for doc, r in rel.items()} for q, rel in qrels.items() if rel}
@@ -140,11 +146,12 @@ def evaluate(
     d_full = {q: (docs if docs else {_NO_DOC: 0.0}) for q, docs in d_full.items()}
     measures = {f"{_TREC[fam]}.{k}" for _, fam, k in parsed if fam != "mrr"}  # MRR@k: its own evaluator below
     per_query: dict[str, dict[str, float]] = {}
-    res = pytrec_eval.RelevanceEvaluator(judged, measures).evaluate(d_full) if measures else {}
+    res = (pytrec_eval.RelevanceEvaluator(judged, measures, relevance_level=relevance_level).evaluate(d_full)
+           if measures else {})
     mrr_cuts = [k for _, fam, k in parsed if fam == "mrr"]
     if mrr_cuts:  # each query ordered once, as deep as the deepest MRR cut-off
         heads = {q: trec_head(docs, max(mrr_cuts)) for q, docs in d_full.items()}
-        rr_eval = pytrec_eval.RelevanceEvaluator(judged, {"recip_rank"})
+        rr_eval = pytrec_eval.RelevanceEvaluator(judged, {"recip_rank"}, relevance_level=relevance_level)
     for name, fam, k in parsed:
         if fam == "mrr":  # MRR@k: reciprocal rank within the top k (BEIR's evaluate_custom)
             rr = rr_eval.evaluate({q: dict(head[:k]) for q, head in heads.items()})
@@ -153,7 +160,7 @@ def evaluate(
             key = f"{_TREC[fam]}_{k}"
             per_query[name] = {q: float(v[key]) for q, v in res.items()}
     scores = {name: float(np.mean(list(v.values()))) if v else 0.0 for name, v in per_query.items()}
-    ignored = sum(1 for q, rel in judged.items() if rel.get(q, 0) > 0) if ignore_identical_ids else 0
+    ignored = sum(1 for q, rel in judged.items() if rel.get(q, 0) >= relevance_level) if ignore_identical_ids else 0
     return EvalResult(scores=scores, per_query=per_query, ignored_judged=ignored)
 
 
