@@ -1077,6 +1077,12 @@ def compare_cmd(
     seed: int = typer.Option(0, min=0, max=2**32 - 1, help="Seed of the resampling."),
     alpha: float = typer.Option(0.05, "--alpha", min=0.0, max=1.0, help="Significance level (Holm-corrected)."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write the comparison as JSON."),
+    relevance_level: int = typer.Option(1, "--relevance-level", min=1,
+                                        help="Lowest grade the binary metrics count when scoring TREC run files "
+                                             "(trec_eval's -l), as ragkit eval's."),
+    keep_identical_ids: bool = typer.Option(False, "--keep-identical-ids",
+                                            help="Score documents whose id is the query's when scoring TREC run "
+                                                 "files, as ragkit eval's."),
 ) -> None:
     """Compare systems over the same queries: means, differences to a baseline with 95% bootstrap
     intervals, and paired randomisation p-values corrected by Holm's method."""
@@ -1127,7 +1133,8 @@ def compare_cmd(
             ds_name, qrels = beir_qrels(data, split)
         stems = [p.stem for p in results]  # short names in the table: file stems when they tell the files apart
         labels = stems if len(set(stems)) == len(stems) else [str(p) for p in results]
-        loaded = [load_result(p, qrels=qrels, metrics=names, dataset=ds_name, split=split if qrels else None, name=n)
+        loaded = [load_result(p, qrels=qrels, metrics=names, dataset=ds_name, split=split if qrels else None, name=n,
+                              relevance_level=relevance_level, ignore_identical_ids=not keep_identical_ids)
                   for p, n in zip(results, labels)]
         cmp = compare(loaded, names, baseline=base, n_resamples=resamples, seed=seed, alpha=alpha)
     except RagkitError as e:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -259,6 +260,12 @@ def test_cli_compare_scores_trec_runs_against_a_dataset(tmp_path: Path):
                "--resamples", "100")
     assert res.exit_code == 0, res.output
     assert "0.7500" in res.output and "1.0000" in res.output and "+0.2500" in res.output
+    graded = write_beir(tmp_path / "graded", corpus, {"q1": "x", "q2": "y"},
+                        {"test": {"q1": {"d2": 1, "d1": 2}, "q2": {"d3": 1}}})
+    for level, want in (("1", "1.0000"), ("2", "0.5000")):  # at -l 2 only q1's d1 counts: one's q1 1.0, q2 0
+        res = _cli(str(tmp_path / "one.trec"), str(tmp_path / "two.trec"), "--data", str(graded), "-m", "mrr@10",
+                   "--resamples", "100", "--relevance-level", level)
+        assert res.exit_code == 0 and re.search(rf"one\s+{want}", res.output), res.output
 
 
 def test_cli_compare_checks_json_results_against_data_and_split(tmp_path: Path):

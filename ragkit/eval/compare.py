@@ -67,9 +67,11 @@ class SystemResult:
 
 
 def load_result(path: str | Path, *, qrels: Qrels | None = None, metrics: Sequence[str] = DEFAULT_COMPARE_METRICS,
-                name: str | None = None, dataset: str | None = None, split: str | None = None) -> SystemResult:
+                name: str | None = None, dataset: str | None = None, split: str | None = None,
+                relevance_level: int = 1, ignore_identical_ids: bool = True) -> SystemResult:
     """A :class:`SystemResult` from a ``ragkit eval -o`` JSON file, or from a TREC run file
-    scored here against ``qrels`` on ``metrics`` (a run file holds no judgements; ``dataset`` and
+    scored here against ``qrels`` on ``metrics`` (with :func:`~ragkit.eval.evaluate`'s
+    ``relevance_level`` and ``ignore_identical_ids``; a run file holds no judgements; ``dataset`` and
     ``split`` name where ``qrels`` come from, so that :func:`compare` can check it).  A JSON file
     of another ``dataset`` or ``split`` than the ones given is a :class:`DataError`."""
     path = Path(path)
@@ -102,7 +104,8 @@ def load_result(path: str | Path, *, qrels: Qrels | None = None, metrics: Sequen
                         f"({some_ids(list(run.query_ids)) or 'none'}), none of them judged in the "
                         f"{where or 'judgements given'} ({len(qrels)} judged queries, e.g. {some_ids(list(qrels))}); "
                         "score a run of the same dataset and split")
-    scores = evaluate(run, qrels, list(metrics))
+    scores = evaluate(run, qrels, list(metrics), relevance_level=relevance_level,
+                      ignore_identical_ids=ignore_identical_ids)
     scored = next(iter(scores.per_query.values()), {})
     covered = len(scored.keys() & set(judged))
     if covered < len(scored):
