@@ -102,12 +102,10 @@ def print_trace(console: Any, events: Sequence[TraceEvent]) -> None:
     """Print :func:`trace_table` on a ``rich`` console, or, where the console is narrower than the
     table (an 80-column terminal, a pipe), the same figures as one block per step, so no cell is
     cut short."""
-    from rich.measure import Measurement
     from rich.text import Text
 
     table = trace_table(events)
-    natural = Measurement.get(console, console.options.update_width(10_000), table).maximum
-    if natural <= console.width:
+    if _fits(console, table):
         console.print(table)
         return
     console.print(Text("trace (per operator)", style="italic"))
@@ -153,12 +151,10 @@ def print_stages(console: Any, runs: dict[str, Sequence[TraceEvent]],
                  title: str = "nDCG@10 / recall@100 after each step") -> None:
     """Print :func:`stage_table`, or, where the console is narrower than the table (a pipe, a log file), the
     same figures as one block per step (a step's path is not folded across lines), as :func:`print_trace`."""
-    from rich.measure import Measurement
     from rich.text import Text
 
     table = stage_table(runs, title)
-    natural = Measurement.get(console, console.options.update_width(10_000), table).maximum
-    if natural <= console.width:
+    if _fits(console, table):
         console.print(table)
         return
     console.print(Text(title, style="italic"))
@@ -170,3 +166,10 @@ def print_stages(console: Any, runs: dict[str, Sequence[TraceEvent]],
             ndcg = "-" if r is None or r.ndcg is None else f"{r.ndcg:.4f}"
             recall = "-" if r is None or r.recall is None else f"{r.recall:.4f}"
             console.print(Text(f"  {label}: nDCG@10 {ndcg} · recall@100 {recall}"))
+
+
+def _fits(console: Any, table: Table) -> bool:
+    """Whether ``table`` prints on ``console`` at its natural width (no cell folded or cut short)."""
+    from rich.measure import Measurement
+
+    return Measurement.get(console, console.options.update_width(10_000), table).maximum <= console.width

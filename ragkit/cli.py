@@ -841,7 +841,7 @@ def _print_learned(pipe: Any) -> None:
 
 
 def _short(v: Any) -> str:
-    """A learned value for one line: floats to 4 decimals, lists element-wise."""
+    """A learned value for one line: floats to 4 significant digits, lists element-wise."""
     if isinstance(v, float):
         return f"{v:.4g}"
     if isinstance(v, list):

@@ -360,7 +360,7 @@ class Corpus:
                 )
             # any collection of values (a list, a set, a range, dict keys, a numpy array or pandas
             # Series) means membership; a string or a single value means equality
-            wants = list(want) if isinstance(want, Iterable) and not isinstance(want, (str, bytes)) else [want]
+            wants = filter_values(want)
             if key == "_id":  # ids are strings; an id given as a number means the same document
                 hit = np.zeros(len(self), dtype=bool)
                 hit[self.row_of([str(w) for w in wants], missing="drop")] = True
@@ -429,15 +429,20 @@ def and_filters(a: Mapping[str, Any], b: Mapping[str, Any]) -> dict[str, Any]:
     :meth:`Corpus.mask` does (``_id`` values as strings)."""
     out = dict(a)
     for key, want in b.items():
-        if key not in out:
-            out[key] = want
+        if key not in out or isinstance(want, Mapping) or isinstance(out[key], Mapping):
+            out[key] = want  # (a mapping, {"$gte": 2020}, is left for check_filter to refuse)
             continue
-        mine, theirs = (list(v) if isinstance(v, Iterable) and not isinstance(v, (str, bytes, Mapping)) else [v]
-                        for v in (out[key], want))
-        if key in ("_id", "id"):
-            mine, theirs = [str(v) for v in mine], [str(v) for v in theirs]
-        out[key] = [v for v in mine if any(v == w for w in theirs)]
+        mine, theirs = filter_values(out[key]), filter_values(want)
+        ids = key in ("_id", "id")  # document ids match as strings (a metadata field named id keeps its values)
+        out[key] = [v for v in mine if any(v == w or (ids and str(v) == str(w)) for w in theirs)]
     return out
+
+
+def filter_values(want: Any) -> list[Any]:
+    """A filter's value as the list of values it accepts: any collection of values (a list, a set, a
+    range, dict keys, a numpy array or pandas Series) means membership; a string or a single value
+    means equality."""
+    return list(want) if isinstance(want, Iterable) and not isinstance(want, (str, bytes)) else [want]
 
 
 def check_filter(where: Mapping[str, Any], path: str = "filter") -> None:

@@ -303,7 +303,7 @@ def _cut_run(run: Run, k: int) -> Run:
     key = np.sort(owner * (int(rows.max()) + 1) + rows)  # (a sort: numpy's hashed unique is 5x slower here)
     if (key[1:] == key[:-1]).any():
         return run  # a document twice for one query: to_dict names it
-    keep = _ties_kept(lens, np.concatenate(run.scores).astype(np.float32), owner, k)
+    scores = np.concatenate(run.scores)
+    keep = _ties_kept(lens, scores.astype(np.float32, copy=False), owner, k)
     cut = np.cumsum(np.bincount(owner[keep], minlength=len(lens)))[:-1]
-    return Run(run.query_ids, np.split(np.concatenate(run.doc_ids)[keep], cut),
-               np.split(np.concatenate(run.scores)[keep], cut))
+    return Run(run.query_ids, np.split(np.concatenate(run.doc_ids)[keep], cut), np.split(scores[keep], cut))
