@@ -132,6 +132,25 @@ def _prepare_output(path: Optional[Path], option: str, example: str) -> None:
         raise RagkitError(f"{option} {path}: cannot write into the folder {path.parent}: {e.strerror or e}") from None
 
 
+def _prepare_outputs(ctx: typer.Context, output: Optional[Path], run_file: Optional[Path], run_tag: str) -> None:
+    """Check ``--output`` / ``--run`` / ``--run-tag`` before any work starts (folders created, writable,
+    not one path twice, a tag the run file can hold); when either is ``-`` the human output (tables,
+    notes, timings) goes to standard error for the command's duration."""
+    if _is_stdout(output) or _is_stdout(run_file):
+        console.file = sys.stderr
+        ctx.call_on_close(lambda: setattr(console, "file", None))
+    if output is not None and run_file is not None and (str(output) == str(run_file) == "-" or (
+            not _is_stdout(output) and not _is_stdout(run_file) and output.resolve() == run_file.resolve())):
+        raise RagkitError(f"--output and --run both name {output}; the run file would replace the JSON results: "
+                          "give two paths")
+    if run_file is not None:  # the tag column: no whitespace (the file's columns), not empty
+        from ragkit.run import check_trec_ids
+
+        check_trec_ids(f"--run-tag {run_tag!r}", [], [], run_tag)
+    _prepare_output(output, "--output", "results.json")
+    _prepare_output(run_file, "--run", "run.trec")
+
+
 def _check_not_an_input(path: Optional[Path], option: str, pipeline: str, data: str) -> None:
     """Refuse an output ``path`` that is the ``--pipeline`` file or a file of the ``--data`` folder
     (corpus, queries, qrels): the results would replace what the command reads."""
@@ -511,21 +530,9 @@ def eval_cmd(
                               "training on the evaluated queries is refused")
         if train_split == "test":
             raise RagkitError("--train-split test: learning from the test split is refused; use the train split")
-        if _is_stdout(output) or _is_stdout(run_file):  # the table, notes and timings go to standard error
-            console.file = sys.stderr
-            ctx.call_on_close(lambda: setattr(console, "file", None))
-        if output is not None and run_file is not None and (str(output) == str(run_file) == "-" or (
-                not _is_stdout(output) and not _is_stdout(run_file) and output.resolve() == run_file.resolve())):
-            raise RagkitError(f"--output and --run both name {output}; the run file would replace the JSON results: "
-                              "give two paths")
-        if run_file is not None:  # the tag column: no whitespace (the file's columns), not empty
-            from ragkit.run import check_trec_ids
-
-            check_trec_ids(f"--run-tag {run_tag!r}", [], [], run_tag)
         _check_not_an_input(output, "--output", pipeline, data)
         _check_not_an_input(run_file, "--run", pipeline, data)
-        _prepare_output(output, "--output", "results.json")
-        _prepare_output(run_file, "--run", "run.trec")
+        _prepare_outputs(ctx, output, run_file, run_tag)
         pipe, loaded = resolve_pipeline(pipeline)
         _check_retrieves(pipe, f"--pipeline {pipeline}")
         pipe = _without_generation(pipe, f"--pipeline {pipeline}")  # an LLM answer per query would be thrown away
@@ -889,30 +896,83 @@ def _rankings_only(pipe: Any) -> dict[str, Any]:
 
 @app.command("search")
 def search_cmd(
-    query: list[str] = typer.Argument(..., help="One or more queries."),
+    ctx: typer.Context,
+    query: Optional[list[str]] = typer.Argument(None, help="One or more queries (or --queries FILE)."),
     index: Path = typer.Option(..., "--index", help="A saved, fitted folder (pipeline.save(dir) or "
                                                     "operator.save(dir))."),
-    k: int = typer.Option(10, "--k", min=1, help="Documents shown per query."),
+    k: int = typer.Option(10, "--k", min=1, help="Documents shown (or written) per query."),
+    queries_file: Optional[Path] = typer.Option(None, "--queries", help="Search the queries of a file: a BEIR "
+                                                                        "queries.jsonl, a TSV of query-id<TAB>text "
+                                                                        "lines, or one query per line."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o",
+                                          help="Write the results as JSON (query id and text, then rank, doc id, "
+                                               "score, title and text per document; '-': standard output)."),
+    run_file: Optional[Path] = typer.Option(None, "--run", help="Write a TREC run file ('-': standard output)."),
+    run_tag: str = typer.Option("ragkit", "--run-tag", help="The tag column of the --run file."),
 ) -> None:
-    """Ad-hoc queries against a saved pipeline."""
+    """Queries against a saved pipeline: ad-hoc ones shown as tables, or a file of them written as
+    JSON or a TREC run (unjudged queries: a submission, an app's batch)."""
+    from ragkit.types import Queries
+
     try:
-        blank = next((i for i, q in enumerate(query) if not q.strip()), None)
+        if query and queries_file is not None:
+            raise RagkitError(f"--queries {queries_file} and {len(query)} quer{'y' if len(query) == 1 else 'ies'} "
+                              "on the command line: give one or the other")
+        if not query and queries_file is None:
+            raise RagkitError("no query: give one or more on the command line, or --queries FILE")
+        blank = next((i for i, q in enumerate(query or []) if not q.strip()), None)
         if blank is not None:
             raise RagkitError(f"query {blank + 1} is empty; expected a question or keywords")
         if not index.is_dir():
             what = "not a folder" if index.exists() else "no such folder"
             raise RagkitError(f"--index {index}: {what}; expected a folder written by Pipeline.save or "
                               "Operator.save")
+        for option, path in (("--output", output), ("--run", run_file)):
+            if path is not None and queries_file is not None and not _is_stdout(path) and (
+                    path.resolve() == queries_file.resolve()):
+                raise RagkitError(f"{option} {path}: is the --queries file; writing there would replace it: give "
+                                  "another path")
+        _prepare_outputs(ctx, output, run_file, run_tag)
+        if queries_file is not None:
+            from ragkit.eval.beir import read_query_file
+
+            batch = read_query_file(queries_file)
+        else:
+            batch = Queries([str(i) for i in range(1, len(query or []) + 1)], list(query or []))
         pipe, fitted = _load_folder(index, "--index")
         if not fitted:
             raise RagkitError(f"--index {index}: saved before it was fitted; fit it on a corpus and save it again")
         pipe = _without_generation(pipe, f"--index {index}")
-        run = pipe.search(list(query), k=k, **_rankings_only(pipe))
+        if run_file is not None:  # before the search: ids the run file's columns cannot hold
+            from ragkit.run import check_trec_ids
+
+            check_trec_ids(f"--run {run_file}", batch.ids, pipe.corpus_.ids, run_tag)
+        with console.status(f"searching {len(batch)} quer{'y' if len(batch) == 1 else 'ies'}..."):
+            run = pipe.search(batch, k=k, **_rankings_only(pipe))
     except RagkitError as e:
         _fail(e)
         return
     corpus = pipe.corpus_
-    for q, (qid, ids, scores) in zip(query, run):
+    if output is None and run_file is None:
+        _print_results(corpus, batch, run)
+    else:
+        n_empty = sum(not len(ids) for ids in run.doc_ids)
+        console.print(Text(f"searched {len(batch)} quer{'y' if len(batch) == 1 else 'ies'} in {run.seconds:.2f} s"
+                           + (f"; {n_empty} found no document" if n_empty else "")), soft_wrap=True)
+    try:
+        _write_outputs(output, run_file, run, {
+            "index": str(index), "k": k,
+            "results": [{"query_id": qid, "query": text, "documents": [
+                {"rank": r, "doc_id": str(d), "score": float(s), "title": corpus.titles[row], "text": corpus.texts[row]}
+                for r, (d, s, row) in enumerate(zip(ids, scores, corpus.row_of(ids.tolist())), 1)]}
+                for qid, text, (_, ids, scores) in zip(batch.ids, batch.texts, run)]}, tag=run_tag)
+    except RagkitError as e:
+        _fail(e)
+
+
+def _print_results(corpus: Corpus, batch: Any, run: Any) -> None:
+    """One table per query: rank, doc id, score, the title (or the text), cut to 80 characters."""
+    for q, (_, ids, scores) in zip(batch.texts, run):
         if not len(ids):  # an empty table said nothing
             console.print(Text(f"{q}: no document found (a BM25 step returns only documents that share a term "
                                "with the query, a filter only those that pass)", style="dim"), soft_wrap=True)

@@ -531,3 +531,58 @@ def test_eval_relevance_level_and_run_tag_as_trec_eval_takes_them(tmp_path):
     assert out["metrics"]["recall@10"] == pytest.approx(2 / 3)  # q2's grade-1 document is not relevant at -l 2
     bad = _cli("eval", "--data", root, "-p", "bm25", "--run-tag", "my tag", "--run", tmp_path / "x.trec")
     assert bad.exit_code != 0 and "holds whitespace" in bad.output and not (tmp_path / "x.trec").exists()
+
+
+def test_search_writes_a_file_of_unjudged_queries_as_a_trec_run_or_json(tmp_path):
+    """`ragkit search` showed tables of ad-hoc queries only: a file of unjudged queries (a submission,
+    an app's batch) could not be searched into a run file or JSON from the command line."""
+    from ragkit.eval.beir import read_corpus, read_query_file
+    from ragkit.operator import Operator
+    from ragkit.retrievers import BM25
+
+    BM25(k=5).fit(read_corpus(_tiny(tmp_path / "d") / "corpus.jsonl")).save(tmp_path / "ix")
+    pipe = Operator.load(tmp_path / "ix")
+    (tmp_path / "q.tsv").write_text("a1\tvitamin fractures\n\nb 2\tcats\tsleep\n", encoding="utf-8")
+    (tmp_path / "q.txt").write_text("vitamin fractures\ncats sleep\n", encoding="utf-8")
+    tsv, txt = read_query_file(tmp_path / "q.tsv"), read_query_file(tmp_path / "q.txt")
+    assert (tsv.ids, tsv.texts) == (["a1", "b 2"], ["vitamin fractures", "cats\tsleep"])
+    assert (txt.ids, txt.texts) == (["1", "2"], ["vitamin fractures", "cats sleep"])
+    assert read_query_file(tmp_path / "d" / "queries.jsonl").ids == [q for q, _ in QUERIES]
+
+    res = _cli("search", "--index", tmp_path / "ix", "--queries", tmp_path / "d" / "queries.jsonl", "--k", 3,
+               "--run", tmp_path / "out" / "r.trec", "--run-tag", "mine", "-o", tmp_path / "out" / "r.json")
+    assert res.exit_code == 0, res.output
+    assert "searched 8 queries" in res.output and "┃ rank" not in res.output
+    expected = pipe.search(read_query_file(tmp_path / "d" / "queries.jsonl"), k=3)
+    lines = [x.split() for x in (tmp_path / "out" / "r.trec").read_text(encoding="utf-8").splitlines()]
+    assert [x[:4] + x[5:] for x in lines] == [[q, "Q0", d, str(r), "mine"] for q, ids, _ in expected
+                                              for r, d in enumerate(ids, 1)]
+    assert Run.read_trec(tmp_path / "out" / "r.trec").to_dict() == expected.to_dict()
+    got = json.loads((tmp_path / "out" / "r.json").read_text(encoding="utf-8"))
+    first = got["results"][0]
+    assert (first["query_id"], first["query"], got["k"]) == ("q1", QUERIES[0][1], 3)
+    assert [d["doc_id"] for d in first["documents"]] == list(expected.doc_ids[0])
+    assert first["documents"][0]["title"] == "Vitamin D" and first["documents"][0]["rank"] == 1
+
+    res = _cli("search", "--index", tmp_path / "ix", "--queries", tmp_path / "q.txt", "--run", "-")
+    assert res.exit_code == 0 and res.stdout.splitlines()[0].startswith("1 Q0 d1 1 "), res.output
+    bad = _cli("search", "--index", tmp_path / "ix", "--queries", tmp_path / "q.tsv", "--run", "-")
+    assert bad.exit_code == 2 and "--run -: cannot write a TREC run file: query id 'b 2'" in bad.output, bad.output
+    assert "searched" not in bad.output  # refused before the search
+
+    bad_file = tmp_path / "mixed.txt"
+    bad_file.write_text("cats\nq2\tdogs\n", encoding="utf-8")
+    (tmp_path / "blank.tsv").write_text("q1\tcats\nq2\t  \n", encoding="utf-8")
+    (tmp_path / "dup.tsv").write_text("q1\tcats\nq1\tdogs\n", encoding="utf-8")
+    ix = ("search", "--index", tmp_path / "ix")
+    for args, message in (((*ix, "cats", "--queries", tmp_path / "q.tsv"), "give one or the other"),
+                          (ix, "no query: give one or more on the command line, or --queries FILE"),
+                          ((*ix, "--queries", bad_file), f"{bad_file}:2: no tab on line 1 but one here"),
+                          ((*ix, "--queries", tmp_path / "blank.tsv"), "blank.tsv:2: the query text is blank"),
+                          ((*ix, "--queries", tmp_path / "dup.tsv"), "dup.tsv:2: query id 'q1' repeats"),
+                          ((*ix, "--queries", tmp_path / "nope.txt"), "nope.txt: file not found"),
+                          ((*ix, "--queries", tmp_path / "q.tsv", "-o", tmp_path / "q.tsv"), "is the --queries file"),
+                          ((*ix, "cats", "--run", tmp_path / "x.trec", "--run-tag", "a b"), "--run-tag 'a b'")):
+        bad = _cli(*args)
+        assert bad.exit_code == 2 and message in bad.output, (args, bad.output)
+    assert (tmp_path / "q.tsv").read_text(encoding="utf-8").startswith("a1\t") and not (tmp_path / "x.trec").exists()

@@ -9,6 +9,7 @@ from ragkit.eval.beir import (
     read_corpus,
     read_qrels,
     read_queries,
+    read_query_file,
     write_beir,
 )
 from ragkit.eval.compare import Comparison, SystemResult, compare, load_result
@@ -26,7 +27,7 @@ from ragkit.eval.metrics import EvalResult, evaluate, paired_randomization_test,
 
 __all__ = [
     "BeirDataset", "load_beir", "beir_qrels", "beir_subsets", "download_beir", "read_corpus", "read_qrels",
-    "read_queries", "write_beir",
+    "read_queries", "read_query_file", "write_beir",
     "evaluate", "EvalResult", "paired_randomization_test", "parse_metric", "per_query_ndcg",
     "compare", "load_result", "Comparison", "SystemResult",
     "HubnessReport", "hubness", "k_occurrence", "random_skewness",

@@ -41,8 +41,8 @@ from ragkit.types import Corpus, Qrels, Queries, TrainSet
 
 _log = logging.getLogger(__name__)
 
-__all__ = ["BeirDataset", "load_beir", "beir_qrels", "beir_subsets", "read_corpus", "read_queries", "read_qrels",
-           "download_beir", "cache_dir", "write_beir"]
+__all__ = ["BeirDataset", "load_beir", "beir_qrels", "beir_subsets", "read_corpus", "read_queries", "read_query_file",
+           "read_qrels", "download_beir", "cache_dir", "write_beir"]
 
 BEIR_URL = "https://public.ukp.informatik.tu-darmstadt.de/thakur/BEIR/datasets"
 
@@ -146,6 +146,51 @@ def read_queries(path: str | Path) -> dict[str, str]:
         seen[qid] = n
         out[qid] = rec["text"]
     return out
+
+
+def read_query_file(path: str | Path) -> Queries:
+    """Queries to search from a file: a BEIR ``queries.jsonl`` (``{"_id", "text"}`` per line), a
+    TSV of ``query-id<TAB>text`` lines (Pyserini's and MS MARCO's topics), or plain text, one query
+    per line, whose ids are the line numbers ("1", "2", ...).  Blank lines are skipped; a file whose
+    lines mix the last two layouts, a blank query, or a repeated id is a :class:`DataError` naming the
+    line."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: {'not a file' if path.exists() else 'file not found'}; expected a queries.jsonl, "
+                        "a TSV of query-id<TAB>text lines or a text file of one query per line")
+    if path.suffix == ".jsonl":
+        q = read_queries(path)
+        ids, texts, lines = list(q), list(q.values()), None
+    else:
+        ids, texts, lines = [], [], []
+        for n, _, line in utf8_lines(path, "a query file is UTF-8 text"):
+            text = line.rstrip("\r\n")
+            if text.strip():
+                qid, tab, rest = text.partition("\t")
+                ids.append(qid.strip() if tab else str(n))
+                texts.append(rest if tab else text)
+                lines.append((n, bool(tab)))
+        tabbed = {t for _, t in lines}
+        if len(tabbed) == 2:
+            first = next(n for n, t in lines if t != lines[0][1])
+            raise DataError(f"{path}:{first}: {'a' if lines[0][1] else 'no'} tab on line {lines[0][0]} but "
+                            f"{'none' if lines[0][1] else 'one'} here; expected query-id<TAB>text on every line (a "
+                            "TSV) or on none (one query per line)")
+    if not texts:
+        raise DataError(f"{path}: no query in the file")
+    for i, (qid, text) in enumerate(zip(ids, texts)):
+        where = f"{path}:{lines[i][0]}" if lines is not None else f"{path}, query {qid!r}"
+        if not text.strip():
+            raise DataError(f"{where}: the query text is blank; expected a question or keywords")
+        if lines is not None and not qid:
+            raise DataError(f"{where}: the query id before the tab is empty")
+    seen: dict[str, int] = {}
+    for i, qid in enumerate(ids):
+        if qid in seen:
+            raise DataError(f"{path}:{lines[i][0] if lines else i + 1}: query id {qid!r} repeats that of query "
+                            f"{seen[qid] + 1}; runs are keyed by query id")
+        seen[qid] = i
+    return Queries(ids, texts)
 
 
 def _is_header(row: list[str]) -> bool:
