@@ -36,8 +36,11 @@ from ragkit.types import Corpus
 __all__ = ["save_pipeline", "load_pipeline"]
 
 
-def save_pipeline(pipe: Pipeline, path: str | Path) -> None:
-    """Write ``pipe`` (fitted or not) to the folder ``path`` atomically."""
+def save_pipeline(pipe: Pipeline, path: str | Path, *, extra: dict[str, Any] | None = None) -> None:
+    """Write ``pipe`` (fitted or not) to the folder ``path`` atomically.
+
+    ``extra``: more JSON files written into the folder, ``{file name: JSON value}`` (a
+    ``RagkitRetriever``'s settings), listed in the manifest's checksums like the pipeline's own."""
     from ragkit import __version__
     from ragkit.pipelines._compose import shared_corpus
 
@@ -59,6 +62,10 @@ def save_pipeline(pipe: Pipeline, path: str | Path) -> None:
                 leaf.save_into(tmp / folder, with_corpus=False)
                 folders[id(leaf)] = folder
             nodes[node_path] = folders[id(leaf)]
+        for name, value in (extra or {}).items():
+            if (tmp / name).exists() or name == "manifest.json" or Path(name).name != name:
+                raise ParamError(f"{path}: extra file {name!r} would replace a file of the saved pipeline")
+            write_json(tmp / name, value)
         write_json(tmp / "manifest.json", {
             "format_version": FORMAT_VERSION, "ragkit_version": __version__, "fitted": corpus is not None,
             "nodes": nodes, "sha256": folder_checksums(tmp),

@@ -612,3 +612,44 @@ def test_an_edit_that_fails_in_one_retriever_is_rolled_back_in_the_others(monkey
     monkeypatch.setattr(second, "remove", broken)  # it fails again when realigned: said so
     with pytest.raises(DataError, match=r"remove: OSError: disk full; undoing it failed too .* fit a new retriever"):
         r.delete(["a2"])
+
+
+def test_a_retriever_saves_and_loads_with_its_k_and_search_kwargs(tmp_path):
+    """A LangChain app could save only the pipeline (``r.pipeline.save``): the retriever's k and its default
+    filter were lost, so the reloaded app answered other tenants' documents.  save/load keep them."""
+    import json
+
+    from ragkit.errors import ArtifactError
+    from ragkit.pipelines import Pipeline
+    from ragkit.retrievers import BM25
+
+    docs = _tenant_docs("a") + _tenant_docs("b")
+    r = RagkitRetriever(pipeline=BM25(k=10), corpus=docs, k=3, search_kwargs={"filter": {"tenant": "a"}})
+    r.save(tmp_path / "app")
+    for back in (RagkitRetriever.load(tmp_path / "app"), RagkitRetriever(pipeline=str(tmp_path / "app"))):
+        assert (back.k, back.search_kwargs) == (3, {"filter": {"tenant": "a"}})
+        assert [(d.id, d.metadata["score"]) for d in back.invoke("cats cells")] == \
+            [(d.id, d.metadata["score"]) for d in r.invoke("cats cells")]
+        assert {d.metadata["tenant"] for d in back.invoke("cats cells")} == {"a"}
+    assert len(RagkitRetriever.load(tmp_path / "app", k=1).invoke("cats")) == 1  # what the call gives wins
+    assert Pipeline.load(tmp_path / "app").search(["cats"]).doc_ids[0].size  # the pipeline alone still loads
+
+    before = (tmp_path / "app" / "retriever.json").read_text()
+    bad = RagkitRetriever(pipeline=BM25(k=10), corpus=docs, search_kwargs={"filter": {"tenant": {"x"}}})
+    with pytest.raises(ParamError, match=r"search_kwargs .* hold a value JSON cannot write"):
+        bad.save(tmp_path / "app")
+    assert (tmp_path / "app" / "retriever.json").read_text() == before  # the earlier save is untouched
+
+    _fitted_bm25().save(tmp_path / "plain")
+    with pytest.raises(ArtifactError, match=r"no retriever.json; a saved pipeline without the retriever's settings"):
+        RagkitRetriever.load(tmp_path / "plain")
+    settings = tmp_path / "app" / "retriever.json"
+    settings.write_text(json.dumps({"k": 0, "search_kwargs": {}}))
+    with pytest.raises(ArtifactError, match="checksum|sha256|changed"):  # the manifest lists it
+        RagkitRetriever.load(tmp_path / "app")
+    from ragkit.integrations.langchain import _saved_settings
+
+    (tmp_path / "odd").mkdir()
+    (tmp_path / "odd" / "retriever.json").write_text(json.dumps({"k": True, "search_kwargs": {}}))
+    with pytest.raises(ArtifactError, match=r"odd/retriever.json: expected \{\"k\": an integer >= 1"):
+        _saved_settings(tmp_path / "odd")

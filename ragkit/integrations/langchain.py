@@ -22,6 +22,7 @@ Examples
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -41,8 +42,8 @@ from langchain_core.runnables.config import get_config_list, run_in_executor
 from pydantic import ConfigDict, Field, PrivateAttr, model_validator
 
 from ragkit.encoders.sentence import as_texts
-from ragkit.errors import DataError, NotFittedError, ParamError
-from ragkit.operator import Operator
+from ragkit.errors import ArtifactError, DataError, NotFittedError, ParamError
+from ragkit.operator import Operator, _json_default, read_json
 from ragkit.options import check_options
 from ragkit.types import Corpus, Ranking, TrainSet, and_filters
 
@@ -50,6 +51,9 @@ __all__ = ["RagkitRetriever", "LangChainEmbeddingsEncoder", "RagkitEmbeddings", 
 
 #: searches made for one call whose documents were each time edited on another thread before a clear error
 _EDIT_RETRIES = 5
+
+#: the file of a saved retriever's own settings (``k``, ``search_kwargs``) beside its pipeline's
+RETRIEVER_FILE = "retriever.json"
 
 #: keyword arguments LangChain itself may leave in ``invoke``'s kwargs; never search options
 _LANGCHAIN_KWARGS = frozenset({"verbose", "run_id", "run_name", "callbacks", "tags", "metadata"})
@@ -101,6 +105,22 @@ def load_pipeline_like(source: Any) -> Operator:
     if path is not None and not path.is_file() and path.suffix.lower() in (".yaml", ".yml"):
         raise ParamError(f"pipeline: YAML file {path} does not exist")
     return load_yaml(str(path) if path is not None and path.is_file() else str(source))
+
+
+def _saved_settings(source: Any) -> dict[str, Any]:
+    """``k`` and ``search_kwargs`` from the ``retriever.json`` of a folder written by
+    :meth:`RagkitRetriever.save` (``{}`` for any other ``pipeline=``); a malformed file is an
+    :class:`ArtifactError` naming it."""
+    if not isinstance(source, (str, Path)) or "\n" in str(source) or not (Path(source) / RETRIEVER_FILE).is_file():
+        return {}
+    path = Path(source) / RETRIEVER_FILE
+    saved = read_json(path)
+    k = saved.get("k") if isinstance(saved, dict) else None
+    if not (isinstance(saved, dict) and set(saved) == {"k", "search_kwargs"} and type(k) is int and k >= 1
+            and isinstance(saved["search_kwargs"], dict)):
+        raise ArtifactError(f"{path}: expected {{\"k\": an integer >= 1, \"search_kwargs\": an object}}, got "
+                            f"{json.dumps(saved)[:120]}; save the retriever again")
+    return saved
 
 
 def merge_options(base: Mapping[str, Any], call: Mapping[str, Any]) -> dict[str, Any]:
@@ -242,6 +262,9 @@ class RagkitRetriever(BaseRetriever):
     @model_validator(mode="after")
     def _build(self) -> "RagkitRetriever":
         op = load_pipeline_like(self.pipeline)
+        for key, value in _saved_settings(self.pipeline).items():  # a folder of RagkitRetriever.save
+            if key not in self.model_fields_set:  # what the call gives wins
+                setattr(self, key, value)
         if self.train is not None and not isinstance(self.train, TrainSet):
             raise ParamError(f"train: expected a ragkit TrainSet, got {type(self.train).__name__}")
         bad = sorted(set(self.search_kwargs) & _LANGCHAIN_KWARGS | ({"k"} & set(self.search_kwargs)))
@@ -290,6 +313,40 @@ class RagkitRetriever(BaseRetriever):
 
             pipeline = BM25()
         return cls(pipeline=pipeline, corpus=Corpus.from_documents(list(documents)), **kwargs)
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, path: str | Path) -> None:
+        """Write the fitted pipeline (the folder :meth:`Pipeline.save` writes, documents included)
+        and this retriever's ``k`` and ``search_kwargs`` (``retriever.json``, checksummed with the
+        rest) to the folder ``path``, atomically: an earlier save there is replaced only once the new
+        one is complete.  :meth:`load` (or ``RagkitRetriever(pipeline=path)``) gives the retriever
+        back, searching as this one does, without fitting; ``ragkit search --index path`` and
+        ``Pipeline.load(path)`` read the pipeline alone."""
+        from ragkit.pipelines import Pipeline
+        from ragkit.pipelines.store import save_pipeline
+
+        settings = {"k": self.k, "search_kwargs": self.search_kwargs}
+        try:  # before the folder is touched
+            json.dumps(settings, default=_json_default, allow_nan=False)
+        except (TypeError, ValueError) as e:
+            raise ParamError(f"RagkitRetriever.save({str(path)!r}): search_kwargs {self.search_kwargs!r:.120} "
+                             f"hold a value JSON cannot write ({e}); expected strings, finite numbers, booleans, "
+                             "lists and objects") from None
+        op = self.pipeline
+        pipe = op if isinstance(op, Pipeline) else Pipeline([op])
+        save_pipeline(pipe, path, extra={RETRIEVER_FILE: settings})
+
+    @classmethod
+    def load(cls, path: str | Path, **kwargs: Any) -> "RagkitRetriever":
+        """A retriever written by :meth:`save` (checksums verified), with its ``k`` and
+        ``search_kwargs`` unless ``kwargs`` give them (``corpus=`` refits it on other documents)."""
+        folder = Path(path)
+        if not (folder / RETRIEVER_FILE).is_file():
+            what = ("a saved pipeline without the retriever's settings: RagkitRetriever(pipeline=path) wraps it"
+                    if (folder / "manifest.json").is_file() or (folder / "params.json").is_file()
+                    else "not a folder written by RagkitRetriever.save")
+            raise ArtifactError(f"{folder}: no {RETRIEVER_FILE}; {what}")
+        return cls(pipeline=folder, **kwargs)
 
     # ------------------------------------------------------------------ core
     def _options(self, kwargs: dict[str, Any]) -> dict[str, Any]:
