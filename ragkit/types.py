@@ -114,7 +114,9 @@ def _as_rows(idx: Any, n: int) -> np.ndarray:
 
 
 #: a metadata column coded for filters: (codes, value -> code), or None when a value is unhashable
-_Coded = tuple[np.ndarray, dict[Any, int]] | None
+#: a metadata column coded for filters: (code per row, value -> code); for a list-valued column
+#: (tags), (code per element, value -> code, row of each element); None: not codable
+_Coded = tuple[np.ndarray, dict[Any, int]] | tuple[np.ndarray, dict[Any, int], np.ndarray] | None
 
 
 @dataclass(frozen=True, eq=False)
@@ -372,26 +374,26 @@ class Corpus:
     def _field_isin(self, key: str, column: np.ndarray, wants: list[Any]) -> np.ndarray:
         """``column == w`` for some ``w`` in ``wants`` (see :meth:`mask`).  A column of hashable
         values is coded once (value -> small integer, keyed by a dict, so Python's equality decides
-        which values share a code) and each later filter is one ``np.isin`` over the codes."""
+        which values share a code) and each later filter is one ``np.isin`` over the codes.  A
+        list-valued column (tags) is coded element by element (a single value counts as a list of
+        one), so a filter on elements is one ``np.isin`` too; a filter value that is itself a list (the
+        whole list) is compared value by value."""
         if key not in self._codes:
-            table: dict[Any, int] = {}
-            try:
-                self._codes[key] = (
-                    np.fromiter((table.setdefault(v, len(table)) for v in column.tolist()), np.int64, len(column)),
-                    table)
-            except TypeError:  # an unhashable value (a list) in the column
-                self._codes[key] = None
+            self._codes[key] = _code_column(column)
         coded = self._codes[key]
         if coded is None:
             return _isin(column, wants)
-        codes, lut = coded
-        try:
-            hit = [lut[w] for w in wants if w in lut]
-        except TypeError:  # an unhashable filter value (a list) matches no hashable column value
-            hit = [lut[w] for w in wants if _hashable(w) and w in lut]
-        if len(hit) == 1:
-            return codes == hit[0]
-        return np.isin(codes, hit)
+        lut = coded[1]
+        hit = [lut[w] for w in wants if _hashable(w) and w in lut]
+        if len(coded) == 2:  # one value per row; an unhashable filter value matches no hashable column value
+            return coded[0] == hit[0] if len(hit) == 1 else np.isin(coded[0], hit)
+        codes, rows = coded[0], coded[2]
+        keep = np.zeros(len(column), dtype=bool)
+        keep[rows[np.isin(codes, hit)]] = True
+        whole = [w for w in wants if not _hashable(w) or isinstance(w, tuple)]
+        if whole:  # a list (tuple) given as one value: equal to a row's whole list, or to a list element
+            keep |= _isin(column, whole)
+        return keep
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | Path) -> None:
@@ -404,6 +406,26 @@ class Corpus:
                 if keys:
                     rec["metadata"] = {k: _jsonable(self.metadata[k][i], k) for k in keys}
                 f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+
+
+def _code_column(column: np.ndarray) -> _Coded:
+    """Codes of a metadata column for :meth:`Corpus.mask` (one pass, once per column): one code
+    per row where every value hashes; else one per element of list / tuple values (a single value
+    as one element), with the row of each; ``None`` where an element does not hash either."""
+    table: dict[Any, int] = {}
+    values = column.tolist()
+    try:
+        return np.fromiter((table.setdefault(v, len(table)) for v in values), np.int64, len(values)), table
+    except TypeError:  # an unhashable value (a list) in the column
+        pass
+    table = {}
+    lists = [v if isinstance(v, (list, tuple)) else (v,) for v in values]
+    sizes = np.fromiter((len(v) for v in lists), np.int64, len(lists))
+    try:
+        codes = np.fromiter((table.setdefault(e, len(table)) for v in lists for e in v), np.int64, int(sizes.sum()))
+    except TypeError:  # an element that does not hash (a dict, a list of lists)
+        return None
+    return codes, table, np.repeat(np.arange(len(values)), sizes)
 
 
 def filter_problem(where: Mapping[str, Any]) -> tuple[str | None, str] | None:
