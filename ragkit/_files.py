@@ -17,7 +17,7 @@ from typing import Iterator, Mapping
 from ragkit.errors import ArtifactError, DataError
 
 __all__ = ["atomic_file", "sha256_file", "folder_checksums", "verify_checksums", "utf8_lines", "shared_tempdir",
-           "share_like_umask"]
+           "remove_stale_tempdirs", "share_like_umask"]
 
 
 @contextmanager
@@ -110,9 +110,49 @@ def share_like_umask(path: str | os.PathLike[str]) -> None:
 
 def shared_tempdir(parent: Path, prefix: str) -> Path:
     """A new temporary folder in ``parent`` with the permissions of a plain ``mkdir``, to be
-    renamed into place when complete."""
+    renamed into place when complete.
+
+    Its name is ``prefix`` + ``<pid>@<host>-`` + random characters; folders of that prefix left by a
+    process of this host that no longer runs (a save killed midway) are removed first
+    (:func:`remove_stale_tempdirs`), so a killed save does not leave its partial copy for good."""
+    import socket
     import tempfile
 
-    tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+    remove_stale_tempdirs(parent, prefix)
+    tmp = Path(tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}@{socket.gethostname()}-", dir=parent))
     share_like_umask(tmp)
     return tmp
+
+
+def remove_stale_tempdirs(parent: Path, prefix: str) -> list[Path]:
+    """Remove the folders in ``parent`` named ``prefix<pid>@<host>-...`` by :func:`shared_tempdir`
+    whose process ran on this host and has ended; returns them.  A folder of a live process, of
+    another host (a shared file system) or without that name is left alone."""
+    import shutil
+    import socket
+
+    host = socket.gethostname()
+    removed = []
+    try:
+        entries = [e for e in Path(parent).iterdir() if e.name.startswith(prefix) and e.is_dir()]
+    except OSError:
+        return []
+    for entry in entries:
+        owner = entry.name[len(prefix):].rsplit("-", 1)[0]
+        pid, at, where = owner.partition("@")
+        if not at or where != host or not pid.isdigit() or _alive(int(pid)):
+            continue
+        shutil.rmtree(entry, ignore_errors=True)
+        removed.append(entry)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` runs on this machine (one of another user counts as running)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, OSError):
+        return True
+    return True

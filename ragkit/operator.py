@@ -15,6 +15,7 @@ Implementers override ``_fit``, ``_call``, ``_save`` and ``_load``.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -514,6 +515,10 @@ _LOST_MANIFEST = ("a saved pipeline's folder (pipeline.yaml, ops/) that lost its
                   "layout and checksums, so it cannot be loaded even with verify=False: save the pipeline again")
 
 
+#: OSError numbers a save cannot get past by trying again (``None``: numpy's short write on a full disk)
+_SAVE_ERRNOS = {None, errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM}
+
+
 class atomic_dir:
     """Context manager: yields a temporary sibling folder, renamed onto ``path`` on success.
 
@@ -559,9 +564,20 @@ class atomic_dir:
         self.tmp = shared_tempdir(self.path.parent, f".{self.path.name}.tmp-")
         return self.tmp
 
-    def __exit__(self, exc_type: object, *rest: object) -> None:
+    def __exit__(self, exc_type: object, exc: BaseException | None = None, *rest: object) -> None:
         if exc_type is not None:
             shutil.rmtree(self.tmp, ignore_errors=True)
+            # a full disk, a quota, a read-only or forbidden folder (np.save's "15222 requested and 13280 written"
+            # has no errno): named here; another OSError (a network file system's EIO) stays as it is, retryable
+            if isinstance(exc, OSError) and not isinstance(exc, ArtifactError) and exc.errno in _SAVE_ERRNOS:
+                name = exc.filename
+                try:
+                    name = Path(name).relative_to(self.tmp) if name else None
+                except ValueError:
+                    pass
+                raise ArtifactError(f"{self.path}: the save could not be written ({exc.strerror or exc}"
+                                    + (f", writing {name}" if name else "") + "); an earlier save there is "
+                                    "unchanged: free space (or fix the cause) and save again") from exc
             return
         old = None
         try:  # a process working inside the replaced folder follows it to the new one

@@ -417,3 +417,68 @@ def test_atomic_file_refuses_a_path_that_is_no_regular_file(tmp_path: Path):
     with atomic_file(tmp_path / "ok.txt") as tmp:
         tmp.write_text("new")
     assert (tmp_path / "ok.txt").read_text() == "new"
+
+
+def test_a_save_killed_midway_leaves_no_partial_copy_for_good(tmp_path, corpus):
+    """A save killed midway (SIGKILL, an out-of-memory kill) left its hidden temporary folder beside the
+    target for good, however many saves followed; the next save removes it (a folder of a live process
+    or another host is left alone)."""
+    import os
+    import signal
+    import socket
+    import subprocess
+    import textwrap
+
+    target = tmp_path / "ix"
+    BM25().fit(corpus).save(target)
+    script = textwrap.dedent(f"""
+        import os, signal
+        import ragkit.retrievers.bm25 as bm25
+        from ragkit.retrievers import BM25
+        from ragkit.types import Corpus
+        def die(self, folder):
+            os.kill(os.getpid(), signal.SIGKILL)
+        bm25.BM25._save = die
+        BM25().fit(Corpus.from_texts({TEXTS!r})).save({str(target)!r})
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", script], stderr=subprocess.PIPE)
+    _, err = proc.communicate()
+    assert proc.returncode == -signal.SIGKILL, err.decode()
+    left = [p.name for p in tmp_path.iterdir() if p.name.startswith(".ix.tmp-")]
+    assert len(left) == 1 and left[0].startswith(f".ix.tmp-{proc.pid}@{socket.gethostname()}-"), left
+    assert Operator.load(target).search(["red apples"]).doc_ids[0].size  # the earlier save is intact
+    live = tmp_path / f".ix.tmp-{os.getpid()}@{socket.gethostname()}-live"  # this process: still running
+    other = tmp_path / f".ix.tmp-{proc.pid}@another-host-xyz"  # another machine's, on a shared disk
+    live.mkdir(), other.mkdir()
+    BM25().fit(corpus).save(target)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["ix", live.name, other.name])
+    assert Operator.load(target).search(["red apples"]).doc_ids[0].size
+
+
+def test_a_save_that_fills_the_disk_names_the_folder_and_keeps_the_earlier_save(tmp_path, corpus, monkeypatch):
+    """A full disk during a save raised numpy's bare ``OSError: 15222 requested and 13280 written`` (or
+    ``[Errno 28]``), naming no folder or file; the earlier save survived but the message did not say so."""
+    import errno
+
+    import ragkit.operator as operator
+
+    target = tmp_path / "ix"
+    BM25().fit(corpus).save(target)
+    before = sorted(p.name for p in target.iterdir())
+    real = np.save
+
+    for exc in (OSError("15222 requested and 13280 written"),
+                OSError(errno.ENOSPC, "No space left on device", "tf_data.npy")):
+        def full(file, *a, exc=exc, **k):  # noqa: ANN001, ANN002, ANN003
+            raise exc
+        monkeypatch.setattr(operator.np, "save", full)
+        with pytest.raises(ArtifactError, match=rf"{target}: the save could not be written \(.*\); an earlier save "
+                                                r"there is unchanged: free space"):
+            BM25().fit(corpus).save(target)
+        monkeypatch.setattr(operator.np, "save", real)
+        assert sorted(p.name for p in target.iterdir()) == before and not [
+            p for p in tmp_path.iterdir() if p.name != "ix"]
+    monkeypatch.setattr(operator.np, "save", lambda *a, **k: (_ for _ in ()).throw(OSError(errno.EIO, "I/O error")))
+    with pytest.raises(OSError) as info:  # another error (a network disk's EIO) is left as it is: retryable
+        BM25().fit(corpus).save(target)
+    assert not isinstance(info.value, ArtifactError)
