@@ -467,12 +467,12 @@ def _trace_rows(events: Any) -> list[dict[str, Any]]:
 
 
 def _settings(data: str, pipeline: str, train_split: Optional[str], limit: Optional[int],
-              scoring: _Scoring) -> dict[str, Any]:
+              scoring: _Scoring, backend: str) -> dict[str, Any]:
     """What ``ragkit eval`` was asked, for its JSON (runs of one pipeline YAML with and without
     ``--train-split`` or ``--limit`` otherwise differ only in their numbers)."""
     from ragkit import __version__
 
-    return {"data": data, "pipeline_source": pipeline, "train_split": train_split, "limit": limit,
+    return {"data": data, "pipeline_source": pipeline, "train_split": train_split, "limit": limit, "backend": backend,
             "depth": scoring.depth, "ignore_identical_ids": not scoring.keep_ids,
             "relevance_level": scoring.relevance_level, "run_tag": scoring.run_tag, "ragkit_version": __version__}
 
@@ -584,7 +584,7 @@ def eval_cmd(
             "metrics": result.scores, "per_query": result.per_query,
             "timings": {"load_s": t_find + sp.t_load, "fit_s": scored.t_fit, "search_s": run.seconds, "total_s": total,
                         "documents_encoded": scored.encoded},
-            "settings": _settings(data, pipeline, train_split, limit, scoring),
+            "settings": _settings(data, pipeline, train_split, limit, scoring, backend),
             **({"trace": _trace_rows(run.trace)} if trace and run.trace else {}),
             "machine": _machine(),
             "date": date.today().isoformat(),
@@ -650,7 +650,7 @@ def _eval_subsets(data: str, subs: list[str], pipeline: str, loaded: bool, *, sp
             print_trace(console, one.run.trace)
     _report_subsets(splits, scored, pipeline, spec, split, output, t_all, missing,
                     dataset=",".join(subs) if sources else parent,
-                    settings=_settings(data, pipeline, train_split, limit, scoring))
+                    settings=_settings(data, pipeline, train_split, limit, scoring, backend))
 
 
 def _report_subsets(splits: dict[str, _Split], scored: dict[str, _Scored], pipeline: str, spec: str, split: str,

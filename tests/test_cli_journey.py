@@ -446,7 +446,7 @@ def test_eval_depth_identical_ids_and_the_settings_it_ran_with(tmp_path):
     assert "2 judged-relevant document(s) have their query's id" in res.output and "--keep-identical-ids" in res.output
     a = json.loads((tmp_path / "a.json").read_text())
     assert a["settings"]["ignore_identical_ids"] is True and a["settings"]["depth"] is None
-    assert a["settings"]["limit"] is None and a["settings"]["data"] == str(root)
+    assert a["settings"]["limit"] is None and a["settings"]["data"] == str(root) and a["settings"]["backend"] == "local"
     kept = _cli("eval", "--data", root, "-p", yaml, "--k", "5,20", "--keep-identical-ids", "-o", tmp_path / "b.json")
     b = json.loads((tmp_path / "b.json").read_text())
     assert "have their query's id" not in kept.output and b["metrics"]["ndcg@5"] > a["metrics"]["ndcg@5"]
