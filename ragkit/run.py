@@ -77,9 +77,12 @@ def check_trec_ids(path: str | Path, query_ids: Sequence[str], doc_ids: Iterable
                             "whitespace, which would break the file's columns")
 
 
-@dataclass
+@dataclass(eq=False)
 class Run:
     """Rankings of a batch of queries.
+
+    Two runs are equal (``==``) when they rank the same documents with the same scores for the same
+    queries in the same order; how long they took, their trace and values are not compared.
 
     Attributes
     ----------
@@ -143,6 +146,15 @@ class Run:
 
     def __len__(self) -> int:
         return len(self.query_ids)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Run):
+            return NotImplemented
+        return self.query_ids == other.query_ids and all(
+            np.array_equal(a, b) for pair in ((self.doc_ids, other.doc_ids), (self.scores, other.scores))
+            for a, b in zip(*pair))
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, compared by content
 
     def __iter__(self) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
         return iter(zip(self.query_ids, self.doc_ids, self.scores))

@@ -992,3 +992,15 @@ def test_a_saved_pipeline_beside_datasets_is_not_read_as_one(tmp_path):
         (d / "qrels" / "test.tsv").write_text(QRELS["test"])
     BM25().fit(Corpus.from_texts(["x y"])).save(tmp_path / "saved")
     assert beir_subsets(tmp_path) == ["a", "b"]
+
+
+def test_runs_compare_by_their_rankings():
+    """``run1 == run2`` raised "The truth value of an array ... is ambiguous" (the dataclass compared
+    its array fields); runs are equal when they rank the same documents with the same scores."""
+    a = Run(["q1", "q2"], [np.array(["d1", "d2"], dtype=object), np.array(["d3"], dtype=object)],
+            [np.array([2.0, 1.0], np.float32), np.array([0.5], np.float32)], seconds=1.0)
+    b = Run.from_dict({"q1": {"d1": 2.0, "d2": 1.0}, "q2": {"d3": 0.5}})
+    assert a == b and not a != b and a.head(1) != a and a != "a run"
+    assert Run(["q1"], [np.array(["d1"], dtype=object)], [np.array([2.5], np.float32)]) != a.head(1)
+    with pytest.raises(TypeError):
+        hash(a)
