@@ -110,6 +110,10 @@ class Operator:
     #: ``True`` when a search calls into PyTorch (``torch.topk``, ``torch.bmm``): ``fit`` and ``load``
     #: import it, so the first search does not pay the ~2 s import (nor report it as search time)
     uses_torch: ClassVar[bool] = False
+    #: ``True`` when it works on the rankings of the steps before it and cannot run without them (a
+    #: reranker, a generator; a router of a route): with no retriever before it, the pipeline is refused
+    #: when it is built or fitted (:func:`~ragkit.pipelines._compose.unranked_router`), not at its first search
+    reads_rankings: ClassVar[bool] = False
     #: conformance checks known to fail, ``{check name: reason}``
     xfail_checks: ClassVar[dict[str, str]] = {}
     run_options: ClassVar[Mapping[str, OptionCheck | None]] = {}
@@ -459,16 +463,26 @@ def _positive_k(value: Any, where: str) -> int:
 
 
 def _is_ragkit_save(folder: Path) -> bool:
-    """Whether ``folder`` holds a ragkit save: a ``params.json`` or ``manifest.json`` that parses and
-    carries ragkit's ``format_version`` (a file merely named so is somebody else's)."""
-    for name in ("params.json", "manifest.json"):
-        try:
-            meta = json.loads((folder / name).read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            continue
-        if isinstance(meta, dict) and "format_version" in meta and ("operator" in meta or name == "manifest.json"):
+    """Whether ``folder`` holds a ragkit save: an operator's ``params.json`` or a pipeline's
+    ``manifest.json`` that parses and carries ragkit's ``format_version`` (a file merely named so is
+    somebody else's, and so is a chunk KV-cache folder's ``manifest.json``: a save would delete it)."""
+    try:
+        meta = json.loads((folder / "params.json").read_text(encoding="utf-8"))
+        if isinstance(meta, dict) and "format_version" in meta and "operator" in meta:
             return True
-    return False
+    except (OSError, ValueError):
+        pass
+    return _is_pipeline_manifest(folder / "manifest.json")
+
+
+def _is_pipeline_manifest(path: Path) -> bool:
+    """Whether ``path`` is the ``manifest.json`` :meth:`Pipeline.save` writes (``format_version``,
+    ``nodes`` and ``sha256``), not another file of that name (a chunk KV-cache's, somebody else's)."""
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(meta, dict) and "format_version" in meta and "nodes" in meta and "sha256" in meta
 
 
 def _foreign_files(folder: Path) -> list[str]:
@@ -491,7 +505,7 @@ def _foreign_files(folder: Path) -> list[str]:
 def _saved_pipeline_above(folder: Path) -> Path | None:
     """The nearest folder above ``folder`` holding a pipeline ``manifest.json``, if any."""
     for parent in Path(folder).resolve().parents:
-        if (parent / "manifest.json").is_file():
+        if (parent / "manifest.json").is_file() and _is_pipeline_manifest(parent / "manifest.json"):
             return parent
     return None
 

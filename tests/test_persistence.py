@@ -482,3 +482,25 @@ def test_a_save_that_fills_the_disk_names_the_folder_and_keeps_the_earlier_save(
     with pytest.raises(OSError) as info:  # another error (a network disk's EIO) is left as it is: retryable
         BM25().fit(corpus).save(target)
     assert not isinstance(info.value, ArtifactError)
+
+
+def test_a_chunk_cache_folder_is_not_taken_for_a_saved_pipeline(tmp_path, corpus):
+    """A chunk KV-cache folder's manifest.json (model, tokenizer, format_version) was taken for a pipeline's:
+    ``pipe.save(cache_dir)`` replaced the folder, deleting the cached chunks and a user's notes beside them,
+    and a save into a folder below it was refused as "inside the saved pipeline"."""
+    import json
+
+    cache = tmp_path / "kv"
+    cache.mkdir()
+    (cache / "manifest.json").write_text(json.dumps({"model_id": "m", "tokenizer_id": "t", "format_version": 1}))
+    (cache / "notes.txt").write_text("mine")
+    pipe = Pipeline([BM25()]).fit(corpus)
+    with pytest.raises(ArtifactError, match="a non-empty folder that is not a ragkit save"):
+        pipe.save(cache)
+    assert sorted(p.name for p in cache.iterdir()) == ["manifest.json", "notes.txt"]
+    pipe.save(cache / "pipe")  # a folder of its own below it
+    assert Pipeline.load(cache / "pipe").search(["red apples"]).doc_ids[0].size
+    pipe.save(tmp_path / "p")  # a real pipeline save is still replaced by the next save, and guards what is inside
+    pipe.save(tmp_path / "p")
+    with pytest.raises(ArtifactError, match="inside the saved pipeline at"):
+        pipe.save(tmp_path / "p" / "inner")
