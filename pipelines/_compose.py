@@ -429,7 +429,8 @@ class Pipeline(Composite):
         if backend != "local":
             from ragkit import scale
 
-            return scale.fit_pipeline(self, corpus, train, backend=backend)
+            # (it refuses what the local fit below refuses at once, the same way, before Ray starts)
+            return scale.fit_pipeline(self, corpus, train, backend=backend, upstream=upstream, path=_path)
         if _seen is None:
             problem = unranked_router(self, _path)
             if problem is not None:

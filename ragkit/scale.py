@@ -2,10 +2,12 @@
 
 * ``pipeline.fit(corpus, backend="ray")`` pre-encodes the corpus's sentence vectors as a
   Ray Data ``map_batches`` over a pool of encoder actors (each loads the model once and
-  writes into the shared on-disk embedding cache), for each model of an operator whose fit
+  fills its node's on-disk embedding cache), for each model of an operator whose fit
   encodes the corpus texts into sentence vectors: ``dense`` (its base model), ``knn_embed``,
-  ``mmr`` and ``dbnorm``, also as a ``sharded`` retriever.  It then fits the pipeline in this
-  process, where those operators read their vectors from the cache, so the fitted pipeline
+  ``mmr`` and ``dbnorm``, also as a ``sharded`` retriever.  The vectors the actors return are
+  written into this process's cache (the texts it lacks: on a multi-node cluster the nodes'
+  caches are not this one), and the pipeline is then fitted in this process, where those
+  operators read their vectors from the cache without encoding any, so the fitted pipeline
   is exactly the one a local fit gives, and saves and loads like any other.  Nothing else is
   encoded on Ray: token vectors (``muvera``, ``maxsim_exact``, ``maxsim``), a fine-tuned
   (``adapt``) model's vectors, query vectors (``cosine_adapter``), and models registered with
@@ -21,8 +23,10 @@
   saved pipeline once.
 
 Bad input (an unloadable model, a registered encoder where Ray workers would need it, a
-retriever that fine-tunes inside ``sharded``, a bad ``n_chunks``, an unfitted pipeline) is
-refused with a :class:`~ragkit.errors.RagkitError` before Ray starts.
+retriever that fine-tunes inside ``sharded``, a ``sharded`` inside ``sharded``, a ``workdir``
+below a file, a bad ``n_chunks``, an unfitted pipeline, and what a local fit refuses at once) is
+refused with a :class:`~ragkit.errors.RagkitError` before Ray starts; so is a Ray backend
+without Ray installed (``ImportError``).
 
 Works with ``ray.init()`` on one machine and with an existing cluster address
 (``RAGKIT_RAY_ADDRESS`` or ``ray.init(address=...)`` before calling).  Without Ray
@@ -34,11 +38,12 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Iterable, Literal, Mapping, Sequence, TypeGuard
+from typing import Any, Callable, Iterable, Literal, Mapping, Self, Sequence, TypeGuard
 
 import numpy as np
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
+from ragkit._files import file_above
 from ragkit.encoders.sentence import as_texts
 from ragkit.errors import ParamError, RagkitError
 from ragkit.operator import Operator, read_json, write_json
@@ -284,32 +289,78 @@ def corpus_models(pipe: Any) -> list[str]:
     return sorted(models)
 
 
+def _cache_vectors(model: str, texts: list[str], vectors: np.ndarray) -> int:
+    """Write the ``(n, dim)`` ``vectors`` of ``texts`` that Ray encoded into this process's embedding
+    cache of ``model`` (the store the local fit reads, keyed by the texts as it looks them up), the
+    texts it does not hold already; returns how many were written.
+
+    The encoder actors fill their own node's cache, which is this process's only when both read
+    one ``$RAGKIT_CACHE`` on one shared disk: on a multi-node cluster the fit would otherwise
+    encode the whole corpus again here."""
+    from ragkit.encoders import get_encoder
+    from ragkit.encoders.cache import text_digests
+
+    store = get_encoder(model).store
+    with store._lock:  # re-read the folder: the actors may have written these texts into it since it was read
+        store._index = None
+    digests = text_digests(texts)
+    _, hit = store.get(digests)
+    miss = np.flatnonzero(~hit)
+    if len(miss):
+        store.put(digests[miss], vectors[miss])
+    return len(miss)
+
+
+def _check_corpus(corpus: Any, train: Any, where: str) -> None:
+    """The type errors a local fit raises at once (``Operator.fit``'s), raised before any work."""
+    if not isinstance(corpus, Corpus):
+        raise TypeError(f"{where} expects a ragkit Corpus, got {type(corpus).__name__}")
+    if train is not None and not isinstance(train, TrainSet):
+        raise TypeError(f"{where}: train must be a ragkit TrainSet, got {type(train).__name__}")
+
+
 def fit_pipeline(pipe: Any, corpus: Corpus, train: TrainSet | None, *, backend: str = "ray",
-                 num_actors: int = 2) -> Any:
+                 num_actors: int = 2, upstream: State | None = None, path: str = "pipeline") -> Any:
     """Fit ``pipe`` with Ray encoding: pre-encode the corpus's sentence vectors of every model
-    :func:`corpus_models` names on Ray, then fit in this process (which reads them from the cache).
+    :func:`corpus_models` names on Ray, write them into this process's embedding cache, then fit
+    in this process (which reads them from the cache: nothing is encoded twice, whichever cache
+    the Ray workers have).
 
     ``sharded`` retrievers with ``backend: auto`` are fitted (and later searched) on Ray; an
     explicit ``backend: local`` stays local.  Models registered with ``register_encoder`` are
     encoded in this process by the fit; a ``sharded`` retriever that would build its shards on
     Ray with one is refused (:class:`ParamError`) before anything is encoded.
+
+    What a local fit refuses at once is refused here before Ray starts or a model loads: a
+    corpus that is not a :class:`~ragkit.types.Corpus` (``TypeError``), a router that reads
+    rankings no step before it makes, a training split the pipeline cannot use, a ``sharded``
+    ``workdir`` below a file; and Ray missing (``ImportError``).
     """
     if backend != "ray":
         raise ParamError(f"fit: backend must be 'local' or 'ray', got {backend!r}")
-    from ragkit.pipelines._compose import check_trainable, iter_leaves
+    _check_corpus(corpus, train, "fit(backend='ray')")
+    from ragkit.pipelines._compose import check_trainable, iter_leaves, unranked_router
 
+    problem = unranked_router(pipe, path)
+    if problem is not None:
+        raise problem
     check_trainable(pipe, train, corpus)  # before Ray encodes anything
-    sharded = [leaf for leaf in iter_leaves(pipe) if isinstance(leaf, Sharded) and leaf.params.backend != "local"]
+    every_sharded = [leaf for leaf in iter_leaves(pipe) if isinstance(leaf, Sharded)]
+    for leaf in every_sharded:
+        leaf._check_workdir()
+    _ray()  # Ray installed: said before any model loads
+    sharded = [leaf for leaf in every_sharded if leaf.params.backend != "local"]
     for leaf in sharded:
         leaf._check_ray_model("fit(backend='ray')")
     models = corpus_models(pipe)
     for model in models:  # each checked to load before Ray starts
         _check_model(model, 64, "fit(backend='ray')")
+    texts = list(corpus.full_texts) if models else []
     for model in models:
-        ray_encode(model, corpus.full_texts, num_actors=num_actors)
+        _cache_vectors(model, texts, ray_encode(model, texts, num_actors=num_actors))
     for leaf in sharded:  # backend "auto": fitted and searched on Ray from now on in this process
         leaf._backend = "ray"
-    return pipe.fit(corpus, train)
+    return pipe.fit(corpus, train, upstream=upstream)
 
 
 # ---------------------------------------------------------------------- merging
@@ -352,6 +403,18 @@ class ShardedParams(Params):
                           "removed with the operator); must be shared storage on a multi-node cluster (default: a "
                           "local temporary folder).")
 
+    @field_validator("retriever")
+    @classmethod
+    def _not_nested(cls, v: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        """A ``sharded`` per-shard retriever is refused: its merge would not be one index's ranking."""
+        if "sharded" in v:
+            raise ValueError("a sharded retriever cannot be the per-shard retriever of another: the outer one gives "
+                             "bm25 shards the whole corpus's idf and average length only when it fits them itself, "
+                             "so nested shards score with their own slice's statistics and the merged ranking is "
+                             "not one index's; use one sharded retriever with n_shards = outer x inner shards, e.g. "
+                             "{sharded: {retriever: {bm25: {}}, n_shards: 4}}")
+        return v
+
     @model_validator(mode="after")
     def _used(self) -> "ShardedParams":
         self.refuse_unused(("max_retries", self.backend != "local", "backend: ray (or auto)"))
@@ -368,15 +431,27 @@ def _fit_shard(node: dict[str, Any], corpus: Corpus, folder: str) -> str:
 
 
 class _ShardActor:
-    """Holds one loaded shard operator on a Ray worker."""
+    """Holds one loaded shard operator on a Ray worker.
+
+    A shard folder that cannot load for a reason a retry cannot cure (a ragkit error, a missing
+    path: :data:`_FINAL`) does not fail the constructor, which Ray would restart (and retry its
+    searches on) ``max_retries`` times, each failing alike, into a long "actor died" text: every
+    search raises it as :class:`_Permanent` instead, once, with the original error's text."""
 
     def __init__(self, folder: str) -> None:
         from ragkit.operator import Operator
 
-        self.op = Operator.load(folder)
+        self.op: Operator | None = None
+        self.error: str | None = None
+        try:
+            self.op = Operator.load(folder)
+        except _FINAL as e:
+            self.error = f"{type(e).__name__}: {e}"
 
     def search(self, queries: list[str], options: dict[str, Any],
                values: dict[str, Any] | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
+        if self.op is None:
+            raise _Permanent(self.error)
         out = self.op(State(list(queries), options=options, values=dict(values or {})))
         return _rows_scores(out, self.op.name)
 
@@ -465,6 +540,30 @@ class Sharded(Operator):
         """A new, unfitted per-shard retriever built from ``retriever`` (its parameters, defaults filled)."""
         (_, sub), = self.params.retriever.items()
         return self._sub_cls(sub)
+
+    def fit(self, corpus: Corpus, train: TrainSet | None = None, *, upstream: State | None = None,
+            backend: str = "local") -> Self:
+        """Fit the shards (see :class:`Sharded`); ``backend="ray"`` fits as ``Pipeline([self]).fit(corpus,
+        backend="ray")`` does: the per-shard retriever's sentence vectors are encoded on Ray first, and
+        with ``backend: auto`` the shards are fitted (and later searched) on Ray."""
+        if backend != "local":
+            fit_pipeline(_one_step(self), corpus, train, backend=backend, upstream=upstream, path="sharded")
+            return self
+        self._check_workdir()  # before anything is fitted
+        super().fit(corpus, train, upstream=upstream)
+        return self
+
+    def _check_workdir(self) -> None:
+        """Refuse a ``workdir`` that is a file or lies below one (no shard folder could be made there),
+        before a fit does any work."""
+        if not self.params.workdir:
+            return
+        work = Path(self.params.workdir)
+        blocker = work if work.exists() and not work.is_dir() else file_above(work)
+        if blocker is not None:
+            raise ParamError(f"sharded.workdir: {self.params.workdir!r} cannot hold the shard folders: {blocker} is "
+                             f"a file, not a folder; expected a folder (made when missing) on storage every Ray "
+                             f"worker reads", path="sharded.workdir")
 
     def _check_ray_model(self, where: str) -> None:
         """Refuse a per-shard retriever whose ``model`` is registered with ``register_encoder`` where its
@@ -558,10 +657,10 @@ class Sharded(Operator):
             sh.set_collection(idf[inv[a:b]], avgdl)
         return True
 
-    def _load_shards(self, folders: list[str], mmap: bool = False) -> None:
+    def _load_shards(self, folders: list[str], mmap: bool = False, verify: bool = True) -> None:
         from ragkit.operator import Operator
 
-        self.shards_ = [Operator.load(f, corpus=self.corpus_.subset(np.arange(a, b)), mmap=mmap)
+        self.shards_ = [Operator.load(f, corpus=self.corpus_.subset(np.arange(a, b)), mmap=mmap, verify=verify)
                         for f, a, b in zip(folders, self.bounds_[:-1], self.bounds_[1:])]
         self.folders_ = folders
 
@@ -608,7 +707,10 @@ class Sharded(Operator):
                 try:
                     results.append(ray.get(ref))
                 except Exception as e:
-                    raise ShardError(f"sharded: shard {s} failed to search: {_reason(e)}") from None
+                    self._drop_actors()  # the next search starts them again (a folder put back is read then)
+                    cause = _root_cause(e)
+                    why = f"{type(cause).__name__}: {cause}" if cause is not None else _reason(e)
+                    raise ShardError(f"sharded: shard {s} failed to search: {why}") from None
         else:
             results = []
             for s in live:
@@ -629,7 +731,17 @@ class Sharded(Operator):
     def _load(self, folder: Path, mmap: bool = False) -> None:
         self._drop_actors()
         self.bounds_ = np.asarray(read_json(folder / "shards.json")["bounds"], dtype=np.int64)
-        self._load_shards([str(folder / f"shard-{s:03d}") for s in range(len(self.bounds_) - 1)], mmap=mmap)
+        # verify=False: the load of this operator (Operator.load, or Pipeline.load's manifest) has checked every
+        # file below its folder, the shards' included, when asked to, and was told not to otherwise
+        self._load_shards([str(folder / f"shard-{s:03d}") for s in range(len(self.bounds_) - 1)], mmap=mmap,
+                          verify=False)
+
+
+def _one_step(op: Operator) -> Any:
+    """``Pipeline([op])``, to fit one operator as a pipeline is fitted."""
+    from ragkit.pipelines import Pipeline
+
+    return Pipeline([op])
 
 
 def _search_chunk(pipe_dir: str, ids: list[str], texts: list[str], k: int | None,

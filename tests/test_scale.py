@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -359,12 +360,14 @@ def test_ray_fit_pre_encodes_only_sentence_vectors_of_the_corpus(slice_data, has
     pipe = retrievers | MMR(model="m-mmr") | DBNorm(model="m-dbnorm") | MaxSim(model="m-maxsim") \
         | CosineAdapter(model="m-adapter")
     assert scale.corpus_models(pipe) == ["m-dbnorm", "m-dense", "m-knn", "m-mmr"]
-    encoded = []
+    encoded, cached = [], []
     monkeypatch.setattr(scale, "_check_model", lambda model, batch_size, where: 8)
-    monkeypatch.setattr(scale, "ray_encode", lambda model, texts, **kw: encoded.append(model))
-    monkeypatch.setattr(pipe, "fit", lambda corpus, train: pipe)
+    monkeypatch.setattr(scale, "ray_encode",
+                        lambda model, texts, **kw: encoded.append(model) or np.zeros((len(texts), 8), np.float32))
+    monkeypatch.setattr(scale, "_cache_vectors", lambda model, texts, vectors: cached.append(model) or 0)
+    monkeypatch.setattr(pipe, "fit", lambda corpus, train, **kw: pipe)
     assert scale.fit_pipeline(pipe, corpus, train) is pipe
-    assert encoded == ["m-dbnorm", "m-dense", "m-knn", "m-mmr"]
+    assert encoded == cached == ["m-dbnorm", "m-dense", "m-knn", "m-mmr"]
 
 
 @pytest.mark.slow
@@ -474,3 +477,168 @@ def test_sharded_keeps_its_retriever_as_validated():
     equal to the same retriever written with its default {bm25: {k: 100}}."""
     assert Sharded(retriever={"bm25": {"k": "5"}}).params.retriever == {"bm25": {"k": 5}}
     assert Sharded(retriever={"bm25": {}}) == Sharded(retriever={"bm25": {"k": 100}})
+
+
+# ---------------------------------------------------------------------- review fixes (2)
+def test_ray_fit_encodes_nothing_twice_when_the_workers_cache_is_another(slice_data, ray_session, monkeypatch,
+                                                                        tmp_path):
+    """The vectors Ray's actors return go into this process's embedding cache before the local fit,
+    which then encodes nothing: the actors' cache is not this process's on a multi-node cluster (here
+    they write another folder). A second Ray fit of the same corpus writes nothing more."""
+    import os
+
+    import ragkit.encoders.sentence as sentence
+
+    corpus, queries, _, _ = slice_data
+    corpus = corpus.subset(np.arange(24))
+    driver, worker = tmp_path / "driver-cache", tmp_path / "worker-cache"
+    monkeypatch.setenv("RAGKIT_CACHE", str(driver))
+    monkeypatch.setattr(sentence, "_ENCODERS", {})  # encoders (and their stores) made afresh, on driver/
+    monkeypatch.setattr(sentence, "_STORES", {})
+
+    class OtherNodeActor(scale._EncoderActor):  # pickled by value: the actors write worker/
+        def __init__(self, *args):
+            os.environ["RAGKIT_CACHE"] = str(worker)
+            super().__init__(*args)
+
+    monkeypatch.setattr(scale, "_EncoderActor", OtherNodeActor)
+
+    def shards(cache):
+        return sorted(p.name for p in cache.rglob("*.keys.npy"))
+
+    on_ray = Pipeline([Dense(k=5)]).fit(corpus, backend="ray")
+    assert sum(e.n_encoded for e in sentence._ENCODERS.values()) == 0  # the old code encoded all 24 again here
+    assert len(shards(worker)) >= 1 and len(shards(driver)) == 1
+    Pipeline([Dense(k=5)]).fit(corpus, backend="ray")
+    assert len(shards(driver)) == 1  # already there: not written again
+    assert sum(e.n_encoded for e in sentence._ENCODERS.values()) == 0
+    local = Dense(k=5).fit(corpus)
+    assert [r.rows.tolist() for r in on_ray.search(queries).rankings] == \
+        [r.rows.tolist() for r in local.search(queries).rankings]
+
+
+def test_ray_fit_refuses_what_a_local_fit_refuses_before_any_work(slice_data, no_ray, monkeypatch, tmp_path):
+    """Checks a local fit makes at once come before Ray starts or a model loads: a router without
+    rankings, a corpus that is not a Corpus, Ray missing, a sharded workdir below a file."""
+    import sys
+
+    from ragkit.errors import ConfigError
+    from ragkit.pipelines import Route
+    from ragkit.pipelines.routers import ScoreRouter
+
+    corpus, _, _, _ = slice_data
+    monkeypatch.setattr(scale, "_check_model", lambda *a, **kw: pytest.fail("a model was loaded"))
+    monkeypatch.setattr(scale, "ray_encode", lambda *a, **kw: pytest.fail("ray_encode was called"))
+    route = Pipeline([Route(ScoreRouter(threshold=0.5), {"easy": [Dense(k=5)], "hard": [BM25(k=5)]})])
+    with pytest.raises(ConfigError, match=r"pipeline\[0\]\.route\.router: score_router routes on the scores"):
+        route.fit(corpus, backend="ray")
+    for bad in (["x y", "y z"], None):
+        with pytest.raises(TypeError, match=f"expects a ragkit Corpus, got {type(bad).__name__}"):
+            Pipeline([Dense(k=5)]).fit(bad, backend="ray")
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    for workdir in (afile / "shards", afile):
+        with pytest.raises(ParamError, match=rf"sharded\.workdir: '{workdir}' cannot hold the shard folders: {afile} "
+                                             r"is a file") as err:
+            Pipeline([Dense(k=5), Sharded(retriever={"bm25": {}}, workdir=str(workdir))]).fit(corpus, backend="ray")
+        assert err.value.path == "sharded.workdir"
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` fails, as without the 'ray' extra
+    for pipe in (Pipeline([BM25(k=5)]), Pipeline([Dense(k=5)])):
+        with pytest.raises(ImportError, match=r"needs Ray: pip install 'ragkit\[ray\]'"):
+            pipe.fit(corpus, backend="ray")
+        assert not pipe.is_fitted
+
+
+def test_sharded_workdir_below_a_file_is_refused_before_the_fit(slice_data, tmp_path):
+    corpus, _, _, _ = slice_data
+    (tmp_path / "afile").write_text("x")
+    sh = Sharded(retriever={"bm25": {}}, n_shards=2, backend="local", workdir=str(tmp_path / "afile" / "shards"))
+    with pytest.raises(ParamError, match=r"sharded\.workdir: .*afile/shards.* cannot hold the shard folders: "
+                                         r".*afile is a file, not a folder") as err:
+        sh.fit(corpus)  # was a raw NotADirectoryError from inside the fit
+    assert err.value.path == "sharded.workdir" and not sh.is_fitted
+
+
+def test_sharded_load_verifies_each_file_once_and_none_with_verify_false(slice_data, tmp_path, monkeypatch):
+    """The enclosing load's checksums cover the shards' files: they are hashed once with verify=True
+    (were twice) and not at all with verify=False (were hashed whatever the caller said)."""
+    import ragkit._files as files
+    from ragkit.operator import Operator
+
+    corpus, queries, _, _ = slice_data
+    pipe = Pipeline([Sharded(retriever={"bm25": {"k": 5}}, n_shards=2, k=5, backend="local")]).fit(corpus)
+    pipe.save(tmp_path / "p")
+    pipe.steps[0].save(tmp_path / "s")
+    hashed: list[str] = []
+    real = files.sha256_file
+    monkeypatch.setattr(files, "sha256_file", lambda path: hashed.append(str(path)) or real(path))
+    for load, folder in ((Pipeline.load, tmp_path / "p"), (Operator.load, tmp_path / "s")):
+        hashed.clear()
+        got = load(folder, verify=False)
+        assert hashed == []
+        assert [r.rows.tolist() for r in got.search(queries).rankings] == \
+            [r.rows.tolist() for r in pipe.search(queries).rankings]
+        load(folder, verify=True)
+        assert any("shard-001" in h for h in hashed) and len(hashed) == len(set(hashed))
+
+
+def test_sharded_refuses_a_sharded_retriever_per_shard():
+    """sharded of sharded was accepted, and its merge was not one index's ranking."""
+    from ragkit.errors import ConfigError
+
+    node = {"sharded": {"retriever": {"bm25": {"k": 10}}, "n_shards": 2}}
+    with pytest.raises(ParamError, match=r"sharded\.retriever: a sharded retriever cannot be the per-shard "
+                                         r"retriever of another.*n_shards = outer x inner") as err:
+        Sharded(retriever=node, n_shards=2)
+    assert err.value.path == "sharded.retriever"
+    with pytest.raises(ConfigError, match=r"pipeline\[0\]\.sharded\.retriever: a sharded retriever cannot"):
+        Pipeline.from_yaml({"pipeline": [{"sharded": {"retriever": node, "n_shards": 2}}]})
+
+
+def test_sharded_fit_takes_a_backend(slice_data, no_ray):
+    """Sharded(...).fit(corpus, backend="ray") fits as Pipeline([it]).fit(corpus, backend="ray")."""
+    corpus, queries, _, _ = slice_data
+    local = Sharded(retriever={"bm25": {"k": 5}}, n_shards=2, k=5, backend="local")
+    assert local.fit(corpus, backend="ray") is local  # nothing to encode; its shards stay local
+    assert [r.rows.tolist() for r in local.search(queries).rankings] == \
+        [r.rows.tolist() for r in BM25(k=5).fit(corpus).search(queries).rankings]
+    auto = Sharded(retriever={"bm25": {"k": 5}}, n_shards=2, k=5)
+    with pytest.raises(AssertionError, match="Ray was started"):  # backend auto: its shards are built on Ray
+        auto.fit(corpus, backend="ray")
+    with pytest.raises(ParamError, match="backend must be 'local' or 'ray', got 'rayy'"):
+        auto.fit(corpus, backend="rayy")
+
+
+def test_a_shard_actor_that_cannot_load_fails_once_with_the_ragkit_error(slice_data, ray_session, monkeypatch,
+                                                                         tmp_path):
+    """A shard folder moved away after the load: the search's ShardError is one line naming the
+    ArtifactError and the folder (was Ray's many-line "actor died" text), each actor tried its
+    folder once (Ray retried its searches on the dead actor), and a search after the folder is back
+    answers (the failed actors are not kept)."""
+    import shutil
+
+    from ragkit.operator import Operator
+
+    corpus, queries, _, _ = slice_data
+    Sharded(retriever={"bm25": {"k": 5}}, n_shards=2, k=5, backend="ray").fit(corpus).save(tmp_path / "s")
+    loaded = Operator.load(tmp_path / "s")
+    calls = tmp_path / "calls"
+
+    class CountedActor(scale._ShardActor):  # pickled by value: counts the constructor's runs in a file
+        def __init__(self, folder):
+            with open(calls, "a") as f:
+                f.write(folder + "\n")
+            super().__init__(folder)
+
+    monkeypatch.setattr(scale, "_ShardActor", CountedActor)
+    shutil.move(tmp_path / "s", tmp_path / "moved")
+    with pytest.raises(ShardError) as err:
+        loaded.search(queries)
+    text = str(err.value)
+    assert "\n" not in text and len(text) < 400, text
+    assert re.search(r"^sharded: shard 0 failed to search: ArtifactError: .*/s/shard-000: no such folder", text)
+    tried = calls.read_text().split()  # (shard 1's actor may be stopped before it starts: the search failed)
+    assert tried.count(str(tmp_path / "s" / "shard-000")) == 1 and len(tried) == len(set(tried))  # one try each
+    shutil.move(tmp_path / "moved", tmp_path / "s")
+    assert [r.rows.tolist() for r in loaded.search(queries).rankings] == \
+        [r.rows.tolist() for r in BM25(k=5).fit(corpus).search(queries).rankings]
