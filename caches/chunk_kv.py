@@ -71,6 +71,13 @@ count and CFO (files have always carried those) and counts as last used when it 
 its modification time when it has no ``written_ns``; one whose header cannot be read goes first.
 A file the cap deletes is deleted only while it is the one whose header was ranked: one that
 another store rewrote meanwhile stays.
+
+Persistence.  The memory tier reaches the disk tier on eviction, on :meth:`ChunkKVCache.flush`, and
+when the store goes: garbage-collected, or still alive when the process exits (a ``weakref.finalize``
+hook; skipped when the folder or its manifest is gone, or when another thread holds the store for
+more than 10 s; a failure is one line on stderr, never an exception).  So a process that answers and
+exits leaves its chunks to the next one.  A process killed by a signal it does not handle (SIGKILL)
+writes only what it spilled or flushed.
 No pickle anywhere.
 """
 
@@ -81,13 +88,15 @@ import json
 import math
 import os
 import secrets
+import sys
 import threading
 import time
+import weakref
 from array import array
 from bisect import bisect_right
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import AbstractSet, Iterable, Literal, Sequence
+from typing import AbstractSet, Iterable, Literal, Sequence, TypeGuard
 
 import numpy as np
 import torch
@@ -107,6 +116,7 @@ __all__ = [
     "cache_fix_overhead",
     "alone_fix_overhead",
     "iter_variants",
+    "check_cache_dir",
 ]
 
 StorageDtype = Literal["float32", "float16"]
@@ -116,6 +126,11 @@ _FORMAT_VERSION = 1
 _ITEMSIZE = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2}
 #: wall-clock marks a store keeps of its requests (spanning at least 64 half-lives; older decays below 2**-64)
 _CLOCK_LEN = 4096
+
+
+def _is_int(x: object) -> TypeGuard[int | np.integer]:
+    """An integer (Python or numpy), not a bool."""
+    return isinstance(x, (int, np.integer)) and not isinstance(x, (bool, np.bool_))
 
 
 class CacheModelMismatchError(ArtifactError, ValueError):
@@ -350,8 +365,10 @@ class ChunkKVCache:
     half_life : float, default=64
         Half-life, in cache requests, of the exponentially decayed reuse count.
     disk_dir : str or Path or None
-        Folder of the disk tier.  Evicted variants are spilled there and read back on a
-        memory miss.
+        Folder of the disk tier (created if missing; a folder holding a ``manifest.json`` that is
+        not a chunk cache's is refused).  Evicted variants are spilled there and read back on a
+        memory miss; what is still in memory is written by :meth:`flush`, and when the store is
+        garbage-collected or the process exits.
 
     The public methods hold a per-store lock, so generators on several threads may share one
     store.
@@ -369,18 +386,22 @@ class ChunkKVCache:
         if storage_dtype not in _DTYPES:
             raise ParamError(f"ChunkKVCache: storage_dtype must be one of {sorted(_DTYPES)}; got {storage_dtype!r}",
                              "storage_dtype")
-        if budget_bytes is not None and budget_bytes < 0:
-            raise ParamError(f"ChunkKVCache: budget_bytes must be >= 0 or None; got {budget_bytes}", "budget_bytes")
-        if max_variants < 1:
-            raise ParamError(f"ChunkKVCache: max_variants must be >= 1; got {max_variants}", "max_variants")
+        if budget_bytes is not None and not (_is_int(budget_bytes) and budget_bytes >= 0):
+            raise ParamError(f"ChunkKVCache: budget_bytes={budget_bytes!r}; expected an int >= 0, or None for no "
+                             "budget", "budget_bytes")
+        if not (_is_int(max_variants) and max_variants >= 1):
+            raise ParamError(f"ChunkKVCache: max_variants={max_variants!r}; expected an int >= 1", "max_variants")
+        if disk_dir is not None and (not isinstance(disk_dir, (str, os.PathLike)) or os.fspath(disk_dir) == ""):
+            raise ParamError(f"ChunkKVCache: disk_dir={disk_dir!r}; expected a folder path (an empty one names the "
+                             "working folder: write '.' for that), or None for no disk tier", "disk_dir")
         if isinstance(half_life, bool) or not isinstance(half_life, (int, float)) or not 0 < half_life < math.inf:
             raise ParamError(f"ChunkKVCache: half_life must be a positive finite number of requests; got {half_life!r}",
                              "half_life")
         self.model_id = model_id
         self.tokenizer_id = tokenizer_id
-        self.budget_bytes = budget_bytes
+        self.budget_bytes = None if budget_bytes is None else int(budget_bytes)
         self.storage_dtype = storage_dtype
-        self.max_variants = max_variants
+        self.max_variants = int(max_variants)
         self.half_life = half_life
         self.stats = CacheStats()
         self._mem: dict[str, list[ChunkVariant]] = {}
@@ -396,9 +417,13 @@ class ChunkKVCache:
         self._clock_ns = array("q")
         self._clock_tick = array("q")
         self._lock = threading.RLock()
+        self._dirty = False  # a request or a put since the last flush: the memory tier holds news for the disk
         self.disk_dir = Path(disk_dir) if disk_dir is not None else None
         if self.disk_dir is not None:
             self._open_disk(self.disk_dir)
+            # written when the store goes (garbage-collected, or alive at the exit): not the store but its
+            # __dict__ is referenced, so the finalizer does not keep it alive
+            weakref.finalize(self, _flush_dropped, self.__dict__)
 
     # ------------------------------------------------------------------ identity
     def key(self, token_ids: Sequence[int] | np.ndarray | torch.Tensor) -> str:
@@ -444,6 +469,7 @@ class ChunkKVCache:
 
     def _lookup(self, key: str) -> list[ChunkVariant]:
         self._tick += 1
+        self._dirty = True
         if self._tick % self._clock_step == 0:
             self._mark_clock()
         variants = list(self._mem.get(key, ()))
@@ -473,6 +499,7 @@ class ChunkKVCache:
             variant.last_tick = self._tick
             variant.cfo_sum += cfo
             variant.cfo_n += 1
+            self._dirty = True
 
     def count_tokens(self, reused: int, recomputed: int) -> None:
         """Add a prefill's chunk tokens taken from the cache (``reused``) and computed again
@@ -522,6 +549,7 @@ class ChunkKVCache:
             variant.keys = variant.keys.detach().to(dt).contiguous()
             variant.values = variant.values.detach().to(dt).contiguous()
             variant.last_tick = self._tick
+            self._dirty = True
             self._insert(key, variant, from_disk=False)
             return variant
 
@@ -686,23 +714,15 @@ class ChunkKVCache:
 
     # ------------------------------------------------------------------ disk tier
     def _open_disk(self, folder: Path) -> None:
-        folder.mkdir(parents=True, exist_ok=True)
+        check_cache_dir(folder)  # a file, or a folder of something else: refused before anything is written
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ArtifactError(f"{folder}: could not create the chunk-cache folder (disk_dir) ({type(e).__name__}: "
+                                f"{e.strerror or e}); expected a folder path that can be written") from None
         manifest = folder / "manifest.json"
-        if manifest.exists():
-            try:
-                meta = json.loads(manifest.read_text(encoding="utf-8"))
-                if not isinstance(meta, dict):
-                    raise ValueError(f"expected a JSON object, got {type(meta).__name__}")
-            except (ValueError, UnicodeDecodeError) as e:
-                raise ArtifactError(f"{manifest}: not a chunk-cache manifest ({e}); it names the model the folder's "
-                                    "chunks were computed with: delete the folder, or use another disk_dir") from None
-            version = meta.get("format_version", 0)
-            if isinstance(version, bool) or not isinstance(version, int):
-                raise ArtifactError(f"{manifest}: format_version is {version!r}; expected an int (this ragkit writes "
-                                    f"{_FORMAT_VERSION}): not a chunk-cache manifest of ragkit, or a damaged one")
-            if version > _FORMAT_VERSION:
-                raise ArtifactError(f"{manifest}: written by a newer ragkit (format {version}; this ragkit reads "
-                                    f"up to {_FORMAT_VERSION})")
+        meta = check_cache_dir(folder)
+        if meta is not None:
             got = (meta.get("model_id"), meta.get("tokenizer_id"))
             if got != (self.model_id, self.tokenizer_id):
                 raise CacheModelMismatchError(
@@ -829,19 +849,95 @@ class ChunkKVCache:
             return None
 
     def flush(self) -> None:
-        """Write every in-memory variant to the disk tier (no-op without ``disk_dir``)."""
+        """Write every in-memory variant to the disk tier (no-op without ``disk_dir``; done at the
+        process's exit too, see the module docstring)."""
         if self.disk_dir is None:
             return
         with self._lock:
             for key, lst in self._mem.items():
                 for v in lst:
                     self._write_disk(key, v)
+            self._dirty = False
+
+    def _flush_on_close(self, timeout: float = 10.0) -> bool:
+        """:meth:`flush` when the store is dropped or the process exits: skipped (``False``) when the folder or
+        its manifest is gone (removed on purpose: not created again) or another thread holds the store past
+        ``timeout`` seconds."""
+        d = self.disk_dir
+        if d is None or not self._mem or not self._dirty or not (d / "manifest.json").is_file():
+            return False  # nothing new since the last flush, or the folder was removed
+        if not self._lock.acquire(timeout=timeout):  # a thread still inside (a daemon thread): never hang the exit
+            return False
+        try:
+            self.flush()
+        finally:
+            self._lock.release()
+        return True
 
     def __repr__(self) -> str:
         with self._lock:
             return (f"ChunkKVCache(model_id={self.model_id!r}, variants={len(self)}, bytes={self._bytes}, "
                     f"budget_bytes={self.budget_bytes}, storage_dtype={self.storage_dtype!r}, "
                     f"hit_rate={self.stats.hit_rate:.2f})")
+
+
+def check_cache_dir(folder: str | Path) -> dict | None:
+    """Check that ``folder`` can be a chunk cache's disk tier, before anything is written there: the
+    chunk-cache manifest it holds (a dict), or ``None`` when it holds none (an empty or new folder).
+
+    Raises :class:`~ragkit.errors.ArtifactError` naming the path when ``folder`` (or the nearest part of
+    it that exists) is a file, or its ``manifest.json`` is not a chunk-cache manifest (not a JSON object
+    with ``model_id`` and ``tokenizer_id``: another tool's folder, a saved pipeline's), or was written by
+    a newer ragkit.  Whether the manifest names the right model is checked when the store opens.
+    """
+    folder = Path(folder)
+    existing = next((p for p in (folder, *folder.parents) if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        where = "is a file" if existing == folder else f"is below the file {existing}"
+        raise ArtifactError(f"{folder}: the chunk-cache folder (disk_dir) {where}; expected a folder (an existing "
+                            "chunk-cache folder, an empty one, or one to create)")
+    manifest = folder / "manifest.json"
+    if existing != folder or not manifest.exists():
+        return None
+    hint = ("not a chunk-cache folder: use another folder (a new or empty one) for the chunk cache, which writes "
+            "its own manifest.json there")
+    try:
+        meta = json.loads(manifest.read_text(encoding="utf-8"))
+        if not isinstance(meta, dict):
+            raise ValueError(f"expected a JSON object, got {type(meta).__name__}")
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ArtifactError(f"{manifest}: not a chunk-cache manifest ({e}); {hint}") from None
+    except OSError as e:
+        raise ArtifactError(f"{manifest}: could not read the chunk-cache manifest ({type(e).__name__}: "
+                            f"{e.strerror or e}); check its permissions") from None
+    version = meta.get("format_version", 0)
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise ArtifactError(f"{manifest}: format_version is {version!r}; expected an int (this ragkit writes "
+                            f"{_FORMAT_VERSION}): not a chunk-cache manifest of ragkit, or a damaged one")
+    if not all(isinstance(meta.get(k), str) for k in ("model_id", "tokenizer_id")):
+        raise ArtifactError(f"{manifest}: not a chunk-cache manifest (it names no model_id and tokenizer_id, "
+                            f"keys {sorted(meta)[:6]}); {hint}")
+    if version > _FORMAT_VERSION:
+        raise ArtifactError(f"{manifest}: written by a newer ragkit (format {version}; this ragkit reads "
+                            f"up to {_FORMAT_VERSION})")
+    return meta
+
+
+def _flush_dropped(state: dict) -> None:
+    """``weakref.finalize`` callback of a store with a disk tier, called when the store is garbage-collected
+    or, if it is still alive then, when the process exits: write what its memory tier holds (``state`` is the
+    store's ``__dict__``, which outlives it; the store itself cannot be referenced).  A failure is one line on
+    stderr, never an exception."""
+    store = ChunkKVCache.__new__(ChunkKVCache)
+    store.__dict__ = state
+    try:
+        store._flush_on_close()
+    except Exception as e:  # noqa: BLE001 -- at exit or in a garbage collection: say so, never raise
+        try:
+            sys.stderr.write(f"ragkit: the chunk cache {store.disk_dir} could not be written when it was closed "
+                             f"({type(e).__name__}: {e}); its new chunks will be computed again\n")
+        except Exception:  # noqa: BLE001 -- stderr closed
+            pass
 
 
 def _written_ns(meta: dict[str, str], f: Path) -> int:

