@@ -19,16 +19,17 @@ from pathlib import Path
 
 import numpy as np
 
-from ragkit.filters import TopK
-from ragkit.pipelines import MaxOnly, Pipeline, RuleRouter, ScoreReached, ScoreRouter, TopKStable
+from ragkit.filters import RelativeThreshold, ScoreThreshold, TopK
+from ragkit.pipelines import Pipeline
 from ragkit.types import Ranking, State
 
 
 def operators() -> list:
+    """Ten cheap steps (cuts and thresholds): what is measured is the machinery around them.  (Routers
+    and judges were steps here until a pipeline refused them outside a route / a loop.)"""
     return [
-        TopK(k=100), RuleRouter(rules=[{"label": "short", "max_words": 5}], default="long"), TopK(k=80),
-        ScoreRouter(feature="gap", threshold=0.1), ScoreReached(threshold=0.5), TopK(k=60),
-        TopKStable(k=10), MaxOnly(), TopK(k=40), TopK(k=20),
+        TopK(k=100), ScoreThreshold(threshold=0.01), TopK(k=80), RelativeThreshold(alpha=0.001), TopK(k=60),
+        ScoreThreshold(threshold=0.005), TopK(k=40), RelativeThreshold(alpha=0.0005), TopK(k=30), TopK(k=20),
     ]
 
 

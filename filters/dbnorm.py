@@ -216,6 +216,7 @@ class DBNorm(Operator):
 
     name = "dbnorm"
     kind = "reranker"
+    reads_rankings = True
     Params = DBNormParams
     params: DBNormParams
     example = {"method": "ddis"}

@@ -117,6 +117,7 @@ class MMR(Operator):
 
     name = "mmr"
     kind = "reranker"
+    reads_rankings = True
     Params = MMRParams
     params: MMRParams
     example = {"k": 10, "fetch_k": 20, "lambda_mult": 0.5}

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Protocol, Se
 
 import numpy as np
 
-from ragkit.errors import ConfigError, DataError, NotFittedError, ParamError, some_ids
+from ragkit.errors import ConfigError, DataError, NotFittedError, ParamError, RagkitError, some_ids
 from ragkit.operator import Operator, call_checked, options_checked
 from ragkit.params import Params
 from ragkit.types import QUERY_REWRITES, Corpus, Queries, Ranking, State, TraceEvent, TrainSet
@@ -203,6 +203,10 @@ class Composite(Operator):
         return self
 
 
+#: the most iterations a loop may run (a judge that never says done would otherwise run for ever)
+MAX_LOOP_ITERS = 1000
+
+
 def _at(path: str, kind: str) -> str:
     """``path.kind``, or ``kind`` for a composite searched or fitted on its own (no path)."""
     return f"{path}.{kind}" if path else kind
@@ -216,8 +220,13 @@ def fit_once(op: Operator, corpus: Corpus, train: TrainSet | None, seen: set[int
     seen.add(id(op))
     if isinstance(op, Composite):
         op.fit(corpus, train, upstream=upstream, _seen=seen, _path=path)
-    else:
+        return
+    try:
         op.fit(corpus, train, upstream=upstream if op.wants_upstream else None)
+    except RagkitError as e:  # which step: a pipeline may hold two of one operator
+        if path and e.args and isinstance(e.args[0], str) and not e.args[0].startswith(path):
+            e.args = (f"{path}.{op.name}: {e.args[0]}", *e.args[1:])
+        raise
 
 
 def check_trainable(root: Operator, train: TrainSet | None, corpus: Corpus | None = None) -> None:
@@ -253,6 +262,15 @@ def check_trainable(root: Operator, train: TrainSet | None, corpus: Corpus | Non
             continue
         raise ParamError(f"{path}: {leaf.name} with learn: true learns only as {home}, from what each choice "
                          f"gives the judged queries; anywhere else it has nothing to learn from")
+    if corpus is not None:  # a retriever's own filter naming a field the corpus lacks failed at every search
+        from ragkit.options import filter_value
+
+        for path, leaf in walk_leaves(root):
+            own = getattr(leaf.params, "filter", None)
+            try:
+                filter_value(own, corpus)
+            except (TypeError, ValueError) as e:
+                raise ParamError(f"{path}.filter: {e}", path=f"{path}.filter") from None
     if train is not None and corpus is not None and any(leaf.learns for _, leaf in walk_leaves(root)):
         train.check_corpus(corpus)
     if train is not None:
@@ -338,10 +356,19 @@ def unranked_router(op: Operator, path: str = "pipeline", ranked: bool = False) 
     YAML, fitted and searched, before any work (at search it would fail on its first query).
     """
     if isinstance(op, Pipeline):
-        for step, where in op.child_paths(path):
+        steps = op.child_paths(path)
+        for i, (step, where) in enumerate(steps):
             problem = unranked_router(step, where, ranked)
             if problem is not None:
                 return problem
+            reader = None if ranked else next((leaf for leaf in iter_leaves(step) if leaf.kind != "router"
+                                               and leaf.reads_rankings), None)
+            later = next((w for s, w in steps[i + 1:] if _retrieves(s)), None)
+            if reader is not None and not _retrieves(step) and later is not None:
+                at = f"{where}.{reader.name}" if reader is step else where
+                return ConfigError(f"{at}: {reader.name} ({reader.kind}) works on the rankings of the steps before "
+                                   f"it, and none before it retrieves anything (the retriever at {later} comes "
+                                   f"after it); put it after a retriever", path=at)
             ranked = ranked or _retrieves(step)
         return None
     if isinstance(op, Route) and getattr(op.router, "reads_rankings", False) and not ranked:
@@ -394,6 +421,12 @@ class Pipeline(Composite):
                                  "drop it")
         if len(steps) > 1:
             steps = _fold_fusers(steps)
+            misplaced = next(((i, s) for i, s in enumerate(steps) if s.kind in ("judge", "router")), None)
+            if misplaced is not None:  # (a pipeline of one is what Operator.to_yaml writes for it: kept)
+                i, s = misplaced
+                home = "Loop(body, until=...)" if s.kind == "judge" else "Route(router, {label: branch, ...})"
+                raise ParamError(f"pipeline[{i}]: {s.name!r} is a {s.kind}, not a step of its own (it would change "
+                                 f"nothing); it belongs in {home}", path=f"pipeline[{i}].{s.name}")
         self.steps: list[Operator] = steps
 
     def children(self) -> list[Operator]:
@@ -1015,8 +1048,10 @@ class Loop(Composite):
 
     def __init__(self, body: Operator | Sequence[Operator], until: Operator, max_iters: int = 3) -> None:
         super().__init__()
-        if isinstance(max_iters, bool) or not isinstance(max_iters, (int, np.integer)) or max_iters < 1:
-            raise ParamError(f"loop.max_iters: expected a positive integer, got {max_iters!r}")
+        if isinstance(max_iters, bool) or not isinstance(max_iters, (int, np.integer)) or not (
+                1 <= max_iters <= MAX_LOOP_ITERS):
+            raise ParamError(f"loop.max_iters: expected an integer from 1 to {MAX_LOOP_ITERS:,} (each iteration runs "
+                             f"the body over the queries still looping), got {max_iters!r}", path="loop.max_iters")
         if until.kind != "judge":
             raise ParamError(f"loop.until: expected a judge operator, got {until.name!r} ({until.kind})")
         self.body = _as_pipeline(body, "loop.body")

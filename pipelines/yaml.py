@@ -41,6 +41,7 @@ from ragkit.errors import ConfigError, ParamError
 from ragkit.operator import Operator
 from ragkit.params import validate_params
 from ragkit.pipelines._compose import (
+    MAX_LOOP_ITERS,
     Composite,
     Loop,
     Parallel,
@@ -166,7 +167,26 @@ def _safe_load(text: str, where: str) -> Any:
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
         if "could not determine a constructor" in str(e):
             problem = f"{problem}; YAML tags that construct objects are not allowed in pipeline files"
-        raise ConfigError(f"{where}:{loc}: not valid pipeline YAML: {problem}") from None
+        raise ConfigError(f"{where}:{loc}: not valid pipeline YAML: {problem}{_syntax_hint(e)}") from None
+
+
+#: what PyYAML's context of an unclosed construct opened, and what closes it
+_UNCLOSED = {"flow mapping": ("'{'", "'}'"), "flow sequence": ("'['", "']'"),
+             "quoted scalar": ("quote", "the closing quote")}
+
+
+def _syntax_hint(e: yaml.YAMLError) -> str:
+    """Where the mistake may be when it is not where the parser gave up: the ``{``, ``[`` or quote
+    an error's context opened (PyYAML reports the line where it noticed, often the next one), or
+    that YAML indents with spaces only."""
+    context, mark = getattr(e, "context", None) or "", getattr(e, "context_mark", None)
+    if "'\\t'" in (getattr(e, "problem", None) or ""):  # "found character '\t' that cannot start any token"
+        return "; indent with spaces: YAML does not allow tabs"
+    for what, (opened, closer) in _UNCLOSED.items():
+        if what in context and mark is not None:
+            where = f"line {mark.line + 1}, column {mark.column + 1}"
+            return f"; the {opened} at {where} is not closed (is {closer} missing?)"
+    return ""
 
 
 def parse_yaml_text(source: str | Path) -> tuple[Any, str]:
@@ -314,7 +334,26 @@ def _branch(x: Any, path: str, make_leaf: LeafFactory, prev: tuple[Any, str] | N
     op = build(x, path, make_leaf)
     if op.kind == "fuser":
         raise _misplaced_fuser(op, f"{path}.{op.name}", prev)
+    if op.kind in _CONTROL_HOMES:
+        raise _misplaced_control(op, f"{path}.{op.name}")
     return op
+
+
+#: where a judge and a router belong: ``(the key that takes it, an example)``; as a step of its own
+#: one would only write a value (``done``, ``label``) that nothing reads
+_CONTROL_HOMES = {
+    "judge": ("a loop's 'until:'; it decides when the loop stops",
+              "`- loop: {{body: [...], until: {op}, max_iters: 3}}`"),
+    "router": ("a route's 'router:'; it picks each query's branch",
+               "`- route: {{router: {op}, branches: {{name: [...], other: [...]}}}}`"),
+}
+
+
+def _misplaced_control(op: Operator, here: str) -> ConfigError:
+    """The error for a judge or a router used as a step: it would run and change nothing."""
+    home, example = _CONTROL_HOMES[op.kind]
+    return ConfigError(f"{here}: a {op.kind} is not a step of its own (it would change nothing); it belongs in "
+                       f"{home}: {example.format(op=_flow({op.name: op.params.non_default()}))}", path=here)
 
 
 def _flow(node: Any) -> str:
@@ -568,8 +607,9 @@ def _build_loop(body: Mapping[str, Any], here: str, make_leaf: LeafFactory, prob
         until = problems.attempt("until", lambda: _need_kind(
             build(body["until"], f"{here}.until", make_leaf), "judge", f"{here}.until"))
     n = body.get("max_iters", 3)
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        problems.wrong("max_iters", here, f"expected a positive integer, got {n!r}")
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_LOOP_ITERS:
+        problems.wrong("max_iters", here, f"expected an integer from 1 to {MAX_LOOP_ITERS:,} (each iteration runs the "
+                                          f"body over the queries still looping), got {n!r}")
     problems.check()
     assert loop_body is not None and until is not None  # (else a problem was found: check raised it)
     return Loop(loop_body, until=until, max_iters=n)

@@ -174,6 +174,12 @@ class Operator:
         refusal = self.train_refusal() if train is None else None
         if refusal is not None:  # before any state changes: a refused refit keeps what was fitted
             raise refusal
+        own = getattr(self.params, "filter", None)
+        if own is not None:  # a field the corpus lacks would fail every search
+            try:
+                filter_option(self, own, corpus)
+            except (TypeError, ValueError) as e:
+                raise ParamError(f"{self.name}.filter: {e}", path=f"{self.name}.filter") from None
         self.corpus_ = corpus
         self._fit(corpus, train, upstream)
         if self.uses_torch:

@@ -54,16 +54,40 @@ def _upstream(cls: type[Operator]) -> list[dict]:
 
 
 def _pipeline(cls: type[Operator]) -> Pipeline:
-    """The operator (example params) after the upstream it needs."""
+    """The operator (example params) where it works: a fuser as a parallel's ``fuse``, a router as
+    a route's ``router`` (a branch per label it can give), a judge as a loop's ``until``, any other
+    after the upstream it needs."""
     if cls.kind == "fuser":
         return load_yaml({"pipeline": [{"parallel": {
             "branches": [{"bm25": {"k": 20}}, {"bm25": {"k": 20, "variant": "okapi", "k1": 1.5, "b": 0.75}}],
             "fuse": _node(cls)}}]})
+    if cls.kind == "router":
+        labels = cls(**cls.example).possible_labels()
+        branches = {label: [{"top_k": {"k": 3 + i}}] for i, label in enumerate(labels)}
+        return load_yaml({"pipeline": [*_upstream(cls), {"route": {"router": _node(cls), "branches": branches}}]})
+    if cls.kind == "judge":
+        return load_yaml({"pipeline": [*_upstream(cls), {"loop": {
+            "body": [{"prf": {"fb_docs": 5, "fb_terms": 10}}, {"bm25": {"k": 20}}], "until": _node(cls),
+            "max_iters": 2}}]})
     return load_yaml({"pipeline": [*_upstream(cls), _node(cls)]})
 
 
+#: where :func:`_pipeline` puts an operator of each kind: the attribute of the last step that holds it
+_SEAT = {"fuser": "fuse", "router": "router", "judge": "until"}
+
+
 def _target(pipe: Pipeline, cls: type[Operator]) -> Operator:
-    return pipe.steps[0].fuse if cls.kind == "fuser" else pipe.steps[-1]
+    if cls.kind == "fuser":
+        return pipe.steps[0].fuse
+    return getattr(pipe.steps[-1], _SEAT[cls.kind]) if cls.kind in _SEAT else pipe.steps[-1]
+
+
+def _replace_target(pipe: Pipeline, cls: type[Operator], op: Operator) -> None:
+    """Put ``op`` where :func:`_target` finds the operator."""
+    if cls.kind in _SEAT:
+        setattr(pipe.steps[0 if cls.kind == "fuser" else -1], _SEAT[cls.kind], op)
+    else:
+        pipe.steps[-1] = op
 
 
 def _same(a, b) -> None:
@@ -250,10 +274,7 @@ def check_save_load(cls, data, tmp_path):
     loaded = Operator.load(tmp_path / "op")
     assert type(loaded) is cls and loaded.params == op.params
     # the operator folder alone answers as the fitted operator did, in place of it
-    if cls.kind == "fuser":
-        pipe.steps[0].fuse = loaded
-    else:
-        pipe.steps[-1] = loaded
+    _replace_target(pipe, cls, loaded)
     _same(before, pipe.search(queries))
     for p in (tmp_path / "pipe").rglob("*"):
         assert p.suffix not in (".pkl", ".pickle", ".joblib"), p

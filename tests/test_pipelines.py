@@ -11,7 +11,7 @@ import pytest
 
 from ragkit import registry
 from ragkit.errors import ArtifactError, ConfigError, ParamError
-from ragkit.filters import TopK
+from ragkit.filters import MMR, TopK
 from ragkit.operator import Operator
 from ragkit.pipelines import (
     PRF,
@@ -571,7 +571,7 @@ BAD = [
      "pipeline[0].route.branches.easy.bm25.k:"),
     ("pipeline: [{loop: {body: [{bm25: {}}]}}]", "pipeline[0].loop.until: missing"),
     ("pipeline: [{loop: {body: [{bm25: {}}], until: {max_only: {}}, max_iters: 0}}]",
-     "pipeline[0].loop.max_iters: expected a positive integer, got 0"),
+     "pipeline[0].loop.max_iters: expected an integer from 1 to 1,000"),
     ("pipeline: [{loop: {body: [{bm25: {}}], until: {max_only: {}}, max_iters: two}}]", "pipeline[0].loop.max_iters:"),
     ("pipeline: [{loop: {body: [{bm25: {}}], until: {bm25: {}}}}]", "pipeline[0].loop.until: expected a judge"),
     ("pipeline: [{loop: {body: [{bm25: {}}], until: {topk_stable: {k: 0}}}}]", "pipeline[0].loop.until.topk_stable.k:"),
@@ -741,15 +741,20 @@ _IN_ROUTE_BRANCH = ("pipeline:\n  - bm25: {{k: 10}}\n  - route:\n"
 @pytest.mark.parametrize("step,home", [("score_router: {learn: true}", "router of a route"),
                                        ("score_reached: {learn: true}", "until judge of a loop")])
 def test_learning_router_or_judge_out_of_place_is_refused_at_fit(shape, where, step, home, slice_data, monkeypatch):
-    """Outside a route's router / a loop's until, a learning router / judge cannot learn: refused with its
-    path before anything is fitted (it used to fit, then fail at search with 'no threshold was learned;
-    fit with train'), also when nested in a loop body or a parallel branch."""
+    """Outside a route's router / a loop's until, a learning router / judge cannot learn (it used to fit,
+    then fail at search with 'no threshold was learned; fit with train'), also when nested in a loop body
+    or a parallel branch: a file is refused when it loads (a router or judge is no step of its own), a
+    pipeline built in Python with one as a branch of its own before anything is fitted, with its path."""
     corpus, _, _, train = slice_data
-    pipe = Pipeline.from_yaml(shape.format(step=step))
+    with pytest.raises(ConfigError, match=rf"{re.escape(where)}\.score_\w+: a (router|judge) is not a step of its "
+                                          "own"):
+        Pipeline.from_yaml(shape.format(step=step))
+    learner = Pipeline.from_yaml(f"pipeline: [{{{step}}}]").steps[0]
+    pipe = Pipeline([BM25(k=10), Parallel([learner, BM25(k=5)])])
     fitted = []
     monkeypatch.setattr(BM25, "_fit", lambda self, *a: fitted.append(self))
-    with pytest.raises(ParamError, match=rf"{re.escape(where)}\.score_\w+: score_\w+ with learn: true learns only "
-                                         rf"as the {home}"):
+    with pytest.raises(ParamError, match=rf"pipeline\[1\]\.parallel\.branches\[0\]\.score_\w+: score_\w+ with learn: "
+                                         rf"true learns only as the {home}"):
         pipe.fit(corpus, train)
     assert not fitted
 
@@ -871,6 +876,86 @@ def test_fuser_step_is_refused_at_load_with_the_fuse_form():
     assert _config_error("pipeline: [{loop: {body: {weighted: {}}, until: {max_only: {}}}}]").path == \
         "pipeline[0].loop.body.weighted"
     assert Pipeline.from_yaml(RRF(k=10).to_yaml()) == Pipeline([RRF(k=10)])  # Operator.to_yaml's one-step file
+
+
+def test_a_judge_or_router_step_of_its_own_is_refused_with_where_it_belongs():
+    """``[bm25, topk_stable]`` and ``[rule_router, bm25]`` were accepted and scored exactly as bm25 alone:
+    a judge or a router as a step writes a value nothing reads.  They are refused at load with the form."""
+    e = _config_error("pipeline: [{bm25: {}}, {topk_stable: {k: 5}}]")
+    assert e.path == "pipeline[1].topk_stable" and str(e).startswith(
+        "pipeline[1].topk_stable: a judge is not a step of its own (it would change nothing); it belongs in a "
+        "loop's 'until:'"), str(e)
+    assert "`- loop: {body: [...], until: {topk_stable: {k: 5}}, max_iters: 3}`" in str(e)
+    e = _config_error("pipeline: [{rule_router: {rules: [{label: a, max_words: 2}], default: b}}, {bm25: {}}]")
+    assert e.path == "pipeline[0].rule_router" and "it belongs in a route's 'router:'" in str(e)
+    assert _config_error("pipeline: [{parallel: {branches: [{bm25: {}}, {max_only: {}}]}}]").path == \
+        "pipeline[0].parallel.branches[1].max_only"
+    for op in (TopKStable(k=5), RuleRouter(rules=[{"label": "a", "max_words": 2}], default="b")):
+        assert Pipeline.from_yaml(op.to_yaml()) == Pipeline([op])  # Operator.to_yaml's one-step file loads
+
+
+def test_loop_max_iters_is_bounded_and_yaml_syntax_errors_point_at_the_opening():
+    """``max_iters: 100000000000`` with a judge that never stops passed validation and ran for ever; an
+    unclosed ``{`` / ``[`` / quote was reported where the parser gave up (the next line, or the end of
+    the file), and a tab got no hint."""
+    e = _config_error("pipeline: [{loop: {body: [{bm25: {}}], until: {max_only: {}}, max_iters: 100000000000}}]")
+    assert e.path == "pipeline[0].loop.max_iters" and "expected an integer from 1 to 1,000" in str(e), str(e)
+    with pytest.raises(ParamError, match=r"loop.max_iters: expected an integer from 1 to 1,000"):
+        Loop(BM25(), until=MaxOnly(), max_iters=5000)
+    assert Loop(BM25(), until=MaxOnly(), max_iters=1000).max_iters == 1000
+    for text, hint in (("pipeline:\n  - bm25: {k: 100\n  - top_k: {k: 10}\n",
+                        "the '{' at line 2, column 11 is not closed (is '}' missing?)"),
+                       ('pipeline:\n  - bm25: {k: 100}\n  - top_k: {k: "10}\n  - mmr: {}\n',
+                        "the quote at line 3, column 16 is not closed (is the closing quote missing?)"),
+                       ("pipeline:\n  - parallel:\n      branches: [{bm25: {}}, {bm25: {}}\n      fuse: {rrf: {}}\n",
+                        "the '[' at line 3, column 17 is not closed (is ']' missing?)"),
+                       ("pipeline:\n\t- bm25: {}\n", "indent with spaces: YAML does not allow tabs")):
+        with pytest.raises(ConfigError) as info:
+            load_yaml(text)
+        assert str(info.value).endswith(hint), str(info.value)
+
+
+def test_mistakes_that_failed_at_the_first_search_are_refused_before_any_fit(monkeypatch):
+    """A retriever's own ``filter`` naming a field the corpus lacks, and a reranker placed before the
+    retriever it reranks, passed validation and fitted every step (a dense step encoded the corpus), then
+    failed at every search without saying where.  Both are refused before anything is fitted, with the
+    path; an error a step's own fit raises names the step too."""
+    from ragkit.errors import DataError
+    from ragkit.types import Corpus
+
+    corpus = Corpus.from_texts(["red apples", "green pears", "heart blood", "blood cells"], topic=["f", "f", "b", "b"])
+    fits = []
+    real = BM25._fit
+    monkeypatch.setattr(BM25, "_fit", lambda self, *a: fits.append(self) or real(self, *a))
+    pipe = Pipeline.from_yaml("pipeline: [{parallel: {branches: [{bm25: {}}, {bm25: {filter: {year: 2020}}}]}}]")
+    with pytest.raises(ParamError, match=r"^pipeline\[0\]\.parallel\.branches\[1\]\.bm25\.filter: field 'year' "
+                                         r"is not a metadata field of the corpus; available: \['topic', '_id'\]"):
+        pipe.fit(corpus)
+    with pytest.raises(ParamError, match=r"^bm25.filter: field 'year' is not a metadata field"):
+        BM25(filter={"year": 2020}).fit(corpus)
+    assert fits == []
+    ok = Pipeline([BM25(filter={"topic": "b"})]).fit(corpus)
+    assert set(ok.search(["blood apples"]).doc_ids[0]) == {"2", "3"}
+    fits.clear()
+
+    e = _config_error("pipeline: [{mmr: {}}, {bm25: {}}]")
+    assert e.path == "pipeline[0].mmr" and str(e).startswith(
+        "pipeline[0].mmr: mmr (reranker) works on the rankings of the steps before it, and none before it retrieves "
+        "anything (the retriever at pipeline[1] comes after it); put it after a retriever"), str(e)
+    assert _config_error("pipeline: [{top_k: {}}, {loop: {body: [{dbnorm: {}}, {bm25: {}}], until: {max_only: {}}}}]"
+                         ).path == "pipeline[1].loop.body[0].dbnorm"
+    with pytest.raises(ConfigError, match=r"pipeline\[0\]\.mmr: mmr \(reranker\) works on the rankings"):
+        Pipeline([MMR(), BM25()]).fit(corpus)
+    assert fits == []
+    for fine in ("pipeline: [{mmr: {}}]", "pipeline: [{bm25: {}}, {mmr: {}}]", "pipeline: [{prf: {}}, {bm25: {}}]"):
+        load_yaml(fine)  # alone (Operator.to_yaml's file), after a retriever, or a step that runs without rankings
+
+    class Broken(BM25):
+        def _fit(self, corpus, train, upstream):  # noqa: ANN001
+            raise DataError("bm25 could not read the corpus")
+
+    with pytest.raises(DataError, match=r"^pipeline\[0\]\.parallel\.branches\[1\]\.bm25: bm25 could not read"):
+        Pipeline([BM25() + Broken()]).fit(corpus)
 
 
 def test_fuser_weights_must_match_the_branches_at_load(tmp_path):
