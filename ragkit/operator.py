@@ -167,10 +167,7 @@ class Operator:
         Returns ``self``.  ``upstream`` is the output of the preceding pipeline steps on the
         training queries, given only to operators with ``wants_upstream = True``.
         """
-        if not isinstance(corpus, Corpus):
-            raise TypeError(f"{self.name}.fit expects a ragkit Corpus, got {type(corpus).__name__}")
-        if train is not None and not isinstance(train, TrainSet):
-            raise TypeError(f"{self.name}.fit: train must be a ragkit TrainSet, got {type(train).__name__}")
+        check_fit_inputs(corpus, train, f"{self.name}.fit")
         refusal = self.train_refusal() if train is None else None
         if refusal is not None:  # before any state changes: a refused refit keeps what was fitted
             raise refusal
@@ -466,6 +463,15 @@ def _positive_k(value: Any, where: str) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
         raise ParamError(f"{where}: expected a positive integer, got {value!r}", path=where)
     return int(value)
+
+
+def check_fit_inputs(corpus: Any, train: Any, where: str) -> None:
+    """Refuse a ``corpus`` that is not a :class:`Corpus` or a ``train`` that is not a :class:`TrainSet`
+    (``TypeError`` naming ``where``, e.g. ``"bm25.fit"``), before a fit does any work."""
+    if not isinstance(corpus, Corpus):
+        raise TypeError(f"{where} expects a ragkit Corpus, got {type(corpus).__name__}")
+    if train is not None and not isinstance(train, TrainSet):
+        raise TypeError(f"{where}: train must be a ragkit TrainSet, got {type(train).__name__}")
 
 
 def _is_ragkit_save(folder: Path) -> bool:

@@ -46,7 +46,7 @@ from pydantic import Field, field_validator, model_validator
 from ragkit._files import file_above
 from ragkit.encoders.sentence import as_texts
 from ragkit.errors import ParamError, RagkitError
-from ragkit.operator import Operator, read_json, write_json
+from ragkit.operator import Operator, check_fit_inputs, read_json, write_json
 from ragkit.params import Params
 from ragkit.registry import register
 from ragkit.types import QUERY_REWRITES, Corpus, Ranking, State, TrainSet
@@ -311,14 +311,6 @@ def _cache_vectors(model: str, texts: list[str], vectors: np.ndarray) -> int:
     return len(miss)
 
 
-def _check_corpus(corpus: Any, train: Any, where: str) -> None:
-    """The type errors a local fit raises at once (``Operator.fit``'s), raised before any work."""
-    if not isinstance(corpus, Corpus):
-        raise TypeError(f"{where} expects a ragkit Corpus, got {type(corpus).__name__}")
-    if train is not None and not isinstance(train, TrainSet):
-        raise TypeError(f"{where}: train must be a ragkit TrainSet, got {type(train).__name__}")
-
-
 def fit_pipeline(pipe: Any, corpus: Corpus, train: TrainSet | None, *, backend: str = "ray",
                  num_actors: int = 2, upstream: State | None = None, path: str = "pipeline") -> Any:
     """Fit ``pipe`` with Ray encoding: pre-encode the corpus's sentence vectors of every model
@@ -338,7 +330,7 @@ def fit_pipeline(pipe: Any, corpus: Corpus, train: TrainSet | None, *, backend: 
     """
     if backend != "ray":
         raise ParamError(f"fit: backend must be 'local' or 'ray', got {backend!r}")
-    _check_corpus(corpus, train, "fit(backend='ray')")
+    check_fit_inputs(corpus, train, "fit(backend='ray')")
     from ragkit.pipelines._compose import check_trainable, iter_leaves, unranked_router
 
     problem = unranked_router(pipe, path)
