@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Protocol, Se
 import numpy as np
 
 from ragkit.errors import ConfigError, DataError, NotFittedError, ParamError, RagkitError, some_ids
-from ragkit.operator import Operator, call_checked, options_checked
+from ragkit.operator import Operator, call_checked, fit_on_backend, options_checked
 from ragkit.params import Params
 from ragkit.types import QUERY_REWRITES, Corpus, Queries, Ranking, State, TraceEvent, TrainSet
 
@@ -194,7 +194,9 @@ class Composite(Operator):
         return [(c, path) for c in self.children()]
 
     def fit(self, corpus: Corpus, train: TrainSet | None = None, *, upstream: State | None = None,
-            _seen: set[int] | None = None, _path: str = "") -> "Composite":
+            _seen: set[int] | None = None, _path: str = "", backend: str = "local") -> "Composite":
+        if backend != "local":  # fitted on its own on Ray (a pipeline's steps are fitted locally by it)
+            return fit_on_backend(self, corpus, train, upstream, backend)
         if _seen is None:  # fitted on its own: a refused refit changes nothing (see check_trainable)
             check_trainable(self, train, corpus)
         seen = set() if _seen is None else _seen
@@ -775,7 +777,9 @@ class Parallel(Composite):
                         names=unique_names(extra, taken=self.names, wanted=extra_names))
 
     def fit(self, corpus: Corpus, train: TrainSet | None = None, *, upstream: State | None = None,
-            _seen: set[int] | None = None, _path: str = "") -> "Parallel":
+            _seen: set[int] | None = None, _path: str = "", backend: str = "local") -> "Parallel":
+        if backend != "local":  # fitted on its own on Ray (a pipeline's steps are fitted locally by it)
+            return fit_on_backend(self, corpus, train, upstream, backend)
         if _seen is None:  # fitted on its own: a refused refit changes nothing (see check_trainable)
             check_trainable(self, train, corpus)
         seen = set() if _seen is None else _seen
@@ -906,7 +910,7 @@ class Route(Composite):
         return bool(_learning_leaves(self))
 
     def fit(self, corpus: Corpus, train: TrainSet | None = None, *, upstream: State | None = None,
-            _seen: set[int] | None = None, _path: str = "") -> "Route":
+            _seen: set[int] | None = None, _path: str = "", backend: str = "local") -> "Route":
         """Fit the router and every branch; a learning router then learns from the branches' results.
 
         With ``train`` and a router that does not learn, a branch whose operators learn (a
@@ -920,6 +924,8 @@ class Route(Composite):
         the router gets each branch's per-query nDCG@10 on them (``upstream``: the preceding
         steps' output) and chooses its threshold from them.
         """
+        if backend != "local":  # fitted on its own on Ray (a pipeline's steps are fitted locally by it)
+            return fit_on_backend(self, corpus, train, upstream, backend)
         learning_router = (self.router if train is not None and self.router.needs_train
                            and isinstance(self.router, _LearningRouter) else None)
         if train is None or learning_router is not None or not self.wants_upstream:
@@ -1069,7 +1075,7 @@ class Loop(Composite):
         return [(self.body, f"{here}.body"), (self.until, f"{here}.until")]
 
     def fit(self, corpus: Corpus, train: TrainSet | None = None, *, upstream: State | None = None,
-            _seen: set[int] | None = None, _path: str = "") -> "Loop":
+            _seen: set[int] | None = None, _path: str = "", backend: str = "local") -> "Loop":
         """Fit the body and the judge; a learning judge then learns when to stop; the body's learners
         then learn from the iteration whose output the loop returns.
 
@@ -1086,6 +1092,8 @@ class Loop(Composite):
         iteration, so a fuser after it learned to weigh a plain query's rankings, while every ranking
         the loop returned came from an expanded one.
         """
+        if backend != "local":  # fitted on its own on Ray (a pipeline's steps are fitted locally by it)
+            return fit_on_backend(self, corpus, train, upstream, backend)
         super().fit(corpus, train, upstream=upstream, _seen=_seen, _path=_path)
         judge = (self.until if train is not None and self.until.needs_train
                  and isinstance(self.until, _LearningJudge) else None)

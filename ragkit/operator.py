@@ -24,7 +24,7 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterator, Mapping, Sequence, cast
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterator, Mapping, Sequence, TypeVar, cast
 
 import numpy as np
 
@@ -46,6 +46,8 @@ __all__ = ["Operator", "FORMAT_VERSION", "atomic_dir", "write_json", "read_json"
 CHECKSUMS = "checksums.json"  # written by Operator.save beside params.json
 
 FORMAT_VERSION = 1
+
+T = TypeVar("T", bound="Operator")
 
 # True while an operator tree runs on run-time options that were already checked (by Pipeline.search,
 # or by the outermost operator called on a State): the operators inside it do not check them again.
@@ -161,12 +163,17 @@ class Operator:
         return []
 
     # ------------------------------------------------------------------ protocol
-    def fit(self, corpus: Corpus, train: TrainSet | None = None, *, upstream: State | None = None) -> Self:
+    def fit(self, corpus: Corpus, train: TrainSet | None = None, *, upstream: State | None = None,
+            backend: str = "local") -> Self:
         """Build indexes and learn parameters from ``corpus`` (and the training split ``train``).
 
         Returns ``self``.  ``upstream`` is the output of the preceding pipeline steps on the
         training queries, given only to operators with ``wants_upstream = True``.
+        ``backend="ray"`` encodes the corpus's sentence vectors on Ray first, as
+        ``Pipeline.fit(..., backend="ray")`` does (see :func:`fit_on_backend`).
         """
+        if backend != "local":
+            return fit_on_backend(self, corpus, train, upstream, backend)
         check_fit_inputs(corpus, train, f"{self.name}.fit")
         refusal = self.train_refusal() if train is None else None
         if refusal is not None:  # before any state changes: a refused refit keeps what was fitted
@@ -463,6 +470,17 @@ def _positive_k(value: Any, where: str) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
         raise ParamError(f"{where}: expected a positive integer, got {value!r}", path=where)
     return int(value)
+
+
+def fit_on_backend(op: T, corpus: Corpus, train: TrainSet | None, upstream: State | None, backend: str) -> T:
+    """Fit ``op`` (an operator fitted on its own, not as a pipeline's step) with ``backend="ray"``:
+    :func:`ragkit.scale.fit_pipeline` encodes the corpus's sentence vectors of every model ``op``'s
+    fit reads on Ray, refusing first what a local fit refuses, then fits ``op`` in this process.
+    Any other ``backend`` but ``"local"`` is a :class:`ParamError`.  Returns ``op``."""
+    from ragkit.scale import fit_pipeline
+
+    fit_pipeline(op, corpus, train, backend=backend, upstream=upstream, path="")
+    return op
 
 
 def check_fit_inputs(corpus: Any, train: Any, where: str) -> None:

@@ -313,7 +313,7 @@ def _cache_vectors(model: str, texts: list[str], vectors: np.ndarray) -> int:
 
 def fit_pipeline(pipe: Any, corpus: Corpus, train: TrainSet | None, *, backend: str = "ray",
                  num_actors: int = 2, upstream: State | None = None, path: str = "pipeline") -> Any:
-    """Fit ``pipe`` with Ray encoding: pre-encode the corpus's sentence vectors of every model
+    """Fit ``pipe`` (a pipeline or any operator) with Ray encoding: pre-encode the corpus's sentence vectors of every model
     :func:`corpus_models` names on Ray, write them into this process's embedding cache, then fit
     in this process (which reads them from the cache: nothing is encoded twice, whichever cache
     the Ray workers have).
@@ -535,15 +535,12 @@ class Sharded(Operator):
 
     def fit(self, corpus: Corpus, train: TrainSet | None = None, *, upstream: State | None = None,
             backend: str = "local") -> Self:
-        """Fit the shards (see :class:`Sharded`); ``backend="ray"`` fits as ``Pipeline([self]).fit(corpus,
-        backend="ray")`` does: the per-shard retriever's sentence vectors are encoded on Ray first, and
-        with ``backend: auto`` the shards are fitted (and later searched) on Ray."""
-        if backend != "local":
-            fit_pipeline(_one_step(self), corpus, train, backend=backend, upstream=upstream, path="sharded")
-            return self
-        self._check_workdir()  # before anything is fitted
-        super().fit(corpus, train, upstream=upstream)
-        return self
+        """Fit the shards (see :class:`Sharded`); ``backend="ray"`` encodes the per-shard retriever's
+        sentence vectors on Ray first (:func:`fit_pipeline`), and with ``backend: auto`` the shards
+        are then fitted (and later searched) on Ray."""
+        if backend == "local":
+            self._check_workdir()  # before anything is fitted (fit_pipeline checks it itself)
+        return super().fit(corpus, train, upstream=upstream, backend=backend)
 
     def _check_workdir(self) -> None:
         """Refuse a ``workdir`` that is a file or lies below one (no shard folder could be made there),
@@ -727,13 +724,6 @@ class Sharded(Operator):
         # file below its folder, the shards' included, when asked to, and was told not to otherwise
         self._load_shards([str(folder / f"shard-{s:03d}") for s in range(len(self.bounds_) - 1)], mmap=mmap,
                           verify=False)
-
-
-def _one_step(op: Operator) -> Any:
-    """``Pipeline([op])``, to fit one operator as a pipeline is fitted."""
-    from ragkit.pipelines import Pipeline
-
-    return Pipeline([op])
 
 
 def _search_chunk(pipe_dir: str, ids: list[str], texts: list[str], k: int | None,

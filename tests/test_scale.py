@@ -642,3 +642,38 @@ def test_a_shard_actor_that_cannot_load_fails_once_with_the_ragkit_error(slice_d
     shutil.move(tmp_path / "moved", tmp_path / "s")
     assert [r.rows.tolist() for r in loaded.search(queries).rankings] == \
         [r.rows.tolist() for r in BM25(k=5).fit(corpus).search(queries).rankings]
+
+
+def test_every_operator_fits_with_backend_ray_as_a_pipeline_does(slice_data, hash_encoder, no_ray, monkeypatch):
+    """``fit(corpus, backend="ray")`` works on any operator or composite fitted on its own (only a
+    Pipeline and ``sharded`` took it: ``BM25().fit(corpus, backend="ray")`` was a TypeError), encodes
+    the corpus on Ray for the models it reads, and refuses first what a local fit refuses."""
+    from ragkit.errors import ConfigError
+    from ragkit.pipelines import Loop, Parallel, Route
+    from ragkit.pipelines.judges import MaxOnly
+    from ragkit.pipelines.routers import ScoreRouter
+
+    corpus, queries, _, _ = slice_data
+    corpus = corpus.subset(np.arange(60))
+    encoded = []
+    monkeypatch.setattr(scale, "_check_model", lambda *a, **kw: 384)
+    monkeypatch.setattr(scale, "ray_encode", lambda model, texts, **kw: encoded.append((model, len(texts))) or
+                        np.zeros((len(texts), 4), np.float32))
+    monkeypatch.setattr(scale, "_cache_vectors", lambda *a: 0)  # (the zeros must not reach the real cache)
+    local = BM25(k=5).fit(corpus)
+    for op in (BM25(k=5), Sharded(retriever={"bm25": {"k": 5}}, n_shards=2, k=5, backend="local"),
+               Parallel([BM25(k=5), Dense(model=hash_encoder, k=5)]), Loop(BM25(k=5), until=MaxOnly(), max_iters=2)):
+        assert op.fit(corpus, backend="ray") is op and op.is_fitted
+    assert [r.rows.tolist() for r in op.search(queries).rankings] == \
+        [r.rows.tolist() for r in local.search(queries).rankings]
+    assert encoded == []  # bm25 and a registered encoder: nothing to encode on Ray
+    dense = Dense(k=5)
+    monkeypatch.setattr(Dense, "_fit", lambda self, corpus, train, upstream: None)  # (no local encode either)
+    dense.fit(corpus, backend="ray")
+    assert encoded == [(DEFAULT_MODEL, 60)]
+    route = Route(ScoreRouter(threshold=0.5), {"easy": [Dense(k=5)], "hard": [BM25(k=5)]})
+    with pytest.raises(ConfigError, match=r"^route\.router: score_router routes on the scores"):
+        route.fit(corpus, backend="ray")
+    with pytest.raises(ParamError, match="fit: backend must be 'local' or 'ray', got 'rayy'"):
+        BM25().fit(corpus, backend="rayy")
+    assert encoded == [(DEFAULT_MODEL, 60)] and not route.is_fitted
