@@ -313,10 +313,10 @@ def _cache_vectors(model: str, texts: list[str], vectors: np.ndarray) -> int:
 
 def fit_pipeline(pipe: Any, corpus: Corpus, train: TrainSet | None, *, backend: str = "ray",
                  num_actors: int = 2, upstream: State | None = None, path: str = "pipeline") -> Any:
-    """Fit ``pipe`` (a pipeline or any operator) with Ray encoding: pre-encode the corpus's sentence vectors of every model
-    :func:`corpus_models` names on Ray, write them into this process's embedding cache, then fit
-    in this process (which reads them from the cache: nothing is encoded twice, whichever cache
-    the Ray workers have).
+    """Fit ``pipe`` (a pipeline or any operator) with Ray encoding: pre-encode the corpus's sentence
+    vectors of every model :func:`corpus_models` names on Ray, write them into this process's
+    embedding cache, then fit in this process (which reads them from the cache: nothing is encoded
+    twice, whichever cache the Ray workers have).
 
     ``sharded`` retrievers with ``backend: auto`` are fitted (and later searched) on Ray; an
     explicit ``backend: local`` stays local.  Models registered with ``register_encoder`` are
@@ -373,6 +373,18 @@ def merge_rankings(parts: Sequence[list[Ranking]], k: int) -> list[Ranking]:
 
 
 # ---------------------------------------------------------------------- sharded retriever
+def check_workdir(workdir: str | Path | None, where: str, what: str) -> None:
+    """Refuse a ``workdir`` (Ray workers read ``what`` from it) that is a file or lies below one:
+    no folder could be made there.  ``where`` names the argument in the :class:`ParamError`."""
+    if not workdir:
+        return
+    work = Path(workdir)
+    blocker = work if work.exists() and not work.is_dir() else file_above(work)
+    if blocker is not None:
+        raise ParamError(f"{where}: {str(workdir)!r} cannot hold {what}: {blocker} is a file, not a folder; expected "
+                         f"a folder (made when missing) on storage every Ray worker reads", path=where)
+
+
 def _default_retriever() -> dict[str, dict[str, Any]]:
     return {"dense": {}}
 
@@ -543,16 +555,8 @@ class Sharded(Operator):
         return super().fit(corpus, train, upstream=upstream, backend=backend)
 
     def _check_workdir(self) -> None:
-        """Refuse a ``workdir`` that is a file or lies below one (no shard folder could be made there),
-        before a fit does any work."""
-        if not self.params.workdir:
-            return
-        work = Path(self.params.workdir)
-        blocker = work if work.exists() and not work.is_dir() else file_above(work)
-        if blocker is not None:
-            raise ParamError(f"sharded.workdir: {self.params.workdir!r} cannot hold the shard folders: {blocker} is "
-                             f"a file, not a folder; expected a folder (made when missing) on storage every Ray "
-                             f"worker reads", path="sharded.workdir")
+        """Refuse a ``workdir`` that is a file or lies below one, before a fit does any work."""
+        check_workdir(self.params.workdir, "sharded.workdir", "the shard folders")
 
     def _check_ray_model(self, where: str) -> None:
         """Refuse a per-shard retriever whose ``model`` is registered with ``register_encoder`` where its
@@ -750,7 +754,7 @@ def _registered_in(pipe: Any) -> list[tuple[str, str]]:
 
 
 def search_distributed(pipe: Any, queries: Any, *, n_chunks: int = 4, k: int | None = None,
-                       **options: Any) -> Any:
+                       workdir: str | Path | None = None, **options: Any) -> Any:
     """Search a large query batch split across Ray workers (each loads the saved pipeline).
 
     Returns the same :class:`~ragkit.run.Run` as ``pipe.search(queries, k=k, **options)``:
@@ -760,12 +764,16 @@ def search_distributed(pipe: Any, queries: Any, *, n_chunks: int = 4, k: int | N
     ----------
     pipe : Pipeline or Operator
         A fitted pipeline (or one fitted operator); it is saved to a temporary folder that
-        every worker loads.
+        every worker loads (inside ``workdir``), removed when the search ends.
     queries : Queries, list of str or str
     n_chunks : int
         Number of query chunks, one Ray task each (at most one per query).
     k : int, optional
         Final number of results per query, as for ``search``.
+    workdir : str or Path, optional
+        Where the pipeline is saved for the workers (a fresh ``ragkit-pipe-*`` folder inside it,
+        made when missing); must be storage every worker reads on a multi-node cluster
+        (default: a local temporary folder, which only workers on this machine read).
     **options
         Run-time options as for ``search`` (``filter=...``, ``bm25={"k": 3}``...), checked
         against ``pipe`` before Ray starts.  ``trace`` and ``qrels`` are not supported.
@@ -773,8 +781,9 @@ def search_distributed(pipe: Any, queries: Any, *, n_chunks: int = 4, k: int | N
     Raises
     ------
     ParamError
-        Before Ray starts: a bad ``n_chunks``, ``k`` or option, or an operator whose ``model`` is
-        an encoder registered with ``register_encoder`` (Ray workers lack it).
+        Before Ray starts: a bad ``n_chunks``, ``k`` or option, a ``workdir`` that is (or lies
+        below) a file, or an operator whose ``model`` is an encoder registered with
+        ``register_encoder`` (Ray workers lack it).
     NotFittedError
         Before Ray starts, when ``pipe`` is not fitted.
     ShardError
@@ -813,13 +822,16 @@ def search_distributed(pipe: Any, queries: Any, *, n_chunks: int = 4, k: int | N
                          f"this process; the Ray workers that load the pipeline do not have it: search in this "
                          f"process (pipe.search)", path=where)
     check_options(pipe, {**options, **({} if k is None else {"k": k})}, shared_corpus(pipe))  # before Ray
+    check_workdir(workdir, "search_distributed: workdir", "the saved pipeline")
     if isinstance(queries, str):
         queries = [queries]
     queries = queries if isinstance(queries, Queries) else Queries.from_texts(list(queries))
     ray = ray_init()
     bounds = np.linspace(0, len(queries), int(n_chunks) + 1).astype(int)
     spans = [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
-    with tempfile.TemporaryDirectory(prefix="ragkit-pipe-") as tmp:
+    if workdir:
+        Path(workdir).mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="ragkit-pipe-", dir=workdir) as tmp:
         pipe.save(Path(tmp) / "p")
         task = ray.remote(max_retries=_SEARCH_RETRIES, retry_exceptions=list(_TRANSIENT))(
             _deterministic_errors_final(_search_chunk))

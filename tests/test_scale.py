@@ -320,7 +320,7 @@ def test_registered_encoders_never_go_to_ray_workers(slice_data, hash_encoder, n
         search_distributed(local, queries)
 
 
-def test_search_distributed_refuses_before_ray_starts(slice_data, no_ray):
+def test_search_distributed_refuses_before_ray_starts(slice_data, no_ray, tmp_path):
     corpus, queries, _, _ = slice_data
     pipe = Pipeline([BM25(k=5)]).fit(corpus)
     for bad in (0, -1, 1.5, True, "2"):
@@ -332,6 +332,13 @@ def test_search_distributed_refuses_before_ray_starts(slice_data, no_ray):
         search_distributed(pipe, queries, filter={"nofield": 1})
     with pytest.raises(ParamError, match="trace= is not supported"):
         search_distributed(pipe, queries, trace=True)
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    for workdir in (afile, afile / "below"):
+        with pytest.raises(ParamError, match=rf"search_distributed: workdir: '{workdir}' cannot hold the saved "
+                                             rf"pipeline: {afile} is a file, not a folder") as err:
+            search_distributed(pipe, queries, workdir=workdir)
+        assert err.value.path == "search_distributed: workdir"
 
 
 @pytest.mark.parametrize("own_k", [3, 15])
@@ -411,6 +418,19 @@ def test_ray_failures_are_ragkit_errors(slice_data, ray_session, monkeypatch, tm
     dist = search_distributed(pipe, queries, n_chunks=2, filter={"bucket": 1}, bm25={"k": 3})
     assert [r.rows.tolist() for r in dist.rankings] == [r.rows.tolist() for r in local.rankings]
     real = scale._search_chunk
+    # workdir: the workers load the pipeline from a folder inside it (shared storage on a cluster), removed after
+    shared, seen = tmp_path / "shared" / "work", tmp_path / "seen"
+
+    def note_folder(pipe_dir, *args):
+        with open(seen, "a") as f:
+            f.write(pipe_dir + "\n")
+        return real(pipe_dir, *args)
+
+    monkeypatch.setattr(scale, "_search_chunk", note_folder)
+    dist = search_distributed(pipe, queries, n_chunks=2, workdir=shared, filter={"bucket": 1}, bm25={"k": 3})
+    assert [r.rows.tolist() for r in dist.rankings] == [r.rows.tolist() for r in local.rankings]
+    folders = set(seen.read_text().split())
+    assert len(folders) == 1 and Path(folders.pop()).parent.parent == shared and list(shared.iterdir()) == []
 
     calls = tmp_path / "calls"
 
