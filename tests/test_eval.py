@@ -153,8 +153,6 @@ def test_blank_lines_are_skipped_and_line_numbers_stay_true(tmp_path):
 
 @pytest.mark.parametrize("qrels,match", [
     ("query-id\tcorpus-id\tscore\nq9\td1\t1\n", r"test\.tsv: 1 query ids not in queries\.jsonl, e\.g\. 'q9'"),
-    ("query-id\tcorpus-id\tscore\nq1\td9\t1\n",
-     r"test\.tsv: 1 judged documents not in corpus\.jsonl, e\.g\. 'd9' \(query 'q1'\)"),
     ("query-id\tcorpus-id\tscore\nq1\td1\n", r"test\.tsv:2: expected 3 tab-separated columns"),
     ("query-id\tcorpus-id\tscore\nq1\td1\thigh\n", r"test\.tsv:2: relevance 'high' is not a finite number"),
     ("query-id\tcorpus-id\tscore\nq1\td1\tinf\n", r"test\.tsv:2: relevance 'inf' is not a finite number"),
@@ -1004,3 +1002,29 @@ def test_runs_compare_by_their_rankings():
     assert Run(["q1"], [np.array(["d1"], dtype=object)], [np.array([2.5], np.float32)]) != a.head(1)
     with pytest.raises(TypeError):
         hash(a)
+
+
+def test_judged_documents_the_corpus_lacks_count_as_not_found(tmp_path, caplog):
+    """Official ArguAna judges a document its corpus lacks: BEIR and pytrec_eval keep the judgement
+    (the document counts as not found); ragkit refused the whole dataset. Now it keeps it, says so
+    once per split on the ragkit logger, and ``ragkit eval`` prints it as a note."""
+    import logging
+
+    from typer.testing import CliRunner
+
+    from ragkit.cli import app
+
+    qrels = {"test": "query-id\tcorpus-id\tscore\nq1\td1\t1\nq1\td9\t1\nq2\td3\t2\n"}
+    ds = load_beir(write_beir(tmp_path / "tiny", qrels=qrels))
+    with caplog.at_level(logging.WARNING, logger="ragkit"):
+        assert ds.queries("test").ids == ["q1", "q2"]
+        assert ds.qrels("test") == {"q1": {"d1": 1, "d9": 1}, "q2": {"d3": 2}}
+    said = [r.getMessage() for r in caplog.records if "not in corpus.jsonl" in r.getMessage()]
+    assert len(said) == 1 and re.search(r"test\.tsv: 1 judged document is not in corpus\.jsonl \(e\.g\. 'd9', "
+                                        r"judged for query 'q1'\); kept, as BEIR keeps them", said[0])
+    assert ds.unknown_judged(ds.qrels("test")) == [("q1", "d9")]
+    run = Run(["q1", "q2"], [np.array(["d1"]), np.array(["d3"])], [np.array([1.0]), np.array([1.0])])
+    assert evaluate(run, ds.qrels("test"), ["recall@10"]).per_query["recall@10"] == {"q1": 0.5, "q2": 1.0}
+    res = CliRunner().invoke(app, ["eval", "-p", "bm25", "--k", "1", "--data", str(tmp_path / "tiny")])
+    assert res.exit_code == 0, res.output
+    assert "note: " in res.output and "1 judged document is not in corpus.jsonl" in res.output

@@ -253,6 +253,7 @@ class BeirDataset:
     path: Path
     corpus: Corpus
     _queries: dict[str, str] = field(repr=False, default_factory=dict)
+    _warned: set[str] = field(repr=False, default_factory=set)  # splits whose unknown judged documents were said
 
     @property
     def name(self) -> str:
@@ -263,18 +264,30 @@ class BeirDataset:
         return sorted(p.stem for p in (self.path / "qrels").glob("*.tsv"))
 
     def qrels(self, split: str = "test") -> Qrels:
-        """Judgements of ``split``; ids unknown to the queries or the corpus raise :class:`DataError`."""
+        """Judgements of ``split``.  A query id that ``queries.jsonl`` lacks is a :class:`DataError`
+        (that query could not be searched).  A judged document that ``corpus.jsonl`` lacks is kept,
+        as BEIR and pytrec_eval keep it: no run can retrieve it, so it counts as not found (it
+        lowers recall and the ideal DCG holds it), and a warning on the ``ragkit`` logger says how
+        many there are (official ArguAna judges 1 such document)."""
         path = _qrels_file(self.path, split)
         qrels = read_qrels(path)
         bad_q = [q for q in qrels if q not in self._queries]
         if bad_q:
             raise DataError(f"{path}: {len(bad_q)} query ids not in queries.jsonl, e.g. {bad_q[0]!r}")
-        known = set(self.corpus.ids.tolist())
-        bad_d = [(q, d) for q, rel in qrels.items() for d in rel if d not in known]
-        if bad_d:
-            raise DataError(f"{path}: {len(bad_d)} judged documents not in corpus.jsonl, e.g. {bad_d[0][1]!r} "
-                            f"(query {bad_d[0][0]!r})")
+        bad_d = self.unknown_judged(qrels)
+        if bad_d and split not in self._warned:  # (queries(split) reads them too: said once per split)
+            self._warned.add(split)
+            (q, d), n = bad_d[0], len(bad_d)
+            _log.warning(f"{path}: {n} judged document{'s are' if n > 1 else ' is'} not in corpus.jsonl "
+                         f"(e.g. {d!r}, judged for query {q!r}); kept, as BEIR keeps them: no run can retrieve "
+                         f"{'them' if n > 1 else 'it'}, so {'they count' if n > 1 else 'it counts'} as not found")
         return qrels
+
+    def unknown_judged(self, qrels: Qrels) -> list[tuple[str, str]]:
+        """``(query id, document id)`` of every judgement in ``qrels`` (any grade) whose document the
+        corpus lacks, in qrels order."""
+        lut = self.corpus._lookup()
+        return [(q, d) for q, rel in qrels.items() for d in rel if d not in lut]
 
     def queries(self, split: str = "test") -> Queries:
         judged = self.qrels(split)
