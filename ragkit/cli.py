@@ -348,20 +348,26 @@ class _Split:
 
 def _read_split(data: str, split: str, train_split: Optional[str], limit: Optional[int], run_file: Optional[Path],
                 fitted: Any = None, pipeline: str = "") -> _Split:
-    """Load ``data`` and read what ``ragkit eval`` needs of it; a saved pipeline's corpus (``fitted``)
-    must be the dataset's, and ids a TREC ``run_file`` cannot hold are refused, all before any fit."""
+    """Load ``data`` and read what ``ragkit eval`` needs of it; a saved pipeline (``fitted``) must
+    have been fitted on the dataset's corpus and not have learned from the evaluated queries, and ids
+    a TREC ``run_file`` cannot hold are refused, all before any fit."""
     from ragkit import load_beir
 
     t0 = time.perf_counter()
     ds = load_beir(data)
     if fitted is not None:
-        _check_same_corpus(fitted, ds.corpus, pipeline, data)
+        _check_same_corpus(fitted.corpus_, ds.corpus, pipeline, data)
     queries, qrels = ds.queries(split), ds.qrels(split)
     train = ds.train_set(train_split) if train_split else None
     t_load = time.perf_counter() - t0
     if limit is not None:
         queries = queries[:limit]
         qrels = {q: qrels[q] for q in queries.ids}
+    taught = fitted.learned_from(queries) if fitted is not None else []
+    if taught:  # (ragkit train --split train --out M, then ragkit eval --pipeline M --split train)
+        raise RagkitError(f"--pipeline {pipeline}: learned from {len(taught)} of the evaluated --split {split} "
+                          f"quer{'y' if len(taught) == 1 else 'ies'} ({some_ids(taught)}) when it was fitted, whose "
+                          f"scores would not be held out; evaluate a split it did not learn from (--split test)")
     if train is not None:  # learning from an evaluated query scores it on what it was taught
         taught = set(train.queries.ids)
         shared = [q for q in queries.ids if q in taught]
@@ -427,8 +433,9 @@ def _fit_and_score(pipe: Any, loaded: bool, sp: _Split, ks: list[int], trace: bo
                       relevance_level=scoring.relevance_level)
     if result.ignored_judged:
         console.print(f"[yellow]note:[/] {result.ignored_judged} judged-relevant document(s) have their query's id "
-                      "and were dropped from the run, as BEIR does for datasets whose queries are documents too "
-                      "(ArguAna, Quora), so they count as not found; --keep-identical-ids scores them",
+                      "and are never scored as retrieved (a document with its query's id is dropped from the run, "
+                      "as BEIR does for datasets whose queries are documents too: ArguAna, Quora), so they count as "
+                      "not found; --keep-identical-ids scores them",
                       soft_wrap=True)
     return _Scored(run, result, t_fit, encoded)
 
@@ -552,7 +559,7 @@ def eval_cmd(
                           limit=limit, trace=trace, backend=backend, output=output, run_file=run_file, t_all=t_all,
                           t_find=t_find, sources=listed, scoring=scoring)
             return
-        sp = _read_split(data, split, train_split, limit, run_file, pipe.corpus_ if loaded else None, pipeline)
+        sp = _read_split(data, split, train_split, limit, run_file, pipe if loaded else None, pipeline)
         if not loaded and sp.train is None:
             _note_unlearned(pipe)
         elif not loaded and not _uses_training(pipe):

@@ -44,6 +44,7 @@ if TYPE_CHECKING:
 __all__ = ["Operator", "FORMAT_VERSION", "atomic_dir", "write_json", "read_json", "call_checked", "options_checked"]
 
 CHECKSUMS = "checksums.json"  # written by Operator.save beside params.json
+TRAINED = "trained_queries"  # <TRAINED>.npy beside params.json: digests of the queries a fit learned from
 
 FORMAT_VERSION = 1
 
@@ -186,6 +187,7 @@ class Operator:
                 raise ParamError(f"{self.name}.filter: {e}", path=f"{self.name}.filter") from None
         self.corpus_ = corpus
         self._fit(corpus, train, upstream)
+        self.trained_on_ = query_digests(train.queries) if train is not None and self.uses_training_queries else None
         if self.uses_torch:
             warm_torch()
         return self
@@ -220,6 +222,23 @@ class Operator:
         """Whether ``fit`` given training queries differs from ``fit`` without them: it learns from
         their judgements (:attr:`learns`), or reads the queries themselves (``dbnorm``'s query bank)."""
         return self.learns
+
+    def learned_from(self, queries: Queries) -> list[str]:
+        """The ids of ``queries``, in their order, that a fit of this operator or of one inside it
+        learned from (given in ``fit(corpus, train=...)`` with the same id and text): scores on them
+        measure what was taught, not held-out quality (``ragkit eval`` refuses to score a saved
+        pipeline on them).  Recorded by every fit that uses its training queries
+        (:attr:`uses_training_queries`; a refit without them forgets) and saved with the operator
+        (``trained_queries.npy``: one 64-bit digest per query, no text)."""
+        taught, stack = [], [self]
+        while stack:
+            op = stack.pop()
+            stack.extend(op.children())
+            if getattr(op, "trained_on_", None) is not None:
+                taught.append(op.trained_on_)
+        if not taught or not len(queries):
+            return []
+        return [queries.ids[i] for i in np.flatnonzero(np.isin(query_digests(queries), np.concatenate(taught)))]
 
     def train_refusal(self) -> Exception | None:
         """The error ``fit`` raises when it gets no judged queries (``train=None``), or None when
@@ -363,6 +382,8 @@ class Operator:
         })
         if fitted:
             self._save(folder)
+            if getattr(self, "trained_on_", None) is not None:
+                save_arrays(folder, **{TRAINED: self.trained_on_})
             if with_corpus:
                 self.corpus_.save(folder / "corpus.jsonl")
 
@@ -438,10 +459,11 @@ class Operator:
                 # (a stateless step holds nothing of the corpus: it follows the pipeline's documents)
                 raise ArtifactError(
                     f"{folder}: fitted on a corpus of {meta['corpus']['n']:,} documents, but load(corpus=...) was "
-                    f"given {len(corpus):,} documents with other ids; pass the corpus it was fitted on (or none: the "
-                    "folder holds it)")
+                    f"given {len(corpus):,} documents {_how_ids_differ(folder, corpus)}; pass the corpus it was "
+                    "fitted on, in its order (or none: the folder holds it)")
             op.corpus_ = corpus
             op._load(folder, mmap=mmap)
+            op.trained_on_ = load_array(folder, TRAINED) if (folder / f"{TRAINED}.npy").is_file() else None
         if op.uses_torch:
             warm_torch()
         return cast("Self", op)  # an instance of cls (of the class saved when cls is Operator)
@@ -481,6 +503,27 @@ def fit_on_backend(op: T, corpus: Corpus, train: TrainSet | None, upstream: Stat
 
     fit_pipeline(op, corpus, train, backend=backend, upstream=upstream, path="")
     return op
+
+
+def _how_ids_differ(folder: Path, corpus: Corpus) -> str:
+    """How ``corpus``'s ids differ from those of the corpus saved in ``folder`` (``corpus.jsonl``, when
+    the folder holds it): "with the same ids in another order" (an index's rows are positions) or
+    "with other ids"."""
+    saved = folder / "corpus.jsonl"
+    if saved.is_file():
+        from ragkit.eval.beir import read_corpus
+
+        ids = read_corpus(saved, allow_empty=True).ids
+        if len(ids) == len(corpus) and np.array_equal(np.sort(ids), np.sort(corpus.ids)):
+            return "with the same ids in another order (its rows are positions in the fitted order)"
+    return "with other ids"
+
+
+def query_digests(queries: Queries) -> np.ndarray:
+    """One ``uint64`` per query, shape ``(n,)``: the first 8 bytes of SHA-1 over its id and text, so
+    the same query (id and text) has the same digest in any dataset (:meth:`Operator.learned_from`)."""
+    return np.array([int.from_bytes(hashlib.sha1(f"{i}\x00{t}".encode("utf-8", "surrogatepass")).digest()[:8],
+                                    "little") for i, t in zip(queries.ids, queries.texts)], dtype=np.uint64)
 
 
 def check_fit_inputs(corpus: Any, train: Any, where: str) -> None:

@@ -326,6 +326,37 @@ def test_eval_refuses_training_queries_that_are_also_evaluated_before_any_fit(tm
     assert res.exit_code == 0, res.output  # q1 alone is evaluated: it was not learned from
 
 
+def test_eval_refuses_a_saved_pipeline_on_the_queries_it_learned_from(tmp_path):
+    """``ragkit train --split train --out M`` then ``ragkit eval --pipeline M --split train`` printed
+    the training queries' nDCG@10 as a result; the saved steps now record (as digests) the queries
+    they learned from, and eval refuses to score those before any search."""
+    from ragkit import load_beir
+    from ragkit.operator import Operator
+    from ragkit.pipelines import Pipeline
+
+    data = _tiny(tmp_path / "tiny")
+    (tmp_path / "r.yaml").write_text("pipeline:\n  - parallel: {branches: [bm25: {}, bm25: {k1: 1.5}], "
+                                     "fuse: {rrf: {learn: true}}}\n")
+    res = _cli("train", "--data", data, "-p", tmp_path / "r.yaml", "--out", tmp_path / "m", "--no-report")
+    assert res.exit_code == 0, res.output
+    res = _cli("eval", "--data", data, "-p", tmp_path / "m", "--split", "train", "-o", tmp_path / "r.json")
+    assert res.exit_code == 2 and not (tmp_path / "r.json").exists(), res.output
+    assert ("--pipeline " + str(tmp_path / "m") + ": learned from 5 of the evaluated --split train queries ('q3', "
+            "'q5', 'q6', ...) when it was fitted, whose scores would not be held out") in res.output
+    res = _cli("eval", "--data", data, "-p", tmp_path / "m", "--split", "test")
+    assert res.exit_code == 0, res.output
+    ds = load_beir(data)
+    pipe = Pipeline.load(tmp_path / "m")
+    assert pipe.learned_from(ds.queries("train")) == ["q3", "q5", "q6", "q7", "q8"]
+    assert pipe.learned_from(ds.queries("test")) == []
+    renamed = ds.queries("train")  # the same ids with other texts are other queries (another dataset's)
+    assert pipe.learned_from(type(renamed)(renamed.ids, [t + "?" for t in renamed.texts])) == []
+    bm25 = Operator.load(tmp_path / "m" / "ops" / "00-bm25", corpus=ds.corpus, verify=False)
+    assert bm25.learned_from(ds.queries("train")) == []  # it learns nothing from them
+    pipe.fit(ds.corpus)  # a refit without training queries forgets them
+    assert pipe.learned_from(ds.queries("train")) == []
+
+
 def test_an_output_that_is_a_pipe_or_device_is_refused_not_replaced(tmp_path):
     import os
     import shutil

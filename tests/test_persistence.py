@@ -504,3 +504,16 @@ def test_a_chunk_cache_folder_is_not_taken_for_a_saved_pipeline(tmp_path, corpus
     pipe.save(tmp_path / "p")
     with pytest.raises(ArtifactError, match="inside the saved pipeline at"):
         pipe.save(tmp_path / "p" / "inner")
+
+
+def test_load_with_the_fitted_documents_in_another_order_says_so(tmp_path, corpus):
+    """``load(path, corpus=<the same ids, shuffled>)`` said "other ids"; an index's rows are positions,
+    so the order matters, and the error now says that the ids are the same and the order is not."""
+    BM25(k=3).fit(corpus).save(tmp_path / "b")
+    shuffled = corpus.subset(np.arange(len(corpus))[::-1])
+    with pytest.raises(ArtifactError, match=r"given \d+ documents with the same ids in another order \(its rows are "
+                                            r"positions in the fitted order\); pass the corpus it was fitted on, in "
+                                            r"its order"):
+        BM25.load(tmp_path / "b", corpus=shuffled)
+    with pytest.raises(ArtifactError, match=r"given \d+ documents with other ids; pass the corpus"):
+        BM25.load(tmp_path / "b", corpus=corpus.subset(np.arange(len(corpus) - 1)))
