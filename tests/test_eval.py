@@ -89,6 +89,28 @@ def test_missing_folder_and_unknown_name(tmp_path, monkeypatch):
         load_beir("no-such-dataset", download=False)
 
 
+def test_a_misspelt_local_folder_is_named_not_downloaded(tmp_path, monkeypatch):
+    """``--data sf_smal`` beside ``./sf_small`` was taken for a dataset name and downloaded from BEIR's
+    server first; a name BEIR does not distribute that is close to a local dataset folder is refused,
+    naming the folder, while a BEIR name (scifact) is still downloaded when missing."""
+    import ragkit.eval.beir as beir
+
+    monkeypatch.setenv("RAGKIT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("RAGKIT_BEIR_DIR", raising=False)
+    monkeypatch.chdir(tmp_path)
+    write_beir(tmp_path / "sf_small")
+    (tmp_path / "sf_notes").mkdir()  # close too, but no dataset
+    fetched = []
+    monkeypatch.setattr(beir, "download_beir", lambda name, **kw: fetched.append(name) or tmp_path / "sf_small")
+    with pytest.raises(DataError, match=r"BEIR dataset 'sf_smal': no folder or dataset of that name \(looked in .*\); "
+                                        r"did you mean the folder '.*sf_small'\? \(nothing was downloaded\)"):
+        load_beir("sf_smal")
+    assert fetched == []
+    load_beir("sf_other")  # nothing close: downloaded, as before
+    load_beir("scifact")  # a name BEIR distributes is downloaded, however close to a local folder
+    assert fetched == ["sf_other", "scifact"]
+
+
 @pytest.mark.parametrize("file,line,content,match", [
     ("corpus.jsonl", 2, '{"_id": "d2", "text": "x",,}', r"corpus\.jsonl:2: malformed JSON line"),
     ("corpus.jsonl", 3, '{"title": "no id"}', r"corpus\.jsonl:3: expected an object with an '_id' field"),

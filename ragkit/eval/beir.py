@@ -408,14 +408,39 @@ def _is_dataset(folder: Path) -> bool:
     return (folder / "corpus.jsonl").is_file() or bool(_subsets(folder))
 
 
+#: The datasets BEIR's server distributes (Thakur et al., 2021): a name among them is downloaded when
+#: not found locally, another one first checked against the local folders it may misspell
+BEIR_NAMES = ("arguana", "climate-fever", "cqadupstack", "dbpedia-entity", "fever", "fiqa", "hotpotqa", "msmarco",
+              "msmarco-v2", "nfcorpus", "nq", "quora", "scidocs", "scifact", "trec-covid", "webis-touche2020")
+
+
+def _misspelt(name: str, places: list[Path]) -> list[Path]:
+    """Local BEIR folders whose name is close to ``name`` (a typo: ``sf_smal`` for ``./sf_small``): in
+    the working folder and the folders :func:`_candidates` looks in, closest first."""
+    import difflib
+
+    roots = {Path.cwd(), *(p.parent for p in places)}
+    near: list[Path] = []
+    for root in sorted(r for r in roots if r.is_dir()):
+        near += [root / n for n in difflib.get_close_matches(name, _folders(root), n=3, cutoff=0.75)
+                 if _is_dataset(root / n)]
+    return sorted(near, key=lambda p: -difflib.SequenceMatcher(None, name, p.name).ratio())
+
+
 def _find(name: str, label: str, *, download: bool, base_url: str | None) -> Path:
     """The folder of dataset (or multi-dataset archive) ``name``: the first of :func:`_candidates` that
-    holds it, else downloaded into the cache.  ``label`` is what the caller asked for, for the errors."""
+    holds it, else downloaded into the cache.  ``label`` is what the caller asked for, for the errors.
+    A name BEIR does not distribute (:data:`BEIR_NAMES`) that is close to a local dataset folder's is
+    refused, naming the folder, before any download is tried."""
     places = _candidates(name)
     found = next((p for p in places if _is_dataset(p)), None)
     if found is not None:
         return found
     looked = ", ".join(str(p) for p in places)
+    near = [] if name.lower() in BEIR_NAMES else _misspelt(name, places)
+    if near:
+        raise DataError(f"BEIR dataset {label!r}: no folder or dataset of that name (looked in {looked}); did you mean "
+                        f"the folder {str(near[0])!r}? (nothing was downloaded)")
     if not download:
         raise DataError(f"BEIR dataset {label!r} not found locally (looked in {looked}) and download=False")
     try:
