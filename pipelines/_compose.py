@@ -600,6 +600,10 @@ class Pipeline(Composite):
         return load_yaml(source)
 
     def save(self, path: Any) -> None:
+        """Write the pipeline to the folder ``path`` atomically: ``pipeline.yaml``, the corpus it
+        was fitted on (``corpus.jsonl``, once), one folder per distinct operator and
+        ``manifest.json`` with every file's SHA-256 (:mod:`ragkit.pipelines.store`); load it with
+        :meth:`load`.  An unfitted pipeline saves its YAML and parameters only."""
         from ragkit.pipelines.store import save_pipeline
 
         save_pipeline(self, path)
