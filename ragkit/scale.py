@@ -1,4 +1,5 @@
-"""Scale out on Ray: encoding, sharded indexing and batch search (``pip install 'ragkit[ray]'``).
+"""Scale out on Ray: encoding, sharded indexing and batch search (``pip install 'ray[data]>=2.9'``, the
+``ray`` extra: ``pip install -e '.[ray]'`` in a ragkit checkout).
 
 * ``pipeline.fit(corpus, backend="ray")`` pre-encodes the corpus's sentence vectors as a
   Ray Data ``map_batches`` over a pool of encoder actors (each loads the model once and
@@ -99,7 +100,8 @@ def _ray():
     try:
         import ray
     except ImportError:
-        raise ImportError("the Ray backend needs Ray: pip install 'ragkit[ray]'") from None
+        raise ImportError("the Ray backend needs Ray: pip install 'ray[data]>=2.9' (ragkit's ray extra: "
+                          "pip install -e '.[ray]' in its checkout)") from None
     return ray
 
 
@@ -528,6 +530,16 @@ class Sharded(Operator):
         from ragkit.params import validate_params
 
         sub_params = validate_params(cls.Params, sub, name, "sharded.retriever")
+        own_k = getattr(sub_params, "k", None) if isinstance(sub, Mapping) and "k" in sub else None
+        if own_k is not None and own_k != self.params.k:
+            # the merge returns k per query and each shard fetches at least that many, so the per-shard retriever's
+            # own k alone was ignored: it sets k when k is not given, and must agree with a k that is
+            if "k" in self.params.model_fields_set:
+                raise ParamError(f"sharded.retriever.{name}.k is {own_k} but sharded.k is {self.params.k}: the merge "
+                                 f"returns k results per query (each shard fetches at least that many), so the "
+                                 f"per-shard k would be ignored; give k alone, or the same number in both",
+                                 path="sharded.k")
+            self.params = self.params.updated(k=own_k)
         # kept as validated (k: "5" is 5; {bm25: {k: 100}} is {bm25: {}}), so == and to_yaml see one value
         self.params = self.params.updated(retriever={name: sub_params.non_default()})
         self._sub_name: str = name

@@ -564,7 +564,7 @@ def test_ray_fit_refuses_what_a_local_fit_refuses_before_any_work(slice_data, no
         assert err.value.path == "sharded.workdir"
     monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` fails, as without the 'ray' extra
     for pipe in (Pipeline([BM25(k=5)]), Pipeline([Dense(k=5)])):
-        with pytest.raises(ImportError, match=r"needs Ray: pip install 'ragkit\[ray\]'"):
+        with pytest.raises(ImportError, match=r"needs Ray: pip install 'ray\[data\]>=2\.9'"):
             pipe.fit(corpus, backend="ray")
         assert not pipe.is_fitted
 
@@ -697,3 +697,20 @@ def test_every_operator_fits_with_backend_ray_as_a_pipeline_does(slice_data, has
     with pytest.raises(ParamError, match="fit: backend must be 'local' or 'ray', got 'rayy'"):
         BM25().fit(corpus, backend="rayy")
     assert encoded == [(DEFAULT_MODEL, 60)] and not route.is_fitted
+
+
+def test_the_per_shard_retrievers_k_is_the_merge_depth_or_must_agree_with_it(slice_data):
+    """``Sharded(retriever={"bm25": {"k": 10}})`` returned 100 per query (sharded's default k; the
+    per-shard k was ignored): it now sets k when k is not given, and a different k is refused."""
+    corpus, queries, _, _ = slice_data
+    sharded = Sharded(retriever={"bm25": {"k": 10}}, n_shards=2, backend="local")
+    assert sharded.params.k == 10 and "k: 10" in Pipeline([sharded]).to_yaml()
+    got = sharded.fit(corpus).search(queries)
+    one = BM25(k=10).fit(corpus).search(queries)
+    assert [r.rows.tolist() for r in got.rankings] == [r.rows.tolist() for r in one.rankings]
+    assert Sharded(retriever={"bm25": {}}).params.k == 100  # neither given: the default
+    with pytest.raises(ParamError, match=r"sharded\.retriever\.bm25\.k is 10 but sharded\.k is 20: the merge "
+                                         r"returns k results per query") as err:
+        Sharded(retriever={"bm25": {"k": 10}}, k=20)
+    assert err.value.path == "sharded.k"
+    assert len(sharded.search(queries, sharded={"k": 3}).rankings[0]) == 3  # a search's k option still applies
