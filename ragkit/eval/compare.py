@@ -5,11 +5,14 @@ with a percentile-bootstrap confidence interval over queries, and the two-sided 
 paired randomisation test (Fisher's sign flip, the test Smucker, Allan & Carterette, CIKM 2007,
 recommend for IR; :func:`ragkit.eval.metrics.paired_randomization_test`).  The p-values of all
 (system, metric) comparisons of one call are corrected together by Holm's step-down method, so
-"significant" keeps its meaning however many systems and metrics are compared.
+"significant" keeps its meaning however many systems and metrics are compared.  Every p-value is a
+Monte Carlo estimate: its standard error ``sqrt(p (1 - p) / n_resamples)`` is kept, and a Holm-corrected
+p-value within two standard errors of ``alpha`` is marked as such (its verdict could flip with the seed).
 
 Results come from ``ragkit eval -o`` JSON files (their per-query values) or from TREC run files
 scored against judgements here (:func:`load_result`); every system must be scored on the same
-queries, or the comparison is refused.  Results of an archive of several datasets (``ragkit eval
+queries of the same dataset and split, with the same ``relevance_level`` and ``ignore_identical_ids``,
+or the comparison is refused.  Results of an archive of several datasets (``ragkit eval
 --data cqadupstack``) are compared as BEIR reports them: every mean weights each dataset equally
 (a query of a dataset of ``n`` queries weighs ``1 / (n_datasets * n)``), the randomisation test's
 statistic is that weighted mean difference, and the bootstrap resamples queries within each
@@ -27,7 +30,12 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from ragkit.errors import DataError, ParamError, some_ids
-from ragkit.eval.metrics import evaluate, paired_randomization_test, parse_metric
+from ragkit.eval.metrics import (
+    evaluate,
+    paired_randomization_test,  # noqa: F401 (compare's p-values are its, batched: sign_flip_pvalues)
+    parse_metric,
+    sign_flip_pvalues,
+)
 from ragkit.run import Run
 from ragkit.types import Qrels
 
@@ -35,6 +43,13 @@ __all__ = ["SystemResult", "Comparison", "compare", "load_result", "holm"]
 
 #: Metrics compared when none are named: BEIR's headline pair.
 DEFAULT_COMPARE_METRICS = ("ndcg@10", "recall@100")
+#: Sign flips (and bootstrap resamples) of :func:`compare` when none are given.  A raw p-value near 0.05
+#: has a Monte Carlo standard error of 0.0022 at 10,000 (Holm multiplies it too: SciFact's BM25 vs hybrid
+#: on 4 metrics gave p (Holm) 0.0513 with seed 0, 0.0457 at 200,000, and 1 or 4 verdicts of significance
+#: by seed); 0.0005 at 200,000, which take ~1.5 s for 2-3 systems x 4 metrics on SciFact's 300 queries.
+DEFAULT_RESAMPLES = 200_000
+#: What ``ragkit eval`` scored every result with before its JSON recorded it (``settings``).
+_EVAL_DEFAULT_SCORING = {"relevance_level": 1, "ignore_identical_ids": True}
 
 
 @dataclass(frozen=True)
@@ -42,9 +57,11 @@ class SystemResult:
     """One system's per-query metric values: ``per_query[metric][query_id] -> value``.
 
     ``dataset`` and ``split`` (when known, e.g. read from ``ragkit eval -o``) let
-    :func:`compare` refuse results of different data.  ``groups`` maps every query id to its
-    dataset for results of several datasets (ids ``"<dataset>/<query>"`` as :func:`load_result`
-    builds them), ``None`` for one dataset.
+    :func:`compare` refuse results of different data, and ``relevance_level`` and
+    ``ignore_identical_ids`` (how the values were scored, :func:`~ragkit.eval.evaluate`'s arguments)
+    results scored differently; ``None`` is unknown and compares with anything.  ``groups`` maps every
+    query id to its dataset for results of several datasets (ids ``"<dataset>/<query>"`` as
+    :func:`load_result` builds them), ``None`` for one dataset.
     """
 
     name: str
@@ -52,6 +69,8 @@ class SystemResult:
     dataset: str | None = None
     split: str | None = None
     groups: Mapping[str, str] | None = field(default=None, repr=False)
+    relevance_level: int | None = None
+    ignore_identical_ids: bool | None = None
 
     def values(self, metric: str) -> Mapping[str, float]:
         """Per-query values of ``metric`` in any spelling :func:`parse_metric` reads."""
@@ -72,8 +91,13 @@ def load_result(path: str | Path, *, qrels: Qrels | None = None, metrics: Sequen
     """A :class:`SystemResult` from a ``ragkit eval -o`` JSON file, or from a TREC run file
     scored here against ``qrels`` on ``metrics`` (with :func:`~ragkit.eval.evaluate`'s
     ``relevance_level`` and ``ignore_identical_ids``; a run file holds no judgements; ``dataset`` and
-    ``split`` name where ``qrels`` come from, so that :func:`compare` can check it).  A JSON file
-    of another ``dataset`` or ``split`` than the ones given is a :class:`DataError`."""
+    ``split`` name where ``qrels`` come from, so that :func:`compare` can check it; the result carries the
+    ``relevance_level`` and ``ignore_identical_ids`` it was scored with).  A JSON file of another
+    ``dataset`` or ``split`` than the ones given is a :class:`DataError`; its scoring settings are the
+    ones its ``settings`` record (``relevance_level`` and ``ignore_identical_ids`` are not checked against
+    it here, they score run files: :func:`compare` refuses results scored differently).  A JSON file
+    without them (written before ``ragkit eval`` recorded them) was scored with the defaults ragkit eval
+    always used then: ``relevance_level=1``, ``ignore_identical_ids=True``."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: file not found; expected a 'ragkit eval -o' JSON file or a TREC run file")
@@ -112,14 +136,34 @@ def load_result(path: str | Path, *, qrels: Qrels | None = None, metrics: Sequen
         logging.getLogger("ragkit").info(
             "%s ranks documents for %d of the %d judged queries; the others score 0 (as trec_eval -c): a run "
             "written with --limit is compared on every judged query", path, covered, len(scored))
-    return SystemResult(name, scores.per_query, dataset, split)
+    return SystemResult(name, scores.per_query, dataset, split, relevance_level=int(relevance_level),
+                        ignore_identical_ids=bool(ignore_identical_ids))
 
 
 def _from_payload(payload: Any, path: Path, name: str) -> SystemResult:
     per_query = payload.get("per_query") if isinstance(payload, dict) else None
     if per_query is None and isinstance(payload, dict) and isinstance(payload.get("subsets"), dict):
         return _from_subsets(payload, path, name)
-    return SystemResult(name, _checked_per_query(per_query, str(path)), payload.get("dataset"), payload.get("split"))
+    return SystemResult(name, _checked_per_query(per_query, str(path)), payload.get("dataset"), payload.get("split"),
+                        **_scoring(payload, path))
+
+
+def _scoring(payload: dict, path: Path) -> dict[str, Any]:
+    """``relevance_level`` and ``ignore_identical_ids`` as ``payload['settings']`` records them (``ragkit eval
+    -o``); a key it lacks: ragkit eval's default, which every result scored before it was recorded used."""
+    settings = payload.get("settings")
+    if settings is None:
+        settings = {}
+    if not isinstance(settings, dict):
+        raise DataError(f"{path}: 'settings' must be an object, got {type(settings).__name__}; expected the JSON "
+                        "'ragkit eval -o' writes")
+    out = {key: settings.get(key, default) for key, default in _EVAL_DEFAULT_SCORING.items()}
+    level, ignore = out["relevance_level"], out["ignore_identical_ids"]
+    if isinstance(level, bool) or not isinstance(level, int) or level < 1:
+        raise DataError(f"{path}: settings.relevance_level must be an integer grade >= 1, got {level!r}")
+    if not isinstance(ignore, bool):
+        raise DataError(f"{path}: settings.ignore_identical_ids must be true or false, got {ignore!r}")
+    return out
 
 
 def _checked_per_query(per_query: Any, where: str) -> dict[str, dict[str, float]]:
@@ -149,7 +193,8 @@ def _from_subsets(payload: dict, path: Path, name: str) -> SystemResult:
     per_query = {m: {f"{sub}/{q}": v for sub, r in subsets.items() for q, v in r["per_query"][m].items()}
                  for m in metrics}
     groups = {f"{sub}/{q}": sub for sub, r in subsets.items() for q in r["per_query"][metrics[0]]}
-    return SystemResult(name, per_query, payload.get("dataset"), payload.get("split"), groups)
+    return SystemResult(name, per_query, payload.get("dataset"), payload.get("split"), groups,
+                        **_scoring(payload, path))
 
 
 def _check_finite(vals: Mapping[str, float], where: str) -> None:
@@ -178,22 +223,45 @@ def holm(p: np.ndarray) -> np.ndarray:
     return out
 
 
+def _holm_se(p: np.ndarray, se: np.ndarray) -> np.ndarray:
+    """Monte Carlo standard error of each Holm-adjusted p-value (:func:`holm`; same shape as ``p``, NaN
+    where ``p`` is NaN): the adjusted value of the i-th smallest is ``(m - j + 1) p_(j)`` for the ``j <= i``
+    that sets the running maximum, so its error is ``(m - j + 1)`` times ``se`` of that ``p_(j)``."""
+    p = np.asarray(p, np.float64)
+    out = np.full(p.shape, np.nan)
+    flat, err = p.reshape(-1), np.asarray(se, np.float64).reshape(-1)
+    live = np.flatnonzero(~np.isnan(flat))
+    order = live[np.argsort(flat[live], kind="stable")]
+    m = len(order)
+    mult = m - np.arange(m)
+    scaled = mult * flat[order]
+    rises = scaled >= np.maximum.accumulate(scaled)  # where the running maximum is set (again)
+    setter = np.maximum.accumulate(np.where(rises, np.arange(m), 0))
+    out.reshape(-1)[order] = mult[setter] * err[order][setter]
+    return out
+
+
 def _bootstrap_ci(diff: np.ndarray, strata: list[np.ndarray], confidence: float, n_resamples: int,
-                  seed: int) -> tuple[float, float]:
-    """Percentile-bootstrap interval of the mean over ``strata`` (index arrays into ``diff``, one
-    per dataset, weighted equally) of each stratum's mean of ``diff``: queries resampled with
-    replacement within their stratum, in blocks of resamples bounding each ``(block, n)`` index
-    matrix to ~8 MB.  One stratum is the plain bootstrap of ``diff.mean()``."""
+                  seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Percentile-bootstrap interval, per column of ``diff`` (``(n_queries, k)``), of the mean over
+    ``strata`` (index arrays into its rows, one per dataset, weighted equally) of each stratum's mean:
+    queries resampled with replacement within their stratum, in blocks of resamples bounding each
+    ``(block, n)`` index matrix to ~8 MB.  One stratum is the plain bootstrap of ``diff.mean(0)``.
+    Every column is resampled with the same draws (drawn once: what one column alone would get with
+    ``seed``).  Returns ``(low, high)``, each ``(k,)``."""
     rng = np.random.default_rng(seed)
-    block = max(1, (1 << 20) // len(diff))
-    means = np.zeros(n_resamples)
+    cols = np.ascontiguousarray(np.asarray(diff, np.float64).T)  # (k, n): one gather per column
+    block = max(1, (1 << 20) // cols.shape[1])
+    means = np.zeros((len(cols), n_resamples))
     for s in range(0, n_resamples, block):  # blocks of resamples, then strata (datasets): never queries
         b = min(block, n_resamples - s)
         for idx in strata:
-            means[s:s + b] += diff[idx[rng.integers(0, len(idx), size=(b, len(idx)))]].mean(1) / len(strata)
+            draw = idx[rng.integers(0, len(idx), size=(b, len(idx)))]
+            for c, col in enumerate(cols):  # (systems x metrics, not queries)
+                means[c, s:s + b] += col[draw].mean(1) / len(strata)
     tail = (1 - confidence) / 2
-    lo, hi = np.quantile(means, [tail, 1 - tail])
-    return float(lo), float(hi)
+    lo, hi = np.quantile(means, [tail, 1 - tail], axis=1)
+    return lo, hi
 
 
 @dataclass(frozen=True)
@@ -204,6 +272,9 @@ class Comparison:
     ``delta`` is mean(system) - mean(baseline) over the shared queries, ``ci_low``/``ci_high`` its
     bootstrap interval at ``confidence``, ``p_value`` the raw two-sided paired randomisation
     p-value and ``p_holm`` the same after Holm's correction over every comparison in the table.
+    ``p_se`` and ``p_holm_se`` are their Monte Carlo standard errors (``sqrt(p (1 - p) / n_resamples)``;
+    Holm's multiplier times that of the p-value that sets the adjusted one): ``near_alpha`` marks a
+    ``p_holm`` within two of them of ``alpha``, whose verdict another seed could flip.
     """
 
     systems: list[str]
@@ -220,11 +291,43 @@ class Comparison:
     alpha: float
     confidence: float
     n_resamples: int
+    p_se: np.ndarray
+    p_holm_se: np.ndarray
 
     @property
     def significant(self) -> np.ndarray:
         """``(n_systems, n_metrics)`` bool: Holm-corrected p-value below ``alpha``."""
         return np.nan_to_num(self.p_holm, nan=1.0) < self.alpha
+
+    @property
+    def near_alpha(self) -> np.ndarray:
+        """``(n_systems, n_metrics)`` bool: Holm-corrected p-value within two Monte Carlo standard errors
+        of ``alpha`` (significant or not, the verdict is not settled by ``n_resamples`` sign flips)."""
+        gap = np.abs(np.nan_to_num(self.p_holm, nan=np.inf) - self.alpha)
+        return gap < 2 * np.nan_to_num(self.p_holm_se, nan=0.0)
+
+    @property
+    def marks(self) -> np.ndarray:
+        """``(n_systems, n_metrics)`` str, the verdict for a table: ``"*"`` significant, ``"*?"`` significant
+        but within two standard errors of ``alpha``, ``"?"`` not significant but as near, ``""`` otherwise."""
+        sig, near = self.significant, self.near_alpha
+        return np.where(sig, np.where(near, "*?", "*"), np.where(near, "?", ""))
+
+    def note(self) -> str:
+        """A sentence on the ``near_alpha`` verdicts and the resamples that would settle them, or ``""``."""
+        near = self.near_alpha
+        if not near.any():
+            return ""
+        gap = np.abs(self.p_holm - self.alpha)[near]
+        # standard errors shrink as 1 / sqrt(n): the n at which every gap is 2 (of the new) standard errors
+        need = float(np.max(self.n_resamples * (2 * self.p_holm_se[near] / np.maximum(gap, 1e-300)) ** 2))
+        more = (f"at {'this p-value' if near.sum() == 1 else 'these p-values'}, about "
+                f"{int(np.ceil(need * (1 - 1e-9) / 1000) * 1000):,} resamples would settle "
+                f"{'it' if near.sum() == 1 else 'them'}" if need <= 10**7 else
+                f"{'it lies' if near.sum() == 1 else 'they lie'} too near alpha for 10,000,000 resamples to settle")
+        return (f"?: {int(near.sum())} Holm-corrected p-value{'' if near.sum() == 1 else 's'} within two Monte Carlo "
+                f"standard errors of alpha {self.alpha:g} at {self.n_resamples:,} resamples, so another seed may give "
+                f"the other verdict; {more}")
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: one record per (system, metric)."""
@@ -234,13 +337,17 @@ class Comparison:
                 rec: dict[str, Any] = {"system": s, "metric": m, "mean": float(self.means[i, j])}
                 if i != self.baseline:
                     rec.update(delta=float(self.delta[i, j]), ci=[float(self.ci_low[i, j]), float(self.ci_high[i, j])],
-                               p_value=float(self.p_value[i, j]), p_holm=float(self.p_holm[i, j]),
-                               significant=bool(self.significant[i, j]))
+                               p_value=float(self.p_value[i, j]), p_se=float(self.p_se[i, j]),
+                               p_holm=float(self.p_holm[i, j]), p_holm_se=float(self.p_holm_se[i, j]),
+                               significant=bool(self.significant[i, j]), near_alpha=bool(self.near_alpha[i, j]))
                 rows.append(rec)
+        note = self.note()
         return {"baseline": self.systems[self.baseline], "n_queries": self.n_queries, "n_datasets": self.n_datasets,
                 "mean": "each dataset weighted equally" if self.n_datasets > 1 else "over queries", "alpha": self.alpha,
                 "confidence": self.confidence, "n_resamples": self.n_resamples,
-                "test": "paired randomisation (sign flip), two-sided, Holm-corrected", "rows": rows}
+                "test": "paired randomisation (sign flip), two-sided, Holm-corrected",
+                "p_se": "Monte Carlo standard error, sqrt(p (1 - p) / n_resamples); near_alpha: p_holm within two "
+                        "of alpha", **({"note": note} if note else {}), "rows": rows}
 
 
 def _check_args(results: Sequence[SystemResult], metrics: Sequence[str], baseline: int, n_resamples: int,
@@ -269,6 +376,14 @@ def _check_args(results: Sequence[SystemResult], metrics: Sequence[str], baselin
         if len(seen) > 1:
             which = ", ".join(f"{r.name}: {getattr(r, key)!r}" for r in results if getattr(r, key) is not None)
             raise DataError(f"compare: the results are of different {key}s ({which}); compare results of one {key}")
+    for key, fix in (("relevance_level", "--relevance-level N"),
+                     ("ignore_identical_ids", "--keep-identical-ids or not")):
+        known = [r for r in results if getattr(r, key) is not None]
+        if len({getattr(r, key) for r in known}) > 1:  # the same run scored twice would differ "significantly"
+            which = ", ".join(f"{r.name}: {key}={getattr(r, key)!r}" for r in known)
+            raise DataError(f"compare: the results were scored with different {key} ({which}), so their per-query "
+                            f"values differ by how they were scored, not only by system; score them alike (ragkit eval "
+                            f"{fix}; for TREC run files, ragkit compare {fix})")
 
 
 def _only(ids: set[str], where: str) -> str:
@@ -313,7 +428,8 @@ def _strata(results: Sequence[SystemResult], queries: list[str]) -> tuple[list[n
 
 
 def compare(results: Sequence[SystemResult], metrics: Sequence[str] = DEFAULT_COMPARE_METRICS, *, baseline: int = 0,
-            n_resamples: int = 10_000, seed: int = 0, alpha: float = 0.05, confidence: float = 0.95) -> Comparison:
+            n_resamples: int = DEFAULT_RESAMPLES, seed: int = 0, alpha: float = 0.05,
+            confidence: float = 0.95) -> Comparison:
     """Compare every system with ``results[baseline]`` on each metric, over the same queries.
 
     Parameters
@@ -322,13 +438,17 @@ def compare(results: Sequence[SystemResult], metrics: Sequence[str] = DEFAULT_CO
     metrics : metric names (``ndcg@10``, ``recall@100``, ...); each result must hold them
     baseline : index of the reference system
     n_resamples : sign flips of the randomisation test and bootstrap resamples of the interval
+        (default 200,000: a p-value near 0.05 has a Monte Carlo standard error of 0.0005)
     seed : seeds both (the same call gives the same numbers)
     alpha : significance level applied to the Holm-corrected p-values
     confidence : level of the bootstrap interval of each difference
 
-    Everything is checked (names unique, same dataset and split, every metric held by every result,
-    the same queries) before any resampling.  The loop runs over (system, metric) pairs, each
-    test vectorised over queries and resamples.
+    Everything is checked (names unique, same dataset and split, scored with the same relevance_level
+    and ignore_identical_ids, every metric held by every result, the same queries) before any
+    resampling.  Every (system, metric) pair of the metrics scored on the same queries shares one draw of
+    random signs and of bootstrap indices (each pair gets the numbers it would alone, e.g. the p-value of
+    :func:`~ragkit.eval.metrics.paired_randomization_test` with ``seed``), each vectorised over queries and
+    resamples: 2 systems x 4 metrics on SciFact's 300 queries take ~1.5 s at 200,000 (3 x 10: ~2.6 s).
     """
     _check_args(results, metrics, baseline, n_resamples, alpha, confidence)
     queries = {m: _same_queries(results, m) for m in metrics}
@@ -338,22 +458,25 @@ def compare(results: Sequence[SystemResult], metrics: Sequence[str] = DEFAULT_CO
     shape = (len(results), len(metrics))
     means, delta, lo, hi, p = (np.full(shape, np.nan) for _ in range(5))
     n_sets = 1
+    together: dict[tuple[str, ...], list[int]] = {}  # metrics scored on the same queries: one draw for all
     for j, m in enumerate(metrics):
-        qs = queries[m]
-        strata, w = _strata(results, qs)
+        together.setdefault(tuple(queries[m]), []).append(j)
+    others = [i for i in range(len(results)) if i != baseline]
+    for qs, js in together.items():
+        strata, w = _strata(results, list(qs))
         n_sets = len(strata)
-        base = results[baseline].values(m)
-        b = np.array([base[q] for q in qs], np.float64)
-        for i, r in enumerate(results):
-            vals = r.values(m)
-            a = np.array([vals[q] for q in qs], np.float64)
-            means[i, j] = w @ a
-            if i == baseline:
-                continue
-            p[i, j] = paired_randomization_test(dict(zip(qs, a)), dict(zip(qs, b)), n_resamples=n_resamples,
-                                                seed=seed, weights=None if n_sets == 1 else dict(zip(qs, w)))
-            delta[i, j] = w @ (a - b)
-            lo[i, j], hi[i, j] = _bootstrap_ci(a - b, strata, confidence, n_resamples, seed)
+        vals = np.stack([[np.fromiter(map(r.values(metrics[j]).__getitem__, qs), np.float64, len(qs)) for j in js]
+                         for r in results])  # (n_systems, len(js), n_queries)
+        means[:, js] = vals @ w
+        diff = (vals[others] - vals[baseline]).reshape(-1, len(qs)).T  # (n_queries, pairs): system-major pairs
+        delta[np.ix_(others, js)] = (w @ diff).reshape(len(others), len(js))
+        tested = diff if n_sets == 1 else diff * (w * (len(w) / w.sum()))[:, None]  # the weighted mean's statistic
+        order = sorted(range(len(qs)), key=qs.__getitem__)  # paired_randomization_test's query order
+        p[np.ix_(others, js)] = sign_flip_pvalues(tested[order], n_resamples=n_resamples, seed=seed).reshape(
+            len(others), len(js))
+        low, high = _bootstrap_ci(diff, strata, confidence, n_resamples, seed)
+        lo[np.ix_(others, js)], hi[np.ix_(others, js)] = (x.reshape(len(others), len(js)) for x in (low, high))
     n_q = len(queries[metrics[0]])
+    p_se = np.sqrt(p * (1 - p) / n_resamples)
     return Comparison([r.name for r in results], list(metrics), int(baseline), n_q, n_sets, means, delta, lo, hi, p,
-                      holm(p), alpha, confidence, n_resamples)
+                      holm(p), alpha, confidence, n_resamples, p_se, _holm_se(p, p_se))

@@ -21,8 +21,8 @@ from ragkit.errors import DataError, ParamError, some_ids
 from ragkit.run import Run, trec_head
 from ragkit.types import Qrels, Ranking, State
 
-__all__ = ["evaluate", "EvalResult", "parse_metric", "paired_randomization_test", "per_query_ndcg",
-           "per_query_metrics"]
+__all__ = ["evaluate", "EvalResult", "parse_metric", "paired_randomization_test", "sign_flip_pvalues",
+           "check_relevance_level", "per_query_ndcg", "per_query_metrics"]
 
 _TREC = {"ndcg": "ndcg_cut", "recall": "recall", "map": "map_cut", "p": "P"}
 DEFAULT_METRICS = ("ndcg@10", "recall@100", "map@10", "mrr@10", "p@10")
@@ -112,7 +112,8 @@ def evaluate(
         ``ndcg@k``, ``recall@k``, ``map@k``, ``mrr@k``, ``p@k``.
 
     ``relevance_level`` is the lowest grade counted as relevant by the binary measures (recall, MAP, MRR,
-    precision; trec_eval's ``-l``): 2 on graded qrels where 1 means "partly relevant".
+    precision; trec_eval's ``-l``): 2 on graded qrels where 1 means "partly relevant".  A level above every
+    grade of the qrels (2 on SciFact's binary qrels) is a :class:`ParamError`: it would score those metrics 0.
 
     ``ignore_identical_ids`` (BEIR's convention, for datasets where a query is also a document:
     ArguAna, Quora) drops a document whose id is the query's id from the run; where the qrels judge
@@ -135,6 +136,7 @@ def evaluate(
     if not judged:
         raise DataError(f"evaluate: every one of the {len(qrels)} queries of the qrels has an empty judgement list"
                         if qrels else "evaluate: qrels are empty")
+    check_relevance_level(judged, relevance_level)
     d = _clean_run(run, ignore_identical_ids, max(k for _, _, k in parsed) + 1 if parsed else None)
     if d and not judged.keys() & d.keys():  # every query would count 0: judgements of other queries
         raise DataError(f"evaluate: none of the run's {len(d)} queries ({some_ids(d)}) is judged in the qrels, which "
@@ -162,6 +164,22 @@ def evaluate(
     scores = {name: float(np.mean(list(v.values()))) if v else 0.0 for name, v in per_query.items()}
     ignored = sum(1 for q, rel in judged.items() if rel.get(q, 0) >= relevance_level) if ignore_identical_ids else 0
     return EvalResult(scores=scores, per_query=per_query, ignored_judged=ignored)
+
+
+def check_relevance_level(qrels: Qrels, relevance_level: int, where: str = "evaluate") -> None:
+    """Refuse a ``relevance_level`` above 1 that no judgement of ``qrels`` reaches (2 on SciFact's binary
+    qrels), with a :class:`ParamError` naming the level and the qrels' highest grade: recall, MAP, MRR and
+    P would all score 0 while nDCG, which reads the grades, would not change.  Level 1 is never refused
+    (qrels of only 0 grades hold no relevant document whatever the level).  :func:`evaluate` calls it;
+    call it before a long search to fail early (``where`` names the caller in the message)."""
+    if relevance_level <= 1:
+        return
+    grades = np.fromiter((int(g) for rel in qrels.values() for g in rel.values()), np.int64)
+    top = int(grades.max()) if len(grades) else 0
+    if top < relevance_level:
+        raise ParamError(f"{where}: relevance_level {relevance_level} counts no judgement as relevant: the qrels' "
+                         f"highest grade is {top}, so recall, MAP, MRR and P would all be 0"
+                         + (f"; give a level of at most {top}" if top >= 1 else ""))
 
 
 def _grade(r: Any, q: Any, doc: Any) -> int:
@@ -207,16 +225,28 @@ def paired_randomization_test(a: Mapping[str, float], b: Mapping[str, float], *,
             raise DataError(f"paired_randomization_test: weights must give every shared query a positive finite "
                             f"weight; {int((~(np.isfinite(w) & (w > 0))).sum())} of the {len(qs)} have none")
         diff = diff * (w * (len(diff) / w.sum()))  # the weighted mean, as a plain mean of rescaled differences
-    observed = abs(diff.mean())
-    tol = 1e-9 * float(np.abs(diff).max())  # float rounding of the same sum, at the data's own scale
+    return float(sign_flip_pvalues(diff[:, None], n_resamples=n_resamples, seed=seed)[0])
+
+
+def sign_flip_pvalues(diff: np.ndarray, *, n_resamples: int = 10000, seed: int = 0) -> np.ndarray:
+    """Two-sided sign-flip p-values of the mean of each column of ``diff`` (``(n_queries, k)`` float64
+    paired differences, finite): ``(k,)`` float64, ``(1 + #{resamples with |mean| >= observed}) /
+    (1 + n_resamples)``.  Every column is tested with the same random signs, so column ``c`` gets exactly
+    what :func:`paired_randomization_test` gives its differences alone (same ``seed``, queries in its
+    sorted order): one draw of signs serves every (system, metric) of a comparison.  Resamples in blocks
+    of ``(block, n_queries)`` signs (~8 MB), each block one matrix product."""
+    diff = np.asarray(diff, np.float64)
+    n = diff.shape[0]
+    observed = np.abs(diff.mean(0))
+    tol = 1e-9 * np.abs(diff).max(0)  # float rounding of the same sum, at each column's own scale
     rng = np.random.default_rng(seed)
-    block = max(1, (1 << 20) // len(diff))  # the same random stream as one (n_resamples, n_queries) draw
-    extreme = 0
+    block = max(1, (1 << 20) // n)  # the same random stream as one (n_resamples, n_queries) draw
+    extreme = np.zeros(diff.shape[1], np.int64)
     for start in range(0, n_resamples, block):  # blocks of resamples, not queries
-        signs = rng.integers(0, 2, size=(min(block, n_resamples - start), len(diff))) * 2 - 1
-        null = np.abs(signs @ diff) / len(diff)
-        extreme += int(np.sum(null >= observed - tol))
-    return float((extreme + 1) / (n_resamples + 1))
+        signs = rng.integers(0, 2, size=(min(block, n_resamples - start), n)) * 2 - 1
+        null = np.abs(signs @ diff) / n
+        extreme += np.sum(null >= observed - tol, axis=0)
+    return (extreme + 1) / (n_resamples + 1)
 
 
 def per_query_ndcg(state: State, qrels: Qrels, corpus_ids: np.ndarray, k: int = 10) -> np.ndarray:
