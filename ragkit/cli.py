@@ -347,7 +347,7 @@ class _Split:
 
 
 def _read_split(data: str, split: str, train_split: Optional[str], limit: Optional[int], run_file: Optional[Path],
-                fitted: Any = None, pipeline: str = "") -> _Split:
+                fitted: Any = None, pipeline: str = "", relevance_level: int = 1) -> _Split:
     """Load ``data`` and read what ``ragkit eval`` needs of it; a saved pipeline (``fitted``) must
     have been fitted on the dataset's corpus and not have learned from the evaluated queries, and ids
     a TREC ``run_file`` cannot hold are refused, all before any fit."""
@@ -363,6 +363,9 @@ def _read_split(data: str, split: str, train_split: Optional[str], limit: Option
     if limit is not None:
         queries = queries[:limit]
         qrels = {q: qrels[q] for q in queries.ids}
+    from ragkit.eval.metrics import check_relevance_level
+
+    check_relevance_level(qrels, relevance_level, f"--relevance-level (--data {data})")  # not after the search
     taught = fitted.learned_from(queries) if fitted is not None else []
     if taught:  # (ragkit train --split train --out M, then ragkit eval --pipeline M --split train)
         raise RagkitError(f"--pipeline {pipeline}: learned from {len(taught)} of the evaluated --split {split} "
@@ -559,7 +562,8 @@ def eval_cmd(
                           limit=limit, trace=trace, backend=backend, output=output, run_file=run_file, t_all=t_all,
                           t_find=t_find, sources=listed, scoring=scoring)
             return
-        sp = _read_split(data, split, train_split, limit, run_file, pipe if loaded else None, pipeline)
+        sp = _read_split(data, split, train_split, limit, run_file, pipe if loaded else None, pipeline,
+                         scoring.relevance_level)
         if not loaded and sp.train is None:
             _note_unlearned(pipe)
         elif not loaded and not _uses_training(pipe):
@@ -633,7 +637,8 @@ def _eval_subsets(data: str, subs: list[str], pipeline: str, loaded: bool, *, sp
                    f"{len(subs)} of them, so this mean is not comparable with BEIR's (missing: {', '.join(missing)})",
                    err=True)
     # every split is read and checked before any fit, then each corpus is read again in its turn
-    splits = {s: _read_split(sources[s] if sources else f"{base}/{s}", split, train_split, limit, None).released()
+    splits = {s: _read_split(sources[s] if sources else f"{base}/{s}", split, train_split, limit, None,
+                             relevance_level=scoring.relevance_level).released()
               for s in subs}
     splits[subs[0]].t_load += t_find
     parent = Path(base).resolve().name  # the archive's folder
@@ -1139,8 +1144,9 @@ def compare_cmd(
     data: Optional[str] = typer.Option(None, "--data", help="BEIR dataset name or folder whose judgements score "
                                                             "TREC run files."),
     split: str = typer.Option("test", help="Qrels split that scores TREC run files."),
-    resamples: int = typer.Option(10_000, "--resamples", min=1, max=10**7,
-                                  help="Sign flips of the randomisation test and bootstrap resamples."),
+    resamples: int = typer.Option(200_000, "--resamples", min=1, max=10**7,
+                                  help="Sign flips of the randomisation test and bootstrap resamples (a p-value "
+                                       "near 0.05 then has a Monte Carlo standard error of 0.0005)."),
     seed: int = typer.Option(0, min=0, max=2**32 - 1, help="Seed of the resampling."),
     alpha: float = typer.Option(0.05, "--alpha", min=0.0, max=1.0, help="Significance level (Holm-corrected)."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write the comparison as JSON."),
@@ -1212,7 +1218,8 @@ def compare_cmd(
              f"bootstrap resamples within each)" if cmp.n_datasets > 1 else f"{cmp.n_queries} queries")
     console.print(Text(f"{where} · baseline {cmp.systems[base]} · paired randomisation test "
                        f"({resamples:,} sign flips), Holm-corrected over {n_tests} comparison"
-                       f"{'' if n_tests == 1 else 's'} · * p (Holm) < {alpha:g}"), soft_wrap=True)
+                       f"{'' if n_tests == 1 else 's'} · * p (Holm) < {alpha:g} · ? within 2 Monte Carlo "
+                       f"standard errors of it"), soft_wrap=True)
     from rich import box
 
     table = Table(box=box.SIMPLE_HEAD)  # a narrow frame: seven columns of short names fit 80 terminal columns
@@ -1223,10 +1230,12 @@ def compare_cmd(
             cells = [m if i == 0 else "", s, f"{cmp.means[i, j]:.4f}"]
             if i != base:
                 cells += [f"{cmp.delta[i, j]:+.4f}", f"[{cmp.ci_low[i, j]:+.3f}, {cmp.ci_high[i, j]:+.3f}]",
-                          f"{cmp.p_value[i, j]:.4f}", f"{cmp.p_holm[i, j]:.4f}{' *' if cmp.significant[i, j] else ''}"]
+                          f"{cmp.p_value[i, j]:.4f}", f"{cmp.p_holm[i, j]:.4f} {cmp.marks[i, j]}".rstrip()]
             table.add_row(*cells)
         table.add_section()
     _print_uncut(table)
+    if cmp.note():
+        console.print(Text(f"note: {cmp.note()}", style="yellow"), soft_wrap=True)
     if output is not None:
         try:
             with atomic_file(output) as tmp:

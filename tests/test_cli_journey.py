@@ -618,3 +618,16 @@ def test_search_writes_a_file_of_unjudged_queries_as_a_trec_run_or_json(tmp_path
         bad = _cli(*args)
         assert bad.exit_code == 2 and message in bad.output, (args, bad.output)
     assert (tmp_path / "q.tsv").read_text(encoding="utf-8").startswith("a1\t") and not (tmp_path / "x.trec").exists()
+
+
+def test_a_relevance_level_no_judgement_reaches_is_refused_before_the_fit(tmp_path, monkeypatch):
+    """``--relevance-level 2`` on binary qrels scored recall, MAP, MRR and P as 0 (evaluate now refuses
+    it); ragkit eval says so before fitting anything, naming the highest grade."""
+    from ragkit.pipelines import Pipeline
+
+    data = _tiny(tmp_path / "tiny")  # grades: 1 only
+    monkeypatch.setattr(Pipeline, "fit", lambda self, *a, **kw: pytest.fail("fitted before the check"))
+    res = _cli("eval", "--data", data, "-p", "bm25", "--relevance-level", "2")
+    assert res.exit_code == 2, res.output
+    assert f"--relevance-level (--data {data}): relevance_level 2 counts no judgement as relevant: the qrels' " \
+           "highest grade is 1" in res.output

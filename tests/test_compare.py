@@ -112,7 +112,7 @@ def test_compare_refuses_values_that_are_not_finite_before_any_resampling(tmp_pa
     def no_resampling(*a, **k):
         raise AssertionError("resampled before checking every value")
 
-    monkeypatch.setattr(cmp_mod, "paired_randomization_test", no_resampling)
+    monkeypatch.setattr(cmp_mod, "sign_flip_pvalues", no_resampling)
     monkeypatch.setattr(cmp_mod, "_bootstrap_ci", no_resampling)
     with pytest.raises(DataError, match=r"compare: c: ndcg@10: 2 of the 60 per-query values are not finite"):
         compare([_result("a", base), _result("b", base), _result("c", bad)], ["ndcg@10"])

@@ -30,12 +30,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from ragkit.errors import DataError, ParamError, some_ids
-from ragkit.eval.metrics import (
-    evaluate,
-    paired_randomization_test,  # noqa: F401 (compare's p-values are its, batched: sign_flip_pvalues)
-    parse_metric,
-    sign_flip_pvalues,
-)
+from ragkit.eval.metrics import evaluate, parse_metric, sign_flip_pvalues
 from ragkit.run import Run
 from ragkit.types import Qrels
 
