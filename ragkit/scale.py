@@ -444,13 +444,15 @@ class _ShardActor:
     searches on) ``max_retries`` times, each failing alike, into a long "actor died" text: every
     search raises it as :class:`_Permanent` instead, once, with the original error's text."""
 
-    def __init__(self, folder: str) -> None:
-        from ragkit.operator import Operator
+    def __init__(self, folder: str, corpus: Corpus | None = None) -> None:
+        from ragkit.operator import CHECKSUMS, Operator
 
         self.op: Operator | None = None
         self.error: str | None = None
         try:
-            self.op = Operator.load(folder)
+            # a saved sharded retriever's shard folders hold no documents (the parent's corpus, sliced, is given)
+            # and no checksums (the parent's load checked them); those a fit just wrote hold both
+            self.op = Operator.load(folder, corpus=corpus, verify=(Path(folder) / CHECKSUMS).is_file())
         except _FINAL as e:
             self.error = f"{type(e).__name__}: {e}"
 
@@ -704,7 +706,8 @@ class Sharded(Operator):
             if actors is None:
                 actor = ray.remote(max_restarts=self.params.max_retries, max_task_retries=self.params.max_retries)(
                     _ShardActor)
-                actors = self._actors = [actor.remote(f) for f in self.folders_]
+                actors = self._actors = [actor.remote(f, self.corpus_.subset(np.arange(a, b)))
+                                         for f, a, b in zip(self.folders_, self.bounds_[:-1], self.bounds_[1:])]
                 self._actors_session = session
             refs = [actors[s].search.remote(texts, options, rewrites) for s in live]
             results = []
@@ -729,8 +732,11 @@ class Sharded(Operator):
         return out
 
     def _save(self, folder: Path) -> None:
+        # each shard's own files only: its documents are a slice of this operator's (saved once, by the
+        # operator or its pipeline), and this save's checksums cover its files
         for s, sh in enumerate(self.shards_):
-            sh.save(folder / f"shard-{s:03d}")
+            (folder / f"shard-{s:03d}").mkdir()
+            sh.save_into(folder / f"shard-{s:03d}", with_corpus=False)
         write_json(folder / "shards.json", {"bounds": self.bounds_.tolist()})
 
     def _load(self, folder: Path, mmap: bool = False) -> None:

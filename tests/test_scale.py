@@ -592,6 +592,9 @@ def test_sharded_load_verifies_each_file_once_and_none_with_verify_false(slice_d
     hashed: list[str] = []
     real = files.sha256_file
     monkeypatch.setattr(files, "sha256_file", lambda path: hashed.append(str(path)) or real(path))
+    # the shards' folders hold their own files only: the documents are saved once, by the pipeline or operator
+    assert sorted(p.name for p in (tmp_path / "p").rglob("corpus.jsonl")) == ["corpus.jsonl"]
+    assert [p.parent for p in (tmp_path / "s").rglob("corpus.jsonl")] == [tmp_path / "s"]
     for load, folder in ((Pipeline.load, tmp_path / "p"), (Operator.load, tmp_path / "s")):
         hashed.clear()
         got = load(folder, verify=False)
@@ -645,10 +648,10 @@ def test_a_shard_actor_that_cannot_load_fails_once_with_the_ragkit_error(slice_d
     calls = tmp_path / "calls"
 
     class CountedActor(scale._ShardActor):  # pickled by value: counts the constructor's runs in a file
-        def __init__(self, folder):
+        def __init__(self, folder, *args):
             with open(calls, "a") as f:
                 f.write(folder + "\n")
-            super().__init__(folder)
+            super().__init__(folder, *args)
 
     monkeypatch.setattr(scale, "_ShardActor", CountedActor)
     shutil.move(tmp_path / "s", tmp_path / "moved")
