@@ -237,6 +237,9 @@ def check_trainable(root: Operator, train: TrainSet | None, corpus: Corpus | Non
     With ``train`` and ``corpus``, when a leaf learns from judged queries: judgements that name no
     document of the corpus (:meth:`TrainSet.check_corpus`).
 
+    Always: a ``dbnorm`` or ``cosine_adapter`` whose ``model`` is not that of the dense retriever right
+    before it (:func:`encoder_mismatch`).
+
     Without ``train``: the first operator of the tree that learns only from judged queries raises
     its own error (:meth:`Operator.train_refusal`), so a refused refit (on another corpus too)
     refits none of the steps before it.  With ``train``: a learning router or judge that is not
@@ -246,6 +249,9 @@ def check_trainable(root: Operator, train: TrainSet | None, corpus: Corpus | Non
     """
     from ragkit.pipelines.yaml import walk_leaves
 
+    mismatch = encoder_mismatch(root)
+    if mismatch is not None:
+        raise mismatch
     homes = _decision_seats(root)
     for path, leaf in walk_leaves(root):
         if train is None:
@@ -281,6 +287,89 @@ def check_trainable(root: Operator, train: TrainSet | None, corpus: Corpus | Non
         if fusers and len(judged) < 2:
             raise DataError(f"{fusers[0]}: learning fusion weights cross-validates over the judged training queries "
                             f"and needs at least 2; the train set has {len(judged)} ({some_ids(judged) or 'none'})")
+
+
+#: steps that read the cosines of the dense retriever before them with an encoder of their own (``model``)
+_COSINE_READERS = ("dbnorm", "cosine_adapter")
+#: single-vector retrievers whose scores those steps read: their ``model`` is the cosines' encoder
+_COSINE_RETRIEVERS = ("dense", "knn_embed")
+
+
+def same_model(a: str, b: str) -> bool:
+    """Whether model names ``a`` and ``b`` load the same encoder: equal names (the packaged MiniLM's aliases
+    resolved, a hub id with or without ``sentence-transformers/``), the same registered encoder, or local
+    folders (or files) with the same content (:func:`~ragkit.encoders.sentence.model_fingerprint`, read
+    only when the names differ)."""
+    from pathlib import Path
+
+    from ragkit.encoders.custom import registered_encoder
+    from ragkit.encoders.sentence import model_fingerprint, resolve_model
+
+    ra, rb = resolve_model(a), resolve_model(b)
+    hub = "sentence-transformers/"
+    if ra == rb or ra.removeprefix(hub) == rb.removeprefix(hub):
+        return True
+    ea, eb = registered_encoder(a), registered_encoder(b)
+    if ea is not None or eb is not None:
+        return ea is eb
+    pa, pb = Path(ra).expanduser(), Path(rb).expanduser()
+    if pa.exists() and pb.exists():
+        return pa.resolve() == pb.resolve() or model_fingerprint(str(pa)) == model_fingerprint(str(pb))
+    return False
+
+
+def encoder_mismatch(op: Operator, path: str = "pipeline") -> ParamError | None:
+    """The first ``dbnorm`` / ``cosine_adapter`` of the tree whose encoder is not that of the retriever
+    before it, as a ParamError at ``<step path>.<name>.model``, else ``None``.
+
+    Within each linear pipeline, such a step is checked against the nearest retriever step before it when
+    that is a plain ``dense`` or ``knn_embed`` (a ``bm25``, ``muvera``, ``sharded`` or a composite holding
+    a retriever, such as a hybrid's ``parallel``, leaves it unchecked: whose cosines it reads is not one
+    model's).  ``dbnorm`` subtracts penalties ``log Z(g)`` computed with its ``model`` from the retriever's
+    cosines, and ``cosine_adapter`` maps the retriever's cosines from query vectors of its ``model``: both
+    must be the retriever's (ALGORITHMS.md, DBNorm's pitfalls).  A ``dense`` that fine-tunes its encoder
+    (``adapt``) scores with a model that exists only after its fit: ``dbnorm`` after it is refused (no
+    ``model`` can name the tuned one); ``cosine_adapter`` after it must name the base model (its query
+    features, learned from the tuned cosines at fit and read the same way at search).
+    """
+    if not isinstance(op, Composite):
+        return None
+    if isinstance(op, Pipeline):
+        before: tuple[Operator, str] | None = None  # the nearest retriever step, when a plain dense / knn_embed
+        for step, where in op.child_paths(path):
+            if step.name in _COSINE_READERS and not isinstance(step, Composite) and before is not None:
+                problem = _model_problem(*before, step, where)
+                if problem is not None:
+                    return problem
+            if isinstance(step, Composite):
+                if _retrieves(step):
+                    before = None
+            elif step.kind == "retriever":
+                before = (step, where) if step.name in _COSINE_RETRIEVERS else None
+    for child, where in op.child_paths(path):
+        problem = encoder_mismatch(child, where)
+        if problem is not None:
+            return problem
+    return None
+
+
+def _model_problem(retriever: Operator, r_where: str, reader: Operator, where: str) -> ParamError | None:
+    """Why ``reader`` (at ``where``) cannot read the cosines of ``retriever`` (at ``r_where``), else ``None``."""
+    at = f"{where}.{reader.name}.model"
+    own, theirs = str(reader.params.model), str(retriever.params.model)
+    there = f"{r_where}.{retriever.name}"
+    if reader.name == "dbnorm" and getattr(retriever.params, "adapt", None) is not None:
+        return ParamError(f"{at}: dbnorm computes its hubness penalties with {own!r}, but {there} fine-tunes its "
+                          f"encoder (adapt), so the cosines dbnorm reranks come from a tuned model that exists only "
+                          f"after that fit and that no dbnorm model can name; drop adapt from {there}, or "
+                          "drop dbnorm", path=at)
+    if same_model(own, theirs):
+        return None
+    why = ("its penalties log Z(g) are subtracted from that retriever's cosines and must come from the same model"
+           if reader.name == "dbnorm" else
+           "it maps that retriever's cosines from query vectors of its own model, which must be the retriever's")
+    return ParamError(f"{at}: {reader.name} encodes with {own!r} but {there} before it with {theirs!r}; {why}. "
+                      f"Set {reader.name}'s model to {theirs!r}", path=at)
 
 
 def _decision_seats(op: Operator) -> dict[int, str]:

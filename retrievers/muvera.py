@@ -171,7 +171,9 @@ class MuveraParams(TokenParams):
     k_sim: int = Field(5, ge=0, le=12, description="SimHash hyperplanes per repetition (2**k_sim buckets).")
     d_proj: int = Field(16, ge=1, description="Inner projection size per bucket (ignored for projection='identity').")
     r_reps: int = Field(20, ge=1, description="Independent FDE repetitions.")
-    d_final: int | None = Field(None, ge=1, description="Optional final Count-Sketch dimension of the FDE.")
+    d_final: int | None = Field(None, ge=1, description=(
+        "Optional final Count-Sketch dimension of the FDE: smaller than the FDE before it (r_reps * 2**k_sim * "
+        "d_proj, or * the token dimension for identity) and at most 2**20."))
     projection: Literal["ams", "countsketch", "identity"] = Field(
         "ams", description="Inner projection: dense ±1/sqrt(d_proj) (paper), Count-Sketch (reference code), identity.")
     fill_empty: bool = Field(True, description="Fill empty document buckets with the Hamming-nearest token.")
@@ -207,6 +209,10 @@ class MuveraParams(TokenParams):
                     f"that many of the FDE candidates for the exact rerank")
         if self.projection != "identity":  # identity's size needs the token dimension: checked at fit
             check_fde_size(self.r_reps * 2**self.k_sim * self.d_proj, "r_reps * 2**k_sim * d_proj")
+        if self.d_final is not None and self.d_final > MAX_FDE_DIM:  # any projection (identity's full size waits)
+            raise ValueError(f"d_final ({self.d_final:,}) asks for more than the {MAX_FDE_DIM:,} dimensions muvera "
+                             f"builds ({self.d_final * 4 / 2**20:,.0f} MiB per document); a final projection is "
+                             "for shrinking the FDE")
         if self.d_final is not None and self.projection != "identity":
             full = self.r_reps * 2**self.k_sim * self.d_proj
             if self.d_final >= full:
@@ -281,12 +287,17 @@ class Muvera(TokenOperatorMixin, Operator):
 
     def _fit(self, corpus: Corpus, train: TrainSet | None, upstream: State | None) -> None:
         p = self.params
-        if p.projection == "identity":  # before any encoding
+        if p.projection == "identity":  # before any encoding: the size needs the token dimension
+            dim = self.token_encoder.dim
+            full = p.r_reps * 2**p.k_sim * dim
             try:
-                check_fde_size(p.r_reps * 2**p.k_sim * self.token_encoder.dim,
-                               f"r_reps * 2**k_sim * the {self.token_encoder.dim}-d tokens (projection: identity)")
+                check_fde_size(full, f"r_reps * 2**k_sim * the {dim}-d tokens (projection: identity)")
             except ValueError as e:
                 raise ParamError(f"muvera: {e}") from None
+            if p.d_final is not None and p.d_final >= full:  # as the validator does for ams / countsketch
+                raise ParamError(f"muvera.d_final: d_final ({p.d_final:,}) must be smaller than r_reps * 2**k_sim * "
+                                 f"the {dim}-d tokens = {full:,} (projection: identity): a final projection is for "
+                                 "shrinking the FDE", path="muvera.d_final")
         self._fit_tokens(corpus, train)
         if p.prune is not None:
             n_tok = self.tokens_.n_tokens
