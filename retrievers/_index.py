@@ -21,9 +21,10 @@ batched top-k inner-product / cosine queries.  Storage and search are parameters
     earlier versions load and score as before.
   - ``b1``: packed sign bits (``np.packbits(x > 0)``).  Exact search scores every code with
     the float query against the ±1 bits (asymmetric; numpy); HNSW search uses usearch's
-    Hamming distance on the sign-quantised query, and its ``oversample * k`` candidates are
-    re-ranked by the float query against the ±1 bits.  With ``rescore=True`` the
-    ``oversample * k`` candidates of either are re-scored with the float vectors.
+    Hamming distance on the sign-quantised query for a wider set (``min(oversample, B1_WIDEN) *
+    oversample * k``, at least ``expansion_search``), re-ranked by the float query against the
+    ±1 bits.  With ``rescore=True`` the top ``oversample * k`` candidates of either are re-scored
+    with the float vectors.
 * ``reduce``: ``none``, ``pca:<d>`` (PCA fitted on the indexed vectors, optional whitening;
   with ``metric="cos"`` vectors are centred before the projection, with ``"ip"`` they are not,
   since centring both sides adds a per-document bias to inner products; ``ip`` indexes saved
@@ -47,11 +48,12 @@ batched top-k inner-product / cosine queries.  Storage and search are parameters
   returns ``k`` results whenever ``k`` rows pass.  usearch 2.26's Python ``search`` takes
   no predicate, so: exact search scores only the passing rows; HNSW search oversamples by
   the inverse of the filter's selectivity, drops failing rows, and answers the queries that
-  still have too few results (and every query of a very selective filter, under
-  ``exact_max`` passing rows) exactly on the passing rows (codes fetched from usearch).
+  still have too few results after a 4x wider search (and every query of a very selective filter,
+  under ``FILTER_EXACT_MAX`` passing rows) exactly on the passing rows (codes fetched from usearch).
 
 Rows are *slots*: ``build`` numbers vectors ``0..n-1``, ``add`` appends, ``remove`` marks
-slots dead (tombstones, removed from the HNSW graph) without a rebuild.
+slots dead (tombstones, removed from the HNSW graph) without a rebuild; ``compact`` frees them,
+renumbering the live slots and returning the old -> new map.
 
 Persistence: ``save(folder)`` writes plain files (``<prefix>.json`` manifest with sizes and
 CRC32 checksums, ``.npy`` arrays, ``<prefix>.usearch``), each through a temporary name renamed
