@@ -41,6 +41,7 @@ from langchain_core.runnables import RunnableConfig
 from langchain_core.runnables.config import get_config_list, run_in_executor
 from pydantic import ConfigDict, Field, PrivateAttr, model_validator
 
+from ragkit._locks import ReadWriteLock
 from ragkit.encoders.sentence import as_texts
 from ragkit.errors import ArtifactError, DataError, NotFittedError, ParamError
 from ragkit.operator import Operator, _json_default, read_json
@@ -207,11 +208,13 @@ class RagkitRetriever(BaseRetriever):
     (a key it did not have is not added, nor one whose value was ``None``: a metadata column
     holds ``None`` for both; its own ``id`` / ``title`` keys are kept, as the strings the corpus holds).
 
-    One retriever may serve many threads at once (``ainvoke`` runs in executor threads): each call
-    maps its search's rows onto the documents the pipeline held during that search.  When a retriever
-    of the pipeline is edited on another thread during a search (``add`` / ``remove``), documents only
-    added keep its answer; any other edit makes it search again, up to 5 times, then raise
-    ``DataError`` saying so (edit the index between searches).
+    One retriever may serve many threads at once (``ainvoke`` runs in executor threads), and be edited
+    meanwhile: ``add_documents`` / ``delete`` wait for the searches in progress and hold new ones until
+    they are done (a readers-writer lock, with the new documents' vectors encoded before it is taken),
+    so every search answers from the documents before or after an edit, and concurrent edits each
+    land whole.  An operator of the pipeline edited directly (its ``add`` / ``remove``, not through this
+    retriever) during a search is only detected: documents only added keep the answer; any other edit
+    makes it search again, up to 5 times, then raise ``DataError`` saying so.
 
     Examples
     --------
@@ -258,6 +261,8 @@ class RagkitRetriever(BaseRetriever):
 
     _corpus: Corpus = PrivateAttr()
     _producers: list[str] = PrivateAttr(default_factory=list)
+    #: searches share it, an edit (add_documents / delete) holds it alone: no search sees an index half edited
+    _lock: ReadWriteLock = PrivateAttr(default_factory=ReadWriteLock)
 
     @model_validator(mode="after")
     def _build(self) -> "RagkitRetriever":
@@ -362,15 +367,16 @@ class RagkitRetriever(BaseRetriever):
         for _ in range(_EDIT_RETRIES):
             # the documents this search's rows index: read from the pipeline before and after it, never from
             # this retriever (a call on another thread updates self._corpus after its own search)
-            before = self._searched_corpus()
-            try:
-                run = self.pipeline.search(queries, k=k, **options)
-            except Exception as e:  # noqa: BLE001 - re-raised unless the documents changed under the search
-                if self._searched_corpus() is before:
-                    raise
-                error = e
-                continue
-            corpus = self._searched_corpus()
+            with self._lock.reading():  # (an edit through this retriever waits, and is waited for)
+                before = self._searched_corpus()
+                try:
+                    run = self.pipeline.search(queries, k=k, **options)
+                except Exception as e:  # noqa: BLE001 - re-raised unless the documents changed under the search
+                    if self._searched_corpus() is before:
+                        raise
+                    error = e
+                    continue
+                corpus = self._searched_corpus()
             # unchanged, or documents only added (add on another thread): rows of either are rows of the new one
             if corpus is not None and (corpus is before or _extends(corpus, before)):
                 break
@@ -411,12 +417,25 @@ class RagkitRetriever(BaseRetriever):
             for d in docs]
         new = Corpus.from_documents([d.model_copy(update={"id": i}) for d, i in zip(docs, given)])
         _check_reserved(new, "add_documents")
-        held = _corpus_of(self.pipeline)
-        if held is not None and len(dup := held.row_of(new.ids.tolist(), missing="drop")):
-            raise DataError(f"add_documents: {len(dup)} of the ids are already indexed, e.g. "
-                            f"{held.ids[dup[0]]!r}; delete them first, or give other ids")
-        self._edit("add", new, lambda leaf: leaf.remove(new.ids.tolist()))
+        self._encode_ahead(new)  # the slow part, before searches wait for the edit
+        with self._lock.writing():  # the check and the edit as one (two adds of one id: the second is refused)
+            held = _corpus_of(self.pipeline)
+            if held is not None and len(dup := held.row_of(new.ids.tolist(), missing="drop")):
+                raise DataError(f"add_documents: {len(dup)} of the ids are already indexed, e.g. "
+                                f"{held.ids[dup[0]]!r}; delete them first, or give other ids")
+            self._edit("add", new, lambda leaf: leaf.remove(new.ids.tolist()))
         return new.ids.tolist()
+
+    def _encode_ahead(self, new: Corpus) -> None:
+        """Encode ``new``'s documents into the embedding cache for every dense retriever of the pipeline
+        whose encoder is ragkit's own (cached), so that the edit, which searches wait for, reads them."""
+        from ragkit.encoders import Encoder
+        from ragkit.pipelines.yaml import walk_leaves
+
+        for _, leaf in walk_leaves(self.pipeline):
+            enc = getattr(leaf, "encoder", None) if callable(getattr(leaf, "_encode_docs", None)) else None
+            if type(enc) is Encoder and enc.cache_enabled and getattr(leaf, "corpus_", None) is not None:
+                enc.encode(new.full_texts)
 
     def delete(self, ids: Sequence[str] | None = None, **kwargs: Any) -> bool:
         """Remove the documents ``ids`` from every retriever of the pipeline (their ``remove``: BM25 and
@@ -427,17 +446,18 @@ class RagkitRetriever(BaseRetriever):
             raise ParamError(f"delete: unknown argument(s) {sorted(kwargs)}; expected ids")
         if ids is None or isinstance(ids, str):
             raise DataError(f"delete: expected a list of document ids, got {ids!r:.80}")
-        held = _corpus_of(self.pipeline)
-        assert held is not None  # a built retriever's pipeline is fitted
-        rows = held.rows_to_remove(list(ids), "delete")
-        if len(rows):
-            gone, gone_ids = held.subset(rows), held.ids[rows].tolist()
+        with self._lock.writing():
+            held = _corpus_of(self.pipeline)
+            assert held is not None  # a built retriever's pipeline is fitted
+            rows = held.rows_to_remove(list(ids), "delete")
+            if len(rows):
+                gone, gone_ids = held.subset(rows), held.ids[rows].tolist()
 
-            def realign(leaf: Any) -> None:  # a leaf not edited: the rows the undone ones hold now
-                leaf.remove(gone_ids)
-                leaf.add(gone)
+                def realign(leaf: Any) -> None:  # a leaf not edited: the rows the undone ones hold now
+                    leaf.remove(gone_ids)
+                    leaf.add(gone)
 
-            self._edit("remove", gone_ids, lambda leaf: leaf.add(gone), realign)
+                self._edit("remove", gone_ids, lambda leaf: leaf.add(gone), realign)
         return True
 
     def _edit(self, method: str, arg: Any, undo: Callable[[Any], Any],
