@@ -33,6 +33,8 @@ _log = logging.getLogger("ragkit")
 #: share of an added batch's int8 coordinates outside the calibrated range above which ``add`` warns
 #: (a calibration fitted on the whole corpus clips ~0.1% by design)
 CLIP_WARN = 0.01
+#: dead index slots (removed documents) from which remove() compacts the index, once they outnumber the live ones
+COMPACT_MIN = 64
 
 #: embedding sizes of models known without loading them (validation of ``reduce``)
 KNOWN_DIMS = {"all-minilm-l6-v2": 384, "sentence-transformers/all-minilm-l6-v2": 384,
@@ -316,6 +318,22 @@ class Dense(TunedEncoderMixin, Operator):
         keep[rows] = False
         self.corpus_ = self.corpus_.subset(keep)  # a mask: rows in order, id lookup and filter codes carried over
         self.slots_ = self.slots_[keep]
+        self._slot_rows = None
+        ix = self.index_
+        dead = ix.n_slots - ix.n_alive
+        if dead >= COMPACT_MIN and dead > ix.n_alive and not isinstance(ix.codes, np.memmap):
+            self.compact()  # more removed than live: at most one rebuild per as many removals as documents left
+        return self
+
+    def compact(self) -> "Dense":
+        """Free the index slots of removed documents (``remove`` only marks them, and ``save`` writes
+        them): the codes and float vectors of live documents are packed, an HNSW graph is rebuilt from
+        its live codes (about one build).  Rankings and scores stay the same (a rebuilt graph is
+        another approximation of the same vectors).  ``remove`` runs it itself once more slots are
+        dead than live (at least ``COMPACT_MIN``), except on a memory-mapped exact index (it would read
+        the live codes into memory): call it then.  Returns ``self``."""
+        self._check_fitted()
+        self.slots_ = self.index_.compact()[self.slots_]
         self._slot_rows = None
         return self
 
