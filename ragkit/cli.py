@@ -1111,6 +1111,11 @@ def validate_cmd(path: Path = typer.Argument(..., help="Pipeline YAML file, or a
         else:
             pipe = Pipeline.from_yaml(path)
             _check_retrieves(pipe, str(path))  # what eval, train and ask refuse (a saved operator may be a reranker)
+            from ragkit.pipelines._compose import encoder_mismatch
+
+            problem = encoder_mismatch(pipe)  # what its fit would refuse (a dbnorm on another model's cosines)
+            if problem is not None:
+                raise RagkitError(f"{path}: {problem}")
     except RagkitError as e:
         _fail(e)
         return

@@ -172,3 +172,16 @@ def test_adapter_warns_when_lbfgs_stops_unconverged(slice_data, two_encoders, ca
 def test_dbnorm_gallery_bank_size_says_its_cost():
     desc = DBNorm.Params.model_fields["gallery_bank_size"].description
     assert "4-5 hours at 1M" in desc and "10000" in desc
+
+
+def test_ragkit_validate_reports_a_model_mismatch_its_fit_would_refuse(tmp_path, two_encoders):
+    """The check ran at fit only: ``ragkit validate`` said ok to a dbnorm on another model's cosines."""
+    from typer.testing import CliRunner
+
+    from ragkit.cli import app
+
+    a, b = two_encoders
+    (tmp_path / "p.yaml").write_text(f"pipeline:\n  - dense: {{model: {a}}}\n  - dbnorm: {{model: {b}}}\n")
+    res = CliRunner().invoke(app, ["validate", str(tmp_path / "p.yaml")], env={"COLUMNS": "200"})
+    assert res.exit_code == 2 and "ok" not in res.output, res.output
+    assert f"{tmp_path / 'p.yaml'}: pipeline[1].dbnorm.model:" in res.output
