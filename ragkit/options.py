@@ -64,7 +64,7 @@ def filter_value(value: Any, corpus: "Corpus | None" = None) -> Any:
 
     The rules of :meth:`Corpus.mask <ragkit.types.Corpus.mask>`: string field names, no query
     operators such as ``{"$gte": 2020}``; with ``corpus``, every field must be one of its
-    metadata fields or ``_id``.  Raises ``TypeError`` / ``ValueError`` (``expected ..., got ...``).
+    metadata fields, ``_id`` or ``title``.  Raises ``TypeError`` / ``ValueError`` (``expected ..., got ...``).
     """
     from ragkit.types import filter_problem
 
@@ -77,9 +77,9 @@ def filter_value(value: Any, corpus: "Corpus | None" = None) -> Any:
         key, what = bad
         raise (ValueError(f"field {key!r}: {what}") if key is not None else TypeError(what))
     for key in value:
-        if corpus is not None and key not in ("_id", "id") and key not in corpus.metadata:
+        if corpus is not None and key not in ("_id", "id", "title") and key not in corpus.metadata:
             raise ValueError(f"field {key!r} is not a metadata field of the corpus; available: "
-                             f"{sorted(corpus.metadata) + ['_id']}")
+                             f"{sorted(corpus.metadata) + ['_id', 'title']}")
     return value
 
 

@@ -433,9 +433,9 @@ class Corpus:
         (membership); fields combine with AND.  Values compare with Python's ``==`` either way
         (``1`` matches ``1.0`` and ``True``, ``"2020"`` does not match ``2020``).  ``"_id"``
         filters on document ids (given as strings or numbers; ``"id"`` too, unless a metadata field has
-        that name).  A list-valued field (tags) matches a
-        value it holds as an element, as well as a value equal to the whole list.  Operators such as
-        ``{"$gte": 2020}`` are not supported and are refused.
+        that name), ``"title"`` on their titles (unless a metadata field has that name).  A list-valued
+        field (tags) matches a value it holds as an element, as well as a value equal to the whole list.
+        Operators such as ``{"$gte": 2020}`` are not supported and are refused.
         """
         if not where:
             return None
@@ -448,15 +448,20 @@ class Corpus:
                 column = self.ids
             elif key in self.metadata:
                 column = self.metadata[key]
+            elif key == "title":  # the documents' titles (BEIR's field; where a Document's metadata title goes)
+                column = self.titles
             else:
                 raise DataError(
                     f"filter field {key!r} is not a metadata field of the corpus; "
-                    f"available: {sorted(self.metadata) + ['_id']}"
+                    f"available: {sorted(self.metadata) + ['_id', 'title']}"
                 )
             # any collection of values (a list, a set, a range, dict keys, a numpy array or pandas
             # Series) means membership; a string or a single value means equality
             wants = filter_values(want)
-            if key == "_id":  # ids are strings; an id given as a number means the same document
+            if column is self.titles:  # strings only ('' for none): one vectorised membership test
+                strings = [w for w in wants if isinstance(w, str)]
+                keep &= np.isin(self.titles, strings) if strings else False
+            elif key == "_id":  # ids are strings; an id given as a number means the same document
                 hit = np.zeros(len(self), dtype=bool)
                 hit[self.row_of([str(w) for w in wants], missing="drop")] = True
                 keep &= hit

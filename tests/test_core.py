@@ -337,7 +337,7 @@ def _options_pipeline():
                                                  "'high'"),
     ({"top_k": {"k": True}}, "search option top_k.k: expected an integer, got True"),
     ({"filter": {"yeer": 2020}}, "search option filter: field 'yeer' is not a metadata field of the corpus; "
-                                 "available: ['year', '_id']"),
+                                 "available: ['year', '_id', 'title']"),
     ({"filter": {"year": {"$gte": 2020}}}, "search option filter: field 'year': {'$gte': 2020} is not supported"),
     ({"bm25": {"filter": ["year"]}}, "search option bm25.filter: expected a metadata filter"),
 ])

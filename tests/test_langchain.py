@@ -306,7 +306,8 @@ def test_documents_keep_their_own_metadata():
     r = RagkitRetriever.from_documents(docs, k=2)
     got = {d.id: d.metadata for d in r.invoke("vitamin")}
     assert got["d1"]["id"] == "meta-id" and got["d1"]["page"] == 3 and "source" not in got["d1"]
-    assert got["d2"]["id"] == "d2" and got["d2"]["source"] == "book" and "page" not in got["d2"]
+    # d1 has an "id" of its own, so "id" is that metadata field (as a filter reads it): d2 has none
+    assert "id" not in got["d2"] and got["d2"]["source"] == "book" and "page" not in got["d2"]
     # a document without an id gets its position, unless another document's own id holds it
     r = RagkitRetriever.from_documents([Document("x", id="1"), Document("y"), Document("z")], k=3)
     assert sorted(d.id for d in r.invoke("x y z")) == ["1", "1#1", "2"]
@@ -653,3 +654,23 @@ def test_a_retriever_saves_and_loads_with_its_k_and_search_kwargs(tmp_path):
     (tmp_path / "odd" / "retriever.json").write_text(json.dumps({"k": True, "search_kwargs": {}}))
     with pytest.raises(ArtifactError, match=r"odd/retriever.json: expected \{\"k\": an integer >= 1"):
         _saved_settings(tmp_path / "odd")
+
+
+def test_a_documents_metadata_title_and_id_are_filtered_as_they_are_returned():
+    """A Document's metadata title is indexed with its text and returned in its metadata, but
+    filter={"title": ...} was 'not a metadata field'; where some documents had an 'id' of their own,
+    the others came back with metadata id = their document id, which filter={"id": ...} did not match."""
+    docs = [Document(page_content="foo text", id="a", metadata={"id": 1, "title": "Zebrafish report"}),
+            Document(page_content="bar text", id="b", metadata={"id": 2}),
+            Document(page_content="baz text", id="c")]
+    r = RagkitRetriever.from_documents(docs, k=5)
+    assert [d.id for d in r.invoke("text", filter={"title": "Zebrafish report"})] == ["a"]
+    assert sorted(d.id for d in r.invoke("text", filter={"title": ["", "nothing"]})) == ["b", "c"]
+    got = {d.id: d.metadata.get("id") for d in r.invoke("text")}
+    assert got == {"a": 1, "b": 2, "c": None}  # c's id is Document.id; metadata "id" is the documents' own
+    for d in r.invoke("text"):  # what a document's metadata shows, a filter on it finds
+        if "id" in d.metadata:
+            assert d.id in [x.id for x in r.invoke("text", filter={"id": d.metadata["id"]})]
+    plain = RagkitRetriever.from_documents([Document(page_content="foo", id="x")], k=1)
+    assert plain.invoke("foo")[0].metadata["id"] == "x"  # no document has its own: the id, as before
+    assert [d.id for d in plain.invoke("foo", filter={"id": "x"})] == ["x"]

@@ -201,7 +201,7 @@ class RagkitRetriever(BaseRetriever):
         (both are ``ValueError``).  So is an unknown argument (``top_k=1``: "did you mean k?").
 
     Each returned ``Document`` has the corpus text as ``page_content``, the document id as
-    ``id`` and ``metadata`` with ``id``, ``title``, ``score`` (the pipeline's final score),
+    ``id`` and ``metadata`` with ``id`` (where no document has an ``id`` of its own), ``title``, ``score`` (the pipeline's final score),
     ``rank`` (1-based), ``operators`` (the branches that retrieved it in a fused pipeline,
     else the pipeline's retrievers), ``branches`` (``{branch: {"rank", "score"}}`` for fused
     rankings), any other ranking ``fields``, and the document's own metadata as it was given
@@ -516,12 +516,16 @@ class RagkitRetriever(BaseRetriever):
         branch_cols = [(b, r.fields[f"{b}.rank"].tolist(), r.fields[f"{b}.score"].tolist()) for b in branch_names]
         taken = {f"{b}.{x}" for b in branch_names for x in ("rank", "score")}
         other = {key: v.tolist() for key, v in r.fields.items() if key not in taken}
+        # "id" names the document id where no document has an "id" of its own (filter={"id": ...} matches
+        # it then); where some have, it is theirs alone (the id is Document.id), as a filter reads it
+        fill_id = "id" not in c.metadata
         docs = []
         for i in range(len(ids)):
             # the document's own metadata back unchanged: no None for keys it never had (the corpus
             # stores metadata as columns, a missing key is None), no "id" / "title" over its own
             meta: dict[str, Any] = {key: col[i] for key, col in meta_cols.items() if col[i] is not None}
-            meta.setdefault("id", ids[i])
+            if fill_id:
+                meta["id"] = ids[i]
             meta.setdefault("title", titles[i])
             meta.update(score=scores[i], rank=i + 1)
             if branch_cols:
