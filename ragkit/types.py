@@ -8,6 +8,7 @@ LangChain, TREC run files).  A batch of queries is a list of rankings, one per q
 from __future__ import annotations
 
 import json
+import re
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -39,18 +40,25 @@ def _as_ids(values: Iterable[Any], what: str) -> np.ndarray:
     return arr
 
 
-def _check_encodable(col: np.ndarray, what: str, ids: np.ndarray) -> None:
+#: a lone surrogate: what text decoded with ``errors="surrogateescape"`` holds, and no UTF-8 file can
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _check_encodable(col: np.ndarray, what: str, ids: np.ndarray, chunk: int = 8192) -> None:
     """Refuse a lone surrogate (text decoded with ``errors="surrogateescape"``): no UTF-8 file, and
-    so no save, can hold it, and tokenizers fail on it.  One encode of the whole column."""
-    joined = "\x00".join(map(str, col.tolist()))  # (a text that is no string is refused where it is read)
-    try:
-        joined.encode("utf-8")
-    except UnicodeEncodeError as e:
-        row = joined.count("\x00", 0, e.start)
-        raise DataError(f"{what}[{row}] (document {ids[row]!r}) holds a lone surrogate {joined[e.start]!r} at "
-                        f"character {e.start - joined.rfind(chr(0), 0, e.start) - 1}, which is no Unicode text "
-                        "(bytes decoded with errors='surrogateescape'?); decode the source with its real encoding"
-                        ) from None
+    so no save, can hold it, and tokenizers fail on it.  One regular-expression scan per ``chunk``
+    texts joined (a whole column joined and encoded at once peaked at 5x the text's size once one
+    character above Latin-1 widened the joined string: +1.2 GB for 235 MB of text)."""
+    values = col.tolist()
+    for a in range(0, len(values), chunk):
+        joined = "\x00".join(map(str, values[a:a + chunk]))  # (a text that is no string is refused where read)
+        hit = _SURROGATE.search(joined)
+        if hit is not None:
+            row = a + joined.count("\x00", 0, hit.start())
+            raise DataError(f"{what}[{row}] (document {ids[row]!r}) holds a lone surrogate {hit.group()!r} at "
+                            f"character {hit.start() - joined.rfind(chr(0), 0, hit.start()) - 1}, which is no "
+                            "Unicode text (bytes decoded with errors='surrogateescape'?); decode the source with its "
+                            "real encoding")
 
 
 def _column(values: Iterable[Any]) -> np.ndarray:

@@ -481,6 +481,12 @@ def test_a_corpus_refuses_lone_surrogates_before_any_work():
         Corpus.from_texts(["ok", bad], ids=["a", "b"])
     with pytest.raises(DataError, match=r"Corpus.ids\[0\]"):
         Corpus.from_texts(["ok"], ids=[bad])
+    from ragkit.types import _check_encodable  # scanned in chunks (a whole column joined and encoded: 5x its size)
+
+    col = np.array(["a", "b\u00e9", "c", "d", "e\U0001f600", f"xy{bad}"], dtype=object)
+    with pytest.raises(DataError, match=r"t\[5\] \(document 'f'\) holds a lone surrogate '\\udce9' at character 5"):
+        _check_encodable(col, "t", np.array(list("abcdef"), dtype=object), chunk=2)
+    _check_encodable(col[:5], "t", np.array(list("abcde"), dtype=object), chunk=2)
 
 
 def test_operators_that_search_with_torch_import_it_at_fit_and_load(tmp_path, monkeypatch):
