@@ -356,7 +356,7 @@ def encoder_mismatch(op: Operator, path: str = "pipeline") -> ParamError | None:
 def _model_problem(retriever: Operator, r_where: str, reader: Operator, where: str) -> ParamError | None:
     """Why ``reader`` (at ``where``) cannot read the cosines of ``retriever`` (at ``r_where``), else ``None``."""
     at = f"{where}.{reader.name}.model"
-    own, theirs = str(reader.params.model), str(retriever.params.model)
+    own, theirs = str(getattr(reader.params, "model")), str(getattr(retriever.params, "model"))
     there = f"{r_where}.{retriever.name}"
     if reader.name == "dbnorm" and getattr(retriever.params, "adapt", None) is not None:
         return ParamError(f"{at}: dbnorm computes its hubness penalties with {own!r}, but {there} fine-tunes its "

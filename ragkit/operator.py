@@ -234,8 +234,9 @@ class Operator:
         while stack:
             op = stack.pop()
             stack.extend(op.children())
-            if getattr(op, "trained_on_", None) is not None:
-                taught.append(op.trained_on_)
+            digests: np.ndarray | None = getattr(op, "trained_on_", None)
+            if digests is not None:
+                taught.append(digests)
         if not taught or not len(queries):
             return []
         return [queries.ids[i] for i in np.flatnonzero(np.isin(query_digests(queries), np.concatenate(taught)))]
@@ -382,8 +383,9 @@ class Operator:
         })
         if fitted:
             self._save(folder)
-            if getattr(self, "trained_on_", None) is not None:
-                save_arrays(folder, **{TRAINED: self.trained_on_})
+            digests: np.ndarray | None = getattr(self, "trained_on_", None)
+            if digests is not None:
+                save_arrays(folder, **{TRAINED: digests})
             if with_corpus:
                 self.corpus_.save(folder / "corpus.jsonl")
 

@@ -12,7 +12,7 @@ import re
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Literal, Mapping, Sequence, cast
 
 import numpy as np
 
@@ -414,7 +414,8 @@ class Corpus:
             if 4 * (len(lut.extra) + len(new)) <= len(lut.pos):  # else rebuilt when asked (amortised)
                 object.__setattr__(out, "_row_of", _Rows(lut.base, lut.pos, {**lut.extra, **added}, out.ids))
         elif 4 * len(new) <= n:
-            object.__setattr__(out, "_row_of", _Rows(lut, np.arange(n, dtype=np.int64), added, out.ids))
+            object.__setattr__(out, "_row_of", _Rows(cast("dict[str, int]", lut), np.arange(n, dtype=np.int64), added,
+                                                     out.ids))
         else:
             object.__setattr__(out, "_row_of", {**lut, **added})
         for key, coded in self._codes.items():  # this corpus's filter codes, the new rows' appended
@@ -535,7 +536,7 @@ def _code_column(column: np.ndarray) -> _Coded:
     return codes, table, np.repeat(np.arange(len(values)), sizes), listy
 
 
-def _grow_codes(coded: _Coded, n: int, column: np.ndarray) -> _Coded | bool:
+def _grow_codes(coded: _Coded, n: int, column: np.ndarray) -> _Coded | Literal[False]:
     """The codes of a column coded as ``coded`` (``n`` rows) with ``column`` appended, as
     :func:`_code_column` of the joined column gives them (a value first seen gets the next code), in
     one pass over the new values; ``False`` where the appended values change the column's kind (a list

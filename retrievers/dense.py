@@ -291,7 +291,7 @@ class Dense(TunedEncoderMixin, Operator):
         rows with the index's own transforms."""
         ix = self.index_
         graph = ix.backend != "numpy"  # a graph holds symmetric int8 codes: |x| * scale clipped at 127
-        hi = None if graph else ix.i8_min + 255 * ix.i8_step
+        hi = 0.0 if graph else ix.i8_min + 255 * ix.i8_step  # (read only without a graph)
         clipped = 0
         for a in range(0, len(vecs), block):
             x = ix._reduce(ix._normalise(vecs[a:a + block]))

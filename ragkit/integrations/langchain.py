@@ -201,12 +201,13 @@ class RagkitRetriever(BaseRetriever):
         (both are ``ValueError``).  So is an unknown argument (``top_k=1``: "did you mean k?").
 
     Each returned ``Document`` has the corpus text as ``page_content``, the document id as
-    ``id`` and ``metadata`` with ``id`` (where no document has an ``id`` of its own), ``title``, ``score`` (the pipeline's final score),
-    ``rank`` (1-based), ``operators`` (the branches that retrieved it in a fused pipeline,
-    else the pipeline's retrievers), ``branches`` (``{branch: {"rank", "score"}}`` for fused
-    rankings), any other ranking ``fields``, and the document's own metadata as it was given
-    (a key it did not have is not added, nor one whose value was ``None``: a metadata column
-    holds ``None`` for both; its own ``id`` / ``title`` keys are kept, as the strings the corpus holds).
+    ``id`` and ``metadata`` with ``id`` (where no document has an ``id`` of its own), ``title``,
+    ``score`` (the pipeline's final score), ``rank`` (1-based), ``operators`` (the branches that
+    retrieved it in a fused pipeline, else the pipeline's retrievers), ``branches``
+    (``{branch: {"rank", "score"}}`` for fused rankings), any other ranking ``fields``, and the
+    document's own metadata as it was given (a key it did not have is not added, nor one whose value
+    was ``None``: a metadata column holds ``None`` for both; its own ``id`` / ``title`` keys are kept,
+    as the strings the corpus holds).
 
     One retriever may serve many threads at once (``ainvoke`` runs in executor threads), and be edited
     meanwhile: ``add_documents`` / ``delete`` wait for the searches in progress and hold new ones until
