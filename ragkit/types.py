@@ -52,13 +52,12 @@ def _check_encodable(col: np.ndarray, what: str, ids: np.ndarray, chunk: int = 8
     values = col.tolist()
     for a in range(0, len(values), chunk):
         joined = "\x00".join(map(str, values[a:a + chunk]))  # (a text that is no string is refused where read)
-        hit = _SURROGATE.search(joined)
-        if hit is not None:
-            row = a + joined.count("\x00", 0, hit.start())
+        if _SURROGATE.search(joined) is not None:  # which text: found one by one (a text may hold NULs)
+            row, hit = next((a + i, h) for i, t in enumerate(values[a:a + chunk])
+                            if (h := _SURROGATE.search(str(t))) is not None)
             raise DataError(f"{what}[{row}] (document {ids[row]!r}) holds a lone surrogate {hit.group()!r} at "
-                            f"character {hit.start() - joined.rfind(chr(0), 0, hit.start()) - 1}, which is no "
-                            "Unicode text (bytes decoded with errors='surrogateescape'?); decode the source with its "
-                            "real encoding")
+                            f"character {hit.start()}, which is no Unicode text (bytes decoded with "
+                            "errors='surrogateescape'?); decode the source with its real encoding")
 
 
 def _column(values: Iterable[Any]) -> np.ndarray:

@@ -347,6 +347,7 @@ class VectorIndex:
     explained_variance_ratio: float | None
     i8_min: np.ndarray
     i8_step: np.ndarray
+    i8_fitted_n: int = 0  # vectors the int8 calibration was fitted on (0: none yet, a placeholder)
     i8_scale: np.float32
     _view: bool  # ``usearch`` is a read-only view of the file at ``_view_path``
     _view_path: str
@@ -525,6 +526,7 @@ class VectorIndex:
         without slots calibrates on the added vectors, and one to an exact index built on one or
         two vectors recalibrates on those and the added ones.
         """
+        self.i8_fitted_n = len(x)
         if len(x) == 0:
             self.i8_min = np.zeros(x.shape[1], np.float32)
             self.i8_step = np.full(x.shape[1], 1.0 / 255.0, np.float32)
@@ -722,9 +724,11 @@ class VectorIndex:
         x = self._reduce_rows(full)
         self._check_f16_range(x, "add")
         self._writable()
-        if self.dtype == "i8" and self.n_slots == 0:  # built empty: calibrate on the first vectors
+        # (the number of vectors the calibration was fitted on, not n_slots: compact() shrinks those, and a
+        # calibration fitted on a whole corpus stays when its documents are removed)
+        if self.dtype == "i8" and self.i8_fitted_n == 0 and self.n_slots == 0:  # built empty: calibrate on these
             self._calibrate_i8(x)
-        elif self.dtype == "i8" and self.n_slots < 3 and self.backend == "numpy":
+        elif self.dtype == "i8" and self.i8_fitted_n < 3 and self.n_slots < 3 and self.backend == "numpy":
             # built on one or two vectors, a range of zero width per dimension (every later vector fell on
             # one code): calibrate on them and the added ones.  Their codes are their range's ends, so
             # decoding gives them back exactly (float rounding) to re-encode with the new calibration.
@@ -1195,6 +1199,7 @@ class VectorIndex:
         meta = {"format": FORMAT, "config": self.config(), "d_in": self.d_in, "ndim": self.ndim,
                 "backend": self.backend, "n_slots": self.n_slots, "files": files,
                 "i8_scale": float(self.i8_scale) if self.dtype == "i8" else None,
+                "i8_fitted_n": int(self.i8_fitted_n) if self.dtype == "i8" else None,
                 "explained_variance_ratio": getattr(self, "explained_variance_ratio", None)}
         from ragkit.operator import write_json
 
@@ -1254,6 +1259,8 @@ class VectorIndex:
                 setattr(self, name, arr(name, False))
         if self.dtype == "i8":
             self.i8_scale = np.float32(meta["i8_scale"])
+            # (a save before it was recorded: the slots then, as add() read them, fitted on at least those)
+            self.i8_fitted_n = int(meta.get("i8_fitted_n") or self.n_slots)
         self.explained_variance_ratio = meta.get("explained_variance_ratio")
         self.floats = _random_access(arr("floats", True)) if f"{prefix}.floats.npy" in files else None
         if self.floats is not None:

@@ -304,7 +304,7 @@ class Dense(TunedEncoderMixin, Operator):
         if total and clipped > CLIP_WARN * total:
             _log.warning(f"dense.add: {clipped} of the {total} int8 coordinates of the {len(vecs)} added documents "
                          f"({clipped / total:.1%}) fall outside the int8 calibration and are clipped; the "
-                         f"calibration was set at fit on {len(self.corpus_) - len(vecs)} documents: refit on the "
+                         f"calibration was set at fit on {ix.i8_fitted_n} documents: refit on the "
                          "whole corpus")
 
     def remove(self, ids: Any) -> "Dense":

@@ -470,3 +470,18 @@ def test_threads_asking_for_one_token_encoder_get_one(monkeypatch: pytest.Monkey
     got: list[TokenEncoder] = []
     errors = in_threads(lambda t: got.append(tokens.get_token_encoder(batch_size=7)))
     assert not errors and len(got) == N_THREADS and len({id(e) for e in got}) == 1
+
+
+def test_two_retrievers_over_one_pipeline_share_its_lock(scifact_slice: Any) -> None:
+    """Two retrievers wrapping one fitted pipeline (another k) each had a lock of their own, so adds
+    through both at once raced (a dense index left with 645 documents and 585 slots for 650 vectors)."""
+    corpus, queries = scifact_slice
+    r1 = RagkitRetriever(pipeline=BM25(k=10), corpus=_documents(corpus, range(100)), k=5)
+    r2 = RagkitRetriever(pipeline=r1.pipeline, k=3)
+    assert r1._lock is r2._lock
+    assert RagkitRetriever(pipeline=BM25(k=10), corpus=_documents(corpus, range(10)), k=5)._lock is not r1._lock
+    with switching_often():
+        errors = in_threads(lambda t: (r1, r2)[t % 2].add_documents(
+            _documents(corpus, range(100 + 25 * t, 125 + 25 * t))), n=4)
+    assert not errors, errors
+    assert sorted(r1._searched_corpus().ids.tolist()) == sorted(corpus.ids[:200].tolist())

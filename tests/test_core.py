@@ -487,6 +487,8 @@ def test_a_corpus_refuses_lone_surrogates_before_any_work():
     with pytest.raises(DataError, match=r"t\[5\] \(document 'f'\) holds a lone surrogate '\\udce9' at character 5"):
         _check_encodable(col, "t", np.array(list("abcdef"), dtype=object), chunk=2)
     _check_encodable(col[:5], "t", np.array(list("abcde"), dtype=object), chunk=2)
+    with pytest.raises(DataError, match=r"Corpus.texts\[1\] \(document 'b'\) holds a lone surrogate"):
+        Corpus.from_texts(["x\x00\x00\x00\x00", f"bad {bad}"], ids=["a", "b"])  # was an IndexError (NULs counted)
 
 
 def test_operators_that_search_with_torch_import_it_at_fit_and_load(tmp_path, monkeypatch):

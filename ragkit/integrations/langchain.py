@@ -24,6 +24,8 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import threading
+import weakref
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Mapping
@@ -61,6 +63,19 @@ _LANGCHAIN_KWARGS = frozenset({"verbose", "run_id", "run_name", "callbacks", "ta
 
 
 # ---------------------------------------------------------------------------------- helpers
+_LOCKS: dict[int, ReadWriteLock] = {}  # id(pipeline object) -> its lock, dropped when the object is collected
+_LOCKS_GUARD = threading.Lock()
+
+
+def _edit_lock(op: Any) -> ReadWriteLock:
+    """The readers-writer lock of the pipeline object ``op``: one per object, so that two retrievers
+    wrapping one fitted pipeline (another ``k`` for another page) never edit it at once."""
+    with _LOCKS_GUARD:
+        lock = _LOCKS.get(id(op))
+        if lock is None:
+            lock = _LOCKS[id(op)] = ReadWriteLock()
+            weakref.finalize(op, _LOCKS.pop, id(op), None)
+        return lock
 def as_corpus(corpus: Any) -> Corpus:
     """A :class:`~ragkit.types.Corpus` from a Corpus, LangChain ``Document``s, plain strings or records."""
     if isinstance(corpus, Corpus):
@@ -211,7 +226,8 @@ class RagkitRetriever(BaseRetriever):
 
     One retriever may serve many threads at once (``ainvoke`` runs in executor threads), and be edited
     meanwhile: ``add_documents`` / ``delete`` wait for the searches in progress and hold new ones until
-    they are done (a readers-writer lock, with the new documents' vectors encoded before it is taken),
+    they are done (a readers-writer lock per pipeline object, shared by the retrievers wrapping it; the
+    new documents' vectors of ragkit's own cached encoders are encoded before it is taken),
     so every search answers from the documents before or after an edit, and concurrent edits each
     land whole.  An operator of the pipeline edited directly (its ``add`` / ``remove``, not through this
     retriever) during a search is only detected: documents only added keep the answer; any other edit
@@ -262,7 +278,8 @@ class RagkitRetriever(BaseRetriever):
 
     _corpus: Corpus = PrivateAttr()
     _producers: list[str] = PrivateAttr(default_factory=list)
-    #: searches share it, an edit (add_documents / delete) holds it alone: no search sees an index half edited
+    #: searches share it, an edit (add_documents / delete) holds it alone: no search sees an index half edited;
+    #: one per pipeline object, shared by every retriever wrapping it (:func:`_edit_lock`)
     _lock: ReadWriteLock = PrivateAttr(default_factory=ReadWriteLock)
 
     @model_validator(mode="after")
@@ -297,6 +314,7 @@ class RagkitRetriever(BaseRetriever):
         self.pipeline = op
         self._corpus = corpus
         self._producers = _retriever_names(op)
+        self._lock = _edit_lock(op)
         return self
 
     # ------------------------------------------------------------------ constructors
