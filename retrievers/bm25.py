@@ -13,9 +13,15 @@ of scoring variants", ECIR 2020):
 
 Every document's term weights are precomputed (float64) into a CSR matrix ``W^T``
 (terms x docs); a batch of queries is a sparse count matrix ``Q`` (queries x terms) and the
-scores are ``Q @ W^T`` in one sparse product, followed by an ``argpartition`` top-k.  Only
-the term counts are stored and saved; ``add()`` appends the counts of new documents without
-re-tokenising the old ones and recomputes the weights (idf and avgdl change) from them.
+scores are ``Q @ W^T`` in one sparse product, followed by an ``argpartition`` top-k.  The
+term counts are kept in the same terms x docs layout, sharing ``W^T``'s index arrays: per
+posting a float64 weight, an int32 document id and a ``uint16`` count (14 bytes; ``int32``
+counts where a count exceeds 65,535).  The weights stay float64: float32 weights reordered
+the top 1000 of 8 (lucene) and 5 (okapi) of SciFact's 300 test queries beyond exact ties.
+``add()`` appends the counts of new documents without re-tokenising the old ones and
+recomputes the weights (idf and avgdl change) from them.  A save holds the counts, the
+weights, the document lengths and idf, so ``load`` recomputes nothing, and ``load(mmap=True)``
+memory-maps them (searches read the rows of their query terms from the files).
 
 Tokenisation is batched: each text is lowercased, split on non-alphanumerics by one
 ``bytes.translate`` + ``split`` (equivalent to splitting on ``[^0-9a-z]+``), and every
@@ -88,6 +94,80 @@ _BLOCK_CELLS = 1_000_000
 _MIN_TASK_CELLS = 100_000
 #: Characters of text tokenised at once when counting terms (bounds the Python token objects of a fit).
 COUNT_CHUNK_CHARS = 8_000_000
+
+
+#: Largest term count stored as ``uint16`` (a document with a term more often than this stores ``int32`` counts).
+_U16 = int(np.iinfo(np.uint16).max)
+#: Postings weighed at once by ``_weigh`` (its float64 temporaries: a few times 8 bytes each).
+_WEIGH_BLOCK = 1 << 22
+
+
+def _index_dtype(nnz: int, n: int) -> type:
+    """scipy's index dtype for a sparse matrix of ``nnz`` stored values and ``n`` columns (or rows):
+    int32 where both fit, else int64."""
+    return np.int32 if max(nnz, n) < np.iinfo(np.int32).max else np.int64
+
+
+def _terms_by_docs(parts: list[sp.csr_matrix], n_terms: int,
+                   first: sp.csr_matrix | None = None) -> tuple[sp.csr_matrix, np.ndarray]:
+    """``(counts, lengths)``: the terms x docs CSR ``(n_terms, n_docs)`` of the term counts of ``first``
+    (terms x docs, its documents first) and then of ``parts`` (docs x terms chunks, each as wide as the
+    vocabulary when it was counted), with sorted indices, and the float64 token count of each document of
+    ``parts`` (in order).
+
+    Counts are ``uint16`` where every count fits, else ``int32``.  The result's arrays are allocated once
+    and each part is placed into them and released (``parts`` is emptied): the peak holds the result, the
+    parts not yet placed and one part's transpose, not a stacked copy and a transposed one of everything.
+    """
+    df = np.zeros(n_terms, np.int64)
+    n_docs = 0
+    dtypes = []
+    if first is not None:
+        df[:first.shape[0]] += np.diff(np.asarray(first.indptr, dtype=np.int64))
+        n_docs += first.shape[1]
+        dtypes.append(first.data.dtype)
+    for m in parts:
+        df[:m.shape[1]] += np.bincount(m.indices, minlength=m.shape[1])
+        n_docs += m.shape[0]
+        dtypes.append(m.data.dtype)
+    nnz = int(df.sum())
+    idx = _index_dtype(nnz, n_docs)
+    indptr = np.zeros(n_terms + 1, idx)
+    np.cumsum(df, out=indptr[1:])
+    indices = np.empty(nnz, idx)
+    data = np.empty(nnz, np.uint16 if all(d == np.uint16 for d in dtypes) else np.int32)
+    free = indptr[:-1].astype(np.int64)  # next free position of each term's row
+
+    def place(ptr: np.ndarray, ind: np.ndarray, val: np.ndarray, offset: int) -> None:
+        """Append a terms x docs block's postings (documents ``offset`` on) to its terms' rows."""
+        t = len(ptr) - 1
+        ptr = np.asarray(ptr, dtype=np.int64)
+        bdf = np.diff(ptr)
+        pos = np.repeat(free[:t] - ptr[:-1], bdf) + np.arange(len(ind), dtype=np.int64)
+        indices[pos] = ind if offset == 0 else np.add(ind, offset, dtype=idx)
+        data[pos] = val
+        free[:t] += bdf
+
+    offset = 0
+    if first is not None:
+        place(first.indptr, first.indices, first.data, 0)
+        offset = first.shape[1]
+    lengths = []
+    while parts:  # a loop over chunks of documents
+        m = parts.pop(0)
+        csum = np.zeros(m.nnz + 1, np.int64)
+        np.cumsum(m.data, out=csum[1:])
+        lengths.append((csum[m.indptr[1:]] - csum[m.indptr[:-1]]).astype(np.float64))
+        del csum
+        t = m.tocsc()  # (docs x terms CSC = terms x docs CSR, documents ascending in each term)
+        n = m.shape[0]
+        del m
+        place(t.indptr, t.indices, t.data, offset)
+        offset += n
+        del t
+    counts = sp.csr_matrix((data, indices, indptr), shape=(n_terms, n_docs), copy=False)
+    counts.has_sorted_indices = True
+    return counts, np.concatenate(lengths) if lengths else np.zeros(0, np.float64)
 
 
 @lru_cache(maxsize=8)
@@ -235,8 +315,10 @@ class BM25(Operator):
     run_options = {"n_jobs": PARAM}
 
     vocab_: dict[str, int]  # term -> column
-    tf_: sp.csr_matrix  # term counts (n_docs, n_terms)
-    idf_: np.ndarray
+    idf_: np.ndarray  # (n_terms,) float64
+    _counts: sp.csr_matrix  # term counts, terms x docs (n_terms, n_docs), uint16 (or int32) data
+    _wt: sp.csr_matrix  # BM25 weights, terms x docs float64, sharing _counts' index arrays
+    _dl: np.ndarray  # (n_docs,) float64 tokens per document
     collection_: CollectionStats | None  # statistics set from outside, else None
 
     # ------------------------------------------------------------------ tokens
@@ -274,12 +356,14 @@ class BM25(Operator):
         ids = np.fromiter(map(s2i.__getitem__, flat), np.int64, len(flat))
         return lens, ids
 
-    def _count_matrix(self, texts: Sequence[str], grow: bool) -> sp.csr_matrix:
-        """Term counts, shape ``(len(texts), len(vocab))``, float64 CSR with sorted indices.
+    def _count_parts(self, texts: Sequence[str], grow: bool) -> list[sp.csr_matrix]:
+        """Term counts of ``texts`` in chunks: CSR ``(texts of the chunk, vocabulary size then)``, int32
+        indices, ``uint16`` counts (``int32`` in a chunk with a count above 65,535), sorted indices.
 
         Texts are tokenised in chunks of about :data:`COUNT_CHUNK_CHARS` characters: the surface
         tokens of a chunk are Python objects (about 10x the text's bytes), so a whole large corpus at
-        once peaked at ~10x its text; now at the chunk's temporaries plus the counts."""
+        once peaked at ~10x its text; now at the chunk's temporaries plus the counts.  A chunk's
+        columns are the vocabulary when it was counted (later chunks may add terms)."""
         try:
             chars = np.cumsum(np.fromiter(map(len, texts), np.int64, len(texts)))
         except TypeError:  # a text that is no string: one chunk, whose tokenizer names it
@@ -289,13 +373,22 @@ class BM25(Operator):
         parts = []
         for a, b in zip(bounds[:-1], bounds[1:]):  # a loop over chunks of texts
             lens, ids = self._term_ids(texts[a:b], grow)
-            rows = np.repeat(np.arange(len(lens)), lens)
+            rows = np.repeat(np.arange(len(lens), dtype=np.int32), lens)
             keep = ids >= 0
-            parts.append(sp.coo_matrix((np.ones(int(keep.sum())), (rows[keep], ids[keep])),
-                                       shape=(len(lens), len(self.vocab_))).tocsr())  # sums duplicates
+            m = sp.coo_matrix((np.ones(int(keep.sum()), np.int32), (rows[keep], ids[keep].astype(np.int32))),
+                              shape=(len(lens), len(self.vocab_))).tocsr()  # sums duplicates
+            m.sort_indices()
+            if not m.nnz or int(m.data.max()) <= _U16:
+                m.data = m.data.astype(np.uint16)
+            parts.append(m)
             del lens, ids, rows, keep
+        return parts
+
+    def _count_matrix(self, texts: Sequence[str], grow: bool) -> sp.csr_matrix:
+        """Term counts, shape ``(len(texts), len(vocab))``, float64 CSR with sorted indices."""
         width = len(self.vocab_)  # earlier chunks were made before later ones added terms: same columns, wider
-        parts = [sp.csr_matrix((m.data, m.indices, m.indptr), shape=(m.shape[0], width)) for m in parts]
+        parts = [sp.csr_matrix((m.data.astype(np.float64), m.indices, m.indptr), shape=(m.shape[0], width))
+                 for m in self._count_parts(texts, grow)]
         m = parts[0] if len(parts) == 1 else sp.vstack(parts, format="csr")
         m.sort_indices()
         return m
@@ -309,8 +402,21 @@ class BM25(Operator):
         self._reset_cache()
         self.collection_ = None
         self.vocab_ = {}
-        self.tf_ = self._count_matrix(self._texts(corpus), grow=True)
+        parts = self._count_parts(self._texts(corpus), grow=True)
+        self._counts, self._dl = _terms_by_docs(parts, len(self.vocab_))
         self._weigh()
+
+    @property
+    def tf_(self) -> sp.csr_matrix:
+        """Term counts, CSR ``(n_docs, n_terms)`` with sorted indices, in the counts' integer dtype
+        (``uint16``, or ``int32`` when a count exceeds 65,535).  Made on access from the stored
+        terms x docs counts (a copy: ~6 bytes per posting); :meth:`doc_freqs` and
+        :meth:`doc_lengths` are cheaper for document frequencies and lengths.  Unfitted: AttributeError, as
+        for a fitted attribute not set yet."""
+        c = self.__dict__.get("_counts")
+        if c is None:
+            raise AttributeError(f"{type(self).__name__} has no term counts yet (tf_): call fit(corpus) first")
+        return sp.csc_matrix((c.data, c.indices, c.indptr), shape=(c.shape[1], c.shape[0])).tocsr()
 
     def add(self, corpus: Corpus) -> "BM25":
         """Append documents: the fitted corpus grows, old documents are not re-tokenised.
@@ -330,10 +436,9 @@ class BM25(Operator):
         s2i = self.__dict__.get("_s2i")
         if s2i:  # words unknown so far may be indexed now
             self._s2i = {s: j for s, j in s2i.items() if j >= 0}
-        new_tf = self._count_matrix(self._texts(corpus), grow=True)
-        old = self.tf_
-        old = sp.csr_matrix((old.data, old.indices, old.indptr), shape=(old.shape[0], len(self.vocab_)))
-        self.tf_ = sp.vstack([old, new_tf], format="csr")
+        parts = self._count_parts(self._texts(corpus), grow=True)
+        counts, dl = _terms_by_docs(parts, len(self.vocab_), first=self._counts)
+        self._counts, self._dl = counts, np.concatenate([self._dl, dl])
         self.corpus_ = self.corpus_.concat(corpus)
         self._weigh()
         return self
@@ -351,14 +456,25 @@ class BM25(Operator):
             return self
         keep = np.ones(len(self.corpus_), dtype=bool)
         keep[rows] = False
-        tf = self.tf_[keep]
-        used = np.bincount(tf.indices, minlength=tf.shape[1]) > 0  # terms still in some document
-        if not used.all():  # (okapi's idf floor averages over the vocabulary: keep it a refit's)
+        c = self._counts
+        kept = keep[c.indices]  # postings of kept documents
+        before = np.zeros(c.nnz + 1, np.int64)
+        np.cumsum(kept, out=before[1:])
+        df = before[c.indptr[1:]] - before[c.indptr[:-1]]
+        del before
+        used = df > 0  # terms still in some document (okapi's idf floor averages over the vocabulary: a refit's)
+        n_docs = int(keep.sum())
+        idx = _index_dtype(int(df.sum()), n_docs)
+        indptr = np.zeros(int(used.sum()) + 1, idx)
+        np.cumsum(df[used], out=indptr[1:])
+        new_row = (np.cumsum(keep) - 1).astype(idx)
+        counts = sp.csr_matrix((c.data[kept], new_row[c.indices[kept]], indptr), shape=(len(indptr) - 1, n_docs))
+        counts.has_sorted_indices = True
+        if not used.all():
             new_col = np.cumsum(used) - 1
-            tf = sp.csr_matrix((tf.data, new_col[tf.indices], tf.indptr), shape=(tf.shape[0], int(used.sum())))
             self.vocab_ = {t: int(new_col[j]) for t, j in self.vocab_.items() if used[j]}
             self.__dict__.pop("_s2i", None)  # surface -> old column
-        self.tf_ = tf
+        self._counts, self._dl = counts, self._dl[keep]
         self.corpus_ = self.corpus_.subset(np.flatnonzero(keep))
         self._weigh()
         return self
@@ -378,8 +494,14 @@ class BM25(Operator):
         return sorted(self.vocab_, key=self.vocab_.__getitem__)
 
     def doc_lengths(self) -> np.ndarray:
-        """Indexed tokens per document, float64 ``(n_docs,)``."""
-        return np.asarray(self.tf_.sum(axis=1), dtype=np.float64).ravel()
+        """Indexed tokens per document, float64 ``(n_docs,)`` (a copy)."""
+        self._check_fitted()
+        return np.array(self._dl, dtype=np.float64)
+
+    def doc_freqs(self) -> np.ndarray:
+        """Documents that hold each term, int64 ``(n_terms,)``, vocabulary order."""
+        self._check_fitted()
+        return np.diff(np.asarray(self._counts.indptr, dtype=np.int64))
 
     def set_collection(self, idf: np.ndarray, avgdl: float) -> None:
         """Score with collection statistics given from outside: ``idf`` of each of this index's
@@ -395,32 +517,57 @@ class BM25(Operator):
         self._weigh()
 
     def _weigh(self) -> None:
-        """Precompute the per-(term, doc) BM25 weights from the stored term counts (and the
-        collection statistics of :meth:`set_collection`, when given)."""
+        """Precompute the per-(term, doc) BM25 weights (float64, terms x docs CSR sharing the counts'
+        index arrays) from the stored term counts and document lengths (and the collection statistics
+        of :meth:`set_collection`, when given).  Weighs blocks of about :data:`_WEIGH_BLOCK` postings,
+        so the temporaries stay small; each weight is the same float64 expression as one pass would give."""
         p = self.params
-        tf = self.tf_
-        n_docs = tf.shape[0]
-        if tf.shape[1] != len(self.vocab_):
-            tf = self.tf_ = sp.csr_matrix((tf.data, tf.indices, tf.indptr), shape=(n_docs, len(self.vocab_)))
-        dl = self.doc_lengths()
+        c = self._counts
+        n_terms, n_docs = len(self.vocab_), len(self._dl)
+        if c.shape != (n_terms, n_docs):  # (vocabulary grown: rows for terms with no postings)
+            ptr = np.concatenate([c.indptr, np.full(n_terms + 1 - len(c.indptr), c.indptr[-1], c.indptr.dtype)])
+            c = self._counts = sp.csr_matrix((c.data, c.indices, ptr), shape=(n_terms, n_docs))
+        dl = self._dl
+        df = np.diff(np.asarray(c.indptr, dtype=np.int64))
         coll = getattr(self, "collection_", None)
         if coll is not None:
             idf, avgdl = coll["idf"], coll["avgdl"]
         else:
             avgdl = dl.mean() if n_docs else 1.0
-            idf = self.idf_of(np.bincount(tf.indices, minlength=len(self.vocab_)), n_docs)
+            idf = self.idf_of(df, n_docs)
+        avgdl = avgdl or 1.0
         num_scale = p.k1 + 1.0 if p.variant == "okapi" else 1.0
-        t = tf.data.astype(np.float64)
-        norm = p.k1 * (1 - p.b + p.b * np.repeat(dl, np.diff(tf.indptr)) / (avgdl or 1.0))
-        with np.errstate(divide="ignore", invalid="ignore"):  # k1 = 0 and b = 1: 0/0 never happens (t >= 1)
-            w = idf[tf.indices] * t * num_scale / (t + norm)
+        w = np.empty(c.nnz, np.float64)
+        ptr64 = np.asarray(c.indptr, dtype=np.int64)
+        starts = np.searchsorted(ptr64, np.arange(0, c.nnz, _WEIGH_BLOCK), side="right") - 1  # their terms
+        cuts = np.unique(np.concatenate([[0], starts, [n_terms]]))
+        for ta, tb in zip(cuts[:-1], cuts[1:]):  # a loop over blocks of terms of ~_WEIGH_BLOCK postings
+            a, b = ptr64[ta], ptr64[tb]
+            t = c.data[a:b].astype(np.float64)
+            norm = p.k1 * (1 - p.b + p.b * dl[c.indices[a:b]] / avgdl)
+            with np.errstate(divide="ignore", invalid="ignore"):  # k1 = 0 and b = 1: 0/0 never happens (t >= 1)
+                w[a:b] = np.repeat(idf[ta:tb], df[ta:tb]) * t * num_scale / (t + norm)
         self.idf_ = idf
-        self._wt = sp.csr_matrix((w, tf.indices, tf.indptr), shape=tf.shape).T.tocsr()  # terms x docs
-        # okapi's idf is 0 (a term in half the documents; epsilon 0) or floored below 0 on small corpora:
-        # a matching document's score can then sum to 0, which scipy's product does not store, so matches
-        # are found from the term pattern too (lucene's idf is always > 0: no second product)
-        self._hits = (sp.csr_matrix((np.ones(len(w)), tf.indices, tf.indptr), shape=tf.shape).T.tocsr()
-                      if (idf[np.unique(tf.indices)] <= 0).any() else None)
+        self._set_weights(w)
+
+    def _set_weights(self, w: np.ndarray) -> None:
+        """Make ``self._wt`` (terms x docs CSR of the weights ``w``, aligned with the counts and sharing
+        their index arrays) and ``self._hits`` from ``w`` and ``self.idf_``."""
+        c = self._counts
+        self._wt = sp.csr_matrix((w, c.indices, c.indptr), shape=c.shape, copy=False)
+        self._wt.has_sorted_indices = True
+        # okapi's idf is 0 (a term in half the documents; epsilon 0) or floored below 0 on small corpora (or
+        # set_collection gave such an idf): a matching document's score can then sum to 0, which scipy's product
+        # does not store, so matches are found from those terms' postings too (a document whose score sums to 0
+        # holds one of them); no such term (lucene's idf is always > 0): no second product
+        df = np.diff(np.asarray(c.indptr, dtype=np.int64))
+        flag = (self.idf_ <= 0) & (df > 0)
+        self._hits = None
+        if flag.any():
+            ptr = np.zeros(len(df) + 1, np.int64)
+            np.cumsum(np.where(flag, df, 0), out=ptr[1:])
+            ind = c.indices[np.repeat(flag, df)]
+            self._hits = sp.csr_matrix((np.ones(len(ind)), ind, ptr.astype(ind.dtype)), shape=c.shape)
 
     # ------------------------------------------------------------------ search
     def query_matrix(self, queries: Sequence[str]) -> sp.csr_matrix:
@@ -469,33 +616,88 @@ class BM25(Operator):
         return out
 
     # ------------------------------------------------------------------ persistence
+    #: Arrays of a save (``<name>.npy``): the terms x docs counts' CSR arrays (``tf_data`` counts,
+    #: ``tf_indices`` document ids, ``tf_indptr`` term rows), the weights aligned with them, each
+    #: document's length and each term's idf; ``weights.json`` says the layout and the parameters the weights
+    #: were computed with.  (Saves without ``weights.json`` hold docs x terms float32 counts under the same
+    #: three names; they load, transposed and weighed.)
+    _ARRAYS = ("tf_data", "tf_indices", "tf_indptr", "weights", "doc_lengths", "idf")
+
+    def _weights_key(self) -> dict[str, Any]:
+        """The parameters and statistics the weights depend on, as saved in ``weights.json``."""
+        p = self.params
+        return {"variant": p.variant, "k1": p.k1, "b": p.b, "epsilon": p.epsilon if p.variant == "okapi" else None,
+                "collection": getattr(self, "collection_", None) is not None}
+
     def _save(self, folder: Path) -> None:
-        tf = self.tf_
-        save_arrays(folder, tf_data=tf.data.astype(np.float32), tf_indices=tf.indices, tf_indptr=tf.indptr)
+        c = self._counts
+        save_arrays(folder, tf_data=c.data, tf_indices=c.indices, tf_indptr=c.indptr, weights=self._wt.data,
+                    doc_lengths=self._dl, idf=self.idf_)
         write_json(folder / "vocab.json", self.terms())
+        write_json(folder / "weights.json", {"layout": "terms_x_docs", "weights_of": self._weights_key()})
         coll = getattr(self, "collection_", None)
         if coll is not None:
             save_arrays(folder, collection_idf=coll["idf"])
             write_json(folder / "collection.json", {"avgdl": coll["avgdl"]})
 
     def _load(self, folder: Path, mmap: bool = False) -> None:
+        """Restore the counts, weights, lengths and idf as saved (memory-mapped with ``mmap``: read from the
+        files as searches touch them, not copied into memory; nothing is recomputed).  A save of the
+        older layout (docs x terms counts) is transposed and weighed."""
         from ragkit.errors import ArtifactError
 
         terms = read_json(folder / "vocab.json")
-        data, ind, ptr = (load_array(folder, n) for n in ("tf_data", "tf_indices", "tf_indptr"))
-        if not isinstance(terms, list) or len(ptr) != len(self.corpus_) + 1 or len(data) != len(ind) \
-                or (len(ind) and int(ind.max()) >= len(terms)):
-            raise ArtifactError(f"{folder}: BM25 arrays do not match "
-                                f"(vocab {len(terms) if isinstance(terms, list) else '?'}"
-                                f" terms, {len(ptr) - 1} rows of counts, corpus of {len(self.corpus_)} documents)")
+        if not isinstance(terms, list):
+            raise ArtifactError(f"{folder / 'vocab.json'}: expected a JSON list of terms")
+        n_terms, n_docs = len(terms), len(self.corpus_)
         self._reset_cache()
         self.vocab_ = {t: i for i, t in enumerate(terms)}
-        self.tf_ = sp.csr_matrix((data.astype(np.float64), ind, ptr), shape=(len(ptr) - 1, len(terms)))
         self.collection_ = None
         if (folder / "collection.json").is_file():
             idf, avgdl = load_array(folder, "collection_idf"), read_json(folder / "collection.json").get("avgdl")
-            if idf.shape != (len(terms),) or not isinstance(avgdl, (int, float)):
+            if idf.shape != (n_terms,) or not isinstance(avgdl, (int, float)):
                 raise ArtifactError(f"{folder}: collection statistics ({idf.shape[0]} idf values, avgdl {avgdl!r}) "
-                                    f"do not match the {len(terms)}-term vocabulary")
+                                    f"do not match the {n_terms}-term vocabulary")
             self.collection_ = {"idf": idf.astype(np.float64), "avgdl": float(avgdl)}
+        if not (folder / "weights.json").is_file():
+            self._load_docs_by_terms(folder, terms)
+            return
+        meta = read_json(folder / "weights.json")
+        data, ind, ptr, w, dl, idf = (load_array(folder, n, mmap=mmap) for n in self._ARRAYS)
+        nnz = len(ind)
+        ok = (isinstance(meta, dict) and meta.get("layout") == "terms_x_docs" and ptr.shape == (n_terms + 1,)
+              and ind.ndim == 1 and ind.dtype == ptr.dtype and ind.dtype in (np.int32, np.int64)
+              and data.dtype in (np.uint16, np.int32)
+              and data.shape == w.shape == (nnz,) and w.dtype == np.float64 and dl.shape == (n_docs,)
+              and idf.shape == (n_terms,) and int(ptr[0]) == 0 and int(ptr[-1]) == nnz
+              and bool((np.diff(ptr) >= 0).all()))
+        if ok and nnz and not mmap:  # (a memory-mapped load does not read every document id: the checksums
+            ok = 0 <= int(ind.min()) and int(ind.max()) < n_docs  # Operator.load verifies cover the files)
+        if not ok:
+            raise ArtifactError(f"{folder}: BM25 arrays do not match (vocab {n_terms} terms, {len(ptr) - 1} rows "
+                                f"of counts, {nnz} postings, {dl.shape} lengths, corpus of {n_docs} documents)")
+        self._counts = sp.csr_matrix((data, ind, ptr), shape=(n_terms, n_docs), copy=False)
+        self._counts.has_sorted_indices = True
+        self._dl = dl
+        if meta.get("weights_of") == self._weights_key():
+            self.idf_ = idf
+            self._set_weights(w)
+        else:  # (saved with other parameters: weigh with these)
+            self._weigh()
+
+    def _load_docs_by_terms(self, folder: Path, terms: list[str]) -> None:
+        """Load a save of the layout before ``weights.json``: docs x terms float32 counts
+        (``tf_data``, ``tf_indices``, ``tf_indptr``), transposed and weighed here."""
+        from ragkit.errors import ArtifactError
+
+        data, ind, ptr = (load_array(folder, n) for n in ("tf_data", "tf_indices", "tf_indptr"))
+        if len(ptr) != len(self.corpus_) + 1 or len(data) != len(ind) or (len(ind) and int(ind.max()) >= len(terms)):
+            raise ArtifactError(f"{folder}: BM25 arrays do not match (vocab {len(terms)} terms, {len(ptr) - 1} rows "
+                                f"of counts, corpus of {len(self.corpus_)} documents)")
+        big = bool(len(data)) and float(data.max()) > _U16
+        tf = sp.csr_matrix((data.astype(np.int32 if big else np.uint16), ind, ptr), shape=(len(ptr) - 1, len(terms)))
+        del data
+        parts = [tf]
+        del tf
+        self._counts, self._dl = _terms_by_docs(parts, len(terms))
         self._weigh()
