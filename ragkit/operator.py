@@ -46,7 +46,8 @@ __all__ = ["Operator", "FORMAT_VERSION", "atomic_dir", "write_json", "read_json"
 CHECKSUMS = "checksums.json"  # written by Operator.save beside params.json
 TRAINED = "trained_queries"  # <TRAINED>.npy beside params.json: digests of the queries a fit learned from
 
-FORMAT_VERSION = 1
+#: 2: a saved bm25 holds its weights (terms x docs) beside its counts (version 1 folders still load)
+FORMAT_VERSION = 2
 
 T = TypeVar("T", bound="Operator")
 

@@ -653,7 +653,7 @@ class Sharded(Operator):
         if not shards or len(shards) < len(self.shards_):
             return False
         terms = [np.array(sh.terms(), dtype=object) for sh in shards]
-        dfs = [np.bincount(sh.tf_.indices, minlength=len(t)) for sh, t in zip(shards, terms)]
+        dfs = [sh.doc_freqs() for sh in shards]
         lengths = np.concatenate([sh.doc_lengths() for sh in shards])  # corpus order, as one index sums them
         uniq, inv = np.unique(np.concatenate(terms), return_inverse=True)
         df = np.bincount(inv, weights=np.concatenate(dfs), minlength=len(uniq))
