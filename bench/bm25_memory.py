@@ -4,6 +4,7 @@ Usage::
 
     python bench/bm25_memory.py /tmp/scale-rev/syn100k          # a BEIR folder (e.g. scale-rev's gen.py output)
     python bench/bm25_memory.py FOLDER --queries 1000 --k 1000 --out bench/out/bm25_memory.json
+    python bench/bm25_memory.py --quick                                  # SciFact, 50 queries at k = 100
 
 Each phase runs in a fresh Python process, so its peak is its own: a thread samples the resident set
 (RSS, every 20 ms) and a phase reports its wall seconds, its peak above the RSS it started at
@@ -14,6 +15,8 @@ index's own (the saved checksums are verified, as by default).
 * ``fit``: ``BM25(k).fit(corpus)``; then the bytes of the arrays the retriever holds (per posting),
   ``--queries`` searches (top ``--k``), ``save`` and the saved folder's size.
 * ``load`` / ``load_mmap``: ``BM25.load(folder, corpus, mmap=...)`` and the same searches.
+* ``peer_fit`` / ``peer_load_mmap``: the same for bm25s (``method="lucene"``, its tokenizer with Porter
+  stemming and English stopwords; ``BM25.load(dir, mmap=True)``), the peer the ratios are taken against.
 """
 
 from __future__ import annotations
@@ -85,6 +88,8 @@ def _phase(name: str, folder: str, saved: str, n_queries: int, k: int) -> dict:
                      "kept_MB": round((rss - base) / 2**20)}
         return res
 
+    if name.startswith("peer_"):
+        return _peer_phase(name, data, qs, saved, k, measure, out, stop)
     if name == "fit":
         bm = measure("fit", lambda: BM25(k=k).fit(data.corpus))
         held = _held_bytes(bm)
@@ -103,31 +108,89 @@ def _phase(name: str, folder: str, saved: str, n_queries: int, k: int) -> dict:
     return out
 
 
+def _peer_phase(name: str, data, qs, saved: str, k: int, measure, out: dict, stop: threading.Event) -> dict:  # noqa: ANN001
+    """bm25s's fit (tokenize + index) or memory-mapped load, its bytes held, save and the same searches."""
+    import bm25s
+    import Stemmer
+
+    stemmer = Stemmer.Stemmer("porter")
+    if name == "peer_fit":
+        def fit():  # noqa: ANN202
+            r = bm25s.BM25(k1=0.9, b=0.4, method="lucene")
+            r.index(bm25s.tokenize(list(data.corpus.full_texts), stopwords="en", stemmer=stemmer,
+                                   show_progress=False), show_progress=False)
+            return r
+
+        r = measure("fit", fit)
+        arrays = [r.scores[key] for key in ("data", "indices", "indptr")]
+        nnz = int(len(r.scores["data"]))
+        held = sum(int(a.nbytes) for a in arrays)
+        out["postings"], out["held_MB"], out["held_bytes_per_posting"] = nnz, round(held / 2**20), round(held / nnz, 2)
+        shutil.rmtree(saved, ignore_errors=True)
+        measure("save", lambda: r.save(saved))
+        out["saved_MB"] = round(sum(p.stat().st_size for p in Path(saved).iterdir()) / 2**20)
+    else:
+        r = measure(name, lambda: bm25s.BM25.load(saved, mmap=True))
+    n = min(k, len(data.corpus))
+    measure(f"search_{len(qs.ids)}q_k{k}", lambda: r.retrieve(
+        bm25s.tokenize(list(qs.texts), stopwords="en", stemmer=stemmer, show_progress=False), k=n,
+        show_progress=False))
+    stop.set()
+    return out
+
+
+def _ratios(res: dict) -> dict:
+    """ragkit / bm25s for each measure both report (below 1: ragkit takes less)."""
+    out = {}
+    for mine, peer in (("fit", "peer_fit"), ("load_mmap", "peer_load_mmap")):
+        for key, v in res.get(mine, {}).items():
+            theirs = res.get(peer, {})
+            w = theirs.get(key, theirs.get(peer) if key == mine else None)  # (a load step is named after its phase)
+            if isinstance(v, dict) and isinstance(w, dict):
+                for m in ("s", "peak_extra_MB"):
+                    if w.get(m):
+                        out[f"{mine}.{key}.{m}"] = round(v[m] / w[m], 2)
+            elif key in ("held_bytes_per_posting", "saved_MB") and w:
+                out[f"{mine}.{key}"] = round(v / w, 2)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("folder")
+    ap.add_argument("folder", nargs="?", default=None, help="a BEIR folder or name (required unless --quick)")
     ap.add_argument("--queries", type=int, default=1000)
     ap.add_argument("--k", type=int, default=1000)
+    ap.add_argument("--quick", action="store_true", help="SciFact, 50 queries at k = 100 (the tests run it)")
     ap.add_argument("--out", default=None, help="JSON file for the results (default: print only)")
     ap.add_argument("--phase", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--saved", default=None, help=argparse.SUPPRESS)
     a = ap.parse_args()
+    if a.quick:
+        a.folder, a.queries, a.k = a.folder or "scifact", 50, 100
+        a.out = a.out or str(Path(__file__).resolve().parent / "out" / "bm25_memory_quick.json")
+    if a.folder is None:
+        ap.error("give a BEIR folder or name (or --quick)")
     if a.phase:
         print(json.dumps(_phase(a.phase, a.folder, a.saved, a.queries, a.k)))
         return
     saved = tempfile.mkdtemp(prefix="bm25_memory_")
     res: dict = {"folder": a.folder, "queries": a.queries, "k": a.k}
     try:
-        for phase in ("fit", "load", "load_mmap"):
-            cmd = [sys.executable, __file__, a.folder, "--phase", phase, "--saved", os.path.join(saved, "bm25"),
+        for phase in ("fit", "load", "load_mmap", "peer_fit", "peer_load_mmap"):
+            where = os.path.join(saved, "bm25s" if phase.startswith("peer_") else "bm25")
+            cmd = [sys.executable, __file__, a.folder, "--phase", phase, "--saved", where,
                    "--queries", str(a.queries), "--k", str(a.k)]
             got = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.splitlines()[-1])
             print(phase, json.dumps(got), flush=True)
             res[phase] = got
     finally:
         shutil.rmtree(saved, ignore_errors=True)
+    res["ragkit_vs_bm25s"] = _ratios(res)
+    print("ragkit / bm25s (below 1: ragkit takes less):", json.dumps(res["ragkit_vs_bm25s"]), flush=True)
     if a.out:
+        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
         Path(a.out).write_text(json.dumps(res, indent=1))
+        print(f"wrote {a.out}")
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ BENCHES = [  # (script and flags, expected in stdout, JSON written)
     ("scale.py --skip-encode", "shards merged", "scale_quick.json"),
     # every mode, the selector sweep, the plot and the streaming pass, on 3 short prompts (SmolLM2-135M)
     ("cachecraft.py", "Streaming (2 passes", "cachecraft_quick.json"),
+    ("bm25_memory.py", "ragkit / bm25s", "bm25_memory_quick.json"),
 ]
 
 
