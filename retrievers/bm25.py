@@ -123,7 +123,7 @@ def _terms_by_docs(parts: list[sp.csr_matrix], n_terms: int,
     n_docs = 0
     dtypes = []
     if first is not None:
-        df[:first.shape[0]] += np.diff(np.asarray(first.indptr, dtype=np.int64))
+        df[:first.shape[0]] += np.diff(first.indptr).astype(np.int64)
         n_docs += first.shape[1]
         dtypes.append(first.data.dtype)
     for m in parts:
@@ -132,9 +132,9 @@ def _terms_by_docs(parts: list[sp.csr_matrix], n_terms: int,
         dtypes.append(m.data.dtype)
     nnz = int(df.sum())
     idx = _index_dtype(nnz, n_docs)
-    indptr = np.zeros(n_terms + 1, idx)
+    indptr: np.ndarray = np.zeros(n_terms + 1, idx)
     np.cumsum(df, out=indptr[1:])
-    indices = np.empty(nnz, idx)
+    indices: np.ndarray = np.empty(nnz, idx)
     data = np.empty(nnz, np.uint16 if all(d == np.uint16 for d in dtypes) else np.int32)
     free = indptr[:-1].astype(np.int64)  # next free position of each term's row
 
@@ -465,9 +465,9 @@ class BM25(Operator):
         used = df > 0  # terms still in some document (okapi's idf floor averages over the vocabulary: a refit's)
         n_docs = int(keep.sum())
         idx = _index_dtype(int(df.sum()), n_docs)
-        indptr = np.zeros(int(used.sum()) + 1, idx)
+        indptr: np.ndarray = np.zeros(int(used.sum()) + 1, idx)
         np.cumsum(df[used], out=indptr[1:])
-        new_row = (np.cumsum(keep) - 1).astype(idx)
+        new_row: np.ndarray = (np.cumsum(keep) - 1).astype(idx)
         counts = sp.csr_matrix((c.data[kept], new_row[c.indices[kept]], indptr), shape=(len(indptr) - 1, n_docs))
         counts.has_sorted_indices = True
         if not used.all():
@@ -501,7 +501,7 @@ class BM25(Operator):
     def doc_freqs(self) -> np.ndarray:
         """Documents that hold each term, int64 ``(n_terms,)``, vocabulary order."""
         self._check_fitted()
-        return np.diff(np.asarray(self._counts.indptr, dtype=np.int64))
+        return np.diff(self._counts.indptr).astype(np.int64)
 
     def set_collection(self, idf: np.ndarray, avgdl: float) -> None:
         """Score with collection statistics given from outside: ``idf`` of each of this index's
@@ -528,7 +528,7 @@ class BM25(Operator):
             ptr = np.concatenate([c.indptr, np.full(n_terms + 1 - len(c.indptr), c.indptr[-1], c.indptr.dtype)])
             c = self._counts = sp.csr_matrix((c.data, c.indices, ptr), shape=(n_terms, n_docs))
         dl = self._dl
-        df = np.diff(np.asarray(c.indptr, dtype=np.int64))
+        df = np.diff(c.indptr).astype(np.int64)
         coll = getattr(self, "collection_", None)
         if coll is not None:
             idf, avgdl = coll["idf"], coll["avgdl"]
@@ -560,7 +560,7 @@ class BM25(Operator):
         # set_collection gave such an idf): a matching document's score can then sum to 0, which scipy's product
         # does not store, so matches are found from those terms' postings too (a document whose score sums to 0
         # holds one of them); no such term (lucene's idf is always > 0): no second product
-        df = np.diff(np.asarray(c.indptr, dtype=np.int64))
+        df = np.diff(c.indptr).astype(np.int64)
         flag = (self.idf_ <= 0) & (df > 0)
         self._hits = None
         if flag.any():

@@ -929,7 +929,8 @@ def test_mistakes_that_failed_at_the_first_search_are_refused_before_any_fit(mon
     monkeypatch.setattr(BM25, "_fit", lambda self, *a: fits.append(self) or real(self, *a))
     pipe = Pipeline.from_yaml("pipeline: [{parallel: {branches: [{bm25: {}}, {bm25: {filter: {year: 2020}}}]}}]")
     with pytest.raises(ParamError, match=r"^pipeline\[0\]\.parallel\.branches\[1\]\.bm25\.filter: field 'year' "
-                                         r"is not a metadata field of the corpus; available: \['topic', '_id'\]"):
+                                         r"is not a metadata field of the corpus; "
+                                         r"available: \['topic', '_id', 'title'\]"):
         pipe.fit(corpus)
     with pytest.raises(ParamError, match=r"^bm25.filter: field 'year' is not a metadata field"):
         BM25(filter={"year": 2020}).fit(corpus)
