@@ -348,6 +348,7 @@ class VectorIndex:
     i8_min: np.ndarray
     i8_step: np.ndarray
     i8_fitted_n: int = 0  # vectors the int8 calibration was fitted on (0: none yet, a placeholder)
+    added_clipped: tuple[int, int] = (0, 0)  # (clipped, all) int8 coordinates of the last add()'s vectors
     i8_scale: np.float32
     _view: bool  # ``usearch`` is a read-only view of the file at ``_view_path``
     _view_path: str
@@ -564,6 +565,20 @@ class VectorIndex:
         # per-dimension calibration, clipped to the calibrated range (stored as uint8 = code + 128)
         return np.clip(np.rint((x - self.i8_min) / self.i8_step), 0, 255).astype(np.uint8)
 
+    def i8_clipped(self, x: np.ndarray) -> int:
+        """How many coordinates of the reduced vectors ``x`` ``(n, ndim)`` the int8 codes clip
+        (:meth:`_codes`): a graph's symmetric codes where ``|x| * i8_scale`` passes 127.5, the exact
+        index's where ``x`` lies more than half a step outside the calibrated range.  In blocks of
+        ``BLOCK`` rows."""
+        half, hi = self.i8_step / 2, self.i8_min + 255 * self.i8_step
+        clipped = 0
+        for a in range(0, len(x), BLOCK):
+            b = x[a:a + BLOCK]
+            out = (np.abs(b) * self.i8_scale > 127.5) if self.backend != "numpy" else \
+                (b < self.i8_min - half) | (b > hi + half)
+            clipped += int(np.count_nonzero(out))
+        return clipped
+
     def _stored_codes_of(self, x: np.ndarray) -> np.ndarray:
         """:meth:`_codes` of the exact backend for many vectors: i8 and b1 in blocks of ``BLOCK`` rows
         (their float / bool temporaries, each the size of ``x``, were made whole)."""
@@ -735,6 +750,8 @@ class VectorIndex:
             old = self.i8_min + np.asarray(self.codes).astype(np.float32) * self.i8_step
             self._calibrate_i8(np.concatenate([old, x]))
             self.codes = self._codes(old, for_usearch=False)
+        if self.dtype == "i8":  # what the calibration clips of them (Dense warns when it is much)
+            self.added_clipped = (self.i8_clipped(x), int(x.size))
         if self.backend == "numpy":
             self.codes = self._grown_codes(self._stored_codes_of(x))
         else:

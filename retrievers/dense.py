@@ -145,7 +145,8 @@ class Dense(TunedEncoderMixin, Operator):
     index_: VectorIndex
     slots_: np.ndarray  # (n_docs,) int64 index slot of each corpus row
     #: (slots_ it was built from, (n_slots + 1,) int64 corpus row of each index slot, -1 for a removed one
-    #: and in the last entry); rebuilt after add / remove / fit / load, not per search
+    #: and in the last entry); rebuilt when slots_ is another array or the index another size (after add /
+    #: remove / compact / fit / load), not per search
     _slot_rows: tuple[np.ndarray, np.ndarray] | None = None
 
     @property
@@ -194,7 +195,6 @@ class Dense(TunedEncoderMixin, Operator):
         self.index_ = self._new_index().build(vecs, copy=fresh is None or fresh() is not vecs)
         del vecs
         self.slots_ = np.arange(len(corpus), dtype=np.int64)  # corpus row -> index slot
-        self._slot_rows = None
 
     # ------------------------------------------------------------------ shared API
     @property
@@ -278,33 +278,21 @@ class Dense(TunedEncoderMixin, Operator):
         slots = self.index_.add(vecs)
         self.corpus_ = self.corpus_.concat(corpus)
         self.slots_ = np.concatenate([self.slots_, slots])
-        self._slot_rows = None
         if self.params.dtype == "i8":
-            self._warn_clipped(vecs)
+            self._warn_clipped(len(vecs))
         return self
 
-    def _warn_clipped(self, vecs: np.ndarray, block: int = 65_536) -> None:
-        """Warn (``ragkit`` logger) when more than ``CLIP_WARN`` of the int8 coordinates of the added
-        ``vecs`` ``(m, dim)`` fall outside the calibration fitted at fit (they are clipped to its ends):
-        a corpus fitted on a few documents and grown by ``add`` loses its recall so, silently (i8 exact
-        recall@10 0.758 fitted on 3 SciFact documents, 0.996 on all).  Counted in blocks of ``block``
-        rows with the index's own transforms."""
-        ix = self.index_
-        graph = ix.backend != "numpy"  # a graph holds symmetric int8 codes: |x| * scale clipped at 127
-        hi = 0.0 if graph else ix.i8_min + 255 * ix.i8_step  # (read only without a graph)
-        clipped = 0
-        for a in range(0, len(vecs), block):
-            x = ix._reduce(ix._normalise(vecs[a:a + block]))
-            if graph:
-                clipped += int(np.count_nonzero(np.abs(x) * ix.i8_scale > 127.5))
-            else:
-                half = ix.i8_step / 2
-                clipped += int(np.count_nonzero((x < ix.i8_min - half) | (x > hi + half)))
-        total = len(vecs) * (x.shape[1] if len(vecs) else 0)
+    def _warn_clipped(self, n_docs: int) -> None:
+        """Warn (``ragkit`` logger) when more than ``CLIP_WARN`` of the int8 coordinates of the ``n_docs``
+        documents just added fall outside the calibration fitted at fit (they are clipped to its ends;
+        the index counts them, :meth:`VectorIndex.i8_clipped`): a corpus fitted on a few documents and
+        grown by ``add`` loses its recall so, silently (i8 exact recall@10 0.758 fitted on 3 SciFact
+        documents, 0.996 on all)."""
+        clipped, total = self.index_.added_clipped
         if total and clipped > CLIP_WARN * total:
-            _log.warning(f"dense.add: {clipped} of the {total} int8 coordinates of the {len(vecs)} added documents "
+            _log.warning(f"dense.add: {clipped} of the {total} int8 coordinates of the {n_docs} added documents "
                          f"({clipped / total:.1%}) fall outside the int8 calibration and are clipped; the "
-                         f"calibration was set at fit on {ix.i8_fitted_n} documents: refit on the "
+                         f"calibration was set at fit on {self.index_.i8_fitted_n} documents: refit on the "
                          "whole corpus")
 
     def remove(self, ids: Any) -> "Dense":
@@ -318,7 +306,6 @@ class Dense(TunedEncoderMixin, Operator):
         keep[rows] = False
         self.corpus_ = self.corpus_.subset(keep)  # a mask: rows in order, id lookup and filter codes carried over
         self.slots_ = self.slots_[keep]
-        self._slot_rows = None
         ix = self.index_
         dead = ix.n_slots - ix.n_alive
         if dead >= COMPACT_MIN and dead > ix.n_alive and not isinstance(ix.codes, np.memmap):
@@ -334,7 +321,6 @@ class Dense(TunedEncoderMixin, Operator):
         the live codes into memory): call it then.  Returns ``self``."""
         self._check_fitted()
         self.slots_ = self.index_.compact()[self.slots_]
-        self._slot_rows = None
         return self
 
     # ------------------------------------------------------------------ persistence
@@ -349,7 +335,6 @@ class Dense(TunedEncoderMixin, Operator):
 
         self.index_ = VectorIndex.load(folder, prefix="index", mmap=mmap)
         self.slots_ = np.array(load_array(folder, "slots"), dtype=np.int64)
-        self._slot_rows = None
         self._load_encoder(folder)
         check_encoder_key(folder, self.encoder, self.name, self.encoder_model)
         if len(self.slots_) != len(self.corpus_) or len(self.slots_) != self.index_.n_alive:

@@ -280,7 +280,7 @@ class RagkitRetriever(BaseRetriever):
     _producers: list[str] = PrivateAttr(default_factory=list)
     #: searches share it, an edit (add_documents / delete) holds it alone: no search sees an index half edited;
     #: one per pipeline object, shared by every retriever wrapping it (:func:`_edit_lock`)
-    _lock: ReadWriteLock = PrivateAttr(default_factory=ReadWriteLock)
+    _lock: ReadWriteLock = PrivateAttr()
 
     @model_validator(mode="after")
     def _build(self) -> "RagkitRetriever":
