@@ -12,7 +12,7 @@ import re
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Literal, Mapping, Sequence, cast
+from typing import TYPE_CHECKING, Any, Iterable, Literal, Mapping, Sequence, cast, overload
 
 import numpy as np
 
@@ -418,7 +418,10 @@ class Corpus:
         else:
             object.__setattr__(out, "_row_of", {**lut, **added})
         for key, coded in self._codes.items():  # this corpus's filter codes, the new rows' appended
-            grown = _grow_codes(coded, n, other.metadata.get(key, np.full(len(other), None, dtype=object)))
+            if coded is None:  # an element that does not hash stays in the joined column
+                out._codes[key] = None
+                continue
+            grown = _code_column(other.metadata.get(key, np.full(len(other), None, dtype=object)), coded, n)
             if grown is not False:
                 out._codes[key] = grown
         return out
@@ -514,17 +517,31 @@ class Corpus:
                 f.write(json.dumps(rec, ensure_ascii=False) + "\n")
 
 
-def _code_column(column: np.ndarray) -> _Coded:
+@overload
+def _code_column(column: np.ndarray) -> _Coded: ...
+@overload
+def _code_column(column: np.ndarray, grow: _Coded, n: int) -> _Coded | Literal[False]: ...
+def _code_column(column: np.ndarray, grow: _Coded = None, n: int = 0) -> _Coded | Literal[False]:
     """Codes of a metadata column for :meth:`Corpus.mask` (one pass, once per column): one code
     per row where every value hashes; else one per element of list / tuple values (a single value
-    as one element), with the row of each; ``None`` where an element does not hash either."""
-    table: dict[Any, int] = {}
+    as one element), with the row of each; ``None`` where an element does not hash either.
+
+    With ``grow`` (the codes of a column of ``n`` rows), the codes of that column with ``column``
+    appended, as coding the joined column gives them (a value first seen gets the next code), in one
+    pass over the new values (``grow``'s table is copied, never changed); ``False`` where the appended
+    values change the column's kind (a list after hashable values only): it is coded again when asked.
+    """
     values = column.tolist()
-    try:
-        return np.fromiter((table.setdefault(v, len(table)) for v in values), np.int64, len(values)), table
-    except TypeError:  # an unhashable value (a list) in the column
-        pass
-    table = {}
+    table: dict[Any, int] = dict(grow[1]) if grow is not None else {}
+    if grow is None or len(grow) == 2:
+        try:
+            codes = np.fromiter((table.setdefault(v, len(table)) for v in values), np.int64, len(values))
+        except TypeError:  # an unhashable value (a list) in the column
+            if grow is not None:
+                return False
+            table = {}
+        else:
+            return (codes if grow is None else np.concatenate([grow[0], codes])), table
     lists = [v if isinstance(v, (list, tuple)) else (v,) for v in values]
     sizes = np.fromiter((len(v) for v in lists), np.int64, len(lists))
     try:
@@ -532,43 +549,11 @@ def _code_column(column: np.ndarray) -> _Coded:
     except TypeError:  # an element that does not hash (a dict, a list of lists)
         return None
     listy = np.fromiter((isinstance(v, list) for v in values), bool, len(values))  # the rows that do not hash
-    return codes, table, np.repeat(np.arange(len(values)), sizes), listy
-
-
-def _grow_codes(coded: _Coded, n: int, column: np.ndarray) -> _Coded | Literal[False]:
-    """The codes of a column coded as ``coded`` (``n`` rows) with ``column`` appended, as
-    :func:`_code_column` of the joined column gives them (a value first seen gets the next code), in
-    one pass over the new values; ``False`` where the appended values change the column's kind (a list
-    after hashable values only): then it is coded again when asked."""
-    if coded is None:  # an element that does not hash stays in the joined column
-        return None
-    table = coded[1]
-    values = column.tolist()
-    if len(coded) == 2:
-        try:
-            unseen = [v for v in values if v not in table]
-        except TypeError:  # a list joins a column of single values
-            return False
-        if unseen:
-            table = dict(table)  # (the old corpus's dict is never changed)
-            for v in unseen:
-                table.setdefault(v, len(table))
-        return np.concatenate([coded[0], np.fromiter((table[v] for v in values), np.int64, len(values))]), table
-    lists = [v if isinstance(v, (list, tuple)) else (v,) for v in values]
-    sizes = np.fromiter((len(v) for v in lists), np.int64, len(lists))
-    try:
-        unseen = [e for v in lists for e in v if e not in table]
-    except TypeError:  # an element that does not hash
-        return None
-    if unseen:
-        table = dict(table)
-        for e in unseen:
-            table.setdefault(e, len(table))
-    codes = np.fromiter((table[e] for v in lists for e in v), np.int64, int(sizes.sum()))
-    listy = np.fromiter((isinstance(v, list) for v in values), bool, len(values))
-    return (np.concatenate([coded[0], codes]), table, np.concatenate([coded[2], n + np.repeat(np.arange(len(values)),
-                                                                                              sizes)]),
-            np.concatenate([coded[3], listy]))
+    rows = np.repeat(np.arange(len(values)), sizes)
+    if grow is None:
+        return codes, table, rows, listy
+    return (np.concatenate([grow[0], codes]), table, np.concatenate([grow[2], n + rows]),
+            np.concatenate([grow[3], listy]))
 
 
 def filter_problem(where: Mapping[str, Any]) -> tuple[str | None, str] | None:
