@@ -636,10 +636,14 @@ class Sharded(Operator):
         else:
             for s, (sh, f) in enumerate(zip(shards, folders)):
                 _fit_shard(node, sh, f)
-        self._load_shards(folders)
-        if self._share_collection() and self._use_ray():
+        # on Ray the actors search and the driver's shards only save (and share BM25's statistics):
+        # memory-mapped from the fit's folders, they do not hold every shard's index in the driver
+        mapped = self._use_ray()
+        self._load_shards(folders, mmap=mapped)
+        if self._share_collection() and mapped:
             for shard, f in zip(self.shards_, folders):  # the Ray actors load the shards from these folders
-                shard.save(f)
+                shard.save(f)  # (written under a temporary name and renamed: the mapped files stay readable)
+            self._load_shards(folders, mmap=True)  # the weights just saved, mapped in turn
 
     def _share_collection(self) -> bool:
         """Give BM25 shards the whole corpus's idf and average length (as Elasticsearch's
