@@ -139,14 +139,21 @@ def _terms_by_docs(parts: list[sp.csr_matrix], n_terms: int,
     free = indptr[:-1].astype(np.int64)  # next free position of each term's row
 
     def place(ptr: np.ndarray, ind: np.ndarray, val: np.ndarray, offset: int) -> None:
-        """Append a terms x docs block's postings (documents ``offset`` on) to its terms' rows."""
+        """Append a terms x docs block's postings (documents ``offset`` on) to its terms' rows, in runs
+        of terms of about :data:`_WEIGH_BLOCK` postings (the int64 positions of a whole index, an
+        ``add`` to a large one, cost 24 bytes per posting at once)."""
         t = len(ptr) - 1
         ptr = np.asarray(ptr, dtype=np.int64)
-        bdf = np.diff(ptr)
-        pos = np.repeat(free[:t] - ptr[:-1], bdf) + np.arange(len(ind), dtype=np.int64)
-        indices[pos] = ind if offset == 0 else np.add(ind, offset, dtype=idx)
-        data[pos] = val
-        free[:t] += bdf
+        lo = 0
+        while lo < t:  # a loop over blocks of postings
+            hi = min(t, max(lo + 1, int(np.searchsorted(ptr, ptr[lo] + _WEIGH_BLOCK, side="right")) - 1))
+            a, b = int(ptr[lo]), int(ptr[hi])
+            bdf = np.diff(ptr[lo:hi + 1])
+            pos = np.repeat(free[lo:hi] - ptr[lo:hi], bdf) + np.arange(a, b, dtype=np.int64)
+            indices[pos] = ind[a:b] if offset == 0 else np.add(ind[a:b], offset, dtype=idx)
+            data[pos] = val[a:b]
+            free[lo:hi] += bdf
+            lo = hi
 
     offset = 0
     if first is not None:

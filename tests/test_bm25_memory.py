@@ -244,3 +244,35 @@ def test_matches_of_zero_weight_come_from_those_terms_only():
     np.testing.assert_allclose(bm.score_matrix(["red", "red kiwi", "fig"]),
                                _reference_scores(bm, texts, ["red", "red kiwi", "fig"]), rtol=1e-12)
     assert BM25(k=4, stemmer="none").fit(Corpus.from_texts(texts))._hits is None  # lucene's idf is > 0
+
+
+def test_an_add_to_a_large_index_places_its_postings_in_blocks(monkeypatch):
+    """Adding 5 documents to an index placed every existing posting at once: int64 positions, a repeat and
+    an arange as long as the index, 23 bytes per posting at the peak of ``_terms_by_docs`` (the index holds
+    14).  The postings are now placed in blocks of ~``_WEIGH_BLOCK``: the new arrays (6 per posting) and a
+    block's temporaries; the result is the same, to the bit, as a fit on the union."""
+    monkeypatch.setattr(bm25, "_WEIGH_BLOCK", 1 << 12)
+    corpus, more = _corpus(3000, seed=2), _corpus(5, seed=3, start=3000)
+    bm = BM25(k=10).fit(corpus)
+    nnz = bm._counts.nnz
+    place = bm25._terms_by_docs
+    peaks = []
+
+    def traced(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        tracemalloc.start()
+        try:
+            out = place(*args, **kwargs)
+            peaks.append(tracemalloc.get_traced_memory()[1])
+        finally:
+            tracemalloc.stop()
+        return out
+
+    monkeypatch.setattr(bm25, "_terms_by_docs", traced)
+    bm.add(more)
+    assert peaks and peaks[0] < 12 * nnz, peaks[0] / nnz
+    whole = BM25(k=10).fit(corpus.concat(more))
+    assert bm.terms() == whole.terms()
+    for a, b in ((bm._counts, whole._counts), (bm._wt, whole._wt)):
+        np.testing.assert_array_equal(a.indptr, b.indptr)
+        np.testing.assert_array_equal(a.indices, b.indices)
+        np.testing.assert_array_equal(a.data, b.data)
