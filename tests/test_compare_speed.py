@@ -148,6 +148,24 @@ def test_block_bounds_memory_and_sign_flips_do_not_depend_on_it():
             _bootstrap_ci(diff, [np.arange(2000)], 0.95, 10, 0, block=bad)
 
 
+def test_the_bootstrap_keeps_one_copy_of_its_resampled_means():
+    """The percentile interval's quantiles copied every resample's means of every column again (traced peak
+    2.3x the ``n_resamples x k`` float64 means: ~1.3 GB at 10,000,000 resamples of 12 columns); they are taken
+    column by column in place now (1.3x, the rest the blocks' draws), with the same intervals."""
+    rng = np.random.default_rng(5)
+    diff = rng.random((300, 8))
+    n = 400_000
+    tracemalloc.start()
+    try:
+        lo, hi = _bootstrap_ci(diff, [np.arange(300)], 0.95, n, 0)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 1.6 * n * diff.shape[1] * 8, peak / (n * diff.shape[1] * 8)
+    for j in (0, 5):  # a column alone gets the same interval, to the bit
+        assert (lo[j], hi[j]) == tuple(x[0] for x in _bootstrap_ci(diff[:, [j]], [np.arange(300)], 0.95, n, 0))
+
+
 @pytest.mark.parametrize("m", [1, 3, 5000, 65536, 70_000])
 def test_bootstrap_indices_are_exactly_uniform(m: int):
     """Lemire's multiply-shift on 16-bit pieces with rejection: every index equally likely (without the rejection
