@@ -31,6 +31,7 @@ body, judge and key of a parallel / route / loop) is reported in one error, one 
 from __future__ import annotations
 
 import difflib
+import re
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, TypeVar
 
@@ -70,16 +71,28 @@ def _default_leaf(path: str, cls: type[Operator], params: Mapping[str, Any]) -> 
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
-    """``yaml.SafeLoader`` that refuses a key repeated in one mapping (YAML keeps the last silently).
+    """``yaml.SafeLoader`` that refuses a key repeated in one mapping (YAML keeps the last silently),
+    and reads numbers as YAML 1.2 does.
 
     Merge keys (``{<<: *base, b: 0.8}``) work as in ``yaml.safe_load``: only the keys written
-    in the mapping itself are checked, and they override the merged ones.
+    in the mapping itself are checked, and they override the merged ones; a second ``<<`` in one
+    mapping is refused (YAML 1.1 keeps one of them silently; merge several with ``<<: [*a, *b]``).
+    YAML 1.1's octal and base-60 numbers are not numbers here (``k: 010`` was 8 and ``1:30`` was
+    90.0; now ``010`` is the text '010', which a parameter reads as 10, and ``1:30`` is refused by
+    the parameter as not a number), and an exponent needs no dot (``1e-3`` is a float, as in
+    YAML 1.2 and JSON).
     """
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen: set[Any] = set()
+        merges = 0
         for key_node, _ in node.value:
             if key_node.tag == "tag:yaml.org,2002:merge":
+                merges += 1
+                if merges > 1:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, "'<<' (a merge key) appears twice in one mapping, and YAML would keep only one: "
+                        "merge several mappings with one '<<: [*a, *b]'", key_node.start_mark)
                 continue
             key = self.construct_object(key_node, deep=deep)
             try:
@@ -91,6 +104,18 @@ class _UniqueKeyLoader(yaml.SafeLoader):
                     None, None, f"key {key!r} appears twice in one mapping", key_node.start_mark)
             seen.add(key)
         return super().construct_mapping(node, deep=deep)
+
+
+_INT, _FLOAT = "tag:yaml.org,2002:int", "tag:yaml.org,2002:float"
+_UniqueKeyLoader.yaml_implicit_resolvers = {  # SafeLoader's, but for its int and float patterns (below)
+    first: [(tag, rx) for tag, rx in resolvers if tag not in (_INT, _FLOAT)]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_UniqueKeyLoader.add_implicit_resolver(  # decimal, 0x hex, 0b binary; no 010 octal, no 1:30 base 60
+    _INT, re.compile(r"^(?:[-+]?0b[0-1_]+|[-+]?(?:0|[1-9][0-9_]*)|[-+]?0x[0-9a-fA-F_]+)$"), list("-+0123456789"))
+_UniqueKeyLoader.add_implicit_resolver(  # 1.5, 1.5e-3, 1e-3, .5, .inf, .nan; no base 60
+    _FLOAT, re.compile(r"^(?:[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+|[-+]?[0-9][0-9_]*\.[0-9_]*"
+                       r"|[-+]?\.[0-9][0-9_]*(?:[eE][-+]?[0-9]+)?|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"),
+    list("-+0123456789."))
 
 
 def _what_is(path: Path) -> str | None:
@@ -165,6 +190,9 @@ def _safe_load(text: str, where: str) -> Any:
         mark = getattr(e, "problem_mark", None)
         loc = f" line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        context = getattr(e, "context", None)
+        if context and problem.startswith("but "):  # "expected a single document in the stream, but found another"
+            problem = f"{context}, {problem}"
         if "could not determine a constructor" in str(e):
             problem = f"{problem}; YAML tags that construct objects are not allowed in pipeline files"
         raise ConfigError(f"{where}:{loc}: not valid pipeline YAML: {problem}{_syntax_hint(e)}") from None
@@ -264,13 +292,15 @@ def _load_doc(doc: Mapping[str, Any], make_leaf: LeafFactory) -> Pipeline:
     """The pipeline of a parsed document; its top-level problems and its steps' together in one error."""
     problems: list[ConfigError] = []
     pipe: Pipeline | None = None
-    unknown = [str(key) for key in doc if str(key) not in TOP_KEYS]
+    # x-... keys are the file's own (Docker Compose's and OpenAPI's extension keys): a place for shared anchors
+    unknown = [str(key) for key in doc if str(key) not in TOP_KEYS and not str(key).startswith("x-")]
     misspelt = False  # an unknown key close to 'pipeline' (a missing 'pipeline' is then not reported again)
     for bad in unknown:
         close = difflib.get_close_matches(bad, sorted(TOP_KEYS), n=1)
         misspelt = misspelt or close == ["pipeline"]
         hint = f" (did you mean {close[0]!r}?)" if close else ""
-        problems.append(ConfigError(f"{bad}: unknown top-level key{hint}; expected one of {sorted(TOP_KEYS)}",
+        problems.append(ConfigError(f"{bad}: unknown top-level key{hint}; expected one of {sorted(TOP_KEYS)} "
+                                    "(or an 'x-' key of your own, e.g. x-defaults: &d {...} to hold anchors)",
                                     path=bad))
     version = doc.get("version", 1)
     if version != 1 or not isinstance(version, int) or isinstance(version, bool):
