@@ -189,6 +189,11 @@ def describe_error(err: Mapping[str, Any], source: str | None = None) -> str:
         return f"expected a positive integer, got {got!r}"  # ge=1 bounds counts; gt=0 bounds real numbers
     if t == "finite_number":
         return f"expected a finite number, got {got!r}"
+    if t == "model_type":  # a nested settings model (dense's adapt, a rule of rule_router) given a scalar or a list
+        loc = err.get("loc") or ()
+        if loc and isinstance(loc[-1], str):
+            return f"expected a mapping of {loc[-1]}'s settings (e.g. {loc[-1]}: {{}} for the defaults), got {got!r}"
+        return f"expected a mapping of settings (a {ctx.get('class_name', 'settings object')}), got {got!r}"
     expected = {
         "greater_than_equal": lambda: f"a value >= {ctx.get('ge')}",
         "greater_than": lambda: f"a value > {ctx.get('gt')}",

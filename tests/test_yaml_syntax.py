@@ -46,3 +46,13 @@ def test_two_documents_in_one_file_are_named_whole():
     """The message was 'not valid pipeline YAML: but found another document' (PyYAML's context lost)."""
     with pytest.raises(ConfigError, match="expected a single document in the stream, but found another document"):
         Pipeline.from_yaml("pipeline:\n  - bm25: {}\n---\npipeline:\n  - bm25: {}\n")
+
+
+def test_a_scalar_for_nested_settings_is_explained():
+    """pydantic's 'Input should be a valid dictionary or instance of AdaptConfig' was the message."""
+    with pytest.raises(ConfigError, match=r"pipeline\[0\]\.dense\.adapt: expected a mapping of adapt's settings "
+                                          r"\(e\.g\. adapt: \{\} for the defaults\), got True"):
+        Pipeline.from_yaml("pipeline:\n  - dense: {adapt: true}\n")
+    with pytest.raises(ConfigError, match=r"rules\[0\]: expected a mapping of settings \(a Rule\), got 'short'"):
+        Pipeline.from_yaml("pipeline:\n  - bm25: {}\n  - route: {router: {rule_router: {rules: [short]}}, "
+                           "branches: {a: []}}\n")
