@@ -27,11 +27,10 @@ if TYPE_CHECKING:
 __all__ = ["RRF", "WeightedFusion", "PreparedFusion", "flatten_branches", "ranked_order", "split_by_query"]
 
 
-def flatten_branches(state: State) -> tuple[dict[str, np.ndarray], list[str]]:
-    """Flat arrays over (branch, query, position): ``q``, ``row``, ``branch``, ``rank`` (1-based), ``score``.
-
-    A document repeated within one branch's ranking keeps only its best (first) entry.
-    """
+def _entries(state: State) -> tuple[dict[str, np.ndarray], list[str]]:
+    """Every entry of every branch's ranking, repeats included, as flat arrays ordered by (branch, query,
+    position): ``q``, ``row``, ``branch`` (int64), ``rank`` (1-based int64), ``score`` (float64); and the
+    branch names."""
     if not state.branches:
         raise ParamError("a fuser needs the rankings of parallel branches; "
                          "put it after 'a + b' or in Parallel(fuse=...)")
@@ -44,55 +43,112 @@ def flatten_branches(state: State) -> tuple[dict[str, np.ndarray], list[str]]:
         qs.append(np.repeat(np.arange(len(rankings)), lens))
         rows.append(np.concatenate([r.rows for r in rankings]))
         scores.append(np.concatenate([r.scores for r in rankings]).astype(np.float64))
-        starts = np.repeat(np.cumsum(lens) - lens, lens)
-        ranks.append(np.arange(lens.sum()) - starts + 1)
+        ranks.append(group_positions(lens) + 1)
         br.append(np.full(lens.sum(), b))
     if not qs:
         empty = np.empty(0, np.int64)
         return {"q": empty, "row": empty, "branch": empty, "rank": empty, "score": empty.astype(float)}, names
-    flat = {"q": np.concatenate(qs), "row": np.concatenate(rows), "branch": np.concatenate(br),
-            "rank": np.concatenate(ranks), "score": np.concatenate(scores)}
-    # dedupe (branch, q, row), keeping the best rank
-    n_rows = int(flat["row"].max()) + 1
-    key = (flat["branch"] * len(state) + flat["q"]) * n_rows + flat["row"]
-    order = np.argsort(key, kind="stable")  # flat runs by rank within a (branch, q): the first of a key is its best
-    keep = np.ones(len(key), bool)
-    keep[1:] = key[order][1:] != key[order][:-1]
-    sel = np.sort(order[keep])
-    return {k: v[sel] for k, v in flat.items()}, names
+    return {"q": np.concatenate(qs), "row": np.concatenate(rows), "branch": np.concatenate(br),
+            "rank": np.concatenate(ranks), "score": np.concatenate(scores)}, names
+
+
+def _run_starts(sorted_keys: np.ndarray) -> np.ndarray:
+    """``(n,)`` bool: where each run of equal values in ``sorted_keys`` starts."""
+    starts = np.ones(len(sorted_keys), bool)
+    starts[1:] = sorted_keys[1:] != sorted_keys[:-1]
+    return starts
+
+
+def _dedupe_and_group(flat: dict[str, np.ndarray], n_branches: int
+                      ) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray, np.ndarray]:
+    """Drop the repeats of :func:`_entries`' arrays and group what is left by document, with one sort.
+
+    A document listed twice by one branch for one query keeps its first (best-ranked) entry; the kept
+    entries stay in (branch, query, position) order.  Returns ``(flat, q, row, inv)``: the kept entries,
+    the ``(n_pairs,)`` int64 distinct (query, row) pairs sorted by query then row, and ``(n_kept,)`` int64
+    the pair of every kept entry.
+
+    One argsort of the key ``(q * n_rows + row) * n_branches + branch`` lays the entries out by pair, each
+    pair's entries side by side: equal neighbouring keys are repeats, and pairs change where
+    ``key // n_branches`` does.  The sort is stable, so the first of repeats is the best-ranked; and
+    timsort runs faster than quicksort here (~1.5x), as each branch's entries come sorted by query.
+    """
+    n_rows = int(flat["row"].max()) + 1 if len(flat["row"]) else 1
+    key = (flat["q"] * n_rows + flat["row"]) * n_branches + flat["branch"]
+    order = np.argsort(key, kind="stable")
+    key = key[order]
+    first = _run_starts(key)  # (n,) the first sorted entry of each (pair, branch)
+    if not first.all():  # a branch lists a document twice for a query: keep its best entry, one more pass
+        order, key = order[first], key[first]
+        kept = np.zeros(len(first), bool)
+        kept[order] = True
+        flat = {k: v[kept] for k, v in flat.items()}
+        order = (np.cumsum(kept) - 1)[order]  # into the kept entries
+    pair = key // n_branches
+    new = _run_starts(pair)  # (n_kept,) the first entry of each (q, row) pair
+    inv = np.empty(len(order), np.int64)
+    inv[order] = np.cumsum(new) - 1
+    pairs = pair[new]
+    return flat, pairs // n_rows, pairs % n_rows, inv
+
+
+def flatten_branches(state: State) -> tuple[dict[str, np.ndarray], list[str]]:
+    """Flat arrays over (branch, query, position): ``q``, ``row``, ``branch``, ``rank`` (1-based), ``score``.
+
+    A document repeated within one branch's ranking keeps only its best (first) entry.
+    """
+    flat, names = _entries(state)
+    return _dedupe_and_group(flat, len(names))[0], names
+
+
+#: :func:`ranked_order` sorts each query's entries in a padded (n_queries, longest) matrix while it holds at
+#: most this many cells per entry; more uneven queries are sorted as one flat array instead
+_MAX_PADDING = 4
 
 
 def ranked_order(q: np.ndarray, row: np.ndarray, score: np.ndarray) -> np.ndarray:
     """The order of fused ``(q, row, score)`` entries in their rankings: by query, then score descending, then
-    row ascending (a fuser's tie rule).  ``(n,)`` int64 indices."""
-    n_rows = int(row.max()) + 1 if len(row) else 1
-    order = np.arange(len(q)) if np.all(np.diff(q * n_rows + row) > 0) else np.lexsort((row, q))
-    order = order[np.argsort(-score[order], kind="stable")]  # single-key stable sorts: 3x faster than lexsort
-    return order[np.argsort(q[order], kind="stable")]
+    row ascending (a fuser's tie rule).  ``(n,)`` int64 indices.
+
+    Entries sorted by query then row (as :class:`PreparedFusion` holds them; others are sorted so first) are
+    laid out in a ``(n_queries, longest)`` matrix of ``-score``, one query a row, padded with NaN (sorted
+    last, after every real entry, NaN included: the sort is stable); a stable sort of each row then orders
+    the query by score, ties by row.  Small per-row sorts beat two stable sorts of the whole flat array
+    (by score, then by query) 2-4x (300 queries x ~1,500 entries, 1,000 x ~1,750); those remain for queries
+    too uneven in length to pad.
+    """
+    n = len(q)
+    if n == 0:
+        return np.empty(0, np.int64)
+    n_rows = int(row.max()) + 1
+    order = np.arange(n) if np.all(np.diff(q * n_rows + row) > 0) else np.lexsort((row, q))
+    lens = np.bincount(q)  # (n_queries,) entries per query
+    width = int(lens.max())
+    if len(lens) * width > _MAX_PADDING * n:
+        order = order[np.argsort(-score[order], kind="stable")]  # single-key stable sorts: 3x faster than lexsort
+        return order[np.argsort(q[order], kind="stable")]
+    starts = np.cumsum(lens) - lens
+    padded = np.full((len(lens), width), np.nan)
+    padded[q[order], group_positions(lens)] = -score[order]
+    by_score = np.argsort(padded, axis=1, kind="stable")  # (n_queries, width) positions within each query
+    real = np.arange(width) < lens[:, None]  # each row's first lens[i] sorted positions are its entries
+    return order[(starts[:, None] + by_score)[real]]
 
 
 def split_by_query(n_q: int, q: np.ndarray, row: np.ndarray, score: np.ndarray, top: int | None,
                    fields: dict[str, np.ndarray]) -> list[Ranking]:
-    """Sort fused (q, row, score) triples per query (:func:`ranked_order`) and split into rankings."""
+    """Sort fused (q, row, score) triples per query (:func:`ranked_order`), keep each query's first ``top``
+    (None: all) and split into rankings."""
     order = ranked_order(q, row, score)
-    q, row, score = q[order], row[order], score[order]
+    lens = np.bincount(q, minlength=n_q)
+    if top is not None:
+        order = order[group_positions(lens) < top]  # ranked_order groups by query
+        lens = np.minimum(lens, top)
+    row, score = row[order], score[order]
     fields = {k: v[order] for k, v in fields.items()}
-    bounds = np.searchsorted(q, np.arange(n_q + 1))
-    out = []
-    for i in range(n_q):
-        a, b = bounds[i], bounds[i + 1]
-        if top is not None:
-            b = min(b, a + top)
-        out.append(Ranking(row[a:b], score[a:b], {k: v[a:b] for k, v in fields.items()}))
-    return out
-
-
-def _group(flat: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Unique (q, row) pairs and the inverse index of every flat entry."""
-    n_rows = int(flat["row"].max()) + 1 if len(flat["row"]) else 1
-    key = flat["q"] * n_rows + flat["row"]
-    uniq, inv = np.unique(key, return_inverse=True)
-    return uniq // n_rows, uniq % n_rows, inv
+    bounds = np.r_[0, np.cumsum(lens)].tolist()
+    return [Ranking(row[a:b], score[a:b], {k: v[a:b] for k, v in fields.items()})
+            for a, b in zip(bounds[:-1], bounds[1:])]
 
 
 def _branch_fields(flat: dict[str, np.ndarray], inv: np.ndarray, n: int, names: list[str]) -> dict[str, np.ndarray]:
@@ -278,8 +334,8 @@ class _Fuser(Operator):
     def _prepare(self, state: State, with_fields: bool) -> PreparedFusion:
         """The fusion of ``state``'s branches as a function of the weights (:class:`PreparedFusion`), with
         everything that does not depend on them computed once: weight learning calls it for every grid point."""
-        flat, names = flatten_branches(state)
-        uq, urow, inv = _group(flat)
+        flat, names = _entries(state)
+        flat, uq, urow, inv = _dedupe_and_group(flat, len(names))
         fields = _branch_fields(flat, inv, len(uq), names) if with_fields else {}
         unit = self._unit_contributions(flat, len(state))
         per_branch = np.zeros((len(names), len(uq)))
