@@ -340,7 +340,9 @@ def select_on_train(ds, dense, corpus, vecs: np.ndarray, n_c: int, quick: bool, 
     and mean(R@100 - R@100_dense + 0.01) - z SE >= 0 (z = 0: the point estimates; z = 1.645: 95% one-sided
     confidence; the count at 95% is reported either way).  ``rule="ndcg"``: among qualifying settings the
     highest train nDCG@10 wins; if none qualifies, the highest ILD margin among those meeting the recall
-    condition.  ``rule="margin"``: the setting that meets both conditions most surely on train, the largest
+    condition, and if none meets even that, the highest recall margin (``mean - z SE``); either fallback
+    is printed as a warning and kept in the report's ``fallback`` (None when a setting qualified).
+    ``rule="margin"``: the setting that meets both conditions most surely on train, the largest
     ``min(ILD margin / SE, recall margin / SE)`` (ignores z and nDCG).  Every setting's train numbers are
     in the report.  Returns (fitted KnnEmbed, params, report).
     """
@@ -390,35 +392,62 @@ def select_on_train(ds, dense, corpus, vecs: np.ndarray, n_c: int, quick: bool, 
                          "ild@10_ratio": float(ild.mean() / ild0.mean()),
                          "ild_margin": margins(ild - 1.2 * ild0), "recall_margin": margins(rc - rc0 + 0.01)})
 
-    def meets(r: dict, zz: float) -> bool:
-        return all(r[m][0] - zz * r[m][1] >= 0 for m in ("ild_margin", "recall_margin"))
-
-    def sureness(r: dict) -> float:
-        return min(r[m][0] / max(r[m][1], 1e-12) for m in ("ild_margin", "recall_margin"))
-
-    ok = [r for r in rows if meets(r, z)]
-    n95 = sum(meets(r, 1.645) for r in rows)
-    if rule == "margin":
-        best = max(rows, key=sureness)
-    else:
-        best = max(ok, key=lambda r: r["ndcg@10"]) if ok else \
-            max((r for r in rows if r["recall_margin"][0] - z * r["recall_margin"][1] >= 0),
-                key=lambda r: r["ild_margin"][0], default=rows[0])
+    ok = [r for r in rows if _meets(r, z)]
+    n95 = sum(_meets(r, 1.645) for r in rows)
+    best, fallback = choose_setting(rows, z, rule)
     kw = {k: best[k] for k in ("n_clusters", *grid)}
     report = {"n_train_queries": len(tq), "grid_size": len(rows), "seconds": time.perf_counter() - t0,
               "z": z, "qualifying": len(ok), "qualifying_95pct": n95,
               "dense_train": {"ndcg@10": float(nd0.mean()), "recall@100": float(rc0.mean()),
                               "ild@10": float(ild0.mean())},
-              "chosen": best, "chosen_sureness": sureness(best), "settings": rows,
+              "chosen": best, "chosen_sureness": _sureness(best), "fallback": fallback, "settings": rows,
               "rule": "max min(margin / SE) over ILD@10 >= 1.2x dense and Recall@100 >= dense - 0.01 on train"
               if rule == "margin" else f"ILD@10 >= 1.2x dense and Recall@100 >= dense - 0.01 on train (z = {z}); "
                                        "then max nDCG@10"}
+    if fallback is not None:
+        print(f"WARNING: {fallback}")
     print(f"selection on {len(tq)} train queries: {len(rows)} settings in {report['seconds']:.0f}s, "
           f"{len(ok)} meet the target (z = {z}), {n95} with 95% confidence; chosen {kw}: "
           f"train nDCG@10 {best['ndcg@10']:.4f} "
           f"(dense {nd0.mean():.4f}), ILD@10 {best['ild@10_ratio']:.3f}x, Recall@100 {best['recall@100']:.4f} "
           f"(dense {rc0.mean():.4f})")
     return fitted[kw["n_clusters"]], kw, report
+
+
+def _meets(r: dict, z: float) -> bool:
+    """Both train conditions hold for the setting ``r`` at ``z`` standard errors (its margins' mean - z SE >= 0)."""
+    return all(r[m][0] - z * r[m][1] >= 0 for m in ("ild_margin", "recall_margin"))
+
+
+def _sureness(r: dict) -> float:
+    """``min(ILD margin / SE, recall margin / SE)``: how surely ``r`` meets both conditions."""
+    return min(r[m][0] / max(r[m][1], 1e-12) for m in ("ild_margin", "recall_margin"))
+
+
+def choose_setting(rows: list[dict], z: float, rule: str) -> tuple[dict, str | None]:
+    """The setting :func:`select_on_train` keeps among ``rows`` (each with ``ndcg@10`` and the ``(mean, SE)``
+    pairs ``ild_margin`` and ``recall_margin``), and None or, when none qualified, how it was chosen instead.
+
+    ``rule="margin"``: the largest :func:`_sureness`.  ``rule="ndcg"``: the best nDCG@10 among those meeting
+    both conditions; if none does, the largest ILD margin among those meeting the recall condition; if none
+    meets even that, the largest recall margin ``mean - z SE`` (it was the first grid row before).
+    """
+    def recall_lower(r: dict) -> float:
+        return r["recall_margin"][0] - z * r["recall_margin"][1]
+
+    if rule == "margin":
+        return max(rows, key=_sureness), None
+    ok = [r for r in rows if _meets(r, z)]
+    if ok:
+        return max(ok, key=lambda r: r["ndcg@10"]), None
+    recall_ok = [r for r in rows if recall_lower(r) >= 0]
+    if recall_ok:
+        return max(recall_ok, key=lambda r: r["ild_margin"][0]), (
+            f"NO setting meets the target on train (z = {z}); {len(recall_ok)} of {len(rows)} meet the recall "
+            "condition, chosen: the largest ILD margin among them")
+    return max(rows, key=recall_lower), (
+        f"NO setting meets the target on train (z = {z}), not even the recall condition (Recall@100 >= dense - "
+        f"0.01); chosen: the largest recall margin of the {len(rows)}")
 
 
 def plot(res: dict, path: Path) -> None:

@@ -7,6 +7,7 @@ Producing Summaries", SIGIR 1998.  The diversity baseline users know from LangCh
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import ClassVar
 
@@ -33,12 +34,16 @@ from ragkit.types import Corpus, Ranking, State, TrainSet
 
 __all__ = ["MMR", "MMRParams", "mmr_select"]
 
+_log = logging.getLogger("ragkit")
+
 
 class MMRParams(Params):
     model: ModelName = Field(DEFAULT_MODEL, description="Sentence-transformers model for query and document vectors.")
     k: int = Field(100, ge=1, description="Results kept per query.")
-    fetch_k: int = Field(200, ge=1, description="Pool: the first fetch_k documents of the incoming ranking "
-                                               "(at least k).")
+    fetch_k: int = Field(
+        200, ge=1, description="Pool: the first fetch_k documents of the incoming ranking (at least k), so at most "
+                               "what the retriever before MMR returns: raise its k to fetch_k for the full pool "
+                               "(Dense(k=10) | MMR(k=10) only reorders dense's top 10; a warning says so).")
     lambda_mult: float = Field(
         0.5, ge=0, le=1, description="lambda: 1 = pure relevance (cosine order), 0 = pure diversity.")
     batch_size: int = Field(64, ge=1, description="Encoding batch size.")
@@ -90,16 +95,36 @@ def mmr_select(q: np.ndarray, pool: np.ndarray, valid: np.ndarray, vectors: np.n
     return sel
 
 
+def _repeats(pool: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """``(n_q, F)`` bool: the valid entries of ``pool`` whose row already occurs earlier in the same pool row."""
+    if pool.size == 0:
+        return np.zeros(pool.shape, bool)
+    keyed = np.where(valid, pool, -1)
+    order = np.argsort(keyed, axis=1, kind="stable")  # equal rows: earlier position first
+    srt = np.take_along_axis(keyed, order, axis=1)
+    again = np.zeros(pool.shape, bool)
+    again[:, 1:] = (srt[:, 1:] == srt[:, :-1]) & (srt[:, 1:] >= 0)
+    out = np.zeros(pool.shape, bool)
+    np.put_along_axis(out, order, again, axis=1)
+    return out
+
+
 @register
 class MMR(Operator):
     """Maximal marginal relevance reranker.
 
-    Takes the first ``fetch_k`` documents of the incoming ranking and greedily picks ``k``: the
+    Takes the first ``fetch_k`` documents of the incoming ranking (its first occurrence of each:
+    a repeated row is dropped) and greedily picks ``k``: the
     first is the most similar to the query, each next one maximises
     ``lambda_mult * cos(q, d) - (1 - lambda_mult) * max_{s chosen} cos(d, s)``.  Cosines use the
     model's unit vectors (``(N, d)`` float32 cached at fit).  The output order is the selection
     order, so its ``scores`` are rank scores ``(n - i) / n`` (best first, float32) and the cosine
     ``q . d`` is in ``fields["cosine"]``.
+
+    The pool is what the retriever in front returns, at most ``fetch_k``: ``Dense(k=10) |
+    MMR(k=10, fetch_k=50)`` picks among dense's top 10 only (the same set, reordered).  When the
+    incoming rankings are shorter than ``fetch_k`` while the corpus holds more documents, a warning
+    (once per operator object) says to raise the retriever's ``k``.
 
     References
     ----------
@@ -139,15 +164,19 @@ class MMR(Operator):
             out.rankings = []
             return out
         k = cut_k(self, state)  # its own k option exactly, else its k raised to the call's
-        f = min(max(self.params.fetch_k, k), max((len(r) for r in state.rankings), default=0))  # pool >= k
+        want = max(self.params.fetch_k, k)  # pool >= k
+        longest = max((len(r) for r in state.rankings), default=0)
+        f = min(want, longest)
+        v = np.asarray(self.vectors_)
+        self._warn_short_pool(longest, want, len(v))
         pool = np.zeros((n_q, f), np.int64)
         valid = np.zeros((n_q, f), bool)
         lens = np.array([min(len(r), f) for r in state.rankings])
         valid[:] = np.arange(f)[None, :] < lens[:, None]
         if f:
             pool[valid] = np.concatenate([r.rows[:f] for r in state.rankings])
-        v = np.asarray(self.vectors_)
         check_rows_in_corpus(pool[valid], len(v), self.name)
+        valid &= ~_repeats(pool, valid)  # a row the ranking holds twice is one candidate (its first place)
         q = unit_rows(query_vectors(state, self.encoder))
         step = max(1, int(2**26 // max(f * f, 1)))  # bound the (n_q, F, F) similarity block to ~256 MiB
         sels, coss = [], []
@@ -166,6 +195,16 @@ class MMR(Operator):
             rankings.append(Ranking(pool[i, s], ((n - np.arange(n)) / max(n, 1)).astype(np.float32), fields))
         out.rankings = rankings
         return out
+
+    def _warn_short_pool(self, longest: int, want: int, n_docs: int) -> None:
+        """Warn once per operator object when the incoming rankings (``longest`` documents at most) are
+        shorter than the pool ``want`` = max(fetch_k, k) while the corpus holds more (``n_docs``)."""
+        if longest == 0 or longest >= min(want, n_docs) or self.__dict__.get("_warned_short_pool"):
+            return
+        self.__dict__["_warned_short_pool"] = True
+        _log.warning(f"{self.name}: the rankings it reranks hold at most {longest} documents, fewer than its pool "
+                     f"fetch_k={self.params.fetch_k} (the corpus has {n_docs}), so it picks among those {longest} "
+                     f"only; raise the k of the retriever before it to {min(want, n_docs)} for the full pool")
 
     def _save(self, folder: Path) -> None:
         save_arrays(folder, vectors=self.vectors_)

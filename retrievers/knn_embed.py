@@ -12,14 +12,17 @@ every (query, component) pair at once (in memory-bounded chunks); the default ``
 Python loop over queries or clusters (the ``masked`` / ``partitioned`` search modes and ``rocchio_filter``
 component queries run one vectorised step per used cluster).
 
-A metadata filter (the run-time ``filter`` option) masks the batch's score matrix: a filtered query is
-answered as if the corpus held only the passing documents, with the same clusters (neighbours, priors and
-component eligibility count passing documents only), and still gets ``min(k, passing)`` results.
+A metadata filter (the ``filter`` parameter and run-time option) masks the batch's score matrix: a
+filtered query is answered as if the corpus held only the passing documents, with the same clusters
+(neighbours, priors and component eligibility count passing documents only), and still gets
+``min(k, passing)`` results.
 """
 
 from __future__ import annotations
 
+import logging
 import math
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar, Literal
 
@@ -27,9 +30,10 @@ import numpy as np
 from pydantic import Field, model_validator
 
 from ragkit.encoders import DEFAULT_MODEL, check_encoder_key, save_encoder_key, unit_rows
-from ragkit.errors import ArtifactError, DataError
+from ragkit.errors import ArtifactError, DataError, ParamError
 from ragkit.operator import Operator, desc_order, load_array, read_json, save_arrays, topk_rows, write_json
-from ragkit.params import ModelName, Params, Seed
+from ragkit.options import filter_option
+from ragkit.params import MetadataFilter, ModelName, Params, Seed
 from ragkit.registry import register
 from ragkit.retrievers._index import check_finite_vectors
 from ragkit.types import Corpus, Ranking, State, TrainSet
@@ -38,6 +42,8 @@ if TYPE_CHECKING:
     from ragkit.retrievers.dense import Dense
 
 __all__ = ["KnnEmbed", "KnnEmbedParams", "default_n_clusters", "largest_remainder"]
+
+_log = logging.getLogger("ragkit")
 
 
 #: padded cells per chunk of the vectorised in-cluster search (pairs x largest cluster in the chunk)
@@ -54,7 +60,13 @@ def default_n_clusters(n_docs: int) -> int:
 class KnnEmbedParams(Params):
     model: ModelName = Field(DEFAULT_MODEL,
                              description="Sentence-transformers model name or folder (the dense encoder).")
-    k: int = Field(100, ge=1, description="Results per query.")
+    k: int = Field(
+        100, ge=1, description="Results per query, and the budget the anchor and the components share: "
+                               "round(anchor_share * k) dense slots, the rest to the components.  With merge: score "
+                               "the anchor's results (the best cosines) come first, so a top-k shorter than "
+                               "anchor_share * k (a search's k=10 over k=100) is plain dense; for a top-k shorter "
+                               "than k set k to it, or use merge: interleave, whose first slots are diversified.")
+    filter: MetadataFilter = Field(None, description="Metadata filter {field: value or [values]}.")
     n_clusters: int | None = Field(
         None, ge=2, description="k-means clusters C; None = clamp(round(sqrt(N/2)), 4, 1024), at most N.")
     n_init: int = Field(3, ge=1, le=1000, description="k-means restarts (scikit-learn n_init).")
@@ -123,9 +135,18 @@ def largest_remainder(weights: np.ndarray, total: np.ndarray | int, active: np.n
 
     Returns
     -------
-    (n, M) int64 quotas.  Integer parts first, leftover slots by largest fractional remainder (ties:
-    earlier column), then every active entry is raised to 1 by taking slots from the largest quotas.
-    When ``total`` is smaller than the number of active entries, the first ``total`` entries get one.
+    (n, M) int64 quotas.  Integer parts first, leftover slots by largest fractional remainder, then
+    every active entry is raised to 1 by taking slots from the largest quotas.  When ``total`` is
+    smaller than the number of active entries, the first ``total`` entries get one.
+
+    Notes
+    -----
+    Equal remainders go to the earlier column, not the lower cluster id (``ALGORITHMS.md`` section 4
+    says "ties by cluster id").  :meth:`KnnEmbed.mixture` orders the columns by weight descending,
+    ties by cluster id ascending, so the earlier column is the heavier component, and among equal
+    weights the lower cluster id, which is where the spec's rule applies.  Two components with
+    different weights can only tie on their remainder by chance (``0.35 * 10`` and ``0.15 * 10``);
+    the slot then goes to the heavier one, which keeps quotas ordered as their weights are.
     """
     w = np.asarray(weights, dtype=np.float64)
     n, m = w.shape
@@ -202,11 +223,18 @@ class KnnEmbed(Operator):
        documents already taken; shortfalls go to the components' other documents, then to dense;
     5. merge by cosine (``merge="score"``) or in Sainte-Laguë order (``merge="interleave"``).
 
+    The slots are shared over this operator's ``k`` (raised to a search's ``k``, as every retriever's),
+    not over the top a search keeps: with ``merge="score"`` the anchor's dense results have the best
+    cosines and come first, so a search with ``k <= anchor_share * self.k`` (``search(k=10)`` over the
+    default ``k=100``) gets plain dense results (a warning says so, once per operator object).  For a
+    diversified top-k shorter than ``k``, set ``k`` to it (``KnnEmbed(k=10)``, or the search option
+    ``knn_embed={"k": 10}``), or use ``merge="interleave"``, whose first slots are diversified.
+
     Output rankings carry ``scores`` = cosine ``q . d`` (float32) and ``fields["cluster"]``
     (int32 cluster of each document) and ``fields["component"]`` (-1 = anchor/dense, else the
     index of the mixture component, 0 = heaviest).  Exactly ``min(k, N)`` distinct documents; with a
-    metadata filter (run-time ``filter`` option) ``min(k, passing)`` distinct passing documents, the
-    mixture read from the passing documents only.
+    metadata filter (the ``filter`` parameter or run-time option) ``min(k, passing)`` distinct passing
+    documents, the mixture read from the passing documents only.
 
     Attributes (after fit)
     ----------------------
@@ -258,11 +286,17 @@ class KnnEmbed(Operator):
         Rows are L2-normalised here (kNN-Embed works in cosine geometry).
 
         Queries must then carry vectors of the same space in ``state.vectors[self.dense.encoder.key]``.
+        The ``filter`` parameter is checked against the corpus's metadata fields, as ``fit`` checks it.
         """
         vectors = np.asarray(vectors)
         if vectors.ndim != 2 or len(vectors) != len(corpus):
             raise DataError(f"knn_embed.fit_vectors: vectors have shape {vectors.shape}, expected "
                             f"({len(corpus)}, d) for a corpus of {len(corpus)} documents")
+        if self.params.filter is not None:  # as Operator.fit: a field the corpus lacks would fail every search
+            try:
+                filter_option(self, self.params.filter, corpus)
+            except (TypeError, ValueError) as e:
+                raise ParamError(f"{self.name}.filter: {e}", path=f"{self.name}.filter") from None
         self.corpus_ = corpus
         self._fit_vectors(vectors)
         return self
@@ -278,7 +312,12 @@ class KnnEmbed(Operator):
         if n == 0:
             raise DataError("knn_embed.fit: the corpus is empty; expected at least one document")
         c = min(self.params.n_clusters or default_n_clusters(n), n)
-        with threadpool_limits(self.params.fit_threads):
+        with threadpool_limits(self.params.fit_threads), warnings.catch_warnings():
+            # fewer distinct vectors than clusters (duplicate documents): scikit-learn's ConvergenceWarning,
+            # said below in ragkit's words (the clusters it could not fill stay empty and are never used)
+            from sklearn.exceptions import ConvergenceWarning
+
+            warnings.simplefilter("ignore", ConvergenceWarning)
             km = KMeans(n_clusters=c, n_init=self.params.n_init, random_state=self.params.seed).fit(vecs)
         cent = km.cluster_centers_.astype(np.float32)
         cent /= np.maximum(np.linalg.norm(cent, axis=1, keepdims=True), 1e-12)
@@ -286,6 +325,36 @@ class KnnEmbed(Operator):
         self.labels_ = km.labels_.astype(np.int32)
         self.centroids_ = cent
         self._build()
+        self._warn_degenerate()
+
+    def _warn_degenerate(self) -> None:
+        """Warn (``ragkit`` logger) when the clustering leaves kNN-Embed little to mix: clusters k-means could
+        not fill (duplicate documents), fewer than 2 clusters of ``min_cluster_size`` documents (every query
+        is then answered as plain dense), or such clusters holding under half of the documents (most queries'
+        neighbours then vote for clusters that are never a component, and those queries collapse to dense)."""
+        p = self.params
+        sizes = self._sizes
+        n, c = int(sizes.sum()), len(sizes)
+        used = int(np.count_nonzero(sizes))
+        big = sizes >= p.min_cluster_size
+        n_big, share = int(big.sum()), float(sizes[big].sum() / max(n, 1))
+        if used < c:
+            _log.warning(f"knn_embed.fit: k-means found {used} distinct cluster{'s' * (used != 1)} of the {c} "
+                         f"asked (the {n} document vectors hold fewer distinct points: duplicate documents); the "
+                         f"other {c - used} are empty and never used")
+        if n_big < 2 or share < 0.5:
+            what = ("no query can mix two clusters: every query is answered as plain dense top-k" if n_big < 2 else
+                    f"they hold {share:.0%} of the {n} documents, so most queries are answered as plain dense "
+                    "top-k")
+            if used < 2:
+                hint = "The documents are all alike: there is nothing to mix"
+            elif n < 2 * p.min_cluster_size:
+                hint = f"To mix, lower min_cluster_size (two clusters of the {n} documents need it at most {n // 2})"
+            else:
+                hint = (f"To mix, use fewer clusters (n_clusters at most ~{n // (2 * p.min_cluster_size)} here) "
+                        "or a lower min_cluster_size")
+            _log.warning(f"knn_embed.fit: clusters of at least min_cluster_size ({p.min_cluster_size}) documents, "
+                         f"the only possible mixture components: {n_big} of {c}; {what}.  {hint}")
 
     def _build(self) -> None:
         """Derived per-cluster structures (not saved; rebuilt from labels)."""
@@ -400,6 +469,7 @@ class KnnEmbed(Operator):
             raise DataError(f"knn_embed: query vectors have shape {q.shape}, expected (n_q, {v.shape[1]})")
         check_finite_vectors(q, "knn_embed", "query")
         n_q = len(q)
+        self._warn_dense_head(state, k)
         if k == 0:  # nothing passes the filter: empty rankings with the usual fields
             out.rankings = [self._empty_ranking() for _ in range(n_q)]
             return out
@@ -412,6 +482,26 @@ class KnnEmbed(Operator):
         for i in np.flatnonzero(~q.any(axis=1)):  # no direction: no answer (as dense and BM25 give)
             out.rankings[i] = self._empty_ranking()
         return out
+
+    def _warn_dense_head(self, state: State, k: int) -> None:
+        """Warn once per operator object when the search's final ``k`` (the call's ``k``, this operator's
+        raised to it) is at most the anchor's ``round(anchor_share * k)`` slots with ``merge="score"``: the
+        results sorted by cosine then start with the anchor's, so that top-k is the plain dense one."""
+        p = self.params
+        call_k = state.options.get("k")
+        if p.merge != "score" or call_k is None or self.opt(state, "k") is not None \
+                or self.__dict__.get("_warned_dense_head"):
+            return
+        k_a = int(math.floor(p.anchor_share * k + 0.5))
+        if 0 < int(call_k) <= k_a and k_a < k:
+            self.__dict__["_warned_dense_head"] = True
+            _log.warning(
+                f"knn_embed: searched with k={call_k}, but its k is {p.k}: the k={k} results are shared as "
+                f"{k_a} dense (anchor_share {p.anchor_share}) and {k - k_a} from the clusters, and with "
+                f"merge: score the anchor's come first, so the top {call_k} are plain dense (unless a reranker "
+                f"after it reorders them).  For a diversified top {call_k} give knn_embed k={call_k} "
+                f"(KnnEmbed(k={call_k}) or the search option {self.name}={{'k': {call_k}}}), or use merge: "
+                "interleave")
 
     def _rank(self, q: np.ndarray, v: np.ndarray, labels: np.ndarray, mask: np.ndarray | None,
               sizes: np.ndarray | None, k: int) -> list[Ranking]:

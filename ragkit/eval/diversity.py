@@ -1,8 +1,9 @@
 """Diversity measures for rankings: intra-list diversity, cluster coverage, near-duplicates, alpha-nDCG, S-recall.
 
-All vector-based measures take the rankings' row numbers and the corpus's unit document vectors
-``(N, d)``, return one value per query (``float64`` array, ``nan`` for an empty ranking where the
-measure is undefined) and are batched with numpy (no loop over document pairs).
+All vector-based measures take the rankings' row numbers and the corpus's document vectors ``(N, d)``
+(cosines: each gathered row is scaled to unit length first, so any scale gives the same values; a zero
+vector has cosine 0 with every document), return one value per query (``float64`` array, ``nan`` for
+an empty ranking where the measure is undefined) and are batched with numpy (no loop over document pairs).
 
 * ILD@k (Ziegler et al., WWW 2005): ``1 - mean_{i<j} cos(d_i, d_j)`` over the top-k.
 * distinct clusters@k and the entropy (nats) of the cluster histogram of the top-k.
@@ -53,7 +54,8 @@ def padded_rows(rankings: Run | Sequence[Ranking], k: int) -> tuple[np.ndarray, 
 
 def _pair_cos(rankings: Run | Sequence[Ranking], vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Pairwise cosines of each ranking's top-``k``: ``(n_q, k, k)`` float32 and the ``(n_q, k, k)`` bool
-    mask of the pairs ``i < j`` of real (not padded) documents."""
+    mask of the pairs ``i < j`` of real (not padded) documents.  ``vectors`` need not be unit rows: the
+    gathered rows are normalised here (a zero row stays zero, so its cosines are 0)."""
     rows, valid = padded_rows(rankings, k)
     v = np.asarray(vectors)
     if len(rows) and rows.max(initial=0) >= len(v):
@@ -61,7 +63,11 @@ def _pair_cos(rankings: Run | Sequence[Ranking], vectors: np.ndarray, k: int) ->
     import torch  # batched GEMM: torch.bmm runs at BLAS speed; numpy's einsum is 2-5x slower, its stacked
     # matmul erratic on a busy machine (one threaded gemm call per query)
 
-    d = torch.from_numpy(np.ascontiguousarray(v[rows], np.float32))  # (n_q, k, dim): the gather is the one copy
+    gathered = np.ascontiguousarray(v[rows], np.float32)  # (n_q, k, dim): the gather is the one copy
+    norms = np.linalg.norm(gathered, axis=2, keepdims=True)
+    if not np.all(np.abs(norms - 1) <= 1e-4):  # cosines whatever the scale (unit rows pass unchanged)
+        np.divide(gathered, np.maximum(norms, 1e-12), out=gathered)  # a zero row stays zero: cosine 0
+    d = torch.from_numpy(gathered)
     with torch.inference_mode():
         g = torch.bmm(d, d.transpose(1, 2)).numpy()  # (n_q, k, k) float32 cosines
     pair = valid[:, :, None] & valid[:, None, :] & np.triu(np.ones((k, k), bool), 1)[None]
@@ -69,7 +75,10 @@ def _pair_cos(rankings: Run | Sequence[Ranking], vectors: np.ndarray, k: int) ->
 
 
 def intra_list_diversity(rankings: Run | Sequence[Ranking], vectors: np.ndarray, k: int = 10) -> np.ndarray:
-    """ILD@k per query: ``1 - mean pairwise cosine`` of the top-k (nan with fewer than 2 documents)."""
+    """ILD@k per query: ``1 - mean pairwise cosine`` of the top-k (nan with fewer than 2 documents).
+
+    Cosines of the rows of ``vectors`` ``(N, d)`` at any scale; a zero vector counts as orthogonal to
+    every document (cosine 0)."""
     g, pair = _pair_cos(rankings, vectors, k)
     n = pair.sum((1, 2))
     tot = np.where(pair, g, 0).sum((1, 2), dtype=np.float64)
@@ -79,7 +88,10 @@ def intra_list_diversity(rankings: Run | Sequence[Ranking], vectors: np.ndarray,
 
 def near_duplicate_rate(rankings: Run | Sequence[Ranking], vectors: np.ndarray, k: int = 10,
                         threshold: float = 0.95) -> np.ndarray:
-    """Share of top-k pairs with cosine > ``threshold`` (nan with fewer than 2 documents)."""
+    """Share of top-k pairs with cosine > ``threshold`` (nan with fewer than 2 documents).
+
+    Cosines of the rows of ``vectors`` ``(N, d)`` at any scale; a zero vector is nobody's near-duplicate
+    (cosine 0)."""
     g, pair = _pair_cos(rankings, vectors, k)
     n = pair.sum((1, 2))
     dup = (pair & (g > threshold)).sum((1, 2))
@@ -114,7 +126,9 @@ def cluster_entropy(rankings: Run | Sequence[Ranking], labels: np.ndarray, k: in
     return np.where(h.sum(1) > 0, ent + 0.0, np.nan)  # an empty list has no histogram: nan, as documented
 
 
-def _doc_lists(run: Run, k: int) -> dict[str, list[str]]:
+def _doc_lists(run: Run, k: int, measure: str) -> dict[str, list[str]]:
+    if k < 1:
+        raise DataError(f"{measure}: k must be >= 1, got {k}")
     return {q: [str(d) for d in docs[:k]] for q, docs, _ in run}
 
 
@@ -124,12 +138,13 @@ def alpha_ndcg(run: Run, subtopics: Subtopics, k: int = 10, alpha: float = 0.5) 
     Gain of the document at rank r: ``sum_t J(d, t) (1 - alpha)^{c_t}`` with ``c_t`` the number of
     earlier documents covering subtopic t; discount ``1 / log2(r + 1)``.  The ideal ranking is the
     usual greedy approximation over the judged documents.  Queries without subtopics are skipped.
+    ``k < 1`` or ``alpha`` outside [0, 1] raises :class:`~ragkit.errors.DataError`.
     """
     if not 0 <= alpha <= 1:
         raise DataError(f"alpha_ndcg: alpha must be in [0, 1], got {alpha}")
+    lists = _doc_lists(run, k, "alpha_ndcg")
     # a subtopic listed twice for one document is covered once
     subtopics = {q: {d: list(dict.fromkeys(ts)) for d, ts in judged.items()} for q, judged in subtopics.items()}
-    lists = _doc_lists(run, k)
     disc = 1.0 / np.log2(np.arange(2, k + 2))
 
     def dcg(docs: list[str], judged: Mapping[str, Sequence[str]]) -> float:
@@ -161,8 +176,9 @@ def alpha_ndcg(run: Run, subtopics: Subtopics, k: int = 10, alpha: float = 0.5) 
 
 
 def subtopic_recall(run: Run, subtopics: Subtopics, k: int = 10) -> dict[str, float]:
-    """S-recall@k per judged query: share of the query's subtopics covered by a document in the top-k."""
-    lists = _doc_lists(run, k)
+    """S-recall@k per judged query: share of the query's subtopics covered by a document in the top-k
+    (``k < 1`` raises :class:`~ragkit.errors.DataError`)."""
+    lists = _doc_lists(run, k, "subtopic_recall")
     out = {}
     for q, judged in subtopics.items():
         topics = {t for ts in judged.values() for t in ts}

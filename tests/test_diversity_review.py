@@ -1,0 +1,267 @@
+"""The diversity review's fixes: kNN-Embed's k budget and degenerate clusterings, its ``filter`` parameter,
+MMR's capped pool and repeated rows, the diversity measures' k and scale, the bench's fallback choice."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ragkit.errors import DataError, ParamError
+from ragkit.eval import diversity as div
+from ragkit.filters.mmr import MMR
+from ragkit.retrievers.knn_embed import KnnEmbed, largest_remainder
+from ragkit.run import Run
+from ragkit.types import Corpus, Ranking, State
+
+D = 32
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _unit(x):
+    return (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def blobs():
+    """4 separated clusters of 60 docs (orthogonal centres), a ``colour`` column; (corpus, vectors)."""
+    rng = np.random.default_rng(0)
+    truth = np.repeat(np.arange(4), 60)
+    vecs = _unit(np.eye(D, dtype=np.float32)[truth] + 0.05 * rng.standard_normal((len(truth), D)))
+    colour = np.array(["red", "blue"], dtype=object)[rng.integers(0, 2, len(truth))]
+    return Corpus.from_texts([f"doc {i}" for i in range(len(truth))], colour=colour), vecs
+
+
+def _queries(n=6):
+    """Queries between two clusters: never collapsed to one component."""
+    e = np.eye(D)
+    return _unit(np.stack([e[i % 4] + e[(i + 1) % 4] for i in range(n)]))
+
+
+def _state(op, q, **options):
+    return State([f"q{i}" for i in range(len(q))], vectors={op.dense.encoder.key: q}, options=options)
+
+
+def _ragkit_warnings(caplog):
+    return [r.getMessage() for r in caplog.records if r.name == "ragkit" and r.levelno == logging.WARNING]
+
+
+# ---------------------------------------------------------------------- 1. the k budget
+def test_knn_embed_warns_once_when_the_call_keeps_only_anchor_results(blobs, caplog):
+    """k=40, anchor_share 0.5, merge score searched with k=10: the top 10 are the anchor's dense top 10
+    (silently before); a warning says so once per operator object, naming the ways out."""
+    corpus, vecs = blobs
+    op = KnnEmbed(k=40, n_clusters=4, n_init=2, anchor_share=0.5, weight_floor=0.0).fit_vectors(corpus, vecs)
+    q = _queries()
+    dense_top = np.argsort(-(q @ vecs.T), axis=1, kind="stable")[:, :10]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="ragkit"):
+        out = op(_state(op, q, k=10)).rankings
+        op(_state(op, q, k=10))
+    assert [sorted(r.rows[:10].tolist()) for r in out] == [sorted(t.tolist()) for t in dense_top]
+    msgs = _ragkit_warnings(caplog)
+    assert len(msgs) == 1, msgs
+    assert "top 10 are plain dense" in msgs[0] and "k=10" in msgs[0] and "interleave" in msgs[0]
+    # no warning where the top-k is diversified: the call's k above the anchor's 20, its own k, interleave
+    for other, options, diverse in ((op.with_params(), {"k": 25}, False),
+                                    (op.with_params(), {"k": 10, "knn_embed": {"k": 10}}, True),
+                                    (op.with_params(merge="interleave"), {"k": 10}, True),
+                                    (op.with_params(), {}, False)):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="ragkit"):
+            res = other(_state(other, q, **options)).rankings
+        assert _ragkit_warnings(caplog) == [], options
+        if diverse:  # the ways out the warning names do diversify the top 10
+            assert all(set(r.rows[:10].tolist()) != set(t.tolist()) for r, t in zip(res, dense_top))
+
+
+def test_knn_embed_k_is_documented_as_the_shared_budget():
+    desc = KnnEmbed.Params.model_fields["k"].description
+    assert "anchor_share * k" in desc and "interleave" in desc
+    assert "search(k=10)" in KnnEmbed.__doc__
+
+
+# ---------------------------------------------------------------------- 7. degenerate clusterings
+def test_knn_embed_warns_when_no_two_clusters_can_be_components(blobs, caplog):
+    corpus, vecs = blobs
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="ragkit"):
+        KnnEmbed(n_clusters=50, n_init=1).fit_vectors(corpus.subset(np.arange(20)), vecs[:20])
+    msgs = _ragkit_warnings(caplog)
+    assert len(msgs) == 1 and "every query is answered as plain dense" in msgs[0] and "n_clusters" in msgs[0]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="ragkit"):  # 240 documents, 120 clusters: few reach 5 documents
+        KnnEmbed(n_clusters=120, n_init=1).fit_vectors(corpus, vecs)
+    msgs = _ragkit_warnings(caplog)
+    assert len(msgs) == 1 and "most queries are answered as plain dense" in msgs[0]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="ragkit"):  # a sound clustering says nothing
+        KnnEmbed(n_clusters=4, n_init=1).fit_vectors(corpus, vecs)
+    assert _ragkit_warnings(caplog) == []
+
+
+def test_knn_embed_identical_documents_say_it_in_ragkit_words(caplog):
+    corpus = Corpus.from_texts(["the same text"] * 30)
+    vecs = np.tile(_unit(np.arange(1, D + 1, dtype=np.float32)), (30, 1))
+    caplog.clear()
+    with warnings.catch_warnings(record=True) as caught, caplog.at_level(logging.WARNING, logger="ragkit"):
+        warnings.simplefilter("always")
+        op = KnnEmbed(n_clusters=4, n_init=1).fit_vectors(corpus, vecs)
+    assert [str(w.message) for w in caught if "ConvergenceWarning" in type(w.message).__name__] == []
+    msgs = _ragkit_warnings(caplog)
+    assert any("1 distinct cluster of the 4 asked" in m for m in msgs), msgs
+    assert any("all alike" in m for m in msgs), msgs
+    assert [len(set(r.rows.tolist())) for r in op(_state(op, vecs[:2], k=10)).rankings] == [30, 30]  # k: 100
+
+
+# ---------------------------------------------------------------------- 8. the filter parameter
+def test_knn_embed_filter_parameter(blobs):
+    corpus, vecs = blobs
+    op = KnnEmbed(k=20, n_clusters=4, n_init=2, filter={"colour": "red"}).fit_vectors(corpus, vecs)
+    assert op.params.filter == {"colour": "red"}
+    red = np.flatnonzero(corpus.metadata["colour"] == "red")
+    rankings = op(_state(op, _queries())).rankings
+    assert all(np.isin(r.rows, red).all() and len(r) == 20 for r in rankings)
+    # the same as the run-time option on an unfiltered operator
+    free = KnnEmbed(k=20, n_clusters=4, n_init=2).fit_vectors(corpus, vecs)
+    for r, w in zip(rankings, free(_state(free, _queries(), filter={"colour": "red"})).rankings):
+        np.testing.assert_array_equal(r.rows, w.rows)
+    assert "Metadata filter" in KnnEmbed.Params.model_fields["filter"].description
+    with pytest.raises(ParamError, match=r"knn_embed.filter: .*year"):  # checked against the corpus at fit
+        KnnEmbed(n_clusters=4, filter={"year": 2000}).fit_vectors(corpus, vecs)
+    with pytest.raises(ParamError, match=r"knn_embed.filter: .*year"):
+        KnnEmbed(n_clusters=4, filter={"year": 2000}).fit(corpus)
+
+
+# ---------------------------------------------------------------------- 10. largest remainder ties
+def test_largest_remainder_breaks_remainder_ties_by_column():
+    """Kept as it was (columns are in weight order, so a tie goes to the heavier component); documented."""
+    w = np.array([[0.5, 0.35, 0.15]])  # remainders of 0.35 * 10 and 0.15 * 10 tie at 0.5: the earlier column
+    assert largest_remainder(w, 10)[0].tolist() == [5, 4, 1]
+    assert largest_remainder(w[:, ::-1].copy(), 10)[0].tolist() == [2, 3, 5]
+    assert "earlier column" in largest_remainder.__doc__ and "cluster id" in largest_remainder.__doc__
+
+
+# ---------------------------------------------------------------------- 2, 9. MMR
+def _mmr(blobs, **kw):
+    corpus, vecs = blobs
+    op = MMR(**kw)
+    op.corpus_, op.vectors_ = corpus, vecs
+    return op
+
+
+def _mmr_state(op, q, rankings):
+    return State([f"q{i}" for i in range(len(q))], vectors={op.encoder.key: q}, rankings=rankings)
+
+
+def test_mmr_warns_once_when_the_pool_is_capped_by_the_retriever(blobs, caplog):
+    op = _mmr(blobs, k=5, fetch_k=50)
+    q = _queries(2)
+    short = [Ranking(np.arange(10), np.linspace(1, 0, 10)) for _ in q]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="ragkit"):
+        op(_mmr_state(op, q, short))
+        op(_mmr_state(op, q, short))
+    msgs = _ragkit_warnings(caplog)
+    assert len(msgs) == 1 and "at most 10 documents" in msgs[0] and "fetch_k=50" in msgs[0], msgs
+    assert "raise the k of the retriever" in msgs[0]
+    for other, rankings in ((_mmr(blobs, k=5, fetch_k=50), [Ranking(np.arange(60), np.linspace(1, 0, 60))] * 2),
+                            (_mmr(blobs, k=5, fetch_k=500), [Ranking(np.arange(240), np.linspace(1, 0, 240))] * 2),
+                            (_mmr(blobs, k=5, fetch_k=50), [Ranking.empty()] * 2)):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="ragkit"):  # a full pool, the whole corpus, nothing at all
+            other(_mmr_state(other, q, rankings))
+        assert _ragkit_warnings(caplog) == []
+    desc = MMR.Params.model_fields["fetch_k"].description
+    assert "retriever before MMR" in desc
+
+
+def test_mmr_drops_repeated_rows(blobs):
+    """[0, 0, 1] came back as [0, 1, 0]: a row the incoming ranking repeats is one candidate, at its first place."""
+    corpus, _ = blobs
+    op = MMR(k=3, fetch_k=3, lambda_mult=0.5)
+    op.corpus_, op.vectors_ = Corpus.from_texts(list("abcd")), np.eye(4, dtype=np.float32)
+    q = np.array([[1, .5, 0, 0]], np.float32)
+    out = op(_mmr_state(op, q, [Ranking(np.array([0, 0, 1]), np.array([3, 2, 1], np.float32),
+                                        {"tag": np.array([10, 11, 12])})])).rankings[0]
+    assert out.rows.tolist() == [0, 1]
+    assert out.fields["tag"].tolist() == [10, 12]  # the first occurrence's fields
+    # a batch with repeats in some rows only, padded rows, and the same answer as the de-duplicated input
+    big = _mmr(blobs, k=4, fetch_k=8, lambda_mult=0.5)
+    q2 = _queries(3)
+    rep = [Ranking(np.array([5, 5, 70, 5, 130, 70, 190]), np.linspace(1, 0, 7)),
+           Ranking(np.array([3, 4]), np.array([1., .5])), Ranking(np.array([9, 9]), np.array([1., .5]))]
+    ded = [Ranking(np.array([5, 70, 130, 190]), np.linspace(1, 0, 4)),
+           Ranking(np.array([3, 4]), np.array([1., .5])), Ranking(np.array([9]), np.array([1.]))]
+    got = big(_mmr_state(big, q2, rep)).rankings
+    want = big(_mmr_state(big, q2, ded)).rankings
+    assert [r.rows.tolist() for r in got] == [r.rows.tolist() for r in want]
+    assert all(len(set(r.rows.tolist())) == len(r) for r in got)
+
+
+# ---------------------------------------------------------------------- 5, 6. the measures
+def test_subtopic_measures_refuse_k_below_one():
+    run = Run.from_dict({"q": {"a": 3.0, "b": 2.0, "c": 1.0}})
+    sub = {"q": {"a": ["t1"], "b": ["t1"], "c": ["t2"]}}
+    for k in (0, -1):
+        with pytest.raises(DataError, match="alpha_ndcg: k must be >= 1"):
+            div.alpha_ndcg(run, sub, k)
+        with pytest.raises(DataError, match="subtopic_recall: k must be >= 1"):
+            div.subtopic_recall(run, sub, k)
+    assert div.subtopic_recall(run, sub, 1) == {"q": 0.5}
+
+
+def test_pairwise_measures_are_cosines_at_any_scale():
+    rng = np.random.default_rng(3)
+    v = _unit(rng.standard_normal((6, 8)))
+    v[5] = v[0]
+    r = [Ranking(np.arange(6), np.linspace(1, 0, 6).astype(np.float32)), Ranking(np.array([0, 5]), np.ones(2))]
+    ild, ndr = div.intra_list_diversity(r, v, 6), div.near_duplicate_rate(r, v, 6)
+    scale = rng.uniform(0.1, 5, (6, 1)).astype(np.float32)
+    np.testing.assert_allclose(div.intra_list_diversity(r, 3 * v, 6), ild, atol=1e-6)  # was -0.18 vs 0.87
+    np.testing.assert_allclose(div.intra_list_diversity(r, v * scale, 6), ild, atol=1e-6)
+    np.testing.assert_array_equal(div.near_duplicate_rate(r, 0.5 * v, 6), ndr)  # was 0: cosine 0.25 < 0.95
+    # unit vectors pass unchanged: the values of the plain product
+    cos = v @ v.T
+    np.testing.assert_allclose(ild[0], 1 - cos[np.triu_indices(6, 1)].mean(), atol=1e-6)
+    # a zero vector: cosine 0 with every document
+    z = np.vstack([v[:3], np.zeros((1, 8), np.float32)])
+    got = div.intra_list_diversity([Ranking(np.array([0, 3]), np.ones(2)), Ranking(np.array([0, 1, 3]), np.ones(3))],
+                                   2 * z, 3)
+    np.testing.assert_allclose(got, [1.0, 1 - (v[0] @ v[1]) / 3], atol=1e-6)
+
+
+# ---------------------------------------------------------------------- 4. the bench's choice
+def _bench():
+    sys.path.insert(0, str(REPO / "bench"))
+    try:
+        return importlib.import_module("diversity")
+    finally:
+        sys.path.remove(str(REPO / "bench"))
+
+
+def test_bench_choice_when_nothing_qualifies():
+    bench = _bench()
+
+    def row(i, nd, ild, rec):
+        return {"i": i, "ndcg@10": nd, "ild_margin": ild, "recall_margin": rec}
+
+    # none meets the recall condition: the largest recall margin, not the first grid row
+    rows = [row(0, 0.7, (-0.05, 0.01), (-0.05, 0.01)), row(1, 0.6, (0.0, 0.01), (-0.01, 0.01)),
+            row(2, 0.5, (-0.01, 0.01), (-0.03, 0.01))]
+    best, why = bench.choose_setting(rows, 0.0, "ndcg")
+    assert best["i"] == 1 and "NO setting" in why and "not even the recall condition" in why
+    # some meet recall only: the largest ILD margin among them
+    rows[2]["recall_margin"] = (0.01, 0.01)
+    rows[0]["recall_margin"] = (0.02, 0.01)
+    best, why = bench.choose_setting(rows, 0.0, "ndcg")
+    assert best["i"] == 2 and "NO setting" in why and "recall condition" in why
+    # qualifying settings: the best nDCG@10, no fallback
+    rows[0]["ild_margin"] = (0.02, 0.01)
+    assert bench.choose_setting(rows, 0.0, "ndcg") == (rows[0], None)
+    assert bench.choose_setting(rows, 0.0, "margin")[1] is None
