@@ -40,10 +40,11 @@ _log = logging.getLogger("ragkit")
 class MMRParams(Params):
     model: ModelName = Field(DEFAULT_MODEL, description="Sentence-transformers model for query and document vectors.")
     k: int = Field(100, ge=1, description="Results kept per query.")
-    fetch_k: int = Field(
-        200, ge=1, description="Pool: the first fetch_k documents of the incoming ranking (at least k), so at most "
-                               "what the retriever before MMR returns: raise its k to fetch_k for the full pool "
-                               "(Dense(k=10) | MMR(k=10) only reorders dense's top 10; a warning says so).")
+    fetch_k: int | None = Field(
+        None, ge=1, description="Pool: the first fetch_k documents of the incoming ranking (at least k), so at most "
+                                "what the retriever before MMR returns: raise its k to fetch_k for the full pool "
+                                "(Dense(k=10) | MMR(k=10, fetch_k=50) only reorders dense's top 10; a warning says "
+                                "so).  None = the whole incoming ranking (the retriever's k sets the pool).")
     lambda_mult: float = Field(
         0.5, ge=0, le=1, description="lambda: 1 = pure relevance (cosine order), 0 = pure diversity.")
     batch_size: int = Field(64, ge=1, description="Encoding batch size.")
@@ -121,10 +122,11 @@ class MMR(Operator):
     order, so its ``scores`` are rank scores ``(n - i) / n`` (best first, float32) and the cosine
     ``q . d`` is in ``fields["cosine"]``.
 
-    The pool is what the retriever in front returns, at most ``fetch_k``: ``Dense(k=10) |
-    MMR(k=10, fetch_k=50)`` picks among dense's top 10 only (the same set, reordered).  When the
-    incoming rankings are shorter than ``fetch_k`` while the corpus holds more documents, a warning
-    (once per operator object) says to raise the retriever's ``k``.
+    The pool is what the retriever in front returns, at most ``fetch_k`` (by default all of it):
+    ``Dense(k=10) | MMR(k=10, fetch_k=50)`` picks among dense's top 10 only (the same set,
+    reordered).  When the incoming rankings are shorter than a ``fetch_k`` that was set while the
+    corpus holds more documents, a warning (once per operator object) says to raise the
+    retriever's ``k``.
 
     References
     ----------
@@ -164,8 +166,8 @@ class MMR(Operator):
             out.rankings = []
             return out
         k = cut_k(self, state)  # its own k option exactly, else its k raised to the call's
-        want = max(self.params.fetch_k, k)  # pool >= k
         longest = max((len(r) for r in state.rankings), default=0)
+        want = max(self.params.fetch_k or longest, k)  # pool >= k
         f = min(want, longest)
         v = np.asarray(self.vectors_)
         self._warn_short_pool(longest, want, len(v))

@@ -384,7 +384,7 @@ class KnnEmbed(Operator):
         """
         bad = [f for f in changes if f in self._CLUSTERING and changes[f] != getattr(self.params, f)]
         if bad:
-            raise DataError(f"knn_embed.with_params: {bad} change the clustering; build a new KnnEmbed and fit it")
+            raise ParamError(f"knn_embed.with_params: {bad} change the clustering; build a new KnnEmbed and fit it")
         new = type(self)(self.params.updated(**changes))
         self._check_fitted()
         for key in ("corpus_", "vectors_", "labels_", "centroids_", "_members", "_order", "_starts", "_sizes",

@@ -172,7 +172,8 @@ def test_mmr_warns_once_when_the_pool_is_capped_by_the_retriever(blobs, caplog):
     assert "raise the k of the retriever" in msgs[0]
     for other, rankings in ((_mmr(blobs, k=5, fetch_k=50), [Ranking(np.arange(60), np.linspace(1, 0, 60))] * 2),
                             (_mmr(blobs, k=5, fetch_k=500), [Ranking(np.arange(240), np.linspace(1, 0, 240))] * 2),
-                            (_mmr(blobs, k=5, fetch_k=50), [Ranking.empty()] * 2)):
+                            (_mmr(blobs, k=5, fetch_k=50), [Ranking.empty()] * 2),
+                            (_mmr(blobs, k=5), short)):  # (fetch_k not set: the pool is what comes in)
         caplog.clear()
         with caplog.at_level(logging.WARNING, logger="ragkit"):  # a full pool, the whole corpus, nothing at all
             other(_mmr_state(other, q, rankings))

@@ -361,7 +361,7 @@ def test_params_and_errors(blobs):
         KnnEmbed(anchor_share=1.5)
     with pytest.raises(ParamError, match="local_depth"):
         KnnEmbed(prior="local", local_depth=5, n_neighbors=40)
-    with pytest.raises(DataError, match="clustering"):
+    with pytest.raises(ParamError, match=r"knn_embed.with_params: \['n_clusters'\] change the clustering"):
         _fit(blobs).with_params(n_clusters=9)
     with pytest.raises(DataError, match="shape"):
         KnnEmbed().fit_vectors(blobs[0], blobs[1][:10])
