@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Protocol, Se
 
 import numpy as np
 
+from ragkit._files import user_path
 from ragkit.errors import ConfigError, DataError, NotFittedError, ParamError, RagkitError, some_ids
 from ragkit.operator import Operator, call_checked, fit_on_backend, options_checked
 from ragkit.params import Params
@@ -175,10 +176,10 @@ class Composite(Operator):
 
     def save(self, path: Any) -> None:
         """Save as a one-step :class:`Pipeline` (manifest, YAML, every fitted leaf); load it with
-        :meth:`Pipeline.load` or :meth:`Operator.load`."""
+        :meth:`Pipeline.load` or :meth:`Operator.load`.  A leading ``~`` in ``path`` is the home folder."""
         from ragkit.pipelines.store import save_pipeline
 
-        save_pipeline(Pipeline([self]), path)
+        save_pipeline(Pipeline([self]), user_path(path, f"{type(self).__name__}.save: path"))
 
     @property
     def is_fitted(self) -> bool:
@@ -502,10 +503,12 @@ class Pipeline(Composite):
         is refused, since it reads the rankings of a parallel's branches (a pipeline of one fuser
         alone is what ``Operator.to_yaml`` writes for a fuser, and is kept)."""
         super().__init__()
-        steps = [steps] if isinstance(steps, Operator) else list(steps)
+        steps = [steps] if isinstance(steps, Operator) else _as_list(steps, "pipeline",
+                                                                     "a list of operators (or one operator)")
         for i, s in enumerate(steps):
             if not isinstance(s, Operator):
-                raise ParamError(f"pipeline[{i}]: expected an operator, got {type(s).__name__} {s!r:.80}")
+                raise ParamError(f"pipeline[{i}]: expected an operator, got {not_an_operator(s)}",
+                                 path=f"pipeline[{i}]")
             if isinstance(s, Pipeline) and not s.steps:  # YAML refuses `- []`: the save would not load
                 raise ParamError(f"pipeline[{i}]: expected an operator or a non-empty pipeline, got an empty "
                                  "Pipeline([]), which does nothing as a step (and a pipeline file cannot hold it); "
@@ -591,6 +594,7 @@ class Pipeline(Composite):
         return state
 
     def __call__(self, state: State) -> State:
+        """Run the steps on a batch :class:`State`; to search queries (a list of strings), use :meth:`search`."""
         return call_checked(self, state, self._call)
 
     def search(
@@ -692,17 +696,23 @@ class Pipeline(Composite):
         """Write the pipeline to the folder ``path`` atomically: ``pipeline.yaml``, the corpus it
         was fitted on (``corpus.jsonl``, once), one folder per distinct operator and
         ``manifest.json`` with every file's SHA-256 (:mod:`ragkit.pipelines.store`); load it with
-        :meth:`load`.  An unfitted pipeline saves its YAML and parameters only."""
+        :meth:`load`.  An unfitted pipeline saves its YAML and parameters only.  A leading ``~`` in ``path``
+        is the home folder."""
         from ragkit.pipelines.store import save_pipeline
 
-        save_pipeline(self, path)
+        save_pipeline(self, user_path(path, "Pipeline.save: path"))
 
     @classmethod
     def load(cls, path: Any, corpus: Corpus | None = None, *, mmap: bool = False, verify: bool = True) -> "Pipeline":
-        """Load a folder written by :meth:`save` (checksums verified first unless ``verify=False``)."""
+        """Load a folder written by :meth:`save` (checksums verified first unless ``verify=False``).  A leading
+        ``~`` in ``path`` is the home folder; ``corpus``, when given, is the :class:`Corpus` it was fitted on."""
         from ragkit.pipelines.store import load_pipeline
 
-        return load_pipeline(path, corpus=corpus, mmap=mmap, verify=verify)
+        folder = user_path(path, "Pipeline.load: path")
+        if corpus is not None and not isinstance(corpus, Corpus):
+            raise TypeError(f"Pipeline.load: corpus must be the ragkit Corpus the pipeline was fitted on (or None: "
+                            f"the saved folder holds it), got {type(corpus).__name__}")
+        return load_pipeline(folder, corpus=corpus, mmap=mmap, verify=verify)
 
 
 def _wants_upstream(op: Operator) -> bool:
@@ -746,13 +756,49 @@ def _as_pipeline(x: Operator | Sequence[Operator], where: str, *, empty_ok: bool
         except ParamError as e:
             raise ParamError(f"{where}: {e}") from None
     elif not isinstance(x, Operator):
-        raise ParamError(f"{where}: expected an operator or a list of operators, got {type(x).__name__}")
+        raise ParamError(f"{where}: expected an operator or a list of operators, got {not_an_operator(x)}", path=where)
     elif isinstance(x, Pipeline) and not x.steps and not empty_ok:  # as [] (YAML refuses both: a save would not load)
         raise ParamError(f"{where}: expected an operator or a non-empty list of operators, got an empty Pipeline([])")
     first = x.steps[0] if isinstance(x, Pipeline) and x.steps else x
     if first.kind == "fuser":
         raise ParamError(f"{where}: {first.name!r} is a fuser, which fuses the rankings of a parallel's branches; "
                          "as a branch or loop body it has none: give it to a Parallel as fuse=... instead")
+    return x
+
+
+def not_an_operator(x: object) -> str:
+    """What ``x``, given where an operator goes, is, for an error: ``the class RRF; pass an instance,
+    RRF()`` (``RuleRouter(...)`` when it needs parameters), ``str 'rrf' (...; pass RRF())``, ``int 3``."""
+    if isinstance(x, type) and issubclass(x, Operator):
+        needs = any(f.is_required() for f in x.Params.model_fields.values()) or x.__init__ is not Operator.__init__
+        return f"the class {x.__name__}; pass an instance, {x.__name__}({'...' if needs else ''})"
+    if isinstance(x, str):
+        from ragkit import registry
+
+        try:
+            cls = registry.get(x)
+        except ParamError:
+            return f"str {x!r:.80}"
+        return f"str {x!r} (the name of {cls.__name__} in pipeline YAML; in Python pass the operator, {cls.__name__}())"
+    return f"{type(x).__name__} {x!r:.80}"
+
+
+def _as_list(items: object, where: str, expected: str) -> list[Any]:
+    """``items`` (a list, tuple or other iterable of steps or branches) as a list; a string, a mapping or
+    something that is not iterable is a :class:`ParamError` at ``where`` saying ``expected``."""
+    if isinstance(items, (str, bytes, Mapping)) or not isinstance(items, Iterable):
+        raise ParamError(f"{where}: expected {expected}, got {not_an_operator(items)}", path=where)
+    return list(items)
+
+
+def _operator_of_kind(x: object, kind: str, where: str, examples: str) -> Operator:
+    """``x`` when it is an operator of ``kind``; else a :class:`ParamError` at ``where`` naming what it is
+    (``examples``: how to make one, ``"RRF(), WeightedFusion()"``)."""
+    if not isinstance(x, Operator):
+        raise ParamError(f"{where}: expected a {kind} operator ({examples}), got {not_an_operator(x)}", path=where)
+    if x.kind != kind:
+        raise ParamError(f"{where}: expected a {kind} operator ({examples}), got {x.name or type(x).__name__!r} "
+                         f"({x.kind})", path=where)
     return x
 
 
@@ -817,7 +863,9 @@ class Parallel(Composite):
     def __init__(self, branches: Sequence[Operator | Sequence[Operator]], fuse: Operator | None = None,
                  names: Sequence[str] | None = None) -> None:
         super().__init__()
-        self.branches = [_as_pipeline(b, f"parallel.branches[{i}]") for i, b in enumerate(branches)]
+        listed = [branches] if isinstance(branches, Operator) else _as_list(
+            branches, "parallel.branches", "a list of branches (each an operator or a list of operators)")
+        self.branches = [_as_pipeline(b, f"parallel.branches[{i}]") for i, b in enumerate(listed)]
         if not self.branches:
             raise ParamError("parallel.branches: expected at least one branch, got an empty list")
         self.implicit_fuse = fuse is None
@@ -825,9 +873,11 @@ class Parallel(Composite):
             from ragkit.pipelines.fusion import RRF
 
             fuse = RRF()
-        if fuse.kind != "fuser":
-            raise ParamError(f"parallel.fuse: expected a fuser (rrf, weighted), got {fuse.name!r} ({fuse.kind})")
-        self.fuse = fuse
+        if isinstance(fuse, Operator) and fuse.kind != "fuser":  # Parallel(a, b): the branches go in one list
+            raise ParamError(f"parallel.fuse: expected a fuser operator (RRF(), WeightedFusion()), got {fuse.name!r} "
+                             f"({fuse.kind}); the branches go in one list: Parallel([a, b], fuse=RRF())",
+                             path="parallel.fuse")
+        self.fuse = _operator_of_kind(fuse, "fuser", "parallel.fuse", "RRF(), WeightedFusion()")
         if names is not None and (isinstance(names, str) or not all(isinstance(n, str) for n in names)):
             raise ParamError(f"parallel.names: expected a list of strings (one per branch), got {names!r:.80}")
         self.names = list(names) if names is not None else unique_names(self.branches)
@@ -922,6 +972,7 @@ class Parallel(Composite):
         return out
 
     def __call__(self, state: State) -> State:
+        """Run on a batch :class:`State`; to search queries (a list of strings), use :meth:`search`."""
         return call_checked(self, state, self._call)
 
 
@@ -963,8 +1014,11 @@ class Route(Composite):
     def __init__(self, router: Operator, branches: Mapping[str, Operator | Sequence[Operator]],
                  default: Operator | Sequence[Operator] | str | None = None) -> None:
         super().__init__()
-        if router.kind != "router":
-            raise ParamError(f"route.router: expected a router operator, got {router.name!r} ({router.kind})")
+        router = _operator_of_kind(router, "router", "route.router", "RuleRouter(rules=...), ScoreRouter(...)")
+        if not isinstance(branches, Mapping):
+            raise ParamError("route.branches: expected a mapping of label -> branch (an operator or a list of "
+                             f"operators), e.g. {{'short': BM25()}}, got {not_an_operator(branches)}",
+                             path="route.branches")
         if not branches:
             raise ParamError("route.branches: expected at least one labelled branch, got none")
         problem = route_label_problems(router, branches, default is not None,
@@ -1151,10 +1205,8 @@ class Loop(Composite):
                 1 <= max_iters <= MAX_LOOP_ITERS):
             raise ParamError(f"loop.max_iters: expected an integer from 1 to {MAX_LOOP_ITERS:,} (each iteration runs "
                              f"the body over the queries still looping), got {max_iters!r}", path="loop.max_iters")
-        if until.kind != "judge":
-            raise ParamError(f"loop.until: expected a judge operator, got {until.name!r} ({until.kind})")
+        self.until = _operator_of_kind(until, "judge", "loop.until", "MaxOnly(), TopKStable(), ScoreReached(...)")
         self.body = _as_pipeline(body, "loop.body")
-        self.until = until
         self.max_iters = int(max_iters)
 
     def children(self) -> list[Operator]:

@@ -17,7 +17,18 @@ from typing import Iterator, Mapping
 from ragkit.errors import ArtifactError, DataError
 
 __all__ = ["atomic_file", "sha256_file", "folder_checksums", "verify_checksums", "utf8_lines", "shared_tempdir",
-           "remove_stale_tempdirs", "share_like_umask"]
+           "remove_stale_tempdirs", "share_like_umask", "user_path"]
+
+
+def user_path(path: object, where: str) -> Path:
+    """``path`` as a :class:`~pathlib.Path` with a leading ``~`` / ``~user`` expanded to the home folder
+    (as a shell would: ``save("~/models/x")`` writes below the home folder, not into a folder named ``~``
+    here; a ``~name`` naming no user stays as it is).  Anything but a ``str`` or an ``os.PathLike`` is a
+    ``TypeError`` naming ``where`` (the argument, e.g. ``"Pipeline.load: path"``), instead of pathlib's
+    "expected str, bytes or os.PathLike object"."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"{where}: expected a path (a str or pathlib.Path), got {type(path).__name__} {path!r:.80}")
+    return Path(os.path.expanduser(os.fsdecode(os.fspath(path))))
 
 
 @contextmanager

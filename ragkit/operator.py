@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import inspect
 import json
 import os
 import shutil
@@ -24,12 +25,12 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterator, Mapping, Sequence, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterator, Mapping, Optional, Sequence, TypeVar, Union, cast
 
 import numpy as np
 
 from ragkit import registry
-from ragkit._files import atomic_file, file_above, folder_checksums, shared_tempdir, verify_checksums
+from ragkit._files import atomic_file, file_above, folder_checksums, shared_tempdir, user_path, verify_checksums
 from ragkit.errors import ArtifactError, NotFittedError, ParamError, some_ids
 from ragkit.options import PARAM, OptionCheck, filter_option
 from ragkit.params import Params as ParamsModel, validate_params  # (inside Operator, ``Params`` is its model class)
@@ -41,7 +42,8 @@ if TYPE_CHECKING:
     from ragkit.pipelines import Pipeline
     from ragkit.run import Run
 
-__all__ = ["Operator", "FORMAT_VERSION", "atomic_dir", "write_json", "read_json", "call_checked", "options_checked"]
+__all__ = ["Operator", "FORMAT_VERSION", "atomic_dir", "write_json", "read_json", "call_checked", "check_state",
+           "options_checked"]
 
 CHECKSUMS = "checksums.json"  # written by Operator.save beside params.json
 TRAINED = "trained_queries"  # <TRAINED>.npy beside params.json: digests of the queries a fit learned from
@@ -68,17 +70,61 @@ def options_checked() -> Iterator[None]:
         _OPTIONS_CHECKED.reset(token)
 
 
+def check_state(op: "Operator", state: object) -> None:
+    """Refuse calling ``op`` on anything but a :class:`State` (``pipe(["a query"])``, ``bm25("a query")``)
+    with a ``TypeError`` that points to ``search``, instead of an ``AttributeError`` from deep inside."""
+    if not isinstance(state, State):
+        cls = type(op).__name__
+        raise TypeError(
+            f"{cls}.__call__ takes a ragkit State (the batch an operator transforms inside a pipeline), got "
+            f"{type(state).__name__} {state!r:.60}; to search queries (a list of str, one str or a Queries) call "
+            f".search(queries), which returns a Run, or call it on State.of(queries)")
+
+
 def call_checked(op: "Operator", state: State, call: Callable[[State], State]) -> State:
     """``call(state)``, with ``state.options`` first checked and converted by ``op.checked_options``
     when ``op`` is the outermost operator called (not one run inside a search or another operator's
     call, whose options were checked there).  Calling an operator directly on a ``State`` that carries
     options (``pipe(State(queries, options={"bm25": {"kk": 3}}))``) thus refuses what ``search``
-    refuses, instead of ignoring a misspelt option."""
+    refuses, instead of ignoring a misspelt option.  Anything but a ``State`` is a ``TypeError``
+    (:func:`check_state`)."""
+    check_state(op, state)
     if not state.options or _OPTIONS_CHECKED.get():
         return call(state)
     state = replace(state, options=op.checked_options(state.options))
     with options_checked():
         return call(state)
+
+
+class _ParamsSignature:
+    """``Operator.__signature__``: the constructor's signature as the class's ``Params`` model spells it,
+    ``(params=None, /, *, k: int = 100, k1: float = 0.9, ...)``, for ``inspect.signature(BM25)``,
+    ``help(BM25)`` and notebook completion (the constructor itself takes ``**kwargs``).
+
+    Only on the class, for an operator whose constructor is the base one's ``(params=None, /, **kwargs)``
+    (a composite, with no model of its own, keeps its own); an instance has none, so
+    ``inspect.signature(bm25)`` is its ``__call__``'s."""
+
+    def __get__(self, obj: object, owner: type | None = None) -> inspect.Signature:
+        if obj is not None or owner is None or not issubclass(owner, Operator):
+            raise AttributeError("__signature__")
+        model = owner.Params
+        if model is ParamsModel or _init_params(owner) != _BASE_INIT:
+            raise AttributeError("__signature__")  # inspect reads the constructor itself
+        P = inspect.Parameter
+        fields = [P(name, P.KEYWORD_ONLY, annotation=f.annotation,
+                    default=P.empty if f.is_required() else f.get_default(call_default_factory=True))
+                  for name, f in model.model_fields.items()]
+        first = P("params", P.POSITIONAL_ONLY, default=None, annotation=Optional[Union[model, Mapping[str, Any]]])
+        return inspect.Signature([first, *fields], return_annotation=None)
+
+
+def _init_params(cls: type) -> list[tuple[str, Any]]:
+    """``(name, kind)`` of each parameter of ``cls.__init__`` after ``self``."""
+    return [(p.name, p.kind) for p in list(inspect.signature(cls.__init__).parameters.values())[1:]]  # type: ignore[misc]
+
+
+_BASE_INIT = [("params", inspect.Parameter.POSITIONAL_ONLY), ("kwargs", inspect.Parameter.VAR_KEYWORD)]
 
 
 class Operator:
@@ -123,6 +169,8 @@ class Operator:
     run_options: ClassVar[Mapping[str, OptionCheck | None]] = {}
     #: the validated parameters; a subclass annotates it with its own model (``params: BM25Params``)
     params: ParamsModel
+    #: the constructor's parameters as ``Params`` spells them (:class:`_ParamsSignature`)
+    __signature__: ClassVar[Any] = _ParamsSignature()
 
     def __init__(self, params: ParamsModel | Mapping[str, Any] | None = None, /, **kwargs: Any) -> None:
         if params is not None and kwargs:
@@ -194,7 +242,9 @@ class Operator:
         return self
 
     def __call__(self, state: State) -> State:
-        """Transform a batch of queries.  Returns a new or updated :class:`State`."""
+        """Transform a batch of queries.  Returns a new or updated :class:`State`.  To search queries
+        (a list of strings), use :meth:`search`; anything but a ``State`` is a ``TypeError``."""
+        check_state(self, state)
         self._check_fitted()
         return call_checked(self, state, self._call)
 
@@ -368,9 +418,9 @@ class Operator:
         (SHA-256 of every other file, verified by :meth:`load`) to the folder ``path``.
 
         The folder is written under a temporary name and renamed into place, so an
-        interrupted save never destroys the previous one.
+        interrupted save never destroys the previous one.  A leading ``~`` is the home folder.
         """
-        with atomic_dir(path) as tmp:
+        with atomic_dir(user_path(path, f"{type(self).__name__}.save: path")) as tmp:
             self.save_into(tmp, with_corpus=True)
             write_json(tmp / CHECKSUMS, folder_checksums(tmp))
 
@@ -398,9 +448,12 @@ class Operator:
         The files' checksums (``checksums.json``) are verified first unless ``verify=False``
         (the artifacts' own checks still refuse a truncated or corrupt index).  A folder
         written by a pipeline or composite's ``save`` (``manifest.json``) loads as a
-        :class:`~ragkit.pipelines.Pipeline`.
+        :class:`~ragkit.pipelines.Pipeline`.  A leading ``~`` in ``path`` is the home folder.
         """
-        folder = Path(path)
+        folder = user_path(path, f"{cls.__name__}.load: path")
+        if corpus is not None and not isinstance(corpus, Corpus):
+            raise TypeError(f"{cls.__name__}.load: corpus must be the ragkit Corpus the operator was fitted on (or "
+                            f"None: the saved folder holds it), got {type(corpus).__name__}")
         if cls is Operator and (folder / "manifest.json").is_file() and not (folder / "params.json").exists():
             from ragkit.pipelines import Pipeline
 
@@ -618,14 +671,14 @@ class atomic_dir:
     """
 
     def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
+        self.path = user_path(path, "path")
 
     @staticmethod
     def check(path: str | Path) -> Path:
         """``path`` resolved, if a save may replace it: a new or empty folder, or an earlier ragkit
         save (``params.json`` / ``manifest.json``); anything else raises :class:`ArtifactError`.
-        Call it before long work whose result will be saved there."""
-        path = Path(path).resolve()
+        Call it before long work whose result will be saved there.  A leading ``~`` is the home folder."""
+        path = user_path(path, "path").resolve()
         if path.exists() and not path.is_dir():
             raise ArtifactError(f"{path}: exists and is not a folder; refusing to replace it with a ragkit save")
         blocker = file_above(path)

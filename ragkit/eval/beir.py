@@ -35,7 +35,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from ragkit._files import file_above, share_like_umask, shared_tempdir, utf8_lines
+from ragkit._files import file_above, share_like_umask, shared_tempdir, user_path, utf8_lines
 from ragkit.errors import DataError
 from ragkit.types import Corpus, Qrels, Queries, TrainSet
 
@@ -48,8 +48,8 @@ BEIR_URL = "https://public.ukp.informatik.tu-darmstadt.de/thakur/BEIR/datasets"
 
 
 def cache_dir() -> Path:
-    """ragkit's cache folder: ``$RAGKIT_CACHE`` or ``~/.cache/ragkit``."""
-    return Path(os.environ.get("RAGKIT_CACHE", Path.home() / ".cache" / "ragkit"))
+    """ragkit's cache folder: ``$RAGKIT_CACHE`` (a leading ``~`` is the home folder) or ``~/.cache/ragkit``."""
+    return Path(os.path.expanduser(os.environ.get("RAGKIT_CACHE", "~/.cache/ragkit")))
 
 
 _SURROGATE = re.compile(rb"\\u[dD][89a-fA-F]")
@@ -91,7 +91,7 @@ def read_corpus(path: str | Path, *, allow_empty: bool = False) -> Corpus:
 
     An empty file is a :class:`DataError` unless ``allow_empty`` (a saved operator whose
     documents were all removed)."""
-    path = Path(path)
+    path = user_path(path, "read_corpus: path")
     ids: list[str] = []
     titles: list[str] = []
     texts: list[str] = []
@@ -137,7 +137,8 @@ def read_queries(path: str | Path) -> dict[str, str]:
     """Read ``queries.jsonl`` into ``{query_id: text}``."""
     out: dict[str, str] = {}
     seen: dict[str, int] = {}
-    for n, rec in _read_jsonl(Path(path)):
+    path = user_path(path, "read_queries: path")
+    for n, rec in _read_jsonl(path):
         qid = str(rec["_id"])
         if not isinstance(rec.get("text"), str):
             raise DataError(f"{path}:{n}: query {qid!r} has no 'text' string")
@@ -154,7 +155,7 @@ def read_query_file(path: str | Path) -> Queries:
     per line, whose ids are the line numbers ("1", "2", ...).  Blank lines are skipped; a file whose
     lines mix the last two layouts, a blank query, or a repeated id is a :class:`DataError` naming the
     line."""
-    path = Path(path)
+    path = user_path(path, "read_query_file: path")
     if not path.is_file():
         raise DataError(f"{path}: {'not a file' if path.exists() else 'file not found'}; expected a queries.jsonl, "
                         "a TSV of query-id<TAB>text lines or a text file of one query per line")
@@ -207,7 +208,7 @@ def read_qrels(path: str | Path) -> Qrels:
 
     A line without a tab is split on whitespace, so trec_eval's qrels (``qid 0 docid rel``) read too.
     """
-    path = Path(path)
+    path = user_path(path, "read_qrels: path")
     if not path.is_file():
         raise DataError(f"{path}: file not found")
     qrels: Qrels = {}
@@ -315,7 +316,7 @@ def write_beir(folder: str | Path, corpus: Corpus, queries: Mapping[str, str] | 
     For slices of a dataset, or your own judged queries in the layout every BEIR tool reads.
     Written under a temporary name and renamed into place; an existing ``folder`` is refused.
     """
-    folder = Path(folder)
+    folder = user_path(folder, "write_beir: folder")
     if folder.exists():
         raise DataError(f"{folder}: already exists; write_beir does not overwrite a dataset")
     blocker = file_above(folder)
@@ -373,7 +374,7 @@ def write_beir(folder: str | Path, corpus: Corpus, queries: Mapping[str, str] | 
 def _candidates(name: str) -> list[Path]:
     out = []
     if os.environ.get("RAGKIT_BEIR_DIR"):
-        out.append(Path(os.environ["RAGKIT_BEIR_DIR"]) / name)
+        out.append(Path(os.path.expanduser(os.environ["RAGKIT_BEIR_DIR"])) / name)
     out.append(cache_dir() / "beir" / name)
     here = Path.cwd()
     for base in (here, *here.parents[:3]):
@@ -485,8 +486,9 @@ def dataset_folder_of(file: Path) -> Path:
 
 def _locate(name_or_path: str | Path, *, download: bool, base_url: str | None) -> Path:
     """The folder ``name_or_path`` stands for: an existing folder, a dataset name (``scifact``) or
-    ``<archive>/<sub>`` (``cqadupstack/android``), found locally or downloaded."""
-    path = Path(name_or_path)
+    ``<archive>/<sub>`` (``cqadupstack/android``), found locally or downloaded.  A leading ``~`` is the home
+    folder."""
+    path = user_path(name_or_path, "name_or_path")
     if path.is_dir():
         return path
     if path.is_file() and path.suffix.lower() == ".zip":
@@ -494,13 +496,22 @@ def _locate(name_or_path: str | Path, *, download: bool, base_url: str | None) -
     if path.is_file():  # 'corpus.jsonl' in a dataset's folder would be taken for a name to download
         raise DataError(f"{name_or_path}: is a file; expected a BEIR dataset folder (corpus.jsonl, queries.jsonl, "
                         f"qrels/) or a dataset name: pass its folder, {str(dataset_folder_of(path.resolve()))!r}")
-    text = str(name_or_path)
+    text = os.path.expanduser(str(name_or_path))
     sub = _SUB_NAME.fullmatch(text)
     if sub is not None and not Path(sub[1]).exists():  # 'data/x' beside an existing ./data is a path
         return _find_sub(sub[1], sub[2], download=download, base_url=base_url)
     if os.sep in text or "/" in text or text.startswith("."):
         raise _not_a_folder(text)
     return _find(text, text, download=download, base_url=base_url)
+
+
+def _check_name_or_path(value: object, caller: str) -> None:
+    """Refuse a ``name_or_path`` (of :func:`load_beir`, :func:`beir_qrels`, :func:`beir_subsets`: ``caller``)
+    that is not a ``str`` or ``os.PathLike`` with a ``TypeError`` naming the argument (not pathlib's
+    "expected str, bytes or os.PathLike object")."""
+    if not isinstance(value, (str, os.PathLike)):
+        raise TypeError(f"{caller}: name_or_path: expected a BEIR dataset name ('scifact') or folder (a str or "
+                        f"pathlib.Path), got {type(value).__name__} {value!r:.80}")
 
 
 def _unpacked(archive: Path) -> Path:
@@ -521,8 +532,10 @@ def load_beir(name_or_path: str | Path, *, download: bool = True, base_url: str 
     ``name_or_path`` is a folder, a local zip as BEIR distributes them (unpacked into the cache), a
     name (``"scifact"``) or, for one dataset of an archive that
     holds several, ``"<archive>/<sub>"`` (``"cqadupstack/android"``; :func:`beir_subsets` lists
-    them).  A folder or name that holds several datasets is a :class:`DataError` naming them.
+    them).  A folder or name that holds several datasets is a :class:`DataError` naming them.  A leading ``~``
+    in a path is the home folder.
     """
+    _check_name_or_path(name_or_path, "load_beir")
     path = _locate_one(name_or_path, download=download, base_url=base_url)
     for required in ("corpus.jsonl", "queries.jsonl"):
         if not (path / required).is_file():
@@ -551,6 +564,7 @@ def beir_qrels(name_or_path: str | Path, split: str = "test", *, download: bool 
     """``(dataset name, judgements of split)`` of a BEIR dataset, found as :func:`load_beir` finds it,
     without reading its corpus or queries (``ragkit compare`` scores run files with them; a corpus
     can be gigabytes).  Their ids are not checked against the corpus, as ``BeirDataset.qrels`` does."""
+    _check_name_or_path(name_or_path, "beir_qrels")
     path = _locate_one(name_or_path, download=download, base_url=base_url)
     return path.resolve().name, read_qrels(_qrels_file(path, split))
 
@@ -568,6 +582,7 @@ def beir_subsets(name_or_path: str | Path, *, download: bool = True, base_url: s
     ['android', 'english', 'gaming', 'gis', 'mathematica', 'physics', 'programmers', 'stats', 'tex', 'unix',
      'webmasters', 'wordpress']
     """
+    _check_name_or_path(name_or_path, "beir_subsets")
     return _subsets(_locate(name_or_path, download=download, base_url=base_url))
 
 
@@ -580,7 +595,7 @@ def download_beir(name: str, *, base_url: str | None = None, dest: Path | None =
     once every one of its folders is checked to be a complete BEIR dataset.
     """
     base = (base_url or os.environ.get("RAGKIT_BEIR_URL") or BEIR_URL).rstrip("/")
-    dest = dest or cache_dir() / "beir"
+    dest = user_path(dest, "download_beir: dest") if dest is not None else cache_dir() / "beir"
     dest.mkdir(parents=True, exist_ok=True)
     url = f"{base}/{name}.zip"
     with tempfile.TemporaryDirectory(dir=dest) as tmp:  # the archive and its contents: removed whatever happens
