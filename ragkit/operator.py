@@ -169,6 +169,9 @@ class Operator:
     run_options: ClassVar[Mapping[str, OptionCheck | None]] = {}
     #: the validated parameters; a subclass annotates it with its own model (``params: BM25Params``)
     params: ParamsModel
+    #: set by :meth:`load` before ``_load``: the folder's checksums were verified (a memory-mapped load may
+    #: then skip reading its files whole for its own checks)
+    _verified: bool = False
     #: the constructor's parameters as ``Params`` spells them (:class:`_ParamsSignature`)
     __signature__: ClassVar[Any] = _ParamsSignature()
 
@@ -518,6 +521,7 @@ class Operator:
                     f"given {len(corpus):,} documents {_how_ids_differ(folder, corpus)}; pass the corpus it was "
                     "fitted on, in its order (or none: the folder holds it)")
             op.corpus_ = corpus
+            op._verified = verify  # (an operator that skips a costly check of its mapped files reads it)
             op._load(folder, mmap=mmap)
             op.trained_on_ = load_array(folder, TRAINED) if (folder / f"{TRAINED}.npy").is_file() else None
         if op.uses_torch:

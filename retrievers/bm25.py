@@ -678,11 +678,16 @@ class BM25(Operator):
               and data.shape == w.shape == (nnz,) and w.dtype == np.float64 and dl.shape == (n_docs,)
               and idf.shape == (n_terms,) and int(ptr[0]) == 0 and int(ptr[-1]) == nnz
               and bool((np.diff(ptr) >= 0).all()))
-        if ok and nnz and not mmap:  # (a memory-mapped load does not read every document id: the checksums
-            ok = 0 <= int(ind.min()) and int(ind.max()) < n_docs  # Operator.load verifies cover the files)
+        # every document id in range and every weight finite (a corrupt id crashed scipy's product, a NaN weight
+        # emptied every ranking); a memory-mapped load whose checksums Operator.load verified reads neither
         if not ok:
             raise ArtifactError(f"{folder}: BM25 arrays do not match (vocab {n_terms} terms, {len(ptr) - 1} rows "
                                 f"of counts, {nnz} postings, {dl.shape} lengths, corpus of {n_docs} documents)")
+        if nnz and not (mmap and self._verified):
+            lo, hi = int(ind.min()), int(ind.max())
+            if lo < 0 or hi >= n_docs or not np.isfinite(w).all():
+                raise ArtifactError(f"{folder}: corrupt BM25 arrays: document ids {lo}..{hi} (the corpus has {n_docs}"
+                                    f"){'' if np.isfinite(w).all() else ', weights that are not finite'}")
         self._counts = sp.csr_matrix((data, ind, ptr), shape=(n_terms, n_docs), copy=False)
         self._counts.has_sorted_indices = True
         self._dl = dl

@@ -276,3 +276,23 @@ def test_an_add_to_a_large_index_places_its_postings_in_blocks(monkeypatch):
         np.testing.assert_array_equal(a.indptr, b.indptr)
         np.testing.assert_array_equal(a.indices, b.indices)
         np.testing.assert_array_equal(a.data, b.data)
+
+
+@pytest.mark.parametrize("mmap", [False, True])
+@pytest.mark.parametrize("damage", ["big id", "negative id", "nan weights"])
+def test_corrupt_postings_are_refused_even_mapped_and_unverified(tmp_path, mmap, damage):
+    """A memory-mapped load with verify=False read document ids unchecked: a search then crashed the
+    interpreter in scipy's product (a large id: segfault; a negative one: abort), and NaN weights emptied every
+    ranking, mapped or not.  Both are refused when the files' checksums were not verified."""
+    from ragkit.errors import ArtifactError
+    from ragkit.operator import Operator
+
+    BM25(k=10).fit(_corpus(80)).save(tmp_path / "b")
+    name = "weights" if damage == "nan weights" else "tf_indices"
+    a = np.load(tmp_path / "b" / f"{name}.npy")
+    a[len(a) // 2] = {"big id": 50_000_000, "negative id": -7, "nan weights": np.nan}[damage]
+    np.save(tmp_path / "b" / f"{name}.npy", a)
+    with pytest.raises(ArtifactError, match="corrupt BM25 arrays: document ids"):
+        Operator.load(tmp_path / "b", mmap=mmap, verify=False)
+    with pytest.raises(ArtifactError, match="checksum"):  # verified: the checksums refuse it first
+        Operator.load(tmp_path / "b", mmap=mmap)
