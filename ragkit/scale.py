@@ -44,7 +44,7 @@ from typing import Any, Callable, Iterable, Literal, Mapping, Self, Sequence, Ty
 import numpy as np
 from pydantic import Field, field_validator, model_validator
 
-from ragkit._files import file_above
+from ragkit._files import file_above, user_path
 from ragkit.encoders.sentence import as_texts
 from ragkit.errors import ParamError, RagkitError
 from ragkit.operator import Operator, check_fit_inputs, read_json, write_json
@@ -380,7 +380,7 @@ def check_workdir(workdir: str | Path | None, where: str, what: str) -> None:
     no folder could be made there.  ``where`` names the argument in the :class:`ParamError`."""
     if not workdir:
         return
-    work = Path(workdir)
+    work = user_path(workdir, where)
     blocker = work if work.exists() and not work.is_dir() else file_above(work)
     if blocker is not None:
         raise ParamError(f"{where}: {str(workdir)!r} cannot hold {what}: {blocker} is a file, not a folder; expected "
@@ -613,9 +613,10 @@ class Sharded(Operator):
         # a folder of this fit's own, inside workdir when given: two sharded retrievers (or a refit, or the
         # straggling tasks of a failed fit) never write into each other's shard folders, which Ray actors
         # load lazily; it is removed when this operator is refitted or garbage-collected
-        if self.params.workdir:
-            Path(self.params.workdir).mkdir(parents=True, exist_ok=True)
-        self._dir = tempfile.TemporaryDirectory(prefix="ragkit-shards-", dir=self.params.workdir,
+        workdir = user_path(self.params.workdir, "sharded.workdir") if self.params.workdir else None
+        if workdir is not None:
+            workdir.mkdir(parents=True, exist_ok=True)
+        self._dir = tempfile.TemporaryDirectory(prefix="ragkit-shards-", dir=workdir,
                                                 ignore_cleanup_errors=True)
         root = Path(self._dir.name)
         folders = [str(root / f"shard-{s:03d}") for s in range(self.params.n_shards)]
@@ -852,7 +853,8 @@ def search_distributed(pipe: Any, queries: Any, *, n_chunks: int = 4, k: int | N
     bounds = np.linspace(0, len(queries), int(n_chunks) + 1).astype(int)
     spans = [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
     if workdir:
-        Path(workdir).mkdir(parents=True, exist_ok=True)
+        workdir = user_path(workdir, "search_distributed: workdir")
+        workdir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="ragkit-pipe-", dir=workdir) as tmp:
         pipe.save(Path(tmp) / "p")
         task = ray.remote(max_retries=_SEARCH_RETRIES, retry_exceptions=list(_TRANSIENT))(

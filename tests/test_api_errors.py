@@ -199,3 +199,18 @@ def test_tilde_in_beir_paths_and_the_cache_variable(home, corpus, monkeypatch):
     assert beir_qrels("~/data/tiny")[1] == {"q1": {"d0": 1}, "q2": {"d1": 1}}
     monkeypatch.setenv("RAGKIT_CACHE", "~/cache")
     assert cache_dir() == home / "cache"
+
+
+def test_tilde_in_sharded_workdir_and_generate_cache_dir(home, corpus):
+    """sharded's workdir and generate's cache_dir took '~' literally (a folder named '~' here, a file below
+    the home folder unnoticed)."""
+    from ragkit.errors import ParamError
+    from ragkit.generators import Generate
+    from ragkit.scale import Sharded
+
+    sh = Sharded(retriever={"bm25": {"k": 3}}, n_shards=2, k=3, workdir="~/shards").fit(corpus)
+    assert not os.listdir(Path.cwd()) and len(list((home / "shards").iterdir())) == 1
+    assert sh.search(["stem cells"]).to_dict() == BM25(k=3).fit(corpus).search(["stem cells"]).to_dict()
+    (home / "kv").write_text("not a folder")
+    with pytest.raises(ParamError, match="generate.cache_dir: .*kv: the chunk-cache folder .* is a file"):
+        Generate(cache_dir="~/kv").check_source()

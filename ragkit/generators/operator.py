@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Callable, Literal
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
+from ragkit._files import user_path
 from ragkit.errors import ParamError
 from ragkit.operator import Operator
 from ragkit.options import bool_option, callable_option
@@ -167,7 +168,7 @@ class Generate(Operator):
             from ragkit.errors import ArtifactError
 
             try:
-                check_cache_dir(p.cache_dir)
+                check_cache_dir(user_path(p.cache_dir, "generate.cache_dir"))
             except ArtifactError as e:
                 raise ParamError(f"generate.cache_dir: {e}", path="generate.cache_dir") from None
 
@@ -180,7 +181,8 @@ class Generate(Operator):
         system = DEFAULT_SYSTEM if p.system_prompt is None else p.system_prompt
         self.engine_ = LocalGenerator(
             p.model, gguf_file=p.gguf_file, system_prompt=system,
-            max_chunk_tokens=p.max_chunk_tokens, storage_dtype=p.storage_dtype, disk_dir=p.cache_dir,
+            max_chunk_tokens=p.max_chunk_tokens, storage_dtype=p.storage_dtype,
+            disk_dir=None if p.cache_dir is None else str(user_path(p.cache_dir, "generate.cache_dir")),
             cache_budget_bytes=None if p.cache_budget_mb is None else int(p.cache_budget_mb * 2**20), alpha=p.alpha)
 
     def _call(self, state: State) -> State:
