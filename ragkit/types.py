@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -26,6 +27,19 @@ Qrels = dict[str, dict[str, int]]
 
 
 def _as_str_array(values: Iterable[Any], what: str) -> np.ndarray:
+    """A column given for a :class:`Corpus` (one value per document) as a 1-D object array.  One string
+    (its characters would be the documents), a mapping (its keys would be) or something that is no
+    collection is a :class:`DataError` saying what to pass."""
+    if isinstance(values, (str, bytes)):
+        raise DataError(f"{what}: expected a list (one value per document), got one {type(values).__name__} "
+                        f"({values!r:.60}); wrap it in a list")
+    if isinstance(values, Mapping):
+        raise DataError(f"{what}: expected a list (one value per document), got a {type(values).__name__} (its keys "
+                        "would be the values); for {id: text} use Corpus.from_texts(mapping), else pass "
+                        "list(mapping.values())")
+    if not isinstance(values, Iterable):
+        raise DataError(f"{what}: expected a list (one value per document), got {type(values).__name__} "
+                        f"({values!r:.60})")
     arr = np.asarray(list(values) if not isinstance(values, np.ndarray) else values, dtype=object)
     if arr.ndim != 1:
         raise DataError(f"{what} must be a 1-D sequence of strings, got an array of shape {arr.shape}")
@@ -44,20 +58,124 @@ def _as_ids(values: Iterable[Any], what: str) -> np.ndarray:
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
-def _check_encodable(col: np.ndarray, what: str, ids: np.ndarray, chunk: int = 8192) -> None:
-    """Refuse a lone surrogate (text decoded with ``errors="surrogateescape"``): no UTF-8 file, and
-    so no save, can hold it, and tokenizers fail on it.  One regular-expression scan per ``chunk``
-    texts joined (a whole column joined and encoded at once peaked at 5x the text's size once one
-    character above Latin-1 widened the joined string: +1.2 GB for 235 MB of text)."""
-    values = col.tolist()
+def is_missing(value: Any) -> bool:
+    """Whether ``value`` marks a missing value: ``None``, a float NaN (pandas' missing value in an
+    object column, numpy's too) or ``pandas.NA``."""
+    if value is None:
+        return True
+    if isinstance(value, (float, np.floating)):
+        return bool(value != value)
+    pd = sys.modules.get("pandas")
+    return pd is not None and value is getattr(pd, "NA", None)
+
+
+def check_texts(values: Sequence[Any], what: str, ids: Sequence[Any] | np.ndarray | None = None, *,
+                noun: str = "document", missing_ok: bool = False, surrogates: bool = False,
+                chunk: int = 8192) -> list[Any]:
+    """``values`` (texts, titles, queries) checked to be strings (``numpy.str_`` too), as a list.
+
+    A value that is no string is a :class:`DataError` naming ``what[position]`` and its id
+    (``ids[position]``, a ``noun``'s), except a missing value (:func:`is_missing`: ``None``, NaN,
+    ``pandas.NA``) where ``missing_ok``: it becomes ``""`` (a missing title).  ``surrogates=True`` also
+    refuses a lone surrogate (text decoded with ``errors="surrogateescape"``: no UTF-8 file, and so no
+    save, can hold it, and tokenizers fail on it).
+
+    Batched: one ``str.join`` per ``chunk`` values (C code; it refuses any value that is no string, so
+    a column of strings costs no Python loop) and one regular-expression scan of the joined chunk; only
+    a chunk holding a non-string is looked at value by value.  (A whole column joined at once peaked at
+    5x the text's size once one character above Latin-1 widened the joined string: +1.2 GB for 235 MB
+    of text.)  ``values`` itself is returned when nothing was replaced, else a new list.
+    """
+    values = values if isinstance(values, list) else list(values)
+    fixed: list[Any] | None = None
     for a in range(0, len(values), chunk):
-        joined = "\x00".join(map(str, values[a:a + chunk]))  # (a text that is no string is refused where read)
-        if _SURROGATE.search(joined) is not None:  # which text: found one by one (a text may hold NULs)
-            row, hit = next((a + i, h) for i, t in enumerate(values[a:a + chunk])
-                            if (h := _SURROGATE.search(str(t))) is not None)
-            raise DataError(f"{what}[{row}] (document {ids[row]!r}) holds a lone surrogate {hit.group()!r} at "
+        part = values[a:a + chunk]
+        try:
+            joined = "\x00".join(part)
+        except TypeError:  # a value that is no string in this chunk: found one by one
+            for i, v in enumerate(part):
+                if isinstance(v, str):
+                    continue
+                if missing_ok and is_missing(v):
+                    part[i] = ""
+                    continue
+                row = a + i
+                at = f" ({noun} {ids[row]!r})" if ids is not None else ""
+                hint = ("; decode it" if isinstance(v, (bytes, bytearray)) else
+                        "; for a document without text give '' (or leave the document out)"
+                        if is_missing(v) and noun == "document" else "")
+                raise DataError(f"{what}[{row}]{at} is {_kind(v)}, expected a string{hint}")
+            if fixed is None:
+                fixed = list(values)
+            fixed[a:a + chunk] = part
+            joined = "\x00".join(part)
+        if surrogates and _SURROGATE.search(joined) is not None:  # which text: found one by one (a text may hold NULs)
+            row, hit = next((a + i, h) for i, t in enumerate(part) if (h := _SURROGATE.search(t)) is not None)
+            at = f" ({noun} {ids[row]!r})" if ids is not None else ""
+            raise DataError(f"{what}[{row}]{at} holds a lone surrogate {hit.group()!r} at "
                             f"character {hit.start()}, which is no Unicode text (bytes decoded with "
                             "errors='surrogateescape'?); decode the source with its real encoding")
+    return values if fixed is None else fixed
+
+
+def _a(noun: str) -> str:
+    """``noun`` with its indefinite article (``"an int"``, ``"a float"``)."""
+    return f"{'an' if noun[:1].lower() in 'aeiou' else 'a'} {noun}"
+
+
+def _callable(f: Any) -> str:
+    """A function or method named for an error message: ``"the method BeirDataset.queries"``."""
+    return f"the {type(f).__name__} {getattr(f, '__qualname__', repr(f)[:60])}"
+
+
+def _kind(v: Any) -> str:
+    """What ``v`` is, for an error message: ``"None"``, ``"an int (5)"``, ``"a list (['a', 'b'])"``."""
+    return "None" if v is None else f"{_a(type(v).__name__)} ({v!r:.60})"
+
+
+def _check_encodable(col: np.ndarray, what: str, ids: np.ndarray, chunk: int = 8192) -> None:
+    """Refuse a value of ``col`` that is no string, or holds a lone surrogate (:func:`check_texts`)."""
+    check_texts(col.tolist(), what, ids, surrogates=True, chunk=chunk)
+
+
+def _text_column(col: np.ndarray, what: str, ids: np.ndarray, missing_ok: bool = False) -> np.ndarray:
+    """``col`` checked by :func:`check_texts` (missing values as ``""`` where ``missing_ok``): ``col``
+    itself when nothing was replaced, else a new object array."""
+    values = col.tolist()
+    out = check_texts(values, what, ids, missing_ok=missing_ok, surrogates=True)
+    return col if out is values else _column(out)
+
+
+def ids_and_texts(values: Any, what: str) -> tuple[list[str] | None, list[Any]]:
+    """``(ids or None, texts)`` of a collection of texts given where a batch is expected.
+
+    A mapping ``{id: text}`` (what BEIR's loaders and notebooks hold) gives ids (as strings) and texts; a
+    pandas ``Series`` its index as ids where the index holds strings (not a default ``RangeIndex`` nor
+    integer row labels), else its values alone; a list, tuple, numpy array or other iterable its items
+    (ids ``None``: the caller numbers them).  One string or bytes (its characters would be the texts), a
+    pandas ``DataFrame`` (its column names would be), ``None`` or anything that is no collection (a method
+    not called: ``data.queries`` for ``data.queries("test")``) is a :class:`DataError` saying what to pass.
+    The texts themselves are not checked here (:func:`check_texts` does, where they enter).
+    """
+    if isinstance(values, (str, bytes)):
+        raise DataError(f"{what}: expected a list of texts, got one {type(values).__name__} ({values!r:.60}); wrap it "
+                        "in a list" + (" (decoded)" if isinstance(values, bytes) else ""))
+    if isinstance(values, Mapping):
+        return [k if type(k) is str else str(k) for k in values], list(values.values())
+    pd = sys.modules.get("pandas")
+    if pd is not None and isinstance(values, pd.DataFrame):
+        raise DataError(f"{what}: got a pandas DataFrame (its column names would be the texts); pass its text column "
+                        "(df['text']), or ids and texts: dict(zip(df['id'], df['text']))")
+    if pd is not None and isinstance(values, pd.Series):
+        index = values.index
+        named = not isinstance(index, pd.RangeIndex) and index.inferred_type == "string"
+        return ([str(k) for k in index] if named else None), values.tolist()
+    if callable(values) and not isinstance(values, Iterable):
+        raise DataError(f"{what}: got {_callable(values)}, not texts; call it (e.g. data.queries('test'), not "
+                        "data.queries)")
+    if values is None or not isinstance(values, Iterable):
+        raise DataError(f"{what}: expected a list of texts (or a mapping {{id: text}}), got {values!r:.60}")
+    return None, values.tolist() if isinstance(values, np.ndarray) else list(values)
 
 
 def _column(values: Iterable[Any]) -> np.ndarray:
@@ -173,9 +291,11 @@ class Corpus:
     ids : array of str, shape (n_docs,)
         Unique document ids (the ``_id`` of a BEIR corpus).
     texts : array of str, shape (n_docs,)
-        Document bodies.
+        Document bodies, each a string (a value that is not, ``None`` and NaN included, is a
+        :class:`DataError` naming the row and document id).
     titles : array of str, shape (n_docs,), optional
-        Titles; empty strings when absent.
+        Titles; empty strings when absent.  A missing title (``None``, NaN, ``pandas.NA``, as a
+        DataFrame column holds it) is ``""``; any other value that is no string is a DataError.
     metadata : dict of str -> array of shape (n_docs,), optional
         Columnar metadata (one array per field), used by metadata filters.
 
@@ -214,11 +334,17 @@ class Corpus:
                 f"Corpus columns must have equal lengths, got ids={len(ids)}, texts={len(texts)}, "
                 f"titles={len(titles)}"
             )
-        for what, col in (("ids", ids), ("texts", texts), ("titles", titles)):
-            _check_encodable(col, f"Corpus.{what}", ids)
+        # every text and title a string (a missing title, None or NaN, as ""), none with a lone surrogate
+        _check_encodable(ids, "Corpus.ids", ids)
+        texts = _text_column(texts, "Corpus.texts", ids)
+        if self.titles is not None:
+            titles = _text_column(titles, "Corpus.titles", ids, missing_ok=True)
         if len(set(ids.tolist())) != len(ids):
             raise DataError(f"Corpus ids must be unique; repeated: {repeated(ids.tolist(), 5)} (documents are "
                             "addressed by id in results, filters, add and remove)")
+        if self.metadata is not None and not isinstance(self.metadata, Mapping):
+            raise DataError(f"Corpus.metadata: expected a mapping {{field: one value per document}}, got "
+                            f"{type(self.metadata).__name__} ({self.metadata!r:.60})")
         meta = {}
         for key, col in dict(self.metadata or {}).items():
             if isinstance(col, (str, bytes)) or not isinstance(col, Iterable):  # 'en' would become ['e', 'n']
@@ -244,24 +370,47 @@ class Corpus:
     # ------------------------------------------------------------------ construction
     @classmethod
     def from_records(cls, records: Iterable[Mapping[str, Any]]) -> "Corpus":
-        """Build from dicts with ``_id`` (or ``id``), ``text``, optional ``title`` and ``metadata``."""
+        """Build from dicts with ``_id`` (or ``id``), ``text``, optional ``title`` and ``metadata``.
+
+        A record without ``text`` has the text ``""``; a ``text`` that is no string (``None``, NaN, a
+        number) is a :class:`DataError`, as in the constructor.  A missing title (absent, ``None``, NaN)
+        is ``""``; another title is written as a string (``5`` as ``"5"``)."""
+        pd = sys.modules.get("pandas")
+        if pd is not None and isinstance(records, pd.DataFrame):
+            raise DataError("Corpus.from_records: got a pandas DataFrame (its column names would be the records); "
+                            "pass df.to_dict('records')")
+        if isinstance(records, (str, bytes, Mapping)) or not isinstance(records, Iterable):
+            raise DataError(f"Corpus.from_records: expected a list of records (dicts with '_id' and 'text'), got "
+                            f"{_kind(records)}")
         ids, texts, titles, metas = [], [], [], []
         for i, r in enumerate(records):
+            if not isinstance(r, Mapping):
+                raise DataError(f"Corpus.from_records: record {i} is {_kind(r)}, expected a "
+                                "dict with '_id' and 'text'")
             did = r.get("_id", r.get("id"))
             if did is None:
                 raise DataError(f"record {i} has no '_id' (or 'id') field: {dict(r)!r:.200}")
             ids.append(str(did))
-            texts.append(str(r.get("text", "")))
-            titles.append(str(r.get("title", "") or ""))
+            texts.append(r.get("text", ""))  # (checked by the constructor: None would be the text "None")
+            title = r.get("title")
+            titles.append("" if is_missing(title) else title if isinstance(title, str) else str(title))
             metas.append(r.get("metadata") or {})
         keys = sorted({k for m in metas for k in m})
         meta = {k: _column([m.get(k) for m in metas]) for k in keys}
         return cls(ids=ids, texts=texts, titles=titles, metadata=meta)
 
     @classmethod
-    def from_texts(cls, texts: Sequence[str], ids: Sequence[str] | None = None, **metadata: Sequence[Any]) -> "Corpus":
-        """Build from plain texts; ids default to ``"0", "1", ...``."""
-        ids = [str(i) for i in range(len(texts))] if ids is None else ids
+    def from_texts(cls, texts: Sequence[str] | Mapping[Any, str] | Iterable[str], ids: Sequence[str] | None = None,
+                   **metadata: Sequence[Any]) -> "Corpus":
+        """Build from plain texts; ids default to ``"0", "1", ...``.
+
+        ``texts`` may be a mapping ``{doc_id: text}`` (ids and texts, in its order) or a pandas
+        ``Series`` whose index holds string ids (see :func:`ids_and_texts`); one string is a
+        :class:`DataError` (its characters would be the documents): wrap it in a list."""
+        given, texts = ids_and_texts(texts, "Corpus.from_texts")
+        if given is not None and ids is not None:
+            raise DataError("Corpus.from_texts: ids given twice: by ids= and by the keys (or index) of texts")
+        ids = (given if given is not None else [str(i) for i in range(len(texts))]) if ids is None else ids
         # a string or a scalar is left for __post_init__ to refuse (list('en') would be two values)
         return cls(ids=ids, texts=texts, metadata={k: v if isinstance(v, (str, bytes)) or not isinstance(v, Iterable)
                                                    else _column(v) for k, v in metadata.items()})
@@ -506,7 +655,9 @@ class Corpus:
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | Path) -> None:
-        """Write ``corpus.jsonl`` (BEIR layout plus a ``metadata`` object per line)."""
+        """Write ``corpus.jsonl`` (BEIR layout plus a ``metadata`` object per line): strict JSON (no
+        ``NaN``, which other JSON readers refuse): a metadata value that is NaN (pandas' missing value) is
+        written as ``null`` and reads back as ``None``; an infinite one is a :class:`DataError`."""
         path = Path(path)
         with atomic_file(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
             keys = list(self.metadata)
@@ -514,7 +665,7 @@ class Corpus:
                 rec: dict[str, Any] = {"_id": d, "title": t, "text": x}
                 if keys:
                     rec["metadata"] = {k: _jsonable(self.metadata[k][i], k) for k in keys}
-                f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+                f.write(json.dumps(rec, ensure_ascii=False, allow_nan=False) + "\n")
 
 
 @overload
@@ -641,6 +792,11 @@ def _jsonable(v: Any, field: str = "") -> Any:
     """A metadata value as JSON: numpy scalars as Python's (float32 by its shortest repr, so a
     filter on ``0.1`` still matches after a save), lists and dicts (string keys) element-wise; other
     types refused."""
+    if isinstance(v, (float, np.floating)) and not np.isfinite(v):
+        if v != v:  # NaN: pandas' missing value (JSON has no NaN; null reads back as None)
+            return None
+        raise DataError(f"Corpus.save: metadata field {field!r} holds {v!r}, which JSON cannot hold; give a finite "
+                        "number, or None")
     if isinstance(v, (np.floating,)) and v.dtype != np.float64:
         return float(str(v))
     if isinstance(v, np.generic):
@@ -656,23 +812,83 @@ def _jsonable(v: Any, field: str = "") -> Any:
                     "(e.g. a date to an ISO string)")
 
 
+def _grade(r: Any, q: Any, doc: Any, who: str = "evaluate") -> int:
+    """A judgement as trec_eval's integer grade (``1``, ``1.0``, ``"1"``, ``True``); 0.5 or "high" is a
+    :class:`DataError` (int() would turn 0.5 into 0 and drop the judgement)."""
+    try:
+        g = int(float(r))
+        if g == float(r):
+            return g
+    except (TypeError, ValueError, OverflowError):
+        pass
+    raise DataError(f"{who}: qrels[{q!r}][{doc!r}] = {r!r} is not an integer relevance grade (0 not relevant, "
+                    f"1, 2, ... more relevant)")
+
+
+def check_qrels(qrels: Any, who: str) -> Qrels:
+    """``qrels`` as ``{query_id: {doc_id: grade}}`` with string ids and integer grades (:func:`_grade`).
+
+    Anything of another shape is a :class:`DataError` from ``who`` naming the argument and the shape
+    expected: ``None``, a list of ``(query_id, doc_id, grade)`` rows, a method not called
+    (``data.qrels`` for ``data.qrels("test")``), a query mapped to one document id instead of
+    ``{doc_id: grade}``; and so are two ids that name one query or document once written as strings
+    (``1`` and ``"1"``)."""
+    if not isinstance(qrels, Mapping):
+        if callable(qrels) and not isinstance(qrels, Iterable):
+            raise DataError(f"{who}: qrels must be a mapping {{query_id: {{doc_id: grade}}}}, got {_callable(qrels)}; "
+                            "call it (e.g. data.qrels('test'), not data.qrels)")
+        hint = ("; build it from (query_id, doc_id, grade) rows: {q: {d: g}}" if isinstance(qrels, (list, tuple))
+                else "")
+        raise DataError(f"{who}: qrels must be a mapping {{query_id: {{doc_id: grade}}}}, got {_kind(qrels)}{hint}")
+    out: Qrels = {}
+    for q, rel in qrels.items():
+        if not isinstance(rel, Mapping):
+            raise DataError(f"{who}: qrels[{q!r}] is {_kind(rel)}, expected a mapping "
+                            "{doc_id: grade} (qrels are {query_id: {doc_id: grade}})")
+        docs = {d if type(d) is str else str(d): _grade(r, q, d, who) for d, r in rel.items()}
+        if len(docs) != len(rel):
+            raise DataError(f"{who}: qrels[{q!r}] names a document twice once its ids are strings: "
+                            f"{repeated(str(d) for d in rel)[0]!r}")
+        out[q if type(q) is str else str(q)] = docs
+    if len(out) != len(qrels):
+        raise DataError(f"{who}: qrels name a query twice once its ids are strings: "
+                        f"{repeated(str(q) for q in qrels)[0]!r}")
+    return out
+
+
 @dataclass(frozen=True)
 class Queries:
-    """A batch of queries: aligned ``ids`` and ``texts`` (lists of str)."""
+    """A batch of queries: aligned ``ids`` and ``texts`` (lists of str).
+
+    Ids are kept as strings (``1`` and ``"1"`` name one query, as in qrels); each text must be a
+    string (``numpy.str_`` too, kept as ``str``): another value (``None``, a number, bytes) is a
+    :class:`DataError` naming its position and query id.  One string for ``ids`` or ``texts``, or a
+    mapping, is refused (its characters, or keys, would be the queries): :meth:`from_texts` takes a
+    mapping ``{query_id: text}``.
+    """
 
     ids: list[str]
     texts: list[str]
 
     def __post_init__(self) -> None:
-        if len(self.ids) != len(self.texts):
-            raise DataError(f"Queries: {len(self.ids)} ids but {len(self.texts)} texts")
+        for what, given in (("ids", self.ids), ("texts", self.texts)):
+            if isinstance(given, (str, bytes)) or isinstance(given, Mapping) or not isinstance(given, Iterable):
+                hint = ("; wrap it in a list" if isinstance(given, (str, bytes)) else
+                        "; for {query_id: text} use Queries.from_texts(mapping)" if isinstance(given, Mapping) else "")
+                raise DataError(f"Queries.{what}: expected a list (one per query), got {_kind(given)}{hint}")
         ids = [x if type(x) is str else str(x) for x in self.ids]
+        texts = list(self.texts)
+        if len(ids) != len(texts):
+            raise DataError(f"Queries: {len(ids)} ids but {len(texts)} texts")
         if len(set(ids)) != len(ids):
             dup = repeated(ids)[0]
             raise DataError(f"Queries ids must be unique; {dup!r} is repeated (runs and judgements are keyed by "
                             "query id)")
+        texts = check_texts(texts, "query", ids, noun="id")
+        if not all(type(t) is str for t in texts):  # numpy.str_ (from an array) as str
+            texts = [t if type(t) is str else str(t) for t in texts]
         object.__setattr__(self, "ids", ids)
-        object.__setattr__(self, "texts", list(self.texts))
+        object.__setattr__(self, "texts", texts)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -684,8 +900,12 @@ class Queries:
         return Queries([self.ids[i] for i in rows], [self.texts[i] for i in rows])
 
     @classmethod
-    def from_texts(cls, texts: Sequence[str]) -> "Queries":
-        return cls([f"q{i}" for i in range(len(texts))], list(texts))
+    def from_texts(cls, texts: Sequence[str] | Mapping[Any, str] | Iterable[str]) -> "Queries":
+        """Queries from texts, numbered ``"q0", "q1", ...``; a mapping ``{query_id: text}`` (or a pandas
+        ``Series`` indexed by string ids) gives its own ids (:func:`ids_and_texts`).  One string is a
+        :class:`DataError`: wrap it in a list."""
+        ids, texts = ids_and_texts(texts, "Queries.from_texts")
+        return cls([f"q{i}" for i in range(len(texts))] if ids is None else ids, texts)
 
 
 @dataclass(frozen=True)
@@ -700,6 +920,14 @@ class TrainSet:
     qrels: Qrels
 
     def __post_init__(self) -> None:
+        queries = self.queries
+        if isinstance(queries, Mapping):  # {query_id: text}
+            queries = Queries.from_texts(queries)
+        if not isinstance(queries, Queries):
+            raise DataError(f"TrainSet.queries: expected Queries(ids, texts) or a mapping {{query_id: text}} (the "
+                            f"qrels are keyed by query id), got {_kind(queries)}")
+        object.__setattr__(self, "queries", queries)
+        object.__setattr__(self, "qrels", check_qrels(self.qrels, "TrainSet"))  # ids as strings, grades as ints
         if not any(any(v > 0 for v in rel.values()) for rel in self.qrels.values()):
             raise DataError("TrainSet qrels contain no positive judgement (relevance > 0); nothing to learn from")
         ids = set(self.queries.ids)
@@ -854,12 +1082,18 @@ class State:
         return out
 
     @classmethod
-    def of(cls, queries: "Queries | Sequence[str] | str", **kw: Any) -> "State":
+    def of(cls, queries: "Queries | Sequence[str] | Mapping[Any, str] | str", **kw: Any) -> "State":
+        """The state of a batch of queries as ``search`` receives them: :class:`Queries`, one string,
+        a list (tuple, array, iterable) of strings numbered ``"q0", "q1", ...``, or a mapping
+        ``{query_id: text}`` (a pandas ``Series`` with string ids as its index counts as one; see
+        :func:`ids_and_texts`, which refuses a DataFrame, bytes, ``None``).  Each text must be a string
+        (:class:`Queries` checks them, naming the position and query id of one that is not)."""
         if isinstance(queries, str):
             queries = [queries]
-        if isinstance(queries, Queries):
-            return cls(list(queries.texts), list(queries.ids), **kw)
-        return cls(list(queries), **kw)
+        if not isinstance(queries, Queries):
+            ids, texts = ids_and_texts(queries, "search: queries")
+            queries = Queries([f"q{i}" for i in range(len(texts))] if ids is None else ids, texts)
+        return cls(list(queries.texts), list(queries.ids), **kw)
 
     def copy(self) -> "State":
         """A shallow copy whose containers can be changed without touching this one."""

@@ -294,7 +294,13 @@ def query_vectors(state: Any, encoder: Encoder,
 
 
 def blank_texts(texts: Sequence[str]) -> np.ndarray:
-    """``(n,)`` bool: which texts are blank (empty or whitespace only)."""
+    """``(n,)`` bool: which texts are blank (empty or whitespace only).  A text that is no string is a
+    :class:`DataError` naming its position (``None`` counted as blank, and found nothing, without a word;
+    ``5`` or bytes failed with an AttributeError): :func:`ragkit.types.check_texts`, one ``str.join`` per
+    chunk of texts."""
+    from ragkit.types import check_texts
+
+    check_texts(texts, "query")
     return np.fromiter((not t or t.isspace() for t in texts), bool, len(texts))
 
 

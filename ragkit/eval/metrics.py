@@ -14,13 +14,13 @@ from __future__ import annotations
 import contextlib
 import re
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
 from ragkit.errors import DataError, ParamError, some_ids
 from ragkit.run import Run, trec_head
-from ragkit.types import Qrels, Ranking, State
+from ragkit.types import Qrels, Ranking, State, _a, _kind, check_qrels
 
 __all__ = ["evaluate", "EvalResult", "parse_metric", "paired_randomization_test", "sign_flip_pvalues",
            "check_relevance_level", "per_query_ndcg", "per_query_metrics"]
@@ -34,6 +34,8 @@ _MAX_CUTOFF = 2**31 - 1
 
 def parse_metric(name: str) -> tuple[str, int]:
     """``"nDCG@10"`` -> ``("ndcg", 10)``; unknown names raise with the accepted forms."""
+    if not isinstance(name, str):
+        raise DataError(f"metric {name!r} is {_a(type(name).__name__)}; expected a name such as 'ndcg@10'")
     m = re.fullmatch(r"\s*(ndcg|recall|map|mrr|p)\s*@\s*(\d+)\s*", name.lower())
     if not m or not 1 <= int(m.group(2)) <= _MAX_CUTOFF:  # trec_eval reads the cut-off as a C int
         raise DataError(f"unknown metric {name!r}; expected one of ndcg@k, recall@k, map@k, mrr@k, p@k with "
@@ -89,6 +91,13 @@ def _clean_run(run: Run | Mapping[str, Mapping[str, float]], ignore_identical_id
             bad = (run.query_ids[q], run.doc_ids[q][np.isnan(run.scores[q])][0])
         d = (run if depth is None else _cut_run(run, depth)).to_dict() if bad is None else {}
     else:
+        if not isinstance(run, Mapping):
+            raise DataError(f"evaluate: run must be a Run (what search returns) or a mapping {{query_id: {{doc_id: "
+                            f"score}}}}, got {_kind(run)}")
+        bad_q = next((q for q, docs in run.items() if not isinstance(docs, Mapping)), None)
+        if bad_q is not None:
+            raise DataError(f"evaluate: run[{bad_q!r}] is {_kind(run[bad_q])}, "
+                            "expected a mapping {doc_id: score} (a run is {query_id: {doc_id: score}})")
         d = {str(q): {str(k): float(v) for k, v in docs.items()} for q, docs in run.items()}
         bad = next(((q, doc) for q, docs in d.items() for doc, s in docs.items() if s != s), None)
     if bad is not None:  # NaN has no order: sorting on it scrambles the query's other documents too
@@ -109,8 +118,12 @@ def evaluate(
     ----------
     run : Run or dict ``{qid: {doc_id: score}}``
     qrels : dict ``{qid: {doc_id: relevance}}``
+        Ids are read as strings (``1`` and ``"1"`` name one query), grades as integers (``1``, ``1.0``,
+        ``"1"``; 0.5 is refused).  Another shape (a list of rows, ``None``, the arguments swapped) is a
+        :class:`DataError` naming the argument and the shape expected.
     metrics : str or list of str
-        ``ndcg@k``, ``recall@k``, ``map@k``, ``mrr@k``, ``p@k``.
+        ``ndcg@k``, ``recall@k``, ``map@k``, ``mrr@k``, ``p@k`` (at least one; the result's keys are
+        the names as given, surrounding whitespace removed).
 
     ``relevance_level`` is the lowest grade counted as relevant by the binary measures (recall, MAP, MRR,
     precision; trec_eval's ``-l``): 2 on graded qrels where 1 means "partly relevant".  A level above every
@@ -131,9 +144,20 @@ def evaluate(
     if isinstance(relevance_level, bool) or not isinstance(relevance_level, (int, np.integer)) or relevance_level < 1:
         raise ParamError(f"evaluate: relevance_level must be an integer grade >= 1, got {relevance_level!r}")
     relevance_level = int(relevance_level)
-    parsed = [(m, *parse_metric(m)) for m in ([metrics] if isinstance(metrics, str) else metrics)]
+    if isinstance(metrics, str):
+        metrics = [metrics]
+    if not isinstance(metrics, Iterable) or isinstance(metrics, Mapping):
+        raise DataError(f"evaluate: metrics must be a metric name or a list of them (e.g. ['ndcg@10']), got "
+                        f"{metrics!r:.60}")
+    # "ndcg@10 " is "ndcg@10", not a metric of its own
+    parsed = [(name.strip(), fam, k) for name, fam, k in ((m, *parse_metric(m)) for m in metrics)]
+    if not parsed:
+        raise DataError(f"evaluate: no metric asked for; give at least one, e.g. {list(DEFAULT_METRICS[:2])}")
+    if isinstance(qrels, Run):
+        raise DataError("evaluate: qrels must be a mapping {query_id: {doc_id: grade}}, got a Run; the arguments "
+                        "are evaluate(run, qrels)")
     # a query whose judgement dict is empty is no judged query (pytrec_eval drops it)
-    judged = {str(q): {str(doc): _grade(r, q, doc) for doc, r in rel.items()} for q, rel in qrels.items() if rel}
+    judged = {q: rel for q, rel in check_qrels(qrels, "evaluate").items() if rel}
     if not judged:
         raise DataError(f"evaluate: every one of the {len(qrels)} queries of the qrels has an empty judgement list"
                         if qrels else "evaluate: qrels are empty")
@@ -181,19 +205,6 @@ def check_relevance_level(qrels: Qrels, relevance_level: int, where: str = "eval
         raise ParamError(f"{where}: relevance_level {relevance_level} counts no judgement as relevant: the qrels' "
                          f"highest grade is {top}, so recall, MAP, MRR and P would all be 0"
                          + (f"; give a level of at most {top}" if top >= 1 else ""))
-
-
-def _grade(r: Any, q: Any, doc: Any) -> int:
-    """A judgement as trec_eval's integer grade; 0.5 or "high" is a :class:`DataError` (int() would
-    turn 0.5 into 0 and drop the judgement)."""
-    try:
-        g = int(float(r))
-        if g == float(r):
-            return g
-    except (TypeError, ValueError, OverflowError):
-        pass
-    raise DataError(f"evaluate: qrels[{q!r}][{doc!r}] = {r!r} is not an integer relevance grade (0 not relevant, "
-                    f"1, 2, ... more relevant)")
 
 
 def paired_randomization_test(a: Mapping[str, float], b: Mapping[str, float], *, n_resamples: int = 10000,

@@ -48,7 +48,7 @@ from ragkit.encoders.sentence import as_texts
 from ragkit.errors import ArtifactError, DataError, NotFittedError, ParamError
 from ragkit.operator import Operator, _json_default, read_json
 from ragkit.options import check_options
-from ragkit.types import Corpus, Ranking, TrainSet, and_filters
+from ragkit.types import Corpus, Ranking, TrainSet, and_filters, ids_and_texts
 
 __all__ = ["RagkitRetriever", "LangChainEmbeddingsEncoder", "RagkitEmbeddings", "as_corpus", "load_pipeline_like"]
 
@@ -77,12 +77,21 @@ def _edit_lock(op: Any) -> ReadWriteLock:
             weakref.finalize(op, _LOCKS.pop, id(op), None)
         return lock
 def as_corpus(corpus: Any) -> Corpus:
-    """A :class:`~ragkit.types.Corpus` from a Corpus, LangChain ``Document``s, plain strings or records."""
+    """A :class:`~ragkit.types.Corpus` from a Corpus, LangChain ``Document``s, plain strings or records, or a
+    mapping ``{doc_id: text}`` (a pandas ``Series`` indexed by string ids too; :func:`ragkit.types.ids_and_texts`).
+    One string (its characters would be the documents), one Document or record, and a DataFrame are
+    errors (:class:`DataError`) saying what to pass."""
     if isinstance(corpus, Corpus):
         return corpus
-    items = list(corpus)
+    if isinstance(corpus, Document) or (isinstance(corpus, Mapping) and "text" in corpus
+                                        and ("_id" in corpus or "id" in corpus)):
+        raise DataError(f"corpus: got one {'Document' if isinstance(corpus, Document) else 'record'} "
+                        f"({corpus!r:.80}); wrap it in a list")
+    ids, items = ids_and_texts(corpus, "corpus")  # (refuses one string, a DataFrame, None)
     if not items:
         raise DataError("corpus: got an empty collection; expected documents to index")
+    if ids is not None:  # {doc_id: text}: the Corpus checks each text
+        return Corpus.from_texts(items, ids=ids)
     if all(isinstance(x, Document) for x in items):
         return Corpus.from_documents(items)
     if all(isinstance(x, str) for x in items):
@@ -198,9 +207,10 @@ class RagkitRetriever(BaseRetriever):
     pipeline : Operator, str or Path
         A ragkit pipeline or single operator (fitted, or fitted here on ``corpus``), a YAML
         file (or YAML text), or a folder written by ``pipeline.save``.
-    corpus : Corpus, list of Document, list of str or list of dict, optional
-        Documents to fit the pipeline on.  Required when the pipeline is not fitted; when
-        given for a fitted pipeline, the pipeline is re-fitted on it.
+    corpus : Corpus, list of Document, list of str, list of dict or dict of str -> str, optional
+        Documents to fit the pipeline on (a mapping is ``{doc_id: text}``; one string is refused).
+        Required when the pipeline is not fitted; when given for a fitted pipeline, the pipeline is
+        re-fitted on it.
     train : TrainSet, optional
         Judged training queries for operators that learn (passed to ``fit``).
     k : int
@@ -319,9 +329,16 @@ class RagkitRetriever(BaseRetriever):
 
     # ------------------------------------------------------------------ constructors
     @classmethod
-    def from_texts(cls, texts: Sequence[str], pipeline: Any = None, *, ids: Sequence[str] | None = None,
-                   metadatas: Sequence[dict[str, Any]] | None = None, **kwargs: Any) -> "RagkitRetriever":
-        """Fit ``pipeline`` (default: BM25) on plain texts and wrap it."""
+    def from_texts(cls, texts: Sequence[str] | Mapping[Any, str], pipeline: Any = None, *,
+                   ids: Sequence[str] | None = None, metadatas: Sequence[dict[str, Any]] | None = None,
+                   **kwargs: Any) -> "RagkitRetriever":
+        """Fit ``pipeline`` (default: BM25) on plain texts and wrap it.  ``texts`` may be a mapping
+        ``{doc_id: text}``; one string is a :class:`DataError` (its characters would be the documents)."""
+        given, texts = ids_and_texts(texts, "from_texts")
+        if given is not None:
+            if ids is not None:
+                raise DataError("from_texts: ids given twice: by ids= and by the keys (or index) of texts")
+            ids = given
         if metadatas is not None and len(metadatas) != len(texts):
             raise DataError(f"from_texts: {len(metadatas)} metadatas for {len(texts)} texts")
         ids = [str(i) for i in range(len(texts))] if ids is None else [str(i) for i in ids]
@@ -581,6 +598,10 @@ class RagkitRetriever(BaseRetriever):
         ``k`` and search options in ``kwargs`` apply to every query.  Callbacks get one
         retriever run per query, as with ``invoke``.
         """
+        if isinstance(inputs, (str, bytes, Mapping)):  # its characters (keys) would be the queries
+            raise DataError(f"batch: expected a list of query strings, got {type(inputs).__name__} {inputs!r:.60}; "
+                            + ("wrap it in a list, or call invoke" if isinstance(inputs, (str, bytes)) else
+                               "pass list(mapping.values())"))
         inputs = list(inputs)
         if not inputs:
             return []
