@@ -1051,3 +1051,20 @@ def test_judged_documents_the_corpus_lacks_count_as_not_found(tmp_path, caplog):
     res = CliRunner().invoke(app, ["eval", "-p", "bm25", "--k", "1", "--data", str(tmp_path / "tiny")])
     assert res.exit_code == 0, res.output
     assert "note: " in res.output and "1 judged document is not in corpus.jsonl" in res.output
+
+
+def test_the_repeated_document_check_of_a_deep_run_agrees_with_one_flat_sort():
+    """evaluate() checked a deep run for a document listed twice with one sort of owner * n + row over the
+    whole batch (5,000 queries x 1,000: 440 ms, a third of evaluate); each ranking is now sorted in a padded
+    matrix (143 ms), the flat sort kept for rankings too uneven to pad.  Same verdicts on random batches."""
+    from ragkit.eval.metrics import _repeats_a_row
+
+    rng = np.random.default_rng(11)
+    for t in range(400):
+        lens = rng.integers(1, 30, rng.integers(1, 20))
+        if t % 3 == 0:
+            lens[0] = 200  # uneven: the flat sort
+        owner = np.repeat(np.arange(len(lens)), lens)
+        rows = np.concatenate([rng.integers(0, 40 if t % 2 else 10**6, n) for n in lens])
+        key = np.sort(owner * (int(rows.max()) + 1) + rows)
+        assert _repeats_a_row(rows, owner, lens) == bool((key[1:] == key[:-1]).any()), t

@@ -371,6 +371,22 @@ def _ties_kept(lens: np.ndarray, flat: np.ndarray, owner: np.ndarray, k: int) ->
     return (flat >= at[owner]) | (lens[owner] <= k)
 
 
+def _repeats_a_row(rows: np.ndarray, owner: np.ndarray, lens: np.ndarray) -> bool:
+    """Whether some ranking lists a row twice: ``rows`` the concatenated rankings (``owner``: each entry's
+    ranking, of lengths ``lens``).  Each ranking is sorted in a padded ``(n_rankings, longest)`` matrix
+    (distinct negative pads), neighbours compared: 2.2x faster than one sort of ``owner * n + rows`` over
+    the whole batch (5,000 queries x 1,000); that sort where padding would more than double the cells."""
+    width = int(lens.max())
+    if len(lens) * width > 2 * len(rows):  # uneven rankings: one flat sort
+        key = np.sort(owner * (int(rows.max()) + 1) + rows)  # (a sort: numpy's hashed unique is 5x slower here)
+        return bool((key[1:] == key[:-1]).any())
+    col = np.arange(len(rows)) - np.repeat(np.cumsum(lens) - lens, lens)
+    padded = np.broadcast_to(-1 - np.arange(width, dtype=np.int64), (len(lens), width)).copy()
+    padded[owner, col] = rows
+    padded.sort(axis=1)
+    return bool((padded[:, 1:] == padded[:, :-1]).any())
+
+
 def _cut_run(run: Run, k: int) -> Run:
     """``run`` with each query cut to the documents scoring at least its k-th best score (ties kept), which
     every metric cut at ``k - 1`` or less scores as the whole run (trec_eval cuts ties in its own order; one
@@ -383,8 +399,7 @@ def _cut_run(run: Run, k: int) -> Run:
         return run
     rows = np.concatenate([r.rows for r in run.rankings])
     owner = np.repeat(np.arange(len(lens)), lens)
-    key = np.sort(owner * (int(rows.max()) + 1) + rows)  # (a sort: numpy's hashed unique is 5x slower here)
-    if (key[1:] == key[:-1]).any():
+    if _repeats_a_row(rows, owner, lens):
         return run  # a document twice for one query: to_dict names it
     scores = np.concatenate(run.scores)
     keep = _ties_kept(lens, scores.astype(np.float32, copy=False), owner, k)
