@@ -156,6 +156,9 @@ class CosineAdapter(Operator):
 
     name = "cosine_adapter"
     kind = "filter"
+    #: it cuts the dense rankings of the steps before it: refused before the first retriever, and after one
+    #: whose scores are not cosines (:func:`~ragkit.pipelines._compose.cosine_source_problem`)
+    reads_rankings = True
     Params = CosineAdapterParams
     params: CosineAdapterParams
     wants_upstream = True

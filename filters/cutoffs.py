@@ -68,6 +68,7 @@ class TopK(Operator):
 
     name = "top_k"
     kind = "filter"
+    reads_rankings = True  # it cuts the rankings of the steps before it: refused before the first retriever
     Params = TopKParams
     params: TopKParams
     stateless = True

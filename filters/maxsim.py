@@ -45,6 +45,7 @@ class MaxSim(TokenOperatorMixin, Operator):
 
     name = "maxsim"
     kind = "reranker"
+    reads_rankings = True  # it reorders the rankings of the steps before it: refused before the first retriever
     Params = MaxSimParams
     params: MaxSimParams
     example = {"k": 10}

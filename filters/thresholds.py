@@ -26,6 +26,7 @@ class _PrefixCut(Operator):
     once on the flattened rankings)."""
 
     kind = "filter"
+    reads_rankings = True  # it cuts the rankings of the steps before it: refused before the first retriever
     params: ScoreThresholdParams | RelativeThresholdParams  # (k_min)
     stateless = True
     min_keep = 0  # kept per query whatever the rule and ``k_min`` say

@@ -99,11 +99,18 @@ def run_step(op: Operator, state: State, path: str) -> State:
     Composites get ``path`` so that every leaf's trace event carries the same path that
     :func:`~ragkit.pipelines.yaml.walk_leaves` and YAML error messages use, e.g.
     ``pipeline[0].parallel.branches[1].dense``.  When tracing, a leaf records wall time,
-    mean candidates in/out and (with qrels) recall@100 and nDCG@10 after the step.
+    mean candidates in/out and (with qrels) recall@100 and nDCG@10 after the step.  A
+    :class:`DataError` a leaf raises starts with its path (:func:`placed_at`).
     """
     if isinstance(op, Composite):
         return op._call(state, path)
-    return traced(state, f"{path}.{_label(op)}", op.name, op)
+    at = f"{path}.{_label(op)}"
+    try:
+        return traced(state, at, op.name, op)
+    except DataError as e:  # which step: the data it got does not fit it (dbnorm on scores that are not cosines)
+        if path and e.args and isinstance(e.args[0], str) and not e.args[0].startswith(path):
+            placed_at(e, at, op.name)
+        raise
 
 
 def _candidates(state: State, fuser: bool = False) -> float:
@@ -228,8 +235,23 @@ def fit_once(op: Operator, corpus: Corpus, train: TrainSet | None, seen: set[int
         op.fit(corpus, train, upstream=upstream if op.wants_upstream else None)
     except RagkitError as e:  # which step: a pipeline may hold two of one operator
         if path and e.args and isinstance(e.args[0], str) and not e.args[0].startswith(path):
-            e.args = (f"{path}.{op.name}: {e.args[0]}", *e.args[1:])
+            placed_at(e, f"{path}.{op.name}", op.name)
         raise
+
+
+def placed_at(e: RagkitError, at: str, name: str) -> RagkitError:
+    """``e`` (raised by the operator ``name`` found at ``at``, ``pipeline[1].dense``) with its message
+    starting at ``at``, as :func:`~ragkit.pipelines.yaml.build` places a parameter's error: a message that
+    names a place inside the operator (``dense.reduce: ...``, ``weighted.norm: ...``) names it from the top,
+    ``pipeline[1].dense.reduce: ...``; any other gets ``at: `` before it.  A :class:`ParamError`'s ``path``
+    follows.  Returns ``e``, changed in place."""
+    msg = e.args[0] if e.args and isinstance(e.args[0], str) else str(e)
+    head = msg.split(": ", 1)[0]
+    inside = (head == name or head.startswith((f"{name}.", f"{name}["))) and " " not in head
+    e.args = (f"{at}{msg[len(name):]}" if inside else f"{at}: {msg}", *e.args[1:])
+    if isinstance(e, ParamError):
+        e.path = at + head[len(name):] if inside else at
+    return e
 
 
 def check_trainable(root: Operator, train: TrainSet | None, corpus: Corpus | None = None) -> None:
@@ -257,8 +279,8 @@ def check_trainable(root: Operator, train: TrainSet | None, corpus: Corpus | Non
     for path, leaf in walk_leaves(root):
         if train is None:
             refusal = leaf.train_refusal()
-            if refusal is not None:
-                raise refusal
+            if refusal is not None:  # which step: a pipeline may hold two of one operator
+                raise placed_at(refusal, path, leaf.name) if isinstance(refusal, RagkitError) else refusal
             continue
         if not getattr(leaf, "needs_train", False):
             continue
@@ -323,14 +345,15 @@ def encoder_mismatch(op: Operator, path: str = "pipeline") -> ParamError | None:
     """The first ``dbnorm`` / ``cosine_adapter`` of the tree whose encoder is not that of the retriever
     before it, as a ParamError at ``<step path>.<name>.model``, else ``None``.
 
-    Within each linear pipeline, such a step is checked against the nearest retriever step before it when
-    that is a plain ``dense`` or ``knn_embed`` (a ``bm25``, ``muvera``, ``sharded`` or a composite holding
-    a retriever, such as a hybrid's ``parallel``, leaves it unchecked: whose cosines it reads is not one
-    model's).  ``dbnorm`` subtracts penalties ``log Z(g)`` computed with its ``model`` from the retriever's
-    cosines, and ``cosine_adapter`` maps the retriever's cosines from query vectors of its ``model``: both
-    must be the retriever's (ALGORITHMS.md, DBNorm's pitfalls).  A ``dense`` that fine-tunes its encoder
-    (``adapt``) scores with a model that exists only after its fit: ``dbnorm`` after it is refused (no
-    ``model`` can name the tuned one); ``cosine_adapter`` after it must name the base model (its query
+    Within each linear pipeline, such a step is checked against the nearest retriever step before it when that is a
+    plain ``dense`` or ``knn_embed`` (a ``bm25``, ``muvera``, ``sharded`` or a composite holding a retriever, such
+    as a hybrid's ``parallel``, leaves it unchecked here: whose cosines it reads is not one model's;
+    :func:`cosine_source_problem`, run with the other structural checks when the pipeline is built, fitted and
+    searched, refuses those that do not give cosines).  ``dbnorm`` subtracts penalties ``log Z(g)`` computed with
+    its ``model`` from the retriever's cosines, and ``cosine_adapter`` maps the retriever's cosines from query
+    vectors of its ``model``: both must be the retriever's (ALGORITHMS.md, DBNorm's pitfalls).  A ``dense`` that
+    fine-tunes its encoder (``adapt``) scores with a model that exists only after its fit: ``dbnorm`` after it is
+    refused (no ``model`` can name the tuned one); ``cosine_adapter`` after it must name the base model (its query
     features, learned from the tuned cosines at fit and read the same way at search).
     """
     if not isinstance(op, Composite):
@@ -439,22 +462,50 @@ def _retrieves(op: Operator) -> bool:
     return any(leaf.kind == "retriever" for leaf in iter_leaves(op))
 
 
-def unranked_router(op: Operator, path: str = "pipeline", ranked: bool = False) -> ConfigError | None:
-    """The error for the first route of ``op`` whose router reads rankings (``reads_rankings``:
-    ``score_router``) with no retriever before it, or ``None``.
+def unranked_router(op: Operator, path: str = "pipeline", ranked: bool = False, *,
+                    expansions: bool = True) -> ConfigError | None:
+    """The first structural problem of ``op`` about what rankings reach a step, or ``None``; checked when
+    a pipeline is built from YAML (``ragkit validate``), fitted and searched, before any work (at search
+    each would fail late, or silently give other results):
+
+    * a step that works on the rankings of the steps before it (``reads_rankings``: every reranker and
+      filter, ``generate``; a rewriter that sets it only outside a loop's body) with no retriever before it
+      and one after it in the same list (``[top_k, bm25]``: it changes nothing, the order is wrong), and a
+      route whose router reads rankings (``score_router``) with no retriever before it (:func:`_unranked`);
+    * a parallel or route branch (or a route's default) that retrieves nothing when nothing before the
+      parallel or route retrieved: its queries get no documents (:func:`_unranked`; in a tree that holds a
+      retriever: one without any is refused by ``search`` as such);
+    * a ``dbnorm`` or ``cosine_adapter`` whose scores do not come from a ``dense`` or ``knn_embed`` with
+      ``metric: cos`` (:func:`cosine_source_problem`);
+    * a ``prf`` whose expanded query the next retriever does not read, or reads with other text analysis
+      (:func:`prf_reader_problem`).
 
     Steps of a pipeline see the rankings of the steps before them; parallel and route branches
-    those that reach them; a loop's judge also its body's.  Checked when a pipeline is built from
-    YAML, fitted and searched, before any work (at search it would fail on its first query).
+    those that reach them; a loop's judge also its body's.  ``ranked``: a retriever ran before ``op``.
+    ``expansions=False`` leaves out the ``prf`` check (:meth:`Pipeline.search` does: a pipeline of steps
+    fitted on their own, searched without a pipeline fit, is not refused for it).
     """
+    return (_unranked(op, path, ranked, branches=_retrieves(op)) or cosine_source_problem(op, path)
+            or (prf_reader_problem(op, path) if expansions else None))
+
+
+def _unranked(op: Operator, path: str, ranked: bool, in_loop: bool = False,
+              branches: bool = True) -> ConfigError | None:
+    """The ranking-reader and empty-branch part of :func:`unranked_router` (``in_loop``: ``op`` is inside a
+    loop's body, where a rewriter such as ``prf`` before the body's retriever reads the previous iteration's
+    rankings, and changes nothing in the first, by design; ``branches``: check that branches retrieve)."""
     if isinstance(op, Pipeline):
         steps = op.child_paths(path)
-        for i, (step, where) in enumerate(steps):
-            problem = unranked_router(step, where, ranked)
+        inside = ranked
+        for step, where in steps:  # the problems inside the steps first, then the order of the steps
+            problem = _unranked(step, where, inside, in_loop, branches)
             if problem is not None:
                 return problem
+            inside = inside or _retrieves(step)
+        for i, (step, where) in enumerate(steps):
             reader = None if ranked else next((leaf for leaf in iter_leaves(step) if leaf.kind != "router"
-                                               and leaf.reads_rankings), None)
+                                               and leaf.reads_rankings
+                                               and not (in_loop and leaf.kind == "rewriter")), None)
             later = next((w for s, w in steps[i + 1:] if _retrieves(s)), None)
             if reader is not None and not _retrieves(step) and later is not None:
                 at = f"{where}.{reader.name}" if reader is step else where
@@ -468,15 +519,225 @@ def unranked_router(op: Operator, path: str = "pipeline", ranked: bool = False) 
         return ConfigError(f"{where}: {op.router.name} routes on the scores of the rankings already made, and no step "
                            f"before this route retrieves anything; put a retriever (e.g. bm25) before the route, or "
                            f"route on the query text with rule_router", path=where)
+    if isinstance(op, (Route, Parallel)) and not ranked and branches:
+        kind = op.name
+        for branch, where in op.child_paths(path):
+            if branch.kind in ("router", "fuser") or _retrieves(branch):
+                continue
+            what = "an empty (pass-through) branch" if isinstance(branch, Pipeline) and not branch.steps else (
+                f"a branch of {', '.join(_label(x) for x in iter_leaves(branch))} only")
+            return ConfigError(f"{where}: {what}, which retrieves nothing, and no step before this {kind} retrieves "
+                               f"anything, so its queries get no documents (a branch without a retriever keeps the "
+                               f"rankings made before the {kind}, and there are none); add a retriever to the branch "
+                               f"(e.g. bm25), or put one before the {kind}", path=where)
     if isinstance(op, Loop):
         body, until = op.child_paths(path)
-        return unranked_router(body[0], body[1], ranked) or unranked_router(until[0], until[1],
-                                                                            ranked or _retrieves(op.body))
+        return (_unranked(body[0], body[1], ranked, True, branches)
+                or _unranked(until[0], until[1], ranked or _retrieves(op.body), True, branches))
     if isinstance(op, Composite):
         for child, where in op.child_paths(path):
-            problem = unranked_router(child, where, ranked)
+            problem = _unranked(child, where, ranked, in_loop, branches)
             if problem is not None:
                 return problem
+    return None
+
+
+#: a retriever leaf or a parallel whose scores reach a step, with its path (a parallel's: ``pipeline[0].parallel``)
+_Source = tuple[Operator, str]
+
+
+def cosine_source_problem(op: Operator, path: str = "pipeline") -> ConfigError | None:
+    """The error for the first ``dbnorm`` or ``cosine_adapter`` of ``op`` (at ``path``) that the scores of
+    something else than a ``dense`` or ``knn_embed`` with ``metric: cos`` can reach, else ``None``.
+
+    Both read raw cosines of their own ``model``'s query vectors.  The scores reaching a step come from the
+    nearest retriever step before it: in its list, else before the parallel or route branch it is in (a
+    route's branches each bring their own; a loop's body may also get its own last iteration's).  A
+    ``bm25``, ``muvera`` or ``sharded`` (but a sharded ``dense``/``knn_embed``) leaf, a ``dense`` with
+    ``metric: ip`` and a ``parallel`` (fused scores: RRF's are reciprocal ranks) are refused, naming both
+    steps; at search they failed with no step named (``bm25 | dbnorm``), or ran silently on other scores
+    (a hybrid's RRF scores, a dense's inner products).  Whether the model is the retriever's is
+    :func:`encoder_mismatch`'s check.
+    """
+    return _score_sources(op, path, [])[1]
+
+
+def _dedupe(sources: Iterable[_Source]) -> list[_Source]:
+    return list({id(s[0]): s for s in sources}.values())
+
+
+def _score_sources(op: Operator, path: str, incoming: list[_Source]) -> tuple[list[_Source], ConfigError | None]:
+    """The sources of the scores after ``op`` (at ``path``), given those reaching it, and the first cosine
+    reader problem inside it."""
+    if isinstance(op, Parallel):
+        for branch, where in op.child_paths(path)[:-1]:
+            problem = _score_sources(branch, where, incoming)[1]
+            if problem is not None:
+                return [], problem
+        return [(op, _at(path, "parallel"))], None
+    if isinstance(op, Route):
+        out: list[_Source] = []
+        for branch, where in op.child_paths(path)[1:]:
+            got, problem = _score_sources(branch, where, incoming)
+            if problem is not None:
+                return [], problem
+            out += got
+        return _dedupe(out), None
+    if isinstance(op, Loop):
+        body, where = op.child_paths(path)[0]
+        first, problem = _score_sources(body, where, incoming)
+        return (first, problem) if problem is not None else _score_sources(body, where, _dedupe(incoming + first))
+    if isinstance(op, Composite) and not isinstance(op, Pipeline):  # a composite of another kind: its children
+        for child, where in op.child_paths(path):
+            problem = _score_sources(child, where, incoming)[1]
+            if problem is not None:
+                return [], problem
+        return incoming, None
+    current = incoming
+    for step, where in (op.child_paths(path) if isinstance(op, Pipeline) else [(op, path)]):
+        if isinstance(step, Composite):
+            current, problem = _score_sources(step, where, current)
+            if problem is not None:
+                return [], problem
+        elif step.name in _COSINE_READERS:
+            for source, at in current:
+                problem = _not_cosines(source, at, step, f"{where}.{step.name}")
+                if problem is not None:
+                    return [], problem
+        elif step.kind == "retriever":
+            current = [(step, where)]
+    return current, None
+
+
+def _cosine_retriever(op: Operator) -> Operator | None:
+    """``op`` when it is a ``dense`` or ``knn_embed``, the per-shard one of a ``sharded`` one, else ``None``."""
+    if op.name in _COSINE_RETRIEVERS:
+        return op
+    if _sharded_name(op) in _COSINE_RETRIEVERS:
+        inner: Operator = op.sub_retriever()  # type: ignore[attr-defined]
+        return inner
+    return None
+
+
+def _sharded_name(op: Operator) -> str | None:
+    """The registry name of the per-shard retriever of ``op`` when it is a ``sharded`` one, else ``None``."""
+    node = getattr(op.params, "retriever", None)
+    if not callable(getattr(op, "sub_retriever", None)) or not isinstance(node, Mapping) or len(node) != 1:
+        return None
+    return str(next(iter(node)))
+
+
+def _not_cosines(source: Operator, where: str, reader: Operator, at: str) -> ConfigError | None:
+    """Why ``reader`` (at ``at``) cannot read the scores of ``source`` (at ``where``), else ``None``."""
+    if isinstance(source, Parallel):
+        fused = f"{where} (scores fused by {source.fuse.name}, not cosines)"
+        fix = (f"put {reader.name} inside the dense branch, e.g. parallel: {{branches: [[dense, {reader.name}], "
+               "bm25]}")
+    else:
+        there = f"{where}.{source.name}"
+        inner = _cosine_retriever(source)
+        metric = getattr(inner.params, "metric", "cos") if inner is not None else None
+        if metric == "cos":
+            return None
+        fused = (f"{there} ({source.name} scores, not cosines)" if inner is None else
+                 f"{there} with metric: {metric} (inner products of unnormalised vectors, not cosines)")
+        fix = (f"put it right after a dense step, e.g. [dense, {reader.name}]" if inner is None else
+               f"set metric: cos on {there}")
+    return ConfigError(f"{at}: {reader.name} reads the raw cosines (in [-1, 1]) of a dense or knn_embed retriever "
+                       f"with metric: cos right before it, but the scores reaching it come from {fused}; {fix}",
+                       path=at)
+
+
+#: prf's text-analysis parameters, which must be those of the bm25 that reads its expanded query
+PRF_ANALYSIS = ("fields", "tokenizer", "stopwords", "stemmer")
+
+
+def prf_reader_problem(op: Operator, path: str = "pipeline", loop_body: bool = False) -> ConfigError | None:
+    """The error for the first ``prf`` of ``op`` (at ``path``) whose expanded query the next retriever
+    would not read, or would read with other text analysis, else ``None``.
+
+    ``prf`` writes its expansion as text into ``state.values["lexical_query"]``, which only ``bm25`` (also
+    a sharded one) reads; dense, multi-vector and kNN-Embed retrievers encode the query itself.  The next
+    retriever is the first step after the ``prf`` in its list that retrieves (in a loop's body with none
+    after it: the body's first, which the next iteration runs); when that step is a composite, the first
+    retrievers of its branches, of which at least one must be a ``bm25``.  Each such ``bm25`` must analyse
+    text as ``prf`` does (:data:`PRF_ANALYSIS`: ``fields``, ``tokenizer``, ``stopwords``, ``stemmer``):
+    ``prf`` spells each expansion term with a corpus word that its own analysis maps to the term, so
+    another analysis reads other terms (``[bm25: {stemmer: none}, prf, bm25: {stemmer: none}]`` searched
+    with Porter stems: ``property`` for ``properties``).  A ``prf`` that no retriever follows in its list
+    is not checked (its ``lexical_query`` is still in the run's values).  ``loop_body``: ``op`` is a loop's
+    body.
+    """
+    if isinstance(op, Loop):
+        body, where = op.child_paths(path)[0]
+        return prf_reader_problem(body, where, loop_body=True)
+    if isinstance(op, Composite) and not isinstance(op, Pipeline):
+        for child, where in op.child_paths(path):
+            problem = prf_reader_problem(child, where)
+            if problem is not None:
+                return problem
+        return None
+    steps = op.child_paths(path) if isinstance(op, Pipeline) else [(op, path)]
+    for i, (step, where) in enumerate(steps):
+        if isinstance(step, Composite):
+            problem = prf_reader_problem(step, where)
+            if problem is not None:
+                return problem
+            continue
+        if step.name != "prf":
+            continue
+        after = [(s, w) for s, w in steps[i + 1:] if _retrieves(s)]
+        if not after and loop_body:
+            after = [(s, w) for s, w in steps[:i] if _retrieves(s)]
+        if after:
+            problem = _prf_reader(step, f"{where}.{step.name}", *after[0])
+            if problem is not None:
+                return problem
+    return None
+
+
+def _first_retrievers(op: Operator, path: str) -> list[tuple[Operator, str]]:
+    """The retriever leaves that run first in ``op`` (at ``path``), with their paths: in each branch of a
+    parallel or route, in a loop's body, in the first step of a list that retrieves."""
+    if not isinstance(op, Composite):
+        return [(op, f"{path}.{op.name}")] if op.kind == "retriever" else []
+    if isinstance(op, Pipeline):
+        first = next(((s, w) for s, w in op.child_paths(path) if _retrieves(s)), None)
+        return [] if first is None else _first_retrievers(*first)
+    if isinstance(op, Loop):
+        return _first_retrievers(*op.child_paths(path)[0])
+    return [x for child, where in op.child_paths(path) for x in _first_retrievers(child, where)]
+
+
+def _bm25_params(op: Operator) -> Params | None:
+    """The parameters of ``op`` when it is a ``bm25`` (or a ``sharded`` one: its per-shard bm25's), else ``None``."""
+    if op.name == "bm25":
+        return op.params
+    if _sharded_name(op) == "bm25":
+        inner: Operator = op.sub_retriever()  # type: ignore[attr-defined]
+        return inner.params
+    return None
+
+
+def _prf_reader(prf: Operator, at: str, step: Operator, where: str) -> ConfigError | None:
+    """Why the retrievers that run first in ``step`` (at ``where``) do not read what ``prf`` (at ``at``)
+    writes as it writes it, else ``None``."""
+    readers = _first_retrievers(step, where)
+    bm25s = [(p, there) for leaf, there in readers if (p := _bm25_params(leaf)) is not None]
+    if not bm25s:
+        names = ", ".join(f"{there} ({leaf.name})" for leaf, there in readers)
+        return ConfigError(f"{at}: prf writes an expanded query (state.values['lexical_query']) that only bm25 reads, "
+                           f"but the next retriever after it, {names}, searches with the query itself, so prf would "
+                           f"change nothing; put a bm25 after prf (e.g. [bm25, prf, bm25]), or drop prf", path=at)
+    for params, there in bm25s:
+        differ = [f for f in PRF_ANALYSIS if getattr(prf.params, f) != getattr(params, f)]
+        if differ:
+            ours = ", ".join(f"{f}: {getattr(prf.params, f)}" for f in differ)
+            theirs = ", ".join(f"{f}: {getattr(params, f)}" for f in differ)
+            return ConfigError(
+                f"{at}.{differ[0]}: prf analyses text with {ours} but {there}, which reads its expanded query, with "
+                f"{theirs}; prf spells each expansion term with a corpus word its own analysis maps to that term, "
+                f"so the bm25 would search other terms; give prf the same ({theirs})", path=f"{at}.{differ[0]}")
     return None
 
 
@@ -635,7 +896,7 @@ class Pipeline(Composite):
         from ragkit.options import check_options
         from ragkit.run import Run
 
-        problem = unranked_router(self)
+        problem = unranked_router(self, expansions=False)
         if problem is not None:
             raise problem
         leaves = list(iter_leaves(self))
@@ -811,12 +1072,15 @@ def fuse_weights_problem(fuse: Operator, names: Sequence[str]) -> str | None:
 
 
 def route_label_problems(router: Operator | None, labels: Iterable[Any], has_default: bool,
-                         default_label: str | None = None) -> str | None:
+                         default_label: str | None = None, *, default_branch: bool = False) -> str | None:
     """Why a route's branch ``labels`` do not serve ``router``, or ``None``: every label must be a
     string (YAML reads unquoted ``yes`` / ``no`` / ``on`` / ``1`` as booleans and numbers) without
     ``.``, ``[`` or ``]`` (path syntax); without a default every label the router can give
     (``possible_labels``) needs a branch; and every branch must be reachable: a label the router
     can give, or the route's ``default_label`` (a misspelt label's queries went to the default).
+    ``default_branch``: the route has a default pipeline of its own, which must be reachable too: some
+    label the router can give has no branch (``score_router`` with branches for both its labels and a
+    ``default: [...]`` never runs it).
     Without a ``router`` (not built yet) only the labels themselves are checked."""
     labels = list(labels)
     bad = [k for k in labels if not isinstance(k, str)]
@@ -838,11 +1102,15 @@ def route_label_problems(router: Operator | None, labels: Iterable[Any], has_def
                 f"a pipeline)")
     if callable(possible):
         can = possible()
+        covered = all(lab in labels for lab in can)  # every label the router gives has a branch: no default runs
         never = [lab for lab in labels if lab not in can and lab != default_label]
         if never:
             close = {lab: difflib.get_close_matches(lab, can, n=1) for lab in never}
             hints = "".join(f"; {lab!r}: did you mean {c[0]!r}?" for lab, c in close.items() if c)
             return (f"branches {never} can never run: router {router.name!r} labels queries only {can}{hints}")
+        if default_branch and covered:
+            return (f"the default can never run: router {router.name!r} labels queries only {can}, and each of "
+                    f"these has a branch; drop the default, or give one of its labels no branch")
     return None
 
 
@@ -1022,9 +1290,11 @@ class Route(Composite):
         if not branches:
             raise ParamError("route.branches: expected at least one labelled branch, got none")
         problem = route_label_problems(router, branches, default is not None,
-                                       default if isinstance(default, str) else None)
+                                       default if isinstance(default, str) else None,
+                                       default_branch=default is not None and not isinstance(default, str))
         if problem:
-            raise ParamError(f"route.branches: {problem}")
+            at = "route.default" if problem.startswith("the default") else "route.branches"
+            raise ParamError(f"{at}: {problem}", path=at)
         self.router = router
         self.branches = {k: _as_pipeline(v, f"route.branches.{k}", empty_ok=True) for k, v in branches.items()}
         if isinstance(default, str):

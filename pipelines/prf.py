@@ -30,8 +30,14 @@ as 0, for upstream retrievers that score below 0) and a non-finite score counts 
 Anserini would divide by a zero norm (no feedback term, or feedback weights that sum to 0)
 the query is not expanded.
 
-Terms are the BM25 tokenizer's (lowercase, Lucene stopwords, Porter stems by default;
-the tokenizer parameters must match the BM25 that reads the expanded query).  The weighted
+Terms are the BM25 tokenizer's (lowercase, Lucene stopwords, Porter stems by default).
+The analysis parameters (``fields``, ``tokenizer``, ``stopwords``, ``stemmer``) must be those of
+the BM25 that reads the expanded query, and only a BM25 reads it: a pipeline whose next retriever
+after ``prf`` is not a ``bm25`` (dense, muvera, knn_embed: it would change nothing), or is one that
+analyses text otherwise (``[bm25: {stemmer: none}, prf: {}, bm25: {stemmer: none}]`` searched
+Porter stems, ``property`` for ``properties``), is refused when it is built, naming both steps
+(:func:`~ragkit.pipelines._compose.prf_reader_problem`).  They are not inferred from the BM25: an
+explicit setting is what is run, and saved.  The weighted
 query is written as text into ``state.values["lexical_query"]``, which BM25 reads (encoders
 keep reading the query itself: the weighted text is for term matching only): each term
 is spelled with a corpus word that stems to it and repeated
@@ -72,6 +78,10 @@ MIN_TERM_CHARS, MAX_TERM_CHARS = 2, 20
 _TERM_CHARS = re.compile(r"[a-z0-9]+")
 
 
+_SAME = ("Must be the same as the bm25's that reads the expanded query (a pipeline with another is refused when "
+         "built).")
+
+
 class PRFParams(Params):
     fb_docs: int = Field(10, ge=1, description="Feedback documents: the top of the current ranking (Anserini fbDocs).")
     fb_terms: int = Field(10, ge=1, description="Terms kept per feedback document and in the relevance model "
@@ -89,11 +99,10 @@ class PRFParams(Params):
                              "(equal weights if none is positive), or equally.")
     resolution: int = Field(1000, ge=10, description="Total repetitions used to write term weights as text: "
                                                      "each is rounded to 1/resolution of their sum.")
-    stopwords: Literal["lucene", "none"] = Field("lucene", description="As the BM25 that reads the text.")
-    stemmer: Literal["porter", "english", "none"] = Field("porter", description="As the BM25 that reads the text.")
-    fields: Literal["title_text", "text"] = Field("title_text", description="As the BM25 that reads the text.")
-    tokenizer: Literal["alnum", "unicode", "whitespace"] = Field(
-        "alnum", description="As the BM25 that reads the text.")
+    stopwords: Literal["lucene", "none"] = Field("lucene", description=_SAME)
+    stemmer: Literal["porter", "english", "none"] = Field("porter", description=_SAME)
+    fields: Literal["title_text", "text"] = Field("title_text", description=_SAME)
+    tokenizer: Literal["alnum", "unicode", "whitespace"] = Field("alnum", description=_SAME)
 
 
 def _top_per_group(group: np.ndarray, key: np.ndarray, term: np.ndarray, k: int) -> np.ndarray:

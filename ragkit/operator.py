@@ -160,9 +160,11 @@ class Operator:
     #: ``True`` when a search calls into PyTorch (``torch.topk``, ``torch.bmm``): ``fit`` and ``load``
     #: import it, so the first search does not pay the ~2 s import (nor report it as search time)
     uses_torch: ClassVar[bool] = False
-    #: ``True`` when it works on the rankings of the steps before it and cannot run without them (a
-    #: reranker, a generator; a router of a route): with no retriever before it, the pipeline is refused
-    #: when it is built or fitted (:func:`~ragkit.pipelines._compose.unranked_router`), not at its first search
+    #: ``True`` when it works on the rankings of the steps before it (every reranker and filter, a
+    #: generator; a router of a route): placed before the first retriever of its list it would change
+    #: nothing, so the pipeline is refused when it is built or fitted
+    #: (:func:`~ragkit.pipelines._compose.unranked_router`), not at its first search; a ``rewriter`` that sets
+    #: it is accepted there in a loop's body, whose later iterations give it the previous one's rankings
     reads_rankings: ClassVar[bool] = False
     #: conformance checks known to fail, ``{check name: reason}``
     xfail_checks: ClassVar[dict[str, str]] = {}
