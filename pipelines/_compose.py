@@ -859,14 +859,15 @@ class Pipeline(Composite):
         return call_checked(self, state, self._call)
 
     def search(
-        self, queries: Queries | Sequence[str] | str, *, k: int | None = None, trace: bool = False,
-        qrels: Mapping[str, Mapping[str, int]] | None = None, **options: Any,
+        self, queries: Queries | Sequence[str] | Mapping[str, str] | str, *, k: int | None = None,
+        trace: bool = False, qrels: Mapping[str, Mapping[str, int]] | None = None, **options: Any,
     ) -> "Run":
         """Run the pipeline on a batch of queries and return a :class:`~ragkit.run.Run`.
 
         Parameters
         ----------
-        queries : Queries, list of str or str
+        queries : Queries, list of str, str, or a mapping {query_id: text}
+            (a pandas Series indexed by string ids gives its ids; a DataFrame is refused)
         k : int, optional
             Final number of results per query (retrievers fetch at least ``k``).
         trace : bool
@@ -922,6 +923,10 @@ class Pipeline(Composite):
         options = check_options(self, options, corpus)  # before any work: the whole tree's options
         if k is not None:
             options["k"] = int(k)
+        if qrels is not None:
+            from ragkit.types import check_qrels
+
+            qrels = check_qrels(qrels, "search")
         state = State.of(queries, options=options, trace=[] if trace else None,
                          qrels=dict(qrels) if qrels is not None else None)
         token = _TRACE_IDS.set(corpus.ids)

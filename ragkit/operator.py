@@ -406,8 +406,8 @@ class Operator:
         return Parallel([self]) + other
 
     def search(
-        self, queries: Queries | Sequence[str] | str, *, k: int | None = None, trace: bool = False,
-        qrels: Mapping[str, Mapping[str, int]] | None = None, **options: Any,
+        self, queries: Queries | Sequence[str] | Mapping[str, str] | str, *, k: int | None = None,
+        trace: bool = False, qrels: Mapping[str, Mapping[str, int]] | None = None, **options: Any,
     ) -> "Run":
         """Run this operator as a one-step pipeline (see :meth:`Pipeline.search`)."""
         from ragkit.pipelines import Pipeline

@@ -282,3 +282,17 @@ def test_the_lone_surrogate_check_scans_no_clean_text(monkeypatch):
     monkeypatch.undo()
     with pytest.raises(DataError, match=r"texts\[5\] holds a lone surrogate '\\udc80' at character 3"):
         types.check_texts(clean + ["ok", "ok \udc80 x"], "texts", surrogates=True)
+
+
+def test_search_checks_its_trace_qrels_and_takes_a_mapping_of_queries():
+    """search(..., qrels=[1, 2]) failed with a raw TypeError inside the trace; the mapping form of queries
+    is in search's signature (mypy accepted only Queries | Sequence[str] | str)."""
+    import inspect
+
+    from ragkit.retrievers import BM25
+
+    bm = BM25(k=2).fit(Corpus.from_texts(["stem cells divide", "protein folding"]))
+    with pytest.raises(DataError, match=r"search: qrels must be a mapping \{query_id: \{doc_id: grade\}\}"):
+        bm.search(["stem cells"], trace=True, qrels=[1, 2])
+    assert bm.search({"a": "stem cells"}).query_ids == ["a"]
+    assert "Mapping[str, str]" in str(inspect.signature(BM25.search).parameters["queries"].annotation)

@@ -83,6 +83,7 @@ def test_dbnorm_and_adapter_after_a_dense_of_another_model_are_refused_before_an
 
 def test_model_check_only_where_the_retriever_before_is_one_dense_model(two_encoders):
     a, b = two_encoders
+    # (encoder_mismatch only: several of these are refused by the cosine-source check, unranked_router)
     fine = [
         Dense(model="sentence-transformers/all-MiniLM-L6-v2") | DBNorm(),  # an alias of the default
         BM25(k=20) | DBNorm(model=b),  # not cosines of a model: nothing to compare with
