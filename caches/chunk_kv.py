@@ -72,6 +72,12 @@ its modification time when it has no ``written_ns``; one whose header cannot be 
 A file the cap deletes is deleted only while it is the one whose header was ranked: one that
 another store rewrote meanwhile stays.
 
+Damaged files.  Each file's metadata also keeps ``sha256``, a digest of its tensors and other
+metadata, checked when the variant is read: a file cut short, with a header that does not parse,
+or whose content differs from its digest (a changed byte of keys or values would load and serve
+other rows) is deleted with a warning on the ``ragkit`` logger, and the chunk is computed again.
+Files written before the digest was kept have none and are read unchecked, as before.
+
 Persistence.  The memory tier reaches the disk tier on eviction, on :meth:`ChunkKVCache.flush`, and
 when the store goes: garbage-collected, or still alive when the process exits (a ``weakref.finalize``
 hook; skipped when the folder or its manifest is gone, or when another thread holds the store for
@@ -85,6 +91,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import os
 import secrets
@@ -126,6 +133,22 @@ _FORMAT_VERSION = 1
 _ITEMSIZE = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2}
 #: wall-clock marks a store keeps of its requests (spanning at least 64 half-lives; older decays below 2**-64)
 _CLOCK_LEN = 4096
+
+_log = logging.getLogger(__name__)
+
+
+def _file_digest(tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> str:
+    """SHA-256 of a disk variant's content: every tensor's name, dtype, shape and bytes, and every
+    metadata entry but the digest itself, in name order (kept in the file's ``sha256`` metadata)."""
+    h = hashlib.sha256()
+    h.update(json.dumps(sorted((k, v) for k, v in meta.items() if k != "sha256")).encode())
+    for name in sorted(tensors):
+        t = tensors[name]
+        h.update(json.dumps([name, str(t.dtype), list(t.shape)]).encode())
+        if t.dtype == torch.bfloat16:  # no numpy dtype: the same bits as int16
+            t = t.view(torch.int16)
+        h.update(np.ascontiguousarray(t.detach().cpu().numpy()).reshape(-1).view(np.uint8).data)
+    return h.hexdigest()
 
 
 def _is_int(x: object) -> TypeGuard[int | np.integer]:
@@ -761,6 +784,7 @@ class ChunkKVCache:
             tensors, meta = v.to_tensors()
             meta.update(model_id=self.model_id, tokenizer_id=self.tokenizer_id, store=self._sid(),
                         last_tick=str(v.last_tick), tick=str(self._tick), written_ns=str(time.time_ns()))
+            meta["sha256"] = _file_digest(tensors, meta)  # checked on read: a changed byte is a damaged file
             with atomic_file(d / f"{v.file_stem}.safetensors") as tmp:
                 save_file(tensors, str(tmp), metadata=meta)
         for stem, ident in gone.items():
@@ -815,8 +839,13 @@ class ChunkKVCache:
         return out
 
     def _read_file(self, f: Path, exact_only: bool = False) -> ChunkVariant | None:
-        """Read one variant file; ``None`` when it is missing, damaged (then deleted: a miss,
-        computed again) or, with ``exact_only``, not exact.
+        """Read one variant file; ``None`` when it is missing, damaged (then deleted, with a warning on
+        the ``ragkit`` logger: a miss, computed again) or, with ``exact_only``, not exact.
+
+        Damaged: cut short, a header or metadata that does not parse, or content that differs from the
+        ``sha256`` digest of its tensors and metadata written with it (a changed byte would otherwise load
+        and serve other keys and values).  A file written before the digest was kept has none and is
+        read as before.
 
         Raises :class:`CacheModelMismatchError` for a file of another model and
         :class:`~ragkit.errors.ArtifactError` when the file cannot be read (permissions, I/O).
@@ -832,6 +861,8 @@ class ChunkKVCache:
                 if exact_only and meta.get("exact") != "1":
                     return None
                 tensors = {k: fh.get_tensor(k) for k in fh.keys()}
+            if "sha256" in meta and _file_digest(tensors, meta) != meta["sha256"]:
+                raise ValueError("its content differs from the sha256 digest written with it")
             v = ChunkVariant.from_tensors(tensors, meta)
             # its reuse count decays by the requests it spent on disk: the utility it would have in memory
             v.reuse *= self._decay(self._last_tick_of(meta, _written_ns(meta, f)))
@@ -844,7 +875,9 @@ class ChunkKVCache:
         except OSError as e:
             raise ArtifactError(f"{f}: could not read this chunk-cache file ({type(e).__name__}: {e}); expected a "
                                 "readable safetensors file: check its permissions and the disk") from e
-        except (SafetensorError, KeyError, ValueError, TypeError):  # cut short, bad header or metadata
+        except (SafetensorError, KeyError, ValueError, TypeError) as e:  # cut short, bad header, metadata or digest
+            _log.warning(f"{f}: damaged chunk-cache file ({type(e).__name__}: {e}); deleted, its chunk is computed "
+                         "again")
             f.unlink(missing_ok=True)
             return None
 

@@ -999,6 +999,21 @@ def _print_results(corpus: Corpus, batch: Any, run: Any) -> None:
         console.print(table)
 
 
+def _default_chunk_dir() -> str | None:
+    """``ragkit ask``'s chunk-cache folder for the default model: ``<ragkit cache>/chunks/<fingerprint of
+    its GGUF file>`` (one folder per model: a store refuses a folder written for another); ``None`` when
+    the default model cannot be found (the generate step's check says so)."""
+    from ragkit.encoders.sentence import model_fingerprint
+    from ragkit.eval.beir import cache_dir
+    from ragkit.generators.local import default_gguf
+
+    try:
+        folder, name = default_gguf()
+    except (ImportError, FileNotFoundError):
+        return None
+    return str(cache_dir() / "chunks" / model_fingerprint(str(Path(folder) / name)))
+
+
 @app.command("ask")
 def ask_cmd(
     question: str = typer.Argument(..., help="The question to answer."),
@@ -1013,11 +1028,17 @@ def ask_cmd(
     max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", min=1,
                                                  help="Answer length in tokens (default 96), when the pipeline has "
                                                       "no generate step of its own."),
+    cache_dir: Optional[str] = typer.Option(
+        None, "--cache-dir", help="Folder of the chunk KV cache on disk, so that later asks reuse the chunks computed "
+                                  "here (default: chunks/<model fingerprint> in the ragkit cache, $RAGKIT_CACHE or "
+                                  "~/.cache/ragkit; used by the cachecraft and naive modes), when the pipeline has no "
+                                  "generate step of its own."),
 ) -> None:
     """Answer a question with retrieval + a local LLM, streaming the answer's tokens.
 
     The pipeline's own ``generate`` step is used if it has one; otherwise one is appended
-    (SmolLM2-135M-Instruct by default, with Cache-Craft chunk-cache reuse).
+    (SmolLM2-135M-Instruct by default, with Cache-Craft chunk-cache reuse; the chunks' key/value
+    rows are kept on disk, --cache-dir, so that a later ask reuses them).
     """
     from ragkit.generators.operator import Generate
     from ragkit.pipelines import Pipeline
@@ -1027,8 +1048,11 @@ def ask_cmd(
         raise typer.BadParameter(f"expected one of full, prefix, naive, cachecraft; got {mode!r}", param_hint="--mode")
     if not question.strip():
         raise typer.BadParameter("expected a question, got an empty one", param_hint="QUESTION")
-    given = {f: v for f, v in (("--top-k", top_k), ("--mode", mode), ("--max-new-tokens", max_new_tokens))
-             if v is not None}
+    if cache_dir is not None and not cache_dir.strip():
+        raise typer.BadParameter("expected a folder path, got an empty one (write '.' for the working folder)",
+                                 param_hint="--cache-dir")
+    given = {f: v for f, v in (("--top-k", top_k), ("--mode", mode), ("--max-new-tokens", max_new_tokens),
+                               ("--cache-dir", cache_dir)) if v is not None}
     try:
         pipe, fitted = resolve_pipeline(pipeline)
         _check_retrieves(pipe, f"--pipeline {pipeline}")  # before the fit and the LLM's load
@@ -1043,10 +1067,13 @@ def ask_cmd(
         gens = [op for op in iter_leaves(pipe) if isinstance(op, Generate)]
         if gens and given:
             raise RagkitError(f"{', '.join(given)}: the pipeline {pipeline} has its own generate step, whose "
-                              "parameters (top_k, mode, max_new_tokens) decide; set them there, or drop the flags")
+                              "parameters (top_k, mode, max_new_tokens, cache_dir) decide; set them there, or drop "
+                              "the flags")
         if not gens:
-            chosen = {f: v for f, v in (("top_k", top_k), ("mode", mode), ("max_new_tokens", max_new_tokens))
-                      if v is not None}
+            if cache_dir is None and mode in (None, "cachecraft", "naive"):  # full and prefix use no chunk cache
+                cache_dir = _default_chunk_dir()
+            chosen = {f: v for f, v in (("top_k", top_k), ("mode", mode), ("max_new_tokens", max_new_tokens),
+                                        ("cache_dir", cache_dir)) if v is not None}
             gens = [Generate(**{"max_new_tokens": 96, **chosen})]  # ask answers at more length than the default
             pipe = Pipeline([pipe, gens[0]])
         for g in gens:  # a model path that does not exist is refused before the retrieval steps are fitted

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Iterator, Sequence
 
-from ragkit.generators.local import DEFAULT_SYSTEM
+from ragkit.generators.local import DEFAULT_SYSTEM, _check_prompt
 
 __all__ = ["LangChainGenerator"]
 
@@ -69,6 +69,10 @@ class LangChainGenerator:
         return chunk if len(words) <= self.max_chunk_words else " ".join(words[: self.max_chunk_words])
 
     def messages(self, question: str, chunks: Sequence[str]) -> list[Any]:
+        """The system message and the user message holding the chunks (``chunks``: a list of str, one
+        per chunk; a single str is refused with a :class:`~ragkit.errors.ParamError`, as by
+        :class:`~ragkit.generators.local.LocalGenerator`: it would be taken character by character)."""
+        _check_prompt(question, chunks, "LangChainGenerator")
         SystemMessage, HumanMessage = _lc_messages()
         docs = "".join(self._cut(c) + "\n\n" for c in chunks)
         return [SystemMessage(content=self.system_prompt),
@@ -76,18 +80,30 @@ class LangChainGenerator:
 
     def generate(self, question: str, chunks: Sequence[str], *, on_token: Callable[[str], None] | None = None,
                  **_: Any) -> str:
-        """The answer text; with ``on_token`` the model is streamed piece by piece."""
+        """The answer text, its surrounding whitespace stripped; with ``on_token`` the model is streamed
+        piece by piece, the pieces joining to exactly the returned text (see :meth:`stream`)."""
         if on_token is None:
             out = self.chat_model.invoke(self.messages(question, chunks))
             return _text(getattr(out, "content", out)).strip()
-        return "".join(self.stream(question, chunks, on_token=on_token)).strip()
+        return "".join(self.stream(question, chunks, on_token=on_token))
 
     def stream(self, question: str, chunks: Sequence[str], *, on_token: Callable[[str], None] | None = None,
                **_: Any) -> Iterator[str]:
-        """Yield text pieces as the chat model streams them."""
-        for part in self.chat_model.stream(self.messages(question, chunks)):
+        """Yield text pieces as the chat model streams them; they join to the answer with its surrounding
+        whitespace stripped (what :meth:`generate` returns), as the local backend's do: leading whitespace
+        is not sent, trailing whitespace is held back until more text follows."""
+        messages = self.messages(question, chunks)  # checked before the model is called
+        held = ""  # whitespace after the text sent so far, sent only if more text follows
+        started = False
+        for part in self.chat_model.stream(messages):
             piece = _text(getattr(part, "content", ""))
-            if piece:
+            if not started:
+                piece = piece.lstrip()
+                started = bool(piece)
+            text = held + piece
+            body = text.rstrip()
+            held = text[len(body):]
+            if body:
                 if on_token is not None:
-                    on_token(piece)
-                yield piece
+                    on_token(body)
+                yield body

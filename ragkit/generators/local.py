@@ -40,8 +40,17 @@ Streaming.  ``on_token`` receives text pieces whose concatenation is exactly the
 :meth:`LocalGenerator.generate` returns (a character spanning several tokens is sent once it
 is complete; surrounding whitespace is not sent).
 
+Loading.  transformers parses a GGUF file three times (config, tokenizer, weights: ~20 s of CPU
+for the default SmolLM2-135M); the first load of a local GGUF file therefore saves a dequantized
+float32 copy (safetensors, config and tokenizer files, with sha256 checksums) in
+``<ragkit cache>/llm/<GGUF fingerprint>/`` (``$RAGKIT_CACHE``, by default ``~/.cache/ragkit``;
+540 MB for SmolLM2-135M), checked bit for bit against the GGUF's weights before it is kept, and
+later loads read it (~1 s).  A damaged copy is not used (a warning) and is written again; one
+written by another transformers version is written again too.
+
 Identity and threads.  ``model_id_`` is a content fingerprint of the weights (a model
-folder's files, or the GGUF file), so chunk caches are never shared between checkpoints.
+folder's files, or the GGUF file: also when the weights are read from its copy), so chunk
+caches are never shared between checkpoints.
 Every forward pass holds a lock of the loaded model: the capture passes switch the shared
 model config to eager attention and hook its attention modules, and the model is shared by
 every generator of the process.
@@ -54,13 +63,15 @@ import hashlib
 import importlib.util
 import inspect
 import json
+import logging
 import os
+import shutil
 import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterator, Literal, Sequence, TypeGuard
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Literal, Sequence, TypeGuard
 
 import numpy as np
 import torch
@@ -68,7 +79,7 @@ import torch
 from ragkit.caches import ChunkKVCache, ChunkVariant, PrefixCache, compute_cci
 from ragkit.caches.chunk_kv import alone_fix_overhead, order_penalty, prefix_overlap
 from ragkit.encoders.sentence import model_fingerprint
-from ragkit.errors import ParamError
+from ragkit.errors import ArtifactError, ParamError
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -85,6 +96,9 @@ TOKEN_SELECTS: tuple[str, ...] = ("deviation", "stored")
 #: appended to every chunk's text; part of the chunk's tokens (and of ``max_chunk_tokens``)
 CHUNK_SEP = "\n\n"
 
+_log = logging.getLogger(__name__)
+
+
 @dataclass
 class _Loaded:
     """One loaded model, shared by every generator of the process that names it."""
@@ -93,6 +107,8 @@ class _Loaded:
     model: PreTrainedModel
     fingerprint: str
     lock: threading.RLock = field(default_factory=threading.RLock)
+    #: where the weights were read: the model folder or GGUF file, or the dequantized copy of a GGUF
+    source: str = ""
 
 
 _LOADED: dict[tuple[str, str | None], _Loaded] = {}
@@ -185,10 +201,193 @@ def _model_fingerprint(name: str, gguf: str | None, model: torch.nn.Module) -> s
     return "hub-" + hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+#: layout version of the dequantized copies of GGUF models (``<ragkit cache>/llm/<GGUF fingerprint>/``)
+_COPY_FORMAT = 1
+#: the copy's record: the GGUF fingerprint it was made from, the transformers version, sha256 of each file
+_COPY_RECORD = "ragkit-gguf-copy.json"
+
+
+def gguf_copy_dir(fingerprint: str) -> Path:
+    """Folder of the dequantized copy of the GGUF model of content fingerprint ``fingerprint``:
+    ``<ragkit cache>/llm/<fingerprint>`` (``$RAGKIT_CACHE``, by default ``~/.cache/ragkit``)."""
+    from ragkit.eval.beir import cache_dir
+
+    return cache_dir() / "llm" / fingerprint
+
+
+def _read_gguf_copy(folder: Path, fingerprint: str) -> tuple[PreTrainedTokenizerBase, PreTrainedModel] | None:
+    """Tokenizer and float32 model from the dequantized copy ``folder`` of the GGUF of ``fingerprint``;
+    ``None`` when there is none, when it was written for another transformers version (rebuilt: it
+    reproduces what this version parses from the GGUF), and when it is damaged: a file of its record
+    missing or changed (sha256 of every file, about 0.5 s of CPU for 540 MB), logged as a warning."""
+    import transformers
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from ragkit._files import verify_checksums
+
+    record_path = folder / _COPY_RECORD
+    if not record_path.is_file():
+        return None
+    try:
+        record = json.loads(record_path.read_text(encoding="utf-8"))
+        if not isinstance(record, dict) or not isinstance(record.get("files"), dict) or not record["files"]:
+            raise ArtifactError(f"{record_path}: not a record of a dequantized GGUF copy")
+        if record.get("source") != fingerprint or record.get("format") != _COPY_FORMAT:
+            raise ArtifactError(f"{record_path}: made from {record.get('source')!r} (format {record.get('format')!r})"
+                                f", expected {fingerprint!r} (format {_COPY_FORMAT})")
+        if record.get("transformers") != transformers.__version__:
+            _log.info(f"{folder}: dequantized GGUF copy written with transformers {record.get('transformers')}; "
+                      f"this is {transformers.__version__}: made again from the GGUF file")
+            return None
+        verify_checksums(folder, record["files"])
+        tok = AutoTokenizer.from_pretrained(str(folder))
+        model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32).eval()
+    except Exception as e:  # noqa: BLE001 -- whatever is wrong with the copy, the GGUF file is still there
+        _log.warning(f"{folder}: the dequantized copy of the GGUF model is damaged ({type(e).__name__}: {e}); not "
+                     "used: the model loads from the GGUF file and the copy is written again")
+        return None
+    return tok, model
+
+
+def _same_model(a: tuple[PreTrainedTokenizerBase, PreTrainedModel],
+                b: tuple[PreTrainedTokenizerBase, PreTrainedModel]) -> str | None:
+    """What differs between two loaded (tokenizer, model) pairs, or ``None``: the model class, the
+    config (its name and GGUF quantization record aside), any weight (bit for bit), the tokenizer's
+    class (part of :attr:`LocalGenerator.tokenizer_id_`), vocabulary, special tokens and chat template."""
+    (ta, ma), (tb, mb) = a, b
+    if type(ma) is not type(mb) or type(ta) is not type(tb):
+        return f"classes {type(ma).__name__}/{type(ta).__name__} vs {type(mb).__name__}/{type(tb).__name__}"
+    skip = {"_name_or_path", "quantization_config", "transformers_version"}
+    ca = {k: v for k, v in ma.config.to_dict().items() if k not in skip}
+    cb = {k: v for k, v in mb.config.to_dict().items() if k not in skip}
+    if ca != cb:
+        return f"config entries {sorted(k for k in ca.keys() | cb.keys() if ca.get(k) != cb.get(k))[:5]}"
+    sa, sb = ma.state_dict(), mb.state_dict()
+    if sa.keys() != sb.keys():
+        return f"weight names {sorted(sa.keys() ^ sb.keys())[:5]}"
+    bad = next((k for k in sa if sa[k].dtype != sb[k].dtype or not torch.equal(sa[k], sb[k])), None)
+    if bad is not None:
+        return f"weight {bad}"
+    for what in ("get_vocab", "chat_template", "all_special_tokens"):
+        x, y = getattr(ta, what, None), getattr(tb, what, None)
+        if callable(x) and callable(y):
+            x, y = x(), y()
+        if x != y:
+            return f"tokenizer {what}"
+    return None
+
+
+def _write_gguf_copy(folder: Path, fingerprint: str, tok: PreTrainedTokenizerBase, model: PreTrainedModel) -> bool:
+    """Save the dequantized float32 weights (``model.safetensors``), the config (without its GGUF
+    quantization record) and the tokenizer files of a model loaded from a GGUF file into ``folder``,
+    with a record of sha256 checksums; returns whether the copy is in place.
+
+    Written into a temporary sibling folder, loaded back and compared with the model in memory
+    (:func:`_same_model`: every weight bit for bit), then renamed into place, so a copy that is
+    there is complete and loads as the GGUF does; a damaged one found there is replaced.  Skipped
+    (``False``, a warning) when the disk lacks room for twice the weights, when it cannot be
+    written, or when the check fails; another process's copy renamed in first is kept.
+    """
+    import transformers
+    from safetensors.torch import save_model
+
+    from ragkit._files import folder_checksums, shared_tempdir
+
+    n_bytes = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    tmp: Path | None = None
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        free = shutil.disk_usage(folder.parent).free
+        if free < 2 * n_bytes + (64 << 20):
+            _log.warning(f"{folder.parent}: {free / 2**20:,.0f} MiB free, too little for a dequantized copy of the "
+                         f"GGUF model ({n_bytes / 2**20:,.0f} MiB); the GGUF file is parsed again at every load")
+            return False
+        tmp = shared_tempdir(folder.parent, f".{folder.name}.tmp-")
+        save_model(model, str(tmp / "model.safetensors"))
+        cfg = model.config.to_dict()
+        cfg.pop("quantization_config", None)
+        (tmp / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True, default=str), encoding="utf-8")
+        tok.save_pretrained(str(tmp))
+        mask = os.umask(0)
+        os.umask(mask)
+        for f in tmp.iterdir():  # safetensors writes owner-only files; the cache may be shared
+            f.chmod(0o666 & ~mask)
+        record = {"source": fingerprint, "format": _COPY_FORMAT, "transformers": transformers.__version__,
+                  "files": folder_checksums(tmp)}
+        (tmp / _COPY_RECORD).write_text(json.dumps(record, indent=2), encoding="utf-8")
+        again = _read_gguf_copy(tmp, fingerprint)
+        differs = "it does not load" if again is None else _same_model((tok, model), again)
+        if differs is not None:
+            _log.warning(f"{folder}: the dequantized copy of the GGUF model differs from the GGUF ({differs}); not "
+                         "kept: the GGUF file is parsed again at every load")
+            return False
+        if folder.exists():  # damaged, stale or of another transformers version: replaced
+            aside = folder.with_name(f".{folder.name}.old-{tmp.name[-8:]}")
+            try:
+                folder.rename(aside)
+            except FileNotFoundError:  # another process moved it meanwhile
+                pass
+            try:
+                tmp.rename(folder)
+            except OSError:  # another process renamed its copy in first: keep that one
+                pass
+            shutil.rmtree(aside, ignore_errors=True)
+        else:
+            try:
+                tmp.rename(folder)
+            except OSError:
+                pass
+        _log.info(f"saved a dequantized copy of the GGUF model ({n_bytes / 2**20:,.0f} MiB) in {folder}: later loads "
+                  "read it instead of parsing the GGUF file")
+        return (folder / _COPY_RECORD).is_file()
+    except Exception as e:  # noqa: BLE001 -- the copy only saves time: the model loaded from the GGUF is used
+        _log.warning(f"{folder}: could not write the dequantized copy of the GGUF model ({type(e).__name__}: {e}); "
+                     "the GGUF file is parsed again at the next load")
+        return False
+    finally:
+        if tmp is not None and tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _load_model(name: str, gguf: str | None) -> _Loaded:
+    """Load tokenizer and float32 model (``OSError`` when transformers cannot).
+
+    A local GGUF file is parsed by transformers three times (config, tokenizer, weights: ~20 s of CPU
+    for SmolLM2-135M); the first load saves a dequantized copy (:func:`_write_gguf_copy`, under
+    :func:`gguf_copy_dir`) and later loads read that (~1 s).  The fingerprint stays the GGUF's, so
+    chunk caches written either way stay valid.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = os.path.join(name, gguf) if gguf is not None else ""
+    if gguf is not None and os.path.isfile(path):
+        fp = model_fingerprint(path)
+        folder = gguf_copy_dir(fp)
+        got = _read_gguf_copy(folder, fp)
+        if got is not None:
+            return _Loaded(got[0], got[1], fp, source=str(folder))
+        tok = AutoTokenizer.from_pretrained(name, gguf_file=gguf)
+        model = AutoModelForCausalLM.from_pretrained(name, gguf_file=gguf, dtype=torch.float32).eval()
+        _write_gguf_copy(folder, fp, tok, model)
+        return _Loaded(tok, model, fp, source=path)
+    kw = {"gguf_file": gguf} if gguf else {}
+    tok = AutoTokenizer.from_pretrained(name, **kw)
+    model = AutoModelForCausalLM.from_pretrained(name, dtype=torch.float32, **kw).eval()
+    return _Loaded(tok, model, _model_fingerprint(name, gguf, model), source=path or name)
+
+
 def _cache_kwarg(module: torch.nn.Module) -> str:
     """The keyword a model or decoder layer takes its KV cache by: ``cache`` (transformers >= 5.24, where
     ``past_key_values`` is deprecated, to be removed in 5.40) or ``past_key_values`` (older releases)."""
     return "cache" if "cache" in inspect.signature(module.forward).parameters else "past_key_values"
+
+
+def _output_cache(out: object) -> Any:
+    """The KV cache a model's forward returned: the output's ``cache`` field (transformers >= 5.24, where
+    reading ``past_key_values`` logs a deprecation warning on every first use in a process, and the name
+    goes in 5.40), or ``past_key_values`` on older releases (whose outputs have no ``cache`` field)."""
+    fields = getattr(out, "__dataclass_fields__", {})
+    return getattr(out, "cache") if "cache" in fields else getattr(out, "past_key_values")
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -340,22 +539,22 @@ def _check_call(where: str, *, fraction: object = 0.0, max_new_tokens: object = 
                          "answer's length limit in tokens)", "max_new_tokens")
 
 
-def _check_prompt(question: object, chunks: object) -> None:
-    """Raise :class:`ParamError` unless ``question`` is a str and ``chunks`` a sequence of str (a single
-    str would be taken character by character)."""
+def _check_prompt(question: object, chunks: object, where: str = "LocalGenerator") -> None:
+    """Raise :class:`ParamError` (its message starting with ``where``) unless ``question`` is a str and
+    ``chunks`` a sequence of str (a single str would be taken character by character)."""
     if not isinstance(question, str):
-        raise ParamError(f"LocalGenerator: question={question!r}; expected a str", "question")
+        raise ParamError(f"{where}: question={question!r}; expected a str", "question")
     if isinstance(chunks, (str, bytes)):
-        raise ParamError(f"LocalGenerator: chunks is one {type(chunks).__name__} ({chunks[:40]!r}...); expected a "
+        raise ParamError(f"{where}: chunks is one {type(chunks).__name__} ({chunks[:40]!r}...); expected a "
                          "list of str, one per chunk: wrap it in a list ([text])", "chunks")
     try:
         items = list(chunks)  # type: ignore[call-overload]
     except TypeError:
-        raise ParamError(f"LocalGenerator: chunks={chunks!r}; expected a list of str, one per chunk",
+        raise ParamError(f"{where}: chunks={chunks!r}; expected a list of str, one per chunk",
                          "chunks") from None
     bad = next((i for i, c in enumerate(items) if not isinstance(c, str)), None)
     if bad is not None:
-        raise ParamError(f"LocalGenerator: chunks[{bad}] is {items[bad]!r} ({type(items[bad]).__name__}); expected "
+        raise ParamError(f"{where}: chunks[{bad}] is {items[bad]!r} ({type(items[bad]).__name__}); expected "
                          "a str per chunk", "chunks")
 
 
@@ -456,21 +655,16 @@ class LocalGenerator:
         if name is None:
             name, gguf = default_gguf()
         name, gguf = _check_source(str(name), gguf)
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
         if self.num_threads:
             torch.set_num_threads(self.num_threads)
-        kw = {"gguf_file": gguf} if gguf else {}
         with _LOAD_LOCK:
             if (name, gguf) not in _LOADED:  # one copy per process; the weights are never modified
                 try:
-                    tok = AutoTokenizer.from_pretrained(name, **kw)
-                    model = AutoModelForCausalLM.from_pretrained(name, dtype=torch.float32, **kw).eval()
+                    _LOADED[(name, gguf)] = _load_model(name, gguf)
                 except OSError as e:
                     what = f"{name!r} with gguf_file {gguf!r}" if gguf else repr(name)
                     raise ParamError(f"LocalGenerator: could not load the model {what}; expected a model folder, "
                                      f"a GGUF file or a Hugging Face model id ({e})", "model") from None
-                _LOADED[(name, gguf)] = _Loaded(tok, model, _model_fingerprint(name, gguf, model))
             loaded = _LOADED[(name, gguf)]
         n_layers = int(loaded.model.config.num_hidden_layers)
         if not 0 <= self.check_layer < n_layers:
@@ -572,7 +766,7 @@ class LocalGenerator:
         if key not in self._sys_cache:
             with torch.no_grad():
                 out = self.model(input_ids=torch.tensor([system]), use_cache=True)
-            pkv = out.past_key_values
+            pkv = _output_cache(out)
             K = torch.cat([layer.keys for layer in pkv.layers], 0)
             V = torch.cat([layer.values for layer in pkv.layers], 0)
             self._sys_cache[key] = (K, V)
@@ -717,8 +911,9 @@ class LocalGenerator:
         if not capture:
             with torch.no_grad():
                 o = self.model(input_ids=ids[None], use_cache=True)
-            K = [layer.keys for layer in o.past_key_values.layers]
-            V = [layer.values for layer in o.past_key_values.layers]
+            layers = _output_cache(o).layers
+            K = [layer.keys for layer in layers]
+            V = [layer.values for layer in layers]
             return Prefill(o.logits[0, -1], K, V, T, T, 0.0, "full", [1.0] * len(seg.chunks))
         keys, values = self._empty_kv(T)
         seg_of = self._segment_ids(seg)
@@ -791,8 +986,9 @@ class LocalGenerator:
                                                     for li in range(K.shape[0])])
                 o = self.model(input_ids=torch.from_numpy(ids[k:])[None], position_ids=torch.arange(k, T)[None],
                                use_cache=True, **{_cache_kwarg(self.model): past})
-        Ks = [layer.keys for layer in o.past_key_values.layers]
-        Vs = [layer.values for layer in o.past_key_values.layers]
+        layers = _output_cache(o).layers
+        Ks = [layer.keys for layer in layers]
+        Vs = [layer.values for layer in layers]
         self.prefix_cache.put(ids, bounds, torch.cat(Ks, 0), torch.cat(Vs, 0))
         done = [min(max(k - s, 0), len(c)) / max(len(c), 1) for s, c in zip(seg.starts(), seg.chunks)]
         return Prefill(o.logits[0, -1], Ks, Vs, T, T - k, 0.0, "prefix", [1 - d for d in done])
@@ -1000,7 +1196,7 @@ class LocalGenerator:
             with self._lock:
                 o = self.model(input_ids=torch.tensor([[tok]]), position_ids=torch.tensor([[pos]]),
                                use_cache=True, **{cache_kw: past})
-            past = o.past_key_values
+            past = _output_cache(o)
             logits = o.logits[0, -1]
             pos += 1
         if on_token is not None:

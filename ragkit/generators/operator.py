@@ -125,7 +125,8 @@ class Generate(Operator):
     #: ``generate={"answer": False}`` passes the rankings on without running the model (what ``ragkit eval``,
     #: ``train`` and ``search`` do with a generate step inside a branch, route or loop: they score or show rankings)
     run_options = {"on_token": callable_option, "answer": bool_option}
-    #: calling it loads a 135M-parameter LLM (~30 s on 2 cores): conformance runs it as slow
+    #: calling it loads a 135M-parameter LLM (~30 s on 2 cores the first time; ~2 s from the dequantized copy
+    #: that first load saves): conformance runs it as slow
     slow_conformance = True
 
     def with_chat_model(self, chat_model: Any) -> "Generate":
