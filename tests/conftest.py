@@ -59,3 +59,24 @@ def slice_beir(slice_data, tmp_path_factory):
     queries = dict(zip(train.queries.ids, train.queries.texts)) | dict(zip(test_q.ids, test_q.texts))
     return write_beir(tmp_path_factory.mktemp("beir") / "scifact-slice", corpus, queries,
                       {"train": train.qrels, "test": test_qrels})
+
+
+class HashedEncoder:
+    """A model-free encoder for tests: each text's vector is drawn from a seed hashed from the text
+    (``dim`` float32 coordinates), unit length, or of a norm drawn from 0.5..3.5 (``unit=False``: for
+    code that must normalise itself)."""
+
+    def __init__(self, key: str, dim: int, unit: bool = True) -> None:
+        self.key, self.dim, self.unit = key, dim, unit
+
+    def encode(self, texts, **kw):  # noqa: ANN001, ANN003, ANN201
+        import zlib
+
+        out = np.empty((len(texts), self.dim), np.float32)
+        for i, t in enumerate(texts):
+            rng = np.random.default_rng(zlib.crc32(t.encode()))
+            v = rng.standard_normal(self.dim)
+            out[i] = v / np.linalg.norm(v) * (1.0 if self.unit else rng.uniform(0.5, 3.5))
+        return out
+
+    encode_queries = encode

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import logging
 import pickle
-import zlib
 
 import numpy as np
 import pytest
+from conftest import HashedEncoder
 
 from ragkit.encoders import register_encoder
 from ragkit.errors import ParamError
@@ -20,25 +20,7 @@ from ragkit.retrievers import Dense
 from ragkit.retrievers.dense import DenseParams
 from ragkit.types import Corpus, State, _code_column
 
-
-class _Hashed:
-    """Vectors drawn from a seed hashed from the text (no model); norms 0.5..3.5 (not unit)."""
-
-    key = "dense-edits-hashed-v1"
-    dim = 32
-
-    def encode(self, texts, **kw):
-        out = np.empty((len(texts), self.dim), np.float32)
-        for i, t in enumerate(texts):
-            rng = np.random.default_rng(zlib.crc32(t.encode()))
-            v = rng.standard_normal(self.dim)
-            out[i] = v / np.linalg.norm(v) * rng.uniform(0.5, 3.5)
-        return out
-
-    encode_queries = encode
-
-
-register_encoder("dense-edits-hashed", _Hashed(), replace=True)
+register_encoder("dense-edits-hashed", HashedEncoder("dense-edits-hashed-v1", 32, unit=False), replace=True)
 MODEL = "dense-edits-hashed"
 
 
@@ -164,7 +146,7 @@ def test_document_vectors_are_unit_and_scores_are_cosines_whatever_the_encoder_r
     d = Dense(model=MODEL, **cfg).fit(c)
     v = d.document_vectors()
     np.testing.assert_allclose(np.linalg.norm(v, axis=1), 1, atol=1e-5)
-    raw = _Hashed().encode(c.full_texts)
+    raw = HashedEncoder("dense-edits-hashed-v1", 32, unit=False).encode(c.full_texts)
     q = d.query_vectors(State(["a", "b"]))
     q = q / np.linalg.norm(q, axis=1, keepdims=True)
     cos = q @ (raw / np.linalg.norm(raw, axis=1, keepdims=True)).T

@@ -6,10 +6,10 @@ where it enters, naming the argument, the position and the id."""
 from __future__ import annotations
 
 import json
-import zlib
 
 import numpy as np
 import pytest
+from conftest import HashedEncoder
 
 from ragkit import Corpus, Operator, Queries, TrainSet, evaluate
 from ragkit.encoders import register_encoder
@@ -25,22 +25,6 @@ DOCS = {"a": "stem cells divide", "b": "protein folding in cells", "c": "vitamin
 
 def _corpus() -> Corpus:
     return Corpus(ids=list(DOCS), texts=list(DOCS.values()))
-
-
-class _Hashed:
-    """Vectors from a seed hashed from the text (no model)."""
-
-    key = "input-types-hashed-v1"
-    dim = 16
-
-    def encode(self, texts, **kw):
-        out = np.empty((len(texts), self.dim), np.float32)
-        for i, t in enumerate(texts):
-            v = np.random.default_rng(zlib.crc32(t.encode())).standard_normal(self.dim)
-            out[i] = v / np.linalg.norm(v)
-        return out
-
-    encode_queries = encode
 
 
 # ------------------------------------------------------------------ 1. titles and texts of a Corpus
@@ -191,7 +175,7 @@ def test_langchain_refuses_one_string_and_reads_a_mapping_corpus():
 def test_a_query_that_is_no_string_is_refused_where_queries_enter(bad, shown):
     """Dense found nothing for None, silently, and failed on 5 or bytes with "'int' object has no attribute
     'isspace'"; BM25 called bytes "a int (115)" (a byte of it)."""
-    register_encoder("input-types-hashed", _Hashed(), replace=True)
+    register_encoder("input-types-hashed", HashedEncoder("input-types-hashed-v1", 16), replace=True)
     dense = Dense(model="input-types-hashed", k=2).fit(_corpus())
     for op in (dense, BM25(k=2).fit(_corpus())):
         with pytest.raises(DataError, match=rf"query\[1\] \(id 'q1'\) is {shown}"):
