@@ -81,8 +81,9 @@ def check_texts(values: Sequence[Any], what: str, ids: Sequence[Any] | np.ndarra
     save, can hold it, and tokenizers fail on it).
 
     Batched: one ``str.join`` per ``chunk`` values (C code; it refuses any value that is no string, so
-    a column of strings costs no Python loop) and one regular-expression scan of the joined chunk; only
-    a chunk holding a non-string is looked at value by value.  (A whole column joined at once peaked at
+    a column of strings costs no Python loop) and one surrogate test of the joined chunk
+    (:func:`_utf8_clean`); only a chunk holding a non-string (or a surrogate) is looked at value by
+    value.  (A whole column joined at once peaked at
     5x the text's size once one character above Latin-1 widened the joined string: +1.2 GB for 235 MB
     of text.)  ``values`` itself is returned when nothing was replaced, else a new list.
     """
