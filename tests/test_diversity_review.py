@@ -239,11 +239,17 @@ def test_pairwise_measures_are_cosines_at_any_scale():
 
 # ---------------------------------------------------------------------- 4. the bench's choice
 def _bench():
+    """bench/diversity.py as a module; the bench's own modules (its ``_common``) leave ``sys.modules`` again:
+    the examples import their own ``_common`` by that name (tests/test_examples.py failed after this test)."""
+    before = set(sys.modules)
     sys.path.insert(0, str(REPO / "bench"))
     try:
         return importlib.import_module("diversity")
     finally:
         sys.path.remove(str(REPO / "bench"))
+        for name in set(sys.modules) - before:
+            if str(getattr(sys.modules[name], "__file__", "") or "").startswith(str(REPO / "bench")):
+                del sys.modules[name]
 
 
 def test_bench_choice_when_nothing_qualifies():
