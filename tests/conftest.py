@@ -80,3 +80,14 @@ class HashedEncoder:
         return out
 
     encode_queries = encode
+
+
+def file_mapped(a: np.ndarray) -> bool:
+    """Whether ``a`` reads from a memory-mapped file (a view, or a view of a view, of an
+    ``np.load(mmap_mode=...)`` array: scipy's sparse matrices keep such views)."""
+    import mmap
+
+    base = a
+    while base is not None and not isinstance(base, mmap.mmap):
+        base = getattr(base, "base", None)
+    return base is not None

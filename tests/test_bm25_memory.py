@@ -5,11 +5,11 @@ memory-maps with ``mmap=True``, edits and saves after such a load, saves of the 
 from __future__ import annotations
 
 import json
-import mmap
 import tracemalloc
 
 import numpy as np
 import pytest
+from conftest import file_mapped
 
 from ragkit._files import folder_checksums
 from ragkit.retrievers import BM25, bm25
@@ -33,13 +33,6 @@ def _same_runs(a, b) -> None:  # noqa: ANN001
     for x, y, sx, sy in zip(a.doc_ids, b.doc_ids, a.scores, b.scores):
         np.testing.assert_array_equal(x, y)
         np.testing.assert_array_equal(sx, sy)
-
-
-def _mapped(a: np.ndarray) -> bool:
-    """Whether ``a`` reads from a memory-mapped file."""
-    while isinstance(a, np.ndarray) and a.base is not None:
-        a = a.base
-    return isinstance(a, mmap.mmap)
 
 
 def _reference_scores(bm: BM25, texts: list[str], queries: list[str]) -> np.ndarray:
@@ -160,7 +153,7 @@ def test_load_recomputes_nothing_and_maps_with_mmap(tmp_path, monkeypatch, varia
         _same_runs(got.search(qs), want)
         np.testing.assert_array_equal(got._wt.data, bm._wt.data)
         arrays = (got._wt.data, got._counts.data, got._counts.indices, got._counts.indptr, got._dl, got.idf_)
-        assert [_mapped(a) for a in arrays] == [mm] * len(arrays)
+        assert [file_mapped(a) for a in arrays] == [mm] * len(arrays)
         assert np.shares_memory(got._wt.indices, got._counts.indices)
 
 
@@ -179,7 +172,7 @@ def test_edits_after_an_mmap_load_and_a_save_over_its_own_folder(tmp_path):
     twin = BM25(k=30).fit(old)  # the same edits in memory
     bm.add(new)
     twin.add(new)
-    assert not _mapped(bm._wt.data)
+    assert not file_mapped(bm._wt.data)
     _same_runs(bm.search(qs), twin.search(qs))
     union = BM25(k=30).fit(old.concat(new))  # (its vocabulary's order differs: scores to the last bits)
     for a, b in zip(bm.search(qs).rankings, union.search(qs).rankings):

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import file_mapped
 
 from ragkit import scale
 from ragkit.encoders import DEFAULT_MODEL
@@ -179,16 +180,6 @@ def test_ray_fit_and_search_equal_local(slice_data, tmp_path, ray_session):
         [r.rows.tolist() for r in BM25(k=3).fit(tiny).search(queries[:3], filter={"bucket": 1}).rankings]
 
 
-def _file_mapped(a: np.ndarray) -> bool:
-    """``a`` reads a memory-mapped file (a view of a view of an ``np.load(mmap_mode=...)`` array)."""
-    import mmap
-
-    base = a
-    while base is not None and not isinstance(base, mmap.mmap):
-        base = getattr(base, "base", None)
-    return base is not None
-
-
 def test_a_ray_fit_leaves_the_driver_its_shards_memory_mapped(slice_data, ray_session):
     """After a fit on Ray the actors search; the driver's copies of the shards only save (and share
     BM25's collection statistics).  They were loaded into memory, so the driver held every shard's
@@ -198,7 +189,7 @@ def test_a_ray_fit_leaves_the_driver_its_shards_memory_mapped(slice_data, ray_se
     for node, arrays in (({"bm25": {"k": 10}}, lambda s: [s._counts.data, s._counts.indices, s._wt.data]),
                          ({"dense": {"k": 10}}, lambda s: [s.index_.codes])):
         on_ray = Sharded(retriever=node, n_shards=2, k=10, backend="ray").fit(corpus)
-        assert all(_file_mapped(a) for s in on_ray.shards_ for a in arrays(s))
+        assert all(file_mapped(a) for s in on_ray.shards_ for a in arrays(s))
         local = Sharded(retriever=node, n_shards=2, k=10, backend="local").fit(corpus)
         pairs = [(on_ray, local), *zip(on_ray.shards_, local.shards_)]  # the driver's mapped shards score alike
         for mine, theirs in pairs:
