@@ -783,6 +783,8 @@ class Pipeline(Composite):
                 raise ParamError(f"pipeline[{i}]: {s.name!r} is a {s.kind}, not a step of its own (it would change "
                                  f"nothing); it belongs in {home}", path=f"pipeline[{i}].{s.name}")
         self.steps: list[Operator] = steps
+        #: the YAML file's ``description:`` (free text, kept by :meth:`to_yaml` and :meth:`save`)
+        self.description: str | None = None
 
     def children(self) -> list[Operator]:
         return list(self.steps)

@@ -25,7 +25,9 @@ used: tags that construct Python objects are refused.  The whole file is validat
 an error starts with the path inside the file, e.g.
 ``pipeline[1].parallel.branches[0].dense.k: expected a positive integer, got -3``; every
 problem of the file (its top-level keys, every step, every branch, fuser, router, default,
-body, judge and key of a parallel / route / loop) is reported in one error, one line each.
+body, judge and key of a parallel / route / loop) is reported in one error, one line each, and
+a file's problems start with their line in it (``p.yaml: line 6: pipeline[0].bm25.k: ...``).
+The top-level ``description:`` is free text, kept by :func:`dump_yaml`.
 """
 
 from __future__ import annotations
@@ -181,11 +183,14 @@ def _cycle(node: Any, where: str) -> None:
     visit(node, set())
 
 
-def _safe_load(text: str, where: str) -> Any:
+def _safe_load(text: str, where: str) -> tuple[Any, yaml.Node | None]:
+    """The document of ``text`` and its composed node tree (for the line numbers of later errors)."""
+    loader = _UniqueKeyLoader(text)  # a SafeLoader: no object tags
     try:
-        doc = yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader: no object tags
+        node = loader.get_single_node()
+        doc = loader.construct_document(node) if node is not None else None
         _cycle(doc, where)
-        return doc
+        return doc, node
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         loc = f" line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
@@ -196,6 +201,8 @@ def _safe_load(text: str, where: str) -> Any:
         if "could not determine a constructor" in str(e):
             problem = f"{problem}; YAML tags that construct objects are not allowed in pipeline files"
         raise ConfigError(f"{where}:{loc}: not valid pipeline YAML: {problem}{_syntax_hint(e)}") from None
+    finally:
+        loader.dispose()
 
 
 #: what PyYAML's context of an unclosed construct opened, and what closes it
@@ -225,30 +232,41 @@ def parse_yaml_text(source: str | Path) -> tuple[Any, str]:
     ``\\``, or a ``.yaml`` / ``.yml`` ending) and names nothing, is refused with that said.  Any
     other string is YAML text.  Returns ``(document, where)``: the file name or ``"<text>"``.
     """
+    doc, where, _ = _parse(source)
+    return doc, where
+
+
+def _loaded(text: str, where: str) -> tuple[Any, str, yaml.Node | None]:
+    doc, node = _safe_load(text, where)
+    return doc, where, node
+
+
+def _parse(source: str | Path) -> tuple[Any, str, yaml.Node | None]:
+    """:func:`parse_yaml_text`, with the document's composed node tree as well."""
     if not isinstance(source, str):
         path = Path(source)
         kind = _what_is(path)
         if kind != "file":
             raise _not_a_file(path, kind)
-        return _safe_load(_read_text(path), str(path)), str(path)
+        return _loaded(_read_text(path), str(path))
     line = source.strip()
     if not line or "\n" in line:  # several lines: YAML text
-        return _safe_load(source, "<text>"), "<text>"
+        return _loaded(source, "<text>")
     kind = _what_is(Path(line))
     if kind == "file":
-        return _safe_load(_read_text(line), line), line
+        return _loaded(_read_text(line), line)
     if kind == "folder":
         raise _not_a_file(line, kind)
     named_yaml = line.lower().endswith((".yaml", ".yml"))
     try:
-        doc = _safe_load(source, "<text>")
+        doc, where, node = _loaded(source, "<text>")
     except ConfigError:
         if named_yaml:
             raise _not_a_file(line, None) from None
         raise
     if not isinstance(doc, (Mapping, list)) and (named_yaml or "/" in line or "\\" in line):
         raise _not_a_file(line, None)
-    return doc, "<text>"
+    return doc, where, node
 
 
 def _combined(problems: list[ConfigError]) -> ConfigError:
@@ -265,10 +283,11 @@ def load_yaml(source: str | Path | Mapping[str, Any], make_leaf: LeafFactory | N
     of the file (top-level keys, every step, every part of a parallel / route / loop) is
     reported in one :class:`~ragkit.errors.ConfigError`, one line each, after the file's name.
     """
+    node: yaml.Node | None = None
     if isinstance(source, Mapping):
         doc, where = source, "<mapping>"
     else:
-        doc, where = parse_yaml_text(source)
+        doc, where, node = _parse(source)
     if isinstance(doc, list):
         doc = {"pipeline": doc}
     if doc is None:  # an empty file, or one of comments only
@@ -283,9 +302,56 @@ def load_yaml(source: str | Path | Mapping[str, Any], make_leaf: LeafFactory | N
     try:
         return _load_doc(doc, make_leaf or _default_leaf)
     except ConfigError as e:
-        if where.startswith("<"):  # YAML text or a mapping: the message's path is all there is
+        if where.startswith("<") or node is None:  # YAML text or a mapping: the message's path is all there is
             raise
-        raise ConfigError(f"{where}: {e}" if "\n" not in str(e) else f"{where}:\n{e}", path=e.path) from None
+        message = _with_lines(str(e), node)  # a file: each problem's line too, for the editor
+        raise ConfigError(f"{where}: {message}" if "\n" not in message else f"{where}:\n{message}",
+                          path=e.path) from None
+
+
+_PATH_STEP = re.compile(r"\[(\d+)\]|([^.\[\]]+)")
+_PROBLEM_PATH = re.compile(r"^([^\s:]+): ")
+
+
+def _line_of(root: yaml.Node, path: str) -> int | None:
+    """The 1-based line of the YAML node at ``path`` (``pipeline[0].parallel.branches[1].dense.k``: the line
+    of the key ``k``), or of the deepest node the path leads to; None when it leads nowhere below the top."""
+    steps = [(int(i) if i else key) for i, key in _PATH_STEP.findall(path)]
+    if isinstance(root, yaml.SequenceNode) and steps[:1] == ["pipeline"]:  # a file that is the list alone
+        steps = steps[1:]
+    node, line, depth = root, None, 0
+    for step in steps:
+        found = _child(node, step)
+        if found is None:
+            break
+        node, line, depth = found[1], found[0], depth + 1
+    return line if depth else None
+
+
+def _child(node: yaml.Node, step: int | str) -> tuple[int, yaml.Node] | None:
+    """``(line, child)`` of ``node``'s item ``step`` (a list index or a mapping key, merged keys included)."""
+    if isinstance(node, yaml.SequenceNode) and isinstance(step, int) and 0 <= step < len(node.value):
+        item = node.value[step]
+        return item.start_mark.line + 1, item
+    if not isinstance(node, yaml.MappingNode):
+        return None
+    merged: list[yaml.Node] = []
+    for key, value in node.value:
+        if key.tag == "tag:yaml.org,2002:merge":
+            merged += value.value if isinstance(value, yaml.SequenceNode) else [value]
+        elif isinstance(key, yaml.ScalarNode) and key.value == str(step):
+            return key.start_mark.line + 1, value
+    return next((found for m in merged if (found := _child(m, step)) is not None), None)
+
+
+def _with_lines(message: str, root: yaml.Node) -> str:
+    """``message`` with the file's line before each problem's path: ``line 3: pipeline[0].bm25.k: ...``."""
+    def line(text: str) -> str:
+        m = _PROBLEM_PATH.match(text)
+        at = _line_of(root, m.group(1)) if m else None
+        return text if m is None or at is None else f"line {at}: {text}"
+
+    return "\n".join(line(t) for t in message.split("\n"))
 
 
 def _load_doc(doc: Mapping[str, Any], make_leaf: LeafFactory) -> Pipeline:
@@ -302,6 +368,10 @@ def _load_doc(doc: Mapping[str, Any], make_leaf: LeafFactory) -> Pipeline:
         problems.append(ConfigError(f"{bad}: unknown top-level key{hint}; expected one of {sorted(TOP_KEYS)} "
                                     "(or an 'x-' key of your own, e.g. x-defaults: &d {...} to hold anchors)",
                                     path=bad))
+    description = doc.get("description")
+    if description is not None and not isinstance(description, str):
+        problems.append(ConfigError(f"description: expected text, got {type(description).__name__} "
+                                    f"{description!r:.60}", path="description"))
     version = doc.get("version", 1)
     if version != 1 or not isinstance(version, int) or isinstance(version, bool):
         problems.append(ConfigError(
@@ -325,6 +395,7 @@ def _load_doc(doc: Mapping[str, Any], make_leaf: LeafFactory) -> Pipeline:
                 problems.append(unranked)
     if problems or pipe is None:
         raise _combined(problems)
+    pipe.description = description
     return pipe
 
 
@@ -685,7 +756,9 @@ def to_node(op: Operator) -> Any:
 
 def dump_yaml(pipe: Pipeline) -> str:
     """YAML text of a pipeline; ``load_yaml(dump_yaml(p))`` rebuilds an equal pipeline."""
-    return yaml.safe_dump({"pipeline": to_node(pipe)}, sort_keys=False, default_flow_style=None, allow_unicode=True)
+    doc = {"description": pipe.description} if pipe.description is not None else {}
+    doc["pipeline"] = to_node(pipe)
+    return yaml.safe_dump(doc, sort_keys=False, default_flow_style=None, allow_unicode=True)
 
 
 def walk_leaves(op: Operator, path: str = "pipeline") -> Iterator[tuple[str, Operator]]:

@@ -104,7 +104,8 @@ def test_eval_and_train_refuse_a_pipeline_that_starts_with_generate_before_any_f
     for cmd in (("eval",), ("train", "--out", tmp_path / "out")):
         res = _cli(*cmd, "--data", data, "-p", tmp_path / "g.yaml")
         assert res.exit_code == 2, res.output
-        assert f"{tmp_path / 'g.yaml'}: {GENERATE_FIRST}" in res.output, res.output  # (refused when the file loads)
+        # (refused when the file loads)
+        assert f"{tmp_path / 'g.yaml'}: line 2: {GENERATE_FIRST}" in res.output, res.output
         assert "ndcg" not in res.output and not (tmp_path / "out").exists()
 
 

@@ -659,7 +659,7 @@ def test_every_bad_step_is_reported_at_once(tmp_path):
         load_yaml(f)
     assert str(exc.value).splitlines()[0] == f"{f}:" and len(str(exc.value).splitlines()) == 5
     f.write_text("pipeline: [{bm25: {k: 0}}]")
-    with pytest.raises(ConfigError, match=rf"^{re.escape(str(f))}: pipeline\[0\]\.bm25\.k: "):
+    with pytest.raises(ConfigError, match=rf"^{re.escape(str(f))}: line 1: pipeline\[0\]\.bm25\.k: "):
         load_yaml(f)
 
 
@@ -968,7 +968,8 @@ def test_fuser_weights_must_match_the_branches_at_load(tmp_path):
     f.write_text(f"pipeline:\n  - parallel: {{{TWO_BM25}, fuse: {{weighted: {{weights: [1]}}}}}}\n")
     from ragkit.pipelines import validate_file
 
-    with pytest.raises(ConfigError, match=rf"^{re.escape(str(f))}: pipeline\[0\]\.parallel\.fuse\.weighted\.weights"):
+    with pytest.raises(ConfigError,
+                       match=rf"^{re.escape(str(f))}: line 2: pipeline\[0\]\.parallel\.fuse\.weighted\.weights"):
         validate_file(f)
     assert Pipeline.from_yaml(f"pipeline: [{{parallel: {{{TWO_BM25}, fuse: {{rrf: {{weights: [1, 2]}}}}}}}}]")
 
@@ -1443,21 +1444,23 @@ def test_top_level_problems_name_the_file(tmp_path):
     """``pipline:`` or ``version: 7`` in a file started with the key, not the file; a top-level problem
     and a step's are reported together."""
     f = tmp_path / "noplist.yaml"
-    for text, first in [("pipline:\n  - bm25: {}\n", "pipline: unknown top-level key (did you mean 'pipeline'?)"),
-                        ("version: 7\npipeline: [bm25: {}]\n", "version: expected 1"),
-                        ("version: 1.0\npipeline: [bm25: {}]\n", "version: expected 1"),
-                        ("description: x\n", "pipeline: missing"),
-                        ("pipeline: []\n", "pipeline: expected a non-empty list")]:
+    for text, line, first in [
+            ("pipline:\n  - bm25: {}\n", "line 1: ", "pipline: unknown top-level key (did you mean 'pipeline'?)"),
+            ("version: 7\npipeline: [bm25: {}]\n", "line 1: ", "version: expected 1"),
+            ("version: 1.0\npipeline: [bm25: {}]\n", "line 1: ", "version: expected 1"),
+            ("description: x\n", "", "pipeline: missing"),  # (a key that is not there has no line)
+            ("pipeline: []\n", "line 1: ", "pipeline: expected a non-empty list")]:
         f.write_text(text)
         with pytest.raises(ConfigError) as exc:
             load_yaml(f)
-        assert str(exc.value).startswith(f"{f}: {first}"), str(exc.value)
+        assert str(exc.value).startswith(f"{f}: {line}{first}"), str(exc.value)
         assert str(_config_error(text)).startswith(first)  # YAML text: the path inside it is all there is
     f.write_text("version: 7\npipeline: [bm25: {k: 0}]\n")
     with pytest.raises(ConfigError) as exc:
         load_yaml(f)
-    assert str(exc.value).splitlines() == [f"{f}:", "version: expected 1 (the pipeline file format this ragkit "
-                                           "reads), got 7", "pipeline[0].bm25.k: expected a positive integer, got 0"]
+    assert str(exc.value).splitlines() == [
+        f"{f}:", "line 1: version: expected 1 (the pipeline file format this ragkit reads), got 7",
+        "line 2: pipeline[0].bm25.k: expected a positive integer, got 0"]
     assert exc.value.path == "version"
 
 
@@ -1478,7 +1481,7 @@ def test_from_yaml_reads_files_of_any_suffix_and_says_what_else_a_string_is(tmp_
     txt.write_text("pipeline:\n  - bm25: {k: 7}\n")
     assert Pipeline.from_yaml(str(txt)) == Pipeline.from_yaml(txt) == Pipeline([BM25(k=7)])
     txt.write_text("pipeline:\n  - bm25: {k: 0}\n")
-    with pytest.raises(ConfigError, match=rf"^{re.escape(str(txt))}: pipeline\[0\]\.bm25\.k: "):
+    with pytest.raises(ConfigError, match=rf"^{re.escape(str(txt))}: line 2: pipeline\[0\]\.bm25\.k: "):
         Pipeline.from_yaml(str(txt))
     BM25(k=3).save(tmp_path / "saved")
     monkeypatch.chdir(tmp_path)

@@ -3,6 +3,8 @@ merge key per mapping, a whole message for a file of two documents, ``x-`` keys 
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from ragkit import Pipeline
@@ -56,3 +58,45 @@ def test_a_scalar_for_nested_settings_is_explained():
     with pytest.raises(ConfigError, match=r"rules\[0\]: expected a mapping of settings \(a Rule\), got 'short'"):
         Pipeline.from_yaml("pipeline:\n  - bm25: {}\n  - route: {router: {rule_router: {rules: [short]}}, "
                            "branches: {a: []}}\n")
+
+
+def test_a_file_s_problems_name_their_lines(tmp_path):
+    """A file's content errors named the path inside it only: in a long file the line is what an editor
+    goes to.  Each problem gets the line of the key it is about, through anchors and merge keys too."""
+    f = tmp_path / "p.yaml"
+    f.write_text("# hybrid\n"
+                 "x-dense: &d {k: 100, metrc: cos}\n"
+                 "pipeline:\n"
+                 "  - parallel:\n"
+                 "      branches:\n"
+                 "        - bm25: {k: -1}\n"
+                 "        - dense:\n"
+                 "            <<: *d\n"
+                 "      fuse:\n"
+                 "        rrf:\n"
+                 "          k: 0\n"
+                 "  - top_k: {kk: 3}\n")
+    with pytest.raises(ConfigError) as exc:
+        Pipeline.from_yaml(f)
+    lines = str(exc.value).splitlines()
+    assert lines[0] == f"{f}:"
+    assert [ln.split(": ")[0] for ln in lines[1:]] == ["line 6", "line 2", "line 11", "line 12"], lines
+    assert lines[1].startswith("line 6: pipeline[0].parallel.branches[0].bm25.k: expected a positive integer")
+    f.write_text("- bm25: {}\n- top_k:\n    k: x\n")  # a file that is the list of steps alone
+    with pytest.raises(ConfigError, match=rf"^{re.escape(str(f))}: line 3: pipeline\[1\]\.top_k\.k: "):
+        Pipeline.from_yaml(f)
+    with pytest.raises(ConfigError, match=r"^pipeline\[1\]\.top_k\.k: "):  # YAML text: the path is all there is
+        Pipeline.from_yaml(f.read_text())
+
+
+def test_description_is_kept_by_to_yaml_and_save(tmp_path):
+    """``description:`` was read and dropped: to_yaml() and a saved pipeline.yaml lost the file's own text."""
+    pipe = Pipeline.from_yaml("description: BM25 then the top 5\npipeline:\n  - bm25: {k: 50}\n  - top_k: {k: 5}\n")
+    assert pipe.description == "BM25 then the top 5"
+    assert pipe.to_yaml().startswith("description: BM25 then the top 5\npipeline:\n")
+    assert Pipeline.from_yaml(pipe.to_yaml()).description == pipe.description
+    pipe.save(tmp_path / "saved")
+    assert Pipeline.load(tmp_path / "saved").description == pipe.description
+    assert "description" not in Pipeline.from_yaml("pipeline: [bm25: {}]").to_yaml()
+    with pytest.raises(ConfigError, match=r"description: expected text, got list \['a'\]"):
+        Pipeline.from_yaml("description: [a]\npipeline: [bm25: {}]\n")
