@@ -199,14 +199,17 @@ class MMR(Operator):
         return out
 
     def _warn_short_pool(self, longest: int, want: int, n_docs: int) -> None:
-        """Warn once per operator object when the incoming rankings (``longest`` documents at most) are
-        shorter than the pool ``want`` = max(fetch_k, k) while the corpus holds more (``n_docs``)."""
-        if longest == 0 or longest >= min(want, n_docs) or self.__dict__.get("_warned_short_pool"):
+        """Warn once per operator object when a set ``fetch_k`` is cut short: the incoming rankings
+        (``longest`` documents at most) are shorter than the pool ``want`` = max(fetch_k, k) while the
+        corpus holds more (``n_docs``).  With ``fetch_k=None`` the pool is the incoming ranking, by design."""
+        if (self.params.fetch_k is None or longest == 0 or longest >= min(want, n_docs)
+                or self.__dict__.get("_warned_short_pool")):
             return
         self.__dict__["_warned_short_pool"] = True
         _log.warning(f"{self.name}: the rankings it reranks hold at most {longest} documents, fewer than its pool "
                      f"fetch_k={self.params.fetch_k} (the corpus has {n_docs}), so it picks among those {longest} "
-                     f"only; raise the k of the retriever before it to {min(want, n_docs)} for the full pool")
+                     f"only: the k of the retriever before it, a filter or a query matching few documents limits "
+                     f"them; for the full pool the retriever's k must be at least {min(want, n_docs)}")
 
     def _save(self, folder: Path) -> None:
         save_arrays(folder, vectors=self.vectors_)

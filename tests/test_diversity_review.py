@@ -169,11 +169,13 @@ def test_mmr_warns_once_when_the_pool_is_capped_by_the_retriever(blobs, caplog):
         op(_mmr_state(op, q, short))
     msgs = _ragkit_warnings(caplog)
     assert len(msgs) == 1 and "at most 10 documents" in msgs[0] and "fetch_k=50" in msgs[0], msgs
-    assert "raise the k of the retriever" in msgs[0]
+    # (a filter or a query matching few documents also cuts the pool: the message said only "raise the k")
+    assert "a filter or a query matching few documents" in msgs[0] and "k must be at least 50" in msgs[0]
     for other, rankings in ((_mmr(blobs, k=5, fetch_k=50), [Ranking(np.arange(60), np.linspace(1, 0, 60))] * 2),
                             (_mmr(blobs, k=5, fetch_k=500), [Ranking(np.arange(240), np.linspace(1, 0, 240))] * 2),
                             (_mmr(blobs, k=5, fetch_k=50), [Ranking.empty()] * 2),
-                            (_mmr(blobs, k=5), short)):  # (fetch_k not set: the pool is what comes in)
+                            (_mmr(blobs, k=5), short),  # (fetch_k not set: the pool is what comes in,
+                            (_mmr(blobs, k=20), short)):  # even below k: it warned "fetch_k=None")
         caplog.clear()
         with caplog.at_level(logging.WARNING, logger="ragkit"):  # a full pool, the whole corpus, nothing at all
             other(_mmr_state(other, q, rankings))
