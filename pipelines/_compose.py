@@ -32,6 +32,8 @@ __all__ = ["Composite", "Pipeline", "Parallel", "Route", "Loop", "run_step"]
 # The corpus ids of the search in progress, for the trace's recall and nDCG: a context variable,
 # so that searches running at once in threads or asyncio tasks each see their own corpus.
 _TRACE_IDS: ContextVar[np.ndarray | None] = ContextVar("ragkit_trace_ids", default=None)
+# How the trace scores them: (relevance_level, ignore_identical_ids), as search() was given them
+_TRACE_SCORING: ContextVar[tuple[int, bool]] = ContextVar("ragkit_trace_scoring", default=(1, True))
 
 
 class _RouteLabels(Protocol):
@@ -65,14 +67,17 @@ class _LearningJudge(Protocol):
 
 def _quality(state: State) -> tuple[float | None, float | None, int]:
     """Mean recall@100 and nDCG@10 of the state's rankings against ``state.qrels``, computed as
-    :func:`~ragkit.eval.evaluate` computes them, over the judged queries, and how many were judged
-    (for traces only: a step run on several parts is averaged by judged queries)."""
+    :func:`~ragkit.eval.evaluate` computes them (with the ``relevance_level`` and ``ignore_identical_ids``
+    the search was given), over the judged queries, and how many were judged (for traces only: a step
+    run on several parts is averaged by judged queries)."""
     ids = _TRACE_IDS.get()
     if state.qrels is None or state.rankings is None or ids is None:
         return None, None, 0
     from ragkit.eval.metrics import per_query_metrics
 
-    m = per_query_metrics(state, state.qrels, ids, ["recall@100", "ndcg@10"])
+    level, ignore = _TRACE_SCORING.get()
+    m = per_query_metrics(state, state.qrels, ids, ["recall@100", "ndcg@10"], relevance_level=level,
+                          ignore_identical_ids=ignore)
     n = len(m["ndcg@10"])
     if not n:
         return None, None, 0
@@ -862,7 +867,8 @@ class Pipeline(Composite):
 
     def search(
         self, queries: Queries | Sequence[str] | Mapping[str, str] | str, *, k: int | None = None,
-        trace: bool = False, qrels: Mapping[str, Mapping[str, int]] | None = None, **options: Any,
+        trace: bool = False, qrels: Mapping[str, Mapping[str, int]] | None = None, relevance_level: int = 1,
+        ignore_identical_ids: bool = True, **options: Any,
     ) -> "Run":
         """Run the pipeline on a batch of queries and return a :class:`~ragkit.run.Run`.
 
@@ -876,6 +882,10 @@ class Pipeline(Composite):
             Record per-operator wall time, candidates in/out and (with ``qrels``) recall@100.
         qrels : mapping, optional
             Judgements, used only for the trace's recall and nDCG.
+        relevance_level, ignore_identical_ids
+            How the trace scores its recall and nDCG, as :func:`~ragkit.eval.evaluate` reads them (the
+            lowest grade recall counts; whether a document with its query's id is dropped), so that the
+            trace's last step equals ``evaluate(run, qrels, ...)`` with the same settings.
         **options
             Run-time overrides: ``filter={field: value or [values]}`` (every retriever, narrowing
             its own ``filter``), or ``operator_name={option: value}`` for every operator of that
@@ -929,15 +939,22 @@ class Pipeline(Composite):
             from ragkit.types import check_qrels
 
             qrels = check_qrels(qrels, "search")
+        if isinstance(relevance_level, bool) or not isinstance(relevance_level, (int, np.integer)) or \
+                relevance_level < 1:
+            raise ParamError(f"search: relevance_level must be an integer grade >= 1, got {relevance_level!r}")
+        if not isinstance(ignore_identical_ids, (bool, np.bool_)):
+            raise ParamError(f"search: ignore_identical_ids must be true or false, got {ignore_identical_ids!r}")
         state = State.of(queries, options=options, trace=[] if trace else None,
                          qrels=dict(qrels) if qrels is not None else None)
         token = _TRACE_IDS.set(corpus.ids)
+        scoring = _TRACE_SCORING.set((int(relevance_level), bool(ignore_identical_ids)))
         try:
             t0 = time.perf_counter()
             with options_checked():  # checked above, once for the whole tree
                 state = self(state)
             seconds = time.perf_counter() - t0
         finally:
+            _TRACE_SCORING.reset(scoring)
             _TRACE_IDS.reset(token)
         rankings = state.rankings if state.rankings is not None else [Ranking.empty() for _ in state.queries]
         if k is not None:

@@ -413,9 +413,9 @@ def _fit_and_score(pipe: Any, loaded: bool, sp: _Split, ks: list[int], trace: bo
                    scoring: _Scoring = _Scoring()) -> _Scored:
     """Fit ``pipe`` on the split's corpus (unless ``loaded``: saved fitted), search its queries and
     evaluate nDCG, recall, MAP, MRR and precision at each cut-off of ``ks``, as ``scoring`` says."""
-    from ragkit import evaluate
     from ragkit.encoders.sentence import _ENCODERS, caching_queries
     from ragkit.encoders.tokens import _TOKEN_ENCODERS
+    from ragkit.eval.metrics import _evaluate
 
     def n_encoded() -> int:  # documents encoded so far: sentence vectors and token vectors (MUVERA)
         return sum(e.n_encoded for e in _ENCODERS.values()) + sum(e.n_encoded for e in _TOKEN_ENCODERS.values())
@@ -428,12 +428,10 @@ def _fit_and_score(pipe: Any, loaded: bool, sp: _Split, ks: list[int], trace: bo
             pipe.fit(corpus, sp.train, backend=backend) if backend != "local" else pipe.fit(corpus, sp.train)
     t_fit = time.perf_counter() - t0
     encoded = n_encoded() - before
-    with caching_queries():  # an evaluation's queries come back run after run: their vectors are cached
-        run = pipe.search(sp.queries, k=scoring.depth, trace=trace, qrels=sp.qrels if trace else None,
-                          **_rankings_only(pipe))
+    run = _search_scored(pipe, sp.queries, sp.qrels, sp.dataset().corpus, scoring, trace)
     metrics = [f"{m}@{c}" for m in ("ndcg", "recall", "map", "mrr", "p") for c in ks]
-    result = evaluate(run, sp.qrels, metrics, ignore_identical_ids=not scoring.keep_ids,
-                      relevance_level=scoring.relevance_level)
+    result = _evaluate(run, sp.qrels, metrics, ignore_identical_ids=not scoring.keep_ids,
+                       relevance_level=scoring.relevance_level)[0]  # (its ignored documents: the note below)
     if result.ignored_judged:
         console.print(f"[yellow]note:[/] {result.ignored_judged} judged-relevant document(s) have their query's id "
                       "and are never scored as retrieved (a document with its query's id is dropped from the run, "
@@ -441,6 +439,40 @@ def _fit_and_score(pipe: Any, loaded: bool, sp: _Split, ks: list[int], trace: bo
                       "not found; --keep-identical-ids scores them",
                       soft_wrap=True)
     return _Scored(run, result, t_fit, encoded)
+
+
+def _search_scored(pipe: Any, queries: Any, qrels: dict[str, dict[str, int]], corpus: Any, scoring: _Scoring,
+                   trace: bool) -> Any:
+    """The run ``ragkit eval`` scores and writes: ``pipe``'s search of ``queries`` at ``scoring.depth`` (None:
+    the pipeline's own), without the documents that have their query's id unless ``scoring.keep_ids``
+    (so the ``--run`` file is what trec_eval scores as the table does).  When some query id is a document
+    id (ArguAna, Quora), the search goes one deeper than asked and each query is cut back after the drop,
+    as BEIR's searches fetch top_k + 1 and skip the query's own: the deepest cut-off holds its full k,
+    not k - 1.  Without ``--depth`` the pipeline's own depth is that of a first search, and the second
+    search runs only when some query found itself.  The run's time is both searches'.  ``trace``: with
+    ``qrels``, scored as the table is (``relevance_level``, ``keep_ids``)."""
+    from ragkit.encoders.sentence import caching_queries
+    from ragkit.eval.metrics import drop_identical_ids
+
+    def search(k: Optional[int]) -> Any:
+        with caching_queries():  # an evaluation's queries come back run after run: their vectors are cached
+            return pipe.search(queries, k=k, trace=trace, qrels=qrels if trace else None,
+                               relevance_level=scoring.relevance_level, ignore_identical_ids=not scoring.keep_ids,
+                               **_rankings_only(pipe))
+
+    lookup = corpus._lookup()
+    if scoring.keep_ids or not any(q in lookup for q in queries.ids):  # (SciFact, most of BEIR: as it was)
+        return search(scoring.depth)
+    depth, seconds = scoring.depth, 0.0
+    if depth is None:  # the pipeline's own depth: that of its search as it is
+        run = search(None)
+        dropped = drop_identical_ids(run)
+        if dropped is run:  # no query found itself: nothing to make up for
+            return run
+        depth, seconds = max((len(d) for d in run.doc_ids), default=0), run.seconds or 0.0
+    run = drop_identical_ids(search(depth + 1), depth)
+    run.seconds = (run.seconds or 0.0) + seconds
+    return run
 
 
 def _note_depth(run: Any, ks: list[int], corpus: Any, prefix: str = "") -> None:
@@ -514,8 +546,12 @@ def eval_cmd(
                                         help="Documents retrieved per query (the search's k, deepening every "
                                              "retriever: 1000 for recall@1000); default: the pipeline's own."),
     keep_identical_ids: bool = typer.Option(False, "--keep-identical-ids",
-                                            help="Score documents whose id is the query's id (BEIR drops them "
-                                                 "from the run, for ArguAna and Quora)."),
+                                            help="Score documents whose id is the query's id. By default they "
+                                                 "are dropped from the run, as BEIR does for ArguAna and Quora: "
+                                                 "ragkit then searches one deeper than the depth and cuts each "
+                                                 "query back to it after the drop (as BEIR's top_k + 1), so the "
+                                                 "deepest cut-off holds its full k, and the --run file holds the "
+                                                 "run as scored."),
     relevance_level: int = typer.Option(1, "--relevance-level", min=1,
                                         help="Lowest grade the binary metrics (recall, MAP, MRR, P) count as "
                                              "relevant, as trec_eval's -l."),
@@ -629,19 +665,21 @@ def _eval_subsets(data: str, subs: list[str], pipeline: str, loaded: bool, *, sp
         _check_listed(data, sources, pipeline, output)
     from ragkit.eval.beir import ARCHIVE_SUBSETS
 
-    archive = Path(base).name
-    missing = [] if sources else [s for s in ARCHIVE_SUBSETS.get(archive, ()) if s not in subs]
+    # every split is read and checked before any fit, then each corpus is read again in its turn
+    splits: dict[str, _Split] = {}
+    parent = ""  # the archive's folder (a zip's: the folder it unpacks to, cqadupstack of cqadupstack.zip)
+    for s in subs:
+        sp = _read_split(sources[s] if sources else f"{base}/{s}", split, train_split, limit, None,
+                         relevance_level=scoring.relevance_level)
+        parent = parent or sp.ds.path.resolve().parent.name
+        splits[s] = sp.released()
+    splits[subs[0]].t_load += t_find
+    missing = [] if sources else [s for s in ARCHIVE_SUBSETS.get(parent, ()) if s not in subs]
     if missing:  # a partial local copy: its mean is not the archive's BEIR score
-        known = ARCHIVE_SUBSETS[archive]
-        typer.echo(f"note: BEIR scores {archive} as the mean over its {len(known)} datasets; --data {data} holds "
+        known = ARCHIVE_SUBSETS[parent]
+        typer.echo(f"note: BEIR scores {parent} as the mean over its {len(known)} datasets; --data {data} holds "
                    f"{len(subs)} of them, so this mean is not comparable with BEIR's (missing: {', '.join(missing)})",
                    err=True)
-    # every split is read and checked before any fit, then each corpus is read again in its turn
-    splits = {s: _read_split(sources[s] if sources else f"{base}/{s}", split, train_split, limit, None,
-                             relevance_level=scoring.relevance_level).released()
-              for s in subs}
-    splits[subs[0]].t_load += t_find
-    parent = Path(base).resolve().name  # the archive's folder
     scored: dict[str, _Scored] = {}
     for s, sp in splits.items():
         # a fresh pipeline for each corpus
@@ -821,8 +859,8 @@ def train_cmd(
                     continue
                 with console.status(f"fitting the {label} pipeline..."), caching_queries():
                     pipe.fit(ds.corpus, tr)
-                with caching_queries():
-                    run = pipe.search(held, trace=True, qrels=held_qrels, **_rankings_only(pipe))
+                # as ragkit eval searches and scores (one deeper where queries are documents: ArguAna, Quora)
+                run = _search_scored(pipe, held, held_qrels, ds.corpus, _Scoring(), trace=True)
                 res = evaluate(run, held_qrels, ["ndcg@10", "recall@100"]).scores
                 table.add_row(label, f"{res['ndcg@10']:.4f}", f"{res['recall@100']:.4f}")
                 traces[label] = run.trace

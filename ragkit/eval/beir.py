@@ -206,7 +206,8 @@ def _is_header(row: list[str]) -> bool:
 def read_qrels(path: str | Path) -> Qrels:
     """Read a BEIR qrels TSV (``query-id corpus-id score`` with a header) into ``{qid: {doc_id: rel}}``.
 
-    A line without a tab is split on whitespace, so trec_eval's qrels (``qid 0 docid rel``) read too.
+    A line without a tab is split on whitespace, so trec_eval's qrels (``qid 0 docid rel``) read too;
+    tabs at the end of a line are ignored, as BEIR's reader ignores them.
     """
     path = user_path(path, "read_qrels: path")
     if not path.is_file():
@@ -215,8 +216,9 @@ def read_qrels(path: str | Path) -> Qrels:
     line_of: dict[tuple[str, str], int] = {}
     # a byte-order mark is not part of the header; a '"' in an id is part of it (no CSV quoting)
     for n, _, line in utf8_lines(path, "qrels files are UTF-8 text"):
-        text = line.rstrip("\r\n")
-        # BEIR's TSV splits on tabs (an id may hold a space); trec_eval's 'qid 0 docid rel' on whitespace
+        text = line.rstrip("\r\n").rstrip("\t")
+        # BEIR's TSV splits on tabs (an id may hold a space); trec_eval's 'qid 0 docid rel' on whitespace.
+        # Trailing tabs are no columns: BEIR's csv reader reads 'q1<TAB>d1<TAB>1<TAB>' as q1, d1, 1
         row = text.split("\t") if "\t" in text else text.split()
         if not text.strip() or (n == 1 and _is_header(row)):  # BEIR's loader skips line 1 whatever it names
             continue
@@ -493,6 +495,9 @@ def _locate(name_or_path: str | Path, *, download: bool, base_url: str | None) -
         return path
     if path.is_file() and path.suffix.lower() == ".zip":
         return _unpacked(path)
+    archive = _zip_above(path)
+    if archive is not None:  # 'cqadupstack.zip/android': a folder inside a local zip, once unpacked
+        return _in_archive(archive, path, name_or_path)
     if path.is_file():  # 'corpus.jsonl' in a dataset's folder would be taken for a name to download
         raise DataError(f"{name_or_path}: is a file; expected a BEIR dataset folder (corpus.jsonl, queries.jsonl, "
                         f"qrels/) or a dataset name: pass its folder, {str(dataset_folder_of(path.resolve()))!r}")
@@ -503,6 +508,38 @@ def _locate(name_or_path: str | Path, *, download: bool, base_url: str | None) -
     if os.sep in text or "/" in text or text.startswith("."):
         raise _not_a_folder(text)
     return _find(text, text, download=download, base_url=base_url)
+
+
+def _zip_above(path: Path) -> Path | None:
+    """The local zip file ``path`` lies inside (``x.zip`` of ``x.zip/android``), or ``None``."""
+    return next((p for p in path.parents if p.suffix.lower() == ".zip" and p.is_file()), None)
+
+
+def _in_archive(archive: Path, path: Path, given: str | Path) -> Path:
+    """The folder ``path`` (below the local zip ``archive``) names in the archive once unpacked, counted
+    from the dataset (``cqadupstack.zip/android``) or from the archive's top folder, as a zip tool shows
+    it (``cqadupstack.zip/cqadupstack/android``); one the archive lacks is a :class:`DataError` saying what
+    it holds and how to load that."""
+    root = _unpacked(archive)
+    rest = path.relative_to(archive)
+    for inner in (root / rest, root.parent / rest if rest.parts[0] == root.name else None):
+        if inner is not None and inner.is_dir():
+            return inner
+    subs = _subsets(root)
+    holds = (f"it holds the datasets {', '.join(subs)} (load one as '{archive}/{subs[0]}')" if subs else
+             f"it holds one dataset, {root.name}: load it as '{archive}'")
+    raise DataError(f"{given}: {archive} has no folder {rest.as_posix()!r}; {holds}")
+
+
+def _sub_path(name_or_path: str | Path, folder: Path, sub: str) -> str:
+    """How to load dataset ``sub`` of ``folder``, which ``name_or_path`` found: ``<name_or_path>/<sub>``
+    where that loads (a folder, a name such as ``cqadupstack/android``, a path inside a zip), else the
+    folder's own path."""
+    given = f"{str(name_or_path).rstrip('/')}/{sub}"
+    text = os.path.expanduser(given)
+    if Path(text).is_dir() or _SUB_NAME.fullmatch(text) or _zip_above(Path(text)) is not None:
+        return given
+    return str(folder / sub)
 
 
 def _check_name_or_path(value: object, caller: str) -> None:
@@ -517,13 +554,52 @@ def _check_name_or_path(value: object, caller: str) -> None:
 def _unpacked(archive: Path) -> Path:
     """The folder a local BEIR zip (``scifact.zip``, as BEIR distributes them) unpacks to, under the cache
     (``beir-zip/<hash of its path, size and time>/<name>``; checked as a download is); unpacked once per
-    version of the file."""
+    version of the file.  ``<name>`` is the archive's one top folder (``nfcorpus`` of a browser's
+    ``nfcorpus (1).zip``), or the zip's name when its files lie at the top."""
     st = archive.stat()
-    key = hashlib.sha1(f"{archive.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:16]
+    # ("v2|": folders unpacked before renamed archives were understood are not reused)
+    key = hashlib.sha1(f"v2|{archive.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:16]
     dest = cache_dir() / "beir-zip" / key
-    if (dest / archive.stem).is_dir():
-        return dest / archive.stem
-    return download_beir(archive.stem, base_url=archive.resolve().parent.as_uri(), dest=dest)
+    done = _folders(dest) if dest.is_dir() else []
+    if len(done) == 1:
+        return dest / done[0]
+    dest.mkdir(parents=True, exist_ok=True)
+    _log.info(f"unpacking {archive} into {dest}")
+    with tempfile.TemporaryDirectory(dir=dest, prefix=".unpacking-") as tmp:  # hidden: never taken for the result
+        try:
+            zf = zipfile.ZipFile(archive)
+        except zipfile.BadZipFile:
+            raise DataError(f"{archive}: not a zip archive ({st.st_size} bytes)") from None
+        unpacked = Path(tmp) / "unpacked"
+        with zf:
+            _extract(zf, unpacked, str(archive))
+        root = _archive_root(unpacked, archive.stem)
+        name = archive.stem if root == unpacked else root.name
+        _check_layout(root, name, str(archive))
+        share_like_umask(root)  # a TemporaryDirectory is owner-only
+        final = dest / name
+        try:
+            os.rename(root, final)
+        except OSError:
+            if not (final / "corpus.jsonl").is_file() and not _subsets(final):
+                raise  # (else another process unpacked the same zip at the same time: its folder serves)
+    return final
+
+
+def _archive_root(unpacked: Path, name: str) -> Path:
+    """The folder of an unpacked BEIR archive that is the dataset (or the folder of datasets): its
+    top folder ``name``; else ``unpacked`` itself when it holds a ``corpus.jsonl``; else its one top
+    folder when that is a dataset or a folder of datasets (an archive renamed: ``nfcorpus (1).zip``,
+    ``fiqa-v2.zip``); else ``unpacked`` (files at the top, or several datasets side by side)."""
+    if (unpacked / name).is_dir():
+        return unpacked / name
+    if (unpacked / "corpus.jsonl").is_file():
+        return unpacked
+    tops = _folders(unpacked)
+    loose = [p for p in unpacked.iterdir() if p.is_file() and not p.name.startswith(".")]
+    if len(tops) == 1 and not loose and _is_dataset(unpacked / tops[0]):
+        return unpacked / tops[0]
+    return unpacked
 
 
 def load_beir(name_or_path: str | Path, *, download: bool = True, base_url: str | None = None) -> BeirDataset:
@@ -552,8 +628,11 @@ def _locate_one(name_or_path: str | Path, *, download: bool, base_url: str | Non
     several is a :class:`DataError` naming them."""
     path = _locate(name_or_path, download=download, base_url=base_url)
     subs = _subsets(path)
+    if len(subs) == 1:
+        raise DataError(f"{name_or_path}: holds one BEIR dataset, in its folder {subs[0]!r}; load it as "
+                        f"{_sub_path(name_or_path, path, subs[0])!r}")
     if subs:
-        one = f"{str(name_or_path).rstrip('/')}/{subs[0]}"
+        one = _sub_path(name_or_path, path, subs[0])
         raise DataError(f"{name_or_path}: holds {len(subs)} BEIR datasets ({', '.join(subs)}), not one; load one as "
                         f"{one!r} (beir_subsets lists them; BEIR reports the mean of each metric over them)")
     return path
@@ -601,8 +680,7 @@ def download_beir(name: str, *, base_url: str | None = None, dest: Path | None =
     with tempfile.TemporaryDirectory(dir=dest) as tmp:  # the archive and its contents: removed whatever happens
         with _fetch_zip(url, name, timeout, Path(tmp) / "archive.zip") as archive:
             _extract(archive, Path(tmp) / "unpacked", url)
-        unpacked = Path(tmp) / "unpacked"
-        root = unpacked / name if (unpacked / name).is_dir() else unpacked
+        root = _archive_root(Path(tmp) / "unpacked", name)
         # the whole BEIR layout, checked before the folder moves into the cache: a partial one placed
         # there would be found by every later load_beir (which looks for corpus.jsonl) and never replaced
         _check_layout(root, name, url)
@@ -620,7 +698,7 @@ def download_beir(name: str, *, base_url: str | None = None, dest: Path | None =
 def _fetch_zip(url: str, name: str, timeout: float, into: Path) -> zipfile.ZipFile:
     """The zip archive at ``url``, streamed to the file ``into`` in 1 MiB pieces (BEIR archives reach
     gigabytes: never held in memory whole) and opened; ``timeout`` in seconds, per network read."""
-    _log.info(f"downloading {url} into {into.parent.parent}")
+    _log.info(f"{'copying' if url.startswith('file:') else 'downloading'} {url} into {into.parent.parent}")
     try:
         with urllib.request.urlopen(url, timeout=timeout) as resp, open(into, "wb") as f:
             shutil.copyfileobj(resp, f, length=1 << 20)

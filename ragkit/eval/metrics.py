@@ -12,6 +12,7 @@ kept for significance tests.
 from __future__ import annotations
 
 import contextlib
+import logging
 import re
 from dataclasses import dataclass, field
 from typing import Iterable, Mapping, Sequence
@@ -23,7 +24,9 @@ from ragkit.run import Run, trec_head
 from ragkit.types import Qrels, Ranking, State, _a, _kind, check_qrels
 
 __all__ = ["evaluate", "EvalResult", "parse_metric", "paired_randomization_test", "sign_flip_pvalues",
-           "check_relevance_level", "per_query_ndcg", "per_query_metrics"]
+           "check_relevance_level", "per_query_ndcg", "per_query_metrics", "drop_identical_ids"]
+
+_log = logging.getLogger(__name__)
 
 _TREC = {"ndcg": "ndcg_cut", "recall": "recall", "map": "map_cut", "p": "P"}
 DEFAULT_METRICS = ("ndcg@10", "recall@100", "map@10", "mrr@10", "p@10")
@@ -131,7 +134,11 @@ def evaluate(
 
     ``ignore_identical_ids`` (BEIR's convention, for datasets where a query is also a document:
     ArguAna, Quora) drops a document whose id is the query's id from the run; where the qrels judge
-    such a document relevant it then counts as not found (``EvalResult.ignored_judged`` counts them).
+    such a document relevant it then counts as not found (``EvalResult.ignored_judged`` counts them,
+    and a warning on the ``ragkit`` logger says how many: on MS MARCO-like numeric ids a query and
+    the passage judged for it can share an id by chance; ``ignore_identical_ids=False`` scores them).
+    A run searched as deep as the deepest cut-off loses one document per query that found itself:
+    :func:`drop_identical_ids` on a run one deeper keeps the cut-off full, as BEIR's search does.
 
     Queries in the qrels that the run lacks count as 0 (trec_eval's ``-c``), as is
     standard when reporting BEIR numbers; queries the qrels lack, or hold with no judged
@@ -139,6 +146,34 @@ def evaluate(
     is a :class:`DataError` (judgements of another split, not a score of 0).  A document listed twice for one query is a
     :class:`DataError`, as in trec_eval.
     """
+    result, ignored = _evaluate(run, qrels, metrics, ignore_identical_ids=ignore_identical_ids,
+                                relevance_level=relevance_level)
+    n = result.ignored_judged
+    if n and ignored not in _WARNED:  # once per set of judgements: a learner evaluates the same ones many times
+        if len(_WARNED) > 1000:
+            _WARNED.clear()
+        _WARNED.add(ignored)
+        _log.warning(f"evaluate: {n} judged-relevant document{'s have their' if n > 1 else ' has its'} query's id "
+                     f"and {'are' if n > 1 else 'is'} never scored as retrieved (ignore_identical_ids=True drops a "
+                     "document with its query's id from the run, as BEIR does for ArguAna and Quora), so "
+                     f"{'they count' if n > 1 else 'it counts'} as not found; pass ignore_identical_ids=False "
+                     "(ragkit eval and compare: --keep-identical-ids) to score "
+                     f"{'them' if n > 1 else 'it'} (EvalResult.ignored_judged counts them)")
+    return result
+
+
+#: The ``(relevance_level, query ids)`` of judged documents ignored for their query's id that :func:`evaluate`
+#: has warned of: each set is said once (fusion weights are learned by evaluating hundreds of candidates)
+_WARNED: set[tuple[int, tuple[str, ...]]] = set()
+
+
+def _evaluate(
+    run: Run | Mapping[str, Mapping[str, float]], qrels: Qrels, metrics: str | Sequence[str] = DEFAULT_METRICS,
+    *, ignore_identical_ids: bool = True, relevance_level: int = 1,
+) -> tuple[EvalResult, tuple[int, tuple[str, ...]]]:
+    """:func:`evaluate` without its warning of ignored judged documents (the traces' many calls, and
+    ``ragkit eval``, which says it in its own words), and ``(relevance_level, the ids of the queries whose
+    judged-relevant document was ignored)``."""
     import pytrec_eval
 
     if isinstance(relevance_level, bool) or not isinstance(relevance_level, (int, np.integer)) or relevance_level < 1:
@@ -187,8 +222,8 @@ def evaluate(
             key = f"{_TREC[fam]}_{k}"
             per_query[name] = {q: float(v[key]) for q, v in res.items()}
     scores = {name: float(np.mean(list(v.values()))) if v else 0.0 for name, v in per_query.items()}
-    ignored = sum(1 for q, rel in judged.items() if rel.get(q, 0) >= relevance_level) if ignore_identical_ids else 0
-    return EvalResult(scores=scores, per_query=per_query, ignored_judged=ignored)
+    ignored = tuple(q for q, rel in judged.items() if rel.get(q, 0) >= relevance_level) if ignore_identical_ids else ()
+    return EvalResult(scores=scores, per_query=per_query, ignored_judged=len(ignored)), (relevance_level, ignored)
 
 
 def check_relevance_level(qrels: Qrels, relevance_level: int, where: str = "evaluate") -> None:
@@ -311,11 +346,13 @@ def per_query_ndcg(state: State, qrels: Qrels, corpus_ids: np.ndarray, k: int = 
     return per_query_metrics(state, qrels, corpus_ids, [f"ndcg@{k}"])[f"ndcg@{k}"]
 
 
-def per_query_metrics(state: State, qrels: Qrels, corpus_ids: np.ndarray,
-                      metrics: Sequence[str]) -> dict[str, np.ndarray]:
+def per_query_metrics(state: State, qrels: Qrels, corpus_ids: np.ndarray, metrics: Sequence[str], *,
+                      relevance_level: int = 1, ignore_identical_ids: bool = True) -> dict[str, np.ndarray]:
     """Each metric (``"ndcg@10"``, ``"recall@100"``, ...) of each judged query of a pipeline ``state``,
     computed by :func:`evaluate` (trec_eval's rules: its tie order, a document whose id is the query
-    id ignored): ``{metric: (n_judged,) float64}`` in state order, queries without judgements skipped."""
+    id ignored unless ``ignore_identical_ids=False``, binary metrics counting grades from
+    ``relevance_level``): ``{metric: (n_judged,) float64}`` in state order, queries without judgements
+    skipped."""
     qids = [q for q in state.query_ids if qrels.get(q)]
     if not qids:
         return {m: np.zeros(0, np.float64) for m in metrics}
@@ -327,7 +364,8 @@ def per_query_metrics(state: State, qrels: Qrels, corpus_ids: np.ndarray,
     k = max(parse_metric(m)[1] for m in metrics) + 1
     doc_ids, scores = _with_ties_at(rankings, k, corpus_ids, state.query_ids)
     run = Run(list(state.query_ids), doc_ids, scores)
-    pq = evaluate(run, {q: qrels[q] for q in qids}, list(metrics)).per_query
+    pq = _evaluate(run, {q: qrels[q] for q in qids}, list(metrics), relevance_level=relevance_level,
+                   ignore_identical_ids=ignore_identical_ids)[0].per_query
     return {m: np.array([pq[m][q] for q in qids], dtype=np.float64) for m in metrics}
 
 
@@ -405,3 +443,35 @@ def _cut_run(run: Run, k: int) -> Run:
     keep = _ties_kept(lens, scores.astype(np.float32, copy=False), owner, k)
     cut = np.cumsum(np.bincount(owner[keep], minlength=len(lens)))[:-1]
     return Run(run.query_ids, np.split(np.concatenate(run.doc_ids)[keep], cut), np.split(scores[keep], cut))
+
+
+def drop_identical_ids(run: Run, k: int | None = None) -> Run:
+    """``run`` without the documents whose id is their query's id (what :func:`evaluate` ignores with
+    ``ignore_identical_ids``), each query then cut to its first ``k`` (``None``: not cut), ranks
+    closing up.  BEIR's searches on ArguAna and Quora return the top ``k`` other documents (they fetch
+    ``k + 1`` and skip the query's own): searching ``k + 1`` and calling this gives the same, so that
+    recall@k counts ``k`` documents, not ``k - 1``.  The rankings (when the run has them), values, trace
+    and time are kept; a run with nothing to drop or cut is returned as it is.  One pass over the
+    concatenated ids (no loop over queries but the split into per-query arrays)."""
+    n = len(run.query_ids)
+    lens = np.fromiter((len(d) for d in run.doc_ids), np.int64, n)
+    if not n or not lens.sum():
+        return run
+    docs = np.concatenate(run.doc_ids)
+    flat = docs.astype(object, copy=False)
+    owner = np.repeat(np.arange(n), lens)
+    keep = flat != np.asarray(run.query_ids, dtype=object)[owner]  # elementwise: str == str
+    if k is not None:  # the rank of each kept document among its query's kept ones, from 1
+        kept = np.cumsum(keep)
+        starts = np.cumsum(lens) - lens
+        before = np.where(starts > 0, kept[np.maximum(starts - 1, 0)], 0)
+        keep &= (kept - before[owner]) <= k
+    if keep.all():
+        return run
+    cut = np.cumsum(np.bincount(owner[keep], minlength=n))[:-1]
+    at = np.split(np.flatnonzero(keep) - np.repeat(np.cumsum(lens) - lens, lens)[keep], cut)  # positions per query
+    rankings = None if run.rankings is None or any(len(r) != m for r, m in zip(run.rankings, lens.tolist())) else [
+        r.take(i) for r, i in zip(run.rankings, at)]
+    return Run(list(run.query_ids), np.split(docs[keep], cut),
+               np.split(np.concatenate(run.scores)[keep], cut), rankings=rankings, values=run.values,
+               trace=run.trace, seconds=run.seconds)

@@ -1,0 +1,281 @@
+"""A review of ragkit on BEIR's quirks: hand-downloaded and renamed zips, datasets whose queries are
+documents (ArguAna, Quora: searched one deeper, the --run file as scored), --trace scored as the table,
+evaluate's silent drop of judged documents, a qrels line ending in a tab, a local zip said 'downloaded'."""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import re
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from ragkit import evaluate, load_beir
+from ragkit.errors import DataError
+from ragkit.eval import beir_subsets
+from ragkit.eval.beir import read_qrels
+from ragkit.retrievers import BM25
+
+
+def _cli(*args: object):
+    from typer.testing import CliRunner
+
+    from ragkit.cli import app
+
+    return CliRunner().invoke(app, [str(a) for a in args], env={"COLUMNS": "200"})
+
+
+def _dataset(root: Path, docs: list[dict], queries: list[dict], qrels: str) -> Path:
+    """A BEIR folder: ``docs`` and ``queries`` as JSON lines, ``qrels`` the test split's rows (header added)."""
+    (root / "qrels").mkdir(parents=True)
+    (root / "corpus.jsonl").write_text("".join(json.dumps(d) + "\n" for d in docs))
+    (root / "queries.jsonl").write_text("".join(json.dumps(q) + "\n" for q in queries))
+    (root / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\n" + qrels)
+    return root
+
+
+def _forum(root: Path, forum: str) -> Path:
+    """A small CQADupStack forum: 30 documents, 6 judged queries (ids apart from the documents')."""
+    docs = [{"_id": str(i), "title": f"{forum} {i}", "text": f"topic{i % 6} word{i} {forum}"} for i in range(30)]
+    queries = [{"_id": str(100 + i), "text": f"topic{i} question"} for i in range(6)]
+    rows = "".join(f"{100 + i}\t{d}\t1\n" for i in range(6) for d in (i, i + 6))
+    return _dataset(root / forum, docs, queries, rows)
+
+
+def _zip(folder: Path, archive: Path, top: str | None) -> Path:
+    """Zip ``folder``'s files into ``archive`` under the top folder ``top`` (None: at the top)."""
+    with zipfile.ZipFile(archive, "w") as z:
+        for f in sorted(folder.rglob("*")):
+            if f.is_file():
+                rel = f.relative_to(folder).as_posix()
+                z.write(f, f"{top}/{rel}" if top else rel)
+    return archive
+
+
+def _arguana(root: Path, n: int = 40, others: int = 200, seed: int = 5) -> Path:
+    """ArguAna's layout: each query is an argument that is in the corpus under the query's id, and the
+    counter-argument (a few of its words) is the relevant document."""
+    r = random.Random(seed)
+    voc = [f"w{i}" for i in range(300)]
+
+    def text(m: int) -> str:
+        return " ".join(r.choice(voc) for _ in range(m))
+
+    docs, queries, rows = [], [], []
+    for i in range(n):
+        arg = text(30)
+        counter = " ".join(r.sample(arg.split(), 4)) + " " + text(26)
+        docs += [{"_id": f"a{i}-pro", "text": arg}, {"_id": f"a{i}-con", "text": counter}]
+        queries.append({"_id": f"a{i}-pro", "text": arg})
+        rows.append(f"a{i}-pro\ta{i}-con\t1\n")
+    docs += [{"_id": f"other-{i}", "text": text(30)} for i in range(others)]
+    return _dataset(root, docs, queries, "".join(rows))
+
+
+def _trec(path: Path) -> dict[str, dict[str, float]]:
+    run: dict[str, dict[str, float]] = {}
+    for line in path.read_text().splitlines():
+        q, _, d, _, s, _ = line.split()
+        run.setdefault(q, {})[d] = float(s)
+    return run
+
+
+# ---------------------------------------------------------------------- 1. a folder inside a local zip
+def test_a_dataset_inside_a_hand_downloaded_multi_dataset_zip_loads_and_evaluates(tmp_path, monkeypatch):
+    """``ragkit eval --data cqadupstack.zip`` unpacked, then failed on 'cqadupstack.zip/android: BEIR folder
+    not found', and so did ``load_beir("cqadupstack.zip/android")``, while beir_subsets listed the forums."""
+    monkeypatch.setenv("RAGKIT_CACHE", str(tmp_path / "cache"))
+    for forum in ("android", "english"):
+        _forum(tmp_path / "cqadupstack", forum)
+    (tmp_path / "dl").mkdir()
+    archive = _zip(tmp_path / "cqadupstack", tmp_path / "dl" / "cqadupstack.zip", "cqadupstack")
+    assert beir_subsets(archive) == ["android", "english"]
+    ds = load_beir(f"{archive}/android")
+    assert ds.name == "android" and ds.corpus.ids.tolist()[:2] == ["0", "1"] and len(ds.queries()) == 6
+    assert load_beir(archive / "cqadupstack" / "english").name == "english"  # as a zip tool shows the path
+    with pytest.raises(DataError, match=r"cqadupstack\.zip/gis: .*cqadupstack\.zip has no folder 'gis'; it holds "
+                                        r"the datasets android, english \(load one as '.*cqadupstack\.zip/android'\)"):
+        load_beir(archive / "gis")
+    res = _cli("eval", "--data", archive, "-p", "bm25", "--k", "5", "-o", tmp_path / "zip.json")
+    assert res.exit_code == 0, res.output
+    folder = _cli("eval", "--data", tmp_path / "cqadupstack", "-p", "bm25", "--k", "5", "-o", tmp_path / "dir.json")
+    assert folder.exit_code == 0, folder.output
+    z, d = (json.loads((tmp_path / f).read_text()) for f in ("zip.json", "dir.json"))
+    assert z["metrics"] == d["metrics"] and sorted(z["subsets"]) == ["android", "english"]
+    assert z["dataset"] == "cqadupstack" and "BEIR scores cqadupstack as the mean over its 12" in res.output
+    one = _cli("eval", "--data", f"{archive}/android", "-p", "bm25", "--k", "5")
+    assert one.exit_code == 0 and "android / test (6 queries)" in one.output, one.output
+
+
+# ---------------------------------------------------------------------- 2. a renamed zip
+def test_a_renamed_zip_loads_as_the_dataset_of_its_top_folder(tmp_path, monkeypatch):
+    """A browser's ``nfcorpus (1).zip`` (its top folder: nfcorpus) was "1 BEIR datasets (nfcorpus), not one",
+    and the path suggested, '.../nfcorpus (1).zip/nfcorpus', did not load either."""
+    monkeypatch.setenv("RAGKIT_CACHE", str(tmp_path / "cache"))
+    src = _forum(tmp_path / "src", "nfcorpus")
+    (tmp_path / "dl").mkdir()
+    for stem in ("nfcorpus (1)", "nfcorpus-v2"):
+        archive = _zip(src, tmp_path / "dl" / f"{stem}.zip", "nfcorpus")
+        ds = load_beir(archive)
+        assert ds.name == "nfcorpus" and len(ds.corpus) == 30 and beir_subsets(archive) == []
+        assert load_beir(f"{archive}/nfcorpus").path == ds.path  # the path inside the zip, as a zip tool shows it
+    res = _cli("eval", "--data", tmp_path / "dl" / "nfcorpus (1).zip", "-p", "bm25", "--k", "5")
+    assert res.exit_code == 0 and "nfcorpus / test (6 queries)" in res.output, res.output
+    # a renamed archive of several datasets keeps them
+    for forum in ("android", "english"):
+        _forum(tmp_path / "cqa", forum)
+    multi = _zip(tmp_path / "cqa", tmp_path / "dl" / "cqadupstack (1).zip", "cqadupstack")
+    assert beir_subsets(multi) == ["android", "english"] and load_beir(f"{multi}/english").name == "english"
+    # a folder holding one dataset in a folder of its own is not "1 BEIR datasets", and the path said loads
+    _forum(tmp_path / "one", "android")
+    with pytest.raises(DataError, match=r"one: holds one BEIR dataset, in its folder 'android'; load it as "
+                                        r"'(.*/one/android)'$") as e:
+        load_beir(tmp_path / "one")
+    assert "datasets" not in str(e.value)
+    assert load_beir(str(e.value).rsplit("'", 2)[1]).name == "android"
+
+
+# ---------------------------------------------------------------------- 3 and 4. queries that are documents
+def test_eval_searches_one_deeper_where_queries_are_documents_and_writes_the_run_as_scored(tmp_path):
+    """ArguAna: the query's own document was dropped after a k search, so recall@k counted k - 1 documents
+    (BEIR searches top_k + 1 and skips it); the --run file kept it at rank 1, so trec_eval on the file
+    disagreed with the table."""
+    root = _arguana(tmp_path / "arguana")
+    yaml = tmp_path / "bm25.yaml"
+    yaml.write_text("pipeline:\n  - bm25: {k: 20}\n")
+    res = _cli("eval", "--data", root, "-p", yaml, "--k", "10,20", "-o", tmp_path / "a.json",
+               "--run", tmp_path / "a.trec")
+    assert res.exit_code == 0, res.output
+    a = json.loads((tmp_path / "a.json").read_text())
+    ds = load_beir(root)
+    queries, qrels = ds.queries(), ds.qrels()
+    beir = evaluate(BM25(k=21).fit(ds.corpus).search(queries), qrels, ["recall@20", "ndcg@10"]).scores
+    short = evaluate(BM25(k=20).fit(ds.corpus).search(queries), qrels, ["recall@20"]).scores
+    assert a["metrics"]["recall@20"] == pytest.approx(beir["recall@20"], abs=1e-12) == 0.675
+    assert short["recall@20"] == 0.625  # what ragkit eval reported before: 19 documents per query
+    assert a["metrics"]["ndcg@10"] == pytest.approx(beir["ndcg@10"], abs=1e-12)
+    run = _trec(tmp_path / "a.trec")  # the run as scored: 20 documents each, none the query's own
+    assert {len(docs) for docs in run.values()} == {20} and not any(q in docs for q, docs in run.items())
+    import pytrec_eval
+
+    ev = pytrec_eval.RelevanceEvaluator(qrels, {"recall.20", "ndcg_cut.10"}).evaluate(run)
+    assert sum(v["recall_20"] for v in ev.values()) / len(ev) == pytest.approx(a["metrics"]["recall@20"], abs=1e-12)
+    assert sum(v["ndcg_cut_10"] for v in ev.values()) / len(ev) == pytest.approx(a["metrics"]["ndcg@10"], abs=1e-12)
+    from ragkit.eval.compare import load_result
+
+    from_file = load_result(tmp_path / "a.trec", qrels=qrels, metrics=["recall@20", "ndcg@10"], name="file")
+    from_json = load_result(tmp_path / "a.json", metrics=["recall@20", "ndcg@10"], name="json")
+    for m in ("recall@20", "ndcg@10"):
+        assert from_file.per_query[m] == pytest.approx(from_json.per_query[m], abs=1e-12)
+    # --depth: one deeper than asked, cut back to it
+    deep = _cli("eval", "--data", root, "-p", "bm25", "--k", "10,20", "--depth", "20", "-o", tmp_path / "d.json")
+    assert deep.exit_code == 0 and json.loads((tmp_path / "d.json").read_text())["metrics"] == a["metrics"]
+    # --keep-identical-ids: the run as searched, the query's own document scored and written
+    kept = _cli("eval", "--data", root, "-p", yaml, "--k", "10,20", "--keep-identical-ids", "-o", tmp_path / "k.json",
+                "--run", tmp_path / "k.trec")
+    assert kept.exit_code == 0, kept.output
+    k_run = _trec(tmp_path / "k.trec")
+    assert {len(docs) for docs in k_run.values()} == {20} and all(q in docs for q, docs in k_run.items())
+    assert json.loads((tmp_path / "k.json").read_text())["metrics"]["recall@20"] == short["recall@20"]
+    assert "--keep-identical-ids" in _cli("eval", "--help").output
+
+
+def test_drop_identical_ids_keeps_rankings_and_cuts_after_the_drop():
+    from ragkit.eval.metrics import drop_identical_ids
+    from ragkit.types import Corpus
+
+    corpus = Corpus.from_records([{"_id": i, "text": t} for i, t in
+                                  (("q1", "a b"), ("d1", "a"), ("d2", "a b c"), ("q2", "b"), ("d3", "c"))])
+    run = BM25(k=3).fit(corpus).search({"q1": "a b", "q2": "b c", "q9": "zzz"})
+    assert "q1" in run.doc_ids[0].tolist()
+    cut = drop_identical_ids(run, 2)
+    assert [d.tolist() for d in cut.doc_ids] == [[x for x in run.doc_ids[i].tolist() if x != q][:2]
+                                                  for i, q in enumerate(run.query_ids)]
+    assert [corpus.ids[r.rows].tolist() for r in cut.rankings] == [d.tolist() for d in cut.doc_ids]
+    assert all(len(s) == len(d) for s, d in zip(cut.scores, cut.doc_ids))
+    assert drop_identical_ids(cut) is cut  # nothing to drop: the same run
+
+
+# ---------------------------------------------------------------------- 5. --trace scored as the table
+def test_the_trace_scores_with_the_relevance_level_and_identical_ids_of_the_table(tmp_path):
+    """--trace computed its recall and nDCG at level 1 with identical ids dropped, whatever --relevance-level
+    and --keep-identical-ids said: its last step disagreed with the table."""
+    docs = [{"_id": "d1", "text": "alpha beta"}, {"_id": "d2", "text": "alpha"}, {"_id": "d3", "text": "gamma"},
+            {"_id": "1", "text": "delta"}, {"_id": "2", "text": "epsilon"}]
+    root = _dataset(tmp_path / "graded", docs, [{"_id": "q1", "text": "beta"}, {"_id": "1", "text": "delta"}],
+                    "q1\td1\t2\nq1\td3\t1\n1\t1\t2\n")
+    level2, kept = ["--relevance-level", "2"], ["--keep-identical-ids"]
+    for extra in (level2, kept, level2 + kept):
+        res = _cli("eval", "--data", root, "-p", "bm25", "--trace", "-o", tmp_path / "t.json", *extra)
+        assert res.exit_code == 0, res.output
+        out = json.loads((tmp_path / "t.json").read_text())
+        assert out["trace"][-1]["recall"] == pytest.approx(out["metrics"]["recall@100"], abs=1e-12), extra
+        assert out["trace"][-1]["ndcg"] == pytest.approx(out["metrics"]["ndcg@10"], abs=1e-12), extra
+    ds = load_beir(root)
+    qrels = ds.qrels()
+    run = BM25().fit(ds.corpus).search(ds.queries(), trace=True, qrels=qrels, relevance_level=2,
+                                       ignore_identical_ids=False)
+    want = evaluate(run, qrels, ["recall@100", "ndcg@10"], relevance_level=2, ignore_identical_ids=False).scores
+    assert (run.trace[-1].recall, run.trace[-1].ndcg) == pytest.approx((want["recall@100"], want["ndcg@10"]))
+    assert want["recall@100"] == 1.0  # (level 1 and ids dropped: 0.25)
+
+
+# ---------------------------------------------------------------------- 6. evaluate says what it dropped
+def test_evaluate_warns_when_judged_documents_share_their_query_id(tmp_path, caplog, monkeypatch):
+    """MS MARCO-like numeric ids: the passage judged for query 5 can be passage 5, which evaluate dropped
+    without a word (nDCG 0.0 instead of 0.398); only EvalResult.ignored_judged showed it."""
+    import ragkit.eval.metrics as metrics
+
+    monkeypatch.setattr(metrics, "_WARNED", set(), raising=False)
+    run = {"1": {"1": 2.0, "7": 1.0}, "2": {"9": 1.0}}
+    qrels = {"1": {"1": 1}, "2": {"9": 1}}
+    with caplog.at_level(logging.WARNING, logger="ragkit"):
+        r = evaluate(run, qrels, ["ndcg@10"])
+        evaluate(run, qrels, ["ndcg@10"])  # the same judgements: said once
+        kept = evaluate(run, qrels, ["ndcg@10"], ignore_identical_ids=False)
+    said = [rec.getMessage() for rec in caplog.records if rec.name.startswith("ragkit")]
+    assert r.ignored_judged == 1 and r.scores["ndcg@10"] == 0.5 and kept.scores["ndcg@10"] == 1.0
+    assert len(said) == 1 and "1 judged-relevant document has its query's id" in said[0]
+    assert "ignore_identical_ids=False" in said[0]
+
+
+# ---------------------------------------------------------------------- 7. a trailing tab
+def test_a_qrels_line_ending_in_a_tab_reads_as_beir_reads_it(tmp_path):
+    path = tmp_path / "test.tsv"
+    path.write_text("query-id\tcorpus-id\tscore\t\nq1\td1\t1\t\nq1\td2\t0\t\t\r\nq2\td3\t2\n")
+    assert read_qrels(path) == {"q1": {"d1": 1, "d2": 0}, "q2": {"d3": 2}}
+    path.write_text("query-id\tcorpus-id\tscore\nq1\td1\t\t\n")  # an empty relevance column is still an error
+    with pytest.raises(DataError, match=r"test\.tsv:2: expected 3 tab-separated columns"):
+        read_qrels(path)
+
+
+# ---------------------------------------------------------------------- 8. a local zip is unpacked, not downloaded
+def test_a_local_zip_is_said_to_be_unpacked(tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv("RAGKIT_CACHE", str(tmp_path / "cache"))
+    archive = _zip(_forum(tmp_path / "src", "scifact"), tmp_path / "scifact.zip", "scifact")
+    with caplog.at_level(logging.INFO, logger="ragkit"):
+        load_beir(archive)
+    said = " ".join(rec.getMessage() for rec in caplog.records)
+    assert f"unpacking {archive}" in said and "downloading" not in said
+
+
+def test_the_train_report_searches_one_deeper_where_queries_are_documents(tmp_path):
+    """``ragkit train``'s held-out report scored recall@100 on 99 documents of ArguAna-like queries, as
+    ragkit eval did."""
+    import numpy as np
+
+    root = _arguana(tmp_path / "arguana", n=100, others=400, seed=3)
+    (root / "qrels" / "train.tsv").write_text((root / "qrels" / "test.tsv").read_text())
+    res = _cli("train", "--data", root, "-p", "bm25", "--out", tmp_path / "out", "--report")
+    assert res.exit_code == 0, res.output
+    ds = load_beir(root)
+    train = ds.train_set("train")
+    held = train.queries[sorted(np.random.default_rng(0).permutation(100)[:20].tolist())]  # the report's fold
+    qrels = {q: train.qrels[q] for q in held.ids}
+    fitted = BM25().fit(ds.corpus)
+    deeper, short = (evaluate(fitted.search(held, k=k), qrels, ["recall@100"]).scores["recall@100"] for k in (101, 100))
+    assert (round(deeper, 4), round(short, 4)) == (0.95, 0.9)
+    assert re.search(rf"unlearned\s*│\s*\d\.\d+\s*│\s*{deeper:.4f}", res.output), res.output
