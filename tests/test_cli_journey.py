@@ -480,13 +480,14 @@ def test_eval_depth_identical_ids_and_the_settings_it_ran_with(tmp_path):
     a = json.loads((tmp_path / "a.json").read_text())
     assert a["settings"]["ignore_identical_ids"] is True and a["settings"]["depth"] is None
     assert a["settings"]["limit"] is None and a["settings"]["data"] == str(root) and a["settings"]["backend"] == "local"
-    kept = _cli("eval", "--data", root, "-p", yaml, "--k", "5,20", "--keep-identical-ids", "-o", tmp_path / "b.json")
+    kept = _cli("eval", "--data", root, "-p", yaml, "--k", "5,20", "--keep-identical-ids", "-o", tmp_path / "b.json",
+                "--run", tmp_path / "b.trec")  # (the run file holds the run as scored: a.trec lacks the dropped ids)
     b = json.loads((tmp_path / "b.json").read_text())
     assert "have their query's id" not in kept.output and b["metrics"]["ndcg@5"] > a["metrics"]["ndcg@5"]
     import pytrec_eval  # ragkit's numbers with the option are trec_eval's on ragkit's own run file
 
     run: dict[str, dict[str, float]] = {}
-    for line in (tmp_path / "a.trec").read_text().splitlines():
+    for line in (tmp_path / "b.trec").read_text().splitlines():
         q, _, d, _, s, _ = line.split()
         run.setdefault(q, {})[d] = float(s)
     ev = pytrec_eval.RelevanceEvaluator({"1": {"1": 2}, "2": {"2": 1}, "3": {"10": 1}}, {"ndcg_cut.5"})
