@@ -952,7 +952,7 @@ def search_cmd(
                                                     "operator.save(dir))."),
     k: int = typer.Option(10, "--k", min=1, help="Documents shown (or written) per query."),
     queries_file: Optional[Path] = typer.Option(None, "--queries", help="Search the queries of a file: a BEIR "
-                                                                        "queries.jsonl, a TSV of query-id<TAB>text "
+                                                                        "queries.jsonl, a TSV of query-id, tab, text "
                                                                         "lines, or one query per line."),
     output: Optional[Path] = typer.Option(None, "--output", "-o",
                                           help="Write the results as JSON (query id and text, then rank, doc id, "
@@ -1068,9 +1068,9 @@ def ask_cmd(
                                                       "no generate step of its own."),
     cache_dir: Optional[str] = typer.Option(
         None, "--cache-dir", help="Folder of the chunk KV cache on disk, so that later asks reuse the chunks computed "
-                                  "here (default: chunks/<model fingerprint> in the ragkit cache, $RAGKIT_CACHE or "
-                                  "~/.cache/ragkit; used by the cachecraft and naive modes), when the pipeline has no "
-                                  "generate step of its own."),
+                                  "here (default: a folder named after the model under chunks/ in the ragkit cache, "
+                                  "$RAGKIT_CACHE or ~/.cache/ragkit; used by the cachecraft and naive modes), when the "
+                                  "pipeline has no generate step of its own."),
 ) -> None:
     """Answer a question with retrieval + a local LLM, streaming the answer's tokens.
 

@@ -3,6 +3,7 @@ and the commands do only the work their output needs (no language model behind a
 
 from __future__ import annotations
 
+import inspect
 import json
 import re
 from pathlib import Path
@@ -633,3 +634,18 @@ def test_a_relevance_level_no_judgement_reaches_is_refused_before_the_fit(tmp_pa
     assert res.exit_code == 2, res.output
     assert f"--relevance-level (--data {data}): relevance_level 2 counts no judgement as relevant: the qrels' " \
            "highest grade is 1" in res.output
+
+
+def test_help_texts_keep_what_markdown_would_eat():
+    """`ragkit search --help` said "a TSV of query-idtext lines": rich's markdown mode dropped <TAB> as an HTML tag."""
+    import re
+
+    from ragkit.cli import app
+
+    res = _cli("search", "--help")
+    assert "query-id, tab, text" in " ".join(res.output.replace("│", " ").split()), res.output
+    for command in app.registered_commands:  # no help text holds an <...> that markdown would drop
+        params = inspect.signature(command.callback).parameters.values()
+        texts = [command.callback.__doc__ or ""] + [getattr(param.default, "help", None) or "" for param in params]
+        for text in texts:
+            assert not re.search(r"<[A-Za-z/][^>]*>", text), (command.name, text)
