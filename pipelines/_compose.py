@@ -524,7 +524,8 @@ def _unranked(op: Operator, path: str, ranked: bool, in_loop: bool = False,
         return ConfigError(f"{where}: {op.router.name} routes on the scores of the rankings already made, and no step "
                            f"before this route retrieves anything; put a retriever (e.g. bm25) before the route, or "
                            f"route on the query text with rule_router", path=where)
-    if isinstance(op, (Route, Parallel)) and not ranked and branches:
+    if isinstance(op, (Route, Parallel)) and not ranked and branches and not (in_loop and isinstance(op, Parallel)):
+        # (in a loop's body a parallel branch without a retriever fuses the previous iteration's rankings)
         kind = op.name
         for branch, where in op.child_paths(path):
             if branch.kind in ("router", "fuser") or _retrieves(branch):
@@ -559,8 +560,9 @@ def cosine_source_problem(op: Operator, path: str = "pipeline") -> ConfigError |
     nearest retriever step before it: in its list, else before the parallel or route branch it is in (a
     route's branches each bring their own; a loop's body may also get its own last iteration's).  A
     ``bm25``, ``muvera`` or ``sharded`` (but a sharded ``dense``/``knn_embed``) leaf, a ``dense`` with
-    ``metric: ip`` and a ``parallel`` (fused scores: RRF's are reciprocal ranks) are refused, naming both
-    steps; at search they failed with no step named (``bm25 | dbnorm``), or ran silently on other scores
+    ``metric: ip``, a ``parallel`` (fused scores: RRF's are reciprocal ranks) and a step that writes scores
+    of its own in between (a reranker: ``mmr``, ``maxsim``, ``dbnorm``; a ``cosine_adapter``) are refused,
+    naming both steps; at search they failed with no step named (``bm25 | dbnorm``), or ran silently on other scores
     (a hybrid's RRF scores, a dense's inner products).  Whether the model is the retriever's is
     :func:`encoder_mismatch`'s check.
     """
@@ -609,7 +611,8 @@ def _score_sources(op: Operator, path: str, incoming: list[_Source]) -> tuple[li
                 problem = _not_cosines(source, at, step, f"{where}.{step.name}")
                 if problem is not None:
                     return [], problem
-        elif step.kind == "retriever":
+            current = [(step, where)]  # its own scores: calibrated relevance, corrected similarities
+        elif step.kind in ("retriever", "reranker"):  # a reranker writes scores of its own (mmr, maxsim)
             current = [(step, where)]
     return current, None
 
@@ -657,7 +660,8 @@ def _not_cosines(source: Operator, where: str, reader: Operator, at: str) -> Con
 PRF_ANALYSIS = ("fields", "tokenizer", "stopwords", "stemmer")
 
 
-def prf_reader_problem(op: Operator, path: str = "pipeline", loop_body: bool = False) -> ConfigError | None:
+def prf_reader_problem(op: Operator, path: str = "pipeline", loop_body: bool = False,
+                       rest: Sequence[tuple[Operator, str]] = ()) -> ConfigError | None:
     """The error for the first ``prf`` of ``op`` (at ``path``) whose expanded query the next retriever
     would not read, or would read with other text analysis, else ``None``.
 
@@ -669,23 +673,25 @@ def prf_reader_problem(op: Operator, path: str = "pipeline", loop_body: bool = F
     text as ``prf`` does (:data:`PRF_ANALYSIS`: ``fields``, ``tokenizer``, ``stopwords``, ``stemmer``):
     ``prf`` spells each expansion term with a corpus word that its own analysis maps to the term, so
     another analysis reads other terms (``[bm25: {stemmer: none}, prf, bm25: {stemmer: none}]`` searched
-    with Porter stems: ``property`` for ``properties``).  A ``prf`` that no retriever follows in its list
-    is not checked (its ``lexical_query`` is still in the run's values).  ``loop_body``: ``op`` is a loop's
-    body.
+    with Porter stems: ``property`` for ``properties``).  A ``prf`` in a parallel or route branch that no
+    retriever follows in its branch is read by the next retriever after the parallel or route (a branch's
+    ``lexical_query`` travels on); one that no retriever follows at all is not checked (its
+    ``lexical_query`` is still in the run's values).  ``loop_body``: ``op`` is a loop's body; ``rest``:
+    the steps after ``op`` in the lists around it.
     """
     if isinstance(op, Loop):
         body, where = op.child_paths(path)[0]
         return prf_reader_problem(body, where, loop_body=True)
     if isinstance(op, Composite) and not isinstance(op, Pipeline):
         for child, where in op.child_paths(path):
-            problem = prf_reader_problem(child, where)
+            problem = prf_reader_problem(child, where, rest=rest)
             if problem is not None:
                 return problem
         return None
     steps = op.child_paths(path) if isinstance(op, Pipeline) else [(op, path)]
     for i, (step, where) in enumerate(steps):
         if isinstance(step, Composite):
-            problem = prf_reader_problem(step, where)
+            problem = prf_reader_problem(step, where, rest=[*steps[i + 1:], *rest])
             if problem is not None:
                 return problem
             continue
@@ -694,6 +700,8 @@ def prf_reader_problem(op: Operator, path: str = "pipeline", loop_body: bool = F
         after = [(s, w) for s, w in steps[i + 1:] if _retrieves(s)]
         if not after and loop_body:
             after = [(s, w) for s, w in steps[:i] if _retrieves(s)]
+        if not after:
+            after = [(s, w) for s, w in rest if _retrieves(s)]
         if after:
             problem = _prf_reader(step, f"{where}.{step.name}", *after[0])
             if problem is not None:

@@ -70,8 +70,22 @@ def test_prf_pipelines_that_are_read_by_a_bm25_are_accepted():
                   "[bm25: {}, prf: {}, parallel: {branches: [bm25: {}, dense: {}]}]",  # its bm25 branch reads it
                   "[loop: {body: [prf: {}, bm25: {}], until: {topk_stable: {k: 10}}}]",
                   "[loop: {body: [bm25: {}, prf: {}], until: {topk_stable: {k: 10}}}]",
-                  "[bm25: {}, prf: {}]"]:  # no retriever after it: its lexical_query is in the run's values
+                  "[bm25: {}, prf: {}]",  # no retriever after it: its lexical_query is in the run's values
+                  "[bm25: {}, route: {router: {rule_router: {rules: [{label: a, max_words: 3}], default: b}}, "
+                  "branches: {a: [prf: {}], b: []}}, bm25: {}]"]:
         load_yaml(f"pipeline: {steps}")
+
+
+@pytest.mark.parametrize("composite", [
+    "route: {router: {rule_router: {rules: [{label: a, max_words: 3}], default: b}}, branches: {a: [prf: {}], b: []}}",
+    "parallel: {branches: [[prf: {}], [top_k: {k: 5}]]}"])
+def test_a_prf_in_a_branch_is_checked_against_the_retriever_after_its_composite(composite):
+    """A prf in a route or parallel branch with no retriever after it in the branch was not checked, though a
+    branch's lexical_query travels on to the bm25 after the composite (here one that does not stem)."""
+    where = ("pipeline[1].route.branches.a[0]" if composite.startswith("route")
+             else "pipeline[1].parallel.branches[0][0]")
+    refused(f"[bm25: {{}}, {composite}, bm25: {{stemmer: none}}]", f"{where}.prf.stemmer",
+            match="prf analyses text with stemmer: porter but pipeline\\[2\\]\\.bm25")
 
 
 def test_prf_checks_in_python_at_fit_before_anything_is_fitted(corpus):
@@ -101,6 +115,11 @@ def test_prf_checks_in_python_at_fit_before_anything_is_fitted(corpus):
      r"pipeline\[0\]\.route\.branches\.long\[0\]\.bm25"),
     ("[bm25: {}, loop: {body: [dbnorm: {}, dense: {}], until: {max_only: {}}}]",
      "pipeline[1].loop.body[0].dbnorm", r"pipeline\[0\]\.bm25"),
+    # a step that writes scores of its own in between (accepted, then refused at the first search)
+    ("[dense: {}, mmr: {}, dbnorm: {}]", "pipeline[2].dbnorm", r"pipeline\[1\]\.mmr \(mmr scores"),
+    ("[dense: {}, maxsim: {}, dbnorm: {}]", "pipeline[2].dbnorm", r"pipeline\[1\]\.maxsim"),
+    ("[dense: {}, dbnorm: {}, cosine_adapter: {}]", "pipeline[2].cosine_adapter", r"pipeline\[1\]\.dbnorm"),
+    ("[dense: {}, cosine_adapter: {}, dbnorm: {}]", "pipeline[2].dbnorm", r"pipeline\[1\]\.cosine_adapter"),
 ])
 def test_cosine_readers_after_scores_that_are_not_cosines_are_refused(steps, path, source):
     refused(steps, path, match=rf"reads the raw cosines .* but the scores reaching it come from {source}")
@@ -111,7 +130,6 @@ def test_cosine_readers_after_cosines_are_accepted():
                   "[knn_embed: {}, dbnorm: {}]", "[sharded: {retriever: {dense: {}}}, dbnorm: {}]",
                   "[parallel: {branches: [[dense: {}, cosine_adapter: {}], bm25: {}]}]",
                   "[dense: {}, parallel: {branches: [[dbnorm: {}], bm25: {}]}]",
-                  "[dense: {}, dbnorm: {}, cosine_adapter: {}]",
                   "[cosine_adapter: {}]",  # alone (Operator.to_yaml's file): nothing to check it against
                   "[loop: {body: [dense: {}, dbnorm: {}], until: {max_only: {}}}]"]:
         load_yaml(f"pipeline: {steps}")
@@ -157,8 +175,6 @@ _RULE = "{rule_router: {rules: [{label: short, max_words: 6}], default: other}}"
      "pipeline[0].route.branches.other"),
     ("[parallel: {branches: [bm25: {}, top_k: {k: 5}], fuse: {rrf: {weights: [0.5, 0.5]}}}]",
      "pipeline[0].parallel.branches[1]"),
-    ("[loop: {body: [parallel: {branches: [[prf: {}, bm25: {}], [top_k: {k: 3}]]}], until: {max_only: {}}}]",
-     "pipeline[0].loop.body[0].parallel.branches[1]"),
 ])
 def test_a_branch_without_retriever_with_nothing_retrieved_before_is_refused(steps, path):
     refused(steps, path, match="which retrieves nothing, and no step before this (route|parallel) retrieves")
@@ -169,6 +185,10 @@ def test_branches_without_retriever_after_a_retriever_are_accepted(corpus):
     load_yaml(f"pipeline: [bm25: {{}}, route: {{router: {_RULE}, branches: {{short: [top_k: {{k: 3}}]}}, "
               "default: []}]")
     load_yaml("pipeline: [bm25: {}, parallel: {branches: [dense: {}, top_k: {k: 5}]}]")
+    # in a loop's body a branch without a retriever fuses the previous iteration's ranking with a new search
+    # (refused since the last stop, though it ran: 20 results per query)
+    load_yaml("pipeline: [loop: {body: [parallel: {branches: [[top_k: {k: 20}], [prf: {}, bm25: {}]]}], "
+              "until: {topk_stable: {}}, max_iters: 3}]")
     with pytest.raises(ConfigError, match=r"^pipeline\[0\]\.parallel\.branches\[1\]: a branch of top_k only"):
         Pipeline([Parallel([BM25(), TopK(k=3)])]).fit(corpus)
     route = Route(RuleRouter(rules=[{"label": "short", "max_words": 6}], default="other"), {"short": BM25()},
