@@ -21,6 +21,7 @@ from ragkit.encoders import DEFAULT_MODEL, Encoder, check_encoder_key, get_encod
 from ragkit.encoders.adapt import AdaptConfig, TunedEncoderMixin
 from ragkit.errors import ArtifactError, DataError, ParamError
 from ragkit.operator import Operator, rankings_from_matrix
+from ragkit.options import PARAM
 from ragkit.params import MetadataFilter, ModelName, Params
 from ragkit.registry import register
 from ragkit.retrievers._index import EXACT_MAX, VectorIndex, parse_reduce
@@ -31,7 +32,7 @@ __all__ = ["Dense", "DenseParams", "KNOWN_DIMS"]
 _log = logging.getLogger("ragkit")
 
 #: share of an added batch's int8 coordinates outside the calibrated range above which ``add`` warns
-#: (a calibration fitted on the whole corpus clips ~0.1% by design)
+#: (a calibration fitted on the whole corpus clips none of it, or ~0.01% for a cosine graph's scale)
 CLIP_WARN = 0.01
 #: dead index slots (removed documents) from which remove() compacts the index, once they outnumber the live ones
 COMPACT_MIN = 64
@@ -83,6 +84,11 @@ class DenseParams(Params):
             raise ValueError("rescore=True re-scores a compressed or reduced shortlist with the float vectors, but "
                              "dtype='f32' with reduce='none' already searches those exact floats; use dtype f16/i8/b1 "
                              "or a reduce, or drop rescore")
+        if self.dtype == "b1" and self.metric == "ip" and not self.rescore:
+            raise ValueError("dtype='b1' keeps only the signs of the document vectors, so with metric='ip' its "
+                             "scores ignore the documents' norms, which an inner product ranks by (scores of 3.4-8 "
+                             "for inner products of 52-143 in a review); set rescore=True (the shortlist is re-scored "
+                             "with the float vectors), use metric='cos', or another dtype")
         if self.whiten and kind != "pca":
             raise ValueError("whiten=True rescales PCA components and needs reduce='pca:<dims>', "
                              f"got reduce={self.reduce!r}")
@@ -141,6 +147,9 @@ class Dense(TunedEncoderMixin, Operator):
     Params = DenseParams
     params: DenseParams
     example = {"k": 5}
+    #: search-time parameters, also per call (``search(..., dense={"expansion_search": 256})``); a fitted
+    #: Dense searches with its ``params``' values, so ``d.params = d.params.updated(oversample=8)`` applies too
+    run_options = {"expansion_search": PARAM, "oversample": PARAM}
 
     index_: VectorIndex
     slots_: np.ndarray  # (n_docs,) int64 index slot of each corpus row
@@ -227,17 +236,28 @@ class Dense(TunedEncoderMixin, Operator):
         return np.asarray(q, dtype=np.float32) @ np.asarray(self.document_vectors()).T
 
     # ------------------------------------------------------------------ search
-    def search_vectors(self, q: np.ndarray, k: int, mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def search_vectors(self, q: np.ndarray, k: int, mask: np.ndarray | None = None, *,
+                       expansion_search: int | None = None,
+                       oversample: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Top-``k`` corpus rows for query vectors ``q`` (n_q, dim): ``(rows int64, scores float32)``.
 
         ``mask`` (bool, ``(n_docs,)`` in corpus rows) restricts the search; ``-1`` / ``-inf`` pad
-        queries with fewer than ``k`` passing documents.
+        queries with fewer than ``k`` passing documents.  ``expansion_search`` (HNSW beam width) and
+        ``oversample`` (shortlist multiplier) default to the ``params``' values.
         """
+        self._check_fitted()
         slot_mask = None
         if mask is not None:
+            rows = np.asarray(mask, dtype=bool)
+            if rows.shape != (len(self.slots_),):
+                raise DataError(f"dense.search_vectors: mask must have one entry per document, shape "
+                                f"({len(self.slots_)},); got shape {rows.shape}")
             slot_mask = np.zeros(self.index_.n_slots, dtype=bool)
-            slot_mask[self.slots_[np.asarray(mask, dtype=bool)]] = True
-        slots, sc = self.index_.search(q, k, mask=slot_mask)
+            slot_mask[self.slots_[rows]] = True
+        p = self.params
+        slots, sc = self.index_.search(
+            q, k, mask=slot_mask, expansion_search=p.expansion_search if expansion_search is None else expansion_search,
+            oversample=p.oversample if oversample is None else oversample)
         return self._row_of_slot()[slots], sc  # slot -1 -> last entry -> -1
 
     def _row_of_slot(self) -> np.ndarray:
@@ -256,7 +276,9 @@ class Dense(TunedEncoderMixin, Operator):
     def _call(self, state: State) -> State:
         q = self.query_vectors(state)
         k = min(self.k_for(state), max(self.index_.n_alive, 1))  # never more rows than documents: k is user input
-        rows, sc = self.search_vectors(q, k, self.filter_mask(state))
+        rows, sc = self.search_vectors(q, k, self.filter_mask(state),
+                                       expansion_search=self.opt(state, "expansion_search"),
+                                       oversample=self.opt(state, "oversample"))
         out = state.copy()
         out.rankings = rankings_from_matrix(rows, sc)
         return out
