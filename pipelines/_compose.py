@@ -1210,7 +1210,7 @@ class Parallel(Composite):
         if not isinstance(other, Operator):
             return NotImplemented
         if isinstance(other, Parallel) and other.implicit_fuse:
-            # names it made itself are made again next to ours (a + (b + c) names bm25, bm252, bm253, as
+            # names it made itself are made again next to ours (a + (b + c) names bm25, bm25_2, bm25_3, as
             # (a + b) + c does); names given to it are kept
             extra = other.branches
             extra_names = None if other.names == unique_names(other.branches) else other.names
@@ -1287,7 +1287,7 @@ def unique_names(branches: list[Operator], taken: Sequence[str] = (),
                  wanted: Sequence[str] | None = None) -> list[str]:
     """Branch names: ``taken`` (the names of branches already there) followed by one name per
     branch of ``branches``: its ``wanted`` name, else its first operator's name, made unique with
-    a number (``bm25``, ``bm252``, ...)."""
+    a number (``bm25``, ``bm25_2``, ...)."""
     names: list[str] = list(taken)
     for i, b in enumerate(branches):
         leaf = b.steps[0] if isinstance(b, Pipeline) and b.steps else b
@@ -1295,7 +1295,7 @@ def unique_names(branches: list[Operator], taken: Sequence[str] = (),
         name, n = base, 1
         while name in names:
             n += 1
-            name = f"{base}{n}"
+            name = f"{base}_{n}"
         names.append(name)
     return names
 

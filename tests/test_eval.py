@@ -97,11 +97,13 @@ def test_a_misspelt_local_folder_is_named_not_downloaded(tmp_path, monkeypatch):
 
     monkeypatch.setenv("RAGKIT_CACHE", str(tmp_path / "cache"))
     monkeypatch.delenv("RAGKIT_BEIR_DIR", raising=False)
-    monkeypatch.chdir(tmp_path)
-    write_beir(tmp_path / "sf_small")
-    (tmp_path / "sf_notes").mkdir()  # close too, but no dataset
+    here = tmp_path / "a" / "b" / "c" / "d"  # (shared/data/beir is looked for up to three folders above: in tmp_path)
+    here.mkdir(parents=True)
+    monkeypatch.chdir(here)
+    write_beir(here / "sf_small")
+    (here / "sf_notes").mkdir()  # close too, but no dataset
     fetched = []
-    monkeypatch.setattr(beir, "download_beir", lambda name, **kw: fetched.append(name) or tmp_path / "sf_small")
+    monkeypatch.setattr(beir, "download_beir", lambda name, **kw: fetched.append(name) or here / "sf_small")
     with pytest.raises(DataError, match=r"BEIR dataset 'sf_smal': no folder or dataset of that name \(looked in .*\); "
                                         r"did you mean the folder '.*sf_small'\? \(nothing was downloaded\)"):
         load_beir("sf_smal")

@@ -963,7 +963,7 @@ def test_fuser_weights_must_match_the_branches_at_load(tmp_path):
     e = _config_error(f"pipeline:\n  - parallel:\n      {TWO_BM25}\n      fuse: {{rrf: {{weights: [1, 2, 3]}}}}\n")
     assert e.path == "pipeline[0].parallel.fuse.rrf.weights"
     assert str(e).startswith("pipeline[0].parallel.fuse.rrf.weights: expected 2 weights, one per branch "
-                             "(bm25, bm252), got 3"), str(e)
+                             "(bm25, bm25_2), got 3"), str(e)
     f = tmp_path / "w.yaml"
     f.write_text(f"pipeline:\n  - parallel: {{{TWO_BM25}, fuse: {{weighted: {{weights: [1]}}}}}}\n")
     from ragkit.pipelines import validate_file
@@ -1326,8 +1326,8 @@ def test_adding_a_branch_keeps_the_branch_names():
     named = Parallel([BM25(k=10), BM25(k=5)], names=["x", "y"])
     assert (named + BM25(k=3)).names == ["x", "y", "bm25"]
     assert (named + Parallel([BM25(k=5), BM25(k=6)], names=["x", "z"])).names == ["x", "y", "x2", "z"]
-    assert (BM25(k=10) + BM25(k=5) + BM25(k=3)).names == ["bm25", "bm252", "bm253"]
-    assert (BM25(k=10) + (BM25(k=5) + BM25(k=3))).names == ["bm25", "bm252", "bm253"]  # was bm2522
+    assert (BM25(k=10) + BM25(k=5) + BM25(k=3)).names == ["bm25", "bm25_2", "bm25_3"]
+    assert (BM25(k=10) + (BM25(k=5) + BM25(k=3))).names == ["bm25", "bm25_2", "bm25_3"]  # was bm25_2_2
     assert (BM25(k=10) + Parallel([BM25(k=5), BM25(k=3)], names=["x", "y"])).names == ["bm25", "x", "y"]
 
 
