@@ -1325,7 +1325,7 @@ def test_python_fuser_and_empty_steps_are_placed_or_refused_like_yaml(tmp_path):
 def test_adding_a_branch_keeps_the_branch_names():
     named = Parallel([BM25(k=10), BM25(k=5)], names=["x", "y"])
     assert (named + BM25(k=3)).names == ["x", "y", "bm25"]
-    assert (named + Parallel([BM25(k=5), BM25(k=6)], names=["x", "z"])).names == ["x", "y", "x2", "z"]
+    assert (named + Parallel([BM25(k=5), BM25(k=6)], names=["x", "z"])).names == ["x", "y", "x_2", "z"]
     assert (BM25(k=10) + BM25(k=5) + BM25(k=3)).names == ["bm25", "bm25_2", "bm25_3"]
     assert (BM25(k=10) + (BM25(k=5) + BM25(k=3))).names == ["bm25", "bm25_2", "bm25_3"]  # was bm25_2_2
     assert (BM25(k=10) + Parallel([BM25(k=5), BM25(k=3)], names=["x", "y"])).names == ["bm25", "x", "y"]
