@@ -103,8 +103,8 @@ def test_i8_exact_build_makes_no_abs_copy():
     # codes (26 MB) + the coding's temporaries of one block of rows (~22 MB); the old build also made |x| (102 MB)
     assert peak < 0.6 * x.nbytes, peak
     big = rng.standard_normal((40_000, 128)).astype(np.float32)
-    full = np.float32(127.0 / np.percentile(np.abs(big), 99.9))
-    g = VectorIndex(dtype="i8", metric="ip", search="hnsw")
+    full = np.float32(127.0 / np.percentile(np.abs(big), 99.99))
+    g = VectorIndex(dtype="i8", metric="cos", search="hnsw")
     g.backend = "hnsw"
     assert abs(g._i8_graph_scale(big) / full - 1) < 0.01
 
