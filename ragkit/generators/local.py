@@ -43,10 +43,16 @@ is complete; surrounding whitespace is not sent).
 Loading.  transformers parses a GGUF file three times (config, tokenizer, weights: ~20 s of CPU
 for the default SmolLM2-135M); the first load of a local GGUF file therefore saves a dequantized
 float32 copy (safetensors, config and tokenizer files, with sha256 checksums) in
-``<ragkit cache>/llm/<GGUF fingerprint>/`` (``$RAGKIT_CACHE``, by default ``~/.cache/ragkit``;
-540 MB for SmolLM2-135M), checked bit for bit against the GGUF's weights before it is kept, and
-later loads read it (~1 s).  A damaged copy is not used (a warning) and is written again; one
-written by another transformers version is written again too.
+``<ragkit cache>/llm/gguf-copy/<GGUF fingerprint>/v2-transformers-<version>/`` (``$RAGKIT_CACHE``,
+by default ``~/.cache/ragkit``; 540 MB for SmolLM2-135M), checked bit for bit against the GGUF's
+weights before it is kept, and later loads read it (~1 s).  Each transformers version has its own
+copy (two environments sharing a cache keep theirs).  The copy is made under a file lock: a
+second process finding no copy waits for the first and reads its copy; a complete copy is never
+replaced, and a copy appears only complete (written aside, then renamed).  A damaged copy is not
+used (a warning) and is written again; a copy that fails its check is not kept, and
+``<folder>.failed.json`` beside it stops later loads from trying again with that transformers
+version (delete it to retry).  The first layout's copy (``llm/<GGUF fingerprint>/``) is deleted
+once the new one is made.
 
 Identity and threads.  ``model_id_`` is a content fingerprint of the weights (a model
 folder's files, or the GGUF file: also when the weights are read from its copy), so chunk
@@ -201,45 +207,156 @@ def _model_fingerprint(name: str, gguf: str | None, model: torch.nn.Module) -> s
     return "hub-" + hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-#: layout version of the dequantized copies of GGUF models (``<ragkit cache>/llm/<GGUF fingerprint>/``)
-_COPY_FORMAT = 1
-#: the copy's record: the GGUF fingerprint it was made from, the transformers version, sha256 of each file
+#: layout version of the dequantized copies of GGUF models; part of their folder's name (:func:`gguf_copy_dir`)
+_COPY_FORMAT = 2
+#: the copy's record: the GGUF fingerprint it was made from, the format, the transformers version, sha256 of each file
 _COPY_RECORD = "ragkit-gguf-copy.json"
+#: beside a copy's folder ``<name>``: ``<name>.lock`` (held while a process makes the copy) and
+#: ``<name>.failed.json`` (the copy made with this transformers version failed its check: not made again)
+_LOCK_SUFFIX = ".lock"
+_FAILED_SUFFIX = ".failed.json"
+#: seconds a load waits for another process that makes the same copy before it parses the GGUF itself
+_COPY_LOCK_WAIT = 600.0
+#: ``fcntl`` where there is one (POSIX): the copy's lock holds between processes; elsewhere between threads only
+_fcntl: Any = importlib.import_module("fcntl") if importlib.util.find_spec("fcntl") is not None else None
+#: ``.failed.json`` markers this process has logged (once each)
+_FAILED_NOTED: set[str] = set()
 
 
 def gguf_copy_dir(fingerprint: str) -> Path:
-    """Folder of the dequantized copy of the GGUF model of content fingerprint ``fingerprint``:
-    ``<ragkit cache>/llm/<fingerprint>`` (``$RAGKIT_CACHE``, by default ``~/.cache/ragkit``)."""
+    """Folder of the dequantized copy of the GGUF model of content fingerprint ``fingerprint`` made with the
+    installed transformers: ``<ragkit cache>/llm/gguf-copy/<fingerprint>/v<format>-transformers-<version>``
+    (``$RAGKIT_CACHE``, by default ``~/.cache/ragkit``), so the copies of two transformers versions sharing
+    a cache stand side by side instead of replacing each other at every load."""
+    import transformers
+
     from ragkit.eval.beir import cache_dir
 
-    return cache_dir() / "llm" / fingerprint
+    version = "".join(c if c.isalnum() or c in "._+-" else "_" for c in str(transformers.__version__))
+    return cache_dir() / "llm" / "gguf-copy" / fingerprint / f"v{_COPY_FORMAT}-transformers-{version}"
 
 
-def _read_gguf_copy(folder: Path, fingerprint: str) -> tuple[PreTrainedTokenizerBase, PreTrainedModel] | None:
-    """Tokenizer and float32 model from the dequantized copy ``folder`` of the GGUF of ``fingerprint``;
-    ``None`` when there is none, when it was written for another transformers version (rebuilt: it
-    reproduces what this version parses from the GGUF), and when it is damaged: a file of its record
-    missing or changed (sha256 of every file, about 0.5 s of CPU for 540 MB), logged as a warning."""
+class _CopyLock:
+    """An exclusive lock on the file ``path``, reentrant in the thread that holds it: a thread lock
+    (the threads of this process) and, where ``fcntl`` exists, ``flock`` on the file (other processes;
+    released by the kernel when its process ends, however it ends)."""
+
+    _guard = threading.Lock()
+    _all: dict[str, _CopyLock] = {}
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.thread_lock = threading.RLock()
+        self.depth = 0
+        self.fd: int | None = None
+
+    @classmethod
+    def of(cls, path: Path) -> _CopyLock:
+        """The one lock object of ``path`` in this process."""
+        with cls._guard:
+            lock = cls._all.get(str(path))
+            if lock is None:
+                lock = cls._all[str(path)] = cls(path)
+            return lock
+
+    def _open(self) -> int | None:
+        """The lock file, opened (created like a plain file); ``None`` where it cannot be (a read-only
+        cache, where no copy can be written either: nothing to guard)."""
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                return os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+            except PermissionError:  # another user's lock file in a shared cache
+                return os.open(self.path, os.O_RDONLY)
+        except OSError:
+            return None
+
+    def acquire(self, wait: float) -> bool:
+        """Take the lock, waiting at most ``wait`` seconds; whether it was taken."""
+        deadline = time.monotonic() + wait
+        if not self.thread_lock.acquire(timeout=max(wait, 0.0)):
+            return False
+        if self.depth == 0:
+            fd = self._open()
+            while fd is not None and _fcntl is not None:
+                try:
+                    _fcntl.flock(fd, _fcntl.LOCK_EX | _fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:  # another process holds it
+                    if time.monotonic() >= deadline:
+                        os.close(fd)
+                        self.thread_lock.release()
+                        return False
+                    time.sleep(0.05)
+                except OSError:  # a file system without locks: the temporary folder and rename still hold
+                    break
+            self.fd = fd
+        self.depth += 1
+        return True
+
+    def release(self) -> None:
+        """Give back one :meth:`acquire` of this thread; the file lock goes with the last one."""
+        self.depth -= 1
+        if self.depth == 0 and self.fd is not None:
+            os.close(self.fd)  # (releases the flock)
+            self.fd = None
+        self.thread_lock.release()
+
+
+@contextmanager
+def _copy_lock(folder: Path, wait: float | None = None) -> Iterator[bool]:
+    """Hold the lock of the copy ``folder`` (``<folder>.lock`` beside it) for the ``with`` block; yields
+    whether it is held (``False`` after ``wait`` seconds, by default :data:`_COPY_LOCK_WAIT`, of another
+    process holding it)."""
+    lock = _CopyLock.of(folder.parent / f"{folder.name}{_LOCK_SUFFIX}")
+    held = lock.acquire(_COPY_LOCK_WAIT if wait is None else wait)
+    try:
+        yield held
+    finally:
+        if held:
+            lock.release()
+
+
+def _check_copy(folder: Path, fingerprint: str) -> None:
+    """Raise :class:`ragkit.errors.ArtifactError` (or ``OSError``, ``ValueError``) unless ``folder`` holds
+    a complete copy of the GGUF of ``fingerprint``, in this format, made with the installed transformers:
+    its record, and every file of it unchanged (sha256: about 0.5 s of CPU for 540 MB)."""
     import transformers
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from ragkit._files import verify_checksums
 
     record_path = folder / _COPY_RECORD
-    if not record_path.is_file():
+    record = json.loads(record_path.read_text(encoding="utf-8"))
+    if not isinstance(record, dict) or not isinstance(record.get("files"), dict) or not record["files"]:
+        raise ArtifactError(f"{record_path}: not a record of a dequantized GGUF copy")
+    if record.get("source") != fingerprint or record.get("format") != _COPY_FORMAT:
+        raise ArtifactError(f"{record_path}: made from {record.get('source')!r} (format {record.get('format')!r}), "
+                            f"expected {fingerprint!r} (format {_COPY_FORMAT})")
+    if record.get("transformers") != transformers.__version__:
+        raise ArtifactError(f"{record_path}: made with transformers {record.get('transformers')}, this is "
+                            f"{transformers.__version__}")
+    verify_checksums(folder, record["files"])
+
+
+def _copy_is_complete(folder: Path, fingerprint: str) -> bool:
+    """Whether :func:`_check_copy` passes (nothing logged)."""
+    try:
+        _check_copy(folder, fingerprint)
+    except (OSError, ValueError, ArtifactError):
+        return False
+    return True
+
+
+def _read_gguf_copy(folder: Path, fingerprint: str) -> tuple[PreTrainedTokenizerBase, PreTrainedModel] | None:
+    """Tokenizer and float32 model from the dequantized copy ``folder`` of the GGUF of ``fingerprint``;
+    ``None`` when there is none (a copy being made is not there: it is renamed in once complete), and
+    when it is damaged (:func:`_check_copy`, or it does not load), logged as a warning."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if not (folder / _COPY_RECORD).is_file():
         return None
     try:
-        record = json.loads(record_path.read_text(encoding="utf-8"))
-        if not isinstance(record, dict) or not isinstance(record.get("files"), dict) or not record["files"]:
-            raise ArtifactError(f"{record_path}: not a record of a dequantized GGUF copy")
-        if record.get("source") != fingerprint or record.get("format") != _COPY_FORMAT:
-            raise ArtifactError(f"{record_path}: made from {record.get('source')!r} (format {record.get('format')!r})"
-                                f", expected {fingerprint!r} (format {_COPY_FORMAT})")
-        if record.get("transformers") != transformers.__version__:
-            _log.info(f"{folder}: dequantized GGUF copy written with transformers {record.get('transformers')}; "
-                      f"this is {transformers.__version__}: made again from the GGUF file")
-            return None
-        verify_checksums(folder, record["files"])
+        _check_copy(folder, fingerprint)
         tok = AutoTokenizer.from_pretrained(str(folder))
         model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32).eval()
     except Exception as e:  # noqa: BLE001 -- whatever is wrong with the copy, the GGUF file is still there
@@ -277,66 +394,99 @@ def _same_model(a: tuple[PreTrainedTokenizerBase, PreTrainedModel],
     return None
 
 
+def _failed_marker(folder: Path) -> Path:
+    """``<folder>.failed.json``: the copy ``folder`` failed its check; it is not made again."""
+    return folder.parent / f"{folder.name}{_FAILED_SUFFIX}"
+
+
+def _note_failed(folder: Path, marker: Path) -> None:
+    """Log (once per process, as info) that the copy ``folder`` is not made: it failed its check before."""
+    if str(marker) in _FAILED_NOTED:
+        return
+    _FAILED_NOTED.add(str(marker))
+    try:
+        said = json.loads(marker.read_text(encoding="utf-8"))
+        why = f"{said.get('reason')}, {said.get('when')}" if isinstance(said, dict) else "unreadable record"
+    except (OSError, ValueError):
+        why = "unreadable record"
+    _log.info(f"{folder}: no dequantized copy of the GGUF model with this transformers version: it failed its check "
+              f"({why}); the GGUF file is parsed at every load (delete {marker} to try again)")
+
+
 def _write_gguf_copy(folder: Path, fingerprint: str, tok: PreTrainedTokenizerBase, model: PreTrainedModel) -> bool:
     """Save the dequantized float32 weights (``model.safetensors``), the config (without its GGUF
     quantization record) and the tokenizer files of a model loaded from a GGUF file into ``folder``,
     with a record of sha256 checksums; returns whether the copy is in place.
 
-    Written into a temporary sibling folder, loaded back and compared with the model in memory
+    Made under the copy's lock (:func:`_copy_lock`: one process or thread at a time): a complete copy
+    found there (another process made it meanwhile) is kept as it is, and so is the absence of one
+    whose check failed before (``<folder>.failed.json``, logged once per process).  Otherwise written
+    into a temporary sibling folder, loaded back and compared with the model in memory
     (:func:`_same_model`: every weight bit for bit), then renamed into place, so a copy that is
     there is complete and loads as the GGUF does; a damaged one found there is replaced.  Skipped
-    (``False``, a warning) when the disk lacks room for twice the weights, when it cannot be
-    written, or when the check fails; another process's copy renamed in first is kept.
+    (``False``, a warning) when the disk lacks room for twice the weights, when it cannot be written,
+    when the lock stays held by another process (:data:`_COPY_LOCK_WAIT`), or when the check fails
+    (then ``<folder>.failed.json`` records why: later loads do not try again with this transformers
+    version).
     """
     import transformers
     from safetensors.torch import save_model
 
-    from ragkit._files import folder_checksums, shared_tempdir
+    from ragkit._files import atomic_file, folder_checksums, shared_tempdir
 
     n_bytes = sum(t.numel() * t.element_size() for t in model.state_dict().values())
     tmp: Path | None = None
     try:
         folder.parent.mkdir(parents=True, exist_ok=True)
-        free = shutil.disk_usage(folder.parent).free
-        if free < 2 * n_bytes + (64 << 20):
-            _log.warning(f"{folder.parent}: {free / 2**20:,.0f} MiB free, too little for a dequantized copy of the "
-                         f"GGUF model ({n_bytes / 2**20:,.0f} MiB); the GGUF file is parsed again at every load")
-            return False
-        tmp = shared_tempdir(folder.parent, f".{folder.name}.tmp-")
-        save_model(model, str(tmp / "model.safetensors"))
-        cfg = model.config.to_dict()
-        cfg.pop("quantization_config", None)
-        (tmp / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True, default=str), encoding="utf-8")
-        tok.save_pretrained(str(tmp))
-        mask = os.umask(0)
-        os.umask(mask)
-        for f in tmp.iterdir():  # safetensors writes owner-only files; the cache may be shared
-            f.chmod(0o666 & ~mask)
-        record = {"source": fingerprint, "format": _COPY_FORMAT, "transformers": transformers.__version__,
-                  "files": folder_checksums(tmp)}
-        (tmp / _COPY_RECORD).write_text(json.dumps(record, indent=2), encoding="utf-8")
-        again = _read_gguf_copy(tmp, fingerprint)
-        differs = "it does not load" if again is None else _same_model((tok, model), again)
-        if differs is not None:
-            _log.warning(f"{folder}: the dequantized copy of the GGUF model differs from the GGUF ({differs}); not "
-                         "kept: the GGUF file is parsed again at every load")
-            return False
-        if folder.exists():  # damaged, stale or of another transformers version: replaced
-            aside = folder.with_name(f".{folder.name}.old-{tmp.name[-8:]}")
-            try:
+        with _copy_lock(folder) as held:
+            if not held:
+                _log.warning(f"{folder}: another process has been making the dequantized copy of the GGUF model for "
+                             f"{_COPY_LOCK_WAIT:.0f} s; not written by this one")
+                return False
+            if _copy_is_complete(folder, fingerprint):  # another process made it first: kept
+                return True
+            marker = _failed_marker(folder)
+            if marker.exists():
+                _note_failed(folder, marker)
+                return False
+            free = shutil.disk_usage(folder.parent).free
+            if free < 2 * n_bytes + (64 << 20):
+                _log.warning(f"{folder.parent}: {free / 2**20:,.0f} MiB free, too little for a dequantized copy of "
+                             f"the GGUF model ({n_bytes / 2**20:,.0f} MiB); the GGUF file is parsed again at every "
+                             "load")
+                return False
+            tmp = shared_tempdir(folder.parent, f".{folder.name}.tmp-")
+            save_model(model, str(tmp / "model.safetensors"))
+            cfg = model.config.to_dict()
+            cfg.pop("quantization_config", None)
+            (tmp / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True, default=str), encoding="utf-8")
+            tok.save_pretrained(str(tmp))
+            mask = os.umask(0)
+            os.umask(mask)
+            for f in tmp.iterdir():  # safetensors writes owner-only files; the cache may be shared
+                f.chmod(0o666 & ~mask)
+            record = {"source": fingerprint, "format": _COPY_FORMAT, "transformers": transformers.__version__,
+                      "files": folder_checksums(tmp)}
+            (tmp / _COPY_RECORD).write_text(json.dumps(record, indent=2), encoding="utf-8")
+            again = _read_gguf_copy(tmp, fingerprint)
+            differs = "it does not load" if again is None else _same_model((tok, model), again)
+            if differs is not None:
+                with atomic_file(marker) as m:
+                    m.write_text(json.dumps({"reason": differs, "source": fingerprint, "format": _COPY_FORMAT,
+                                             "transformers": transformers.__version__,
+                                             "when": time.strftime("%Y-%m-%d %H:%M:%S %z")}, indent=2),
+                                 encoding="utf-8")
+                _log.warning(f"{folder}: the dequantized copy of the GGUF model differs from the GGUF ({differs}); "
+                             f"not kept: the GGUF file is parsed at every load with transformers "
+                             f"{transformers.__version__} (recorded in {marker}; delete it to try again)")
+                return False
+            if os.path.lexists(folder):  # damaged: moved aside, then replaced
+                aside = folder.with_name(f".{folder.name}.old-{tmp.name[-8:]}")
                 folder.rename(aside)
-            except FileNotFoundError:  # another process moved it meanwhile
-                pass
-            try:
                 tmp.rename(folder)
-            except OSError:  # another process renamed its copy in first: keep that one
-                pass
-            shutil.rmtree(aside, ignore_errors=True)
-        else:
-            try:
+                shutil.rmtree(aside, ignore_errors=True)
+            else:
                 tmp.rename(folder)
-            except OSError:
-                pass
         _log.info(f"saved a dequantized copy of the GGUF model ({n_bytes / 2**20:,.0f} MiB) in {folder}: later loads "
                   "read it instead of parsing the GGUF file")
         return (folder / _COPY_RECORD).is_file()
@@ -349,13 +499,47 @@ def _write_gguf_copy(folder: Path, fingerprint: str, tok: PreTrainedTokenizerBas
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _remove_first_layout(fingerprint: str) -> None:
+    """Remove the copy of the first layout, ``<ragkit cache>/llm/<fingerprint>/`` (format 1, one folder for
+    every transformers version), once this process has made its copy in :func:`gguf_copy_dir`: moved aside
+    (one rename: a reader finds the whole folder or none) and deleted.  Left alone unless it holds exactly
+    the files of its record (anything else there is not ragkit's to delete)."""
+    from ragkit.eval.beir import cache_dir
+
+    old = cache_dir() / "llm" / fingerprint
+    try:
+        record = json.loads((old / _COPY_RECORD).read_text(encoding="utf-8"))
+        if not isinstance(record, dict) or record.get("format") != 1 or record.get("source") != fingerprint:
+            return
+        files = record.get("files")
+        if not isinstance(files, dict) or {p.name for p in old.iterdir()} - set(files) - {_COPY_RECORD}:
+            return
+        aside = old.with_name(f".{old.name}.old-{os.getpid()}")
+        old.rename(aside)
+    except (OSError, ValueError):
+        return
+    shutil.rmtree(aside, ignore_errors=True)
+    _log.info(f"removed {old}, the dequantized GGUF copy of the first layout (read from {gguf_copy_dir(fingerprint)} "
+              "now)")
+
+
+def _record_stamp(folder: Path) -> tuple[int, int] | None:
+    """Inode and modification time (ns) of the copy's record, or ``None``: whether the copy changed."""
+    try:
+        st = (folder / _COPY_RECORD).stat()
+    except OSError:
+        return None
+    return st.st_ino, st.st_mtime_ns
+
+
 def _load_model(name: str, gguf: str | None) -> _Loaded:
     """Load tokenizer and float32 model (``OSError`` when transformers cannot).
 
     A local GGUF file is parsed by transformers three times (config, tokenizer, weights: ~20 s of CPU
     for SmolLM2-135M); the first load saves a dequantized copy (:func:`_write_gguf_copy`, under
-    :func:`gguf_copy_dir`) and later loads read that (~1 s).  The fingerprint stays the GGUF's, so
-    chunk caches written either way stay valid.
+    :func:`gguf_copy_dir`) and later loads read that (~1 s).  A load that finds no copy takes the copy's
+    lock before parsing the GGUF: one that waited for another process making it reads that copy.  The
+    fingerprint stays the GGUF's, so chunk caches written either way stay valid.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -363,13 +547,19 @@ def _load_model(name: str, gguf: str | None) -> _Loaded:
     if gguf is not None and os.path.isfile(path):
         fp = model_fingerprint(path)
         folder = gguf_copy_dir(fp)
+        seen = _record_stamp(folder)
         got = _read_gguf_copy(folder, fp)
-        if got is not None:
-            return _Loaded(got[0], got[1], fp, source=str(folder))
-        tok = AutoTokenizer.from_pretrained(name, gguf_file=gguf)
-        model = AutoModelForCausalLM.from_pretrained(name, gguf_file=gguf, dtype=torch.float32).eval()
-        _write_gguf_copy(folder, fp, tok, model)
-        return _Loaded(tok, model, fp, source=path)
+        if got is None:
+            with _copy_lock(folder) as held:
+                if held and _record_stamp(folder) != seen:  # made (or replaced) while this load waited
+                    got = _read_gguf_copy(folder, fp)
+                if got is None:
+                    tok = AutoTokenizer.from_pretrained(name, gguf_file=gguf)
+                    model = AutoModelForCausalLM.from_pretrained(name, gguf_file=gguf, dtype=torch.float32).eval()
+                    if held and _write_gguf_copy(folder, fp, tok, model):
+                        _remove_first_layout(fp)
+                    return _Loaded(tok, model, fp, source=path)
+        return _Loaded(got[0], got[1], fp, source=str(folder))
     kw = {"gguf_file": gguf} if gguf else {}
     tok = AutoTokenizer.from_pretrained(name, **kw)
     model = AutoModelForCausalLM.from_pretrained(name, dtype=torch.float32, **kw).eval()
