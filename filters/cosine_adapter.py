@@ -23,11 +23,15 @@ from ragkit.operator import Operator, load_array, read_json, save_arrays, write_
 from ragkit.options import PARAM
 from ragkit.params import ModelName, Params, Seed
 from ragkit.registry import register
-from ragkit.types import Corpus, State, TrainSet
+from ragkit.types import Corpus, State, TrainSet, usable_query_ids
 
 __all__ = ["CosineAdapter", "CosineAdapterParams", "list_features", "choose_threshold"]
 
 N_LIST_FEATURES = 4
+#: fewer usable training queries (a relevant document in the corpus) than this, or fewer relevant candidates
+#: (overall, or among the held-out queries the threshold is chosen on), and fit warns: the threshold fits too few
+MIN_QUERIES = 10
+MIN_POSITIVES = 5
 _NEEDS_TRAIN = ("cosine_adapter.fit needs judged training queries: fit(corpus, train=TrainSet(queries, qrels)) "
                 "(command line: --train-split)")
 
@@ -135,6 +139,13 @@ class CosineAdapter(Operator):
     ||W||^2`` with L-BFGS (scipy).  When ``threshold`` is None, ``val_fraction`` of the
     training queries (seeded) are held out and the threshold is chosen on them for
     ``target``/``target_value``; the adapter is the one fitted on the remaining queries.
+    Unjudged training queries are left out, and so are queries whose relevant documents are
+    none of the corpus's; a query judged only 0 is a judged "no answer" query (all negatives).
+    Give at least ``MIN_QUERIES`` (10) usable judged queries (a relevant document in the corpus):
+    with fewer, fewer than ``MIN_POSITIVES`` (5) relevant candidates, or too few to hold any
+    out (the threshold is then chosen on the queries the adapter was fitted on: with one query,
+    its own relevant documents' probabilities, which cut other queries' lists short), fit
+    warns on the ``ragkit`` logger; an explicit ``threshold`` avoids choosing one.
 
     The input scores must be raw cosines of the same encoder (``dense | cosine_adapter``).
     The list features (``list_features=True``) read each query's first ``depth_`` candidates,
@@ -267,8 +278,11 @@ class CosineAdapter(Operator):
         if len(upstream) != len(train.queries):
             raise DataError(f"cosine_adapter.fit: upstream has {len(upstream)} queries, train has {len(train.queries)}")
         # a query without judgements is unjudged, not a query with nothing relevant (its candidates would all
-        # be learned as negatives); one whose judgements are all 0 stays: a judged "no answer" query
-        judged = [i for i, q in enumerate(upstream.query_ids) if train.qrels.get(q)]
+        # be learned as negatives), and so is one judged relevant documents none of which is in the corpus (qrels
+        # of another id scheme); one whose judgements are all 0 stays: a judged "no answer" query
+        usable = set(usable_query_ids(upstream.query_ids, train.qrels, corpus))
+        judged = [i for i, q in enumerate(upstream.query_ids) if q in usable or
+                  (train.qrels.get(q) and max(train.qrels[q].values()) <= 0)]
         if len(judged) < len(upstream):
             upstream = upstream.subset(judged)
         rankings = upstream.rankings
@@ -329,11 +343,40 @@ class CosineAdapter(Operator):
             probs = expit(self._logits(F1, W, c.astype(np.float64), qidx))[hsel]
             self.threshold_ = choose_threshold(probs, y[hsel], self.params.target, self.params.target_value)
             info["threshold_queries"] = int(hold.sum())
+            info["threshold_positives"] = int(y[hsel].sum())
             info["held_out"] = bool((~fit_q).any())
         info.update(train_queries=int(fit_q.sum()), pairs=int(sel.sum()), positives=int(y[sel].sum()),
                     dim=int(qv.shape[1]), encoder=encoder.key, threshold=self.threshold_,
                     seconds=time.perf_counter() - t0)
         self.info_ = info
+        self._warn_if_thin(len(usable), int(y.sum()), info)
+
+    def _warn_if_thin(self, n_usable: int, n_positives: int, info: dict[str, Any]) -> None:
+        """Warn on the ``ragkit`` logger when the fit rests on too little: fewer than :data:`MIN_QUERIES`
+        usable queries or :data:`MIN_POSITIVES` relevant candidates, or a threshold chosen on the queries the
+        adapter was fitted on (too few to hold any out), or on fewer than :data:`MIN_POSITIVES` relevant
+        candidates of held-out queries: the threshold then fits those few (one query: its own relevant
+        documents' probabilities) and cuts other queries' lists short."""
+        thin = []
+        if n_usable < MIN_QUERIES:
+            thin.append(f"{n_usable} usable training quer{'y' if n_usable == 1 else 'ies'} (with a relevant document "
+                        f"in the corpus; at least {MIN_QUERIES} recommended)")
+        if n_positives < MIN_POSITIVES:
+            thin.append(f"{n_positives} relevant candidate{'' if n_positives == 1 else 's'} retrieved (at least "
+                        f"{MIN_POSITIVES} recommended)")
+        if self.params.threshold is None:
+            if not info["held_out"]:
+                thin.append("a threshold chosen on the queries it was fitted on (too few to hold any out)")
+            else:
+                held_pos = int(info["threshold_positives"])
+                if held_pos < MIN_POSITIVES:
+                    thin.append(f"a threshold chosen on {held_pos} relevant candidate{'' if held_pos == 1 else 's'} "
+                                f"of {info['threshold_queries']} held-out quer"
+                                f"{'y' if info['threshold_queries'] == 1 else 'ies'}")
+        if thin:
+            logging.getLogger("ragkit").warning(
+                "cosine_adapter: fitted on little: %s; the threshold (%.4g) may cut other queries' lists short; give "
+                "more judged queries, or set threshold: explicitly", "; ".join(thin), self.threshold_)
 
     # ------------------------------------------------------------------ inference
     def predict_proba(self, qvecs: np.ndarray, cosines: np.ndarray) -> np.ndarray:

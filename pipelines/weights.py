@@ -20,7 +20,7 @@ from ragkit.errors import DataError, some_ids
 from ragkit.eval.metrics import evaluate, per_query_ndcg
 from ragkit.operator import group_positions
 from ragkit.run import Run
-from ragkit.types import Qrels, Ranking, State
+from ragkit.types import Qrels, Ranking, State, usable_query_ids
 
 __all__ = ["simplex_grid", "WeightSearch", "learn_weights", "best_grid_point"]
 
@@ -82,7 +82,9 @@ def best_grid_point(scores: np.ndarray, from_uniform: np.ndarray, tol: float = 1
 def learn_weights(fuse: Callable[[State, np.ndarray], list[Ranking]], state: State, qrels: Qrels,
                   corpus_ids: np.ndarray, *, folds: int = 5, step: float | None = None, seed: int = 0,
                   heads: Callable[[np.ndarray, int], tuple[np.ndarray, ...]] | None = None) -> WeightSearch:
-    """Choose branch weights maximising nDCG@10 on the judged queries of ``state``.
+    """Choose branch weights maximising nDCG@10 on the usable queries of ``state``: those with a judgement
+    > 0 of a document in ``corpus_ids`` (:func:`~ragkit.types.usable_query_ids`; others score nDCG 0 for
+    every weight and are left out).  At least 2 are needed (:class:`DataError`).
 
     Parameters
     ----------
@@ -105,21 +107,27 @@ def learn_weights(fuse: Callable[[State, np.ndarray], list[Ranking]], state: Sta
         grid = np.vstack([grid, np.full(n, 1 / n)])
         from_uniform = np.append(from_uniform, 0.0)
     uniform = int(np.argmin(from_uniform))
-    qids = [q for q in state.query_ids if qrels.get(q)]
+    # a query judged only 0, or whose relevant documents are none of the corpus's, scores nDCG 0 whatever the
+    # weights: it is unjudged here (it would only dilute the folds and the estimates)
+    qids = usable_query_ids(state.query_ids, qrels, corpus_ids)
     if not qids:
         shown = some_ids(state.query_ids)
-        raise DataError(f"learning fusion weights: none of the {len(state)} training queries ({shown}) has judgements "
-                        f"in the qrels given ({len(qrels)} queries); expected qrels keyed by the training queries' ids")
+        n_judged = sum(1 for q in state.query_ids if qrels.get(q))
+        raise DataError(f"learning fusion weights: none of the {len(state)} training queries ({shown}) is usable (with "
+                        f"a relevant document in the corpus): {n_judged} have judgements in the qrels given "
+                        f"({len(qrels)} queries); expected qrels keyed by the training queries' ids, judging documents "
+                        "of the corpus relevant (grade > 0)")
     if len(qids) < 2:
-        raise DataError(f"learning fusion weights: 1 judged training query ({qids[0]!r}) of {len(state)}; "
-                        "cross-validation needs at least 2 (one to learn from, one held out)")
+        raise DataError(f"learning fusion weights: 1 usable (with a relevant document in the corpus) training query "
+                        f"({qids[0]!r}) of {len(state)}; cross-validation needs at least 2 (one to learn from, one "
+                        "held out)")
     judged = {q: qrels[q] for q in qids}
     per_q = np.zeros((len(grid), len(qids)))
     for g, w in enumerate(grid):
         if heads is None:
             st = state.copy()
             st.rankings = fuse(state, w)
-            per_q[g] = per_query_ndcg(st, qrels, corpus_ids)
+            per_q[g] = per_query_ndcg(st, judged, corpus_ids)
         else:  # what per_query_ndcg reads of fuse(state, w)
             pq = evaluate(_heads_run(heads(w, _DEPTH), state.query_ids, corpus_ids), judged, ["ndcg@10"]).per_query
             per_q[g] = [pq["ndcg@10"][q] for q in qids]

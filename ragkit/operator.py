@@ -241,7 +241,8 @@ class Operator:
                 raise ParamError(f"{self.name}.filter: {e}", path=f"{self.name}.filter") from None
         self.corpus_ = corpus
         self._fit(corpus, train, upstream)
-        self.trained_on_ = query_digests(train.queries) if train is not None and self.uses_training_queries else None
+        self.trained_on_ = (query_digests(self.training_queries_read(train))
+                            if train is not None and self.uses_training_queries else None)
         if self.uses_torch:
             warm_torch()
         return self
@@ -279,12 +280,20 @@ class Operator:
         their judgements (:attr:`learns`), or reads the queries themselves (``dbnorm``'s query bank)."""
         return self.learns
 
+    def training_queries_read(self, train: TrainSet) -> Queries:
+        """The queries of ``train`` a fit of this operator reads (recorded for :meth:`learned_from`): the
+        judged ones (:meth:`TrainSet.judged`) for one that learns from judgements, so queries given without
+        judgements (a split's qrels, every split's queries) stay held out; every one for one that reads the
+        queries themselves (``dbnorm``'s query bank).  A subclass that reads others overrides it."""
+        return train.judged() if self.learns else train.queries
+
     def learned_from(self, queries: Queries) -> list[str]:
         """The ids of ``queries``, in their order, that a fit of this operator or of one inside it
         learned from (given in ``fit(corpus, train=...)`` with the same id and text): scores on them
         measure what was taught, not held-out quality (``ragkit eval`` refuses to score a saved
         pipeline on them).  Recorded by every fit that uses its training queries
-        (:attr:`uses_training_queries`; a refit without them forgets) and saved with the operator
+        (:attr:`uses_training_queries`; the judged ones for a learner, :meth:`training_queries_read`;
+        a refit without them forgets) and saved with the operator
         (``trained_queries.npy``: one 64-bit digest per query, no text)."""
         taught, stack = [], [self]
         while stack:
@@ -590,11 +599,17 @@ def query_digests(queries: Queries) -> np.ndarray:
 
 def check_fit_inputs(corpus: Any, train: Any, where: str) -> None:
     """Refuse a ``corpus`` that is not a :class:`Corpus` or a ``train`` that is not a :class:`TrainSet`
-    (``TypeError`` naming ``where``, e.g. ``"bm25.fit"``), before a fit does any work."""
+    (``TypeError`` naming ``where``, e.g. ``"bm25.fit"``, and how to build one), before a fit does any work."""
     if not isinstance(corpus, Corpus):
         raise TypeError(f"{where} expects a ragkit Corpus, got {type(corpus).__name__}")
     if train is not None and not isinstance(train, TrainSet):
-        raise TypeError(f"{where}: train must be a ragkit TrainSet, got {type(train).__name__}")
+        hint = ""
+        if isinstance(train, tuple) and len(train) == 2:
+            hint = " (from a (queries, qrels) pair: TrainSet(*pair))"
+        elif isinstance(train, Mapping):
+            hint = " (qrels {query_id: {doc_id: grade}} go in as its qrels, with the judged queries' texts)"
+        raise TypeError(f"{where}: train must be a ragkit TrainSet, got {type(train).__name__}; build one with "
+                        f"TrainSet(queries, qrels){hint}")
 
 
 def _is_ragkit_save(folder: Path) -> bool:

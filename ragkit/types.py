@@ -8,6 +8,7 @@ LangChain, TREC run files).  A batch of queries is a list of rankings, one per q
 from __future__ import annotations
 
 import json
+import os
 import re
 import sys
 import time
@@ -18,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Literal, Mapping, Sequence, cas
 import numpy as np
 
 from ragkit._files import atomic_file
-from ragkit.errors import DataError, repeated
+from ragkit.errors import DataError, repeated, some_ids
 
 __all__ = ["Corpus", "Queries", "Ranking", "State", "TrainSet", "TraceEvent", "Qrels"]
 
@@ -922,12 +923,43 @@ class Queries:
         return cls([f"q{i}" for i in range(len(texts))] if ids is None else ids, texts)
 
 
+def usable_query_ids(query_ids: Iterable[str], qrels: Qrels, corpus: "Corpus | np.ndarray | None" = None,
+                     min_grade: int = 1) -> list[str]:
+    """The ids of ``query_ids``, in their order, that a learner can learn from: at least one judgement of
+    grade ``>= min_grade`` (1: relevant, as nDCG's gains and trec_eval's ``relevance_level`` read it) of a
+    document of ``corpus`` (a :class:`Corpus`, or its ids as an array; ``None``: of any document).
+
+    A query judged only 0, or whose relevant documents are none of the corpus's (qrels of another id
+    scheme: ``DOC_172`` for ``doc-172``), gives every choice the same score (nDCG 0) and no positive
+    candidate: learners treat it as unjudged."""
+    known: Mapping[str, int] | set[str] | None
+    if corpus is None:
+        known = None
+    elif isinstance(corpus, Corpus):
+        known = corpus._lookup()
+    else:
+        known = set(np.asarray(corpus).tolist())
+    out = []
+    for q in query_ids:
+        rel = qrels.get(q)
+        if rel and any(g >= min_grade and (known is None or d in known) for d, g in rel.items()):
+            out.append(q)
+    return out
+
+
 @dataclass(frozen=True)
 class TrainSet:
     """Judged training queries handed to ``fit(corpus, train=...)``.
 
     Operators that learn (fusers' weights, routers' thresholds, the Cosine Adapter,
     encoder adaptation) read it; nothing from a test split may ever be put here.
+
+    ``queries``: :class:`Queries`, a mapping ``{query_id: text}`` or a pandas ``Series`` of texts
+    indexed by query id.  ``qrels``: ``{query_id: {doc_id: grade}}``, a pandas ``DataFrame`` with
+    BEIR's columns ``query-id``, ``corpus-id``, ``score`` (one row per judgement), or the path of a
+    qrels file (BEIR TSV or trec_eval's, read with :func:`ragkit.eval.read_qrels`).  Queries may be
+    left unjudged (qrels for one split, queries of every split): learners use the judged ones only,
+    and only those are recorded as learned from (:meth:`Operator.learned_from`).
     """
 
     queries: Queries
@@ -937,32 +969,99 @@ class TrainSet:
         queries = self.queries
         if isinstance(queries, Mapping):  # {query_id: text}
             queries = Queries.from_texts(queries)
+        pd = sys.modules.get("pandas")
+        if pd is not None and isinstance(queries, pd.Series):  # texts indexed by query id
+            named, texts = ids_and_texts(queries, "TrainSet.queries")
+            if named is None:
+                raise DataError("TrainSet.queries: a pandas Series of texts needs the query ids as its index (the "
+                                "qrels are keyed by query id), got one indexed by row number; e.g. "
+                                "df.set_index('id')['text']")
+            queries = Queries(named, texts)
         if not isinstance(queries, Queries):
+            hint = ""
+            if pd is not None and isinstance(queries, pd.DataFrame):
+                hint = "; from a DataFrame: Queries(df['id'].tolist(), df['text'].tolist())"
             raise DataError(f"TrainSet.queries: expected Queries(ids, texts) or a mapping {{query_id: text}} (the "
-                            f"qrels are keyed by query id), got {_kind(queries)}")
+                            f"qrels are keyed by query id), got {_kind(queries)}{hint}")
         object.__setattr__(self, "queries", queries)
-        object.__setattr__(self, "qrels", check_qrels(self.qrels, "TrainSet"))  # ids as strings, grades as ints
+        object.__setattr__(self, "qrels", check_qrels(_qrels_of(self.qrels), "TrainSet"))  # ids str, grades int
         if not any(any(v > 0 for v in rel.values()) for rel in self.qrels.values()):
             raise DataError("TrainSet qrels contain no positive judgement (relevance > 0); nothing to learn from")
         ids = set(self.queries.ids)
         if not any(q in ids and any(v > 0 for v in rel.values()) for q, rel in self.qrels.items()):
-            from ragkit.errors import some_ids
-
             raise DataError(f"TrainSet: none of the queries judged positive in the qrels ({some_ids(self.qrels)}) is "
                             f"one of the {len(ids)} training queries ({some_ids(self.queries.ids)}); the qrels must "
                             "be keyed by the queries' ids")
 
+    def judged(self) -> Queries:
+        """The training queries with at least one judgement (any grade, 0 too), in their order: those a
+        learner reads (an unjudged query teaches nothing)."""
+        keep = [i for i, q in enumerate(self.queries.ids) if self.qrels.get(q)]
+        return self.queries if len(keep) == len(self.queries) else self.queries[keep]
+
+    def usable(self, corpus: "Corpus | np.ndarray | None" = None, min_grade: int = 1) -> list[str]:
+        """The ids of the training queries with a judgement ``>= min_grade`` of a document of ``corpus``
+        (:func:`usable_query_ids`): those a learner can learn from."""
+        return usable_query_ids(self.queries.ids, self.qrels, corpus, min_grade)
+
     def check_corpus(self, corpus: "Corpus") -> None:
         """Refuse judgements that name no document of ``corpus``: learning would see no relevant
-        document anywhere (nDCG 0 for every choice) and keep its defaults without a word."""
+        document anywhere (nDCG 0 for every choice) and keep its defaults without a word.
+
+        Training queries judged relevant (grade > 0) whose relevant documents are all missing from
+        ``corpus`` (qrels of another id scheme, another corpus) are learned as unjudged: more than
+        half of them is a :class:`DataError`, fewer a warning on the ``ragkit`` logger, each with
+        counts and example ids."""
         ids = set(self.queries.ids)
         positives = {d for q, rel in self.qrels.items() if q in ids for d, v in rel.items() if v > 0}
         if not len(corpus.row_of(positives, missing="drop")):
-            from ragkit.errors import some_ids
-
             raise DataError(f"fit: none of the {len(positives)} documents judged relevant for the training queries "
                             f"({some_ids(sorted(positives))}) is in the corpus of {len(corpus)} documents "
                             f"({some_ids(corpus.ids)}); the qrels must use the corpus's document ids")
+        relevant = self.usable()
+        usable = set(self.usable(corpus))
+        lost = [q for q in relevant if q not in usable]
+        if not lost:
+            return
+        lookup = corpus._lookup()
+        missing = sorted({d for q in lost for d, v in self.qrels[q].items() if v > 0 and d not in lookup})
+        what = (f"{len(lost)} of the {len(relevant)} training queries judged relevant ({some_ids(lost)}) have none "
+                f"of their relevant documents in the corpus of {len(corpus)} documents (they judge "
+                f"{some_ids(missing)}; the corpus holds {some_ids(corpus.ids)})")
+        if 2 * len(lost) > len(relevant):
+            raise DataError(f"fit: {what}; learning would read {len(usable)} quer{'y' if len(usable) == 1 else 'ies'}. "
+                            "The qrels must use the corpus's document ids: rename them (or fit on the corpus they "
+                            "judge)")
+        import logging
+
+        logging.getLogger("ragkit").warning("fit: %s; they are learned as unjudged (%d usable queries); check that "
+                                            "the qrels use the corpus's document ids", what, len(usable))
+
+
+def _qrels_of(qrels: Any) -> Any:
+    """``qrels`` as :func:`check_qrels` reads them: a pandas ``DataFrame`` with columns ``query-id``,
+    ``corpus-id``, ``score`` as ``{query_id: {doc_id: grade}}``, a path (``str`` or ``os.PathLike``) read
+    with :func:`ragkit.eval.read_qrels`; anything else as given (refused there when no mapping)."""
+    pd = sys.modules.get("pandas")
+    if pd is not None and isinstance(qrels, pd.DataFrame):
+        columns = ("query-id", "corpus-id", "score")
+        if not all(c in qrels.columns for c in columns):
+            raise DataError(f"TrainSet: a qrels DataFrame needs the columns 'query-id', 'corpus-id', 'score' (one row "
+                            f"per judgement, as BEIR's qrels TSV), got {[str(c) for c in qrels.columns]}; rename "
+                            "them: df.rename(columns={...})")
+        out: dict[Any, dict[Any, Any]] = {}
+        for q, d, g in zip(*(qrels[c].tolist() for c in columns)):
+            rel = out.setdefault(q, {})
+            if d in rel and rel[d] != g:
+                raise DataError(f"TrainSet: the qrels DataFrame judges document {d!r} for query {q!r} twice, "
+                                f"{rel[d]!r} and {g!r}")
+            rel[d] = g
+        return out
+    if isinstance(qrels, (str, os.PathLike)):
+        from ragkit.eval.beir import read_qrels
+
+        return read_qrels(Path(qrels))
+    return qrels
 
 
 @dataclass(eq=False)
