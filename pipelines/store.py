@@ -26,6 +26,7 @@ from ragkit.operator import (
     Operator,
     _saved_pipeline_above,
     atomic_dir,
+    checksums_verified,
     read_json,
     write_json,
 )
@@ -135,7 +136,8 @@ def load_pipeline(path: str | Path, *, corpus: Corpus | None = None, mmap: bool 
                                 "folder was changed after saving: save the pipeline again")
         return op
 
-    pipe = load_yaml(folder / "pipeline.yaml", make_leaf=make_leaf)
+    with checksums_verified(verify):  # the manifest's checksums, verified above, cover the steps' files
+        pipe = load_yaml(folder / "pipeline.yaml", make_leaf=make_leaf)
     if corpus is not None:
         pipe.corpus_ = corpus
     return pipe

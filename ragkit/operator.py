@@ -70,6 +70,23 @@ def options_checked() -> Iterator[None]:
         _OPTIONS_CHECKED.reset(token)
 
 
+# True while Pipeline.load loads the steps of a folder whose manifest checksums it has just verified: the
+# steps load with verify=False (their files are checked already) yet count as verified.
+_CHECKSUMS_VERIFIED: ContextVar[bool] = ContextVar("ragkit_checksums_verified", default=False)
+
+
+@contextmanager
+def checksums_verified(verified: bool) -> Iterator[None]:
+    """Within it, an operator loaded with ``verify=False`` counts as verified when ``verified`` is true
+    (its folder's files were checked against a pipeline manifest's SHA-256 sums): a memory-mapped
+    BM25 then skips its own scan of the ids and weights, as a verified ``Operator.load`` does."""
+    token = _CHECKSUMS_VERIFIED.set(verified)
+    try:
+        yield
+    finally:
+        _CHECKSUMS_VERIFIED.reset(token)
+
+
 def check_state(op: "Operator", state: object) -> None:
     """Refuse calling ``op`` on anything but a :class:`State` (``pipe(["a query"])``, ``bm25("a query")``)
     with a ``TypeError`` that points to ``search``, instead of an ``AttributeError`` from deep inside."""
@@ -532,7 +549,8 @@ class Operator:
                     f"given {len(corpus):,} documents {_how_ids_differ(folder, corpus)}; pass the corpus it was "
                     "fitted on, in its order (or none: the folder holds it)")
             op.corpus_ = corpus
-            op._verified = verify  # (an operator that skips a costly check of its mapped files reads it)
+            # (an operator that skips a costly check of its mapped files reads it)
+            op._verified = verify or _CHECKSUMS_VERIFIED.get()
             op._load(folder, mmap=mmap)
             op.trained_on_ = load_array(folder, TRAINED) if (folder / f"{TRAINED}.npy").is_file() else None
         if op.uses_torch:

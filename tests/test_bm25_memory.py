@@ -289,3 +289,23 @@ def test_corrupt_postings_are_refused_even_mapped_and_unverified(tmp_path, mmap,
         Operator.load(tmp_path / "b", mmap=mmap, verify=False)
     with pytest.raises(ArtifactError, match="checksum"):  # verified: the checksums refuse it first
         Operator.load(tmp_path / "b", mmap=mmap)
+
+
+def test_a_pipeline_load_whose_manifest_was_verified_skips_the_bm25_scan(tmp_path):
+    """Pipeline.load(mmap=True) verified the manifest's checksums, then loaded each step with verify=False, so
+    a mapped BM25 read all its ids and weights again (Operator.load of the same step did not); unverified, the
+    scan still refuses a corrupt file."""
+    from ragkit.errors import ArtifactError
+    from ragkit.pipelines import Pipeline
+
+    Pipeline([BM25(k=10)]).fit(_corpus(80)).save(tmp_path / "p")
+    assert Pipeline.load(tmp_path / "p", mmap=True).steps[0]._verified
+    assert not Pipeline.load(tmp_path / "p", mmap=True, verify=False).steps[0]._verified
+    (ids,) = (tmp_path / "p" / "ops").glob("*/tf_indices.npy")
+    a = np.load(ids)
+    a[len(a) // 2] = -7
+    np.save(ids, a)
+    with pytest.raises(ArtifactError, match="corrupt BM25 arrays: document ids"):
+        Pipeline.load(tmp_path / "p", mmap=True, verify=False)
+    with pytest.raises(ArtifactError, match="checksum"):
+        Pipeline.load(tmp_path / "p", mmap=True)
