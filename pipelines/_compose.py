@@ -20,7 +20,7 @@ import numpy as np
 
 from ragkit._files import user_path
 from ragkit.errors import ConfigError, DataError, NotFittedError, ParamError, RagkitError, some_ids
-from ragkit.operator import Operator, call_checked, fit_on_backend, options_checked
+from ragkit.operator import Operator, call_checked, check_fit_inputs, fit_on_backend, options_checked
 from ragkit.params import Params
 from ragkit.types import QUERY_REWRITES, Corpus, Queries, Ranking, State, TraceEvent, TrainSet
 
@@ -277,6 +277,8 @@ def check_trainable(root: Operator, train: TrainSet | None, corpus: Corpus | Non
     """
     from ragkit.pipelines.yaml import walk_leaves
 
+    if corpus is not None:  # train=qrels, train=(queries, qrels), a list of records: said, not an AttributeError
+        check_fit_inputs(corpus, train, f"{root.name}.fit" if root.name else "fit")
     mismatch = encoder_mismatch(root)
     if mismatch is not None:
         raise mismatch
@@ -311,10 +313,11 @@ def check_trainable(root: Operator, train: TrainSet | None, corpus: Corpus | Non
         train.check_corpus(corpus)
     if train is not None:
         fusers = [path for path, leaf in walk_leaves(root) if leaf.kind == "fuser" and leaf.learns]
-        judged = [q for q in train.queries.ids if train.qrels.get(q)]
-        if fusers and len(judged) < 2:
+        usable = train.usable(corpus)  # a judgement > 0 of a document of the corpus (of any without one)
+        if fusers and len(usable) < 2:
             raise DataError(f"{fusers[0]}: learning fusion weights cross-validates over the judged training queries "
-                            f"and needs at least 2; the train set has {len(judged)} ({some_ids(judged) or 'none'})")
+                            f"and needs at least 2; the train set has {len(usable)} usable (with a relevant document "
+                            f"in the corpus) ({some_ids(usable) or 'none'})")
 
 
 #: steps that read the cosines of the dense retriever before them with an encoder of their own (``model``)

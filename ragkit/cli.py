@@ -370,7 +370,8 @@ def _read_split(data: str, split: str, train_split: Optional[str], limit: Option
     if taught:  # (ragkit train --split train --out M, then ragkit eval --pipeline M --split train)
         raise RagkitError(f"--pipeline {pipeline}: learned from {len(taught)} of the evaluated --split {split} "
                           f"quer{'y' if len(taught) == 1 else 'ies'} ({some_ids(taught)}) when it was fitted, whose "
-                          f"scores would not be held out; evaluate a split it did not learn from (--split test)")
+                          f"scores would not be held out; evaluate a split it did not learn from (a split other "
+                          f"than --split {split})")
     if train is not None:  # learning from an evaluated query scores it on what it was taught
         taught = set(train.queries.ids)
         shared = [q for q in queries.ids if q in taught]

@@ -118,7 +118,7 @@ def test_one_judged_training_query_is_refused_before_learning_weights(slice_data
     corpus, _, _, train = slice_data
     pipe = load_yaml(PIPE)
     with pytest.raises(DataError, match=r"pipeline\[0\]\.parallel\.fuse\.rrf: .* needs at least 2; the train set "
-                                        r"has 1 \('"):
+                                        r"has 1 usable \(with a relevant document in the corpus\) \('"):
         pipe.fit(corpus, TrainSet(train.queries[:1], train.qrels))
     assert not pipe.steps[0].branches[0].is_fitted  # refused before the first retriever was built
 

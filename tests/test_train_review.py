@@ -135,8 +135,6 @@ def test_ray_fit_refuses_train_that_is_no_trainset_before_ray():
         fit_pipeline(Pipeline.from_yaml(RRF_YAML), _corpus(), {"myq-0": {"doc-0": 1}})  # type: ignore[arg-type]
 
 
-@pytest.mark.xfail(strict=True, reason="needs check_fit_inputs at the top of pipelines/_compose.py check_trainable "
-                                       "(reported patch); remove this marker when it is applied")
 @pytest.mark.parametrize("how", ["qrels", "pair", "records"])
 def test_a_pipeline_fit_with_train_that_is_no_trainset_says_what_it_got(how):
     """pipe.fit(corpus, train=qrels) raised AttributeError: 'dict' object has no attribute 'check_corpus'."""
