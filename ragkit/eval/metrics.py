@@ -15,7 +15,7 @@ import contextlib
 import logging
 import re
 from dataclasses import dataclass, field
-from typing import Iterable, Mapping, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -39,10 +39,10 @@ def parse_metric(name: str) -> tuple[str, int]:
     """``"nDCG@10"`` -> ``("ndcg", 10)``; unknown names raise with the accepted forms."""
     if not isinstance(name, str):
         raise DataError(f"metric {name!r} is {_a(type(name).__name__)}; expected a name such as 'ndcg@10'")
-    m = re.fullmatch(r"\s*(ndcg|recall|map|mrr|p)\s*@\s*(\d+)\s*", name.lower())
+    m = re.fullmatch(r"\s*(ndcg|recall|map|mrr|p|r_cap|hole|acc)\s*@\s*(\d+)\s*", name.lower())
     if not m or not 1 <= int(m.group(2)) <= _MAX_CUTOFF:  # trec_eval reads the cut-off as a C int
-        raise DataError(f"unknown metric {name!r}; expected one of ndcg@k, recall@k, map@k, mrr@k, p@k with "
-                        f"1 <= k <= {_MAX_CUTOFF}")
+        raise DataError(f"unknown metric {name!r}; expected one of ndcg@k, recall@k, map@k, mrr@k, p@k, "
+                        f"r_cap@k, hole@k, acc@k with 1 <= k <= {_MAX_CUTOFF}")
     return m.group(1), int(m.group(2))
 
 
@@ -206,7 +206,7 @@ def _evaluate(
     # pytrec_eval drops queries with an empty run; give them a dummy non-relevant doc so they count as 0
     # (its id holds a tab, which no qrels id can: a TSV column, or a whitespace-separated one)
     d_full = {q: (docs if docs else {_NO_DOC: 0.0}) for q, docs in d_full.items()}
-    measures = {f"{_TREC[fam]}.{k}" for _, fam, k in parsed if fam != "mrr"}  # MRR@k: its own evaluator below
+    measures = {f"{_TREC[fam]}.{k}" for _, fam, k in parsed if fam in _TREC}  # MRR@k and BEIR's own: below
     per_query: dict[str, dict[str, float]] = {}
     res = (pytrec_eval.RelevanceEvaluator(judged, measures, relevance_level=relevance_level).evaluate(d_full)
            if measures else {})
@@ -214,16 +214,60 @@ def _evaluate(
     if mrr_cuts:  # each query ordered once, as deep as the deepest MRR cut-off
         heads = {q: trec_head(docs, max(mrr_cuts)) for q, docs in d_full.items()}
         rr_eval = pytrec_eval.RelevanceEvaluator(judged, {"recip_rank"}, relevance_level=relevance_level)
+    beir_cuts = [k for _, fam, k in parsed if fam in _BEIR_CUSTOM]
+    if beir_cuts:
+        tops = _beir_tops(d_full, judged, max(beir_cuts), relevance_level)
     for name, fam, k in parsed:
         if fam == "mrr":  # MRR@k: reciprocal rank within the top k (BEIR's evaluate_custom)
             rr = rr_eval.evaluate({q: dict(head[:k]) for q, head in heads.items()})
             per_query[name] = {q: float(v["recip_rank"]) for q, v in rr.items()}
+        elif fam in _BEIR_CUSTOM:
+            per_query[name] = dict(zip(d_full, _BEIR_CUSTOM[fam](*tops, k).tolist()))
         else:
             key = f"{_TREC[fam]}_{k}"
             per_query[name] = {q: float(v[key]) for q, v in res.items()}
     scores = {name: float(np.mean(list(v.values()))) if v else 0.0 for name, v in per_query.items()}
     ignored = tuple(q for q, rel in judged.items() if rel.get(q, 0) >= relevance_level) if ignore_identical_ids else ()
     return EvalResult(scores=scores, per_query=per_query, ignored_judged=len(ignored)), (relevance_level, ignored)
+
+
+def _beir_tops(run: Mapping[str, Mapping[str, float]], judged: Qrels, k: int,
+               relevance_level: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each query's top ``k`` of ``run`` (its queries in order, each in trec_eval's order) as ``(relevant,
+    unjudged, n_relevant)``: ``(n_q, k)`` booleans, a document judged ``>= relevance_level`` for its query,
+    a retrieved document that no query's judgements name (padding, where fewer than ``k`` were retrieved, is
+    neither), and ``(n_q,)`` the query's relevant judgements."""
+    annotated = {d for rel in judged.values() for d in rel}
+    relevant = np.zeros((len(run), k), bool)
+    unjudged = np.zeros((len(run), k), bool)
+    for i, (q, docs) in enumerate(run.items()):  # the top k of each query, as MRR's trec_head
+        rel = judged.get(q, {})
+        head = [d for d, _ in trec_head(docs, k) if d != _NO_DOC]
+        relevant[i, :len(head)] = [rel.get(d, 0) >= relevance_level for d in head]
+        unjudged[i, :len(head)] = [d not in annotated for d in head]
+    n_rel = np.array([sum(g >= relevance_level for g in judged.get(q, {}).values()) for q in run], np.int64)
+    return relevant, unjudged, n_rel
+
+
+def _r_cap(relevant: np.ndarray, unjudged: np.ndarray, n_rel: np.ndarray, k: int) -> np.ndarray:
+    """Capped recall: relevant documents in the top ``k`` over ``min(k, relevant judged)`` (0 without any)."""
+    return relevant[:, :k].sum(1) / np.maximum(np.minimum(n_rel, k), 1)
+
+
+def _hole(relevant: np.ndarray, unjudged: np.ndarray, n_rel: np.ndarray, k: int) -> np.ndarray:
+    """Hole: documents of the top ``k`` that no query's judgements name, over ``k`` (as BEIR divides)."""
+    return unjudged[:, :k].sum(1) / k
+
+
+def _acc(relevant: np.ndarray, unjudged: np.ndarray, n_rel: np.ndarray, k: int) -> np.ndarray:
+    """Top-k accuracy: 1 when a relevant document is in the top ``k``, else 0."""
+    return relevant[:, :k].any(1).astype(np.float64)
+
+
+#: BEIR's ``evaluate_custom`` metrics beyond trec_eval's: capped recall, hole and top-k accuracy
+#: (Thakur et al., "BEIR", NeurIPS 2021 Datasets and Benchmarks; Hole@10 measures unjudged documents)
+_BEIR_CUSTOM: dict[str, Callable[[np.ndarray, np.ndarray, np.ndarray, int], np.ndarray]] = {
+    "r_cap": _r_cap, "hole": _hole, "acc": _acc}
 
 
 def check_relevance_level(qrels: Qrels, relevance_level: int, where: str = "evaluate") -> None:
