@@ -917,6 +917,15 @@ class VectorIndex:
         if not self.built:
             raise ParamError("VectorIndex: call build(vectors) (or load) before searching or editing")
 
+    def set_expansion_search(self, ef: int) -> None:
+        """Make ``ef`` the index's own HNSW beam width (saved with it, and the graph's): searches at it share
+        the graph again, where a per-call width holds it alone (a ``Dense`` whose ``params`` were updated
+        after the fit sets it once, at its next search)."""
+        with self._ef_lock.writing():
+            self.expansion_search = int(ef)
+            if getattr(self, "usearch", None) is not None:
+                self.usearch.expansion_search = int(ef)  # type: ignore[union-attr, misc]
+
     def _graph(self) -> Index:
         """The usearch graph (``hnsw`` backend)."""
         if self.usearch is None:

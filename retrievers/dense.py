@@ -84,11 +84,6 @@ class DenseParams(Params):
             raise ValueError("rescore=True re-scores a compressed or reduced shortlist with the float vectors, but "
                              "dtype='f32' with reduce='none' already searches those exact floats; use dtype f16/i8/b1 "
                              "or a reduce, or drop rescore")
-        if self.dtype == "b1" and self.metric == "ip" and not self.rescore:
-            raise ValueError("dtype='b1' keeps only the signs of the document vectors, so with metric='ip' its "
-                             "scores ignore the documents' norms, which an inner product ranks by (scores of 3.4-8 "
-                             "for inner products of 52-143 in a review); set rescore=True (the shortlist is re-scored "
-                             "with the float vectors), use metric='cos', or another dtype")
         if self.whiten and kind != "pca":
             raise ValueError("whiten=True rescales PCA components and needs reduce='pca:<dims>', "
                              f"got reduce={self.reduce!r}")
@@ -198,12 +193,28 @@ class Dense(TunedEncoderMixin, Operator):
         self._adapt_encoder(corpus, train)
         self.__dict__.pop("_fresh_docs", None)
         vecs = self._encode_docs(corpus)
+        self._warn_b1_norms(vecs)
         fresh = self.__dict__.pop("_fresh_docs", None)
         # a fresh array is handed over to the index (normalised in place; the f32 index keeps it): the
         # corpus's vectors are not copied a second time
         self.index_ = self._new_index().build(vecs, copy=fresh is None or fresh() is not vecs)
         del vecs
         self.slots_ = np.arange(len(corpus), dtype=np.int64)  # corpus row -> index slot
+
+    def _warn_b1_norms(self, vecs: np.ndarray) -> None:
+        """Warn when ``dtype='b1'`` with ``metric='ip'`` and no ``rescore`` meets documents whose norms differ
+        (by more than 1%): the bits keep only signs, so the scores ignore the norms an inner product ranks by
+        (scores of 3.4-8 for inner products of 52-143 in a review).  Unit vectors (MiniLM's): ip is cos, fine."""
+        p = self.params
+        if p.dtype != "b1" or p.metric != "ip" or p.rescore or not len(vecs):
+            return
+        norms = np.linalg.norm(vecs, axis=1)
+        lo, hi = float(norms.min()), float(norms.max())
+        if hi > 1.01 * lo:
+            _log.warning(f"dense: dtype='b1' keeps only the signs of the document vectors, so with metric='ip' its "
+                         f"scores ignore the documents' norms (here {lo:.3g} to {hi:.3g}), which an inner product "
+                         f"ranks by; set rescore: true (the shortlist is re-scored with the float vectors), metric: "
+                         f"cos, or another dtype")
 
     # ------------------------------------------------------------------ shared API
     @property
@@ -255,9 +266,11 @@ class Dense(TunedEncoderMixin, Operator):
             slot_mask = np.zeros(self.index_.n_slots, dtype=bool)
             slot_mask[self.slots_[rows]] = True
         p = self.params
-        slots, sc = self.index_.search(
-            q, k, mask=slot_mask, expansion_search=p.expansion_search if expansion_search is None else expansion_search,
-            oversample=p.oversample if oversample is None else oversample)
+        ef = p.expansion_search if expansion_search is None else int(expansion_search)
+        if ef == p.expansion_search != self.index_.expansion_search:  # params updated after the fit: the
+            self.index_.set_expansion_search(ef)  # graph's own width from now on (a per-call one is exclusive)
+        slots, sc = self.index_.search(q, k, mask=slot_mask, expansion_search=ef,
+                                       oversample=p.oversample if oversample is None else oversample)
         return self._row_of_slot()[slots], sc  # slot -1 -> last entry -> -1
 
     def _row_of_slot(self) -> np.ndarray:

@@ -1,7 +1,7 @@
 """A second review of the dense index: the HNSW int8 graph's scale (it clipped a third of MiniLM's
 documents, and the large documents an inner product favours), non-finite vectors refused before
 normalising them, a wrong-length mask refused by ``Dense.search_vectors``, equal vectors scored
-equal by the float rescore, ``b1`` with ``metric="ip"`` refused without ``rescore``, and the HNSW
+equal by the float rescore, ``b1`` with ``metric="ip"`` warned without ``rescore``, and the HNSW
 beam width and the shortlist multiplier as search-time options."""
 
 from __future__ import annotations
@@ -130,13 +130,47 @@ def test_rescored_equal_vectors_score_equal_and_rank_by_lower_slot(dtype, dims):
 
 
 # ------------------------------------------------------------------ 5. b1 with an inner product
-def test_b1_with_inner_product_needs_rescore():
+def test_b1_with_inner_product_warns_when_the_norms_differ(tmp_path, caplog):
     """Sign bits drop the documents' norms, which an inner product ranks by (SciFact: b1 scores 3.4-8 for
-    inner products of 52-143): refused without ``rescore``, as other combinations that cannot work are."""
-    with pytest.raises(ParamError, match=r"(?s)dtype='b1'.*metric='ip'.*norms.*rescore=True"):
-        Dense(model=MODEL, dtype="b1", metric="ip")
-    Dense(model=MODEL, dtype="b1", metric="ip", rescore=True)
-    Dense(model=MODEL, dtype="b1")
+    inner products of 52-143).  It was refused at validation, which also refused loading a saved b1 + ip
+    pipeline and unit vectors, where ip is cos: it warns at fit, when the norms do differ."""
+    import logging
+
+    register_encoder("dense-review-norms", HashedEncoder("dense-review-norms-v1", 24, unit=False), replace=True)
+    corpus = _corpus(40)
+    for model, warns in ((MODEL, False), ("dense-review-norms", True)):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="ragkit"):
+            d = Dense(model=model, dtype="b1", metric="ip").fit(corpus)
+        said = [r.getMessage() for r in caplog.records if "ignore the documents' norms" in r.getMessage()]
+        assert bool(said) == warns, (model, said)
+    d.save(tmp_path / "b1ip")  # a saved b1 + ip index loads (validation refused it)
+    assert Operator.load(tmp_path / "b1ip").params.metric == "ip"
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="ragkit"):
+        Dense(model="dense-review-norms", dtype="b1", metric="ip", rescore=True).fit(corpus)
+    assert not [r for r in caplog.records if "norms" in r.getMessage()]
+
+
+def test_params_updated_after_the_fit_keep_searches_shared():
+    """d.params = d.params.updated(expansion_search=...) made every later search a per-call width, each
+    holding the index alone (8 threads: peak 1 graph search at a time): the index takes the width once."""
+    d = Dense(model=MODEL, search="hnsw", expansion_search=16).fit(_corpus(300))
+    d.params = d.params.updated(expansion_search=48)
+    d.search(["text 3 word3"])
+    assert d.index_.expansion_search == 48 and d.index_.usearch.expansion_search == 48
+    seen = []
+    real = d.index_._ef_lock.writing
+
+    def spy():  # noqa: ANN202
+        seen.append(1)
+        return real()
+
+    d.index_._ef_lock.writing = spy
+    d.search(["text 4 word4", "text 5 word5"])
+    assert seen == []  # the shared path: no exclusive hold
+    d.search(["text 4 word4"], dense={"expansion_search": 80})  # a per-call width still holds it alone
+    assert seen == [1] and d.index_.expansion_search == 48
 
 
 # ------------------------------------------------------------------ 6. search-time options

@@ -261,7 +261,7 @@ def _hole(relevant: np.ndarray, unjudged: np.ndarray, n_rel: np.ndarray, k: int)
 
 def _acc(relevant: np.ndarray, unjudged: np.ndarray, n_rel: np.ndarray, k: int) -> np.ndarray:
     """Top-k accuracy: 1 when a relevant document is in the top ``k``, else 0."""
-    return relevant[:, :k].any(1).astype(np.float64)
+    return np.asarray(relevant[:, :k].any(1), np.float64)
 
 
 #: BEIR's ``evaluate_custom`` metrics beyond trec_eval's: capped recall, hole and top-k accuracy
