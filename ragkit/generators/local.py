@@ -49,10 +49,12 @@ weights before it is kept, and later loads read it (~1 s).  Each transformers ve
 copy (two environments sharing a cache keep theirs).  The copy is made under a file lock: a
 second process finding no copy waits for the first and reads its copy; a complete copy is never
 replaced, and a copy appears only complete (written aside, then renamed).  A damaged copy is not
-used (a warning) and is written again; a copy that fails its check is not kept, and
-``<folder>.failed.json`` beside it stops later loads from trying again with that transformers
-version (delete it to retry).  The first layout's copy (``llm/<GGUF fingerprint>/``) is deleted
-once the new one is made.
+used (a warning) and is written again; a copy that reads back different from the GGUF's weights is
+not kept, and ``<folder>.failed.json`` beside it stops later loads from trying again with that
+transformers version (a warning once per process; delete it to retry), while one that cannot be read
+back (an error) is deleted and tried again at the next load.  Loads that will make no copy (that
+marker, or too little disk space) parse the GGUF without the lock, side by side.  The first
+layout's copy (``llm/<GGUF fingerprint>/``) is deleted once the new one is made.
 
 Identity and threads.  ``model_id_`` is a content fingerprint of the weights (a model
 folder's files, or the GGUF file: also when the weights are read from its copy), so chunk
@@ -221,6 +223,10 @@ _COPY_LOCK_WAIT = 600.0
 _fcntl: Any = importlib.import_module("fcntl") if importlib.util.find_spec("fcntl") is not None else None
 #: ``.failed.json`` markers this process has logged (once each)
 _FAILED_NOTED: set[str] = set()
+#: float32 bytes per byte of a GGUF file, at most (its smallest quantization, IQ1_S, stores 1.5625 bits per weight)
+_MAX_DEQUANT_RATIO = 21
+#: free space a copy leaves on its disk, beyond twice its weights (bytes)
+_COPY_MARGIN = 64 << 20
 
 
 def gguf_copy_dir(fingerprint: str) -> Path:
@@ -347,23 +353,29 @@ def _copy_is_complete(folder: Path, fingerprint: str) -> bool:
     return True
 
 
+def _load_copy(folder: Path, fingerprint: str) -> tuple[PreTrainedTokenizerBase, PreTrainedModel]:
+    """Tokenizer and float32 model from the dequantized copy ``folder`` of the GGUF of ``fingerprint``,
+    checked first (:func:`_check_copy`); raises whatever checking or loading raises."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    _check_copy(folder, fingerprint)
+    tok = AutoTokenizer.from_pretrained(str(folder))
+    model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32).eval()
+    return tok, model
+
+
 def _read_gguf_copy(folder: Path, fingerprint: str) -> tuple[PreTrainedTokenizerBase, PreTrainedModel] | None:
     """Tokenizer and float32 model from the dequantized copy ``folder`` of the GGUF of ``fingerprint``;
     ``None`` when there is none (a copy being made is not there: it is renamed in once complete), and
     when it is damaged (:func:`_check_copy`, or it does not load), logged as a warning."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     if not (folder / _COPY_RECORD).is_file():
         return None
     try:
-        _check_copy(folder, fingerprint)
-        tok = AutoTokenizer.from_pretrained(str(folder))
-        model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32).eval()
+        return _load_copy(folder, fingerprint)
     except Exception as e:  # noqa: BLE001 -- whatever is wrong with the copy, the GGUF file is still there
         _log.warning(f"{folder}: the dequantized copy of the GGUF model is damaged ({type(e).__name__}: {e}); not "
                      "used: the model loads from the GGUF file and the copy is written again")
         return None
-    return tok, model
 
 
 def _same_model(a: tuple[PreTrainedTokenizerBase, PreTrainedModel],
@@ -400,7 +412,7 @@ def _failed_marker(folder: Path) -> Path:
 
 
 def _note_failed(folder: Path, marker: Path) -> None:
-    """Log (once per process, as info) that the copy ``folder`` is not made: it failed its check before."""
+    """Log (once per process, as a warning) that the copy ``folder`` is not made: it failed its check before."""
     if str(marker) in _FAILED_NOTED:
         return
     _FAILED_NOTED.add(str(marker))
@@ -409,8 +421,64 @@ def _note_failed(folder: Path, marker: Path) -> None:
         why = f"{said.get('reason')}, {said.get('when')}" if isinstance(said, dict) else "unreadable record"
     except (OSError, ValueError):
         why = "unreadable record"
-    _log.info(f"{folder}: no dequantized copy of the GGUF model with this transformers version: it failed its check "
-              f"({why}); the GGUF file is parsed at every load (delete {marker} to try again)")
+    _log.warning(f"{folder}: no dequantized copy of the GGUF model with this transformers version: it failed its "
+                 f"check ({why}); the GGUF file is parsed at every load (delete {marker} to try again)")
+
+
+def _weight_bytes(model: PreTrainedModel) -> int:
+    """Bytes of the model's weights as ``model.safetensors`` holds them: each stored tensor once (tied
+    weights, such as an output layer sharing the embedding, are saved once)."""
+    seen: dict[tuple[int, int], int] = {}
+    for t in model.state_dict().values():
+        seen[(t.data_ptr(), t.numel())] = t.numel() * t.element_size()
+    return sum(seen.values())
+
+
+def _gguf_float32_bytes(path: str) -> int | None:
+    """Bytes of the GGUF file ``path``'s tensors in float32 (element counts from its header, read by the
+    ``gguf`` package: ~2 s for SmolLM2-135M's 98 MB, its metadata included), or ``None`` where the header
+    cannot be read."""
+    try:
+        from gguf import GGUFReader
+
+        return 4 * sum(int(t.n_elements) for t in GGUFReader(path).tensors)
+    except Exception:  # noqa: BLE001 -- no estimate: the caller falls back on the file's size
+        return None
+
+
+def _too_little_room(where: Path, n_bytes: int) -> int | None:
+    """The free bytes at ``where`` (or its nearest existing folder above) when they are fewer than a copy of
+    ``n_bytes`` of weights needs (twice them, written and read back, plus 64 MiB), else ``None``."""
+    while not where.exists() and where.parent != where:
+        where = where.parent
+    free = shutil.disk_usage(where).free
+    return free if free < 2 * n_bytes + _COPY_MARGIN else None
+
+
+def _copy_can_be_made(folder: Path, gguf_path: str) -> bool:
+    """Whether a load of the GGUF file ``gguf_path`` that finds no copy in ``folder`` will make one, known
+    before it parses the GGUF: not when ``<folder>.failed.json`` says the copy failed its check (logged
+    once per process), nor when the disk lacks room for it (a warning).  The room needed is estimated
+    from the file: at most :data:`_MAX_DEQUANT_RATIO` times its size (the free space is checked only
+    against that when it is short of it), else the float32 size of the tensors its header lists (at least
+    the file's size where the header cannot be read); :func:`_write_gguf_copy` checks the exact size."""
+    marker = _failed_marker(folder)
+    if marker.exists():
+        _note_failed(folder, marker)
+        return False
+    try:
+        size = os.path.getsize(gguf_path)
+        if _too_little_room(folder.parent, _MAX_DEQUANT_RATIO * size) is None:
+            return True
+        n_bytes = _gguf_float32_bytes(gguf_path) or size
+        free = _too_little_room(folder.parent, n_bytes)
+    except OSError:
+        return True  # nothing known: the copy is tried (and its own checks stand)
+    if free is not None:
+        _log.warning(f"{folder.parent}: {free / 2**20:,.0f} MiB free, too little for a dequantized copy of the GGUF "
+                     f"model ({n_bytes / 2**20:,.0f} MiB); the GGUF file is parsed again at every load")
+        return False
+    return True
 
 
 def _write_gguf_copy(folder: Path, fingerprint: str, tok: PreTrainedTokenizerBase, model: PreTrainedModel) -> bool:
@@ -425,16 +493,17 @@ def _write_gguf_copy(folder: Path, fingerprint: str, tok: PreTrainedTokenizerBas
     (:func:`_same_model`: every weight bit for bit), then renamed into place, so a copy that is
     there is complete and loads as the GGUF does; a damaged one found there is replaced.  Skipped
     (``False``, a warning) when the disk lacks room for twice the weights, when it cannot be written,
-    when the lock stays held by another process (:data:`_COPY_LOCK_WAIT`), or when the check fails
-    (then ``<folder>.failed.json`` records why: later loads do not try again with this transformers
-    version).
+    when the lock stays held by another process (:data:`_COPY_LOCK_WAIT`), when the copy written cannot
+    be read back (an error, which may not happen again: nothing recorded, the next load tries again), or
+    when it reads back different from the model in memory (deterministic: ``<folder>.failed.json``
+    records why, and later loads do not try again with this transformers version).
     """
     import transformers
     from safetensors.torch import save_model
 
     from ragkit._files import atomic_file, folder_checksums, shared_tempdir
 
-    n_bytes = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    n_bytes = _weight_bytes(model)
     tmp: Path | None = None
     try:
         folder.parent.mkdir(parents=True, exist_ok=True)
@@ -449,8 +518,8 @@ def _write_gguf_copy(folder: Path, fingerprint: str, tok: PreTrainedTokenizerBas
             if marker.exists():
                 _note_failed(folder, marker)
                 return False
-            free = shutil.disk_usage(folder.parent).free
-            if free < 2 * n_bytes + (64 << 20):
+            free = _too_little_room(folder.parent, n_bytes)
+            if free is not None:
                 _log.warning(f"{folder.parent}: {free / 2**20:,.0f} MiB free, too little for a dequantized copy of "
                              f"the GGUF model ({n_bytes / 2**20:,.0f} MiB); the GGUF file is parsed again at every "
                              "load")
@@ -468,8 +537,14 @@ def _write_gguf_copy(folder: Path, fingerprint: str, tok: PreTrainedTokenizerBas
             record = {"source": fingerprint, "format": _COPY_FORMAT, "transformers": transformers.__version__,
                       "files": folder_checksums(tmp)}
             (tmp / _COPY_RECORD).write_text(json.dumps(record, indent=2), encoding="utf-8")
-            again = _read_gguf_copy(tmp, fingerprint)
-            differs = "it does not load" if again is None else _same_model((tok, model), again)
+            try:
+                again = _load_copy(tmp, fingerprint)
+            except Exception as e:  # noqa: BLE001 -- (an allocator error, a full disk...): maybe not the next time
+                _log.warning(f"{folder}: the dequantized copy of the GGUF model just written could not be read back "
+                             f"({type(e).__name__}: {e}); deleted, nothing recorded: the next load tries again")
+                return False
+            differs = _same_model((tok, model), again)
+            del again
             if differs is not None:
                 with atomic_file(marker) as m:
                     m.write_text(json.dumps({"reason": differs, "source": fingerprint, "format": _COPY_FORMAT,
@@ -537,9 +612,12 @@ def _load_model(name: str, gguf: str | None) -> _Loaded:
 
     A local GGUF file is parsed by transformers three times (config, tokenizer, weights: ~20 s of CPU
     for SmolLM2-135M); the first load saves a dequantized copy (:func:`_write_gguf_copy`, under
-    :func:`gguf_copy_dir`) and later loads read that (~1 s).  A load that finds no copy takes the copy's
-    lock before parsing the GGUF: one that waited for another process making it reads that copy.  The
-    fingerprint stays the GGUF's, so chunk caches written either way stay valid.
+    :func:`gguf_copy_dir`) and later loads read that (~1 s).  A load that finds no copy and will make one
+    (:func:`_copy_can_be_made`) takes the copy's lock before parsing the GGUF: one that waited for another
+    process making it reads that copy, or, where that one could not make it (``<folder>.failed.json``
+    written meanwhile), parses without the lock.  A load that will make no copy parses without the lock,
+    at the same time as any other.  The fingerprint stays the GGUF's, so chunk caches written either way
+    stay valid.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -549,16 +627,23 @@ def _load_model(name: str, gguf: str | None) -> _Loaded:
         folder = gguf_copy_dir(fp)
         seen = _record_stamp(folder)
         got = _read_gguf_copy(folder, fp)
-        if got is None:
+        if got is None and _copy_can_be_made(folder, path):
             with _copy_lock(folder) as held:
-                if held and _record_stamp(folder) != seen:  # made (or replaced) while this load waited
+                if not held:
+                    _log.warning(f"{folder}: another process has been making the dequantized copy of the GGUF model "
+                                 f"for {_COPY_LOCK_WAIT:.0f} s; this load parses the GGUF file without it")
+                elif _record_stamp(folder) != seen:  # made (or replaced) while this load waited
                     got = _read_gguf_copy(folder, fp)
-                if got is None:
+                if held and got is None and _copy_can_be_made(folder, path):  # (the one waited for may have failed)
                     tok = AutoTokenizer.from_pretrained(name, gguf_file=gguf)
                     model = AutoModelForCausalLM.from_pretrained(name, gguf_file=gguf, dtype=torch.float32).eval()
-                    if held and _write_gguf_copy(folder, fp, tok, model):
+                    if _write_gguf_copy(folder, fp, tok, model):
                         _remove_first_layout(fp)
                     return _Loaded(tok, model, fp, source=path)
+        if got is None:  # no copy will be made: parsed without the lock
+            tok = AutoTokenizer.from_pretrained(name, gguf_file=gguf)
+            model = AutoModelForCausalLM.from_pretrained(name, gguf_file=gguf, dtype=torch.float32).eval()
+            return _Loaded(tok, model, fp, source=path)
         return _Loaded(got[0], got[1], fp, source=str(folder))
     kw = {"gguf_file": gguf} if gguf else {}
     tok = AutoTokenizer.from_pretrained(name, **kw)
