@@ -243,6 +243,7 @@ class Operator:
         training queries, given only to operators with ``wants_upstream = True``.
         ``backend="ray"`` encodes the corpus's sentence vectors on Ray first, as
         ``Pipeline.fit(..., backend="ray")`` does (see :func:`fit_on_backend`).
+        A fit that raises leaves the operator as it was before it (fitted as before, or unfitted).
         """
         if backend != "local":
             return fit_on_backend(self, corpus, train, upstream, backend)
@@ -256,10 +257,20 @@ class Operator:
                 filter_option(self, own, corpus)
             except (TypeError, ValueError) as e:
                 raise ParamError(f"{self.name}.filter: {e}", path=f"{self.name}.filter") from None
-        self.corpus_ = corpus
-        self._fit(corpus, train, upstream)
-        self.trained_on_ = (query_digests(self.training_queries_read(train))
-                            if train is not None and self.uses_training_queries else None)
+        # a fit that raises (an error, Ctrl-C) leaves the operator as it was: its earlier fit whole, or unfitted,
+        # never ``corpus_`` of the new corpus beside state of the old one (a search would then score the old
+        # documents and report the new corpus's ids at their rows). Every attribute is put back as it was
+        # (each ``_fit`` here assigns new state rather than changing the earlier state's objects in place).
+        before = dict(vars(self))
+        try:
+            self.corpus_ = corpus
+            self._fit(corpus, train, upstream)
+            self.trained_on_ = (query_digests(self.training_queries_read(train))
+                                if train is not None and self.uses_training_queries else None)
+        except BaseException:
+            vars(self).clear()
+            vars(self).update(before)
+            raise
         if self.uses_torch:
             warm_torch()
         return self

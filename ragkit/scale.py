@@ -152,12 +152,19 @@ def _drain(ray: Any, refs: Sequence[Any], timeout: float = _DRAIN_S) -> None:
     submissible_tasks_.end() Tried to complete task that was not pending"; seen here on Ray
     2.60, see ray-project/ray#54798 for a sibling of that race), which would take the user's
     whole program down with the one failing chunk.  A task still running after ``timeout`` may
-    then fail reading the deleted folder; nobody reads its result.
+    then fail reading the deleted folder; nobody reads its result.  The results of the tasks that
+    ended are fetched (and dropped), so that Ray does not print their errors as "Unhandled error"
+    tracebacks when the references go.
     """
     try:
-        ray.wait(list(refs), num_returns=len(refs), timeout=timeout)
+        ended, _ = ray.wait(list(refs), num_returns=len(refs), timeout=timeout)
     except Exception:  # noqa: BLE001 - best effort: the caller raises its own error next
-        pass
+        return
+    for ref in ended:
+        try:
+            ray.get(ref, timeout=0)
+        except Exception:  # noqa: BLE001 - the error the caller reports, or another shard's: dropped
+            pass
 
 
 def ray_init(address: str | None = None, num_cpus: int | None = None) -> Any:
@@ -230,11 +237,38 @@ def _collect(batches: Iterable[Mapping[str, np.ndarray]], n: int, dim: int, mode
     return out
 
 
-def ray_encode(model: str, texts: Sequence[str], *, num_actors: int = 2, batch_size: int = 64,
-               block: int = 256, cache: bool = True) -> np.ndarray:
-    """Encode ``texts`` with a pool of ``num_actors`` encoder actors; returns ``(n, dim)`` in input order.
+def _env_actors() -> int | None:
+    """``$RAGKIT_RAY_ACTORS`` as a positive integer, or None when it is not set (or empty); anything
+    else is a :class:`ParamError`."""
+    raw = os.environ.get("RAGKIT_RAY_ACTORS", "").strip()
+    if not raw:
+        return None
+    try:
+        n = int(raw)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise ParamError(f"RAGKIT_RAY_ACTORS: expected a positive integer (encoder actors on Ray), got {raw!r}")
+    return n
 
-    With ``cache=True`` the actors read and fill the shared on-disk embedding cache.
+
+def _pool_size(ray: Any, num_actors: int | None, n_blocks: int) -> int:
+    """The encoder actors for ``n_blocks`` blocks of texts: ``num_actors`` when given, else
+    ``$RAGKIT_RAY_ACTORS``, else one per CPU of the Ray cluster (``ray.cluster_resources()``); never
+    more than there are blocks (an actor without a block would only load the model)."""
+    n = num_actors if num_actors is not None else _env_actors()
+    if n is None:
+        n = max(1, int(ray.cluster_resources().get("CPU", 1)))
+    return int(max(1, min(n, n_blocks)))
+
+
+def ray_encode(model: str, texts: Sequence[str], *, num_actors: int | None = None, batch_size: int = 64,
+               block: int = 256, cache: bool = True) -> np.ndarray:
+    """Encode ``texts`` with a pool of encoder actors; returns ``(n, dim)`` in input order.
+
+    ``num_actors`` actors (default: ``$RAGKIT_RAY_ACTORS`` when set, else one per CPU of the Ray
+    cluster), at most one per ``block`` of texts; each loads the model once.  With ``cache=True``
+    the actors read and fill the shared on-disk embedding cache.
 
     Raises
     ------
@@ -245,18 +279,22 @@ def ray_encode(model: str, texts: Sequence[str], *, num_actors: int = 2, batch_s
         When the actors fail while encoding (a :class:`RagkitError` raised there is re-raised as it is).
     """
     for name, value in (("num_actors", num_actors), ("batch_size", batch_size), ("block", block)):
+        if value is None and name == "num_actors":
+            continue
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
             raise ParamError(f"ray_encode: {name} must be a positive integer, got {value!r}")
+    if num_actors is None:
+        _env_actors()  # a bad $RAGKIT_RAY_ACTORS: said before any model loads
     texts = as_texts(texts, "ray_encode")
     dim = _check_model(model, batch_size, f"ray_encode({model!r})")
     if not texts:
         return np.zeros((0, dim), np.float32)
-    ray_init()
+    size = _pool_size(ray_init(), num_actors, -(-len(texts) // block))
     import ray.data
 
     ds: ray.data.Dataset = ray.data.from_items([{"i": i, "text": t} for i, t in enumerate(texts)])
     ds = ds.map_batches(_EncoderActor, fn_constructor_args=(model, batch_size, cache), batch_size=block,
-                        compute=ray.data.ActorPoolStrategy(size=num_actors), batch_format="numpy")
+                        compute=ray.data.ActorPoolStrategy(size=size), batch_format="numpy")
     return _collect(ds.iter_batches(batch_size=4096, batch_format="numpy"), len(texts), dim, model)
 
 
@@ -314,11 +352,14 @@ def _cache_vectors(model: str, texts: list[str], vectors: np.ndarray) -> int:
 
 
 def fit_pipeline(pipe: Any, corpus: Corpus, train: TrainSet | None, *, backend: str = "ray",
-                 num_actors: int = 2, upstream: State | None = None, path: str = "pipeline") -> Any:
+                 num_actors: int | None = None, upstream: State | None = None, path: str = "pipeline") -> Any:
     """Fit ``pipe`` (a pipeline or any operator) with Ray encoding: pre-encode the corpus's sentence
     vectors of every model :func:`corpus_models` names on Ray, write them into this process's
     embedding cache, then fit in this process (which reads them from the cache: nothing is encoded
     twice, whichever cache the Ray workers have).
+
+    ``num_actors`` encoder actors per model (default: ``$RAGKIT_RAY_ACTORS`` when set, else one per
+    CPU of the Ray cluster; see :func:`ray_encode`).
 
     ``sharded`` retrievers with ``backend: auto`` are fitted (and later searched) on Ray; an
     explicit ``backend: local`` stays local.  Models registered with ``register_encoder`` are
@@ -343,6 +384,8 @@ def fit_pipeline(pipe: Any, corpus: Corpus, train: TrainSet | None, *, backend: 
     for leaf in every_sharded:
         leaf._check_workdir()
     _ray()  # Ray installed: said before any model loads
+    if num_actors is None:
+        _env_actors()  # a bad $RAGKIT_RAY_ACTORS, likewise
     sharded = [leaf for leaf in every_sharded if leaf.params.backend != "local"]
     for leaf in sharded:
         leaf._check_ray_model("fit(backend='ray')")
@@ -407,7 +450,13 @@ class ShardedParams(Params):
     workdir: str | None = Field(
         None, description="Where a fit writes its shard folders (a fresh ragkit-shards-* folder inside it per fit, "
                           "removed with the operator); must be shared storage on a multi-node cluster (default: a "
-                          "local temporary folder).")
+                          "local temporary folder); a relative path is taken from the folder the fit runs in.")
+
+    @field_validator("workdir", mode="before")
+    @classmethod
+    def _path_as_str(cls, v: Any) -> Any:
+        """A ``pathlib.Path`` (any ``os.PathLike``) is kept as its string, as the YAML form spells it."""
+        return os.fsdecode(os.fspath(v)) if isinstance(v, os.PathLike) else v
 
     @field_validator("retriever")
     @classmethod
@@ -428,10 +477,22 @@ class ShardedParams(Params):
 
 
 def _fit_shard(node: dict[str, Any], corpus: Corpus, folder: str) -> str:
+    """Fit the retriever ``node`` on ``corpus`` (one shard) and save it to ``folder``, inside its fit's
+    folder.  A fit's folder that is gone (the fit failed or was interrupted, and removed it; this
+    task straggled) is a ``FileNotFoundError``, before the shard is fitted and again before it is
+    saved: the save would make the folder anew, left behind in ``workdir``."""
     from ragkit.pipelines.yaml import build
 
+    def check_parent() -> None:
+        parent = Path(folder).parent
+        if not parent.is_dir():
+            raise FileNotFoundError(f"sharded: the fit's folder {parent} is gone (the fit failed or was interrupted "
+                                    f"and removed it); shard {Path(folder).name} is not written")
+
+    check_parent()
     op = build(node, "sharded.retriever")
     op.fit(corpus)
+    check_parent()
     op.save(folder)
     return folder
 
@@ -566,7 +627,14 @@ class Sharded(Operator):
         are then fitted (and later searched) on Ray."""
         if backend == "local":
             self._check_workdir()  # before anything is fitted (fit_pipeline checks it itself)
-        return super().fit(corpus, train, upstream=upstream, backend=backend)
+        actors, folder = getattr(self, "_actors", None), getattr(self, "_dir", None)
+        super().fit(corpus, train, upstream=upstream, backend=backend)
+        # fitted (a failed fit keeps the earlier shards, their folder and actors): the earlier ones go
+        if actors and actors is not getattr(self, "_actors", None):
+            _kill(actors)
+        if folder is not None and folder is not getattr(self, "_dir", None):
+            folder.cleanup()
+        return self
 
     def _check_workdir(self) -> None:
         """Refuse a ``workdir`` that is a file or lies below one, before a fit does any work."""
@@ -595,67 +663,88 @@ class Sharded(Operator):
         return self._backend == "ray"
 
     def _drop_actors(self) -> None:
-        """Stop the Ray actors serving the previous shards (a refit or load replaces them)."""
+        """Stop the Ray actors serving the previous shards (a load replaces them)."""
         actors, self._actors = getattr(self, "_actors", None), None
-        if actors:
-            import ray
+        _kill(actors)
 
-            for a in actors:
-                try:
-                    ray.kill(a)
-                except Exception:  # noqa: BLE001 - the cluster is already gone (ray.shutdown()): nothing to stop
-                    pass
+    def _workdir(self) -> Path | None:
+        """``workdir`` as an absolute path (a relative one from this process's folder: Ray workers run
+        in folders of their own), made when missing; None when not given."""
+        if not self.params.workdir:
+            return None
+        workdir = Path(os.path.abspath(user_path(self.params.workdir, "sharded.workdir")))
+        workdir.mkdir(parents=True, exist_ok=True)
+        return workdir
 
     def _fit(self, corpus: Corpus, train: TrainSet | None, upstream: State | None) -> None:
-        self._drop_actors()
         bounds = np.linspace(0, len(corpus), self.params.n_shards + 1).astype(np.int64)
-        self.bounds_ = bounds
         # a folder of this fit's own, inside workdir when given: two sharded retrievers (or a refit, or the
         # straggling tasks of a failed fit) never write into each other's shard folders, which Ray actors
-        # load lazily; it is removed when this operator is refitted or garbage-collected
-        workdir = user_path(self.params.workdir, "sharded.workdir") if self.params.workdir else None
-        if workdir is not None:
-            workdir.mkdir(parents=True, exist_ok=True)
-        self._dir = tempfile.TemporaryDirectory(prefix="ragkit-shards-", dir=workdir,
-                                                ignore_cleanup_errors=True)
-        root = Path(self._dir.name)
-        folders = [str(root / f"shard-{s:03d}") for s in range(self.params.n_shards)]
-        shards = [corpus.subset(np.arange(a, b)) for a, b in zip(bounds[:-1], bounds[1:])]
+        # load lazily; it is removed when this operator is refitted or garbage-collected, or when this fit fails
+        tmp = tempfile.TemporaryDirectory(prefix="ragkit-shards-", dir=self._workdir(), ignore_cleanup_errors=True)
+        try:
+            root = Path(os.path.abspath(tmp.name))
+            folders = [str(root / f"shard-{s:03d}") for s in range(self.params.n_shards)]
+            self._build_shards(corpus, bounds, folders)
+            # on Ray the actors search and the driver's shards only save (and share BM25's statistics):
+            # memory-mapped from the fit's folders, they do not hold every shard's index in the driver
+            mapped = self._use_ray()
+            shards = _open_shards(folders, corpus, bounds, mmap=mapped)
+            if self._share_collection(shards) and mapped:
+                for shard, f in zip(shards, folders):  # the Ray actors load the shards from these folders
+                    shard.save(f)  # (written under a temporary name and renamed: the mapped files stay readable)
+                shards = _open_shards(folders, corpus, bounds, mmap=True)  # the weights just saved, mapped in turn
+        except BaseException:
+            tmp.cleanup()
+            raise
+        # every shard built: only now are they this operator's (a failed fit leaves the earlier shards, folder and
+        # actors as they were; fit stops the earlier actors and removes the earlier folder once it succeeds)
+        self._actors = None
+        self._dir, self.bounds_, self.shards_, self.folders_ = tmp, bounds, shards, folders
+
+    def _build_shards(self, corpus: Corpus, bounds: np.ndarray, folders: list[str]) -> None:
+        """Fit and save one shard per slice ``bounds[s]:bounds[s + 1]`` of ``corpus`` into ``folders[s]``
+        (Ray tasks on the Ray backend).  A shard that fails is a :class:`ShardError` naming it, raised
+        once no other shard's task still runs (up to :data:`_DRAIN_S` seconds)."""
+        def failed(s: int, why: str, retried: str = "") -> ShardError:
+            return ShardError(f"sharded: shard {s} (documents {bounds[s]}..{bounds[s + 1] - 1}) failed to build"
+                              f"{retried}: {why}")
+
+        slices = [corpus.subset(np.arange(a, b)) for a, b in zip(bounds[:-1], bounds[1:])]
         node = dict(self.params.retriever)
-        if self._use_ray():
-            self._check_ray_model("sharded.fit")  # before Ray starts
-            ray = ray_init()
-            task = ray.remote(max_retries=self.params.max_retries, retry_exceptions=list(_TRANSIENT))(
-                _deterministic_errors_final(_fit_shard))
-            refs = [task.remote(node, sh, f) for sh, f in zip(shards, folders)]
+        if not self._use_ray():
+            for s, (sh, f) in enumerate(zip(slices, folders)):
+                try:
+                    _fit_shard(node, sh, f)
+                except Exception as e:
+                    raise failed(s, f"{type(e).__name__}: {e}") from e
+            return
+        self._check_ray_model("sharded.fit")  # before Ray starts
+        ray = ray_init()
+        task = ray.remote(max_retries=self.params.max_retries, retry_exceptions=list(_TRANSIENT))(
+            _deterministic_errors_final(_fit_shard))
+        refs = [task.remote(node, sh, f) for sh, f in zip(slices, folders)]
+        try:
             for s, ref in enumerate(refs):
                 try:
                     ray.get(ref)
                 except Exception as e:
-                    raise ShardError(f"sharded: shard {s} (documents {bounds[s]}..{bounds[s + 1] - 1}) failed to "
-                                     f"build{_retried(self.params.max_retries)}: {_reason(e)}") from None
-        else:
-            for s, (sh, f) in enumerate(zip(shards, folders)):
-                _fit_shard(node, sh, f)
-        # on Ray the actors search and the driver's shards only save (and share BM25's statistics):
-        # memory-mapped from the fit's folders, they do not hold every shard's index in the driver
-        mapped = self._use_ray()
-        self._load_shards(folders, mmap=mapped)
-        if self._share_collection() and mapped:
-            for shard, f in zip(self.shards_, folders):  # the Ray actors load the shards from these folders
-                shard.save(f)  # (written under a temporary name and renamed: the mapped files stay readable)
-            self._load_shards(folders, mmap=True)  # the weights just saved, mapped in turn
+                    raise failed(s, _reason(e), _retried(self.params.max_retries)) from None
+        except BaseException:
+            _drain(ray, refs)  # the other shards' tasks end before the fit's folder is removed
+            raise
 
-    def _share_collection(self) -> bool:
+    def _share_collection(self, every: list[Operator]) -> bool:
         """Give BM25 shards the whole corpus's idf and average length (as Elasticsearch's
         ``dfs_query_then_fetch`` does), so that the merged ranking equals one index's.
 
         Document frequencies are summed per term over the shards' vocabularies (one
-        ``np.unique`` over their concatenation); returns False for other retrievers."""
+        ``np.unique`` over their concatenation); returns False for other retrievers.  ``every``: the
+        shards, in corpus order (changed in place)."""
         from ragkit.retrievers.bm25 import BM25
 
-        shards = [sh for sh in self.shards_ if isinstance(sh, BM25)]
-        if not shards or len(shards) < len(self.shards_):
+        shards = [sh for sh in every if isinstance(sh, BM25)]
+        if not shards or len(shards) < len(every):
             return False
         terms = [np.array(sh.terms(), dtype=object) for sh in shards]
         dfs = [sh.doc_freqs() for sh in shards]
@@ -669,12 +758,6 @@ class Sharded(Operator):
             sh.set_collection(idf[inv[a:b]], avgdl)
         return True
 
-    def _load_shards(self, folders: list[str], mmap: bool = False, verify: bool = True) -> None:
-        from ragkit.operator import Operator
-
-        self.shards_ = [Operator.load(f, corpus=self.corpus_.subset(np.arange(a, b)), mmap=mmap, verify=verify)
-                        for f, a, b in zip(folders, self.bounds_[:-1], self.bounds_[1:])]
-        self.folders_ = folders
 
     def _merge_k(self, state: State) -> int:
         """How many merged results: the per-shard retriever's own ``k`` option exactly (each shard
@@ -746,11 +829,34 @@ class Sharded(Operator):
 
     def _load(self, folder: Path, mmap: bool = False) -> None:
         self._drop_actors()
-        self.bounds_ = np.asarray(read_json(folder / "shards.json")["bounds"], dtype=np.int64)
+        folder = Path(os.path.abspath(folder))  # the Ray actors load the shards from it, in folders of their own
+        bounds = np.asarray(read_json(folder / "shards.json")["bounds"], dtype=np.int64)
+        folders = [str(folder / f"shard-{s:03d}") for s in range(len(bounds) - 1)]
         # verify=False: the load of this operator (Operator.load, or Pipeline.load's manifest) has checked every
-        # file below its folder, the shards' included, when asked to, and was told not to otherwise
-        self._load_shards([str(folder / f"shard-{s:03d}") for s in range(len(self.bounds_) - 1)], mmap=mmap,
-                          verify=False)
+        # file below its folder, the shards' included, when asked to, and was told not to otherwise.  Searched on
+        # Ray (backend: ray), the actors hold the shards: the driver's are memory-mapped, as after a Ray fit
+        self.shards_ = _open_shards(folders, self.corpus_, bounds, mmap=mmap or self._use_ray(), verify=False)
+        self.bounds_, self.folders_ = bounds, folders
+
+
+def _kill(actors: Sequence[Any] | None) -> None:
+    """Stop the Ray ``actors`` (serving shards that are replaced); ones already gone are skipped."""
+    if actors:
+        import ray
+
+        for a in actors:
+            try:
+                ray.kill(a)
+            except Exception:  # noqa: BLE001 - the cluster is already gone (ray.shutdown()): nothing to stop
+                pass
+
+
+def _open_shards(folders: list[str], corpus: Corpus, bounds: np.ndarray, mmap: bool = False,
+                 verify: bool = True) -> list[Operator]:
+    """The shard operators saved in ``folders``, shard ``s`` holding the documents
+    ``bounds[s]:bounds[s + 1]`` of ``corpus``."""
+    return [Operator.load(f, corpus=corpus.subset(np.arange(a, b)), mmap=mmap, verify=verify)
+            for f, a, b in zip(folders, bounds[:-1], bounds[1:])]
 
 
 def _search_chunk(pipe_dir: str, ids: list[str], texts: list[str], k: int | None,
@@ -788,7 +894,8 @@ def search_distributed(pipe: Any, queries: Any, *, n_chunks: int = 4, k: int | N
     pipe : Pipeline or Operator
         A fitted pipeline (or one fitted operator); it is saved to a temporary folder that
         every worker loads (inside ``workdir``), removed when the search ends.
-    queries : Queries, list of str or str
+    queries : Queries, list of str, str, or {query_id: text}
+        Any form ``search`` takes (a pandas Series indexed by query ids too), with the same ids.
     n_chunks : int
         Number of query chunks, one Ray task each (at most one per query).
     k : int, optional
@@ -846,16 +953,17 @@ def search_distributed(pipe: Any, queries: Any, *, n_chunks: int = 4, k: int | N
                          f"process (pipe.search)", path=where)
     check_options(pipe, {**options, **({} if k is None else {"k": k})}, shared_corpus(pipe))  # before Ray
     check_workdir(workdir, "search_distributed: workdir", "the saved pipeline")
-    if isinstance(queries, str):
-        queries = [queries]
-    queries = queries if isinstance(queries, Queries) else Queries.from_texts(list(queries))
+    if not isinstance(queries, Queries):  # every form search takes, as it takes it ({id: text}, a Series...)
+        given = State.of(queries)
+        queries = Queries(given.query_ids, given.queries)
     ray = ray_init()
     bounds = np.linspace(0, len(queries), int(n_chunks) + 1).astype(int)
     spans = [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
-    if workdir:
-        workdir = user_path(workdir, "search_distributed: workdir")
+    if workdir:  # absolute: the workers run in folders of their own
+        workdir = Path(os.path.abspath(user_path(workdir, "search_distributed: workdir")))
         workdir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="ragkit-pipe-", dir=workdir) as tmp:
+    with tempfile.TemporaryDirectory(prefix="ragkit-pipe-", dir=workdir) as name:
+        tmp = os.path.abspath(name)
         pipe.save(Path(tmp) / "p")
         task = ray.remote(max_retries=_SEARCH_RETRIES, retry_exceptions=list(_TRANSIENT))(
             _deterministic_errors_final(_search_chunk))
