@@ -382,9 +382,10 @@ def test_ray_fit_pre_encodes_only_sentence_vectors_of_the_corpus(slice_data, has
 
     corpus, _, _, train = slice_data
     # (dbnorm and cosine_adapter read cosines: after a sharded knn_embed, whose models are not compared)
-    knn = Pipeline([Sharded(retriever={"knn_embed": {"model": "m-knn"}}), DBNorm(model="m-dbnorm"),
-                    CosineAdapter(model="m-adapter")])
-    retrievers = (Dense(model="m-dense") + Muvera(model="m-muvera") + Dense(model=hash_encoder) + knn
+    # (each right after the retriever: one after the other, the second would read the first one's scores)
+    knn = Pipeline([Sharded(retriever={"knn_embed": {"model": "m-knn"}}), DBNorm(model="m-dbnorm")])
+    knn2 = Pipeline([Sharded(retriever={"knn_embed": {"model": "m-knn"}}), CosineAdapter(model="m-adapter")])
+    retrievers = (Dense(model="m-dense") + Muvera(model="m-muvera") + Dense(model=hash_encoder) + knn + knn2
                   + Sharded(retriever={"muvera": {"model": "m-mv2"}}))
     pipe = retrievers | MMR(model="m-mmr") | MaxSim(model="m-maxsim")
     assert scale.corpus_models(pipe) == ["m-dbnorm", "m-dense", "m-knn", "m-mmr"]
