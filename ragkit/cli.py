@@ -450,30 +450,47 @@ def _search_scored(pipe: Any, queries: Any, qrels: dict[str, dict[str, int]], co
     id (ArguAna, Quora), the search goes one deeper than asked and each query is cut back after the drop,
     as BEIR's searches fetch top_k + 1 and skip the query's own: the deepest cut-off holds its full k,
     not k - 1.  Without ``--depth`` the pipeline's own depth is that of a first search, and the second
-    search runs only when some query found itself.  The run's time is both searches'.  ``trace``: with
-    ``qrels``, scored as the table is (``relevance_level``, ``keep_ids``)."""
+    search runs only when some query found itself, each retriever at its own k + 1 (:func:`_one_deeper`).
+    The run's time is both searches'.  ``trace``: with ``qrels``, scored as the table is
+    (``relevance_level``, ``keep_ids``)."""
     from ragkit.encoders.sentence import caching_queries
     from ragkit.eval.metrics import drop_identical_ids
 
-    def search(k: Optional[int]) -> Any:
+    def search(k: Optional[int], deeper: Optional[dict[str, Any]] = None) -> Any:
         with caching_queries():  # an evaluation's queries come back run after run: their vectors are cached
             return pipe.search(queries, k=k, trace=trace, qrels=qrels if trace else None,
                                relevance_level=scoring.relevance_level, ignore_identical_ids=not scoring.keep_ids,
-                               **_rankings_only(pipe))
+                               **_rankings_only(pipe), **(deeper or {}))
 
     lookup = corpus._lookup()
     if scoring.keep_ids or not any(q in lookup for q in queries.ids):  # (SciFact, most of BEIR: as it was)
         return search(scoring.depth)
-    depth, seconds = scoring.depth, 0.0
+    depth, seconds, deeper = scoring.depth, 0.0, None
     if depth is None:  # the pipeline's own depth: that of its search as it is
         run = search(None)
         dropped = drop_identical_ids(run)
         if dropped is run:  # no query found itself: nothing to make up for
             return run
         depth, seconds = max((len(d) for d in run.doc_ids), default=0), run.seconds or 0.0
-    run = drop_identical_ids(search(depth + 1), depth)
+        deeper = _one_deeper(pipe)
+    run = drop_identical_ids(search(depth + 1, deeper), depth)
     run.seconds = (run.seconds or 0.0) + seconds
     return run
+
+
+def _one_deeper(pipe: Any) -> dict[str, Any]:
+    """Search options giving each retriever of ``pipe`` its own ``k`` plus one (BEIR's top_k + 1), as
+    ``{name: {"k": k + 1}}`` (retrievers of one name that differ in k: the largest plus one).  The call's
+    ``k`` alone would raise every retriever to the pipeline's depth + 1: two fused ``bm25 k: 10``
+    branches (a depth of up to 20) were searched 17 deep and ranked other documents."""
+    from ragkit.pipelines._compose import iter_leaves
+
+    ks: dict[str, int] = {}
+    for leaf in iter_leaves(pipe):
+        k = getattr(leaf.params, "k", None) if leaf.kind == "retriever" else None
+        if isinstance(k, int) and "k" in leaf.declared_options():
+            ks[leaf.name] = max(ks.get(leaf.name, 0), k)
+    return {name: {"k": k + 1} for name, k in ks.items()}
 
 
 def _note_depth(run: Any, ks: list[int], corpus: Any, prefix: str = "") -> None:
@@ -549,8 +566,9 @@ def eval_cmd(
     keep_identical_ids: bool = typer.Option(False, "--keep-identical-ids",
                                             help="Score documents whose id is the query's id. By default they "
                                                  "are dropped from the run, as BEIR does for ArguAna and Quora: "
-                                                 "ragkit then searches one deeper than the depth and cuts each "
-                                                 "query back to it after the drop (as BEIR's top_k + 1), so the "
+                                                 "ragkit then searches one deeper (each retriever its k + 1, "
+                                                 "or --depth + 1) and cuts each query back to the depth after "
+                                                 "the drop (as BEIR's top_k + 1), so the "
                                                  "deepest cut-off holds its full k, and the --run file holds the "
                                                  "run as scored."),
     relevance_level: int = typer.Option(1, "--relevance-level", min=1,

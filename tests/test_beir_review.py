@@ -279,3 +279,31 @@ def test_the_train_report_searches_one_deeper_where_queries_are_documents(tmp_pa
     deeper, short = (evaluate(fitted.search(held, k=k), qrels, ["recall@100"]).scores["recall@100"] for k in (101, 100))
     assert (round(deeper, 4), round(short, 4)) == (0.95, 0.9)
     assert re.search(rf"unlearned\s*│\s*\d\.\d+\s*│\s*{deeper:.4f}", res.output), res.output
+
+
+def test_the_deeper_search_deepens_each_retriever_by_one_not_to_the_pipeline_s_depth():
+    """Without --depth the one-deeper search ran at the pipeline's longest ranking + 1: two fused bm25 k: 10
+    branches (rankings of up to 20) were searched 17 deep each, and 43 of 50 queries ranked other documents.
+    Each retriever now searches its own k + 1 (BEIR's top_k + 1), the run cut back to the first search's depth."""
+    import numpy as np
+
+    from ragkit import cli
+    from ragkit.eval.metrics import drop_identical_ids
+    from ragkit.pipelines.yaml import load_yaml
+    from ragkit.types import Corpus, Queries
+
+    rng = np.random.default_rng(3)
+    words = [f"w{i}" for i in range(40)]
+    texts = [" ".join(rng.choice(words, 8)) for _ in range(120)]
+    corpus = Corpus([f"d{i}" for i in range(120)], texts, metadata={"half": [i % 2 for i in range(120)]})
+    queries = Queries([f"d{i}" for i in range(0, 120, 6)], [texts[i] for i in range(0, 120, 6)])  # ids = doc ids
+    branches = "[[bm25: {{k: {k}}}], [bm25: {{k: {k}, filter: {{half: 1}}}}]]"  # (two different rankings)
+    pipe = load_yaml(f"pipeline:\n - parallel: {{branches: {branches.format(k=3)}}}\n").fit(corpus)
+    first = pipe.search(queries)
+    depth = max(len(d) for d in first.doc_ids)
+    assert depth > 4  # (the fused depth is deeper than each retriever's k + 1)
+    got = cli._search_scored(pipe, queries, {}, corpus, cli._Scoring(), trace=False)
+    plus_one = load_yaml(f"pipeline:\n - parallel: {{branches: {branches.format(k=4)}}}\n").fit(corpus)
+    want = drop_identical_ids(plus_one.search(queries), depth)
+    assert [d.tolist() for d in got.doc_ids] == [d.tolist() for d in want.doc_ids]
+    assert all(q not in d for q, d in zip(got.query_ids, got.doc_ids))
