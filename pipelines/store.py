@@ -10,16 +10,20 @@ Layout::
 
 An operator object used in two places is saved once and loaded as one object again.
 The folder is written under a temporary name and renamed into place, so an interrupted
-save never destroys the previous one.  ``load`` verifies every checksum first.
+save never destroys the previous one; a save whose steps' documents changed while it was written
+(an edit on another thread) is refused before it replaces anything.  ``load`` verifies every
+checksum first, and loads again when the folder was replaced (saved again) while it read it.
 """
 
 from __future__ import annotations
 
+import os
+import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 from ragkit._files import folder_checksums, verify_checksums
-from ragkit.errors import ArtifactError, ParamError
+from ragkit.errors import ArtifactError, DataError, ParamError
 from ragkit.operator import (
     _LOST_MANIFEST,
     FORMAT_VERSION,
@@ -27,6 +31,7 @@ from ragkit.operator import (
     _saved_pipeline_above,
     atomic_dir,
     checksums_verified,
+    corpus_fingerprint,
     read_json,
     write_json,
 )
@@ -34,7 +39,12 @@ from ragkit.pipelines._compose import Pipeline
 from ragkit.pipelines.yaml import dump_yaml, load_yaml, walk_leaves
 from ragkit.types import Corpus
 
-__all__ = ["save_pipeline", "load_pipeline"]
+__all__ = ["save_pipeline", "load_pipeline", "load_unreplaced"]
+
+#: loads of one folder that another process replaced (saved again) meanwhile, before the load gives up
+LOAD_TRIES = 5
+
+T = TypeVar("T")
 
 
 def save_pipeline(pipe: Pipeline, path: str | Path, *, extra: dict[str, Any] | None = None) -> None:
@@ -63,6 +73,8 @@ def save_pipeline(pipe: Pipeline, path: str | Path, *, extra: dict[str, Any] | N
                 leaf.save_into(tmp / folder, with_corpus=False)
                 folders[id(leaf)] = folder
             nodes[node_path] = folders[id(leaf)]
+        if corpus is not None:  # before the save replaces anything: every step written from `corpus`
+            _check_unedited(pipe, corpus, folders, tmp, path)
         for name, value in (extra or {}).items():
             if (tmp / name).exists() or name == "manifest.json" or Path(name).name != name:
                 raise ParamError(f"{path}: extra file {name!r} would replace a file of the saved pipeline")
@@ -73,14 +85,80 @@ def save_pipeline(pipe: Pipeline, path: str | Path, *, extra: dict[str, Any] | N
         })
 
 
+def _check_unedited(pipe: Pipeline, corpus: Corpus, folders: dict[int, str], tmp: Path, path: str | Path) -> None:
+    """Refuse (:class:`DataError`) a save whose fitted steps did not all hold ``corpus`` (the documents written
+    to ``corpus.jsonl``) for its whole length: a step folder under ``tmp`` (``folders``: id(leaf) -> folder)
+    recording another corpus fingerprint in its ``params.json``, or a step that searches other documents
+    now (an ``add`` / ``remove`` on another thread while the save was written: its files may mix the
+    documents before and after it).  The earlier save at ``path`` is left as it was."""
+    from ragkit.pipelines._compose import iter_leaves
+
+    want = corpus_fingerprint(corpus)
+    for leaf in iter_leaves(pipe):
+        now = getattr(leaf, "corpus_", None)
+        if leaf.stateless or now is None or id(leaf) not in folders:
+            continue
+        written = read_json(tmp / folders[id(leaf)] / "params.json").get("corpus")
+        if written == want and (now is corpus or corpus_fingerprint(now) == want):
+            continue
+        got = written if written != want else corpus_fingerprint(now)
+        raise DataError(f"{path}: not saved: {leaf.name}'s documents changed while the pipeline was being written "
+                        f"({want['n']:,} documents saved, {got['n']:,} {'in its files' if written != want else 'now'}"
+                        "; an add / remove on another thread?); the earlier save there is unchanged: save again "
+                        "between edits (RagkitRetriever.save waits for the retriever's own edits)")
+
+
+def _identity(folder: Path, marker: str) -> tuple[int, ...] | None:
+    """What changes when a save replaces ``folder``: the inodes of the folder and of its ``marker`` file
+    (rewritten by every save), the marker's modification time (ns) and size; ``None`` when either is missing."""
+    try:
+        d, m = os.stat(folder), os.stat(folder / marker)
+    except OSError:
+        return None
+    return d.st_ino, m.st_ino, m.st_mtime_ns, m.st_size
+
+
+def load_unreplaced(folder: Path, marker: str, load: Callable[[], T], what: str = "load") -> T:
+    """``load()``, whose files all come from one save of ``folder``: ``marker`` (a file every save writes
+    anew: ``manifest.json``, an operator's ``checksums.json``) is noted before and compared after; when
+    another process replaced the folder meanwhile (saved it again: its files may then be read half from
+    each save, failing as "checksum mismatch" or "truncated"), it loads again, up to :data:`LOAD_TRIES`
+    times, then raises :class:`ArtifactError` saying so.  An error of a load during which the folder was
+    not replaced is raised as it is."""
+    error: BaseException | None = None
+    for attempt in range(LOAD_TRIES):
+        before = _identity(folder, marker)
+        try:
+            out = load()
+        except Exception as e:  # noqa: BLE001 - raised unless the folder was replaced under the load
+            if _identity(folder, marker) == before:
+                raise
+            error = e
+        else:
+            if _identity(folder, marker) == before:
+                return out
+            error = None
+        time.sleep(0.005 * 2 ** attempt)  # (a save in progress: give its swap time to land)
+    raise ArtifactError(f"{folder}: the folder was replaced (saved again, by another process?) during each of "
+                        f"{LOAD_TRIES} tries to {what} it; retry once the saves are done"
+                        + (f" (last error: {type(error).__name__}: {error})" if error is not None else "")) from error
+
+
 def load_pipeline(path: str | Path, *, corpus: Corpus | None = None, mmap: bool = False,
                   verify: bool = True) -> Pipeline:
     """Load a folder written by :func:`save_pipeline`; checksums are verified first.
 
     ``corpus``: the corpus the pipeline was fitted on, when the caller already holds it
     (it must have the saved corpus's number of documents); otherwise ``corpus.jsonl`` is read.
+    A save replacing the folder during the load (another process) makes it load again
+    (:func:`load_unreplaced`): every file comes from one save.
     """
     folder = Path(path)
+    return load_unreplaced(folder, "manifest.json", lambda: _load_pipeline(folder, corpus, mmap, verify))
+
+
+def _load_pipeline(folder: Path, corpus: Corpus | None, mmap: bool, verify: bool) -> Pipeline:
+    """One load of ``folder`` (:func:`load_pipeline`), its files read as they are now."""
     if not folder.is_dir():
         what = "a file, not a folder (a pipeline YAML file? Pipeline.from_yaml reads it)" if folder.exists() else \
             "it does not exist"

@@ -606,7 +606,9 @@ class Corpus:
 
         ``where`` maps a field to a value (equality) or a list/tuple/set/array of values
         (membership); fields combine with AND.  Values compare with Python's ``==`` either way
-        (``1`` matches ``1.0`` and ``True``, ``"2020"`` does not match ``2020``).  ``"_id"``
+        (``1`` matches ``1.0`` and ``True``, ``"2020"`` does not match ``2020``): a filter none of whose
+        values has the type of any value the field holds (``"2020"`` for a field of integers, as a web
+        service receives every parameter) is a :class:`DataError` saying so, not an empty result.  ``"_id"``
         filters on document ids (given as strings or numbers; ``"id"`` too, unless a metadata field has
         that name), ``"title"`` on their titles (unless a metadata field has that name).  A list-valued
         field (tags) matches a value it holds as an element, as well as a value equal to the whole list.
@@ -658,6 +660,8 @@ class Corpus:
             return _isin(column, wants)
         lut = coded[1]
         hit = [lut[w] for w in wants if _hashable(w) and w in lut]
+        if not hit and wants:  # nothing matches: a value of another type than the field's is refused
+            _check_kinds(key, lut, wants)
         if len(coded) == 2:  # one value per row; an unhashable filter value matches no hashable column value
             return coded[0] == hit[0] if len(hit) == 1 else np.isin(coded[0], hit)
         codes, rows = coded[0], coded[2]
@@ -767,6 +771,44 @@ def check_filter(where: Mapping[str, Any], path: str = "filter") -> None:
     if bad is not None:
         key, what = bad
         raise DataError(f"{path}.{key}: {what}" if key is not None else f"{path}: {what}")
+
+
+def _value_kind(v: Any) -> str:
+    """The kind of a metadata value a filter compares with ``==``: ``"number"`` for bools, integers and
+    floats (Python and numpy: ``1 == 1.0 == True``), ``"str"``, else the type's name."""
+    if isinstance(v, (bool, int, float, np.bool_, np.number)):
+        return "number"
+    return "str" if isinstance(v, str) else type(v).__name__
+
+
+def _check_kinds(key: str, values: Mapping[Any, int], wants: list[Any]) -> None:
+    """Refuse (:class:`DataError`) a filter on ``key`` none of whose values ``wants`` has the kind
+    (:func:`_value_kind`) of any value the field holds (``values``: its distinct values): it could match
+    no document whatever the corpus held (``"2001"`` for a field of integers: what a web service gets for
+    every parameter), where a value of the right kind simply absent matches none.  ``None`` (no value) is
+    no kind on either side."""
+    asked = {_value_kind(w) for w in wants if w is not None and not isinstance(w, (list, tuple))}  # (whole lists:
+    # compared with a row's whole list)
+    if not asked or any(v is not None and _value_kind(v) in asked for v in values):  # (stops at the first)
+        return
+    held = sorted({type(v).__name__ for v in values if v is not None})
+    if not held:  # the field holds no value at all
+        return
+    w = next(w for w in wants if w is not None and not isinstance(w, (list, tuple)))
+    fix = (f"; give it as a number ({key!r}: {w.strip()})" if isinstance(w, str) and "number" in
+           {_value_kind(v) for v in values if v is not None} and _number_text(w) else "")
+    raise DataError(f"filter.{key}: the field holds {' and '.join(held)} values; got {w!r} ({type(w).__name__})"
+                    + (f" among {len(wants)} values" if len(wants) > 1 else "") + ", which matches none of them (a "
+                    f"filter compares with ==, and '2001' == 2001 is false){fix}")
+
+
+def _number_text(text: str) -> bool:
+    """``text`` reads as a number (``"2001"``, ``" 3.5"``)."""
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _hashable(v: Any) -> bool:
@@ -899,7 +941,9 @@ class Queries:
             dup = repeated(ids)[0]
             raise DataError(f"Queries ids must be unique; {dup!r} is repeated (runs and judgements are keyed by "
                             "query id)")
-        texts = check_texts(texts, "query", ids, noun="id")
+        # (a lone surrogate: bytes decoded with errors="surrogateescape", as Python decodes a non-UTF-8
+        # command line; tokenizers fail on it with a TypeError, no file can hold it)
+        texts = check_texts(texts, "query", ids, noun="id", surrogates=True)
         if not all(type(t) is str for t in texts):  # numpy.str_ (from an array) as str
             texts = [t if type(t) is str else str(t) for t in texts]
         object.__setattr__(self, "ids", ids)

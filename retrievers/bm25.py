@@ -108,6 +108,14 @@ def _index_dtype(nnz: int, n: int) -> type:
     return np.int32 if max(nnz, n) < np.iinfo(np.int32).max else np.int64
 
 
+def _edited_during_search(detail: str) -> DataError:
+    """The error of a search during which the index was edited (``add`` / ``remove`` on another thread), with
+    ``detail`` (what no longer matched)."""
+    return DataError(f"bm25: the index was edited (add / remove on another thread) during the search ({detail}); "
+                     "search again, between edits: RagkitRetriever's searches wait for its edits (or hold "
+                     "ragkit._locks.lock_of(pipeline).reading() around the search)")
+
+
 def _terms_by_docs(parts: list[sp.csr_matrix], n_terms: int,
                    first: sp.csr_matrix | None = None) -> tuple[sp.csr_matrix, np.ndarray]:
     """``(counts, lengths)``: the terms x docs CSR ``(n_terms, n_docs)`` of the term counts of ``first``
@@ -325,6 +333,8 @@ class BM25(Operator):
     idf_: np.ndarray  # (n_terms,) float64
     _counts: sp.csr_matrix  # term counts, terms x docs (n_terms, n_docs), uint16 (or int32) data
     _wt: sp.csr_matrix  # BM25 weights, terms x docs float64, sharing _counts' index arrays
+    _s2i: dict[Any, int] | None  # surface form -> term id (-1: none), made by searches (None: empty)
+    _tok: Tokenizer | None  # the tokenizer of the parameters (None: made when first used)
     _dl: np.ndarray  # (n_docs,) float64 tokens per document
     collection_: CollectionStats | None  # statistics set from outside, else None
 
@@ -343,15 +353,21 @@ class BM25(Operator):
         New surface forms are normalised once and cached; with ``grow`` their new terms are
         appended to the vocabulary.
         """
-        tok = self.__dict__.get("_tok") or self.__dict__.setdefault("_tok", self.make_tokenizer())
+        # (once fitted, no attribute is added or dropped, the caches are replaced: ``is_fitted`` iterating the
+        # attributes on another thread failed with "dictionary changed size during iteration")
+        tok: Tokenizer | None = self.__dict__.get("_tok")
+        if tok is None:
+            tok = self._tok = self.make_tokenizer()
         docs = tok.surfaces(texts)
         lens = np.fromiter(map(len, docs), np.int64, len(docs))
         flat = list(chain.from_iterable(docs))
-        s2i: dict[Any, int] = self.__dict__.setdefault("_s2i", {})
+        s2i: dict[Any, int] | None = self.__dict__.get("_s2i")
+        if s2i is None:
+            s2i = self._s2i = {}
         new = set(flat).difference(s2i)
         if new:
             if len(s2i) > 4 * len(self.vocab_) + 200_000:  # bound the cache of unknown query words: a new
-                s2i = self.__dict__["_s2i"] = {}  # one (clearing in place lost a concurrent search's words)
+                s2i = self._s2i = {}  # one (clearing in place lost a concurrent search's words)
                 new = set(flat)
             ordered = sorted(new)  # deterministic term ids
             vocab = self.vocab_
@@ -401,8 +417,8 @@ class BM25(Operator):
         return m
 
     def _reset_cache(self) -> None:
-        self.__dict__.pop("_s2i", None)
-        self.__dict__.pop("_tok", None)
+        self._s2i = None
+        self._tok = None
 
     # ------------------------------------------------------------------ indexing
     def _fit(self, corpus: Corpus, train: TrainSet | None, upstream: State | None) -> None:
@@ -480,7 +496,7 @@ class BM25(Operator):
         if not used.all():
             new_col = np.cumsum(used) - 1
             self.vocab_ = {t: int(new_col[j]) for t, j in self.vocab_.items() if used[j]}
-            self.__dict__.pop("_s2i", None)  # surface -> old column
+            self._s2i = None  # surface -> old column
         self._counts, self._dl = counts, self._dl[keep]
         self.corpus_ = self.corpus_.subset(np.flatnonzero(keep))
         self._weigh()
@@ -586,12 +602,20 @@ class BM25(Operator):
         self._check_fitted()
         return (self.query_matrix(queries) @ self._wt).toarray()
 
-    def _topk(self, q: sp.csr_matrix, k: int, drop: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-        """Top ``k`` of the documents that contain a query term; the others score ``-inf`` (dropped)."""
-        m = (q @ self._wt).tocsr()
+    def _topk(self, q: sp.csr_matrix, k: int, drop: np.ndarray | None,
+              index: tuple[sp.csr_matrix, sp.csr_matrix | None] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Top ``k`` of the documents that contain a query term; the others score ``-inf`` (dropped).
+        ``index``: the ``(weights, hits)`` to score with (the ones held now by default); ``q``'s columns
+        must be their terms and ``drop``'s length their documents, else :func:`_edited_during_search`."""
+        wt, hits = (self._wt, self._hits) if index is None else index
+        if q.shape[1] != wt.shape[0] or (drop is not None and len(drop) != wt.shape[1]) or (
+                hits is not None and hits.shape != wt.shape):
+            raise _edited_during_search(f"the query was counted over {q.shape[1]:,} terms, the index holds "
+                                        f"{wt.shape[0]:,} terms x {wt.shape[1]:,} documents")
+        m = (q @ wt).tocsr()
         s = np.full(m.shape, -np.inf)
-        if self._hits is not None:  # matches whose weights sum to 0 score 0
-            h = (q @ self._hits).tocsr()
+        if hits is not None:  # matches whose weights sum to 0 score 0
+            h = (q @ hits).tocsr()
             s[np.repeat(np.arange(h.shape[0]), np.diff(h.indptr)), h.indices] = 0.0
         s[np.repeat(np.arange(m.shape[0]), np.diff(m.indptr)), m.indices] = m.data
         if drop is not None:
@@ -601,23 +625,38 @@ class BM25(Operator):
     def _call(self, state: State) -> State:
         texts = state.texts(lexical=True)
         k = self.k_for(state)
+        corpus, index = self.corpus_, (self._wt, self._hits)  # one index for the whole batch (see the end)
         mask = self.filter_mask(state)
         drop = None if mask is None else ~mask
         n_jobs = int(self.opt(state, "n_jobs", self.params.n_jobs))
         n_jobs = (os.cpu_count() or 1) if n_jobs == -1 else max(n_jobs, 1)
+        try:
+            return self._search_index(state, texts, k, drop, n_jobs, corpus, index)
+        except DataError:
+            raise
+        except (ValueError, IndexError, KeyError) as e:  # (a term id or row of the index before or after an edit)
+            if self.corpus_ is corpus and self._wt is index[0]:
+                raise
+            raise _edited_during_search(f"{type(e).__name__}: {e}") from e
+
+    def _search_index(self, state: State, texts: list[str], k: int, drop: np.ndarray | None, n_jobs: int,
+                      corpus: Corpus, index: tuple[sp.csr_matrix, sp.csr_matrix | None]) -> State:
+        """:meth:`_call`'s work: top ``k`` of ``index`` (weights, hits) for ``texts``, rows of ``corpus``."""
         q = self.query_matrix(list(texts))
         n_q = q.shape[0]
-        n_docs = max(len(self.corpus_), 1)
+        n_docs = max(len(corpus), 1)
         chunk = max(1, _BLOCK_CELLS // n_docs)
         if n_jobs > 1:  # split across threads, but keep >= ~100k cells (about a millisecond) per task
             chunk = min(chunk, max(-(-n_q // n_jobs), _MIN_TASK_CELLS // n_docs))
         starts = range(0, n_q, chunk)
-        job = lambda a: self._topk(q[a:a + chunk], k, drop)  # noqa: E731
+        job = lambda a: self._topk(q[a:a + chunk], k, drop, index)  # noqa: E731
         if n_jobs > 1 and len(starts) > 1:  # scipy's sparse product and argpartition release the GIL
             with ThreadPoolExecutor(min(n_jobs, len(starts))) as ex:
                 parts = list(ex.map(job, starts))
         else:
             parts = [job(a) for a in starts]
+        if self.corpus_ is not corpus or index[0].shape[1] != len(corpus):  # rows of another corpus than the one
+            raise _edited_during_search("its documents changed")        # the pipeline maps them with now
         out = state.copy()
         out.rankings = [r for rows, sc in parts for r in rankings_from_matrix(rows, sc)]
         return out

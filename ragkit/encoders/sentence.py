@@ -296,18 +296,19 @@ def query_vectors(state: Any, encoder: Encoder,
 def blank_texts(texts: Sequence[str]) -> np.ndarray:
     """``(n,)`` bool: which texts are blank (empty or whitespace only).  A text that is no string is a
     :class:`DataError` naming its position (``None`` counted as blank, and found nothing, without a word;
-    ``5`` or bytes failed with an AttributeError): :func:`ragkit.types.check_texts`, one ``str.join`` per
-    chunk of texts."""
+    ``5`` or bytes failed with an AttributeError), and so is one holding a lone surrogate (text decoded with
+    ``errors="surrogateescape"``): :func:`ragkit.types.check_texts`, one ``str.join`` per chunk of texts."""
     from ragkit.types import check_texts
 
-    check_texts(texts, "query")
+    check_texts(texts, "query", surrogates=True)  # (a lone surrogate failed in the tokenizer with a TypeError)
     return np.fromiter((not t or t.isspace() for t in texts), bool, len(texts))
 
 
 def as_texts(texts: Any, who: str) -> list[str]:
     """``texts`` (a sequence of strings) as a list of ``str``.  A non-string item is a DataError
-    naming its position (``str(None)`` would be embedded as the text "None"), and so is one string
-    given for a list (its characters would be embedded one by one)."""
+    naming its position (``str(None)`` would be embedded as the text "None"), and so are one string
+    given for a list (its characters would be embedded one by one) and a text holding a lone surrogate
+    (decoded with ``errors="surrogateescape"``: tokenizers fail on it)."""
     if isinstance(texts, (str, bytes)):
         raise DataError(f"{who}: expected a list of texts, got one {type(texts).__name__} ({texts!r:.60}); wrap it "
                         "in a list")
@@ -315,6 +316,9 @@ def as_texts(texts: Any, who: str) -> list[str]:
     for i, t in enumerate(out):
         if not isinstance(t, str):
             raise DataError(f"{who}: text {i} is a {type(t).__name__} ({t!r:.60}), expected a string")
+    from ragkit.types import check_texts
+
+    check_texts(out, f"{who}: text", surrogates=True)  # a lone surrogate: the tokenizer's TypeError otherwise
     return [t if type(t) is str else str(t) for t in out]
 
 

@@ -24,8 +24,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import threading
-import weakref
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Mapping
@@ -43,7 +41,7 @@ from langchain_core.runnables import RunnableConfig
 from langchain_core.runnables.config import get_config_list, run_in_executor
 from pydantic import ConfigDict, Field, PrivateAttr, model_validator
 
-from ragkit._locks import ReadWriteLock
+from ragkit._locks import ReadWriteLock, lock_of
 from ragkit.encoders.sentence import as_texts
 from ragkit.errors import ArtifactError, DataError, NotFittedError, ParamError
 from ragkit.operator import Operator, _json_default, read_json
@@ -63,19 +61,13 @@ _LANGCHAIN_KWARGS = frozenset({"verbose", "run_id", "run_name", "callbacks", "ta
 
 
 # ---------------------------------------------------------------------------------- helpers
-_LOCKS: dict[int, ReadWriteLock] = {}  # id(pipeline object) -> its lock, dropped when the object is collected
-_LOCKS_GUARD = threading.Lock()
-
-
 def _edit_lock(op: Any) -> ReadWriteLock:
     """The readers-writer lock of the pipeline object ``op``: one per object, so that two retrievers
-    wrapping one fitted pipeline (another ``k`` for another page) never edit it at once."""
-    with _LOCKS_GUARD:
-        lock = _LOCKS.get(id(op))
-        if lock is None:
-            lock = _LOCKS[id(op)] = ReadWriteLock()
-            weakref.finalize(op, _LOCKS.pop, id(op), None)
-        return lock
+    wrapping one fitted pipeline (another ``k`` for another page) never edit it at once
+    (:func:`ragkit._locks.lock_of`; reentrant for a thread that reads it again)."""
+    return lock_of(op)
+
+
 def as_corpus(corpus: Any) -> Corpus:
     """A :class:`~ragkit.types.Corpus` from a Corpus, LangChain ``Document``s, plain strings or records, or a
     mapping ``{doc_id: text}`` (a pandas ``Series`` indexed by string ids too; :func:`ragkit.types.ids_and_texts`).
@@ -239,9 +231,14 @@ class RagkitRetriever(BaseRetriever):
     they are done (a readers-writer lock per pipeline object, shared by the retrievers wrapping it; the
     new documents' vectors of ragkit's own cached encoders are encoded before it is taken),
     so every search answers from the documents before or after an edit, and concurrent edits each
-    land whole.  An operator of the pipeline edited directly (its ``add`` / ``remove``, not through this
-    retriever) during a search is only detected: documents only added keep the answer; any other edit
-    makes it search again, up to 5 times, then raise ``DataError`` saying so.
+    land whole; :meth:`save` holds the lock to read too, so a save made meanwhile writes every step from
+    the same documents.  Only searches through the retriever (``invoke``, ``batch``...) are guarded so:
+    ``retriever.pipeline.search(...)`` called directly on another thread during an edit may fail (BM25:
+    a ``DataError`` saying the index was edited during the search) — search through the retriever, or
+    hold ``ragkit._locks.lock_of(retriever.pipeline).reading()`` around it.  An operator of the pipeline
+    edited directly (its ``add`` / ``remove``, not through this retriever) during a search is only
+    detected: documents only added keep the answer; any other edit makes it search again, up to 5
+    times, then raise ``DataError`` saying so.
 
     Examples
     --------
@@ -375,7 +372,8 @@ class RagkitRetriever(BaseRetriever):
                              "lists and objects") from None
         op = self.pipeline
         pipe = op if isinstance(op, Pipeline) else Pipeline([op])
-        save_pipeline(pipe, path, extra={RETRIEVER_FILE: settings})
+        with self._lock.reading():  # edits through a retriever wait: every step is written from one corpus
+            save_pipeline(pipe, path, extra={RETRIEVER_FILE: settings})
 
     @classmethod
     def load(cls, path: str | Path, **kwargs: Any) -> "RagkitRetriever":
