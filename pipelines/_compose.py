@@ -933,45 +933,48 @@ class Pipeline(Composite):
             path, leaf = next((p, x) for p, x in walk_leaves(self) if not x.stateless and not x.is_fitted)
             raise NotFittedError(f"{path}: {leaf.name} is not fitted (the rest of the pipeline is); call "
                                  f"pipeline.fit(corpus) to fit every operator")
-        corpus = shared_corpus(self)
-        if corpus is None:
-            raise NotFittedError("this pipeline has no retriever that was fitted on a corpus")
-        if not any(leaf.kind == "retriever" for leaf in leaves):  # nothing would rank anything
-            held = (f"its operators: {', '.join(sorted({_label(leaf) for leaf in leaves}))}" if leaves
-                    else "it has no operators at all")
-            raise ParamError(f"this pipeline has no retriever ({held}), so no query would get a document; start "
-                             "it with one, e.g. bm25 or dense")
-        if k is not None and (isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1):
-            raise ParamError(f"search: k must be a positive integer, got {k!r}")
-        options = check_options(self, options, corpus)  # before any work: the whole tree's options
-        if k is not None:
-            options["k"] = int(k)
-        if qrels is not None:
-            from ragkit.types import check_qrels
+        from ragkit._locks import guarded
 
-            qrels = check_qrels(qrels, "search")
-        if isinstance(relevance_level, bool) or not isinstance(relevance_level, (int, np.integer)) or \
-                relevance_level < 1:
-            raise ParamError(f"search: relevance_level must be an integer grade >= 1, got {relevance_level!r}")
-        if not isinstance(ignore_identical_ids, (bool, np.bool_)):
-            raise ParamError(f"search: ignore_identical_ids must be true or false, got {ignore_identical_ids!r}")
-        state = State.of(queries, options=options, trace=[] if trace else None,
-                         qrels=dict(qrels) if qrels is not None else None)
-        token = _TRACE_IDS.set(corpus.ids)
-        scoring = _TRACE_SCORING.set((int(relevance_level), bool(ignore_identical_ids)))
-        try:
-            t0 = time.perf_counter()
-            with options_checked():  # checked above, once for the whole tree
-                state = self(state)
-            seconds = time.perf_counter() - t0
-        finally:
-            _TRACE_SCORING.reset(scoring)
-            _TRACE_IDS.reset(token)
-        rankings = state.rankings if state.rankings is not None else [Ranking.empty() for _ in state.queries]
-        if k is not None:
-            rankings = [r.head(int(k)) for r in rankings]
-        return Run.from_rankings(state.query_ids, rankings, corpus.ids, values=state.values,
-                                 trace=state.trace, seconds=seconds)
+        with guarded(self):  # a RagkitRetriever's add / delete of this pipeline waits for it, and it for them
+            corpus = shared_corpus(self)
+            if corpus is None:
+                raise NotFittedError("this pipeline has no retriever that was fitted on a corpus")
+            if not any(leaf.kind == "retriever" for leaf in leaves):  # nothing would rank anything
+                held = (f"its operators: {', '.join(sorted({_label(leaf) for leaf in leaves}))}" if leaves
+                        else "it has no operators at all")
+                raise ParamError(f"this pipeline has no retriever ({held}), so no query would get a document; start "
+                                 "it with one, e.g. bm25 or dense")
+            if k is not None and (isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1):
+                raise ParamError(f"search: k must be a positive integer, got {k!r}")
+            options = check_options(self, options, corpus)  # before any work: the whole tree's options
+            if k is not None:
+                options["k"] = int(k)
+            if qrels is not None:
+                from ragkit.types import check_qrels
+
+                qrels = check_qrels(qrels, "search")
+            if isinstance(relevance_level, bool) or not isinstance(relevance_level, (int, np.integer)) or \
+                    relevance_level < 1:
+                raise ParamError(f"search: relevance_level must be an integer grade >= 1, got {relevance_level!r}")
+            if not isinstance(ignore_identical_ids, (bool, np.bool_)):
+                raise ParamError(f"search: ignore_identical_ids must be true or false, got {ignore_identical_ids!r}")
+            state = State.of(queries, options=options, trace=[] if trace else None,
+                             qrels=dict(qrels) if qrels is not None else None)
+            token = _TRACE_IDS.set(corpus.ids)
+            scoring = _TRACE_SCORING.set((int(relevance_level), bool(ignore_identical_ids)))
+            try:
+                t0 = time.perf_counter()
+                with options_checked():  # checked above, once for the whole tree
+                    state = self(state)
+                seconds = time.perf_counter() - t0
+            finally:
+                _TRACE_SCORING.reset(scoring)
+                _TRACE_IDS.reset(token)
+            rankings = state.rankings if state.rankings is not None else [Ranking.empty() for _ in state.queries]
+            if k is not None:
+                rankings = [r.head(int(k)) for r in rankings]
+            return Run.from_rankings(state.query_ids, rankings, corpus.ids, values=state.values,
+                                     trace=state.trace, seconds=seconds)
 
     # ------------------------------------------------------------------ YAML and files
     def to_yaml(self) -> str:

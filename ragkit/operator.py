@@ -221,7 +221,7 @@ class Operator:
 
     @property
     def is_fitted(self) -> bool:
-        return self.stateless or any(k.endswith("_") and not k.startswith("_") for k in vars(self))
+        return self.stateless or any(k.endswith("_") and not k.startswith("_") for k in tuple(vars(self)))
 
     def _check_fitted(self) -> None:
         if not self.is_fitted:
@@ -447,12 +447,14 @@ class Operator:
         trace: bool = False, qrels: Mapping[str, Mapping[str, int]] | None = None, **options: Any,
     ) -> "Run":
         """Run this operator as a one-step pipeline (see :meth:`Pipeline.search`)."""
+        from ragkit._locks import guarded
         from ragkit.pipelines import Pipeline
 
-        pipe = Pipeline([self])
-        if self.is_fitted and not self.stateless:
-            pipe.corpus_ = self.corpus_
-        return pipe.search(queries, k=k, trace=trace, qrels=qrels, **options)
+        with guarded(self):  # a RagkitRetriever's add / delete of this operator waits for it, and it for them
+            pipe = Pipeline([self])
+            if self.is_fitted and not self.stateless:
+                pipe.corpus_ = self.corpus_
+            return pipe.search(queries, k=k, trace=trace, qrels=qrels, **options)
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | Path) -> None:

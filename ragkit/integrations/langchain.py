@@ -232,10 +232,9 @@ class RagkitRetriever(BaseRetriever):
     new documents' vectors of ragkit's own cached encoders are encoded before it is taken),
     so every search answers from the documents before or after an edit, and concurrent edits each
     land whole; :meth:`save` holds the lock to read too, so a save made meanwhile writes every step from
-    the same documents.  Only searches through the retriever (``invoke``, ``batch``...) are guarded so:
-    ``retriever.pipeline.search(...)`` called directly on another thread during an edit may fail (BM25:
-    a ``DataError`` saying the index was edited during the search) — search through the retriever, or
-    hold ``ragkit._locks.lock_of(retriever.pipeline).reading()`` around it.  An operator of the pipeline
+    the same documents.  ``retriever.pipeline.search(...)`` (and an operator's own ``search``) called
+    directly on another thread waits for the retriever's edits too (``Pipeline.search`` holds the same
+    lock to read: :func:`ragkit._locks.guarded`).  An operator of the pipeline
     edited directly (its ``add`` / ``remove``, not through this retriever) during a search is only
     detected: documents only added keep the answer; any other edit makes it search again, up to 5
     times, then raise ``DataError`` saying so.
