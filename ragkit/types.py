@@ -1015,12 +1015,13 @@ class TrainSet:
             queries = Queries.from_texts(queries)
         pd = sys.modules.get("pandas")
         if pd is not None and isinstance(queries, pd.Series):  # texts indexed by query id
-            named, texts = ids_and_texts(queries, "TrainSet.queries")
-            if named is None:
+            if isinstance(queries.index, pd.RangeIndex):
                 raise DataError("TrainSet.queries: a pandas Series of texts needs the query ids as its index (the "
                                 "qrels are keyed by query id), got one indexed by row number; e.g. "
                                 "df.set_index('id')['text']")
-            queries = Queries(named, texts)
+            # any other index holds the ids (integer ones too: pandas reads SciFact's '_id' column as int64)
+            _, texts = ids_and_texts(queries.tolist(), "TrainSet.queries")
+            queries = Queries([str(k) for k in queries.index], texts)
         if not isinstance(queries, Queries):
             hint = ""
             if pd is not None and isinstance(queries, pd.DataFrame):
@@ -1053,9 +1054,11 @@ class TrainSet:
         document anywhere (nDCG 0 for every choice) and keep its defaults without a word.
 
         Training queries judged relevant (grade > 0) whose relevant documents are all missing from
-        ``corpus`` (qrels of another id scheme, another corpus) are learned as unjudged: more than
-        half of them is a :class:`DataError`, fewer a warning on the ``ragkit`` logger, each with
-        counts and example ids."""
+        ``corpus`` are learned as unjudged, with a warning on the ``ragkit`` logger (counts and example
+        ids): a sample of the judged corpus leaves such queries by design.  When more than half of them
+        are lost and most of their missing documents are corpus documents in another spelling (case,
+        punctuation, leading zeros: ``DOC_172`` for ``doc-172``), the qrels use another id scheme: a
+        :class:`DataError` naming pairs of both spellings."""
         ids = set(self.queries.ids)
         positives = {d for q, rel in self.qrels.items() if q in ids for d, v in rel.items() if v > 0}
         if not len(corpus.row_of(positives, missing="drop")):
@@ -1072,14 +1075,28 @@ class TrainSet:
         what = (f"{len(lost)} of the {len(relevant)} training queries judged relevant ({some_ids(lost)}) have none "
                 f"of their relevant documents in the corpus of {len(corpus)} documents (they judge "
                 f"{some_ids(missing)}; the corpus holds {some_ids(corpus.ids)})")
-        if 2 * len(lost) > len(relevant):
+        respelt = _respelt(missing, corpus.ids) if 2 * len(lost) > len(relevant) else {}
+        if 2 * len(respelt) > len(missing):
+            pairs = ", ".join(f"{d!r} for {c!r}" for d, c in list(respelt.items())[:3])
             raise DataError(f"fit: {what}; learning would read {len(usable)} quer{'y' if len(usable) == 1 else 'ies'}. "
-                            "The qrels must use the corpus's document ids: rename them (or fit on the corpus they "
-                            "judge)")
+                            f"The qrels spell the corpus's document ids another way ({pairs}; {len(respelt)} of the "
+                            f"{len(missing)} missing ones): rename them to the corpus's ids")
         import logging
 
         logging.getLogger("ragkit").warning("fit: %s; they are learned as unjudged (%d usable queries); check that "
                                             "the qrels use the corpus's document ids", what, len(usable))
+
+
+def _spelling(doc_id: str) -> str:
+    """An id with case, punctuation and the leading zeros of its numbers dropped (``DOC_0172`` -> ``doc172``)."""
+    return re.sub(r"(?<![0-9])0+(?=[0-9])", "", re.sub(r"[^0-9a-z]", "", doc_id.casefold()))
+
+
+def _respelt(missing: Sequence[str], corpus_ids: Iterable[Any]) -> dict[str, str]:
+    """``{missing id: corpus id}`` for the ``missing`` document ids that are a corpus id spelt another way
+    (:func:`_spelling`): qrels written with another id scheme than the corpus's."""
+    spelt = {_spelling(str(c)): str(c) for c in corpus_ids}
+    return {d: spelt[k] for d in missing if (k := _spelling(d)) in spelt and spelt[k] != d}
 
 
 def _qrels_of(qrels: Any) -> Any:

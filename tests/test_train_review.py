@@ -72,8 +72,8 @@ def test_usable_queries_have_a_relevant_document_in_the_corpus():
 
 def test_qrels_of_another_id_scheme_for_most_queries_are_refused_and_for_some_warned(caplog):
     """31 of 32 training queries judged DOC_172 for doc-172: fit learned from the one left, silently (a fitted
-    dense | cosine_adapter then returned nothing for every query).  More than half lost is now refused,
-    fewer warned about, both naming counts and ids."""
+    dense | cosine_adapter then returned nothing for every query).  More than half lost to another spelling
+    of the corpus's ids is now refused, fewer warned about, both naming counts and ids."""
     corpus, queries = _corpus(), _queries()
     qrels = _qrels(queries.ids)
     most = {q: (rel if q in ("myq-0", "myq-1") else _renamed(rel)) for q, rel in qrels.items()}
@@ -81,8 +81,8 @@ def test_qrels_of_another_id_scheme_for_most_queries_are_refused_and_for_some_wa
     with pytest.raises(DataError, match=r"^fit: 10 of the 12 training queries judged relevant \('myq-2', 'myq-3', "
                                         r"'myq-4', \.\.\.\) have none of their relevant documents in the corpus of 36 "
                                         r"documents \(they judge 'DOC_10', .*; the corpus holds 'doc-0', .*\); "
-                                        r"learning would read 2 queries\. The qrels must use the corpus's document "
-                                        r"ids"):
+                                        r"learning would read 2 queries\. The qrels spell the corpus's document "
+                                        r"ids another way \('DOC_10' for 'doc-10'"):
         pipe.fit(corpus, TrainSet(queries, most))
     assert not pipe.steps[0].branches[0].is_fitted  # refused before anything was fitted
     some = {q: (_renamed(rel) if q in ("myq-3", "myq-5") else rel) for q, rel in qrels.items()}
@@ -238,3 +238,33 @@ def test_trainset_takes_a_qrels_dataframe_a_qrels_file_and_a_series_of_queries(t
         TrainSet(pd.Series(queries.texts), qrels)
     with pytest.raises(DataError, match=r"from a DataFrame: Queries\(df\['id'\]\.tolist\(\), df\['text'\]\.tolist"):
         TrainSet(pd.DataFrame({"id": queries.ids, "text": queries.texts}), qrels)
+
+
+def test_a_sample_of_the_corpus_warns_and_only_another_spelling_of_its_ids_is_refused(caplog):
+    """Refusing whenever more than half the judged queries lost their relevant documents refused fitting on
+    a sample of the corpus (261 of 809 SciFact train queries kept theirs, with the right ids): that is a
+    warning; the refusal is for qrels that spell the corpus's ids another way, and names both spellings."""
+    import logging
+
+    corpus, queries = _corpus(), _queries()
+    sample = corpus.subset(list(range(9)))  # topics 0..2 only: most queries lose their documents
+    ts = TrainSet(queries, _qrels(queries.ids))
+    with caplog.at_level(logging.WARNING, logger="ragkit"):
+        ts.check_corpus(sample)
+    assert any("have none of their relevant documents" in r.getMessage() for r in caplog.records)
+    respelt = {q: ({d.replace("doc-", "DOC_0"): g for d, g in rel.items()} if i > 2 else rel)
+               for i, (q, rel) in enumerate(_qrels(queries.ids).items())}
+    with pytest.raises(DataError, match=r"spell the corpus's document ids another way \('DOC_0\d+' for 'doc-\d+'"):
+        TrainSet(queries, respelt).check_corpus(corpus)
+
+
+def test_a_series_of_queries_indexed_by_integer_ids_keeps_them():
+    """pd.read_json(queries.jsonl).set_index('_id')['text'] holds int64 ids on SciFact: refused as 'indexed by
+    row number' (the advice was what the user had done); its ids are the index as strings."""
+    import pandas as pd
+
+    queries = pd.Series(["what about a?", "what about b?"], index=pd.Index([7, 12], dtype="int64"))
+    ts = TrainSet(queries, {"7": {"doc-0": 1}, "12": {"doc-3": 1}})
+    assert list(ts.queries.ids) == ["7", "12"]
+    with pytest.raises(DataError, match="indexed by row number"):
+        TrainSet(pd.Series(["x", "y"]), {"0": {"doc-0": 1}})
