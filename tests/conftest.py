@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -91,3 +94,14 @@ def file_mapped(a: np.ndarray) -> bool:
     while base is not None and not isinstance(base, mmap.mmap):
         base = getattr(base, "base", None)
     return base is not None
+
+
+@contextmanager
+def switching_often(seconds: float = 1e-5) -> Iterator[None]:
+    """Threads swap every ``seconds`` (CPython's default 5 ms hides most races of a few bytecodes)."""
+    before = sys.getswitchinterval()
+    sys.setswitchinterval(seconds)
+    try:
+        yield
+    finally:
+        sys.setswitchinterval(before)

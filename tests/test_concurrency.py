@@ -16,18 +16,17 @@ import asyncio
 import hashlib
 import queue
 import random
-import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+from conftest import switching_often
 from langchain_core.embeddings import DeterministicFakeEmbedding
 
 from ragkit.encoders.cache import EmbeddingCache
@@ -40,17 +39,6 @@ from ragkit.types import Corpus
 
 N_THREADS, CALLS = 8, 20
 FAKE = "fake-concurrency-32"
-
-
-@contextmanager
-def switching_often(seconds: float = 1e-5) -> Iterator[None]:
-    """Threads swap every ``seconds`` (CPython's default 5 ms hides most races of a few bytecodes)."""
-    before = sys.getswitchinterval()
-    sys.setswitchinterval(seconds)
-    try:
-        yield
-    finally:
-        sys.setswitchinterval(before)
 
 
 def in_threads(work: Callable[[int], None], n: int = N_THREADS) -> Counter[str]:

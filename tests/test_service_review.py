@@ -9,13 +9,11 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import HashedEncoder
+from conftest import HashedEncoder, switching_often
 from langchain_core.documents import Document
 
 from ragkit._locks import ReadWriteLock, guarded, lock_of
@@ -42,14 +40,13 @@ def _corpus(n: int = 60) -> Corpus:
          "metadata": {"year": 2000 + i % 5, "group": "abc"[i % 3]}} for i in range(n)])
 
 
-@contextmanager
-def switching_often(seconds: float = 1e-5) -> Iterator[None]:
-    before = sys.getswitchinterval()
-    sys.setswitchinterval(seconds)
-    try:
-        yield
-    finally:
-        sys.setswitchinterval(before)
+def _race(threads: list[threading.Thread]) -> None:
+    """Start ``threads`` together with threads swapping often, and wait for them (60 s each at most)."""
+    with switching_often():
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
 
 
 def _edits(r: RagkitRetriever, rounds: int, stop: threading.Event) -> None:
@@ -81,12 +78,7 @@ def test_retriever_save_during_edits_leaves_loadable_folders(tmp_path: Path, hyb
                 outcomes[f"{type(e).__name__}: {e}"[:160]] += 1
             j += 1
 
-    with switching_often():
-        threads = [threading.Thread(target=_edits, args=(r, 40, stop)), threading.Thread(target=saver)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(60)
+    _race([threading.Thread(target=_edits, args=(r, 40, stop)), threading.Thread(target=saver)])
     assert set(outcomes) == {"ok"}, outcomes
     for j in range(min(3, outcomes["ok"])):
         back = RagkitRetriever.load(tmp_path / f"s{j}")
@@ -151,13 +143,8 @@ def test_pipe_search_during_retriever_edits_fails_only_with_data_error() -> None
             except Exception as e:  # noqa: BLE001 - counted: none expected
                 outcomes[f"{type(e).__name__}: {e}"[:120]] += 1
 
-    with switching_often():
-        threads = [threading.Thread(target=reader, args=(t,)) for t in range(3)]
-        threads.append(threading.Thread(target=_edits, args=(r, 60, stop)))
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(60)
+    _race([*(threading.Thread(target=reader, args=(t,)) for t in range(3)),
+           threading.Thread(target=_edits, args=(r, 60, stop))])
     assert set(outcomes) <= {"ok", "DataError", "locked ok"}, outcomes
     assert outcomes["locked ok"] > 0
 
@@ -176,13 +163,8 @@ def test_pipe_search_waits_for_retriever_edits() -> None:
             except Exception as e:  # noqa: BLE001 - counted
                 outcomes[type(e).__name__] += 1
 
-    with switching_often():
-        threads = [threading.Thread(target=reader, args=(t,)) for t in range(3)]
-        threads.append(threading.Thread(target=_edits, args=(r, 40, stop)))
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(60)
+    _race([*(threading.Thread(target=reader, args=(t,)) for t in range(3)),
+           threading.Thread(target=_edits, args=(r, 40, stop))])
     assert set(outcomes) == {"ok"}, outcomes
 
 
