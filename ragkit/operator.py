@@ -31,7 +31,7 @@ import numpy as np
 
 from ragkit import registry
 from ragkit._files import atomic_file, file_above, folder_checksums, shared_tempdir, user_path, verify_checksums
-from ragkit.errors import ArtifactError, NotFittedError, ParamError, some_ids
+from ragkit.errors import ArtifactError, DataError, NotFittedError, ParamError, some_ids
 from ragkit.options import PARAM, OptionCheck, filter_option
 from ragkit.params import Params as ParamsModel, validate_params  # (inside Operator, ``Params`` is its model class)
 from ragkit.types import Corpus, Queries, Ranking, State, TrainSet
@@ -462,10 +462,18 @@ class Operator:
         (SHA-256 of every other file, verified by :meth:`load`) to the folder ``path``.
 
         The folder is written under a temporary name and renamed into place, so an
-        interrupted save never destroys the previous one.  A leading ``~`` is the home folder.
+        interrupted save never destroys the previous one, and a save during which the operator's
+        documents changed (``add`` / ``remove`` on another thread) is refused before it replaces
+        anything.  A leading ``~`` is the home folder.
         """
-        with atomic_dir(user_path(path, f"{type(self).__name__}.save: path")) as tmp:
+        folder = user_path(path, f"{type(self).__name__}.save: path")
+        with atomic_dir(folder) as tmp:
+            corpus = getattr(self, "corpus_", None)
             self.save_into(tmp, with_corpus=True)
+            if getattr(self, "corpus_", None) is not corpus:  # (add / remove replace it: its files may mix both)
+                raise DataError(f"{folder}: not saved: the operator's documents changed while it was written (add / "
+                                "remove on another thread?); the earlier save there is unchanged: save again between "
+                                "edits")
             write_json(tmp / CHECKSUMS, folder_checksums(tmp))
 
     def save_into(self, folder: Path, with_corpus: bool) -> None:
@@ -504,6 +512,16 @@ class Operator:
             return cast("Self", Pipeline.load(folder, corpus=corpus, mmap=mmap, verify=verify))  # Self is Operator
         if not (folder / "params.json").is_file():
             raise ArtifactError(f"{folder}: {_not_an_operator_folder(folder)}")
+        if _saved_pipeline_above(folder) is not None:  # a pipeline's step: load_pipeline watches its manifest
+            return cls._load_folder(folder, corpus, mmap, verify)
+        from ragkit.pipelines.store import load_unreplaced
+
+        # a folder of its own: another process saving it again meanwhile would mix two saves' files
+        return load_unreplaced(folder, CHECKSUMS, lambda: cls._load_folder(folder, corpus, mmap, verify))
+
+    @classmethod
+    def _load_folder(cls, folder: Path, corpus: Corpus | None, mmap: bool, verify: bool) -> Self:
+        """:meth:`load` of the operator folder ``folder`` (``params.json`` there): its checks, then its files."""
         if verify and not (folder / CHECKSUMS).is_file():  # every save writes it: a changed folder lost it
             whole = _saved_pipeline_above(folder)
             if whole is not None:  # a pipeline's step: its manifest holds the checksums, and the documents

@@ -355,3 +355,41 @@ def test_filter_of_another_type_than_the_field_is_refused() -> None:
     got = bm.search(["cancer study"], filter={"year": 2001}).doc_ids[0]
     assert len(got) and all(int(d[1:]) % 5 == 1 for d in got)
     assert np.array_equal(c.mask({"group": ["a", "b"]}), np.array([i % 3 < 2 for i in range(60)]))
+
+
+def test_an_operator_folder_replaced_during_its_load_loads_again(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """A single operator's folder had the re-save race a pipeline folder no longer has: a save landing while a
+    load read its files mixed both.  Operator.load notes checksums.json's identity and loads again."""
+    folder = tmp_path / "op"
+    BM25().fit(_corpus(60)).save(folder)
+    newer, real, calls = BM25().fit(_corpus(61)), BM25._load, []
+
+    def replaced_midway(self, path, mmap=False):  # noqa: ANN001, ANN202
+        real(self, path, mmap=mmap)
+        if not calls:
+            newer.save(folder)  # another process's save lands after this load read the old files
+        calls.append(1)
+
+    monkeypatch.setattr(BM25, "_load", replaced_midway)
+    assert len(Operator.load(folder).corpus_) == 61 and len(calls) == 2
+
+
+def test_an_operator_save_during_an_edit_is_refused_and_keeps_the_earlier_save(tmp_path: Path,
+                                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """An add on another thread while Operator.save wrote the files could leave a folder of two states: the save
+    is refused before it replaces anything."""
+    folder = tmp_path / "op"
+    bm = BM25().fit(_corpus(60))
+    bm.save(folder)
+    real = BM25._save
+
+    def edited_midway(self, path):  # noqa: ANN001, ANN202
+        real(self, path)
+        self.add(Corpus(["late"], ["an added document"]))
+
+    monkeypatch.setattr(BM25, "_save", edited_midway)
+    with pytest.raises(DataError, match="documents changed while it was written"):
+        bm.save(folder)
+    monkeypatch.setattr(BM25, "_save", real)
+    assert len(Operator.load(folder).corpus_) == 60  # the earlier save, whole
