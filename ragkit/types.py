@@ -1020,8 +1020,7 @@ class TrainSet:
                                 "qrels are keyed by query id), got one indexed by row number; e.g. "
                                 "df.set_index('id')['text']")
             # any other index holds the ids (integer ones too: pandas reads SciFact's '_id' column as int64)
-            _, texts = ids_and_texts(queries.tolist(), "TrainSet.queries")
-            queries = Queries([str(k) for k in queries.index], texts)
+            queries = Queries([str(k) for k in queries.index], queries.tolist())
         if not isinstance(queries, Queries):
             hint = ""
             if pd is not None and isinstance(queries, pd.DataFrame):

@@ -112,8 +112,8 @@ def _edited_during_search(detail: str) -> DataError:
     """The error of a search during which the index was edited (``add`` / ``remove`` on another thread), with
     ``detail`` (what no longer matched)."""
     return DataError(f"bm25: the index was edited (add / remove on another thread) during the search ({detail}); "
-                     "search again, between edits: RagkitRetriever's searches wait for its edits (or hold "
-                     "ragkit._locks.lock_of(pipeline).reading() around the search)")
+                     "search again, between edits: edit through RagkitRetriever (add_documents / delete), whose "
+                     "edits every search of the pipeline waits for")
 
 
 def _terms_by_docs(parts: list[sp.csr_matrix], n_terms: int,
