@@ -161,15 +161,31 @@ def _text_column(col: np.ndarray, what: str, ids: np.ndarray, missing_ok: bool =
     return col if out is values else _column(out)
 
 
+def series_ids(series: Any) -> list[str] | None:
+    """The ids a pandas ``Series`` of texts holds in its index (as strings), or ``None`` where its index is row
+    numbers: ids are an index of strings, or an integer index with a name (``df.set_index('_id')['text']``:
+    pandas reads SciFact's ``_id`` column as int64).  An unnamed integer index is row labels, also after a
+    ``df.sample(...)`` or a train/test split (not a ``RangeIndex`` any more): read as ids, SciFact's query
+    ``'1053'`` would get the text of row 1053."""
+    import pandas as pd
+
+    index = series.index
+    if isinstance(index, pd.RangeIndex):
+        return None
+    if index.inferred_type == "string" or (index.name is not None and pd.api.types.is_integer_dtype(index.dtype)):
+        return [str(k) for k in index]
+    return None
+
+
 def ids_and_texts(values: Any, what: str) -> tuple[list[str] | None, list[Any]]:
     """``(ids or None, texts)`` of a collection of texts given where a batch is expected.
 
-    A mapping ``{id: text}`` (what BEIR's loaders and notebooks hold) gives ids (as strings) and texts; a
-    pandas ``Series`` its index as ids where the index holds strings (not a default ``RangeIndex`` nor
-    integer row labels), else its values alone; a list, tuple, numpy array or other iterable its items
-    (ids ``None``: the caller numbers them).  One string or bytes (its characters would be the texts), a
-    pandas ``DataFrame`` (its column names would be), ``None`` or anything that is no collection (a method
-    not called: ``data.queries`` for ``data.queries("test")``) is a :class:`DataError` saying what to pass.
+    A mapping ``{id: text}`` (what BEIR's loaders and notebooks hold) gives ids (as strings) and texts; a pandas
+    ``Series`` its index as ids where :func:`series_ids` finds them there, else its values alone; a list, tuple,
+    numpy array or other iterable its items (ids ``None``: the caller numbers them). One string or bytes (its
+    characters would be the texts), a pandas ``DataFrame`` (its column names would be), ``None`` or anything
+    that is no collection (a method not called: ``data.queries`` for ``data.queries("test")``) is a
+    :class:`DataError` saying what to pass.
     The texts themselves are not checked here (:func:`check_texts` does, where they enter).
     """
     if isinstance(values, (str, bytes)):
@@ -182,9 +198,7 @@ def ids_and_texts(values: Any, what: str) -> tuple[list[str] | None, list[Any]]:
         raise DataError(f"{what}: got a pandas DataFrame (its column names would be the texts); pass its text column "
                         "(df['text']), or ids and texts: dict(zip(df['id'], df['text']))")
     if pd is not None and isinstance(values, pd.Series):
-        index = values.index
-        named = not isinstance(index, pd.RangeIndex) and index.inferred_type == "string"
-        return ([str(k) for k in index] if named else None), values.tolist()
+        return series_ids(values), values.tolist()
     if callable(values) and not isinstance(values, Iterable):
         raise DataError(f"{what}: got {_callable(values)}, not texts; call it (e.g. data.queries('test'), not "
                         "data.queries)")
@@ -991,6 +1005,12 @@ def usable_query_ids(query_ids: Iterable[str], qrels: Qrels, corpus: "Corpus | n
     return out
 
 
+def _index_kind(index: Any) -> str:
+    """How a pandas index reads in a message: its type, name and first labels."""
+    first = ", ".join(repr(k) for k in index[:3]) + (", ..." if len(index) > 3 else "")
+    return f"{type(index).__name__} [{first}], name {index.name!r}"
+
+
 @dataclass(frozen=True)
 class TrainSet:
     """Judged training queries handed to ``fit(corpus, train=...)``.
@@ -1015,12 +1035,13 @@ class TrainSet:
             queries = Queries.from_texts(queries)
         pd = sys.modules.get("pandas")
         if pd is not None and isinstance(queries, pd.Series):  # texts indexed by query id
-            if isinstance(queries.index, pd.RangeIndex):
+            ids = series_ids(queries)
+            if ids is None:
                 raise DataError("TrainSet.queries: a pandas Series of texts needs the query ids as its index (the "
-                                "qrels are keyed by query id), got one indexed by row number; e.g. "
-                                "df.set_index('id')['text']")
-            # any other index holds the ids (integer ones too: pandas reads SciFact's '_id' column as int64)
-            queries = Queries([str(k) for k in queries.index], queries.tolist())
+                                "qrels are keyed by query id), got one indexed by row number "
+                                f"({_index_kind(queries.index)}); e.g. df.set_index('_id')['text'], or "
+                                "dict(zip(df['_id'].astype(str), df['text']))")
+            queries = Queries(ids, queries.tolist())
         if not isinstance(queries, Queries):
             hint = ""
             if pd is not None and isinstance(queries, pd.DataFrame):

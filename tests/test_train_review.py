@@ -234,7 +234,7 @@ def test_trainset_takes_a_qrels_dataframe_a_qrels_file_and_a_series_of_queries(t
         TrainSet(queries, pd.concat([df, pd.DataFrame([("myq-0", "doc-0", 0)], columns=df.columns)]))
     with pytest.raises(DataError, match=r"file not found"):
         TrainSet(queries, str(tmp_path / "nope.tsv"))
-    with pytest.raises(DataError, match=r"needs the query ids as its index .*df\.set_index\('id'\)\['text'\]"):
+    with pytest.raises(DataError, match=r"needs the query ids as its index .*RangeIndex.*set_index\('_id'\)\['text'\]"):
         TrainSet(pd.Series(queries.texts), qrels)
     with pytest.raises(DataError, match=r"from a DataFrame: Queries\(df\['id'\]\.tolist\(\), df\['text'\]\.tolist"):
         TrainSet(pd.DataFrame({"id": queries.ids, "text": queries.texts}), qrels)
@@ -263,8 +263,25 @@ def test_a_series_of_queries_indexed_by_integer_ids_keeps_them():
     row number' (the advice was what the user had done); its ids are the index as strings."""
     import pandas as pd
 
-    queries = pd.Series(["what about a?", "what about b?"], index=pd.Index([7, 12], dtype="int64"))
+    queries = pd.Series(["what about a?", "what about b?"], index=pd.Index([7, 12], dtype="int64", name="_id"))
     ts = TrainSet(queries, {"7": {"doc-0": 1}, "12": {"doc-3": 1}})
     assert list(ts.queries.ids) == ["7", "12"]
     with pytest.raises(DataError, match="indexed by row number"):
         TrainSet(pd.Series(["x", "y"]), {"0": {"doc-0": 1}})
+
+
+def test_a_sampled_series_of_queries_is_not_read_by_row_number():
+    """A split of a queries DataFrame read with pandas (``df.sample(frac=0.8)``, sklearn's train_test_split)
+    keeps the row numbers as an integer index: TrainSet read them as query ids, and on SciFact (ids are small
+    integers too) 382 of 383 judged queries learned from another query's text, silently.  An integer index
+    is ids only when named (``set_index('_id')``); ``search`` reads the same Series the same way."""
+    import pandas as pd
+
+    from ragkit.types import ids_and_texts
+
+    df = pd.DataFrame({"_id": [1053, 349, 82], "text": ["q a", "q b", "q c"]}, index=[612, 202, 55])
+    with pytest.raises(DataError, match=r"indexed by row number \(Index \[612, 202, 55\], name None\).*astype\(str\)"):
+        TrainSet(df["text"], {"1053": {"doc-0": 1}, "612": {"doc-1": 1}})
+    named = df.set_index("_id")["text"]
+    assert list(TrainSet(named, {"1053": {"doc-0": 1}}).queries.ids) == ["1053", "349", "82"]
+    assert ids_and_texts(named, "q")[0] == ["1053", "349", "82"] and ids_and_texts(df["text"], "q")[0] is None
