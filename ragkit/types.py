@@ -1035,13 +1035,13 @@ class TrainSet:
             queries = Queries.from_texts(queries)
         pd = sys.modules.get("pandas")
         if pd is not None and isinstance(queries, pd.Series):  # texts indexed by query id
-            ids = series_ids(queries)
-            if ids is None:
+            index_ids = series_ids(queries)
+            if index_ids is None:
                 raise DataError("TrainSet.queries: a pandas Series of texts needs the query ids as its index (the "
                                 "qrels are keyed by query id), got one indexed by row number "
                                 f"({_index_kind(queries.index)}); e.g. df.set_index('_id')['text'], or "
                                 "dict(zip(df['_id'].astype(str), df['text']))")
-            queries = Queries(ids, queries.tolist())
+            queries = Queries(index_ids, queries.tolist())
         if not isinstance(queries, Queries):
             hint = ""
             if pd is not None and isinstance(queries, pd.DataFrame):
