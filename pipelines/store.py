@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
-from ragkit._files import folder_checksums, verify_checksums
+from ragkit._files import folder_checksums, folder_lock, verify_checksums
 from ragkit.errors import ArtifactError, DataError, ParamError
 from ragkit.operator import (
     _LOST_MANIFEST,
@@ -119,25 +119,29 @@ def _identity(folder: Path, marker: str) -> tuple[int, ...] | None:
 
 
 def load_unreplaced(folder: Path, marker: str, load: Callable[[], T], what: str = "load") -> T:
-    """``load()``, whose files all come from one save of ``folder``: ``marker`` (a file every save writes
-    anew: ``manifest.json``, an operator's ``checksums.json``) is noted before and compared after; when
-    another process replaced the folder meanwhile (saved it again: its files may then be read half from
-    each save, failing as "checksum mismatch" or "truncated"), it loads again, up to :data:`LOAD_TRIES`
-    times, then raises :class:`ArtifactError` saying so.  An error of a load during which the folder was
-    not replaced is raised as it is."""
+    """``load()``, whose files all come from one save of ``folder``.
+
+    Where ``flock`` works, the load holds a shared lock on the folder (:func:`~ragkit._files.folder_lock`)
+    that a save's swap waits for, so the folder is not replaced meanwhile.  Beyond that (no ``flock``, a
+    save that waited too long), ``marker`` (a file every save writes anew: ``manifest.json``, an
+    operator's ``checksums.json``) is noted before and compared after; when another process replaced the
+    folder meanwhile (its files may then be read half from each save, failing as "checksum mismatch" or
+    "truncated"), it loads again, up to :data:`LOAD_TRIES` times, then raises :class:`ArtifactError`
+    saying so.  An error of a load during which the folder was not replaced is raised as it is."""
     error: BaseException | None = None
     for attempt in range(LOAD_TRIES):
-        before = _identity(folder, marker)
-        try:
-            out = load()
-        except Exception as e:  # noqa: BLE001 - raised unless the folder was replaced under the load
-            if _identity(folder, marker) == before:
-                raise
-            error = e
-        else:
-            if _identity(folder, marker) == before:
-                return out
-            error = None
+        with folder_lock(folder, exclusive=False):  # a save's swap of ``folder`` waits for this load
+            before = _identity(folder, marker)
+            try:
+                out = load()
+            except Exception as e:  # noqa: BLE001 - raised unless the folder was replaced under the load
+                if _identity(folder, marker) == before:
+                    raise
+                error = e
+            else:
+                if _identity(folder, marker) == before:
+                    return out
+                error = None
         time.sleep(0.005 * 2 ** attempt)  # (a save in progress: give its swap time to land)
     raise ArtifactError(f"{folder}: the folder was replaced (saved again, by another process?) during each of "
                         f"{LOAD_TRIES} tries to {what} it; retry once the saves are done"

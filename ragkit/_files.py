@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import secrets
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Mapping
@@ -17,7 +18,11 @@ from typing import Iterator, Mapping
 from ragkit.errors import ArtifactError, DataError
 
 __all__ = ["atomic_file", "sha256_file", "folder_checksums", "verify_checksums", "utf8_lines", "shared_tempdir",
-           "remove_stale_tempdirs", "share_like_umask", "user_path"]
+           "remove_stale_tempdirs", "share_like_umask", "user_path", "folder_lock"]
+
+#: seconds a save waits for the loads of the folder it replaces to finish (then it replaces it anyway: those
+#: loads notice and load again); a load waits as long for a save's swap, which holds the lock for microseconds
+FOLDER_LOCK_WAIT_S = 60.0
 
 
 def user_path(path: object, where: str) -> Path:
@@ -109,6 +114,56 @@ def verify_checksums(folder: Path, digests: Mapping[str, str]) -> None:
                                 "saving")
         if sha256_file(p) != digest:
             raise ArtifactError(f"{p}: checksum mismatch; the file was changed or truncated after saving")
+
+
+@contextmanager
+def folder_lock(path: Path, *, exclusive: bool, wait_s: float = FOLDER_LOCK_WAIT_S) -> Iterator[bool]:
+    """An advisory ``flock`` on the folder ``path`` itself (no lock file is made): shared by loads
+    (``exclusive=False``: any number at once), exclusive for a save's swap of a new folder onto ``path``
+    (:class:`~ragkit.operator.atomic_dir`), so a load never reads half of one save and half of the next.
+
+    Yields whether the lock is held: ``False`` where it cannot be (no ``fcntl``, a missing folder, a
+    file system without ``flock``) or after ``wait_s`` seconds of waiting; callers then go on without it
+    (loads compare the folder's identity before and after, and load again).  A shared lock is taken on
+    the folder that is at ``path`` once held: when a save swapped ``path`` while the load waited, the
+    new folder is locked instead."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: the loads' identity check alone
+        yield False
+        return
+    deadline, pause = time.monotonic() + wait_s, 0.001
+    mode = (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB
+    while True:
+        try:
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+        except OSError:
+            yield False
+            return
+        held = False
+        try:
+            while not held:
+                try:
+                    fcntl.flock(fd, mode)
+                    held = True
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        break
+                    time.sleep(pause)
+                    pause = min(2 * pause, 0.05)
+                except OSError:  # no flock here (some network file systems)
+                    break
+            if held and not exclusive:
+                try:
+                    now, locked = os.stat(path), os.fstat(fd)
+                except OSError:
+                    now = None
+                if now is None or (now.st_dev, now.st_ino) != (locked.st_dev, locked.st_ino):
+                    continue  # a save swapped another folder onto ``path`` meanwhile: lock that one (finally closes)
+            yield held
+            return
+        finally:
+            os.close(fd)  # (releases the flock)
 
 
 def share_like_umask(path: str | os.PathLike[str]) -> None:

@@ -30,7 +30,15 @@ from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterator, Mapping, Op
 import numpy as np
 
 from ragkit import registry
-from ragkit._files import atomic_file, file_above, folder_checksums, shared_tempdir, user_path, verify_checksums
+from ragkit._files import (
+    atomic_file,
+    file_above,
+    folder_checksums,
+    folder_lock,
+    shared_tempdir,
+    user_path,
+    verify_checksums,
+)
 from ragkit.errors import ArtifactError, DataError, NotFittedError, ParamError, some_ids
 from ragkit.options import PARAM, OptionCheck, filter_option
 from ragkit.params import Params as ParamsModel, validate_params  # (inside Operator, ``Params`` is its model class)
@@ -797,13 +805,14 @@ class atomic_dir:
             inside: Path | None = Path.cwd().relative_to(self.path)
         except (ValueError, OSError):
             inside = None
-        if self.path.exists() and _exchange(self.tmp, self.path):
-            old = self.tmp  # swapped in one step: ``path`` never went missing; tmp now holds the old save
-        else:
-            if self.path.exists():  # two renames: a short window in which ``path`` is missing
-                old = self.path.with_name(f".{self.path.name}.old-{self.tmp.name[-8:]}")
-                self.path.rename(old)
-            self.tmp.rename(self.path)
+        with folder_lock(self.path, exclusive=True):  # once the loads of the earlier save (if any) are done
+            if self.path.exists() and _exchange(self.tmp, self.path):
+                old = self.tmp  # swapped in one step: ``path`` never went missing; tmp now holds the old save
+            else:
+                if self.path.exists():  # two renames: a short window in which ``path`` is missing
+                    old = self.path.with_name(f".{self.path.name}.old-{self.tmp.name[-8:]}")
+                    self.path.rename(old)
+                self.tmp.rename(self.path)
         if inside is not None:
             target = self.path / inside
             os.chdir(target if target.is_dir() else self.path)

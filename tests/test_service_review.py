@@ -4,18 +4,22 @@ import of a search, and filters given as strings.  Model-free (BM25, a hashed en
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import threading
 import time
 from collections import Counter
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pytest
 from conftest import HashedEncoder, switching_often
 from langchain_core.documents import Document
 
+from ragkit._files import folder_lock
 from ragkit._locks import ReadWriteLock, guarded, lock_of
 from ragkit.encoders.custom import register_encoder
 from ragkit.encoders.sentence import as_texts, blank_texts
@@ -254,9 +258,22 @@ def _two_saves(tmp_path: Path) -> tuple[Pipeline, Pipeline, Path]:
     return a, b, folder
 
 
+def _without_flock(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Loads as where ``flock`` is missing (Windows, some network file systems): no shared lock for a save to
+    wait for, the identity check alone.  (These tests save from inside a load on the same thread, standing in
+    for another process; with the lock, that save would wait for the load to end.)"""
+
+    @contextmanager
+    def no_lock(path: Path, **_: object) -> Iterator[bool]:
+        yield False
+
+    monkeypatch.setattr(store_module, "folder_lock", no_lock)
+
+
 def test_load_during_a_replacing_save_loads_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The folder replaced (saved again) while a load read it: the load notices (manifest.json's identity) and
     loads again, giving the new save whole (was: a mix of both, or "checksum mismatch" / "truncated")."""
+    _without_flock(monkeypatch)
     _, b, folder = _two_saves(tmp_path)
     real, calls = store_module._load_pipeline, []
 
@@ -273,6 +290,7 @@ def test_load_during_a_replacing_save_loads_again(tmp_path: Path, monkeypatch: p
 
 
 def test_load_of_a_folder_replaced_every_time_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _without_flock(monkeypatch)
     a, b, folder = _two_saves(tmp_path)
     real, n = store_module._load_pipeline, [0]
 
@@ -325,6 +343,44 @@ def test_loads_while_another_thread_saves_never_fail(tmp_path: Path) -> None:
     assert set(outcomes) <= {"ok 60", "ok 61"}, outcomes
 
 
+def test_a_save_waits_for_the_loads_of_the_folder_it_replaces(tmp_path: Path) -> None:
+    """A load holds a shared flock on the folder; a save's swap waits for it, so no load reads two saves'
+    files (CI once saw a load give up after 5 tries while another thread saved back to back)."""
+    _, b, folder = _two_saves(tmp_path)
+    with folder_lock(folder, exclusive=False) as held:
+        assert held
+        t = threading.Thread(target=b.save, args=(folder,))
+        t.start()
+        t.join(0.5)
+        assert t.is_alive() and (folder / "corpus.jsonl").read_text().count("\n") == 60  # not swapped yet
+    t.join(30)
+    assert not t.is_alive() and len(Pipeline.load(folder).corpus_) == 61
+
+
+def test_a_load_waiting_for_a_swap_locks_the_new_folder(tmp_path: Path) -> None:
+    """A shared lock asked for while a save holds the exclusive one is taken on the folder at the path once
+    the save is done (the new save), not on the replaced folder it opened."""
+    a, b, folder = _two_saves(tmp_path)
+    ino = folder.stat().st_ino
+    got: list[int] = []
+    with folder_lock(folder, exclusive=True):
+        def load() -> None:
+            with folder_lock(folder, exclusive=False):
+                got.append(folder.stat().st_ino)
+
+        t = threading.Thread(target=load)
+        t.start()
+        t.join(0.3)
+        assert t.is_alive() and not got
+        tmp = tmp_path / "next"
+        b.save(tmp)
+        os.rename(tmp, tmp_path / "old")
+        os.rename(folder, tmp_path / "old2")
+        os.rename(tmp_path / "old", folder)  # (a save's swap, done by hand under the exclusive lock)
+    t.join(30)
+    assert got == [folder.stat().st_ino] and got[0] != ino
+
+
 # ------------------------------------------------------------------ 5. start-up of a search
 def test_cosine_adapter_import_leaves_scipy_optimize_unloaded() -> None:
     """``ragkit search --index`` imports every operator module; only cosine_adapter's fit needs scipy.optimize
@@ -361,6 +417,7 @@ def test_an_operator_folder_replaced_during_its_load_loads_again(tmp_path: Path,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     """A single operator's folder had the re-save race a pipeline folder no longer has: a save landing while a
     load read its files mixed both.  Operator.load notes checksums.json's identity and loads again."""
+    _without_flock(monkeypatch)
     folder = tmp_path / "op"
     BM25().fit(_corpus(60)).save(folder)
     newer, real, calls = BM25().fit(_corpus(61)), BM25._load, []
