@@ -1125,9 +1125,9 @@ def test_closing_a_stream_stops_its_worker(tiny):
     before = set(threading.enumerate())
     it = g.stream(TINY_Q, TINY_CHUNKS, mode="full", max_new_tokens=100_000)
     assert next(it)
-    (worker,) = [t for t in threading.enumerate() if t not in before]
+    (worker,) = [t for t in threading.enumerate() if t not in before and t.name == "ragkit-stream"]
     it.close()
-    worker.join(timeout=10)
+    worker.join(timeout=60)
     assert not worker.is_alive()
 
 
