@@ -72,6 +72,31 @@ its modification time when it has no ``written_ns``; one whose header cannot be 
 A file the cap deletes is deleted only while it is the one whose header was ranked: one that
 another store rewrote meanwhile stays.
 
+Disk budget.  With ``disk_budget_bytes`` the disk tier is trimmed when it grows past it: at every
+:meth:`ChunkKVCache.flush` (the exit's included), and when the store's own writes since it last looked
+(spills) take its estimate of the folder's size past the budget.  The folder's variant files are then
+counted (every writer's: processes share the folder) and those of lowest utility (from their headers, as
+at the cap; ties: oldest written first) are deleted until the tier holds at most 90% of the budget, so
+the next flushes do not trim again at once.  One store trims a folder at a time (a lock file,
+``.trim.lock``, taken without waiting: another store trimming meanwhile does the work); a file another
+store rewrote after it was ranked is kept; key folders left empty are removed (a writer that finds its
+folder removed meanwhile makes it again).  Variants in memory stay there and are written again by the
+next flush.
+
+Precision.  A variant is exact at the precision its rows were stored in: a store reads a file whose keys
+are of a less precise dtype than its ``storage_dtype`` (float16 files, written by a float16 store such
+as ``ragkit ask``'s, read by a float32 store) as inexact, its rows cast to ``storage_dtype``: a context
+variant, recomputed like any other reused chunk and replaced by an exact one when a later pass
+recomputes it in full; such a file keeps ``exact_at`` (the dtype its rows are exact at) in its
+metadata when written back, so a store of that dtype reads it as exact again.  A more precise file is
+cast down and stays exact (what the store would have stored).  The memory tier holds the store's dtype
+only.
+
+Shared folders.  Files are written with the permissions a plain ``open`` would give (``0o666`` less the
+umask; safetensors writes owner-only files), so members of a group sharing a folder (umask 002) read
+each other's variants.  A variant file this process may not read is a miss, with a warning naming it
+once per process.
+
 Damaged files.  Each file's metadata also keeps ``sha256``, a digest of its tensors and other
 metadata, checked when the variant is read: a file cut short, with a header that does not parse,
 or whose content differs from its digest (a changed byte of keys or values would load and serve
@@ -90,6 +115,8 @@ No pickle anywhere.
 from __future__ import annotations
 
 import hashlib
+import importlib
+import importlib.util
 import json
 import logging
 import math
@@ -101,9 +128,10 @@ import time
 import weakref
 from array import array
 from bisect import bisect_right
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import AbstractSet, Iterable, Literal, Sequence, TypeGuard
+from typing import AbstractSet, Any, Iterable, Iterator, Literal, Sequence, TypeGuard
 
 import numpy as np
 import torch
@@ -133,6 +161,19 @@ _FORMAT_VERSION = 1
 _ITEMSIZE = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2}
 #: wall-clock marks a store keeps of its requests (spanning at least 64 half-lives; older decays below 2**-64)
 _CLOCK_LEN = 4096
+#: precision rank of the dtypes a variant's rows may be stored in (higher: more precise), by torch name
+_PRECISION = {"float64": 3, "float32": 2, "float16": 1, "bfloat16": 0}
+#: torch names of the safetensors dtypes
+_ST_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16"}
+#: share of ``disk_budget_bytes`` a trim of the disk tier leaves (the next flushes do not trim again at once)
+_DISK_LOW_WATER = 0.9
+#: the lock file of a disk tier's trim (taken without waiting)
+_TRIM_LOCK = ".trim.lock"
+#: ``fcntl`` where there is one (POSIX): one store trims a folder at a time (elsewhere trims may overlap:
+#: each deletes only files unchanged since it ranked them)
+_fcntl: Any = importlib.import_module("fcntl") if importlib.util.find_spec("fcntl") is not None else None
+#: variant files this process could not read (permissions), each warned about once
+_UNREADABLE_NOTED: set[str] = set()
 
 _log = logging.getLogger(__name__)
 
@@ -149,6 +190,34 @@ def _file_digest(tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> str:
             t = t.view(torch.int16)
         h.update(np.ascontiguousarray(t.detach().cpu().numpy()).reshape(-1).view(np.uint8).data)
     return h.hexdigest()
+
+
+def _umask() -> int:
+    """The process's umask, read from ``/proc/self/status`` where there is one (setting it to read it
+    back, the fallback, is not thread-safe: a file created meanwhile by another thread would get it)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def share_file_like_umask(path: str | os.PathLike[str]) -> None:
+    """Give the file ``path`` the permissions a plain ``open(path, "w")`` would (``0o666`` less the umask):
+    safetensors (``save_file``, ``save_model``) writes owner-only (``0o600``) files, so the other members of
+    a group sharing a cache folder (umask 002) could not read them.  The file's counterpart of
+    :func:`ragkit._files.share_like_umask` (folders)."""
+    os.chmod(path, 0o666 & ~_umask())
+
+
+def _coarser(a: str, b: str) -> str:
+    """The less precise of two dtype names of :data:`_PRECISION`."""
+    return a if _PRECISION[a] <= _PRECISION[b] else b
 
 
 def _is_int(x: object) -> TypeGuard[int | np.integer]:
@@ -258,6 +327,10 @@ class ChunkVariant:
     cci: float = 0.5
     sys_id: str = ""
     exact: bool = True
+    #: when the rows are a full prefill's rounded to a dtype less precise than the store holding the variant
+    #: keeps (read from such a file: ``exact`` is then False), that dtype's name; written with the file, so a
+    #: store of that dtype reads it as exact again
+    exact_at: str = ""
     # bookkeeping for the cache manager
     reuse: float = 0.0
     last_tick: int = 0
@@ -331,6 +404,8 @@ class ChunkVariant:
             "cci": repr(self.cci), "reuse": repr(self.reuse), "cfo_sum": repr(self.cfo_sum),
             "cfo_n": str(self.cfo_n), "sys_id": self.sys_id, "exact": "1" if self.exact else "0",
         }
+        if self.exact_at and not self.exact:
+            meta["exact_at"] = self.exact_at
         return tensors, meta
 
     @classmethod
@@ -344,6 +419,7 @@ class ChunkVariant:
             reuse=float(meta["reuse"]), cfo_sum=float(meta["cfo_sum"]), cfo_n=int(meta["cfo_n"]),
             # files written before these fields existed name no system prompt: never reused as exact
             sys_id=meta.get("sys_id", ""), exact=meta.get("exact", "0") == "1",
+            exact_at=meta.get("exact_at", "") if meta.get("exact_at", "") in _PRECISION else "",
         )
 
 
@@ -358,6 +434,8 @@ class CacheStats:
     recomputed_tokens: int = 0
     evictions: int = 0
     spills: int = 0
+    #: variant files the disk budget deleted (``disk_budget_bytes``)
+    disk_evictions: int = 0
 
     @property
     def hit_rate(self) -> float:
@@ -392,6 +470,10 @@ class ChunkKVCache:
         not a chunk cache's is refused).  Evicted variants are spilled there and read back on a
         memory miss; what is still in memory is written by :meth:`flush`, and when the store is
         garbage-collected or the process exits.
+    disk_budget_bytes : int or None, default=None
+        Size limit of the disk tier's variant files, bytes (every writer's: stores of other processes may
+        share the folder); past it the files of lowest utility are deleted, down to 90% of it (see "Disk
+        budget" in the module docstring).  ``None``: unbounded.  Needs ``disk_dir``.
 
     The public methods hold a per-store lock, so generators on several threads may share one
     store.
@@ -405,13 +487,20 @@ class ChunkKVCache:
 
     def __init__(self, model_id: str, tokenizer_id: str, *, budget_bytes: int | None = None,
                  storage_dtype: StorageDtype = "float32", max_variants: int = 3, half_life: float = 64.0,
-                 disk_dir: str | Path | None = None) -> None:
+                 disk_dir: str | Path | None = None, disk_budget_bytes: int | None = None) -> None:
         if storage_dtype not in _DTYPES:
             raise ParamError(f"ChunkKVCache: storage_dtype must be one of {sorted(_DTYPES)}; got {storage_dtype!r}",
                              "storage_dtype")
         if budget_bytes is not None and not (_is_int(budget_bytes) and budget_bytes >= 0):
             raise ParamError(f"ChunkKVCache: budget_bytes={budget_bytes!r}; expected an int >= 0, or None for no "
                              "budget", "budget_bytes")
+        if disk_budget_bytes is not None and not (_is_int(disk_budget_bytes) and disk_budget_bytes >= 0):
+            raise ParamError(f"ChunkKVCache: disk_budget_bytes={disk_budget_bytes!r}; expected an int >= 0, or None "
+                             "for no limit on the disk tier", "disk_budget_bytes")
+        if disk_budget_bytes is not None and disk_dir is None:
+            raise ParamError(f"ChunkKVCache: disk_budget_bytes={disk_budget_bytes!r} limits the disk tier, but there "
+                             "is none (disk_dir=None); set disk_dir, or leave disk_budget_bytes out",
+                             "disk_budget_bytes")
         if not (_is_int(max_variants) and max_variants >= 1):
             raise ParamError(f"ChunkKVCache: max_variants={max_variants!r}; expected an int >= 1", "max_variants")
         if disk_dir is not None and (not isinstance(disk_dir, (str, os.PathLike)) or os.fspath(disk_dir) == ""):
@@ -423,6 +512,10 @@ class ChunkKVCache:
         self.model_id = model_id
         self.tokenizer_id = tokenizer_id
         self.budget_bytes = None if budget_bytes is None else int(budget_bytes)
+        self.disk_budget_bytes = None if disk_budget_bytes is None else int(disk_budget_bytes)
+        #: bytes of the disk tier's variant files when this store last counted them, plus what it wrote since
+        #: (``None``: not counted yet): a spill that takes it past ``disk_budget_bytes`` trims the folder
+        self._disk_bytes: int | None = None
         self.storage_dtype = storage_dtype
         self.max_variants = int(max_variants)
         self.half_life = half_life
@@ -532,7 +625,8 @@ class ChunkKVCache:
             self.stats.recomputed_tokens += recomputed
 
     def put(self, key: str, variant: ChunkVariant) -> ChunkVariant:
-        """Store a new variant of ``key`` (cast to the storage dtype); returns the stored object.
+        """Store a new variant of ``key`` (cast to the storage dtype; not exact when its rows are of a less
+        precise dtype); returns the stored object.
 
         A variant of the same context (:attr:`ChunkVariant.context`) held in memory is
         replaced, unless it is exact and the new one is not: then the old one is kept and
@@ -543,6 +637,7 @@ class ChunkKVCache:
         variants in memory stay.
         """
         with self._lock:
+            self._to_storage_dtype(variant)  # (rows less precise than the storage dtype: not exact here)
             existing = self._mem.get(key, [])
             if existing and existing[0].keys.shape[::2] != variant.keys.shape[::2]:
                 raise ValueError(
@@ -568,13 +663,35 @@ class ChunkKVCache:
                 variant.reuse, variant.cfo_sum, variant.cfo_n = history
             for i in reversed(same):
                 self._drop(key, i, spill=False)
-            dt = _DTYPES[self.storage_dtype]
-            variant.keys = variant.keys.detach().to(dt).contiguous()
-            variant.values = variant.values.detach().to(dt).contiguous()
             variant.last_tick = self._tick
             self._dirty = True
             self._insert(key, variant, from_disk=False)
             return variant
+
+    def _exact_here(self, exact: bool, exact_at: str, rows_dtype: str) -> tuple[bool, str]:
+        """``(exact, exact_at)`` in this store of rows stored as ``rows_dtype`` (a torch dtype name) that were
+        ``exact``, or exact at the dtype ``exact_at``: exact when the precision they are exact at (the less
+        precise of the two) is at least the storage dtype's; otherwise inexact, ``exact_at`` naming it."""
+        if rows_dtype not in _PRECISION:
+            return False, ""
+        if exact:
+            at = rows_dtype
+        elif exact_at in _PRECISION:
+            at = _coarser(exact_at, rows_dtype)
+        else:
+            return False, ""
+        if _PRECISION[at] >= _PRECISION[self.storage_dtype]:
+            return True, ""
+        return False, at
+
+    def _to_storage_dtype(self, v: ChunkVariant) -> None:
+        """Cast ``v``'s rows to the storage dtype, in place; rows stored less precisely than that are not
+        exact here (see "Precision" in the module docstring)."""
+        rows = str(v.keys.dtype).removeprefix("torch.")
+        v.exact, v.exact_at = self._exact_here(v.exact, v.exact_at, rows)
+        dt = _DTYPES[self.storage_dtype]
+        v.keys = v.keys.detach().to(dt).contiguous()
+        v.values = v.values.detach().to(dt).contiguous()
 
     def _insert(self, key: str, variant: ChunkVariant, *, from_disk: bool,
                 pinned: Sequence[ChunkVariant] = ()) -> bool:
@@ -785,10 +902,23 @@ class ChunkKVCache:
             meta.update(model_id=self.model_id, tokenizer_id=self.tokenizer_id, store=self._sid(),
                         last_tick=str(v.last_tick), tick=str(self._tick), written_ns=str(time.time_ns()))
             meta["sha256"] = _file_digest(tensors, meta)  # checked on read: a changed byte is a damaged file
-            with atomic_file(d / f"{v.file_stem}.safetensors") as tmp:
-                save_file(tensors, str(tmp), metadata=meta)
+            for attempt in range(2):
+                try:
+                    with atomic_file(d / f"{v.file_stem}.safetensors") as tmp:
+                        save_file(tensors, str(tmp), metadata=meta)
+                        share_file_like_umask(tmp)  # (safetensors writes owner-only files; the folder may be shared)
+                    break
+                except Exception:
+                    if attempt or d.is_dir():
+                        raise
+                    d.mkdir(exist_ok=True)  # another store's trim removed the folder, empty, meanwhile
+            if self._disk_bytes is not None:
+                self._disk_bytes += sum(t.numel() * t.element_size() for t in tensors.values())
         for stem, ident in gone.items():
             _unlink_unchanged(d / f"{stem}.safetensors", ident)
+        budget = self.disk_budget_bytes
+        if budget is not None and (self._disk_bytes is None or self._disk_bytes > budget):
+            self._trim_disk()  # (counts the folder once, then when this store's writes may have passed the budget)
         return v.file_stem not in gone
 
     def _file_rank(self, f: Path) -> tuple[float, float]:
@@ -839,8 +969,11 @@ class ChunkKVCache:
         return out
 
     def _read_file(self, f: Path, exact_only: bool = False) -> ChunkVariant | None:
-        """Read one variant file; ``None`` when it is missing, damaged (then deleted, with a warning on
-        the ``ragkit`` logger: a miss, computed again) or, with ``exact_only``, not exact.
+        """Read one variant file, its rows cast to the storage dtype (inexact when the file's are less
+        precise: see "Precision" in the module docstring); ``None`` when it is missing, damaged (then deleted,
+        with a warning on the ``ragkit`` logger: a miss, computed again), unreadable for this process
+        (permissions: a miss, with a warning naming it once per process) or, with ``exact_only``, not exact
+        in this store.
 
         Damaged: cut short, a header or metadata that does not parse, or content that differs from the
         ``sha256`` digest of its tensors and metadata written with it (a changed byte would otherwise load
@@ -848,7 +981,7 @@ class ChunkKVCache:
         read as before.
 
         Raises :class:`CacheModelMismatchError` for a file of another model and
-        :class:`~ragkit.errors.ArtifactError` when the file cannot be read (permissions, I/O).
+        :class:`~ragkit.errors.ArtifactError` when the file cannot be read for another reason (I/O).
         """
         from safetensors import SafetensorError, safe_open
 
@@ -858,19 +991,27 @@ class ChunkKVCache:
                 if (meta.get("model_id"), meta.get("tokenizer_id")) != (self.model_id, self.tokenizer_id):
                     raise CacheModelMismatchError(
                         f"{f}: chunk-cache file of model {meta.get('model_id')!r}, expected {self.model_id!r}")
-                if exact_only and meta.get("exact") != "1":
-                    return None
+                if exact_only:
+                    rows = _ST_DTYPES.get(fh.get_slice("keys").get_dtype(), "")
+                    if not self._exact_here(meta.get("exact") == "1", meta.get("exact_at", ""), rows)[0]:
+                        return None
                 tensors = {k: fh.get_tensor(k) for k in fh.keys()}
             if "sha256" in meta and _file_digest(tensors, meta) != meta["sha256"]:
                 raise ValueError("its content differs from the sha256 digest written with it")
             v = ChunkVariant.from_tensors(tensors, meta)
+            self._to_storage_dtype(v)
             # its reuse count decays by the requests it spent on disk: the utility it would have in memory
             v.reuse *= self._decay(self._last_tick_of(meta, _written_ns(meta, f)))
             v.last_tick = self._tick
             return v
         except CacheModelMismatchError:
             raise
-        except FileNotFoundError:  # removed meanwhile (another process dropped it)
+        except FileNotFoundError:  # removed meanwhile (another process dropped it), or not readable: safetensors
+            if os.path.lexists(f) and not os.access(f, os.R_OK):  # reports permission denied as not found
+                self._note_unreadable(f)
+            return None
+        except PermissionError:
+            self._note_unreadable(f)
             return None
         except OSError as e:
             raise ArtifactError(f"{f}: could not read this chunk-cache file ({type(e).__name__}: {e}); expected a "
@@ -881,9 +1022,23 @@ class ChunkKVCache:
             f.unlink(missing_ok=True)
             return None
 
+    @staticmethod
+    def _note_unreadable(f: Path) -> None:
+        """Warn, once per process and file, that the variant file ``f`` cannot be read (permissions)."""
+        if str(f) in _UNREADABLE_NOTED:
+            return
+        _UNREADABLE_NOTED.add(str(f))
+        try:
+            st = f.stat()
+            who = f" (mode {st.st_mode & 0o777:o}, owner uid {st.st_uid})"
+        except OSError:
+            who = ""
+        _log.warning(f"{f}: this process may not read this chunk-cache file{who}; its chunk is computed again (where a "
+                     "group shares the folder, its owner can make it group-readable, chmod g+r, or delete it)")
+
     def flush(self) -> None:
-        """Write every in-memory variant to the disk tier (no-op without ``disk_dir``; done at the
-        process's exit too, see the module docstring)."""
+        """Write every in-memory variant to the disk tier, then trim it to ``disk_budget_bytes`` (no-op without
+        ``disk_dir``; done at the process's exit too, see the module docstring)."""
         if self.disk_dir is None:
             return
         with self._lock:
@@ -891,6 +1046,41 @@ class ChunkKVCache:
                 for v in lst:
                     self._write_disk(key, v)
             self._dirty = False
+            self._trim_disk()
+
+    def _trim_disk(self) -> None:
+        """Delete the disk variants of lowest utility (every writer's; ties: oldest written) while the disk
+        tier's variant files hold more than ``disk_budget_bytes``, down to 90% of it.  Skipped when another
+        store trims the folder (its lock file is held) or without a budget.  Never raises for a file another
+        store removed or rewrote meanwhile (it is left alone)."""
+        if self.disk_dir is None or self.disk_budget_bytes is None:
+            return
+        with _try_flock(self.disk_dir / _TRIM_LOCK) as held:
+            if not held:  # another store trims it now
+                return
+            files = _variant_files(self.disk_dir)
+            total = sum(size for _, size in files)
+            self._disk_bytes = total
+            if total <= self.disk_budget_bytes:
+                return
+            ranked = sorted((self._file_rank(f), str(f), size, _file_ident(f)) for f, size in files)
+            goal = int(self.disk_budget_bytes * _DISK_LOW_WATER)
+            emptied: set[Path] = set()
+            for _, name, size, ident in ranked:
+                if total <= goal:
+                    break
+                f = Path(name)
+                _unlink_unchanged(f, ident)
+                if not f.exists():
+                    total -= size
+                    self.stats.disk_evictions += 1
+                    emptied.add(f.parent)
+            for d in emptied:
+                try:
+                    d.rmdir()  # only when empty: a writer that finds it gone makes it again
+                except OSError:
+                    pass
+            self._disk_bytes = total
 
     def _flush_on_close(self, timeout: float = 10.0) -> bool:
         """:meth:`flush` when the store is dropped or the process exits: skipped (``False``) when the folder or
@@ -982,6 +1172,57 @@ def _written_ns(meta: dict[str, str], f: Path) -> int:
         return f.stat().st_mtime_ns
     except OSError:
         return 0
+
+
+def _variant_files(folder: Path) -> list[tuple[Path, int]]:
+    """``(path, bytes)`` of every variant file of the disk tier ``folder`` (not the manifest, nor another
+    writer's temporary files); files removed meanwhile are left out."""
+    out: list[tuple[Path, int]] = []
+    try:
+        keys = [e.path for e in os.scandir(folder) if e.is_dir(follow_symlinks=False)]
+    except OSError:
+        return out
+    for k in keys:
+        try:
+            with os.scandir(k) as it:
+                for e in it:
+                    if e.name.endswith(".safetensors") and not e.name.startswith("."):
+                        try:
+                            out.append((Path(e.path), e.stat(follow_symlinks=False).st_size))
+                        except OSError:
+                            pass
+        except OSError:  # removed meanwhile
+            pass
+    return out
+
+
+@contextmanager
+def _try_flock(path: Path) -> Iterator[bool]:
+    """Hold an exclusive ``flock`` on the file ``path`` for the ``with`` block, without waiting: yields whether
+    it is held (``True`` where there is no ``fcntl`` or the file system has no locks: nothing to wait for)."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    except PermissionError:  # another user's lock file in a shared folder
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:
+            yield True
+            return
+    except OSError:
+        yield True
+        return
+    try:
+        if _fcntl is not None:
+            try:
+                _fcntl.flock(fd, _fcntl.LOCK_EX | _fcntl.LOCK_NB)
+            except BlockingIOError:
+                yield False
+                return
+            except OSError:  # no locks on this file system
+                pass
+        yield True
+    finally:
+        os.close(fd)  # (releases the flock)
 
 
 def _file_ident(f: Path) -> tuple[int, ...] | None:

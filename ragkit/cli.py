@@ -12,6 +12,7 @@ atomically (a temporary file in the same folder, renamed into place).
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -20,10 +21,11 @@ import shlex
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, Iterator, Optional
 
 import typer
 from rich.console import Console
@@ -1059,8 +1061,12 @@ def _print_results(corpus: Corpus, batch: Any, run: Any) -> None:
 def _default_chunk_dir() -> str | None:
     """``ragkit ask``'s chunk-cache folder for the default model: ``<ragkit cache>/chunks/<fingerprint of
     its GGUF file>`` (one folder per model: a store refuses a folder written for another); ``None`` when
-    the default model cannot be found (the generate step's check says so)."""
+    the default model cannot be found (the generate step's check says so), and when that folder cannot
+    hold a chunk cache (below a file, not writable, a damaged manifest): a note names ``$RAGKIT_CACHE``
+    (the user passed no --cache-dir) and the answer is computed without a disk tier."""
+    from ragkit.caches.chunk_kv import check_cache_dir
     from ragkit.encoders.sentence import model_fingerprint
+    from ragkit.errors import ArtifactError
     from ragkit.eval.beir import cache_dir
     from ragkit.generators.local import default_gguf
 
@@ -1068,7 +1074,47 @@ def _default_chunk_dir() -> str | None:
         folder, name = default_gguf()
     except (ImportError, FileNotFoundError):
         return None
-    return str(cache_dir() / "chunks" / model_fingerprint(str(Path(folder) / name)))
+    chunks = cache_dir() / "chunks" / model_fingerprint(str(Path(folder) / name))
+    try:
+        check_cache_dir(chunks)
+        existing = next(p for p in (chunks, *chunks.parents) if p.exists())
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise ArtifactError(f"{existing}: not writable")
+    except ArtifactError as e:
+        where = (f"$RAGKIT_CACHE={os.environ['RAGKIT_CACHE']}" if "RAGKIT_CACHE" in os.environ
+                 else "~/.cache/ragkit, the default of $RAGKIT_CACHE")
+        err_console.print(Text(f"note: the chunk cache's default folder under {where} cannot be used ({e}); "
+                               "answering without keeping the chunks on disk: set RAGKIT_CACHE to a writable folder, "
+                               "or pass --cache-dir", style="dim"))
+        return None
+    return str(chunks)
+
+
+@contextmanager
+def _quiet_model_loading() -> Iterator[None]:
+    """No progress bars while the language model loads (transformers draws one for its weights, and one while it
+    parses a GGUF file, over ``ragkit ask``'s status line)."""
+    import importlib
+
+    import transformers
+
+    was = transformers.utils.logging.is_progress_bar_enabled()
+    transformers.utils.logging.disable_progress_bar()
+    gguf: Any = None
+    try:
+        gguf = importlib.import_module("transformers.modeling_gguf_pytorch_utils")
+    except ImportError:  # (no gguf support in this transformers: no such bar either)
+        pass
+    bar = getattr(gguf, "tqdm", None)
+    if bar is not None:
+        gguf.tqdm = functools.partial(bar, disable=True)
+    try:
+        yield
+    finally:
+        if bar is not None:
+            gguf.tqdm = bar
+        if was:
+            transformers.utils.logging.enable_progress_bar()
 
 
 @app.command("ask")
@@ -1108,6 +1154,9 @@ def ask_cmd(
     if cache_dir is not None and not cache_dir.strip():
         raise typer.BadParameter("expected a folder path, got an empty one (write '.' for the working folder)",
                                  param_hint="--cache-dir")
+    if cache_dir is not None and mode in ("full", "prefix"):  # (the folder and its manifest were made for nothing)
+        raise typer.BadParameter(f"--mode {mode} uses no chunk cache, so the folder would stay unused; drop "
+                                 "--cache-dir, or ask with --mode cachecraft or naive", param_hint="--cache-dir")
     given = {f: v for f, v in (("--top-k", top_k), ("--mode", mode), ("--max-new-tokens", max_new_tokens),
                                ("--cache-dir", cache_dir)) if v is not None}
     try:
@@ -1149,7 +1198,7 @@ def ask_cmd(
             raise RagkitError(f"no document of the {len(corpus):,} matched the question {question!r}, so there is "
                               "nothing to answer from (a bm25 step returns only documents that share a word with "
                               "it, stopwords aside); ask with the words the documents would use")
-        with console.status("loading the language model..."):
+        with console.status("loading the language model..."), _quiet_model_loading():
             for g in gens:
                 load = getattr(getattr(g, "engine_", None), "load", None)
                 if load is not None:

