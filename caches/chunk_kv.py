@@ -136,7 +136,7 @@ from typing import AbstractSet, Any, Iterable, Iterator, Literal, Sequence, Type
 import numpy as np
 import torch
 
-from ragkit._files import atomic_file
+from ragkit._files import atomic_file, share_file_like_umask
 from ragkit.errors import ArtifactError, ParamError
 
 __all__ = [
@@ -190,29 +190,6 @@ def _file_digest(tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> str:
             t = t.view(torch.int16)
         h.update(np.ascontiguousarray(t.detach().cpu().numpy()).reshape(-1).view(np.uint8).data)
     return h.hexdigest()
-
-
-def _umask() -> int:
-    """The process's umask, read from ``/proc/self/status`` where there is one (setting it to read it
-    back, the fallback, is not thread-safe: a file created meanwhile by another thread would get it)."""
-    try:
-        with open("/proc/self/status", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError, IndexError):
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def share_file_like_umask(path: str | os.PathLike[str]) -> None:
-    """Give the file ``path`` the permissions a plain ``open(path, "w")`` would (``0o666`` less the umask):
-    safetensors (``save_file``, ``save_model``) writes owner-only (``0o600``) files, so the other members of
-    a group sharing a cache folder (umask 002) could not read them.  The file's counterpart of
-    :func:`ragkit._files.share_like_umask` (folders)."""
-    os.chmod(path, 0o666 & ~_umask())
 
 
 def _coarser(a: str, b: str) -> str:

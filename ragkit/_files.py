@@ -18,7 +18,7 @@ from typing import Iterator, Mapping
 from ragkit.errors import ArtifactError, DataError
 
 __all__ = ["atomic_file", "sha256_file", "folder_checksums", "verify_checksums", "utf8_lines", "shared_tempdir",
-           "remove_stale_tempdirs", "share_like_umask", "user_path", "folder_lock"]
+           "remove_stale_tempdirs", "share_like_umask", "share_file_like_umask", "user_path", "folder_lock"]
 
 #: seconds a save waits for the loads of the folder it replaces to finish (then it replaces it anyway: those
 #: loads notice and load again); a load waits as long for a save's swap, which holds the lock for microseconds
@@ -169,9 +169,30 @@ def folder_lock(path: Path, *, exclusive: bool, wait_s: float = FOLDER_LOCK_WAIT
 def share_like_umask(path: str | os.PathLike[str]) -> None:
     """Give the folder ``path`` the permissions a plain ``mkdir`` would (``0o777`` less the umask):
     ``tempfile`` makes its folders owner-only, and a save renamed from one stayed so."""
-    mask = os.umask(0)
+    os.chmod(path, 0o777 & ~_umask())
+
+
+def _umask() -> int:
+    """The process's umask, read from ``/proc/self/status`` where there is one (setting it to read it
+    back, the fallback, is not thread-safe: a file created meanwhile by another thread would get it)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
     os.umask(mask)
-    os.chmod(path, 0o777 & ~mask)
+    return mask
+
+
+def share_file_like_umask(path: str | os.PathLike[str]) -> None:
+    """Give the file ``path`` the permissions a plain ``open(path, "w")`` would (``0o666`` less the umask):
+    safetensors (``save_file``, ``save_model``) writes owner-only (``0o600``) files, so the other members of
+    a group sharing a cache folder (umask 002) could not read them.  The file's counterpart of
+    :func:`share_like_umask` (folders)."""
+    os.chmod(path, 0o666 & ~_umask())
 
 
 def shared_tempdir(parent: Path, prefix: str) -> Path:

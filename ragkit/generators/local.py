@@ -89,8 +89,9 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Literal, Sequence, Ty
 import numpy as np
 import torch
 
+from ragkit._files import share_file_like_umask
 from ragkit.caches import ChunkKVCache, ChunkVariant, PrefixCache, compute_cci
-from ragkit.caches.chunk_kv import alone_fix_overhead, order_penalty, prefix_overlap, share_file_like_umask
+from ragkit.caches.chunk_kv import alone_fix_overhead, order_penalty, prefix_overlap
 from ragkit.encoders.sentence import model_fingerprint
 from ragkit.errors import ArtifactError, ParamError
 
