@@ -12,15 +12,25 @@ registry: YAML spells them with the structural keys ``parallel``, ``route`` and 
 from __future__ import annotations
 
 import difflib
+import functools
 import time
 from contextvars import ContextVar
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Protocol, Sequence, runtime_checkable
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Protocol, Sequence, TypeVar, cast, runtime_checkable
 
 import numpy as np
 
 from ragkit._files import user_path
 from ragkit.errors import ConfigError, DataError, NotFittedError, ParamError, RagkitError, some_ids
-from ragkit.operator import Operator, call_checked, check_fit_inputs, fit_on_backend, options_checked
+from ragkit.operator import (
+    _RESTORING,
+    Operator,
+    call_checked,
+    check_fit_inputs,
+    fit_on_backend,
+    options_checked,
+    restored_on_failure,
+    tree_nodes,
+)
 from ragkit.params import Params
 from ragkit.types import QUERY_REWRITES, Corpus, Queries, Ranking, State, TraceEvent, TrainSet
 
@@ -150,8 +160,28 @@ def merge_parts(parent: State, parts: Sequence[tuple[Sequence[int], State]]) -> 
     return State.merge(parent, parts)
 
 
+_Fit = TypeVar("_Fit", bound=Callable[..., Any])
+
+
+def restoring(fit: _Fit) -> _Fit:
+    """A composite's ``fit`` that, should it raise anything (an error, ``KeyboardInterrupt``), puts every node of
+    the composite's tree (itself, its composites and leaves) back as it was before it began, fitted as before or
+    unfitted, then lets the exception through unchanged (:func:`~ragkit.operator.restored_on_failure`: a shallow
+    copy of each node's attributes, no array copied).  Only the outermost fit takes the snapshot: a fit inside
+    one (a pipeline's fit of its composite steps, a route's of its branches) runs unwrapped."""
+    @functools.wraps(fit)
+    def wrapper(self: Operator, *args: Any, **kwargs: Any) -> Any:
+        if id(self) in _RESTORING.get():  # inside a fit that restores this tree already
+            return fit(self, *args, **kwargs)
+        with restored_on_failure(tree_nodes(self)):
+            return fit(self, *args, **kwargs)
+
+    return cast(_Fit, wrapper)
+
+
 class Composite(Operator):
-    """Base of the structural operators; ``fit`` fits each child once."""
+    """Base of the structural operators; ``fit`` fits each child once (and, should it raise, puts every
+    node of the tree back as it was: :func:`restoring`)."""
 
     kind = "composite"
     stateless = True
@@ -206,6 +236,7 @@ class Composite(Operator):
         the YAML builder, the trace and the errors of search and fit use."""
         return [(c, path) for c in self.children()]
 
+    @restoring
     def fit(self, corpus: Corpus, train: TrainSet | None = None, *, upstream: State | None = None,
             _seen: set[int] | None = None, _path: str = "", backend: str = "local") -> "Composite":
         if backend != "local":  # fitted on its own on Ray (a pipeline's steps are fitted locally by it)
@@ -823,6 +854,7 @@ class Pipeline(Composite):
         return len(self.steps)
 
     # ------------------------------------------------------------------ fit
+    @restoring
     def fit(self, corpus: Corpus, train: TrainSet | None = None, *, upstream: State | None = None,
             _seen: set[int] | None = None, backend: str = "local", _path: str = "pipeline") -> "Pipeline":
         """Fit every operator once, in order.
@@ -831,6 +863,8 @@ class Pipeline(Composite):
         ``wants_upstream`` also receive the output of the steps before them on the
         training queries.  ``backend="ray"`` pre-encodes the corpus's sentence vectors on Ray (and
         fits ``sharded`` retrievers with ``backend: auto`` as Ray tasks); see :mod:`ragkit.scale`.
+        A fit that raises (an error, Ctrl-C) leaves every operator of the pipeline as it was before it
+        (fitted as before, or unfitted: :func:`restoring`), and the exception propagates unchanged.
         """
         if backend != "local":
             from ragkit import scale
@@ -1225,6 +1259,7 @@ class Parallel(Composite):
         return Parallel([*self.branches, *extra], fuse=None if self.implicit_fuse else self.fuse,
                         names=unique_names(extra, taken=self.names, wanted=extra_names))
 
+    @restoring
     def fit(self, corpus: Corpus, train: TrainSet | None = None, *, upstream: State | None = None,
             _seen: set[int] | None = None, _path: str = "", backend: str = "local") -> "Parallel":
         if backend != "local":  # fitted on its own on Ray (a pipeline's steps are fitted locally by it)
@@ -1364,6 +1399,7 @@ class Route(Composite):
         the route made of them: a ``score_router`` reads their rankings."""
         return bool(_learning_leaves(self))
 
+    @restoring
     def fit(self, corpus: Corpus, train: TrainSet | None = None, *, upstream: State | None = None,
             _seen: set[int] | None = None, _path: str = "", backend: str = "local") -> "Route":
         """Fit the router and every branch; a learning router then learns from the branches' results.
@@ -1527,6 +1563,7 @@ class Loop(Composite):
         here = _at(path, "loop")
         return [(self.body, f"{here}.body"), (self.until, f"{here}.until")]
 
+    @restoring
     def fit(self, corpus: Corpus, train: TrainSet | None = None, *, upstream: State | None = None,
             _seen: set[int] | None = None, _path: str = "", backend: str = "local") -> "Loop":
         """Fit the body and the judge; a learning judge then learns when to stop; the body's learners

@@ -1,14 +1,13 @@
 """A readers-writer lock: many searches at once, or one edit (``RagkitRetriever``'s add / delete), and the
-lock of each pipeline object a retriever edits (:func:`lock_of`, :func:`guarded`)."""
+lock of each operator tree a retriever edits, shared by every node of it (:func:`lock_of`, :func:`guarded`)."""
 
 from __future__ import annotations
 
 import threading
-import weakref
 from contextlib import contextmanager, nullcontext
 from typing import Any, ContextManager, Iterator
 
-__all__ = ["ReadWriteLock", "lock_of", "existing_lock", "guarded"]
+__all__ = ["ReadWriteLock", "lock_of", "guarded"]
 
 
 class ReadWriteLock:
@@ -22,6 +21,9 @@ class ReadWriteLock:
     for a waiting writer (which waits for that thread's outer read: waiting would deadlock); the
     writing thread may read or write again.  A thread that holds the read side and asks to write
     would wait for itself: that is a ``RuntimeError`` at once, not a hang.
+
+    A lock :func:`lock_of` merged into another (one tree joining two that had locks of their own)
+    forwards every later ``reading`` / ``writing`` to it, those waiting at the time of the merge too.
     """
 
     def __init__(self) -> None:
@@ -31,86 +33,161 @@ class ReadWriteLock:
         self._writer: int | None = None  # the thread writing
         self._depth = 0  # of its writes
         self._writers_waiting = 0
+        self._into: ReadWriteLock | None = None  # the lock this one was merged into (set under _cond, once)
+
+    def final(self) -> "ReadWriteLock":
+        """The lock this one forwards to: itself unless :func:`lock_of` merged it into another."""
+        lock = self
+        while lock._into is not None:
+            lock = lock._into
+        return lock
+
+    def _acquire_read(self) -> tuple["ReadWriteLock", bool]:
+        """Take the read side of :meth:`final`; returns that lock and whether this thread writes it already."""
+        me = threading.get_ident()
+        lock = self.final()
+        while True:
+            with lock._cond:
+                if lock._into is None:
+                    as_writer = lock._writer == me  # the writer reads what it holds alone
+                    if as_writer:
+                        return lock, True
+                    if me not in lock._held:
+                        while lock._into is None and (lock._writer is not None or lock._writers_waiting):
+                            lock._cond.wait()
+                    if lock._into is None:
+                        if me not in lock._held:
+                            lock._readers += 1
+                        lock._held[me] = lock._held.get(me, 0) + 1
+                        return lock, False
+            lock = lock.final()  # merged meanwhile: wait on the lock it forwards to
+
+    def _release_read(self, as_writer: bool) -> None:
+        if as_writer:
+            return
+        me = threading.get_ident()
+        with self._cond:
+            depth = self._held[me] - 1
+            if depth:
+                self._held[me] = depth
+            else:
+                del self._held[me]
+                self._readers -= 1
+                if not self._readers:
+                    self._cond.notify_all()
 
     @contextmanager
     def reading(self) -> Iterator[None]:
         """Hold the lock shared for the ``with`` block."""
-        me = threading.get_ident()
-        with self._cond:
-            as_writer = self._writer == me  # the writer reads what it holds alone
-            if not as_writer:
-                if me not in self._held:
-                    while self._writer is not None or self._writers_waiting:
-                        self._cond.wait()
-                    self._readers += 1
-                self._held[me] = self._held.get(me, 0) + 1
+        lock, as_writer = self._acquire_read()
         try:
             yield
         finally:
-            if not as_writer:
-                with self._cond:
-                    depth = self._held[me] - 1
-                    if depth:
-                        self._held[me] = depth
-                    else:
-                        del self._held[me]
-                        self._readers -= 1
-                        if not self._readers:
-                            self._cond.notify_all()
+            lock._release_read(as_writer)
+
+    def _acquire_write(self) -> "ReadWriteLock":
+        """Take the write side of :meth:`final` (once the readers have left); returns that lock."""
+        me = threading.get_ident()
+        lock = self.final()
+        while True:
+            with lock._cond:
+                if lock._into is None:
+                    if lock._writer == me:
+                        lock._depth += 1
+                        return lock
+                    if me in lock._held:
+                        raise RuntimeError("ReadWriteLock.writing: this thread holds the lock to read; writing would "
+                                           "wait for itself (take the write side before reading, not inside)")
+                    lock._writers_waiting += 1
+                    try:
+                        while lock._into is None and (lock._writer is not None or lock._readers):
+                            lock._cond.wait()
+                    finally:
+                        lock._writers_waiting -= 1
+                    if lock._into is None:
+                        lock._writer, lock._depth = me, 1
+                        return lock
+                    lock._cond.notify_all()  # (readers held back by this writer's wait)
+            lock = lock.final()
+
+    def _release_write(self) -> None:
+        with self._cond:
+            self._depth -= 1
+            if not self._depth:
+                self._writer = None
+                self._cond.notify_all()
 
     @contextmanager
     def writing(self) -> Iterator[None]:
         """Hold the lock alone for the ``with`` block (after the readers inside it have left)."""
-        me = threading.get_ident()
-        with self._cond:
-            if self._writer == me:
-                self._depth += 1
-            else:
-                if me in self._held:
-                    raise RuntimeError("ReadWriteLock.writing: this thread holds the lock to read; writing would "
-                                       "wait for itself (take the write side before reading, not inside)")
-                self._writers_waiting += 1
-                try:
-                    while self._writer is not None or self._readers:
-                        self._cond.wait()
-                finally:
-                    self._writers_waiting -= 1
-                self._writer, self._depth = me, 1
+        lock = self._acquire_write()
         try:
             yield
         finally:
-            with self._cond:
-                self._depth -= 1
-                if not self._depth:
-                    self._writer = None
-                    self._cond.notify_all()
+            lock._release_write()
 
 
 # ---------------------------------------------------------------------------------- per-object locks
-_LOCKS: dict[int, ReadWriteLock] = {}  # id(pipeline object) -> its lock, dropped when the object is collected
+# id(operator) -> the lock of the tree a RagkitRetriever edits that holds it: every node of that tree (the
+# pipeline, its composites, its leaves) maps to one lock; an entry is dropped when its operator is collected
+_LOCKS: dict[int, ReadWriteLock] = {}
 _LOCKS_GUARD = threading.Lock()
+_MERGING = threading.Lock()  # one merge of locks at a time (each takes the write side of those it merges)
 
 
 def lock_of(op: Any) -> ReadWriteLock:
-    """The readers-writer lock of the pipeline object ``op`` (made on first use): one per object, so that
-    two retrievers wrapping one fitted pipeline never edit it at once, and its own ``search`` waits for
-    their edits (:func:`guarded`)."""
-    with _LOCKS_GUARD:
-        lock = _LOCKS.get(id(op))
-        if lock is None:
-            lock = _LOCKS[id(op)] = ReadWriteLock()
-            weakref.finalize(op, _LOCKS.pop, id(op), None)
-        return lock
+    """The readers-writer lock of the operator tree ``op`` (``RagkitRetriever`` edits hold it to write, its
+    searches to read), made on first use, and given to every node of the tree as ``op.children()`` gives it
+    now: ``op``, its composites and its leaves, so that ``search`` of any of them (:func:`guarded`) waits for an
+    edit in progress.  Two retrievers wrapping one fitted pipeline, or pipelines sharing an operator, so share
+    one lock and never edit at once.
+
+    A tree holding nodes that already have a lock (another retriever's pipeline inside this one, or this one's
+    steps inside another's) gets that lock; when they have two or more, those are merged: once no thread holds
+    them, each forwards to the first (:meth:`ReadWriteLock.final`).  A node put into the tree later
+    (``pipe.steps[0] = ...``) gets the lock when ``lock_of`` runs again: ``RagkitRetriever`` calls it before each
+    edit, so the node's searches wait for the edits from the next one on (a search of it that began before
+    does not); a node taken out of the tree keeps the lock.  The map is weak: a node's entry goes with it."""
+    import weakref
+
+    from ragkit.operator import tree_nodes
+
+    nodes = tree_nodes(op)
+    while True:
+        with _LOCKS_GUARD:
+            found: list[ReadWriteLock] = []
+            for node in nodes:
+                lock = _LOCKS.get(id(node))
+                if lock is not None and lock.final() not in found:
+                    found.append(lock.final())
+            if len(found) <= 1:
+                lock = found[0] if found else ReadWriteLock()
+                for node in nodes:
+                    if id(node) not in _LOCKS:
+                        weakref.finalize(node, _LOCKS.pop, id(node), None)
+                    _LOCKS[id(node)] = lock
+                return lock
+        _merge(found)  # then map the nodes again (every entry now forwards to one lock)
 
 
-def existing_lock(op: Any) -> ReadWriteLock | None:
-    """``op``'s lock if :func:`lock_of` made one (a ``RagkitRetriever`` wraps it), else ``None``."""
-    return _LOCKS.get(id(op))
+def _merge(locks: list[ReadWriteLock]) -> None:
+    """Forward every lock of ``locks`` (each its own :meth:`~ReadWriteLock.final`) to the first, holding the write
+    side of all of them (in the order of their ids: two merges never wait for each other) while it is set."""
+    from contextlib import ExitStack
+
+    with _MERGING, ExitStack() as stack:
+        live = [lock for lock in locks if lock._into is None]  # (another merge may have done it meanwhile)
+        for lock in sorted(live, key=id):
+            stack.enter_context(lock.writing())
+        for other in live[1:]:
+            with other._cond:
+                other._into = live[0]
+                other._cond.notify_all()
 
 
 def guarded(op: Any) -> ContextManager[None]:
-    """Hold ``op``'s lock to read for the ``with`` block when it has one (a ``RagkitRetriever`` edits it):
-    ``Pipeline.search`` / ``Operator.search`` so wait for an edit in progress; a context that does
-    nothing otherwise (no lock is made for a pipeline no retriever wraps)."""
+    """Hold the lock of the tree ``op`` belongs to (a ``RagkitRetriever`` edits it: :func:`lock_of`) to read for
+    the ``with`` block: ``Pipeline.search`` / ``Operator.search`` of any node of that tree so wait for an edit in
+    progress; a context that does nothing otherwise (no lock is made for a tree no retriever wraps)."""
     lock = _LOCKS.get(id(op))
     return lock.reading() if lock is not None else nullcontext()

@@ -78,6 +78,53 @@ def options_checked() -> Iterator[None]:
         _OPTIONS_CHECKED.reset(token)
 
 
+# The ids of the operators whose attributes a fit in progress in this context restores should it fail (the tree of
+# the outermost fit: :func:`restored_on_failure`); a fit inside it (a composite's children's) takes no snapshot of
+# its own.  A context variable: fits running at once in threads each keep their own.
+_RESTORING: ContextVar[frozenset[int]] = ContextVar("ragkit_restoring", default=frozenset())
+
+
+def tree_nodes(op: "Operator") -> list["Operator"]:
+    """Every node of ``op``'s tree as :meth:`Operator.children` gives it now: ``op``, its composites and
+    leaves, depth first, each object once."""
+    nodes: list[Operator] = []
+    seen: set[int] = set()
+    stack = [op]
+    while stack:
+        node = stack.pop()
+        if id(node) not in seen:
+            seen.add(id(node))
+            nodes.append(node)
+            stack.extend(reversed(node.children()))
+    return nodes
+
+
+@contextmanager
+def restored_on_failure(ops: Sequence["Operator"]) -> Iterator[None]:
+    """Within it, an exception of any kind (an error, ``KeyboardInterrupt``) puts the attributes of every
+    operator of ``ops`` back as they were when it began, then propagates unchanged: a fit that raises leaves
+    each operator fitted as before, or unfitted.  The snapshot is each operator's attribute dict, copied
+    shallow (references: no array is copied), so the fits inside must assign new state rather than change
+    the earlier state's objects in place (every ``_fit`` does).  Operators a snapshot of an enclosing
+    ``restored_on_failure`` already holds are left to it: a pipeline's fit snapshots its whole tree once, and
+    the fits of its composites and leaves inside it take none of their own."""
+    held = _RESTORING.get()
+    before = [(op, dict(vars(op))) for op in ops if id(op) not in held]
+    if not before:
+        yield
+        return
+    token = _RESTORING.set(held | {id(op) for op, _ in before})
+    try:
+        yield
+    except BaseException:
+        for op, attrs in before:
+            vars(op).clear()
+            vars(op).update(attrs)
+        raise
+    finally:
+        _RESTORING.reset(token)
+
+
 # True while Pipeline.load loads the steps of a folder whose manifest checksums it has just verified: the
 # steps load with verify=False (their files are checked already) yet count as verified.
 _CHECKSUMS_VERIFIED: ContextVar[bool] = ContextVar("ragkit_checksums_verified", default=False)
@@ -254,7 +301,8 @@ class Operator:
         A fit that raises leaves the operator as it was before it (fitted as before, or unfitted).
         """
         if backend != "local":
-            return fit_on_backend(self, corpus, train, upstream, backend)
+            with restored_on_failure([self]):  # (what the Ray backend sets before the fit too)
+                return fit_on_backend(self, corpus, train, upstream, backend)
         check_fit_inputs(corpus, train, f"{self.name}.fit")
         refusal = self.train_refusal() if train is None else None
         if refusal is not None:  # before any state changes: a refused refit keeps what was fitted
@@ -268,17 +316,13 @@ class Operator:
         # a fit that raises (an error, Ctrl-C) leaves the operator as it was: its earlier fit whole, or unfitted,
         # never ``corpus_`` of the new corpus beside state of the old one (a search would then score the old
         # documents and report the new corpus's ids at their rows). Every attribute is put back as it was
-        # (each ``_fit`` here assigns new state rather than changing the earlier state's objects in place).
-        before = dict(vars(self))
-        try:
+        # (each ``_fit`` here assigns new state rather than changing the earlier state's objects in place);
+        # inside a pipeline's fit, the pipeline's snapshot of its whole tree does it.
+        with restored_on_failure([self]):
             self.corpus_ = corpus
             self._fit(corpus, train, upstream)
             self.trained_on_ = (query_digests(self.training_queries_read(train))
                                 if train is not None and self.uses_training_queries else None)
-        except BaseException:
-            vars(self).clear()
-            vars(self).update(before)
-            raise
         if self.uses_torch:
             warm_torch()
         return self

@@ -61,13 +61,6 @@ _LANGCHAIN_KWARGS = frozenset({"verbose", "run_id", "run_name", "callbacks", "ta
 
 
 # ---------------------------------------------------------------------------------- helpers
-def _edit_lock(op: Any) -> ReadWriteLock:
-    """The readers-writer lock of the pipeline object ``op``: one per object, so that two retrievers
-    wrapping one fitted pipeline (another ``k`` for another page) never edit it at once
-    (:func:`ragkit._locks.lock_of`; reentrant for a thread that reads it again)."""
-    return lock_of(op)
-
-
 def as_corpus(corpus: Any) -> Corpus:
     """A :class:`~ragkit.types.Corpus` from a Corpus, LangChain ``Document``s, plain strings or records, or a
     mapping ``{doc_id: text}`` (a pandas ``Series`` indexed by string ids too; :func:`ragkit.types.ids_and_texts`).
@@ -228,13 +221,15 @@ class RagkitRetriever(BaseRetriever):
 
     One retriever may serve many threads at once (``ainvoke`` runs in executor threads), and be edited
     meanwhile: ``add_documents`` / ``delete`` wait for the searches in progress and hold new ones until
-    they are done (a readers-writer lock per pipeline object, shared by the retrievers wrapping it; the
-    new documents' vectors of ragkit's own cached encoders are encoded before it is taken),
+    they are done (a readers-writer lock per operator tree, shared by the retrievers wrapping it and by
+    every node of the tree: :func:`ragkit._locks.lock_of`; the new documents' vectors of ragkit's own
+    cached encoders are encoded before it is taken),
     so every search answers from the documents before or after an edit, and concurrent edits each
     land whole; :meth:`save` holds the lock to read too, so a save made meanwhile writes every step from
-    the same documents.  ``retriever.pipeline.search(...)`` (and an operator's own ``search``) called
-    directly on another thread waits for the retriever's edits too (``Pipeline.search`` holds the same
-    lock to read: :func:`ragkit._locks.guarded`).  An operator of the pipeline
+    the same documents.  ``retriever.pipeline.search(...)``, and the ``search`` of any step or operator
+    inside it (``retriever.pipeline.steps[0].search(...)``), called directly on another thread waits for the
+    retriever's edits too (each holds the same lock to read: :func:`ragkit._locks.guarded`; a step put into
+    the pipeline after the retriever was built does from the retriever's next edit on).  An operator of the pipeline
     edited directly (its ``add`` / ``remove``, not through this retriever) during a search is only
     detected: documents only added keep the answer; any other edit makes it search again, up to 5
     times, then raise ``DataError`` saying so.
@@ -285,7 +280,8 @@ class RagkitRetriever(BaseRetriever):
     _corpus: Corpus = PrivateAttr()
     _producers: list[str] = PrivateAttr(default_factory=list)
     #: searches share it, an edit (add_documents / delete) holds it alone: no search sees an index half edited;
-    #: one per pipeline object, shared by every retriever wrapping it (:func:`_edit_lock`)
+    #: the lock of the pipeline's tree, shared by every retriever wrapping it or a tree holding one of its
+    #: operators, and by every node of the tree (:func:`ragkit._locks.lock_of`: their searches wait for edits)
     _lock: ReadWriteLock = PrivateAttr()
 
     @model_validator(mode="after")
@@ -320,7 +316,7 @@ class RagkitRetriever(BaseRetriever):
         self.pipeline = op
         self._corpus = corpus
         self._producers = _retriever_names(op)
-        self._lock = _edit_lock(op)
+        self._lock = lock_of(op)
         return self
 
     # ------------------------------------------------------------------ constructors
@@ -451,6 +447,7 @@ class RagkitRetriever(BaseRetriever):
         new = Corpus.from_documents([d.model_copy(update={"id": i}) for d, i in zip(docs, given)])
         _check_reserved(new, "add_documents")
         self._encode_ahead(new)  # the slow part, before searches wait for the edit
+        self._lock = lock_of(self.pipeline)  # (steps put into the pipeline since share it from now on)
         with self._lock.writing():  # the check and the edit as one (two adds of one id: the second is refused)
             held = _corpus_of(self.pipeline)
             if held is not None and len(dup := held.row_of(new.ids.tolist(), missing="drop")):
@@ -479,6 +476,7 @@ class RagkitRetriever(BaseRetriever):
             raise ParamError(f"delete: unknown argument(s) {sorted(kwargs)}; expected ids")
         if ids is None or isinstance(ids, str):
             raise DataError(f"delete: expected a list of document ids, got {ids!r:.80}")
+        self._lock = lock_of(self.pipeline)  # (steps put into the pipeline since share it from now on)
         with self._lock.writing():
             held = _corpus_of(self.pipeline)
             assert held is not None  # a built retriever's pipeline is fitted
