@@ -19,6 +19,7 @@ Interaction Retrieval", CIKM 2022 (centroid interaction and centroid pruning), a
 from __future__ import annotations
 
 import hashlib
+import warnings
 
 import numpy as np
 
@@ -31,7 +32,7 @@ _CODEBOOK_FILES = ("codebook", "codes", "code_offsets")  # the offsets are writt
 _SAMPLE_PER_CENTROID = 32  # fit_codebook's default sample, per centroid
 _MAX_ITER = 10  # fit_codebook's default Lloyd iterations
 
-__all__ = ["fit_codebook", "assign_codes", "code_sets", "centroid_pairs", "build_codes"]
+__all__ = ["fit_codebook", "assign_codes", "code_sets", "centroid_pairs", "build_codes", "damaged_codes"]
 
 
 def fit_codebook(data: np.ndarray, n_centroids: int, seed: int = 0, sample: int | None = None,
@@ -101,8 +102,9 @@ def build_codes(data: np.ndarray, offsets: np.ndarray, n_centroids: int, seed: i
     :func:`fit_codebook` + :func:`assign_codes` + :func:`code_sets` (minutes for a million
     tokens).  With ``cache_key`` (the token encoder's key and the corpus texts' digests: same
     key, same tokens) the result is kept under ``$RAGKIT_CACHE/codebooks/`` and read back by
-    the next fit; a stored result whose shapes do not match is rebuilt.  Files are written
-    through temporary names renamed into place, the offsets last.
+    the next fit; a stored result whose shapes do not match is rebuilt, and so is one whose values are
+    damaged (:func:`damaged_codes`; a ``RuntimeWarning`` names the file).  Files are written through
+    temporary names renamed into place, the offsets last.
     """
     import sklearn
 
@@ -115,16 +117,37 @@ def build_codes(data: np.ndarray, offsets: np.ndarray, n_centroids: int, seed: i
         folder = cache_dir() / "codebooks" / hashlib.sha1(key.encode()).hexdigest()[:16]
         try:
             cb, codes, off = (np.load(folder / f"{n}.npy", allow_pickle=False) for n in _CODEBOOK_FILES)
-            if cb.shape == (n_centroids, data.shape[1]) and len(off) == len(offsets) and int(off[-1]) == len(codes):
-                return cb, codes, off
         except (OSError, ValueError, EOFError):
             pass  # absent or unreadable: build it
+        else:
+            if cb.shape == (n_centroids, data.shape[1]) and len(off) == len(offsets) and int(off[-1]) == len(codes):
+                bad = damaged_codes(cb, codes, off)
+                if bad is None:
+                    return cb, codes, off
+                warnings.warn(f"ragkit: damaged codebook cache in {folder}: {bad}; it is rebuilt",
+                              RuntimeWarning, stacklevel=2)
     cb = fit_codebook(data, n_centroids, seed=seed)
     codes, off = code_sets(assign_codes(data, cb), offsets)
     if folder is not None:  # a cache that cannot be written warns; the codebook is used uncached
         write_cache_files(folder, [(f"{name}.npy", arr) for name, arr in zip(_CODEBOOK_FILES, (cb, codes, off))],
                           "the codebook is used but not cached. Set RAGKIT_CACHE to a writable folder")
     return cb, codes, off
+
+
+def damaged_codes(cb: np.ndarray, codes: np.ndarray, off: np.ndarray) -> str | None:
+    """What is wrong with a stored codebook whose shapes fit (``None``: nothing): codes that are no
+    centroid of ``cb`` (a torch ``IndexError`` at search), offsets that do not start at 0 or decrease, a
+    codebook that is not finite.  One pass of numpy reductions over the arrays."""
+    if codes.dtype.kind not in "ui" or off.dtype.kind not in "ui":
+        return f"codes.npy / code_offsets.npy hold {codes.dtype} / {off.dtype}, not integers"
+    if len(codes) and (int(codes.min()) < 0 or int(codes.max()) >= len(cb)):
+        return (f"codes.npy holds codes {int(codes.min())}..{int(codes.max())}, outside the {len(cb)} centroids "
+                f"0..{len(cb) - 1}")
+    if len(off) and (int(off[0]) != 0 or bool(np.any(np.diff(off.astype(np.int64)) < 0))):
+        return "code_offsets.npy does not start at 0 or decreases"
+    if not np.isfinite(cb).all():
+        return "codebook.npy holds NaN or infinite values"
+    return None
 
 
 def centroid_pairs(q_data: np.ndarray, q_off: np.ndarray, centroids: np.ndarray, code_data: np.ndarray,

@@ -50,10 +50,20 @@ from ragkit.operator import group_positions
 
 __all__ = [
     "FDEConfig", "fde_dim", "fde_documents", "fde_queries", "chamfer_scores", "chamfer_pairs",
-    "ball_carve", "draw_matrices",
+    "ball_carve", "draw_matrices", "MAX_K_SIM", "MAX_MEAN_WEIGHT",
 ]
 
 _FINAL_STREAM = 2**31 - 1
+
+#: The most SimHash hyperplanes per repetition: ``2**12`` buckets (document encoding holds a
+#: ``(tokens, 2**k_sim)`` Hamming table per chunk; :class:`ragkit.retrievers.Muvera` caps ``k_sim`` alike).
+MAX_K_SIM = 12
+
+#: The largest mean-channel weight.  The query channel is ``mean_weight * r_reps *`` a token sum, so the
+#: weight scales the channel against the SimHash blocks: at 1e4 the blocks are 1e-4 of the score (still above
+#: float32 rounding, 6e-8), and every score stays finite in float32 (``1e4 * 2**20`` repetitions at most times
+#: a token count), where 1e37 overflowed to infinity at search.
+MAX_MEAN_WEIGHT = 1e4
 
 
 @dataclass(frozen=True)
@@ -63,7 +73,7 @@ class FDEConfig:
     Attributes
     ----------
     k_sim : int
-        SimHash hyperplanes per repetition (``2**k_sim`` buckets).
+        SimHash hyperplanes per repetition (``2**k_sim`` buckets), 0 to :data:`MAX_K_SIM`.
     d_proj : int
         Inner projection size (``d_proj == d`` means identity).
     r_reps : int
@@ -75,7 +85,8 @@ class FDEConfig:
     fill_empty : bool
         Fill empty document buckets with the Hamming-nearest token (never for queries).
     mean_weight : float
-        Weight of the mean channel (0: none, the paper's FDE); see the module docstring.
+        Weight of the mean channel (0: none, the paper's FDE), at most :data:`MAX_MEAN_WEIGHT`; see the
+        module docstring.
     seed : int
         Base seed; repetition ``r`` uses ``default_rng(seed + r)`` (independent draws need seeds
         at least ``r_reps`` apart).
@@ -91,15 +102,17 @@ class FDEConfig:
     seed: int = 42
 
     def __post_init__(self) -> None:
-        if not 0 <= self.k_sim <= 16:
-            raise ParamError(f"FDEConfig.k_sim must be in 0..16 (2**k_sim buckets), got {self.k_sim}")
+        if not 0 <= self.k_sim <= MAX_K_SIM:
+            raise ParamError(f"FDEConfig.k_sim must be in 0..{MAX_K_SIM} (2**k_sim buckets), got {self.k_sim}")
         if self.d_proj < 1 or self.r_reps < 1:
             raise ParamError(
                 f"FDEConfig: d_proj and r_reps must be >= 1, got d_proj={self.d_proj}, r_reps={self.r_reps}")
         if self.d_final is not None and self.d_final < 1:
             raise ParamError(f"FDEConfig.d_final must be >= 1 or None, got {self.d_final}")
-        if not self.mean_weight >= 0:
-            raise ParamError(f"FDEConfig.mean_weight must be >= 0 (0: no mean channel), got {self.mean_weight}")
+        if not 0 <= self.mean_weight <= MAX_MEAN_WEIGHT:
+            raise ParamError(f"FDEConfig.mean_weight must be in [0, {MAX_MEAN_WEIGHT:g}] (0: no mean channel; larger "
+                             f"weights leave the SimHash blocks below float32 rounding, then overflow), got "
+                             f"{self.mean_weight}")
         if self.projection not in ("ams", "countsketch", "identity"):
             raise ParamError(
                 f"FDEConfig.projection must be 'ams', 'countsketch' or 'identity', got {self.projection!r}")

@@ -50,8 +50,10 @@ from ragkit.options import PARAM
 from ragkit.params import MetadataFilter, ModelName, Params, Seed
 from ragkit.registry import register
 from ragkit.retrievers._index import VectorIndex
-from ragkit.retrievers.centroids import build_codes, centroid_pairs
+from ragkit.retrievers.centroids import build_codes, centroid_pairs, damaged_codes
 from ragkit.retrievers.fde import (
+    MAX_K_SIM,
+    MAX_MEAN_WEIGHT,
     FDEConfig,
     ball_carve,
     chamfer_pairs,
@@ -167,9 +169,12 @@ def check_fde_size(dims: int, formula: str) -> None:
 
 class MuveraParams(TokenParams):
     k: int = Field(100, ge=1, description="Results per query.")
-    candidates: int = Field(200, ge=1, description="Documents taken by FDE inner product and rescored exactly.")
-    k_sim: int = Field(5, ge=0, le=12, description="SimHash hyperplanes per repetition (2**k_sim buckets).")
-    d_proj: int = Field(16, ge=1, description="Inner projection size per bucket (ignored for projection='identity').")
+    candidates: int = Field(200, ge=1, description=(
+        "Documents taken by FDE inner product and rescored exactly (only with rerank: without it the FDE search "
+        "returns k)."))
+    k_sim: int = Field(5, ge=0, le=MAX_K_SIM, description="SimHash hyperplanes per repetition (2**k_sim buckets).")
+    d_proj: int = Field(16, ge=1, description=(
+        "Inner projection size per bucket (refused with projection='identity', which keeps the token dimension)."))
     r_reps: int = Field(20, ge=1, description="Independent FDE repetitions.")
     d_final: int | None = Field(None, ge=1, description=(
         "Optional final Count-Sketch dimension of the FDE: smaller than the FDE before it (r_reps * 2**k_sim * "
@@ -177,10 +182,15 @@ class MuveraParams(TokenParams):
     projection: Literal["ams", "countsketch", "identity"] = Field(
         "ams", description="Inner projection: dense ±1/sqrt(d_proj) (paper), Count-Sketch (reference code), identity.")
     fill_empty: bool = Field(True, description="Fill empty document buckets with the Hamming-nearest token.")
-    mean_weight: float = Field(0.0, ge=0, description=(
+    mean_weight: float = Field(0.0, ge=0, le=MAX_MEAN_WEIGHT, description=(
         "Mean channel of the FDE (ragkit extension; 0 = the paper's FDE): documents add their unit mean token, "
-        "queries mean_weight * r_reps * their token sum, so FDE scores add a single-vector similarity."))
-    seed: Seed = Field(42, description="Seed of the FDE random matrices (repetition r uses seed + r).")
+        "queries mean_weight * r_reps * their token sum, so FDE scores add a single-vector similarity.  At most "
+        "1e4: the weight scales the channel against the SimHash blocks, which vanish below float32 rounding "
+        "beyond (and the scores overflow)."))
+    seed: Seed = Field(42, description=(
+        "Seed of the FDE random matrices: repetition r uses default_rng(seed + r), as ALGORITHMS.md specifies, so "
+        "seeds s and s + 1 share r_reps - 1 repetitions (shifted by one); to compare independent draws, use seeds "
+        "at least r_reps apart."))
     fde_dtype: Literal["f32", "f16", "i8"] = Field(
         "f32", description="Storage of the document FDEs in the vector index (i8: per-dimension calibrated).")
     search: Literal["auto", "exact", "hnsw"] = Field(
@@ -199,10 +209,13 @@ class MuveraParams(TokenParams):
             raise ValueError(
                 f"candidates ({self.candidates}) must be >= k ({self.k}): the exact rerank can only return "
                 f"documents the FDE search found")
-        self.refuse_unused(("centroids", self.prune is not None, "prune"))
+        if self.prune is not None and not self.rerank:
+            raise ValueError("prune needs rerank: it chooses which candidates the exact rerank scores")
+        self.refuse_unused(("centroids", self.prune is not None, "prune"),
+                           ("candidates", self.rerank, "rerank"),  # without it the FDE search returns k
+                           ("ball_carve_tau", self.rerank, "rerank"),  # it carves the exact rerank's queries
+                           ("d_proj", self.projection != "identity", "projection 'ams' or 'countsketch'"))
         if self.prune is not None:
-            if not self.rerank:
-                raise ValueError("prune needs rerank: it chooses which candidates the exact rerank scores")
             if not self.k <= self.prune <= self.candidates:
                 raise ValueError(
                     f"prune ({self.prune}) must lie between k ({self.k}) and candidates ({self.candidates}): it keeps "
@@ -383,10 +396,13 @@ class Muvera(TokenOperatorMixin, Operator):
         if self.params.prune is not None:
             cb, codes, off = (load_array(folder, n) for n in ("codebook", "codes", "code_offsets"))
             if cb.shape != (self.params.centroids, self.tokens_.dim) or off.shape != (len(self.corpus_) + 1,) \
-                    or int(off[-1]) != len(codes) or (len(codes) and int(codes.max()) >= len(cb)):
+                    or int(off[-1]) != len(codes):
                 raise ArtifactError(
                     f"{folder}: codebook {cb.shape} / {len(codes)} codes / offsets {off.shape} do not match "
                     f"centroids={self.params.centroids}, {self.tokens_.dim}-d tokens and {len(self.corpus_)} documents")
+            bad = damaged_codes(cb, codes, off)
+            if bad is not None:
+                raise ArtifactError(f"{folder}: {bad}")
             self.codebook_, self.codes_, self.code_offsets_ = cb, codes, off
 
 

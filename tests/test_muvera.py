@@ -469,7 +469,7 @@ def test_muvera_int8_graph_ranks_by_fde_inner_product(tiny):
     from ragkit.retrievers import Muvera
 
     corpus, queries = tiny
-    kw = dict(k=10, candidates=10, k_sim=3, d_proj=8, r_reps=4, mean_weight=1.0, rerank=False)
+    kw = dict(k=10, k_sim=3, d_proj=8, r_reps=4, mean_weight=1.0, rerank=False)
     ref = Muvera(**kw).fit(corpus).search(queries)
     got = Muvera(**kw, fde_dtype="i8", search="hnsw").fit(corpus).search(queries)
     assert np.mean([len(set(a.rows) & set(b.rows)) / 10 for a, b in zip(got.rankings, ref.rankings)]) >= 0.9
@@ -485,7 +485,7 @@ def test_muvera_without_rerank_answers_a_huge_k_with_the_corpus(tiny):
     corpus, queries = tiny
     import tracemalloc
 
-    op = Muvera(k=10, candidates=10, k_sim=3, d_proj=8, r_reps=4, rerank=False).fit(corpus)
+    op = Muvera(k=10, k_sim=3, d_proj=8, r_reps=4, rerank=False).fit(corpus)
     op.search(queries)  # loads the token model
     tracemalloc.start()
     run = op.search(queries, k=50_000_000)
@@ -494,7 +494,8 @@ def test_muvera_without_rerank_answers_a_huge_k_with_the_corpus(tiny):
     assert all(len(r) == len(corpus) for r in run.rankings) and peak < 64 << 20
     # an empty corpus answers empty rankings, with or without rerank, as every retriever does
     for rerank in (False, True):
-        empty = Muvera(k=5, candidates=20, k_sim=2, d_proj=4, r_reps=2, rerank=rerank).fit(corpus.subset(np.arange(0)))
+        kw = {"candidates": 20} if rerank else {}  # (without rerank, candidates is refused: it does nothing)
+        empty = Muvera(k=5, k_sim=2, d_proj=4, r_reps=2, rerank=rerank, **kw).fit(corpus.subset(np.arange(0)))
         assert [len(r) for r in empty.search(queries).rankings] == [0] * len(queries)
 
 

@@ -20,20 +20,23 @@ Document token vectors are cached on disk like dense embeddings
 (``$RAGKIT_CACHE/tokens/<model key hash>/``), keyed by model identity + settings and the
 BLAKE2 digest of each text, in shards of three ``.npy`` files (flat vectors, offsets,
 digests) written through temporary files renamed into place.  Shards are memory-mapped on
-read.
+read, checked for NaN once per reader (a damaged one is set aside and its texts encoded again), and a
+corpus consolidated into one shard retires its older versions (:class:`TokenCache`).
 """
 
 from __future__ import annotations
 
 import itertools
 import threading
+import warnings
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Optional, Sequence
 
 import numpy as np
 
-from ragkit.encoders.cache import ShardStore, text_digests, write_shard
+from ragkit.encoders.cache import UNREADABLE, ShardStore, text_digests, write_shard
 from ragkit.encoders.sentence import (
     DEFAULT_MODEL,
     as_texts,
@@ -44,7 +47,7 @@ from ragkit.encoders.sentence import (
 )
 from ragkit.errors import ArtifactError, DataError, ParamError
 
-__all__ = ["TokenVectors", "TokenEncoder", "TokenCache", "get_token_encoder", "gather_index"]
+__all__ = ["TokenVectors", "TokenEncoder", "TokenCache", "get_token_encoder", "gather_index", "all_finite"]
 
 
 def gather_index(offsets: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -205,22 +208,84 @@ def assemble(out: np.ndarray, offsets: np.ndarray, parts: Sequence[Part]) -> Non
             a = b
 
 
+def all_finite(data: np.ndarray) -> bool:
+    """Whether every value of ``data`` ``(n, d)`` is finite.  Read in steps of about
+    :data:`ASSEMBLE_BYTES` (a memory map larger than memory is read once, temporaries stay bounded);
+    float16 by its exponent bits (all ones: infinite or NaN), a max over integers, several times faster
+    than ``np.isfinite`` on float16.  About 0.3 s per GB of float16 from the page cache."""
+    step = max(1, ASSEMBLE_BYTES // max(1, data.shape[1] * data.itemsize))
+    for lo in range(0, len(data), step):  # a loop over steps of 32 MiB, not rows
+        chunk = np.asarray(data[lo:lo + step])
+        if chunk.dtype == np.float16:
+            if chunk.size and int(np.max(chunk.view(np.uint16) & np.uint16(0x7FFF))) >= 0x7C00:
+                return False
+        elif not np.isfinite(chunk).all():
+            return False
+    return True
+
+
 class TokenCache(ShardStore[TokenVectors]):
     """Persistent ``text digest -> token matrix`` store for one model key (ragged shards).
 
     A shard is ``<uuid>.npy`` (flat float16 vectors), ``<uuid>.offsets.npy`` and
     ``<uuid>.keys.npy`` (16-byte digests), each written to a temporary file and renamed,
     the keys file last, so a reader never sees a half-written shard.  Shards are memory-mapped.
+
+    A shard is checked once per reader before its vectors are served (:func:`all_finite`): one
+    holding NaN or infinite values (the right size, damaged contents) is set aside as a truncated
+    one is, with a ``RuntimeWarning`` naming it, and its texts are encoded again.  A corpus written as
+    one shard (:meth:`consolidate`) retires the older versions of that corpus (:meth:`retire`), so an
+    edit of a few documents grows the cache by those documents, not by another copy of the corpus.
     """
 
+    def __init__(self, root: Path, key: str) -> None:
+        super().__init__(root, key)
+        #: the name of each open shard (the ShardStore numbers them by position only)
+        self._names: weakref.WeakKeyDictionary[TokenVectors, str] = weakref.WeakKeyDictionary()
+        self._sound_names: set[str] = set()  # checked: every value finite
+        self._damaged: set[str] = set()  # not finite: never opened again by this reader
+
     def _open(self, name: str) -> TokenVectors:
-        return TokenVectors.load(self.folder, name, mmap=True)
+        if name in self._damaged:
+            raise ValueError(f"{self.folder / name}.npy: NaN or infinite token vectors")  # (UNREADABLE: skipped)
+        tv = TokenVectors.load(self.folder, name, mmap=True)
+        self._names[tv] = name
+        return tv
+
+    def _sound(self, shard: TokenVectors) -> bool:
+        """Whether ``shard``'s vectors are all finite, checked once per shard and reader.  A damaged
+        one is warned about and set aside: the index is read again without it (other shards may hold
+        its texts; the rest are encoded again)."""
+        name = self._names.get(shard)
+        if name is None or name in self._sound_names:
+            return True
+        if name not in self._damaged and all_finite(shard.data):
+            self._sound_names.add(name)
+            return True
+        with self._lock:
+            new = name not in self._damaged
+            self._damaged.add(name)
+            self._index = None  # read again without it (ShardStore._load_index skips what _open refuses)
+        if new:
+            warnings.warn(f"ragkit: the token cache shard {self.folder / name}.npy holds NaN or infinite values "
+                          f"(damaged); it is ignored and its texts are encoded again. Delete {name}.* to stop "
+                          "this warning", RuntimeWarning, stacklevel=5)
+        return False
+
+    def whole(self, digests: np.ndarray) -> TokenVectors | None:
+        """The shard that holds exactly the texts ``digests`` in this order, if one does and it is sound."""
+        shard = super().whole(digests)
+        return shard if shard is None or self._sound(shard) else None
 
     def parts(self, digests: np.ndarray) -> tuple[list[Part], np.ndarray]:
         """Where the cached texts are, without reading them: ``[(positions, shard, rows or None)]`` per
-        shard hit (``None``: the whole shard in order), and the ``hit`` mask."""
-        where, shards = self.locate(digests)
-        hit = where[:, 0] >= 0
+        shard hit (``None``: the whole shard in order), and the ``hit`` mask.  Every shard named is
+        sound (:meth:`_sound`)."""
+        while True:  # a damaged shard drops out of the index: locate again (ends: finitely many shards)
+            where, shards = self.locate(digests)
+            hit = where[:, 0] >= 0
+            if all(self._sound(shards[s]) for s in np.unique(where[hit, 0]).tolist()):
+                break
         found: list[Part] = []
         for s in np.unique(where[hit, 0]).tolist():  # a loop over shards, not texts
             pos = np.flatnonzero(where[:, 0] == s)
@@ -246,6 +311,85 @@ class TokenCache(ShardStore[TokenVectors]):
         """Store the texts ``digests`` laid out by ``offsets``, gathered from ``parts`` (:func:`assemble`)
         straight into the shard's file; returns the shard's memory map, or ``None`` when the cache
         cannot be written (a warning said so)."""
+        return self._write(digests, offsets, parts)[1]
+
+    def consolidate(self, digests: np.ndarray, offsets: np.ndarray, parts: Sequence[Part]) -> TokenVectors | None:
+        """:meth:`write` of a whole corpus, then :meth:`retire` of its older versions."""
+        name, shard = self._write(digests, offsets, parts)
+        if name is not None:
+            self.retire(name, digests)
+        return shard
+
+    def retire(self, newest: str, digests: np.ndarray) -> list[str]:
+        """Remove the shards older than ``newest`` (the shard of the texts ``digests``) that are former
+        versions of the same corpus: the two share at least 7/8 of the texts of each (a few documents
+        edited, added or removed).  The rest of such a shard's texts (the former versions of edited
+        documents) are first written as a new shard, so nothing cached is lost; then its files are
+        deleted.  Returns the names removed.  A shard of another corpus, of a subset or of a superset
+        (a filtered corpus next to the whole one) is kept: each is then read back whole, never rewritten.
+
+        Shared caches: other processes may be reading the shards.  A shard is retired only in favour
+        of a newer one (by the keys file's modification time, then name: every process orders two shards
+        alike, so two never retire each other's), and only after the shards holding all its texts are
+        in place (renamed, keys last), so a reader listing the folder at any moment finds every text.  The
+        vectors file is deleted first: a reader that listed the shard before finds it incomplete and skips
+        it (as a truncated one); a reader that opened it keeps its memory map (POSIX: the data stays
+        until unmapped).  Where a mapped file cannot be deleted (Windows), the shard is left whole."""
+        folder = self.folder
+        try:
+            mine = ((folder / f"{newest}.keys.npy").stat().st_mtime_ns, newest)
+            listing = sorted(folder.glob("*.keys.npy"))
+        except OSError:
+            return []
+        removed: list[str] = []
+        for keys_path in listing:  # a loop over shards
+            name = keys_path.name[: -len(".keys.npy")]
+            if name == newest or name in self._damaged:
+                continue
+            try:
+                if (keys_path.stat().st_mtime_ns, name) >= mine:
+                    continue  # newer: the process that wrote it decides
+                keys = np.load(keys_path, allow_pickle=False)
+            except UNREADABLE:
+                continue
+            covered = np.isin(keys, digests)
+            shared = int(covered.sum())
+            if 8 * shared < 7 * len(keys) or 8 * shared < 7 * len(digests):
+                continue  # not a former version of this corpus: kept
+            left = np.flatnonzero(~covered)
+            if len(left):
+                try:
+                    shard = self._open(name)
+                except UNREADABLE:
+                    continue
+                if len(shard) != len(keys) or not self._sound(shard):
+                    continue
+                off = np.zeros(len(left) + 1, np.int64)
+                np.cumsum(shard.lengths[left], out=off[1:])
+                if self._write(keys[left], off, [(np.arange(len(left)), shard, left)])[0] is None:
+                    break  # the cache cannot be written (warned): keep everything
+            if self._unlink(name):
+                removed.append(name)
+        if removed:
+            with self._lock:
+                self._index = None  # read again: the retired shards' maps are released with their last user
+        return removed
+
+    def _unlink(self, name: str) -> bool:
+        """Delete shard ``name``'s files, vectors first (see :meth:`retire`); False where one cannot be
+        deleted (the shard is then whole still, or at least without its vectors: skipped by readers)."""
+        for suffix in (".npy", ".offsets.npy", ".keys.npy"):
+            try:
+                (self.folder / f"{name}{suffix}").unlink()
+            except FileNotFoundError:
+                continue  # (another process retired it too)
+            except OSError:
+                return False
+        return True
+
+    def _write(self, digests: np.ndarray, offsets: np.ndarray,
+               parts: Sequence[Part]) -> tuple[str | None, TokenVectors | None]:
+        """:meth:`write`, returning the shard's name too (``(None, None)``: not written)."""
         dim = parts[0][1].dim
 
         def fill(tmp: Path) -> None:
@@ -256,7 +400,9 @@ class TokenCache(ShardStore[TokenVectors]):
 
         name = write_shard(self.folder, self.key, [(".npy", fill), (".offsets.npy", np.asarray(offsets, np.int64)),
                                                    (".keys.npy", digests)])
-        return self._written(name, digests)
+        if name is not None:
+            self._sound_names.add(name)  # gathered from sound shards and finite fresh vectors only
+        return name, self._written(name, digests)
 
 
 class TokenEncoder:
@@ -390,15 +536,18 @@ class TokenEncoder:
             fresh = self._forward([texts[i] for i in miss], progress if progress is not None else len(miss) > 500)
             self.n_encoded += len(miss) if count else 0
             parts.append((miss, fresh, None))
+        # vectors that are not finite (the model's output) are not cached: the caller's check names the encoder
+        cacheable = fresh is None or all_finite(fresh.data)
         off = np.zeros(len(texts) + 1, np.int64)
         np.cumsum(part_lengths(parts, len(texts)), out=off[1:])
-        if off[-1] * self.dim * 2 >= CONSOLIDATE_BYTES:
+        if cacheable and off[-1] * self.dim * 2 >= CONSOLIDATE_BYTES:
             # large: written as one shard (the new texts with it) and served from its memory map, so
-            # the result is never held in memory (texts cached before are then held twice on disk)
-            whole = store.write(digests, off, parts)
+            # the result is never held in memory; its older versions are retired (an edit then grows the
+            # cache by the edited texts, not by another copy of the corpus)
+            whole = store.consolidate(digests, off, parts)
             if whole is not None:
                 return whole
-        elif fresh is not None:
+        elif fresh is not None and cacheable:
             store.put(digests[miss], fresh)
         if fresh is not None and len(miss) == len(texts):
             return fresh  # all new (or a cache that cannot be written): the fresh array itself

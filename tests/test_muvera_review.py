@@ -1,0 +1,309 @@
+"""A reviewer's findings on MUVERA (SciFact slice): token-cache growth per edit, damaged caches, parameters
+that did nothing, and a mean channel that overflowed float32 at search."""
+
+from __future__ import annotations
+
+import os
+import warnings
+
+import numpy as np
+import pytest
+
+import ragkit.encoders.tokens as tokens
+from ragkit.encoders.tokens import TokenEncoder, TokenVectors
+from ragkit.errors import ParamError
+
+
+class Fake(TokenEncoder):
+    """No model: text ``t`` has ``len(t) % 5 + 1`` tokens of 4 dimensions, drawn from its length and characters
+    (deterministic, unit rows), so cached and fresh vectors can be compared."""
+
+    dim = 4  # type: ignore[assignment]
+
+    def _forward(self, texts: list[str], progress: bool = False) -> TokenVectors:
+        n = np.array([len(t) % 5 + 1 for t in texts], np.int64)
+        rows = [np.random.default_rng([len(t), sum(map(ord, t))]).standard_normal((k, 4)) for t, k in zip(texts, n)]
+        data = np.concatenate(rows) if rows else np.zeros((0, 4))
+        data /= np.linalg.norm(data, axis=1, keepdims=True)
+        return TokenVectors(data.astype(np.float16), np.r_[0, np.cumsum(n)])
+
+
+def _same(got: TokenVectors, want: TokenVectors) -> bool:
+    return np.array_equal(got.offsets, want.offsets) and np.array_equal(np.asarray(got.data), np.asarray(want.data))
+
+
+def _stored(folder) -> tuple[int, int]:
+    """(texts, token rows) held by the shards of a token-cache folder."""
+    texts = rows = 0
+    for keys in folder.glob("*.keys.npy"):
+        texts += len(np.load(keys))
+        rows += len(np.load(str(keys).replace(".keys.npy", ".npy"), mmap_mode="r"))
+    return texts, rows
+
+
+# ------------------------------------------------------------------------------ 1. cache growth per edit
+def test_an_edit_grows_the_token_cache_by_the_edited_texts_only(tmp_path, monkeypatch):
+    """Each refit after a one-word edit wrote another full copy of the corpus's token vectors (a corpus above
+    CONSOLIDATE_BYTES is written as one shard; the older shards were never removed): 400 SciFact documents,
+    fit + 3 edit-refits, 140 -> 349 MB.  The former versions of the corpus are retired now, their other
+    texts (the documents as they were before the edit) kept: each edit adds its new and former version of
+    the edited document, and every version still reads back."""
+    monkeypatch.setenv("RAGKIT_CACHE", str(tmp_path))
+    monkeypatch.setattr(tokens, "CONSOLIDATE_BYTES", 1)  # every corpus is written as one shard
+    texts = [f"document {i} " + "word " * (i % 7) for i in range(60)]
+    Fake().encode(texts)
+    (folder,) = (tmp_path / "tokens").iterdir()
+    assert _stored(folder)[0] == 60
+    versions = [texts]
+    reader = Fake()  # a reader that keeps its index (and maps) while others retire shards
+    held = reader.encode(texts)
+    for i in range(3):
+        edited = list(texts)
+        edited[10 + i] += f" edit {i}"
+        versions.append(edited)
+        enc = Fake()  # a new reader each time, as a new process
+        got = enc.encode(edited)
+        assert enc.n_encoded == 1 and _same(got, Fake(cache=False).encode(edited))
+    assert _stored(folder)[0] <= 60 + 2 * 3  # (old code: 4 copies of the corpus, 240)
+    assert _same(held, Fake(cache=False).encode(texts))  # its map of a retired shard still reads (POSIX)
+    assert _same(reader.encode(texts), Fake(cache=False).encode(texts))
+    for v in versions:  # every version read back, nothing encoded again
+        enc = Fake()
+        assert _same(enc.encode(v), Fake(cache=False).encode(v)) and enc.n_encoded == 0
+    assert _stored(folder)[0] <= 60 + 2 * 3 + 3 * 4  # each version rewritten adds at most its edited texts
+
+
+def test_a_shard_is_retired_only_in_favour_of_a_newer_one(tmp_path, monkeypatch):
+    """Two processes that consolidated the same texts must not retire each other's shard (both would go):
+    a shard is retired only by a newer one, by modification time then name, which every process sees alike."""
+    monkeypatch.setenv("RAGKIT_CACHE", str(tmp_path))
+    enc = Fake()
+    texts = [f"text {i}" for i in range(20)]
+    tv = Fake(cache=False).encode(texts)
+    digests = tokens.text_digests(texts)
+    store = enc.store
+    a, _ = store._write(digests, tv.offsets, [(np.arange(20), tv, None)])
+    b, _ = store._write(digests, tv.offsets, [(np.arange(20), tv, None)])
+    assert a is not None and b is not None
+    ta, tb = (store.folder / f"{n}.keys.npy" for n in (a, b))
+    os.utime(ta, ns=(10**18, 10**18))
+    os.utime(tb, ns=(2 * 10**18, 2 * 10**18))  # b is newer
+    assert store.retire(a, digests) == [] and tb.exists()
+    assert store.retire(b, digests) == [a] and not ta.exists()
+    assert not (store.folder / f"{a}.npy").exists() and not (store.folder / f"{a}.offsets.npy").exists()
+    fresh = Fake()
+    assert _same(fresh.encode(texts), tv) and fresh.n_encoded == 0
+
+
+def test_a_subset_and_its_corpus_keep_their_shards(tmp_path, monkeypatch):
+    """A consolidated subset (a filtered corpus) does not retire the shard of the corpus it was gathered
+    from, nor the reverse: both are read back whole afterwards, nothing rewritten."""
+    monkeypatch.setenv("RAGKIT_CACHE", str(tmp_path))
+    monkeypatch.setattr(tokens, "CONSOLIDATE_BYTES", 1)
+    texts = [f"text {i}" for i in range(40)]
+    Fake().encode(texts)
+    (folder,) = (tmp_path / "tokens").iterdir()
+    enc = Fake()
+    enc.encode(texts[:30][::-1])  # three quarters of it, in another order: a new shard, the whole one kept
+    assert enc.n_encoded == 0 and _stored(folder)[0] == 70
+    Fake().encode(texts[:36] + ["new"])  # a version of both: the older two go (36 + 1 of 40 and of 30)
+    for v in (texts, texts[:30][::-1]):
+        again = Fake()
+        got = again.encode(v)
+        assert again.n_encoded == 0 and _same(got, Fake(cache=False).encode(v))
+    for _ in range(2):
+        for v in (texts, texts[:30][::-1]):
+            again = Fake()
+            assert isinstance(again.encode(v).data, np.memmap) and again.n_encoded == 0
+    n = len(list(folder.glob("*.keys.npy")))
+    for v in (texts, texts[:30][::-1]):
+        Fake().encode(v)
+    assert len(list(folder.glob("*.keys.npy"))) == n  # read back whole: nothing written
+
+
+# ------------------------------------------------------------------------------ 5. damaged token shard
+def test_a_token_shard_holding_nan_is_set_aside_with_a_warning(tmp_path, monkeypatch):
+    """A shard of the right size with NaN contents made the fit fail with "VectorIndex.build: the vectors
+    contain NaN or infinite values", naming neither the cache nor the shard."""
+    monkeypatch.setenv("RAGKIT_CACHE", str(tmp_path))
+    texts = [f"abstract number {i}" for i in range(30)]
+    want = Fake(cache=False).encode(texts)
+    Fake().encode(texts)
+    (folder,) = (tmp_path / "tokens").iterdir()
+    (data,) = [p for p in folder.glob("*.npy") if p.name.count(".") == 1]
+    arr = np.load(data, mmap_mode="r+")
+    arr[5, :] = np.nan
+    arr.flush()
+    del arr
+    enc = Fake()
+    with pytest.warns(RuntimeWarning, match=rf"{data.name}.*NaN or infinite.*encoded again"):
+        got = enc.encode(texts)
+    assert _same(got, want) and enc.n_encoded == 30
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # once per reader: the shard is not read again
+        assert _same(enc.encode(texts[:3]), want.take([0, 1, 2])) and enc.n_encoded == 30
+    for rows in ([0, 1, 2], np.arange(30)):  # a new reader: the shard encoded again serves (the damaged one
+        again = Fake()                      # warned about if the index reaches it first: the two hold the same texts)
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            assert _same(again.encode([texts[i] for i in rows]), want.take(rows))
+        assert again.n_encoded == 0 and all(data.name in str(w.message) for w in seen)
+
+
+def test_token_vectors_that_are_not_finite_are_never_cached(tmp_path, monkeypatch):
+    """A model that outputs NaN: its vectors go to the caller (whose check names the encoder), not the cache."""
+    monkeypatch.setenv("RAGKIT_CACHE", str(tmp_path))
+
+    class Broken(Fake):
+        def _forward(self, texts: list[str], progress: bool = False) -> TokenVectors:
+            tv = super()._forward(texts)
+            data = np.array(tv.data)
+            data[0] = np.nan
+            return TokenVectors(data, tv.offsets)
+
+    out = Broken().encode(["a", "bb"])
+    assert np.isnan(np.asarray(out.data, np.float32)).any()
+    assert not list((tmp_path / "tokens").rglob("*.keys.npy"))
+
+
+def test_all_finite_reads_in_steps_and_sees_every_kind_of_non_finite(monkeypatch):
+    monkeypatch.setattr(tokens, "ASSEMBLE_BYTES", 64)  # several steps
+    x = np.random.default_rng(0).standard_normal((100, 8)).astype(np.float16)
+    assert tokens.all_finite(x) and tokens.all_finite(x.astype(np.float32)) and tokens.all_finite(x[:0])
+    for bad in (np.nan, np.inf, -np.inf):
+        y = x.copy()
+        y[97, 3] = bad
+        assert not tokens.all_finite(y) and not tokens.all_finite(y.astype(np.float32))
+
+
+# ------------------------------------------------------------------------------ 4. damaged codebook cache
+@pytest.mark.parametrize("damage", ["codes", "offsets"])
+def test_a_codebook_cache_with_bad_values_is_rebuilt_with_a_warning(tmp_path, monkeypatch, damage):
+    """codes.npy of the right size with out-of-range values surfaced as torch's "IndexError: index out of range
+    in self" at search: the cache read checked shapes only."""
+    import ragkit.retrievers.centroids as cen
+
+    monkeypatch.setenv("RAGKIT_CACHE", str(tmp_path))
+    rng = np.random.default_rng(2)
+    lens = rng.integers(1, 12, 30)
+    off = np.r_[0, np.cumsum(lens)]
+    x = rng.standard_normal((off[-1], 16)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    first = cen.build_codes(x, off, 8, seed=3, cache_key="k1")
+    (folder,) = (tmp_path / "codebooks").iterdir()
+    if damage == "codes":
+        codes = np.load(folder / "codes.npy")
+        np.save(folder / "codes.npy", np.full_like(codes, np.iinfo(codes.dtype).max))
+        match = r"codes\.npy holds codes .* outside the 8 centroids"
+    else:
+        o = np.load(folder / "code_offsets.npy")
+        o[3], o[4] = o[4], o[3] - 1
+        np.save(folder / "code_offsets.npy", o)
+        match = "code_offsets.npy does not start at 0 or decreases"
+    with pytest.warns(RuntimeWarning, match=rf"damaged codebook cache in .*{folder.name}: {match}.*rebuilt"):
+        again = cen.build_codes(x, off, 8, seed=3, cache_key="k1")
+    assert all(np.array_equal(a, b) for a, b in zip(first, again))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # rewritten: read back silently
+        assert all(np.array_equal(a, b) for a, b in zip(first, cen.build_codes(x, off, 8, seed=3, cache_key="k1")))
+
+
+def test_damaged_codes_names_what_is_wrong():
+    from ragkit.retrievers.centroids import damaged_codes
+
+    cb = np.eye(4, dtype=np.float32)
+    assert damaged_codes(cb, np.array([0, 3, 1], np.uint16), np.array([0, 2, 3])) is None
+    assert "outside the 4 centroids" in damaged_codes(cb, np.array([0, 4], np.uint16), np.array([0, 2]))
+    assert "outside" in damaged_codes(cb, np.array([0, -1], np.int32), np.array([0, 2]))
+    assert "decreases" in damaged_codes(cb, np.array([0, 1], np.uint16), np.array([0, 2, 1, 2]))
+    assert "not integers" in damaged_codes(cb, np.array([0.0]), np.array([0, 1]))
+    assert "NaN" in damaged_codes(cb * np.nan, np.array([0], np.uint16), np.array([0, 1]))
+
+
+# ------------------------------------------------------------------------------ 2. parameters that do nothing
+@pytest.mark.parametrize("kw,match", [
+    (dict(rerank=False, candidates=5, k=10), r"candidates=5 has no effect without rerank"),
+    (dict(rerank=False, ball_carve_tau=0.7), r"ball_carve_tau=0.7 has no effect without rerank"),
+    (dict(projection="identity", d_proj=64), r"d_proj=64 has no effect without projection 'ams' or 'countsketch'"),
+])
+def test_muvera_refuses_parameters_that_do_nothing(kw, match):
+    """Accepted silently before, against "a parameter that does nothing given the others is refused":
+    without rerank the FDE search returns k (candidates unused) and no query is carved (ball_carve_tau only
+    shapes the exact rerank's and prune's query tokens, and prune needs rerank); identity keeps the token
+    dimension (d_proj unused)."""
+    from ragkit.retrievers import Muvera
+
+    with pytest.raises(ParamError, match=match):
+        Muvera(**kw)
+
+
+def test_muvera_accepts_the_defaults_spelled_out_and_still_names_prune():
+    from ragkit.retrievers import Muvera
+
+    Muvera(rerank=False, candidates=200, ball_carve_tau=None)  # the defaults, written out: accepted
+    Muvera(projection="identity", d_proj=16)
+    Muvera(rerank=True, candidates=50, k=10, ball_carve_tau=0.7)
+    Muvera(projection="countsketch", d_proj=64)
+    with pytest.raises(ParamError, match="prune needs rerank"):  # the more telling message first
+        Muvera(k=10, candidates=50, prune=20, rerank=False)
+
+
+def test_a_run_option_that_does_nothing_is_refused_too():
+    from ragkit.options import check_options
+    from ragkit.pipelines import Pipeline
+    from ragkit.retrievers import Muvera
+
+    with pytest.raises(ParamError, match="candidates=500 has no effect without rerank"):
+        check_options(Pipeline([Muvera(k=10, rerank=False)]), {"muvera": {"candidates": 500}})
+
+
+def test_the_example_and_readme_muvera_configurations_still_validate():
+    from ragkit.retrievers import Muvera
+
+    Muvera(k=100, candidates=500)  # examples/learned.yaml
+    Muvera(k=10, k_sim=2, projection="identity", r_reps=3, mean_weight=1, candidates=300, prune=80)  # README
+
+
+# ------------------------------------------------------------------------------ 3. mean_weight overflow
+def test_mean_weight_has_an_upper_bound_that_keeps_encodings_finite():
+    """Muvera(mean_weight=1e37) validated and fitted, then search failed with "query vectors contain NaN or
+    infinite values ... check the encoder's output" (float32 overflow of mean_weight * r_reps * token sum)."""
+    from ragkit.retrievers import Muvera
+    from ragkit.retrievers.fde import FDEConfig, fde_queries
+
+    with pytest.raises(ParamError, match="mean_weight"):
+        Muvera(mean_weight=1e37)
+    with pytest.raises(ParamError, match="mean_weight"):
+        FDEConfig(mean_weight=1e37)
+    from ragkit.retrievers.fde import MAX_MEAN_WEIGHT
+    Muvera(mean_weight=MAX_MEAN_WEIGHT)
+    x = np.ones((2000, 8), np.float32) / np.sqrt(8)  # one long query of identical tokens: the largest sum
+    cfg = FDEConfig(k_sim=0, d_proj=8, r_reps=50_000, mean_weight=MAX_MEAN_WEIGHT)
+    q = fde_queries(x, np.array([0, 2000]), cfg)
+    assert np.isfinite(q).all() and np.isfinite(q @ q.T).all()
+
+
+# ------------------------------------------------------------------------------ 6. seeds, k_sim
+def test_fde_config_and_muvera_agree_on_k_sim():
+    """FDEConfig allowed k_sim up to 16, MuveraParams 12."""
+    from ragkit.retrievers import Muvera
+    from ragkit.retrievers.fde import MAX_K_SIM, FDEConfig
+
+    FDEConfig(k_sim=MAX_K_SIM)
+    Muvera(k_sim=MAX_K_SIM, d_proj=1, r_reps=1)
+    with pytest.raises(ParamError, match="k_sim"):
+        FDEConfig(k_sim=MAX_K_SIM + 1)
+    with pytest.raises(ParamError, match="k_sim"):
+        Muvera(k_sim=MAX_K_SIM + 1)
+
+
+def test_the_seed_documents_that_adjacent_seeds_share_repetitions():
+    """Seeds s and s + 1 share r_reps - 1 repetitions (default_rng(seed + r), as ALGORITHMS.md specifies):
+    kept (saved indexes encode queries alike), and said where the seed is set."""
+    from ragkit.retrievers.fde import FDEConfig, draw_matrices
+    from ragkit.retrievers.muvera import MuveraParams
+
+    g42, _ = draw_matrices(FDEConfig(k_sim=2, d_proj=4, r_reps=3, seed=42), 8)
+    g43, _ = draw_matrices(FDEConfig(k_sim=2, d_proj=4, r_reps=3, seed=43), 8)
+    assert np.array_equal(g42[:, 2:], g43[:, :4])
+    assert "at least r_reps apart" in MuveraParams.model_fields["seed"].description
