@@ -7,7 +7,13 @@ import threading
 from contextlib import contextmanager, nullcontext
 from typing import Any, ContextManager, Iterator
 
-__all__ = ["ReadWriteLock", "lock_of", "guarded"]
+__all__ = ["ReadWriteLock", "lock_of", "guarded", "MODEL_LOADING"]
+
+#: held around every model load ragkit makes (transformers' ``from_pretrained``, ``SentenceTransformer(...)``):
+#: a load patches globals for its duration (``PreTrainedModel.tie_weights``, ``torch.nn.init``'s functions) and
+#: restores what it found, so two at once in one process can leave them patched for good: tying disabled, the
+#: next model with tied embeddings (SmolLM2) loaded its ``embed_tokens`` as random weights.  Reentrant.
+MODEL_LOADING = threading.RLock()
 
 
 class ReadWriteLock:

@@ -95,24 +95,21 @@ def test_a_gguf_copy_reloads_bit_for_bit_and_a_damaged_one_is_refused_and_rebuil
 def test_the_default_gguf_loads_from_its_copy_with_the_ggufs_identity(monkeypatch):
     """The GGUF was parsed at every load (~20 s of CPU); after the first, its dequantized copy is read,
     and the generator keeps the GGUF's fingerprint (the chunk caches' key)."""
-    import time
-
     from ragkit.encoders.sentence import model_fingerprint
     from ragkit.generators import local
     from ragkit.generators.local import LocalGenerator, default_gguf, gguf_copy_dir
 
     first = LocalGenerator(max_chunk_tokens=64).load()  # builds the copy if this cache has none yet
-    key = next(k for k in local._LOADED if k[1] is not None and k[1].endswith(".gguf"))
+    key = tuple(default_gguf())  # (other tests leave models of other GGUFs loaded in this process)
+    assert key in local._LOADED, list(local._LOADED)
     fp = model_fingerprint("/".join(default_gguf()))
     assert first.model_id_ == fp and (gguf_copy_dir(fp) / "model.safetensors").is_file()
     kept = local._LOADED.pop(key)
     try:
-        t0 = time.process_time()
-        again = LocalGenerator(max_chunk_tokens=64).load()
-        took = time.process_time() - t0
+        again = LocalGenerator(max_chunk_tokens=64).load()  # ~1 s (the GGUF: ~20 s of CPU)
+        # read from the copy, not parsed (a CPU-time bound here flaked on loaded machines: OpenMP spins count)
         assert local._LOADED[key].source == str(gguf_copy_dir(fp)) and again.model_id_ == fp
         assert again.tokenizer_id_ == first.tokenizer_id_
-        assert took < 10, took  # ~1 s (the GGUF: ~20 s)
         seg = first.segments(QUESTION, CHUNKS[:2])
         assert torch.equal(first.prefill(seg, "full").logits, again.prefill(seg, "full").logits)
     finally:

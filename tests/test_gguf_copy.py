@@ -346,8 +346,9 @@ def _parse_probe(monkeypatch, folder: Path, meet: threading.Barrier | None = Non
 def test_loads_that_make_no_copy_parse_the_gguf_without_the_lock_side_by_side(fake_gguf, saves, said, why,
                                                                               monkeypatch):
     """With ``<folder>.failed.json`` there, or too little disk space, 4 threads loading at once parse the GGUF
-    at the same time, none holding the copy's lock (old code: one after another under the lock; 4 processes
-    with a 2 s parse took 2.0/3.9/6.0/8.0 s)."""
+    with none holding the copy's lock (old code: one after another under the lock; 4 processes with a 2 s
+    parse took 2.0/3.9/6.0/8.0 s).  (Threads of one process parse one at a time all the same:
+    ragkit._locks.MODEL_LOADING; loads at once left transformers' weight tying off, see the next test.)"""
     import shutil as shutil_module
 
     import ragkit.generators.local as local
@@ -362,7 +363,7 @@ def test_loads_that_make_no_copy_parse_the_gguf_without_the_lock_side_by_side(fa
     else:
         usage = shutil_module.disk_usage(folder.parent)
         monkeypatch.setattr(shutil_module, "disk_usage", lambda p: usage._replace(free=1 << 20))
-    depths = _parse_probe(monkeypatch, folder, threading.Barrier(4, timeout=60))
+    depths = _parse_probe(monkeypatch, folder)
     got, errors = [], []
 
     def load() -> None:
@@ -382,6 +383,37 @@ def test_loads_that_make_no_copy_parse_the_gguf_without_the_lock_side_by_side(fa
         assert len([m for m in said if "failed its check" in m]) == 1
     else:
         assert len([m for m in said if "too little for a dequantized copy" in m]) == 4
+
+
+def test_loads_on_several_threads_leave_weight_tying_on(tiny, tmp_path):  # noqa: F811
+    """transformers' from_pretrained switches PreTrainedModel.tie_weights off while it loads and puts back what
+    it found: 4 loads at once on threads left it off for good (a thread put back another's stand-in), and the
+    next model with tied embeddings (SmolLM2) loaded its embed_tokens as random weights.  ragkit's loads take
+    one lock (ragkit._locks.MODEL_LOADING)."""
+    import transformers
+
+    import ragkit.generators.local as local
+
+    real_tie = transformers.PreTrainedModel.tie_weights
+    errors: list[BaseException] = []
+
+    def load() -> None:
+        try:
+            local._pretrained(tiny[0])
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    try:
+        for _ in range(5):
+            threads = [threading.Thread(target=load) for _ in range(4)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(600)
+            assert transformers.PreTrainedModel.tie_weights is real_tie
+    finally:
+        transformers.PreTrainedModel.tie_weights = real_tie  # (for the tests after this one, on the old code)
+    assert not errors, errors
 
 
 def test_a_load_that_waited_for_a_copy_that_failed_parses_without_the_lock(fake_gguf, saves, said, monkeypatch):

@@ -24,6 +24,7 @@ import numpy as np
 from pydantic import Field
 
 from ragkit._files import shared_tempdir
+from ragkit._locks import MODEL_LOADING
 from ragkit.errors import DataError
 from ragkit.params import Params, Seed
 from ragkit.types import Corpus, TrainSet
@@ -130,7 +131,8 @@ def fine_tune(model: str, corpus: Corpus, train: TrainSet, out_dir: str | Path, 
         raise DataError("fine-tuning: no (query, positive, negative) triplet could be formed: every document of the "
                         "corpus is a positive of the training queries that have one")
     torch.manual_seed(config.seed)
-    st = SentenceTransformer(resolve_model(model), device="cpu")
+    with MODEL_LOADING:  # (transformers patches globals while it loads)
+        st = SentenceTransformer(resolve_model(model), device="cpu")
     data = Dataset.from_dict({"anchor": anchors, "positive": positives, "negative": negatives})
     with tempfile.TemporaryDirectory(prefix="ragkit-adapt-") as work:
         args = SentenceTransformerTrainingArguments(

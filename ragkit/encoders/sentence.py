@@ -20,6 +20,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
+from ragkit._locks import MODEL_LOADING
 from ragkit.encoders.cache import EmbeddingCache
 from ragkit.encoders.custom import registered_encoder
 from ragkit.errors import DataError, ParamError
@@ -182,7 +183,8 @@ class Encoder:
                 bars = hf_logging.is_progress_bar_enabled()
                 hf_logging.disable_progress_bar()  # no "Loading weights" bar per model load, only while loading
                 try:
-                    m = SentenceTransformer(self.path, device=self.device)
+                    with MODEL_LOADING:  # (transformers patches globals while it loads)
+                        m = SentenceTransformer(self.path, device=self.device)
                 except (OSError, ValueError) as e:  # ValueError: a folder that holds no model ("Unrecognized model")
                     raise ParamError(f"model {self.model_name!r}: could not load it from {self.path!r} ({e})") from None
                 finally:

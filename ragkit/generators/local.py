@@ -90,6 +90,7 @@ import numpy as np
 import torch
 
 from ragkit._files import share_file_like_umask
+from ragkit._locks import MODEL_LOADING
 from ragkit.caches import ChunkKVCache, ChunkVariant, PrefixCache, compute_cci
 from ragkit.caches.chunk_kv import alone_fix_overhead, order_penalty, prefix_overlap
 from ragkit.encoders.sentence import model_fingerprint
@@ -389,15 +390,24 @@ def _copy_is_complete(folder: Path, fingerprint: str) -> bool:
     return True
 
 
+def _pretrained(name: str, **kw: Any) -> tuple[PreTrainedTokenizerBase, PreTrainedModel]:
+    """Tokenizer and float32 model (``eval()``) of ``name`` (a folder, or a GGUF's folder with ``gguf_file=``),
+    one load at a time in this process (:data:`ragkit._locks.MODEL_LOADING`: loads at once on several
+    threads left transformers' weight tying switched off, and SmolLM2's embeddings loaded as random)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    with MODEL_LOADING:
+        tok = AutoTokenizer.from_pretrained(name, **kw)
+        model = AutoModelForCausalLM.from_pretrained(name, dtype=torch.float32, **kw).eval()
+    return tok, model
+
+
 def _load_copy(folder: Path, fingerprint: str) -> tuple[PreTrainedTokenizerBase, PreTrainedModel]:
     """Tokenizer and float32 model from the dequantized copy ``folder`` of the GGUF of ``fingerprint``,
     checked first (:func:`_check_copy`); raises whatever checking or loading raises."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     _check_copy(folder, fingerprint)
-    tok = AutoTokenizer.from_pretrained(str(folder))
-    model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32).eval()
-    return tok, model
+    return _pretrained(str(folder))
 
 
 def _read_gguf_copy(folder: Path, fingerprint: str) -> tuple[PreTrainedTokenizerBase, PreTrainedModel] | None:
@@ -653,7 +663,6 @@ def _load_model(name: str, gguf: str | None) -> _Loaded:
     at the same time as any other.  The fingerprint stays the GGUF's, so chunk caches written either way
     stay valid.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = os.path.join(name, gguf) if gguf is not None else ""
     if gguf is not None and os.path.isfile(path):
@@ -671,19 +680,15 @@ def _load_model(name: str, gguf: str | None) -> _Loaded:
                 elif _record_stamp(folder) != seen:  # made (or replaced) while this load waited
                     got = _read_gguf_copy(folder, fp)
                 if held and got is None and _copy_can_be_made(folder, path):  # (the one waited for may have failed)
-                    tok = AutoTokenizer.from_pretrained(name, gguf_file=gguf)
-                    model = AutoModelForCausalLM.from_pretrained(name, gguf_file=gguf, dtype=torch.float32).eval()
+                    tok, model = _pretrained(name, gguf_file=gguf)
                     if _write_gguf_copy(folder, fp, tok, model):
                         _remove_first_layout(fp)
                     return _Loaded(tok, model, fp, source=path)
         if got is None:  # no copy will be made: parsed without the lock
-            tok = AutoTokenizer.from_pretrained(name, gguf_file=gguf)
-            model = AutoModelForCausalLM.from_pretrained(name, gguf_file=gguf, dtype=torch.float32).eval()
+            tok, model = _pretrained(name, gguf_file=gguf)
             return _Loaded(tok, model, fp, source=path)
         return _Loaded(got[0], got[1], fp, source=str(folder))
-    kw = {"gguf_file": gguf} if gguf else {}
-    tok = AutoTokenizer.from_pretrained(name, **kw)
-    model = AutoModelForCausalLM.from_pretrained(name, dtype=torch.float32, **kw).eval()
+    tok, model = _pretrained(name, **({"gguf_file": gguf} if gguf else {}))
     return _Loaded(tok, model, _model_fingerprint(name, gguf, model), source=path or name)
 
 
