@@ -44,6 +44,23 @@ __all__ = ["Composite", "Pipeline", "Parallel", "Route", "Loop", "run_step"]
 _TRACE_IDS: ContextVar[np.ndarray | None] = ContextVar("ragkit_trace_ids", default=None)
 # How the trace scores them: (relevance_level, ignore_identical_ids), as search() was given them
 _TRACE_SCORING: ContextVar[tuple[int, bool]] = ContextVar("ragkit_trace_scoring", default=(1, True))
+# True while a step runs whose rankings a later step reorders or fuses (see ranked_later); a context variable
+# for the same reason, and not an option: the options are checked against the tree (an unknown key refused)
+_RANKED_LATER: ContextVar[bool] = ContextVar("ragkit_ranked_later", default=False)
+
+
+def ranked_later() -> bool:
+    """Whether the step running now has its rankings reordered or fused by a later step of the tree searched:
+    a reranker (``mmr``, ``maxsim``, ``dbnorm``) or a fuser after it in its pipeline or an enclosing one, or the
+    fuser of a parallel it is a branch of.  ``False`` for an operator searched on its own or last (a filter
+    after it, ``top_k``, keeps its order).  A retriever's warnings about the order of its own top ``k``
+    (``knn_embed``'s) read it: that order is then not what the search returns."""
+    return _RANKED_LATER.get()
+
+
+def _reorders(op: Operator) -> bool:
+    """Whether ``op`` (a leaf or a composite) holds a reranker or a fuser, which reads a whole ranking."""
+    return any(leaf.kind in ("reranker", "fuser") for leaf in iter_leaves(op))
 
 
 class _RouteLabels(Protocol):
@@ -902,8 +919,16 @@ class Pipeline(Composite):
 
     # ------------------------------------------------------------------ run
     def _call(self, state: State, path: str = "pipeline") -> State:
-        for step, where in self.child_paths(path):
-            state = run_step(step, state, where)
+        steps = self.child_paths(path)
+        later = [_RANKED_LATER.get()] * len(steps)  # a step before a reranker or fuser: ranked_later()
+        for i in range(len(steps) - 2, -1, -1):
+            later[i] = later[i + 1] or _reorders(steps[i + 1][0])
+        for (step, where), ranked in zip(steps, later):
+            token = _RANKED_LATER.set(ranked)
+            try:
+                state = run_step(step, state, where)
+            finally:
+                _RANKED_LATER.reset(token)
         return state
 
     def __call__(self, state: State) -> State:
@@ -1307,7 +1332,11 @@ class Parallel(Composite):
         return merged
 
     def _call(self, state: State, path: str = "") -> State:
-        merged = self._branch_state(state, path)
+        token = _RANKED_LATER.set(True)  # the fuser reads every branch's whole ranking
+        try:
+            merged = self._branch_state(state, path)
+        finally:
+            _RANKED_LATER.reset(token)
         out = run_step(self.fuse, merged, self.child_paths(path)[-1][1])
         out.branches = None
         return out

@@ -412,7 +412,9 @@ class KnnEmbed(Operator):
         -------
         dict with ``pi`` (n_q, C) smoothed mixture (rows sum to 1), ``clusters`` (n_q, M) int64
         kept clusters by weight (-1 = none), ``weights`` (n_q, M) renormalised weights (rows sum
-        to 1), ``collapsed`` (n_q,) bool.
+        to 1, except a row of zeros when no eligible cluster reaches ``weight_floor``: its clusters are
+        all -1 and the query is collapsed, answered as plain dense), ``collapsed`` (n_q,) bool (fewer than
+        2 kept clusters, or the first weighing at least ``collapse_at``).
         """
         p = self.params
         s = q @ np.asarray(self.vectors_).T if s is None else s
@@ -486,11 +488,16 @@ class KnnEmbed(Operator):
     def _warn_dense_head(self, state: State, k: int) -> None:
         """Warn once per operator object when the search's final ``k`` (the call's ``k``, this operator's
         raised to it) is at most the anchor's ``round(anchor_share * k)`` slots with ``merge="score"``: the
-        results sorted by cosine then start with the anchor's, so that top-k is the plain dense one."""
+        results sorted by cosine then start with the anchor's, so that top-k is the plain dense one.  Quiet
+        when a later step reorders or fuses the whole ranking (a reranker such as ``mmr``, a fuser:
+        :func:`~ragkit.pipelines._compose.ranked_later`): it reads all ``k`` results, and a smaller ``k``
+        would only shrink its pool."""
+        from ragkit.pipelines._compose import ranked_later
+
         p = self.params
         call_k = state.options.get("k")
         if p.merge != "score" or call_k is None or self.opt(state, "k") is not None \
-                or self.__dict__.get("_warned_dense_head"):
+                or self.__dict__.get("_warned_dense_head") or ranked_later():
             return
         k_a = int(math.floor(p.anchor_share * k + 0.5))
         if 0 < int(call_k) <= k_a and k_a < k:
@@ -498,10 +505,9 @@ class KnnEmbed(Operator):
             _log.warning(
                 f"knn_embed: searched with k={call_k}, but its k is {p.k}: the k={k} results are shared as "
                 f"{k_a} dense (anchor_share {p.anchor_share}) and {k - k_a} from the clusters, and with "
-                f"merge: score the anchor's come first, so the top {call_k} are plain dense (unless a reranker "
-                f"after it reorders them).  For a diversified top {call_k} give knn_embed k={call_k} "
-                f"(KnnEmbed(k={call_k}) or the search option {self.name}={{'k': {call_k}}}), or use merge: "
-                "interleave")
+                f"merge: score the anchor's come first, so the top {call_k} are plain dense.  For a diversified "
+                f"top {call_k} give knn_embed k={call_k} (KnnEmbed(k={call_k}) or the search option "
+                f"{self.name}={{'k': {call_k}}}), or use merge: interleave")
 
     def _rank(self, q: np.ndarray, v: np.ndarray, labels: np.ndarray, mask: np.ndarray | None,
               sizes: np.ndarray | None, k: int) -> list[Ranking]:

@@ -80,6 +80,42 @@ def test_knn_embed_warns_once_when_the_call_keeps_only_anchor_results(blobs, cap
             assert all(set(r.rows[:10].tolist()) != set(t.tolist()) for r, t in zip(res, dense_top))
 
 
+def test_knn_embed_is_quiet_when_a_later_step_reads_its_whole_ranking(blobs, caplog):
+    """The same k=40 / anchor 0.5 operator searched with k=10: a reranker or fuser after it reads all 40
+    results (the advice k=10 would cut MMR's pool or the fusion's input to 10), so no warning; searched alone,
+    last, or before a filter that keeps its order (top_k), the warning stays."""
+    from ragkit.filters import TopK
+    from ragkit.pipelines import RRF, Pipeline
+    from ragkit.pipelines._compose import ranked_later
+
+    corpus, vecs = blobs
+    op = KnnEmbed(k=40, n_clusters=4, n_init=2, anchor_share=0.5, weight_floor=0.0).fit_vectors(corpus, vecs)
+    q = _queries()
+
+    def warnings_of(pipe):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="ragkit"):
+            out = pipe(_state(op, q, k=10))
+        assert not ranked_later()  # set only while the steps run
+        return _ragkit_warnings(caplog), out
+
+    fresh = op.with_params  # a new operator object each time (the warning is once per object)
+    quiet = [fresh() | _mmr(blobs, k=10),
+             (fresh() + fresh()) | RRF(k=60),
+             Pipeline([Pipeline([fresh(), TopK(k=20)]), _mmr(blobs, k=10)]),  # the reranker in the outer pipeline
+             Pipeline([fresh(), TopK(k=30), _mmr(blobs, k=10)])]
+    for pipe in quiet:
+        msgs, out = warnings_of(pipe)
+        assert msgs == [], (pipe, msgs)
+    # the MMR pipeline reads knn_embed's 40 results: its top 10 is not dense's
+    dense_top = np.argsort(-(q @ vecs.T), axis=1, kind="stable")[:, :10]
+    out = warnings_of(fresh() | _mmr(blobs, k=10, lambda_mult=0.5))[1]
+    assert sum(set(r.rows.tolist()) == set(t.tolist()) for r, t in zip(out.rankings, dense_top)) == 0
+    for pipe in (fresh(), Pipeline([fresh()]), fresh() | TopK(k=10), Pipeline([Pipeline([fresh()])])):
+        msgs, _ = warnings_of(pipe)
+        assert len(msgs) == 1 and "top 10 are plain dense" in msgs[0], (pipe, msgs)
+
+
 def test_knn_embed_k_is_documented_as_the_shared_budget():
     desc = KnnEmbed.Params.model_fields["k"].description
     assert "anchor_share * k" in desc and "interleave" in desc
