@@ -70,8 +70,10 @@ def test_read_only_vectors_are_not_written_even_when_handed_over(vecs):
 
 def test_dense_fit_keeps_one_copy_of_the_corpus_vectors(monkeypatch):
     """Dense handed its encoder's vectors to the index, which normalised them into a second copy."""
+    from ragkit.operator import warm_torch
     from ragkit.retrievers import Dense
 
+    warm_torch()  # (fit imports PyTorch, ~55 MB of modules, when no test before this one did)
     n, d = 20_000, 384
     rng = np.random.default_rng(1)
     made = rng.standard_normal((n, d), dtype=np.float32)

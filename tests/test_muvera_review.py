@@ -307,3 +307,18 @@ def test_the_seed_documents_that_adjacent_seeds_share_repetitions():
     g43, _ = draw_matrices(FDEConfig(k_sim=2, d_proj=4, r_reps=3, seed=43), 8)
     assert np.array_equal(g42[:, 2:], g43[:, :4])
     assert "at least r_reps apart" in MuveraParams.model_fields["seed"].description
+
+
+def test_shared_encoders_follow_the_cache_folder_in_force(tmp_path, monkeypatch):
+    """get_encoder / get_token_encoder are shared by the process: their stores kept the $RAGKIT_CACHE of their
+    first use, so after one test (or program part) set it, every later encode read and wrote there."""
+    from ragkit.encoders.sentence import get_encoder
+    from ragkit.encoders.tokens import get_token_encoder
+
+    for enc in (get_encoder(), get_token_encoder()):
+        monkeypatch.setenv("RAGKIT_CACHE", str(tmp_path / "a"))
+        assert (tmp_path / "a") in enc.store.folder.parents
+        monkeypatch.setenv("RAGKIT_CACHE", str(tmp_path / "b"))
+        assert (tmp_path / "b") in enc.store.folder.parents
+        monkeypatch.delenv("RAGKIT_CACHE")
+        assert tmp_path not in enc.store.folder.parents

@@ -162,6 +162,7 @@ class Encoder:
         self.cache_enabled = cache
         self.key = f"{model_fingerprint(self.path)}|msl={max_seq_length}"
         self._cache: EmbeddingCache | None = None
+        self._cache_root: Path | None = None  # the cache folder ``_cache`` was made for (None: set by hand)
         #: texts encoded by :meth:`encode` (documents; not read from cache) since creation; queries are not counted
         self.n_encoded = 0
 
@@ -203,15 +204,19 @@ class Encoder:
     @property
     def store(self) -> EmbeddingCache:
         """The on-disk cache of this model's vectors: one reader per folder and model key in a process,
-        shared by every encoder of the model (of any batch size), so that each sees what the others wrote."""
-        if self._cache is None:
-            from ragkit.eval.beir import cache_dir
+        shared by every encoder of the model (of any batch size), so that each sees what the others wrote; under
+        the cache folder in force now (``$RAGKIT_CACHE`` is read at each use: encoders shared by the process,
+        :func:`get_encoder`, kept the folder of their first use)."""
+        from ragkit.eval.beir import cache_dir
 
-            folder = cache_dir() / "embeddings"
+        root = cache_dir()
+        if self._cache is None or (self._cache_root is not None and self._cache_root != root):
+            folder = root / "embeddings"
             with _LOCK:
-                self._cache = _STORES.get((str(folder), self.key))
-                if self._cache is None:
-                    self._cache = _STORES[(str(folder), self.key)] = EmbeddingCache(folder, self.key)
+                store = _STORES.get((str(folder), self.key))
+                if store is None:
+                    store = _STORES[(str(folder), self.key)] = EmbeddingCache(folder, self.key)
+            self._cache, self._cache_root = store, root
         return self._cache
 
     def _forward(self, texts: list[str], progress: bool) -> np.ndarray:

@@ -440,6 +440,7 @@ class TokenEncoder:
         self.cache_enabled = cache
         self.key = f"{model_fingerprint(self.path)}|tokens|msl={max_seq_length}|special={special_tokens}|l2"
         self._cache: TokenCache | None = None
+        self._cache_root: Path | None = None  # the cache folder ``_cache`` was made for (None: set by hand)
         #: texts actually encoded (not read from cache) since creation
         self.n_encoded = 0
         self._memo: dict[str, np.ndarray] = {}
@@ -462,10 +463,14 @@ class TokenEncoder:
 
     @property
     def store(self) -> TokenCache:
-        if self._cache is None:
-            from ragkit.eval.beir import cache_dir
+        """The on-disk cache of this encoder's token vectors, under the cache folder in force now
+        (``$RAGKIT_CACHE`` is read at each use: encoders shared by the process, :func:`get_token_encoder`,
+        kept the folder of their first use, another program's or test's ``$RAGKIT_CACHE``)."""
+        from ragkit.eval.beir import cache_dir
 
-            self._cache = TokenCache(cache_dir() / "tokens", self.key)
+        root = cache_dir()
+        if self._cache is None or (self._cache_root is not None and self._cache_root != root):
+            self._cache, self._cache_root = TokenCache(root / "tokens", self.key), root
         return self._cache
 
     def _forward(self, texts: list[str], progress: bool = False) -> TokenVectors:
