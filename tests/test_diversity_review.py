@@ -255,6 +255,46 @@ def test_subtopic_measures_refuse_k_below_one():
     assert div.subtopic_recall(run, sub, 1) == {"q": 0.5}
 
 
+def test_subtopic_measures_check_the_labels_as_evaluate_checks_qrels():
+    """A string instead of a list was read as its characters (S-recall@1 0.857 instead of 0.5), integer doc
+    ids scored 0.0 and an integer query id left the run's "1" unscored: ids are now strings as in qrels, and
+    a document's labels must be a list, tuple or set."""
+    run = Run.from_dict({"q1": {"a": 2.0, "b": 1.0}})
+    for measure in (div.alpha_ndcg, div.subtopic_recall):
+        name = measure.__name__
+        with pytest.raises(DataError, match=rf"{name}: subtopics\['q1'\]\['a'\] is one string \('topic1'\)"):
+            measure(run, {"q1": {"a": "topic1", "b": "topic2"}}, k=1)
+        for bad, where in (({"q1": {"a": None}}, r"\['q1'\]\['a'\] is None"),
+                           ({"q1": {"a": 3}}, r"\['q1'\]\['a'\] is an int"),
+                           ({"q1": {"a": [["t"]]}}, r"\['q1'\]\['a'\] holds a list"),
+                           ({"q1": ["a", "b"]}, r"subtopics\['q1'\] is a list"),
+                           ([("q1", "a", "t")], "subtopics must be a mapping"),
+                           ({"q1": {1: ["t"], "1": ["u"]}}, "names a document twice"),
+                           ({1: {"a": ["t"]}, "1": {"a": ["u"]}}, "name a query twice")):
+            with pytest.raises(DataError, match=rf"{name}: .*{where}"):
+                measure(run, bad, k=2)
+    # integer ids meet the run's string ids, as in qrels
+    assert div.alpha_ndcg(Run.from_dict({"q1": {"1": 2.0, "2": 1.0}}), {"q1": {1: ["t"], 2: ["u"]}}, k=2) == {"q1": 1.0}
+    assert div.alpha_ndcg(Run.from_dict({"1": {"a": 2.0}}), {1: {"a": ["t"]}}, k=2) == {"1": 1.0}
+    assert div.subtopic_recall(Run.from_dict({"1": {"a": 2.0}}), {1: {"a": ["t"], "b": ["u"]}}, k=1) == {"1": 0.5}
+    # tuples, sets and 1-d arrays are lists of labels; the same values as a list
+    want = div.subtopic_recall(run, {"q1": {"a": ["t1"], "b": ["t2"]}}, k=1)
+    assert want == {"q1": 0.5}
+    for labels in (("t1",), {"t1"}, frozenset(["t1"]), np.array(["t1"])):
+        assert div.subtopic_recall(run, {"q1": {"a": labels, "b": ["t2"]}}, k=1) == want
+    assert div.alpha_ndcg(run, {"q1": {"a": ("t1", "t1"), "b": {"t2"}}}, k=2) == \
+        div.alpha_ndcg(run, {"q1": {"a": ["t1"], "b": ["t2"]}}, k=2)
+
+
+def test_alpha_ndcg_documents_its_ideal_tie_rule_and_mixture_its_zero_rows():
+    assert "largest document id" in div.alpha_ndcg.__doc__
+    # two documents of equal gain: the ideal takes "b" first; either order gives the ideal's DCG here
+    sub = {"q": {"a": ["t1"], "b": ["t2"]}}
+    assert div.alpha_ndcg(Run.from_dict({"q": {"a": 2.0, "b": 1.0}}), sub, k=1) == {"q": 1.0}
+    doc = KnnEmbed.mixture.__doc__
+    assert "weight_floor" in doc and "row of zeros" in doc and "collapsed" in doc
+
+
 def test_pairwise_measures_are_cosines_at_any_scale():
     rng = np.random.default_rng(3)
     v = _unit(rng.standard_normal((6, 8)))

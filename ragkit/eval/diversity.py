@@ -9,25 +9,27 @@ an empty ranking where the measure is undefined) and are batched with numpy (no 
 * distinct clusters@k and the entropy (nats) of the cluster histogram of the top-k.
 * near-duplicate rate@k: share of top-k pairs with cosine above a threshold (0.95).
 * alpha-nDCG@k (Clarke et al., SIGIR 2008) and S-recall@k (Zhai et al., SIGIR 2003) when subtopic
-  labels exist: ``{query_id: {doc_id: [subtopic, ...]}}``.
+  labels exist: ``{query_id: {doc_id: [subtopic, ...]}}``, checked as ``evaluate`` checks qrels (ids
+  written as strings, ``1`` as ``"1"``; each document's labels a list, tuple or set, never one string).
 """
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from typing import Any, Collection, Hashable, Mapping, Sequence
 
 import numpy as np
 
-from ragkit.errors import DataError
+from ragkit.errors import DataError, repeated
 from ragkit.run import Run
-from ragkit.types import Ranking
+from ragkit.types import Ranking, _kind
 
 __all__ = [
     "intra_list_diversity", "distinct_clusters", "cluster_entropy", "near_duplicate_rate",
-    "alpha_ndcg", "subtopic_recall", "padded_rows",
+    "alpha_ndcg", "subtopic_recall", "padded_rows", "check_subtopics",
 ]
 
-Subtopics = Mapping[str, Mapping[str, Sequence[str]]]
+#: ``{query_id: {doc_id: [subtopic, ...]}}`` (ids other than strings are written as strings: :func:`check_subtopics`)
+Subtopics = Mapping[Any, Mapping[Any, Collection[Hashable]]]
 
 
 def _rankings(rankings: Run | Sequence[Ranking]) -> Sequence[Ranking]:
@@ -132,23 +134,68 @@ def _doc_lists(run: Run, k: int, measure: str) -> dict[str, list[str]]:
     return {q: [str(d) for d in docs[:k]] for q, docs, _ in run}
 
 
+def check_subtopics(subtopics: Any, who: str) -> dict[str, dict[str, list[Hashable]]]:
+    """``subtopics`` as ``{query_id: {doc_id: [label, ...]}}`` with string ids, converted as
+    :func:`~ragkit.types.check_qrels` converts qrels (``1`` -> ``"1"``, so that they meet the run's ids)
+    and each document's labels a list without repeats (first occurrence kept).
+
+    A :class:`DataError` from ``who`` for anything else, before any scoring: ``subtopics`` or a query's
+    entry not a mapping; a document's labels not a list, tuple or set (one string, whose characters would
+    be the labels; ``None``; a number), naming the query and document; a label that is not hashable;
+    two ids that name one query or document once written as strings."""
+    if not isinstance(subtopics, Mapping):
+        raise DataError(f"{who}: subtopics must be a mapping {{query_id: {{doc_id: [subtopic, ...]}}}}, got "
+                        f"{_kind(subtopics)}")
+    out: dict[str, dict[str, list[Hashable]]] = {}
+    for q, judged in subtopics.items():
+        if not isinstance(judged, Mapping):
+            raise DataError(f"{who}: subtopics[{q!r}] is {_kind(judged)}, expected a mapping "
+                            "{doc_id: [subtopic, ...]} (subtopics are {query_id: {doc_id: [subtopic, ...]}})")
+        docs: dict[str, list[Hashable]] = {}
+        for d, labels in judged.items():
+            if isinstance(labels, (str, bytes)):
+                raise DataError(f"{who}: subtopics[{q!r}][{d!r}] is one string ({labels!r:.60}), expected a list "
+                                f"of subtopic labels: [{labels!r:.60}] for one subtopic")
+            if not isinstance(labels, (list, tuple, set, frozenset, np.ndarray)) or \
+                    (isinstance(labels, np.ndarray) and labels.ndim != 1):
+                raise DataError(f"{who}: subtopics[{q!r}][{d!r}] is {_kind(labels)}, expected a list of "
+                                "subtopic labels ([] for none)")
+            items = labels.tolist() if isinstance(labels, np.ndarray) else list(labels)
+            bad = next((t for t in items if not isinstance(t, Hashable)), None)
+            if bad is not None:
+                raise DataError(f"{who}: subtopics[{q!r}][{d!r}] holds {_kind(bad)}, expected subtopic labels "
+                                "(strings or numbers)")
+            docs[d if type(d) is str else str(d)] = list(dict.fromkeys(items))  # a repeated label counts once
+        if len(docs) != len(judged):
+            raise DataError(f"{who}: subtopics[{q!r}] names a document twice once its ids are strings: "
+                            f"{repeated(str(d) for d in judged)[0]!r}")
+        out[q if type(q) is str else str(q)] = docs
+    if len(out) != len(subtopics):
+        raise DataError(f"{who}: subtopics name a query twice once its ids are strings: "
+                        f"{repeated(str(q) for q in subtopics)[0]!r}")
+    return out
+
+
 def alpha_ndcg(run: Run, subtopics: Subtopics, k: int = 10, alpha: float = 0.5) -> dict[str, float]:
     """alpha-nDCG@k per judged query (Clarke et al. 2008).
 
     Gain of the document at rank r: ``sum_t J(d, t) (1 - alpha)^{c_t}`` with ``c_t`` the number of
     earlier documents covering subtopic t; discount ``1 / log2(r + 1)``.  The ideal ranking is the
-    usual greedy approximation over the judged documents.  Queries without subtopics are skipped.
-    ``k < 1`` or ``alpha`` outside [0, 1] raises :class:`~ragkit.errors.DataError`.
+    usual greedy approximation over the judged documents: at each rank the document of largest gain
+    given those before it, a tie going to the largest document id (compared as strings: ``"d9"``
+    before ``"d10"``).  Queries without subtopics are skipped; a query of ``subtopics`` absent from
+    the run scores 0.  ``subtopics`` is checked first (:func:`check_subtopics`: ids as strings, a
+    document's labels a list, tuple or set, a subtopic listed twice for one document covered once).
+    ``k < 1``, ``alpha`` outside [0, 1] or malformed ``subtopics`` raise :class:`~ragkit.errors.DataError`.
     """
     if not 0 <= alpha <= 1:
         raise DataError(f"alpha_ndcg: alpha must be in [0, 1], got {alpha}")
     lists = _doc_lists(run, k, "alpha_ndcg")
-    # a subtopic listed twice for one document is covered once
-    subtopics = {q: {d: list(dict.fromkeys(ts)) for d, ts in judged.items()} for q, judged in subtopics.items()}
+    checked = check_subtopics(subtopics, "alpha_ndcg")
     disc = 1.0 / np.log2(np.arange(2, k + 2))
 
-    def dcg(docs: list[str], judged: Mapping[str, Sequence[str]]) -> float:
-        seen: dict[str, int] = {}
+    def dcg(docs: list[str], judged: Mapping[str, Sequence[Hashable]]) -> float:
+        seen: dict[Hashable, int] = {}
         total = 0.0
         for r, d in enumerate(docs[:k]):
             g = 0.0
@@ -159,11 +206,11 @@ def alpha_ndcg(run: Run, subtopics: Subtopics, k: int = 10, alpha: float = 0.5) 
         return total
 
     out = {}
-    for q, judged in subtopics.items():
+    for q, judged in checked.items():
         if not any(judged.values()):
             continue
         ideal: list[str] = []
-        seen: dict[str, int] = {}
+        seen: dict[Hashable, int] = {}
         pool = {d: list(ts) for d, ts in judged.items() if ts}
         while pool and len(ideal) < k:  # greedy ideal ordering
             best = max(pool, key=lambda d: (sum((1 - alpha) ** seen.get(t, 0) for t in pool[d]), d))
@@ -177,10 +224,11 @@ def alpha_ndcg(run: Run, subtopics: Subtopics, k: int = 10, alpha: float = 0.5) 
 
 def subtopic_recall(run: Run, subtopics: Subtopics, k: int = 10) -> dict[str, float]:
     """S-recall@k per judged query: share of the query's subtopics covered by a document in the top-k
-    (``k < 1`` raises :class:`~ragkit.errors.DataError`)."""
+    (``k < 1`` or malformed ``subtopics``, see :func:`check_subtopics`, raise :class:`~ragkit.errors.DataError`)."""
     lists = _doc_lists(run, k, "subtopic_recall")
+    checked = check_subtopics(subtopics, "subtopic_recall")
     out = {}
-    for q, judged in subtopics.items():
+    for q, judged in checked.items():
         topics = {t for ts in judged.values() for t in ts}
         if not topics:
             continue
