@@ -236,6 +236,8 @@ _COPY_LOCK_WAIT_PER_MIB = 1.5
 _fcntl: Any = importlib.import_module("fcntl") if importlib.util.find_spec("fcntl") is not None else None
 #: ``.failed.json`` markers this process has logged (once each)
 _FAILED_NOTED: set[str] = set()
+#: copy folders whose disk this process has said lacks room for them (once each)
+_ROOM_NOTED: set[str] = set()
 #: float32 bytes per byte of a GGUF file, at most (its smallest quantization, IQ1_S, stores 1.5625 bits per weight)
 _MAX_DEQUANT_RATIO = 21
 #: free space a copy leaves on its disk, beyond twice its weights (bytes)
@@ -504,7 +506,7 @@ def _too_little_room(where: Path, n_bytes: int) -> int | None:
 def _copy_can_be_made(folder: Path, gguf_path: str) -> bool:
     """Whether a load of the GGUF file ``gguf_path`` that finds no copy in ``folder`` will make one, known
     before it parses the GGUF: not when ``<folder>.failed.json`` says the copy failed its check (logged
-    once per process), nor when the disk lacks room for it (a warning).  The room needed is estimated
+    once per process), nor when the disk lacks room for it (a warning, once per process).  The room needed is estimated
     from the file: at most :data:`_MAX_DEQUANT_RATIO` times its size (the free space is checked only
     against that when it is short of it), else the float32 size of the tensors its header lists (at least
     the file's size where the header cannot be read); :func:`_write_gguf_copy` checks the exact size."""
@@ -521,8 +523,10 @@ def _copy_can_be_made(folder: Path, gguf_path: str) -> bool:
     except OSError:
         return True  # nothing known: the copy is tried (and its own checks stand)
     if free is not None:
-        _log.warning(f"{folder.parent}: {free / 2**20:,.0f} MiB free, too little for a dequantized copy of the GGUF "
-                     f"model ({n_bytes / 2**20:,.0f} MiB); the GGUF file is parsed again at every load")
+        if str(folder) not in _ROOM_NOTED:  # (once per process: every load of this GGUF comes here)
+            _ROOM_NOTED.add(str(folder))
+            _log.warning(f"{folder.parent}: {free / 2**20:,.0f} MiB free, too little for a dequantized copy of the "
+                         f"GGUF model ({n_bytes / 2**20:,.0f} MiB); the GGUF file is parsed again at every load")
         return False
     return True
 
