@@ -403,19 +403,47 @@ class _Scored:
 class _Scoring:
     """How ``ragkit eval`` searches and scores: ``depth`` (the search's ``k``, deepening every retriever;
     None: the pipeline's own), ``keep_ids`` (documents with their query's id are scored, not dropped as
-    BEIR does), ``relevance_level`` (the lowest grade the binary metrics count, trec_eval's ``-l``) and the
-    run file's ``run_tag``."""
+    BEIR does), ``relevance_level`` (the lowest grade the binary metrics count, trec_eval's ``-l``), the
+    run file's ``run_tag`` and the ``metrics`` asked for (None: nDCG, recall, MAP, MRR and P at each cut-off)."""
 
     depth: Optional[int] = None
     keep_ids: bool = False
     relevance_level: int = 1
     run_tag: str = "ragkit"
+    metrics: Optional[tuple[str, ...]] = None
+
+    def metric_names(self, ks: list[int]) -> list[str]:
+        """The metrics to report: those asked for, else nDCG, recall, MAP, MRR and P at each of ``ks``."""
+        if self.metrics is not None:
+            return list(self.metrics)
+        return [f"{m}@{c}" for m in ("ndcg", "recall", "map", "mrr", "p") for c in ks]
+
+
+def _parse_metric_names(metrics: str) -> list[str]:
+    """``--metrics``' comma-separated names (``ndcg@10,hole@10``), each checked (:func:`parse_metric`), in
+    their canonical spelling; none, or one named twice (``nDCG@10,ndcg@10``), is a :class:`RagkitError`."""
+    from ragkit.eval.metrics import parse_metric
+
+    names = [m.strip() for m in metrics.split(",") if m.strip()]
+    if not names:
+        raise RagkitError(f"--metrics: expected names such as ndcg@10,recall@100, got {metrics!r}")
+    parsed = []
+    for m in names:
+        try:
+            parsed.append(parse_metric(m))
+        except RagkitError as e:
+            raise RagkitError(f"--metrics: {e}") from None
+    twice = [m for m, pm in zip(names, parsed) if parsed.count(pm) > 1]
+    if twice:
+        raise RagkitError(f"--metrics: {', '.join(twice)} name the same metric; name each once")
+    return [f"{name}@{cut}" for name, cut in parsed]
 
 
 def _fit_and_score(pipe: Any, loaded: bool, sp: _Split, ks: list[int], trace: bool, backend: str,
                    scoring: _Scoring = _Scoring()) -> _Scored:
     """Fit ``pipe`` on the split's corpus (unless ``loaded``: saved fitted), search its queries and
-    evaluate nDCG, recall, MAP, MRR and precision at each cut-off of ``ks``, as ``scoring`` says."""
+    evaluate nDCG, recall, MAP, MRR and precision at each cut-off of ``ks`` (or ``scoring.metrics``), as
+    ``scoring`` says."""
     from ragkit.encoders.sentence import _ENCODERS, caching_queries
     from ragkit.encoders.tokens import _TOKEN_ENCODERS
     from ragkit.eval.metrics import _evaluate
@@ -432,8 +460,7 @@ def _fit_and_score(pipe: Any, loaded: bool, sp: _Split, ks: list[int], trace: bo
     t_fit = time.perf_counter() - t0
     encoded = n_encoded() - before
     run = _search_scored(pipe, sp.queries, sp.qrels, sp.dataset().corpus, scoring, trace)
-    metrics = [f"{m}@{c}" for m in ("ndcg", "recall", "map", "mrr", "p") for c in ks]
-    result = _evaluate(run, sp.qrels, metrics, ignore_identical_ids=not scoring.keep_ids,
+    result = _evaluate(run, sp.qrels, scoring.metric_names(ks), ignore_identical_ids=not scoring.keep_ids,
                        relevance_level=scoring.relevance_level)[0]  # (its ignored documents: the note below)
     if result.ignored_judged:
         console.print(f"[yellow]note:[/] {result.ignored_judged} judged-relevant document(s) have their query's id "
@@ -536,7 +563,8 @@ def _settings(data: str, pipeline: str, train_split: Optional[str], limit: Optio
 
     return {"data": data, "pipeline_source": pipeline, "train_split": train_split, "limit": limit, "backend": backend,
             "depth": scoring.depth, "ignore_identical_ids": not scoring.keep_ids,
-            "relevance_level": scoring.relevance_level, "run_tag": scoring.run_tag, "ragkit_version": __version__}
+            "relevance_level": scoring.relevance_level, "run_tag": scoring.run_tag,
+            "metrics": list(scoring.metrics) if scoring.metrics is not None else None, "ragkit_version": __version__}
 
 
 @app.command("eval")
@@ -550,6 +578,10 @@ def eval_cmd(
                                  help="Pipeline YAML file, saved pipeline or operator folder, or operator name."),
     split: str = typer.Option("test", help="Qrels split to evaluate."),
     k: str = typer.Option("10,100", "--k", help="Cut-offs, comma-separated."),
+    metrics: Optional[str] = typer.Option(None, "--metrics", "-m",
+                                          help="Metrics, comma-separated (ndcg, recall, map, mrr, p, r_cap, hole, acc "
+                                               "@ a cut-off: ndcg@10,hole@10,r_cap@100), instead of nDCG, recall, "
+                                               "MAP, MRR and P at each --k."),
     output: Optional[Path] = typer.Option(None, "--output", "-o",
                                           help="Write metrics, per-query values, timings as JSON "
                                                "(missing folders are created; '-': standard output)."),
@@ -587,9 +619,16 @@ def eval_cmd(
     from ragkit.eval.beir import beir_subsets
 
     ks = _parse_ks(k)
-    scoring = _Scoring(depth, keep_identical_ids, relevance_level, run_tag)
     t_all = time.perf_counter()
     try:
+        names = None
+        if metrics is not None:
+            if getattr(ctx.get_parameter_source("k"), "name", "DEFAULT") != "DEFAULT":  # (typer's own click enum)
+                raise RagkitError(f"--k {k} and --metrics {metrics}: --metrics names each metric with its cut-off "
+                                  "(ndcg@10,recall@100), --k gives the cut-offs of the default metrics; pass one")
+            names = _parse_metric_names(metrics)
+            ks = sorted({int(m.rsplit("@", 1)[1]) for m in names})
+        scoring = _Scoring(depth, keep_identical_ids, relevance_level, run_tag, tuple(names) if names else None)
         if backend not in ("local", "ray"):
             raise RagkitError(f"--backend: expected 'local' or 'ray', got {backend!r}")
         if train_split is not None and train_split == split:
@@ -1298,21 +1337,9 @@ def compare_cmd(
     """Compare systems over the same queries: means, differences to a baseline with 95% bootstrap
     intervals, and paired randomisation p-values corrected by Holm's method."""
     from ragkit.eval.compare import compare, load_result
-    from ragkit.eval.metrics import parse_metric
 
     try:
-        names = [m.strip() for m in metrics.split(",") if m.strip()]
-        parsed = []
-        for m in names:
-            try:
-                parsed.append(parse_metric(m))
-            except RagkitError as e:
-                raise RagkitError(f"--metrics: {e}") from None
-        if not names:
-            raise RagkitError(f"--metrics: expected names such as ndcg@10,recall@100, got {metrics!r}")
-        twice = [m for m, pm in zip(names, parsed) if parsed.count(pm) > 1]
-        if twice:  # Holm would count the same comparison twice
-            raise RagkitError(f"--metrics: {', '.join(twice)} name the same metric; name each once")
+        names = _parse_metric_names(metrics)  # (one named twice: Holm would count the same comparison twice)
         if not 0 < alpha < 1:
             raise RagkitError(f"--alpha: expected a significance level strictly between 0 and 1, such as 0.05, "
                               f"got {alpha:g}")

@@ -307,3 +307,24 @@ def test_the_deeper_search_deepens_each_retriever_by_one_not_to_the_pipeline_s_d
     want = drop_identical_ids(plus_one.search(queries), depth)
     assert [d.tolist() for d in got.doc_ids] == [d.tolist() for d in want.doc_ids]
     assert all(q not in d for q, d in zip(got.query_ids, got.doc_ids))
+
+
+def test_eval_reports_the_metrics_asked_for(tmp_path):
+    """`ragkit eval` had no --metrics: r_cap, hole and acc (BEIR's evaluate_custom) were reachable from Python
+    and `ragkit compare` only.  --metrics names each metric with its cut-off; with --k it is refused."""
+    root = _forum(tmp_path, "android")
+    res = _cli("eval", "--data", root, "-p", "bm25", "-m", "nDCG@5, hole@5,r_cap@10", "-o", tmp_path / "m.json")
+    assert res.exit_code == 0, res.output
+    got = json.loads((tmp_path / "m.json").read_text())
+    assert list(got["metrics"]) == ["ndcg@5", "hole@5", "r_cap@10"]
+    assert got["settings"]["metrics"] == list(got["metrics"])
+    ds = load_beir(root)
+    want = evaluate(BM25().fit(ds.corpus).search(ds.queries()), ds.qrels(), ["ndcg@5", "hole@5", "r_cap@10"]).scores
+    assert got["metrics"] == pytest.approx(want, abs=1e-12)
+    assert "hole@5" in res.output and "map@" not in res.output
+    both = _cli("eval", "--data", root, "-p", "bm25", "--k", "5", "-m", "ndcg@5")
+    assert both.exit_code != 0 and "--k 5 and --metrics ndcg@5" in both.output
+    for bad, says in (("ndcg", "unknown metric 'ndcg'"), ("ndcg@5,NDCG@5", "name the same metric"),
+                      (" , ", "expected names")):
+        out = _cli("eval", "--data", root, "-p", "bm25", "-m", bad)
+        assert out.exit_code != 0 and says in out.output, out.output
