@@ -8,12 +8,14 @@ was, and two writers never share a temporary name.
 from __future__ import annotations
 
 import hashlib
+import importlib
+import importlib.util
 import os
 import secrets
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Mapping
+from typing import Any, Iterator, Mapping
 
 from ragkit.errors import ArtifactError, DataError
 
@@ -116,54 +118,122 @@ def verify_checksums(folder: Path, digests: Mapping[str, str]) -> None:
             raise ArtifactError(f"{p}: checksum mismatch; the file was changed or truncated after saving")
 
 
+#: descriptors of the folder locks this process holds (closed in a forked child: a child of a thread inside a
+#: load would otherwise keep its shared lock, and every save of the folder would wait for the child to end)
+_HELD_FDS: set[int] = set()
+
+
+def _close_held_in_child() -> None:
+    for fd in list(_HELD_FDS):
+        try:
+            os.close(fd)  # (the parent's lock stays: flock belongs to the open file, which the parent still holds)
+        except OSError:
+            pass
+    _HELD_FDS.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_close_held_in_child)
+
+
+def _open_dir(path: Path) -> int | None:
+    """A read-only descriptor of the folder ``path`` (recorded in :data:`_HELD_FDS`), or ``None``."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0))
+    except OSError:
+        return None
+    _HELD_FDS.add(fd)
+    return fd
+
+
+def _close_dir(fd: int) -> None:
+    """Close ``fd`` (releasing its flock) unless a fork's child already closed its copy."""
+    if fd in _HELD_FDS:
+        _HELD_FDS.discard(fd)
+        os.close(fd)
+
+
+def _flock(fd: int, mode: int, deadline: float) -> bool:
+    """``flock(fd, mode)``, polling until ``deadline`` (``time.monotonic()``); whether it is held."""
+    import fcntl
+
+    pause = 0.001
+    while True:
+        try:
+            fcntl.flock(fd, mode | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(pause)
+            pause = min(2 * pause, 0.05)
+        except OSError:  # no flock here (some network file systems)
+            return False
+
+
+def _same_inode(path: Path, fd: int) -> bool:
+    """Whether ``fd`` is the folder at ``path`` now (a save may have swapped another onto it)."""
+    try:
+        now, held = os.stat(path), os.fstat(fd)
+    except OSError:
+        return False
+    return (now.st_dev, now.st_ino) == (held.st_dev, held.st_ino)
+
+
 @contextmanager
-def folder_lock(path: Path, *, exclusive: bool, wait_s: float = FOLDER_LOCK_WAIT_S) -> Iterator[bool]:
+def folder_lock(path: Path, *, exclusive: bool, wait_s: float | None = None) -> Iterator[bool]:
     """An advisory ``flock`` on the folder ``path`` itself (no lock file is made): shared by loads
     (``exclusive=False``: any number at once), exclusive for a save's swap of a new folder onto ``path``
     (:class:`~ragkit.operator.atomic_dir`), so a load never reads half of one save and half of the next.
 
+    Saves go first: the folder's parent is a turnstile (``flock`` on it too: exclusive while a save waits
+    for the loads in progress, shared for an instant as a load starts), so loads starting back to back
+    do not keep a save waiting (with the folder lock alone, two threads loading in a loop held a save
+    for its whole wait).  Either kind of lock is taken on the folder that is at ``path`` once held (a save
+    that swapped ``path`` meanwhile: the new folder is locked instead).  A forked child does not keep
+    the locks of its parent's threads.
+
     Yields whether the lock is held: ``False`` where it cannot be (no ``fcntl``, a missing folder, a
-    file system without ``flock``) or after ``wait_s`` seconds of waiting; callers then go on without it
-    (loads compare the folder's identity before and after, and load again).  A shared lock is taken on
-    the folder that is at ``path`` once held: when a save swapped ``path`` while the load waited, the
-    new folder is locked instead."""
-    try:
-        import fcntl
-    except ImportError:  # Windows: the loads' identity check alone
-        yield False
-        return
-    deadline, pause = time.monotonic() + wait_s, 0.001
-    mode = (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB
-    while True:
+    file system without ``flock``) or after ``wait_s`` seconds of waiting (default
+    :data:`FOLDER_LOCK_WAIT_S`); callers then go on without it (loads compare the folder's identity before
+    and after, and load again)."""
+    fcntl: Any = importlib.import_module("fcntl") if importlib.util.find_spec("fcntl") else None  # (Windows: none)
+    fd = None
+    gate = None
+    held = False
+    if fcntl is not None:
+        deadline = time.monotonic() + (FOLDER_LOCK_WAIT_S if wait_s is None else wait_s)
+        gate = _open_dir(path.parent)
+        if gate is not None:  # (not passed in time: on without it)
+            _flock(gate, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH, deadline)
+        if gate is not None and not exclusive:
+            _close_dir(gate)  # (a load passes the turnstile: it holds it for an instant only)
+            gate = None
         try:
-            fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-        except OSError:
-            yield False
-            return
-        held = False
-        try:
-            while not held:
-                try:
-                    fcntl.flock(fd, mode)
-                    held = True
-                except BlockingIOError:
-                    if time.monotonic() >= deadline:
-                        break
-                    time.sleep(pause)
-                    pause = min(2 * pause, 0.05)
-                except OSError:  # no flock here (some network file systems)
+            while True:
+                fd = _open_dir(path)
+                if fd is None:
                     break
-            if held and not exclusive:
-                try:
-                    now, locked = os.stat(path), os.fstat(fd)
-                except OSError:
-                    now = None
-                if now is None or (now.st_dev, now.st_ino) != (locked.st_dev, locked.st_ino):
-                    continue  # a save swapped another folder onto ``path`` meanwhile: lock that one (finally closes)
-            yield held
-            return
-        finally:
-            os.close(fd)  # (releases the flock)
+                held = _flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH, deadline)
+                if not held or _same_inode(path, fd):
+                    break
+                _close_dir(fd)  # swapped meanwhile: lock the folder at ``path`` now
+                fd, held = None, False
+                if time.monotonic() >= deadline:
+                    break
+        except BaseException:
+            if fd is not None:
+                _close_dir(fd)
+            if gate is not None:
+                _close_dir(gate)
+            raise
+    try:
+        yield held
+    finally:
+        if fd is not None:
+            _close_dir(fd)
+        if gate is not None:
+            _close_dir(gate)
 
 
 def share_like_umask(path: str | os.PathLike[str]) -> None:

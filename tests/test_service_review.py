@@ -387,13 +387,110 @@ def test_a_load_waiting_for_a_swap_locks_the_new_folder(tmp_path: Path) -> None:
         t.start()
         t.join(0.3)
         assert t.is_alive() and not got
-        tmp = tmp_path / "next"
+        tmp = tmp_path / "elsewhere" / "next"  # (a save beside ``folder`` would wait for this lock's turnstile)
         b.save(tmp)
         os.rename(tmp, tmp_path / "old")
         os.rename(folder, tmp_path / "old2")
         os.rename(tmp_path / "old", folder)  # (a save's swap, done by hand under the exclusive lock)
     t.join(30)
     assert got == [folder.stat().st_ino] and got[0] != ino
+
+
+def test_loads_back_to_back_do_not_keep_a_save_waiting(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Threads loading in a loop always left a shared lock held, so a save's exclusive one never found a gap
+    and waited its whole wait (60 s), then swapped under them: the folder's parent is now a turnstile."""
+    import ragkit._files as files
+    import ragkit.operator as operator_module
+
+    monkeypatch.setattr(files, "FOLDER_LOCK_WAIT_S", 5.0)
+    _, b, folder = _two_saves(tmp_path)
+    held: list[bool] = []
+    real = operator_module.folder_lock
+
+    @contextmanager
+    def recorded(path: Path, **kw: object) -> Iterator[bool]:
+        with real(path, **kw) as h:  # type: ignore[arg-type]
+            held.append(h)
+            yield h
+
+    monkeypatch.setattr(operator_module, "folder_lock", recorded)
+    stop = threading.Event()
+
+    def loader() -> None:
+        while not stop.is_set():
+            Pipeline.load(folder)
+
+    loaders = [threading.Thread(target=loader) for _ in range(3)]
+    for t in loaders:
+        t.start()
+    try:
+        time.sleep(0.3)
+        b.save(folder)
+    finally:
+        stop.set()
+        for t in loaders:
+            t.join(60)
+    assert held == [True] and len(Pipeline.load(folder).corpus_) == 61
+
+
+def test_a_second_save_waiting_does_not_swap_under_a_load(tmp_path: Path) -> None:
+    """Two saves at once: the second took its exclusive lock on the folder it opened before the first swapped
+    (the replaced one) and swapped at once, under a load of the new folder."""
+    from ragkit.operator import _exchange
+
+    _, b, folder = _two_saves(tmp_path)
+    staged = tmp_path / "staged"
+    Pipeline([BM25().fit(_corpus(62))]).save(staged)
+    seen: dict[str, object] = {}
+    with folder_lock(folder, exclusive=True) as held:  # the first save's swap
+        assert held
+        second = threading.Thread(target=b.save, args=(folder,))
+        second.start()
+        time.sleep(0.3)
+        assert _exchange(staged, folder)
+
+        def load() -> None:
+            with folder_lock(folder, exclusive=False) as h:
+                ino = os.stat(folder).st_ino
+                time.sleep(1.0)  # (reading the files)
+                seen["held"], seen["swapped under the load"] = h, os.stat(folder).st_ino != ino
+
+        reader = threading.Thread(target=load)
+        reader.start()
+        time.sleep(0.2)
+    second.join(60)
+    reader.join(60)
+    assert seen == {"held": True, "swapped under the load": False}
+    assert len(Pipeline.load(folder).corpus_) in (61, 62)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_child_forked_during_a_load_does_not_keep_its_lock(tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """A process forked while a thread loaded inherited the folder's shared lock and kept it for its life: a
+    save waited for the child to end."""
+    import ragkit._files as files
+
+    _, b, folder = _two_saves(tmp_path)
+    with folder_lock(folder, exclusive=False):
+        pid = os.fork()
+        if pid == 0:  # the child: lives on past the parent's load
+            time.sleep(4)
+            os._exit(0)
+    try:
+        monkeypatch.setattr(files, "FOLDER_LOCK_WAIT_S", 1.0)
+        with folder_lock(folder, exclusive=True, wait_s=1.0) as held:
+            assert held
+    finally:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+
+
+def test_a_missing_folder_loads_with_an_error_of_its_own() -> None:
+    """folder_lock yielded inside its except clause: every load error carried a FileNotFoundError context."""
+    with pytest.raises(ArtifactError) as e:
+        Pipeline.load("/no/such/ragkit/folder")
+    assert e.value.__context__ is None or not isinstance(e.value.__context__, FileNotFoundError)
 
 
 # ------------------------------------------------------------------ 5. start-up of a search
