@@ -19,6 +19,7 @@ import errno
 import hashlib
 import inspect
 import json
+import logging
 import os
 import shutil
 from contextlib import contextmanager
@@ -50,8 +51,8 @@ if TYPE_CHECKING:
     from ragkit.pipelines import Pipeline
     from ragkit.run import Run
 
-__all__ = ["Operator", "FORMAT_VERSION", "atomic_dir", "write_json", "read_json", "call_checked", "check_state",
-           "options_checked"]
+__all__ = ["Operator", "FORMAT_VERSION", "after_fit", "atomic_dir", "write_json", "read_json", "call_checked",
+           "check_state", "options_checked"]
 
 CHECKSUMS = "checksums.json"  # written by Operator.save beside params.json
 TRAINED = "trained_queries"  # <TRAINED>.npy beside params.json: digests of the queries a fit learned from
@@ -81,7 +82,11 @@ def options_checked() -> Iterator[None]:
 # The ids of the operators whose attributes a fit in progress in this context restores should it fail (the tree of
 # the outermost fit: :func:`restored_on_failure`); a fit inside it (a composite's children's) takes no snapshot of
 # its own.  A context variable: fits running at once in threads each keep their own.
+_log = logging.getLogger("ragkit")
+
 _RESTORING: ContextVar[frozenset[int]] = ContextVar("ragkit_restoring", default=frozenset())
+# The releases (after_fit) waiting for the outermost restoring fit in progress to succeed; None outside one.
+_AFTER_FIT: ContextVar[Optional[list[Callable[[], None]]]] = ContextVar("ragkit_after_fit", default=None)
 
 
 def tree_nodes(op: "Operator") -> list["Operator"]:
@@ -114,15 +119,41 @@ def restored_on_failure(ops: Sequence["Operator"]) -> Iterator[None]:
         yield
         return
     token = _RESTORING.set(held | {id(op) for op, _ in before})
+    pending: list[Callable[[], None]] = []
+    after = _AFTER_FIT.set(pending) if _AFTER_FIT.get() is None else None  # the outermost gathers the releases
     try:
         yield
     except BaseException:
         for op, attrs in before:
             vars(op).clear()
             vars(op).update(attrs)
-        raise
+        raise  # (``pending`` dropped: what it would have released is the restored state's again)
+    else:
+        if after is not None:  # (the outermost)
+            _AFTER_FIT.reset(after)
+            after = None
+            for release in pending:
+                try:
+                    release()
+                except Exception as e:  # noqa: BLE001 - the fit succeeded; a cleanup that fails is said, not raised
+                    _log.warning(f"after a fit: releasing the earlier fit's resources failed ({type(e).__name__}: "
+                                 f"{e})")
     finally:
         _RESTORING.reset(token)
+        if after is not None:
+            _AFTER_FIT.reset(after)
+
+
+def after_fit(release: Callable[[], None]) -> None:
+    """Run ``release`` once the outermost fit in progress has succeeded (at once when no fit that restores on
+    failure, :func:`restored_on_failure`, is in progress); never when it fails.  For what a fit frees of the
+    state it replaces, outside the operator's attributes (a ``sharded`` retriever's earlier Ray actors and shard
+    folder): a pipeline whose fit fails later puts the earlier state back, which must still have them."""
+    pending = _AFTER_FIT.get()
+    if pending is None:
+        release()
+    else:
+        pending.append(release)
 
 
 # True while Pipeline.load loads the steps of a folder whose manifest checksums it has just verified: the

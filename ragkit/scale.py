@@ -36,6 +36,7 @@ nothing here is imported and the local default is unchanged.
 
 from __future__ import annotations
 
+import functools
 import os
 import tempfile
 from pathlib import Path
@@ -47,7 +48,7 @@ from pydantic import Field, field_validator, model_validator
 from ragkit._files import file_above, user_path
 from ragkit.encoders.sentence import as_texts
 from ragkit.errors import ParamError, RagkitError
-from ragkit.operator import Operator, check_fit_inputs, read_json, write_json
+from ragkit.operator import Operator, after_fit, check_fit_inputs, read_json, write_json
 from ragkit.params import Params
 from ragkit.registry import register
 from ragkit.types import QUERY_REWRITES, Corpus, Ranking, State, TrainSet
@@ -629,11 +630,12 @@ class Sharded(Operator):
             self._check_workdir()  # before anything is fitted (fit_pipeline checks it itself)
         actors, folder = getattr(self, "_actors", None), getattr(self, "_dir", None)
         super().fit(corpus, train, upstream=upstream, backend=backend)
-        # fitted (a failed fit keeps the earlier shards, their folder and actors): the earlier ones go
+        # fitted (a failed fit keeps the earlier shards, their folder and actors): the earlier ones go, once the
+        # whole fit has succeeded (a pipeline whose later step fails puts this operator's earlier state back)
         if actors and actors is not getattr(self, "_actors", None):
-            _kill(actors)
+            after_fit(functools.partial(_kill, actors))
         if folder is not None and folder is not getattr(self, "_dir", None):
-            folder.cleanup()
+            after_fit(folder.cleanup)
         return self
 
     def _check_workdir(self) -> None:

@@ -318,3 +318,50 @@ def test_a_reader_waiting_on_a_lock_being_merged_moves_to_the_merged_lock() -> N
 def _no_restoring_left() -> Iterator[None]:
     yield
     assert not getattr(operator_module, "_RESTORING", None) or not operator_module._RESTORING.get()
+
+
+def test_a_failed_refit_keeps_a_sharded_retrievers_earlier_shard_folder(monkeypatch: pytest.MonkeyPatch,
+                                                                       tmp_path: Any) -> None:
+    """Sharded's fit removed its earlier shard folder (and stopped its Ray actors) as soon as its own fit was
+    done; a pipeline whose later step then failed put back the earlier state, pointing at the deleted folder (on
+    Ray: dead actors, "ShardError ... The actor died"). The earlier resources go once the whole fit succeeded."""
+    from pathlib import Path
+
+    from ragkit.scale import Sharded
+
+    sharded = Sharded(retriever={"bm25": {"k": 5}}, n_shards=2, k=5, backend="local", workdir=str(tmp_path))
+    other = BM25(k=5)
+    pipe = (sharded + other) | RRF(k=60)
+    pipe.fit(A)
+    first = Path(sharded._dir.name)
+    expected = pipe.search(["apple word3"], k=5)
+    _failing_in(monkeypatch, other, RuntimeError("disk full"))
+    with pytest.raises(RuntimeError, match="disk full"):
+        pipe.fit(B)
+    assert sharded._dir.name == str(first) and first.is_dir() and all(Path(f).is_dir() for f in sharded.folders_)
+    assert [list(d) for d in pipe.search(["apple word3"], k=5).doc_ids] == [list(d) for d in expected.doc_ids]
+    monkeypatch.undo()
+    pipe.fit(B)  # succeeds: now the earlier folder goes
+    assert not first.exists() and Path(sharded._dir.name).is_dir()
+
+
+
+def test_after_fit_releases_run_once_the_outermost_fit_succeeds(caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    ran: list[str] = []
+    operator_module.after_fit(lambda: ran.append("no fit: at once"))
+    with pytest.raises(RuntimeError, match="boom"):
+        with operator_module.restored_on_failure([BM25()]):
+            operator_module.after_fit(lambda: ran.append("failed: never"))
+            raise RuntimeError("boom")
+    outer, inner = BM25(), BM25()
+    with caplog.at_level(logging.WARNING, logger="ragkit"):
+        with operator_module.restored_on_failure([outer]):
+            with operator_module.restored_on_failure([inner]):
+                operator_module.after_fit(lambda: ran.append("inner, at the outer's end"))
+            assert ran == ["no fit: at once"]
+            operator_module.after_fit(lambda: 1 / 0)  # a release that fails: said, the fit stands
+    assert ran == ["no fit: at once", "inner, at the outer's end"]
+    assert any("releasing the earlier fit's resources failed (ZeroDivisionError" in r.getMessage()
+               for r in caplog.records)
