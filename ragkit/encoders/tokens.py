@@ -21,7 +21,8 @@ Document token vectors are cached on disk like dense embeddings
 BLAKE2 digest of each text, in shards of three ``.npy`` files (flat vectors, offsets,
 digests) written through temporary files renamed into place.  Shards are memory-mapped on
 read, checked for NaN once per reader (a damaged one is set aside and its texts encoded again), and a
-corpus consolidated into one shard retires its older versions (:class:`TokenCache`).
+corpus written as one shard with texts encoded just now (an edit) retires its older versions
+(:class:`TokenCache`).
 """
 
 from __future__ import annotations
@@ -234,8 +235,9 @@ class TokenCache(ShardStore[TokenVectors]):
     A shard is checked once per reader before its vectors are served (:func:`all_finite`): one
     holding NaN or infinite values (the right size, damaged contents) is set aside as a truncated
     one is, with a ``RuntimeWarning`` naming it, and its texts are encoded again.  A corpus written as
-    one shard (:meth:`consolidate`) retires the older versions of that corpus (:meth:`retire`), so an
-    edit of a few documents grows the cache by those documents, not by another copy of the corpus.
+    one shard with texts encoded just now (:meth:`consolidate`) retires the older versions of that corpus
+    (:meth:`retire`), so an edit of a few documents grows the cache by those documents, not by another copy
+    of the corpus.
     """
 
     def __init__(self, root: Path, key: str) -> None:
@@ -273,9 +275,13 @@ class TokenCache(ShardStore[TokenVectors]):
         return False
 
     def whole(self, digests: np.ndarray) -> TokenVectors | None:
-        """The shard that holds exactly the texts ``digests`` in this order, if one does and it is sound."""
-        shard = super().whole(digests)
-        return shard if shard is None or self._sound(shard) else None
+        """The shard that holds exactly the texts ``digests`` in this order, if one does and it is sound.
+        A damaged one drops out of the index and the index is asked again: a sound copy of the same texts
+        (the index keeps one shard per set of keys, the later name) is found, not gathered and rewritten."""
+        while True:  # a loop over damaged shards (finitely many: each is set aside once)
+            shard = super().whole(digests)
+            if shard is None or self._sound(shard):
+                return shard
 
     def parts(self, digests: np.ndarray) -> tuple[list[Part], np.ndarray]:
         """Where the cached texts are, without reading them: ``[(positions, shard, rows or None)]`` per
@@ -314,7 +320,10 @@ class TokenCache(ShardStore[TokenVectors]):
         return self._write(digests, offsets, parts)[1]
 
     def consolidate(self, digests: np.ndarray, offsets: np.ndarray, parts: Sequence[Part]) -> TokenVectors | None:
-        """:meth:`write` of a whole corpus, then :meth:`retire` of its older versions."""
+        """:meth:`write` of a whole corpus, then :meth:`retire` of its older versions.  Meant for a corpus
+        holding texts encoded just now (an edit): one gathered wholly from cached shards (a subset, a
+        superset, a reordering, an edit undone) is only written (:meth:`write`), or switching between two
+        close corpora would rewrite each at every fit, each retiring the other."""
         name, shard = self._write(digests, offsets, parts)
         if name is not None:
             self.retire(name, digests)
@@ -324,8 +333,10 @@ class TokenCache(ShardStore[TokenVectors]):
         """Remove the shards older than ``newest`` (the shard of the texts ``digests``) that are former
         versions of the same corpus: the two share at least 7/8 of the texts of each (a few documents
         edited, added or removed).  The rest of such a shard's texts (the former versions of edited
-        documents) are first written as a new shard, so nothing cached is lost; then its files are
-        deleted.  Returns the names removed.  A shard of another corpus, of a subset or of a superset
+        documents) are first written as a new shard (less those a shard written by this call holds: a text
+        of two retired versions is saved once), so nothing cached is lost; then its files are deleted.  A
+        shard of the loaded index whose size cannot share 7/8 of both is skipped without reading its keys.
+        Returns the names removed.  A shard of another corpus, of a subset or of a superset
         (a filtered corpus next to the whole one) is kept: each is then read back whole, never rewritten.
 
         Shared caches: other processes may be reading the shards.  A shard is retired only in favour
@@ -341,11 +352,18 @@ class TokenCache(ShardStore[TokenVectors]):
             listing = sorted(folder.glob("*.keys.npy"))
         except OSError:
             return []
+        with self._lock:  # texts per shard of the loaded index: a shard too small or too large is skipped unread
+            sizes = {self._names.get(sh): len(sh) for sh in self._shards} if self._index is not None else {}
+        n = len(digests)
+        saved = np.zeros(0, digests.dtype)  # the texts of the small shards written by this call
         removed: list[str] = []
         for keys_path in listing:  # a loop over shards
             name = keys_path.name[: -len(".keys.npy")]
             if name == newest or name in self._damaged:
                 continue
+            size = sizes.get(name)
+            if size is not None and (8 * size < 7 * n or 8 * n < 7 * size):
+                continue  # cannot share 7/8 of both: not read
             try:
                 if (keys_path.stat().st_mtime_ns, name) >= mine:
                     continue  # newer: the process that wrote it decides
@@ -356,7 +374,7 @@ class TokenCache(ShardStore[TokenVectors]):
             shared = int(covered.sum())
             if 8 * shared < 7 * len(keys) or 8 * shared < 7 * len(digests):
                 continue  # not a former version of this corpus: kept
-            left = np.flatnonzero(~covered)
+            left = np.flatnonzero(~(covered | np.isin(keys, saved)))  # (one text in two retired versions: saved once)
             if len(left):
                 try:
                     shard = self._open(name)
@@ -368,6 +386,7 @@ class TokenCache(ShardStore[TokenVectors]):
                 np.cumsum(shard.lengths[left], out=off[1:])
                 if self._write(keys[left], off, [(np.arange(len(left)), shard, left)])[0] is None:
                     break  # the cache cannot be written (warned): keep everything
+                saved = np.concatenate([saved, keys[left]])
             if self._unlink(name):
                 removed.append(name)
         if removed:
@@ -547,9 +566,11 @@ class TokenEncoder:
         np.cumsum(part_lengths(parts, len(texts)), out=off[1:])
         if cacheable and off[-1] * self.dim * 2 >= CONSOLIDATE_BYTES:
             # large: written as one shard (the new texts with it) and served from its memory map, so
-            # the result is never held in memory; its older versions are retired (an edit then grows the
-            # cache by the edited texts, not by another copy of the corpus)
-            whole = store.consolidate(digests, off, parts)
+            # the result is never held in memory.  With new texts (an edit), its older versions are retired
+            # (the cache grows by the edited texts, not by another copy of the corpus); gathered wholly from
+            # the cache (a subset, a reordering, an edit undone), nothing is retired: switching back and forth
+            # then reads each version whole, where retiring rewrote the corpus at every fit
+            whole = (store.write if fresh is None else store.consolidate)(digests, off, parts)
             if whole is not None:
                 return whole
         elif fresh is not None and cacheable:
