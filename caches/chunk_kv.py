@@ -56,25 +56,32 @@ a spill past it deletes the disk-only variants of lowest utility, the one being 
 ``max_variants``, the disk ones of highest utility first.  A variant stored again in the same
 context keeps the reuse history of the one it replaces, its count decayed to that moment.
 
-Utility on disk.  Each file's metadata keeps what the utility needs: the reuse count and the
-CFO sum and count (the tensors' header gives the bytes), ``last_tick`` (the request of its last
-use) and ``tick`` (the request count at the write) with ``store`` (the id of the store object
-whose request count those are), and ``written_ns`` (when it was written: the tie-break).  At the
-cap a disk variant's utility is the one it would have in memory.  Read back, a variant keeps its
-reuse history, the count decayed by the requests since its last use, and counts as used at that
-lookup.  Request counts are per store object (a forked child takes a new store id), so a file of
-another store (another process, an earlier run) counts the requests this store served since the
-file was written (the store keeps the wall time of its recent requests; all of its requests for a
-file written before it opened) plus those its writer served between the variant's last use and
-the write (``tick - last_tick``).  A file written before these fields were kept carries the reuse
-count and CFO (files have always carried those) and counts as last used when it was written, at
-its modification time when it has no ``written_ns``; one whose header cannot be read goes first.
-A file the cap deletes is deleted only while it is the one whose header was ranked: one that
-another store rewrote meanwhile stays.
+Utility on disk.  Each file's metadata keeps what the utility needs: the reuse count and the CFO sum and
+count (the tensors' header gives the bytes), ``last_tick`` (the request of its last use) and ``tick`` (the
+request count at the write) with ``store`` (the id of the store object whose request count those are),
+``written_ns`` (when it was written: the tie-break) and ``used_ns`` (the wall time of its last use).  At the
+cap a disk variant's utility is the one it would have in memory, times the wall-clock decay below for a file
+of another store.  Read back, a variant keeps its reuse history, the count decayed by requests as in memory
+(not by wall time: it is used now), and counts as used at that lookup.  Request counts are per store object
+(a forked child takes a new store id), so a file of another store (another process, an earlier run) counts
+the requests this store served since the file was written (the store keeps the wall time of its recent
+requests; all of its requests for a file written before it opened) plus those its writer served between the
+variant's last use and the write (``tick - last_tick``).  Request counts alone would let a file of another
+store keep its utility for good (a one-shot process such as ``ragkit ask`` serves a few requests, so a chunk
+reused once in an earlier run would outrank every new chunk, at 0.001 of its reuse, forever): such a file's
+utility, wherever files are ranked (a trim, the cap, the disk variants a lookup reads), also decays by wall
+time since its last use, ``0.5 ** (seconds / disk_half_life_s)`` (one hour by default: a chunk reused once
+yields to a new one some ten hours after its last use; at most 500 half-lives, so files older than that
+still rank by their reuse count; this store's own files, like its memory tier, decay by its requests only).
+A file written before these fields were kept carries the reuse count and CFO (files have always carried
+those) and counts as last used when it was written, at its modification time when it has no ``written_ns``;
+one whose header cannot be read goes first.  A file the cap deletes is deleted only while it is the one whose
+header was ranked: one that another store rewrote meanwhile stays.
 
-Disk budget.  With ``disk_budget_bytes`` the disk tier is trimmed when it grows past it: at every
-:meth:`ChunkKVCache.flush` (the exit's included), and when the store's own writes since it last looked
-(spills) take its estimate of the folder's size past the budget.  The folder's variant files are then
+Disk budget.  With ``disk_budget_bytes`` the disk tier is trimmed when it grows past it: once at the end
+of every :meth:`ChunkKVCache.flush` (the exit's included; after all of its writes, so the flush's variants
+are ranked with the others), and when the store's own writes since it last looked (spills) take its
+estimate of the folder's size past the budget.  The folder's variant files are then
 counted (every writer's: processes share the folder) and those of lowest utility (from their headers, as
 at the cap; ties: oldest written first) are deleted until the tier holds at most 90% of the budget, so
 the next flushes do not trim again at once.  One store trims a folder at a time (a lock file,
@@ -165,6 +172,9 @@ _CLOCK_LEN = 4096
 _PRECISION = {"float64": 3, "float32": 2, "float16": 1, "bfloat16": 0}
 #: torch names of the safetensors dtypes
 _ST_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16"}
+#: the most half-lives of wall-clock decay a disk file's utility takes (2**-500: no underflow to 0, so files older
+#: than that still rank by their reuse count, CFO and size)
+_WALL_DECAY_MAX = 500.0
 #: share of ``disk_budget_bytes`` a trim of the disk tier leaves (the next flushes do not trim again at once)
 _DISK_LOW_WATER = 0.9
 #: the lock file of a disk tier's trim (taken without waiting)
@@ -451,6 +461,11 @@ class ChunkKVCache:
         Size limit of the disk tier's variant files, bytes (every writer's: stores of other processes may
         share the folder); past it the files of lowest utility are deleted, down to 90% of it (see "Disk
         budget" in the module docstring).  ``None``: unbounded.  Needs ``disk_dir``.
+    disk_half_life_s : float, default=3600
+        Half-life, in seconds of wall time since its last use, of the utility of a disk variant written by
+        another store (another process, an earlier run): what ages the files of one-shot processes, which
+        serve too few requests for ``half_life`` to (see "Utility on disk" in the module docstring).
+        ``math.inf``: no wall-clock decay.
 
     The public methods hold a per-store lock, so generators on several threads may share one
     store.
@@ -464,7 +479,8 @@ class ChunkKVCache:
 
     def __init__(self, model_id: str, tokenizer_id: str, *, budget_bytes: int | None = None,
                  storage_dtype: StorageDtype = "float32", max_variants: int = 3, half_life: float = 64.0,
-                 disk_dir: str | Path | None = None, disk_budget_bytes: int | None = None) -> None:
+                 disk_dir: str | Path | None = None, disk_budget_bytes: int | None = None,
+                 disk_half_life_s: float = 3600.0) -> None:
         if storage_dtype not in _DTYPES:
             raise ParamError(f"ChunkKVCache: storage_dtype must be one of {sorted(_DTYPES)}; got {storage_dtype!r}",
                              "storage_dtype")
@@ -486,8 +502,15 @@ class ChunkKVCache:
         if isinstance(half_life, bool) or not isinstance(half_life, (int, float)) or not 0 < half_life < math.inf:
             raise ParamError(f"ChunkKVCache: half_life must be a positive finite number of requests; got {half_life!r}",
                              "half_life")
+        if (isinstance(disk_half_life_s, bool) or not isinstance(disk_half_life_s, (int, float))
+                or not 0 < disk_half_life_s <= math.inf):
+            raise ParamError(f"ChunkKVCache: disk_half_life_s must be a positive number of seconds (math.inf: no "
+                             f"wall-clock decay); got {disk_half_life_s!r}", "disk_half_life_s")
         self.model_id = model_id
         self.tokenizer_id = tokenizer_id
+        self.disk_half_life_s = float(disk_half_life_s)
+        #: wall time of the store's opening, ns: when its variants used before its first request were used
+        self._opened_ns = time.time_ns()
         self.budget_bytes = None if budget_bytes is None else int(budget_bytes)
         self.disk_budget_bytes = None if disk_budget_bytes is None else int(disk_budget_bytes)
         #: bytes of the disk tier's variant files when this store last counted them, plus what it wrote since
@@ -791,6 +814,22 @@ class ChunkKVCache:
         i = bisect_right(self._clock_ns, ns)
         return int(self._clock_tick[i - 1]) if i else 0
 
+    def _ns_at(self, tick: int) -> int:
+        """Wall time, ns, of this store's request ``tick`` (its last mark at or before it; the store's
+        opening before its first mark): when a variant last used then was used."""
+        i = bisect_right(self._clock_tick, tick)
+        return int(self._clock_ns[i - 1]) if i else self._opened_ns
+
+    def _wall_decay(self, meta: dict[str, str], written_ns: int) -> float:
+        """Wall-clock decay of a disk variant of another store: ``0.5 ** (seconds since its last use /
+        disk_half_life_s)``, its last use being its ``used_ns`` (``written_ns`` for files that do not keep
+        it), at most 500 half-lives (older files still rank by their reuse count); 1 for this store's own
+        files (they decay by its requests, as in memory)."""
+        if meta.get("store") == self._sid():
+            return 1.0
+        used = int(meta["used_ns"]) if "used_ns" in meta else written_ns
+        return 0.5 ** min(max(time.time_ns() - used, 0) / 1e9 / self.disk_half_life_s, _WALL_DECAY_MAX)
+
     def _rank(self, v: ChunkVariant) -> tuple[float, int, int]:
         """Eviction order, lowest first: utility, then least recently used, then oldest stored."""
         return self._utility(v), v.last_tick, v.stored
@@ -853,11 +892,12 @@ class ChunkKVCache:
                     "model_id": self.model_id, "tokenizer_id": self.tokenizer_id, "format_version": _FORMAT_VERSION,
                 }, indent=2), encoding="utf-8")
 
-    def _write_disk(self, key: str, v: ChunkVariant) -> bool:
+    def _write_disk(self, key: str, v: ChunkVariant, trim: bool = True) -> bool:
         """Write ``v`` to the disk tier, its utility's inputs in the metadata, keeping ``key`` at
         ``max_variants`` in memory and on disk together: past it the disk-only variants of lowest
-        utility go (ties: oldest written), ``v`` among them unless it is in memory.  Returns whether
-        ``v`` was written (not when it was the one to go)."""
+        utility go (ties: oldest written), ``v`` among them unless it is in memory.  With ``trim``, trims the
+        tier when this store's estimate of it is past ``disk_budget_bytes`` (or not made yet); a flush trims
+        once, after its writes.  Returns whether ``v`` was written (not when it was the one to go)."""
         from safetensors.torch import save_file
 
         assert self.disk_dir is not None
@@ -877,7 +917,8 @@ class ChunkKVCache:
         if v.file_stem not in gone:
             tensors, meta = v.to_tensors()
             meta.update(model_id=self.model_id, tokenizer_id=self.tokenizer_id, store=self._sid(),
-                        last_tick=str(v.last_tick), tick=str(self._tick), written_ns=str(time.time_ns()))
+                        last_tick=str(v.last_tick), tick=str(self._tick), written_ns=str(time.time_ns()),
+                        used_ns=str(self._ns_at(v.last_tick)))
             meta["sha256"] = _file_digest(tensors, meta)  # checked on read: a changed byte is a damaged file
             for attempt in range(2):
                 try:
@@ -894,7 +935,7 @@ class ChunkKVCache:
         for stem, ident in gone.items():
             _unlink_unchanged(d / f"{stem}.safetensors", ident)
         budget = self.disk_budget_bytes
-        if budget is not None and (self._disk_bytes is None or self._disk_bytes > budget):
+        if trim and budget is not None and (self._disk_bytes is None or self._disk_bytes > budget):
             self._trim_disk()  # (counts the folder once, then when this store's writes may have passed the budget)
         return v.file_stem not in gone
 
@@ -911,8 +952,8 @@ class ChunkKVCache:
             written = _written_ns(meta, f)
             cfo_n = int(meta["cfo_n"])
             cfo = float(meta["cfo_sum"]) / cfo_n if cfo_n else 0.0
-            return (self._utility_of(float(meta["reuse"]), self._last_tick_of(meta, written), cfo, nbytes),
-                    float(written))
+            return (self._utility_of(float(meta["reuse"]), self._last_tick_of(meta, written), cfo, nbytes)
+                    * self._wall_decay(meta, written), float(written))
         except (OSError, SafetensorError, KeyError, ValueError, TypeError):  # damaged, unreadable or removed
             return -math.inf, 0.0  # meanwhile: goes first (unlinked if still there)
 
@@ -978,6 +1019,7 @@ class ChunkKVCache:
             v = ChunkVariant.from_tensors(tensors, meta)
             self._to_storage_dtype(v)
             # its reuse count decays by the requests it spent on disk: the utility it would have in memory
+            # (not by wall time, which ranks the files of other stores: it is used now, its age starts again)
             v.reuse *= self._decay(self._last_tick_of(meta, _written_ns(meta, f)))
             v.last_tick = self._tick
             return v
@@ -1021,9 +1063,9 @@ class ChunkKVCache:
         with self._lock:
             for key, lst in self._mem.items():
                 for v in lst:
-                    self._write_disk(key, v)
+                    self._write_disk(key, v, trim=False)
             self._dirty = False
-            self._trim_disk()
+            self._trim_disk()  # once, after all of the flush's writes: they are ranked with the other files
 
     def _trim_disk(self) -> None:
         """Delete the disk variants of lowest utility (every writer's; ties: oldest written) while the disk
@@ -1040,7 +1082,13 @@ class ChunkKVCache:
             self._disk_bytes = total
             if total <= self.disk_budget_bytes:
                 return
-            ranked = sorted((self._file_rank(f), str(f), size, _file_ident(f)) for f, size in files)
+            ranked: list[tuple[tuple[float, float], str, int, tuple[int, ...]]] = []
+            for f, _ in files:
+                ident = _file_ident(f)  # before the header is read: a file rewritten after it was ranked stays
+                if ident is not None:  # (gone meanwhile: nothing to delete; its bytes are not counted)
+                    ranked.append((self._file_rank(f), str(f), ident[2], ident))
+            total = sum(size for _, _, size, _ in ranked)  # the sizes of the files ranked, from the same stat
+            ranked.sort()
             goal = int(self.disk_budget_bytes * _DISK_LOW_WATER)
             emptied: set[Path] = set()
             for _, name, size, ident in ranked:

@@ -8,6 +8,7 @@ Fast: the store alone, tiny models (byte-level, 4 layers), and ``ragkit ask`` re
 from __future__ import annotations
 
 import logging
+import math
 import os
 import subprocess
 import sys
@@ -319,6 +320,108 @@ def test_a_writer_whose_key_folder_was_trimmed_away_makes_it_again(tmp_path, mon
     store.put("k", _variant())
     store.flush()
     assert len(_files(tmp_path)) == 1 and calls
+
+
+def _file_size(tmp_path: Path) -> int:
+    probe = ChunkKVCache("m", "t", disk_dir=tmp_path / "probe")
+    probe.put("x", _variant())
+    probe.flush()
+    return _files(tmp_path / "probe")[0].stat().st_size
+
+
+def test_a_trim_keeps_a_file_rewritten_after_its_header_was_ranked(tmp_path, monkeypatch):
+    """Old code: _trim_disk took the file's identity after reading its header, so a file another store rewrote
+    in between (now the folder's most useful) was deleted on the strength of the old header."""
+    d = tmp_path / "kv"
+    a = ChunkKVCache("m", "t", disk_dir=d)
+    for i in range(4):
+        a.put(f"k{i}", _variant(seed=i))
+    a.flush()  # 4 files, none reused
+    size = _files(d)[0].stat().st_size
+    b = ChunkKVCache("m", "t", disk_dir=d)  # another process's store, which reuses k0 a lot
+    trimmer = ChunkKVCache("m", "t", disk_dir=d, disk_budget_bytes=int(3.5 * size))
+    real = ChunkKVCache._file_rank
+
+    def rank_then_rewritten(self: ChunkKVCache, f: Path) -> tuple[float, float]:
+        r = real(self, f)
+        if f.parent.name == "k0" and self is trimmer:
+            (v,) = b.lookup("k0")
+            for _ in range(50):
+                b.touch(v, 0.0)
+            b.flush()  # k0 rewritten after its header was ranked
+        return r
+
+    monkeypatch.setattr(ChunkKVCache, "_file_rank", rank_then_rewritten)
+    trimmer._trim_disk()
+    assert "k0" in {f.parent.name for f in _files(d)} and len(_files(d)) == 3
+
+
+def test_files_of_earlier_runs_age_by_wall_time(tmp_path, monkeypatch):
+    """One-shot processes (ragkit ask) at a full disk tier.  Old code: another store's file decayed only by the
+    ranking store's requests (a few per process), so ten chunks reused once a day earlier outranked every new
+    chunk for good, and the trim deleted the new ones (all but the last written, by the accident of a trim at
+    the flush's first write)."""
+    from types import SimpleNamespace
+
+    from ragkit.caches import chunk_kv
+
+    size = _file_size(tmp_path)
+    d = tmp_path / "kv"
+    hours = [0.0]
+    real_ns = time.time_ns
+    monkeypatch.setattr(chunk_kv, "time", SimpleNamespace(time_ns=lambda: real_ns() + int(hours[0] * 3600e9)))
+    first = ChunkKVCache("m", "t", disk_dir=d)  # day 1: ten chunks, asked about twice (two processes)
+    for i in range(10):
+        first.put(f"old{i}", _variant(seed=i))
+    first.flush()
+    again = ChunkKVCache("m", "t", disk_dir=d)
+    for i in range(10):
+        (v,) = again.lookup(f"old{i}")
+        again.touch(v, 0.0)
+    again.flush()
+
+    def ask(keys: list[str], at_hours: float, **kw: float) -> set[str]:
+        hours[0] = at_hours
+        s = ChunkKVCache("m", "t", disk_dir=d, disk_budget_bytes=int(10.2 * size), **kw)
+        for j, key in enumerate(keys):
+            if not s.lookup(key):
+                s.put(key, _variant(seed=100 + j))
+        s.flush()
+        return {f.parent.name for f in _files(d)}
+
+    on_disk = ask(["q0a", "q0b", "q0c"], 1 / 60)  # a minute later: a chunk reused once still outranks a new one
+    assert not {"q0a", "q0b", "q0c"} & on_disk and len(on_disk) == 9
+    on_disk = ask(["q1a", "q1b", "q1c"], 24.0)  # a day later (24 half-lives): the new chunks are kept
+    assert {"q1a", "q1b", "q1c"} <= on_disk and sum(k.startswith("old") for k in on_disk) == 6
+    # without the wall-clock decay the chunks reused once two days ago still win: the trim takes the new ones
+    assert sum(k.startswith("old") for k in ask(["q2a", "q2b", "q2c"], 48.0, disk_half_life_s=math.inf)) == 6
+
+
+def test_a_flush_trims_once_after_all_its_writes(tmp_path, monkeypatch):
+    """Old code: the first write of a flush trimmed the folder at once (the store had not counted it yet), before
+    the flush's other variants were written, which were then ranked only by the trim at its end."""
+    size = _file_size(tmp_path)
+    store = ChunkKVCache("m", "t", disk_dir=tmp_path / "kv", disk_budget_bytes=int(10.2 * size))
+    seen: list[int] = []
+    real = ChunkKVCache._trim_disk
+
+    def counted(self: ChunkKVCache) -> None:
+        seen.append(len(_files(tmp_path / "kv")))
+        real(self)
+
+    monkeypatch.setattr(ChunkKVCache, "_trim_disk", counted)
+    for i in range(3):
+        store.put(f"k{i}", _variant(seed=i))
+    store.flush()
+    assert seen == [3]
+
+
+def test_disk_half_life_is_checked(tmp_path):
+    from ragkit.errors import ParamError
+
+    for bad in (0, -1.0, float("nan"), True, "1h"):
+        with pytest.raises(ParamError, match="disk_half_life_s must be a positive number of seconds"):
+            ChunkKVCache("m", "t", disk_dir=tmp_path, disk_half_life_s=bad)
 
 
 def test_disk_budget_needs_a_disk_tier_and_is_checked():
