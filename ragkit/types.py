@@ -917,14 +917,17 @@ def check_qrels(qrels: Any, who: str) -> Qrels:
             raise DataError(f"{who}: qrels[{q!r}] is {_kind(rel)}, expected a mapping "
                             "{doc_id: grade} (qrels are {query_id: {doc_id: grade}})")
         docs = {d if type(d) is str else str(d): _grade(r, q, d, who) for d, r in rel.items()}
-        if len(docs) != len(rel):
-            raise DataError(f"{who}: qrels[{q!r}] names a document twice once its ids are strings: "
-                            f"{repeated(str(d) for d in rel)[0]!r}")
+        ids_once(docs, rel, f"{who}: qrels[{q!r}] names a document")
         out[q if type(q) is str else str(q)] = docs
-    if len(out) != len(qrels):
-        raise DataError(f"{who}: qrels name a query twice once its ids are strings: "
-                        f"{repeated(str(q) for q in qrels)[0]!r}")
+    ids_once(out, qrels, f"{who}: qrels name a query")
     return out
+
+
+def ids_once(written: Mapping[str, Any], given: Mapping[Any, Any], what: str) -> None:
+    """Refuse (:class:`DataError`, starting ``what``) ids of ``given`` that name one id twice once written as
+    strings (``1`` and ``"1"``): ``written``, keyed by those strings, is then shorter."""
+    if len(written) != len(given):
+        raise DataError(f"{what} twice once its ids are strings: {repeated(str(x) for x in given)[0]!r}")
 
 
 @dataclass(frozen=True)

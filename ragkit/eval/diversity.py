@@ -19,9 +19,9 @@ from typing import Any, Collection, Hashable, Mapping, Sequence
 
 import numpy as np
 
-from ragkit.errors import DataError, repeated
+from ragkit.errors import DataError
 from ragkit.run import Run
-from ragkit.types import Ranking, _kind
+from ragkit.types import Ranking, _kind, ids_once
 
 __all__ = [
     "intra_list_diversity", "distinct_clusters", "cluster_entropy", "near_duplicate_rate",
@@ -166,13 +166,9 @@ def check_subtopics(subtopics: Any, who: str) -> dict[str, dict[str, list[Hashab
                 raise DataError(f"{who}: subtopics[{q!r}][{d!r}] holds {_kind(bad)}, expected subtopic labels "
                                 "(strings or numbers)")
             docs[d if type(d) is str else str(d)] = list(dict.fromkeys(items))  # a repeated label counts once
-        if len(docs) != len(judged):
-            raise DataError(f"{who}: subtopics[{q!r}] names a document twice once its ids are strings: "
-                            f"{repeated(str(d) for d in judged)[0]!r}")
+        ids_once(docs, judged, f"{who}: subtopics[{q!r}] names a document")
         out[q if type(q) is str else str(q)] = docs
-    if len(out) != len(subtopics):
-        raise DataError(f"{who}: subtopics name a query twice once its ids are strings: "
-                        f"{repeated(str(q) for q in subtopics)[0]!r}")
+    ids_once(out, subtopics, f"{who}: subtopics name a query")
     return out
 
 
