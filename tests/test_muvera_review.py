@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -177,6 +178,17 @@ def test_switching_between_close_corpora_reads_each_back_whole(tmp_path, monkeyp
         assert writes[0] == 200 and _stored(folder)[0] <= 200 + len(close) + 201
 
 
+def _damage_the_shard(cache: Path) -> tuple[Path, Path]:
+    """NaN in row 5 of the one token shard under ``cache``; returns (its folder, its data file)."""
+    (folder,) = (cache / "tokens").iterdir()
+    (data,) = [p for p in folder.glob("*.npy") if p.name.count(".") == 1]
+    arr = np.load(data, mmap_mode="r+")
+    arr[5, :] = np.nan
+    arr.flush()
+    del arr
+    return folder, data
+
+
 def test_a_damaged_shard_in_the_exact_match_slot_does_not_hide_its_sound_copy(tmp_path, monkeypatch):
     """A NaN-damaged shard next to a sound copy of the same texts whose name sorts last took the exact-match
     slot: whole() gave None once it failed the check, without looking again, so every new reader gathered the
@@ -186,12 +198,7 @@ def test_a_damaged_shard_in_the_exact_match_slot_does_not_hide_its_sound_copy(tm
     texts = [f"abstract number {i}" for i in range(100)]
     want = Fake(cache=False).encode(texts)
     Fake().encode(texts)
-    (folder,) = (tmp_path / "tokens").iterdir()
-    (data,) = [p for p in folder.glob("*.npy") if p.name.count(".") == 1]
-    arr = np.load(data, mmap_mode="r+")
-    arr[5, :] = np.nan
-    arr.flush()
-    del arr
+    folder, data = _damage_the_shard(tmp_path)
     for suffix in (".npy", ".offsets.npy", ".keys.npy"):  # its name sorts last: the index's choice among equals
         (folder / f"{data.name[:-4]}{suffix}").rename(folder / f"{'f' * 32}{suffix}")
     writes = _count_writes(monkeypatch)
@@ -243,12 +250,7 @@ def test_a_token_shard_holding_nan_is_set_aside_with_a_warning(tmp_path, monkeyp
     texts = [f"abstract number {i}" for i in range(30)]
     want = Fake(cache=False).encode(texts)
     Fake().encode(texts)
-    (folder,) = (tmp_path / "tokens").iterdir()
-    (data,) = [p for p in folder.glob("*.npy") if p.name.count(".") == 1]
-    arr = np.load(data, mmap_mode="r+")
-    arr[5, :] = np.nan
-    arr.flush()
-    del arr
+    folder, data = _damage_the_shard(tmp_path)
     enc = Fake()
     with pytest.warns(RuntimeWarning, match=rf"{data.name}.*NaN or infinite.*encoded again"):
         got = enc.encode(texts)
