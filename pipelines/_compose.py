@@ -13,9 +13,22 @@ from __future__ import annotations
 
 import difflib
 import functools
+import math
 import time
 from contextvars import ContextVar
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Protocol, Sequence, TypeVar, cast, runtime_checkable
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Callable,
+    Iterable,
+    Mapping,
+    Optional,
+    Protocol,
+    Sequence,
+    TypeVar,
+    cast,
+    runtime_checkable,
+)
 
 import numpy as np
 
@@ -44,18 +57,25 @@ __all__ = ["Composite", "Pipeline", "Parallel", "Route", "Loop", "run_step"]
 _TRACE_IDS: ContextVar[np.ndarray | None] = ContextVar("ragkit_trace_ids", default=None)
 # How the trace scores them: (relevance_level, ignore_identical_ids), as search() was given them
 _TRACE_SCORING: ContextVar[tuple[int, bool]] = ContextVar("ragkit_trace_scoring", default=(1, True))
-# True while a step runs whose rankings a later step reorders or fuses (see ranked_later); a context variable
-# for the same reason, and not an option: the options are checked against the tree (an unknown key refused)
-_RANKED_LATER: ContextVar[bool] = ContextVar("ragkit_ranked_later", default=False)
+# While a step runs: how many of its leading results a later step reorders or fuses (see ranked_later); a
+# context variable for the same reason, and not an option: the options are checked against the tree (an
+# unknown key refused)
+_RANKED_LATER: ContextVar[Optional[float]] = ContextVar("ragkit_ranked_later", default=None)
 
 
-def ranked_later() -> bool:
-    """Whether the step running now has its rankings reordered or fused by a later step of the tree searched:
-    a reranker (``mmr``, ``maxsim``, ``dbnorm``) or a fuser after it in its pipeline or an enclosing one, or the
-    fuser of a parallel it is a branch of.  ``False`` for an operator searched on its own or last (a filter
-    after it, ``top_k``, keeps its order).  A retriever's warnings about the order of its own top ``k``
-    (``knn_embed``'s) read it: that order is then not what the search returns."""
+def ranked_later() -> float | None:
+    """How many of the running step's leading results a later step of the tree searched reorders or fuses: a
+    reranker (``mmr``, ``maxsim``, ``dbnorm``) or a fuser after it in its pipeline or an enclosing one, or the
+    fuser of a parallel it is a branch of, reads its whole ranking (``math.inf``), or its top ``n`` when a
+    ``top_k`` (``k: n``) between them cuts it first.  ``None`` for an operator searched on its own or last (a
+    filter after it keeps its order).  A retriever's warnings about the order of its own top ``k``
+    (``knn_embed``'s) read it: what the search returns, or what the later step reads."""
     return _RANKED_LATER.get()
+
+
+def _cut_to(op: Operator) -> int | None:
+    """The ``k`` of a ``top_k`` step (which keeps each ranking's first ``k``, in order), else ``None``."""
+    return int(getattr(op.params, "k")) if op.name == "top_k" else None  # (TopK.Params: k)
 
 
 def _reorders(op: Operator) -> bool:
@@ -922,7 +942,10 @@ class Pipeline(Composite):
         steps = self.child_paths(path)
         later = [_RANKED_LATER.get()] * len(steps)  # a step before a reranker or fuser: ranked_later()
         for i in range(len(steps) - 2, -1, -1):
-            later[i] = later[i + 1] or _reorders(steps[i + 1][0])
+            nxt, after = steps[i + 1][0], later[i + 1]
+            cut = _cut_to(nxt)
+            later[i] = (math.inf if _reorders(nxt) else
+                        min(cut, after) if cut is not None and after is not None else after)
         for (step, where), ranked in zip(steps, later):
             token = _RANKED_LATER.set(ranked)
             try:
@@ -1332,7 +1355,7 @@ class Parallel(Composite):
         return merged
 
     def _call(self, state: State, path: str = "") -> State:
-        token = _RANKED_LATER.set(True)  # the fuser reads every branch's whole ranking
+        token = _RANKED_LATER.set(math.inf)  # the fuser reads every branch's whole ranking
         try:
             merged = self._branch_state(state, path)
         finally:

@@ -486,21 +486,23 @@ class KnnEmbed(Operator):
         return out
 
     def _warn_dense_head(self, state: State, k: int) -> None:
-        """Warn once per operator object when the search's final ``k`` (the call's ``k``, this operator's
-        raised to it) is at most the anchor's ``round(anchor_share * k)`` slots with ``merge="score"``: the
-        results sorted by cosine then start with the anchor's, so that top-k is the plain dense one.  Quiet
-        when a later step reorders or fuses the whole ranking (a reranker such as ``mmr``, a fuser:
-        :func:`~ragkit.pipelines._compose.ranked_later`): it reads all ``k`` results, and a smaller ``k``
-        would only shrink its pool."""
+        """Warn once per operator object when the results that matter are all the anchor's, the plain dense
+        ones: with ``merge="score"`` the results sorted by cosine start with the anchor's ``round(anchor_share *
+        k)`` slots, so a search whose final ``k`` (the call's ``k``, this operator's raised to it) is at most
+        that returns plain dense results; so does a later reranker or fuser that reads only that many of them
+        (a ``top_k`` between: :func:`~ragkit.pipelines._compose.ranked_later`).  Quiet when a later step reads
+        more than the anchor's slots (a reranker such as ``mmr`` or a fuser reading the whole ranking): a
+        smaller ``k`` would only shrink its pool."""
         from ragkit.pipelines._compose import ranked_later
 
         p = self.params
         call_k = state.options.get("k")
         if p.merge != "score" or call_k is None or self.opt(state, "k") is not None \
-                or self.__dict__.get("_warned_dense_head") or ranked_later():
+                or self.__dict__.get("_warned_dense_head"):
             return
         k_a = int(math.floor(p.anchor_share * k + 0.5))
-        if 0 < int(call_k) <= k_a and k_a < k:
+        read = ranked_later()
+        if read is None and 0 < int(call_k) <= k_a < k:
             self.__dict__["_warned_dense_head"] = True
             _log.warning(
                 f"knn_embed: searched with k={call_k}, but its k is {p.k}: the k={k} results are shared as "
@@ -508,6 +510,13 @@ class KnnEmbed(Operator):
                 f"merge: score the anchor's come first, so the top {call_k} are plain dense.  For a diversified "
                 f"top {call_k} give knn_embed k={call_k} (KnnEmbed(k={call_k}) or the search option "
                 f"{self.name}={{'k': {call_k}}}), or use merge: interleave")
+        elif read is not None and read <= k_a < k:
+            self.__dict__["_warned_dense_head"] = True
+            _log.warning(
+                f"knn_embed: a later step reorders or fuses only its top {read:.0f} (a top_k before it), but its "
+                f"k={k} results are shared as {k_a} dense (anchor_share {p.anchor_share}) and {k - k_a} from "
+                f"the clusters, and with merge: score the anchor's come first, so that step reads plain dense "
+                f"results.  Give knn_embed k={read:.0f} (or cut less), or use merge: interleave")
 
     def _rank(self, q: np.ndarray, v: np.ndarray, labels: np.ndarray, mask: np.ndarray | None,
               sizes: np.ndarray | None, k: int) -> list[Ranking]:

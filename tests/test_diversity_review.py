@@ -83,7 +83,8 @@ def test_knn_embed_warns_once_when_the_call_keeps_only_anchor_results(blobs, cap
 def test_knn_embed_is_quiet_when_a_later_step_reads_its_whole_ranking(blobs, caplog):
     """The same k=40 / anchor 0.5 operator searched with k=10: a reranker or fuser after it reads all 40
     results (the advice k=10 would cut MMR's pool or the fusion's input to 10), so no warning; searched alone,
-    last, or before a filter that keeps its order (top_k), the warning stays."""
+    last, or before a filter that keeps its order (top_k), the warning stays, and a top_k cutting to the dense
+    slots before the reranker warns that it reranks plain dense results."""
     from ragkit.filters import TopK
     from ragkit.pipelines import RRF, Pipeline
     from ragkit.pipelines._compose import ranked_later
@@ -102,11 +103,17 @@ def test_knn_embed_is_quiet_when_a_later_step_reads_its_whole_ranking(blobs, cap
     fresh = op.with_params  # a new operator object each time (the warning is once per object)
     quiet = [fresh() | _mmr(blobs, k=10),
              (fresh() + fresh()) | RRF(k=60),
-             Pipeline([Pipeline([fresh(), TopK(k=20)]), _mmr(blobs, k=10)]),  # the reranker in the outer pipeline
-             Pipeline([fresh(), TopK(k=30), _mmr(blobs, k=10)])]
+             Pipeline([fresh(), TopK(k=30), _mmr(blobs, k=10)]),  # MMR reads 30: 10 beyond the 20 dense slots
+             Pipeline([Pipeline([fresh(), TopK(k=30)]), _mmr(blobs, k=10)])]  # the reranker in the outer pipeline
     for pipe in quiet:
         msgs, out = warnings_of(pipe)
         assert msgs == [], (pipe, msgs)
+    # a top_k cutting to the 20 dense slots before the reranker: MMR reranks plain dense results (a review found
+    # these quiet: ranked_later was a flag carried back through the cut)
+    for pipe in (Pipeline([fresh(), TopK(k=20), _mmr(blobs, k=10)]),
+                 Pipeline([Pipeline([fresh(), TopK(k=20)]), _mmr(blobs, k=10)])):
+        msgs, _ = warnings_of(pipe)
+        assert len(msgs) == 1 and "reorders or fuses only its top 20" in msgs[0], (pipe, msgs)
     # the MMR pipeline reads knn_embed's 40 results: its top 10 is not dense's
     dense_top = np.argsort(-(q @ vecs.T), axis=1, kind="stable")[:, :10]
     out = warnings_of(fresh() | _mmr(blobs, k=10, lambda_mult=0.5))[1]
