@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -105,3 +106,13 @@ def switching_often(seconds: float = 1e-5) -> Iterator[None]:
         yield
     finally:
         sys.setswitchinterval(before)
+
+
+def race(threads: list[threading.Thread], join_s: float = 60.0) -> None:
+    """Start ``threads`` together with threads swapping often (:func:`switching_often`), and wait for them
+    (``join_s`` seconds each at most: a deadlock fails the test's own checks rather than hanging the run)."""
+    with switching_often():
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(join_s)

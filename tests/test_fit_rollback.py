@@ -11,7 +11,7 @@ from collections import Counter
 from typing import Any, Iterator
 
 import pytest
-from conftest import HashedEncoder, switching_often
+from conftest import HashedEncoder, race
 from langchain_core.documents import Document
 
 import ragkit.operator as operator_module
@@ -173,14 +173,6 @@ def _edits(r: RagkitRetriever, rounds: int, stop: threading.Event) -> None:
         stop.set()
 
 
-def _race(threads: list[threading.Thread]) -> None:
-    with switching_often():
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(120)
-
-
 def _hybrid() -> Pipeline:
     return Pipeline([BM25(k=10) + Dense(model=HASHED, k=10), RRF()])
 
@@ -211,8 +203,8 @@ def test_inner_step_search_during_retriever_edits_never_fails() -> None:
             except Exception as e:  # noqa: BLE001 - counted: none expected
                 outcomes[f"{type(e).__name__}: {e}"[:120]] += 1
 
-    _race([threading.Thread(target=reader, args=(inner,)), threading.Thread(target=reader, args=(leaf,)),
-           threading.Thread(target=_edits, args=(r, 40, stop))])
+    race([threading.Thread(target=reader, args=(inner,)), threading.Thread(target=reader, args=(leaf,)),
+          threading.Thread(target=_edits, args=(r, 40, stop))], join_s=120)
     assert set(outcomes) == {"ok"}, outcomes
 
 

@@ -16,7 +16,7 @@ from typing import Iterator
 
 import numpy as np
 import pytest
-from conftest import HashedEncoder, switching_often
+from conftest import HashedEncoder, race
 from langchain_core.documents import Document
 
 from ragkit._files import folder_lock
@@ -42,15 +42,6 @@ def _corpus(n: int = 60) -> Corpus:
     return Corpus.from_records([
         {"_id": f"d{i}", "title": f"title {i}", "text": f"{words[i % 10]} {words[(i * 3) % 10]} study number w{i}",
          "metadata": {"year": 2000 + i % 5, "group": "abc"[i % 3]}} for i in range(n)])
-
-
-def _race(threads: list[threading.Thread]) -> None:
-    """Start ``threads`` together with threads swapping often, and wait for them (60 s each at most)."""
-    with switching_often():
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(60)
 
 
 def _edits(r: RagkitRetriever, rounds: int, stop: threading.Event, after: threading.Event | None = None) -> None:
@@ -87,7 +78,7 @@ def test_retriever_save_during_edits_leaves_loadable_folders(tmp_path: Path, hyb
             j += 1
             saved_once.set()
 
-    _race([threading.Thread(target=_edits, args=(r, 40, stop, saved_once)), threading.Thread(target=saver)])
+    race([threading.Thread(target=_edits, args=(r, 40, stop, saved_once)), threading.Thread(target=saver)])
     assert set(outcomes) == {"ok"}, outcomes
     for j in range(min(3, outcomes["ok"])):
         back = RagkitRetriever.load(tmp_path / f"s{j}")
@@ -153,7 +144,7 @@ def test_pipe_search_during_retriever_edits_fails_only_with_data_error() -> None
             except Exception as e:  # noqa: BLE001 - counted: none expected
                 outcomes[f"{type(e).__name__}: {e}"[:120]] += 1
 
-    _race([*(threading.Thread(target=reader, args=(t,)) for t in range(3)),
+    race([*(threading.Thread(target=reader, args=(t,)) for t in range(3)),
            threading.Thread(target=_edits, args=(r, 60, stop, locked_once))])
     assert set(outcomes) <= {"ok", "DataError", "locked ok"}, outcomes
     assert outcomes["locked ok"] > 0
@@ -173,7 +164,7 @@ def test_pipe_search_waits_for_retriever_edits() -> None:
             except Exception as e:  # noqa: BLE001 - counted
                 outcomes[type(e).__name__] += 1
 
-    _race([*(threading.Thread(target=reader, args=(t,)) for t in range(3)),
+    race([*(threading.Thread(target=reader, args=(t,)) for t in range(3)),
            threading.Thread(target=_edits, args=(r, 40, stop))])
     assert set(outcomes) == {"ok"}, outcomes
 
