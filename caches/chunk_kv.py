@@ -122,8 +122,6 @@ No pickle anywhere.
 from __future__ import annotations
 
 import hashlib
-import importlib
-import importlib.util
 import json
 import logging
 import math
@@ -138,12 +136,12 @@ from bisect import bisect_right
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import AbstractSet, Any, Iterable, Iterator, Literal, Sequence, TypeGuard
+from typing import AbstractSet, Iterable, Iterator, Literal, Sequence, TypeGuard
 
 import numpy as np
 import torch
 
-from ragkit._files import atomic_file, share_file_like_umask
+from ragkit._files import FCNTL as _fcntl, atomic_file, share_file_like_umask
 from ragkit.errors import ArtifactError, ParamError
 
 __all__ = [
@@ -177,11 +175,9 @@ _ST_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfl
 _WALL_DECAY_MAX = 500.0
 #: share of ``disk_budget_bytes`` a trim of the disk tier leaves (the next flushes do not trim again at once)
 _DISK_LOW_WATER = 0.9
-#: the lock file of a disk tier's trim (taken without waiting)
+#: the lock file of a disk tier's trim (taken without waiting; with ``fcntl``, POSIX, one store trims a folder at
+#: a time: elsewhere trims may overlap, each deleting only files unchanged since it ranked them)
 _TRIM_LOCK = ".trim.lock"
-#: ``fcntl`` where there is one (POSIX): one store trims a folder at a time (elsewhere trims may overlap:
-#: each deletes only files unchanged since it ranked them)
-_fcntl: Any = importlib.import_module("fcntl") if importlib.util.find_spec("fcntl") is not None else None
 #: variant files this process could not read (permissions), each warned about once
 _UNREADABLE_NOTED: set[str] = set()
 

@@ -118,6 +118,10 @@ def verify_checksums(folder: Path, digests: Mapping[str, str]) -> None:
             raise ArtifactError(f"{p}: checksum mismatch; the file was changed or truncated after saving")
 
 
+#: the ``fcntl`` module where there is one (POSIX), else ``None`` (Windows): ``flock`` for the folder locks here,
+#: the GGUF copy's lock and the chunk cache's trim lock
+FCNTL: Any = importlib.import_module("fcntl") if importlib.util.find_spec("fcntl") is not None else None
+
 #: descriptors of the folder locks this process holds (closed in a forked child: a child of a thread inside a
 #: load would otherwise keep its shared lock, and every save of the folder would wait for the child to end)
 _HELD_FDS: set[int] = set()
@@ -155,12 +159,10 @@ def _close_dir(fd: int) -> None:
 
 def _flock(fd: int, mode: int, deadline: float) -> bool:
     """``flock(fd, mode)``, polling until ``deadline`` (``time.monotonic()``); whether it is held."""
-    import fcntl
-
     pause = 0.001
     while True:
         try:
-            fcntl.flock(fd, mode | fcntl.LOCK_NB)
+            FCNTL.flock(fd, mode | FCNTL.LOCK_NB)
             return True
         except BlockingIOError:
             if time.monotonic() >= deadline:
@@ -197,44 +199,35 @@ def folder_lock(path: Path, *, exclusive: bool, wait_s: float | None = None) -> 
     file system without ``flock``) or after ``wait_s`` seconds of waiting (default
     :data:`FOLDER_LOCK_WAIT_S`); callers then go on without it (loads compare the folder's identity before
     and after, and load again)."""
-    fcntl: Any = importlib.import_module("fcntl") if importlib.util.find_spec("fcntl") else None  # (Windows: none)
-    fd = None
-    gate = None
+    fd = gate = None
     held = False
-    if fcntl is not None:
-        deadline = time.monotonic() + (FOLDER_LOCK_WAIT_S if wait_s is None else wait_s)
-        gate = _open_dir(path.parent)
-        if gate is not None:  # (not passed in time: on without it)
-            _flock(gate, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH, deadline)
-        if gate is not None and not exclusive:
-            _close_dir(gate)  # (a load passes the turnstile: it holds it for an instant only)
-            gate = None
-        try:
+    try:
+        if FCNTL is not None:
+            mode = FCNTL.LOCK_EX if exclusive else FCNTL.LOCK_SH
+            deadline = time.monotonic() + (FOLDER_LOCK_WAIT_S if wait_s is None else wait_s)
+            gate = _open_dir(path.parent)
+            if gate is not None:  # (not passed in time: on without it)
+                _flock(gate, mode, deadline)
+                if not exclusive:
+                    _close_dir(gate)  # (a load passes the turnstile: it holds it for an instant only)
+                    gate = None
             while True:
                 fd = _open_dir(path)
                 if fd is None:
                     break
-                held = _flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH, deadline)
+                held = _flock(fd, mode, deadline)
                 if not held or _same_inode(path, fd):
                     break
                 _close_dir(fd)  # swapped meanwhile: lock the folder at ``path`` now
                 fd, held = None, False
                 if time.monotonic() >= deadline:
                     break
-        except BaseException:
-            if fd is not None:
-                _close_dir(fd)
-            if gate is not None:
-                _close_dir(gate)
-            raise
-    try:
         yield held
     finally:
         if fd is not None:
             _close_dir(fd)
         if gate is not None:
             _close_dir(gate)
-
 
 def share_like_umask(path: str | os.PathLike[str]) -> None:
     """Give the folder ``path`` the permissions a plain ``mkdir`` would (``0o777`` less the umask):

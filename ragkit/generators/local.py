@@ -89,7 +89,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Literal, Sequence, Ty
 import numpy as np
 import torch
 
-from ragkit._files import share_file_like_umask
+from ragkit._files import FCNTL as _fcntl, share_file_like_umask
 from ragkit._locks import MODEL_LOADING
 from ragkit.caches import ChunkKVCache, ChunkVariant, PrefixCache, compute_cci
 from ragkit.caches.chunk_kv import alone_fix_overhead, order_penalty, prefix_overlap
@@ -232,8 +232,6 @@ _COPY_LOCK_WAIT_MIN = 90.0
 #: seconds of that wait per MiB of the GGUF file: three times what parsing it, writing the copy and checking it
 #: take on 2 cores (SmolLM2-135M's 98 MiB: ~30 s of parse and ~15 s for the copy; 147 s of wait)
 _COPY_LOCK_WAIT_PER_MIB = 1.5
-#: ``fcntl`` where there is one (POSIX): the copy's lock holds between processes; elsewhere between threads only
-_fcntl: Any = importlib.import_module("fcntl") if importlib.util.find_spec("fcntl") is not None else None
 #: ``.failed.json`` markers this process has logged (once each)
 _FAILED_NOTED: set[str] = set()
 #: copy folders whose disk this process has said lacks room for them (once each)
