@@ -753,8 +753,8 @@ class Sharded(Operator):
         lengths = np.concatenate([sh.doc_lengths() for sh in shards])  # corpus order, as one index sums them
         uniq, inv = np.unique(np.concatenate(terms), return_inverse=True)
         df = np.bincount(inv, weights=np.concatenate(dfs), minlength=len(uniq))
-        idf = shards[0].idf_of(df, len(lengths))
-        avgdl = float(lengths.mean()) if lengths.sum() > 0 else 1.0  # (no term anywhere: as one index weighs it)
+        n, avgdl = shards[0].collection_of(lengths)  # (as one index counts its documents and averages them)
+        idf = shards[0].idf_of(df, n)
         cuts = np.cumsum([0] + [len(t) for t in terms])
         for sh, a, b in zip(shards, cuts[:-1], cuts[1:]):
             sh.set_collection(idf[inv[a:b]], avgdl)
