@@ -7,8 +7,9 @@ Rm3Reranker.java`` and ``src/main/java/io/anserini/util/FeatureVector.java``, th
 ``filterTerms`` and value-then-feature ordering; ``SearchCollection -rm3`` and Pyserini's
 ``set_rm3`` use them with fbDocs 10, fbTerms 10, originalQueryWeight 0.5):
 
-1. Query model: the analysed query tokens (every token, also those the corpus lacks),
-   counted and scaled to sum 1: ``q(t) = count(t) / n_tokens``.
+1. Query model: the analysed query tokens (every token, also those the corpus lacks, but not
+   a word whose stem is empty, which BM25 drops too: the "s" of "Fermat's"), counted and scaled
+   to sum 1: ``q(t) = count(t) / n_tokens``.
 2. For each of the top ``fb_docs`` documents ``d`` of the current ranking, its term vector
    (term -> tf over the whole indexed text) keeps only terms of 2 to 20 characters that match
    ``[a-z0-9]+`` (``filter_terms``; pure digits pass) and occur in at most ``max_df`` of the
@@ -57,6 +58,7 @@ round (``bm25 | prf | bm25``) is Anserini's BM25+RM3.
 from __future__ import annotations
 
 import re
+from itertools import chain
 from pathlib import Path
 from typing import Literal
 
@@ -68,7 +70,7 @@ from ragkit.filters._flat import check_rows_in_corpus
 from ragkit.operator import Operator, load_array, read_json, save_arrays, write_json
 from ragkit.params import Params
 from ragkit.registry import register
-from ragkit.retrievers.bm25 import Tokenizer, _stemmer
+from ragkit.retrievers.bm25 import Tokenizer
 from ragkit.types import Corpus, State, TrainSet
 
 __all__ = ["PRF", "PRFParams"]
@@ -147,17 +149,23 @@ class PRF(Operator):
     example = {"fb_docs": 5, "fb_terms": 5, "max_df": 0.5}
 
     def _tokenize(self, texts: list[str]) -> tuple[list[list[str]], dict[str, str]]:
-        """Stemmed tokens per text, and a surface word for every stem seen."""
-        raw = Tokenizer(self.params.stopwords, "none", self.params.tokenizer)(texts)
-        vocab = sorted({t for doc in raw for t in doc})
-        stems = vocab if self.params.stemmer == "none" else _stemmer(self.params.stemmer).stemWords(vocab)
+        """Terms (stems) per text, as the BM25 of these parameters analyses them, and a surface word for every
+        term seen (the shortest, then alphabetically first, word that stems to it).  A word whose stem is empty
+        (Porter stems the "s" of "Fermat's" or "U.S." to "") is no term, as in BM25 (:meth:`Tokenizer.normalize`)."""
+        p = self.params
+        tok = Tokenizer(p.stopwords, p.stemmer, p.tokenizer)
+        docs = tok.surfaces(texts)
+        uniq = sorted(set(chain.from_iterable(docs)))
+        terms = tok.normalize(uniq)
         surface: dict[str, str] = {}
-        for word, stem in zip(vocab, stems):  # shortest word, then alphabetical: deterministic
-            cur = surface.get(stem)
-            if cur is None or len(word) < len(cur):
-                surface[stem] = word
-        stem_of = dict(zip(vocab, stems))
-        return [[stem_of[t] for t in doc] for doc in raw], surface
+        for s, t in zip(uniq, terms):  # distinct words, alphabetical: the shortest, then the first, is kept
+            if t is not None:
+                word = s.decode("ascii") if isinstance(s, bytes) else s
+                cur = surface.get(t)
+                if cur is None or len(word) < len(cur):
+                    surface[t] = word
+        term_of = dict(zip(uniq, terms))
+        return [[t for t in map(term_of.__getitem__, d) if t is not None] for d in docs], surface
 
     def _counts(self, tokens: list[list[str]]) -> sp.csr_matrix:
         vocab = self.vocab_

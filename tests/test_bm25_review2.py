@@ -120,3 +120,26 @@ def test_a_lucene_save_from_before_is_reweighed_only_where_it_has_blank_document
         got = BM25.load(folder, verify=False).score_matrix(queries.texts)
         want = bm.score_matrix(queries.texts)
         np.testing.assert_allclose(got, want if name == "padded" else 2 * want, rtol=1e-12)
+
+
+# ---------------------------------------------------------------- 2. PRF: no empty stem
+def test_prf_drops_porter_empty_stem_as_bm25_does():
+    """Porter stems the "s" of "Fermat's" and "U.S." to "": PRF kept it as a query term (weight 1/3 of the
+    query model of "Fermat's theorem in the U.S. cells"), which BM25 drops; now it is no term."""
+    from ragkit.pipelines import PRF
+    from ragkit.types import State
+
+    corpus = Corpus.from_texts(["Fermat's last theorem", "cells in the U.S. divide", "a theorem about cells",
+                                "s s s"])
+    prf = PRF(fb_docs=2, fb_terms=5, max_df=1.0).fit(corpus)
+    assert "" not in prf.vocab_ and set(prf.vocab_) == set(BM25().fit(corpus).vocab_)
+    state = State(["Fermat's theorem in the U.S. cells"])
+    qm = prf.query_model(state).toarray()[0]
+    terms = sorted(prf.vocab_, key=prf.vocab_.__getitem__)
+    assert {t: qm[j] for j, t in enumerate(terms) if qm[j]} == {"fermat": 0.25, "theorem": 0.25, "u": 0.25,
+                                                                "cell": 0.25}
+    assert prf._tokenize(["Fermat's U.S."])[0] == [["fermat", "u"]]
+    bm = BM25(k=4).fit(corpus)
+    words = prf(bm(state)).values["lexical_query"][0].split()
+    assert "s" not in words and set(words) == {"cells", "theorem", "fermat", "u", "divide", "last"}
+    assert "s" not in prf.surface_.tolist()
