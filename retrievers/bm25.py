@@ -110,6 +110,14 @@ def _index_dtype(nnz: int, n: int) -> type:
     return np.int32 if max(nnz, n) < np.iinfo(np.int32).max else np.int64
 
 
+def _refuse_one_text(texts: Any, what: str) -> None:
+    """A :class:`DataError` where ``texts`` (a list of texts expected) is one ``str`` or ``bytes``, whose characters
+    would each be taken for a text (``score_matrix("red")`` scored the queries "r", "e", "d")."""
+    if isinstance(texts, (str, bytes)):
+        raise DataError(f"{what}: expected a list of texts, got one {type(texts).__name__} ({texts!r:.60}); wrap it "
+                        "in a list")
+
+
 def _edited_during_search(detail: str) -> DataError:
     """The error of a search during which the index was edited (``add`` / ``remove`` on another thread), with
     ``detail`` (what no longer matched)."""
@@ -227,6 +235,7 @@ class Tokenizer:
         Lowercasing maps the dotted capital ``İ`` (U+0130) to ``i``, as Lucene's ``LowerCaseFilter``
         does: Python's ``str.lower`` makes it ``i`` + a combining dot, so "İstanbul" missed "istanbul".
         """
+        _refuse_one_text(texts, "Tokenizer.surfaces")
         try:
             if self.split_kind == "whitespace":
                 return [_lower(x).split() for x in texts]
@@ -249,7 +258,8 @@ class Tokenizer:
         return [stems.get(w) or None for w in words]
 
     def __call__(self, texts: Sequence[str]) -> list[list[str]]:
-        """Tokens (terms) of each text."""
+        """Tokens (terms) of each text (a list of texts: one ``str`` is refused, a :class:`DataError`)."""
+        _refuse_one_text(texts, "Tokenizer")
         docs = self.surfaces(texts)
         uniq = sorted(set(chain.from_iterable(docs)))
         term = dict(zip(uniq, self.normalize(uniq)))
@@ -609,12 +619,17 @@ class BM25(Operator):
 
     # ------------------------------------------------------------------ search
     def query_matrix(self, queries: Sequence[str]) -> sp.csr_matrix:
-        """Query term counts ``(n_queries, n_terms)``; repeated query terms count repeatedly, as in rank-bm25."""
+        """Query term counts ``(n_queries, n_terms)``, float64 CSR; repeated query terms count repeatedly, as in
+        rank-bm25.  ``queries``: a list of texts (one ``str`` is refused: a :class:`DataError`)."""
+        self._check_fitted()
+        _refuse_one_text(queries, "bm25.query_matrix")
         return self._count_matrix(queries, grow=False)
 
     def score_matrix(self, queries: Sequence[str]) -> np.ndarray:
-        """Dense BM25 scores of every document, shape ``(n_queries, n_docs)``, float64."""
+        """Dense BM25 scores of every document, shape ``(n_queries, n_docs)``, float64.  ``queries``: a list of
+        texts (one ``str`` is refused: a :class:`DataError`)."""
         self._check_fitted()
+        _refuse_one_text(queries, "bm25.score_matrix")
         return (self.query_matrix(queries) @ self._wt).toarray()
 
     def _topk(self, q: sp.csr_matrix, k: int, drop: np.ndarray | None,

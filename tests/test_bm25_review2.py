@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 from rank_bm25 import BM25Okapi
 
+from ragkit.errors import DataError, NotFittedError
 from ragkit.retrievers import BM25
+from ragkit.retrievers.bm25 import Tokenizer
 from ragkit.scale import Sharded
 from ragkit.types import Corpus
 
@@ -143,3 +145,23 @@ def test_prf_drops_porter_empty_stem_as_bm25_does():
     words = prf(bm(state)).values["lexical_query"][0].split()
     assert "s" not in words and set(words) == {"cells", "theorem", "fermat", "u", "divide", "last"}
     assert "s" not in prf.surface_.tolist()
+
+
+# ---------------------------------------------------------------- 3. one str where a list of texts is expected
+def test_one_string_is_refused_where_a_list_of_texts_is_expected():
+    """score_matrix("red") scored the queries "r", "e", "d" (a 3 x n_docs matrix of zeros), query_matrix and
+    Tokenizer split a str into its characters; now each refuses it as search's State does, and an unfitted
+    query_matrix is NotFittedError (was AttributeError: no vocab_)."""
+    bm = BM25(k=2).fit(Corpus.from_texts(["red apple", "green pear", "red car"]))
+    for call, name in [(bm.score_matrix, "bm25.score_matrix"), (bm.query_matrix, "bm25.query_matrix"),
+                       (Tokenizer(), "Tokenizer"), (Tokenizer().surfaces, "Tokenizer.surfaces")]:
+        with pytest.raises(DataError, match=rf"^{name}: expected a list of texts, got one str \('red car'\); wrap it "
+                                            "in a list$"):
+            call("red car")
+        with pytest.raises(DataError, match="got one bytes"):
+            call(b"red car")
+    assert bm.score_matrix(["red car"]).shape == (1, 3) and bm.query_matrix(("red", "car")).shape[0] == 2
+    assert Tokenizer()(["red cars"]) == [["red", "car"]]
+    for call in (BM25().query_matrix, BM25().score_matrix):
+        with pytest.raises(NotFittedError, match=r"BM25 \('bm25'\) is not fitted yet"):
+            call(["red"])
