@@ -378,7 +378,8 @@ class BM25(Operator):
             s2i = self._s2i = {}
         new = set(flat).difference(s2i)
         if new:
-            if len(s2i) > 4 * len(self.vocab_) + 200_000:  # bound the cache of unknown query words: a new
+            # (not while indexing: then the cache holds the corpus's words, which PRF reads for its surface words)
+            if not grow and len(s2i) > 4 * len(self.vocab_) + 200_000:  # bound the cache of unknown query words: a new
                 s2i = self._s2i = {}  # one (clearing in place lost a concurrent search's words)
                 new = set(flat)
             ordered = sorted(new)  # deterministic term ids
