@@ -1311,6 +1311,48 @@ def validate_cmd(path: Path = typer.Argument(..., help="Pipeline YAML file, or a
             console.print(Text(f"note: {note}", style="yellow"), soft_wrap=True)
 
 
+def _check_no_pipelines(results: list[Path], data: Optional[str], split: str, relevance_level: int,
+                        keep_identical_ids: bool) -> None:
+    """Refuse pipelines (YAML files, saved folders: :func:`~ragkit.eval.compare.pipeline_kind`) given to
+    ``ragkit compare`` for results, with the ``ragkit eval`` commands that write their results (scored as
+    ``compare`` would score run files: ``--data``, ``--split``, ``--relevance-level``, ``--keep-identical-ids``)
+    and the ``ragkit compare`` command on what they write.  A TREC run file or a JSON result passes unread
+    (their first line or character tells them apart)."""
+    from ragkit.eval.compare import eval_command, pipeline_kind
+
+    kinds = {i: kind for i, p in enumerate(results) if (kind := pipeline_kind(p)) is not None}
+    if not kinds:
+        return
+    extra = [*(["--relevance-level", str(relevance_level)] if relevance_level != 1 else []),
+             *(["--keep-identical-ids"] if keep_identical_ids else [])]
+    taken = {p.name for i, p in enumerate(results) if i not in kinds}
+    outs: dict[int, str] = {}
+    for i in kinds:  # the JSON each writes, in the working folder: named after it, and each its own
+        stem = results[i].stem if results[i].is_file() else results[i].name
+        out, n = f"{stem}.json", 1
+        while out in taken:
+            n += 1
+            out = f"{stem}_{n}.json"
+        taken.add(out)
+        outs[i] = out
+    runs = [p for i, p in enumerate(results) if i not in kinds and not p.name.endswith(".json")]
+    scoring = ["--data", shlex.quote(data), "--split", shlex.quote(split), *extra] if runs and data else []
+    then = " ".join(["ragkit compare", *(outs.get(i) or shlex.quote(str(p)) for i, p in enumerate(results)),
+                     *scoring])
+    names = [str(results[i]) for i in kinds]
+    listed = ", ".join(names[:-1]) + f" and {names[-1]}" if len(names) > 1 else names[0]
+    if len(kinds) == 1:
+        what = f"{listed} is {kinds[next(iter(kinds))]}, not results: evaluate it first"
+    elif len(set(kinds.values())) == 1:  # "a pipeline YAML file" -> "pipeline YAML files"
+        what = f"{listed} are {next(iter(kinds.values()))[2:]}s, not results: evaluate each first"
+    else:
+        what = (", ".join(f"{results[i]} ({kind})" for i, kind in kinds.items()) + " are pipelines, not results: "
+                "evaluate each first")
+    steps = "\n".join(f"  {eval_command(results[i], data, split, outs[i], extra)}" for i in kinds)
+    raise RagkitError(f"RESULTS: {what}, then compare the results written (ragkit compare reads 'ragkit eval -o' "
+                      f"JSON files and TREC run files):\n{steps}\n  {then}")
+
+
 @app.command("compare")
 def compare_cmd(
     results: list[Path] = typer.Argument(..., help="Two or more 'ragkit eval -o' JSON files or TREC run files; "
@@ -1345,6 +1387,7 @@ def compare_cmd(
                               f"got {alpha:g}")
         if len(results) < 2:
             raise RagkitError(f"RESULTS: expected two or more result files, got {len(results)}")
+        _check_no_pipelines(results, data, split, relevance_level, keep_identical_ids)
         missing = [str(p) for p in results if not p.is_file()]
         if missing:
             raise RagkitError(f"RESULTS: {', '.join(missing)}: no such file (expected 'ragkit eval -o' JSON files or "

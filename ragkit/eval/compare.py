@@ -30,12 +30,12 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from ragkit.errors import DataError, ParamError, some_ids
+from ragkit.errors import DataError, ParamError, RagkitError, some_ids
 from ragkit.eval.metrics import _exact_grid, _one_blas_thread, evaluate, parse_metric, sign_flip_pvalues
 from ragkit.run import Run
 from ragkit.types import Qrels
 
-__all__ = ["SystemResult", "Comparison", "compare", "load_result", "holm"]
+__all__ = ["SystemResult", "Comparison", "compare", "load_result", "holm", "pipeline_kind", "eval_command"]
 
 #: Metrics compared when none are named: BEIR's headline pair.
 DEFAULT_COMPARE_METRICS = ("ndcg@10", "recall@100")
@@ -95,6 +95,14 @@ def load_result(path: str | Path, *, qrels: Qrels | None = None, metrics: Sequen
     without them (written before ``ragkit eval`` recorded them) was scored with the defaults ragkit eval
     always used then: ``relevance_level=1``, ``ignore_identical_ids=True``."""
     path = Path(path)
+
+    def not_results(kind: str | None) -> None:  # a pipeline given where its results belong (a.yaml b.yaml)
+        if kind is not None:
+            raise DataError(f"{path} is {kind}, not results: evaluate it first "
+                            f"({eval_command(path, dataset, split)}), then compare the .json files it writes")
+
+    if path.is_dir():
+        not_results(pipeline_kind(path))
     if not path.is_file():
         raise DataError(f"{path}: file not found; expected a 'ragkit eval -o' JSON file or a TREC run file")
     name = name or str(path)
@@ -104,7 +112,9 @@ def load_result(path: str | Path, *, qrels: Qrels | None = None, metrics: Sequen
         try:
             payload = json.loads(path.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            not_results(pipeline_kind(path))  # YAML in flow style: {pipeline: [...]}
             raise DataError(f"{path}: not valid JSON ({e}); expected a 'ragkit eval -o' results file") from None
+        not_results("a pipeline in JSON" if _is_pipeline_doc(payload) else None)
         result = _from_payload(payload, path, name)
         for key, want in (("dataset", dataset), ("split", split)):  # --data/--split name what every result is of
             got = getattr(result, key)
@@ -112,6 +122,7 @@ def load_result(path: str | Path, *, qrels: Qrels | None = None, metrics: Sequen
                 raise DataError(f"{path}: results of {key} {got!r}, but {want!r} was given (--data / --split); "
                                 f"compare results of the {key} given, or leave it out")
         return result
+    not_results(pipeline_kind(path))
     if qrels is None:
         raise DataError(f"{path}: a TREC run file holds no judgements; give the dataset to score it against "
                         "(ragkit compare --data NAME_OR_FOLDER --split SPLIT)")
@@ -134,6 +145,76 @@ def load_result(path: str | Path, *, qrels: Qrels | None = None, metrics: Sequen
             "written with --limit is compared on every judged query", path, covered, len(scored))
     return SystemResult(name, scores.per_query, dataset, split, relevance_level=int(relevance_level),
                         ignore_identical_ids=bool(ignore_identical_ids))
+
+
+#: The largest file :func:`pipeline_kind` reads as YAML (a pipeline file is a few hundred bytes; run files
+#: can be gigabytes, and a YAML parser reads ~1 MB/s).
+_MAX_PIPELINE_BYTES = 1 << 20
+
+
+def _trec_line(line: bytes) -> bool:
+    """Whether ``line`` is a line of a TREC run file: 6 columns, the fifth a number (what
+    :meth:`Run.read_trec <ragkit.run.Run.read_trec>` reads)."""
+    parts = line.split()
+    if len(parts) != 6:
+        return False
+    try:
+        return float(parts[4]) == float(parts[4])  # (not NaN)
+    except ValueError:
+        return False
+
+
+def pipeline_kind(path: str | Path) -> str | None:
+    """What ``path`` is when it holds a pipeline rather than results: ``"a pipeline YAML file"`` (YAML whose
+    document is a mapping with a ``pipeline`` list, or a list of steps: what ``ragkit eval --pipeline`` reads),
+    ``"a saved pipeline folder"`` (``Pipeline.save``'s) or ``"a saved operator folder"`` (``Operator.save``'s);
+    ``None`` for anything else, read as before (a ``ragkit eval -o`` JSON file, whose ``pipeline`` is a string,
+    or a TREC run file).  A file whose first non-blank line is a TREC run line (6 columns, the fifth a number) is
+    not parsed unless it ends in ``.yaml`` / ``.yml``; nor is one over 1 MiB."""
+    p = Path(path)
+    try:
+        if p.is_dir():
+            if (p / "manifest.json").is_file() or (p / "pipeline.yaml").is_file():
+                return "a saved pipeline folder"
+            return "a saved operator folder" if (p / "params.json").is_file() else None
+        if not p.is_file() or p.stat().st_size > _MAX_PIPELINE_BYTES:
+            return None
+        with open(p, "rb") as f:
+            head = f.read(4096)
+    except (OSError, ValueError):  # unreadable, a name too long, a NUL byte
+        return None
+    first = next((line for line in head.splitlines() if line.strip()), b"")
+    if _trec_line(first) and p.suffix.lower() not in (".yaml", ".yml"):
+        return None
+    from ragkit.pipelines.yaml import parse_yaml_text
+
+    try:
+        doc, _ = parse_yaml_text(p)
+    except RagkitError:  # not YAML (nor UTF-8): not a pipeline file
+        return None
+    return "a pipeline YAML file" if _is_pipeline_doc(doc) else None
+
+
+def _is_pipeline_doc(doc: Any) -> bool:
+    """Whether a parsed YAML or JSON document is a pipeline: a mapping whose ``pipeline`` is a list of steps
+    (a ``ragkit eval -o`` file's ``pipeline`` is the YAML as a string), or such a list alone."""
+    steps = doc.get("pipeline") if isinstance(doc, Mapping) else doc
+    return isinstance(steps, list) and any(isinstance(s, (Mapping, list)) for s in steps)
+
+
+def eval_command(pipeline: str | Path, data: str | None = None, split: str | None = None,
+                 output: str | Path | None = None, extra: Sequence[str] = ()) -> str:
+    """The ``ragkit eval`` command line that writes the results of ``pipeline`` (a YAML file or a saved folder)
+    for ``ragkit compare``: ``--data`` (``DATASET`` when ``None``) and ``--split`` (``test``), ``-o`` ``output``
+    (default: the file's stem or the folder's name, ``.json``, in the working folder), then ``extra`` options
+    (``--relevance-level 2``); every argument quoted for a POSIX shell."""
+    import shlex
+
+    p = Path(pipeline)
+    out = output if output is not None else f"{p.stem if p.suffix else p.name}.json"
+    return " ".join(["ragkit eval", "--data", shlex.quote(data) if data else "DATASET", "--split",
+                     shlex.quote(split or "test"), "--pipeline", shlex.quote(str(pipeline)), "-o",
+                     shlex.quote(str(out)), *map(shlex.quote, extra)])
 
 
 def _from_payload(payload: Any, path: Path, name: str) -> SystemResult:

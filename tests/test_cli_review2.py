@@ -1,0 +1,140 @@
+"""CLI review: pipelines given to ``ragkit compare`` for their results are named as such, with the commands
+that write those results."""
+
+from __future__ import annotations
+
+import json
+import shlex
+from pathlib import Path
+
+import pytest
+
+from ragkit.errors import DataError
+
+DOCS = [("d1", "Vitamin D", "Vitamin D prevents fractures in elderly people."),
+        ("d2", "Cats", "Cats sleep most of the day."),
+        ("d3", "Dogs", "Dogs bark at strangers."),
+        ("d4", "Hips", "Fractures of the hip are common.")]
+QUERIES = [("q1", "does vitamin D prevent fractures"), ("q2", "why do cats sleep"), ("q3", "dog barking"),
+           ("q4", "hip fracture"), ("q5", "sleeping cats"), ("q6", "barking dogs")]
+LINEAR = "description: linear bm25 then top_k\npipeline:\n  - bm25: {k: 50, b: 0.4, k1: 0.9}\n  - top_k: {k: 20}\n"
+FUSION = ("pipeline:\n  - parallel:\n      branches:\n        - bm25: {k: 50}\n"
+          "        - [bm25: {k: 50, variant: okapi}, top_k: {k: 30}]\n      fuse: {rrf: {}}\n  - top_k: {k: 20}\n")
+
+
+def _cli(*args: object):
+    from typer.testing import CliRunner
+
+    from ragkit.cli import app
+
+    return CliRunner().invoke(app, [str(a) for a in args], env={"COLUMNS": "200"})
+
+
+def _tiny(root: Path) -> Path:
+    """A four-document BEIR folder with a test and a train split."""
+    (root / "qrels").mkdir(parents=True)
+    (root / "corpus.jsonl").write_text("".join(json.dumps({"_id": i, "title": t, "text": x}) + "\n"
+                                               for i, t, x in DOCS), encoding="utf-8")
+    (root / "queries.jsonl").write_text("".join(json.dumps({"_id": i, "text": t}) + "\n" for i, t in QUERIES),
+                                        encoding="utf-8")
+    head = "query-id\tcorpus-id\tscore\n"
+    (root / "qrels" / "test.tsv").write_text(head + "q1\td1\t1\nq2\td2\t1\nq3\td3\t1\n", encoding="utf-8")
+    (root / "qrels" / "train.tsv").write_text(head + "q4\td4\t1\nq5\td2\t1\nq6\td3\t1\n", encoding="utf-8")
+    return root
+
+
+def _advice(output: str) -> list[list[str]]:
+    """The command lines an error advises (its lines that start with ``ragkit``), as argument lists."""
+    return [shlex.split(line.strip())[1:] for line in output.splitlines() if line.strip().startswith("ragkit ")]
+
+
+# ------------------------------------------------------------------ pipelines given to compare
+
+
+@pytest.mark.parametrize("with_data", [False, True])
+def test_compare_of_pipeline_files_says_so_and_its_advice_runs(tmp_path, monkeypatch, with_data):
+    """``ragkit compare linear.yaml fusion.yaml`` said "a TREC run file holds no judgements" (with --data:
+    "linear.yaml:1: expected 6 columns ... got 5"); it names them pipeline files, with a ragkit eval command
+    for each and the ragkit compare of what they write, and those commands run."""
+    data = _tiny(tmp_path / "data")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "p").mkdir()
+    Path("p/linear.yaml").write_text(LINEAR, encoding="utf-8")
+    Path("p/fusion.yaml").write_text(FUSION, encoding="utf-8")
+    res = _cli("compare", "p/linear.yaml", "p/fusion.yaml", *(["--data", data] if with_data else []))
+    assert res.exit_code == 2
+    assert "RESULTS: p/linear.yaml and p/fusion.yaml are pipeline YAML files, not results" in res.output
+    assert "TREC run file holds no judgements" not in res.output and "columns" not in res.output
+    steps = _advice(res.output)
+    where = str(data) if with_data else "DATASET"
+    assert steps == [["eval", "--data", where, "--split", "test", "--pipeline", "p/linear.yaml", "-o", "linear.json"],
+                     ["eval", "--data", where, "--split", "test", "--pipeline", "p/fusion.yaml", "-o", "fusion.json"],
+                     ["compare", "linear.json", "fusion.json"]]
+    for step in steps:
+        step = [str(data) if a == "DATASET" else a for a in step] + (["--resamples", "100"] if step[0] == "compare"
+                                                                     else [])
+        ran = _cli(*step)
+        assert ran.exit_code == 0, ran.output
+    assert "ndcg@10" in ran.output
+
+
+def test_compare_names_a_saved_pipeline_folder_and_keeps_the_other_inputs(tmp_path, monkeypatch):
+    """A folder written by Pipeline.save was "no such file"; its eval command's JSON gets a name of its own
+    when another input has that name, and the other inputs stay in the advised compare, with --data and
+    the scoring options where a run file needs them."""
+    from ragkit.pipelines import Pipeline
+
+    data = _tiny(tmp_path / "data")
+    monkeypatch.chdir(tmp_path)
+    Pipeline.from_yaml(LINEAR).save(tmp_path / "bm25")
+    res = _cli("eval", "--data", data, "-p", "bm25", "--run", "a.run", "-o", "bm25.json")
+    assert res.exit_code == 0, res.output
+    res = _cli("compare", "bm25.json", "bm25", "a.run", "--data", data, "--relevance-level", "2")
+    assert res.exit_code == 2
+    assert "RESULTS: bm25 is a saved pipeline folder, not results: evaluate it first" in res.output
+    assert _advice(res.output) == [
+        ["eval", "--data", str(data), "--split", "test", "--pipeline", "bm25", "-o", "bm25_2.json",
+         "--relevance-level", "2"],
+        ["compare", "bm25.json", "bm25_2.json", "a.run", "--data", str(data), "--split", "test",
+         "--relevance-level", "2"]]
+
+
+def test_load_result_refuses_a_pipeline_in_any_form(tmp_path):
+    """The library's load_result: a pipeline YAML file (block or flow style, or the list of steps alone),
+    a pipeline in JSON and a saved folder are refused as pipelines, with qrels or without."""
+    from ragkit.eval.compare import load_result, pipeline_kind
+    from ragkit.pipelines import Pipeline
+
+    forms = {"block.yaml": LINEAR, "flow.yml": "{pipeline: [{bm25: {k: 10}}]}",
+             "steps.txt": "# bm25 alone\n- bm25: {k: 10}\n", "pipe.json": json.dumps({"pipeline": [{"bm25": {}}]})}
+    for name, text in forms.items():
+        (tmp_path / name).write_text(text, encoding="utf-8")
+    Pipeline.from_yaml(LINEAR).save(tmp_path / "saved")
+    for name in [*forms, "saved"]:
+        for qrels in (None, {"q1": {"d1": 1}}):
+            with pytest.raises(DataError, match=rf"^{tmp_path / name} is a (pipeline YAML file|pipeline in JSON|"
+                                                rf"saved pipeline folder), not results: evaluate it first "
+                                                rf"\(ragkit eval --data DATASET --split test --pipeline "):
+                load_result(tmp_path / name, qrels=qrels)
+    assert pipeline_kind(tmp_path / "saved") == "a saved pipeline folder"
+
+
+def test_run_files_and_results_read_as_before(tmp_path):
+    """TREC run files (blank lines, any whitespace, even one named .yaml) and eval JSON files are no pipelines;
+    a malformed run file keeps its error."""
+    from ragkit.eval.compare import load_result, pipeline_kind
+
+    qrels = {"q1": {"d1": 1}, "q2": {"d2": 1}}
+    run = "\n\nq1 Q0 d1 1 2.5 x\nq1\tQ0  d2 2 1.5 x\nq2 Q0 d2 1 3.0 x\n"
+    for name in ("a.run", "a.yaml"):
+        (tmp_path / name).write_text(run, encoding="utf-8")
+        assert pipeline_kind(tmp_path / name) is None
+        got = load_result(tmp_path / name, qrels=qrels, metrics=["ndcg@10"])
+        assert got.per_query["ndcg@10"] == {"q1": 1.0, "q2": 1.0}
+    (tmp_path / "r.json").write_text(json.dumps({"pipeline": LINEAR, "per_query": {"ndcg@10": {"q1": 0.5}}}))
+    assert pipeline_kind(tmp_path / "r.json") is None and load_result(tmp_path / "r.json").values("ndcg@10")
+    (tmp_path / "bad.run").write_text("q1 Q0 d1 1 2.5\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"bad.run:1: expected 6 columns 'qid Q0 docid rank score tag', got 5"):
+        load_result(tmp_path / "bad.run", qrels=qrels)
+    with pytest.raises(DataError, match="a TREC run file holds no judgements"):
+        load_result(tmp_path / "bad.run")
