@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import platform
+import re
 import shlex
 import sys
 import tempfile
@@ -87,6 +88,34 @@ def resolve_pipeline(spec: str):
         raise RagkitError(f"--pipeline {spec!r}: a structural key of pipeline YAML, not an operator; write the "
                           f"pipeline in a YAML file (e.g. '- {spec.lower()}: {{...}}') and pass its path")
     return Pipeline([registry.get(spec, path="--pipeline")()]), False
+
+
+#: A message that starts with a path inside a pipeline's YAML (``pipeline[0].parallel.branches[1].bm25.filter: ``)
+_YAML_PATH = re.compile(r"pipeline\[\d+\][^\s:]*: ")
+
+
+def _in_file(e: RagkitError, spec: str) -> RagkitError:
+    """``e``, raised after the pipeline ``--pipeline spec`` was loaded (by its fit, by a search), with the name
+    of the YAML file ``spec`` and the line of the path its message starts with, as its load's errors read:
+    ``p.yaml: line 5: pipeline[0].parallel.branches[1].bm25.filter: field 'year' ...``.  Unchanged when
+    ``spec`` is no YAML file (a saved folder, an operator name, YAML text), when the message starts with no
+    YAML path, or when the file no longer parses (it is read again, now)."""
+    import yaml
+
+    from ragkit.pipelines.yaml import _with_lines
+
+    message = str(e)
+    if not _YAML_PATH.match(message):
+        return e
+    try:
+        if not Path(spec).is_file():
+            return e
+        root = yaml.compose(Path(spec).read_text(encoding="utf-8"), Loader=yaml.SafeLoader)
+    except (OSError, ValueError, yaml.YAMLError):
+        return e
+    lined = _with_lines(message, root) if root is not None else message
+    e.args = (f"{spec}: {lined}" if "\n" not in lined else f"{spec}:\n{lined}", *e.args[1:])
+    return e
 
 
 def _load_folder(path: Path, option: str = "--pipeline"):
@@ -666,7 +695,7 @@ def eval_cmd(
             _note_nothing_learns(f"--pipeline {pipeline}", f"--train-split {train_split} changes nothing")
         scored = _fit_and_score(pipe, loaded, sp, ks, trace, backend, scoring)
     except RagkitError as e:
-        _fail(e)
+        _fail(_in_file(e, pipeline))
         return
     ds, queries, run, result = sp.ds, sp.queries, scored.run, scored.result
     total = time.perf_counter() - t_all
@@ -937,7 +966,7 @@ def train_cmd(
         except OSError as e:
             raise RagkitError(f"--out {out}: the fitted pipeline could not be saved: {e.strerror or e}") from None
     except RagkitError as e:
-        _fail(e)
+        _fail(_in_file(e, pipeline))
         return
     _print_learned(pipe)
     console.print(Text(f"fitted in {time.perf_counter() - t0:.1f} s; saved to {out} "  # the command on one line,
@@ -1220,7 +1249,8 @@ def ask_cmd(
             chosen = {f: v for f, v in (("top_k", top_k), ("mode", mode), ("max_new_tokens", max_new_tokens),
                                         ("cache_dir", cache_dir)) if v is not None}
             gens = [Generate(**{"max_new_tokens": 96, **chosen})]  # ask answers at more length than the default
-            pipe = Pipeline([pipe, gens[0]])
+            # its steps, not the pipeline as one step: the paths of fit and search errors stay the YAML's
+            pipe = Pipeline([*pipe.steps, gens[0]] if not fitted else [pipe, gens[0]])
         for g in gens:  # a model path that does not exist is refused before the retrieval steps are fitted
             g.check_source()
         if fitted:
@@ -1249,7 +1279,7 @@ def ask_cmd(
 
         run = pipe.search([question], generate={"on_token": show})
     except RagkitError as e:
-        _fail(e)
+        _fail(_in_file(e, pipeline))
         return
     sys.stdout.write("\n")
     ids = run.doc_ids[0][: gens[-1].params.top_k]
@@ -1286,8 +1316,10 @@ def validate_cmd(path: Path = typer.Argument(..., help="Pipeline YAML file, or a
             from ragkit.pipelines._compose import encoder_mismatch
 
             problem = encoder_mismatch(pipe)  # what its fit would refuse (a dbnorm on another model's cosines)
-            if problem is not None:
-                raise RagkitError(f"{path}: {problem}")
+            if problem is not None:  # with the file's line, as a load error has it
+                told = str(problem)
+                located = str(_in_file(problem, str(path)))
+                raise RagkitError(located if located != told else f"{path}: {told}")
     except RagkitError as e:
         _fail(e)
         return

@@ -1,5 +1,6 @@
 """CLI review: pipelines given to ``ragkit compare`` for their results are named as such, with the commands
-that write those results."""
+that write those results; errors a pipeline YAML file's fit or search raises name the file and the line,
+as its load's errors do."""
 
 from __future__ import annotations
 
@@ -20,6 +21,10 @@ QUERIES = [("q1", "does vitamin D prevent fractures"), ("q2", "why do cats sleep
 LINEAR = "description: linear bm25 then top_k\npipeline:\n  - bm25: {k: 50, b: 0.4, k1: 0.9}\n  - top_k: {k: 20}\n"
 FUSION = ("pipeline:\n  - parallel:\n      branches:\n        - bm25: {k: 50}\n"
           "        - [bm25: {k: 50, variant: okapi}, top_k: {k: 30}]\n      fuse: {rrf: {}}\n  - top_k: {k: 20}\n")
+FILTER_MISSING = ("pipeline:\n  - parallel:\n      branches:\n        - bm25: {k: 50}\n"
+                  "        - bm25: {k: 50, filter: {year: 2020}}\n")  # line 5: no 'year' in the corpus
+FILTER_ERROR = ("line 5: pipeline[0].parallel.branches[1].bm25.filter: field 'year' is not a metadata field of the "
+                "corpus")
 
 
 def _cli(*args: object):
@@ -138,3 +143,71 @@ def test_run_files_and_results_read_as_before(tmp_path):
         load_result(tmp_path / "bad.run", qrels=qrels)
     with pytest.raises(DataError, match="a TREC run file holds no judgements"):
         load_result(tmp_path / "bad.run")
+
+
+# ------------------------------------------------------------------ fit-time errors: file and line
+
+
+def test_eval_and_train_name_the_file_and_line_of_a_fit_error(tmp_path, monkeypatch):
+    """``ragkit eval --pipeline f.yaml`` printed "error: pipeline[0].parallel.branches[1].bm25.filter: ..."
+    for an error of the fit, without the file or the line its load errors have."""
+    data, other = _tiny(tmp_path / "data"), _tiny(tmp_path / "other")
+    monkeypatch.chdir(tmp_path)
+    Path("fm.yaml").write_text(FILTER_MISSING, encoding="utf-8")
+    for args in (["eval", "--data", data, "-p", "fm.yaml"], ["eval", "--data", f"{data},{other}", "-p", "fm.yaml"],
+                 ["train", "--data", data, "-p", "fm.yaml", "--out", "out", "--no-report"]):
+        res = _cli(*args)
+        assert res.exit_code == 2
+        assert f"error: fm.yaml: {FILTER_ERROR}" in res.output, (args, res.output)
+
+
+def test_ask_names_the_file_and_line_and_still_answers(tmp_path, monkeypatch):
+    """ask appended its generate step to the pipeline as one step, so a fit error's path read
+    pipeline[0][0].parallel...; it appends it to the pipeline's steps: the YAML's path, file and line."""
+    from ragkit.generators.operator import Generate
+
+    class _Engine:
+        def generate(self, question, chunks, *, on_token=None, **kw):
+            if on_token is not None:
+                on_token("ok")
+            return "ok"
+
+    monkeypatch.setattr(Generate, "_fit", lambda self, corpus, train, upstream: setattr(self, "engine_", _Engine()))
+    data = _tiny(tmp_path / "data")
+    monkeypatch.chdir(tmp_path)
+    Path("fm.yaml").write_text(FILTER_MISSING, encoding="utf-8")
+    Path("ok.yaml").write_text(LINEAR, encoding="utf-8")
+    res = _cli("ask", "-p", "fm.yaml", "--data", data, "--mode", "full", "vitamin D fractures")
+    assert res.exit_code == 2 and f"error: fm.yaml: {FILTER_ERROR}" in res.output, res.output
+    res = _cli("ask", "-p", "ok.yaml", "--data", data, "--mode", "full", "vitamin D fractures")
+    assert res.exit_code == 0, res.output
+    assert res.output.startswith("ok\n") and "sources: d1 (Vitamin D)" in res.output
+
+
+def test_validate_names_the_line_of_an_encoder_mismatch(tmp_path):
+    """validate's encoder check (a dbnorm on another model's cosines) named the file but not the line."""
+    p = tmp_path / "mm.yaml"
+    p.write_text("pipeline:\n  - dense: {model: sentence-transformers/all-MiniLM-L6-v2}\n"
+                 "  - dbnorm: {model: BAAI/bge-small-en-v1.5}\n", encoding="utf-8")
+    res = _cli("validate", p)
+    assert res.exit_code == 2
+    assert f"error: {p}: line 3: pipeline[1].dbnorm.model: dbnorm encodes with 'BAAI/bge-small-en-v1.5'" in res.output
+
+
+def test_errors_that_already_name_the_file_are_unchanged(tmp_path, monkeypatch):
+    """A load error (it names the file and line already, even of a file called pipeline.yaml), an error
+    of a saved folder and one of an operator name are printed as before."""
+    from ragkit.errors import RagkitError
+    from ragkit.pipelines import Pipeline
+
+    data = _tiny(tmp_path / "data")
+    monkeypatch.chdir(tmp_path)
+    Path("pipeline.yaml").write_text("pipeline:\n  - bm25: {k: 0}\n", encoding="utf-8")
+    with pytest.raises(RagkitError) as e:
+        Pipeline.from_yaml("pipeline.yaml")
+    res = _cli("eval", "--data", data, "-p", "pipeline.yaml")
+    assert res.exit_code == 2 and res.output.strip() == f"error: {e.value}"
+    Pipeline.from_yaml(FILTER_MISSING).save(tmp_path / "saved")
+    res = _cli("eval", "--data", data, "-p", "saved")
+    assert res.exit_code == 2
+    assert "error: pipeline[0].parallel.branches[1].bm25.filter: field 'year'" in res.output
