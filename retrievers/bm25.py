@@ -237,8 +237,19 @@ class Tokenizer:
 
     def __init__(self, stopwords: str = "lucene", stemmer: str = "porter", split: str = "alnum") -> None:
         self.stop = LUCENE_STOPWORDS if stopwords == "lucene" else frozenset()
+        self.stemmer_name = stemmer
         self.stem = None if stemmer == "none" else _stemmer(stemmer).stemWords
         self.split_kind = split
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["stem"] = None  # PyStemmer's stemmer does not pickle (nor deepcopy): rebuilt from its name
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        if self.stemmer_name != "none":
+            self.stem = _stemmer(self.stemmer_name).stemWords
 
     def surfaces(self, texts: Sequence[str]) -> list[list[Any]]:
         """Split each text into surface tokens (``bytes`` for ``alnum``, ``str`` for ``whitespace``).

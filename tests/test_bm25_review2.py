@@ -218,3 +218,20 @@ def test_prf_counts_in_chunks_with_the_same_results_at_bm25s_peak_memory(monkeyp
         np.testing.assert_array_equal(getattr(whole.tf_, a), getattr(prf.tf_, a))
     np.testing.assert_array_equal(whole.expandable_, prf.expandable_)
     np.testing.assert_array_equal(whole.df_, prf.df_)
+
+
+def test_a_fitted_bm25_pickles_and_deep_copies_with_the_same_results() -> None:
+    """PyStemmer's stemmer does not pickle: a fitted BM25 (the LangChain retriever's default) raised
+    TypeError on pickle.dumps and copy.deepcopy; the tokenizer now rebuilds it from its name."""
+    import copy
+    import pickle
+
+    from ragkit.types import Corpus
+
+    docs = Corpus.from_texts(["cells were dividing rapidly", "the dividing line of vitamins", "stemming words"])
+    op = BM25(k=2).fit(docs)
+    want = op.search(["dividing cells"]).rankings[0]
+    for other in (pickle.loads(pickle.dumps(op)), copy.deepcopy(op)):
+        got = other.search(["dividing cells"]).rankings[0]
+        assert list(got.rows) == list(want.rows) and np.allclose(got.scores, want.scores)
+        assert other.make_tokenizer()(["dividing"]) == [["divid"]]
