@@ -1,33 +1,43 @@
-"""BM25 benchmark: ragkit vs rank-bm25 vs bm25s on SciFact, in one run.
+"""BM25 benchmark: ragkit vs rank-bm25 vs bm25s (numpy and numba backends) on SciFact, in one run.
 
 Usage::
 
     python bench/bm25.py                # full SciFact corpus, the 300 test queries
-    python bench/bm25.py --quick        # 800-doc slice, 40 queries (a smoke run, ~10 s)
+    python bench/bm25.py --quick        # 800-doc slice, 40 queries (a smoke run)
     python bench/bm25.py --scaling      # plus ragkit q/s for n_jobs = 1, 2, 4, ... cores
 
 For each library it measures
 
 * index time, from raw texts (each library's own tokenisation included);
 * queries/second for the test queries, from raw query text to top-``k`` (tokenisation
-  included), single-threaded and with all cores (ragkit ``n_jobs=-1``; bm25s
-  ``n_threads=-1``; rank-bm25 has no parallel scoring, so a ``multiprocessing`` pool over
-  queries);
+  included), on one thread and on all cores, the same number of threads for every library:
+  ragkit ``n_jobs=1`` / ``n_jobs=-1``; bm25s ``n_threads=0`` / ``n_threads=-1`` (``os.cpu_count()``
+  threads: a ``ThreadPoolExecutor`` on the numpy backend, numba's ``prange`` after
+  ``set_num_threads`` on the numba one, whose ``n_threads=0`` runs its serial kernel);
+  rank-bm25 has no parallel scoring, so a ``multiprocessing`` pool over queries;
+* bm25s twice: its default ``backend="numpy"`` and ``backend="numba"``, the fast path bm25s
+  documents (needs ``numba``, in the ``bench`` extra; without it the row says skipped and why).
+  numba compiles on a first call: the first index and the first search on each thread count
+  are timed apart, reported, and kept out of the q/s columns;
 * whether the top-10 lists agree when every library gets the *same tokens* (ragkit's
   tokenizer: lowercase, split on non-alphanumerics, Lucene stopwords, Porter):
   ragkit ``okapi`` against rank-bm25 ``BM25Okapi`` (and the maximum score difference),
-  ragkit ``lucene`` against bm25s ``method="lucene"``;
+  ragkit ``lucene`` against bm25s ``method="lucene"`` (both backends);
 * nDCG@10 of each on the test qrels (same tokens, k1 = 0.9, b = 0.4).
 
-Timings are the best of ``--repeat`` runs (rank-bm25: one run; it is slow).  The machine may
-be shared, so read the ratios, which are measured in the same run.  Writes
-``bench/out/bm25.json`` (``bm25_quick.json`` with ``--quick``).
+Index times are the best of ``--repeat`` runs (rank-bm25: one run; it is slow).  Searches
+(ragkit and bm25s) run in interleaved rounds, every library once per round, so that others'
+load on a shared machine falls on all alike; the best round of each is reported, and there
+are enough rounds that each search is timed for ``--min-seconds`` (0.5) in all.  Read the
+ratios, which are measured in the same run.  Writes ``bench/out/bm25.json``
+(``bm25_quick.json`` with ``--quick``).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import time
@@ -59,6 +69,39 @@ def top10_agreement(a: np.ndarray, b: np.ndarray) -> dict:
     same = float(np.mean([np.array_equal(x, y) for x, y in zip(a, b)]))
     overlap = float(np.mean([len(set(x.tolist()) & set(y.tolist())) / max(len(x), 1) for x, y in zip(a, b)]))
     return {"identical_lists": same, "mean_overlap": overlap}
+
+
+def numba_missing() -> str | None:
+    """Why bm25s's numba backend cannot run here (``None`` when it can)."""
+    try:
+        import numba  # noqa: F401
+        from bm25s.numba.retrieve_utils import _retrieve_numba_functional  # noqa: F401  (bm25s's numba path)
+    except ImportError as e:
+        return f"numba unavailable ({e}); pip install numba, or ragkit[bench]"
+    return None
+
+
+def interleaved_best(fns: dict, repeat: int, min_seconds: float) -> tuple[dict, dict, dict, int]:
+    """Time every callable in ``fns`` in rounds, each round calling each once in turn (the order rotated a
+    step each round, so none always runs first), so a burst of others' load on a shared machine falls on all
+    alike.  A first call of each comes before the rounds (JIT compiles, caches: its time is returned apart,
+    never counted in the best).  There are ``max(repeat, ceil(min_seconds / fastest call))`` rounds (at most
+    10,000), so each callable is timed for at least ``min_seconds`` in all.  Returns
+    ``(first-call seconds, best seconds, last result, rounds)``, the dicts keyed as ``fns``."""
+    keys = list(fns)
+    first, best, last = {}, {key: math.inf for key in keys}, {}
+    for key in keys:
+        t0 = time.perf_counter()
+        last[key] = fns[key]()
+        first[key] = time.perf_counter() - t0
+    rounds = 0
+    while rounds < max(1, repeat) or rounds < min(10_000, math.ceil(min_seconds / max(min(best.values()), 1e-9))):
+        for key in keys[rounds % len(keys):] + keys[:rounds % len(keys)]:
+            t0 = time.perf_counter()
+            last[key] = fns[key]()
+            best[key] = min(best[key], time.perf_counter() - t0)
+        rounds += 1
+    return first, best, last, rounds
 
 
 def train_sweep(data: str) -> dict:
@@ -97,7 +140,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", default="scifact", help="BEIR dataset name or folder (default: scifact)")
     ap.add_argument("--quick", action="store_true", help="800-doc slice, 40 queries")
-    ap.add_argument("--repeat", type=int, default=3, help="timing repeats for ragkit and bm25s (best of)")
+    ap.add_argument("--repeat", type=int, default=3,
+                    help="index timing repeats for ragkit and bm25s (best of), and the least number of search rounds")
+    ap.add_argument("--min-seconds", type=float, default=0.5,
+                    help="searches: interleaved rounds until each library's search is timed this long in all "
+                         "(best of the rounds is reported)")
     ap.add_argument("--k", type=int, default=100, help="results per query")
     ap.add_argument("--scaling", action="store_true",
                     help="also measure ragkit q/s for n_jobs = 1, 2, 4, ... cores on the queries repeated 10x")
@@ -145,22 +192,8 @@ def main() -> None:
     # ---------------------------------------------------------------- ragkit
     BM25(k=k).fit(corpus.subset(np.arange(min(50, len(corpus)))))  # import PyStemmer etc. before timing
     t_idx, rk = best_of(lambda: BM25(k=k, k1=K1, b=B).fit(corpus), args.repeat)
-    t1, run1 = best_of(lambda: rk.search(queries), args.repeat)
-    tn, runn = best_of(lambda: rk.search(queries, bm25={"n_jobs": -1}), args.repeat)
-    rk_top = np.stack([r.rows[:10] for r in run1.rankings])
-    assert all(a.equals(b) for a, b in zip(run1.rankings, runn.rankings)), "n_jobs changed the rankings"
     rk_okapi = BM25(k=k, k1=K1, b=B, variant="okapi").fit(corpus)
     rko_top = np.stack([r.rows[:10] for r in rk_okapi.search(queries).rankings])
-    res["ragkit"] = {"index_s": t_idx, "qps_1": len(queries) / t1, "qps_all": len(queries) / tn,
-                     "ndcg@10": ndcg(rk_top), "ndcg@10_okapi": ndcg(rko_top)}
-
-    if args.scaling:
-        many = [t for _ in range(10) for t in qtexts]
-        res["ragkit_scaling_qps"] = {}
-        for nj in sorted({1, *[2 ** i for i in range(1, 8) if 2 ** i <= n_cores], n_cores}):
-            t, _ = best_of(lambda: rk.search(many, bm25={"n_jobs": nj}), args.repeat)
-            res["ragkit_scaling_qps"][nj] = len(many) / t
-            print(f"ragkit n_jobs={nj}: {len(many) / t:.0f} q/s ({len(many)} queries)")
 
     # ---------------------------------------------------------------- same tokens for everyone
     global _RB, _TOK
@@ -192,33 +225,86 @@ def main() -> None:
                                            "max_abs_score_diff": float(np.abs(ref - mine).max()),
                                            "score_queries_checked": len(idx)}
 
-    # ---------------------------------------------------------------- bm25s
+    # ---------------------------------------------------------------- bm25s: numpy (its default) and numba
     stemmer = Stemmer.Stemmer("porter")
+    numba_skip = numba_missing()
 
-    def bs_index():
+    def bs_index(backend: str):
         ct = bm25s.tokenize(texts, stopwords="en", stemmer=stemmer, show_progress=False)
-        r = bm25s.BM25(k1=K1, b=B, method="lucene")
+        r = bm25s.BM25(k1=K1, b=B, method="lucene", backend=backend)
         r.index(ct, show_progress=False)
         return r
 
-    t_bs_idx, bs = best_of(bs_index, args.repeat)
-
-    def bs_search(n_threads: int):
+    def bs_search(r, n_threads: int):  # noqa: ANN001
         qt = bm25s.tokenize(qtexts, stopwords="en", stemmer=stemmer, show_progress=False)
-        return bs.retrieve(qt, k=min(k, len(corpus)), n_threads=n_threads, show_progress=False)
+        return r.retrieve(qt, k=min(k, len(corpus)), n_threads=n_threads, show_progress=False)
 
-    t_bs1, _ = best_of(lambda: bs_search(0), args.repeat)
-    t_bsn, _ = best_of(lambda: bs_search(-1), args.repeat)
+    t_bs_idx, bs = best_of(lambda: bs_index("numpy"), args.repeat)
+    if numba_skip is None:
+        t_bsn_first_idx, _ = best_of(lambda: bs_index("numba"), 1)  # any JIT compile of its index path is here
+        t_bsn_idx, bsn = best_of(lambda: bs_index("numba"), args.repeat)
+
+    # ---------------------------------------------------------------- searches: interleaved, best of N rounds
+    # "1": one thread each (ragkit n_jobs=1; bm25s n_threads=0: numpy's plain loop, numba's serial kernel);
+    # "all": os.cpu_count() threads each (ragkit n_jobs=-1; bm25s n_threads=-1: numpy's ThreadPoolExecutor,
+    # numba's prange kernel after set_num_threads).  Every call goes from raw query text to top-k.
+    searches = {("ragkit", "1"): lambda: rk.search(queries),
+                ("ragkit", "all"): lambda: rk.search(queries, bm25={"n_jobs": -1}),
+                ("bm25s", "1"): lambda: bs_search(bs, 0),
+                ("bm25s", "all"): lambda: bs_search(bs, -1)}
+    if numba_skip is None:
+        searches |= {("bm25s_numba", "1"): lambda: bs_search(bsn, 0),
+                     ("bm25s_numba", "all"): lambda: bs_search(bsn, -1)}
+    first, best, last, rounds = interleaved_best(searches, args.repeat, args.min_seconds)
+    run1, runn = last[("ragkit", "1")], last[("ragkit", "all")]
+    rk_top = np.stack([r.rows[:10] for r in run1.rankings])
+    assert all(a.equals(b) for a, b in zip(run1.rankings, runn.rankings)), "n_jobs changed the rankings"
+    res["timing"] = {"search_rounds": rounds, "interleaved": True, "min_seconds_per_search": args.min_seconds,
+                     "threads_all": n_cores, "threads_1": 1,
+                     "threads": {"ragkit": "n_jobs=1 / n_jobs=-1 (os.cpu_count() threads)",
+                                 "bm25s": "n_threads=0 / n_threads=-1 (os.cpu_count() threads)",
+                                 "rank_bm25": "one process / multiprocessing Pool(os.cpu_count())"}}
+    res["ragkit"] = {"index_s": t_idx, "qps_1": len(queries) / best[("ragkit", "1")],
+                     "qps_all": len(queries) / best[("ragkit", "all")],
+                     "ndcg@10": ndcg(rk_top), "ndcg@10_okapi": ndcg(rko_top)}
+
+    if args.scaling:
+        many = [t for _ in range(10) for t in qtexts]
+        res["ragkit_scaling_qps"] = {}
+        for nj in sorted({1, *[2 ** i for i in range(1, 8) if 2 ** i <= n_cores], n_cores}):
+            t, _ = best_of(lambda: rk.search(many, bm25={"n_jobs": nj}), args.repeat)
+            res["ragkit_scaling_qps"][nj] = len(many) / t
+            print(f"ragkit n_jobs={nj}: {len(many) / t:.0f} q/s ({len(many)} queries)")
+
     bs_same = bm25s.BM25(k1=K1, b=B, method="lucene")
     bs_same.index(doc_toks, show_progress=False)
     bs_top = bs_same.retrieve(q_toks, k=10, show_progress=False).documents
-    bs_own_top = bs_search(0).documents[:, :10]
-    res["bm25s"] = {"index_s": t_bs_idx, "qps_1": len(queries) / t_bs1, "qps_all": len(queries) / t_bsn,
+    bs_own_top = last[("bm25s", "1")].documents[:, :10]
+    res["bm25s"] = {"backend": "numpy", "index_s": t_bs_idx, "qps_1": len(queries) / best[("bm25s", "1")],
+                    "qps_all": len(queries) / best[("bm25s", "all")],
                     "ndcg@10": ndcg(bs_top), "ndcg@10_own_tokenizer": ndcg(bs_own_top)}
     res["agreement_lucene_vs_bm25s"] = top10_agreement(rk_top, bs_top)
+    if numba_skip is None:
+        import numba
+
+        bsn_same = bm25s.BM25(k1=K1, b=B, method="lucene", backend="numba")
+        bsn_same.index(doc_toks, show_progress=False)
+        bsn_top = bsn_same.retrieve(q_toks, k=10, show_progress=False).documents
+        bsn_own_top = last[("bm25s_numba", "1")].documents[:, :10]
+        res["bm25s_numba"] = {
+            "backend": "numba", "numba": numba.__version__, "threading_layer": numba.threading_layer(),
+            "index_s": t_bsn_idx, "qps_1": len(queries) / best[("bm25s_numba", "1")],
+            "qps_all": len(queries) / best[("bm25s_numba", "all")], "ndcg@10": ndcg(bsn_top),
+            "ndcg@10_own_tokenizer": ndcg(bsn_own_top),
+            "first_call_s": {"index": t_bsn_first_idx, "search_1": first[("bm25s_numba", "1")],
+                             "search_all": first[("bm25s_numba", "all")]}}
+        res["agreement_lucene_vs_bm25s_numba"] = top10_agreement(rk_top, bsn_top)
+        res["agreement_bm25s_numba_vs_numpy_own_tokens"] = top10_agreement(bsn_own_top, bs_own_top)
+    else:
+        res["bm25s_numba"] = {"skipped": numba_skip}
 
     # ---------------------------------------------------------------- report
-    rr, rb_, bs_ = res["ragkit"], res["rank_bm25"], res["bm25s"]
+    rr, rb_, bs_, bn = res["ragkit"], res["rank_bm25"], res["bm25s"], res["bm25s_numba"]
     res["ratios"] = {
         "ragkit_qps_1_over_rank_bm25": rr["qps_1"] / rb_["qps_1"],
         "ragkit_qps_1_over_bm25s": rr["qps_1"] / bs_["qps_1"],
@@ -227,24 +313,50 @@ def main() -> None:
         "ragkit_qps_all_over_qps_1": rr["qps_all"] / rr["qps_1"],
         "ragkit_index_speedup_vs_bm25s": bs_["index_s"] / rr["index_s"],
     }
-    print(f"\n{'library':<12}{'index s':>9}{'q/s 1 thr':>12}{'q/s all':>11}{'x rank-bm25':>13}{'nDCG@10':>9}")
-    for name, r in (("ragkit", rr), ("bm25s", bs_), ("rank-bm25", rb_)):
-        print(f"{name:<12}{r['index_s']:>9.2f}{r['qps_1']:>12.0f}{r['qps_all']:>11.0f}"
+    if "skipped" not in bn:
+        res["ratios"] |= {"ragkit_qps_1_over_bm25s_numba": rr["qps_1"] / bn["qps_1"],
+                          "ragkit_qps_all_over_bm25s_numba_all": rr["qps_all"] / bn["qps_all"],
+                          "ragkit_index_speedup_vs_bm25s_numba": bn["index_s"] / rr["index_s"]}
+    print(f"\n{'library':<14}{'index s':>9}{'q/s 1 thr':>12}{'q/s all':>11}{'x rank-bm25':>13}{'nDCG@10':>9}")
+    rows = [("ragkit", rr), ("bm25s numpy", bs_), ("bm25s numba", bn), ("rank-bm25", rb_)]
+    for name, r in rows:
+        if "skipped" in r:
+            print(f"{name:<14}skipped: {r['skipped']}")
+            continue
+        print(f"{name:<14}{r['index_s']:>9.2f}{r['qps_1']:>12.0f}{r['qps_all']:>11.0f}"
               f"{r['qps_1'] / rb_['qps_1']:>13.1f}{r['ndcg@10']:>9.4f}")
     a, b = res["agreement_okapi_vs_rank_bm25"], res["agreement_lucene_vs_bm25s"]
-    print(f"\nragkit q/s / bm25s q/s: {res['ratios']['ragkit_qps_1_over_bm25s']:.2f} (1 thread), "
+    print(f"\nthreads: '1 thr' = 1 each (ragkit n_jobs=1, bm25s n_threads=0, rank-bm25 one process); 'all' = "
+          f"{n_cores} each (ragkit n_jobs=-1, bm25s n_threads=-1"
+          + (f" [numba: {bn['threading_layer']} layer]" if "skipped" not in bn else "")
+          + f", rank-bm25 Pool({n_cores})); searches: best of {rounds} interleaved rounds (each search timed "
+          f">= {args.min_seconds:g} s in all, unless --repeat asks for more), query text to top-{k}")
+    print(f"ragkit q/s / bm25s numpy q/s: {res['ratios']['ragkit_qps_1_over_bm25s']:.2f} (1 thread), "
           f"{res['ratios']['ragkit_qps_all_over_bm25s_all']:.2f} (all cores); "
           f"ragkit all cores / 1 thread: {res['ratios']['ragkit_qps_all_over_qps_1']:.2f}")
+    if "skipped" in bn:
+        print(f"ragkit q/s / bm25s numba q/s: not measured ({bn['skipped']})")
+    else:
+        f = bn["first_call_s"]
+        print(f"ragkit q/s / bm25s numba q/s: {res['ratios']['ragkit_qps_1_over_bm25s_numba']:.2f} (1 thread), "
+              f"{res['ratios']['ragkit_qps_all_over_bm25s_numba_all']:.2f} (all cores) (below 1: bm25s numba is "
+              f"faster)")
+        print(f"bm25s numba first calls (JIT compile, outside the timings above): index {f['index']:.2f} s "
+              f"(then {bn['index_s']:.2f}), search {f['search_1']:.2f} s on 1 thread, {f['search_all']:.2f} s on "
+              f"all cores (numba {bn['numba']})")
     print(f"same tokens, top-10: ragkit okapi vs rank-bm25 identical {a['identical_lists']:.1%} "
           f"(overlap {a['mean_overlap']:.1%}, max |score diff| {a['max_abs_score_diff']:.1e}); "
-          f"ragkit lucene vs bm25s identical {b['identical_lists']:.1%} (overlap {b['mean_overlap']:.1%})")
+          f"ragkit lucene vs bm25s identical {b['identical_lists']:.1%} (overlap {b['mean_overlap']:.1%})"
+          + ("" if "skipped" in bn else
+             f", vs bm25s numba identical {res['agreement_lucene_vs_bm25s_numba']['identical_lists']:.1%}; "
+             f"bm25s numba vs numpy (own tokens) identical "
+             f"{res['agreement_bm25s_numba_vs_numpy_own_tokens']['identical_lists']:.1%}"))
     print(f"nDCG@10 ragkit okapi {rr['ndcg@10_okapi']:.4f}; "
           f"bm25s with its own tokenizer {bs_['ndcg@10_own_tokenizer']:.4f}")
     OUT.mkdir(parents=True, exist_ok=True)
     path = OUT / ("bm25_quick.json" if args.quick else "bm25.json")
     path.write_text(json.dumps(res, indent=2))
     print(f"wrote {path}")
-
 
 if __name__ == "__main__":
     main()

@@ -17,6 +17,15 @@ index's own (the saved checksums are verified, as by default).
 * ``load`` / ``load_mmap``: ``BM25.load(folder, corpus, mmap=...)`` and the same searches.
 * ``peer_fit`` / ``peer_load_mmap``: the same for bm25s (``method="lucene"``, its tokenizer with Porter
   stemming and English stopwords; ``BM25.load(dir, mmap=True)``), the peer the ratios are taken against.
+* ``search``: the search *times*.  A phase above times its searches once (a first search after a fit or load,
+  for its memory; one call of ~10 ms on SciFact is noise), so the ratios of search seconds come from this
+  phase: one process loads both saved indexes, in memory and memory-mapped (bm25s on its default numpy
+  backend and, when numba is installed, on ``backend="numba"``, its documented fast path), calls each search
+  once (numba compiles then: that first call is reported apart), then times them in interleaved rounds, every
+  searcher once a round (the order rotated a step each round), and keeps each one's best.  There are
+  ``max(--search-repeat, ceil(--search-seconds / fastest search))`` rounds (printed), so each searcher is timed
+  for at least ``--search-seconds`` in all.  One thread each (ragkit ``n_jobs=1``, bm25s ``n_threads=0``:
+  numba's serial kernel), from query text to top ``--k``.
 """
 
 from __future__ import annotations
@@ -24,6 +33,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -53,7 +63,8 @@ def _held_bytes(op: object) -> int:
     return int(sum(seen.values()))
 
 
-def _phase(name: str, folder: str, saved: str, n_queries: int, k: int) -> dict:
+def _phase(name: str, folder: str, saved: str, n_queries: int, k: int, search_repeat: int = 3,
+           search_seconds: float = 0.5) -> dict:
     import psutil
 
     from ragkit import load_beir
@@ -90,6 +101,9 @@ def _phase(name: str, folder: str, saved: str, n_queries: int, k: int) -> dict:
 
     if name.startswith("peer_"):
         return _peer_phase(name, data, qs, saved, k, measure, out, stop)
+    if name == "search":
+        stop.set()
+        return _search_phase(data, qs, saved, k, search_repeat, search_seconds)
     if name == "fit":
         bm = measure("fit", lambda: BM25(k=k).fit(data.corpus))
         held = _held_bytes(bm)
@@ -139,6 +153,57 @@ def _peer_phase(name: str, data, qs, saved: str, k: int, measure, out: dict, sto
     return out
 
 
+def _search_phase(data, qs, saved: str, k: int, repeat: int, min_seconds: float) -> dict:  # noqa: ANN001
+    """Search seconds of ragkit and bm25s on the indexes saved under ``saved`` (``bm25`` and ``bm25s``), each in
+    memory and memory-mapped (bm25s twice: numpy, and ``backend="numba"`` if numba imports): a first call each
+    (reported apart: numba compiles in it), then interleaved rounds, every searcher once a round, until each has
+    been timed ``min_seconds`` in all (and at least ``repeat`` rounds).  Best seconds per searcher, the rounds."""
+    import bm25s
+    import Stemmer
+
+    from ragkit.retrievers import BM25
+
+    stemmer = Stemmer.Stemmer("porter")
+    texts, n = list(qs.texts), min(k, len(data.corpus))
+    rk_dir, bs_dir = os.path.join(saved, "bm25"), os.path.join(saved, "bm25s")
+
+    def peer(r):  # noqa: ANN001, ANN202
+        return lambda: r.retrieve(bm25s.tokenize(texts, stopwords="en", stemmer=stemmer, show_progress=False),
+                                  k=n, n_threads=0, show_progress=False)
+
+    def mine(r):  # noqa: ANN001, ANN202
+        return lambda: r.search(qs)
+
+    fns = {"ragkit": mine(BM25.load(rk_dir, corpus=data.corpus, mmap=False)),
+           "ragkit_mmap": mine(BM25.load(rk_dir, corpus=data.corpus, mmap=True)),
+           "bm25s": peer(bm25s.BM25.load(bs_dir, mmap=False)),
+           "bm25s_mmap": peer(bm25s.BM25.load(bs_dir, mmap=True))}
+    out: dict = {"threads": 1}
+    try:
+        import numba  # noqa: F401
+        from bm25s.numba.retrieve_utils import _retrieve_numba_functional  # noqa: F401
+    except ImportError as e:
+        out["bm25s_numba"] = f"skipped: numba unavailable ({e}); pip install numba, or ragkit[bench]"
+    else:
+        fns["bm25s_numba"] = peer(bm25s.BM25.load(bs_dir, mmap=False, backend="numba"))
+        fns["bm25s_numba_mmap"] = peer(bm25s.BM25.load(bs_dir, mmap=True, backend="numba"))
+    first, best = {}, {}
+    for key, fn in fns.items():
+        t0 = time.perf_counter()
+        fn()
+        first[key] = time.perf_counter() - t0
+    rounds, keys = 0, list(fns)
+    while rounds < max(1, repeat) or rounds < min(10_000, math.ceil(min_seconds / min(best.values()))):
+        for key in keys[rounds % len(keys):] + keys[:rounds % len(keys)]:  # rotated: none always goes first
+            t0 = time.perf_counter()
+            fns[key]()
+            best[key] = min(best.get(key, math.inf), time.perf_counter() - t0)
+        rounds += 1
+    out |= {"rounds": rounds, "min_seconds": min_seconds, "best_s": {key: round(v, 5) for key, v in best.items()},
+            "first_call_s": {key: round(v, 4) for key, v in first.items()}}
+    return out
+
+
 def _ratios(res: dict) -> dict:
     """ragkit / bm25s for each measure both report (below 1: ragkit takes less)."""
     out = {}
@@ -148,10 +213,18 @@ def _ratios(res: dict) -> dict:
             w = theirs.get(key, theirs.get(peer) if key == mine else None)  # (a load step is named after its phase)
             if isinstance(v, dict) and isinstance(w, dict):
                 for m in ("s", "peak_extra_MB"):
+                    if m == "s" and key.startswith("search_"):  # one call: its time is the search phase's
+                        continue
                     if w.get(m):
                         out[f"{mine}.{key}.{m}"] = round(v[m] / w[m], 2)
             elif key in ("held_bytes_per_posting", "saved_MB") and w:
                 out[f"{mine}.{key}"] = round(v / w, 2)
+    best = res.get("search", {}).get("best_s", {})
+    for name, mine, peer in (("search.s", "ragkit", "bm25s"), ("search_mmap.s", "ragkit_mmap", "bm25s_mmap"),
+                             ("search.s_vs_numba", "ragkit", "bm25s_numba"),
+                             ("search_mmap.s_vs_numba", "ragkit_mmap", "bm25s_numba_mmap")):
+        if best.get(mine) and best.get(peer):
+            out[name] = round(best[mine] / best[peer], 2)
     return out
 
 
@@ -162,6 +235,9 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=1000)
     ap.add_argument("--quick", action="store_true", help="SciFact, 50 queries at k = 100 (the tests run it)")
     ap.add_argument("--out", default=None, help="JSON file for the results (default: print only)")
+    ap.add_argument("--search-seconds", type=float, default=0.5,
+                    help="search phase: interleaved rounds until each searcher is timed this long in all")
+    ap.add_argument("--search-repeat", type=int, default=3, help="search phase: at least this many rounds")
     ap.add_argument("--phase", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--saved", default=None, help=argparse.SUPPRESS)
     a = ap.parse_args()
@@ -171,21 +247,29 @@ def main() -> None:
     if a.folder is None:
         ap.error("give a BEIR folder or name (or --quick)")
     if a.phase:
-        print(json.dumps(_phase(a.phase, a.folder, a.saved, a.queries, a.k)))
+        print(json.dumps(_phase(a.phase, a.folder, a.saved, a.queries, a.k, a.search_repeat, a.search_seconds)))
         return
     saved = tempfile.mkdtemp(prefix="bm25_memory_")
     res: dict = {"folder": a.folder, "queries": a.queries, "k": a.k}
     try:
-        for phase in ("fit", "load", "load_mmap", "peer_fit", "peer_load_mmap"):
-            where = os.path.join(saved, "bm25s" if phase.startswith("peer_") else "bm25")
+        for phase in ("fit", "load", "load_mmap", "peer_fit", "peer_load_mmap", "search"):
+            sub = "bm25s" if phase.startswith("peer_") else "bm25"
+            where = saved if phase == "search" else os.path.join(saved, sub)  # search: both saved indexes
             cmd = [sys.executable, __file__, a.folder, "--phase", phase, "--saved", where,
-                   "--queries", str(a.queries), "--k", str(a.k)]
+                   "--queries", str(a.queries), "--k", str(a.k), "--search-repeat", str(a.search_repeat),
+                   "--search-seconds", str(a.search_seconds)]
             got = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.splitlines()[-1])
             print(phase, json.dumps(got), flush=True)
             res[phase] = got
     finally:
         shutil.rmtree(saved, ignore_errors=True)
     res["ragkit_vs_bm25s"] = _ratios(res)
+    srch = res["search"]
+    print(f"searches: 1 thread each, {a.queries} queries at k = {a.k}, query text to top k; best of {srch['rounds']} "
+          f"interleaved rounds (each searcher timed >= {srch['min_seconds']:g} s in all), first calls apart: "
+          + ", ".join(f"{key} {v * 1e3:.1f} ms (first {srch['first_call_s'][key] * 1e3:.0f})"
+                      for key, v in srch["best_s"].items())
+          + (f"; bm25s_numba {srch['bm25s_numba']}" if "bm25s_numba" in srch else ""), flush=True)
     print("ragkit / bm25s (below 1: ragkit takes less):", json.dumps(res["ragkit_vs_bm25s"]), flush=True)
     if a.out:
         Path(a.out).parent.mkdir(parents=True, exist_ok=True)
