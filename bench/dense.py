@@ -22,9 +22,22 @@ it keeps the real vectors' spectrum; the run prints the participation ratio and 
 intrinsic dimension of the corpus and of the synthetic set, to show which one is realistic.  On the
 synthetic set the int8 graph is built twice, in ragkit's insertion order (``reorder``, the default)
 and in the given order, and faiss ``HNSWFlat`` also with its vectors added in ragkit's order (ids
-mapped back), so the order's effect is measured in the same run for both libraries.  Writes
-``bench/out/dense.json`` and ``bench/out/dense.png`` (recall vs queries/sec, marker area
-~ memory); ``_quick`` suffixes with ``--quick``.
+mapped back: ``faiss HNSWFlat ef=N (ragkit's insertion order)``, matched by ``--only 'faiss HNSWFlat ef'``
+like the given-order rows), so the order's effect is measured in the same run for both libraries.
+The int8 graph's faiss peer is ``faiss HNSWSQ8 + rescore x4``: ``IndexRefineFlat(IndexHNSWSQ(QT_8bit))``,
+``k_factor=4`` (its float copy held in memory and counted, where ragkit memory-maps its floats).
+
+With an ef sweep, each graph configuration with >= 2 ef points gets its queries/second at the
+``--at-recall`` targets (0.90, 0.95), log-interpolated between the two ef points whose recall@10
+brackets the target ("not reached" past the sweep, no extrapolation), and the ratios of each
+ragkit graph to each faiss graph (both insertion orders), to ``ragkit exact f32`` and to
+``faiss IndexFlatIP`` (also in the JSON, ``at_recall``).  Writes ``bench/out/dense.json`` and
+``bench/out/dense.png`` (recall vs queries/sec, marker area ~ memory); ``_quick`` suffixes with ``--quick``.
+
+The README's 1M run::
+
+    python bench/dense.py --no-scifact --ef 128,256,512,1024 \
+        --only 'exact f32|rescore x4 ef|faiss HNSWFlat ef|IndexFlatIP'
 """
 
 from __future__ import annotations
@@ -241,8 +254,26 @@ def faiss_configs(d: np.ndarray, k: int, efs: list[int], scale: bool, m: int = 1
                 obj[0].hnsw.efSearch = ef
                 return obj[1][obj[0].search(qbox[0], k)[1]]
 
-            cfgs.append((f"faiss HNSWFlat, ragkit's insertion order ef={ef}", "faiss-hnsw",
+            cfgs.append((f"faiss HNSWFlat ef={ef} (ragkit's insertion order)", "faiss-hnsw",
                          lambda: _cached("faiss_hnsw_ordered", hnsw_ordered), fso, lambda obj: ser(obj[0]), None))
+
+        def hnsw_sq():  # the int8 graph's peer: an 8-bit scalar-quantised graph, its 4 x k shortlist rescored
+            base = faiss.IndexHNSWSQ(dim, faiss.ScalarQuantizer.QT_8bit, m, faiss.METRIC_INNER_PRODUCT)
+            base.hnsw.efConstruction = 128
+            x = np.ascontiguousarray(d)
+            base.train(x)
+            ix = faiss.IndexRefineFlat(base)  # keeps its own float copy, in memory
+            ix.k_factor = 4
+            ix.add(x)
+            return ix, base
+
+        for ef in efs:
+            def fsq(obj, ef=ef):
+                obj[1].hnsw.efSearch = ef
+                return obj[0].search(qbox[0], k)[1]
+
+            cfgs.append((f"faiss HNSWSQ8 + rescore x4 ef={ef}", "faiss-hnsw", lambda: _cached("faiss_hnsw_sq", hnsw_sq),
+                         fsq, lambda obj: ser(obj[0]), lambda obj: {"graph_bytes": ser(obj[1])}))
     return cfgs
 
 
@@ -347,6 +378,92 @@ def table(rows: list[dict], base_name: str, keys: list[str]) -> str:
     return "\n".join(lines)
 
 
+_EF_NAME = re.compile(r"(.*) ef=(\d+)(.*)")
+BASELINES = ("ragkit exact f32", "faiss IndexFlatIP")
+
+
+def qps_at_recall(recalls: list[float], qps: list[float], target: float) -> float | None:
+    """Queries/second at recall@10 ``target`` on one graph's ef sweep, interpolated linearly in
+    log(q/s) between the two points (sorted by recall) whose recalls bracket ``target``; ``None``
+    when no two do (the sweep never reaches it, or starts above it): no extrapolation."""
+    r = np.asarray(recalls, dtype=np.float64)
+    lq = np.log(np.asarray(qps, dtype=np.float64))
+    order = np.lexsort((lq, r))  # by recall, then q/s
+    r, lq = r[order], lq[order]
+    if len(r) < 2 or not r[0] <= target <= r[-1]:
+        return None
+    return float(np.exp(np.interp(target, r, lq)))
+
+
+def at_recall(rows: list[dict], targets: list[float], baselines: tuple[str, ...] = BASELINES) -> dict:
+    """For each graph configuration (rows named ``<graph> ef=<N>[<suffix>]``) with >= 2 ef points:
+    its q/s at each recall@10 target (:func:`qps_at_recall`, with the bracketing ef values or why
+    there is no value), and the ratios, at each target, of every ragkit graph to every faiss graph
+    and of every graph to each of ``baselines`` (exact searches, timed once) present in ``rows``."""
+    graphs: dict[str, dict] = {}
+    for row in rows:
+        m = _EF_NAME.fullmatch(row["config"])
+        if m:
+            g = graphs.setdefault(m[1] + m[3], {"family": row["family"], "points": []})
+            g["points"].append({"ef": int(m[2]), "recall@10": row["recall@10"], "qps": row["qps"]})
+    graphs = {name: g for name, g in graphs.items() if len(g["points"]) >= 2}
+    for g in graphs.values():
+        pts = sorted(g["points"], key=lambda p: (p["recall@10"], p["qps"]))
+        rec = [p["recall@10"] for p in pts]
+        g["at"] = {}
+        for t in targets:
+            q = qps_at_recall(rec, [p["qps"] for p in pts], t)
+            if q is not None:
+                lo = max(i for i, r in enumerate(rec) if r <= t)
+                hi = min(i for i, r in enumerate(rec) if r >= t)
+                g["at"][f"{t:g}"] = {"qps": round(q, 1), "between_ef": sorted({pts[lo]["ef"], pts[hi]["ef"]})}
+            elif t > rec[-1]:
+                g["at"][f"{t:g}"] = {"qps": None, "note": f"not reached (best {rec[-1]} at ef={pts[-1]['ef']})"}
+            else:
+                g["at"][f"{t:g}"] = {"qps": None, "note": f"below the sweep (lowest {rec[0]} at ef={pts[0]['ef']})"}
+    base = {b: next(r["qps"] for r in rows if r["config"] == b) for b in baselines
+            if any(r["config"] == b for r in rows)}
+    ratios = []
+    for t in targets:
+        for name, g in graphs.items():
+            peers = [(p, graphs[p]["at"][f"{t:g}"]["qps"]) for p in graphs
+                     if g["family"].startswith("ragkit") and graphs[p]["family"].startswith("faiss")]
+            for other, q_other in peers + list(base.items()):
+                q = g["at"][f"{t:g}"]["qps"]
+                ratios.append({"recall@10": t, "config": name, "vs": other,
+                               "ratio": None if q is None or q_other is None else round(q / q_other, 3)})
+    return {"method": "q/s log-interpolated in recall@10 between the bracketing ef points; no extrapolation",
+            "targets": list(targets), "baselines_qps": base, "graphs": graphs, "ratios": ratios}
+
+
+def at_recall_text(summary: dict) -> str:
+    """The printed form of :func:`at_recall`: a q/s table (graph x target), then one line of ratios per
+    graph and target."""
+    graphs, targets = summary["graphs"], summary["targets"]
+    if not graphs:
+        return "q/s at recall: no graph configuration has >= 2 ef points"
+    w = max(len(n) for n in graphs)
+    lines = [f"q/s at recall@10 targets ({summary['method']}):",
+             f"  {'graph':{w}s} " + " ".join(f"{'recall ' + f'{t:g}':>26s}" for t in targets)]
+    for name, g in graphs.items():
+        cells = []
+        for t in targets:
+            a = g["at"][f"{t:g}"]
+            cells.append(f"{a['qps']:,.0f} (ef {'-'.join(map(str, a['between_ef']))})" if a["qps"] is not None
+                         else "not reached" if a["note"].startswith("not") else "below sweep")
+        lines.append(f"  {name:{w}s} " + " ".join(f"{c:>26s}" for c in cells))
+    notes = sorted({f"{n}: {a['note']}" for n, g in graphs.items() for a in g["at"].values() if a["qps"] is None})
+    lines += [f"  ({n})" for n in notes]
+    for t in targets:
+        for name in graphs:
+            rs = [r for r in summary["ratios"] if r["recall@10"] == t and r["config"] == name]
+            if rs and graphs[name]["at"][f"{t:g}"]["qps"] is not None:  # (else: its note above)
+                lines.append(f"  at recall {t:g}, {name}: " + "; ".join(
+                    f"{r['ratio']:.2f}x {r['vs']}" if r["ratio"] is not None else f"n/a {r['vs']} (no q/s there)"
+                    for r in rs))
+    return "\n".join(lines)
+
+
 def plot(result: dict, path: Path) -> None:
     import matplotlib
 
@@ -393,6 +510,9 @@ def main() -> None:
                     help="synthetic set: also int8 graphs over these reductions, comma separated (e.g. pca:256), "
                          "their shortlists rescored with the full vectors")
     ap.add_argument("--graph-oversample", type=int, default=8, help="shortlist multiplier of the --graph-reduce graphs")
+    ap.add_argument("--at-recall", default="0.90,0.95",
+                    help="recall@10 targets, comma separated: each swept graph's q/s there (log-interpolated "
+                         "between the bracketing ef points) and its ratios to the faiss graphs and exact searches")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--no-scifact", action="store_true")
     ap.add_argument("--no-synthetic", action="store_true")
@@ -406,6 +526,9 @@ def main() -> None:
     n = args.n or (5_000 if args.quick else 1_000_000)
     n_q = args.n_queries or (50 if args.quick else 1000)
     efs = [] if args.no_hnsw else [int(x) for x in (args.ef or ("32" if args.quick else "16,32,64,128")).split(",")]
+    targets = [float(t) for t in args.at_recall.split(",") if t.strip()]
+    if not all(0 < t <= 1 for t in targets):
+        ap.error(f"--at-recall: recall targets in (0, 1], got {args.at_recall!r}")
     k = 10
     args.out.mkdir(parents=True, exist_ok=True)
     result: dict = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
@@ -443,6 +566,9 @@ def main() -> None:
         _CACHE.clear()
         result["scifact"] = {"n": len(base), "n_queries": len(qbase), "rows": rows}
         print(table(rows, "ragkit exact f32", ["build_s", "memory_bytes", "qps", "recall@10", "ndcg@10"]))
+        if len(efs) >= 2:
+            result["scifact"]["at_recall"] = at_recall(rows, targets)
+            print(at_recall_text(result["scifact"]["at_recall"]))
 
     if not args.no_synthetic:
         d, q = synthetic(base, qbase, n, n_q, args.noise, shape=args.noise_shape)
@@ -466,6 +592,9 @@ def main() -> None:
         result["synthetic"] = {"n": n, "n_queries": n_q, "noise": args.noise, "noise_shape": args.noise_shape,
                                "geometry": geo, "rows": rows, "ragkit_vs_usearch": raw}
         print(table(rows, "ragkit exact f32", ["build_s", "memory_bytes", "qps", "recall@10"]))
+        if len(efs) >= 2:
+            result["synthetic"]["at_recall"] = at_recall(rows, targets)
+            print(at_recall_text(result["synthetic"]["at_recall"]))
 
     suffix = "_quick" if args.quick else ""
     (args.out / f"dense{suffix}.json").write_text(json.dumps(result, indent=2))

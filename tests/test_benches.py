@@ -84,3 +84,92 @@ def test_bm25_bench_without_numba_says_skipped() -> None:
     assert out.returncode == 0, out.stderr[-3000:]
     assert "bm25s numba   skipped: numba unavailable" in out.stdout, out.stdout[-3000:]
     assert "ragkit q/s / bm25s numba q/s: not measured" in out.stdout
+
+
+def _dense_bench():
+    """bench/dense.py as a module (its ``_common`` found in bench/, and gone from ``sys.modules`` again)."""
+    import importlib.util
+
+    sys.path.insert(0, str(REPO / "bench"))
+    try:
+        spec = importlib.util.spec_from_file_location("bench_dense", REPO / "bench" / "dense.py")
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        return mod
+    finally:
+        sys.path.remove(str(REPO / "bench"))
+        sys.modules.pop("_common", None)
+
+
+# README's 1M run 5 (bench/out/dense.json), plus faiss in ragkit's insertion order (RESULTS.md 'Insertion order')
+_RUN5 = [("ragkit exact f32", "ragkit", 140.8, 1.0), ("faiss IndexFlatIP", "faiss", 211.8, 1.0)] + [
+    (f"ragkit hnsw i8 + rescore x4 ef={ef}", "ragkit-hnsw", q, r)
+    for ef, q, r in ((128, 5055.2, 0.8319), (256, 2827.5, 0.9059), (512, 1496.3, 0.9582), (1024, 818.6, 0.9827))] + [
+    (f"faiss HNSWFlat ef={ef}", "faiss-hnsw", q, r)
+    for ef, q, r in ((128, 3645.0, 0.8514), (256, 2103.6, 0.9234), (512, 1129.5, 0.9626), (1024, 586.7, 0.9854))] + [
+    (f"faiss HNSWFlat ef={ef} (ragkit's insertion order)", "faiss-hnsw", q, r)
+    for ef, q, r in ((128, 2678, 0.856), (256, 1608, 0.925), (512, 782, 0.965), (1024, 446, 0.985))]
+
+
+def test_dense_at_recall_reproduces_readme_run5() -> None:
+    """The README's 1M headline (run 5, 'at recall 0.95, log-interpolated': ragkit 1,653 q/s, faiss 1,379,
+    1.20x, 11.7x exact) was worked out by hand from dense.json; bench/dense.py now computes it, for every
+    swept graph against both faiss insertion orders and the exact searches, and says 'not reached' rather
+    than extrapolate."""
+    dense = _dense_bench()
+    rows = [{"config": c, "family": f, "qps": q, "recall@10": r} for c, f, q, r in _RUN5]
+    s = dense.at_recall(rows, [0.95, 0.99, 0.8])
+    rk, fa = s["graphs"]["ragkit hnsw i8 + rescore x4"], s["graphs"]["faiss HNSWFlat"]
+    assert set(s["graphs"]) == {"ragkit hnsw i8 + rescore x4", "faiss HNSWFlat",
+                                "faiss HNSWFlat (ragkit's insertion order)"}
+    assert rk["at"]["0.95"] == {"qps": pytest.approx(1653, abs=1), "between_ef": [256, 512]}
+    assert fa["at"]["0.95"]["qps"] == pytest.approx(1379, abs=1)
+    ratio = {(r["recall@10"], r["config"], r["vs"]): r["ratio"] for r in s["ratios"]}
+    assert ratio[0.95, "ragkit hnsw i8 + rescore x4", "faiss HNSWFlat"] == pytest.approx(1.20, abs=0.005)
+    assert ratio[0.95, "ragkit hnsw i8 + rescore x4", "ragkit exact f32"] == pytest.approx(11.74, abs=0.005)
+    assert ratio[0.95, "ragkit hnsw i8 + rescore x4", "faiss IndexFlatIP"] == pytest.approx(7.81, abs=0.005)
+    assert ratio[0.95, "ragkit hnsw i8 + rescore x4", "faiss HNSWFlat (ragkit's insertion order)"] is not None
+    assert ("faiss HNSWFlat", "faiss HNSWFlat (ragkit's insertion order)") not in {(k[1], k[2]) for k in ratio}
+    assert rk["at"]["0.99"]["qps"] is None and rk["at"]["0.99"]["note"].startswith("not reached (best 0.9827")
+    assert rk["at"]["0.8"]["qps"] is None and "below the sweep" in rk["at"]["0.8"]["note"]
+    assert ratio[0.99, "ragkit hnsw i8 + rescore x4", "faiss HNSWFlat"] is None
+    text = dense.at_recall_text(s)
+    assert "1,653 (ef 256-512)" in text and "1.20x faiss HNSWFlat;" in text and "not reached" in text
+    assert dense.qps_at_recall([0.9], [100.0], 0.9) is None  # one point: nothing to interpolate between
+
+
+def test_dense_readme_only_pattern_keeps_both_faiss_orders() -> None:
+    """README's 1M command (--only 'exact f32|rescore x4 ef|faiss HNSWFlat ef|IndexFlatIP') dropped faiss built in
+    ragkit's insertion order ('faiss HNSWFlat, ragkit's insertion order ef=N'); its rows are now named
+    'faiss HNSWFlat ef=N (ragkit's insertion order)', and the int8 graph's faiss peer (HNSWSQ8 + rescore x4) is
+    kept too."""
+    import re
+
+    import numpy as np
+
+    pytest.importorskip("faiss")
+    dense = _dense_bench()
+    x = np.random.default_rng(0).standard_normal((50, 8)).astype(np.float32)
+    names = [c[0] for c in dense.configs_for(x, 10, True, [16, 32], 0)]
+    kept = {n for n in names if re.search("exact f32|rescore x4 ef|faiss HNSWFlat ef|IndexFlatIP", n)}
+    assert {"faiss HNSWFlat ef=16", "faiss HNSWFlat ef=16 (ragkit's insertion order)",
+            "faiss HNSWSQ8 + rescore x4 ef=16", "ragkit hnsw i8 + rescore x4 ef=16"} <= kept
+
+
+@pytest.mark.slow
+def test_dense_quick_prints_qps_at_recall(tmp_path: Path) -> None:
+    """An ef sweep ends with each graph's q/s at the --at-recall targets and its ratios, also in the JSON."""
+    out = subprocess.run([sys.executable, str(REPO / "bench" / "dense.py"), "--quick", "--no-scifact", "--n", "2000",
+                          "--n-queries", "30", "--ef", "16,64", "--at-recall", "0.5,0.8", "--repeat", "1",
+                          "--threads", "2", "--out", str(tmp_path)], capture_output=True, text=True, timeout=600,
+                         cwd=REPO)
+    assert out.returncode == 0, out.stderr[-3000:]
+    table = out.stdout.split("q/s at recall@10 targets")[-1]  # (which targets a tiny sweep brackets varies)
+    assert "\n  ragkit hnsw i8 + rescore x4  " in table and "\n  faiss HNSWSQ8 + rescore x4  " in table, out.stdout
+    s = json.loads((tmp_path / "dense_quick.json").read_text())["synthetic"]["at_recall"]
+    assert s["targets"] == [0.5, 0.8]
+    assert {"faiss HNSWFlat", "faiss HNSWFlat (ragkit's insertion order)", "faiss HNSWSQ8 + rescore x4",
+            "ragkit hnsw i8 + rescore x4"} <= set(s["graphs"])
+    vs = {r["vs"] for r in s["ratios"] if r["config"] == "ragkit hnsw i8 + rescore x4"}
+    assert vs == {"faiss HNSWFlat", "faiss HNSWFlat (ragkit's insertion order)", "faiss HNSWSQ8 + rescore x4",
+                  "ragkit exact f32", "faiss IndexFlatIP"}
