@@ -120,6 +120,20 @@ _UniqueKeyLoader.add_implicit_resolver(  # 1.5, 1.5e-3, 1e-3, .5, .inf, .nan; no
     list("-+0123456789."))
 
 
+class _Dumper(yaml.SafeDumper):
+    """``yaml.SafeDumper`` that quotes every string :class:`_UniqueKeyLoader` would read as something
+    else: its implicit resolvers are SafeDumper's (YAML 1.1: ``010``, ``1:30``, ``yes``) and the
+    loader's (YAML 1.2 numbers: ``1e3``, ``1e-3``), so a string either reads as a number or a boolean
+    is written quoted (``'1e3'`` was written bare and read back as 1000.0)."""
+
+
+_Dumper.yaml_implicit_resolvers = {first: list(resolvers)
+                                   for first, resolvers in yaml.SafeDumper.yaml_implicit_resolvers.items()}
+for _first, _resolvers in _UniqueKeyLoader.yaml_implicit_resolvers.items():
+    _Dumper.yaml_implicit_resolvers.setdefault(_first, []).extend(
+        r for r in _resolvers if r not in _Dumper.yaml_implicit_resolvers.get(_first, []))
+
+
 def _what_is(path: Path) -> str | None:
     """``"file"``, ``"folder"`` or ``None`` (nothing there, or a string no file system takes as a path)."""
     try:
@@ -459,7 +473,7 @@ def _misplaced_control(op: Operator, here: str) -> ConfigError:
 
 def _flow(node: Any) -> str:
     """``node`` as one line of flow-style YAML."""
-    return yaml.safe_dump(node, default_flow_style=True, sort_keys=False, width=1 << 16).strip()
+    return yaml.dump(node, Dumper=_Dumper, default_flow_style=True, sort_keys=False, width=1 << 16).strip()
 
 
 def _parallel_body(node: Any) -> Mapping[str, Any] | None:
@@ -758,7 +772,7 @@ def dump_yaml(pipe: Pipeline) -> str:
     """YAML text of a pipeline; ``load_yaml(dump_yaml(p))`` rebuilds an equal pipeline."""
     doc = {"description": pipe.description} if pipe.description is not None else {}
     doc["pipeline"] = to_node(pipe)
-    return yaml.safe_dump(doc, sort_keys=False, default_flow_style=None, allow_unicode=True)
+    return yaml.dump(doc, Dumper=_Dumper, sort_keys=False, default_flow_style=None, allow_unicode=True)
 
 
 def walk_leaves(op: Operator, path: str = "pipeline") -> Iterator[tuple[str, Operator]]:

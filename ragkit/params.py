@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from typing_extensions import Self
 
 __all__ = ["Params", "MetadataFilter", "ModelName", "Seed", "MAX_INT", "has_upper_bound", "validate_params",
-           "format_validation_error", "describe_error", "format_loc", "model_at"]
+           "format_validation_error", "describe_error", "format_loc", "model_at", "QUOTE_AS_WRITTEN"]
 
 
 def _plain(value: Any) -> Any:
@@ -161,14 +161,20 @@ def _bool_not_number(source: str | None) -> str:
     return "a boolean (True/False, or YAML's unquoted yes/no/on/off) is not a number"
 
 
+#: The end of the hint for a number YAML read where a string is expected: what was written (``1e3``,
+#: ``0x1f``, ``1_000``) is not known from the number (1000.0, 31, 1000), so no quoted example is made
+#: from it; a YAML loader that has the text appends it (``pipelines.yaml`` does: ``...you wrote it: "1e3"``).
+QUOTE_AS_WRITTEN = "quote the value as you wrote it"
+
+
 def _quote_hint(got: Any, source: str | None) -> str:
     """For a boolean or a number given where a string is expected: why, and how to write it."""
     if isinstance(got, bool):  # what was written (yes, on, true) is not known once YAML has read it
         words = ("yes", "on", "true") if got else ("no", "off", "false")
         in_yaml = (f"YAML reads unquoted {'/'.join(words)} as {got}: quote the word you wrote, "
                    f'e.g. "{words[0]}" (or "{words[1]}", "{words[2]}")')
-    else:
-        in_yaml = f'YAML reads unquoted digits as numbers: quote it, e.g. "{got}"'
+    else:  # the number's own text ("1000.0" for 1e3) is not what was written
+        in_yaml = f"YAML reads unquoted numbers (10, 1.5, 1e3, 0x1f) as numbers: {QUOTE_AS_WRITTEN}"
     if source == "yaml":
         return in_yaml
     kind = "a boolean" if isinstance(got, bool) else "a number"

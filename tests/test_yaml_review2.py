@@ -1,0 +1,90 @@
+"""Pipeline YAML, second review: strings that look like YAML 1.2 numbers keep their quotes when written,
+wrongly nested files say how to nest them, an eval result file is named as one, every problem has its
+line (labels with spaces or ': '), files nested too deeply are refused with a message."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+import yaml
+
+from ragkit import Corpus, Pipeline
+from ragkit.errors import ConfigError
+from ragkit.retrievers import BM25
+
+#: strings that YAML 1.1 or 1.2 (or this loader) reads as something else when unquoted
+TRICKY = ["1e3", "1.5e3", "1e-3", "2e5", "1E3", "+1e3", "-2e5", "1_000", "0x1f", "0o17", "0b101", "010", "1:2",
+          "1:30", ".inf", "-.inf", ".nan", "NaN", "nan", "inf", "yes", "no", "on", "off", "y", "n", "true", "False",
+          "null", "Null", "~", "", " ", " 1", "1 ", "2024-01-01", "2024-01-01 10:00:00", "1.", ".5", "5.", "-",
+          "+", "0", "-0", "00", "1,000", "=", "<<", "@x", "`x", "#x", "x #y", "a: b", "- a", "[a]", "{a}", "'",
+          '"', "\\", "\t1", "1\n", "é", "1e3 ", "e3", "1e", "0x", "0xg", "1__0", "_1"]
+
+
+def _random_strings(n: int, seed: int = 0) -> list[str]:
+    """``n`` short strings over an alphabet of the characters YAML's number, boolean and null forms use."""
+    rng = random.Random(seed)
+    alphabet = "0123456789eE.+-_xobXO:infaNIyYsnotrulF~ "
+    return ["".join(rng.choice(alphabet) for _ in range(rng.randint(1, 6))) for _ in range(n)]
+
+
+def _reload(p: Pipeline) -> Pipeline:
+    return Pipeline.from_yaml(p.to_yaml())
+
+
+def test_every_string_is_written_so_that_the_loader_reads_the_same_string():
+    """The writer (YAML 1.1's resolvers) wrote '1e3' bare, which the loader (YAML 1.2 numbers) read as 1000.0."""
+    from ragkit.pipelines.yaml import _Dumper, _UniqueKeyLoader
+
+    for s in TRICKY + _random_strings(3000):
+        for doc in ({"v": s}, {s: [s]}, [s]):
+            text = yaml.dump(doc, Dumper=_Dumper, sort_keys=False, default_flow_style=None, allow_unicode=True)
+            assert yaml.load(text, Loader=_UniqueKeyLoader) == doc, (s, text)
+
+
+def test_description_and_filter_strings_round_trip_through_to_yaml():
+    for s in TRICKY:
+        p = Pipeline([BM25(filter={"code": s})])
+        p.description = s
+        back = _reload(p)
+        assert back.description == s and back.steps[0].params.filter == {"code": s}, s
+
+
+@pytest.mark.parametrize("s", ["1e3", "1E5", "1e-3", "2e5", "1_000", "0x1f", "yes", "null", "1:2", " 1", "2024-01-01"])
+def test_labels_names_and_keywords_that_look_like_numbers_round_trip(s):
+    """A route label, a rule's label and keywords, and a parallel's names written as '1e3' no longer loaded."""
+    q = json.dumps(s)
+    text = f"""
+pipeline:
+  - parallel:
+      branches: [bm25: {{}}, bm25: {{variant: okapi}}]
+      names: [{q}, {json.dumps(s + "x")}]
+  - route:
+      router: {{rule_router: {{rules: [{{label: {q}, keywords: [{q}]}}], default: other}}}}
+      branches: {{{q}: [top_k: {{k: 5}}], other: []}}
+"""
+    p = Pipeline.from_yaml(text)
+    y = p.to_yaml()
+    back = Pipeline.from_yaml(y)
+    assert repr(back) == repr(p) and back.to_yaml() == y
+
+
+def test_a_saved_pipeline_with_a_number_like_filter_string_loads(tmp_path):
+    """``filter: {code: '1e3'}`` was saved bare; loading refused: 'the folder was changed after saving'."""
+    corpus = Corpus.from_records([{"_id": "d1", "title": "", "text": "heart risk", "metadata": {"code": "1e3"}},
+                                  {"_id": "d2", "title": "", "text": "heart risk", "metadata": {"code": "2e3"}}])
+    p = Pipeline.from_yaml("pipeline: [bm25: {filter: {code: '1e3'}}]\n").fit(corpus)
+    p.save(tmp_path / "p")
+    back = Pipeline.load(tmp_path / "p")
+    assert back.steps[0].params.filter == {"code": "1e3"}
+    assert list(back.search(["heart risk"]).to_dict()["q0"]) == ["d1"]
+
+
+def test_the_quote_hint_does_not_show_the_number_yaml_made_of_the_text():
+    """A rule label written 1e3 was told: quote it, e.g. "1000.0" (which is not what was written)."""
+    text = ("pipeline:\n  - route:\n      router: {rule_router: {rules: [{label: 1e3, max_words: 3}], default: b}}\n"
+            "      branches: {'1e3': [bm25: {}], b: []}\n")
+    with pytest.raises(ConfigError, match=r"rules\[0\]\.label: expected a string, got 1000\.0; .*quote") as e:
+        Pipeline.from_yaml(text)
+    assert '"1000.0"' not in str(e.value)
