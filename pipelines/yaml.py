@@ -33,6 +33,7 @@ The top-level ``description:`` is free text, kept by :func:`dump_yaml`.
 from __future__ import annotations
 
 import difflib
+import json
 import re
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, TypeVar
@@ -42,7 +43,7 @@ import yaml
 from ragkit import registry
 from ragkit.errors import ConfigError, ParamError
 from ragkit.operator import Operator
-from ragkit.params import validate_params
+from ragkit.params import QUOTE_AS_WRITTEN, validate_params
 from ragkit.pipelines._compose import (
     MAX_LOOP_ITERS,
     Composite,
@@ -316,56 +317,89 @@ def load_yaml(source: str | Path | Mapping[str, Any], make_leaf: LeafFactory | N
     try:
         return _load_doc(doc, make_leaf or _default_leaf)
     except ConfigError as e:
-        if where.startswith("<") or node is None:  # YAML text or a mapping: the message's path is all there is
+        if node is None:  # a mapping: the message's path is all there is
             raise
-        message = _with_lines(str(e), node)  # a file: each problem's line too, for the editor
+        message = _with_lines(str(e), node, lines=not where.startswith("<"))  # a file's lines, for the editor
+        if where.startswith("<"):  # YAML text
+            if message == str(e):
+                raise
+            raise ConfigError(message, path=e.path) from None
         raise ConfigError(f"{where}: {message}" if "\n" not in message else f"{where}:\n{message}",
                           path=e.path) from None
 
 
-_PATH_STEP = re.compile(r"\[(\d+)\]|([^.\[\]]+)")
-_PROBLEM_PATH = re.compile(r"^([^\s:]+): ")
+_INDEX = re.compile(r"\[(\d+)\]")
+#: what may follow the part of a problem's path found in the document: keys it does not hold (a
+#: parameter left out, a missing key), then ': ' and the problem
+_PATH_TAIL = re.compile(r"(?:\.[^\s.\[\]:]+|\[\d+\])*: ")
 
 
-def _line_of(root: yaml.Node, path: str) -> int | None:
-    """The 1-based line of the YAML node at ``path`` (``pipeline[0].parallel.branches[1].dense.k``: the line
-    of the key ``k``), or of the deepest node the path leads to; None when it leads nowhere below the top."""
-    steps = [(int(i) if i else key) for i, key in _PATH_STEP.findall(path)]
-    if isinstance(root, yaml.SequenceNode) and steps[:1] == ["pipeline"]:  # a file that is the list alone
-        steps = steps[1:]
-    node, line, depth = root, None, 0
-    for step in steps:
-        found = _child(node, step)
-        if found is None:
-            break
-        node, line, depth = found[1], found[0], depth + 1
-    return line if depth else None
-
-
-def _child(node: yaml.Node, step: int | str) -> tuple[int, yaml.Node] | None:
-    """``(line, child)`` of ``node``'s item ``step`` (a list index or a mapping key, merged keys included)."""
-    if isinstance(node, yaml.SequenceNode) and isinstance(step, int) and 0 <= step < len(node.value):
-        item = node.value[step]
-        return item.start_mark.line + 1, item
-    if not isinstance(node, yaml.MappingNode):
-        return None
-    merged: list[yaml.Node] = []
+def _keys(node: yaml.MappingNode) -> list[tuple[str, int, yaml.Node]]:
+    """``(key text, line, value)`` of a mapping node's keys, its own before those it merges (``<<:``)."""
+    own: list[tuple[str, int, yaml.Node]] = []
+    merged: list[tuple[str, int, yaml.Node]] = []
     for key, value in node.value:
         if key.tag == "tag:yaml.org,2002:merge":
-            merged += value.value if isinstance(value, yaml.SequenceNode) else [value]
-        elif isinstance(key, yaml.ScalarNode) and key.value == str(step):
-            return key.start_mark.line + 1, value
-    return next((found for m in merged if (found := _child(m, step)) is not None), None)
+            for m in value.value if isinstance(value, yaml.SequenceNode) else [value]:
+                if isinstance(m, yaml.MappingNode):
+                    merged += _keys(m)
+        elif isinstance(key, yaml.ScalarNode):
+            own.append((key.value, key.start_mark.line + 1, value))
+    return own + merged
 
 
-def _with_lines(message: str, root: yaml.Node) -> str:
-    """``message`` with the file's line before each problem's path: ``line 3: pipeline[0].bm25.k: ...``."""
-    def line(text: str) -> str:
-        m = _PROBLEM_PATH.match(text)
-        at = _line_of(root, m.group(1)) if m else None
-        return text if m is None or at is None else f"line {at}: {text}"
+def _step(node: yaml.Node, text: str, pos: int) -> tuple[int, int, yaml.Node] | None:
+    """The next step of a problem's path in ``text`` at ``pos`` that ``node`` holds: ``(end, line, child)``.
+    A mapping key is matched as written in the document, the longest first, so that a route label with a
+    space, ': ' or '.' in it (``short query``, ``x: y``) is one step."""
+    if isinstance(node, yaml.SequenceNode):
+        m = _INDEX.match(text, pos)
+        if m is None or int(m.group(1)) >= len(node.value):
+            return None
+        item = node.value[int(m.group(1))]
+        return m.end(), item.start_mark.line + 1, item
+    if not isinstance(node, yaml.MappingNode):
+        return None
+    dot = "." if pos else ""  # the top-level keys start the path
+    best: tuple[int, int, yaml.Node] | None = None
+    for key, line, value in _keys(node):
+        end = pos + len(dot) + len(key)
+        if text.startswith(dot + key, pos) and (end == len(text) or text[end] in ".[:") and (
+                best is None or end > best[0]):
+            best = end, line, value
+    return best
 
-    return "\n".join(line(t) for t in message.split("\n"))
+
+def _locate(root: yaml.Node, text: str) -> tuple[int, yaml.Node | None] | None:
+    """The line of the node whose path ``text`` (one problem, ``<path>: <what>``) starts with, and that
+    node when the whole path is found in the document (else the line of the deepest node it leads to,
+    and None); None when ``text`` starts with no path into the document."""
+    node, pos, line = root, 0, None
+    if isinstance(root, yaml.SequenceNode) and text.startswith("pipeline["):  # a file that is the list alone
+        pos = len("pipeline")
+    while (step := _step(node, text, pos)) is not None:
+        pos, line, node = step
+    if line is None or not _PATH_TAIL.match(text, pos):
+        return None
+    return line, node if text.startswith(": ", pos) else None
+
+
+def _with_lines(message: str, root: yaml.Node, lines: bool = True) -> str:
+    """``message`` with, before each problem's path, the file's line of the node it names (``line 3:
+    pipeline[0].bm25.k: ...``; with ``lines``), and a number that YAML read where a string is expected
+    quoted as it is written in the file (``label: 1e3`` is not 1000.0 to its author)."""
+    out = []
+    for text in message.split("\n"):
+        found = _locate(root, text)
+        if found is not None:
+            at, node = found
+            if QUOTE_AS_WRITTEN in text and isinstance(node, yaml.ScalarNode) and node.style is None:
+                written = json.dumps(node.value, ensure_ascii=False)
+                text = text.replace(QUOTE_AS_WRITTEN, f"{QUOTE_AS_WRITTEN}: {written}")
+            if lines:
+                text = f"line {at}: {text}"
+        out.append(text)
+    return "\n".join(out)
 
 
 def _load_doc(doc: Mapping[str, Any], make_leaf: LeafFactory) -> Pipeline:

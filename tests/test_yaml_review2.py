@@ -88,3 +88,38 @@ def test_the_quote_hint_does_not_show_the_number_yaml_made_of_the_text():
     with pytest.raises(ConfigError, match=r"rules\[0\]\.label: expected a string, got 1000\.0; .*quote") as e:
         Pipeline.from_yaml(text)
     assert '"1000.0"' not in str(e.value)
+
+
+@pytest.mark.parametrize("label", ["long query", "x: y", "v1", "a:b"])
+def test_every_problem_under_a_route_label_has_its_line(tmp_path, label):
+    """A label with a space gave no line, and one with ': ' the line of 'branches:' (the path was cut at ': ')."""
+    f = tmp_path / "p.yaml"
+    f.write_text(f"""pipeline:
+  - route:
+      router: {{rule_router: {{rules: [{{label: '{label}', max_words: 3}}], default: other}}}}
+      branches:
+        other: [bm25: {{}}]
+        '{label}':
+          - bm25:
+              k: -1
+""")
+    with pytest.raises(ConfigError) as e:
+        Pipeline.from_yaml(f)
+    assert str(e.value) == (f"{f}: line 8: pipeline[0].route.branches.{label}[0].bm25.k: expected a positive "
+                            "integer, got -1")
+
+
+def test_the_quote_hint_shows_the_text_as_written_in_the_file_or_text(tmp_path):
+    text = ("pipeline:\n  - route:\n      router: {rule_router: {rules: [{label: 1e3, keywords: [0x1f]}], "
+            "default: b}}\n      branches: {'1e3': [bm25: {}], b: []}\n")
+    f = tmp_path / "p.yaml"
+    f.write_text(text)
+    for source in (text, f):
+        with pytest.raises(ConfigError) as e:
+            Pipeline.from_yaml(source)
+        lines = str(e.value).split("\n")[-2:]
+        assert lines[0].endswith('label: expected a string, got 1000.0; YAML reads unquoted numbers (10, 1.5, 1e3, '
+                                 '0x1f) as numbers: quote the value as you wrote it: "1e3"'), lines
+        assert lines[1].endswith('keywords[0]: expected a string, got 31; YAML reads unquoted numbers (10, 1.5, '
+                                 '1e3, 0x1f) as numbers: quote the value as you wrote it: "0x1f"'), lines
+        assert lines[0].startswith("line 3: " if source is f else "pipeline[0]")
