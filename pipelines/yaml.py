@@ -314,6 +314,11 @@ def load_yaml(source: str | Path | Mapping[str, Any], make_leaf: LeafFactory | N
             also = " (and no file or folder has that name)"
         raise ConfigError(f"{where}: expected a mapping with a 'pipeline' key, got {type(doc).__name__} {doc!r:.60}"
                           f"{also}")
+    if _is_eval_result(doc):
+        shown = where if not where.startswith("<") else "RESULT.json"
+        raise ConfigError(f"{where}: this is a ragkit eval result file (it has {', '.join(_EVAL_RESULT_KEYS)}), not "
+                          "a pipeline file; the pipeline it ran is under its 'pipeline' key, as YAML text: write "
+                          f"that to a file of its own (e.g. jq -r .pipeline {shown} > pipeline.yaml) and give that")
     try:
         return _load_doc(doc, make_leaf or _default_leaf)
     except ConfigError as e:
@@ -326,6 +331,15 @@ def load_yaml(source: str | Path | Mapping[str, Any], make_leaf: LeafFactory | N
             raise ConfigError(message, path=e.path) from None
         raise ConfigError(f"{where}: {message}" if "\n" not in message else f"{where}:\n{message}",
                           path=e.path) from None
+
+
+#: the keys by which a ``ragkit eval -o`` result is told from a pipeline file (it has 'pipeline' too)
+_EVAL_RESULT_KEYS = ("metrics", "n_queries", "dataset", "split")
+
+
+def _is_eval_result(doc: Mapping[Any, Any]) -> bool:
+    """Whether ``doc`` is what ``ragkit eval -o`` writes (its pipeline is YAML text under ``pipeline``)."""
+    return all(k in doc for k in _EVAL_RESULT_KEYS) and ("per_query" in doc or "subsets" in doc)
 
 
 _INDEX = re.compile(r"\[(\d+)\]")
@@ -441,8 +455,9 @@ def _load_doc(doc: Mapping[str, Any], make_leaf: LeafFactory) -> Pipeline:
             unranked = unranked_router(pipe)
             if unranked is not None:
                 problems.append(unranked)
-    if problems or pipe is None:
-        raise _combined(problems)
+    if problems or pipe is None:  # in the order their top-level keys are written (a missing one last)
+        rank = {str(k): i for i, k in enumerate(doc)}
+        raise _combined(sorted(problems, key=lambda e: rank.get(re.split(r"[.\[]", e.path, maxsplit=1)[0], len(rank))))
     pipe.description = description
     return pipe
 

@@ -123,3 +123,37 @@ def test_the_quote_hint_shows_the_text_as_written_in_the_file_or_text(tmp_path):
         assert lines[1].endswith('keywords[0]: expected a string, got 31; YAML reads unquoted numbers (10, 1.5, '
                                  '1e3, 0x1f) as numbers: quote the value as you wrote it: "0x1f"'), lines
         assert lines[0].startswith("line 3: " if source is f else "pipeline[0]")
+
+
+def _eval_result(tmp_path):
+    payload = {"dataset": "sf", "split": "test", "pipeline": "pipeline:\n- bm25: {k: 50}\n", "n_queries": 2,
+               "metrics": {"ndcg@10": 0.5}, "per_query": {"ndcg@10": {"1": 0.0, "2": 1.0}},
+               "timings": {"total_s": 1.0}, "settings": {}, "machine": {}, "date": "2025-01-01"}
+    f = tmp_path / "linear.json"
+    f.write_text(json.dumps(payload, indent=2))
+    return f
+
+
+def test_an_eval_result_file_is_named_as_one(tmp_path):
+    """``ragkit validate out.json`` (a ``ragkit eval -o`` result) printed nine 'unknown top-level key' lines
+    and then 'pipeline: expected a non-empty list of operators, got 'pipeline:\\n- bm25...''."""
+    from ragkit.pipelines.yaml import validate_file
+
+    f = _eval_result(tmp_path)
+    for load in (validate_file, Pipeline.from_yaml):
+        with pytest.raises(ConfigError) as e:
+            load(f)
+        message = str(e.value)
+        assert "\n" not in message and "unknown top-level key" not in message
+        assert message.startswith(f"{f}: this is a ragkit eval result file")
+        assert "its 'pipeline' key, as YAML text" in message and f"jq -r .pipeline {f} > pipeline.yaml" in message
+
+
+def test_a_files_problems_are_in_the_order_of_their_lines(tmp_path):
+    """Top-level key problems came first, then the steps' (line 3 before line 2)."""
+    f = tmp_path / "p.yaml"
+    f.write_text("pipeline:\n  - bm25: {kk: 1}\nfoo: 1\n  # c\n")
+    with pytest.raises(ConfigError) as e:
+        Pipeline.from_yaml(f)
+    lines = str(e.value).split("\n")[1:]
+    assert [t.split(":")[0] for t in lines] == ["line 2", "line 3"], lines
