@@ -35,6 +35,7 @@ from __future__ import annotations
 import difflib
 import json
 import re
+import sys
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, TypeVar
 
@@ -216,8 +217,17 @@ def _safe_load(text: str, where: str) -> tuple[Any, yaml.Node | None]:
         if "could not determine a constructor" in str(e):
             problem = f"{problem}; YAML tags that construct objects are not allowed in pipeline files"
         raise ConfigError(f"{where}:{loc}: not valid pipeline YAML: {problem}{_syntax_hint(e)}") from None
+    except RecursionError:  # PyYAML composes and constructs nested collections recursively
+        raise _too_deep(where) from None
     finally:
         loader.dispose()
+
+
+def _too_deep(where: str) -> ConfigError:
+    """The error for a document nested deeper than Python's recursion limit lets PyYAML or the builder follow."""
+    return ConfigError(f"{where}: nested too deeply: its lists and mappings (parallel / route / loop nodes, branches, "
+                       f"steps) are inside each other more levels deep than this reader follows (Python's recursion "
+                       f"limit, {sys.getrecursionlimit():,} calls); a pipeline nests them a few levels deep")
 
 
 #: what PyYAML's context of an unclosed construct opened, and what closes it
@@ -321,6 +331,8 @@ def load_yaml(source: str | Path | Mapping[str, Any], make_leaf: LeafFactory | N
                           f"that to a file of its own (e.g. jq -r .pipeline {shown} > pipeline.yaml) and give that")
     try:
         return _load_doc(doc, make_leaf or _default_leaf)
+    except RecursionError:  # building recurses into every parallel / route / loop and list
+        raise _too_deep(where) from None
     except ConfigError as e:
         if node is None:  # a mapping: the message's path is all there is
             raise

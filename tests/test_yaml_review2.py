@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 
 import pytest
 import yaml
@@ -157,3 +158,24 @@ def test_a_files_problems_are_in_the_order_of_their_lines(tmp_path):
         Pipeline.from_yaml(f)
     lines = str(e.value).split("\n")[1:]
     assert [t.split(":")[0] for t in lines] == ["line 2", "line 3"], lines
+
+
+def _nested_parallels(n: int) -> str:
+    s = "bm25: {}"
+    for _ in range(n):
+        s = "parallel: {branches: [" + s + ", bm25: {variant: okapi}]}"
+    return "pipeline: [" + s + "]\n"
+
+
+@pytest.mark.parametrize("text", ["pipeline: " + "[" * 1000 + "bm25: {}" + "]" * 1000 + "\n", _nested_parallels(200)],
+                         ids=["1000 lists", "200 parallels"])
+def test_a_file_nested_too_deeply_is_refused_with_its_name(tmp_path, text):
+    """~200 nested parallels or ~1000 nested lists crashed ``ragkit validate`` with PyYAML's RecursionError."""
+    from ragkit.pipelines.yaml import validate_file
+
+    f = tmp_path / "deep.yaml"
+    f.write_text(text)
+    for load, source, where in ((validate_file, f, str(f)), (Pipeline.from_yaml, text, "<text>")):
+        with pytest.raises(ConfigError, match=rf"^{re.escape(where)}: nested too deeply: "):
+            load(source)
+    assert len(Pipeline.from_yaml(_nested_parallels(20)).steps) == 1  # a deep but readable file still loads
