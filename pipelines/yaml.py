@@ -595,6 +595,87 @@ def _placed(e: ParamError, owner: str, here: str) -> ConfigError:
     return ConfigError("\n".join(lines), path=path)
 
 
+def _is_operator(name: str) -> bool:
+    """Whether ``name`` is a registered operator or a structural key (``parallel``, ``route``, ``loop``)."""
+    return name in STRUCTURAL or name in registry.names()
+
+
+def _keys_of(op: str) -> set[str]:
+    """The keys an operator or structural node takes beneath it (its parameters, or ``branches``...)."""
+    return set(STRUCTURAL[op]) if op in STRUCTURAL else set(registry.get(op).Params.model_fields)
+
+
+def _of_kind(kind: str) -> list[str]:
+    return sorted(n for n in registry.names() if registry.get(n).kind == kind)
+
+
+def _owners_of(keys: list[str], kind: str) -> list[str]:
+    """The ``kind`` operators that take every one of ``keys`` as a parameter."""
+    return [n for n in _of_kind(kind) if set(keys) <= _keys_of(n)]
+
+
+def _example(path: str, node: Any) -> str:
+    """``node`` as flow YAML under the key ``path`` ends with (``fuse: {rrf: {k: 60}}``), or as a list item."""
+    key = path.rsplit(".", 1)[-1]
+    text = _flow(node)
+    if len(text) > 100:  # a long value: its keys only
+        text = _flow({k: (dict.fromkeys(v, "...") if isinstance(v, Mapping) else "...") for k, v in node.items()})
+    return f"- {text[1:-1]}" if path.endswith("]") else f"{key}: {text}"
+
+
+def _as_list(node: Mapping[Any, Any]) -> str:
+    """A mapping of several operators as the flow list of steps it was meant to be: ``[prf: {}, bm25: {}]``."""
+    return "[" + ", ".join(_flow({k: v})[1:-1] for k, v in node.items()) + "]"
+
+
+def _nesting_hint(node: Mapping[Any, Any], path: str, expect: str | None) -> str:
+    """For a mapping of several keys where one operator is expected: how it was likely meant to nest."""
+    names = [str(k) for k in node]
+    ops = [n for n in names if _is_operator(n)]
+    if len(ops) == 1:
+        (op,), rest = ops, [n for n in names if n != ops[0]]
+        inner = node[op]
+        if set(rest) <= _keys_of(op) and (inner is None or isinstance(inner, Mapping)):
+            what = "a parameter" if op not in STRUCTURAL else "a key"
+            which = (f"{rest[0]} is {what} of {op}: indent it" if len(rest) == 1 else
+                     f"{', '.join(rest)} are {what}s of {op}: indent them")
+            nested = {op: {**(inner or {}), **{r: node[r] for r in rest}}}
+            return f"; {which} under '{op}:', e.g. `{_example(path, nested)}`"
+        return ""
+    if ops and len(ops) == len(names):  # several operators: several steps
+        if expect is not None:
+            return f"; {path.rsplit('.', 1)[-1]} takes one {expect} operator"
+        if path.endswith("]"):
+            return (f"; a list item holds one step: start each of {', '.join(ops)} with its own '- ', as in "
+                    f"`{_as_list(node)}`")
+        return f"; a mapping of {len(ops)} operators where a step or a list of steps is expected: write the steps " \
+               f"as a list, e.g. `{path.rsplit('.', 1)[-1]}: {_as_list(node)}`"
+    if expect is not None and not ops and (owners := _owners_of(names, expect)):
+        return (f"; {', '.join(names)} are parameters of {' and '.join(owners)}: {path.rsplit('.', 1)[-1]} takes one "
+                f"{expect} operator with its parameters beneath it, e.g. `{_example(path, {owners[0]: dict(node)})}`")
+    return ""
+
+
+#: per structural node: the kind of operator one of its keys takes, that key, and where other operators go
+_HOMES = {"parallel": ("fuser", "fuse", "a branch in 'branches:'"),
+          "route": ("router", "router", "a branch under 'branches:'"),
+          "loop": ("judge", "until", "'body:'")}
+
+
+def _misplaced_operator(node: str, op: str, params: Any, given: bool, problems: _Problems) -> str:
+    """The problem of an operator ``op`` written as a key of the structural ``node`` (``parallel: {rrf: ...}``,
+    ``route: {rule_router: ...}``): where it belongs (``given``: whether the node has a value under the key it
+    belongs under).  Its home key, when missing, is not reported again."""
+    kind, key, steps = _HOMES[node]
+    written = _flow({op: params if params is not None else {}})
+    if _is_operator(op) and op not in STRUCTURAL and registry.get(op).kind == kind:
+        problems.explained.add(key)
+        if given:
+            return f"{op} is a {kind}, not a key of {node}, and the {kind} is given under '{key}:' already: remove it"
+        return f"{op} is a {kind}, not a key of {node}: nest it under '{key}:', as in `{key}: {written}`"
+    return f"{op} is an operator, not a key of {node} (which takes {sorted(STRUCTURAL[node])}): put it in {steps}"
+
+
 _T = TypeVar("_T")
 
 
@@ -605,6 +686,8 @@ class _Problems:
     def __init__(self, body: Mapping[Any, Any]) -> None:
         self._rank = {str(k): i for i, k in enumerate(body)}
         self._found: list[tuple[str, ConfigError]] = []
+        #: keys whose absence another problem explains (``rule_router:`` written beside ``router:``'s place)
+        self.explained: set[str] = set()
 
     def add(self, key: str, error: ConfigError) -> None:
         self._found.append((key, error))
@@ -624,7 +707,8 @@ class _Problems:
     def given(self, body: Mapping[Any, Any], key: str, here: str) -> bool:
         """Whether ``body`` has ``key`` (not null); a problem of ``key`` when it has not."""
         if body.get(key) is None:
-            self.wrong(key, here, "missing")
+            if key not in self.explained:
+                self.wrong(key, here, "missing")
             return False
         return True
 
@@ -635,29 +719,40 @@ class _Problems:
             raise _combined([self._found[i][1] for i in order])
 
 
-def build(node: Any, path: str, make_leaf: LeafFactory = _default_leaf) -> Operator:
+def build(node: Any, path: str, make_leaf: LeafFactory = _default_leaf, *, expect: str | None = None) -> Operator:
     """Build one node (``{name: params}``) found at ``path``.
 
     The problems of a parallel / route / loop node (its keys, every branch, its fuser, router,
-    default, body, judge) are all reported in one :class:`ConfigError`, one line each.
+    default, body, judge) are all reported in one :class:`ConfigError`, one line each.  ``expect``:
+    the kind of operator the place takes (``"fuser"``, ``"router"``, ``"judge"``), for the hint
+    when its parameters are written there without it (``fuse: {k: 60}``).
     """
     if not isinstance(node, Mapping):
         raise ConfigError(
             f"{path}: expected a mapping with one operator name as key (e.g. 'bm25: {{k: 100}}'), "
             f"got {type(node).__name__} {node!r:.60}{_bare_name_hint(node)}", path=path)
     if len(node) != 1:
-        raise ConfigError(f"{path}: expected exactly one operator key, got {len(node)}: {sorted(map(str, node))}",
-                          path=path)
+        raise ConfigError(f"{path}: expected exactly one operator key, got {len(node)}: {sorted(map(str, node))}"
+                          f"{_nesting_hint(node, path, expect)}", path=path)
     (name, body), = node.items()
     if not isinstance(name, str):
         raise ConfigError(f"{path}: operator name must be a string, got {name!r}", path=path)
     here = f"{path}.{name}"
+    if expect is not None and not _is_operator(name) and (owners := _owners_of([name], expect)):
+        raise ConfigError(f"{path}: expected one {expect} operator ({', '.join(_of_kind(expect))}) with its parameters "
+                          f"beneath it, got {name!r}, a parameter of {' and '.join(owners)}: nest it under the "
+                          f"operator, e.g. `{_example(path, {owners[0]: dict(node)})}`", path=path)
     if name in STRUCTURAL:
         body = {} if body is None else body
         if not isinstance(body, Mapping):
             raise ConfigError(f"{here}: expected a mapping of {sorted(STRUCTURAL[name])}, got {body!r:.60}", path=here)
         problems = _Problems(body)
         for bad in (str(k) for k in body if str(k) not in STRUCTURAL[name]):
+            if _is_operator(bad):  # an operator beside the keys: it belongs under one of them
+                home = _HOMES[name][1]
+                problems.wrong(bad, here, _misplaced_operator(name, bad, body[bad], body.get(home) is not None,
+                                                              problems))
+                continue
             close = difflib.get_close_matches(bad, sorted(STRUCTURAL[name]), n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             problems.wrong(bad, here, f"unknown key{hint}; {name} takes {sorted(STRUCTURAL[name])}")
@@ -698,7 +793,7 @@ def _build_parallel(body: Mapping[str, Any], here: str, make_leaf: LeafFactory, 
             problems.wrong("fuse", here, "expected a fuser node such as 'rrf: {k: 60}', got nothing")
         else:
             fuse = problems.attempt("fuse", lambda: _need_kind(
-                build(body["fuse"], f"{here}.fuse", make_leaf), "fuser", f"{here}.fuse"))
+                build(body["fuse"], f"{here}.fuse", make_leaf, expect="fuser"), "fuser", f"{here}.fuse"))
     names, names_ok = body.get("names"), True
     if names is not None and (not isinstance(names, list) or not all(isinstance(n, str) for n in names)):
         problems.wrong("names", here, f"expected a list of strings, got {names!r:.60}")
@@ -730,7 +825,7 @@ def _build_route(body: Mapping[str, Any], here: str, make_leaf: LeafFactory, pro
     router = None
     if problems.given(body, "router", here):
         router = problems.attempt("router", lambda: _need_kind(
-            build(body["router"], f"{here}.router", make_leaf), "router", f"{here}.router"))
+            build(body["router"], f"{here}.router", make_leaf, expect="router"), "router", f"{here}.router"))
     branches, built, labels_ok = body.get("branches"), None, False
     if problems.given(body, "branches", here):
         if not isinstance(branches, Mapping) or not branches:
@@ -781,7 +876,7 @@ def _build_loop(body: Mapping[str, Any], here: str, make_leaf: LeafFactory, prob
         loop_body = problems.attempt("body", lambda: _branch(body["body"], f"{here}.body", make_leaf))
     if problems.given(body, "until", here):
         until = problems.attempt("until", lambda: _need_kind(
-            build(body["until"], f"{here}.until", make_leaf), "judge", f"{here}.until"))
+            build(body["until"], f"{here}.until", make_leaf, expect="judge"), "judge", f"{here}.until"))
     n = body.get("max_iters", 3)
     if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_LOOP_ITERS:
         problems.wrong("max_iters", here, f"expected an integer from 1 to {MAX_LOOP_ITERS:,} (each iteration runs the "

@@ -179,3 +179,56 @@ def test_a_file_nested_too_deeply_is_refused_with_its_name(tmp_path, text):
         with pytest.raises(ConfigError, match=rf"^{re.escape(where)}: nested too deeply: "):
             load(source)
     assert len(Pipeline.from_yaml(_nested_parallels(20)).steps) == 1  # a deep but readable file still loads
+
+
+_BR = "branches: [bm25: {}, bm25: {variant: okapi}]"
+_RULES = "{rules: [{label: a, max_words: 3}], default: b}"
+NESTING = [  # (file text, the whole message after the file name)
+    ("pipeline:\n  - bm25:\n    k: 10\n",
+     "line 2: pipeline[0]: expected exactly one operator key, got 2: ['bm25', 'k']; k is a parameter of bm25: indent "
+     "it under 'bm25:', e.g. `- bm25: {k: 10}`"),
+    ("pipeline:\n  - parallel:\n    branches: [bm25: {}, top_k: {k: 3}]\n",
+     "line 2: pipeline[0]: expected exactly one operator key, got 2: ['branches', 'parallel']; branches is a key of "
+     "parallel: indent it under 'parallel:', e.g. `- parallel: {branches: [{bm25: {}}, {top_k: {k: 3}}]}`"),
+    ("pipeline:\n  - bm25: {k: 10}\n    top_k: {k: 5}\n",
+     "line 2: pipeline[0]: expected exactly one operator key, got 2: ['bm25', 'top_k']; a list item holds one step: "
+     "start each of bm25, top_k with its own '- ', as in `[bm25: {k: 10}, top_k: {k: 5}]`"),
+    ("pipeline:\n  - loop:\n      body:\n        prf: {}\n        bm25: {}\n      until: {topk_stable: {}}\n",
+     "line 3: pipeline[0].loop.body: expected exactly one operator key, got 2: ['bm25', 'prf']; a mapping of 2 "
+     "operators where a step or a list of steps is expected: write the steps as a list, e.g. "
+     "`body: [prf: {}, bm25: {}]`"),
+    (f"pipeline:\n  - route:\n      router: {_RULES}\n      branches: {{a: [bm25: {{}}], b: []}}\n",
+     "line 3: pipeline[0].route.router: expected exactly one operator key, got 2: ['default', 'rules']; rules, "
+     "default are parameters of rule_router: router takes one router operator with its parameters beneath it, e.g. "
+     "`router: {rule_router: {rules: [{label: a, max_words: 3}], default: b}}`"),
+    (f"pipeline:\n  - route:\n      rule_router: {_RULES}\n      branches: {{a: [bm25: {{}}], b: []}}\n",
+     "line 3: pipeline[0].route.rule_router: rule_router is a router, not a key of route: nest it under 'router:', "
+     "as in `router: {rule_router: {rules: [{label: a, max_words: 3}], default: b}}`"),
+    (f"pipeline:\n  - parallel:\n      {_BR}\n      rrf: {{k: 60}}\n",
+     "line 4: pipeline[0].parallel.rrf: rrf is a fuser, not a key of parallel: nest it under 'fuse:', as in "
+     "`fuse: {rrf: {k: 60}}`"),
+    ("pipeline:\n  - loop:\n      body: [prf: {}, bm25: {}]\n      topk_stable: {k: 10}\n",
+     "line 4: pipeline[0].loop.topk_stable: topk_stable is a judge, not a key of loop: nest it under 'until:', as in "
+     "`until: {topk_stable: {k: 10}}`"),
+    (f"pipeline:\n  - parallel:\n      {_BR}\n      fuse: {{k: 60}}\n",
+     "line 4: pipeline[0].parallel.fuse: expected one fuser operator (rrf, weighted) with its parameters beneath it, "
+     "got 'k', a parameter of rrf: nest it under the operator, e.g. `fuse: {rrf: {k: 60}}`"),
+    ("pipeline:\n  - loop:\n      body: [prf: {}, bm25: {}]\n      until: {k: 10}\n",
+     "line 4: pipeline[0].loop.until: expected one judge operator (max_only, score_reached, topk_stable) with its "
+     "parameters beneath it, got 'k', a parameter of topk_stable: nest it under the operator, e.g. "
+     "`until: {topk_stable: {k: 10}}`"),
+    (f"pipeline:\n  - parallel:\n      {_BR}\n      bm25: {{}}\n",
+     "line 4: pipeline[0].parallel.bm25: bm25 is an operator, not a key of parallel (which takes ['branches', "
+     "'fuse', 'names']): put it in a branch in 'branches:'"),
+]
+
+
+@pytest.mark.parametrize("text, message", NESTING, ids=range(len(NESTING)))
+def test_a_wrongly_nested_file_is_told_how_to_nest_it(tmp_path, text, message):
+    """Wrong indentation or nesting was reported as 'expected exactly one operator key, got 2: ['bm25', 'k']',
+    'unknown operator 'k'' or 'rule_router: unknown key (did you mean 'router'?)' after 'router: missing'."""
+    f = tmp_path / "p.yaml"
+    f.write_text(text)
+    with pytest.raises(ConfigError) as e:
+        Pipeline.from_yaml(f)
+    assert str(e.value) == f"{f}: {message}"
