@@ -321,11 +321,17 @@ class RagkitRetriever(BaseRetriever):
 
     # ------------------------------------------------------------------ constructors
     @classmethod
-    def from_texts(cls, texts: Sequence[str] | Mapping[Any, str], pipeline: Any = None, *,
+    def from_texts(cls, texts: Sequence[str] | Mapping[Any, str], *args: Any, pipeline: Any = None,
                    ids: Sequence[str] | None = None, metadatas: Sequence[dict[str, Any]] | None = None,
                    **kwargs: Any) -> "RagkitRetriever":
         """Fit ``pipeline`` (default: BM25) on plain texts and wrap it.  ``texts`` may be a mapping
-        ``{doc_id: text}``; one string is a :class:`DataError` (its characters would be the documents)."""
+        ``{doc_id: text}``; one string is a :class:`DataError` (its characters would be the documents).
+
+        Everything after ``texts`` is keyword-only: LangChain's ``BM25Retriever.from_texts(texts, metadatas,
+        ids)`` takes ``metadatas`` second, ragkit's took ``pipeline``; an argument given by position is a
+        :class:`ParamError` saying so."""
+        if args:
+            raise _positional("from_texts", "texts", args, "metadatas=..., ids=..., pipeline=..., k=...")
         given, texts = ids_and_texts(texts, "from_texts")
         if given is not None:
             if ids is not None:
@@ -336,11 +342,15 @@ class RagkitRetriever(BaseRetriever):
         ids = [str(i) for i in range(len(texts))] if ids is None else [str(i) for i in ids]
         docs = [Document(page_content=t, id=i, metadata=dict(m or {}))
                 for t, i, m in zip(texts, ids, metadatas or [{}] * len(texts))]
-        return cls.from_documents(docs, pipeline, **kwargs)
+        return cls.from_documents(docs, pipeline=pipeline, **kwargs)
 
     @classmethod
-    def from_documents(cls, documents: Sequence[Document], pipeline: Any = None, **kwargs: Any) -> "RagkitRetriever":
-        """Fit ``pipeline`` (default: BM25) on LangChain documents and wrap it."""
+    def from_documents(cls, documents: Sequence[Document], *args: Any, pipeline: Any = None,
+                       **kwargs: Any) -> "RagkitRetriever":
+        """Fit ``pipeline`` (default: BM25) on LangChain documents and wrap it.  Everything after
+        ``documents`` is keyword-only (as in LangChain's ``BM25Retriever.from_documents``)."""
+        if args:
+            raise _positional("from_documents", "documents", args, "pipeline=..., k=...")
         if pipeline is None:
             from ragkit.retrievers import BM25
 
@@ -652,6 +662,14 @@ def _bad_query(i: int, q: Any) -> DataError | None:
     if isinstance(q, str):
         return None
     return DataError(f"query {i}: expected a string, got {type(q).__name__} {q!r:.80}")
+
+
+def _positional(method: str, first: str, args: tuple[Any, ...], keywords: str) -> ParamError:
+    """The error for arguments given by position after ``first`` to ``method`` (keyword-only)."""
+    shown = ", ".join(f"{type(a).__name__} {a!r:.40}" for a in args)
+    return ParamError(f"RagkitRetriever.{method}: takes only {first} by position, got {len(args)} more ({shown}); "
+                      f"pass the rest by keyword: {method}({first}, {keywords}) (LangChain's BM25Retriever."
+                      f"{method} takes metadatas second; ragkit's first keyword used to be pipeline)")
 
 
 # Keys each returned Document's metadata gets from the retrieval: a document's own key of the same name is refused
