@@ -727,6 +727,9 @@ def build(node: Any, path: str, make_leaf: LeafFactory = _default_leaf, *, expec
     the kind of operator the place takes (``"fuser"``, ``"router"``, ``"judge"``), for the hint
     when its parameters are written there without it (``fuse: {k: 60}``).
     """
+    if node is None:  # '-' or 'key:' with nothing after it
+        raise ConfigError(f"{path}: empty (nothing is written after its '-' or key); expected a mapping with one "
+                          "operator name as key (e.g. 'bm25: {k: 100}')", path=path)
     if not isinstance(node, Mapping):
         raise ConfigError(
             f"{path}: expected a mapping with one operator name as key (e.g. 'bm25: {{k: 100}}'), "
@@ -837,7 +840,11 @@ def _build_route(body: Mapping[str, Any], here: str, make_leaf: LeafFactory, pro
                 problems.wrong("branches", here, problem)
             labels_ok = not problem
             # an empty list is a pass-through branch: its queries keep the rankings they arrived with
-            filled = [k for k, v in branches.items() if v != []]
+            filled = [k for k, v in branches.items() if v != [] and v is not None]
+            for k in (k for k, v in branches.items() if v is None):  # 'a:' with nothing after it
+                problems.add("branches", ConfigError(
+                    f"{here}.branches.{k}: empty; expected a step or a list of steps, or `{k}: []` for a branch "
+                    "that passes its queries through unchanged", path=f"{here}.branches.{k}"))
             made = problems.attempt("branches", lambda: _build_all(
                 [(branches[k], f"{here}.branches.{k}") for k in filled], make_leaf))
             if made is not None and labels_ok:

@@ -213,14 +213,19 @@ def describe_error(err: Mapping[str, Any], source: str | None = None) -> str:
         "literal_error": lambda: f"one of {ctx.get('expected')}",
         "enum": lambda: f"one of {ctx.get('expected')}",
         "string_pattern_mismatch": lambda: f"a string matching {ctx.get('pattern')!r}",
-        "too_short": lambda: f"at least {ctx.get('min_length')} items",
-        "too_long": lambda: f"at most {ctx.get('max_length')} items",
+        "too_short": lambda: f"at least {_items(ctx.get('min_length'))}",
+        "too_long": lambda: f"at most {_items(ctx.get('max_length'))}",
     }.get(t)
     if expected is None:
         msg = str(err.get("msg", "invalid value"))
         msg = msg.removeprefix("Value error, ").removeprefix("Assertion failed, ")
         return f"{msg}, got {got!r}" if "got" not in msg else msg
     return f"expected {expected()}, got {got!r}"
+
+
+def _items(n: Any) -> str:
+    """``"1 item"``, ``"3 items"``."""
+    return f"{n} item" if n == 1 else f"{n} items"
 
 
 def _number_kind(annotation: Any) -> str | None:

@@ -232,3 +232,24 @@ def test_a_wrongly_nested_file_is_told_how_to_nest_it(tmp_path, text, message):
     with pytest.raises(ConfigError) as e:
         Pipeline.from_yaml(f)
     assert str(e.value) == f"{f}: {message}"
+
+
+@pytest.mark.parametrize("text, message", [
+    ("pipeline:\n  - route:\n      router: {rule_router: {rules: [{label: a, max_words: 3}], default: b}}\n"
+     "      branches:\n        a:\n        b: [bm25: {}]\n",
+     "line 5: pipeline[0].route.branches.a: empty; expected a step or a list of steps, or `a: []` for a branch that "
+     "passes its queries through unchanged"),
+    ("pipeline:\n  - bm25: {}\n  -\n",
+     "line 3: pipeline[1]: empty (nothing is written after its '-' or key); expected a mapping with one operator "
+     "name as key (e.g. 'bm25: {k: 100}')"),
+    ("pipeline:\n  - route:\n      router: {rule_router: {rules: []}}\n      branches: {default: [bm25: {}]}\n",
+     "line 3: pipeline[0].route.router.rule_router.rules: expected at least 1 item, got []"),
+], ids=["route branch", "step", "rules"])
+def test_empty_items_and_lists_are_named_as_such(tmp_path, text, message):
+    """An empty route branch 'a:' said 'got NoneType None' (an empty list there passes queries through), and
+    'rules: []' 'expected at least 1 items'."""
+    f = tmp_path / "p.yaml"
+    f.write_text(text)
+    with pytest.raises(ConfigError) as e:
+        Pipeline.from_yaml(f)
+    assert str(e.value) == f"{f}: {message}"
