@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Mapping
@@ -55,6 +56,9 @@ _EDIT_RETRIES = 5
 
 #: the file of a saved retriever's own settings (``k``, ``search_kwargs``) beside its pipeline's
 RETRIEVER_FILE = "retriever.json"
+
+#: a lone surrogate (text decoded with ``errors="surrogateescape"``): no Unicode text, a query is refused
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 #: keyword arguments LangChain itself may leave in ``invoke``'s kwargs; never search options
 _LANGCHAIN_KWARGS = frozenset({"verbose", "run_id", "run_name", "callbacks", "tags", "metadata"})
@@ -397,10 +401,8 @@ class RagkitRetriever(BaseRetriever):
         return merge_options(self.search_kwargs, {key: v for key, v in kwargs.items() if key not in _LANGCHAIN_KWARGS})
 
     def _search(self, queries: list[str], k: int | None, options: dict[str, Any]) -> list[list[Document]]:
-        """One ``pipeline.search`` call for the whole batch, converted to Documents."""
-        for i, q in enumerate(queries):
-            if (e := _bad_query(i, q)) is not None:
-                raise e
+        """One ``pipeline.search`` call for the whole batch (queries checked by :func:`_query_errors`),
+        converted to Documents."""
         k = self.k if k is None else k
         error: Exception | None = None
         for _ in range(_EDIT_RETRIES):
@@ -584,6 +586,8 @@ class RagkitRetriever(BaseRetriever):
     def _get_relevant_documents(self, query: str, *, run_manager: CallbackManagerForRetrieverRun,
                                 k: int | None = None, **kwargs: Any) -> list[Document]:
         """Top-``k`` documents for ``query``; other keyword arguments are search options."""
+        for e in _query_errors([query], one=True).values():
+            raise e
         return self._search([query], k, self._options(kwargs))[0]
 
     async def _aget_relevant_documents(self, query: str, *, run_manager: AsyncCallbackManagerForRetrieverRun,
@@ -601,7 +605,8 @@ class RagkitRetriever(BaseRetriever):
         """Retrieve for a list of queries with ONE ``pipeline.search`` call (not one call per query).
 
         ``k`` and search options in ``kwargs`` apply to every query.  Callbacks get one
-        retriever run per query, as with ``invoke``.
+        retriever run per query, as with ``invoke``.  A query that is no string (or holds a lone
+        surrogate) fails alone with ``return_exceptions``; an error of the search, every query.
         """
         if isinstance(inputs, (str, bytes, Mapping)):  # its characters (keys) would be the queries
             raise DataError(f"batch: expected a list of query strings, got {type(inputs).__name__} {inputs!r:.60}; "
@@ -630,7 +635,7 @@ class RagkitRetriever(BaseRetriever):
             managers.append(cm.on_retriever_start(None, q, name=cfg.get("run_name") or self.get_name(),
                                                   run_id=cfg.pop("run_id", None)))
         # a query that is not a string fails alone (with return_exceptions) or stops the batch first
-        bad = {i: e for i, q in enumerate(inputs) if (e := _bad_query(i, q)) is not None}
+        bad = _query_errors(inputs, one=False)
         for i, e in bad.items():
             managers[i].on_retriever_error(e)
         if bad and not return_exceptions:
@@ -657,11 +662,35 @@ class RagkitRetriever(BaseRetriever):
         return await run_in_executor(None, self.batch, inputs, config, return_exceptions=return_exceptions, **kwargs)
 
 
-def _bad_query(i: int, q: Any) -> DataError | None:
-    """The error for batch item ``i`` when it is not a query string, else None."""
-    if isinstance(q, str):
-        return None
-    return DataError(f"query {i}: expected a string, got {type(q).__name__} {q!r:.80}")
+def _query_errors(queries: list[Any], *, one: bool) -> dict[int, DataError]:
+    """``{position: DataError}`` for each query that is no string or holds a lone surrogate (no Unicode
+    text: ``errors="surrogateescape"`` bytes), named as the caller gave it: ``the query`` (``one``: an
+    ``invoke``), else ``query <position>`` of the batch.  Batched: one ``str.join`` and one UTF-8 test
+    (``isascii`` first) over the whole batch; only a batch holding a bad query is looked at query by query."""
+    def where(i: int) -> str:
+        return "the query" if one else f"query {i}"
+
+    try:
+        joined = "\x00".join(queries)
+    except TypeError:  # some query is no string: which, one by one
+        errors = {i: DataError(f"{where(i)}: expected a string, got {type(q).__name__} {q!r:.80}")
+                  for i, q in enumerate(queries) if not isinstance(q, str)}
+        joined = "\x00".join(q for q in queries if isinstance(q, str))
+    else:
+        errors = {}
+    if joined.isascii():
+        return errors
+    try:
+        joined.encode("utf-8")  # fails exactly on a surrogate
+        return errors
+    except UnicodeEncodeError:
+        pass
+    for i, q in enumerate(queries):
+        if isinstance(q, str) and (hit := _SURROGATE.search(q)) is not None:
+            errors[i] = DataError(f"{where(i)} holds a lone surrogate {hit.group()!r} at character {hit.start()}, "
+                                  "which is no Unicode text (bytes decoded with errors='surrogateescape'?); decode "
+                                  "the source with its real encoding")
+    return dict(sorted(errors.items()))
 
 
 def _positional(method: str, first: str, args: tuple[Any, ...], keywords: str) -> ParamError:
