@@ -4,12 +4,15 @@ them, and ``operators`` of a routed pipeline.  A 200-document SciFact slice with
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+from langchain_core.callbacks import AsyncCallbackHandler
 from langchain_core.documents import Document
 
 from ragkit.errors import DataError, ParamError
@@ -33,6 +36,71 @@ def _bm25(**kwargs: Any) -> RagkitRetriever:
     from ragkit.retrievers import BM25
 
     return RagkitRetriever(pipeline=BM25(k=50), corpus=_slice()[0], **kwargs)
+
+
+# ---------------------------------------------------------------------- 2. abatch's callbacks on the loop
+class _OnLoop(AsyncCallbackHandler):
+    """Records the event loop each callback ran on; feeds ``queue`` (of the app's loop) at each end."""
+
+    raise_error = True
+
+    def __init__(self, queue: asyncio.Queue) -> None:
+        self.loops: set[int] = set()
+        self.events: list[str] = []
+        self.queue = queue
+
+    async def on_retriever_start(self, serialized, query, **kw):  # noqa: ANN001
+        self.loops.add(id(asyncio.get_running_loop()))
+        self.events.append(f"start {query}")
+
+    async def on_retriever_end(self, documents, **kw):  # noqa: ANN001
+        self.loops.add(id(asyncio.get_running_loop()))
+        self.events.append(f"end {len(documents)}")
+        await self.queue.put(len(documents))
+
+    async def on_retriever_error(self, error, **kw):  # noqa: ANN001
+        self.loops.add(id(asyncio.get_running_loop()))
+        self.events.append(f"error {type(error).__name__}")
+
+
+async def test_abatch_runs_callbacks_on_the_event_loop_and_the_search_off_it(monkeypatch):
+    """abatch ran the whole sync batch, its callback manager included, in a worker thread: an
+    AsyncCallbackHandler ran on a private loop there, and one putting into the app's asyncio.Queue raised
+    'Non-thread-safe operation' (debug) or left its reader waiting."""
+    loop = asyncio.get_running_loop()
+    loop.set_debug(True)
+    r = _bm25(k=4)
+    queries = _slice()[1][:3]
+    threads: list[int] = []
+    calls: list[list[str]] = []
+    real = r.pipeline.search
+    monkeypatch.setattr(r.pipeline, "search", lambda q, **kw: threads.append(threading.get_ident())
+                        or calls.append(list(q)) or real(q, **kw))
+    h = _OnLoop(asyncio.Queue())
+    out = await r.abatch(queries, {"callbacks": [h]})
+    # (asserted before any task waits on the queue: the old code's put from another loop left such a task
+    # never woken, and the loop's close waiting for it forever)
+    assert h.loops == {id(loop)}, "abatch's callbacks must run on the caller's event loop"
+    assert h.events == [f"start {q}" for q in queries] + ["end 4"] * 3
+    assert calls == [queries] and threads[0] != threading.get_ident(), "one search, off the event loop thread"
+    # the app's reader waiting on the queue is woken by each end
+    queue: asyncio.Queue = asyncio.Queue()
+    readers = [asyncio.create_task(queue.get()) for _ in queries]
+    await asyncio.sleep(0)
+    await r.abatch(queries, {"callbacks": [_OnLoop(queue)]})
+    assert await asyncio.wait_for(asyncio.gather(*readers), 5) == [4, 4, 4]
+    monkeypatch.undo()
+    assert [[d.id for d in docs] for docs in out] == [[d.id for d in docs] for docs in r.batch(queries)]
+    # a bad query fails alone (return_exceptions), its callback on the loop too; a pipeline error reaches all
+    h = _OnLoop(asyncio.Queue())
+    out = await r.abatch(["vitamin D", 3], {"callbacks": [h]}, return_exceptions=True)
+    assert len(out[0]) == 4 and isinstance(out[1], DataError) and h.loops == {id(loop)}
+    assert sorted(h.events[2:]) == ["end 4", "error DataError"]
+    with pytest.raises(DataError, match="query 1: expected a string"):
+        await r.abatch(["vitamin D", 3])
+    out = await r.abatch(["a", "b"], return_exceptions=True, bm25={"kk": 1})
+    assert all(isinstance(e, ParamError) for e in out)
+    assert await r.abatch([]) == []
 
 
 # ---------------------------------------------------------------------- 4. keyword-only constructors

@@ -31,6 +31,7 @@ from typing import Any, Mapping
 
 import numpy as np
 from langchain_core.callbacks import (
+    AsyncCallbackManager,
     AsyncCallbackManagerForRetrieverRun,
     CallbackManager,
     CallbackManagerForRetrieverRun,
@@ -600,6 +601,36 @@ class RagkitRetriever(BaseRetriever):
         return await run_in_executor(None, self._get_relevant_documents, query,
                                      run_manager=run_manager.get_sync(), k=k, **kwargs)
 
+    def _batch_setup(self, inputs: Any, config: RunnableConfig | list[RunnableConfig] | None,
+                     kwargs: dict[str, Any], manager: type[CallbackManager] | type[AsyncCallbackManager]
+                     ) -> tuple[list[Any], list[RunnableConfig], int | None, dict[str, Any], list[Any]]:
+        """What :meth:`batch` and :meth:`abatch` share: the queries (a list), one config each, the call's
+        ``k``, the search options, and one callback manager of class ``manager`` per query (one for them
+        all when one config is given), configured as ``invoke`` / ``ainvoke`` configure theirs."""
+        if isinstance(inputs, (str, bytes, Mapping)):  # its characters (keys) would be the queries
+            raise DataError(f"batch: expected a list of query strings, got {type(inputs).__name__} {inputs!r:.60}; "
+                            + ("wrap it in a list, or call invoke" if isinstance(inputs, (str, bytes)) else
+                               "pass list(mapping.values())"))
+        inputs = list(inputs)
+        if not inputs:
+            return [], [], None, {}, []
+        configs = get_config_list(config, len(inputs))
+        k = kwargs.pop("k", None)
+        options = self._options(kwargs)
+        ls = self._get_ls_params()
+
+        def configure(cfg: RunnableConfig) -> Any:
+            return manager.configure(
+                cfg.get("callbacks"), None, verbose=bool(kwargs.get("verbose", False)),
+                inheritable_tags=cfg.get("tags"), local_tags=self.tags,
+                inheritable_metadata={**(cfg.get("metadata") or {}), **ls}, local_metadata=self.metadata,
+            )
+
+        # one config for the whole batch (the common case): configure its callback manager once
+        shared = configure(configs[0]) if not isinstance(config, Sequence) else None
+        managers = [shared if shared is not None else configure(cfg) for cfg in configs]
+        return inputs, configs, k, options, managers
+
     def batch(self, inputs: list[str], config: RunnableConfig | list[RunnableConfig] | None = None, *,
               return_exceptions: bool = False, **kwargs: Any) -> list[list[Document]]:
         """Retrieve for a list of queries with ONE ``pipeline.search`` call (not one call per query).
@@ -608,36 +639,14 @@ class RagkitRetriever(BaseRetriever):
         retriever run per query, as with ``invoke``.  A query that is no string (or holds a lone
         surrogate) fails alone with ``return_exceptions``; an error of the search, every query.
         """
-        if isinstance(inputs, (str, bytes, Mapping)):  # its characters (keys) would be the queries
-            raise DataError(f"batch: expected a list of query strings, got {type(inputs).__name__} {inputs!r:.60}; "
-                            + ("wrap it in a list, or call invoke" if isinstance(inputs, (str, bytes)) else
-                               "pass list(mapping.values())"))
-        inputs = list(inputs)
+        inputs, configs, k, options, cms = self._batch_setup(inputs, config, kwargs, CallbackManager)
         if not inputs:
             return []
-        configs = get_config_list(config, len(inputs))
-        k = kwargs.pop("k", None)
-        options = self._options(kwargs)
-        ls = self._get_ls_params()
-
-        def configure(cfg: RunnableConfig) -> CallbackManager:
-            return CallbackManager.configure(
-                cfg.get("callbacks"), None, verbose=bool(kwargs.get("verbose", False)),
-                inheritable_tags=cfg.get("tags"), local_tags=self.tags,
-                inheritable_metadata={**(cfg.get("metadata") or {}), **ls}, local_metadata=self.metadata,
-            )
-
-        # one config for the whole batch (the common case): configure its callback manager once
-        shared = configure(configs[0]) if not isinstance(config, Sequence) else None
-        managers = []
-        for q, cfg in zip(inputs, configs):
-            cm = shared if shared is not None else configure(cfg)
-            managers.append(cm.on_retriever_start(None, q, name=cfg.get("run_name") or self.get_name(),
-                                                  run_id=cfg.pop("run_id", None)))
-        # a query that is not a string fails alone (with return_exceptions) or stops the batch first
+        runs = [cm.on_retriever_start(None, q, name=cfg.get("run_name") or self.get_name(),
+                                      run_id=cfg.pop("run_id", None)) for cm, q, cfg in zip(cms, inputs, configs)]
         bad = _query_errors(inputs, one=False)
         for i, e in bad.items():
-            managers[i].on_retriever_error(e)
+            runs[i].on_retriever_error(e)
         if bad and not return_exceptions:
             raise next(iter(bad.values()))
         good = [i for i in range(len(inputs)) if i not in bad]
@@ -645,21 +654,48 @@ class RagkitRetriever(BaseRetriever):
             found = self._search([inputs[i] for i in good], k, options) if good else []
         except Exception as e:  # the pipeline failed: every query that reached it fails with it
             for i in good:
-                managers[i].on_retriever_error(e)
+                runs[i].on_retriever_error(e)
             if return_exceptions:  # Runnable.batch's return type has no room for the exceptions it returns
                 failed: list[Any] = [bad.get(i, e) for i in range(len(inputs))]
                 return failed
             raise
         results: list[Any] = [bad.get(i) for i in range(len(inputs))]
         for i, docs in zip(good, found):
-            managers[i].on_retriever_end(docs)
+            runs[i].on_retriever_end(docs)
             results[i] = docs
         return results
 
     async def abatch(self, inputs: list[str], config: RunnableConfig | list[RunnableConfig] | None = None, *,
                      return_exceptions: bool = False, **kwargs: Any) -> list[list[Document]]:
-        """:meth:`batch` in a worker thread (one pipeline call, event loop not blocked)."""
-        return await run_in_executor(None, self.batch, inputs, config, return_exceptions=return_exceptions, **kwargs)
+        """:meth:`batch` for the event loop: the same results, with ONE ``pipeline.search`` call for the
+        whole batch, run in a worker thread (the event loop is not blocked); the callbacks run on the
+        event loop, as ``ainvoke``'s do (async callback managers: an ``AsyncCallbackHandler`` that feeds an
+        ``asyncio.Queue`` of the app's loop works)."""
+        inputs, configs, k, options, cms = self._batch_setup(inputs, config, kwargs, AsyncCallbackManager)
+        if not inputs:
+            return []
+        runs = [await cm.on_retriever_start(None, q, name=cfg.get("run_name") or self.get_name(),
+                                            run_id=cfg.pop("run_id", None)) for cm, q, cfg in zip(cms, inputs, configs)]
+        bad = _query_errors(inputs, one=False)
+        for i, e in bad.items():
+            await runs[i].on_retriever_error(e)
+        if bad and not return_exceptions:
+            raise next(iter(bad.values()))
+        good = [i for i in range(len(inputs)) if i not in bad]
+        try:
+            found = await run_in_executor(None, self._search, [inputs[i] for i in good], k, options) if good else []
+        except Exception as e:  # the pipeline failed: every query that reached it fails with it
+            for i in good:
+                await runs[i].on_retriever_error(e)
+            if return_exceptions:
+                failed: list[Any] = [bad.get(i, e) for i in range(len(inputs))]
+                return failed
+            raise
+        results: list[Any] = [bad.get(i) for i in range(len(inputs))]
+        for i, docs in zip(good, found):
+            await runs[i].on_retriever_end(docs)
+            results[i] = docs
+        return results
 
 
 def _query_errors(queries: list[Any], *, one: bool) -> dict[int, DataError]:
