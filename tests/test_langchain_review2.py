@@ -14,9 +14,10 @@ import numpy as np
 import pytest
 from langchain_core.callbacks import AsyncCallbackHandler
 from langchain_core.documents import Document
+from langchain_core.embeddings import DeterministicFakeEmbedding
 
 from ragkit.errors import DataError, ParamError
-from ragkit.integrations.langchain import RagkitRetriever
+from ragkit.integrations.langchain import LangChainEmbeddingsEncoder, RagkitRetriever
 
 SCIFACT_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "beir" / "scifact"
 
@@ -133,3 +134,54 @@ def test_a_bad_query_is_named_as_the_caller_gave_it():
     with pytest.raises(DataError, match=r"^query 1 holds a lone surrogate"):
         r.batch(["vitamin D", "x \udc80"])
     assert len(r.invoke("Vitamin D\u0000fractures 维生素D")) == 2  # NUL and non-ASCII text are queries
+
+
+# ---------------------------------------------------------------------- 6. operators of a routed pipeline
+ROUTED = """
+pipeline:
+  - route:
+      router:
+        rule_router:
+          rules:
+            - {label: keyword, max_words: 4}
+          default: semantic
+      branches:
+        keyword:
+          - bm25: {k: 20}
+        semantic:
+          - dense: {k: 20, model: lc-fake-review2}
+"""
+
+
+@pytest.fixture()
+def fake_encoder() -> Any:
+    from ragkit.encoders import unregister_encoder
+
+    enc = LangChainEmbeddingsEncoder(DeterministicFakeEmbedding(size=16)).register("lc-fake-review2", replace=True)
+    yield enc
+    unregister_encoder("lc-fake-review2")
+
+
+def test_operators_of_a_routed_pipeline_are_the_taken_branchs(fake_encoder):
+    """``operators`` listed every retriever of the tree (bm25 and dense) for a query routed to BM25 alone."""
+    corpus = _slice()[0]
+    short, long = "vitamin D", "vitamin D fractures in elderly women"
+    r = RagkitRetriever(pipeline=ROUTED, corpus=corpus, k=3)
+    for docs in (r.invoke(short), r.batch([short, long])[0]):
+        assert [d.metadata["operators"] for d in docs] == [["bm25"]] * 3
+    for docs in (r.invoke(long), r.batch([short, long])[1]):
+        assert [d.metadata["operators"] for d in docs] == [["dense"]] * 3
+    # a retriever before the route counts for every query
+    before = ROUTED.replace("pipeline:\n", "pipeline:\n  - bm25: {k: 20}\n")
+    r2 = RagkitRetriever(pipeline=before, corpus=corpus, k=3)
+    assert r2.batch([short, long])[1][0].metadata["operators"] == ["bm25", "dense"]
+    # a route inside a route: which branch the outer took is not what values["route"] says: no operators
+    nested = ROUTED.replace("        keyword:\n          - bm25: {k: 20}\n",
+                            "        keyword:\n          - route:\n              router: {rule_router: {rules: "
+                            "[{label: a, max_words: 2}], default: b}}\n              branches:\n"
+                            "                a: [bm25: {k: 20}]\n                b: [bm25: {k: 20}]\n")
+    r3 = RagkitRetriever(pipeline=nested, corpus=corpus, k=3)
+    for docs in r3.batch([short, long]):
+        assert docs and all("operators" not in d.metadata for d in docs)
+    # without a route: every retriever, as before
+    assert _bm25(k=3).invoke(short)[0].metadata["operators"] == ["bm25"]

@@ -218,7 +218,11 @@ class RagkitRetriever(BaseRetriever):
     Each returned ``Document`` has the corpus text as ``page_content``, the document id as
     ``id`` and ``metadata`` with ``id`` (where no document has an ``id`` of its own), ``title``,
     ``score`` (the pipeline's final score), ``rank`` (1-based), ``operators`` (the branches that
-    retrieved it in a fused pipeline, else the pipeline's retrievers), ``branches``
+    retrieved it in a fused pipeline, else the pipeline's retrievers; in a pipeline with a ``route``,
+    the retrievers of the branch its query took, read from the run's route labels, and the retrievers
+    outside the route; where that is not known, in a tree with more than one ``route`` or a ``route``
+    that is not a step of the top-level pipeline (inside a ``parallel``, ``loop`` or another ``route``),
+    no ``operators`` key unless the ranking names its fused branches), ``branches``
     (``{branch: {"rank", "score"}}`` for fused rankings), any other ranking ``fields``, and the
     document's own metadata as it was given (a key it did not have is not added, nor one whose value
     was ``None``: a metadata column holds ``None`` for both; its own ``id`` / ``title`` keys are kept,
@@ -283,7 +287,8 @@ class RagkitRetriever(BaseRetriever):
     """Default search options (``filter``, ``{operator: {option: value}}``); per-call kwargs win."""
 
     _corpus: Corpus = PrivateAttr()
-    _producers: list[str] = PrivateAttr(default_factory=list)
+    #: which retrievers produced each query's documents (:func:`_producers_of`)
+    _producers: "_Producers" = PrivateAttr()
     #: searches share it, an edit (add_documents / delete) holds it alone: no search sees an index half edited;
     #: the lock of the pipeline's tree, shared by every retriever wrapping it or a tree holding one of its
     #: operators, and by every node of the tree (:func:`ragkit._locks.lock_of`: their searches wait for edits)
@@ -320,7 +325,7 @@ class RagkitRetriever(BaseRetriever):
             )
         self.pipeline = op
         self._corpus = corpus
-        self._producers = _retriever_names(op)
+        self._producers = _producers_of(op)
         self._lock = lock_of(op)
         return self
 
@@ -431,7 +436,8 @@ class RagkitRetriever(BaseRetriever):
                 + (f" (last error: {type(error).__name__}: {error})" if error is not None else "")) from error
         self._corpus = corpus  # a retriever edited since (add / remove)
         rankings = run.rankings if run.rankings is not None else [Ranking.empty() for _ in queries]
-        return [self._documents(r, corpus) for r in rankings]
+        producers = self._producers.of(run.values, len(queries))
+        return [self._documents(r, corpus, names) for r, names in zip(rankings, producers)]
 
     # ------------------------------------------------------------------ edits
     def add_documents(self, documents: Sequence[Document], *, ids: Sequence[str] | None = None) -> list[str]:
@@ -549,7 +555,9 @@ class RagkitRetriever(BaseRetriever):
         except DataError:
             return None
 
-    def _documents(self, r: Ranking, c: Corpus) -> list[Document]:
+    def _documents(self, r: Ranking, c: Corpus, producers: list[str] | None) -> list[Document]:
+        """The documents of ranking ``r`` (rows of ``c``); ``producers``: the retrievers its query went
+        through (``None``: not known, no ``operators`` key unless ``r`` names its fused branches)."""
         rows = r.rows
         ids = c.ids[rows].tolist()
         texts = c.texts[rows].tolist()
@@ -576,8 +584,8 @@ class RagkitRetriever(BaseRetriever):
                 branches = {b: {"rank": ranks[i], "score": _num(sc[i])} for b, ranks, sc in branch_cols if ranks[i] > 0}
                 meta["operators"] = list(branches)
                 meta["branches"] = branches
-            else:
-                meta["operators"] = list(self._producers)
+            elif producers is not None:
+                meta["operators"] = list(producers)
             if other:
                 meta["fields"] = {key: _num(v[i]) for key, v in other.items()}
             docs.append(Document(page_content=texts[i], id=ids[i], metadata=meta))
@@ -735,6 +743,71 @@ def _positional(method: str, first: str, args: tuple[Any, ...], keywords: str) -
     return ParamError(f"RagkitRetriever.{method}: takes only {first} by position, got {len(args)} more ({shown}); "
                       f"pass the rest by keyword: {method}({first}, {keywords}) (LangChain's BM25Retriever."
                       f"{method} takes metadatas second; ragkit's first keyword used to be pipeline)")
+
+
+class _Producers:
+    """Which retrievers produced each query's documents, for the ``operators`` of their metadata.
+
+    Built once per pipeline (:func:`_producers_of`): ``fixed`` (every query: the tree's retrievers, a tree
+    without ``route``), or a ``route`` that is a step of the top-level pipeline (the tree's only one), whose
+    label per query the run keeps in ``values["route"]``: the taken branch's retrievers with those outside
+    the route; ``None`` for every query in any other tree with a ``route`` (not known)."""
+
+    def __init__(self, fixed: list[str] | None, route: Any = None, outside: list[str] | None = None) -> None:
+        self.fixed = fixed
+        self.route = route
+        self.outside = outside or []
+
+    def of(self, values: Mapping[str, list[Any]], n: int) -> list[list[str] | None]:
+        """The retrievers of each of ``n`` queries (``None``: not known), from the run's ``values``."""
+        if self.route is None:
+            return [self.fixed] * n
+        labels = values.get("route")
+        if labels is None or len(labels) != n:
+            return [None] * n
+        by_label: dict[str, list[str] | None] = {}
+        for label in set(map(str, labels)):  # a few labels; their branches' names once each
+            branch = self._branch(label)
+            by_label[label] = None if branch is None else list(dict.fromkeys(self.outside + _retriever_leaves(branch)))
+        return [by_label[str(x)] for x in labels]
+
+    def _branch(self, label: str) -> Operator | None:
+        """The branch a query labelled ``label`` takes (as ``Route`` chooses it), or None."""
+        route = self.route
+        if label in route.branches:
+            return route.branches[label]
+        if route.default_label is not None:
+            return route.branches[route.default_label]
+        return route.default
+
+
+def _retriever_leaves(op: Operator) -> list[str]:
+    from ragkit.pipelines._compose import iter_leaves
+
+    return list(dict.fromkeys(leaf.name for leaf in iter_leaves(op) if leaf.kind == "retriever"))
+
+
+def _producers_of(op: Operator) -> _Producers:
+    """:class:`_Producers` of the tree ``op`` (walked once, when the retriever is built)."""
+    from ragkit.pipelines._compose import Pipeline, Route
+
+    routes, seen, stack = [], set(), [op]
+    while stack:
+        node = stack.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        if isinstance(node, Route):
+            routes.append(node)
+        stack.extend(node.children())
+    if not routes:
+        return _Producers(_retriever_names(op))
+    steps = op.steps if isinstance(op, Pipeline) else [op]
+    top = [s for s in steps if isinstance(s, Route)]
+    if len(routes) == 1 and len(top) == 1 and top[0] is routes[0]:
+        outside = [name for s in steps if s is not routes[0] for name in _retriever_leaves(s)]
+        return _Producers(None, routes[0], outside)
+    return _Producers(None)
 
 
 # Keys each returned Document's metadata gets from the retrieval: a document's own key of the same name is refused
