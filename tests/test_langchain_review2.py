@@ -16,7 +16,7 @@ from langchain_core.callbacks import AsyncCallbackHandler
 from langchain_core.documents import Document
 from langchain_core.embeddings import DeterministicFakeEmbedding
 
-from ragkit.errors import DataError, ParamError
+from ragkit.errors import DataError, NotFittedError, ParamError
 from ragkit.integrations.langchain import LangChainEmbeddingsEncoder, RagkitRetriever
 
 SCIFACT_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "beir" / "scifact"
@@ -102,6 +102,42 @@ async def test_abatch_runs_callbacks_on_the_event_loop_and_the_search_off_it(mon
     out = await r.abatch(["a", "b"], return_exceptions=True, bm25={"kk": 1})
     assert all(isinstance(e, ParamError) for e in out)
     assert await r.abatch([]) == []
+
+
+# ---------------------------------------------------------------------- 3. assignment validated
+def test_assignment_is_checked_as_construction_is_and_a_refused_one_changes_nothing():
+    """``r.k = 0``, ``r.k = "5"`` and ``r.pipeline = "bm25"`` were accepted, and failed at the next call
+    (the last with AttributeError: 'str' object has no attribute 'name')."""
+    from ragkit.retrievers import BM25
+
+    corpus, queries = _slice()
+    r = _bm25(k=3)
+    pipe, lock = r.pipeline, r._lock
+    for name, value, error in [("k", 0, ValueError), ("k", "5", ValueError), ("k", 2.0, ValueError),
+                               ("pipeline", "bm25", NotFittedError), ("pipeline", 5, ValueError),
+                               ("pipeline", BM25(), NotFittedError),
+                               ("search_kwargs", {"filter": {"nope": 1}}, ValueError),
+                               ("search_kwargs", {"callbacks": []}, ValueError), ("train", [1], ValueError)]:
+        with pytest.raises(error):
+            setattr(r, name, value)
+        assert (r.k, r.pipeline, r.search_kwargs, r._lock) == (3, pipe, {}, lock), f"r.{name} = {value!r} changed r"
+        assert len(r.invoke(queries[0])) == 3
+    # a valid new pipeline: its documents, its lock, its retrievers' names
+    other = BM25(k=20).fit(corpus.subset(np.arange(100, 200)))
+    r.pipeline = other
+    from ragkit._locks import lock_of
+
+    assert r.pipeline is other and r._lock is lock_of(other) and r._corpus is other.corpus_
+    docs = r.invoke(queries[0])
+    assert all(d.id in set(corpus.ids[100:].tolist()) for d in docs) and docs[0].metadata["operators"] == ["bm25"]
+    r.add_documents([Document("an added zebra document", id="zebra")])
+    assert r.invoke("zebra")[0].id == "zebra" and "zebra" in other.corpus_.ids.tolist()
+    # a corpus assigned: the pipeline refitted on it (a copy: the operator another holder searches is kept)
+    r.corpus = [Document("cats purr", id="c1"), Document("dogs bark", id="c2")]
+    assert r.corpus is None and r.pipeline is not other and len(other.corpus_) == 101
+    assert [d.id for d in r.invoke("dogs")] == ["c2"]
+    r.k = 1
+    assert r.k == 1 and len(r.invoke("cats dogs")) == 1
 
 
 # ---------------------------------------------------------------------- 4. keyword-only constructors

@@ -215,6 +215,13 @@ class RagkitRetriever(BaseRetriever):
         pydantic's ``ValidationError`` carrying the same message when the retriever is built
         (both are ``ValueError``).  So is an unknown argument (``top_k=1``: "did you mean k?").
 
+    Assigning ``pipeline``, ``corpus``, ``train``, ``k`` or ``search_kwargs`` after construction is
+    checked as construction checks it, with the same errors (``r.k = 0``: pydantic's
+    ``ValidationError``; ``r.pipeline = "bm25"``, an unfitted operator: ``NotFittedError``); a refused
+    assignment leaves the retriever as it was.  A new ``pipeline`` (or ``corpus``: the pipeline refitted
+    on it, as at construction) replaces the retriever's documents, lock and everything read from the tree.
+
+
     Each returned ``Document`` has the corpus text as ``page_content``, the document id as
     ``id`` and ``metadata`` with ``id`` (where no document has an ``id`` of its own), ``title``,
     ``score`` (the pipeline's final score), ``rank`` (1-based), ``operators`` (the branches that
@@ -251,7 +258,8 @@ class RagkitRetriever(BaseRetriever):
     'a cat'
     """
 
-    model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid")
+    #: validate_assignment: ``r.k = 0`` is refused as ``k=0`` is (and :meth:`_build` runs again: see __setattr__)
+    model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid", validate_assignment=True)
 
     @model_validator(mode="before")
     @classmethod
@@ -289,6 +297,9 @@ class RagkitRetriever(BaseRetriever):
     _corpus: Corpus = PrivateAttr()
     #: which retrievers produced each query's documents (:func:`_producers_of`)
     _producers: "_Producers" = PrivateAttr()
+    #: the operator :meth:`_build` checked and wrapped (None until built): an assignment that keeps it
+    #: (``r.k = 5``) checks the settings again, one that changes it builds the retriever again
+    _op: Operator | None = PrivateAttr(default=None)
     #: searches share it, an edit (add_documents / delete) holds it alone: no search sees an index half edited;
     #: the lock of the pipeline's tree, shared by every retriever wrapping it or a tree holding one of its
     #: operators, and by every node of the tree (:func:`ragkit._locks.lock_of`: their searches wait for edits)
@@ -296,38 +307,68 @@ class RagkitRetriever(BaseRetriever):
 
     @model_validator(mode="after")
     def _build(self) -> "RagkitRetriever":
-        op = load_pipeline_like(self.pipeline)
-        for key, value in _saved_settings(self.pipeline).items():  # a folder of RagkitRetriever.save
-            if key not in self.model_fields_set:  # what the call gives wins
-                setattr(self, key, value)
+        """Load, check and (with ``corpus``) fit the pipeline; run again on each assignment of a field
+        (``validate_assignment``), where it only checks the settings again while the pipeline is the one
+        built and no ``corpus`` is given.  Fields are set here through ``__dict__`` (an assignment would
+        validate, and so run this, again)."""
         if self.train is not None and not isinstance(self.train, TrainSet):
             raise ParamError(f"train: expected a ragkit TrainSet, got {type(self.train).__name__}")
-        bad = sorted(set(self.search_kwargs) & _LANGCHAIN_KWARGS | ({"k"} & set(self.search_kwargs)))
-        if bad:
-            raise ParamError(f"search_kwargs: {bad} are not search options (set k with k=...)")
+        if self._op is not None and self.pipeline is self._op and self.corpus is None:
+            self._check_search_kwargs(self._op, self._corpus)  # r.k = 5, r.search_kwargs = {...}
+            return self
+        op = load_pipeline_like(self.pipeline)
+        saved = _saved_settings(self.pipeline)  # a folder of RagkitRetriever.save: what the call gives wins
+        for key, value in saved.items():
+            if key not in self.model_fields_set:
+                self.__dict__[key] = value
         docs = as_corpus(self.corpus) if self.corpus is not None else None
         searched = docs if docs is not None else _corpus_of(op)
         if searched is not None:
             _check_reserved(searched, "corpus" if docs is not None else "pipeline")
-        try:  # before fitting: the options of the whole tree, a filter against the corpus searched
-            check_options(op, self.search_kwargs, searched)
-        except ParamError as e:
-            raise ParamError(f"search_kwargs: {e}", path=e.path) from None
+        self._check_search_kwargs(op, searched)  # before fitting
         if docs is not None:
             if op.is_fitted and not op.stateless:  # fitted already (another retriever's, or the caller's):
                 op = _unfitted_copy(op)             # refitting it in place changed what they search
             op.fit(docs, self.train)
-            self.corpus = None  # the pipeline holds it now
+            self.__dict__["corpus"] = None  # the pipeline holds it now
         corpus = _corpus_of(op)
         if corpus is None or not op.is_fitted:
             raise NotFittedError(
                 "pipeline: it is not fitted; pass corpus=... (documents to index) or a fitted pipeline / saved folder"
             )
-        self.pipeline = op
+        self.__dict__["pipeline"] = op
         self._corpus = corpus
         self._producers = _producers_of(op)
         self._lock = lock_of(op)
+        self._op = op
         return self
+
+    def _check_search_kwargs(self, op: Operator, searched: Corpus | None) -> None:
+        """``search_kwargs`` checked against the tree ``op`` (and a filter against ``searched``): ParamError."""
+        bad = sorted(set(self.search_kwargs) & _LANGCHAIN_KWARGS | ({"k"} & set(self.search_kwargs)))
+        if bad:
+            raise ParamError(f"search_kwargs: {bad} are not search options (set k with k=...)")
+        try:  # the options of the whole tree, a filter against the corpus searched
+            check_options(op, self.search_kwargs, searched)
+        except ParamError as e:
+            raise ParamError(f"search_kwargs: {e}", path=e.path) from None
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        """An assignment of a field, validated (``validate_assignment``: the field's own checks, then
+        :meth:`_build`), or refused with the retriever left as it was."""
+        private = getattr(self, "__pydantic_private__", None)
+        if name not in type(self).model_fields or not private or private.get("_op") is None:  # (being built)
+            super().__setattr__(name, value)
+            return
+        before = (dict(self.__dict__), set(self.__pydantic_fields_set__), dict(self.__pydantic_private__ or {}))
+        try:
+            super().__setattr__(name, value)
+        except BaseException:
+            self.__dict__.clear()
+            self.__dict__.update(before[0])
+            object.__setattr__(self, "__pydantic_fields_set__", before[1])
+            object.__setattr__(self, "__pydantic_private__", before[2])
+            raise
 
     # ------------------------------------------------------------------ constructors
     @classmethod
