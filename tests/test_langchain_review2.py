@@ -39,6 +39,42 @@ def _bm25(**kwargs: Any) -> RagkitRetriever:
     return RagkitRetriever(pipeline=BM25(k=50), corpus=_slice()[0], **kwargs)
 
 
+# ---------------------------------------------------------------------- 1. search_kwargs["k"]
+def test_search_kwargs_k_is_the_retrievers_k(tmp_path):
+    """``search_kwargs={"k": 5}`` was refused when built, and ``r.search_kwargs["k"] = 5`` later made every call
+    raise ``TypeError: search() got multiple values for keyword argument 'k'``."""
+    q = _slice()[1][0]
+    r = _bm25(search_kwargs={"k": 5})
+    assert r.k == 5 and len(r.invoke(q)) == 5
+    assert len(r.invoke(q, k=2)) == 2 and [len(d) for d in r.batch([q, q], k=1)] == [1, 1]  # the call's k first
+    assert len(r.invoke(q, k=None)) == 5
+    r.search_kwargs["k"] = 6  # edited in place: wins over k at the next call
+    assert len(r.invoke(q)) == 6 and [len(d) for d in r.batch([q])] == [6]
+    r.search_kwargs = {"k": 2}  # assigned: sets k too
+    assert r.k == 2 and len(r.invoke(q)) == 2
+    r.k = 7  # assigned: sets search_kwargs' k too (the last one set wins)
+    assert r.search_kwargs == {"k": 7} and len(r.invoke(q)) == 7
+    plain = _bm25(k=3)
+    plain.search_kwargs["k"] = 5
+    assert len(plain.invoke(q)) == 5
+    plain.search_kwargs["k"] = "5"  # checked at the call, naming search_kwargs
+    with pytest.raises(ParamError, match=r"search_kwargs: k: expected a positive integer, got '5'"):
+        plain.invoke(q)
+    with pytest.raises(ParamError, match="search_kwargs"):
+        plain.batch([q])
+    with pytest.raises(ValueError, match=r"k=3 and search_kwargs=\{'k': 5\} disagree"):
+        _bm25(k=3, search_kwargs={"k": 5})
+    assert _bm25(k=5, search_kwargs={"k": 5}).k == 5
+    with pytest.raises(ValueError, match="search_kwargs: .*k: expected a positive integer, got 0"):
+        _bm25(search_kwargs={"k": 0})
+    # saved with it; load(path, k=...) wins over the saved one
+    r.save(tmp_path / "r")
+    back = RagkitRetriever.load(tmp_path / "r")
+    assert (back.k, back.search_kwargs) == (7, {"k": 7}) and len(back.invoke(q)) == 7
+    other = RagkitRetriever.load(tmp_path / "r", k=2)
+    assert other.k == 2 and "k" not in other.search_kwargs and len(other.invoke(q)) == 2
+
+
 # ---------------------------------------------------------------------- 2. abatch's callbacks on the loop
 class _OnLoop(AsyncCallbackHandler):
     """Records the event loop each callback ran on; feeds ``queue`` (of the app's loop) at each end."""

@@ -47,7 +47,7 @@ from ragkit._locks import ReadWriteLock, lock_of
 from ragkit.encoders.sentence import as_texts
 from ragkit.errors import ArtifactError, DataError, NotFittedError, ParamError
 from ragkit.operator import Operator, _json_default, read_json
-from ragkit.options import check_options
+from ragkit.options import _positive_k, check_options
 from ragkit.types import Corpus, Ranking, TrainSet, and_filters, ids_and_texts
 
 __all__ = ["RagkitRetriever", "LangChainEmbeddingsEncoder", "RagkitEmbeddings", "as_corpus", "load_pipeline_like"]
@@ -204,11 +204,18 @@ class RagkitRetriever(BaseRetriever):
     train : TrainSet, optional
         Judged training queries for operators that learn (passed to ``fit``).
     k : int
-        Documents returned per query (default 4); ``invoke(q, k=...)`` overrides it.
+        Documents returned per query (default 4).
     search_kwargs : dict
-        Default search options for ``pipeline.search``: ``filter={field: value}`` or
-        per-operator options ``{"bm25": {"n_jobs": 4}}``; per-call keyword arguments of
-        ``invoke`` / ``ainvoke`` / ``batch`` are merged over them.  Both are checked as
+        Default search options for ``pipeline.search``: ``filter={field: value}``,
+        per-operator options ``{"bm25": {"n_jobs": 4}}``, and ``k`` as a LangChain
+        ``VectorStoreRetriever``'s (``search_kwargs={"k": 5}``); per-call keyword arguments of
+        ``invoke`` / ``ainvoke`` / ``batch`` are merged over them.  The ``k`` of a call is, first
+        to last: the call's ``k`` (``invoke(q, k=3)``; ``None`` is not given), ``search_kwargs["k"]``,
+        the retriever's ``k``.  ``search_kwargs["k"]`` and ``k`` given both when the retriever is built
+        must agree (a ``ParamError`` otherwise); given alone, ``search_kwargs["k"]`` sets ``k`` too, and
+        assigning either one later (``r.k = 5``, ``r.search_kwargs = {"k": 5}``) sets the other, so the
+        last one set wins; ``r.search_kwargs["k"] = 5`` (the dict edited in place) wins over ``k`` at the
+        next call, checked then (a ``ParamError`` naming ``search_kwargs``).  Both are checked as
         ``pipeline.search`` checks them (:func:`ragkit.options.check_options`): ``search_kwargs``
         when the retriever is built (before any fitting), per-call ones before each search; a
         key that is no option of the pipeline or a bad value raises ``ParamError`` per call, and
@@ -220,7 +227,6 @@ class RagkitRetriever(BaseRetriever):
     ``ValidationError``; ``r.pipeline = "bm25"``, an unfitted operator: ``NotFittedError``); a refused
     assignment leaves the retriever as it was.  A new ``pipeline`` (or ``corpus``: the pipeline refitted
     on it, as at construction) replaces the retriever's documents, lock and everything read from the tree.
-
 
     Each returned ``Document`` has the corpus text as ``page_content``, the document id as
     ``id`` and ``metadata`` with ``id`` (where no document has an ``id`` of its own), ``title``,
@@ -289,10 +295,10 @@ class RagkitRetriever(BaseRetriever):
     """Judged training queries passed to ``fit`` with ``corpus``."""
 
     k: int = Field(default=4, ge=1, strict=True, description="Documents per query.")
-    """Documents returned per query; ``invoke(q, k=...)`` overrides it."""
+    """Documents returned per query; ``invoke(q, k=...)`` and ``search_kwargs["k"]`` override it."""
 
     search_kwargs: dict[str, Any] = Field(default_factory=dict, description="Default pipeline.search options.")
-    """Default search options (``filter``, ``{operator: {option: value}}``); per-call kwargs win."""
+    """Default search options (``k``, ``filter``, ``{operator: {option: value}}``); per-call kwargs win."""
 
     _corpus: Corpus = PrivateAttr()
     #: which retrievers produced each query's documents (:func:`_producers_of`)
@@ -318,14 +324,22 @@ class RagkitRetriever(BaseRetriever):
             return self
         op = load_pipeline_like(self.pipeline)
         saved = _saved_settings(self.pipeline)  # a folder of RagkitRetriever.save: what the call gives wins
+        if "k" in self.model_fields_set and "search_kwargs" not in self.model_fields_set and "search_kwargs" in saved:
+            saved["search_kwargs"] = {key: v for key, v in saved["search_kwargs"].items() if key != "k"}
         for key, value in saved.items():
             if key not in self.model_fields_set:
                 self.__dict__[key] = value
+        own_k = self.search_kwargs.get("k")
+        if own_k is not None and self._op is None and {"k", "search_kwargs"} <= self.model_fields_set \
+                and own_k != self.k:
+            raise ParamError(f"k={self.k!r} and search_kwargs={{'k': {own_k!r}}} disagree; give one of them")
         docs = as_corpus(self.corpus) if self.corpus is not None else None
         searched = docs if docs is not None else _corpus_of(op)
         if searched is not None:
             _check_reserved(searched, "corpus" if docs is not None else "pipeline")
         self._check_search_kwargs(op, searched)  # before fitting
+        if own_k is not None and self._op is None:  # search_kwargs={"k": 5} alone: the retriever's k
+            self.__dict__["k"] = int(own_k)
         if docs is not None:
             if op.is_fitted and not op.stateless:  # fitted already (another retriever's, or the caller's):
                 op = _unfitted_copy(op)             # refitting it in place changed what they search
@@ -345,9 +359,10 @@ class RagkitRetriever(BaseRetriever):
 
     def _check_search_kwargs(self, op: Operator, searched: Corpus | None) -> None:
         """``search_kwargs`` checked against the tree ``op`` (and a filter against ``searched``): ParamError."""
-        bad = sorted(set(self.search_kwargs) & _LANGCHAIN_KWARGS | ({"k"} & set(self.search_kwargs)))
+        bad = sorted(set(self.search_kwargs) & _LANGCHAIN_KWARGS)
         if bad:
-            raise ParamError(f"search_kwargs: {bad} are not search options (set k with k=...)")
+            raise ParamError(f"search_kwargs: {bad} are not search options (LangChain's own arguments: give them "
+                             "in the call's config)")
         try:  # the options of the whole tree, a filter against the corpus searched
             check_options(op, self.search_kwargs, searched)
         except ParamError as e:
@@ -355,7 +370,8 @@ class RagkitRetriever(BaseRetriever):
 
     def __setattr__(self, name: str, value: Any) -> None:
         """An assignment of a field, validated (``validate_assignment``: the field's own checks, then
-        :meth:`_build`), or refused with the retriever left as it was."""
+        :meth:`_build`), or refused with the retriever left as it was; ``k`` and ``search_kwargs["k"]``
+        kept equal (the one assigned wins)."""
         private = getattr(self, "__pydantic_private__", None)
         if name not in type(self).model_fields or not private or private.get("_op") is None:  # (being built)
             super().__setattr__(name, value)
@@ -369,6 +385,11 @@ class RagkitRetriever(BaseRetriever):
             object.__setattr__(self, "__pydantic_fields_set__", before[1])
             object.__setattr__(self, "__pydantic_private__", before[2])
             raise
+        own_k = self.search_kwargs.get("k")
+        if name == "k" and own_k is not None:
+            self.__dict__["search_kwargs"] = {**self.search_kwargs, "k": self.k}
+        elif name == "search_kwargs" and own_k is not None:
+            self.__dict__["k"] = int(own_k)
 
     # ------------------------------------------------------------------ constructors
     @classmethod
@@ -449,8 +470,12 @@ class RagkitRetriever(BaseRetriever):
 
     def _search(self, queries: list[str], k: int | None, options: dict[str, Any]) -> list[list[Document]]:
         """One ``pipeline.search`` call for the whole batch (queries checked by :func:`_query_errors`),
-        converted to Documents."""
-        k = self.k if k is None else k
+        converted to Documents.  ``k``: the call's (``None``: not given); ``options``: the call's merged
+        over ``search_kwargs`` (:meth:`_options`), whose ``k`` comes next, then the retriever's ``k``."""
+        options = dict(options)
+        own_k = options.pop("k", None)  # search_kwargs' (a call's k is never among its options)
+        if k is None:
+            k = self.k if own_k is None else _positive_k(own_k, "search_kwargs: ")  # (edited in place: check it)
         error: Exception | None = None
         for _ in range(_EDIT_RETRIES):
             # the documents this search's rows index: read from the pipeline before and after it, never from
