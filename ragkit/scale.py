@@ -573,6 +573,9 @@ class Sharded(Operator):
     #: the Ray actor handles serving the shards, once searched on Ray (Any: Ray types an actor method's call
     #: only for methods declared with ``@ray.method``)
     _actors: list[Any] | None
+    #: the object-store references of each actor's shard documents, held as long as ``_actors`` (a restarted
+    #: actor's constructor reads them again)
+    _actor_docs: list[Any] | None
     example = {"retriever": {"bm25": {"k": 10}}, "n_shards": 3, "k": 10, "backend": "local"}
     #: the call's options go to every shard, whose retriever applies ``filter`` (and reads its own
     #: options, e.g. ``bm25={"n_jobs": 2}``: :meth:`option_children`); ``sharded`` reads only ``k``
@@ -666,7 +669,7 @@ class Sharded(Operator):
 
     def _drop_actors(self) -> None:
         """Stop the Ray actors serving the previous shards (a load replaces them)."""
-        actors, self._actors = getattr(self, "_actors", None), None
+        actors, self._actors, self._actor_docs = getattr(self, "_actors", None), None, None
         _kill(actors)
 
     def _workdir(self) -> Path | None:
@@ -701,7 +704,7 @@ class Sharded(Operator):
             raise
         # every shard built: only now are they this operator's (a failed fit leaves the earlier shards, folder and
         # actors as they were; fit stops the earlier actors and removes the earlier folder once it succeeds)
-        self._actors = None
+        self._actors, self._actor_docs = None, None
         self._dir, self.bounds_, self.shards_, self.folders_ = tmp, bounds, shards, folders
 
     def _build_shards(self, corpus: Corpus, bounds: np.ndarray, folders: list[str]) -> None:
@@ -796,9 +799,13 @@ class Sharded(Operator):
             if actors is None:
                 actor = ray.remote(max_restarts=self.params.max_retries, max_task_retries=self.params.max_retries)(
                     _ShardActor)
-                actors = self._actors = [actor.remote(f, self.corpus_.subset(np.arange(a, b)))
-                                         for f, a, b in zip(self.folders_, self.bounds_[:-1], self.bounds_[1:])]
-                self._actors_session = session
+                # each shard's documents go to the object store once and stay there while its actor lives: Ray
+                # frees an argument passed by value after the constructor, so a crashed actor (max_restarts) over
+                # more than ~100 KB of documents could never be restarted (ReferenceCountingAssertionError)
+                docs = [ray.put(self.corpus_.subset(np.arange(a, b))) for a, b in zip(self.bounds_[:-1],
+                                                                                      self.bounds_[1:])]
+                actors = [actor.remote(f, d) for f, d in zip(self.folders_, docs)]
+                self._actors, self._actor_docs, self._actors_session = actors, docs, session
             refs = [actors[s].search.remote(texts, options, rewrites) for s in live]
             results = []
             for s, ref in zip(live, refs):
