@@ -39,6 +39,7 @@ from __future__ import annotations
 import functools
 import os
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any, Callable, Iterable, Literal, Mapping, Self, Sequence, TypeGuard
 
@@ -67,6 +68,9 @@ _DETERMINISTIC_OS: tuple[type[OSError], ...] = (FileNotFoundError, NotADirectory
 # errors raised as _Permanent in a Ray task: ragkit's own and the deterministic OS errors
 _FINAL: tuple[type[BaseException], ...] = (RagkitError, *_DETERMINISTIC_OS)
 _SEARCH_RETRIES = 3
+# held while a Sharded retriever starts or drops its shard actors (one lock for all: it is rare and short, and a
+# lock of the operator's own would not pickle)
+_ACTORS_LOCK = threading.Lock()
 _DRAIN_S = 120.0  # the longest a failed search waits for its other chunks
 
 
@@ -667,10 +671,46 @@ class Sharded(Operator):
     def _use_ray(self) -> bool:
         return self._backend == "ray"
 
-    def _drop_actors(self) -> None:
-        """Stop the Ray actors serving the previous shards (a load replaces them)."""
-        actors, self._actors, self._actor_docs = getattr(self, "_actors", None), None, None
+    def _drop_actors(self, failed: list[Any] | None = None) -> None:
+        """Stop the Ray actors serving the shards (a load replaces them; the next search starts new ones).
+        ``failed``: the actor set a search failed on, dropped only if it is still the current one (another
+        thread may have replaced it already, and its new set is healthy)."""
+        with _ACTORS_LOCK:
+            actors = getattr(self, "_actors", None)
+            if failed is not None and actors is not failed:
+                return
+            self._actors, self._actor_docs = None, None
         _kill(actors)
+
+    def _ray_actors(self, ray: Any) -> list[Any]:
+        """The Ray actors serving the shards (one per shard, in shard order), started on the first search
+        (and after a failure dropped them, or a ``ray.shutdown()``).  Concurrent first searches start one
+        set: it is made under a lock, checked again once the lock is held."""
+        ctx = ray.get_runtime_context()
+        session = (ctx.get_node_id(), ctx.get_job_id())  # a new cluster has a new node id (job ids restart)
+
+        def current() -> list[Any] | None:
+            actors: list[Any] | None = getattr(self, "_actors", None)
+            if actors is not None and getattr(self, "_actors_session", None) != session:
+                return None  # made before a ray.shutdown(): those actors are gone with their cluster
+            return actors
+
+        actors = current()
+        if actors is not None:
+            return actors
+        with _ACTORS_LOCK:
+            actors = current()
+            if actors is not None:
+                return actors
+            actor = ray.remote(max_restarts=self.params.max_retries, max_task_retries=self.params.max_retries)(
+                _ShardActor)
+            # each shard's documents go to the object store once and stay there while its actor lives: Ray
+            # frees an argument passed by value after the constructor, so a crashed actor (max_restarts) over
+            # more than ~100 KB of documents could never be restarted (ReferenceCountingAssertionError)
+            docs = [ray.put(self.corpus_.subset(np.arange(a, b))) for a, b in zip(self.bounds_[:-1], self.bounds_[1:])]
+            actors = [actor.remote(f, d) for f, d in zip(self.folders_, docs)]
+            self._actors, self._actor_docs, self._actors_session = actors, docs, session
+            return actors
 
     def _workdir(self) -> Path | None:
         """``workdir`` as an absolute path (a relative one from this process's folder: Ray workers run
@@ -791,28 +831,14 @@ class Sharded(Operator):
         if self._use_ray():
             self._check_ray_model("sharded.search")  # before Ray starts
             ray = ray_init()
-            ctx = ray.get_runtime_context()
-            session = (ctx.get_node_id(), ctx.get_job_id())  # a new cluster has a new node id (job ids restart)
-            actors: list[Any] | None = getattr(self, "_actors", None)
-            if actors is not None and getattr(self, "_actors_session", None) != session:
-                actors = None  # made before a ray.shutdown(): those actors are gone with their cluster
-            if actors is None:
-                actor = ray.remote(max_restarts=self.params.max_retries, max_task_retries=self.params.max_retries)(
-                    _ShardActor)
-                # each shard's documents go to the object store once and stay there while its actor lives: Ray
-                # frees an argument passed by value after the constructor, so a crashed actor (max_restarts) over
-                # more than ~100 KB of documents could never be restarted (ReferenceCountingAssertionError)
-                docs = [ray.put(self.corpus_.subset(np.arange(a, b))) for a, b in zip(self.bounds_[:-1],
-                                                                                      self.bounds_[1:])]
-                actors = [actor.remote(f, d) for f, d in zip(self.folders_, docs)]
-                self._actors, self._actor_docs, self._actors_session = actors, docs, session
+            actors = self._ray_actors(ray)
             refs = [actors[s].search.remote(texts, options, rewrites) for s in live]
             results = []
             for s, ref in zip(live, refs):
                 try:
                     results.append(ray.get(ref))
                 except Exception as e:
-                    self._drop_actors()  # the next search starts them again (a folder put back is read then)
+                    self._drop_actors(actors)  # the next search starts them again (a folder put back is read then)
                     cause = _root_cause(e)
                     why = f"{type(cause).__name__}: {cause}" if cause is not None else _reason(e)
                     raise ShardError(f"sharded: shard {s} failed to search: {why}") from None

@@ -39,13 +39,6 @@ def ray2():
     ray.shutdown()
 
 
-def _shard_actors_alive(ray) -> int:  # noqa: ANN001
-    from ray.util.state import list_actors
-
-    return sum(1 for a in list_actors(filters=[("state", "=", "ALIVE")], limit=10_000)
-               if "_ShardActor" in a.class_name)
-
-
 # ---------------------------------------------------------------- 1. a crashed actor restarts over a large shard
 def test_a_crashed_shard_actor_restarts_over_a_large_shard(ray2):
     """Each shard's documents (~300 KB here) went to its actor by value, which Ray frees after the constructor:
@@ -61,3 +54,50 @@ def test_a_crashed_shard_actor_restarts_over_a_large_shard(ray2):
     time.sleep(1)
     assert _ranked(pipe.search(QUERIES)) == ref
     assert sh._actors is actors  # restarted by Ray, not replaced
+
+
+# ---------------------------------------------------------------- 2. concurrent first searches share one actor set
+def _shard_actors_ever(ray) -> int:  # noqa: ANN001
+    """How many shard actors this Ray cluster ever started (alive or dead)."""
+    return sum(1 for a in ray._private.state.actors().values() if "_ShardActor" in a["ActorClassName"])
+
+
+def test_concurrent_first_searches_start_one_actor_set(ray2):
+    """6 threads searching a fresh Ray-fitted sharded retriever at once each started its own actors (12 for 2
+    shards, 10 thrown away; a dense shard loads its model in each).  The set is now made under a lock: 2."""
+    import threading
+
+    sh = Sharded(retriever={"bm25": {}}, n_shards=2, k=5, backend="ray")
+    pipe = Pipeline([sh]).fit(_corpus(200))
+    before = _shard_actors_ever(ray2)
+    outs, errors = [], []
+    start = threading.Barrier(6)
+
+    def go() -> None:
+        start.wait()
+        try:
+            outs.append(_ranked(pipe.search(QUERIES)))
+        except Exception as e:  # noqa: BLE001
+            errors.append(e)
+
+    threads = [threading.Thread(target=go) for _ in range(6)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    assert not errors and len(outs) == 6 and all(o == outs[0] for o in outs)
+    assert _shard_actors_ever(ray2) - before == 2
+
+
+def test_a_failed_search_drops_only_the_actor_set_it_failed_on(ray2):
+    """A search that failed dropped (killed) whatever actor set was current, also a healthy one another thread
+    had just started after the failure it saw: one ray.kill failed 3 searches.  Only the failed set goes."""
+    sh = Sharded(retriever={"bm25": {}}, n_shards=2, k=5, backend="ray")
+    pipe = Pipeline([sh]).fit(_corpus(200))
+    ref = _ranked(pipe.search(QUERIES))
+    old = sh._actors
+    sh._drop_actors()
+    assert _ranked(pipe.search(QUERIES)) == ref  # a new set
+    new = sh._actors
+    assert new is not None and new is not old
+    sh._drop_actors(old)  # a thread whose search failed on the old set: the new one stays
+    assert sh._actors is new
+    assert _ranked(pipe.search(QUERIES)) == ref
