@@ -257,3 +257,18 @@ def test_operators_of_a_routed_pipeline_are_the_taken_branchs(fake_encoder):
         assert docs and all("operators" not in d.metadata for d in docs)
     # without a route: every retriever, as before
     assert _bm25(k=3).invoke(short)[0].metadata["operators"] == ["bm25"]
+
+
+def test_returned_metadata_is_the_callers_own_not_the_index() -> None:
+    """A chain step annotating a returned document (``metadata["tags"].append``) changed the index's own
+    list: the next search returned the tag, a saved index kept it, and ``filter`` disagreed with it.
+    Object cells are copied on the way out."""
+    docs = [Document(page_content="cells divide rapidly", id="a", metadata={"tags": ["neuro"], "n": {"x": 1}}),
+            Document(page_content="vitamin d and bones", id="b", metadata={"tags": ["other"], "n": {"x": 2}})]
+    r = RagkitRetriever.from_documents(docs, k=1)
+    top = r.invoke("cells divide")[0]
+    top.metadata["tags"].append("seen")
+    top.metadata["n"]["x"] = 99
+    again = r.invoke("cells divide")[0]
+    assert again.metadata["tags"] == ["neuro"] and again.metadata["n"] == {"x": 1}
+    assert again.metadata["tags"] is not top.metadata["tags"]

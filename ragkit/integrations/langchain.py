@@ -21,6 +21,7 @@ Examples
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import math
@@ -629,7 +630,10 @@ class RagkitRetriever(BaseRetriever):
         texts = c.texts[rows].tolist()
         titles = c.titles[rows].tolist()
         scores = r.scores.tolist()
-        meta_cols = {key: col[rows].tolist() for key, col in c.metadata.items()}
+        # object cells (lists, dicts, ... a document was given) are copied: a caller annotating a returned
+        # document's metadata (tags.append) would otherwise change the index's own value
+        meta_cols = {key: copy.deepcopy(col[rows].tolist()) if col.dtype == object else col[rows].tolist()
+                     for key, col in c.metadata.items()}
         branch_names = [key[:-5] for key in r.fields if key.endswith(".rank") and f"{key[:-5]}.score" in r.fields]
         branch_cols = [(b, r.fields[f"{b}.rank"].tolist(), r.fields[f"{b}.score"].tolist()) for b in branch_names]
         taken = {f"{b}.{x}" for b in branch_names for x in ("rank", "score")}
