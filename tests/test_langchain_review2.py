@@ -272,3 +272,19 @@ def test_returned_metadata_is_the_callers_own_not_the_index() -> None:
     again = r.invoke("cells divide")[0]
     assert again.metadata["tags"] == ["neuro"] and again.metadata["n"] == {"x": 1}
     assert again.metadata["tags"] is not top.metadata["tags"]
+
+
+def test_a_retriever_pickles_and_deep_copies_into_an_independent_one() -> None:
+    """pickle.dumps / copy.deepcopy of a RagkitRetriever raised TypeError (its readers-writer lock); a copy
+    now answers as the original, and editing it leaves the original as it was."""
+    import copy
+    import pickle
+
+    docs = ["cells divide rapidly", "vitamin d and bones", "a cell membrane"]
+    r = RagkitRetriever.from_texts(docs, k=2)
+    want = [(d.id, d.metadata["score"]) for d in r.invoke("cell")]
+    for other in (pickle.loads(pickle.dumps(r)), copy.deepcopy(r)):
+        assert [(d.id, d.metadata["score"]) for d in other.invoke("cell")] == want
+        other.add_documents([Document(page_content="cell cell cell", id="new")])
+        assert other.invoke("cell")[0].id == "new"
+        assert [(d.id, d.metadata["score"]) for d in r.invoke("cell")] == want

@@ -431,6 +431,23 @@ class RagkitRetriever(BaseRetriever):
         return cls(pipeline=pipeline, corpus=Corpus.from_documents(list(documents)), **kwargs)
 
     # ------------------------------------------------------------------ persistence
+    def __getstate__(self) -> dict[Any, Any]:
+        """Pickle without the lock (a thread lock does not pickle): the copy takes its pipeline's own."""
+        state = super().__getstate__()
+        state["__pydantic_private__"] = {k: v for k, v in (state.get("__pydantic_private__") or {}).items()
+                                         if k != "_lock"}
+        return state
+
+    def __setstate__(self, state: dict[Any, Any]) -> None:
+        super().__setstate__(state)
+        self._lock = lock_of(self.pipeline)
+
+    def __deepcopy__(self, memo: dict[int, Any] | None = None) -> "RagkitRetriever":
+        """A copy with its own pipeline, documents and lock (as a pickle round trip makes it)."""
+        new = type(self).__new__(type(self))
+        new.__setstate__(copy.deepcopy(self.__getstate__(), memo))
+        return new
+
     def save(self, path: str | Path) -> None:
         """Write the fitted pipeline (the folder :meth:`Pipeline.save` writes, documents included)
         and this retriever's ``k`` and ``search_kwargs`` (``retriever.json``, checksummed with the
