@@ -838,6 +838,9 @@ class Sharded(Operator):
                 try:
                     results.append(ray.get(ref))
                 except Exception as e:
+                    # every other shard's result (or error) is fetched first: Ray prints an error never fetched
+                    # as an 'Unhandled error' traceback
+                    _drain(ray, refs)
                     self._drop_actors(actors)  # the next search starts them again (a folder put back is read then)
                     cause = _root_cause(e)
                     why = f"{type(cause).__name__}: {cause}" if cause is not None else _reason(e)

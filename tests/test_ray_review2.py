@@ -101,3 +101,35 @@ def test_a_failed_search_drops_only_the_actor_set_it_failed_on(ray2):
     sh._drop_actors(old)  # a thread whose search failed on the old set: the new one stays
     assert sh._actors is new
     assert _ranked(pipe.search(QUERIES)) == ref
+
+
+# ---------------------------------------------------------------- 3. a failed search fetches every shard's result
+def test_a_failed_ray_search_leaves_no_unhandled_error(ray2, tmp_path):
+    """A search whose shards all fail (the loaded pipeline's folder moved away) raised on the first shard's error
+    without fetching the others, which Ray then printed as 'Unhandled error' tracebacks.  All are fetched now."""
+    import gc
+    import logging
+    import shutil
+
+    from ragkit.scale import ShardError
+
+    Pipeline([Sharded(retriever={"bm25": {}}, n_shards=3, k=5, backend="ray")]).fit(_corpus(300)).save(tmp_path / "p")
+    pipe = Pipeline.load(tmp_path / "p")
+    shutil.move(tmp_path / "p", tmp_path / "q")
+    seen: list[str] = []
+
+    class Catch(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(record.getMessage())
+
+    handler = Catch()
+    logger = logging.getLogger("ray._private.worker")
+    logger.addHandler(handler)
+    try:
+        with pytest.raises(ShardError, match="shard 0"):
+            pipe.search(QUERIES)
+        gc.collect()
+        time.sleep(2)
+    finally:
+        logger.removeHandler(handler)
+    assert not [m for m in seen if "Unhandled error" in m]
