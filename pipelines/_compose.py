@@ -553,6 +553,8 @@ def unranked_router(op: Operator, path: str = "pipeline", ranked: bool = False, 
       retriever: one without any is refused by ``search`` as such);
     * a ``dbnorm`` or ``cosine_adapter`` whose scores do not come from a ``dense`` or ``knn_embed`` with
       ``metric: cos`` (:func:`cosine_source_problem`);
+    * a retriever right after another in the same list (``[bm25, dense]``): it replaces the first's ranking
+      (:func:`discarded_ranking_problem`);
     * a ``prf`` whose expanded query the next retriever does not read, or reads with other text analysis
       (:func:`prf_reader_problem`).
 
@@ -562,7 +564,7 @@ def unranked_router(op: Operator, path: str = "pipeline", ranked: bool = False, 
     fitted on their own, searched without a pipeline fit, is not refused for it).
     """
     return (_unranked(op, path, ranked, branches=_retrieves(op)) or cosine_source_problem(op, path)
-            or (prf_reader_problem(op, path) if expansions else None))
+            or discarded_ranking_problem(op, path) or (prf_reader_problem(op, path) if expansions else None))
 
 
 def _unranked(op: Operator, path: str, ranked: bool, in_loop: bool = False,
@@ -617,6 +619,55 @@ def _unranked(op: Operator, path: str, ranked: bool, in_loop: bool = False,
             if problem is not None:
                 return problem
     return None
+
+
+#: retrievers that search the whole corpus whatever reaches them: their output is a ranking of their own (they read
+#: the query, a rewritten one and the call's options, never the rankings or values of the steps before them: a
+#: ``sharded`` one hands its shards a fresh state), and they write no value that a later step reads
+_RANKING_BLIND = ("bm25", "dense", "knn_embed", "muvera", "maxsim_exact", "sharded")
+
+
+def _ranking_blind(op: Operator) -> bool:
+    """Whether ``op`` is a leaf retriever of :data:`_RANKING_BLIND` (the registered class itself, not a subclass
+    or another class of the same name): one of two such steps in a row discards the other's ranking."""
+    if isinstance(op, Composite) or op.kind != "retriever" or op.name not in _RANKING_BLIND:
+        return False
+    from ragkit import registry
+
+    return type(op) is registry.get(op.name) and not op.reads_rankings and not op.wants_upstream
+
+
+def discarded_ranking_problem(op: Operator, path: str = "pipeline") -> ConfigError | None:
+    """The error for the first retriever of ``op`` (at ``path``) that comes right after another retriever in its
+    list, both of :data:`_RANKING_BLIND`, else ``None``: the second searches the whole corpus and replaces the
+    first's ranking, so the pair returns what the second alone returns (``[bm25: {variant: okapi}, bm25: {k: 10}]``
+    gave exactly ``[bm25: {k: 10}]``'s run, ``[bm25: {k: 1000}, dense: {k: 100}]`` dense's).  A step between them
+    (``prf``, a reranker), a retriever that starts a loop's body or a branch, and a retriever of another class (which
+    may read what reaches it) are not refused.  One pass over the tree."""
+    if not isinstance(op, Composite):
+        return None
+    if isinstance(op, Pipeline):
+        steps = op.child_paths(path)
+        for (first, at_first), (second, at_second) in zip(steps, steps[1:]):
+            if _ranking_blind(first) and _ranking_blind(second):
+                return _discarded_ranking(first, at_first, second, at_second)
+    for child, where in op.child_paths(path):
+        problem = discarded_ranking_problem(child, where)
+        if problem is not None:
+            return problem
+    return None
+
+
+def _discarded_ranking(first: Operator, at_first: str, second: Operator, at_second: str) -> ConfigError:
+    """The error for the retriever ``second`` (at ``at_second``) right after the retriever ``first``: it searches
+    the whole corpus again, so the pipeline returns what ``second`` alone returns, ``first``'s ranking unread."""
+    a, b = f"{at_first}.{first.name}", f"{at_second}.{second.name}"
+    return ConfigError(
+        f"{b}: {second.name} (retriever) searches the whole corpus and replaces the rankings that reach it, so the "
+        f"ranking of {a} right before it is discarded and the pipeline returns what {b} alone returns (a retriever "
+        f"does not rerank the candidates of another); to combine the two rankings, fuse them: parallel: {{branches: "
+        f"[{first.name}, {second.name}]}}; to reorder {first.name}'s candidates, follow it with a reranker (maxsim, "
+        f"mmr) instead; else drop one of the two", path=b)
 
 
 #: a retriever leaf or a parallel whose scores reach a step, with its path (a parallel's: ``pipeline[0].parallel``)

@@ -1,0 +1,80 @@
+"""Pipelines that ran silently as something else, refused before any work (YAML build, fit, search): a retriever
+right after another (its ranking discarded), a ``prf`` with no ranking before it (it expanded nothing); a
+retriever's ``filter`` value of another type than its field's, refused at fit start (was: after the whole fit,
+or never for ``title``); nested loops' structural check in linear time (was: twice the walk per level)."""
+
+from __future__ import annotations
+
+import pytest
+
+from ragkit.errors import ConfigError
+from ragkit.pipelines import Pipeline
+from ragkit.pipelines.yaml import load_yaml
+from ragkit.retrievers import BM25, Dense
+from ragkit.types import Corpus, State
+
+TEXTS = ["cats chase mice in the garden", "dogs chase cats", "the properties of bundles of fibres",
+         "mice eat cheese", "a garden of roses and tulips", "fibre bundles have properties"]
+
+
+@pytest.fixture(scope="module")
+def corpus() -> Corpus:
+    return Corpus.from_texts(TEXTS, year=[2010 + i for i in range(len(TEXTS))])
+
+
+def refused(steps: str, path: str) -> str:
+    """The message of the ConfigError that loading ``pipeline: <steps>`` raises, checked to be at ``path``."""
+    with pytest.raises(ConfigError) as e:
+        load_yaml(f"pipeline: {steps}")
+    assert e.value.path == path and str(e.value).startswith(f"{path}: "), str(e.value)
+    return str(e.value)
+
+
+# ----------------------------------------------------------------------------- 1. a retriever after a retriever
+@pytest.mark.parametrize("steps,first,second", [
+    ("[bm25: {k: 50, variant: okapi}, bm25: {k: 10}]", "pipeline[0].bm25", "pipeline[1].bm25"),
+    ("[bm25: {k: 1000}, dense: {k: 100}]", "pipeline[0].bm25", "pipeline[1].dense"),
+    ("[dense: {}, muvera: {}, top_k: {k: 5}]", "pipeline[0].dense", "pipeline[1].muvera"),
+    ("[bm25: {}, sharded: {retriever: {bm25: {}}}]", "pipeline[0].bm25", "pipeline[1].sharded"),
+    ("[parallel: {branches: [[bm25: {}, knn_embed: {}], dense: {}]}]", "pipeline[0].parallel.branches[0][0].bm25",
+     "pipeline[0].parallel.branches[0][1].knn_embed"),
+    ("[bm25: {}, loop: {body: [prf: {}, bm25: {}, maxsim_exact: {}], until: {max_only: {}}}]",
+     "pipeline[1].loop.body[1].bm25", "pipeline[1].loop.body[2].maxsim_exact"),
+])
+def test_a_retriever_right_after_another_is_refused(steps: str, first: str, second: str) -> None:
+    """It searches the whole corpus again: [bm25 okapi k50, bm25 k10] gave exactly [bm25 k10]'s run, and
+    [bm25 k1000, dense k100] dense's alone (not a rerank of bm25's candidates)."""
+    msg = refused(steps, second)
+    assert f"the ranking of {first} right before it is discarded" in msg
+    assert "parallel: {branches: [" in msg and "reranker (maxsim, mmr)" in msg
+
+
+def test_a_retriever_after_another_is_refused_before_any_fit(corpus: Corpus, monkeypatch: pytest.MonkeyPatch) -> None:
+    fits: list[object] = []
+    real = BM25._fit
+    monkeypatch.setattr(BM25, "_fit", lambda self, *a: fits.append(self) or real(self, *a))
+    with pytest.raises(ConfigError, match=r"^pipeline\[1\]\.dense: .*ranking of pipeline\[0\]\.bm25 right before"):
+        Pipeline([BM25(k=50), Dense(k=10)]).fit(corpus)
+    with pytest.raises(ConfigError, match=r"^pipeline\[1\]\.bm25: "):
+        (BM25(k=50, variant="okapi") | BM25(k=10)).fit(corpus)
+    assert fits == []
+    fitted = BM25(k=5).fit(corpus)  # steps fitted on their own, searched as a pipeline: refused at search too
+    with pytest.raises(ConfigError, match=r"^pipeline\[1\]\.bm25: "):
+        Pipeline([fitted, fitted]).search(["cats"])
+
+
+def test_retrievers_that_read_or_do_not_follow_a_ranking_are_accepted(corpus: Corpus) -> None:
+    """A prf between them (it reads the ranking), a loop body's first retriever, parallel branches, and a
+    retriever of a class of one's own (which may read what reaches it)."""
+    for steps in ["[bm25: {}, prf: {}, bm25: {}]", "[bm25: {}, mmr: {}]",
+                  "[bm25: {}, loop: {body: [dense: {}], until: {max_only: {}}}]",
+                  "[loop: {body: [prf: {}, bm25: {}], until: {topk_stable: {}}}, dense: {}]",
+                  "[parallel: {branches: [bm25: {}, dense: {}]}]", "[bm25: {}]"]:
+        load_yaml(f"pipeline: {steps}")
+
+    class Cascade(BM25):  # not the registered bm25: it may rerank what reaches it
+        def _call(self, state: State) -> State:
+            return state
+
+    out = Pipeline([BM25(k=3), Cascade(k=2)]).fit(corpus).search(["cats mice garden"])
+    assert len(out.doc_ids[0]) == 3  # the first ranking, kept
