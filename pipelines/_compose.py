@@ -548,6 +548,8 @@ def unranked_router(op: Operator, path: str = "pipeline", ranked: bool = False, 
       filter, ``generate``; a rewriter that sets it only outside a loop's body) with no retriever before it
       and one after it in the same list (``[top_k, bm25]``: it changes nothing, the order is wrong), and a
       route whose router reads rankings (``score_router``) with no retriever before it (:func:`_unranked`);
+    * a ``prf`` with no retriever before it outside a loop's body (``[prf, bm25]``): it has no ranking to
+      expand from, and expands nothing (:func:`_unranked`);
     * a parallel or route branch (or a route's default) that retrieves nothing when nothing before the
       parallel or route retrieved: its queries get no documents (:func:`_unranked`; in a tree that holds a
       retriever: one without any is refused by ``search`` as such);
@@ -582,11 +584,13 @@ def _unranked(op: Operator, path: str, ranked: bool, in_loop: bool = False,
             inside = inside or _retrieves(step)
         for i, (step, where) in enumerate(steps):
             reader = None if ranked else next((leaf for leaf in iter_leaves(step) if leaf.kind != "router"
-                                               and leaf.reads_rankings
+                                               and (leaf.reads_rankings or leaf.name == "prf")
                                                and not (in_loop and leaf.kind == "rewriter")), None)
             later = next((w for s, w in steps[i + 1:] if _retrieves(s)), None)
             if reader is not None and not _retrieves(step) and later is not None:
                 at = f"{where}.{reader.name}" if reader is step else where
+                if reader.name == "prf":
+                    return _prf_unranked(at, later)
                 return ConfigError(f"{at}: {reader.name} ({reader.kind}) works on the rankings of the steps before "
                                    f"it, and none before it retrieves anything (the retriever at {later} comes "
                                    f"after it); put it after a retriever", path=at)
@@ -619,6 +623,19 @@ def _unranked(op: Operator, path: str, ranked: bool, in_loop: bool = False,
             if problem is not None:
                 return problem
     return None
+
+
+def _prf_unranked(at: str, later: str) -> ConfigError:
+    """The error for a ``prf`` (at ``at``: its step, or the composite step holding it) that no retriever precedes
+    and one (at ``later``) follows in its list, outside a loop's body: it has no ranking to take its feedback
+    documents from, so it expands nothing and the retrievers after it search the plain query (``[prf, bm25]``
+    returned exactly ``bm25``'s rankings).  (``prf`` does not set ``reads_rankings``: its empty expansion in a
+    loop's first iteration is by design.)"""
+    return ConfigError(f"{at}: prf expands each query from the top documents of a ranking made before it, and no "
+                       f"step before it retrieves anything (the retriever at {later} comes after it), so it expands "
+                       f"nothing and the retrievers after it search the plain query; put a retriever before it (e.g. "
+                       f"[bm25, prf, bm25]), or use it inside a loop's body (loop: {{body: [prf, bm25], until: "
+                       f"...}}), whose later iterations expand from the previous iteration's ranking", path=at)
 
 
 #: retrievers that search the whole corpus whatever reaches them: their output is a ranking of their own (they read

@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 
 from ragkit.errors import ConfigError
-from ragkit.pipelines import Pipeline
+from ragkit.pipelines import PRF, Loop, Pipeline, TopKStable
 from ragkit.pipelines.yaml import load_yaml
 from ragkit.retrievers import BM25, Dense
 from ragkit.types import Corpus, State
@@ -78,3 +78,27 @@ def test_retrievers_that_read_or_do_not_follow_a_ranking_are_accepted(corpus: Co
 
     out = Pipeline([BM25(k=3), Cascade(k=2)]).fit(corpus).search(["cats mice garden"])
     assert len(out.doc_ids[0]) == 3  # the first ranking, kept
+
+
+# ----------------------------------------------------------------------------- 2. prf with no ranking before it
+def test_prf_with_no_retriever_before_it_is_refused(corpus: Corpus) -> None:
+    """[prf, bm25] gave exactly bm25's rankings: prf had no ranking to expand from."""
+    msg = refused("[prf: {}, bm25: {k: 10}]", "pipeline[0].prf")
+    assert "put a retriever before it" in msg and "inside a loop's body" in msg
+    refused("[[prf: {}], bm25: {}]", "pipeline[0]")
+    refused("[parallel: {branches: [[prf: {}, bm25: {}], dense: {}]}]", "pipeline[0].parallel.branches[0][0].prf")
+    refused("[route: {router: {rule_router: {rules: [{label: a, max_words: 3}], default: b}}, "
+            "branches: {a: [prf: {}, bm25: {}], b: [bm25: {}]}}]", "pipeline[0].route.branches.a[0].prf")
+    with pytest.raises(ConfigError, match=r"^pipeline\[0\]\.prf: prf expands each query"):
+        Pipeline([PRF(), BM25()]).fit(corpus)
+
+
+def test_prf_after_a_retriever_or_in_a_loop_body_is_accepted(corpus: Corpus) -> None:
+    for steps in ["[bm25: {}, prf: {}, bm25: {}]", "[loop: {body: [prf: {}, bm25: {}], until: {topk_stable: {}}}]",
+                  "[bm25: {}, route: {router: {rule_router: {rules: [{label: a, max_words: 3}], default: b}}, "
+                  "branches: {a: [prf: {}, bm25: {}], b: []}}]",
+                  "[prf: {}]"]:  # alone: a step applied to a state that has rankings
+        load_yaml(f"pipeline: {steps}")
+    run = Pipeline([Loop([PRF(fb_docs=2), BM25(k=3)], until=TopKStable(k=2), max_iters=2)]).fit(corpus).search(
+        ["cats mice garden"])
+    assert len(run.doc_ids[0]) == 3
