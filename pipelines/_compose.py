@@ -333,6 +333,10 @@ def check_trainable(root: Operator, train: TrainSet | None, corpus: Corpus | Non
     With ``train`` and ``corpus``, when a leaf learns from judged queries: judgements that name no
     document of the corpus (:meth:`TrainSet.check_corpus`).
 
+    With ``corpus``: a retriever's own ``filter`` naming a field the corpus lacks (a :class:`ParamError`), or
+    none of whose values for a field has the type of the field's values (a :class:`DataError`, as
+    :meth:`Corpus.mask` raises it at search: ``year: "2015"`` for a field of integers, ``title: 2020``).
+
     Always: a ``dbnorm`` or ``cosine_adapter`` whose ``model`` is not that of the dense retriever right
     before it (:func:`encoder_mismatch`).
 
@@ -368,7 +372,8 @@ def check_trainable(root: Operator, train: TrainSet | None, corpus: Corpus | Non
             continue
         raise ParamError(f"{path}: {leaf.name} with learn: true learns only as {home}, from what each choice "
                          f"gives the judged queries; anywhere else it has nothing to learn from")
-    if corpus is not None:  # a retriever's own filter naming a field the corpus lacks failed at every search
+    if corpus is not None:  # a retriever's own filter naming a field the corpus lacks, or with a value of another
+        # type than the field's (year: "2015" for integers, title: 2020), failed at every search, after the whole fit
         from ragkit.options import filter_value
 
         for path, leaf in walk_leaves(root):
@@ -377,6 +382,10 @@ def check_trainable(root: Operator, train: TrainSet | None, corpus: Corpus | Non
                 filter_value(own, corpus)
             except (TypeError, ValueError) as e:
                 raise ParamError(f"{path}.filter: {e}", path=f"{path}.filter") from None
+            try:
+                corpus.mask(own)  # (the column's codes it builds are those every search's filter reads)
+            except DataError as e:  # filter.year: the field holds int values; ... -> <path>.filter.year: ...
+                raise placed_at(e, f"{path}.filter", "filter") from None
     if train is not None and corpus is not None and any(leaf.learns for _, leaf in walk_leaves(root)):
         train.check_corpus(corpus)
     if train is not None:

@@ -651,6 +651,8 @@ class Corpus:
             wants = filter_values(want)
             if column is self.titles:  # strings only ('' for none): one vectorised membership test
                 strings = [w for w in wants if isinstance(w, str)]
+                if not strings:  # a number for a title (title: 2020) matches no document: refused, as for a field
+                    _check_kinds(key, dict.fromkeys(self.titles[:1].tolist(), 0), wants)
                 keep &= np.isin(self.titles, strings) if strings else False
             elif key == "_id":  # ids are strings; an id given as a number means the same document
                 hit = np.zeros(len(self), dtype=bool)

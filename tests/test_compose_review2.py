@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from ragkit.errors import ConfigError
+from ragkit.errors import ConfigError, DataError
 from ragkit.pipelines import PRF, Loop, Pipeline, TopKStable
 from ragkit.pipelines.yaml import load_yaml
 from ragkit.retrievers import BM25, Dense
@@ -102,3 +102,36 @@ def test_prf_after_a_retriever_or_in_a_loop_body_is_accepted(corpus: Corpus) -> 
     run = Pipeline([Loop([PRF(fb_docs=2), BM25(k=3)], until=TopKStable(k=2), max_iters=2)]).fit(corpus).search(
         ["cats mice garden"])
     assert len(run.doc_ids[0]) == 3
+
+
+# ----------------------------------------------------------------------------- 3. a filter value of another type
+def test_a_filter_value_of_another_type_is_refused_at_fit_start(corpus: Corpus,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """year: "2015" on a field of integers failed only at the first search, after the whole fit (with dense,
+    after encoding the corpus)."""
+    fits: list[object] = []
+    real = BM25._fit
+    monkeypatch.setattr(BM25, "_fit", lambda self, *a: fits.append(self) or real(self, *a))
+    pipe = load_yaml("pipeline: [parallel: {branches: [bm25: {k: 5}, bm25: {k: 5, filter: {year: '2015'}}]}]")
+    with pytest.raises(DataError, match=r"^pipeline\[0\]\.parallel\.branches\[1\]\.bm25\.filter\.year: the field "
+                                        r"holds int values; got '2015' \(str\).*give it as a number"):
+        pipe.fit(corpus)
+    with pytest.raises(DataError, match=r"^pipeline\[0\]\.bm25\.filter\.title: the field holds str values; got "
+                                        r"2020 \(int\)"):
+        load_yaml("pipeline: [bm25: {filter: {title: 2020}}]").fit(corpus)
+    assert fits == []
+    ok = load_yaml("pipeline: [bm25: {filter: {year: [2011, '2012']}}]").fit(corpus)  # one value of the field's type
+    assert ok.search(["cats chase"]).doc_ids[0].tolist() == ["1"]
+
+
+def test_a_title_filter_value_that_is_no_string_is_a_data_error(corpus: Corpus) -> None:
+    """filter={"title": 2020} was never checked and gave an empty result (titles are strings)."""
+    titled = Corpus(["a", "b"], ["cats", "dogs"], titles=["Cats", ""])
+    with pytest.raises(DataError, match=r"^filter\.title: the field holds str values; got 2020 \(int\)"):
+        titled.mask({"title": 2020})
+    assert titled.mask({"title": "Cats"}).tolist() == [True, False]
+    assert titled.mask({"title": [2020, "Cats"]}).tolist() == [True, False]  # one string among them: membership
+    assert titled.mask({"title": None}).tolist() == [False, False]
+    bm = BM25(k=5).fit(titled)
+    with pytest.raises(DataError, match="filter.title: the field holds str values"):
+        bm.search(["cats"], filter={"title": 2020})
