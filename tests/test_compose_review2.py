@@ -5,10 +5,12 @@ or never for ``title``); nested loops' structural check in linear time (was: twi
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from ragkit.errors import ConfigError, DataError
-from ragkit.pipelines import PRF, Loop, Pipeline, TopKStable
+from ragkit.pipelines import PRF, Loop, Pipeline, TopKStable, _compose
 from ragkit.pipelines.yaml import load_yaml
 from ragkit.retrievers import BM25, Dense
 from ragkit.types import Corpus, State
@@ -135,3 +137,39 @@ def test_a_title_filter_value_that_is_no_string_is_a_data_error(corpus: Corpus) 
     bm = BM25(k=5).fit(titled)
     with pytest.raises(DataError, match="filter.title: the field holds str values"):
         bm.search(["cats"], filter={"title": 2020})
+
+
+# ----------------------------------------------------------------------------- 4. nested loops, checked linearly
+def _nested_loops(n: int, body: str = "[prf: {}, bm25: {}]", before: str = "") -> str:
+    for _ in range(n):
+        body = f"[loop: {{body: {body}, until: {{topk_stable: {{}}}}, max_iters: 2}}]"
+    return f"pipeline: [{before}{body[1:-1]}]" if before else f"pipeline: {body}"
+
+
+def test_nested_loops_are_checked_in_linear_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    """_score_sources walked a loop's body twice, so each nesting level doubled the walk (depth 20: 3-7 s)."""
+    calls = []
+    real = _compose._score_sources
+
+    def counted(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(_compose, "_score_sources", counted)
+    pipe = load_yaml(_nested_loops(10))
+    calls.clear()
+    assert _compose.cosine_source_problem(pipe) is None
+    assert len(calls) < 100, len(calls)  # was 2^10 walks of the innermost body (> 4,000 calls)
+    monkeypatch.undo()
+    t = time.perf_counter()
+    load_yaml(_nested_loops(24))
+    assert time.perf_counter() - t < 5.0  # was minutes
+
+
+def test_nested_loops_still_see_their_own_last_iteration_scores() -> None:
+    """The second walk is kept where the body brings scores of its own: a dbnorm at the start of the innermost
+    body reads dense's cosines in the first iteration, then the body's bm25's."""
+    for depth in (1, 3, 6):
+        with pytest.raises(ConfigError, match=r"dbnorm reads the raw cosines .* come from .*body\[1\]\.bm25"):
+            load_yaml(_nested_loops(depth, "[dbnorm: {}, bm25: {}]", before="dense: {}, "))
+        load_yaml(_nested_loops(depth, "[dense: {}, dbnorm: {}]", before="bm25: {}, "))
