@@ -948,8 +948,10 @@ def test_mistakes_that_failed_at_the_first_search_are_refused_before_any_fit(mon
     with pytest.raises(ConfigError, match=r"pipeline\[0\]\.mmr: mmr \(reranker\) works on the rankings"):
         Pipeline([MMR(), BM25()]).fit(corpus)
     assert fits == []
-    for fine in ("pipeline: [{mmr: {}}]", "pipeline: [{bm25: {}}, {mmr: {}}]", "pipeline: [{prf: {}}, {bm25: {}}]"):
-        load_yaml(fine)  # alone (Operator.to_yaml's file), after a retriever, or a step that runs without rankings
+    for fine in ("pipeline: [{mmr: {}}]", "pipeline: [{bm25: {}}, {mmr: {}}]"):
+        load_yaml(fine)  # alone (Operator.to_yaml's file), or after a retriever
+    # a prf with no retriever before it, outside a loop's body, expanded nothing (bm25's rankings): refused
+    assert _config_error("pipeline: [{prf: {}}, {bm25: {}}]").path == "pipeline[0].prf"
 
     class Broken(BM25):
         def _fit(self, corpus, train, upstream):  # noqa: ANN001
@@ -1545,7 +1547,7 @@ def test_cli_validate_takes_operator_folders_and_notes_models_it_would_download(
     BM25(k=3).fit(Corpus.from_texts(["red apples", "green pears"])).save(tmp_path / "op")
     res = _cli("validate", tmp_path / "op")
     assert res.exit_code == 0 and "1 operator\n" in res.output and "bm25" in res.output
-    (tmp_path / "p.yaml").write_text("pipeline:\n  - dense: {model: all-MiniLM-L6-v3}\n  - dense: {k: 5}\n")
+    (tmp_path / "p.yaml").write_text("pipeline:\n  - dense: {model: all-MiniLM-L6-v3}\n  - top_k: {k: 5}\n")
     res = _cli("validate", tmp_path / "p.yaml")
     assert res.exit_code == 0 and "2 operators" in res.output
     assert "note: model 'all-MiniLM-L6-v3' is neither a local folder nor in the Hugging Face cache" in res.output
