@@ -831,20 +831,7 @@ class Sharded(Operator):
         if self._use_ray():
             self._check_ray_model("sharded.search")  # before Ray starts
             ray = ray_init()
-            actors = self._ray_actors(ray)
-            refs = [actors[s].search.remote(texts, options, rewrites) for s in live]
-            results = []
-            for s, ref in zip(live, refs):
-                try:
-                    results.append(ray.get(ref))
-                except Exception as e:
-                    # every other shard's result (or error) is fetched first: Ray prints an error never fetched
-                    # as an 'Unhandled error' traceback
-                    _drain(ray, refs)
-                    self._drop_actors(actors)  # the next search starts them again (a folder put back is read then)
-                    cause = _root_cause(e)
-                    why = f"{type(cause).__name__}: {cause}" if cause is not None else _reason(e)
-                    raise ShardError(f"sharded: shard {s} failed to search: {why}") from None
+            results = self._search_ray(ray, live, texts, options, rewrites)
         else:
             results = []
             for s in live:
@@ -856,6 +843,41 @@ class Sharded(Operator):
         out = state.copy()
         out.rankings = merge_rankings(parts, merge_k) if parts else [Ranking.empty() for _ in texts]
         return out
+
+    def _search_ray(self, ray: Any, live: np.ndarray, texts: list[str], options: dict[str, Any],
+                    rewrites: dict[str, Any]) -> list[list[tuple[np.ndarray, np.ndarray]]]:
+        """``(rows, scores)`` per query of each shard of ``live`` (shard numbers), searched by its Ray actor.
+
+        A failure drops the actor set it failed on (the next search starts new actors; a folder put back is
+        read then).  An actor that is gone (``ray.kill``, out of memory, its node lost, past Ray's restarts)
+        is retried once on new actors; a second failure is a one-line :class:`ShardError` naming the shard
+        and the Ray error's class, chained to it."""
+        from ray.exceptions import RayActorError
+
+        for attempt in (1, 2):
+            actors = self._ray_actors(ray)
+            refs = [actors[s].search.remote(texts, options, rewrites) for s in live]
+            results = []
+            for s, ref in zip(live, refs):
+                try:
+                    results.append(ray.get(ref))
+                except Exception as e:
+                    # every other shard's result (or error) is fetched first: Ray prints an error never fetched
+                    # as an 'Unhandled error' traceback
+                    _drain(ray, refs)
+                    self._drop_actors(actors)
+                    if isinstance(e, RayActorError):
+                        if attempt == 1:
+                            break  # its actor is gone: once more on new actors
+                        raise ShardError(f"sharded: shard {s} failed to search: its Ray actor is gone "
+                                         f"({type(e).__name__}), also on new actors started after a first "
+                                         f"failure") from e
+                    cause = _root_cause(e)
+                    why = f"{type(cause).__name__}: {cause}" if cause is not None else _reason(e)
+                    raise ShardError(f"sharded: shard {s} failed to search: {why}") from None
+            else:
+                return results
+        raise AssertionError("unreachable")  # (the second attempt returns or raises)
 
     def _save(self, folder: Path) -> None:
         # each shard's own files only: its documents are a slice of this operator's (saved once, by the

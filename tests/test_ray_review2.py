@@ -133,3 +133,38 @@ def test_a_failed_ray_search_leaves_no_unhandled_error(ray2, tmp_path):
     finally:
         logger.removeHandler(handler)
     assert not [m for m in seen if "Unhandled error" in m]
+
+
+# ---------------------------------------------------------------- 4. a dead actor is replaced once
+def test_a_killed_shard_actor_is_replaced_once(ray2):
+    """A shard actor gone for good (ray.kill, out of memory) failed the search with a multi-line ShardError full
+    of Ray internals, though the next search worked on new actors.  The search now retries once on new ones."""
+    sh = Sharded(retriever={"bm25": {}}, n_shards=2, k=5, backend="ray")
+    pipe = Pipeline([sh]).fit(_corpus(200))
+    ref = _ranked(pipe.search(QUERIES))
+    old = sh._actors
+    ray2.kill(old[0])
+    assert _ranked(pipe.search(QUERIES)) == ref
+    assert sh._actors is not None and sh._actors is not old
+
+
+def test_an_actor_dead_twice_is_a_one_line_shard_error(ray2, monkeypatch):
+    """When the new actors are gone too, the error is one line naming the shard and the Ray error's class,
+    with Ray's own text chained."""
+    from ray.exceptions import RayActorError
+
+    from ragkit.scale import ShardError
+
+    sh = Sharded(retriever={"bm25": {}}, n_shards=2, k=5, backend="ray")
+    pipe = Pipeline([sh]).fit(_corpus(200))
+    pipe.search(QUERIES)
+    dead = sh._actors
+    ray2.kill(dead[1])
+    monkeypatch.setattr(Sharded, "_ray_actors", lambda self, ray: dead)  # every attempt gets the dead set
+    with pytest.raises(ShardError) as info:
+        pipe.search(QUERIES)
+    msg = str(info.value)
+    # (shard 0's actor is gone too: the first failure stopped the whole set)
+    assert "\n" not in msg and "failed to search" in msg and "ActorDiedError" in msg, msg
+    assert msg.startswith(("sharded: shard 0 ", "sharded: shard 1 ")), msg
+    assert isinstance(info.value.__cause__, RayActorError)
