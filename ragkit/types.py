@@ -514,7 +514,11 @@ class Corpus:
         rows = _as_rows(rows, n)
         if len(rows) and rows.min() < 0:
             rows = np.where(rows < 0, rows + n, rows)
-        cols = (self.ids[rows], self.texts[rows], self.titles[rows], {k: v[rows] for k, v in self.metadata.items()})
+        # a field no row holds any more is gone, as from a corpus built fresh of these rows (a removed
+        # document's own "id" field left every other document without one, and filters read its kinds)
+        meta = {k: v[rows] for k, v in self.metadata.items()}
+        meta = {k: v for k, v in meta.items() if v.dtype != object or any(x is not None for x in v)}
+        cols = (self.ids[rows], self.texts[rows], self.titles[rows], meta)
         increasing = len(rows) < 2 or bool((rows[1:] > rows[:-1]).all())
         if not increasing and len(np.unique(rows)) != len(rows):  # a row twice: the checks name the repeated id
             return Corpus(*cols)
@@ -542,7 +546,7 @@ class Corpus:
         elif lut is not None and len(rows) * 2 >= len(self):
             object.__setattr__(out, "_row_of", _Rows(lut, new_row, {}, out.ids))
         for key, coded in codes.items():
-            if coded is None:  # the rows that did not hash may be gone: coded again when asked
+            if coded is None or key not in out.metadata:  # rows that did not hash may be gone: coded when asked
                 continue
             if len(coded) == 2:  # every value hashes, here and so in out
                 out._codes[key] = (coded[0][rows], coded[1])

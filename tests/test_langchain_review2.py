@@ -288,3 +288,17 @@ def test_a_retriever_pickles_and_deep_copies_into_an_independent_one() -> None:
         other.add_documents([Document(page_content="cell cell cell", id="new")])
         assert other.invoke("cell")[0].id == "new"
         assert [(d.id, d.metadata["score"]) for d in r.invoke("cell")] == want
+
+
+def test_deleting_the_one_document_with_its_own_id_field_gives_back_the_id_filter() -> None:
+    """Adding a document with ``metadata["id"]`` (an int) and deleting it again left the corpus an all-None
+    ``id`` column: every document lost ``metadata["id"]`` for good and ``filter={"id": ...}`` was refused
+    ('the field holds int values'). A field no document holds any more is gone after a removal."""
+    docs = [Document(page_content="cells divide rapidly", id="a"), Document(page_content="vitamin d", id="b")]
+    r = RagkitRetriever.from_documents(docs, k=1)
+    before = r.invoke("vitamin", filter={"id": "b"})
+    assert [d.id for d in before] == ["b"] and before[0].metadata["id"] == "b"
+    r.add_documents([Document(page_content="vitamin web page", id="web-1", metadata={"id": 17, "source": "x"})])
+    r.delete(["web-1"])
+    after = r.invoke("vitamin", filter={"id": "b"})
+    assert [d.id for d in after] == ["b"] and after[0].metadata == before[0].metadata
