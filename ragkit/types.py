@@ -7,6 +7,7 @@ LangChain, TREC run files).  A batch of queries is a list of rankings, one per q
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import re
@@ -453,8 +454,9 @@ class Corpus:
         becomes the title; the other metadata keys become columns.
         """
         records = []
-        for d in docs:
-            meta = dict(getattr(d, "metadata", {}) or {})
+        for d in docs:  # lists, dicts and sets copied: the caller's documents stay theirs to change
+            meta = {k: copy.deepcopy(v) if isinstance(v, (list, dict, set)) else v
+                    for k, v in (getattr(d, "metadata", {}) or {}).items()}
             did = getattr(d, "id", None) or meta.pop("id", None)
             records.append({"_id": None if did is None else str(did), "text": d.page_content,
                             "title": meta.pop("title", ""), "metadata": meta})

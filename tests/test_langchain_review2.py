@@ -302,3 +302,12 @@ def test_deleting_the_one_document_with_its_own_id_field_gives_back_the_id_filte
     r.delete(["web-1"])
     after = r.invoke("vitamin", filter={"id": "b"})
     assert [d.id for d in after] == ["b"] and after[0].metadata == before[0].metadata
+
+
+def test_changing_the_callers_documents_after_indexing_leaves_the_index_alone() -> None:
+    """The corpus kept the caller's own metadata lists: appending to a document's list after building the
+    retriever changed what later searches returned."""
+    docs = [Document(page_content="cells divide rapidly", id="a", metadata={"tags": ["neuro"]})]
+    r = RagkitRetriever.from_documents(docs, k=1)
+    docs[0].metadata["tags"].append("changed later")
+    assert r.invoke("cells")[0].metadata["tags"] == ["neuro"]
