@@ -40,6 +40,7 @@ import functools
 import os
 import tempfile
 import threading
+import weakref
 from pathlib import Path
 from typing import Any, Callable, Iterable, Literal, Mapping, Self, Sequence, TypeGuard
 
@@ -642,8 +643,23 @@ class Sharded(Operator):
         if actors and actors is not getattr(self, "_actors", None):
             after_fit(functools.partial(_kill, actors))
         if folder is not None and folder is not getattr(self, "_dir", None):
-            after_fit(folder.cleanup)
+            after_fit(functools.partial(_release_dir, folder))
         return self
+
+    def __getstate__(self) -> dict[str, Any]:
+        """What a copy (``copy.deepcopy``, pickle) holds: not the Ray actors (its first search on Ray starts
+        its own: a refit of the copy would stop the original's) and not the shard folder (a refit of the copy
+        would remove the original's): a deep copy borrows it, which keeps it until the original and every copy
+        have let go of it (refitted, or garbage-collected), and a pickle names it (the original's process owns
+        it)."""
+        state = dict(vars(self))
+        state.pop("_actors_session", None)
+        if "_actors" in state:
+            state["_actors"] = state["_actor_docs"] = None
+        folder = state.get("_dir")
+        if folder is not None:
+            state["_dir"] = _SharedDir(folder.name, folder.tmp if isinstance(folder, _SharedDir) else folder)
+        return state
 
     def _check_workdir(self) -> None:
         """Refuse a ``workdir`` that is a file or lies below one, before a fit does any work."""
@@ -897,6 +913,51 @@ class Sharded(Operator):
         # Ray (backend: ray), the actors hold the shards: the driver's are memory-mapped, as after a Ray fit
         self.shards_ = _open_shards(folders, self.corpus_, bounds, mmap=mmap or self._use_ray(), verify=False)
         self.bounds_, self.folders_ = bounds, folders
+
+
+class _SharedDir:
+    """A copy's handle on the shard folder of the :class:`Sharded` it was copied from (``name``, its path).
+
+    It never removes the folder itself (``cleanup`` does nothing); borrowing the owner's
+    ``TemporaryDirectory`` (``tmp``, in this process) keeps it: the owner's refit releases it
+    (:func:`_release_dir`) only once no copy still borrows it, else the last copy to go removes it.  A
+    pickled one names the folder only (no ``tmp``): the original's process owns it."""
+
+    def __init__(self, name: str, tmp: tempfile.TemporaryDirectory[str] | None = None) -> None:
+        self.name, self.tmp = name, tmp
+        if tmp is not None:
+            _borrowers(tmp).add(self)
+            weakref.finalize(self, _borrower_gone, tmp)
+
+    def cleanup(self) -> None:
+        """Nothing: the folder is its owner's."""
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> _SharedDir:
+        return _SharedDir(self.name, self.tmp)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_SharedDir, (self.name,))
+
+
+def _borrowers(tmp: tempfile.TemporaryDirectory[str]) -> weakref.WeakSet[_SharedDir]:
+    """The copies' handles (:class:`_SharedDir`) that borrow the shard folder ``tmp``."""
+    return tmp.__dict__.setdefault("_ragkit_borrowers", weakref.WeakSet())
+
+
+def _release_dir(folder: tempfile.TemporaryDirectory[str] | _SharedDir) -> None:
+    """Remove a refitted :class:`Sharded`'s earlier shard folder, unless a copy still borrows it (the last
+    copy to go removes it then); a copy's own handle removes nothing."""
+    if isinstance(folder, _SharedDir):
+        return
+    folder.__dict__["_ragkit_released"] = True
+    if not list(_borrowers(folder)):
+        folder.cleanup()
+
+
+def _borrower_gone(tmp: tempfile.TemporaryDirectory[str]) -> None:
+    """A copy's handle on ``tmp`` is gone: remove the folder if its owner released it and no copy is left."""
+    if tmp.__dict__.get("_ragkit_released") and not list(_borrowers(tmp)):
+        tmp.cleanup()
 
 
 def _kill(actors: Sequence[Any] | None) -> None:

@@ -168,3 +168,35 @@ def test_an_actor_dead_twice_is_a_one_line_shard_error(ray2, monkeypatch):
     assert "\n" not in msg and "failed to search" in msg and "ActorDiedError" in msg, msg
     assert msg.startswith(("sharded: shard 0 ", "sharded: shard 1 ")), msg
     assert isinstance(info.value.__cause__, RayActorError)
+
+
+# ---------------------------------------------------------------- 5. a copy owns neither folder nor actors
+def test_a_copy_neither_stops_nor_removes_the_originals(ray2):
+    """copy.deepcopy of a Ray-fitted sharded retriever shared the original's actors and shard folder: refitting
+    the copy stopped the original's actors and removed its folder.  A copy now starts actors of its own and
+    borrows the folder, which goes once the original and every copy have let go of it."""
+    import copy
+    import gc
+    import pickle
+    from pathlib import Path
+
+    a, b = _corpus(300), _corpus(300, 1000)
+    sh = Sharded(retriever={"bm25": {}}, n_shards=2, k=5, backend="ray")
+    pipe = Pipeline([sh]).fit(a)
+    ref = _ranked(pipe.search(QUERIES))
+    folder = Path(sh._dir.name)
+    c = copy.deepcopy(pipe)
+    assert getattr(c.steps[0], "_actors", None) is None
+    assert _ranked(c.search(QUERIES)) == ref  # on actors of its own, from the same folder
+    assert c.steps[0]._actors is not sh._actors
+    c.fit(b)
+    assert folder.is_dir() and _ranked(pipe.search(QUERIES)) == ref
+    c2 = copy.deepcopy(pipe)
+    pipe.fit(b)  # the original refitted: its earlier folder stays while the copy borrows it
+    assert folder.is_dir() and _ranked(c2.search(QUERIES)) == ref
+    del c2
+    gc.collect()
+    assert not folder.exists()
+    p = pickle.loads(pickle.dumps(pipe))
+    assert getattr(p.steps[0], "_actors", None) is None
+    assert _ranked(p.search(QUERIES)) == _ranked(pipe.search(QUERIES)) == _ranked(c.search(QUERIES))
