@@ -679,9 +679,9 @@ class Sharded(Operator):
         """The per-shard retriever, which reads the call's options: a fitted shard once fitted (so
         that what its state cannot serve is refused before any shard searches), else one built
         from ``retriever``."""
-        shards = getattr(self, "shards_", None)
-        if shards:
-            return [("retriever", shards[0])]
+        built = [sh for sh in getattr(self, "shards_", None) or [] if sh is not None]
+        if built:
+            return [("retriever", built[0])]
         return [("retriever", self.sub_retriever())]
 
     def _use_ray(self) -> bool:
@@ -699,9 +699,9 @@ class Sharded(Operator):
         _kill(actors)
 
     def _ray_actors(self, ray: Any) -> list[Any]:
-        """The Ray actors serving the shards (one per shard, in shard order), started on the first search
-        (and after a failure dropped them, or a ``ray.shutdown()``).  Concurrent first searches start one
-        set: it is made under a lock, checked again once the lock is held."""
+        """The Ray actors serving the shards (one per shard, in shard order; None for an empty one), started
+        on the first search (and after a failure dropped them, or a ``ray.shutdown()``).  Concurrent first
+        searches start one set: it is made under a lock, checked again once the lock is held."""
         ctx = ray.get_runtime_context()
         session = (ctx.get_node_id(), ctx.get_job_id())  # a new cluster has a new node id (job ids restart)
 
@@ -723,8 +723,10 @@ class Sharded(Operator):
             # each shard's documents go to the object store once and stay there while its actor lives: Ray
             # frees an argument passed by value after the constructor, so a crashed actor (max_restarts) over
             # more than ~100 KB of documents could never be restarted (ReferenceCountingAssertionError)
-            docs = [ray.put(self.corpus_.subset(np.arange(a, b))) for a, b in zip(self.bounds_[:-1], self.bounds_[1:])]
-            actors = [actor.remote(f, d) for f, d in zip(self.folders_, docs)]
+            # an empty shard (more shards than documents) has no actor: it is never searched
+            docs = [ray.put(self.corpus_.subset(np.arange(a, b))) if b > a else None
+                    for a, b in zip(self.bounds_[:-1], self.bounds_[1:])]
+            actors = [actor.remote(f, d) if d is not None else None for f, d in zip(self.folders_, docs)]
             self._actors, self._actor_docs, self._actors_session = actors, docs, session
             return actors
 
@@ -753,7 +755,8 @@ class Sharded(Operator):
             shards = _open_shards(folders, corpus, bounds, mmap=mapped)
             if self._share_collection(shards) and mapped:
                 for shard, f in zip(shards, folders):  # the Ray actors load the shards from these folders
-                    shard.save(f)  # (written under a temporary name and renamed: the mapped files stay readable)
+                    if shard is not None:  # (written under a temporary name and renamed: mapped files stay readable)
+                        shard.save(f)
                 shards = _open_shards(folders, corpus, bounds, mmap=True)  # the weights just saved, mapped in turn
         except BaseException:
             tmp.cleanup()
@@ -765,16 +768,19 @@ class Sharded(Operator):
 
     def _build_shards(self, corpus: Corpus, bounds: np.ndarray, folders: list[str]) -> None:
         """Fit and save one shard per slice ``bounds[s]:bounds[s + 1]`` of ``corpus`` into ``folders[s]``
-        (Ray tasks on the Ray backend).  A shard that fails is a :class:`ShardError` naming it, raised
-        once no other shard's task still runs (up to :data:`_DRAIN_S` seconds)."""
+        (Ray tasks on the Ray backend); an empty slice (more shards than documents) is neither fitted nor
+        written.  A shard that fails is a :class:`ShardError` naming it, raised once no other shard's task
+        still runs (up to :data:`_DRAIN_S` seconds)."""
         def failed(s: int, why: str, retried: str = "") -> ShardError:
             return ShardError(f"sharded: shard {s} (documents {bounds[s]}..{bounds[s + 1] - 1}) failed to build"
                               f"{retried}: {why}")
 
-        slices = [corpus.subset(np.arange(a, b)) for a, b in zip(bounds[:-1], bounds[1:])]
+        live: list[int] = np.flatnonzero(np.diff(bounds) > 0).tolist()
+        slices = [corpus.subset(np.arange(bounds[s], bounds[s + 1])) for s in live]
         node = dict(self.params.retriever)
         if not self._use_ray():
-            for s, (sh, f) in enumerate(zip(slices, folders)):
+            for s, sh in zip(live, slices):
+                f = folders[s]
                 try:
                     _fit_shard(node, sh, f)
                 except Exception as e:
@@ -784,9 +790,9 @@ class Sharded(Operator):
         ray = ray_init()
         task = ray.remote(max_retries=self.params.max_retries, retry_exceptions=list(_TRANSIENT))(
             _deterministic_errors_final(_fit_shard))
-        refs = [task.remote(node, sh, f) for sh, f in zip(slices, folders)]
+        refs = [task.remote(node, sh, folders[s]) for s, sh in zip(live, slices)]
         try:
-            for s, ref in enumerate(refs):
+            for s, ref in zip(live, refs):
                 try:
                     ray.get(ref)
                 except Exception as e:
@@ -795,17 +801,18 @@ class Sharded(Operator):
             _drain(ray, refs)  # the other shards' tasks end before the fit's folder is removed
             raise
 
-    def _share_collection(self, every: list[Operator]) -> bool:
+    def _share_collection(self, every: list[Operator | None]) -> bool:
         """Give BM25 shards the whole corpus's idf and average length (as Elasticsearch's
         ``dfs_query_then_fetch`` does), so that the merged ranking equals one index's.
 
         Document frequencies are summed per term over the shards' vocabularies (one
         ``np.unique`` over their concatenation); returns False for other retrievers.  ``every``: the
-        shards, in corpus order (changed in place)."""
+        shards, in corpus order, None for an empty one (changed in place)."""
         from ragkit.retrievers.bm25 import BM25
 
-        shards = [sh for sh in every if isinstance(sh, BM25)]
-        if not shards or len(shards) < len(every):
+        built = [sh for sh in every if sh is not None]  # (an empty shard has no documents and no statistics)
+        shards = [sh for sh in built if isinstance(sh, BM25)]
+        if not shards or len(shards) < len(built):
             return False
         terms = [np.array(sh.terms(), dtype=object) for sh in shards]
         dfs = [sh.doc_freqs() for sh in shards]
@@ -851,7 +858,9 @@ class Sharded(Operator):
         else:
             results = []
             for s in live:
-                sub = self.shards_[s](State(texts, list(state.query_ids), options=options, vectors=state.vectors,
+                shard = self.shards_[s]
+                assert shard is not None  # (a live shard has documents, so it was built)
+                sub = shard(State(texts, list(state.query_ids), options=options, vectors=state.vectors,
                                             values=dict(rewrites)))
                 state.vectors.update(sub.vectors)
                 results.append(_rows_scores(sub, self._sub_name))
@@ -899,6 +908,8 @@ class Sharded(Operator):
         # each shard's own files only: its documents are a slice of this operator's (saved once, by the
         # operator or its pipeline), and this save's checksums cover its files
         for s, sh in enumerate(self.shards_):
+            if sh is None:  # an empty shard (more shards than documents): nothing to save; loads as empty
+                continue
             (folder / f"shard-{s:03d}").mkdir()
             sh.save_into(folder / f"shard-{s:03d}", with_corpus=False)
         write_json(folder / "shards.json", {"bounds": self.bounds_.tolist()})
@@ -966,6 +977,8 @@ def _kill(actors: Sequence[Any] | None) -> None:
         import ray
 
         for a in actors:
+            if a is None:  # (an empty shard's: none)
+                continue
             try:
                 ray.kill(a)
             except Exception:  # noqa: BLE001 - the cluster is already gone (ray.shutdown()): nothing to stop
@@ -973,10 +986,11 @@ def _kill(actors: Sequence[Any] | None) -> None:
 
 
 def _open_shards(folders: list[str], corpus: Corpus, bounds: np.ndarray, mmap: bool = False,
-                 verify: bool = True) -> list[Operator]:
+                 verify: bool = True) -> list[Operator | None]:
     """The shard operators saved in ``folders``, shard ``s`` holding the documents
-    ``bounds[s]:bounds[s + 1]`` of ``corpus``."""
-    return [Operator.load(f, corpus=corpus.subset(np.arange(a, b)), mmap=mmap, verify=verify)
+    ``bounds[s]:bounds[s + 1]`` of ``corpus``; None for an empty shard (no documents: its folder is not
+    read, and a fit writes none)."""
+    return [Operator.load(f, corpus=corpus.subset(np.arange(a, b)), mmap=mmap, verify=verify) if b > a else None
             for f, a, b in zip(folders, bounds[:-1], bounds[1:])]
 
 

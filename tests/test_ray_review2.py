@@ -200,3 +200,35 @@ def test_a_copy_neither_stops_nor_removes_the_originals(ray2):
     p = pickle.loads(pickle.dumps(pipe))
     assert getattr(p.steps[0], "_actors", None) is None
     assert _ranked(p.search(QUERIES)) == _ranked(pipe.search(QUERIES)) == _ranked(c.search(QUERIES))
+
+
+# ---------------------------------------------------------------- 6. empty shards: no actor, no folder
+def test_empty_shards_start_no_actor_and_write_no_folder(ray2, tmp_path):
+    """More shards than documents built (and wrote) an empty shard each, and a Ray search started an actor for
+    each (5 documents, 8 shards: 8 actors; 3,000 shards of 50 documents: 30 s and 3,000 folders).  Only the
+    shards with documents are built, written and served now; a saved folder with fewer shard folders than
+    n_shards loads, and a refit whose documents fill the empty shards still equals one index."""
+    from pathlib import Path
+
+    from ragkit.operator import Operator
+    from ragkit.retrievers import BM25
+
+    def scores(run) -> list[list[float]]:  # noqa: ANN001
+        return [np.round(np.asarray(s), 6).tolist() for s in run.scores]
+
+    c = _corpus(5)
+    sh = Sharded(retriever={"bm25": {}}, n_shards=8, k=3, backend="ray").fit(c)
+    got = sh.search(QUERIES)
+    assert scores(got) == scores(BM25(k=3).fit(c).search(QUERIES))
+    assert sum(a is not None for a in sh._actors) == 5
+    assert len(list(Path(sh._dir.name).iterdir())) == 5
+    sh.save(tmp_path / "s")
+    assert len(list((tmp_path / "s").glob("shard-*"))) == 5
+    for backend in ("local", "ray"):
+        loaded = Operator.load(tmp_path / "s")
+        loaded._backend = backend
+        assert _ranked(loaded.search(QUERIES)) == _ranked(got)
+    more = _corpus(12, 50)
+    sh.fit(more)  # every shard has documents now
+    assert sum(a is not None for a in sh._ray_actors(ray2)) == 8
+    assert scores(sh.search(QUERIES)) == scores(BM25(k=3).fit(more).search(QUERIES))
