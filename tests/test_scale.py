@@ -582,7 +582,7 @@ def test_ray_fit_refuses_what_a_local_fit_refuses_before_any_work(slice_data, no
     for workdir in (afile / "shards", afile):
         with pytest.raises(ParamError, match=rf"sharded\.workdir: '{workdir}' cannot hold the shard folders: {afile} "
                                              r"is a file") as err:
-            Pipeline([Dense(k=5), Sharded(retriever={"bm25": {}}, workdir=str(workdir))]).fit(corpus, backend="ray")
+            Pipeline([Dense(k=5) + Sharded(retriever={"bm25": {}}, workdir=str(workdir))]).fit(corpus, backend="ray")
         assert err.value.path == "sharded.workdir"
     monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` fails, as without the 'ray' extra
     for pipe in (Pipeline([BM25(k=5)]), Pipeline([Dense(k=5)])):
