@@ -185,4 +185,4 @@ def test_ragkit_validate_reports_a_model_mismatch_its_fit_would_refuse(tmp_path,
     (tmp_path / "p.yaml").write_text(f"pipeline:\n  - dense: {{model: {a}}}\n  - dbnorm: {{model: {b}}}\n")
     res = CliRunner().invoke(app, ["validate", str(tmp_path / "p.yaml")], env={"COLUMNS": "200"})
     assert res.exit_code == 2 and "ok" not in res.output, res.output
-    assert f"{tmp_path / 'p.yaml'}: pipeline[1].dbnorm.model:" in res.output
+    assert f"{tmp_path / 'p.yaml'}: line 3: pipeline[1].dbnorm.model:" in res.output
