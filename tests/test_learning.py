@@ -240,7 +240,8 @@ def test_operators_say_when_they_need_judged_queries():
 
     assert needs(PIPE) == []                                   # learned RRF weights are optional
     assert needs(PIPE.replace("rrf: {learn: true, folds: 3}", "weighted: {learn: true, norm: learn}")) == ["weighted"]
-    assert needs("pipeline: [{dense: {adapt: {epochs: 1.0}}}, {muvera: {adapt: {epochs: 1.0}}}]") == ["dense", "muvera"]
+    assert needs("pipeline: [{parallel: {branches: [{dense: {adapt: {epochs: 1.0}}}, "
+                 "{muvera: {adapt: {epochs: 1.0}}}]}}]") == ["dense", "muvera"]
     assert needs("pipeline: [{bm25: {}}, {route: {router: {score_router: {learn: true}}, "
                  "branches: {easy: [{top_k: {k: 5}}], hard: [{top_k: {k: 9}}]}}}]") == ["score_router"]
 
