@@ -25,7 +25,6 @@ import copy
 import hashlib
 import json
 import math
-import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Mapping
@@ -49,7 +48,7 @@ from ragkit.encoders.sentence import as_texts
 from ragkit.errors import ArtifactError, DataError, NotFittedError, ParamError
 from ragkit.operator import Operator, _json_default, read_json
 from ragkit.options import _positive_k, check_options
-from ragkit.types import Corpus, Ranking, TrainSet, and_filters, ids_and_texts
+from ragkit.types import _SURROGATE, Corpus, Ranking, TrainSet, _utf8_clean, and_filters, ids_and_texts
 
 __all__ = ["RagkitRetriever", "LangChainEmbeddingsEncoder", "RagkitEmbeddings", "as_corpus", "load_pipeline_like"]
 
@@ -58,9 +57,6 @@ _EDIT_RETRIES = 5
 
 #: the file of a saved retriever's own settings (``k``, ``search_kwargs``) beside its pipeline's
 RETRIEVER_FILE = "retriever.json"
-
-#: a lone surrogate (text decoded with ``errors="surrogateescape"``): no Unicode text, a query is refused
-_SURROGATE = re.compile("[\ud800-\udfff]")
 
 #: keyword arguments LangChain itself may leave in ``invoke``'s kwargs; never search options
 _LANGCHAIN_KWARGS = frozenset({"verbose", "run_id", "run_name", "callbacks", "tags", "metadata"})
@@ -809,13 +805,8 @@ def _query_errors(queries: list[Any], *, one: bool) -> dict[int, DataError]:
         joined = "\x00".join(q for q in queries if isinstance(q, str))
     else:
         errors = {}
-    if joined.isascii():
+    if _utf8_clean(joined):
         return errors
-    try:
-        joined.encode("utf-8")  # fails exactly on a surrogate
-        return errors
-    except UnicodeEncodeError:
-        pass
     for i, q in enumerate(queries):
         if isinstance(q, str) and (hit := _SURROGATE.search(q)) is not None:
             errors[i] = DataError(f"{where(i)} holds a lone surrogate {hit.group()!r} at character {hit.start()}, "
