@@ -593,12 +593,12 @@ def _unranked(op: Operator, path: str, ranked: bool, in_loop: bool = False,
             inside = inside or _retrieves(step)
         for i, (step, where) in enumerate(steps):
             reader = None if ranked else next((leaf for leaf in iter_leaves(step) if leaf.kind != "router"
-                                               and (leaf.reads_rankings or leaf.name == "prf")
+                                               and leaf.reads_rankings
                                                and not (in_loop and leaf.kind == "rewriter")), None)
             later = next((w for s, w in steps[i + 1:] if _retrieves(s)), None)
             if reader is not None and not _retrieves(step) and later is not None:
                 at = f"{where}.{reader.name}" if reader is step else where
-                if reader.name == "prf":
+                if reader.kind == "rewriter":
                     return _prf_unranked(at, later)
                 return ConfigError(f"{at}: {reader.name} ({reader.kind}) works on the rankings of the steps before "
                                    f"it, and none before it retrieves anything (the retriever at {later} comes "
@@ -638,8 +638,8 @@ def _prf_unranked(at: str, later: str) -> ConfigError:
     """The error for a ``prf`` (at ``at``: its step, or the composite step holding it) that no retriever precedes
     and one (at ``later``) follows in its list, outside a loop's body: it has no ranking to take its feedback
     documents from, so it expands nothing and the retrievers after it search the plain query (``[prf, bm25]``
-    returned exactly ``bm25``'s rankings).  (``prf`` does not set ``reads_rankings``: its empty expansion in a
-    loop's first iteration is by design.)"""
+    returned exactly ``bm25``'s rankings); inside a loop's body it is accepted (a rewriter's empty expansion in the
+    first iteration is by design)."""
     return ConfigError(f"{at}: prf expands each query from the top documents of a ranking made before it, and no "
                        f"step before it retrieves anything (the retriever at {later} comes after it), so it expands "
                        f"nothing and the retrievers after it search the plain query; put a retriever before it (e.g. "

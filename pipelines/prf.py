@@ -168,6 +168,9 @@ class PRF(Operator):
 
     name = "prf"
     kind = "rewriter"
+    #: it expands from the rankings of the steps before it: refused before the first retriever of its list, except
+    #: in a loop's body (a rewriter there gets the previous iteration's rankings; the first expands nothing)
+    reads_rankings = True
     Params = PRFParams
     params: PRFParams
     example = {"fb_docs": 5, "fb_terms": 5, "max_df": 0.5}
