@@ -328,3 +328,75 @@ def test_eval_reports_the_metrics_asked_for(tmp_path):
                       (" , ", "expected names")):
         out = _cli("eval", "--data", root, "-p", "bm25", "-m", bad)
         assert out.exit_code != 0 and says in out.output, out.output
+
+
+_DOCS = [{"_id": "d1", "title": "", "text": "apples"}, {"_id": "d2", "title": "t", "text": "pears"}]
+_QUERIES = [{"_id": "q1", "text": "apples"}, {"_id": "q2", "text": "pears"}]
+
+
+def test_train_set_refuses_the_test_split_unless_asked_for(tmp_path):
+    """``BeirDataset.train_set("test")`` returned a TrainSet of the evaluated queries without a word, where
+    ``ragkit eval --train-split test`` and ``ragkit train --split test`` refuse it."""
+    from ragkit.errors import ParamError
+
+    root = _dataset(tmp_path / "ds", _DOCS, _QUERIES, "q1\td1\t1\n")
+    (root / "qrels" / "train.tsv").write_text("query-id\tcorpus-id\tscore\nq2\td2\t1\n")
+    ds = load_beir(root)
+    with pytest.raises(ParamError) as e:
+        ds.train_set("test")
+    said = str(e.value)
+    assert "split 'test'" in said and "allow_test=True" in said and "'train'" in said, said
+    with pytest.raises(TypeError):
+        ds.train_set("test", True)  # type: ignore[misc]  # (the opt-in is keyword-only)
+    assert ds.train_set("test", allow_test=True).queries.ids == ["q1"]
+    assert ds.train_set().queries.ids == ["q2"] and ds.train_set("train", allow_test=True).queries.ids == ["q2"]
+
+
+def test_a_query_id_the_queries_lack_is_named_with_its_qrels_line(tmp_path):
+    """The error said "1 query ids not in queries.jsonl", without the line of the qrels that judges it."""
+    root = _dataset(tmp_path / "one", _DOCS, _QUERIES, "q1\td1\t1\nq9\td2\t1\nq9\td1\t0\n")
+    with pytest.raises(DataError) as e:
+        load_beir(root).qrels()
+    said = str(e.value)
+    assert f"{root / 'qrels' / 'test.tsv'}:3: query id 'q9', judged on this line, is not in" in said, said
+    assert "query ids" not in said
+    root = _dataset(tmp_path / "two", _DOCS, _QUERIES, "q1\td1\t1\nq8\td2\t1\nq9\td1\t1\nq8\td1\t1\n")
+    with pytest.raises(DataError, match=r"test\.tsv:3: 2 judged query ids \(the first, 'q8', on this line\) are"):
+        load_beir(root).queries()
+
+
+def test_documents_with_neither_text_nor_title_are_kept_with_one_warning(tmp_path, caplog):
+    """An empty document (``text: null`` without a title, or both "") loaded without a word."""
+    docs = [*_DOCS, {"_id": "e1", "text": None}, {"_id": "e2", "title": "", "text": ""},
+            {"_id": "t1", "title": "only a title", "text": None}]
+    root = _dataset(tmp_path / "ds", docs, _QUERIES, "q1\td1\t1\n")
+    with caplog.at_level(logging.WARNING, logger="ragkit"):
+        ds = load_beir(root)
+    said = [rec.getMessage() for rec in caplog.records if rec.name.startswith("ragkit")]
+    assert len(said) == 1 and "2 documents have no text and no title (e.g. 'e1')" in said[0], said
+    assert list(ds.corpus.ids) == ["d1", "d2", "e1", "e2", "t1"]  # (kept, as BEIR keeps them)
+    caplog.clear()
+    root = _dataset(tmp_path / "fine", _DOCS, _QUERIES, "q1\td1\t1\n")
+    with caplog.at_level(logging.WARNING, logger="ragkit"):
+        load_beir(root)
+    assert not [rec for rec in caplog.records if rec.name.startswith("ragkit")]
+
+
+def test_a_qrels_file_with_cr_line_endings_is_said_to_have_them(tmp_path):
+    """CR-only line endings read as one line: "expected 3 ... columns, got ['h', 'h', 'h\\rq1', ...]"."""
+    path = tmp_path / "test.tsv"
+    path.write_bytes(b"query-id\tcorpus-id\tscore\rq1\td1\t1\rq2\td2\t1\r")
+    with pytest.raises(DataError, match=r"test\.tsv:1: a carriage return .* CR \(old Mac\) line endings"):
+        read_qrels(path)
+    path.write_bytes(b"q1 0 d1 1\rq2 0 d2 1\r")  # trec_eval's columns, split on whitespace
+    with pytest.raises(DataError, match=r"CR \(old Mac\) line endings"):
+        read_qrels(path)
+    path.write_bytes(b"query-id\tcorpus-id\tscore\r\nq1\td1\t1\r\n")  # CRLF reads as ever
+    assert read_qrels(path) == {"q1": {"d1": 1}}
+
+
+def test_a_qrels_file_without_a_header_keeps_its_first_judgement(tmp_path):
+    """(BEIR's loader drops line 1 whatever it holds; read_qrels skips it only when its score is no number.)"""
+    path = tmp_path / "test.tsv"
+    path.write_text("q1\td1\t1\nq2\td2\t1\n")
+    assert read_qrels(path) == {"q1": {"d1": 1}, "q2": {"d2": 1}}

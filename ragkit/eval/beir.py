@@ -36,7 +36,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from ragkit._files import file_above, share_like_umask, shared_tempdir, user_path, utf8_lines
-from ragkit.errors import DataError
+from ragkit.errors import DataError, ParamError
 from ragkit.types import Corpus, Qrels, Queries, TrainSet
 
 _log = logging.getLogger(__name__)
@@ -207,20 +207,35 @@ def read_qrels(path: str | Path) -> Qrels:
     """Read a BEIR qrels TSV (``query-id corpus-id score`` with a header) into ``{qid: {doc_id: rel}}``.
 
     A line without a tab is split on whitespace, so trec_eval's qrels (``qid 0 docid rel``) read too;
-    tabs at the end of a line are ignored, as BEIR's reader ignores them.
+    tabs at the end of a line are ignored, as BEIR's reader ignores them.  The first line is a header,
+    and skipped, only when its score column is not a number: a qrels file without a header keeps its
+    first judgement (BEIR's own loader drops line 1 whatever it holds, so it would lose that judgement).
+    A file with CR-only (old Mac) line endings is a :class:`DataError` saying so.
     """
+    return _read_qrels(path)[0]
+
+
+def _read_qrels(path: str | Path) -> tuple[Qrels, dict[str, int]]:
+    """:func:`read_qrels`, and the line on which each query id is first judged (for errors naming it)."""
     path = user_path(path, "read_qrels: path")
     if not path.is_file():
         raise DataError(f"{path}: file not found")
     qrels: Qrels = {}
     line_of: dict[tuple[str, str], int] = {}
+    first_line: dict[str, int] = {}
     # a byte-order mark is not part of the header; a '"' in an id is part of it (no CSV quoting)
     for n, _, line in utf8_lines(path, "qrels files are UTF-8 text"):
         text = line.rstrip("\r\n").rstrip("\t")
+        if "\r" in text:  # one '\r'-separated file read as a single line: its columns would run together
+            raise DataError(f"{path}:{n}: a carriage return (\\r) inside the line, at column "
+                            f"{text.index(chr(13)) + 1}: the file has CR (old Mac) line endings; expected lines ending "
+                            "in \\n (or \\r\\n): convert them, e.g. tr '\\r' '\\n' < old.tsv > new.tsv")
         # BEIR's TSV splits on tabs (an id may hold a space); trec_eval's 'qid 0 docid rel' on whitespace.
         # Trailing tabs are no columns: BEIR's csv reader reads 'q1<TAB>d1<TAB>1<TAB>' as q1, d1, 1
         row = text.split("\t") if "\t" in text else text.split()
-        if not text.strip() or (n == 1 and _is_header(row)):  # BEIR's loader skips line 1 whatever it names
+        # line 1 is a header only when its score is no number (BEIR's loader skips line 1 whatever it holds,
+        # so a headerless file loses its first judgement there; here it is kept)
+        if not text.strip() or (n == 1 and _is_header(row)):
             continue
         if len(row) not in (3, 4):
             raise DataError(f"{path}:{n}: expected 3 tab-separated columns 'query-id corpus-id score' (BEIR) "
@@ -239,11 +254,12 @@ def read_qrels(path: str | Path) -> Qrels:
             raise DataError(f"{path}:{n}: conflicting judgements of document {d!r} for query {q!r} "
                             f"({judged[d]} on line {line_of[q, d]}, {rel} here)")
         line_of.setdefault((q, d), n)
+        first_line.setdefault(q, n)
         judged[d] = rel
     if not qrels:
         raise DataError(f"{path}: holds no judgements (an empty file, or a header only); expected lines "
                         "'query-id<TAB>corpus-id<TAB>score'")
-    return qrels
+    return qrels, first_line
 
 
 @dataclass
@@ -275,8 +291,12 @@ class BeirDataset:
         path = _qrels_file(self.path, split)
         qrels = read_qrels(path)
         bad_q = [q for q in qrels if q not in self._queries]
-        if bad_q:
-            raise DataError(f"{path}: {len(bad_q)} query ids not in queries.jsonl, e.g. {bad_q[0]!r}")
+        if bad_q:  # (qrels keep the order queries are first judged in: bad_q[0] is the first offending row)
+            n, where = len(bad_q), f"{path}:{_read_qrels(path)[1][bad_q[0]]}"  # (its line: read again, to say)
+            which = (f"query id {bad_q[0]!r}, judged on this line, is" if n == 1 else
+                     f"{n} judged query ids (the first, {bad_q[0]!r}, on this line) are")
+            raise DataError(f"{where}: {which} not in {self.path / 'queries.jsonl'}; expected every query the qrels "
+                            "judge to be there (a query without its text cannot be searched)")
         bad_d = self.unknown_judged(qrels)
         if bad_d and split not in self._warned:  # (queries(split) reads them too: said once per split)
             self._warned.add(split)
@@ -297,9 +317,23 @@ class BeirDataset:
         ids = [q for q in self._queries if q in judged]
         return Queries(ids, [self._queries[q] for q in ids])
 
-    def train_set(self, split: str = "train") -> TrainSet:
-        """The judged queries of ``split`` as a :class:`TrainSet` for ``fit(corpus, train=...)``."""
+    def train_set(self, split: str = "train", *, allow_test: bool = False) -> TrainSet:
+        """The judged queries of ``split`` as a :class:`TrainSet` for ``fit(corpus, train=...)``.
+
+        The split named ``"test"`` is a :class:`ParamError` (learning from the queries a score is reported
+        on inflates it; ``ragkit eval --train-split test`` and ``ragkit train --split test`` refuse it
+        too) unless ``allow_test=True`` says so on purpose."""
+        if split == "test" and not allow_test:
+            raise ParamError(f"train_set: split 'test' holds the queries BEIR scores are reported on; learning from "
+                             "them inflates those scores (ragkit eval --train-split and ragkit train refuse it too). "
+                             f"Learn from another split ({self._other_splits()}), or pass allow_test=True to train "
+                             "on the test queries on purpose", "train_set.split")
         return TrainSet(self.queries(split), self.qrels(split))
+
+    def _other_splits(self) -> str:
+        """The splits other than ``test``, for an error message: ``this dataset has 'dev', 'train'``."""
+        others = [s for s in self.splits if s != "test"]
+        return f"this dataset has {', '.join(map(repr, others))}" if others else "this dataset has none but test"
 
 
 def _qrels_file(folder: Path, split: str) -> Path:
@@ -619,8 +653,21 @@ def load_beir(name_or_path: str | Path, *, download: bool = True, base_url: str 
                             f"and qrels/<split>.tsv")
     if not (path / "qrels").is_dir():
         raise DataError(f"{path / 'qrels'}: folder not found; expected qrels/<split>.tsv files")
-    return BeirDataset(path=path, corpus=read_corpus(path / "corpus.jsonl"),
-                       _queries=read_queries(path / "queries.jsonl"))
+    corpus = read_corpus(path / "corpus.jsonl")
+    _warn_empty_documents(corpus, path / "corpus.jsonl")
+    return BeirDataset(path=path, corpus=corpus, _queries=read_queries(path / "queries.jsonl"))
+
+
+def _warn_empty_documents(corpus: Corpus, path: Path) -> None:
+    """One warning on the ``ragkit`` logger counting the documents with neither text nor title (``""`` or
+    ``null`` both), with the first one's id; they are kept, as BEIR keeps them."""
+    empty = (np.asarray(corpus.texts, dtype=object) == "") & (np.asarray(corpus.titles, dtype=object) == "")
+    n = int(empty.sum())
+    if n:
+        first = corpus.ids[int(np.argmax(empty))]
+        _log.warning(f"{path}: {n} document{'s have' if n > 1 else ' has'} no text and no title (e.g. {first!r}); "
+                     f"kept, as BEIR keeps {'them' if n > 1 else 'it'}: {'they hold' if n > 1 else 'it holds'} no "
+                     "words for a query to match")
 
 
 def _locate_one(name_or_path: str | Path, *, download: bool, base_url: str | None) -> Path:

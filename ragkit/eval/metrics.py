@@ -125,8 +125,12 @@ def evaluate(
         ``"1"``; 0.5 is refused).  Another shape (a list of rows, ``None``, the arguments swapped) is a
         :class:`DataError` naming the argument and the shape expected.
     metrics : str or list of str
-        ``ndcg@k``, ``recall@k``, ``map@k``, ``mrr@k``, ``p@k`` (at least one; the result's keys are
-        the names as given, surrounding whitespace removed).
+        ``ndcg@k``, ``recall@k``, ``map@k``, ``mrr@k``, ``p@k``, and BEIR's ``r_cap@k``, ``hole@k``,
+        ``acc@k`` (at least one; the result's keys are the names as given, surrounding whitespace removed).
+        ``mrr@k``, ``acc@k``, ``r_cap@k`` and ``hole@k`` rank tied scores in trec_eval's order, as the
+        others do (score descending compared as float32, then document id descending), where BEIR's
+        ``evaluate_custom`` keeps the run's insertion order among ties: on tied scores they can differ
+        from BEIR's numbers.
 
     ``relevance_level`` is the lowest grade counted as relevant by the binary measures (recall, MAP, MRR,
     precision; trec_eval's ``-l``): 2 on graded qrels where 1 means "partly relevant".  A level above every
