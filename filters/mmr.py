@@ -86,7 +86,10 @@ def mmr_select(q: np.ndarray, pool: np.ndarray, valid: np.ndarray, vectors: np.n
     for t in range(k):  # k greedy steps, each vectorised over the batch
         obj = rel if first else lambda_mult * rel - (1 - lambda_mult) * maxsim
         obj = np.where(avail, obj, -np.inf)
-        pick = np.argmax(obj, axis=1)  # ties: lowest pool position (= incoming rank)
+        # an exact tie goes to the lowest pool position (= incoming rank); but rel and sim come from float32
+        # GEMMs, whose rounding can differ in the last bit between two copies of one vector, so copies (and
+        # other near-exact ties) are ordered by that rounding, not by pool position
+        pick = np.argmax(obj, axis=1)
         ok = avail[ar, pick]
         sel[:, t] = np.where(ok, pick, -1)
         avail[ar[ok], pick[ok]] = False

@@ -14,6 +14,7 @@ import pytest
 
 from ragkit.errors import DataError, ParamError
 from ragkit.eval import diversity as div
+from ragkit.eval.metrics import evaluate
 from ragkit.filters.mmr import MMR
 from ragkit.retrievers.knn_embed import KnnEmbed, largest_remainder
 from ragkit.run import Run
@@ -320,6 +321,93 @@ def test_pairwise_measures_are_cosines_at_any_scale():
     got = div.intra_list_diversity([Ranking(np.array([0, 3]), np.ones(2)), Ranking(np.array([0, 1, 3]), np.ones(3))],
                                    2 * z, 3)
     np.testing.assert_allclose(got, [1.0, 1 - (v[0] @ v[1]) / 3], atol=1e-6)
+
+
+def test_subtopic_measures_refuse_a_document_listed_twice():
+    """alpha-nDCG@3 of ["d1", "d1", "d2"] was 1.31 (d1 gained twice, alpha 0) where evaluate refuses the run."""
+    run = Run(["q"], [np.array(["d1", "d1", "d2"], dtype=object)], [np.array([3, 2, 1], np.float32)])
+    sub = {"q": {"d1": ["A"], "d2": ["B"]}}
+    with pytest.raises(DataError, match="retrieves document 'd1' more than once"):
+        evaluate(run, {"q": {"d1": 1, "d2": 1}}, ["ndcg@3"])
+    with pytest.raises(DataError, match=r"alpha_ndcg: query 'q' retrieves document 'd1' more than once"):
+        div.alpha_ndcg(run, sub, k=3, alpha=0.0)
+    with pytest.raises(DataError, match=r"subtopic_recall: query 'q' retrieves document 'd1' more than once"):
+        div.subtopic_recall(run, sub, k=3)
+    ok = Run(["q"], [np.array(["d1", "d2"], dtype=object)], [np.array([3, 2], np.float32)])
+    assert div.alpha_ndcg(ok, sub, k=3, alpha=0.0) == {"q": 1.0}
+
+
+def test_alpha_ndcg_documents_that_its_greedy_ideal_can_be_beaten():
+    doc = " ".join(div.alpha_ndcg.__doc__.split())
+    assert "greedy" in doc and "Clarke et al. (2008)" in doc and "slightly above 1" in doc
+    assert '"d2"`` before ``"d1"' in doc
+    # the documented case: greedy takes d1 (2 new subtopics) first; d1, d3, d4 beats its ideal at k=3
+    sub = {"q": {"d0": ["t0"], "d1": ["t0", "t2"], "d2": ["t0"], "d3": ["t1", "t3"], "d4": ["t0", "t3"]}}
+    run = Run.from_dict({"q": {"d1": 3.0, "d3": 2.0, "d4": 1.0}})
+    assert 1.0 < div.alpha_ndcg(run, sub, k=3)["q"] < 1.02
+
+
+def test_alpha_ndcg_and_subtopic_recall_take_a_huge_k():
+    """k=10**12 raised MemoryError: the discounts were built for all k ranks."""
+    run = Run.from_dict({"q": {"a": 3.0, "b": 2.0, "c": 1.0}, "r": {"a": 1.0}})
+    sub = {"q": {"a": ["t1"], "b": ["t1"], "c": ["t2"]}, "r": {"a": ["t1"], "b": ["t2"], "c": ["t3"], "d": ["t4"]}}
+    for k in (10**12, 2**62):
+        assert div.alpha_ndcg(run, sub, k=k) == div.alpha_ndcg(run, sub, k=10)
+        assert div.subtopic_recall(run, sub, k=k) == div.subtopic_recall(run, sub, k=10)
+    assert div.alpha_ndcg(Run([], [], []), sub, k=10**12) == {"q": 0.0, "r": 0.0}
+
+
+@pytest.mark.parametrize("scale", [1e-300, 1e-40, 1e-20, 1e20, 1e40, 1e300])
+def test_pairwise_measures_are_cosines_at_extreme_scales(scale):
+    """float64 rows at 1e20 or 1e-20 over- or underflowed in the float32 norm (or cast): every cosine 0."""
+    rng = np.random.default_rng(4)
+    v = rng.standard_normal((6, 8))
+    v /= np.linalg.norm(v, axis=1, keepdims=True)
+    v[5] = v[0]
+    r = [Ranking(np.arange(6), np.linspace(1, 0, 6).astype(np.float32)), Ranking(np.array([0, 5]), np.ones(2))]
+    ild, ndr = div.intra_list_diversity(r, v, 6), div.near_duplicate_rate(r, v, 6)
+    assert ndr[1] == 1.0 and 0 < ndr[0] < 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no overflow / underflow warnings either
+        for x in (v * scale, v * np.logspace(-5, 5, 6)[:, None] * scale):  # one scale; a scale per row
+            np.testing.assert_allclose(div.intra_list_diversity(r, x, 6), ild, atol=1e-6)
+            np.testing.assert_array_equal(div.near_duplicate_rate(r, x, 6), ndr)
+        if 1e-30 <= scale <= 1e30:  # float32 rows: the norm's squares over/underflow beyond ~1e19 / below ~1e-19
+            x = (v * scale).astype(np.float32)
+            np.testing.assert_allclose(div.intra_list_diversity(r, x, 6), ild, atol=1e-6)
+            np.testing.assert_array_equal(div.near_duplicate_rate(r, x, 6), ndr)
+        # a zero row stays cosine 0 with every document, whatever the others' scale
+        z = v.copy()
+        z[3] = 0
+        np.testing.assert_allclose(div.intra_list_diversity(r, z * scale, 6), div.intra_list_diversity(r, z, 6),
+                                   atol=1e-6)
+
+
+def test_diversity_measures_refuse_negative_rows():
+    """Row -1 was read as the last vector (numpy's wrap-around): ILD of rows [-1, 0] was a number."""
+    v = _unit(np.random.default_rng(5).standard_normal((4, 8)))
+    labels = np.array([0, 1, 2, 3])
+    one = [Ranking(np.array([0, -1]), np.ones(2, np.float32))]
+    for measure in (div.intra_list_diversity, div.near_duplicate_rate):
+        with pytest.raises(DataError, match=r"row -1 \(ranking 0, rank 2\), outside the 4 document vectors given; "
+                                            r"expected row numbers 0\.\.3"):
+            measure(one, v, 2)
+    for measure in (div.distinct_clusters, div.cluster_entropy):
+        with pytest.raises(DataError, match=r"row -1 \(ranking 0, rank 2\); expected row numbers 0\.\.3 into the 4 "
+                                            "cluster labels"):
+            measure(one, labels, 2)
+    # in a Run the query is named; beyond k is not looked at; too large rows as before
+    rs = [Ranking(np.array([1, 2]), np.ones(2, np.float32)), Ranking(np.array([3, -2, 0]), np.ones(3, np.float32))]
+    run = Run(["a", "b"], [np.array(["x", "y"], object), np.array(["x", "y", "z"], object)],
+              [r.scores for r in rs], rankings=rs)
+    with pytest.raises(DataError, match=r"row -2 \(query 'b', rank 2\)"):
+        div.intra_list_diversity(run, v, 3)
+    with pytest.raises(DataError, match=r"row -2 \(query 'b', rank 2\)"):
+        div.distinct_clusters(run, labels, 3)
+    assert np.isnan(div.intra_list_diversity(run, v, 1)).all()  # one document each: no pair, no error
+    np.testing.assert_array_equal(div.distinct_clusters(run, labels, 1), [1.0, 1.0])
+    with pytest.raises(DataError, match=r"row 4 \(ranking 0, rank 2\), outside the 4 document vectors"):
+        div.intra_list_diversity([Ranking(np.array([0, 4]), np.ones(2, np.float32))], v, 2)
 
 
 # ---------------------------------------------------------------------- 4. the bench's choice

@@ -20,7 +20,7 @@ from typing import Any, Collection, Hashable, Mapping, Sequence
 import numpy as np
 
 from ragkit.errors import DataError
-from ragkit.run import Run
+from ragkit.run import Run, _check_unique
 from ragkit.types import Ranking, _kind, ids_once
 
 __all__ = [
@@ -54,21 +54,48 @@ def padded_rows(rankings: Run | Sequence[Ranking], k: int) -> tuple[np.ndarray, 
     return rows, valid
 
 
+def _bad_row(rankings: Run | Sequence[Ranking], rows: np.ndarray, valid: np.ndarray, n: int) -> str | None:
+    """Where the first row number outside ``0..n-1`` is (``"row -1 (query 'q', rank 1)"``), else None."""
+    if not valid.any():
+        return None
+    live = rows[valid]
+    if live.min() >= 0 and live.max() < n:
+        return None
+    i, j = np.argwhere(valid & ((rows < 0) | (rows >= n)))[0]
+    ids = rankings.query_ids if isinstance(rankings, Run) else None
+    where = f"query {ids[i]!r}" if ids is not None else f"ranking {int(i)}"
+    return f"row {int(rows[i, j])} ({where}, rank {int(j) + 1})"
+
+
 def _pair_cos(rankings: Run | Sequence[Ranking], vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Pairwise cosines of each ranking's top-``k``: ``(n_q, k, k)`` float32 and the ``(n_q, k, k)`` bool
     mask of the pairs ``i < j`` of real (not padded) documents.  ``vectors`` need not be unit rows: the
     gathered rows are normalised here (a zero row stays zero, so its cosines are 0)."""
     rows, valid = padded_rows(rankings, k)
     v = np.asarray(vectors)
-    if len(rows) and rows.max(initial=0) >= len(v):
-        raise DataError(f"diversity: ranking row {rows.max()} outside the {len(v)} document vectors given")
+    bad = _bad_row(rankings, rows, valid, len(v))
+    if bad is not None:
+        raise DataError(f"diversity: the rankings hold {bad}, outside the {len(v)} document vectors given; "
+                        f"expected row numbers 0..{len(v) - 1}")
     import torch  # batched GEMM: torch.bmm runs at BLAS speed; numpy's einsum is 2-5x slower, its stacked
     # matmul erratic on a busy machine (one threaded gemm call per query)
 
-    gathered = np.ascontiguousarray(v[rows], np.float32)  # (n_q, k, dim): the gather is the one copy
-    norms = np.linalg.norm(gathered, axis=2, keepdims=True)
-    if not np.all(np.abs(norms - 1) <= 1e-4):  # cosines whatever the scale (unit rows pass unchanged)
-        np.divide(gathered, np.maximum(norms, 1e-12), out=gathered)  # a zero row stays zero: cosine 0
+    with np.errstate(over="ignore", under="ignore", invalid="ignore"):
+        gathered = np.ascontiguousarray(v[rows], np.float32)  # (n_q, k, dim): the gather is the one copy
+        norms = np.linalg.norm(gathered, axis=2, keepdims=True)
+        if not np.all(np.abs(norms - 1) <= 1e-4):  # cosines whatever the scale (unit rows pass unchanged)
+            # a float32 norm is exact only for norms ~1e-18..1e19 (its squares over/underflow outside), and
+            # the float32 cast itself loses float64 rows beyond ~1e38 or below ~1e-38: the rows whose norm is
+            # outside 1e-15..1e15 (none at ordinary scales) are gathered again from ``vectors`` and scaled in
+            # float64 by their largest |entry| before the cast.  A zero row stays zero: cosine 0
+            odd = valid & ~((norms[..., 0] > 1e-15) & (norms[..., 0] < 1e15))
+            if odd.any():
+                src = np.asarray(v[rows[odd]], np.float64)  # (n_odd, dim)
+                peak = np.abs(src).max(axis=1, keepdims=True) if src.shape[1] else np.zeros((len(src), 1))
+                src /= np.where(peak > 0, peak, 1.0)
+                gathered[odd] = src
+                norms[odd] = np.linalg.norm(gathered[odd], axis=1, keepdims=True)
+            np.divide(gathered, np.maximum(norms, 1e-30), out=gathered)
     d = torch.from_numpy(gathered)
     with torch.inference_mode():
         g = torch.bmm(d, d.transpose(1, 2)).numpy()  # (n_q, k, k) float32 cosines
@@ -105,6 +132,9 @@ def _cluster_hist(rankings, labels: np.ndarray, k: int) -> np.ndarray:
     lab = np.asarray(labels, np.int64)
     if lab.ndim != 1 or (len(lab) and lab.min() < 0):
         raise DataError("diversity: labels must be a 1-d array of non-negative cluster ids per document")
+    if valid.any() and rows[valid].min() < 0:
+        raise DataError(f"diversity: the rankings hold {_bad_row(rankings, rows, valid, len(lab))}; expected row "
+                        f"numbers 0..{len(lab) - 1} into the {len(lab)} cluster labels given")
     if valid.any() and rows[valid].max() >= len(lab):
         raise DataError(f"diversity: the rankings hold row {int(rows[valid].max())} but labels cover {len(lab)} "
                         "documents; expected one cluster label per corpus document")
@@ -131,6 +161,8 @@ def cluster_entropy(rankings: Run | Sequence[Ranking], labels: np.ndarray, k: in
 def _doc_lists(run: Run, k: int, measure: str) -> dict[str, list[str]]:
     if k < 1:
         raise DataError(f"{measure}: k must be >= 1, got {k}")
+    for q, docs, _ in run:  # a document listed twice would gain twice (alpha-nDCG above 1): refused as evaluate does
+        _check_unique(q, docs, measure)
     return {q: [str(d) for d in docs[:k]] for q, docs, _ in run}
 
 
@@ -177,9 +209,13 @@ def alpha_ndcg(run: Run, subtopics: Subtopics, k: int = 10, alpha: float = 0.5) 
 
     Gain of the document at rank r: ``sum_t J(d, t) (1 - alpha)^{c_t}`` with ``c_t`` the number of
     earlier documents covering subtopic t; discount ``1 / log2(r + 1)``.  The ideal ranking is the
-    usual greedy approximation over the judged documents: at each rank the document of largest gain
-    given those before it, a tie going to the largest document id (compared as strings: ``"d9"``
-    before ``"d10"``).  Queries without subtopics are skipped; a query of ``subtopics`` absent from
+    conventional greedy one of Clarke et al. (2008) over the judged documents (the exact optimum is
+    NP-hard): at each rank the document of largest gain given those before it, a tie going to the
+    largest document id (compared as strings: ``"d9"`` before ``"d10"``, ``"d2"`` before ``"d1"``).
+    Greedy is not always optimal, so a valid ranking can score slightly above 1, and where tied
+    documents differ in what they leave for later ranks the tie rule can change the ideal's DCG.
+    A run that lists one document twice for a query is a :class:`~ragkit.errors.DataError`, as in
+    ``evaluate``.  Queries without subtopics are skipped; a query of ``subtopics`` absent from
     the run scores 0.  ``subtopics`` is checked first (:func:`check_subtopics`: ids as strings, a
     document's labels a list, tuple or set, a subtopic listed twice for one document covered once).
     ``k < 1``, ``alpha`` outside [0, 1] or malformed ``subtopics`` raise :class:`~ragkit.errors.DataError`.
@@ -188,7 +224,9 @@ def alpha_ndcg(run: Run, subtopics: Subtopics, k: int = 10, alpha: float = 0.5) 
         raise DataError(f"alpha_ndcg: alpha must be in [0, 1], got {alpha}")
     lists = _doc_lists(run, k, "alpha_ndcg")
     checked = check_subtopics(subtopics, "alpha_ndcg")
-    disc = 1.0 / np.log2(np.arange(2, k + 2))
+    depth = max([len(d) for d in lists.values()] + [sum(1 for ts in j.values() if ts) for j in checked.values()],
+                default=0)
+    disc = 1.0 / np.log2(np.arange(2, min(k, depth) + 2))  # no rank beyond the longest list or ideal ranking
 
     def dcg(docs: list[str], judged: Mapping[str, Sequence[Hashable]]) -> float:
         seen: dict[Hashable, int] = {}
