@@ -33,7 +33,7 @@ import warnings
 import weakref
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Optional, Sequence
+from typing import Any, Callable, Iterator, Literal, Optional, Sequence
 
 import numpy as np
 
@@ -156,7 +156,14 @@ class TokenVectors:
         np.save(folder / f"{prefix}.offsets.npy", self.offsets, allow_pickle=False)
 
     @classmethod
-    def load(cls, folder: Path, prefix: str = "tokens", mmap: bool = False) -> "TokenVectors":
+    def load(cls, folder: Path, prefix: str = "tokens", mmap: bool = False, finite: bool = True) -> "TokenVectors":
+        """Read ``<prefix>.npy`` and ``<prefix>.offsets.npy`` (``mmap``: the vectors memory-mapped).
+
+        ``finite`` (default): vectors holding NaN or infinite values (a damaged or edited file of the right
+        size) are an :class:`ArtifactError` here, not rankings that differ silently at search.  The check
+        reads the vectors once in steps (:func:`all_finite`, about 0.2-0.35 s per GB of float16 from the page
+        cache, the cost of the CRC32 a vector index checks; a memory-mapped file is read once, not held).
+        ``finite=False`` skips it (the token cache checks each shard once per reader itself)."""
         try:
             data = np.load(folder / f"{prefix}.npy", allow_pickle=False, mmap_mode="r" if mmap else None)
             off = np.load(folder / f"{prefix}.offsets.npy", allow_pickle=False)
@@ -165,14 +172,20 @@ class TokenVectors:
         except (ValueError, OSError, EOFError) as e:
             raise ArtifactError(f"{folder / prefix}: corrupt or truncated token arrays ({e})") from None
         try:
-            return cls(data, off)
+            tv = cls(data, off)
         except DataError as e:
             raise ArtifactError(f"{folder / prefix}: inconsistent token arrays ({e})") from None
+        if finite and not all_finite(tv.data):
+            raise ArtifactError(f"{folder / prefix}.npy: NaN or infinite token vectors (the file was damaged or "
+                                "changed after it was saved); save it again")
+        return tv
 
 
 #: Bytes of token vectors above which an encode that gathers from several cache shards (or encodes
 #: anew) writes the result as one shard and returns its memory map instead of an array in memory:
-#: a corpus's token vectors (about 1 GB for SciFact with MiniLM) are then never resident at once.
+#: a corpus's token vectors (about 1 GB for SciFact with MiniLM) are then never resident at once.  New
+#: texts are counted first (the tokenizer's pass) and each batch of the model is written to its place in
+#: the shard's temporary file as it comes: the encode holds one batch, not the new texts' vectors.
 CONSOLIDATE_BYTES = 64 * 2**20
 
 #: Bytes of token vectors one step of :func:`assemble` gathers (bounds its temporaries).
@@ -180,6 +193,13 @@ ASSEMBLE_BYTES = 32 * 2**20
 
 #: ``(positions in the result, source, rows of the source or None for all of it in order)``
 Part = tuple[np.ndarray, TokenVectors, Optional[np.ndarray]]
+
+
+def _offsets(lens: np.ndarray) -> np.ndarray:
+    """``(len(lens) + 1,)`` int64 offsets of segments of ``lens`` rows."""
+    off = np.zeros(len(lens) + 1, np.int64)
+    np.cumsum(lens, out=off[1:])
+    return off
 
 
 def part_lengths(parts: Sequence[Part], n: int) -> np.ndarray:
@@ -250,7 +270,7 @@ class TokenCache(ShardStore[TokenVectors]):
     def _open(self, name: str) -> TokenVectors:
         if name in self._damaged:
             raise ValueError(f"{self.folder / name}.npy: NaN or infinite token vectors")  # (UNREADABLE: skipped)
-        tv = TokenVectors.load(self.folder, name, mmap=True)
+        tv = TokenVectors.load(self.folder, name, mmap=True, finite=False)  # checked lazily once: _sound
         self._names[tv] = name
         return tv
 
@@ -319,12 +339,19 @@ class TokenCache(ShardStore[TokenVectors]):
         cannot be written (a warning said so)."""
         return self._write(digests, offsets, parts)[1]
 
-    def consolidate(self, digests: np.ndarray, offsets: np.ndarray, parts: Sequence[Part]) -> TokenVectors | None:
+    def consolidate(self, digests: np.ndarray, offsets: np.ndarray, parts: Sequence[Part], *,
+                    dim: int | None = None, then: Callable[[np.ndarray], None] | None = None) -> TokenVectors | None:
         """:meth:`write` of a whole corpus, then :meth:`retire` of its older versions.  Meant for a corpus
         holding texts encoded just now (an edit): one gathered wholly from cached shards (a subset, a
         superset, a reordering, an edit undone) is only written (:meth:`write`), or switching between two
-        close corpora would rewrite each at every fit, each retiring the other."""
-        name, shard = self._write(digests, offsets, parts)
+        close corpora would rewrite each at every fit, each retiring the other.
+
+        ``then(out)``, where given, fills the rest of the shard's rows (texts no part holds) into ``out``, the
+        memory map of the shard's temporary vectors file, after the ``parts`` (the encoder writes the model's
+        batches there as they come); ``dim``: the vectors' width (needed where ``parts`` is empty).  An
+        exception it raises leaves nothing of the shard behind and reaches the caller."""
+        name, shard = (self._write(digests, offsets, parts) if then is None
+                       else self._write_then(digests, offsets, parts, parts[0][1].dim if dim is None else dim, then))
         if name is not None:
             self.retire(name, digests)
         return shard
@@ -409,19 +436,29 @@ class TokenCache(ShardStore[TokenVectors]):
     def _write(self, digests: np.ndarray, offsets: np.ndarray,
                parts: Sequence[Part]) -> tuple[str | None, TokenVectors | None]:
         """:meth:`write`, returning the shard's name too (``(None, None)``: not written)."""
-        dim = parts[0][1].dim
+        return self._write_then(digests, offsets, parts, parts[0][1].dim, None)
+
+    def _write_then(self, digests: np.ndarray, offsets: np.ndarray, parts: Sequence[Part], dim: int,
+                    then: Callable[[np.ndarray], None] | None) -> tuple[str | None, TokenVectors | None]:
+        """:meth:`_write`, then ``then(out)`` into the shard's vectors file (see :meth:`consolidate`)."""
 
         def fill(tmp: Path) -> None:
             out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=(int(offsets[-1]), dim))
             assemble(out, offsets, parts)
+            if then is not None:
+                then(out)
             out.flush()
             del out
 
         name = write_shard(self.folder, self.key, [(".npy", fill), (".offsets.npy", np.asarray(offsets, np.int64)),
                                                    (".keys.npy", digests)])
         if name is not None:
-            self._sound_names.add(name)  # gathered from sound shards and finite fresh vectors only
+            self._sound_names.add(name)  # gathered from sound shards and finite fresh vectors only (``then``: checked)
         return name, self._written(name, digests)
+
+
+class _NotFinite(Exception):
+    """Raised inside a shard's writing to abandon it: the model gave NaN or infinite vectors."""
 
 
 class TokenEncoder:
@@ -492,48 +529,87 @@ class TokenEncoder:
             self._cache, self._cache_root = TokenCache(root / "tokens", self.key), root
         return self._cache
 
-    def _forward(self, texts: list[str], progress: bool = False) -> TokenVectors:
-        """Encode without cache: one forward per batch of length-sorted texts."""
+    def _batches(self, texts: list[str], progress: bool = False,
+                 model: bool = True) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """One ``(idx, rows, counts)`` per batch of length-sorted texts: the batch's positions in ``texts``,
+        its float16 unit rows (the tokens of text ``idx[0]``, then ``idx[1]``, ...) and its ``(len(idx),)``
+        token counts.  ``model=False``: the tokenizer only (``rows`` is None), for the counts; the batches
+        are the same, so the counts are those of the model's pass."""
         import torch
 
         m = self.model  # the shared model of this max_seq_length (Encoder.model)
         special = np.array(sorted(set(m.tokenizer.all_special_ids)), dtype=np.int64)
         order = np.argsort([-len(t) for t in texts], kind="stable")
-        chunks: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
-        lens = np.zeros(len(texts), np.int64)
-        starts = range(0, len(texts), self.batch_size)
+        starts: Any = range(0, len(texts), self.batch_size)
         if progress:
             try:
                 from tqdm.auto import tqdm
 
-                starts = tqdm(starts, desc="token vectors", unit="batch")
+                starts = tqdm(starts, desc="token vectors" if model else "token counts", unit="batch")
             except ImportError:  # pragma: no cover
                 pass
-        with torch.inference_mode():
-            for s in starts:
-                idx = order[s:s + self.batch_size]
-                feats = m.preprocess([texts[i] for i in idx])
-                feats = {k: v for k, v in feats.items() if torch.is_tensor(v)}
-                out = m[0].forward(dict(feats))
-                emb = out["token_embeddings"].float().numpy()
-                keep = feats["attention_mask"].numpy().astype(bool)
-                if self.special_tokens == "drop":
-                    keep &= ~np.isin(feats["input_ids"].numpy(), special)
-                rows = emb[keep]  # row-major: tokens of text 0, then text 1, ...
-                rows /= np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-12)
-                chunks.append((idx, rows.astype(np.float16), keep.sum(1)))  # float16 per batch: no
-                lens[idx] = keep.sum(1)                                     # float32 copy of the whole
-        # batches are in length-sorted order: gather them into input order
-        off = np.zeros(len(texts) + 1, np.int64)
-        np.cumsum(lens, out=off[1:])
+        for s in starts:
+            idx = order[s:s + self.batch_size]
+            feats = m.preprocess([texts[i] for i in idx])
+            feats = {k: v for k, v in feats.items() if torch.is_tensor(v)}
+            keep = feats["attention_mask"].numpy().astype(bool)
+            if self.special_tokens == "drop":
+                keep &= ~np.isin(feats["input_ids"].numpy(), special)
+            if not model:
+                yield idx, None, keep.sum(1)  # type: ignore[misc]
+                continue
+            with torch.inference_mode():
+                emb = m[0].forward(dict(feats))["token_embeddings"].float().numpy()
+            rows = emb[keep]  # row-major: tokens of text 0, then text 1, ...
+            rows /= np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-12)
+            yield idx, rows.astype(np.float16), keep.sum(1)  # float16 per batch: no float32 copy of the whole
+
+    def _lengths(self, texts: list[str], progress: bool = False) -> np.ndarray:
+        """``(len(texts),)`` int64 token counts (rows kept) of ``texts``: the tokenizer's pass alone
+        (about 1% of an encode's time on CPU), so the model's batches can be written where they go."""
+        lens = np.zeros(len(texts), np.int64)
+        for idx, _, n in self._batches(texts, progress, model=False):
+            lens[idx] = n
+        return lens
+
+    def _write_batches(self, texts: list[str], out: np.ndarray, offsets: np.ndarray, pos: np.ndarray,
+                       progress: bool) -> bool:
+        """Run the model over ``texts`` and write text ``j``'s rows into ``out`` at the segment ``pos[j]`` of
+        ``offsets`` (counted beforehand by :meth:`_lengths`), batch by batch: no batch is kept.  Returns
+        whether every value written is finite."""
+        finite = True
+        for idx, rows, n in self._batches(texts, progress):
+            at = pos[idx]
+            if not np.array_equal(n, offsets[at + 1] - offsets[at]):
+                raise RuntimeError(f"{self!r}: the tokenizer gave {int(n.sum())} tokens for a batch of {len(idx)} "
+                                   f"texts, {int((offsets[at + 1] - offsets[at]).sum())} when they were counted "
+                                   "before; the tokenizer is not deterministic")
+            dst, _ = gather_index(offsets, at)
+            out[dst] = rows
+            finite = finite and all_finite(rows)
+        return finite
+
+    def _forward(self, texts: list[str], progress: bool = False, lens: np.ndarray | None = None) -> TokenVectors:
+        """Encode without cache, into one array in input order; ``lens``: the texts' token counts where
+        known (:meth:`_lengths`).  Peak memory: the result and one batch (each batch is written to its
+        place as it comes; keeping the batches, then gathering them, held twice the result)."""
+        if lens is None and len(texts) <= self.batch_size:  # one batch (a query batch): no counting pass
+            lens = np.zeros(len(texts), np.int64)
+            flat = np.zeros((0, self.dim), np.float16)
+            for idx, rows, n in self._batches(texts, progress):
+                lens[idx] = n
+                flat = np.empty_like(rows)
+                flat[gather_index(_offsets(lens), idx)[0]] = rows
+            return TokenVectors(flat, _offsets(lens))
+        off = _offsets(self._lengths(texts, progress) if lens is None else lens)
         flat = np.empty((int(off[-1]), self.dim), np.float16)
-        parts: list[Part] = []
-        for idx, rows, n in chunks:
-            boff = np.zeros(len(n) + 1, np.int64)
-            np.cumsum(n, out=boff[1:])
-            parts.append((idx, TokenVectors(rows, boff), None))
-        assemble(flat, off, parts)
+        self._write_batches(texts, flat, off, np.arange(len(texts)), progress)
         return TokenVectors(flat, off)
+
+    def _streams(self) -> bool:
+        """Whether new texts are encoded batch by batch into their place (:meth:`_write_batches`): not
+        where a subclass or a test gives whole results through ``_forward`` (those are gathered as they come)."""
+        return type(self)._forward is TokenEncoder._forward and "_forward" not in vars(self)
 
     def encode(self, texts: Sequence[str], *, cache: bool | None = None, progress: bool | None = None) -> TokenVectors:
         """Token vectors of ``texts`` (float16 unit rows), read from the disk cache where present."""
@@ -555,24 +631,41 @@ class TokenEncoder:
             return whole  # one shard holds exactly these texts in this order: its memory map
         parts, hit = store.parts(digests)
         miss = np.flatnonzero(~hit)
+        new = [texts[i] for i in miss]
+        show = progress if progress is not None else len(miss) > 500
+        lens = part_lengths(parts, len(texts))
         fresh = None
-        if len(miss):
-            fresh = self._forward([texts[i] for i in miss], progress if progress is not None else len(miss) > 500)
+        failed = False  # a large result the cache could not take (warned): kept in memory
+        if len(miss) and self._streams():
+            lens[miss] = self._lengths(new, show)  # the tokenizer only: each batch of the model then goes to its place
+            off = _offsets(lens)
+            if off[-1] * self.dim * 2 >= CONSOLIDATE_BYTES:
+                got = self._encode_into_shard(store, digests, off, parts, new, miss, show)
+                if got is not None:
+                    self.n_encoded += len(miss) if count else 0
+                    return got
+                # the cache cannot be written (warned): encoded in memory below (again, where the shard's
+                # file was written before a later file failed and was removed with it)
+                failed = True
+            fresh = self._forward(new, show, lens[miss])
+        elif len(miss):
+            fresh = self._forward(new, show)  # whole results (a subclass's or a test's _forward)
+        if fresh is not None:
             self.n_encoded += len(miss) if count else 0
             parts.append((miss, fresh, None))
         # vectors that are not finite (the model's output) are not cached: the caller's check names the encoder
         cacheable = fresh is None or all_finite(fresh.data)
-        off = np.zeros(len(texts) + 1, np.int64)
-        np.cumsum(part_lengths(parts, len(texts)), out=off[1:])
-        if cacheable and off[-1] * self.dim * 2 >= CONSOLIDATE_BYTES:
-            # large: written as one shard (the new texts with it) and served from its memory map, so
-            # the result is never held in memory.  With new texts (an edit), its older versions are retired
-            # (the cache grows by the edited texts, not by another copy of the corpus); gathered wholly from
-            # the cache (a subset, a reordering, an edit undone), nothing is retired: switching back and forth
-            # then reads each version whole, where retiring rewrote the corpus at every fit
-            whole = (store.write if fresh is None else store.consolidate)(digests, off, parts)
-            if whole is not None:
-                return whole
+        off = _offsets(part_lengths(parts, len(texts)))
+        if off[-1] * self.dim * 2 >= CONSOLIDATE_BYTES:
+            if cacheable and not failed:
+                # large: written as one shard (the new texts with it) and served from its memory map, so
+                # the result is never held in memory.  With new texts (an edit), its older versions are retired
+                # (the cache grows by the edited texts, not by another copy of the corpus); gathered wholly from
+                # the cache (a subset, a reordering, an edit undone), nothing is retired: switching back and
+                # forth then reads each version whole, where retiring rewrote the corpus at every fit
+                whole = (store.write if fresh is None else store.consolidate)(digests, off, parts)
+                if whole is not None:
+                    return whole
         elif fresh is not None and cacheable:
             store.put(digests[miss], fresh)
         if fresh is not None and len(miss) == len(texts):
@@ -580,6 +673,25 @@ class TokenEncoder:
         out = np.empty((int(off[-1]), self.dim), np.float16)
         assemble(out, off, parts)
         return TokenVectors(out, off)
+
+    def _encode_into_shard(self, store: TokenCache, digests: np.ndarray, off: np.ndarray, parts: list[Part],
+                           new: list[str], miss: np.ndarray, progress: bool) -> TokenVectors | None:
+        """A large result with new texts ``new`` (at positions ``miss``; ``off``: the whole result's offsets),
+        written as one shard: the cached ``parts`` are gathered into the shard's temporary file, then each
+        batch of the model is written to its place there (:meth:`_write_batches`), so the result is never
+        held in memory, nor the new texts' vectors.  Returns the shard's memory map; the result in memory
+        where a vector is not finite (not cached); ``None`` where the cache cannot be written (warned)."""
+        held: list[np.ndarray] = []
+
+        def write_new(out: np.ndarray) -> None:
+            if not self._write_batches(new, out, off, miss, progress):
+                held.append(np.array(out))  # the result, in memory: its file is removed, not renamed into the cache
+                raise _NotFinite
+
+        try:
+            return store.consolidate(digests, off, parts, dim=self.dim, then=write_new)
+        except _NotFinite:
+            return TokenVectors(held[0], off)  # the caller's check names the encoder
 
     def encode_queries(self, texts: Sequence[str]) -> TokenVectors:
         """Token vectors of queries (not counted in ``n_encoded``): a small in-memory memo shares them
