@@ -62,7 +62,8 @@ class MaxSim(TokenOperatorMixin, Operator):
         if rows.shape[1] == 0:
             return out
         qd, qo, qw = self.rerank_query(self.query_tokens(state))
-        sc = chamfer_pairs(qd, qo, self.tokens_.data, self.tokens_.offsets, rows, q_weights=qw)
+        sc = chamfer_pairs(qd, qo, self.tokens_.data, self.tokens_.offsets, rows, q_weights=qw,
+                           where=self.name)
         order = desc_order(sc, rows)
         tokenless = np.diff(qo) == 0  # (special_tokens: drop, an empty text) every score 0: keep the order
         order[tokenless] = np.arange(rows.shape[1])

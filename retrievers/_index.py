@@ -74,7 +74,7 @@ import tempfile
 import weakref
 import zlib
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -577,13 +577,16 @@ class VectorIndex:
             self.i8_step = np.full(x.shape[1], 1.0 / 255.0, np.float32)
             self.i8_scale = np.float32(127.0)
             return
-        lo, hi = x.min(axis=0), x.max(axis=0)
+        self._set_i8_range(x.min(axis=0), x.max(axis=0))
+        if self.backend != "numpy":
+            self.i8_scale = self._i8_graph_scale(x)
+
+    def _set_i8_range(self, lo: np.ndarray, hi: np.ndarray) -> None:
+        """The exact index's int8 calibration from the per-dimension minimum ``lo`` and maximum ``hi`` of
+        the vectors (and the placeholder graph scale: only the graph's codes use it)."""
         self.i8_min = lo.astype(np.float32)
         self.i8_step = np.maximum((hi - lo) / 255.0, 1e-12).astype(np.float32)
-        if self.backend == "numpy":  # only the graph's codes use the scale: a placeholder from the range
-            self.i8_scale = np.float32(127.0 / max(float(np.maximum(-lo, hi).max()), 1e-12))
-        else:
-            self.i8_scale = self._i8_graph_scale(x)
+        self.i8_scale = np.float32(127.0 / max(float(np.maximum(-lo, hi).max()), 1e-12))
 
     def _check_f16_range(self, x: np.ndarray, what: str) -> None:
         """DataError for ``dtype="f16"`` when a reduced vector of ``x`` ``(n, ndim)`` holds a value
@@ -677,6 +680,73 @@ class VectorIndex:
         self.floats = None
         if self.rescore:
             self.floats = self._write_floats(full)
+        self.built = True
+        return self
+
+    def build_chunks(self, n: int, dim: int,
+                     chunks: Callable[[], Iterable[tuple[int, int, np.ndarray]]]) -> "VectorIndex":
+        """:meth:`build` of ``n`` vectors of ``dim`` dimensions handed over chunk by chunk, for a caller that
+        computes them (MUVERA's document FDEs): ``chunks()`` yields ``(lo, hi, rows)``, the float vectors
+        ``lo:hi`` in order, each ``rows`` array the index's to modify.
+
+        With exact search, no reduction and no ``rescore``, the whole float32 matrix is never made: each
+        chunk is checked and written into the stored codes at once, so building peaks at the codes plus one
+        chunk (f16: half the float32 matrix, i8: a quarter).  ``i8`` calls ``chunks()`` twice: its
+        per-dimension calibration is the range of all the vectors (found in the first pass, chunk by chunk),
+        then the codes are made in the second; the chunks must be the same both times.  The index is the
+        one :meth:`build` makes of the vectors, code for code.  An HNSW graph (its insertion order clusters
+        all the vectors), a PCA or ``rescore`` (their float vectors) gather the chunks into one float32
+        matrix and :meth:`build` it, as before.
+        """
+        n, dim = int(n), int(dim)
+        backend = ("numpy" if n <= self.exact_max else "hnsw") if self.search_mode == "auto" else \
+            ("numpy" if self.search_mode == "exact" else "hnsw")
+
+        def each() -> Iterator[np.ndarray]:
+            at = 0
+            for lo, hi, rows in chunks():
+                rows = np.asarray(rows)
+                if lo != at or hi < lo or hi > n or rows.shape != (hi - lo, dim) \
+                        or not np.issubdtype(rows.dtype, np.floating):
+                    raise DataError(f"VectorIndex.build_chunks: chunk {lo}:{hi} of {n} vectors holds {rows.dtype} "
+                                    f"{rows.shape}; expected float rows {at}:... of {dim} dimensions, in order")
+                if not np.isfinite(rows).all():
+                    raise DataError("VectorIndex.build: the vectors contain NaN or infinite values")
+                at = hi
+                yield self._normalise(np.asarray(rows, np.float32), inplace=True)
+            if at != n:
+                raise DataError(f"VectorIndex.build_chunks: the chunks hold {at} vectors, expected {n}")
+
+        if n == 0 or backend != "numpy" or self.reduce_kind != "none" or self.rescore:
+            full = np.empty((n, dim), np.float32)
+            at = 0
+            for rows in each():
+                full[at:at + len(rows)] = rows
+                at += len(rows)
+            return self.build(full, copy=False)
+        self.d_in = self.ndim = dim
+        self.backend = "numpy"
+        if self.dtype == "i8":  # the calibration first: the range of every vector
+            lo_all = np.full(dim, np.inf, np.float32)
+            hi_all = np.full(dim, -np.inf, np.float32)
+            for rows in each():
+                if len(rows):
+                    np.minimum(lo_all, rows.min(axis=0), out=lo_all)
+                    np.maximum(hi_all, rows.max(axis=0), out=hi_all)
+            self.i8_fitted_n = n
+            self._set_i8_range(lo_all, hi_all)
+        width = (dim + 7) // 8 if self.dtype == "b1" else dim
+        store = {"f32": np.float32, "f16": np.float16, "i8": np.uint8, "b1": np.uint8}[self.dtype]
+        codes = np.empty((n, width), store)
+        at = 0
+        for rows in each():
+            self._check_f16_range(rows, "build")
+            codes[at:at + len(rows)] = self._stored_codes_of(rows)
+            at += len(rows)
+        self.codes = codes
+        self.alive = np.ones(n, dtype=bool)
+        self.usearch = None
+        self.floats = None
         self.built = True
         return self
 

@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
-from typing import Literal
+from typing import Iterator, Literal
 
 import numpy as np
 import scipy.sparse as sp
@@ -49,7 +49,7 @@ from ragkit.errors import DataError, ParamError
 from ragkit.operator import group_positions
 
 __all__ = [
-    "FDEConfig", "fde_dim", "fde_documents", "fde_queries", "chamfer_scores", "chamfer_pairs",
+    "FDEConfig", "fde_dim", "fde_documents", "fde_document_chunks", "fde_queries", "chamfer_scores", "chamfer_pairs",
     "ball_carve", "draw_matrices", "MAX_K_SIM", "MAX_MEAN_WEIGHT",
 ]
 
@@ -164,8 +164,11 @@ def draw_matrices(cfg: FDEConfig, d: int) -> tuple[np.ndarray, np.ndarray | None
     return g, s
 
 
-#: Bytes of temporaries one encoding chunk may hold (projections, Hamming tables, unsketched rows).
-CHUNK_BYTES = 128 * 2**20
+#: Bytes of temporaries one encoding chunk may hold (projections, Hamming tables, unsketched rows); with
+#: the chunk's FDE rows and BLAS outputs a chunk peaks near 1.5x this (3,000 documents of 40-80 128-d
+#: tokens, the paper's FDE: 50 MB at 32 MiB, 198 MB at 128 MiB, same encoding time within noise, same FDEs).
+#: It bounds a Muvera fit's memory beyond the index (``VectorIndex.build_chunks``).
+CHUNK_BYTES = 32 * 2**20
 
 
 def _final_sketch(cfg: FDEConfig, d_in: int) -> sp.csr_matrix:
@@ -190,36 +193,74 @@ def _check(data: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, np.ndarra
     return data, offsets
 
 
-def _encode(data: np.ndarray, offsets: np.ndarray, cfg: FDEConfig, is_query: bool,
-            chunk_tokens: int = 200_000) -> np.ndarray:
+def _check_ends(data: np.ndarray, offsets: np.ndarray, where: str) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_check` without the scan of every offset, for a search over a document store whose offsets
+    were checked when it was made (:class:`~ragkit.encoders.tokens.TokenVectors` checks them at
+    construction and load): the shapes and both ends only, O(1).  The rows a search reads are checked
+    by :func:`_candidate_spans`."""
+    data = np.asarray(data)
+    offsets = np.asarray(offsets, dtype=np.int64)
+    if data.ndim != 2:
+        raise DataError(f"{where}: token array must be 2-D (n_tokens, d), got shape {data.shape}")
+    if offsets.ndim != 1 or len(offsets) < 1 or offsets[0] != 0 or offsets[-1] != len(data):
+        raise DataError(f"{where}: offsets must run from 0 to n_tokens={len(data)}, got "
+                        f"{offsets[:3]}...{offsets[-1:]}")
+    return data, offsets
+
+
+def _candidate_spans(offsets: np.ndarray, u: np.ndarray, n_tokens: int, where: str) -> np.ndarray:
+    """Token counts of documents ``u`` only (``offsets[u + 1] - offsets[u]``), checked to lie inside the
+    ``n_tokens`` token rows: O(len(u)), never a pass over the whole corpus's offsets."""
+    start, end = offsets[u], offsets[u + 1]
+    bad = np.flatnonzero((start < 0) | (end < start) | (end > n_tokens))
+    if len(bad):
+        i = int(u[bad[0]])
+        raise DataError(f"{where}: offsets of document {i} are [{offsets[i]}, {offsets[i + 1]}), not a span of "
+                        f"the {n_tokens} token rows (offsets must not decrease)")
+    return end - start
+
+
+def _chunks(data: np.ndarray, offsets: np.ndarray, cfg: FDEConfig, is_query: bool,
+            chunk_tokens: int = 200_000) -> Iterator[tuple[int, int, np.ndarray]]:
+    """The FDEs of sets ``lo:hi`` as ``(lo, hi, (hi - lo, fde_dim) float32)``, chunk after chunk, in order.
+
+    Each chunk's temporaries stay near :data:`CHUNK_BYTES` whatever the configuration: per token its
+    SimHash bits, all repetitions' projections and (documents) the Hamming table of empty-bucket filling;
+    per set its unsketched FDE row.  Every chunk is a fresh array.
+    """
     data, offsets = _check(data, offsets)
     n, d = len(offsets) - 1, data.shape[1]
     width = cfg.r_reps * cfg.buckets * cfg.proj_dim(d)
     n_mean = d if cfg.mean_weight > 0 else 0
     final = cfg.d_final is not None
-    # the mean channel lives in out's last columns; with a final sketch, out is (n, d_final [+ d])
-    # and each chunk's unsketched FDEs live only in a scratch block
-    out = np.zeros((n, (cfg.d_final if cfg.d_final is not None else width) + n_mean), np.float32)
-    mean = out[:, out.shape[1] - n_mean:]
+    cols = (cfg.d_final if cfg.d_final is not None else width) + n_mean
     sketch = _final_sketch(cfg, width) if final else None
     g, s = draw_matrices(cfg, d)
-    # chunk over sets so that each chunk's temporaries stay near CHUNK_BYTES whatever the
-    # configuration: per token its SimHash bits, all repetitions' projections and (documents)
-    # the Hamming table of empty-bucket filling; with a final sketch, per set its unsketched row
     per_token = 4 * (d + cfg.r_reps * (cfg.k_sim + cfg.proj_dim(d)) + (0 if is_query else cfg.buckets))
     chunk_tokens = max(1024, min(chunk_tokens, CHUNK_BYTES // per_token))
-    max_sets = max(1, CHUNK_BYTES // (4 * width)) if final else n
+    max_sets = max(1, CHUNK_BYTES // (4 * (cols + (width if final else 0))))  # short sets: many rows
     lo = 0
     while lo < n:
         hi = int(np.searchsorted(offsets, offsets[lo] + chunk_tokens, side="right")) - 1
         hi = min(max(hi, lo + 1), n, lo + max_sets)
         a, b = offsets[lo], offsets[hi]
         x = np.asarray(data[a:b], dtype=np.float32)
-        block = np.zeros((hi - lo, width), np.float32) if final else out[lo:hi, :width]
-        _encode_chunk(x, offsets[lo:hi + 1] - a, g, s, cfg, is_query, block, mean[lo:hi] if n_mean else None)
+        out = np.zeros((hi - lo, cols), np.float32)
+        # the mean channel lives in out's last columns; with a final sketch, the unsketched FDEs only in a scratch
+        block = np.zeros((hi - lo, width), np.float32) if final else out[:, :width]
+        _encode_chunk(x, offsets[lo:hi + 1] - a, g, s, cfg, is_query, block, out[:, cols - n_mean:] if n_mean else None)
         if sketch is not None:
-            out[lo:hi, :cfg.d_final] = np.asarray(block @ sketch, dtype=np.float32)
+            out[:, :cfg.d_final] = np.asarray(block @ sketch, dtype=np.float32)
+        yield lo, hi, out
         lo = hi
+
+
+def _encode(data: np.ndarray, offsets: np.ndarray, cfg: FDEConfig, is_query: bool,
+            chunk_tokens: int = 200_000) -> np.ndarray:
+    data, offsets = _check(data, offsets)
+    out = np.zeros((len(offsets) - 1, fde_dim(cfg, data.shape[1])), np.float32)
+    for lo, hi, rows in _chunks(data, offsets, cfg, is_query, chunk_tokens):
+        out[lo:hi] = rows
     return out
 
 
@@ -273,6 +314,14 @@ def _encode_chunk(x: np.ndarray, off: np.ndarray, g: np.ndarray, s: np.ndarray |
 def fde_documents(data: np.ndarray, offsets: np.ndarray, cfg: FDEConfig) -> np.ndarray:
     """Document FDEs ``(n_docs, fde_dim)`` float32: bucket means (+ fill_empty)."""
     return _encode(data, offsets, cfg, is_query=False)
+
+
+def fde_document_chunks(data: np.ndarray, offsets: np.ndarray,
+                        cfg: FDEConfig) -> Iterator[tuple[int, int, np.ndarray]]:
+    """Document FDEs chunk by chunk: ``(lo, hi, (hi - lo, fde_dim) float32)`` for documents ``lo:hi``, in
+    order, each chunk under about :data:`CHUNK_BYTES`; the rows of :func:`fde_documents`, without its
+    whole ``(n_docs, fde_dim)`` float32 matrix (for an index that stores them as float16 or int8)."""
+    return _chunks(data, offsets, cfg, is_query=False)
 
 
 def fde_queries(data: np.ndarray, offsets: np.ndarray, cfg: FDEConfig) -> np.ndarray:
@@ -363,18 +412,22 @@ def chamfer_scores(q_data: np.ndarray, q_off: np.ndarray, d_data: np.ndarray, d_
 
 def check_pair_rows(rows: np.ndarray, n_q: int, n_docs: int, where: str) -> np.ndarray:
     """Candidate ``rows`` ``(n_q, k)`` as int64, checked: one row per query, no document id past
-    ``n_docs`` (``-1`` pads).  Raises :class:`DataError` naming ``where``."""
+    ``n_docs``, none below ``-1`` (``-1`` pads).  Raises :class:`DataError` naming ``where``."""
     rows = np.asarray(rows, np.int64)
     if rows.ndim != 2 or rows.shape[0] != n_q:
         raise DataError(f"{where}: rows must be (n_queries={n_q}, k), got shape {rows.shape}")
     if rows.size and rows.max() >= n_docs:
-        raise DataError(f"{where}: rows hold document {rows.max()}, but there are {n_docs} documents")
+        raise DataError(f"{where}: rows hold document {rows.max()}, but there are {n_docs} documents (rows 0.."
+                        f"{n_docs - 1}, -1 pads)")
+    if rows.size and rows.min() < -1:  # corpus_ids[-7] would name the 7th document from the end
+        raise DataError(f"{where}: rows hold {rows.min()}, but a document row is 0..{n_docs - 1} and only -1 pads "
+                        "a short candidate list")
     return rows
 
 
 def chamfer_pairs(q_data: np.ndarray, q_off: np.ndarray, d_data: np.ndarray, d_off: np.ndarray,
                   rows: np.ndarray, q_weights: np.ndarray | None = None,
-                  chunk_elems: int = 32_000_000) -> np.ndarray:
+                  chunk_elems: int = 32_000_000, where: str = "chamfer_pairs") -> np.ndarray:
     """Exact Chamfer of query ``i`` against documents ``rows[i, j]``, ``(n_q, k)`` float32.
 
     Document-major and batched: the distinct candidate documents of the batch are processed
@@ -388,13 +441,16 @@ def chamfer_pairs(q_data: np.ndarray, q_off: np.ndarray, d_data: np.ndarray, d_o
     scratch allocated once (documents converted into it with torch's F16C copy, query tokens
     gathered into it with ``index_select``): fresh per-chunk arrays and numpy's float16 cast cost
     as much as the GEMMs (bench/muvera.py: 1.5x faster rerank with the scratch).
-    ``rows`` entries < 0 score ``-inf`` (padding of short candidate lists).
+    ``rows`` entries ``-1`` score ``-inf`` (padding of short candidate lists); other negative rows are refused.
+    The document offsets are not scanned whole (O(corpus) per call): they are checked where they were made
+    (:class:`~ragkit.encoders.tokens.TokenVectors`), and here only at both ends and at the candidates' rows.
+    ``where`` names the caller in errors.
     """
     q_data, q_off = _check(q_data, q_off)
-    d_data, d_off = _check(d_data, d_off)
-    _dims_match(q_data, d_data, "chamfer_pairs")
+    d_data, d_off = _check_ends(d_data, d_off, where)
+    _dims_match(q_data, d_data, where)
     nq = len(q_off) - 1
-    rows = check_pair_rows(rows, nq, len(d_off) - 1, "chamfer_pairs")
+    rows = check_pair_rows(rows, nq, len(d_off) - 1, where)
     k = rows.shape[1]
     out = np.full((nq, k), -np.inf, np.float32)
     pq = np.repeat(np.arange(nq, dtype=np.int64), k)
@@ -404,7 +460,6 @@ def chamfer_pairs(q_data: np.ndarray, q_off: np.ndarray, d_data: np.ndarray, d_o
         return out
     pq, pd = pq[valid], pd[valid]
     q_len = np.diff(q_off)
-    d_len = np.diff(d_off)
     q32 = np.asarray(q_data, np.float32)
     qw = np.ones(len(q32), np.float32) if q_weights is None else np.asarray(q_weights, np.float32)
     import torch  # batched GEMM: torch.bmm runs at big-GEMM speed, numpy's stacked matmul 4-9x slower
@@ -413,6 +468,7 @@ def chamfer_pairs(q_data: np.ndarray, q_off: np.ndarray, d_data: np.ndarray, d_o
     # document-major: each candidate document is gathered and converted ONCE per batch and
     # multiplied against the stacked tokens of every query that selected it (no per-query padding)
     u, inv, cnt = np.unique(pd, return_inverse=True, return_counts=True)
+    u_len = _candidate_spans(d_off, u, len(d_data), where)              # token counts of the candidates only
     qtot = np.bincount(inv, weights=q_len[pq], minlength=len(u)).astype(np.int64)  # query tokens per document
     doc_order = np.argsort(-qtot, kind="stable")                         # largest stacks first
     rank = np.empty_like(doc_order)
@@ -422,7 +478,7 @@ def chamfer_pairs(q_data: np.ndarray, q_off: np.ndarray, d_data: np.ndarray, d_o
     starts = np.zeros(len(u) + 1, np.int64)
     np.cumsum(cnt[doc_order], out=starts[1:])
     sorted_qtot = qtot[doc_order]
-    l_max = max(int(d_len[u].max()), 1)
+    l_max = max(int(u_len.max()), 1)
     # chunks of documents (bounded memory): each needs n_c * (T * L + T * dim + L * dim) floats
     bounds, need, r0 = [0], 0, 0
     while r0 < len(u):
@@ -441,7 +497,7 @@ def chamfer_pairs(q_data: np.ndarray, q_off: np.ndarray, d_data: np.ndarray, d_o
         T = max(int(sorted_qtot[r0]), 1)
         docs_c = u[doc_order[r0:r1]]
         n_c = len(docs_c)
-        lens_c = d_len[docs_c]
+        lens_c = u_len[doc_order[r0:r1]]
         L = max(int(lens_c.max()), 1)
         qs = scratch[:n_c * T * dim].view(n_c, T, dim)
         dpad = scratch[n_c * T * dim:n_c * (T + L) * dim].view(n_c, L, dim)

@@ -51,6 +51,7 @@ from ragkit.params import MetadataFilter, ModelName, Params, Seed
 from ragkit.registry import register
 from ragkit.retrievers._index import VectorIndex
 from ragkit.retrievers.centroids import build_codes, centroid_pairs, damaged_codes
+from ragkit.retrievers.dense import KNOWN_DIMS
 from ragkit.retrievers.fde import (
     MAX_K_SIM,
     MAX_MEAN_WEIGHT,
@@ -59,7 +60,7 @@ from ragkit.retrievers.fde import (
     chamfer_pairs,
     chamfer_scores,
     fde_dim,
-    fde_documents,
+    fde_document_chunks,
     fde_queries,
 )
 from ragkit.types import Corpus, Ranking, State, TrainSet
@@ -142,13 +143,13 @@ class TokenOperatorMixin(TunedEncoderMixin):
 
 
 def rerank_tokens(q_data: np.ndarray, q_off: np.ndarray, q_w: np.ndarray | None, docs: TokenVectors,
-                  rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+                  rows: np.ndarray, where: str = "rerank_tokens") -> tuple[np.ndarray, np.ndarray]:
     """Exact MaxSim of padded candidate ``rows`` ``(n_q, k)`` (``-1`` = none), sorted best first.
 
     Returns ``(rows, scores)`` of the same shape; missing candidates sort last with ``-inf``.
-    Ties keep the lower corpus row first.
+    Ties keep the lower corpus row first.  ``where`` (the operator) names the caller in errors.
     """
-    sc = chamfer_pairs(q_data, q_off, docs.data, docs.offsets, rows, q_weights=q_w)
+    sc = chamfer_pairs(q_data, q_off, docs.data, docs.offsets, rows, q_weights=q_w, where=where)
     order = desc_order(sc, rows)
     return np.take_along_axis(rows, order, axis=1), np.take_along_axis(sc, order, axis=1)
 
@@ -240,7 +241,10 @@ class Muvera(TokenOperatorMixin, Operator):
     """MUVERA: FDE inner-product candidates, then exact MaxSim (Chamfer) rerank.
 
     ``fit`` encodes every document's tokens (cached on disk, float16, ragged) and builds
-    document FDEs ``(n_docs, r_reps * 2**k_sim * d_proj)`` (or ``d_final``).  A query's FDE
+    document FDEs ``(n_docs, r_reps * 2**k_sim * d_proj)`` (or ``d_final``), written into the
+    index chunk by chunk in its storage type (with exact search, ``fde_dtype`` f16 / i8 never hold
+    the float32 FDE matrix; i8 encodes the documents twice, as its calibration needs the range of
+    every FDE first).  A query's FDE
     is built from all its tokens with the same seeded matrices; the top ``candidates``
     documents by FDE inner product are rescored with exact Chamfer (batched over all
     query-candidate pairs) and the top ``k`` returned with their Chamfer scores.
@@ -311,7 +315,11 @@ class Muvera(TokenOperatorMixin, Operator):
                 raise ParamError(f"muvera.d_final: d_final ({p.d_final:,}) must be smaller than r_reps * 2**k_sim * "
                                  f"the {dim}-d tokens = {full:,} (projection: identity): a final projection is for "
                                  "shrinking the FDE", path="muvera.d_final")
+        elif p.model.lower() in KNOWN_DIMS:  # a known width: checked before encoding (no model loaded)
+            self._check_d_proj(KNOWN_DIMS[p.model.lower()])
         self._fit_tokens(corpus, train)
+        if p.projection != "identity":
+            self._check_d_proj(self.tokens_.dim)
         if p.prune is not None:
             n_tok = self.tokens_.n_tokens
             if p.centroids > n_tok:
@@ -323,8 +331,19 @@ class Muvera(TokenOperatorMixin, Operator):
                 key = f"{enc.key}|{hashlib.sha1(text_digests(list(corpus.full_texts)).tobytes()).hexdigest()}"
             self.codebook_, self.codes_, self.code_offsets_ = build_codes(
                 self.tokens_.data, self.tokens_.offsets, p.centroids, seed=p.seed, cache_key=key)
-        fde = fde_documents(self.tokens_.data, self.tokens_.offsets, self.fde_config)
-        self.index_ = self._new_index().build(fde, copy=False)  # fde is ours: no defensive copy
+        tv, cfg = self.tokens_, self.fde_config
+        # chunk by chunk into the index's storage: never the whole float32 FDE matrix for f16 / i8 exact search
+        self.index_ = self._new_index().build_chunks(len(tv), fde_dim(cfg, tv.dim),
+                                                     lambda: fde_document_chunks(tv.data, tv.offsets, cfg))
+
+    def _check_d_proj(self, dim: int) -> None:
+        """ParamError when ``d_proj`` exceeds the token dimension ``dim`` (as dense refuses a ``reduce``
+        wider than its model's embeddings)."""
+        if self.params.d_proj > dim:
+            raise ParamError(f"muvera.d_proj: d_proj ({self.params.d_proj}) is larger than the {dim}-d token vectors "
+                             f"of {self.params.model}: the inner projection shrinks each bucket's block (d_proj = "
+                             f"{dim} is the identity), a wider one only enlarges the FDE; choose at most {dim}",
+                             path="muvera.d_proj")
 
     def _new_index(self) -> VectorIndex:
         return VectorIndex(dtype=self.params.fde_dtype, metric="ip", search=self.params.search)
@@ -359,7 +378,7 @@ class Muvera(TokenOperatorMixin, Operator):
                 raise DataError(f"muvera: options prune={keep} needs a token codebook, built by fit only when the "
                                 f"prune parameter is set (it is None)")
             rows = self.prune_candidates(qd, qo, qw, rows, max(int(keep), k))
-        rows, sc = rerank_tokens(qd, qo, qw, self.tokens_, rows)
+        rows, sc = rerank_tokens(qd, qo, qw, self.tokens_, rows, where=self.name)
         out.rankings = rankings_from_matrix(rows[:, :k], sc[:, :k])
         return out
 
