@@ -136,7 +136,8 @@ class TokenOperatorMixin(TunedEncoderMixin):
     def _load_tokens(self, folder: Path, mmap: bool) -> None:
         self._load_encoder(folder)
         check_encoder_key(folder, self.token_encoder, self.name, self.encoder_model)
-        tv = TokenVectors.load(folder, "tokens", mmap=mmap)
+        # (a load whose checksums were verified has already read every byte: the NaN scan would be a second pass)
+        tv = TokenVectors.load(folder, "tokens", mmap=mmap, finite=not self._verified)
         if len(tv) != len(self.corpus_):
             raise ArtifactError(f"{folder}: token vectors hold {len(tv)} documents, the corpus {len(self.corpus_)}")
         self.tokens_ = tv
