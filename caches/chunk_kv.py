@@ -42,7 +42,8 @@ The memory tier has a byte budget; when it is exceeded the variant of lowest uti
 when one is configured, dropped otherwise: reused often and recently, cheap to fix, small is
 kept (Cache-Craft's eviction idea; the two floors keep a variant never reused, or always
 recomputed in full, comparable by recency and size); the decay is exponential in requests since
-the variant's last use, so among equals the least recently used goes first.  A variant larger than the whole
+the variant's last use, so among equals the least recently used goes first (a request, here and below, is one
+chunk look-up, :meth:`ChunkKVCache.lookup`: a prompt of k chunks makes k of them).  A variant larger than the whole
 budget never enters memory: it is spilled (or dropped) on its own, and the other variants stay.  The disk tier holds one
 safetensors file per variant (named by its context) and a ``manifest.json`` naming the model
 and tokenizer; opening it for another model raises :class:`CacheModelMismatchError`.  A
@@ -447,7 +448,9 @@ class ChunkKVCache:
         Context variants kept per chunk; beyond that the one of lowest utility among the older
         ones is dropped (a new variant is always admitted).
     half_life : float, default=64
-        Half-life, in cache requests, of the exponentially decayed reuse count.
+        Half-life of the exponentially decayed reuse count, in cache requests: chunk look-ups
+        (:meth:`lookup`), not prompts; a prompt looks up each of its chunks, so with 5 chunks per
+        prompt (``generate``'s ``top_k=5``) the default 64 is about 13 prompts.
     disk_dir : str or Path or None
         Folder of the disk tier (created if missing; a folder holding a ``manifest.json`` that is
         not a chunk cache's is refused).  Evicted variants are spilled there and read back on a

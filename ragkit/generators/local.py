@@ -30,7 +30,14 @@ is ``exact``, and its ``sys_id`` and ``prefix_ids`` match).  A chunk computed in
 where an earlier chunk was reused approximately (neither exact nor recomputed in full) is
 stored as an inexact variant: it serves later requests as a context variant, recomputed like
 any other reused chunk, and is replaced by an exact one when a later pass recomputes it in
-full on exact rows.  So with ``storage_dtype="float32"`` (the default here) a 100% recompute
+full on exact rows.  More generally, every chunk a reuse pass recomputes in full after exact rows
+(its rows then equal a full prefill's) is stored as an exact variant of its new context (prefix
+chunks, position, system prompt), beside the variants of its other contexts (the store keeps
+``max_variants``), which later prompts of that order reuse as they are.  A chunk recomputed in part
+is not stored (its rows are a mix, and only the recomputed tokens have fresh attention statistics):
+a prompt whose chunks are only ever recomputed in part (no budget reaching ``full_threshold``) keeps
+being fixed from the variants of other contexts.
+So with ``storage_dtype="float32"`` (the default here) a 100% recompute
 reproduces ``full`` to float error.  With ``float16`` storage (half the memory; the default of
 the ``generate`` operator) the rows reused as exact are rounded to float16, so the logits
 differ from ``full`` (by 3e-3 on SmolLM2-135M; more on models with larger activations) and
@@ -400,9 +407,50 @@ def _pretrained(name: str, **kw: Any) -> tuple[PreTrainedTokenizerBase, PreTrain
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     with MODEL_LOADING:
+        if os.path.isdir(name):  # a local folder: transformers reads it, no network
+            tok = AutoTokenizer.from_pretrained(name, **kw)
+            model = AutoModelForCausalLM.from_pretrained(name, dtype=torch.float32, **kw).eval()
+            return tok, model
+        # a Hugging Face id: the copy in the Hugging Face cache first (no request), the hub only when that fails
+        # and the hub can be reached (offline, transformers retries for ~50 s before it gives up: a mistyped
+        # local name would wait that long)
+        try:
+            tok = AutoTokenizer.from_pretrained(name, local_files_only=True, **kw)
+            model = AutoModelForCausalLM.from_pretrained(name, dtype=torch.float32, local_files_only=True, **kw)
+            return tok, model.eval()
+        except OSError as cached:
+            endpoint = _hub_unreachable()
+            if endpoint is not None:
+                raise OSError(f"{name!r} is not a folder here nor a model in the Hugging Face cache, and the hub "
+                              f"({endpoint}) cannot be reached to download it") from cached
         tok = AutoTokenizer.from_pretrained(name, **kw)
         model = AutoModelForCausalLM.from_pretrained(name, dtype=torch.float32, **kw).eval()
     return tok, model
+
+
+def _hub_unreachable(timeout: float = 3.0) -> str | None:
+    """The Hugging Face endpoint when it cannot be reached (offline mode set, its host name does not resolve, or
+    no TCP connection within ``timeout`` seconds; nothing is sent), else ``None``.  Behind a proxy
+    (``HTTPS_PROXY``, ``ALL_PROXY``...) the endpoint is taken as reachable: the proxy decides."""
+    import socket
+    from urllib.parse import urlsplit
+
+    from huggingface_hub import constants
+
+    endpoint = str(constants.ENDPOINT)
+    if constants.HF_HUB_OFFLINE:
+        return f"{endpoint}: HF_HUB_OFFLINE is set"
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy", "HTTP_PROXY",
+                                       "http_proxy")):
+        return None
+    url = urlsplit(endpoint)
+    if not url.hostname:
+        return None
+    try:
+        socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout).close()
+    except OSError:
+        return endpoint
+    return None
 
 
 def _load_copy(folder: Path, fingerprint: str) -> tuple[PreTrainedTokenizerBase, PreTrainedModel]:
@@ -996,8 +1044,11 @@ class LocalGenerator:
 
         Raises :class:`ragkit.errors.ParamError` before loading anything when ``model`` looks
         like a path that does not exist or ``gguf_file`` is not in its folder, when
-        transformers cannot load the model, and when ``check_layer`` is not a layer of the
-        model or ``max_chunk_tokens`` leaves no room beside the chunk separator.
+        transformers cannot load the model (also a folder that is no model), and when ``check_layer``
+        is not a layer of the model or ``max_chunk_tokens`` leaves no room beside the chunk separator.
+        A Hugging Face model id is read from the Hugging Face cache first; it is downloaded only when it
+        is not there and the hub can be reached (otherwise the ParamError comes at once, not after
+        transformers' ~50 s of retries offline).
         """
         if self.model_ is not None:
             return self
@@ -1011,10 +1062,11 @@ class LocalGenerator:
             if (name, gguf) not in _LOADED:  # one copy per process; the weights are never modified
                 try:
                     _LOADED[(name, gguf)] = _load_model(name, gguf)
-                except OSError as e:
+                except (OSError, ValueError, KeyError) as e:  # (ValueError, KeyError: a folder that is no model)
                     what = f"{name!r} with gguf_file {gguf!r}" if gguf else repr(name)
+                    why = " ".join(f"{type(e).__name__}: {e}".split())  # transformers' messages span lines
                     raise ParamError(f"LocalGenerator: could not load the model {what}; expected a model folder, "
-                                     f"a GGUF file or a Hugging Face model id ({e})", "model") from None
+                                     f"a GGUF file or a Hugging Face model id ({why})", "model") from None
             loaded = _LOADED[(name, gguf)]
         n_layers = int(loaded.model.config.num_hidden_layers)
         if not 0 <= self.check_layer < n_layers:
@@ -1193,12 +1245,18 @@ class LocalGenerator:
 
     # ------------------------------------------------------------------ prefill modes
     def prefill(self, seg: PromptSegments, mode: Mode = "full", *, fraction: float = 0.3,
-                selector: Selector = "cachecraft", rerotate: bool = True, capture: bool = False) -> Prefill:
+                selector: Selector = "cachecraft", rerotate: bool = True, capture: bool = False,
+                new_variants: bool = True) -> Prefill:
         """Prefill one prompt in ``mode``; see the module docstring.
 
         ``capture=True`` (``full`` mode) also stores every chunk as a context variant with its
         Cache-Craft attention statistics (slower: eager attention).  In the reuse modes a
-        chunk missing from the store is computed in full inside the request and stored.
+        chunk missing from the store is computed in full inside the request and stored, and so,
+        with ``new_variants`` (the default), is a chunk recomputed in full after exact rows (an
+        exact variant of its new context, which later prompts of this order reuse as it is).
+        ``new_variants=False`` stores the misses only: what a benchmark comparing modes and
+        fractions on the same prompts and store wants (a 100% recompute would otherwise leave exact
+        variants that every later prefill of the prompt reuses).
         """
         if mode not in MODES:
             raise ParamError(f"LocalGenerator.prefill: mode must be one of {MODES}; got {mode!r}", "mode")
@@ -1225,7 +1283,7 @@ class LocalGenerator:
                 out = self._prefix(seg)
             else:
                 out = self._reuse(seg, fraction=0.0 if mode == "naive" else fraction, selector=selector,
-                                  rerotate=rerotate, mode=mode)
+                                  rerotate=rerotate, mode=mode, new_variants=new_variants)
             out.seconds = time.perf_counter() - t0
         return out
 
@@ -1377,7 +1435,8 @@ class LocalGenerator:
         kappa = sum(n for c, n in zip(new_prefix, new_lens) if c in old) / tot if tot else 1.0
         return float(np.clip((2 * v.cci - 1) * (1 - beta * (1 - gamma) * kappa), 0, 1)), False
 
-    def _reuse(self, seg: PromptSegments, *, fraction: float, selector: str, rerotate: bool, mode: str) -> Prefill:
+    def _reuse(self, seg: PromptSegments, *, fraction: float, selector: str, rerotate: bool, mode: str,
+               new_variants: bool = True) -> Prefill:
         cache = self._store
         n = len(seg.chunks)
         T = len(seg)
@@ -1479,10 +1538,15 @@ class LocalGenerator:
         for i in range(n):
             exact_before[i] = ok
             ok = ok and bool(exact[i] or full_sel[i])
-        # store misses (inexact when an earlier chunk's rows are approximate), and a chunk recomputed in full
-        # on exact rows whose variant had this prefix but was inexact (replaced) or of another system prompt
+        # store misses (inexact when an earlier chunk's rows are approximate), and every chunk recomputed in full
+        # on exact rows: its rows equal a full prefill's, so it is an exact variant of this context, whatever the
+        # context of the variant it was recomputed from (of this context but inexact: replaced; of another system
+        # prompt, prefix or position: a new variant beside it, the store keeping max_variants).
+        # A chunk recomputed in part is not stored: only its recomputed rows have fresh attention statistics, and
+        # ALGORITHMS.md §5 captures variants from a full computation of the chunk.
+        # (new_variants=False: only those whose variant had this prefix and position, the rule before new_variants)
         upgrade = [i for i, v in enumerate(chosen) if v is not None and not exact[i] and full_sel[i] and exact_before[i]
-                   and v.prefix_ids == tuple(ckeys[:i]) and v.start == starts[i]]
+                   and (new_variants or (v.prefix_ids == tuple(ckeys[:i]) and v.start == starts[i]))]
         to_capture = sorted([i for i in range(n) if missing[i]] + upgrade)
         if to_capture:
             with self._attn("eager"):

