@@ -146,10 +146,12 @@ def main() -> None:
         return "cachecraft" if name.startswith(("cacheblend", "cachecraft")) else name.split(" ")[0]
 
     def run(item: tuple, seg):
-        """One prefill of a timed item: ``("mode", name, kwargs)`` or ``("sweep", selector, fraction)``."""
+        """One prefill of a timed item: ``("mode", name, kwargs)`` or ``("sweep", selector, fraction)``.
+        ``new_variants=False``: a full recompute of one item must not leave variants that later items of the
+        same prompt reuse (the chunk store stays as the warm queries left it)."""
         if item[0] == "mode":
-            return gen.prefill(seg, mode_of(item[1]), fraction=args.fraction, **item[2])
-        return gen.prefill(seg, "cachecraft", fraction=item[2], selector=item[1])
+            return gen.prefill(seg, mode_of(item[1]), fraction=args.fraction, new_variants=False, **item[2])
+        return gen.prefill(seg, "cachecraft", fraction=item[2], selector=item[1], new_variants=False)
 
     items = [("mode", name, kw) for name, kw in main_modes] + [("sweep", sel, f) for sel in selectors for f in fracs]
     keys = [it[:2] if it[0] == "mode" else it for it in items]  # hashable

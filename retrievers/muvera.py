@@ -93,6 +93,7 @@ class TokenOperatorMixin(TunedEncoderMixin):
     params: TokenParams
     corpus_: Corpus  # set by Operator.fit / load
     tokens_: TokenVectors
+    _verified: bool  # set by Operator.load: its checksums were verified
 
     @property
     def token_encoder(self) -> TokenEncoder:

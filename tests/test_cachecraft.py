@@ -195,9 +195,9 @@ def test_full_recompute_equals_full_prefill(gen):
     seg = gen.segments(QUESTION, [CHUNKS[3], CHUNKS[1], CHUNKS[0]])
     full = gen.prefill(seg, "full")
     for selector in ("fixed", "cachecraft", "cacheblend"):
-        re = gen.prefill(seg, "cachecraft", fraction=1.0, selector=selector)
+        re = gen.prefill(seg, "cachecraft", fraction=1.0, selector=selector, new_variants=False)
         assert (re.logits - full.logits).abs().max() < 1e-3, selector
-    re = gen.prefill(seg, "cachecraft", fraction=1.0, selector="fixed")
+    re = gen.prefill(seg, "cachecraft", fraction=1.0, selector="fixed", new_variants=False)
     assert gen.decode(re, 12) == gen.decode(full, 12)
     naive = gen.prefill(seg, "naive")
     assert naive.computed_share < 0.2
@@ -410,14 +410,14 @@ def test_chunk_computed_after_approximate_rows_is_not_exact(tiny):
     (stored,) = g.chunk_cache.lookup(g.chunk_cache.key(seg.chunks[2]))
     full = g.prefill(seg, "full")
     assert _max_dlogit(g.prefill(seg, "naive"), full) > 1e-2  # the approximation is visible
-    re = g.prefill(seg, "cachecraft", fraction=1.0, selector="fixed")
+    re = g.prefill(seg, "cachecraft", fraction=1.0, selector="fixed", new_variants=False)
     assert _max_dlogit(re, full) < 1e-3 and re.chunk_fraction == [0.0, 1.0, 1.0]
     assert not stored.exact and stored.prefix_ids == tuple(g.chunk_cache.key(c) for c in seg.chunks[:2])
     # recomputed in full after exact rows, it was replaced by an exact variant, now reused as is
     (v,) = g.chunk_cache.lookup(g.chunk_cache.key(seg.chunks[2]))
     assert v.exact
     for selector in ("fixed", "cachecraft", "cacheblend"):
-        re = g.prefill(seg, "cachecraft", fraction=1.0, selector=selector)
+        re = g.prefill(seg, "cachecraft", fraction=1.0, selector=selector, new_variants=False)
         assert re.chunk_fraction == [0.0, 1.0, 0.0] and _max_dlogit(re, full) < 1e-3, selector
 
 
@@ -1167,7 +1167,7 @@ def test_alpha_recomputes_chunks_captured_alone(tiny):
     for fraction in (0.3, 0.0):  # with alpha set the budgets are the CFOs, whatever fraction is
         for select in ("deviation", "stored"):
             g.token_select = select
-            pre = g.prefill(seg, "cachecraft", fraction=fraction, selector="cachecraft")
+            pre = g.prefill(seg, "cachecraft", fraction=fraction, selector="cachecraft", new_variants=False)
             assert pre.chunk_fraction[0] == 0.0, (fraction, select)  # the exact prefix hit
             assert all(f > 0.3 for f in pre.chunk_fraction[1:]), (fraction, select, pre.chunk_fraction)
     assert g.prefill(seg, "naive").chunk_fraction == [0.0, 0.0, 0.0]
