@@ -6,8 +6,6 @@ KV-cache reuse for generation; linear, branching, conditional and looping pipeli
 Python or YAML; BEIR evaluation.
 """
 
-__version__ = "0.1.0"
-
 from ragkit.errors import ArtifactError, ConfigError, DataError, NotFittedError, ParamError, RagkitError
 from ragkit.eval import beir_subsets, evaluate, load_beir
 from ragkit.operator import Operator
@@ -15,6 +13,28 @@ from ragkit.params import Params
 from ragkit.pipelines import Loop, Parallel, Pipeline, Route, Sequence
 from ragkit.run import Run
 from ragkit.types import Corpus, Qrels, Queries, Ranking, State, TrainSet
+
+
+def _version() -> str:
+    """The installed distribution's version (``pyproject.toml`` holds the only copy); in a source tree that is
+    not installed, the ``version`` line of its ``pyproject.toml``."""
+    import importlib.metadata
+    import re
+    from pathlib import Path
+
+    try:
+        return importlib.metadata.version("ragkit")
+    except importlib.metadata.PackageNotFoundError:
+        pass
+    try:
+        text = (Path(__file__).resolve().parent.parent / "pyproject.toml").read_text(encoding="utf-8")
+    except OSError:
+        return "0+unknown"
+    found = re.search(r'^name = "ragkit"\s*$.*?^version = "([^"]+)"', text, re.M | re.S)
+    return found.group(1) if found else "0+unknown"
+
+
+__version__ = _version()
 
 __all__ = [
     "__version__", "Operator", "Params", "Run", "Corpus", "Queries", "Qrels", "Ranking", "State", "TrainSet",

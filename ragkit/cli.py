@@ -56,8 +56,17 @@ class _NoteHandler(logging.Handler):
         err_console.print(Text(f"note: {record.getMessage()}", style="dim"))
 
 
+def _show_version(value: bool) -> None:
+    if value:
+        from ragkit import __version__
+
+        typer.echo(f"ragkit {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
-def _main() -> None:
+def _main(version: bool = typer.Option(False, "--version", callback=_show_version, is_eager=True,
+                                       help="Show ragkit's version and exit.")) -> None:
     """ragkit: retrieval operators that compose."""
     log = logging.getLogger("ragkit")
     if not any(isinstance(h, _NoteHandler) for h in log.handlers):
@@ -1158,6 +1167,33 @@ def _default_chunk_dir() -> str | None:
     return str(chunks)
 
 
+def _check_llm_packages(gens: list[Any]) -> None:
+    """Refuse, before the fit, a local generate step whose model is a GGUF file (the default SmolLM2 one, a
+    ``.gguf`` path or a ``gguf_file``) when the packages transformers reads GGUF files with (``gguf``,
+    ``accelerate``) are not installed: transformers would refuse only once the model loads, with a traceback.
+    A GGUF of which the ragkit cache holds a dequantized copy (made with this transformers) loads without them."""
+    import importlib.util
+
+    from ragkit.encoders.sentence import model_fingerprint
+    from ragkit.generators.local import _COPY_RECORD, _check_source, default_gguf, gguf_copy_dir
+
+    for g in gens:
+        p = g.params
+        if p.backend != "local":
+            continue
+        folder, gguf = default_gguf() if p.model is None else _check_source(p.model, p.gguf_file)
+        missing = [m for m in ("gguf", "accelerate") if importlib.util.find_spec(m) is None]
+        if gguf is None or not missing:
+            continue
+        path = os.path.join(folder, gguf)
+        if os.path.isfile(path) and (gguf_copy_dir(model_fingerprint(path)) / _COPY_RECORD).is_file():
+            continue
+        what = "the default model (SmolLM2-135M-Instruct, a GGUF file)" if p.model is None else \
+            f"the model {p.model!r} (a GGUF file)"
+        raise RagkitError(f"generate: {what} is read with the package{'s' if len(missing) > 1 else ''} "
+                          f"{' and '.join(missing)}, not installed: pip install 'ragkit[llm]'")
+
+
 @contextmanager
 def _quiet_model_loading() -> Iterator[None]:
     """No progress bars while the language model loads (transformers draws one for its weights, and one while it
@@ -1253,6 +1289,7 @@ def ask_cmd(
             pipe = Pipeline([*pipe.steps, gens[0]] if not fitted else [pipe, gens[0]])
         for g in gens:  # a model path that does not exist is refused before the retrieval steps are fitted
             g.check_source()
+        _check_llm_packages(gens)
         if fitted:
             for g in gens:
                 if not g.is_fitted:

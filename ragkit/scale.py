@@ -1,5 +1,5 @@
-"""Scale out on Ray: encoding, sharded indexing and batch search (``pip install 'ray[data]>=2.9'``, the
-``ray`` extra: ``pip install -e '.[ray]'`` in a ragkit checkout).
+"""Scale out on Ray: encoding, sharded indexing and batch search (the ``ray`` extra:
+``pip install 'ragkit[ray]'``, or ``pip install -e '.[ray]'`` in a ragkit checkout).
 
 * ``pipeline.fit(corpus, backend="ray")`` pre-encodes the corpus's sentence vectors as a
   Ray Data ``map_batches`` over a pool of encoder actors (each loads the model once and
@@ -42,7 +42,7 @@ import tempfile
 import threading
 import weakref
 from pathlib import Path
-from typing import Any, Callable, Iterable, Literal, Mapping, Self, Sequence, TypeGuard
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Literal, Mapping, Sequence, TypeGuard
 
 import numpy as np
 from pydantic import Field, field_validator, model_validator
@@ -54,6 +54,9 @@ from ragkit.operator import Operator, after_fit, check_fit_inputs, read_json, wr
 from ragkit.params import Params
 from ragkit.registry import register
 from ragkit.types import QUERY_REWRITES, Corpus, Ranking, State, TrainSet
+
+if TYPE_CHECKING:
+    from typing_extensions import Self  # typing.Self is Python 3.11+
 
 __all__ = ["ray_init", "ray_encode", "fit_pipeline", "Sharded", "merge_rankings", "search_distributed", "ShardError"]
 
@@ -106,8 +109,8 @@ def _ray():
     try:
         import ray
     except ImportError:
-        raise ImportError("the Ray backend needs Ray: pip install 'ray[data]>=2.9' (ragkit's ray extra: "
-                          "pip install -e '.[ray]' in its checkout)") from None
+        raise ImportError("the Ray backend needs Ray: pip install 'ragkit[ray]' (or pip install 'ray[data]>=2.9'; "
+                          "in a ragkit checkout: pip install -e '.[ray]')") from None
     return ray
 
 

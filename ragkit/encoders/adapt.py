@@ -109,10 +109,24 @@ def mine_pairs(corpus: Corpus, train: TrainSet, model: str, n_neg: int = 1, dept
     return anchors, positives, negatives
 
 
+def _check_train_packages() -> None:
+    """Raise ``ImportError`` naming ragkit's ``train`` extra when a package the fine-tune needs (``datasets``,
+    and ``accelerate`` for transformers' Trainer) is not installed."""
+    import importlib.util
+
+    missing = [m for m in ("datasets", "accelerate") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise ImportError(f"fine-tuning (adapt) needs the package{'s' if len(missing) > 1 else ''} "
+                          f"{' and '.join(missing)}, not installed: pip install 'ragkit[train]'")
+
+
 def fine_tune(model: str, corpus: Corpus, train: TrainSet, out_dir: str | Path, config: AdaptConfig = AdaptConfig(),
               *, progress: bool = True) -> Path:
     """Fine-tune ``model`` on ``train`` and save it to ``out_dir``; returns the folder."""
     import torch
+
+    _check_train_packages()
+    # the sentence_transformer.* modules: sentence-transformers 5.4 on (6.x warns on the older paths)
     from datasets import Dataset
     from sentence_transformers import (
         SentenceTransformer,
@@ -120,7 +134,7 @@ def fine_tune(model: str, corpus: Corpus, train: TrainSet, out_dir: str | Path, 
         SentenceTransformerTrainingArguments,
     )
     from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
-    from sentence_transformers.training_args import BatchSamplers
+    from sentence_transformers.sentence_transformer.training_args import BatchSamplers
 
     from ragkit.encoders.sentence import resolve_model
 

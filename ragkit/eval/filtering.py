@@ -154,8 +154,13 @@ def precision_at_recall(precision: np.ndarray, recall: np.ndarray, target: float
 
 def plot_pr_curves(curves: Mapping[str, tuple[np.ndarray, np.ndarray]], path: str | Path, *,
                    points: Mapping[str, tuple[float, float]] | None = None, title: str = "") -> Path:
-    """Plot ``{name: (recall, precision)}`` curves (and ``{name: (recall, precision)}`` points) to a PNG."""
-    import matplotlib
+    """Plot ``{name: (recall, precision)}`` curves (and ``{name: (recall, precision)}`` points) to a PNG
+    (needs matplotlib: ``pip install 'ragkit[plot]'``)."""
+    try:
+        import matplotlib
+    except ImportError as e:
+        raise ImportError(f"plot_pr_curves needs matplotlib, which cannot be imported ({e}): "
+                          "pip install 'ragkit[plot]'") from None
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
