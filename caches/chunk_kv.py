@@ -127,6 +127,7 @@ import json
 import logging
 import math
 import os
+import re
 import secrets
 import sys
 import threading
@@ -1144,7 +1145,17 @@ def check_cache_dir(folder: str | Path) -> dict | None:
         raise ArtifactError(f"{folder}: the chunk-cache folder (disk_dir) {where}; expected a folder (an existing "
                             "chunk-cache folder, an empty one, or one to create)")
     manifest = folder / "manifest.json"
-    if existing != folder or not manifest.exists():
+    if existing != folder:
+        return None
+    if not manifest.exists():
+        # a folder of other files (a models folder, a home directory) is never taken over: the disk tier deletes
+        # the files it ranks lowest when it trims, and must never rank another tool's files
+        foreign = _foreign_entry(folder)
+        if foreign is not None:
+            raise ArtifactError(
+                f"{folder}: the chunk-cache folder (disk_dir) holds {str(foreign.relative_to(folder))!r} and no "
+                "chunk-cache manifest.json; expected a new or empty folder, or one a chunk cache wrote (its trims delete files, "
+                "so it never takes over a folder of other files): use another folder for the chunk cache")
         return None
     hint = ("not a chunk-cache folder: use another folder (a new or empty one) for the chunk cache, which writes "
             "its own manifest.json there")
@@ -1198,19 +1209,43 @@ def _written_ns(meta: dict[str, str], f: Path) -> int:
         return 0
 
 
+_VARIANT_FILE = re.compile(r"[0-9a-f]{16}\.safetensors")  # a variant's file (ChunkVariant.file_stem)
+
+
+def _foreign_entry(folder: Path) -> Path | None:
+    """The first file of ``folder`` that a chunk cache does not write (anything but ``manifest.json``, dot-named
+    lock and temporary files, and variant files in key folders), or ``None``."""
+    try:
+        with os.scandir(folder) as it:
+            for e in it:
+                if e.name.startswith(".") or e.name == "manifest.json":
+                    continue
+                if not e.is_dir(follow_symlinks=False):
+                    return Path(e.path)
+                with os.scandir(e.path) as inner:
+                    for f in inner:
+                        if not (f.name.startswith(".") or (_VARIANT_FILE.fullmatch(f.name)
+                                                           and f.is_file(follow_symlinks=False))):
+                            return Path(f.path)
+    except OSError:
+        pass
+    return None
+
+
 def _variant_files(folder: Path) -> list[tuple[Path, int]]:
-    """``(path, bytes)`` of every variant file of the disk tier ``folder`` (not the manifest, nor another
-    writer's temporary files); files removed meanwhile are left out."""
+    """``(path, bytes)`` of every variant file of the disk tier ``folder``: files named as a variant's
+    (``ChunkVariant.file_stem``) in its key folders, not the manifest, another writer's temporary files, nor
+    anything else put there (a trim deletes only these); files removed meanwhile are left out."""
     out: list[tuple[Path, int]] = []
     try:
-        keys = [e.path for e in os.scandir(folder) if e.is_dir(follow_symlinks=False)]
+        keys = [e.path for e in os.scandir(folder) if e.is_dir(follow_symlinks=False) and not e.name.startswith(".")]
     except OSError:
         return out
     for k in keys:
         try:
             with os.scandir(k) as it:
                 for e in it:
-                    if e.name.endswith(".safetensors") and not e.name.startswith("."):
+                    if _VARIANT_FILE.fullmatch(e.name) and e.is_file(follow_symlinks=False):
                         try:
                             out.append((Path(e.path), e.stat(follow_symlinks=False).st_size))
                         except OSError:
