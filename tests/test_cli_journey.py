@@ -130,6 +130,7 @@ def test_a_generate_step_inside_a_route_is_not_run_by_eval_train_or_search(tmp_p
             raise AssertionError("the language model ran")
 
     monkeypatch.setattr(Generate, "_fit", lambda self, corpus, train, upstream: setattr(self, "engine_", _Refuses()))
+    monkeypatch.setattr(Generate, "_engine", lambda self: setattr(self, "engine_", _Refuses()))  # (what load calls)
     data = _tiny(tmp_path / "tiny")
     (tmp_path / "rag.yaml").write_text(ROUTED_GENERATE_YAML)
     res = _cli("eval", "--data", data, "-p", tmp_path / "rag.yaml", "-o", tmp_path / "r.json")
