@@ -500,3 +500,17 @@ def test_the_room_a_copy_needs_is_estimated_from_the_gguf_header():
     assert n == 4 * 134_515_008
     assert os.path.getsize(path) < n < _MAX_DEQUANT_RATIO * os.path.getsize(path)
     assert _gguf_float32_bytes(__file__) is None  # not a GGUF: the caller uses the file's size
+
+
+def test_the_copys_weights_say_format_pt_as_transformers_4_needs(tiny, tmp_path):  # noqa: F811
+    """transformers 4.x refuses a safetensors file whose metadata does not say format "pt" ("File metadata is not
+    ['pt', ...] but None"): the copy was refused and made again at every load there (a packaging review)."""
+    from safetensors import safe_open
+
+    from ragkit.generators.local import _write_gguf_copy
+
+    tok, model = _tiny(tiny[0])
+    folder = tmp_path / "fp" / "v"
+    assert _write_gguf_copy(folder, "fp", tok, model)
+    with safe_open(str(folder / "model.safetensors"), framework="pt") as fh:
+        assert (fh.metadata() or {}).get("format") == "pt"

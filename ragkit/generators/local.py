@@ -624,7 +624,9 @@ def _write_gguf_copy(folder: Path, fingerprint: str, tok: PreTrainedTokenizerBas
                              "load")
                 return False
             tmp = shared_tempdir(folder.parent, f".{folder.name}.tmp-")
-            save_model(model, str(tmp / "model.safetensors"))
+            # (transformers 4.x reads a safetensors file back only when its metadata says format "pt": without it the
+            # copy was refused and made again at every load)
+            save_model(model, str(tmp / "model.safetensors"), metadata={"format": "pt"})
             cfg = model.config.to_dict()
             cfg.pop("quantization_config", None)
             (tmp / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True, default=str), encoding="utf-8")
