@@ -76,21 +76,65 @@ def model_note(model: str) -> str | None:
             "(a misspelled name fails only then)")
 
 
+#: a folder is a model folder when one of these is at its top: sentence-transformers (``modules.json``),
+#: transformers (``config.json``) or a PEFT adapter (``adapter_config.json``)
+MODEL_FOLDER_MARKERS = ("modules.json", "config.json", "adapter_config.json")
+#: the most files and folders :func:`model_fingerprint` lists in a model folder (one holds tens, a sharded
+#: checkpoint a few hundred): a folder with more is no model's own, and is refused before a file is read
+MAX_MODEL_ENTRIES = 10_000
+#: the files of a model folder its fingerprint hashes: weights, configs and every tokenizer format
+#: (vocab.txt, SentencePiece, tiktoken)
+_FINGERPRINTED = (".safetensors", ".bin", ".json", ".txt", ".model", ".tiktoken")
+
+
+def model_files(folder: Path) -> list[Path]:
+    """The files of model folder ``folder`` that :func:`model_fingerprint` hashes, sorted: those with a
+    suffix of ``_FINGERPRINTED`` at any depth (folders linked to are not entered, files linked to count).
+
+    A :class:`ParamError` names the folder, before a file is read, when it has none of
+    ``MODEL_FOLDER_MARKERS`` at its top (``model: "/"`` in a saved pipeline walked and hashed every file
+    of the machine at load) or holds more than ``MAX_MODEL_ENTRIES`` files and folders.
+    """
+    if not any((folder / m).is_file() for m in MODEL_FOLDER_MARKERS):
+        raise ParamError(f"model {str(folder)!r}: could not load it from this folder, which holds no model "
+                         "(Unrecognized model: expected a sentence-transformers or transformers model folder, with "
+                         f"{', '.join(MODEL_FOLDER_MARKERS[:-1])} or {MODEL_FOLDER_MARKERS[-1]} at its top); name the "
+                         "model's own folder, a model file or a hub id", path="model")
+    files: list[Path] = []
+    seen = 0
+    todo = [folder]
+    while todo:
+        try:
+            with os.scandir(todo.pop()) as it:
+                entries = list(it)
+        except PermissionError:  # (skipped, as Path.rglob skips it)
+            continue
+        seen += len(entries)
+        if seen > MAX_MODEL_ENTRIES:
+            raise ParamError(f"model {str(folder)!r} holds more than {MAX_MODEL_ENTRIES:,} files and folders: not a "
+                             "model's own folder (a sentence-transformers or transformers model holds tens); name the "
+                             "folder the model was saved to", path="model")
+        for e in entries:
+            if e.is_dir(follow_symlinks=False):
+                todo.append(Path(e.path))
+            elif Path(e.name).suffix in _FINGERPRINTED and os.path.isfile(e.path):
+                files.append(Path(e.path))
+    return sorted(files)
+
+
 def model_fingerprint(path: str) -> str:
     """Identity of a local model: the content hash of a folder's weight and config files, or
     of one weights file (a GGUF); any other name (a hub id) is returned as it is.
 
     Content, not names or sizes: a fine-tuned copy of a model has the same file sizes but
     must never share cached vectors (or KV caches) with its base model; a copied folder or file
-    keeps its caches.
+    keeps its caches.  A folder that is no model folder is a :class:`ParamError` (:func:`model_files`).
     """
     p = Path(path)
     if p.is_file():
         files, tag = [p], "file"
     elif p.is_dir():
-        files, tag = [f for f in sorted(p.rglob("*"))
-                      if f.is_file() and f.suffix in (".safetensors", ".bin", ".json", ".txt", ".model", ".tiktoken")
-                      ], "st"  # weights, configs and every tokenizer format (vocab.txt, SentencePiece, tiktoken)
+        files, tag = model_files(p), "st"
     else:
         return path
     h = hashlib.sha1()
@@ -101,6 +145,30 @@ def model_fingerprint(path: str) -> str:
             for block in iter(lambda: fh.read(1 << 22), b""):
                 h.update(block)
     return f"{tag}-{h.hexdigest()[:16]}"
+
+
+def hub_offline() -> bool:
+    """Whether the Hugging Face clients are told not to use the network (``HF_HUB_OFFLINE`` or
+    ``TRANSFORMERS_OFFLINE`` set to 1, true, yes or on, as they read it)."""
+    return any(os.environ.get(v, "").strip().upper() in ("1", "TRUE", "YES", "ON")
+               for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+
+
+def check_downloadable(model: str, path: str) -> None:
+    """Before a model is loaded: a :class:`ParamError` naming ``model`` when it would have to be downloaded
+    (no local folder, not in the Hugging Face cache) and the hub is set offline (``HF_HUB_OFFLINE``), at
+    once, where sentence-transformers said so only after importing itself (seconds)."""
+    if Path(path).exists() or not hub_offline():
+        return
+    note = model_note(model)
+    if note is not None and "does not exist" in note:
+        raise ParamError(f"model {model!r} names a folder that does not exist: expected a model folder (a hub id "
+                         "would be downloaded, but the hub is set offline)", path="model")
+    if note is not None:
+        raise ParamError(f"model {model!r} is neither a local folder nor in the Hugging Face cache, and the hub is "
+                         "set offline (HF_HUB_OFFLINE or TRANSFORMERS_OFFLINE), so it cannot be downloaded: name a "
+                         "local model folder, or download it where a network exists (it is then read from the cache)",
+                         path="model")
 
 
 _QUERY_CACHE: ContextVar[bool] = ContextVar("ragkit_query_cache", default=False)
@@ -177,6 +245,7 @@ class Encoder:
         with _LOCK:
             key = (self.path, self.device, self.max_seq_length)
             if key not in _MODELS:
+                check_downloadable(self.model_name, self.path)
                 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
                 from sentence_transformers import SentenceTransformer
                 from transformers.utils import logging as hf_logging
