@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
-from ragkit._files import folder_checksums, folder_lock, verify_checksums
+from ragkit._files import folder_checksums, folder_lock, saved_relpath, verify_checksums
 from ragkit.errors import ArtifactError, DataError, ParamError
 from ragkit.operator import (
     _LOST_MANIFEST,
@@ -156,6 +156,13 @@ def load_pipeline(path: str | Path, *, corpus: Corpus | None = None, mmap: bool 
     (it must have the saved corpus's number of documents); otherwise ``corpus.jsonl`` is read.
     A save replacing the folder during the load (another process) makes it load again
     (:func:`load_unreplaced`): every file comes from one save.
+
+    Every step folder the manifest names must lie inside ``path`` (symbolic links resolved), whether or
+    not ``verify``; with ``verify``, every file the load reads (``pipeline.yaml``, ``corpus.jsonl``, every
+    file of a step's folder) must be listed in the manifest's checksums, inside the folder and no
+    symbolic link (:func:`_check_listed`).  Saves are trusted input as far as the native index files go: a
+    crafted index file (e.g. a usearch graph) passes its checksum, written by the same author, and can
+    crash the process, so load folders only from people you trust.
     """
     folder = Path(path)
     return load_unreplaced(folder, "manifest.json", lambda: _load_pipeline(folder, corpus, mmap, verify))
@@ -187,20 +194,21 @@ def _load_pipeline(folder: Path, corpus: Corpus | None, mmap: bool, verify: bool
     if manifest.get("format_version", 0) > FORMAT_VERSION:
         raise ArtifactError(f"{folder}: written by a newer ragkit (format {manifest['format_version']}); "
                             "upgrade ragkit")
+    nodes = _checked_nodes(folder, manifest.get("nodes", {}))
     if verify:
         digests = manifest.get("sha256", {})
         if "pipeline.yaml" not in digests:  # every save lists its files: a changed manifest lost them
             raise ArtifactError(f"{folder / 'manifest.json'}: lists no checksums of the saved files (sha256) to "
                                 "verify them against; the folder was changed after saving: save the pipeline again, "
                                 "or load it unchecked with verify=False")
-        verify_checksums(folder, digests)
+        _check_listed(folder, digests, nodes, corpus_read=bool(manifest.get("fitted")) and corpus is None)
+        verify_checksums(folder, digests, SHA_RECORD)
     if not manifest.get("fitted"):
         corpus = None
     elif corpus is None:
         from ragkit.eval.beir import read_corpus
 
         corpus = read_corpus(folder / "corpus.jsonl", allow_empty=True)
-    nodes: dict[str, str] = manifest.get("nodes", {})
     loaded: dict[str, Operator] = {}
 
     def make_leaf(node_path: str, cls: type[Operator], params: Any) -> Operator:
@@ -208,7 +216,7 @@ def _load_pipeline(folder: Path, corpus: Corpus | None, mmap: bool, verify: bool
         if sub is None:
             raise ArtifactError(f"{folder / 'manifest.json'}: no saved operator for {node_path}")
         if sub not in loaded:
-            # (the manifest's checksums, verified above, cover the step's files)
+            # (the manifest's checksums, verified above, cover every file of the step's folder: _check_listed)
             loaded[sub] = Operator.load(folder / sub, corpus=corpus, mmap=mmap, verify=False) if corpus is not None \
                 else cls.load(folder / sub, corpus=None, mmap=mmap, verify=False)
         op = loaded[sub]
@@ -223,3 +231,72 @@ def _load_pipeline(folder: Path, corpus: Corpus | None, mmap: bool, verify: bool
     if corpus is not None:
         pipe.corpus_ = corpus
     return pipe
+
+
+#: how errors name the manifest's checksums
+SHA_RECORD = "manifest.json's sha256"
+
+
+def _checked_nodes(folder: Path, nodes: dict[str, Any]) -> dict[str, str]:
+    """The manifest's ``nodes`` (``{node path: step folder}``), each folder normalised, after checking that it
+    lies inside ``folder`` once symbolic links are resolved, and is not ``folder`` itself: a crafted manifest
+    would otherwise load a step from elsewhere (``../other``, an absolute path), or this pipeline again as its
+    own step (``.``, which recursed until Python's limit).  :class:`ArtifactError` naming the node otherwise."""
+    where = folder / "manifest.json"
+    base = os.path.realpath(folder)
+    out: dict[str, str] = {}
+    for node_path, sub in nodes.items():
+        if not isinstance(sub, str) or not sub:
+            raise ArtifactError(f"{where}: nodes[{node_path!r}] is {sub!r:.120}; expected the step's folder, a path "
+                                "inside the saved pipeline (e.g. 'ops/00-bm25'): save the pipeline again")
+        try:
+            rel = saved_relpath(folder, sub, f"manifest.json's nodes[{node_path!r}]")
+        except ArtifactError:
+            rel = None
+        real = os.path.realpath(folder / rel) if rel is not None else ""
+        if real == base or os.path.normpath(sub) == ".":
+            raise ArtifactError(f"{where}: nodes[{node_path!r}] is {sub!r:.200}, the saved pipeline's own folder (a "
+                                "step cannot be the pipeline itself); ragkit writes 'ops/NN-name': save the pipeline "
+                                "again")
+        if rel is None or os.path.commonpath([base, real]) != base:
+            raise ArtifactError(f"{where}: nodes[{node_path!r}] is {sub!r:.200}, a folder outside the saved pipeline "
+                                f"{folder}; a step loads only from a folder inside it (ragkit writes 'ops/NN-name'): "
+                                "refusing to load it (the folder was not written, or was changed after saving, by "
+                                "ragkit)")
+        out[node_path] = rel
+    return out
+
+
+def _check_listed(folder: Path, digests: dict[str, Any], nodes: dict[str, str], corpus_read: bool) -> None:
+    """Refuse (:class:`ArtifactError`) a load with ``verify`` of files the manifest's checksums do not cover:
+    a checksum path outside ``folder`` (:func:`~ragkit._files.saved_relpath`), a step folder reached through
+    a symbolic link, a file (or link) in a step's folder that the checksums do not list (the steps load with
+    ``verify=False``, trusting the manifest: an operator reads an optional file it finds there), and
+    ``corpus.jsonl`` unlisted when it is read (``corpus_read``).  Files of the folder that the load does not
+    read (a README beside the save) may stay unlisted; ragkit's own saves list every file they write."""
+    listed = {saved_relpath(folder, rel, SHA_RECORD) for rel in digests}
+    if corpus_read and "corpus.jsonl" not in listed:
+        raise ArtifactError(f"{folder / 'corpus.jsonl'}: not listed in {SHA_RECORD}, yet the load reads it (the "
+                            "documents); every save lists it: the folder was changed after saving: save the pipeline "
+                            "again, or load it unchecked with verify=False")
+    base = os.path.realpath(folder)
+    owner = {rel: node_path for node_path, rel in reversed(nodes.items())}  # (the first node of each folder)
+    for rel, node_path in owner.items():
+        top = folder / rel
+        if os.path.realpath(top) != os.path.join(base, rel):
+            raise ArtifactError(f"{top}: {node_path}'s folder is reached through a symbolic link; ragkit never writes "
+                                "links into a save, and loads no step through one: save the pipeline again")
+        for root, dirs, files in os.walk(top):  # (not into linked folders: each is refused here)
+            for name in (*dirs, *files):
+                p = Path(root, name)
+                if p.is_symlink():
+                    raise ArtifactError(f"{p}: a symbolic link (to {os.readlink(p)}) in {node_path}'s folder; ragkit "
+                                        "never writes links into a save, and loads no file through one: save the "
+                                        "pipeline again")
+            for name in files:
+                p = Path(root, name)
+                if os.path.relpath(p, folder) not in listed:
+                    raise ArtifactError(f"{p}: not listed in {SHA_RECORD}, yet {node_path}'s step would read it "
+                                        "unchecked (a step reads the files of its folder); every save lists them all: "
+                                        "the folder was changed after saving: remove the file or save the pipeline "
+                                        "again, or load it unchecked with verify=False")

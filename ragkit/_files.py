@@ -19,8 +19,9 @@ from typing import Any, Iterator, Mapping
 
 from ragkit.errors import ArtifactError, DataError
 
-__all__ = ["atomic_file", "sha256_file", "folder_checksums", "verify_checksums", "utf8_lines", "shared_tempdir",
-           "remove_stale_tempdirs", "share_like_umask", "share_file_like_umask", "user_path", "folder_lock"]
+__all__ = ["atomic_file", "sha256_file", "folder_checksums", "verify_checksums", "saved_relpath", "check_inside",
+           "utf8_lines", "shared_tempdir", "remove_stale_tempdirs", "share_like_umask", "share_file_like_umask",
+           "user_path", "folder_lock"]
 
 #: seconds a save waits for the loads of the folder it replaces to finish (then it replaces it anyway: those
 #: loads notice and load again); a load waits as long for a save's swap, which holds the lock for microseconds
@@ -106,11 +107,50 @@ def folder_checksums(folder: Path) -> dict[str, str]:
     return {str(p.relative_to(folder)): sha256_file(p) for p in files}
 
 
-def verify_checksums(folder: Path, digests: Mapping[str, str]) -> None:
+def saved_relpath(folder: Path, rel: object, record: str) -> str:
+    """``rel``, a path a save's own record (``record``: "manifest.json's sha256", ...) lists, normalised
+    (``os.path.normpath``), after checking that it names something inside ``folder``: an absolute path, a
+    drive, one leading out with ``..``, the folder itself or a NUL byte is an :class:`ArtifactError` (a
+    crafted record would otherwise make ragkit read, and hash, files outside the save)."""
+    text = rel if isinstance(rel, str) else ""
+    norm = os.path.normpath(text) if text and "\x00" not in text else ""
+    parts = Path(norm).parts
+    if not norm or os.path.isabs(norm) or os.path.splitdrive(norm)[0] or norm in (".", "..") \
+            or (parts and parts[0] == ".."):
+        raise ArtifactError(f"{folder}: {record} lists {rel!r:.200}, which is not a path inside the folder (absolute, "
+                            "leading out with '..', or the folder itself); expected paths relative to the folder, as "
+                            "ragkit's saves write them: refusing to read it (the folder was not written, or was "
+                            "changed after saving, by ragkit)")
+    return norm
+
+
+def check_inside(folder: Path, rel: str, record: str) -> Path:
+    """``folder / rel`` (``rel`` from :func:`saved_relpath`), refused (:class:`ArtifactError`) when it is a
+    symbolic link, or when a linked folder on the way leads outside ``folder``: ragkit never writes links
+    into a save, and a link would make a load read a file from elsewhere (whose checksum the save's author
+    wrote to match)."""
+    p = folder / rel
+    if p.is_symlink():
+        raise ArtifactError(f"{p}: a symbolic link (to {os.readlink(p)}), listed in {record}; ragkit never writes "
+                            "links into a save, and loads no file through one: copy the file itself into the folder, "
+                            "or save the pipeline again")
+    base = os.path.realpath(folder)
+    real = os.path.realpath(p)
+    if os.path.commonpath([base, real]) != base:
+        raise ArtifactError(f"{p}: leads outside the folder {folder} (to {real}) through a linked folder, listed in "
+                            f"{record}; ragkit loads no file from outside the save: save the pipeline again")
+    return p
+
+
+def verify_checksums(folder: Path, digests: Mapping[str, str], record: str = "the saved checksums") -> None:
     """Raise :class:`~ragkit.errors.ArtifactError` naming the first file of ``digests`` that is
-    missing under ``folder`` or whose bytes changed since the digests were taken."""
-    for rel, digest in digests.items():
-        p = folder / rel
+    missing under ``folder`` or whose bytes changed since the digests were taken.  Every path is checked
+    first to lie inside ``folder`` (:func:`saved_relpath`: no absolute path, none leading out with ``..``),
+    and no file is read through a symbolic link (:func:`check_inside`); ``record`` names the record
+    in those errors (``"manifest.json's sha256"``)."""
+    paths = [(saved_relpath(folder, rel, record), digest) for rel, digest in digests.items()]
+    for rel, digest in paths:
+        p = check_inside(folder, rel, record)
         if not p.is_file():
             raise ArtifactError(f"{p}: listed in the saved checksums but missing; the folder was changed after "
                                 "saving")

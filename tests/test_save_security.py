@@ -1,0 +1,172 @@
+"""Loading a save written by someone else: the manifest, checksums and links stay inside the folder.
+
+Each test builds a real small save (BM25 on a few documents), tampers with it as a crafted folder would,
+and checks the load refuses it, naming the file and what is wrong."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ragkit._files import folder_checksums
+from ragkit.errors import ArtifactError
+from ragkit.operator import TRAINED, Operator
+from ragkit.pipelines import Pipeline
+from ragkit.retrievers import BM25
+from ragkit.types import Corpus
+
+TEXTS = ["red apples are sweet", "green pears and red apples", "the heart pumps blood", "blood cells carry oxygen"]
+NODE = "pipeline[0].bm25"
+
+pytestmark = pytest.mark.skipif(not hasattr(os, "symlink"), reason="symbolic links")
+
+
+@pytest.fixture
+def corpus() -> Corpus:
+    return Corpus.from_texts(TEXTS)
+
+
+@pytest.fixture
+def saved(corpus, tmp_path) -> Path:
+    """A fitted one-step pipeline saved at ``tmp_path / "save"``."""
+    Pipeline([BM25(k=2)]).fit(corpus).save(tmp_path / "save")
+    return tmp_path / "save"
+
+
+def _manifest(folder: Path) -> dict:
+    return json.loads((folder / "manifest.json").read_text())
+
+
+def _write_manifest(folder: Path, manifest: dict) -> None:
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+
+
+def _reseal(folder: Path) -> None:
+    """Checksums of every file as they are now (what a crafted folder's author would write)."""
+    manifest = _manifest(folder)
+    (folder / "manifest.json").unlink()
+    manifest["sha256"] = folder_checksums(folder)
+    _write_manifest(folder, manifest)
+
+
+def _step_moved_out(saved: Path, node: str) -> None:
+    """The step's folder moved out of the save, the manifest pointing at it with ``node`` (its checksums
+    dropped: the ones a crafted manifest would keep pass)."""
+    shutil.copytree(saved / "ops" / "00-bm25", saved.parent / "outside")
+    shutil.rmtree(saved / "ops")
+    manifest = _manifest(saved)
+    manifest["nodes"] = {NODE: node}
+    manifest["sha256"] = {k: v for k, v in manifest["sha256"].items() if not k.startswith("ops")}
+    _write_manifest(saved, manifest)
+
+
+def test_an_ordinary_save_loads_and_lists_every_file(corpus, saved):
+    """ragkit's own saves: no links, every file listed; a README dropped beside them is no obstacle."""
+    files = {str(p.relative_to(saved)) for p in saved.rglob("*") if p.is_file() or p.is_symlink()}
+    assert files == {*_manifest(saved)["sha256"], "manifest.json"}
+    assert not any(p.is_symlink() for p in saved.rglob("*"))
+    (saved / "README.md").write_text("notes of the user, never read by a load")
+    want = Pipeline([BM25(k=2)]).fit(corpus).search(["red apples"]).doc_ids
+    for loaded in (Pipeline.load(saved), Pipeline.load(saved, corpus=corpus), Pipeline.load(saved, verify=False)):
+        assert [d.tolist() for d in loaded.search(["red apples"]).doc_ids] == [d.tolist() for d in want]
+
+
+@pytest.mark.parametrize("where", ["relative", "absolute"])
+@pytest.mark.parametrize("verify", [True, False])
+def test_a_step_folder_outside_the_save_is_refused(saved, where, verify):
+    node = "../outside" if where == "relative" else str(saved.parent / "outside")
+    _step_moved_out(saved, node)
+    with pytest.raises(ArtifactError, match=rf"manifest\.json: nodes\['pipeline\[0\]\.bm25'\] is '{node}', a folder "
+                                            "outside the saved pipeline"):
+        Pipeline.load(saved, verify=verify)
+
+
+@pytest.mark.parametrize("verify", [True, False])
+def test_a_step_folder_linked_to_outside_the_save_is_refused(saved, verify):
+    _step_moved_out(saved, "ops/00-bm25")
+    (saved / "ops").mkdir()
+    (saved / "ops" / "00-bm25").symlink_to(saved.parent / "outside", target_is_directory=True)
+    with pytest.raises(ArtifactError, match=r"is 'ops/00-bm25', a folder outside the saved pipeline"):
+        Pipeline.load(saved, verify=verify)
+
+
+@pytest.mark.parametrize("node", [".", "ops/.."])
+def test_a_step_that_is_the_pipeline_itself_is_refused_shortly(saved, node):
+    manifest = _manifest(saved)
+    manifest["nodes"] = {NODE: node}
+    _write_manifest(saved, manifest)
+    with pytest.raises(ArtifactError, match=r"the saved pipeline's own folder \(a step cannot be the pipeline") as e:
+        Pipeline.load(saved)
+    assert len(str(e.value)) < 400
+
+
+@pytest.mark.parametrize("where", ["relative", "absolute"])
+def test_checksums_of_files_outside_the_save_are_refused(saved, where):
+    """A checksum entry naming a file outside: ragkit neither reads nor hashes it (an oracle for whether the
+    file exists and what it holds: with the right digest the old load succeeded)."""
+    secret = saved.parent / "secret.txt"
+    secret.write_text("top secret\n")
+    key = "../secret.txt" if where == "relative" else str(secret)
+    manifest = _manifest(saved)
+    manifest["sha256"][key] = hashlib.sha256(b"top secret\n").hexdigest()
+    _write_manifest(saved, manifest)
+    with pytest.raises(ArtifactError, match=rf"manifest\.json's sha256 lists '{key}', which is not a path inside the "
+                                            "folder"):
+        Pipeline.load(saved)
+
+
+def test_an_operators_checksums_of_files_outside_its_folder_are_refused(corpus, tmp_path):
+    BM25(k=2).fit(corpus).save(tmp_path / "op")
+    (tmp_path / "secret.txt").write_text("top secret\n")
+    digests = json.loads((tmp_path / "op" / "checksums.json").read_text())
+    digests["../secret.txt"] = hashlib.sha256(b"top secret\n").hexdigest()
+    (tmp_path / "op" / "checksums.json").write_text(json.dumps(digests))
+    with pytest.raises(ArtifactError, match=r"lists '\.\./secret\.txt', which is not a path inside the folder"):
+        Operator.load(tmp_path / "op")
+
+
+def test_a_linked_file_in_the_save_is_refused(saved, tmp_path):
+    """corpus.jsonl linked to documents outside, its checksum matching them: the old load read them."""
+    outside = tmp_path / "outside.jsonl"
+    shutil.copy(saved / "corpus.jsonl", outside)
+    (saved / "corpus.jsonl").unlink()
+    (saved / "corpus.jsonl").symlink_to(outside)
+    _reseal(saved)
+    with pytest.raises(ArtifactError, match=rf"corpus\.jsonl: a symbolic link \(to {outside}\), listed in "
+                                            r"manifest\.json's sha256; ragkit never writes links"):
+        Pipeline.load(saved)
+
+
+def test_a_linked_file_in_a_step_folder_is_refused_even_unlisted(saved, tmp_path):
+    (tmp_path / "x.npy").write_bytes(b"x")
+    (saved / "ops" / "00-bm25" / "x.npy").symlink_to(tmp_path / "x.npy")
+    with pytest.raises(ArtifactError, match=r"00-bm25/x\.npy: a symbolic link .* in pipeline\[0\]\.bm25's folder"):
+        Pipeline.load(saved)
+
+
+def test_a_file_in_a_step_folder_the_checksums_do_not_list_is_refused(saved, corpus):
+    """The steps load unchecked, trusting the manifest: a file it does not list (an optional one the step
+    reads when present) was read unverified."""
+    np.save(saved / "ops" / "00-bm25" / f"{TRAINED}.npy", np.zeros((1, 2), dtype=np.uint64))
+    with pytest.raises(ArtifactError, match=rf"00-bm25/{TRAINED}\.npy: not listed in manifest\.json's sha256, yet "
+                                            r"pipeline\[0\]\.bm25's step would read it unchecked"):
+        Pipeline.load(saved)
+    with pytest.raises(ArtifactError, match=rf"{TRAINED}\.npy: not listed"):
+        Pipeline.load(saved, corpus=corpus)
+    Pipeline.load(saved, verify=False)  # (unchecked, as asked)
+
+
+def test_an_unlisted_corpus_is_refused_when_it_is_read(saved, corpus):
+    manifest = _manifest(saved)
+    del manifest["sha256"]["corpus.jsonl"]
+    _write_manifest(saved, manifest)
+    with pytest.raises(ArtifactError, match=r"corpus\.jsonl: not listed in manifest\.json's sha256, yet the load "
+                                            "reads it"):
+        Pipeline.load(saved)
+    assert Pipeline.load(saved, corpus=corpus).search(["red apples"]).doc_ids[0].size  # (not read: given)
