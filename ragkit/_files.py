@@ -346,3 +346,29 @@ def _alive(pid: int) -> bool:
     except (PermissionError, OverflowError, OSError):
         return True
     return True
+
+
+def check_npy_size(path: Path) -> None:
+    """Refuse, with :class:`ArtifactError` naming ``path``, a ``.npy`` file whose header describes more bytes
+    than the file holds (an edited or truncated file: ``np.load`` would first try to allocate the whole claimed
+    array, a ``MemoryError`` of terabytes for a header claiming ``(10**12,)``).  Files of other ``.npy``
+    versions, or unreadable ones, are left to ``np.load`` and its own errors."""
+    import numpy as np
+
+    try:
+        with open(path, "rb") as fh:
+            version = np.lib.format.read_magic(fh)
+            if version == (1, 0):
+                shape, _, dtype = np.lib.format.read_array_header_1_0(fh)
+            elif version == (2, 0):
+                shape, _, dtype = np.lib.format.read_array_header_2_0(fh)
+            else:
+                return
+            start = fh.tell()
+        size = os.path.getsize(path)
+    except (OSError, ValueError, EOFError):
+        return
+    need = start + int(np.prod(shape, dtype=object)) * dtype.itemsize
+    if need > size:
+        raise ArtifactError(f"{path}: its header describes an array of shape {tuple(shape)} and dtype {dtype} "
+                            f"({need:,} bytes), but the file holds {size:,} bytes: a truncated or edited file")

@@ -35,6 +35,7 @@ import numpy as np
 from ragkit import registry
 from ragkit._files import (
     atomic_file,
+    check_npy_size,
     file_above,
     folder_checksums,
     folder_lock,
@@ -1057,6 +1058,7 @@ def load_array(folder: Path, name: str, mmap: bool = False) -> np.ndarray:
     """Load ``<name>.npy`` with ``allow_pickle=False``; a missing or corrupt file raises ArtifactError."""
     path = folder / f"{name}.npy"
     try:
+        check_npy_size(path)  # (before np.load allocates what the header claims)
         return np.load(path, allow_pickle=False, mmap_mode="r" if mmap else None)
     except FileNotFoundError:
         raise ArtifactError(f"{path}: file not found") from None

@@ -78,7 +78,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
 import numpy as np
 
-from ragkit._files import atomic_file
+from ragkit._files import atomic_file, check_npy_size
 from ragkit._locks import ReadWriteLock
 from ragkit.errors import ArtifactError, DataError, ParamError
 from ragkit.operator import desc_order, fix_cut_ties
@@ -1416,6 +1416,7 @@ class VectorIndex:
 
         def arr(name: str, mm: bool = mmap) -> np.ndarray:
             p = folder / f"{prefix}.{name}.npy"
+            check_npy_size(p)  # (before np.load allocates what the header claims)
             try:
                 return np.load(p, allow_pickle=False, mmap_mode="r" if mm else None)
             except (ValueError, OSError, EOFError) as e:

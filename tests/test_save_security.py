@@ -170,3 +170,29 @@ def test_an_unlisted_corpus_is_refused_when_it_is_read(saved, corpus):
                                             "reads it"):
         Pipeline.load(saved)
     assert Pipeline.load(saved, corpus=corpus).search(["red apples"]).doc_ids[0].size  # (not read: given)
+
+
+def test_an_npy_header_claiming_more_than_its_file_is_refused_before_any_allocation(tmp_path) -> None:
+    """An edited ``.npy`` header claiming shape (10**12,) made ``np.load`` raise a bare MemoryError of 1.8 TiB
+    with no file named (a security review, 2026-12-05); the header is now checked against the file's size."""
+    from ragkit.operator import load_array
+    from ragkit.retrievers._index import VectorIndex
+
+    f = tmp_path / "a.npy"
+    np.save(f, np.arange(10, dtype=np.int64))
+    assert load_array(tmp_path, "a").tolist() == list(range(10))
+    data = np.arange(10, dtype=np.int64).tobytes()
+    with open(f, "wb") as fh:
+        np.lib.format.write_array_header_1_0(fh, {"descr": "<i8", "fortran_order": False, "shape": (10**12,)})
+        fh.write(data)
+    for mmap in (False, True):
+        with pytest.raises(ArtifactError, match=r"a\.npy: its header describes an array of shape \(1000000000000,\)"):
+            load_array(tmp_path, "a", mmap=mmap)
+    index = VectorIndex(dtype="f32", search="exact").build(np.eye(4, dtype=np.float32))
+    index.save(tmp_path / "ix")
+    (codes,) = [p for p in (tmp_path / "ix").glob("*.npy") if np.load(p).size == 16]
+    with open(codes, "wb") as fh:
+        np.lib.format.write_array_header_1_0(fh, {"descr": "<f4", "fortran_order": False, "shape": (10**12, 4)})
+        fh.write(np.eye(4, dtype=np.float32).tobytes())
+    with pytest.raises(ArtifactError, match="its header describes an array of shape"):
+        VectorIndex.load(tmp_path / "ix", verify=False)

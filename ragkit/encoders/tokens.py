@@ -37,6 +37,7 @@ from typing import Any, Callable, Iterator, Literal, Optional, Sequence
 
 import numpy as np
 
+from ragkit._files import check_npy_size
 from ragkit.encoders.cache import UNREADABLE, ShardStore, text_digests, write_shard
 from ragkit.encoders.sentence import (
     DEFAULT_MODEL,
@@ -165,6 +166,8 @@ class TokenVectors:
         cache, the cost of the CRC32 a vector index checks; a memory-mapped file is read once, not held).
         ``finite=False`` skips it (the token cache checks each shard once per reader itself)."""
         try:
+            for name in (f"{prefix}.npy", f"{prefix}.offsets.npy"):  # (before np.load allocates what a header claims)
+                check_npy_size(folder / name)
             data = np.load(folder / f"{prefix}.npy", allow_pickle=False, mmap_mode="r" if mmap else None)
             off = np.load(folder / f"{prefix}.offsets.npy", allow_pickle=False)
         except FileNotFoundError as e:
