@@ -8,12 +8,12 @@ counted by the tokenizer first and each batch is written to its place as it come
 
 from __future__ import annotations
 
-import tracemalloc
 import zlib
 
 import numpy as np
 import pytest
 import torch
+from test_memory import _peak
 
 import ragkit.encoders.tokens as tokens
 from ragkit.encoders.tokens import TokenEncoder, TokenVectors
@@ -87,17 +87,6 @@ def _reference(texts: list[str], model: FakeModel) -> TokenVectors:
         emb = table[ids] + pos[: len(ids)]
         rows.append((emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)).astype(np.float16))
     return TokenVectors(np.concatenate(rows), np.r_[0, np.cumsum([len(r) for r in rows])])
-
-
-def _peak(fn):
-    tracemalloc.start()
-    try:
-        base = tracemalloc.get_traced_memory()[0]
-        tracemalloc.reset_peak()
-        out = fn()
-        return out, tracemalloc.get_traced_memory()[1] - base
-    finally:
-        tracemalloc.stop()
 
 
 def _same(a: TokenVectors, b: TokenVectors) -> bool:
