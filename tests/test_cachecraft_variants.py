@@ -18,6 +18,7 @@ import json
 import os
 import re
 import time
+from pathlib import Path
 
 import pytest
 from test_cachecraft import CHUNKS, QUESTION, TINY_CHUNKS, TINY_Q, needs_model, tiny  # noqa: F401
@@ -111,14 +112,20 @@ def test_new_variants_false_stores_the_misses_only(tiny):  # noqa: F811
 
 
 # ----------------------------------------------------------------------------- 2. a folder that is no model
+def _not_a_model(tmp_path: Path) -> Path:
+    """A folder that looks like a model's (a config.json) but holds none."""
+    bad = tmp_path / "notamodel"
+    bad.mkdir()
+    (bad / "config.json").write_text("{}")
+    return bad
+
+
 def test_a_folder_that_is_no_model_is_a_param_error_naming_it(tmp_path):
     """Old code: transformers' bare ValueError ("Couldn't instantiate the backend tokenizer ...")."""
     pytest.importorskip("transformers")
     from ragkit.generators.local import LocalGenerator
 
-    bad = tmp_path / "notamodel"
-    bad.mkdir()
-    (bad / "config.json").write_text("{}")
+    bad = _not_a_model(tmp_path)
     empty = tmp_path / "empty"
     empty.mkdir()
     for folder in (bad, empty):
@@ -135,9 +142,7 @@ def test_cli_ask_with_a_folder_that_is_no_model_exits_2(tmp_path):
 
     from ragkit.cli import app
 
-    bad = tmp_path / "notamodel"
-    bad.mkdir()
-    (bad / "config.json").write_text("{}")
+    bad = _not_a_model(tmp_path)
     docs = tmp_path / "corpus.jsonl"
     docs.write_text("\n".join(json.dumps({"_id": f"d{i}", "title": "", "text": t}) for i, t in enumerate(CHUNKS)))
     pipe = tmp_path / "p.yaml"
