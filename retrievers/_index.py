@@ -659,10 +659,7 @@ class VectorIndex:
         full = self._normalise(full, inplace=ours)
         self.d_in = int(full.shape[1])
         n = len(full)
-        if self.search_mode == "auto":
-            self.backend = "numpy" if n <= self.exact_max else "hnsw"
-        else:
-            self.backend = "numpy" if self.search_mode == "exact" else "hnsw"
+        self.backend = self._backend_for(n)
         x = self._fit_transforms(full)
         self.ndim = int(x.shape[1])
         self._check_f16_range(x, "build")
@@ -683,6 +680,13 @@ class VectorIndex:
         self.built = True
         return self
 
+    def _backend_for(self, n: int) -> str:
+        """The backend a build of ``n`` vectors uses: ``"numpy"`` (exact) or ``"hnsw"`` (``search: auto``
+        switches at ``exact_max``)."""
+        if self.search_mode == "auto":
+            return "numpy" if n <= self.exact_max else "hnsw"
+        return "numpy" if self.search_mode == "exact" else "hnsw"
+
     def build_chunks(self, n: int, dim: int,
                      chunks: Callable[[], Iterable[tuple[int, int, np.ndarray]]]) -> "VectorIndex":
         """:meth:`build` of ``n`` vectors of ``dim`` dimensions handed over chunk by chunk, for a caller that
@@ -699,8 +703,7 @@ class VectorIndex:
         matrix and :meth:`build` it, as before.
         """
         n, dim = int(n), int(dim)
-        backend = ("numpy" if n <= self.exact_max else "hnsw") if self.search_mode == "auto" else \
-            ("numpy" if self.search_mode == "exact" else "hnsw")
+        backend = self._backend_for(n)
 
         def each() -> Iterator[np.ndarray]:
             at = 0
