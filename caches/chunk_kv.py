@@ -1154,8 +1154,8 @@ def check_cache_dir(folder: str | Path) -> dict | None:
         if foreign is not None:
             raise ArtifactError(
                 f"{folder}: the chunk-cache folder (disk_dir) holds {str(foreign.relative_to(folder))!r} and no "
-                "chunk-cache manifest.json; expected a new or empty folder, or one a chunk cache wrote (its trims delete files, "
-                "so it never takes over a folder of other files): use another folder for the chunk cache")
+                "chunk-cache manifest.json; expected a new or empty folder, or one a chunk cache wrote (its trims "
+                "delete files, so it never takes over a folder of other files): use another folder for the chunk cache")
         return None
     hint = ("not a chunk-cache folder: use another folder (a new or empty one) for the chunk cache, which writes "
             "its own manifest.json there")

@@ -176,7 +176,8 @@ def test_blank_lines_are_skipped_and_line_numbers_stay_true(tmp_path):
 
 
 @pytest.mark.parametrize("qrels,match", [
-    ("query-id\tcorpus-id\tscore\nq9\td1\t1\n", r"test\.tsv:2: query id 'q9', judged on this line, is not in .*queries\.jsonl"),
+    ("query-id\tcorpus-id\tscore\nq9\td1\t1\n",
+     r"test\.tsv:2: query id 'q9', judged on this line, is not in .*queries\.jsonl"),
     ("query-id\tcorpus-id\tscore\nq1\td1\n", r"test\.tsv:2: expected 3 tab-separated columns"),
     ("query-id\tcorpus-id\tscore\nq1\td1\thigh\n", r"test\.tsv:2: relevance 'high' is not a finite number"),
     ("query-id\tcorpus-id\tscore\nq1\td1\tinf\n", r"test\.tsv:2: relevance 'inf' is not a finite number"),
