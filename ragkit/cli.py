@@ -294,13 +294,17 @@ def _blank_file(path: Path) -> bool:
 def _check_same_corpus(fitted: Any, corpus: Any, pipeline: str, data: str) -> None:
     """A saved pipeline answers from the corpus it was fitted on: refuse to score it against
     another dataset's judgements (its rankings would name documents they do not describe)."""
-    from ragkit.operator import corpus_fingerprint
+    from ragkit.operator import corpus_fingerprint, corpus_texts_digest
 
-    if corpus_fingerprint(fitted) == corpus_fingerprint(corpus):
+    if corpus_fingerprint(fitted) != corpus_fingerprint(corpus):
+        how = f"{len(corpus):,} documents with other ids"
+    elif corpus_texts_digest(fitted) != corpus_texts_digest(corpus):  # (its index scores the texts it was fitted on)
+        how = f"the same {len(corpus):,} document ids with other texts or titles"
+    else:
         return
     raise RagkitError(f"--pipeline {pipeline}: fitted on a corpus of {len(fitted):,} documents, but --data {data} "
-                      f"has {len(corpus):,} documents with other ids; pass the pipeline's YAML to fit it on this "
-                      "dataset, or the folder saved for this dataset")
+                      f"has {how}; pass the pipeline's YAML to fit it on this dataset, or the folder saved for this "
+                      "dataset")
 
 
 def _fail(e: Exception) -> None:

@@ -130,3 +130,17 @@ def test_the_texts_digest_tells_apart_what_a_plain_join_would_not():
     digests = {corpus_texts_digest(x) for x in (a, b, c, d, e, f)}
     assert len(digests) == 6
     assert corpus_texts_digest(Corpus(ids=["q", "r"], texts=["x", "yz"], titles=["", ""])) == corpus_texts_digest(d)
+
+
+def test_cli_eval_of_a_saved_pipeline_refuses_a_dataset_with_edited_texts() -> None:
+    """``ragkit eval --pipeline SAVED --data D`` compared the ids only: a dataset whose texts changed under the same
+    ids was scored with an index of the old texts."""
+    from ragkit.cli import _check_same_corpus
+    from ragkit.errors import RagkitError
+
+    fitted = Corpus(ids=["a", "b"], texts=["red fox", "blue whale"])
+    _check_same_corpus(fitted, Corpus(ids=["a", "b"], texts=["red fox", "blue whale"]), "saved/", "data/")
+    with pytest.raises(RagkitError, match=r"--data data/ has the same 2 document ids with other texts or titles"):
+        _check_same_corpus(fitted, Corpus(ids=["a", "b"], texts=["red fox", "grey whale"]), "saved/", "data/")
+    with pytest.raises(RagkitError, match=r"--data data/ has 2 documents with other ids"):
+        _check_same_corpus(fitted, Corpus(ids=["a", "c"], texts=["red fox", "blue whale"]), "saved/", "data/")
