@@ -179,12 +179,8 @@ def _final_sketch(cfg: FDEConfig, d_in: int) -> sp.csr_matrix:
 
 
 def _check(data: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    data = np.asarray(data)
-    offsets = np.asarray(offsets, dtype=np.int64)
-    if data.ndim != 2:
-        raise DataError(f"FDE: token array must be 2-D (n_tokens, d), got shape {data.shape}")
-    if offsets.ndim != 1 or len(offsets) < 1 or offsets[0] != 0 or offsets[-1] != len(data):
-        raise DataError(f"FDE: offsets must run from 0 to n_tokens={len(data)}, got {offsets[:3]}...{offsets[-1:]}")
+    """:func:`_check_ends`, then every offset: none may decrease (O(n_sets))."""
+    data, offsets = _check_ends(data, offsets, "FDE")
     down = np.flatnonzero(np.diff(offsets) < 0)
     if len(down):  # a set would read tokens of its neighbours (or numpy fail on negative lengths)
         i = int(down[0])
