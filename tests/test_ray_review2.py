@@ -144,6 +144,16 @@ def test_a_killed_shard_actor_is_replaced_once(ray2):
     ref = _ranked(pipe.search(QUERIES))
     old = sh._actors
     ray2.kill(old[0])
+    from ray.exceptions import GetTimeoutError, RayActorError
+
+    for _ in range(30):  # ray.kill returns before the actor is gone: a search right after may still reach it
+        try:
+            ray2.get(old[0].__ray_ready__.remote(), timeout=1)
+        except RayActorError:
+            break
+        except GetTimeoutError:  # (busy dying: ask again)
+            continue
+        time.sleep(0.2)
     assert _ranked(pipe.search(QUERIES)) == ref
     assert sh._actors is not None and sh._actors is not old
 
