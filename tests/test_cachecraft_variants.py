@@ -214,7 +214,8 @@ def test_hub_unreachable_checks_offline_mode_proxies_and_the_endpoint(monkeypatc
 
     import ragkit.generators.local as local
 
-    for var in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy", "HTTP_PROXY", "http_proxy"):
+    for var in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy", "HTTP_PROXY", "http_proxy",
+                "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
         monkeypatch.delenv(var, raising=False)
     tried: list[tuple] = []
 
@@ -229,6 +230,10 @@ def test_hub_unreachable_checks_offline_mode_proxies_and_the_endpoint(monkeypatc
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     assert "HF_HUB_OFFLINE" in str(local._hub_unreachable()) and len(tried) == 1
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    # set after huggingface_hub read it: still offline, as the encoder's check (hub_offline) reads it; no probe
+    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "yes")
+    assert "offline mode is set" in str(local._hub_unreachable()) and len(tried) == 1
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE")
     monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example:3128")  # the proxy decides: no probe
     assert local._hub_unreachable() is None and len(tried) == 1
 

@@ -172,3 +172,20 @@ def test_a_hub_id_the_offline_hub_cannot_serve_is_said_at_once(monkeypatch):
         enc.model
     with pytest.raises(ParamError, match=r"model '\./no/such/folder' names a folder that does not exist"):
         Encoder("./no/such/folder").model
+
+
+def test_offline_is_read_from_the_environment_and_from_huggingface_hubs_constant(monkeypatch):
+    """One offline test for the encoder's and the generator's model loading: the variables (read at the call,
+    so set after import counts) or huggingface_hub's own constant when a program set it."""
+    constants = pytest.importorskip("huggingface_hub.constants")
+    for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    assert not sentence.hub_offline()
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    assert sentence.hub_offline()
+    with pytest.raises(ParamError, match="the hub is set offline"):
+        Encoder("ragkit-tests/no-such-embedder").model
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "On")
+    assert sentence.hub_offline()

@@ -12,6 +12,7 @@ import functools
 import hashlib
 import importlib.util
 import os
+import sys
 import threading
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -148,10 +149,15 @@ def model_fingerprint(path: str) -> str:
 
 
 def hub_offline() -> bool:
-    """Whether the Hugging Face clients are told not to use the network (``HF_HUB_OFFLINE`` or
-    ``TRANSFORMERS_OFFLINE`` set to 1, true, yes or on, as they read it)."""
-    return any(os.environ.get(v, "").strip().upper() in ("1", "TRUE", "YES", "ON")
-               for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+    """Whether the Hugging Face clients are told not to use the network: ``HF_HUB_OFFLINE`` or
+    ``TRANSFORMERS_OFFLINE`` set to 1, true, yes or on (read now, so a variable set after the clients were
+    imported counts), or ``huggingface_hub.constants.HF_HUB_OFFLINE`` (what the clients read at import, and
+    what a program may set) when that module is loaded.  The one offline test of ragkit's model loading."""
+    if any(os.environ.get(v, "").strip().upper() in ("1", "TRUE", "YES", "ON")
+           for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")):
+        return True
+    constants = sys.modules.get("huggingface_hub.constants")
+    return bool(getattr(constants, "HF_HUB_OFFLINE", False))
 
 
 def check_downloadable(model: str, path: str) -> None:
