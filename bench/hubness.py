@@ -109,7 +109,7 @@ def main() -> None:
             if best is None or v > best[0]:
                 best = (v, {"beta": b})
         tuned[method] = best[1]
-    for method in ("dis", "ddis"):
+    for method in ("dualis", "ddis"):
         best = None
         for b1, b2 in itertools.product(grid_b1, grid_b2):
             op = op_with(method, *zq(b1), *zg(b2), beta1=b1, beta2=b2)
@@ -122,7 +122,7 @@ def main() -> None:
 
     # ---------------------------------------------------------------- final operators: bank = all train queries
     configs = {"raw cosine": None}
-    for method in ("is", "qbnorm", "dis", "ddis"):
+    for method in ("is", "qbnorm", "dualis", "ddis"):
         configs[f"{method} (defaults)"] = {"method": method}
         configs[f"{method} (tuned on train)"] = {"method": method, **tuned[method]}
     test_state = dense(State.of(test_q))

@@ -7,6 +7,7 @@ softmax: Smith et al., ICLR 2017.  Recipe and pitfalls: ALGORITHMS.md section 3.
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 from pathlib import Path
@@ -25,6 +26,8 @@ from ragkit.retrievers._index import check_finite_vectors
 from ragkit.types import Corpus, Ranking, State, TrainSet
 
 __all__ = ["DBNorm", "DBNormParams", "bank_log_partition", "pseudo_queries", "dbnorm_scores"]
+
+_log = logging.getLogger("ragkit")
 
 
 def bank_log_partition(
@@ -117,21 +120,54 @@ def dbnorm_scores(
     cos: np.ndarray, rows: np.ndarray, top1: np.ndarray, method: str, beta: float, beta1: float, beta2: float,
     log_z_q: np.ndarray, act_q: np.ndarray, log_z_g: np.ndarray | None, act_g: np.ndarray | None,
 ) -> np.ndarray:
-    """Log-space normalised scores of candidates.
+    """Log-space normalised scores of candidates (ALGORITHMS.md section 3, "Formulas").
 
-    ``cos`` and ``rows`` are flat candidate cosines and corpus rows; ``top1`` is, per
-    candidate, the corpus row of its query's raw top-1 (used by the dynamic methods).
+    Parameters
+    ----------
+    cos : (n,) float
+        Flat candidate cosines ``s(q, g)``.
+    rows : (n,) int
+        Corpus row ``g`` of each candidate.
+    top1 : (n,) int
+        Per candidate, the corpus row of its query's raw top-1 ``g1(q)`` (read by the dynamic methods).
+    method : {"is", "qbnorm", "dualis", "ddis"}
+        ``is``: ``beta * s - log Z_q(g)``; ``qbnorm`` (QB-Norm, the paper's "DIS", dynamic inverted
+        softmax): the same where ``g1(q)`` is in the query bank's activation set, else ``beta * s``;
+        ``dualis`` (DBNorm's DualIS): ``(beta1 + beta2) * s - log Z_q(g) - log Z_g(g)``; ``ddis``: each
+        of DualIS's penalties only where ``g1(q)`` is in that bank's activation set.  ``dis`` is read
+        as ``dualis`` (the name ragkit used first).
+    beta : float
+        Inverse temperature of ``is`` / ``qbnorm``.
+    beta1, beta2 : float
+        Inverse temperatures of the query-bank and gallery-bank factors (``dualis`` / ``ddis``).
+    log_z_q : (n_docs,) float
+        ``log Z_q(g)`` of every document over the query bank (:func:`bank_log_partition`, at ``beta``
+        for is / qbnorm, ``beta1`` for the dual methods).
+    act_q : (n_docs,) bool
+        The query bank's activation set (documents in some bank item's top-``activation_k``).
+    log_z_g : (n_docs,) float or None
+        ``log Z_g(g)`` over the gallery bank at ``beta2``; needed by ``dualis`` and ``ddis`` only.
+    act_g : (n_docs,) bool or None
+        The gallery bank's activation set; needed by ``dualis`` and ``ddis`` only.
+
+    Returns
+    -------
+    (n,) float64
+        The normalised score of each candidate (Wang, Jian, Xue, EMNLP 2023, arXiv 2310.11612).
     """
     s = cos.astype(np.float64)
     if method == "is":
         return beta * s - log_z_q[rows]
     if method == "qbnorm":
         return beta * s - np.where(act_q[top1], log_z_q[rows], 0.0)
-    if method not in ("dis", "ddis"):
-        raise ValueError(f"unknown method {method!r}")
+    if method == "dis":
+        method = "dualis"
+    if method not in ("dualis", "ddis"):
+        raise ValueError(f"dbnorm_scores: unknown method {method!r}; expected one of 'is', 'qbnorm', 'dualis' "
+                         "(alias 'dis'), 'ddis'")
     if log_z_g is None or act_g is None:
         raise ValueError(f"method {method!r} needs the gallery bank's log_z_g and act_g, got None")
-    if method == "dis":
+    if method == "dualis":
         return (beta1 + beta2) * s - log_z_q[rows] - log_z_g[rows]
     return ((beta1 + beta2) * s - np.where(act_q[top1], log_z_q[rows], 0.0)
             - np.where(act_g[top1], log_z_g[rows], 0.0))
@@ -141,19 +177,27 @@ class DBNormParams(Params):
     model: ModelName = Field(DEFAULT_MODEL,
                              description="Encoder for banks and documents: the dense retriever's model (a pipeline "
                                          "refuses another at fit: the penalties would not match its cosines).")
-    method: Literal["is", "qbnorm", "dis", "ddis"] = Field(
-        "dis", description="is: inverted softmax (query bank); qbnorm: dynamic IS (QB-Norm; the paper's 'DIS', "
-                           "dynamic inverted softmax); dis: dual inverted softmax (DBNorm's 'DualIS', also accepted "
-                           "as 'dualis'); ddis: dual dynamic inverted softmax.")
+    method: Literal["is", "qbnorm", "dualis", "ddis"] = Field(
+        "dualis", description="is: inverted softmax (query bank); qbnorm: dynamic IS (QB-Norm; the paper's 'DIS', "
+                              "dynamic inverted softmax); dualis: dual inverted softmax (DBNorm's 'DualIS'; 'dis', "
+                              "its first ragkit name, is read as dualis with a warning); ddis: dual dynamic inverted "
+                              "softmax.")
 
     @field_validator("method", mode="before")
     @classmethod
     def _dualis(cls, v: object) -> object:
-        """The paper's name for the dual inverted softmax, read as ``dis``."""
-        return "dis" if isinstance(v, str) and v.lower() == "dualis" else v
+        """``DualIS`` (the paper's spelling) is ``dualis``; ``dis`` (ragkit's first name for it, in old YAML and
+        saved pipelines) too, with a warning: the paper's "DIS" is the dynamic inverted softmax, ``qbnorm``."""
+        if isinstance(v, str) and v.lower() == "dualis":
+            return "dualis"
+        if v == "dis":
+            _log.warning("dbnorm: method 'dis' is read as 'dualis' (dual inverted softmax); the paper's DIS, dynamic "
+                         "inverted softmax, is 'qbnorm'. Write method: dualis (or qbnorm) to silence this warning")
+            return "dualis"
+        return v
     beta: float = Field(20.0, gt=0, description="Inverse temperature of is/qbnorm (cosine scale).")
-    beta1: float = Field(0.5, gt=0, description="Inverse temperature of the query-bank factor (dis/ddis).")
-    beta2: float = Field(3.0, gt=0, description="Inverse temperature of the gallery-bank factor (dis/ddis).")
+    beta1: float = Field(0.5, gt=0, description="Inverse temperature of the query-bank factor (dualis/ddis).")
+    beta2: float = Field(3.0, gt=0, description="Inverse temperature of the gallery-bank factor (dualis/ddis).")
     query_bank: Literal["train", "pseudo"] = Field(
         "train", description="Query bank: the training queries, or first sentences of random documents "
                              "(used automatically when fit gets no training queries).")
@@ -170,10 +214,10 @@ class DBNormParams(Params):
 
     @model_validator(mode="after")
     def _used(self) -> "DBNormParams":
-        dual, dynamic = self.method in ("dis", "ddis"), self.method in ("qbnorm", "ddis")
-        self.refuse_unused(("beta", not dual, "method: is or qbnorm"), ("beta1", dual, "method: dis or ddis"),
-                           ("beta2", dual, "method: dis or ddis"), ("gallery_bank_size", dual, "method: dis or ddis"),
-                           ("activation_k", dynamic, "method: qbnorm or ddis"))
+        dual, dynamic = self.method in ("dualis", "ddis"), self.method in ("qbnorm", "ddis")
+        duals = "method: dualis or ddis"
+        self.refuse_unused(("beta", not dual, "method: is or qbnorm"), ("beta1", dual, duals), ("beta2", dual, duals),
+                           ("gallery_bank_size", dual, duals), ("activation_k", dynamic, "method: qbnorm or ddis"))
         return self
 
 
@@ -189,9 +233,10 @@ class DBNorm(Operator):
 
     * ``is``: query bank only; ``qbnorm``: the same, applied only to queries whose raw
       top-1 is in the query bank's activation set (QB-Norm's dynamic inverted softmax);
-    * ``dis``: dual inverted softmax (DBNorm's "DualIS", also accepted as ``dualis``; the
-      issue's "DIS"; note that the paper's "DIS", dynamic inverted softmax, is ``qbnorm``):
-      ``(beta1 + beta2) s - log Z_q(g; beta1) - log Z_g(g; beta2)``;
+    * ``dualis`` (the default): dual inverted softmax (DBNorm's "DualIS"):
+      ``(beta1 + beta2) s - log Z_q(g; beta1) - log Z_g(g; beta2)``.  ``dis``, ragkit's first
+      name for it, is still read as ``dualis`` (old YAML and saved pipelines), with a warning:
+      the paper's "DIS", dynamic inverted softmax, is ``qbnorm``;
     * ``ddis``: each factor applied only when the query's raw top-1 is in that bank's
       activation set; an inactive factor stays ``beta_x * s`` (never the raw cosine, which
       the reference code substitutes and which can flip signs).
@@ -236,7 +281,7 @@ class DBNorm(Operator):
 
     @property
     def dual(self) -> bool:
-        return self.params.method in ("dis", "ddis")
+        return self.params.method in ("dualis", "ddis")
 
     def _fit(self, corpus: Corpus, train: TrainSet | None, upstream: State | None) -> None:
         t0 = time.perf_counter()

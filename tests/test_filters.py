@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 
 import numpy as np
@@ -298,7 +299,7 @@ def test_bank_log_partition_by_hand():
     assert bank_log_partition(twins, DOCS[:1], 1.0)[1].tolist() == [True, False, False]
 
 
-def test_dis_and_ddis_by_hand():
+def test_dualis_and_ddis_by_hand():
     b1, b2 = 0.7, 3.0
     lzq, actq = bank_log_partition(DOCS, QBANK, b1)
     lzg, actg = bank_log_partition(DOCS, DOCS, b2, bank_rows=np.arange(4))
@@ -309,8 +310,9 @@ def test_dis_and_ddis_by_hand():
     # DualIS: product of the two inverted softmaxes, in log space
     expect = np.log(np.exp(b1 * s) / np.exp(hq) * np.exp(b2 * s) / np.exp(hg))
     top1 = np.full(4, int(np.argmax(s)))
-    got = dbnorm_scores(s, rows, top1, "dis", 20, b1, b2, lzq, actq, lzg, actg)
+    got = dbnorm_scores(s, rows, top1, "dualis", 20, b1, b2, lzq, actq, lzg, actg)
     np.testing.assert_allclose(got, expect, rtol=1e-5)
+    np.testing.assert_array_equal(dbnorm_scores(s, rows, top1, "dis", 20, b1, b2, lzq, actq, lzg, actg), got)
     # DDIS: a factor is normalised only if the raw top-1 is in that bank's activation set
     actq2 = actq.copy()
     actq2[top1[0]] = False
@@ -331,13 +333,13 @@ def test_dbnorm_scores_dual_methods_refuse_a_missing_gallery_bank():
     what is missing (it raised "'NoneType' object is not subscriptable"); the others still work."""
     lzq, actq = bank_log_partition(DOCS, QBANK, 1.0)
     s, rows, top1 = DOCS @ _unit([[0.1, 1.0]])[0], np.arange(4), np.zeros(4, np.int64)
-    for method in ("dis", "ddis"):
+    for method in ("dualis", "dis", "ddis"):
         with pytest.raises(ValueError, match="gallery bank's log_z_g and act_g"):
             dbnorm_scores(s, rows, top1, method, 2.0, 0.5, 3.0, lzq, actq, None, None)
     np.testing.assert_allclose(dbnorm_scores(s, rows, top1, "is", 2.0, 0.5, 3.0, lzq, actq, None, None),
                                2.0 * s - lzq, rtol=1e-6)
-    with pytest.raises(ValueError, match="unknown method"):
-        dbnorm_scores(s, rows, top1, "dualis", 2.0, 0.5, 3.0, lzq, actq, None, None)
+    with pytest.raises(ValueError, match="unknown method 'DIS'; expected one of 'is', 'qbnorm', 'dualis'"):
+        dbnorm_scores(s, rows, top1, "DIS", 2.0, 0.5, 3.0, lzq, actq, None, None)
 
 
 def test_cut_prefix_computes_the_starts_it_is_not_given():
@@ -420,7 +422,7 @@ def test_dbnorm_samples_its_two_banks_independently_and_fits_an_empty_corpus(sli
     corpus, queries, _, _ = slice_data
     seen, real = [], dbn.bank_log_partition
     monkeypatch.setattr(dbn, "bank_log_partition", lambda *a, **kw: seen.append(kw["bank_rows"]) or real(*a, **kw))
-    DBNorm(method="dis", query_bank_size=50, gallery_bank_size=50).fit(corpus)
+    DBNorm(method="dualis", query_bank_size=50, gallery_bank_size=50).fit(corpus)
     q_rows, g_rows = seen
     assert len(q_rows) == len(g_rows) == 50 and len(np.intersect1d(q_rows, g_rows)) < 25
     empty = Pipeline([Dense(k=5), DBNorm(method="ddis")]).fit(corpus.subset(np.arange(0)))
@@ -590,7 +592,48 @@ def test_filtering_metrics_check_their_inputs():
 
 
 def test_dbnorm_reads_the_papers_dualis_name():
-    assert DBNorm(method="dualis").params.method == "dis" and DBNorm(method="DualIS").params.method == "dis"
+    assert DBNorm(method="dualis").params.method == "dualis" and DBNorm(method="DualIS").params.method == "dualis"
+    assert DBNorm().params.method == "dualis" and DBNorm().to_yaml() == DBNorm(method="dualis").to_yaml()
+    with pytest.raises(ParamError, match="method"):  # the paper's "DIS" (dynamic) is qbnorm: not guessed
+        DBNorm(method="DIS")
+
+
+def test_dbnorm_reads_method_dis_as_dualis_with_one_warning(caplog):
+    """``dis`` meant DualIS, but the paper (and ALGORITHMS.md) call the *dynamic* inverted softmax "DIS"
+    (``qbnorm``): the old name is still read, as ``dualis``, with a warning naming the ambiguity."""
+    with caplog.at_level(logging.WARNING, logger="ragkit"):
+        op = DBNorm(method="dis", beta1=1.0)
+    assert op.params.method == "dualis" and op.params.non_default() == {"beta1": 1.0}  # written as the default
+    said = [r.getMessage() for r in caplog.records]
+    assert len(said) == 1 and "method 'dis' is read as 'dualis' (dual inverted softmax)" in said[0]
+    assert "the paper's DIS, dynamic inverted softmax, is 'qbnorm'" in said[0]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="ragkit"):
+        DBNorm(method="dualis")
+    assert not caplog.records
+
+
+def test_dbnorm_saved_with_method_dis_loads_as_dualis_with_the_same_output(slice_data, tmp_path, caplog):
+    """A pipeline saved when ``dis`` was the name (its params.json says ``"method": "dis"``) loads, as
+    ``dualis``, and ranks as it did; so does old YAML."""
+    from ragkit.pipelines import Pipeline
+    from ragkit.pipelines.yaml import load_yaml
+    from ragkit.retrievers import Dense
+
+    corpus, queries, _, _ = slice_data
+    pipe = (Dense(k=20) | DBNorm(query_bank_size=40, gallery_bank_size=60)).fit(corpus)
+    pipe.save(tmp_path / "p")
+    (params,) = (tmp_path / "p").glob("ops/*-dbnorm/params.json")
+    text = params.read_text()
+    assert '"method": "dualis"' in text
+    params.write_text(text.replace('"method": "dualis"', '"method": "dis"'))  # as the old code wrote it
+    with caplog.at_level(logging.WARNING, logger="ragkit"):
+        old = Pipeline.load(tmp_path / "p", verify=False)  # (its checksums are of the file before the edit)
+    assert old.steps[-1].params.method == "dualis" and any("'dis'" in r.getMessage() for r in caplog.records)
+    for x, y in zip(pipe.search(queries).rankings, old.search(queries).rankings):
+        assert x.equals(y)
+    yaml_old = load_yaml({"pipeline": [{"dense": {"k": 20}}, {"dbnorm": {"method": "dis"}}]})
+    assert yaml_old.steps[-1].params == DBNorm(method="dualis").params
 
 
 def test_filter_report_counts_a_query_whose_list_was_emptied_even_after_a_trec_file(tmp_path):
@@ -674,9 +717,10 @@ def test_cosine_methods_normalise_a_registered_encoders_vectors():
 def test_dbnorm_refuses_temperatures_its_method_does_not_read():
     """beta is read by is / qbnorm only, beta1 / beta2 / gallery_bank_size by the dual methods,
     activation_k by the dynamic ones: given elsewhere they did nothing, silently."""
-    for params, needs in (({"method": "dis", "beta": 5}, "is or qbnorm"), ({"method": "is", "beta1": 1}, "dis or ddis"),
-                          ({"method": "qbnorm", "gallery_bank_size": 10}, "dis or ddis"),
-                          ({"method": "dis", "activation_k": 3}, "qbnorm or ddis")):
+    for params, needs in (({"method": "dualis", "beta": 5}, "is or qbnorm"),
+                          ({"method": "is", "beta1": 1}, "dualis or ddis"),
+                          ({"method": "qbnorm", "gallery_bank_size": 10}, "dualis or ddis"),
+                          ({"method": "dualis", "activation_k": 3}, "qbnorm or ddis")):
         with pytest.raises(ParamError, match=f"has no effect without method: {needs}"):
             DBNorm(**params)
     assert DBNorm(method="ddis", beta1=1, activation_k=3).params.activation_k == 3

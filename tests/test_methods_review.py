@@ -131,9 +131,9 @@ def test_muvera_identity_d_final_checked(slice_data, monkeypatch):
 
 
 # ----------------------------------------------------------------------------- 3. dbnorm, one document
-@pytest.mark.parametrize("method", ["dis", "ddis", "is", "qbnorm"])
+@pytest.mark.parametrize("method", ["dualis", "ddis", "is", "qbnorm"])
 def test_dbnorm_fits_a_one_document_corpus(two_encoders, method):
-    """The default (dis, and the pseudo query bank) failed on one document: "1 documents have no bank term
+    """The default (dualis, and the pseudo query bank) failed on one document: "1 documents have no bank term
     once self-similarity is dropped", nothing the user could change.  A bank drawn from the corpus is empty
     then; its factor is left out (nothing can be reordered), a training query bank still applies."""
     a, _ = two_encoders
