@@ -17,7 +17,7 @@ import numpy as np
 from pydantic import Field, field_validator, model_validator
 
 from ragkit.encoders import DEFAULT_MODEL, check_encoder_key, get_encoder, save_encoder_key, unit_rows
-from ragkit.errors import ArtifactError, DataError
+from ragkit.errors import ArtifactError, DataError, ParamError
 from ragkit.filters._flat import check_cosines, check_dense_rankings, check_rows_in_corpus, flatten
 from ragkit.operator import Operator, load_array, read_json, save_arrays, topk_rows, write_json
 from ragkit.params import ModelName, Params, Seed
@@ -28,6 +28,9 @@ from ragkit.types import Corpus, Ranking, State, TrainSet
 __all__ = ["DBNorm", "DBNormParams", "bank_log_partition", "pseudo_queries", "dbnorm_scores"]
 
 _log = logging.getLogger("ragkit")
+
+#: what a pseudo-query bank needs (:class:`DBNormParams` and ``DBNorm.fit``)
+PSEUDO_MIN = "a pseudo-query bank needs query_bank_size of at least 2 (or None: 1000)"
 
 
 def bank_log_partition(
@@ -201,8 +204,10 @@ class DBNormParams(Params):
     query_bank: Literal["train", "pseudo"] = Field(
         "train", description="Query bank: the training queries, or first sentences of random documents "
                              "(used automatically when fit gets no training queries).")
-    query_bank_size: int | None = Field(None, ge=1, description="Query bank items (sampled, seeded); None: all "
-                                                                 "training queries, or 1000 pseudo-queries.")
+    query_bank_size: int | None = Field(
+        None, ge=1, description="Query bank items (sampled, seeded); None: all training queries, or 1000 "
+                                "pseudo-queries.  Pseudo-queries need at least 2: each is drawn from a document, whose "
+                                "own term is dropped from its partition, so one would leave that document none.")
     gallery_bank_size: int | None = Field(
         None, ge=2, description="Gallery bank documents (sampled, seeded); None: the whole corpus.  Fit scores every "
                                 "document against every bank document (n_docs x bank cosines and exponentials, about "
@@ -215,6 +220,9 @@ class DBNormParams(Params):
     @model_validator(mode="after")
     def _used(self) -> "DBNormParams":
         dual, dynamic = self.method in ("dualis", "ddis"), self.method in ("qbnorm", "ddis")
+        if self.query_bank == "pseudo" and self.query_bank_size == 1:
+            raise ValueError(f"query_bank_size=1 with query_bank='pseudo' leaves the document it is drawn from no bank "
+                             f"term (its self-similarity is dropped); {PSEUDO_MIN}")
         duals = "method: dualis or ddis"
         self.refuse_unused(("beta", not dual, "method: is or qbnorm"), ("beta1", dual, duals), ("beta2", dual, duals),
                            ("gallery_bank_size", dual, duals), ("activation_k", dynamic, "method: qbnorm or ddis"))
@@ -286,6 +294,11 @@ class DBNorm(Operator):
     def _fit(self, corpus: Corpus, train: TrainSet | None, upstream: State | None) -> None:
         t0 = time.perf_counter()
         p = self.params
+        if train is None and p.query_bank_size == 1 and len(corpus) > 1:  # (pseudo with 1: refused by the params)
+            raise ParamError(f"{self.name}.query_bank_size: fit got no training queries, so the query bank is "
+                             f"pseudo-queries, and query_bank_size=1 leaves the document the one pseudo-query is "
+                             f"drawn from no bank term; {PSEUDO_MIN}, or pass train to fit",
+                             path=f"{self.name}.query_bank_size")
         enc = get_encoder(p.model)
         if not len(corpus):  # nothing to normalise: every ranking it will see is empty
             self.log_z_q_, self.active_q_ = np.zeros(0), np.zeros(0, bool)

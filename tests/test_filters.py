@@ -724,3 +724,17 @@ def test_dbnorm_refuses_temperatures_its_method_does_not_read():
         with pytest.raises(ParamError, match=f"has no effect without method: {needs}"):
             DBNorm(**params)
     assert DBNorm(method="ddis", beta1=1, activation_k=3).params.activation_k == 3
+
+
+def test_dbnorm_one_pseudo_query_is_refused_naming_query_bank_size(slice_data):
+    """``query_bank_size=1`` with pseudo-queries failed at fit with "1 documents have no bank term once
+    self-similarity is dropped; the bank needs at least 2 items", which named no parameter."""
+    corpus, _, _, train = slice_data
+    with pytest.raises(ParamError, match=r"query_bank_size=1 with query_bank='pseudo'.*query_bank_size of at least 2"):
+        DBNorm(query_bank="pseudo", query_bank_size=1)
+    op = DBNorm(method="is", query_bank_size=1)  # query_bank: train, which falls back to pseudo-queries without it
+    with pytest.raises(ParamError, match=r"dbnorm\.query_bank_size: fit got no training queries.*at least 2") as e:
+        op.fit(corpus)
+    assert e.value.path == "dbnorm.query_bank_size" and not op.is_fitted
+    assert op.fit(corpus, train).info_["query_bank_size"] == 1  # one training query: a bank of one is fine
+    assert DBNorm(method="is", query_bank="pseudo", query_bank_size=2).fit(corpus).info_["query_bank_size"] == 2
