@@ -11,21 +11,30 @@ import logging
 import re
 import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 from pydantic import Field, field_validator, model_validator
 
-from ragkit.encoders import DEFAULT_MODEL, check_encoder_key, get_encoder, save_encoder_key, unit_rows
+from ragkit.encoders import (
+    DEFAULT_MODEL,
+    Encoder,
+    check_encoder_key,
+    get_encoder,
+    query_vectors,
+    save_encoder_key,
+    unit_rows,
+)
 from ragkit.errors import ArtifactError, DataError, ParamError
 from ragkit.filters._flat import check_cosines, check_dense_rankings, check_rows_in_corpus, flatten
 from ragkit.operator import Operator, load_array, read_json, save_arrays, topk_rows, write_json
-from ragkit.params import ModelName, Params, Seed
+from ragkit.params import MetadataFilter, ModelName, Params, Seed
 from ragkit.registry import register
-from ragkit.retrievers._index import check_finite_vectors
+from ragkit.retrievers._index import VectorIndex, check_finite_vectors
 from ragkit.types import Corpus, Ranking, State, TrainSet
 
-__all__ = ["DBNorm", "DBNormParams", "bank_log_partition", "pseudo_queries", "dbnorm_scores"]
+__all__ = ["DBNorm", "DBNormParams", "DBNormDense", "DBNormDenseParams", "BankParams", "bank_log_partition",
+           "pseudo_queries", "dbnorm_scores", "fit_banks"]
 
 _log = logging.getLogger("ragkit")
 
@@ -176,7 +185,9 @@ def dbnorm_scores(
             - np.where(act_g[top1], log_z_g[rows], 0.0))
 
 
-class DBNormParams(Params):
+class BankParams(Params):
+    """The banks and the method: what :class:`DBNorm` (rerank) and :class:`DBNormDense` (retrieve) share."""
+
     model: ModelName = Field(DEFAULT_MODEL,
                              description="Encoder for banks and documents: the dense retriever's model (a pipeline "
                                          "refuses another at fit: the penalties would not match its cosines).")
@@ -213,20 +224,108 @@ class DBNormParams(Params):
                                 "document against every bank document (n_docs x bank cosines and exponentials, about "
                                 "16 ns a pair on 2 cores): with the whole corpus about 3 min at 100k documents and "
                                 "4-5 hours at 1M; 10000 keeps it to about 3 min per million documents.")
-    activation_k: int = Field(
-        1, ge=1, description="Top-k of each bank item forming the activation set (dynamic methods).")
     seed: Seed = Field(0, description="Seed of bank sampling.")
 
     @model_validator(mode="after")
-    def _used(self) -> "DBNormParams":
-        dual, dynamic = self.method in ("dualis", "ddis"), self.method in ("qbnorm", "ddis")
+    def _banks(self) -> "BankParams":
+        dual = self.method in ("dualis", "ddis")
         if self.query_bank == "pseudo" and self.query_bank_size == 1:
             raise ValueError(f"query_bank_size=1 with query_bank='pseudo' leaves the document it is drawn from no bank "
                              f"term (its self-similarity is dropped); {PSEUDO_MIN}")
         duals = "method: dualis or ddis"
         self.refuse_unused(("beta", not dual, "method: is or qbnorm"), ("beta1", dual, duals), ("beta2", dual, duals),
-                           ("gallery_bank_size", dual, duals), ("activation_k", dynamic, "method: qbnorm or ddis"))
+                           ("gallery_bank_size", dual, duals))
         return self
+
+    @property
+    def dual(self) -> bool:
+        """Whether the method has a gallery bank (``dualis``, ``ddis``)."""
+        return self.method in ("dualis", "ddis")
+
+
+class DBNormParams(BankParams):
+    activation_k: int = Field(
+        1, ge=1, description="Top-k of each bank item forming the activation set (dynamic methods).")
+
+    @model_validator(mode="after")
+    def _used(self) -> "DBNormParams":
+        self.refuse_unused(("activation_k", self.method in ("qbnorm", "ddis"), "method: qbnorm or ddis"))
+        return self
+
+
+def check_bank_inputs(name: str, p: BankParams, corpus: Corpus, train: TrainSet | None) -> None:
+    """Refuse, before any encoding, a bank that fit could not build from these inputs (``name``: the operator)."""
+    if train is None and p.query_bank_size == 1 and len(corpus) > 1:  # (pseudo with 1: refused by the params)
+        raise ParamError(f"{name}.query_bank_size: fit got no training queries, so the query bank is "
+                         f"pseudo-queries, and query_bank_size=1 leaves the document the one pseudo-query is "
+                         f"drawn from no bank term; {PSEUDO_MIN}, or pass train to fit", path=f"{name}.query_bank_size")
+
+
+def fit_banks(p: BankParams, corpus: Corpus, train: TrainSet | None, docs: np.ndarray, *, activation_k: int = 1,
+              name: str = "dbnorm") -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+    """The per-document penalties and activation sets of ``p``'s banks (ALGORITHMS.md section 3, "Fit / compute").
+
+    Parameters
+    ----------
+    p : BankParams
+        The method, temperatures and bank settings.
+    corpus : Corpus
+        The ``n_docs`` documents (pseudo-queries are drawn from it; the gallery bank is it or a sample).
+    train : TrainSet or None
+        Its queries form the query bank of ``query_bank: train``; without it, pseudo-queries do.
+    docs : (n_docs, d) float32
+        Unit document vectors of ``p.model``; ``n_docs >= 1``.
+    activation_k : int
+        Top-k of each bank item forming the activation sets.
+
+    Returns
+    -------
+    log_z_q, active_q, log_z_g, active_g, info
+        ``(n_docs,)`` float64 ``log Z_q(g)`` (at ``beta1`` for the dual methods, ``beta`` otherwise) and bool
+        activation set of the query bank; the same of the gallery bank at ``beta2`` (zeros and all false for
+        ``is`` / ``qbnorm``, which have none); a dict describing the banks.
+    """
+    rng = np.random.default_rng(p.seed)
+    q_rows: np.ndarray | None
+    if p.query_bank == "train" and train is not None:
+        source = "train"
+        texts = list(train.queries.texts)
+        if p.query_bank_size is not None and p.query_bank_size < len(texts):
+            texts = [texts[i] for i in np.sort(rng.choice(len(texts), p.query_bank_size, replace=False))]
+        q_rows = None
+    else:
+        source = "pseudo"
+        texts, q_rows = pseudo_queries(corpus, p.query_bank_size or 1000, p.seed)
+    if not texts:
+        raise DataError(f"{name}.fit: the query bank is empty (no training queries); use query_bank='pseudo'")
+    qbank = unit_rows(get_encoder(p.model).encode_queries(texts))
+    beta_q = p.beta1 if p.dual else p.beta
+    # one document: a bank drawn from the corpus (pseudo-queries, the gallery) holds only the document itself,
+    # whose self-similarity is dropped, so its partition is an empty sum; every ranking then holds at most that
+    # document and no normalisation can reorder it, so the factor is left out (log Z 0, inactive: as ddis
+    # leaves an inactive factor) instead of failing a fit the user could not fix
+    n = len(corpus)
+    lone = n == 1
+    if lone and q_rows is not None:
+        log_z_q, active_q = np.zeros(1), np.zeros(1, bool)
+    else:
+        log_z_q, active_q = bank_log_partition(docs, qbank, beta_q, bank_rows=q_rows, activation_k=activation_k,
+                                               who=f"{name} query bank")
+    info: dict[str, Any] = {"query_bank": source, "query_bank_size": len(texts), "n_docs": n, "dim": int(docs.shape[1])}
+    if p.dual and lone:
+        log_z_g, active_g = np.zeros(1), np.zeros(1, bool)
+        info["gallery_bank_size"] = 0
+    elif p.dual:
+        n_g = n if p.gallery_bank_size is None else min(p.gallery_bank_size, n)
+        g_rows = (np.arange(n) if n_g == n  # its own stream: not the pseudo-queries' rows
+                  else np.sort(np.random.default_rng([p.seed, 1]).choice(n, n_g, replace=False)))
+        log_z_g, active_g = bank_log_partition(docs, docs[g_rows], p.beta2, bank_rows=g_rows,
+                                               activation_k=activation_k, who=f"{name} gallery bank")
+        info["gallery_bank_size"] = int(n_g)
+    else:
+        log_z_g, active_g = np.zeros(n), np.zeros(n, bool)
+    info.update(active_q=int(active_q.sum()), active_g=int(active_g.sum()))
+    return log_z_q, active_q, log_z_g, active_g, info
 
 
 @register
@@ -258,7 +357,9 @@ class DBNorm(Operator):
 
     Input: a ranking of raw cosines (``dense | dbnorm``); only those candidates are
     re-scored (shape ``(B, K)`` -> same rows, new order).  Output scores are the log-space
-    normalised scores (float32); raw cosines stay in ``fields["cosine"]``.
+    normalised scores (float32); raw cosines stay in ``fields["cosine"]``.  A document a hub
+    pushed out of dense's top-``K`` stays out: :class:`DBNormDense` (``dbnorm_dense``) retrieves
+    by the normalised score over the whole corpus instead (``dualis`` and ``is`` only).
 
     References
     ----------
@@ -309,16 +410,12 @@ class DBNorm(Operator):
 
     @property
     def dual(self) -> bool:
-        return self.params.method in ("dualis", "ddis")
+        return self.params.dual
 
     def _fit(self, corpus: Corpus, train: TrainSet | None, upstream: State | None) -> None:
         t0 = time.perf_counter()
         p = self.params
-        if train is None and p.query_bank_size == 1 and len(corpus) > 1:  # (pseudo with 1: refused by the params)
-            raise ParamError(f"{self.name}.query_bank_size: fit got no training queries, so the query bank is "
-                             f"pseudo-queries, and query_bank_size=1 leaves the document the one pseudo-query is "
-                             f"drawn from no bank term; {PSEUDO_MIN}, or pass train to fit",
-                             path=f"{self.name}.query_bank_size")
+        check_bank_inputs(self.name, p, corpus, train)
         enc = get_encoder(p.model)
         if not len(corpus):  # nothing to normalise: every ranking it will see is empty
             self.log_z_q_, self.active_q_ = np.zeros(0), np.zeros(0, bool)
@@ -327,49 +424,9 @@ class DBNorm(Operator):
                           "active_g": 0, "seconds": time.perf_counter() - t0}
             return
         docs = unit_rows(enc.encode(corpus.full_texts))  # banks of cosines, like the dense scores it corrects
-        rng = np.random.default_rng(p.seed)
-        # query bank
-        q_rows: np.ndarray | None
-        if p.query_bank == "train" and train is not None:
-            source = "train"
-            texts = list(train.queries.texts)
-            if p.query_bank_size is not None and p.query_bank_size < len(texts):
-                texts = [texts[i] for i in np.sort(rng.choice(len(texts), p.query_bank_size, replace=False))]
-            q_rows = None
-        else:
-            source = "pseudo"
-            texts, q_rows = pseudo_queries(corpus, p.query_bank_size or 1000, p.seed)
-        if not texts:
-            raise DataError("dbnorm.fit: the query bank is empty (no training queries); use query_bank='pseudo'")
-        qbank = unit_rows(enc.encode_queries(texts))
-        beta_q = p.beta1 if self.dual else p.beta
-        # one document: a bank drawn from the corpus (pseudo-queries, the gallery) holds only the document itself,
-        # whose self-similarity is dropped, so its partition is an empty sum; every ranking then holds at most that
-        # document and no normalisation can reorder it, so the factor is left out (log Z 0, inactive: as ddis
-        # leaves an inactive factor) instead of failing a fit the user could not fix
-        lone = len(corpus) == 1
-        if lone and q_rows is not None:
-            self.log_z_q_, self.active_q_ = np.zeros(1), np.zeros(1, bool)
-        else:
-            self.log_z_q_, self.active_q_ = bank_log_partition(
-                docs, qbank, beta_q, bank_rows=q_rows, activation_k=p.activation_k, who="dbnorm query bank")
-        info: dict[str, Any] = {"query_bank": source, "query_bank_size": len(texts), "n_docs": len(corpus),
-                                "dim": int(docs.shape[1])}
-        if self.dual and lone:
-            self.log_z_g_, self.active_g_ = np.zeros(1), np.zeros(1, bool)
-            info["gallery_bank_size"] = 0
-        elif self.dual:
-            n_g = len(corpus) if p.gallery_bank_size is None else min(p.gallery_bank_size, len(corpus))
-            g_rows = (np.arange(len(corpus)) if n_g == len(corpus)  # its own stream: not the pseudo-queries' rows
-                      else np.sort(np.random.default_rng([p.seed, 1]).choice(len(corpus), n_g, replace=False)))
-            self.log_z_g_, self.active_g_ = bank_log_partition(
-                docs, docs[g_rows], p.beta2, bank_rows=g_rows, activation_k=p.activation_k, who="dbnorm gallery bank")
-            info["gallery_bank_size"] = int(n_g)
-        else:
-            self.log_z_g_ = np.zeros(len(corpus))
-            self.active_g_ = np.zeros(len(corpus), bool)
-        info.update(active_q=int(self.active_q_.sum()), active_g=int(self.active_g_.sum()),
-                    seconds=time.perf_counter() - t0)
+        self.log_z_q_, self.active_q_, self.log_z_g_, self.active_g_, info = fit_banks(
+            p, corpus, train, docs, activation_k=p.activation_k, name=self.name)
+        info["seconds"] = time.perf_counter() - t0
         self.info_ = info
 
     def _call(self, state: State) -> State:
@@ -424,4 +481,162 @@ class DBNorm(Operator):
             if len(getattr(self, name)) != n:
                 raise ArtifactError(f"{folder}: {name} has {len(getattr(self, name))} entries "
                                     f"for a corpus of {n} documents")
+        self.info_ = read_json(folder / "dbnorm.json")
+
+
+class DBNormDenseParams(BankParams):
+    k: int = Field(100, ge=1, description="Results per query.")
+    filter: MetadataFilter = Field(None, description="Metadata filter {field: value or [values]}.")
+
+    @field_validator("method")
+    @classmethod
+    def _static(cls, v: str) -> str:
+        """The dynamic methods decide per query (from its raw top-1): no per-document penalty, no index."""
+        if v in ("qbnorm", "ddis"):
+            raise ValueError(f"method={v!r} is dynamic: whether a query is normalised depends on its raw top-1, so its "
+                             f"scores are no fixed per-document penalty an index can hold; dbnorm_dense retrieves by "
+                             f"method dualis or is.  To rerank with {v}, use dense | dbnorm (method: {v})")
+        return v
+
+
+@register
+class DBNormDense(Operator):
+    """Retrieve by the (dual) inverted softmax score over the whole corpus: exact search of augmented vectors.
+
+    Non-dynamic DualIS scores document ``g`` for query ``q`` as ``(beta1 + beta2) * s(q, g) - c_g``
+    with ``c_g = log Z_q(g; beta1) + log Z_g(g; beta2)``, a penalty of the document alone (IS:
+    ``beta * s(q, g) - log Z_q(g; beta)``).  So the normalised score is an inner product: fit stores
+    the unit document vectors augmented with one coordinate, ``[g, -c_g / scale]`` (``scale`` =
+    ``beta1 + beta2``, or ``beta``), in an exact inner-product
+    :class:`~ragkit.retrievers._index.VectorIndex` (blocked matrix products and top-k, as ``dense``
+    with ``search: exact``), and a search scores ``[q, 1]`` against them: hubs are demoted *before*
+    the top-``k`` cut, where ``dense | dbnorm`` can only reorder the ``k`` candidates dense found
+    (a document a hub pushed out of them stays out).  ALGORITHMS.md section 3, "Fit / compute",
+    option 2.
+
+    The banks are :class:`DBNorm`'s (same parameters, same penalties: :func:`fit_banks`); the
+    dynamic methods (``qbnorm``, ``ddis``) decide per query and are refused (rerank with
+    ``dense | dbnorm`` for them).  Queries are encoded with ``model``, as the documents.  Scores
+    are the normalised scores (float32, equal to ``dbnorm``'s for the same candidate up to float32
+    rounding); raw cosines are in ``fields["cosine"]``.  Search costs an exact dense search
+    (``O(n_docs * d)`` per query); fit adds DBNorm's bank cost.  A separate operator rather than
+    a ``dbnorm`` parameter: it is a retriever (``k``, ``filter``, first in a pipeline), and an
+    operator's kind is fixed by its class.
+
+    References
+    ----------
+    Wang, Jian, Xue, "Balance Act: Mitigating Hubness in Cross-Modal Retrieval with Query
+    and Gallery Banks", EMNLP 2023, arXiv 2310.11612.  Smith et al., "Offline bilingual word
+    vectors, orthogonal transformations and the inverted softmax", ICLR 2017.
+
+    Examples
+    --------
+    A toy encoder (letter counts) keeps the example self-contained; in practice leave ``model``
+    at the default MiniLM:
+
+    >>> import numpy as np
+    >>> from ragkit.encoders import register_encoder
+    >>> from ragkit.types import Corpus, TrainSet
+    >>> class Letters:
+    ...     key, dim = "doctest-letters-v1", 26
+    ...     def encode(self, texts, **kw):
+    ...         v = np.array([[t.count(c) + 0.1 for c in "abcdefghijklmnopqrstuvwxyz"] for t in texts], np.float32)
+    ...         return v / np.linalg.norm(v, axis=1, keepdims=True)
+    ...     encode_queries = encode
+    >>> _ = register_encoder("doctest-letters", Letters(), replace=True)
+    >>> corpus = Corpus.from_texts(["red apples", "green pears", "ripe red cherries", "a fruit market",
+    ...                             "apple pie recipe"])
+    >>> train = TrainSet({"q1": "red fruit", "q2": "baked apples"}, {"q1": {"2": 1}, "q2": {"4": 1}})
+    >>> retriever = DBNormDense(model="doctest-letters", k=2).fit(corpus, train)
+    >>> retriever.search(["green fruit"]).doc_ids[0].tolist()
+    ['3', '2']
+    """
+
+    uses_torch: ClassVar[bool] = True  # torch.topk in the exact search
+
+    name = "dbnorm_dense"
+    kind = "retriever"
+    Params = DBNormDenseParams
+    params: DBNormDenseParams
+    example = {"k": 5}
+    info_: dict[str, Any]  # set by fit
+    index_: VectorIndex  # exact inner product over [g, -c_g / scale], slot = corpus row
+    log_z_q_: np.ndarray  # (n_docs,) float64
+    log_z_g_: np.ndarray  # (n_docs,) float64, zeros for method is
+
+    @property
+    def uses_training_queries(self) -> bool:
+        """The query bank of ``query_bank: train`` is the training queries (their judgements unused)."""
+        return self.params.query_bank == "train"
+
+    @property
+    def encoder(self) -> Encoder:
+        return get_encoder(self.params.model)
+
+    @property
+    def scale(self) -> float:
+        """The factor of the cosine in the normalised score: ``beta1 + beta2`` (dualis) or ``beta`` (is)."""
+        p = self.params
+        return p.beta1 + p.beta2 if p.dual else p.beta
+
+    def _fit(self, corpus: Corpus, train: TrainSet | None, upstream: State | None) -> None:
+        t0 = time.perf_counter()
+        p = self.params
+        check_bank_inputs(self.name, p, corpus, train)
+        enc = self.encoder
+        n = len(corpus)
+        docs = unit_rows(enc.encode(corpus.full_texts)) if n else np.zeros((0, int(enc.dim)), np.float32)
+        if n:
+            self.log_z_q_, _, self.log_z_g_, _, info = fit_banks(p, corpus, train, docs, name=self.name)
+        else:  # nothing to retrieve
+            self.log_z_q_, self.log_z_g_ = np.zeros(0), np.zeros(0)
+            info = {"query_bank": None, "query_bank_size": 0, "n_docs": 0, "dim": int(docs.shape[1])}
+        d = docs.shape[1]
+        aug = np.empty((n, d + 1), np.float32)
+        aug[:, :d] = docs
+        aug[:, d] = -(self.log_z_q_ + self.log_z_g_) / self.scale
+        self.index_ = VectorIndex(dtype="f32", metric="ip", search="exact").build(aug, copy=False)
+        info["seconds"] = time.perf_counter() - t0
+        self.info_ = info
+
+    def _call(self, state: State) -> State:
+        q = unit_rows(query_vectors(state, self.encoder))
+        n_q, d = q.shape
+        aug = np.ones((n_q, d + 1), np.float32)
+        aug[:, :d] = q
+        k = min(self.k_for(state), max(self.index_.n_alive, 1))  # never more rows than documents: k is user input
+        rows, ip = self.index_.search(aug, k, self.filter_mask(state))
+        has_direction = np.any(q != 0, axis=1)
+        valid = (rows >= 0) & has_direction[:, None]  # a blank query (zero vector) finds nothing, as with dense
+        scale = np.float32(self.scale)
+        score = np.where(valid, ip * scale, -np.inf).astype(np.float32)
+        at = np.where(valid, rows, 0)
+        if len(self.log_z_q_):  # ip = cos + the stored coordinate -c / scale, rounded to float32 as it was stored
+            cos = np.where(valid, ip + ((self.log_z_q_[at] + self.log_z_g_[at]) / self.scale).astype(np.float32), 0)
+        else:
+            cos = np.zeros(rows.shape, np.float32)
+        out = state.copy()
+        out.rankings = [Ranking(r[f], s[f], {"cosine": c[f]}) for r, s, c, f in zip(rows, score, cos, valid)]
+        return out
+
+    def _save(self, folder: Path) -> None:
+        self.index_.save(folder, prefix="index")
+        save_arrays(folder, dbnorm_log_z_q=self.log_z_q_, dbnorm_log_z_g=self.log_z_g_)
+        write_json(folder / "dbnorm.json", self.info_)
+        save_encoder_key(folder, self.encoder)
+
+    def _load(self, folder: Path, mmap: bool = False) -> None:
+        check_encoder_key(folder, self.encoder, self.name, self.params.model)
+        self.index_ = VectorIndex.load(folder, prefix="index", mmap=mmap)
+        self.log_z_q_ = load_array(folder, "dbnorm_log_z_q", mmap=mmap)
+        self.log_z_g_ = load_array(folder, "dbnorm_log_z_g", mmap=mmap)
+        n = len(self.corpus_)
+        for name, got in (("index", self.index_.n_alive), ("dbnorm_log_z_q", len(self.log_z_q_)),
+                          ("dbnorm_log_z_g", len(self.log_z_g_))):
+            if got != n:
+                raise ArtifactError(f"{folder}: {name} has {got} entries for a corpus of {n} documents")
+        cfg = self.index_.config()
+        if (cfg["metric"], cfg["dtype"], cfg["search"]) != ("ip", "f32", "exact"):
+            raise ArtifactError(f"{folder}: the index is {cfg['dtype']} {cfg['metric']} {cfg['search']}, not the exact "
+                                f"f32 inner-product index dbnorm_dense writes")
         self.info_ = read_json(folder / "dbnorm.json")
