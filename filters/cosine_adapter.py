@@ -13,10 +13,10 @@ from typing import Any, Literal
 
 import numpy as np
 from pydantic import Field
-from scipy.special import expit
+from scipy.special import expit, exprel
 
 from ragkit.encoders import DEFAULT_MODEL, check_encoder_key, get_encoder, query_vectors, save_encoder_key
-from ragkit.errors import ArtifactError, DataError
+from ragkit.errors import ArtifactError, DataError, NotFittedError
 from ragkit.filters._flat import check_cosines, check_dense_rankings, cut_prefix, first_unsorted, flatten
 from ragkit.operator import Operator, load_array, read_json, save_arrays, write_json
 from ragkit.options import PARAM
@@ -24,7 +24,7 @@ from ragkit.params import ModelName, Params, Seed
 from ragkit.registry import register
 from ragkit.types import Corpus, State, TrainSet, usable_query_ids
 
-__all__ = ["CosineAdapter", "CosineAdapterParams", "list_features", "choose_threshold"]
+__all__ = ["CosineAdapter", "CosineAdapterParams", "list_features", "choose_threshold", "threshold_reached"]
 
 N_LIST_FEATURES = 4
 #: fewer usable training queries (a relevant document in the corpus) than this, or fewer relevant candidates
@@ -38,9 +38,10 @@ _NEEDS_TRAIN = ("cosine_adapter.fit needs judged training queries: fit(corpus, t
 class CosineAdapterParams(Params):
     model: ModelName = Field(DEFAULT_MODEL, description="Encoder of the query embedding (the dense retriever's model).")
     form: Literal["linear", "sqrt", "quadratic", "power"] = Field(
-        "linear", description="Monotone map of the cosine: a(q)*c+b(q), a*sqrt(x)+b, a*x^2+b or a*x^p(q)+b, x=(c+1)/2. "
-                              "power needs more L-BFGS iterations (max_iter): about 1000 on 150 SciFact train "
-                              "queries, where linear converges in about 130.")
+        "linear", description="Monotone map of the cosine: a(q)*c+b(q), a*sqrt(x)+b, a*x^2+b or a power of x, "
+                              "x=(c+1)/2: a*((x/x0)^p(q)-1)/p(q)+b, with x0 the median training candidate (per query "
+                              "A*x^p+B; a and b are the slope and logit at x0). power needs more L-BFGS iterations "
+                              "than linear: about 120-130 vs 85-90 on 240 or 647 SciFact train queries.")
     list_features: bool = Field(
         True, description="ragkit extension (not in the paper): add the query's top-1 cosine, top1-top10 gap, "
                           "mean and std of its candidate cosines to the adapter's input.")
@@ -92,12 +93,44 @@ def list_features(scores: np.ndarray, lengths: np.ndarray, starts: np.ndarray,
     return out
 
 
-def choose_threshold(probs: np.ndarray, labels: np.ndarray, target: str, value: float) -> float:
+def threshold_reached(probs: np.ndarray, labels: np.ndarray, t: float) -> dict[str, float]:
+    """Precision and recall of the candidates a cut-off ``t`` keeps (``probs >= t``).
+
+    Parameters
+    ----------
+    probs : (n,) array
+        Pooled probabilities of the candidates.
+    labels : (n,) array
+        1 for a relevant candidate, 0 otherwise.
+    t : float
+        The cut-off.
+
+    Returns
+    -------
+    dict
+        ``{"precision": ..., "recall": ...}`` (precision 0 when nothing is kept, recall 0 when no
+        candidate is relevant).
+    """
+    keep = np.asarray(probs) >= t
+    y = np.asarray(labels, dtype=np.float64)
+    tp = float(y[keep].sum())
+    return {"precision": tp / int(keep.sum()) if keep.any() else 0.0,
+            "recall": tp / float(y.sum()) if y.sum() > 0 else 0.0}
+
+
+def choose_threshold(probs: np.ndarray, labels: np.ndarray, target: str, value: float,
+                     *, pairs: str = "held-out") -> float:
     """The global cut-off on pooled held-out candidates.
 
     ``target="recall"``: the largest ``t`` keeping at least ``value`` of the relevant
-    candidates; ``"precision"``: the smallest ``t`` whose kept set has precision >= ``value``
-    (the most precise cut-off when none reaches it).
+    candidates; ``"precision"``: the smallest ``t`` whose kept set has precision >= ``value``.
+    When no cut-off reaches a precision target, the most precise one is returned and a warning
+    on the ``ragkit`` logger says the target, what was reached and on how many candidate
+    pairs (``pairs`` names them in the message: "held-out", "training").  A recall target is
+    always reachable (keeping every candidate reaches recall 1).
+
+    >>> choose_threshold(np.array([.9, .8, .7]), np.array([0, 1, 0]), "recall", 0.95)
+    0.8
     """
     order = np.argsort(-probs, kind="stable")
     p, y = probs[order], labels[order].astype(np.float64)
@@ -113,7 +146,13 @@ def choose_threshold(probs: np.ndarray, labels: np.ndarray, target: str, value: 
         return float(p[last[min(i, len(last) - 1)]])
     prec = tp[last] / (last + 1)
     ok = np.nonzero(prec >= value)[0]
-    i = int(ok[-1]) if len(ok) else int(np.argmax(prec))
+    if len(ok):
+        return float(p[last[int(ok[-1])]])
+    i = int(np.argmax(prec))
+    logging.getLogger("ragkit").warning(
+        "cosine_adapter: no threshold reaches the target precision %.4g on the %d %s candidate pairs (%d "
+        "relevant); using the most precise one, %.4g, which reaches precision %.4g at recall %.4g",
+        value, len(p), pairs, int(tp[-1]), float(p[last[i]]), float(prec[i]), float(tp[last[i]] / tp[-1]))
     return float(p[last[i]])
 
 
@@ -126,7 +165,12 @@ class CosineAdapter(Operator):
     softplus(h_a(f)) > 0``, an offset ``b(q) = h_b(f)`` and, for ``form="power"``, an
     exponent ``p(q) = softplus(h_p(f))``.  Each candidate's raw cosine ``c`` becomes
     ``r = sigmoid(a(q) * g(c) + b(q))`` with ``g`` increasing, so ``r`` is monotone in ``c``
-    for a fixed query: the order never changes, only where the list is cut.  Documents with
+    for a fixed query: the order never changes, only where the list is cut.  The power form's
+    ``g`` is ``((x/x0)^p - 1) / p`` (``x = (c+1)/2``, ``x0`` the median training candidate's;
+    ``log(x/x0)`` as ``p -> 0``): per query the family ``A * x^p + B`` of ALGORITHMS.md, with
+    ``a`` and ``b`` the slope and logit at ``x0``.  Written ``a * x^p + b``, the heads trade a
+    large ``a`` and ``-b`` against a small ``p`` (on the unpenalised bias row) and L-BFGS slid
+    along that valley without converging (500 iterations, 240 SciFact train queries).  Documents with
     ``r < threshold`` are dropped (lists may become empty unless ``k_min > 0``); the new
     scores are ``r`` (float32, in [0, 1]) and the raw cosines travel in
     ``ranking.fields["cosine"]``.
@@ -159,9 +203,31 @@ class CosineAdapter(Operator):
 
     Examples
     --------
+    Thirty judged queries, each about one of 40 documents, and a toy encoder (a hashed bag of
+    words; in practice the dense retriever's model, MiniLM by default, and leave ``model`` alone):
+
+    >>> import zlib
+    >>> from types import SimpleNamespace
+    >>> import numpy as np
+    >>> from ragkit.encoders import register_encoder, unregister_encoder
     >>> from ragkit.retrievers import Dense
-    >>> pipe = Dense(k=100) | CosineAdapter(target_value=0.9)   # doctest: +SKIP
-    >>> pipe.fit(corpus, train).search(["what causes ..."])      # doctest: +SKIP
+    >>> from ragkit.types import Corpus, Queries, TrainSet
+    >>> def embed(texts, **kw):
+    ...     v = np.full((len(texts), 64), 0.1, np.float32)
+    ...     for i, text in enumerate(texts):
+    ...         for word in text.split():
+    ...             v[i, zlib.crc32(word.encode()) % 64] += 1
+    ...     return v / np.linalg.norm(v, axis=1, keepdims=True)
+    >>> toy = SimpleNamespace(encode=embed, encode_queries=embed, key="toy-bow", dim=64)
+    >>> _ = register_encoder("toy-bow", toy)
+    >>> corpus = Corpus.from_texts([f"notes on topic{i}" for i in range(40)])
+    >>> train = TrainSet(Queries.from_texts([f"topic{i}" for i in range(30)]),
+    ...                  {f"q{i}": {str(i): 1} for i in range(30)})
+    >>> pipe = Dense(k=10, model="toy-bow") | CosineAdapter(model="toy-bow", target_value=0.95)
+    >>> pipe = pipe.fit(corpus, train)
+    >>> pipe.search(["topic35"]).doc_ids[0].tolist()   # the dense step alone returns 10
+    ['35']
+    >>> unregister_encoder("toy-bow")
     """
 
     name = "cosine_adapter"
@@ -179,6 +245,9 @@ class CosineAdapter(Operator):
     run_options = {"threshold": PARAM, "k_min": PARAM}
     #: set by fit: the deepest training query's candidates, or None when loaded from a save that predates it
     depth_: int | None
+    #: set by fit: the power form's centre x0 (the median training candidate's (c+1)/2), None for other forms
+    #: (and for a power adapter saved before it, which keeps the former map a*x^p+b)
+    power_x0_: float | None
 
     # ------------------------------------------------------------------ features / model
     @property
@@ -193,7 +262,11 @@ class CosineAdapter(Operator):
         return np.concatenate(parts, axis=1)
 
     def _transform(self, c: np.ndarray, p: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
-        """``g(c)`` and, for the power form, ``log x`` (needed by the gradient)."""
+        """``g(c)`` and, for the power form, its derivative in ``p`` (needed by the gradient).
+
+        Power: ``g = ((x/x0)^p - 1) / p``, a Box-Cox transform centred on ``x0 = power_x0_`` (``log(x/x0)``
+        at ``p = 0``).  An adapter saved before ``power_x0_`` existed (None) uses the former ``g = x^p``.
+        """
         form = self.params.form
         if form == "linear":
             return c, None
@@ -202,8 +275,20 @@ class CosineAdapter(Operator):
             return np.sqrt(x), None
         if form == "quadratic":
             return x * x, None
-        logx = np.log(x)
-        return np.exp(p * logx), logx
+        if p is None:
+            raise ValueError("cosine_adapter: the power form needs the exponents p")
+        x0 = getattr(self, "power_x0_", None)
+        if x0 is None:  # the former parameterisation (saves that predate power_x0)
+            t = np.exp(p * np.log(x))
+            return t, t * np.log(x)
+        lr = np.log(x) - np.log(x0)
+        u = np.minimum(p * lr, 50.0)  # past exp(50) the probability is 1 anyway; avoids overflow
+        t = lr * exprel(u)  # (exp(p lr) - 1) / p, exact as p -> 0
+        small = np.abs(u) < 1e-4
+        us = np.where(small, 1.0, u)
+        k = np.where(small, 0.5 + u / 3.0, (np.exp(us) * (us - 1.0) + 1.0) / (us * us))
+        k = np.where(u < p * lr, 0.0, k)  # where u is capped, t no longer depends on p
+        return t, lr * lr * k  # d t / d p = lr^2 * (u e^u - e^u + 1) / u^2
 
     def _heads(self, F1: np.ndarray, W: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
         U = F1 @ W  # (B, m)
@@ -217,37 +302,50 @@ class CosineAdapter(Operator):
         t, _ = self._transform(c, None if p is None else p[qidx])
         return a[qidx] * t + b[qidx]
 
-    def _train(self, F1: np.ndarray, c: np.ndarray, y: np.ndarray, qidx: np.ndarray) -> tuple[np.ndarray, dict]:
-        """L-BFGS on mean BCE + L2; ``F1`` (n_q, D+1) with a trailing bias column."""
+    def _loss_grad(self, wflat: np.ndarray, F1: np.ndarray, c: np.ndarray, y: np.ndarray,
+                   qidx: np.ndarray) -> tuple[float, np.ndarray]:
+        """The training objective (mean BCE + ``l2/2 * ||W||^2``, bias row not decayed) and its gradient.
+
+        ``wflat`` is the flattened ``(D+1, n_params)`` weights; ``F1`` ``(n_q, D+1)``; ``c``, ``y`` and
+        ``qidx`` (each candidate's query row in ``F1``) are ``(n,)``.
+        """
         n_q, D1 = F1.shape
         m = self.n_params
-        n = len(c)
-        l2 = self.params.l2
+        W = wflat.reshape(D1, m)
         reg = np.ones((D1, 1))
         reg[-1] = 0.0  # no decay on the bias row
+        l2 = self.params.l2
+        U, a, b, p = self._heads(F1, W)
+        t, dt_dp = self._transform(c, None if p is None else p[qidx])
+        z = a[qidx] * t + b[qidx]
+        loss = float(np.mean(np.logaddexp(0.0, z) - y * z)) + 0.5 * l2 * float(np.sum(reg * W * W))
+        dz = (expit(z) - y) / len(c)
+        G = np.zeros((n_q, m))
+        G[:, 0] = np.bincount(qidx, weights=dz * t, minlength=n_q) * expit(U[:, 0])
+        G[:, 1] = np.bincount(qidx, weights=dz, minlength=n_q)
+        if m == 3 and dt_dp is not None:
+            G[:, 2] = np.bincount(qidx, weights=dz * a[qidx] * dt_dp, minlength=n_q) * expit(U[:, 2])
+        return loss, (F1.T @ G + l2 * reg * W).ravel()
 
-        def f(wflat: np.ndarray) -> tuple[float, np.ndarray]:
-            W = wflat.reshape(D1, m)
-            U, a, b, p = self._heads(F1, W)
-            t, logx = self._transform(c, None if p is None else p[qidx])
-            z = a[qidx] * t + b[qidx]
-            loss = float(np.mean(np.logaddexp(0.0, z) - y * z)) + 0.5 * l2 * float(np.sum(reg * W * W))
-            dz = (expit(z) - y) / n
-            G = np.zeros((n_q, m))
-            G[:, 0] = np.bincount(qidx, weights=dz * t, minlength=n_q) * expit(U[:, 0])
-            G[:, 1] = np.bincount(qidx, weights=dz, minlength=n_q)
-            if m == 3:
-                G[:, 2] = np.bincount(qidx, weights=dz * a[qidx] * t * logx, minlength=n_q) * expit(U[:, 2])
-            return loss, (F1.T @ G + l2 * reg * W).ravel()
+    def _train(self, F1: np.ndarray, c: np.ndarray, y: np.ndarray, qidx: np.ndarray) -> tuple[np.ndarray, dict]:
+        """L-BFGS on :meth:`_loss_grad`; ``F1`` (n_q, D+1) with a trailing bias column."""
+        D1 = F1.shape[1]
+        m = self.n_params
 
         W0 = np.zeros((D1, m))
         W0[-1, 0] = np.log(np.expm1(10.0))  # slope 10 on the cosine scale
         W0[-1, 1] = -10.0 * float(np.quantile(c, 0.9)) if self.params.form == "linear" else -5.0
-        if m == 3:
+        if m == 3:  # slope 10 on the cosine scale at x0 (d g / d c = 1 / (2 x0)), logit 0 at the 90th percentile
+            x0 = self.power_x0_
+            if x0 is None:
+                raise ValueError("cosine_adapter: fit sets power_x0_ before training the power form")
+            W0[-1, 0] = np.log(np.expm1(20.0 * x0))
+            W0[-1, 1] = -10.0 * (float(np.quantile(c, 0.9)) - (2.0 * x0 - 1.0))
             W0[-1, 2] = np.log(np.expm1(1.0))
         from scipy.optimize import minimize  # (here: ~120 ms to import, which a search never needs)
 
-        res = minimize(f, W0.ravel(), jac=True, method="L-BFGS-B", options={"maxiter": self.params.max_iter})
+        res = minimize(self._loss_grad, W0.ravel(), args=(F1, c, y, qidx), jac=True, method="L-BFGS-B",
+                       options={"maxiter": self.params.max_iter})
         if not res.success:  # the weights, and the threshold chosen with them, are those of an unfinished fit
             logging.getLogger("ragkit").warning(
                 "cosine_adapter: L-BFGS stopped after %d iterations without converging (form %s, max_iter %d: %s); "
@@ -256,6 +354,12 @@ class CosineAdapter(Operator):
                 " (form power needs more iterations than linear)" if self.params.form == "power" else "")
         return res.x.reshape(D1, m), {"loss": float(res.fun), "iterations": int(res.nit),
                                       "converged": bool(res.success)}
+
+    def _check_fitted(self) -> None:
+        if not self.is_fitted:  # Operator's message says fit(corpus), which refuses to fit the adapter
+            raise NotFittedError(
+                f"{type(self).__name__} ({self.name!r}) is not fitted yet; call fit(corpus, train=TrainSet(queries, "
+                f"qrels)) first (or Pipeline.fit(corpus, train) on the pipeline that holds it)")
 
     def _features1(self, X: np.ndarray) -> np.ndarray:
         F = (X - self.feat_mean_) / self.feat_std_
@@ -331,6 +435,9 @@ class CosineAdapter(Operator):
         self.feat_std_ = np.where(sd > 1e-8, sd, 1.0)
         F1 = self._features1(X)
         remap = np.cumsum(fit_q) - 1
+        # the power form's centre: the median training candidate (its slope and logit there are a(q) and b(q))
+        self.power_x0_ = (float(np.median(np.clip((c[sel].astype(np.float64) + 1.0) / 2.0, 1e-6, 1.0)))
+                          if self.params.form == "power" else None)
         W, info = self._train(F1[fit_q], c[sel].astype(np.float64), y[sel], remap[qidx[sel]])
         if not np.isfinite(W).all():
             raise DataError(f"cosine_adapter.fit: training diverged (non-finite weights after {info['iterations']} "
@@ -342,7 +449,10 @@ class CosineAdapter(Operator):
             hold = ~fit_q if (~fit_q).any() else fit_q
             hsel = hold[qidx]
             probs = expit(self._logits(F1, W, c.astype(np.float64), qidx))[hsel]
-            self.threshold_ = choose_threshold(probs, y[hsel], self.params.target, self.params.target_value)
+            self.threshold_ = choose_threshold(probs, y[hsel], self.params.target, self.params.target_value,
+                                               pairs="held-out" if (~fit_q).any() else "training")
+            info["threshold_achieved"] = threshold_reached(probs, y[hsel], self.threshold_)
+            info["threshold_pairs"] = int(hsel.sum())
             info["threshold_queries"] = int(hold.sum())
             info["threshold_positives"] = int(y[hsel].sum())
             info["held_out"] = bool((~fit_q).any())
@@ -381,9 +491,29 @@ class CosineAdapter(Operator):
 
     # ------------------------------------------------------------------ inference
     def predict_proba(self, qvecs: np.ndarray, cosines: np.ndarray) -> np.ndarray:
-        """P(relevant) for a padded ``(B, K)`` matrix of cosines (sorted best first per row).
+        """P(relevant) for a padded matrix of cosines, one row per query.
 
-        ``qvecs`` is ``(B, d)``; NaN entries of ``cosines`` mark padding and come back NaN.
+        Parameters
+        ----------
+        qvecs : (B, d) array
+            The queries' embeddings, from the adapter's encoder (``model``).
+        cosines : (B, K) array
+            Each query's candidates' raw cosines, sorted best first per row; NaN at the end of a row
+            marks padding (rows of fewer than ``K`` candidates).
+
+        Returns
+        -------
+        (B, K) float64 array
+            P(relevant) of each candidate, in [0, 1], non-increasing along each row; NaN where
+            ``cosines`` is NaN.
+
+        Raises
+        ------
+        NotFittedError
+            Before ``fit``.
+        DataError
+            Shapes that do not match, a NaN before a value, a row not sorted best first, or
+            values that are not cosines.
         """
         self._check_fitted()
         cosines = np.asarray(cosines, dtype=np.float64)
@@ -452,7 +582,8 @@ class CosineAdapter(Operator):
     def _save(self, folder: Path) -> None:
         save_arrays(folder, adapter_weights=self.weights_, adapter_feat_mean=self.feat_mean_,
                     adapter_feat_std=self.feat_std_)
-        write_json(folder / "adapter.json", {"threshold": self.threshold_, "depth": self.depth_, "info": self.info_})
+        write_json(folder / "adapter.json", {"threshold": self.threshold_, "depth": self.depth_, "info": self.info_,
+                                             "power_x0": self.power_x0_})
         save_encoder_key(folder, get_encoder(self.params.model))
 
     def _load(self, folder: Path, mmap: bool = False) -> None:
@@ -468,4 +599,8 @@ class CosineAdapter(Operator):
                                 f"{len(self.feat_mean_)} features and form {self.params.form!r}")
         self.threshold_ = float(meta["threshold"])
         self.depth_ = None if meta.get("depth") is None else int(meta["depth"])  # None: saved before depth was kept
+        x0 = meta.get("power_x0") if self.params.form == "power" else None  # None: saved before power was centred
+        if x0 is not None and (not isinstance(x0, (int, float)) or isinstance(x0, bool) or not 0 < x0 <= 1):
+            raise ArtifactError(f"{folder / 'adapter.json'}: power_x0 must be a number in (0, 1], got {x0!r}")
+        self.power_x0_ = None if x0 is None else float(x0)
         self.info_ = dict(meta.get("info", {}))
