@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Callable, TypeVar
 
 from ragkit._files import folder_checksums, folder_lock, saved_relpath, verify_checksums
+from ragkit._locks import guarded_any
 from ragkit.errors import ArtifactError, DataError, ParamError
 from ragkit.operator import (
     _LOST_MANIFEST,
@@ -57,32 +58,33 @@ def save_pipeline(pipe: Pipeline, path: str | Path, *, extra: dict[str, Any] | N
 
     if not pipe.steps:  # pipeline.yaml would read `pipeline: []`, which no load accepts
         raise ParamError(f"{path}: expected a pipeline of at least one operator to save, got an empty Pipeline([])")
-    # the documents every fitted step searches (after an add / remove on them, the edited ones);
-    # steps that disagree are refused here, before the folder is touched
-    corpus = shared_corpus(pipe)
-    with atomic_dir(path) as tmp:
-        (tmp / "pipeline.yaml").write_text(dump_yaml(pipe), encoding="utf-8")
-        if corpus is not None:
-            corpus.save(tmp / "corpus.jsonl")
-        folders: dict[int, str] = {}
-        nodes: dict[str, str] = {}
-        for node_path, leaf in walk_leaves(pipe):
-            if id(leaf) not in folders:
-                folder = f"ops/{len(folders):02d}-{leaf.name}"
-                (tmp / folder).mkdir(parents=True)
-                leaf.save_into(tmp / folder, with_corpus=False)
-                folders[id(leaf)] = folder
-            nodes[node_path] = folders[id(leaf)]
-        if corpus is not None:  # before the save replaces anything: every step written from `corpus`
-            _check_unedited(pipe, corpus, folders, tmp, path)
-        for name, value in (extra or {}).items():
-            if (tmp / name).exists() or name == "manifest.json" or Path(name).name != name:
-                raise ParamError(f"{path}: extra file {name!r} would replace a file of the saved pipeline")
-            write_json(tmp / name, value)
-        write_json(tmp / "manifest.json", {
-            "format_version": FORMAT_VERSION, "ragkit_version": __version__, "fitted": corpus is not None,
-            "nodes": nodes, "sha256": folder_checksums(tmp),
-        })
+    with guarded_any(pipe, *pipe.steps):  # a RagkitRetriever's edits of the tree wait for the save, it for them
+        # the documents every fitted step searches (after an add / remove on them, the edited ones);
+        # steps that disagree are refused here, before the folder is touched
+        corpus = shared_corpus(pipe)
+        with atomic_dir(path) as tmp:
+            (tmp / "pipeline.yaml").write_text(dump_yaml(pipe), encoding="utf-8")
+            if corpus is not None:
+                corpus.save(tmp / "corpus.jsonl")
+            folders: dict[int, str] = {}
+            nodes: dict[str, str] = {}
+            for node_path, leaf in walk_leaves(pipe):
+                if id(leaf) not in folders:
+                    folder = f"ops/{len(folders):02d}-{leaf.name}"
+                    (tmp / folder).mkdir(parents=True)
+                    leaf.save_into(tmp / folder, with_corpus=False)
+                    folders[id(leaf)] = folder
+                nodes[node_path] = folders[id(leaf)]
+            if corpus is not None:  # before the save replaces anything: every step written from `corpus`
+                _check_unedited(pipe, corpus, folders, tmp, path)
+            for name, value in (extra or {}).items():
+                if (tmp / name).exists() or name == "manifest.json" or Path(name).name != name:
+                    raise ParamError(f"{path}: extra file {name!r} would replace a file of the saved pipeline")
+                write_json(tmp / name, value)
+            write_json(tmp / "manifest.json", {
+                "format_version": FORMAT_VERSION, "ragkit_version": __version__, "fitted": corpus is not None,
+                "nodes": nodes, "sha256": folder_checksums(tmp),
+            })
 
 
 def _check_unedited(pipe: Pipeline, corpus: Corpus, folders: dict[int, str], tmp: Path, path: str | Path) -> None:

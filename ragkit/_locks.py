@@ -7,7 +7,7 @@ import threading
 from contextlib import contextmanager, nullcontext
 from typing import Any, ContextManager, Iterator
 
-__all__ = ["ReadWriteLock", "lock_of", "guarded", "MODEL_LOADING"]
+__all__ = ["ReadWriteLock", "lock_of", "guarded", "guarded_any", "MODEL_LOADING"]
 
 #: held around every model load ragkit makes (transformers' ``from_pretrained``, ``SentenceTransformer(...)``):
 #: a load patches globals for its duration (``PreTrainedModel.tie_weights``, ``torch.nn.init``'s functions) and
@@ -20,7 +20,10 @@ class ReadWriteLock:
     """Any number of readers at once, or one writer alone.
 
     A writer waiting for the readers to finish stops new readers from starting, so a stream of
-    searches cannot starve an edit; readers waiting for a writer all start when it is done.
+    searches cannot starve an edit; readers waiting for a writer all start when it is done, before any
+    next writer (the same thread writing again at once included): a stream of edits cannot starve the
+    searches either.  The turns so alternate under load: the readers waiting when a writer leaves, then
+    the next writer, then the readers that came meanwhile, and so on.
 
     Reentrant where that cannot deadlock: a thread already reading may read again (a search inside a
     search: ``RagkitRetriever`` holds it around ``pipeline.search``, which takes it too) without waiting
@@ -39,6 +42,11 @@ class ReadWriteLock:
         self._writer: int | None = None  # the thread writing
         self._depth = 0  # of its writes
         self._writers_waiting = 0
+        self._readers_waiting = 0  # threads waiting to read (not reading already)
+        # the readers' turn: each writer leaving with readers waiting starts a new turn (``_turn`` + 1) that
+        # lets those ``_admit`` readers in before any writer, the writers waiting notwithstanding
+        self._turn = 0
+        self._admit = 0
         self._into: ReadWriteLock | None = None  # the lock this one was merged into (set under _cond, once)
 
     def final(self) -> "ReadWriteLock":
@@ -58,15 +66,29 @@ class ReadWriteLock:
                     as_writer = lock._writer == me  # the writer reads what it holds alone
                     if as_writer:
                         return lock, True
-                    if me not in lock._held:
-                        while lock._into is None and (lock._writer is not None or lock._writers_waiting):
-                            lock._cond.wait()
+                    if me not in lock._held and (lock._writer is not None or lock._writers_waiting):
+                        lock._wait_to_read()
                     if lock._into is None:
                         if me not in lock._held:
                             lock._readers += 1
                         lock._held[me] = lock._held.get(me, 0) + 1
                         return lock, False
             lock = lock.final()  # merged meanwhile: wait on the lock it forwards to
+
+    def _wait_to_read(self) -> None:
+        """Wait (holding ``_cond``) until a writer leaving starts the readers' turn, or no writer holds or waits
+        for the lock, or it was merged into another."""
+        turn = self._turn
+        self._readers_waiting += 1
+        try:
+            while self._into is None and (self._writer is not None or self._writers_waiting and self._turn == turn):
+                self._cond.wait()
+        finally:
+            self._readers_waiting -= 1
+            if self._turn != turn and self._admit:  # one of the readers this turn lets in (or gone meanwhile)
+                self._admit -= 1
+                if not self._admit:
+                    self._cond.notify_all()  # (the writers waiting for the turn to end)
 
     def _release_read(self, as_writer: bool) -> None:
         if as_writer:
@@ -91,8 +113,10 @@ class ReadWriteLock:
         finally:
             lock._release_read(as_writer)
 
-    def _acquire_write(self) -> "ReadWriteLock":
-        """Take the write side of :meth:`final` (once the readers have left); returns that lock."""
+    def _acquire_write(self, ahead: bool = False) -> "ReadWriteLock":
+        """Take the write side of :meth:`final` (once the readers have left); returns that lock.  ``ahead``: before
+        the readers of a turn in progress (a merge, :func:`_merge`: once, so the readers it holds back take the
+        lock merged into, not this one)."""
         me = threading.get_ident()
         lock = self.final()
         while True:
@@ -105,11 +129,15 @@ class ReadWriteLock:
                         raise RuntimeError("ReadWriteLock.writing: this thread holds the lock to read; writing would "
                                            "wait for itself (take the write side before reading, not inside)")
                     lock._writers_waiting += 1
-                    try:
-                        while lock._into is None and (lock._writer is not None or lock._readers):
+                    try:  # (the readers of a turn in progress first: ``_admit``)
+                        while lock._into is None and (lock._writer is not None or lock._readers
+                                                      or lock._admit and not ahead):
                             lock._cond.wait()
-                    finally:
+                    except BaseException:  # (interrupted: the readers it held back go on)
                         lock._writers_waiting -= 1
+                        lock._cond.notify_all()
+                        raise
+                    lock._writers_waiting -= 1
                     if lock._into is None:
                         lock._writer, lock._depth = me, 1
                         return lock
@@ -121,12 +149,15 @@ class ReadWriteLock:
             self._depth -= 1
             if not self._depth:
                 self._writer = None
+                if self._readers_waiting:  # their turn: they all start before the next writer
+                    self._turn += 1
+                    self._admit = self._readers_waiting
                 self._cond.notify_all()
 
     @contextmanager
-    def writing(self) -> Iterator[None]:
+    def writing(self, *, _ahead: bool = False) -> Iterator[None]:
         """Hold the lock alone for the ``with`` block (after the readers inside it have left)."""
-        lock = self._acquire_write()
+        lock = self._acquire_write(_ahead)
         try:
             yield
         finally:
@@ -184,7 +215,7 @@ def _merge(locks: list[ReadWriteLock]) -> None:
     with _MERGING, ExitStack() as stack:
         live = [lock for lock in locks if lock._into is None]  # (another merge may have done it meanwhile)
         for lock in sorted(live, key=id):
-            stack.enter_context(lock.writing())
+            stack.enter_context(lock.writing(_ahead=True))
         for other in live[1:]:
             with other._cond:
                 other._into = live[0]
@@ -197,3 +228,13 @@ def guarded(op: Any) -> ContextManager[None]:
     progress; a context that does nothing otherwise (no lock is made for a tree no retriever wraps)."""
     lock = _LOCKS.get(id(op))
     return lock.reading() if lock is not None else nullcontext()
+
+
+def guarded_any(*ops: Any) -> ContextManager[None]:
+    """:func:`guarded` of the first of ``ops`` that has a lock (a save of ``Pipeline([step])``: the new wrapper
+    has none, the step may have); a context that does nothing when none has."""
+    for op in ops:
+        lock = _LOCKS.get(id(op))
+        if lock is not None:
+            return lock.reading()
+    return nullcontext()

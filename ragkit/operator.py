@@ -552,8 +552,10 @@ class Operator:
         documents changed (``add`` / ``remove`` on another thread) is refused before it replaces
         anything.  A leading ``~`` is the home folder.
         """
+        from ragkit._locks import guarded
+
         folder = user_path(path, f"{type(self).__name__}.save: path")
-        with atomic_dir(folder) as tmp:
+        with guarded(self), atomic_dir(folder) as tmp:  # a RagkitRetriever's edits of it wait for the save
             corpus = getattr(self, "corpus_", None)
             self.save_into(tmp, with_corpus=True)
             if getattr(self, "corpus_", None) is not corpus:  # (add / remove replace it: its files may mix both)

@@ -25,9 +25,10 @@ import copy
 import hashlib
 import json
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, NamedTuple
 
 import numpy as np
 from langchain_core.callbacks import (
@@ -185,6 +186,15 @@ def _num(x: float) -> float | None:
     return None if isinstance(x, float) and math.isnan(x) else x
 
 
+class _State(NamedTuple):
+    """What a search reads of a :class:`RagkitRetriever`, all at once under its lock (``_reading``)."""
+
+    pipeline: Operator
+    producers: "_Producers"
+    search_kwargs: dict[str, Any]
+    k: int
+
+
 # ---------------------------------------------------------------------------------- retriever
 class RagkitRetriever(BaseRetriever):
     """A ragkit pipeline as a LangChain retriever.
@@ -222,7 +232,10 @@ class RagkitRetriever(BaseRetriever):
     Assigning ``pipeline``, ``corpus``, ``train``, ``k`` or ``search_kwargs`` after construction is
     checked as construction checks it, with the same errors (``r.k = 0``: pydantic's
     ``ValidationError``; ``r.pipeline = "bm25"``, an unfitted operator: ``NotFittedError``); a refused
-    assignment leaves the retriever as it was.  A new ``pipeline`` (or ``corpus``: the pipeline refitted
+    assignment leaves the retriever as it was.  An assignment is checked (and a new pipeline loaded, or
+    refitted) on a copy while searches on other threads go on, then swapped in at once holding the lock
+    to write: a search sees the retriever before the assignment or after it, never in between, and
+    never one refused.  A new ``pipeline`` (or ``corpus``: the pipeline refitted
     on it, as at construction) replaces the retriever's documents, lock and everything read from the tree.
 
     Each returned ``Document`` has the corpus text as ``page_content``, the document id as
@@ -367,26 +380,36 @@ class RagkitRetriever(BaseRetriever):
 
     def __setattr__(self, name: str, value: Any) -> None:
         """An assignment of a field, validated (``validate_assignment``: the field's own checks, then
-        :meth:`_build`), or refused with the retriever left as it was; ``k`` and ``search_kwargs["k"]``
-        kept equal (the one assigned wins)."""
+        :meth:`_build`) on a shallow copy, then swapped in holding the lock to write, or refused with the
+        retriever left as it was (no thread saw it otherwise); ``k`` and ``search_kwargs["k"]`` kept equal
+        (the one assigned wins)."""
         private = getattr(self, "__pydantic_private__", None)
         if name not in type(self).model_fields or not private or private.get("_op") is None:  # (being built)
             super().__setattr__(name, value)
             return
-        before = (dict(self.__dict__), set(self.__pydantic_fields_set__), dict(self.__pydantic_private__ or {}))
-        try:
-            super().__setattr__(name, value)
-        except BaseException:
-            self.__dict__.clear()
-            self.__dict__.update(before[0])
-            object.__setattr__(self, "__pydantic_fields_set__", before[1])
-            object.__setattr__(self, "__pydantic_private__", before[2])
-            raise
-        own_k = self.search_kwargs.get("k")
+        # validated and built on a copy (a new pipeline loaded and fitted there), searches going on meanwhile
+        # with the retriever as it was; then swapped in at once, or nothing changes (a refused assignment)
+        side = copy.copy(self)  # (pydantic's shallow copy: fields, fields set and private attributes)
+        before = dict(side.__dict__)
+        super(RagkitRetriever, side).__setattr__(name, value)  # validate_assignment: the field, then _build
+        own_k = side.search_kwargs.get("k")
         if name == "k" and own_k is not None:
-            self.__dict__["search_kwargs"] = {**self.search_kwargs, "k": self.k}
+            side.__dict__["search_kwargs"] = {**side.search_kwargs, "k": side.k}
         elif name == "search_kwargs" and own_k is not None:
-            self.__dict__["k"] = int(own_k)
+            side.__dict__["k"] = int(own_k)
+        changed = {key: v for key, v in side.__dict__.items() if key not in before or before[key] is not v}
+        rebuilt = side._op is not private["_op"]
+        while True:
+            lock = self._lock
+            with lock.writing():  # searches in progress finish first; new ones see the retriever after
+                if self._lock is not lock:  # (replaced meanwhile: take the new one)
+                    continue
+                self.__dict__.update(changed)
+                object.__setattr__(self, "__pydantic_fields_set__",
+                                   self.__pydantic_fields_set__ | side.__pydantic_fields_set__)
+                if rebuilt:  # a new pipeline: its documents, lock, producers
+                    object.__setattr__(self, "__pydantic_private__", dict(side.__pydantic_private__ or {}))
+                return
 
     # ------------------------------------------------------------------ constructors
     @classmethod
@@ -454,16 +477,16 @@ class RagkitRetriever(BaseRetriever):
         from ragkit.pipelines import Pipeline
         from ragkit.pipelines.store import save_pipeline
 
-        settings = {"k": self.k, "search_kwargs": self.search_kwargs}
-        try:  # before the folder is touched
-            json.dumps(settings, default=_json_default, allow_nan=False)
-        except (TypeError, ValueError) as e:
-            raise ParamError(f"RagkitRetriever.save({str(path)!r}): search_kwargs {self.search_kwargs!r:.120} "
-                             f"hold a value JSON cannot write ({e}); expected strings, finite numbers, booleans, "
-                             "lists and objects") from None
-        op = self.pipeline
-        pipe = op if isinstance(op, Pipeline) else Pipeline([op])
-        with self._lock.reading():  # edits through a retriever wait: every step is written from one corpus
+        with self._reading() as state:  # edits (and assignments) wait: every step is written from one corpus
+            settings = {"k": state.k, "search_kwargs": state.search_kwargs}
+            try:  # before the folder is touched
+                json.dumps(settings, default=_json_default, allow_nan=False)
+            except (TypeError, ValueError) as e:
+                raise ParamError(f"RagkitRetriever.save({str(path)!r}): search_kwargs {state.search_kwargs!r:.120} "
+                                 f"hold a value JSON cannot write ({e}); expected strings, finite numbers, booleans, "
+                                 "lists and objects") from None
+            op = state.pipeline
+            pipe = op if isinstance(op, Pipeline) else Pipeline([op])
             save_pipeline(pipe, path, extra={RETRIEVER_FILE: settings})
 
     @classmethod
@@ -479,31 +502,45 @@ class RagkitRetriever(BaseRetriever):
         return cls(pipeline=folder, **kwargs)
 
     # ------------------------------------------------------------------ core
-    def _options(self, kwargs: dict[str, Any]) -> dict[str, Any]:
-        return merge_options(self.search_kwargs, {key: v for key, v in kwargs.items() if key not in _LANGCHAIN_KWARGS})
+    @contextmanager
+    def _reading(self) -> Iterator["_State"]:
+        """Hold the retriever's lock to read, and yield what a search reads of the retriever, read under it:
+        an assignment (``r.pipeline = ...``, ``r.k = ...``) swaps them holding the lock to write, so they are
+        all of the retriever before it or all of the one after."""
+        while True:
+            lock = self._lock
+            with lock.reading():
+                if self._lock is lock:  # (else swapped meanwhile: the new retriever's lock)
+                    yield _State(self.pipeline, self._producers, self.search_kwargs, self.k)
+                    return
 
-    def _search(self, queries: list[str], k: int | None, options: dict[str, Any]) -> list[list[Document]]:
+    @staticmethod
+    def _options(kwargs: dict[str, Any]) -> dict[str, Any]:
+        """A call's search options (merged over ``search_kwargs`` by :meth:`_search`): LangChain's own left out."""
+        return {key: v for key, v in kwargs.items() if key not in _LANGCHAIN_KWARGS}
+
+    def _search(self, queries: list[str], k: int | None, call: dict[str, Any]) -> list[list[Document]]:
         """One ``pipeline.search`` call for the whole batch (queries checked by :func:`_query_errors`),
-        converted to Documents.  ``k``: the call's (``None``: not given); ``options``: the call's merged
-        over ``search_kwargs`` (:meth:`_options`), whose ``k`` comes next, then the retriever's ``k``."""
-        options = dict(options)
-        own_k = options.pop("k", None)  # search_kwargs' (a call's k is never among its options)
-        if k is None:
-            k = self.k if own_k is None else _positive_k(own_k, "search_kwargs: ")  # (edited in place: check it)
+        converted to Documents.  ``k``: the call's (``None``: not given); ``call``: the call's options
+        (:meth:`_options`), merged over ``search_kwargs``, whose ``k`` comes next, then the retriever's ``k``;
+        all read under the lock with the pipeline (:meth:`_reading`)."""
         error: Exception | None = None
         for _ in range(_EDIT_RETRIES):
             # the documents this search's rows index: read from the pipeline before and after it, never from
             # this retriever (a call on another thread updates self._corpus after its own search)
-            with self._lock.reading():  # (an edit through this retriever waits, and is waited for)
-                before = self._searched_corpus()
+            with self._reading() as state:  # (an edit through this retriever waits, and is waited for)
+                options = merge_options(state.search_kwargs, call)
+                own_k = options.pop("k", None)  # search_kwargs' (a call's k is never among its options)
+                n = k if k is not None else state.k if own_k is None else _positive_k(own_k, "search_kwargs: ")
+                before = self._searched_corpus(state.pipeline)  # (search_kwargs edited in place: k checked)
                 try:
-                    run = self.pipeline.search(queries, k=k, **options)
+                    run = state.pipeline.search(queries, k=n, **options)
                 except Exception as e:  # noqa: BLE001 - re-raised unless the documents changed under the search
-                    if self._searched_corpus() is before:
+                    if self._searched_corpus(state.pipeline) is before:
                         raise
                     error = e
                     continue
-                corpus = self._searched_corpus()
+                corpus = self._searched_corpus(state.pipeline)
             # unchanged, or documents only added (add on another thread): rows of either are rows of the new one
             if corpus is not None and (corpus is before or _extends(corpus, before)):
                 break
@@ -514,9 +551,10 @@ class RagkitRetriever(BaseRetriever):
                 f"{len(queries)} quer{'y' if len(queries) == 1 else 'ies'} (add / remove on another thread); "
                 "expected them unchanged for the length of one search: edit the index between searches"
                 + (f" (last error: {type(error).__name__}: {error})" if error is not None else "")) from error
-        self._corpus = corpus  # a retriever edited since (add / remove)
+        if state.pipeline is self.pipeline:
+            self._corpus = corpus  # a retriever edited since (add / remove)
         rankings = run.rankings if run.rankings is not None else [Ranking.empty() for _ in queries]
-        producers = self._producers.of(run.values, len(queries))
+        producers = state.producers.of(run.values, len(queries))
         return [self._documents(r, corpus, names) for r, names in zip(rankings, producers)]
 
     # ------------------------------------------------------------------ edits
@@ -546,14 +584,26 @@ class RagkitRetriever(BaseRetriever):
         new = Corpus.from_documents([d.model_copy(update={"id": i}) for d, i in zip(docs, given)])
         _check_reserved(new, "add_documents")
         self._encode_ahead(new)  # the slow part, before searches wait for the edit
-        self._lock = lock_of(self.pipeline)  # (steps put into the pipeline since share it from now on)
-        with self._lock.writing():  # the check and the edit as one (two adds of one id: the second is refused)
-            held = _corpus_of(self.pipeline)
+        with self._editing() as pipe:  # the check and the edit as one (two adds of one id: the second is refused)
+            held = _corpus_of(pipe)
             if held is not None and len(dup := held.row_of(new.ids.tolist(), missing="drop")):
                 raise DataError(f"add_documents: {len(dup)} of the ids are already indexed, e.g. "
                                 f"{held.ids[dup[0]]!r}; delete them first, or give other ids")
-            self._edit("add", new, lambda leaf: leaf.remove(new.ids.tolist()))
+            self._edit(pipe, "add", new, lambda leaf: leaf.remove(new.ids.tolist()))
         return new.ids.tolist()
+
+    @contextmanager
+    def _editing(self) -> Iterator[Operator]:
+        """Hold the lock of the retriever's pipeline to write, and yield that pipeline (the one the retriever
+        holds then: a pipeline assigned meanwhile is edited, not the one it replaced)."""
+        while True:
+            pipe = self.pipeline
+            lock = lock_of(pipe)  # (steps put into the pipeline since share it from now on)
+            with lock.writing():
+                if self.pipeline is pipe:
+                    self._lock = lock
+                    yield pipe
+                    return
 
     def _encode_ahead(self, new: Corpus) -> None:
         """Encode ``new``'s documents into the embedding cache for every dense retriever of the pipeline
@@ -575,9 +625,8 @@ class RagkitRetriever(BaseRetriever):
             raise ParamError(f"delete: unknown argument(s) {sorted(kwargs)}; expected ids")
         if ids is None or isinstance(ids, str):
             raise DataError(f"delete: expected a list of document ids, got {ids!r:.80}")
-        self._lock = lock_of(self.pipeline)  # (steps put into the pipeline since share it from now on)
-        with self._lock.writing():
-            held = _corpus_of(self.pipeline)
+        with self._editing() as pipe:
+            held = _corpus_of(pipe)
             assert held is not None  # a built retriever's pipeline is fitted
             rows = held.rows_to_remove(list(ids), "delete")
             if len(rows):
@@ -587,18 +636,27 @@ class RagkitRetriever(BaseRetriever):
                     leaf.remove(gone_ids)
                     leaf.add(gone)
 
-                self._edit("remove", gone_ids, lambda leaf: leaf.add(gone), realign)
+                self._edit(pipe, "remove", gone_ids, lambda leaf: leaf.add(gone), realign)
         return True
 
-    def _edit(self, method: str, arg: Any, undo: Callable[[Any], Any],
+    async def aadd_documents(self, documents: Sequence[Document], *, ids: Sequence[str] | None = None) -> list[str]:
+        """:meth:`add_documents` for the event loop (LangChain ``VectorStore.aadd_documents``): run in a worker
+        thread, so the loop goes on while the new documents are encoded and the edit waits for the searches."""
+        return await run_in_executor(None, self.add_documents, documents, ids=ids)
+
+    async def adelete(self, ids: Sequence[str] | None = None, **kwargs: Any) -> bool:
+        """:meth:`delete` for the event loop (LangChain ``VectorStore.adelete``), in a worker thread."""
+        return await run_in_executor(None, self.delete, ids, **kwargs)
+
+    def _edit(self, pipe: Operator, method: str, arg: Any, undo: Callable[[Any], Any],
               realign: Callable[[Any], Any] | None = None) -> None:
-        """``leaf.<method>(arg)`` on every fitted retriever (stateful leaf) of the pipeline, each checked
+        """``leaf.<method>(arg)`` on every fitted retriever (stateful leaf) of ``pipe``, each checked
         first to have it; on a failure, ``undo(leaf)`` on those already edited and ``realign(leaf)`` on the
         others (a removal undone appends the documents again: every retriever must hold the same rows),
         then the error."""
         from ragkit.pipelines.yaml import walk_leaves
 
-        leaves = [(path, leaf) for path, leaf in walk_leaves(self.pipeline)
+        leaves = [(path, leaf) for path, leaf in walk_leaves(pipe)
                   if not leaf.stateless and getattr(leaf, "corpus_", None) is not None]
         cannot = [f"{path} ({leaf.name})" for path, leaf in leaves if not callable(getattr(leaf, method, None))]
         if cannot:
@@ -623,15 +681,16 @@ class RagkitRetriever(BaseRetriever):
                                 f"{again}): the pipeline's retrievers may now hold different documents, and searches "
                                 "say so; fit a new retriever") from e
             raise
-        corpus = _corpus_of(self.pipeline)
+        corpus = _corpus_of(pipe)
         assert corpus is not None
         self._corpus = corpus
 
-    def _searched_corpus(self) -> Corpus | None:
-        """The corpus the pipeline searches now (``None`` while its retrievers disagree, in the middle
-        of an edit of each of them on another thread: the search fails then, or is repeated)."""
+    def _searched_corpus(self, pipeline: Operator | None = None) -> Corpus | None:
+        """The corpus ``pipeline`` (default: the retriever's) searches now (``None`` while its retrievers
+        disagree, in the middle of an edit of each of them on another thread: the search fails then, or is
+        repeated)."""
         try:
-            return _corpus_of(self.pipeline)
+            return _corpus_of(self.pipeline if pipeline is None else pipeline)
         except DataError:
             return None
 
