@@ -5,9 +5,9 @@
 
 from ragkit.filters.cosine_adapter import CosineAdapter
 from ragkit.filters.cutoffs import TopK
-from ragkit.filters.dbnorm import DBNorm
+from ragkit.filters.dbnorm import DBNorm, DBNormDense
 from ragkit.filters.maxsim import MaxSim
 from ragkit.filters.mmr import MMR
 from ragkit.filters.thresholds import RelativeThreshold, ScoreThreshold
 
-__all__ = ["TopK", "ScoreThreshold", "RelativeThreshold", "CosineAdapter", "DBNorm", "MaxSim", "MMR"]
+__all__ = ["TopK", "ScoreThreshold", "RelativeThreshold", "CosineAdapter", "DBNorm", "DBNormDense", "MaxSim", "MMR"]
