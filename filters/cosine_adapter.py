@@ -16,7 +16,7 @@ from pydantic import Field
 from scipy.special import expit, exprel
 
 from ragkit.encoders import DEFAULT_MODEL, check_encoder_key, get_encoder, query_vectors, save_encoder_key
-from ragkit.errors import ArtifactError, DataError, NotFittedError
+from ragkit.errors import ArtifactError, DataError
 from ragkit.filters._flat import check_cosines, check_dense_rankings, cut_prefix, first_unsorted, flatten
 from ragkit.operator import Operator, load_array, read_json, save_arrays, write_json
 from ragkit.options import PARAM
@@ -354,12 +354,6 @@ class CosineAdapter(Operator):
                 " (form power needs more iterations than linear)" if self.params.form == "power" else "")
         return res.x.reshape(D1, m), {"loss": float(res.fun), "iterations": int(res.nit),
                                       "converged": bool(res.success)}
-
-    def _check_fitted(self) -> None:
-        if not self.is_fitted:  # Operator's message says fit(corpus), which refuses to fit the adapter
-            raise NotFittedError(
-                f"{type(self).__name__} ({self.name!r}) is not fitted yet; call fit(corpus, train=TrainSet(queries, "
-                f"qrels)) first (or Pipeline.fit(corpus, train) on the pipeline that holds it)")
 
     def _features1(self, X: np.ndarray) -> np.ndarray:
         F = (X - self.feat_mean_) / self.feat_std_

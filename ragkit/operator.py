@@ -313,11 +313,11 @@ class Operator:
         return self.stateless or any(k.endswith("_") and not k.startswith("_") for k in tuple(vars(self)))
 
     def _check_fitted(self) -> None:
-        if not self.is_fitted:
-            raise NotFittedError(
-                f"{type(self).__name__} ({self.name!r}) is not fitted yet; call fit(corpus) first "
-                f"(or Pipeline.fit(corpus) on the pipeline that holds it)"
-            )
+        if not self.is_fitted:  # an operator that refuses to fit without judged queries says so
+            how, whole = (("fit(corpus, train=TrainSet(queries, qrels))", "Pipeline.fit(corpus, train)")
+                          if self.needs_train else ("fit(corpus)", "Pipeline.fit(corpus)"))
+            raise NotFittedError(f"{type(self).__name__} ({self.name!r}) is not fitted yet; call {how} first "
+                                 f"(or {whole} on the pipeline that holds it)")
 
     def children(self) -> list["Operator"]:
         """Sub-operators of a composite (empty for a leaf)."""
