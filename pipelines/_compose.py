@@ -1000,12 +1000,17 @@ class Pipeline(Composite):
         fits ``sharded`` retrievers with ``backend: auto`` as Ray tasks); see :mod:`ragkit.scale`.
         A fit that raises (an error, Ctrl-C) leaves every operator of the pipeline as it was before it
         (fitted as before, or unfitted: :func:`restoring`), and the exception propagates unchanged.
+        A refit without ``train`` of a pipeline whose steps learned from judged queries (a fuser with
+        ``learn: true``) drops what they learned (the fuser's given weights again), with a warning on the
+        ``ragkit`` logger naming those steps; pass ``train`` to learn again, or :meth:`load` the saved pipeline.
         """
         if backend != "local":
             from ragkit import scale
 
-            # (it refuses what the local fit below refuses at once, the same way, before Ray starts)
+            # (it refuses what the local fit below refuses at once, the same way, before Ray starts; then fits
+            # locally, with this warning)
             return scale.fit_pipeline(self, corpus, train, backend=backend, upstream=upstream, path=_path)
+        forgetting = _forgetting(self, _path) if train is None and _seen is None else []
         if _seen is None:
             problem = unranked_router(self, _path)
             if problem is not None:
@@ -1020,7 +1025,52 @@ class Pipeline(Composite):
             fit_once(step, corpus, train, seen, up, where)
         if _seen is None:
             self.corpus_ = corpus
+            _warn_forgotten(forgetting)
         return self
+
+    def learned(self) -> dict[str, dict[str, Any]]:
+        """What the steps learned from judged training queries, by the step's path (as in errors, the YAML
+        builder and ``ragkit train``'s ``learned:`` lines): a copy of each one's ``learned_`` report (a
+        learned fuser's ``weights`` with its ``branches`` and nDCG@10 estimates, a router's or judge's
+        ``threshold``: what ``learned.json`` holds in a saved folder); for a step that learned without one
+        (the Cosine Adapter, an ``adapt`` fine-tune), ``{"queries": n}`` (how many it learned from) with
+        its ``threshold`` or tuned ``model`` folder.  Steps that learned nothing are absent: ``{}`` for a
+        pipeline fitted without ``train``.  The same after :meth:`load`.
+
+        Examples
+        --------
+        >>> from ragkit import Corpus, TrainSet
+        >>> from ragkit.pipelines import Parallel, RRF
+        >>> from ragkit.retrievers import BM25
+        >>> pipe = Pipeline([Parallel([BM25(k=5), BM25(k=5, stemmer="none")], fuse=RRF(learn=True, folds=2))])
+        >>> pipe.learned()  # nothing learned yet
+        {}
+        >>> corpus = Corpus.from_texts(["red apples", "green apple pie", "running shoes", "a runner runs"],
+        ...                            ids=["a", "b", "c", "d"])
+        >>> train = TrainSet({"q1": "apple", "q2": "runs", "q3": "red apple"},
+        ...                  {"q1": {"b": 1}, "q2": {"d": 1}, "q3": {"a": 1}})
+        >>> pipe.fit(corpus, train).learned()
+        {'pipeline[0].parallel.fuse.rrf': {'branches': ['bm25', 'bm25_2'], 'weights': [0.5, 0.5],
+         'cv_ndcg@10': 1.0, 'train_ndcg@10': 1.0, 'uniform_ndcg@10': 1.0}}
+        """
+        import copy
+
+        from ragkit.pipelines.yaml import walk_leaves
+
+        out: dict[str, dict[str, Any]] = {}
+        for path, leaf in walk_leaves(self):
+            report = getattr(leaf, "learned_", None)
+            taught = getattr(leaf, "trained_on_", None)
+            if isinstance(report, dict):
+                out[path] = copy.deepcopy(report)
+            elif taught is not None and getattr(leaf, "learns", False):
+                entry: dict[str, Any] = {"queries": len(taught)}
+                if getattr(leaf, "threshold_", None) is not None:
+                    entry["threshold"] = float(leaf.threshold_)  # type: ignore[attr-defined]
+                if getattr(leaf, "model_path_", None):
+                    entry["model"] = str(leaf.model_path_)  # type: ignore[attr-defined]
+                out[path] = entry
+        return out
 
     def _upstream(self, i: int, train: TrainSet, upstream: State | None, cache: dict[int, State]) -> State:
         if i in cache:
@@ -1192,6 +1242,27 @@ class Pipeline(Composite):
             raise TypeError(f"Pipeline.load: corpus must be the ragkit Corpus the pipeline was fitted on (or None: "
                             f"the saved folder holds it), got {type(corpus).__name__}")
         return load_pipeline(folder, corpus=corpus, mmap=mmap, verify=verify)
+
+
+def _forgetting(pipe: Operator, path: str) -> list[tuple[str, int]]:
+    """``(path, n)`` for each leaf of ``pipe`` that learned from (or read) ``n`` training queries at its last
+    fit: what a fit without ``train`` drops."""
+    from ragkit.pipelines.yaml import walk_leaves
+
+    return [(where, len(taught)) for where, leaf in walk_leaves(pipe, path)
+            if (taught := getattr(leaf, "trained_on_", None)) is not None and leaf.is_fitted]
+
+
+def _warn_forgotten(forgetting: list[tuple[str, int]]) -> None:
+    if forgetting:
+        import logging
+
+        logging.getLogger("ragkit").warning(
+            "fit without train: %s learned from judged training queries at the last fit; what %s learned is "
+            "dropped (a learned fuser's weights go back to the given ones); pass train=TrainSet(queries, qrels) "
+            "to learn again, or Pipeline.load the saved pipeline",
+            ", ".join(f"{where} (from {n} quer{'y' if n == 1 else 'ies'})" for where, n in forgetting),
+            "it" if len(forgetting) == 1 else "they")
 
 
 def _wants_upstream(op: Operator) -> bool:

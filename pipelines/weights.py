@@ -7,12 +7,17 @@ training part (of equally good grid points, the one closest to uniform weights, 
 is dropped for nothing); the final weights are the mean of those per-fold picks (bagging
 across folds, which damps the variance of a single arg-max over a few hundred queries), and
 the mean held-out nDCG@10 of the picks is reported as the honest estimate.
+
+Learning must earn its weights: when that estimate is no better than equal weights scored on the same
+held-out folds, or the averaged weights score below equal weights on the training queries, the equal
+weights are kept (``WeightSearch.kept == "uniform"``, with a warning on the ``ragkit`` logger).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable
+import logging
+from dataclasses import dataclass, field
+from typing import Callable, Literal
 
 import numpy as np
 
@@ -57,13 +62,32 @@ def simplex_grid(n: int, step: float) -> np.ndarray:
 
 @dataclass
 class WeightSearch:
-    """Result of :func:`learn_weights`: chosen weights, per-fold picks and estimates."""
+    """Result of :func:`learn_weights`: chosen weights, per-fold picks and estimates.
+
+    ``cv_ndcg`` is the learning procedure's held-out nDCG@10 (each fold scored with the pick of the other
+    folds), ``uniform_cv_ndcg`` equal weights' on the same folds; ``train_ndcg`` is the chosen
+    ``weights``' nDCG@10 on the training queries, ``baseline_ndcg`` equal weights'.  ``kept`` says which
+    weights were chosen: ``"learned"`` (the mean of the per-fold picks, ``averaged``) or ``"uniform"``
+    (equal weights, when the averaged ones do not beat them: ``cv_ndcg <= uniform_cv_ndcg``, or their
+    training nDCG@10, ``averaged_train_ndcg``, is below ``baseline_ndcg``)."""
 
     weights: np.ndarray
     fold_picks: np.ndarray
     cv_ndcg: float
     train_ndcg: float
     baseline_ndcg: float
+    uniform_cv_ndcg: float = float("nan")
+    kept: Literal["learned", "uniform"] = "learned"
+    averaged: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    averaged_train_ndcg: float = float("nan")
+
+    def report(self) -> dict[str, object]:
+        """What a fuser's ``learned_`` should add to its weights and estimates when equal weights were kept
+        (empty otherwise): ``kept``, the averaged weights set aside and the numbers that set them aside."""
+        if self.kept != "uniform":
+            return {}
+        return {"kept": "uniform", "averaged_weights": self.averaged.tolist(),
+                "averaged_train_ndcg@10": self.averaged_train_ndcg, "uniform_cv_ndcg@10": self.uniform_cv_ndcg}
 
 
 def best_grid_point(scores: np.ndarray, from_uniform: np.ndarray, tol: float = 1e-12) -> int:
@@ -85,6 +109,11 @@ def learn_weights(fuse: Callable[[State, np.ndarray], list[Ranking]], state: Sta
     """Choose branch weights maximising nDCG@10 on the usable queries of ``state``: those with a judgement
     > 0 of a document in ``corpus_ids`` (:func:`~ragkit.types.usable_query_ids`; others score nDCG 0 for
     every weight and are left out).  At least 2 are needed (:class:`DataError`).
+
+    The weights are the mean of the per-fold picks unless they do not beat equal weights: a cross-validated
+    nDCG@10 (``cv_ndcg``) no higher than equal weights' on the same held-out folds, or a training nDCG@10
+    below equal weights'; then equal weights (``1 / n`` each) are kept (``kept="uniform"``) and a warning
+    on the ``ragkit`` logger gives both pairs of numbers.
 
     Parameters
     ----------
@@ -133,18 +162,30 @@ def learn_weights(fuse: Callable[[State, np.ndarray], list[Ranking]], state: Sta
             per_q[g] = [pq["ndcg@10"][q] for q in qids]
     rng = np.random.default_rng(seed)
     fold_of = rng.permutation(len(qids)) % max(2, min(folds, len(qids)))
-    picks, held = [], []
+    picks, held, held_uniform = [], [], []
     for f in range(fold_of.max() + 1):
         tr, te = fold_of != f, fold_of == f
         best = best_grid_point(per_q[:, tr].mean(axis=1), from_uniform)
         picks.append(grid[best])
         held.append(per_q[best, te].mean())
-    weights = np.mean(picks, axis=0)
-    final = (Run.from_rankings(state.query_ids, fuse(state, weights), corpus_ids) if heads is None
-             else _heads_run(heads(weights, _DEPTH), state.query_ids, corpus_ids))
-    train_ndcg = evaluate(final, judged, ["ndcg@10"]).scores["ndcg@10"]
-    return WeightSearch(weights=weights, fold_picks=np.array(picks), cv_ndcg=float(np.mean(held)),
-                        train_ndcg=float(train_ndcg), baseline_ndcg=float(per_q[uniform].mean()))
+        held_uniform.append(per_q[uniform, te].mean())  # equal weights on the same held-out fold
+    averaged = np.mean(picks, axis=0)
+    final = (Run.from_rankings(state.query_ids, fuse(state, averaged), corpus_ids) if heads is None
+             else _heads_run(heads(averaged, _DEPTH), state.query_ids, corpus_ids))
+    averaged_train = float(evaluate(final, judged, ["ndcg@10"]).scores["ndcg@10"])
+    cv, cv_uniform, baseline = float(np.mean(held)), float(np.mean(held_uniform)), float(per_q[uniform].mean())
+    weights, train_ndcg = averaged, averaged_train
+    kept: Literal["learned", "uniform"] = "learned"
+    if np.abs(averaged - grid[uniform]).max() > 1e-9 and (cv <= cv_uniform or averaged_train < baseline):
+        weights, train_ndcg, kept = grid[uniform].copy(), baseline, "uniform"
+        logging.getLogger("ragkit").warning(
+            "learning fusion weights: the learned weights %s do not beat equal weights (cross-validated nDCG@10 "
+            "%.4f vs %.4f for equal weights on the same held-out folds; %.4f vs %.4f on the %d training queries); "
+            "keeping equal weights", np.round(averaged, 3).tolist(), cv, cv_uniform, averaged_train, baseline,
+            len(qids))
+    return WeightSearch(weights=weights, fold_picks=np.array(picks), cv_ndcg=cv, train_ndcg=train_ndcg,
+                        baseline_ndcg=baseline, uniform_cv_ndcg=cv_uniform, kept=kept, averaged=averaged,
+                        averaged_train_ndcg=averaged_train)
 
 
 def _heads_run(heads: tuple[np.ndarray, ...], query_ids: list[str], corpus_ids: np.ndarray) -> Run:

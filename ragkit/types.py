@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import os
 import re
 import sys
@@ -312,6 +313,11 @@ def _as_rows(idx: Any, n: int) -> np.ndarray:
 _Coded = tuple[np.ndarray, dict[Any, int]] | tuple[np.ndarray, dict[Any, int], np.ndarray, np.ndarray] | None
 
 
+#: the keys of a :meth:`Corpus.from_records` record (others are dropped, with a warning)
+_RECORD_KEYS = frozenset({"_id", "id", "text", "title", "metadata"})
+_RECORD_KEYS_SHOWN = "'_id' (or 'id'), 'text', and optionally 'title' and 'metadata'"
+
+
 @dataclass(frozen=True, eq=False)
 class Corpus:
     """A columnar document collection.
@@ -402,9 +408,13 @@ class Corpus:
     def from_records(cls, records: Iterable[Mapping[str, Any]]) -> "Corpus":
         """Build from dicts with ``_id`` (or ``id``), ``text``, optional ``title`` and ``metadata``.
 
-        A record without ``text`` has the text ``""``; a ``text`` that is no string (``None``, NaN, a
-        number) is a :class:`DataError`, as in the constructor.  A missing title (absent, ``None``, NaN)
-        is ``""``; another title is written as a string (``5`` as ``"5"``)."""
+        A record without ``text`` has the text ``""``, but records none of which has a ``text`` are a
+        :class:`DataError` naming the keys they have (a text under another name, ``body`` or ``content``,
+        would give a corpus of empty documents that fits and finds nothing); other top-level keys are
+        dropped, with a warning on the ``ragkit`` logger naming them (put extra fields in ``metadata``).  A
+        ``text`` that is no string (``None``, NaN, a number) is a :class:`DataError`, as in the constructor.
+        A missing title (absent, ``None``, NaN) is ``""``; another title is written as a string (``5`` as
+        ``"5"``)."""
         pd = sys.modules.get("pandas")
         if pd is not None and isinstance(records, pd.DataFrame):
             raise DataError("Corpus.from_records: got a pandas DataFrame (its column names would be the records); "
@@ -413,6 +423,8 @@ class Corpus:
             raise DataError(f"Corpus.from_records: expected a list of records (dicts with '_id' and 'text'), got "
                             f"{_kind(records)}")
         ids, texts, titles, metas = [], [], [], []
+        keys_seen: set[Any] = set()
+        with_text = 0
         for i, r in enumerate(records):
             if not isinstance(r, Mapping):
                 raise DataError(f"Corpus.from_records: record {i} is {_kind(r)}, expected a "
@@ -421,10 +433,22 @@ class Corpus:
             if did is None:
                 raise DataError(f"record {i} has no '_id' (or 'id') field: {dict(r)!r:.200}")
             ids.append(str(did))
+            keys_seen.update(r.keys())
+            with_text += "text" in r
             texts.append(r.get("text", ""))  # (checked by the constructor: None would be the text "None")
             title = r.get("title")
             titles.append("" if is_missing(title) else title if isinstance(title, str) else str(title))
             metas.append(r.get("metadata") or {})
+        unknown = sorted(map(str, keys_seen - _RECORD_KEYS))
+        if ids and not with_text:
+            raise DataError(f"Corpus.from_records: none of the {len(ids)} records has a 'text' field (they have "
+                            f"{', '.join(map(repr, sorted(map(str, keys_seen))))}); expected {_RECORD_KEYS_SHOWN}: "
+                            "rename the field that holds the document text"
+                            + (f" (one of {', '.join(map(repr, unknown))})" if unknown else "") + " to 'text'")
+        if unknown:
+            logging.getLogger("ragkit").warning(
+                "Corpus.from_records: dropped the records' keys %s (a record holds %s); put other fields in its "
+                "'metadata' (a dict) to keep them", ", ".join(map(repr, unknown)), _RECORD_KEYS_SHOWN)
         keys = sorted({k for m in metas for k in m})
         meta = {k: _column([m.get(k) for m in metas]) for k in keys}
         return cls(ids=ids, texts=texts, titles=titles, metadata=meta)
@@ -922,8 +946,10 @@ def check_qrels(qrels: Any, who: str) -> Qrels:
     out: Qrels = {}
     for q, rel in qrels.items():
         if not isinstance(rel, Mapping):
+            hint = ("; for lists of relevant document ids: {q: {d: 1 for d in ids} for q, ids in qrels.items()}"
+                    if isinstance(rel, (list, tuple, set, frozenset)) else "")
             raise DataError(f"{who}: qrels[{q!r}] is {_kind(rel)}, expected a mapping "
-                            "{doc_id: grade} (qrels are {query_id: {doc_id: grade}})")
+                            f"{{doc_id: grade}} (qrels are {{query_id: {{doc_id: grade}}}}){hint}")
         docs = {d if type(d) is str else str(d): _grade(r, q, d, who) for d, r in rel.items()}
         ids_once(docs, rel, f"{who}: qrels[{q!r}] names a document")
         out[q if type(q) is str else str(q)] = docs
@@ -1065,6 +1091,14 @@ class TrainSet:
             raise DataError("TrainSet qrels contain no positive judgement (relevance > 0); nothing to learn from")
         ids = set(self.queries.ids)
         if not any(q in ids and any(v > 0 for v in rel.values()) for q, rel in self.qrels.items()):
+            texts = set(self.queries.texts)
+            by_text = [q for q in self.qrels if q in texts]
+            if by_text:
+                raise DataError(f"TrainSet: the qrels are keyed by the queries' texts ({some_ids(by_text)}: "
+                                f"{len(by_text)} of the {len(self.qrels)} keys are texts of the training queries), "
+                                f"not by their ids ({some_ids(self.queries.ids)}); key them by id, e.g. "
+                                "{id_of[text]: rel for text, rel in qrels.items()} with "
+                                "id_of = dict(zip(queries.texts, queries.ids))")
             raise DataError(f"TrainSet: none of the queries judged positive in the qrels ({some_ids(self.qrels)}) is "
                             f"one of the {len(ids)} training queries ({some_ids(self.queries.ids)}); the qrels must "
                             "be keyed by the queries' ids")
@@ -1112,8 +1146,6 @@ class TrainSet:
             raise DataError(f"fit: {what}; learning would read {len(usable)} quer{'y' if len(usable) == 1 else 'ies'}. "
                             f"The qrels spell the corpus's document ids another way ({pairs}; {len(respelt)} of the "
                             f"{len(missing)} missing ones): rename them to the corpus's ids")
-        import logging
-
         logging.getLogger("ragkit").warning("fit: %s; they are learned as unjudged (%d usable queries); check that "
                                             "the qrels use the corpus's document ids", what, len(usable))
 

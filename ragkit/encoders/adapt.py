@@ -33,6 +33,9 @@ __all__ = ["AdaptConfig", "mine_pairs", "fine_tune", "adapted_model", "TunedEnco
 
 _log = logging.getLogger(__name__)
 
+#: fewer usable training queries (a relevant document in the corpus) than this, and an ``adapt`` fit warns
+#: (the threshold of the Cosine Adapter's warning)
+MIN_QUERIES = 10
 _MINE_DEPTH = 30  # ranks of each miner (BM25, current model) searched for hard negatives
 # Version of the training recipe (mining, triplets, loss, trainer settings that are not in
 # AdaptConfig): part of the cache key, so bump it when a code change alters what a fine-tune learns.
@@ -280,6 +283,13 @@ class TunedEncoderMixin:
         if registered_encoder(self.params.model) is not None:
             raise ParamError(f"{self.name}.adapt: model {self.params.model!r} is a registered custom encoder; adapt "
                              "fine-tunes a sentence-transformers model (a name or folder)", path=f"{self.name}.adapt")
+        n_usable = len(train.usable(corpus))
+        if n_usable < MIN_QUERIES:
+            logging.getLogger("ragkit").warning(
+                "%s.adapt: fine-tuning on little: %d usable training quer%s (with a relevant document in the corpus; "
+                "at least %d recommended); the tuned encoder may fit those few queries rather than the corpus's "
+                "domain: give more judged queries, or drop adapt", self.name, n_usable,
+                "y" if n_usable == 1 else "ies", MIN_QUERIES)
         self.model_path_ = str(adapted_model(self.params.model, corpus, train, config))
 
     def _save_encoder(self, folder: Path) -> None:
