@@ -281,7 +281,7 @@ class _Fuser(Operator):
                 return prepared.heads(w, top, k)
 
             found = learn_weights(fuse, upstream, train.qrels, corpus.ids, folds=self.params.folds, heads=heads)
-            if best is None or found.cv_ndcg > best[1].cv_ndcg:
+            if best is None or found.held_out_ndcg > best[1].held_out_ndcg:  # as the weights kept score held out
                 best = (option, found)
         if best is None:
             raise ParamError(f"{self.name}.learn: no setting to learn weights for")  # _learnable_options is never []
@@ -289,7 +289,7 @@ class _Fuser(Operator):
         self.option_ = option
         self.weights_ = found.weights
         self.learned_ = {"branches": names, "weights": found.weights.tolist(), **option, "cv_ndcg@10": found.cv_ndcg,
-                         "train_ndcg@10": found.train_ndcg, "uniform_ndcg@10": found.baseline_ndcg}
+                         "train_ndcg@10": found.train_ndcg, "uniform_ndcg@10": found.baseline_ndcg, **found.report()}
 
     def _learnable_options(self) -> list[dict[str, Any]]:
         """Settings tried when learning, each with its own weight search; the best by CV wins."""

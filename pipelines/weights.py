@@ -81,6 +81,12 @@ class WeightSearch:
     averaged: np.ndarray = field(default_factory=lambda: np.zeros(0))
     averaged_train_ndcg: float = float("nan")
 
+    @property
+    def held_out_ndcg(self) -> float:
+        """The cross-validated nDCG@10 of the weights kept: ``cv_ndcg`` for learned ones, ``uniform_cv_ndcg``
+        when equal weights were kept (what a choice between fusion settings compares)."""
+        return self.cv_ndcg if self.kept == "learned" else self.uniform_cv_ndcg
+
     def report(self) -> dict[str, object]:
         """What a fuser's ``learned_`` should add to its weights and estimates when equal weights were kept
         (empty otherwise): ``kept``, the averaged weights set aside and the numbers that set them aside."""

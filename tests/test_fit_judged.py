@@ -90,6 +90,7 @@ def test_a_learning_fuser_fits_equal_weights_when_learning_loses(seed, kept):
     assert np.allclose(op.weights_, 0.5) is kept
     assert op.learned_["weights"] == found.weights.tolist()
     assert op.learned_["train_ndcg@10"] == found.train_ndcg
+    assert (op.learned_.get("kept") == "uniform") is kept  # learned.json and the CLI say equal weights were kept
 
 
 # ---------------------------------------------------------------- Corpus.from_records

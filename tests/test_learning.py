@@ -625,9 +625,9 @@ def test_a_learning_fit_learns_what_scoring_its_fused_rankings_learned(slice_dat
             op.option_ = option
             prep = op._prepare(up, with_fields=False)
             found = learn_weights(lambda s, w: prep(w, top), up, train.qrels, corpus.ids, folds=3)
-            if best is None or found.cv_ndcg > best[1].cv_ndcg:
+            if best is None or found.held_out_ndcg > best[1].held_out_ndcg:
                 best = (option, found)
         option, found = best
         assert op.learned_ == {"branches": ["b0", "b1", "b2"], "weights": found.weights.tolist(), **option,
                                "cv_ndcg@10": found.cv_ndcg, "train_ndcg@10": found.train_ndcg,
-                               "uniform_ndcg@10": found.baseline_ndcg}
+                               "uniform_ndcg@10": found.baseline_ndcg, **found.report()}
