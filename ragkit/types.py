@@ -23,6 +23,9 @@ import numpy as np
 from ragkit._files import atomic_file
 from ragkit.errors import DataError, repeated, some_ids
 
+if TYPE_CHECKING:  # the constructors' hints only: pandas is optional
+    import pandas as pd
+
 __all__ = ["Corpus", "Queries", "Ranking", "State", "TrainSet", "TraceEvent", "Qrels"]
 
 #: ``{query_id: {doc_id: relevance}}`` as in BEIR and pytrec_eval.
@@ -1065,6 +1068,10 @@ class TrainSet:
 
     queries: Queries
     qrels: Qrels
+
+    if TYPE_CHECKING:  # what the constructor accepts; the attributes above are what it holds
+        def __init__(self, queries: Queries | Mapping[Any, str] | pd.Series,
+                     qrels: Mapping[Any, Mapping[Any, int]] | pd.DataFrame | str | os.PathLike[str]) -> None: ...
 
     def __post_init__(self) -> None:
         queries = self.queries

@@ -54,6 +54,7 @@ def build_and_search(folder: Path) -> float:
 
     # learning from judged queries, saving and loading
     train = TrainSet(Queries(["q1"], ["vitamin D"]), {"q1": {"a": 1}})
+    assert_type(TrainSet({"q1": "vitamin D"}, folder / "qrels.tsv").queries, Queries)  # a mapping, a path
     learned = Pipeline([bm25, CosineAdapter()]).fit(corpus, data.train_set("train"))
     learned.fit(corpus, train)
     learned.save(folder / "saved")
