@@ -1156,13 +1156,14 @@ class Pipeline(Composite):
         leaves = list(iter_leaves(self))
         stateful = [leaf for leaf in leaves if not leaf.stateless]
         if any(not leaf.is_fitted for leaf in stateful):
+            how = "pipeline.fit(corpus, train)" if any(x.needs_train for x in stateful) else "pipeline.fit(corpus)"
             if getattr(self, "corpus_", None) is None and not stateful[0].is_fitted:
-                raise NotFittedError("this pipeline is not fitted yet; call pipeline.fit(corpus) first")
+                raise NotFittedError(f"this pipeline is not fitted yet; call {how} first")
             from ragkit.pipelines.yaml import walk_leaves
 
             path, leaf = next((p, x) for p, x in walk_leaves(self) if not x.stateless and not x.is_fitted)
             raise NotFittedError(f"{path}: {leaf.name} is not fitted (the rest of the pipeline is); call "
-                                 f"pipeline.fit(corpus) to fit every operator")
+                                 f"{how} to fit every operator")
         from ragkit._locks import guarded
 
         with guarded(self):  # a RagkitRetriever's add / delete of this pipeline waits for it, and it for them

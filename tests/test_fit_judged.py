@@ -197,3 +197,15 @@ def test_adapt_on_few_judged_queries_warns(monkeypatch, caplog, tmp_path, n, war
         assert "at least 10 recommended" in said[0]
     else:
         assert not said
+
+
+def test_an_unfitted_pipeline_that_needs_judged_queries_says_fit_with_train():
+    """The message said pipeline.fit(corpus), which refuses to fit a pipeline holding such a learner."""
+    from ragkit.errors import NotFittedError
+    from ragkit.filters import CosineAdapter
+    from ragkit.retrievers import BM25, Dense
+
+    with pytest.raises(NotFittedError, match=r"call pipeline\.fit\(corpus, train\) first"):
+        Pipeline([Dense(k=5), CosineAdapter()]).search(["q"])
+    with pytest.raises(NotFittedError, match=r"call pipeline\.fit\(corpus\) first"):
+        Pipeline([BM25(k=5)]).search(["q"])
