@@ -1152,12 +1152,13 @@ def check_cache_dir(folder: str | Path) -> dict | None:
         where = "is a file" if existing == folder else f"is below the file {existing}"
         raise ArtifactError(f"{folder}: the chunk-cache folder (disk_dir) {where}; expected a folder (an existing "
                             "chunk-cache folder, an empty one, or one to create)")
-    if existing is not None and not os.access(existing, os.W_OK | os.X_OK):
+    writable = existing is None or os.access(existing, os.W_OK | os.X_OK)
+    manifest = folder / "manifest.json"
+    if not writable and (existing != folder or not manifest.exists()):  # a new store could not even start
         where = "" if existing == folder else f" (its nearest existing folder {existing}, where it would be created)"
         raise ArtifactError(f"{folder}: the chunk-cache folder (disk_dir) cannot be written{where}: "
                             f"{_unwritable_reason(existing)}; expected a folder the chunk cache can write its files "
                             "to: use another folder for the chunk cache")
-    manifest = folder / "manifest.json"
     if existing != folder:
         return None
     if not manifest.exists():
@@ -1191,6 +1192,9 @@ def check_cache_dir(folder: str | Path) -> dict | None:
     if version > _FORMAT_VERSION:
         raise ArtifactError(f"{manifest}: written by a newer ragkit (format {version}; this ragkit reads "
                             f"up to {_FORMAT_VERSION})")
+    if not writable:  # a chunk cache shipped read-only (an image, a shared mount) still serves what it holds
+        _log.warning(f"{folder}: the chunk-cache folder cannot be written ({_unwritable_reason(folder)}): its stored "
+                     "chunks are reused, chunks computed now are not kept")
     return meta
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import errno
 import json
+import logging
 import os
 from pathlib import Path
 from types import SimpleNamespace
@@ -115,6 +116,19 @@ def test_a_chunk_cache_on_a_read_only_folder_is_an_artifact_error_naming_it(tmp_
     with pytest.raises(ArtifactError, match=rf"{below}: .* cannot be written \(its nearest existing folder {ro}"):
         check_cache_dir(below)
     assert list(ro.iterdir()) == []
+
+
+def test_an_existing_chunk_cache_on_a_read_only_folder_still_serves_with_a_warning(tmp_path, monkeypatch, caplog):
+    """A chunk cache shipped read-only (an image, a shared mount) is read, not refused: only new chunks are lost."""
+    from ragkit.caches.chunk_kv import ChunkKVCache, check_cache_dir
+
+    folder = tmp_path / "shipped"
+    ChunkKVCache("m", "t", disk_dir=folder)
+    _read_only(monkeypatch, folder)
+    with caplog.at_level(logging.WARNING, logger="ragkit"):
+        assert check_cache_dir(folder)["model_id"] == "m"
+        ChunkKVCache("m", "t", disk_dir=folder)  # opens: nothing to write for a manifest already there
+    assert "its stored chunks are reused, chunks computed now are not kept" in caplog.text
 
 
 def test_a_manifest_write_that_fails_is_an_artifact_error_naming_the_folder_and_why(tmp_path, monkeypatch):
