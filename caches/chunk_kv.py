@@ -1154,7 +1154,7 @@ def check_cache_dir(folder: str | Path) -> dict | None:
                             "chunk-cache folder, an empty one, or one to create)")
     writable = existing is None or os.access(existing, os.W_OK | os.X_OK)
     manifest = folder / "manifest.json"
-    if not writable and (existing != folder or not manifest.exists()):  # a new store could not even start
+    if existing is not None and not writable and (existing != folder or not manifest.exists()):  # no new store
         where = "" if existing == folder else f" (its nearest existing folder {existing}, where it would be created)"
         raise ArtifactError(f"{folder}: the chunk-cache folder (disk_dir) cannot be written{where}: "
                             f"{_unwritable_reason(existing)}; expected a folder the chunk cache can write its files "
