@@ -47,6 +47,7 @@ class ReadWriteLock:
         # lets those ``_admit`` readers in before any writer, the writers waiting notwithstanding
         self._turn = 0
         self._admit = 0
+        self._merging = 0  # merges waiting for the write side (``ahead``): they go before the readers of a turn
         self._into: ReadWriteLock | None = None  # the lock this one was merged into (set under _cond, once)
 
     def final(self) -> "ReadWriteLock":
@@ -81,7 +82,8 @@ class ReadWriteLock:
         turn = self._turn
         self._readers_waiting += 1
         try:
-            while self._into is None and (self._writer is not None or self._writers_waiting and self._turn == turn):
+            while self._into is None and (self._writer is not None or self._merging
+                                          or self._writers_waiting and self._turn == turn):
                 self._cond.wait()
         finally:
             self._readers_waiting -= 1
@@ -129,15 +131,18 @@ class ReadWriteLock:
                         raise RuntimeError("ReadWriteLock.writing: this thread holds the lock to read; writing would "
                                            "wait for itself (take the write side before reading, not inside)")
                     lock._writers_waiting += 1
+                    lock._merging += ahead  # (holds back the readers of a turn not in yet: they take the merged lock)
                     try:  # (the readers of a turn in progress first: ``_admit``)
                         while lock._into is None and (lock._writer is not None or lock._readers
                                                       or lock._admit and not ahead):
                             lock._cond.wait()
                     except BaseException:  # (interrupted: the readers it held back go on)
                         lock._writers_waiting -= 1
+                        lock._merging -= ahead
                         lock._cond.notify_all()
                         raise
                     lock._writers_waiting -= 1
+                    lock._merging -= ahead
                     if lock._into is None:
                         lock._writer, lock._depth = me, 1
                         return lock

@@ -298,7 +298,9 @@ def test_a_reader_waiting_on_a_lock_being_merged_moves_to_the_merged_lock() -> N
     rd.start()
     m = threading.Thread(target=_locks._merge, args=([a, b],))
     m.start()
-    time.sleep(0.1)
+    deadline = time.monotonic() + 5  # both wait on b before the edit ends (a fixed sleep lost the race under load)
+    while not (b._readers_waiting and b._writers_waiting) and time.monotonic() < deadline:
+        time.sleep(0.005)
     release.set()
     for t in (e, rd, m):
         t.join(5)
