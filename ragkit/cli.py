@@ -1390,10 +1390,11 @@ def _prefill_line(pre: Any) -> str:
 
 
 @app.command("validate")
-def validate_cmd(path: Path = typer.Argument(..., help="Pipeline YAML file, or a saved pipeline or operator "
-                                                        "folder.")) -> None:
+def validate_cmd(path: Path = typer.Argument(..., help="Pipeline YAML file, a saved pipeline or operator "
+                                                        "folder, or an operator name (bm25).")) -> None:
     """Check a pipeline file (or a saved pipeline's pipeline.yaml, or a saved operator's
-    parameters) without running it; notes models that would be downloaded at the first fit."""
+    parameters, or an operator's name as --pipeline takes it) without running it; notes models
+    that would be downloaded at the first fit."""
     from ragkit.encoders.sentence import model_note
     from ragkit.pipelines import Pipeline
 
@@ -1411,6 +1412,13 @@ def validate_cmd(path: Path = typer.Argument(..., help="Pipeline YAML file, or a
                 pipe = Pipeline([registry.get(meta["operator"], path=str(path / "params.json"))(meta["params"])])
             except ParamError as e:  # the file the bad parameter came from
                 raise RagkitError(f"{path / 'params.json'}: {e}") from None
+        elif not path.exists() and not path.suffix and not any(c in str(path) for c in "/\\"):
+            try:
+                pipe = resolve_pipeline(str(path))[0]  # an operator's name, as --pipeline takes it (bm25)
+            except ParamError as e:
+                unknown = str(e).removeprefix("--pipeline: ")
+                raise RagkitError(f"{path}: no such file or folder, and {unknown}") from None
+            _check_retrieves(pipe, str(path))
         else:
             pipe = Pipeline.from_yaml(path)
             _check_retrieves(pipe, str(path))  # what eval, train and ask refuse (a saved operator may be a reranker)

@@ -278,6 +278,19 @@ def test_validate_refuses_what_eval_would_refuse(tmp_path):
     assert res.exit_code == 2 and GENERATE_FIRST in res.output, res.output
 
 
+def test_validate_takes_an_operator_name_as_eval_does(tmp_path, monkeypatch):
+    """``ragkit eval --pipeline bm25`` works, ``ragkit validate bm25`` said 'no such file'."""
+    monkeypatch.chdir(tmp_path)
+    res = _cli("validate", "bm25")
+    assert res.exit_code == 0 and "ok bm25: 1 operator" in res.output, res.output
+    res = _cli("validate", "mmr")
+    assert res.exit_code == 2 and "mmr: the pipeline has no retriever" in res.output, res.output
+    res = _cli("validate", "nosuch")
+    assert res.exit_code == 2 and "nosuch: no such file or folder, and unknown operator 'nosuch'" in res.output
+    res = _cli("validate", "nosuch.yaml")
+    assert res.exit_code == 2 and "no such file" in res.output and "unknown operator" not in res.output
+
+
 def test_ask_refuses_a_question_that_retrieves_nothing_before_loading_the_llm(tmp_path, monkeypatch):
     from ragkit.generators.operator import Generate
 
