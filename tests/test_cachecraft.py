@@ -340,7 +340,8 @@ def test_cli_ask_streams_an_answer_with_sources(tmp_path, monkeypatch):
     assert res.exit_code == 0, res.output
     lines = res.output.strip().splitlines()
     assert lines[-1].startswith("sources: d") and lines[-1].count("(") == 2
-    assert lines[-2].strip()                                   # the streamed answer
+    assert lines[-2].startswith("prefill ") and "chunks reused" in lines[-2]  # then the prefill's figures
+    assert lines[-3].strip()                                   # the streamed answer
     # a saved pipeline brings its own corpus
     from ragkit.eval.beir import read_corpus
     from ragkit.pipelines import Pipeline
