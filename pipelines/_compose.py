@@ -262,6 +262,7 @@ class Composite(Operator):
 
     @property
     def is_fitted(self) -> bool:
+        """Whether every child operator is fitted."""
         return all(c.is_fitted for c in self.children())
 
     def _check_fitted(self) -> None:
@@ -1083,6 +1084,7 @@ class Pipeline(Composite):
 
     @property
     def is_fitted(self) -> bool:
+        """Whether the pipeline was fitted (it holds a corpus) or every step is."""
         return hasattr(self, "corpus_") or all(c.is_fitted for c in self.steps)
 
     # ------------------------------------------------------------------ run
@@ -1414,6 +1416,17 @@ class Parallel(Composite):
     names : list of str, optional
         Branch names used in the fused ranking's fields (``"<name>.rank"``,
         ``"<name>.score"``); default: the branch's operator name, made unique.
+
+    Examples
+    --------
+    >>> from ragkit.pipelines import RRF
+    >>> from ragkit.retrievers import BM25
+    >>> from ragkit.types import Corpus
+    >>> both = Parallel([BM25(k=3), BM25(k=3, stemmer="none")], fuse=RRF(k=60))  # same as BM25(k=3) + BM25(...)
+    >>> both.names
+    ['bm25', 'bm25_2']
+    >>> both.fit(Corpus.from_texts(["red apples", "green pears", "red cars"])).search("red apple").doc_ids[0].tolist()
+    ['0', '2']
     """
 
     name = "parallel"
@@ -1570,6 +1583,19 @@ class Route(Composite):
     results merge back in the original query order.  Queries whose label has no branch
     go to ``default`` (an error when there is none).  The label is kept in
     ``state.values["route"]``.
+
+    Examples
+    --------
+    >>> from ragkit.filters import TopK
+    >>> from ragkit.pipelines import RuleRouter
+    >>> from ragkit.retrievers import BM25
+    >>> from ragkit.types import Corpus, State
+    >>> router = RuleRouter(rules=[{"label": "short", "max_words": 1}], default="long")
+    >>> pipe = BM25(k=3) | Route(router, {"short": TopK(k=1), "long": TopK(k=2)})
+    >>> pipe.fit(Corpus.from_texts(["red apples", "green pears", "red cars"]))(State.of(["cars", "red apple"])).values
+    {'route': ['short', 'long']}
+    >>> [d.tolist() for d in pipe.search(["cars", "red apple"]).doc_ids]
+    [['2'], ['0', '2']]
     """
 
     name = "route"
@@ -1761,6 +1787,18 @@ class Loop(Composite):
     marks each of them done or not (``state.values["done"]``).  A query runs at most
     ``max_iters`` times; the number of iterations per query is in
     ``state.values["iterations"]``.  Deterministic: same input, same iterations.
+
+    Examples
+    --------
+    >>> from ragkit.pipelines import MaxOnly, TopKStable
+    >>> from ragkit.retrievers import BM25
+    >>> from ragkit.types import Corpus, State
+    >>> corpus = Corpus.from_texts(["red apples", "green pears", "red cars"])
+    >>> loop = Loop(BM25(k=3), until=TopKStable(k=1), max_iters=3).fit(corpus)
+    >>> loop(State.of(["red apple"])).values["iterations"]  # the top 1 did not change in the second run
+    [2]
+    >>> Loop(BM25(k=3), until=MaxOnly(), max_iters=3).fit(corpus)(State.of(["red apple"])).values["iterations"]
+    [3]
     """
 
     name = "loop"

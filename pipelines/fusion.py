@@ -402,6 +402,27 @@ class WeightedFusion(_Fuser):
     contributes 0.  ``minmax`` maps each branch's list to [0, 1]; ``zscore`` subtracts
     the list mean and divides by its standard deviation.  A non-finite score (NaN, ±inf)
     counts as missing: it contributes 0 and takes no part in its list's normalisation.
+
+    Examples
+    --------
+    >>> from ragkit.types import Ranking, State
+    >>> s = State(["q"], branches=[("a", [Ranking([1, 2, 3], [.9, .5, .1])]), ("b", [Ranking([2, 3], [3., 1.])])])
+    >>> r = WeightedFusion(norm="minmax")(s).rankings[0]  # a: 1, .5, 0; b: 1, 0
+    >>> r.rows.tolist(), r.scores.tolist()
+    ([2, 1, 3], [1.5, 1.0, 0.0])
+    >>> WeightedFusion(norm="minmax", weights=[3, 1])(s).rankings[0].rows.tolist()
+    [1, 2, 3]
+
+    References
+    ----------
+    * Fox & Shaw, "Combination of multiple searches", TREC-2, 1994: CombSUM, the sum of the
+      branches' scores (a missing score counting 0), of which this is the weighted form.
+    * Lee, "Analyses of multiple evidence combination", SIGIR 1997: min-max normalisation of
+      each list before combining (``minmax``).
+    * Montague & Aslam, "Relevance score normalization for metasearch", CIKM 2001: zero-mean,
+      unit-variance normalisation (``zscore``).
+    * Bruch, Gai & Ingber, "An analysis of fusion functions for hybrid retrieval", ACM TOIS 2023:
+      convex combination of normalised lexical and dense scores, and its comparison with RRF.
     """
 
     name = "weighted"

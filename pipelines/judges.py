@@ -174,6 +174,17 @@ class MaxOnly(Operator):
     """Never done: the enclosing loop runs its body exactly ``max_iters`` times per query.
 
     For fixed-count iterative retrieval (Modular RAG's "iterative" loop).
+
+    Examples
+    --------
+    >>> from ragkit.pipelines import Loop
+    >>> from ragkit.retrievers import BM25
+    >>> from ragkit.types import Corpus, State
+    >>> MaxOnly()(State(["a", "b"])).values["done"]
+    [False, False]
+    >>> loop = Loop(BM25(k=3), until=MaxOnly(), max_iters=3).fit(Corpus.from_texts(["red apples", "green pears"]))
+    >>> loop(State.of(["red apple"])).values["iterations"]
+    [3]
     """
 
     name = "max_only"

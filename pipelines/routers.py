@@ -249,9 +249,7 @@ class ScoreRouter(LearnedThreshold, Operator):
     """Label queries by how confident the rankings already in the state are.
 
     Put a cheap retriever first and route on its scores, so easy queries skip the
-    expensive branch::
-
-        bm25 | Route(ScoreRouter(feature="top1", threshold=25), {"easy": TopK(k=100), "hard": hybrid})
+    expensive branch, e.g. ``bm25 | Route(ScoreRouter(threshold=25), {"easy": TopK(k=100), "hard": hybrid})``.
 
     ``feature`` is computed per query from ``state.rankings`` (see :func:`ranking_feature`);
     scores are in the upstream retriever's units (BM25 scores, cosine similarities).
@@ -260,6 +258,21 @@ class ScoreRouter(LearnedThreshold, Operator):
     top-score and score-gap features are classic query-performance predictors
     (Cronen-Townsend et al., SIGIR 2002, for the clarity idea; the gap as in Shtok et al.,
     TOIS 2012).
+
+    Examples
+    --------
+    >>> from ragkit.filters import TopK
+    >>> from ragkit.pipelines import Route
+    >>> from ragkit.retrievers import BM25
+    >>> from ragkit.types import Corpus, State
+    >>> bm25 = BM25(k=3).fit(Corpus.from_texts(["red apples", "green pears", "red cars"]))
+    >>> [round(float(r.scores[0]), 2) for r in bm25(State(["green pears", "red apple"])).rankings]  # top1 feature
+    [1.03, 0.76]
+    >>> ScoreRouter(feature="top1", threshold=1.0)(bm25(State(["green pears", "red apple"]))).values["label"]
+    ['easy', 'hard']
+    >>> pipe = bm25 | Route(ScoreRouter(threshold=1.0), {"easy": TopK(k=1), "hard": TopK(k=2)})
+    >>> [d.tolist() for d in pipe.search(["green pears", "red apple"]).doc_ids]
+    [['1'], ['0', '2']]
     """
 
     name = "score_router"

@@ -127,6 +127,9 @@ class Run:
 
     @classmethod
     def from_rankings(cls, query_ids: list[str], rankings: list[Ranking], corpus_ids: np.ndarray, **kw: Any) -> "Run":
+        """From one :class:`~ragkit.types.Ranking` per query (aligned with ``query_ids``), its row numbers
+        mapped to document ids through ``corpus_ids`` (the corpus's ids, ``(n_docs,)``, indexed by row);
+        ``kw`` sets the other fields (``values``, ``trace``, ``seconds``)."""
         return cls(
             list(query_ids), [corpus_ids[r.rows] for r in rankings], [r.scores for r in rankings],
             rankings=rankings, **kw,

@@ -1233,13 +1233,17 @@ class Ranking:
         return Ranking(self.rows[idx], self.scores[idx], {k: v[idx] for k, v in self.fields.items()})
 
     def head(self, k: int) -> "Ranking":
+        """The first ``k`` documents (fields follow); ``self`` itself when it holds ``k`` or fewer."""
         return self if len(self) <= k else self.take(np.arange(k))
 
     def equals(self, other: "Ranking") -> bool:
+        """Whether both rank the same rows with the same scores, in the same order (``fields`` are not
+        compared)."""
         return bool(np.array_equal(self.rows, other.rows) and np.array_equal(self.scores, other.scores))
 
     @classmethod
     def empty(cls) -> "Ranking":
+        """A ranking of no documents (rows int64 and scores float32, both of shape ``(0,)``)."""
         return cls(np.empty(0, np.int64), np.empty(0, np.float32))
 
 

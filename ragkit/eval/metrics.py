@@ -75,6 +75,8 @@ class EvalResult:
         raise KeyError(f"{metric!r}: not evaluated; this result holds {', '.join(self.scores)}")
 
     def to_dict(self) -> dict[str, object]:
+        """The mean scores, ``{metric: float}``, with the per-query values under ``"per_query"``
+        (``{metric: {query_id: value}}``)."""
         return {**self.scores, "per_query": self.per_query}
 
 
