@@ -203,23 +203,14 @@ class CosineAdapter(Operator):
 
     Examples
     --------
-    Thirty judged queries, each about one of 40 documents, and a toy encoder (a hashed bag of
-    words; in practice the dense retriever's model, MiniLM by default, and leave ``model`` alone):
+    Thirty judged queries, each about one of 40 documents, and a toy encoder (a hashed bag
+    of words, :class:`~ragkit.encoders.HashingEncoder`; in practice the dense retriever's
+    model, MiniLM by default, and leave ``model`` alone):
 
-    >>> import zlib
-    >>> from types import SimpleNamespace
-    >>> import numpy as np
-    >>> from ragkit.encoders import register_encoder, unregister_encoder
+    >>> from ragkit.encoders import HashingEncoder, register_encoder, unregister_encoder
     >>> from ragkit.retrievers import Dense
     >>> from ragkit.types import Corpus, Queries, TrainSet
-    >>> def embed(texts, **kw):
-    ...     v = np.full((len(texts), 64), 0.1, np.float32)
-    ...     for i, text in enumerate(texts):
-    ...         for word in text.split():
-    ...             v[i, zlib.crc32(word.encode()) % 64] += 1
-    ...     return v / np.linalg.norm(v, axis=1, keepdims=True)
-    >>> toy = SimpleNamespace(encode=embed, encode_queries=embed, key="toy-bow", dim=64)
-    >>> _ = register_encoder("toy-bow", toy)
+    >>> _ = register_encoder("toy-bow", HashingEncoder(dim=64))
     >>> corpus = Corpus.from_texts([f"notes on topic{i}" for i in range(40)])
     >>> train = TrainSet(Queries.from_texts([f"topic{i}" for i in range(30)]),
     ...                  {f"q{i}": {str(i): 1} for i in range(30)})

@@ -369,29 +369,23 @@ class DBNorm(Operator):
 
     Examples
     --------
-    A toy encoder (letter counts) keeps the example self-contained; in practice leave ``model``
+    A toy encoder (hashed words: :class:`~ragkit.encoders.HashingEncoder`) keeps the example
+    self-contained; in practice leave ``model``
     at the default MiniLM, shared with ``dense``:
 
-    >>> import numpy as np
-    >>> from ragkit.encoders import register_encoder
+    >>> from ragkit.encoders import HashingEncoder, register_encoder
     >>> from ragkit.retrievers import Dense
     >>> from ragkit.types import Corpus, TrainSet
-    >>> class Letters:
-    ...     key, dim = "doctest-letters-v1", 26
-    ...     def encode(self, texts, **kw):
-    ...         v = np.array([[t.count(c) + 0.1 for c in "abcdefghijklmnopqrstuvwxyz"] for t in texts], np.float32)
-    ...         return v / np.linalg.norm(v, axis=1, keepdims=True)
-    ...     encode_queries = encode
-    >>> _ = register_encoder("doctest-letters", Letters(), replace=True)
+    >>> _ = register_encoder("doctest-words", HashingEncoder(dim=64), replace=True)
     >>> corpus = Corpus.from_texts(["red apples", "green pears", "ripe red cherries", "a fruit market",
     ...                             "apple pie recipe"])
     >>> train = TrainSet({"q1": "red fruit", "q2": "baked apples"}, {"q1": {"2": 1}, "q2": {"4": 1}})
-    >>> pipe = Dense(model="doctest-letters", k=4) | DBNorm(model="doctest-letters", method="dualis")
+    >>> pipe = Dense(model="doctest-words", k=4) | DBNorm(model="doctest-words", method="dualis")
     >>> run = pipe.fit(corpus, train).search(["green fruit"])
     >>> run.doc_ids[0].tolist()     # dense's four candidates, reordered by the normalised score
-    ['3', '2', '1', '4']
-    >>> run.rankings[0].fields["cosine"].round(2)     # the raw cosines stay
-    array([0.73, 0.77, 0.79, 0.55], dtype=float32)
+    ['1', '3', '4', '0']
+    >>> run.rankings[0].fields["cosine"].round(2)     # the raw cosines stay: '0' was above '4' by cosine
+    array([0.67, 0.6 , 0.32, 0.34], dtype=float32)
     """
 
     name = "dbnorm"
@@ -531,25 +525,19 @@ class DBNormDense(Operator):
 
     Examples
     --------
-    A toy encoder (letter counts) keeps the example self-contained; in practice leave ``model``
+    A toy encoder (hashed words: :class:`~ragkit.encoders.HashingEncoder`) keeps the example
+    self-contained; in practice leave ``model``
     at the default MiniLM:
 
-    >>> import numpy as np
-    >>> from ragkit.encoders import register_encoder
+    >>> from ragkit.encoders import HashingEncoder, register_encoder
     >>> from ragkit.types import Corpus, TrainSet
-    >>> class Letters:
-    ...     key, dim = "doctest-letters-v1", 26
-    ...     def encode(self, texts, **kw):
-    ...         v = np.array([[t.count(c) + 0.1 for c in "abcdefghijklmnopqrstuvwxyz"] for t in texts], np.float32)
-    ...         return v / np.linalg.norm(v, axis=1, keepdims=True)
-    ...     encode_queries = encode
-    >>> _ = register_encoder("doctest-letters", Letters(), replace=True)
+    >>> _ = register_encoder("doctest-words", HashingEncoder(dim=64), replace=True)
     >>> corpus = Corpus.from_texts(["red apples", "green pears", "ripe red cherries", "a fruit market",
     ...                             "apple pie recipe"])
     >>> train = TrainSet({"q1": "red fruit", "q2": "baked apples"}, {"q1": {"2": 1}, "q2": {"4": 1}})
-    >>> retriever = DBNormDense(model="doctest-letters", k=2).fit(corpus, train)
+    >>> retriever = DBNormDense(model="doctest-words", k=2).fit(corpus, train)
     >>> retriever.search(["green fruit"]).doc_ids[0].tolist()
-    ['3', '2']
+    ['1', '3']
     """
 
     uses_torch: ClassVar[bool] = True  # torch.topk in the exact search

@@ -1,7 +1,12 @@
 """Encoders: sentence-transformers wrappers (dense vectors, token vectors) with an on-disk cache."""
 
 from ragkit.encoders.cache import EmbeddingCache, text_digests
-from ragkit.encoders.custom import register_encoder, registered_encoder, unregister_encoder  # noqa: F401
+from ragkit.encoders.custom import (  # noqa: F401
+    HashingEncoder,
+    register_encoder,
+    registered_encoder,
+    unregister_encoder,
+)
 from ragkit.encoders.sentence import (  # noqa: F401
     DEFAULT_MODEL,
     Encoder,
@@ -17,4 +22,5 @@ from ragkit.encoders.sentence import (  # noqa: F401
 )
 
 __all__ = ["Encoder", "get_encoder", "query_vectors", "resolve_model", "DEFAULT_MODEL", "EmbeddingCache",
-           "text_digests", "unit_rows", "as_texts", "caching_queries", "queries_cached"]
+           "text_digests", "unit_rows", "as_texts", "caching_queries", "queries_cached", "HashingEncoder",
+           "register_encoder", "unregister_encoder", "registered_encoder"]

@@ -6,9 +6,13 @@ the model and its settings, an int ``dim``) can be registered under a name; ever
 operator that resolves its ``model`` parameter through ``get_encoder`` (``Dense(model=...)``
 and the operators built on it) then uses it:
 
->>> from ragkit.encoders import register_encoder
->>> register_encoder("my-embedder", my_encoder)          # doctest: +SKIP
->>> Dense(model="my-embedder").fit(corpus)               # doctest: +SKIP
+>>> from ragkit.encoders import HashingEncoder, register_encoder
+>>> from ragkit.retrievers import Dense
+>>> from ragkit.types import Corpus
+>>> _ = register_encoder("my-embedder", HashingEncoder(dim=64), replace=True)
+>>> dense = Dense(model="my-embedder", k=1).fit(Corpus.from_texts(["red apples", "green pears"]))
+>>> dense.search(["pears"]).doc_ids[0].tolist()
+['1']
 
 A registered name takes precedence over sentence-transformers model names; the encoding
 settings ``get_encoder`` receives (``batch_size``, ...) are ignored for it.  The registry
@@ -18,12 +22,16 @@ is per process: a pipeline saved with a custom model name needs the same
 
 from __future__ import annotations
 
+import re
 import threading
-from typing import Any
+import zlib
+from typing import Any, Sequence
+
+import numpy as np
 
 from ragkit.errors import ParamError
 
-__all__ = ["register_encoder", "unregister_encoder", "registered_encoder", "registered_encoders"]
+__all__ = ["register_encoder", "unregister_encoder", "registered_encoder", "registered_encoders", "HashingEncoder"]
 
 _LOCK = threading.Lock()
 _CUSTOM: dict[str, Any] = {}
@@ -77,3 +85,41 @@ def registered_encoders() -> dict[str, Any]:
     """A copy of the registry, ``{name: encoder}``."""
     with _LOCK:
         return dict(_CUSTOM)
+
+
+class HashingEncoder:
+    """A bag of words hashed into ``dim`` buckets: an encoder that needs no model and no download, for
+    examples, tests and offline smoke runs of the operators that take a ``model`` (not for retrieval quality).
+
+    A text's vector counts its lower-cased words (runs of letters and digits) by bucket, ``crc32(word) %
+    dim``, plus 0.1 in every bucket (a text without words still has a direction), scaled to unit length:
+    ``(n, dim)`` float32.  Queries are encoded as documents.  Deterministic across processes and machines
+    (CRC32, not Python's salted ``hash``); ``key`` names the scheme and ``dim``, so embedding caches and
+    saved pipelines tell two settings apart.  Register it under a name to use it:
+
+    >>> import numpy as np
+    >>> enc = HashingEncoder(dim=16)
+    >>> v = enc.encode(["red apples", "Red, apples!", ""])
+    >>> v.shape, bool(np.allclose(v[0], v[1])), bool(np.allclose(np.linalg.norm(v, axis=1), 1))
+    ((3, 16), True, True)
+    """
+
+    def __init__(self, dim: int = 256) -> None:
+        if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
+            raise ParamError(f"HashingEncoder: dim must be a positive int, got {dim!r}", path="dim")
+        self.dim = dim
+        self.key = f"hashing-bow-v1-{dim}"
+
+    def encode(self, texts: Sequence[str], **kw: Any) -> np.ndarray:
+        """Unit vectors ``(len(texts), dim)`` float32 of ``texts``; encoding settings (``batch_size``...) ignored."""
+        words = [re.findall(r"[^\W_]+", str(t).lower()) for t in texts]
+        rows = np.repeat(np.arange(len(words)), [len(w) for w in words])
+        cols = np.fromiter((zlib.crc32(w.encode()) % self.dim for ws in words for w in ws), np.int64, len(rows))
+        v = np.full((len(words), self.dim), 0.1, np.float32)
+        np.add.at(v, (rows, cols), 1.0)
+        return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+    encode_queries = encode
+
+    def __repr__(self) -> str:
+        return f"HashingEncoder(dim={self.dim})"
