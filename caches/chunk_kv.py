@@ -144,7 +144,7 @@ import numpy as np
 import torch
 
 from ragkit._files import FCNTL as _fcntl, atomic_file, share_file_like_umask
-from ragkit.errors import ArtifactError, ParamError
+from ragkit.errors import ArtifactError, DataError, ParamError
 
 __all__ = [
     "ChunkVariant",
@@ -327,13 +327,13 @@ class ChunkVariant:
 
     def __post_init__(self) -> None:
         if self.keys.shape != self.values.shape or self.keys.ndim != 4:
-            raise ValueError(
+            raise DataError(
                 f"ChunkVariant: keys and values must both have shape (n_layers, n_kv_heads, n_tokens, head_dim); "
                 f"got keys {tuple(self.keys.shape)} and values {tuple(self.values.shape)}"
             )
         if len(self.prefix_ids) != len(self.prefix_lens):
-            raise ValueError(f"ChunkVariant: {len(self.prefix_ids)} prefix ids but "
-                             f"{len(self.prefix_lens)} prefix lengths")
+            raise DataError(f"ChunkVariant: {len(self.prefix_ids)} prefix ids but "
+                            f"{len(self.prefix_lens)} prefix lengths")
 
     @property
     def n_tokens(self) -> int:
@@ -640,7 +640,7 @@ class ChunkKVCache:
             self._to_storage_dtype(variant)  # (rows less precise than the storage dtype: not exact here)
             existing = self._mem.get(key, [])
             if existing and existing[0].keys.shape[::2] != variant.keys.shape[::2]:
-                raise ValueError(
+                raise DataError(
                     f"ChunkKVCache.put: variant of shape {tuple(variant.keys.shape)} does not match the stored "
                     f"variants of shape {tuple(existing[0].keys.shape)} for key {key}"
                 )

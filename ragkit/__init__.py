@@ -6,7 +6,16 @@ KV-cache reuse for generation; linear, branching, conditional and looping pipeli
 Python or YAML; BEIR evaluation.
 """
 
-from ragkit.errors import ArtifactError, ConfigError, DataError, NotFittedError, ParamError, RagkitError
+from ragkit.errors import (
+    ArtifactError,
+    ArtifactNotFoundError,
+    ConfigError,
+    DataError,
+    InputTypeError,
+    NotFittedError,
+    ParamError,
+    RagkitError,
+)
 from ragkit.eval import beir_subsets, evaluate, load_beir
 from ragkit.operator import Operator
 from ragkit.params import Params
@@ -40,4 +49,5 @@ __all__ = [
     "__version__", "Operator", "Params", "Run", "Corpus", "Queries", "Qrels", "Ranking", "State", "TrainSet",
     "Pipeline", "Sequence", "Parallel", "Route", "Loop", "evaluate", "load_beir", "beir_subsets",
     "RagkitError", "ParamError", "ConfigError", "DataError", "NotFittedError", "ArtifactError",
+    "ArtifactNotFoundError", "InputTypeError",
 ]

@@ -6,7 +6,8 @@ from typing import Hashable, Iterable, TypeVar
 
 _H = TypeVar("_H", bound=Hashable)
 
-__all__ = ["RagkitError", "ParamError", "DataError", "NotFittedError", "ConfigError", "ArtifactError"]
+__all__ = ["RagkitError", "ParamError", "DataError", "NotFittedError", "ConfigError", "ArtifactError",
+           "ArtifactNotFoundError", "InputTypeError"]
 
 
 class RagkitError(Exception):
@@ -41,6 +42,16 @@ class NotFittedError(RagkitError, RuntimeError):
 
 class ArtifactError(RagkitError, OSError):
     """A saved artifact (index file, manifest, array) is missing, truncated or corrupt."""
+
+
+class ArtifactNotFoundError(ArtifactError, FileNotFoundError):
+    """A file or folder ragkit needs is not there (a model file, a fit's working folder): an
+    :class:`ArtifactError` that ``except FileNotFoundError`` catches too."""
+
+
+class InputTypeError(RagkitError, TypeError):
+    """An argument of a public function or method is of the wrong type (``bm25.add(a_list)``,
+    ``op(["a query"])``, ``load_beir(123)``); the message names it, the type given and the one expected."""
 
 
 def repeated(values: Iterable[_H], n: int = 1) -> list[_H]:

@@ -43,7 +43,7 @@ from ragkit._files import (
     user_path,
     verify_checksums,
 )
-from ragkit.errors import ArtifactError, DataError, NotFittedError, ParamError, some_ids
+from ragkit.errors import ArtifactError, DataError, InputTypeError, NotFittedError, ParamError, some_ids
 from ragkit.options import PARAM, OptionCheck, filter_option
 from ragkit.params import Params as ParamsModel, validate_params  # (inside Operator, ``Params`` is its model class)
 from ragkit.types import Corpus, Queries, Ranking, State, TrainSet
@@ -181,7 +181,7 @@ def check_state(op: "Operator", state: object) -> None:
     with a ``TypeError`` that points to ``search``, instead of an ``AttributeError`` from deep inside."""
     if not isinstance(state, State):
         cls = type(op).__name__
-        raise TypeError(
+        raise InputTypeError(
             f"{cls}.__call__ takes a ragkit State (the batch an operator transforms inside a pipeline), got "
             f"{type(state).__name__} {state!r:.60}; to search queries (a list of str, one str or a Queries) call "
             f".search(queries), which returns a Run, or call it on State.of(queries)")
@@ -593,8 +593,8 @@ class Operator:
         """
         folder = user_path(path, f"{cls.__name__}.load: path")
         if corpus is not None and not isinstance(corpus, Corpus):
-            raise TypeError(f"{cls.__name__}.load: corpus must be the ragkit Corpus the operator was fitted on (or "
-                            f"None: the saved folder holds it), got {type(corpus).__name__}")
+            raise InputTypeError(f"{cls.__name__}.load: corpus must be the ragkit Corpus the operator was fitted on "
+                                 f"(or None: the saved folder holds it), got {type(corpus).__name__}")
         if cls is Operator and (folder / "manifest.json").is_file() and not (folder / "params.json").exists():
             from ragkit.pipelines import Pipeline
 
@@ -843,15 +843,15 @@ def check_fit_inputs(corpus: Any, train: Any, where: str) -> None:
     """Refuse a ``corpus`` that is not a :class:`Corpus` or a ``train`` that is not a :class:`TrainSet`
     (``TypeError`` naming ``where``, e.g. ``"bm25.fit"``, and how to build one), before a fit does any work."""
     if not isinstance(corpus, Corpus):
-        raise TypeError(f"{where} expects a ragkit Corpus, got {type(corpus).__name__}")
+        raise InputTypeError(f"{where} expects a ragkit Corpus, got {type(corpus).__name__}")
     if train is not None and not isinstance(train, TrainSet):
         hint = ""
         if isinstance(train, tuple) and len(train) == 2:
             hint = " (from a (queries, qrels) pair: TrainSet(*pair))"
         elif isinstance(train, Mapping):
             hint = " (qrels {query_id: {doc_id: grade}} go in as its qrels, with the judged queries' texts)"
-        raise TypeError(f"{where}: train must be a ragkit TrainSet, got {type(train).__name__}; build one with "
-                        f"TrainSet(queries, qrels){hint}")
+        raise InputTypeError(f"{where}: train must be a ragkit TrainSet, got {type(train).__name__}; build one "
+                             f"with TrainSet(queries, qrels){hint}")
 
 
 def _is_ragkit_save(folder: Path) -> bool:

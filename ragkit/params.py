@@ -30,7 +30,8 @@ from ragkit.errors import ParamError
 if TYPE_CHECKING:
     from typing_extensions import Self
 
-__all__ = ["Params", "MetadataFilter", "ModelName", "Seed", "MAX_INT", "has_upper_bound", "validate_params",
+__all__ = ["Params", "MetadataFilter", "ModelName", "Seed", "MAX_INT", "VectorDtype", "FdeDtype", "FloatDtype",
+           "Metric", "SPELLINGS", "canonical_spelling", "has_upper_bound", "validate_params",
            "format_validation_error", "describe_error", "format_loc", "model_at", "QUOTE_AS_WRITTEN"]
 
 
@@ -92,6 +93,51 @@ Seed = typing.Annotated[int, Field(ge=0, le=2**32 - 1)]
 
 #: The type of a retriever's ``filter`` parameter (see :func:`_metadata_filter`).
 MetadataFilter = typing.Annotated[typing.Optional[dict[str, Any]], BeforeValidator(_metadata_filter)]
+
+#: Spellings accepted for a dtype or a metric, each group ending at the names the fields use:
+#: one YAML can say ``float16`` (or ``fp16``, ``half``) to Dense, Muvera and Generate alike.
+SPELLINGS: tuple[frozenset[str], ...] = (
+    frozenset({"float32", "fp32", "f32"}),
+    frozenset({"float16", "fp16", "half", "f16"}),
+    frozenset({"int8", "i8"}),
+    frozenset({"binary", "b1", "bit"}),
+    frozenset({"cosine", "cos"}),
+    frozenset({"ip", "dot", "inner_product"}),
+)
+
+
+def canonical_spelling(value: Any, accepted: Sequence[str]) -> Any:
+    """``value`` in the spelling of ``accepted`` (case-insensitive; a numpy dtype or scalar type as
+    its name): ``canonical_spelling("float16", ("f32", "f16")) == "f16"``.  A value no group maps to
+    one of ``accepted`` is returned as given, for the field's ``Literal`` to refuse (naming the
+    accepted values)."""
+    if isinstance(value, np.dtype) or (isinstance(value, type) and issubclass(value, np.generic)):
+        name = np.dtype(value).name
+    elif isinstance(value, str):
+        name = value.strip().lower()
+    else:
+        return value
+    for group in SPELLINGS:
+        if name in group:
+            return next((a for a in accepted if a in group), value)
+    return value
+
+
+def _spelled(*accepted: str) -> BeforeValidator:
+    return BeforeValidator(lambda v: canonical_spelling(v, accepted))
+
+
+#: A vector index's storage dtype (Dense ``dtype``): written ``f32``, ``f16``, ``i8`` or ``b1``;
+#: ``float32`` / ``fp32``, ``float16`` / ``fp16`` / ``half``, ``int8``, ``binary`` / ``bit`` are read as those.
+VectorDtype = typing.Annotated[typing.Literal["f32", "f16", "i8", "b1"], _spelled("f32", "f16", "i8", "b1")]
+#: A float-or-int8 vector storage dtype (Muvera ``fde_dtype``): ``f32``, ``f16`` or ``i8``, aliases as above.
+FdeDtype = typing.Annotated[typing.Literal["f32", "f16", "i8"], _spelled("f32", "f16", "i8")]
+#: A float storage dtype (Generate ``storage_dtype``): written ``float32`` or ``float16``; ``f32`` / ``fp32``,
+#: ``f16`` / ``fp16`` / ``half`` are read as those.
+FloatDtype = typing.Annotated[typing.Literal["float32", "float16"], _spelled("float32", "float16")]
+#: A similarity (Dense ``metric``): written ``cos`` or ``ip``; ``cosine``, ``dot`` / ``inner_product`` are read
+#: as those.
+Metric = typing.Annotated[typing.Literal["cos", "ip"], _spelled("cos", "ip")]
 
 
 def has_upper_bound(field: FieldInfo) -> bool:

@@ -49,7 +49,7 @@ from pydantic import Field, field_validator, model_validator
 
 from ragkit._files import file_above, user_path
 from ragkit.encoders.sentence import as_texts
-from ragkit.errors import ParamError, RagkitError
+from ragkit.errors import ArtifactNotFoundError, ParamError, RagkitError
 from ragkit.operator import Operator, after_fit, check_fit_inputs, read_json, write_json
 from ragkit.params import Params
 from ragkit.registry import register
@@ -495,8 +495,8 @@ def _fit_shard(node: dict[str, Any], corpus: Corpus, folder: str) -> str:
     def check_parent() -> None:
         parent = Path(folder).parent
         if not parent.is_dir():
-            raise FileNotFoundError(f"sharded: the fit's folder {parent} is gone (the fit failed or was interrupted "
-                                    f"and removed it); shard {Path(folder).name} is not written")
+            raise ArtifactNotFoundError(f"sharded: the fit's folder {parent} is gone (the fit failed or was "
+                                        f"interrupted and removed it); shard {Path(folder).name} is not written")
 
     check_parent()
     op = build(node, "sharded.retriever")

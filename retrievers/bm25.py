@@ -55,7 +55,7 @@ import numpy as np
 import scipy.sparse as sp
 from pydantic import Field, field_validator, model_validator
 
-from ragkit.errors import DataError
+from ragkit.errors import DataError, InputTypeError
 from ragkit.operator import Operator, load_array, rankings_from_matrix, read_json, save_arrays, topk_rows, write_json
 from ragkit.options import PARAM
 from ragkit.params import MetadataFilter, Params
@@ -485,7 +485,7 @@ class BM25(Operator):
         """
         self._check_fitted()
         if not isinstance(corpus, Corpus):
-            raise TypeError(f"bm25.add expects a ragkit Corpus, got {type(corpus).__name__}")
+            raise InputTypeError(f"bm25.add expects a ragkit Corpus, got {type(corpus).__name__}")
         if getattr(self, "collection_", None) is not None:
             raise DataError("bm25.add: this index scores with collection statistics set from outside "
                             "(set_collection, a shard of Sharded); refit the whole collection instead")

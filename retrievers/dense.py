@@ -19,10 +19,10 @@ from pydantic import Field, model_validator
 
 from ragkit.encoders import DEFAULT_MODEL, Encoder, check_encoder_key, get_encoder, query_vectors, save_encoder_key
 from ragkit.encoders.adapt import AdaptConfig, TunedEncoderMixin
-from ragkit.errors import ArtifactError, DataError, ParamError
+from ragkit.errors import ArtifactError, DataError, InputTypeError, ParamError
 from ragkit.operator import Operator, rankings_from_matrix
 from ragkit.options import PARAM
-from ragkit.params import MetadataFilter, ModelName, Params
+from ragkit.params import MetadataFilter, Metric, ModelName, Params, VectorDtype
 from ragkit.registry import register
 from ragkit.retrievers._index import EXACT_MAX, VectorIndex, parse_reduce
 from ragkit.types import Corpus, State, TrainSet
@@ -50,10 +50,12 @@ class DenseParams(Params):
                             "once at fit (an index fitted small and grown by add stays exact; refit to switch).")
     batch_size: int = Field(64, ge=1, description="Encoding batch size.")
     filter: MetadataFilter = Field(None, description="Metadata filter {field: value or [values]}.")
-    dtype: Literal["f32", "f16", "i8", "b1"] = Field(
-        "f32", description="Vector storage: float32, float16, int8 (per-dimension calibrated on the corpus) "
-                           "or b1 (packed sign bits: scored against the float query; Hamming in a graph).")
-    metric: Literal["cos", "ip"] = Field("cos", description="Cosine (unit vectors) or raw inner product.")
+    dtype: VectorDtype = Field(
+        "f32", description="Vector storage: f32, f16, i8 (per-dimension calibrated on the corpus) or b1 (packed sign "
+                           "bits: scored against the float query; Hamming in a graph); float32, float16/fp16/half, "
+                           "int8, binary/bit are read as those.")
+    metric: Metric = Field("cos", description="cos: cosine (unit vectors), or ip: raw inner product (cosine; dot, "
+                                              "inner_product are read as those).")
     rescore: bool = Field(False, description="Re-score an oversample*k shortlist with the float vectors, kept "
                                               "memory-mapped on disk (needs dtype != f32 or a reduce).")
     oversample: int = Field(4, ge=1, description="Shortlist size as a multiple of k (rescore, and the re-ranking of "
@@ -301,7 +303,7 @@ class Dense(TunedEncoderMixin, Operator):
         """Index more documents (encoded, reduced and quantised with the fitted transforms; no rebuild)."""
         self._check_fitted()
         if not isinstance(corpus, Corpus):
-            raise TypeError(f"dense.add expects a ragkit Corpus, got {type(corpus).__name__}")
+            raise InputTypeError(f"dense.add expects a ragkit Corpus, got {type(corpus).__name__}")
         held = self.corpus_._lookup()  # the corpus's cached {id: row}: the new ids only are looked up
         dup = [d for d in corpus.ids.tolist() if d in held]
         if dup:

@@ -47,7 +47,7 @@ from ragkit.operator import (
     write_json,
 )
 from ragkit.options import PARAM
-from ragkit.params import MetadataFilter, ModelName, Params, Seed
+from ragkit.params import FdeDtype, MetadataFilter, ModelName, Params, Seed
 from ragkit.registry import register
 from ragkit.retrievers._index import VectorIndex
 from ragkit.retrievers.centroids import build_codes, centroid_pairs, damaged_codes
@@ -194,8 +194,9 @@ class MuveraParams(TokenParams):
         "Seed of the FDE random matrices: repetition r uses default_rng(seed + r), as ALGORITHMS.md specifies, so "
         "seeds s and s + 1 share r_reps - 1 repetitions (shifted by one); to compare independent draws, use seeds "
         "at least r_reps apart."))
-    fde_dtype: Literal["f32", "f16", "i8"] = Field(
-        "f32", description="Storage of the document FDEs in the vector index (i8: per-dimension calibrated).")
+    fde_dtype: FdeDtype = Field(
+        "f32", description="Storage of the document FDEs in the vector index (i8: per-dimension calibrated; float32, "
+                           "float16/fp16/half and int8 are read as f32, f16, i8).")
     search: Literal["auto", "exact", "hnsw"] = Field(
         "auto", description="FDE index search: exact numpy, usearch HNSW, or auto by corpus size.")
     rerank: bool = Field(True, description="Rescore candidates with exact MaxSim (False: FDE scores only).")

@@ -36,7 +36,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from ragkit._files import file_above, share_like_umask, shared_tempdir, user_path, utf8_lines
-from ragkit.errors import DataError, ParamError
+from ragkit.errors import DataError, InputTypeError, ParamError
 from ragkit.types import Corpus, Qrels, Queries, TrainSet
 
 _log = logging.getLogger(__name__)
@@ -581,8 +581,8 @@ def _check_name_or_path(value: object, caller: str) -> None:
     that is not a ``str`` or ``os.PathLike`` with a ``TypeError`` naming the argument (not pathlib's
     "expected str, bytes or os.PathLike object")."""
     if not isinstance(value, (str, os.PathLike)):
-        raise TypeError(f"{caller}: name_or_path: expected a BEIR dataset name ('scifact') or folder (a str or "
-                        f"pathlib.Path), got {type(value).__name__} {value!r:.80}")
+        raise InputTypeError(f"{caller}: name_or_path: expected a BEIR dataset name ('scifact') or folder (a "
+                             f"str or pathlib.Path), got {type(value).__name__} {value!r:.80}")
 
 
 def _unpacked(archive: Path) -> Path:

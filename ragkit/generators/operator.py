@@ -22,7 +22,7 @@ from ragkit._files import user_path
 from ragkit.errors import ParamError
 from ragkit.operator import Operator
 from ragkit.options import bool_option, callable_option
-from ragkit.params import ModelName, Params
+from ragkit.params import FloatDtype, ModelName, Params
 from ragkit.registry import register
 from ragkit.types import Corpus, State, TrainSet
 
@@ -58,9 +58,10 @@ class GenerateParams(Params):
         1024, gt=0, description="Memory budget of the chunk cache, MiB (its lowest-utility variants go first, to the "
                                 "disk tier when there is one: reused least, least recently, costliest to fix per byte; "
                                 "the prefix mode's cache evicts least recently used); None: unbounded.")
-    storage_dtype: Literal["float32", "float16"] = Field(
+    storage_dtype: FloatDtype = Field(
         "float16", description="Chunk-cache storage dtype: float16 halves the memory; only float32 reproduces a full "
-                               "prefill exactly where chunks are reused without recomputation.")
+                               "prefill exactly where chunks are reused without recomputation (f16/fp16/half, "
+                               "f32/fp32 are read as those).")
     cache_dir: str | None = Field(None, description="Disk tier of the chunk cache (safetensors files; written on "
                                                     "eviction, save and exit); a folder path, not empty. Used by the "
                                                     "cachecraft and naive modes.")
