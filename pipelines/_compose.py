@@ -33,7 +33,7 @@ from typing import (
 import numpy as np
 
 from ragkit._files import user_path
-from ragkit.errors import ConfigError, DataError, NotFittedError, ParamError, RagkitError, some_ids
+from ragkit.errors import ConfigError, DataError, InputTypeError, NotFittedError, ParamError, RagkitError, some_ids
 from ragkit.operator import (
     _RESTORING,
     Operator,
@@ -1242,8 +1242,8 @@ class Pipeline(Composite):
 
         folder = user_path(path, "Pipeline.load: path")
         if corpus is not None and not isinstance(corpus, Corpus):
-            raise TypeError(f"Pipeline.load: corpus must be the ragkit Corpus the pipeline was fitted on (or None: "
-                            f"the saved folder holds it), got {type(corpus).__name__}")
+            raise InputTypeError(f"Pipeline.load: corpus must be the ragkit Corpus the pipeline was fitted on (or "
+                                 f"None: the saved folder holds it), got {type(corpus).__name__}")
         return load_pipeline(folder, corpus=corpus, mmap=mmap, verify=verify)
 
 

@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
-from ragkit.errors import ArtifactError, DataError
+from ragkit.errors import ArtifactError, DataError, InputTypeError
 
 __all__ = ["atomic_file", "sha256_file", "folder_checksums", "verify_checksums", "saved_relpath", "check_inside",
            "utf8_lines", "shared_tempdir", "remove_stale_tempdirs", "share_like_umask", "share_file_like_umask",
@@ -31,11 +31,12 @@ FOLDER_LOCK_WAIT_S = 60.0
 def user_path(path: object, where: str) -> Path:
     """``path`` as a :class:`~pathlib.Path` with a leading ``~`` / ``~user`` expanded to the home folder
     (as a shell would: ``save("~/models/x")`` writes below the home folder, not into a folder named ``~``
-    here; a ``~name`` naming no user stays as it is).  Anything but a ``str`` or an ``os.PathLike`` is a
-    ``TypeError`` naming ``where`` (the argument, e.g. ``"Pipeline.load: path"``), instead of pathlib's
-    "expected str, bytes or os.PathLike object"."""
+    here; a ``~name`` naming no user stays as it is).  Anything but a ``str`` or an ``os.PathLike`` is an
+    :class:`~ragkit.errors.InputTypeError` (a ``TypeError``) naming ``where`` (the argument, e.g.
+    ``"Pipeline.load: path"``), instead of pathlib's "expected str, bytes or os.PathLike object"."""
     if not isinstance(path, (str, os.PathLike)):
-        raise TypeError(f"{where}: expected a path (a str or pathlib.Path), got {type(path).__name__} {path!r:.80}")
+        raise InputTypeError(f"{where}: expected a path (a str or pathlib.Path), got {type(path).__name__} "
+                             f"{path!r:.80}")
     return Path(os.path.expanduser(os.fsdecode(os.fspath(path))))
 
 

@@ -104,6 +104,11 @@ def test_type_errors_on_public_paths_are_input_type_errors():
     _raises(lambda: BM25().fit(_corpus(), train={"q": {"d": 1}}), TypeError, InputTypeError)
     _raises(lambda: load_beir(123), TypeError, InputTypeError)
     _raises(lambda: BM25.load("/nonexistent-folder", corpus=["x"]), TypeError, InputTypeError)
+    _raises(lambda: BM25.load(123), TypeError, InputTypeError)  # ragkit._files.user_path
+    from ragkit.pipelines import Pipeline
+
+    _raises(lambda: Pipeline.load(123), TypeError, InputTypeError)
+    _raises(lambda: Pipeline.load("/nonexistent-folder", corpus=["x"]), TypeError, InputTypeError)
 
 
 def test_dense_add_refuses_a_list_with_an_input_type_error():
