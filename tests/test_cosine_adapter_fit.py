@@ -8,12 +8,13 @@ import logging
 
 import numpy as np
 import pytest
+from test_filters import adapter_case
 
 from ragkit.encoders import get_encoder
 from ragkit.errors import NotFittedError
 from ragkit.filters import CosineAdapter
 from ragkit.filters.cosine_adapter import choose_threshold, threshold_reached
-from ragkit.types import Corpus, Queries, Ranking, State, TrainSet
+from ragkit.types import Ranking, State
 
 KEY = get_encoder().key  # cheap: the model is not loaded
 
@@ -23,23 +24,13 @@ def _sharp(n_q: int = 240, k: int = 100, d: int = 32, seed: int = 0, flat: bool 
     gap to the top with a query-dependent offset: the power form a*x^p+b fitted on such data slid along the
     (large a, -b; small p) valley and stopped at max_iter 500 unconverged (as on 240 SciFact train queries).
     ``flat``: relevance drawn at random (10%), whatever the cosine: no cut-off is precise."""
-    rng = np.random.default_rng(seed)
-    n_docs = 2000
-    corpus = Corpus.from_texts([f"doc {i}" for i in range(n_docs)], ids=[f"d{i}" for i in range(n_docs)])
-    qv = rng.normal(size=(n_q, d)).astype(np.float32)
-    qv /= np.linalg.norm(qv, axis=1, keepdims=True)
-    top = 0.55 + 0.1 * qv[:, 1]
-    rankings, qrels = [], {}
-    for i in range(n_q):
-        rows = rng.choice(n_docs, k, replace=False)
-        c = np.sort(top[i] - rng.gamma(2.0, 0.05, k))[::-1].astype(np.float32)
-        p = np.full(k, 0.1) if flat else 1 / (1 + np.exp(-(40 * (c - top[i]) + 2 + 1.5 * qv[i, 0])))
-        rel = rows[rng.random(k) < p]
-        qrels[f"q{i}"] = {f"d{r}": 1 for r in rel} or {"d_unretrieved": 1}
-        rankings.append(Ranking(rows, c))
-    queries = Queries([f"q{i}" for i in range(n_q)], [f"query {i}" for i in range(n_q)])
-    state = State(list(queries.texts), list(queries.ids), rankings=rankings, vectors={KEY: qv})
-    return corpus, TrainSet(queries, qrels), state
+    def draw(rng, i, qv):
+        top = 0.55 + 0.1 * qv[i, 1]
+        c = np.sort(top - rng.gamma(2.0, 0.05, k))[::-1].astype(np.float32)
+        p = np.full(k, 0.1) if flat else 1 / (1 + np.exp(-(40 * (c - top) + 2 + 1.5 * qv[i, 0])))
+        return c, rng.random(k) < p
+
+    return adapter_case(n_q, k, d, 2000, seed, draw)
 
 
 @pytest.fixture(scope="module")

@@ -22,24 +22,33 @@ from ragkit.types import Corpus, Queries, Ranking, State, TrainSet
 KEY = get_encoder().key  # cheap: the model is not loaded
 
 
-def synthetic(n_q: int = 80, k: int = 30, d: int = 16, seed: int = 0):
-    """Queries whose relevance depends on a query-specific cosine offset (what the adapter should learn)."""
+def adapter_case(n_q: int, k: int, d: int, n_docs: int, seed: int, draw):
+    """``(corpus, train, state)`` of ``n_q`` synthetic queries with unit vectors ``qv (n_q, d)`` and ``k``
+    candidates each among ``n_docs`` documents: ``draw(rng, i, qv) -> (cosines (k,) descending, relevant
+    (k,) bool)`` makes query ``i``'s candidates (a query with none relevant is judged on an unretrieved one)."""
     rng = np.random.default_rng(seed)
-    n_docs = 400
     corpus = Corpus.from_texts([f"doc {i}" for i in range(n_docs)], ids=[f"d{i}" for i in range(n_docs)])
     qv = rng.normal(size=(n_q, d)).astype(np.float32)
     qv /= np.linalg.norm(qv, axis=1, keepdims=True)
-    offset = 0.5 + 0.2 * qv[:, 0]  # cosine above which a document is relevant, depends on the query
     rankings, qrels = [], {}
     for i in range(n_q):
         rows = rng.choice(n_docs, k, replace=False)
-        c = np.sort(rng.uniform(0.2, 0.9, k))[::-1].astype(np.float32)
+        c, relevant = draw(rng, i, qv)
         rankings.append(Ranking(rows, c))
-        rel = rows[c > offset[i] + rng.normal(0, 0.03, k)]
-        qrels[f"q{i}"] = {f"d{r}": 1 for r in rel} or {"d_unretrieved": 1}
+        qrels[f"q{i}"] = {f"d{r}": 1 for r in rows[relevant]} or {"d_unretrieved": 1}
     queries = Queries([f"q{i}" for i in range(n_q)], [f"query {i}" for i in range(n_q)])
     state = State(list(queries.texts), list(queries.ids), rankings=rankings, vectors={KEY: qv})
     return corpus, TrainSet(queries, qrels), state
+
+
+def synthetic(n_q: int = 80, k: int = 30, d: int = 16, seed: int = 0):
+    """Queries whose relevance depends on a query-specific cosine offset (what the adapter should learn)."""
+    def draw(rng, i, qv):
+        offset = 0.5 + 0.2 * qv[i, 0]  # cosine above which a document is relevant, depends on the query
+        c = np.sort(rng.uniform(0.2, 0.9, k))[::-1].astype(np.float32)
+        return c, c > offset + rng.normal(0, 0.03, k)
+
+    return adapter_case(n_q, k, d, 400, seed, draw)
 
 
 @pytest.fixture(scope="module")
