@@ -399,17 +399,12 @@ class RagkitRetriever(BaseRetriever):
             side.__dict__["k"] = int(own_k)
         changed = {key: v for key, v in side.__dict__.items() if key not in before or before[key] is not v}
         rebuilt = side._op is not private["_op"]
-        while True:
-            lock = self._lock
-            with lock.writing():  # searches in progress finish first; new ones see the retriever after
-                if self._lock is not lock:  # (replaced meanwhile: take the new one)
-                    continue
-                self.__dict__.update(changed)
-                object.__setattr__(self, "__pydantic_fields_set__",
-                                   self.__pydantic_fields_set__ | side.__pydantic_fields_set__)
-                if rebuilt:  # a new pipeline: its documents, lock, producers
-                    object.__setattr__(self, "__pydantic_private__", dict(side.__pydantic_private__ or {}))
-                return
+        with self._holding(write=True):  # searches in progress finish first; new ones see the retriever after
+            self.__dict__.update(changed)
+            object.__setattr__(self, "__pydantic_fields_set__",
+                               self.__pydantic_fields_set__ | side.__pydantic_fields_set__)
+            if rebuilt:  # a new pipeline: its documents, lock, producers
+                object.__setattr__(self, "__pydantic_private__", dict(side.__pydantic_private__ or {}))
 
     # ------------------------------------------------------------------ constructors
     @classmethod
@@ -507,11 +502,18 @@ class RagkitRetriever(BaseRetriever):
         """Hold the retriever's lock to read, and yield what a search reads of the retriever, read under it:
         an assignment (``r.pipeline = ...``, ``r.k = ...``) swaps them holding the lock to write, so they are
         all of the retriever before it or all of the one after."""
+        with self._holding(write=False):
+            yield _State(self.pipeline, self._producers, self.search_kwargs, self.k)
+
+    @contextmanager
+    def _holding(self, *, write: bool) -> Iterator[None]:
+        """Hold the retriever's lock (to write, or to read) for the ``with`` block: the lock it holds once
+        taken, since an assignment of a new pipeline swaps in that pipeline's lock while this one waits."""
         while True:
             lock = self._lock
-            with lock.reading():
-                if self._lock is lock:  # (else swapped meanwhile: the new retriever's lock)
-                    yield _State(self.pipeline, self._producers, self.search_kwargs, self.k)
+            with lock.writing() if write else lock.reading():
+                if self._lock is lock:  # (else swapped meanwhile: wait on the new one)
+                    yield
                     return
 
     @staticmethod
