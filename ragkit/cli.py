@@ -74,6 +74,11 @@ def _main(version: bool = typer.Option(False, "--version", callback=_show_versio
         log.setLevel(logging.INFO)
 
 
+def _path_like(spec: str) -> bool:
+    """Whether ``spec`` reads as a path (a separator or a suffix), not as an operator's name such as ``bm25``."""
+    return any(c in spec for c in "/\\") or bool(Path(spec).suffix)
+
+
 def resolve_pipeline(spec: str):
     """``(pipeline, fitted)`` from a YAML file, a saved folder or a registered operator name.
 
@@ -90,7 +95,7 @@ def resolve_pipeline(spec: str):
         return Pipeline.from_yaml(path), False
     if "\n" in spec or spec.strip().startswith("pipeline:"):
         return Pipeline.from_yaml(spec), False
-    if any(c in spec for c in "/\\") or path.suffix:  # a path, not an operator name: it does not exist
+    if _path_like(spec):  # a path, not an operator name: it does not exist
         raise RagkitError(f"--pipeline {spec}: no such file or folder (expected a pipeline YAML file, a folder "
                           f"written by Pipeline.save / Operator.save, or an operator name such as bm25)")
     if spec.lower() in registry.structural_keys():
@@ -1412,7 +1417,7 @@ def validate_cmd(path: Path = typer.Argument(..., help="Pipeline YAML file, a sa
                 pipe = Pipeline([registry.get(meta["operator"], path=str(path / "params.json"))(meta["params"])])
             except ParamError as e:  # the file the bad parameter came from
                 raise RagkitError(f"{path / 'params.json'}: {e}") from None
-        elif not path.exists() and not path.suffix and not any(c in str(path) for c in "/\\"):
+        elif not path.exists() and not _path_like(str(path)):
             try:
                 pipe = resolve_pipeline(str(path))[0]  # an operator's name, as --pipeline takes it (bm25)
             except ParamError as e:
