@@ -1271,7 +1271,6 @@ def ask_cmd(
                                ("--cache-dir", cache_dir)) if v is not None}
     streamed = False
     found: Any = None  # the retrieval's ranking, once known: the sources of an interrupted answer
-    prefills: list[Any] = []  # what each prefill of the answer cost (the local backend's Prefill records)
     try:
         pipe, fitted = resolve_pipeline(pipeline)
         _check_retrieves(pipe, f"--pipeline {pipeline}")  # before the fit and the LLM's load
@@ -1327,8 +1326,7 @@ def ask_cmd(
             sys.stdout.write(piece)
             sys.stdout.flush()
 
-        with _recording_prefills(gens, prefills):
-            run = pipe.search([question], generate={"on_token": show})
+        run = pipe.search([question], generate={"on_token": show})
     except RagkitError as e:
         _fail(_in_file(e, pipeline))
         return
@@ -1342,8 +1340,9 @@ def ask_cmd(
         raise typer.Exit(code=130) from None
     sys.stdout.write("\n")
     sys.stdout.flush()
-    if prefills:  # what the answer's prefill cost and reused (stderr), then its sources, the last line
-        err_console.print(Text(_prefill_line(prefills[-1]), style="dim"))
+    cost = (run.values.get("prefill") or [None])[0]
+    if cost is not None:  # what the answer's prefill cost and reused (stderr), then its sources, the last line
+        err_console.print(Text(str(cost), style="dim"))
     _print_sources(run.doc_ids[0][: gens[-1].params.top_k], corpus)
 
 
@@ -1352,46 +1351,6 @@ def _print_sources(ids: Any, corpus: Corpus) -> None:
     rows = corpus.row_of(list(ids), missing="drop")
     console.print(Text("sources: " + "; ".join(f"{d} ({(corpus.titles[r] or corpus.texts[r])[:60]})"
                                                for d, r in zip(ids, rows)), style="dim"), soft_wrap=True)
-
-
-@contextmanager
-def _recording_prefills(gens: list[Any], into: list[Any]) -> Iterator[None]:
-    """While the block runs, append to ``into`` the :class:`~ragkit.generators.local.Prefill` each prefill of
-    the generate steps' local models returns (a LangChain chat model has none): ``ragkit ask`` reports the last."""
-    wrapped: list[Any] = []
-    for g in gens:
-        eng: Any = getattr(g, "engine_", None)
-        prefill = getattr(eng, "prefill", None)
-        if prefill is None or "prefill" in vars(eng):
-            continue
-
-        def recorded(*a: Any, _prefill: Any = prefill, **kw: Any) -> Any:
-            out = _prefill(*a, **kw)
-            into.append(out)
-            return out
-
-        eng.prefill = recorded  # (an instance attribute: generate's self.prefill finds it)
-        wrapped.append(eng)
-    try:
-        yield
-    finally:
-        for eng in wrapped:
-            del eng.prefill
-
-
-def _prefill_line(pre: Any) -> str:
-    """``prefill 0.31 s · 5/5 chunks reused · 16/938 prompt tokens computed``: what the answer's prefill cost,
-    and what it reused (chunks from the chunk cache in the naive and cachecraft modes, from the prefix
-    cache, even in part, in the prefix mode; none in the full mode)."""
-    n = len(pre.chunk_fraction)
-    if pre.mode in ("naive", "cachecraft"):
-        reused = pre.hits
-    elif pre.mode == "prefix":
-        reused = sum(1 for f in pre.chunk_fraction if f < 1)
-    else:
-        reused = 0
-    return (f"prefill {pre.seconds:.2f} s · {reused}/{n} chunk{'' if n == 1 else 's'} reused · "
-            f"{pre.n_computed:.0f}/{pre.n_prompt} prompt tokens computed")
 
 
 @app.command("validate")

@@ -9,7 +9,6 @@ import json
 import logging
 import os
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
@@ -62,19 +61,16 @@ class _Engine:
     def __init__(self, pieces=("ok",), then: BaseException | None = None, prefill=None) -> None:
         self.pieces, self.then, self.pre, self.asked = list(pieces), then, prefill, []
 
-    def generate(self, question, chunks, *, on_token=None, **kw) -> str:
+    def generate(self, question, chunks, *, on_token=None, on_prefill=None, **kw) -> str:
         self.asked.append((question, list(chunks)))
-        if self.pre is not None:
-            self.prefill(None, kw.get("mode", "cachecraft"))
+        if self.pre is not None and on_prefill is not None:
+            on_prefill(self.pre)
         for p in self.pieces:
             if on_token is not None:
                 on_token(p)
         if self.then is not None:
             raise self.then
         return "".join(self.pieces)
-
-    def prefill(self, seg, mode="full", **kw):
-        return self.pre
 
 
 def _fake_engine(monkeypatch, engine: _Engine) -> None:
@@ -198,17 +194,38 @@ def test_ctrl_c_during_ask_ends_the_line_says_interrupted_and_exits_130(tmp_path
 
 def test_ask_shows_what_the_prefill_cost_and_reused(tmp_path, monkeypatch):
     """Old code: no figure said whether the chunk cache was used."""
-    from ragkit.cli import _prefill_line
+    from ragkit.generators.local import PrefillCost
 
-    pre = SimpleNamespace(seconds=0.314, mode="cachecraft", chunk_fraction=[0.0] * 5, hits=5, n_computed=16.4,
-                          n_prompt=938)
+    pre = PrefillCost("cachecraft", 0.314, chunks=5, chunks_reused=5, n_prompt=938, n_computed=16.4)
     _fake_engine(monkeypatch, _Engine(pieces=("Cats sleep",), prefill=pre))
     res = _cli("ask", "-p", "bm25", "--data", _corpus_file(tmp_path / "docs"), "Do cats sleep?")
     assert res.exit_code == 0, res.output
     assert res.stdout.startswith("Cats sleep\n") and "sources: d2 (Cats)" in res.stdout
     assert res.stderr.strip() == "prefill 0.31 s · 5/5 chunks reused · 16/938 prompt tokens computed"
-    assert _prefill_line(SimpleNamespace(seconds=1.0, mode="prefix", chunk_fraction=[0.0, 0.5, 1.0], hits=0,
-                                         n_computed=30, n_prompt=90)) == \
-        "prefill 1.00 s · 2/3 chunks reused · 30/90 prompt tokens computed"
-    full = SimpleNamespace(seconds=1.0, mode="full", chunk_fraction=[1.0], hits=0, n_computed=9, n_prompt=9)
-    assert _prefill_line(full) == "prefill 1.00 s · 0/1 chunk reused · 9/9 prompt tokens computed"
+
+
+def test_a_prefills_cost_counts_the_chunks_each_mode_reused():
+    from ragkit.generators.local import Prefill
+
+    def cost(mode, fractions, hits=0):
+        return str(Prefill(None, [], [], 90, 30, 1.0, mode, fractions, hits, 0).cost)  # type: ignore[arg-type]
+
+    assert cost("prefix", [0.0, 0.5, 1.0]) == "prefill 1.00 s · 2/3 chunks reused · 30/90 prompt tokens computed"
+    assert cost("cachecraft", [0.1, 0.2, 1.0], hits=2).startswith("prefill 1.00 s · 2/3 chunks reused")
+    assert cost("full", [1.0]) == "prefill 1.00 s · 0/1 chunk reused · 30/90 prompt tokens computed"
+
+
+def test_generate_writes_each_answers_prefill_cost_to_the_run(monkeypatch):
+    """Old code: the cost stayed inside the engine (``ragkit ask`` wrapped the engine's prefill to see it)."""
+    from ragkit import Corpus, Pipeline
+    from ragkit.generators import Generate
+    from ragkit.generators.local import PrefillCost
+    from ragkit.retrievers import BM25
+
+    pre = PrefillCost("naive", 0.5, chunks=1, chunks_reused=0, n_prompt=40, n_computed=40)
+    _fake_engine(monkeypatch, _Engine(prefill=pre))
+    corpus = Corpus.from_records([{"id": "d1", "text": "cats sleep a lot"}, {"id": "d2", "text": "dogs bark"}])
+    pipe = Pipeline([BM25(), Generate(top_k=1)]).fit(corpus)
+    run = pipe.search(["do cats sleep", "zebra"])
+    assert run.values["prefill"] == [pre, None]  # the second query matched nothing: the model did not run
+    assert run.values["answer_skipped"] == [None, "no document retrieved"]

@@ -318,6 +318,9 @@ def test_generate_operator_local_streams_answers(gen):
     assert len(answers) == 2 and all(isinstance(a, str) and a for a in answers)
     assert {qi for qi, _ in pieces} == {0, 1}
     assert "".join(s for qi, s in pieces if qi == 0).strip() == answers[0]
+    costs = out.values["prefill"]  # what each answer's prefill cost: the local model reports it
+    assert [(c.mode, c.chunks) for c in costs] == [("cachecraft", len(r.rows[:2])) for r in state.rankings]
+    assert all(0 < c.n_computed <= c.n_prompt and c.seconds > 0 for c in costs)
 
 
 @needs_model

@@ -108,7 +108,7 @@ if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 __all__ = [
-    "LocalGenerator", "PromptSegments", "Prefill", "rerotate_keys", "default_gguf", "MODES", "SELECTORS",
+    "LocalGenerator", "PromptSegments", "Prefill", "PrefillCost", "rerotate_keys", "default_gguf", "MODES", "SELECTORS",
 ]
 
 Mode = Literal["full", "prefix", "naive", "cachecraft"]
@@ -834,6 +834,47 @@ class Prefill:
     @property
     def computed_share(self) -> float:
         return self.n_computed / max(self.n_prompt, 1)
+
+    @property
+    def cost(self) -> "PrefillCost":
+        """What this prefill cost and reused, without its tensors (what ``Generate`` keeps per answer)."""
+        n = len(self.chunk_fraction)
+        if self.mode in ("naive", "cachecraft"):
+            reused = self.hits  # chunks served from the chunk cache
+        elif self.mode == "prefix":
+            reused = sum(1 for f in self.chunk_fraction if f < 1)  # chunks covered, even in part, by the prefix cache
+        else:
+            reused = 0
+        return PrefillCost(self.mode, self.seconds, n, reused, self.n_prompt, self.n_computed)
+
+
+@dataclass(frozen=True)
+class PrefillCost:
+    """What one answer's prefill cost and reused: ``Generate`` writes one per query to
+    ``values["prefill"]`` (``None`` for a query not sent to the model, or a LangChain chat model's).
+
+    ``seconds``: wall time of the prefill; ``chunks``: chunks in the prompt, of which ``chunks_reused`` came
+    from the chunk cache (modes naive, cachecraft) or, even in part, from the prefix cache (mode prefix;
+    none in mode full); ``n_prompt``: prompt tokens, of which ``n_computed`` were run through the model
+    (fractional where a chunk's recomputation is a share of its tokens).
+
+    Examples
+    --------
+    >>> str(PrefillCost("cachecraft", 0.314, chunks=5, chunks_reused=5, n_prompt=938, n_computed=16.4))
+    'prefill 0.31 s · 5/5 chunks reused · 16/938 prompt tokens computed'
+    """
+
+    mode: str
+    seconds: float
+    chunks: int
+    chunks_reused: int
+    n_prompt: int
+    n_computed: float
+
+    def __str__(self) -> str:
+        n = self.chunks
+        return (f"prefill {self.seconds:.2f} s · {self.chunks_reused}/{n} chunk{'' if n == 1 else 's'} reused · "
+                f"{self.n_computed:.0f}/{self.n_prompt} prompt tokens computed")
 
 
 class _ScatterCache:
@@ -1643,15 +1684,19 @@ class LocalGenerator:
 
     def generate(self, question: str, chunks: Sequence[str], *, mode: Mode = "cachecraft", fraction: float = 0.3,
                  selector: Selector = "cachecraft", max_new_tokens: int = 64,
-                 on_token: Callable[[str], None] | None = None, stop: threading.Event | None = None) -> str:
+                 on_token: Callable[[str], None] | None = None, stop: threading.Event | None = None,
+                 on_prefill: Callable[[PrefillCost], None] | None = None) -> str:
         """Answer ``question`` from ``chunks`` (best first) with greedy decoding.
 
         ``on_token`` receives the answer's text in pieces that join to the returned string;
+        ``on_prefill`` receives the prefill's :class:`PrefillCost` before the first token;
         setting ``stop`` ends decoding early (see :meth:`decode`).
         """
         _check_call("generate", fraction=fraction, max_new_tokens=max_new_tokens)
         seg = self.segments(question, chunks)
         pre = self.prefill(seg, mode, fraction=fraction, selector=selector)
+        if on_prefill is not None:
+            on_prefill(pre.cost)
         ids = self.decode(pre, max_new_tokens, on_token, stop=stop)
         return self._text(ids).strip()
 

@@ -5,7 +5,9 @@ GGUF by default, with Cache-Craft chunk-cache reuse, arXiv 2502.15734) and ``lan
 LangChain chat model, attached with :meth:`Generate.with_chat_model`).  Answers are written
 to ``state.values["answer"]``; a query whose ranking is empty (an empty question, or one no
 document matched) gets the answer ``""`` without running the model, and the reason in
-``state.values["answer_skipped"]`` (``None`` for the queries answered).  Generation is
+``state.values["answer_skipped"]`` (``None`` for the queries answered); what each answer's
+prefill cost and reused is in ``state.values["prefill"]`` (a
+:class:`~ragkit.generators.local.PrefillCost` per query; ``None`` where no local model ran).  Generation is
 autoregressive per query, so the batch is a loop over queries; everything inside a prefill is
 batched over tokens.
 """
@@ -28,7 +30,7 @@ from ragkit.types import Corpus, State, TrainSet
 
 if TYPE_CHECKING:
     from ragkit.generators.langchain_chat import LangChainGenerator
-    from ragkit.generators.local import LocalGenerator
+    from ragkit.generators.local import LocalGenerator, PrefillCost
 
 __all__ = ["Generate", "GenerateParams"]
 
@@ -142,6 +144,8 @@ class Generate(Operator):
     empty question, a bm25 query sharing no word with the documents) is not sent to the model, which
     would answer from no source: its answer is ``""``, its ``values["answer_skipped"]`` says why
     (:data:`NO_DOCUMENT`; ``None`` for each query answered), and ``on_token`` is not called for it.
+    ``values["prefill"]`` holds what each answer's prefill cost and reused (a
+    :class:`~ragkit.generators.local.PrefillCost`; ``None`` for a skipped query or a chat model's answer).
 
     Examples
     --------
@@ -248,19 +252,24 @@ class Generate(Operator):
         out = state.copy()
         answers: list[str] = []
         skipped: list[str | None] = []
+        costs: list[PrefillCost | None] = []
         for qi, (q, rk) in enumerate(zip(state.queries, state.rankings)):
             rows = list(rk.rows[: p.top_k])
             skipped.append(None if rows else NO_DOCUMENT)
             if not rows:  # nothing to answer from: the model would make an answer up
                 answers.append("")
+                costs.append(None)
                 continue
             chunks = [(f"{titles[r]}. " if titles is not None and titles[r] else "") + str(texts[r]) for r in rows]
             cb = (lambda s, qi=qi: on_token(qi, s)) if on_token is not None else None
+            cost: list[PrefillCost] = []  # (a chat model has no prefill to report)
             answers.append(self.engine_.generate(
                 q, chunks, mode=p.mode, fraction=p.fraction, selector=p.selector,
-                max_new_tokens=p.max_new_tokens, on_token=cb))
+                max_new_tokens=p.max_new_tokens, on_token=cb, on_prefill=cost.append))
+            costs.append(cost[-1] if cost else None)
         out.values["answer"] = answers
         out.values["answer_skipped"] = skipped
+        out.values["prefill"] = costs
         return out
 
     def _save(self, folder: Path) -> None:
