@@ -328,8 +328,19 @@ def fit_banks(p: BankParams, corpus: Corpus, train: TrainSet | None, docs: np.nd
     return log_z_q, active_q, log_z_g, active_g, info
 
 
+class _BankOperator(Operator):
+    """What ``dbnorm`` and ``dbnorm_dense`` share as operators fitted with banks (:class:`BankParams`)."""
+
+    params: BankParams
+
+    @property
+    def uses_training_queries(self) -> bool:
+        """The query bank of ``query_bank: train`` is the training queries (their judgements unused)."""
+        return self.params.query_bank == "train"
+
+
 @register
-class DBNorm(Operator):
+class DBNorm(_BankOperator):
     """Rerank dense candidates with (dual) inverted softmax over query and gallery banks (DBNorm).
 
     With bank ``B`` and inverse temperature ``beta``, inverted softmax scores a candidate
@@ -396,11 +407,6 @@ class DBNorm(Operator):
     example = {"method": "ddis"}
     upstream_example = [{"dense": {"k": 20}}]
     info_: dict[str, Any]  # set by fit
-
-    @property
-    def uses_training_queries(self) -> bool:
-        """The query bank of ``query_bank: train`` is the training queries (their judgements unused)."""
-        return self.params.query_bank == "train"
 
     @property
     def dual(self) -> bool:
@@ -494,7 +500,7 @@ class DBNormDenseParams(BankParams):
 
 
 @register
-class DBNormDense(Operator):
+class DBNormDense(_BankOperator):
     """Retrieve by the (dual) inverted softmax score over the whole corpus: exact search of augmented vectors.
 
     Non-dynamic DualIS scores document ``g`` for query ``q`` as ``(beta1 + beta2) * s(q, g) - c_g``
@@ -551,11 +557,6 @@ class DBNormDense(Operator):
     index_: VectorIndex  # exact inner product over [g, -c_g / scale], slot = corpus row
     log_z_q_: np.ndarray  # (n_docs,) float64
     log_z_g_: np.ndarray  # (n_docs,) float64, zeros for method is
-
-    @property
-    def uses_training_queries(self) -> bool:
-        """The query bank of ``query_bank: train`` is the training queries (their judgements unused)."""
-        return self.params.query_bank == "train"
 
     @property
     def encoder(self) -> Encoder:
