@@ -337,6 +337,34 @@ def test_subtopic_measures_refuse_a_document_listed_twice():
     assert div.alpha_ndcg(ok, sub, k=3, alpha=0.0) == {"q": 1.0}
 
 
+def test_subtopic_measures_take_a_run_as_evaluate_does():
+    """A dict {qid: {doc: score}}, which evaluate takes, failed with "not enough values to unpack (expected 3,
+    got 1)", and so did a list of Rankings: a mapping is now read as evaluate reads it (ranked by score, ids
+    as strings), anything else is a DataError saying what was given and what is expected."""
+    as_dict = {"q": {"d3": 1.0, "d1": 3.0, 2: 2.0}}  # not in rank order; an integer document id
+    run = Run.from_dict({"q": {"d1": 3.0, "2": 2.0, "d3": 1.0}})
+    sub = {"q": {"d1": ["A"], "2": ["A"], "d3": ["B"]}}
+    for measure in (div.alpha_ndcg, div.subtopic_recall):
+        name = measure.__name__
+        for k in (1, 2, 3):
+            assert measure(as_dict, sub, k=k) == measure(run, sub, k=k)
+        rankings = [Ranking(np.array([0, 1]), np.array([2.0, 1.0], np.float32))]
+        with pytest.raises(DataError, match=rf"^{name}: run must be a Run \(what search returns\) or a mapping "
+                                            r"\{query_id: \{doc_id: score\}\}, got a list of 1 Ranking, whose row "
+                                            r"numbers name no document id"):
+            measure(rankings, sub)
+        for bad, what in ((None, "got None"), ([("q", "d1", 1.0)], r"got a list \(\[\('q'"),
+                          ({"q": ["d1", "d3"]}, r"run\['q'\] is a list \(\['d1', 'd3'\]\), expected a mapping "
+                                                r"\{doc_id: score\}"),
+                          ({"q": {"d1": float("nan")}}, "query 'q' gives document 'd1' the score nan; expected "
+                                                         "numbers"),
+                          ({"q": {"d1": "high"}}, "query 'q' gives document 'd1' the score 'high'; expected numbers"),
+                          ({"q": {1: 2.0, "1": 1.0}}, r"run\['q'\] names a document twice once its ids are strings"),
+                          ({1: {"d1": 1.0}, "1": {"d1": 1.0}}, "run names a query twice once its ids are strings")):
+            with pytest.raises(DataError, match=rf"^{name}: (run must be .*)?{what}"):
+                measure(bad, sub)
+
+
 def test_alpha_ndcg_documents_that_its_greedy_ideal_can_be_beaten():
     doc = " ".join(div.alpha_ndcg.__doc__.split())
     assert "greedy" in doc and "Clarke et al. (2008)" in doc and "slightly above 1" in doc

@@ -11,10 +11,13 @@ an empty ranking where the measure is undefined) and are batched with numpy (no 
 * alpha-nDCG@k (Clarke et al., SIGIR 2008) and S-recall@k (Zhai et al., SIGIR 2003) when subtopic
   labels exist: ``{query_id: {doc_id: [subtopic, ...]}}``, checked as ``evaluate`` checks qrels (ids
   written as strings, ``1`` as ``"1"``; each document's labels a list, tuple or set, never one string).
+  These two read document ids, so they take a run as ``evaluate`` does: a ``Run`` or
+  ``{query_id: {doc_id: score}}``.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any, Collection, Hashable, Mapping, Sequence
 
 import numpy as np
@@ -158,9 +161,49 @@ def cluster_entropy(rankings: Run | Sequence[Ranking], labels: np.ndarray, k: in
     return np.where(h.sum(1) > 0, ent + 0.0, np.nan)  # an empty list has no histogram: nan, as documented
 
 
-def _doc_lists(run: Run, k: int, measure: str) -> dict[str, list[str]]:
+#: What :func:`alpha_ndcg` and :func:`subtopic_recall` take as a run (as ``evaluate`` does)
+RunLike = Run | Mapping[str, Mapping[str, float]]
+
+
+def _as_run(run: Any, measure: str) -> Run:
+    """``run`` as a :class:`Run`: a Run as given, a mapping ``{query_id: {doc_id: score}}`` (what ``evaluate``
+    takes) through :meth:`Run.from_dict` (trec_eval's order; ids written as strings).  Anything else, a
+    query's entry that is not a mapping, or a score that is NaN or no number, is a :class:`DataError`."""
+    if isinstance(run, Run):
+        return run
+    if not isinstance(run, Mapping):
+        got = _kind(run)
+        if isinstance(run, (list, tuple)) and run and all(isinstance(r, Ranking) for r in run):
+            got = (f"a list of {len(run)} Ranking{'s' * (len(run) != 1)}, whose row numbers name no document id "
+                   "(subtopics name documents by id): pass the Run search returns, or "
+                   "Run.from_rankings(query_ids, rankings, corpus.ids)")
+        raise DataError(f"{measure}: run must be a Run (what search returns) or a mapping {{query_id: {{doc_id: "
+                        f"score}}}}, got {got}")
+    bad_q = next((q for q, docs in run.items() if not isinstance(docs, Mapping)), None)
+    if bad_q is not None:
+        raise DataError(f"{measure}: run[{bad_q!r}] is {_kind(run[bad_q])}, expected a mapping {{doc_id: score}} "
+                        "(a run is {query_id: {doc_id: score}})")
+    written: dict[str, dict[str, float]] = {}
+    for q, docs in run.items():  # as evaluate reads a run: ids as strings, scores as numbers (no NaN: no order)
+        scores: dict[str, float] = {}
+        for d, v in docs.items():
+            try:
+                f = float(v)
+            except (TypeError, ValueError):
+                f = math.nan
+            if f != f:
+                raise DataError(f"{measure}: query {q!r} gives document {d!r} the score {v!r:.40}; expected numbers")
+            scores[d if type(d) is str else str(d)] = f
+        ids_once(scores, docs, f"{measure}: run[{q!r}] names a document")
+        written[q if type(q) is str else str(q)] = scores
+    ids_once(written, run, f"{measure}: run names a query")
+    return Run.from_dict(written)
+
+
+def _doc_lists(run: Any, k: int, measure: str) -> dict[str, list[str]]:
     if k < 1:
         raise DataError(f"{measure}: k must be >= 1, got {k}")
+    run = _as_run(run, measure)
     for q, docs, _ in run:  # a document listed twice would gain twice (alpha-nDCG above 1): refused as evaluate does
         _check_unique(q, docs, measure)
     return {q: [str(d) for d in docs[:k]] for q, docs, _ in run}
@@ -204,7 +247,7 @@ def check_subtopics(subtopics: Any, who: str) -> dict[str, dict[str, list[Hashab
     return out
 
 
-def alpha_ndcg(run: Run, subtopics: Subtopics, k: int = 10, alpha: float = 0.5) -> dict[str, float]:
+def alpha_ndcg(run: RunLike, subtopics: Subtopics, k: int = 10, alpha: float = 0.5) -> dict[str, float]:
     """alpha-nDCG@k per judged query (Clarke et al. 2008).
 
     Gain of the document at rank r: ``sum_t J(d, t) (1 - alpha)^{c_t}`` with ``c_t`` the number of
@@ -214,6 +257,9 @@ def alpha_ndcg(run: Run, subtopics: Subtopics, k: int = 10, alpha: float = 0.5) 
     largest document id (compared as strings: ``"d9"`` before ``"d10"``, ``"d2"`` before ``"d1"``).
     Greedy is not always optimal, so a valid ranking can score slightly above 1, and where tied
     documents differ in what they leave for later ranks the tie rule can change the ideal's DCG.
+    ``run`` is a :class:`~ragkit.run.Run` or, as ``evaluate`` takes, a mapping ``{query_id: {doc_id:
+    score}}`` (ranked by score, as trec_eval ranks it); anything else (a list of row-number rankings,
+    which name no document id) is a :class:`~ragkit.errors.DataError`.
     A run that lists one document twice for a query is a :class:`~ragkit.errors.DataError`, as in
     ``evaluate``.  Queries without subtopics are skipped; a query of ``subtopics`` absent from
     the run scores 0.  ``subtopics`` is checked first (:func:`check_subtopics`: ids as strings, a
@@ -256,9 +302,12 @@ def alpha_ndcg(run: Run, subtopics: Subtopics, k: int = 10, alpha: float = 0.5) 
     return out
 
 
-def subtopic_recall(run: Run, subtopics: Subtopics, k: int = 10) -> dict[str, float]:
-    """S-recall@k per judged query: share of the query's subtopics covered by a document in the top-k
-    (``k < 1`` or malformed ``subtopics``, see :func:`check_subtopics`, raise :class:`~ragkit.errors.DataError`)."""
+def subtopic_recall(run: RunLike, subtopics: Subtopics, k: int = 10) -> dict[str, float]:
+    """S-recall@k per judged query: share of the query's subtopics covered by a document in the top-k.
+
+    ``run`` as :func:`alpha_ndcg` takes it (a :class:`~ragkit.run.Run` or ``{query_id: {doc_id: score}}``);
+    ``k < 1``, another ``run`` or malformed ``subtopics`` (see :func:`check_subtopics`) raise
+    :class:`~ragkit.errors.DataError`."""
     lists = _doc_lists(run, k, "subtopic_recall")
     checked = check_subtopics(subtopics, "subtopic_recall")
     out = {}
