@@ -1757,6 +1757,13 @@ class Route(Composite):
                          f"no default; branches: {sorted(self.branches)}")
 
     def _call(self, state: State, path: str = "") -> State:
+        """Route each query to its label's branch.  In a trace, the router and each label's branch (on its
+        queries) have their rows, then the route itself under ``<path>.route``: its output over all its
+        queries (what the steps after it get), its time holding its steps' -- as a loop's."""
+        return traced(state, _at(path, "route"), "route", lambda s: self._dispatch(s, path), inclusive=True)
+
+    def _dispatch(self, state: State, path: str) -> State:
+        """The route on ``state`` (see :meth:`_call`)."""
         here = _at(path, "route")
         labelled, labels = self._route(state, here)
         # the positions of each label's queries, labels in order of first appearance (one numpy pass)
