@@ -4,18 +4,24 @@ evaluate's silent drop of judged documents, a qrels line ending in a tab, a loca
 
 from __future__ import annotations
 
+import importlib.util
+import io
 import json
 import logging
+import os
 import random
 import re
+import threading
 import zipfile
+from functools import partial
+from http.server import HTTPServer, SimpleHTTPRequestHandler
 from pathlib import Path
 
 import pytest
 
 from ragkit import evaluate, load_beir
-from ragkit.errors import DataError
-from ragkit.eval import beir_subsets
+from ragkit.errors import DataError, ParamError
+from ragkit.eval import beir_subsets, download_beir
 from ragkit.eval.beir import read_qrels
 from ragkit.retrievers import BM25
 
@@ -400,3 +406,156 @@ def test_a_qrels_file_without_a_header_keeps_its_first_judgement(tmp_path):
     path = tmp_path / "test.tsv"
     path.write_text("q1\td1\t1\nq2\td2\t1\n")
     assert read_qrels(path) == {"q1": {"d1": 1}, "q2": {"d2": 1}}
+
+
+# ---------------------------------------------------------------------- 18. damaged and cut-short archives
+enable_socket = pytest.mark.enable_socket if importlib.util.find_spec("pytest_socket") else (lambda f: f)
+
+
+def _tiny_zip(name: str, compression: int = zipfile.ZIP_STORED) -> bytes:
+    """A small BEIR archive ``<name>/...`` (a few hundred bytes)."""
+    docs = "".join(json.dumps({"_id": f"d{i}", "text": f"word{i} " * 20}) + "\n" for i in range(4))
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression) as z:
+        z.writestr(f"{name}/corpus.jsonl", docs)
+        z.writestr(f"{name}/queries.jsonl", json.dumps({"_id": "q1", "text": "word1 " * 20}) + "\n")
+        z.writestr(f"{name}/qrels/test.tsv", "query-id\tcorpus-id\tscore\nq1\td1\t1\n")
+    return buf.getvalue()
+
+
+def _damage(data: bytes, member: str, byte: int) -> bytes:
+    """``data`` (a zip) with the first stored byte of ``member`` set to ``byte``: a stored member then fails its
+    CRC check, a deflated one (0xFF: a reserved block type) its decompression."""
+    with zipfile.ZipFile(io.BytesIO(data)) as z:
+        info = z.getinfo(member)
+    out = bytearray(data)
+    name_len, extra_len = int.from_bytes(out[info.header_offset + 26:info.header_offset + 28], "little"), \
+        int.from_bytes(out[info.header_offset + 28:info.header_offset + 30], "little")
+    at = info.header_offset + 30 + name_len + extra_len
+    out[at] = byte if out[at] != byte else byte ^ 1
+    return bytes(out)
+
+
+@pytest.fixture
+def beir_server(tmp_path):
+    """A local HTTP server over ``tmp_path / "www"``: yields ``(www, url, requests)``; a file ``<x>.cut`` beside
+    ``<x>`` makes the server announce the whole of ``<x>`` (Content-Length) but send half and close."""
+    www = tmp_path / "www"
+    www.mkdir()
+    requests: list[str] = []
+
+    class Handler(SimpleHTTPRequestHandler):
+        def log_message(self, *a):  # noqa: D102
+            pass
+
+        def do_GET(self):  # noqa: N802, D102
+            requests.append(self.path)
+            file = www / self.path.lstrip("/")
+            if (www / (file.name + ".cut")).is_file():
+                body = file.read_bytes()
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body[:len(body) // 2])
+                self.close_connection = True
+                return
+            super().do_GET()
+
+    httpd = HTTPServer(("127.0.0.1", 0), partial(Handler, directory=str(www)))
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        yield www, f"http://127.0.0.1:{httpd.server_address[1]}", requests
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+@enable_socket
+def test_a_damaged_download_is_a_data_error_naming_the_url(beir_server, tmp_path, monkeypatch):
+    """Review: a bad CRC raised ``zipfile.BadZipFile: Bad CRC-32 for file 'sf/queries.jsonl'``, a damaged deflate
+    stream ``zlib.error: Error -3``, naming no URL; ``ragkit eval --data`` printed a 136-line traceback."""
+    www, url, _ = beir_server
+    monkeypatch.setenv("RAGKIT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+    (www / "crc.zip").write_bytes(_damage(_tiny_zip("crc"), "crc/queries.jsonl", ord("X")))
+    (www / "deflate.zip").write_bytes(_damage(_tiny_zip("deflate", zipfile.ZIP_DEFLATED), "deflate/corpus.jsonl",
+                                              0xFF))
+    for name, why in (("crc", r"BadZipFile: Bad CRC-32"), ("deflate", r"error: Error -3")):
+        with pytest.raises(DataError, match=rf"{re.escape(url)}/{name}\.zip: the zip archive is damaged \({why}.*"
+                                            r"nothing was cached; download it again"):
+            download_beir(name, base_url=url)
+    assert os.listdir(tmp_path / "cache" / "beir") == []  # no temporary folder, no dataset left behind
+    monkeypatch.setenv("RAGKIT_BEIR_URL", url)
+    res = _cli("eval", "--data", "crc", "-p", "bm25")
+    assert res.exit_code != 0 and "Traceback" not in res.output, res.output
+    assert "crc.zip: the zip archive is damaged" in res.output and "download it again" in res.output, res.output
+
+
+@enable_socket
+def test_a_download_cut_short_says_so_with_its_byte_counts(beir_server, tmp_path, monkeypatch):
+    """Review: a server that announced 365900 bytes and closed after half gave '.../sf.zip: not a zip archive
+    (182950 bytes)', which reads as a wrong URL."""
+    www, url, _ = beir_server
+    monkeypatch.setenv("RAGKIT_CACHE", str(tmp_path / "cache"))
+    data = _tiny_zip("cut")
+    (www / "cut.zip").write_bytes(data)
+    (www / "cut.zip.cut").touch()
+    with pytest.raises(DataError, match=rf"{re.escape(url)}/cut\.zip: download cut short: {len(data) // 2} of "
+                                        rf"{len(data)} bytes; nothing was cached; try again"):
+        download_beir("cut", base_url=url)
+    assert os.listdir(tmp_path / "cache" / "beir") == []
+    (www / "cut.zip.cut").unlink()  # the whole file: downloaded
+    assert (download_beir("cut", base_url=url) / "corpus.jsonl").is_file()
+
+
+@enable_socket
+def test_download_beir_refuses_a_name_that_is_a_path(beir_server, tmp_path):
+    """Review: ``download_beir('../sf', base_url=U)`` unpacked into the folder above its destination."""
+    www, url, requests = beir_server
+    (www / "sf.zip").write_bytes(_tiny_zip("sf"))
+    dest = tmp_path / "d" / "beir"
+    for name in ("../sf", "..", "a/../../sf", "..\\sf", "sub/sf", ""):
+        with pytest.raises(ParamError, match=r"download_beir: name .* is not a dataset name; expected a name such "
+                                             r"as 'scifact' .*no '/', '\\' or '\.\.'"):
+            download_beir(name, base_url=url, dest=dest)
+    assert not (tmp_path / "d").exists() and not (tmp_path / "sf").exists() and requests == []
+    assert download_beir("sf", base_url=url, dest=dest) == dest / "sf"  # a name still downloads
+
+
+@enable_socket
+def test_a_folder_that_is_no_download_is_refused_before_fetching(beir_server, tmp_path):
+    """Review: with a user's folder of the same name in the cache, download_beir fetched and unpacked the whole
+    archive (gigabytes for some) before refusing to replace it."""
+    www, url, requests = beir_server
+    (www / "sf.zip").write_bytes(_tiny_zip("sf"))
+    (tmp_path / "dest" / "sf").mkdir(parents=True)
+    (tmp_path / "dest" / "sf" / "notes.txt").write_text("mine")
+    (tmp_path / "dest" / "file").write_text("a file")
+    for name in ("sf", "file"):
+        with pytest.raises(DataError, match=rf"dest/{name}: exists and is not a BEIR download of '{name}'"):
+            download_beir(name, base_url=url, dest=tmp_path / "dest")
+    assert requests == [] and (tmp_path / "dest" / "sf" / "notes.txt").read_text() == "mine"
+
+
+def test_a_damaged_local_zip_is_a_data_error_and_leaves_no_folder(tmp_path, monkeypatch):
+    """Review: ``load_beir('x.zip')`` of a damaged zip raised BadZipFile / zlib.error, and a failed unzip left an
+    empty ``beir-zip/<key>/`` folder in the cache (made before the zip was opened)."""
+    monkeypatch.setenv("RAGKIT_CACHE", str(tmp_path / "cache"))
+    crc = tmp_path / "crc.zip"
+    crc.write_bytes(_damage(_tiny_zip("crc"), "crc/queries.jsonl", ord("X")))
+    deflate = tmp_path / "deflate.zip"
+    deflate.write_bytes(_damage(_tiny_zip("deflate", zipfile.ZIP_DEFLATED), "deflate/corpus.jsonl", 0xFF))
+    for archive, why in ((crc, r"BadZipFile: Bad CRC-32 for file 'crc/queries\.jsonl'"),
+                         (deflate, r"error: Error -3")):
+        with pytest.raises(DataError, match=rf"{re.escape(str(archive))}: the zip archive is damaged \({why}.*"
+                                            r"nothing was unpacked; download the archive again"):
+            load_beir(archive)
+    notzip = tmp_path / "notzip.zip"
+    notzip.write_text("<html>not a zip</html>")
+    with pytest.raises(DataError, match=r"notzip\.zip: not a zip archive \(22 bytes\)"):
+        load_beir(notzip)
+    cache = tmp_path / "cache" / "beir-zip"
+    assert not cache.exists() or os.listdir(cache) == []  # no empty beir-zip/<key>/ folders
+    good = tmp_path / "good.zip"
+    good.write_bytes(_tiny_zip("good"))
+    assert load_beir(good).name == "good" and len(os.listdir(cache)) == 1

@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import lzma
 import math
 import os
 import re
@@ -29,6 +30,7 @@ import shutil
 import tempfile
 import urllib.request
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -422,8 +424,10 @@ def _candidates(name: str) -> list[Path]:
 ARCHIVE_SUBSETS = {"cqadupstack": ("android", "english", "gaming", "gis", "mathematica", "physics", "programmers",
                                    "stats", "tex", "unix", "webmasters", "wordpress")}
 
+#: A dataset's name as BEIR spells it (``scifact``, ``msmarco-v2``, ``dbpedia-entity``): a file name, never a path
+_NAME = r"[A-Za-z0-9][\w.-]*"
 #: ``<archive>/<sub>``: one dataset of an archive that holds several, e.g. ``cqadupstack/android``
-_SUB_NAME = re.compile(r"([A-Za-z0-9][\w.-]*)/([A-Za-z0-9][\w.-]*)")
+_SUB_NAME = re.compile(rf"({_NAME})/({_NAME})")
 
 
 def _folders(root: Path) -> list[str]:
@@ -482,7 +486,7 @@ def _find(name: str, label: str, *, download: bool, base_url: str | None) -> Pat
         raise DataError(f"BEIR dataset {label!r} not found locally (looked in {looked}) and download=False")
     try:
         return download_beir(name, base_url=base_url)
-    except DataError as e:
+    except (DataError, ParamError) as e:  # (ParamError: a name that is no file name, 'my data')
         raise DataError(f"BEIR dataset {label!r}: not found locally (looked in {looked}); {e}") from None
 
 
@@ -597,16 +601,30 @@ def _unpacked(archive: Path) -> Path:
     done = _folders(dest) if dest.is_dir() else []
     if len(done) == 1:
         return dest / done[0]
-    dest.mkdir(parents=True, exist_ok=True)
-    _log.info(f"unpacking {archive} into {dest}")
-    with tempfile.TemporaryDirectory(dir=dest, prefix=".unpacking-") as tmp:  # hidden: never taken for the result
+    try:  # opened before its folder is made: a file that is no zip leaves no empty folder in the cache
+        zf = zipfile.ZipFile(archive)
+    except (zipfile.BadZipFile, EOFError, ValueError):
+        raise DataError(f"{archive}: not a zip archive ({st.st_size} bytes)") from None
+    with zf:
+        dest.mkdir(parents=True, exist_ok=True)
+        _log.info(f"unpacking {archive} into {dest}")
         try:
-            zf = zipfile.ZipFile(archive)
-        except zipfile.BadZipFile:
-            raise DataError(f"{archive}: not a zip archive ({st.st_size} bytes)") from None
+            final = _unpack_into(zf, archive, dest)
+        except BaseException:
+            try:  # a damaged archive, a layout refused: no empty beir-zip/<key>/ left (another process's result stays)
+                dest.rmdir()
+            except OSError:
+                pass
+            raise
+    return final
+
+
+def _unpack_into(zf: zipfile.ZipFile, archive: Path, dest: Path) -> Path:
+    """Unpack the local zip ``archive`` (open as ``zf``) into ``dest / <its dataset's name>`` (:func:`_unpacked`)."""
+    with tempfile.TemporaryDirectory(dir=dest, prefix=".unpacking-") as tmp:  # hidden: never taken for the result
         unpacked = Path(tmp) / "unpacked"
-        with zf:
-            _extract(zf, unpacked, str(archive))
+        _extract(zf, unpacked, str(archive), again="nothing was unpacked; download the archive again (or copy it "
+                                                  "again: it is damaged)")
         root = _archive_root(unpacked, archive.stem)
         name = archive.stem if root == unpacked else root.name
         _check_layout(root, name, str(archive))
@@ -720,13 +738,18 @@ def download_beir(name: str, *, base_url: str | None = None, dest: Path | None =
     (``cqadupstack/<forum>/corpus.jsonl``, ...) is cached whole as ``dest / name / <forum>``,
     once every one of its folders is checked to be a complete BEIR dataset.
     """
+    if not isinstance(name, str) or not re.fullmatch(_NAME, name) or ".." in name:
+        raise ParamError(f"download_beir: name {name!r} is not a dataset name; expected a name such as 'scifact' "
+                         "(letters, digits, '-', '_', '.'; no '/', '\\' or '..': the archive <name>.zip is "
+                         "unpacked into dest/<name>, never elsewhere)")
     base = (base_url or os.environ.get("RAGKIT_BEIR_URL") or BEIR_URL).rstrip("/")
     dest = user_path(dest, "download_beir: dest") if dest is not None else cache_dir() / "beir"
+    _refuse_not_a_download(dest / name, name)  # before fetching what may be gigabytes
     dest.mkdir(parents=True, exist_ok=True)
     url = f"{base}/{name}.zip"
     with tempfile.TemporaryDirectory(dir=dest) as tmp:  # the archive and its contents: removed whatever happens
         with _fetch_zip(url, name, timeout, Path(tmp) / "archive.zip") as archive:
-            _extract(archive, Path(tmp) / "unpacked", url)
+            _extract(archive, Path(tmp) / "unpacked", url, again="nothing was cached; download it again")
         root = _archive_root(Path(tmp) / "unpacked", name)
         # the whole BEIR layout, checked before the folder moves into the cache: a partial one placed
         # there would be found by every later load_beir (which looks for corpus.jsonl) and never replaced
@@ -735,8 +758,7 @@ def download_beir(name: str, *, base_url: str | None = None, dest: Path | None =
         if _is_download_of(final, root):
             shutil.rmtree(final)  # an incomplete download of this dataset: replaced
         elif final.exists() or final.is_symlink():
-            raise DataError(f"{final}: exists and is not a BEIR download of {name!r} (it holds other files, or is not "
-                            "a folder); refusing to replace it: move it, or pass another dest")
+            raise _not_a_download(final, name)
         share_like_umask(root)  # a TemporaryDirectory is owner-only
         shutil.move(str(root), str(final))
     return final
@@ -749,21 +771,57 @@ def _fetch_zip(url: str, name: str, timeout: float, into: Path) -> zipfile.ZipFi
     try:
         with urllib.request.urlopen(url, timeout=timeout) as resp, open(into, "wb") as f:
             shutil.copyfileobj(resp, f, length=1 << 20)
+            length = resp.headers.get("Content-Length")
     except Exception as e:  # URLError, HTTPError, timeouts, a connection cut short, a full disk
         raise DataError(f"could not download BEIR dataset {name!r} from {url}: {e}") from None
+    got = into.stat().st_size
+    if length is not None and length.strip().isdigit() and got < int(length):  # the server closed early
+        raise DataError(f"{url}: download cut short: {got} of {int(length)} bytes; nothing was cached; try again")
     try:
         return zipfile.ZipFile(into)
-    except zipfile.BadZipFile:
-        raise DataError(f"{url}: not a zip archive ({into.stat().st_size} bytes)") from None
+    except (zipfile.BadZipFile, EOFError, ValueError):
+        raise DataError(f"{url}: not a zip archive ({got} bytes)") from None
 
 
-def _extract(archive: zipfile.ZipFile, tmp: Path, url: str) -> None:
-    """Unzip ``archive`` into the folder ``tmp``, refusing it whole when a member would land outside."""
+#: What a damaged zip raises while it is read: a bad CRC or a truncated member (BadZipFile, EOFError), a
+#: damaged deflate or lzma stream (zlib.error, lzma.LZMAError), a compression method zipfile cannot read
+#: (NotImplementedError); a damaged bzip2 stream is an OSError without an errno (told apart from a full disk)
+_DAMAGED_ZIP = (zipfile.BadZipFile, zlib.error, lzma.LZMAError, EOFError, NotImplementedError, ValueError, OSError)
+
+
+def _extract(archive: zipfile.ZipFile, tmp: Path, url: str, *, again: str) -> None:
+    """Unzip ``archive`` into the folder ``tmp``, refusing it whole when a member would land outside.
+    A damaged archive (a bad CRC, a broken compressed stream) is a :class:`DataError` naming ``url``
+    (the URL or file) and saying ``again`` (what to do)."""
     inside = tmp.resolve()
     for member in archive.namelist():
         if not (inside / member).resolve().is_relative_to(inside):
             raise DataError(f"{url}: archive member {member!r} escapes the target folder")
-    archive.extractall(tmp)
+    try:
+        archive.extractall(tmp)
+    except _DAMAGED_ZIP as e:
+        if isinstance(e, OSError) and e.errno is not None:  # a full disk, a permission: not the archive's fault
+            raise
+        raise DataError(f"{url}: the zip archive is damaged ({type(e).__name__}: {e}); {again}") from None
+
+
+def _not_a_download(final: Path, name: str) -> DataError:
+    return DataError(f"{final}: exists and is not a BEIR download of {name!r} (it holds other files, or is not a "
+                     "folder); refusing to replace it: move it, or pass another dest")
+
+
+def _refuse_not_a_download(final: Path, name: str) -> None:
+    """Refuse, before anything is fetched, a ``final`` that no BEIR archive could have left: a link, a file,
+    or a folder holding at its top a file other than ``corpus.jsonl`` / ``queries.jsonl`` (an archive holds
+    those, ``qrels/``, or dataset folders).  Whether a folder that passes is a download of the archive is
+    checked once it is unpacked (:func:`_is_download_of`)."""
+    if not (final.exists() or final.is_symlink()):
+        return
+    if final.is_symlink() or not final.is_dir():
+        raise _not_a_download(final, name)
+    loose = {e.name for e in os.scandir(final) if not e.is_dir(follow_symlinks=False)}
+    if loose - {"corpus.jsonl", "queries.jsonl"}:
+        raise _not_a_download(final, name)
 
 
 def _layout_missing(root: Path) -> list[str]:
