@@ -30,9 +30,11 @@ from ragkit.errors import ParamError
 if TYPE_CHECKING:
     from typing_extensions import Self
 
+_P = typing.TypeVar("_P", bound="Params")
+
 __all__ = ["Params", "MetadataFilter", "ModelName", "Seed", "MAX_INT", "VectorDtype", "FdeDtype", "FloatDtype",
            "Metric", "SPELLINGS", "canonical_spelling", "has_upper_bound", "validate_params",
-           "format_validation_error", "describe_error", "format_loc", "model_at", "QUOTE_AS_WRITTEN"]
+           "format_validation_error", "describe_error", "update_params", "format_loc", "model_at", "QUOTE_AS_WRITTEN"]
 
 
 def _plain(value: Any) -> Any:
@@ -193,7 +195,11 @@ class Params(BaseModel):
         return self.model_dump(mode="json", exclude_defaults=True)
 
     def updated(self, **changes: Any) -> Self:
-        """A validated copy with ``changes`` applied (given in Python: error hints do not mention YAML)."""
+        """A validated copy with ``changes`` applied (given in Python: error hints do not mention YAML).
+
+        A refused change raises pydantic's ``ValidationError``, for a caller that words it for its own
+        context (a search option: :mod:`ragkit.options`); :func:`update_params` gives a
+        :class:`~ragkit.errors.ParamError` worded as an operator's constructor words it."""
         return type(self).model_validate({**self.model_dump(), **changes}, context={"source": "python"})
 
 
@@ -402,6 +408,18 @@ def validate_params(model: type[Params], values: Any, owner: str, path: str = ""
     except ValidationError as exc:
         raise format_validation_error(exc, owner, path, fields=list(model.model_fields), model=model,
                                       source=source) from None
+
+
+def update_params(params: _P, changes: Mapping[str, Any], owner: str, path: str = "") -> _P:
+    """``params.updated(**changes)``, a refused change raised as the :class:`ParamError` an operator's
+    constructor raises (:func:`format_validation_error`: ``owner.field: expected ..., got ...``, an unknown
+    key with the closest valid names), where :meth:`Params.updated` raises pydantic's ``ValidationError``."""
+    try:
+        return params.updated(**changes)
+    except ValidationError as exc:
+        model = type(params)
+        raise format_validation_error(exc, owner, path, fields=list(model.model_fields), model=model,
+                                      source="python") from None
 
 
 def _keywords_only(model: type[Params], owner: str, value: Any) -> str:

@@ -33,7 +33,7 @@ from ragkit.encoders import DEFAULT_MODEL, check_encoder_key, save_encoder_key, 
 from ragkit.errors import ArtifactError, DataError, ParamError
 from ragkit.operator import Operator, desc_order, load_array, read_json, save_arrays, topk_rows, write_json
 from ragkit.options import filter_option
-from ragkit.params import MetadataFilter, ModelName, Params, Seed
+from ragkit.params import MetadataFilter, ModelName, Params, Seed, update_params
 from ragkit.registry import register
 from ragkit.retrievers._index import check_finite_vectors
 from ragkit.types import Corpus, Ranking, State, TrainSet
@@ -73,7 +73,8 @@ class KnnEmbedParams(Params):
     seed: Seed = Field(0, description="k-means random seed.")
     fit_threads: int | None = Field(
         1, ge=1, description="Threads for k-means (OpenMP/BLAS); None = library default.  1 is ~10x faster than 2 on "
-                             "a shared, oversubscribed machine and gives bit-identical clusterings.")
+                             "a shared, oversubscribed machine.  Other thread counts give the same labels (measured: 1 "
+                             "vs 2 threads), with centroids equal only to float rounding, not bit for bit.")
     min_cluster_size: int = Field(
         5, ge=1, description="Clusters with fewer documents are never a mixture component "
                              "(they still serve the anchor).")
@@ -312,6 +313,9 @@ class KnnEmbed(Operator):
         if n == 0:
             raise DataError("knn_embed.fit: the corpus is empty; expected at least one document")
         c = min(self.params.n_clusters or default_n_clusters(n), n)
+        if self.params.n_clusters is not None and self.params.n_clusters > n:
+            _log.warning(f"knn_embed.fit: n_clusters={self.params.n_clusters} but the corpus has {n} documents; "
+                         f"using {c} clusters (one per document)")
         with threadpool_limits(self.params.fit_threads), warnings.catch_warnings():
             # fewer distinct vectors than clusters (duplicate documents): scikit-learn's ConvergenceWarning,
             # said below in ragkit's words (the clusters it could not fill stay empty and are never used)
@@ -380,12 +384,14 @@ class KnnEmbed(Operator):
     def with_params(self, **changes) -> "KnnEmbed":
         """A copy with query-time parameters changed, sharing this fitted clustering (no refit).
 
-        Changing ``model``, ``n_clusters``, ``n_init`` or ``seed`` needs a new ``fit``: refused.
+        Changing ``model``, ``n_clusters``, ``n_init`` or ``seed`` needs a new ``fit``: refused.  A value
+        or key the constructor refuses is the same :class:`~ragkit.errors.ParamError`
+        (``knn_embed.anchor_share: expected a value <= 1.0, got 3``, an unknown key with the closest names).
         """
         bad = [f for f in changes if f in self._CLUSTERING and changes[f] != getattr(self.params, f)]
         if bad:
             raise ParamError(f"knn_embed.with_params: {bad} change the clustering; build a new KnnEmbed and fit it")
-        new = type(self)(self.params.updated(**changes))
+        new = type(self)(update_params(self.params, changes, self.name))
         self._check_fitted()
         for key in ("corpus_", "vectors_", "labels_", "centroids_", "_members", "_order", "_starts", "_sizes",
                     "_parts"):
@@ -400,9 +406,11 @@ class KnnEmbed(Operator):
 
         Parameters
         ----------
-        q : (n_q, d) float32 unit query vectors.
-        s : optional (n_q, N) scores ``q @ E.T`` (computed when absent); ``-inf`` marks documents
-            filtered out, which neither vote nor count in the local prior.
+        q : (n_q, d) query vectors, or one query as (d,) (read as (1, d): the results have one row).
+            Without ``s`` each row is scaled to unit length first, as a search does (``tau`` is in cosine
+            units, so ``3 * q`` gives the mixture of ``q``; a zero row scores 0 everywhere).
+        s : optional (n_q, N) scores ``q @ E.T`` of unit rows ``q`` (computed when absent; ``q`` is then not
+            read); ``-inf`` marks documents filtered out, which neither vote nor count in the local prior.
         top : optional ``topk_rows(s, depth)`` already computed, ``depth >= n_neighbors``
             (``>= local_depth`` for ``prior="local"``).
         sizes : optional (C,) documents per cluster that may be returned (a filter's passing
@@ -417,7 +425,15 @@ class KnnEmbed(Operator):
         2 kept clusters, or the first weighing at least ``collapse_at``).
         """
         p = self.params
-        s = q @ np.asarray(self.vectors_).T if s is None else s
+        if s is None:
+            self._check_fitted()
+            v = np.asarray(self.vectors_)
+            q = unit_rows(np.atleast_2d(q))  # cosine geometry, as _call reads the query vectors
+            if q.ndim != 2 or q.shape[1] != v.shape[1]:
+                raise DataError(f"knn_embed.mixture: query vectors have shape {np.shape(q)}, expected (n_q, "
+                                f"{v.shape[1]}) or ({v.shape[1]},)")
+            check_finite_vectors(q, "knn_embed.mixture", "query")
+            s = q @ v.T
         n_q, n = s.shape
         c = len(self.centroids_)
         labels = np.asarray(self.labels_)

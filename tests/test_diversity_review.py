@@ -136,8 +136,10 @@ def test_knn_embed_warns_when_no_two_clusters_can_be_components(blobs, caplog):
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="ragkit"):
         KnnEmbed(n_clusters=50, n_init=1).fit_vectors(corpus.subset(np.arange(20)), vecs[:20])
-    msgs = _ragkit_warnings(caplog)
-    assert len(msgs) == 1 and "every query is answered as plain dense" in msgs[0] and "n_clusters" in msgs[0]
+    msgs = _ragkit_warnings(caplog)  # the 50 clusters asked cut to the 20 documents, then what that leaves
+    assert msgs[0] == ("knn_embed.fit: n_clusters=50 but the corpus has 20 documents; using 20 clusters "
+                       "(one per document)")
+    assert len(msgs) == 2 and "every query is answered as plain dense" in msgs[1] and "n_clusters" in msgs[1]
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="ragkit"):  # 240 documents, 120 clusters: few reach 5 documents
         KnnEmbed(n_clusters=120, n_init=1).fit_vectors(corpus, vecs)

@@ -371,6 +371,64 @@ def test_params_and_errors(blobs):
         KnnEmbed(n_clusters=4).fit_vectors(blobs[0], nan_docs)
 
 
+def test_with_params_refuses_as_the_constructor_does(blobs):
+    """with_params(anchor_share=3) leaked pydantic's ValidationError ("Input should be less than or equal to 1 ...
+    https://errors.pydantic.dev"), a typo "Extra inputs are not permitted": now the constructor's ParamError."""
+    op = _fit(blobs)
+    with pytest.raises(ParamError, match=r"^knn_embed\.anchor_share: expected a value <= 1(\.0)?, got 3$"):
+        op.with_params(anchor_share=3)
+    with pytest.raises(ParamError, match=r"^knn_embed\.anchr_share: unknown parameter \(did you mean anchor_share\?\); "
+                                         r"valid parameters of knn_embed are: model, k,"):
+        op.with_params(anchr_share=0.2)
+    with pytest.raises(ParamError, match="local_depth .* must be >= n_neighbors"):
+        op.with_params(prior="local", local_depth=5)
+    assert op.with_params(anchor_share=0.25).params.anchor_share == 0.25
+
+
+def test_mixture_takes_one_query_and_any_scale(blobs):
+    """mixture(q) of a 1-d q failed ("not enough values to unpack"), and 3 * q got other weights than q (tau is in
+    cosine units; searches normalise the query first, mixture did not)."""
+    op = _fit(blobs)
+    q = _unit(blobs[1][0] + blobs[1][70])  # between two clusters: a real mixture
+    one = op.mixture(q)
+    batch = op.mixture(q[None, :])
+    assert one["pi"].shape == batch["pi"].shape == (1, 4)
+    for key in ("pi", "weights", "clusters", "collapsed"):
+        np.testing.assert_array_equal(one[key], batch[key])
+    scaled = op.mixture(3 * q[None, :])
+    np.testing.assert_allclose(scaled["pi"], batch["pi"], rtol=1e-5, atol=1e-9)
+    np.testing.assert_allclose(scaled["weights"], batch["weights"], rtol=1e-5, atol=1e-9)
+    np.testing.assert_array_equal(scaled["clusters"], batch["clusters"])
+    assert not batch["collapsed"][0]
+    with pytest.raises(DataError, match=r"knn_embed\.mixture: query vectors have shape \(1, 5\), expected \(n_q, 32\)"):
+        op.mixture(np.ones(5, np.float32))
+    with pytest.raises(DataError, match=r"knn_embed\.mixture: 1 of the 1 query vectors contain NaN"):
+        op.mixture(np.full(D, np.nan, np.float32))
+
+
+def test_more_clusters_than_documents_is_said(caplog):
+    """KnnEmbed(n_clusters=50) on 5 documents silently used 5 clusters."""
+    import logging
+
+    rng = np.random.default_rng(0)
+    corpus = Corpus.from_texts([f"doc {i}" for i in range(5)])
+    with caplog.at_level(logging.WARNING, logger="ragkit"):
+        op = KnnEmbed(k=3, n_clusters=50, n_init=1).fit_vectors(corpus, rng.standard_normal((5, D)))
+    said = [r.getMessage() for r in caplog.records if r.name == "ragkit" and "n_clusters" in r.getMessage()]
+    assert len(op.centroids_) == 5
+    assert said == ["knn_embed.fit: n_clusters=50 but the corpus has 5 documents; using 5 clusters (one per "
+                    "document)"]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="ragkit"):
+        KnnEmbed(k=3, n_init=1).fit_vectors(corpus, rng.standard_normal((5, D)))  # the default: at most N, quiet
+    assert not [r for r in caplog.records if "n_clusters=" in r.getMessage()]
+
+
+def test_fit_threads_does_not_promise_bit_identical_centroids():
+    text = KnnEmbed.Params.model_fields["fit_threads"].description
+    assert "bit-identical" not in text and "same labels" in text and "float rounding" in text
+
+
 @pytest.mark.parametrize("merge", ["score", "interleave"])
 def test_a_nan_query_is_refused_and_a_zero_query_finds_nothing(blobs, merge):
     """A NaN query came back as a ranking of NaN scores; an all-zero one as the first k documents."""
