@@ -1529,6 +1529,9 @@ def compare_cmd(
     n_tests = (len(cmp.systems) - 1) * len(cmp.metrics)
     where = (f"{cmp.n_queries} queries of {cmp.n_datasets} datasets, each weighted equally (BEIR's mean; the "
              f"bootstrap resamples within each)" if cmp.n_datasets > 1 else f"{cmp.n_queries} queries")
+    of = " / ".join(x for x in (cmp.dataset, cmp.split) if x)  # what the results record (or --data scored)
+    if of:
+        where = f"{of}: {where}"
     console.print(Text(f"{where} · baseline {cmp.systems[base]} · paired randomisation test "
                        f"({resamples:,} sign flips), Holm-corrected over {n_tests} comparison"
                        f"{'' if n_tests == 1 else 's'} · * p (Holm) < {alpha:g} · ? within 2 Monte Carlo "
@@ -1538,9 +1541,11 @@ def compare_cmd(
     table = Table(box=box.SIMPLE_HEAD)  # a narrow frame: seven columns of short names fit 80 terminal columns
     for col in ("metric", "system", "mean", "Δ", f"{cmp.confidence:.0%} CI", "p", "p (Holm)"):
         table.add_column(col, justify="left" if col in ("metric", "system") else "right", no_wrap=True)
+    shallow = cmp.shallow  # a result searched shallower than the metric's cut-off: "!" (see the warning)
     for j, m in enumerate(cmp.metrics):
         for i, s in enumerate(cmp.systems):
-            cells = [m if i == 0 else "", s, f"{cmp.means[i, j]:.4f}"]
+            cells = [(f"{m} !" if shallow[:, j].any() else m) if i == 0 else "", f"{s} !" if shallow[i, j] else s,
+                     f"{cmp.means[i, j]:.4f}"]
             if i != base:
                 cells += [f"{cmp.delta[i, j]:+.4f}", f"[{cmp.ci_low[i, j]:+.3f}, {cmp.ci_high[i, j]:+.3f}]",
                           f"{cmp.p_value[i, j]:.4f}", f"{cmp.p_holm[i, j]:.4f} {cmp.marks[i, j]}".rstrip()]
@@ -1549,6 +1554,10 @@ def compare_cmd(
     _print_uncut(table)
     if cmp.note():
         console.print(Text(f"note: {cmp.note()}", style="yellow"), soft_wrap=True)
+    for warning in cmp.warnings():
+        console.print(Text(f"warning: {warning}", style="yellow"), soft_wrap=True)
+    for few in cmp.few_differ():
+        console.print(Text(f"note: {few}", style="yellow"), soft_wrap=True)
     if output is not None:
         try:
             with atomic_file(output) as tmp:

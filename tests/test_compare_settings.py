@@ -254,3 +254,75 @@ def test_cli_compare_of_run_files_refuses_a_relevance_level_the_qrels_never_reac
     assert res.exit_code == 2
     assert "relevance_level 2 counts no judgement as relevant: the qrels' highest grade is 1" in " ".join(
         res.output.split()), res.output
+
+
+# --- 4. a result searched shallower than a metric's cut-off; what reproduces a comparison; few queries differ
+
+
+def test_compare_warns_when_a_result_was_searched_shallower_than_a_cut_off(tmp_path: Path):
+    """Review: ``ragkit compare bm25.json d10.json`` (d10: ``ragkit eval --depth 10``) reported a "significant"
+    recall@100 drop without a word, though settings.depth recorded the depth and eval had noted it."""
+    v = _values()
+    full = _eval_json(tmp_path / "bm25.json", v, {"relevance_level": 1})
+    d10 = _eval_json(tmp_path / "d10.json", v, {"relevance_level": 1, "depth": 10})
+    payload = json.loads(d10.read_text())
+    payload["per_query"]["recall@100"] = {q: x - 0.15 for q, x in payload["per_query"]["recall@100"].items()}
+    d10.write_text(json.dumps(payload))
+    a, b = load_result(full, name="bm25"), load_result(d10, name="d10")
+    assert (a.depth, b.depth) == (None, 10)
+    c = compare([a, b], ["ndcg@10", "recall@100"], n_resamples=100)
+    assert c.shallow.tolist() == [[False, False], [False, True]] and c.significant[1, 1]
+    [warning] = c.warnings()
+    assert warning.startswith("! recall@100: d10 ranked at most 10 documents per query, fewer than its cut-off of "
+                              "100") and "--depth 100 or more" in warning
+    rows = {(r["system"], r["metric"]): r for r in c.to_dict()["rows"]}
+    assert rows["d10", "recall@100"]["shallow"] and "shallow" not in rows["d10", "ndcg@10"]
+    assert c.to_dict()["warnings"] == [warning]
+    res = _cli(full, d10, "--resamples", "100")
+    out = " ".join(res.output.split())
+    assert res.exit_code == 0 and "recall@100 ! bm25" in out and "d10 !" in out, res.output
+    assert "warning: ! recall@100: d10 ranked at most 10 documents per query" in out, res.output
+    for bad in ("10", 0, True):
+        with pytest.raises(DataError, match=r"settings\.depth must be a number of documents >= 1 or null"):
+            load_result(_eval_json(tmp_path / "bad.json", v, {"depth": bad}))
+
+
+def test_compare_output_records_what_reproduces_it(tmp_path: Path):
+    """Review: ``compare -o`` JSON lacked the seed, dataset, split, input files and metrics (seeds 0 and 7 give
+    different p-values): the file could not be reproduced from itself."""
+    a = _eval_json(tmp_path / "a.json", _values(0), {"depth": None})
+    b = _eval_json(tmp_path / "b.json", _values(1), {"depth": 100})
+    out = tmp_path / "cmp.json"
+    res = _cli(a, b, "--resamples", "100", "--seed", "7", "-m", "ndcg@10", "-o", out)
+    assert res.exit_code == 0 and res.output.startswith("tiny / test: 60 queries · baseline a"), res.output
+    d = json.loads(out.read_text())
+    assert (d["seed"], d["dataset"], d["split"], d["metrics"], d["n_resamples"]) == (7, "tiny", "test", ["ndcg@10"],
+                                                                                      100)
+    assert d["systems"] == [{"name": "a", "source": str(a), "depth": None}, {"name": "b", "source": str(b),
+                                                                              "depth": 100}]
+    again = compare([load_result(s["source"], name=s["name"]) for s in d["systems"]], d["metrics"],
+                    n_resamples=d["n_resamples"], seed=d["seed"], alpha=d["alpha"]).to_dict()
+    assert again["rows"] == d["rows"]
+
+
+def test_compare_says_when_few_queries_differ(tmp_path: Path):
+    """A system that differs from the baseline on 3 of 60 queries got a bootstrap interval and a p-value as if
+    every query told them apart; compare now says 'differ on 3 of 60 queries'."""
+    v = _values()
+    w = v.copy()
+    w[:3] += 0.3
+    same = SystemResult("same", {"ndcg@10": dict(zip(QUERIES, map(float, v)))})
+    base = SystemResult("base", {"ndcg@10": dict(zip(QUERIES, map(float, v)))})
+    few = SystemResult("few", {"ndcg@10": dict(zip(QUERIES, map(float, w)))})
+    many = SystemResult("many", {"ndcg@10": dict(zip(QUERIES, map(float, v + 0.01)))})
+    c = compare([base, few, same, many], ["ndcg@10"], n_resamples=100)
+    assert c.n_differ[1:, 0].tolist() == [3, 0, 60]
+    assert c.few_differ() == ["ndcg@10: few and base differ on 3 of 60 queries: the interval and the p-value rest on "
+                              "those 3 (an exact sign-flip test of 3 differences gives no p-value below 0.25)",
+                              "ndcg@10: same and base score all 60 queries alike"]
+    rows = {r["system"]: r for r in c.to_dict()["rows"]}
+    assert (rows["few"]["n_differ"], rows["many"]["n_differ"]) == (3, 60) and len(c.to_dict()["few_differ"]) == 2
+    a = _eval_json(tmp_path / "a.json", v)
+    b = _eval_json(tmp_path / "b.json", w)
+    res = _cli(a, b, "--resamples", "100", "-m", "ndcg@10")
+    assert "note: ndcg@10: b and a differ on 3 of 60 queries" in " ".join(res.output.split()), res.output

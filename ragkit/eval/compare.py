@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -44,6 +44,9 @@ DEFAULT_COMPARE_METRICS = ("ndcg@10", "recall@100")
 #: on 4 metrics gave p (Holm) 0.0513 with seed 0, 0.0457 at 200,000, and 1 or 4 verdicts of significance
 #: by seed); 0.0005 at 200,000, which take ~0.4 s for 3 systems x 4 metrics on SciFact's 300 queries.
 DEFAULT_RESAMPLES = 200_000
+#: Below this many queries on which a system and the baseline differ, :meth:`Comparison.warnings` says so: the
+#: bootstrap interval and the p-value of a metric rest on those few queries only.
+_FEW_DIFFER = 10
 #: What ``ragkit eval`` scored every result with before its JSON recorded it (``settings``).
 _EVAL_DEFAULT_SCORING = {"relevance_level": 1, "ignore_identical_ids": True}
 
@@ -57,7 +60,10 @@ class SystemResult:
     ``ignore_identical_ids`` (how the values were scored, :func:`~ragkit.eval.evaluate`'s arguments)
     results scored differently; ``None`` is unknown and compares with anything.  ``groups`` maps every
     query id to its dataset for results of several datasets (ids ``"<dataset>/<query>"`` as
-    :func:`load_result` builds them), ``None`` for one dataset.
+    :func:`load_result` builds them), ``None`` for one dataset.  ``depth`` is how many documents per query
+    the result was searched for, when known (``ragkit eval --depth``, recorded in its JSON): a metric whose
+    cut-off is deeper counts only that many (:attr:`Comparison.shallow` marks it).  ``source`` is the file it
+    was read from (:func:`load_result`), recorded by :meth:`Comparison.to_dict`.
     """
 
     name: str
@@ -67,6 +73,8 @@ class SystemResult:
     groups: Mapping[str, str] | None = field(default=None, repr=False)
     relevance_level: int | None = None
     ignore_identical_ids: bool | None = None
+    depth: int | None = None
+    source: str | None = None
 
     def values(self, metric: str) -> Mapping[str, float]:
         """Per-query values of ``metric`` in any spelling :func:`parse_metric` reads."""
@@ -115,7 +123,7 @@ def load_result(path: str | Path, *, qrels: Qrels | None = None, metrics: Sequen
             not_results(pipeline_kind(path))  # YAML in flow style: {pipeline: [...]}
             raise DataError(f"{path}: not valid JSON ({e}); expected a 'ragkit eval -o' results file") from None
         not_results("a pipeline in JSON" if _is_pipeline_doc(payload) else None)
-        result = _from_payload(payload, path, name)
+        result = replace(_from_payload(payload, path, name), source=str(path))
         for key, want in (("dataset", dataset), ("split", split)):  # --data/--split name what every result is of
             got = getattr(result, key)
             if want is not None and got is not None and got != want:
@@ -143,8 +151,9 @@ def load_result(path: str | Path, *, qrels: Qrels | None = None, metrics: Sequen
         logging.getLogger("ragkit").info(
             "%s ranks documents for %d of the %d judged queries; the others score 0 (as trec_eval -c): a run "
             "written with --limit is compared on every judged query", path, covered, len(scored))
+    # (no depth: a run's rankings may be short because few documents matched, not because it was cut)
     return SystemResult(name, scores.per_query, dataset, split, relevance_level=int(relevance_level),
-                        ignore_identical_ids=bool(ignore_identical_ids))
+                        ignore_identical_ids=bool(ignore_identical_ids), source=str(path))
 
 
 #: The largest file :func:`pipeline_kind` reads as YAML (a pipeline file is a few hundred bytes; run files
@@ -227,7 +236,8 @@ def _from_payload(payload: Any, path: Path, name: str) -> SystemResult:
 
 def _scoring(payload: dict, path: Path) -> dict[str, Any]:
     """``relevance_level`` and ``ignore_identical_ids`` as ``payload['settings']`` records them (``ragkit eval
-    -o``); a key it lacks: ragkit eval's default, which every result scored before it was recorded used."""
+    -o``); a key it lacks: ragkit eval's default, which every result scored before it was recorded used.  And
+    ``depth``: the ``--depth`` it searched at (``None``: not given, or not recorded)."""
     settings = payload.get("settings")
     if settings is None:
         settings = {}
@@ -236,6 +246,9 @@ def _scoring(payload: dict, path: Path) -> dict[str, Any]:
                         "'ragkit eval -o' writes")
     out = {key: settings.get(key, default) for key, default in _EVAL_DEFAULT_SCORING.items()}
     level, ignore = out["relevance_level"], out["ignore_identical_ids"]
+    depth = out["depth"] = settings.get("depth")  # ragkit eval --depth (None: the pipeline's own, not recorded)
+    if depth is not None and (isinstance(depth, bool) or not isinstance(depth, int) or depth < 1):
+        raise DataError(f"{path}: settings.depth must be a number of documents >= 1 or null, got {depth!r}")
     if isinstance(level, bool) or not isinstance(level, int) or level < 1:
         raise DataError(f"{path}: settings.relevance_level must be an integer grade >= 1, got {level!r}")
     if not isinstance(ignore, bool):
@@ -401,6 +414,12 @@ class Comparison:
     ``p_se`` and ``p_holm_se`` are their Monte Carlo standard errors (``sqrt(p (1 - p) / n_resamples)``;
     Holm's multiplier times that of the p-value that sets the adjusted one): ``near_alpha`` marks a
     ``p_holm`` within two of them of ``alpha``, whose verdict another seed could flip.
+
+    What reproduces it: ``seed``, ``dataset`` and ``split`` (when the results record them), each system's
+    ``sources`` (the file read) and ``depths`` (documents ranked per query, when known: :attr:`shallow`
+    marks the metrics whose cut-off is deeper).  ``n_differ`` counts the queries on which each system's
+    value differs from the baseline's (NaN in the baseline's row).  :meth:`warnings` says what makes a row
+    misleading.
     """
 
     systems: list[str]
@@ -419,6 +438,54 @@ class Comparison:
     n_resamples: int
     p_se: np.ndarray
     p_holm_se: np.ndarray
+    seed: int | None = None
+    dataset: str | None = None
+    split: str | None = None
+    sources: tuple[str | None, ...] = ()
+    depths: tuple[int | None, ...] = ()
+    n_differ: np.ndarray | None = field(default=None, repr=False)
+
+    @property
+    def shallow(self) -> np.ndarray:
+        """``(n_systems, n_metrics)`` bool: the system ranked fewer documents per query (``depths``, when known)
+        than the metric's cut-off (``recall@100`` of a ``--depth 10`` result counts 10 documents at most), so a
+        difference on that metric measures the depth, not the system."""
+        cut = np.array([parse_metric(m)[1] for m in self.metrics])
+        depth = np.array([np.inf if d is None else d for d in self.depths] or [np.inf] * len(self.systems))
+        return depth[:, None] < cut[None, :]
+
+    def warnings(self) -> list[str]:
+        """One sentence per metric whose cut-off is deeper than a system was searched (:attr:`shallow`; ``!``
+        in ``ragkit compare``'s table): a difference on it measures the depth, not the system."""
+        out = []
+        shallow = self.shallow
+        for j, m in enumerate(self.metrics):
+            if shallow[:, j].any():
+                cut = parse_metric(m)[1]
+                who = ", ".join(f"{self.systems[i]} ranked at most {self.depths[i]}"
+                                for i in np.flatnonzero(shallow[:, j]))
+                out.append(f"! {m}: {who} documents per query, fewer than its cut-off of {cut}: its values count only "
+                           f"those, so a difference on {m} measures the depth searched, not the system; evaluate "
+                           f"every system with --depth {cut} or more to compare them on {m}")
+        return out
+
+    def few_differ(self) -> list[str]:
+        """One sentence per (system, metric) on which the system differs from the baseline on fewer than 10
+        queries (``k of N queries``): the interval and the p-value rest on those few."""
+        out: list[str] = []
+        if self.n_differ is None:
+            return out
+        base = self.systems[self.baseline]
+        for i, s in enumerate(self.systems):
+            for j, m in enumerate(self.metrics):
+                if i == self.baseline or not self.n_differ[i, j] < _FEW_DIFFER:
+                    continue
+                k = int(self.n_differ[i, j])
+                out.append(f"{m}: {s} and {base} score all {self.n_queries} queries alike" if k == 0 else
+                           f"{m}: {s} and {base} differ on {k} of {self.n_queries} queries: the interval and the "
+                           f"p-value rest on {'that one' if k == 1 else f'those {k}'} (an exact sign-flip test of "
+                           f"{k} difference{'' if k == 1 else 's'} gives no p-value below {2.0 ** (1 - k):.3g})")
+        return out
 
     @property
     def significant(self) -> np.ndarray:
@@ -456,8 +523,10 @@ class Comparison:
                 f"the other verdict; {more}")
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready: one record per (system, metric)."""
+        """JSON-ready: what was compared (``dataset``, ``split``, ``metrics``, ``seed``, each system's ``source``
+        file and ``depth``: enough to run the comparison again) and one record per (system, metric)."""
         rows = []
+        shallow = self.shallow
         for i, s in enumerate(self.systems):
             for j, m in enumerate(self.metrics):
                 rec: dict[str, Any] = {"system": s, "metric": m, "mean": float(self.means[i, j])}
@@ -466,14 +535,23 @@ class Comparison:
                                p_value=float(self.p_value[i, j]), p_se=float(self.p_se[i, j]),
                                p_holm=float(self.p_holm[i, j]), p_holm_se=float(self.p_holm_se[i, j]),
                                significant=bool(self.significant[i, j]), near_alpha=bool(self.near_alpha[i, j]))
+                    if self.n_differ is not None:
+                        rec["n_differ"] = int(self.n_differ[i, j])
+                if shallow[i, j]:
+                    rec["shallow"] = True  # ranked fewer documents than the metric's cut-off
                 rows.append(rec)
         note = self.note()
-        return {"baseline": self.systems[self.baseline], "n_queries": self.n_queries, "n_datasets": self.n_datasets,
+        systems = [{"name": s, "source": self.sources[i] if i < len(self.sources) else None,
+                    "depth": self.depths[i] if i < len(self.depths) else None} for i, s in enumerate(self.systems)]
+        warnings, few = self.warnings(), self.few_differ()
+        return {"dataset": self.dataset, "split": self.split, "metrics": list(self.metrics), "systems": systems,
+                "baseline": self.systems[self.baseline], "n_queries": self.n_queries, "n_datasets": self.n_datasets,
                 "mean": "each dataset weighted equally" if self.n_datasets > 1 else "over queries", "alpha": self.alpha,
-                "confidence": self.confidence, "n_resamples": self.n_resamples,
+                "confidence": self.confidence, "n_resamples": self.n_resamples, "seed": self.seed,
                 "test": "paired randomisation (sign flip), two-sided, Holm-corrected",
                 "p_se": "Monte Carlo standard error, sqrt(p (1 - p) / n_resamples); near_alpha: p_holm within two "
-                        "of alpha", **({"note": note} if note else {}), "rows": rows}
+                        "of alpha", **({"note": note} if note else {}), **({"warnings": warnings} if warnings else {}),
+                **({"few_differ": few} if few else {}), "rows": rows}
 
 
 def _check_args(results: Sequence[SystemResult], metrics: Sequence[str], baseline: int, n_resamples: int,
@@ -582,7 +660,7 @@ def compare(results: Sequence[SystemResult], metrics: Sequence[str] = DEFAULT_CO
         for r in results:
             _check_finite(r.values(m), f"compare: {r.name}: {m}")
     shape = (len(results), len(metrics))
-    means, delta, lo, hi, p = (np.full(shape, np.nan) for _ in range(5))
+    means, delta, lo, hi, p, n_differ = (np.full(shape, np.nan) for _ in range(6))
     n_sets = 1
     together: dict[tuple[str, ...], list[int]] = {}  # metrics scored on the same queries: one draw for all
     for j, m in enumerate(metrics):
@@ -596,6 +674,7 @@ def compare(results: Sequence[SystemResult], metrics: Sequence[str] = DEFAULT_CO
         means[:, js] = vals @ w
         diff = (vals[others] - vals[baseline]).reshape(-1, len(qs)).T  # (n_queries, pairs): system-major pairs
         delta[np.ix_(others, js)] = (w @ diff).reshape(len(others), len(js))
+        n_differ[np.ix_(others, js)] = np.count_nonzero(diff, axis=0).reshape(len(others), len(js))
         tested = diff if n_sets == 1 else diff * (w * (len(w) / w.sum()))[:, None]  # the weighted mean's statistic
         order = sorted(range(len(qs)), key=qs.__getitem__)  # paired_randomization_test's query order
         p[np.ix_(others, js)] = sign_flip_pvalues(tested[order], n_resamples=n_resamples, seed=seed).reshape(
@@ -604,5 +683,9 @@ def compare(results: Sequence[SystemResult], metrics: Sequence[str] = DEFAULT_CO
         lo[np.ix_(others, js)], hi[np.ix_(others, js)] = (x.reshape(len(others), len(js)) for x in (low, high))
     n_q = len(queries[metrics[0]])
     p_se = np.sqrt(p * (1 - p) / n_resamples)
+    known = {key: next((getattr(r, key) for r in results if getattr(r, key) is not None), None)
+             for key in ("dataset", "split")}
     return Comparison([r.name for r in results], list(metrics), int(baseline), n_q, n_sets, means, delta, lo, hi, p,
-                      holm(p), alpha, confidence, n_resamples, p_se, _holm_se(p, p_se))
+                      holm(p), alpha, confidence, n_resamples, p_se, _holm_se(p, p_se), seed=int(seed),
+                      dataset=known["dataset"], split=known["split"], sources=tuple(r.source for r in results),
+                      depths=tuple(r.depth for r in results), n_differ=n_differ)
