@@ -318,10 +318,12 @@ def _fail(e: Exception) -> None:
 
 
 def _note_unlearned(pipe: Any) -> None:
-    """Say on stderr which ``learn: true`` operators will fit without learning (no --train-split)."""
+    """Say on stderr which ``learn: true`` operators will fit without learning (no --train-split); one that
+    cannot fit without judged queries (a ``score_router`` with no threshold) is left to the fit's error."""
     from ragkit.pipelines.yaml import walk_leaves
 
-    idle = [path for path, leaf in walk_leaves(pipe) if getattr(leaf.params, "learn", False)]
+    idle = [path for path, leaf in walk_leaves(pipe)
+            if getattr(leaf.params, "learn", False) and leaf.train_refusal() is None]
     if idle:
         one = len(idle) == 1
         typer.echo(f"note: {', '.join(idle)} {'learns' if one else 'learn'} from judged queries; without "
@@ -443,7 +445,7 @@ class _Scored:
     run: Any
     result: Any
     t_fit: float
-    encoded: int
+    encoded: int | None  # None when an encoder registered by the user (not counted) took part
 
 
 @dataclass(frozen=True)
@@ -498,6 +500,7 @@ def _fit_and_score(pipe: Any, loaded: bool, sp: _Split, ks: list[int], trace: bo
     def n_encoded() -> int:  # documents encoded so far: sentence vectors and token vectors (MUVERA)
         return sum(e.n_encoded for e in _ENCODERS.values()) + sum(e.n_encoded for e in _TOKEN_ENCODERS.values())
 
+    uncounted = _registered_models(pipe)  # a user's encoder keeps no count: the fit's total would leave it out
     before = n_encoded()
     t0 = time.perf_counter()
     if not loaded:
@@ -505,7 +508,7 @@ def _fit_and_score(pipe: Any, loaded: bool, sp: _Split, ks: list[int], trace: bo
             corpus = sp.dataset().corpus
             pipe.fit(corpus, sp.train, backend=backend) if backend != "local" else pipe.fit(corpus, sp.train)
     t_fit = time.perf_counter() - t0
-    encoded = n_encoded() - before
+    encoded = None if uncounted else n_encoded() - before
     run = _search_scored(pipe, sp.queries, sp.qrels, sp.dataset().corpus, scoring, trace)
     result = _evaluate(run, sp.qrels, scoring.metric_names(ks), ignore_identical_ids=not scoring.keep_ids,
                        relevance_level=scoring.relevance_level)[0]  # (its ignored documents: the note below)
@@ -581,12 +584,25 @@ def _note_depth(run: Any, ks: list[int], corpus: Any, prefix: str = "") -> None:
                       f"so the @{', @'.join(map(str, deeper))} metrics count only those; {why}", soft_wrap=True)
 
 
-def _timings_line(t_load: float, t_fit: float, encoded: int, search_s: float, n_queries: int, total: float) -> str:
-    """``load 0.12 s · fit ... · search ... (q/s) · total ...``: what ``ragkit eval`` prints last."""
+def _timings_line(t_load: float, t_fit: float, encoded: int | None, search_s: float, n_queries: int,
+                  total: float) -> str:
+    """``load 0.12 s · fit ... · search ... (q/s) · total ...``: what ``ragkit eval`` prints last (the documents
+    encoded by the fit only when ``encoded`` is known: not with an encoder the user registered)."""
     qps = n_queries / max(search_s or 1e-9, 1e-9)
     rate = f"{qps:,.0f}" if qps >= 10 else f"{qps:.2g}"  # a few slow queries: not "0 q/s"
-    return (f"load {t_load:.2f} s · fit {t_fit:.2f} s ({encoded} documents encoded) · search {search_s:.2f} s "
+    count = "" if encoded is None else f" ({encoded} documents encoded)"
+    return (f"load {t_load:.2f} s · fit {t_fit:.2f} s{count} · search {search_s:.2f} s "
             f"({rate} q/s) · total {total:.2f} s")
+
+
+def _registered_models(pipe: Any) -> list[str]:
+    """The ``model`` names of ``pipe``'s operators that name an encoder registered with
+    :func:`~ragkit.encoders.register_encoder` (whose encodings ragkit does not count)."""
+    from ragkit.encoders.custom import registered_encoders
+    from ragkit.pipelines._compose import iter_leaves
+
+    names = registered_encoders()
+    return [m for leaf in iter_leaves(pipe) if isinstance(m := getattr(leaf.params, "model", None), str) and m in names]
 
 
 def _machine() -> dict[str, Any]:
@@ -838,7 +854,8 @@ def _report_subsets(splits: dict[str, _Split], scored: dict[str, _Scored], pipel
     _print_uncut(table)
     t_load = sum(sp.t_load for sp in splits.values())
     t_fit = sum(one.t_fit for one in scored.values())
-    encoded = sum(one.encoded for one in scored.values())
+    counts = [one.encoded for one in scored.values()]
+    encoded = None if None in counts else sum(c for c in counts if c is not None)
     search_s = sum(one.run.seconds or 0.0 for one in scored.values())
     console.print(_timings_line(t_load, t_fit, encoded, search_s, n_queries, total), soft_wrap=True)
     subsets = {s: {"n_queries": len(splits[s].queries), "metrics": scored[s].result.scores,

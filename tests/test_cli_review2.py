@@ -211,3 +211,31 @@ def test_errors_that_already_name_the_file_are_unchanged(tmp_path, monkeypatch):
     res = _cli("eval", "--data", data, "-p", "saved")
     assert res.exit_code == 2
     assert "error: pipeline[0].parallel.branches[1].bm25.filter: field 'year'" in res.output
+
+
+# ------------------------------------------------------------------ what eval says before and after a fit
+def test_eval_does_not_promise_a_fit_that_the_learner_refuses(tmp_path):
+    """Old code: a note said the score_router would fit with its parameters as given, then the fit refused it."""
+    yaml = tmp_path / "route.yaml"
+    yaml.write_text("pipeline:\n  - bm25: {k: 5}\n  - route:\n      router: {score_router: {learn: true}}\n"
+                    "      branches:\n        easy: []\n        hard: [bm25: {k: 5, variant: okapi}]\n")
+    res = _cli("eval", "--data", _tiny(tmp_path / "tiny"), "--pipeline", yaml)
+    assert res.exit_code == 2 and "--train-split" in res.output, res.output
+    assert "note:" not in res.output, res.output
+
+
+def test_eval_counts_no_documents_for_an_encoder_it_cannot_count(tmp_path):
+    """Old code: '(0 documents encoded)' for a dense step on a registered encoder that encoded all four."""
+    from ragkit.encoders import HashingEncoder, register_encoder, unregister_encoder
+
+    register_encoder("hash-cli", HashingEncoder(dim=32))
+    try:
+        yaml = tmp_path / "dense.yaml"
+        yaml.write_text("pipeline:\n  - dense: {model: hash-cli, k: 3}\n")
+        out = tmp_path / "out.json"
+        res = _cli("eval", "--data", _tiny(tmp_path / "tiny"), "--pipeline", yaml, "-o", out)
+    finally:
+        unregister_encoder("hash-cli")
+    assert res.exit_code == 0, res.output
+    assert "documents encoded" not in res.output and " · fit " in res.output, res.output
+    assert json.loads(out.read_text())["timings"]["documents_encoded"] is None
