@@ -456,8 +456,9 @@ def _load_doc(doc: Mapping[str, Any], make_leaf: LeafFactory) -> Pipeline:
             problems.append(ConfigError("pipeline: missing; a pipeline file needs a 'pipeline:' list of operators",
                                         path="pipeline"))
     elif not isinstance(steps, list) or not steps:
-        problems.append(ConfigError(f"pipeline: expected a non-empty list of operators, got {steps!r:.60}",
-                                    path="pipeline"))
+        hint = _list_hint(steps, "pipeline")
+        problems.append(ConfigError(f"pipeline: expected a non-empty list of operators, got {steps!r:.60}"
+                                    f"{';' + hint[1:] if hint else ''}", path="pipeline"))
     else:
         try:
             pipe = build_list(steps, "pipeline", make_leaf, lone_fuser_ok=True)
@@ -565,15 +566,58 @@ def _misplaced_fuser(op: Operator, here: str, prev: tuple[Any, str] | None) -> C
         f"`- parallel: {{branches: [...], fuse: {fuse}}}`", path=here)
 
 
-def _bare_name_hint(node: Any) -> str:
-    """For a bare operator name where a node is expected (``until: topk_stable``): how to write it."""
+def _written(name: str) -> str:
+    """The registered operator ``name`` as one line of flow YAML that builds: ``name: {}`` when its defaults do,
+    else with its registered example parameters (``score_router: {feature: top1, threshold: 20.0}``)."""
+    cls = registry.get(name)
+    if _builds(name, {}):
+        return f"{name}: {{}}"
+    return _flow({name: dict(cls.example)})[1:-1]
+
+
+def _builds(name: str, params: Mapping[str, Any]) -> bool:
+    """Whether the registered operator ``name``'s parameters validate with ``params`` (nothing is constructed)."""
+    try:
+        validate_params(registry.get(name).Params, dict(params), name)
+    except (ParamError, ValueError, TypeError):
+        return False
+    return True
+
+
+def _kind_example(kind: str | None) -> str:
+    """One ``kind`` operator (``"judge"``, ``"router"``, ``"fuser"``) as flow YAML that builds, for a hint: the
+    shortest of the registered examples of that kind that build (``max_only: {}``); a retriever's for any step."""
+    written = []
+    for name in _of_kind(kind) if kind is not None else ():
+        example = registry.get(name).example
+        if _builds(name, example):
+            written.append(_flow({name: dict(example)})[1:-1])
+    return min(written, key=lambda t: (len(t), t)) if written else "bm25: {k: 100}"
+
+
+def _bare_name_hint(node: Any, path: str = "", expect: str | None = None) -> str:
+    """For a bare operator name where a node is expected (``until: topk_stable``), or a list of one node where a
+    ``expect`` operator goes (``fuse: [rrf: {}]``): how to write it."""
+    key = path.rsplit(".", 1)[-1]
+    if expect is not None and isinstance(node, list) and len(node) == 1:
+        (item,) = node
+        one = _flow(item)[1:-1] if isinstance(item, Mapping) and item else \
+            _written(item) if isinstance(item, str) and item in registry.names() else None
+        return f"; {key} takes one {expect}, not a list: write it without the '- ' or brackets, e.g. " \
+               f"`{key}: {{{one}}}`" if one is not None else ""
     if not isinstance(node, str):
         return ""
     known = registry.names()
     if node in known:
-        return f"; an operator with its default parameters is written '{node}: {{}}'"
-    close = difflib.get_close_matches(node, known, n=1)
-    return f" (did you mean '{close[0]}: {{}}'?)" if close else ""
+        kind = registry.get(node).kind
+        if expect is not None and kind != expect:
+            return f"; {node} is a {kind}, and {key} takes a {expect}"
+        written = _written(node)
+        if written == f"{node}: {{}}":
+            return f"; an operator with its default parameters is written '{written}'"
+        return f"; an operator is written as a mapping of its name to its parameters, e.g. '{written}'"
+    close = difflib.get_close_matches(node, _of_kind(expect) if expect is not None else known, n=1)
+    return f" (did you mean '{_written(close[0])}'?)" if close else ""
 
 
 def _placed(e: ParamError, owner: str, here: str) -> ConfigError:
@@ -623,6 +667,24 @@ def _example(path: str, node: Any) -> str:
     return f"- {text[1:-1]}" if path.endswith("]") else f"{key}: {text}"
 
 
+def _and(names: list[str]) -> str:
+    """``a``, ``a and b``, ``a, b and c``."""
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
+
+
+#: a node's path inside a parallel, route or loop: the composite, the key it is under, and (for a route's branch)
+#: the label, then a list's positions (``pipeline[0].parallel.branches[1]``, ``pipeline[1].route.branches.a[0]``)
+_INSIDE = re.compile(r"\.(parallel|route|loop)\.(\w+)(?:\.[^.\[\]]+)?(?:\[\d+\])*$")
+
+
+def _enclosing(path: str) -> tuple[str, str] | None:
+    """The composite whose key holds the node at ``path``, and that key (``("parallel", "branches")``)."""
+    m = _INSIDE.search(path)
+    if m is None or m.group(2) not in STRUCTURAL[m.group(1)]:
+        return None
+    return m.group(1), m.group(2)
+
+
 def _as_list(node: Mapping[Any, Any]) -> str:
     """A mapping of several operators as the flow list of steps it was meant to be: ``[prf: {}, bm25: {}]``."""
     return "[" + ", ".join(_flow({k: v})[1:-1] for k, v in node.items()) + "]"
@@ -636,11 +698,16 @@ def _nesting_hint(node: Mapping[Any, Any], path: str, expect: str | None) -> str
         (op,), rest = ops, [n for n in names if n != ops[0]]
         inner = node[op]
         if set(rest) <= _keys_of(op) and (inner is None or isinstance(inner, Mapping)):
-            what = "a parameter" if op not in STRUCTURAL else "a key"
-            which = (f"{rest[0]} is {what} of {op}: indent it" if len(rest) == 1 else
-                     f"{', '.join(rest)} are {what}s of {op}: indent them")
+            noun = "parameter" if op not in STRUCTURAL else "key"
+            which = (f"{rest[0]} is a {noun} of {op}: indent it" if len(rest) == 1 else
+                     f"{_and(rest)} are {noun}s of {op}: indent them")
             nested = {op: {**(inner or {}), **{r: node[r] for r in rest}}}
             return f"; {which} under '{op}:', e.g. `{_example(path, nested)}`"
+        outer = _enclosing(path)
+        if outer is not None and set(rest) <= set(STRUCTURAL[outer[0]]) - {outer[1]}:  # written one level too deep
+            which = f"{rest[0]} is a key" if len(rest) == 1 else f"{_and(rest)} are keys"
+            return (f"; {which} of {outer[0]}, not of {op}: dedent {'it' if len(rest) == 1 else 'them'} to the "
+                    f"level of '{outer[1]}:'")
         return ""
     if ops and len(ops) == len(names):  # several operators: several steps
         if expect is not None:
@@ -648,11 +715,47 @@ def _nesting_hint(node: Mapping[Any, Any], path: str, expect: str | None) -> str
         if path.endswith("]"):
             return (f"; a list item holds one step: start each of {', '.join(ops)} with its own '- ', as in "
                     f"`{_as_list(node)}`")
-        return f"; a mapping of {len(ops)} operators where a step or a list of steps is expected: write the steps " \
-               f"as a list, e.g. `{path.rsplit('.', 1)[-1]}: {_as_list(node)}`"
+        return f"; a mapping of {len(ops)} operators where a step or a list of steps is expected" + \
+            _list_hint(node, path)
     if expect is not None and not ops and (owners := _owners_of(names, expect)):
-        return (f"; {', '.join(names)} are parameters of {' and '.join(owners)}: {path.rsplit('.', 1)[-1]} takes one "
+        return (f"; {_and(names)} are parameters of {' and '.join(owners)}: {path.rsplit('.', 1)[-1]} takes one "
                 f"{expect} operator with its parameters beneath it, e.g. `{_example(path, {owners[0]: dict(node)})}`")
+    return ""
+
+
+def _flow_step(node: Any) -> str:
+    """A step (``{bm25: {}}``) or a list of steps as flow YAML list items are written: ``bm25: {}``,
+    ``[prf: {}, bm25: {}]``."""
+    if isinstance(node, list):
+        return "[" + ", ".join(_flow_step(x) for x in node) + "]"
+    return _flow(node)[1:-1] if isinstance(node, Mapping) and len(node) == 1 else _flow(node)
+
+
+def _indented_too_far(body: Mapping[Any, Any], keys: Any) -> set[str]:
+    """The ``keys`` of a composite that ``body`` lacks and that a step in one of its lists (or a route's branch
+    lists) has beside its operator: written one level too deep (their 'missing' is explained there)."""
+    lists = [v for v in body.values() if isinstance(v, list)] + [
+        b for v in body.values() if isinstance(v, Mapping) for b in v.values() if isinstance(b, list)]
+    beside: set[str] = set()
+    for x in (x for items in lists for x in items if isinstance(x, Mapping) and len(x) > 1):
+        ops = [str(k) for k in x if _is_operator(str(k))]
+        if len(ops) == 1:  # (a key of that operator's own is not one written too deep: see _nesting_hint)
+            beside |= {str(k) for k in x} - _keys_of(ops[0]) - {ops[0]}
+    return (beside & set(keys)) - {str(k) for k in body}
+
+
+def _list_hint(node: Any, path: str, item: str = "step") -> str:
+    """For a mapping where a list of steps (``item="branch"``: of a parallel's branches) is expected: the list it
+    was likely meant to be (``: write the steps as a list, e.g. `pipeline: [bm25: {}, top_k: {k: 5}]```)."""
+    if not isinstance(node, Mapping) or not node:
+        return ""
+    key = path.rsplit(".", 1)[-1]
+    if all(_is_operator(str(k)) for k in node):
+        return f": write the {item}{'es' if item == 'branch' else 's'} as a list, e.g. `{key}: {_as_list(node)}`"
+    if item == "branch" and all(isinstance(v, list) or isinstance(v, Mapping) and len(v) == 1 for v in node.values()):
+        listed = "[" + ", ".join(_flow_step(v) for v in node.values()) + "]"
+        return (f": a parallel's branches are a list, and 'names:' names them, e.g. `{key}: {listed}, names: "
+                f"{_flow([str(k) for k in node])}`")
     return ""
 
 
@@ -677,6 +780,24 @@ def _misplaced_operator(node: str, op: str, params: Any, given: bool, problems: 
 
 
 _T = TypeVar("_T")
+
+
+def _needs_operator(node: str, key: str, kind: str, does: str) -> Callable[[], str]:
+    """What the ``key`` of a ``node`` that takes a ``kind`` operator needs, for its 'missing' problem."""
+    return lambda: (f"a {node} needs '{key}:', the {kind} that {does} ({', '.join(_of_kind(kind))}), e.g. "
+                    f"`{key}: {{{_kind_example(kind)}}}`")
+
+
+#: ``(composite, key)``: what a missing required key takes, with an example (the operators of its kind as registered)
+_NEEDS: dict[tuple[str, str], Callable[[], str]] = {
+    ("loop", "until"): _needs_operator("loop", "until", "judge", "decides when each query's loop stops"),
+    ("route", "router"): _needs_operator("route", "router", "router", "labels each query"),
+    ("loop", "body"): lambda: "a loop needs 'body:', the steps it repeats, e.g. `body: [prf: {}, bm25: {}]`",
+    ("parallel", "branches"): lambda: ("a parallel needs 'branches:', the list of branches whose rankings it fuses, "
+                                       "e.g. `branches: [bm25: {}, dense: {}]`"),
+    ("route", "branches"): lambda: ("a route needs 'branches:', a mapping of each label to its steps ([] passes its "
+                                    "queries through), e.g. `branches: {short: [bm25: {}], long: []}`"),
+}
 
 
 class _Problems:
@@ -705,10 +826,13 @@ class _Problems:
             return None
 
     def given(self, body: Mapping[Any, Any], key: str, here: str) -> bool:
-        """Whether ``body`` has ``key`` (not null); a problem of ``key`` when it has not."""
+        """Whether ``body`` has ``key`` (not null); a problem of ``key`` when it has not (``missing``, with what
+        the key takes and an example, from :data:`_NEEDS`)."""
         if body.get(key) is None:
             if key not in self.explained:
-                self.wrong(key, here, "missing")
+                node = here.rsplit(".", 1)[-1]
+                need = _NEEDS.get((node, key))
+                self.wrong(key, here, "missing" if need is None else f"missing; {need()}")
             return False
         return True
 
@@ -727,13 +851,14 @@ def build(node: Any, path: str, make_leaf: LeafFactory = _default_leaf, *, expec
     the kind of operator the place takes (``"fuser"``, ``"router"``, ``"judge"``), for the hint
     when its parameters are written there without it (``fuse: {k: 60}``).
     """
+    wanted = (f"a mapping with one {expect} operator name as key ({', '.join(_of_kind(expect))}; e.g. "
+              f"'{_kind_example(expect)}')" if expect is not None else
+              f"a mapping with one operator name as key (e.g. '{_kind_example(None)}')")
     if node is None:  # '-' or 'key:' with nothing after it
-        raise ConfigError(f"{path}: empty (nothing is written after its '-' or key); expected a mapping with one "
-                          "operator name as key (e.g. 'bm25: {k: 100}')", path=path)
+        raise ConfigError(f"{path}: empty (nothing is written after its '-' or key); expected {wanted}", path=path)
     if not isinstance(node, Mapping):
-        raise ConfigError(
-            f"{path}: expected a mapping with one operator name as key (e.g. 'bm25: {{k: 100}}'), "
-            f"got {type(node).__name__} {node!r:.60}{_bare_name_hint(node)}", path=path)
+        raise ConfigError(f"{path}: expected {wanted}, got {type(node).__name__} {node!r:.60}"
+                          f"{_bare_name_hint(node, path, expect)}", path=path)
     if len(node) != 1:
         raise ConfigError(f"{path}: expected exactly one operator key, got {len(node)}: {sorted(map(str, node))}"
                           f"{_nesting_hint(node, path, expect)}", path=path)
@@ -750,6 +875,7 @@ def build(node: Any, path: str, make_leaf: LeafFactory = _default_leaf, *, expec
         if not isinstance(body, Mapping):
             raise ConfigError(f"{here}: expected a mapping of {sorted(STRUCTURAL[name])}, got {body!r:.60}", path=here)
         problems = _Problems(body)
+        problems.explained |= _indented_too_far(body, STRUCTURAL[name])
         for bad in (str(k) for k in body if str(k) not in STRUCTURAL[name]):
             if _is_operator(bad):  # an operator beside the keys: it belongs under one of them
                 home = _HOMES[name][1]
@@ -786,14 +912,24 @@ def _build_parallel(body: Mapping[str, Any], here: str, make_leaf: LeafFactory, 
     branches, built = body.get("branches"), None
     if problems.given(body, "branches", here):
         if not isinstance(branches, list) or not branches:
-            problems.wrong("branches", here, f"expected a non-empty list of branches, got {branches!r:.60}")
+            hint = _list_hint(branches, f"{here}.branches", "branch")
+            problems.wrong("branches", here, f"expected a non-empty list of branches, got {branches!r:.60}"
+                                             f"{';' + hint[1:] if hint else ''}")
         else:
+            for i in (i for i, b in enumerate(branches) if b == []):
+                where = f"{here}.branches[{i}]"
+                problems.add("branches", ConfigError(
+                    f"{where}: expected a non-empty list of operators, got []; a parallel's branch is not a "
+                    f"pass-through as a route's [] is (each branch makes a ranking to fuse): to fuse the ranking that "
+                    f"reaches the parallel with the other branches', write a branch that keeps it, e.g. "
+                    f"`- top_k: {{k: 100}}` (its k at least that ranking's depth)", path=where))
             built = problems.attempt("branches", lambda: _build_all(
-                [(b, f"{here}.branches[{i}]") for i, b in enumerate(branches)], make_leaf))
+                [(b, f"{here}.branches[{i}]") for i, b in enumerate(branches) if b != []], make_leaf))
     fuse = None
     if "fuse" in body:
         if body["fuse"] is None:
-            problems.wrong("fuse", here, "expected a fuser node such as 'rrf: {k: 60}', got nothing")
+            problems.wrong("fuse", here, f"expected a fuser node such as '{_kind_example('fuser')}' "
+                                         f"({', '.join(_of_kind('fuser'))}), got nothing")
         else:
             fuse = problems.attempt("fuse", lambda: _need_kind(
                 build(body["fuse"], f"{here}.fuse", make_leaf, expect="fuser"), "fuser", f"{here}.fuse"))

@@ -198,7 +198,7 @@ NESTING = [  # (file text, the whole message after the file name)
      "operators where a step or a list of steps is expected: write the steps as a list, e.g. "
      "`body: [prf: {}, bm25: {}]`"),
     (f"pipeline:\n  - route:\n      router: {_RULES}\n      branches: {{a: [bm25: {{}}], b: []}}\n",
-     "line 3: pipeline[0].route.router: expected exactly one operator key, got 2: ['default', 'rules']; rules, "
+     "line 3: pipeline[0].route.router: expected exactly one operator key, got 2: ['default', 'rules']; rules and "
      "default are parameters of rule_router: router takes one router operator with its parameters beneath it, e.g. "
      "`router: {rule_router: {rules: [{label: a, max_words: 3}], default: b}}`"),
     (f"pipeline:\n  - route:\n      rule_router: {_RULES}\n      branches: {{a: [bm25: {{}}], b: []}}\n",
@@ -253,3 +253,87 @@ def test_empty_items_and_lists_are_named_as_such(tmp_path, text, message):
     with pytest.raises(ConfigError) as e:
         Pipeline.from_yaml(f)
     assert str(e.value) == f"{f}: {message}"
+
+
+NESTING_2 = [  # (file text, the whole message after the file name)
+    ("pipeline:\n  - bm25:\n    k: 10\n    b: 0.5\n",  # several parameters: 'k, b are a parameters of bm25'
+     "line 2: pipeline[0]: expected exactly one operator key, got 3: ['b', 'bm25', 'k']; k and b are parameters of "
+     "bm25: indent them under 'bm25:', e.g. `- bm25: {k: 10, b: 0.5}`"),
+    ("pipeline:\n  - bm25: {}\n  - loop:\n    body: [prf: {}, bm25: {}]\n    until: {max_only: {}}\n",
+     "line 3: pipeline[1]: expected exactly one operator key, got 3: ['body', 'loop', 'until']; body and until are "
+     "keys of loop: indent them under 'loop:', e.g. `- loop: {body: [{prf: {}}, {bm25: {}}], until: {max_only: {}}}`"),
+    # a key of the composite indented under its last branch or step: only 'expected exactly one operator key'
+    ("pipeline:\n  - parallel:\n      branches:\n        - bm25: {}\n        - bm25: {variant: okapi}\n"
+     "          fuse: {rrf: {}}\n",
+     "line 5: pipeline[0].parallel.branches[1]: expected exactly one operator key, got 2: ['bm25', 'fuse']; fuse is a "
+     "key of parallel, not of bm25: dedent it to the level of 'branches:'"),
+    ("pipeline:\n  - bm25: {}\n  - loop:\n      body:\n        - prf: {}\n        - bm25: {}\n"
+     "          until: {max_only: {}}\n",  # (and 'until: missing' is not said as well)
+     "line 6: pipeline[1].loop.body[1]: expected exactly one operator key, got 2: ['bm25', 'until']; until is a key "
+     "of loop, not of bm25: dedent it to the level of 'body:'"),
+    # a mapping of steps where a list goes: only 'expected a non-empty list of operators, got {...}'
+    ("pipeline:\n  bm25: {k: 10}\n  top_k: {k: 5}\n",
+     "line 1: pipeline: expected a non-empty list of operators, got {'bm25': {'k': 10}, 'top_k': {'k': 5}}; write the "
+     "steps as a list, e.g. `pipeline: [bm25: {k: 10}, top_k: {k: 5}]`"),
+    ("pipeline:\n  - parallel:\n      branches:\n        bm25: {}\n        dense: {}\n",
+     "line 3: pipeline[0].parallel.branches: expected a non-empty list of branches, got {'bm25': {}, 'dense': {}}; "
+     "write the branches as a list, e.g. `branches: [bm25: {}, dense: {}]`"),
+    ("pipeline:\n  - parallel:\n      branches:\n        lex: {bm25: {}}\n        sem: [bm25: {variant: okapi}]\n",
+     "line 3: pipeline[0].parallel.branches: expected a non-empty list of branches, got {'lex': {'bm25': {}}, 'sem': "
+     "[{'bm25': {'variant': 'okapi'}}; a parallel's branches are a list, and 'names:' names them, e.g. `branches: "
+     "[bm25: {}, [bm25: {variant: okapi}]], names: [lex, sem]`"),
+    # the example is an operator of the kind the place takes, with parameters it builds with (not 'bm25: {k: 100}')
+    ("pipeline:\n  - loop:\n      body: [prf: {}, bm25: {}]\n      until: topk_stable\n",
+     "line 4: pipeline[0].loop.until: expected a mapping with one judge operator name as key (max_only, "
+     "score_reached, topk_stable; e.g. 'max_only: {}'), got str 'topk_stable'; an operator with its default "
+     "parameters is written 'topk_stable: {}'"),
+    ("pipeline:\n  - bm25: {}\n  - route:\n      router: score_router\n      branches: {high: [], low: []}\n",
+     "line 4: pipeline[1].route.router: expected a mapping with one router operator name as key (rule_router, "
+     "score_router; e.g. 'score_router: {feature: top1, threshold: 20.0}'), got str 'score_router'; an operator is "
+     "written as a mapping of its name to its parameters, e.g. 'score_router: {feature: top1, threshold: 20.0}'"),
+    ("pipeline:\n  - parallel:\n      branches: [bm25: {}, dense: {}]\n      fuse: [rrf: {}]\n",
+     "line 4: pipeline[0].parallel.fuse: expected a mapping with one fuser operator name as key (rrf, weighted; e.g. "
+     "'rrf: {k: 60}'), got list [{'rrf': {}}]; fuse takes one fuser, not a list: write it without the '- ' or "
+     "brackets, e.g. `fuse: {rrf: {}}`"),
+    ("pipeline:\n  - loop:\n      body: [prf: {}, bm25: {}]\n      until: bm25\n",
+     "line 4: pipeline[0].loop.until: expected a mapping with one judge operator name as key (max_only, "
+     "score_reached, topk_stable; e.g. 'max_only: {}'), got str 'bm25'; bm25 is a retriever, and until takes a judge"),
+    ("pipeline:\n  - loop:\n      body: [prf: {}, bm25: {}]\n",  # was 'pipeline[0].loop.until: missing'
+     "line 2: pipeline[0].loop.until: missing; a loop needs 'until:', the judge that decides when each query's loop "
+     "stops (max_only, score_reached, topk_stable), e.g. `until: {max_only: {}}`"),
+    ("pipeline:\n  - route:\n      branches: {a: [bm25: {}]}\n",
+     "line 2: pipeline[0].route.router: missing; a route needs 'router:', the router that labels each query "
+     "(rule_router, score_router), e.g. `router: {score_router: {feature: top1, threshold: 20.0}}`"),
+    # an empty parallel branch: how to keep the incoming ranking (a route's [] passes through; a parallel's cannot)
+    ("pipeline:\n  - bm25: {}\n  - parallel:\n      branches: [[], dense: {}]\n",
+     "line 4: pipeline[1].parallel.branches[0]: expected a non-empty list of operators, got []; a parallel's branch "
+     "is not a pass-through as a route's [] is (each branch makes a ranking to fuse): to fuse the ranking that "
+     "reaches the parallel with the other branches', write a branch that keeps it, e.g. `- top_k: {k: 100}` (its k "
+     "at least that ranking's depth)"),
+]
+
+
+@pytest.mark.parametrize("text, message", NESTING_2, ids=range(len(NESTING_2)))
+def test_hints_name_the_right_nesting_and_kind_of_operator(tmp_path, text, message):
+    """'k, b are a parameters of bm25'; 'fuse:' under the last branch and a mapping of steps under 'pipeline:' had
+    no hint; the example for 'until:', 'router:' or 'fuse:' was 'bm25: {k: 100}' (and 'rule_router: {}', which does
+    not build); a missing 'until:' named no judge; an empty parallel branch did not say how to keep the ranking."""
+    f = tmp_path / "p.yaml"
+    f.write_text(text)
+    with pytest.raises(ConfigError) as e:
+        Pipeline.from_yaml(f)
+    assert str(e.value) == f"{f}: {message}"
+
+
+def test_every_kinds_example_builds():
+    """The example each hint shows for a judge, a router and a fuser loads in its place; so does the top_k branch
+    suggested for keeping the incoming ranking in a parallel."""
+    from ragkit.pipelines.yaml import _kind_example, build, load_yaml
+
+    judge, router, fuser = (_kind_example(kind) for kind in ("judge", "router", "fuser"))
+    load_yaml(f"pipeline: [bm25: {{}}, loop: {{body: [prf: {{}}, bm25: {{}}], until: {{{judge}}}}}]")
+    labels = build(yaml.safe_load(f"{{{router}}}"), "x").possible_labels()
+    load_yaml(f"pipeline: [bm25: {{}}, route: {{router: {{{router}}}, branches: {{{labels[0]}: [], "
+              f"{labels[-1]}: [top_k: {{k: 5}}]}}}}]")
+    load_yaml(f"pipeline: [parallel: {{branches: [bm25: {{}}, bm25: {{variant: okapi}}], fuse: {{{fuser}}}}}]")
+    load_yaml("pipeline: [bm25: {}, parallel: {branches: [top_k: {k: 100}, dense: {}]}]")
