@@ -3,7 +3,8 @@
 ``pipeline.search(queries, trace=True, qrels=...)`` records one
 :class:`~ragkit.types.TraceEvent` per leaf operator call; a loop's body appears once per
 iteration (on the queries still active) and the loop itself once (its output over all its
-queries, its time including its steps'), and a route's branches once per label.  :func:`aggregate_trace` sums them per
+queries, its time including its steps'), and a route's branches once per label and the route
+itself once (its output over all its queries, as a loop).  :func:`aggregate_trace` sums them per
 operator path (the same paths YAML errors and ``ragkit validate`` print) and
 :func:`trace_table` renders that as a ``rich`` table (``ragkit eval --trace``).
 """

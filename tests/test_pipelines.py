@@ -1389,9 +1389,10 @@ def test_trace_quality_is_what_evaluate_reports():
     qs = Queries(["q1", "q2", "q3", "q4"], ["apple", "banana split now", "cherry tart", "date loaf"])
     qrels = {"q2": {"d1": 1}, "q3": {"d3": 1}}  # q1 and q4 unjudged; q2 and q3 take the default in two parts
     run = pipe.search(qs, trace=True, qrels=qrels)
-    last = aggregate_trace(run.trace)[-1]
+    *_, last, route = aggregate_trace(run.trace)  # the route's own row last: its output over all its queries
     assert last.path == "pipeline[0].route.default[0].bm25" and last.calls == 2
-    assert last.recall == evaluate(run, qrels, ["recall@100"])["recall@100"] == 0.5
+    assert last.recall == route.recall == evaluate(run, qrels, ["recall@100"])["recall@100"] == 0.5
+    assert route.path == "pipeline[0].route" and route.queries == 4
 
 
 def test_the_calls_k_is_a_floor_and_an_operators_own_k_is_exact(slice_data):
