@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import difflib
 import functools
+import logging
 import math
 import time
 from contextvars import ContextVar
@@ -21,6 +22,7 @@ from typing import (
     Any,
     Callable,
     Iterable,
+    Iterator,
     Mapping,
     Optional,
     Protocol,
@@ -355,6 +357,8 @@ def check_trainable(root: Operator, train: TrainSet | None, corpus: Corpus | Non
     mismatch = encoder_mismatch(root)
     if mismatch is not None:
         raise mismatch
+    for note in encoder_notes(root):
+        logging.getLogger("ragkit").warning(note)
     homes = _decision_seats(root)
     for path, leaf in walk_leaves(root):
         if train is None:
@@ -442,25 +446,47 @@ def encoder_mismatch(op: Operator, path: str = "pipeline") -> ParamError | None:
     refused (no ``model`` can name the tuned one); ``cosine_adapter`` after it must name the base model (its query
     features, learned from the tuned cosines at fit and read the same way at search).
     """
+    for retriever, r_where, reader, where in _after_cosine_retrievers(op, path, _COSINE_READERS):
+        problem = _model_problem(retriever, r_where, reader, where)
+        if problem is not None:
+            return problem
+    return None
+
+
+def _after_cosine_retrievers(op: Operator, path: str, names: tuple[str, ...]
+                             ) -> Iterator[tuple[Operator, str, Operator, str]]:
+    """``(retriever, its path, step, its path)`` for each step of the tree named in ``names`` whose nearest
+    retriever step before it, in its linear pipeline, is a plain ``dense`` or ``knn_embed``."""
     if not isinstance(op, Composite):
-        return None
+        return
     if isinstance(op, Pipeline):
         before: tuple[Operator, str] | None = None  # the nearest retriever step, when a plain dense / knn_embed
         for step, where in op.child_paths(path):
-            if step.name in _COSINE_READERS and not isinstance(step, Composite) and before is not None:
-                problem = _model_problem(*before, step, where)
-                if problem is not None:
-                    return problem
+            if step.name in names and not isinstance(step, Composite) and before is not None:
+                yield (*before, step, where)
             if isinstance(step, Composite):
                 if _retrieves(step):
                     before = None
             elif step.kind == "retriever":
                 before = (step, where) if step.name in _COSINE_RETRIEVERS else None
     for child, where in op.child_paths(path):
-        problem = encoder_mismatch(child, where)
-        if problem is not None:
-            return problem
-    return None
+        yield from _after_cosine_retrievers(child, where, names)
+
+
+def encoder_notes(op: Operator, path: str = "pipeline") -> list[str]:
+    """What a fit warns and ``ragkit validate`` notes about encoders: an ``mmr`` left on its default ``model``
+    after a ``dense`` / ``knn_embed`` on another one encodes the corpus again with the default model, and
+    measures relevance and redundancy with its vectors, not the retriever's (a legitimate choice when
+    written out, so only the default is noted)."""
+    notes = []
+    for retriever, r_where, reader, where in _after_cosine_retrievers(op, path, ("mmr",)):
+        own, theirs = str(getattr(reader.params, "model")), str(getattr(retriever.params, "model"))
+        if "model" not in reader.params.model_fields_set and not same_model(own, theirs):
+            notes.append(f"{where}.mmr.model: mmr encodes with the default {own!r}, {r_where}.{retriever.name} "
+                         f"before it with {theirs!r}: the corpus is encoded again, and MMR's relevance and "
+                         f"redundancy are cosines of {own!r}; set mmr's model to {theirs!r} to use the retriever's "
+                         "vectors (or to the default, written out, to keep it without this note)")
+    return notes
 
 
 def _model_problem(retriever: Operator, r_where: str, reader: Operator, where: str) -> ParamError | None:
@@ -1258,8 +1284,6 @@ def _forgetting(pipe: Operator, path: str) -> list[tuple[str, int]]:
 
 def _warn_forgotten(forgetting: list[tuple[str, int]]) -> None:
     if forgetting:
-        import logging
-
         logging.getLogger("ragkit").warning(
             "fit without train: %s learned from judged training queries at the last fit; what %s learned is "
             "dropped (a learned fuser's weights go back to the given ones); pass train=TrainSet(queries, qrels) "

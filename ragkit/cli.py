@@ -1403,13 +1403,15 @@ def validate_cmd(path: Path = typer.Argument(..., help="Pipeline YAML file, a sa
         else:
             pipe = Pipeline.from_yaml(path)
             _check_retrieves(pipe, str(path))  # what eval, train and ask refuse (a saved operator may be a reranker)
-            from ragkit.pipelines._compose import encoder_mismatch
+            from ragkit.pipelines._compose import encoder_mismatch, encoder_notes
 
             problem = encoder_mismatch(pipe)  # what its fit would refuse (a dbnorm on another model's cosines)
             if problem is not None:  # with the file's line, as a load error has it
                 told = str(problem)
                 located = str(_in_file(problem, str(path)))
                 raise RagkitError(located if located != told else f"{path}: {told}")
+            for said in encoder_notes(pipe):  # what its fit would warn (an mmr encoding again with the default)
+                err_console.print(f"[yellow]note:[/] {escape(said)}", soft_wrap=True)
     except RagkitError as e:
         _fail(e)
         return

@@ -239,3 +239,31 @@ def test_eval_counts_no_documents_for_an_encoder_it_cannot_count(tmp_path):
     assert res.exit_code == 0, res.output
     assert "documents encoded" not in res.output and " · fit " in res.output, res.output
     assert json.loads(out.read_text())["timings"]["documents_encoded"] is None
+
+
+def test_an_mmr_on_the_default_model_after_another_models_dense_is_noted(tmp_path, caplog):
+    """Review: ``[dense: {model: hash}, mmr: {}]`` encoded the corpus again with MiniLM, silently."""
+    import logging
+
+    from ragkit import Corpus, Pipeline
+    from ragkit.encoders import HashingEncoder, register_encoder, unregister_encoder
+
+    p = tmp_path / "mmr.yaml"
+    p.write_text("pipeline:\n  - dense: {model: hash-mmr, k: 3}\n  - mmr: {k: 2}\n", encoding="utf-8")
+    res = _cli("validate", p)  # (validate loads no model: the names are compared)
+    assert res.exit_code == 0 and "note: pipeline[1].mmr.model: mmr encodes with the default" in " ".join(
+        res.stderr.split()), res.output
+    same = tmp_path / "same.yaml"
+    same.write_text("pipeline:\n  - dense: {model: hash-mmr, k: 3}\n  - mmr: {k: 2, model: hash-mmr}\n")
+    assert "mmr encodes with the default" not in _cli("validate", same).output
+    from ragkit.pipelines._compose import encoder_notes
+
+    assert len(encoder_notes(Pipeline.from_yaml(p))) == 1 and encoder_notes(Pipeline.from_yaml(same)) == []
+    register_encoder("hash-mmr", HashingEncoder(dim=16))
+    try:
+        corpus = Corpus(ids=["a", "b", "c"], texts=["red apples", "green apples", "blue sky"])
+        with caplog.at_level(logging.WARNING, logger="ragkit"):
+            Pipeline.from_yaml(same).fit(corpus)
+        assert "mmr encodes with the default" not in caplog.text
+    finally:
+        unregister_encoder("hash-mmr")
