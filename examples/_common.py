@@ -1,26 +1,108 @@
-"""Shared command line of the example scripts: ``--data``, ``--limit``, evaluation and printing."""
+"""Shared command line of the example scripts: ``--data``, ``--limit``, evaluation and printing.
+
+What :func:`run` does is the README's "Using it" snippet, plus timing and a ``--limit`` slice::
+
+    data = load_beir(args.data)
+    with caching_queries():                     # query vectors cached on disk, as `ragkit eval` does
+        pipe.fit(data.corpus)                   # pipe.fit(data.corpus, data.train_set("train")) to learn
+        result = pipe.search(data.queries("test"))
+    print(evaluate(result, data.qrels("test"), ["ndcg@10", "recall@100"]).scores)
+
+A :class:`~ragkit.errors.RagkitError` (a missing ``--data`` folder, an unknown ``--split``, ...) ends the
+script with ``<script>: error: <message>`` on stderr and exit status 2, as ``ragkit eval`` does, not a
+traceback.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 
-DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "beir" / "scifact"
+_SHARED_SCIFACT = Path(__file__).resolve().parents[2] / "shared" / "data" / "beir" / "scifact"
 
 
-def parse_args(description: str | None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=description)
-    ap.add_argument("--data", type=Path, default=DEFAULT_DATA, help="BEIR folder (default: SciFact).")
+def default_data(folder: Path = _SHARED_SCIFACT) -> Path:
+    """The default ``--data``: ``folder`` (the checkout's SciFact copy) when it exists, else the dataset name
+    ``scifact``, which :func:`ragkit.load_beir` finds in its cache or downloads once."""
+    return folder if folder.is_dir() else Path("scifact")
+
+
+DEFAULT_DATA = default_data()
+
+DATA_HINT = ("pass --data with a BEIR folder (corpus.jsonl, queries.jsonl, qrels/<split>.tsv) or a BEIR dataset "
+             "name such as scifact (downloaded once, then cached)")
+
+
+def positive_int(text: str) -> int:
+    """An ``argparse`` type: a whole number of at least 1 (``--limit``)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {value} (a limit of N "
+                                         "evaluates the first N queries; leave --limit out for the full split)")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    """An ``argparse`` type: a whole number of at least 0 (a count that may be none)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 0, got {value}")
+    return value
+
+
+def make_parser(description: str | None, *, default_limit: int | None = None,
+                all_flag: bool = False) -> argparse.ArgumentParser:
+    """The examples' command line: ``--data``, ``--split``, ``--limit`` (default ``default_limit``; ``None``:
+    the full split) and ``--json``; a script adds its own options to it.  ``all_flag`` adds ``--all``
+    (the full split, for a script whose ``default_limit`` is a slice), refused beside ``--limit``.  The
+    docstring ``description`` is printed as written (its usage line stays on its own line)."""
+    ap = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", type=Path, default=DEFAULT_DATA,
+                    help=f"BEIR folder or dataset name (default: {DEFAULT_DATA}).")
     ap.add_argument("--split", default="test", help="Split to evaluate (default test).")
-    ap.add_argument("--limit", type=int, default=None,
-                    help="Use only the first N queries and a small corpus slice (their relevant documents "
-                         "plus the first 200) for a quick run.")
+    full = "the full split" if default_limit is None else f"{default_limit}"
+    limits = ap.add_mutually_exclusive_group() if all_flag else ap
+    limits.add_argument("--limit", type=positive_int, default=default_limit, metavar="N",
+                        help="Use only the first N queries and a small corpus slice (their relevant documents "
+                             f"plus the first 200) for a quick run (default: {full}).")
+    if all_flag:  # (SUPPRESS: --all is seen as given, so argparse refuses it beside --limit)
+        limits.add_argument("--all", dest="limit", action="store_const", const=None, default=argparse.SUPPRESS,
+                            help="Evaluate the full split and corpus (no --limit slice).")
     ap.add_argument("--json", action="store_true", help="Print the metrics as one JSON line.")
-    return ap.parse_args()
+    return ap
+
+
+def parse_args(description: str | None, *, default_limit: int | None = None,
+               all_flag: bool = False) -> argparse.Namespace:
+    """The parsed command line of :func:`make_parser`."""
+    return make_parser(description, default_limit=default_limit, all_flag=all_flag).parse_args()
+
+
+@contextmanager
+def clear_errors(hint: str | None = None) -> Iterator[None]:
+    """Turn a :class:`~ragkit.errors.RagkitError` raised inside into ``<script>: error: <message>`` on
+    stderr (with ``hint`` after it) and exit status 2, as ``ragkit eval`` reports its errors."""
+    from ragkit.errors import RagkitError
+
+    try:
+        yield
+    except RagkitError as e:
+        prog = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "example"
+        print(f"{prog}: error: {e}" + (f"\n{prog}: hint: {hint}" if hint else ""), file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def load(args: argparse.Namespace, train_split: str | None = None):
@@ -28,7 +110,8 @@ def load(args: argparse.Namespace, train_split: str | None = None):
 
     ``train`` is the :class:`~ragkit.types.TrainSet` of ``train_split`` (``None`` without one);
     with ``--limit N`` it keeps the first ``5 N`` training queries, and the slice keeps their
-    relevant documents too.
+    relevant documents too.  A dataset that cannot be read, or a split it lacks, ends the script
+    with its error message (:func:`clear_errors`), not a traceback.
     """
     from ragkit import load_beir
     from ragkit.types import TrainSet
@@ -36,9 +119,11 @@ def load(args: argparse.Namespace, train_split: str | None = None):
     if train_split is not None and train_split == args.split:  # as `ragkit eval --train-split` refuses it
         raise SystemExit(f"--split {args.split!r} is the split this example learns from; training on the "
                          "evaluated queries is refused: evaluate another split (default: test)")
-    ds = load_beir(args.data)
-    queries, qrels = ds.queries(args.split), ds.qrels(args.split)
-    train = ds.train_set(train_split) if train_split else None
+    with clear_errors(DATA_HINT):
+        ds = load_beir(args.data)
+    with clear_errors():
+        queries, qrels = ds.queries(args.split), ds.qrels(args.split)
+        train = ds.train_set(train_split) if train_split else None
     corpus = ds.corpus
     if args.limit is not None:
         queries = queries[: args.limit]
@@ -54,18 +139,28 @@ def load(args: argparse.Namespace, train_split: str | None = None):
 
 
 def run(pipe, args: argparse.Namespace, name: str, train_split: str | None = None) -> dict:
-    """Fit (learning from ``train_split`` if given), search, evaluate and print one pipeline; returns the metrics."""
+    """Fit (learning from ``train_split`` if given), search, evaluate and print one pipeline; returns the metrics.
+
+    The ragkit calls are those of the README's "Using it" snippet (this module's docstring shows them):
+    ``pipe.fit(corpus, train)``, ``pipe.search(queries)`` and ``evaluate(result, qrels, metrics)``, the
+    first two inside :func:`ragkit.encoders.caching_queries` as ``ragkit eval`` runs them, so a second run
+    reads the queries' vectors back instead of encoding them.
+    """
     from ragkit import evaluate
+    from ragkit.encoders import caching_queries
 
     corpus, queries, qrels, train = load(args, train_split)
-    t0 = time.perf_counter()
-    pipe.fit(corpus, train)
-    t_fit = time.perf_counter() - t0
-    result = pipe.search(queries)
-    scores = evaluate(result, qrels, ["ndcg@10", "recall@100"]).scores
+    with clear_errors():
+        t0 = time.perf_counter()
+        with caching_queries():
+            pipe.fit(corpus, train)
+            t_fit = time.perf_counter() - t0
+            result = pipe.search(queries)
+        scores = evaluate(result, qrels, ["ndcg@10", "recall@100"]).scores
     out = {"example": name, "queries": len(queries), "docs": len(corpus), **scores,
            "fit_s": round(t_fit, 3), "search_s": round(result.seconds or 0.0, 3)}
-    return emit(out, args, f"recall@100 {scores['recall@100']:.4f}  (fit {t_fit:.1f} s, search {result.seconds:.2f} s)")
+    return emit(out, args, f"recall@100 {scores['recall@100']:.4f}  "
+                           f"(fit {t_fit:.1f} s, search {result.seconds or 0.0:.2f} s)")
 
 
 def emit(out: dict, args: argparse.Namespace, details: str) -> dict:

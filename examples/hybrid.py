@@ -1,6 +1,12 @@
 """Hybrid BM25 + dense retrieval fused with RRF; the same pipeline as ``hybrid.yaml``.
 
-    python examples/hybrid.py [--data DIR] [--limit N]
+    python examples/hybrid.py [--data DIR] [--split S] [--limit N] [--json]
+
+The first run of a dense example encodes the 5,183 SciFact documents with MiniLM (about 5 min on
+2 cores; cached on disk after, as are the queries' vectors), later runs take seconds. Prints nDCG@10
+and Recall@100: 0.7163 / 0.9550 on the full SciFact test split (about 6 s with warm caches).
+The ragkit calls themselves (``fit``, ``search``, ``evaluate``) are the README's "Using it"
+snippet; ``_common.run`` makes them (its docstring shows them), ``--limit N`` runs a quick slice.
 """
 
 from __future__ import annotations

@@ -6,7 +6,16 @@ saved with the pipeline), then learns the RRF branch weights of BM25, the tuned 
 retriever and MUVERA multi-vector MaxSim by cross-validated nDCG@10 on the training queries.
 Nothing from the evaluated split reaches ``fit``.
 
-    python examples/learned.py [--data DIR] [--limit N]
+    python examples/learned.py [--data DIR] [--split S] [--limit N] [--json]
+
+A full run fine-tunes MiniLM on the 809 SciFact train queries first: 11.5-18.5 min on 2 cores, once
+(the tuned model is cached; MUVERA's token vectors and the first dense encoding add minutes on a first
+run), then about a minute. Prints nDCG@10 and Recall@100: 0.7362 / 0.9717 on the full SciFact test
+split (as ``ragkit eval --pipeline examples/learned.yaml --train-split train``).  Needs the ``train``
+extra (``pip install -e '.[train]'``: datasets, accelerate).  ``--limit N`` learns from the first 5 N
+train queries only (its own, quicker fine-tuning).  The ragkit calls themselves (``fit`` with
+``train``, ``search``, ``evaluate``) are the README's "Using it" snippet and "Train on your own
+judgements"; ``_common.run`` makes them (its docstring shows them).
 """
 
 from __future__ import annotations

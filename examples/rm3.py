@@ -1,7 +1,12 @@
 """BM25 + RM3 (one round of pseudo-relevance feedback, Anserini/Pyserini's BM25+RM3 baseline);
 the same pipeline as ``rm3.yaml``.
 
-    python examples/rm3.py [--data DIR] [--limit N]
+    python examples/rm3.py [--data DIR] [--split S] [--limit N] [--json]
+
+BM25 only (no model): the full SciFact test split takes a few seconds. Prints nDCG@10 and
+Recall@100: 0.6479 / 0.9100 on it.
+The ragkit calls themselves (``fit``, ``search``, ``evaluate``) are the README's "Using it"
+snippet; ``_common.run`` makes them (its docstring shows them), ``--limit N`` runs a quick slice.
 """
 
 from __future__ import annotations

@@ -1,6 +1,12 @@
 """A rule router: short keyword queries to BM25, the rest to hybrid; the same pipeline as ``router.yaml``.
 
-    python examples/router.py [--data DIR] [--limit N]
+    python examples/router.py [--data DIR] [--split S] [--limit N] [--json]
+
+The first run of a dense example encodes the 5,183 SciFact documents with MiniLM (about 5 min on
+2 cores; cached on disk after, as are the queries' vectors), later runs take seconds. Prints nDCG@10
+and Recall@100: 0.7153 / 0.9517 on the full SciFact test split (about 8 s with warm caches).
+The ragkit calls themselves (``fit``, ``search``, ``evaluate``) are the README's "Using it"
+snippet; ``_common.run`` makes them (its docstring shows them), ``--limit N`` runs a quick slice.
 """
 
 from __future__ import annotations
