@@ -19,7 +19,11 @@
   shard (as Ray tasks with ``backend="ray"``, one folder per shard), searches all shards for
   a query batch and merges the rankings by score with :func:`merge_rankings` (the same merge
   for any set of shards).  A shard that fails after Ray's retries raises an error naming the
-  shard.
+  shard; a ragkit error a shard raises (a filter its documents refuse) is raised as it is.  The
+  shards are served by at most one Ray actor per CPU of the cluster (several shards each when
+  there are more shards than CPUs).  A loaded ``backend: ray`` index serves its own hard-linked
+  copy of its shard folders (a ``ragkit-shards-*`` folder, removed with it), so a later save
+  into the folder it was loaded from never reaches its actors.
 * :func:`search_distributed` splits a query batch across Ray workers, each loading the
   saved pipeline once.
 
@@ -38,6 +42,7 @@ from __future__ import annotations
 
 import functools
 import os
+import shutil
 import tempfile
 import threading
 import weakref
@@ -49,7 +54,7 @@ from pydantic import Field, field_validator, model_validator
 
 from ragkit._files import file_above, user_path
 from ragkit.encoders.sentence import as_texts
-from ragkit.errors import ArtifactNotFoundError, ParamError, RagkitError
+from ragkit.errors import ArtifactError, ArtifactNotFoundError, ParamError, RagkitError
 from ragkit.operator import Operator, after_fit, check_fit_inputs, read_json, write_json
 from ragkit.params import Params
 from ragkit.registry import register
@@ -96,9 +101,24 @@ def _deterministic_errors_final(fn: Callable[..., Any]) -> Callable[..., Any]:
     return task
 
 
-def _retried(n: int) -> str:
-    """What a failure message says about retries: only crashes and transient errors are retried."""
+def _retried(n: int, e: BaseException | None = None) -> str:
+    """What a failure message says about retries: only crashes and transient errors are retried, so
+    nothing when ``e`` (the error ``ray.get`` raised) was none of those (a ``ValueError``, a ragkit error)."""
+    if e is not None and not _was_retried(e):
+        return ""
     return f" (after up to {n} retries of a crashed worker or an OS / memory error)" if n else ""
+
+
+def _was_retried(e: BaseException) -> bool:
+    """Whether Ray retried the task whose ``ray.get`` raised ``e``: a crashed worker (a Ray error of its own)
+    or a transient error (:data:`_TRANSIENT`), not what the task raised for good (:class:`_Permanent`, a
+    ``ValueError``...)."""
+    cause = getattr(e, "cause", None)
+    if isinstance(cause, _Permanent):
+        return False
+    if isinstance(cause, BaseException) and not type(cause).__module__.startswith("ray."):
+        return isinstance(cause, _TRANSIENT)
+    return True
 
 
 class ShardError(RagkitError, RuntimeError):
@@ -507,31 +527,92 @@ def _fit_shard(node: dict[str, Any], corpus: Corpus, folder: str) -> str:
 
 
 class _ShardActor:
-    """Holds one loaded shard operator on a Ray worker.
+    """Holds loaded shard operators (one or several shards, in shard order) on a Ray worker.
 
-    A shard folder that cannot load for a reason a retry cannot cure (a ragkit error, a missing
-    path: :data:`_FINAL`) does not fail the constructor, which Ray would restart (and retry its
-    searches on) ``max_retries`` times, each failing alike, into a long "actor died" text: every
-    search raises it as :class:`_Permanent` instead, once, with the original error's text."""
+    ``corpora``: each shard's documents (given one argument each, so that Ray resolves each
+    object-store reference).  A shard folder that cannot load for a reason a retry cannot cure (a
+    ragkit error, a missing path: :data:`_FINAL`) does not fail the constructor, which Ray would
+    restart (and retry its searches on) ``max_retries`` times, each failing alike, into a long
+    "actor died" text: every search raises it as :class:`_Permanent` instead, once, with the
+    original error's text."""
 
-    def __init__(self, folder: str, corpus: Corpus | None = None) -> None:
+    def __init__(self, folders: list[str], *corpora: Corpus) -> None:
         from ragkit.operator import CHECKSUMS, Operator
 
-        self.op: Operator | None = None
+        self.ops: list[Operator] = []
         self.error: str | None = None
         try:
             # a saved sharded retriever's shard folders hold no documents (the parent's corpus, sliced, is given)
             # and no checksums (the parent's load checked them); those a fit just wrote hold both
-            self.op = Operator.load(folder, corpus=corpus, verify=(Path(folder) / CHECKSUMS).is_file())
+            self.ops = [Operator.load(f, corpus=c, verify=(Path(f) / CHECKSUMS).is_file())
+                        for f, c in zip(folders, corpora)]
         except _FINAL as e:
             self.error = f"{type(e).__name__}: {e}"
 
     def search(self, queries: list[str], options: dict[str, Any],
-               values: dict[str, Any] | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
-        if self.op is None:
+               values: dict[str, Any] | None = None) -> list[list[tuple[np.ndarray, np.ndarray]]]:
+        """Each shard's ``(rows, scores)`` per query, in the order of its shards."""
+        if self.error is not None:
             raise _Permanent(self.error)
-        out = self.op(State(list(queries), options=options, values=dict(values or {})))
-        return _rows_scores(out, self.op.name)
+        return [_rows_scores(op(State(list(queries), options=options, values=dict(values or {}))), op.name)
+                for op in self.ops]
+
+
+def _live(bounds: np.ndarray) -> np.ndarray:
+    """The shards with documents (more shards than documents leaves some empty: nothing to search, and a
+    shard loaded from its folder alone would not know the corpus's metadata fields a filter names)."""
+    return np.flatnonzero(np.diff(bounds) > 0)
+
+
+def _groups(live: np.ndarray, n_actors: int) -> list[np.ndarray]:
+    """The shards of ``live`` each of ``n_actors`` Ray actors serves: consecutive runs, as even as can be."""
+    return [g for g in np.array_split(live, max(1, n_actors)) if len(g)]
+
+
+def _which(shards: Iterable[Any]) -> str:
+    """``"shard 3"``, or ``"shards 0, 1, 2"`` for an actor serving several, for an error message."""
+    shards = [int(s) for s in shards]
+    if len(shards) == 1:
+        return f"shard {shards[0]}"
+    if len(shards) <= 6:
+        return "shards " + ", ".join(map(str, shards))
+    return f"shards {shards[0]}, {shards[1]}, ... {shards[-1]} ({len(shards)} shards, one Ray actor)"
+
+
+def _private_dir(src: Path, workdir: Path | None) -> tempfile.TemporaryDirectory[str]:
+    """A fresh ``ragkit-shards-*`` folder for a loaded operator's own copy of its shard folders (in ``src``):
+    inside ``workdir`` when given; else in the temporary folder when it is on ``src``'s file system (the
+    files are hard links there), else beside ``src`` (the same file system, and storage the Ray workers
+    read when they read ``src``), else in the temporary folder (the files are copied)."""
+    places: list[Path] = [workdir] if workdir is not None else []
+    tmp = Path(tempfile.gettempdir())
+    try:
+        same = os.stat(tmp).st_dev == os.stat(src).st_dev
+    except OSError:
+        same = False
+    places += [tmp] if same else [src.parent, tmp]
+    for place in places[:-1]:
+        try:
+            return tempfile.TemporaryDirectory(prefix="ragkit-shards-", dir=place, ignore_cleanup_errors=True)
+        except OSError:  # (a read-only folder): the next place
+            continue
+    return tempfile.TemporaryDirectory(prefix="ragkit-shards-", dir=places[-1], ignore_cleanup_errors=True)
+
+
+def _link_tree(src: Path, dst: Path) -> None:
+    """Make ``dst`` a copy of the folder ``src`` whose files are hard links to ``src``'s (copies where a link
+    cannot be made: another file system).  A save replaces its files (new ones, renamed over the old), so the
+    linked files keep the contents they had."""
+    dst.mkdir()
+    for entry in os.scandir(src):
+        target = dst / entry.name
+        if entry.is_dir(follow_symlinks=False):
+            _link_tree(Path(entry.path), target)
+            continue
+        try:
+            os.link(entry.path, target)
+        except OSError:
+            shutil.copy2(entry.path, target)
 
 
 def _rows_scores(state: State, name: str) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -702,9 +783,10 @@ class Sharded(Operator):
         _kill(actors)
 
     def _ray_actors(self, ray: Any) -> list[Any]:
-        """The Ray actors serving the shards (one per shard, in shard order; None for an empty one), started
-        on the first search (and after a failure dropped them, or a ``ray.shutdown()``).  Concurrent first
-        searches start one set: it is made under a lock, checked again once the lock is held."""
+        """The Ray actors serving the shards with documents (:func:`_live`), at most one per CPU of the Ray
+        cluster, each serving a run of consecutive shards (:func:`_groups`, in shard order), started on the
+        first search (and after a failure dropped them, or a ``ray.shutdown()``).  Concurrent first searches
+        start one set: it is made under a lock, checked again once the lock is held."""
         ctx = ray.get_runtime_context()
         session = (ctx.get_node_id(), ctx.get_job_id())  # a new cluster has a new node id (job ids restart)
 
@@ -726,11 +808,15 @@ class Sharded(Operator):
             # each shard's documents go to the object store once and stay there while its actor lives: Ray
             # frees an argument passed by value after the constructor, so a crashed actor (max_restarts) over
             # more than ~100 KB of documents could never be restarted (ReferenceCountingAssertionError)
-            # an empty shard (more shards than documents) has no actor: it is never searched
-            docs = [ray.put(self.corpus_.subset(np.arange(a, b))) if b > a else None
-                    for a, b in zip(self.bounds_[:-1], self.bounds_[1:])]
-            actors = [actor.remote(f, d) if d is not None else None for f, d in zip(self.folders_, docs)]
-            self._actors, self._actor_docs, self._actors_session = actors, docs, session
+            # an empty shard (more shards than documents) is served by no actor: it is never searched
+            live = _live(self.bounds_)
+            docs = {int(s): ray.put(self.corpus_.subset(np.arange(self.bounds_[s], self.bounds_[s + 1])))
+                    for s in live}
+            # one actor per CPU at most: an actor per shard would be a worker process (and its memory) each
+            n_actors = min(len(live), max(1, int(ray.cluster_resources().get("CPU", 1))))
+            actors = [actor.remote([self.folders_[s] for s in g], *[docs[int(s)] for s in g])
+                      for g in _groups(live, n_actors)]
+            self._actors, self._actor_docs, self._actors_session = actors, list(docs.values()), session
             return actors
 
     def _workdir(self) -> Path | None:
@@ -799,7 +885,7 @@ class Sharded(Operator):
                 try:
                     ray.get(ref)
                 except Exception as e:
-                    raise failed(s, _reason(e), _retried(self.params.max_retries)) from None
+                    raise failed(s, _reason(e), _retried(self.params.max_retries, e)) from None
         except BaseException:
             _drain(ray, refs)  # the other shards' tasks end before the fit's folder is removed
             raise
@@ -851,11 +937,10 @@ class Sharded(Operator):
         # a rewritten query (a rewriter, PRF's lexical query upstream) is what the shards search
         rewrites = {key: state.values[key] for key in QUERY_REWRITES if state.values.get(key)}
         texts = list(state.queries)
-        # shards with documents (more shards than documents leaves some empty: nothing to search, and a
-        # shard loaded from its folder alone would not know the corpus's metadata fields a filter names)
-        live = np.flatnonzero(np.diff(self.bounds_) > 0)
+        live = _live(self.bounds_)  # the shards with documents
         if self._use_ray():
             self._check_ray_model("sharded.search")  # before Ray starts
+            self._check_filters(options)  # a bad filter is refused here, as a local search refuses it
             ray = ray_init()
             results = self._search_ray(ray, live, texts, options, rewrites)
         else:
@@ -872,37 +957,50 @@ class Sharded(Operator):
         out.rankings = merge_rankings(parts, merge_k) if parts else [Ranking.empty() for _ in texts]
         return out
 
+    def _check_filters(self, options: Mapping[str, Any]) -> None:
+        """Refuse (:class:`~ragkit.errors.DataError`) a ``filter`` option (the call's, or the per-shard
+        retriever's own) that the corpus's metadata cannot answer, in this process: on Ray the shards' error
+        would come back from an actor."""
+        own = options.get(self._sub_name)
+        for given in (options.get("filter"), own.get("filter") if isinstance(own, Mapping) else None):
+            if given is not None:
+                self.corpus_.mask(given)
+
     def _search_ray(self, ray: Any, live: np.ndarray, texts: list[str], options: dict[str, Any],
                     rewrites: dict[str, Any]) -> list[list[tuple[np.ndarray, np.ndarray]]]:
-        """``(rows, scores)`` per query of each shard of ``live`` (shard numbers), searched by its Ray actor.
+        """``(rows, scores)`` per query of each shard of ``live`` (shard numbers, in order), searched by the Ray
+        actors serving them (:func:`_groups`).
 
-        A failure drops the actor set it failed on (the next search starts new actors; a folder put back is
-        read then).  An actor that is gone (``ray.kill``, out of memory, its node lost, past Ray's restarts)
-        is retried once on new actors; a second failure is a one-line :class:`ShardError` naming the shard
-        and the Ray error's class, chained to it."""
+        A ragkit error raised by a shard (a filter only a shard's documents refuse...) is raised as it is, and the
+        actors are kept: they are sound.  Any other failure drops the actor set it failed on (the next search
+        starts new actors; a folder put back is read then).  An actor that is gone (``ray.kill``, out of memory,
+        its node lost, past Ray's restarts) is retried once on new actors; a second failure is a one-line
+        :class:`ShardError` naming the shards and the Ray error's class, chained to it."""
         from ray.exceptions import RayActorError
 
         for attempt in (1, 2):
             actors = self._ray_actors(ray)
-            refs = [actors[s].search.remote(texts, options, rewrites) for s in live]
-            results = []
-            for s, ref in zip(live, refs):
+            groups = _groups(live, len(actors))
+            refs = [a.search.remote(texts, options, rewrites) for a in actors]
+            results: list[list[tuple[np.ndarray, np.ndarray]]] = []
+            for group, ref in zip(groups, refs):
                 try:
-                    results.append(ray.get(ref))
+                    results += ray.get(ref)
                 except Exception as e:
-                    # every other shard's result (or error) is fetched first: Ray prints an error never fetched
+                    # every other actor's result (or error) is fetched first: Ray prints an error never fetched
                     # as an 'Unhandled error' traceback
                     _drain(ray, refs)
+                    cause = _root_cause(e)
+                    if cause is not None and not isinstance(e, RayActorError):
+                        raise cause from None  # what a local search raises; the actors stay
                     self._drop_actors(actors)
                     if isinstance(e, RayActorError):
                         if attempt == 1:
                             break  # its actor is gone: once more on new actors
-                        raise ShardError(f"sharded: shard {s} failed to search: its Ray actor is gone "
+                        raise ShardError(f"sharded: {_which(group)} failed to search: its Ray actor is gone "
                                          f"({type(e).__name__}), also on new actors started after a first "
                                          f"failure") from e
-                    cause = _root_cause(e)
-                    why = f"{type(cause).__name__}: {cause}" if cause is not None else _reason(e)
-                    raise ShardError(f"sharded: shard {s} failed to search: {why}") from None
+                    raise ShardError(f"sharded: {_which(group)} failed to search: {_reason(e)}") from None
             else:
                 return results
         raise AssertionError("unreachable")  # (the second attempt returns or raises)
@@ -920,13 +1018,68 @@ class Sharded(Operator):
     def _load(self, folder: Path, mmap: bool = False) -> None:
         self._drop_actors()
         folder = Path(os.path.abspath(folder))  # the Ray actors load the shards from it, in folders of their own
-        bounds = np.asarray(read_json(folder / "shards.json")["bounds"], dtype=np.int64)
+        bounds = self._read_bounds(folder)
+        live = _live(bounds)
+        self._check_shard_sizes(folder, bounds, live)
         folders = [str(folder / f"shard-{s:03d}") for s in range(len(bounds) - 1)]
         # verify=False: the load of this operator (Operator.load, or Pipeline.load's manifest) has checked every
         # file below its folder, the shards' included, when asked to, and was told not to otherwise.  Searched on
         # Ray (backend: ray), the actors hold the shards: the driver's are memory-mapped, as after a Ray fit
-        self.shards_ = _open_shards(folders, self.corpus_, bounds, mmap=mmap or self._use_ray(), verify=False)
-        self.bounds_, self.folders_ = bounds, folders
+        shards = _open_shards(folders, self.corpus_, bounds, mmap=mmap or self._use_ray(), verify=False)
+        tmp = None
+        if self._use_ray():
+            # the Ray actors load their shards at their first search (and again when Ray restarts one): from a
+            # folder of this operator's own, hard links to the files loaded now, so that saving another index
+            # into ``folder`` later cannot reach them (they would serve its shards under this one's parameters)
+            try:
+                where = self._workdir()
+            except (OSError, RagkitError):  # (a workdir of the machine it was saved on): the default places
+                where = None
+            tmp = _private_dir(folder, where)
+            try:
+                root = Path(os.path.abspath(tmp.name))
+                for s in live:
+                    _link_tree(folder / f"shard-{s:03d}", root / f"shard-{s:03d}")
+            except BaseException:
+                tmp.cleanup()
+                raise
+            folders = [str(root / f"shard-{s:03d}") for s in range(len(bounds) - 1)]
+        self.shards_, self.bounds_, self.folders_ = shards, bounds, folders
+        if tmp is not None:
+            self._dir = tmp
+
+    def _read_bounds(self, folder: Path) -> np.ndarray:
+        """``shards.json``'s bounds, refused (:class:`ArtifactError`) unless they split this operator's documents
+        into ``n_shards`` consecutive slices."""
+        raw = read_json(folder / "shards.json")
+        bounds = raw.get("bounds") if isinstance(raw, dict) else None
+        n, want = len(self.corpus_), self.params.n_shards
+        try:
+            b = np.asarray(bounds, dtype=np.int64)
+        except (TypeError, ValueError):
+            b = np.zeros(0, np.int64)
+        if b.ndim != 1 or len(b) != want + 1 or b[0] != 0 or b[-1] != n or np.any(np.diff(b) < 0):
+            raise ArtifactError(f"{folder / 'shards.json'}: bounds {bounds!r} do not split the {n:,} documents into "
+                                f"{want} shards (n_shards in params.json); expected {want + 1} non-decreasing numbers "
+                                f"from 0 to {n:,}; the folder was changed after it was saved: save the operator again")
+        return b
+
+    def _check_shard_sizes(self, folder: Path, bounds: np.ndarray, live: np.ndarray) -> None:
+        """Refuse (:class:`ArtifactError`) a shard folder fitted on another number of documents than
+        ``shards.json``'s bounds give it (the two out of step: a folder changed after it was saved)."""
+        for s in live:
+            meta_file = folder / f"shard-{s:03d}" / "params.json"
+            if not meta_file.is_file():
+                continue  # (its load says what is missing)
+            meta = read_json(meta_file)
+            saved = meta.get("corpus") if isinstance(meta, dict) else None
+            n = saved.get("n") if isinstance(saved, dict) else None
+            a, b = int(bounds[s]), int(bounds[s + 1])
+            if isinstance(n, int) and n != b - a:
+                raise ArtifactError(f"{folder / 'shards.json'}: its bounds give shard {s} the documents "
+                                    f"{a:,}..{b - 1:,} ({b - a:,}), but {meta_file.parent.name} was fitted on {n:,} "
+                                    f"documents; the folder was changed after it was saved (shards.json out of step "
+                                    f"with the shard folders): save the operator again")
 
 
 class _SharedDir:
@@ -1114,7 +1267,7 @@ def search_distributed(pipe: Any, queries: Any, *, n_chunks: int = 4, k: int | N
                     chunks.append(ray.get(ref))
                 except Exception as e:  # noqa: BLE001 - a Ray error becomes ours, naming the chunk
                     raise ShardError(f"search_distributed: chunk {c} (queries {a}..{b - 1}) "
-                                     f"failed{_retried(_SEARCH_RETRIES)}: {_reason(e)}") from None
+                                     f"failed{_retried(_SEARCH_RETRIES, e)}: {_reason(e)}") from None
         except BaseException:
             _drain(ray, refs)  # no chunk (or retry) may still read the folder deleted next
             raise

@@ -115,7 +115,7 @@ def test_a_failed_ray_search_leaves_no_unhandled_error(ray2, tmp_path):
 
     Pipeline([Sharded(retriever={"bm25": {}}, n_shards=3, k=5, backend="ray")]).fit(_corpus(300)).save(tmp_path / "p")
     pipe = Pipeline.load(tmp_path / "p")
-    shutil.move(tmp_path / "p", tmp_path / "q")
+    shutil.move(pipe.steps[0]._dir.name, tmp_path / "q")  # its own copy of the shard folders, which its actors read
     seen: list[str] = []
 
     class Catch(logging.Handler):
@@ -126,7 +126,7 @@ def test_a_failed_ray_search_leaves_no_unhandled_error(ray2, tmp_path):
     logger = logging.getLogger("ray._private.worker")
     logger.addHandler(handler)
     try:
-        with pytest.raises(ShardError, match="shard 0"):
+        with pytest.raises(ShardError, match=r"shards? 0"):
             pipe.search(QUERIES)
         gc.collect()
         time.sleep(2)
@@ -230,7 +230,7 @@ def test_empty_shards_start_no_actor_and_write_no_folder(ray2, tmp_path):
     sh = Sharded(retriever={"bm25": {}}, n_shards=8, k=3, backend="ray").fit(c)
     got = sh.search(QUERIES)
     assert scores(got) == scores(BM25(k=3).fit(c).search(QUERIES))
-    assert sum(a is not None for a in sh._actors) == 5
+    assert len(sh._actors) == 2  # (5 shards with documents, served by one actor per CPU)
     assert len(list(Path(sh._dir.name).iterdir())) == 5
     sh.save(tmp_path / "s")
     assert len(list((tmp_path / "s").glob("shard-*"))) == 5
@@ -240,5 +240,5 @@ def test_empty_shards_start_no_actor_and_write_no_folder(ray2, tmp_path):
         assert _ranked(loaded.search(QUERIES)) == _ranked(got)
     more = _corpus(12, 50)
     sh.fit(more)  # every shard has documents now
-    assert sum(a is not None for a in sh._ray_actors(ray2)) == 8
+    assert len(sh._ray_actors(ray2)) == 2
     assert scores(sh.search(QUERIES)) == scores(BM25(k=3).fit(more).search(QUERIES))
