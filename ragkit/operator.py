@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import shutil
+import sys
 import threading
 import weakref
 from contextlib import contextmanager
@@ -536,6 +537,8 @@ class Operator:
         from ragkit._locks import guarded
         from ragkit.pipelines import Pipeline
 
+        if not self.is_fitted and not self.children():  # a leaf says it in its own words ("BM25 ('bm25') is not
+            self._check_fitted()  # fitted yet"); a composite's pipeline names which of its steps is not
         with guarded(self):  # a RagkitRetriever's add / delete of this operator waits for it, and it for them
             pipe = Pipeline([self])
             if self.is_fitted and not self.stateless:
@@ -843,7 +846,7 @@ def check_fit_inputs(corpus: Any, train: Any, where: str) -> None:
     """Refuse a ``corpus`` that is not a :class:`Corpus` or a ``train`` that is not a :class:`TrainSet`
     (``TypeError`` naming ``where``, e.g. ``"bm25.fit"``, and how to build one), before a fit does any work."""
     if not isinstance(corpus, Corpus):
-        raise InputTypeError(f"{where} expects a ragkit Corpus, got {type(corpus).__name__}")
+        raise InputTypeError(f"{where} expects a ragkit Corpus, got {type(corpus).__name__}{_corpus_hint(corpus)}")
     if train is not None and not isinstance(train, TrainSet):
         hint = ""
         if isinstance(train, tuple) and len(train) == 2:
@@ -852,6 +855,34 @@ def check_fit_inputs(corpus: Any, train: Any, where: str) -> None:
             hint = " (qrels {query_id: {doc_id: grade}} go in as its qrels, with the judged queries' texts)"
         raise InputTypeError(f"{where}: train must be a ragkit TrainSet, got {type(train).__name__}; build one "
                              f"with TrainSet(queries, qrels){hint}")
+
+
+def _corpus_hint(given: Any) -> str:
+    """How to build a :class:`Corpus` from ``given`` (what a fit got instead), as ``"; ..."``: texts, records,
+    LangChain documents, a DataFrame, a :class:`~ragkit.eval.BeirDataset` (its ``corpus``); else the two
+    usual constructors."""
+    pd = sys.modules.get("pandas")
+    if pd is not None and isinstance(given, pd.DataFrame):
+        return ("; build one from a DataFrame with Corpus.from_records(df.to_dict('records')) (columns '_id', 'text' "
+                "and optionally 'title'), or Corpus(ids=df['_id'].tolist(), texts=df['text'].tolist())")
+    inner = getattr(given, "corpus", None)
+    if isinstance(inner, Corpus):  # a BeirDataset: its corpus, and its judged queries as a TrainSet
+        learn = (" (and train=data.train_set('train') for a pipeline that learns from judged queries)"
+                 if callable(getattr(given, "train_set", None)) else "")
+        return f"; pass its corpus: fit(data.corpus){learn}"
+    if isinstance(given, str):
+        return "; for documents as strings use Corpus.from_texts([...]); for a BEIR folder, load_beir(path).corpus"
+    if isinstance(given, Mapping):
+        return "; from {doc_id: text} use Corpus.from_texts(mapping)"
+    if isinstance(given, (list, tuple)) and given:
+        first = given[0]
+        if isinstance(first, str):
+            return "; build one with Corpus.from_texts(texts) (ids '0', '1', ...; or Corpus.from_texts(texts, ids=ids))"
+        if isinstance(first, Mapping):
+            return "; build one with Corpus.from_records(records) (dicts with '_id' and 'text', optionally 'title')"
+        if hasattr(first, "page_content"):
+            return "; build one from LangChain documents with Corpus.from_documents(docs)"
+    return "; build one with Corpus.from_texts(texts) or Corpus.from_records(records)"
 
 
 def _is_ragkit_save(folder: Path) -> bool:
