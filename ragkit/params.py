@@ -84,8 +84,21 @@ def _model_name(value: str) -> str:
     return value
 
 
-#: The type of an operator's ``model`` parameter: a non-blank model name or folder.
-ModelName = typing.Annotated[str, AfterValidator(_model_name)]
+def _not_an_encoder(value: Any) -> Any:
+    """Refuse an encoder object given where its name belongs (``Dense(model=HashingEncoder(...))``), saying
+    how to use it: register it under a name, then name it."""
+    encoder_like = hasattr(value, "encode_queries") or (  # (not a tokenizer: it has encode, but no dimension)
+        hasattr(value, "encode") and (hasattr(value, "dim") or hasattr(value, "get_sentence_embedding_dimension")))
+    if not isinstance(value, (str, bytes)) and encoder_like:
+        raise ValueError(f"expected a model name or folder, got the encoder object {value!r:.80}; a model parameter "
+                         "takes a name: register the encoder under one first, ragkit.encoders.register_encoder("
+                         "'my-encoder', encoder), then pass model='my-encoder'")
+    return value
+
+
+#: The type of an operator's ``model`` parameter: a non-blank model name or folder (an encoder object is
+#: refused with how to register it under a name).
+ModelName = typing.Annotated[str, BeforeValidator(_not_an_encoder), AfterValidator(_model_name)]
 #: The largest integer an operator parameter takes unless its field sets its own upper bound: a
 #: count beyond it (``k``, a graph degree, restarts, threads) names nothing a machine can hold or
 #: finish, and numpy / usearch / scikit-learn overflow or hang on it instead of saying so.
