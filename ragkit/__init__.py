@@ -19,7 +19,7 @@ from ragkit.errors import (
 from ragkit.eval import beir_subsets, evaluate, load_beir
 from ragkit.operator import Operator
 from ragkit.params import Params
-from ragkit.pipelines import Loop, Parallel, Pipeline, Route, Sequence
+from ragkit.pipelines import Loop, Parallel, Pipeline, Route, Sequence  # noqa: F401  (Sequence: not in __all__)
 from ragkit.run import Run
 from ragkit.types import Corpus, Qrels, Queries, Ranking, State, TrainSet
 
@@ -45,9 +45,11 @@ def _version() -> str:
 
 __version__ = _version()
 
+# (``Sequence``, an alias of Pipeline, is importable by name but left out of ``from ragkit import *``: it would
+# shadow ``typing.Sequence`` / ``collections.abc.Sequence`` in the importing module)
 __all__ = [
     "__version__", "Operator", "Params", "Run", "Corpus", "Queries", "Qrels", "Ranking", "State", "TrainSet",
-    "Pipeline", "Sequence", "Parallel", "Route", "Loop", "evaluate", "load_beir", "beir_subsets",
+    "Pipeline", "Parallel", "Route", "Loop", "evaluate", "load_beir", "beir_subsets",
     "RagkitError", "ParamError", "ConfigError", "DataError", "NotFittedError", "ArtifactError",
     "ArtifactNotFoundError", "InputTypeError",
 ]
