@@ -30,8 +30,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from ragkit.errors import DataError, ParamError, RagkitError, some_ids
-from ragkit.eval.metrics import _exact_grid, _one_blas_thread, evaluate, parse_metric, sign_flip_pvalues
+from ragkit.errors import DataError, InputTypeError, ParamError, RagkitError, some_ids
+from ragkit.eval.metrics import _evaluate_noted, _exact_grid, _one_blas_thread, parse_metric, sign_flip_pvalues
 from ragkit.run import Run
 from ragkit.types import Qrels
 
@@ -143,8 +143,8 @@ def load_result(path: str | Path, *, qrels: Qrels | None = None, metrics: Sequen
                         f"({some_ids(list(run.query_ids)) or 'none'}), none of them judged in the "
                         f"{where or 'judgements given'} ({len(qrels)} judged queries, e.g. {some_ids(list(qrels))}); "
                         "score a run of the same dataset and split")
-    scores = evaluate(run, qrels, list(metrics), relevance_level=relevance_level,
-                      ignore_identical_ids=ignore_identical_ids)
+    scores = _evaluate_noted(run, qrels, list(metrics), relevance_level=relevance_level,  # (its own note below)
+                             ignore_identical_ids=ignore_identical_ids, note_unsearched=False)
     scored = next(iter(scores.per_query.values()), {})
     covered = len(scored.keys() & set(judged))
     if covered < len(scored):
@@ -522,6 +522,51 @@ class Comparison:
                 f"standard errors of alpha {self.alpha:g} at {self.n_resamples:,} resamples, so another seed may give "
                 f"the other verdict; {more}")
 
+    def __repr__(self) -> str:
+        n_tests = (len(self.systems) - 1) * len(self.metrics)
+        of = "/".join(x for x in (self.dataset, self.split) if x)
+        return (f"<Comparison of {len(self.systems)} systems ({', '.join(self.systems)}) on "
+                f"{', '.join(self.metrics)} over {self.n_queries} queries{f' of {of}' if of else ''}, baseline "
+                f"{self.systems[self.baseline]}: {int(self.significant.sum())} of {n_tests} differences significant "
+                f"(Holm, alpha {self.alpha:g}); print() it for the table>")
+
+    def __str__(self) -> str:
+        """The table ``ragkit compare`` prints (metric, system, mean, difference to the baseline with its
+        interval, p and Holm's p with its mark), as plain text, with its header and notes."""
+        n_tests = (len(self.systems) - 1) * len(self.metrics)
+        where = (f"{self.n_queries} queries of {self.n_datasets} datasets, each weighted equally (BEIR's mean; the "
+                 f"bootstrap resamples within each)" if self.n_datasets > 1 else f"{self.n_queries} queries")
+        of = " / ".join(x for x in (self.dataset, self.split) if x)
+        lines = [f"{of + ': ' if of else ''}{where} · baseline {self.systems[self.baseline]} · paired randomisation "
+                 f"test ({self.n_resamples:,} sign flips), Holm-corrected over {n_tests} comparison"
+                 f"{'' if n_tests == 1 else 's'} · * p (Holm) < {self.alpha:g} · ? within 2 Monte Carlo standard "
+                 "errors of it"]
+        head = ["metric", "system", "mean", "Δ", f"{self.confidence:.0%} CI", "p", "p (Holm)"]
+        rows: list[list[str] | None] = []
+        shallow, marks = self.shallow, self.marks
+        for j, m in enumerate(self.metrics):
+            for i, s in enumerate(self.systems):
+                cells = [(f"{m} !" if shallow[:, j].any() else m) if i == 0 else "", f"{s} !" if shallow[i, j] else s,
+                         f"{self.means[i, j]:.4f}"]
+                cells += ([f"{self.delta[i, j]:+.4f}", f"[{self.ci_low[i, j]:+.3f}, {self.ci_high[i, j]:+.3f}]",
+                           f"{self.p_value[i, j]:.4f}", f"{self.p_holm[i, j]:.4f} {marks[i, j]}".rstrip()]
+                          if i != self.baseline else [""] * 4)
+                rows.append(cells)
+            rows.append(None)  # a blank line between metrics
+        width = [max(len(c) for c in col) for col in zip(head, *(r for r in rows if r is not None))]
+
+        def line(cells: list[str]) -> str:
+            # (names left, numbers right, Holm's p left: its mark follows it)
+            return "  ".join(c.ljust(w) if k in (0, 1, 6) else c.rjust(w)
+                             for k, (c, w) in enumerate(zip(cells, width))).rstrip()
+
+        lines += ["", line(head), "  ".join("-" * w for w in width)]
+        lines += [line(r) if r is not None else "" for r in rows[:-1]]
+        note = self.note()
+        lines += ([f"note: {note}"] if note else []) + [f"warning: {w}" for w in self.warnings()]
+        lines += [f"note: {few}" for few in self.few_differ()]
+        return "\n".join(lines)
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: what was compared (``dataset``, ``split``, ``metrics``, ``seed``, each system's ``source``
         file and ``depth``: enough to run the comparison again) and one record per (system, metric)."""
@@ -631,14 +676,56 @@ def _strata(results: Sequence[SystemResult], queries: list[str]) -> tuple[list[n
     return strata, 1.0 / (len(strata) * size[label])
 
 
-def compare(results: Sequence[SystemResult], metrics: Sequence[str] = DEFAULT_COMPARE_METRICS, *, baseline: int = 0,
-            n_resamples: int = DEFAULT_RESAMPLES, seed: int = 0, alpha: float = 0.05,
+def _as_results(results: Any) -> list[SystemResult]:
+    """``results`` as a list of :class:`SystemResult`: a sequence of them, or a mapping ``{name: SystemResult or
+    EvalResult}`` (each named by its key, an :class:`~ragkit.eval.EvalResult` taken with its per-query values);
+    anything else is an :class:`InputTypeError` saying how to build what :func:`compare` reads."""
+    from ragkit.eval.metrics import EvalResult
+
+    how = ("give {name: EvalResult}, e.g. compare({'bm25': evaluate(run1, qrels), 'hybrid': evaluate(run2, qrels)}), "
+           "or SystemResult(name, ev.per_query) for each, or load_result(path) of a 'ragkit eval -o' file")
+    if isinstance(results, Mapping):
+        out = []
+        for key, r in results.items():
+            if not isinstance(key, str):
+                raise InputTypeError(f"compare: results[{key!r}]: a system's name must be a string, got "
+                                     f"{type(key).__name__}; {how}")
+            if isinstance(r, EvalResult):
+                out.append(SystemResult(key, r.per_query))
+            elif isinstance(r, SystemResult):
+                out.append(r if r.name == key else replace(r, name=key))
+            else:
+                raise InputTypeError(f"compare: results[{key!r}] is {type(r).__name__}, expected an EvalResult (what "
+                                     f"evaluate returns) or a SystemResult; {how}")
+        return out
+    if isinstance(results, (str, bytes, Path)) or not isinstance(results, Sequence):
+        raise InputTypeError(f"compare: results must be two or more SystemResults or a mapping {{name: EvalResult}}, "
+                             f"got {type(results).__name__}; {how}")
+    for i, r in enumerate(results):
+        if isinstance(r, SystemResult):
+            continue
+        if isinstance(r, EvalResult):
+            raise InputTypeError(f"compare: results[{i}] is an EvalResult, which holds no system name; name each "
+                                 f"system: {how}")
+        if isinstance(r, (str, Path)):
+            raise InputTypeError(f"compare: results[{i}] is the path {str(r)!r}; read it first with "
+                                 f"load_result({str(r)!r}) (a TREC run file also needs qrels=...)")
+        raise InputTypeError(f"compare: results[{i}] is {type(r).__name__}, expected a SystemResult; {how}")
+    return list(results)
+
+
+def compare(results: Sequence[SystemResult] | Mapping[str, Any], metrics: Sequence[str] = DEFAULT_COMPARE_METRICS,
+            *, baseline: int = 0, n_resamples: int = DEFAULT_RESAMPLES, seed: int = 0, alpha: float = 0.05,
             confidence: float = 0.95) -> Comparison:
     """Compare every system with ``results[baseline]`` on each metric, over the same queries.
 
     Parameters
     ----------
-    results : two or more :class:`SystemResult` (e.g. from :func:`load_result`)
+    results : two or more :class:`SystemResult` (e.g. from :func:`load_result`), or a mapping
+        ``{name: EvalResult}`` (what :func:`~ragkit.eval.evaluate` returns, each named by its key; the
+        mapping's order gives the indices ``baseline`` counts; a :class:`SystemResult` there takes the key as
+        its name).  An :class:`~ragkit.eval.EvalResult` alone names no system: a list of them is an
+        :class:`~ragkit.errors.InputTypeError` saying so
     metrics : metric names (``ndcg@10``, ``recall@100``, ...); each result must hold them
     baseline : index of the reference system
     n_resamples : sign flips of the randomisation test and bootstrap resamples of the interval
@@ -654,6 +741,7 @@ def compare(results: Sequence[SystemResult], metrics: Sequence[str] = DEFAULT_CO
     :func:`~ragkit.eval.metrics.paired_randomization_test` with ``seed``), each vectorised over queries and
     resamples: 3 systems x 4 metrics on SciFact's 300 queries take ~0.4 s at 200,000 (5,000 queries: ~5 s).
     """
+    results = _as_results(results)
     _check_args(results, metrics, baseline, n_resamples, alpha, confidence)
     queries = {m: _same_queries(results, m) for m in metrics}
     for m in metrics:  # before any resampling, naming the system (the test would name neither)

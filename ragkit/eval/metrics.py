@@ -5,8 +5,8 @@ Like BEIR's ``EvaluateRetrieval.evaluate``, a document whose id equals the query
 ignored (``ignore_identical_ids=True``).  The aggregate is the mean over every query of the
 qrels: a judged query the run lacks (or answers with nothing) counts as 0, as trec_eval's
 ``-c`` does (BEIR's ``evaluate`` averages over the queries the run holds instead; the two
-agree whenever every judged query is searched, as in ``ragkit eval``).  Per-query values are
-kept for significance tests.
+agree whenever every judged query is searched, as in ``ragkit eval``), and :func:`evaluate` warns of the
+judged queries the run lacks.  Per-query values are kept for significance tests.
 """
 
 from __future__ import annotations
@@ -147,13 +147,27 @@ def evaluate(
     :func:`drop_identical_ids` on a run one deeper keeps the cut-off full, as BEIR's search does.
 
     Queries in the qrels that the run lacks count as 0 (trec_eval's ``-c``), as is
-    standard when reporting BEIR numbers; queries the qrels lack, or hold with no judged
-    document, are skipped (as pytrec_eval does).  A run that shares no query with the qrels
+    standard when reporting BEIR numbers, and a warning on the ``ragkit`` logger says how many (a run
+    of some of the queries, ``pipe.search(queries[:10])``, is scored over every judged query: pass
+    ``{q: qrels[q] for q in run.query_ids if q in qrels}`` to score only its own); queries the qrels lack, or hold
+    with no judged document, are skipped (as pytrec_eval does).  A run that shares no query with the qrels
     is a :class:`DataError` (judgements of another split, not a score of 0).  A document listed twice for one query is a
     :class:`DataError`, as in trec_eval.
     """
+    return _evaluate_noted(run, qrels, metrics, ignore_identical_ids=ignore_identical_ids,
+                           relevance_level=relevance_level)
+
+
+def _evaluate_noted(
+    run: Run | Mapping[str, Mapping[str, float]], qrels: Qrels, metrics: str | Sequence[str] = DEFAULT_METRICS,
+    *, ignore_identical_ids: bool = True, relevance_level: int = 1, note_unsearched: bool = True,
+) -> EvalResult:
+    """:func:`evaluate`, whose warning of judged queries the run lacks is left out with ``note_unsearched=False``
+    (:func:`~ragkit.eval.compare.load_result` says it in the words of ``ragkit compare``)."""
     result, ignored = _evaluate(run, qrels, metrics, ignore_identical_ids=ignore_identical_ids,
                                 relevance_level=relevance_level)
+    if note_unsearched:
+        _note_unsearched(run, result)
     n = result.ignored_judged
     if n and ignored not in _WARNED:  # once per set of judgements: a learner evaluates the same ones many times
         if len(_WARNED) > 1000:
@@ -166,6 +180,20 @@ def evaluate(
                      "(ragkit eval and compare: --keep-identical-ids) to score "
                      f"{'them' if n > 1 else 'it'} (EvalResult.ignored_judged counts them)")
     return result
+
+
+def _note_unsearched(run: Run | Mapping[str, Mapping[str, float]], result: EvalResult) -> None:
+    """Warn (``ragkit`` logger, once per call) when judged queries of ``result`` are not in ``run``: they
+    count as 0 in every mean (trec_eval's ``-c``), which a run of a few of the queries does not expect."""
+    scored = next(iter(result.per_query.values()), {})  # every judged query, whatever the run holds
+    ran = set(run.query_ids) if isinstance(run, Run) else {str(q) for q in run}
+    missing = len(scored.keys() - ran)
+    if missing:
+        ids = "run.query_ids" if isinstance(run, Run) else "run"
+        _log.warning(f"evaluate: {missing} of the {len(scored)} judged queries {'are' if missing > 1 else 'is'} not in "
+                     f"the run and count{'' if missing > 1 else 's'} as 0 (trec_eval -c), so each mean is over all "
+                     f"{len(scored)}; to score only the run's queries pass {{q: qrels[q] for q in {ids} if q in "
+                     "qrels}")
 
 
 #: The ``(relevance_level, query ids)`` of judged documents ignored for their query's id that :func:`evaluate`
