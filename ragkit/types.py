@@ -16,12 +16,12 @@ import sys
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Literal, Mapping, Sequence, cast, overload
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Literal, Mapping, Sequence, cast, overload
 
 import numpy as np
 
 from ragkit._files import atomic_file
-from ragkit.errors import DataError, repeated, some_ids
+from ragkit.errors import DataError, InputTypeError, repeated, some_ids
 
 if TYPE_CHECKING:  # the constructors' hints only: pandas is optional
     import pandas as pd
@@ -141,6 +141,16 @@ def _utf8_clean(text: str) -> bool:
 def _a(noun: str) -> str:
     """``noun`` with its indefinite article (``"an int"``, ``"a float"``)."""
     return f"{'an' if noun[:1].lower() in 'aeiou' else 'a'} {noun}"
+
+
+def _count(n: int, noun: str, plural: str | None = None) -> str:
+    """``n`` with its noun, singular for one: ``"1 query"``, ``"3 queries"``."""
+    return f"{n} {noun if n == 1 else plural or noun + 's'}"
+
+
+def _clip(text: str, n: int = 40) -> str:
+    """``text`` cut to ``n`` characters (an ellipsis marks a cut), for a summary."""
+    return text if len(text) <= n else text[:n - 3] + "..."
 
 
 def _callable(f: Any) -> str:
@@ -289,9 +299,58 @@ class _Rows(Mapping):
         return dict, (dict(zip(self.ids.tolist(), range(len(self.ids)))),)
 
 
-def _as_rows(idx: Any, n: int) -> np.ndarray:
-    """Row numbers from integer positions or a boolean mask of length ``n`` (a mask is not 0/1 rows)."""
+def _pandas(who: str) -> Any:
+    """The pandas module, imported for ``who``; absent, an :class:`ImportError` saying so."""
+    try:
+        import pandas
+    except ImportError:
+        raise ImportError(f"{who} needs pandas, which is not installed: pip install pandas") from None
+    return pandas
+
+
+def _other_constructor(given: Any) -> str:
+    """The constructor of :class:`Corpus` that takes ``given``, as the end of an error message."""
+    pd = sys.modules.get("pandas")
+    if pd is not None and isinstance(given, pd.DataFrame):
+        return ("; for a DataFrame: Corpus(ids=df['id'], texts=df['text'], titles=df['title'], metadata={...}), or "
+                "Corpus.from_records(df.to_dict('records')) for columns '_id' (or 'id'), 'text' and 'title'")
+    if isinstance(given, Mapping):
+        return "; for {doc_id: text}: Corpus.from_texts(mapping)"
+    if isinstance(given, (str, bytes)) or not isinstance(given, Iterable):
+        return ""
+    first = next(iter(given), None)
+    if isinstance(first, Mapping):
+        return "; for dicts with '_id' and 'text': Corpus.from_records(records)"
+    if isinstance(first, str):
+        return "; for texts: Corpus.from_texts(texts)"
+    if hasattr(first, "page_content"):
+        return "; for LangChain Documents: Corpus.from_documents(docs)"
+    return ""
+
+
+def _one_argument(cls: str, given: Any) -> str:
+    """The message for ``Corpus(x)`` or ``Queries(x)``: one argument where ids and texts are expected."""
+    hint = _other_constructor(given) if cls == "Corpus" else (
+        "; for texts (numbered 'q0', 'q1', ...) or {query_id: text}: Queries.from_texts(texts)")
+    pd = sys.modules.get("pandas")
+    what = (f"a pandas {type(given).__name__} (columns {[str(c) for c in given.columns][:6]})"
+            if pd is not None and isinstance(given, pd.DataFrame) else _kind(given))
+    return (f"{cls}(ids, texts): got one argument, {what}, expected ids and texts (one per "
+            f"{'document' if cls == 'Corpus' else 'query'}){hint or f'; see {cls}.from_texts'}")
+
+
+def _as_rows(idx: Any, n: int, who: str = "rows") -> np.ndarray:
+    """Row numbers from integer positions or a boolean mask of length ``n`` (a mask is not 0/1 rows).
+
+    One position (``5``) is an :class:`InputTypeError` from ``who`` saying to pass a list (``[5]``): a
+    subset is of rows, and ``np.asarray(5)`` has no rows to iterate."""
     arr = np.asarray(idx)
+    if arr.ndim == 0:
+        one = f"; for one row pass a list of one: [{idx!r}]" if arr.dtype.kind in "iu" else ""
+        raise InputTypeError(f"{who}: expected a list of row positions (or a boolean mask), got {_kind(idx)}{one}")
+    if arr.ndim != 1:
+        raise DataError(f"{who}: expected a 1-D list of row positions (or a boolean mask), got an array of shape "
+                        f"{arr.shape}")
     if arr.dtype == bool:
         if arr.shape != (n,):
             raise DataError(f"a boolean mask selects rows of {n}, got one of shape {arr.shape}")
@@ -359,6 +418,14 @@ class Corpus:
 
         _row_of: dict[str, int] | _Rows | None = None  # id -> row, built by row_of()
         _codes: dict[str, _Coded] = field(default_factory=dict)  # metadata field -> codes, built by mask()
+    else:  # (hidden from type checkers: the constructor's signature is the one above)
+        def __new__(cls, *args: Any, **kwargs: Any) -> "Corpus":
+            """Refuse one argument without ``texts`` (``Corpus(df)``, ``Corpus(["a", "b"])``): the dataclass's
+            own error, "missing 1 required positional argument: 'texts'", says nothing of the constructors
+            that take such data.  (Pickle and copy call ``__new__`` with no argument.)"""
+            if len(args) == 1 and "texts" not in kwargs:
+                raise InputTypeError(_one_argument("Corpus", args[0]))
+            return super().__new__(cls)
 
     def __post_init__(self) -> None:
         ids = _as_ids(self.ids, "Corpus.ids")
@@ -480,6 +547,14 @@ class Corpus:
         ``"3#2"``, ... where another document's own id is already ``"3"``); ``metadata["title"]``
         becomes the title; the other metadata keys become columns.
         """
+        if isinstance(docs, (str, bytes, Mapping)) or not isinstance(docs, Iterable):
+            raise InputTypeError(f"Corpus.from_documents: expected a list of LangChain Documents, got {_kind(docs)}"
+                                 + _other_constructor(docs))
+        docs = list(docs)
+        bad = next((i for i, d in enumerate(docs) if not hasattr(d, "page_content")), None)
+        if bad is not None:
+            raise InputTypeError(f"Corpus.from_documents: document {bad} is {_kind(docs[bad])}, expected a LangChain "
+                                 "Document (with page_content and metadata)" + _other_constructor([docs[bad]]))
         records = []
         for d in docs:  # lists, dicts and sets copied: the caller's documents stay theirs to change
             meta = {k: copy.deepcopy(v) if isinstance(v, (list, dict, set)) else v
@@ -504,7 +579,37 @@ class Corpus:
 
     def __repr__(self) -> str:
         fields_ = f", metadata={sorted(self.metadata)}" if self.metadata else ""
-        return f"Corpus({len(self)} docs{fields_})"
+        return f"Corpus({_count(len(self), 'doc')}{fields_})"
+
+    #: no iteration (what would a document be?): iterate over ``ids``, ``texts`` or ``to_pandas()``; set to None
+    #: so that ``__getitem__`` does not make a corpus iterable by position
+    __iter__ = None
+
+    def __getitem__(self, idx: slice | Sequence[int] | Sequence[str] | np.ndarray) -> "Corpus":
+        """The sub-corpus of a slice (``corpus[:100]``), a list or array of row positions or a boolean mask
+        (:meth:`subset`), or a list or array of document ids (``corpus[run.doc_ids[0]]``: the documents a query
+        retrieved, in that order).  One position or id is an :class:`InputTypeError`: ``corpus[["4983"]]`` is
+        the corpus of that one document."""
+        if isinstance(idx, slice):
+            return self.subset(np.arange(len(self))[idx])
+        if isinstance(idx, (str, bytes, int, np.integer, np.str_)) or np.ndim(idx) == 0:
+            raise InputTypeError(f"Corpus[...]: selects documents by a slice, a list of row positions, a boolean mask "
+                                 f"or a list of document ids, and gives a Corpus; got {_kind(idx)}: for that one "
+                                 f"document pass a list of one, corpus[[{idx!r:.60}]] (its text: .texts[0])")
+        arr = np.asarray(idx)
+        if arr.dtype.kind in "US" or (arr.dtype == object and arr.size and isinstance(arr.reshape(-1)[0], str)):
+            return self.subset(self.row_of(arr.tolist()))
+        return self.subset(arr)
+
+    def to_pandas(self) -> "pd.DataFrame":
+        """The corpus as a pandas ``DataFrame``, one row per document: columns ``id``, ``title``, ``text``, then one
+        per metadata field (a field named ``id``, ``title`` or ``text`` as ``metadata.<name>``).  The columns
+        are copies: the frame may be changed.  Needs pandas (an :class:`ImportError` saying so)."""
+        pd = _pandas("Corpus.to_pandas")
+        cols: dict[str, np.ndarray] = {"id": self.ids, "title": self.titles, "text": self.texts}
+        for key, col in self.metadata.items():
+            cols[f"metadata.{key}" if key in ("id", "title", "text") else key] = col
+        return pd.DataFrame({k: v.copy() for k, v in cols.items()})
 
     @property
     def full_texts(self) -> list[str]:
@@ -540,7 +645,7 @@ class Corpus:
         takes over this one's id lookup and metadata filter codes (re-mapped in numpy, not rebuilt
         from every document)."""
         n = len(self)
-        rows = _as_rows(rows, n)
+        rows = _as_rows(rows, n, "Corpus.subset")
         if len(rows) and rows.min() < 0:
             rows = np.where(rows < 0, rows + n, rows)
         # a field no row holds any more is gone, as from a corpus built fresh of these rows (a removed
@@ -981,6 +1086,14 @@ class Queries:
     ids: list[str]
     texts: list[str]
 
+    if not TYPE_CHECKING:  # (the generated constructor's signature is the one type checkers see)
+        def __new__(cls, *args: Any, **kwargs: Any) -> "Queries":
+            """Refuse one argument without ``texts`` (``Queries(["a", "b"])``) naming :meth:`from_texts`, where
+            the dataclass said "missing 1 required positional argument: 'texts'"."""
+            if len(args) == 1 and "texts" not in kwargs:
+                raise InputTypeError(_one_argument("Queries", args[0]))
+            return super().__new__(cls)
+
     def __post_init__(self) -> None:
         for what, given in (("ids", self.ids), ("texts", self.texts)):
             if isinstance(given, (str, bytes)) or isinstance(given, Mapping) or not isinstance(given, Iterable):
@@ -1006,10 +1119,34 @@ class Queries:
     def __len__(self) -> int:
         return len(self.ids)
 
-    def __getitem__(self, idx: slice | Sequence[int] | np.ndarray) -> "Queries":
+    def __iter__(self) -> Iterator[tuple[str, str]]:
+        """``(query_id, text)`` per query, in order (``for qid, text in queries``)."""
+        return zip(self.ids, self.texts)
+
+    def __repr__(self) -> str:
+        head = ", ".join(f"{q!r}: {_clip(t)!r}" for q, t in zip(self.ids[:3], self.texts[:3]))
+        more = ", ..." if len(self) > 3 else ""
+        return f"Queries({_count(len(self), 'query', 'queries')}{': ' + head + more if head else ''})"
+
+    @overload
+    def __getitem__(self, idx: int | np.integer) -> tuple[str, str]: ...
+    @overload
+    def __getitem__(self, idx: slice | Sequence[int] | np.ndarray) -> "Queries": ...
+    def __getitem__(self, idx: int | np.integer | slice | Sequence[int] | np.ndarray) -> "tuple[str, str] | Queries":
+        """``queries[i]``: the ``(query_id, text)`` of the ``i``-th query (as iterating yields them; an
+        :class:`IndexError` past the end); a slice, a list of positions or a boolean mask: those queries, as
+        :class:`Queries`."""
+        if isinstance(idx, (int, np.integer)) and not isinstance(idx, (bool, np.bool_)):
+            n = len(self)
+            if not -n <= idx < n:
+                raise IndexError(f"Queries index {idx} is out of range for {_count(n, 'query', 'queries')}")
+            return self.ids[int(idx)], self.texts[int(idx)]
         if isinstance(idx, slice):
             return Queries(self.ids[idx], self.texts[idx])
-        rows = _as_rows(idx, len(self)).tolist()
+        if isinstance(idx, (str, bytes)):
+            raise InputTypeError(f"Queries[...]: takes positions (an int, a slice, a list of ints or a boolean mask), "
+                                 f"got {_kind(idx)}; for the text of query id {idx!r:.60}: dict(queries)[{idx!r:.60}]")
+        rows = _as_rows(idx, len(self), "Queries[...]").tolist()
         return Queries([self.ids[i] for i in rows], [self.texts[i] for i in rows])
 
     @classmethod
@@ -1109,6 +1246,14 @@ class TrainSet:
             raise DataError(f"TrainSet: none of the queries judged positive in the qrels ({some_ids(self.qrels)}) is "
                             f"one of the {len(ids)} training queries ({some_ids(self.queries.ids)}); the qrels must "
                             "be keyed by the queries' ids")
+
+    def __repr__(self) -> str:
+        judged = sum(1 for q in self.queries.ids if self.qrels.get(q))
+        n = sum(len(rel) for rel in self.qrels.values())
+        relevant = sum(1 for rel in self.qrels.values() for g in rel.values() if g > 0)
+        ids = ", ".join(map(repr, self.queries.ids[:3])) + (", ..." if len(self.queries) > 3 else "")
+        return (f"TrainSet({_count(len(self.queries), 'query', 'queries')} ({ids}), {judged} judged; qrels: "
+                f"{_count(len(self.qrels), 'query', 'queries')}, {_count(n, 'judgement')}, {relevant} relevant)")
 
     def judged(self) -> Queries:
         """The training queries with at least one judgement (any grade, 0 too), in their order: those a
@@ -1315,6 +1460,27 @@ class State:
     def __len__(self) -> int:
         return len(self.queries)
 
+    def __repr__(self) -> str:
+        """A summary: the counts, the first query ids and which of the other fields hold something (the
+        names of vectors, values, branches and options; never their data)."""
+        ids = ", ".join(map(repr, self.query_ids[:3])) + (", ..." if len(self) > 3 else "")
+        parts = [f"{_count(len(self), 'query', 'queries')}" + (f" ({ids})" if ids else "")]
+        if self.rankings is not None:
+            parts.append(f"rankings: up to {max(map(len, self.rankings), default=0)} docs each")
+        if self.vectors:
+            parts.append("vectors: " + ", ".join(f"{k!r} {tuple(np.shape(v))}" for k, v in self.vectors.items()))
+        if self.values:
+            parts.append(f"values: {sorted(self.values)}")
+        if self.branches is not None:
+            parts.append(f"branches: {[name for name, _ in self.branches]}")
+        if self.options:
+            parts.append(f"options: {sorted(map(str, self.options))}")
+        if self.trace is not None:
+            parts.append(f"trace: {_count(len(self.trace), 'event')}")
+        if self.qrels is not None:
+            parts.append(f"qrels: {_count(len(self.qrels), 'query', 'queries')}")
+        return f"State({', '.join(parts)})"
+
     def texts(self, lexical: bool = False) -> list[str]:
         """The query text per query: a rewritten ``values["query_text"]`` where set, else the original.
 
@@ -1354,7 +1520,7 @@ class State:
 
     def subset(self, idx: Sequence[int] | np.ndarray) -> "State":
         """The sub-batch of queries at positions ``idx`` (or a boolean mask; the trace list is shared)."""
-        sel = _as_rows(idx, len(self))
+        sel = _as_rows(idx, len(self), "State.subset")
         idx = sel.tolist()
         return State(
             queries=[self.queries[i] for i in idx], query_ids=[self.query_ids[i] for i in idx],
