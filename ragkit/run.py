@@ -11,13 +11,16 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping, Sequence, TextIO
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping, Sequence, TextIO
 
 import numpy as np
 
 from ragkit._files import atomic_file, utf8_lines
-from ragkit.errors import DataError, repeated
-from ragkit.types import Ranking, TraceEvent
+from ragkit.errors import DataError, InputTypeError, repeated, some_ids
+from ragkit.types import Corpus, Ranking, TraceEvent
+
+if TYPE_CHECKING:  # pandas is optional
+    import pandas as pd
 
 __all__ = ["Run", "trec_order", "trec_head", "check_trec_ids"]
 
@@ -161,6 +164,51 @@ class Run:
 
     def __iter__(self) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
         return iter(zip(self.query_ids, self.doc_ids, self.scores))
+
+    def __getitem__(self, query_id: str | int | np.integer) -> tuple[np.ndarray, np.ndarray]:
+        """``(doc_ids, scores)`` of query ``query_id``, best first: what ``for qid, doc_ids, scores in run``
+        gives for it.  Ids are strings (``run[1]`` is ``run["1"]``, as in qrels); an unknown id is a
+        :class:`KeyError` naming some of the run's query ids."""
+        if isinstance(query_id, (bool, np.bool_)) or not isinstance(query_id, (str, int, np.integer)):
+            raise InputTypeError(f"Run[...]: takes a query id (a string), got {type(query_id).__name__} "
+                                 f"({query_id!r:.60}); for the i-th query: run[run.query_ids[i]]")
+        qid = query_id if isinstance(query_id, str) else str(query_id)
+        try:
+            i = self.query_ids.index(qid)
+        except ValueError:
+            raise KeyError(f"query id {qid!r} is not in the run of {len(self)} queries "
+                           f"({some_ids(self.query_ids)})") from None
+        return self.doc_ids[i], self.scores[i]
+
+    def to_pandas(self, corpus: Corpus | None = None) -> "pd.DataFrame":
+        """The run as a pandas ``DataFrame`` in long format, one row per (query, document), best first per
+        query: columns ``query_id``, ``doc_id``, ``rank`` (from 1), ``score``; with the ``corpus`` the run
+        searched, also each document's ``title`` and ``text`` (a document id not in it is a :class:`DataError`).
+        Needs pandas (an :class:`ImportError` saying so)."""
+        try:
+            import pandas as pd
+        except ImportError:
+            raise ImportError("Run.to_pandas needs pandas, which is not installed: pip install pandas") from None
+        if corpus is not None and not isinstance(corpus, Corpus):
+            raise InputTypeError(f"Run.to_pandas: corpus must be a Corpus (the one searched), got "
+                                 f"{type(corpus).__name__} ({corpus!r:.60})")
+        sizes = np.fromiter((len(d) for d in self.doc_ids), np.int64, len(self.doc_ids))
+        n = int(sizes.sum())
+        doc_ids = np.concatenate(self.doc_ids).astype(object) if n else np.empty(0, object)
+        starts = np.repeat(np.cumsum(sizes) - sizes, sizes)
+        cols: dict[str, np.ndarray] = {
+            "query_id": np.repeat(np.array(self.query_ids, dtype=object), sizes),
+            "doc_id": doc_ids,
+            "rank": np.arange(1, n + 1, dtype=np.int64) - starts,
+            "score": np.concatenate(self.scores).astype(np.float32) if n else np.empty(0, np.float32),
+        }
+        if corpus is not None:
+            try:
+                rows = corpus.row_of(doc_ids.tolist())
+            except DataError as e:
+                raise DataError(f"Run.to_pandas: {e} given (was the run made on another corpus?)") from None
+            cols["title"], cols["text"] = corpus.titles[rows], corpus.texts[rows]
+        return pd.DataFrame(cols)
 
     def __repr__(self) -> str:
         depth = max((len(d) for d in self.doc_ids), default=0)
