@@ -858,13 +858,11 @@ def check_fit_inputs(corpus: Any, train: Any, where: str) -> None:
 
 
 def _corpus_hint(given: Any) -> str:
-    """How to build a :class:`Corpus` from ``given`` (what a fit got instead), as ``"; ..."``: texts, records,
-    LangChain documents, a DataFrame, a :class:`~ragkit.eval.BeirDataset` (its ``corpus``); else the two
-    usual constructors."""
-    pd = sys.modules.get("pandas")
-    if pd is not None and isinstance(given, pd.DataFrame):
-        return ("; build one from a DataFrame with Corpus.from_records(df.to_dict('records')) (columns '_id', 'text' "
-                "and optionally 'title'), or Corpus(ids=df['_id'].tolist(), texts=df['text'].tolist())")
+    """How to build a :class:`Corpus` from ``given`` (what a fit got instead), as ``"; ..."``: a
+    :class:`~ragkit.eval.BeirDataset` (its ``corpus``), one string, else what :class:`Corpus`'s own
+    constructor error says (texts, records, LangChain documents, a DataFrame), else the two usual constructors."""
+    from ragkit.types import _other_constructor
+
     inner = getattr(given, "corpus", None)
     if isinstance(inner, Corpus):  # a BeirDataset: its corpus, and its judged queries as a TrainSet
         learn = (" (and train=data.train_set('train') for a pipeline that learns from judged queries)"
@@ -872,17 +870,7 @@ def _corpus_hint(given: Any) -> str:
         return f"; pass its corpus: fit(data.corpus){learn}"
     if isinstance(given, str):
         return "; for documents as strings use Corpus.from_texts([...]); for a BEIR folder, load_beir(path).corpus"
-    if isinstance(given, Mapping):
-        return "; from {doc_id: text} use Corpus.from_texts(mapping)"
-    if isinstance(given, (list, tuple)) and given:
-        first = given[0]
-        if isinstance(first, str):
-            return "; build one with Corpus.from_texts(texts) (ids '0', '1', ...; or Corpus.from_texts(texts, ids=ids))"
-        if isinstance(first, Mapping):
-            return "; build one with Corpus.from_records(records) (dicts with '_id' and 'text', optionally 'title')"
-        if hasattr(first, "page_content"):
-            return "; build one from LangChain documents with Corpus.from_documents(docs)"
-    return "; build one with Corpus.from_texts(texts) or Corpus.from_records(records)"
+    return _other_constructor(given) or "; build one with Corpus.from_texts(texts) or Corpus.from_records(records)"
 
 
 def _is_ragkit_save(folder: Path) -> bool:
@@ -1041,7 +1029,6 @@ def _exchange(a: Path, b: Path) -> bool:
     reader sees either one, never neither.  False where the system or file system cannot (the
     caller then renames twice)."""
     import ctypes
-    import sys
 
     if not sys.platform.startswith("linux"):
         return False

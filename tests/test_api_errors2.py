@@ -131,9 +131,9 @@ def test_unfitted_operator_search_names_the_operator():
 
 # ---------------------------------------------------------------------- 5. fit on what is no Corpus
 @pytest.mark.parametrize("given, hint", [
-    (DOCS, r"got list; build one with Corpus\.from_texts\(texts\)"),
-    ([{"_id": "d0", "text": "a"}], r"got list; build one with Corpus\.from_records\(records\)"),
-    ({"d0": "a"}, r"got dict; from \{doc_id: text\} use Corpus\.from_texts\(mapping\)"),
+    (DOCS, r"got list; for texts: Corpus\.from_texts\(texts\)"),
+    ([{"_id": "d0", "text": "a"}], r"got list; for dicts with '_id' and 'text': Corpus\.from_records\(records\)"),
+    ({"d0": "a"}, r"got dict; for \{doc_id: text\}: Corpus\.from_texts\(mapping\)"),
     ("stem cells", r"got str; for documents as strings use Corpus\.from_texts"),
 ])
 def test_fit_on_no_corpus_says_how_to_build_one(given, hint):
@@ -152,7 +152,7 @@ def test_fit_on_a_beir_dataset_says_to_pass_its_corpus(tmp_path):
 def test_fit_on_a_dataframe_says_how_to_build_one():
     pd = pytest.importorskip("pandas")
     df = pd.DataFrame({"_id": ["d0"], "text": ["a"]})
-    with pytest.raises(InputTypeError, match=r"got DataFrame; build one from a DataFrame with "
+    with pytest.raises(InputTypeError, match=r"got DataFrame; for a DataFrame: Corpus\(ids=df\['id'\], .*"
                                              r"Corpus\.from_records\(df\.to_dict\('records'\)\)"):
         BM25().fit(df)
 
