@@ -116,3 +116,29 @@ def race(threads: list[threading.Thread], join_s: float = 60.0) -> None:
             t.start()
         for t in threads:
             t.join(join_s)
+
+
+def word_corpus(n: int, offset: int = 0, words_per_doc: int = 8, **metadata: list):
+    """``n`` documents of ``words_per_doc`` words over a 40-word vocabulary (ids ``d<offset + i>``), model-free."""
+    from ragkit.types import Corpus
+
+    rng = np.random.default_rng(offset)
+    words = np.array([f"w{i}" for i in range(40)])
+    texts = [" ".join(rng.choice(words, size=words_per_doc)) for _ in range(n)]
+    return Corpus.from_texts(texts, ids=[f"d{offset + i}" for i in range(n)], **metadata)
+
+
+def ranked(run, decimals: int = 6) -> tuple[list[list[str]], list[list[float]]]:
+    """A run's document ids and its scores rounded to ``decimals``, per query: what two runs compare by."""
+    return [list(d) for d in run.doc_ids], [np.round(np.asarray(s), decimals).tolist() for s in run.scores]
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """A local Ray on 2 CPUs, shut down after the module's tests (skipped when Ray is missing or already running)."""
+    ray = pytest.importorskip("ray")
+    if ray.is_initialized():
+        pytest.skip("Ray already running in this process")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()

@@ -8,51 +8,28 @@ import time
 
 import numpy as np
 import pytest
+from conftest import ranked, word_corpus
 
 from ragkit.pipelines import Pipeline
 from ragkit.scale import Sharded
-from ragkit.types import Corpus
 
 QUERIES = ["w1 w2 w3", "w4 w5", "w7 w11 w13", "w20 w21"]
 
 
-def _corpus(n: int, offset: int = 0, words_per_doc: int = 8) -> Corpus:
-    """``n`` documents of ``words_per_doc`` words over a 40-word vocabulary (ids ``d<offset + i>``), model-free."""
-    rng = np.random.default_rng(offset)
-    words = np.array([f"w{i}" for i in range(40)])
-    texts = [" ".join(rng.choice(words, size=words_per_doc)) for _ in range(n)]
-    return Corpus.from_texts(texts, ids=[f"d{offset + i}" for i in range(n)])
-
-
-def _ranked(run) -> tuple[list[list[str]], list[list[float]]]:  # noqa: ANN001
-    return [list(d) for d in run.doc_ids], [np.round(np.asarray(s), 6).tolist() for s in run.scores]
-
-
-@pytest.fixture(scope="module")
-def ray2():
-    """A local Ray on 2 CPUs, shut down after this module's tests."""
-    ray = pytest.importorskip("ray")
-    if ray.is_initialized():
-        pytest.skip("Ray already running in this process")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield ray
-    ray.shutdown()
-
-
 # ---------------------------------------------------------------- 1. a crashed actor restarts over a large shard
-def test_a_crashed_shard_actor_restarts_over_a_large_shard(ray2):
+def test_a_crashed_shard_actor_restarts_over_a_large_shard(local_ray):
     """Each shard's documents (~300 KB here) went to its actor by value, which Ray frees after the constructor:
     Ray's restart of a crashed actor (max_restarts) then failed (ReferenceCountingAssertionError) and the search
     raised ShardError.  The documents are now kept in the object store beside the actors: the same actor restarts
     and the search after the crash equals the one before."""
     sh = Sharded(retriever={"bm25": {}}, n_shards=2, k=5, backend="ray")
-    pipe = Pipeline([sh]).fit(_corpus(3000, words_per_doc=30))
-    ref = _ranked(pipe.search(QUERIES))
+    pipe = Pipeline([sh]).fit(word_corpus(3000, words_per_doc=30))
+    ref = ranked(pipe.search(QUERIES))
     actors = sh._actors
     time.sleep(1)
-    ray2.kill(actors[0], no_restart=False)  # a crash Ray restarts (as a worker killed by the OOM killer)
+    local_ray.kill(actors[0], no_restart=False)  # a crash Ray restarts (as a worker killed by the OOM killer)
     time.sleep(1)
-    assert _ranked(pipe.search(QUERIES)) == ref
+    assert ranked(pipe.search(QUERIES)) == ref
     assert sh._actors is actors  # restarted by Ray, not replaced
 
 
@@ -62,21 +39,21 @@ def _shard_actors_ever(ray) -> int:  # noqa: ANN001
     return sum(1 for a in ray._private.state.actors().values() if "_ShardActor" in a["ActorClassName"])
 
 
-def test_concurrent_first_searches_start_one_actor_set(ray2):
+def test_concurrent_first_searches_start_one_actor_set(local_ray):
     """6 threads searching a fresh Ray-fitted sharded retriever at once each started its own actors (12 for 2
     shards, 10 thrown away; a dense shard loads its model in each).  The set is now made under a lock: 2."""
     import threading
 
     sh = Sharded(retriever={"bm25": {}}, n_shards=2, k=5, backend="ray")
-    pipe = Pipeline([sh]).fit(_corpus(200))
-    before = _shard_actors_ever(ray2)
+    pipe = Pipeline([sh]).fit(word_corpus(200))
+    before = _shard_actors_ever(local_ray)
     outs, errors = [], []
     start = threading.Barrier(6)
 
     def go() -> None:
         start.wait()
         try:
-            outs.append(_ranked(pipe.search(QUERIES)))
+            outs.append(ranked(pipe.search(QUERIES)))
         except Exception as e:  # noqa: BLE001
             errors.append(e)
 
@@ -84,27 +61,27 @@ def test_concurrent_first_searches_start_one_actor_set(ray2):
     [t.start() for t in threads]
     [t.join() for t in threads]
     assert not errors and len(outs) == 6 and all(o == outs[0] for o in outs)
-    assert _shard_actors_ever(ray2) - before == 2
+    assert _shard_actors_ever(local_ray) - before == 2
 
 
-def test_a_failed_search_drops_only_the_actor_set_it_failed_on(ray2):
+def test_a_failed_search_drops_only_the_actor_set_it_failed_on(local_ray):
     """A search that failed dropped (killed) whatever actor set was current, also a healthy one another thread
     had just started after the failure it saw: one ray.kill failed 3 searches.  Only the failed set goes."""
     sh = Sharded(retriever={"bm25": {}}, n_shards=2, k=5, backend="ray")
-    pipe = Pipeline([sh]).fit(_corpus(200))
-    ref = _ranked(pipe.search(QUERIES))
+    pipe = Pipeline([sh]).fit(word_corpus(200))
+    ref = ranked(pipe.search(QUERIES))
     old = sh._actors
     sh._drop_actors()
-    assert _ranked(pipe.search(QUERIES)) == ref  # a new set
+    assert ranked(pipe.search(QUERIES)) == ref  # a new set
     new = sh._actors
     assert new is not None and new is not old
     sh._drop_actors(old)  # a thread whose search failed on the old set: the new one stays
     assert sh._actors is new
-    assert _ranked(pipe.search(QUERIES)) == ref
+    assert ranked(pipe.search(QUERIES)) == ref
 
 
 # ---------------------------------------------------------------- 3. a failed search fetches every shard's result
-def test_a_failed_ray_search_leaves_no_unhandled_error(ray2, tmp_path):
+def test_a_failed_ray_search_leaves_no_unhandled_error(local_ray, tmp_path):
     """A search whose shards all fail (the loaded pipeline's folder moved away) raised on the first shard's error
     without fetching the others, which Ray then printed as 'Unhandled error' tracebacks.  All are fetched now."""
     import gc
@@ -113,7 +90,8 @@ def test_a_failed_ray_search_leaves_no_unhandled_error(ray2, tmp_path):
 
     from ragkit.scale import ShardError
 
-    Pipeline([Sharded(retriever={"bm25": {}}, n_shards=3, k=5, backend="ray")]).fit(_corpus(300)).save(tmp_path / "p")
+    sharded = Sharded(retriever={"bm25": {}}, n_shards=3, k=5, backend="ray")
+    Pipeline([sharded]).fit(word_corpus(300)).save(tmp_path / "p")
     pipe = Pipeline.load(tmp_path / "p")
     shutil.move(pipe.steps[0]._dir.name, tmp_path / "q")  # its own copy of the shard folders, which its actors read
     seen: list[str] = []
@@ -136,29 +114,29 @@ def test_a_failed_ray_search_leaves_no_unhandled_error(ray2, tmp_path):
 
 
 # ---------------------------------------------------------------- 4. a dead actor is replaced once
-def test_a_killed_shard_actor_is_replaced_once(ray2):
+def test_a_killed_shard_actor_is_replaced_once(local_ray):
     """A shard actor gone for good (ray.kill, out of memory) failed the search with a multi-line ShardError full
     of Ray internals, though the next search worked on new actors.  The search now retries once on new ones."""
     sh = Sharded(retriever={"bm25": {}}, n_shards=2, k=5, backend="ray")
-    pipe = Pipeline([sh]).fit(_corpus(200))
-    ref = _ranked(pipe.search(QUERIES))
+    pipe = Pipeline([sh]).fit(word_corpus(200))
+    ref = ranked(pipe.search(QUERIES))
     old = sh._actors
-    ray2.kill(old[0])
+    local_ray.kill(old[0])
     from ray.exceptions import GetTimeoutError, RayActorError
 
     for _ in range(30):  # ray.kill returns before the actor is gone: a search right after may still reach it
         try:
-            ray2.get(old[0].__ray_ready__.remote(), timeout=1)
+            local_ray.get(old[0].__ray_ready__.remote(), timeout=1)
         except RayActorError:
             break
         except GetTimeoutError:  # (busy dying: ask again)
             continue
         time.sleep(0.2)
-    assert _ranked(pipe.search(QUERIES)) == ref
+    assert ranked(pipe.search(QUERIES)) == ref
     assert sh._actors is not None and sh._actors is not old
 
 
-def test_an_actor_dead_twice_is_a_one_line_shard_error(ray2, monkeypatch):
+def test_an_actor_dead_twice_is_a_one_line_shard_error(local_ray, monkeypatch):
     """When the new actors are gone too, the error is one line naming the shard and the Ray error's class,
     with Ray's own text chained."""
     from ray.exceptions import RayActorError
@@ -166,10 +144,10 @@ def test_an_actor_dead_twice_is_a_one_line_shard_error(ray2, monkeypatch):
     from ragkit.scale import ShardError
 
     sh = Sharded(retriever={"bm25": {}}, n_shards=2, k=5, backend="ray")
-    pipe = Pipeline([sh]).fit(_corpus(200))
+    pipe = Pipeline([sh]).fit(word_corpus(200))
     pipe.search(QUERIES)
     dead = sh._actors
-    ray2.kill(dead[1])
+    local_ray.kill(dead[1])
     monkeypatch.setattr(Sharded, "_ray_actors", lambda self, ray: dead)  # every attempt gets the dead set
     with pytest.raises(ShardError) as info:
         pipe.search(QUERIES)
@@ -181,7 +159,7 @@ def test_an_actor_dead_twice_is_a_one_line_shard_error(ray2, monkeypatch):
 
 
 # ---------------------------------------------------------------- 5. a copy owns neither folder nor actors
-def test_a_copy_neither_stops_nor_removes_the_originals(ray2):
+def test_a_copy_neither_stops_nor_removes_the_originals(local_ray):
     """copy.deepcopy of a Ray-fitted sharded retriever shared the original's actors and shard folder: refitting
     the copy stopped the original's actors and removed its folder.  A copy now starts actors of its own and
     borrows the folder, which goes once the original and every copy have let go of it."""
@@ -190,30 +168,30 @@ def test_a_copy_neither_stops_nor_removes_the_originals(ray2):
     import pickle
     from pathlib import Path
 
-    a, b = _corpus(300), _corpus(300, 1000)
+    a, b = word_corpus(300), word_corpus(300, 1000)
     sh = Sharded(retriever={"bm25": {}}, n_shards=2, k=5, backend="ray")
     pipe = Pipeline([sh]).fit(a)
-    ref = _ranked(pipe.search(QUERIES))
+    ref = ranked(pipe.search(QUERIES))
     folder = Path(sh._dir.name)
     c = copy.deepcopy(pipe)
     assert getattr(c.steps[0], "_actors", None) is None
-    assert _ranked(c.search(QUERIES)) == ref  # on actors of its own, from the same folder
+    assert ranked(c.search(QUERIES)) == ref  # on actors of its own, from the same folder
     assert c.steps[0]._actors is not sh._actors
     c.fit(b)
-    assert folder.is_dir() and _ranked(pipe.search(QUERIES)) == ref
+    assert folder.is_dir() and ranked(pipe.search(QUERIES)) == ref
     c2 = copy.deepcopy(pipe)
     pipe.fit(b)  # the original refitted: its earlier folder stays while the copy borrows it
-    assert folder.is_dir() and _ranked(c2.search(QUERIES)) == ref
+    assert folder.is_dir() and ranked(c2.search(QUERIES)) == ref
     del c2
     gc.collect()
     assert not folder.exists()
     p = pickle.loads(pickle.dumps(pipe))
     assert getattr(p.steps[0], "_actors", None) is None
-    assert _ranked(p.search(QUERIES)) == _ranked(pipe.search(QUERIES)) == _ranked(c.search(QUERIES))
+    assert ranked(p.search(QUERIES)) == ranked(pipe.search(QUERIES)) == ranked(c.search(QUERIES))
 
 
 # ---------------------------------------------------------------- 6. empty shards: no actor, no folder
-def test_empty_shards_start_no_actor_and_write_no_folder(ray2, tmp_path):
+def test_empty_shards_start_no_actor_and_write_no_folder(local_ray, tmp_path):
     """More shards than documents built (and wrote) an empty shard each, and a Ray search started an actor for
     each (5 documents, 8 shards: 8 actors; 3,000 shards of 50 documents: 30 s and 3,000 folders).  Only the
     shards with documents are built, written and served now; a saved folder with fewer shard folders than
@@ -226,7 +204,7 @@ def test_empty_shards_start_no_actor_and_write_no_folder(ray2, tmp_path):
     def scores(run) -> list[list[float]]:  # noqa: ANN001
         return [np.round(np.asarray(s), 6).tolist() for s in run.scores]
 
-    c = _corpus(5)
+    c = word_corpus(5)
     sh = Sharded(retriever={"bm25": {}}, n_shards=8, k=3, backend="ray").fit(c)
     got = sh.search(QUERIES)
     assert scores(got) == scores(BM25(k=3).fit(c).search(QUERIES))
@@ -237,8 +215,8 @@ def test_empty_shards_start_no_actor_and_write_no_folder(ray2, tmp_path):
     for backend in ("local", "ray"):
         loaded = Operator.load(tmp_path / "s")
         loaded._backend = backend
-        assert _ranked(loaded.search(QUERIES)) == _ranked(got)
-    more = _corpus(12, 50)
+        assert ranked(loaded.search(QUERIES)) == ranked(got)
+    more = word_corpus(12, 50)
     sh.fit(more)  # every shard has documents now
-    assert len(sh._ray_actors(ray2)) == 2
+    assert len(sh._ray_actors(local_ray)) == 2
     assert scores(sh.search(QUERIES)) == scores(BM25(k=3).fit(more).search(QUERIES))

@@ -9,75 +9,51 @@ import json
 import sys
 import time
 
-import numpy as np
 import pytest
+from conftest import ranked, word_corpus
 
 from ragkit import scale
 from ragkit.errors import ArtifactError, DataError
 from ragkit.operator import Operator
 from ragkit.retrievers import BM25
 from ragkit.scale import Sharded, ShardError
-from ragkit.types import Corpus
 
 QUERIES = ["w1 w2 w3", "w4 w5", "w7 w11 w13", "w20 w21"]
 
 
-def _corpus(n: int, offset: int = 0, **metadata: list) -> Corpus:
-    """``n`` short documents over a 40-word vocabulary (ids ``d<offset + i>``), model-free."""
-    rng = np.random.default_rng(offset)
-    words = np.array([f"w{i}" for i in range(40)])
-    texts = [" ".join(rng.choice(words, size=8)) for _ in range(n)]
-    return Corpus.from_texts(texts, ids=[f"d{offset + i}" for i in range(n)], **metadata)
-
-
-def _ranked(run) -> tuple[list[list[str]], list[list[float]]]:  # noqa: ANN001
-    return [list(d) for d in run.doc_ids], [np.round(np.asarray(s), 5).tolist() for s in run.scores]
-
-
-@pytest.fixture(scope="module")
-def ray3():
-    """A local Ray on 2 CPUs, shut down after this module's tests."""
-    ray = pytest.importorskip("ray")
-    if ray.is_initialized():
-        pytest.skip("Ray already running in this process")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield ray
-    ray.shutdown()
-
-
 # ---------------------------------------------------------------- 1. a loaded index keeps its own shards
-def test_a_loaded_ray_index_is_not_reached_by_a_later_save_into_its_folder(ray3, tmp_path):
+def test_a_loaded_ray_index_is_not_reached_by_a_later_save_into_its_folder(local_ray, tmp_path):
     """The shard actors loaded the user's folder at their first search (and again when Ray restarted one):
     another index saved there after Operator.load answered every query under the loaded one's parameters, and a
     restart after such a save mixed the two indexes.  A loaded Ray index now serves hard links of its own."""
-    c = _corpus(300)
-    want = _ranked(BM25(k=10).fit(c).search(QUERIES))
-    assert want != _ranked(BM25(k=10, k1=3.0, b=1.0).fit(c).search(QUERIES))  # the two indexes rank apart
+    c = word_corpus(300)
+    want = ranked(BM25(k=10).fit(c).search(QUERIES), 5)
+    assert want != ranked(BM25(k=10, k1=3.0, b=1.0).fit(c).search(QUERIES), 5)  # the two indexes rank apart
     x = tmp_path / "x"
     Sharded(retriever={"bm25": {}}, n_shards=3, k=10, backend="ray").fit(c).save(x)
     before = Operator.load(x)  # its actors start at its first search, after the next save
     searched = Operator.load(x)
-    assert _ranked(searched.search(QUERIES)) == want
+    assert ranked(searched.search(QUERIES), 5) == want
     Sharded(retriever={"bm25": {"k1": 3.0, "b": 1.0}}, n_shards=3, k=10, backend="ray").fit(c).save(x)
-    assert _ranked(before.search(QUERIES)) == want
-    ray3.kill(searched._actors[0], no_restart=False)  # a crash Ray restarts: the actor loads its shards again
+    assert ranked(before.search(QUERIES), 5) == want
+    local_ray.kill(searched._actors[0], no_restart=False)  # a crash Ray restarts: the actor loads its shards again
     time.sleep(1)
-    assert _ranked(searched.search(QUERIES)) == want
+    assert ranked(searched.search(QUERIES), 5) == want
     assert Operator.load(x).params.retriever == {"bm25": {"k1": 3.0, "b": 1.0}}  # (the folder holds the new one)
 
 
 # ---------------------------------------------------------------- 2. a shard's ragkit error is raised as itself
-def test_a_bad_filter_on_ray_is_the_local_data_error_and_keeps_the_actors(ray3):
+def test_a_bad_filter_on_ray_is_the_local_data_error_and_keeps_the_actors(local_ray):
     """A filter the metadata cannot answer was a ShardError wrapping the DataError (a local search raises the
     DataError) and stopped every actor (the next search started them all again).  It is refused as the same
     DataError now, before any actor searches, and one a shard's own documents refuse comes back as the
     DataError a local search raises; the actors stay."""
     n = 300
-    c = _corpus(n, year=[2000 + i % 5 for i in range(n)],
+    c = word_corpus(n, year=[2000 + i % 5 for i in range(n)],
                 tag=[i for i in range(n // 2)] + [f"t{i}" for i in range(n // 2)])  # ints in shard 0, strings after
     local = Sharded(retriever={"bm25": {}}, n_shards=2, k=10, backend="local").fit(c)
     sh = Sharded(retriever={"bm25": {}}, n_shards=2, k=10, backend="ray").fit(c)
-    ref = _ranked(sh.search(QUERIES))
+    ref = ranked(sh.search(QUERIES), 5)
     actors = sh._actors
     for bad in ({"year": "2001"}, {"tag": "t3"}):
         with pytest.raises(DataError) as at_home:
@@ -87,27 +63,28 @@ def test_a_bad_filter_on_ray_is_the_local_data_error_and_keeps_the_actors(ray3):
         assert not isinstance(on_ray.value, ShardError)
         assert str(on_ray.value) == str(at_home.value)
         assert sh._actors is actors
-    assert _ranked(sh.search(QUERIES)) == ref and sh._actors is actors
-    assert _ranked(sh.search(QUERIES, filter={"year": 2001})) == _ranked(local.search(QUERIES, filter={"year": 2001}))
+    assert ranked(sh.search(QUERIES), 5) == ref and sh._actors is actors
+    year = {"year": 2001}
+    assert ranked(sh.search(QUERIES, filter=year), 5) == ranked(local.search(QUERIES, filter=year), 5)
 
 
 # ---------------------------------------------------------------- 3. at most one actor per CPU
-def test_shards_share_actors_one_per_cpu_at_most(ray3, tmp_path):
+def test_shards_share_actors_one_per_cpu_at_most(local_ray, tmp_path):
     """Each shard was an actor of its own (24 shards on 2 CPUs: 28 worker processes, 4 GiB, 16 s to a first
     search).  The shards are served by at most one actor per CPU of the cluster now, with the same rankings; a
     crashed actor serving several shards restarts over them all."""
-    c = _corpus(300)
-    want = _ranked(BM25(k=10).fit(c).search(QUERIES))
+    c = word_corpus(300)
+    want = ranked(BM25(k=10).fit(c).search(QUERIES), 5)
     sh = Sharded(retriever={"bm25": {}}, n_shards=7, k=10, backend="ray").fit(c)
-    assert _ranked(sh.search(QUERIES)) == want
+    assert ranked(sh.search(QUERIES), 5) == want
     assert len(sh._actors) == 2
     actors = sh._actors
-    ray3.kill(actors[1], no_restart=False)
+    local_ray.kill(actors[1], no_restart=False)
     time.sleep(1)
-    assert _ranked(sh.search(QUERIES)) == want and sh._actors is actors
+    assert ranked(sh.search(QUERIES), 5) == want and sh._actors is actors
     sh.save(tmp_path / "s")
     loaded = Operator.load(tmp_path / "s")
-    assert _ranked(loaded.search(QUERIES)) == want and len(loaded._actors) == 2
+    assert ranked(loaded.search(QUERIES), 5) == want and len(loaded._actors) == 2
 
 
 # ---------------------------------------------------------------- 4. a failure that was not retried
@@ -120,7 +97,7 @@ def _shard_0_fails(node, corpus, folder):  # noqa: ANN001, ANN202
     return _fit_shard(node, corpus, folder)
 
 
-def test_a_shard_error_that_was_not_retried_does_not_say_it_was(ray3, monkeypatch):
+def test_a_shard_error_that_was_not_retried_does_not_say_it_was(local_ray, monkeypatch):
     """A shard failing on a ValueError (never retried) said 'failed to build (after up to 3 retries of a crashed
     worker or an OS / memory error)'; retries are said only for what Ray retries now."""
     from ray import cloudpickle
@@ -131,7 +108,7 @@ def test_a_shard_error_that_was_not_retried_does_not_say_it_was(ray3, monkeypatc
     monkeypatch.setattr(scale, "_fit_shard", _shard_0_fails)
     try:
         with pytest.raises(ShardError) as err:
-            Sharded(retriever={"bm25": {}}, n_shards=2, k=5, backend="ray").fit(_corpus(60))
+            Sharded(retriever={"bm25": {}}, n_shards=2, k=5, backend="ray").fit(word_corpus(60))
     finally:
         cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
     assert str(err.value) == "sharded: shard 0 (documents 0..29) failed to build: ValueError: bad shard"
@@ -144,7 +121,7 @@ def test_a_shard_error_that_was_not_retried_does_not_say_it_was(ray3, monkeypatc
 def test_shards_json_out_of_step_with_the_shard_folders_is_named(tmp_path):
     """shards.json's bounds changed after the save (verify=False) were reported as 'load(corpus=...) was given
     150 documents', though no corpus was given: the error names shards.json's bounds now."""
-    c = _corpus(300)
+    c = word_corpus(300)
     Sharded(retriever={"bm25": {}}, n_shards=3, k=10, backend="local").fit(c).save(tmp_path / "s")
     bounds_file = tmp_path / "s" / "shards.json"
     for bounds, says in (([0, 150, 200, 300], r"its bounds give shard 0 the documents 0\.\.149 \(150\), but "
