@@ -22,10 +22,10 @@ from typing import Callable, Literal
 import numpy as np
 
 from ragkit.errors import DataError, some_ids
-from ragkit.eval.metrics import evaluate, per_query_ndcg
+from ragkit.eval.metrics import _evaluate_noted, _per_query_metrics
 from ragkit.operator import group_positions
 from ragkit.run import Run
-from ragkit.types import Qrels, Ranking, State, usable_query_ids
+from ragkit.types import Qrels, Ranking, State, check_qrels, usable_query_ids
 
 __all__ = ["simplex_grid", "WeightSearch", "learn_weights", "best_grid_point"]
 
@@ -156,15 +156,17 @@ def learn_weights(fuse: Callable[[State, np.ndarray], list[Ranking]], state: Sta
         raise DataError(f"learning fusion weights: 1 usable (with a relevant document in the corpus) training query "
                         f"({qids[0]!r}) of {len(state)}; cross-validation needs at least 2 (one to learn from, one "
                         "held out)")
-    judged = {q: qrels[q] for q in qids}
+    # checked once here (string ids, integer grades), not again by each of the grid's evaluations
+    judged = check_qrels({q: qrels[q] for q in qids}, "learning fusion weights")
     per_q = np.zeros((len(grid), len(qids)))
     for g, w in enumerate(grid):
         if heads is None:
             st = state.copy()
             st.rankings = fuse(state, w)
-            per_q[g] = per_query_ndcg(st, judged, corpus_ids)
+            per_q[g] = _per_query_metrics(st, judged, corpus_ids, ["ndcg@10"], qrels_checked=True)["ndcg@10"]
         else:  # what per_query_ndcg reads of fuse(state, w)
-            pq = evaluate(_heads_run(heads(w, _DEPTH), state.query_ids, corpus_ids), judged, ["ndcg@10"]).per_query
+            pq = _evaluate_noted(_heads_run(heads(w, _DEPTH), state.query_ids, corpus_ids), judged, ["ndcg@10"],
+                                 qrels_checked=True).per_query
             per_q[g] = [pq["ndcg@10"][q] for q in qids]
     rng = np.random.default_rng(seed)
     fold_of = rng.permutation(len(qids)) % max(2, min(folds, len(qids)))
@@ -178,7 +180,7 @@ def learn_weights(fuse: Callable[[State, np.ndarray], list[Ranking]], state: Sta
     averaged = np.mean(picks, axis=0)
     final = (Run.from_rankings(state.query_ids, fuse(state, averaged), corpus_ids) if heads is None
              else _heads_run(heads(averaged, _DEPTH), state.query_ids, corpus_ids))
-    averaged_train = float(evaluate(final, judged, ["ndcg@10"]).scores["ndcg@10"])
+    averaged_train = float(_evaluate_noted(final, judged, ["ndcg@10"], qrels_checked=True).scores["ndcg@10"])
     cv, cv_uniform, baseline = float(np.mean(held)), float(np.mean(held_uniform)), float(per_q[uniform].mean())
     weights, train_ndcg = averaged, averaged_train
     kept: Literal["learned", "uniform"] = "learned"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from itertools import chain
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping, Sequence, TextIO
 
@@ -28,11 +29,66 @@ __all__ = ["Run", "trec_order", "trec_head", "check_trec_ids"]
 def trec_order(docs: Mapping[str, float]) -> list[tuple[str, float]]:
     """trec_eval's ranking of one query's ``{doc_id: score}``: score descending, compared in
     float32 as trec_eval stores run scores, ties by document id descending."""
-    items = sorted(docs.items(), reverse=True)  # ties: document id descending
+    items = list(docs.items())
     if len(items) < 2:
         return items
+    keys = np.empty(len(items), dtype=object)
+    keys[:] = [d for d, _ in items]
     s32 = np.fromiter((v for _, v in items), np.float64, len(items)).astype(np.float32)
-    return [items[i] for i in np.argsort(-s32, kind="stable")]
+    return [items[i] for i in _trec_permutation(np.zeros(len(items), np.int64), keys, s32).tolist()]
+
+
+def _trec_permutation(owner: np.ndarray, docs: np.ndarray, s32: np.ndarray) -> np.ndarray:
+    """The permutation of the flat entries of several queries (``owner``: each entry's query number,
+    ``docs``: its document id (object array), ``s32``: its float32 score) that puts them in query order and
+    each query's in trec_eval's order: score descending, ties by document id descending (Python's string
+    order, as ``sorted``).  One stable sort on (query, -score); only the runs of tied scores (NaNs tie
+    together, as they sort) are then ordered by document id, all in one more sort: no loop over queries."""
+    order = np.lexsort((-s32, owner))
+    so, ss = owner[order], s32[order]
+    same = (so[1:] == so[:-1]) & ((ss[1:] == ss[:-1]) | (np.isnan(ss[1:]) & np.isnan(ss[:-1])))
+    if same.any():
+        at = np.flatnonzero(np.r_[same, False] | np.r_[False, same])  # positions (in order) within tied runs
+        group = np.cumsum(np.r_[True, ~same])[at]  # which run of ties each belongs to
+        tied = order[at]
+        rank = _id_ranks(docs[tied], group)
+        top = int(rank.max())  # group, then id descending, as one integer key (distinct within a group)
+        order[at] = tied[np.argsort((group - group[0]) * (top + 1) + (top - rank), kind="stable")]
+    return order
+
+
+def _id_ranks(ids: np.ndarray, group: np.ndarray) -> np.ndarray:
+    """Each of ``ids`` (an object array) numbered in Python's order (``sorted``) of its distinct ids: a
+    query's ranking retrieves from one corpus, so there are far fewer of them than entries (300 queries x
+    1,000 of SciFact's 5,183 documents: 4x faster than sorting every entry as numpy strings).  Ids that do
+    not compare with one another (ints and strings) are compared only within their run of ties (``group``)."""
+    listed = ids.tolist()
+    try:
+        code = {x: i for i, x in enumerate(sorted(set(listed)))}
+    except TypeError:  # (what sorting each query's documents compared, and no more)
+        rank = np.empty(len(listed), np.int64)
+        rank[sorted(range(len(listed)), key=lambda i: (group[i], listed[i]))] = np.arange(len(listed))
+        return rank
+    return np.fromiter(map(code.__getitem__, listed), np.int64, len(listed))
+
+
+def _flat(run: Mapping[Any, Mapping[str, float]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every query's ``{doc_id: score}`` of ``run`` (queries in its order), concatenated: ``(lens, doc_ids,
+    scores)``, the number of documents of each query (``(n_q,)`` int64), the ids (object) and the scores
+    (float64, as given)."""
+    vals = list(run.values())
+    lens = np.fromiter(map(len, vals), np.int64, len(vals))
+    n = int(lens.sum())
+    docs = np.empty(n, dtype=object)
+    docs[:] = list(chain.from_iterable(vals))
+    return lens, docs, np.fromiter(chain.from_iterable(v.values() for v in vals), np.float64, n)
+
+
+def _trec_flat(run: Mapping[Any, Mapping[str, float]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`_flat` with each query's documents in trec_eval's order (:func:`trec_order`)."""
+    lens, docs, s64 = _flat(run)
+    order = _trec_permutation(np.repeat(np.arange(len(lens)), lens), docs, s64.astype(np.float32))
+    return lens, docs[order], s64[order]
 
 
 def trec_head(docs: Mapping[str, float], k: int) -> list[tuple[str, float]]:
@@ -141,14 +197,13 @@ class Run:
     @classmethod
     def from_dict(cls, run: Mapping[str, Mapping[str, float]]) -> "Run":
         """From ``{qid: {doc_id: score}}``, in trec_eval's order (:func:`trec_order`), so that
-        :meth:`head` keeps what trec_eval's cut-offs keep."""
-        qids, docs, scores = [], [], []
-        for q, d in run.items():
-            items = trec_order(d)
-            qids.append(str(q))
-            docs.append(np.array([i for i, _ in items], dtype=object))
-            scores.append(np.array([s for _, s in items], dtype=np.float32))
-        return cls(qids, docs, scores)
+        :meth:`head` keeps what trec_eval's cut-offs keep.  Every query is ordered at once (one sort of all
+        the entries, :func:`_trec_flat`)."""
+        lens, docs, s64 = _trec_flat(run)
+        ends = np.cumsum(lens).tolist()
+        spans = list(zip([0, *ends[:-1]], ends))
+        s32 = s64.astype(np.float32)
+        return cls([str(q) for q in run], [docs[a:b] for a, b in spans], [s32[a:b] for a, b in spans])
 
     def __len__(self) -> int:
         return len(self.query_ids)

@@ -20,7 +20,7 @@ from typing import Callable, Iterable, Mapping, Sequence
 import numpy as np
 
 from ragkit.errors import DataError, ParamError, some_ids
-from ragkit.run import Run, trec_head
+from ragkit.run import Run, _flat, _trec_permutation
 from ragkit.types import Qrels, Ranking, State, _a, _kind, check_qrels
 
 __all__ = ["evaluate", "EvalResult", "parse_metric", "paired_randomization_test", "sign_flip_pvalues",
@@ -161,11 +161,13 @@ def evaluate(
 def _evaluate_noted(
     run: Run | Mapping[str, Mapping[str, float]], qrels: Qrels, metrics: str | Sequence[str] = DEFAULT_METRICS,
     *, ignore_identical_ids: bool = True, relevance_level: int = 1, note_unsearched: bool = True,
+    qrels_checked: bool = False,
 ) -> EvalResult:
     """:func:`evaluate`, whose warning of judged queries the run lacks is left out with ``note_unsearched=False``
-    (:func:`~ragkit.eval.compare.load_result` says it in the words of ``ragkit compare``)."""
+    (:func:`~ragkit.eval.compare.load_result` says it in the words of ``ragkit compare``); ``qrels_checked``:
+    as :func:`_evaluate`."""
     result, ignored = _evaluate(run, qrels, metrics, ignore_identical_ids=ignore_identical_ids,
-                                relevance_level=relevance_level)
+                                relevance_level=relevance_level, qrels_checked=qrels_checked)
     if note_unsearched:
         _note_unsearched(run, result)
     n = result.ignored_judged
@@ -203,11 +205,13 @@ _WARNED: set[tuple[int, tuple[str, ...]]] = set()
 
 def _evaluate(
     run: Run | Mapping[str, Mapping[str, float]], qrels: Qrels, metrics: str | Sequence[str] = DEFAULT_METRICS,
-    *, ignore_identical_ids: bool = True, relevance_level: int = 1,
+    *, ignore_identical_ids: bool = True, relevance_level: int = 1, qrels_checked: bool = False,
 ) -> tuple[EvalResult, tuple[int, tuple[str, ...]]]:
     """:func:`evaluate` without its warning of ignored judged documents (the traces' many calls, and
     ``ragkit eval``, which says it in its own words), and ``(relevance_level, the ids of the queries whose
-    judged-relevant document was ignored)``."""
+    judged-relevant document was ignored)``.  ``qrels_checked``: ``qrels`` is what
+    :func:`~ragkit.types.check_qrels` returns (string ids, integer grades), not checked again: a learner
+    checks its judgements once and evaluates hundreds of candidates on them (~20% of each evaluation)."""
     import pytrec_eval
 
     if isinstance(relevance_level, bool) or not isinstance(relevance_level, (int, np.integer)) or relevance_level < 1:
@@ -226,7 +230,7 @@ def _evaluate(
         raise DataError("evaluate: qrels must be a mapping {query_id: {doc_id: grade}}, got a Run; the arguments "
                         "are evaluate(run, qrels)")
     # a query whose judgement dict is empty is no judged query (pytrec_eval drops it)
-    judged = {q: rel for q, rel in check_qrels(qrels, "evaluate").items() if rel}
+    judged = {q: rel for q, rel in (qrels if qrels_checked else check_qrels(qrels, "evaluate")).items() if rel}
     if not judged:
         raise DataError(f"evaluate: every one of the {len(qrels)} queries of the qrels has an empty judgement list"
                         if qrels else "evaluate: qrels are empty")
@@ -245,15 +249,19 @@ def _evaluate(
     res = (pytrec_eval.RelevanceEvaluator(judged, measures, relevance_level=relevance_level).evaluate(d_full)
            if measures else {})
     mrr_cuts = [k for _, fam, k in parsed if fam == "mrr"]
-    if mrr_cuts:  # each query ordered once, as deep as the deepest MRR cut-off
-        heads = {q: trec_head(docs, max(mrr_cuts)) for q, docs in d_full.items()}
-        rr_eval = pytrec_eval.RelevanceEvaluator(judged, {"recip_rank"}, relevance_level=relevance_level)
     beir_cuts = [k for _, fam, k in parsed if fam in _BEIR_CUSTOM]
+    if mrr_cuts or beir_cuts:  # every query in trec_eval's order at once (one sort of all the entries)
+        flat = _trec_heads(d_full, max(mrr_cuts + beir_cuts))
+        starts = (np.cumsum(flat[0]) - flat[0]).tolist()
+        spans = list(zip(d_full, starts, np.cumsum(flat[0]).tolist()))
+        ids, values = flat[1].tolist(), flat[2].tolist()
+    if mrr_cuts:
+        rr_eval = pytrec_eval.RelevanceEvaluator(judged, {"recip_rank"}, relevance_level=relevance_level)
     if beir_cuts:
-        tops = _beir_tops(d_full, judged, max(beir_cuts), relevance_level)
+        tops = _beir_tops(d_full, judged, max(beir_cuts), relevance_level, flat)
     for name, fam, k in parsed:
         if fam == "mrr":  # MRR@k: reciprocal rank within the top k (BEIR's evaluate_custom)
-            rr = rr_eval.evaluate({q: dict(head[:k]) for q, head in heads.items()})
+            rr = rr_eval.evaluate({q: dict(zip(ids[a:min(b, a + k)], values[a:min(b, a + k)])) for q, a, b in spans})
             per_query[name] = {q: float(v["recip_rank"]) for q, v in rr.items()}
         elif fam in _BEIR_CUSTOM:
             per_query[name] = dict(zip(d_full, _BEIR_CUSTOM[fam](*tops, k).tolist()))
@@ -265,21 +273,48 @@ def _evaluate(
     return EvalResult(scores=scores, per_query=per_query, ignored_judged=len(ignored)), (relevance_level, ignored)
 
 
-def _beir_tops(run: Mapping[str, Mapping[str, float]], judged: Qrels, k: int,
-               relevance_level: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _trec_heads(run: Mapping[str, Mapping[str, float]], k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each query of ``run`` cut to the documents scoring at least its k-th best float32 score (ties kept:
+    its top ``k`` in trec_eval's order are among them) and put in trec_eval's order, flat: ``(lens, doc_ids,
+    scores)`` as :func:`~ragkit.run._flat`.  All queries at once (one partition, one sort), as
+    :func:`~ragkit.run.trec_head` orders one."""
+    lens, docs, s64 = _flat(run)
+    s32 = s64.astype(np.float32)
+    owner = np.repeat(np.arange(len(lens)), lens)
+    keep = _ties_kept(lens, s32, owner, k)
+    if not keep.all():
+        owner, docs, s64, s32 = owner[keep], docs[keep], s64[keep], s32[keep]
+        lens = np.bincount(owner, minlength=len(lens))
+    order = _trec_permutation(owner, docs, s32)
+    return lens, docs[order], s64[order]
+
+
+def _beir_tops(run: Mapping[str, Mapping[str, float]], judged: Qrels, k: int, relevance_level: int,
+               flat: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Each query's top ``k`` of ``run`` (its queries in order, each in trec_eval's order) as ``(relevant,
     unjudged, n_relevant)``: ``(n_q, k)`` booleans, a document judged ``>= relevance_level`` for its query,
     a retrieved document that no query's judgements name (padding, where fewer than ``k`` were retrieved, is
-    neither), and ``(n_q,)`` the query's relevant judgements."""
+    neither), and ``(n_q,)`` the query's relevant judgements.  ``flat``: ``run``'s :func:`_trec_heads` at
+    ``k`` or deeper (computed when not given); no loop over queries but the lookups of the top documents'
+    judgements."""
+    lens, docs, _ = _trec_heads(run, k) if flat is None else flat
+    n_q = len(lens)
+    owner = np.repeat(np.arange(n_q), lens)
+    keep = np.arange(len(owner)) - np.repeat(np.cumsum(lens) - lens, lens) < k
+    keep[keep] = docs[keep] != _NO_DOC  # (the placeholder of a query the run does not answer: no document)
+    owner, docs = owner[keep], docs[keep].tolist()
+    rank = np.arange(len(owner)) - np.searchsorted(owner, owner)  # (owner is sorted)
+    qids = list(run)
+    empty: Mapping[str, int] = {}
+    grades = [judged.get(q, empty) for q in qids]
     annotated = {d for rel in judged.values() for d in rel}
-    relevant = np.zeros((len(run), k), bool)
-    unjudged = np.zeros((len(run), k), bool)
-    for i, (q, docs) in enumerate(run.items()):  # the top k of each query, as MRR's trec_head
-        rel = judged.get(q, {})
-        head = [d for d, _ in trec_head(docs, k) if d != _NO_DOC]
-        relevant[i, :len(head)] = [rel.get(d, 0) >= relevance_level for d in head]
-        unjudged[i, :len(head)] = [d not in annotated for d in head]
-    n_rel = np.array([sum(g >= relevance_level for g in judged.get(q, {}).values()) for q in run], np.int64)
+    relevant = np.zeros((n_q, k), bool)
+    unjudged = np.zeros((n_q, k), bool)
+    relevant[owner, rank] = np.fromiter((grades[i].get(d, 0) >= relevance_level for i, d in zip(owner.tolist(), docs)),
+                                        bool, len(docs))
+    unjudged[owner, rank] = np.fromiter((d not in annotated for d in docs), bool, len(docs))
+    n_rel = np.array([sum(g >= relevance_level for g in rel.values()) for rel in grades], np.int64)
     return relevant, unjudged, n_rel
 
 
@@ -431,6 +466,15 @@ def per_query_metrics(state: State, qrels: Qrels, corpus_ids: np.ndarray, metric
     id ignored unless ``ignore_identical_ids=False``, binary metrics counting grades from
     ``relevance_level``): ``{metric: (n_judged,) float64}`` in state order, queries without judgements
     skipped."""
+    return _per_query_metrics(state, qrels, corpus_ids, metrics, relevance_level=relevance_level,
+                              ignore_identical_ids=ignore_identical_ids)
+
+
+def _per_query_metrics(state: State, qrels: Qrels, corpus_ids: np.ndarray, metrics: Sequence[str], *,
+                       relevance_level: int = 1, ignore_identical_ids: bool = True,
+                       qrels_checked: bool = False) -> dict[str, np.ndarray]:
+    """:func:`per_query_metrics`; ``qrels_checked``: ``qrels`` is what :func:`~ragkit.types.check_qrels`
+    returns, not checked again (a learner's many calls on one set of judgements)."""
     qids = [q for q in state.query_ids if qrels.get(q)]
     if not qids:
         return {m: np.zeros(0, np.float64) for m in metrics}
@@ -443,7 +487,7 @@ def per_query_metrics(state: State, qrels: Qrels, corpus_ids: np.ndarray, metric
     doc_ids, scores = _with_ties_at(rankings, k, corpus_ids, state.query_ids)
     run = Run(list(state.query_ids), doc_ids, scores)
     pq = _evaluate(run, {q: qrels[q] for q in qids}, list(metrics), relevance_level=relevance_level,
-                   ignore_identical_ids=ignore_identical_ids)[0].per_query
+                   ignore_identical_ids=ignore_identical_ids, qrels_checked=qrels_checked)[0].per_query
     return {m: np.array([pq[m][q] for q in qids], dtype=np.float64) for m in metrics}
 
 
