@@ -23,6 +23,7 @@ from typing import Any, Collection, Hashable, Mapping, Sequence
 import numpy as np
 
 from ragkit.errors import DataError
+from ragkit.eval.metrics import check_run_mapping
 from ragkit.run import Run, _check_unique
 from ragkit.types import Ranking, _kind, ids_once
 
@@ -171,18 +172,11 @@ def _as_run(run: Any, measure: str) -> Run:
     query's entry that is not a mapping, or a score that is NaN or no number, is a :class:`DataError`."""
     if isinstance(run, Run):
         return run
-    if not isinstance(run, Mapping):
-        got = _kind(run)
-        if isinstance(run, (list, tuple)) and run and all(isinstance(r, Ranking) for r in run):
-            got = (f"a list of {len(run)} Ranking{'s' * (len(run) != 1)}, whose row numbers name no document id "
-                   "(subtopics name documents by id): pass the Run search returns, or "
-                   "Run.from_rankings(query_ids, rankings, corpus.ids)")
-        raise DataError(f"{measure}: run must be a Run (what search returns) or a mapping {{query_id: {{doc_id: "
-                        f"score}}}}, got {got}")
-    bad_q = next((q for q, docs in run.items() if not isinstance(docs, Mapping)), None)
-    if bad_q is not None:
-        raise DataError(f"{measure}: run[{bad_q!r}] is {_kind(run[bad_q])}, expected a mapping {{doc_id: score}} "
-                        "(a run is {query_id: {doc_id: score}})")
+    rankings = isinstance(run, (list, tuple)) and bool(run) and all(isinstance(r, Ranking) for r in run)
+    check_run_mapping(run, measure, got=(f"a list of {len(run)} Ranking{'s' * (len(run) != 1)}, whose row numbers "
+                                         "name no document id (subtopics name documents by id): pass the Run search "
+                                         "returns, or Run.from_rankings(query_ids, rankings, corpus.ids)")
+                      if rankings else None)
     written: dict[str, dict[str, float]] = {}
     for q, docs in run.items():  # as evaluate reads a run: ids as strings, scores as numbers (no NaN: no order)
         scores: dict[str, float] = {}

@@ -15,7 +15,7 @@ import contextlib
 import logging
 import re
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -83,6 +83,21 @@ class EvalResult:
 _NO_DOC = "\tragkit: no document"
 
 
+def check_run_mapping(run: Any, who: str, got: str | None = None) -> None:
+    """Refuse, with a :class:`DataError` starting ``who:``, a ``run`` that is neither a :class:`Run` nor a
+    mapping ``{query_id: {doc_id: score}}`` (``got``: how to describe it, by default its type), or a mapping
+    one of whose queries maps to something other than a mapping."""
+    if isinstance(run, Run):
+        return
+    if not isinstance(run, Mapping):
+        raise DataError(f"{who}: run must be a Run (what search returns) or a mapping {{query_id: {{doc_id: "
+                        f"score}}}}, got {got or _kind(run)}")
+    bad_q = next((q for q, docs in run.items() if not isinstance(docs, Mapping)), None)
+    if bad_q is not None:
+        raise DataError(f"{who}: run[{bad_q!r}] is {_kind(run[bad_q])}, expected a mapping {{doc_id: score}} "
+                        "(a run is {query_id: {doc_id: score}})")
+
+
 def _clean_run(run: Run | Mapping[str, Mapping[str, float]], ignore_identical_ids: bool,
                depth: int | None = None) -> dict[str, dict[str, float]]:
     """``run`` as pytrec_eval's dicts, checked (no NaN score, no document twice); a pipeline's run deeper
@@ -96,13 +111,7 @@ def _clean_run(run: Run | Mapping[str, Mapping[str, float]], ignore_identical_id
             bad = (run.query_ids[q], run.doc_ids[q][np.isnan(run.scores[q])][0])
         d = (run if depth is None else _cut_run(run, depth)).to_dict() if bad is None else {}
     else:
-        if not isinstance(run, Mapping):
-            raise DataError(f"evaluate: run must be a Run (what search returns) or a mapping {{query_id: {{doc_id: "
-                            f"score}}}}, got {_kind(run)}")
-        bad_q = next((q for q, docs in run.items() if not isinstance(docs, Mapping)), None)
-        if bad_q is not None:
-            raise DataError(f"evaluate: run[{bad_q!r}] is {_kind(run[bad_q])}, "
-                            "expected a mapping {doc_id: score} (a run is {query_id: {doc_id: score}})")
+        check_run_mapping(run, "evaluate")
         d = {str(q): {str(k): float(v) for k, v in docs.items()} for q, docs in run.items()}
         bad = next(((q, doc) for q, docs in d.items() for doc, s in docs.items() if s != s), None)
     if bad is not None:  # NaN has no order: sorting on it scrambles the query's other documents too
