@@ -49,6 +49,10 @@ times ``resolution / sum(q')``, with every weight rounded to ``1 / resolution`` 
 weight is not positive cannot be written and is left out.)  With the default 1000, one round on
 SciFact test scores as the exact boosts do (nDCG@10 0.6479, Recall@100 0.9100 both ways) and
 ranks the same top 10 for 90% of the queries (29% at 100; 99% at 10000, 5x slower).
+The repetitions also go, as term counts, into ``state.values["lexical_counts"]``: a BM25 whose
+analysis is PRF's builds its query matrix from them (the one tokenising the text gives) instead of
+tokenising ~``resolution`` words per query again, as long as the texts it searches are exactly
+those PRF wrote and it indexes every expansion term (else it tokenises the text).
 
 The expansion always starts from the original query, so iterating
 ``Loop(prf | bm25, until=topk_stable)`` refines the feedback set rather than drifting; one
@@ -70,7 +74,7 @@ from ragkit.filters._flat import check_rows_in_corpus
 from ragkit.operator import Operator, load_array, read_json, save_arrays, write_json
 from ragkit.params import Params
 from ragkit.registry import register
-from ragkit.retrievers.bm25 import BM25, Tokenizer, _index_dtype
+from ragkit.retrievers.bm25 import BM25, LEXICAL_COUNTS, LexicalCounts, QueryCounts, Tokenizer, _index_dtype
 from ragkit.types import Corpus, State, TrainSet
 
 __all__ = ["PRF", "PRFParams"]
@@ -148,8 +152,12 @@ class PRF(Operator):
     Reads ``state.rankings`` (the feedback documents) and the original ``state.queries``;
     writes ``state.values["lexical_query"]`` (expanded query text, one str per query), which
     term-matching retrievers (BM25, ``State.texts(lexical=True)``) search with; dense and
-    multi-vector encoders keep encoding the query itself.  Without rankings (first step of a
-    loop) it changes nothing.  A query whose feedback documents hold no usable term keeps its
+    multi-vector encoders keep encoding the query itself.  The same expansion goes as term counts
+    into ``state.values["lexical_counts"]`` (one :class:`~ragkit.retrievers.bm25.QueryCounts` per query,
+    ``.to_dict()`` its ``{term: count}``), which a BM25 of the same analysis reads instead of tokenising the
+    text again while the texts it searches are exactly those written
+    (:meth:`~ragkit.retrievers.bm25.BM25.expansion_matrix`).  Without rankings (first step of a loop) it
+    changes nothing.  A query whose feedback documents hold no usable term keeps its
     original text.  The algorithm, step by step, is in the module docstring.
 
     Fitted state: term counts ``tf_`` (CSR, n_docs x n_terms, terms in alphabetical order, ``uint16`` counts,
@@ -233,6 +241,7 @@ class PRF(Operator):
         self.tf_ = tf
         self.df_ = np.bincount(tf.indices, minlength=tf.shape[1]).astype(np.int64)
         terms = sorted(self.vocab_, key=self.vocab_.__getitem__)
+        self._terms = np.array(terms, dtype=object)  # the term of each column
         n_chars = np.fromiter((len(t.encode("utf-16-le")) // 2 for t in terms), np.int64, len(terms))
         ok = (n_chars >= MIN_TERM_CHARS) & (n_chars <= MAX_TERM_CHARS)
         if p.filter_terms:
@@ -327,6 +336,13 @@ class PRF(Operator):
         bounds = np.concatenate([[0], np.cumsum(reps)])
         texts = [" ".join(words[bounds[i]:bounds[i + 1]]) if reps[i] else state.queries[i] for i in range(len(state))]
         out.values["lexical_query"] = texts
+        # the same expansion as term counts, which the bm25 after it reads instead of tokenising the text again
+        p = self.params
+        terms = self.__dict__.get("_terms")
+        if terms is None:  # (an instance pickled before it was kept)
+            terms = np.array(sorted(self.vocab_, key=self.vocab_.__getitem__), dtype=object)
+        batch = LexicalCounts(counts, terms, texts, reps > 0, (p.tokenizer, p.stopwords, p.stemmer))
+        out.values[LEXICAL_COUNTS] = list(map(QueryCounts, repeat(batch, len(state)), range(len(state))))
         return out
 
     # ------------------------------------------------------------------ persistence

@@ -47,9 +47,9 @@ import re
 import unicodedata
 from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
-from itertools import chain
+from itertools import chain, repeat
 from pathlib import Path
-from typing import Any, Literal, Sequence, TypedDict
+from typing import Any, Literal, NamedTuple, Sequence, TypedDict
 
 import numpy as np
 import scipy.sparse as sp
@@ -62,7 +62,7 @@ from ragkit.params import MetadataFilter, Params
 from ragkit.registry import register
 from ragkit.types import Corpus, State, TrainSet
 
-__all__ = ["BM25", "BM25Params", "Tokenizer", "LUCENE_STOPWORDS"]
+__all__ = ["BM25", "BM25Params", "Tokenizer", "LUCENE_STOPWORDS", "LEXICAL_COUNTS", "LexicalCounts", "QueryCounts"]
 
 #: Lucene's default English stop set (EnglishAnalyzer), as used by Anserini.
 LUCENE_STOPWORDS = frozenset(
@@ -107,6 +107,8 @@ _MIN_TASK_CELLS = 100_000
 COUNT_CHUNK_CHARS = 8_000_000
 
 
+#: The methods that turn query texts into counts: a subclass that overrides one does not read PRF's counts
+_COUNTING = ("make_tokenizer", "_term_ids", "_count_parts", "_count_matrix", "query_matrix")
 #: Largest term count stored as ``uint16`` (a document with a term more often than this stores ``int32`` counts).
 _U16 = int(np.iinfo(np.uint16).max)
 #: Postings weighed at once by ``_weigh`` (its float64 temporaries: a few times 8 bytes each).
@@ -293,6 +295,52 @@ class CollectionStats(TypedDict):
 
     idf: np.ndarray
     avgdl: float
+
+
+#: ``State.values`` key under which :class:`~ragkit.pipelines.PRF` passes its expanded queries as term counts
+#: (one :class:`QueryCounts` per query) next to their text (``values["lexical_query"]``)
+LEXICAL_COUNTS = "lexical_counts"
+
+
+class LexicalCounts:
+    """The expanded queries of one PRF call as term counts: how often each term is repeated in the text PRF
+    wrote for each query (``values["lexical_query"]``), which is what a BM25 of the same analysis counts when
+    it tokenises that text.  A BM25 reads them instead of tokenising ~``resolution`` words per query again
+    (:meth:`BM25.expansion_matrix`), only where the texts it would search are exactly these.
+
+    Attributes: ``counts`` (float64 CSR ``(n_q, n_terms)``, whole counts), ``terms`` (object array, the term of
+    each column), ``texts`` (object array of the ``n_q`` texts written), ``expanded`` (bool ``(n_q,)``: the text
+    is the counts' words; else it is the query itself, with no counts) and ``analysis`` (``(tokenizer,
+    stopwords, stemmer)`` that made the terms)."""
+
+    __slots__ = ("counts", "terms", "texts", "expanded", "analysis")
+
+    def __init__(self, counts: sp.csr_matrix, terms: np.ndarray, texts: Sequence[str], expanded: np.ndarray,
+                 analysis: tuple[str, str, str]) -> None:
+        self.counts, self.terms, self.analysis = counts, terms, analysis
+        self.texts = np.fromiter(texts, dtype=object, count=len(texts))
+        self.expanded = np.asarray(expanded, dtype=bool)
+
+    def row(self, i: int) -> dict[str, int]:
+        """Query ``i``'s ``{term: count}`` (empty where it was not expanded)."""
+        a, b = self.counts.indptr[i], self.counts.indptr[i + 1]
+        cols, n = self.counts.indices[a:b], self.counts.data[a:b]
+        order = np.argsort(cols)  # (terms alphabetically, for PRF's columns)
+        return dict(zip(self.terms[cols[order]].tolist(), n[order].astype(int).tolist()))
+
+
+class QueryCounts(NamedTuple):
+    """One query's entry of ``state.values["lexical_counts"]``: row ``row`` of ``batch``
+    (:class:`LexicalCounts`); ``to_dict()`` gives its ``{term: count}``."""
+
+    batch: LexicalCounts
+    row: int
+
+    def to_dict(self) -> dict[str, int]:
+        return self.batch.row(self.row)
+
+    def __repr__(self) -> str:
+        return f"QueryCounts({self.to_dict()})"
 
 
 class BM25Params(Params):
@@ -649,6 +697,49 @@ class BM25(Operator):
         _refuse_one_text(queries, "bm25.query_matrix")
         return self._count_matrix(queries, grow=False)
 
+    def expansion_matrix(self, state: State, texts: Sequence[str]) -> sp.csr_matrix | None:
+        """:meth:`query_matrix` of ``texts`` (what ``state.texts(lexical=True)`` gave) from the term counts PRF
+        passed with its expanded text (``state.values["lexical_counts"]``, :class:`LexicalCounts`), without
+        tokenising the ~``resolution`` words of each expanded query again; ``None`` (tokenise the texts) unless
+        every query's entry is a row of one PRF call whose analysis (tokenizer, stopwords, stemmer) is this
+        index's, ``texts`` are exactly the texts that call wrote for those rows, and every term of their
+        expansions is in this index's vocabulary (an index fitted on another corpus, or edited since), and no
+        subclass changes how texts are counted.  A query PRF did not expand (its text is the query itself) is
+        tokenised.  The counts are those tokenising the texts gives, so the matrix, and the scores, are the same."""
+        entries = state.values.get(LEXICAL_COUNTS)
+        n = len(texts)
+        if not n or not isinstance(entries, list) or len(entries) != n or set(map(type, entries)) != {QueryCounts}:
+            return None
+        cls = type(self)
+        if cls is not BM25 and any(getattr(cls, m) is not getattr(BM25, m) for m in _COUNTING):
+            return None
+        batches, rows_t = zip(*entries)
+        batch, p = batches[0], self.params
+        if (not isinstance(batch, LexicalCounts) or batches.count(batch) != n
+                or batch.analysis != (p.tokenizer, p.stopwords, p.stemmer)):
+            return None
+        rows = np.fromiter(rows_t, np.int64, n)
+        if rows.min() < 0 or rows.max() >= len(batch.texts) or batch.texts[rows].tolist() != list(texts):
+            return None  # (the texts were rewritten after PRF, or are another batch's)
+        self._check_fitted()
+        sub = batch.counts[rows]
+        used, at = np.unique(sub.indices, return_inverse=True)
+        vocab = self.vocab_
+        width = len(vocab)
+        col = np.fromiter(map(vocab.get, batch.terms[used].tolist(), repeat(-1)), np.int64, len(used))
+        if (col < 0).any():  # a term this index lacks (the text would drop it too; not taken: tokenise)
+            return None
+        idx = _index_dtype(sub.nnz, width)
+        q = sp.csr_matrix((sub.data.astype(np.float64), col[at.reshape(-1)].astype(idx), sub.indptr.astype(idx)),
+                          shape=(n, width))
+        plain = np.flatnonzero(~batch.expanded[rows])
+        if len(plain):  # queries PRF left as they were: their own tokens
+            rest = self.query_matrix(np.asarray(texts, dtype=object)[plain].tolist())
+            put = sp.csr_matrix((np.ones(len(plain)), (plain, np.arange(len(plain)))), shape=(n, len(plain)))
+            q = sp.csr_matrix(q + put @ rest)
+        q.sort_indices()
+        return q
+
     def score_matrix(self, queries: Sequence[str]) -> np.ndarray:
         """Dense BM25 scores of every document, shape ``(n_queries, n_docs)``, float64.  ``queries``: a list of
         texts (one ``str`` is refused: a :class:`DataError`)."""
@@ -696,7 +787,9 @@ class BM25(Operator):
     def _search_index(self, state: State, texts: list[str], k: int, drop: np.ndarray | None, n_jobs: int,
                       corpus: Corpus, index: tuple[sp.csr_matrix, sp.csr_matrix | None]) -> State:
         """:meth:`_call`'s work: top ``k`` of ``index`` (weights, hits) for ``texts``, rows of ``corpus``."""
-        q = self.query_matrix(list(texts))
+        q = self.expansion_matrix(state, texts)  # PRF's term counts, where it passed them for these texts
+        if q is None:
+            q = self.query_matrix(list(texts))
         n_q = q.shape[0]
         n_docs = max(len(corpus), 1)
         chunk = max(1, _BLOCK_CELLS // n_docs)

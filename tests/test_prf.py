@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from collections import Counter
 from fractions import Fraction
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -210,3 +211,117 @@ def test_rows_past_its_corpus_and_an_add_it_cannot_follow_are_named():
     with pytest.raises(DataError, match=r"fit the pipeline again \(pipeline\[1\]\.prf cannot be edited: it has "
                                         r"no add\)"):
         pipe.search(["apple"])
+
+
+# ---------------------------------------------------------------------- the expansion as term counts
+def _text_path(monkeypatch) -> None:
+    """Make every BM25 tokenise the expanded text (the only path before the counts were passed)."""
+    monkeypatch.setattr(BM25, "expansion_matrix", lambda self, state, texts: None)
+
+
+def _same_runs(a, b) -> None:
+    assert a.query_ids == b.query_ids and a.values["lexical_query"] == b.values["lexical_query"]
+    for ra, rb in zip(a.rankings, b.rankings):
+        np.testing.assert_array_equal(ra.rows, rb.rows)
+        np.testing.assert_array_equal(ra.scores, rb.scores)
+
+
+@pytest.mark.parametrize("example", ["rm3", "prf_loop"])
+def test_bm25_after_prf_ranks_as_the_tokenised_text_does(slice_data, monkeypatch, example):
+    """``bm25 | prf | bm25`` and the RM3 loop example: the bm25 after prf builds its query matrix from PRF's
+    term counts (it is used, on every query) and the rankings and scores equal those of tokenising the text."""
+    from ragkit.pipelines import Pipeline
+
+    corpus, queries, _, _ = slice_data
+    pipe = Pipeline.from_yaml(Path(__file__).resolve().parents[1] / "examples" / f"{example}.yaml").fit(corpus)
+    used = []
+    real = BM25.expansion_matrix
+
+    def spy(self, state, texts):
+        q = real(self, state, texts)
+        used.append(q is not None)
+        if q is not None:
+            assert (q != self.query_matrix(list(texts))).nnz == 0
+        return q
+
+    monkeypatch.setattr(BM25, "expansion_matrix", spy)
+    fast = pipe.search(queries)
+    assert len(used) >= 2 and not used[0] and all(used[1:])  # (the first bm25, or loop round, has no expansion)
+    _text_path(monkeypatch)
+    _same_runs(fast, pipe.search(queries))
+
+
+SPELLINGS = Corpus.from_texts([
+    "Apple apples applied the Cafés of İstanbul; Fermat's theorem",
+    "running runners ran quickly, café CAFÉ and U.S. policy",
+    "the apple pie and the pies of 2020 with naïve bayes",
+    "quick quickly quicker quickest running", "naïve Bayes classifiers", "pie charts and apple trees",
+    "東京 タワー and tokyo", "zebra", "yak", "xylophone",
+])
+
+
+@pytest.mark.parametrize("tokenizer, stopwords, stemmer", [
+    ("alnum", "lucene", "porter"), ("unicode", "lucene", "english"), ("whitespace", "none", "none"),
+    ("unicode", "none", "porter")])
+def test_counts_are_the_tokenised_text_for_every_analysis(tokenizer, stopwords, stemmer):
+    """For every analysis, the query matrix from PRF's counts equals ``query_matrix`` of its text, and each query's
+    ``values["lexical_counts"]`` is the Counter of its text's terms; a query PRF leaves unexpanded (no
+    term of the corpus) is tokenised as it is, next to expanded ones."""
+    kw = {"tokenizer": tokenizer, "stopwords": stopwords, "stemmer": stemmer}
+    bm = BM25(k=4, **kw).fit(SPELLINGS)
+    prf = PRF(fb_docs=3, fb_terms=4, max_df=1.0, **kw).fit(SPELLINGS)
+    s = bm(State(["apple pies running", "café naïve", "東京 İstanbul", "nothing matches qqq"]))
+    s.rankings[1] = Ranking.empty()  # (no feedback documents: the query's own terms, weighted)
+    out = prf(s)
+    texts = out.texts(lexical=True)
+    assert texts[3] == "nothing matches qqq" and texts[1] != "café naïve"  # (no term of the corpus: as it was)
+    q = bm.expansion_matrix(out, texts)
+    assert q is not None and (q != bm.query_matrix(texts)).nnz == 0 and q.has_sorted_indices
+    tok = Tokenizer(stopwords, stemmer, tokenizer)
+    counts = out.values["lexical_counts"]
+    assert [c.to_dict() for c in counts] == [dict(Counter(tok([t])[0])) if c.batch.expanded[c.row] else {}
+                                             for t, c in zip(texts, counts)]
+    assert repr(counts[0]).startswith("QueryCounts({")
+
+
+def test_counts_are_not_read_unless_they_are_exactly_the_texts_searched():
+    """The counts are read only for the texts PRF wrote, for a BM25 of PRF's analysis that indexes every expansion
+    term; otherwise (a rewritten text, another analysis, an index of another corpus or with a term removed,
+    entries of two PRF calls or of another kind) the text is tokenised.  A sub-batch (a loop's active queries)
+    still reads them."""
+    bm = BM25(k=4).fit(SPELLINGS)
+    prf = PRF(fb_docs=3, fb_terms=4, max_df=1.0).fit(SPELLINGS)
+    out = prf(bm(State(["apple pies running", "quick naïve bayes", "pie trees"])))
+    texts = out.texts(lexical=True)
+    assert bm.expansion_matrix(out, texts) is not None
+    sub = out.subset([2, 0])
+    q = bm.expansion_matrix(sub, sub.texts(lexical=True))
+    assert q is not None and (q != bm.query_matrix(sub.texts(lexical=True))).nnz == 0
+    rewritten = out.copy()
+    rewritten.values["lexical_query"][1] = "zebra"
+    assert bm.expansion_matrix(rewritten, rewritten.texts(lexical=True)) is None
+    assert bm.expansion_matrix(out, [*texts[:2], texts[2] + " yak"]) is None
+    assert BM25(k=4, stemmer="none").fit(SPELLINGS).expansion_matrix(out, texts) is None
+
+    class Folding(BM25):  # (counts texts its own way)
+        def make_tokenizer(self) -> Tokenizer:
+            return Tokenizer("none", "none", "alnum")
+
+    assert Folding(k=4).fit(SPELLINGS).expansion_matrix(out, texts) is None
+    other = prf(bm(State(["zebra yak", "xylophone"])))
+    mixed = out.copy()
+    mixed.values["lexical_counts"][0] = other.values["lexical_counts"][0]
+    assert bm.expansion_matrix(mixed, texts) is None
+    mixed.values["lexical_counts"][0] = None
+    assert bm.expansion_matrix(mixed, texts) is None
+    # an index edited after PRF: grown, the counts still hold; a term gone, the text is tokenised
+    grown = BM25(k=4).fit(SPELLINGS).add(Corpus.from_texts(["apple walrus"], ids=["new"]))
+    q = grown.expansion_matrix(out, texts)
+    assert q is not None and (q != grown.query_matrix(texts)).nnz == 0
+    used = {t for c in out.values["lexical_counts"] for t in c.to_dict()}
+    col = min(bm.vocab_[t] for t in used if bm.doc_freqs()[bm.vocab_[t]] == 1)  # a term of one document
+    holder = int(bm.tf_[:, col].nonzero()[0][0])
+    assert BM25(k=4).fit(SPELLINGS.subset([i for i in range(len(SPELLINGS)) if i != holder])).expansion_matrix(
+        out, texts) is None
+    shrunk = BM25(k=4).fit(SPELLINGS).remove(SPELLINGS.ids[holder])
+    assert shrunk.expansion_matrix(out, texts) is None
