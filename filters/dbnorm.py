@@ -550,6 +550,7 @@ class DBNormDense(_BankOperator):
 
     name = "dbnorm_dense"
     kind = "retriever"
+    applies_filter = True  # (_call searches only the rows filter_mask allows)
     Params = DBNormDenseParams
     params: DBNormDenseParams
     example = {"k": 5}

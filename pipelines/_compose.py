@@ -43,6 +43,7 @@ from ragkit.operator import (
     check_fit_inputs,
     fit_on_backend,
     options_checked,
+    refuse_unapplied_filter,
     restored_on_failure,
     tree_nodes,
 )
@@ -253,7 +254,9 @@ class Composite(Operator):
         checked against the corpus its retrievers search (:func:`shared_corpus`)."""
         from ragkit.options import check_options
 
-        return check_options(self, options, shared_corpus(self), where="options.")
+        checked = check_options(self, options, shared_corpus(self), where="options.")
+        refuse_unapplied_filter(self, checked, where="options.")
+        return checked
 
     def save(self, path: Any) -> None:
         """Save as a one-step :class:`Pipeline` (manifest, YAML, every fitted leaf); load it with
@@ -928,16 +931,26 @@ def _bm25_params(op: Operator) -> Params | None:
     return None
 
 
+def _reads_lexical_query(op: Operator) -> bool:
+    """Whether the retriever ``op`` (or a ``sharded`` one's per-shard retriever) searches with
+    ``state.texts(lexical=True)``, the expanded query ``prf`` writes (:attr:`Operator.reads_lexical_query`)."""
+    if op.reads_lexical_query:
+        return True
+    return _sharded_name(op) is not None and bool(op.sub_retriever().reads_lexical_query)  # type: ignore[attr-defined]
+
+
 def _prf_reader(prf: Operator, at: str, step: Operator, where: str) -> ConfigError | None:
     """Why the retrievers that run first in ``step`` (at ``where``) do not read what ``prf`` (at ``at``)
     writes as it writes it, else ``None``."""
     readers = _first_retrievers(step, where)
-    bm25s = [(p, there) for leaf, there in readers if (p := _bm25_params(leaf)) is not None]
-    if not bm25s:
+    if not any(_reads_lexical_query(leaf) for leaf, _ in readers):
         names = ", ".join(f"{there} ({leaf.name})" for leaf, there in readers)
         return ConfigError(f"{at}: prf writes an expanded query (state.values['lexical_query']) that only bm25 reads, "
                            f"but the next retriever after it, {names}, searches with the query itself, so prf would "
-                           f"change nothing; put a bm25 after prf (e.g. [bm25, prf, bm25]), or drop prf", path=at)
+                           f"change nothing; put a bm25 after prf (e.g. [bm25, prf, bm25]), or drop prf (a retriever "
+                           f"of your own that searches state.texts(lexical=True) reads it: set reads_lexical_query = "
+                           f"True on its class)", path=at)
+    bm25s = [(p, there) for leaf, there in readers if (p := _bm25_params(leaf)) is not None]
     for params, there in bm25s:
         differ = [f for f in PRF_ANALYSIS if getattr(prf.params, f) != getattr(params, f)]
         if differ:
@@ -1206,6 +1219,7 @@ class Pipeline(Composite):
             if k is not None and (isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1):
                 raise ParamError(f"search: k must be a positive integer, got {k!r}")
             options = check_options(self, options, corpus)  # before any work: the whole tree's options
+            refuse_unapplied_filter(self, options)  # (a retriever that would ignore it)
             if k is not None:
                 options["k"] = int(k)
             if qrels is not None:

@@ -10,7 +10,9 @@ An operator
 * saves and loads as plain files (``params.json``, ``.npy``, JSON, usearch files; no pickle);
 * composes: ``a | b`` is a linear pipeline, ``a + b`` runs both and fuses them.
 
-Implementers override ``_fit``, ``_call``, ``_save`` and ``_load``.
+Implementers override ``_fit``, ``_call``, ``_save`` and ``_load``; ``_call`` returns a new State and leaves
+the one it is given unchanged (:meth:`Operator.__call__`).  A retriever says what it reads with class
+attributes (:class:`Operator`'s ``applies_filter``, ``reads_lexical_query``).
 """
 
 from __future__ import annotations
@@ -56,7 +58,7 @@ if TYPE_CHECKING:
     from ragkit.run import Run
 
 __all__ = ["Operator", "FORMAT_VERSION", "after_fit", "atomic_dir", "write_json", "read_json", "call_checked",
-           "check_state", "options_checked"]
+           "check_state", "check_result", "options_checked", "refuse_unapplied_filter"]
 
 CHECKSUMS = "checksums.json"  # written by Operator.save beside params.json
 TRAINED = "trained_queries"  # <TRAINED>.npy beside params.json: digests of the queries a fit learned from
@@ -250,7 +252,14 @@ class Operator:
         Small, fast parameters used by the conformance suite.
     stateless : bool
         ``True`` when ``fit`` learns nothing from the corpus (fusers, cut-offs): such an
-        operator may be called without ``fit``.
+        operator may be called without ``fit``.  Otherwise what ``fit`` learns is kept in public
+        attributes ending in ``_`` (``self.table_``), which ``_save`` writes and ``_load`` restores
+        (:meth:`load` refuses a folder whose ``_load`` left one of them unset).
+    applies_filter : bool
+        A retriever that applies the metadata ``filter`` (:meth:`filter_mask`); a ``filter`` given to
+        one that does not is refused.
+    reads_lexical_query : bool
+        A retriever that searches ``state.texts(lexical=True)``, which ``prf`` expands.
     run_options : dict of str -> OptionCheck or None
         The run-time options this class reads with :meth:`opt` (``search(..., bm25={"n_jobs":
         4})``), each with how :func:`ragkit.options.check_options` checks it before a search
@@ -273,6 +282,16 @@ class Operator:
     #: (:func:`~ragkit.pipelines._compose.unranked_router`), not at its first search; a ``rewriter`` that sets
     #: it is accepted there in a loop's body, whose later iterations give it the previous one's rankings
     reads_rankings: ClassVar[bool] = False
+    #: ``True`` on a retriever whose ``_call`` applies the metadata ``filter``: it keeps only the rows that
+    #: :meth:`filter_mask` allows (or passes the filter on to a retriever that does, as ``sharded``).  A
+    #: ``filter`` given to a retriever without it (``search(q, filter=...)``, or its own ``filter`` option) is
+    #: refused with a :class:`~ragkit.errors.ParamError`, never ignored: its results would hold documents the
+    #: filter excludes (another tenant's, through LangChain's ``search_kwargs``)
+    applies_filter: ClassVar[bool] = False
+    #: ``True`` on a retriever that searches with ``state.texts(lexical=True)``, so reads the expanded query a
+    #: ``prf`` before it writes (``bm25``); ``prf`` is refused before a retriever without it (it would change
+    #: nothing)
+    reads_lexical_query: ClassVar[bool] = False
     #: conformance checks known to fail, ``{check name: reason}``
     xfail_checks: ClassVar[dict[str, str]] = {}
     run_options: ClassVar[Mapping[str, OptionCheck | None]] = {}
@@ -363,11 +382,22 @@ class Operator:
         return self
 
     def __call__(self, state: State) -> State:
-        """Transform a batch of queries.  Returns a new or updated :class:`State`.  To search queries
-        (a list of strings), use :meth:`search`; anything but a ``State`` is a ``TypeError``."""
+        """Transform a batch of queries: ``_call(state)``, checked.  To search queries (a list of strings),
+        use :meth:`search`; anything but a ``State`` is a ``TypeError``.
+
+        ``_call`` returns a new :class:`State` (``out = state.copy()``, then ``out.rankings = [...]`` of new
+        :class:`Ranking` objects) and must not change its input: neither ``state`` nor its rankings' arrays
+        in place (``r.rows[:] = ...``).  The input may be shared: a :class:`~ragkit.pipelines.Parallel` gives
+        the same rankings to each of its branches, so changing them in place silently changes the others'.
+        What it returns must be a ``State`` of the same queries, with ``None`` or one ``Ranking`` per query
+        (a retriever: always one per query) whose rows are rows of the corpus searched; anything else is a
+        :class:`~ragkit.errors.DataError` naming the operator (:func:`check_result`).
+        """
         check_state(self, state)
         self._check_fitted()
-        return call_checked(self, state, self._call)
+        if self.kind == "retriever" and not self.applies_filter and state.options:
+            refuse_unapplied_filter(self, state.options)
+        return check_result(self, state, call_checked(self, state, self._call))
 
     @property
     def wants_upstream(self) -> bool:
@@ -443,10 +473,13 @@ class Operator:
         """Every run-time option this class reads, ``{option: how it is checked}``.
 
         A retriever reads ``k`` (its parameter, raised to a per-call ``k``: :meth:`k_for`) and
-        ``filter`` (:meth:`filter_mask`); then come the class's own ``run_options``, where
-        ``None`` removes an option (a retriever that passes the filter on instead of applying it).
+        ``filter`` (:meth:`filter_mask`; one that does not set :attr:`applies_filter` refuses a filter
+        given); then come the class's own ``run_options``, where ``None`` removes an option (a
+        retriever that passes the filter on instead of applying it).
         """
-        base: dict[str, OptionCheck | None] = {"k": PARAM, "filter": filter_option} if cls.kind == "retriever" else {}
+        base: dict[str, OptionCheck | None] = (
+            {"k": PARAM, "filter": filter_option if cls.applies_filter else _unapplied_filter_option}
+            if cls.kind == "retriever" else {})
         return {key: how for key, how in {**base, **cls.run_options}.items() if how is not None}
 
     def check_run_options(self, options: Mapping[str, Any]) -> None:
@@ -573,8 +606,8 @@ class Operator:
         write_json(folder / "params.json", {
             "operator": self.name, "params": self.params.model_dump(mode="json"),
             "fitted": fitted, "format_version": FORMAT_VERSION, "ragkit_version": _version(),
-            **({"corpus": corpus_fingerprint(self.corpus_), TEXTS_KEY: corpus_texts_digest(self.corpus_)}
-               if fitted else {}),
+            **({"corpus": corpus_fingerprint(self.corpus_), TEXTS_KEY: corpus_texts_digest(self.corpus_),
+                LEARNED_KEY: learned_attributes(self)} if fitted else {}),
         })
         if fitted:
             self._save(folder)
@@ -679,15 +712,18 @@ class Operator:
             op._verified = verify or _CHECKSUMS_VERIFIED.get()
             op._load(folder, mmap=mmap)
             op.trained_on_ = load_array(folder, TRAINED) if (folder / f"{TRAINED}.npy").is_file() else None
+            _check_learned_loaded(op, folder, meta)
         if op.uses_torch:
             warm_torch()
         return cast("Self", op)  # an instance of cls (of the class saved when cls is Operator)
 
     def _save(self, folder: Path) -> None:
-        """Override: write fitted artifacts into ``folder`` (plain files only)."""
+        """Override: write fitted artifacts into ``folder`` (plain files only).  An operator whose ``fit``
+        learns anything (sets attributes ending in ``_``) must override it and :meth:`_load`."""
 
     def _load(self, folder: Path, mmap: bool = False) -> None:
-        """Override: restore fitted state from ``folder`` (``self.corpus_`` is already set)."""
+        """Override: restore fitted state from ``folder`` (``self.corpus_`` is already set): every attribute
+        ending in ``_`` that ``fit`` set (:meth:`load` refuses the folder when one is missing after it)."""
 
 
 # ---------------------------------------------------------------------- helpers
@@ -695,6 +731,126 @@ def _version() -> str:
     from ragkit import __version__
 
     return __version__
+
+
+#: params.json's key for the names of the attributes a fit learned (:func:`learned_attributes`)
+LEARNED_KEY = "learned"
+# (set by the base class's fit and load themselves, not by ``_fit`` / ``_load``)
+_BASE_LEARNED = frozenset({"corpus_", "trained_on_"})
+
+
+def learned_attributes(op: Operator) -> list[str]:
+    """The names of the attributes ``op``'s fit learned: its public attributes ending in ``_`` (``table_``),
+    but ``corpus_`` and ``trained_on_``, which the base class saves.  Recorded in ``params.json`` by
+    :meth:`Operator.save`, so that :meth:`Operator.load` can say which ones ``_load`` did not restore."""
+    return sorted(k for k in vars(op) if k.endswith("_") and not k.startswith("_") and k not in _BASE_LEARNED)
+
+
+def _check_learned_loaded(op: Operator, folder: Path, meta: Mapping[str, Any]) -> None:
+    """Refuse a loaded ``op`` that lacks an attribute its fit had learned (``meta[LEARNED_KEY]``, recorded at
+    save): its class's ``_save`` / ``_load`` do not keep it (the base ones keep nothing), so its first search
+    would fail on it, or answer without it."""
+    names = meta.get(LEARNED_KEY)
+    if not isinstance(names, list):  # (written before ragkit recorded them)
+        return
+    missing = [n for n in names if isinstance(n, str) and not hasattr(op, n)]
+    if missing:
+        cls = type(op).__name__
+        them = "it" if len(missing) == 1 else "them"
+        raise ArtifactError(
+            f"{folder}: {cls} ({op.name!r}) lacks {', '.join(missing)} once loaded: its fit had set {them} "
+            f"(params.json records what a fit learned), but its _load did not restore {them}; {cls} must implement "
+            f"_save(folder), writing everything fit learned as plain files, and _load(folder, mmap=False), reading "
+            f"it back into the same attributes; then fit and save it again")
+
+
+def _unapplied_filter_message(op: Operator, where: str) -> str:
+    """Why a ``filter`` is refused for the retriever ``op``, which does not apply one (``where``: the option's
+    name in the message's first words), and how to make it apply one."""
+    cls = type(op).__name__
+    return (f"{where}: {cls} ({op.name!r}) is a retriever that does not apply metadata filters "
+            f"({cls}.applies_filter is False), so its results would include documents the filter excludes; search "
+            f"without filter, or make {cls} apply it: in {cls}._call keep only the rows allowed by "
+            f"self.filter_mask(state) (a boolean mask over the corpus rows, or None for no filter) and set "
+            f"applies_filter = True on the class")
+
+
+def _unapplied_filter_option(op: Operator, value: Any, corpus: Corpus | None) -> Any:
+    """The ``filter`` option of a retriever that does not apply one (:attr:`Operator.applies_filter`):
+    refused unless empty."""
+    value = filter_option(op, value, corpus)
+    if value:
+        raise ValueError(_unapplied_filter_message(op, "filter").removeprefix("filter: "))
+    return value
+
+
+def refuse_unapplied_filter(root: Operator, options: Mapping[str, Any], where: str = "search option ") -> None:
+    """Refuse the options of a search of ``root`` that give a ``filter`` (the call's, or a retriever's own
+    ``filter`` option) while a retriever of ``root``'s tree that would run on it does not apply one
+    (:attr:`Operator.applies_filter`): a :class:`ParamError` naming it and saying how to support it, before
+    any work.  Nothing without a filter."""
+    from ragkit.options import option_readers
+
+    if options.get("filter"):
+        for path, op in option_readers(root):
+            if op.kind == "retriever" and not op.applies_filter:
+                at = f" (the {op.name} at {path})" if path and path != op.name else ""
+                raise ParamError(_unapplied_filter_message(op, f"{where}filter") + at, path="options.filter")
+    for name, own in options.items():
+        if isinstance(own, Mapping) and own.get("filter"):
+            for path, op in option_readers(root):
+                if op.name == name and op.kind == "retriever" and not op.applies_filter:
+                    raise ParamError(_unapplied_filter_message(op, f"{where}{name}.filter"),
+                                     path=f"options.{name}.filter")
+
+
+def check_result(op: Operator, state: State, out: Any) -> State:
+    """``out``, what ``op._call(state)`` returned, when it is what an operator returns: a :class:`State` of
+    the same number of queries, whose ``rankings`` are ``None`` (not for a retriever) or one
+    :class:`Ranking` per query, with as many scores as rows and every row a row of the corpus searched (``op``'s
+    own, or the search's).  Otherwise a :class:`DataError` naming ``op``'s class, instead of an error from
+    the step after it.  O(queries): one ``min`` / ``max`` per ranking, no loop over documents."""
+    cls = type(op).__name__
+    how = "return a State: out = state.copy(); out.rankings = [Ranking(rows, scores), ...] (one per query)"
+    if not isinstance(out, State):
+        raise DataError(f"{cls}._call ({op.name!r}) returned {type(out).__name__} {out!r:.60}, expected a ragkit "
+                        f"State; {how}")
+    n = len(state.queries)
+    if len(out.queries) != n:
+        raise DataError(f"{cls}._call ({op.name!r}) returned a State of {len(out.queries)} queries for the {n} it "
+                        f"was given; {how}")
+    rankings = out.rankings
+    if rankings is None:
+        if op.kind == "retriever":
+            raise DataError(f"{cls}._call ({op.name!r}) is a retriever but returned a State without rankings "
+                            f"(rankings None); {how}")
+        return out
+    if not isinstance(rankings, (list, tuple)) or len(rankings) != n:
+        got = len(rankings) if isinstance(rankings, (list, tuple)) else type(rankings).__name__
+        raise DataError(f"{cls}._call ({op.name!r}) returned {got} rankings for {n} queries, expected a list of one "
+                        f"Ranking per query; {how}")
+    bad = next((i for i, r in enumerate(rankings) if not isinstance(r, Ranking)), None)
+    if bad is not None:
+        raise DataError(f"{cls}._call ({op.name!r}) returned rankings[{bad}] = {type(rankings[bad]).__name__} "
+                        f"{rankings[bad]!r:.60}, expected a ragkit Ranking(rows, scores)")
+    bad = next((i for i, r in enumerate(rankings) if r.rows.shape != r.scores.shape or r.rows.ndim != 1), None)
+    if bad is not None:
+        r = rankings[bad]
+        raise DataError(f"{cls}._call ({op.name!r}) returned rankings[{bad}] with rows of shape {r.rows.shape} and "
+                        f"scores of shape {r.scores.shape}; expected one score per row, both one-dimensional")
+    from ragkit.pipelines._compose import _TRACE_IDS
+
+    ids = _TRACE_IDS.get()  # the search's corpus (a stateless step's corpus_ may be an earlier one, or none)
+    corpus = None if ids is not None or op.stateless else getattr(op, "corpus_", None)
+    n_docs = len(ids) if ids is not None else len(corpus) if isinstance(corpus, Corpus) else None
+    if n_docs is not None:
+        lo = min((int(r.rows.min()) for r in rankings if len(r.rows)), default=0)
+        hi = max((int(r.rows.max()) for r in rankings if len(r.rows)), default=-1)
+        if lo < 0 or hi >= n_docs:
+            row = lo if lo < 0 else hi
+            raise DataError(f"{cls}._call ({op.name!r}) returned row {row}, not a row of the corpus of {n_docs:,} "
+                            f"documents searched; a Ranking's rows are corpus row numbers 0..{n_docs - 1}")
+    return out
 
 
 def corpus_fingerprint(corpus: Corpus) -> dict[str, Any]:

@@ -657,6 +657,7 @@ class Sharded(Operator):
 
     name = "sharded"
     kind = "retriever"
+    applies_filter = True  # (the call's filter goes to every shard's retriever, which applies it)
     Params = ShardedParams
     params: ShardedParams
     #: the Ray actor handles serving the shards, once searched on Ray (Any: Ray types an actor method's call

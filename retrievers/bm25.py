@@ -407,6 +407,8 @@ class BM25(Operator):
 
     name = "bm25"
     kind = "retriever"
+    applies_filter = True  # (_call drops the rows filter_mask excludes)
+    reads_lexical_query = True  # (_call searches state.texts(lexical=True): prf's expanded query)
     Params = BM25Params
     params: BM25Params
     example = {"k": 5}

@@ -141,6 +141,7 @@ class Dense(TunedEncoderMixin, Operator):
 
     name = "dense"
     kind = "retriever"
+    applies_filter = True  # (_call searches only the rows filter_mask allows)
     Params = DenseParams
     params: DenseParams
     example = {"k": 5}

@@ -259,6 +259,7 @@ class KnnEmbed(Operator):
 
     name = "knn_embed"
     kind = "retriever"
+    applies_filter = True  # (_call searches only the rows filter_mask allows)
     Params = KnnEmbedParams
     params: KnnEmbedParams
     example = {"k": 10, "n_clusters": 8, "n_init": 1, "collapse_at": 1.0, "weight_floor": 0.03}

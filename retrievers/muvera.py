@@ -282,6 +282,7 @@ class Muvera(TokenOperatorMixin, Operator):
 
     name = "muvera"
     kind = "retriever"
+    applies_filter = True  # (_call searches only the rows filter_mask allows)
     Params = MuveraParams
     params: MuveraParams
     example = {"k": 5, "candidates": 20, "k_sim": 3, "d_proj": 8, "r_reps": 4, "prune": 10, "centroids": 16}
@@ -450,6 +451,7 @@ class MaxSimExact(TokenOperatorMixin, Operator):
 
     name = "maxsim_exact"
     kind = "retriever"
+    applies_filter = True  # (_call scores only the rows filter_mask allows)
     Params = MaxSimExactParams
     params: MaxSimExactParams
     example = {"k": 5}

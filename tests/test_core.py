@@ -295,6 +295,7 @@ class _Recorder(Operator):
     name = "recorder"
     kind = "retriever"
     Params = _RecorderParams
+    applies_filter = True  # (it takes the filter: it records the mask, which the tests read)
 
     def _fit(self, corpus, train, upstream):
         self.calls_ = []
