@@ -829,25 +829,22 @@ def check_result(op: Operator, state: State, out: Any) -> State:
         got = len(rankings) if isinstance(rankings, (list, tuple)) else type(rankings).__name__
         raise DataError(f"{cls}._call ({op.name!r}) returned {got} rankings for {n} queries, expected a list of one "
                         f"Ranking per query; {how}")
-    bad = next((i for i, r in enumerate(rankings) if not isinstance(r, Ranking)), None)
-    if bad is not None:
-        raise DataError(f"{cls}._call ({op.name!r}) returned rankings[{bad}] = {type(rankings[bad]).__name__} "
-                        f"{rankings[bad]!r:.60}, expected a ragkit Ranking(rows, scores)")
-    bad = next((i for i, r in enumerate(rankings) if r.rows.shape != r.scores.shape or r.rows.ndim != 1), None)
-    if bad is not None:
-        r = rankings[bad]
-        raise DataError(f"{cls}._call ({op.name!r}) returned rankings[{bad}] with rows of shape {r.rows.shape} and "
-                        f"scores of shape {r.scores.shape}; expected one score per row, both one-dimensional")
+    for i, r in enumerate(rankings):  # (one pass; the rows' range is checked on them all at once below)
+        if not isinstance(r, Ranking):
+            raise DataError(f"{cls}._call ({op.name!r}) returned rankings[{i}] = {type(r).__name__} {r!r:.60}, "
+                            "expected a ragkit Ranking(rows, scores)")
+        if len(r.rows) != len(r.scores) or r.rows.ndim != 1:
+            raise DataError(f"{cls}._call ({op.name!r}) returned rankings[{i}] with rows of shape {r.rows.shape} "
+                            f"and scores of shape {r.scores.shape}; expected one score per row, both one-dimensional")
     from ragkit.pipelines._compose import _TRACE_IDS
 
     ids = _TRACE_IDS.get()  # the search's corpus (a stateless step's corpus_ may be an earlier one, or none)
     corpus = None if ids is not None or op.stateless else getattr(op, "corpus_", None)
     n_docs = len(ids) if ids is not None else len(corpus) if isinstance(corpus, Corpus) else None
-    if n_docs is not None:
-        lo = min((int(r.rows.min()) for r in rankings if len(r.rows)), default=0)
-        hi = max((int(r.rows.max()) for r in rankings if len(r.rows)), default=-1)
-        if lo < 0 or hi >= n_docs:
-            row = lo if lo < 0 else hi
+    if n_docs is not None and rankings:
+        rows = np.concatenate([r.rows for r in rankings])
+        if len(rows) and (rows.min() < 0 or rows.max() >= n_docs):
+            row = int(rows.min()) if rows.min() < 0 else int(rows.max())
             raise DataError(f"{cls}._call ({op.name!r}) returned row {row}, not a row of the corpus of {n_docs:,} "
                             f"documents searched; a Ranking's rows are corpus row numbers 0..{n_docs - 1}")
     return out
