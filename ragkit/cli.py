@@ -64,14 +64,84 @@ def _show_version(value: bool) -> None:
         raise typer.Exit()
 
 
+def _import_module(spec: str, label: str) -> None:
+    """Import ``spec`` (a module name, ``my_package.operators``, or the path of a ``.py`` file) so the operators
+    it registers are known; an error starts with ``label`` (``--import mymodule``) and says what went wrong
+    (inside the module: where)."""
+    import importlib
+    import importlib.util
+
+    path = Path(spec).expanduser()
+    try:
+        if spec.endswith(".py") or any(c in spec for c in "/\\"):
+            if not path.is_file():
+                raise RagkitError(f"{label}: no such file (expected a module name such as mymodule, or the path "
+                                  f"of a .py file)")
+            name = path.stem
+            if not name.isidentifier() or path.suffix != ".py":
+                raise RagkitError(f"{label}: {path.name!r} is not a Python module's file name (an identifier "
+                                  f"plus .py, such as my_ops.py)")
+            loaded = sys.modules.get(name)
+            if loaded is not None and Path(getattr(loaded, "__file__", "") or "").resolve() == path.resolve():
+                return  # imported already (twice on the command line; its classes are registered)
+            found = importlib.util.spec_from_file_location(name, path)
+            if found is None or found.loader is None:
+                raise RagkitError(f"{label}: cannot be imported as a Python module")
+            module = importlib.util.module_from_spec(found)
+            sys.modules[name] = module  # (as an import does: pickling or a later import finds the same classes)
+            try:
+                found.loader.exec_module(module)
+            except BaseException:
+                sys.modules.pop(name, None)
+                raise
+            return
+        if not all(part.isidentifier() for part in spec.split(".")):
+            raise RagkitError(f"{label}: not a module name (expected one such as mymodule or my_package.operators, "
+                              f"or the path of a .py file)")
+        if "" not in sys.path and os.getcwd() not in sys.path:  # the ``ragkit`` script, unlike ``python -m``,
+            sys.path.append(os.getcwd())  # does not put the current folder on the path
+        importlib.import_module(spec)
+    except RagkitError:
+        raise
+    except ModuleNotFoundError as e:
+        if e.name is not None and spec.split(".")[: e.name.count(".") + 1] == e.name.split("."):
+            raise RagkitError(f"{label}: no module named {e.name!r} (searched the current folder and sys.path; "
+                              f"a module elsewhere is imported by its path, such as ./{spec.split('.')[-1]}.py)"
+                              ) from None
+        raise RagkitError(f"{label}: importing it failed: {_where(e)}{type(e).__name__}: {e}") from None
+    except (Exception, SystemExit) as e:
+        raise RagkitError(f"{label}: importing it failed: {_where(e)}{type(e).__name__}: {e}") from None
+
+
+def _where(e: BaseException) -> str:
+    """``file:line: `` of the innermost frame of ``e``'s traceback outside importlib (where a module's import broke)."""
+    import traceback
+
+    frames = [f for f in traceback.extract_tb(e.__traceback__) if "importlib" not in f.filename
+              and not f.filename.endswith(("ragkit/cli.py", "ragkit/registry.py"))]
+    return f"{frames[-1].filename}:{frames[-1].lineno}: " if frames else ""
+
+
 @app.callback()
 def _main(version: bool = typer.Option(False, "--version", callback=_show_version, is_eager=True,
-                                       help="Show ragkit's version and exit.")) -> None:
+                                       help="Show ragkit's version and exit."),
+          imports: list[str] = typer.Option(
+              [], "--import", metavar="MODULE",
+              help="Import MODULE (a module name, or the path of a .py file) before the command runs, so the "
+                   "operators it registers can be named in YAML, --pipeline and saved folders; repeatable. "
+                   "$RAGKIT_IMPORT (comma-separated) is imported first.")) -> None:
     """ragkit: retrieval operators that compose."""
     log = logging.getLogger("ragkit")
     if not any(isinstance(h, _NoteHandler) for h in log.handlers):
         log.addHandler(_NoteHandler(logging.INFO))
         log.setLevel(logging.INFO)
+    from_env = [(m.strip(), f"RAGKIT_IMPORT={m.strip()}") for m in os.environ.get("RAGKIT_IMPORT", "").split(",")
+                if m.strip()]
+    for module, label in [*from_env, *((m.strip(), f"--import {m.strip()}") for m in imports)]:
+        try:
+            _import_module(module, label)
+        except RagkitError as e:
+            _fail(e)
 
 
 def _path_like(spec: str) -> bool:

@@ -2,14 +2,16 @@
 
 Operators register themselves with the :func:`register` class decorator when their
 module is imported; :func:`load_all` imports every operator family so the registry is
-complete.  Nothing here imports arbitrary dotted paths: a YAML file can only name
-registered operators.
+complete, then the modules that installed packages name under the ``ragkit.operators``
+entry-point group (third-party operators).  Nothing here imports arbitrary dotted paths:
+a YAML file can only name registered operators.
 """
 
 from __future__ import annotations
 
 import difflib
 import importlib
+import warnings
 from typing import TYPE_CHECKING, TypeVar
 
 from ragkit.errors import ParamError
@@ -17,7 +19,7 @@ from ragkit.errors import ParamError
 if TYPE_CHECKING:
     from ragkit.operator import Operator
 
-__all__ = ["register", "get", "names", "load_all", "structural_keys", "FAMILIES"]
+__all__ = ["register", "get", "names", "load_all", "structural_keys", "FAMILIES", "KINDS", "ENTRY_POINT_GROUP"]
 
 _REGISTRY: dict[str, type["Operator"]] = {}
 T = TypeVar("T", bound=type)
@@ -25,24 +27,70 @@ T = TypeVar("T", bound=type)
 #: Packages whose import registers operators.
 FAMILIES = ("ragkit.retrievers", "ragkit.filters", "ragkit.pipelines", "ragkit.generators")
 _loaded = False
+_plugins_loaded = False
 #: Top-level modules of ragkit's extras (``pyproject.toml``): a family may be missing only for these.
 OPTIONAL = frozenset({"transformers", "gguf", "accelerate", "ray", "matplotlib", "datasets", "langchain_core"})
+#: The ``kind`` an operator class may declare (what the pipeline checks and the CLI read it by).
+KINDS = ("retriever", "reranker", "filter", "fuser", "router", "judge", "rewriter", "generator", "composite")
+#: The entry-point group whose entries :func:`load_all` imports: ``[project.entry-points."ragkit.operators"]``
+#: ``tfidf = "my_package.operators"`` in a package's ``pyproject.toml`` makes its operators known wherever it is
+#: installed (YAML, the command line, saved folders), without importing it first.
+ENTRY_POINT_GROUP = "ragkit.operators"
+#: How a third-party operator becomes known, for the error of an unknown name.
+PLUGIN_HINT = ("An operator of your own is known once its module is imported: on the command line "
+               "`ragkit --import mymodule ...` (or --import ./myops.py) or RAGKIT_IMPORT=mymodule; anywhere, a "
+               "'ragkit.operators' entry point of an installed package")
+
+
+def _builtin(cls: type) -> bool:
+    return cls.__module__ == "ragkit" or cls.__module__.startswith("ragkit.")
 
 
 def register(cls: T) -> T:
-    """Class decorator: add ``cls`` to the registry under ``cls.name``."""
-    name = getattr(cls, "name", "")
-    if not name or not name.replace("_", "").isalnum() or name != name.lower():
-        raise ValueError(f"operator class {cls.__name__} needs a lowercase snake_case 'name', got {name!r}")
+    """Class decorator: add ``cls`` to the registry under ``cls.name``.
+
+    Refused (``ValueError``, ``TypeError`` for a class that is no :class:`~ragkit.operator.Operator`):
+    a ``name`` that is missing, not lowercase snake_case, or taken by another class (a built-in
+    operator's included, whether or not its family was imported yet); a ``kind`` not in :data:`KINDS`;
+    no ``Params`` of the class's own (a subclass of :class:`ragkit.Params`; an empty one for an operator
+    without parameters).
+    """
+    from ragkit.operator import Operator
+    from ragkit.params import Params
+
+    if not (isinstance(cls, type) and issubclass(cls, Operator)):
+        raise TypeError(f"register: {getattr(cls, '__qualname__', cls)!r} is not a subclass of ragkit.Operator")
+    label = f"operator class {cls.__module__}.{cls.__qualname__}"
+    name = cls.name
+    if not name or not isinstance(name, str) or not name.replace("_", "").isalnum() or name != name.lower():
+        raise ValueError(f"{label} needs a lowercase snake_case 'name' (its YAML key, e.g. name = \"tfidf\"), "
+                         f"got {name!r}")
+    if not _builtin(cls):
+        _load_families()  # a built-in name is taken even before its family is imported
     other = _REGISTRY.get(name)
     if other is not None and (other.__module__, other.__qualname__) != (cls.__module__, cls.__qualname__):
-        raise ValueError(f"operator name {name!r} is taken by {other.__module__}.{other.__qualname__}")
+        builtin = " (a built-in operator)" if _builtin(other) else ""
+        raise ValueError(f"operator name {name!r} is taken by {other.__module__}.{other.__qualname__}{builtin}; "
+                         f"give {label} another name")
+    kind = cls.kind
+    if kind not in KINDS:
+        unset = kind == Operator.kind
+        close = [] if unset else difflib.get_close_matches(str(kind).lower(), KINDS, n=1, cutoff=0.6)
+        got = "sets no 'kind'" if unset else f"has kind {kind!r}"
+        raise ValueError(f"{label} ({name!r}) {got}; expected one of {', '.join(KINDS)}"
+                         + (f"; did you mean {close[0]!r}?" if close else ""))
+    model = cls.Params
+    if model is Params or not (isinstance(model, type) and issubclass(model, Params)):
+        got = "sets no 'Params'" if model is Params else f"has Params = {model!r}, not a subclass of ragkit.Params"
+        raise ValueError(f"{label} ({name!r}) {got}: set Params to its parameter model, a subclass of "
+                         f"ragkit.Params (an empty one, 'class {cls.__name__}Params(Params): pass', when it "
+                         f"has no parameters)")
     _REGISTRY[name] = cls
     return cls
 
 
-def load_all() -> None:
-    """Import every operator family (idempotent)."""
+def _load_families() -> None:
+    """Import every built-in operator family (idempotent)."""
     global _loaded
     if _loaded:
         return
@@ -53,6 +101,31 @@ def load_all() -> None:
             if (e.name or "").split(".")[0] not in OPTIONAL:
                 raise  # a real bug (a bad import inside a family) must not hide its operators
     _loaded = True
+
+
+def _load_plugins() -> None:
+    """Import the modules of the ``ragkit.operators`` entry points (idempotent); one that fails to import is
+    skipped with a warning naming it (the other operators stay usable)."""
+    global _plugins_loaded
+    if _plugins_loaded:
+        return
+    _plugins_loaded = True
+    from importlib import metadata
+
+    for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            ep.load()
+        except Exception as e:  # (a broken plugin must not break every YAML load)
+            dist = getattr(getattr(ep, "dist", None), "name", None)
+            warnings.warn(f"ragkit: the {ENTRY_POINT_GROUP!r} entry point {ep.name} = {ep.value!r}"
+                          f"{f' (of {dist})' if dist else ''} failed to import, its operators are not "
+                          f"registered: {type(e).__name__}: {e}", RuntimeWarning, stacklevel=2)
+
+
+def load_all() -> None:
+    """Import every operator family, then the ``ragkit.operators`` entry points' modules (idempotent)."""
+    _load_families()
+    _load_plugins()
 
 
 def names() -> list[str]:
@@ -87,7 +160,7 @@ def get(name: str, path: str = "", *, structural: bool = False) -> type["Operato
         where = f"{path}: " if path else ""
         listed = f"; structural keys: {', '.join(keys)}" if keys else ""
         raise ParamError(
-            f"{where}unknown operator {name!r}{hint + '?' if close else '.'} Registered operators: "
+            f"{where}unknown operator {name!r}{hint + '?' if close else '.'} {PLUGIN_HINT}. Registered operators: "
             f"{', '.join(sorted(_REGISTRY))}{listed}",
             path=path,
         ) from None
