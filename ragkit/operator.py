@@ -292,6 +292,9 @@ class Operator:
     #: ``prf`` before it writes (``bm25``); ``prf`` is refused before a retriever without it (it would change
     #: nothing)
     reads_lexical_query: ClassVar[bool] = False
+    #: attributes ending in ``_`` that a save does not hold, rebuilt by ``_load`` or attached after it (the
+    #: chat model of ``generate``'s langchain backend): :meth:`load` does not require them
+    unsaved: ClassVar[frozenset[str]] = frozenset()
     #: conformance checks known to fail, ``{check name: reason}``
     xfail_checks: ClassVar[dict[str, str]] = {}
     run_options: ClassVar[Mapping[str, OptionCheck | None]] = {}
@@ -741,9 +744,11 @@ _BASE_LEARNED = frozenset({"corpus_", "trained_on_"})
 
 def learned_attributes(op: Operator) -> list[str]:
     """The names of the attributes ``op``'s fit learned: its public attributes ending in ``_`` (``table_``),
-    but ``corpus_`` and ``trained_on_``, which the base class saves.  Recorded in ``params.json`` by
-    :meth:`Operator.save`, so that :meth:`Operator.load` can say which ones ``_load`` did not restore."""
-    return sorted(k for k in vars(op) if k.endswith("_") and not k.startswith("_") and k not in _BASE_LEARNED)
+    but ``corpus_`` and ``trained_on_``, which the base class saves, and its class's :attr:`Operator.unsaved`.
+    Recorded in ``params.json`` by :meth:`Operator.save`, so that :meth:`Operator.load` can say which ones
+    ``_load`` did not restore."""
+    skip = _BASE_LEARNED | type(op).unsaved
+    return sorted(k for k in vars(op) if k.endswith("_") and not k.startswith("_") and k not in skip)
 
 
 def _check_learned_loaded(op: Operator, folder: Path, meta: Mapping[str, Any]) -> None:

@@ -161,6 +161,8 @@ class Generate(Operator):
     params: GenerateParams
     #: the local LLM, or the LangChain chat model attached with :meth:`with_chat_model`
     engine_: LocalGenerator | LangChainGenerator
+    #: the engine is rebuilt by ``_load`` (local) or attached after it (``with_chat_model``): never saved
+    unsaved = frozenset({"engine_"})
     example = {"top_k": 2, "max_new_tokens": 4, "mode": "full"}
     #: ``search(..., generate={"on_token": f})`` streams the answers: ``f(query index, text piece)``;
     #: ``generate={"answer": False}`` passes the rankings on without running the model (what ``ragkit eval``,
