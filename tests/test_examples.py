@@ -38,6 +38,17 @@ def _params(paths: list[Path], marks: dict[str, list[pytest.MarkDecorator]]) -> 
     return [pytest.param(p, marks=marks.get(p.stem, []), id=p.stem) for p in paths]
 
 
+@pytest.fixture(autouse=True)
+def _ray_left_as_found():
+    """The sharded example starts Ray in this process: shut it down after, so that later modules' Ray fixtures
+    (which skip when Ray is already running) start their own."""
+    was = (ray := sys.modules.get("ray")) is not None and ray.is_initialized()
+    yield
+    ray = sys.modules.get("ray")
+    if ray is not None and not was and ray.is_initialized():
+        ray.shutdown()
+
+
 def _module(path: Path):
     spec = importlib.util.spec_from_file_location(f"example_{path.stem}", path)
     mod = importlib.util.module_from_spec(spec)
