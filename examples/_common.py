@@ -40,27 +40,26 @@ DATA_HINT = ("pass --data with a BEIR folder (corpus.jsonl, queries.jsonl, qrels
              "name such as scifact (downloaded once, then cached)")
 
 
-def positive_int(text: str) -> int:
-    """An ``argparse`` type: a whole number of at least 1 (``--limit``)."""
+def _at_least(text: str, low: int, why: str = "") -> int:
+    """``text`` as a whole number of at least ``low``, else an ``argparse`` error saying what was given
+    (``why``: a sentence on what the option means, added to a number below ``low``)."""
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {value} (a limit of N "
-                                         "evaluates the first N queries; leave --limit out for the full split)")
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least {low}, got {text!r}") from None
+    if value < low:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least {low}, got {value}{why}")
     return value
+
+
+def positive_int(text: str) -> int:
+    """An ``argparse`` type: a whole number of at least 1 (``--limit``)."""
+    return _at_least(text, 1, " (a limit of N evaluates the first N queries; leave --limit out for the full split)")
 
 
 def non_negative_int(text: str) -> int:
     """An ``argparse`` type: a whole number of at least 0 (a count that may be none)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number of at least 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a whole number of at least 0, got {value}")
-    return value
+    return _at_least(text, 0)
 
 
 def make_parser(description: str | None, *, default_limit: int | None = None,
