@@ -7,6 +7,7 @@ One model per operator is its constructor signature, its YAML schema and what
 
 from __future__ import annotations
 
+import collections.abc
 import math
 import types
 import typing
@@ -34,7 +35,8 @@ _P = typing.TypeVar("_P", bound="Params")
 
 __all__ = ["Params", "MetadataFilter", "ModelName", "Seed", "MAX_INT", "VectorDtype", "FdeDtype", "FloatDtype",
            "Metric", "SPELLINGS", "canonical_spelling", "has_upper_bound", "validate_params",
-           "format_validation_error", "describe_error", "update_params", "format_loc", "model_at", "QUOTE_AS_WRITTEN"]
+           "format_validation_error", "describe_error", "update_params", "format_loc", "model_at", "QUOTE_AS_WRITTEN",
+           "params_section", "document_params"]
 
 
 def _plain(value: Any) -> Any:
@@ -456,3 +458,66 @@ def _accepts(annotation: Any, value: Any) -> bool:
     """Whether ``value`` is of the plain type ``annotation`` (or of one member of an optional)."""
     tp = _unwrap(annotation)
     return isinstance(tp, type) and (isinstance(value, tp) or (tp is float and isinstance(value, int)))
+
+
+def _type_text(annotation: Any) -> str:
+    """A field's annotation as numpydoc writes types: ``int``, ``{'a', 'b'}``, ``list of float or None``."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is typing.Annotated:
+        return _type_text(args[0])
+    if origin is typing.Literal:
+        return "{" + ", ".join(repr(a) for a in args) + "}"
+    if origin in (typing.Union, types.UnionType):
+        rest = [a for a in args if a is not type(None)]
+        text = " or ".join(_type_text(a) for a in rest)
+        return text + (" or None" if len(rest) < len(args) else "")
+    if origin in (list, tuple, set, frozenset, collections.abc.Sequence) and args:
+        return f"{'sequence' if origin is collections.abc.Sequence else origin.__name__} of {_type_text(args[0])}"
+    if origin is dict or annotation is dict:
+        return "mapping"
+    if annotation is Any:
+        return "any"
+    return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
+
+
+def _bounds_text(field: FieldInfo) -> str:
+    marks = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<"}
+    return ", ".join(f"{sign} {getattr(m, key)}" for m in field.metadata for key, sign in marks.items()
+                     if getattr(m, key, None) is not None)
+
+
+def params_section(model: type[Params]) -> str:
+    """The numpydoc ``Parameters`` section of an operator, generated from its parameter model: one entry
+    per field with its type, bounds, default and ``description`` (the same text a validation error and
+    ``ragkit validate`` draw on), so ``help(BM25)`` documents what ``BM25(...)`` and its YAML accept."""
+    import textwrap
+
+    lines = ["Parameters", "----------"]
+    for name, field in model.model_fields.items():
+        head = f"{name} : {_type_text(field.annotation)}"
+        if bounds := _bounds_text(field):
+            head += f" ({bounds})"
+        if field.default_factory is not None:
+            head += f", default {field.default_factory()!r}"  # type: ignore[call-arg]
+        elif not field.is_required():
+            head += f", default {field.default!r}"
+        lines.append(head)
+        text = field.description or ""
+        lines += textwrap.wrap(text, 96, initial_indent="    ", subsequent_indent="    ") or ["    (undocumented)"]
+    return "\n".join(lines)
+
+
+def document_params(cls: type, model: type[Params], yaml_name: str) -> None:
+    """Give ``cls`` (an operator class) and ``model`` (its parameter model) the generated
+    :func:`params_section`: inserted into the class docstring before its ``Examples`` (appended when there
+    are none; left alone when it writes its own ``Parameters``), and as the model's docstring when it has
+    none of its own."""
+    import inspect
+
+    section = params_section(model) if model.model_fields else "It has no parameters."
+    doc = inspect.cleandoc(cls.__doc__ or "")
+    if model.model_fields and "\nParameters\n---" not in "\n" + doc:
+        at = doc.find("\nExamples\n--------")
+        cls.__doc__ = (f"{doc[:at].rstrip()}\n\n{section}\n{doc[at:]}" if at >= 0 else f"{doc}\n\n{section}").strip()
+    if model.__doc__ is None or model.__doc__ == Params.__doc__:
+        model.__doc__ = f"Parameters of :class:`{cls.__name__}` (``{yaml_name}:`` in YAML).\n\n{section}"

@@ -56,7 +56,7 @@ def register(cls: T) -> T:
     without parameters).
     """
     from ragkit.operator import Operator
-    from ragkit.params import Params
+    from ragkit.params import Params, document_params
 
     if not (isinstance(cls, type) and issubclass(cls, Operator)):
         raise TypeError(f"register: {getattr(cls, '__qualname__', cls)!r} is not a subclass of ragkit.Operator")
@@ -85,6 +85,7 @@ def register(cls: T) -> T:
         raise ValueError(f"{label} ({name!r}) {got}: set Params to its parameter model, a subclass of "
                          f"ragkit.Params (an empty one, 'class {cls.__name__}Params(Params): pass', when it "
                          f"has no parameters)")
+    document_params(cls, model, name)
     _REGISTRY[name] = cls
     return cls
 

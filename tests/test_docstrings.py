@@ -40,3 +40,26 @@ def test_docstring_examples(name):
                           report=True)
     assert res.failed == 0, f"{res.failed} of {res.attempted} docstring examples in {name} failed (output above)"
     assert res.attempted > 0
+
+
+def test_operator_help_documents_every_parameter():
+    """``help(BM25)`` lists each parameter with its type, bounds, default and description, generated from
+    the parameter model at registration (one source of truth), before the class's ``Examples``."""
+    import inspect
+
+    from ragkit import registry
+
+    registry.load_all()
+    for name in registry.names():
+        cls = registry.get(name)
+        doc = inspect.getdoc(cls) or ""
+        for field, info in cls.Params.model_fields.items():
+            assert f"\n{field} : " in doc, f"{name}: help() does not document {field!r}"
+            assert (info.description or "").split()[0] in doc, f"{name}.{field}: description missing"
+        if "Examples\n--------" in doc and cls.Params.model_fields:
+            assert doc.index("Parameters\n----------") < doc.index("Examples\n--------"), name
+        assert f"``{name}:`` in YAML" in (cls.Params.__doc__ or ""), f"{name}: its Params has no docstring"
+    bm25 = inspect.getdoc(registry.get("bm25")) or ""
+    assert "k1 : float (>= 0), default 0.9\n    Term-frequency saturation" in bm25
+    assert "variant : {'lucene', 'okapi'}, default 'lucene'" in bm25
+    assert "filter : mapping or None, default None" in bm25
