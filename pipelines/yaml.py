@@ -295,10 +295,15 @@ def _parse(source: str | Path) -> tuple[Any, str, yaml.Node | None]:
 
 
 def _combined(problems: list[ConfigError]) -> ConfigError:
-    """One error for several: their messages one per line, the path the first one's."""
+    """One error for several: their messages one per line, the path the first one's; the unknown-operator
+    advice (how operators of your own become known, the registered names) only on the last line that has it."""
     if len(problems) == 1:
         return problems[0]
-    return ConfigError("\n".join(str(e) for e in problems), path=problems[0].path)
+    texts = [str(e) for e in problems]
+    advised = [i for i, text in enumerate(texts) if registry.PLUGIN_HINT in text]
+    for i in advised[:-1]:
+        texts[i] = texts[i][:texts[i].index(registry.PLUGIN_HINT)].rstrip()
+    return ConfigError("\n".join(texts), path=problems[0].path)
 
 
 def load_yaml(source: str | Path | Mapping[str, Any], make_leaf: LeafFactory | None = None) -> Pipeline:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from ragkit import Operator, Params, registry
+from ragkit import ConfigError, Operator, Params, Pipeline, registry
 from ragkit.registry import register
 
 #: A module of one fitted retriever (it saves and loads what it learns); ``{name}`` is its registry name.
@@ -227,3 +227,15 @@ def test_cli_import_errors_say_what_was_given(scratch_registry, tmp_path, monkey
     assert res.exit_code == 2 and said in res.output, res.output
     if spec == "ragkit_probe_raises":
         assert "ragkit_probe_raises.py:2: KeyError: 'oops'" in res.output
+
+
+def test_several_unknown_operators_give_the_plugin_advice_once():
+    """Each unknown name keeps its own line (and suggestion); the advice and the registered names, a paragraph,
+    come once, at the end, not once per name."""
+    with pytest.raises(ConfigError) as e:
+        Pipeline.from_yaml("pipeline:\n  - tfidf: {k: 3}\n  - splayd: {}\n  - bm_25: {}\n")
+    text = str(e.value)
+    assert text.count(registry.PLUGIN_HINT) == 1 and text.count("Registered operators: ") == 1, text
+    lines = text.splitlines()
+    assert "unknown operator 'tfidf'" in lines[-3] and "unknown operator 'splayd'" in lines[-2], text
+    assert "did you mean 'bm25'?" in lines[-1] and registry.PLUGIN_HINT in lines[-1], text
