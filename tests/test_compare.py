@@ -350,3 +350,15 @@ def test_cli_compare_reads_only_the_judgements_of_data(tmp_path: Path):
                "--resamples", "10")
     assert res.exit_code == 0, res.output
     assert "0.5000" in res.output and "+0.5000" in res.output
+
+
+def test_compare_baseline_by_name():
+    """``baseline="b"`` is the system named b: the same numbers as its index; an unknown name lists the names."""
+    base = _base()
+    results = [_result("a", base), _result("b", base + 0.1), _result("c", base - 0.05)]
+    by_name = compare(results, ["ndcg@10"], baseline="b", n_resamples=2000)
+    by_index = compare(results, ["ndcg@10"], baseline=1, n_resamples=2000)
+    assert by_name.baseline == 1 and str(by_name) == str(by_index)
+    said = r"baseline 'bb' is not one of the systems \('a', 'b', 'c'\); did you mean 'b'"
+    with pytest.raises(ParamError, match=said):
+        compare(results, ["ndcg@10"], baseline="bb")

@@ -21,6 +21,7 @@ dataset (stratified), so each dataset keeps its size in every resample.
 
 from __future__ import annotations
 
+import difflib
 import json
 import logging
 import sys
@@ -599,6 +600,18 @@ class Comparison:
                 **({"few_differ": few} if few else {}), "rows": rows}
 
 
+def _baseline_index(results: Sequence[SystemResult], baseline: int | str) -> int:
+    """``baseline`` as an index into ``results``: a name is looked up among the systems' names."""
+    if not isinstance(baseline, str):
+        return baseline
+    names = [r.name for r in results]
+    if baseline not in names:
+        close = difflib.get_close_matches(baseline, names, n=1)
+        raise ParamError(f"compare: baseline {baseline!r} is not one of the systems ({', '.join(map(repr, names))})"
+                         + (f"; did you mean {close[0]!r}?" if close else ""))
+    return names.index(baseline)
+
+
 def _check_args(results: Sequence[SystemResult], metrics: Sequence[str], baseline: int, n_resamples: int,
                 alpha: float, confidence: float) -> None:
     if len(results) < 2:
@@ -608,7 +621,8 @@ def _check_args(results: Sequence[SystemResult], metrics: Sequence[str], baselin
     if twice:
         raise ParamError(f"compare: {', '.join(twice)} given twice; name each system once")
     if isinstance(baseline, bool) or not isinstance(baseline, (int, np.integer)) or not 0 <= baseline < len(results):
-        raise ParamError(f"compare: baseline must be the index of one of the {len(results)} results, got {baseline!r}")
+        raise ParamError(f"compare: baseline must be the index of one of the {len(results)} results or a system's "
+                         f"name, got {baseline!r}")
     if isinstance(metrics, str) or not metrics:
         raise ParamError(f"compare: metrics must be a non-empty list of names such as ['ndcg@10'], got {metrics!r}")
     parsed = [parse_metric(m) for m in metrics]
@@ -715,7 +729,7 @@ def _as_results(results: Any) -> list[SystemResult]:
 
 
 def compare(results: Sequence[SystemResult] | Mapping[str, Any], metrics: Sequence[str] = DEFAULT_COMPARE_METRICS,
-            *, baseline: int = 0, n_resamples: int = DEFAULT_RESAMPLES, seed: int = 0, alpha: float = 0.05,
+            *, baseline: int | str = 0, n_resamples: int = DEFAULT_RESAMPLES, seed: int = 0, alpha: float = 0.05,
             confidence: float = 0.95) -> Comparison:
     """Compare every system with ``results[baseline]`` on each metric, over the same queries.
 
@@ -727,7 +741,7 @@ def compare(results: Sequence[SystemResult] | Mapping[str, Any], metrics: Sequen
         its name).  An :class:`~ragkit.eval.EvalResult` alone names no system: a list of them is an
         :class:`~ragkit.errors.InputTypeError` saying so
     metrics : metric names (``ndcg@10``, ``recall@100``, ...); each result must hold them
-    baseline : index of the reference system
+    baseline : the reference system: its index in ``results``, or its name (``baseline="bm25"``)
     n_resamples : sign flips of the randomisation test and bootstrap resamples of the interval
         (default 200,000: a p-value near 0.05 has a Monte Carlo standard error of 0.0005)
     seed : seeds both (the same call gives the same numbers)
@@ -742,6 +756,7 @@ def compare(results: Sequence[SystemResult] | Mapping[str, Any], metrics: Sequen
     resamples: 3 systems x 4 metrics on SciFact's 300 queries take ~0.4 s at 200,000 (5,000 queries: ~5 s).
     """
     results = _as_results(results)
+    baseline = _baseline_index(results, baseline)
     _check_args(results, metrics, baseline, n_resamples, alpha, confidence)
     queries = {m: _same_queries(results, m) for m in metrics}
     for m in metrics:  # before any resampling, naming the system (the test would name neither)
