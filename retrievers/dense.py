@@ -169,13 +169,21 @@ class Dense(TunedEncoderMixin, Operator):
                            reorder=p.reorder)
 
     def _encode_docs(self, corpus: Corpus) -> np.ndarray:
+        """The corpus's float32 vectors; one this retriever may hand over (a copy made here, or the fresh array
+        ragkit's own encoder returns, never a custom encoder's, which it may keep) is noted for
+        :meth:`_fresh`."""
         enc = self.encoder
         raw = enc.encode(corpus.full_texts)
         vecs = np.ascontiguousarray(raw, dtype=np.float32)
-        if not np.may_share_memory(vecs, raw) or type(enc) is Encoder:  # a copy made here, or the fresh array
-            # ragkit's own encoder returns (never a custom encoder's, which it may keep): fit may hand it over
+        if not np.may_share_memory(vecs, raw) or type(enc) is Encoder:
             self.__dict__["_fresh_docs"] = weakref.ref(vecs)
         return vecs
+
+    def _fresh(self, vecs: np.ndarray) -> bool:
+        """Whether ``vecs`` is what the last :meth:`_encode_docs` noted as free to hand over; the note is
+        dropped (a weak reference in the instance would make it unpicklable)."""
+        fresh = self.__dict__.pop("_fresh_docs", None)
+        return fresh is not None and fresh() is vecs
 
     def _fit(self, corpus: Corpus, train: TrainSet | None, upstream: State | None) -> None:
         kind, dims = parse_reduce(self.params.reduce)
@@ -197,10 +205,9 @@ class Dense(TunedEncoderMixin, Operator):
         self.__dict__.pop("_fresh_docs", None)
         vecs = self._encode_docs(corpus)
         self._warn_b1_norms(vecs)
-        fresh = self.__dict__.pop("_fresh_docs", None)
         # a fresh array is handed over to the index (normalised in place; the f32 index keeps it): the
         # corpus's vectors are not copied a second time
-        self.index_ = self._new_index().build(vecs, copy=fresh is None or fresh() is not vecs)
+        self.index_ = self._new_index().build(vecs, copy=not self._fresh(vecs))
         del vecs
         self.slots_ = np.arange(len(corpus), dtype=np.int64)  # corpus row -> index slot
 
@@ -238,7 +245,9 @@ class Dense(TunedEncoderMixin, Operator):
             if len(self.slots_) == len(fv) and (self.slots_ == np.arange(len(fv))).all():
                 return fv
             return np.asarray(fv[self.slots_])
-        return self.index_._normalise(self._encode_docs(self.corpus_))  # a new array: the encoder's is not changed
+        vecs = self._encode_docs(self.corpus_)
+        self._fresh(vecs)
+        return self.index_._normalise(vecs)  # a new array: the encoder's is not changed
 
     def query_vectors(self, state: State) -> np.ndarray:
         return query_vectors(state, self.encoder)
@@ -313,6 +322,7 @@ class Dense(TunedEncoderMixin, Operator):
         if not len(corpus):
             return self
         vecs = self._encode_docs(corpus)
+        self._fresh(vecs)  # (drops the note: add never takes the array over)
         slots = self.index_.add(vecs)
         self.corpus_ = self.corpus_.concat(corpus)
         self.slots_ = np.concatenate([self.slots_, slots])

@@ -159,6 +159,18 @@ def test_add_remove_round_trips(slice_data, qvecs, tmp_path):
         grown.remove(["no-such-doc"])
 
 
+def test_pickles_after_add_and_document_vectors(slice_data, qvecs):
+    """A Dense grown by ``add`` (or asked for its ``document_vectors`` with compressed storage) pickles and
+    answers the same once unpickled (a weak reference to the encoded array stayed in the instance: TypeError)."""
+    import pickle
+
+    corpus, queries, _, _ = slice_data
+    first, rest = corpus.subset(np.arange(len(corpus) - 20)), corpus.subset(np.arange(len(corpus) - 20, len(corpus)))
+    for op in (Dense(k=10).fit(first).add(rest), Dense(k=10, dtype="b1").fit(corpus)):
+        op.document_vectors()
+        _same(op(_state(queries, qvecs)), pickle.loads(pickle.dumps(op))(_state(queries, qvecs)))
+
+
 @pytest.mark.parametrize("search, dtype", [("exact", "i8"), ("hnsw", "i8"), ("hnsw", "b1"), ("hnsw", "f16"),
                                            ("exact", "b1")])
 def test_filter_inside_search_returns_k(search, dtype, slice_data, qvecs):
