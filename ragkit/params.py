@@ -95,6 +95,11 @@ def _not_an_encoder(value: Any) -> Any:
         raise ValueError(f"expected a model name or folder, got the encoder object {value!r:.80}; a model parameter "
                          "takes a name: register the encoder under one first, ragkit.encoders.register_encoder("
                          "'my-encoder', encoder), then pass model='my-encoder'")
+    if not isinstance(value, (str, bytes)) and hasattr(value, "embed_query") and hasattr(value, "embed_documents"):
+        raise ValueError(f"expected a model name or folder, got the LangChain Embeddings {value!r:.80}; a model "
+                         "parameter takes a name: wrap and register it under one first, ragkit.integrations.langchain."
+                         "LangChainEmbeddingsEncoder(embeddings, key='my-embedder').register('my-embedder'), then pass "
+                         "model='my-embedder'")
     return value
 
 

@@ -167,6 +167,14 @@ def test_encoder_object_as_model_says_to_register_it():
         Dense(model=3)
 
 
+def test_langchain_embeddings_as_model_says_to_wrap_and_register_it():
+    fake = pytest.importorskip("langchain_core.embeddings").DeterministicFakeEmbedding(size=8)
+    with pytest.raises(ParamError, match=r"dense\.model: expected a model name or folder, got the LangChain "
+                                         r"Embeddings .*LangChainEmbeddingsEncoder\(embeddings, key='my-embedder'\)"
+                                         r"\.register\('my-embedder'\), then pass model='my-embedder'"):
+        Dense(model=fake)
+
+
 # ---------------------------------------------------------------------- 8. star import
 def test_star_import_leaves_sequence_alone():
     ns: dict = {}
