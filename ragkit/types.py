@@ -956,6 +956,83 @@ def _check_kinds(key: str, values: Mapping[Any, int], wants: list[Any]) -> None:
                     f"filter compares with ==, and '2001' == 2001 is false){fix}")
 
 
+def _type_kind(t: type) -> str | None:
+    """:func:`_value_kind` of the values of type ``t``; ``None`` for a missing value's type (``None``,
+    ``pandas.NA``)."""
+    if t is type(None) or t.__name__ == "NAType":
+        return None
+    if issubclass(t, (bool, int, float, np.bool_, np.number)):
+        return "number"
+    return "str" if issubclass(t, str) else t.__name__
+
+
+def _values_kinds(values: list[Any]) -> set[str]:
+    """The kinds (:func:`_value_kind`) of ``values``, as a filter reads them: a list or tuple value (tags)
+    by its elements' kinds; a missing value (``None``, NaN, ``pandas.NA``) is no kind.  One pass over the
+    values' types (in C); the values themselves are looked at only for a list, or a float beside another kind
+    (NaN, pandas' missing value in a column of strings)."""
+    types = set(map(type, values))
+    if list in types or tuple in types:
+        inner = [e for v in values if isinstance(v, (list, tuple)) for e in v]
+        values = [v for v in values if not isinstance(v, (list, tuple))] + inner
+        types = set(map(type, values))
+    kinds = {_type_kind(t) for t in types} - {None}
+    if len(kinds) > 1 and any(issubclass(t, (float, np.floating)) for t in types) \
+            and all(is_missing(v) for v in values if isinstance(v, (float, np.floating))):
+        kinds = {_value_kind(v) for v in values if not is_missing(v)}  # floats all NaN: no number kind
+    return {k for k in kinds if k is not None}
+
+
+def _column_kinds(corpus: "Corpus", key: str) -> set[str]:
+    """The kinds of the metadata field ``key`` of ``corpus`` (:func:`_values_kinds`): from its filter codes
+    (its distinct values) where a filter coded it, else from the column."""
+    column = corpus.metadata[key]
+    if column.dtype.kind in "biuf":
+        return {"number"} if len(column) and not (column.dtype.kind == "f" and np.isnan(column).all()) else set()
+    if column.dtype.kind in "US":
+        return {"str"} if len(column) else set()
+    coded = corpus._codes.get(key)
+    return _values_kinds(list(coded[1]) if coded else column.tolist())
+
+
+def check_metadata_kinds(new: "Corpus", who: str, held: "Corpus | None" = None) -> None:
+    """Refuse (:class:`DataError`) a metadata field of ``new`` holding values of more than one kind
+    (:func:`_value_kind`: numbers, bools included; strings; any other type by its name), or of another kind than
+    the same field of ``held`` (the documents ``new`` is to be added to): a filter compares with ``==``
+    (``"2020" == 2020`` is false), so ``filter={"year": 2020}`` would miss a document whose year is
+    ``"2020"``, and a filter value of either kind would pass the check that refuses a kind the field does not
+    hold.  The message names the first document of another kind, the key, the kind held and the kind given.
+    A missing value (no key: ``None``; NaN; ``pandas.NA``) is allowed in any field; a list value (tags) has the
+    kinds of its elements."""
+    for key in new.metadata:
+        kinds = _column_kinds(new, key)
+        have = _column_kinds(held, key) if held is not None and key in held.metadata else set()
+        if len(kinds | have) <= 1:
+            continue
+        values = new.metadata[key].tolist()
+        first = None
+        if not have:  # the kind of the first value given is the field's
+            first = next(i for i, v in enumerate(values) if _values_kinds([v]))
+            have = _values_kinds([values[first]])
+        row = next(i for i, v in enumerate(values) if not _values_kinds([v]) <= have)
+        given = " and ".join(_kind_name(k) for k in sorted(_values_kinds([values[row]])))
+        held_as = " and ".join(_kind_name(k, plural=True) for k in sorted(have))
+        source = (f"e.g. document {str(new.ids[first])!r}: {values[first]!r:.40}" if first is not None
+                  else "in the documents already indexed")
+        raise DataError(
+            f"{who}: document {str(new.ids[row])!r}: metadata {key!r} is {values[row]!r:.60} ({given}), but the "
+            f"field holds {held_as} ({source}); a filter compares with == ('2020' == 2020 is false), so "
+            f"filter={{{key!r}: ...}} would find one kind and miss the other: give {key!r} as "
+            f"{' or '.join(_kind_name(k) for k in sorted(have))} in every document")
+
+
+def _kind_name(kind: str, plural: bool = False) -> str:
+    """A kind of :func:`_value_kind` in words: ``a number`` / ``numbers``, ``a string`` / ``strings``."""
+    names = {"number": ("a number", "numbers"), "str": ("a string", "strings")}
+    one, many = names.get(kind, (f"a {kind}", f"{kind} values"))
+    return many if plural else one
+
+
 def _number_text(text: str) -> bool:
     """``text`` reads as a number (``"2001"``, ``" 3.5"``)."""
     try:

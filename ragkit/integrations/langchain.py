@@ -25,8 +25,9 @@ import copy
 import hashlib
 import json
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Mapping, NamedTuple
 
@@ -40,16 +41,27 @@ from langchain_core.callbacks import (
 from langchain_core.documents import Document
 from langchain_core.embeddings import Embeddings
 from langchain_core.retrievers import BaseRetriever
-from langchain_core.runnables import RunnableConfig
-from langchain_core.runnables.config import get_config_list, run_in_executor
+from langchain_core.runnables import RunnableConfig, RunnableSerializable
+from langchain_core.runnables.config import ensure_config, get_config_list, run_in_executor
+from langchain_core.runnables.configurable import RunnableConfigurableFields
+from langchain_core.runnables.utils import AnyConfigurableField, ConfigurableField
 from pydantic import ConfigDict, Field, PrivateAttr, model_validator
 
 from ragkit._locks import ReadWriteLock, lock_of
 from ragkit.encoders.sentence import as_texts
-from ragkit.errors import ArtifactError, DataError, NotFittedError, ParamError
+from ragkit.errors import ArtifactError, DataError, NotFittedError, ParamError, repeated
 from ragkit.operator import Operator, _json_default, read_json
 from ragkit.options import _positive_k, check_options
-from ragkit.types import _SURROGATE, Corpus, Ranking, TrainSet, _utf8_clean, and_filters, ids_and_texts
+from ragkit.types import (
+    _SURROGATE,
+    Corpus,
+    Ranking,
+    TrainSet,
+    _utf8_clean,
+    and_filters,
+    check_metadata_kinds,
+    ids_and_texts,
+)
 
 __all__ = ["RagkitRetriever", "LangChainEmbeddingsEncoder", "RagkitEmbeddings", "as_corpus", "load_pipeline_like"]
 
@@ -61,6 +73,11 @@ RETRIEVER_FILE = "retriever.json"
 
 #: keyword arguments LangChain itself may leave in ``invoke``'s kwargs; never search options
 _LANGCHAIN_KWARGS = frozenset({"verbose", "run_id", "run_name", "callbacks", "tags", "metadata"})
+
+#: while LangChain builds a retriever from a configured one (``configurable_fields``: every field of the
+#: configured retriever passed again, the configured ones replaced), the names of the fields the config set
+#: (:class:`_ConfigurableRetriever`); ``None`` for any other construction
+_CONFIGURED: ContextVar[frozenset[str] | None] = ContextVar("ragkit_configured_fields", default=None)
 
 
 # ---------------------------------------------------------------------------------- helpers
@@ -207,7 +224,10 @@ class RagkitRetriever(BaseRetriever):
     corpus : Corpus, list of Document, list of str, list of dict or dict of str -> str, optional
         Documents to fit the pipeline on (a mapping is ``{doc_id: text}``; one string is refused).
         Required when the pipeline is not fitted; when given for a fitted pipeline, the pipeline is
-        re-fitted on it.
+        re-fitted on it.  A metadata key whose values are of two kinds (``2020`` in one document, ``"2020"``
+        in another: numbers, bools included, are one kind, strings another) is a ``DataError`` naming the
+        document, the key and both kinds (a filter compares with ``==``: it would miss one of them); a
+        document without the key is fine.
     train : TrainSet, optional
         Judged training queries for operators that learn (passed to ``fit``).
     k : int
@@ -221,10 +241,12 @@ class RagkitRetriever(BaseRetriever):
         the retriever's ``k``.  ``search_kwargs["k"]`` and ``k`` given both when the retriever is built
         must agree (a ``ParamError`` otherwise); given alone, ``search_kwargs["k"]`` sets ``k`` too, and
         assigning either one later (``r.k = 5``, ``r.search_kwargs = {"k": 5}``) sets the other, so the
-        last one set wins; ``r.search_kwargs["k"] = 5`` (the dict edited in place) wins over ``k`` at the
+        last one set wins, as does the one a LangChain config sets (``configurable_fields``);
+        ``r.search_kwargs["k"] = 5`` (the dict edited in place) wins over ``k`` at the
         next call, checked then (a ``ParamError`` naming ``search_kwargs``).  Both are checked as
         ``pipeline.search`` checks them (:func:`ragkit.options.check_options`): ``search_kwargs``
-        when the retriever is built (before any fitting), per-call ones before each search; a
+        when the retriever is built (before any fitting; a ``filter`` value of a kind its field does not
+        hold, ``{"year": "2006"}`` for years held as numbers, too), per-call ones before each search; a
         key that is no option of the pipeline or a bad value raises ``ParamError`` per call, and
         pydantic's ``ValidationError`` carrying the same message when the retriever is built
         (both are ``ValueError``).  So is an unknown argument (``top_k=1``: "did you mean k?").
@@ -342,11 +364,20 @@ class RagkitRetriever(BaseRetriever):
         own_k = self.search_kwargs.get("k")
         if own_k is not None and self._op is None and {"k", "search_kwargs"} <= self.model_fields_set \
                 and own_k != self.k:
-            raise ParamError(f"k={self.k!r} and search_kwargs={{'k': {own_k!r}}} disagree; give one of them")
+            # LangChain builds a configured retriever passing every field: the one configured wins, as an
+            # assignment does (the other holds the configured retriever's value); given both, they must agree
+            configured = _CONFIGURED.get() or frozenset()
+            if "k" in configured and "search_kwargs" not in configured:
+                self.__dict__["search_kwargs"] = {**self.search_kwargs, "k": self.k}
+                own_k = self.k
+            elif not ("search_kwargs" in configured and "k" not in configured):  # (else set as k below)
+                raise ParamError(f"k={self.k!r} and search_kwargs={{'k': {own_k!r}}} disagree; give one of them")
         docs = as_corpus(self.corpus) if self.corpus is not None else None
         searched = docs if docs is not None else _corpus_of(op)
         if searched is not None:
             _check_reserved(searched, "corpus" if docs is not None else "pipeline")
+        if docs is not None:  # a field holding values of two kinds: filters would miss one of them
+            check_metadata_kinds(docs, "corpus")
         self._check_search_kwargs(op, searched)  # before fitting
         if own_k is not None and self._op is None:  # search_kwargs={"k": 5} alone: the retriever's k
             self.__dict__["k"] = int(own_k)
@@ -377,6 +408,19 @@ class RagkitRetriever(BaseRetriever):
             check_options(op, self.search_kwargs, searched)
         except ParamError as e:
             raise ParamError(f"search_kwargs: {e}", path=e.path) from None
+        if searched is None:
+            return
+        # a filter value of a kind its field does not hold ("2006" for years held as numbers) matches no
+        # document whatever the index holds: refused now, as each search would refuse it
+        filters = [("", self.search_kwargs.get("filter"))] + [
+            (f"{name}.", value.get("filter")) for name, value in self.search_kwargs.items()
+            if name != "filter" and isinstance(value, Mapping)]
+        for where, where_filter in filters:
+            if isinstance(where_filter, Mapping) and where_filter:
+                try:
+                    searched.mask(where_filter)
+                except DataError as e:
+                    raise ParamError(f"search_kwargs: {where}{e}", path=f"options.{where}filter") from None
 
     def __setattr__(self, name: str, value: Any) -> None:
         """An assignment of a field, validated (``validate_assignment``: the field's own checks, then
@@ -566,9 +610,13 @@ class RagkitRetriever(BaseRetriever):
         own ``id`` (or ``metadata["id"]``), else a new UUID.  Returns the ids, in order.
 
         Everything is checked before any index changes (Documents, ids not already indexed nor given
-        twice, metadata keys, every retriever able to ``add``); should a retriever still fail, those
-        already edited are rolled back.  Searches on other threads meanwhile see the documents before or
-        after the edit (see the class notes)."""
+        twice, metadata keys, each metadata value of the kind its field holds, every retriever able to
+        ``add``); should a retriever still fail, those already edited are rolled back.  A metadata value of
+        another kind than the field's values (``"2020"`` where the years are numbers: numbers, bools included,
+        are one kind, strings another) is a :class:`DataError` naming the document, the key and both kinds: a
+        filter compares with ``==`` and would miss one kind or the other.  A key a document does not have is
+        fine.  Searches on other threads meanwhile see the documents before or after the edit (see the class
+        notes)."""
         import uuid
 
         docs = list(documents)
@@ -583,16 +631,84 @@ class RagkitRetriever(BaseRetriever):
         given = [str(i) for i in ids] if ids is not None else [
             d.id or (str(d.metadata["id"]) if d.metadata.get("id") is not None else None) or uuid.uuid4().hex
             for d in docs]
+        twice = repeated(given, 5)
+        if twice:
+            raise DataError(f"add_documents: the documents' ids must be unique; given more than once: {twice} "
+                            f"({'ids=' if ids is not None else 'their own id or metadata id'}); give each document "
+                            "its own id")
         new = Corpus.from_documents([d.model_copy(update={"id": i}) for d, i in zip(docs, given)])
         _check_reserved(new, "add_documents")
+        check_metadata_kinds(new, "add_documents")  # (among themselves; against the index's below)
         self._encode_ahead(new)  # the slow part, before searches wait for the edit
         with self._editing() as pipe:  # the check and the edit as one (two adds of one id: the second is refused)
             held = _corpus_of(pipe)
             if held is not None and len(dup := held.row_of(new.ids.tolist(), missing="drop")):
                 raise DataError(f"add_documents: {len(dup)} of the ids are already indexed, e.g. "
                                 f"{held.ids[dup[0]]!r}; delete them first, or give other ids")
+            if held is not None:
+                check_metadata_kinds(new, "add_documents", held)
             self._edit(pipe, "add", new, lambda leaf: leaf.remove(new.ids.tolist()))
         return new.ids.tolist()
+
+    def add_texts(self, texts: Iterable[str], metadatas: Sequence[Mapping[str, Any]] | None = None, *,
+                  ids: Sequence[str] | None = None) -> list[str]:
+        """:meth:`add_documents` of plain texts, as a LangChain vector store's ``add_texts``: one ``Document``
+        per text, with ``metadatas[i]`` (default none) and the id ``ids[i]`` (default a new UUID).  Returns the
+        ids, in order.  One string is a :class:`DataError` (its characters would be the documents), and so are
+        ``metadatas`` or ``ids`` of another length than ``texts``."""
+        if isinstance(texts, (str, bytes)):
+            raise DataError(f"add_texts: expected a list of texts, got one string {texts!r:.60}; wrap it in a list")
+        texts = list(texts)
+        bad = next((i for i, t in enumerate(texts) if not isinstance(t, str)), None)
+        if bad is not None:
+            raise DataError(f"add_texts: text {bad} is {type(texts[bad]).__name__} {texts[bad]!r:.60}, expected a "
+                            "string")
+        if metadatas is not None and (isinstance(metadatas, Mapping) or len(metadatas) != len(texts)):
+            raise DataError(f"add_texts: metadatas must list one dict per text ({len(texts)}), got "
+                            f"{metadatas!r:.80}")
+        if ids is not None and (isinstance(ids, str) or len(ids) != len(texts)):
+            raise DataError(f"add_texts: ids must list one id per text ({len(texts)}), got {ids!r:.80}")
+        metas = list(metadatas) if metadatas is not None else [{}] * len(texts)
+        bad = next((i for i, m in enumerate(metas) if m is not None and not isinstance(m, Mapping)), None)
+        if bad is not None:
+            raise DataError(f"add_texts: metadatas[{bad}] is {type(metas[bad]).__name__} {metas[bad]!r:.60}, "
+                            "expected a dict")
+        docs = [Document(page_content=t, metadata=dict(m or {})) for t, m in zip(texts, metas)]
+        return self.add_documents(docs, ids=ids)
+
+    def get_by_ids(self, ids: Sequence[str], /) -> list[Document]:
+        """The indexed documents of ``ids``, as a LangChain vector store's ``get_by_ids``: in the order of
+        ``ids``, an unknown id skipped (so fewer documents may come back), each with its text as
+        ``page_content``, its id as ``id`` and its own metadata (any key it was given,
+        ``id`` and ``title`` as a retrieved Document's metadata has them; no ``score`` / ``rank``: nothing was
+        retrieved).  Numbers are read as the string ids they write."""
+        if ids is None or isinstance(ids, (str, bytes)):
+            raise DataError(f"get_by_ids: expected a list of document ids, got {ids!r:.80}")
+        with self._reading() as state:
+            corpus = _corpus_of(state.pipeline)
+        assert corpus is not None  # a built retriever's pipeline is fitted
+        rows = corpus.row_of([str(i) for i in ids], missing="drop")
+        texts, titles, doc_ids = corpus.texts[rows].tolist(), corpus.titles[rows].tolist(), corpus.ids[rows].tolist()
+        cols = {key: copy.deepcopy(col[rows].tolist()) if col.dtype == object else col[rows].tolist()
+                for key, col in corpus.metadata.items()}  # (copies: the caller may change what it gets)
+        fill_id = "id" not in corpus.metadata
+        docs = []
+        for i in range(len(doc_ids)):  # as a retrieved Document's metadata (_documents), less score and rank
+            meta: dict[str, Any] = {key: col[i] for key, col in cols.items() if col[i] is not None}
+            if fill_id:
+                meta["id"] = doc_ids[i]
+            meta.setdefault("title", titles[i])
+            docs.append(Document(page_content=texts[i], id=doc_ids[i], metadata=meta))
+        return docs
+
+    async def aadd_texts(self, texts: Iterable[str], metadatas: Sequence[Mapping[str, Any]] | None = None, *,
+                         ids: Sequence[str] | None = None) -> list[str]:
+        """:meth:`add_texts` for the event loop (LangChain ``VectorStore.aadd_texts``), in a worker thread."""
+        return await run_in_executor(None, self.add_texts, texts, metadatas, ids=ids)
+
+    async def aget_by_ids(self, ids: Sequence[str], /) -> list[Document]:
+        """:meth:`get_by_ids` for the event loop (LangChain ``VectorStore.aget_by_ids``), in a worker thread."""
+        return await run_in_executor(None, self.get_by_ids, ids)
 
     @contextmanager
     def _editing(self) -> Iterator[Operator]:
@@ -736,6 +852,18 @@ class RagkitRetriever(BaseRetriever):
         return docs
 
     # ------------------------------------------------------------------ LangChain hooks
+    def configurable_fields(self, **kwargs: AnyConfigurableField) -> RunnableSerializable[str, list[Document]]:
+        """LangChain's ``configurable_fields`` (``k=ConfigurableField(id="k")``,
+        ``search_kwargs=ConfigurableField(id="search_kwargs")``): each configured call builds a retriever from
+        this one's fields with the configured ones replaced; of ``k`` and ``search_kwargs["k"]``, the one the
+        config sets wins (as the one assigned does: ``r.k = 2``), and a config setting both to different
+        numbers is a ``ParamError`` (pydantic's ``ValidationError``), as ``RagkitRetriever(k=2,
+        search_kwargs={"k": 3})`` is."""
+        plain = super().configurable_fields(**kwargs)  # (checks the field names)
+        if type(plain) is not RunnableConfigurableFields:
+            return plain
+        return _ConfigurableRetriever(default=plain.default, fields=plain.fields)
+
     def _get_relevant_documents(self, query: str, *, run_manager: CallbackManagerForRetrieverRun,
                                 k: int | None = None, **kwargs: Any) -> list[Document]:
         """Top-``k`` documents for ``query``; other keyword arguments are search options."""
@@ -848,6 +976,23 @@ class RagkitRetriever(BaseRetriever):
             await runs[i].on_retriever_end(docs)
             results[i] = docs
         return results
+
+
+class _ConfigurableRetriever(RunnableConfigurableFields):
+    """LangChain's ``RunnableConfigurableFields`` for a :class:`RagkitRetriever`: the retriever of a call is
+    built knowing which fields its config set (:data:`_CONFIGURED`), so that a configured ``search_kwargs``
+    holding ``k`` wins over the ``k`` passed again from the configured retriever, and a configured ``k`` over
+    its ``search_kwargs["k"]``."""
+
+    def _prepare(self, config: RunnableConfig | None = None) -> tuple[Any, RunnableConfig]:
+        given = ensure_config(config).get("configurable", {})
+        configured = frozenset(name for name, spec in self.fields.items()
+                               if not isinstance(spec, ConfigurableField) or spec.id in given)
+        token = _CONFIGURED.set(configured)
+        try:
+            return super()._prepare(config)
+        finally:
+            _CONFIGURED.reset(token)
 
 
 def _query_errors(queries: list[Any], *, one: bool) -> dict[int, DataError]:
