@@ -14,7 +14,7 @@ import importlib
 import warnings
 from typing import TYPE_CHECKING, TypeVar
 
-from ragkit.errors import ParamError
+from ragkit.errors import InputTypeError, ParamError
 
 if TYPE_CHECKING:
     from ragkit.operator import Operator
@@ -49,7 +49,8 @@ def _builtin(cls: type) -> bool:
 def register(cls: T) -> T:
     """Class decorator: add ``cls`` to the registry under ``cls.name``.
 
-    Refused (``ValueError``, ``TypeError`` for a class that is no :class:`~ragkit.operator.Operator`):
+    Refused (:class:`~ragkit.errors.ParamError`, a ``ValueError``; :class:`~ragkit.errors.InputTypeError`, a
+    ``TypeError``, for a class that is no :class:`~ragkit.operator.Operator`):
     a ``name`` that is missing, not lowercase snake_case, or taken by another class (a built-in
     operator's included, whether or not its family was imported yet); a ``kind`` not in :data:`KINDS`;
     no ``Params`` of the class's own (a subclass of :class:`ragkit.Params`; an empty one for an operator
@@ -59,30 +60,30 @@ def register(cls: T) -> T:
     from ragkit.params import Params, document_params
 
     if not (isinstance(cls, type) and issubclass(cls, Operator)):
-        raise TypeError(f"register: {getattr(cls, '__qualname__', cls)!r} is not a subclass of ragkit.Operator")
+        raise InputTypeError(f"register: {getattr(cls, '__qualname__', cls)!r} is not a subclass of ragkit.Operator")
     label = f"operator class {cls.__module__}.{cls.__qualname__}"
     name = cls.name
     if not name or not isinstance(name, str) or not name.replace("_", "").isalnum() or name != name.lower():
-        raise ValueError(f"{label} needs a lowercase snake_case 'name' (its YAML key, e.g. name = \"tfidf\"), "
+        raise ParamError(f"{label} needs a lowercase snake_case 'name' (its YAML key, e.g. name = \"tfidf\"), "
                          f"got {name!r}")
     if not _builtin(cls):
         _load_families()  # a built-in name is taken even before its family is imported
     other = _REGISTRY.get(name)
     if other is not None and (other.__module__, other.__qualname__) != (cls.__module__, cls.__qualname__):
         builtin = " (a built-in operator)" if _builtin(other) else ""
-        raise ValueError(f"operator name {name!r} is taken by {other.__module__}.{other.__qualname__}{builtin}; "
+        raise ParamError(f"operator name {name!r} is taken by {other.__module__}.{other.__qualname__}{builtin}; "
                          f"give {label} another name")
     kind = cls.kind
     if kind not in KINDS:
         unset = kind == Operator.kind
         close = [] if unset else difflib.get_close_matches(str(kind).lower(), KINDS, n=1, cutoff=0.6)
         got = "sets no 'kind'" if unset else f"has kind {kind!r}"
-        raise ValueError(f"{label} ({name!r}) {got}; expected one of {', '.join(KINDS)}"
+        raise ParamError(f"{label} ({name!r}) {got}; expected one of {', '.join(KINDS)}"
                          + (f"; did you mean {close[0]!r}?" if close else ""))
     model = cls.Params
     if model is Params or not (isinstance(model, type) and issubclass(model, Params)):
         got = "sets no 'Params'" if model is Params else f"has Params = {model!r}, not a subclass of ragkit.Params"
-        raise ValueError(f"{label} ({name!r}) {got}: set Params to its parameter model, a subclass of "
+        raise ParamError(f"{label} ({name!r}) {got}: set Params to its parameter model, a subclass of "
                          f"ragkit.Params (an empty one, 'class {cls.__name__}Params(Params): pass', when it "
                          f"has no parameters)")
     document_params(cls, model, name)

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from ragkit import ConfigError, Operator, Params, Pipeline, registry
+from ragkit.errors import InputTypeError, ParamError
 from ragkit.registry import register
 
 #: A module of one fitted retriever (it saves and loads what it learns); ``{name}`` is its registry name.
@@ -115,13 +116,13 @@ def test_register_refuses_a_class_without_a_known_kind_a_name_or_params(scratch_
     """Old code: all accepted; a misspelt kind gave "the pipeline has no retriever" later, a missing Params
     "valid parameters of ... are: " with nothing listed."""
     cls = type("NoParams", (Operator,), dict(attrs))
-    with pytest.raises(ValueError, match=said):
+    with pytest.raises(ParamError, match=said):  # a RagkitError, and a ValueError
         register(cls)
     assert attrs.get("name", "") not in registry._REGISTRY
 
 
 def test_register_refuses_what_is_no_operator():
-    with pytest.raises(TypeError, match="'dict' is not a subclass of ragkit.Operator"):
+    with pytest.raises(InputTypeError, match="'dict' is not a subclass of ragkit.Operator"):  # and a TypeError
         register(dict)
 
 
