@@ -13,7 +13,10 @@ the merged ranking against one unsharded BM25 index.
 Needs Ray (``pip install 'ragkit[ray]'``) and SciFact. On 2 cores: about 20-40 s with
 ``--limit 8``, most of it starting Ray and its workers; about 1 minute on the full SciFact.
 Prints nDCG@10 and Recall@100, then whether the merge equals one BM25 index's ranking (to
-standard error with ``--json``, whose line stays the last of standard output).
+standard error with ``--json``, whose line stays the last of standard output). Ray logs one
+error-level line as the shard actors start ("Actor with class name: '_ShardActor' ... has
+constructor arguments in the object store and max_restarts > 0"): expected (each shard's
+documents stay in the object store so that a crashed actor can be restarted), not a failure.
 """
 
 from __future__ import annotations
