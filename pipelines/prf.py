@@ -241,7 +241,6 @@ class PRF(Operator):
         self.tf_ = tf
         self.df_ = np.bincount(tf.indices, minlength=tf.shape[1]).astype(np.int64)
         terms = sorted(self.vocab_, key=self.vocab_.__getitem__)
-        self._terms = np.array(terms, dtype=object)  # the term of each column
         n_chars = np.fromiter((len(t.encode("utf-16-le")) // 2 for t in terms), np.int64, len(terms))
         ok = (n_chars >= MIN_TERM_CHARS) & (n_chars <= MAX_TERM_CHARS)
         if p.filter_terms:
