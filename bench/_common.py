@@ -1,5 +1,5 @@
-"""What every benchmark script shares: where the repository, SciFact and the outputs are, a timer, and
-exact top-k ground truth with its recall.
+"""What every benchmark script shares: where the repository, SciFact and the outputs are, a timer,
+atomic output writes, and exact top-k ground truth with its recall.
 
 Benchmarks run as scripts (``python bench/<name>.py``), so this folder is on ``sys.path``.
 """
@@ -7,6 +7,7 @@ Benchmarks run as scripts (``python bench/<name>.py``), so this folder is on ``s
 from __future__ import annotations
 
 import os
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -14,8 +15,44 @@ from typing import Any, Callable
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-OUT = REPO / "bench" / "out"
-SCIFACT = Path(os.environ.get("RAGKIT_SCIFACT", REPO.parent / "shared" / "data" / "beir" / "scifact"))
+# Where results go: bench/out, or the folder RAGKIT_BENCH_OUT names (the tests point it at a temporary one
+# so that a test run never overwrites a real result).
+OUT = Path(os.environ.get("RAGKIT_BENCH_OUT") or REPO / "bench" / "out")
+SCIFACT = Path(os.environ.get("RAGKIT_SCIFACT") or REPO.parent / "shared" / "data" / "beir" / "scifact")
+
+
+def write_atomic(path: str | os.PathLike, data: str | bytes) -> Path:
+    """Write ``data`` (text as UTF-8, or bytes) to ``path`` all at once: a temporary file in the same folder,
+    then ``os.replace``. A killed run leaves either the old file or the new one, never a truncated one.
+    Creates the parent folder. Returns the path."""
+    path = Path(path)
+    if not isinstance(data, (str, bytes)):
+        raise TypeError(f"write_atomic({str(path)!r}): data must be str or bytes, got {type(data).__name__}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data.encode("utf-8") if isinstance(data, str) else data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes it 0600; results are meant to be read
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    return path
+
+
+def save_npy_atomic(path: str | os.PathLike, arr: np.ndarray) -> Path:
+    """``np.save`` to ``path`` atomically (see ``write_atomic``); ``path`` is used as given (no ``.npy`` added)."""
+    import io
+
+    buf = io.BytesIO()
+    np.save(buf, np.asarray(arr), allow_pickle=False)
+    return write_atomic(path, buf.getvalue())
 
 
 def best_of(fn: Callable[[], Any], repeat: int = 1) -> tuple[float, Any]:
