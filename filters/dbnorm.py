@@ -11,10 +11,10 @@ import logging
 import re
 import time
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, Mapping
 
 import numpy as np
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from ragkit.encoders import (
     DEFAULT_MODEL,
@@ -199,14 +199,19 @@ class BankParams(Params):
 
     @field_validator("method", mode="before")
     @classmethod
-    def _dualis(cls, v: object) -> object:
+    def _dualis(cls, v: object, info: ValidationInfo) -> object:
         """``DualIS`` (the paper's spelling) is ``dualis``; ``dis`` (ragkit's first name for it, in old YAML and
-        saved pipelines) too, with a warning: the paper's "DIS" is the dynamic inverted softmax, ``qbnorm``."""
+        saved pipelines) too, with a warning: the paper's "DIS" is the dynamic inverted softmax, ``qbnorm``.
+        The warning's advice fits where the value came from: a loaded save's files (validation context
+        ``source: "saved"``), which a new save rewrites, or what the user wrote."""
         if isinstance(v, str) and v.lower() == "dualis":
             return "dualis"
         if v == "dis":
+            saved = isinstance(info.context, Mapping) and info.context.get("source") == "saved"
+            fix = ("It comes from a folder saved by an earlier ragkit: save it again (which writes method: dualis) to "
+                   "silence this warning" if saved else "Write method: dualis (or qbnorm) to silence this warning")
             _log.warning("dbnorm: method 'dis' is read as 'dualis' (dual inverted softmax); the paper's DIS, dynamic "
-                         "inverted softmax, is 'qbnorm'. Write method: dualis (or qbnorm) to silence this warning")
+                         f"inverted softmax, is 'qbnorm'. {fix}")
             return "dualis"
         return v
     beta: float = Field(20.0, gt=0, description="Inverse temperature of is/qbnorm (cosine scale).")

@@ -17,6 +17,7 @@ checksum first, and loads again when the folder was replaced (saved again) while
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from pathlib import Path
@@ -29,18 +30,24 @@ from ragkit.operator import (
     _LOST_MANIFEST,
     FORMAT_VERSION,
     Operator,
+    _interrupted_save,
+    _old_save_hint,
     _saved_pipeline_above,
     atomic_dir,
     checksums_verified,
     corpus_fingerprint,
     read_json,
+    restore_interrupted_save,
     write_json,
 )
+from ragkit.params import validate_params
 from ragkit.pipelines._compose import Pipeline
 from ragkit.pipelines.yaml import dump_yaml, load_yaml, walk_leaves
 from ragkit.types import Corpus
 
 __all__ = ["save_pipeline", "load_pipeline", "load_unreplaced"]
+
+_log = logging.getLogger("ragkit")
 
 #: loads of one folder that another process replaced (saved again) meanwhile, before the load gives up
 LOAD_TRIES = 5
@@ -167,6 +174,7 @@ def load_pipeline(path: str | Path, *, corpus: Corpus | None = None, mmap: bool 
     crash the process, so load folders only from people you trust.
     """
     folder = Path(path)
+    restore_interrupted_save(folder)
     return load_unreplaced(folder, "manifest.json", lambda: _load_pipeline(folder, corpus, mmap, verify))
 
 
@@ -174,9 +182,12 @@ def _load_pipeline(folder: Path, corpus: Corpus | None, mmap: bool, verify: bool
     """One load of ``folder`` (:func:`load_pipeline`), its files read as they are now."""
     if not folder.is_dir():
         what = "a file, not a folder (a pipeline YAML file? Pipeline.from_yaml reads it)" if folder.exists() else \
-            "it does not exist"
+            "it does not exist" + _old_save_hint(folder)
         raise ArtifactError(f"{folder}: not a saved pipeline folder ({what})")
     if not (folder / "manifest.json").is_file():
+        interrupted = _interrupted_save(folder)
+        if interrupted is not None:
+            raise ArtifactError(f"{folder}: {interrupted}")
         if (folder / "params.json").is_file():
             above = _saved_pipeline_above(folder)
             raise ArtifactError(f"{folder}: a saved operator, not a pipeline (no manifest.json): " + (
@@ -217,15 +228,23 @@ def _load_pipeline(folder: Path, corpus: Corpus | None, mmap: bool, verify: bool
         sub = nodes.get(node_path)
         if sub is None:
             raise ArtifactError(f"{folder / 'manifest.json'}: no saved operator for {node_path}")
-        if sub not in loaded:
+        first = sub not in loaded
+        if first:
             # (the manifest's checksums, verified above, cover every file of the step's folder: _check_listed)
             loaded[sub] = Operator.load(folder / sub, corpus=corpus, mmap=mmap, verify=False) if corpus is not None \
                 else cls.load(folder / sub, corpus=None, mmap=mmap, verify=False)
         op = loaded[sub]
-        if type(op) is not cls or op.params != cls(params).params:  # the step runs its params.json's parameters
+        # the step runs its params.json's parameters: the ones pipeline.yaml names must agree with them; the ones
+        # it leaves out were the defaults when it was saved, which may have changed since (see _changed_defaults)
+        # (validated as a saved value, then as the class builds it: sharded sets its own k from its retriever's)
+        given = validate_params(cls.Params, params, cls.name, source="saved")
+        named, built = given.model_fields_set, cls(given).params
+        if type(op) is not cls or any(getattr(built, key) != getattr(op.params, key) for key in named):
             raise ArtifactError(f"{folder / 'pipeline.yaml'}: {node_path} is {{{cls.name}: {dict(params)}}}, but "
                                 f"{folder / sub / 'params.json'} holds {{{op.name}: {op.params.non_default()}}}; the "
                                 "folder was changed after saving: save the pipeline again")
+        if first:
+            _changed_defaults(folder / sub, node_path, op, named)
         return op
 
     with checksums_verified(verify):  # the manifest's checksums, verified above, cover the steps' files
@@ -237,6 +256,24 @@ def _load_pipeline(folder: Path, corpus: Corpus | None, mmap: bool, verify: bool
 
 #: how errors name the manifest's checksums
 SHA_RECORD = "manifest.json's sha256"
+
+
+def _changed_defaults(step: Path, node_path: str, op: Operator, named: set[str]) -> None:
+    """Log (once per step of a load, on the ``ragkit`` logger) the parameters of the loaded step ``op`` that
+    ``pipeline.yaml`` leaves out (``named``: the ones it gives) although their saved value (``params.json``,
+    in the folder ``step``) is not today's default: the default changed since the save (mmr's ``fetch_k``
+    200 -> None).  The step keeps its saved value, as fitted; a new save writes it into ``pipeline.yaml``."""
+    changed = []
+    for key, field in type(op.params).model_fields.items():
+        if key in named or field.is_required():
+            continue
+        saved, default = getattr(op.params, key), field.get_default(call_default_factory=True)
+        if saved != default:
+            changed.append(f"{key}={saved!r} (today's default: {default!r})")
+    if changed:
+        _log.warning(f"{step}: {node_path} was saved when its defaults differed: it keeps its saved "
+                     f"{', '.join(changed)}, so the pipeline loads and ranks as saved; save it again to write "
+                     "these values into its pipeline.yaml (and silence this note)")
 
 
 def _checked_nodes(folder: Path, nodes: dict[str, Any]) -> dict[str, str]:

@@ -631,6 +631,7 @@ class Operator:
         :class:`~ragkit.pipelines.Pipeline`.  A leading ``~`` in ``path`` is the home folder.
         """
         folder = user_path(path, f"{cls.__name__}.load: path")
+        restore_interrupted_save(folder)
         if corpus is not None and not isinstance(corpus, Corpus):
             raise InputTypeError(f"{cls.__name__}.load: corpus must be the ragkit Corpus the operator was fitted on "
                                  f"(or None: the saved folder holds it), got {type(corpus).__name__}")
@@ -655,9 +656,11 @@ class Operator:
             if whole is not None:  # a pipeline's step: its manifest holds the checksums, and the documents
                 raise ArtifactError(f"{folder}: one step of the saved pipeline at {whole} (its documents are "
                                     f"saved there): load that folder with Pipeline.load({str(whole)!r})")
-            raise ArtifactError(f"{folder}: no {CHECKSUMS} (Operator.save writes one) to verify the files against; "
-                                "the folder was changed after saving: save the operator again, or load it unchecked "
-                                "with verify=False")
+            interrupted = _interrupted_save(folder)
+            if interrupted is not None:
+                raise ArtifactError(f"{folder}: {interrupted}")
+            raise ArtifactError(f"{folder}: no {CHECKSUMS} (Operator.save writes one) to verify the files against"
+                                f"{_before_checksums(folder)}")
         if verify:  # (a step of a saved pipeline has none: Pipeline.load checks the manifest's, then loads it)
             digests = read_json(folder / CHECKSUMS)
             if not isinstance(digests, dict):
@@ -671,6 +674,7 @@ class Operator:
         for key in ("operator", "params", "fitted"):
             if key not in meta:
                 raise ArtifactError(f"{folder / 'params.json'}: missing key {key!r}; not a ragkit operator folder")
+        _check_meta_types(folder, meta)
         if meta.get("format_version", 0) > FORMAT_VERSION:
             raise ArtifactError(
                 f"{folder}: written by a newer ragkit (format {meta['format_version']}, this one reads "
@@ -682,8 +686,8 @@ class Operator:
             raise ArtifactError(f"{folder / 'params.json'}: {e}") from None
         if op_cls.name != meta["operator"]:
             raise ArtifactError(f"{folder}: holds a {meta['operator']!r} operator, not {op_cls.name!r}")
-        try:
-            op = op_cls(meta["params"])
+        try:  # (validated as saved values: a renamed value's note says to save again, not to edit a file)
+            op = op_cls(validate_params(op_cls.Params, meta["params"], op_cls.name, source="saved"))
         except ParamError as e:  # name the file the parameters came from, not just the field
             raise ArtifactError(f"{folder / 'params.json'}: {e}; the folder was changed after saving, or written by "
                                 "another ragkit version: save the operator again") from None
@@ -762,11 +766,18 @@ def _check_learned_loaded(op: Operator, folder: Path, meta: Mapping[str, Any]) -
     if missing:
         cls = type(op).__name__
         them = "it" if len(missing) == 1 else "them"
+        lacks = (f"{folder}: {cls} ({op.name!r}) lacks {', '.join(missing)} once loaded: its fit had set {them} "
+                 f"(params.json records what a fit learned), but its _load did not restore {them}")
+        saved_by = meta.get("ragkit_version")
+        newer = (f"the folder may have been saved by a newer ragkit (ragkit {saved_by!s:.40}, this is "
+                 f"{_version()}) whose {cls} learns more: upgrade ragkit" if isinstance(saved_by, str) else
+                 f"the folder may have been saved by a newer ragkit whose {cls} learns more: upgrade ragkit")
+        if type(op).__module__.startswith("ragkit."):  # a built-in operator: its own _load is not the cause
+            raise ArtifactError(f"{lacks}; {newer} (or fit and save it again with this one)")
         raise ArtifactError(
-            f"{folder}: {cls} ({op.name!r}) lacks {', '.join(missing)} once loaded: its fit had set {them} "
-            f"(params.json records what a fit learned), but its _load did not restore {them}; {cls} must implement "
-            f"_save(folder), writing everything fit learned as plain files, and _load(folder, mmap=False), reading "
-            f"it back into the same attributes; then fit and save it again")
+            f"{lacks}; {cls} must implement _save(folder), writing everything fit learned as plain files, and "
+            f"_load(folder, mmap=False), reading it back into the same attributes; then fit and save it again (or "
+            f"{newer}, or the package that defines {cls})")
 
 
 def _unapplied_filter_message(op: Operator, where: str) -> str:
@@ -1082,12 +1093,15 @@ def _saved_pipeline_above(folder: Path) -> Path | None:
 def _not_an_operator_folder(folder: Path) -> str:
     """Why ``folder`` cannot load as an operator (it has no ``params.json``), with what to do."""
     if not folder.exists():
-        return "no such folder; expected one written by Operator.save"
+        return "no such folder; expected one written by Operator.save" + _old_save_hint(folder)
     if not folder.is_dir():
         return ("a file, not a folder; an operator loads from the folder Operator.save wrote (a pipeline YAML "
                 "file: Pipeline.from_yaml)")
     if (folder / "manifest.json").is_file():
         return "a saved pipeline, not a single operator: load it with Pipeline.load (or Operator.load)"
+    interrupted = _interrupted_save(folder)
+    if interrupted is not None:
+        return interrupted
     if (folder / "pipeline.yaml").is_file() and (folder / "ops").is_dir():
         return _LOST_MANIFEST
     return "no params.json: not a folder written by Operator.save"
@@ -1096,6 +1110,158 @@ def _not_an_operator_folder(folder: Path) -> str:
 #: Why a saved pipeline's folder without its manifest cannot load (verify=False included).
 _LOST_MANIFEST = ("a saved pipeline's folder (pipeline.yaml, ops/) that lost its manifest.json, which holds its "
                   "layout and checksums, so it cannot be loaded even with verify=False: save the pipeline again")
+
+
+def _interrupted_save(folder: Path) -> str | None:
+    """What to say of ``folder`` when it is the temporary folder of a save (``.<name>.tmp-<pid>@<host>-...``,
+    :func:`~ragkit._files.shared_tempdir`), which is renamed into place once complete: one left behind is of a
+    save that was killed (or failed) before then, and is no save; ``None`` for another folder."""
+    import re
+
+    match = re.fullmatch(r"\.(.+)\.tmp-(\d+)@[^/]*-[^-/]+", folder.name)
+    if match is None or not folder.is_dir():
+        return None
+    return (f"the temporary folder of a save of {folder.with_name(match.group(1))} (process {match.group(2)}) that "
+            "did not complete (killed, or failed, before renaming it into place): no save to load; the next save "
+            "there removes it, and it is safe to delete")
+
+
+def _before_checksums(folder: Path) -> str:
+    """The end of the error for an operator folder without ``checksums.json``: why, and what to do.  Format 1
+    folders (``params.json``) may be from a ragkit before checksums, which wrote none; later ones always do."""
+    try:
+        version = json.loads((folder / "params.json").read_text(encoding="utf-8")).get("format_version", 1)
+    except (OSError, ValueError, AttributeError):
+        version = None
+    if isinstance(version, int) and not isinstance(version, bool) and version <= 1:
+        return ("; it may have been written by a ragkit from before checksums (its params.json says format 1), "
+                "or changed after saving: if it is yours, load it with verify=False, then save it again (which "
+                "writes them)")
+    return ("; the folder was changed after saving: save the operator again, or load it unchecked with "
+            "verify=False")
+
+
+def _check_meta_types(folder: Path, meta: Mapping[str, Any]) -> None:
+    """Refuse (:class:`ArtifactError` naming the file, the key, what it holds and what was expected) the keys of
+    a ``params.json`` (``meta``) that have the wrong type: a bare ``TypeError`` / ``KeyError`` of the load
+    otherwise, or worse, ``"fitted": "no"`` loading as fitted and ``"params": null`` as the defaults."""
+    def bad(key: str, expected: str) -> ArtifactError:
+        value = meta[key]
+        return ArtifactError(f"{folder / 'params.json'}: {key!r} holds {json.dumps(value, default=str)[:120]} (a "
+                             f"JSON {_json_kind(value)}); expected {expected}; the folder was changed after saving, "
+                             "or written by another program: save the operator again")
+
+    def is_int(v: Any) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    if not isinstance(meta["operator"], str):
+        raise bad("operator", "the operator's name, a string such as \"bm25\"")
+    if not isinstance(meta["params"], dict):
+        raise bad("params", "an object of the operator's parameters ({\"k\": 10, ...})")
+    if not isinstance(meta["fitted"], bool):
+        raise bad("fitted", "true or false")
+    if "format_version" in meta and not is_int(meta["format_version"]):
+        raise bad("format_version", f"an integer (the save format; this ragkit writes {FORMAT_VERSION})")
+    fingerprint = meta.get("corpus")
+    if "corpus" in meta and not (isinstance(fingerprint, dict) and is_int(fingerprint.get("n"))
+                                 and isinstance(fingerprint.get("ids_sha1"), str)):
+        raise bad("corpus", "an object {\"n\": the number of documents fitted on, \"ids_sha1\": the SHA-1 of "
+                            "their ids (hex)}")
+    if TEXTS_KEY in meta and not isinstance(meta[TEXTS_KEY], str):
+        raise bad(TEXTS_KEY, "the digest of the documents' texts, a hex string")
+
+
+def _json_kind(value: Any) -> str:
+    """JSON's name for the type of a value ``json.loads`` gave."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, (int, float)):
+        return "number"
+    kinds: dict[type, str] = {str: "string", list: "array", dict: "object"}
+    return kinds.get(type(value), type(value).__name__)
+
+
+def _old_saves(path: Path) -> list[Path]:
+    """The folders ``.<name>.old-*`` beside ``path`` that hold a complete earlier save (``manifest.json``, or
+    ``params.json``), newest first: where a save by two renames (:class:`atomic_dir`, without
+    :func:`_exchange`) keeps the earlier save between its renames."""
+    prefix = f".{path.name}.old-"
+    try:
+        entries = [e for e in path.parent.iterdir() if e.name.startswith(prefix)]
+    except OSError:
+        return []
+    found = []
+    for e in entries:
+        try:
+            if e.is_dir() and not e.is_symlink() and ((e / "manifest.json").is_file() or (e / "params.json").is_file()):
+                found.append((e.stat().st_mtime_ns, e))
+        except OSError:
+            continue
+    return [e for _, e in sorted(found, key=lambda t: t[0], reverse=True)]
+
+
+def _saver_running(old: Path, path: Path) -> bool:
+    """Whether the save that moved the earlier save at ``path`` to ``old`` (``.<name>.old-<8 characters of its
+    temporary folder's name>``) may still run: its temporary folder is still there, and was made by a process
+    of this host that still runs, or by another host (which this one cannot tell)."""
+    import socket
+
+    from ragkit._files import _alive
+
+    suffix = old.name.rsplit(".old-", 1)[1]
+    prefix = f".{path.name}.tmp-"
+    try:
+        tmps = [e.name for e in path.parent.iterdir() if e.name.startswith(prefix) and e.name.endswith(suffix)]
+    except OSError:
+        return True
+    for name in tmps:
+        pid, at, host = name[len(prefix):].rsplit("-", 1)[0].partition("@")
+        if not at or not pid.isdigit() or host != socket.gethostname() or _alive(int(pid)):
+            return True
+    return False
+
+
+def restore_interrupted_save(path: Path) -> Path | None:
+    """Put back the earlier save at ``path`` when a save killed between its two renames (a platform without
+    :func:`_exchange`: macOS, Windows, NFS) left ``path`` missing and the earlier save as ``.<name>.old-*``
+    beside it; returns the folder it renamed, logged (``None``: nothing to restore).
+
+    Only a complete earlier save is restored, only while ``path`` is missing, and only once the save that
+    moved it has ended (its process no longer runs on this host): under the same exclusive lock a save's
+    swap holds (:func:`~ragkit._files.folder_lock`: a save between its renames holds it, so this waits for
+    it).  A save of another host, or one still running, is left alone (the load's error then names the
+    folder)."""
+    if os.path.lexists(path):
+        return None
+    if not _old_saves(path):
+        return None
+    with folder_lock(path, exclusive=True):  # (a live save's swap holds it: this waits until it is done)
+        for old in _old_saves(path):
+            if os.path.lexists(path):
+                return None
+            if _saver_running(old, path):
+                continue
+            try:
+                old.rename(path)
+            except OSError:
+                continue
+            _log.warning(f"{path}: was missing: a save killed while it replaced the folder (between its two "
+                         f"renames, on a system without an atomic swap) had left the earlier save as {old.name}; "
+                         "renamed it back, so the earlier save is at its place again")
+            return old
+    return None
+
+
+def _old_save_hint(path: Path) -> str:
+    """For the error of a load of the missing ``path``: the earlier save an interrupted save left beside it, and
+    how to put it back (where :func:`restore_interrupted_save` would not: a save that may still run)."""
+    olds = _old_saves(path)
+    if not olds:
+        return ""
+    return (f"; but {olds[0]} holds an earlier save of it, moved there by a save that has not completed (still "
+            f"running, or run on another machine): once no save is running, rename it back to {path.name}")
 
 
 #: OSError numbers a save cannot get past by trying again (``None``: numpy's short write on a full disk)
@@ -1142,6 +1308,7 @@ class atomic_dir:
         return path
 
     def __enter__(self) -> Path:
+        restore_interrupted_save(user_path(self.path, "path"))  # (this save then replaces it, and deletes it)
         self.path = self.check(self.path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.tmp = shared_tempdir(self.path.parent, f".{self.path.name}.tmp-")

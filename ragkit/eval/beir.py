@@ -68,6 +68,12 @@ def _check_no_lone_surrogate(rec: dict, path: Path, n: int) -> None:
                                 "fix or drop that escape") from None
 
 
+def _json_problem(e: json.JSONDecodeError) -> str:
+    """``e``'s message and column: "Expecting ',' delimiter at column 12".  Some messages end in their own
+    position already ("Unterminated string starting at": the column is of the string's start)."""
+    return f"{e.msg} column {e.colno}" if e.msg.endswith(" at") else f"{e.msg} at column {e.colno}"
+
+
 def _read_jsonl(path: Path):
     if not path.is_file():
         raise DataError(f"{path}: file not found")
@@ -77,7 +83,7 @@ def _read_jsonl(path: Path):
         try:
             rec = json.loads(line.rstrip("\r\n"))  # an unclosed last object: its column, not "line 2 column 1"
         except json.JSONDecodeError as e:
-            raise DataError(f"{path}:{n}: malformed JSON line ({e.msg} at column {e.colno})") from None
+            raise DataError(f"{path}:{n}: malformed JSON line ({_json_problem(e)})") from None
         if not isinstance(rec, dict) or "_id" not in rec:
             raise DataError(f"{path}:{n}: expected an object with an '_id' field, got {line.strip()[:80]!r}")
         if not isinstance(rec["_id"], (str, int)) or isinstance(rec["_id"], bool):  # None / {} became 'None'
