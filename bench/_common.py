@@ -6,11 +6,12 @@ Benchmarks run as scripts (``python bench/<name>.py``), so this folder is on ``s
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -18,6 +19,9 @@ REPO = Path(__file__).resolve().parents[1]
 # Where results go: bench/out, or the folder RAGKIT_BENCH_OUT names (the tests point it at a temporary one
 # so that a test run never overwrites a real result).
 OUT = Path(os.environ.get("RAGKIT_BENCH_OUT") or REPO / "bench" / "out")
+# Caches keyed by their content (query vectors): bench/out/cache whatever RAGKIT_BENCH_OUT says, so a test run
+# reuses them.
+CACHE = REPO / "bench" / "out" / "cache"
 SCIFACT = Path(os.environ.get("RAGKIT_SCIFACT") or REPO.parent / "shared" / "data" / "beir" / "scifact")
 
 
@@ -44,6 +48,23 @@ def write_atomic(path: str | os.PathLike, data: str | bytes) -> Path:
             pass
         raise
     return path
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """For writers that want a file name (``savefig``): yields a temporary name beside ``path`` (same suffix),
+    moved onto ``path`` when the block ends without an error, removed otherwise."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
 
 
 def save_npy_atomic(path: str | os.PathLike, arr: np.ndarray) -> Path:
