@@ -25,7 +25,7 @@ from ragkit.options import PARAM
 from ragkit.params import MetadataFilter, Metric, ModelName, Params, VectorDtype
 from ragkit.registry import register
 from ragkit.retrievers._index import EXACT_MAX, VectorIndex, parse_reduce
-from ragkit.types import Corpus, State, TrainSet
+from ragkit.types import Corpus, Ranking, State, TrainSet
 
 __all__ = ["Dense", "DenseParams", "KNOWN_DIMS"]
 
@@ -299,9 +299,14 @@ class Dense(TunedEncoderMixin, Operator):
         return table
 
     def _call(self, state: State) -> State:
+        mask = self.filter_mask(state)
+        if mask is not None and not mask.any():  # a filter no document passes: nothing to find, nothing to encode
+            out = state.copy()
+            out.rankings = [Ranking.empty() for _ in range(len(state))]
+            return out
         q = self.query_vectors(state)
         k = min(self.k_for(state), max(self.index_.n_alive, 1))  # never more rows than documents: k is user input
-        rows, sc = self.search_vectors(q, k, self.filter_mask(state),
+        rows, sc = self.search_vectors(q, k, mask,
                                        expansion_search=self.opt(state, "expansion_search"),
                                        oversample=self.opt(state, "oversample"))
         out = state.copy()

@@ -171,6 +171,18 @@ def test_pickles_after_add_and_document_vectors(slice_data, qvecs):
         _same(op(_state(queries, qvecs)), pickle.loads(pickle.dumps(op))(_state(queries, qvecs)))
 
 
+def test_a_filter_no_document_passes_finds_nothing_without_encoding(slice_data, monkeypatch):
+    corpus, queries, _, _ = slice_data
+    op = Dense(k=5).fit(corpus)
+
+    def encode(*a, **kw):
+        raise AssertionError("queries encoded for a filter that no document passes")
+
+    monkeypatch.setattr(Dense, "query_vectors", encode)
+    run = op.search(queries.texts[:3], filter={"bucket": 99})
+    assert [len(r) for r in run.rankings] == [0, 0, 0]
+
+
 @pytest.mark.parametrize("search, dtype", [("exact", "i8"), ("hnsw", "i8"), ("hnsw", "b1"), ("hnsw", "f16"),
                                            ("exact", "b1")])
 def test_filter_inside_search_returns_k(search, dtype, slice_data, qvecs):
