@@ -4,11 +4,18 @@ Usage::
 
     python bench/bm25_memory.py /tmp/scale-rev/syn100k          # a BEIR folder (e.g. scale-rev's gen.py output)
     python bench/bm25_memory.py FOLDER --queries 1000 --k 1000 --out bench/out/bm25_memory.json
-    python bench/bm25_memory.py --quick                                  # SciFact, 50 queries at k = 100
+    python bench/bm25_memory.py --quick              # SciFact, 50 queries at k = 100: bench/out/bm25_memory_quick.json
+
+A phase that fails stops the run with its error output's last lines; the phases that finished are still
+written (with ``"failed"``: the phase, its exit status and that tail).
 
 Each phase runs in a fresh Python process, so its peak is its own: a thread samples the resident set
 (RSS, every 20 ms) and a phase reports its wall seconds, its peak above the RSS it started at
-(``peak_extra_MB``) and what it keeps (``kept_MB``).  The corpus is read before a phase starts
+(``peak_extra_MB``) and the RSS still held after it (``rss_retained_MB``: the process's, not the index's,
+since the allocator keeps freed heap; older JSON named it ``kept_MB``).  What an index itself keeps is
+``held_MB`` (the bytes of its arrays) and, after a fit, ``traced``: the Python-traced bytes (``tracemalloc``)
+live after a second, untimed fit (``live_MB``) and their peak during it (``peak_MB``).  The corpus is read
+before a phase starts
 (``load_beir``; not counted) and handed to ``BM25.load(corpus=...)``, so the load figures are the
 index's own (the saved checksums are verified, as by default).
 
@@ -46,6 +53,8 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
+from _common import OUT, SCIFACT, write_atomic  # noqa: E402
+
 
 def _held_bytes(op: object) -> int:
     """Bytes of the numpy arrays and scipy.sparse matrices in ``vars(op)``, each buffer once (matrices may share
@@ -61,6 +70,23 @@ def _held_bytes(op: object) -> int:
             if not isinstance(base, mmap.mmap):
                 seen[a.__array_interface__["data"][0]] = a.nbytes
     return int(sum(seen.values()))
+
+
+def _traced(fit) -> dict:  # noqa: ANN001
+    """``tracemalloc``'s bytes live after ``fit()`` (what the fitted object and anything else it left keep) and
+    their peak during it, in MB: a second fit, after the timed one (tracing slows allocation)."""
+    import tracemalloc
+
+    gc.collect()
+    tracemalloc.start()
+    try:
+        obj = fit()
+        gc.collect()
+        live, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    del obj
+    return {"live_MB": round(live / 2**20, 1), "peak_MB": round(peak / 2**20, 1)}
 
 
 def _phase(name: str, folder: str, saved: str, n_queries: int, k: int, search_repeat: int = 3,
@@ -96,7 +122,7 @@ def _phase(name: str, folder: str, saved: str, n_queries: int, k: int, search_re
         time.sleep(0.05)
         rss = proc.memory_info().rss
         out[step] = {"s": round(dt, 3), "peak_extra_MB": round((max(peak[0], rss) - base) / 2**20),
-                     "kept_MB": round((rss - base) / 2**20)}
+                     "rss_retained_MB": round((rss - base) / 2**20)}
         return res
 
     if name.startswith("peer_"):
@@ -113,6 +139,7 @@ def _phase(name: str, folder: str, saved: str, n_queries: int, k: int, search_re
         measure("save", lambda: bm.save(saved))
         out["saved_MB"] = round(sum(p.stat().st_size for p in Path(saved).iterdir()
                                     if p.name != "corpus.jsonl") / 2**20)
+        out["traced"] = _traced(lambda: BM25(k=k).fit(data.corpus))
     else:
         bm = measure(name, lambda: BM25.load(saved, corpus=data.corpus, mmap=name == "load_mmap"))
         out["held_MB"] = round(_held_bytes(bm) / 2**20)
@@ -136,6 +163,7 @@ def _peer_phase(name: str, data, qs, saved: str, k: int, measure, out: dict, sto
             return r
 
         r = measure("fit", fit)
+        out["traced"] = _traced(fit)
         arrays = [r.scores[key] for key in ("data", "indices", "indptr")]
         nnz = int(len(r.scores["data"]))
         held = sum(int(a.nbytes) for a in arrays)
@@ -242,8 +270,8 @@ def main() -> None:
     ap.add_argument("--saved", default=None, help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.quick:
-        a.folder, a.queries, a.k = a.folder or "scifact", 50, 100
-        a.out = a.out or str(Path(__file__).resolve().parent / "out" / "bm25_memory_quick.json")
+        a.folder, a.queries, a.k = a.folder or str(SCIFACT), 50, 100
+        a.out = a.out or str(OUT / "bm25_memory_quick.json")
     if a.folder is None:
         ap.error("give a BEIR folder or name (or --quick)")
     if a.phase:
@@ -258,7 +286,15 @@ def main() -> None:
             cmd = [sys.executable, __file__, a.folder, "--phase", phase, "--saved", where,
                    "--queries", str(a.queries), "--k", str(a.k), "--search-repeat", str(a.search_repeat),
                    "--search-seconds", str(a.search_seconds)]
-            got = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.splitlines()[-1])
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+            if proc.returncode != 0:
+                tail = "\n".join(proc.stderr.strip().splitlines()[-20:])
+                res["failed"] = {"phase": phase, "returncode": proc.returncode, "stderr_tail": tail}
+                if a.out:
+                    write_atomic(a.out, json.dumps(res, indent=1))
+                sys.exit(f"bm25_memory: phase {phase!r} failed (exit status {proc.returncode}); its stderr ends:\n"
+                         f"{tail}\n" + (f"the phases that finished are in {a.out}" if a.out else ""))
+            got = json.loads(proc.stdout.splitlines()[-1])
             print(phase, json.dumps(got), flush=True)
             res[phase] = got
     finally:
@@ -272,8 +308,7 @@ def main() -> None:
           + (f"; bm25s_numba {srch['bm25s_numba']}" if "bm25s_numba" in srch else ""), flush=True)
     print("ragkit / bm25s (below 1: ragkit takes less):", json.dumps(res["ragkit_vs_bm25s"]), flush=True)
     if a.out:
-        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.out).write_text(json.dumps(res, indent=1))
+        write_atomic(a.out, json.dumps(res, indent=1))
         print(f"wrote {a.out}")
 
 

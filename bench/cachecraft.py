@@ -50,7 +50,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from _common import OUT, SCIFACT as DATA  # noqa: E402
+from _common import OUT, SCIFACT as DATA, atomic_path, write_atomic  # noqa: E402
 
 
 def kl(full: torch.Tensor, other: torch.Tensor) -> float:
@@ -257,7 +257,7 @@ def main() -> None:
                  f"load average at the end: {os.getloadavg()}")
     text = "\n".join(lines)
     print(text)
-    out.with_suffix(".md").write_text(text + "\n", encoding="utf-8")
+    write_atomic(out.with_suffix(".md"), text + "\n")
 
     def summary(xs: list[dict]) -> dict[str, float]:
         return {k: float(np.mean([x[k] for x in xs])) for k in xs[0] if k not in ("n", "ts")}
@@ -277,7 +277,7 @@ def main() -> None:
                       "mean_prefill_s": float(np.mean(ts)), **st.as_dict()},
         "load_average": list(os.getloadavg()),
     }
-    out.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    write_atomic(out.with_suffix(".json"), json.dumps(record, indent=2) + "\n")
     written = [out.with_suffix(".md"), out.with_suffix(".json")]
     try:
         import matplotlib
@@ -296,7 +296,8 @@ def main() -> None:
         axes[1].set(xlabel="recompute fraction r", ylabel="prefill speedup vs full", title="speed")
         axes[0].legend()
         fig.tight_layout()
-        fig.savefig(out.with_suffix(".png"), dpi=120)
+        with atomic_path(out.with_suffix(".png")) as tmp_png:
+            fig.savefig(tmp_png, dpi=120)
         plt.close(fig)
         written.append(out.with_suffix(".png"))
     except ImportError:

@@ -17,7 +17,8 @@ alternating).  Then the
 Recall@100 at equal ILD, with a paired randomisation test against the nearest MMR point), the
 in-cluster search paths (gather / masked / partitioned), and the synthetic multi-intent pairs
 (two test claims concatenated, qrels = union; S-recall@10/@100, alpha-nDCG@10).
-Writes ``bench/out/diversity.json`` and ``bench/out/diversity.png``.  The sweeps change one spec default
+Writes ``bench/out/diversity.json`` and ``bench/out/diversity.png`` (``_quick`` with ``--quick``; in the
+folder ``RAGKIT_BENCH_OUT`` names, when set).  The sweeps change one spec default
 at a time; one more setting ("chosen on train") is picked by ``select_on_train`` on SciFact *train*
 queries for the issue's target (ILD@10 >= 1.2x dense, Recall@100 >= dense - 0.01) and only then run on test.
 """
@@ -36,20 +37,28 @@ import numpy as np
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from _common import OUT, REPO  # noqa: E402
+from _common import CACHE, OUT, SCIFACT, atomic_path, save_npy_atomic, write_atomic  # noqa: E402
 
 K = 100
 
 
 def query_vectors(enc, texts: list[str]) -> np.ndarray:
-    """Query vectors, cached under bench/out/cache (query encoding is the slow part on 2 cores)."""
+    """Query vectors, cached under bench/out/cache (query encoding is the slow part on 2 cores).  The cache is
+    written atomically; one that cannot be read (truncated by a run killed before writes were atomic) or has
+    the wrong shape is encoded again and replaced."""
     h = hashlib.sha1((enc.key + "\n" + "\n".join(texts)).encode()).hexdigest()[:16]
-    path = OUT / "cache" / f"queries-{h}.npy"
+    path = CACHE / f"queries-{h}.npy"
     if path.exists():
-        return np.load(path)
+        try:
+            v = np.load(path, allow_pickle=False)
+        except (ValueError, OSError, EOFError) as e:
+            print(f"query-vector cache {path} unreadable ({e}): encoding again")
+        else:
+            if v.ndim == 2 and len(v) == len(texts):
+                return v
+            print(f"query-vector cache {path} holds {v.shape}, not {len(texts)} rows: encoding again")
     v = enc.encode_queries(texts)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    np.save(path, v)
+    save_npy_atomic(path, v)
     return v
 
 
@@ -103,7 +112,7 @@ def main() -> None:
     from ragkit.run import Run
     from ragkit.types import State
 
-    ds = load_beir(REPO.parent / "shared" / "data" / "beir" / "scifact")
+    ds = load_beir(SCIFACT)
     corpus, queries, qrels = ds.corpus, ds.queries("test"), ds.qrels("test")
     n_test, n_pairs = (60, 30) if args.quick else (len(queries), 150)
     queries = queries[:n_test]
@@ -323,10 +332,10 @@ def main() -> None:
         print(f"{name:28s} {row['ndcg@10']:8.4f} {row['recall@100']:7.4f} {row['s_recall@10']:7.4f} "
               f"{row['s_recall@100']:8.4f} {row['alpha_ndcg@10']:9.4f} {row['ild@10']:7.4f}")
 
-    OUT.mkdir(parents=True, exist_ok=True)
     stem = "diversity" + ("_margin" if args.rule == "margin" else "") + ("_quick" if args.quick else "")
-    (OUT / f"{stem}.json").write_text(json.dumps(res, indent=2))
-    plot(res, OUT / f"{stem}.png")
+    write_atomic(OUT / f"{stem}.json", json.dumps(res, indent=2))
+    with atomic_path(OUT / f"{stem}.png") as tmp_png:
+        plot(res, tmp_png)
     print(f"\nwrote {OUT / (stem + '.json')} and {OUT / (stem + '.png')}")
 
 

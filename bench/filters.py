@@ -12,10 +12,12 @@ measured on *test*, over the candidates of ``Dense(k=100)`` (all-MiniLM-L6-v2). 
 
 Prints (1) each filter's operating point on test, (2) precision at equal recall read from
 the test PR curves of one global threshold on each score (adapter probability, raw cosine,
-cosine / top cosine, rank), (3) the adapter's expected calibration error, (4) a
+cosine / top cosine, rank), and each adapter's precision against every baseline score's at the
+adapter's own test recall (below 1: that baseline keeps fewer irrelevant documents there),
+(3) the adapter's expected calibration error, (4) a
 "no-answer" probe: test queries with their relevant documents removed from the candidates
 (a good filter keeps little there).  Writes ``bench/out/filters.json`` and
-``bench/out/filters_pr.png``.
+``bench/out/filters_pr.png`` (``_quick`` with ``--quick``; in the folder ``RAGKIT_BENCH_OUT`` names, when set).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import time
 
 import numpy as np
 
-from _common import OUT, SCIFACT  # noqa: E402
+from _common import OUT, SCIFACT, atomic_path, write_atomic  # noqa: E402
 
 
 def main() -> None:
@@ -181,13 +183,22 @@ def main() -> None:
     print(f"{'score':34s} {'PR-AUC':>7s} {'P@R50':>7s} {'P@R80':>7s} {'P@R90':>7s} {'P@R95':>7s}")
     for name, d in par.items():
         print(f"{name:34s} {d['pr_auc']:7.4f} {d['p@r50']:7.4f} {d['p@r80']:7.4f} {d['p@r90']:7.4f} {d['p@r95']:7.4f}")
+    baselines = [n for n in curves if n not in adapters]  # raw cosine, cosine / top cosine, rank (top-k)
+    print("\nat equal recall (each adapter's test recall), precision of one global cut on each baseline score "
+          "(adapter / baseline: below 1, that baseline is the better filter there):")
     for name in adapters:
-        a_rec = rows[name]["recall"]
-        pc = precision_at_recall(curves["raw cosine"][1], curves["raw cosine"][0], a_rec)
-        print(f"\nequal recall {a_rec:.4f}: {name} precision {rows[name]['precision']:.4f} vs raw cosine cut-off "
-              f"{pc:.4f} (x{rows[name]['precision'] / pc:.2f})")
-        results.setdefault("equal_recall", {})[name] = {"recall": a_rec, "adapter_precision": rows[name]["precision"],
-                                                        "cosine_precision": pc}
+        a_rec, a_p = rows[name]["recall"], rows[name]["precision"]
+        base_p = {b: precision_at_recall(curves[b][1], curves[b][0], a_rec) for b in baselines}
+        ratio = {b: a_p / p if p > 0 else None for b, p in base_p.items()}
+        best = max(base_p, key=base_p.get)
+        print(f"  recall {a_rec:.4f}: {name} precision {a_p:.4f} vs "
+              + ", ".join(f"{b} {p:.4f} (x{ratio[b]:.2f})" if ratio[b] is not None else f"{b} {p:.4f}"
+                          for b, p in base_p.items())
+              + ("; it beats every baseline" if a_p > base_p[best] else f"; best there: {best}"))
+        results.setdefault("equal_recall", {})[name] = {
+            "recall": a_rec, "adapter_precision": a_p, "cosine_precision": base_p["raw cosine"],
+            "baseline_precision": base_p, "adapter_over_baseline": ratio, "best_baseline": best,
+            "beats_every_baseline": bool(a_p > base_p[best])}
     print("\nECE (15 bins) of adapter probabilities on test candidates:",
           ", ".join(f"{n}: {v:.4f}" for n, v in results["ece"].items()))
     print("\nno-answer probe (relevant documents removed from the test candidates):")
@@ -199,12 +210,13 @@ def main() -> None:
         print(f"fit {name}: {info['seconds']:.1f} s, {info['iterations']} L-BFGS iterations, "
               f"threshold {info['threshold']:.4f}")
 
-    OUT.mkdir(parents=True, exist_ok=True)
     suffix = "_quick" if args.quick else ""
-    png = plot_pr_curves({n: curves[n] for n in curves}, OUT / f"filters_pr{suffix}.png",
-                         points={f"{n} @ train-chosen cut": (rows[n]["recall"], rows[n]["precision"]) for n in rows},
-                         title=f"SciFact test, Dense top-{args.k} candidates (trained on train)")
-    (OUT / f"filters{suffix}.json").write_text(json.dumps(results, indent=2, default=float))
+    png = OUT / f"filters_pr{suffix}.png"
+    with atomic_path(png) as tmp_png:  # drawn aside, then moved in place: never half-written
+        plot_pr_curves({n: curves[n] for n in curves}, tmp_png,
+                       points={f"{n} @ train-chosen cut": (rows[n]["recall"], rows[n]["precision"]) for n in rows},
+                       title=f"SciFact test, Dense top-{args.k} candidates (trained on train)")
+    write_atomic(OUT / f"filters{suffix}.json", json.dumps(results, indent=2, default=float))
     print(f"\nwrote {OUT / f'filters{suffix}.json'} and {png}")
 
 

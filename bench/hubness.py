@@ -12,7 +12,8 @@ and a dev part (20%) and the grid point with the best dev nDCG@10 wins; the fina
 operators then use all train queries as the bank.  Test queries are used only for the
 report: nDCG@10, Recall@100 (paired randomisation test vs raw), and hubness of the
 top-10 (k-occurrence N_10 over all documents, zeros included).  Writes
-``bench/out/hubness.json``.
+``bench/out/hubness.json`` (``hubness_quick.json`` with ``--quick``; in the folder ``RAGKIT_BENCH_OUT`` names,
+when set).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import time
 
 import numpy as np
 
-from _common import OUT, SCIFACT  # noqa: E402
+from _common import OUT, SCIFACT, write_atomic  # noqa: E402
 
 
 def main() -> None:
@@ -188,12 +189,11 @@ def main() -> None:
     print(f"halving raw skewness needs {b['hubness']['skewness'] / 2:.2f} on the {len(test_q)} test queries; rankings "
           f"with no hubs at all measure {floor['test']:.2f} there (sampling alone), {floor['probe']:.2f} on the "
           f"{args.probe} pseudo-queries")
-    OUT.mkdir(parents=True, exist_ok=True)
-    path = OUT / ("hubness_quick.json" if args.quick else "hubness.json")
-    path.write_text(json.dumps({"config": {"k": k, "quick": args.quick, "test_queries": len(test_q),
-                                           "probe_queries": args.probe},
-                                "tuned": tuned, "tuning": tuning_log, "results": rows,
-                                "random_floor": floor}, indent=2, default=float))
+    path = write_atomic(OUT / ("hubness_quick.json" if args.quick else "hubness.json"),
+                        json.dumps({"config": {"k": k, "quick": args.quick, "test_queries": len(test_q),
+                                               "probe_queries": args.probe},
+                                    "tuned": tuned, "tuning": tuning_log, "results": rows,
+                                    "random_floor": floor}, indent=2, default=float))
     print(f"\nwrote {path}")
 
 

@@ -37,8 +37,7 @@ import numpy as np
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "beir" / "scifact"
-from _common import OUT  # noqa: E402
+from _common import OUT, SCIFACT as DEFAULT_DATA, write_atomic  # noqa: E402
 
 
 def build(name: str):
@@ -170,9 +169,7 @@ def main() -> None:
     print("end-to-end: median(wrapper)/median(direct) - 1 (noisy on a shared machine); own s: time inside "
           "batch() outside its one pipeline.search call;\noverhead: own / that call's pipeline time (median "
           "over repeats) -- the wrapper's cost, independent of run-to-run noise.")
-    OUT.mkdir(parents=True, exist_ok=True)
-    path = OUT / ("langchain_quick.json" if args.quick else "langchain.json")
-    path.write_text(json.dumps({
+    path = write_atomic(OUT / ("langchain_quick.json" if args.quick else "langchain.json"), json.dumps({
         "command": " ".join([Path(sys.executable).name, *sys.argv]), "machine": platform.platform(),
         "cpus": os.cpu_count(), "results": results,
     }, indent=2))

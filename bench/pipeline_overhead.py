@@ -6,7 +6,8 @@ the same operator objects directly, on a batch of queries with 100-document rank
 Both sides run the same operators on the same input state; the pipeline side adds
 ``Pipeline._call`` / ``run_step`` (tracing off).  Timings are interleaved and the median
 is reported, so background load hits both sides alike.  Target: overhead < 5 %.
-Writes ``bench/out/pipeline_overhead.json``.
+Writes ``bench/out/pipeline_overhead.json`` (``pipeline_overhead_quick.json`` with ``--quick``; the folder
+``RAGKIT_BENCH_OUT`` names instead of bench/out, when set; or ``--out``).
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ import numpy as np
 from ragkit.filters import RelativeThreshold, ScoreThreshold, TopK
 from ragkit.pipelines import Pipeline
 from ragkit.types import Ranking, State
+
+from _common import OUT, write_atomic  # noqa: E402
 
 
 def operators() -> list:
@@ -55,8 +58,12 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=300)
     ap.add_argument("--repeats", type=int, default=200)
     ap.add_argument("--quick", action="store_true", help="Smoke run: 30 repeats.")
-    ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "out" / "pipeline_overhead.json")
+    ap.add_argument("--out", type=Path, default=None,
+                    help="JSON file (default bench/out/pipeline_overhead.json, pipeline_overhead_quick.json with "
+                         "--quick)")
     args = ap.parse_args()
+    if args.out is None:
+        args.out = OUT / ("pipeline_overhead_quick.json" if args.quick else "pipeline_overhead.json")
     repeats = 30 if args.quick else args.repeats
     ops = operators()
     pipe = Pipeline(ops)
@@ -78,9 +85,8 @@ def main() -> None:
     for name, t in rows:
         print(f"{name:<18} {1000 * t:>10.3f} {t / md:>8.3f}")
     print(f"pipeline overhead: {overhead:+.2f} % (target < 5 %) -> {'ok' if overhead < 5 else 'ABOVE TARGET'}")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({
-        "queries": args.queries, "operators": len(ops), "repeats": repeats, "direct_ms": 1000 * md,
+    write_atomic(args.out, json.dumps({
+        "quick": args.quick, "queries": args.queries, "operators": len(ops), "repeats": repeats, "direct_ms": 1000 * md,
         "pipeline_ms": 1000 * mp, "overhead_pct": overhead, "machine": platform.platform(),
     }, indent=2))
     print(f"wrote {args.out}")

@@ -15,7 +15,8 @@ on the 300 test queries (nDCG@10 and Recall@100 from one run each).  The learned
 
 Ablations remove one part at a time.  A paired randomisation test compares the best
 learned pipeline with the best unlearned one over the test queries.  Nothing from the
-test split reaches ``fit``.
+test split reaches ``fit``.  Writes ``bench/out/quality.json`` (``quality_quick.json`` with ``--quick``; in the
+folder ``RAGKIT_BENCH_OUT`` names, when set).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import time
 
 import numpy as np
 
-from _common import OUT, REPO  # noqa: E402
+from _common import OUT, SCIFACT, write_atomic  # noqa: E402
 
 BM25 = {"bm25": {}}
 DENSE = {"dense": {}}
@@ -43,7 +44,8 @@ def parallel(branches: list[dict], learn: bool) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", default=str(REPO.parent / "shared" / "data" / "beir" / "scifact"))
+    ap.add_argument("--data", default=str(SCIFACT),
+                    help="BEIR folder (default: SciFact: RAGKIT_SCIFACT, or ../shared/data/beir/scifact)")
     ap.add_argument("--quick", action="store_true", help="600-document slice, no fine-tuning")
     ap.add_argument("--no-maxsim", action="store_true", help="leave out the token-level MaxSim branch")
     args = ap.parse_args()
@@ -107,9 +109,7 @@ def main() -> None:
     p = paired_randomization_test(per_query[best_l], per_query[best_u])
     print(f"\nbest learned {results[best_l]['ndcg@10']:.4f} vs best unlearned ({best_u.strip()}) "
           f"{results[best_u]['ndcg@10']:.4f}: paired randomisation test p = {p:.4f} over {len(queries)} test queries")
-    OUT.mkdir(parents=True, exist_ok=True)
-    path = OUT / ("quality-quick.json" if args.quick else "quality.json")
-    path.write_text(json.dumps(
+    path = write_atomic(OUT / ("quality_quick.json" if args.quick else "quality.json"), json.dumps(
         {"results": results, "best_learned": best_l, "best_unlearned": best_u, "p_value": p}, indent=2, default=str))
     print(f"wrote {path}")
 

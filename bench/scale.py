@@ -15,6 +15,8 @@ prints latency and recall@10 against exact search.  Every search timing is the b
 shard's search, its rankings and the merge; each shard alone, whose mean is the measured
 latency of one ``n / shards`` shard, what shards searched in parallel would take before the
 network and the merge; the merge alone), all interleaved: each round runs every one of them once.
+Writes ``bench/out/scale.json`` (``scale_quick.json`` with ``--quick``; in the folder ``RAGKIT_BENCH_OUT`` names,
+when set).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from _common import OUT, REPO, exact_topk, recall  # noqa: E402
+from _common import OUT, SCIFACT, exact_topk, recall, write_atomic  # noqa: E402
 
 
 def encode_part(n_docs: int) -> dict:
@@ -34,7 +36,7 @@ def encode_part(n_docs: int) -> dict:
     from ragkit.encoders import get_encoder
     from ragkit.scale import ray_encode, ray_init
 
-    ds = load_beir(REPO.parent / "shared" / "data" / "beir" / "scifact")
+    ds = load_beir(SCIFACT)
     texts = ds.corpus.full_texts[:n_docs]
     enc = get_encoder()
     enc.encode(texts[:8], cache=False)  # load the model before timing
@@ -81,7 +83,7 @@ def shard_part(n: int, shards: int, n_queries: int, ef: int = 64, seed: int = 0,
     from ragkit.scale import merge_rankings
     from ragkit.types import Ranking
 
-    ds = load_beir(REPO.parent / "shared" / "data" / "beir" / "scifact")
+    ds = load_beir(SCIFACT)
     base = get_encoder().encode(ds.corpus.full_texts)
     rng = np.random.default_rng(seed)
     idx = rng.integers(0, len(base), n)
@@ -145,7 +147,6 @@ def main() -> None:
     args = ap.parse_args()
     if args.quick:
         args.docs, args.n, args.queries = 200, 50_000, 100
-    OUT.mkdir(parents=True, exist_ok=True)
     results = {}
     if not args.skip_encode:
         enc = encode_part(args.docs)
@@ -169,8 +170,7 @@ def main() -> None:
     print(f"  one shard of {sh['n'] // sh['shards']:,} searched alone: {per.mean():.3f} ms/query "
           f"(mean of {len(per)} shards, {per.min():.3f}-{per.max():.3f}; {per.mean() / sh['single_query_ms']:.2f}x "
           f"the single index); the {len(per)} shards' searches sum to {per.sum():.3f} ms/query")
-    path = OUT / ("scale_quick.json" if args.quick else "scale.json")
-    path.write_text(json.dumps(results, indent=2))
+    path = write_atomic(OUT / ("scale_quick.json" if args.quick else "scale.json"), json.dumps(results, indent=2))
     print(f"wrote {path}")
 
 

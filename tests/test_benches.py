@@ -2,13 +2,15 @@
 do not rot unseen (their numbers are the benches' business, not the tests').  Seconds here with the
 corpus's sentence and token vectors cached: diversity ~20, filters ~15, muvera ~70, hubness ~70,
 quality ~55, scale ~45 (its shard part), cachecraft ~75 before its timings became best of 2 rounds (SmolLM2-135M's
-load ~25 of it; the rounds take ~1.4x its CPU time).  The bm25,
-dense, langchain and pipeline-overhead benches have their own quick tests beside the code they measure."""
+load ~25 of it; the rounds take ~1.4x its CPU time), pipeline_overhead ~1, langchain ~2.  The bm25 and
+dense benches have their own quick tests beside the code they measure.  Every run writes into a temporary
+folder (RAGKIT_BENCH_OUT), never over bench/out's results, and its JSON is checked for what the bench claims."""
 
 from __future__ import annotations
 
 import importlib
 import json
+import math
 import os
 import subprocess
 import sys
@@ -20,38 +22,207 @@ import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-OUT = REPO / "bench" / "out"
 
-BENCHES = [  # (script and flags, expected in stdout, JSON written)
-    ("diversity.py", "knn chosen on train", None),
-    ("filters.py", "nDCG@10: dense", None),
+
+def _finite(*xs: object) -> bool:
+    """Every value a real, finite number (a bool is not one)."""
+    return all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in xs)
+
+
+def _check_bm25_memory(r: dict) -> None:
+    for mine, peer in (("fit", "peer_fit"), ("load_mmap", "peer_load_mmap")):
+        assert mine in r and peer in r, list(r)
+    for phase in ("fit", "peer_fit"):  # ragkit's and bm25s's: time, peak, RSS retained, and traced live bytes
+        f = r[phase]["fit"]
+        assert _finite(f["s"], f["peak_extra_MB"], f["rss_retained_MB"]) and "kept_MB" not in f, f
+        assert _finite(r[phase]["held_bytes_per_posting"], r[phase]["traced"]["live_MB"], r[phase]["traced"]["peak_MB"])
+        assert r[phase]["traced"]["live_MB"] > 0
+    best = r["search"]["best_s"]
+    assert {"ragkit", "ragkit_mmap", "bm25s", "bm25s_mmap"} <= set(best) and _finite(*best.values())
+    ratios = r["ragkit_vs_bm25s"]
+    assert {"fit.fit.s", "fit.held_bytes_per_posting", "search.s", "search_mmap.s"} <= set(ratios), ratios
+    assert _finite(*ratios.values()) and "failed" not in r
+
+
+def _check_filters(r: dict) -> None:
+    ops = r["operating_points"]
+    adapters = [n for n in ops if n.startswith("adapter")]
+    assert len(adapters) == 2 and any(n.startswith("top-") for n in ops) and any(n.endswith("x top") for n in ops)
+    assert all(_finite(o["precision"], o["recall"], o["mean_kept"]) for o in ops.values())
+    baselines = {"raw cosine", "cosine / top cosine", "rank (top-k)"}
+    assert baselines | set(adapters) == set(r["pr"]) and all(_finite(*d.values()) for d in r["pr"].values())
+    for name in adapters:  # at the adapter's recall, against every baseline score (not raw cosine alone)
+        eq = r["equal_recall"][name]
+        assert set(eq["baseline_precision"]) == baselines and _finite(*eq["baseline_precision"].values())
+        assert _finite(*eq["adapter_over_baseline"].values(), eq["recall"], eq["adapter_precision"])
+        assert eq["best_baseline"] in baselines and isinstance(eq["beats_every_baseline"], bool)
+    assert _finite(r["ndcg@10"]["dense"], r["ndcg@10"]["dense | adapter"])
+
+
+def _check_diversity(r: dict) -> None:
+    systems = r["systems"]
+    assert "dense" in systems and any(n.startswith("mmr") for n in systems) and "knn chosen on train" in systems
+    for row in systems.values():
+        assert _finite(row["ndcg@10"], row["recall@100"], row["ild@10"], row["latency_ratio"]), row
+    pairs = r["pairs"]["systems"]
+    assert "dense" in pairs and all(_finite(p["s_recall@10"], p["alpha_ndcg@10"]) for p in pairs.values())
+
+
+def _check_hubness(r: dict) -> None:
+    rows = r["results"]
+    assert "raw cosine" in rows and len(rows) > 1, list(rows)
+    for row in rows.values():
+        assert _finite(row["ndcg@10"], row["recall@100"], row["p_ndcg@10"], row["hubness"]["skewness"],
+                       row["hubness_probe"]["skewness"]), row
+    assert _finite(r["random_floor"]["test"], r["random_floor"]["probe"])
+
+
+def _check_quality(r: dict) -> None:
+    rows = r["results"]
+    assert {"BM25", "MiniLM dense", r["best_learned"], r["best_unlearned"]} <= set(rows)
+    assert all(_finite(v["ndcg@10"], v["recall@100"]) for v in rows.values()) and 0 <= r["p_value"] <= 1
+
+
+def _check_scale(r: dict) -> None:
+    sh = r["shards"]
+    assert _finite(sh["single_query_ms"], sh["sharded_query_ms"], sh["single_recall@10"], sh["sharded_recall@10"],
+                   sh["merge_ms_per_query"], *sh["per_shard_query_ms"])
+    assert len(sh["per_shard_query_ms"]) == sh["shards"]
+
+
+def _check_cachecraft(r: dict) -> None:
+    modes = r["modes"]
+    assert {"full", "prefix", "naive", "cachecraft r"} <= set(modes), list(modes)
+    assert all(_finite(m["t"], m["kl"], m["speedup"]) and m["t"] > 0 for m in modes.values())
+    assert r["sweep"] and all(_finite(x["kl"], x["t"], x["full_t"]) for x in r["sweep"])
+
+
+def _check_pipeline_overhead(r: dict) -> None:
+    assert r["quick"] is True and _finite(r["direct_ms"], r["pipeline_ms"], r["overhead_pct"])
+
+
+def _check_langchain(r: dict) -> None:
+    assert r["results"]
+    for row in r["results"]:  # the wrapper, the direct pipeline and LangChain's default batch, same documents
+        assert row["equal"] is True and row.get("lc_default_equal") is True, row
+        assert _finite(row["direct_median_s"], row["wrapper_median_s"], row["overhead_pct"],
+                       row["lc_default_median_s"], row["lc_default_vs_wrapper"])
+
+
+def _check_muvera(r: dict) -> None:
+    assert r["configs"] and _finite(r["brute_force"]["ms_per_query"], r["brute_force"]["ndcg@10"])
+
+
+BENCHES = [  # (script and flags, expected in stdout, JSON written, what it must hold)
+    ("diversity.py", "knn chosen on train", "diversity_quick.json", _check_diversity),
+    ("filters.py", "at equal recall", "filters_quick.json", _check_filters),
     # MUVERA's ms/query: its whole path timed as one call, best of --repeat like the brute force (was a sum of
     # separately best-of'd stages, which favours it)
-    ("muvera.py", "timed as one call", "muvera_quick.json"),
-    ("hubness.py", "halving raw skewness", "hubness_quick.json"),
-    ("quality.py", "best learned", "quality-quick.json"),
+    ("muvera.py", "timed as one call", "muvera_quick.json", _check_muvera),
+    ("hubness.py", "halving raw skewness", "hubness_quick.json", _check_hubness),
+    ("quality.py", "best learned", "quality_quick.json", _check_quality),
     # its Ray encoding part (~80 s: three encodings of 200 documents) is what tests/test_scale.py runs already
-    ("scale.py --skip-encode", "searched alone", "scale_quick.json"),
+    ("scale.py --skip-encode", "searched alone", "scale_quick.json", _check_scale),
     # every mode, the selector sweep, the plot and the streaming pass, on 3 short prompts (SmolLM2-135M)
     # (each timed best of 2 rounds in rotated orders: `full` always went first, once)
-    ("cachecraft.py", "best of 2 rounds per prompt", "cachecraft_quick.json"),
+    ("cachecraft.py", "best of 2 rounds per prompt", "cachecraft_quick.json", _check_cachecraft),
     # search times from interleaved best-of-N rounds in one process (was one ~12 ms call per phase)
-    ("bm25_memory.py", "interleaved rounds", "bm25_memory_quick.json"),
+    ("bm25_memory.py", "interleaved rounds", "bm25_memory_quick.json", _check_bm25_memory),
+    ("pipeline_overhead.py", "pipeline overhead", "pipeline_overhead_quick.json", _check_pipeline_overhead),  # ~1 s
+    ("langchain.py", "overhead", "langchain_quick.json", _check_langchain),  # ~2 s
 ]
 
 
+def _run_bench(script: str, flags: list[str], out_dir: Path, timeout: int = 1200) -> subprocess.CompletedProcess:
+    """bench/<script> --quick, its outputs sent to ``out_dir`` (RAGKIT_BENCH_OUT): bench/out's real results stay."""
+    return subprocess.run([sys.executable, str(REPO / "bench" / script), "--quick", *flags], capture_output=True,
+                          text=True, timeout=timeout, cwd=REPO, env={**os.environ, "RAGKIT_BENCH_OUT": str(out_dir)})
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("bench, expect, written", BENCHES, ids=[b[0].split()[0] for b in BENCHES])
-def test_bench_quick_runs(bench: str, expect: str, written: str | None) -> None:
-    if written is not None:  # a quick run's own output: gone, so the check below sees this run's
-        (OUT / written).unlink(missing_ok=True)
+@pytest.mark.parametrize("bench, expect, written, check", BENCHES, ids=[b[0].split()[0] for b in BENCHES])
+def test_bench_quick_runs(bench: str, expect: str, written: str, check, tmp_path: Path) -> None:  # noqa: ANN001
+    """Each bench runs, says what it measured, and its JSON (in a temporary folder, never over bench/out's)
+    holds the peers and ratios it claims, as finite numbers."""
     script, *flags = bench.split()
-    out = subprocess.run([sys.executable, str(REPO / "bench" / script), "--quick", *flags], capture_output=True,
-                         text=True, timeout=1200, cwd=REPO)
+    out = _run_bench(script, flags, tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
-    assert expect in out.stdout and "wrote " in out.stdout, out.stdout[-3000:]
-    if written is not None:
-        assert json.loads((OUT / written).read_text())  # written, and complete JSON
+    assert expect in out.stdout and f"wrote {tmp_path}" in out.stdout, out.stdout[-3000:]
+    check(json.loads((tmp_path / written).read_text()))
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary file left behind
+
+
+def test_pipeline_overhead_quick_writes_its_own_file(tmp_path: Path) -> None:
+    """--quick wrote over the full run's pipeline_overhead.json; it writes pipeline_overhead_quick.json, in the
+    folder RAGKIT_BENCH_OUT names."""
+    out = _run_bench("pipeline_overhead.py", ["--queries", "50"], tmp_path, timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pipeline_overhead_quick.json"]
+    _check_pipeline_overhead(json.loads((tmp_path / "pipeline_overhead_quick.json").read_text()))
+
+
+def test_write_atomic_leaves_the_old_file_or_the_new_one(tmp_path: Path) -> None:
+    """A write killed before its rename leaves the previous file whole and no temporary file."""
+    common = _bench("_common")
+    path = tmp_path / "sub" / "r.json"
+    common.write_atomic(path, "old")
+    with mock.patch.object(common.os, "replace", side_effect=KeyboardInterrupt), pytest.raises(KeyboardInterrupt):
+        common.write_atomic(path, "new, never complete")
+    assert path.read_text() == "old" and [p.name for p in path.parent.iterdir()] == ["r.json"]
+    assert common.write_atomic(path, b"\x00bytes").read_bytes() == b"\x00bytes"
+    common.save_npy_atomic(tmp_path / "v.npy", np.arange(3.0))
+    assert np.load(tmp_path / "v.npy").tolist() == [0.0, 1.0, 2.0]
+    with pytest.raises(TypeError, match="r.json.*data must be str or bytes, got dict"):
+        common.write_atomic(path, {"a": 1})
+
+
+def test_diversity_query_cache_recovers_from_a_truncated_file(tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
+    """A run killed in the middle of np.save left a truncated cache file, and every later run crashed on it
+    ('Failed to read all data for array') until it was deleted by hand: now it is encoded again."""
+    dv = _bench("diversity")
+    monkeypatch.setattr(dv, "CACHE", tmp_path / "cache", raising=False)
+    monkeypatch.setattr(dv, "OUT", tmp_path)  # (where the cache was before)
+    calls = []
+
+    class Enc:
+        key = "fake-enc"
+
+        def encode_queries(self, texts: list[str]) -> np.ndarray:
+            calls.append(len(texts))
+            return np.ones((len(texts), 4), np.float32)
+
+    assert dv.query_vectors(Enc(), ["a", "b"]).shape == (2, 4) and calls == [2]
+    (cached,) = (tmp_path / "cache").iterdir()
+    cached.write_bytes(cached.read_bytes()[:-10])  # as a killed np.save left it
+    assert dv.query_vectors(Enc(), ["a", "b"]).shape == (2, 4) and calls == [2, 2]
+    assert np.load(cached).shape == (2, 4)  # written again, whole
+    assert dv.query_vectors(Enc(), ["a", "b"]).shape == (2, 4) and calls == [2, 2]  # and read from the cache
+
+
+def test_bm25_memory_failing_phase_shows_its_stderr_and_keeps_the_finished(tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
+    """A failing phase said only 'returned non-zero exit status 1' (its stderr captured and dropped) and the
+    phases that had finished were not written: now its stderr's tail is in the error and the JSON holds them."""
+    bm = _bench("bm25_memory")
+
+    def fake_run(cmd: list[str], **kw) -> subprocess.CompletedProcess:  # noqa: ANN003
+        phase = cmd[cmd.index("--phase") + 1]
+        done = subprocess.CompletedProcess(cmd, 0, json.dumps({phase: {"s": 1.0}}) + "\n", "")
+        failed = subprocess.CompletedProcess(cmd, 1, "", "Traceback (most recent call last):\n  ...\n"
+                                                         "MemoryError: the load ran out")
+        got = failed if phase == "load" else done
+        if kw.get("check"):
+            got.check_returncode()
+        return got
+
+    out = tmp_path / "m.json"
+    monkeypatch.setattr(bm.subprocess, "run", fake_run)
+    monkeypatch.setattr(sys, "argv", ["bm25_memory.py", "some_folder", "--out", str(out)])
+    with pytest.raises(SystemExit) as e:
+        bm.main()
+    assert "phase 'load' failed (exit status 1)" in str(e.value) and "MemoryError: the load ran out" in str(e.value)
+    res = json.loads(out.read_text())
+    assert res["fit"] == {"fit": {"s": 1.0}} and "load" not in res
+    assert res["failed"]["phase"] == "load" and res["failed"]["stderr_tail"].endswith("the load ran out")
 
 
 def _bench(name: str):
@@ -131,30 +302,31 @@ def test_bench_timings_take_whole_calls_in_rotated_rounds() -> None:
     assert all(sorted(r[pos] for r in rounds) == items for pos in range(6))  # every item in every position once
 
 
-def _bm25_quick(block_numba: bool) -> subprocess.CompletedProcess:
-    """bench/bm25.py --quick (few search rounds), with ``import numba`` failing when ``block_numba``."""
+def _bm25_quick(block_numba: bool, out_dir: Path) -> subprocess.CompletedProcess:
+    """bench/bm25.py --quick (few search rounds) writing into ``out_dir``, with ``import numba`` failing when
+    ``block_numba``."""
     code = ("import runpy, sys; sys.path.insert(0, sys.argv[1]); "
             + ("sys.modules['numba'] = None; " if block_numba else "")
             + "sys.argv = sys.argv[2:]; runpy.run_path(sys.argv[0], run_name='__main__')")
     return subprocess.run([sys.executable, "-c", code, str(REPO / "bench"), str(REPO / "bench" / "bm25.py"),
                            "--quick", "--repeat", "1", "--min-seconds", "0.05"],
-                          capture_output=True, text=True, timeout=600, cwd=REPO)
+                          capture_output=True, text=True, timeout=600, cwd=REPO,
+                          env={**os.environ, "RAGKIT_BENCH_OUT": str(out_dir)})
 
 
 @pytest.mark.slow
-def test_bm25_bench_times_bm25s_numba_backend() -> None:
+def test_bm25_bench_times_bm25s_numba_backend(tmp_path: Path) -> None:
     """bm25s's documented fast path, ``backend="numba"``, has its own row and ratios beside the default numpy
     backend (the README compared ragkit with the numpy one only), its JIT-compiling first calls reported apart,
     the thread counts said, and its top-10s checked against ragkit's on the same tokens."""
     pytest.importorskip("numba")
-    (OUT / "bm25_quick.json").unlink(missing_ok=True)
-    out = _bm25_quick(block_numba=False)
+    out = _bm25_quick(block_numba=False, out_dir=tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     rows = {line.split("  ")[0]: line for line in out.stdout.splitlines()}
     assert "bm25s numba" in rows and "skipped" not in rows["bm25s numba"], out.stdout[-3000:]
     assert "ragkit q/s / bm25s numba q/s:" in out.stdout and "bm25s numba first calls (JIT" in out.stdout
     assert "threads: '1 thr' = 1 each" in out.stdout and "interleaved rounds" in out.stdout
-    res = json.loads((OUT / "bm25_quick.json").read_text())
+    res = json.loads((tmp_path / "bm25_quick.json").read_text())
     nb = res["bm25s_numba"]
     assert nb["backend"] == "numba" and nb["qps_1"] > 0 and nb["qps_all"] > 0
     assert set(nb["first_call_s"]) == {"index", "search_1", "search_all"}
@@ -163,9 +335,9 @@ def test_bm25_bench_times_bm25s_numba_backend() -> None:
 
 
 @pytest.mark.slow
-def test_bm25_bench_without_numba_says_skipped() -> None:
+def test_bm25_bench_without_numba_says_skipped(tmp_path: Path) -> None:
     """Without numba the bench still runs: the numba row says skipped and why, no ratio is made up."""
-    out = _bm25_quick(block_numba=True)
+    out = _bm25_quick(block_numba=True, out_dir=tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "bm25s numba   skipped: numba unavailable" in out.stdout, out.stdout[-3000:]
     assert "ragkit q/s / bm25s numba q/s: not measured" in out.stdout

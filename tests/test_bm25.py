@@ -208,16 +208,35 @@ def test_scifact_test_ndcg(scifact):
     assert abs(naive - 0.560) < 0.01, naive
 
 
-def test_bench_quick():
+def test_bench_quick(tmp_path):
     """bench/bm25.py --quick agrees with rank-bm25; without numba (whose JIT compile takes ~1 min here: the
-    numba row is tested in tests/test_benches.py, marked slow)."""
+    numba row is tested in tests/test_benches.py, marked slow).  It writes into a temporary folder
+    (RAGKIT_BENCH_OUT; it wrote over bench/out/bm25_quick.json), and its JSON holds ragkit's, bm25s's and
+    rank-bm25's timings and the ratios between them; rank-bm25's searches are timed warm, best of 3 calls
+    (were one cold call, against the best of many rounds for the others)."""
+    import json
+    import math
+    import os
+
     code = ("import runpy, sys; sys.path.insert(0, sys.argv[1]); sys.modules['numba'] = None; "
             "sys.argv = sys.argv[2:]; runpy.run_path(sys.argv[0], run_name='__main__')")
     out = subprocess.run([sys.executable, "-c", code, str(REPO / "bench"), str(REPO / "bench" / "bm25.py"),
                           "--quick", "--repeat", "1", "--min-seconds", "0.05"],
-                         capture_output=True, text=True, timeout=300, cwd=REPO)
+                         capture_output=True, text=True, timeout=300, cwd=REPO,
+                         env={**os.environ, "RAGKIT_BENCH_OUT": str(tmp_path)})
     assert out.returncode == 0, out.stderr[-2000:]
     assert "ragkit okapi vs rank-bm25 identical 100.0%" in out.stdout
+    assert "rank-bm25: best of 3 (1 thr) / 3 (all) calls after a warm-up" in out.stdout, out.stdout[-2000:]
+    res = json.loads((tmp_path / "bm25_quick.json").read_text())
+    for lib in ("ragkit", "bm25s", "rank_bm25"):
+        r = res[lib]
+        assert all(math.isfinite(r[m]) and r[m] > 0 for m in ("index_s", "qps_1", "qps_all", "ndcg@10")), (lib, r)
+    assert res["rank_bm25"]["search_calls_timed"] == {"1": 3, "all": 3}
+    assert res["bm25s_numba"] == {"skipped": res["bm25s_numba"]["skipped"]}  # said why, nothing made up
+    assert {"ragkit_qps_1_over_rank_bm25", "ragkit_qps_1_over_bm25s", "ragkit_qps_all_over_bm25s_all",
+            "ragkit_index_speedup_vs_bm25s"} <= set(res["ratios"])
+    assert all(math.isfinite(v) and v > 0 for v in res["ratios"].values())
+    assert res["agreement_okapi_vs_rank_bm25"]["identical_lists"] == 1.0
 
 
 def test_okapi_idf_vanishes_at_half_the_documents():
