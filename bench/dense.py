@@ -14,6 +14,17 @@ resident bytes of the memory-mapped float file after the queries (``/proc/self/s
 queries/second (query vectors given; encoding excluded; whole batch per call), recall@10
 against exact float32 search, and (SciFact) nDCG@10 on the test qrels.
 
+Timing: every configuration of a table (SciFact, synthetic) is built first (each build timed alone; all
+of a table's indexes are held at once), then searched once each (warm-up) and in ``--repeat``
+interleaved rounds, each round calling every configuration once in an order rotated a step per round;
+a q/s is the configuration's best round.  So every ratio (``qps/base``, ragkit over faiss, ragkit over
+raw usearch: ``raw usearch ef=N`` runs in the synthetic table's rounds) divides timings from the same
+rounds, not timings taken minutes apart.  A multi-threaded HNSW build is not deterministic (usearch's
+and so ragkit's; on the 1,227-document ``--quick`` slice recall@10 at ef 32 ranged 0.970-0.992 over 25
+builds, identical every time with one thread), so each graph, ragkit's and faiss's, is also built
+``--builds`` times (default 3, ``--quick`` 2): ``recall@10_median`` / ``_min`` (``ndcg@10_...``) over the
+builds beside ``recall@10``, the timed build's (the one its q/s and the ``--at-recall`` interpolation use).
+
 The synthetic scale set: ``n`` vectors made from the SciFact document vectors plus
 Gaussian noise (``--noise`` times the corpus's spread), re-normalised; queries are SciFact
 test queries plus the same noise.  ``--noise-shape diag`` draws the noise independently per
@@ -43,18 +54,21 @@ The README's 1M run::
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import platform
 import re
 import sys
+import time
 from functools import partial
 from pathlib import Path
+from typing import Any, Callable, NamedTuple
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from _common import REPO, SCIFACT, best_of as timed, exact_topk, recall  # noqa: E402
+from _common import REPO, SCIFACT, best_of as timed, exact_topk, recall, write_atomic  # noqa: E402
 
 
 def ndcg10(rows: np.ndarray, doc_ids: np.ndarray, qids: list[str], qrels: dict) -> float:
@@ -69,28 +83,103 @@ def ndcg10(rows: np.ndarray, doc_ids: np.ndarray, qids: list[str], qrels: dict) 
     return float(np.mean(out))
 
 
-def run_configs(d: np.ndarray, q: np.ndarray, ref: np.ndarray, configs: list[tuple], *, k: int, repeat: int,
-                quality=None) -> list[dict]:
-    """Each config: (name, family, build() -> obj, search(obj) -> rows (n_q, >=k), mem(obj) -> bytes, extra(obj))."""
-    rows_out = []
-    for name, family, build, search, mem, extra in configs:
+class Config(NamedTuple):
+    """One configuration to time: ``build() -> obj``, ``search(obj) -> rows (n_q, >= k)``, ``mem(obj) -> bytes``,
+    ``extra(obj) -> dict`` of more fields; ``rebuild``: for a graph (HNSW) configuration, ``(graph key, a fresh
+    build)``, called again for ``--builds`` (rows sharing a key share each fresh build)."""
+
+    name: str
+    family: str
+    build: Callable[[], Any]
+    search: Callable[[Any], Any]
+    mem: Callable[[Any], int]
+    extra: Callable[[Any], dict] | None = None
+    rebuild: tuple[str, Callable[[], Any]] | None = None
+
+
+def interleaved(fns: dict, repeat: int) -> tuple[dict, dict]:
+    """Time every callable in ``fns`` in ``repeat`` rounds (at least one), each round calling each once, the
+    order rotated a step each round so none always runs first: a burst of others' load on a shared machine
+    falls on all alike, and every q/s in a ratio comes from the same rounds.  Returns ``(best seconds, last
+    result)``, both keyed as ``fns``."""
+    keys = list(fns)
+    best, last = {key: float("inf") for key in keys}, {}
+    for r in range(max(1, repeat)):
+        for key in keys[r % max(len(keys), 1):] + keys[:r % max(len(keys), 1)]:
+            t0 = time.perf_counter()
+            last[key] = fns[key]()
+            best[key] = min(best[key], time.perf_counter() - t0)
+    return best, last
+
+
+def run_configs(d: np.ndarray, q: np.ndarray, ref: np.ndarray, configs: list[Config], *, k: int, repeat: int,
+                quality=None, builds: int = 1) -> list[dict]:
+    """Build every configuration (each build timed alone), then time their searches together: one warm-up
+    call each, then ``repeat`` rounds of :func:`interleaved` over all of them, so the q/s of a table (and each
+    ratio made from it) come from the same rounds; a configuration's q/s is its best round.
+
+    A multi-threaded HNSW build is not deterministic, and one build's recall can be lucky or unlucky, so with
+    ``builds > 1`` each graph configuration (``rebuild`` set) is also searched on ``builds - 1`` fresh builds
+    of its graph (untimed, one at a time): ``recall@10_median`` / ``recall@10_min`` (and ``ndcg@10_...``) over
+    all ``builds``, the values in ``recall@10_builds``.  ``recall@10`` stays the timed build's, the one
+    its q/s (and the ``--at-recall`` interpolation) comes from."""
+    objs, build_s = {}, {}
+    for c in configs:
         try:
-            tb, obj = timed(build)
+            build_s[c.name], obj = timed(c.build)
             cold_floats(obj)
-            search(obj)  # warm-up
-            ts, got = timed(partial(search, obj), repeat)
+            c.search(obj)  # warm-up
         except Exception as e:  # a peer missing or failing is reported, not fatal
-            print(f"  {name}: FAILED {type(e).__name__}: {e}")
+            print(f"  {c.name}: FAILED {type(e).__name__}: {e}")
             continue
-        row = {"config": name, "family": family, "build_s": round(tb, 3), "memory_bytes": int(mem(obj)),
-               "qps": round(len(q) / ts, 1), "recall@10": round(recall(got, ref, 10), 4)}
+        objs[c.name] = obj
+    live = [c for c in configs if c.name in objs]
+    print(f"  {len(live)} configurations built; their searches timed in {max(1, repeat)} interleaved rounds "
+          f"(after one warm-up call each)", flush=True)
+    best, last = interleaved({c.name: partial(c.search, objs[c.name]) for c in live}, repeat)
+    rows_out = []
+    for c in live:
+        got = last[c.name]
+        row = {"config": c.name, "family": c.family, "build_s": round(build_s[c.name], 3),
+               "memory_bytes": int(c.mem(objs[c.name])), "qps": round(len(q) / best[c.name], 1),
+               "recall@10": round(recall(got, ref, 10), 4)}
         if quality is not None:
             row["ndcg@10"] = round(quality(got), 4)
-        row.update(extra(obj) if extra else {})
+        row.update(c.extra(objs[c.name]) if c.extra else {})
         rows_out.append(row)
-        print("  " + "  ".join(f"{k_}={v}" for k_, v in row.items()), flush=True)
-        del obj
+    objs.clear()
+    if builds > 1:
+        build_spread(live, rows_out, ref, quality, builds)
+    for row in rows_out:
+        print("  " + "  ".join(f"{k_}={v}" for k_, v in row.items() if not isinstance(v, list)), flush=True)
     return rows_out
+
+
+def build_spread(configs: list[Config], rows: list[dict], ref: np.ndarray, quality, builds: int) -> None:
+    """Add to each graph configuration's row its recall@10 (and nDCG@10) over ``builds`` builds: the timed
+    one (already in the row) and ``builds - 1`` fresh ones, each graph built once per round for every row
+    that shares it, searched, and dropped before the next."""
+    by_name = {r["config"]: r for r in rows}
+    groups: dict[str, tuple[Callable[[], Any], list[Config]]] = {}
+    for c in configs:
+        if c.rebuild is not None:
+            groups.setdefault(c.rebuild[0], (c.rebuild[1], []))[1].append(c)
+    got_by: dict[str, list] = {c.name: [] for _, cs in groups.values() for c in cs}
+    for fn, cs in groups.values():
+        for _ in range(builds - 1):
+            obj = fn()
+            for c in cs:
+                got_by[c.name].append(c.search(obj))
+            del obj
+    for name, gots in got_by.items():
+        row = by_name[name]
+        rec = [row["recall@10"]] + [round(recall(g, ref, 10), 4) for g in gots]
+        row.update({"builds": len(rec), "recall@10_median": round(float(np.median(rec)), 4),
+                    "recall@10_min": min(rec), "recall@10_builds": rec})
+        if quality is not None:
+            nd = [row["ndcg@10"]] + [round(quality(g), 4) for g in gots]
+            row.update({"ndcg@10_median": round(float(np.median(nd)), 4), "ndcg@10_min": min(nd),
+                        "ndcg@10_builds": nd})
 
 
 def cold_floats(obj) -> None:
@@ -114,11 +203,14 @@ def cold_floats(obj) -> None:
 
 
 def configs_for(d: np.ndarray, k: int, scale: bool, efs: list[int], threads: int, m: int = 16,
-                graph_reduce: tuple[str, ...] = (), graph_oversample: int = 8) -> list[tuple]:
+                graph_reduce: tuple[str, ...] = (), graph_oversample: int = 8,
+                raw_usearch: bool = False) -> list[Config]:
     """The configurations to time; ``m`` is the HNSW graph degree of both libraries (connectivity / M).
 
     ``graph_reduce`` (synthetic set only): also an int8 graph over each reduction given (e.g.
     ``pca:256``), its ``graph_oversample x k`` shortlist rescored with the full float vectors.
+    ``raw_usearch``: also ``raw usearch ef=N`` (family ``usearch-raw``): the ``ragkit hnsw f32`` graph
+    searched through usearch's own ``search``, timed in the same rounds as the ragkit rows.
     """
     from ragkit.retrievers._index import VectorIndex, resident_bytes
 
@@ -137,54 +229,61 @@ def configs_for(d: np.ndarray, k: int, scale: bool, efs: list[int], threads: int
         return {"floats_resident_bytes": resident_bytes(obj.floats.filename),
                 "floats_file_bytes": int(os.path.getsize(obj.floats.filename))}
 
-    cfgs: list[tuple] = [
-        ("numpy Q@D.T", "numpy", lambda: np.ascontiguousarray(d), lambda x: exact_topk(x, qbox[0], k),
-         lambda x: x.nbytes, None),
-        ("ragkit exact f32", "ragkit", vi(search="exact"), vs, vmem, None),
+    def one(name: str, build: Callable[[], Any], extra=None) -> Config:  # a graph built for its row alone
+        return Config(name, "ragkit", build, vs, vmem, extra, rebuild=(name, build))
+
+    cfgs: list[Config] = [
+        Config("numpy Q@D.T", "numpy", lambda: np.ascontiguousarray(d), lambda x: exact_topk(x, qbox[0], k),
+               lambda x: x.nbytes),
+        Config("ragkit exact f32", "ragkit", vi(search="exact"), vs, vmem),
     ]
     if not scale:
         cfgs += [
-            ("ragkit exact f16", "ragkit", vi(search="exact", dtype="f16"), vs, vmem, None),
-            ("ragkit exact i8", "ragkit", vi(search="exact", dtype="i8"), vs, vmem, None),
-            ("ragkit exact b1 (bits only)", "ragkit", vi(search="exact", dtype="b1"), vs, vmem, None),
-            ("ragkit exact b1 + rescore x4", "ragkit", vi(search="exact", dtype="b1", rescore=True, oversample=4),
-             vs, vmem, vres),
-            ("ragkit exact b1 + rescore x10", "ragkit", vi(search="exact", dtype="b1", rescore=True, oversample=10),
-             vs, vmem, vres),
-            ("ragkit exact pca:192", "ragkit", vi(search="exact", reduce="pca:192"), vs, vmem, None),
-            ("ragkit exact pca:128", "ragkit", vi(search="exact", reduce="pca:128"), vs, vmem, None),
-            ("ragkit exact pca:64", "ragkit", vi(search="exact", reduce="pca:64"), vs, vmem, None),
-            ("ragkit exact pca:128 + rescore x4", "ragkit", vi(search="exact", reduce="pca:128", rescore=True),
-             vs, vmem, vres),
-            ("ragkit exact pca:128 whiten", "ragkit", vi(search="exact", reduce="pca:128", whiten=True),
-             vs, vmem, None),
-            ("ragkit exact i8 pca:192", "ragkit", vi(search="exact", dtype="i8", reduce="pca:192"), vs, vmem, None),
-            ("ragkit hnsw i8", "ragkit", vi(search="hnsw", dtype="i8"), vs, vmem, None),
-            ("ragkit hnsw b1 + rescore x4", "ragkit", vi(search="hnsw", dtype="b1", rescore=True), vs, vmem, vres),
+            Config("ragkit exact f16", "ragkit", vi(search="exact", dtype="f16"), vs, vmem),
+            Config("ragkit exact i8", "ragkit", vi(search="exact", dtype="i8"), vs, vmem),
+            Config("ragkit exact b1 (bits only)", "ragkit", vi(search="exact", dtype="b1"), vs, vmem),
+            Config("ragkit exact b1 + rescore x4", "ragkit",
+                   vi(search="exact", dtype="b1", rescore=True, oversample=4), vs, vmem, vres),
+            Config("ragkit exact b1 + rescore x10", "ragkit",
+                   vi(search="exact", dtype="b1", rescore=True, oversample=10), vs, vmem, vres),
+            Config("ragkit exact pca:192", "ragkit", vi(search="exact", reduce="pca:192"), vs, vmem),
+            Config("ragkit exact pca:128", "ragkit", vi(search="exact", reduce="pca:128"), vs, vmem),
+            Config("ragkit exact pca:64", "ragkit", vi(search="exact", reduce="pca:64"), vs, vmem),
+            Config("ragkit exact pca:128 + rescore x4", "ragkit", vi(search="exact", reduce="pca:128", rescore=True),
+                   vs, vmem, vres),
+            Config("ragkit exact pca:128 whiten", "ragkit", vi(search="exact", reduce="pca:128", whiten=True),
+                   vs, vmem),
+            Config("ragkit exact i8 pca:192", "ragkit", vi(search="exact", dtype="i8", reduce="pca:192"), vs, vmem),
+            one("ragkit hnsw i8", vi(search="hnsw", dtype="i8")),
+            one("ragkit hnsw b1 + rescore x4", vi(search="hnsw", dtype="b1", rescore=True), vres),
         ]
-    # HNSW sweep: ragkit, raw usearch on the same kind of index, faiss HNSWFlat
+
+    # HNSW sweeps: one graph per kind, built once (the build time on its first row) and searched at each ef
     def rs(obj, ef):
         obj.usearch.expansion_search = ef
         return obj.search(qbox[0], k)[0]
 
-    for ef in efs:
-        cfgs.append((f"ragkit hnsw f32 ef={ef}", "ragkit-hnsw",
-                     lambda: _cached("ragkit_hnsw", vi(search="hnsw")), partial(rs, ef=ef), vmem, None))
-    for ef in efs if scale else []:  # int8 graph (4x smaller codes), float rescore of a 4 x k shortlist
-        cfgs.append((f"ragkit hnsw i8 + rescore x4 ef={ef}", "ragkit-hnsw",
-                     lambda: _cached("ragkit_hnsw_i8", vi(search="hnsw", dtype="i8", rescore=True)),
-                     partial(rs, ef=ef), vmem, vres))
-    for red in graph_reduce if scale else ():  # an int8 graph over reduced vectors, full-vector rescoring
-        for ef in efs:
-            cfgs.append((f"ragkit hnsw i8 {red} + rescore x{graph_oversample} ef={ef}", "ragkit-hnsw",
-                         partial(_cached, f"ragkit_hnsw_i8_{red}",
-                                 vi(search="hnsw", dtype="i8", rescore=True, reduce=red, oversample=graph_oversample)),
-                         partial(rs, ef=ef), vmem, vres))
-    for ef in efs if scale else []:  # the same kind of graph, inserted in the given order (reorder=False)
-        cfgs.append((f"ragkit hnsw i8 + rescore x4, given order ef={ef}", "ragkit-hnsw",
-                     lambda: _cached("ragkit_hnsw_i8_noreorder",
-                                     vi(search="hnsw", dtype="i8", rescore=True, reorder=False)),
-                     partial(rs, ef=ef), vmem, vres))
+    def raw(obj, ef):  # usearch's own search on ragkit's graph (keys are ragkit's slots = rows)
+        obj.usearch.expansion_search = ef
+        return np.asarray(obj.usearch.search(qbox[0], k, threads=threads).keys).astype(np.int64)
+
+    def sweep(name: str, key: str, fn: Callable[[], Any], extra=None) -> list[Config]:
+        return [Config(f"{name} ef={ef}", "ragkit-hnsw", partial(_cached, key, fn), partial(rs, ef=ef), vmem,
+                       extra, rebuild=(key, fn)) for ef in efs]
+
+    cfgs += sweep("ragkit hnsw f32", "ragkit_hnsw", vi(search="hnsw"))
+    if raw_usearch:
+        cfgs += [Config(f"raw usearch ef={ef}", "usearch-raw", partial(_cached, "ragkit_hnsw", vi(search="hnsw")),
+                        partial(raw, ef=ef), vmem) for ef in efs]
+    if scale:  # int8 graph (4x smaller codes), float rescore of a 4 x k shortlist
+        cfgs += sweep("ragkit hnsw i8 + rescore x4", "ragkit_hnsw_i8", vi(search="hnsw", dtype="i8", rescore=True),
+                      vres)
+        for red in graph_reduce:  # an int8 graph over reduced vectors, full-vector rescoring
+            cfgs += sweep(f"ragkit hnsw i8 {red} + rescore x{graph_oversample}", f"ragkit_hnsw_i8_{red}",
+                          vi(search="hnsw", dtype="i8", rescore=True, reduce=red, oversample=graph_oversample), vres)
+        # the same kind of graph, inserted in the given order (reorder=False)
+        cfgs += sweep("ragkit hnsw i8 + rescore x4, given order", "ragkit_hnsw_i8_noreorder",
+                      vi(search="hnsw", dtype="i8", rescore=True, reorder=False), vres)
     try:
         import faiss  # noqa: F401
 
@@ -195,7 +294,7 @@ def configs_for(d: np.ndarray, k: int, scale: bool, efs: list[int], threads: int
     return cfgs
 
 
-def faiss_configs(d: np.ndarray, k: int, efs: list[int], scale: bool, m: int = 16) -> list[tuple]:
+def faiss_configs(d: np.ndarray, k: int, efs: list[int], scale: bool, m: int = 16) -> list[Config]:
     import faiss
 
     dim = d.shape[1]
@@ -217,7 +316,7 @@ def faiss_configs(d: np.ndarray, k: int, efs: list[int], scale: bool, m: int = 1
     def fsearch(ix):
         return ix.search(qbox[0], k)[1]
 
-    cfgs = [("faiss IndexFlatIP", "faiss", flat, fsearch, ser, None)]
+    cfgs = [Config("faiss IndexFlatIP", "faiss", flat, fsearch, ser)]
     if not scale:
         def binary():
             ix = faiss.IndexBinaryFlat(8 * ((dim + 7) // 8))
@@ -232,13 +331,14 @@ def faiss_configs(d: np.ndarray, k: int, efs: list[int], scale: bool, m: int = 1
         def bmem(ix):
             return int(faiss.serialize_index_binary(ix).nbytes)
 
-        cfgs.append(("faiss IndexBinaryFlat + rescore x4", "faiss", binary, bsearch, bmem, None))
+        cfgs.append(Config("faiss IndexBinaryFlat + rescore x4", "faiss", binary, bsearch, bmem))
     for ef in efs:
         def fs(ix, ef=ef):
             ix.hnsw.efSearch = ef
             return ix.search(qbox[0], k)[1]
 
-        cfgs.append((f"faiss HNSWFlat ef={ef}", "faiss-hnsw", lambda: _cached("faiss_hnsw", hnsw), fs, ser, None))
+        cfgs.append(Config(f"faiss HNSWFlat ef={ef}", "faiss-hnsw", partial(_cached, "faiss_hnsw", hnsw), fs, ser,
+                           rebuild=("faiss_hnsw", hnsw)))
     if scale:  # faiss given ragkit's insertion order (ids mapped back): does the order help it too?
         from ragkit.retrievers._locality import insertion_order
 
@@ -254,8 +354,9 @@ def faiss_configs(d: np.ndarray, k: int, efs: list[int], scale: bool, m: int = 1
                 obj[0].hnsw.efSearch = ef
                 return obj[1][obj[0].search(qbox[0], k)[1]]
 
-            cfgs.append((f"faiss HNSWFlat ef={ef} (ragkit's insertion order)", "faiss-hnsw",
-                         lambda: _cached("faiss_hnsw_ordered", hnsw_ordered), fso, lambda obj: ser(obj[0]), None))
+            cfgs.append(Config(f"faiss HNSWFlat ef={ef} (ragkit's insertion order)", "faiss-hnsw",
+                               partial(_cached, "faiss_hnsw_ordered", hnsw_ordered), fso, lambda obj: ser(obj[0]),
+                               rebuild=("faiss_hnsw_ordered", hnsw_ordered)))
 
         def hnsw_sq():  # the int8 graph's peer: an 8-bit scalar-quantised graph, its 4 x k shortlist rescored
             base = faiss.IndexHNSWSQ(dim, faiss.ScalarQuantizer.QT_8bit, m, faiss.METRIC_INNER_PRODUCT)
@@ -272,8 +373,9 @@ def faiss_configs(d: np.ndarray, k: int, efs: list[int], scale: bool, m: int = 1
                 obj[1].hnsw.efSearch = ef
                 return obj[0].search(qbox[0], k)[1]
 
-            cfgs.append((f"faiss HNSWSQ8 + rescore x4 ef={ef}", "faiss-hnsw", lambda: _cached("faiss_hnsw_sq", hnsw_sq),
-                         fsq, lambda obj: ser(obj[0]), lambda obj: {"graph_bytes": ser(obj[1])}))
+            cfgs.append(Config(f"faiss HNSWSQ8 + rescore x4 ef={ef}", "faiss-hnsw",
+                               partial(_cached, "faiss_hnsw_sq", hnsw_sq), fsq, lambda obj: ser(obj[0]),
+                               lambda obj: {"graph_bytes": ser(obj[1])}, rebuild=("faiss_hnsw_sq", hnsw_sq)))
     return cfgs
 
 
@@ -288,26 +390,18 @@ def _cached(key, fn):
     return _CACHE[key]
 
 
-def raw_usearch_rows(d: np.ndarray, q: np.ndarray, ref: np.ndarray, k: int, efs: list[int], threads: int,
-                     repeat: int, m: int = 16) -> list[dict]:
-    """The same HNSW built by ragkit, searched through VectorIndex and through raw usearch."""
-    from ragkit.retrievers._index import VectorIndex
-
+def raw_usearch_pairs(rows: list[dict], efs: list[int]) -> list[dict]:
+    """The same HNSW built by ragkit, searched through ``VectorIndex`` (rows ``ragkit hnsw f32 ef=N``) and
+    through raw usearch (``raw usearch ef=N``), both timed in the same interleaved rounds."""
+    by = {r["config"]: r for r in rows}
     out = []
-    ix = _cached("ragkit_hnsw", lambda: VectorIndex(search="hnsw", threads=threads, connectivity=m).build(d))
     for ef in efs:
-        ix.usearch.expansion_search = ef
-        t_rk = t_raw = float("inf")
-        for _ in range(max(3, repeat)):  # interleaved, best of each: the machine is shared
-            t, got_rk = timed(lambda: ix.search(q, k)[0])
-            t_rk = min(t_rk, t)
-            t, m = timed(lambda: ix.usearch.search(q, k, threads=threads))
-            t_raw = min(t_raw, t)
-        row = {"ef": ef, "ragkit_qps": round(len(q) / t_rk, 1), "usearch_qps": round(len(q) / t_raw, 1),
-               "ragkit/usearch": round(t_raw / t_rk, 3), "recall@10": round(recall(got_rk, ref), 4),
-               "usearch_recall@10": round(recall(np.asarray(m.keys).astype(np.int64), ref), 4)}
-        print("  " + "  ".join(f"{k_}={v}" for k_, v in row.items()), flush=True)
-        out.append(row)
+        rk, rw = by.get(f"ragkit hnsw f32 ef={ef}"), by.get(f"raw usearch ef={ef}")
+        if rk is None or rw is None:
+            continue
+        out.append({"ef": ef, "ragkit_qps": rk["qps"], "usearch_qps": rw["qps"],
+                    "ragkit/usearch": round(rk["qps"] / rw["qps"], 3), "recall@10": rk["recall@10"],
+                    "usearch_recall@10": rw["recall@10"]})
     return out
 
 
@@ -370,7 +464,10 @@ def table(rows: list[dict], base_name: str, keys: list[str]) -> str:
         return "(no configuration selected)"
     base = next((r for r in rows if r["config"] == base_name), rows[0])
     w = max([40] + [len(r["config"]) for r in rows])
-    lines = [f"{'config':{w}s} " + " ".join(f"{k_:>12s}" for k_ in keys) + f" {'qps/base':>9s} {'mem/base':>9s}"]
+    head = {"recall@10_median": "rec@10 med", "recall@10_min": "rec@10 min", "ndcg@10_median": "nDCG@10 med",
+            "ndcg@10_min": "nDCG@10 min"}  # (over --builds builds of a graph)
+    lines = [f"{'config':{w}s} " + " ".join(f"{head.get(k_, k_):>12s}" for k_ in keys)
+             + f" {'qps/base':>9s} {'mem/base':>9s}"]
     for r in rows:
         vals = " ".join(f"{r.get(k_, ''):>12}" for k_ in keys)
         lines.append(f"{r['config']:{w}s} {vals} {r['qps'] / base['qps']:9.2f} "
@@ -378,6 +475,7 @@ def table(rows: list[dict], base_name: str, keys: list[str]) -> str:
     return "\n".join(lines)
 
 
+BUILD_KEYS = ["recall@10_median", "recall@10_min", "ndcg@10_median", "ndcg@10_min"]
 _EF_NAME = re.compile(r"(.*) ef=(\d+)(.*)")
 BASELINES = ("ragkit exact f32", "faiss IndexFlatIP")
 
@@ -490,7 +588,10 @@ def plot(result: dict, path: Path) -> None:
         ax.set_title(f"{part}: n={result[part]['n']:,} (marker area ~ index memory)")
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=130)
+    buf = io.BytesIO()
+    fig.savefig(buf, dpi=130, format="png")
+    plt.close(fig)
+    write_atomic(path, buf.getvalue())
 
 
 def main() -> None:
@@ -513,7 +614,11 @@ def main() -> None:
     ap.add_argument("--at-recall", default="0.90,0.95",
                     help="recall@10 targets, comma separated: each swept graph's q/s there (log-interpolated "
                          "between the bracketing ef points) and its ratios to the faiss graphs and exact searches")
-    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--repeat", type=int, default=3,
+                    help="interleaved timing rounds: each configuration's q/s is its best round (after a warm-up call)")
+    ap.add_argument("--builds", type=int, default=None,
+                    help="HNSW graphs (ragkit and faiss) built this many times: recall@10 / nDCG@10 median and min "
+                         "over the builds beside the timed build's (default 3; 2 with --quick; 1 = the timed only)")
     ap.add_argument("--no-scifact", action="store_true")
     ap.add_argument("--no-synthetic", action="store_true")
     ap.add_argument("--no-hnsw", action="store_true", help="skip the HNSW sweeps (exact configurations at scale)")
@@ -522,7 +627,16 @@ def main() -> None:
                          "the raw-usearch comparison runs only if it matches 'raw usearch'")
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "out")
     args = ap.parse_args()
-    selected = (lambda cfgs: [c for c in cfgs if re.search(args.only, c[0])]) if args.only else (lambda cfgs: cfgs)
+    if args.builds is not None and args.builds < 1:
+        ap.error(f"--builds: at least 1 build of each graph, got {args.builds}")
+    builds = args.builds or (2 if args.quick else 3)
+
+    def chosen(name: str) -> bool:
+        return not args.only or re.search(args.only, name) is not None
+
+    def selected(cfgs: list[Config]) -> list[Config]:  # (raw usearch: with its ragkit rows, see raw_sel)
+        return [c for c in cfgs if chosen(c.name) or c.family == "usearch-raw"
+                or (c.name.startswith("ragkit hnsw f32 ef=") and any(x.family == "usearch-raw" for x in cfgs))]
     n = args.n or (5_000 if args.quick else 1_000_000)
     n_q = args.n_queries or (50 if args.quick else 1000)
     efs = [] if args.no_hnsw else [int(x) for x in (args.ef or ("32" if args.quick else "16,32,64,128")).split(",")]
@@ -532,7 +646,10 @@ def main() -> None:
     k = 10
     args.out.mkdir(parents=True, exist_ok=True)
     result: dict = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
-                    "args": vars(args) | {"out": str(args.out)}}
+                    "args": vars(args) | {"out": str(args.out)},
+                    "timing": f"per table: every configuration built (build timed alone), one warm-up search each, "
+                              f"then {max(1, args.repeat)} interleaved rounds (order rotated), q/s = best round",
+                    "builds": builds}
 
     if args.quick and args.no_scifact:
         rng = np.random.default_rng(0)
@@ -561,11 +678,12 @@ def main() -> None:
         ref = exact_topk(base, qbase, k)
         doc_ids = corpus.ids
         cfgs = selected(configs_for(base, k, False, efs, args.threads, args.connectivity))
-        rows = run_configs(base, qbase, ref, cfgs, k=k,
-                           repeat=args.repeat, quality=lambda got: ndcg10(got, doc_ids, qids, qrels))
+        rows = run_configs(base, qbase, ref, cfgs, k=k, repeat=args.repeat, builds=builds,
+                           quality=lambda got: ndcg10(got, doc_ids, qids, qrels))
         _CACHE.clear()
         result["scifact"] = {"n": len(base), "n_queries": len(qbase), "rows": rows}
-        print(table(rows, "ragkit exact f32", ["build_s", "memory_bytes", "qps", "recall@10", "ndcg@10"]))
+        print(table(rows, "ragkit exact f32", ["build_s", "memory_bytes", "qps", "recall@10", "ndcg@10"]
+                    + BUILD_KEYS * (builds > 1)))
         if len(efs) >= 2:
             result["scifact"]["at_recall"] = at_recall(rows, targets)
             print(at_recall_text(result["scifact"]["at_recall"]))
@@ -579,25 +697,28 @@ def main() -> None:
               f"{geo['synthetic']['participation_ratio']} / {geo['synthetic']['lid']}")
         qbox[0] = q
         t_ref, ref = timed(lambda: exact_topk(d, q, k))
+        raw_sel = bool(efs) and chosen("raw usearch")  # in the same rounds as the ragkit f32 graph's rows
         rows = run_configs(d, q, ref, selected(configs_for(
             d, k, True, efs, args.threads, args.connectivity,
-            tuple(r for r in args.graph_reduce.split(",") if r), args.graph_oversample)), k=k,
-                           repeat=args.repeat)
-        for key in [key for key in _CACHE if key.startswith(("faiss_hnsw", "ragkit_hnsw_i8"))]:
-            _CACHE.pop(key, None)
-        raw = []
-        if efs and (not args.only or re.search(args.only, "raw usearch")):
-            print("  raw usearch vs ragkit on the same HNSW:")
-            raw = raw_usearch_rows(d, q, ref, k, efs, args.threads, args.repeat, args.connectivity)
+            tuple(r for r in args.graph_reduce.split(",") if r), args.graph_oversample, raw_usearch=raw_sel)), k=k,
+                           repeat=args.repeat, builds=builds)
+        _CACHE.clear()
+        raw = raw_usearch_pairs(rows, efs)
+        rows = [r for r in rows if r["family"] != "usearch-raw" and chosen(r["config"])]
         result["synthetic"] = {"n": n, "n_queries": n_q, "noise": args.noise, "noise_shape": args.noise_shape,
                                "geometry": geo, "rows": rows, "ragkit_vs_usearch": raw}
-        print(table(rows, "ragkit exact f32", ["build_s", "memory_bytes", "qps", "recall@10"]))
+        print(table(rows, "ragkit exact f32", ["build_s", "memory_bytes", "qps", "recall@10"]
+                    + BUILD_KEYS[:2] * (builds > 1)))
+        if raw:
+            print("raw usearch vs ragkit on the same HNSW (the same rounds as the table):")
+            for r in raw:
+                print("  " + "  ".join(f"{k_}={v}" for k_, v in r.items()))
         if len(efs) >= 2:
             result["synthetic"]["at_recall"] = at_recall(rows, targets)
             print(at_recall_text(result["synthetic"]["at_recall"]))
 
     suffix = "_quick" if args.quick else ""
-    (args.out / f"dense{suffix}.json").write_text(json.dumps(result, indent=2))
+    write_atomic(args.out / f"dense{suffix}.json", json.dumps(result, indent=2))
     plot(result, args.out / f"dense{suffix}.png")
     print(f"wrote {args.out / f'dense{suffix}.json'}")
 

@@ -26,12 +26,15 @@ all-MiniLM-L6-v2 token vectors (special tokens kept, padding dropped, 256 max):
   ``candidates``: top-10 agreement with exact (mean |top10 ∩ exact top10| / 10), Chamfer
   recall (exact top-10 found among the candidates), nDCG@10, latency per query of the whole
   MUVERA path (query FDEs + FDE inner products + top-c [+ centroid interaction] + batched
-  exact rerank and sort, what ``Muvera.search`` computes) timed as one call, best of
-  ``--repeat`` like the brute force (exact scores + top 10, one call), and the speed-up over
-  brute force from those two whole-path timings; the per-stage times inside the fastest run
+  exact rerank and sort, what ``Muvera.search`` computes) timed as one call, and the speed-up
+  over the brute force (exact scores + top 10, one call): ``--repeat`` rounds each call the brute
+  force and every row's path once (order rotated), each timing is its best round, so every
+  speed-up divides two timings from the same rounds; the per-stage times inside the fastest run
   are printed and saved as information only;
-* nDCG@10 of exact MaxSim, MUVERA+rerank, single-vector MiniLM (``dense``), BM25, and
-  MUVERA fused with BM25 (RRF via ``ragkit.pipelines``);
+* nDCG@10 of exact MaxSim, MUVERA+rerank (the ``Muvera`` operator with the main config and its
+  chosen candidate count; below 100 unpruned candidates also the 100-candidate row of earlier
+  runs, labelled so), single-vector MiniLM (``dense``), BM25, and MUVERA fused with BM25 (RRF
+  via ``ragkit.pipelines``);
 * memory per document of token vectors and FDEs (f32, f16, int8).
 
 Query encoding (the transformer forward) is the same for both and reported separately.
@@ -41,10 +44,12 @@ Writes ``bench/out/muvera.json`` and ``bench/out/muvera.png``.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import sys
 import time
+from functools import partial
 
 # BLAS / torch threads, set before numpy loads (``--threads N``, default 1): on a shared,
 # oversubscribed machine a 2-thread OpenBLAS call pays ~0.3 s of thread hand-off per GEMM.
@@ -55,7 +60,7 @@ for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
 
 import numpy as np  # noqa: E402
 
-from _common import OUT, SCIFACT, best_of  # noqa: E402
+from _common import OUT, SCIFACT, write_atomic  # noqa: E402
 
 
 def _data(quick: bool, n_docs: int, n_queries: int):
@@ -120,17 +125,27 @@ def _muvera_path(spec: str, cfg, dfde: np.ndarray, short: "Shortlist", qd: np.nd
     return rows, rr, rs, dict(zip(("query_fde", "inner_products", "top_c", "rerank"), np.diff(t).tolist()))
 
 
+def _interleaved_paths(fns: dict, repeat: int) -> dict:
+    """Time every callable in ``fns`` in ``repeat`` rounds (at least one), each round calling each once, the
+    order rotated a step each round so none always runs first: load from others on a shared machine falls
+    on all alike, and a ratio of two of them (MUVERA's speed-up over the brute force) compares calls made in
+    the same rounds, not minutes apart.  Returns ``{key: (fastest wall seconds, that call's result)}``: one
+    best-of over each whole call, so a path's stage times (its result's last item) are its fastest run's."""
+    keys = list(fns)
+    out: dict = {key: (float("inf"), None) for key in keys}
+    for r in range(max(1, repeat)):
+        for key in keys[r % max(len(keys), 1):] + keys[:r % max(len(keys), 1)]:
+            t0 = time.perf_counter()
+            res = fns[key]()
+            dt = time.perf_counter() - t0
+            if dt < out[key][0]:
+                out[key] = (dt, res)
+    return out
+
+
 def _best_path(fn, repeat: int) -> tuple[float, tuple]:
-    """``(fastest wall seconds, that run's result)`` over ``repeat`` whole calls of ``fn`` (at least one):
-    one best-of over the whole path, so its stage times (the result's last item) are the fastest run's."""
-    best, out = float("inf"), None
-    for _ in range(max(1, repeat)):
-        t0 = time.perf_counter()
-        res = fn()
-        dt = time.perf_counter() - t0
-        if dt < best:
-            best, out = dt, res
-    return best, out
+    """``(fastest wall seconds, that run's result)`` over ``repeat`` whole calls of ``fn`` (at least one)."""
+    return _interleaved_paths({0: fn}, repeat)[0]
 
 
 def _agreement(a: np.ndarray, b: np.ndarray, per_query: bool = False):
@@ -225,7 +240,8 @@ def _select(cfgs: dict, fdes: dict, grid, docs, corpus, enc, short: Shortlist, a
       least ``-args.ndcg_gap``.
 
     Among those, the fastest on the same train queries (the whole path of :func:`_muvera_path`,
-    best of ``--repeat``), so a larger FDE wins only if its fewer candidates pay for it.
+    best of ``--repeat`` rounds in which every qualifying config runs once), so a larger FDE wins only
+    if its fewer candidates pay for it.
     """
     from ragkit import load_beir
     from ragkit.operator import topk_rows
@@ -244,7 +260,7 @@ def _select(cfgs: dict, fdes: dict, grid, docs, corpus, enc, short: Shortlist, a
     def bound(v: np.ndarray) -> float:
         return float(v.mean() - args.z * v.std(ddof=1) / np.sqrt(len(v)))
 
-    table, lower, gap, gap_lower, ms = {}, {}, {}, {}, {}
+    table, lower, gap, gap_lower, runs = {}, {}, {}, {}, {}
     for spec, dfde in fdes.items():
         ranked = short.ranked(spec, fde_queries(qd, qt.offsets, cfgs[spec]) @ dfde.T, qd, qt.offsets)
         per_q = {c: _agreement(ranked[:, :c], ex_rows, per_query=True) for c in grid(spec)}
@@ -263,8 +279,10 @@ def _select(cfgs: dict, fdes: dict, grid, docs, corpus, enc, short: Shortlist, a
             def run(spec=spec, dfde=dfde, c=c):
                 return _muvera_path(spec, cfgs[spec], dfde, short, qd, qt.offsets, docs, c)
 
-            ms[spec] = (c, 1000 * _best_path(run, args.repeat)[0] / len(train))
+            runs[spec] = (c, run)
             break
+    timed = _interleaved_paths({spec: run for spec, (_, run) in runs.items()}, args.repeat)  # same rounds
+    ms = {spec: (c, 1000 * timed[spec][0] / len(train)) for spec, (c, _) in runs.items()}
     if ms:
         spec = min(ms, key=lambda s_: ms[s_][1])
         c = ms[spec][0]
@@ -300,7 +318,8 @@ def main() -> None:
                     help="documents kept for the exact rerank by +pC configs (default 30,40,50,60,80,100; quick 10,20)")
     ap.add_argument("--tau", default="0.9,0.8", help="ball-carving thresholds tried on the main config")
     ap.add_argument("--repeat", type=int, default=2,
-                    help="every timing is the best of this many runs (brute force's too)")
+                    help="every timing is the best of this many runs; the brute force and the table's MUVERA "
+                         "paths run in the same interleaved rounds")
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--threads", type=int, default=1, help="BLAS and torch threads for every method (default 1)")
     args = ap.parse_args()
@@ -339,19 +358,6 @@ def main() -> None:
           f"{nq} queries, {qt.n_tokens} tokens; doc tokens {t_doc_enc:.1f}s (cache), query encode "
           f"{1000 * t_q_enc / nq:.1f} ms/query", flush=True)
 
-    # ---------------------------------------------------------------- brute force
-    # best of --repeat: the machine is shared, keep the least-disturbed run (the same N for every timing).
-    # The whole path (exact scores of every document + top 10), one call, as MUVERA's below.
-    def brute():
-        sc = chamfer_scores(qd, qt.offsets, docs.data, docs.offsets)
-        return sc, topk_rows(sc, 10)
-
-    t_brute, (exact, (ex_rows, ex_sc)) = best_of(brute, args.repeat)
-    ndcg_exact = _ndcg(ex_rows, ex_sc, queries, corpus, qrels)
-    brute_ms = 1000 * t_brute / nq
-    print(f"brute-force MaxSim (scores + top 10, best of {args.repeat}): {t_brute:.1f}s ({brute_ms:.1f} ms/query), "
-          f"nDCG@10 {ndcg_exact:.4f}", flush=True)
-
     cfgs = {spec: FDEConfig(**_config(spec, args.seed)) for spec in configs.split(",")}
     short = Shortlist(docs, args.shortlist, args.seed)
     for n_c in sorted({_prune(spec) for spec in cfgs} - {None}):
@@ -376,16 +382,40 @@ def main() -> None:
         selection = None
     if args.main_candidates is None:
         args.main_candidates = 50 if args.quick else 200
+
+    # ------------------------------------------- brute force and every MUVERA row, timed in the same rounds
+    # The machine is shared: a best-of keeps each call's least-disturbed run, and interleaving (each round
+    # calls the brute force and every row's path once, the order rotated) puts a burst of load on all alike,
+    # so a speed-up never divides timings taken minutes apart.  The same number of calls as timing each alone.
+    def brute():  # the whole path (exact scores of every document + top 10), one call, as MUVERA's
+        sc = chamfer_scores(qd, qt.offsets, docs.data, docs.offsets)
+        return sc, topk_rows(sc, 10)
+
+    def path(spec: str, c: int):
+        return _muvera_path(spec, cfgs[spec], fdes[spec], short, qd, qt.offsets, docs, c)
+
+    rounds = max(1, args.repeat)
+    row_keys = [(spec, c) for spec in cfgs for c in grid(spec)]
+    print(f"timing the brute force and {len(row_keys)} MUVERA paths in {rounds} interleaved rounds", flush=True)
+    timed = _interleaved_paths({"brute": brute} | {key: partial(path, *key) for key in row_keys}, rounds)
+    t_brute, (exact, (ex_rows, ex_sc)) = timed["brute"]
+    ndcg_exact = _ndcg(ex_rows, ex_sc, queries, corpus, qrels)
+    brute_ms = 1000 * t_brute / nq
+    print(f"brute-force MaxSim (scores + top 10, best of {rounds} rounds): {t_brute:.1f}s ({brute_ms:.1f} ms/query), "
+          f"nDCG@10 {ndcg_exact:.4f}", flush=True)
     results: dict = {"main_selection": selection, "corpus_docs": len(corpus), "queries": nq,
                      "doc_tokens": docs.n_tokens,
                      "query_tokens": qt.n_tokens, "query_encode_ms": 1000 * t_q_enc / nq,
                      "brute_force": {"seconds": t_brute, "ms_per_query": brute_ms, "ndcg@10": ndcg_exact},
-                     "timing": f"best of {args.repeat} whole-path calls (brute force: scores + top 10; MUVERA: query "
-                               "FDEs + inner products + top-c [+ centroids] + rerank); stage times are the fastest "
-                               "run's, information only",
+                     "timing": f"best of {rounds} interleaved rounds, each calling the brute force (scores + top 10) "
+                               "and every table row's whole MUVERA path (query FDEs + inner products + top-c "
+                               "[+ centroids] + rerank) once, in rotated order, so each speed-up compares calls "
+                               "made in the same rounds; stage times are the fastest run's, information only",
+                     "rounds": rounds,
                      "repeat": args.repeat, "configs": [], "quick": args.quick, "threads": args.threads}
     print(f"\nms/q = the whole MUVERA path (query FDEs + inner products + top-c [+ centroid interaction] + exact "
-          f"rerank) timed as one call, best of {args.repeat}, as the brute force; speedup = brute ms/q / ms/q.\n"
+          f"rerank) timed as one call, best of {rounds} rounds that each also call the brute force once; "
+          f"speedup = brute ms/q / ms/q, both from the same rounds.\n"
           f"stages = query FDE / inner products / top-c [+ centroids] / rerank inside the fastest run "
           f"(information only, not the headline)")
     print(f"{'config':>17} {'dim':>6} {'build s':>7} {'pearson':>7} {'spearman':>8} {'cand':>7} {'agree@10':>8} "
@@ -404,8 +434,7 @@ def main() -> None:
         if n_c:  # FDE top shortlist, then centroid interaction
             entry.update(centroids=n_c, shortlist=args.shortlist, codebook_build_s=short.build_s[n_c])
         for c in grid(spec):
-            t_path, (rows, rr, rs, stages) = _best_path(
-                lambda: _muvera_path(spec, cfg, dfde, short, qd, qt.offsets, docs, c), args.repeat)
+            t_path, (rows, rr, rs, stages) = timed[(spec, c)]
             ms = 1000 * t_path / nq
             stage_ms = {k: 1000 * v / nq for k, v in stages.items()}
             row = {"candidates": c, "shortlist": args.shortlist if n_c else c,
@@ -438,7 +467,8 @@ def main() -> None:
         for tau in [float(t) for t in args.tau.split(",") if t]:
             cd, co, cw = ball_carve(qd, qt.offsets, tau)
             rows = short.rows(args.main, ip, cd, co, c, q_w=cw)
-            t_rr, sc = best_of(lambda: chamfer_pairs(cd, co, docs.data, docs.offsets, rows, q_weights=cw), args.repeat)
+            t_rr, sc = _best_path(lambda: chamfer_pairs(cd, co, docs.data, docs.offsets, rows, q_weights=cw),
+                                  args.repeat)
             order = np.lexsort((rows, -sc), axis=1)
             rr, rs = np.take_along_axis(rows, order, 1), np.take_along_axis(sc, order, 1)
             extra[f"ball_carve_{tau}"] = {"query_tokens": int(co[-1]), "agreement@10": _agreement(rr[:, :10], ex_rows),
@@ -459,27 +489,38 @@ def main() -> None:
     from ragkit.pipelines.fusion import RRF
     from ragkit.retrievers import BM25, Dense, Muvera
 
+    # The operator reranks the main config's chosen count (--main-candidates): it returns its top
+    # min(100, count), since an exact rerank of c documents can return at most c (Muvera needs candidates >= k).
+    c_main = args.main_candidates
     if _prune(args.main):  # the FDE shortlist, pruned by centroid interaction to the chosen count
-        mu = Muvera(k=min(100, args.main_candidates), candidates=args.shortlist, prune=args.main_candidates,
+        mu = Muvera(k=min(100, c_main), candidates=args.shortlist, prune=c_main,
                     centroids=_prune(args.main), **_config(args.main, args.seed))
     else:
-        mu = Muvera(k=100, candidates=max(args.main_candidates, 100), **_config(args.main, args.seed))
+        mu = Muvera(k=min(100, c_main), candidates=c_main, **_config(args.main, args.seed))
     t0 = time.perf_counter()
     mu.fit(corpus)
     t_fit = time.perf_counter() - t0
     bm25 = BM25(k=100).fit(corpus)
+    ops = [("dense (single-vector MiniLM)", Dense(k=100).fit(corpus)), ("bm25", bm25),
+           (f"muvera {args.main} + rerank@{c_main}", mu)]
+    if not _prune(args.main) and c_main < 100:  # earlier runs' row: 100 candidates, a 100-deep list
+        ops.append((f"muvera {args.main} + rerank@100 (a 100-deep list, not the chosen {c_main}: earlier runs' row)",
+                    Muvera(k=100, candidates=100, **_config(args.main, args.seed)).fit(corpus)))
+    ops.append((f"muvera + bm25 (RRF k=60; muvera rerank@{c_main})", Pipeline([Parallel([bm25, mu], fuse=RRF(k=60))])))
+    results["operator"] = {"config": args.main, "candidates": c_main, "k": mu.params.k,
+                           "shortlist": args.shortlist if _prune(args.main) else None}
     ndcg = {"maxsim exact (brute force)": ndcg_exact}
-    for name, op in (("dense (single-vector MiniLM)", Dense(k=100).fit(corpus)), ("bm25", bm25),
-                     (f"muvera {args.main} + rerank@{mu.params.prune or mu.params.candidates}", mu),
-                     ("muvera + bm25 (RRF k=60)", Pipeline([Parallel([bm25, mu], fuse=RRF(k=60))]))):
+    for name, op in ops:
         if isinstance(op, Pipeline):
             op.corpus_ = corpus  # both branches are fitted already
         ndcg[name] = float(evaluate(op.search(queries), qrels, ["ndcg@10"]).scores["ndcg@10"])
     results["ndcg@10"] = ndcg
     results["muvera_fit_s"] = t_fit
-    print(f"\nnDCG@10 on SciFact test ({nq} queries):")
+    print(f"\nnDCG@10 on SciFact test ({nq} queries); the muvera operator reranks the main config's "
+          f"{c_main} candidates and returns its top {mu.params.k}:")
+    w = max(30, *map(len, ndcg))
     for name, v in ndcg.items():
-        print(f"  {name:<30} {v:.4f}")
+        print(f"  {name:<{w}} {v:.4f}")
 
     # ------------------------------------------------------------------- memory
     d = docs.dim
@@ -500,7 +541,7 @@ def main() -> None:
 
     OUT.mkdir(parents=True, exist_ok=True)
     name = "muvera_quick" if args.quick else "muvera"
-    (OUT / f"{name}.json").write_text(json.dumps(results, indent=2))
+    write_atomic(OUT / f"{name}.json", json.dumps(results, indent=2))
     try:
         import matplotlib
 
@@ -521,7 +562,10 @@ def main() -> None:
         ax[0].legend(fontsize=8)
         ax[1].legend(fontsize=8)
         fig.tight_layout()
-        fig.savefig(OUT / f"{name}.png", dpi=110)
+        buf = io.BytesIO()
+        fig.savefig(buf, dpi=110, format="png")
+        plt.close(fig)
+        write_atomic(OUT / f"{name}.png", buf.getvalue())
     except Exception as e:  # pragma: no cover - plotting is optional
         print(f"(no plot: {e})")
     print(f"\nwrote {OUT / (name + '.json')}")

@@ -1,0 +1,136 @@
+"""The dense and MUVERA benches time what they compare in the same interleaved rounds, report an HNSW graph's
+quality over several builds, and run the MUVERA operator with the candidate count the bench chose.
+
+A speed ratio made of two timings taken minutes apart on a shared machine measures the load as much as the
+code (the README's MUVERA speed-up read 23.2x and 29.3x from the same code; dense's ragkit f32 graph read
+12,385 q/s in its table and 26,950 q/s in the raw-usearch section of the same run), and one multi-threaded
+HNSW build can be lucky or unlucky (recall@10 0.959 to 0.992 on the same 1,227 documents)."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import sys
+from pathlib import Path
+from unittest import mock
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _bench(name: str):
+    """bench/<name>.py as a module (its ``_common`` found in bench/; both gone from ``sys.modules`` again)."""
+    before = set(sys.modules)
+    sys.path.insert(0, str(REPO / "bench"))
+    try:
+        with mock.patch.dict(os.environ):  # (muvera sets BLAS thread variables at import)
+            return importlib.import_module(name)
+    finally:
+        sys.path.remove(str(REPO / "bench"))
+        for mod in set(sys.modules) - before:
+            if str(getattr(sys.modules[mod], "__file__", "") or "").startswith(str(REPO / "bench")):
+                del sys.modules[mod]
+
+
+def _run_main(module, argv: list[str], out: Path) -> None:
+    sys.path.insert(0, str(REPO / "bench"))
+    try:
+        with mock.patch.object(sys, "argv", argv), mock.patch.dict(os.environ, {"RAGKIT_BENCH_OUT": str(out)}), \
+                mock.patch.object(module, "OUT", out, create=True):  # (read from the variable at import)
+            module.main()
+    finally:
+        sys.path.remove(str(REPO / "bench"))
+
+
+def test_dense_times_a_table_in_interleaved_rounds_and_graphs_over_builds() -> None:
+    """Every configuration is built first, then searched in rounds that call each once (order rotated), so
+    the q/s of one table come from the same rounds; a graph configuration (``rebuild``) is also searched on
+    ``builds - 1`` fresh builds, each shared by the rows of its graph, and reports median and min."""
+    dense = _bench("dense")
+    log: list[str] = []
+    ref = np.arange(10)[None, :].repeat(2, 0)
+    builds = iter([[0, 1, 2, 3, 4, 5, 6, 7, 8, 9], [0, 1, 2, 3, 4, 5, 6, 7, 90, 91], [0, 1, 2, 3, 4, 5, 6, 7, 8, 91]])
+    rebuilt: list[int] = []
+
+    def graph():  # each build returns different "neighbours": recall 1.0, then 0.8, then 0.9
+        rebuilt.append(1)
+        return np.array([next(builds)] * 2)
+
+    def search(name):
+        return lambda obj: log.append(name) or obj
+
+    cfgs = [dense.Config("exact", "numpy", lambda: ref.copy(), search("exact"), lambda o: 80),
+            dense.Config("g ef=1", "ragkit-hnsw", graph, search("g1"), lambda o: 80, rebuild=("g", graph)),
+            dense.Config("g ef=2", "ragkit-hnsw", lambda: np.array([[0, 1, 2, 3, 4, 5, 6, 7, 8, 9]] * 2),
+                         search("g2"), lambda o: 80, rebuild=("g", graph))]
+    rows = dense.run_configs(None, ref, ref, cfgs, k=10, repeat=3, builds=3)
+    timed = log[3:3 + 9]  # after one warm-up call each: 3 rounds of the 3 searches, each round rotated
+    assert log[:3] == ["exact", "g1", "g2"] and timed == ["exact", "g1", "g2", "g1", "g2", "exact",
+                                                          "g2", "exact", "g1"], log
+    by = {r["config"]: r for r in rows}
+    assert "builds" not in by["exact"] and by["exact"]["recall@10"] == 1.0
+    assert by["g ef=1"]["recall@10"] == 1.0  # the timed build's, where its q/s comes from
+    assert by["g ef=1"]["recall@10_builds"] == [1.0, 0.8, 0.9] and by["g ef=1"]["recall@10_median"] == 0.9
+    assert by["g ef=1"]["recall@10_min"] == 0.8 and by["g ef=1"]["builds"] == 3
+    assert by["g ef=2"]["recall@10_builds"] == [1.0, 0.8, 0.9]  # the same fresh graphs: built once per round
+    assert len(rebuilt) == 3  # the timed build + 2 fresh ones, shared by both rows of graph "g"
+
+
+def test_dense_raw_usearch_in_the_tables_rounds(tmp_path: Path) -> None:
+    """ragkit-vs-raw-usearch pairs come from the synthetic table's own rounds (ragkit's q/s is its table row's),
+    and every HNSW row (ragkit's and faiss's) carries its recall@10 over ``--builds`` builds."""
+    pytest.importorskip("usearch")
+    dense = _bench("dense")
+    _run_main(dense, ["dense.py", "--quick", "--no-scifact", "--n", "1500", "--n-queries", "20", "--ef", "16,48",
+                      "--repeat", "2", "--builds", "2", "--threads", "2", "--out", str(tmp_path)], tmp_path)
+    res = json.loads((tmp_path / "dense_quick.json").read_text())
+    syn = res["synthetic"]
+    by = {r["config"]: r for r in syn["rows"]}
+    assert not any(name.startswith("raw usearch") for name in by)  # (pairs only, not table rows)
+    assert [p["ef"] for p in syn["ragkit_vs_usearch"]] == [16, 48]
+    for p in syn["ragkit_vs_usearch"]:
+        row = by[f"ragkit hnsw f32 ef={p['ef']}"]
+        assert p["ragkit_qps"] == row["qps"] and p["recall@10"] == row["recall@10"]
+        assert p["ragkit/usearch"] == round(p["ragkit_qps"] / p["usearch_qps"], 3)
+    graphs = [r for r in syn["rows"] if "hnsw" in r["config"].lower()]
+    assert graphs and all(r["builds"] == 2 and len(r["recall@10_builds"]) == 2
+                          and r["recall@10_min"] <= r["recall@10_median"] for r in graphs)
+    assert all("builds" not in r for r in syn["rows"] if "hnsw" not in r["config"].lower())
+    assert res["builds"] == 2 and "interleaved rounds" in res["timing"]
+
+
+@pytest.mark.slow
+def test_muvera_times_brute_force_with_its_paths_and_runs_the_chosen_count(tmp_path: Path, capsys) -> None:
+    """The brute force is timed in the same rounds as the MUVERA paths (each round calls each once, order
+    rotated), so every speed-up divides timings from the same rounds; the operator row reranks the main
+    config's candidate count (50), not 100, and the 100-candidate row is kept, labelled as not the chosen."""
+    import ragkit.retrievers.fde as fde
+
+    mv = _bench("muvera")
+    log: list[str] = []
+    chamfer, path = fde.chamfer_scores, mv._muvera_path
+
+    def brute(*a, **kw):
+        log.append("brute")
+        return chamfer(*a, **kw)
+
+    def muvera_path(spec, cfg, dfde, short, qd, q_off, docs, c):
+        log.append(f"path{c}")
+        return path(spec, cfg, dfde, short, qd, q_off, docs, c)
+
+    with mock.patch.object(fde, "chamfer_scores", brute), mock.patch.object(mv, "_muvera_path", muvera_path):
+        _run_main(mv, ["muvera.py", "--quick", "--configs", "3xidx1+m1", "--main", "3xidx1+m1", "--candidates",
+                       "10,50", "--main-candidates", "50", "--repeat", "2", "--tau", "0.9"], tmp_path)
+    assert log == ["brute", "path10", "path50", "path10", "path50", "brute"], log
+    res = json.loads((tmp_path / "muvera_quick.json").read_text())
+    assert res["rounds"] == 2 and "interleaved" in res["timing"]
+    for row in res["configs"][0]["by_candidates"]:
+        assert row["speedup_vs_brute"] == pytest.approx(res["brute_force"]["ms_per_query"] / row["ms_per_query"])
+    assert res["operator"] == {"config": "3xidx1+m1", "candidates": 50, "k": 50, "shortlist": None}
+    names = list(res["ndcg@10"])
+    assert "muvera 3xidx1+m1 + rerank@50" in names and "muvera + bm25 (RRF k=60; muvera rerank@50)" in names
+    assert any(n.startswith("muvera 3xidx1+m1 + rerank@100 (") and "not the chosen 50" in n for n in names)
+    assert "returns its top 50" in capsys.readouterr().out
