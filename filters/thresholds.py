@@ -91,7 +91,7 @@ class ScoreThreshold(_PrefixCut):
     name = "score_threshold"
     Params = ScoreThresholdParams
     params: ScoreThresholdParams
-    example = {"threshold": 0.0}
+    example = {"threshold": 4.0}  # keeps 1 to 20 of BM25's 20 results per query of the conformance slice
     run_options = {**_PrefixCut.run_options, "threshold": PARAM}
 
     def _keep(self, state, scores, lengths, starts, qidx):
@@ -122,7 +122,7 @@ class RelativeThreshold(_PrefixCut):
     name = "relative_threshold"
     Params = RelativeThresholdParams
     params: RelativeThresholdParams
-    example = {"alpha": 0.9}
+    example = {"alpha": 0.6}  # keeps 1 to 7 of BM25's 20 results per query of the conformance slice
     run_options = {**_PrefixCut.run_options, "alpha": PARAM}
     min_keep = 1  # the top document
 

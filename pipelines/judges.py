@@ -112,7 +112,8 @@ class ScoreReached(LearnedThreshold, Operator):
     Params = ScoreReachedParams
     params: ScoreReachedParams
     stateless = True
-    example = {"threshold": 20.0}
+    #: PRF-weighted BM25 scores of the conformance loop: 5 of its 12 queries stop at round 1, 1 at round 2
+    example = {"threshold": 1700.0}
 
     def feature(self, state: State) -> np.ndarray:
         """Score at ``rank`` per query, float64 ``(n_q,)``; ``-inf`` for shorter rankings."""

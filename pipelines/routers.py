@@ -284,6 +284,9 @@ class ScoreRouter(LearnedThreshold, Operator):
     #: refused when the pipeline is built (:func:`~ragkit.pipelines._compose.unranked_router`)
     reads_rankings = True
     example = {"feature": "top1", "threshold": 20.0}
+    #: okapi BM25's top scores on the conformance slice straddle 20 (8 of 12 queries above), where the default
+    #: BM25's stay below it (the threshold stays 20.0: pipeline-file error hints quote this example)
+    upstream_example = [{"bm25": {"k": 20, "variant": "okapi", "k1": 1.5, "b": 0.75}}]
 
     def possible_labels(self) -> list[str]:
         """Every label this router can give: ``above`` and ``below``."""

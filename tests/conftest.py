@@ -142,3 +142,59 @@ def local_ray():
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()
+
+
+# ---------------------------------------------------------------------- every registered operator, where it works
+#: what a reranker, filter, router, judge or generator runs after unless its class names ``upstream_example``
+UPSTREAM_DEFAULT = [{"bm25": {"k": 20}}]
+#: the body of the loop a judge ends (pseudo-relevance feedback, then BM25 again), and its most rounds: three,
+#: so that a judge remembering the previous round (``topk_stable``) can stop a query at the second
+LOOP_BODY = [{"prf": {"fb_docs": 5, "fb_terms": 10}}, {"bm25": {"k": 20}}]
+LOOP_MAX_ITERS = 3
+
+
+def example_node(cls) -> dict:  # noqa: ANN001
+    """The registered operator ``cls`` as a pipeline-file node with its ``example`` parameters."""
+    return {cls.name: dict(cls.example)}
+
+
+def example_upstream(cls) -> list[dict]:  # noqa: ANN001
+    """The steps ``cls`` runs after in :func:`example_pipeline`: none for a retriever, else its class's
+    ``upstream_example`` (default :data:`UPSTREAM_DEFAULT`)."""
+    if cls.kind == "retriever":
+        return []
+    return list(getattr(cls, "upstream_example", UPSTREAM_DEFAULT))
+
+
+def example_pipeline(cls):  # noqa: ANN001, ANN201
+    """The operator (example params) where it works: a fuser as a parallel's ``fuse``, a router as
+    a route's ``router`` (a branch per label it can give), a judge as a loop's ``until``, any other
+    after the upstream it needs (the conformance and degenerate-data suites both build it so)."""
+    from ragkit.pipelines.yaml import load_yaml
+
+    if cls.kind == "fuser":
+        return load_yaml({"pipeline": [{"parallel": {
+            "branches": [{"bm25": {"k": 20}}, {"bm25": {"k": 20, "variant": "okapi", "k1": 1.5, "b": 0.75}}],
+            "fuse": example_node(cls)}}]})
+    if cls.kind == "router":
+        labels = cls(**cls.example).possible_labels()
+        branches = {label: [{"top_k": {"k": 3 + i}}] for i, label in enumerate(labels)}
+        return load_yaml({"pipeline": [*example_upstream(cls), {"route": {"router": example_node(cls),
+                                                                          "branches": branches}}]})
+    if cls.kind == "judge":
+        return load_yaml({"pipeline": [*example_upstream(cls), {"loop": {
+            "body": LOOP_BODY, "until": example_node(cls), "max_iters": LOOP_MAX_ITERS}}]})
+    return load_yaml({"pipeline": [*example_upstream(cls), example_node(cls)]})
+
+
+def well_formed(run, queries, corpus) -> None:  # noqa: ANN001
+    """One ranking per query (in the queries' order), sorted best first, rows int64 in the corpus, scores
+    float32 and finite, no document twice in one ranking."""
+    assert len(run) == len(queries) and list(run.query_ids) == list(queries.ids)
+    assert len(run.rankings) == len(run.doc_ids) == len(queries), "one ranking per query"
+    for r in run.rankings:
+        assert r.rows.dtype == np.int64 and r.scores.dtype == np.float32
+        assert np.isfinite(r.scores).all(), f"scores must be finite: {r.scores}"
+        assert np.all(np.diff(r.scores) <= 1e-6), "scores must be non-increasing"
+        assert len(np.unique(r.rows)) == len(r.rows), "a document appears twice in one ranking"
+        assert (r.rows >= 0).all() and (r.rows < len(corpus)).all()

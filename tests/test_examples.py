@@ -7,6 +7,7 @@ import contextlib
 import importlib.util
 import io
 import json
+import re
 import runpy
 import sys
 from pathlib import Path
@@ -56,15 +57,17 @@ def _module(path: Path):
     return mod
 
 
-def _run_script(path: Path, *args: str) -> dict:
-    argv, out = sys.argv, io.StringIO()
+def _run_script(path: Path, *args: str) -> tuple[dict, str]:
+    """The script's JSON line (the last of its standard output) and its standard error (where a script with
+    ``--json`` prints the rest: the generate example's answer)."""
+    argv, out, err = sys.argv, io.StringIO(), io.StringIO()
     sys.argv = [str(path), "--data", str(SCIFACT), "--json", *args]
     try:
-        with contextlib.redirect_stdout(out):
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             runpy.run_path(str(path), run_name="__main__")
     finally:
         sys.argv = argv
-    return json.loads(out.getvalue().strip().splitlines()[-1])
+    return json.loads(out.getvalue().strip().splitlines()[-1]), err.getvalue()
 
 
 def test_every_script_has_a_yaml_twin():
@@ -80,10 +83,13 @@ def test_script_builds_same_pipeline_as_yaml(script):
 
 @pytest.mark.parametrize("script", _params(SCRIPTS, RUN_MARKS))
 def test_script_runs_on_a_slice(script):
-    out = _run_script(script, "--limit", "8")
+    out, err = _run_script(script, "--limit", "8")
     # they measure 0.78-0.88 on this slice: BM25 0.7792 (generate and sharded score BM25's rankings), rm3 0.7816,
     # prf_loop 0.7938, the ones with dense or MaxSim 0.82-0.88; below 0.7 something is broken
     assert out["queries"] == 8 and 0.7 < out["ndcg@10"] <= 1.0, out
+    if script.stem == "generate":  # it answers the first query again: "Q: ...", "A: <answer>", its prefill, sources
+        found = re.search(r"^A: (.*?)\n   \((.*?)\)\n   sources: (\S.*)$", err, re.S | re.M)
+        assert found and found.group(1).strip(), f"no answer printed: {err[-2000:]}"
 
 
 @pytest.mark.parametrize("path", _params(YAMLS, YAML_MARKS))
