@@ -184,19 +184,22 @@ def main() -> None:
     for name, d in par.items():
         print(f"{name:34s} {d['pr_auc']:7.4f} {d['p@r50']:7.4f} {d['p@r80']:7.4f} {d['p@r90']:7.4f} {d['p@r95']:7.4f}")
     baselines = [n for n in curves if n not in adapters]  # raw cosine, cosine / top cosine, rank (top-k)
-    print("\nat equal recall (each adapter's test recall), precision of one global cut on each baseline score "
-          "(adapter / baseline: below 1, that baseline is the better filter there):")
+    print("\nat equal recall (each adapter's test recall): its precision at its train-chosen cut against one global "
+          "cut on each baseline score, chosen on test (adapter / baseline: below 1, that baseline is the better "
+          "filter there):")
     for name in adapters:
         a_rec, a_p = rows[name]["recall"], rows[name]["precision"]
         base_p = {b: precision_at_recall(curves[b][1], curves[b][0], a_rec) for b in baselines}
         ratio = {b: a_p / p if p > 0 else None for b, p in base_p.items()}
         best = max(base_p, key=base_p.get)
-        print(f"  recall {a_rec:.4f}: {name} precision {a_p:.4f} vs "
+        own = precision_at_recall(curves[name][1], curves[name][0], a_rec)  # like for like: its own global cut
+        print(f"  recall {a_rec:.4f}: {name} precision {a_p:.4f} (its own curve there {own:.4f}) vs "
               + ", ".join(f"{b} {p:.4f} (x{ratio[b]:.2f})" if ratio[b] is not None else f"{b} {p:.4f}"
                           for b, p in base_p.items())
               + ("; it beats every baseline" if a_p > base_p[best] else f"; best there: {best}"))
         results.setdefault("equal_recall", {})[name] = {
-            "recall": a_rec, "adapter_precision": a_p, "cosine_precision": base_p["raw cosine"],
+            "recall": a_rec, "adapter_precision": a_p, "adapter_curve_precision": own,
+            "cosine_precision": base_p["raw cosine"],
             "baseline_precision": base_p, "adapter_over_baseline": ratio, "best_baseline": best,
             "beats_every_baseline": bool(a_p > base_p[best])}
     print("\nECE (15 bins) of adapter probabilities on test candidates:",

@@ -54,7 +54,8 @@ def _check_filters(r: dict) -> None:
     for name in adapters:  # at the adapter's recall, against every baseline score (not raw cosine alone)
         eq = r["equal_recall"][name]
         assert set(eq["baseline_precision"]) == baselines and _finite(*eq["baseline_precision"].values())
-        assert _finite(*eq["adapter_over_baseline"].values(), eq["recall"], eq["adapter_precision"])
+        assert _finite(*eq["adapter_over_baseline"].values(), eq["recall"], eq["adapter_precision"],
+                       eq["adapter_curve_precision"])
         assert eq["best_baseline"] in baselines and isinstance(eq["beats_every_baseline"], bool)
     assert _finite(r["ndcg@10"]["dense"], r["ndcg@10"]["dense | adapter"])
 
