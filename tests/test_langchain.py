@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import os
 import subprocess
 import sys
 import threading
@@ -453,9 +454,10 @@ def test_example_app_runs():
 
 
 @pytest.mark.slow
-def test_bench_quick_runs():
+def test_bench_quick_runs(tmp_path):
     out = subprocess.run([sys.executable, str(REPO / "bench" / "langchain.py"), "--quick"],
-                         capture_output=True, text=True, timeout=180, cwd=REPO)
+                         capture_output=True, text=True, timeout=180, cwd=REPO,
+                         env={**os.environ, "RAGKIT_BENCH_OUT": str(tmp_path)})  # not the repository's bench/out
     assert out.returncode == 0, out.stderr[-3000:]
     assert "overhead" in out.stdout and " True " in out.stdout
 
