@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -198,3 +200,18 @@ def well_formed(run, queries, corpus) -> None:  # noqa: ANN001
         assert np.all(np.diff(r.scores) <= 1e-6), "scores must be non-increasing"
         assert len(np.unique(r.rows)) == len(r.rows), "a document appears twice in one ranking"
         assert (r.rows >= 0).all() and (r.rows < len(corpus)).all()
+
+
+def bench_module(name: str):
+    """bench/<name>.py as a module, imported with the environment it sets (BLAS threads) undone; the bench's
+    own modules (its ``_common``) leave ``sys.modules`` again (the examples import their own ``_common``)."""
+    before = set(sys.modules)
+    sys.path.insert(0, str(REPO / "bench"))
+    try:
+        with mock.patch.dict(os.environ):
+            return importlib.import_module(name)
+    finally:
+        sys.path.remove(str(REPO / "bench"))
+        for mod in set(sys.modules) - before:
+            if str(getattr(sys.modules[mod], "__file__", "") or "").startswith(str(REPO / "bench")):
+                del sys.modules[mod]

@@ -8,7 +8,6 @@ HNSW build can be lucky or unlucky (recall@10 0.959 to 0.992 on the same 1,227 d
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import sys
@@ -17,22 +16,9 @@ from unittest import mock
 
 import numpy as np
 import pytest
+from conftest import bench_module
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def _bench(name: str):
-    """bench/<name>.py as a module (its ``_common`` found in bench/; both gone from ``sys.modules`` again)."""
-    before = set(sys.modules)
-    sys.path.insert(0, str(REPO / "bench"))
-    try:
-        with mock.patch.dict(os.environ):  # (muvera sets BLAS thread variables at import)
-            return importlib.import_module(name)
-    finally:
-        sys.path.remove(str(REPO / "bench"))
-        for mod in set(sys.modules) - before:
-            if str(getattr(sys.modules[mod], "__file__", "") or "").startswith(str(REPO / "bench")):
-                del sys.modules[mod]
 
 
 def _run_main(module, argv: list[str], out: Path) -> None:
@@ -49,7 +35,7 @@ def test_dense_times_a_table_in_interleaved_rounds_and_graphs_over_builds() -> N
     """Every configuration is built first, then searched in rounds that call each once (order rotated), so
     the q/s of one table come from the same rounds; a graph configuration (``rebuild``) is also searched on
     ``builds - 1`` fresh builds, each shared by the rows of its graph, and reports median and min."""
-    dense = _bench("dense")
+    dense = bench_module("dense")
     log: list[str] = []
     ref = np.arange(10)[None, :].repeat(2, 0)
     builds = iter([[0, 1, 2, 3, 4, 5, 6, 7, 8, 9], [0, 1, 2, 3, 4, 5, 6, 7, 90, 91], [0, 1, 2, 3, 4, 5, 6, 7, 8, 91]])
@@ -83,7 +69,7 @@ def test_dense_raw_usearch_in_the_tables_rounds(tmp_path: Path) -> None:
     """ragkit-vs-raw-usearch pairs come from the synthetic table's own rounds (ragkit's q/s is its table row's),
     and every HNSW row (ragkit's and faiss's) carries its recall@10 over ``--builds`` builds."""
     pytest.importorskip("usearch")
-    dense = _bench("dense")
+    dense = bench_module("dense")
     _run_main(dense, ["dense.py", "--quick", "--no-scifact", "--n", "1500", "--n-queries", "20", "--ef", "16,48",
                       "--repeat", "2", "--builds", "2", "--threads", "2", "--out", str(tmp_path)], tmp_path)
     res = json.loads((tmp_path / "dense_quick.json").read_text())
@@ -109,7 +95,7 @@ def test_muvera_times_brute_force_with_its_paths_and_runs_the_chosen_count(tmp_p
     config's candidate count (50), not 100, and the 100-candidate row is kept, labelled as not the chosen."""
     import ragkit.retrievers.fde as fde
 
-    mv = _bench("muvera")
+    mv = bench_module("muvera")
     log: list[str] = []
     chamfer, path = fde.chamfer_scores, mv._muvera_path
 

@@ -8,7 +8,6 @@ folder (RAGKIT_BENCH_OUT), never over bench/out's results, and its JSON is check
 
 from __future__ import annotations
 
-import importlib
 import json
 import math
 import os
@@ -20,6 +19,7 @@ from unittest import mock
 
 import numpy as np
 import pytest
+from conftest import bench_module
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -164,7 +164,7 @@ def test_pipeline_overhead_quick_writes_its_own_file(tmp_path: Path) -> None:
 
 def test_write_atomic_leaves_the_old_file_or_the_new_one(tmp_path: Path) -> None:
     """A write killed before its rename leaves the previous file whole and no temporary file."""
-    common = _bench("_common")
+    common = bench_module("_common")
     path = tmp_path / "sub" / "r.json"
     common.write_atomic(path, "old")
     with mock.patch.object(common.os, "replace", side_effect=KeyboardInterrupt), pytest.raises(KeyboardInterrupt):
@@ -180,7 +180,7 @@ def test_write_atomic_leaves_the_old_file_or_the_new_one(tmp_path: Path) -> None
 def test_diversity_query_cache_recovers_from_a_truncated_file(tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
     """A run killed in the middle of np.save left a truncated cache file, and every later run crashed on it
     ('Failed to read all data for array') until it was deleted by hand: now it is encoded again."""
-    dv = _bench("diversity")
+    dv = bench_module("diversity")
     monkeypatch.setattr(dv, "CACHE", tmp_path / "cache", raising=False)
     monkeypatch.setattr(dv, "OUT", tmp_path)  # (where the cache was before)
     calls = []
@@ -203,7 +203,7 @@ def test_diversity_query_cache_recovers_from_a_truncated_file(tmp_path: Path, mo
 def test_bm25_memory_failing_phase_shows_its_stderr_and_keeps_the_finished(tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
     """A failing phase said only 'returned non-zero exit status 1' (its stderr captured and dropped) and the
     phases that had finished were not written: now its stderr's tail is in the error and the JSON holds them."""
-    bm = _bench("bm25_memory")
+    bm = bench_module("bm25_memory")
 
     def fake_run(cmd: list[str], **kw) -> subprocess.CompletedProcess:  # noqa: ANN003
         phase = cmd[cmd.index("--phase") + 1]
@@ -226,21 +226,6 @@ def test_bm25_memory_failing_phase_shows_its_stderr_and_keeps_the_finished(tmp_p
     assert res["failed"]["phase"] == "load" and res["failed"]["stderr_tail"].endswith("the load ran out")
 
 
-def _bench(name: str):
-    """bench/<name>.py as a module, imported with the environment it sets (BLAS threads) undone; the bench's
-    own modules (its ``_common``) leave ``sys.modules`` again (the examples import their own ``_common``)."""
-    before = set(sys.modules)
-    sys.path.insert(0, str(REPO / "bench"))
-    try:
-        with mock.patch.dict(os.environ):
-            return importlib.import_module(name)
-    finally:
-        sys.path.remove(str(REPO / "bench"))
-        for mod in set(sys.modules) - before:
-            if str(getattr(sys.modules[mod], "__file__", "") or "").startswith(str(REPO / "bench")):
-                del sys.modules[mod]
-
-
 def test_muvera_select_maps_rows_through_its_corpus() -> None:
     """``_select`` ranks the token vectors of the corpus it is given (the ``--quick`` slice) and must map those
     rows to that corpus's ids: it used all of SciFact's (row i of the slice is not row i of SciFact), so the
@@ -251,7 +236,7 @@ def test_muvera_select_maps_rows_through_its_corpus() -> None:
     from ragkit import load_beir
     from ragkit.retrievers.fde import FDEConfig, fde_documents
 
-    mv = _bench("muvera")
+    mv = bench_module("muvera")
     ds = load_beir(mv.SCIFACT)
     train, qrels = ds.queries("train"), ds.qrels("train")
     rel = sorted(ds.corpus.row_of({d for v in qrels.values() for d in v}).tolist())
@@ -282,7 +267,7 @@ def test_bench_timings_take_whole_calls_in_rotated_rounds() -> None:
     rounds rotate their order, so no timed call always runs first."""
     import time
 
-    mv, sc, cc = _bench("muvera"), _bench("scale"), _bench("cachecraft")
+    mv, sc, cc = bench_module("muvera"), bench_module("scale"), bench_module("cachecraft")
     sleeps = iter([0.05, 0.01, 0.03])
 
     def call():
