@@ -86,6 +86,28 @@ def best_of(fn: Callable[[], Any], repeat: int = 1) -> tuple[float, Any]:
     return best, out
 
 
+def interleaved(fns: dict, repeat: int, min_seconds: float = 0.0) -> tuple[dict, dict, int]:
+    """Time every callable in ``fns`` in rounds, each round calling each once, in an order rotated a step per
+    round (none always runs first), so a burst of others' load on a shared machine falls on all alike and
+    every ratio of two of them compares calls from the same rounds.  There are ``repeat`` rounds (at least
+    one), and more, up to 10,000, until the fastest call's best times the rounds reaches ``min_seconds``.
+    Returns ``(best seconds, the result of that best call, rounds)``, the dicts keyed as ``fns``."""
+    import math
+
+    keys = list(fns)
+    best, result = {key: math.inf for key in keys}, {}
+    rounds = 0
+    while rounds < max(1, repeat) or rounds < min(10_000, math.ceil(min_seconds / max(min(best.values()), 1e-9))):
+        for key in keys[rounds % len(keys):] + keys[:rounds % len(keys)]:
+            t0 = time.perf_counter()
+            out = fns[key]()
+            dt = time.perf_counter() - t0
+            if dt < best[key]:
+                best[key], result[key] = dt, out
+        rounds += 1
+    return best, result, rounds
+
+
 def exact_topk(d: np.ndarray, q: np.ndarray, k: int, block: int = 65536) -> np.ndarray:
     """Plain numpy: ``Q @ D.T`` + argpartition, in row blocks (the peer and the ground truth)."""
     best_s = best_i = None

@@ -48,7 +48,7 @@ from multiprocessing import get_context
 
 import numpy as np
 
-from _common import OUT, SCIFACT, best_of, write_atomic  # noqa: E402
+from _common import OUT, SCIFACT, best_of, interleaved, write_atomic  # noqa: E402
 
 K1, B = 0.9, 0.4
 
@@ -85,26 +85,16 @@ def numba_missing() -> str | None:
 
 
 def interleaved_best(fns: dict, repeat: int, min_seconds: float) -> tuple[dict, dict, dict, int]:
-    """Time every callable in ``fns`` in rounds, each round calling each once in turn (the order rotated a
-    step each round, so none always runs first), so a burst of others' load on a shared machine falls on all
-    alike.  A first call of each comes before the rounds (JIT compiles, caches: its time is returned apart,
-    never counted in the best).  There are ``max(repeat, ceil(min_seconds / fastest call))`` rounds (at most
-    10,000), so each callable is timed for at least ``min_seconds`` in all.  Returns
-    ``(first-call seconds, best seconds, last result, rounds)``, the dicts keyed as ``fns``."""
-    keys = list(fns)
-    first, best, last = {}, {key: math.inf for key in keys}, {}
-    for key in keys:
+    """:func:`_common.interleaved` after a first call of each (JIT compiles, caches: its time is returned
+    apart, never counted in the best); each callable is timed for at least ``min_seconds`` in all.  Returns
+    ``(first-call seconds, best seconds, a result, rounds)``, the dicts keyed as ``fns``."""
+    first = {}
+    for key, fn in fns.items():
         t0 = time.perf_counter()
-        last[key] = fns[key]()
+        fn()
         first[key] = time.perf_counter() - t0
-    rounds = 0
-    while rounds < max(1, repeat) or rounds < min(10_000, math.ceil(min_seconds / max(min(best.values()), 1e-9))):
-        for key in keys[rounds % len(keys):] + keys[:rounds % len(keys)]:
-            t0 = time.perf_counter()
-            last[key] = fns[key]()
-            best[key] = min(best[key], time.perf_counter() - t0)
-        rounds += 1
-    return first, best, last, rounds
+    best, result, rounds = interleaved(fns, repeat, min_seconds)
+    return first, best, result, rounds
 
 
 def train_sweep(data: str) -> dict:

@@ -60,7 +60,6 @@ import os
 import platform
 import re
 import sys
-import time
 from functools import partial
 from pathlib import Path
 from typing import Any, Callable, NamedTuple
@@ -68,7 +67,7 @@ from typing import Any, Callable, NamedTuple
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from _common import REPO, SCIFACT, best_of as timed, exact_topk, recall, write_atomic  # noqa: E402
+from _common import REPO, SCIFACT, best_of as timed, exact_topk, interleaved, recall, write_atomic  # noqa: E402
 
 
 def ndcg10(rows: np.ndarray, doc_ids: np.ndarray, qids: list[str], qrels: dict) -> float:
@@ -97,21 +96,6 @@ class Config(NamedTuple):
     rebuild: tuple[str, Callable[[], Any]] | None = None
 
 
-def interleaved(fns: dict, repeat: int) -> tuple[dict, dict]:
-    """Time every callable in ``fns`` in ``repeat`` rounds (at least one), each round calling each once, the
-    order rotated a step each round so none always runs first: a burst of others' load on a shared machine
-    falls on all alike, and every q/s in a ratio comes from the same rounds.  Returns ``(best seconds, last
-    result)``, both keyed as ``fns``."""
-    keys = list(fns)
-    best, last = {key: float("inf") for key in keys}, {}
-    for r in range(max(1, repeat)):
-        for key in keys[r % max(len(keys), 1):] + keys[:r % max(len(keys), 1)]:
-            t0 = time.perf_counter()
-            last[key] = fns[key]()
-            best[key] = min(best[key], time.perf_counter() - t0)
-    return best, last
-
-
 def run_configs(d: np.ndarray, q: np.ndarray, ref: np.ndarray, configs: list[Config], *, k: int, repeat: int,
                 quality=None, builds: int = 1) -> list[dict]:
     """Build every configuration (each build timed alone), then time their searches together: one warm-up
@@ -136,7 +120,7 @@ def run_configs(d: np.ndarray, q: np.ndarray, ref: np.ndarray, configs: list[Con
     live = [c for c in configs if c.name in objs]
     print(f"  {len(live)} configurations built; their searches timed in {max(1, repeat)} interleaved rounds "
           f"(after one warm-up call each)", flush=True)
-    best, last = interleaved({c.name: partial(c.search, objs[c.name]) for c in live}, repeat)
+    best, last, _ = interleaved({c.name: partial(c.search, objs[c.name]) for c in live}, repeat)
     rows_out = []
     for c in live:
         got = last[c.name]

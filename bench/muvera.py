@@ -60,7 +60,7 @@ for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
 
 import numpy as np  # noqa: E402
 
-from _common import OUT, SCIFACT, write_atomic  # noqa: E402
+from _common import OUT, SCIFACT, interleaved, write_atomic  # noqa: E402
 
 
 def _data(quick: bool, n_docs: int, n_queries: int):
@@ -126,21 +126,11 @@ def _muvera_path(spec: str, cfg, dfde: np.ndarray, short: "Shortlist", qd: np.nd
 
 
 def _interleaved_paths(fns: dict, repeat: int) -> dict:
-    """Time every callable in ``fns`` in ``repeat`` rounds (at least one), each round calling each once, the
-    order rotated a step each round so none always runs first: load from others on a shared machine falls
-    on all alike, and a ratio of two of them (MUVERA's speed-up over the brute force) compares calls made in
-    the same rounds, not minutes apart.  Returns ``{key: (fastest wall seconds, that call's result)}``: one
-    best-of over each whole call, so a path's stage times (its result's last item) are its fastest run's."""
-    keys = list(fns)
-    out: dict = {key: (float("inf"), None) for key in keys}
-    for r in range(max(1, repeat)):
-        for key in keys[r % max(len(keys), 1):] + keys[:r % max(len(keys), 1)]:
-            t0 = time.perf_counter()
-            res = fns[key]()
-            dt = time.perf_counter() - t0
-            if dt < out[key][0]:
-                out[key] = (dt, res)
-    return out
+    """:func:`_common.interleaved` over whole calls: a ratio of two of them (MUVERA's speed-up over the brute
+    force) compares calls made in the same rounds, not minutes apart.  Returns ``{key: (fastest wall
+    seconds, that call's result)}``, so a path's stage times (its result's last item) are its fastest run's."""
+    best, result, _ = interleaved(fns, repeat)
+    return {key: (best[key], result[key]) for key in fns}
 
 
 def _best_path(fn, repeat: int) -> tuple[float, tuple]:

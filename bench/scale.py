@@ -28,7 +28,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from _common import OUT, SCIFACT, exact_topk, recall, write_atomic  # noqa: E402
+from _common import OUT, SCIFACT, exact_topk, interleaved, recall, write_atomic  # noqa: E402
 
 
 def encode_part(n_docs: int) -> dict:
@@ -57,18 +57,9 @@ def encode_part(n_docs: int) -> dict:
 
 
 def interleaved_best(calls: dict[Any, Callable[[], Any]], repeat: int) -> tuple[dict[Any, float], dict[Any, Any]]:
-    """Best wall seconds of every call over ``repeat`` rounds (at least one); a round runs each call once, in
-    an order rotated by the round, so a slow spell of a shared machine falls on all of them.  Returns
-    ``(best seconds by key, last result by key)``."""
-    keys = list(calls)
-    best = dict.fromkeys(keys, float("inf"))
-    last: dict[Any, Any] = {}
-    for r in range(max(1, repeat)):
-        for k in keys[r % len(keys):] + keys[:r % len(keys)]:
-            t0 = time.perf_counter()
-            last[k] = calls[k]()
-            best[k] = min(best[k], time.perf_counter() - t0)
-    return best, last
+    """``(best seconds by key, a result by key)`` of :func:`_common.interleaved`'s ``repeat`` rounds."""
+    best, result, _ = interleaved(calls, repeat)
+    return best, result
 
 
 def shard_part(n: int, shards: int, n_queries: int, ef: int = 64, seed: int = 0, reorder: bool = True,

@@ -882,8 +882,9 @@ class BM25(Operator):
               and bool((np.diff(ptr) >= 0).all()))
         # every document id in range, always (a corrupt id crashes scipy's product: a segmentation fault, also
         # for a crafted folder whose checksums were recomputed; memory-mapped too: 0.1-0.2 ms of SciFact's ~85 ms
-        # load, 512k postings, though it reads the ids file whole, 4 bytes a posting), and every weight finite (a NaN weight emptied every ranking; a memory-mapped load whose checksums
-        # Operator.load verified skips this one)
+        # load, 512k postings, though it reads the ids file whole, 4 bytes a posting), and every weight finite
+        # (a NaN weight emptied every ranking; a memory-mapped load whose checksums Operator.load verified skips
+        # this one)
         if not ok:
             raise ArtifactError(f"{folder}: BM25 arrays do not match (vocab {n_terms} terms, {len(ptr) - 1} rows "
                                 f"of counts, {nnz} postings, {dl.shape} lengths, corpus of {n_docs} documents)")
