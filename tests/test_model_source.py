@@ -189,3 +189,34 @@ def test_offline_is_read_from_the_environment_and_from_huggingface_hubs_constant
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setenv("TRANSFORMERS_OFFLINE", "On")
     assert sentence.hub_offline()
+
+
+def test_a_hub_id_an_unreachable_hub_cannot_serve_is_said_at_once(monkeypatch):
+    """Not offline by setting, but no network: a misspelled hub id waited 76 s for the hub client's retries
+    before its error; now one connection attempt (none sent) decides, before sentence-transformers loads."""
+    import socket
+
+    constants = pytest.importorskip("huggingface_hub.constants")
+    for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy",
+                "HTTP_PROXY", "http_proxy"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    tried = []
+
+    def no_network(address, timeout=None, *a, **kw):
+        tried.append(address)
+        raise OSError("Name or service not known")
+
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    with pytest.raises(ParamError, match=r"model 'ragkit-tests/no-such-embedder' is neither a local folder nor in the "
+                                         r"Hugging Face cache, and the hub \(https?://.*\) cannot be reached"):
+        Encoder("ragkit-tests/no-such-embedder").model
+    assert len(tried) == 1
+    sentence.check_downloadable(DEFAULT_MODEL, resolve_model(DEFAULT_MODEL))  # a local folder: no probe
+    assert len(tried) == 1
+
+    class Reached:
+        def close(self) -> None: ...
+
+    monkeypatch.setattr(socket, "create_connection", lambda *a, **kw: Reached())
+    sentence.check_downloadable("ragkit-tests/no-such-embedder", "ragkit-tests/no-such-embedder")  # the loader's turn

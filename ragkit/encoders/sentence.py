@@ -12,6 +12,7 @@ import functools
 import hashlib
 import importlib.util
 import os
+import socket
 import sys
 import threading
 from contextlib import contextmanager
@@ -160,11 +161,50 @@ def hub_offline() -> bool:
     return bool(getattr(constants, "HF_HUB_OFFLINE", False))
 
 
+def hub_unreachable(timeout: float = 3.0) -> str | None:
+    """The Hugging Face endpoint when it cannot be reached (offline mode set, as :func:`hub_offline` reads it;
+    its host name does not resolve; or no TCP connection within ``timeout`` seconds; nothing is sent), else
+    ``None``.  Behind a proxy (``HTTPS_PROXY``, ``ALL_PROXY``...) the endpoint is taken as reachable: the proxy
+    decides.  One name lookup and one connection attempt: on a machine without a network the Hugging Face
+    clients retry for a minute or more before they say so."""
+    from urllib.parse import urlsplit
+
+    from huggingface_hub import constants
+
+    endpoint = str(constants.ENDPOINT)
+    if hub_offline():
+        return f"{endpoint}: offline mode is set (HF_HUB_OFFLINE or TRANSFORMERS_OFFLINE)"
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy", "HTTP_PROXY",
+                                       "http_proxy")):
+        return None
+    url = urlsplit(endpoint)
+    if not url.hostname:
+        return None
+    try:
+        socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout).close()
+    except OSError:
+        return endpoint
+    return None
+
+
 def check_downloadable(model: str, path: str) -> None:
     """Before a model is loaded: a :class:`ParamError` naming ``model`` when it would have to be downloaded
-    (no local folder, not in the Hugging Face cache) and the hub is set offline (``HF_HUB_OFFLINE``), at
-    once, where sentence-transformers said so only after importing itself (seconds)."""
-    if Path(path).exists() or not hub_offline():
+    (no local folder, not in the Hugging Face cache) and the hub is set offline (``HF_HUB_OFFLINE``) or cannot
+    be reached (:func:`hub_unreachable`: a misspelled name on a machine without a network waited 76 s for the
+    hub client's retries), at once, where sentence-transformers said so only after
+    importing itself (seconds) or retrying (a minute)."""
+    if Path(path).exists():
+        return
+    if not hub_offline():
+        note = model_note(model)
+        if note is None or "does not exist" in note:  # cached, or a path (refused at once by the loader)
+            return
+        endpoint = hub_unreachable()
+        if endpoint is not None:
+            raise ParamError(f"model {model!r} is neither a local folder nor in the Hugging Face cache, and the hub "
+                             f"({endpoint}) cannot be reached, so it cannot be downloaded: check the name, name a "
+                             "local model folder, or download it where a network exists (it is then read from the "
+                             "cache)", path="model")
         return
     note = model_note(model)
     if note is not None and "does not exist" in note:

@@ -101,7 +101,7 @@ from ragkit._files import FCNTL as _fcntl, share_file_like_umask
 from ragkit._locks import MODEL_LOADING
 from ragkit.caches import ChunkKVCache, ChunkVariant, PrefixCache, compute_cci
 from ragkit.caches.chunk_kv import alone_fix_overhead, order_penalty, prefix_overlap
-from ragkit.encoders.sentence import hub_offline, model_fingerprint
+from ragkit.encoders.sentence import hub_unreachable as _hub_unreachable, model_fingerprint
 from ragkit.errors import ArtifactError, ArtifactNotFoundError, ParamError
 
 if TYPE_CHECKING:
@@ -426,32 +426,6 @@ def _pretrained(name: str, **kw: Any) -> tuple[PreTrainedTokenizerBase, PreTrain
         tok = AutoTokenizer.from_pretrained(name, **kw)
         model = AutoModelForCausalLM.from_pretrained(name, dtype=torch.float32, **kw).eval()
     return tok, model
-
-
-def _hub_unreachable(timeout: float = 3.0) -> str | None:
-    """The Hugging Face endpoint when it cannot be reached (offline mode set, as :func:`hub_offline` reads it;
-    its host name does not resolve; or no TCP connection within ``timeout`` seconds; nothing is sent), else
-    ``None``.  Behind a proxy (``HTTPS_PROXY``, ``ALL_PROXY``...) the endpoint is taken as reachable: the proxy
-    decides."""
-    import socket
-    from urllib.parse import urlsplit
-
-    from huggingface_hub import constants
-
-    endpoint = str(constants.ENDPOINT)
-    if hub_offline():
-        return f"{endpoint}: offline mode is set (HF_HUB_OFFLINE or TRANSFORMERS_OFFLINE)"
-    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy", "HTTP_PROXY",
-                                       "http_proxy")):
-        return None
-    url = urlsplit(endpoint)
-    if not url.hostname:
-        return None
-    try:
-        socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout).close()
-    except OSError:
-        return endpoint
-    return None
 
 
 def _load_copy(folder: Path, fingerprint: str) -> tuple[PreTrainedTokenizerBase, PreTrainedModel]:
