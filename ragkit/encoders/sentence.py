@@ -195,26 +195,26 @@ def check_downloadable(model: str, path: str) -> None:
     importing itself (seconds) or retrying (a minute)."""
     if Path(path).exists():
         return
-    if not hub_offline():
-        note = model_note(model)
-        if note is None or "does not exist" in note:  # cached, or a path (refused at once by the loader)
-            return
-        endpoint = hub_unreachable()
-        if endpoint is not None:
-            raise ParamError(f"model {model!r} is neither a local folder nor in the Hugging Face cache, and the hub "
-                             f"({endpoint}) cannot be reached, so it cannot be downloaded: check the name, name a "
-                             "local model folder, or download it where a network exists (it is then read from the "
-                             "cache)", path="model")
-        return
     note = model_note(model)
-    if note is not None and "does not exist" in note:
-        raise ParamError(f"model {model!r} names a folder that does not exist: expected a model folder (a hub id "
-                         "would be downloaded, but the hub is set offline)", path="model")
-    if note is not None:
+    if note is None:  # cached (or a registered encoder): nothing to download
+        return
+    offline = hub_offline()
+    if "does not exist" in note:  # a path, refused at once by the loader when the hub is not set offline
+        if offline:
+            raise ParamError(f"model {model!r} names a folder that does not exist: expected a model folder (a hub "
+                             "id would be downloaded, but the hub is set offline)", path="model")
+        return
+    if offline:
         raise ParamError(f"model {model!r} is neither a local folder nor in the Hugging Face cache, and the hub is "
                          "set offline (HF_HUB_OFFLINE or TRANSFORMERS_OFFLINE), so it cannot be downloaded: name a "
                          "local model folder, or download it where a network exists (it is then read from the cache)",
                          path="model")
+    endpoint = hub_unreachable()
+    if endpoint is not None:
+        raise ParamError(f"model {model!r} is neither a local folder nor in the Hugging Face cache, and the hub "
+                         f"({endpoint}) cannot be reached, so it cannot be downloaded: check the name, name a "
+                         "local model folder, or download it where a network exists (it is then read from the "
+                         "cache)", path="model")
 
 
 _QUERY_CACHE: ContextVar[bool] = ContextVar("ragkit_query_cache", default=False)
