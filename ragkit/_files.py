@@ -333,13 +333,21 @@ def remove_stale_tempdirs(parent: Path, prefix: str) -> list[Path]:
     except OSError:
         return []
     for entry in entries:
-        owner = entry.name[len(prefix):].rsplit("-", 1)[0]
-        pid, at, where = owner.partition("@")
-        if not at or where != host or not pid.isdigit() or _alive(int(pid)):
+        if not owner_ended(entry.name, prefix, host):
             continue
         shutil.rmtree(entry, ignore_errors=True)
         removed.append(entry)
     return removed
+
+
+def owner_ended(name: str, prefix: str, host: str | None = None) -> bool:
+    """Whether the process that made the folder ``name`` (``prefix<pid>@<host>-...``, :func:`shared_tempdir`) ran
+    on this host (``host``: its name, looked up when not given) and has ended; ``False`` for a live process,
+    another host's (which this one cannot tell) or a name of another shape."""
+    import socket
+
+    pid, at, where = name[len(prefix):].rsplit("-", 1)[0].partition("@")
+    return bool(at) and pid.isdigit() and where == (host or socket.gethostname()) and not _alive(int(pid))
 
 
 def _alive(pid: int) -> bool:

@@ -1206,9 +1206,7 @@ def _saver_running(old: Path, path: Path) -> bool:
     """Whether the save that moved the earlier save at ``path`` to ``old`` (``.<name>.old-<8 characters of its
     temporary folder's name>``) may still run: its temporary folder is still there, and was made by a process
     of this host that still runs, or by another host (which this one cannot tell)."""
-    import socket
-
-    from ragkit._files import _alive
+    from ragkit._files import owner_ended
 
     suffix = old.name.rsplit(".old-", 1)[1]
     prefix = f".{path.name}.tmp-"
@@ -1216,11 +1214,7 @@ def _saver_running(old: Path, path: Path) -> bool:
         tmps = [e.name for e in path.parent.iterdir() if e.name.startswith(prefix) and e.name.endswith(suffix)]
     except OSError:
         return True
-    for name in tmps:
-        pid, at, host = name[len(prefix):].rsplit("-", 1)[0].partition("@")
-        if not at or not pid.isdigit() or host != socket.gethostname() or _alive(int(pid)):
-            return True
-    return False
+    return not all(owner_ended(name, prefix) for name in tmps)
 
 
 def restore_interrupted_save(path: Path) -> Path | None:
