@@ -929,10 +929,8 @@ def check_filter(where: Mapping[str, Any], path: str = "filter") -> None:
 
 def _value_kind(v: Any) -> str:
     """The kind of a metadata value a filter compares with ``==``: ``"number"`` for bools, integers and
-    floats (Python and numpy: ``1 == 1.0 == True``), ``"str"``, else the type's name."""
-    if isinstance(v, (bool, int, float, np.bool_, np.number)):
-        return "number"
-    return "str" if isinstance(v, str) else type(v).__name__
+    floats (Python and numpy: ``1 == 1.0 == True``), ``"str"``, else the type's name (:func:`_type_kind`)."""
+    return _type_kind(type(v)) or type(v).__name__
 
 
 def _check_kinds(key: str, values: Mapping[Any, int], wants: list[Any]) -> None:
@@ -957,7 +955,7 @@ def _check_kinds(key: str, values: Mapping[Any, int], wants: list[Any]) -> None:
 
 
 def _type_kind(t: type) -> str | None:
-    """:func:`_value_kind` of the values of type ``t``; ``None`` for a missing value's type (``None``,
+    """The kind of the values of type ``t`` (:func:`_value_kind`); ``None`` for a missing value's type (``None``,
     ``pandas.NA``)."""
     if t is type(None) or t.__name__ == "NAType":
         return None
