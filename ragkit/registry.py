@@ -157,7 +157,7 @@ def get(name: str, path: str = "", *, structural: bool = False) -> type["Operato
         return _REGISTRY[name]
     except (KeyError, TypeError):
         keys = structural_keys() if structural else []
-        close = difflib.get_close_matches(str(name).lower(), [*_REGISTRY, *keys], n=3, cutoff=0.5)
+        close = difflib.get_close_matches(str(name).lower(), [*_REGISTRY, *keys], n=3, cutoff=0.6)
         hint = "; did you mean " + ", ".join(f"{c!r} (structural key)" if c in keys else repr(c) for c in close)
         where = f"{path}: " if path else ""
         listed = f"; structural keys: {', '.join(keys)}" if keys else ""

@@ -240,3 +240,13 @@ def test_several_unknown_operators_give_the_plugin_advice_once():
     lines = text.splitlines()
     assert "unknown operator 'tfidf'" in lines[-3] and "unknown operator 'splayd'" in lines[-2], text
     assert "did you mean 'bm25'?" in lines[-1] and registry.PLUGIN_HINT in lines[-1], text
+
+
+def test_an_unrelated_operator_name_gets_no_suggestion():
+    """A plugin's own name, not imported, is not 'close' to a built-in it merely shares letters with
+    (difflib at 0.5 offered 'rule_router' for 'length_prior'); real typos still get one."""
+    with pytest.raises(ParamError) as e:
+        registry.get("length_prior")
+    assert "did you mean" not in str(e.value), str(e.value)
+    with pytest.raises(ParamError, match="did you mean 'muvera'"):
+        registry.get("muvra")
