@@ -809,6 +809,7 @@ class Corpus:
         whole list) is compared value by value."""
         if key not in self._codes:
             self._codes[key] = _code_column(column)
+            _warn_mixed_kinds(key, self._codes[key])
         coded = self._codes[key]
         if coded is None:
             return _isin(column, wants)
@@ -1022,6 +1023,23 @@ def check_metadata_kinds(new: "Corpus", who: str, held: "Corpus | None" = None) 
             f"field holds {held_as} ({source}); a filter compares with == ('2020' == 2020 is false), so "
             f"filter={{{key!r}: ...}} would find one kind and miss the other: give {key!r} as "
             f"{' or '.join(_kind_name(k) for k in sorted(have))} in every document")
+
+
+def _warn_mixed_kinds(key: str, coded: tuple[Any, ...] | None) -> None:
+    """Warn, once per corpus and field (when a filter first codes it), that metadata ``key`` holds values of
+    more than one kind (``2020`` and ``"2020"``): a filter compares with ``==``, so it finds one kind and
+    misses the other.  Such a corpus loads (a BEIR file may hold it; the LangChain retriever refuses it,
+    :func:`check_metadata_kinds`), so the filter is where a user meets it."""
+    if coded is None:
+        return
+    values = list(coded[1])
+    kinds = _values_kinds(values)
+    if len(kinds) > 1:
+        examples = ", ".join(f"{next(v for v in values if _values_kinds([v]) == {k})!r:.30}" for k in sorted(kinds))
+        logging.getLogger("ragkit").warning(
+            "filter on metadata %r: the field holds %s (e.g. %s); a filter compares with == ('2020' == 2020 is "
+            "false), so it matches the documents of its own value's kind only: give %r one kind in every document",
+            key, " and ".join(_kind_name(k, plural=True) for k in sorted(kinds)), examples, key)
 
 
 def _kind_name(kind: str, plural: bool = False) -> str:

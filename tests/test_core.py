@@ -520,3 +520,17 @@ def test_and_filters_intersects_values_and_leaves_query_operators_to_be_refused(
     merged = and_filters({"year": 2020}, {"year": {"$gte": 2020}})  # refused, not read as the list ["$gte"]
     with pytest.raises(DataError, match=r"filter.year: .*\$gte.* is not supported"):
         check_filter(merged)
+
+
+def test_a_filter_on_a_field_of_mixed_kinds_warns_once(caplog):
+    """A corpus may hold 2020 and "2020" in one field (it loads: a BEIR file can); a filter then finds one kind
+    and misses the other, so its first use on that field says so, once."""
+    corpus = Corpus.from_records([{"_id": "a", "text": "x", "metadata": {"year": 2020, "tag": "t"}},
+                                  {"_id": "b", "text": "y", "metadata": {"year": "2020", "tag": "u"}},
+                                  {"_id": "c", "text": "z", "metadata": {"year": None, "tag": "t"}}])
+    with caplog.at_level("WARNING", logger="ragkit"):
+        assert corpus.mask({"year": 2020}).tolist() == [True, False, False]
+        assert corpus.mask({"year": "2020"}).tolist() == [False, True, False]
+        assert corpus.mask({"tag": "t"}).tolist() == [True, False, True]
+    notes = [r.getMessage() for r in caplog.records if r.name == "ragkit"]
+    assert len(notes) == 1 and "'year': the field holds numbers and strings (e.g. 2020, '2020')" in notes[0], notes
