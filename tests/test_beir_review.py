@@ -401,6 +401,34 @@ def test_a_qrels_file_with_cr_line_endings_is_said_to_have_them(tmp_path):
     assert read_qrels(path) == {"q1": {"d1": 1}}
 
 
+def test_a_corpus_or_queries_file_with_cr_line_endings_is_said_to_have_them(tmp_path):
+    """CR-only corpus.jsonl / queries.jsonl read as one line: "malformed JSON line (Extra data at column 151)"
+    before; now the qrels reader's CR message, with a jsonl example.  (A query file of plain text lines
+    read as one query holding every line.)"""
+    from ragkit.eval.beir import read_corpus, read_queries, read_query_file
+
+    root = tmp_path / "bad"
+    root.mkdir()
+    (root / "corpus.jsonl").write_bytes(b'{"_id": "d1", "title": "", "text": "cats"}\r'
+                                        b'{"_id": "d2", "title": "", "text": "dogs"}\r')
+    (root / "queries.jsonl").write_bytes(b'{"_id": "q1", "text": "cats"}\r{"_id": "q2", "text": "dogs"}\r')
+    (root / "queries.txt").write_bytes(b"cats\rdogs\r")
+    want = r"a carriage return \(\\r\) inside the line, at column 43: the file has CR \(old Mac\) line endings"
+    with pytest.raises(DataError, match=r"corpus\.jsonl:1: " + want + r".*old\.jsonl > new\.jsonl"):
+        read_corpus(root / "corpus.jsonl")
+    with pytest.raises(DataError, match=r"queries\.jsonl:1: a carriage return .* at column 30: .*CR \(old Mac\)"):
+        read_queries(root / "queries.jsonl")
+    with pytest.raises(DataError, match=r"queries\.txt:1: a carriage return .* at column 5: .*CR \(old Mac\)"):
+        read_query_file(root / "queries.txt")
+    (root / "corpus.jsonl").write_bytes(b'{"_id": "d1", "title": "", "text": "cats"}\r\n')  # CRLF reads as ever
+    assert list(read_corpus(root / "corpus.jsonl").ids) == ["d1"]
+    (root / "corpus.jsonl").write_bytes(b'{"_id": "d1",\r"text": "cats"}\n')  # a CR between tokens is JSON space
+    assert list(read_corpus(root / "corpus.jsonl").texts) == ["cats"]
+    (root / "corpus.jsonl").write_bytes(b'{"_id": "d1", "text": "cats"\n')  # other malformed lines: as before
+    with pytest.raises(DataError, match=r"corpus\.jsonl:1: malformed JSON line"):
+        read_corpus(root / "corpus.jsonl")
+
+
 def test_a_qrels_file_without_a_header_keeps_its_first_judgement(tmp_path):
     """(BEIR's loader drops line 1 whatever it holds; read_qrels skips it only when its score is no number.)"""
     path = tmp_path / "test.tsv"

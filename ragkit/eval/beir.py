@@ -74,6 +74,15 @@ def _json_problem(e: json.JSONDecodeError) -> str:
     return f"{e.msg} column {e.colno}" if e.msg.endswith(" at") else f"{e.msg} at column {e.colno}"
 
 
+def _cr_endings(path: Path, n: int, text: str) -> DataError:
+    """The error for a line (its ending stripped) holding a carriage return: a file with CR-only (old Mac)
+    line endings reads as one line, whose records or columns would run together."""
+    ext = path.suffix or ".txt"
+    return DataError(f"{path}:{n}: a carriage return (\\r) inside the line, at column {text.index(chr(13)) + 1}: the "
+                     "file has CR (old Mac) line endings; expected lines ending in \\n (or \\r\\n): convert them, "
+                     f"e.g. tr '\\r' '\\n' < old{ext} > new{ext}")
+
+
 def _read_jsonl(path: Path):
     if not path.is_file():
         raise DataError(f"{path}: file not found")
@@ -81,8 +90,10 @@ def _read_jsonl(path: Path):
         if not line.strip():
             continue
         try:
-            rec = json.loads(line.rstrip("\r\n"))  # an unclosed last object: its column, not "line 2 column 1"
+            rec = json.loads(text := line.rstrip("\r\n"))  # an unclosed last object: its column, not "line 2 column 1"
         except json.JSONDecodeError as e:
+            if "\r" in text:  # CR-only line endings: the whole file is one line ("Extra data at column 151")
+                raise _cr_endings(path, n, text) from None
             raise DataError(f"{path}:{n}: malformed JSON line ({_json_problem(e)})") from None
         if not isinstance(rec, dict) or "_id" not in rec:
             raise DataError(f"{path}:{n}: expected an object with an '_id' field, got {line.strip()[:80]!r}")
@@ -174,6 +185,8 @@ def read_query_file(path: str | Path) -> Queries:
         ids, texts, lines = [], [], []
         for n, _, line in utf8_lines(path, "a query file is UTF-8 text"):
             text = line.rstrip("\r\n")
+            if "\r" in text:  # CR-only line endings: every query would be one, its ids and texts run together
+                raise _cr_endings(path, n, text)
             if text.strip():
                 qid, tab, rest = text.partition("\t")
                 ids.append(qid.strip() if tab else str(n))
@@ -235,9 +248,7 @@ def _read_qrels(path: str | Path) -> tuple[Qrels, dict[str, int]]:
     for n, _, line in utf8_lines(path, "qrels files are UTF-8 text"):
         text = line.rstrip("\r\n").rstrip("\t")
         if "\r" in text:  # one '\r'-separated file read as a single line: its columns would run together
-            raise DataError(f"{path}:{n}: a carriage return (\\r) inside the line, at column "
-                            f"{text.index(chr(13)) + 1}: the file has CR (old Mac) line endings; expected lines ending "
-                            "in \\n (or \\r\\n): convert them, e.g. tr '\\r' '\\n' < old.tsv > new.tsv")
+            raise _cr_endings(path, n, text)
         # BEIR's TSV splits on tabs (an id may hold a space); trec_eval's 'qid 0 docid rel' on whitespace.
         # Trailing tabs are no columns: BEIR's csv reader reads 'q1<TAB>d1<TAB>1<TAB>' as q1, d1, 1
         row = text.split("\t") if "\t" in text else text.split()
