@@ -362,3 +362,81 @@ def test_compare_baseline_by_name():
     said = r"baseline 'bb' is not one of the systems \('a', 'b', 'c'\); did you mean 'b'"
     with pytest.raises(ParamError, match=said):
         compare(results, ["ndcg@10"], baseline="bb")
+
+
+def _judged_run() -> tuple[dict, dict]:
+    """Graded qrels (each query judges a document 2, one 1 and itself 1) and a run that ranks all three."""
+    rng = np.random.default_rng(3)
+    qrels = {q: {f"d{i}": 2, f"e{i}": 1, q: 1} for i, q in enumerate(QUERIES[:30])}
+    run = {q: {**{f"d{j}": float(rng.random()) for j in range(40)}, f"e{i}": 0.5, q: 0.9}
+           for i, q in enumerate(QUERIES[:30])}
+    return run, qrels
+
+
+def test_compare_of_evaluate_results_refuses_different_scoring_as_the_cli_does():
+    """Review: compare({"a": evaluate(run, qrels), "c": evaluate(run, qrels, relevance_level=2)}) compared the
+    same run scored twice (recall@20 Δ -0.125) where the JSON files of ragkit eval were refused; EvalResult now
+    records the relevance_level and ignore_identical_ids it was scored with, and compare checks them."""
+    from ragkit.eval import evaluate
+
+    run, qrels = _judged_run()
+    metrics = ["ndcg@10", "recall@20"]
+    r1 = evaluate(run, qrels, metrics)
+    assert (r1.relevance_level, r1.ignore_identical_ids) == (1, True)
+    r2 = evaluate(run, qrels, metrics, relevance_level=2)
+    assert r2.relevance_level == 2 and r2["recall@20"] != r1["recall@20"]
+    with pytest.raises(DataError, match=r"scored with different relevance_level \(a: relevance_level=1, "
+                                        r"c: relevance_level=2\).*evaluate\(run, qrels, metrics, relevance_level=N\)"):
+        compare({"a": r1, "c": r2}, metrics, n_resamples=10)
+    kept = evaluate(run, qrels, metrics, ignore_identical_ids=False)
+    assert kept.ignore_identical_ids is False
+    with pytest.raises(DataError, match=r"different ignore_identical_ids \(a: ignore_identical_ids=True, "
+                                        r"k: ignore_identical_ids=False\)"):
+        compare({"a": r1, "k": kept}, metrics, n_resamples=10)
+    # the same way as a JSON file of ragkit eval: a level-2 evaluate result is refused against a level-1 file
+    file_like = SystemResult("f", r1.per_query, relevance_level=1, ignore_identical_ids=True)
+    with pytest.raises(DataError, match=r"f: relevance_level=1, c: relevance_level=2"):
+        compare({"f": file_like, "c": r2}, metrics, n_resamples=10)
+    # scored alike: compared; an EvalResult built by hand (settings unknown) compares with anything
+    other = evaluate({q: {d: -s for d, s in docs.items()} for q, docs in run.items()}, qrels, metrics,
+                     relevance_level=2)
+    assert compare({"a": r2, "b": other}, metrics, n_resamples=10).n_queries == 30
+    from ragkit.eval import EvalResult
+
+    by_hand = EvalResult(r2.scores, r2.per_query)
+    assert by_hand.relevance_level is None and by_hand.ignore_identical_ids is None
+    assert compare({"a": r1, "h": by_hand}, metrics, n_resamples=10).n_queries == 30
+
+
+def _eval_json_at(path: Path, ks: tuple[int, ...], values: np.ndarray) -> Path:
+    """A results file of ``ragkit eval --k <ks>``: nDCG, recall, MAP, MRR and P at each cut-off."""
+    per_query = {f"{m}@{k}": dict(zip(QUERIES, map(float, values))) for k in ks
+                 for m in ("ndcg", "recall", "map", "mrr", "p")}
+    path.write_text(json.dumps({"dataset": "tiny", "split": "test", "metrics": {}, "per_query": per_query}))
+    return path
+
+
+def test_default_metrics_missing_from_the_files_say_to_pass_metrics_and_name_the_shared_ones(tmp_path: Path):
+    """Review: ``ragkit compare a.json b.json`` on files of ``ragkit eval --k 5,10`` failed with "holds no
+    per-query values of 'recall@100'" only: the default -m ndcg@10,recall@100 was not the user's, and the
+    metrics the files do share were not named."""
+    base = _base()
+    a = _eval_json_at(tmp_path / "a.json", (5, 10), base)
+    b = _eval_json_at(tmp_path / "b.json", (10, 20), base + 0.01)
+    res = _cli(str(a), str(b), "--resamples", "100")
+    said = " ".join(res.output.split())
+    assert res.exit_code == 2
+    assert ("a: holds no per-query values of 'recall@100' (nor does b); it holds ndcg@5, recall@5" in said
+            and "recall@100 is one of the metrics compared when none are named (ndcg@10, recall@100)" in said
+            and "-m/--metrics" in said and "they share ndcg@10, recall@10, map@10, mrr@10, p@10" in said), said
+    ok = _cli(str(a), str(b), "-m", "ndcg@10,recall@10", "--resamples", "100")
+    assert ok.exit_code == 0, ok.output
+    # named explicitly (in Python): the shared metrics, without the word on defaults
+    ra, rb = load_result(a, name="a"), load_result(b, name="b")
+    with pytest.raises(DataError, match=r"compare: b: holds no per-query values of 'ndcg@5'; it holds ndcg@10.*"
+                                        r"they share ndcg@10, recall@10") as e:
+        compare([ra, rb], ["ndcg@5"], n_resamples=10)
+    assert "when none are named" not in str(e.value)
+    nothing = SystemResult("c", {"hole@3": dict(zip(QUERIES, map(float, base)))})
+    with pytest.raises(DataError, match=r"the results share no metric: score them on the same metrics"):
+        compare([ra, nothing], ["ndcg@10"], n_resamples=10)

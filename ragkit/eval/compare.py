@@ -639,14 +639,46 @@ def _check_args(results: Sequence[SystemResult], metrics: Sequence[str], baselin
         if len(seen) > 1:
             which = ", ".join(f"{r.name}: {getattr(r, key)!r}" for r in results if getattr(r, key) is not None)
             raise DataError(f"compare: the results are of different {key}s ({which}); compare results of one {key}")
-    for key, fix in (("relevance_level", "--relevance-level N"),
-                     ("ignore_identical_ids", "--keep-identical-ids or not")):
+    for key, fix, py in (("relevance_level", "--relevance-level N", "relevance_level=N"),
+                         ("ignore_identical_ids", "--keep-identical-ids or not", "ignore_identical_ids=True or False")):
         known = [r for r in results if getattr(r, key) is not None]
         if len({getattr(r, key) for r in known}) > 1:  # the same run scored twice would differ "significantly"
             which = ", ".join(f"{r.name}: {key}={getattr(r, key)!r}" for r in known)
             raise DataError(f"compare: the results were scored with different {key} ({which}), so their per-query "
                             f"values differ by how they were scored, not only by system; score them alike (ragkit eval "
-                            f"{fix}; for TREC run files, ragkit compare {fix})")
+                            f"{fix}; for TREC run files, ragkit compare {fix}; in Python, evaluate(run, qrels, "
+                            f"metrics, {py}))")
+
+
+def _check_held(results: Sequence[SystemResult], metrics: Sequence[str], m: str) -> None:
+    """Refuse ``m`` (one of ``metrics``) when some result holds no per-query values of it, naming the metrics
+    every result holds (what ``-m`` can name): files of ``ragkit eval --k 5,10`` hold no ``recall@100``, one of
+    the defaults."""
+    def held(r: SystemResult) -> dict[tuple[str, int], str]:  # parsed metric -> its name in r
+        out: dict[tuple[str, int], str] = {}
+        for name in r.per_query:
+            try:
+                out.setdefault(parse_metric(name), name)
+            except DataError:  # a key that is no metric name
+                continue
+        return out
+
+    have = [held(r) for r in results]
+    want = parse_metric(m)
+    lacking = [r for r, h in zip(results, have) if want not in h]
+    if lacking:
+        shared = [name for pm, name in have[0].items() if all(pm in h for h in have[1:])]
+        default = [parse_metric(d) for d in DEFAULT_COMPARE_METRICS] == [parse_metric(x) for x in metrics]
+        r = lacking[0]
+        others = (f" (nor {'does' if len(lacking) == 2 else 'do'} {', '.join(x.name for x in lacking[1:])})"
+                  if len(lacking) > 1 else "")
+        why = (f"{m} is one of the metrics compared when none are named ({', '.join(DEFAULT_COMPARE_METRICS)}); "
+               if default else "")
+        fix = (f"name metrics every result holds with -m/--metrics (compare(..., metrics=[...]) in Python): "
+               f"they share {', '.join(shared)}" if shared else
+               "the results share no metric: score them on the same metrics (ragkit eval --k / --metrics)")
+        raise DataError(f"compare: {r.name}: holds no per-query values of {m!r}{others}; it holds "
+                        f"{', '.join(r.per_query) or 'none'}; {why}{fix}")
 
 
 def _only(ids: set[str], where: str) -> str:
@@ -704,8 +736,9 @@ def _as_results(results: Any) -> list[SystemResult]:
             if not isinstance(key, str):
                 raise InputTypeError(f"compare: results[{key!r}]: a system's name must be a string, got "
                                      f"{type(key).__name__}; {how}")
-            if isinstance(r, EvalResult):
-                out.append(SystemResult(key, r.per_query))
+            if isinstance(r, EvalResult):  # with how it was scored, checked alike as a JSON file's settings
+                out.append(SystemResult(key, r.per_query, relevance_level=r.relevance_level,
+                                        ignore_identical_ids=r.ignore_identical_ids))
             elif isinstance(r, SystemResult):
                 out.append(r if r.name == key else replace(r, name=key))
             else:
@@ -736,11 +769,14 @@ def compare(results: Sequence[SystemResult] | Mapping[str, Any], metrics: Sequen
     Parameters
     ----------
     results : two or more :class:`SystemResult` (e.g. from :func:`load_result`), or a mapping
-        ``{name: EvalResult}`` (what :func:`~ragkit.eval.evaluate` returns, each named by its key; the
+        ``{name: EvalResult}`` (what :func:`~ragkit.eval.evaluate` returns, each named by its key and checked
+        like a JSON file for the ``relevance_level`` and ``ignore_identical_ids`` it was scored with; the
         mapping's order gives the indices ``baseline`` counts; a :class:`SystemResult` there takes the key as
         its name).  An :class:`~ragkit.eval.EvalResult` alone names no system: a list of them is an
         :class:`~ragkit.errors.InputTypeError` saying so
-    metrics : metric names (``ndcg@10``, ``recall@100``, ...); each result must hold them
+    metrics : metric names (``ndcg@10``, ``recall@100``, ...); each result must hold them (one a result lacks,
+        e.g. the default ``recall@100`` in results of ``ragkit eval --k 5,10``, is a :class:`DataError` naming
+        the metrics every result holds, to name instead: ``ragkit compare -m``)
     baseline : the reference system: its index in ``results``, or its name (``baseline="bm25"``)
     n_resamples : sign flips of the randomisation test and bootstrap resamples of the interval
         (default 200,000: a p-value near 0.05 has a Monte Carlo standard error of 0.0005)
@@ -758,7 +794,10 @@ def compare(results: Sequence[SystemResult] | Mapping[str, Any], metrics: Sequen
     results = _as_results(results)
     baseline = _baseline_index(results, baseline)
     _check_args(results, metrics, baseline, n_resamples, alpha, confidence)
-    queries = {m: _same_queries(results, m) for m in metrics}
+    queries: dict[str, list[str]] = {}
+    for m in metrics:  # each held by every result (else: the metrics they share), then on the same queries
+        _check_held(results, metrics, m)
+        queries[m] = _same_queries(results, m)
     for m in metrics:  # before any resampling, naming the system (the test would name neither)
         for r in results:
             _check_finite(r.values(m), f"compare: {r.name}: {m}")

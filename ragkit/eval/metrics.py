@@ -56,6 +56,9 @@ class EvalResult:
         Mean over evaluated queries, e.g. ``{"ndcg@10": 0.66}``.
     per_query : dict of str -> dict of str -> float
         ``{metric: {query_id: value}}``.
+    relevance_level, ignore_identical_ids : int, bool or None
+        The :func:`evaluate` arguments it was scored with (``None``: unknown, an ``EvalResult`` built by
+        hand); :func:`~ragkit.eval.compare.compare` refuses results scored with different ones.
     """
 
     scores: dict[str, float]
@@ -63,6 +66,8 @@ class EvalResult:
     #: judged-relevant documents that have their query's id, dropped from the run by ``ignore_identical_ids``
     #: (so counted as not found); 0 when the option is off
     ignored_judged: int = 0
+    relevance_level: int | None = None
+    ignore_identical_ids: bool | None = None
 
     def __getitem__(self, metric: str) -> float:
         """The mean of ``metric`` in any spelling ``parse_metric`` reads (``"nDCG@10"`` finds ``"ndcg@10"``)."""
@@ -279,7 +284,9 @@ def _evaluate(
             per_query[name] = {q: float(v[key]) for q, v in res.items()}
     scores = {name: float(np.mean(list(v.values()))) if v else 0.0 for name, v in per_query.items()}
     ignored = tuple(q for q, rel in judged.items() if rel.get(q, 0) >= relevance_level) if ignore_identical_ids else ()
-    return EvalResult(scores=scores, per_query=per_query, ignored_judged=len(ignored)), (relevance_level, ignored)
+    result = EvalResult(scores=scores, per_query=per_query, ignored_judged=len(ignored),
+                        relevance_level=relevance_level, ignore_identical_ids=bool(ignore_identical_ids))
+    return result, (relevance_level, ignored)
 
 
 def _trec_heads(run: Mapping[str, Mapping[str, float]], k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
