@@ -373,6 +373,12 @@ class CosineAdapter(Operator):
         usable = set(usable_query_ids(upstream.query_ids, train.qrels, corpus))
         judged = [i for i, q in enumerate(upstream.query_ids) if q in usable or
                   (train.qrels.get(q) and max(train.qrels[q].values()) <= 0)]
+        if not judged:
+            raise DataError(
+                f"cosine_adapter.fit: none of the {len(upstream)} training queries has a judged document in the "
+                f"corpus ({len(corpus)} documents; e.g. the qrels of query {str(upstream.query_ids[0])!r} name "
+                f"{sorted(map(str, train.qrels.get(upstream.query_ids[0], {})))[:3]}): check that the train "
+                "qrels use the corpus's document ids")
         if len(judged) < len(upstream):
             upstream = upstream.subset(judged)
         rankings = upstream.rankings
@@ -556,11 +562,13 @@ class CosineAdapter(Operator):
         check_cosines(c, self.name, qidx)
         check_dense_rankings(state.rankings, c, qidx, self.name, ordered=True)  # the kept set is a prefix
         qv = query_vectors(out, get_encoder(self.params.model))
-        r = self._proba_flat(qv, c, lengths, starts, qidx).astype(np.float32)
-        # r is monotone in the cosine and the list is sorted, so the kept set is a prefix
+        r = self._proba_flat(qv, c, lengths, starts, qidx)
+        # r is monotone in the cosine and the list is sorted, so the kept set is a prefix; compared in float64
+        # (float32 rounds every probability above 1 - 6e-8 to 1.0, which a threshold of 1 would then keep)
         n_keep = np.bincount(qidx, weights=r >= t, minlength=len(lengths)).astype(np.int64)
         n_keep = np.maximum(n_keep, np.minimum(k_min, lengths))
-        out.rankings = cut_prefix(state.rankings, n_keep, new_scores=r, starts=starts, fields={"cosine": c})
+        out.rankings = cut_prefix(state.rankings, n_keep, new_scores=r.astype(np.float32), starts=starts,
+                                  fields={"cosine": c})
         return out
 
     # ------------------------------------------------------------------ persistence

@@ -175,9 +175,16 @@ def test_adapter_predict_proba_checks_its_input(synth):
 
 def test_adapter_refuses_no_positives(synth):
     corpus, train, state = synth
-    no_pos = TrainSet(train.queries, {q: {"d_not_retrieved": 1} for q in train.queries.ids})
-    with pytest.raises(DataError, match="none of the .* retrieved training candidates"):
-        CosineAdapter().fit(corpus, no_pos, upstream=state)
+    unretrieved = {q: {f"d{next(i for i in range(400) if i not in set(r.rows.tolist()))}": 1}
+                   for q, r in zip(train.queries.ids, state.rankings)}
+    with pytest.raises(DataError, match=r"none of the 2400 retrieved training candidates \(80 queries\)"):
+        CosineAdapter().fit(corpus, TrainSet(train.queries, unretrieved), upstream=state)
+    # qrels of another id scheme: no query is usable, which is said as such (it read "none of the 0 retrieved
+    # training candidates (0 queries)")
+    elsewhere = TrainSet(train.queries, {q: {"d_not_in_corpus": 1} for q in train.queries.ids})
+    with pytest.raises(DataError, match=r"none of the 80 training queries has a judged document in the corpus "
+                                        r"\(400 documents; e.g. the qrels of query 'q0' name \['d_not_in_corpus'\]\)"):
+        CosineAdapter().fit(corpus, elsewhere, upstream=state)
     with pytest.raises(DataError, match="no positive"):
         TrainSet(train.queries, {q: {"d1": 0} for q in train.queries.ids})
     with pytest.raises(DataError, match="needs judged training queries"):
@@ -195,6 +202,16 @@ def test_adapter_refuses_non_cosines_and_wrong_dims(synth):
     wrong.vectors = {KEY: state.vectors[KEY][:, :8]}
     with pytest.raises(DataError, match="trained on 20 features"):
         ad(wrong)
+
+
+def test_adapter_threshold_one_keeps_only_probability_one(synth):
+    """The keep test reads the float64 probabilities: float32 rounds those above 1 - 6e-8 up to 1.0, and a
+    threshold of 1 kept 386 of 2,400 candidates none of which has probability 1."""
+    corpus, train, state = synth
+    adapter = CosineAdapter(threshold=1.0).fit(corpus, train, upstream=state)
+    proba = adapter.predict_proba(state.vectors[KEY], np.array([r.scores for r in state.rankings]))
+    assert (proba >= 1.0).sum() == 0 and (proba.astype(np.float32) >= 1.0).sum() > 0  # the case exists
+    assert sum(len(r) for r in adapter(state).rankings) == 0
 
 
 def test_adapter_save_load_roundtrip(synth, tmp_path):
