@@ -42,6 +42,7 @@ Known differences from Lucene/Anserini (SciFact test nDCG@10 0.6766 here, 0.679 
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import unicodedata
@@ -61,6 +62,8 @@ from ragkit.options import PARAM
 from ragkit.params import MetadataFilter, Params
 from ragkit.registry import register
 from ragkit.types import Corpus, State, TrainSet
+
+_log = logging.getLogger("ragkit")
 
 __all__ = ["BM25", "BM25Params", "Tokenizer", "LUCENE_STOPWORDS", "LEXICAL_COUNTS", "LexicalCounts", "QueryCounts"]
 
@@ -100,6 +103,36 @@ def _unicode_word() -> re.Pattern[str]:
             marks.append(f"{re.escape(chr(start))}-{re.escape(chr(c - 1))}")
             start = None
     return re.compile(rf"[{_IDEOGRAPHS}]|(?:(?![{_IDEOGRAPHS}])[^\W_]|[{''.join(marks)}])+")
+
+#: A letter outside ASCII (``\w`` less digits, ``_`` and ASCII), which ``alnum`` split drops, and a word holding one
+_NON_ASCII_LETTER = re.compile(r"[^\W\d_\x00-\x7f]")
+_NON_ASCII_WORD = re.compile(r"\w*[^\W\d_\x00-\x7f]\w*")
+#: The fit's check of its script reads at most this many documents (evenly spaced), the first this many characters
+#: of each: a few ms however large the corpus
+_SCRIPT_SAMPLE = 1000
+#: A sampled document counts as written outside ASCII where such letters are at least this share of its
+#: characters (SciFact: 11 of 5,183, its Greek "NF-κB", "TNF-α"; French or German text: a few percent, Japanese
+#: or Russian: most) ...
+_SCRIPT_DOC_SHARE = 0.01
+#: ... and ``alnum`` warns at fit where at least this share of the sampled documents count
+_SCRIPT_WARN_SHARE = 0.2
+
+
+def _outside_ascii(texts: Sequence[str]) -> tuple[float, int, str]:
+    """``(share, sampled, word)``: the share of (up to :data:`_SCRIPT_SAMPLE`, evenly spaced) ``texts`` whose letters
+    outside ASCII are at least :data:`_SCRIPT_DOC_SHARE` of their first :data:`_SCRIPT_SAMPLE` characters, how
+    many were sampled and a word of the first such text ("" where none counts).  ASCII texts cost one
+    ``str.isascii`` (a flag, not a scan)."""
+    n = len(texts)
+    if not n:
+        return 0.0, 0, ""
+    picks = np.unique(np.linspace(0, n - 1, min(n, _SCRIPT_SAMPLE)).astype(np.int64)).tolist()
+    sample = [t[:_SCRIPT_SAMPLE] for t in map(texts.__getitem__, picks) if isinstance(t, str) and not t.isascii()]
+    counted = [t for t in sample if len(t) - len(_NON_ASCII_LETTER.sub("", t)) >= _SCRIPT_DOC_SHARE * len(t)]
+    word = _NON_ASCII_WORD.search(counted[0]) if counted else None
+    return len(counted) / len(picks), len(picks), word.group() if word else ""
+
+
 #: Dense score blocks are at most this many float64 cells (8 MB); larger batches are chunked.
 _BLOCK_CELLS = 1_000_000
 _MIN_TASK_CELLS = 100_000
@@ -511,9 +544,28 @@ class BM25(Operator):
         self._reset_cache()
         self.collection_ = None
         self.vocab_ = {}
-        parts = self._count_parts(self._texts(corpus), grow=True)
+        texts = self._texts(corpus)
+        parts = self._count_parts(texts, grow=True)
         self._counts, self._dl = _terms_by_docs(parts, len(self.vocab_))
         self._weigh()
+        self._warn_outside_ascii(texts)
+
+    def _warn_outside_ascii(self, texts: Sequence[str]) -> None:
+        """Warn where the tokenizer is ``alnum`` and many documents are written in letters outside ASCII, which
+        it drops: a Japanese corpus had no term, and every query scored 0 without a word."""
+        tok = self.__dict__.get("_tok")
+        if getattr(tok, "split_kind", None) != "alnum":
+            return
+        share, sampled, word = _outside_ascii(texts)
+        if share < _SCRIPT_WARN_SHARE:
+            return
+        word = word[:16]  # (a run of Japanese is a sentence)
+        parts = [s.decode("ascii") for s in Tokenizer("none", "none", "alnum").surfaces([word])[0]]
+        default = "" if "tokenizer" in self.params.model_fields_set else " (the default)"
+        _log.warning("bm25: %.0f%% of the documents (%d sampled) are written in letters outside ASCII, which "
+                     "tokenizer 'alnum'%s drops: %r becomes %s; set 'tokenizer: unicode' (BM25(tokenizer="
+                     "\"unicode\")) to index them", 100 * share, sampled, default, word,
+                     ", ".join(map(repr, parts)) if parts else "no term")
 
     @property
     def tf_(self) -> sp.csr_matrix:

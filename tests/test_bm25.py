@@ -208,6 +208,35 @@ def test_scifact_test_ndcg(scifact):
     assert abs(naive - 0.560) < 0.01, naive
 
 
+def test_alnum_fit_warns_where_many_documents_are_in_letters_outside_ascii(caplog, scifact):
+    """A Japanese corpus under the default tokenizer had no term: every query scored 0, nDCG@10 0.0, and
+    nothing said why; French words became fragments ("crème" -> "cr", "me").  The fit now warns, naming
+    'tokenizer: unicode', the share and an example; SciFact (Greek letters in a few abstracts: "NF-κB")
+    does not warn, nor do the unicode tokenizer or English with a stray accent."""
+    import logging
+
+    def warnings(bm: BM25, corpus: Corpus) -> list[str]:
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="ragkit"):
+            bm.fit(corpus)
+        return [r.getMessage() for r in caplog.records if r.name.startswith("ragkit")]
+
+    ja = Corpus.from_texts(["東京タワーは東京都港区にある電波塔です。", "富士山は日本で一番高い山です。", "cats"])
+    (msg,) = warnings(BM25(), ja)
+    assert re.search(r"^bm25: 67% of the documents \(3 sampled\) are written in letters outside ASCII, which "
+                     r"tokenizer 'alnum' \(the default\) drops: '東京タワー.*' becomes no term; set "
+                     r"'tokenizer: unicode'", msg), msg
+    fr = Corpus.from_texts(["La crème brûlée est un dessert.", "Le chat dort sur le canapé.", "Il pleut."])
+    (msg,) = warnings(BM25(tokenizer="alnum"), fr)
+    assert "67% of the documents" in msg and "tokenizer 'alnum' drops: 'crème' becomes 'cr', 'me'" in msg, msg
+    assert warnings(BM25(tokenizer="unicode"), ja) == []
+    abstract = "NF-κB activation in T cells raised the cytokines. " + "We measured them in mice of each group. " * 6
+    english = Corpus.from_texts([abstract, "They met at a café in Paris.",
+                                 *(f"Cells divide by mitosis, step {i}." for i in range(8))])
+    assert warnings(BM25(), english) == []
+    assert warnings(BM25(), scifact.corpus) == []
+
+
 def test_bench_quick(tmp_path):
     """bench/bm25.py --quick agrees with rank-bm25; without numba (whose JIT compile takes ~1 min here: the
     numba row is tested in tests/test_benches.py, marked slow).  It writes into a temporary folder
