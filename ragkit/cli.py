@@ -642,14 +642,31 @@ def _one_deeper(pipe: Any) -> dict[str, Any]:
     return {name: {"k": k + 1} for name, k in ks.items()}
 
 
-def _note_depth(run: Any, ks: list[int], corpus: Any, prefix: str = "") -> None:
+def _fewer_found(pipe: Any) -> list[str]:
+    """Why ``pipe`` may return fewer documents than its ``k``, one clause per kind of step it holds: BM25
+    (only documents sharing a term with the query), a filter step, a retriever's metadata filter.  A dense
+    pipeline was told "BM25 returns only ...", and nothing of its filter."""
+    from ragkit.pipelines._compose import iter_leaves
+    from ragkit.retrievers import BM25
+
+    leaves = list(iter_leaves(pipe))
+    return [why for why, held in (
+        ("BM25 returns only documents sharing a term with the query", any(isinstance(s, BM25) for s in leaves)),
+        ("a filter step returns only those that pass it", any(s.kind == "filter" for s in leaves)),
+        ("a metadata filter returns only documents that match it",
+         any(s.kind == "retriever" and getattr(getattr(s, "params", None), "filter", None) is not None
+             for s in leaves))) if held]
+
+
+def _note_depth(run: Any, ks: list[int], corpus: Any, pipe: Any, prefix: str = "") -> None:
     """Say when the pipeline returned fewer documents than a cut-off of ``ks``, and what limits it."""
     depth = max((len(d) for d in run.doc_ids), default=0)
     deeper = [c for c in ks if c > depth]
     if deeper:
+        fewer = _fewer_found(pipe)
         why = (f"the corpus holds {len(corpus)}" if depth >= len(corpus) else
-               "what limits it: a step's k (give the last steps a larger one to measure that depth), or documents "
-               "it did not find (BM25 returns only documents sharing a term with the query)")
+               "what limits it: a step's k (give the last steps a larger one to measure that depth)"
+               + (f", or a step that returns fewer: {'; '.join(fewer)}" if fewer else ""))
         console.print(f"[yellow]note:[/] {escape(prefix)}the pipeline returned at most {depth} documents per query, "
                       f"so the @{', @'.join(map(str, deeper))} metrics count only those; {why}", soft_wrap=True)
 
@@ -811,7 +828,7 @@ def eval_cmd(
     for m, v in result.scores.items():
         table.add_row(m, f"{v:.4f}")
     console.print(table)
-    _note_depth(run, ks, ds.corpus)
+    _note_depth(run, ks, ds.corpus, pipe)
     console.print(_timings_line(t_find + sp.t_load, scored.t_fit, scored.encoded, run.seconds, len(queries), total),
                   soft_wrap=True)
     if trace and run.trace:
@@ -883,7 +900,7 @@ def _eval_subsets(data: str, subs: list[str], pipeline: str, loaded: bool, *, sp
         first = next(iter(one.result.scores))
         console.print(Text(f"{s} / {split} ({len(sp.queries)} queries): {first} {one.result.scores[first]:.4f} · "
                            f"fit {one.t_fit:.2f} s · search {one.run.seconds:.2f} s"), soft_wrap=True)
-        _note_depth(one.run, ks, sp.dataset().corpus, prefix=f"{s}: ")
+        _note_depth(one.run, ks, sp.dataset().corpus, pipe, prefix=f"{s}: ")
         spec = pipe.to_yaml()
         sp.released()
         del pipe  # (the fitted pipeline holds the corpus and its index too)
@@ -1198,7 +1215,7 @@ def search_cmd(
         return
     corpus = pipe.corpus_
     if output is None and run_file is None:
-        _print_results(corpus, batch, run)
+        _print_results(corpus, batch, run, pipe)
     else:
         n_empty = sum(not len(ids) for ids in run.doc_ids)
         console.print(Text(f"searched {len(batch)} quer{'y' if len(batch) == 1 else 'ies'} in {run.seconds:.2f} s"
@@ -1214,12 +1231,13 @@ def search_cmd(
         _fail(e)
 
 
-def _print_results(corpus: Corpus, batch: Any, run: Any) -> None:
+def _print_results(corpus: Corpus, batch: Any, run: Any, pipe: Any) -> None:
     """One table per query: rank, doc id, score, the title (or the text), cut to 80 characters."""
+    fewer = _fewer_found(pipe)
     for q, (_, ids, scores) in zip(batch.texts, run):
         if not len(ids):  # an empty table said nothing
-            console.print(Text(f"{q}: no document found (a BM25 step returns only documents that share a term "
-                               "with the query, a filter only those that pass)", style="dim"), soft_wrap=True)
+            console.print(Text(f"{q}: no document found" + (f" ({'; '.join(fewer)})" if fewer else ""),
+                               style="dim"), soft_wrap=True)
             continue
         table = Table(title=Text(q))
         for col in ("rank", "doc id", "score", "title / text"):

@@ -114,8 +114,9 @@ _SCRIPT_SAMPLE = 1000
 #: characters (SciFact: 11 of 5,183, its Greek "NF-κB", "TNF-α"; French or German text: a few percent, Japanese
 #: or Russian: most) ...
 _SCRIPT_DOC_SHARE = 0.01
-#: ... and ``alnum`` warns at fit where at least this share of the sampled documents count
-_SCRIPT_WARN_SHARE = 0.2
+#: ... and ``alnum`` warns at fit where at least this share of the sampled documents count (a quarter: a toy corpus
+#: of 5 with one French document does not warn)
+_SCRIPT_WARN_SHARE = 0.25
 
 
 def _outside_ascii(texts: Sequence[str]) -> tuple[float, int, str]:

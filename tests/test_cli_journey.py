@@ -470,8 +470,43 @@ def test_search_says_when_a_query_finds_nothing(tmp_path):
     BM25(k=5).fit(read_corpus(_tiny(tmp_path / "d") / "corpus.jsonl")).save(tmp_path / "ix")
     res = _cli("search", "--index", tmp_path / "ix", "the of and", "cats")
     assert res.exit_code == 0, res.output
-    assert "the of and: no document found (a BM25 step returns only documents that share a term" in res.output
+    assert "the of and: no document found (BM25 returns only documents sharing a term with the query)" in res.output
     assert "Cats" in res.output and res.output.count("no document found") == 1
+
+
+def test_the_notes_on_fewer_documents_name_the_steps_of_the_pipeline(tmp_path):
+    """'returned at most N documents ... BM25 returns only documents sharing a term' blamed BM25 for a dense
+    pipeline whose filter cut the lists (examples/filtered.yaml: dense | cosine_adapter), and ``ragkit search``
+    named both BM25 and a filter whatever the pipeline held; each now names the steps the pipeline has."""
+    import numpy as np
+
+    from ragkit.eval.beir import read_corpus
+    from ragkit.filters import ScoreThreshold
+    from ragkit.pipelines import Pipeline
+    from ragkit.retrievers import BM25, Dense
+
+    data = _tiny(tmp_path / "d")
+    (tmp_path / "cut.yaml").write_text("pipeline:\n  - dense: {k: 3}\n  - score_threshold: {threshold: 0.999}\n")
+    res = _cli("eval", "--data", data, "-p", tmp_path / "cut.yaml", "--k", "10")
+    assert res.exit_code == 0, res.output
+    note = res.output[res.output.index("note: the pipeline returned at most"):]
+    assert ("a step's k (give the last steps a larger one to measure that depth), or a step that returns fewer: a "
+            "filter step returns only those that pass it\n") in note, note
+    assert "BM25" not in note
+    res = _cli("eval", "--data", data, "-p", "bm25", "--k", "10")
+    note = res.output[res.output.index("note: the pipeline returned at most"):]
+    assert "or a step that returns fewer: BM25 returns only documents sharing a term with the query\n" in note, note
+    corpus = read_corpus(data / "corpus.jsonl")
+    corpus = type(corpus)(ids=corpus.ids, texts=corpus.texts, titles=corpus.titles,
+                          metadata={"lang": np.array(["en", "en", "en", "fr", "en"], dtype=object)})
+    Pipeline([Dense(k=3), ScoreThreshold(threshold=0.999)]).fit(corpus).save(tmp_path / "ix")
+    res = _cli("search", "--index", tmp_path / "ix", "cats")
+    assert res.exit_code == 0, res.output
+    assert "cats: no document found (a filter step returns only those that pass it)" in res.output, res.output
+    BM25(k=3, filter={"lang": "fr"}).fit(corpus).save(tmp_path / "ix2")
+    res = _cli("search", "--index", tmp_path / "ix2", "cats")
+    assert ("cats: no document found (BM25 returns only documents sharing a term with the query; a metadata filter "
+            "returns only documents that match it)") in res.output, res.output
 
 
 def test_eval_depth_identical_ids_and_the_settings_it_ran_with(tmp_path):
