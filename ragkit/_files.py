@@ -11,7 +11,9 @@ import hashlib
 import importlib
 import importlib.util
 import os
+import re
 import secrets
+import stat
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,7 +23,7 @@ from ragkit.errors import ArtifactError, DataError, InputTypeError
 
 __all__ = ["atomic_file", "sha256_file", "folder_checksums", "verify_checksums", "saved_relpath", "check_inside",
            "utf8_lines", "shared_tempdir", "remove_stale_tempdirs", "share_like_umask", "share_file_like_umask",
-           "user_path", "folder_lock"]
+           "user_path", "folder_lock", "remove_stale_tempfiles"]
 
 #: seconds a save waits for the loads of the folder it replaces to finish (then it replaces it anyway: those
 #: loads notice and load again); a load waits as long for a save's swap, which holds the lock for microseconds
@@ -41,9 +43,12 @@ def user_path(path: object, where: str) -> Path:
 
 
 @contextmanager
-def atomic_file(path: str | Path) -> Iterator[Path]:
+def atomic_file(path: str | Path, *, owner: bool = False) -> Iterator[Path]:
     """Yield a unique temporary path beside ``path`` (same suffix, so ``np.save`` and
-    ``safetensors`` keep the name); when the block ends it is renamed onto ``path``
+    ``safetensors`` keep the name), ``.<stem>.<pid>-<random>.tmp<suffix>``, or with ``owner=True``
+    ``.<stem>.<pid>@<host>-<random>.tmp<suffix>`` (one a killed process left behind is then found and
+    removed by :func:`remove_stale_tempfiles`, the rule of :func:`remove_stale_tempdirs`); when the block
+    ends it is renamed onto ``path``
     (``os.replace``), and deleted if the block raises (a deletion that fails, on a read-only file system,
     say, is ignored: the block's own error is the one raised).  A ``path`` that exists and is no regular file
     (a folder, a pipe, a device) is an :class:`ArtifactError` before the block runs.  A symbolic link
@@ -64,7 +69,8 @@ def atomic_file(path: str | Path) -> Iterator[Path]:
     if os.path.lexists(path) and not path.is_file():  # a rename would replace a folder's name, a pipe or a device
         raise ArtifactError(f"{path}: exists and is not a regular file (a folder, pipe or device); expected a path "
                             "to write a file to")
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}-{secrets.token_hex(4)}.tmp{path.suffix}")
+    tag = f"{os.getpid()}@{_hostname()}" if owner else str(os.getpid())
+    tmp = path.with_name(f".{path.stem}.{tag}-{secrets.token_hex(4)}.tmp{path.suffix}")
     try:
         yield tmp
         os.replace(tmp, path)
@@ -338,6 +344,56 @@ def remove_stale_tempdirs(parent: Path, prefix: str) -> list[Path]:
         shutil.rmtree(entry, ignore_errors=True)
         removed.append(entry)
     return removed
+
+
+#: a temporary file of :func:`atomic_file`: ``.<stem>.<pid>[@<host>]-<8 hex>.tmp<suffix>`` (the stem is as short as
+#: it can be: a host name may hold dots)
+_TEMPFILE = re.compile(r"(\..+?\.)(\d+)(@.+)?-[0-9a-f]{8}\.tmp(\.[^.]*)?")
+
+#: seconds a temporary file without a host in its name (written before :func:`atomic_file` had ``owner``) stays
+#: untouched before :func:`remove_stale_tempfiles` takes an ended process id in it for this host's
+UNTAGGED_TEMPFILE_AGE_S = 24 * 3600.0
+
+
+def remove_stale_tempfiles(folder: Path) -> list[tuple[Path, int]]:
+    """Remove the temporary files of :func:`atomic_file` in ``folder`` whose writer has ended: those named
+    with ``owner=True`` (``.<stem>.<pid>@<host>-...``) whose process ran on this host and no longer runs
+    (:func:`owner_ended`, the rule of :func:`remove_stale_tempdirs`), and untagged ones (``.<stem>.<pid>-...``,
+    written by an older ragkit) whose process id runs nowhere here and which nobody has written for
+    :data:`UNTAGGED_TEMPFILE_AGE_S` (a writer on another host of a shared disk keeps writing its file).
+    Returns ``(path, bytes)`` of each removed; a file of a live process, of another host, or that cannot be
+    removed is left alone."""
+    host = _hostname()
+    removed = []
+    try:
+        entries = [e for e in Path(folder).iterdir() if e.name.startswith(".") and ".tmp" in e.name]
+    except OSError:
+        return []
+    now = time.time()
+    for entry in entries:
+        m = _TEMPFILE.fullmatch(entry.name)
+        if m is None:
+            continue
+        try:
+            st = entry.lstat()
+            if not stat.S_ISREG(st.st_mode):
+                continue
+            if m.group(3) is not None:
+                if not owner_ended(entry.name, m.group(1), host):
+                    continue
+            elif _alive(int(m.group(2))) or now - st.st_mtime < UNTAGGED_TEMPFILE_AGE_S:
+                continue
+            entry.unlink()
+        except OSError:
+            continue
+        removed.append((entry, int(st.st_size)))
+    return removed
+
+
+def _hostname() -> str:
+    import socket
+
+    return socket.gethostname()
 
 
 def owner_ended(name: str, prefix: str, host: str | None = None) -> bool:
