@@ -135,10 +135,15 @@ class TokenOperatorMixin(TunedEncoderMixin):
         save_encoder_key(folder, self.token_encoder)
 
     def _load_tokens(self, folder: Path, mmap: bool) -> None:
+        """Read the saved token vectors, always memory-mapped (read-only), whatever ``mmap`` says: a search
+        gathers only its candidates' tokens (maxsim_exact reads them in chunks), so they need not be held
+        (SciFact's are 910 MB of float16, a million documents' ~175 GB), as dense keeps its rescoring floats
+        on disk.  A later save over the same folder writes new files and swaps the folders; the map keeps
+        the replaced file's data until it is dropped (POSIX), so the operator keeps searching what it loaded."""
         self._load_encoder(folder)
         check_encoder_key(folder, self.token_encoder, self.name, self.encoder_model)
         # (a load whose checksums were verified has already read every byte: the NaN scan would be a second pass)
-        tv = TokenVectors.load(folder, "tokens", mmap=mmap, finite=not self._verified)
+        tv = TokenVectors.load(folder, "tokens", mmap=True, finite=not self._verified)
         if len(tv) != len(self.corpus_):
             raise ArtifactError(f"{folder}: token vectors hold {len(tv)} documents, the corpus {len(self.corpus_)}")
         self.tokens_ = tv
@@ -251,7 +256,9 @@ class Muvera(TokenOperatorMixin, Operator):
     is built from all its tokens with the same seeded matrices; the top ``candidates``
     documents by FDE inner product are rescored with exact Chamfer (batched over all
     query-candidate pairs) and the top ``k`` returned with their Chamfer scores.
-    ``rerank=False`` returns the FDE scores instead.
+    ``rerank=False`` returns the FDE scores instead.  A loaded muvera (as ``maxsim`` and
+    ``maxsim_exact``) memory-maps its saved token vectors, whatever ``load``'s ``mmap`` (which
+    applies to the FDE index): a search reads only its candidates' tokens.
 
     The defaults are the paper's (``k_sim=5, d_proj=16, r_reps=20``: 10,240 dims, made for
     128-d ColBERT vectors).  For 384-d MiniLM tokens, fewer buckets with wider projections do
@@ -308,22 +315,17 @@ class Muvera(TokenOperatorMixin, Operator):
 
     def _fit(self, corpus: Corpus, train: TrainSet | None, upstream: State | None) -> None:
         p = self.params
-        if p.projection == "identity":  # before any encoding: the size needs the token dimension
-            dim = self.token_encoder.dim
-            full = p.r_reps * 2**p.k_sim * dim
-            try:
-                check_fde_size(full, f"r_reps * 2**k_sim * the {dim}-d tokens (projection: identity)")
-            except ValueError as e:
-                raise ParamError(f"muvera: {e}") from None
-            if p.d_final is not None and p.d_final >= full:  # as the validator does for ams / countsketch
-                raise ParamError(f"muvera.d_final: d_final ({p.d_final:,}) must be smaller than r_reps * 2**k_sim * "
-                                 f"the {dim}-d tokens = {full:,} (projection: identity): a final projection is for "
-                                 "shrinking the FDE", path="muvera.d_final")
-        elif p.model.lower() in KNOWN_DIMS:  # a known width: checked before encoding (no model loaded)
-            self._check_d_proj(KNOWN_DIMS[p.model.lower()])
+        known = KNOWN_DIMS.get(p.model.lower())  # a known width: checked before encoding, no model loaded
+        if p.projection == "identity":  # before any encoding: the size needs the token dimension (a tuned
+            # model's is its base model's; an unknown model is loaded for it, 0.3 s and 30 MB for MiniLM)
+            self._check_identity_size(known if known is not None else self.token_encoder.dim)
+        elif known is not None:
+            self._check_d_proj(known)
         self._fit_tokens(corpus, train)
         if p.projection != "identity":
             self._check_d_proj(self.tokens_.dim)
+        elif known is not None and self.tokens_.dim != known:  # (the table's width is the encoded one)
+            self._check_identity_size(self.tokens_.dim)
         if p.prune is not None:
             n_tok = self.tokens_.n_tokens
             if p.centroids > n_tok:
@@ -339,6 +341,20 @@ class Muvera(TokenOperatorMixin, Operator):
         # chunk by chunk into the index's storage: never the whole float32 FDE matrix for f16 / i8 exact search
         self.index_ = self._new_index().build_chunks(len(tv), fde_dim(cfg, tv.dim),
                                                      lambda: fde_document_chunks(tv.data, tv.offsets, cfg))
+
+    def _check_identity_size(self, dim: int) -> None:
+        """ParamError when the identity FDE of ``dim``-d tokens exceeds :data:`MAX_FDE_DIM`, or ``d_final``
+        does not shrink it."""
+        p = self.params
+        full = p.r_reps * 2**p.k_sim * dim
+        try:
+            check_fde_size(full, f"r_reps * 2**k_sim * the {dim}-d tokens (projection: identity)")
+        except ValueError as e:
+            raise ParamError(f"muvera: {e}") from None
+        if p.d_final is not None and p.d_final >= full:  # as the validator does for ams / countsketch
+            raise ParamError(f"muvera.d_final: d_final ({p.d_final:,}) must be smaller than r_reps * 2**k_sim * "
+                             f"the {dim}-d tokens = {full:,} (projection: identity): a final projection is for "
+                             "shrinking the FDE", path="muvera.d_final")
 
     def _check_d_proj(self, dim: int) -> None:
         """ParamError when ``d_proj`` exceeds the token dimension ``dim`` (as dense refuses a ``reduce``
