@@ -623,7 +623,8 @@ class Operator:
     @classmethod
     def load(cls, path: str | Path, corpus: Corpus | None = None, *, mmap: bool = False,
              verify: bool = True) -> Self:
-        """Load an operator saved with :meth:`save`.  ``mmap=True`` memory-maps large arrays/indexes.
+        """Load an operator saved with :meth:`save`.  ``mmap=True`` memory-maps large arrays/indexes (token vectors of
+        ``muvera``/``maxsim``/``maxsim_exact`` are mapped whatever ``mmap`` says).
 
         The files' checksums (``checksums.json``) are verified first unless ``verify=False``
         (the artifacts' own checks still refuse a truncated or corrupt index).  A folder
