@@ -1342,6 +1342,19 @@ class atomic_dir:
             os.chdir(target if target.is_dir() else self.path)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
+        _remove_superseded_saves(self.path)
+
+
+def _remove_superseded_saves(path: Path) -> None:
+    """Delete the earlier saves ``.<name>.old-*`` that saves killed between their two renames left beside ``path``
+    once this save is at ``path`` (the next load or save renames one back while ``path`` is missing; one left
+    while a later save had already written ``path`` stayed for ever): only those whose save has ended
+    (:func:`_saver_running`), logged."""
+    for old in _old_saves(path):
+        if not _saver_running(old, path):
+            shutil.rmtree(old, ignore_errors=True)
+            _log.info(f"{path}: removed {old.name}, an earlier save a killed save had left beside it (this save "
+                      "replaces it)")
 
 
 def _exchange(a: Path, b: Path) -> bool:

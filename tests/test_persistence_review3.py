@@ -152,6 +152,22 @@ def test_an_earlier_save_moved_aside_by_a_live_save_is_named_not_taken(corpus, t
     assert not (tmp_path / "ix").exists()
 
 
+def test_an_earlier_save_left_beside_a_folder_saved_again_is_removed_by_the_next_save(corpus, tmp_path):
+    """``.ix.old-*`` left by a killed save while ``ix`` was written again (so no load restored it) stayed for
+    ever; the next save removes it once its save has ended, and leaves one a live save may still rename."""
+    import shutil
+    import socket
+
+    BM25(k=3).fit(corpus).save(tmp_path / "ix")
+    shutil.copytree(tmp_path / "ix", tmp_path / ".ix.old-abcd1234")  # its save ended: no temporary folder
+    shutil.copytree(tmp_path / "ix", tmp_path / ".ix.old-live5678")
+    (tmp_path / f".ix.tmp-{os.getpid()}@{socket.gethostname()}-live5678").mkdir()  # a save of this live process
+    BM25(k=4).fit(corpus).save(tmp_path / "ix")
+    assert Operator.load(tmp_path / "ix").params.k == 4
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".ix.old-live5678", f".ix.tmp-{os.getpid()}@"
+                                                          f"{socket.gethostname()}-live5678", "ix"]
+
+
 # ---------------------------------------------------------------- 3. crafted BM25 arrays, memory-mapped
 def test_a_bm25_folder_with_out_of_range_ids_is_refused_memory_mapped_too(corpus, tmp_path):
     """Checksums recomputed over crafted document ids: a memory-mapped load skipped the range check, and the
