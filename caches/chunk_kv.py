@@ -109,7 +109,12 @@ Damaged files.  Each file's metadata also keeps ``sha256``, a digest of its tens
 metadata, checked when the variant is read: a file cut short, with a header that does not parse,
 or whose content differs from its digest (a changed byte of keys or values would load and serve
 other rows) is deleted with a warning on the ``ragkit`` logger, and the chunk is computed again.
-Files written before the digest was kept have none and are read unchecked, as before.
+The metadata names the chunk (``key``, under the digest) and its length (``n_tokens``): a file in
+the folder of another chunk (moved or copied there) is damaged there too.  Files written before the
+digest (or the key) was kept have none and are read unchecked, as before; a generator still drops
+(and deletes) a variant whose length is not its chunk's (:meth:`ChunkKVCache.lookup`'s ``n_tokens``).
+A file of another model is an error (:class:`CacheModelMismatchError`, naming it), never deleted: it
+may be that model's valid data.
 
 Persistence.  The memory tier reaches the disk tier on eviction, on :meth:`ChunkKVCache.flush`, and
 when the store goes: garbage-collected, or still alive when the process exits (a ``weakref.finalize``
@@ -573,26 +578,33 @@ class ChunkKVCache:
         return self.disk_dir is not None and (self.disk_dir / key).is_dir()
 
     # ------------------------------------------------------------------ access
-    def lookup(self, key: str) -> list[ChunkVariant]:
+    def lookup(self, key: str, n_tokens: int | None = None) -> list[ChunkVariant]:
         """All variants of ``key``: those in memory, then the disk variants of other contexts.
 
         Counts a hit or a miss (and a disk hit when a variant came from disk).  Variants read
         from disk are returned even when the memory budget cannot hold them; those that fit
-        are kept in memory.
+        are kept in memory.  With ``n_tokens`` (the chunk's length), a variant of another length
+        is not the chunk's (a file of an older ragkit, which did not name its chunk, copied into
+        another chunk's folder): it is dropped, its disk file deleted, with a warning on the
+        ``ragkit`` logger.
         """
         with self._lock:
-            return self._lookup(key)
+            return self._lookup(key, n_tokens)
 
-    def _lookup(self, key: str) -> list[ChunkVariant]:
+    def _lookup(self, key: str, n_tokens: int | None = None) -> list[ChunkVariant]:
         self._tick += 1
         self._dirty = True
         if self._tick % self._clock_step == 0:
             self._mark_clock()
+        if n_tokens is not None:
+            self._drop_other_lengths(key, list(self._mem.get(key, ())), n_tokens)
         variants = list(self._mem.get(key, ()))
         room = self.max_variants - len(variants)
         if self.disk_dir is not None and room > 0:  # max_variants in memory: no disk file is opened
             # a chunk holds max_variants: the most useful, ranked by their headers before any tensor is read
             from_disk = self._read_disk(key, skip={v.file_stem for v in variants}, limit=room)
+            if n_tokens is not None:
+                from_disk = [v for v in from_disk if not self._drop_other_lengths(key, [v], n_tokens)]
             if from_disk:
                 self.stats.disk_hits += 1
                 pinned: list[ChunkVariant] = []  # read by this lookup: kept in memory as far as they fit
@@ -606,6 +618,26 @@ class ChunkKVCache:
             return []
         self.stats.hits += 1
         return variants
+
+    def _drop_other_lengths(self, key: str, variants: list[ChunkVariant], n_tokens: int) -> bool:
+        """Drop those of ``variants`` (of ``key``, in memory or just read from disk) whose length is not
+        ``n_tokens``, the chunk's, their disk files with them, with a warning; whether any was dropped."""
+        dropped = False
+        for v in variants:
+            if v.n_tokens == n_tokens:
+                continue
+            dropped = True
+            where = f"{self.disk_dir / key / f'{v.file_stem}.safetensors'}: " if self.disk_dir is not None else ""
+            _log.warning(f"{where}chunk-cache variant of {v.n_tokens} tokens under key {key}, whose chunk has "
+                         f"{n_tokens}: not this chunk's rows (a file copied into another chunk's folder); deleted, "
+                         "its chunk is computed again")
+            lst = self._mem.get(key, [])
+            i = next((i for i, x in enumerate(lst) if x is v), None)
+            if i is not None:
+                self._drop(key, i, spill=False, forget=True)
+            elif self.disk_dir is not None:
+                (self.disk_dir / key / f"{v.file_stem}.safetensors").unlink(missing_ok=True)
+        return dropped
 
     def touch(self, variant: ChunkVariant, cfo: float) -> None:
         """Record one reuse of ``variant`` with the given Cache Fix Overhead (decayed count)."""
@@ -884,7 +916,7 @@ class ChunkKVCache:
                 raise CacheModelMismatchError(
                     f"{folder}: this chunk-cache folder was written for model {got[0]!r} with tokenizer {got[1]!r}, "
                     f"but it was opened for model {self.model_id!r} with tokenizer {self.tokenizer_id!r}; "
-                    f"use another disk_dir for this model"
+                    f"use another cache folder for this model (disk_dir; ragkit ask: --cache-dir)"
                 )
         else:  # written whole or not at all: another process may open the folder at the same moment
             try:
@@ -922,7 +954,10 @@ class ChunkKVCache:
             gone = {stem: ident for _, stem, ident in sorted(ranked)[:extra]}
         if v.file_stem not in gone:
             tensors, meta = v.to_tensors()
-            meta.update(model_id=self.model_id, tokenizer_id=self.tokenizer_id, store=self._sid(),
+            # key and n_tokens: the digest ties the file to its chunk (one copied into another chunk's folder is
+            # damaged there)
+            meta.update(model_id=self.model_id, tokenizer_id=self.tokenizer_id, key=key, n_tokens=str(v.n_tokens),
+                        store=self._sid(),
                         last_tick=str(v.last_tick), tick=str(self._tick), written_ns=str(time.time_ns()),
                         used_ns=str(self._ns_at(v.last_tick)))
             meta["sha256"] = _file_digest(tensors, meta)  # checked on read: a changed byte is a damaged file
@@ -971,6 +1006,8 @@ class ChunkKVCache:
         try:
             with safe_open(str(f), framework="pt") as fh:
                 meta = fh.metadata() or {}
+                if _misplaced(meta, f, fh.get_slice("keys").get_shape()):  # not this chunk's: no history of it
+                    return None
             return (float(meta["reuse"]) * self._decay(self._last_tick_of(meta, _written_ns(meta, f))),
                     float(meta["cfo_sum"]), int(meta["cfo_n"]))
         except (OSError, SafetensorError, KeyError, ValueError, TypeError):
@@ -999,10 +1036,11 @@ class ChunkKVCache:
         (permissions: a miss, with a warning naming it once per process) or, with ``exact_only``, not exact
         in this store.
 
-        Damaged: cut short, a header or metadata that does not parse, or content that differs from the
+        Damaged: cut short, a header or metadata that does not parse, content that differs from the
         ``sha256`` digest of its tensors and metadata written with it (a changed byte would otherwise load
-        and serve other keys and values).  A file written before the digest was kept has none and is
-        read as before.
+        and serve other keys and values), or metadata naming another chunk than its key folder's (a file
+        moved or copied there) or another length than its keys'.  A file written before the digest (or
+        the key) was kept has none and is read as before.
 
         Raises :class:`CacheModelMismatchError` for a file of another model and
         :class:`~ragkit.errors.ArtifactError` when the file cannot be read for another reason (I/O).
@@ -1013,8 +1051,15 @@ class ChunkKVCache:
             with safe_open(str(f), framework="pt") as fh:
                 meta = fh.metadata() or {}
                 if (meta.get("model_id"), meta.get("tokenizer_id")) != (self.model_id, self.tokenizer_id):
+                    # never deleted: it may be another model's valid data, put in this model's folder
                     raise CacheModelMismatchError(
-                        f"{f}: chunk-cache file of model {meta.get('model_id')!r}, expected {self.model_id!r}")
+                        f"{f}: chunk-cache file of model {meta.get('model_id')!r} with tokenizer "
+                        f"{meta.get('tokenizer_id')!r}, expected model {self.model_id!r} with tokenizer "
+                        f"{self.tokenizer_id!r}: another model's file in this model's chunk-cache folder; delete this "
+                        "file, or use another cache folder (disk_dir; ragkit ask: --cache-dir)")
+                misplaced = _misplaced(meta, f, fh.get_slice("keys").get_shape())
+                if misplaced:
+                    raise ValueError(misplaced)
                 if exact_only:
                     rows = _ST_DTYPES.get(fh.get_slice("keys").get_dtype(), "")
                     if not self._exact_here(meta.get("exact") == "1", meta.get("exact_at", ""), rows)[0]:
@@ -1222,6 +1267,19 @@ def _flush_dropped(state: dict) -> None:
                              f"({type(e).__name__}: {e}); its new chunks will be computed again\n")
         except Exception:  # noqa: BLE001 -- stderr closed
             pass
+
+
+def _misplaced(meta: dict[str, str], f: Path, keys_shape: Sequence[int]) -> str:
+    """Why the variant file ``f`` (metadata ``meta``, keys of shape ``keys_shape``) does not hold rows of the chunk
+    its key folder names, in words; ``""`` when it does, or cannot tell (a file written before ``key`` and
+    ``n_tokens`` were kept)."""
+    folder = f.parent.name
+    if "key" in meta and meta["key"] != folder:
+        return (f"it holds the rows of chunk {meta['key']}, not of chunk {folder} whose folder it is in (a file "
+                "moved or copied there)")
+    if "n_tokens" in meta and (len(keys_shape) != 4 or str(keys_shape[2]) != meta["n_tokens"]):
+        return f"its metadata says {meta['n_tokens']} tokens, its keys have shape {list(keys_shape)}"
+    return ""
 
 
 def _written_ns(meta: dict[str, str], f: Path) -> int:

@@ -1326,8 +1326,9 @@ class LocalGenerator:
                 f"with the system prompt ({len(seg.system):,} tokens) leaves no room in the model's context of "
                 f"{limit:,} tokens, whatever the chunks; shorten the question", "question")
         longest = max((len(c) for c in seg.chunks), default=0)
+        n_chunks = f"{len(seg.chunks)} chunk{'' if len(seg.chunks) == 1 else 's'}"
         raise ParamError(
-            f"LocalGenerator: the prompt is {len(seg):,} tokens ({len(seg.chunks)} chunks, the longest {longest:,} "
+            f"LocalGenerator: the prompt is {len(seg):,} tokens ({n_chunks}, the longest {longest:,} "
             f"tokens; max_chunk_tokens {self.max_chunk_tokens:,}; the question {n_q:,} tokens), which leaves no "
             f"room in the model's context of {limit:,} tokens; give the generator fewer chunks (generate's top_k, "
             f"ragkit ask --top-k) or shorter ones (max_chunk_tokens)", "max_chunk_tokens")
@@ -1460,6 +1461,7 @@ class LocalGenerator:
         T = len(seg)
         starts, ckeys, sys_id = seg.starts(), self._chunk_keys(seg), self._sys_id(seg)
         lens = [len(c) for c in seg.chunks]
+        sys_fresh = tuple(seg.system) not in self._sys_cache  # computed by this prefill: counted as computed
         Ks, Vs = self._system_rows(seg.system)
         parts_k, parts_v = [Ks], [Vs]
         chosen: list[ChunkVariant | None] = []
@@ -1467,7 +1469,8 @@ class LocalGenerator:
         exact = np.zeros(n, dtype=bool)
         hits = misses = 0
         for i in range(n):
-            variants = cache.lookup(ckeys[i])
+            # (a variant of another length is not this chunk's: the store drops it, it is computed again)
+            variants = [v for v in cache.lookup(ckeys[i], n_tokens=lens[i]) if v.n_tokens == lens[i]]
             if not variants:
                 misses += 1
                 chosen.append(None)
@@ -1589,7 +1592,7 @@ class LocalGenerator:
         # layer-token work in units of whole tokens: candidates dropped at the check layer ran
         # check_layer + 1 of the L layers
         dropped = len(pos) - len(kept_np)
-        n_comp = len(kept_np) + dropped * (self.check_layer + 1) / L
+        n_comp = len(kept_np) + dropped * (self.check_layer + 1) / L + (len(seg.system) if sys_fresh else 0)
         return Prefill(logits, keys, values, T, n_comp, 0.0, mode, frac, hits, misses)
 
     # ------------------------------------------------------------------ decoding
