@@ -297,7 +297,7 @@ def test_generate_langchain_saves_loads_and_honours_its_parameters(tmp_path):
     assert loaded(state).values["answer"] == ["x", "y"]
     empty = Generate(backend="langchain", system_prompt="").with_chat_model(FakeListChatModel(responses=["x"]))
     assert empty.engine_.messages("q", [])[0].content == ""
-    with pytest.raises(ParamError, match="max_new_tokens set, but they configure the local backend only"):
+    with pytest.raises(ParamError, match="max_new_tokens set, but it configures the local backend only"):
         Generate(backend="langchain", max_new_tokens=5)
     with pytest.raises(ParamError, match="only with backend='langchain'"):
         Generate().with_chat_model(FakeListChatModel(responses=["x"]))

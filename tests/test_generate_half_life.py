@@ -56,7 +56,7 @@ def test_refused_without_a_disk_tier():
         Generate(disk_half_life_s=60)
     with pytest.raises(ParamError, match=r"disk_half_life_s=None has no effect without cache_dir"):
         Pipeline.from_yaml("pipeline:\n  - generate: {disk_half_life_s: null}\n")
-    with pytest.raises(ParamError, match=r"disk_half_life_s set, but they configure the local backend only"):
+    with pytest.raises(ParamError, match=r"disk_half_life_s set, but it configures the local backend only"):
         Generate(backend="langchain", disk_half_life_s=60)
 
 
@@ -107,3 +107,9 @@ def test_the_value_reaches_the_chunk_cache(tiny, tmp_path):  # noqa: F811
         assert isinstance(engine, LocalGenerator)
         cache = engine.load().chunk_cache
         assert cache is not None and cache.disk_half_life_s == expected
+
+
+def test_several_local_only_settings_with_langchain_are_named_in_the_plural():
+    with pytest.raises(ParamError, match=r"max_new_tokens, disk_half_life_s set, but they configure the local backend "
+                                         r"only; .* so drop them"):
+        Generate(backend="langchain", max_new_tokens=5, disk_half_life_s=60.0)

