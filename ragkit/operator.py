@@ -442,17 +442,34 @@ class Operator:
         pipeline on them).  Recorded by every fit that uses its training queries
         (:attr:`uses_training_queries`; the judged ones for a learner, :meth:`training_queries_read`;
         a refit without them forgets) and saved with the operator
-        (``trained_queries.npy``: one 64-bit digest per query, no text)."""
-        taught, stack = [], [self]
+        (``trained_queries.npy``: two 64-bit digests per query, :func:`query_digests`; no text).
+
+        A query of ``queries`` not listed whose text (:func:`~ragkit.types.normalised_text`: whitespace and
+        case aside) is a learned query's, under another id, is warned of on the ``ragkit`` logger (count and
+        ids): a test question put in the training set under a new id.  Not refused: SciFact's test split
+        holds 2 queries with the text of train queries.  Operators saved before the text was recorded
+        (one digest per query) are checked by id and text only."""
+        from ragkit.types import warn_same_text
+
+        taught, texts, stack = [], [], [self]
         while stack:
             op = stack.pop()
             stack.extend(op.children())
             digests: np.ndarray | None = getattr(op, "trained_on_", None)
             if digests is not None:
-                taught.append(digests)
+                digests = np.asarray(digests)
+                taught.append(digests if digests.ndim == 1 else digests[:, 0])  # (saved before: one per query)
+                if digests.ndim == 2:
+                    texts.append(digests[:, 1])
         if not taught or not len(queries):
             return []
-        return [queries.ids[i] for i in np.flatnonzero(np.isin(query_digests(queries), np.concatenate(taught)))]
+        mine = query_digests(queries)
+        learned = np.isin(mine[:, 0], np.concatenate(taught))
+        if texts:
+            same = np.flatnonzero(~learned & np.isin(mine[:, 1], np.concatenate(texts)))
+            warn_same_text([queries.ids[i] for i in same], len(queries),
+                           f"{self.name or type(self).__name__}.learned_from", "a query it learned from")
+        return [queries.ids[i] for i in np.flatnonzero(learned)]
 
     def train_refusal(self) -> Exception | None:
         """The error ``fit`` raises when it gets no judged queries (``train=None``), or None when
@@ -1006,10 +1023,17 @@ def _how_texts_differ(folder: Path, corpus: Corpus) -> str:
 
 
 def query_digests(queries: Queries) -> np.ndarray:
-    """One ``uint64`` per query, shape ``(n,)``: the first 8 bytes of SHA-1 over its id and text, so
-    the same query (id and text) has the same digest in any dataset (:meth:`Operator.learned_from`)."""
-    return np.array([int.from_bytes(hashlib.sha1(f"{i}\x00{t}".encode("utf-8", "surrogatepass")).digest()[:8],
-                                    "little") for i, t in zip(queries.ids, queries.texts)], dtype=np.uint64)
+    """Two ``uint64`` per query, shape ``(n, 2)``: the first 8 bytes of SHA-1 over its id and text (column 0:
+    the same query, id and text, has the same digest in any dataset), and over its text alone,
+    :func:`~ragkit.types.normalised_text` (column 1: the same question under another id), for
+    :meth:`Operator.learned_from`.  (Operators saved before recorded column 0 alone, shape ``(n,)``.)"""
+    from ragkit.types import normalised_text
+
+    def digest(s: str) -> int:
+        return int.from_bytes(hashlib.sha1(s.encode("utf-8", "surrogatepass")).digest()[:8], "little")
+
+    return np.array([(digest(f"{i}\x00{t}"), digest(normalised_text(t))) for i, t in zip(queries.ids, queries.texts)],
+                    dtype=np.uint64).reshape(len(queries), 2)
 
 
 def check_fit_inputs(corpus: Any, train: Any, where: str) -> None:

@@ -1293,7 +1293,9 @@ class TrainSet:
     BEIR's columns ``query-id``, ``corpus-id``, ``score`` (one row per judgement), or the path of a
     qrels file (BEIR TSV or trec_eval's, read with :func:`ragkit.eval.read_qrels`).  Queries may be
     left unjudged (qrels for one split, queries of every split): learners use the judged ones only,
-    and only those are recorded as learned from (:meth:`Operator.learned_from`).
+    and only those are recorded as learned from (:meth:`Operator.learned_from`).  Judgements of queries
+    whose text is not given teach nothing: a warning on the ``ragkit`` logger says how many (and which).
+    The arguments swapped, ``TrainSet(qrels, queries)``, are a :class:`DataError` saying so.
     """
 
     queries: Queries
@@ -1305,6 +1307,7 @@ class TrainSet:
 
     def __post_init__(self) -> None:
         queries = self.queries
+        _refuse_swapped(queries, self.qrels)
         if isinstance(queries, Mapping):  # {query_id: text}
             queries = Queries.from_texts(queries)
         pd = sys.modules.get("pandas")
@@ -1339,6 +1342,15 @@ class TrainSet:
             raise DataError(f"TrainSet: none of the queries judged positive in the qrels ({some_ids(self.qrels)}) is "
                             f"one of the {len(ids)} training queries ({some_ids(self.queries.ids)}); the qrels must "
                             "be keyed by the queries' ids")
+        textless = [q for q, rel in self.qrels.items() if rel and q not in ids]
+        if textless:  # (judgements of queries whose text was not given teach nothing: said, not dropped silently)
+            logging.getLogger("ragkit").warning(
+                "TrainSet: %d of the %d queries judged in the qrels (%s) %s not among the %d training queries, "
+                "whose texts were given (%s); %s not learned from: give %s in queries to learn from %s",
+                len(textless), sum(1 for rel in self.qrels.values() if rel), some_ids(textless),
+                "is" if len(textless) == 1 else "are", len(ids), some_ids(self.queries.ids),
+                *(("its judgements are", "its text", "it") if len(textless) == 1 else
+                  ("their judgements are", "their texts", "them")))
 
     def __repr__(self) -> str:
         judged = sum(1 for q in self.queries.ids if self.qrels.get(q))
@@ -1359,6 +1371,14 @@ class TrainSet:
         (:func:`usable_query_ids`): those a learner can learn from."""
         return usable_query_ids(self.queries.ids, self.qrels, corpus, min_grade)
 
+    def same_text(self, queries: Queries) -> list[str]:
+        """The ids of ``queries``, in their order, whose text is that of a training query with another id
+        (:func:`normalised_text`: whitespace and case aside): a training set built with test questions
+        under new ids, which a check of shared ids misses.  (A query with a training query's id is not
+        listed: an id check finds it.)"""
+        texts, ids = {normalised_text(t) for t in self.queries.texts}, set(self.queries.ids)
+        return [q for q, t in zip(queries.ids, queries.texts) if q not in ids and normalised_text(t) in texts]
+
     def check_corpus(self, corpus: "Corpus") -> None:
         """Refuse judgements that name no document of ``corpus``: learning would see no relevant
         document anywhere (nDCG 0 for every choice) and keep its defaults without a word.
@@ -1372,9 +1392,15 @@ class TrainSet:
         ids = set(self.queries.ids)
         positives = {d for q, rel in self.qrels.items() if q in ids for d, v in rel.items() if v > 0}
         if not len(corpus.row_of(positives, missing="drop")):
+            missing = sorted(positives)
+            respelt = _respelt(missing, corpus.ids)
+            how = "the qrels must use the corpus's document ids"
+            if 2 * len(respelt) > len(missing):  # every id in another scheme (zero-padded: '0001550937')
+                how = (f"the qrels spell the corpus's document ids another way ({_pairs(respelt)}; {len(respelt)} of "
+                       f"the {len(missing)}): rename them to the corpus's ids")
             raise DataError(f"fit: none of the {len(positives)} documents judged relevant for the training queries "
-                            f"({some_ids(sorted(positives))}) is in the corpus of {len(corpus)} documents "
-                            f"({some_ids(corpus.ids)}); the qrels must use the corpus's document ids")
+                            f"({some_ids(missing)}) is in the corpus of {len(corpus)} documents "
+                            f"({some_ids(corpus.ids)}); {how}")
         relevant = self.usable()
         usable = set(self.usable(corpus))
         lost = [q for q in relevant if q not in usable]
@@ -1387,10 +1413,9 @@ class TrainSet:
                 f"{some_ids(missing)}; the corpus holds {some_ids(corpus.ids)})")
         respelt = _respelt(missing, corpus.ids) if 2 * len(lost) > len(relevant) else {}
         if 2 * len(respelt) > len(missing):
-            pairs = ", ".join(f"{d!r} for {c!r}" for d, c in list(respelt.items())[:3])
             raise DataError(f"fit: {what}; learning would read {len(usable)} quer{'y' if len(usable) == 1 else 'ies'}. "
-                            f"The qrels spell the corpus's document ids another way ({pairs}; {len(respelt)} of the "
-                            f"{len(missing)} missing ones): rename them to the corpus's ids")
+                            f"The qrels spell the corpus's document ids another way ({_pairs(respelt)}; "
+                            f"{len(respelt)} of the {len(missing)} missing ones): rename them to the corpus's ids")
         logging.getLogger("ragkit").warning("fit: %s; they are learned as unjudged (%d usable queries); check that "
                                             "the qrels use the corpus's document ids", what, len(usable))
 
@@ -1405,6 +1430,61 @@ def _respelt(missing: Sequence[str], corpus_ids: Iterable[Any]) -> dict[str, str
     (:func:`_spelling`): qrels written with another id scheme than the corpus's."""
     spelt = {_spelling(str(c)): str(c) for c in corpus_ids}
     return {d: spelt[k] for d in missing if (k := _spelling(d)) in spelt and spelt[k] != d}
+
+
+def _pairs(respelt: Mapping[str, str]) -> str:
+    """The first three pairs of :func:`_respelt` for an error message: ``'DOC_1' for 'doc-1', ...``."""
+    return ", ".join(f"{d!r} for {c!r}" for d, c in list(respelt.items())[:3])
+
+
+def _qrels_like(value: Any) -> bool:
+    """Whether ``value`` reads as qrels rather than query texts: a mapping whose first value is a mapping
+    ``{doc_id: grade}``, or a DataFrame with BEIR's qrels columns."""
+    if isinstance(value, Mapping):
+        return isinstance(next(iter(value.values()), None), Mapping)
+    pd = sys.modules.get("pandas")
+    return pd is not None and isinstance(value, pd.DataFrame) and {"query-id", "corpus-id"} <= set(value.columns)
+
+
+def _texts_like(value: Any) -> bool:
+    """Whether ``value`` reads as query texts: :class:`Queries`, a pandas Series, or a mapping whose first
+    value is a string."""
+    pd = sys.modules.get("pandas")
+    if isinstance(value, Queries) or (pd is not None and isinstance(value, pd.Series)):
+        return True
+    return isinstance(value, Mapping) and isinstance(next(iter(value.values()), None), str)
+
+
+def _refuse_swapped(queries: Any, qrels: Any) -> None:
+    """Refuse ``TrainSet(qrels, queries)``, as :func:`~ragkit.eval.evaluate` refuses its arguments swapped,
+    where the texts' check said ``query[0] (id '313') is a dict ..., expected a string``."""
+    if not _qrels_like(queries):
+        return
+    how = ("the arguments are swapped (qrels first, query texts second)" if _texts_like(qrels) else
+           "the qrels go second")
+    got = (_kind(queries) if isinstance(queries, Mapping) else
+           f"a DataFrame with columns {[str(c) for c in queries.columns]}")
+    raise DataError(f"TrainSet: queries must be the query texts (Queries or {{query_id: text}}), got qrels "
+                    f"({got}); {how}: TrainSet(queries, qrels)")
+
+
+def normalised_text(text: str) -> str:
+    """``text`` with its whitespace collapsed and its case folded: two queries with this one text ask the
+    same question, whatever their ids (:meth:`TrainSet.same_text`, :meth:`Operator.learned_from
+    <ragkit.operator.Operator.learned_from>`)."""
+    return " ".join(text.split()).casefold()
+
+
+def warn_same_text(ids: Sequence[str], n: int, where: str, whose: str) -> None:
+    """Warn (``ragkit`` logger) that ``ids``, of ``n`` queries, have the text of a query ``whose`` names (``"a
+    query it learned from"``, ``"a --train-split train query"``) under another id: learning saw the question,
+    a check of ids does not.  Nothing when ``ids`` is empty."""
+    if len(ids):
+        logging.getLogger("ragkit").warning(
+            "%s: %d of the %d queries (%s) %s the text of %s under another id (whitespace and case aside): scores "
+            "on %s are not held out if %s the same question", where, len(ids), n, some_ids(ids),
+            "has" if len(ids) == 1 else "have", whose, "it" if len(ids) == 1 else "them",
+            "it asks" if len(ids) == 1 else "they ask")
 
 
 def _qrels_of(qrels: Any) -> Any:
