@@ -73,7 +73,7 @@ def test_fit_records_what_the_threshold_reached(sharp, caplog):
     got = ad.info_["threshold_achieved"]
     assert got["precision"] < 0.8  # out of reach on random labels: recorded, and said
     hits = [r.getMessage() for r in caplog.records if "no threshold reaches the target precision 0.8" in r.getMessage()]
-    assert len(hits) == 1 and f"on the {ad.info_['threshold_pairs']} held-out candidate pairs" in hits[0]
+    assert len(hits) == 1 and f"on the {ad.info_['threshold_pairs']} out-of-fold candidate pairs" in hits[0]
     assert f"precision {got['precision']:.4g}" in hits[0]
 
 
