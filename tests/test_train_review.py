@@ -209,7 +209,7 @@ def test_queries_whose_relevant_documents_are_missing_are_not_learned_as_no_answ
     del qrels["myq-6"]                         # left out: unjudged
     with caplog.at_level(logging.WARNING, logger="ragkit"):
         ca = _adapter_pipe().fit(corpus, TrainSet(queries, qrels)).steps[1]
-    used = ca.info_["train_queries"] + (ca.info_["threshold_queries"] if ca.info_["held_out"] else 0)
+    used = ca.info_["train_queries"]  # (every usable query: the threshold is chosen on their out-of-fold scores)
     assert used == 10
     assert any("1 of the 10 training queries judged relevant ('myq-4')" in r.getMessage() for r in caplog.records)
 
