@@ -11,7 +11,6 @@ registry: YAML spells them with the structural keys ``parallel``, ``route`` and 
 
 from __future__ import annotations
 
-import difflib
 import functools
 import logging
 import math
@@ -22,7 +21,6 @@ from typing import (
     Any,
     Callable,
     Iterable,
-    Iterator,
     Mapping,
     Optional,
     Protocol,
@@ -35,12 +33,11 @@ from typing import (
 import numpy as np
 
 from ragkit._files import user_path
-from ragkit.errors import ConfigError, DataError, InputTypeError, NotFittedError, ParamError, RagkitError, some_ids
+from ragkit.errors import DataError, InputTypeError, NotFittedError, ParamError, RagkitError, some_ids
 from ragkit.operator import (
     _RESTORING,
     Operator,
     call_checked,
-    check_fit_inputs,
     fit_on_backend,
     options_checked,
     refuse_unapplied_filter,
@@ -282,6 +279,8 @@ class Composite(Operator):
     @restoring
     def fit(self, corpus: Corpus, train: TrainSet | None = None, *, upstream: State | None = None,
             _seen: set[int] | None = None, _path: str = "", backend: str = "local") -> "Composite":
+        from ragkit.pipelines._checks import check_trainable
+
         if backend != "local":  # fitted on its own on Ray (a pipeline's steps are fitted locally by it)
             return fit_on_backend(self, corpus, train, upstream, backend)
         if _seen is None:  # fitted on its own: a refused refit changes nothing (see check_trainable)
@@ -333,196 +332,6 @@ def placed_at(e: RagkitError, at: str, name: str) -> RagkitError:
     return e
 
 
-def check_trainable(root: Operator, train: TrainSet | None, corpus: Corpus | None = None) -> None:
-    """What ``fit(corpus, train)`` of ``root`` would refuse, refused before anything is fitted.
-
-    With ``train`` and ``corpus``, when a leaf learns from judged queries: judgements that name no
-    document of the corpus (:meth:`TrainSet.check_corpus`).
-
-    With ``corpus``: a retriever's own ``filter`` naming a field the corpus lacks (a :class:`ParamError`), or
-    none of whose values for a field has the type of the field's values (a :class:`DataError`, as
-    :meth:`Corpus.mask` raises it at search: ``year: "2015"`` for a field of integers, ``title: 2020``).
-
-    Always: a ``dbnorm`` or ``cosine_adapter`` whose ``model`` is not that of the dense retriever right
-    before it (:func:`encoder_mismatch`).
-
-    Without ``train``: the first operator of the tree that learns only from judged queries raises
-    its own error (:meth:`Operator.train_refusal`), so a refused refit (on another corpus too)
-    refits none of the steps before it.  With ``train``: a learning router or judge that is not
-    where its choice is made (a route's ``router``, a loop's ``until``) is refused: it learns there
-    from what each choice gives the judged queries; anywhere else it would fit without learning
-    and fail at search.
-    """
-    from ragkit.pipelines.yaml import walk_leaves
-
-    if corpus is not None:  # train=qrels, train=(queries, qrels), a list of records: said, not an AttributeError
-        check_fit_inputs(corpus, train, f"{root.name}.fit" if root.name else "fit")
-    mismatch = encoder_mismatch(root)
-    if mismatch is not None:
-        raise mismatch
-    for note in encoder_notes(root):
-        logging.getLogger("ragkit").warning(note)
-    homes = _decision_seats(root)
-    for path, leaf in walk_leaves(root):
-        if train is None:
-            refusal = leaf.train_refusal()
-            if refusal is not None:  # which step: a pipeline may hold two of one operator
-                raise placed_at(refusal, path, leaf.name) if isinstance(refusal, RagkitError) else refusal
-            continue
-        if not getattr(leaf, "needs_train", False):
-            continue
-        seat = homes.get(id(leaf))
-        if hasattr(leaf, "learn_routes") and seat != "router":
-            home = "the router of a route (route: {router: ..., branches: ...})"
-        elif hasattr(leaf, "learn_stopping") and seat != "until":
-            home = "the until judge of a loop (loop: {body: ..., until: ...})"
-        else:
-            continue
-        raise ParamError(f"{path}: {leaf.name} with learn: true learns only as {home}, from what each choice "
-                         f"gives the judged queries; anywhere else it has nothing to learn from")
-    if corpus is not None:  # a retriever's own filter naming a field the corpus lacks, or with a value of another
-        # type than the field's (year: "2015" for integers, title: 2020), failed at every search, after the whole fit
-        from ragkit.options import filter_value
-
-        for path, leaf in walk_leaves(root):
-            own = getattr(leaf.params, "filter", None)
-            try:
-                filter_value(own, corpus)
-            except (TypeError, ValueError) as e:
-                raise ParamError(f"{path}.filter: {e}", path=f"{path}.filter") from None
-            try:
-                corpus.mask(own)  # (the column's codes it builds are those every search's filter reads)
-            except DataError as e:  # filter.year: the field holds int values; ... -> <path>.filter.year: ...
-                raise placed_at(e, f"{path}.filter", "filter") from None
-    if train is not None and corpus is not None and any(leaf.learns for _, leaf in walk_leaves(root)):
-        train.check_corpus(corpus)
-    if train is not None:
-        fusers = [path for path, leaf in walk_leaves(root) if leaf.kind == "fuser" and leaf.learns]
-        usable = train.usable(corpus)  # a judgement > 0 of a document of the corpus (of any without one)
-        if fusers and len(usable) < 2:
-            raise DataError(f"{fusers[0]}: learning fusion weights cross-validates over the judged training queries "
-                            f"and needs at least 2; the train set has {len(usable)} usable (with a relevant document "
-                            f"in the corpus) ({some_ids(usable) or 'none'})")
-
-
-#: steps that read the cosines of the dense retriever before them with an encoder of their own (``model``)
-_COSINE_READERS = ("dbnorm", "cosine_adapter")
-#: single-vector retrievers whose scores those steps read: their ``model`` is the cosines' encoder
-_COSINE_RETRIEVERS = ("dense", "knn_embed")
-
-
-def same_model(a: str, b: str) -> bool:
-    """Whether model names ``a`` and ``b`` load the same encoder: equal names (the packaged MiniLM's aliases
-    resolved, a hub id with or without ``sentence-transformers/``), the same registered encoder, or local
-    folders (or files) with the same content (:func:`~ragkit.encoders.sentence.model_fingerprint`, read
-    only when the names differ)."""
-    from pathlib import Path
-
-    from ragkit.encoders.custom import registered_encoder
-    from ragkit.encoders.sentence import model_fingerprint, resolve_model
-
-    ra, rb = resolve_model(a), resolve_model(b)
-    hub = "sentence-transformers/"
-    if ra == rb or ra.removeprefix(hub) == rb.removeprefix(hub):
-        return True
-    ea, eb = registered_encoder(a), registered_encoder(b)
-    if ea is not None or eb is not None:
-        return ea is eb
-    pa, pb = Path(ra).expanduser(), Path(rb).expanduser()
-    if pa.exists() and pb.exists():
-        return pa.resolve() == pb.resolve() or model_fingerprint(str(pa)) == model_fingerprint(str(pb))
-    return False
-
-
-def encoder_mismatch(op: Operator, path: str = "pipeline") -> ParamError | None:
-    """The first ``dbnorm`` / ``cosine_adapter`` of the tree whose encoder is not that of the retriever
-    before it, as a ParamError at ``<step path>.<name>.model``, else ``None``.
-
-    Within each linear pipeline, such a step is checked against the nearest retriever step before it when that is a
-    plain ``dense`` or ``knn_embed`` (a ``bm25``, ``muvera``, ``sharded`` or a composite holding a retriever, such
-    as a hybrid's ``parallel``, leaves it unchecked here: whose cosines it reads is not one model's;
-    :func:`cosine_source_problem`, run with the other structural checks when the pipeline is built, fitted and
-    searched, refuses those that do not give cosines).  ``dbnorm`` subtracts penalties ``log Z(g)`` computed with
-    its ``model`` from the retriever's cosines, and ``cosine_adapter`` maps the retriever's cosines from query
-    vectors of its ``model``: both must be the retriever's (ALGORITHMS.md, DBNorm's pitfalls).  A ``dense`` that
-    fine-tunes its encoder (``adapt``) scores with a model that exists only after its fit: ``dbnorm`` after it is
-    refused (no ``model`` can name the tuned one); ``cosine_adapter`` after it must name the base model (its query
-    features, learned from the tuned cosines at fit and read the same way at search).
-    """
-    for retriever, r_where, reader, where in _after_cosine_retrievers(op, path, _COSINE_READERS):
-        problem = _model_problem(retriever, r_where, reader, where)
-        if problem is not None:
-            return problem
-    return None
-
-
-def _after_cosine_retrievers(op: Operator, path: str, names: tuple[str, ...]
-                             ) -> Iterator[tuple[Operator, str, Operator, str]]:
-    """``(retriever, its path, step, its path)`` for each step of the tree named in ``names`` whose nearest
-    retriever step before it, in its linear pipeline, is a plain ``dense`` or ``knn_embed``."""
-    if not isinstance(op, Composite):
-        return
-    if isinstance(op, Pipeline):
-        before: tuple[Operator, str] | None = None  # the nearest retriever step, when a plain dense / knn_embed
-        for step, where in op.child_paths(path):
-            if step.name in names and not isinstance(step, Composite) and before is not None:
-                yield (*before, step, where)
-            if isinstance(step, Composite):
-                if _retrieves(step):
-                    before = None
-            elif step.kind == "retriever":
-                before = (step, where) if step.name in _COSINE_RETRIEVERS else None
-    for child, where in op.child_paths(path):
-        yield from _after_cosine_retrievers(child, where, names)
-
-
-def encoder_notes(op: Operator, path: str = "pipeline") -> list[str]:
-    """What a fit warns and ``ragkit validate`` notes about encoders: an ``mmr`` left on its default ``model``
-    after a ``dense`` / ``knn_embed`` on another one encodes the corpus again with the default model, and
-    measures relevance and redundancy with its vectors, not the retriever's (a legitimate choice when
-    written out, so only the default is noted)."""
-    notes = []
-    for retriever, r_where, reader, where in _after_cosine_retrievers(op, path, ("mmr",)):
-        own, theirs = str(getattr(reader.params, "model")), str(getattr(retriever.params, "model"))
-        if "model" not in reader.params.model_fields_set and not same_model(own, theirs):
-            notes.append(f"{where}.mmr.model: mmr encodes with the default {own!r}, {r_where}.{retriever.name} "
-                         f"before it with {theirs!r}: the corpus is encoded again, and MMR's relevance and "
-                         f"redundancy are cosines of {own!r}; set mmr's model to {theirs!r} to use the retriever's "
-                         "vectors (or to the default, written out, to keep it without this note)")
-    return notes
-
-
-def _model_problem(retriever: Operator, r_where: str, reader: Operator, where: str) -> ParamError | None:
-    """Why ``reader`` (at ``where``) cannot read the cosines of ``retriever`` (at ``r_where``), else ``None``."""
-    at = f"{where}.{reader.name}.model"
-    own, theirs = str(getattr(reader.params, "model")), str(getattr(retriever.params, "model"))
-    there = f"{r_where}.{retriever.name}"
-    if reader.name == "dbnorm" and getattr(retriever.params, "adapt", None) is not None:
-        return ParamError(f"{at}: dbnorm computes its hubness penalties with {own!r}, but {there} fine-tunes its "
-                          f"encoder (adapt), so the cosines dbnorm reranks come from a tuned model that exists only "
-                          f"after that fit and that no dbnorm model can name; drop adapt from {there}, or "
-                          "drop dbnorm", path=at)
-    if same_model(own, theirs):
-        return None
-    why = ("its penalties log Z(g) are subtracted from that retriever's cosines and must come from the same model"
-           if reader.name == "dbnorm" else
-           "it maps that retriever's cosines from query vectors of its own model, which must be the retriever's")
-    return ParamError(f"{at}: {reader.name} encodes with {own!r} but {there} before it with {theirs!r}; {why}. "
-                      f"Set {reader.name}'s model to {theirs!r}", path=at)
-
-
-def _decision_seats(op: Operator) -> dict[int, str]:
-    """``id(leaf) -> "router" | "until"`` for each leaf that is a route's router or a loop's judge."""
-    seats: dict[int, str] = {}
-    if isinstance(op, Route):
-        seats[id(op.router)] = "router"
-    elif isinstance(op, Loop):
-        seats[id(op.until)] = "until"
-    for child in op.children():
-        seats.update(_decision_seats(child))
-    return seats
-
-
 def shared_corpus(root: Operator) -> Corpus | None:
     """The corpus that every fitted, stateful leaf of ``root`` searches (rows of its rankings are
     rows of it), else ``root.corpus_``; ``None`` when nothing is fitted.
@@ -570,397 +379,6 @@ def iter_leaves(op: Operator) -> Iterable[Operator]:
             stack[:0] = kids
         else:
             yield node
-
-
-def _retrieves(op: Operator) -> bool:
-    """Whether ``op`` holds a retriever, so that the steps after it get rankings."""
-    return any(leaf.kind == "retriever" for leaf in iter_leaves(op))
-
-
-def unranked_router(op: Operator, path: str = "pipeline", ranked: bool = False, *,
-                    expansions: bool = True) -> ConfigError | None:
-    """The first structural problem of ``op`` about what rankings reach a step, or ``None``; checked when
-    a pipeline is built from YAML (``ragkit validate``), fitted and searched, before any work (at search
-    each would fail late, or silently give other results):
-
-    * a step that works on the rankings of the steps before it (``reads_rankings``: every reranker and
-      filter, ``generate``; a rewriter that sets it only outside a loop's body) with no retriever before it
-      and one after it in the same list (``[top_k, bm25]``: it changes nothing, the order is wrong), and a
-      route whose router reads rankings (``score_router``) with no retriever before it (:func:`_unranked`);
-    * a ``prf`` with no retriever before it outside a loop's body (``[prf, bm25]``): it has no ranking to
-      expand from, and expands nothing (:func:`_unranked`);
-    * a parallel or route branch (or a route's default) that retrieves nothing when nothing before the
-      parallel or route retrieved: its queries get no documents (:func:`_unranked`; in a tree that holds a
-      retriever: one without any is refused by ``search`` as such);
-    * a ``dbnorm`` or ``cosine_adapter`` whose scores do not come from a ``dense`` or ``knn_embed`` with
-      ``metric: cos`` (:func:`cosine_source_problem`);
-    * a retriever right after another in the same list (``[bm25, dense]``): it replaces the first's ranking
-      (:func:`discarded_ranking_problem`);
-    * a ``prf`` whose expanded query the next retriever does not read, or reads with other text analysis
-      (:func:`prf_reader_problem`).
-
-    Steps of a pipeline see the rankings of the steps before them; parallel and route branches
-    those that reach them; a loop's judge also its body's.  ``ranked``: a retriever ran before ``op``.
-    ``expansions=False`` leaves out the ``prf`` check (:meth:`Pipeline.search` does: a pipeline of steps
-    fitted on their own, searched without a pipeline fit, is not refused for it).
-    """
-    return (_unranked(op, path, ranked, branches=_retrieves(op)) or cosine_source_problem(op, path)
-            or discarded_ranking_problem(op, path) or (prf_reader_problem(op, path) if expansions else None))
-
-
-def _unranked(op: Operator, path: str, ranked: bool, in_loop: bool = False,
-              branches: bool = True) -> ConfigError | None:
-    """The ranking-reader and empty-branch part of :func:`unranked_router` (``in_loop``: ``op`` is inside a
-    loop's body, where a rewriter such as ``prf`` before the body's retriever reads the previous iteration's
-    rankings, and changes nothing in the first, by design; ``branches``: check that branches retrieve)."""
-    if isinstance(op, Pipeline):
-        steps = op.child_paths(path)
-        inside = ranked
-        for step, where in steps:  # the problems inside the steps first, then the order of the steps
-            problem = _unranked(step, where, inside, in_loop, branches)
-            if problem is not None:
-                return problem
-            inside = inside or _retrieves(step)
-        for i, (step, where) in enumerate(steps):
-            reader = None if ranked else next((leaf for leaf in iter_leaves(step) if leaf.kind != "router"
-                                               and leaf.reads_rankings
-                                               and not (in_loop and leaf.kind == "rewriter")), None)
-            later = next((w for s, w in steps[i + 1:] if _retrieves(s)), None)
-            if reader is not None and not _retrieves(step) and later is not None:
-                at = f"{where}.{reader.name}" if reader is step else where
-                if reader.kind == "rewriter":
-                    return _prf_unranked(at, later)
-                return ConfigError(f"{at}: {reader.name} ({reader.kind}) works on the rankings of the steps before "
-                                   f"it, and none before it retrieves anything (the retriever at {later} comes "
-                                   f"after it); put it after a retriever", path=at)
-            ranked = ranked or _retrieves(step)
-        return None
-    if isinstance(op, Route) and getattr(op.router, "reads_rankings", False) and not ranked:
-        where = f"{_at(path, 'route')}.router"
-        return ConfigError(f"{where}: {op.router.name} routes on the scores of the rankings already made, and no step "
-                           f"before this route retrieves anything; put a retriever (e.g. bm25) before the route, or "
-                           f"route on the query text with rule_router", path=where)
-    if isinstance(op, (Route, Parallel)) and not ranked and branches and not (in_loop and isinstance(op, Parallel)):
-        # (in a loop's body a parallel branch without a retriever fuses the previous iteration's rankings)
-        kind = op.name
-        for branch, where in op.child_paths(path):
-            if branch.kind in ("router", "fuser") or _retrieves(branch):
-                continue
-            what = "an empty (pass-through) branch" if isinstance(branch, Pipeline) and not branch.steps else (
-                f"a branch of {', '.join(_label(x) for x in iter_leaves(branch))} only")
-            return ConfigError(f"{where}: {what}, which retrieves nothing, and no step before this {kind} retrieves "
-                               f"anything, so its queries get no documents (a branch without a retriever keeps the "
-                               f"rankings made before the {kind}, and there are none); add a retriever to the branch "
-                               f"(e.g. bm25), or put one before the {kind}", path=where)
-    if isinstance(op, Loop):
-        body, until = op.child_paths(path)
-        return (_unranked(body[0], body[1], ranked, True, branches)
-                or _unranked(until[0], until[1], ranked or _retrieves(op.body), True, branches))
-    if isinstance(op, Composite):
-        for child, where in op.child_paths(path):
-            problem = _unranked(child, where, ranked, in_loop, branches)
-            if problem is not None:
-                return problem
-    return None
-
-
-def _prf_unranked(at: str, later: str) -> ConfigError:
-    """The error for a ``prf`` (at ``at``: its step, or the composite step holding it) that no retriever precedes
-    and one (at ``later``) follows in its list, outside a loop's body: it has no ranking to take its feedback
-    documents from, so it expands nothing and the retrievers after it search the plain query (``[prf, bm25]``
-    returned exactly ``bm25``'s rankings); inside a loop's body it is accepted (a rewriter's empty expansion in the
-    first iteration is by design)."""
-    return ConfigError(f"{at}: prf expands each query from the top documents of a ranking made before it, and no "
-                       f"step before it retrieves anything (the retriever at {later} comes after it), so it expands "
-                       f"nothing and the retrievers after it search the plain query; put a retriever before it (e.g. "
-                       f"[bm25, prf, bm25]), or use it inside a loop's body (loop: {{body: [prf, bm25], until: "
-                       f"...}}), whose later iterations expand from the previous iteration's ranking", path=at)
-
-
-#: retrievers that search the whole corpus whatever reaches them: their output is a ranking of their own (they read
-#: the query, a rewritten one and the call's options, never the rankings or values of the steps before them: a
-#: ``sharded`` one hands its shards a fresh state), and they write no value that a later step reads
-_RANKING_BLIND = ("bm25", "dense", "knn_embed", "muvera", "maxsim_exact", "sharded")
-
-
-def _ranking_blind(op: Operator) -> bool:
-    """Whether ``op`` is a leaf retriever of :data:`_RANKING_BLIND` (the registered class itself, not a subclass
-    or another class of the same name): one of two such steps in a row discards the other's ranking."""
-    if isinstance(op, Composite) or op.kind != "retriever" or op.name not in _RANKING_BLIND:
-        return False
-    from ragkit import registry
-
-    return type(op) is registry.get(op.name) and not op.reads_rankings and not op.wants_upstream
-
-
-def discarded_ranking_problem(op: Operator, path: str = "pipeline") -> ConfigError | None:
-    """The error for the first retriever of ``op`` (at ``path``) that comes right after another retriever in its
-    list, both of :data:`_RANKING_BLIND`, else ``None``: the second searches the whole corpus and replaces the
-    first's ranking, so the pair returns what the second alone returns (``[bm25: {variant: okapi}, bm25: {k: 10}]``
-    gave exactly ``[bm25: {k: 10}]``'s run, ``[bm25: {k: 1000}, dense: {k: 100}]`` dense's).  A step between them
-    (``prf``, a reranker), a retriever that starts a loop's body or a branch, and a retriever of another class (which
-    may read what reaches it) are not refused.  One pass over the tree."""
-    if not isinstance(op, Composite):
-        return None
-    if isinstance(op, Pipeline):
-        steps = op.child_paths(path)
-        for (first, at_first), (second, at_second) in zip(steps, steps[1:]):
-            if _ranking_blind(first) and _ranking_blind(second):
-                return _discarded_ranking(first, at_first, second, at_second)
-    for child, where in op.child_paths(path):
-        problem = discarded_ranking_problem(child, where)
-        if problem is not None:
-            return problem
-    return None
-
-
-def _discarded_ranking(first: Operator, at_first: str, second: Operator, at_second: str) -> ConfigError:
-    """The error for the retriever ``second`` (at ``at_second``) right after the retriever ``first``: it searches
-    the whole corpus again, so the pipeline returns what ``second`` alone returns, ``first``'s ranking unread."""
-    a, b = f"{at_first}.{first.name}", f"{at_second}.{second.name}"
-    return ConfigError(
-        f"{b}: {second.name} (retriever) searches the whole corpus and replaces the rankings that reach it, so the "
-        f"ranking of {a} right before it is discarded and the pipeline returns what {b} alone returns (a retriever "
-        f"does not rerank the candidates of another); to combine the two rankings, fuse them: parallel: {{branches: "
-        f"[{first.name}, {second.name}]}}; to reorder {first.name}'s candidates, follow it with a reranker (maxsim, "
-        f"mmr) instead; else drop one of the two", path=b)
-
-
-#: a retriever leaf or a parallel whose scores reach a step, with its path (a parallel's: ``pipeline[0].parallel``)
-_Source = tuple[Operator, str]
-
-
-def cosine_source_problem(op: Operator, path: str = "pipeline") -> ConfigError | None:
-    """The error for the first ``dbnorm`` or ``cosine_adapter`` of ``op`` (at ``path``) that the scores of
-    something else than a ``dense`` or ``knn_embed`` with ``metric: cos`` can reach, else ``None``.
-
-    Both read raw cosines of their own ``model``'s query vectors.  The scores reaching a step come from the
-    nearest retriever step before it: in its list, else before the parallel or route branch it is in (a
-    route's branches each bring their own; a loop's body may also get its own last iteration's).  A
-    ``bm25``, ``muvera`` or ``sharded`` (but a sharded ``dense``/``knn_embed``) leaf, a ``dense`` with
-    ``metric: ip``, a ``parallel`` (fused scores: RRF's are reciprocal ranks) and a step that writes scores
-    of its own in between (a reranker: ``mmr``, ``maxsim``, ``dbnorm``; a ``cosine_adapter``) are refused,
-    naming both steps; at search they failed with no step named (``bm25 | dbnorm``), or ran silently on other scores
-    (a hybrid's RRF scores, a dense's inner products).  Whether the model is the retriever's is
-    :func:`encoder_mismatch`'s check.
-    """
-    return _score_sources(op, path, [])[1]
-
-
-def _dedupe(sources: Iterable[_Source]) -> list[_Source]:
-    return list({id(s[0]): s for s in sources}.values())
-
-
-#: :func:`_score_sources`'s results for loops already walked: ``(id(loop), path, incoming as (id, path) pairs)``
-_Memo = dict[tuple[int, str, tuple[tuple[int, str], ...]], tuple[list[_Source], Optional[ConfigError]]]
-
-
-def _source_key(sources: Sequence[_Source]) -> tuple[tuple[int, str], ...]:
-    """``sources`` by identity: the operators' ids (their ``==`` compares parameters) and paths."""
-    return tuple((id(s), at) for s, at in sources)
-
-
-def _score_sources(op: Operator, path: str, incoming: list[_Source],
-                   memo: _Memo | None = None) -> tuple[list[_Source], ConfigError | None]:
-    """The sources of the scores after ``op`` (at ``path``), given those reaching it, and the first cosine
-    reader problem inside it.
-
-    A loop's body is walked with what reaches the loop, then again with its own sources added (its next
-    iterations get its last one's scores), unless the first walk added none (the second would see the same
-    input).  ``memo`` keeps each loop's result per input, so nested loops are walked in linear time, not twice
-    per level (20 nested loops took 2^20 walks of the innermost body)."""
-    memo = {} if memo is None else memo
-    if isinstance(op, Parallel):
-        for branch, where in op.child_paths(path)[:-1]:
-            problem = _score_sources(branch, where, incoming, memo)[1]
-            if problem is not None:
-                return [], problem
-        return [(op, _at(path, "parallel"))], None
-    if isinstance(op, Route):
-        out: list[_Source] = []
-        for branch, where in op.child_paths(path)[1:]:
-            got, problem = _score_sources(branch, where, incoming, memo)
-            if problem is not None:
-                return [], problem
-            out += got
-        return _dedupe(out), None
-    if isinstance(op, Loop):
-        key = (id(op), path, _source_key(incoming))
-        if key not in memo:
-            body, where = op.child_paths(path)[0]
-            first, problem = _score_sources(body, where, incoming, memo)
-            again = _dedupe(incoming + first) if problem is None else incoming
-            memo[key] = ((first, problem) if problem is not None or _source_key(again) == _source_key(incoming)
-                         else _score_sources(body, where, again, memo))
-        return memo[key]
-    if isinstance(op, Composite) and not isinstance(op, Pipeline):  # a composite of another kind: its children
-        for child, where in op.child_paths(path):
-            problem = _score_sources(child, where, incoming, memo)[1]
-            if problem is not None:
-                return [], problem
-        return incoming, None
-    current = incoming
-    for step, where in (op.child_paths(path) if isinstance(op, Pipeline) else [(op, path)]):
-        if isinstance(step, Composite):
-            current, problem = _score_sources(step, where, current, memo)
-            if problem is not None:
-                return [], problem
-        elif step.name in _COSINE_READERS:
-            for source, at in current:
-                problem = _not_cosines(source, at, step, f"{where}.{step.name}")
-                if problem is not None:
-                    return [], problem
-            current = [(step, where)]  # its own scores: calibrated relevance, corrected similarities
-        elif step.kind in ("retriever", "reranker"):  # a reranker writes scores of its own (mmr, maxsim)
-            current = [(step, where)]
-    return current, None
-
-
-def _cosine_retriever(op: Operator) -> Operator | None:
-    """``op`` when it is a ``dense`` or ``knn_embed``, the per-shard one of a ``sharded`` one, else ``None``."""
-    if op.name in _COSINE_RETRIEVERS:
-        return op
-    if _sharded_name(op) in _COSINE_RETRIEVERS:
-        inner: Operator = op.sub_retriever()  # type: ignore[attr-defined]
-        return inner
-    return None
-
-
-def _sharded_name(op: Operator) -> str | None:
-    """The registry name of the per-shard retriever of ``op`` when it is a ``sharded`` one, else ``None``."""
-    node = getattr(op.params, "retriever", None)
-    if not callable(getattr(op, "sub_retriever", None)) or not isinstance(node, Mapping) or len(node) != 1:
-        return None
-    return str(next(iter(node)))
-
-
-def _not_cosines(source: Operator, where: str, reader: Operator, at: str) -> ConfigError | None:
-    """Why ``reader`` (at ``at``) cannot read the scores of ``source`` (at ``where``), else ``None``."""
-    if isinstance(source, Parallel):
-        fused = f"{where} (scores fused by {source.fuse.name}, not cosines)"
-        fix = (f"put {reader.name} inside the dense branch, e.g. parallel: {{branches: [[dense, {reader.name}], "
-               "bm25]}")
-    else:
-        there = f"{where}.{source.name}"
-        inner = _cosine_retriever(source)
-        metric = getattr(inner.params, "metric", "cos") if inner is not None else None
-        if metric == "cos":
-            return None
-        fused = (f"{there} ({source.name} scores, not cosines)" if inner is None else
-                 f"{there} with metric: {metric} (inner products of unnormalised vectors, not cosines)")
-        fix = (f"put it right after a dense step, e.g. [dense, {reader.name}]" if inner is None else
-               f"set metric: cos on {there}")
-    return ConfigError(f"{at}: {reader.name} reads the raw cosines (in [-1, 1]) of a dense or knn_embed retriever "
-                       f"with metric: cos right before it, but the scores reaching it come from {fused}; {fix}",
-                       path=at)
-
-
-#: prf's text-analysis parameters, which must be those of the bm25 that reads its expanded query
-PRF_ANALYSIS = ("fields", "tokenizer", "stopwords", "stemmer")
-
-
-def prf_reader_problem(op: Operator, path: str = "pipeline", loop_body: bool = False,
-                       rest: Sequence[tuple[Operator, str]] = ()) -> ConfigError | None:
-    """The error for the first ``prf`` of ``op`` (at ``path``) whose expanded query the next retriever
-    would not read, or would read with other text analysis, else ``None``.
-
-    ``prf`` writes its expansion as text into ``state.values["lexical_query"]``, which only ``bm25`` (also
-    a sharded one) reads; dense, multi-vector and kNN-Embed retrievers encode the query itself.  The next
-    retriever is the first step after the ``prf`` in its list that retrieves (in a loop's body with none
-    after it: the body's first, which the next iteration runs); when that step is a composite, the first
-    retrievers of its branches, of which at least one must be a ``bm25``.  Each such ``bm25`` must analyse
-    text as ``prf`` does (:data:`PRF_ANALYSIS`: ``fields``, ``tokenizer``, ``stopwords``, ``stemmer``):
-    ``prf`` spells each expansion term with a corpus word that its own analysis maps to the term, so
-    another analysis reads other terms (``[bm25: {stemmer: none}, prf, bm25: {stemmer: none}]`` searched
-    with Porter stems: ``property`` for ``properties``).  A ``prf`` in a parallel or route branch that no
-    retriever follows in its branch is read by the next retriever after the parallel or route (a branch's
-    ``lexical_query`` travels on); one that no retriever follows at all is not checked (its
-    ``lexical_query`` is still in the run's values).  ``loop_body``: ``op`` is a loop's body; ``rest``:
-    the steps after ``op`` in the lists around it.
-    """
-    if isinstance(op, Loop):
-        body, where = op.child_paths(path)[0]
-        return prf_reader_problem(body, where, loop_body=True)
-    if isinstance(op, Composite) and not isinstance(op, Pipeline):
-        for child, where in op.child_paths(path):
-            problem = prf_reader_problem(child, where, rest=rest)
-            if problem is not None:
-                return problem
-        return None
-    steps = op.child_paths(path) if isinstance(op, Pipeline) else [(op, path)]
-    for i, (step, where) in enumerate(steps):
-        if isinstance(step, Composite):
-            problem = prf_reader_problem(step, where, rest=[*steps[i + 1:], *rest])
-            if problem is not None:
-                return problem
-            continue
-        if step.name != "prf":
-            continue
-        after = [(s, w) for s, w in steps[i + 1:] if _retrieves(s)]
-        if not after and loop_body:
-            after = [(s, w) for s, w in steps[:i] if _retrieves(s)]
-        if not after:
-            after = [(s, w) for s, w in rest if _retrieves(s)]
-        if after:
-            problem = _prf_reader(step, f"{where}.{step.name}", *after[0])
-            if problem is not None:
-                return problem
-    return None
-
-
-def _first_retrievers(op: Operator, path: str) -> list[tuple[Operator, str]]:
-    """The retriever leaves that run first in ``op`` (at ``path``), with their paths: in each branch of a
-    parallel or route, in a loop's body, in the first step of a list that retrieves."""
-    if not isinstance(op, Composite):
-        return [(op, f"{path}.{op.name}")] if op.kind == "retriever" else []
-    if isinstance(op, Pipeline):
-        first = next(((s, w) for s, w in op.child_paths(path) if _retrieves(s)), None)
-        return [] if first is None else _first_retrievers(*first)
-    if isinstance(op, Loop):
-        return _first_retrievers(*op.child_paths(path)[0])
-    return [x for child, where in op.child_paths(path) for x in _first_retrievers(child, where)]
-
-
-def _bm25_params(op: Operator) -> Params | None:
-    """The parameters of ``op`` when it is a ``bm25`` (or a ``sharded`` one: its per-shard bm25's), else ``None``."""
-    if op.name == "bm25":
-        return op.params
-    if _sharded_name(op) == "bm25":
-        inner: Operator = op.sub_retriever()  # type: ignore[attr-defined]
-        return inner.params
-    return None
-
-
-def _reads_lexical_query(op: Operator) -> bool:
-    """Whether the retriever ``op`` (or a ``sharded`` one's per-shard retriever) searches with
-    ``state.texts(lexical=True)``, the expanded query ``prf`` writes (:attr:`Operator.reads_lexical_query`)."""
-    if op.reads_lexical_query:
-        return True
-    return _sharded_name(op) is not None and bool(op.sub_retriever().reads_lexical_query)  # type: ignore[attr-defined]
-
-
-def _prf_reader(prf: Operator, at: str, step: Operator, where: str) -> ConfigError | None:
-    """Why the retrievers that run first in ``step`` (at ``where``) do not read what ``prf`` (at ``at``)
-    writes as it writes it, else ``None``."""
-    readers = _first_retrievers(step, where)
-    if not any(_reads_lexical_query(leaf) for leaf, _ in readers):
-        names = ", ".join(f"{there} ({leaf.name})" for leaf, there in readers)
-        return ConfigError(f"{at}: prf writes an expanded query (state.values['lexical_query']) that only bm25 reads, "
-                           f"but the next retriever after it, {names}, searches with the query itself, so prf would "
-                           f"change nothing; put a bm25 after prf (e.g. [bm25, prf, bm25]), or drop prf (a retriever "
-                           f"of your own that searches state.texts(lexical=True) reads it: set reads_lexical_query = "
-                           f"True on its class)", path=at)
-    bm25s = [(p, there) for leaf, there in readers if (p := _bm25_params(leaf)) is not None]
-    for params, there in bm25s:
-        differ = [f for f in PRF_ANALYSIS if getattr(prf.params, f) != getattr(params, f)]
-        if differ:
-            ours = ", ".join(f"{f}: {getattr(prf.params, f)}" for f in differ)
-            theirs = ", ".join(f"{f}: {getattr(params, f)}" for f in differ)
-            return ConfigError(
-                f"{at}.{differ[0]}: prf analyses text with {ours} but {there}, which reads its expanded query, with "
-                f"{theirs}; prf spells each expansion term with a corpus word its own analysis maps to that term, "
-                f"so the bm25 would search other terms; give prf the same ({theirs})", path=f"{at}.{differ[0]}")
-    return None
 
 
 def _learning_leaves(op: Operator) -> list[Operator]:
@@ -1044,6 +462,8 @@ class Pipeline(Composite):
         ``learn: true``) drops what they learned (the fuser's given weights again), with a warning on the
         ``ragkit`` logger naming those steps; pass ``train`` to learn again, or :meth:`load` the saved pipeline.
         """
+        from ragkit.pipelines._checks import check_trainable, unranked_router
+
         if backend != "local":
             from ragkit import scale
 
@@ -1189,6 +609,7 @@ class Pipeline(Composite):
             When the pipeline is not fitted.
         """
         from ragkit.options import check_options
+        from ragkit.pipelines._checks import unranked_router
         from ragkit.run import Run
 
         problem = unranked_router(self, expansions=False)
@@ -1393,57 +814,6 @@ def _operator_of_kind(x: object, kind: str, where: str, examples: str) -> Operat
     return x
 
 
-def fuse_weights_problem(fuse: Operator, names: Sequence[str]) -> str | None:
-    """Why ``fuse``'s ``weights`` do not fit branches ``names`` (one weight per branch), or ``None``."""
-    weights = getattr(fuse.params, "weights", None)
-    if weights is None or len(weights) == len(names):
-        return None
-    return f"expected {len(names)} weights, one per branch ({', '.join(names)}), got {len(weights)}: {list(weights)}"
-
-
-def route_label_problems(router: Operator | None, labels: Iterable[Any], has_default: bool,
-                         default_label: str | None = None, *, default_branch: bool = False) -> str | None:
-    """Why a route's branch ``labels`` do not serve ``router``, or ``None``: every label must be a
-    string (YAML reads unquoted ``yes`` / ``no`` / ``on`` / ``1`` as booleans and numbers) without
-    ``.``, ``[`` or ``]`` (path syntax); without a default every label the router can give
-    (``possible_labels``) needs a branch; and every branch must be reachable: a label the router
-    can give, or the route's ``default_label`` (a misspelt label's queries went to the default).
-    ``default_branch``: the route has a default pipeline of its own, which must be reachable too: some
-    label the router can give has no branch (``score_router`` with branches for both its labels and a
-    ``default: [...]`` never runs it).
-    Without a ``router`` (not built yet) only the labels themselves are checked."""
-    labels = list(labels)
-    bad = [k for k in labels if not isinstance(k, str)]
-    if bad:
-        got = ", ".join(f"{k!r} ({type(k).__name__})" for k in bad)
-        return (f"branch labels must be strings, got {got}; YAML reads unquoted yes/no/on/off/true/false as "
-                f'booleans and digits as numbers: quote the labels, e.g. "yes": [...] or "1": [...]')
-    odd = [k for k in labels if not k.strip() or any(c in k for c in ".[]")]
-    if odd:  # a label is a part of every path under its branch: "a[0]" would name what "a"'s first step is
-        return (f"branch labels must be non-empty and hold no '.', '[' or ']' (they are parts of the paths that "
-                f"name operators in errors, traces and saved pipelines), got {odd}")
-    if router is None:
-        return None
-    possible = getattr(router, "possible_labels", None)
-    missing = [lab for lab in possible() if lab not in labels] if callable(possible) and not has_default else []
-    if missing:
-        return (f"router {router.name!r} can label queries {missing}, which have no branch, and the route has no "
-                f"'default'; branches: {sorted(labels)}; add a branch for each, or a 'default:' (a branch label or "
-                f"a pipeline)")
-    if callable(possible):
-        can = possible()
-        covered = all(lab in labels for lab in can)  # every label the router gives has a branch: no default runs
-        never = [lab for lab in labels if lab not in can and lab != default_label]
-        if never:
-            close = {lab: difflib.get_close_matches(lab, can, n=1) for lab in never}
-            hints = "".join(f"; {lab!r}: did you mean {c[0]!r}?" for lab, c in close.items() if c)
-            return (f"branches {never} can never run: router {router.name!r} labels queries only {can}{hints}")
-        if default_branch and covered:
-            return (f"the default can never run: router {router.name!r} labels queries only {can}, and each of "
-                    f"these has a branch; drop the default, or give one of its labels no branch")
-    return None
-
-
 class Parallel(Composite):
     """Run branches on the same queries and fuse their rankings (Modular RAG "branching").
 
@@ -1471,6 +841,8 @@ class Parallel(Composite):
 
     def __init__(self, branches: Sequence[Operator | Sequence[Operator]], fuse: Operator | None = None,
                  names: Sequence[str] | None = None) -> None:
+        from ragkit.pipelines._checks import fuse_weights_problem
+
         super().__init__()
         listed = [branches] if isinstance(branches, Operator) else _as_list(
             branches, "parallel.branches", "a list of branches (each an operator or a list of operators)")
@@ -1531,6 +903,8 @@ class Parallel(Composite):
     @restoring
     def fit(self, corpus: Corpus, train: TrainSet | None = None, *, upstream: State | None = None,
             _seen: set[int] | None = None, _path: str = "", backend: str = "local") -> "Parallel":
+        from ragkit.pipelines._checks import check_trainable
+
         if backend != "local":  # fitted on its own on Ray (a pipeline's steps are fitted locally by it)
             return fit_on_backend(self, corpus, train, upstream, backend)
         if _seen is None:  # fitted on its own: a refused refit changes nothing (see check_trainable)
@@ -1640,6 +1014,8 @@ class Route(Composite):
 
     def __init__(self, router: Operator, branches: Mapping[str, Operator | Sequence[Operator]],
                  default: Operator | Sequence[Operator] | str | None = None) -> None:
+        from ragkit.pipelines._checks import route_label_problems
+
         super().__init__()
         router = _operator_of_kind(router, "router", "route.router", "RuleRouter(rules=...), ScoreRouter(...)")
         if not isinstance(branches, Mapping):
@@ -1722,6 +1098,8 @@ class Route(Composite):
                     here: str) -> None:
         """Fit the router, route the training queries, and fit each branch on the queries it gets
         (``here``: the route's path, ``pipeline[1].route``, for errors)."""
+        from ragkit.pipelines._checks import check_trainable
+
         if _seen is None:
             check_trainable(self, train, corpus)
         seen = set() if _seen is None else _seen

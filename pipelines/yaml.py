@@ -45,6 +45,7 @@ from ragkit import registry
 from ragkit.errors import ConfigError, ParamError
 from ragkit.operator import Operator
 from ragkit.params import QUOTE_AS_WRITTEN, validate_params
+from ragkit.pipelines._checks import fuse_weights_problem, route_label_problems, unranked_router
 from ragkit.pipelines._compose import (
     MAX_LOOP_ITERS,
     Composite,
@@ -52,10 +53,7 @@ from ragkit.pipelines._compose import (
     Parallel,
     Pipeline,
     Route,
-    fuse_weights_problem,
-    route_label_problems,
     unique_names,
-    unranked_router,
 )
 
 __all__ = ["load_yaml", "dump_yaml", "to_node", "build", "walk_leaves", "parse_yaml_text"]

@@ -1491,7 +1491,7 @@ def validate_cmd(path: Path = typer.Argument(..., help="Pipeline YAML file, a sa
         else:
             pipe = Pipeline.from_yaml(path)
             _check_retrieves(pipe, str(path))  # what eval, train and ask refuse (a saved operator may be a reranker)
-            from ragkit.pipelines._compose import encoder_mismatch, encoder_notes
+            from ragkit.pipelines._checks import encoder_mismatch, encoder_notes
 
             problem = encoder_mismatch(pipe)  # what its fit would refuse (a dbnorm on another model's cosines)
             if problem is not None:  # with the file's line, as a load error has it

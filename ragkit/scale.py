@@ -403,7 +403,8 @@ def fit_pipeline(pipe: Any, corpus: Corpus, train: TrainSet | None, *, backend: 
     if backend != "ray":
         raise ParamError(f"fit: backend must be 'local' or 'ray', got {backend!r}")
     check_fit_inputs(corpus, train, "fit(backend='ray')")
-    from ragkit.pipelines._compose import check_trainable, iter_leaves, unranked_router
+    from ragkit.pipelines._checks import check_trainable, unranked_router
+    from ragkit.pipelines._compose import iter_leaves
 
     problem = unranked_router(pipe, path)
     if problem is not None:

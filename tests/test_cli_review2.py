@@ -256,7 +256,7 @@ def test_an_mmr_on_the_default_model_after_another_models_dense_is_noted(tmp_pat
     same = tmp_path / "same.yaml"
     same.write_text("pipeline:\n  - dense: {model: hash-mmr, k: 3}\n  - mmr: {k: 2, model: hash-mmr}\n")
     assert "mmr encodes with the default" not in _cli("validate", same).output
-    from ragkit.pipelines._compose import encoder_notes
+    from ragkit.pipelines._checks import encoder_notes
 
     assert len(encoder_notes(Pipeline.from_yaml(p))) == 1 and encoder_notes(Pipeline.from_yaml(same)) == []
     register_encoder("hash-mmr", HashingEncoder(dim=16))

@@ -10,7 +10,7 @@ import time
 import pytest
 
 from ragkit.errors import ConfigError, DataError
-from ragkit.pipelines import PRF, Loop, Pipeline, TopKStable, _compose
+from ragkit.pipelines import PRF, Loop, Pipeline, TopKStable, _checks
 from ragkit.pipelines.yaml import load_yaml
 from ragkit.retrievers import BM25, Dense
 from ragkit.types import Corpus, State
@@ -149,16 +149,16 @@ def _nested_loops(n: int, body: str = "[prf: {}, bm25: {}]", before: str = "") -
 def test_nested_loops_are_checked_in_linear_time(monkeypatch: pytest.MonkeyPatch) -> None:
     """_score_sources walked a loop's body twice, so each nesting level doubled the walk (depth 20: 3-7 s)."""
     calls = []
-    real = _compose._score_sources
+    real = _checks._score_sources
 
     def counted(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
         calls.append(1)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(_compose, "_score_sources", counted)
+    monkeypatch.setattr(_checks, "_score_sources", counted)
     pipe = load_yaml(_nested_loops(10))
     calls.clear()
-    assert _compose.cosine_source_problem(pipe) is None
+    assert _checks.cosine_source_problem(pipe) is None
     assert len(calls) < 100, len(calls)  # was 2^10 walks of the innermost body (> 4,000 calls)
     monkeypatch.undo()
     t = time.perf_counter()

@@ -13,7 +13,7 @@ import pytest
 from ragkit.errors import ParamError
 from ragkit.filters import CosineAdapter, DBNorm, TopK
 from ragkit.pipelines import Parallel, Pipeline
-from ragkit.pipelines._compose import encoder_mismatch
+from ragkit.pipelines._checks import encoder_mismatch
 from ragkit.retrievers import BM25, Dense, Muvera
 from ragkit.types import Corpus, Queries, TrainSet
 

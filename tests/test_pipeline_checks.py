@@ -13,7 +13,7 @@ from ragkit.errors import ConfigError, DataError, ParamError
 from ragkit.filters import CosineAdapter, DBNorm, TopK
 from ragkit.operator import Operator
 from ragkit.pipelines import PRF, Parallel, Pipeline, Route, RuleRouter, ScoreRouter
-from ragkit.pipelines._compose import unranked_router
+from ragkit.pipelines._checks import unranked_router
 from ragkit.pipelines.yaml import load_yaml
 from ragkit.retrievers import BM25, Dense
 from ragkit.types import Corpus, Queries, State, TrainSet
