@@ -281,7 +281,7 @@ class CosineAdapter(Operator):
     name = "cosine_adapter"
     kind = "filter"
     #: it cuts the dense rankings of the steps before it: refused before the first retriever, and after one
-    #: whose scores are not cosines (:func:`~ragkit.pipelines._compose.cosine_source_problem`)
+    #: whose scores are not cosines (:func:`~ragkit.pipelines._checks.cosine_source_problem`)
     reads_rankings = True
     Params = CosineAdapterParams
     params: CosineAdapterParams

@@ -37,7 +37,7 @@ the BM25 that reads the expanded query, and only a BM25 reads it: a pipeline who
 after ``prf`` is not a ``bm25`` (dense, muvera, knn_embed: it would change nothing), or is one that
 analyses text otherwise (``[bm25: {stemmer: none}, prf: {}, bm25: {stemmer: none}]`` searched
 Porter stems, ``property`` for ``properties``), is refused when it is built, naming both steps
-(:func:`~ragkit.pipelines._compose.prf_reader_problem`).  They are not inferred from the BM25: an
+(:func:`~ragkit.pipelines._checks.prf_reader_problem`).  They are not inferred from the BM25: an
 explicit setting is what is run, and saved.  The weighted
 query is written as text into ``state.values["lexical_query"]``, which BM25 reads (encoders
 keep reading the query itself: the weighted text is for term matching only): each term

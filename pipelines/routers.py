@@ -281,7 +281,7 @@ class ScoreRouter(LearnedThreshold, Operator):
     params: ScoreRouterParams
     stateless = True
     #: routes on the rankings of the steps before its route: a route with no retriever before it is
-    #: refused when the pipeline is built (:func:`~ragkit.pipelines._compose.unranked_router`)
+    #: refused when the pipeline is built (:func:`~ragkit.pipelines._checks.unranked_router`)
     reads_rankings = True
     example = {"feature": "top1", "threshold": 20.0}
     #: okapi BM25's top scores on the conformance slice straddle 20 (8 of 12 queries above), where the default

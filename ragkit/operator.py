@@ -279,7 +279,7 @@ class Operator:
     #: ``True`` when it works on the rankings of the steps before it (every reranker and filter, a
     #: generator; a router of a route): placed before the first retriever of its list it would change
     #: nothing, so the pipeline is refused when it is built or fitted
-    #: (:func:`~ragkit.pipelines._compose.unranked_router`), not at its first search; a ``rewriter`` that sets
+    #: (:func:`~ragkit.pipelines._checks.unranked_router`), not at its first search; a ``rewriter`` that sets
     #: it is accepted there in a loop's body, whose later iterations give it the previous one's rankings
     reads_rankings: ClassVar[bool] = False
     #: ``True`` on a retriever whose ``_call`` applies the metadata ``filter``: it keeps only the rows that
