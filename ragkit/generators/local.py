@@ -830,7 +830,8 @@ class PrefillCost:
     ``seconds``: wall time of the prefill; ``chunks``: chunks in the prompt, of which ``chunks_reused`` came
     from the chunk cache (modes naive, cachecraft) or, even in part, from the prefix cache (mode prefix;
     none in mode full); ``n_prompt``: prompt tokens, of which ``n_computed`` were run through the model
-    (fractional where a chunk's recomputation is a share of its tokens).
+    (fractional where a chunk's recomputation is a share of its tokens; the system prompt's tokens count where
+    they were computed: at a generator's first prefill with that system prompt, later ones reuse them).
 
     Examples
     --------
