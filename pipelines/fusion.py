@@ -280,7 +280,10 @@ class _Fuser(Operator):
             def heads(w: np.ndarray, k: int, prepared: PreparedFusion = prepared) -> tuple[np.ndarray, ...]:
                 return prepared.heads(w, top, k)
 
-            found = learn_weights(fuse, upstream, train.qrels, corpus.ids, folds=self.params.folds, heads=heads)
+            tried = ", ".join(f"{k}: {v}" for k, v in option.items())  # which of several settings warns
+            where = f"{self.name} ({self._learn_setting()}trying {tried})" if tried else self.name
+            found = learn_weights(fuse, upstream, train.qrels, corpus.ids, folds=self.params.folds, heads=heads,
+                                  where=where)
             if best is None or found.held_out_ndcg > best[1].held_out_ndcg:  # as the weights kept score held out
                 best = (option, found)
         if best is None:
@@ -288,12 +291,24 @@ class _Fuser(Operator):
         option, found = best
         self.option_ = option
         self.weights_ = found.weights
-        self.learned_ = {"branches": names, "weights": found.weights.tolist(), **option, "cv_ndcg@10": found.cv_ndcg,
-                         "train_ndcg@10": found.train_ndcg, "uniform_ndcg@10": found.baseline_ndcg, **found.report()}
+        # cv_ndcg@10: the kept weights' cross-validated estimate (equal weights' when they were kept, the
+        # averaged weights' own then under averaged_cv_ndcg@10, beside the weights set aside)
+        set_aside = found.report()
+        if set_aside:
+            set_aside = {"kept": set_aside.pop("kept"), "averaged_weights": set_aside.pop("averaged_weights"),
+                         "averaged_cv_ndcg@10": found.cv_ndcg, **set_aside}
+        self.learned_ = {"branches": names, "weights": found.weights.tolist(), **option,
+                         "cv_ndcg@10": found.held_out_ndcg, "train_ndcg@10": found.train_ndcg,
+                         "uniform_ndcg@10": found.baseline_ndcg, **set_aside}
 
     def _learnable_options(self) -> list[dict[str, Any]]:
         """Settings tried when learning, each with its own weight search; the best by CV wins."""
         return [{}]
+
+    def _learn_setting(self) -> str:
+        """The parameter that asked for the settings :meth:`_learnable_options` tries (``"norm: learn, "``),
+        for the warnings of their weight searches."""
+        return ""
 
     def _save(self, folder) -> None:
         if hasattr(self, "weights_"):
@@ -447,6 +462,9 @@ class WeightedFusion(_Fuser):
         if self.params.norm == "learn":
             return [{"norm": n} for n in ("minmax", "zscore", "none")]
         return [{}]
+
+    def _learn_setting(self) -> str:
+        return "norm: learn, " if self.params.norm == "learn" else ""
 
     @property
     def norm(self) -> str:

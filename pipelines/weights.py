@@ -111,7 +111,8 @@ def best_grid_point(scores: np.ndarray, from_uniform: np.ndarray, tol: float = 1
 
 def learn_weights(fuse: Callable[[State, np.ndarray], list[Ranking]], state: State, qrels: Qrels,
                   corpus_ids: np.ndarray, *, folds: int = 5, step: float | None = None, seed: int = 0,
-                  heads: Callable[[np.ndarray, int], tuple[np.ndarray, ...]] | None = None) -> WeightSearch:
+                  heads: Callable[[np.ndarray, int], tuple[np.ndarray, ...]] | None = None,
+                  where: str = "") -> WeightSearch:
     """Choose branch weights maximising nDCG@10 on the usable queries of ``state``: those with a judgement
     > 0 of a document in ``corpus_ids`` (:func:`~ragkit.types.usable_query_ids`; others score nDCG 0 for
     every weight and are left out).  At least 2 are needed (:class:`DataError`).
@@ -134,9 +135,17 @@ def learn_weights(fuse: Callable[[State, np.ndarray], list[Ranking]], state: Sta
         entries reaching its k-th best float32 score, ties kept: :meth:`PreparedFusion.heads
         <ragkit.pipelines.fusion.PreparedFusion.heads>`).  Given, every weight vector is scored from it,
         with the same nDCG, without building rankings (SciFact train, 3 branches: 3-6x faster).
+    where : str
+        The fuser and the setting tried (``"weighted (norm: learn, trying zscore)"``), starting the warning
+        when equal weights are kept: a fuser trying several settings may warn once for each.
+
+    The weights are exact means: the per-fold picks (multiples of the grid step, or the uniform point's
+    ``1 / n``) are averaged in fractions and rounded once, so 0.8, 0.9, 0.8, 0.8, 0.9 average to 0.84, not
+    the 0.8400000000000001 of a float sum.
     """
     n = len(state.branches or [])
-    grid = simplex_grid(n, step or (0.1 if n <= 3 else 0.25))
+    step = step or (0.1 if n <= 3 else 0.25)
+    grid = simplex_grid(n, step)
     from_uniform = np.linalg.norm(grid - 1 / n, axis=1)
     if from_uniform.min() > 1e-9:  # the unlearned fuser's point: the baseline, and the winner of ties
         grid = np.vstack([grid, np.full(n, 1 / n)])
@@ -177,7 +186,7 @@ def learn_weights(fuse: Callable[[State, np.ndarray], list[Ranking]], state: Sta
         picks.append(grid[best])
         held.append(per_q[best, te].mean())
         held_uniform.append(per_q[uniform, te].mean())  # equal weights on the same held-out fold
-    averaged = np.mean(picks, axis=0)
+    averaged = _exact_mean(np.array(picks), int(round(1 / step)) * n)
     final = (Run.from_rankings(state.query_ids, fuse(state, averaged), corpus_ids) if heads is None
              else _heads_run(heads(averaged, _DEPTH), state.query_ids, corpus_ids))
     averaged_train = float(_evaluate_noted(final, judged, ["ndcg@10"], qrels_checked=True).scores["ndcg@10"])
@@ -187,13 +196,30 @@ def learn_weights(fuse: Callable[[State, np.ndarray], list[Ranking]], state: Sta
     if np.abs(averaged - grid[uniform]).max() > 1e-9 and (cv <= cv_uniform or averaged_train < baseline):
         weights, train_ndcg, kept = grid[uniform].copy(), baseline, "uniform"
         logging.getLogger("ragkit").warning(
-            "learning fusion weights: the learned weights %s do not beat equal weights (cross-validated nDCG@10 "
+            "%slearning fusion weights: the learned weights %s do not beat equal weights (cross-validated nDCG@10 "
             "%.4f vs %.4f for equal weights on the same held-out folds; %.4f vs %.4f on the %d training queries); "
-            "keeping equal weights", np.round(averaged, 3).tolist(), cv, cv_uniform, averaged_train, baseline,
-            len(qids))
+            "keeping equal weights", f"{where}: " if where else "", np.round(averaged, 3).tolist(), cv, cv_uniform,
+            averaged_train, baseline, len(qids))
     return WeightSearch(weights=weights, fold_picks=np.array(picks), cv_ndcg=cv, train_ndcg=train_ndcg,
                         baseline_ndcg=baseline, uniform_cv_ndcg=cv_uniform, kept=kept, averaged=averaged,
                         averaged_train_ndcg=averaged_train)
+
+
+def _exact_mean(points: np.ndarray, denominator: int) -> np.ndarray:
+    """The mean of the rows of ``points``, whose entries are fractions with denominators dividing
+    ``denominator`` (grid points: multiples of the step; the uniform point: ``1 / n``), computed exactly
+    and rounded once to float64 (a float sum adds rounding errors: 0.8400000000000001).  A few folds
+    times a few branches: plain fractions.
+
+    Examples
+    --------
+    >>> _exact_mean(np.array([[0.9, 0.1], [0.8, 0.2], [0.8, 0.2], [0.9, 0.1], [0.8, 0.2]]), 20).tolist()
+    [0.84, 0.16]
+    """
+    from fractions import Fraction
+
+    exact = [[Fraction(float(x)).limit_denominator(denominator) for x in row] for row in points]
+    return np.array([float(sum(col, Fraction(0)) / len(exact)) for col in zip(*exact)], np.float64)
 
 
 def _heads_run(heads: tuple[np.ndarray, ...], query_ids: list[str], corpus_ids: np.ndarray) -> Run:

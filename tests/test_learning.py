@@ -628,6 +628,77 @@ def test_a_learning_fit_learns_what_scoring_its_fused_rankings_learned(slice_dat
             if best is None or found.held_out_ndcg > best[1].held_out_ndcg:
                 best = (option, found)
         option, found = best
+        set_aside = {**found.report(), "averaged_cv_ndcg@10": found.cv_ndcg} if found.report() else {}
         assert op.learned_ == {"branches": ["b0", "b1", "b2"], "weights": found.weights.tolist(), **option,
-                               "cv_ndcg@10": found.cv_ndcg, "train_ndcg@10": found.train_ndcg,
-                               "uniform_ndcg@10": found.baseline_ndcg, **found.report()}
+                               "cv_ndcg@10": found.held_out_ndcg, "train_ndcg@10": found.train_ndcg,
+                               "uniform_ndcg@10": found.baseline_ndcg, **set_aside}
+
+
+# ---------------------------------------------------------------- what a learned fuser reports
+
+
+def _two_branches(seed: int, nq: int = 20):
+    """Two random branches over 30 documents; each query judges 2 documents of one branch's top 12."""
+    from ragkit import Corpus, TrainSet
+    from ragkit.types import Ranking, State
+
+    rng = np.random.default_rng(seed)
+    ids = np.array([f"d{i}" for i in range(30)])
+    qids = [f"q{i}" for i in range(nq)]
+    br = [(f"b{i}", [Ranking(rng.permutation(30)[:12], np.linspace(1, 0, 12).astype(np.float32)) for _ in qids])
+          for i in range(2)]
+    st = State(list(qids), query_ids=list(qids), branches=br)
+    qrels = {q: {ids[br[j % 2][1][j].rows[r]]: 1 for r in rng.choice(12, 2, replace=False)}
+             for j, q in enumerate(qids)}
+    corpus = Corpus(ids=ids.tolist(), texts=[f"text {d}" for d in ids])
+    return st, corpus, TrainSet({q: f"query {q}" for q in qids}, qrels)
+
+
+def test_equal_weights_kept_report_their_own_cross_validated_ndcg(caplog):
+    """weighted with norm: learn kept equal weights [0.5, 0.5] but reported cv_ndcg@10 0.9114, the discarded
+    averaged weights' estimate, beside uniform_cv_ndcg@10 0.9209; and its warnings (one per normalisation
+    tried, different numbers each) named neither the fuser nor the normalisation."""
+    import logging
+
+    from ragkit.pipelines.fusion import WeightedFusion
+
+    st, corpus, train = _two_branches(0)
+    with caplog.at_level(logging.WARNING, logger="ragkit"):
+        op = WeightedFusion(learn=True, norm="learn").fit(corpus, train, upstream=st)
+    got = op.learned_
+    assert got["kept"] == "uniform" and got["weights"] == [0.5, 0.5]
+    assert got["cv_ndcg@10"] == got["uniform_cv_ndcg@10"]  # the estimate of the weights kept
+    assert "averaged_cv_ndcg@10" in got and got["averaged_cv_ndcg@10"] <= got["cv_ndcg@10"]
+    said = [r.getMessage() for r in caplog.records if "keeping equal weights" in r.getMessage()]
+    assert said and all(m.startswith("weighted (norm: learn, trying norm: ") for m in said), said
+    assert f"trying norm: {got['norm']}): learning fusion weights" in "".join(said)
+    from ragkit.pipelines.fusion import RRF
+
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="ragkit"):
+        RRF(learn=True).fit(corpus, train, upstream=_two_branches(2)[0])
+    said = [r.getMessage() for r in caplog.records if "keeping equal weights" in r.getMessage()]
+    assert len(said) == 1 and said[0].startswith("rrf: learning fusion weights: "), said
+
+
+def test_learned_weights_are_exact_means_of_the_fold_picks(tmp_path):
+    """The mean of five per-fold picks was a float sum: learned() and learned.json said
+    [0.36000000000000004, 0.6399999999999999]; the weights are now the exact means, rounded once."""
+    import json
+    from fractions import Fraction
+
+    from ragkit.pipelines.fusion import RRF
+
+    st, corpus, train = _two_branches(9)
+    op = RRF(learn=True).fit(corpus, train, upstream=st)
+    assert op.learned_.get("kept") is None and op.learned_["weights"] == [0.36, 0.64]
+    np.testing.assert_array_equal(op.weights_, [0.36, 0.64])  # the weights used, not only the ones shown
+    from ragkit.pipelines.weights import learn_weights
+
+    prep = RRF()._prepare(st, with_fields=False)
+    found = learn_weights(lambda s, w: prep(w, None), st, train.qrels, corpus.ids, folds=3)
+    exact = [float(sum(Fraction(float(x)).limit_denominator(20) for x in col) / len(col))
+             for col in found.fold_picks.T]
+    assert found.averaged.tolist() == exact
+    op.save(tmp_path / "f")
+    assert json.loads((tmp_path / "f" / "learned.json").read_text())["weights"] == [0.36, 0.64]
