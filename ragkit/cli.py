@@ -500,6 +500,10 @@ def _read_split(data: str, split: str, train_split: Optional[str], limit: Option
             raise RagkitError(f"--train-split {train_split}: holds {len(shared)} of the evaluated --split {split} "
                               f"quer{'y' if len(shared) == 1 else 'ies'} ({some_ids(shared)}), whose scores would not "
                               f"be held out; remove them from qrels/{train_split}.tsv or qrels/{split}.tsv")
+        from ragkit.types import warn_same_text  # (not refused: SciFact's test split has 2 texts of train queries)
+
+        warn_same_text(train.same_text(queries), len(queries), f"--split {split}",
+                       f"a --train-split {train_split} query")
     if run_file is not None:  # ids a TREC file cannot hold are refused now, not after the search
         from ragkit.run import check_trec_ids
 
@@ -1051,14 +1055,20 @@ def train_cmd(
             _note_nothing_learns(f"--pipeline {pipeline}", "ragkit train fits it as ragkit eval would" + (
                 "; the held-out report is skipped (unlearned and learned would be one fit; --report shows it)"
                 if skip else ""))
+        report_learned: dict[str, dict[str, Any]] = {}  # what the report's fit learned
+        n_fit = 0
         if report:
             n = len(train.queries)
             perm = np.random.default_rng(seed).permutation(n)
             held_idx, fit_idx = sorted(perm[: n // 5].tolist()), sorted(perm[n // 5:].tolist())
+            n_fit = len(fit_idx)
             fit_part = TrainSet(train.queries[fit_idx], {q: train.qrels[q] for q in train.queries[fit_idx].ids})
             held = train.queries[held_idx]
             held_qrels = {q: train.qrels[q] for q in held.ids}
-            table = Table(title=Text(f"held-out {len(held)} of {n} {split} queries (fit on the other {len(fit_idx)})"))
+            # the title on a line of its own: a table's title wraps at the table's width ("(fit\n on the other 48)")
+            title = Text(f"held-out {len(held)} of {n} {split} queries (fit on the other {len(fit_idx)})",
+                         style="italic")
+            table = Table()
             for col in ("pipeline", "nDCG@10", "Recall@100"):
                 table.add_column(col)
             traces = {}
@@ -1075,7 +1085,15 @@ def train_cmd(
                 res = evaluate(run, held_qrels, ["ndcg@10", "recall@100"]).scores
                 table.add_row(label, f"{res['ndcg@10']:.4f}", f"{res['recall@100']:.4f}")
                 traces[label] = run.trace
+                if tr is not None:
+                    report_learned = pipe.learned()
+            console.print(title, soft_wrap=True)
             console.print(table)
+            if len(held) < MIN_HELD_OUT:
+                console.print(Text.assemble(("caution:", "yellow"), (
+                    f" the held-out rows rest on {len(held)} quer{'y' if len(held) == 1 else 'ies'}: a difference "
+                    f"between them may be chance; a split with at least {5 * MIN_HELD_OUT} judged queries holds out "
+                    f"{MIN_HELD_OUT} or more")), soft_wrap=True)
             from ragkit.pipelines.trace import print_stages
 
             print_stages(console, traces, title="what each step does to the held-out queries")
@@ -1091,21 +1109,53 @@ def train_cmd(
         _fail(_in_file(e, pipeline))
         return
     _print_learned(pipe)
+    if report:
+        _note_refit_differs(report_learned, pipe.learned(), len(train.queries), n_fit)
     console.print(Text(f"fitted in {time.perf_counter() - t0:.1f} s; saved to {out} "  # the command on one line,
                        f"(evaluate with: ragkit eval --data {shlex.quote(data)} --pipeline {shlex.quote(str(out))})"),
                   soft_wrap=True)  # to copy
 
 
 def _print_learned(pipe: Any) -> None:
-    """One line per operator that learned settings from the judged queries (fusion weights, thresholds):
-    what it learned (``learned.json`` in the saved folder holds the same)."""
-    from ragkit.pipelines.yaml import walk_leaves
+    """One line per step that learned from the judged queries, as :meth:`Pipeline.learned` reports it: a
+    fuser's weights and estimates, a router's or judge's threshold, the Cosine Adapter's threshold and an
+    ``adapt`` fine-tune's model folder, each with the number of queries it learned from."""
+    for path, learned in pipe.learned().items():
+        shown = ", ".join(f"{k} {_short(v)}" for k, v in learned.items() if isinstance(v, (int, float, str, list)))
+        console.print(Text(f"learned: {path}: {shown}"), soft_wrap=True)
 
-    for path, leaf in walk_leaves(pipe):
-        learned = getattr(leaf, "learned_", None)
-        if isinstance(learned, dict):
-            shown = ", ".join(f"{k} {_short(v)}" for k, v in learned.items() if isinstance(v, (int, float, str, list)))
-            console.print(Text(f"learned: {path}: {shown}"), soft_wrap=True)
+
+#: held-out queries below which ``ragkit train``'s report comes with a caution (its rows are a few queries' scores)
+MIN_HELD_OUT = 10
+
+
+def _learned_settings(learned: dict[str, dict[str, Any]]) -> dict[str, dict[str, str]]:
+    """What each step learned, less its estimates and counts (``*@10``, ``queries``) and the folder of a
+    tuned model (another folder for other queries, always): weights, thresholds, a normalisation, as
+    ``ragkit train`` prints them (4 significant digits, so a threshold moved in its 6th digit is the same).
+    Whether equal weights were ``kept`` is not compared on its own: the weights say it."""
+    skip = {"queries", "model", "averaged_weights", "kept"}  # (equal weights kept: their weights differ)
+    return {path: {k: _short(v) for k, v in entry.items() if k not in skip and not k.endswith("@10")}
+            for path, entry in learned.items()}
+
+
+def _note_refit_differs(report: dict[str, dict[str, Any]], final: dict[str, dict[str, Any]], n: int,
+                        n_fit: int) -> None:
+    """Say so when the pipeline fitted on all ``n`` queries and saved learned other values than the held-out
+    report's fit on ``n_fit`` of them: the report scored those, not the saved ones."""
+    was, now = _learned_settings(report), _learned_settings(final)
+    changed = []
+    for path, entry in now.items():
+        before = was.get(path, {})
+        diff = [f"{k} {entry.get(k, 'none')} (the report's fit: {before.get(k, 'none')})"
+                for k in dict.fromkeys([*entry, *before]) if before.get(k) != entry.get(k)]
+        if diff:
+            changed.append(f"{path}: {', '.join(diff)}")
+    if changed:
+        console.print(Text.assemble(("note:", "yellow"), (
+            f" the saved pipeline, fitted on all {n} queries, learned other values than the report's fit on {n_fit} "
+            f"(which the held-out rows scored): {'; '.join(changed)}; no held-out query scored these")),
+            soft_wrap=True)
 
 
 def _short(v: Any) -> str:

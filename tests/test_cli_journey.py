@@ -698,3 +698,68 @@ def test_help_texts_keep_what_markdown_would_eat():
         texts = [command.callback.__doc__ or ""] + [getattr(param.default, "help", None) or "" for param in params]
         for text in texts:
             assert not re.search(r"<[A-Za-z/][^>]*>", text), (command.name, text)
+
+
+def test_train_prints_what_a_cosine_adapter_learned(tmp_path):
+    """``learned:`` lines came from the fusers', routers' and judges' reports only: a pipeline whose
+    Cosine Adapter (or ``dense: {adapt}`` fine-tune) learned from the queries printed none."""
+    from conftest import HashedEncoder
+
+    from ragkit.encoders import register_encoder
+
+    register_encoder("journey-hashed", HashedEncoder("journey-hashed-v1", 16), replace=True)
+    data = _tiny(tmp_path / "tiny")
+    (tmp_path / "c.yaml").write_text("pipeline:\n  - dense: {k: 5, model: journey-hashed}\n"
+                                     "  - cosine_adapter: {model: journey-hashed, max_iter: 20}\n")
+    res = _cli("train", "--data", data, "-p", tmp_path / "c.yaml", "--out", tmp_path / "o", "--no-report")
+    assert res.exit_code == 0, res.output
+    learned = [x for x in res.output.splitlines() if x.startswith("learned: ")]
+    assert len(learned) == 1 and learned[0].startswith("learned: pipeline[1].cosine_adapter: queries 5, threshold "), \
+        res.output
+
+
+def test_train_report_says_when_it_rests_on_few_queries_and_when_the_saved_values_differ(tmp_path, monkeypatch):
+    """With 5 queries the report rested on 1 held-out query without a word; its title folded mid-phrase
+    ("(fit\\n on the other 4)"); and the final fit on every query could save weights the report never
+    scored (SciFact slice: the report's fit kept equal weights, the saved pipeline [0.84, 0.16])."""
+    from ragkit.pipelines import Pipeline
+
+    data = _tiny(tmp_path / "tiny")
+    (tmp_path / "r.yaml").write_text("pipeline:\n  - parallel: {branches: [bm25: {}, bm25: {k1: 1.5}], "
+                                     "fuse: {rrf: {learn: true, folds: 2}}}\n")
+    res = _cli("train", "--data", data, "-p", tmp_path / "r.yaml", "--out", tmp_path / "a", columns=60)
+    assert res.exit_code == 0, res.output
+    lines = res.output.splitlines()
+    assert "held-out 1 of 5 train queries (fit on the other 4)" in lines, res.output
+    assert ("caution: the held-out rows rest on 1 query: a difference between them may be chance; a split with "
+            "at least 50 judged queries holds out 10 or more") in lines, res.output
+    assert "learned other values" not in res.output  # the same weights from 4 queries and from 5
+    learned = Pipeline.learned
+
+    def final_fit_learns_more(self):  # the fit on all 5 queries learns other weights than the report's on 4
+        out = learned(self)
+        for entry in out.values():
+            if entry.get("weights") and len(self.steps[0].fuse.trained_on_) == 5:
+                entry["weights"] = [0.84, 0.16]
+        return out
+
+    monkeypatch.setattr(Pipeline, "learned", final_fit_learns_more)
+    res = _cli("train", "--data", data, "-p", tmp_path / "r.yaml", "--out", tmp_path / "b")
+    assert res.exit_code == 0, res.output
+    note = next(x for x in res.output.splitlines() if "learned other values" in x)
+    assert note.startswith("note: the saved pipeline, fitted on all 5 queries, learned other values than the report's "
+                           "fit on 4 (which the held-out rows scored): pipeline[0].parallel.fuse.rrf: weights "
+                           "[0.84, 0.16] (the report's fit: [") and note.endswith("]); no held-out query scored these")
+
+
+def test_eval_notes_evaluated_queries_with_a_training_query_s_text_under_another_id(tmp_path):
+    """--train-split refused shared ids only: a test question copied into the train split under a new id was
+    learned from and scored as held out without a word (SciFact: '870' and '1292')."""
+    data = _tiny(tmp_path / "tiny")
+    with open(data / "queries.jsonl", "a", encoding="utf-8") as f:
+        f.write(json.dumps({"_id": "t9", "text": "Does vitamin D  prevent fractures"}) + "\n")
+    (data / "qrels" / "train.tsv").write_text("query-id\tcorpus-id\tscore\n" + TRAIN + "t9\td1\t1\n")
+    res = _cli("eval", "--data", data, "-p", "bm25", "--train-split", "train")
+    assert res.exit_code == 0, res.output
+    assert ("--split test: 1 of the 3 queries ('q1') has the text of a --train-split train query under another id "
+            "(whitespace and case aside): scores on it are not held out if it asks the same question") in res.output
