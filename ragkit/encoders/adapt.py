@@ -11,14 +11,17 @@ the embedding cache, so cached vectors of the base model are never reused for it
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import ClassVar, Protocol
+from typing import Any, ClassVar, Protocol
 
 import numpy as np
 from pydantic import Field
@@ -123,12 +126,60 @@ def _check_train_packages() -> None:
                           f"{' and '.join(missing)}, not installed: pip install 'ragkit[train]'")
 
 
+@contextmanager
+def _quiet_training() -> Iterator[None]:
+    """No progress bars of the libraries while a fine-tune runs: transformers' (loading and writing the
+    weights), datasets' and the model card's "Computing widget examples"; restored afterwards.  The
+    trainer's own bar and its printed metrics are its arguments' and callbacks' (:func:`fine_tune`)."""
+    import importlib
+
+    from transformers.utils import logging as hf_logging
+
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    datasets: Any = None
+    try:
+        datasets = importlib.import_module("datasets")
+    except ImportError:  # (fine_tune then says to install it)
+        pass
+    data_bars = datasets is not None and not datasets.are_progress_bars_disabled()
+    if data_bars:
+        datasets.disable_progress_bars()
+    card: Any = None
+    try:  # sentence-transformers draws it with a plain tqdm while the trainer is built
+        card = importlib.import_module("sentence_transformers.base.model_card")
+    except ImportError:
+        pass
+    bar = getattr(card, "tqdm", None)
+    if bar is not None:
+        card.tqdm = functools.partial(bar, disable=True)
+    try:
+        yield
+    finally:
+        if bar is not None:
+            card.tqdm = bar
+        if data_bars:
+            datasets.enable_progress_bars()
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
 def fine_tune(model: str, corpus: Corpus, train: TrainSet, out_dir: str | Path, config: AdaptConfig = AdaptConfig(),
-              *, progress: bool = True) -> Path:
-    """Fine-tune ``model`` on ``train`` and save it to ``out_dir``; returns the folder."""
+              *, progress: bool = False) -> Path:
+    """Fine-tune ``model`` on ``train`` and save it to ``out_dir``; returns the folder.
+
+    Quiet on stdout and stderr: no progress bar of the libraries and no metrics dict of the trainer
+    (``{'train_runtime': ...}``), so a command's output is its own (``adapted_model`` logs one line on the
+    ``ragkit`` logger before a fine-tune).  ``progress=True`` shows the trainer's progress bar (stderr)."""
+    _check_train_packages()
+    with _quiet_training():
+        return _fine_tune(model, corpus, train, Path(out_dir), config, progress)
+
+
+def _fine_tune(model: str, corpus: Corpus, train: TrainSet, out_dir: Path, config: AdaptConfig,
+               progress: bool) -> Path:
     import torch
 
-    _check_train_packages()
     # the sentence_transformer.* modules: sentence-transformers 5.4 on (6.x warns on the older paths)
     from datasets import Dataset
     from sentence_transformers import (
@@ -138,10 +189,10 @@ def fine_tune(model: str, corpus: Corpus, train: TrainSet, out_dir: str | Path, 
     )
     from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
     from sentence_transformers.sentence_transformer.training_args import BatchSamplers
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
     from ragkit.encoders.sentence import resolve_model
 
-    out_dir = Path(out_dir)
     anchors, positives, negatives = mine_pairs(corpus, train, model, n_neg=config.hard_negatives, depth=_MINE_DEPTH,
                                                seed=config.seed)
     if not anchors:
@@ -161,6 +212,16 @@ def fine_tune(model: str, corpus: Corpus, train: TrainSet, out_dir: str | Path, 
         )
         trainer = SentenceTransformerTrainer(model=st, args=args, train_dataset=data,
                                              loss=MultipleNegativesRankingLoss(st))
+        # the trainer prints its final metrics ({'train_runtime': ...}) on stdout whatever logging_strategy says:
+        # PrinterCallback with disable_tqdm, ProgressCallback's bar (to stderr, when progress is asked for) besides
+        trainer.remove_callback(PrinterCallback)
+        if progress:
+            class BarOnly(ProgressCallback):
+                def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kwargs: Any) -> None:
+                    return None  # (ProgressCallback writes the metrics under its bar, on stdout)
+
+            trainer.remove_callback(ProgressCallback)
+            trainer.add_callback(BarOnly())
         trainer.train()
         out_dir.parent.mkdir(parents=True, exist_ok=True)
         tmp = shared_tempdir(out_dir.parent, f".{out_dir.name}.tmp-")  # a model folder is shared like any other
@@ -206,7 +267,7 @@ def _training_digest(model_key: str, corpus: Corpus, train: TrainSet, config: Ad
 
 
 def adapted_model(model: str, corpus: Corpus, train: TrainSet, config: AdaptConfig = AdaptConfig(),
-                  *, progress: bool = True) -> Path:
+                  *, progress: bool = False) -> Path:
     """Folder of ``model`` fine-tuned on ``train``, trained once and cached.
 
     The cache folder (``$RAGKIT_CACHE/models/adapt-<hash>``) is keyed by the base model's
