@@ -1268,8 +1268,10 @@ def search_cmd(
         _print_results(corpus, batch, run, pipe)
     else:
         n_empty = sum(not len(ids) for ids in run.doc_ids)
+        fewer = _fewer_found(pipe) if n_empty else []
         console.print(Text(f"searched {len(batch)} quer{'y' if len(batch) == 1 else 'ies'} in {run.seconds:.2f} s"
-                           + (f"; {n_empty} found no document" if n_empty else "")), soft_wrap=True)
+                           + (f"; {n_empty} found no document" if n_empty else "")
+                           + (f" ({'; '.join(fewer)})" if fewer else "")), soft_wrap=True)
     try:
         _write_outputs(output, run_file, run, {
             "index": str(index), "k": k,

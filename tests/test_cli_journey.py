@@ -503,6 +503,9 @@ def test_the_notes_on_fewer_documents_name_the_steps_of_the_pipeline(tmp_path):
     res = _cli("search", "--index", tmp_path / "ix", "cats")
     assert res.exit_code == 0, res.output
     assert "cats: no document found (a filter step returns only those that pass it)" in res.output, res.output
+    res = _cli("search", "--index", tmp_path / "ix", "cats", "--output", tmp_path / "out.json")  # (said no reason)
+    assert res.exit_code == 0, res.output
+    assert "; 1 found no document (a filter step returns only those that pass it)" in res.output, res.output
     BM25(k=3, filter={"lang": "fr"}).fit(corpus).save(tmp_path / "ix2")
     res = _cli("search", "--index", tmp_path / "ix2", "cats")
     assert ("cats: no document found (BM25 returns only documents sharing a term with the query; a metadata filter "
