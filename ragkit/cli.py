@@ -12,7 +12,6 @@ atomically (a temporary file in the same folder, renamed into place).
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import os
@@ -1361,27 +1360,10 @@ def _check_llm_packages(gens: list[Any]) -> None:
 def _quiet_model_loading() -> Iterator[None]:
     """No progress bars while the language model loads (transformers draws one for its weights, and one while it
     parses a GGUF file, over ``ragkit ask``'s status line)."""
-    import importlib
+    from ragkit._progress import quiet_progress
 
-    import transformers
-
-    was = transformers.utils.logging.is_progress_bar_enabled()
-    transformers.utils.logging.disable_progress_bar()
-    gguf: Any = None
-    try:
-        gguf = importlib.import_module("transformers.modeling_gguf_pytorch_utils")
-    except ImportError:  # (no gguf support in this transformers: no such bar either)
-        pass
-    bar = getattr(gguf, "tqdm", None)
-    if bar is not None:
-        gguf.tqdm = functools.partial(bar, disable=True)
-    try:
+    with quiet_progress("transformers.modeling_gguf_pytorch_utils"):
         yield
-    finally:
-        if bar is not None:
-            gguf.tqdm = bar
-        if was:
-            transformers.utils.logging.enable_progress_bar()
 
 
 @app.command("ask")

@@ -11,7 +11,6 @@ the embedding cache, so cached vectors of the base model are never reused for it
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import logging
@@ -129,14 +128,13 @@ def _check_train_packages() -> None:
 @contextmanager
 def _quiet_training() -> Iterator[None]:
     """No progress bars of the libraries while a fine-tune runs: transformers' (loading and writing the
-    weights), datasets' and the model card's "Computing widget examples"; restored afterwards.  The
-    trainer's own bar and its printed metrics are its arguments' and callbacks' (:func:`fine_tune`)."""
+    weights), datasets' and the model card's "Computing widget examples" (sentence-transformers draws it with a
+    plain tqdm while the trainer is built); restored afterwards.  The trainer's own bar and its printed metrics
+    are its arguments' and callbacks' (:func:`fine_tune`)."""
     import importlib
 
-    from transformers.utils import logging as hf_logging
+    from ragkit._progress import quiet_progress
 
-    bars = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
     datasets: Any = None
     try:
         datasets = importlib.import_module("datasets")
@@ -145,23 +143,12 @@ def _quiet_training() -> Iterator[None]:
     data_bars = datasets is not None and not datasets.are_progress_bars_disabled()
     if data_bars:
         datasets.disable_progress_bars()
-    card: Any = None
-    try:  # sentence-transformers draws it with a plain tqdm while the trainer is built
-        card = importlib.import_module("sentence_transformers.base.model_card")
-    except ImportError:
-        pass
-    bar = getattr(card, "tqdm", None)
-    if bar is not None:
-        card.tqdm = functools.partial(bar, disable=True)
     try:
-        yield
+        with quiet_progress("sentence_transformers.base.model_card"):
+            yield
     finally:
-        if bar is not None:
-            card.tqdm = bar
         if data_bars:
             datasets.enable_progress_bars()
-        if bars:
-            hf_logging.enable_progress_bar()
 
 
 def fine_tune(model: str, corpus: Corpus, train: TrainSet, out_dir: str | Path, config: AdaptConfig = AdaptConfig(),
