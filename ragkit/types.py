@@ -1035,7 +1035,7 @@ def _warn_mixed_kinds(key: str, coded: tuple[Any, ...] | None) -> None:
     values = list(coded[1])
     kinds = _values_kinds(values)
     if len(kinds) > 1:
-        examples = ", ".join(f"{next(v for v in values if _values_kinds([v]) == {k})!r:.30}" for k in sorted(kinds))
+        examples = ", ".join(f"{next(v for v in values if k in _values_kinds([v]))!r:.30}" for k in sorted(kinds))
         logging.getLogger("ragkit").warning(
             "filter on metadata %r: the field holds %s (e.g. %s); a filter compares with == ('2020' == 2020 is "
             "false), so it matches the documents of its own value's kind only: give %r one kind in every document",

@@ -534,3 +534,12 @@ def test_a_filter_on_a_field_of_mixed_kinds_warns_once(caplog):
         assert corpus.mask({"tag": "t"}).tolist() == [True, False, True]
     notes = [r.getMessage() for r in caplog.records if r.name == "ragkit"]
     assert len(notes) == 1 and "'year': the field holds numbers and strings (e.g. 2020, '2020')" in notes[0], notes
+
+
+def test_the_mixed_kinds_warning_reads_tuples_of_mixed_kinds():
+    """A tuple value holding a string and a number, the only value of either kind, made the warning's example
+    lookup raise StopIteration inside a generator: the filter failed with RuntimeError."""
+    corpus = Corpus.from_texts(["x", "y"], tags=[("covid", 2020), "b"])
+    assert corpus.mask({"tags": "b"}).tolist() == [False, True]
+    with pytest.raises(DataError, match="the field holds tuple values"):
+        Corpus.from_texts(["x", "y"], tags=[("a", 1), ("b", 2)]).mask({"tags": "a"})
