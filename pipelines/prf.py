@@ -218,7 +218,7 @@ class PRF(Operator):
         words as tokenising everything at once gave, at about BM25's time and peak memory (it took ~1.8x both:
         the whole corpus's tokens as Python lists, and float64 counts)."""
         p = self.params
-        texts = corpus.full_texts if p.fields == "title_text" else corpus.texts.tolist()
+        texts = corpus.full_texts_view if p.fields == "title_text" else corpus.texts.tolist()
         bm = BM25(stopwords=p.stopwords, stemmer=p.stemmer, tokenizer=p.tokenizer)
         bm.vocab_ = {}
         parts = bm._count_parts(texts, grow=True)

@@ -61,7 +61,7 @@ from ragkit.operator import Operator, load_array, rankings_from_matrix, read_jso
 from ragkit.options import PARAM
 from ragkit.params import MetadataFilter, Params
 from ragkit.registry import register
-from ragkit.types import Corpus, State, TrainSet
+from ragkit.types import Corpus, FullTexts, State, TrainSet
 
 _log = logging.getLogger("ragkit")
 
@@ -463,8 +463,10 @@ class BM25(Operator):
         p = self.params
         return Tokenizer(p.stopwords, p.stemmer, p.tokenizer)
 
-    def _texts(self, corpus: Corpus) -> list[str]:
-        return corpus.full_texts if self.params.fields == "title_text" else corpus.texts.tolist()
+    def _texts(self, corpus: Corpus) -> Sequence[str]:
+        """The texts to index: joined titles and texts as they are read (a list of them all would hold the
+        corpus's characters again for the whole fit, ~1.5 GB at 1M documents), or the texts alone."""
+        return corpus.full_texts_view if self.params.fields == "title_text" else corpus.texts.tolist()
 
     def _term_ids(self, texts: Sequence[str], grow: bool) -> tuple[np.ndarray, np.ndarray]:
         """``(lengths, ids)``: tokens per text and the flat term ids (-1: stopword or unknown term).
@@ -508,7 +510,8 @@ class BM25(Operator):
         once peaked at ~10x its text; now at the chunk's temporaries plus the counts.  A chunk's
         columns are the vocabulary when it was counted (later chunks may add terms)."""
         try:
-            chars = np.cumsum(np.fromiter(map(len, texts), np.int64, len(texts)))
+            chars = np.cumsum(texts.lengths() if isinstance(texts, FullTexts)
+                              else np.fromiter(map(len, texts), np.int64, len(texts)))
         except TypeError:  # a text that is no string: one chunk, whose tokenizer names it
             chars = np.zeros(len(texts), np.int64)
         chunk = np.maximum(chars - 1, 0) // COUNT_CHUNK_CHARS  # the chunk each text ends in
