@@ -554,9 +554,10 @@ class BM25(Operator):
         self._weigh()
         self._warn_outside_ascii(texts)
 
-    def _warn_outside_ascii(self, texts: Sequence[str]) -> None:
-        """Warn where the tokenizer is ``alnum`` and many documents are written in letters outside ASCII, which
-        it drops: a Japanese corpus had no term, and every query scored 0 without a word."""
+    def _warn_outside_ascii(self, texts: Sequence[str], added: bool = False) -> None:
+        """Warn where the tokenizer is ``alnum`` and many documents (of the corpus, or of those ``added``) are written
+        in letters outside ASCII, which it drops: a Japanese corpus had no term, and every query scored 0 without a
+        word."""
         tok = self.__dict__.get("_tok")
         if getattr(tok, "split_kind", None) != "alnum":
             return
@@ -566,10 +567,11 @@ class BM25(Operator):
         word = word[:16]  # (a run of Japanese is a sentence)
         parts = [s.decode("ascii") for s in Tokenizer("none", "none", "alnum").surfaces([word])[0]]
         default = "" if "tokenizer" in self.params.model_fields_set else " (the default)"
-        _log.warning("bm25: %.0f%% of the documents (%d sampled) are written in letters outside ASCII, which "
+        _log.warning("bm25%s: %.0f%% of the documents%s (%d sampled) are written in letters outside ASCII, which "
                      "tokenizer 'alnum'%s drops: %r becomes %s; set 'tokenizer: unicode' (BM25(tokenizer="
-                     "\"unicode\")) to index them", 100 * share, sampled, default, word,
-                     ", ".join(map(repr, parts)) if parts else "no term")
+                     "\"unicode\"))%s to index them", ".add" if added else "", 100 * share, " added" if added else "",
+                     sampled, default, word, ", ".join(map(repr, parts)) if parts else "no term",
+                     " and fit the whole corpus again" if added else "")
 
     @property
     def tf_(self) -> sp.csr_matrix:
@@ -601,11 +603,13 @@ class BM25(Operator):
         s2i = self.__dict__.get("_s2i")
         if s2i:  # words unknown so far may be indexed now
             self._s2i = {s: j for s, j in s2i.items() if j >= 0}
-        parts = self._count_parts(self._texts(corpus), grow=True)
+        texts = self._texts(corpus)
+        parts = self._count_parts(texts, grow=True)
         counts, dl = _terms_by_docs(parts, len(self.vocab_), first=self._counts)
         self._counts, self._dl = counts, np.concatenate([self._dl, dl])
         self.corpus_ = self.corpus_.concat(corpus)
         self._weigh()
+        self._warn_outside_ascii(texts, added=True)
         return self
 
     def remove(self, ids: Any) -> "BM25":

@@ -237,6 +237,25 @@ def test_alnum_fit_warns_where_many_documents_are_in_letters_outside_ascii(caplo
     assert warnings(BM25(), scifact.corpus) == []
 
 
+def test_alnum_add_warns_where_the_added_documents_are_in_letters_outside_ascii(caplog):
+    """The check ran at fit only: Japanese documents added to an English index were indexed without a term,
+    and nothing said why.  ``add`` now checks the documents it adds, by the fit's rule."""
+    import logging
+
+    bm = BM25().fit(Corpus.from_texts(["cats sleep", "dogs bark", "birds sing"]))
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="ragkit"):
+        bm.add(Corpus.from_texts(["just english", "more english"], ids=["e1", "e2"]))
+        assert not caplog.records
+        bm.add(Corpus.from_texts(["東京タワーは東京都港区にある電波塔です。", "富士山は日本で一番高い山です。"],
+                                 ids=["j1", "j2"]))
+    (msg,) = [r.getMessage() for r in caplog.records]
+    assert re.search(r"^bm25.add: 100% of the documents added \(2 sampled\) are written in letters outside ASCII, "
+                     r"which tokenizer 'alnum' \(the default\) drops: .* set 'tokenizer: unicode' "
+                     r"\(BM25\(tokenizer=\"unicode\"\)\) and fit the whole corpus again to index them$", msg), msg
+    assert len(bm.corpus_) == 7
+
+
 def test_bench_quick(tmp_path):
     """bench/bm25.py --quick agrees with rank-bm25; without numba (whose JIT compile takes ~1 min here: the
     numba row is tested in tests/test_benches.py, marked slow).  It writes into a temporary folder
