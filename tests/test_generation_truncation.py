@@ -1,0 +1,47 @@
+"""The local generator's cut of a long chunk to ``max_chunk_tokens`` is said, not silent.
+
+A LangChain app joined four retrieved documents (1,485 tokens) into one context string and passed it
+as one chunk: the model answered from a 246-token prompt, with no word that the rest was dropped.
+The tiny 4-layer test model (``tiny``, byte-level tokenizer: a character per token) keeps this cheap.
+"""
+from __future__ import annotations
+
+import logging
+
+from test_cachecraft import TINY_Q, tiny  # noqa: F401
+
+
+def test_a_cut_chunk_is_warned_with_its_length_and_the_parameter(tiny, caplog):  # noqa: F811
+    from ragkit.generators.local import LocalGenerator
+
+    g = LocalGenerator(tiny[0], max_chunk_tokens=10).load()
+    with caplog.at_level(logging.WARNING, logger="ragkit"):
+        seg = g.segments(TINY_Q, ["a" * 40, "short", "b" * 30])
+    assert [len(c) for c in seg.chunks] == [10, 7, 10]  # cut as before
+    warned = [r for r in caplog.records if r.name.startswith("ragkit") and r.levelno == logging.WARNING]
+    assert len(warned) == 1, [r.getMessage() for r in warned]  # one warning for the call, not one per chunk
+    msg = warned[0].getMessage()
+    assert "2 of 3 chunks cut to max_chunk_tokens=10" in msg
+    assert "chunk 0 (42 tokens)" in msg and "chunk 2 (32 tokens)" in msg  # 40 / 30 characters + "\n\n"
+    assert "Raise max_chunk_tokens" in msg and "separate chunks" in msg
+
+
+def test_chunks_that_fit_are_not_warned(tiny, caplog):  # noqa: F811
+    from ragkit.generators.local import LocalGenerator
+
+    g = LocalGenerator(tiny[0], max_chunk_tokens=10).load()
+    with caplog.at_level(logging.WARNING, logger="ragkit"):
+        seg = g.segments(TINY_Q, ["abcdefgh", "short"])  # 8 + 2 separator tokens: exactly the limit
+    assert [len(c) for c in seg.chunks] == [10, 7]
+    assert not [r for r in caplog.records if r.name.startswith("ragkit") and r.levelno >= logging.WARNING]
+
+
+def test_generate_warns_once_for_a_long_context_passed_as_one_chunk(tiny, caplog):  # noqa: F811
+    from ragkit.generators.local import LocalGenerator
+
+    g = LocalGenerator(tiny[0], max_chunk_tokens=64).load()
+    with caplog.at_level(logging.WARNING, logger="ragkit"):
+        g.generate(TINY_Q, ["cells " * 50], mode="full", max_new_tokens=1)
+    warned = [r.getMessage() for r in caplog.records if r.name.startswith("ragkit") and r.levelno == logging.WARNING]
+    assert len(warned) == 1 and "1 of 1 chunk cut to max_chunk_tokens=64" in warned[0], warned
+    assert "(301 tokens)" in warned[0]  # "cells " * 50 stripped: 299 characters, and the separator
