@@ -24,6 +24,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import logging
 import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -199,6 +200,27 @@ def _retriever_names(op: Operator) -> list[str]:
     return list(dict.fromkeys(names)) or [op.name or type(op).__name__.lower()]
 
 
+_log = logging.getLogger("ragkit")
+
+#: the search options that keep every ``generate`` step of a tree from running its language model (it passes the
+#: rankings on): a retriever returns documents, so answers would be thrown away (and an LLM call per query is slow)
+_NO_ANSWERS: dict[str, Any] = {"generate": {"answer": False}}
+
+
+def _rankings_only(op: Operator) -> dict[str, Any]:
+    """:data:`_NO_ANSWERS` for a tree ``op`` holding a ``generate`` step (anywhere: a step, or inside a
+    branch, route or loop), else ``{}``; noted once on the ``ragkit`` logger (INFO) when the retriever is built."""
+    from ragkit.generators.operator import Generate
+    from ragkit.pipelines._compose import iter_leaves
+
+    if not any(isinstance(leaf, Generate) for leaf in iter_leaves(op)):
+        return {}
+    _log.info("RagkitRetriever: the pipeline's generate step is not run (it passes its rankings on): a retriever "
+              "returns documents, so its answers would be thrown away; answer with the pipeline's own search, or "
+              "with a chat model after the retriever in the chain")
+    return copy.deepcopy(_NO_ANSWERS)
+
+
 def _num(x: float) -> float | None:
     return None if isinstance(x, float) and math.isnan(x) else x
 
@@ -210,6 +232,8 @@ class _State(NamedTuple):
     producers: "_Producers"
     search_kwargs: dict[str, Any]
     k: int
+    #: options set under ``search_kwargs`` and the call's (:func:`_rankings_only`): no generate step answers
+    rankings_only: dict[str, Any]
 
 
 # ---------------------------------------------------------------------------------- retriever
@@ -259,6 +283,11 @@ class RagkitRetriever(BaseRetriever):
     to write: a search sees the retriever before the assignment or after it, never in between, and
     never one refused.  A new ``pipeline`` (or ``corpus``: the pipeline refitted
     on it, as at construction) replaces the retriever's documents, lock and everything read from the tree.
+
+    A ``generate`` step of the pipeline (anywhere in it) is not run: it passes on the rankings it would
+    answer from, so the documents are those before it, and no language model is called per retrieval (its
+    answers would be thrown away; an INFO note on the ``ragkit`` logger says so when the retriever is
+    built).  Answer with a chat model after the retriever in the chain, or with ``pipeline.search``.
 
     Each returned ``Document`` has the corpus text as ``page_content``, the document id as
     ``id`` and ``metadata`` with ``id`` (where no document has an ``id`` of its own), ``title``,
@@ -335,6 +364,8 @@ class RagkitRetriever(BaseRetriever):
     _corpus: Corpus = PrivateAttr()
     #: which retrievers produced each query's documents (:func:`_producers_of`)
     _producers: "_Producers" = PrivateAttr()
+    #: the options that keep the tree's generate steps from answering (:func:`_rankings_only`; ``{}``: none)
+    _rankings_only: dict[str, Any] = PrivateAttr(default_factory=dict)
     #: the operator :meth:`_build` checked and wrapped (None until built): an assignment that keeps it
     #: (``r.k = 5``) checks the settings again, one that changes it builds the retriever again
     _op: Operator | None = PrivateAttr(default=None)
@@ -394,6 +425,7 @@ class RagkitRetriever(BaseRetriever):
         self.__dict__["pipeline"] = op
         self._corpus = corpus
         self._producers = _producers_of(op)
+        self._rankings_only = _rankings_only(op)
         self._lock = lock_of(op)
         self._op = op
         return self
@@ -547,7 +579,7 @@ class RagkitRetriever(BaseRetriever):
         an assignment (``r.pipeline = ...``, ``r.k = ...``) swaps them holding the lock to write, so they are
         all of the retriever before it or all of the one after."""
         with self._holding(write=False):
-            yield _State(self.pipeline, self._producers, self.search_kwargs, self.k)
+            yield _State(self.pipeline, self._producers, self.search_kwargs, self.k, self._rankings_only)
 
     @contextmanager
     def _holding(self, *, write: bool) -> Iterator[None]:
@@ -575,7 +607,9 @@ class RagkitRetriever(BaseRetriever):
             # the documents this search's rows index: read from the pipeline before and after it, never from
             # this retriever (a call on another thread updates self._corpus after its own search)
             with self._reading() as state:  # (an edit through this retriever waits, and is waited for)
-                options = merge_options(state.search_kwargs, call)
+                # a generate step passes its rankings on (the documents it would answer from), unless the
+                # options say generate={"answer": True}: the answers would be thrown away
+                options = merge_options(merge_options(state.rankings_only, state.search_kwargs), call)
                 own_k = options.pop("k", None)  # search_kwargs' (a call's k is never among its options)
                 n = k if k is not None else state.k if own_k is None else _positive_k(own_k, "search_kwargs: ")
                 before = self._searched_corpus(state.pipeline)  # (search_kwargs edited in place: k checked)
@@ -917,7 +951,9 @@ class RagkitRetriever(BaseRetriever):
 
         ``k`` and search options in ``kwargs`` apply to every query.  Callbacks get one
         retriever run per query, as with ``invoke``.  A query that is no string (or holds a lone
-        surrogate) fails alone with ``return_exceptions``; an error of the search, every query.
+        surrogate) fails alone with ``return_exceptions``; without it, the batch raises that query's
+        ``DataError`` before searching, every run it started ended (the good queries' with a ``DataError``
+        saying they were not searched); an error of the search fails every query.
         """
         inputs, configs, k, options, cms = self._batch_setup(inputs, config, kwargs, CallbackManager)
         if not inputs:
@@ -927,7 +963,11 @@ class RagkitRetriever(BaseRetriever):
         bad = _query_errors(inputs, one=False)
         for i, e in bad.items():
             runs[i].on_retriever_error(e)
-        if bad and not return_exceptions:
+        if bad and not return_exceptions:  # nothing is searched: each good query's run ends too (as an error)
+            unsearched = _unsearched(bad, len(inputs))
+            for i in range(len(inputs)):
+                if i not in bad:
+                    runs[i].on_retriever_error(unsearched)
             raise next(iter(bad.values()))
         good = [i for i in range(len(inputs)) if i not in bad]
         try:
@@ -959,7 +999,11 @@ class RagkitRetriever(BaseRetriever):
         bad = _query_errors(inputs, one=False)
         for i, e in bad.items():
             await runs[i].on_retriever_error(e)
-        if bad and not return_exceptions:
+        if bad and not return_exceptions:  # nothing is searched: each good query's run ends too (as an error)
+            unsearched = _unsearched(bad, len(inputs))
+            for i in range(len(inputs)):
+                if i not in bad:
+                    await runs[i].on_retriever_error(unsearched)
             raise next(iter(bad.values()))
         good = [i for i in range(len(inputs)) if i not in bad]
         try:
@@ -993,6 +1037,16 @@ class _ConfigurableRetriever(RunnableConfigurableFields):
             return super()._prepare(config)
         finally:
             _CONFIGURED.reset(token)
+
+
+def _unsearched(bad: Mapping[int, DataError], n: int) -> DataError:
+    """The error that ends the callback run of each good query of a batch of ``n`` that is not searched
+    because of the queries ``bad`` (``return_exceptions=False``): every run started is ended, as
+    ``Runnable.batch`` ends them, so a tracer shows no run left open."""
+    error = next(iter(bad.values()))  # (its message names its query)
+    return DataError(f"not searched: {len(bad)} of the batch's {n} queries failed ({error}), so "
+                     "the batch raised before searching; fix those, or pass return_exceptions=True to search the "
+                     "others")
 
 
 def _query_errors(queries: list[Any], *, one: bool) -> dict[int, DataError]:
