@@ -1176,7 +1176,7 @@ class LocalGenerator:
         _log.warning(
             f"LocalGenerator: {len(cut)} of {n_chunks} chunk{'' if n_chunks == 1 else 's'} cut to max_chunk_tokens="
             f"{self.max_chunk_tokens:,} tokens (the chunk separator included): {shown}; the model does not see "
-            f"their other {lost:,} tokens. Raise max_chunk_tokens (LocalGenerator(max_chunk_tokens=...), generate's "
+            f"the rest ({lost:,} tokens). Raise max_chunk_tokens (LocalGenerator(max_chunk_tokens=...), generate's "
             "max_chunk_tokens in a pipeline), or pass long documents as separate chunks (one string per document "
             "or passage), not joined into one")
 
