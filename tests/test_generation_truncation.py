@@ -16,13 +16,14 @@ def test_a_cut_chunk_is_warned_with_its_length_and_the_parameter(tiny, caplog): 
 
     g = LocalGenerator(tiny[0], max_chunk_tokens=10).load()
     with caplog.at_level(logging.WARNING, logger="ragkit"):
-        seg = g.segments(TINY_Q, ["a" * 40, "short", "b" * 30])
-    assert [len(c) for c in seg.chunks] == [10, 7, 10]  # cut as before
+        seg = g.segments(TINY_Q, ["a" * 40, "short", "b" * 30, "c" * 15])
+    assert [len(c) for c in seg.chunks] == [10, 7, 10, 10]  # cut as before
     warned = [r for r in caplog.records if r.name.startswith("ragkit") and r.levelno == logging.WARNING]
     assert len(warned) == 1, [r.getMessage() for r in warned]  # one warning for the call, not one per chunk
     msg = warned[0].getMessage()
-    assert "2 of 3 chunks cut to max_chunk_tokens=10" in msg
+    assert "2 of 4 chunks cut to max_chunk_tokens=10" in msg
     assert "chunk 0 (42 tokens)" in msg and "chunk 2 (32 tokens)" in msg  # 40 / 30 characters + "\n\n"
+    assert "chunk 3" not in msg  # (17 tokens kept 10: more than half, a document a little long, not said)
     assert "Raise max_chunk_tokens" in msg and "separate chunks" in msg
 
 
