@@ -46,3 +46,22 @@ def test_generate_warns_once_for_a_long_context_passed_as_one_chunk(tiny, caplog
     warned = [r.getMessage() for r in caplog.records if r.name.startswith("ragkit") and r.levelno == logging.WARNING]
     assert len(warned) == 1 and "1 of 1 chunk cut to max_chunk_tokens=64" in warned[0], warned
     assert "(301 tokens)" in warned[0]  # "cells " * 50 stripped: 299 characters, and the separator
+
+
+def test_the_chat_model_backend_warns_of_chunks_cut_to_less_than_half(caplog):
+    """The LangChain chat backend cut chunks to ``max_chunk_words`` without a word, as the local one did."""
+    from langchain_core.language_models.fake_chat_models import FakeListChatModel
+
+    from ragkit.generators.langchain_chat import LangChainGenerator
+
+    g = LangChainGenerator(FakeListChatModel(responses=["ok"]), max_chunk_words=4)
+    with caplog.at_level(logging.WARNING, logger="ragkit"):
+        msgs = g.messages("q?", ["one two three four five six seven eight nine", "a b c d e", "x y"])
+    assert "one two three four\n\na b c d\n\nx y\n\n" in msgs[1].content  # cut as before
+    (msg,) = [r.getMessage() for r in caplog.records if r.name.startswith("ragkit")]
+    assert "1 of 3 chunks cut to max_chunk_words=4 words, less than half of each: chunk 0 (9 words)" in msg, msg
+    assert "(5 words)" in msg and "separate chunks" in msg  # the rest: 9 - 4
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="ragkit"):
+        LangChainGenerator(FakeListChatModel(responses=["ok"])).messages("q?", ["w " * 500])
+    assert not caplog.records

@@ -8,12 +8,15 @@ one user message with the documents and the question.  No chunk-cache reuse happ
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Callable, Iterator, Sequence
 
 from ragkit.errors import InputTypeError
 from ragkit.generators.local import DEFAULT_SYSTEM, _check_prompt
 
 __all__ = ["LangChainGenerator"]
+
+_log = logging.getLogger("ragkit")
 
 
 def _lc_messages():
@@ -48,7 +51,9 @@ class LangChainGenerator:
         The system message.
     max_chunk_words : int or None
         Each chunk is cut to this many whitespace-separated words (the chat model's own
-        tokenizer is not at hand); ``None`` keeps chunks whole.
+        tokenizer is not at hand); ``None`` keeps chunks whole.  A warning on the ``ragkit`` logger
+        names the chunks that lose more than half their words (a whole context passed as one chunk),
+        as :class:`~ragkit.generators.local.LocalGenerator` does for its tokens.
     """
 
     def __init__(self, chat_model: Any, *, system_prompt: str = DEFAULT_SYSTEM,
@@ -62,12 +67,28 @@ class LangChainGenerator:
         self.system_prompt = system_prompt
         self.max_chunk_words = max_chunk_words
 
-    def _cut(self, chunk: str) -> str:
-        chunk = chunk.strip()
-        if self.max_chunk_words is None:
-            return chunk
-        words = chunk.split()
-        return chunk if len(words) <= self.max_chunk_words else " ".join(words[: self.max_chunk_words])
+    def _cut(self, chunks: Sequence[str]) -> list[str]:
+        """The chunks stripped and cut to ``max_chunk_words``; one warning for those that lose more than half."""
+        out = [c.strip() for c in chunks]
+        limit = self.max_chunk_words
+        if limit is None:
+            return out
+        cut = []  # (position, words) of each chunk cut to less than half
+        for i, c in enumerate(out):
+            words = c.split()
+            if len(words) > limit:
+                out[i] = " ".join(words[:limit])
+                if len(words) > 2 * limit:
+                    cut.append((i, len(words)))
+        if cut:
+            shown = ", ".join(f"chunk {i} ({n:,} words)" for i, n in cut[:5]) + (
+                f" and {len(cut) - 5} more" if len(cut) > 5 else "")
+            _log.warning(f"LangChainGenerator: {len(cut)} of {len(out)} chunk{'' if len(out) == 1 else 's'} cut to "
+                         f"max_chunk_words={limit:,} words, less than half of each: {shown}; the model does not see "
+                         f"the rest ({sum(n for _, n in cut) - len(cut) * limit:,} words). Raise it (generate's "
+                         "max_chunk_tokens in a pipeline), or pass long documents as separate chunks (one string per "
+                         "document or passage), not joined into one")
+        return out
 
     def messages(self, question: str, chunks: Sequence[str]) -> list[Any]:
         """The system message and the user message holding the chunks (``chunks``: a list of str, one
@@ -75,7 +96,7 @@ class LangChainGenerator:
         :class:`~ragkit.generators.local.LocalGenerator`: it would be taken character by character)."""
         _check_prompt(question, chunks, "LangChainGenerator")
         SystemMessage, HumanMessage = _lc_messages()
-        docs = "".join(self._cut(c) + "\n\n" for c in chunks)
+        docs = "".join(c + "\n\n" for c in self._cut(chunks))
         return [SystemMessage(content=self.system_prompt),
                 HumanMessage(content=f"Documents:\n{docs}Question: {question.strip()}")]
 
