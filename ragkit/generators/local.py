@@ -1058,6 +1058,21 @@ class LocalGenerator:
         self.prefix_cache = PrefixCache(cache_budget_bytes)  # the prefix mode's store, with the same budget
         self._sys_cache: dict[tuple[int, ...], tuple[torch.Tensor, torch.Tensor]] = {}
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Its settings, not what :meth:`load` made: a pickled generator (a pipeline with a ``generate`` step sent to
+        another process, a LangChain retriever pickled) loads its model again on first use, with a new in-memory
+        chunk cache (a ``disk_dir`` cache is found again); pickling failed on the model's lock."""
+        state = dict(self.__dict__)
+        for key in ("tokenizer_", "model_id_", "tokenizer_id_", "eos_ids_"):
+            state.pop(key, None)
+        state.update(model_=None, _lock=None, prefix_cache=None, _sys_cache={}, chunk_cache=None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.RLock()
+        self.prefix_cache = PrefixCache(self.cache_budget_bytes)
+
     # ------------------------------------------------------------------ loading
     def load(self) -> "LocalGenerator":
         """Load model and tokenizer (offline) and create or check the chunk cache.

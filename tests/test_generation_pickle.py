@@ -1,0 +1,39 @@
+"""A generator pickles with its settings and loads its model again on first use.
+
+Pickling a pipeline with a local ``generate`` step (or a LangChain retriever over one) failed,
+``TypeError: cannot pickle '_thread.RLock' object``, loaded or not.
+"""
+from __future__ import annotations
+
+import pickle
+
+from test_cachecraft import TINY_Q, tiny  # noqa: F401
+
+from ragkit import Corpus
+from ragkit.retrievers import BM25
+
+CHUNKS = ["Scurvy is caused by a lack of vitamin C.", "Citrus fruit holds vitamin C."]
+
+
+def test_a_loaded_generator_pickles_and_answers_alike_after(tiny):  # noqa: F811
+    from ragkit.generators.local import LocalGenerator
+
+    g = LocalGenerator(tiny[0], max_chunk_tokens=64)
+    again = pickle.loads(pickle.dumps(g))  # (not loaded)
+    assert again.model_ is None
+    want = g.generate(TINY_Q, CHUNKS, mode="full", max_new_tokens=4)
+    copy = pickle.loads(pickle.dumps(g))  # loaded: the model is not in the pickle
+    assert copy.model_ is None and copy.max_chunk_tokens == 64 and copy.model_name == g.model_name
+    assert copy.generate(TINY_Q, CHUNKS, mode="full", max_new_tokens=4) == want
+    assert again.generate(TINY_Q, CHUNKS, mode="cachecraft", max_new_tokens=4) == g.generate(
+        TINY_Q, CHUNKS, mode="cachecraft", max_new_tokens=4)
+    assert copy.model_ is g.model_  # (one loaded copy per process)
+
+
+def test_a_pipeline_with_a_generate_step_pickles(tiny):  # noqa: F811
+    from ragkit.generators.operator import Generate
+
+    pipe = (BM25(k=2) | Generate(model=tiny[0], max_new_tokens=3)).fit(Corpus.from_texts(CHUNKS))
+    before = pipe.search([TINY_Q])
+    after = pickle.loads(pickle.dumps(pipe)).search([TINY_Q])
+    assert after.values["answer"] == before.values["answer"] and len(before.values["answer"][0]) > 0
