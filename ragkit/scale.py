@@ -26,8 +26,12 @@
   into the folder it was loaded from never reaches its actors.
 * :func:`search_distributed` splits a query batch across Ray workers, each loading the
   saved pipeline once.
+* Operators of your own (registered in this process: ``ragkit --import ./myops.py``,
+  ``RAGKIT_IMPORT``, ``import myops``) work on Ray too: the workers import their modules (by name,
+  else from the module's file, as ``--import`` does) before they rebuild the operators by name.
 
-Bad input (an unloadable model, a registered encoder where Ray workers would need it, a
+Bad input (an unloadable model, a registered encoder where Ray workers would need it, an operator
+class no worker could import (defined in the script being run or inside a function), a
 retriever that fine-tunes inside ``sharded``, a ``sharded`` inside ``sharded``, a ``workdir``
 below a file, a bad ``n_chunks``, an unfitted pipeline, and what a local fit refuses at once) is
 refused with a :class:`~ragkit.errors.RagkitError` before Ray starts; so is a Ray backend
@@ -134,6 +138,121 @@ def _ray():
     return ray
 
 
+#: How to make an operator known to Ray workers, for the errors that say one is not.
+_PLUGIN_HOW = ("put the class in a module file and import it (ragkit --import ./myops.py, RAGKIT_IMPORT, or import "
+               "myops in Python), install it as a package, or register it with a 'ragkit.operators' entry point")
+
+
+def _operator_classes(op: Any) -> list[type]:
+    """Every operator class of the tree ``op`` (composites, leaves, a ``sharded`` retriever's per-shard one), once."""
+    seen: set[int] = set()
+    classes: dict[type, None] = {}
+    stack = [op]
+    while stack:
+        node = stack.pop()
+        if id(node) in seen or not isinstance(node, Operator):
+            continue
+        seen.add(id(node))
+        classes[type(node)] = None
+        if isinstance(node, Sharded):
+            classes[node._sub_cls] = None
+        try:
+            stack += list(node.children() or [])
+        except Exception:  # noqa: BLE001 - (an operator whose children need its fit): its own class is listed
+            pass
+    return list(classes)
+
+
+def _plugin_modules(classes: Iterable[type], where: str) -> list[tuple[str, str | None]]:
+    """``(module name, file path or None)`` of each operator class of ``classes`` that is not ragkit's own, for Ray
+    workers to import before they rebuild operators by name (:func:`_import_plugins`): the registry is per process,
+    and a worker knows only what its imports register.  A class no worker could import (defined in the script being
+    run, ``__main__``, or inside a function; a module with neither a file nor an importable name) is refused
+    (:class:`ParamError`, before Ray starts)."""
+    import importlib.util
+    import sys
+
+    found: dict[str, str | None] = {}
+    for cls in classes:
+        module = cls.__module__ or ""
+        if module == "ragkit" or module.startswith("ragkit.") or module in found:
+            continue
+        name = getattr(cls, "name", cls.__qualname__)
+        what = f"{where}: operator {name!r} (class {cls.__qualname__} of {module or 'no module'})"
+        if module == "__main__":
+            raise ParamError(f"{what} is defined in the script being run; Ray workers are other processes that "
+                             f"rebuild operators by name and cannot import a script: {_PLUGIN_HOW}", path=where)
+        if "<locals>" in cls.__qualname__:
+            raise ParamError(f"{what} is defined inside a function, so importing its module on a Ray worker does not "
+                             f"register it: define it at the top level of a module; {_PLUGIN_HOW}", path=where)
+        mod = sys.modules.get(module)
+        file = getattr(mod, "__file__", None) if mod is not None else None
+        if isinstance(file, str) and os.path.isfile(file):
+            found[module] = os.path.abspath(file)
+            continue
+        try:
+            spec = importlib.util.find_spec(module)
+        except (ImportError, ValueError):
+            spec = None
+        if spec is None:
+            raise ParamError(f"{what}: its module has no file and cannot be imported by name, so Ray workers cannot "
+                             f"import it: {_PLUGIN_HOW}", path=where)
+        found[module] = None
+    return list(found.items())
+
+
+def _import_plugins(modules: Sequence[tuple[str, str | None]]) -> None:
+    """On a Ray worker: import the modules that register the driver's own operators (:func:`_plugin_modules`), by
+    name where the worker finds it, else from its file (a module file as ``ragkit --import ./myops.py`` imports it;
+    a package's module with its package's folder on ``sys.path``).  A failure is a :class:`RagkitError`
+    (not retried: it would fail alike) saying which module, from where, and why."""
+    import importlib
+    import sys
+
+    for module, file in modules:
+        if module in sys.modules:
+            continue
+        label = f"importing {module!r} (it registers operators of this pipeline) on a Ray worker"
+        try:
+            importlib.import_module(module)
+            continue
+        except ModuleNotFoundError as e:
+            missing = e.name or ""
+            if file is None or not (module == missing or module.startswith(missing + ".")):
+                raise RagkitError(f"{label} failed: {type(e).__name__}: {e}; {_PLUGIN_HOW}") from None
+        except Exception as e:  # noqa: BLE001 - whatever the module raised on import
+            raise RagkitError(f"{label} failed: {type(e).__name__}: {e}") from None
+        path = Path(file)
+        if not path.is_file():
+            raise RagkitError(f"{label} failed: the worker neither finds it by name nor has its file {file} (a "
+                              f"folder of the driver's machine: on a cluster, put it on storage every node reads, or "
+                              f"install it on every node); {_PLUGIN_HOW}")
+        if "." not in module and path.name != "__init__.py":
+            from ragkit.cli import _import_module
+
+            _import_module(str(path), f"{label} from {file}")  # (a RagkitError saying what went wrong)
+            continue
+        root = path.parents[module.count(".") + (1 if path.name == "__init__.py" else 0)]
+        if str(root) not in sys.path:
+            sys.path.append(str(root))
+        try:
+            importlib.import_module(module)
+        except Exception as e:  # noqa: BLE001
+            raise RagkitError(f"{label} from {root} failed: {type(e).__name__}: {e}") from None
+
+
+def _with_plugins(modules: Sequence[tuple[str, str | None]], fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``fn`` for a Ray task that first imports ``modules`` (:func:`_import_plugins`)."""
+    if not modules:
+        return fn
+    modules = list(modules)
+
+    def task(*args: Any) -> Any:
+        _import_plugins(modules)
+        return fn(*args)
+    return task
+
+
 def _registered(model: Any) -> TypeGuard[str]:
     """Whether ``model`` names an encoder registered with :func:`~ragkit.encoders.register_encoder`
     (in this process only: a Ray worker resolves the name as a sentence-transformers model)."""
@@ -200,12 +319,27 @@ def ray_init(address: str | None = None, num_cpus: int | None = None) -> Any:
     """Start (or join) Ray once: ``address`` / ``$RAGKIT_RAY_ADDRESS`` joins a cluster, else a local one."""
     ray = _ray()
     if not ray.is_initialized():
-        address = address or os.environ.get("RAGKIT_RAY_ADDRESS")
+        given, env = address, os.environ.get("RAGKIT_RAY_ADDRESS")
+        address = address or env
         kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "ignore_reinit_error": True}
         if address:
-            ray.init(address=address, **kwargs)
-        else:
-            ray.init(num_cpus=num_cpus, **kwargs)
+            source = "ray_init(address=...)" if given else "$RAGKIT_RAY_ADDRESS"
+        else:  # (Ray itself joins $RAY_ADDRESS when it is set)
+            address = os.environ.get("RAY_ADDRESS") or None
+            source = "$RAY_ADDRESS (read by Ray itself)"
+        try:
+            if given or env:
+                ray.init(address=address, **kwargs)
+            else:
+                ray.init(num_cpus=num_cpus, **kwargs)
+        except Exception as e:  # noqa: BLE001 - Ray's ConnectionError after its retries, a malformed address...
+            if address is None or isinstance(e, RagkitError):
+                raise
+            fix = "pass another address" if given else f"set {source.split(' ')[0]} to another, or unset it to start " \
+                                                       f"a local Ray in this process"
+            raise ParamError(f"could not join the Ray cluster at {address!r}, the address {source} names "
+                             f"({type(e).__name__}: {e}); expected the address of a running Ray cluster (its head "
+                             f"node prints it at ray start --head): {fix}", path=source.split(" ")[0]) from None
     return ray
 
 
@@ -419,6 +553,7 @@ def fit_pipeline(pipe: Any, corpus: Corpus, train: TrainSet | None, *, backend: 
     sharded = [leaf for leaf in every_sharded if leaf.params.backend != "local"]
     for leaf in sharded:
         leaf._check_ray_model("fit(backend='ray')")
+        leaf._ray_modules("fit(backend='ray')")
     models = corpus_models(pipe)
     for model in models:  # each checked to load before Ray starts
         _check_model(model, 64, "fit(backend='ray')")
@@ -434,17 +569,54 @@ def fit_pipeline(pipe: Any, corpus: Corpus, train: TrainSet | None, *, backend: 
 def merge_rankings(parts: Sequence[list[Ranking]], k: int) -> list[Ranking]:
     """Merge per-shard rankings of the same queries by score (rows already global), top ``k`` each.
 
-    Flat arrays for the whole batch: one lexsort by (query, -score, row).
+    ``parts``: one list of rankings per shard, in shard order (a shard's rows below the next shard's), each
+    ranking best first.  Documents of equal score keep the shards' own order: a lower shard's first, and within
+    a shard the order the shard ranked them in (its retriever may break a tie of float32 scores by a finer score,
+    e.g. bm25's float64 one).  See :func:`_merge_flat`.
     """
-    n_q = len(parts[0]) if parts else 0
-    lens = np.array([[len(p[i]) for i in range(n_q)] for p in parts], dtype=np.int64).reshape(len(parts), n_q)
-    q = np.concatenate([np.repeat(np.arange(n_q), lens[s]) for s in range(len(parts))]) if n_q else np.empty(0, int)
-    rows = np.concatenate([r.rows for p in parts for r in p]) if n_q else np.empty(0, np.int64)
-    scores = np.concatenate([r.scores for p in parts for r in p]) if n_q else np.empty(0, np.float32)
-    order = np.lexsort((rows, -scores, q))
-    q, rows, scores = q[order], rows[order], scores[order]
-    bounds = np.searchsorted(q, np.arange(n_q + 1))
-    return [Ranking(rows[a:min(b, a + k)], scores[a:min(b, a + k)]) for a, b in zip(bounds[:-1], bounds[1:])]
+    if not parts:
+        return []
+    return _split(*_merge_flat([_flatten(p) for p in parts], k))
+
+
+#: Cells (queries x candidates) merged at once by :func:`_merge_flat` (its temporaries: ~20 bytes each).
+_MERGE_CELLS = 1 << 22
+
+
+def _merge_flat(parts: Sequence[_Flat], k: int) -> _Flat:
+    """:func:`merge_rankings` on flat ``(rows, scores, lengths)`` arrays (:data:`_Flat`), one per shard, in shard
+    order: each query's candidates are laid out in a padded ``(n_q, width)`` array, shard after shard, and
+    sorted row-wise by score with a stable sort (equal scores keep that order); chunks of queries of at most
+    :data:`_MERGE_CELLS` cells.  Returns the merged top ``k`` of every query, flat."""
+    n_s = len(parts)
+    n_q = len(parts[0][2]) if n_s else 0
+    lens = np.stack([np.asarray(p[2], np.int64) for p in parts]) if n_s else np.zeros((0, 0), np.int64)
+    total = lens.sum(axis=0)
+    if n_q == 0 or not total.any():
+        return np.empty(0, np.int64), np.empty(0, np.float32), np.zeros(n_q, np.int64)
+    ends = [np.cumsum(p[2]) for p in parts]  # each shard's flat end of every query
+    before = np.cumsum(lens, axis=0) - lens  # (n_s, n_q): a query's candidates of the shards before this one
+    out_rows, out_scores = [], []
+    step = max(1, _MERGE_CELLS // max(1, int(total.max())))
+    for a in range(0, n_q, step):
+        b = min(n_q, a + step)
+        width = int(total[a:b].max())
+        neg = np.full((b - a, width), np.nan, np.float32)  # (pads: NaN, sorted after every score, NaN or not)
+        rows = np.zeros((b - a, width), np.int64)
+        for s, (r, sc, ln) in enumerate(parts):
+            lo = int(ends[s][a - 1]) if a else 0
+            hi = int(ends[s][b - 1])
+            n = np.asarray(ln[a:b], np.int64)
+            q = np.repeat(np.arange(b - a), n)
+            col = np.arange(hi - lo) - np.repeat(np.cumsum(n) - n, n) + np.repeat(before[s, a:b], n)
+            neg[q, col] = -np.asarray(sc[lo:hi], np.float32)
+            rows[q, col] = r[lo:hi]
+        kk = min(k, width)
+        order = np.argsort(neg, axis=1, kind="stable")[:, :kk]
+        keep = np.arange(kk) < np.minimum(total[a:b], k)[:, None]
+        out_rows.append(np.take_along_axis(rows, order, axis=1)[keep])
+        out_scores.append(-np.take_along_axis(neg, order, axis=1)[keep])
+    return np.concatenate(out_rows), np.concatenate(out_scores), np.minimum(total, k)
 
 
 # ---------------------------------------------------------------------- sharded retriever
@@ -537,12 +709,13 @@ class _ShardActor:
     "actor died" text: every search raises it as :class:`_Permanent` instead, once, with the
     original error's text."""
 
-    def __init__(self, folders: list[str], *corpora: Corpus) -> None:
+    def __init__(self, folders: list[str], *corpora: Corpus, modules: Sequence[tuple[str, str | None]] = ()) -> None:
         from ragkit.operator import CHECKSUMS, Operator
 
         self.ops: list[Operator] = []
         self.error: str | None = None
         try:
+            _import_plugins(modules)  # the modules that register the driver's own operators (custom retrievers)
             # a saved sharded retriever's shard folders hold no documents (the parent's corpus, sliced, is given)
             # and no checksums (the parent's load checked them); those a fit just wrote hold both
             self.ops = [Operator.load(f, corpus=c, verify=(Path(f) / CHECKSUMS).is_file())
@@ -551,12 +724,19 @@ class _ShardActor:
             self.error = f"{type(e).__name__}: {e}"
 
     def search(self, queries: list[str], options: dict[str, Any],
-               values: dict[str, Any] | None = None) -> list[list[tuple[np.ndarray, np.ndarray]]]:
-        """Each shard's ``(rows, scores)`` per query, in the order of its shards."""
+               values: dict[str, Any] | None = None) -> list[_Flat]:
+        """Each shard's rankings as flat ``(rows, scores, lengths)`` (:func:`_flat`), in the order of its shards.
+        The shards share one dict of query vectors, as a local search does: a ``dense`` encodes the queries
+        once per call, not once per shard."""
         if self.error is not None:
             raise _Permanent(self.error)
-        return [_rows_scores(op(State(list(queries), options=options, values=dict(values or {}))), op.name)
-                for op in self.ops]
+        vectors: dict[str, Any] = {}
+        out = []
+        for op in self.ops:
+            sub = op(State(list(queries), options=options, vectors=vectors, values=dict(values or {})))
+            vectors.update(sub.vectors)
+            out.append(_flat(sub, op.name))
+        return out
 
 
 def _live(bounds: np.ndarray) -> np.ndarray:
@@ -616,11 +796,42 @@ def _link_tree(src: Path, dst: Path) -> None:
             shutil.copy2(entry.path, target)
 
 
-def _rows_scores(state: State, name: str) -> list[tuple[np.ndarray, np.ndarray]]:
-    """``(rows, scores)`` of each query's ranking in the output of a shard's retriever ``name``."""
+#: One shard's rankings of a query batch as flat arrays: every query's rows (int64) and scores (float32), one
+#: query after the other, and each query's number of results (int64)
+_Flat = tuple[np.ndarray, np.ndarray, np.ndarray]
+
+
+def _flat(state: State, name: str) -> _Flat:
+    """The rankings in the output of a shard's retriever ``name`` as flat ``(rows, scores, lengths)`` arrays
+    (three arrays to send back from a Ray actor, not one pair per query)."""
     if state.rankings is None:
         raise ShardError(f"sharded: the per-shard retriever {name} returned no rankings")
-    return [(r.rows, r.scores) for r in state.rankings]
+    return _flatten(state.rankings)
+
+
+def _flatten(rankings: Sequence[Ranking]) -> _Flat:
+    """``(rows, scores, lengths)`` of ``rankings``, flat (see :data:`_Flat`)."""
+    lens = np.fromiter((len(r.rows) for r in rankings), np.int64, len(rankings))
+    if not len(rankings):
+        return np.empty(0, np.int64), np.empty(0, np.float32), lens
+    return (np.concatenate([r.rows for r in rankings]).astype(np.int64, copy=False),
+            np.concatenate([r.scores for r in rankings]).astype(np.float32, copy=False), lens)
+
+
+def _split(rows: np.ndarray, scores: np.ndarray, lens: np.ndarray) -> list[Ranking]:
+    """Flat ``(rows, scores, lengths)`` as one :class:`Ranking` per query."""
+    cuts = np.cumsum(lens)[:-1]
+    return [Ranking(r, s) for r, s in zip(np.split(rows, cuts), np.split(scores, cuts))]
+
+
+class _FixedAtFit(AttributeError):
+    """``Sharded.add`` / ``Sharded.remove``: an ``AttributeError`` (``hasattr(op, "add")`` stays False, as for any
+    operator that cannot be edited) whose text says why and what to do."""
+
+    def __init__(self, what: str) -> None:
+        super().__init__(f"sharded: {what} is not supported: a sharded index is fixed at fit (its shards are split "
+                         f"by row and bm25 shards share the whole corpus's statistics); refit it on the edited "
+                         f"corpus (pipeline.fit(corpus))")
 
 
 @register
@@ -816,7 +1027,9 @@ class Sharded(Operator):
                     for s in live}
             # one actor per CPU at most: an actor per shard would be a worker process (and its memory) each
             n_actors = min(len(live), max(1, int(ray.cluster_resources().get("CPU", 1))))
-            actors = [actor.remote([self.folders_[s] for s in g], *[docs[int(s)] for s in g])
+            modules = self._ray_modules("sharded.search")
+            extra = {"modules": modules} if modules else {}  # (none for ragkit's own retrievers)
+            actors = [actor.remote([self.folders_[s] for s in g], *[docs[int(s)] for s in g], **extra)
                       for g in _groups(live, n_actors)]
             self._actors, self._actor_docs, self._actors_session = actors, list(docs.values()), session
             return actors
@@ -878,9 +1091,10 @@ class Sharded(Operator):
                     raise failed(s, f"{type(e).__name__}: {e}") from e
             return
         self._check_ray_model("sharded.fit")  # before Ray starts
+        modules = self._ray_modules("sharded.fit")
         ray = ray_init()
         task = ray.remote(max_retries=self.params.max_retries, retry_exceptions=list(_TRANSIENT))(
-            _deterministic_errors_final(_fit_shard))
+            _deterministic_errors_final(_with_plugins(modules, _fit_shard)))
         refs = [task.remote(node, sh, folders[s]) for s, sh in zip(live, slices)]
         try:
             for s, ref in zip(live, refs):
@@ -942,6 +1156,7 @@ class Sharded(Operator):
         live = _live(self.bounds_)  # the shards with documents
         if self._use_ray():
             self._check_ray_model("sharded.search")  # before Ray starts
+            self._ray_modules("sharded.search")
             self._check_filters(options)  # a bad filter is refused here, as a local search refuses it
             ray = ray_init()
             results = self._search_ray(ray, live, texts, options, rewrites)
@@ -953,11 +1168,29 @@ class Sharded(Operator):
                 sub = shard(State(texts, list(state.query_ids), options=options, vectors=state.vectors,
                                             values=dict(rewrites)))
                 state.vectors.update(sub.vectors)
-                results.append(_rows_scores(sub, self._sub_name))
-        parts = [[Ranking(rows + off, sc) for rows, sc in res] for res, off in zip(results, self.bounds_[live])]
+                results.append(_flat(sub, self._sub_name))
         out = state.copy()
-        out.rankings = merge_rankings(parts, merge_k) if parts else [Ranking.empty() for _ in texts]
+        if not results:
+            out.rankings = [Ranking.empty() for _ in texts]
+            return out
+        parts = [(rows + off, sc, lens) for (rows, sc, lens), off in zip(results, self.bounds_[live])]
+        out.rankings = _split(*_merge_flat(parts, merge_k))
         return out
+
+    def _ray_modules(self, where: str) -> list[tuple[str, str | None]]:
+        """The modules Ray workers import before they rebuild the per-shard retriever by name (its class's, when
+        it is not ragkit's own: :func:`_plugin_modules`); refused before Ray starts when no worker could."""
+        return _plugin_modules([self._sub_cls], where)
+
+    @property
+    def add(self) -> Any:
+        """Not supported: a sharded index is fixed at fit (an ``AttributeError`` saying so)."""
+        raise _FixedAtFit("add")
+
+    @property
+    def remove(self) -> Any:
+        """Not supported: a sharded index is fixed at fit (an ``AttributeError`` saying so)."""
+        raise _FixedAtFit("remove")
 
     def _check_filters(self, options: Mapping[str, Any]) -> None:
         """Refuse (:class:`~ragkit.errors.DataError`) a ``filter`` option (the call's, or the per-shard
@@ -969,9 +1202,9 @@ class Sharded(Operator):
                 self.corpus_.mask(given)
 
     def _search_ray(self, ray: Any, live: np.ndarray, texts: list[str], options: dict[str, Any],
-                    rewrites: dict[str, Any]) -> list[list[tuple[np.ndarray, np.ndarray]]]:
-        """``(rows, scores)`` per query of each shard of ``live`` (shard numbers, in order), searched by the Ray
-        actors serving them (:func:`_groups`).
+                    rewrites: dict[str, Any]) -> list[_Flat]:
+        """Flat ``(rows, scores, lengths)`` (:func:`_flat`) of each shard of ``live`` (shard numbers, in order),
+        searched by the Ray actors serving them (:func:`_groups`).
 
         A ragkit error raised by a shard (a filter only a shard's documents refuse...) is raised as it is, and the
         actors are kept: they are sound.  Any other failure drops the actor set it failed on (the next search
@@ -984,7 +1217,7 @@ class Sharded(Operator):
             actors = self._ray_actors(ray)
             groups = _groups(live, len(actors))
             refs = [a.search.remote(texts, options, rewrites) for a in actors]
-            results: list[list[tuple[np.ndarray, np.ndarray]]] = []
+            results: list[_Flat] = []
             for group, ref in zip(groups, refs):
                 try:
                     results += ray.get(ref)
@@ -1244,6 +1477,7 @@ def search_distributed(pipe: Any, queries: Any, *, n_chunks: int = 4, k: int | N
         raise ParamError(f"search_distributed: {where} {model!r} is an encoder registered with register_encoder in "
                          f"this process; the Ray workers that load the pipeline do not have it: search in this "
                          f"process (pipe.search)", path=where)
+    modules = _plugin_modules(_operator_classes(pipe), "search_distributed")  # before Ray: workers import them
     check_options(pipe, {**options, **({} if k is None else {"k": k})}, shared_corpus(pipe))  # before Ray
     check_workdir(workdir, "search_distributed: workdir", "the saved pipeline")
     if not isinstance(queries, Queries):  # every form search takes, as it takes it ({id: text}, a Series...)
@@ -1259,7 +1493,7 @@ def search_distributed(pipe: Any, queries: Any, *, n_chunks: int = 4, k: int | N
         tmp = os.path.abspath(name)
         pipe.save(Path(tmp) / "p")
         task = ray.remote(max_retries=_SEARCH_RETRIES, retry_exceptions=list(_TRANSIENT))(
-            _deterministic_errors_final(_search_chunk))
+            _deterministic_errors_final(_with_plugins(modules, _search_chunk)))
         refs = [task.remote(str(Path(tmp) / "p"), queries.ids[a:b], queries.texts[a:b], k, options)
                 for a, b in spans]
         chunks = []

@@ -1,0 +1,236 @@
+"""Fourth review of Ray scale-out: operators registered in the driver (``--import ./myops.py``, ``import myops``) are
+known on Ray workers, a Ray-searched ``dense`` encodes the queries once per actor (not once per shard), the merge of
+shard rankings is flat and keeps the shards' own order of equal scores, a wrong Ray address names the setting that
+gave it, and ``Sharded.add`` / ``remove`` say the index is fixed at fit."""
+
+from __future__ import annotations
+
+import sys
+import textwrap
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from conftest import ranked, word_corpus
+
+from ragkit import registry, scale
+from ragkit.errors import ParamError
+from ragkit.pipelines import Pipeline
+from ragkit.retrievers import BM25, Dense
+from ragkit.scale import Sharded, merge_rankings, search_distributed
+from ragkit.types import Ranking
+
+QUERIES = ["w1 w2 w3", "w4 w5", "w7 w11 w13", "w20 w21"]
+
+
+@pytest.fixture
+def no_ray(monkeypatch):
+    """Fail the test if anything starts (or joins) Ray."""
+    def refuse(*args, **kwargs):
+        raise AssertionError("Ray was started")
+
+    monkeypatch.setattr(scale, "ray_init", refuse)
+
+
+@pytest.fixture
+def plugin_files(tmp_path):
+    """Operators registered in this process only, from a module file imported by path (as ``ragkit --import
+    ./rr4ops.py`` does) and from a package's module imported by name with its folder put on ``sys.path`` after Ray
+    started: Ray workers find neither on their own.  Unregistered (and the modules forgotten) afterwards."""
+    from ragkit.cli import _import_module
+
+    (tmp_path / "rr4ops.py").write_text(textwrap.dedent("""
+        from ragkit.registry import register
+        from ragkit.retrievers import BM25
+
+        @register
+        class RR4BM25(BM25):
+            name = "rr4bm25"
+    """))
+    pkg = tmp_path / "root" / "rr4pkg"
+    pkg.mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "helper.py").write_text("X = 1\n")
+    (pkg / "ops.py").write_text(textwrap.dedent("""
+        from ragkit.registry import register
+        from ragkit.retrievers import BM25
+        from . import helper  # (a relative import: only as a package)
+
+        @register
+        class RR4PkgBM25(BM25):
+            name = "rr4pkgbm25"
+    """))
+    _import_module(str(tmp_path / "rr4ops.py"), "--import")
+    sys.path.append(str(tmp_path / "root"))
+    import importlib
+
+    importlib.import_module("rr4pkg.ops")
+    try:
+        yield ["rr4bm25", "rr4pkgbm25"]
+    finally:
+        sys.path.remove(str(tmp_path / "root"))
+        for name in ("rr4bm25", "rr4pkgbm25"):
+            registry._REGISTRY.pop(name, None)
+        for module in ("rr4ops", "rr4pkg", "rr4pkg.ops", "rr4pkg.helper"):
+            sys.modules.pop(module, None)
+
+
+# ---------------------------------------------------------------- 1. operators registered in the driver
+def test_an_operator_registered_in_the_driver_fits_and_searches_on_ray(local_ray, plugin_files):
+    corpus = word_corpus(60)
+    want = ranked(BM25(k=5).fit(corpus).search(QUERIES))
+    for name in plugin_files:
+        sharded = Pipeline([Sharded(retriever={name: {}}, n_shards=3, k=5, backend="ray")]).fit(corpus)
+        assert ranked(sharded.search(QUERIES)) == want, name
+        one = Pipeline([registry.get(name)(k=5)]).fit(corpus)
+        assert ranked(search_distributed(one, QUERIES, n_chunks=2)) == want, name
+
+
+def test_an_operator_no_ray_worker_could_import_is_refused_before_ray_starts(no_ray):
+    class Local(BM25):
+        name = "rr4local"
+
+    registry.register(Local)
+    try:
+        corpus = word_corpus(30)
+        with pytest.raises(ParamError, match=r"sharded\.fit: operator 'rr4local' .* inside a function.*entry point"):
+            Sharded(retriever={"rr4local": {}}, n_shards=2, k=5, backend="ray").fit(corpus)
+        with pytest.raises(ParamError, match=r"fit\(backend='ray'\): operator 'rr4local'"):
+            Pipeline([Sharded(retriever={"rr4local": {}}, n_shards=2, k=5)]).fit(corpus, backend="ray")
+        fitted = Sharded(retriever={"rr4local": {}}, n_shards=2, k=5, backend="local").fit(corpus)
+        fitted._backend = "ray"
+        with pytest.raises(ParamError, match=r"sharded\.search: operator 'rr4local'"):
+            fitted.search(QUERIES)
+        with pytest.raises(ParamError, match=r"search_distributed: operator 'rr4local'"):
+            search_distributed(Local(k=5).fit(corpus), QUERIES)
+        Local.__module__, Local.__qualname__ = "__main__", "Local"
+        with pytest.raises(ParamError, match=r"defined in the script being run.*--import \./myops\.py"):
+            search_distributed(Local(k=5).fit(corpus), QUERIES)
+    finally:
+        registry._REGISTRY.pop("rr4local", None)
+
+
+def test_ragkit_operators_need_no_import():
+    assert scale._plugin_modules([BM25, Dense, Sharded], "here") == []
+
+
+# ---------------------------------------------------------------- 2. query vectors once per actor
+class _CountingEncoder:
+    """A registered (per-process) encoder, counting the query batches it encodes."""
+
+    key = "test-rr4-count-v1"
+    dim = 8
+
+    def __init__(self) -> None:
+        self.query_calls = 0
+
+    def encode(self, texts, **kw):
+        out = np.full((len(texts), 8), 1e-3, np.float32)
+        for i, t in enumerate(texts):
+            for w in str(t).split():
+                out[i, sum(map(ord, w)) % 8] += 1
+        return out / np.linalg.norm(out, axis=1, keepdims=True)
+
+    def encode_queries(self, texts, **kw):
+        self.query_calls += 1
+        return self.encode(texts)
+
+
+def test_a_shard_actor_encodes_the_queries_once_for_all_its_shards(tmp_path):
+    """The actor's shards share one dict of query vectors, as a local search's do (it built a State per shard, so
+    a dense encoded the query batch once per shard it served)."""
+    from ragkit.encoders import register_encoder, unregister_encoder
+
+    enc = _CountingEncoder()
+    register_encoder("test-rr4-count", enc, replace=True)
+    try:
+        corpus = word_corpus(40)
+        sh = Sharded(retriever={"dense": {"model": "test-rr4-count"}}, n_shards=4, k=5, backend="local",
+                     workdir=str(tmp_path)).fit(corpus)
+        corpora = [corpus.subset(np.arange(a, b)) for a, b in zip(sh.bounds_[:-1], sh.bounds_[1:])]
+        actor = scale._ShardActor(sh.folders_, *corpora)
+        assert actor.error is None
+        enc.query_calls = 0
+        parts = actor.search(QUERIES, {"k": 5})
+        assert enc.query_calls == 1
+        merged = scale._split(*scale._merge_flat(
+            [(r + off, s, n) for (r, s, n), off in zip(parts, sh.bounds_[:-1])], 5))
+        assert [r.rows.tolist() for r in merged] == [r.rows.tolist() for r in sh.search(QUERIES).rankings]
+    finally:
+        unregister_encoder("test-rr4-count")
+
+
+# ---------------------------------------------------------------- 4. the flat merge
+def _old_merge(parts, k):
+    """The merge before: one lexsort of every query's candidates by (query, -score, row)."""
+    n_q = len(parts[0]) if parts else 0
+    lens = np.array([[len(p[i]) for i in range(n_q)] for p in parts], dtype=np.int64).reshape(len(parts), n_q)
+    q = np.concatenate([np.repeat(np.arange(n_q), lens[s]) for s in range(len(parts))])
+    rows = np.concatenate([r.rows for p in parts for r in p])
+    scores = np.concatenate([r.scores for p in parts for r in p])
+    order = np.lexsort((rows, -scores, q))
+    q, rows, scores = q[order], rows[order], scores[order]
+    bounds = np.searchsorted(q, np.arange(n_q + 1))
+    return [Ranking(rows[a:min(b, a + k)], scores[a:min(b, a + k)]) for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_the_flat_merge_equals_the_old_one_on_random_ties(seed, monkeypatch):
+    """Scores from a few values (many ties, within and across shards), shards ranked as a shard ranks
+    (score descending, lower row first), some queries empty in some shards; also in chunks of queries."""
+    rng = np.random.default_rng(seed)
+    n_q, n_s, size = 50, 4, 30
+    parts = []
+    for s in range(n_s):
+        shard = []
+        for _ in range(n_q):
+            n = int(rng.integers(0, 12))
+            rows = np.sort(rng.choice(size, n, replace=False)) + s * size
+            sc = rng.choice(np.array([-np.inf, 0.0, 0.5, 1.0, 2.0], np.float32), n)
+            order = np.lexsort((rows, -sc))
+            shard.append(Ranking(rows[order], sc[order]))
+        parts.append(shard)
+    for chunk in (1 << 22, 37):
+        monkeypatch.setattr(scale, "_MERGE_CELLS", chunk)
+        for k in (1, 5, 100):
+            new, old = merge_rankings(parts, k), _old_merge(parts, k)
+            assert [r.rows.tolist() for r in new] == [r.rows.tolist() for r in old]
+            assert [r.scores.tolist() for r in new] == [r.scores.tolist() for r in old]
+    assert merge_rankings([], 3) == []
+    assert [len(r) for r in merge_rankings([[Ranking.empty()] * 2, [Ranking.empty()] * 2], 3)] == [0, 0]
+
+
+def test_equal_float32_scores_keep_the_shards_own_order():
+    """A shard ranks two documents whose float32 scores are equal by its finer score (bm25's float64): the merge
+    keeps that order, as one index has it (it re-sorted them by row)."""
+    a = [Ranking([7, 5, 3], np.float32([2.0, 1.0, 1.0]))]
+    b = [Ranking([12, 10], np.float32([1.0, 0.5]))]
+    assert merge_rankings([a, b], 4)[0].rows.tolist() == [7, 5, 3, 12]
+
+
+# ---------------------------------------------------------------- 5. a wrong address, add / remove
+def test_a_ray_address_that_cannot_be_joined_names_the_setting(monkeypatch):
+    def init(**kwargs):
+        raise ConnectionError("could not connect to GCS")
+
+    monkeypatch.setattr(scale, "_ray", lambda: SimpleNamespace(is_initialized=lambda: False, init=init))
+    monkeypatch.setenv("RAGKIT_RAY_ADDRESS", "10.9.9.9:6379")
+    with pytest.raises(ParamError, match=r"at '10\.9\.9\.9:6379', the address \$RAGKIT_RAY_ADDRESS names "
+                                         r"\(ConnectionError: could not connect to GCS\).*unset it") as got:
+        scale.ray_init()
+    assert got.value.path == "$RAGKIT_RAY_ADDRESS"
+    with pytest.raises(ParamError, match=r"at 'h:1', the address ray_init\(address=\.\.\.\) names"):
+        scale.ray_init(address="h:1")
+    monkeypatch.delenv("RAGKIT_RAY_ADDRESS")
+    monkeypatch.setenv("RAY_ADDRESS", "h:2")
+    with pytest.raises(ParamError, match=r"at 'h:2', the address \$RAY_ADDRESS \(read by Ray itself\) names"):
+        scale.ray_init()
+
+
+def test_sharded_add_and_remove_say_the_index_is_fixed_at_fit():
+    sh = Sharded(retriever={"bm25": {}}, n_shards=2, k=5, backend="local").fit(word_corpus(20))
+    for what in ("add", "remove"):
+        with pytest.raises(AttributeError, match=rf"sharded: {what} is not supported: a sharded index is fixed at "
+                                                 rf"fit.*refit"):
+            getattr(sh, what)(word_corpus(2, offset=100))
+        assert not hasattr(sh, what)  # (so a pipeline says it cannot be edited, as for any such operator)
