@@ -664,10 +664,21 @@ def route_label_problems(router: Operator | None, labels: Iterable[Any], has_def
         covered = all(lab in labels for lab in can)  # every label the router gives has a branch: no default runs
         never = [lab for lab in labels if lab not in can and lab != default_label]
         if never:
-            close = {lab: difflib.get_close_matches(lab, can, n=1) for lab in never}
+            shadowed = _shadowed_labels(router)
+            why = "".join(f"; router.{router.name}.{shadowed[lab]}" for lab in never if lab in shadowed)
+            if why:
+                why += "; put narrower rules before wider ones, or drop the rules that never match"
+            close = {lab: difflib.get_close_matches(lab, can, n=1) for lab in never if lab not in shadowed}
             hints = "".join(f"; {lab!r}: did you mean {c[0]!r}?" for lab, c in close.items() if c)
-            return (f"branches {never} can never run: router {router.name!r} labels queries only {can}{hints}")
+            return (f"branches {never} can never run: router {router.name!r} labels queries only {can}{why}{hints}")
         if default_branch and covered:
             return (f"the default can never run: router {router.name!r} labels queries only {can}, and each of "
                     f"these has a branch; drop the default, or give one of its labels no branch")
     return None
+
+
+def _shadowed_labels(router: Operator) -> dict[str, str]:
+    """The labels ``router`` can never give because earlier rules always match first, each with why
+    (``RuleRouter.shadowed``); none for a router without that method."""
+    shadowed = getattr(router, "shadowed", None)
+    return shadowed() if callable(shadowed) else {}

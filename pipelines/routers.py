@@ -112,8 +112,62 @@ class RuleRouter(Operator):
                "default": "other"}
 
     def possible_labels(self) -> list[str]:
-        """Every label this router can give: the rules' labels, then ``default``."""
-        return list(dict.fromkeys([*(r.label for r in self.params.rules), self.params.default]))
+        """Every label this router can give: the rules' labels, then ``default``; less those of rules
+        (or the default) that earlier rules always match first (:meth:`shadowed`)."""
+        shadowed = self._shadowed
+        rules = self.params.rules
+        labels = [r.label for i, r in enumerate(rules) if i not in shadowed]
+        if len(rules) not in shadowed:
+            labels.append(self.params.default)
+        return list(dict.fromkeys(labels))
+
+    def shadowed(self) -> dict[str, str]:
+        """The labels this router can never give, each with why: every rule giving it (or, for ``default``,
+        the fall-through) matches only queries that earlier rules already match.
+
+        Only what can be decided from the rules themselves counts (conservatively: a label this
+        reports can never be given; one it does not report may still be unreachable): a rule is
+        covered by the earlier rules that hold each of its regex / keyword conditions too (the same
+        regex, a superset of its keywords, or none) and whose word-count ranges together hold its range.
+        """
+        rules = self.params.rules
+        out: dict[str, str] = {}
+        reachable = set(self.possible_labels())
+        for j, by in self._shadowed.items():
+            label = rules[j].label if j < len(rules) else self.params.default
+            if label in reachable:  # another rule (or the default) gives it
+                continue
+            what = (f"rules[{j}] {_shown(rules[j])} never matches" if j < len(rules) else
+                    f"default ({label!r}) is never given")
+            earlier = ", ".join(f"rules[{i}] {_shown(rules[i])}" for i in by)
+            out[label] = "; ".join(filter(None, [out.get(label), (
+                f"{what}: the earlier {earlier} {'matches' if len(by) == 1 else 'match'} every query it would "
+                f"{'match' if j < len(rules) else 'get'} first")]))
+        return out
+
+    @cached_property
+    def _shadowed(self) -> dict[int, list[int]]:
+        """Rules (by index; ``len(rules)`` for the default) that earlier rules always match first, each with
+        those earlier rules."""
+        rules = self.params.rules
+        out: dict[int, list[int]] = {}
+        for j in range(len(rules) + 1):
+            rule = rules[j] if j < len(rules) else None
+            lo = (rule.min_words or 0) if rule else 0
+            hi = _word_max(rule) if rule is not None else _NO_MAX
+            spans = sorted((rules[i].min_words or 0, _word_max(rules[i]), i) for i in range(j)
+                           if _implies(rule, rules[i]))
+            by: list[int] = []
+            reach = lo  # reach: the fewest words not yet matched by an earlier rule, from lo up
+            for a, b, i in spans:
+                if a > reach or reach > hi:
+                    break
+                if b >= reach:
+                    by.append(i)
+                    reach = b + 1
+            if reach > hi:
+                out[j] = by
+        return out
 
     @cached_property
     def _compiled(self) -> list[tuple[str, re.Pattern | None, re.Pattern | None, int | None, int | None]]:
@@ -161,6 +215,32 @@ class RuleRouter(Operator):
         out = state.copy()
         out.values["label"] = self.labels(list(state.queries))
         return out
+
+
+_NO_MAX = 1 << 62  # a word-count bound above any query's
+
+
+def _word_max(rule: Rule) -> int:
+    """The most words a query ``rule`` matches can have (:data:`_NO_MAX`: no bound)."""
+    return _NO_MAX if rule.max_words is None else rule.max_words
+
+
+def _implies(rule: Rule | None, earlier: Rule) -> bool:
+    """Whether every query ``rule`` (``None``: any query) matches meets ``earlier``'s regex and keyword
+    conditions (its word counts aside): ``earlier`` has none, or the same regex, or a superset of the keywords."""
+    if earlier.regex is not None and (rule is None or rule.regex != earlier.regex):
+        return False
+    if earlier.keywords is not None and (rule is None or rule.keywords is None
+                                         or not set(rule.keywords) <= set(earlier.keywords)):
+        return False
+    return True
+
+
+def _shown(rule: Rule) -> str:
+    """A rule as it is written in YAML, e.g. ``{label: short, max_words: 4}``."""
+    given = rule.model_dump(exclude_none=True)
+    return "{" + ", ".join(f"{k}: {'[' + ', '.join(v) + ']' if isinstance(v, list) else v}"
+                           for k, v in given.items()) + "}"
 
 
 def _keyword_pattern(keywords: list[str], ignore_case: bool) -> re.Pattern:

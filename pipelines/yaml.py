@@ -297,11 +297,13 @@ def _combined(problems: list[ConfigError]) -> ConfigError:
     advice (how operators of your own become known, the registered names) only on the last line that has it."""
     if len(problems) == 1:
         return problems[0]
-    texts = [str(e) for e in problems]
-    advised = [i for i, text in enumerate(texts) if registry.PLUGIN_HINT in text]
+    # a problem may itself be several lines (a parallel's branches, combined before): the advice is cut
+    # from a line to that line's end only, so no later line of the same problem is lost
+    lines = [line for e in problems for line in str(e).split("\n")]
+    advised = [i for i, line in enumerate(lines) if registry.PLUGIN_HINT in line]
     for i in advised[:-1]:
-        texts[i] = texts[i][:texts[i].index(registry.PLUGIN_HINT)].rstrip()
-    return ConfigError("\n".join(texts), path=problems[0].path)
+        lines[i] = lines[i][:lines[i].index(registry.PLUGIN_HINT)].rstrip()
+    return ConfigError("\n".join(lines), path=problems[0].path)
 
 
 def load_yaml(source: str | Path | Mapping[str, Any], make_leaf: LeafFactory | None = None) -> Pipeline:
@@ -459,7 +461,9 @@ def _load_doc(doc: Mapping[str, Any], make_leaf: LeafFactory) -> Pipeline:
             problems.append(ConfigError("pipeline: missing; a pipeline file needs a 'pipeline:' list of operators",
                                         path="pipeline"))
     elif not isinstance(steps, list) or not steps:
-        hint = _list_hint(steps, "pipeline")
+        hint = _list_hint(steps, "pipeline") or (
+            ": list the steps under it, each on its own line starting with '- ', or as `pipeline: [bm25: {k: 100}, "
+            "top_k: {k: 10}]`" if steps is None or steps == [] else "")
         problems.append(ConfigError(f"pipeline: expected a non-empty list of operators, got {steps!r:.60}"
                                     f"{';' + hint[1:] if hint else ''}", path="pipeline"))
     else:
@@ -689,8 +693,48 @@ def _enclosing(path: str) -> tuple[str, str] | None:
 
 
 def _as_list(node: Mapping[Any, Any]) -> str:
-    """A mapping of several operators as the flow list of steps it was meant to be: ``[prf: {}, bm25: {}]``."""
-    return "[" + ", ".join(_flow({k: v})[1:-1] for k, v in node.items()) + "]"
+    """A mapping of several operators as the flow list of steps it was meant to be: ``[prf: {}, bm25: {}]``;
+    within each step, the mappings written where lists belong are lists too (:func:`_relisted`)."""
+    return "[" + ", ".join(_flow(_relisted({k: v}))[1:-1] for k, v in node.items()) + "]"
+
+
+def _relisted(node: Any) -> Any:
+    """``node`` (a step, or a list of steps) as it was likely meant, for a hint's example: a mapping of several
+    operators where a parallel's branches, a loop's body or a route's branch belongs becomes a list of steps,
+    and a parallel's branches given as a mapping of names to branches a list with 'names:'; all else as it is."""
+    if isinstance(node, list):
+        return [_relisted(x) for x in node]
+    if not isinstance(node, Mapping):
+        return node
+    out = {}
+    for key, value in node.items():
+        if key in STRUCTURAL and isinstance(value, Mapping):
+            value = {k: _relisted(v) for k, v in value.items()}
+            branches = node[key].get("branches")
+            if key == "parallel" and isinstance(branches, Mapping) and branches:
+                if _all_operators(branches):
+                    value["branches"] = [_relisted({k: v}) for k, v in branches.items()]
+                elif "names" not in value and all(isinstance(b, (list, Mapping)) for b in branches.values()):
+                    value["branches"] = [_relisted(b) for b in branches.values()]  # named branches
+                    value["names"] = [str(k) for k in branches]
+            elif key == "route" and isinstance(branches, Mapping):
+                value["branches"] = {k: _steps_of(b) for k, b in branches.items()}
+            if key == "loop" and "body" in value:
+                value["body"] = _steps_of(node[key]["body"])
+        out[key] = value
+    return out
+
+
+def _all_operators(node: Mapping[Any, Any]) -> bool:
+    return all(_is_operator(str(k)) for k in node)
+
+
+def _steps_of(node: Any) -> Any:
+    """A list of steps, a step or a mapping of several operators (written where a list of steps belongs) as the
+    list of steps it was likely meant to be (a single step, as it is), each relisted (:func:`_relisted`)."""
+    if isinstance(node, Mapping) and len(node) > 1 and _all_operators(node):
+        return [_relisted({k: v}) for k, v in node.items()]
+    return _relisted(node)
 
 
 def _nesting_hint(node: Mapping[Any, Any], path: str, expect: str | None) -> str:
@@ -756,7 +800,7 @@ def _list_hint(node: Any, path: str, item: str = "step") -> str:
     if all(_is_operator(str(k)) for k in node):
         return f": write the {item}{'es' if item == 'branch' else 's'} as a list, e.g. `{key}: {_as_list(node)}`"
     if item == "branch" and all(isinstance(v, list) or isinstance(v, Mapping) and len(v) == 1 for v in node.values()):
-        listed = "[" + ", ".join(_flow_step(v) for v in node.values()) + "]"
+        listed = "[" + ", ".join(_flow_step(_relisted(v)) for v in node.values()) + "]"
         return (f": a parallel's branches are a list, and 'names:' names them, e.g. `{key}: {listed}, names: "
                 f"{_flow([str(k) for k in node])}`")
     return ""
@@ -846,6 +890,33 @@ class _Problems:
             raise _combined([self._found[i][1] for i in order])
 
 
+#: a key and its value written with no space after the colon (``{k:10}``), which YAML reads as one key 'k:10'
+_NO_SPACE = re.compile(r"\s*([A-Za-z_]\w*):(\S.*)")
+
+
+def _no_space_after_colon(key: Any, value: Any) -> str | None:
+    """For a key YAML read as ``name:value`` with no value (``{k:10}``): that YAML needs a space after the colon."""
+    m = _NO_SPACE.fullmatch(key) if isinstance(key, str) and value is None else None
+    if m is None:
+        return None
+    return f"read as one key {key!r} with no value: YAML needs a space after the colon: `{m[1]}: {m[2]}`"
+
+
+def _params_hint(name: str, body: Any) -> str:
+    """For an operator's parameters written as something else than a mapping: the mapping they were likely
+    meant to be (``top_k:`` then ``- k: 10``, a list, is ``top_k: {k: 10}``; ``bm25: k:10``, text, is
+    ``bm25: {k: 10}``)."""
+    if isinstance(body, list) and body and all(isinstance(x, Mapping) for x in body):
+        merged = {k: v for x in body for k, v in x.items()}
+        return (f"; parameters are a mapping, not a list: drop the '- ' before each, e.g. "
+                f"`{name}: {_flow(merged)}`")
+    if isinstance(body, str) and (m := _NO_SPACE.fullmatch(body)):
+        return f"; YAML needs a space after the colon, and the parameters go in a mapping: `{name}: {{{m[1]}: {m[2]}}}`"
+    example = registry.get(name).example
+    shown = _flow({name: dict(example)})[1:-1] if example and _builds(name, example) else f"{name}: {{}}"
+    return f"; write the parameters as a mapping of name: value, e.g. `{shown}`"
+
+
 def build(node: Any, path: str, make_leaf: LeafFactory = _default_leaf, *, expect: str | None = None) -> Operator:
     """Build one node (``{name: params}``) found at ``path``.
 
@@ -885,6 +956,10 @@ def build(node: Any, path: str, make_leaf: LeafFactory = _default_leaf, *, expec
                 problems.wrong(bad, here, _misplaced_operator(name, bad, body[bad], body.get(home) is not None,
                                                               problems))
                 continue
+            said = _no_space_after_colon(bad, body[bad])
+            if said:
+                problems.wrong(bad, here, said)
+                continue
             close = difflib.get_close_matches(bad, sorted(STRUCTURAL[name]), n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             problems.wrong(bad, here, f"unknown key{hint}; {name} takes {sorted(STRUCTURAL[name])}")
@@ -901,8 +976,11 @@ def build(node: Any, path: str, make_leaf: LeafFactory = _default_leaf, *, expec
     if body is None:
         body = {}
     if not isinstance(body, Mapping):
-        raise ConfigError(f"{here}: expected a mapping of parameters, got {type(body).__name__} {body!r:.60}",
-                          path=here)
+        raise ConfigError(f"{here}: expected a mapping of parameters, got {type(body).__name__} {body!r:.60}"
+                          f"{_params_hint(name, body)}", path=here)
+    colons = [(str(k), said) for k, v in body.items() if (said := _no_space_after_colon(k, v))]
+    if colons:
+        raise _combined([ConfigError(f"{here}.{k}: {said}", path=f"{here}.{k}") for k, said in colons])
     try:
         return make_leaf(here, cls, body)
     except ConfigError:
@@ -963,6 +1041,16 @@ def _quote_forms(value: Any) -> str:
     return f'"{value}"'
 
 
+def _labelled_hint(branches: Any) -> str:
+    """For a route's branches written as something else than a mapping: the mapping of labels they were likely
+    meant to be (a list of ``- label: [...]`` items is that mapping without the '- ')."""
+    if isinstance(branches, list) and branches and all(isinstance(x, Mapping) for x in branches):
+        merged = {k: _steps_of(v) for x in branches for k, v in x.items()}
+        return (f"; a route's branches are a mapping of label: steps, not a list: drop the '- ' before each label, "
+                f"e.g. `branches: {_flow(merged)}`")
+    return "; e.g. `branches: {short: [bm25: {}], long: [dense: {}]}` (a label the router gives: its steps)"
+
+
 def _build_route(body: Mapping[str, Any], here: str, make_leaf: LeafFactory, problems: _Problems) -> Route:
     router = None
     if problems.given(body, "router", here):
@@ -971,7 +1059,8 @@ def _build_route(body: Mapping[str, Any], here: str, make_leaf: LeafFactory, pro
     branches, built, labels_ok = body.get("branches"), None, False
     if problems.given(body, "branches", here):
         if not isinstance(branches, Mapping) or not branches:
-            problems.wrong("branches", here, f"expected a mapping of label -> pipeline, got {branches!r:.60}")
+            problems.wrong("branches", here, f"expected a mapping of label -> pipeline, got {branches!r:.60}"
+                                             f"{_labelled_hint(branches)}")
         else:
             # the labels' types (with has_default=True the router is not asked for its labels)
             problem = route_label_problems(router, branches, has_default=True)

@@ -1497,10 +1497,13 @@ def validate_cmd(path: Path = typer.Argument(..., help="Pipeline YAML file, a sa
                                                         "folder, or an operator name (bm25).")) -> None:
     """Check a pipeline file (or a saved pipeline's pipeline.yaml, or a saved operator's
     parameters, or an operator's name as --pipeline takes it) without running it; notes models
-    that would be downloaded at the first fit."""
+    that would be downloaded at the first fit.  A saved folder is loaded as ``ragkit search --index``
+    loads it: a file changed after saving (its checksum no longer matches) is an error."""
     from ragkit.encoders.sentence import model_note
     from ragkit.pipelines import Pipeline
 
+    saved = path if path.is_dir() and any((path / f).exists() for f in ("manifest.json", "params.json")) \
+        else None  # a folder written by Pipeline.save or Operator.save
     if path.is_dir() and (path / "pipeline.yaml").is_file():
         path = path / "pipeline.yaml"
     try:
@@ -1534,6 +1537,8 @@ def validate_cmd(path: Path = typer.Argument(..., help="Pipeline YAML file, a sa
                 raise RagkitError(located if located != told else f"{path}: {told}")
             for said in encoder_notes(pipe):  # what its fit would warn (an mmr encoding again with the default)
                 err_console.print(f"[yellow]note:[/] {escape(said)}", soft_wrap=True)
+        if saved is not None:
+            _load_saved(saved)
     except RagkitError as e:
         _fail(e)
         return
@@ -1555,6 +1560,17 @@ def validate_cmd(path: Path = typer.Argument(..., help="Pipeline YAML file, a sa
         note = model_note(m)
         if note:
             console.print(Text(f"note: {note}", style="yellow"), soft_wrap=True)
+
+
+def _load_saved(folder: Path) -> None:
+    """Load the saved folder as ``ragkit search --index`` does (:func:`_load_folder`: its checksums verified
+    first, its files checked against each other), so ``ragkit validate`` refuses what that would refuse."""
+    from ragkit.errors import ArtifactError
+
+    try:
+        _load_folder(folder, "--index")
+    except ArtifactError as e:
+        raise ArtifactError(f"{e} (ragkit search --index and Pipeline.load refuse this folder too)") from None
 
 
 def _check_no_pipelines(results: list[Path], data: Optional[str], split: str, relevance_level: int,
