@@ -1549,6 +1549,8 @@ def validate_cmd(path: Path = typer.Argument(..., help="Pipeline YAML file, a sa
                   soft_wrap=True)
     for p, op in leaves:
         console.print(Text(f"  {p}  {op!r}"), soft_wrap=True)  # the Python that builds it, on one line
+    for said in _unchained_ks(pipe):
+        console.print(Text(f"note: {said}", style="yellow"), soft_wrap=True)
     from ragkit.generators.operator import Generate
     from ragkit.scale import Sharded
 
@@ -1560,6 +1562,52 @@ def validate_cmd(path: Path = typer.Argument(..., help="Pipeline YAML file, a sa
         note = model_note(m)
         if note:
             console.print(Text(f"note: {note}", style="yellow"), soft_wrap=True)
+
+
+def _unchained_ks(op: Any, path: str = "pipeline", reach: tuple[int, str] | None = None,
+                  notes: list[str] | None = None) -> list[str]:
+    """``ragkit validate``'s notes on a step that keeps or selects ``k`` documents (top_k, mmr, a reranker's
+    k) where fewer reach it: the last retriever before it returns at most its own k (``[bm25: {k: 10},
+    top_k: {k: 100}]`` keeps all 10; ``ragkit eval`` notes only afterwards that fewer came back).  ``reach``:
+    the most documents that reach ``op`` and the step that limits them (``None``: unknown, as after a
+    parallel or a loop, whose depth is not worked out here)."""
+    from ragkit.pipelines import Pipeline
+
+    notes = [] if notes is None else notes
+    if isinstance(op, Pipeline):
+        for child, where in op.child_paths(path):
+            reach = _unchained_ks_step(child, where, reach, notes)
+        return notes
+    _unchained_ks_step(op, path, reach, notes)
+    return notes
+
+
+def _unchained_ks_step(op: Any, path: str, reach: tuple[int, str] | None,
+                       notes: list[str]) -> tuple[int, str] | None:
+    """One step of :func:`_unchained_ks`: its notes, and what reaches the step after it."""
+    from ragkit.pipelines import Loop, Pipeline
+    from ragkit.pipelines._compose import Composite
+
+    if isinstance(op, Pipeline):
+        _unchained_ks(op, path, reach, notes)
+        return None  # (a nested list of steps: not worked out)
+    if isinstance(op, Composite):  # its branches get what reaches it; a loop's body gets its own output again
+        for child, where in op.child_paths(path):
+            _unchained_ks(child, where, None if isinstance(op, Loop) else reach, notes)
+        return None
+    k = getattr(getattr(op, "params", None), "k", None)
+    if not isinstance(k, int) or isinstance(k, bool):
+        return reach
+    here = f"{path}.{op.name}"
+    if op.kind == "retriever":
+        return k, here
+    if op.kind not in ("filter", "reranker"):
+        return reach
+    if reach is not None and k > reach[0]:
+        n, where = reach
+        notes.append(f"{here} keeps k: {k}, but {where} before it returns at most {n} documents (its k), so it "
+                     f"keeps all of them; give {where} a k of {k} or more, or {op.name} a k of {n} or less")
+    return (k, here) if reach is None or k < reach[0] else reach
 
 
 def _load_saved(folder: Path) -> None:

@@ -219,3 +219,36 @@ def test_parameters_written_as_a_list_show_the_mapping():
     message = _error("pipeline:\n  - bm25: {}\n  - top_k:\n    - k: 10\n")
     assert "parameters are a mapping, not a list: drop the '- ' before each, e.g. `top_k: {k: 10}`" in message
     assert yaml.safe_load(_suggested(message)) == {"top_k": {"k": 10}}
+
+
+# -- 5. validate notes a k that more documents than reach it ------------------------------------------------------
+
+
+def _notes(tmp_path, text: str) -> list[str]:
+    f = tmp_path / "p.yaml"
+    f.write_text(text, encoding="utf-8")
+    res = _cli("validate", f)
+    assert res.exit_code == 0, res.output
+    return [" ".join(x.split()) for x in re.split(r"\n(?=\S)", res.output) if x.startswith("note:")]
+
+
+def test_validate_notes_a_top_k_deeper_than_the_retriever_before_it(tmp_path):
+    notes = _notes(tmp_path, "pipeline:\n  - bm25: {k: 10}\n  - top_k: {k: 100}\n")
+    assert notes == ["note: pipeline[1].top_k keeps k: 100, but pipeline[0].bm25 before it returns at most 10 "
+                     "documents (its k), so it keeps all of them; give pipeline[0].bm25 a k of 100 or more, or top_k "
+                     "a k of 10 or less"]
+
+
+def test_validate_notes_k_chains_inside_branches_and_only_where_the_depth_is_known(tmp_path):
+    notes = _notes(tmp_path, (
+        "pipeline:\n  - bm25: {k: 10}\n  - parallel:\n      branches:\n        - [top_k: {k: 5}, mmr: {k: 20}]\n"
+        "        - [bm25: {k: 50}, top_k: {k: 50}]\n        - [top_k: {k: 10}]\n"
+        "  - top_k: {k: 1000}\n"  # after a parallel: its depth is not worked out
+        "  - loop: {body: [top_k: {k: 400}, bm25: {k: 3}], until: {topk_stable: {}}}\n"))
+    assert len(notes) == 1 and notes[0].startswith(
+        "note: pipeline[1].parallel.branches[0][1].mmr keeps k: 20, but pipeline[1].parallel.branches[0][0].top_k "
+        "before it returns at most 5 documents")
+
+
+def test_validate_notes_nothing_where_the_ks_chain(tmp_path):
+    assert _notes(tmp_path, "pipeline:\n  - bm25: {k: 100}\n  - mmr: {k: 10}\n  - top_k: {k: 10}\n") == []
