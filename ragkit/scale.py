@@ -583,11 +583,38 @@ def merge_rankings(parts: Sequence[list[Ranking]], k: int) -> list[Ranking]:
 _MERGE_CELLS = 1 << 22
 
 
-def _merge_flat(parts: Sequence[_Flat], k: int) -> _Flat:
+def _refine_ties(neg: np.ndarray, rows: np.ndarray, shard: np.ndarray, kk: int, first: int,
+                 finer: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> None:
+    """Re-sort in place, by ``finer`` score then row, the queries (rows of the sorted ``neg`` / ``rows`` / ``shard``
+    arrays; ``first``: the batch number of the first) where two shards' candidates tie on float32 score within the
+    first ``kk + 1`` places; ordered by (float32, finer, row), which is the order by (finer, row): float32 rounding
+    never reverses two scores."""
+    edge = min(kk + 1, neg.shape[1])
+    tie = (neg[:, 1:edge] == neg[:, :edge - 1]) & (shard[:, 1:edge] != shard[:, :edge - 1])
+    flagged = np.flatnonzero(tie.any(axis=1))
+    if not len(flagged):
+        return
+    n, r = neg[flagged], rows[flagged]
+    valid = ~np.isnan(n)
+    fine = np.zeros(n.shape, np.float64)
+    q = np.broadcast_to((flagged + first)[:, None], n.shape)
+    fine[valid] = finer(q[valid], r[valid])
+    order = np.lexsort((r, -fine, n), axis=1)
+    neg[flagged] = np.take_along_axis(n, order, axis=1)
+    rows[flagged] = np.take_along_axis(r, order, axis=1)
+
+
+def _merge_flat(parts: Sequence[_Flat], k: int,
+                finer: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None) -> _Flat:
     """:func:`merge_rankings` on flat ``(rows, scores, lengths)`` arrays (:data:`_Flat`), one per shard, in shard
     order: each query's candidates are laid out in a padded ``(n_q, width)`` array, shard after shard, and
     sorted row-wise by score with a stable sort (equal scores keep that order); chunks of queries of at most
-    :data:`_MERGE_CELLS` cells.  Returns the merged top ``k`` of every query, flat."""
+    :data:`_MERGE_CELLS` cells.  Returns the merged top ``k`` of every query, flat.
+
+    ``finer(queries, rows)``: the finer (float64) scores of candidates, given their query numbers in the batch
+    and their rows.  Documents of two shards whose float32 scores are equal in or at the edge of a query's top
+    ``k`` are then ordered by it (then by row, as one index breaks its ties), for those queries only: their
+    order by float32 score alone is the shards' order, not the one index's ranking by its finer score."""
     n_s = len(parts)
     n_q = len(parts[0][2]) if n_s else 0
     lens = np.stack([np.asarray(p[2], np.int64) for p in parts]) if n_s else np.zeros((0, 0), np.int64)
@@ -603,6 +630,7 @@ def _merge_flat(parts: Sequence[_Flat], k: int) -> _Flat:
         width = int(total[a:b].max())
         neg = np.full((b - a, width), np.nan, np.float32)  # (pads: NaN, sorted after every score, NaN or not)
         rows = np.zeros((b - a, width), np.int64)
+        shard = np.full((b - a, width), -1, np.int32)
         for s, (r, sc, ln) in enumerate(parts):
             lo = int(ends[s][a - 1]) if a else 0
             hi = int(ends[s][b - 1])
@@ -611,11 +639,15 @@ def _merge_flat(parts: Sequence[_Flat], k: int) -> _Flat:
             col = np.arange(hi - lo) - np.repeat(np.cumsum(n) - n, n) + np.repeat(before[s, a:b], n)
             neg[q, col] = -np.asarray(sc[lo:hi], np.float32)
             rows[q, col] = r[lo:hi]
+            shard[q, col] = s
         kk = min(k, width)
-        order = np.argsort(neg, axis=1, kind="stable")[:, :kk]
+        order = np.argsort(neg, axis=1, kind="stable")
+        neg, rows = np.take_along_axis(neg, order, axis=1), np.take_along_axis(rows, order, axis=1)
+        if finer is not None and n_s > 1:
+            _refine_ties(neg, rows, np.take_along_axis(shard, order, axis=1), kk, a, finer)
         keep = np.arange(kk) < np.minimum(total[a:b], k)[:, None]
-        out_rows.append(np.take_along_axis(rows, order, axis=1)[keep])
-        out_scores.append(-np.take_along_axis(neg, order, axis=1)[keep])
+        out_rows.append(rows[:, :kk][keep])
+        out_scores.append(-neg[:, :kk][keep])
     return np.concatenate(out_rows), np.concatenate(out_scores), np.minimum(total, k)
 
 
@@ -1174,8 +1206,38 @@ class Sharded(Operator):
             out.rankings = [Ranking.empty() for _ in texts]
             return out
         parts = [(rows + off, sc, lens) for (rows, sc, lens), off in zip(results, self.bounds_[live])]
-        out.rankings = _split(*_merge_flat(parts, merge_k))
+        out.rankings = _split(*_merge_flat(parts, merge_k, self._finer(live, texts, rewrites)))
         return out
+
+    def _finer(self, live: np.ndarray, texts: list[str], rewrites: dict[str, Any]
+               ) -> Callable[[np.ndarray, np.ndarray], np.ndarray] | None:
+        """For ``bm25`` shards: their float64 scores of given ``(query number, row)`` pairs (``score_matrix`` of the
+        text each shard searched, in this process: the shards are held here, memory-mapped when Ray searches), for
+        the merge to order two shards' documents whose float32 scores tie as one index orders them
+        (:func:`_merge_flat`); else None."""
+        from ragkit.retrievers.bm25 import BM25
+
+        shards = [self.shards_[s] for s in live]
+        if len(shards) < 2 or not all(isinstance(sh, BM25) for sh in shards):
+            return None
+        lexical = State(list(texts), values=dict(rewrites)).texts(lexical=True)
+        bounds = self.bounds_
+
+        def finer(q: np.ndarray, rows: np.ndarray) -> np.ndarray:
+            out = np.zeros(len(rows), np.float64)
+            which = np.searchsorted(bounds, rows, side="right") - 1
+            for s in np.unique(which):
+                sh = self.shards_[int(s)]
+                assert isinstance(sh, BM25)
+                at = np.flatnonzero(which == s)
+                uq, inv = np.unique(q[at], return_inverse=True)
+                step = max(1, _MERGE_CELLS // max(1, int(bounds[s + 1] - bounds[s])))  # dense rows of scores
+                for c in range(0, len(uq), step):
+                    sel = np.flatnonzero((inv >= c) & (inv < c + step))
+                    scores = sh.score_matrix([lexical[int(i)] for i in uq[c:c + step]])
+                    out[at[sel]] = scores[inv[sel] - c, rows[at[sel]] - bounds[s]]
+            return out
+        return finer
 
     def _ray_modules(self, where: str) -> list[tuple[str, str | None]]:
         """The modules Ray workers import before they rebuild the per-shard retriever by name (its class's, when

@@ -234,3 +234,42 @@ def test_sharded_add_and_remove_say_the_index_is_fixed_at_fit():
                                                  rf"fit.*refit"):
             getattr(sh, what)(word_corpus(2, offset=100))
         assert not hasattr(sh, what)  # (so a pipeline says it cannot be edited, as for any such operator)
+
+
+# ---------------------------------------------------------------- 3. float32 ties across bm25 shards
+def test_bm25_shards_tied_at_float32_rank_as_one_index(scifact):
+    """Two documents of two shards whose float64 scores differ but round to one float32 score: the merge ordered
+    them by row (the lower shard's first), so the cut at k kept the other document than one index does
+    (the reviewer's slice: 300 documents, query 644, k 90)."""
+    corpus, qrels = scifact.corpus, scifact.qrels("test")
+    pos = {d: i for i, d in enumerate(corpus.ids)}
+    keep = sorted({pos[d] for q in qrels.values() for d in q if d in pos})
+    rest = [i for i in range(len(corpus)) if i not in set(keep)]
+    sub = corpus.subset(np.array(sorted(keep + rest[:max(0, 300 - len(keep))])[:300]))
+    query = [t for qid, t in scifact.queries("test") if qid == "644"]
+    one = BM25(k=90).fit(sub).search(query)
+    sharded = Sharded(retriever={"bm25": {}}, n_shards=3, k=90, backend="local").fit(sub).search(query)
+    assert sharded.doc_ids[0].tolist() == one.doc_ids[0].tolist()
+    for n in (2, 5):  # and other cuts of the same corpus, on more queries
+        queries = [t for _, t in scifact.queries("test")][:100]
+        one = BM25(k=90).fit(sub).search(queries)
+        sharded = Sharded(retriever={"bm25": {}}, n_shards=n, k=90, backend="local").fit(sub).search(queries)
+        assert [d.tolist() for d in sharded.doc_ids] == [d.tolist() for d in one.doc_ids]
+
+
+def test_the_merge_orders_two_shards_float32_ties_by_the_finer_score():
+    a = (np.array([0, 1]), np.float32([2.0, 1.0]), np.array([2]))
+    b = (np.array([10, 11]), np.float32([1.0, 1.0]), np.array([2]))
+    fine = {0: 2.0, 1: 1.0 - 1e-9, 10: 1.0, 11: 1.0 - 1e-9}
+    calls = []
+
+    def finer(q, rows):
+        calls.append(rows.tolist())
+        return np.array([fine[int(r)] for r in rows])
+
+    rows, scores, lens = scale._merge_flat([a, b], 3, finer)
+    assert rows.tolist() == [0, 10, 1] and lens.tolist() == [3]  # row 1 ties row 10 at float32, scores lower
+    assert calls  # (asked for this query only)
+    calls.clear()
+    rows, _, _ = scale._merge_flat([a, (np.array([10]), np.float32([0.5]), np.array([1]))], 3, finer)
+    assert rows.tolist() == [0, 1, 10] and not calls  # no tie across shards: not asked
