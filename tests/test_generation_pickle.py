@@ -37,3 +37,29 @@ def test_a_pipeline_with_a_generate_step_pickles(tiny):  # noqa: F811
     before = pipe.search([TINY_Q])
     after = pickle.loads(pickle.dumps(pipe)).search([TINY_Q])
     assert after.values["answer"] == before.values["answer"] and len(before.values["answer"][0]) > 0
+
+
+def test_first_calls_on_threads_load_once_and_share_one_chunk_cache(tiny, monkeypatch):  # noqa: F811
+    """``load`` had no lock of its own: first calls on several threads each made a chunk cache, one of them kept."""
+    import threading
+    import time
+
+    from ragkit.caches import ChunkKVCache
+    from ragkit.generators import local
+
+    made = []
+
+    class Counted(ChunkKVCache):
+        def __init__(self, *a, **kw):  # noqa: ANN002, ANN003
+            time.sleep(0.2)  # (widens the window two unguarded loads met in)
+            super().__init__(*a, **kw)
+            made.append(self)
+
+    monkeypatch.setattr(local, "ChunkKVCache", Counted)
+    g = local.LocalGenerator(tiny[0], max_chunk_tokens=64)
+    threads = [threading.Thread(target=g.load) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(made) == 1 and g.chunk_cache is made[0]

@@ -1055,6 +1055,7 @@ class LocalGenerator:
         self.num_threads = num_threads
         self.model_: PreTrainedModel | None = None  # set by load()
         self._lock = threading.RLock()  # replaced by the loaded model's lock in load()
+        self._load_lock = threading.Lock()  # one load() at a time: two first calls on threads made two chunk caches
         self.prefix_cache = PrefixCache(cache_budget_bytes)  # the prefix mode's store, with the same budget
         self._sys_cache: dict[tuple[int, ...], tuple[torch.Tensor, torch.Tensor]] = {}
 
@@ -1065,12 +1066,12 @@ class LocalGenerator:
         state = dict(self.__dict__)
         for key in ("tokenizer_", "model_id_", "tokenizer_id_", "eos_ids_"):
             state.pop(key, None)
-        state.update(model_=None, _lock=None, prefix_cache=None, _sys_cache={}, chunk_cache=None)
+        state.update(model_=None, _lock=None, _load_lock=None, prefix_cache=None, _sys_cache={}, chunk_cache=None)
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
-        self._lock = threading.RLock()
+        self._lock, self._load_lock = threading.RLock(), threading.Lock()
         self.prefix_cache = PrefixCache(self.cache_budget_bytes)
 
     # ------------------------------------------------------------------ loading
@@ -1087,6 +1088,11 @@ class LocalGenerator:
         """
         if self.model_ is not None:
             return self
+        with self._load_lock:
+            return self if self.model_ is not None else self._load()
+
+    def _load(self) -> "LocalGenerator":
+        """:meth:`load`'s work, under the generator's load lock."""
         name, gguf = self.model_name, self.gguf_file
         if name is None:
             name, gguf = default_gguf()
