@@ -1,5 +1,6 @@
 """What every benchmark script shares: where the repository, SciFact and the outputs are, a timer,
-atomic output writes, and exact top-k ground truth with its recall.
+atomic output writes, exact top-k ground truth with its recall, the median of paired ratios, and a
+description of the machine (printed at the start of every bench and kept in its JSON as ``machine``).
 
 Benchmarks run as scripts (``python bench/<name>.py``), so this folder is on ``sys.path``.
 """
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import platform
 import tempfile
 import time
 from pathlib import Path
@@ -125,3 +127,88 @@ def exact_topk(d: np.ndarray, q: np.ndarray, k: int, block: int = 65536) -> np.n
 def recall(got, ref: np.ndarray, k: int = 10) -> float:
     """Mean share of each query's exact top ``k`` (rows of ``ref``) found in its first ``k`` of ``got``."""
     return float(np.mean([len(set(a[:k].tolist()) & set(b[:k].tolist())) / k for a, b in zip(got, ref)]))
+
+
+def paired_ratio(a, b) -> float:
+    """Median over repeats of ``a[i] / b[i]``: ``a[i]`` and ``b[i]`` timed in the same repeat (back to back), so a
+    burst of others' load slows both sides of each ratio alike.  ``median(a) / median(b)`` compares timings from
+    different repeats and swings with the load (pipeline_overhead's overhead read +19.7% to -5.3% that way)."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if a.shape != b.shape or a.ndim != 1 or not len(a):
+        raise ValueError(f"paired_ratio: two equal-length, non-empty 1-d lists of timings expected, "
+                         f"got shapes {a.shape} and {b.shape}")
+    if not (b > 0).all():
+        raise ValueError(f"paired_ratio: the denominators must be positive timings, got {b[~(b > 0)][:3].tolist()}")
+    return float(np.median(a / b))
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def _version(name: str) -> str | None:
+    """An installed package's version, without importing it (torch takes seconds to import)."""
+    from importlib import metadata
+
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _platform() -> str:
+    """``platform.platform()``'s string (``Linux-6.1.0-x86_64-with-glibc2.36``) without its first call's
+    ``uname -p`` subprocess (it reads ``uname().processor``, which it then leaves out on Linux anyway)."""
+    u = platform.uname()
+    lib, ver = platform.libc_ver()
+    return "-".join(x for x in (u.system, u.release, u.machine) if x) + (f"-with-{lib}{ver}" if lib else "")
+
+
+def machine(threads: int | str | None = None, **extra: Any) -> dict:
+    """What a timing depends on, for a bench's JSON (``"machine"``): CPU model, logical CPUs (``cpus``; and
+    the ones this process may use, ``cpus_usable``), the threads the bench runs with when it says
+    (``threads``; with any ``*_NUM_THREADS`` variable set, ``thread_env``), the load average (others' work on a
+    shared machine slows every timing), Python, numpy and torch versions, platform and date.  ``extra``
+    (a library's version, ...) is added as given."""
+    import time
+
+    try:
+        usable: int | None = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        usable = None
+    try:
+        load: list[float] | None = [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        load = None
+    env = {v: os.environ[v] for v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+           if v in os.environ}
+    return {"cpu": _cpu_model(), "cpus": os.cpu_count(), "cpus_usable": usable, "threads": threads,
+            **({"thread_env": env} if env else {}),
+            "load_average": load, "load_average_1min": load[0] if load else None,
+            "python": platform.python_version(), "numpy": np.__version__, "torch": _version("torch"),
+            "platform": _platform(), "date": time.strftime("%Y-%m-%d"), **extra}
+
+
+def machine_line(m: dict) -> str:
+    """One line of :func:`machine`'s dict, printed at a bench's start."""
+    load = " ".join(f"{x:.2f}" for x in m["load_average"]) if m.get("load_average") else "unknown"
+    cpus = f"{m['cpus']} CPUs" + (f" ({m['cpus_usable']} usable)" if m.get("cpus_usable") not in (None, m["cpus"])
+                                  else "")
+    threads = f", threads {m['threads']}" if m.get("threads") is not None else ""
+    env = "".join(f", {k}={v}" for k, v in m.get("thread_env", {}).items())
+    return (f"machine: {m['cpu']}, {cpus}{threads}{env}, load average {load}; Python {m['python']}, "
+            f"numpy {m['numpy']}, torch {m['torch'] or 'not installed'}; {m['platform']}")
+
+
+def print_machine(threads: int | str | None = None, **extra: Any) -> dict:
+    """:func:`machine`, printed as one line (flushed, so it comes before a subprocess's output); returns it."""
+    m = machine(threads, **extra)
+    print(machine_line(m), flush=True)
+    return m

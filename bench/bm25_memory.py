@@ -2,9 +2,12 @@
 
 Usage::
 
-    python bench/bm25_memory.py /tmp/scale-rev/syn100k          # a BEIR folder (e.g. scale-rev's gen.py output)
-    python bench/bm25_memory.py FOLDER --queries 1000 --k 1000 --out bench/out/bm25_memory.json
+    python bench/bm25_memory.py /tmp/scale-rev/syn100k          # a BEIR folder: bench/out/bm25_memory.json
+    python bench/bm25_memory.py FOLDER --queries 1000 --k 1000 --out /tmp/bm25_memory_1000.json
     python bench/bm25_memory.py --quick              # SciFact, 50 queries at k = 100: bench/out/bm25_memory_quick.json
+
+Writes ``bench/out/bm25_memory.json`` (``bm25_memory_quick.json`` with ``--quick``; in the folder
+``RAGKIT_BENCH_OUT`` names instead of bench/out, when set; or the file ``--out`` names).
 
 A phase that fails stops the run with its error output's last lines; the phases that finished are still
 written (with ``"failed"``: the phase, its exit status and that tail).
@@ -53,7 +56,7 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
-from _common import OUT, SCIFACT, write_atomic  # noqa: E402
+from _common import OUT, SCIFACT, print_machine, write_atomic  # noqa: E402
 
 
 def _held_bytes(op: object) -> int:
@@ -262,7 +265,9 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=1000)
     ap.add_argument("--k", type=int, default=1000)
     ap.add_argument("--quick", action="store_true", help="SciFact, 50 queries at k = 100 (the tests run it)")
-    ap.add_argument("--out", default=None, help="JSON file for the results (default: print only)")
+    ap.add_argument("--out", default=None,
+                    help="JSON file for the results (default bench/out/bm25_memory.json, bm25_memory_quick.json with "
+                         "--quick; in the folder RAGKIT_BENCH_OUT names instead of bench/out, when set)")
     ap.add_argument("--search-seconds", type=float, default=0.5,
                     help="search phase: interleaved rounds until each searcher is timed this long in all")
     ap.add_argument("--search-repeat", type=int, default=3, help="search phase: at least this many rounds")
@@ -271,14 +276,15 @@ def main() -> None:
     a = ap.parse_args()
     if a.quick:
         a.folder, a.queries, a.k = a.folder or str(SCIFACT), 50, 100
-        a.out = a.out or str(OUT / "bm25_memory_quick.json")
     if a.folder is None:
         ap.error("give a BEIR folder or name (or --quick)")
     if a.phase:
         print(json.dumps(_phase(a.phase, a.folder, a.saved, a.queries, a.k, a.search_repeat, a.search_seconds)))
         return
+    a.out = a.out or str(OUT / ("bm25_memory_quick.json" if a.quick else "bm25_memory.json"))
+    machine = print_machine(threads=1)
     saved = tempfile.mkdtemp(prefix="bm25_memory_")
-    res: dict = {"folder": a.folder, "queries": a.queries, "k": a.k}
+    res: dict = {"machine": machine, "folder": a.folder, "queries": a.queries, "k": a.k}
     try:
         for phase in ("fit", "load", "load_mmap", "peer_fit", "peer_load_mmap", "search"):
             sub = "bm25s" if phase.startswith("peer_") else "bm25"
@@ -290,10 +296,9 @@ def main() -> None:
             if proc.returncode != 0:
                 tail = "\n".join(proc.stderr.strip().splitlines()[-20:])
                 res["failed"] = {"phase": phase, "returncode": proc.returncode, "stderr_tail": tail}
-                if a.out:
-                    write_atomic(a.out, json.dumps(res, indent=1))
+                write_atomic(a.out, json.dumps(res, indent=1))
                 sys.exit(f"bm25_memory: phase {phase!r} failed (exit status {proc.returncode}); its stderr ends:\n"
-                         f"{tail}\n" + (f"the phases that finished are in {a.out}" if a.out else ""))
+                         f"{tail}\nthe phases that finished are in {a.out}")
             got = json.loads(proc.stdout.splitlines()[-1])
             print(phase, json.dumps(got), flush=True)
             res[phase] = got
@@ -307,9 +312,8 @@ def main() -> None:
                       for key, v in srch["best_s"].items())
           + (f"; bm25s_numba {srch['bm25s_numba']}" if "bm25s_numba" in srch else ""), flush=True)
     print("ragkit / bm25s (below 1: ragkit takes less):", json.dumps(res["ragkit_vs_bm25s"]), flush=True)
-    if a.out:
-        write_atomic(a.out, json.dumps(res, indent=1))
-        print(f"wrote {a.out}")
+    write_atomic(a.out, json.dumps(res, indent=1))
+    print(f"wrote {a.out}")
 
 
 if __name__ == "__main__":

@@ -50,7 +50,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from _common import OUT, SCIFACT as DATA, atomic_path, write_atomic  # noqa: E402
+from _common import OUT, SCIFACT as DATA, atomic_path, print_machine, write_atomic  # noqa: E402
 
 
 def kl(full: torch.Tensor, other: torch.Tensor) -> float:
@@ -114,6 +114,7 @@ def main() -> None:
         if getattr(args, name) is None:
             setattr(args, name, quick if args.quick else full)
     torch.set_num_threads(args.threads)
+    machine = print_machine(threads=args.threads)
     from ragkit.caches import ChunkKVCache
     from ragkit.generators.local import LocalGenerator
 
@@ -263,6 +264,7 @@ def main() -> None:
         return {k: float(np.mean([x[k] for x in xs])) for k in xs[0] if k not in ("n", "ts")}
 
     record = {
+        "machine": machine,
         "config": {k: getattr(args, k) for k in ("quick", "queries", "warm", "fractions", "selectors", "fraction",
                                                   "new_tokens", "chunk_tokens", "threads", "repeat")},
         "timing": f"best of {args.repeat} rounds per prompt, order rotated per prompt and round; 'ts' = every "

@@ -4,7 +4,8 @@ Usage::
 
     python bench/dense.py                    # SciFact (MiniLM) + synthetic scale set of 1M vectors
     python bench/dense.py --n 200000         # smaller scale set
-    python bench/dense.py --quick            # smoke run: 1,000-doc SciFact slice, 5k synthetic vectors
+    python bench/dense.py --quick            # smoke run: 1,000 SciFact docs + the test queries' relevant ones,
+                                             # 5k synthetic vectors
     python bench/dense.py --no-scifact       # synthetic part only
 
 For each configuration, in one run: build time, index bytes held in memory (ragkit:
@@ -43,7 +44,8 @@ With an ef sweep, each graph configuration with >= 2 ef points gets its queries/
 brackets the target ("not reached" past the sweep, no extrapolation), and the ratios of each
 ragkit graph to each faiss graph (both insertion orders), to ``ragkit exact f32`` and to
 ``faiss IndexFlatIP`` (also in the JSON, ``at_recall``).  Writes ``bench/out/dense.json`` and
-``bench/out/dense.png`` (recall vs queries/sec, marker area ~ memory); ``_quick`` suffixes with ``--quick``.
+``bench/out/dense.png`` (recall vs queries/sec, marker area ~ memory); ``_quick`` suffixes with ``--quick``;
+in the folder ``RAGKIT_BENCH_OUT`` names instead of bench/out, when set, or ``--out``.
 
 The README's 1M run::
 
@@ -57,7 +59,6 @@ import argparse
 import io
 import json
 import os
-import platform
 import re
 import sys
 from functools import partial
@@ -67,7 +68,16 @@ from typing import Any, Callable, NamedTuple
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from _common import REPO, SCIFACT, best_of as timed, exact_topk, interleaved, recall, write_atomic  # noqa: E402
+from _common import (  # noqa: E402
+    OUT,
+    SCIFACT,
+    best_of as timed,
+    exact_topk,
+    interleaved,
+    print_machine,
+    recall,
+    write_atomic,
+)
 
 
 def ndcg10(rows: np.ndarray, doc_ids: np.ndarray, qids: list[str], qrels: dict) -> float:
@@ -580,7 +590,10 @@ def plot(result: dict, path: Path) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="small smoke run")
+    ap.add_argument("--quick", action="store_true",
+                    help="smoke run: SciFact's first 1,000 documents plus every document relevant to a test query "
+                         "(so each query's relevant documents are always in the small corpus and nDCG@10 reads far "
+                         "higher than a full run's: not comparable), 5,000 synthetic vectors, 50 queries, ef 32")
     ap.add_argument("--n", type=int, default=None, help="synthetic vectors (default 1,000,000; 5,000 with --quick)")
     ap.add_argument("--n-queries", type=int, default=None, help="synthetic queries (default 1,000; 50 with --quick)")
     ap.add_argument("--noise", type=float, default=1.0, help="noise std, in units of the corpus per-dimension std")
@@ -609,7 +622,9 @@ def main() -> None:
     ap.add_argument("--only", default=None,
                     help="regular expression: run only the configurations whose name matches (e.g. 'exact f32|i8'); "
                          "the raw-usearch comparison runs only if it matches 'raw usearch'")
-    ap.add_argument("--out", type=Path, default=REPO / "bench" / "out")
+    ap.add_argument("--out", type=Path, default=None,
+                    help="folder for dense.json and dense.png (default bench/out, or the folder RAGKIT_BENCH_OUT "
+                         "names)")
     args = ap.parse_args()
     if args.builds is not None and args.builds < 1:
         ap.error(f"--builds: at least 1 build of each graph, got {args.builds}")
@@ -628,8 +643,10 @@ def main() -> None:
     if not all(0 < t <= 1 for t in targets):
         ap.error(f"--at-recall: recall targets in (0, 1], got {args.at_recall!r}")
     k = 10
+    if args.out is None:
+        args.out = OUT
     args.out.mkdir(parents=True, exist_ok=True)
-    result: dict = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+    result: dict = {"machine": print_machine(threads=args.threads or os.cpu_count()),
                     "args": vars(args) | {"out": str(args.out)},
                     "timing": f"per table: every configuration built (build timed alone), one warm-up search each, "
                               f"then {max(1, args.repeat)} interleaved rounds (order rotated), q/s = best round",

@@ -37,7 +37,7 @@ import numpy as np
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from _common import CACHE, OUT, SCIFACT, atomic_path, save_npy_atomic, write_atomic  # noqa: E402
+from _common import CACHE, OUT, SCIFACT, atomic_path, print_machine, save_npy_atomic, write_atomic  # noqa: E402
 
 K = 100
 
@@ -100,6 +100,7 @@ def main() -> None:
                     help="selection on train: ndcg = best nDCG@10 among settings meeting the target; margin = the "
                          "setting meeting it most surely (largest min(margin / SE)); writes diversity_margin.*")
     args = ap.parse_args()
+    machine = print_machine()
 
     from sklearn.cluster import KMeans
     from threadpoolctl import threadpool_limits
@@ -202,7 +203,7 @@ def main() -> None:
     print(f"SciFact test: {len(queries)} queries, {len(corpus)} docs, C={n_c}, kNN-Embed fit {fit_s:.1f}s")
     qv = query_vectors(enc, list(queries.texts))
     mix = knn.mixture(qv)
-    res: dict = {"n_queries": len(queries), "n_clusters": n_c, "fit_seconds": fit_s,
+    res: dict = {"machine": machine, "n_queries": len(queries), "n_clusters": n_c, "fit_seconds": fit_s,
                  "collapsed_share_default": float(mix["collapsed"].mean()),
                  "mean_components_default": float((mix["clusters"] >= 0).sum(1).mean()),
                  "systems": {}}
@@ -368,6 +369,7 @@ def select_on_train(ds, dense, corpus, vecs: np.ndarray, n_c: int, quick: bool, 
     tq = tq[[i for i, q in enumerate(tq.ids) if q in trel]]
     if quick:
         tq = tq[:200]
+    trel = {q: trel[q] for q in tq.ids}  # the evaluated queries' only: the others are not missing from the run
     tv = query_vectors(enc, list(tq.texts))
 
     def measure(fn10, fn100):

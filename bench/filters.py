@@ -28,7 +28,7 @@ import time
 
 import numpy as np
 
-from _common import OUT, SCIFACT, atomic_path, write_atomic  # noqa: E402
+from _common import OUT, SCIFACT, atomic_path, print_machine, write_atomic  # noqa: E402
 
 
 def main() -> None:
@@ -37,6 +37,7 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=100, help="dense candidates per query")
     ap.add_argument("--target", type=float, default=0.95, help="target recall (chosen on train) of every filter")
     args = ap.parse_args()
+    machine = print_machine()
 
     from ragkit.eval import evaluate, load_beir
     from ragkit.eval.filtering import (
@@ -71,7 +72,7 @@ def main() -> None:
         return Run.from_rankings(state.query_ids, state.rankings, corpus.ids)
 
     ref_test = run_of(up_test)
-    results: dict = {"config": {"quick": args.quick, "k": args.k, "target_recall": args.target,
+    results: dict = {"machine": machine, "config": {"quick": args.quick, "k": args.k, "target_recall": args.target,
                                 "train_queries": len(train_q), "test_queries": len(test_q)}}
 
     # ---------------------------------------------------------------- the variant, chosen on train only

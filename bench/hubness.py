@@ -25,7 +25,7 @@ import time
 
 import numpy as np
 
-from _common import OUT, SCIFACT, write_atomic  # noqa: E402
+from _common import OUT, SCIFACT, print_machine, write_atomic  # noqa: E402
 
 
 def main() -> None:
@@ -34,6 +34,7 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=1000, help="dense candidates reranked per query")
     ap.add_argument("--probe", type=int, default=2000, help="pseudo-queries of the hubness probe")
     args = ap.parse_args()
+    machine = print_machine()
 
     from ragkit.encoders import get_encoder
     from ragkit.eval import evaluate, load_beir, paired_randomization_test
@@ -190,7 +191,8 @@ def main() -> None:
           f"with no hubs at all measure {floor['test']:.2f} there (sampling alone), {floor['probe']:.2f} on the "
           f"{args.probe} pseudo-queries")
     path = write_atomic(OUT / ("hubness_quick.json" if args.quick else "hubness.json"),
-                        json.dumps({"config": {"k": k, "quick": args.quick, "test_queries": len(test_q),
+                        json.dumps({"machine": machine,
+                                    "config": {"k": k, "quick": args.quick, "test_queries": len(test_q),
                                                "probe_queries": args.probe},
                                     "tuned": tuned, "tuning": tuning_log, "results": rows,
                                     "random_floor": floor}, indent=2, default=float))

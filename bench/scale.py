@@ -28,7 +28,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from _common import OUT, SCIFACT, exact_topk, interleaved, recall, write_atomic  # noqa: E402
+from _common import OUT, SCIFACT, exact_topk, interleaved, print_machine, recall, write_atomic  # noqa: E402
 
 
 def encode_part(n_docs: int) -> dict:
@@ -138,7 +138,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.quick:
         args.docs, args.n, args.queries = 200, 50_000, 100
-    results = {}
+    results: dict = {"machine": print_machine()}
     if not args.skip_encode:
         enc = encode_part(args.docs)
         results["encode"] = enc

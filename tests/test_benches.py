@@ -114,6 +114,16 @@ def _check_muvera(r: dict) -> None:
     assert r["configs"] and _finite(r["brute_force"]["ms_per_query"], r["brute_force"]["ndcg@10"])
 
 
+def _check_machine(r: dict, stdout: str | None = None) -> None:
+    """A bench's JSON says what machine its timings come from (``_common.machine``), and it said so at its start."""
+    m = r["machine"]
+    assert isinstance(m, dict) and {"cpu", "cpus", "threads", "load_average", "python", "numpy", "torch",
+                                    "platform"} <= set(m), m
+    assert isinstance(m["cpus"], int) and m["cpus"] >= 1 and m["python"] and m["numpy"], m
+    if stdout is not None:
+        assert "machine: " in stdout and f"{m['cpus']} CPUs" in stdout, stdout[:2000]
+
+
 BENCHES = [  # (script and flags, expected in stdout, JSON written, what it must hold)
     ("diversity.py", "knn chosen on train", "diversity_quick.json", _check_diversity),
     ("filters.py", "at equal recall", "filters_quick.json", _check_filters),
@@ -149,7 +159,12 @@ def test_bench_quick_runs(bench: str, expect: str, written: str, check, tmp_path
     out = _run_bench(script, flags, tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     assert expect in out.stdout and f"wrote {tmp_path}" in out.stdout, out.stdout[-3000:]
-    check(json.loads((tmp_path / written).read_text()))
+    res = json.loads((tmp_path / written).read_text())
+    check(res)
+    _check_machine(res, out.stdout)  # said at its start and kept in its JSON
+    # a quick run evaluates a few queries: against the qrels of those only (diversity's train selection passed all
+    # 809 judged train queries' and warned 26 times that 609 were not in the run)
+    assert "judged queries are not in the run" not in out.stdout + out.stderr, out.stderr[-3000:]
     assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary file left behind
 
 
@@ -416,3 +431,96 @@ def test_dense_quick_prints_qps_at_recall(tmp_path: Path) -> None:
     vs = {r["vs"] for r in s["ratios"] if r["config"] == "ragkit hnsw i8 + rescore x4"}
     assert vs == {"faiss HNSWFlat", "faiss HNSWFlat (ragkit's insertion order)", "faiss HNSWSQ8 + rescore x4",
                   "ragkit exact f32", "faiss IndexFlatIP"}
+
+
+def test_common_machine_and_paired_ratio() -> None:
+    """``machine()`` describes the machine in one dict (CPU model, CPUs, threads, load, versions, platform) and
+    ``machine_line`` in one line; ``paired_ratio`` is the median of per-repeat ratios, not a ratio of medians,
+    and refuses lists that do not pair up."""
+    common = bench_module("_common")
+    m = common.machine(threads=3, bm25s="0.2")
+    assert m["threads"] == 3 and m["bm25s"] == "0.2" and m["cpus"] == os.cpu_count() and m["numpy"] == np.__version__
+    assert m["load_average"] is None or len(m["load_average"]) == 3
+    line = common.machine_line(m)
+    assert line.startswith("machine: ") and "\n" not in line and "threads 3" in line
+    assert f"numpy {np.__version__}" in line
+    # direct (1, 10, 10, 1), pipeline (2, 10, 10, 1): one slow repeat; the ratio of the medians reads 6 / 5.5
+    assert common.paired_ratio([2, 10, 10, 1], [1, 10, 10, 1]) == 1.0
+    with pytest.raises(ValueError, match=r"equal-length.*shapes \(3,\) and \(2,\)"):
+        common.paired_ratio([1, 2, 3], [1, 2])
+    with pytest.raises(ValueError, match="positive"):
+        common.paired_ratio([1.0], [0.0])
+
+
+def test_dense_writes_where_ragkit_bench_out_says(tmp_path: Path) -> None:
+    """bench/dense.py wrote into bench/out whatever RAGKIT_BENCH_OUT said (its --out defaulted to bench/out):
+    without --out its JSON and plot now go to the folder RAGKIT_BENCH_OUT names, as every other bench's.
+    (~10 s: 1,000 random vectors, no SciFact.)"""
+    out = subprocess.run([sys.executable, str(REPO / "bench" / "dense.py"), "--quick", "--no-scifact", "--n", "1000",
+                          "--n-queries", "20", "--ef", "16,32", "--repeat", "1", "--builds", "1", "--threads", "1"],
+                         capture_output=True, text=True, timeout=600, cwd=REPO,
+                         env={**os.environ, "RAGKIT_BENCH_OUT": str(tmp_path)})
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert {"dense_quick.json", "dense_quick.png"} <= {p.name for p in tmp_path.iterdir()}, out.stdout[-2000:]
+    assert f"wrote {tmp_path / 'dense_quick.json'}" in out.stdout
+    res = json.loads((tmp_path / "dense_quick.json").read_text())
+    _check_machine(res, out.stdout)
+    assert res["machine"]["threads"] == 1
+
+
+def test_bm25_memory_full_run_writes_its_json(tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
+    """A full run (a FOLDER, no --quick) printed its results and wrote no JSON unless given --out: it writes
+    bm25_memory.json in the folder RAGKIT_BENCH_OUT names (bench/out by default), as every bench does."""
+    bm = bench_module("bm25_memory")
+    search = {"rounds": 3, "min_seconds": 0.5, "best_s": {"ragkit": 0.01, "bm25s": 0.02},
+              "first_call_s": {"ragkit": 0.02, "bm25s": 0.03}}
+
+    def fake_run(cmd: list[str], **kw) -> subprocess.CompletedProcess:  # noqa: ANN003
+        phase = cmd[cmd.index("--phase") + 1]
+        got = search if phase == "search" else {"fit": {"s": 1.0}}
+        return subprocess.CompletedProcess(cmd, 0, json.dumps(got) + "\n", "")
+
+    monkeypatch.setattr(bm.subprocess, "run", fake_run)
+    monkeypatch.setattr(bm, "OUT", tmp_path)
+    monkeypatch.setattr(sys, "argv", ["bm25_memory.py", "some_folder"])
+    bm.main()
+    assert [p.name for p in tmp_path.iterdir()] == ["bm25_memory.json"]
+    res = json.loads((tmp_path / "bm25_memory.json").read_text())
+    assert res["folder"] == "some_folder" and res["search"] == search and res["ragkit_vs_bm25s"]["search.s"] == 0.5
+    _check_machine(res)
+
+
+def test_pipeline_overhead_is_the_median_of_paired_ratios(tmp_path: Path, monkeypatch, capsys) -> None:  # noqa: ANN001
+    """The overhead was the difference of the two sides' separate medians, which swung from +19.7% to -5.3%
+    between runs on a loaded machine; it is the median of each repeat's pipeline / direct ratio.  Here one
+    repeat is slow for the pipeline alone (direct 1, 10, 10, 1 s; pipeline 2, 10, 10, 1 s): the ratios are
+    2, 1, 1, 1 (overhead 0%), the medians' difference 6 / 5.5 - 1 = +9.1%.  And an explicit --repeats wins
+    over --quick's 30 (it was silently replaced)."""
+    po = bench_module("pipeline_overhead")
+    durations = {0: [1.0, 10.0, 10.0, 1.0], 1: [2.0, 10.0, 10.0, 1.0]}  # per side (0 direct, 1 pipeline), per repeat
+    order = [side for i in range(4) for side in ((0, 1) if i % 2 == 0 else (1, 0))]  # as the bench alternates
+    ticks = iter([t for i, side in enumerate(order) for t in (0.0, durations[side][i // 2])])
+    monkeypatch.setattr(po, "time", SimpleNamespace(perf_counter=lambda: next(ticks)))
+    monkeypatch.setattr(sys, "argv", ["pipeline_overhead.py", "--quick", "--repeats", "4", "--queries", "5",
+                                      "--out", str(tmp_path / "po.json")])
+    po.main()
+    res = json.loads((tmp_path / "po.json").read_text())
+    assert res["repeats"] == 4 and res["overhead_pct"] == pytest.approx(0.0) and res["median_paired_ratio"] == 1.0
+    assert res["overhead_of_medians_pct"] == pytest.approx(100 * (6 / 5.5 - 1))
+    assert res["direct_ms"] == pytest.approx(5500.0) and res["pipeline_ms"] == pytest.approx(6000.0)
+    _check_machine(res, capsys.readouterr().out)
+
+
+def test_langchain_quick_keeps_explicit_flags(tmp_path: Path) -> None:
+    """--quick replaced --queries, --repeats and --peer-repeats with its own; given flags now win (--quick fills
+    only what is not given), and the end-to-end overhead is the median of per-repeat wrapper / direct ratios."""
+    pytest.importorskip("langchain_core")
+    out = _run_bench("langchain.py", ["--queries", "7", "--repeats", "3", "--peer-repeats", "0"], tmp_path, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    res = json.loads((tmp_path / "langchain_quick.json").read_text())
+    (row,) = res["results"]
+    assert row["pipeline"] == "bm25" and row["queries"] == 7 and len(row["direct_s"]) == len(row["wrapper_s"]) == 3
+    assert row["lc_default_s"] == [] and "lc_default_median_s" not in row
+    ratios = [w / d for w, d in zip(row["wrapper_s"], row["direct_s"])]
+    assert row["end_to_end_overhead_pct"] == pytest.approx(100 * (float(np.median(ratios)) - 1))
+    _check_machine(res, out.stdout)
