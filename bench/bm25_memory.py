@@ -262,9 +262,10 @@ def _ratios(res: dict) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("folder", nargs="?", default=None, help="a BEIR folder or name (required unless --quick)")
-    ap.add_argument("--queries", type=int, default=1000)
-    ap.add_argument("--k", type=int, default=1000)
-    ap.add_argument("--quick", action="store_true", help="SciFact, 50 queries at k = 100 (the tests run it)")
+    ap.add_argument("--queries", type=int, default=None, help="queries searched (default 1000; 50 with --quick)")
+    ap.add_argument("--k", type=int, default=None, help="documents per query (default 1000; 100 with --quick)")
+    ap.add_argument("--quick", action="store_true",
+                    help="SciFact, 50 queries at k = 100 unless --queries / --k say otherwise (the tests run it)")
     ap.add_argument("--out", default=None,
                     help="JSON file for the results (default bench/out/bm25_memory.json, bm25_memory_quick.json with "
                          "--quick; in the folder RAGKIT_BENCH_OUT names instead of bench/out, when set)")
@@ -275,7 +276,11 @@ def main() -> None:
     ap.add_argument("--saved", default=None, help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.quick:
-        a.folder, a.queries, a.k = a.folder or str(SCIFACT), 50, 100
+        a.folder = a.folder or str(SCIFACT)
+    a.queries = (50 if a.quick else 1000) if a.queries is None else a.queries
+    a.k = (100 if a.quick else 1000) if a.k is None else a.k
+    if a.queries < 1 or a.k < 1:
+        ap.error(f"--queries and --k must be at least 1; got --queries {a.queries}, --k {a.k}")
     if a.folder is None:
         ap.error("give a BEIR folder or name (or --quick)")
     if a.phase:

@@ -524,3 +524,28 @@ def test_langchain_quick_keeps_explicit_flags(tmp_path: Path) -> None:
     ratios = [w / d for w, d in zip(row["wrapper_s"], row["direct_s"])]
     assert row["end_to_end_overhead_pct"] == pytest.approx(100 * (float(np.median(ratios)) - 1))
     _check_machine(res, out.stdout)
+
+
+def test_bm25_memory_quick_keeps_explicit_queries_and_k(tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
+    """``--quick`` overrode ``--queries`` and ``--k`` given with it (50 and 100 whatever was asked)."""
+    bm = bench_module("bm25_memory")
+    seen: list[list[str]] = []
+
+    def fake_run(cmd: list[str], **kw) -> subprocess.CompletedProcess:  # noqa: ANN003
+        seen.append(cmd)
+        phase = cmd[cmd.index("--phase") + 1]
+        got = ({"rounds": 1, "min_seconds": 0.5, "best_s": {"ragkit": 0.01, "bm25s": 0.02},
+                "first_call_s": {"ragkit": 0.02, "bm25s": 0.03}} if phase == "search" else {"fit": {"s": 1.0}})
+        return subprocess.CompletedProcess(cmd, 0, json.dumps(got) + "\n", "")
+
+    monkeypatch.setattr(bm.subprocess, "run", fake_run)
+    monkeypatch.setattr(bm, "OUT", tmp_path)
+    monkeypatch.setattr(sys, "argv", ["bm25_memory.py", "--quick", "--queries", "7", "--k", "9"])
+    bm.main()
+    res = json.loads((tmp_path / "bm25_memory_quick.json").read_text())
+    assert (res["queries"], res["k"]) == (7, 9)
+    assert all(c[c.index("--queries") + 1] == "7" and c[c.index("--k") + 1] == "9" for c in seen), seen
+    monkeypatch.setattr(sys, "argv", ["bm25_memory.py", "--quick"])
+    bm.main()
+    res = json.loads((tmp_path / "bm25_memory_quick.json").read_text())
+    assert (res["queries"], res["k"]) == (50, 100)
