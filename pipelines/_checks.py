@@ -7,7 +7,8 @@ silently do nothing, found before any work starts (when it is built, fitted and 
   retrieves nothing, a ``dbnorm`` on scores that are not cosines, a retriever that discards the ranking
   before it, a ``prf`` whose expansion the next retriever does not read);
 * :func:`encoder_mismatch` / :func:`encoder_notes`: the encoder a step reads the retriever's cosines with;
-* :func:`fuse_weights_problem` / :func:`route_label_problems`: a parallel's weights, a route's labels.
+* :func:`fuse_weights_problem` / :func:`route_label_problems`: a parallel's weights, a route's labels
+  (:func:`route_label_notes`: branches that rules shadow, warned of).
 
 The composite operators themselves (:class:`~ragkit.pipelines.Pipeline`, ``Parallel``, ``Route``, ``Loop``)
 live in :mod:`ragkit.pipelines._compose`.  The checks walk trees of those composites, so this module imports
@@ -35,6 +36,7 @@ __all__ = [
     "encoder_notes",
     "fuse_weights_problem",
     "prf_reader_problem",
+    "route_label_notes",
     "route_label_problems",
     "same_model",
     "unranked_router",
@@ -660,20 +662,39 @@ def route_label_problems(router: Operator | None, labels: Iterable[Any], has_def
                 f"'default'; branches: {sorted(labels)}; add a branch for each, or a 'default:' (a branch label or "
                 f"a pipeline)")
     if callable(possible):
-        can = possible()
+        shadowed = _shadowed_labels(router)
+        can = [*possible(), *shadowed]  # (shadowed labels are warned of, not refused: see route_label_notes)
         covered = all(lab in labels for lab in can)  # every label the router gives has a branch: no default runs
         never = [lab for lab in labels if lab not in can and lab != default_label]
         if never:
-            shadowed = _shadowed_labels(router)
-            why = "".join(f"; router.{router.name}.{shadowed[lab]}" for lab in never if lab in shadowed)
-            if why:
-                why += "; put narrower rules before wider ones, or drop the rules that never match"
-            close = {lab: difflib.get_close_matches(lab, can, n=1) for lab in never if lab not in shadowed}
+            close = {lab: difflib.get_close_matches(lab, can, n=1) for lab in never}
             hints = "".join(f"; {lab!r}: did you mean {c[0]!r}?" for lab, c in close.items() if c)
-            return (f"branches {never} can never run: router {router.name!r} labels queries only {can}{why}{hints}")
+            return (f"branches {never} can never run: router {router.name!r} labels queries only {can}{hints}")
         if default_branch and covered:
             return (f"the default can never run: router {router.name!r} labels queries only {can}, and each of "
                     f"these has a branch; drop the default, or give one of its labels no branch")
+    return None
+
+
+def route_label_notes(router: Operator, labels: Iterable[Any], default_label: str | None = None, *,
+                      default_branch: bool = False) -> str | None:
+    """What of a route can never run because the router's earlier rules always match first (``shadowed``: a
+    ``rule_router`` rule ``max_words: 3`` after ``max_words: 4``), or ``None``.  A warning, not an error, so
+    that a pipeline saved with such a rule still loads; :func:`route_label_problems` refuses the rest."""
+    shadowed = _shadowed_labels(router)
+    possible = getattr(router, "possible_labels", None)
+    if not shadowed or not callable(possible):
+        return None
+    can, labels = possible(), list(labels)
+    never = [lab for lab in labels if lab in shadowed and lab != default_label]
+    why = "".join(f"; router.{router.name}.{shadowed[lab]}" for lab in never)
+    if never:
+        return (f"branches {never} can never run: router {router.name!r} labels queries only {can}{why}; put "
+                f"narrower rules before wider ones, or drop the rules that never match")
+    if default_branch and all(lab in labels for lab in can):
+        why = "".join(f"; router.{router.name}.{v}" for v in shadowed.values())
+        return (f"the default can never run: router {router.name!r} labels queries only {can}, and each of these "
+                f"has a branch{why}")
     return None
 
 

@@ -1014,7 +1014,7 @@ class Route(Composite):
 
     def __init__(self, router: Operator, branches: Mapping[str, Operator | Sequence[Operator]],
                  default: Operator | Sequence[Operator] | str | None = None) -> None:
-        from ragkit.pipelines._checks import route_label_problems
+        from ragkit.pipelines._checks import route_label_notes, route_label_problems
 
         super().__init__()
         router = _operator_of_kind(router, "router", "route.router", "RuleRouter(rules=...), ScoreRouter(...)")
@@ -1030,6 +1030,10 @@ class Route(Composite):
         if problem:
             at = "route.default" if problem.startswith("the default") else "route.branches"
             raise ParamError(f"{at}: {problem}", path=at)
+        note = route_label_notes(router, branches, default if isinstance(default, str) else None,
+                                 default_branch=default is not None and not isinstance(default, str))
+        if note:
+            logging.getLogger("ragkit").warning("route: %s", note)
         self.router = router
         self.branches = {k: _as_pipeline(v, f"route.branches.{k}", empty_ok=True) for k, v in branches.items()}
         if isinstance(default, str):

@@ -4,6 +4,7 @@ changed after saving, and the hints for common misshapes show the shape that loa
 
 from __future__ import annotations
 
+import logging
 import random
 import re
 
@@ -63,21 +64,45 @@ ROUTE = ("pipeline:\n  - bm25: {{}}\n  - route:\n      router: {{rule_router: {{
          "      branches: {branches}\n")
 
 
-def test_a_branch_whose_rule_an_earlier_rule_contains_can_never_run():
+def _warned(text: str, caplog) -> str:  # noqa: ANN001
+    """The ragkit warnings of loading the pipeline YAML ``text`` (it loads: a shadowed rule is warned of, so that
+    a pipeline saved with one, before the check existed, still loads)."""
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="ragkit"):
+        Pipeline.from_yaml(text)
+    return "\n".join(r.getMessage() for r in caplog.records if r.name.startswith("ragkit"))
+
+
+def test_a_branch_whose_rule_an_earlier_rule_contains_can_never_run(caplog):
     text = ROUTE.format(rules="[{label: short, max_words: 4}, {label: mid, max_words: 3}]",
                         branches="{short: [top_k: {k: 5}], mid: [top_k: {k: 3}], long: []}")
-    message = _error(text)
-    assert "pipeline[1].route.branches: branches ['mid'] can never run" in message
+    message = _warned(text, caplog)
+    assert "route: branches ['mid'] can never run" in message
     assert "router.rule_router.rules[1] {label: mid, max_words: 3} never matches" in message
     assert "rules[0] {label: short, max_words: 4}" in message
 
 
-def test_the_default_behind_rules_that_cover_every_word_count_can_never_run():
+def test_the_default_behind_rules_that_cover_every_word_count_can_never_run(caplog):
     text = ROUTE.format(rules="[{label: short, max_words: 4}, {label: mid, min_words: 5}]",
                         branches="{short: [top_k: {k: 5}], mid: [top_k: {k: 3}], long: []}")
-    message = _error(text)
+    message = _warned(text, caplog)
     assert "branches ['long'] can never run" in message
     assert "router.rule_router.default ('long') is never given" in message
+
+
+def test_a_saved_pipeline_with_a_shadowed_rule_still_loads(tmp_path, caplog):
+    """The shadowing check refused a pipeline saved before it existed: Pipeline.load raised ConfigError."""
+    text = ROUTE.format(rules="[{label: a, max_words: 3}, {label: b, max_words: 2}]",
+                        branches="{a: [top_k: {k: 2}], b: [top_k: {k: 1}], long: []}")
+    corpus = Corpus.from_texts(["red apples", "green pears", "red cars"])
+    pipe = Pipeline.from_yaml(text).fit(corpus)
+    pipe.save(tmp_path / "p")
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="ragkit"):
+        again = Pipeline.load(tmp_path / "p")
+    assert "branches ['b'] can never run" in caplog.text
+    assert [list(d) for d in again.search(["red", "a b c d e"]).doc_ids] == [
+        list(d) for d in pipe.search(["red", "a b c d e"]).doc_ids]
 
 
 @pytest.mark.parametrize("rules", [
@@ -133,11 +158,17 @@ def test_every_label_a_router_gives_is_a_possible_label():
         assert set(router.labels(queries)) <= set(router.possible_labels()), rules
 
 
-def test_route_in_python_refuses_a_shadowed_branch():
+def test_route_in_python_warns_of_a_shadowed_branch(caplog):
     router = RuleRouter(rules=[{"label": "short", "max_words": 4}, {"label": "mid", "max_words": 3}], default="long")
-    with pytest.raises(ParamError, match=r"branches \['mid'\] can never run.*rules\[1\]"):
+    with caplog.at_level(logging.WARNING, logger="ragkit"):
         Route(router, {"short": BM25(), "mid": BM25(), "long": BM25()})
-    Route(router, {"short": BM25(), "long": BM25()})  # every label it can give has a branch
+    assert re.search(r"branches \['mid'\] can never run.*rules\[1\]", caplog.text), caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="ragkit"):
+        Route(router, {"short": BM25(), "long": BM25()})  # every label it can give has a branch
+    assert not caplog.records
+    with pytest.raises(ParamError, match=r"branches \['mdi'\] can never run.*did you mean 'mid'"):
+        Route(router, {"short": BM25(), "mid": BM25(), "mdi": BM25(), "long": BM25()})  # (a misspelt label: refused)
 
 
 # -- 3. validate loads a saved folder as search does ----------------------------------------------------------
