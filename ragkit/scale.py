@@ -586,19 +586,26 @@ _MERGE_CELLS = 1 << 22
 def _refine_ties(neg: np.ndarray, rows: np.ndarray, shard: np.ndarray, kk: int, first: int,
                  finer: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> None:
     """Re-sort in place, by ``finer`` score then row, the queries (rows of the sorted ``neg`` / ``rows`` / ``shard``
-    arrays; ``first``: the batch number of the first) where two shards' candidates tie on float32 score within the
-    first ``kk + 1`` places; ordered by (float32, finer, row), which is the order by (finer, row): float32 rounding
-    never reverses two scores."""
-    edge = min(kk + 1, neg.shape[1])
-    tie = (neg[:, 1:edge] == neg[:, :edge - 1]) & (shard[:, 1:edge] != shard[:, :edge - 1])
+    arrays; ``first``: the batch number of the first) where a run of equal float32 scores that reaches into the top
+    ``kk`` holds candidates of two shards (anywhere in the run: its first places may all be one shard's, the other
+    shard's just past the cut); ordered by (float32, finer, row), which is the order by (finer, row): float32
+    rounding never reverses two scores.  Only the candidates of such runs (float32 score at least the ``kk``-th's)
+    are given to ``finer``; the rest keep places below the top ``kk``."""
+    if kk < 1 or neg.shape[1] < 2:
+        return
+    cut = neg[:, kk - 1:kk]
+    cut = np.where(np.isnan(cut), np.float32(np.inf), cut)  # fewer than kk candidates: every one is in the top
+    # in a run of equal scores the candidates lie shard after shard (a stable sort of the shards' concatenation),
+    # so it holds two shards' exactly when two neighbours in it differ in shard
+    tie = (neg[:, 1:] == neg[:, :-1]) & (shard[:, 1:] != shard[:, :-1]) & (neg[:, :-1] <= cut)
     flagged = np.flatnonzero(tie.any(axis=1))
     if not len(flagged):
         return
     n, r = neg[flagged], rows[flagged]
-    valid = ~np.isnan(n)
+    top = n <= cut[flagged]  # (NaN pads: False)
     fine = np.zeros(n.shape, np.float64)
     q = np.broadcast_to((flagged + first)[:, None], n.shape)
-    fine[valid] = finer(q[valid], r[valid])
+    fine[top] = finer(q[top], r[top])
     order = np.lexsort((r, -fine, n), axis=1)
     neg[flagged] = np.take_along_axis(n, order, axis=1)
     rows[flagged] = np.take_along_axis(r, order, axis=1)
@@ -612,9 +619,9 @@ def _merge_flat(parts: Sequence[_Flat], k: int,
     :data:`_MERGE_CELLS` cells.  Returns the merged top ``k`` of every query, flat.
 
     ``finer(queries, rows)``: the finer (float64) scores of candidates, given their query numbers in the batch
-    and their rows.  Documents of two shards whose float32 scores are equal in or at the edge of a query's top
-    ``k`` are then ordered by it (then by row, as one index breaks its ties), for those queries only: their
-    order by float32 score alone is the shards' order, not the one index's ranking by its finer score."""
+    and their rows.  Documents of two shards whose float32 scores equal the ``k``-th's or a higher one's are then
+    ordered by it (then by row, as one index breaks its ties), for those queries only: their order by float32
+    score alone is the shards' order, not the one index's ranking by its finer score (:func:`_refine_ties`)."""
     n_s = len(parts)
     n_q = len(parts[0][2]) if n_s else 0
     lens = np.stack([np.asarray(p[2], np.int64) for p in parts]) if n_s else np.zeros((0, 0), np.int64)
@@ -851,7 +858,9 @@ def _flatten(rankings: Sequence[Ranking]) -> _Flat:
 
 
 def _split(rows: np.ndarray, scores: np.ndarray, lens: np.ndarray) -> list[Ranking]:
-    """Flat ``(rows, scores, lengths)`` as one :class:`Ranking` per query."""
+    """Flat ``(rows, scores, lengths)`` as one :class:`Ranking` per query (none for no query)."""
+    if not len(lens):
+        return []
     cuts = np.cumsum(lens)[:-1]
     return [Ranking(r, s) for r, s in zip(np.split(rows, cuts), np.split(scores, cuts))]
 

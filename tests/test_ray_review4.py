@@ -273,3 +273,81 @@ def test_the_merge_orders_two_shards_float32_ties_by_the_finer_score():
     calls.clear()
     rows, _, _ = scale._merge_flat([a, (np.array([10]), np.float32([0.5]), np.array([1]))], 3, finer)
     assert rows.tolist() == [0, 1, 10] and not calls  # no tie across shards: not asked
+
+
+# ---------------------------------------------------------------- 6. no queries; ties past a same-shard cut
+def test_a_sharded_retriever_searches_a_batch_of_no_queries(no_ray):
+    """No queries: an empty run, as one index gives (the merge split its empty flat arrays into one ranking)."""
+    from ragkit.types import State
+
+    sh = Sharded(retriever={"bm25": {}}, n_shards=3, k=5, backend="local").fit(word_corpus(30))
+    for queries in ([], {}):
+        run = sh.search(queries)
+        assert len(run) == 0 and len(run.doc_ids) == 0
+    assert sh(State([])).rankings == []
+    assert merge_rankings([[], []], 5) == []
+    assert scale._split(*scale._merge_flat([scale._flatten([])] * 2, 5)) == []
+
+
+def test_a_ray_sharded_retriever_searches_a_batch_of_no_queries(local_ray):
+    sh = Sharded(retriever={"bm25": {}}, n_shards=2, k=5, backend="ray").fit(word_corpus(20))
+    assert len(sh.search([])) == 0
+    assert ranked(sh.search(QUERIES[:2])) == ranked(BM25(k=5).fit(word_corpus(20)).search(QUERIES[:2]))
+
+
+def _tie_corpus():
+    """x and x2 (shard 0) and y (shard 1) score one float32 score for "zeta" (b ~ 0: length barely counts), y the
+    highest float64 one; the run of equal float32 scores is x, x2 (shard 0), then y."""
+    from ragkit.types import Corpus
+
+    def doc(tf, dl, i):
+        return " ".join(["zeta"] * tf + [f"w{i}x{j}" for j in range(dl - tf)])
+
+    texts = [doc(1, 12, 0), doc(1, 12, 1), doc(0, 5, 2), doc(0, 5, 3), doc(1, 10, 4), doc(0, 5, 5), doc(0, 5, 6),
+             doc(0, 5, 7)]
+    return Corpus.from_texts(texts, ids=["x", "x2", "f2", "f3", "y", "f5", "f6", "f7"])
+
+
+@pytest.mark.parametrize("k", [1, 2, 3])
+def test_a_float32_tie_past_a_cut_between_one_shards_documents_ranks_as_one_index(k):
+    """The cut at k=1 falls between x and x2, both shard 0's: the tie repair looked at neighbours in the first k + 1
+    places only, found no two shards there, and kept x where one index ranks y (shard 1, float64 higher) first."""
+    corpus, params = _tie_corpus(), {"b": 1e-8}
+    s = BM25(**params).fit(corpus).score_matrix(["zeta"])[0][[0, 1, 4]]
+    assert len(set(s.astype(np.float32).tolist())) == 1 and s[2] > s[0] == s[1]  # (the case holds)
+    one = BM25(k=k, **params).fit(corpus).search(["zeta"])
+    sharded = Sharded(retriever={"bm25": params}, n_shards=2, k=k, backend="local").fit(corpus).search(["zeta"])
+    assert sharded.doc_ids[0].tolist() == one.doc_ids[0].tolist() == ["y", "x", "x2"][:k]
+    # the merge itself, with a finer score given: rows 0, 1, 2 (shard 0) and 10 (shard 1) tie at float32
+    fine = {0: 5.0000001, 1: 5.0000001, 2: 5.0000001, 10: 5.0000003}
+    p0 = (np.array([0, 1, 2]), np.float32([5, 5, 5]), np.array([3]))
+    p1 = (np.array([10]), np.float32([5]), np.array([1]))
+    rows, _, lens = scale._merge_flat([p0, p1], k, lambda q, r: np.array([fine[int(x)] for x in r]))
+    assert rows.tolist() == [10, 0, 1][:k] and lens.tolist() == [k]
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_bm25_shards_with_many_float32_ties_rank_as_one_index(seed, monkeypatch):
+    """Random documents over a few words with b ~ 0 (float64 scores a hair apart, many equal at float32) and
+    duplicated documents (equal float64 scores: the lower row first), spread over the shards: every k from 1 to 10
+    ranks as one index, also merged in chunks of a few queries."""
+    from ragkit.types import Corpus
+
+    rng = np.random.default_rng(seed)
+    words = ["a", "b", "c", "d"]
+    texts = [" ".join(rng.choice(words, int(rng.integers(1, 4))).tolist() + [f"f{i}x{j}" for j in
+                                                                             range(int(rng.integers(0, 12)))])
+             for i in range(60)]
+    texts += [texts[int(i)] for i in rng.integers(0, 60, 20)]  # duplicates, in later shards
+    rng.shuffle(texts)
+    corpus = Corpus.from_texts(texts)
+    queries = [" ".join(rng.choice(words, int(rng.integers(1, 4))).tolist()) for _ in range(30)]
+    params = {"b": float(rng.choice([1e-8, 1e-9]))}
+    for chunk in (1 << 22, 200):
+        monkeypatch.setattr(scale, "_MERGE_CELLS", chunk)
+        for n in (2, 3, 7):
+            for k in range(1, 11):
+                one = BM25(k=k, **params).fit(corpus).search(queries)
+                sharded = Sharded(retriever={"bm25": params}, n_shards=n, k=k, backend="local").fit(corpus)
+                got = sharded.search(queries)
+                assert [d.tolist() for d in got.doc_ids] == [d.tolist() for d in one.doc_ids], (n, k)
