@@ -143,7 +143,7 @@ from bisect import bisect_right
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import AbstractSet, Iterable, Iterator, Literal, Sequence, TypeGuard
+from typing import AbstractSet, Any, Iterable, Iterator, Literal, Sequence, TypeGuard
 
 import numpy as np
 import torch
@@ -545,6 +545,14 @@ class ChunkKVCache:
             # written when the store goes (garbage-collected, or alive at the exit): not the store but its
             # __dict__ is referenced, so the finalizer does not keep it alive
             weakref.finalize(self, _flush_dropped, self.__dict__)
+
+    def __reduce__(self) -> tuple[Any, tuple[dict[str, Any]]]:
+        """A pickle (or ``copy``) holds the store's settings, not its variants: the copy starts with an empty memory
+        tier and opens the same ``disk_dir``, whose variants it finds again (a pickle failed on the lock)."""
+        return _rebuilt, ({"model_id": self.model_id, "tokenizer_id": self.tokenizer_id,
+                           "budget_bytes": self.budget_bytes, "storage_dtype": self.storage_dtype,
+                           "max_variants": self.max_variants, "half_life": self.half_life, "disk_dir": self.disk_dir,
+                           "disk_budget_bytes": self.disk_budget_bytes, "disk_half_life_s": self.disk_half_life_s},)
 
     # ------------------------------------------------------------------ identity
     def key(self, token_ids: Sequence[int] | np.ndarray | torch.Tensor) -> str:
@@ -1250,6 +1258,12 @@ def _unwritable_reason(folder: Path) -> str:
     except (OSError, AttributeError):  # (no statvfs on Windows)
         readonly = False
     return "it is on a read-only file system" if readonly else "this user has no write permission there"
+
+
+def _rebuilt(settings: dict[str, Any]) -> ChunkKVCache:
+    """A :class:`ChunkKVCache` of ``settings`` (its unpickling: see ``ChunkKVCache.__reduce__``)."""
+    model_id, tokenizer_id = settings.pop("model_id"), settings.pop("tokenizer_id")
+    return ChunkKVCache(model_id, tokenizer_id, **settings)
 
 
 def _flush_dropped(state: dict) -> None:

@@ -63,3 +63,23 @@ def test_first_calls_on_threads_load_once_and_share_one_chunk_cache(tiny, monkey
     for t in threads:
         t.join()
     assert len(made) == 1 and g.chunk_cache is made[0]
+
+
+def test_a_given_chunk_cache_keeps_its_settings_and_disk_tier_through_a_pickle(tiny, tmp_path):  # noqa: F811
+    """A pickle dropped a chunk cache given to the generator: the copy used a new memory-only cache, without the
+    disk tier the docstring promised."""
+    from ragkit.caches import ChunkKVCache
+    from ragkit.generators.local import LocalGenerator
+
+    g = LocalGenerator(tiny[0], max_chunk_tokens=64).load()
+    cache = ChunkKVCache(g.model_id_, g.tokenizer_id_, budget_bytes=1 << 20, max_variants=2, disk_dir=tmp_path / "kv")
+    g.use_cache(cache)
+    g.generate(TINY_Q, CHUNKS, mode="cachecraft", max_new_tokens=2)
+    cache.flush()
+    copy = pickle.loads(pickle.dumps(g))
+    got = copy.chunk_cache
+    assert got is not None and got is not cache
+    assert (got.disk_dir, got.budget_bytes, got.max_variants) == (tmp_path / "kv", 1 << 20, 2)
+    costs: list = []
+    copy.generate(TINY_Q, CHUNKS, mode="cachecraft", max_new_tokens=2, on_prefill=costs.append)
+    assert costs[0].chunks_reused == len(CHUNKS), costs  # found again on disk

@@ -209,3 +209,16 @@ def test_bad_settings_are_refused_when_built(tiny, tmp_path):  # noqa: F811
         gen.invoke({"question": TINY_Q, "documents": DOCS}, mode="full")
     with pytest.raises(ValueError, match="frozen"):
         gen.mode = "full"  # type: ignore[misc]
+
+
+def test_pickles_and_deep_copies(tiny):  # noqa: F811
+    """Its own load lock made RagkitGenerator unpicklable ('cannot pickle _thread.lock'); the LocalGenerator's
+    load lock serves."""
+    import copy
+    import pickle
+
+    g = RagkitGenerator(model=tiny[0], max_new_tokens=4, storage_dtype="float32")
+    x = {"question": TINY_Q, "documents": DOCS}
+    answer = g.invoke(x)
+    for other in (pickle.loads(pickle.dumps(g)), copy.deepcopy(g)):
+        assert other.invoke(x) == answer

@@ -1061,12 +1061,13 @@ class LocalGenerator:
 
     def __getstate__(self) -> dict[str, Any]:
         """Its settings, not what :meth:`load` made: a pickled generator (a pipeline with a ``generate`` step sent to
-        another process, a LangChain retriever pickled) loads its model again on first use, with a new in-memory
-        chunk cache (a ``disk_dir`` cache is found again); pickling failed on the model's lock."""
+        another process, a LangChain retriever pickled) loads its model again on first use; its chunk cache comes
+        with its settings and an empty memory tier (a ``disk_dir`` is opened again, its variants found again);
+        pickling failed on the model's lock."""
         state = dict(self.__dict__)
         for key in ("tokenizer_", "model_id_", "tokenizer_id_", "eos_ids_"):
             state.pop(key, None)
-        state.update(model_=None, _lock=None, _load_lock=None, prefix_cache=None, _sys_cache={}, chunk_cache=None)
+        state.update(model_=None, _lock=None, _load_lock=None, prefix_cache=None, _sys_cache={})
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:

@@ -135,7 +135,6 @@ class RagkitGenerator(RunnableSerializable[dict[str, Any], str]):
     title_key: str | None = Field(default="title", description="Document metadata key put before its text.")
 
     _gen: "LocalGenerator" = PrivateAttr()
-    _load_lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
     _last: "PrefillCost | None" = PrivateAttr(default=None)
 
     @model_validator(mode="before")
@@ -211,13 +210,8 @@ class RagkitGenerator(RunnableSerializable[dict[str, Any], str]):
         self._last = cost
 
     def _engine(self) -> "LocalGenerator":
-        """The LocalGenerator, loaded (once: concurrent first calls wait for the one load)."""
-        gen = self._gen
-        if gen.model_ is None:
-            with self._load_lock:
-                if gen.model_ is None:  # (load sets model_ last: a set one is a loaded generator)
-                    gen.load()
-        return gen
+        """The LocalGenerator, loaded (once: concurrent first calls wait for the one load, under its own lock)."""
+        return self._gen.load()
 
     def _call_kwargs(self) -> dict[str, Any]:
         return {"mode": self.mode, "fraction": self.fraction, "selector": self.selector,
