@@ -90,6 +90,18 @@ def test_a_generate_step_inside_a_branch_makes_no_call_and_asking_for_answers_st
     assert calls.n == 1
 
 
+def test_no_note_where_search_kwargs_ask_for_answers(caplog):
+    """The note said the generate step was not run while search_kwargs={"generate": {"answer": True}} ran it."""
+    calls = _ChatCalls()
+    chat = FakeListChatModel(responses=["fake answer"], callbacks=[calls])
+    rag = (BM25(k=3) | Generate(backend="langchain").with_chat_model(chat)).fit(Corpus.from_texts(TEXTS))
+    with caplog.at_level(logging.INFO, logger="ragkit"):
+        rr = RagkitRetriever(pipeline=rag, k=2, search_kwargs={"generate": {"answer": True}})
+    assert not any("generate step is not run" in r.getMessage() for r in caplog.records)
+    rr.invoke("dog")
+    assert calls.n == 1  # (it answers: the caller's choice)
+
+
 def test_a_retriever_without_generate_step_gets_no_generate_option():
     r = RagkitRetriever(pipeline=BM25(), corpus=TEXTS, k=1)
     assert r.invoke("fish")[0].page_content == "fish swim"

@@ -212,17 +212,20 @@ _log = logging.getLogger("ragkit")
 _NO_ANSWERS: dict[str, Any] = {"generate": {"answer": False}}
 
 
-def _rankings_only(op: Operator) -> dict[str, Any]:
+def _rankings_only(op: Operator, search_kwargs: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """:data:`_NO_ANSWERS` for a tree ``op`` holding a ``generate`` step (anywhere: a step, or inside a
-    branch, route or loop), else ``{}``; noted once on the ``ragkit`` logger (INFO) when the retriever is built."""
+    branch, route or loop), else ``{}``; noted once on the ``ragkit`` logger (INFO) when the retriever is built,
+    unless ``search_kwargs`` ask for answers (``{"generate": {"answer": True}}``: the step does run)."""
     from ragkit.generators.operator import Generate
     from ragkit.pipelines._compose import iter_leaves
 
     if not any(isinstance(leaf, Generate) for leaf in iter_leaves(op)):
         return {}
-    _log.info("RagkitRetriever: the pipeline's generate step is not run (it passes its rankings on): a retriever "
-              "returns documents, so its answers would be thrown away; answer with the pipeline's own search, or "
-              "with a chat model after the retriever in the chain")
+    gen = (search_kwargs or {}).get("generate")
+    if not (isinstance(gen, Mapping) and gen.get("answer")):
+        _log.info("RagkitRetriever: the pipeline's generate step is not run (it passes its rankings on): a retriever "
+                  "returns documents, so its answers would be thrown away; answer with the pipeline's own search, "
+                  "or with a chat model after the retriever in the chain")
     return copy.deepcopy(_NO_ANSWERS)
 
 
@@ -430,7 +433,7 @@ class RagkitRetriever(BaseRetriever):
         self.__dict__["pipeline"] = op
         self._corpus = corpus
         self._producers = _producers_of(op)
-        self._rankings_only = _rankings_only(op)
+        self._rankings_only = _rankings_only(op, self.search_kwargs)
         self._lock = lock_of(op)
         self._op = op
         return self
