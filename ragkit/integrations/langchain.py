@@ -49,7 +49,7 @@ from langchain_core.runnables import RunnableConfig, RunnableSerializable
 from langchain_core.runnables.config import ensure_config, get_config_list, run_in_executor
 from langchain_core.runnables.configurable import RunnableConfigurableFields
 from langchain_core.runnables.utils import AnyConfigurableField, ConfigurableField
-from pydantic import ConfigDict, Field, PrivateAttr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
 from ragkit._locks import ReadWriteLock, lock_of
 from ragkit.encoders.sentence import as_texts
@@ -229,6 +229,24 @@ def _rankings_only(op: Operator, search_kwargs: Mapping[str, Any] | None = None)
     return copy.deepcopy(_NO_ANSWERS)
 
 
+def refuse_unknown_arguments(cls: type[BaseModel], data: Any, hints: Mapping[str, str]) -> Any:
+    """``data`` (a pydantic model's input), or a :class:`ParamError` naming its keys that are no field of ``cls``,
+    each with a hint: ``hints[key]`` where given, else the closest fields, then every field."""
+    if not isinstance(data, dict):
+        return data
+    import difflib
+
+    known = sorted(cls.model_fields)
+    unknown = [key for key in data if key not in cls.model_fields]
+    if unknown:
+        said = [f"{key!r}" + (f" ({hints[key]})" if key in hints else f" (did you mean {' or '.join(close)}?)"
+                              if (close := difflib.get_close_matches(str(key), known, n=2)) else "")
+                for key in unknown]
+        raise ParamError(f"{cls.__name__}: unknown argument{'s' if len(unknown) > 1 else ''} {', '.join(said)}; "
+                         f"expected {', '.join(known)}", str(unknown[0]))
+    return data
+
+
 def _num(x: float) -> float | None:
     return None if isinstance(x, float) and math.isnan(x) else x
 
@@ -340,19 +358,7 @@ class RagkitRetriever(BaseRetriever):
     @classmethod
     def _no_unknown_arguments(cls, data: Any) -> Any:
         """A misspelled argument (``top_k=1``, ``serach_kwargs=...``) is an error, not ignored."""
-        if isinstance(data, dict):
-            import difflib
-
-            known = sorted(cls.model_fields)
-            unknown = [key for key in data if key not in cls.model_fields]
-            if unknown:
-                hints = []
-                for key in unknown:
-                    close = difflib.get_close_matches(str(key), known, n=2) or (["k"] if key in ("top_k", "n") else [])
-                    hints.append(f"{key!r}" + (f" (did you mean {' or '.join(close)}?)" if close else ""))
-                raise ParamError(f"RagkitRetriever: unknown argument{'s' if len(unknown) > 1 else ''} "
-                                 f"{', '.join(hints)}; expected {', '.join(known)}")
-        return data
+        return refuse_unknown_arguments(cls, data, {key: "did you mean k?" for key in ("top_k", "n")})
 
     pipeline: Any = Field(description="ragkit pipeline/operator, YAML file or saved pipeline folder.")
     """The ragkit pipeline (after construction: always a fitted operator)."""

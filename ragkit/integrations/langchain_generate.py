@@ -141,20 +141,10 @@ class RagkitGenerator(RunnableSerializable[dict[str, Any], str]):
     @classmethod
     def _no_unknown_arguments(cls, data: Any) -> Any:
         """A misspelled setting is an error naming the known ones; ``top_k`` says where it is set."""
-        if isinstance(data, dict):
-            import difflib
+        from ragkit.integrations.langchain import refuse_unknown_arguments
 
-            known = sorted(cls.model_fields)
-            unknown = [key for key in data if key not in cls.model_fields]
-            if unknown:
-                hints = [f"{key!r}" + (" (every document given is a chunk: set the retriever's k)"
-                                       if key in ("top_k", "k") else
-                                       f" (did you mean {' or '.join(close)}?)"
-                                       if (close := difflib.get_close_matches(str(key), known, n=2)) else "")
-                         for key in unknown]
-                raise ParamError(f"RagkitGenerator: unknown argument{'s' if len(unknown) > 1 else ''} "
-                                 f"{', '.join(hints)}; expected {', '.join(known)}", str(unknown[0]))
-        return data
+        return refuse_unknown_arguments(cls, data, {key: "every document given is a chunk: set the retriever's k"
+                                                    for key in ("top_k", "k")})
 
     @model_validator(mode="after")
     def _build(self) -> "RagkitGenerator":
