@@ -73,21 +73,18 @@ def _warned(text: str, caplog) -> str:  # noqa: ANN001
     return "\n".join(r.getMessage() for r in caplog.records if r.name.startswith("ragkit"))
 
 
-def test_a_branch_whose_rule_an_earlier_rule_contains_can_never_run(caplog):
-    text = ROUTE.format(rules="[{label: short, max_words: 4}, {label: mid, max_words: 3}]",
-                        branches="{short: [top_k: {k: 5}], mid: [top_k: {k: 3}], long: []}")
+@pytest.mark.parametrize(("rules", "said"), [
+    ("[{label: short, max_words: 4}, {label: mid, max_words: 3}]",  # a rule behind a wider one
+     ["route: branches ['mid'] can never run", "router.rule_router.rules[1] {label: mid, max_words: 3} never matches",
+      "rules[0] {label: short, max_words: 4}"]),
+    ("[{label: short, max_words: 4}, {label: mid, min_words: 5}]",  # the default behind rules covering every length
+     ["branches ['long'] can never run", "router.rule_router.default ('long') is never given"]),
+])
+def test_a_branch_behind_earlier_rules_that_always_match_first_is_warned_of(rules, said, caplog):
+    text = ROUTE.format(rules=rules, branches="{short: [top_k: {k: 5}], mid: [top_k: {k: 3}], long: []}")
     message = _warned(text, caplog)
-    assert "route: branches ['mid'] can never run" in message
-    assert "router.rule_router.rules[1] {label: mid, max_words: 3} never matches" in message
-    assert "rules[0] {label: short, max_words: 4}" in message
-
-
-def test_the_default_behind_rules_that_cover_every_word_count_can_never_run(caplog):
-    text = ROUTE.format(rules="[{label: short, max_words: 4}, {label: mid, min_words: 5}]",
-                        branches="{short: [top_k: {k: 5}], mid: [top_k: {k: 3}], long: []}")
-    message = _warned(text, caplog)
-    assert "branches ['long'] can never run" in message
-    assert "router.rule_router.default ('long') is never given" in message
+    for part in said:
+        assert part in message, part
 
 
 def test_a_saved_pipeline_with_a_shadowed_rule_still_loads(tmp_path, caplog):
