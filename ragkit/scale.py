@@ -329,6 +329,7 @@ def ray_init(address: str | None = None, num_cpus: int | None = None) -> Any:
             source = "$RAY_ADDRESS (read by Ray itself)"
         try:
             if given or env:
+                _probe(str(address))
                 ray.init(address=address, **kwargs)
             else:
                 ray.init(num_cpus=num_cpus, **kwargs)
@@ -341,6 +342,26 @@ def ray_init(address: str | None = None, num_cpus: int | None = None) -> Any:
                              f"({type(e).__name__}: {e}); expected the address of a running Ray cluster (its head "
                              f"node prints it at ray start --head): {fix}", path=source.split(" ")[0]) from None
     return ray
+
+
+#: seconds :func:`_probe` waits for a Ray address's port to answer
+PROBE_TIMEOUT_S = 5.0
+
+
+def _probe(address: str) -> None:
+    """A ``ConnectionError`` where nothing answers at the ``host:port`` (or ``ray://host:port``) of ``address``
+    within :data:`PROBE_TIMEOUT_S`: ``ray.init`` waited on an unreachable address for minutes without a word.
+    Other addresses (``auto``, ``local``) are Ray's to read."""
+    import socket
+
+    hostport = address.split("://", 1)[1] if "://" in address else address
+    host, sep, port = hostport.rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=PROBE_TIMEOUT_S).close()
+    except OSError as e:
+        raise ConnectionError(f"nothing answers at {host}:{port} within {PROBE_TIMEOUT_S:g} s ({e})") from None
 
 
 # ---------------------------------------------------------------------- encoding

@@ -5,6 +5,7 @@ gave it, and ``Sharded.add`` / ``remove`` say the index is fixed at fit."""
 
 from __future__ import annotations
 
+import re
 import sys
 import textwrap
 from types import SimpleNamespace
@@ -214,6 +215,7 @@ def test_a_ray_address_that_cannot_be_joined_names_the_setting(monkeypatch):
         raise ConnectionError("could not connect to GCS")
 
     monkeypatch.setattr(scale, "_ray", lambda: SimpleNamespace(is_initialized=lambda: False, init=init))
+    monkeypatch.setattr(scale, "_probe", lambda address: None)  # (Ray's own failure to join)
     monkeypatch.setenv("RAGKIT_RAY_ADDRESS", "10.9.9.9:6379")
     with pytest.raises(ParamError, match=r"at '10\.9\.9\.9:6379', the address \$RAGKIT_RAY_ADDRESS names "
                                          r"\(ConnectionError: could not connect to GCS\).*unset it") as got:
@@ -225,6 +227,28 @@ def test_a_ray_address_that_cannot_be_joined_names_the_setting(monkeypatch):
     monkeypatch.setenv("RAY_ADDRESS", "h:2")
     with pytest.raises(ParamError, match=r"at 'h:2', the address \$RAY_ADDRESS \(read by Ray itself\) names"):
         scale.ray_init()
+
+
+def test_an_address_where_nothing_answers_is_refused_without_waiting_on_ray(monkeypatch):
+    """ray.init on an address where nothing listens retried for minutes without a word: a port that does not
+    answer is refused at once, naming the setting, before Ray is asked."""
+    import socket
+    import time
+
+    def init(**kwargs):
+        raise AssertionError("ray.init was called")
+
+    monkeypatch.setattr(scale, "_ray", lambda: SimpleNamespace(is_initialized=lambda: False, init=init))
+    with socket.socket() as free:  # a local port nothing listens on
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    t0 = time.monotonic()
+    for address in (f"127.0.0.1:{port}", f"ray://127.0.0.1:{port}"):
+        with pytest.raises(ParamError, match=rf"could not join the Ray cluster at '{re.escape(address)}'.*"
+                                             rf"nothing answers at 127\.0\.0\.1:{port}"):
+            scale.ray_init(address=address)
+    assert time.monotonic() - t0 < 2 * scale.PROBE_TIMEOUT_S
+    scale._probe("auto")  # (Ray's own words: not probed)
 
 
 def test_sharded_add_and_remove_say_the_index_is_fixed_at_fit():
