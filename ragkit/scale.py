@@ -201,6 +201,14 @@ def _plugin_modules(classes: Iterable[type], where: str) -> list[tuple[str, str 
     return list(found.items())
 
 
+def _same_file(a: str | None, b: str) -> bool:
+    """Whether the file ``a`` (a module's ``__file__``; None: none) is the file ``b``."""
+    try:
+        return a is not None and Path(a).resolve() == Path(b).resolve()
+    except OSError:
+        return False
+
+
 def _import_plugins(modules: Sequence[tuple[str, str | None]]) -> None:
     """On a Ray worker: import the modules that register the driver's own operators (:func:`_plugin_modules`), by
     name where the worker finds it, else from its file (a module file as ``ragkit --import ./myops.py`` imports it;
@@ -210,9 +218,16 @@ def _import_plugins(modules: Sequence[tuple[str, str | None]]) -> None:
     import sys
 
     for module, file in modules:
-        if module in sys.modules:
+        loaded = sys.modules.get(module)
+        if loaded is not None and (file is None or _same_file(getattr(loaded, "__file__", None), file)):
             continue
         label = f"importing {module!r} (it registers operators of this pipeline) on a Ray worker"
+        if file is not None and "." not in module and Path(file).name != "__init__.py" and Path(file).is_file():
+            # (the driver's file, before a module of that name the worker finds: ./code.py is not the stdlib's code)
+            from ragkit.cli import _import_module
+
+            _import_module(str(file), f"{label} from {file}")
+            continue
         try:
             importlib.import_module(module)
             continue

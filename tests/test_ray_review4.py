@@ -87,6 +87,29 @@ def test_an_operator_registered_in_the_driver_fits_and_searches_on_ray(local_ray
         assert ranked(search_distributed(one, QUERIES, n_chunks=2)) == want, name
 
 
+def test_a_worker_imports_the_drivers_file_not_a_module_of_the_same_name(tmp_path):
+    """A plugin file named as a module the worker had imported (``code.py``: the standard library's ``code``) was
+    skipped on Ray workers, which then knew no such operator; the driver's file wins (a Ray worker's import, in a
+    fresh process)."""
+    import subprocess
+
+    (tmp_path / "code.py").write_text(textwrap.dedent("""
+        from ragkit.registry import register
+        from ragkit.retrievers import BM25
+
+        @register
+        class RR4Code(BM25):
+            name = "rr4code"
+    """))
+    script = ("import code, sys\nfrom ragkit.scale import _import_plugins\nfrom ragkit import registry\n"
+              f"_import_plugins([('code', {str(tmp_path / 'code.py')!r})])\n"
+              "print(registry.get('rr4code').__name__)\n"
+              f"_import_plugins([('code', {str(tmp_path / 'code.py')!r})])  # (imported already: kept)\n"
+              "print(registry.get('rr4code').__name__)\n")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.split() == ["RR4Code", "RR4Code"], out.stderr[-2000:]
+
+
 def test_an_operator_no_ray_worker_could_import_is_refused_before_ray_starts(no_ray):
     class Local(BM25):
         name = "rr4local"
