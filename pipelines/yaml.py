@@ -1156,6 +1156,7 @@ def to_node(op: Operator) -> Any:
         return {"route": node}
     if isinstance(op, Loop):
         return {"loop": {"body": to_node(op.body), "until": to_node(op.until), "max_iters": op.max_iters}}
+    registry.check_registered(op, f"to_yaml: {op.name!r}")
     return {op.name: op.params.non_default()}
 
 

@@ -37,9 +37,10 @@ KINDS = ("retriever", "reranker", "filter", "fuser", "router", "judge", "rewrite
 #: installed (YAML, the command line, saved folders), without importing it first.
 ENTRY_POINT_GROUP = "ragkit.operators"
 #: How a third-party operator becomes known, for the error of an unknown name.
-PLUGIN_HINT = ("An operator of your own is known once its module is imported: on the command line "
-               "`ragkit --import mymodule ...` (or --import ./myops.py) or RAGKIT_IMPORT=mymodule; anywhere, a "
-               "'ragkit.operators' entry point of an installed package")
+PLUGIN_HINT = ("An operator of your own is known once its module, where its class is decorated with "
+               "@ragkit.registry.register, is imported: on the command line `ragkit --import mymodule ...` (or "
+               "--import ./myops.py) or RAGKIT_IMPORT=mymodule; anywhere, a 'ragkit.operators' entry point of an "
+               "installed package")
 
 
 def _builtin(cls: type) -> bool:
@@ -128,6 +129,21 @@ def load_all() -> None:
     """Import every operator family, then the ``ragkit.operators`` entry points' modules (idempotent)."""
     _load_families()
     _load_plugins()
+
+
+def check_registered(op: "Operator", where: str) -> None:
+    """A :class:`ParamError` where ``op``'s class is not the one registered under its ``name``: YAML and saved
+    folders name operators by it, so the folder would not load (an unknown operator) or would load another
+    class (a subclass that kept its parent's name loaded as the parent)."""
+    load_all()
+    cls, known = type(op), _REGISTRY.get(op.name)
+    if known is cls:
+        return
+    what = (f"the name {op.name!r} is {known.__module__}.{known.__qualname__}'s" if known is not None else
+            f"no operator is registered as {op.name!r}")
+    raise ParamError(f"{where}: {cls.__module__}.{cls.__qualname__} is not a registered operator ({what}), so a saved "
+                     f"or YAML pipeline could not name it: decorate the class with @ragkit.registry.register"
+                     f"{' and give it a name of its own (name = ...)' if known is not None else ''}")
 
 
 def names() -> list[str]:

@@ -250,3 +250,28 @@ def test_an_unrelated_operator_name_gets_no_suggestion():
     assert "did you mean" not in str(e.value), str(e.value)
     with pytest.raises(ParamError, match="did you mean 'muvera'"):
         registry.get("muvra")
+
+
+def test_a_pipeline_of_an_unregistered_class_is_refused_when_written_not_when_loaded(tmp_path):
+    """Forgetting @register: to_yaml wrote ``- unreg: {}`` and Pipeline.save succeeded, then Pipeline.load said
+    'unknown operator ... once its module is imported' although it was.  Now writing the YAML says to register
+    the class; a subclass that kept its parent's name (it would load as the parent) likewise."""
+    from ragkit import Corpus
+    from ragkit.retrievers import BM25
+
+    class Unreg(registry.get("top_k")):  # type: ignore[misc,valid-type]
+        name = "tp_unreg"
+
+    class StillBM25(BM25):  # (name 'bm25': bm25's)
+        pass
+
+    corpus = Corpus.from_texts(["red apples", "green pears"])
+    for op, said in ((Unreg(), r"no operator is registered as 'tp_unreg'.*@ragkit\.registry\.register$"),
+                     (StillBM25(), r"the name 'bm25' is ragkit\.retrievers\.bm25\.BM25's.*name of its own")):
+        pipe = Pipeline([BM25(k=2), op]) if op.kind != "retriever" else Pipeline([op])
+        with pytest.raises(ParamError, match=said):
+            pipe.to_yaml()
+        with pytest.raises(ParamError, match=said):
+            pipe.fit(corpus).save(tmp_path / op.name)
+        assert not (tmp_path / op.name).exists()
+    assert "decorated with @ragkit.registry.register" in registry.PLUGIN_HINT
