@@ -1583,7 +1583,14 @@ class Ranking:
     fields: dict[str, np.ndarray] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.rows = np.asarray(self.rows, dtype=np.int64)
+        rows = self.rows
+        if not (isinstance(rows, np.ndarray) and rows.dtype.kind in "iu"):  # (the common case: no check)
+            given = np.asarray(rows)
+            if given.dtype.kind in "fc" and given.size and not np.array_equal(given, np.trunc(given.real)):
+                bad = given.reshape(-1)[~np.equal(given.reshape(-1), np.trunc(given.reshape(-1).real))][0]
+                raise InputTypeError(f"Ranking: rows are row numbers (integers), got {given.dtype} values such as "
+                                     f"{bad.item()!r}; are rows and scores swapped? Ranking(rows, scores)")
+        self.rows = np.asarray(rows, dtype=np.int64)
         self.scores = np.asarray(self.scores, dtype=np.float32)
 
     def __len__(self) -> int:

@@ -14,7 +14,7 @@ from conftest import HashedEncoder
 from ragkit import Corpus, Operator, Queries, TrainSet, evaluate
 from ragkit.encoders import register_encoder
 from ragkit.encoders.sentence import blank_texts
-from ragkit.errors import DataError
+from ragkit.errors import DataError, InputTypeError
 from ragkit.retrievers import BM25, Dense
 from ragkit.types import State, check_texts, ids_and_texts
 
@@ -280,3 +280,24 @@ def test_search_checks_its_trace_qrels_and_takes_a_mapping_of_queries():
         bm.search(["stem cells"], trace=True, qrels=[1, 2])
     assert bm.search({"a": "stem cells"}).query_ids == ["a"]
     assert "Mapping[str, str]" in str(inspect.signature(BM25.search).parameters["queries"].annotation)
+
+
+def test_a_ranking_of_fractional_rows_is_refused():
+    """``Ranking(scores, rows)``, swapped, truncated the scores to row numbers (1.7 -> 1) without a word."""
+    from ragkit.types import Ranking
+
+    with pytest.raises(InputTypeError, match=r"rows are row numbers \(integers\), got float64 values such as 1\.7.*"
+                                             r"swapped"):
+        Ranking(np.array([1.7, 2.2]), np.array([3, 4]))
+    assert Ranking(np.array([3.0, 4.0]), np.array([0.5, 0.2])).rows.tolist() == [3, 4]  # whole floats are rows
+    assert Ranking([], []).rows.dtype == np.int64
+
+
+def test_an_empty_ragkit_cache_is_the_default_cache(monkeypatch):
+    """``RAGKIT_CACHE=`` (set, empty) put every cache into the working folder."""
+    from pathlib import Path
+
+    from ragkit.eval.beir import cache_dir
+
+    monkeypatch.setenv("RAGKIT_CACHE", "")
+    assert cache_dir() == Path("~/.cache/ragkit").expanduser()

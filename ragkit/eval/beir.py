@@ -50,8 +50,9 @@ BEIR_URL = "https://public.ukp.informatik.tu-darmstadt.de/thakur/BEIR/datasets"
 
 
 def cache_dir() -> Path:
-    """ragkit's cache folder: ``$RAGKIT_CACHE`` (a leading ``~`` is the home folder) or ``~/.cache/ragkit``."""
-    return Path(os.path.expanduser(os.environ.get("RAGKIT_CACHE", "~/.cache/ragkit")))
+    """ragkit's cache folder: ``$RAGKIT_CACHE`` (a leading ``~`` is the home folder) or, where it is unset or empty
+    (``RAGKIT_CACHE=``: the working folder before), ``~/.cache/ragkit``."""
+    return Path(os.path.expanduser(os.environ.get("RAGKIT_CACHE") or "~/.cache/ragkit"))
 
 
 _SURROGATE = re.compile(rb"\\u[dD][89a-fA-F]")
