@@ -1202,9 +1202,9 @@ class LocalGenerator:
             f"LocalGenerator: {len(cut)} of {n_chunks} chunk{'' if n_chunks == 1 else 's'} cut to max_chunk_tokens="
             f"{self.max_chunk_tokens:,} tokens (the chunk separator included), less than half of each: {shown}; the "
             "model does not see "
-            f"the rest ({lost:,} tokens). Raise max_chunk_tokens (LocalGenerator(max_chunk_tokens=...), generate's "
-            "max_chunk_tokens in a pipeline), or pass long documents as separate chunks (one string per document "
-            "or passage), not joined into one")
+            f"the rest ({lost:,} tokens). Raise max_chunk_tokens (LocalGenerator(max_chunk_tokens=...), "
+            "RagkitGenerator(max_chunk_tokens=...), generate's max_chunk_tokens in a pipeline), or pass long "
+            "documents as separate chunks (one string per document or passage), not joined into one")
 
     # ------------------------------------------------------------------ helpers
     @contextmanager
@@ -1375,7 +1375,8 @@ class LocalGenerator:
             f"LocalGenerator: the prompt is {len(seg):,} tokens ({n_chunks}, the longest {longest:,} "
             f"tokens; max_chunk_tokens {self.max_chunk_tokens:,}; the question {n_q:,} tokens), which leaves no "
             f"room in the model's context of {limit:,} tokens; give the generator fewer chunks (generate's top_k, "
-            f"ragkit ask --top-k) or shorter ones (max_chunk_tokens)", "max_chunk_tokens")
+            f"ragkit ask --top-k, the k of the retriever before a RagkitGenerator) or shorter ones "
+            f"(max_chunk_tokens)", "max_chunk_tokens")
 
     def _full(self, seg: PromptSegments, capture: bool) -> Prefill:
         ids = torch.from_numpy(seg.ids())
