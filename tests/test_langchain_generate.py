@@ -128,14 +128,13 @@ def test_a_generator_given_is_used_and_loaded_once(tiny):  # noqa: F811
     gen = RagkitGenerator(generator=local, max_new_tokens=3)
     assert gen.local_generator is local and local.model_ is None  # loaded at the first call, not before
     loads = []
-    original = local.load
+    original = local._load
 
-    def counted() -> LocalGenerator:  # (generate calls load too: it returns at once once loaded)
-        if local.model_ is None:
-            loads.append(1)
+    def counted() -> LocalGenerator:  # (load's work, under its lock: concurrent first calls wait for the one)
+        loads.append(1)
         return original()
 
-    local.load = counted  # type: ignore[method-assign]
+    local._load = counted  # type: ignore[method-assign]
     x = {"question": TINY_Q, "documents": TEXTS[:2]}
     threads = [threading.Thread(target=gen.invoke, args=(x,)) for _ in range(3)]
     for t in threads:
