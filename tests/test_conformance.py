@@ -356,10 +356,47 @@ def check_save_load(cls, data, tmp_path):
         assert p.suffix not in (".pkl", ".pickle", ".joblib"), p
 
 
+def check_input_unchanged(cls, data, tmp_path):
+    """``_call`` leaves the state it is given as it was: the rankings of the steps before it (rows and scores) are
+    not changed in place; a branch or a trace may still read them.
+
+    Fix: build new arrays (``Ranking(rows[order], scores[order])``) in a ``state.copy()``; never ``r.scores *= w``.
+    """
+    corpus, queries, _, train = data
+    pipe = _pipeline(cls).fit(corpus, train)
+    op = _target(pipe, cls)
+    original, seen = op._call, []
+
+    def states(args: tuple) -> list[State]:
+        return [a for a in args if isinstance(a, State)] + [
+            b for a in args if isinstance(a, (list, tuple)) for b in a if isinstance(b, State)]
+
+    def spy(*args, **kwargs):  # noqa: ANN002, ANN003
+        given = states(args)
+        before = [[(r.rows.copy(), r.scores.copy()) for r in (st.rankings or [])] for st in given]
+        out = original(*args, **kwargs)
+        seen.append((before, [[(r.rows, r.scores) for r in (st.rankings or [])] for st in given]))
+        return out
+
+    op._call = spy  # type: ignore[method-assign]
+    try:
+        pipe.search(queries)
+    finally:
+        del op._call
+    assert seen, f"{cls.__name__}._call was not called"
+    for before, after in seen:
+        for b_state, a_state in zip(before, after):
+            assert len(b_state) == len(a_state)
+            for (rows, scores), (rows2, scores2) in zip(b_state, a_state):
+                np.testing.assert_array_equal(rows, rows2)
+                np.testing.assert_array_equal(scores, scores2)
+
+
 CHECKS = [
     check_params_roundtrip, check_params_typed, check_yaml_roundtrip, check_bad_params,
     check_no_learned_attrs_before_fit, check_unfitted_raises, check_fit_returns_self, check_call_batch,
     check_batch_invariance, check_empty_batch, check_fit_idempotent, check_save_load, check_decisions_vary,
+    check_input_unchanged,
 ]
 
 
