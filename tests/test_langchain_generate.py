@@ -221,3 +221,11 @@ def test_pickles_and_deep_copies(tiny):  # noqa: F811
     answer = g.invoke(x)
     for other in (pickle.loads(pickle.dumps(g)), copy.deepcopy(g)):
         assert other.invoke(x) == answer
+
+
+def test_the_input_schema_names_question_and_documents(gen):
+    """The input schema was an empty object: a playground or LangServe showed nothing to fill in."""
+    schema = gen.get_input_schema().model_json_schema()
+    props = (schema["$defs"][schema["$ref"].rsplit("/", 1)[1]] if "$ref" in schema else schema)["properties"]
+    assert {"question", "documents", "context"} <= set(props) and props["question"]["type"] == "string"
+    assert gen.get_output_schema().model_json_schema()["type"] == "string"

@@ -26,6 +26,7 @@ from langchain_core.documents import Document
 from langchain_core.runnables import RunnableConfig, RunnableSerializable
 from langchain_core.runnables.config import get_config_list, run_in_executor
 from pydantic import ConfigDict, Field, PrivateAttr, model_validator
+from typing_extensions import TypedDict
 
 from ragkit.errors import ParamError
 from ragkit.generators.operator import GenerateParams
@@ -56,6 +57,15 @@ def _default(name: str) -> Any:
 
 def _describe(x: Any) -> str:
     return f"{type(x).__name__} {x!r:.80}"
+
+
+class RagkitGeneratorInput(TypedDict, total=False):
+    """What :class:`RagkitGenerator` takes (its input schema, as LangServe or a playground shows it): the question
+    and the documents to answer from, one chunk each (``context``: another name for ``documents``)."""
+
+    question: str
+    documents: list[Document | str]
+    context: list[Document | str]
 
 
 class RagkitGenerator(RunnableSerializable[dict[str, Any], str]):
@@ -182,6 +192,11 @@ class RagkitGenerator(RunnableSerializable[dict[str, Any], str]):
         assert isinstance(engine, LocalGenerator), "the local backend's engine"
         self._gen = engine
         return self
+
+    @property
+    def InputType(self) -> Any:  # noqa: N802 - LangChain's name
+        """:class:`RagkitGeneratorInput` (the base class would give an empty object schema)."""
+        return RagkitGeneratorInput
 
     # ------------------------------------------------------------------ the engine
     @property
