@@ -61,7 +61,7 @@ from ragkit.encoders.sentence import as_texts
 from ragkit.errors import ArtifactError, ArtifactNotFoundError, ParamError, RagkitError
 from ragkit.operator import Operator, after_fit, check_fit_inputs, read_json, write_json
 from ragkit.params import Params
-from ragkit.registry import register
+from ragkit.registry import _builtin, register
 from ragkit.types import QUERY_REWRITES, Corpus, Ranking, State, TrainSet
 
 if TYPE_CHECKING:
@@ -175,7 +175,7 @@ def _plugin_modules(classes: Iterable[type], where: str) -> list[tuple[str, str 
     found: dict[str, str | None] = {}
     for cls in classes:
         module = cls.__module__ or ""
-        if module == "ragkit" or module.startswith("ragkit.") or module in found:
+        if _builtin(cls) or module in found:
             continue
         name = getattr(cls, "name", cls.__qualname__)
         what = f"{where}: operator {name!r} (class {cls.__qualname__} of {module or 'no module'})"
@@ -242,11 +242,6 @@ def _import_plugins(modules: Sequence[tuple[str, str | None]]) -> None:
             raise RagkitError(f"{label} failed: the worker neither finds it by name nor has its file {file} (a "
                               f"folder of the driver's machine: on a cluster, put it on storage every node reads, or "
                               f"install it on every node); {_PLUGIN_HOW}")
-        if "." not in module and path.name != "__init__.py":
-            from ragkit.cli import _import_module
-
-            _import_module(str(path), f"{label} from {file}")  # (a RagkitError saying what went wrong)
-            continue
         root = path.parents[module.count(".") + (1 if path.name == "__init__.py" else 0)]
         if str(root) not in sys.path:
             sys.path.append(str(root))
