@@ -65,3 +65,23 @@ def test_the_chat_model_backend_warns_of_chunks_cut_to_less_than_half(caplog):
     with caplog.at_level(logging.WARNING, logger="ragkit"):
         LangChainGenerator(FakeListChatModel(responses=["ok"])).messages("q?", ["w " * 500])
     assert not caplog.records
+
+
+def test_the_cut_is_a_warning_once_per_generator_then_info(tiny, caplog):  # noqa: F811
+    """A batch of questions over long joined contexts logged the same warning once per question."""
+    from langchain_core.language_models.fake_chat_models import FakeListChatModel
+
+    from ragkit.generators.langchain_chat import LangChainGenerator
+    from ragkit.generators.local import LocalGenerator
+
+    g = LocalGenerator(tiny[0], max_chunk_tokens=10).load()
+    c = LangChainGenerator(FakeListChatModel(responses=["ok"]), max_chunk_words=2)
+    with caplog.at_level(logging.INFO, logger="ragkit"):
+        for _ in range(3):
+            g.segments(TINY_Q, ["a" * 40])
+            c.messages("q?", ["one two three four five"])
+    said = [(r.levelno, r.getMessage()) for r in caplog.records if "cut to max_chunk" in r.getMessage()]
+    assert [lvl for lvl, _ in said] == [logging.WARNING] * 2 + [logging.INFO] * 4, said
+    assert "said once as a warning" in said[0][1] and "said once" not in said[2][1]
+    assert LocalGenerator(tiny[0], max_chunk_tokens=10).load().segments(TINY_Q, ["a" * 40]) is not None
+    assert caplog.records[-1].levelno == logging.WARNING  # a new generator says it again

@@ -206,6 +206,9 @@ def test_bad_settings_are_refused_when_built(tiny, tmp_path):  # noqa: F811
     gen = RagkitGenerator(model=tiny[0])
     with pytest.raises(ParamError, match="unexpected keyword argument 'mode'"):
         gen.invoke({"question": TINY_Q, "documents": DOCS}, mode="full")
+    with pytest.raises(ParamError, match="'stop'.*stop sequences are not supported: the answer ends at the model's "
+                                         "end-of-turn token or after max_new_tokens"):
+        gen.bind(stop=["\n"]).invoke({"question": TINY_Q, "documents": DOCS})
     with pytest.raises(ValueError, match="frozen"):
         gen.mode = "full"  # type: ignore[misc]
 

@@ -12,7 +12,7 @@ import logging
 from typing import Any, Callable, Iterator, Sequence
 
 from ragkit.errors import InputTypeError
-from ragkit.generators.local import DEFAULT_SYSTEM, _check_prompt
+from ragkit.generators.local import DEFAULT_SYSTEM, _check_prompt, warn_cut
 
 __all__ = ["LangChainGenerator"]
 
@@ -81,13 +81,8 @@ class LangChainGenerator:
                 if len(words) > 2 * limit:
                     cut.append((i, len(words)))
         if cut:
-            shown = ", ".join(f"chunk {i} ({n:,} words)" for i, n in cut[:5]) + (
-                f" and {len(cut) - 5} more" if len(cut) > 5 else "")
-            _log.warning(f"LangChainGenerator: {len(cut)} of {len(out)} chunk{'' if len(out) == 1 else 's'} cut to "
-                         f"max_chunk_words={limit:,} words, less than half of each: {shown}; the model does not see "
-                         f"the rest ({sum(n for _, n in cut) - len(cut) * limit:,} words). Raise it (generate's "
-                         "max_chunk_tokens in a pipeline), or pass long documents as separate chunks (one string per "
-                         "document or passage), not joined into one")
+            warn_cut(self, "LangChainGenerator", cut, len(out), f"max_chunk_words={limit:,} words", limit, "words",
+                     "Raise it (generate's max_chunk_tokens in a pipeline)")
         return out
 
     def messages(self, question: str, chunks: Sequence[str]) -> list[Any]:

@@ -962,6 +962,23 @@ def _check_prompt(question: object, chunks: object, where: str = "LocalGenerator
                          "a str per chunk", "chunks")
 
 
+
+def warn_cut(owner: object, who: str, cut: list[tuple[int, int]], n_chunks: int, limit_said: str, limit: int,
+             unit: str, advice: str) -> None:
+    """Log that ``cut`` chunks (position, length in ``unit``) of ``n_chunks`` were cut to ``limit`` units, less
+    than half of each: a warning the first time for ``owner`` (a generator), then at INFO level (a batch of
+    questions over long contexts said it once per question)."""
+    shown = ", ".join(f"chunk {i} ({n:,} {unit})" for i, n in cut[:5]) + (
+        f" and {len(cut) - 5} more" if len(cut) > 5 else "")
+    lost = sum(n for _, n in cut) - len(cut) * limit
+    again = getattr(owner, "_cut_warned", False)
+    _log.log(logging.INFO if again else logging.WARNING,
+             f"{who}: {len(cut)} of {n_chunks} chunk{'' if n_chunks == 1 else 's'} cut to {limit_said}, less than "
+             f"half of each: {shown}; the model does not see the rest ({lost:,} {unit}). {advice}, or pass long "
+             "documents as separate chunks (one string per document or passage), not joined into one"
+             + ("" if again else " (said once as a warning; later cuts by this generator are logged at INFO level)"))
+    owner.__dict__["_cut_warned"] = True
+
 class LocalGenerator:
     """Greedy generator over a local causal LM, with chunk KV-cache reuse.
 
@@ -1192,19 +1209,13 @@ class LocalGenerator:
         return PromptSegments(system, chunk_ids, q)
 
     def _warn_cut(self, cut: list[tuple[int, int]], n_chunks: int) -> None:
-        """One warning for the chunks :meth:`segments` cut to less than half their tokens: the model answers from
-        their first tokens only, which a long context passed as one chunk makes easy to miss.  (A document a little
+        """Say which chunks :meth:`segments` cut to less than half their tokens: the model answers from their
+        first tokens only, which a long context passed as one chunk makes easy to miss.  (A document a little
         over ``max_chunk_tokens`` is cut without a word: SciFact's abstracts, ~300 tokens, at the default 200.)"""
-        shown = ", ".join(f"chunk {i} ({n:,} tokens)" for i, n in cut[:5]) + (
-            f" and {len(cut) - 5} more" if len(cut) > 5 else "")
-        lost = sum(n for _, n in cut) - len(cut) * self.max_chunk_tokens
-        _log.warning(
-            f"LocalGenerator: {len(cut)} of {n_chunks} chunk{'' if n_chunks == 1 else 's'} cut to max_chunk_tokens="
-            f"{self.max_chunk_tokens:,} tokens (the chunk separator included), less than half of each: {shown}; the "
-            "model does not see "
-            f"the rest ({lost:,} tokens). Raise max_chunk_tokens (LocalGenerator(max_chunk_tokens=...), "
-            "RagkitGenerator(max_chunk_tokens=...), generate's max_chunk_tokens in a pipeline), or pass long "
-            "documents as separate chunks (one string per document or passage), not joined into one")
+        warn_cut(self, "LocalGenerator", cut, n_chunks, f"max_chunk_tokens={self.max_chunk_tokens:,} tokens (the "
+                 "chunk separator included)", self.max_chunk_tokens, "tokens",
+                 "Raise max_chunk_tokens (LocalGenerator(max_chunk_tokens=...), RagkitGenerator(max_chunk_tokens=...), "
+                 "generate's max_chunk_tokens in a pipeline)")
 
     # ------------------------------------------------------------------ helpers
     @contextmanager

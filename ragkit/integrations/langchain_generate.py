@@ -274,7 +274,9 @@ class RagkitGenerator(RunnableSerializable[dict[str, Any], str]):
         if unknown:
             raise ParamError(f"RagkitGenerator.{method}: unexpected keyword argument{'s' if len(unknown) > 1 else ''} "
                              f"{', '.join(map(repr, unknown))}; the settings ({', '.join(CALL_FIELDS)}) are set when "
-                             f"it is built: RagkitGenerator(mode=..., max_new_tokens=...)", unknown[0])
+                             f"it is built: RagkitGenerator(mode=..., max_new_tokens=...)"
+                             + ("; stop sequences are not supported: the answer ends at the model's end-of-turn "
+                                "token or after max_new_tokens" if "stop" in unknown else ""), unknown[0])
 
     # ------------------------------------------------------------------ one answer
     def _answer(self, x: dict[str, Any]) -> str:
