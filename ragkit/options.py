@@ -66,7 +66,7 @@ def filter_value(value: Any, corpus: "Corpus | None" = None) -> Any:
     operators such as ``{"$gte": 2020}``; with ``corpus``, every field must be one of its
     metadata fields, ``_id`` or ``title``.  Raises ``TypeError`` / ``ValueError`` (``expected ..., got ...``).
     """
-    from ragkit.types import filter_problem
+    from ragkit.metadata import filter_problem
 
     if value is None:
         return None

@@ -103,7 +103,7 @@ def test_coded_filter_masks_equal_python_equality_on_mixed_columns():
     """A filtered search codes each metadata column once; the masks equal a plain Python ``==`` test
     of every value, for mixed types (1 == 1.0 == True, "1" != 1), None, NaN, unhashable lists in
     the column or the filter, and repeated calls."""
-    from ragkit.types import _isin
+    from ragkit.metadata import isin as _isin
 
     col = [1, 1.0, True, "1", None, float("nan"), 2.5, "a", 0, False, ["x"], np.int64(2), np.float32(2.5)]
     c = Corpus.from_texts([str(i) for i in range(len(col))], v=col, w=[x for x in col if not isinstance(x, list)] + [3])
@@ -133,6 +133,7 @@ def test_a_list_valued_field_is_filtered_from_codes_not_a_python_pass_per_search
     """A list-valued field (tags) was compared in Python, value by value, on every search (10,000
     documents x a filter per call); it is coded element by element once, and filters on elements are
     one ``np.isin``, equal to the value-by-value comparison."""
+    import ragkit.metadata as metadata
     import ragkit.types as types
 
     rng = np.random.default_rng(0)
@@ -141,10 +142,11 @@ def test_a_list_valued_field_is_filtered_from_codes_not_a_python_pass_per_search
             else pool[rng.integers(len(pool))] for _ in range(300)]
     c = Corpus.from_texts([f"d{i}" for i in range(300)], tags=tags)
     filters = [["x"], ["y", 1], [2], [1.0, "q"], [("t", 1)], [["x", "y"]], ["q"], []]
-    expected = [types._isin(c.metadata["tags"], f) for f in filters]
-    slow = types._isin
-    monkeypatch.setattr(types, "_isin", lambda column, wants: pytest.fail(f"a Python pass for {wants}")
-                        if all(types._hashable(w) and not isinstance(w, tuple) for w in wants) else slow(column, wants))
+    expected = [metadata.isin(c.metadata["tags"], f) for f in filters]
+    slow = metadata.isin
+    monkeypatch.setattr(types, "isin", lambda column, wants: pytest.fail(f"a Python pass for {wants}")
+                        if all(metadata.hashable(w) and not isinstance(w, tuple) for w in wants)
+                        else slow(column, wants))
     for f, want in zip(filters, expected):
         assert c.mask({"tags": f}).tolist() == want.tolist(), f
     assert c.mask({"tags": "x"}).sum() > 0 and c.mask({"tags": [1]}).sum() > c.mask({"tags": [2]}).sum() > 0
@@ -511,7 +513,7 @@ def test_operators_that_search_with_torch_import_it_at_fit_and_load(tmp_path, mo
 
 
 def test_and_filters_intersects_values_and_leaves_query_operators_to_be_refused():
-    from ragkit.types import and_filters, check_filter
+    from ragkit.metadata import and_filters, check_filter
 
     assert and_filters({"year": [2020, 2021], "a": 1}, {"year": 2021, "b": "x"}) == {"year": [2021], "a": 1, "b": "x"}
     assert and_filters({"_id": [1, "2"]}, {"_id": ["1"]}) == {"_id": [1]}  # ids match as strings

@@ -15,10 +15,11 @@ from conftest import HashedEncoder
 
 from ragkit.encoders import register_encoder
 from ragkit.errors import ParamError
+from ragkit.metadata import code_column as _code_column
 from ragkit.operator import Operator
 from ragkit.retrievers import Dense
 from ragkit.retrievers.dense import DenseParams
-from ragkit.types import Corpus, State, _code_column
+from ragkit.types import Corpus, State
 
 register_encoder("dense-edits-hashed", HashedEncoder("dense-edits-hashed-v1", 32, unit=False), replace=True)
 MODEL = "dense-edits-hashed"

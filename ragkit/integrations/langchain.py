@@ -55,6 +55,7 @@ from ragkit._locks import ReadWriteLock, lock_of
 from ragkit.encoders.sentence import as_texts
 from ragkit.errors import ArtifactError, DataError, NotFittedError, ParamError, repeated
 from ragkit.integrations.langchain_generate import RagkitGenerator
+from ragkit.metadata import and_filters, check_metadata_kinds
 from ragkit.operator import Operator, _json_default, read_json
 from ragkit.options import _positive_k, check_options
 from ragkit.types import (
@@ -63,8 +64,6 @@ from ragkit.types import (
     Ranking,
     TrainSet,
     _utf8_clean,
-    and_filters,
-    check_metadata_kinds,
     ids_and_texts,
 )
 
