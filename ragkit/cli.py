@@ -661,17 +661,32 @@ def _fewer_found(pipe: Any) -> list[str]:
              for s in leaves))) if held]
 
 
-def _note_depth(run: Any, ks: list[int], corpus: Any, pipe: Any, prefix: str = "") -> None:
-    """Say when the pipeline returned fewer documents than a cut-off of ``ks``, and what limits it."""
+def _note_depth(run: Any, ks: list[int], corpus: Any, pipe: Any, prefix: str = "", flag: Optional[int] = None) -> None:
+    """Say when the pipeline returned fewer documents than a cut-off of ``ks``, and what limits it: ``--depth``
+    when it was given (``flag``) and reached, else the corpus's size, a step's k or a step that returns fewer."""
     depth = max((len(d) for d in run.doc_ids), default=0)
     deeper = [c for c in ks if c > depth]
     if deeper:
         fewer = _fewer_found(pipe)
         why = (f"the corpus holds {len(corpus)}" if depth >= len(corpus) else
+               f"--depth {flag} limits it (give --depth {max(deeper)} or more to measure that depth)"
+               if flag is not None and depth >= flag else
                "what limits it: a step's k (give the last steps a larger one to measure that depth)"
                + (f", or a step that returns fewer: {'; '.join(fewer)}" if fewer else ""))
         console.print(f"[yellow]note:[/] {escape(prefix)}the pipeline returned at most {depth} documents per query, "
                       f"so the @{', @'.join(map(str, deeper))} metrics count only those; {why}", soft_wrap=True)
+
+
+def _note_scored(run: Any, ks: list[int], corpus: Any, pipe: Any, qrels: Any, scoring: _Scoring,
+                 prefix: str = "") -> None:
+    """``ragkit eval``'s notes under its table: the depth the pipeline reached (:func:`_note_depth`), and the judged
+    queries that no document can make relevant at ``--relevance-level`` (:func:`~ragkit.eval.metrics.level_note`)."""
+    from ragkit.eval.metrics import level_note
+
+    _note_depth(run, ks, corpus, pipe, prefix, scoring.depth)
+    said = level_note(qrels, scoring.relevance_level, "--relevance-level")
+    if said:
+        console.print(Text(f"note: {prefix}{said}", style="yellow"), soft_wrap=True)
 
 
 def _timings_line(t_load: float, t_fit: float, encoded: int | None, search_s: float, n_queries: int,
@@ -831,7 +846,7 @@ def eval_cmd(
     for m, v in result.scores.items():
         table.add_row(m, f"{v:.4f}")
     console.print(table)
-    _note_depth(run, ks, ds.corpus, pipe)
+    _note_scored(run, ks, ds.corpus, pipe, sp.qrels, scoring)
     console.print(_timings_line(t_find + sp.t_load, scored.t_fit, scored.encoded, run.seconds, len(queries), total),
                   soft_wrap=True)
     if trace and run.trace:
@@ -903,7 +918,7 @@ def _eval_subsets(data: str, subs: list[str], pipeline: str, loaded: bool, *, sp
         first = next(iter(one.result.scores))
         console.print(Text(f"{s} / {split} ({len(sp.queries)} queries): {first} {one.result.scores[first]:.4f} · "
                            f"fit {one.t_fit:.2f} s · search {one.run.seconds:.2f} s"), soft_wrap=True)
-        _note_depth(one.run, ks, sp.dataset().corpus, pipe, prefix=f"{s}: ")
+        _note_scored(one.run, ks, sp.dataset().corpus, pipe, sp.qrels, scoring, prefix=f"{s}: ")
         spec = pipe.to_yaml()
         sp.released()
         del pipe  # (the fitted pipeline holds the corpus and its index too)
@@ -1688,7 +1703,7 @@ def compare_cmd(
 ) -> None:
     """Compare systems over the same queries: means, differences to a baseline with 95% bootstrap
     intervals, and paired randomisation p-values corrected by Holm's method."""
-    from ragkit.eval.compare import compare, load_result
+    from ragkit.eval.compare import compare, format_p, load_result
 
     try:
         names = _parse_metric_names(metrics)  # (one named twice: Holm would count the same comparison twice)
@@ -1753,7 +1768,7 @@ def compare_cmd(
                      f"{cmp.means[i, j]:.4f}"]
             if i != base:
                 cells += [f"{cmp.delta[i, j]:+.4f}", f"[{cmp.ci_low[i, j]:+.3f}, {cmp.ci_high[i, j]:+.3f}]",
-                          f"{cmp.p_value[i, j]:.4f}", f"{cmp.p_holm[i, j]:.4f} {cmp.marks[i, j]}".rstrip()]
+                          format_p(cmp.p_value[i, j]), f"{format_p(cmp.p_holm[i, j])} {cmp.marks[i, j]}".rstrip()]
             table.add_row(*cells)
         table.add_section()
     _print_uncut(table)

@@ -310,7 +310,8 @@ class Run:
 
     @classmethod
     def read_trec(cls, path: str | Path) -> "Run":
-        """Read a TREC run file; malformed lines raise :class:`DataError` with the line number."""
+        """Read a TREC run file; malformed lines raise :class:`DataError` with the line number (a file with
+        CR-only, old Mac, line endings says so, with a command converting them)."""
         run: dict[str, dict[str, float]] = {}
         if not Path(path).is_file():
             raise DataError(f"{path}: TREC run file not found")
@@ -319,6 +320,10 @@ class Run:
             if not parts:
                 continue
             if len(parts) != 6:
+                if "\r" in (text := line.rstrip("\r\n")):  # CR-only line endings: the whole file read as one line
+                    from ragkit.eval.beir import _cr_endings
+
+                    raise _cr_endings(Path(path), n, text)
                 raise DataError(f"{path}:{n}: expected 6 columns 'qid Q0 docid rank score tag', got {len(parts)}")
             try:
                 score = float(parts[4])

@@ -307,7 +307,8 @@ class BeirDataset:
         (that query could not be searched).  A judged document that ``corpus.jsonl`` lacks is kept,
         as BEIR and pytrec_eval keep it: no run can retrieve it, so it counts as not found (it
         lowers recall and the ideal DCG holds it), and a warning on the ``ragkit`` logger says how
-        many there are (official ArguAna judges 1 such document)."""
+        many there are (official ArguAna judges 1 such document), and how many of them are graded 0 (not
+        relevant: they change no score)."""
         path = _qrels_file(self.path, split)
         qrels = read_qrels(path)
         bad_q = [q for q in qrels if q not in self._queries]
@@ -320,10 +321,21 @@ class BeirDataset:
         bad_d = self.unknown_judged(qrels)
         if bad_d and split not in self._warned:  # (queries(split) reads them too: said once per split)
             self._warned.add(split)
-            (q, d), n = bad_d[0], len(bad_d)
-            _log.warning(f"{path}: {n} judged document{'s are' if n > 1 else ' is'} not in corpus.jsonl "
-                         f"(e.g. {d!r}, judged for query {q!r}); kept, as BEIR keeps them: no run can retrieve "
-                         f"{'them' if n > 1 else 'it'}, so {'they count' if n > 1 else 'it counts'} as not found")
+            rel = [(q, d) for q, d in bad_d if qrels[q][d] > 0]  # (one graded 0 changes no score, found or not)
+            (q, d), n, r = (rel or bad_d)[0], len(bad_d), len(rel)
+            docs = f"{n} judged document{'s are' if n > 1 else ' is'} not in corpus.jsonl"
+            eg = f"e.g. {d!r}, judged for query {q!r}"
+            they = "they count" if r > 1 else "it counts"
+            if r == n:
+                said = f"{docs} ({eg}); kept, as BEIR keeps them: no run can retrieve {'them' if n > 1 else 'it'}, so"
+            elif r == 0:
+                said = (f"{docs} ({eg}), {'all ' if n > 1 else ''}graded 0 (not relevant), so "
+                        f"{'they change' if n > 1 else 'it changes'} no score; kept, as BEIR keeps them")
+            else:
+                said = (f"{docs}: {r} graded 1 or more ({eg}) and {n - r} graded 0 (not relevant, which change"
+                        f"{'' if n - r > 1 else 's'} no score); kept, as BEIR keeps them: no run can retrieve the {r} "
+                        "graded 1 or more, so")
+            _log.warning(f"{path}: {said}" + (f" {they} as not found" if r else ""))
         return qrels
 
     def unknown_judged(self, qrels: Qrels) -> list[tuple[str, str]]:

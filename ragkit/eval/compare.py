@@ -32,9 +32,18 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from ragkit.errors import DataError, InputTypeError, ParamError, RagkitError, some_ids
-from ragkit.eval.metrics import _evaluate_noted, _exact_grid, _one_blas_thread, parse_metric, sign_flip_pvalues
+from ragkit.eval.metrics import (
+    _evaluate_noted,
+    _exact_grid,
+    _one_blas_thread,
+    level_note,
+    parse_metric,
+    say_once,
+    sign_flip_pvalues,
+    unjudged_note,
+)
 from ragkit.run import Run
-from ragkit.types import Qrels
+from ragkit.types import Qrels, check_qrels
 
 __all__ = ["SystemResult", "Comparison", "compare", "load_result", "holm", "pipeline_kind", "eval_command"]
 
@@ -144,14 +153,22 @@ def load_result(path: str | Path, *, qrels: Qrels | None = None, metrics: Sequen
                         f"({some_ids(list(run.query_ids)) or 'none'}), none of them judged in the "
                         f"{where or 'judgements given'} ({len(qrels)} judged queries, e.g. {some_ids(list(qrels))}); "
                         "score a run of the same dataset and split")
-    scores = _evaluate_noted(run, qrels, list(metrics), relevance_level=relevance_level,  # (its own note below)
-                             ignore_identical_ids=ignore_identical_ids, note_unsearched=False)
+    scores = _evaluate_noted(run, qrels, list(metrics), relevance_level=relevance_level,  # (its own notes below)
+                             ignore_identical_ids=ignore_identical_ids, note_unsearched=False, note_level=False)
     scored = next(iter(scores.per_query.values()), {})
-    covered = len(scored.keys() & set(judged))
-    if covered < len(scored):
+    ran = set(run.query_ids)
+    lacking = [q for q in scored if q not in ran]
+    unjudged, _ = unjudged_note(list(run.query_ids), scored, lacking, f"in the {where}" if where else "")
+    if lacking:  # a run written with --limit, or of query ids spelled otherwise ('1' for '001')
         logging.getLogger("ragkit").info(
-            "%s ranks documents for %d of the %d judged queries; the others score 0 (as trec_eval -c): a run "
-            "written with --limit is compared on every judged query", path, covered, len(scored))
+            "%s ranks documents for %d of the %d judged queries; the others score 0 (as trec_eval -c): %s", path,
+            len(scored) - len(lacking), len(scored),
+            unjudged or "a run written with --limit is compared on every judged query")
+    elif unjudged:
+        logging.getLogger("ragkit").info("%s: %s; they are left out of the comparison", path, unjudged)
+    said = level_note(check_qrels(qrels, "load_result"), relevance_level)
+    if said:  # (about the judgements: said once, however many run files they score)
+        say_once(said, f"{where or 'judgements given'}: {said}")
     # (no depth: a run's rankings may be short because few documents matched, not because it was cut)
     return SystemResult(name, scores.per_query, dataset, split, relevance_level=int(relevance_level),
                         ignore_identical_ids=bool(ignore_identical_ids), source=str(path))
@@ -550,7 +567,7 @@ class Comparison:
                 cells = [(f"{m} !" if shallow[:, j].any() else m) if i == 0 else "", f"{s} !" if shallow[i, j] else s,
                          f"{self.means[i, j]:.4f}"]
                 cells += ([f"{self.delta[i, j]:+.4f}", f"[{self.ci_low[i, j]:+.3f}, {self.ci_high[i, j]:+.3f}]",
-                           f"{self.p_value[i, j]:.4f}", f"{self.p_holm[i, j]:.4f} {marks[i, j]}".rstrip()]
+                           format_p(self.p_value[i, j]), f"{format_p(self.p_holm[i, j])} {marks[i, j]}".rstrip()]
                           if i != self.baseline else [""] * 4)
                 rows.append(cells)
             rows.append(None)  # a blank line between metrics
@@ -598,6 +615,12 @@ class Comparison:
                 "p_se": "Monte Carlo standard error, sqrt(p (1 - p) / n_resamples); near_alpha: p_holm within two "
                         "of alpha", **({"note": note} if note else {}), **({"warnings": warnings} if warnings else {}),
                 **({"few_differ": few} if few else {}), "rows": rows}
+
+
+def format_p(p: float) -> str:
+    """A p-value for a table, to 4 decimals; one below 0.0001 as ``"<0.0001"`` (the smallest Monte Carlo p-value,
+    ``1 / (n_resamples + 1)``, printed as 0.0000 at 200,000 resamples: a p-value is never 0)."""
+    return "<0.0001" if p < 0.0001 else f"{p:.4f}"
 
 
 def _baseline_index(results: Sequence[SystemResult], baseline: int | str) -> int:

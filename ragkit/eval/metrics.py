@@ -15,7 +15,7 @@ import contextlib
 import logging
 import re
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Collection, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -163,10 +163,13 @@ def evaluate(
     Queries in the qrels that the run lacks count as 0 (trec_eval's ``-c``), as is
     standard when reporting BEIR numbers, and a warning on the ``ragkit`` logger says how many (a run
     of some of the queries, ``pipe.search(queries[:10])``, is scored over every judged query: pass
-    ``{q: qrels[q] for q in run.query_ids if q in qrels}`` to score only its own); queries the qrels lack, or hold
-    with no judged document, are skipped (as pytrec_eval does).  A run that shares no query with the qrels
-    is a :class:`DataError` (judgements of another split, not a score of 0).  A document listed twice for one query is a
-    :class:`DataError`, as in trec_eval.
+    ``{q: qrels[q] for q in run.query_ids if q in qrels}`` to score only its own; it names the run's queries
+    that are judged nowhere, and asks about ``'1'`` for a judged ``'001'``); queries the qrels lack, or hold
+    with no judged document, are skipped (as pytrec_eval does).  A judged query with no judgement at or above
+    ``relevance_level`` scores 0 on the binary measures whatever the run (one judged only 0, on nDCG too), as
+    in trec_eval: a warning says how many (:func:`level_note`; once per set of judgements).  A run that shares no
+    query with the qrels is a :class:`DataError` (judgements of another split, not a score of 0).  A document
+    listed twice for one query is a :class:`DataError`, as in trec_eval.
     """
     return _evaluate_noted(run, qrels, metrics, ignore_identical_ids=ignore_identical_ids,
                            relevance_level=relevance_level)
@@ -175,15 +178,20 @@ def evaluate(
 def _evaluate_noted(
     run: Run | Mapping[str, Mapping[str, float]], qrels: Qrels, metrics: str | Sequence[str] = DEFAULT_METRICS,
     *, ignore_identical_ids: bool = True, relevance_level: int = 1, note_unsearched: bool = True,
-    qrels_checked: bool = False,
+    note_level: bool = True, qrels_checked: bool = False,
 ) -> EvalResult:
     """:func:`evaluate`, whose warning of judged queries the run lacks is left out with ``note_unsearched=False``
-    (:func:`~ragkit.eval.compare.load_result` says it in the words of ``ragkit compare``); ``qrels_checked``:
-    as :func:`_evaluate`."""
+    and whose warning of queries with no judgement at ``relevance_level`` (:func:`level_note`) with
+    ``note_level=False`` (:func:`~ragkit.eval.compare.load_result` says both in the words of ``ragkit compare``);
+    ``qrels_checked``: as :func:`_evaluate`."""
     result, ignored = _evaluate(run, qrels, metrics, ignore_identical_ids=ignore_identical_ids,
                                 relevance_level=relevance_level, qrels_checked=qrels_checked)
     if note_unsearched:
         _note_unsearched(run, result)
+    if note_level:
+        said = level_note(qrels if qrels_checked else check_qrels(qrels, "evaluate"), relevance_level)
+        if said:
+            say_once(said, f"evaluate: {said}", logging.WARNING)
     n = result.ignored_judged
     if n and ignored not in _WARNED:  # once per set of judgements: a learner evaluates the same ones many times
         if len(_WARNED) > 1000:
@@ -200,16 +208,98 @@ def _evaluate_noted(
 
 def _note_unsearched(run: Run | Mapping[str, Mapping[str, float]], result: EvalResult) -> None:
     """Warn (``ragkit`` logger, once per call) when judged queries of ``result`` are not in ``run``: they
-    count as 0 in every mean (trec_eval's ``-c``), which a run of a few of the queries does not expect."""
+    count as 0 in every mean (trec_eval's ``-c``), which a run of a few of the queries does not expect.  The
+    run's queries that are judged nowhere are named too (:func:`unjudged_note`): ``'1'`` for a judged ``'001'``
+    scores 0 where the query was searched."""
     scored = next(iter(result.per_query.values()), {})  # every judged query, whatever the run holds
-    ran = set(run.query_ids) if isinstance(run, Run) else {str(q) for q in run}
-    missing = len(scored.keys() - ran)
-    if missing:
+    ran_ids = list(run.query_ids) if isinstance(run, Run) else [str(q) for q in run]
+    ran = set(ran_ids)
+    lacking = [q for q in scored if q not in ran]
+    if lacking:
+        missing = len(lacking)
         ids = "run.query_ids" if isinstance(run, Run) else "run"
+        unjudged, misspelled = unjudged_note(ran_ids, scored, lacking)
+        subset = f"to score only the run's queries pass {{q: qrels[q] for q in {ids} if q in qrels}}"
+        fix = unjudged if misspelled else "; ".join(x for x in (unjudged, subset) if x)
         _log.warning(f"evaluate: {missing} of the {len(scored)} judged queries {'are' if missing > 1 else 'is'} not in "
                      f"the run and count{'' if missing > 1 else 's'} as 0 (trec_eval -c), so each mean is over all "
-                     f"{len(scored)}; to score only the run's queries pass {{q: qrels[q] for q in {ids} if q in "
-                     "qrels}")
+                     f"{len(scored)}; {fix}")
+
+
+def _respelling(qid: str) -> str:
+    """``qid`` as :func:`respelled` compares it: surrounding spaces dropped, case folded, and each run of
+    digits without its leading zeros (``'Q007'`` -> ``'q7'``)."""
+    return re.sub(r"\d+", lambda m: m.group().lstrip("0") or "0", qid.strip().casefold())
+
+
+def respelled(unjudged: Sequence[str], judged: Iterable[str]) -> list[tuple[str, str]]:
+    """``(run id, judged id)`` for each id of ``unjudged`` that names one of ``judged`` once leading zeros,
+    case and surrounding spaces are set aside (``'1'`` and ``'001'``, ``'Q7'`` and ``'q07'``), in the order of
+    ``unjudged``: query ids rewritten on the way (a spreadsheet dropping zeros) score 0 silently."""
+    by_key: dict[str, str] = {}
+    for q in judged:
+        by_key.setdefault(_respelling(q), q)
+    return [(u, by_key[k]) for u in unjudged if (k := _respelling(u)) in by_key]
+
+
+def unjudged_note(run_ids: Sequence[str], judged: Collection[str], lacking: Sequence[str],
+                  where: str = "") -> tuple[str, bool]:
+    """The clause naming the queries of a run (``run_ids``) that ``judged`` lacks (``""`` when there are none),
+    and whether one of them is a judged id the run lacks (``lacking``) spelled otherwise (:func:`respelled`):
+    ``"10 of the run's 42 queries are not judged ('1', '3', ...): '1' is judged as '001'? (...)"``.  ``where``
+    follows "judged" (``"in split 'dev'"``)."""
+    unjudged = [q for q in run_ids if q not in judged]
+    if not unjudged:
+        return "", False
+    n = len(unjudged)
+    said = (f"{n} of the run's {len(run_ids)} queries {'are' if n > 1 else 'is'} not judged"
+            f"{' ' + where if where else ''} ({some_ids(unjudged)})")
+    pairs = respelled(unjudged, lacking)
+    if pairs:
+        u, j = pairs[0]
+        said += (f": {u!r} is judged as {j!r}? ({len(pairs)} of the run's unjudged ids "
+                 f"{'name judged queries' if len(pairs) > 1 else 'names a judged query'} that the run lacks once "
+                 "leading zeros, case and spaces are set aside; write the run's query ids as the judgements do)")
+    return said, bool(pairs)
+
+
+def level_note(qrels: Qrels, relevance_level: int, label: str = "the relevance level") -> str:
+    """A sentence on the judged queries of ``qrels`` (checked: integer grades) with no judgement at or above
+    ``relevance_level``, ``""`` when there are none: whatever the run, they score 0 on the binary metrics
+    (recall, MAP, MRR, P, r_cap, acc) as trec_eval scores them, and those judged only 0 on nDCG too, which
+    caps each mean below 1 (16 of 42 queries with a grade 2: recall 0.3810 at most, at level 2).  ``label`` names
+    the level (``"--relevance-level"``)."""
+    judged = {q: rel for q, rel in qrels.items() if rel}
+    top = dict(zip(judged, (max(rel.values()) for rel in judged.values())))
+    below = [q for q, g in top.items() if g < relevance_level]
+    if not below:
+        return ""
+    k, n = len(below), len(judged)
+    head = (f"{k} of the {n} judged queries {'have' if k > 1 else 'has'} no judgement >= {relevance_level} "
+            f"({label}; e.g. {some_ids(below, 2)})")
+    cap = f"{n - k}/{n} = {(n - k) / n:.4f}"
+    if relevance_level <= 1:
+        return (f"{head}, only grade 0: {'they score' if k > 1 else 'it scores'} 0 on every metric but hole@k "
+                f"whatever the run (as trec_eval), so no such mean exceeds {cap}")
+    zero = sum(top[q] < 1 for q in below)
+    return (f"{head}: {'they score' if k > 1 else 'it scores'} 0 on recall, MAP, MRR, P, r_cap and acc whatever the "
+            f"run (as trec_eval), so none of those means exceeds {cap}; nDCG still counts their lower grades"
+            + (f" ({zero} judged only 0 score{'' if zero > 1 else 's'} 0 on it too)" if zero else ""))
+
+
+#: Sentences :func:`say_once` has logged: each is said once (a learner, or ``ragkit compare`` of several run files,
+#: evaluates the same judgements many times)
+_SAID: set[str] = set()
+
+
+def say_once(key: str, message: str, level: int = logging.INFO) -> None:
+    """Log ``message`` on the ``ragkit`` logger at ``level``, unless a message of the same ``key`` was logged."""
+    if key in _SAID:
+        return
+    if len(_SAID) > 1000:
+        _SAID.clear()
+    _SAID.add(key)
+    _log.log(level, message)
 
 
 #: The ``(relevance_level, query ids)`` of judged documents ignored for their query's id that :func:`evaluate`
