@@ -27,7 +27,6 @@ import math
 import os
 import re
 import shutil
-import tempfile
 import urllib.request
 import zipfile
 import zlib
@@ -37,7 +36,14 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from ragkit._files import file_above, share_like_umask, shared_tempdir, user_path, utf8_lines
+from ragkit._files import (
+    file_above,
+    remove_stale_tempdirs,
+    share_like_umask,
+    shared_tempdir,
+    user_path,
+    utf8_lines,
+)
 from ragkit.errors import DataError, InputTypeError, ParamError
 from ragkit.types import Corpus, Qrels, Queries, TrainSet
 
@@ -570,6 +576,9 @@ def _locate(name_or_path: str | Path, *, download: bool, base_url: str | None) -
         raise DataError(f"{name_or_path}: is a file; expected a BEIR dataset folder (corpus.jsonl, queries.jsonl, "
                         f"qrels/) or a dataset name: pass its folder, {str(dataset_folder_of(path.resolve()))!r}")
     text = os.path.expanduser(str(name_or_path))
+    # what a download killed midway left in the cache (its archive, gigabytes for some) is removed by the next
+    # load by name, which may find the dataset without downloading it
+    remove_stale_tempdirs(cache_dir() / "beir", _DOWNLOAD_PREFIX)
     sub = _SUB_NAME.fullmatch(text)
     if sub is not None and not Path(sub[1]).exists():  # 'data/x' beside an existing ./data is a path
         return _find_sub(sub[1], sub[2], download=download, base_url=base_url)
@@ -630,6 +639,7 @@ def _unpacked(archive: Path) -> Path:
     dest = cache_dir() / "beir-zip" / key
     done = _folders(dest) if dest.is_dir() else []
     if len(done) == 1:
+        remove_stale_tempdirs(dest, _UNPACKING_PREFIX)  # (a process killed after its rename, before its clean-up)
         return dest / done[0]
     try:  # opened before its folder is made: a file that is no zip leaves no empty folder in the cache
         zf = zipfile.ZipFile(archive)
@@ -651,21 +661,30 @@ def _unpacked(archive: Path) -> Path:
 
 def _unpack_into(zf: zipfile.ZipFile, archive: Path, dest: Path) -> Path:
     """Unpack the local zip ``archive`` (open as ``zf``) into ``dest / <its dataset's name>`` (:func:`_unpacked`)."""
-    with tempfile.TemporaryDirectory(dir=dest, prefix=".unpacking-") as tmp:  # hidden: never taken for the result
-        unpacked = Path(tmp) / "unpacked"
+    # hidden (never taken for the result) and named after this process (shared_tempdir): one a killed process
+    # left is removed by the next unpacking or load of this zip
+    tmp = shared_tempdir(dest, _UNPACKING_PREFIX)
+    try:
+        unpacked = tmp / "unpacked"
         _extract(zf, unpacked, str(archive), again="nothing was unpacked; download the archive again (or copy it "
                                                   "again: it is damaged)")
         root = _archive_root(unpacked, archive.stem)
         name = archive.stem if root == unpacked else root.name
         _check_layout(root, name, str(archive))
-        share_like_umask(root)  # a TemporaryDirectory is owner-only
+        share_like_umask(root)  # (the permissions of a plain mkdir, whatever zipfile gave it)
         final = dest / name
         try:
             os.rename(root, final)
         except OSError:
             if not (final / "corpus.jsonl").is_file() and not _subsets(final):
                 raise  # (else another process unpacked the same zip at the same time: its folder serves)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return final
+
+
+#: the name of a local zip's temporary unpacking folder begins so (then :func:`~ragkit._files.owner_tag`)
+_UNPACKING_PREFIX = ".unpacking-"
 
 
 def _archive_root(unpacked: Path, name: str) -> Path:
@@ -763,8 +782,11 @@ def beir_subsets(name_or_path: str | Path, *, download: bool = True, base_url: s
 def download_beir(name: str, *, base_url: str | None = None, dest: Path | None = None, timeout: float = 60) -> Path:
     """Download ``{base_url}/{name}.zip`` and unzip it into ``dest`` (default: the cache); returns ``dest / name``.
 
-    The archive is unpacked in a temporary folder and renamed into place, so an
-    interrupted download leaves nothing half-written.  An archive of several datasets
+    The archive is unpacked in a temporary folder of ``dest`` and renamed into place, so an
+    interrupted download leaves nothing half-written; the folder of a process killed midway is removed
+    by the next download into ``dest`` (or load by name, for the cache) on this host.  A folder of that
+    name that another process's download of the same archive filled meanwhile is kept as it is (it may
+    be in use); an incomplete earlier download is replaced.  An archive of several datasets
     (``cqadupstack/<forum>/corpus.jsonl``, ...) is cached whole as ``dest / name / <forum>``,
     once every one of its folders is checked to be a complete BEIR dataset.
     """
@@ -777,21 +799,68 @@ def download_beir(name: str, *, base_url: str | None = None, dest: Path | None =
     _refuse_not_a_download(dest / name, name)  # before fetching what may be gigabytes
     dest.mkdir(parents=True, exist_ok=True)
     url = f"{base}/{name}.zip"
-    with tempfile.TemporaryDirectory(dir=dest) as tmp:  # the archive and its contents: removed whatever happens
-        with _fetch_zip(url, name, timeout, Path(tmp) / "archive.zip") as archive:
-            _extract(archive, Path(tmp) / "unpacked", url, again="nothing was cached; download it again")
-        root = _archive_root(Path(tmp) / "unpacked", name)
+    # the archive and its contents, in a folder named after this process (shared_tempdir): removed whatever
+    # happens here, and by the next download or load of a dataset in dest when this process is killed
+    tmp = shared_tempdir(dest, _DOWNLOAD_PREFIX)
+    try:
+        with _fetch_zip(url, name, timeout, tmp / "archive.zip") as archive:
+            _extract(archive, tmp / "unpacked", url, again="nothing was cached; download it again")
+        (tmp / "archive.zip").unlink()  # (the archive's bytes twice on disk no longer than needed)
+        root = _archive_root(tmp / "unpacked", name)
         # the whole BEIR layout, checked before the folder moves into the cache: a partial one placed
         # there would be found by every later load_beir (which looks for corpus.jsonl) and never replaced
         _check_layout(root, name, url)
+        share_like_umask(root)  # (the permissions of a plain mkdir, whatever zipfile gave it)
         final = dest / name
-        if _is_download_of(final, root):
-            shutil.rmtree(final)  # an incomplete download of this dataset: replaced
-        elif final.exists() or final.is_symlink():
-            raise _not_a_download(final, name)
-        share_like_umask(root)  # a TemporaryDirectory is owner-only
-        shutil.move(str(root), str(final))
+        _publish_download(root, final, name, tmp)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return final
+
+
+#: the name of download_beir's temporary folders begins so (then :func:`~ragkit._files.owner_tag`)
+_DOWNLOAD_PREFIX = ".beir-download-"
+
+
+def _publish_download(root: Path, final: Path, name: str, tmp: Path) -> None:
+    """Rename the checked, unpacked archive ``root`` (in ``tmp``, a folder beside ``final``) to ``final``, never
+    into it (a move into a folder there meanwhile nested the dataset: ``<name>/<name>/corpus.jsonl``).
+    A ``final`` that holds exactly what ``root`` holds (another process downloaded the same archive
+    meanwhile, and may be reading it) is kept and ``root`` dropped; an incomplete earlier download of it
+    is first renamed into ``tmp`` (removed with it), never deleted where a reader may be; anything else is
+    refused (:func:`_not_a_download`)."""
+    for attempt in range(3):
+        if final.exists() or final.is_symlink():
+            if not _is_download_of(final, root):
+                raise _not_a_download(final, name)
+            if _holds_all_of(final, root):
+                _log.info(f"{final}: already holds the BEIR download of {name!r} (an earlier one, or another "
+                          "process's done meanwhile, perhaps in use): kept; the new download is dropped")
+                return
+            try:
+                os.rename(final, tmp / f"replaced-{attempt}")  # an incomplete download: replaced
+            except FileNotFoundError:
+                pass
+        try:
+            os.replace(root, final)  # (onto a folder that is there, not empty: an OSError, never a move into it)
+            return
+        except OSError:
+            if attempt == 2 or not (final.exists() or final.is_symlink()):
+                raise
+            # another process published it between the check and the rename: judged again
+
+
+def _holds_all_of(final: Path, root: Path) -> bool:
+    """Whether the folder ``final`` holds every file of ``root``, at every depth, each of the same size."""
+    for here, _dirs, files in os.walk(root):
+        there = final / Path(here).relative_to(root)
+        for f in files:
+            try:
+                if os.stat(there / f).st_size != os.stat(Path(here) / f).st_size:
+                    return False
+            except OSError:
+                return False
+    return True
 
 
 def _fetch_zip(url: str, name: str, timeout: float, into: Path) -> zipfile.ZipFile:
