@@ -10,14 +10,14 @@ import logging
 import math
 import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 from pydantic import Field
 from scipy.special import expit, exprel
 
 from ragkit.encoders import DEFAULT_MODEL, check_encoder_key, get_encoder, query_vectors, save_encoder_key
-from ragkit.errors import ArtifactError, DataError
+from ragkit.errors import ArtifactError, DataError, InputTypeError
 from ragkit.filters._flat import check_cosines, check_dense_rankings, cut_prefix, first_unsorted, flatten
 from ragkit.operator import Operator, load_array, read_json, save_arrays, write_json
 from ragkit.options import PARAM
@@ -418,6 +418,9 @@ class CosineAdapter(Operator):
         t0 = time.perf_counter()
         if train is None:  # fit refuses it first (train_refusal)
             raise DataError(_NEEDS_TRAIN)
+        if not train.labelled:  # TrainSet(queries): a query bank (a pipeline's fit refuses it first)
+            raise DataError(f"cosine_adapter.fit learns from judged queries, but the TrainSet has no judgements "
+                            f"({len(train.queries)} queries, no qrels); give TrainSet(queries, qrels)")
         encoder = get_encoder(self.params.model)
         if upstream is None or upstream.rankings is None:
             from ragkit.retrievers.dense import Dense
@@ -516,7 +519,10 @@ class CosineAdapter(Operator):
                     dim=int(qv.shape[1]), encoder=encoder.key, threshold=self.threshold_,
                     seconds=time.perf_counter() - t0)
         self.info_ = info
-        self._warn_if_thin(len(usable), int(y.sum()), info)
+        per_query = np.bincount(qidx, weights=y, minlength=n_q)
+        top = int(np.argmax(per_query)) if n_q else 0
+        self._warn_if_thin(len(usable), int(y.sum()), info,
+                           top=(str(upstream.query_ids[top]), int(per_query[top])) if n_q > 1 else None)
 
     def _fit_part(self, X: np.ndarray, c: np.ndarray, y: np.ndarray, qidx: np.ndarray, fit_q: np.ndarray,
                   warn: bool = True) -> tuple[np.ndarray, dict]:
@@ -534,14 +540,20 @@ class CosineAdapter(Operator):
                           if self.params.form == "power" else None)
         return self._train(self._features1(X[fit_q]), c[sel], y[sel], (np.cumsum(fit_q) - 1)[qidx[sel]], warn=warn)
 
-    def _warn_if_thin(self, n_usable: int, n_positives: int, info: dict[str, Any]) -> None:
+    def _warn_if_thin(self, n_usable: int, n_positives: int, info: dict[str, Any],
+                      top: tuple[str, int] | None = None) -> None:
         """Warn on the ``ragkit`` logger when the fit rests on too little: fewer than :data:`MIN_QUERIES`
         usable queries or :data:`MIN_POSITIVES` relevant candidates, a threshold chosen on the queries the
         adapter was fitted on (too few to hold any out), or a chosen threshold resting on fewer candidates
         than its target needs (:func:`positives_needed`: relevant out-of-fold candidates for a recall target,
         kept ones for a precision target): the threshold then fits those few (for recall 0.95 on a handful,
-        the weakest one's probability) and cuts other queries' lists short."""
+        the weakest one's probability) and cuts other queries' lists short.  ``top``: the query holding the
+        most relevant candidates and their number; more than half of them in one query (one judging every
+        document relevant) is thin too: the threshold then fits that query's candidates, whatever the count."""
         thin = []
+        if top is not None and 2 * top[1] > n_positives:
+            thin.append(f"{top[1]} of the {n_positives} relevant candidates from one query ({top[0]!r}), so the "
+                        "threshold fits that query's list")
         if n_usable < MIN_QUERIES:
             thin.append(f"{n_usable} usable training quer{'y' if n_usable == 1 else 'ies'} (with a relevant document "
                         f"in the corpus; at least {MIN_QUERIES} recommended)")
@@ -655,6 +667,37 @@ class CosineAdapter(Operator):
         out.rankings = cut_prefix(state.rankings, n_keep, new_scores=r.astype(np.float32), starts=starts,
                                   fields={"cosine": c})
         return out
+
+    # ------------------------------------------------------------------ updates
+    #: it holds nothing per document (its weights read the query and its candidates' cosines): a pipeline whose
+    #: retrievers were edited (add / remove) takes it along (:func:`~ragkit.pipelines._compose.shared_corpus`)
+    per_document: ClassVar[bool] = False
+
+    def add(self, corpus: Corpus) -> "CosineAdapter":
+        """Follow documents added to the retriever before it (no refit): the adapter holds nothing per
+        document, so only the corpus it belongs to grows.  Ids already held are a :class:`DataError`."""
+        self._check_fitted()
+        if not isinstance(corpus, Corpus):
+            raise InputTypeError(f"cosine_adapter.add expects a ragkit Corpus, got {type(corpus).__name__}")
+        held = self.corpus_._lookup()
+        dup = [d for d in corpus.ids.tolist() if d in held]
+        if dup:
+            raise DataError(f"cosine_adapter.add: {len(dup)} document ids are already held (e.g. {sorted(dup)[:3]}); "
+                            "remove them first")
+        if len(corpus):
+            self.corpus_ = self.corpus_.concat(corpus)
+        return self
+
+    def remove(self, ids: Any) -> "CosineAdapter":
+        """Follow documents removed from the retriever before it (by id; no refit): the adapter holds nothing
+        per document, so only the corpus it belongs to shrinks.  An unknown id is a :class:`DataError`."""
+        self._check_fitted()
+        rows = self.corpus_.rows_to_remove(ids, "cosine_adapter.remove")
+        if len(rows):
+            keep = np.ones(len(self.corpus_), dtype=bool)
+            keep[rows] = False
+            self.corpus_ = self.corpus_.subset(keep)
+        return self
 
     # ------------------------------------------------------------------ persistence
     def _save(self, folder: Path) -> None:

@@ -25,7 +25,7 @@ from ragkit.encoders import (
     save_encoder_key,
     unit_rows,
 )
-from ragkit.errors import ArtifactError, DataError, ParamError
+from ragkit.errors import ArtifactError, DataError, ParamError, some_ids
 from ragkit.filters._flat import check_cosines, check_dense_rankings, check_rows_in_corpus, flatten
 from ragkit.operator import Operator, load_array, read_json, save_arrays, topk_rows, write_json
 from ragkit.params import MetadataFilter, ModelName, Params, Seed
@@ -69,9 +69,13 @@ def bank_log_partition(
     """
     docs = np.asarray(docs)
     bank = np.asarray(bank)
-    if bank.ndim != 2 or len(bank) == 0:
+    if bank.ndim != 2:
+        raise DataError(f"{who}: a bank must be a 2-D array (n_items, dim) of vectors, got shape {bank.shape}")
+    if len(bank) == 0:
         raise DataError(f"{who}: the bank is empty (shape {bank.shape}); give at least one bank item")
-    if docs.ndim != 2 or len(docs) == 0:
+    if docs.ndim != 2:
+        raise DataError(f"{who}: document vectors must be a 2-D array (n_docs, dim), got shape {docs.shape}")
+    if len(docs) == 0:
         raise DataError(f"{who}: no document vectors (shape {docs.shape})")
     if bank.shape[1] != docs.shape[1]:
         raise DataError(f"{who}: bank vectors have dimension {bank.shape[1]} but document vectors have "
@@ -200,12 +204,16 @@ class BankParams(Params):
     @field_validator("method", mode="before")
     @classmethod
     def _dualis(cls, v: object, info: ValidationInfo) -> object:
-        """``DualIS`` (the paper's spelling) is ``dualis``; ``dis`` (ragkit's first name for it, in old YAML and
+        """Methods are read in any case (``DualIS``, the paper's spelling, is ``dualis``; ``QBNorm`` ``qbnorm``);
+        ``dis`` (ragkit's first name for dualis, in old YAML and
         saved pipelines) too, with a warning: the paper's "DIS" is the dynamic inverted softmax, ``qbnorm``.
         The warning's advice fits where the value came from: a loaded save's files (validation context
         ``source: "saved"``), which a new save rewrites, or what the user wrote."""
-        if isinstance(v, str) and v.lower() == "dualis":
-            return "dualis"
+        if isinstance(v, str):  # every spelling's case (IS, QBNorm, DualIS, DDIS): kept lower-cased, as written back
+            if v.strip().lower() == "dis" and v != "dis":  # the paper's "DIS" is dynamic (qbnorm): not guessed
+                raise ValueError(f"method {v!r} is ambiguous: the paper's DIS (dynamic inverted softmax) is 'qbnorm', "
+                                 "ragkit's first 'dis' is 'dualis' (dual inverted softmax); write qbnorm or dualis")
+            v = v.strip().lower()
         if v == "dis":
             saved = isinstance(info.context, Mapping) and info.context.get("source") == "saved"
             fix = ("It comes from a folder saved by an earlier ragkit: save it again (which writes method: dualis) to "
@@ -295,6 +303,13 @@ def fit_banks(p: BankParams, corpus: Corpus, train: TrainSet | None, docs: np.nd
     if p.query_bank == "train" and train is not None:
         source = "train"
         texts = list(train.queries.texts)
+        blank = [not t.strip() for t in texts]
+        if any(blank):  # a blank text encodes to the model's bias direction: one fake hub for every document
+            n_blank = sum(blank)
+            _log.warning(f"{name}.fit: {n_blank} of the {len(texts)} training queries are blank (e.g. "
+                         f"{some_ids([q for q, b in zip(train.queries.ids, blank) if b])}); they are left out of "
+                         f"the query bank ({len(texts) - n_blank} left)")
+            texts = [t for t, b in zip(texts, blank) if not b]
         if p.query_bank_size is not None and p.query_bank_size < len(texts):
             texts = [texts[i] for i in np.sort(rng.choice(len(texts), p.query_bank_size, replace=False))]
         q_rows = None
@@ -302,7 +317,9 @@ def fit_banks(p: BankParams, corpus: Corpus, train: TrainSet | None, docs: np.nd
         source = "pseudo"
         texts, q_rows = pseudo_queries(corpus, p.query_bank_size or 1000, p.seed)
     if not texts:
-        raise DataError(f"{name}.fit: the query bank is empty (no training queries); use query_bank='pseudo'")
+        only = ", only blank ones" if source == "train" and train is not None and len(train.queries) else ""
+        raise DataError(f"{name}.fit: the query bank is empty (no training queries{only}); give training queries "
+                        "with text, or use query_bank='pseudo'")
     qbank = unit_rows(get_encoder(p.model).encode_queries(texts))
     beta_q = p.beta1 if p.dual else p.beta
     # one document: a bank drawn from the corpus (pseudo-queries, the gallery) holds only the document itself,

@@ -47,7 +47,8 @@ def check_trainable(root: Operator, train: TrainSet | None, corpus: Corpus | Non
     """What ``fit(corpus, train)`` of ``root`` would refuse, refused before anything is fitted.
 
     With ``train`` and ``corpus``, when a leaf learns from judged queries: judgements that name no
-    document of the corpus (:meth:`TrainSet.check_corpus`).
+    document of the corpus (:meth:`TrainSet.check_corpus`); with an unlabelled ``train`` (``TrainSet(queries)``,
+    a query bank), any leaf that learns.
 
     With ``corpus``: a retriever's own ``filter`` naming a field the corpus lacks (a :class:`ParamError`), or
     none of whose values for a field has the type of the field's values (a :class:`DataError`, as
@@ -104,6 +105,12 @@ def check_trainable(root: Operator, train: TrainSet | None, corpus: Corpus | Non
                 corpus.mask(own)  # (the column's codes it builds are those every search's filter reads)
             except DataError as e:  # filter.year: the field holds int values; ... -> <path>.filter.year: ...
                 raise placed_at(e, f"{path}.filter", "filter") from None
+    if train is not None and not train.labelled:  # TrainSet(queries): a query bank, no judgements to learn from
+        learner = next(((path, leaf) for path, leaf in walk_leaves(root) if leaf.learns), None)
+        if learner is not None:
+            raise DataError(f"{learner[0]}: {learner[1].name} learns from judged queries, but the TrainSet has no "
+                            f"judgements ({len(train.queries)} queries, no qrels: a query bank, which dbnorm reads); "
+                            "give TrainSet(queries, qrels)")
     if train is not None and corpus is not None and any(leaf.learns for _, leaf in walk_leaves(root)):
         train.check_corpus(corpus)
     if train is not None:
@@ -506,7 +513,7 @@ def _not_cosines(source: Operator, where: str, reader: Operator, at: str) -> Con
         inner = _cosine_retriever(source)
         metric = getattr(inner.params, "metric", "cos") if inner is not None else None
         if metric == "cos":
-            return None
+            return _approximate_cosines(inner, there, reader, at) if inner is not None else None
         fused = (f"{there} ({source.name} scores, not cosines)" if inner is None else
                  f"{there} with metric: {metric} (inner products of unnormalised vectors, not cosines)")
         fix = (f"put it right after a dense step, e.g. [dense, {reader.name}]" if inner is None else
@@ -514,6 +521,32 @@ def _not_cosines(source: Operator, where: str, reader: Operator, at: str) -> Con
     return ConfigError(f"{at}: {reader.name} reads the raw cosines (in [-1, 1]) of a dense or knn_embed retriever "
                        f"with metric: cos right before it, but the scores reaching it come from {fused}; {fix}",
                        path=at)
+
+
+def _approximate_cosines(retriever: Operator, there: str, reader: Operator, at: str) -> ConfigError | None:
+    """Why ``dbnorm`` (``reader`` at ``at``) cannot read the scores of the cosine retriever ``retriever`` (at
+    ``there``), else ``None``: without ``rescore``, a ``reduce`` (cosines of the PCA-projected or truncated
+    vectors) or ``dtype: b1`` (the query against sign bits, off by up to about 0.3) scores on another scale
+    than the full-space cosines its penalties ``log Z(g)`` are computed from (nDCG@10 0.7151 -> 0.7028 under
+    ``reduce: pca:32`` on SciFact, 0.7383 -> 0.7017 with whitening).  ``f16`` and ``i8`` (calibrated, scored
+    against the float query) stay within about 0.01 of the cosines, and ``cosine_adapter`` learns on the
+    scores it then reads, so neither is refused."""
+    p = retriever.params
+    if reader.name != "dbnorm" or getattr(p, "rescore", False):
+        return None
+    reduce, dtype = str(getattr(p, "reduce", "none")), str(getattr(p, "dtype", "f32"))
+    if reduce != "none":
+        what = (f"reduce: {reduce} (cosines of the {'PCA-projected' if reduce.startswith('pca') else 'truncated'} "
+                "vectors)")
+    elif dtype == "b1":
+        what = "dtype: b1 (the query scored against sign bits)"
+    else:
+        return None
+    return ConfigError(f"{at}: dbnorm subtracts penalties computed from full-dimension cosines of its model from the "
+                       f"scores of {there}, but that step searches with {what} and no rescore, so its scores are not "
+                       f"those cosines and the penalties misrank; set rescore: true on {there} (its shortlist is "
+                       "then re-scored with the float vectors), or drop the "
+                       f"{'reduce' if reduce != 'none' else 'b1 dtype'}", path=at)
 
 
 #: prf's text-analysis parameters, which must be those of the bm25 that reads its expanded query

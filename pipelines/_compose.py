@@ -339,14 +339,22 @@ def shared_corpus(root: Operator) -> Corpus | None:
     A retriever edited on its own after the pipeline's fit (``add`` / ``remove``) searches its
     edited corpus: the pipeline follows it, as long as every such leaf holds the same documents
     (else a :class:`DataError` naming two that differ).  Checked by identity first; a content check
-    is remembered per set of corpus objects, so repeated searches do not repeat it.
+    is remembered per set of corpus objects, so repeated searches do not repeat it.  A fitted leaf that holds
+    nothing per document (``per_document = False``: ``cosine_adapter``) is not compared: it takes over the
+    corpus of the others (so a pipeline whose retrievers alone were edited searches and saves as one).
     """
     from ragkit.pipelines.yaml import walk_leaves
 
-    fitted = [(path, leaf) for path, leaf in walk_leaves(root)
-              if not leaf.stateless and getattr(leaf, "corpus_", None) is not None]
+    held = [(path, leaf) for path, leaf in walk_leaves(root)
+            if not leaf.stateless and getattr(leaf, "corpus_", None) is not None]
+    fitted = [(path, leaf) for path, leaf in held if getattr(leaf, "per_document", True)]
     if not fitted:
-        return getattr(root, "corpus_", None)
+        return getattr(root, "corpus_", None) if not held else held[0][1].corpus_
+    if len(fitted) < len(held):
+        shared = fitted[0][1].corpus_
+        for _, leaf in held:
+            if not getattr(leaf, "per_document", True) and leaf.corpus_ is not shared:
+                leaf.corpus_ = shared  # (its state reads no document: only whose rows it belongs to)
     corpora = tuple({id(leaf.corpus_): leaf.corpus_ for _, leaf in fitted}.values())  # distinct objects
     key = tuple(id(c) for c in corpora)
     checked = getattr(root, "_shared_corpus", None)  # (key, the corpora themselves: their ids stay theirs)

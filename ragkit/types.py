@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import math
 import os
 import re
 import sys
@@ -64,11 +65,34 @@ def _as_str_array(values: Iterable[Any], what: str) -> np.ndarray:
 
 
 def _as_ids(values: Iterable[Any], what: str) -> np.ndarray:
-    """Ids as strings (``10`` and ``"10"`` name the same document or query, before and after a save)."""
+    """Ids as strings (``10`` and ``"10"`` name the same document or query, before and after a save).
+
+    A float id of an integral value is its integer's string (``1.0`` -> ``"1"``: the id a qrels file or a
+    pandas column read as float names; ``"1.0"`` would match no judgement); a NaN or infinite id (a missing
+    value of a pandas column) is a :class:`DataError` naming its position, as a NaN text is."""
+    if isinstance(values, np.ndarray) and values.dtype.kind == "f" and values.ndim == 1:
+        bad = np.flatnonzero(~np.isfinite(values))
+        if len(bad):
+            raise DataError(f"{what}[{int(bad[0])}] is {float(values[bad[0]])!r}, not an id ({len(bad)} such); a "
+                            "missing id (NaN) names nothing: drop those rows or give them ids")
+        integral = values == np.trunc(values)
+        return np.array([str(int(x)) if i else str(x) for x, i in zip(values.tolist(), integral.tolist())],
+                        dtype=object)
     arr = _as_str_array(values, what)
     if len(arr) and not all(type(x) is str for x in arr.tolist()):
-        arr = np.array([str(x) for x in arr.tolist()], dtype=object)
+        arr = np.array([_id_string(x, what, i) for i, x in enumerate(arr.tolist())], dtype=object)
     return arr
+
+
+def _id_string(x: Any, what: str, i: int) -> str:
+    """One id as a string (:func:`_as_ids`): a float of an integral value as its integer's; NaN refused."""
+    if isinstance(x, (float, np.floating)):
+        if not math.isfinite(x):
+            raise DataError(f"{what}[{i}] is {x!r}, not an id; a missing id (NaN) names nothing: drop that row or "
+                            "give it an id")
+        if float(x).is_integer():
+            return str(int(x))
+    return x if type(x) is str else str(x)
 
 
 #: a lone surrogate: what text decoded with ``errors="surrogateescape"`` holds, and no UTF-8 file can
@@ -987,7 +1011,7 @@ class Queries:
                 hint = ("; wrap it in a list" if isinstance(given, (str, bytes)) else
                         "; for {query_id: text} use Queries.from_texts(mapping)" if isinstance(given, Mapping) else "")
                 raise DataError(f"Queries.{what}: expected a list (one per query), got {_kind(given)}{hint}")
-        ids = [x if type(x) is str else str(x) for x in self.ids]
+        ids = _as_ids(self.ids, "Queries.ids").tolist()  # a 2-D array refused, float ids as Corpus reads them
         texts = list(self.texts)
         if len(ids) != len(texts):
             raise DataError(f"Queries: {len(ids)} ids but {len(texts)} texts")
@@ -1075,6 +1099,10 @@ def _index_kind(index: Any) -> str:
     return f"{type(index).__name__} [{first}], name {index.name!r}"
 
 
+#: ``TrainSet(queries)``'s qrels: left out (an unlabelled set, a query bank), read as ``{}``
+_NO_QRELS: Any = type("_NoQrels", (), {"__repr__": lambda self: "<no qrels>"})()
+
+
 @dataclass(frozen=True)
 class TrainSet:
     """Judged training queries handed to ``fit(corpus, train=...)``.
@@ -1090,18 +1118,28 @@ class TrainSet:
     and only those are recorded as learned from (:meth:`Operator.learned_from`).  Judgements of queries
     whose text is not given teach nothing: a warning on the ``ragkit`` logger says how many (and which).
     The arguments swapped, ``TrainSet(qrels, queries)``, are a :class:`DataError` saying so.
+
+    Without qrels (``TrainSet(queries)``, or empty qrels; ``None`` is refused) the set is unlabelled
+    (:attr:`labelled` False): a query log for the query bank of ``dbnorm`` / ``dbnorm_dense``, which read the
+    queries only.  A pipeline step that learns from judgements refuses it at fit.  Qrels given that judge
+    nothing relevant are refused.
     """
 
     queries: Queries
-    qrels: Qrels
+    qrels: Qrels = _NO_QRELS  # left out: {}, unlabelled (see __init__ below)
 
     if TYPE_CHECKING:  # what the constructor accepts; the attributes above are what it holds
         def __init__(self, queries: Queries | Mapping[Any, str] | pd.Series,
-                     qrels: Mapping[Any, Mapping[Any, int]] | pd.DataFrame | str | os.PathLike[str]) -> None: ...
+                     qrels: Mapping[Any, Mapping[Any, int]] | pd.DataFrame | str | os.PathLike[str] = ...
+                     ) -> None: ...
 
     def __post_init__(self) -> None:
         queries = self.queries
-        _refuse_swapped(queries, self.qrels)
+        if self.qrels is None:  # (data.qrels.get("train") of a split that has none?) said, not read as unlabelled
+            raise DataError("TrainSet: qrels must be a mapping {query_id: {doc_id: grade}}, got None; for queries "
+                            "without judgements (a dbnorm query bank) leave qrels out: TrainSet(queries)")
+        if self.qrels is not _NO_QRELS:
+            _refuse_swapped(queries, self.qrels)
         if isinstance(queries, Mapping):  # {query_id: text}
             queries = Queries.from_texts(queries)
         pd = sys.modules.get("pandas")
@@ -1120,7 +1158,10 @@ class TrainSet:
             raise DataError(f"TrainSet.queries: expected Queries(ids, texts) or a mapping {{query_id: text}} (the "
                             f"qrels are keyed by query id), got {_kind(queries)}{hint}")
         object.__setattr__(self, "queries", queries)
-        object.__setattr__(self, "qrels", check_qrels(_qrels_of(self.qrels), "TrainSet"))  # ids str, grades int
+        object.__setattr__(self, "qrels", {} if self.qrels is _NO_QRELS else
+                           check_qrels(_qrels_of(self.qrels), "TrainSet"))  # ids str, grades int
+        if not self.labelled:  # unlabelled: a query bank (dbnorm); a step that learns from judgements refuses it at fit
+            return
         if not any(any(v > 0 for v in rel.values()) for rel in self.qrels.values()):
             raise DataError("TrainSet qrels contain no positive judgement (relevance > 0); nothing to learn from")
         ids = set(self.queries.ids)
@@ -1153,6 +1194,11 @@ class TrainSet:
         ids = ", ".join(map(repr, self.queries.ids[:3])) + (", ..." if len(self.queries) > 3 else "")
         return (f"TrainSet({_count(len(self.queries), 'query', 'queries')} ({ids}), {judged} judged; qrels: "
                 f"{_count(len(self.qrels), 'query', 'queries')}, {_count(n, 'judgement')}, {relevant} relevant)")
+
+    @property
+    def labelled(self) -> bool:
+        """Whether the set holds judgements (qrels); ``False`` for ``TrainSet(queries)``, a query bank."""
+        return any(rel for rel in self.qrels.values())
 
     def judged(self) -> Queries:
         """The training queries with at least one judgement (any grade, 0 too), in their order: those a
