@@ -23,7 +23,7 @@ from ragkit.errors import ArtifactError, DataError, InputTypeError
 
 __all__ = ["atomic_file", "sha256_file", "folder_checksums", "verify_checksums", "saved_relpath", "check_inside",
            "utf8_lines", "shared_tempdir", "remove_stale_tempdirs", "share_like_umask", "share_file_like_umask",
-           "user_path", "folder_lock", "remove_stale_tempfiles"]
+           "user_path", "folder_lock", "remove_stale_tempfiles", "owner_tag", "owner_ended"]
 
 #: seconds a save waits for the loads of the folder it replaces to finish (then it replaces it anyway: those
 #: loads notice and load again); a load waits as long for a save's swap, which holds the lock for microseconds
@@ -46,13 +46,13 @@ def user_path(path: object, where: str) -> Path:
 def atomic_file(path: str | Path, *, owner: bool = False) -> Iterator[Path]:
     """Yield a unique temporary path beside ``path`` (same suffix, so ``np.save`` and
     ``safetensors`` keep the name), ``.<stem>.<pid>-<random>.tmp<suffix>``, or with ``owner=True``
-    ``.<stem>.<pid>@<host>-<random>.tmp<suffix>`` (one a killed process left behind is then found and
-    removed by :func:`remove_stale_tempfiles`, the rule of :func:`remove_stale_tempdirs`); when the block
-    ends it is renamed onto ``path``
-    (``os.replace``), and deleted if the block raises (a deletion that fails, on a read-only file system,
-    say, is ignored: the block's own error is the one raised).  A ``path`` that exists and is no regular file
-    (a folder, a pipe, a device) is an :class:`ArtifactError` before the block runs.  A symbolic link
-    to a file is written through, as ``open(path, "w")`` would: its target gets the new file, the link stays.
+    ``.<stem>.<pid>@<host>[@<pid namespace>]-<random>.tmp<suffix>`` (:func:`owner_tag`; one a killed process
+    left behind is then found and removed by :func:`remove_stale_tempfiles`, the rule of
+    :func:`remove_stale_tempdirs`); when the block ends it is renamed onto ``path`` (``os.replace``), and
+    deleted if the block raises (a deletion that fails, on a read-only file system, say, is ignored: the
+    block's own error is the one raised).  A ``path`` that exists and is no regular file (a folder, a pipe,
+    a device) is an :class:`ArtifactError` before the block runs.  A symbolic link to a file is written
+    through, as ``open(path, "w")`` would: its target gets the new file, the link stays.
 
     Examples
     --------
@@ -69,7 +69,7 @@ def atomic_file(path: str | Path, *, owner: bool = False) -> Iterator[Path]:
     if os.path.lexists(path) and not path.is_file():  # a rename would replace a folder's name, a pipe or a device
         raise ArtifactError(f"{path}: exists and is not a regular file (a folder, pipe or device); expected a path "
                             "to write a file to")
-    tag = f"{os.getpid()}@{_hostname()}" if owner else str(os.getpid())
+    tag = owner_tag() if owner else str(os.getpid())
     tmp = path.with_name(f".{path.stem}.{tag}-{secrets.token_hex(4)}.tmp{path.suffix}")
     try:
         yield tmp
@@ -113,17 +113,21 @@ def sha256_file(path: str | Path) -> str:
 
 
 def folder_checksums(folder: Path) -> dict[str, str]:
-    """``{relative path: sha256}`` of every file under ``folder``, sorted by path."""
+    """``{relative path: sha256}`` of every file under ``folder``, sorted by path; paths with ``/`` whatever the
+    system (a save written on Windows loads on Linux and the other way round)."""
     files = sorted(p for p in folder.rglob("*") if p.is_file())
-    return {str(p.relative_to(folder)): sha256_file(p) for p in files}
+    return {p.relative_to(folder).as_posix(): sha256_file(p) for p in files}
 
 
 def saved_relpath(folder: Path, rel: object, record: str) -> str:
     """``rel``, a path a save's own record (``record``: "manifest.json's sha256", ...) lists, normalised
     (``os.path.normpath``), after checking that it names something inside ``folder``: an absolute path, a
     drive, one leading out with ``..``, the folder itself or a NUL byte is an :class:`ArtifactError` (a
-    crafted record would otherwise make ragkit read, and hash, files outside the save)."""
+    crafted record would otherwise make ragkit read, and hash, files outside the save).  A ``\\`` separates
+    folders too (a record written on Windows by an older ragkit), unless a file of that very name is there."""
     text = rel if isinstance(rel, str) else ""
+    if "\\" in text and os.sep == "/" and "\x00" not in text and not os.path.lexists(os.path.join(folder, text)):
+        text = text.replace("\\", "/")
     norm = os.path.normpath(text) if text and "\x00" not in text else ""
     parts = Path(norm).parts
     if not norm or os.path.isabs(norm) or os.path.splitdrive(norm)[0] or norm in (".", "..") \
@@ -313,33 +317,31 @@ def shared_tempdir(parent: Path, prefix: str) -> Path:
     """A new temporary folder in ``parent`` with the permissions of a plain ``mkdir``, to be
     renamed into place when complete.
 
-    Its name is ``prefix`` + ``<pid>@<host>-`` + random characters; folders of that prefix left by a
+    Its name is ``prefix`` + :func:`owner_tag` + ``-`` + random characters; folders of that prefix left by a
     process of this host that no longer runs (a save killed midway) are removed first
     (:func:`remove_stale_tempdirs`), so a killed save does not leave its partial copy for good."""
-    import socket
     import tempfile
 
     remove_stale_tempdirs(parent, prefix)
-    tmp = Path(tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}@{socket.gethostname()}-", dir=parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f"{prefix}{owner_tag()}-", dir=parent))
     share_like_umask(tmp)
     return tmp
 
 
 def remove_stale_tempdirs(parent: Path, prefix: str) -> list[Path]:
-    """Remove the folders in ``parent`` named ``prefix<pid>@<host>-...`` by :func:`shared_tempdir`
-    whose process ran on this host and has ended; returns them.  A folder of a live process, of
+    """Remove the folders in ``parent`` named ``prefix<owner tag>-...`` by :func:`shared_tempdir`
+    whose process has ended (:func:`owner_ended`); returns them.  A folder of a live process, of
     another host (a shared file system) or without that name is left alone."""
     import shutil
-    import socket
 
-    host = socket.gethostname()
+    host = _hostname()
     removed = []
     try:
         entries = [e for e in Path(parent).iterdir() if e.name.startswith(prefix) and e.is_dir()]
     except OSError:
         return []
     for entry in entries:
-        if not owner_ended(entry.name, prefix, host):
+        if not owner_ended(entry.name, prefix, host, path=entry):
             continue
         shutil.rmtree(entry, ignore_errors=True)
         removed.append(entry)
@@ -357,7 +359,7 @@ UNTAGGED_TEMPFILE_AGE_S = 24 * 3600.0
 
 def remove_stale_tempfiles(folder: Path) -> list[tuple[Path, int]]:
     """Remove the temporary files of :func:`atomic_file` in ``folder`` whose writer has ended: those named
-    with ``owner=True`` (``.<stem>.<pid>@<host>-...``) whose process ran on this host and no longer runs
+    with ``owner=True`` (``.<stem>.<owner tag>-...``) whose process ran on this host and no longer runs
     (:func:`owner_ended`, the rule of :func:`remove_stale_tempdirs`), and untagged ones (``.<stem>.<pid>-...``,
     written by an older ragkit) whose process id runs nowhere here and which nobody has written for
     :data:`UNTAGGED_TEMPFILE_AGE_S` (a writer on another host of a shared disk keeps writing its file).
@@ -379,7 +381,7 @@ def remove_stale_tempfiles(folder: Path) -> list[tuple[Path, int]]:
             if not stat.S_ISREG(st.st_mode):
                 continue
             if m.group(3) is not None:
-                if not owner_ended(entry.name, m.group(1), host):
+                if not owner_ended(entry.name, m.group(1), host, path=entry):
                     continue
             elif _alive(int(m.group(2))) or now - st.st_mtime < UNTAGGED_TEMPFILE_AGE_S:
                 continue
@@ -396,18 +398,67 @@ def _hostname() -> str:
     return socket.gethostname()
 
 
-def owner_ended(name: str, prefix: str, host: str | None = None) -> bool:
-    """Whether the process that made the folder ``name`` (``prefix<pid>@<host>-...``, :func:`shared_tempdir`) ran
-    on this host (``host``: its name, looked up when not given) and has ended; ``False`` for a live process,
-    another host's (which this one cannot tell) or a name of another shape."""
-    import socket
+def owner_tag() -> str:
+    """What names this process in the temporary files and folders it writes (:func:`atomic_file` with
+    ``owner=True``, :func:`shared_tempdir`): ``<pid>@<host>``, and ``@<pid namespace>`` (a number) where the
+    system has PID namespaces (Linux): containers of one host sharing its name (``docker --network host``) and a
+    folder each have their own process ids, which :func:`owner_ended` then does not judge from another's."""
+    ns = _pid_namespace()
+    return f"{os.getpid()}@{_hostname()}" + (f"@{ns}" if ns is not None else "")
 
+
+def _pid_namespace() -> int | None:
+    """The identity (inode number) of this process's PID namespace, ``None`` where there is none to read."""
+    try:
+        return os.stat("/proc/self/ns/pid").st_ino
+    except (OSError, ValueError):
+        return None
+
+
+#: seconds a temporary file or folder of a process of this host but another PID namespace (another container)
+#: stays untouched since it was last written before :func:`owner_ended` takes it for an ended writer's (its
+#: process id means nothing here)
+FOREIGN_NAMESPACE_AGE_S = 24 * 3600.0
+
+
+def owner_ended(name: str, prefix: str, host: str | None = None, path: Path | None = None) -> bool:
+    """Whether the process that made the file or folder ``name`` (``prefix<owner tag>-...``, :func:`owner_tag`)
+    ran on this host (``host``: its name, looked up when not given) and has ended; ``False`` for a live process,
+    another host's (which this one cannot tell) or a name of another shape.  A tag of another PID namespace of
+    this host (another container) is judged by age instead: ended once ``path`` (the file or folder, given) has
+    not been written for :data:`FOREIGN_NAMESPACE_AGE_S` (never, without ``path``); a tag without a namespace
+    (``<pid>@<host>``, an older ragkit's or a system without namespaces) by its process id, as before."""
     pid, at, where = name[len(prefix):].rsplit("-", 1)[0].partition("@")
-    return bool(at) and pid.isdigit() and where == (host or socket.gethostname()) and not _alive(int(pid))
+    where, _, ns = where.partition("@")
+    if not at or not pid.isdigit() or where != (host or _hostname()):
+        return False
+    if not ns:
+        return not _alive(int(pid))
+    if ns == str(_pid_namespace()):
+        return not _alive(int(pid))
+    return path is not None and _idle(path, FOREIGN_NAMESPACE_AGE_S)
+
+
+def _idle(path: Path, age_s: float) -> bool:
+    """Whether nothing at ``path`` (a file, or a folder and everything in it) was written for ``age_s`` seconds."""
+    since = time.time() - age_s
+    try:
+        if path.lstat().st_mtime >= since:
+            return False
+        if path.is_dir() and not path.is_symlink():
+            for root, dirs, files in os.walk(path):
+                for n in (*dirs, *files):
+                    if os.lstat(os.path.join(root, n)).st_mtime >= since:
+                        return False
+    except OSError:
+        return False
+    return True
 
 
 def _alive(pid: int) -> bool:
     """Whether process ``pid`` runs on this machine (one of another user counts as running)."""
+    if os.name == "nt":  # (signal 0 is CTRL_C_EVENT there: os.kill would interrupt the process)
+        return _alive_nt(pid)
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -415,6 +466,24 @@ def _alive(pid: int) -> bool:
     except (PermissionError, OverflowError, OSError):
         return True
     return True
+
+
+def _alive_nt(pid: int) -> bool:
+    """:func:`_alive` on Windows: ``OpenProcess`` finds the process and it has no exit code yet; one that
+    cannot be opened for another reason than not existing (access denied) counts as running."""
+    import ctypes
+
+    kernel32 = ctypes.windll.kernel32  # type: ignore[attr-defined]
+    handle = kernel32.OpenProcess(0x1000, False, pid)  # PROCESS_QUERY_LIMITED_INFORMATION
+    if not handle:
+        return kernel32.GetLastError() != 87  # ERROR_INVALID_PARAMETER: no such process
+    try:
+        code = ctypes.c_ulong()
+        if not kernel32.GetExitCodeProcess(handle, ctypes.byref(code)):
+            return True
+        return code.value == 259  # STILL_ACTIVE
+    finally:
+        kernel32.CloseHandle(handle)
 
 
 def check_npy_size(path: Path) -> None:

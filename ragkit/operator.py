@@ -1103,7 +1103,8 @@ def _foreign_files(folder: Path) -> list[str]:
         if isinstance(listed, dict):
             own = {*listed, name}
             return sorted(rel for p in folder.rglob("*") if not p.is_dir()
-                          and (rel := str(p.relative_to(folder))) not in own)
+                          and (rel := p.relative_to(folder).as_posix()) not in own and rel.replace("/", "\\") not in
+                          own)
     return []
 
 

@@ -3,16 +3,22 @@
 One folder per model key, holding shards (``<uuid>.npy`` vectors + ``<uuid>.keys.npy``
 16-byte BLAKE2 digests of the texts).  New vectors are written as a new shard through a
 temporary file renamed into place, so concurrent or interrupted writers never corrupt
-what is there; the temporary files of a writer killed midway are removed by the next process of
-the same host that writes to the folder (:func:`sweep_stale_tempfiles`).  A second encoding of the
-same texts with the same model reads them back and encodes nothing.
+what is there; the temporary files of a writer killed midway, and the vectors of a shard it was killed
+before finishing (no keys file), are removed by the next process of the same host that writes to the
+folder (:func:`sweep_stale_tempfiles`).  A second encoding of the same texts with the same model reads
+them back and encodes nothing; an encoding interrupted midway keeps the chunks of
+:data:`COMPUTE_CHUNK` texts it finished.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import os
+import re
+import sys
 import threading
+import time
 import uuid
 import warnings
 from pathlib import Path
@@ -31,6 +37,19 @@ _log = logging.getLogger(__name__)
 #: bytes of cached rows :meth:`EmbeddingCache.get` copies at once from a shard (one gather of the whole corpus
 #: held a temporary copy of it beside the result: 1.5 GB more at 1M x 384 float32)
 GATHER_BYTES = 1 << 24
+
+#: texts :meth:`EmbeddingCache.fetch_or_compute` computes and stores at once: an encoding interrupted midway keeps
+#: the chunks it finished (the next one computes only the rest), and holds one chunk's fresh vectors at a time
+#: beside the result
+COMPUTE_CHUNK = 50_000
+
+#: seconds a shard's vectors without its keys file stay untouched before :func:`sweep_stale_tempfiles` removes
+#: them (a writer killed between the renames of its files left them; one writing now renames its keys in
+#: moments)
+ORPHAN_SHARD_AGE_S = 3600.0
+
+#: a file of a shard, ``<32 hex characters>.<part>.npy`` (the vectors: ``<name>.npy``)
+_SHARD_FILE = re.compile(r"([0-9a-f]{32})((?:\.[a-z]+)?)\.npy")
 
 #: cache folders this process has swept of stale temporary files (once per folder and process)
 _SWEPT: set[Path] = set()
@@ -60,20 +79,48 @@ def atomic_file(path: Path) -> ContextManager[Path]:
 
 def sweep_stale_tempfiles(folder: Path) -> int:
     """Remove the temporary files that writers of the cache ``folder`` killed midway left there (their
-    process ran on this host and has ended: :func:`ragkit._files.remove_stale_tempfiles`), once per folder
-    and process; what was freed is logged at INFO.  Returns the bytes freed (0 on later calls).
-    :func:`write_cache_files` calls it before writing."""
+    process ran on this host and has ended: :func:`ragkit._files.remove_stale_tempfiles`), and the files of
+    shards without their keys file (``<name>.keys.npy``, renamed last) written more than
+    :data:`ORPHAN_SHARD_AGE_S` ago (a writer killed between its renames), once per folder and process; what
+    was freed is logged at INFO.  Returns the bytes freed (0 on later calls).  :func:`write_cache_files`
+    calls it before writing."""
     folder = Path(folder)
     with _SWEPT_LOCK:
         if folder in _SWEPT:
             return 0
         _SWEPT.add(folder)
-    removed = remove_stale_tempfiles(folder)
+    removed = remove_stale_tempfiles(folder) + _remove_orphan_shards(folder)
     freed = sum(size for _, size in removed)
     if removed:
         _log.info("ragkit: removed %d temporary file(s) of ended writers from the cache %s (%s bytes freed)",
                   len(removed), folder, f"{freed:,}")
     return freed
+
+
+def _remove_orphan_shards(folder: Path) -> list[tuple[Path, int]]:
+    """Remove the files ``<name>.npy`` / ``<name>.<part>.npy`` of shards whose ``<name>.keys.npy`` is missing,
+    unwritten for :data:`ORPHAN_SHARD_AGE_S`; ``(path, bytes)`` of each removed."""
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return []
+    have = set(names)
+    since = time.time() - ORPHAN_SHARD_AGE_S
+    removed = []
+    for fname in names:
+        m = _SHARD_FILE.fullmatch(fname)
+        if m is None or m.group(2) == ".keys" or f"{m.group(1)}.keys.npy" in have:
+            continue
+        path = folder / fname
+        try:
+            st = path.lstat()
+            if st.st_mtime >= since or (folder / f"{m.group(1)}.keys.npy").exists():
+                continue
+            path.unlink()
+        except OSError:
+            continue
+        removed.append((path, int(st.st_size)))
+    return removed
 
 
 def write_shard(folder: Path, key: str, arrays: Sequence[tuple[str, CacheFile]]) -> str | None:
@@ -88,16 +135,17 @@ def write_shard(folder: Path, key: str, arrays: Sequence[tuple[str, CacheFile]])
     files: list[tuple[str, CacheFile]] = [("MODEL", key)]
     ok = write_cache_files(folder, files + [(f"{name}{suffix}", arr) for suffix, arr in arrays],
                            "the vectors are used but not cached. Set RAGKIT_CACHE to a writable folder, or pass "
-                           "cache=False", stacklevel=4)
+                           "cache=False")
     return name if ok else None
 
 
 def write_cache_files(folder: Path, files: Sequence[tuple[str, CacheFile]], instead: str,
-                      stacklevel: int = 3) -> bool:
+                      stacklevel: int | None = None) -> bool:
     """Write ``(file name, text, array or writer)`` pairs into the cache ``folder`` (arrays as ``.npy``,
     each file through a temporary file renamed into place, in order).  Returns False when the folder
     cannot be written (a read-only or full cache): the files written are removed and a
-    ``RuntimeWarning`` says so, ending with ``instead`` (what the caller does without the cache)."""
+    ``RuntimeWarning`` says so, ending with ``instead`` (what the caller does without the cache); it points
+    at the first caller outside ragkit (``stacklevel``, when given, counts from this function instead)."""
     written: list[Path] = []
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -120,9 +168,20 @@ def write_cache_files(folder: Path, files: Sequence[tuple[str, CacheFile]], inst
             except OSError:
                 pass
         warnings.warn(f"ragkit: the cache {folder} cannot be written ({type(e).__name__}: {e}); {instead}",
-                      RuntimeWarning, stacklevel=stacklevel)
+                      RuntimeWarning, stacklevel=_outside_ragkit() if stacklevel is None else stacklevel)
         return False
     return True
+
+
+def _outside_ragkit() -> int:
+    """The ``stacklevel`` a ``warnings.warn`` made by the caller of this function gives to point at the first
+    frame outside the ragkit package (the user's line: a warning pointing into ragkit tells nothing)."""
+    frame = sys._getframe(1)  # (the function calling warnings.warn: stacklevel 1)
+    level = 1
+    while frame.f_back is not None and frame.f_globals.get("__name__", "").partition(".")[0] == "ragkit":
+        frame = frame.f_back
+        level += 1
+    return level
 
 
 class _Sized(Protocol):
@@ -349,14 +408,22 @@ class EmbeddingCache(ShardStore[np.ndarray]):
 
     def fetch_or_compute(self, texts: list[str], compute: Callable[[list[str]], np.ndarray]) -> tuple[np.ndarray, int]:
         """Vectors of ``texts`` ``(n, dim)``: cached rows read back, the others computed with ``compute``
-        (called once, on the missing texts in order) and stored.  Returns ``(vectors, number computed)``."""
+        (called on the missing texts in order, :data:`COMPUTE_CHUNK` at a time) and stored a chunk at a time (a
+        shard each: an interrupted run keeps the chunks it finished).  Returns ``(vectors, number computed)``."""
         digests = text_digests(texts)
         cached, hit = self.get(digests)
         miss = np.flatnonzero(~hit)
         if len(miss) == 0:
             return cached, 0  # type: ignore[return-value]
-        fresh = compute([texts[i] for i in miss])
-        self.put(digests[miss], fresh)
-        out = cached if cached is not None else np.zeros((len(texts), fresh.shape[1]), np.float32)
-        out[miss] = fresh
+        out = cached
+        step = max(1, int(COMPUTE_CHUNK))
+        for a in range(0, len(miss), step):  # a loop over chunks of texts, each computed as one batch
+            rows = miss[a:a + step]
+            fresh = compute([texts[i] for i in rows])
+            self.put(digests[rows], fresh)
+            if out is None:
+                out = np.zeros((len(texts), fresh.shape[1]), np.float32)
+            out[rows] = fresh
+            del fresh
+        assert out is not None
         return out, len(miss)

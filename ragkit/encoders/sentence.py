@@ -130,23 +130,41 @@ def model_fingerprint(path: str) -> str:
 
     Content, not names or sizes: a fine-tuned copy of a model has the same file sizes but
     must never share cached vectors (or KV caches) with its base model; a copied folder or file
-    keeps its caches.  A folder that is no model folder is a :class:`ParamError` (:func:`model_files`).
+    keeps its caches.  A folder that is no model folder is a :class:`ParamError` (:func:`model_files`), and
+    so is a local path (absolute, or starting with ``./``, ``../`` or ``~``) that does not exist: the model
+    folder was moved or deleted (a hub id of that name cannot exist).  File names enter the hash with ``/``
+    whatever the system, so a folder's fingerprint is the same on Windows and Linux.
     """
     p = Path(path)
     if p.is_file():
         files, tag = [p], "file"
     elif p.is_dir():
         files, tag = model_files(p), "st"
+    elif _local_path(path):
+        if path.startswith("~") and os.path.exists(os.path.expanduser(path)):
+            raise ParamError(f"model {path!r}: a model's path is read as it is, without expanding '~' (no folder of "
+                             f"that name here); name it as {os.path.expanduser(path)!r}", path="model")
+        raise ParamError(f"model {path!r} names a folder that does not exist (a local model folder or file: moved or "
+                         "deleted, or the path is misspelled): put the model back at that path, or name where it is "
+                         "now; a saved operator or pipeline names its model in its params.json (and pipeline.yaml): "
+                         "load it where the model is at that path, or fit it again with the model's new path",
+                         path="model")
     else:
         return path
     h = hashlib.sha1()
     for f in files:
         if tag == "st":
-            h.update(str(f.relative_to(p)).encode())
+            h.update(f.relative_to(p).as_posix().encode())
         with open(f, "rb") as fh:
             for block in iter(lambda: fh.read(1 << 22), b""):
                 h.update(block)
     return f"{tag}-{h.hexdigest()[:16]}"
+
+
+def _local_path(model: str) -> bool:
+    """Whether ``model`` can only be a local path, not a hub id: absolute, or starting with ``./``, ``../``
+    or ``~`` (``\\`` as separator too)."""
+    return os.path.isabs(model) or model.startswith(("./", "../", ".\\", "..\\", "~")) or model in (".", "..")
 
 
 def hub_offline() -> bool:
