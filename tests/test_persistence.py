@@ -445,7 +445,7 @@ def test_a_save_killed_midway_leaves_no_partial_copy_for_good(tmp_path, corpus):
     _, err = proc.communicate()
     assert proc.returncode == -signal.SIGKILL, err.decode()
     left = [p.name for p in tmp_path.iterdir() if p.name.startswith(".ix.tmp-")]
-    assert len(left) == 1 and left[0].startswith(f".ix.tmp-{proc.pid}@{socket.gethostname()}-"), left
+    assert len(left) == 1 and left[0].startswith(f".ix.tmp-{proc.pid}@{socket.gethostname()}"), left
     assert Operator.load(target).search(["red apples"]).doc_ids[0].size  # the earlier save is intact
     live = tmp_path / f".ix.tmp-{os.getpid()}@{socket.gethostname()}-live"  # this process: still running
     other = tmp_path / f".ix.tmp-{proc.pid}@another-host-xyz"  # another machine's, on a shared disk
