@@ -381,14 +381,17 @@ class DBNorm(_BankOperator):
       activation set; an inactive factor stays ``beta_x * s`` (never the raw cosine, which
       the reference code substitutes and which can flip signs).
 
-    Banks: query bank = training queries (``train`` given to fit) or, without them,
-    first sentences of random documents; gallery bank = the corpus (or a sample), with each
+    Banks: query bank = training queries (``train`` given to fit; their judgements are not read, so a
+    query log without them will do: ``TrainSet(queries)``; blank texts are left out with a warning) or, without
+    them, first sentences of random documents; gallery bank = the corpus (or a sample), with each
     document's self-similarity dropped (a one-document corpus leaves these corpus-drawn banks
     nothing: their factor is left out, as nothing can be reordered).  ``model`` must be the
     dense retriever's: a pipeline refuses another at fit.  ``log Z`` and activation masks are computed at fit
     (chunked log-sum-exp), so search is one gather per candidate plus a per-query sort.
 
-    Input: a ranking of raw cosines (``dense | dbnorm``); only those candidates are
+    Input: a ranking of raw cosines (``dense | dbnorm``; a pipeline refuses a dense with ``reduce`` or
+    ``dtype: b1`` unless it has ``rescore: true``: its scores are not the full-dimension cosines the penalties
+    are computed from); only those candidates are
     re-scored (shape ``(B, K)`` -> same rows, new order).  Output scores are the log-space
     normalised scores (float32); raw cosines stay in ``fields["cosine"]``.  A document a hub
     pushed out of dense's top-``K`` stays out: :class:`DBNormDense` (``dbnorm_dense``) retrieves

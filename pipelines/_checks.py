@@ -406,8 +406,9 @@ def cosine_source_problem(op: Operator, path: str = "pipeline") -> ConfigError |
     nearest retriever step before it: in its list, else before the parallel or route branch it is in (a
     route's branches each bring their own; a loop's body may also get its own last iteration's).  A
     ``bm25``, ``muvera`` or ``sharded`` (but a sharded ``dense``/``knn_embed``) leaf, a ``dense`` with
-    ``metric: ip``, a ``parallel`` (fused scores: RRF's are reciprocal ranks) and a step that writes scores
-    of its own in between (a reranker: ``mmr``, ``maxsim``, ``dbnorm``; a ``cosine_adapter``) are refused,
+    ``metric: ip`` (for ``dbnorm`` also one with ``reduce`` or ``dtype: b1`` and no ``rescore``:
+    :func:`_approximate_cosines`), a ``parallel`` (fused scores: RRF's are reciprocal ranks) and a step that
+    writes scores of its own in between (a reranker: ``mmr``, ``maxsim``, ``dbnorm``; a ``cosine_adapter``) are refused,
     naming both steps; at search they failed with no step named (``bm25 | dbnorm``), or ran silently on other scores
     (a hybrid's RRF scores, a dense's inner products).  Whether the model is the retriever's is
     :func:`encoder_mismatch`'s check.
