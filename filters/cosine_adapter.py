@@ -418,9 +418,6 @@ class CosineAdapter(Operator):
         t0 = time.perf_counter()
         if train is None:  # fit refuses it first (train_refusal)
             raise DataError(_NEEDS_TRAIN)
-        if not train.labelled:  # TrainSet(queries): a query bank (a pipeline's fit refuses it first)
-            raise DataError(f"cosine_adapter.fit learns from judged queries, but the TrainSet has no judgements "
-                            f"({len(train.queries)} queries, no qrels); give TrainSet(queries, qrels)")
         encoder = get_encoder(self.params.model)
         if upstream is None or upstream.rankings is None:
             from ragkit.retrievers.dense import Dense

@@ -364,6 +364,10 @@ class Operator:
         refusal = self.train_refusal() if train is None else None
         if refusal is not None:  # before any state changes: a refused refit keeps what was fitted
             raise refusal
+        if train is not None and not train.labelled and self.learns:  # TrainSet(queries): a query bank only
+            raise DataError(f"{self.name}.fit learns from judged queries, but the TrainSet has no "
+                            f"judgements ({len(train.queries)} queries, no qrels: a query bank, which dbnorm reads); "
+                            "give TrainSet(queries, qrels)")
         own = getattr(self.params, "filter", None)
         if own is not None:  # a field the corpus lacks would fail every search
             try:

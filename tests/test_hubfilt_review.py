@@ -198,3 +198,16 @@ def test_numeric_ids(cls):
     for bad in (np.array([np.nan, 1.0]), [float("nan"), 1], [1, float("inf")]):
         with pytest.raises(DataError, match=rf"{name}\.ids\[\d\] is (nan|inf), not an id"):
             cls(bad, ["a", "b"])
+
+
+def test_unlabelled_trainset_refused_by_any_learner_fitted_on_its_own():
+    """Operator.fit refused a query bank only in CosineAdapter's own _fit; a learned fuser or a learned threshold
+    fitted alone reached later, vaguer errors."""
+    from ragkit.pipelines.fusion import RRF, WeightedFusion
+
+    queries = Queries.from_texts([f"topic{i}" for i in range(20)])
+    for op in (RRF(learn=True), WeightedFusion(learn=True)):
+        assert op.learns
+        with pytest.raises(DataError, match=rf"{op.name}.fit learns from judged queries, but the TrainSet has no "
+                                            r"judgements \(20 queries"):
+            op.fit(_corpus(), TrainSet(queries))
