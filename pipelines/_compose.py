@@ -472,6 +472,13 @@ class Pipeline(Composite):
         """
         from ragkit.pipelines._checks import check_trainable, unranked_router
 
+        if _seen is None:  # before any work (a reranker's fit encodes the whole corpus), as search refuses it;
+            # one whose fit does nothing (stateless steps only, or none) is refused at search as before
+            leaves = list(iter_leaves(self))
+            if not any(leaf.kind == "retriever" for leaf in leaves) and not all(leaf.stateless for leaf in leaves):
+                raise ParamError("this pipeline has no retriever (its operators: "
+                                 f"{', '.join(sorted({_label(leaf) for leaf in leaves}))}), so no query would get a "
+                                 "document; start it with one, e.g. bm25 or dense", path=_path)
         if backend != "local":
             from ragkit import scale
 

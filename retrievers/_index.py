@@ -134,6 +134,21 @@ def _i8_symmetric(x: np.ndarray, scale: np.ndarray | np.floating | float) -> np.
     return np.clip(np.rint(x * scale), -127, 127).astype(np.int8)
 
 
+def _f16_queries(q: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """Float16 codes of the queries ``q`` ``(n, d)`` for the graph, and the per-query scale they carry
+    (None: every query cast unchanged).  A query with a value past float16's range (an ``ip`` index's
+    queries can be far larger than its documents: MUVERA's at a large ``mean_weight`` reach ~50 x it)
+    would be cast to inf and find nothing; it is halved until it fits (a power of two: its float16
+    rounding is unchanged), and its inner products are divided by the scale."""
+    big = np.abs(q).max(axis=1) if q.size else np.zeros(len(q), np.float32)
+    over = big > F16_MAX
+    if not over.any():
+        return q.astype(np.float16), None
+    scale = np.ones(len(q), np.float32)
+    scale[over] = np.exp2(-np.ceil(np.log2(big[over] / F16_MAX)))
+    return (q * scale[:, None]).astype(np.float16), scale
+
+
 def parse_reduce(reduce: str) -> tuple[str, int]:
     """``"pca:128"`` -> ``("pca", 128)``; ``"none"`` -> ``("none", 0)``."""
     m = re.fullmatch(r"(none)|(pca|matryoshka):([1-9][0-9]*)", reduce)
@@ -1100,10 +1115,13 @@ class VectorIndex:
         from usearch.index import MetricKind
 
         graph = self._graph()
+        q_scale: np.ndarray | None = None  # per query: the scale its codes carry (i8; f16 past float16's range)
         if self.dtype == "i8":  # the corpus's scale, shrunk per query where it would clip: an ``ip``
             # index's queries can be far larger than its documents (MUVERA: token sums vs means)
             q_scale = np.minimum(self.i8_scale, 127.0 / np.maximum(np.abs(qr).max(axis=1), 1e-30)).astype(np.float32)
             q = _i8_symmetric(qr, q_scale[:, None])
+        elif self.dtype == "f16":
+            q, q_scale = _f16_queries(qr)
         else:
             q = self._codes(qr, for_usearch=True)
         m = self._graph_search(q, kk, ef)
@@ -1115,9 +1133,10 @@ class VectorIndex:
         dist = np.where(valid, dist, np.float32(0.0))  # padding past the hits holds NaN: never compute on it
         if self.dtype == "b1":
             s = -dist
-        elif self.dtype == "i8" and graph.metric_kind == MetricKind.IP:  # integer dot of the codes
-            s = (1.0 - dist) / (np.float32(self.i8_scale) * q_scale[:, None])
-        else:  # f32 / f16 inner product, or an i8 cosine graph saved by an earlier version
+        elif q_scale is not None and graph.metric_kind == MetricKind.IP:  # the dot of the scaled codes
+            carried = (np.float32(self.i8_scale) * q_scale[:, None]) if self.dtype == "i8" else q_scale[:, None]
+            s = (1.0 - dist) / carried
+        else:  # f32 / f16 inner product (or cosine: no scale matters), or an i8 cosine graph of an earlier version
             s = 1.0 - dist
         return np.where(valid, s, -np.inf).astype(np.float32), np.where(valid, keys, -1)
 

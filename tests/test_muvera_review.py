@@ -627,3 +627,107 @@ def test_muvera_refuses_a_d_proj_wider_than_the_tokens(monkeypatch):
     monkeypatch.setattr(TokenOperatorMixin, "_fit_tokens", no_encoding)
     with pytest.raises(ParamError, match="d_proj \\(500\\) is larger than the 384-d token vectors"):
         Muvera(k=5, candidates=10, k_sim=2, d_proj=500, r_reps=2).fit(_corpus(30))
+
+
+# ------------------------------------------------------------------------------ review 2: f16 graph queries
+def test_an_f16_graph_finds_queries_past_float16s_range():
+    """An ``ip`` f16 graph cast each query to float16 as is: MUVERA's queries at a large mean_weight (~50 x it:
+    above ~1,300) became inf and the search returned nothing, silently ('overflow encountered in cast').  Such a
+    query is now shrunk by a power of two for the graph and its inner products scaled back; a query within
+    float16's range is searched exactly as before."""
+    from ragkit.retrievers._index import F16_MAX, VectorIndex
+
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((400, 16)).astype(np.float32)
+    q = rng.standard_normal((3, 16)).astype(np.float32)
+    f16 = VectorIndex(dtype="f16", metric="ip", search="hnsw").build(x)
+    f32 = VectorIndex(dtype="f32", metric="ip", search="hnsw").build(x)
+    assert f16.backend == "hnsw"
+    rows, scores = f16.search(q, 5)
+    for factor in (2.0 ** 17, 1e5, 3e7):
+        big = q * np.float32(factor)
+        big[1] = q[1]  # one query of the batch within range
+        assert np.abs(big[0]).max() > F16_MAX
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # no 'overflow encountered in cast'
+            got_rows, got_scores = f16.search(big, 5)
+        assert (got_rows >= 0).all() and np.isfinite(got_scores).all()
+        assert np.array_equal(got_rows, f32.search(big, 5)[0])
+        assert np.allclose(got_scores[[0, 2]], scores[[0, 2]] * np.float32(factor), rtol=1e-3)
+        assert np.array_equal(got_rows[1], rows[1]) and np.array_equal(got_scores[1], scores[1])  # unchanged
+
+
+def test_an_f16_muvera_graph_at_a_large_mean_weight_finds_its_results(monkeypatch):
+    from ragkit.retrievers import Muvera
+
+    rng = np.random.default_rng(12)
+    _inject(monkeypatch, _token_sets(rng, 200, 2, 12, 8), _token_sets(rng, 2, 30, 40, 8))
+    kw = dict(k=10, candidates=20, k_sim=2, d_proj=8, r_reps=20, mean_weight=2000, search="hnsw")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = Muvera(fde_dtype="f16", **kw).fit(_corpus(200)).search(["a", "b"])
+    want = Muvera(fde_dtype="f32", **kw).fit(_corpus(200)).search(["a", "b"])
+    assert [len(r) for r in got.doc_ids] == [10, 10]
+    assert [list(r) for r in got.doc_ids] == [list(r) for r in want.doc_ids]
+
+
+# ------------------------------------------------------------------------------ review 2: no retriever at fit
+@pytest.mark.parametrize("text", ["pipeline: [maxsim: {}]", "pipeline: [{maxsim: {}}, {top_k: {k: 3}}]"])
+def test_a_pipeline_without_a_retriever_is_refused_at_fit_before_encoding(monkeypatch, text):
+    """``pipeline: [maxsim: {}]`` encoded the whole corpus's tokens at fit, and only search refused it ("this
+    pipeline has no retriever"), whereas ``[maxsim, bm25]`` was refused at fit before any encoding."""
+    from ragkit.filters import MaxSim, TopK
+    from ragkit.pipelines import Pipeline
+    from ragkit.pipelines.yaml import load_yaml
+    from ragkit.retrievers.muvera import TokenOperatorMixin
+
+    def no_encoding(*args, **kwargs):
+        raise AssertionError("encoded the corpus")
+
+    monkeypatch.setattr(TokenOperatorMixin, "_fit_tokens", no_encoding)
+    for pipe in (load_yaml(text), Pipeline([MaxSim()])):
+        with pytest.raises(ParamError, match=r"^this pipeline has no retriever \(its operators: maxsim"):
+            pipe.fit(_corpus(5))
+        assert not pipe.steps[0].is_fitted
+    Pipeline([]).fit(_corpus(5))  # nothing to do at fit (no steps, or stateless ones): refused at search, as before
+    Pipeline([TopK(k=3)]).fit(_corpus(5))
+
+
+# ------------------------------------------------------------------------------ review 2: a model that cannot load
+@pytest.mark.parametrize("make", ["maxsim", "maxsim_exact", "muvera", "muvera_identity"])
+def test_a_model_that_cannot_be_loaded_is_named_with_the_operators_parameter(monkeypatch, make):
+    """``MaxSim(model='no/such-model-xyz').fit(c)`` raised "model 'no/such-model-xyz' is neither a local folder
+    nor in the Hugging Face cache..." without the ``maxsim.model:`` a missing folder gets: the model loads
+    lazily, at the first encode, outside the prefixing ``token_encoder`` does."""
+    from ragkit.filters import MaxSim
+    from ragkit.retrievers import MaxSimExact, Muvera
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    name = "no/such-model-xyz"
+    op = {"maxsim": lambda: MaxSim(model=name), "maxsim_exact": lambda: MaxSimExact(model=name),
+          "muvera": lambda: Muvera(model=name),
+          "muvera_identity": lambda: Muvera(model=name, projection="identity")}[make]()
+    where = make.replace("_identity", "")
+    with pytest.raises(ParamError, match=f"^{where}\\.model: model 'no/such-model-xyz' is neither a local folder") \
+            as e:
+        op.fit(_corpus(3))
+    assert e.value.path == f"{where}.model"
+
+
+def test_a_model_that_cannot_be_loaded_at_search_is_named_too(monkeypatch):
+    """The same at the query's encode (a fitted operator whose model went away)."""
+    from ragkit.pipelines import Pipeline
+    from ragkit.retrievers import BM25, Muvera
+    from ragkit.retrievers.muvera import TokenOperatorMixin
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(TokenOperatorMixin, "_fit_tokens", lambda self, corpus, train=None: setattr(
+        self, "tokens_", _token_sets(np.random.default_rng(13), 30, 1, 5, 8)))
+    from ragkit.filters import MaxSim
+
+    for pipe, where in ((Pipeline([Muvera(model="no/such-model-xyz", k=5, candidates=10, k_sim=2, d_proj=8,
+                                          r_reps=2)]), "muvera"),
+                        (Pipeline([BM25(k=5), MaxSim(model="no/such-model-xyz")]), "maxsim")):
+        pipe.fit(_corpus(30))
+        with pytest.raises(ParamError, match=f"^{where}\\.model: model 'no/such-model-xyz' is neither"):
+            pipe.search(["text 3"])
