@@ -75,6 +75,19 @@ _OPTIONS_CHECKED: ContextVar[bool] = ContextVar("ragkit_options_checked", defaul
 
 
 @contextmanager
+def model_named(name: str) -> Iterator[None]:
+    """Name a model that cannot be loaded with the ``model`` parameter of the operator ``name`` (``dense.model: model 'x' is
+    neither a local folder nor ...``): models load lazily, at their first use in a fit or search, where the
+    loader's :class:`ParamError` names no operator (its path is ``"model"``)."""
+    try:
+        yield
+    except ParamError as e:
+        if e.path != "model":
+            raise
+        raise ParamError(f"{name}.model: {e}", path=f"{name}.model") from None
+
+
+@contextmanager
 def options_checked() -> Iterator[None]:
     """Within it, operators called on a :class:`State` take its ``options`` as already checked
     (:meth:`Pipeline.search <ragkit.pipelines.Pipeline.search>` checks them once, before any work)."""
@@ -379,7 +392,7 @@ class Operator:
         # documents and report the new corpus's ids at their rows). Every attribute is put back as it was
         # (each ``_fit`` here assigns new state rather than changing the earlier state's objects in place);
         # inside a pipeline's fit, the pipeline's snapshot of its whole tree does it.
-        with restored_on_failure([self]):
+        with restored_on_failure([self]), model_named(self.name):
             self.corpus_ = corpus
             self._fit(corpus, train, upstream)
             self.trained_on_ = (query_digests(self.training_queries_read(train))
@@ -404,7 +417,8 @@ class Operator:
         self._check_fitted()
         if self.kind == "retriever" and not self.applies_filter and state.options:
             refuse_unapplied_filter(self, state.options)
-        return check_result(self, state, call_checked(self, state, self._call))
+        with model_named(self.name):
+            return check_result(self, state, call_checked(self, state, self._call))
 
     @property
     def wants_upstream(self) -> bool:

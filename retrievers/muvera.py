@@ -23,9 +23,8 @@ vectors is slow to build (design note in ALGORITHMS.md).
 from __future__ import annotations
 
 import hashlib
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, ClassVar, Iterator, Literal, Mapping
+from typing import Any, ClassVar, Literal, Mapping
 
 import numpy as np
 from pydantic import Field, model_validator
@@ -41,6 +40,7 @@ from ragkit.operator import (
     desc_order,
     group_positions,
     load_array,
+    model_named,
     rankings_from_matrix,
     read_json,
     save_arrays,
@@ -104,26 +104,14 @@ class TokenOperatorMixin(TunedEncoderMixin):
         except ParamError as e:  # a registered custom encoder: named with this operator's parameter
             raise ParamError(f"{self.name}.model: {e}", path=f"{self.name}.model") from None
 
-    @contextmanager
-    def _naming_model(self) -> Iterator[None]:
-        """The model loads lazily, at its first use: a model that cannot be loaded (a hub name neither
-        cached nor downloadable) is named with this operator's parameter there, as a missing folder is
-        by :attr:`token_encoder`."""
-        try:
-            yield
-        except ParamError as e:
-            if e.path != "model":  # (the loader's ParamErrors name no operator: path "model")
-                raise
-            raise ParamError(f"{self.name}.model: {e}", path=f"{self.name}.model") from None
-
     def _fit_tokens(self, corpus: Corpus, train: TrainSet | None = None) -> None:
         self._adapt_encoder(corpus, train)
-        with self._naming_model():
+        with model_named(self.name):
             self.tokens_ = self.token_encoder.encode(corpus.full_texts)
 
     def query_tokens(self, state: State) -> TokenVectors:
         """``TokenVectors`` of the batch's queries (the rewritten ``query_text`` where present)."""
-        with self._naming_model():
+        with model_named(self.name):
             return self._query_tokens(state)
 
     def _query_tokens(self, state: State) -> TokenVectors:
@@ -336,7 +324,7 @@ class Muvera(TokenOperatorMixin, Operator):
         known = KNOWN_DIMS.get(p.model.lower())  # a known width: checked before encoding, no model loaded
         if p.projection == "identity":  # before any encoding: the size needs the token dimension (a tuned
             # model's is its base model's; an unknown model is loaded for it, 0.3 s and 30 MB for MiniLM)
-            with self._naming_model():
+            with model_named(self.name):
                 dim = known if known is not None else self.token_encoder.dim
             self._check_identity_size(dim)
         elif known is not None:

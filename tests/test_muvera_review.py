@@ -731,3 +731,15 @@ def test_a_model_that_cannot_be_loaded_at_search_is_named_too(monkeypatch):
         pipe.fit(_corpus(30))
         with pytest.raises(ParamError, match=f"^{where}\\.model: model 'no/such-model-xyz' is neither"):
             pipe.search(["text 3"])
+
+
+def test_dense_names_a_model_that_cannot_be_loaded_with_its_parameter():
+    """The prefix muvera and maxsim got now comes from Operator.fit / __call__, so dense has it too (it said
+    "model 'no/such-model-xyz' is neither a local folder ..." naming no operator)."""
+    from ragkit.errors import ParamError
+    from ragkit.retrievers import Dense
+    from ragkit.types import Corpus
+
+    with pytest.raises(ParamError, match=r"^dense\.model: model 'no/such-model-xyz' is neither a local folder") as e:
+        Dense(model="no/such-model-xyz").fit(Corpus.from_texts(["a cat", "a dog"]))
+    assert e.value.path == "dense.model"
