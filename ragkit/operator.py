@@ -76,9 +76,9 @@ _OPTIONS_CHECKED: ContextVar[bool] = ContextVar("ragkit_options_checked", defaul
 
 @contextmanager
 def model_named(name: str) -> Iterator[None]:
-    """Name a model that cannot be loaded with the ``model`` parameter of the operator ``name`` (``dense.model: model 'x' is
-    neither a local folder nor ...``): models load lazily, at their first use in a fit or search, where the
-    loader's :class:`ParamError` names no operator (its path is ``"model"``)."""
+    """Name a model that cannot be loaded with the ``model`` parameter of the operator ``name``
+    (``dense.model: model 'x' is neither a local folder nor ...``): models load lazily, at their first use in
+    a fit or search, where the loader's :class:`ParamError` names no operator (its path is ``"model"``)."""
     try:
         yield
     except ParamError as e:
