@@ -348,8 +348,8 @@ def shared_corpus(root: Operator) -> Corpus | None:
     held = [(path, leaf) for path, leaf in walk_leaves(root)
             if not leaf.stateless and getattr(leaf, "corpus_", None) is not None]
     fitted = [(path, leaf) for path, leaf in held if getattr(leaf, "per_document", True)]
-    if not fitted:
-        return getattr(root, "corpus_", None) if not held else held[0][1].corpus_
+    if not fitted:  # (a pipeline's own, from its attribute dict: its corpus_ property reads this function)
+        return vars(root).get("corpus_") if not held else held[0][1].corpus_
     if len(fitted) < len(held):
         shared = fitted[0][1].corpus_
         for _, leaf in held:
@@ -405,6 +405,25 @@ class Pipeline(Composite):
     >>> [op.name for op in pipe.steps]
     ['bm25', 'top_k']
     """
+
+    @property
+    def corpus_(self) -> Corpus:
+        """The documents the pipeline searches: those its fitted retrievers hold now, which follow an ``add`` /
+        ``remove`` on them (a ``RagkitRetriever``'s ``add_documents`` / ``delete``), else the corpus it was
+        fitted on; an ``AttributeError`` before its fit.  (It read the fitted corpus for good: after an edit,
+        ``delete(pipe.corpus_.ids)`` left the added documents findable.)"""
+        fitted = vars(self).get("corpus_")
+        if fitted is None:
+            raise AttributeError("'Pipeline' object has no attribute 'corpus_' (it is not fitted)")
+        try:
+            held = shared_corpus(self)
+        except DataError:  # its retrievers were edited apart: the search says so; here, the fitted corpus
+            return fitted
+        return fitted if held is None else held
+
+    @corpus_.setter
+    def corpus_(self, corpus: Corpus) -> None:
+        vars(self)["corpus_"] = corpus
 
     def __init__(self, steps: Sequence[Operator] | Operator = ()) -> None:
         """``steps`` in order.  A fuser step right after ``a + b`` (a parallel with the default

@@ -1695,3 +1695,25 @@ def test_a_traced_loop_reports_its_output_as_its_own_row(slice_data, fitted_bm25
     narrow = Console(width=80, record=True, file=open("/dev/null", "w"))
     print_trace(narrow, run.trace)
     assert "with the steps inside" in " ".join(narrow.export_text().split())  # (wrapped where the timings end)
+
+
+def test_a_pipelines_corpus_follows_its_edited_retrievers(tmp_path):
+    """pipe.corpus_ kept the corpus of the fit after an add / remove on its retriever (which searches and saves
+    followed): deleting ``pipe.corpus_.ids`` through a LangChain retriever left the added document findable."""
+    from ragkit.pipelines import Pipeline
+    from ragkit.retrievers import BM25
+    from ragkit.types import Corpus
+
+    corpus = Corpus.from_texts({f"d{i}": f"red apple {i}" for i in range(5)})
+    pipe = Pipeline([BM25(k=10), TopK(k=3)])
+    with pytest.raises(AttributeError, match="not fitted"):
+        pipe.corpus_  # noqa: B018
+    assert not pipe.is_fitted
+    pipe.fit(corpus)
+    assert pipe.corpus_ is corpus
+    pipe.steps[0].add(Corpus.from_texts({"new": "green pear"}))
+    assert "new" in pipe.corpus_.ids.tolist() and len(pipe.corpus_) == 6
+    pipe.steps[0].remove(pipe.corpus_.ids.tolist())
+    assert len(pipe.corpus_) == 0
+    pipe.save(tmp_path / "p")
+    assert len(Pipeline.load(tmp_path / "p").corpus_) == 0
