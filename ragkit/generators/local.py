@@ -116,6 +116,8 @@ Selector = Literal["fixed", "cacheblend", "cachecraft", "boundary", "random"]
 MODES: tuple[str, ...] = ("full", "prefix", "naive", "cachecraft")
 SELECTORS: tuple[str, ...] = ("fixed", "cacheblend", "cachecraft", "boundary", "random")
 TOKEN_SELECTS: tuple[str, ...] = ("deviation", "stored")
+#: Fewest layers a model needs for a check layer: layer 0 sees no context, and the last leaves no layer to skip.
+MIN_CHECK_LAYERS = 3
 #: appended to every chunk's text; part of the chunk's tokens (and of ``max_chunk_tokens``)
 CHUNK_SEP = "\n\n"
 #: default ``disk_half_life_s``, seconds: :class:`~ragkit.caches.ChunkKVCache`'s (one hour)
@@ -814,7 +816,9 @@ class Prefill:
         """What this prefill cost and reused, without its tensors (what ``Generate`` keeps per answer)."""
         n = len(self.chunk_fraction)
         if self.mode in ("naive", "cachecraft"):
-            reused = self.hits  # chunks served from the chunk cache
+            # chunks served from the chunk cache and kept, in part at least: a hit recomputed in full (share 1)
+            # reused nothing of its variant; a miss is computed in full
+            reused = min(self.hits, sum(1 for f in self.chunk_fraction if f < 1))
         elif self.mode == "prefix":
             reused = sum(1 for f in self.chunk_fraction if f < 1)  # chunks covered, even in part, by the prefix cache
         else:
@@ -828,10 +832,12 @@ class PrefillCost:
     ``values["prefill"]`` (``None`` for a query not sent to the model, or a LangChain chat model's).
 
     ``seconds``: wall time of the prefill; ``chunks``: chunks in the prompt, of which ``chunks_reused`` came
-    from the chunk cache (modes naive, cachecraft) or, even in part, from the prefix cache (mode prefix;
-    none in mode full); ``n_prompt``: prompt tokens, of which ``n_computed`` were run through the model
-    (fractional where a chunk's recomputation is a share of its tokens; the system prompt's tokens count where
-    they were computed: at a generator's first prefill with that system prompt, later ones reuse them).
+    from the chunk cache and were not recomputed in full (modes naive, cachecraft: a chunk found in the cache
+    but recomputed entirely, its recompute share reaching ``full_threshold`` or ``fraction=1``, is not
+    counted) or, even in part, from the prefix cache (mode prefix; none in mode full); ``n_prompt``: prompt
+    tokens, of which ``n_computed`` were run through the model (fractional where a chunk's recomputation is a
+    share of its tokens; the system prompt's tokens count where they were computed: at a generator's first
+    prefill with that system prompt, later ones reuse them).
 
     Examples
     --------
@@ -898,8 +904,9 @@ def _check_settings(*, model: object, gguf_file: object, system_prompt: object, 
         ("alpha", alpha, alpha is None or (_is_real(alpha) and alpha >= 0), "a finite number >= 0, or None"),
         ("full_threshold", full_threshold, _is_real(full_threshold) and 0 < full_threshold <= 1,
          "a number in (0, 1]"),
-        ("check_layer", check_layer, _is_int(check_layer) and check_layer >= 0,
-         "an int from 0 to the model's number of layers - 1"),
+        ("check_layer", check_layer, _is_int(check_layer) and check_layer >= 1,
+         "an int from 1 to the model's number of layers - 2 (layer 0's values do not depend on the context: every "
+         "token's deviation there is 0, which ranks the tokens by position)"),
         ("token_select", token_select, isinstance(token_select, str) and token_select in TOKEN_SELECTS,
          f"one of {TOKEN_SELECTS}"),
         ("num_threads", num_threads, num_threads is None or (_is_int(num_threads) and num_threads >= 1),
@@ -1021,11 +1028,17 @@ class LocalGenerator:
         (default) sets the per-chunk budgets by distributing ``fraction`` of the chunk tokens
         over chunks in proportion to their estimated need instead.
     full_threshold : float, default=0.8
-        A chunk whose recompute share reaches this is recomputed entirely; in ``(0, 1]``.
+        With the ``cachecraft`` selector, a chunk whose recompute share reaches this is recomputed
+        entirely; in ``(0, 1]``.  The other selectors (``fixed``, ``cacheblend``, ``boundary``,
+        ``random``) recompute the share asked, ``fraction=0.9`` 90% of each reused chunk.
     check_layer : int, default=1
         Layer whose value deviation ranks tokens (CacheBlend's check layer; layers
-        ``0..check_layer`` run on every candidate token of the chunks being fixed); from 0 to
-        the model's number of layers - 1 (checked by :meth:`load`).
+        ``0..check_layer`` run on every candidate token of the chunks being fixed); from 1 to
+        the model's number of layers - 2 (checked by :meth:`load`): layer 0's values do not depend
+        on the context (every deviation there is 0), and at the last layer every candidate would be
+        recomputed in full.  A model of fewer than 3 layers has no check layer: its ``cachecraft`` mode
+        needs ``token_select="stored"`` with the ``cachecraft`` selector, or the ``fixed``, ``boundary``
+        or ``random`` selector.
     token_select : {"deviation", "stored"}, default="deviation"
         Which tokens the ``cachecraft`` selector recomputes inside each chunk's budget: the
         largest layer-``check_layer`` value deviation, or the largest stored outside-attention
@@ -1099,7 +1112,8 @@ class LocalGenerator:
         Raises :class:`ragkit.errors.ParamError` before loading anything when ``model`` looks
         like a path that does not exist or ``gguf_file`` is not in its folder, when
         transformers cannot load the model (also a folder that is no model), and when ``check_layer``
-        is not a layer of the model or ``max_chunk_tokens`` leaves no room beside the chunk separator.
+        is not a layer of the model from 1 to its number of layers - 2 or ``max_chunk_tokens`` leaves no room
+        beside the chunk separator.
         A Hugging Face model id is read from the Hugging Face cache first; it is downloaded only when it
         is not there and the hub can be reached (otherwise the ParamError comes at once, not after
         transformers' ~50 s of retries offline).
@@ -1128,9 +1142,11 @@ class LocalGenerator:
                                      f"a GGUF file or a Hugging Face model id ({why})", "model") from None
             loaded = _LOADED[(name, gguf)]
         n_layers = int(loaded.model.config.num_hidden_layers)
-        if not 0 <= self.check_layer < n_layers:
-            raise ParamError(f"LocalGenerator: check_layer={self.check_layer!r}; expected a layer of the model, "
-                             f"0 to {n_layers - 1} (model {name!r} has {n_layers} layers)", "check_layer")
+        if n_layers >= MIN_CHECK_LAYERS and not 1 <= self.check_layer <= n_layers - 2:
+            raise ParamError(f"LocalGenerator: check_layer={self.check_layer!r}; expected a layer of the model from 1 "
+                             f"to {n_layers - 2} (model {name!r} has {n_layers} layers; the candidate tokens run "
+                             "every layer up to the check layer, so at the last one each is recomputed in full "
+                             "whatever the fraction asked)", "check_layer")
         n_sep = len(loaded.tokenizer(CHUNK_SEP, add_special_tokens=False)["input_ids"])
         if self.max_chunk_tokens <= n_sep:
             raise ParamError(f"LocalGenerator: max_chunk_tokens={self.max_chunk_tokens!r}; expected more than the "
@@ -1182,14 +1198,20 @@ class LocalGenerator:
         _check_prompt(question, chunks)
         self.load()
         tok = self.tokenizer_
-        sentinel = "\u2063RAGKIT\u2063"
+        sentinel = "\u2063RAGKIT\u2063"  # where the user turn goes; not one in the system prompt (it split there)
+        while sentinel in self.system_prompt:
+            sentinel += "\u2063"
         msgs = [{"role": "system", "content": self.system_prompt}, {"role": "user", "content": sentinel}]
         if getattr(tok, "chat_template", None):
             rendered = tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
             assert isinstance(rendered, str), "apply_chat_template(tokenize=False) renders a str"
         else:
             rendered = f"{self.system_prompt}\n\nUser: {sentinel}\nAssistant:"
-        head, tail = rendered.split(sentinel)
+        parts = rendered.split(sentinel)
+        if len(parts) != 2:
+            raise ParamError(f"LocalGenerator: the model's chat template renders the user turn {len(parts) - 1} "
+                             "times; expected once (the chunks and the question go there)", "model")
+        head, tail = parts
         enc = lambda s: tok(s, add_special_tokens=False)["input_ids"]  # noqa: E731
         with self._lock:  # the tokenizer is shared by the generators of this model
             system = enc(head + "Documents:\n")
@@ -1347,6 +1369,15 @@ class LocalGenerator:
                                  "segment (the chat template's system turn and the question close the reused "
                                  "chunks); got none", "seg")
         self.load()
+        n_layers = int(self.model.config.num_hidden_layers)
+        if (mode == "cachecraft" and n_layers < MIN_CHECK_LAYERS
+                and (selector == "cacheblend" or (selector == "cachecraft" and self.token_select == "deviation"))):
+            how = "selector 'cacheblend'" if selector == "cacheblend" else "token_select='deviation'"
+            raise ParamError(f"LocalGenerator.prefill: {how} ranks tokens at a check layer, but the model has "
+                             f"{n_layers} layer{'' if n_layers == 1 else 's'} and a check layer needs "
+                             f"{MIN_CHECK_LAYERS} (from 1 to the number of layers - 2); use "
+                             "LocalGenerator(token_select='stored') with the 'cachecraft' selector, or the 'fixed', "
+                             "'boundary' or 'random' selector", "selector")
         self.check_fits(seg)
         with self._lock:  # one pass at a time per loaded model (shared config, attention hooks)
             t0 = time.perf_counter()

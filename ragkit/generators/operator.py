@@ -44,12 +44,13 @@ class GenerateParams(Params):
     top_k: int = Field(5, ge=1, description="Chunks of the ranking put in the prompt, best first.")
     mode: Literal["full", "prefix", "naive", "cachecraft"] = Field(
         "cachecraft", description="KV reuse mode: full (none), prefix, naive (reuse all), cachecraft (reuse + fix).")
-    fraction: float = Field(0.3, ge=0.0, le=1.0, description="Share of reused chunk tokens to recompute (unused "
-                                                               "by selector 'cachecraft' when alpha is set).")
+    fraction: float = Field(0.3, ge=0.0, le=1.0, description="Share of reused chunk tokens to recompute (alpha "
+                                                               "overrides it with selector 'cachecraft': set one).")
     selector: Literal["fixed", "cacheblend", "cachecraft", "boundary", "random"] = Field(
         "cachecraft", description="How the recomputed tokens are chosen (see ragkit.generators.local).")
     alpha: float | None = Field(None, ge=0.0, description="Cache-Craft's CFO scale (per-chunk budgets from CCI and "
-                                                          "prefix overlap); None = budget set by 'fraction'.")
+                                                          "prefix overlap), overriding 'fraction' (refused beside "
+                                                          "it); None = budget set by 'fraction'.")
     max_new_tokens: int = Field(64, ge=1, description="Greedy decoding length limit.")
     max_chunk_tokens: int = Field(200, ge=1, description="Each chunk is cut to this many tokens, its closing blank "
                                                          "line included (local backend: at least 2, the separator "
@@ -122,6 +123,11 @@ class GenerateParams(Params):
                            ("cache_dir", chunks, "mode: cachecraft or naive"),
                            ("disk_budget_mb", self.cache_dir is not None, "cache_dir"),
                            ("disk_half_life_s", self.cache_dir is not None, "cache_dir"))
+        default_fraction = type(self).model_fields["fraction"].default
+        if fix and self.selector == "cachecraft" and self.alpha is not None and self.fraction != default_fraction:
+            raise ValueError(f"fraction={self.fraction!r} has no effect with alpha={self.alpha!r}: with selector "
+                             "'cachecraft', alpha sets each chunk's recompute share (Cache-Craft's CFO), overriding "
+                             "fraction; leave one of them out")
         return self
 
 
