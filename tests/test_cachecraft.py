@@ -1215,7 +1215,7 @@ def test_invalid_generator_settings_are_param_errors(tiny):
     from ragkit.errors import ParamError
     from ragkit.generators.local import LocalGenerator
 
-    for kw, msg in [({"check_layer": -1}, r"check_layer=-1; expected an int from 0"),
+    for kw, msg in [({"check_layer": 0}, r"check_layer=0; expected an int from 1"),
                     ({"token_select": "stord"}, r"token_select='stord'; expected one of \('deviation', 'stored'\)"),
                     ({"max_chunk_tokens": 0}, r"max_chunk_tokens=0; expected an int >= 1"),
                     ({"alpha": -0.5}, r"alpha=-0.5; expected a finite number >= 0"),
@@ -1228,11 +1228,11 @@ def test_invalid_generator_settings_are_param_errors(tiny):
             LocalGenerator(tiny[0], **kw)
         assert raised.value.path == next(iter(kw))
     # the model-dependent limits, at load: the tiny model has 4 layers, "\n\n" is 2 byte tokens
-    with pytest.raises(ParamError, match=r"check_layer=4; expected a layer of the model, 0 to 3"):
-        LocalGenerator(tiny[0], check_layer=4).load()
+    with pytest.raises(ParamError, match=r"check_layer=3; expected a layer of the model from 1 to 2"):
+        LocalGenerator(tiny[0], check_layer=3).load()
     with pytest.raises(ParamError, match=r"max_chunk_tokens=2; expected more than the 2 token\(s\)"):
         LocalGenerator(tiny[0], max_chunk_tokens=2).load()
-    g = LocalGenerator(tiny[0], check_layer=3).load()
+    g = LocalGenerator(tiny[0], check_layer=2).load()
     with pytest.raises(ParamError, match="selector must be one of"):
         g.prefill(g.segments(TINY_Q, TINY_CHUNKS), "cachecraft", selector="cachecraf")  # type: ignore[arg-type]
 
