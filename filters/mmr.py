@@ -131,6 +131,11 @@ class MMR(Operator):
     corpus holds more documents, a warning (once per operator object) says to raise the
     retriever's ``k``.
 
+    ``k``, ``lambda_mult`` and ``fetch_k`` may also be set per call, checked as the parameters are:
+    ``search(queries, mmr={"lambda_mult": 0.3, "fetch_k": 50}, dense={"k": 50})`` (a ``fetch_k``
+    beyond what the retriever returns needs its ``k`` raised too, as above); LangChain's
+    ``RagkitRetriever.invoke(q, mmr={"lambda_mult": 0.3})`` passes them through.
+
     References
     ----------
     Carbonell & Goldstein, "The Use of MMR, Diversity-Based Reranking for Reordering Documents and
@@ -151,7 +156,9 @@ class MMR(Operator):
     Params = MMRParams
     params: MMRParams
     example = {"k": 10, "fetch_k": 20, "lambda_mult": 0.5}
-    run_options = {"k": PARAM}
+    #: per call (``search(..., mmr={"lambda_mult": 0.3, "fetch_k": 50})``, LangChain's ``invoke(q, mmr={...})``),
+    #: each checked as the parameter of that name is
+    run_options = {"k": PARAM, "lambda_mult": PARAM, "fetch_k": PARAM}
 
     @property
     def encoder(self) -> Encoder:
@@ -169,11 +176,13 @@ class MMR(Operator):
             out.rankings = []
             return out
         k = cut_k(self, state)  # its own k option exactly, else its k raised to the call's
+        fetch_k = self.opt(state, "fetch_k", self.params.fetch_k)  # a per-call option, else the parameter
+        lambda_mult = self.opt(state, "lambda_mult", self.params.lambda_mult)
         longest = max((len(r) for r in state.rankings), default=0)
-        want = max(self.params.fetch_k or longest, k)  # pool >= k
+        want = max(fetch_k or longest, k)  # pool >= k
         f = min(want, longest)
         v = np.asarray(self.vectors_)
-        self._warn_short_pool(longest, want, len(v))
+        self._warn_short_pool(longest, want, len(v), fetch_k)
         pool = np.zeros((n_q, f), np.int64)
         valid = np.zeros((n_q, f), bool)
         lens = np.array([min(len(r), f) for r in state.rankings])
@@ -186,7 +195,7 @@ class MMR(Operator):
         step = max(1, int(2**26 // max(f * f, 1)))  # bound the (n_q, F, F) similarity block to ~256 MiB
         sels, coss = [], []
         for i in range(0, n_q, step):
-            sel = mmr_select(q[i:i + step], pool[i:i + step], valid[i:i + step], v, k, self.params.lambda_mult)
+            sel = mmr_select(q[i:i + step], pool[i:i + step], valid[i:i + step], v, k, lambda_mult)
             picked = np.take_along_axis(pool[i:i + step], np.maximum(sel, 0), axis=1)  # padding where sel < 0
             sels.append(sel)
             coss.append(np.einsum("qkd,qd->qk", v[picked], q[i:i + step]).astype(np.float32))
@@ -201,16 +210,17 @@ class MMR(Operator):
         out.rankings = rankings
         return out
 
-    def _warn_short_pool(self, longest: int, want: int, n_docs: int) -> None:
-        """Warn once per operator object when a set ``fetch_k`` is cut short: the incoming rankings
-        (``longest`` documents at most) are shorter than the pool ``want`` = max(fetch_k, k) while the
-        corpus holds more (``n_docs``).  With ``fetch_k=None`` the pool is the incoming ranking, by design."""
-        if (self.params.fetch_k is None or longest == 0 or longest >= min(want, n_docs)
+    def _warn_short_pool(self, longest: int, want: int, n_docs: int, fetch_k: int | None) -> None:
+        """Warn once per operator object when a set ``fetch_k`` (the call's option, else the parameter) is cut
+        short: the incoming rankings (``longest`` documents at most) are shorter than the pool ``want`` =
+        max(fetch_k, k) while the corpus holds more (``n_docs``).  With ``fetch_k=None`` the pool is the
+        incoming ranking, by design."""
+        if (fetch_k is None or longest == 0 or longest >= min(want, n_docs)
                 or self.__dict__.get("_warned_short_pool")):
             return
         self.__dict__["_warned_short_pool"] = True
         _log.warning(f"{self.name}: the rankings it reranks hold at most {longest} documents, fewer than its pool "
-                     f"fetch_k={self.params.fetch_k} (the corpus has {n_docs}), so it picks among those {longest} "
+                     f"fetch_k={fetch_k} (the corpus has {n_docs}), so it picks among those {longest} "
                      f"only: the k of the retriever before it, a filter or a query matching few documents limits "
                      f"them; for the full pool the retriever's k must be at least {min(want, n_docs)}")
 

@@ -355,6 +355,9 @@ class KnnEmbed(Operator):
                 hint = "The documents are all alike: there is nothing to mix"
             elif n < 2 * p.min_cluster_size:
                 hint = f"To mix, lower min_cluster_size (two clusters of the {n} documents need it at most {n // 2})"
+            elif n // (2 * p.min_cluster_size) < 2:  # fewer clusters would mean n_clusters < 2, which is refused
+                hint = (f"To mix, lower min_cluster_size (~{max(1, n // (2 * c))} or less for the {c} clusters of the "
+                        f"{n} documents)")
             else:
                 hint = (f"To mix, use fewer clusters (n_clusters at most ~{n // (2 * p.min_cluster_size)} here) "
                         "or a lower min_cluster_size")

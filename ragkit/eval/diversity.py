@@ -45,7 +45,12 @@ def _rankings(rankings: Run | Sequence[Ranking]) -> Sequence[Ranking]:
 
 
 def padded_rows(rankings: Run | Sequence[Ranking], k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Top-``k`` rows of each ranking as ``(n_q, k)`` int64 (0 where padded) and a validity mask."""
+    """Top-``k`` rows of each ranking as ``(n_q, k)`` int64 (0 where padded) and a validity mask.
+
+    A ranking whose top-``k`` lists one document (row) twice is a :class:`DataError` naming the query
+    (its id for a :class:`Run`, else its position) and both ranks, as :func:`alpha_ndcg` and ``evaluate``
+    refuse a run listing a document twice: the copy would count as a pair of cosine 1 (ILD) or a second
+    document of its cluster."""
     if k < 1:
         raise DataError(f"diversity: k must be >= 1, got {k}")
     rs = _rankings(rankings)
@@ -55,7 +60,28 @@ def padded_rows(rankings: Run | Sequence[Ranking], k: int) -> tuple[np.ndarray, 
     valid[:] = np.arange(k)[None, :] < lens[:, None]
     if len(rs) and lens.sum():
         rows[valid] = np.concatenate([np.asarray(r.rows[:k], np.int64) for r in rs])
+    _refuse_repeats(rankings, rows, valid)
     return rows, valid
+
+
+def _refuse_repeats(rankings: Run | Sequence[Ranking], rows: np.ndarray, valid: np.ndarray) -> None:
+    """A :class:`DataError` for the first ranking whose valid ``rows`` hold one row twice (vectorised: rows
+    sorted per ranking, equal neighbours).  Negative rows are left to the range check that follows."""
+    if rows.shape[1] < 2 or not valid.any():
+        return
+    keyed = np.where(valid & (rows >= 0), rows, -1)
+    order = np.argsort(keyed, axis=1, kind="stable")  # equal rows: the earlier rank first
+    srt = np.take_along_axis(keyed, order, axis=1)
+    again = (srt[:, 1:] == srt[:, :-1]) & (srt[:, 1:] >= 0)
+    if not again.any():
+        return
+    i, j = np.argwhere(again)[0]
+    first, second = sorted((int(order[i, j]), int(order[i, j + 1])))
+    ids = rankings.query_ids if isinstance(rankings, Run) else None
+    where = f"query {ids[i]!r}" if ids is not None else f"ranking {int(i)}"
+    raise DataError(f"diversity: {where} lists row {int(srt[i, j])} twice (ranks {first + 1} and {second + 1}); "
+                    "expected each document at most once per ranking (a copy would count as a second, identical "
+                    "document), as alpha_ndcg and evaluate require")
 
 
 def _bad_row(rankings: Run | Sequence[Ranking], rows: np.ndarray, valid: np.ndarray, n: int) -> str | None:

@@ -79,6 +79,19 @@ RETRIEVER_FILE = "retriever.json"
 #: keyword arguments LangChain itself may leave in ``invoke``'s kwargs; never search options
 _LANGCHAIN_KWARGS = frozenset({"verbose", "run_id", "run_name", "callbacks", "tags", "metadata"})
 
+#: LangChain's MMR vocabulary (``as_retriever(search_type="mmr", search_kwargs={"lambda_mult": ..., "fetch_k": ...})``):
+#: no search options of ragkit's, whose MMR is a pipeline step; an error naming one of them says so (:data:`MMR_HINT`)
+_MMR_WORDS = ("search_type", "lambda_mult", "fetch_k")
+
+#: what an error naming one of :data:`_MMR_WORDS` adds (:func:`_mmr_hint`)
+MMR_HINT = ("ragkit's MMR is a pipeline step: RagkitRetriever(pipeline=Dense(k=fetch_k) | MMR(k=..., "
+            "lambda_mult=...)), and per call mmr={'lambda_mult': ..., 'fetch_k': ...}")
+
+
+def _mmr_hint(key: str) -> str:
+    """What an error naming ``key``, one of :data:`_MMR_WORDS`, says ragkit takes instead."""
+    return ("no search_type: the pipeline is how it searches; " if key == "search_type" else "") + MMR_HINT
+
 #: while LangChain builds a retriever from a configured one (``configurable_fields``: every field of the
 #: configured retriever passed again, the configured ones replaced), the names of the fields the config set
 #: (:class:`_ConfigurableRetriever`); ``None`` for any other construction
@@ -172,6 +185,29 @@ def merge_options(base: Mapping[str, Any], call: Mapping[str, Any]) -> dict[str,
             out[key] = merge_options(old, value)
         else:
             out[key] = value
+    return out
+
+
+def _call_k_first(options: dict[str, Any], defaults: Mapping[str, Any], call: Mapping[str, Any],
+                  k: int) -> dict[str, Any]:
+    """``options`` with each operator's own ``k`` that ``defaults`` (the retriever's ``search_kwargs``) set
+    below the call's ``k`` raised to it: ``search_kwargs={"knn_embed": {"k": 4}}`` then ``invoke(q, k=8)``
+    gives 8 documents, not 4 (a call's ``k`` comes first; every operator's ``k`` option is a number of
+    results kept).  An operator's ``k`` the call gives itself (``invoke(q, k=8, knn_embed={"k": 4})``) stays
+    exact, as in ``pipeline.search``; a value that is no integer is left to the search's checks."""
+    out = options
+    for name, value in defaults.items():
+        if name in ("k", "filter") or not isinstance(value, Mapping) or "k" not in value:
+            continue
+        given = call.get(name)
+        if isinstance(given, Mapping) and "k" in given:  # the call's own option for this operator: exact
+            continue
+        try:
+            own = int(value["k"]) if not isinstance(value["k"], bool) else None
+        except (TypeError, ValueError, OverflowError):
+            own = None
+        if own is not None and own < k and isinstance(out.get(name), Mapping):
+            out = {**out, name: {**out[name], "k": k}}
     return out
 
 
@@ -287,8 +323,11 @@ class RagkitRetriever(BaseRetriever):
         ``VectorStoreRetriever``'s (``search_kwargs={"k": 5}``); per-call keyword arguments of
         ``invoke`` / ``ainvoke`` / ``batch`` are merged over them.  The ``k`` of a call is, first
         to last: the call's ``k`` (``invoke(q, k=3)``; ``None`` is not given), ``search_kwargs["k"]``,
-        the retriever's ``k``.  ``search_kwargs["k"]`` and ``k`` given both when the retriever is built
-        must agree (a ``ParamError`` otherwise); given alone, ``search_kwargs["k"]`` sets ``k`` too, and
+        the retriever's ``k``; a call's ``k`` also raises an operator's own ``k`` that ``search_kwargs`` set
+        below it (``search_kwargs={"knn_embed": {"k": 4}}``, ``invoke(q, k=8)``: 8 documents; one the call
+        sets itself stays exact, as in ``pipeline.search``).  ``search_kwargs["k"]`` and ``k`` given both
+        when the retriever is built must agree (a ``ParamError`` otherwise); given alone,
+        ``search_kwargs["k"]`` sets ``k`` too, and
         assigning either one later (``r.k = 5``, ``r.search_kwargs = {"k": 5}``) sets the other, so the
         last one set wins, as does the one a LangChain config sets (``configurable_fields``);
         ``r.search_kwargs["k"] = 5`` (the dict edited in place) wins over ``k`` at the
@@ -299,6 +338,9 @@ class RagkitRetriever(BaseRetriever):
         key that is no option of the pipeline or a bad value raises ``ParamError`` per call, and
         pydantic's ``ValidationError`` carrying the same message when the retriever is built
         (both are ``ValueError``).  So is an unknown argument (``top_k=1``: "did you mean k?").
+        LangChain's MMR words (``search_type="mmr"``, ``lambda_mult``, ``fetch_k``), as arguments,
+        ``search_kwargs`` keys or call options, are refused saying that ragkit's MMR is a pipeline step
+        (``Dense(k=fetch_k) | MMR(k=..., lambda_mult=...)``), tuned per call with ``mmr={"lambda_mult": ...}``.
 
     Assigning ``pipeline``, ``corpus``, ``train``, ``k`` or ``search_kwargs`` after construction is
     checked as construction checks it, with the same errors (``r.k = 0``: pydantic's
@@ -357,7 +399,13 @@ class RagkitRetriever(BaseRetriever):
     @classmethod
     def _no_unknown_arguments(cls, data: Any) -> Any:
         """A misspelled argument (``top_k=1``, ``serach_kwargs=...``) is an error, not ignored."""
-        return refuse_unknown_arguments(cls, data, {key: "did you mean k?" for key in ("top_k", "n")})
+        try:
+            return refuse_unknown_arguments(cls, data, {key: "did you mean k?" for key in ("top_k", "n")})
+        except ParamError as e:  # LangChain's MMR words (search_type="mmr", fetch_k=20): what ragkit takes instead
+            word = next((key for key in _MMR_WORDS if key in data), None)
+            if word is None:
+                raise
+            raise ParamError(f"{e}; {_mmr_hint(word)}", e.path) from None
 
     pipeline: Any = Field(description="ragkit pipeline/operator, YAML file or saved pipeline folder.")
     """The ragkit pipeline (after construction: always a fitted operator)."""
@@ -372,7 +420,9 @@ class RagkitRetriever(BaseRetriever):
     """Documents returned per query; ``invoke(q, k=...)`` and ``search_kwargs["k"]`` override it."""
 
     search_kwargs: dict[str, Any] = Field(default_factory=dict, description="Default pipeline.search options.")
-    """Default search options (``k``, ``filter``, ``{operator: {option: value}}``); per-call kwargs win."""
+    """Default search options (``k``, ``filter``, ``{operator: {option: value}}``); per-call kwargs win, and a
+    call's ``k`` raises an operator's own ``k`` set here below it (``{"knn_embed": {"k": 4}}``, ``invoke(q, k=8)``:
+    8 documents)."""
 
     _corpus: Corpus = PrivateAttr()
     #: which retrievers produced each query's documents (:func:`_producers_of`)
@@ -452,7 +502,9 @@ class RagkitRetriever(BaseRetriever):
         try:  # the options of the whole tree, a filter against the corpus searched
             check_options(op, self.search_kwargs, searched)
         except ParamError as e:
-            raise ParamError(f"search_kwargs: {e}", path=e.path) from None
+            key = e.path.removeprefix("options.")
+            hint = f"; {_mmr_hint(key)}" if key in _MMR_WORDS else ""
+            raise ParamError(f"search_kwargs: {e}{hint}", path=e.path) from None
         if searched is None:
             return
         # a filter value of a kind its field does not hold ("2006" for years held as numbers) matches no
@@ -607,7 +659,13 @@ class RagkitRetriever(BaseRetriever):
 
     @staticmethod
     def _options(kwargs: dict[str, Any]) -> dict[str, Any]:
-        """A call's search options (merged over ``search_kwargs`` by :meth:`_search`): LangChain's own left out."""
+        """A call's search options (merged over ``search_kwargs`` by :meth:`_search`): LangChain's own left out.
+        One of LangChain's MMR words (``search_type="mmr"``, ``lambda_mult=0.2``: :data:`_MMR_WORDS`), no
+        search option, is a :class:`ParamError` saying what ragkit takes instead (:data:`MMR_HINT`)."""
+        mmr = next((key for key in _MMR_WORDS if key in kwargs), None)
+        if mmr is not None:
+            raise ParamError(f"search option {mmr!r} ({mmr}={kwargs[mmr]!r:.40}): not an option of ragkit's search "
+                             f"(LangChain's MMR vocabulary); {_mmr_hint(mmr)}", path=f"options.{mmr}")
         return {key: v for key, v in kwargs.items() if key not in _LANGCHAIN_KWARGS}
 
     def _search(self, queries: list[str], k: int | None, call: dict[str, Any]) -> list[list[Document]]:
@@ -625,6 +683,8 @@ class RagkitRetriever(BaseRetriever):
                 options = merge_options(merge_options(state.rankings_only, state.search_kwargs), call)
                 own_k = options.pop("k", None)  # search_kwargs' (a call's k is never among its options)
                 n = k if k is not None else state.k if own_k is None else _positive_k(own_k, "search_kwargs: ")
+                if k is not None:  # the call's k comes first, over an operator's own k in search_kwargs
+                    options = _call_k_first(options, state.search_kwargs, call, k)
                 before = self._searched_corpus(state.pipeline)  # (search_kwargs edited in place: k checked)
                 try:
                     run = state.pipeline.search(queries, k=n, **options)
