@@ -112,14 +112,15 @@ def print_trace(console: Any, events: Sequence[TraceEvent]) -> None:
     console.print(Text("trace (per operator)", style="italic"))
     rows = aggregate_trace(events)
     total = sum(r.seconds for r in rows if not r.inclusive) or 1e-12
-    for r in rows:
+    for r in rows:  # each line whole (soft_wrap): a pipe's 80 columns cut a path or a figure's line in two
         share = "with the steps inside it" if r.inclusive else f"{100 * r.seconds / total:.1f}% of the time"
-        console.print(Text(r.path, style="bold"))
+        console.print(Text(r.path, style="bold"), soft_wrap=True)
         console.print(Text(
             f"  {r.operator} · {r.calls} call(s), {r.queries} queries · {1000 * r.seconds:.1f} ms "
             f"({r.ms_per_query:.3f} ms/query, {share}) · candidates "
             f"{r.candidates_in:.1f} -> {r.candidates_out:.1f} · recall@100 "
-            f"{'-' if r.recall is None else f'{r.recall:.4f}'} · nDCG@10 {'-' if r.ndcg is None else f'{r.ndcg:.4f}'}"))
+            f"{'-' if r.recall is None else f'{r.recall:.4f}'} · nDCG@10 {'-' if r.ndcg is None else f'{r.ndcg:.4f}'}"),
+            soft_wrap=True)
 
 
 def stage_table(runs: dict[str, Sequence[TraceEvent]], title: str = "nDCG@10 / recall@100 after each step") -> Table:
@@ -161,12 +162,12 @@ def print_stages(console: Any, runs: dict[str, Sequence[TraceEvent]],
     console.print(Text(title, style="italic"))
     agg = {label: {r.path: r for r in aggregate_trace(ev)} for label, ev in runs.items()}
     for path in dict.fromkeys(p for rows in agg.values() for p in rows):
-        console.print(Text(path, style="bold"))
+        console.print(Text(path, style="bold"), soft_wrap=True)
         for label in runs:
             r = agg[label].get(path)
             ndcg = "-" if r is None or r.ndcg is None else f"{r.ndcg:.4f}"
             recall = "-" if r is None or r.recall is None else f"{r.recall:.4f}"
-            console.print(Text(f"  {label}: nDCG@10 {ndcg} · recall@100 {recall}"))
+            console.print(Text(f"  {label}: nDCG@10 {ndcg} · recall@100 {recall}"), soft_wrap=True)
 
 
 def _fits(console: Any, table: Table) -> bool:

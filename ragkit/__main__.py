@@ -1,6 +1,23 @@
-"""``python -m ragkit``: the ``ragkit`` command line."""
+"""``python -m ragkit`` and the ``ragkit`` script: the ``ragkit`` command line."""
 
-from ragkit.cli import app
+import sys
+
+
+def main() -> None:
+    """The ``ragkit`` console script: :func:`ragkit.cli.main` on ``sys.argv``, exiting with its status.  Ctrl-C
+    while the command line is still loading (importing ``ragkit.cli`` and its dependencies takes a second)
+    prints ``interrupted`` on stderr and exits 130, as Ctrl-C during a command does, instead of a Python
+    traceback."""
+    try:
+        from ragkit.cli import main as run
+
+        status = run()
+    except KeyboardInterrupt:
+        sys.stderr.write("interrupted\n")
+        sys.stderr.flush()
+        status = 130
+    sys.exit(status)
+
 
 if __name__ == "__main__":
-    app(prog_name="ragkit")
+    main()

@@ -55,6 +55,16 @@ class _NoteHandler(logging.Handler):
         err_console.print(Text(f"note: {record.getMessage()}", style="dim"))
 
 
+def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                  file: Any = None, line: Optional[str] = None) -> None:
+    """:func:`warnings.showwarning` while a command runs: ``warning: <message>``, one line on stderr, without
+    Python's ``file:line: RuntimeWarning:`` and source line (which pointed into typer), and without the advice
+    meant for Python callers (``or pass cache=False``: the command line has ``RAGKIT_CACHE``)."""
+    text = str(message).removeprefix("ragkit: ")
+    text = re.sub(r",? or pass cache=False\b", "", text)
+    err_console.print(Text(f"warning: {text}", style="yellow"), soft_wrap=True)
+
+
 def _show_version(value: bool) -> None:
     if value:
         from ragkit import __version__
@@ -122,7 +132,8 @@ def _where(e: BaseException) -> str:
 
 
 @app.callback()
-def _main(version: bool = typer.Option(False, "--version", callback=_show_version, is_eager=True,
+def _main(ctx: typer.Context,
+          version: bool = typer.Option(False, "--version", callback=_show_version, is_eager=True,
                                        help="Show ragkit's version and exit."),
           imports: list[str] = typer.Option(
               [], "--import", metavar="MODULE",
@@ -130,6 +141,11 @@ def _main(version: bool = typer.Option(False, "--version", callback=_show_versio
                    "operators it registers can be named in YAML, --pipeline and saved folders; repeatable. "
                    "$RAGKIT_IMPORT (comma-separated) is imported first.")) -> None:
     """ragkit: retrieval operators that compose."""
+    import warnings
+
+    shown = warnings.showwarning  # (put back when the command ends: a program calling the app keeps its own)
+    warnings.showwarning = _show_warning
+    ctx.call_on_close(lambda: setattr(warnings, "showwarning", shown))
     log = logging.getLogger("ragkit")
     if not any(isinstance(h, _NoteHandler) for h in log.handlers):
         log.addHandler(_NoteHandler(logging.INFO))
@@ -141,6 +157,12 @@ def _main(version: bool = typer.Option(False, "--version", callback=_show_versio
             _import_module(module, label)
         except RagkitError as e:
             _fail(e)
+    from ragkit.encoders.sentence import env_caching_queries
+
+    try:  # a misspelt $RAGKIT_CACHE_QUERIES: said before any work, whatever the pipeline encodes
+        env_caching_queries()
+    except RagkitError as e:
+        _fail(e)
 
 
 def _path_like(spec: str) -> bool:
@@ -416,12 +438,12 @@ def _note_nothing_learns(option: str, so: str) -> None:
 
 
 def _print_uncut(table: Table) -> None:
-    """Print ``table`` on stdout as wide as it needs: a narrower terminal (or 80 columns when piped)
-    would cut names and numbers to ``0.6…``."""
+    """Print ``table`` on stdout (stderr while ``-o -`` holds stdout: :data:`console`'s file) as wide as it
+    needs: a narrower terminal (or 80 columns when piped) would cut names and numbers to ``0.6…``."""
     from rich.measure import Measurement
 
     need = Measurement.get(console, console.options.update(max_width=10_000), table).maximum
-    (console if need <= console.width else Console(width=need)).print(table)
+    (console if need <= console.width else Console(width=need, file=console.file)).print(table)
 
 
 def _parse_ks(ks: str) -> list[int]:
@@ -584,13 +606,7 @@ def _fit_and_score(pipe: Any, loaded: bool, sp: _Split, ks: list[int], trace: bo
     encoded = None if uncounted else n_encoded() - before
     run = _search_scored(pipe, sp.queries, sp.qrels, sp.dataset().corpus, scoring, trace)
     result = _evaluate(run, sp.qrels, scoring.metric_names(ks), ignore_identical_ids=not scoring.keep_ids,
-                       relevance_level=scoring.relevance_level)[0]  # (its ignored documents: the note below)
-    if result.ignored_judged:
-        console.print(f"[yellow]note:[/] {result.ignored_judged} judged-relevant document(s) have their query's id "
-                      "and are never scored as retrieved (a document with its query's id is dropped from the run, "
-                      "as BEIR does for datasets whose queries are documents too: ArguAna, Quora), so they count as "
-                      "not found; --keep-identical-ids scores them",
-                      soft_wrap=True)
+                       relevance_level=scoring.relevance_level)[0]  # (its ignored documents: _note_scored's note)
     return _Scored(run, result, t_fit, encoded)
 
 
@@ -673,20 +689,29 @@ def _note_depth(run: Any, ks: list[int], corpus: Any, pipe: Any, prefix: str = "
                if flag is not None and depth >= flag else
                "what limits it: a step's k (give the last steps a larger one to measure that depth)"
                + (f", or a step that returns fewer: {'; '.join(fewer)}" if fewer else ""))
-        console.print(f"[yellow]note:[/] {escape(prefix)}the pipeline returned at most {depth} documents per query, "
-                      f"so the @{', @'.join(map(str, deeper))} metrics count only those; {why}", soft_wrap=True)
+        err_console.print(Text(f"note: {prefix}the pipeline returned at most {depth} documents per query, so the "
+                               f"@{', @'.join(map(str, deeper))} metrics count only those; {why}", style="yellow"),
+                          soft_wrap=True)
 
 
 def _note_scored(run: Any, ks: list[int], corpus: Any, pipe: Any, qrels: Any, scoring: _Scoring,
-                 prefix: str = "") -> None:
-    """``ragkit eval``'s notes under its table: the depth the pipeline reached (:func:`_note_depth`), and the judged
+                 prefix: str = "", ignored_judged: int = 0) -> None:
+    """``ragkit eval``'s notes under its table, on stderr (as its other notes; stdout keeps the table), each
+    after ``prefix`` (``"scifact: "`` for one of several datasets): the ``ignored_judged`` judged documents
+    dropped for having their query's id, the depth the pipeline reached (:func:`_note_depth`), and the judged
     queries that no document can make relevant at ``--relevance-level`` (:func:`~ragkit.eval.metrics.level_note`)."""
     from ragkit.eval.metrics import level_note
 
+    if ignored_judged:
+        err_console.print(Text(
+            f"note: {prefix}{ignored_judged} judged-relevant document(s) have their query's id and are never scored "
+            "as retrieved (a document with its query's id is dropped from the run, as BEIR does for datasets whose "
+            "queries are documents too: ArguAna, Quora), so they count as not found; --keep-identical-ids scores "
+            "them", style="yellow"), soft_wrap=True)
     _note_depth(run, ks, corpus, pipe, prefix, scoring.depth)
     said = level_note(qrels, scoring.relevance_level, "--relevance-level")
     if said:
-        console.print(Text(f"note: {prefix}{said}", style="yellow"), soft_wrap=True)
+        err_console.print(Text(f"note: {prefix}{said}", style="yellow"), soft_wrap=True)
 
 
 def _timings_line(t_load: float, t_fit: float, encoded: int | None, search_s: float, n_queries: int,
@@ -846,7 +871,7 @@ def eval_cmd(
     for m, v in result.scores.items():
         table.add_row(m, f"{v:.4f}")
     console.print(table)
-    _note_scored(run, ks, ds.corpus, pipe, sp.qrels, scoring)
+    _note_scored(run, ks, ds.corpus, pipe, sp.qrels, scoring, ignored_judged=result.ignored_judged)
     console.print(_timings_line(t_find + sp.t_load, scored.t_fit, scored.encoded, run.seconds, len(queries), total),
                   soft_wrap=True)
     if trace and run.trace:
@@ -918,7 +943,8 @@ def _eval_subsets(data: str, subs: list[str], pipeline: str, loaded: bool, *, sp
         first = next(iter(one.result.scores))
         console.print(Text(f"{s} / {split} ({len(sp.queries)} queries): {first} {one.result.scores[first]:.4f} · "
                            f"fit {one.t_fit:.2f} s · search {one.run.seconds:.2f} s"), soft_wrap=True)
-        _note_scored(one.run, ks, sp.dataset().corpus, pipe, sp.qrels, scoring, prefix=f"{s}: ")
+        _note_scored(one.run, ks, sp.dataset().corpus, pipe, sp.qrels, scoring, prefix=f"{s}: ",
+                     ignored_judged=one.result.ignored_judged)
         spec = pipe.to_yaml()
         sp.released()
         del pipe  # (the fitted pipeline holds the corpus and its index too)
@@ -1680,6 +1706,7 @@ def _check_no_pipelines(results: list[Path], data: Optional[str], split: str, re
 
 @app.command("compare")
 def compare_cmd(
+    ctx: typer.Context,
     results: list[Path] = typer.Argument(..., help="Two or more 'ragkit eval -o' JSON files or TREC run files; "
                                                    "the first is the baseline unless --baseline names another."),
     metrics: str = typer.Option("ndcg@10,recall@100", "--metrics", "-m", help="Metrics, comma-separated."),
@@ -1693,7 +1720,8 @@ def compare_cmd(
                                        "near 0.05 then has a Monte Carlo standard error of 0.0005)."),
     seed: int = typer.Option(0, min=0, max=2**32 - 1, help="Seed of the resampling."),
     alpha: float = typer.Option(0.05, "--alpha", min=0.0, max=1.0, help="Significance level (Holm-corrected)."),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write the comparison as JSON."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write the comparison as JSON ('-': standard "
+                                                                       "output, the table then on standard error)."),
     relevance_level: int = typer.Option(1, "--relevance-level", min=1,
                                         help="Lowest grade the binary metrics count when scoring TREC run files "
                                              "(trec_eval's -l), as ragkit eval's."),
@@ -1727,10 +1755,13 @@ def compare_cmd(
             if baseline.resolve() not in resolved:
                 raise RagkitError(f"--baseline {baseline}: not one of the RESULTS ({', '.join(map(str, results))})")
             base = resolved.index(baseline.resolve())
-        if output is not None and output.resolve() in resolved:  # it would replace a result it compares
+        if output is not None and not _is_stdout(output) and output.resolve() in resolved:  # it would replace one
             raise RagkitError(f"--output {output}: one of the RESULTS; writing the comparison there would replace "
                               "those results; give another path, such as comparison.json")
         _prepare_output(output, "--output", "comparison.json")
+        if _is_stdout(output):  # the JSON alone on standard output, for a script; the table and notes on stderr
+            console.file = sys.stderr
+            ctx.call_on_close(lambda: setattr(console, "file", None))
         qrels, ds_name = None, None
         if data is not None:  # its judgements only: a corpus can be gigabytes
             from ragkit.eval.beir import beir_qrels
@@ -1778,7 +1809,10 @@ def compare_cmd(
         console.print(Text(f"warning: {warning}", style="yellow"), soft_wrap=True)
     for few in cmp.few_differ():
         console.print(Text(f"note: {few}", style="yellow"), soft_wrap=True)
-    if output is not None:
+    if _is_stdout(output):
+        sys.stdout.write(json.dumps(cmp.to_dict(), indent=2) + "\n")
+        sys.stdout.flush()
+    elif output is not None:
         try:
             with atomic_file(output) as tmp:
                 tmp.write_text(json.dumps(cmp.to_dict(), indent=2), encoding="utf-8")
@@ -1787,9 +1821,30 @@ def compare_cmd(
         console.print(Text(f"wrote {output}"), soft_wrap=True)
 
 
-def main() -> None:  # pragma: no cover
-    app()
+def main(args: Optional[list[str]] = None) -> int:
+    """Run the command line on ``args`` (default: ``sys.argv[1:]``) as the ``ragkit`` script does (through
+    ``ragkit.__main__.main``); return its exit status.  A usage error (an unknown option or command, a
+    missing option, a value an option's type refuses) is one plain line on stderr, ``error: <what> (see
+    'ragkit eval --help')``, with status 2, as ragkit's own errors are (click's own report is a boxed panel
+    that splits its message across lines at 80 columns); Ctrl-C while a command runs exits 130."""
+    import importlib
+
+    # click's exceptions, where typer raises them from (typer 0.26 and later vendor click as typer._click)
+    clicks = importlib.import_module(typer.BadParameter.__module__)
+    try:
+        status = app(args=args, prog_name="ragkit", standalone_mode=False)
+    except getattr(clicks, "NoArgsIsHelpError", ()) as e:  # ``ragkit`` alone: the help (printed already), status 2
+        return int(e.exit_code)
+    except clicks.ClickException as e:
+        usage = getattr(e, "ctx", None)
+        hint = f" (see '{usage.command_path} --help')" if isinstance(e, clicks.UsageError) and usage else ""
+        err_console.print(Text.assemble(("error:", "bold red"), f" {e.format_message().rstrip('.')}{hint}"))
+        return int(e.exit_code)
+    except (typer.Abort, getattr(clicks, "Abort", typer.Abort)):  # (end of input at a prompt; Ctrl-C: status 130)
+        err_console.print(Text("aborted", style="bold red"))
+        return 1
+    return status if isinstance(status, int) else 0  # (a typer.Exit's code, or a command's None)
 
 
 if __name__ == "__main__":  # pragma: no cover
-    main()
+    sys.exit(main())

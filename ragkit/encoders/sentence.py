@@ -238,10 +238,31 @@ def check_downloadable(model: str, path: str) -> None:
 _QUERY_CACHE: ContextVar[bool] = ContextVar("ragkit_query_cache", default=False)
 
 
+#: ``RAGKIT_CACHE_QUERIES``' spellings (any case, spaces around ignored); unset or empty is false
+_TRUE_WORDS, _FALSE_WORDS = ("1", "true", "yes", "on"), ("0", "false", "no", "off", "")
+
+
+def env_caching_queries() -> bool:
+    """``$RAGKIT_CACHE_QUERIES`` as a boolean: 1, true, yes or on (any case) is true; 0, false, no, off,
+    empty or unset is false; anything else (``2``, ``y``, ``enable``) is a :class:`ParamError` naming the
+    variable and the accepted values (it was read as false without a word)."""
+    raw = os.environ.get("RAGKIT_CACHE_QUERIES", "")
+    word = raw.strip().lower()
+    if word in _TRUE_WORDS:
+        return True
+    if word in _FALSE_WORDS:
+        return False
+    raise ParamError(f"RAGKIT_CACHE_QUERIES: expected 1, true, yes or on (cache query vectors) or 0, false, no, "
+                     f"off or empty (do not), got {raw!r}")
+
+
 def queries_cached() -> bool:
     """Whether :meth:`Encoder.encode_queries` keeps query vectors in the on-disk cache by default:
-    inside :func:`caching_queries`, or with the environment variable ``RAGKIT_CACHE_QUERIES=1``."""
-    return _QUERY_CACHE.get() or os.environ.get("RAGKIT_CACHE_QUERIES", "").strip().lower() in ("1", "true", "yes")
+    inside :func:`caching_queries`, or with the environment variable ``RAGKIT_CACHE_QUERIES`` set to 1,
+    true, yes or on (:func:`env_caching_queries`; another value than those and 0, false, no, off is a
+    :class:`ParamError`)."""
+    from_env = env_caching_queries()  # (read even inside caching_queries: a misspelt value is said, not ignored)
+    return _QUERY_CACHE.get() or from_env
 
 
 @contextmanager
