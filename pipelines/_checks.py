@@ -108,9 +108,7 @@ def check_trainable(root: Operator, train: TrainSet | None, corpus: Corpus | Non
     if train is not None and not train.labelled:  # TrainSet(queries): a query bank, no judgements to learn from
         learner = next(((path, leaf) for path, leaf in walk_leaves(root) if leaf.learns), None)
         if learner is not None:
-            raise DataError(f"{learner[0]}: {learner[1].name} learns from judged queries, but the TrainSet has no "
-                            f"judgements ({len(train.queries)} queries, no qrels: a query bank, which dbnorm reads); "
-                            "give TrainSet(queries, qrels)")
+            raise train.unlabelled_refusal(f"{learner[0]}: {learner[1].name}")
     if train is not None and corpus is not None and any(leaf.learns for _, leaf in walk_leaves(root)):
         train.check_corpus(corpus)
     if train is not None:

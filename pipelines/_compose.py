@@ -578,7 +578,7 @@ class Pipeline(Composite):
     @property
     def is_fitted(self) -> bool:
         """Whether the pipeline was fitted (it holds a corpus) or every step is."""
-        return hasattr(self, "corpus_") or all(c.is_fitted for c in self.steps)
+        return "corpus_" in vars(self) or all(c.is_fitted for c in self.steps)
 
     # ------------------------------------------------------------------ run
     def _call(self, state: State, path: str = "pipeline") -> State:
@@ -653,7 +653,7 @@ class Pipeline(Composite):
         stateful = [leaf for leaf in leaves if not leaf.stateless]
         if any(not leaf.is_fitted for leaf in stateful):
             how = "pipeline.fit(corpus, train)" if any(x.needs_train for x in stateful) else "pipeline.fit(corpus)"
-            if getattr(self, "corpus_", None) is None and not stateful[0].is_fitted:
+            if vars(self).get("corpus_") is None and not stateful[0].is_fitted:
                 raise NotFittedError(f"this pipeline is not fitted yet; call {how} first")
             from ragkit.pipelines.yaml import walk_leaves
 

@@ -472,11 +472,14 @@ def _alive_nt(pid: int) -> bool:
     """:func:`_alive` on Windows: ``OpenProcess`` finds the process and it has no exit code yet; one that
     cannot be opened for another reason than not existing (access denied) counts as running."""
     import ctypes
+    from ctypes import wintypes
 
-    kernel32 = ctypes.windll.kernel32  # type: ignore[attr-defined]
+    kernel32 = ctypes.WinDLL("kernel32", use_last_error=True)  # type: ignore[attr-defined]
+    kernel32.OpenProcess.restype = wintypes.HANDLE  # (a handle is pointer-wide, not the default C int)
+    kernel32.OpenProcess.argtypes = (wintypes.DWORD, wintypes.BOOL, wintypes.DWORD)
     handle = kernel32.OpenProcess(0x1000, False, pid)  # PROCESS_QUERY_LIMITED_INFORMATION
     if not handle:
-        return kernel32.GetLastError() != 87  # ERROR_INVALID_PARAMETER: no such process
+        return ctypes.get_last_error() != 87  # type: ignore[attr-defined]  # ERROR_INVALID_PARAMETER: no such process
     try:
         code = ctypes.c_ulong()
         if not kernel32.GetExitCodeProcess(handle, ctypes.byref(code)):

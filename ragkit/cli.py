@@ -268,13 +268,19 @@ def _prepare_output(path: Optional[Path], option: str, example: str) -> None:
         raise RagkitError(f"{option} {path}: cannot write into the folder {path.parent}: {e.strerror or e}") from None
 
 
+def _human_output_to_stderr(ctx: typer.Context) -> None:
+    """Send the human output (tables, notes, timings) to standard error for the command's duration: its
+    standard output carries JSON or a run file alone, for a script."""
+    console.file = sys.stderr
+    ctx.call_on_close(lambda: setattr(console, "file", None))
+
+
 def _prepare_outputs(ctx: typer.Context, output: Optional[Path], run_file: Optional[Path], run_tag: str) -> None:
     """Check ``--output`` / ``--run`` / ``--run-tag`` before any work starts (folders created, writable,
     not one path twice, a tag the run file can hold); when either is ``-`` the human output (tables,
     notes, timings) goes to standard error for the command's duration."""
     if _is_stdout(output) or _is_stdout(run_file):
-        console.file = sys.stderr
-        ctx.call_on_close(lambda: setattr(console, "file", None))
+        _human_output_to_stderr(ctx)
     if output is not None and run_file is not None and (str(output) == str(run_file) == "-" or (
             not _is_stdout(output) and not _is_stdout(run_file) and output.resolve() == run_file.resolve())):
         raise RagkitError(f"--output and --run both name {output}; the run file would replace the JSON results: "
@@ -1760,8 +1766,7 @@ def compare_cmd(
                               "those results; give another path, such as comparison.json")
         _prepare_output(output, "--output", "comparison.json")
         if _is_stdout(output):  # the JSON alone on standard output, for a script; the table and notes on stderr
-            console.file = sys.stderr
-            ctx.call_on_close(lambda: setattr(console, "file", None))
+            _human_output_to_stderr(ctx)
         qrels, ds_name = None, None
         if data is not None:  # its judgements only: a corpus can be gigabytes
             from ragkit.eval.beir import beir_qrels

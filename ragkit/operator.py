@@ -378,9 +378,7 @@ class Operator:
         if refusal is not None:  # before any state changes: a refused refit keeps what was fitted
             raise refusal
         if train is not None and not train.labelled and self.learns:  # TrainSet(queries): a query bank only
-            raise DataError(f"{self.name}.fit learns from judged queries, but the TrainSet has no "
-                            f"judgements ({len(train.queries)} queries, no qrels: a query bank, which dbnorm reads); "
-                            "give TrainSet(queries, qrels)")
+            raise train.unlabelled_refusal(f"{self.name}.fit")
         own = getattr(self.params, "filter", None)
         if own is not None:  # a field the corpus lacks would fail every search
             try:

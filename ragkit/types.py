@@ -1200,6 +1200,13 @@ class TrainSet:
         """Whether the set holds judgements (qrels); ``False`` for ``TrainSet(queries)``, a query bank."""
         return any(rel for rel in self.qrels.values())
 
+    def unlabelled_refusal(self, learner: str) -> DataError:
+        """The error for ``learner`` (``"pipeline[1]: cosine_adapter"``, ``"rrf.fit"``), a step that learns from
+        judgements, given this set without any (:attr:`labelled` false)."""
+        return DataError(f"{learner} learns from judged queries, but the TrainSet has no judgements "
+                         f"({len(self.queries)} queries, no qrels: a query bank, which dbnorm reads); give "
+                         "TrainSet(queries, qrels)")
+
     def judged(self) -> Queries:
         """The training queries with at least one judgement (any grade, 0 too), in their order: those a
         learner reads (an unjudged query teaches nothing)."""

@@ -205,6 +205,7 @@ class Dense(TunedEncoderMixin, Operator):
         self.__dict__.pop("_fresh_docs", None)
         vecs = self._encode_docs(corpus)
         self._warn_b1_norms(vecs)
+        self._warn_b1_signs(vecs)
         # a fresh array is handed over to the index (normalised in place; the f32 index keeps it): the
         # corpus's vectors are not copied a second time
         self.index_ = self._new_index().build(vecs, copy=not self._fresh(vecs))
@@ -214,9 +215,7 @@ class Dense(TunedEncoderMixin, Operator):
     def _warn_b1_norms(self, vecs: np.ndarray) -> None:
         """Warn when ``dtype='b1'`` with ``metric='ip'`` and no ``rescore`` meets documents whose norms differ
         (by more than 1%): the bits keep only signs, so the scores ignore the norms an inner product ranks by
-        (scores of 3.4-8 for inner products of 52-143 in a review).  Unit vectors (MiniLM's): ip is cos, fine.
-        Also (:meth:`_warn_b1_signs`) when most coordinates have one sign in nearly every document."""
-        self._warn_b1_signs(vecs)
+        (scores of 3.4-8 for inner products of 52-143 in a review).  Unit vectors (MiniLM's): ip is cos, fine."""
         p = self.params
         if p.dtype != "b1" or p.metric != "ip" or p.rescore or not len(vecs):
             return

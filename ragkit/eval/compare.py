@@ -145,6 +145,7 @@ def load_result(path: str | Path, *, qrels: Qrels | None = None, metrics: Sequen
         raise DataError(f"{path}: a TREC run file holds no judgements; give the dataset to score it against "
                         "(ragkit compare --data NAME_OR_FOLDER --split SPLIT)")
     run = Run.read_trec(path)
+    qrels = check_qrels(qrels, "load_result")  # (once: the scores and the level note read it)
     judged = [q for q in run.query_ids if q in qrels]
     named = (f"split {split!r}" if split else "", f"dataset {dataset!r}" if dataset else "")
     where = " of ".join(x for x in named if x)
@@ -154,7 +155,8 @@ def load_result(path: str | Path, *, qrels: Qrels | None = None, metrics: Sequen
                         f"{where or 'judgements given'} ({len(qrels)} judged queries, e.g. {some_ids(list(qrels))}); "
                         "score a run of the same dataset and split")
     scores = _evaluate_noted(run, qrels, list(metrics), relevance_level=relevance_level,  # (its own notes below)
-                             ignore_identical_ids=ignore_identical_ids, note_unsearched=False, note_level=False)
+                             ignore_identical_ids=ignore_identical_ids, note_unsearched=False, note_level=False,
+                             qrels_checked=True)
     scored = next(iter(scores.per_query.values()), {})
     ran = set(run.query_ids)
     lacking = [q for q in scored if q not in ran]
@@ -166,7 +168,7 @@ def load_result(path: str | Path, *, qrels: Qrels | None = None, metrics: Sequen
             unjudged or "a run written with --limit is compared on every judged query")
     elif unjudged:
         logging.getLogger("ragkit").info("%s: %s; they are left out of the comparison", path, unjudged)
-    said = level_note(check_qrels(qrels, "load_result"), relevance_level)
+    said = level_note(qrels, relevance_level)
     if said:  # (about the judgements: said once, however many run files they score)
         say_once(said, f"{where or 'judgements given'}: {said}")
     # (no depth: a run's rankings may be short because few documents matched, not because it was cut)

@@ -184,12 +184,14 @@ def _evaluate_noted(
     and whose warning of queries with no judgement at ``relevance_level`` (:func:`level_note`) with
     ``note_level=False`` (:func:`~ragkit.eval.compare.load_result` says both in the words of ``ragkit compare``);
     ``qrels_checked``: as :func:`_evaluate`."""
+    if not qrels_checked and not isinstance(qrels, Run):  # once, for the scores and the note (a Run: refused below)
+        qrels, qrels_checked = check_qrels(qrels, "evaluate"), True
     result, ignored = _evaluate(run, qrels, metrics, ignore_identical_ids=ignore_identical_ids,
                                 relevance_level=relevance_level, qrels_checked=qrels_checked)
     if note_unsearched:
         _note_unsearched(run, result)
     if note_level:
-        said = level_note(qrels if qrels_checked else check_qrels(qrels, "evaluate"), relevance_level)
+        said = level_note(qrels, relevance_level)
         if said:
             say_once(said, f"evaluate: {said}", logging.WARNING)
     n = result.ignored_judged
