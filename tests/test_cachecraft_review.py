@@ -106,6 +106,20 @@ def test_generate_refuses_fraction_beside_alpha_with_the_cachecraft_selector():
     Generate(fraction=0.5, selector="fixed")
 
 
+def test_a_saved_generate_with_fraction_beside_alpha_still_loads(caplog):
+    """Pipelines saved before the refusal held both (fraction unused): they load, with a warning."""
+    import logging
+
+    from ragkit.generators import Generate
+    from ragkit.params import validate_params
+
+    with caplog.at_level(logging.WARNING, logger="ragkit"):
+        p = validate_params(Generate.Params, {"alpha": 1.0, "fraction": 0.5}, "generate", source="saved")
+    assert p.alpha == 1.0 and p.fraction == 0.5
+    assert any("has no effect with alpha" in r.getMessage() and "loads as it ran" in r.getMessage()
+               for r in caplog.records)
+
+
 def test_a_system_prompt_holding_the_user_turn_placeholder_is_kept(tiny):  # noqa: F811
     """ragkit's placeholder for the user turn in the system prompt: ValueError: too many values to unpack."""
     from ragkit.generators.local import LocalGenerator

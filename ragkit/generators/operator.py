@@ -14,6 +14,7 @@ batched over tokens.
 
 from __future__ import annotations
 
+import logging
 import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Literal
@@ -105,7 +106,7 @@ class GenerateParams(Params):
         return v
 
     @model_validator(mode="after")
-    def _local_only(self) -> "GenerateParams":
+    def _local_only(self, info: ValidationInfo) -> "GenerateParams":
         if self.backend == "langchain":
             ignored = [f for f in LOCAL_ONLY if getattr(self, f) != type(self).model_fields[f].default]
             if ignored:
@@ -125,9 +126,13 @@ class GenerateParams(Params):
                            ("disk_half_life_s", self.cache_dir is not None, "cache_dir"))
         default_fraction = type(self).model_fields["fraction"].default
         if fix and self.selector == "cachecraft" and self.alpha is not None and self.fraction != default_fraction:
-            raise ValueError(f"fraction={self.fraction!r} has no effect with alpha={self.alpha!r}: with selector "
-                             "'cachecraft', alpha sets each chunk's recompute share (Cache-Craft's CFO), overriding "
-                             "fraction; leave one of them out")
+            said = (f"fraction={self.fraction!r} has no effect with alpha={self.alpha!r}: with selector 'cachecraft', "
+                    "alpha sets each chunk's recompute share (Cache-Craft's CFO), overriding fraction; leave one of "
+                    "them out")
+            if isinstance(info.context, dict) and info.context.get("source") == "saved":  # saved before the check:
+                logging.getLogger("ragkit").warning(f"generate: {said} (a saved pipeline: it loads as it ran)")
+            else:
+                raise ValueError(said)
         return self
 
 
