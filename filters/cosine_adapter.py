@@ -571,8 +571,8 @@ class CosineAdapter(Operator):
                             f"2/(1-{min(value, 0.99):.4g}))")
         if thin:
             logging.getLogger("ragkit").warning(
-                "cosine_adapter: fitted on little: %s; the threshold (%.4g) may cut other queries' lists short; give "
-                "more judged queries, or set threshold: explicitly", "; ".join(thin), self.threshold_)
+                "cosine_adapter: fitted on little: %s; the threshold (%.4g) may keep too much or cut other queries' "
+                "lists short; give more judged queries, or set threshold: explicitly", "; ".join(thin), self.threshold_)
 
     # ------------------------------------------------------------------ inference
     def predict_proba(self, qvecs: np.ndarray, cosines: np.ndarray) -> np.ndarray:

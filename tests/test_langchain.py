@@ -574,7 +574,8 @@ def test_edits_of_a_pipeline_with_a_retriever_that_cannot_edit_are_refused_befor
     docs = _tenant_docs("a") + _tenant_docs("b")
     r = RagkitRetriever(pipeline=Parallel([BM25(k=5), KnnEmbed(k=5, n_clusters=2, n_init=1)], fuse=RRF()),
                         corpus=docs, k=2)
-    with pytest.raises(ParamError, match=r"add_documents: .*knn_embed.* cannot add documents"):
+    with pytest.raises(ParamError, match=r"add_documents: .*knn_embed.* cannot add documents \(only bm25, "
+                                         r"cosine_adapter, dense can, without a refit\)"):
         r.add_documents([Document(page_content="new", id="n")])
     with pytest.raises(ParamError, match=r"delete: .*knn_embed.* cannot remove documents"):
         r.delete(["a0"])

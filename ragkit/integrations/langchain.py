@@ -885,9 +885,13 @@ class RagkitRetriever(BaseRetriever):
                   if not leaf.stateless and getattr(leaf, "corpus_", None) is not None]
         cannot = [f"{path} ({leaf.name})" for path, leaf in leaves if not callable(getattr(leaf, method, None))]
         if cannot:
+            from ragkit import registry
+
             verb = "add documents" if method == "add" else "remove documents"
+            able = [n for n in registry.names() if not (cls := registry.get(n)).stateless  # (the list drifted
+                    and callable(getattr(cls, method, None))]                              # when written out)
             raise ParamError(f"{'add_documents' if method == 'add' else 'delete'}: {', '.join(cannot)} cannot {verb} "
-                             "(only bm25 and dense can, without a refit); build a new retriever on the documents "
+                             f"(only {', '.join(able)} can, without a refit); build a new retriever on the documents "
                              "you want instead")
         done = []
         try:
