@@ -61,7 +61,9 @@ def _show_warning(message: Warning | str, category: type[Warning], filename: str
     Python's ``file:line: RuntimeWarning:`` and source line (which pointed into typer), and without the advice
     meant for Python callers (``or pass cache=False``: the command line has ``RAGKIT_CACHE``)."""
     text = str(message).removeprefix("ragkit: ")
-    text = re.sub(r",? or pass cache=False\b", "", text)
+    from ragkit.encoders.cache import PYTHON_ONLY_ADVICE
+
+    text = text.replace(PYTHON_ONLY_ADVICE, "")
     err_console.print(Text(f"warning: {text}", style="yellow"), soft_wrap=True)
 
 

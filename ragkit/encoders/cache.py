@@ -123,6 +123,11 @@ def _remove_orphan_shards(folder: Path) -> list[tuple[Path, int]]:
     return removed
 
 
+PYTHON_ONLY_ADVICE = ", or pass cache=False"
+"""The end of a cache warning that only a Python caller can follow (the command line drops it: it has
+``RAGKIT_CACHE``, no ``cache`` argument)."""
+
+
 def write_shard(folder: Path, key: str, arrays: Sequence[tuple[str, CacheFile]]) -> str | None:
     """Write one cache shard: ``<name><suffix>`` per ``(suffix, array or writer)``, each through a
     temporary file renamed into place, in order (put the keys file last: a shard is found through it).
@@ -134,8 +139,8 @@ def write_shard(folder: Path, key: str, arrays: Sequence[tuple[str, CacheFile]])
     name = uuid.uuid4().hex
     files: list[tuple[str, CacheFile]] = [("MODEL", key)]
     ok = write_cache_files(folder, files + [(f"{name}{suffix}", arr) for suffix, arr in arrays],
-                           "the vectors are used but not cached. Set RAGKIT_CACHE to a writable folder, or pass "
-                           "cache=False")
+                           "the vectors are used but not cached. Set RAGKIT_CACHE to a writable folder"
+                           + PYTHON_ONLY_ADVICE)
     return name if ok else None
 
 
