@@ -50,7 +50,7 @@ in the folder ``RAGKIT_BENCH_OUT`` names instead of bench/out, when set, or ``--
 The README's 1M run::
 
     python bench/dense.py --no-scifact --ef 128,256,512,1024 \
-        --only 'exact f32|rescore x4 ef|faiss HNSWFlat ef|IndexFlatIP'
+        --only 'exact f32|rescore x4|faiss HNSWFlat ef|IndexFlatIP'
 """
 
 from __future__ import annotations
