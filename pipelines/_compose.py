@@ -300,6 +300,25 @@ def _at(path: str, kind: str) -> str:
     return f"{path}.{kind}" if path else kind
 
 
+#: the per-query records a loop (``iterations``) and a route (``route``, the labels) keep in ``state.values``:
+#: under the plain name (the last loop / route to finish writes it) and under the name and the node's path
+#: (:func:`record_key`), where every loop's and route's record stays
+NODE_RECORDS = ("iterations", "route")
+
+
+def record_key(name: str, here: str) -> str:
+    """The ``values`` key of the record ``name`` (``"iterations"``, ``"route"``) of the loop or route at ``here``,
+    its path as traces and errors spell it: ``record_key("iterations", "pipeline[0].loop")`` is
+    ``"iterations@pipeline[0].loop"``; a composite searched on its own is at ``"loop"`` / ``"route"``."""
+    return f"{name}@{here}"
+
+
+def _record_inside(key: str, where: str) -> bool:
+    """Whether ``key`` is the record (:func:`record_key`) of a loop or route inside the node at ``where``."""
+    name, at, node = key.partition("@")
+    return bool(at) and name in NODE_RECORDS and node.startswith((f"{where}.", f"{where}["))
+
+
 def fit_once(op: Operator, corpus: Corpus, train: TrainSet | None, seen: set[int], upstream: State | None,
              path: str = "") -> None:
     """Fit ``op`` (at ``path`` in the tree, for errors) unless this pipeline already fitted the same object."""
@@ -975,9 +994,11 @@ class Parallel(Composite):
             outs.append(o)
         merged = state.copy()
         merged.vectors = shared
-        for o in outs:
+        for (_, where), o in zip(self.child_paths(path), outs):
             for key, vals in o.values.items():
-                if key not in QUERY_REWRITES:
+                if _record_inside(key, where):  # a loop's / route's record in this branch: its latest run
+                    merged.values[key] = vals
+                elif key not in QUERY_REWRITES:
                     merged.values.setdefault(key, vals)
         merged.branches = [(n, o.rankings if o.rankings is not None else [Ranking.empty() for _ in range(len(state))])
                            for n, o in zip(self.names, outs)]
@@ -1027,8 +1048,9 @@ class Route(Composite):
 
     The batch is split by label, each part runs its branch as one batch, and the
     results merge back in the original query order.  Queries whose label has no branch
-    go to ``default`` (an error when there is none).  The label is kept in
-    ``state.values["route"]``.
+    go to ``default`` (an error when there is none).  The labels are kept in
+    ``state.values["route"]`` (the last route to run writes it) and under the route's path,
+    ``state.values["route@pipeline[1].route"]``, which a later route does not overwrite.
 
     Examples
     --------
@@ -1039,7 +1061,7 @@ class Route(Composite):
     >>> router = RuleRouter(rules=[{"label": "short", "max_words": 1}], default="long")
     >>> pipe = BM25(k=3) | Route(router, {"short": TopK(k=1), "long": TopK(k=2)})
     >>> pipe.fit(Corpus.from_texts(["red apples", "green pears", "red cars"]))(State.of(["cars", "red apple"])).values
-    {'route': ['short', 'long']}
+    {'route': ['short', 'long'], 'route@pipeline[1].route': ['short', 'long']}
     >>> [d.tolist() for d in pipe.search(["cars", "red apple"]).doc_ids]
     [['2'], ['0', '2']]
     """
@@ -1234,6 +1256,7 @@ class Route(Composite):
             if qtext is not None and any(t is None for t in qtext):  # rewritten in some branches only
                 out.values[key] = [q if t is None else t for q, t in zip(out.texts(), qtext)]
         out.values["route"] = labels
+        out.values[record_key("route", here)] = list(labels)  # kept when a later route writes "route"
         out.values.pop("label", None)
         return out
 
@@ -1247,7 +1270,9 @@ class Loop(Composite):
     Each iteration runs the body on the queries still active (one batch); then the judge
     marks each of them done or not (``state.values["done"]``).  A query runs at most
     ``max_iters`` times; the number of iterations per query is in
-    ``state.values["iterations"]``.  Deterministic: same input, same iterations.
+    ``state.values["iterations"]`` (the last loop to finish writes it) and under the loop's
+    path, ``state.values["iterations@pipeline[0].loop"]``, which a later loop does not
+    overwrite.  Deterministic: same input, same iterations.
 
     Examples
     --------
@@ -1370,7 +1395,8 @@ class Loop(Composite):
         return True
 
     def _call(self, state: State, path: str = "") -> State:
-        """Iterate; per-query iteration counts go to ``values["iterations"]``.
+        """Iterate; per-query iteration counts go to ``values["iterations"]`` and to
+        ``values["iterations@<path>.loop"]`` (:func:`record_key`).
 
         Each iteration's body and judge steps appear in the trace under
         ``<path>.loop.body`` / ``<path>.loop.until`` with the number of queries still
@@ -1419,6 +1445,7 @@ class Loop(Composite):
             del current.values[key]
         current.values.update(outer)
         current.values["iterations"] = iters.tolist()
+        current.values[record_key("iterations", here)] = iters.tolist()  # kept when a later loop writes "iterations"
         return current
 
     def __call__(self, state: State) -> State:

@@ -39,6 +39,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, TypeVar
 
+import pydantic
 import yaml
 
 from ragkit import registry
@@ -214,6 +215,9 @@ def _safe_load(text: str, where: str) -> tuple[Any, yaml.Node | None]:
             problem = f"{context}, {problem}"
         if "could not determine a constructor" in str(e):
             problem = f"{problem}; YAML tags that construct objects are not allowed in pipeline files"
+        misaligned = _indent_problem(e, text)
+        if misaligned:  # a line indented to no level of the lines above it: said in plain words
+            problem = misaligned
         raise ConfigError(f"{where}:{loc}: not valid pipeline YAML: {problem}{_syntax_hint(e)}") from None
     except RecursionError:  # PyYAML composes and constructs nested collections recursively
         raise _too_deep(where) from None
@@ -245,6 +249,116 @@ def _syntax_hint(e: yaml.YAMLError) -> str:
             where = f"line {mark.line + 1}, column {mark.column + 1}"
             return f"; the {opened} at {where} is not closed (is {closer} missing?)"
     return ""
+
+
+#: the start of a line: its indentation, its list dashes ('- '), and a key ('name:') after them
+_LINE = re.compile(r"(?P<indent> *)(?P<dashes>(?:-(?: +|$))*)"
+                   r"(?:(?P<key>[^\s#:{}\[\],'\"][^#:]*?|'[^']*'|\"[^\"]*\") *:(?:\s|$))?")
+
+
+def _line_parts(line: str) -> tuple[int, list[int], tuple[int, str] | None]:
+    """A line's first column, the columns of its dashes, and its key's column and name (None: no key)."""
+    m = _LINE.match(line)
+    assert m is not None  # (every part of the pattern may be empty)
+    dashes, col = [], m.end("indent")
+    for d in re.finditer(r"-( +|$)", m.group("dashes")):
+        dashes.append(col + d.start())
+    key = (m.start("key"), m.group("key").strip("'\"")) if m.group("key") else None
+    return m.end("indent"), dashes, key
+
+
+def _indent_problem(e: yaml.YAMLError, text: str) -> str | None:
+    """In plain words, for a line the parser stopped at because it lines up with no list or mapping above
+    it (PyYAML: "expected <block end>, but found ..."): which list or mapping it breaks off, where that
+    one started, and what the line should line up with; None for any other error."""
+    problem, context = getattr(e, "problem", None) or "", getattr(e, "context", None) or ""
+    pmark, cmark = getattr(e, "problem_mark", None), getattr(e, "context_mark", None)
+    if (not problem.startswith("expected <block end>, but found") or pmark is None or cmark is None
+            or context not in ("while parsing a block collection", "while parsing a block mapping")):
+        return None
+    lines = text.splitlines()
+    if not pmark.line < len(lines) or not cmark.line < len(lines):
+        return None
+    pl, pc = pmark.line, pmark.column
+    _, dashes_here, key_here = _line_parts(lines[pl])
+    is_item = pc in dashes_here
+    # what lines up above it: the nearest key and list dash at each column, looking up past no line
+    # indented less than them (those deeper are inside something that already ended)
+    keys: dict[int, tuple[int, str]] = {}
+    dashes: dict[int, int] = {}
+    limit = sys.maxsize  # (the first line above sets it)
+    for i in range(pl - 1, -1, -1):
+        stripped = lines[i].strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        first, line_dashes, key = _line_parts(lines[i])
+        if first > limit:
+            continue
+        limit = first
+        for d in line_dashes:
+            dashes.setdefault(d, i)
+        if key is not None:
+            keys.setdefault(key[0], (i, key[1]))
+
+    def at(line: int, col: int) -> str:
+        return f"line {line + 1}, column {col + 1}"
+
+    def key_at(col: int) -> str:
+        line, name = keys[col]
+        return f"'{name}:' ({at(line, col)})"
+
+    cut = lines[cmark.line][cmark.column:].strip()
+    start = _line_parts(lines[cmark.line][cmark.column:])[2]
+    shown = f"'- {start[1]}:'" if cut.startswith("-") and start else f"'{start[1]}:'" if start else f"{cut:.30}"
+    in_list = context.endswith("collection")
+    opened = f"the {'list' if in_list else 'mapping'} that starts at {at(cmark.line, cmark.column)} ({shown})"
+    if is_item:  # '- x' where a key of a mapping (or its end) was expected
+        what = f"'- {key_here[1]}:'" if key_here else "this list item"
+        expected = "its next item or its end" if in_list else "that mapping's next key or its end"
+        said = f"{what} is a list item, indented to column {pc + 1} inside {opened}, where {expected} is expected"
+        others = sorted((c for c in dashes if c != pc), key=lambda c: (abs(c - pc), c))
+        if others:
+            c = others[0]
+            step = _line_parts(lines[dashes[c]])[2]
+            item = f"'- {step[1]}:'" if step else "'-'"
+            return (f"{said}: a step '- x' lines up with the other steps of its list: put its '-' at column "
+                    f"{c + 1}, like {item} at {at(dashes[c], c)}")
+        return f"{said}: a list starts on the line after its key ('steps:' then '- x' lines below it)"
+    if key_here is None or key_here[0] != pc:
+        return None
+    name = key_here[1]
+    if pc in dashes and pc not in keys:
+        said = (f"'{name}:' lines up with the '- ' of the items of {opened} but is not one of them (it has no "
+                f"'- '), nor does it line up with the keys of the mapping around that list")
+    elif pc not in keys:
+        deeper = min((c for c in keys if c > pc), default=None)
+        said = (f"'{name}:' at column {pc + 1} lines up with no mapping above it: it is deeper than the "
+                f"{'items' if in_list else 'keys'} of {opened}"
+                f"{f' and not as deep as {key_at(deeper)}' if deeper is not None else ''}")
+    else:
+        said = f"'{name}:' does not line up with {opened}"
+    forms = [form for form, form_keys in STRUCTURAL.items() if name in form_keys]
+
+    def parent(c: int) -> str | None:  # the key a key at column c is inside: the nearest shallower one
+        return keys[max(p for p in keys if p < c)][1] if any(p < c for p in keys) else None
+
+    # a key of the same form written beside it (its parent that form's name): the column to take
+    siblings = sorted((c for c in keys if c != pc and keys[c][1] != name and parent(c) in forms
+                       and keys[c][1] in STRUCTURAL[str(parent(c))]), key=lambda c: -keys[c][0])
+    if siblings:
+        c = siblings[0]
+        return f"{said}: '{name}' is a key of {parent(c)}, like '{keys[c][1]}': line it up with {key_at(c)}"
+    owner = [c for c in keys if keys[c][1] in forms]
+    if owner:  # no key of its form yet: it goes under the form's name
+        c = max(owner, key=lambda c: keys[c][0])
+        return f"{said}: '{name}' is a key of {keys[c][1]}: indent it under {key_at(c)}, deeper than it"
+    near = sorted((c for c in keys if c != pc), key=lambda c: (abs(c - pc), c))[:2]
+    if not near:
+        return said
+    choices = " or ".join(key_at(c) for c in sorted(near, reverse=True))
+    item = " (or, if it is an item of that list, start it with '- ')" if pc in dashes and pc not in keys else ""
+    return (f"{said}: the keys of one mapping line up in one column: line it up with the key it belongs beside, "
+            f"{choices}{item}")
 
 
 def parse_yaml_text(source: str | Path) -> tuple[Any, str]:
@@ -1112,13 +1226,29 @@ def _build_loop(body: Mapping[str, Any], here: str, make_leaf: LeafFactory, prob
     if problems.given(body, "until", here):
         until = problems.attempt("until", lambda: _need_kind(
             build(body["until"], f"{here}.until", make_leaf, expect="judge"), "judge", f"{here}.until"))
-    n = body.get("max_iters", 3)
-    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_LOOP_ITERS:
+    given = body.get("max_iters", 3)
+    n = _lax_int(given)
+    if n is None or not 1 <= n <= MAX_LOOP_ITERS:
+        why = "; YAML reads unquoted yes/no/on/off/true/false as booleans" if isinstance(given, bool) else ""
         problems.wrong("max_iters", here, f"expected an integer from 1 to {MAX_LOOP_ITERS:,} (each iteration runs the "
-                                          f"body over the queries still looping), got {n!r}")
+                                          f"body over the queries still looping), got {given!r}{why}")
     problems.check()
-    assert loop_body is not None and until is not None  # (else a problem was found: check raised it)
+    assert loop_body is not None and until is not None and n is not None  # (else check raised the problem)
     return Loop(loop_body, until=until, max_iters=n)
+
+
+_LAX_INT = pydantic.TypeAdapter(int)
+
+
+def _lax_int(value: Any) -> int | None:
+    """``value`` read as an integer the way an operator's parameters read one (pydantic's lax int: an
+    integral number, or a string of one: ``3``, ``3.0``, ``"3"``); None for anything else, a boolean too."""
+    if isinstance(value, bool):
+        return None
+    try:
+        return _LAX_INT.validate_python(value)
+    except pydantic.ValidationError:
+        return None
 
 
 def _need_kind(op: Operator, kind: str, where: str) -> Operator:
