@@ -99,6 +99,9 @@ class ScoreReached(LearnedThreshold, Operator):
     A ranking shorter than ``rank`` is not done.  Scores are in the units of the last
     retriever or fuser (BM25 score, cosine, RRF score).  Writes ``state.values["done"]``.
 
+    A rule-based judge of Modular RAG's scheduling (Gao et al., "Modular RAG: Transforming RAG Systems into
+    LEGO-like Reconfigurable Frameworks", arXiv 2407.21059).
+
     Examples
     --------
     >>> from ragkit.types import Ranking, State

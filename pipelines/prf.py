@@ -160,6 +160,9 @@ class PRF(Operator):
     changes nothing.  A query whose feedback documents hold no usable term keeps its
     original text.  The algorithm, step by step, is in the module docstring.
 
+    RM3: Abdul-Jaleel et al., "UMass at TREC 2004: Novelty and HARD", TREC 2004, on the relevance models of
+    Lavrenko & Croft, "Relevance-Based Language Models", SIGIR 2001.
+
     Fitted state: term counts ``tf_`` (CSR, n_docs x n_terms, terms in alphabetical order, ``uint16`` counts,
     ``int32`` where one exceeds 65,535; saves from before hold float64 counts, which load as they are),
     document frequencies ``df_`` (n_terms,), ``expandable_`` (n_terms, bool: passes the

@@ -16,7 +16,7 @@ from ragkit.errors import (
     ParamError,
     RagkitError,
 )
-from ragkit.eval import beir_subsets, evaluate, load_beir
+from ragkit.eval import BeirDataset, EvalResult, beir_subsets, evaluate, load_beir
 from ragkit.operator import Operator
 from ragkit.params import Params
 from ragkit.pipelines import Loop, Parallel, Pipeline, Route, Sequence  # noqa: F401  (Sequence: not in __all__)
@@ -49,7 +49,7 @@ __version__ = _version()
 # shadow ``typing.Sequence`` / ``collections.abc.Sequence`` in the importing module)
 __all__ = [
     "__version__", "Operator", "Params", "Run", "Corpus", "Queries", "Qrels", "Ranking", "State", "TrainSet",
-    "Pipeline", "Parallel", "Route", "Loop", "evaluate", "load_beir", "beir_subsets",
+    "Pipeline", "Parallel", "Route", "Loop", "evaluate", "EvalResult", "load_beir", "BeirDataset", "beir_subsets",
     "RagkitError", "ParamError", "ConfigError", "DataError", "NotFittedError", "ArtifactError",
     "ArtifactNotFoundError", "InputTypeError",
 ]

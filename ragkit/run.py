@@ -157,6 +157,19 @@ class Run:
     trace : list of TraceEvent or None
     seconds : float or None
         Wall time of the search.
+
+    Examples
+    --------
+    >>> from ragkit import Run
+    >>> run = Run.from_dict({"q1": {"d1": 2.0, "d2": 1.0}, "q2": {"d3": 0.5}})
+    >>> for qid, doc_ids, scores in run:
+    ...     print(qid, doc_ids.tolist(), scores.tolist())
+    q1 ['d1', 'd2'] [2.0, 1.0]
+    q2 ['d3'] [0.5]
+    >>> run["q1"][0].tolist()
+    ['d1', 'd2']
+    >>> run.to_dict(k=1)
+    {'q1': {'d1': 2.0}, 'q2': {'d3': 0.5}}
     """
 
     query_ids: list[str]
@@ -218,6 +231,8 @@ class Run:
     __hash__ = None  # type: ignore[assignment]  # mutable, compared by content
 
     def __iter__(self) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
+        """``(query_id, doc_ids, scores)`` per query, in the run's order: the document ids (str) and their
+        scores (float32), best first, as ``run[query_id]`` gives them."""
         return iter(zip(self.query_ids, self.doc_ids, self.scores))
 
     def __getitem__(self, query_id: str | int | np.integer) -> tuple[np.ndarray, np.ndarray]:

@@ -302,10 +302,12 @@ class BeirDataset:
 
     @property
     def name(self) -> str:
+        """The dataset's name: its folder's (``"scifact"``)."""
         return self.path.resolve().name  # ("." names the folder it is)
 
     @property
     def splits(self) -> list[str]:
+        """The splits that have judgements (``qrels/<split>.tsv``), sorted: ``["dev", "test", "train"]``."""
         return sorted(p.stem for p in (self.path / "qrels").glob("*.tsv"))
 
     def qrels(self, split: str = "test") -> Qrels:
@@ -344,13 +346,16 @@ class BeirDataset:
             _log.warning(f"{path}: {said}" + (f" {they} as not found" if r else ""))
         return qrels
 
-    def unknown_judged(self, qrels: Qrels) -> list[tuple[str, str]]:
+    def unknown_judged(self, qrels: Mapping[str, Mapping[str, int]]) -> list[tuple[str, str]]:
         """``(query id, document id)`` of every judgement in ``qrels`` (any grade) whose document the
         corpus lacks, in qrels order."""
         lut = self.corpus._lookup()
         return [(q, d) for q, rel in qrels.items() for d in rel if d not in lut]
 
     def queries(self, split: str = "test") -> Queries:
+        """The queries judged in ``split`` (:meth:`qrels`), in ``queries.jsonl`` order: a query no judgement
+        of the split names is left out (BEIR scores only judged queries).  A split the folder lacks is a
+        :class:`DataError` naming those it has."""
         judged = self.qrels(split)
         ids = [q for q in self._queries if q in judged]
         return Queries(ids, [self._queries[q] for q in ids])
@@ -384,7 +389,7 @@ def _qrels_file(folder: Path, split: str) -> Path:
 
 
 def write_beir(folder: str | Path, corpus: Corpus, queries: Mapping[str, str] | Queries,
-               qrels: Mapping[str, Qrels]) -> Path:
+               qrels: Mapping[str, Mapping[str, Mapping[str, int]]]) -> Path:
     """Write a BEIR folder: ``corpus.jsonl``, ``queries.jsonl`` and ``qrels/<split>.tsv`` per split.
 
     For slices of a dataset, or your own judged queries in the layout every BEIR tool reads.

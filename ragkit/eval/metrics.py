@@ -21,7 +21,7 @@ import numpy as np
 
 from ragkit.errors import DataError, ParamError, some_ids
 from ragkit.run import Run, _flat, _trec_permutation
-from ragkit.types import Qrels, Ranking, State, _a, _kind, check_qrels
+from ragkit.types import Ranking, State, _a, _kind, check_qrels
 
 __all__ = ["evaluate", "EvalResult", "parse_metric", "paired_randomization_test", "sign_flip_pvalues",
            "check_relevance_level", "per_query_ndcg", "per_query_metrics", "drop_identical_ids"]
@@ -128,7 +128,8 @@ def _clean_run(run: Run | Mapping[str, Mapping[str, float]], ignore_identical_id
 
 
 def evaluate(
-    run: Run | Mapping[str, Mapping[str, float]], qrels: Qrels, metrics: str | Sequence[str] = DEFAULT_METRICS,
+    run: Run | Mapping[str, Mapping[str, float]], qrels: Mapping[str, Mapping[str, int]],
+    metrics: str | Sequence[str] = DEFAULT_METRICS,
     *, ignore_identical_ids: bool = True, relevance_level: int = 1,
 ) -> EvalResult:
     """Score a run against judgements.
@@ -136,7 +137,7 @@ def evaluate(
     Parameters
     ----------
     run : Run or dict ``{qid: {doc_id: score}}``
-    qrels : dict ``{qid: {doc_id: relevance}}``
+    qrels : mapping ``{qid: {doc_id: relevance}}``
         Ids are read as strings (``1`` and ``"1"`` name one query), grades as integers (``1``, ``1.0``,
         ``"1"``; 0.5 is refused).  Another shape (a list of rows, ``None``, the arguments swapped) is a
         :class:`DataError` naming the argument and the shape expected.
@@ -170,13 +171,24 @@ def evaluate(
     in trec_eval: a warning says how many (:func:`level_note`; once per set of judgements).  A run that shares no
     query with the qrels is a :class:`DataError` (judgements of another split, not a score of 0).  A document
     listed twice for one query is a :class:`DataError`, as in trec_eval.
+
+    Examples
+    --------
+    >>> from ragkit import Run, evaluate
+    >>> run = Run.from_dict({"q1": {"d1": 2.0, "d2": 1.0}, "q2": {"d3": 0.5}})
+    >>> result = evaluate(run, {"q1": {"d2": 1}, "q2": {"d3": 1}}, ["ndcg@10", "recall@10"])
+    >>> round(result["nDCG@10"], 4), result["recall@10"]
+    (0.8155, 1.0)
+    >>> result.per_query["recall@10"]
+    {'q1': 1.0, 'q2': 1.0}
     """
     return _evaluate_noted(run, qrels, metrics, ignore_identical_ids=ignore_identical_ids,
                            relevance_level=relevance_level)
 
 
 def _evaluate_noted(
-    run: Run | Mapping[str, Mapping[str, float]], qrels: Qrels, metrics: str | Sequence[str] = DEFAULT_METRICS,
+    run: Run | Mapping[str, Mapping[str, float]], qrels: Mapping[str, Mapping[str, int]],
+    metrics: str | Sequence[str] = DEFAULT_METRICS,
     *, ignore_identical_ids: bool = True, relevance_level: int = 1, note_unsearched: bool = True,
     note_level: bool = True, qrels_checked: bool = False,
 ) -> EvalResult:
@@ -265,7 +277,7 @@ def unjudged_note(run_ids: Sequence[str], judged: Collection[str], lacking: Sequ
     return said, bool(pairs)
 
 
-def level_note(qrels: Qrels, relevance_level: int, label: str = "the relevance level") -> str:
+def level_note(qrels: Mapping[str, Mapping[str, int]], relevance_level: int, label: str = "the relevance level") -> str:
     """A sentence on the judged queries of ``qrels`` (checked: integer grades) with no judgement at or above
     ``relevance_level``, ``""`` when there are none: whatever the run, they score 0 on the binary metrics
     (recall, MAP, MRR, P, r_cap, acc) as trec_eval scores them, and those judged only 0 on nDCG too, which
@@ -310,7 +322,8 @@ _WARNED: set[tuple[int, tuple[str, ...]]] = set()
 
 
 def _evaluate(
-    run: Run | Mapping[str, Mapping[str, float]], qrels: Qrels, metrics: str | Sequence[str] = DEFAULT_METRICS,
+    run: Run | Mapping[str, Mapping[str, float]], qrels: Mapping[str, Mapping[str, int]],
+    metrics: str | Sequence[str] = DEFAULT_METRICS,
     *, ignore_identical_ids: bool = True, relevance_level: int = 1, qrels_checked: bool = False,
 ) -> tuple[EvalResult, tuple[int, tuple[str, ...]]]:
     """:func:`evaluate` without its warning of ignored judged documents (the traces' many calls, and
@@ -397,8 +410,8 @@ def _trec_heads(run: Mapping[str, Mapping[str, float]], k: int) -> tuple[np.ndar
     return lens, docs[order], s64[order]
 
 
-def _beir_tops(run: Mapping[str, Mapping[str, float]], judged: Qrels, k: int, relevance_level: int,
-               flat: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+def _beir_tops(run: Mapping[str, Mapping[str, float]], judged: Mapping[str, Mapping[str, int]], k: int,
+               relevance_level: int, flat: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Each query's top ``k`` of ``run`` (its queries in order, each in trec_eval's order) as ``(relevant,
     unjudged, n_relevant)``: ``(n_q, k)`` booleans, a document judged ``>= relevance_level`` for its query,
@@ -447,7 +460,8 @@ _BEIR_CUSTOM: dict[str, Callable[[np.ndarray, np.ndarray, np.ndarray, int], np.n
     "r_cap": _r_cap, "hole": _hole, "acc": _acc}
 
 
-def check_relevance_level(qrels: Qrels, relevance_level: int, where: str = "evaluate") -> None:
+def check_relevance_level(qrels: Mapping[str, Mapping[str, int]], relevance_level: int,
+                          where: str = "evaluate") -> None:
     """Refuse a ``relevance_level`` above 1 that no judgement of ``qrels`` reaches (2 on SciFact's binary
     qrels), with a :class:`ParamError` naming the level and the qrels' highest grade: recall, MAP, MRR and
     P would all score 0 while nDCG, which reads the grades, would not change.  Level 1 is never refused
@@ -558,7 +572,8 @@ def _exact_grid(x: np.ndarray, reach: np.ndarray) -> tuple[np.ndarray, np.ndarra
     return np.round(x / step) * step, step
 
 
-def per_query_ndcg(state: State, qrels: Qrels, corpus_ids: np.ndarray, k: int = 10) -> np.ndarray:
+def per_query_ndcg(state: State, qrels: Mapping[str, Mapping[str, int]], corpus_ids: np.ndarray,
+                   k: int = 10) -> np.ndarray:
     """nDCG@k (trec_eval's, through :func:`evaluate`) of each judged query of a pipeline ``state``.
 
     In state order, queries without judgements skipped: ``(n_judged,)`` float64.  What the
@@ -567,8 +582,9 @@ def per_query_ndcg(state: State, qrels: Qrels, corpus_ids: np.ndarray, k: int = 
     return per_query_metrics(state, qrels, corpus_ids, [f"ndcg@{k}"])[f"ndcg@{k}"]
 
 
-def per_query_metrics(state: State, qrels: Qrels, corpus_ids: np.ndarray, metrics: Sequence[str], *,
-                      relevance_level: int = 1, ignore_identical_ids: bool = True) -> dict[str, np.ndarray]:
+def per_query_metrics(state: State, qrels: Mapping[str, Mapping[str, int]], corpus_ids: np.ndarray,
+                      metrics: Sequence[str], *, relevance_level: int = 1,
+                      ignore_identical_ids: bool = True) -> dict[str, np.ndarray]:
     """Each metric (``"ndcg@10"``, ``"recall@100"``, ...) of each judged query of a pipeline ``state``,
     computed by :func:`evaluate` (trec_eval's rules: its tie order, a document whose id is the query
     id ignored unless ``ignore_identical_ids=False``, binary metrics counting grades from
@@ -578,8 +594,8 @@ def per_query_metrics(state: State, qrels: Qrels, corpus_ids: np.ndarray, metric
                               ignore_identical_ids=ignore_identical_ids)
 
 
-def _per_query_metrics(state: State, qrels: Qrels, corpus_ids: np.ndarray, metrics: Sequence[str], *,
-                       relevance_level: int = 1, ignore_identical_ids: bool = True,
+def _per_query_metrics(state: State, qrels: Mapping[str, Mapping[str, int]], corpus_ids: np.ndarray,
+                       metrics: Sequence[str], *, relevance_level: int = 1, ignore_identical_ids: bool = True,
                        qrels_checked: bool = False) -> dict[str, np.ndarray]:
     """:func:`per_query_metrics`; ``qrels_checked``: ``qrels`` is what :func:`~ragkit.types.check_qrels`
     returns, not checked again (a learner's many calls on one set of judgements)."""

@@ -160,6 +160,10 @@ class Generate(Operator):
     ``values["prefill"]`` holds what each answer's prefill cost and reused (a
     :class:`~ragkit.generators.local.PrefillCost`; ``None`` for a skipped query or a chat model's answer).
 
+    The local backend keeps each chunk's KV cache and reuses it in later prompts, recomputing a fraction of its
+    tokens: Cache-Craft (Agarwal et al., "Cache-Craft: Managing Chunk-Caches for Efficient Retrieval-Augmented
+    Generation", SIGMOD 2025, arXiv 2502.15734).
+
     Examples
     --------
     >>> from ragkit.generators.operator import Generate

@@ -33,7 +33,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Any, Mapping, NamedTuple
+from typing import TYPE_CHECKING, Any, Mapping, NamedTuple
 
 import numpy as np
 from langchain_core.callbacks import (
@@ -407,14 +407,29 @@ class RagkitRetriever(BaseRetriever):
                 raise
             raise ParamError(f"{e}; {_mmr_hint(word)}", e.path) from None
 
-    pipeline: Any = Field(description="ragkit pipeline/operator, YAML file or saved pipeline folder.")
-    """The ragkit pipeline (after construction: always a fitted operator)."""
+    if TYPE_CHECKING:  # what the fields hold once built; what the constructor accepts: __init__ below
+        pipeline: Operator
+        """The ragkit pipeline (after construction: always a fitted operator)."""
 
-    corpus: Any = Field(default=None, exclude=True, repr=False, description="Documents to fit the pipeline on.")
-    """Documents to fit ``pipeline`` on (Corpus, LangChain Documents, strings or records); dropped after fitting."""
+        corpus: (Corpus | Iterable[Document] | Iterable[str] | Iterable[dict[str, Any]] | Mapping[Any, str]
+                 | None)
+        """Documents to fit ``pipeline`` on (Corpus, LangChain Documents, strings or records); dropped after
+        fitting (``None`` once built)."""
 
-    train: Any = Field(default=None, exclude=True, repr=False, description="TrainSet for learned operators.")
-    """Judged training queries passed to ``fit`` with ``corpus``."""
+        train: TrainSet | None
+        """Judged training queries passed to ``fit`` with ``corpus``."""
+
+        def __init__(
+            self, *, pipeline: Operator | str | Path,
+            corpus: Corpus | Iterable[Document] | Iterable[str] | Iterable[dict[str, Any]] | Mapping[Any, str]
+            | None = None,
+            train: TrainSet | None = None, k: int = 4, search_kwargs: dict[str, Any] = ..., name: str | None = None,
+            tags: list[str] | None = None, metadata: dict[str, Any] | None = None,
+        ) -> None: ...
+    else:  # (checked in _build: a YAML file, YAML text or a saved folder is loaded, the corpus read there)
+        pipeline: Any = Field(description="ragkit pipeline/operator, YAML file or saved pipeline folder.")
+        corpus: Any = Field(default=None, exclude=True, repr=False, description="Documents to fit the pipeline on.")
+        train: Any = Field(default=None, exclude=True, repr=False, description="TrainSet for learned operators.")
 
     k: int = Field(default=4, ge=1, strict=True, description="Documents per query.")
     """Documents returned per query; ``invoke(q, k=...)`` and ``search_kwargs["k"]`` override it."""
@@ -549,7 +564,8 @@ class RagkitRetriever(BaseRetriever):
 
     # ------------------------------------------------------------------ constructors
     @classmethod
-    def from_texts(cls, texts: Sequence[str] | Mapping[Any, str], *args: Any, pipeline: Any = None,
+    def from_texts(cls, texts: Sequence[str] | Mapping[Any, str], *args: Any,
+                   pipeline: Operator | str | Path | None = None,
                    ids: Sequence[str] | None = None, metadatas: Sequence[dict[str, Any]] | None = None,
                    **kwargs: Any) -> "RagkitRetriever":
         """Fit ``pipeline`` (default: BM25) on plain texts and wrap it.  ``texts`` may be a mapping
@@ -573,7 +589,7 @@ class RagkitRetriever(BaseRetriever):
         return cls.from_documents(docs, pipeline=pipeline, **kwargs)
 
     @classmethod
-    def from_documents(cls, documents: Sequence[Document], *args: Any, pipeline: Any = None,
+    def from_documents(cls, documents: Sequence[Document], *args: Any, pipeline: Operator | str | Path | None = None,
                        **kwargs: Any) -> "RagkitRetriever":
         """Fit ``pipeline`` (default: BM25) on LangChain documents and wrap it.  Everything after
         ``documents`` is keyword-only (as in LangChain's ``BM25Retriever.from_documents``)."""

@@ -82,6 +82,9 @@ class RagkitGenerator(RunnableSerializable[dict[str, Any], str]):
     other keys of the input are ignored.  No document (an empty list) answers ``""`` without running the
     model, as the ``generate`` step skips a query with an empty ranking.
 
+    The chunk-cache reuse is Cache-Craft (Agarwal et al., "Cache-Craft: Managing Chunk-Caches for Efficient
+    Retrieval-Augmented Generation", SIGMOD 2025, arXiv 2502.15734).
+
     Parameters
     ----------
     generator : LocalGenerator, optional

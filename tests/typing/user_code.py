@@ -3,13 +3,26 @@ what its documentation shows and give precise types back (``assert_type`` fails 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 from typing_extensions import assert_type
 
-from ragkit import Corpus, Operator, Pipeline, Queries, Run, TrainSet, evaluate, load_beir
+from ragkit import (
+    BeirDataset,
+    Corpus,
+    EvalResult as TopEvalResult,
+    Operator,
+    Pipeline,
+    Queries,
+    Run,
+    TrainSet,
+    evaluate,
+    load_beir,
+)
 from ragkit.eval import EvalResult
+from ragkit.eval.metrics import check_relevance_level
 from ragkit.filters import MMR, CosineAdapter, TopK
 from ragkit.integrations.langchain import RagkitRetriever
 from ragkit.pipelines import RRF, Loop, Parallel, TopKStable
@@ -65,3 +78,21 @@ def build_and_search(folder: Path) -> float:
     retriever = RagkitRetriever(pipeline=learned, k=5)
     docs = retriever.invoke("Vitamin D prevents fractures")
     return float(docs[0].metadata["score"]) + result.scores["ndcg@10"]
+
+
+def typed_inputs(run: Run, qrels: Mapping[str, Mapping[str, int]], data: BeirDataset, folder: Path) -> float:
+    # judgements held read-only (a Mapping, as search and TrainSet take them) are accepted by the eval functions
+    result = evaluate(run, qrels)
+    assert_type(result, TopEvalResult)  # EvalResult and BeirDataset are importable from ragkit itself
+    check_relevance_level(qrels, 1)
+    assert_type(data.unknown_judged(qrels), list[tuple[str, str]])
+
+    # RagkitRetriever's fields: the constructor takes an operator, a YAML file or a saved folder; once built the
+    # pipeline is an Operator
+    retriever = RagkitRetriever.load(folder / "index")
+    assert_type(retriever.pipeline, Operator)
+    assert_type(retriever.train, TrainSet | None)
+    RagkitRetriever(pipeline="bm25", corpus={"d1": "vitamin D"}, k=2)
+    RagkitRetriever(pipeline=folder / "saved", corpus=["vitamin D", "bone density"])
+    RagkitRetriever(pipeline=1)  # type: ignore[arg-type]  # (no pipeline: refused by the type checker too)
+    return result["ndcg@10"]
