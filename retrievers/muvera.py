@@ -471,6 +471,12 @@ class MaxSimExact(TokenOperatorMixin, Operator):
 
     Khattab & Zaharia, "ColBERT", SIGIR 2020 (late interaction); Dhulipala et al.,
     arXiv 2405.19504 (Chamfer notation).
+
+    Examples
+    --------
+    >>> from ragkit.retrievers import MaxSimExact
+    >>> MaxSimExact(k=10)
+    MaxSimExact(k=10)
     """
 
     name = "maxsim_exact"
