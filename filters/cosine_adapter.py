@@ -394,8 +394,14 @@ class CosineAdapter(Operator):
             W0[-1, 2] = np.log(np.expm1(1.0))
         from scipy.optimize import minimize  # (here: ~120 ms to import, which a search never needs)
 
-        res = minimize(self._loss_grad, W0.ravel(), args=(F1, c, y, qidx), jac=True, method="L-BFGS-B",
-                       options={"maxiter": self.params.max_iter})
+        from ragkit.eval.metrics import _one_blas_thread
+
+        # one BLAS thread: each iteration makes small products ((n_q, D+1) @ (D+1, m) and back), which a
+        # second thread slows down as soon as another process holds a core (SciFact, 2 busy cores: 9.7 s of
+        # training against 2.5 s); the weights are the same
+        with _one_blas_thread():
+            res = minimize(self._loss_grad, W0.ravel(), args=(F1, c, y, qidx), jac=True, method="L-BFGS-B",
+                           options={"maxiter": self.params.max_iter})
         if warn and not res.success:  # the weights, and the threshold chosen with them, are those of an unfinished fit
             logging.getLogger("ragkit").warning(
                 "cosine_adapter: L-BFGS stopped after %d iterations without converging (form %s, max_iter %d: %s); "

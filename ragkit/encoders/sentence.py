@@ -425,11 +425,33 @@ def get_encoder(model: str = DEFAULT_MODEL, **kwargs: Any) -> Encoder:
     custom = registered_encoder(model)
     if custom is not None:
         return custom
-    key = (resolve_model(model), tuple(sorted(kwargs.items())))
+    key = settings_key(Encoder, model, kwargs)
     with _LOCK:
         if key not in _ENCODERS:
             _ENCODERS[key] = Encoder(model, **kwargs)
         return _ENCODERS[key]
+
+
+def settings_key(cls: type, model: str, kwargs: dict[str, Any]) -> tuple[Any, ...]:
+    """The key of a shared encoder of class ``cls`` (``(model, **kwargs)`` its arguments): the resolved model
+    and every setting, the defaults filled in, so that ``get_encoder(m)`` and ``get_encoder(m, batch_size=64)``
+    (the default) share one encoder, not two (each fingerprinting the model's files, each with its own
+    reader).  Arguments ``cls`` does not take, or a constructor without named settings (``*args, **kwargs``:
+    a wrapper), key as given: the constructor then names what is wrong."""
+    import inspect
+
+    plain = resolve_model(model), tuple(sorted(kwargs.items()))
+    try:
+        sig = inspect.signature(cls)
+        bound = sig.bind(model, **kwargs)
+    except (TypeError, ValueError):
+        return plain
+    if "model" not in bound.arguments or any(p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+                                             for p in sig.parameters.values()):
+        return plain
+    bound.apply_defaults()
+    settings = dict(bound.arguments)
+    return resolve_model(settings.pop("model")), tuple(sorted(settings.items()))
 
 
 def query_vectors(state: Any, encoder: Encoder,
