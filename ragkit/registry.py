@@ -52,8 +52,9 @@ def register(cls: T) -> T:
 
     Refused (:class:`~ragkit.errors.ParamError`, a ``ValueError``; :class:`~ragkit.errors.InputTypeError`, a
     ``TypeError``, for a class that is no :class:`~ragkit.operator.Operator`):
-    a ``name`` that is missing, not lowercase snake_case, or taken by another class (a built-in
-    operator's included, whether or not its family was imported yet); a ``kind`` not in :data:`KINDS`;
+    a ``name`` that is missing, not lowercase snake_case, taken by another class (a built-in
+    operator's included, whether or not its family was imported yet), or one of the pipeline YAML's
+    structural keys (:func:`structural_keys`: ``parallel``, ``route``, ``loop``); a ``kind`` not in :data:`KINDS`;
     no ``Params`` of the class's own (a subclass of :class:`ragkit.Params`; an empty one for an operator
     without parameters).
     """
@@ -69,6 +70,11 @@ def register(cls: T) -> T:
                          f"got {name!r}")
     if not _builtin(cls):
         _load_families()  # a built-in name is taken even before its family is imported
+        if name in structural_keys():  # (read once the families, ragkit.pipelines.yaml among them, are imported)
+            raise ParamError(f"{label} cannot be named {name!r}: pipeline YAML reads {name!r} as its "
+                             f"structural key (a {name}: node), not as an operator, so a YAML or saved pipeline "
+                             f"holding it would not load; the names {', '.join(structural_keys())} are reserved: "
+                             f"give it another name (name = \"my_{name}\")")
     other = _REGISTRY.get(name)
     if other is not None and (other.__module__, other.__qualname__) != (cls.__module__, cls.__qualname__):
         builtin = " (a built-in operator)" if _builtin(other) else ""

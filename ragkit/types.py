@@ -1373,6 +1373,9 @@ class Ranking:
     fields : dict of str -> ndarray, shape (n,) each
         Extra aligned columns that travel with the documents, e.g. each fused branch's
         rank and score (``"bm25.rank"``, ``"bm25.score"``).
+
+    ``rows`` or ``scores`` that are not one-dimensional (scores of shape ``(n, 1)``) are a
+    :class:`~ragkit.errors.DataError` here.
     """
 
     rows: np.ndarray
@@ -1389,6 +1392,11 @@ class Ranking:
                                      f"{bad.item()!r}; are rows and scores swapped? Ranking(rows, scores)")
         self.rows = np.asarray(rows, dtype=np.int64)
         self.scores = np.asarray(self.scores, dtype=np.float32)
+        if self.rows.ndim != 1 or self.scores.ndim != 1:  # (else: errors far from here, e.g. TopK's or evaluate's)
+            flat = self.scores.size == self.rows.size
+            raise DataError(f"Ranking: expected rows and scores one-dimensional (one score per row), got rows of "
+                            f"shape {self.rows.shape} and scores of shape {self.scores.shape}"
+                            + ("; flatten them (e.g. scores.ravel())" if flat else ""))
 
     def __len__(self) -> int:
         return len(self.rows)
