@@ -43,7 +43,7 @@ from ragkit.eval.metrics import (
     unjudged_note,
 )
 from ragkit.run import Run
-from ragkit.types import Qrels, check_qrels
+from ragkit.types import check_qrels
 
 __all__ = ["SystemResult", "Comparison", "compare", "load_result", "holm", "pipeline_kind", "eval_command"]
 
@@ -99,7 +99,8 @@ class SystemResult:
                         f"{', '.join(self.per_query) or 'none'}")
 
 
-def load_result(path: str | Path, *, qrels: Qrels | None = None, metrics: Sequence[str] = DEFAULT_COMPARE_METRICS,
+def load_result(path: str | Path, *, qrels: Mapping[str, Mapping[str, int]] | None = None,
+                metrics: Sequence[str] = DEFAULT_COMPARE_METRICS,
                 name: str | None = None, dataset: str | None = None, split: str | None = None,
                 relevance_level: int = 1, ignore_identical_ids: bool = True) -> SystemResult:
     """A :class:`SystemResult` from a ``ragkit eval -o`` JSON file, or from a TREC run file
