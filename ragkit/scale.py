@@ -44,14 +44,16 @@ nothing here is imported and the local default is unchanged.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import shutil
 import tempfile
 import threading
 import weakref
+from contextvars import ContextVar
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Literal, Mapping, Sequence, TypeGuard
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Literal, Mapping, Sequence, TypeGuard
 
 import numpy as np
 from pydantic import Field, field_validator, model_validator
@@ -85,6 +87,10 @@ _SEARCH_RETRIES = 3
 # lock of the operator's own would not pickle)
 _ACTORS_LOCK = threading.Lock()
 _DRAIN_S = 120.0  # the longest a failed search waits for its other chunks
+# set inside a search_distributed chunk: a ``sharded`` retriever with ``backend: ray`` loads and searches its shards
+# in the chunk's own process (the chunk is already the parallel unit: its own shard actors were one actor set, and
+# one hard-linked copy of the shard folders, per chunk)
+_IN_CHUNK: ContextVar[bool] = ContextVar("ragkit_sharded_in_chunk", default=False)
 
 
 class _Permanent(RuntimeError):
@@ -286,6 +292,21 @@ def _root_cause(e: BaseException) -> BaseException | None:
             return c
         stack += [c.__context__, c.__cause__, cause if isinstance(cause, BaseException) else None]
     return None
+
+
+def _raised_by_task(e: BaseException) -> BaseException | None:
+    """The exception a Ray task's (or actor method's) own code raised, behind the ``RayTaskError`` that
+    ``ray.get`` raised for it (its ``cause``); ``None`` for a Ray failure (an actor or worker gone, an object
+    lost: not a ``RayTaskError``, or one whose cause is Ray's own) and for a :class:`_Permanent` (a shard that
+    could not load on its actor)."""
+    from ray.exceptions import RayTaskError
+
+    cause = getattr(e, "cause", None)
+    if not isinstance(e, RayTaskError) or not isinstance(cause, BaseException) or isinstance(cause, _Permanent):
+        return None
+    if type(cause).__module__.startswith("ray.") or not isinstance(cause, Exception):
+        return None
+    return cause
 
 
 def _reason(e: BaseException) -> str:
@@ -1054,7 +1075,9 @@ class Sharded(Operator):
         return [("retriever", self.sub_retriever())]
 
     def _use_ray(self) -> bool:
-        return self._backend == "ray"
+        """Whether the shards are fitted and searched on Ray: ``backend`` ray, unless this is a
+        :func:`search_distributed` chunk (a Ray task itself: its shards are searched in its process)."""
+        return self._backend == "ray" and not _IN_CHUNK.get()
 
     def _drop_actors(self, failed: list[Any] | None = None) -> None:
         """Stop the Ray actors serving the shards (a load replaces them; the next search starts new ones).
@@ -1164,6 +1187,12 @@ class Sharded(Operator):
             return
         self._check_ray_model("sharded.fit")  # before Ray starts
         modules = self._ray_modules("sharded.fit")
+        for model in corpus_models(self):  # a model that cannot load: refused here, as fit(backend='ray') refuses
+            where = f"sharded.retriever.{self._sub_name}.model"  # it, not from every shard's task after Ray started
+            try:
+                _check_model(model, 64, where)
+            except ParamError as e:
+                raise ParamError(str(e), path=where) from None
         ray = ray_init()
         task = ray.remote(max_retries=self.params.max_retries, retry_exceptions=list(_TRANSIENT))(
             _deterministic_errors_final(_with_plugins(modules, _fit_shard)))
@@ -1308,11 +1337,13 @@ class Sharded(Operator):
         """Flat ``(rows, scores, lengths)`` (:func:`_flat`) of each shard of ``live`` (shard numbers, in order),
         searched by the Ray actors serving them (:func:`_groups`).
 
-        A ragkit error raised by a shard (a filter only a shard's documents refuse...) is raised as it is, and the
-        actors are kept: they are sound.  Any other failure drops the actor set it failed on (the next search
-        starts new actors; a folder put back is read then).  An actor that is gone (``ray.kill``, out of memory,
-        its node lost, past Ray's restarts) is retried once on new actors; a second failure is a one-line
-        :class:`ShardError` naming the shards and the Ray error's class, chained to it."""
+        An error a shard's search raised (a ragkit error such as a filter only a shard's documents refuse, or a
+        custom retriever's own ``ValueError``) is raised as it is, as a local search raises it, and the actors are
+        kept: they are sound.  A Ray failure (an actor or worker gone, an object lost) or a shard folder its actor
+        could not load drops the actor set it failed on (the next search starts new actors; a folder put back is
+        read then).  An actor that is gone (``ray.kill``, out of memory, its node lost, past Ray's restarts) is
+        retried once on new actors; a second failure is a one-line :class:`ShardError` naming the shards and the
+        Ray error's class, chained to it."""
         from ray.exceptions import RayActorError
 
         for attempt in (1, 2):
@@ -1330,6 +1361,11 @@ class Sharded(Operator):
                     cause = _root_cause(e)
                     if cause is not None and not isinstance(e, RayActorError):
                         raise cause from None  # what a local search raises; the actors stay
+                    raised = _raised_by_task(e)
+                    if raised is not None:
+                        # the shard's search itself raised it (a custom retriever's ValueError...): raised as a local
+                        # search raises it, the remote traceback chained; the actors are sound and stay
+                        raise raised from e
                     self._drop_actors(actors)
                     if isinstance(e, RayActorError):
                         if attempt == 1:
@@ -1362,7 +1398,9 @@ class Sharded(Operator):
         # verify=False: the load of this operator (Operator.load, or Pipeline.load's manifest) has checked every
         # file below its folder, the shards' included, when asked to, and was told not to otherwise.  Searched on
         # Ray (backend: ray), the actors hold the shards: the driver's are memory-mapped, as after a Ray fit
-        shards = _open_shards(folders, self.corpus_, bounds, mmap=mmap or self._use_ray(), verify=False)
+        # (memory-mapped also in a search_distributed chunk, which searches them itself: the chunks on one machine
+        # share the pages)
+        shards = _open_shards(folders, self.corpus_, bounds, mmap=mmap or self._backend == "ray", verify=False)
         tmp = None
         if self._use_ray():
             # the Ray actors load their shards at their first search (and again when Ray restarts one): from a
@@ -1487,12 +1525,25 @@ def _open_shards(folders: list[str], corpus: Corpus, bounds: np.ndarray, mmap: b
             for f, a, b in zip(folders, bounds[:-1], bounds[1:])]
 
 
+@contextlib.contextmanager
+def _in_chunk() -> Iterator[None]:
+    """Within it, ``sharded`` retrievers with ``backend: ray`` load and search their shards in this process
+    (:data:`_IN_CHUNK`; a function of this module, so that a :func:`_search_chunk` pickled by value refers to it
+    by name: a ``ContextVar`` does not pickle)."""
+    token = _IN_CHUNK.set(True)
+    try:
+        yield
+    finally:
+        _IN_CHUNK.reset(token)
+
+
 def _search_chunk(pipe_dir: str, ids: list[str], texts: list[str], k: int | None,
                   options: dict[str, Any] | None = None) -> Any:
     from ragkit.pipelines import Pipeline
     from ragkit.types import Queries
 
-    run = Pipeline.load(pipe_dir).search(Queries(ids, texts), k=k, **(options or {}))
+    with _in_chunk():  # a ray-backed sharded retriever searches its shards here: no shard actors per chunk
+        run = Pipeline.load(pipe_dir).search(Queries(ids, texts), k=k, **(options or {}))
     return run.query_ids, run.doc_ids, [(r.rows, r.scores) for r in run.rankings or []], run.values
 
 
@@ -1516,6 +1567,8 @@ def search_distributed(pipe: Any, queries: Any, *, n_chunks: int = 4, k: int | N
 
     Returns the same :class:`~ragkit.run.Run` as ``pipe.search(queries, k=k, **options)``:
     document ids, scores, the row rankings and the per-query values, in query order (no trace).
+    A ``sharded`` retriever with ``backend: ray`` is searched inside each chunk's task (its shards
+    memory-mapped there), not by shard actors of its own: the chunks are the parallel work.
 
     Parameters
     ----------
