@@ -1169,7 +1169,8 @@ def _print_learned(pipe: Any) -> None:
     fuser's weights and estimates, a router's or judge's threshold, the Cosine Adapter's threshold and an
     ``adapt`` fine-tune's model folder, each with the number of queries it learned from."""
     for path, learned in pipe.learned().items():
-        shown = ", ".join(f"{k} {_short(v)}" for k, v in learned.items() if isinstance(v, (int, float, str, list)))
+        shown = ", ".join(f"{k} {_metric(v) if '@' in k else _short(v)}" for k, v in learned.items()
+                          if isinstance(v, (int, float, str, list)))
         console.print(Text(f"learned: {path}: {shown}"), soft_wrap=True)
 
 
@@ -1204,6 +1205,12 @@ def _note_refit_differs(report: dict[str, dict[str, Any]], final: dict[str, dict
             f" the saved pipeline, fitted on all {n} queries, learned other values than the report's fit on {n_fit} "
             f"(which the held-out rows scored): {'; '.join(changed)}; no held-out query scored these")),
             soft_wrap=True)
+
+
+def _metric(v: Any) -> str:
+    """A learned estimate (``cv_ndcg@10``, ``train_ndcg@10``) for one line: 4 decimals, as the tables print metrics
+    (``0.6960``, not ``0.696``); anything else as :func:`_short` shows it."""
+    return f"{v:.4f}" if isinstance(v, float) else _short(v)
 
 
 def _short(v: Any) -> str:
