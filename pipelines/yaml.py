@@ -1048,7 +1048,7 @@ def build(node: Any, path: str, make_leaf: LeafFactory = _default_leaf, *, expec
         raise ConfigError(f"{path}: expected {wanted}, got {type(node).__name__} {node!r:.60}"
                           f"{_bare_name_hint(node, path, expect)}", path=path)
     if len(node) != 1:
-        raise ConfigError(f"{path}: expected exactly one operator key, got {len(node)}: {sorted(map(str, node))}"
+        raise ConfigError(f"{path}: expected exactly one operator key, got {len(node)}: {list(map(str, node))}"
                           f"{_nesting_hint(node, path, expect)}", path=path)
     (name, body), = node.items()
     if not isinstance(name, str):

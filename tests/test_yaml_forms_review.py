@@ -108,6 +108,14 @@ def test_other_syntax_errors_keep_their_words():
         "indent with spaces: YAML does not allow tabs")
 
 
+# ---------------------------------------------------------------- a step mapping's keys as written
+
+
+def test_a_step_mapping_lists_its_keys_as_written():
+    got = _error("pipeline:\n  - loop:\n      body:\n        prf: {}\n        bm25: {}\n      until: {max_only: {}}\n")
+    assert "expected exactly one operator key, got 2: ['prf', 'bm25']" in got
+
+
 # ---------------------------------------------------------------- max_iters as an operator's integer
 
 

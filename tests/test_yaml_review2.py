@@ -188,17 +188,17 @@ NESTING = [  # (file text, the whole message after the file name)
      "line 2: pipeline[0]: expected exactly one operator key, got 2: ['bm25', 'k']; k is a parameter of bm25: indent "
      "it under 'bm25:', e.g. `- bm25: {k: 10}`"),
     ("pipeline:\n  - parallel:\n    branches: [bm25: {}, top_k: {k: 3}]\n",
-     "line 2: pipeline[0]: expected exactly one operator key, got 2: ['branches', 'parallel']; branches is a key of "
+     "line 2: pipeline[0]: expected exactly one operator key, got 2: ['parallel', 'branches']; branches is a key of "
      "parallel: indent it under 'parallel:', e.g. `- parallel: {branches: [{bm25: {}}, {top_k: {k: 3}}]}`"),
     ("pipeline:\n  - bm25: {k: 10}\n    top_k: {k: 5}\n",
      "line 2: pipeline[0]: expected exactly one operator key, got 2: ['bm25', 'top_k']; a list item holds one step: "
      "start each of bm25, top_k with its own '- ', as in `[bm25: {k: 10}, top_k: {k: 5}]`"),
     ("pipeline:\n  - loop:\n      body:\n        prf: {}\n        bm25: {}\n      until: {topk_stable: {}}\n",
-     "line 3: pipeline[0].loop.body: expected exactly one operator key, got 2: ['bm25', 'prf']; a mapping of 2 "
+     "line 3: pipeline[0].loop.body: expected exactly one operator key, got 2: ['prf', 'bm25']; a mapping of 2 "
      "operators where a step or a list of steps is expected: write the steps as a list, e.g. "
      "`body: [prf: {}, bm25: {}]`"),
     (f"pipeline:\n  - route:\n      router: {_RULES}\n      branches: {{a: [bm25: {{}}], b: []}}\n",
-     "line 3: pipeline[0].route.router: expected exactly one operator key, got 2: ['default', 'rules']; rules and "
+     "line 3: pipeline[0].route.router: expected exactly one operator key, got 2: ['rules', 'default']; rules and "
      "default are parameters of rule_router: router takes one router operator with its parameters beneath it, e.g. "
      "`router: {rule_router: {rules: [{label: a, max_words: 3}], default: b}}`"),
     (f"pipeline:\n  - route:\n      rule_router: {_RULES}\n      branches: {{a: [bm25: {{}}], b: []}}\n",
@@ -257,10 +257,10 @@ def test_empty_items_and_lists_are_named_as_such(tmp_path, text, message):
 
 NESTING_2 = [  # (file text, the whole message after the file name)
     ("pipeline:\n  - bm25:\n    k: 10\n    b: 0.5\n",  # several parameters: 'k, b are a parameters of bm25'
-     "line 2: pipeline[0]: expected exactly one operator key, got 3: ['b', 'bm25', 'k']; k and b are parameters of "
+     "line 2: pipeline[0]: expected exactly one operator key, got 3: ['bm25', 'k', 'b']; k and b are parameters of "
      "bm25: indent them under 'bm25:', e.g. `- bm25: {k: 10, b: 0.5}`"),
     ("pipeline:\n  - bm25: {}\n  - loop:\n    body: [prf: {}, bm25: {}]\n    until: {max_only: {}}\n",
-     "line 3: pipeline[1]: expected exactly one operator key, got 3: ['body', 'loop', 'until']; body and until are "
+     "line 3: pipeline[1]: expected exactly one operator key, got 3: ['loop', 'body', 'until']; body and until are "
      "keys of loop: indent them under 'loop:', e.g. `- loop: {body: [{prf: {}}, {bm25: {}}], until: {max_only: {}}}`"),
     # a key of the composite indented under its last branch or step: only 'expected exactly one operator key'
     ("pipeline:\n  - parallel:\n      branches:\n        - bm25: {}\n        - bm25: {variant: okapi}\n"
