@@ -152,15 +152,34 @@ def _quiet_training() -> Iterator[None]:
 
 
 def fine_tune(model: str, corpus: Corpus, train: TrainSet, out_dir: str | Path, config: AdaptConfig = AdaptConfig(),
-              *, progress: bool = False) -> Path:
+              *, progress: bool | None = None) -> Path:
     """Fine-tune ``model`` on ``train`` and save it to ``out_dir``; returns the folder.
 
-    Quiet on stdout and stderr: no progress bar of the libraries and no metrics dict of the trainer
-    (``{'train_runtime': ...}``), so a command's output is its own (``adapted_model`` logs one line on the
-    ``ragkit`` logger before a fine-tune).  ``progress=True`` shows the trainer's progress bar (stderr)."""
+    Shows the trainer's progress bar (its steps, on stderr: a fine-tune takes minutes on a CPU), nothing
+    else: no progress bar of the other libraries (loading and writing the weights, the datasets) and no
+    metrics dict of the trainer (``{'train_runtime': ...}``), nothing on stdout, so a program's or a
+    command's output is its own (``adapted_model`` logs one line on the ``ragkit`` logger before a
+    fine-tune).  ``progress=False``: no bar either.  ``None`` (the default) is ``True``, as the sentence
+    encoder shows a bar for a long encoding, except under a ``rich`` live display that holds stderr (the
+    command line's spinner on a terminal), which would print the bar as a blank line.  The training
+    queries' negatives are mined with the model first, which shows the encoder's own bar for a corpus of
+    more than 1,000 documents."""
     _check_train_packages()
     with _quiet_training():
-        return _fine_tune(model, corpus, train, Path(out_dir), config, progress)
+        return _fine_tune(model, corpus, train, Path(out_dir), config, _bar_seen() if progress is None else progress)
+
+
+def _bar_seen() -> bool:
+    """Whether a progress bar drawn on ``sys.stderr`` would be seen: not while a ``rich`` live display (the
+    command line's "fitting..." spinner, on a terminal) holds it, whose proxy turns a bar into a blank line
+    (the command line says "note: fine-tuning ..." beside its spinner instead)."""
+    import sys
+
+    try:
+        from rich.file_proxy import FileProxy
+    except ImportError:  # pragma: no cover - rich comes with typer
+        return True
+    return not isinstance(sys.stderr, FileProxy)
 
 
 def _fine_tune(model: str, corpus: Corpus, train: TrainSet, out_dir: Path, config: AdaptConfig,
@@ -176,6 +195,7 @@ def _fine_tune(model: str, corpus: Corpus, train: TrainSet, out_dir: Path, confi
     )
     from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
     from sentence_transformers.sentence_transformer.training_args import BatchSamplers
+    from tqdm.auto import tqdm
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
     from ragkit.encoders.sentence import resolve_model
@@ -204,6 +224,12 @@ def _fine_tune(model: str, corpus: Corpus, train: TrainSet, out_dir: Path, confi
         trainer.remove_callback(PrinterCallback)
         if progress:
             class BarOnly(ProgressCallback):
+                def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+                    if state.is_world_process_zero:  # as ProgressCallback's, saying what it counts from its first
+                        self.training_bar = tqdm(total=state.max_steps, dynamic_ncols=True,  # draw
+                                                 desc=f"fine-tuning {model}")
+                    self.current_step = 0
+
                 def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kwargs: Any) -> None:
                     return None  # (ProgressCallback writes the metrics under its bar, on stdout)
 
@@ -254,12 +280,14 @@ def _training_digest(model_key: str, corpus: Corpus, train: TrainSet, config: Ad
 
 
 def adapted_model(model: str, corpus: Corpus, train: TrainSet, config: AdaptConfig = AdaptConfig(),
-                  *, progress: bool = False) -> Path:
+                  *, progress: bool | None = None) -> Path:
     """Folder of ``model`` fine-tuned on ``train``, trained once and cached.
 
     The cache folder (``$RAGKIT_CACHE/models/adapt-<hash>``) is keyed by the base model's
     content fingerprint, the corpus, the training queries and judgements, and ``config``;
-    a second fit with the same inputs loads the tuned model instead of training again.
+    a second fit with the same inputs loads the tuned model instead of training again (and
+    prints nothing).  A fine-tune that trains shows the trainer's progress bar on stderr
+    unless ``progress=False`` (:func:`fine_tune`).
     """
     from ragkit.encoders.sentence import get_encoder
     from ragkit.eval.beir import cache_dir
@@ -338,7 +366,7 @@ class TunedEncoderMixin:
                 "at least %d recommended); the tuned encoder may fit those few queries rather than the corpus's "
                 "domain: give more judged queries, or drop adapt", self.name, n_usable,
                 "y" if n_usable == 1 else "ies", MIN_QUERIES)
-        self.model_path_ = str(adapted_model(self.params.model, corpus, train, config))
+        self.model_path_ = str(adapted_model(self.params.model, corpus, train, config, progress=None))
 
     def _save_encoder(self, folder: Path) -> None:
         """Copy the tuned model to ``model/<its content key>/``: a path names one model, so an
