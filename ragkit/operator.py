@@ -870,7 +870,8 @@ def check_result(op: Operator, state: State, out: Any) -> State:
     per-call ``k``, or its own ``k`` option) is cut to it: every retriever takes ``k`` as a run-time option,
     also one whose ``_call`` reads ``self.params.k``.  Vectorised over the batch: one concatenation of the
     rows and scores, then a hash pass over the ``(query, row)`` pairs (:func:`_repeated`); about 5 ms of CPU
-    for 300 queries x 1,000 documents."""
+    for 300 queries x 1,000 documents.  A ranking handed back as it was given (the same object: a router's,
+    a judge's) is not checked again."""
     cls = type(op).__name__
     how = "return a State: out = state.copy(); out.rankings = [Ranking(rows, scores), ...] (one per query)"
     if not isinstance(out, State):
@@ -919,17 +920,26 @@ def check_result(op: Operator, state: State, out: Any) -> State:
         row = int(rows.min()) if rows.min() < 0 else int(rows.max())
         raise DataError(f"{cls}._call ({op.name!r}) returned row {row}, not a row of the corpus of {n_docs:,} "
                         f"documents searched; a Ranking's rows are corpus row numbers 0..{n_docs - 1}")
-    scores = np.concatenate([r.scores for r in rankings])
+    given = state.rankings if isinstance(state.rankings, (list, tuple)) and len(state.rankings) == n else None
+    idx = np.arange(n)  # the queries whose rankings are checked: not one handed back as it was given (the input's)
+    if given is not None:
+        mine = np.fromiter((r is not g for r, g in zip(rankings, given)), bool, n)
+        if not mine.all():
+            idx = np.flatnonzero(mine)
+            lengths = lengths[idx]
+            if not lengths.sum():
+                return out
+            rows = np.concatenate([rankings[j].rows for j in idx])
+    scores = np.concatenate([rankings[j].scores for j in idx])
     found = _ranking_problems(rows, scores, lengths)
     if found is None:
         return out
     problem, at = found
-    given = state.rankings
-    if given is not None and len(given) == n and all(isinstance(r, Ranking) for r in given):
-        g_len = np.fromiter((len(r) for r in given), np.int64, n)
+    if given is not None and all(isinstance(given[j], Ranking) for j in idx):
+        g_len = np.fromiter((len(given[j]) for j in idx), np.int64, len(idx))
         if g_len.sum():  # a problem its input ranking already had: not this step's doing
-            g_rows = np.concatenate([r.rows for r in given])
-            g_scores = np.concatenate([r.scores for r in given]).astype(np.float32, copy=False)
+            g_rows = np.concatenate([given[j].rows for j in idx])
+            g_scores = np.concatenate([given[j].scores for j in idx]).astype(np.float32, copy=False)
             had = _ranking_problems(g_rows, g_scores, g_len, problem, every=True)
             q_at = np.searchsorted(np.cumsum(lengths), at, side="right")
             fresh = ~had[1][q_at] if had is not None else np.ones(len(q_at), bool)
@@ -938,8 +948,8 @@ def check_result(op: Operator, state: State, out: Any) -> State:
             at = at[fresh]
     i = int(at[0])
     starts = np.cumsum(lengths) - lengths
-    q = int(np.searchsorted(starts + lengths, i, side="right"))
-    pos = i - int(starts[q])
+    k = int(np.searchsorted(starts + lengths, i, side="right"))
+    pos, q = i - int(starts[k]), int(idx[k])
     where = f"for query {state.query_ids[q]!r} (batch position {q})"
     if problem == "finite":
         what = (f"the score {float(scores[i])} at position {pos} (row {int(rows[i])}) {where}; expected finite "

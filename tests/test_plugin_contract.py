@@ -154,6 +154,8 @@ def test_a_problem_the_input_already_had_is_not_the_steps():
     given them (its own tests), rather than being blamed for them."""
     inf = State(["a", "b"], rankings=[Ranking([1, 2, 3], [np.inf, np.inf, 5.0]), Ranking([4, 5], [-np.inf, -np.inf])])
     assert [r.rows.tolist() for r in RelativeThreshold(alpha=0.9)(inf).rankings] == [[1, 2], [4, 5]]
+    same = _filter("Same", lambda s: s.copy())  # handed back as given (a router, a judge): not checked again
+    assert same(State(["a"], rankings=[Ranking([1, 1], [np.nan, 2.0])])).rankings[0].rows.tolist() == [1, 1]
     # ... but a problem in another query than the input's is the step's
     moved = _filter("Moved", lambda s: State(s.queries, s.query_ids, rankings=[s.rankings[1], s.rankings[0]]))
     one_bad = State(["a", "b"], rankings=[Ranking([1], [np.nan]), Ranking([2], [1.0])])
