@@ -1233,11 +1233,12 @@ class Sharded(Operator):
         return True
 
 
-    def _merge_k(self, state: State) -> int:
+    def k_for(self, state: State) -> int:
         """How many merged results: the per-shard retriever's own ``k`` option exactly (each shard
         then returns that many, so the merge's top equals one index's; capped by this retriever's
-        own ``k`` option when both are given), else :meth:`k_for`."""
-        k = self.k_for(state)
+        own ``k`` option when both are given), else :meth:`Operator.k_for` (the operator's check
+        cuts a retriever's rankings to this number)."""
+        k = super().k_for(state)
         own = state.options.get(self._sub_name)
         own_k = own.get("k") if isinstance(own, Mapping) else None
         if own_k is None:
@@ -1247,8 +1248,8 @@ class Sharded(Operator):
         return min(own_k, int(mine)) if mine is not None else own_k
 
     def _call(self, state: State) -> State:
-        k = self.k_for(state)
-        merge_k = self._merge_k(state)
+        k = super().k_for(state)
+        merge_k = self.k_for(state)
         # the shards fetch at least k (their own k option, when given, is exact and at least merge_k)
         options = {**state.options, "k": max(k, int(state.options.get("k") or 0))}
         # a rewritten query (a rewriter, PRF's lexical query upstream) is what the shards search
