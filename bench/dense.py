@@ -500,6 +500,9 @@ def at_recall(rows: list[dict], targets: list[float], baselines: tuple[str, ...]
             g["points"].append({"ef": int(m[2]), "recall@10": row["recall@10"], "qps": row["qps"]})
     graphs = {name: g for name, g in graphs.items() if len(g["points"]) >= 2}
     for g in graphs.values():
+        by_ef = sorted(g["points"], key=lambda p: p["ef"])  # a larger ef does more work: q/s should not rise
+        g["qps_rose_with_ef"] = [f"ef {a['ef']} {a['qps']:,.0f} -> ef {b['ef']} {b['qps']:,.0f} q/s"
+                                 for a, b in zip(by_ef, by_ef[1:]) if b["qps"] > 1.1 * a["qps"]]
         pts = sorted(g["points"], key=lambda p: (p["recall@10"], p["qps"]))
         rec = [p["recall@10"] for p in pts]
         g["at"] = {}
@@ -546,6 +549,9 @@ def at_recall_text(summary: dict) -> str:
         lines.append(f"  {name:{w}s} " + " ".join(f"{c:>26s}" for c in cells))
     notes = sorted({f"{n}: {a['note']}" for n, g in graphs.items() for a in g["at"].values() if a["qps"] is None})
     lines += [f"  ({n})" for n in notes]
+    lines += [f"  (timing noise? {n}: q/s rose with ef, {'; '.join(g['qps_rose_with_ef'])}; the interpolation between "
+              "those points is suspect: re-run on an idle machine)"
+              for n, g in graphs.items() if g.get("qps_rose_with_ef")]
     for t in targets:
         for name in graphs:
             rs = [r for r in summary["ratios"] if r["recall@10"] == t and r["config"] == name]

@@ -394,6 +394,19 @@ def test_dense_at_recall_reproduces_readme_run5() -> None:
     text = dense.at_recall_text(s)
     assert "1,653 (ef 256-512)" in text and "1.20x faiss HNSWFlat;" in text and "not reached" in text
     assert dense.qps_at_recall([0.9], [100.0], 0.9) is None  # one point: nothing to interpolate between
+    assert "timing noise" not in text and not rk["qps_rose_with_ef"]
+
+
+def test_dense_at_recall_flags_qps_rising_with_ef() -> None:
+    """A loaded machine timed faiss HNSWFlat at 39,207 q/s at ef 32 against 9,872 at ef 16, and the q/s at
+    recall was interpolated between those two points without a word: the table now says so."""
+    dense = _dense_bench()
+    rows = [{"config": f"faiss HNSWFlat ef={ef}", "family": "faiss", "qps": q, "recall@10": r}
+            for ef, q, r in ((16, 9872.0, 0.90), (32, 39207.0, 0.95), (64, 8000.0, 0.98))]
+    s = dense.at_recall(rows, [0.95])
+    assert s["graphs"]["faiss HNSWFlat"]["qps_rose_with_ef"] == ["ef 16 9,872 -> ef 32 39,207 q/s"]
+    assert "(timing noise? faiss HNSWFlat: q/s rose with ef, ef 16 9,872 -> ef 32 39,207 q/s;" in \
+        dense.at_recall_text(s)
 
 
 def test_dense_readme_only_pattern_keeps_both_faiss_orders() -> None:
