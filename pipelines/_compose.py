@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
+import os
 import time
 from contextvars import ContextVar
 from typing import (
@@ -47,7 +48,10 @@ from ragkit.operator import (
 from ragkit.params import Params
 from ragkit.types import QUERY_REWRITES, Corpus, Queries, Ranking, State, TraceEvent, TrainSet
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # (pandas: the hints only; it is optional)
+    import pandas as pd
+    from typing_extensions import Self
+
     from ragkit.run import Run
 
 __all__ = ["Composite", "Pipeline", "Parallel", "Route", "Loop", "run_step"]
@@ -255,7 +259,7 @@ class Composite(Operator):
         refuse_unapplied_filter(self, checked, where="options.")
         return checked
 
-    def save(self, path: Any) -> None:
+    def save(self, path: str | os.PathLike[str]) -> None:
         """Save as a one-step :class:`Pipeline` (manifest, YAML, every fitted leaf); load it with
         :meth:`Pipeline.load` or :meth:`Operator.load`.  A leading ``~`` in ``path`` is the home folder."""
         from ragkit.pipelines.store import save_pipeline
@@ -276,9 +280,19 @@ class Composite(Operator):
         the YAML builder, the trace and the errors of search and fit use."""
         return [(c, path) for c in self.children()]
 
-    @restoring
     def fit(self, corpus: Corpus, train: TrainSet | None = None, *, upstream: State | None = None,
-            _seen: set[int] | None = None, _path: str = "", backend: str = "local") -> "Composite":
+            backend: str = "local") -> Self:
+        """Fit every child operator once (an operator object found twice in the tree is fitted once), on
+        ``corpus`` and, for those that learn, the training split ``train``; returns ``self``.  ``upstream`` and
+        ``backend`` are as in :meth:`Operator.fit`.  A fit that raises leaves every operator of the tree as it
+        was before it (:func:`restoring`)."""
+        return self._fit_at(corpus, train, upstream=upstream, backend=backend)
+
+    @restoring
+    def _fit_at(self, corpus: Corpus, train: TrainSet | None = None, *, upstream: State | None = None,
+                _seen: set[int] | None = None, _path: str = "", backend: str = "local") -> Self:
+        """:meth:`fit`, as the node at ``_path`` of a tree whose fit has fitted the objects ``_seen`` (their
+        ``id``) already; ``_seen=None``: fitted on its own (the checks of the whole tree are made here)."""
         from ragkit.pipelines._checks import check_trainable
 
         if backend != "local":  # fitted on its own on Ray (a pipeline's steps are fitted locally by it)
@@ -326,7 +340,7 @@ def fit_once(op: Operator, corpus: Corpus, train: TrainSet | None, seen: set[int
         return
     seen.add(id(op))
     if isinstance(op, Composite):
-        op.fit(corpus, train, upstream=upstream, _seen=seen, _path=path)
+        op._fit_at(corpus, train, upstream=upstream, _seen=seen, _path=path)
         return
     try:
         op.fit(corpus, train, upstream=upstream if op.wants_upstream else None)
@@ -416,6 +430,19 @@ def _learning_leaves(op: Operator) -> list[Operator]:
 class Pipeline(Composite):
     """A linear sequence of operators; the root of every pipeline.
 
+    Each step runs on what the step before it returned; ``a | b`` builds one, as does
+    ``Pipeline([a, b])``.  :meth:`fit` fits every step on a corpus, :meth:`search` runs the
+    pipeline on queries, :meth:`save` / :meth:`load` keep it in a folder, :meth:`to_yaml` /
+    :meth:`from_yaml` in a pipeline file.
+
+    Parameters
+    ----------
+    steps : list of Operator, or one Operator
+        The steps in order (``Pipeline(a)`` equals ``Pipeline([a])``).  A fuser right after
+        ``a + b`` becomes that parallel's fuser, as ``(a + b) | RRF(...)`` does; a fuser anywhere
+        else, a judge or a router as a step of its own are refused (they belong in a
+        :class:`Parallel`, :class:`Loop` or :class:`Route`).
+
     Examples
     --------
     >>> from ragkit.filters import TopK
@@ -493,9 +520,8 @@ class Pipeline(Composite):
         return len(self.steps)
 
     # ------------------------------------------------------------------ fit
-    @restoring
     def fit(self, corpus: Corpus, train: TrainSet | None = None, *, upstream: State | None = None,
-            _seen: set[int] | None = None, backend: str = "local", _path: str = "pipeline") -> "Pipeline":
+            backend: str = "local") -> Pipeline:
         """Fit every operator once, in order.
 
         Operators that learn from the training split read ``train``; those with
@@ -508,6 +534,11 @@ class Pipeline(Composite):
         ``learn: true``) drops what they learned (the fuser's given weights again), with a warning on the
         ``ragkit`` logger naming those steps; pass ``train`` to learn again, or :meth:`load` the saved pipeline.
         """
+        return self._fit_at(corpus, train, upstream=upstream, backend=backend)
+
+    @restoring
+    def _fit_at(self, corpus: Corpus, train: TrainSet | None = None, *, upstream: State | None = None,
+                _seen: set[int] | None = None, _path: str = "pipeline", backend: str = "local") -> "Pipeline":
         from ragkit.pipelines._checks import check_trainable, unranked_router
 
         if _seen is None:  # before any work (a reranker's fit encodes the whole corpus), as search refuses it;
@@ -621,7 +652,7 @@ class Pipeline(Composite):
         return call_checked(self, state, self._call)
 
     def search(
-        self, queries: Queries | Sequence[str] | Mapping[str, str] | str, *, k: int | None = None,
+        self, queries: Queries | Sequence[str] | Mapping[str, str] | pd.Series | str, *, k: int | None = None,
         trace: bool = False, qrels: Mapping[str, Mapping[str, int]] | None = None, relevance_level: int = 1,
         ignore_identical_ids: bool = True, **options: Any,
     ) -> "Run":
@@ -738,7 +769,7 @@ class Pipeline(Composite):
 
         return load_yaml(source)
 
-    def save(self, path: Any) -> None:
+    def save(self, path: str | os.PathLike[str]) -> None:
         """Write the pipeline to the folder ``path`` atomically: ``pipeline.yaml``, the corpus it
         was fitted on (``corpus.jsonl``, once), one folder per distinct operator and
         ``manifest.json`` with every file's SHA-256 (:mod:`ragkit.pipelines.store`); load it with
@@ -749,7 +780,8 @@ class Pipeline(Composite):
         save_pipeline(self, user_path(path, "Pipeline.save: path"))
 
     @classmethod
-    def load(cls, path: Any, corpus: Corpus | None = None, *, mmap: bool = False, verify: bool = True) -> "Pipeline":
+    def load(cls, path: str | os.PathLike[str], corpus: Corpus | None = None, *, mmap: bool = False,
+             verify: bool = True) -> Pipeline:
         """Load a folder written by :meth:`save` (checksums verified first unless ``verify=False``).  A leading
         ``~`` in ``path`` is the home folder; ``corpus``, when given, is the :class:`Corpus` it was fitted on."""
         from ragkit.pipelines.store import load_pipeline
@@ -873,6 +905,7 @@ class Parallel(Composite):
     Parameters
     ----------
     branches : list of Operator (or list of lists, each a linear pipeline)
+        One operator alone is one branch: ``Parallel(a)`` equals ``Parallel([a])``.
     fuse : Operator of kind ``"fuser"``, default ``RRF(k=60)``
     names : list of str, optional
         Branch names used in the fused ranking's fields (``"<name>.rank"``,
@@ -892,7 +925,7 @@ class Parallel(Composite):
 
     name = "parallel"
 
-    def __init__(self, branches: Sequence[Operator | Sequence[Operator]], fuse: Operator | None = None,
+    def __init__(self, branches: Operator | Sequence[Operator | Sequence[Operator]], fuse: Operator | None = None,
                  names: Sequence[str] | None = None) -> None:
         from ragkit.pipelines._checks import fuse_weights_problem
 
@@ -954,8 +987,8 @@ class Parallel(Composite):
                         names=unique_names(extra, taken=self.names, wanted=extra_names))
 
     @restoring
-    def fit(self, corpus: Corpus, train: TrainSet | None = None, *, upstream: State | None = None,
-            _seen: set[int] | None = None, _path: str = "", backend: str = "local") -> "Parallel":
+    def _fit_at(self, corpus: Corpus, train: TrainSet | None = None, *, upstream: State | None = None,
+                _seen: set[int] | None = None, _path: str = "", backend: str = "local") -> "Parallel":
         from ragkit.pipelines._checks import check_trainable
 
         if backend != "local":  # fitted on its own on Ray (a pipeline's steps are fitted locally by it)
@@ -1052,6 +1085,16 @@ class Route(Composite):
     ``state.values["route"]`` (the last route to run writes it) and under the route's path,
     ``state.values["route@pipeline[1].route"]``, which a later route does not overwrite.
 
+    Parameters
+    ----------
+    router : Operator of kind ``"router"``
+        Labels each query: ``RuleRouter(rules=...)``, ``ScoreRouter(...)``.
+    branches : mapping of label to Operator (or list of operators, a linear pipeline)
+        The branch each label's queries run; an empty list passes them through unchanged.
+    default : Operator, list of operators, label (str), or None
+        Where queries whose label has no branch go: a branch of its own, or the label of one of
+        ``branches``; ``None`` makes such a query an error.
+
     Examples
     --------
     >>> from ragkit.filters import TopK
@@ -1121,9 +1164,8 @@ class Route(Composite):
         the route made of them: a ``score_router`` reads their rankings."""
         return bool(_learning_leaves(self))
 
-    @restoring
     def fit(self, corpus: Corpus, train: TrainSet | None = None, *, upstream: State | None = None,
-            _seen: set[int] | None = None, _path: str = "", backend: str = "local") -> "Route":
+            backend: str = "local") -> Route:
         """Fit the router and every branch; a learning router then learns from the branches' results.
 
         With ``train`` and a router that does not learn, a branch whose operators learn (a
@@ -1137,12 +1179,17 @@ class Route(Composite):
         the router gets each branch's per-query nDCG@10 on them (``upstream``: the preceding
         steps' output) and chooses its threshold from them.
         """
+        return self._fit_at(corpus, train, upstream=upstream, backend=backend)
+
+    @restoring
+    def _fit_at(self, corpus: Corpus, train: TrainSet | None = None, *, upstream: State | None = None,
+                _seen: set[int] | None = None, _path: str = "", backend: str = "local") -> "Route":
         if backend != "local":  # fitted on its own on Ray (a pipeline's steps are fitted locally by it)
             return fit_on_backend(self, corpus, train, upstream, backend)
         learning_router = (self.router if train is not None and self.router.needs_train
                            and isinstance(self.router, _LearningRouter) else None)
         if train is None or learning_router is not None or not self.wants_upstream:
-            super().fit(corpus, train, upstream=upstream, _seen=_seen, _path=_path)
+            super()._fit_at(corpus, train, upstream=upstream, _seen=_seen, _path=_path)
         else:
             self._fit_routed(corpus, train, upstream, _seen, _at(_path, "route"))
         if learning_router is not None and train is not None:
@@ -1274,6 +1321,16 @@ class Loop(Composite):
     path, ``state.values["iterations@pipeline[0].loop"]``, which a later loop does not
     overwrite.  Deterministic: same input, same iterations.
 
+    Parameters
+    ----------
+    body : Operator or list of operators (a linear pipeline)
+        What each iteration runs on the queries still looping.
+    until : Operator of kind ``"judge"``
+        Marks each query done or not after every iteration: ``MaxOnly()``, ``TopKStable()``,
+        ``ScoreReached(...)``.
+    max_iters : int, default 3
+        The most iterations a query runs (1 to 1,000).
+
     Examples
     --------
     >>> from ragkit.pipelines import MaxOnly, TopKStable
@@ -1309,9 +1366,8 @@ class Loop(Composite):
         here = _at(path, "loop")
         return [(self.body, f"{here}.body"), (self.until, f"{here}.until")]
 
-    @restoring
     def fit(self, corpus: Corpus, train: TrainSet | None = None, *, upstream: State | None = None,
-            _seen: set[int] | None = None, _path: str = "", backend: str = "local") -> "Loop":
+            backend: str = "local") -> Loop:
         """Fit the body and the judge; a learning judge then learns when to stop; the body's learners
         then learn from the iteration whose output the loop returns.
 
@@ -1328,9 +1384,14 @@ class Loop(Composite):
         iteration, so a fuser after it learned to weigh a plain query's rankings, while every ranking
         the loop returned came from an expanded one.
         """
+        return self._fit_at(corpus, train, upstream=upstream, backend=backend)
+
+    @restoring
+    def _fit_at(self, corpus: Corpus, train: TrainSet | None = None, *, upstream: State | None = None,
+                _seen: set[int] | None = None, _path: str = "", backend: str = "local") -> "Loop":
         if backend != "local":  # fitted on its own on Ray (a pipeline's steps are fitted locally by it)
             return fit_on_backend(self, corpus, train, upstream, backend)
-        super().fit(corpus, train, upstream=upstream, _seen=_seen, _path=_path)
+        super()._fit_at(corpus, train, upstream=upstream, _seen=_seen, _path=_path)
         judge = (self.until if train is not None and self.until.needs_train
                  and isinstance(self.until, _LearningJudge) else None)
         if judge is not None and train is not None:

@@ -51,10 +51,11 @@ from ragkit.options import PARAM, OptionCheck, filter_option
 from ragkit.params import Params as ParamsModel, validate_params  # (inside Operator, ``Params`` is its model class)
 from ragkit.types import Corpus, Queries, Ranking, State, TrainSet
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # (pandas: the hints only; it is optional)
+    import pandas as pd
     from typing_extensions import Self
 
-    from ragkit.pipelines import Pipeline
+    from ragkit.pipelines import Parallel, Pipeline
     from ragkit.run import Run
 
 __all__ = ["Operator", "FORMAT_VERSION", "after_fit", "atomic_dir", "write_json", "read_json", "call_checked",
@@ -591,17 +592,23 @@ class Operator:
 
     # ------------------------------------------------------------------ composition
     def __or__(self, other: "Operator") -> "Pipeline":
+        """``a | b``: the :class:`~ragkit.pipelines.Pipeline` that runs ``a`` then ``b`` on what ``a`` returns
+        (``Pipeline([a, b])``; the steps of a pipeline on either side are spliced in, not nested).  A fuser
+        after ``a + b`` becomes that parallel's fuser: ``(a + b) | RRF(k=60)``."""
         from ragkit.pipelines import Pipeline
 
         return Pipeline([self]) | other
 
-    def __add__(self, other: "Operator") -> "Operator":
+    def __add__(self, other: "Operator") -> "Parallel":
+        """``a + b``: the :class:`~ragkit.pipelines.Parallel` that runs ``a`` and ``b`` on the same queries and
+        fuses their rankings with ``RRF(k=60)`` (``Parallel([a, b])``; ``a + b + c`` has three branches).  Follow
+        it with a fuser to choose another: ``(a + b) | WeightedFusion(weights=[0.7, 0.3])``."""
         from ragkit.pipelines import Parallel
 
         return Parallel([self]) + other
 
     def search(
-        self, queries: Queries | Sequence[str] | Mapping[str, str] | str, *, k: int | None = None,
+        self, queries: Queries | Sequence[str] | Mapping[str, str] | pd.Series | str, *, k: int | None = None,
         trace: bool = False, qrels: Mapping[str, Mapping[str, int]] | None = None, **options: Any,
     ) -> "Run":
         """Run this operator as a one-step pipeline (see :meth:`Pipeline.search`)."""
@@ -617,7 +624,7 @@ class Operator:
             return pipe.search(queries, k=k, trace=trace, qrels=qrels, **options)
 
     # ------------------------------------------------------------------ persistence
-    def save(self, path: str | Path) -> None:
+    def save(self, path: str | os.PathLike[str]) -> None:
         """Write ``params.json``, the fitted artifacts, ``corpus.jsonl`` and ``checksums.json``
         (SHA-256 of every other file, verified by :meth:`load`) to the folder ``path``.
 
@@ -656,7 +663,7 @@ class Operator:
                 self.corpus_.save(folder / "corpus.jsonl")
 
     @classmethod
-    def load(cls, path: str | Path, corpus: Corpus | None = None, *, mmap: bool = False,
+    def load(cls, path: str | os.PathLike[str], corpus: Corpus | None = None, *, mmap: bool = False,
              verify: bool = True) -> Self:
         """Load an operator saved with :meth:`save`.  ``mmap=True`` memory-maps large arrays/indexes (token vectors of
         ``muvera``/``maxsim``/``maxsim_exact`` are mapped whatever ``mmap`` says).

@@ -70,3 +70,91 @@ def test_evaluate_and_run_docstrings_end_with_examples():
                                     beir.BeirDataset.name])
 def test_public_members_have_docstrings(member):
     assert (member.__doc__ or "").strip(), member
+
+
+def _hints(func):
+    """``func``'s type hints, with the names its module imports for type checkers only (pandas, ``Self``)."""
+    import os
+
+    pd = pytest.importorskip("pandas")
+    from typing_extensions import Self
+
+    from ragkit.pipelines import Parallel, Pipeline
+    from ragkit.run import Run
+
+    extra = {"pd": pd, "Self": Self, "Parallel": Parallel, "Pipeline": Pipeline, "Run": Run, "os": os}
+    return typing.get_type_hints(func, globalns={**extra, **vars(inspect.getmodule(func))})
+
+
+def _union(hint) -> set:
+    return set(typing.get_args(hint)) if typing.get_args(hint) and typing.get_origin(hint) is not Mapping else {hint}
+
+
+def test_parallel_takes_one_operator_as_its_branches():
+    """``Parallel(a)`` (the README: equals ``Parallel([a])``) type-checks: it did not, its hint was a list only."""
+    from ragkit.pipelines import Parallel
+    from ragkit.retrievers import BM25
+
+    assert ragkit.Operator in _union(_hints(Parallel.__init__)["branches"])
+    assert Parallel(BM25(k=3)) == Parallel([BM25(k=3)])
+
+
+@pytest.mark.parametrize("where", ["Operator", "Pipeline"])
+def test_search_takes_a_pandas_series(where):
+    """``pipe.search(series)`` (documented, and what ``TrainSet`` takes) type-checks under pyright, which refused
+    a ``pd.Series`` for ``Queries | Sequence[str] | Mapping[str, str] | str``."""
+    pd = pytest.importorskip("pandas")
+    cls = getattr(ragkit, where)
+    assert pd.Series in _union(_hints(cls.search)["queries"]), where
+
+
+@pytest.mark.parametrize("func", ["Operator.save", "Operator.load", "Pipeline.save", "Pipeline.load",
+                                  "Parallel.save"])
+def test_save_and_load_paths_are_typed_alike(func):
+    """Every ``save`` / ``load`` takes a ``str`` or any ``os.PathLike`` (what they accept at run time); the
+    pipeline's were ``Any``, the operator's ``str | Path`` (an ``os.PathLike`` refused by type checkers)."""
+    import os
+
+    cls_name, method = func.split(".")
+    cls = getattr(ragkit, cls_name, None) or getattr(ragkit.pipelines, cls_name)
+    assert _union(_hints(getattr(cls, method))["path"]) == {str, os.PathLike[str]}, func
+
+
+@pytest.mark.parametrize("name", ["Pipeline", "Parallel", "Route", "Loop"])
+def test_composite_fit_shows_only_public_parameters(name):
+    """``help(Pipeline.fit)`` / a hover shows ``Operator.fit``'s parameters, not the tree walk's own (``_seen``,
+    ``_path``: now those of the internal ``_fit_at``)."""
+    import ragkit.pipelines
+
+    cls = getattr(ragkit.pipelines, name)
+    assert list(inspect.signature(cls.fit).parameters) == list(inspect.signature(ragkit.Operator.fit).parameters)
+
+
+def test_operator_plus_is_typed_parallel():
+    """``a + b`` is a ``Parallel`` at run time and in its hint (it was ``Operator``); ``a | b`` a ``Pipeline``."""
+    from ragkit.pipelines import Parallel, Pipeline
+    from ragkit.retrievers import BM25
+
+    assert _hints(ragkit.Operator.__add__)["return"] is Parallel
+    assert _hints(ragkit.Operator.__or__)["return"] is Pipeline
+    assert type(BM25() + BM25(k=3)) is Parallel and type(BM25() | BM25(k=3)) is Pipeline
+
+
+@pytest.mark.parametrize("name, params", [
+    ("Pipeline", ["steps"]),
+    ("Parallel", ["branches", "fuse", "names"]),
+    ("Route", ["router", "branches", "default"]),
+    ("Loop", ["body", "until", "max_iters"]),
+])
+def test_composites_document_their_parameters(name, params):
+    import ragkit.pipelines
+
+    doc = inspect.getdoc(getattr(ragkit.pipelines, name)) or ""
+    section = doc.split("Parameters\n----------\n", 1)[-1].split("\n\n", 1)[0] if "Parameters\n---" in doc else ""
+    assert [p for p in params if f"\n{p} : " not in f"\n{section}"] == [], f"{name}: {doc[:300]}"
+
+
+@pytest.mark.parametrize("method", ["__add__", "__or__"])
+def test_composition_operators_have_docstrings(method):
+    doc = getattr(ragkit.Operator, method).__doc__ or ""
+    assert ("Parallel" if method == "__add__" else "Pipeline") in doc

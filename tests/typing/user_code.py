@@ -3,10 +3,12 @@ what its documentation shows and give precise types back (``assert_type`` fails 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 from typing_extensions import assert_type
 
 from ragkit import (
@@ -25,7 +27,7 @@ from ragkit.eval import EvalResult
 from ragkit.eval.metrics import check_relevance_level
 from ragkit.filters import MMR, CosineAdapter, TopK
 from ragkit.integrations.langchain import RagkitRetriever
-from ragkit.pipelines import RRF, Loop, Parallel, TopKStable
+from ragkit.pipelines import RRF, Loop, Parallel, Route, RuleRouter, TopKStable
 from ragkit.retrievers import BM25, Dense, KnnEmbed, Muvera
 from ragkit.retrievers.bm25 import BM25Params
 from ragkit.retrievers.dense import DenseParams
@@ -49,10 +51,17 @@ def build_and_search(folder: Path) -> float:
     # composition and the fitted pipeline
     hybrid = (bm25 + dense) | RRF(k=60)
     assert_type(hybrid, Pipeline)
-    assert_type(bm25 + dense, Operator)
+    assert_type(bm25 + dense, Parallel)  # a + b is a Parallel (its fuse, names, branches typed)
+    assert_type(Parallel(bm25), Parallel)  # one operator alone is one branch, as Pipeline(bm25) is one step
+    assert_type(Pipeline(bm25), Pipeline)
     pipe = Pipeline([Parallel([bm25, Muvera(k=100)], fuse=RRF()), MMR(k=10), TopK(k=10)])
     looped = Pipeline([Loop(Pipeline([KnnEmbed(k=10)]), until=TopKStable(), max_iters=3)])
     assert_type(looped, Pipeline)
+    assert_type(Loop(bm25, until=TopKStable()).fit(corpus), Loop)  # every composite's fit returns itself
+    routed = Route(RuleRouter(rules=[{"label": "short", "max_words": 3}], default="long"), {"short": [], "long": dense})
+    assert_type(routed.fit(corpus), Route)
+    assert_type(Parallel([bm25, dense]).fit(corpus), Parallel)
+    Pipeline(bm25).fit(corpus, _seen=None)  # type: ignore[call-arg]  # (the tree walk's own: not public)
     fitted = pipe.fit(corpus)
     assert_type(fitted, Pipeline)
     run = fitted.search(["does vitamin D help bones?"], k=10)
@@ -78,6 +87,18 @@ def build_and_search(folder: Path) -> float:
     retriever = RagkitRetriever(pipeline=learned, k=5)
     docs = retriever.invoke("Vitamin D prevents fractures")
     return float(docs[0].metadata["score"]) + result.scores["ndcg@10"]
+
+
+def documented_inputs(pipe: Pipeline, texts: pd.Series, where: os.PathLike[str]) -> Run:
+    # a pandas Series of texts indexed by query id, as TrainSet takes it too
+    assert_type(BM25().search(texts), Run)
+    assert_type(TrainSet(texts, {"q1": {"a": 1}}).queries, Queries)
+    # every save / load takes a str or any os.PathLike
+    pipe.save(where)
+    BM25().save(where)
+    assert_type(Pipeline.load(where), Pipeline)
+    assert_type(BM25.load(where), BM25)
+    return pipe.search(texts)
 
 
 def typed_inputs(run: Run, qrels: Mapping[str, Mapping[str, int]], data: BeirDataset, folder: Path) -> float:
