@@ -1031,6 +1031,8 @@ class Parallel(Composite):
             for key, vals in o.values.items():
                 if _record_inside(key, where):  # a loop's / route's record in this branch: its latest run
                     merged.values[key] = vals
+                elif key in ("iterations", "route") and vals != state.values.get(key):
+                    merged.values[key] = vals  # written in this branch: the last loop / route to run
                 elif key not in QUERY_REWRITES:
                     merged.values.setdefault(key, vals)
         merged.branches = [(n, o.rankings if o.rankings is not None else [Ranking.empty() for _ in range(len(state))])

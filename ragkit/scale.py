@@ -298,7 +298,9 @@ def _raised_by_task(e: BaseException) -> BaseException | None:
     """The exception a Ray task's (or actor method's) own code raised, behind the ``RayTaskError`` that
     ``ray.get`` raised for it (its ``cause``); ``None`` for a Ray failure (an actor or worker gone, an object
     lost: not a ``RayTaskError``, or one whose cause is Ray's own) and for a :class:`_Permanent` (a shard that
-    could not load on its actor)."""
+    could not load on its actor).  An exception Ray cannot bring back (a class whose ``__init__`` cannot be
+    called again with its ``args``, or one holding a lock) reaches the driver as Ray's own deserialisation
+    error: a ``ShardError``, its actors dropped, as for a Ray failure."""
     from ray.exceptions import RayTaskError
 
     cause = getattr(e, "cause", None)

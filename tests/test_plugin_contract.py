@@ -191,3 +191,48 @@ def test_every_retriever_honours_the_per_call_k_it_declares(corpus):
     assert cut.rows.tolist() == [0, 1, 2, 3] and cut.scores.tolist() == [0.0, -1.0, -2.0, -3.0]
     state = many(State(QUERIES, options={"k": 12}))  # called directly: the same
     assert [len(r) for r in state.rankings] == [12, 12, 12]
+
+
+def test_a_problem_the_input_had_does_not_excuse_another_query_of_another_kind():
+    """The exemption for a problem the input already had (query 0's NaN) switched off the whole check: query 1's
+    unsorted, repeated rows, new from the step, passed."""
+    rebuilt = _filter("Rebuilt", lambda s: State(s.queries, s.query_ids, rankings=[
+        Ranking(s.rankings[0].rows.copy(), s.rankings[0].scores.copy()), Ranking([3, 3], [1.0, 2.0])]))
+    one_nan = State(["a", "b"], rankings=[Ranking([1], [np.nan]), Ranking([2], [1.0])])
+    with pytest.raises(DataError, match=r"Rebuilt\._call \('tpc_rebuilt'\) returned scores not sorted .* query 'q1'"):
+        rebuilt(one_nan)
+
+
+class AllParams(Params):
+    k: int = Field(0, ge=0, description="Results per query; 0: every document.")
+
+
+def test_a_k_of_the_operators_own_meaning_is_not_cut_to():
+    """A plugin whose ``k: 0`` means every document: every search raised ``tpc_alldocs.k: expected a positive
+    integer, got 0`` from the cut to ``k_for``, which now leaves a ``k`` below 1 to the operator."""
+
+    def _call(self: Operator, state: State) -> State:
+        out = state.copy()
+        n = len(self.corpus_)
+        out.rankings = [Ranking(np.arange(n), -np.arange(n, dtype=np.float32)) for _ in state.queries]
+        return out
+
+    AllDocs = type("AllDocs", (Operator,), {"name": "tpc_alldocs", "kind": "retriever", "Params": AllParams,
+                                            "__annotations__": {"params": AllParams}, "_call": _call})
+    op = AllDocs().fit(word_corpus(20))
+    assert [len(r) for r in op.search(QUERIES[:2]).rankings] == [20, 20]
+
+
+def test_repeated_rows_are_asked_of_operators_of_ones_own_only():
+    """The duplicate check (a hash pass, the costly one) runs for plugins; a built-in class is held to it by the
+    conformance suite and is not hash-checked on every call (its finite / sorted checks stay)."""
+    twice = _filter("Twice", lambda s: State(s.queries, s.query_ids, rankings=[Ranking([4, 4], [2.0, 1.0])]))
+    with pytest.raises(DataError, match=r"row 4 more than once"):
+        twice(State(["a"], rankings=[Ranking.empty()]))
+    builtin = type(twice)
+    builtin.__module__ = "ragkit.filters.made_up"  # (as a built-in's module reads)
+    assert twice(State(["a"], rankings=[Ranking.empty()])).rankings[0].rows.tolist() == [4, 4]
+    unsorted = _filter("Unsorted", lambda s: State(s.queries, s.query_ids, rankings=[Ranking([4, 5], [1.0, 2.0])]))
+    type(unsorted).__module__ = "ragkit.filters.made_up"
+    with pytest.raises(DataError, match=r"not sorted"):
+        unsorted(State(["a"], rankings=[Ranking.empty()]))
