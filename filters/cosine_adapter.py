@@ -247,7 +247,11 @@ class CosineAdapter(Operator):
     queries' lists short), fit warns on the ``ragkit`` logger; an explicit ``threshold`` avoids
     choosing one.
 
-    The input scores must be raw cosines of the same encoder (``dense | cosine_adapter``).
+    The input scores must be raw cosines of the same encoder (``dense | cosine_adapter``); a ``dense`` with
+    ``metric: ip`` is refused.  After a ``reduce`` or ``dtype: b1`` without ``rescore`` the scores are
+    approximate cosines (PCA 32 on SciFact: ~[0.13, 0.94] against [0.06, 0.81]): the adapter is fitted on the
+    scores it then reads, so it calibrates to them and is not refused, but ``rescore: true`` gives it the
+    full-dimension cosines its features were designed for.
     The list features (``list_features=True``) read each query's first ``depth_`` candidates,
     the most a training query brought: a call with more candidates (``search(k=...)`` above the
     training depth) gives the candidates they share the same probabilities and the same cut; a

@@ -97,7 +97,10 @@ class ScoreReached(LearnedThreshold, Operator):
     """Done when the score at ``rank`` reaches ``threshold`` (the Modular RAG score judge).
 
     A ranking shorter than ``rank`` is not done.  Scores are in the units of the last
-    retriever or fuser (BM25 score, cosine, RRF score).  Writes ``state.values["done"]``.
+    retriever or fuser (BM25 score, cosine, RRF score); a BM25 after ``prf`` scores about
+    ``resolution / query length`` times higher than plain BM25 (SciFact: ~2,000 against ~7), so in a
+    ``prf | bm25`` loop a threshold carried over from plain BM25 stops nothing in the first round and
+    everything in the second: learn it (``learn: true``).  Writes ``state.values["done"]``.
 
     A rule-based judge of Modular RAG's scheduling (Gao et al., "Modular RAG: Transforming RAG Systems into
     LEGO-like Reconfigurable Frameworks", arXiv 2407.21059).
@@ -177,7 +180,8 @@ class MaxOnlyParams(Params):
 class MaxOnly(Operator):
     """Never done: the enclosing loop runs its body exactly ``max_iters`` times per query.
 
-    For fixed-count iterative retrieval (Modular RAG's "iterative" loop).
+    For fixed-count iterative retrieval (Modular RAG's "iterative" loop: Gao et al., "Modular RAG:
+    Transforming RAG Systems into LEGO-like Reconfigurable Frameworks", arXiv 2407.21059).
 
     Examples
     --------

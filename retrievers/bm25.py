@@ -417,11 +417,12 @@ class BM25(Operator):
 
     Defaults follow Anserini's "flat" BEIR runs (title + text, Porter stemming, Lucene
     stopwords, ``variant="lucene"``, k1 = 0.9, b = 0.4).  On SciFact train (809 queries)
-    they score nDCG@10 0.6951, ``okapi`` with rank-bm25's k1 = 1.5, b = 0.75 scores 0.6948,
-    and the best of a k1 x b grid (``okapi``, k1 = 1.2, b = 0.4) 0.6972, not a significant
-    difference (paired randomisation p = 0.29); ``lucene`` is kept because its idf is always
+    they score nDCG@10 0.6950, ``okapi`` with rank-bm25's k1 = 1.5, b = 0.75 scores 0.6951,
+    and the best of a k1 x b grid (``okapi``, k1 = 1.2, b = 0.4) 0.6975, not a significant
+    difference (paired randomisation p = 0.18; ``bench/bm25.py --train-sweep``, 2026-12-05);
+    ``lucene`` is kept because its idf is always
     positive, while okapi's is 0 for a term in exactly half of the documents and is floored
-    for more frequent ones, which misranks small corpora.  SciFact test: 0.6767 (Anserini
+    for more frequent ones, which misranks small corpora.  SciFact test: 0.6766 (Anserini
     publishes 0.679).
 
     Scores are ``(n_queries, n_docs)`` float64 products.  Only documents that contain a query

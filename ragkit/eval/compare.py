@@ -814,7 +814,8 @@ def compare(results: Sequence[SystemResult] | Mapping[str, Any], metrics: Sequen
     and ignore_identical_ids, every metric held by every result, the same queries) before any
     resampling.  Every (system, metric) pair of the metrics scored on the same queries shares one draw of
     random signs and of bootstrap indices (each pair gets the numbers it would alone, e.g. the p-value of
-    :func:`~ragkit.eval.metrics.paired_randomization_test` with ``seed``), each vectorised over queries and
+    :func:`~ragkit.eval.metrics.paired_randomization_test` with ``seed`` and the same ``n_resamples``: its
+    default is 10,000, this one's 200,000), each vectorised over queries and
     resamples: 3 systems x 4 metrics on SciFact's 300 queries take ~0.4 s at 200,000 (5,000 queries: ~5 s).
     """
     results = _as_results(results)
