@@ -153,8 +153,9 @@ def _not_a_file(path: Path | str, kind: str | None) -> ConfigError:
         else:
             hint = "not a ragkit save either (no manifest.json or params.json); expected a pipeline YAML file"
         return ConfigError(f"{path} is a folder, {hint}", path=str(path))
-    return ConfigError(f"{path}: no such file (expected a pipeline YAML file, or YAML text with a 'pipeline:' key)",
-                       path=str(path))
+    return ConfigError(f"{path}: no such file or folder (expected a pipeline YAML file, or YAML text with a "
+                       "'pipeline:' key; a saved pipeline folder loads with Pipeline.load(folder) or "
+                       "RagkitRetriever(pipeline=folder))", path=str(path))
 
 
 def _read_text(path: Path | str) -> str:

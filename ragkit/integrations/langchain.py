@@ -29,6 +29,7 @@ import hashlib
 import json
 import logging
 import math
+import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -49,7 +50,7 @@ from langchain_core.runnables import RunnableConfig, RunnableSerializable
 from langchain_core.runnables.config import ensure_config, get_config_list, run_in_executor
 from langchain_core.runnables.configurable import RunnableConfigurableFields
 from langchain_core.runnables.utils import AnyConfigurableField, ConfigurableField
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_serializer, model_validator
 
 from ragkit._locks import ReadWriteLock, lock_of
 from ragkit.encoders.sentence import as_texts
@@ -66,6 +67,9 @@ from ragkit.types import (
     _utf8_clean,
     ids_and_texts,
 )
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 __all__ = ["RagkitRetriever", "RagkitGenerator", "LangChainEmbeddingsEncoder", "RagkitEmbeddings", "as_corpus",
            "load_pipeline_like"]
@@ -96,6 +100,10 @@ def _mmr_hint(key: str) -> str:
 #: configured retriever passed again, the configured ones replaced), the names of the fields the config set
 #: (:class:`_ConfigurableRetriever`); ``None`` for any other construction
 _CONFIGURED: ContextVar[frozenset[str] | None] = ContextVar("ragkit_configured_fields", default=None)
+
+#: set while :meth:`RagkitRetriever._assign` checks all but the last of several fields assigned at once: their own
+#: checks only, :meth:`RagkitRetriever._build` running once, with the last
+_DEFER_BUILD: ContextVar[bool] = ContextVar("ragkit_defer_build", default=False)
 
 
 # ---------------------------------------------------------------------------------- helpers
@@ -130,10 +138,12 @@ def load_pipeline_like(source: Any) -> Operator:
     operator's name (``"bm25"``: that operator with its default parameters)."""
     if isinstance(source, Operator):
         return source
+    if isinstance(source, os.PathLike):  # any path object (as save / load take): a Path
+        source = Path(os.fsdecode(source))
     if not isinstance(source, (str, Path)):
         raise ParamError(
-            f"pipeline: expected a ragkit operator/pipeline, a YAML file or a saved pipeline folder, "
-            f"got {type(source).__name__}"
+            f"pipeline: expected a ragkit operator/pipeline, a saved pipeline folder, a YAML file, YAML text or an "
+            f"operator's name ('bm25'), got {type(source).__name__} ({source!r:.60})"
         )
     path = Path(source) if isinstance(source, Path) or "\n" not in str(source) else None
     if path is not None and path.is_dir():
@@ -159,7 +169,9 @@ def _saved_settings(source: Any) -> dict[str, Any]:
     """``k`` and ``search_kwargs`` from the ``retriever.json`` of a folder written by
     :meth:`RagkitRetriever.save` (``{}`` for any other ``pipeline=``); a malformed file is an
     :class:`ArtifactError` naming it."""
-    if not isinstance(source, (str, Path)) or "\n" in str(source) or not (Path(source) / RETRIEVER_FILE).is_file():
+    if isinstance(source, os.PathLike):
+        source = os.fsdecode(source)
+    if not isinstance(source, str) or "\n" in source or not (Path(source) / RETRIEVER_FILE).is_file():
         return {}
     path = Path(source) / RETRIEVER_FILE
     saved = read_json(path)
@@ -303,9 +315,11 @@ class RagkitRetriever(BaseRetriever):
 
     Parameters
     ----------
-    pipeline : Operator, str or Path
+    pipeline : Operator, str or os.PathLike
         A ragkit pipeline or single operator (fitted, or fitted here on ``corpus``), a YAML
-        file (or YAML text), or a folder written by ``pipeline.save``.
+        file (or YAML text), a folder written by ``pipeline.save`` (any ``os.PathLike`` too), or a registered
+        operator's name (``"bm25"``).  In JSON (``model_dump(mode="json")``, ``model_dump_json()``) it is the
+        pipeline's YAML.
     corpus : Corpus, list of Document, list of str, list of dict or dict of str -> str, optional
         Documents to fit the pipeline on (a mapping is ``{doc_id: text}``; one string is refused).
         Required when the pipeline is not fitted; when given for a fitted pipeline, the pipeline is
@@ -345,7 +359,9 @@ class RagkitRetriever(BaseRetriever):
     Assigning ``pipeline``, ``corpus``, ``train``, ``k`` or ``search_kwargs`` after construction is
     checked as construction checks it, with the same errors (``r.k = 0``: pydantic's
     ``ValidationError``; ``r.pipeline = "bm25"``, an unfitted operator: ``NotFittedError``); a refused
-    assignment leaves the retriever as it was.  An assignment is checked (and a new pipeline loaded, or
+    assignment leaves the retriever as it was.  ``model_copy(update={...})`` assigns the update's fields to the
+    copy that way, all at once (``update={"pipeline": BM25(), "corpus": docs}`` fits the new pipeline).
+    An assignment is checked (and a new pipeline loaded, or
     refitted) on a copy while searches on other threads go on, then swapped in at once holding the lock
     to write: a search sees the retriever before the assignment or after it, never in between, and
     never one refused.  A new ``pipeline`` (or ``corpus``: the pipeline refitted
@@ -408,8 +424,14 @@ class RagkitRetriever(BaseRetriever):
             raise ParamError(f"{e}; {_mmr_hint(word)}", e.path) from None
 
     if TYPE_CHECKING:  # what the fields hold once built; what the constructor accepts: __init__ below
-        pipeline: Operator
-        """The ragkit pipeline (after construction: always a fitted operator)."""
+        @property
+        def pipeline(self) -> Operator:
+            """The ragkit pipeline (after construction: always a fitted operator)."""
+
+        @pipeline.setter
+        def pipeline(self, value: Operator | str | os.PathLike[str]) -> None:
+            """Assigned as the constructor takes it (``r.pipeline = "app-index"``: a saved folder reloaded in place,
+            a YAML file or text, an operator's name), then held as the fitted operator."""
 
         corpus: (Corpus | Iterable[Document] | Iterable[str] | Iterable[dict[str, Any]] | Mapping[Any, str]
                  | None)
@@ -420,7 +442,7 @@ class RagkitRetriever(BaseRetriever):
         """Judged training queries passed to ``fit`` with ``corpus``."""
 
         def __init__(
-            self, *, pipeline: Operator | str | Path,
+            self, *, pipeline: Operator | str | os.PathLike[str],
             corpus: Corpus | Iterable[Document] | Iterable[str] | Iterable[dict[str, Any]] | Mapping[Any, str]
             | None = None,
             train: TrainSet | None = None, k: int = 4, search_kwargs: dict[str, Any] = ..., name: str | None = None,
@@ -452,12 +474,26 @@ class RagkitRetriever(BaseRetriever):
     #: operators, and by every node of the tree (:func:`ragkit._locks.lock_of`: their searches wait for edits)
     _lock: ReadWriteLock = PrivateAttr()
 
+    @field_serializer("pipeline", when_used="json")
+    def _pipeline_as_json(self, pipeline: Any) -> str:
+        """The pipeline in JSON (``model_dump(mode="json")``, ``model_dump_json()``, a tracer's record): its YAML
+        (:meth:`Operator.to_yaml`: its parameters, not its index; ``RagkitRetriever(pipeline=yaml, corpus=...)``
+        builds it again), or its repr where YAML cannot write one of them."""
+        if isinstance(pipeline, Operator):
+            try:
+                return pipeline.to_yaml()
+            except Exception:  # noqa: BLE001  (a parameter YAML cannot write: a dump never fails for it)
+                return repr(pipeline)
+        return os.fsdecode(pipeline) if isinstance(pipeline, os.PathLike) else str(pipeline)
+
     @model_validator(mode="after")
     def _build(self) -> "RagkitRetriever":
         """Load, check and (with ``corpus``) fit the pipeline; run again on each assignment of a field
         (``validate_assignment``), where it only checks the settings again while the pipeline is the one
         built and no ``corpus`` is given.  Fields are set here through ``__dict__`` (an assignment would
         validate, and so run this, again)."""
+        if _DEFER_BUILD.get():  # one of several fields assigned at once (_assign): built with the last one
+            return self
         if self.train is not None and not isinstance(self.train, TrainSet):
             raise ParamError(f"train: expected a ragkit TrainSet, got {type(self.train).__name__}")
         if self._op is not None and self.pipeline is self._op and self.corpus is None:
@@ -543,18 +579,40 @@ class RagkitRetriever(BaseRetriever):
         if name not in type(self).model_fields or not private or private.get("_op") is None:  # (being built)
             super().__setattr__(name, value)
             return
+        self._assign({name: value})
+
+    def _assign(self, updates: Mapping[str, Any]) -> None:
+        """Assign the fields ``updates`` (one or more, known fields of a built retriever) at once, as
+        :meth:`__setattr__` assigns one: each field checked by its own checks, then :meth:`_build` once with them
+        all (``{"pipeline": BM25(), "corpus": docs}``: the new pipeline fitted on the new documents), on a copy,
+        swapped in holding the lock to write; refused, nothing changes.  ``k`` and ``search_kwargs["k"]`` given
+        both must agree (as at construction); one alone sets the other."""
+        if not updates:
+            return
+        given_k = updates.get("search_kwargs")
+        if "k" in updates and isinstance(given_k, Mapping) and given_k.get("k", updates["k"]) != updates["k"]:
+            raise ParamError(f"k={updates['k']!r} and search_kwargs={{'k': {given_k['k']!r}}} disagree; give one of "
+                             "them")
+        private = self.__pydantic_private__ or {}
         # validated and built on a copy (a new pipeline loaded and fitted there), searches going on meanwhile
         # with the retriever as it was; then swapped in at once, or nothing changes (a refused assignment)
         side = copy.copy(self)  # (pydantic's shallow copy: fields, fields set and private attributes)
         before = dict(side.__dict__)
-        super(RagkitRetriever, side).__setattr__(name, value)  # validate_assignment: the field, then _build
+        *first, last = updates  # the last assignment builds; the others only check their field
+        token = _DEFER_BUILD.set(True)
+        try:
+            for name in first:
+                super(RagkitRetriever, side).__setattr__(name, updates[name])
+        finally:
+            _DEFER_BUILD.reset(token)
+        super(RagkitRetriever, side).__setattr__(last, updates[last])  # validate_assignment: the field, then _build
         own_k = side.search_kwargs.get("k")
-        if name == "k" and own_k is not None:
+        if "k" in updates and "search_kwargs" not in updates and own_k is not None:
             side.__dict__["search_kwargs"] = {**side.search_kwargs, "k": side.k}
-        elif name == "search_kwargs" and own_k is not None:
+        elif "search_kwargs" in updates and own_k is not None:
             side.__dict__["k"] = int(own_k)
         changed = {key: v for key, v in side.__dict__.items() if key not in before or before[key] is not v}
-        rebuilt = side._op is not private["_op"]
+        rebuilt = side._op is not private.get("_op")
         with self._holding(write=True):  # searches in progress finish first; new ones see the retriever after
             self.__dict__.update(changed)
             object.__setattr__(self, "__pydantic_fields_set__",
@@ -562,10 +620,23 @@ class RagkitRetriever(BaseRetriever):
             if rebuilt:  # a new pipeline: its documents, lock, producers
                 object.__setattr__(self, "__pydantic_private__", dict(side.__pydantic_private__ or {}))
 
+    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Self:
+        """A copy (``deep=True``: with its own pipeline, documents and lock, as :func:`copy.deepcopy` makes it),
+        ``update`` assigned to it as assignments are checked (pydantic's own ``model_copy`` skips validation:
+        ``update={"pipeline": "app-index"}`` left the string in the field): a saved folder, YAML file or
+        operator's name loaded, a ``corpus`` fitted, ``k`` checked, or a ``ParamError`` / ``ValidationError`` with
+        ``self`` unchanged.  An unknown field is a :class:`ParamError`."""
+        if update:
+            refuse_unknown_arguments(type(self), dict(update), {key: "did you mean k?" for key in ("top_k", "n")})
+        new = super().model_copy(deep=deep)
+        if update:
+            new._assign(dict(update))
+        return new
+
     # ------------------------------------------------------------------ constructors
     @classmethod
     def from_texts(cls, texts: Sequence[str] | Mapping[Any, str], *args: Any,
-                   pipeline: Operator | str | Path | None = None,
+                   pipeline: Operator | str | os.PathLike[str] | None = None,
                    ids: Sequence[str] | None = None, metadatas: Sequence[dict[str, Any]] | None = None,
                    **kwargs: Any) -> "RagkitRetriever":
         """Fit ``pipeline`` (default: BM25) on plain texts and wrap it.  ``texts`` may be a mapping
@@ -589,7 +660,8 @@ class RagkitRetriever(BaseRetriever):
         return cls.from_documents(docs, pipeline=pipeline, **kwargs)
 
     @classmethod
-    def from_documents(cls, documents: Sequence[Document], *args: Any, pipeline: Operator | str | Path | None = None,
+    def from_documents(cls, documents: Sequence[Document], *args: Any,
+                       pipeline: Operator | str | os.PathLike[str] | None = None,
                        **kwargs: Any) -> "RagkitRetriever":
         """Fit ``pipeline`` (default: BM25) on LangChain documents and wrap it.  Everything after
         ``documents`` is keyword-only (as in LangChain's ``BM25Retriever.from_documents``)."""
@@ -619,7 +691,7 @@ class RagkitRetriever(BaseRetriever):
         new.__setstate__(copy.deepcopy(self.__getstate__(), memo))
         return new
 
-    def save(self, path: str | Path) -> None:
+    def save(self, path: str | os.PathLike[str]) -> None:
         """Write the fitted pipeline (the folder :meth:`Pipeline.save` writes, documents included)
         and this retriever's ``k`` and ``search_kwargs`` (``retriever.json``, checksummed with the
         rest) to the folder ``path``, atomically: an earlier save there is replaced only once the new
@@ -639,10 +711,10 @@ class RagkitRetriever(BaseRetriever):
                                  "lists and objects") from None
             op = state.pipeline
             pipe = op if isinstance(op, Pipeline) else Pipeline([op])
-            save_pipeline(pipe, path, extra={RETRIEVER_FILE: settings})
+            save_pipeline(pipe, Path(os.fsdecode(path)), extra={RETRIEVER_FILE: settings})
 
     @classmethod
-    def load(cls, path: str | Path, **kwargs: Any) -> "RagkitRetriever":
+    def load(cls, path: str | os.PathLike[str], **kwargs: Any) -> "RagkitRetriever":
         """A retriever written by :meth:`save` (checksums verified), with its ``k`` and
         ``search_kwargs`` unless ``kwargs`` give them (``corpus=`` refits it on other documents)."""
         folder = Path(path)

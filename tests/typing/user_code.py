@@ -116,4 +116,11 @@ def typed_inputs(run: Run, qrels: Mapping[str, Mapping[str, int]], data: BeirDat
     RagkitRetriever(pipeline="bm25", corpus={"d1": "vitamin D"}, k=2)
     RagkitRetriever(pipeline=folder / "saved", corpus=["vitamin D", "bone density"])
     RagkitRetriever(pipeline=1)  # type: ignore[arg-type]  # (no pipeline: refused by the type checker too)
+    # assigned as the constructor takes it (the README's reload in place), read back as the fitted Operator
+    retriever.pipeline = folder / "index"
+    retriever.pipeline = "app-index"
+    retriever.pipeline = BM25(k=5)
+    retriever.pipeline = 1  # type: ignore[assignment]  # (no pipeline: refused by the type checker too)
+    assert_type(retriever.pipeline, Operator)
+    assert_type(retriever.model_copy(update={"pipeline": "app-index"}), RagkitRetriever)
     return result["ndcg@10"]
