@@ -143,3 +143,16 @@ def test_a_pipeline_of_no_kind_lists_every_kind_taken():
     with pytest.raises(ValidationError, match=r"saved pipeline folder, a YAML file, YAML text or an operator's "
                                               r"name \('bm25'\), got int \(1\)"):
         RagkitRetriever(pipeline=1)
+
+
+def test_save_and_load_expand_a_leading_tilde(tmp_path, monkeypatch):
+    """``RagkitRetriever.save("~/x")`` wrote into a folder named ``~`` here, while ``Pipeline.save`` expands it."""
+    from ragkit.integrations.langchain import RagkitRetriever
+    from ragkit.retrievers import BM25
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    r = RagkitRetriever(pipeline=BM25(k=2), corpus=["red apple", "green pear", "blue sky"])
+    r.save("~/idx")
+    assert (tmp_path / "idx").is_dir() and not (tmp_path / "~").exists()
+    assert [d.page_content for d in RagkitRetriever.load("~/idx").invoke("apple")] == ["red apple"]

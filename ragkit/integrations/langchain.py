@@ -52,6 +52,7 @@ from langchain_core.runnables.configurable import RunnableConfigurableFields
 from langchain_core.runnables.utils import AnyConfigurableField, ConfigurableField
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_serializer, model_validator
 
+from ragkit._files import user_path
 from ragkit._locks import ReadWriteLock, lock_of
 from ragkit.encoders.sentence import as_texts
 from ragkit.errors import ArtifactError, DataError, NotFittedError, ParamError, repeated
@@ -711,13 +712,13 @@ class RagkitRetriever(BaseRetriever):
                                  "lists and objects") from None
             op = state.pipeline
             pipe = op if isinstance(op, Pipeline) else Pipeline([op])
-            save_pipeline(pipe, Path(os.fsdecode(path)), extra={RETRIEVER_FILE: settings})
+            save_pipeline(pipe, user_path(path, "RagkitRetriever.save: path"), extra={RETRIEVER_FILE: settings})
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], **kwargs: Any) -> "RagkitRetriever":
         """A retriever written by :meth:`save` (checksums verified), with its ``k`` and
         ``search_kwargs`` unless ``kwargs`` give them (``corpus=`` refits it on other documents)."""
-        folder = Path(path)
+        folder = user_path(path, "RagkitRetriever.load: path")
         if not (folder / RETRIEVER_FILE).is_file():
             what = ("a saved pipeline without the retriever's settings: RagkitRetriever(pipeline=path) wraps it"
                     if (folder / "manifest.json").is_file() or (folder / "params.json").is_file()
