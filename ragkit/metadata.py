@@ -24,13 +24,15 @@ if TYPE_CHECKING:
 
 def is_missing(value: Any) -> bool:
     """Whether ``value`` marks a missing value: ``None``, a float NaN (pandas' missing value in an
-    object column, numpy's too) or ``pandas.NA``."""
+    object column, numpy's too), ``pandas.NA`` or a not-a-time (``pandas.NaT``, numpy's ``NaT``)."""
     if value is None:
         return True
     if isinstance(value, (float, np.floating)):
         return bool(value != value)
+    if isinstance(value, np.datetime64):
+        return bool(np.isnat(value))
     pd = sys.modules.get("pandas")
-    return pd is not None and value is getattr(pd, "NA", None)
+    return pd is not None and (value is getattr(pd, "NA", None) or value is getattr(pd, "NaT", None))
 
 
 #: a metadata column coded for filters: (code per row, value -> code); for a list-valued column
@@ -137,16 +139,16 @@ def check_kinds(key: str, values: Mapping[Any, int], wants: list[Any]) -> None:
     no document whatever the corpus held (``"2001"`` for a field of integers: what a web service gets for
     every parameter), where a value of the right kind simply absent matches none.  ``None`` (no value) is
     no kind on either side."""
-    asked = {_value_kind(w) for w in wants if w is not None and not isinstance(w, (list, tuple))}  # (whole lists:
-    # compared with a row's whole list)
-    if not asked or any(v is not None and _value_kind(v) in asked for v in values):  # (stops at the first)
+    asked = {_value_kind(w) for w in wants if not is_missing(w) and not isinstance(w, (list, tuple))}  # (whole
+    # lists: compared with a row's whole list)
+    if not asked or any(not is_missing(v) and _value_kind(v) in asked for v in values):  # (stops at the first)
         return
-    held = sorted({type(v).__name__ for v in values if v is not None})
+    held = sorted({type(v).__name__ for v in values if not is_missing(v)})  # (NaN, pandas.NA: no value either)
     if not held:  # the field holds no value at all
         return
-    w = next(w for w in wants if w is not None and not isinstance(w, (list, tuple)))
+    w = next(w for w in wants if not is_missing(w) and not isinstance(w, (list, tuple)))
     fix = (f"; give it as a number ({key!r}: {w.strip()})" if isinstance(w, str) and "number" in
-           {_value_kind(v) for v in values if v is not None} and _number_text(w) else "")
+           {_value_kind(v) for v in values if not is_missing(v)} and _number_text(w) else "")
     raise DataError(f"filter.{key}: the field holds {' and '.join(held)} values; got {w!r} ({type(w).__name__})"
                     + (f" among {len(wants)} values" if len(wants) > 1 else "") + ", which matches none of them (a "
                     f"filter compares with ==, and '2001' == 2001 is false){fix}")
@@ -154,8 +156,8 @@ def check_kinds(key: str, values: Mapping[Any, int], wants: list[Any]) -> None:
 
 def _type_kind(t: type) -> str | None:
     """The kind of the values of type ``t`` (:func:`_value_kind`); ``None`` for a missing value's type (``None``,
-    ``pandas.NA``)."""
-    if t is type(None) or t.__name__ == "NAType":
+    ``pandas.NA``, ``pandas.NaT``)."""
+    if t is type(None) or t.__name__ in ("NAType", "NaTType"):
         return None
     if issubclass(t, (bool, int, float, np.bool_, np.number)):
         return "number"
@@ -199,7 +201,17 @@ def check_metadata_kinds(new: "Corpus", who: str, held: "Corpus | None" = None) 
     ``"2020"``, and a filter value of either kind would pass the check that refuses a kind the field does not
     hold.  The message names the first document of another kind, the key, the kind held and the kind given.
     A missing value (no key: ``None``; NaN; ``pandas.NA``) is allowed in any field; a list value (tags) has the
-    kinds of its elements."""
+    kinds of its elements.
+
+    A value a save cannot write (:func:`ragkit.types.unsaveable`: a date, a ``Timestamp``, an infinite number) is
+    refused too, naming the document: the index it would join could not be saved while it holds it."""
+    from ragkit.types import unsaveable
+
+    bad = unsaveable(new)
+    if bad is not None:
+        key, row, what = bad
+        raise DataError(f"{who}: document {str(new.ids[row])!r}: {what}; refused before indexing, since a save "
+                        "of the index could not write it")
     for key in new.metadata:
         kinds = _column_kinds(new, key)
         have = _column_kinds(held, key) if held is not None and key in held.metadata else set()
@@ -281,7 +293,10 @@ def isin(column: np.ndarray, wants: list[Any]) -> np.ndarray:
 
 
 def _equal(v: Any, w: Any) -> bool:
-    """``v == w`` as one bool; a comparison that broadcasts (a numpy scalar against a list) is no match."""
+    """``v == w`` as one bool; a comparison that broadcasts (a numpy scalar against a list) is no match.  A list
+    and a tuple of equal elements are equal (a corpus holds a tuple value as a list, as a save writes it)."""
+    if isinstance(v, (list, tuple)) and isinstance(w, (list, tuple)):
+        v, w = list(v), list(w)
     try:
         same = v == w
     except Exception:  # noqa: BLE001 - a type whose == raises matches nothing

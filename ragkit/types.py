@@ -8,6 +8,7 @@ LangChain, TREC run files).  A batch of queries is a list of rankings, one per q
 from __future__ import annotations
 
 import copy
+import itertools
 import json
 import logging
 import math
@@ -252,6 +253,35 @@ def _column(values: Iterable[Any]) -> np.ndarray:
     return np.fromiter(values, dtype=object, count=len(values))
 
 
+#: the types of metadata values a corpus keeps as they are (anything else is looked at value by value)
+_PLAIN_META = frozenset({str, int, bool, type(None), list, dict})
+
+
+def _meta_column(col: np.ndarray) -> np.ndarray:
+    """A metadata column as a saved corpus reads it back, so that filters answer the same before and after a
+    save: in an object column, a 1-D numpy array value (what ``pandas.read_parquet`` gives for a list
+    column) or a tuple as a list, and a missing value (NaN, ``pandas.NA``, ``NaT``) as ``None``.  A column
+    of another dtype (numbers, strings) is kept as it is; in an object column, one pass over the values'
+    types, and a look at the values of other types than str, int, bool, None, list and dict only."""
+    if col.dtype != object:
+        return col
+    values = col.tolist()
+    odd = set(map(type, values)) - _PLAIN_META
+    if not odd:
+        return col
+    out = [_meta_value(v) if type(v) in odd else v for v in values]
+    return _column(out) if any(a is not b for a, b in zip(out, values)) else col
+
+
+def _meta_value(v: Any) -> Any:
+    """One metadata value as :func:`_meta_column` keeps it."""
+    if isinstance(v, np.ndarray) and v.ndim == 1:
+        return v.tolist()
+    if isinstance(v, tuple):
+        return list(v)
+    return None if is_missing(v) else v
+
+
 def _frozen(arr: np.ndarray, given: Any) -> np.ndarray:
     """``arr`` made read-only (a copy when it is the caller's own array, which stays writable)."""
     if isinstance(given, np.ndarray) and np.may_share_memory(arr, given):
@@ -454,7 +484,11 @@ class Corpus:
         Titles; empty strings when absent.  A missing title (``None``, NaN, ``pandas.NA``, as a
         DataFrame column holds it) is ``""``; any other value that is no string is a DataError.
     metadata : dict of str -> array of shape (n_docs,), optional
-        Columnar metadata (one array per field), used by metadata filters.
+        Columnar metadata (one array per field), used by metadata filters.  Kept as a save writes it and a
+        load reads it back, so that filters answer the same before and after: a numpy array or tuple value
+        (a list column read by ``pandas.read_parquet``) is a list, a missing value (NaN, ``pandas.NA``,
+        ``NaT``) in an object column is ``None``.  A float column keeps its NaN, which ``{field: None}``
+        matches.
 
     A corpus is immutable: its arrays are read-only and ``metadata`` is a read-only mapping
     (row numbers and filter codes are cached from them); arrays passed in are copied, not frozen.
@@ -515,7 +549,7 @@ class Corpus:
             if isinstance(col, (str, bytes)) or not isinstance(col, Iterable):  # 'en' would become ['e', 'n']
                 raise DataError(f"Corpus metadata field {key!r}: expected one value per document (a list or array of "
                                 f"{len(ids)}), got {col!r:.60}")
-            col = _column(col) if not isinstance(col, np.ndarray) or col.ndim != 1 else col
+            col = _meta_column(_column(col) if not isinstance(col, np.ndarray) or col.ndim != 1 else col)
             if len(col) != len(ids):
                 raise DataError(
                     f"Corpus metadata field {key!r} has {len(col)} values, expected {len(ids)} (one per document)"
@@ -854,7 +888,7 @@ class Corpus:
                 )
             # any collection of values (a list, a set, a range, dict keys, a numpy array or pandas
             # Series) means membership; a string or a single value means equality
-            wants = filter_values(want)
+            wants = [None if is_missing(w) else w for w in filter_values(want)]  # pandas.NA, NaT: as None
             if column is self.titles:  # strings only ('' for none): one vectorised membership test
                 strings = [w for w in wants if isinstance(w, str)]
                 if not strings:  # a number for a title (title: 2020) matches no document: refused, as for a field
@@ -879,6 +913,11 @@ class Corpus:
             self._codes[key] = code_column(column)
             warn_mixed_kinds(key, self._codes[key])
         coded = self._codes[key]
+        if column.dtype.kind == "f" and any(w is None for w in wants):  # a float column's missing value is NaN
+            # (a saved corpus reads it back as None): {field: None} matches it
+            rest = [w for w in wants if w is not None]
+            nan = np.isnan(column)
+            return nan | self._field_isin(key, column, rest) if rest else nan
         if coded is None:
             return isin(column, wants)
         lut = coded[1]
@@ -898,15 +937,20 @@ class Corpus:
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | Path) -> None:
         """Write ``corpus.jsonl`` (BEIR layout plus a ``metadata`` object per line): strict JSON (no
-        ``NaN``, which other JSON readers refuse): a metadata value that is NaN (pandas' missing value) is
-        written as ``null`` and reads back as ``None``; an infinite one is a :class:`DataError`."""
+        ``NaN``, which other JSON readers refuse): a missing metadata value (NaN, ``pandas.NA``, ``NaT``) is
+        written as ``null`` and reads back as ``None``; an infinite one, or a value JSON has no type for (a
+        date, a ``Timestamp``), is a :class:`DataError` naming the field and the document."""
         path = Path(path)
         with atomic_file(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
             keys = list(self.metadata)
             for i, (d, t, x) in enumerate(zip(self.ids.tolist(), self.titles.tolist(), self.texts.tolist())):
                 rec: dict[str, Any] = {"_id": d, "title": t, "text": x}
                 if keys:
-                    rec["metadata"] = {k: _jsonable(self.metadata[k][i], k) for k in keys}
+                    try:
+                        rec["metadata"] = {k: _jsonable(self.metadata[k][i], k) for k in keys}
+                    except DataError as e:  # which document holds it (every later save would fail on it)
+                        raise DataError(str(e).replace("Corpus.save: ", f"Corpus.save: document {d!r}: ", 1)
+                                        + "; or remove the document") from None
                 f.write(json.dumps(rec, ensure_ascii=False, allow_nan=False) + "\n")
 
 
@@ -914,15 +958,15 @@ def _jsonable(v: Any, field: str = "") -> Any:
     """A metadata value as JSON: numpy scalars as Python's (float32 by its shortest repr, so a
     filter on ``0.1`` still matches after a save), lists and dicts (string keys) element-wise; other
     types refused."""
+    if is_missing(v):  # None, NaN, pandas.NA, NaT: pandas' missing values (JSON has no NaN; null reads back as None)
+        return None
     if isinstance(v, (float, np.floating)) and not np.isfinite(v):
-        if v != v:  # NaN: pandas' missing value (JSON has no NaN; null reads back as None)
-            return None
         raise DataError(f"Corpus.save: metadata field {field!r} holds {v!r}, which JSON cannot hold; give a finite "
                         "number, or None")
     if isinstance(v, (np.floating,)) and v.dtype != np.float64:
         return float(str(v))
-    if isinstance(v, np.generic):
-        return v.item()
+    if isinstance(v, np.generic) and not isinstance(v, (np.datetime64, np.timedelta64)):  # (a datetime64's item()
+        return v.item()  # is a date, or an int of nanoseconds: refused below, as a Timestamp is)
     if isinstance(v, (list, tuple, np.ndarray)):
         return [_jsonable(x, field) for x in (v.tolist() if isinstance(v, np.ndarray) else v)]
     if isinstance(v, dict) and all(isinstance(key, str) for key in v):
@@ -931,7 +975,35 @@ def _jsonable(v: Any, field: str = "") -> Any:
         return v
     raise DataError(f"Corpus.save: metadata field {field!r} holds a {type(v).__name__} ({v!r:.60}); expected a "
                     "JSON value (str, number, bool, None, a list of them, a dict with string keys); convert it "
-                    "(e.g. a date to an ISO string)")
+                    "(e.g. a date or Timestamp to an ISO string, value.isoformat())")
+
+
+def unsaveable(corpus: "Corpus") -> tuple[str, int, str] | None:
+    """The first metadata value of ``corpus`` that :meth:`Corpus.save` refuses (a date, a ``Timestamp``, an
+    infinite number), as ``(field, row, what is wrong)``, or None.  One pass over the values' types per
+    object column (in C: the elements' too for a column of lists); values are looked at one by one only in a
+    column holding other types than strings, integers, bools, None and lists of them."""
+    plain = {str, int, bool, type(None)}
+    for key, col in corpus.metadata.items():
+        if col.dtype.kind in "biuUS":
+            continue
+        if col.dtype.kind == "f":
+            rows = np.flatnonzero(np.isinf(col))[:1].tolist()
+        else:
+            values = col.tolist()
+            types = set(map(type, values))
+            if list in types:  # (tags: the elements' types)
+                types.discard(list)
+                types |= set(map(type, itertools.chain.from_iterable(v for v in values if type(v) is list)))
+            if types <= plain:
+                continue
+            rows = list(range(len(values)))
+        for i in rows:
+            try:
+                _jsonable(col[i], key)
+            except DataError as e:
+                return key, i, str(e).replace("Corpus.save: ", "", 1)
+    return None
 
 
 def _grade(r: Any, q: Any, doc: Any, who: str = "evaluate") -> int:
