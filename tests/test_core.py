@@ -543,5 +543,5 @@ def test_the_mixed_kinds_warning_reads_tuples_of_mixed_kinds():
     lookup raise StopIteration inside a generator: the filter failed with RuntimeError."""
     corpus = Corpus.from_texts(["x", "y"], tags=[("covid", 2020), "b"])
     assert corpus.mask({"tags": "b"}).tolist() == [False, True]
-    with pytest.raises(DataError, match="the field holds tuple values"):
-        Corpus.from_texts(["x", "y"], tags=[("a", 1), ("b", 2)]).mask({"tags": "a"})
+    # a tuple is a list, as a save writes it and a load reads it back (587e282): a filter matches its elements
+    assert Corpus.from_texts(["x", "y"], tags=[("a", 1), ("b", 2)]).mask({"tags": "a"}).tolist() == [True, False]
