@@ -340,7 +340,10 @@ def fit_once(op: Operator, corpus: Corpus, train: TrainSet | None, seen: set[int
         return
     seen.add(id(op))
     if isinstance(op, Composite):
-        op._fit_at(corpus, train, upstream=upstream, _seen=seen, _path=path)
+        if type(op).fit in _COMPOSITE_FITS:
+            op._fit_at(corpus, train, upstream=upstream, _seen=seen, _path=path)
+        else:  # a subclass of one's own overriding fit: its override runs, as it did before _fit_at
+            op.fit(corpus, train, upstream=upstream)
         return
     try:
         op.fit(corpus, train, upstream=upstream if op.wants_upstream else None)
@@ -348,6 +351,19 @@ def fit_once(op: Operator, corpus: Corpus, train: TrainSet | None, seen: set[int
         if path and e.args and isinstance(e.args[0], str) and not e.args[0].startswith(path):
             placed_at(e, f"{path}.{op.name}", op.name)
         raise
+
+
+def _same_record(a: Any, b: Any) -> bool:
+    """Whether two per-query records (``values["iterations"]`` / ``["route"]``: lists, or a plugin's arrays)
+    hold the same values (a branch that did not write one hands back the state's)."""
+    if a is b:
+        return True
+    if a is None or b is None or len(a) != len(b):
+        return False
+    try:
+        return all(bool(x == y) for x, y in zip(list(a), list(b)))
+    except ValueError:  # (elements that are arrays themselves: not a record ragkit writes)
+        return False
 
 
 def placed_at(e: RagkitError, at: str, name: str) -> RagkitError:
@@ -1031,7 +1047,7 @@ class Parallel(Composite):
             for key, vals in o.values.items():
                 if _record_inside(key, where):  # a loop's / route's record in this branch: its latest run
                     merged.values[key] = vals
-                elif key in ("iterations", "route") and vals != state.values.get(key):
+                elif key in ("iterations", "route") and not _same_record(vals, state.values.get(key)):
                     merged.values[key] = vals  # written in this branch: the last loop / route to run
                 elif key not in QUERY_REWRITES:
                     merged.values.setdefault(key, vals)
@@ -1534,3 +1550,8 @@ def _pool_parts(parts: Sequence[tuple[np.ndarray, State]]) -> State:
     vectors = {k: np.concatenate([sub.vectors[k] for sub in states])[order] for k in vkeys}
     return State(flat(sub.queries for sub in states), flat(sub.query_ids for sub in states), rankings=rankings,
                  values=values, vectors=vectors)
+
+
+#: the ``fit`` methods of ragkit's own composites: :func:`fit_once` calls their ``_fit_at`` (one walk, one set of
+#: fitted objects); a subclass overriding ``fit`` has that override called
+_COMPOSITE_FITS = frozenset({Composite.fit, Pipeline.fit, Route.fit, Loop.fit})

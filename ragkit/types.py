@@ -817,9 +817,15 @@ class Corpus:
         def col(c: Corpus, k: str) -> np.ndarray:
             return c.metadata.get(k, np.full(len(c), None, dtype=object))
 
+        joined = {k: np.concatenate([col(self, k), col(other, k)]) for k in keys}
+        # a float column joined to object values (a field the new documents lack, or hold as strings): its NaN
+        # become None, as in a corpus built so (a float column's NaN would else stay beside the None)
+        floats = [k for k in keys if joined[k].dtype == object
+                  and any(k in c.metadata and c.metadata[k].dtype.kind == "f" for c in (self, other))]
+        for k in floats:
+            joined[k] = _meta_column(joined[k])
         cols = (np.concatenate([self.ids, other.ids]), np.concatenate([self.texts, other.texts]),
-                np.concatenate([self.titles, other.titles]),
-                {k: np.concatenate([col(self, k), col(other, k)]) for k in keys})
+                np.concatenate([self.titles, other.titles]), joined)
         lut = self._lookup()
         new = other.ids.tolist()
         if any(d in lut for d in new):
@@ -836,6 +842,8 @@ class Corpus:
         else:
             object.__setattr__(out, "_row_of", {**lut, **added})
         for key, coded in self._codes.items():  # this corpus's filter codes, the new rows' appended
+            if key in floats:  # (its values changed: coded again when asked)
+                continue
             if coded is None:  # an element that does not hash stays in the joined column
                 out._codes[key] = None
                 continue
@@ -966,7 +974,7 @@ def _jsonable(v: Any, field: str = "") -> Any:
     if isinstance(v, (np.floating,)) and v.dtype != np.float64:
         return float(str(v))
     if isinstance(v, np.generic) and not isinstance(v, (np.datetime64, np.timedelta64)):  # (a datetime64's item()
-        return v.item()  # is a date, or an int of nanoseconds: refused below, as a Timestamp is)
+        v = v.item()  # is a date, or an int of nanoseconds: refused below, as a Timestamp is; bytes and complex too)
     if isinstance(v, (list, tuple, np.ndarray)):
         return [_jsonable(x, field) for x in (v.tolist() if isinstance(v, np.ndarray) else v)]
     if isinstance(v, dict) and all(isinstance(key, str) for key in v):
@@ -985,10 +993,12 @@ def unsaveable(corpus: "Corpus") -> tuple[str, int, str] | None:
     column holding other types than strings, integers, bools, None and lists of them."""
     plain = {str, int, bool, type(None)}
     for key, col in corpus.metadata.items():
-        if col.dtype.kind in "biuUS":
+        if col.dtype.kind in "biuU" or not len(col):
             continue
         if col.dtype.kind == "f":
             rows = np.flatnonzero(np.isinf(col))[:1].tolist()
+        elif col.dtype.kind != "O":  # datetime64, timedelta64, bytes, complex, void: one dtype, its first value
+            rows = [0]
         else:
             values = col.tolist()
             types = set(map(type, values))

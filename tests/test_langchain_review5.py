@@ -156,3 +156,16 @@ def test_save_and_load_expand_a_leading_tilde(tmp_path, monkeypatch):
     r.save("~/idx")
     assert (tmp_path / "idx").is_dir() and not (tmp_path / "~").exists()
     assert [d.page_content for d in RagkitRetriever.load("~/idx").invoke("apple")] == ["red apple"]
+
+
+def test_a_saved_folder_given_as_pipeline_expands_a_leading_tilde(tmp_path, monkeypatch):
+    """``RagkitRetriever(pipeline="~/rs")`` and ``r.pipeline = "~/rs"`` said no such file or folder."""
+    from ragkit.integrations.langchain import RagkitRetriever
+    from ragkit.retrievers import BM25
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    RagkitRetriever(pipeline=BM25(k=2), corpus=["red apple", "green pear"], k=1).save("~/rs")
+    r = RagkitRetriever(pipeline="~/rs")
+    assert r.k == 1 and [d.page_content for d in r.invoke("apple")] == ["red apple"]
+    r.pipeline = "~/rs"
+    assert [d.page_content for d in r.invoke("pear")] == ["green pear"]

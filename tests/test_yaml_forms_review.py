@@ -286,3 +286,40 @@ pipeline:
     inner = values["iterations@pipeline[1].parallel.branches[0][0].loop"]
     assert values["iterations@pipeline[0].loop"] == [1, 1] and inner == [3, 3]
     assert values["iterations"] == inner
+
+
+def test_a_branch_writing_its_record_as_an_array_and_a_fit_override_of_ones_own():
+    """A plugin step writing ``values["iterations"]`` as a numpy array inside a branch crashed the parallel's merge
+    (the truth value of an array); a Pipeline subclass overriding ``fit`` was skipped when nested (``_fit_at``)."""
+    import numpy as np
+    from conftest import word_corpus
+
+    from ragkit import Operator, Params, State
+    from ragkit.pipelines import Parallel, Pipeline
+    from ragkit.retrievers import BM25
+
+    class NoParams(Params):
+        pass
+
+    class Counts(Operator):
+        name, kind, Params, stateless, reads_rankings = "tyf_counts", "filter", NoParams, True, True
+        params: NoParams
+
+        def _call(self, state: State) -> State:
+            out = state.copy()
+            out.values["iterations"] = np.ones(len(state), dtype=np.int64)
+            return out
+
+    corpus = word_corpus(30)
+    par = Parallel([Pipeline([BM25(k=3), Counts()]), BM25(k=3)]).fit(corpus)
+    assert list(par(State.of(["w1 w2", "w3"])).values["iterations"]) == [1, 1]
+
+    calls: list[int] = []
+
+    class Logged(Pipeline):
+        def fit(self, corpus, train=None, *, upstream=None, backend="local"):  # type: ignore[no-untyped-def]
+            calls.append(len(corpus))
+            return super().fit(corpus, train, upstream=upstream, backend=backend)
+
+    Pipeline([Logged([BM25(k=3)])]).fit(corpus)
+    assert calls == [len(corpus)]

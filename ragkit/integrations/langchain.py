@@ -146,7 +146,7 @@ def load_pipeline_like(source: Any) -> Operator:
             f"pipeline: expected a ragkit operator/pipeline, a saved pipeline folder, a YAML file, YAML text or an "
             f"operator's name ('bm25'), got {type(source).__name__} ({source!r:.60})"
         )
-    path = Path(source) if isinstance(source, Path) or "\n" not in str(source) else None
+    path = user_path(source, "pipeline") if isinstance(source, Path) or "\n" not in str(source) else None
     if path is not None and path.is_dir():
         if (path / "manifest.json").is_file():
             from ragkit.pipelines.store import load_pipeline
@@ -172,9 +172,9 @@ def _saved_settings(source: Any) -> dict[str, Any]:
     :class:`ArtifactError` naming it."""
     if isinstance(source, os.PathLike):
         source = os.fsdecode(source)
-    if not isinstance(source, str) or "\n" in source or not (Path(source) / RETRIEVER_FILE).is_file():
+    if not isinstance(source, str) or "\n" in source or not (user_path(source, "pipeline") / RETRIEVER_FILE).is_file():
         return {}
-    path = Path(source) / RETRIEVER_FILE
+    path = user_path(source, "pipeline") / RETRIEVER_FILE
     saved = read_json(path)
     k = saved.get("k") if isinstance(saved, dict) else None
     if not (isinstance(saved, dict) and set(saved) == {"k", "search_kwargs"} and type(k) is int and k >= 1
