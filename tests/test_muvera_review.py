@@ -652,7 +652,12 @@ def test_an_f16_graph_finds_queries_past_float16s_range():
             warnings.simplefilter("error")  # no 'overflow encountered in cast'
             got_rows, got_scores = f16.search(big, 5)
         assert (got_rows >= 0).all() and np.isfinite(got_scores).all()
-        assert np.array_equal(got_rows, f32.search(big, 5)[0])
+        # against another graph (the f32 one, built on several threads: a fresh-clone run under load swapped its
+        # fifth result), the same results give or take one; against its own search of the query unscaled, exactly
+        # when the factor is a power of two (the shrunk query is then the float16 query times a power of two)
+        assert all(len(set(g) & set(w)) >= 4 for g, w in zip(got_rows.tolist(), f32.search(big, 5)[0].tolist()))
+        if factor == 2.0 ** 17:
+            assert np.array_equal(got_rows, rows)
         assert np.allclose(got_scores[[0, 2]], scores[[0, 2]] * np.float32(factor), rtol=1e-3)
         assert np.array_equal(got_rows[1], rows[1]) and np.array_equal(got_scores[1], scores[1])  # unchanged
 
