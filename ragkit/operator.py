@@ -943,18 +943,17 @@ def check_result(op: Operator, state: State, out: Any) -> State:
     # operators of one's own; the built-in ones are held to it by the conformance suite
     checks = ("finite", "sorted") + (() if registry._builtin(type(op)) else ("duplicate",))
     for problem in checks:
-        found = _ranking_problems(rows, scores, lengths, problem)
-        if found is None:
+        at = _ranking_problem(rows, scores, lengths, problem)
+        if at is None:
             continue
-        at = found[1]
         if given is not None and all(isinstance(given[j], Ranking) for j in idx):
             g_len = np.fromiter((len(given[j]) for j in idx), np.int64, len(idx))
             if g_len.sum():  # a problem its input ranking already had: not this step's doing
                 g_rows = np.concatenate([given[j].rows for j in idx])
                 g_scores = np.concatenate([given[j].scores for j in idx]).astype(np.float32, copy=False)
-                had = _ranking_problems(g_rows, g_scores, g_len, problem, every=True)
+                had = _ranking_problem(g_rows, g_scores, g_len, problem, every=True)
                 q_at = np.searchsorted(np.cumsum(lengths), at, side="right")
-                at = at[~had[1][q_at]] if had is not None else at
+                at = at[~had[q_at]] if had is not None else at
                 if not len(at):
                     continue  # (and on to the other problems: a query may have another of its own)
         _raise_ranking_problem(op, state, problem, int(at[0]), rows, scores, lengths, idx)
@@ -984,38 +983,34 @@ def _raise_ranking_problem(op: Operator, state: State, problem: str, i: int, row
     raise DataError(f"{cls}._call ({op.name!r}) returned {what}")
 
 
-def _ranking_problems(rows: np.ndarray, scores: np.ndarray, lengths: np.ndarray, only: str | None = None,
-                      every: bool = False) -> tuple[str, np.ndarray] | None:
-    """The first problem of a batch of rankings (concatenated ``rows`` and ``scores``, ``lengths`` per
-    ranking), as ``(problem, positions)``, or None: ``"finite"`` (a NaN or ±inf score), ``"sorted"`` (a
-    score above the one before it in its ranking, by more than 1e-6 of it (at least 1e-6); ``positions``
-    are those before it) or ``"duplicate"`` (a row twice in one ranking; ``positions`` are its later ones);
-    checked in that order.  ``only``: that problem alone; ``every``: ``positions`` replaced by a mask, per
-    ranking, of those that have it."""
-    n = len(lengths)
+def _ranking_problem(rows: np.ndarray, scores: np.ndarray, lengths: np.ndarray, problem: str,
+                     every: bool = False) -> np.ndarray | None:
+    """Where a batch of rankings (concatenated ``rows`` and ``scores``, ``lengths`` per ranking) has
+    ``problem``, or None: ``"finite"`` (a NaN or ±inf score), ``"sorted"`` (a score above the one before it in
+    its ranking, by more than 1e-6 of it (at least 1e-6); the positions before it) or ``"duplicate"`` (a row
+    twice in one ranking; its later positions).  ``every``: a mask, per ranking, of those that have it,
+    instead of the positions."""
     ends = np.cumsum(lengths)
-    checks = ("finite", "sorted", "duplicate") if only is None else (only,)
-    for problem in checks:
-        if problem == "finite":
-            bad = np.flatnonzero(~np.isfinite(scores))
-        elif problem == "sorted":
-            prev = scores[:-1]  # (a rise of float rounding, 1e-6 of the score, passes: the conformance suite's too)
-            with np.errstate(invalid="ignore", over="ignore"):  # (an input's ±inf, asked whether it was sorted)
-                up = scores[1:] - prev > np.float32(1e-6) * np.maximum(np.abs(prev), np.float32(1))
-            inner = ends[(ends > 0) & (ends < len(scores))] - 1  # the last of a ranking, the next's first after it
-            up[inner] = False
-            bad = np.flatnonzero(up)
-        else:
-            lo = int(rows.min())
-            key = np.repeat(np.arange(n, dtype=np.int64), lengths) * (int(rows.max()) - lo + 1) + (rows - lo)
-            bad = _repeated(key)
-        if len(bad):
-            if every:
-                mask = np.zeros(n, bool)
-                mask[np.searchsorted(ends, bad, side="right")] = True
-                return problem, mask
-            return problem, bad
-    return None
+    if problem == "finite":
+        bad = np.flatnonzero(~np.isfinite(scores))
+    elif problem == "sorted":
+        prev = scores[:-1]  # (a rise of float rounding, 1e-6 of the score, passes: the conformance suite's too)
+        with np.errstate(invalid="ignore", over="ignore"):  # (an input's ±inf, asked whether it was sorted)
+            up = scores[1:] - prev > np.float32(1e-6) * np.maximum(np.abs(prev), np.float32(1))
+        inner = ends[(ends > 0) & (ends < len(scores))] - 1  # the last of a ranking, the next's first after it
+        up[inner] = False
+        bad = np.flatnonzero(up)
+    else:
+        lo = int(rows.min())
+        key = np.repeat(np.arange(len(lengths), dtype=np.int64), lengths) * (int(rows.max()) - lo + 1) + (rows - lo)
+        bad = _repeated(key)
+    if not len(bad):
+        return None
+    if every:
+        mask = np.zeros(len(lengths), bool)
+        mask[np.searchsorted(ends, bad, side="right")] = True
+        return mask
+    return bad
 
 
 #: multipliers of the hashes that narrow :func:`_repeated`'s candidates (odd 64-bit constants)
