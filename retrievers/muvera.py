@@ -466,7 +466,7 @@ class MaxSimExact(TokenOperatorMixin, Operator):
     ``CH(Q, P) = sum_q max_p <q, p>`` with unit token vectors.  All query tokens of the
     batch are multiplied against chunks of the flat document-token matrix (one BLAS call
     per chunk) and reduced per document (``maximum.reduceat``) and per query
-    (``add.reduceat``).  The reference for :class:`Muvera`; cost grows with the corpus's
+    (a sparse indicator product).  The reference for :class:`Muvera`; cost grows with the corpus's
     token count (SciFact: ~1.2M tokens).
 
     Khattab & Zaharia, "ColBERT", SIGIR 2020 (late interaction); Dhulipala et al.,

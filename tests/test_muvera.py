@@ -763,3 +763,16 @@ def test_token_offsets_and_positions_are_checked():
     for bad in ([-1], [5]):
         with pytest.raises(DataError, match=rf"row {bad[0]} outside the 2 texts"):
             tv.take(bad)
+
+
+def test_segment_sums_match_a_loop_with_empty_segments_and_an_offset_start() -> None:
+    """The FDE mean channel and brute-force Chamfer sum rows per segment with one sparse product."""
+    from ragkit.retrievers.fde import _segment_sum_rows
+
+    rng = np.random.default_rng(3)
+    m = rng.standard_normal((12, 5)).astype(np.float32)
+    for off in (np.array([0, 0, 3, 3, 7, 12]), np.array([2, 4, 4, 9])):
+        got = _segment_sum_rows(m, off)
+        want = np.stack([m[a:b].sum(axis=0) for a, b in zip(off[:-1], off[1:])])
+        assert got.dtype == np.float32 and got.shape == (len(off) - 1, 5)
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
