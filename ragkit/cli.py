@@ -470,7 +470,8 @@ def _parse_ks(ks: str) -> list[int]:
 class _Split:
     """One dataset's evaluated split, read and checked before any fit: the dataset (``None`` while
     released: :meth:`dataset` reads it again), its ``queries`` (the first ``--limit``), their
-    ``qrels``, the ``--train-split`` set or ``None``, the load time in s, and the ``--data`` it came from."""
+    ``qrels``, the ``--train-split`` set or ``None``, the load time in s, the ``--data`` it came from, and the
+    fingerprint of the whole split's judgements (before ``--limit``: :func:`~ragkit.eval.metrics.qrels_fingerprint`)."""
 
     ds: Any
     queries: Any
@@ -478,6 +479,7 @@ class _Split:
     train: Any
     t_load: float
     source: str
+    fingerprint: Optional[str] = None
 
     def released(self) -> "_Split":
         """Drop the dataset's corpus (``ragkit eval`` on several datasets checks them all first, then
@@ -510,10 +512,12 @@ def _read_split(data: str, split: str, train_split: Optional[str], limit: Option
     queries, qrels = ds.queries(split), ds.qrels(split)
     train = ds.train_set(train_split) if train_split else None
     t_load = time.perf_counter() - t0
+    from ragkit.eval.metrics import check_relevance_level, qrels_fingerprint
+
+    fingerprint = qrels_fingerprint(qrels)  # the split's, as ragkit compare --data reads it (before --limit)
     if limit is not None:
         queries = queries[:limit]
         qrels = {q: qrels[q] for q in queries.ids}
-    from ragkit.eval.metrics import check_relevance_level
 
     check_relevance_level(qrels, relevance_level, f"--relevance-level (--data {data})")  # not after the search
     taught = fitted.learned_from(queries) if fitted is not None else []
@@ -537,7 +541,7 @@ def _read_split(data: str, split: str, train_split: Optional[str], limit: Option
         from ragkit.run import check_trec_ids
 
         check_trec_ids(run_file, queries.ids, ds.corpus.ids)
-    return _Split(ds, queries, qrels, train, t_load, data)
+    return _Split(ds, queries, qrels, train, t_load, data, fingerprint)
 
 
 @dataclass
@@ -757,15 +761,34 @@ def _trace_rows(events: Any) -> list[dict[str, Any]]:
 
 
 def _settings(data: str, pipeline: str, train_split: Optional[str], limit: Optional[int],
-              scoring: _Scoring, backend: str) -> dict[str, Any]:
+              scoring: _Scoring, backend: str, fingerprint: Optional[str] = None) -> dict[str, Any]:
     """What ``ragkit eval`` was asked, for its JSON (runs of one pipeline YAML with and without
-    ``--train-split`` or ``--limit`` otherwise differ only in their numbers)."""
+    ``--train-split`` or ``--limit`` otherwise differ only in their numbers), and ``qrels_fingerprint``: the
+    judgements it scored against (:func:`~ragkit.eval.metrics.qrels_fingerprint`; ``ragkit compare`` refuses
+    results of other judgements)."""
     from ragkit import __version__
 
     return {"data": data, "pipeline_source": pipeline, "train_split": train_split, "limit": limit, "backend": backend,
             "depth": scoring.depth, "ignore_identical_ids": not scoring.keep_ids,
             "relevance_level": scoring.relevance_level, "run_tag": scoring.run_tag,
-            "metrics": list(scoring.metrics) if scoring.metrics is not None else None, "ragkit_version": __version__}
+            "metrics": list(scoring.metrics) if scoring.metrics is not None else None,
+            "qrels_fingerprint": fingerprint, "ragkit_version": __version__}
+
+
+def _max_ranked(run: Any) -> int:
+    """The most documents the run ranks for one query (as scored): ``ragkit compare`` marks a metric cut deeper."""
+    return max((len(d) for d in run.doc_ids), default=0)
+
+
+def _subsets_fingerprint(splits: dict[str, "_Split"]) -> Optional[str]:
+    """One fingerprint of the judgements of several datasets: the SHA-256 of each dataset's name and its
+    fingerprint, one line each, sorted (``None`` when one is unknown)."""
+    import hashlib
+
+    if any(sp.fingerprint is None for sp in splits.values()):
+        return None
+    lines = sorted(f"{s}\t{sp.fingerprint}\n" for s, sp in splits.items())
+    return "sha256:" + hashlib.sha256("".join(lines).encode("utf-8", "surrogatepass")).hexdigest()
 
 
 @app.command("eval")
@@ -889,10 +912,10 @@ def eval_cmd(
     try:
         _write_outputs(output, run_file, run, {
             "dataset": ds.name, "split": split, "pipeline": pipe.to_yaml(), "n_queries": len(queries),
-            "metrics": result.scores, "per_query": result.per_query,
+            "metrics": result.scores, "per_query": result.per_query, "max_ranked": _max_ranked(run),
             "timings": {"load_s": t_find + sp.t_load, "fit_s": scored.t_fit, "search_s": run.seconds, "total_s": total,
                         "documents_encoded": scored.encoded},
-            "settings": _settings(data, pipeline, train_split, limit, scoring, backend),
+            "settings": _settings(data, pipeline, train_split, limit, scoring, backend, sp.fingerprint),
             **({"trace": _trace_rows(run.trace)} if trace and run.trace else {}),
             "machine": _machine(),
             "date": date.today().isoformat(),
@@ -962,7 +985,8 @@ def _eval_subsets(data: str, subs: list[str], pipeline: str, loaded: bool, *, sp
             print_trace(console, one.run.trace)
     _report_subsets(splits, scored, pipeline, spec, split, output, t_all, missing,
                     dataset=",".join(subs) if sources else parent,
-                    settings=_settings(data, pipeline, train_split, limit, scoring, backend))
+                    settings=_settings(data, pipeline, train_split, limit, scoring, backend,
+                                       _subsets_fingerprint(splits)))
 
 
 def _report_subsets(splits: dict[str, _Split], scored: dict[str, _Scored], pipeline: str, spec: str, split: str,
@@ -998,13 +1022,15 @@ def _report_subsets(splits: dict[str, _Split], scored: dict[str, _Scored], pipel
     search_s = sum(one.run.seconds or 0.0 for one in scored.values())
     console.print(_timings_line(t_load, t_fit, encoded, search_s, n_queries, total), soft_wrap=True)
     subsets = {s: {"n_queries": len(splits[s].queries), "metrics": scored[s].result.scores,
-                   "per_query": scored[s].result.per_query,
+                   "per_query": scored[s].result.per_query, "max_ranked": _max_ranked(scored[s].run),
+                   "qrels_fingerprint": splits[s].fingerprint,
                    "timings": {"load_s": splits[s].t_load, "fit_s": scored[s].t_fit, "search_s": scored[s].run.seconds,
                                "documents_encoded": scored[s].encoded},
                    **({"trace": _trace_rows(scored[s].run.trace)} if scored[s].run.trace else {})} for s in names}
     _write_outputs(output, None, None, {
         "dataset": parent, "split": split, "pipeline": spec, "n_queries": n_queries,
         "metrics": means, "aggregate": f"mean over the {len(names)} datasets, each weighted equally",
+        "max_ranked": max(_max_ranked(one.run) for one in scored.values()),
         **({"missing_datasets": missing} if missing else {}),
         "subsets": subsets,
         "timings": {"load_s": t_load, "fit_s": t_fit, "search_s": search_s, "total_s": total,

@@ -26,6 +26,13 @@ if TYPE_CHECKING:  # pandas is optional
 __all__ = ["Run", "trec_order", "trec_head", "check_trec_ids"]
 
 
+def _f32(x: np.ndarray) -> np.ndarray:
+    """``x`` at float32, as trec_eval stores run scores: one beyond float32's range becomes +-inf, as trec_eval
+    reads it, without numpy's "overflow encountered in cast" warning reaching the user."""
+    with np.errstate(over="ignore"):
+        return np.asarray(x).astype(np.float32)
+
+
 def trec_order(docs: Mapping[str, float]) -> list[tuple[str, float]]:
     """trec_eval's ranking of one query's ``{doc_id: score}``: score descending, compared in
     float32 as trec_eval stores run scores, ties by document id descending."""
@@ -34,7 +41,7 @@ def trec_order(docs: Mapping[str, float]) -> list[tuple[str, float]]:
         return items
     keys = np.empty(len(items), dtype=object)
     keys[:] = [d for d, _ in items]
-    s32 = np.fromiter((v for _, v in items), np.float64, len(items)).astype(np.float32)
+    s32 = _f32(np.fromiter((v for _, v in items), np.float64, len(items)))
     return [items[i] for i in _trec_permutation(np.zeros(len(items), np.int64), keys, s32).tolist()]
 
 
@@ -87,7 +94,7 @@ def _flat(run: Mapping[Any, Mapping[str, float]]) -> tuple[np.ndarray, np.ndarra
 def _trec_flat(run: Mapping[Any, Mapping[str, float]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """:func:`_flat` with each query's documents in trec_eval's order (:func:`trec_order`)."""
     lens, docs, s64 = _flat(run)
-    order = _trec_permutation(np.repeat(np.arange(len(lens)), lens), docs, s64.astype(np.float32))
+    order = _trec_permutation(np.repeat(np.arange(len(lens)), lens), docs, _f32(s64))
     return lens, docs[order], s64[order]
 
 
@@ -97,7 +104,7 @@ def trec_head(docs: Mapping[str, float], k: int) -> list[tuple[str, float]]:
     if len(docs) <= k:
         return trec_order(docs)
     keys = list(docs)
-    s32 = np.fromiter(docs.values(), np.float64, len(keys)).astype(np.float32)
+    s32 = _f32(np.fromiter(docs.values(), np.float64, len(keys)))
     kth = np.partition(s32, len(s32) - k)[len(s32) - k]
     return trec_order({keys[i]: docs[keys[i]] for i in np.flatnonzero(s32 >= kth)})[:k]
 
@@ -215,7 +222,7 @@ class Run:
         lens, docs, s64 = _trec_flat(run)
         ends = np.cumsum(lens).tolist()
         spans = list(zip([0, *ends[:-1]], ends))
-        s32 = s64.astype(np.float32)
+        s32 = _f32(s64)
         return cls([str(q) for q in run], [docs[a:b] for a, b in spans], [s32[a:b] for a, b in spans])
 
     def __len__(self) -> int:
@@ -307,7 +314,11 @@ class Run:
 
     def write_trec(self, path: str | Path, tag: str = "ragkit") -> None:
         """Write a TREC run file ``qid Q0 docid rank score tag`` (rank from 1; scores with 9
-        significant digits, which round-trip float32, so no two scores become a tie)."""
+        significant digits, which round-trip float32, so no two scores become a tie).  Each query's documents
+        are written in trec_eval's order (:func:`trec_order`: score descending at float32, ties by document id
+        descending), the order every metric scores, so the rank column agrees with the scores and a tool that
+        reads the file in its own order (ranx, trec_eval) ranks what ragkit scored; a pipeline's own order among
+        equal scores is not kept."""
         path = Path(path)
         check_trec_ids(path, self.query_ids, set().union(*(d.tolist() for d in self.doc_ids)), tag)  # distinct ids
         with atomic_file(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
@@ -319,9 +330,22 @@ class Run:
         if not checked:
             check_trec_ids(getattr(f, "name", "<stream>"), self.query_ids,
                            set().union(*(d.tolist() for d in self.doc_ids)), tag)
-        for q, d, s in self:  # formatted from Python lists (numpy scalars format 2x slower), same bytes
-            f.writelines([f"{q} Q0 {doc} {r} {score:.9g} {tag}\n"
-                          for r, (doc, score) in enumerate(zip(d.tolist(), s.tolist()), 1)])
+        lens = np.fromiter(map(len, self.doc_ids), np.int64, len(self.doc_ids))
+        n = int(lens.sum())
+        if not n:
+            return
+        docs = np.empty(n, dtype=object)
+        docs[:] = list(chain.from_iterable(d.tolist() for d in self.doc_ids))
+        scores = np.concatenate([np.asarray(s) for s in self.scores])
+        # every query's documents in trec_eval's order at once (one sort of all the entries), ranked 1..n in it
+        order = _trec_permutation(np.repeat(np.arange(len(lens)), lens), docs, _f32(scores))
+        ranks = np.arange(n) - np.repeat(np.cumsum(lens) - lens, lens) + 1
+        qids = np.repeat(np.array(self.query_ids, dtype=object), lens)
+        docs, scores = docs[order], scores[order]
+        for a in range(0, n, 1 << 16):  # formatted from Python lists (numpy scalars format 2x slower), in blocks
+            b = a + (1 << 16)
+            f.writelines([f"{q} Q0 {doc} {r} {score:.9g} {tag}\n" for q, doc, r, score in
+                          zip(qids[a:b].tolist(), docs[a:b].tolist(), ranks[a:b].tolist(), scores[a:b].tolist())])
 
     @classmethod
     def read_trec(cls, path: str | Path) -> "Run":

@@ -44,7 +44,7 @@ from ragkit._files import (
     user_path,
     utf8_lines,
 )
-from ragkit.errors import DataError, InputTypeError, ParamError
+from ragkit.errors import DataError, InputTypeError, ParamError, some_ids
 from ragkit.types import Corpus, Qrels, Queries, TrainSet
 
 _log = logging.getLogger(__name__)
@@ -159,8 +159,11 @@ def _text(v: object, path: Path, n: int, key: str) -> str:
     raise DataError(f"{path}:{n}: {key!r} must be a string, got {type(v).__name__} {str(v)[:60]!r}")
 
 
-def read_queries(path: str | Path) -> dict[str, str]:
-    """Read ``queries.jsonl`` into ``{query_id: text}``."""
+def read_queries(path: str | Path, *, note_blank: bool = True) -> dict[str, str]:
+    """Read ``queries.jsonl`` into ``{query_id: text}``.  Queries whose text is blank (``""``, spaces) are
+    kept (a dataset is read as it is), with a warning on the ``ragkit`` logger naming how many and the first
+    (id and line): such a query finds nothing, or documents by chance, and scores accordingly (``ragkit search
+    --queries`` refuses them: :func:`read_query_file` reads with ``note_blank=False`` and refuses them itself)."""
     out: dict[str, str] = {}
     seen: dict[str, int] = {}
     path = user_path(path, "read_queries: path")
@@ -172,6 +175,16 @@ def read_queries(path: str | Path) -> dict[str, str]:
             raise DataError(f"{path}:{n}: duplicate query id {qid!r} (first on line {seen[qid]})")
         seen[qid] = n
         out[qid] = rec["text"]
+    if note_blank:
+        blank = [q for q, text in out.items() if not text.strip()]
+        if blank:
+            k = len(blank)
+            they, them = ("they score", "them") if k > 1 else ("it scores", "it")
+            more = f"; {some_ids(blank)}" if k > 1 else ""
+            _log.warning(f"{path}:{seen[blank[0]]}: {k} of the {len(out)} queries {'have' if k > 1 else 'has'} a "
+                         f"blank text (the first: query {blank[0]!r}{more}); kept, but a blank query finds nothing "
+                         f"(or documents by chance), so {they} 0 or by chance; give {them} a text or drop {them} "
+                         "from queries.jsonl and the qrels")
     return out
 
 
@@ -186,7 +199,7 @@ def read_query_file(path: str | Path) -> Queries:
         raise DataError(f"{path}: {'not a file' if path.exists() else 'file not found'}; expected a queries.jsonl, "
                         "a TSV of query-id<TAB>text lines or a text file of one query per line")
     if path.suffix == ".jsonl":
-        q = read_queries(path)
+        q = read_queries(path, note_blank=False)  # (a blank query is refused below, naming it)
         ids, texts, lines = list(q), list(q.values()), None
     else:
         ids, texts, lines = [], [], []

@@ -11,7 +11,9 @@ p-value within two standard errors of ``alpha`` is marked as such (its verdict c
 
 Results come from ``ragkit eval -o`` JSON files (their per-query values) or from TREC run files
 scored against judgements here (:func:`load_result`); every system must be scored on the same
-queries of the same dataset and split, with the same ``relevance_level`` and ``ignore_identical_ids``,
+queries of the same dataset and split, with the same ``relevance_level`` and ``ignore_identical_ids``, and
+against the same judgements where both results record them (``ragkit eval`` records a fingerprint of the split's
+qrels, :func:`~ragkit.eval.metrics.qrels_fingerprint`; a run file's is that of the qrels it is scored against),
 or the comparison is refused.  Results of an archive of several datasets (``ragkit eval
 --data cqadupstack``) are compared as BEIR reports them: every mean weights each dataset equally
 (a query of a dataset of ``n`` queries weighs ``1 / (n_datasets * n)``), the randomisation test's
@@ -38,6 +40,7 @@ from ragkit.eval.metrics import (
     _one_blas_thread,
     level_note,
     parse_metric,
+    qrels_fingerprint,
     say_once,
     sign_flip_pvalues,
     unjudged_note,
@@ -72,8 +75,13 @@ class SystemResult:
     query id to its dataset for results of several datasets (ids ``"<dataset>/<query>"`` as
     :func:`load_result` builds them), ``None`` for one dataset.  ``depth`` is how many documents per query
     the result was searched for, when known (``ragkit eval --depth``, recorded in its JSON): a metric whose
-    cut-off is deeper counts only that many (:attr:`Comparison.shallow` marks it).  ``source`` is the file it
-    was read from (:func:`load_result`), recorded by :meth:`Comparison.to_dict`.
+    cut-off is deeper counts only that many (:attr:`Comparison.shallow` marks it).  ``max_ranked`` is the most
+    documents it ranked for one query (recorded by ``ragkit eval``, counted in a TREC run file): the shallow mark
+    reads ``min(depth, max_ranked)`` of those known, so a pipeline whose last step keeps 10 is marked without
+    ``--depth``.  ``qrels_fingerprint`` identifies the judgements it was scored against
+    (:func:`~ragkit.eval.metrics.qrels_fingerprint`; ``None``: unknown): :func:`compare` refuses two that differ.
+    ``ranked_queries`` are the queries a TREC run file ranks documents for (``None``: all it was scored on).
+    ``source`` is the file it was read from (:func:`load_result`), recorded by :meth:`Comparison.to_dict`.
     """
 
     name: str
@@ -85,6 +93,16 @@ class SystemResult:
     ignore_identical_ids: bool | None = None
     depth: int | None = None
     source: str | None = None
+    max_ranked: int | None = None
+    qrels_fingerprint: str | None = None
+    ranked_queries: frozenset[str] | None = field(default=None, repr=False)
+
+    @property
+    def ranked(self) -> int | None:
+        """How many documents per query it ranked at most, as far as known: the smaller of ``depth`` and
+        ``max_ranked`` (``None``: neither is known)."""
+        known = [d for d in (self.depth, self.max_ranked) if d is not None]
+        return min(known) if known else None
 
     def values(self, metric: str) -> Mapping[str, float]:
         """Per-query values of ``metric`` in any spelling :func:`parse_metric` reads."""
@@ -147,6 +165,7 @@ def load_result(path: str | Path, *, qrels: Mapping[str, Mapping[str, int]] | No
                         "(ragkit compare --data NAME_OR_FOLDER --split SPLIT)")
     run = Run.read_trec(path)
     qrels = check_qrels(qrels, "load_result")  # (once: the scores and the level note read it)
+    fingerprint = qrels_fingerprint(qrels)
     judged = [q for q in run.query_ids if q in qrels]
     named = (f"split {split!r}" if split else "", f"dataset {dataset!r}" if dataset else "")
     where = " of ".join(x for x in named if x)
@@ -157,7 +176,7 @@ def load_result(path: str | Path, *, qrels: Mapping[str, Mapping[str, int]] | No
                         "score a run of the same dataset and split")
     scores = _evaluate_noted(run, qrels, list(metrics), relevance_level=relevance_level,  # (its own notes below)
                              ignore_identical_ids=ignore_identical_ids, note_unsearched=False, note_level=False,
-                             qrels_checked=True)
+                             qrels_checked=True, who=str(path))
     scored = next(iter(scores.per_query.values()), {})
     ran = set(run.query_ids)
     lacking = [q for q in scored if q not in ran]
@@ -172,9 +191,12 @@ def load_result(path: str | Path, *, qrels: Mapping[str, Mapping[str, int]] | No
     said = level_note(qrels, relevance_level)
     if said:  # (about the judgements: said once, however many run files they score)
         say_once(said, f"{where or 'judgements given'}: {said}")
-    # (no depth: a run's rankings may be short because few documents matched, not because it was cut)
+    # (no depth, which the file does not say; the longest ranking it holds marks metrics cut deeper)
     return SystemResult(name, scores.per_query, dataset, split, relevance_level=int(relevance_level),
-                        ignore_identical_ids=bool(ignore_identical_ids), source=str(path))
+                        ignore_identical_ids=bool(ignore_identical_ids), source=str(path),
+                        max_ranked=max((len(d) for d in run.doc_ids), default=0), qrels_fingerprint=fingerprint,
+                        ranked_queries=frozenset(q for q, d in zip(run.query_ids, run.doc_ids)
+                                                 if len(d) and q in scored))
 
 
 #: The largest file :func:`pipeline_kind` reads as YAML (a pipeline file is a few hundred bytes; run files
@@ -258,7 +280,9 @@ def _from_payload(payload: Any, path: Path, name: str) -> SystemResult:
 def _scoring(payload: dict, path: Path) -> dict[str, Any]:
     """``relevance_level`` and ``ignore_identical_ids`` as ``payload['settings']`` records them (``ragkit eval
     -o``); a key it lacks: ragkit eval's default, which every result scored before it was recorded used.  And
-    ``depth``: the ``--depth`` it searched at (``None``: not given, or not recorded)."""
+    ``depth``: the ``--depth`` it searched at (``None``: not given, or not recorded); ``max_ranked``: the most
+    documents it ranked for a query (``payload['max_ranked']``); ``qrels_fingerprint``: its judgements' (both
+    ``None`` in files written before they were recorded)."""
     settings = payload.get("settings")
     if settings is None:
         settings = {}
@@ -270,6 +294,13 @@ def _scoring(payload: dict, path: Path) -> dict[str, Any]:
     depth = out["depth"] = settings.get("depth")  # ragkit eval --depth (None: the pipeline's own, not recorded)
     if depth is not None and (isinstance(depth, bool) or not isinstance(depth, int) or depth < 1):
         raise DataError(f"{path}: settings.depth must be a number of documents >= 1 or null, got {depth!r}")
+    ranked = out["max_ranked"] = payload.get("max_ranked")  # the longest ranking scored (None: not recorded)
+    if ranked is not None and (isinstance(ranked, bool) or not isinstance(ranked, int) or ranked < 0):
+        raise DataError(f"{path}: max_ranked must be a number of documents >= 0 or null, got {ranked!r}")
+    fp = out["qrels_fingerprint"] = settings.get("qrels_fingerprint")  # (None: written before it was recorded)
+    if fp is not None and not isinstance(fp, str):
+        raise DataError(f"{path}: settings.qrels_fingerprint must be a string such as 'sha256:...' or null, got "
+                        f"{fp!r}")
     if isinstance(level, bool) or not isinstance(level, int) or level < 1:
         raise DataError(f"{path}: settings.relevance_level must be an integer grade >= 1, got {level!r}")
     if not isinstance(ignore, bool):
@@ -437,10 +468,12 @@ class Comparison:
     ``p_holm`` within two of them of ``alpha``, whose verdict another seed could flip.
 
     What reproduces it: ``seed``, ``dataset`` and ``split`` (when the results record them), each system's
-    ``sources`` (the file read) and ``depths`` (documents ranked per query, when known: :attr:`shallow`
-    marks the metrics whose cut-off is deeper).  ``n_differ`` counts the queries on which each system's
-    value differs from the baseline's (NaN in the baseline's row).  :meth:`warnings` says what makes a row
-    misleading.
+    ``sources`` (the file read), ``depths`` (documents ranked per query at most, when known: :attr:`shallow`
+    marks the metrics whose cut-off is deeper) and ``fingerprints`` (of the qrels each was scored against,
+    ``None`` when unknown: a JSON file of an older ``ragkit eval``, an ``EvalResult``).  ``coverage``: sentences
+    :meth:`warnings` adds on TREC run files that rank few of the same queries.  ``n_differ`` counts the queries
+    on which each system's value differs from the baseline's (NaN in the baseline's row).  :meth:`warnings` says
+    what makes a row misleading.
     """
 
     systems: list[str]
@@ -465,6 +498,8 @@ class Comparison:
     sources: tuple[str | None, ...] = ()
     depths: tuple[int | None, ...] = ()
     n_differ: np.ndarray | None = field(default=None, repr=False)
+    coverage: tuple[str, ...] = ()
+    fingerprints: tuple[str | None, ...] = ()
 
     @property
     def shallow(self) -> np.ndarray:
@@ -477,7 +512,8 @@ class Comparison:
 
     def warnings(self) -> list[str]:
         """One sentence per metric whose cut-off is deeper than a system was searched (:attr:`shallow`; ``!``
-        in ``ragkit compare``'s table): a difference on it measures the depth, not the system."""
+        in ``ragkit compare``'s table): a difference on it measures the depth, not the system; then one per TREC
+        run file that shares under half of the queries it or the baseline ranks (``coverage``)."""
         out = []
         shallow = self.shallow
         for j, m in enumerate(self.metrics):
@@ -488,7 +524,7 @@ class Comparison:
                 out.append(f"! {m}: {who} documents per query, fewer than its cut-off of {cut}: its values count only "
                            f"those, so a difference on {m} measures the depth searched, not the system; evaluate "
                            f"every system with --depth {cut} or more to compare them on {m}")
-        return out
+        return out + list(self.coverage)
 
     def few_differ(self) -> list[str]:
         """One sentence per (system, metric) on which the system differs from the baseline on fewer than 10
@@ -608,7 +644,10 @@ class Comparison:
                 rows.append(rec)
         note = self.note()
         systems = [{"name": s, "source": self.sources[i] if i < len(self.sources) else None,
-                    "depth": self.depths[i] if i < len(self.depths) else None} for i, s in enumerate(self.systems)]
+                    "depth": self.depths[i] if i < len(self.depths) else None,
+                    **({"qrels_fingerprint": fp} if (fp := self.fingerprints[i] if i < len(self.fingerprints)
+                                                      else None) else {})}
+                   for i, s in enumerate(self.systems)]
         warnings, few = self.warnings(), self.few_differ()
         return {"dataset": self.dataset, "split": self.split, "metrics": list(self.metrics), "systems": systems,
                 "baseline": self.systems[self.baseline], "n_queries": self.n_queries, "n_datasets": self.n_datasets,
@@ -674,6 +713,26 @@ def _check_args(results: Sequence[SystemResult], metrics: Sequence[str], baselin
                             f"values differ by how they were scored, not only by system; score them alike (ragkit eval "
                             f"{fix}; for TREC run files, ragkit compare {fix}; in Python, evaluate(run, qrels, "
                             f"metrics, {py}))")
+    known = [r for r in results if r.qrels_fingerprint is not None]
+    unknown = [r for r in results if r.qrels_fingerprint is None]
+    if known and unknown:  # a JSON file of an older ragkit eval, or an EvalResult: nothing to check it with
+        logging.getLogger("ragkit").info(
+            "compare: %s record%s no qrels fingerprint (a 'ragkit eval -o' file written before it was recorded), so "
+            "whether %s scored against the same judgements as %s could not be checked",
+            ", ".join(r.source or r.name for r in unknown), "s" if len(unknown) == 1 else "",
+            "it was" if len(unknown) == 1 else "they were", ", ".join(r.source or r.name for r in known))
+    other = next((r for r in known[1:] if r.qrels_fingerprint != known[0].qrels_fingerprint), None)
+    if other is not None:  # the same dataset name and split, other judgements: a copy with other grades
+        a, b = known[0], other
+
+        def said(r: SystemResult) -> str:
+            return f"{r.source or r.name} ({r.qrels_fingerprint})"
+
+        raise DataError(f"compare: {said(a)} and {said(b)} were scored against different qrels: their judgements "
+                        "differ (another copy or version of the dataset, or of its qrels file) though the dataset "
+                        "and split may be named alike, so their per-query values differ by judgements, not only by "
+                        "system; score every result against the same qrels (ragkit eval --data, and for TREC run "
+                        "files ragkit compare --data, of one folder)")
 
 
 def _check_held(results: Sequence[SystemResult], metrics: Sequence[str], m: str) -> None:
@@ -857,4 +916,26 @@ def compare(results: Sequence[SystemResult] | Mapping[str, Any], metrics: Sequen
     return Comparison([r.name for r in results], list(metrics), int(baseline), n_q, n_sets, means, delta, lo, hi, p,
                       holm(p), alpha, confidence, n_resamples, p_se, _holm_se(p, p_se), seed=int(seed),
                       dataset=known["dataset"], split=known["split"], sources=tuple(r.source for r in results),
-                      depths=tuple(r.depth for r in results), n_differ=n_differ)
+                      depths=tuple(r.ranked for r in results), n_differ=n_differ,
+                      coverage=_coverage(results, baseline),
+                      fingerprints=tuple(r.qrels_fingerprint for r in results))
+
+
+def _coverage(results: Sequence[SystemResult], baseline: int) -> tuple[str, ...]:
+    """One sentence per system that ranks documents for fewer than half of the queries it and the baseline rank
+    together (``ranked_queries``, known for TREC run files): the queries only one of them ranks score 0 for the
+    other (trec_eval's ``-c``), so its difference measures which queries were searched, not how well.  (A
+    ``ragkit eval --limit`` JSON file is scored on its queries only, and refused when they are not the others'.)"""
+    base = results[baseline]
+    out = []
+    for r in results:
+        if r is base or r.ranked_queries is None or base.ranked_queries is None:
+            continue
+        both, either = len(r.ranked_queries & base.ranked_queries), len(r.ranked_queries | base.ranked_queries)
+        if either and 2 * both < either:
+            out.append(f"{r.name} and {base.name} both rank documents for only {both} of the {either} queries either "
+                       f"ranks ({len(r.ranked_queries)} and {len(base.ranked_queries)}); every query one of them "
+                       "does not rank scores 0 for it (trec_eval -c), so the differences measure which queries each "
+                       "run searched, not how well; compare runs of the same queries (a run written with --limit "
+                       "against one of every query: write both with the same --limit, or neither)")
+    return tuple(out)

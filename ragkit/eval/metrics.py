@@ -20,7 +20,7 @@ from typing import Any, Callable, Collection, Iterable, Mapping, Sequence
 import numpy as np
 
 from ragkit.errors import DataError, ParamError, some_ids
-from ragkit.run import Run, _flat, _trec_permutation
+from ragkit.run import Run, _f32, _flat, _trec_permutation
 from ragkit.types import Ranking, State, _a, _kind, check_qrels
 
 __all__ = ["evaluate", "EvalResult", "parse_metric", "paired_randomization_test", "sign_flip_pvalues",
@@ -169,7 +169,9 @@ def evaluate(
     with no judged document, are skipped (as pytrec_eval does).  A judged query with no judgement at or above
     ``relevance_level`` scores 0 on the binary measures whatever the run (one judged only 0, on nDCG too), as
     in trec_eval: a warning says how many (:func:`level_note`; once per set of judgements).  A run that shares no
-    query with the qrels is a :class:`DataError` (judgements of another split, not a score of 0).  A document
+    query with the qrels is a :class:`DataError` (judgements of another split, not a score of 0).  A run none
+    of whose document ids is judged at all (for any query, at any grade) scores 0 everywhere: a warning says so,
+    with the hint query ids get (``'04983' is judged as '4983'?``: :func:`unjudged_docs_note`).  A document
     listed twice for one query is a :class:`DataError`, as in trec_eval.
 
     Examples
@@ -190,18 +192,24 @@ def _evaluate_noted(
     run: Run | Mapping[str, Mapping[str, float]], qrels: Mapping[str, Mapping[str, int]],
     metrics: str | Sequence[str] = DEFAULT_METRICS,
     *, ignore_identical_ids: bool = True, relevance_level: int = 1, note_unsearched: bool = True,
-    note_level: bool = True, qrels_checked: bool = False,
+    note_level: bool = True, qrels_checked: bool = False, who: str = "evaluate",
 ) -> EvalResult:
     """:func:`evaluate`, whose warning of judged queries the run lacks is left out with ``note_unsearched=False``
     and whose warning of queries with no judgement at ``relevance_level`` (:func:`level_note`) with
     ``note_level=False`` (:func:`~ragkit.eval.compare.load_result` says both in the words of ``ragkit compare``);
-    ``qrels_checked``: as :func:`_evaluate`."""
+    ``qrels_checked``: as :func:`_evaluate`.  When every value but hole@k's is 0, a warning starting ``who`` says
+    whether none of the run's documents is judged at all (:func:`unjudged_docs_note`)."""
     if not qrels_checked and not isinstance(qrels, Run):  # once, for the scores and the note (a Run: refused below)
         qrels, qrels_checked = check_qrels(qrels, "evaluate"), True
     result, ignored = _evaluate(run, qrels, metrics, ignore_identical_ids=ignore_identical_ids,
                                 relevance_level=relevance_level, qrels_checked=qrels_checked)
     if note_unsearched:
         _note_unsearched(run, result)
+    zero = all(not any(v.values()) for m, v in result.per_query.items() if parse_metric(m)[0] != "hole")
+    if zero:  # (only then: the documents of a run that scores anything are judged somewhere)
+        docs = unjudged_docs_note(run, qrels)
+        if docs:
+            _log.warning(f"{who}: {docs}")
     if note_level:
         said = level_note(qrels, relevance_level)
         if said:
@@ -268,13 +276,51 @@ def unjudged_note(run_ids: Sequence[str], judged: Collection[str], lacking: Sequ
     n = len(unjudged)
     said = (f"{n} of the run's {len(run_ids)} queries {'are' if n > 1 else 'is'} not judged"
             f"{' ' + where if where else ''} ({some_ids(unjudged)})")
-    pairs = respelled(unjudged, lacking)
-    if pairs:
-        u, j = pairs[0]
-        said += (f": {u!r} is judged as {j!r}? ({len(pairs)} of the run's unjudged ids "
-                 f"{'name judged queries' if len(pairs) > 1 else 'names a judged query'} that the run lacks once "
-                 "leading zeros, case and spaces are set aside; write the run's query ids as the judgements do)")
-    return said, bool(pairs)
+    hint = respelled_hint(unjudged, lacking, "query", " that the run lacks")
+    return said + (f": {hint}" if hint else ""), bool(hint)
+
+
+def respelled_hint(unjudged: Sequence[str], judged: Iterable[str], noun: str, lacks: str = "") -> str:
+    """``"'1' is judged as '001'? (3 of the run's unjudged ids name judged queries ...)"``: the clause on the ids of
+    ``unjudged`` (a run's) that name one of ``judged`` once leading zeros, case and spaces are set aside
+    (:func:`respelled`), ``""`` when none does.  ``noun`` is what the ids name (``"query"``, ``"document"``),
+    ``lacks`` follows it (``" that the run lacks"``).  Query ids and document ids are hinted at in the same words."""
+    pairs = respelled(unjudged, judged)
+    if not pairs:
+        return ""
+    u, j = pairs[0]
+    many = len(pairs) > 1
+    plural = {"query": "queries"}.get(noun, noun + "s")
+    return (f"{u!r} is judged as {j!r}? ({len(pairs)} of the run's unjudged ids "
+            f"{f'name judged {plural}' if many else f'names a judged {noun}'}{lacks} once "
+            f"leading zeros, case and spaces are set aside; write the run's {noun} ids as the judgements do)")
+
+
+def unjudged_docs_note(run: Run | Mapping[str, Mapping[str, float]], judged: Mapping[str, Mapping[str, int]]) -> str:
+    """A sentence when none of the document ids ``run`` retrieves (a :class:`Run` or ``{query_id: {doc_id:
+    score}}``) is judged at all (at any grade, for any query) in ``judged``, ``""`` otherwise: every metric of such
+    a run is 0 (a run of another corpus, or of document ids rewritten on the way: ``'04983'`` for ``'4983'``), which
+    a score of 0 alone does not tell.  Names some of the run's ids and the judgements', with the hint
+    :func:`respelled_hint` gives query ids.  The test is on the whole run (set operations, no loop over queries): a
+    run that retrieves a judged document for any of its queries is said nothing of."""
+    if isinstance(run, Run):
+        flat = np.concatenate(run.doc_ids).tolist() if any(len(d) for d in run.doc_ids) else []
+        retrieved = set(flat)
+        n_q = len(run)
+    else:
+        retrieved = set().union(*run.values()) if run else set()
+        n_q = len(run)
+    retrieved.discard(_NO_DOC)
+    known: set[str] = set().union(*judged.values()) if judged else set()
+    if not retrieved or not known or not retrieved.isdisjoint(known):
+        return ""
+    ids = sorted(map(str, retrieved))
+    hint = respelled_hint(ids, known, "document")
+    return (f"none of the {len(retrieved)} document ids the run retrieves for its {n_q} queries ({some_ids(ids)}) "
+            f"is judged in the qrels, which judge {len(known)} documents ({some_ids(sorted(known))}), so every "
+            "metric but hole@k is 0 for every query; "
+            + (hint or "is it a run of another corpus, or are its document ids written otherwise than the "
+                       "judgements'?"))
 
 
 def level_note(qrels: Mapping[str, Mapping[str, int]], relevance_level: int, label: str = "the relevance level") -> str:
@@ -293,12 +339,34 @@ def level_note(qrels: Mapping[str, Mapping[str, int]], relevance_level: int, lab
             f"({label}; e.g. {some_ids(below, 2)})")
     cap = f"{n - k}/{n} = {(n - k) / n:.4f}"
     if relevance_level <= 1:
-        return (f"{head}, only grade 0: {'they score' if k > 1 else 'it scores'} 0 on every metric but hole@k "
-                f"whatever the run (as trec_eval), so no such mean exceeds {cap}")
-    zero = sum(top[q] < 1 for q in below)
+        return (f"{head}, only {_grades_seen(judged[q] for q in below)}: {'they score' if k > 1 else 'it scores'} 0 "
+                f"on every metric but hole@k whatever the run (as trec_eval), so no such mean exceeds {cap}")
+    zero = [q for q in below if top[q] < 1]
     return (f"{head}: {'they score' if k > 1 else 'it scores'} 0 on recall, MAP, MRR, P, r_cap and acc whatever the "
             f"run (as trec_eval), so none of those means exceeds {cap}; nDCG still counts their lower grades"
-            + (f" ({zero} judged only 0 score{'' if zero > 1 else 's'} 0 on it too)" if zero else ""))
+            + (f" ({len(zero)} judged only {_grades_seen(judged[q] for q in zero).removeprefix('grade ')} score"
+               f"{'' if len(zero) > 1 else 's'} 0 on it too)" if zero else ""))
+
+
+def _grades_seen(judgements: Iterable[Mapping[str, int]]) -> str:
+    """``"grade 0"``, ``"grades -1 and 0"``, ``"grades -2, -1 and 0"``: the distinct grades of ``judgements``."""
+    seen = sorted({int(g) for rel in judgements for g in rel.values()})
+    words = [str(g) for g in seen]
+    return f"grade {words[0]}" if len(words) == 1 else f"grades {', '.join(words[:-1])} and {words[-1]}"
+
+
+def qrels_fingerprint(qrels: Mapping[str, Mapping[str, int]]) -> str:
+    """``"sha256:<64 hex digits>"`` identifying a set of judgements (checked: string ids, integer grades, as
+    :func:`~ragkit.types.check_qrels` returns them): the SHA-256 of every ``query<TAB>document<TAB>grade`` line,
+    sorted, queries with no judgement left out.  The grades are hashed as read, before any ``relevance_level``
+    (which :func:`~ragkit.eval.compare.compare` checks on its own); the order of the file, of the queries and of
+    their documents changes nothing.  ``ragkit eval`` records it for the whole split it scored (before
+    ``--limit``: the queries compared are checked on their own) as ``settings.qrels_fingerprint``, and ``ragkit
+    compare`` refuses results whose fingerprints differ (judgements of another copy of the dataset)."""
+    import hashlib
+
+    lines = sorted(f"{q}\t{d}\t{int(g)}\n" for q, rel in qrels.items() for d, g in rel.items())
+    return "sha256:" + hashlib.sha256("".join(lines).encode("utf-8", "surrogatepass")).hexdigest()
 
 
 #: Sentences :func:`say_once` has logged: each is said once (a learner, or ``ragkit compare`` of several run files,
@@ -400,7 +468,7 @@ def _trec_heads(run: Mapping[str, Mapping[str, float]], k: int) -> tuple[np.ndar
     scores)`` as :func:`~ragkit.run._flat`.  All queries at once (one partition, one sort), as
     :func:`~ragkit.run.trec_head` orders one."""
     lens, docs, s64 = _flat(run)
-    s32 = s64.astype(np.float32)
+    s32 = _f32(s64)  # (a score beyond float32's range is inf there, as trec_eval reads it: no numpy warning)
     owner = np.repeat(np.arange(len(lens)), lens)
     keep = _ties_kept(lens, s32, owner, k)
     if not keep.all():
