@@ -167,21 +167,92 @@ def load_pipeline_like(source: Any) -> Operator:
 
 
 def _saved_settings(source: Any) -> dict[str, Any]:
-    """``k`` and ``search_kwargs`` from the ``retriever.json`` of a folder written by
-    :meth:`RagkitRetriever.save` (``{}`` for any other ``pipeline=``); a malformed file is an
-    :class:`ArtifactError` naming it."""
+    """``k`` and ``search_kwargs`` from the ``retriever.json`` of a folder given as ``pipeline=`` (``{}`` for
+    any other ``pipeline=``), read alone; a malformed file is an :class:`ArtifactError` naming it.  A saved
+    pipeline's folder (what :meth:`RagkitRetriever.save` writes) is read with its pipeline instead
+    (:func:`_load_with_settings`), both from one save."""
     if isinstance(source, os.PathLike):
         source = os.fsdecode(source)
     if not isinstance(source, str) or "\n" in source or not (user_path(source, "pipeline") / RETRIEVER_FILE).is_file():
         return {}
     path = user_path(source, "pipeline") / RETRIEVER_FILE
-    saved = read_json(path)
+    return _checked_settings(path, read_json(path))
+
+
+def _checked_settings(path: Path, saved: Any) -> dict[str, Any]:
+    """``saved``, the JSON value of the settings file ``path``, checked: ``{"k": int >= 1, "search_kwargs": {...}}``
+    (:class:`ArtifactError` naming ``path`` otherwise)."""
     k = saved.get("k") if isinstance(saved, dict) else None
     if not (isinstance(saved, dict) and set(saved) == {"k", "search_kwargs"} and type(k) is int and k >= 1
             and isinstance(saved["search_kwargs"], dict)):
         raise ArtifactError(f"{path}: expected {{\"k\": an integer >= 1, \"search_kwargs\": an object}}, got "
                             f"{json.dumps(saved)[:120]}; save the retriever again")
     return saved
+
+
+def _saved_pipeline_folder(source: Any) -> Path | None:
+    """The folder ``pipeline=source`` names when it holds a saved pipeline (``manifest.json``: what
+    :meth:`RagkitRetriever.save` and ``Pipeline.save`` write), else ``None``."""
+    if isinstance(source, os.PathLike):
+        source = os.fsdecode(source)
+    if not isinstance(source, str) or "\n" in source:
+        return None
+    path = user_path(source, "pipeline")
+    return path if path.is_dir() and (path / "manifest.json").is_file() else None
+
+
+def _load_with_settings(source: Any) -> tuple[Operator, dict[str, Any]]:
+    """The operator ``pipeline=source`` names (:func:`load_pipeline_like`) and the settings of the
+    ``retriever.json`` beside it (:func:`_saved_settings`; ``{}`` without one).
+
+    A saved pipeline's folder is read as one load (:func:`~ragkit.pipelines.store.load_unreplaced`, as
+    ``load_pipeline`` reads it: the folder's shared lock held, its manifest's identity compared before and
+    after, loaded again when another process saved the folder again meanwhile), the settings file included
+    and its bytes checked against the manifest's checksum: the pipeline and its ``k`` / ``search_kwargs``
+    (a default filter) always come from one save.  Read apart, a save landing between the two gave a
+    retriever the pipeline of one save with the ``k`` and filter of the next."""
+    folder = _saved_pipeline_folder(source)
+    if folder is None:
+        return load_pipeline_like(source), _saved_settings(source)
+    from ragkit.operator import restore_interrupted_save
+    from ragkit.pipelines.store import load_unreplaced
+
+    restore_interrupted_save(folder)
+    return load_unreplaced(folder, "manifest.json", lambda: _pipeline_and_settings(folder))
+
+
+def _pipeline_and_settings(folder: Path) -> tuple[Operator, dict[str, Any]]:
+    """One read of the saved pipeline ``folder`` (checksums verified) and of its ``retriever.json`` (``{}``
+    where the save wrote none), as the files are now: :func:`_load_with_settings` retries it when the folder
+    was replaced meanwhile.  The settings' bytes are those the manifest's ``sha256`` lists; a file it does
+    not list, or lists with other bytes, is an :class:`ArtifactError` (the folder was changed after saving,
+    or another save replaced the file between the two reads)."""
+    from ragkit.pipelines.store import SHA_RECORD, _load_pipeline
+
+    pipe = _load_pipeline(folder, None, False, True)  # (verifies every listed file, retriever.json included)
+    path = folder / RETRIEVER_FILE
+    digests = read_json(folder / "manifest.json").get("sha256", {})  # (its shape checked by _load_pipeline)
+    digest = digests.get(RETRIEVER_FILE)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        if digest is None:  # a folder of Pipeline.save: no settings of a retriever's
+            return pipe, {}
+        raise ArtifactError(f"{path}: listed in {SHA_RECORD} but missing; the folder was changed after saving: "
+                            "save the retriever again") from None
+    if digest is None:
+        raise ArtifactError(f"{path}: not listed in {SHA_RECORD}, yet the load reads it (the retriever's k and "
+                            "search_kwargs); RagkitRetriever.save lists it: the folder was changed after saving: "
+                            "remove the file or save the retriever again")
+    if hashlib.sha256(data).hexdigest() != digest:
+        raise ArtifactError(f"{path}: checksum mismatch; the file was changed or truncated after saving: save the "
+                            "retriever again")
+    try:
+        saved = json.loads(data.decode("utf-8"))
+    except (ValueError, RecursionError) as e:  # (bytes the checksum lists: a save never writes them)
+        raise ArtifactError(f"{path}: not valid JSON ({type(e).__name__}: {str(e)[:120]}); save the retriever "
+                            "again") from None
+    return pipe, _checked_settings(path, saved)
 
 
 def merge_options(base: Mapping[str, Any], call: Mapping[str, Any]) -> dict[str, Any]:
@@ -500,8 +571,8 @@ class RagkitRetriever(BaseRetriever):
         if self._op is not None and self.pipeline is self._op and self.corpus is None:
             self._check_search_kwargs(self._op, self._corpus)  # r.k = 5, r.search_kwargs = {...}
             return self
-        op = load_pipeline_like(self.pipeline)
-        saved = _saved_settings(self.pipeline)  # a folder of RagkitRetriever.save: what the call gives wins
+        # a folder of RagkitRetriever.save: its pipeline and settings from one save; what the call gives wins
+        op, saved = _load_with_settings(self.pipeline)
         if "k" in self.model_fields_set and "search_kwargs" not in self.model_fields_set and "search_kwargs" in saved:
             saved["search_kwargs"] = {key: v for key, v in saved["search_kwargs"].items() if key != "k"}
         for key, value in saved.items():
