@@ -372,6 +372,28 @@ def _check_data_folder(data: str) -> None:
                       f"qrels/<split>.tsv) or a dataset name such as scifact{hint}")
 
 
+def _check_split(option: str, split: str, data: Optional[str]) -> None:
+    """Refuse, before any work, a ``--split`` / ``--train-split`` value that is no split name but a path
+    (``./test``, ``../qrels/test``: :func:`~ragkit.eval.beir.check_split_name`, which every dataset read
+    applies again); the splits of ``--data`` are named when it is a local folder."""
+    from ragkit.eval.beir import check_split_name
+
+    folder = Path(os.path.expanduser(data)) if data is not None else None
+    check_split_name(split, f"{option} {split}", folder if folder is not None and folder.is_dir() else None)
+
+
+def _refuse_test_split(ds: Any, split: str, option: str) -> None:
+    """Refuse learning from ``split`` of the dataset ``ds`` when its judgements are the test split's
+    (``qrels/test.tsv``, whatever the split is called: a link to it under another name too)."""
+    from ragkit.eval.beir import is_test_qrels
+
+    path = ds.path / "qrels" / f"{split}.tsv"
+    if is_test_qrels(ds.path, path):
+        how = "" if split == "test" else f" (its judgements, {path}, are qrels/test.tsv)"
+        raise RagkitError(f"{option} {split}{how}: learning from the test split is refused (its scores are the ones "
+                          "reported); use the train split")
+
+
 def _read_ask_corpus(data: str) -> Any:
     """The corpus ``ragkit ask`` fits on: a ``corpus.jsonl`` file, a folder holding one (a BEIR folder,
     or the corpus alone: ask needs no queries or judgements), or a BEIR dataset name."""
@@ -417,17 +439,36 @@ def _fail(e: Exception) -> None:
 
 
 def _note_unlearned(pipe: Any) -> None:
-    """Say on stderr which ``learn: true`` operators will fit without learning (no --train-split); one that
-    cannot fit without judged queries (a ``score_router`` with no threshold) is left to the fit's error."""
+    """Say on stderr which operators fit differently without training queries (no --train-split): ``learn:
+    true`` ones fit with the parameters as given, learning nothing, and those that read the training queries
+    themselves (:attr:`Operator.uses_training_queries` without learning: ``dbnorm``'s query bank) fit with
+    pseudo-queries drawn from the corpus instead.  One that cannot fit without judged queries (a
+    ``score_router`` with no threshold) is left to the fit's error."""
     from ragkit.pipelines.yaml import walk_leaves
 
-    idle = [path for path, leaf in walk_leaves(pipe)
-            if getattr(leaf.params, "learn", False) and leaf.train_refusal() is None]
+    idle: list[str] = []
+    banks: dict[str, Any] = {}
+    for path, leaf in walk_leaves(pipe):
+        if leaf.train_refusal() is not None:
+            continue
+        if getattr(leaf.params, "learn", False):
+            idle.append(path)
+        elif leaf.uses_training_queries:
+            banks[path] = leaf
     if idle:
         one = len(idle) == 1
         typer.echo(f"note: {', '.join(idle)} {'learns' if one else 'learn'} from judged queries; without "
                    f"--train-split {'it fits' if one else 'they fit'} with the parameters as given, learning nothing",
                    err=True)
+    if banks:
+        one = len(banks) == 1
+        pseudo = all(getattr(leaf.params, "query_bank", None) == "train" for leaf in banks.values())
+        instead = ("with pseudo-queries (sentences drawn from the corpus) as the query bank instead" if pseudo else
+                   "without them")
+        typer.echo(f"note: {', '.join(banks)} {'reads' if one else 'read'} the training queries themselves; without "
+                   f"--train-split {'it fits' if one else 'they fit'} {instead}, which scores differently; pass "
+                   f"--train-split train to give {'it' if one else 'them'} the queries"
+                   + (" (or set query_bank: pseudo to choose pseudo-queries)" if pseudo else ""), err=True)
 
 
 def _uses_training(pipe: Any) -> bool:
@@ -510,6 +551,8 @@ def _read_split(data: str, split: str, train_split: Optional[str], limit: Option
     if fitted is not None:
         _check_same_corpus(fitted.corpus_, ds.corpus, pipeline, data)
     queries, qrels = ds.queries(split), ds.qrels(split)
+    if train_split:
+        _refuse_test_split(ds, train_split, "--train-split")
     train = ds.train_set(train_split) if train_split else None
     t_load = time.perf_counter() - t0
     from ragkit.eval.metrics import check_relevance_level, qrels_fingerprint
@@ -855,6 +898,9 @@ def eval_cmd(
         scoring = _Scoring(depth, keep_identical_ids, relevance_level, run_tag, tuple(names) if names else None)
         if backend not in ("local", "ray"):
             raise RagkitError(f"--backend: expected 'local' or 'ray', got {backend!r}")
+        _check_split("--split", split, data)
+        if train_split is not None:
+            _check_split("--train-split", train_split, data)
         if train_split is not None and train_split == split:
             raise RagkitError(f"--train-split {train_split!r} equals the evaluated split; "
                               "training on the evaluated queries is refused")
@@ -1110,8 +1156,12 @@ def train_cmd(
     from ragkit.pipelines._compose import iter_leaves
     from ragkit.types import TrainSet
 
-    if split == "test":
-        _fail(RagkitError("--split test: learning from the test split is refused; use the train split"))
+    try:
+        _check_split("--split", split, data)
+        if split == "test":
+            raise RagkitError("--split test: learning from the test split is refused; use the train split")
+    except RagkitError as e:
+        _fail(e)
     try:
         from ragkit.operator import atomic_dir
 
@@ -1121,6 +1171,7 @@ def train_cmd(
         _check_retrieves(first, f"--pipeline {pipeline}")
         _check_data_folder(data)
         ds = load_beir(data)
+        _refuse_test_split(ds, split, "--split")  # (any other name for qrels/test.tsv: a link to it)
         train = ds.train_set(split)
         wanted, report = report, _want_report(report, len(train.queries), split)
         if not _uses_training(first):  # the report's two rows would be one fit twice: skipped unless asked for
@@ -1570,8 +1621,15 @@ def ask_cmd(
 def _print_sources(ids: Any, corpus: Corpus) -> None:
     """``ragkit ask``'s dim line naming the documents the answer read: id (title or text, cut)."""
     rows = corpus.row_of(list(ids), missing="drop")
-    console.print(Text("sources: " + "; ".join(f"{d} ({(corpus.titles[r] or corpus.texts[r])[:60]})"
+    console.print(Text("sources: " + "; ".join(f"{d} ({_cut(corpus.titles[r] or corpus.texts[r], 60)})"
                                                for d, r in zip(ids, rows)), style="dim"), soft_wrap=True)
+
+
+def _cut(text: str, n: int) -> str:
+    """``text`` on one line, cut to at most ``n`` characters, with "…" (counted) where it was cut and no
+    space before it."""
+    text = " ".join(text.split())
+    return text if len(text) <= n else text[: n - 1].rstrip() + "…"
 
 
 @app.command("validate")
@@ -1781,6 +1839,8 @@ def compare_cmd(
                               f"got {alpha:g}")
         if len(results) < 2:
             raise RagkitError(f"RESULTS: expected two or more result files, got {len(results)}")
+        if data is not None:  # (the split scores TREC run files against --data's judgements)
+            _check_split("--split", split, data)
         _check_no_pipelines(results, data, split, relevance_level, keep_identical_ids)
         missing = [str(p) for p in results if not p.is_file()]
         if missing:

@@ -11,6 +11,11 @@ ragkit cache and ``../shared/data/beir``; otherwise it downloads
 ``{base_url}/{name}.zip`` (``$RAGKIT_BEIR_URL`` overrides the official address) into the
 cache and unzips it.  Every error names the file and line.
 
+Only the dataset's files (``corpus.jsonl``, ``queries.jsonl``, ``qrels/*.tsv``, per dataset folder) are unpacked
+from an archive, downloaded or local; one whose files would unpack to more than 64 GiB
+(``$RAGKIT_BEIR_MAX_UNZIPPED`` changes it: ``200G``), or a member to over 100 times its compressed size (a zip
+bomb), is refused before anything is written.  A split is a name (``qrels/<split>.tsv``), never a path.
+
 Some archives hold several datasets, one folder each (CQADupStack: ``cqadupstack/<forum>/``
 for 12 forums, reported as the mean of each metric over them).  ``beir_subsets("cqadupstack")``
 lists them and ``load_beir("cqadupstack/android")`` loads one, downloading the whole archive
@@ -376,24 +381,62 @@ class BeirDataset:
     def train_set(self, split: str = "train", *, allow_test: bool = False) -> TrainSet:
         """The judged queries of ``split`` as a :class:`TrainSet` for ``fit(corpus, train=...)``.
 
-        The split named ``"test"`` is a :class:`ParamError` (learning from the queries a score is reported
-        on inflates it; ``ragkit eval --train-split test`` and ``ragkit train --split test`` refuse it
-        too) unless ``allow_test=True`` says so on purpose."""
-        if split == "test" and not allow_test:
-            raise ParamError(f"train_set: split 'test' holds the queries BEIR scores are reported on; learning from "
-                             "them inflates those scores (ragkit eval --train-split and ragkit train refuse it too). "
-                             f"Learn from another split ({self._other_splits()}), or pass allow_test=True to train "
-                             "on the test queries on purpose", "train_set.split")
+        The test split (``qrels/test.tsv``, however it is reached: a link to it under another name too) is a
+        :class:`ParamError` (learning from the queries a score is reported on inflates it; ``ragkit eval
+        --train-split test`` and ``ragkit train --split test`` refuse it too) unless ``allow_test=True`` says so
+        on purpose.  A split is a name, never a path (:func:`check_split_name`)."""
+        path = _qrels_file(self.path, split)
+        if not allow_test and is_test_qrels(self.path, path):
+            how = "" if split == "test" else f" (its qrels file {path} is qrels/test.tsv)"
+            raise ParamError(f"train_set: split {split!r}{how} holds the queries BEIR scores are reported on; learning "
+                             "from them inflates those scores (ragkit eval --train-split and ragkit train refuse it "
+                             f"too). Learn from another split ({self._other_splits()}), or pass allow_test=True to "
+                             "train on the test queries on purpose", "train_set.split")
         return TrainSet(self.queries(split), self.qrels(split))
 
     def _other_splits(self) -> str:
         """The splits other than ``test``, for an error message: ``this dataset has 'dev', 'train'``."""
-        others = [s for s in self.splits if s != "test"]
+        others = [s for s in self.splits if not is_test_qrels(self.path, self.path / "qrels" / f"{s}.tsv")]
         return f"this dataset has {', '.join(map(repr, others))}" if others else "this dataset has none but test"
 
 
+def is_test_qrels(folder: Path, qrels_file: Path) -> bool:
+    """Whether ``qrels_file`` is the test split's judgements of the dataset ``folder`` (``qrels/test.tsv``):
+    the same file, however it is named (a link, another spelling of the path), so that no split name
+    reaches the test queries for training."""
+    test = folder / "qrels" / "test.tsv"
+    try:
+        return test.is_file() and os.path.samefile(qrels_file, test)
+    except OSError:
+        return False
+
+
+#: a split's name: the stem of ``qrels/<split>.tsv``, never a path
+_SPLIT_NAME = re.compile(r"[^/\\.\x00][^/\\\x00]*")
+
+
+def check_split_name(split: object, where: str, folder: Path | None = None) -> str:
+    """``split`` when it names a split (``qrels/<split>.tsv``): a non-empty string without ``/``, ``\\`` or a NUL
+    that does not begin with ``.``; else a :class:`DataError` starting with ``where`` that says what was given,
+    what is expected and, when ``folder`` (a dataset folder) is given, the splits it has.  Every split
+    ``load_beir``'s dataset, :func:`beir_qrels`, :func:`write_beir` and ``ragkit eval`` / ``train`` /
+    ``compare`` take passes here: ``'./test'`` or ``'../qrels/test'`` would otherwise read the test split
+    under another name."""
+    if isinstance(split, str) and _SPLIT_NAME.fullmatch(split):
+        return split
+    have = ""
+    if folder is not None and (folder / "qrels").is_dir():
+        have = f"; the splits of {folder} are {sorted(p.stem for p in (folder / 'qrels').glob('*.tsv'))}"
+    what = f"split name {split!r}" if isinstance(split, str) else f"split {type(split).__name__} {split!r:.60}"
+    raise DataError(f"{where}: {what} is not a file name; a split names the judgements qrels/<split>.tsv of a "
+                    "dataset, not a path: expected a name such as 'train', 'dev' or 'test' (no '/', '\\' or "
+                    f"leading '.'){have}")
+
+
 def _qrels_file(folder: Path, split: str) -> Path:
-    """``folder/qrels/<split>.tsv``; a split the folder lacks is a :class:`DataError` naming those it has."""
+    """``folder/qrels/<split>.tsv``; a split that is no name (:func:`check_split_name`), or one the folder
+    lacks, is a :class:`DataError` naming those it has."""
+    check_split_name(split, str(folder / "qrels"), folder)
     path = folder / "qrels" / f"{split}.tsv"
     if not path.is_file():
         splits = sorted(p.stem for p in (folder / "qrels").glob("*.tsv"))
@@ -421,7 +464,8 @@ def write_beir(folder: str | Path, corpus: Corpus, queries: Mapping[str, str] | 
         raise DataError(f"write_beir: query {odd[0]!r} has the text {odd[1]!r:.60}; expected a string")
     doc_ids = set(corpus.ids.tolist())
     for split, rel in qrels.items():  # what load_beir would refuse (or a path) is refused before writing
-        if not isinstance(split, str) or not re.fullmatch(r"[^/\\\s.][^/\\\s]*", split):
+        check_split_name(split, "write_beir")
+        if not re.fullmatch(r"[^/\\\s.][^/\\\s]*", split):
             raise DataError(f"write_beir: split name {split!r} is not a file name (qrels/<split>.tsv); expected e.g. "
                             "'train' or 'test'")
         if not rel:
@@ -906,20 +950,81 @@ def _fetch_zip(url: str, name: str, timeout: float, into: Path) -> zipfile.ZipFi
 _DAMAGED_ZIP = (zipfile.BadZipFile, zlib.error, lzma.LZMAError, EOFError, NotImplementedError, ValueError, OSError)
 
 
+#: What :func:`_extract` unpacks at most, in bytes as the archive declares them, unless
+#: ``$RAGKIT_BEIR_MAX_UNZIPPED`` says otherwise: 64 GiB, over ten times BEIR's largest datasets (MS MARCO,
+#: FEVER and Climate-FEVER, millions of documents: a few GB of JSON lines each, from archives of 1-4 GB)
+MAX_UNZIPPED = 64 << 30
+#: A member that unpacks to more than :data:`_BOMB_RATIO` times its compressed size, and to more than
+#: :data:`_BOMB_MIN` bytes, is refused: BEIR's JSON lines and TSVs compress about 3 to 4 times, and deflate
+#: at most about 1,000 times (a "zip bomb" of repeated bytes)
+_BOMB_RATIO = 100
+_BOMB_MIN = 64 << 20
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def max_unzipped() -> int:
+    """The most bytes an archive may unpack to (:data:`MAX_UNZIPPED`, or ``$RAGKIT_BEIR_MAX_UNZIPPED``: a number
+    of bytes, or one with a K, M, G or T suffix, powers of 1024: ``200G``)."""
+    text = os.environ.get("RAGKIT_BEIR_MAX_UNZIPPED", "").strip()
+    if not text:
+        return MAX_UNZIPPED
+    m = re.fullmatch(r"(\d+)\s*([KMGT]?)(?:i?B)?", text, re.IGNORECASE)
+    if m is None or int(m[1]) == 0:
+        raise ParamError(f"RAGKIT_BEIR_MAX_UNZIPPED={text!r}: expected a positive number of bytes, or one with a "
+                         "K, M, G or T suffix (powers of 1024), such as 200G", "RAGKIT_BEIR_MAX_UNZIPPED")
+    return int(m[1]) * _UNITS[m[2].upper()]
+
+
+def _is_dataset_member(name: str) -> bool:
+    """Whether the archive member ``name`` is a file of the BEIR layout: ``corpus.jsonl``, ``queries.jsonl`` or
+    ``qrels/<split>.tsv``, at the archive's top, in its top folder (``scifact/``) or in a dataset folder of an
+    archive of several (``cqadupstack/android/``); hidden files and macOS's ``__MACOSX`` are none."""
+    parts = [p for p in name.split("/") if p not in ("", ".")]
+    if not parts or name.endswith("/") or any(p.startswith(".") or p == "__MACOSX" for p in parts):
+        return False
+    if parts[-1] in ("corpus.jsonl", "queries.jsonl"):
+        return len(parts) <= 3
+    return len(parts) >= 2 and parts[-2] == "qrels" and parts[-1].endswith(".tsv") and len(parts) <= 4
+
+
+def _fmt_bytes(n: int) -> str:
+    return f"{n / (1 << 30):.1f} GiB" if n >= 1 << 30 else f"{n / (1 << 20):.1f} MiB"
+
+
 def _extract(archive: zipfile.ZipFile, tmp: Path, url: str, *, again: str) -> None:
-    """Unzip ``archive`` into the folder ``tmp``, refusing it whole when a member would land outside.
-    A damaged archive (a bad CRC, a broken compressed stream) is a :class:`DataError` naming ``url``
-    (the URL or file) and saying ``again`` (what to do)."""
+    """Unzip the BEIR files of ``archive`` (:func:`_is_dataset_member`; anything else it holds is left in it)
+    into the folder ``tmp``, refusing it whole when a member would land outside, or before anything is
+    written when those files would unpack to more than :func:`max_unzipped` bytes, or one of them to over
+    :data:`_BOMB_RATIO` times its compressed size (a zip bomb).  zipfile writes no more than a member's
+    declared size (and checks its CRC), so the declared sizes bound what lands on disk.  A damaged archive
+    (a bad CRC, a broken compressed stream) is a :class:`DataError` naming ``url`` (the URL or file) and
+    saying ``again`` (what to do)."""
     inside = tmp.resolve()
     for member in archive.namelist():
         if not (inside / member).resolve().is_relative_to(inside):
             raise DataError(f"{url}: archive member {member!r} escapes the target folder")
+    members = [m for m in archive.infolist() if _is_dataset_member(m.filename)]
+    total, cap = sum(m.file_size for m in members), max_unzipped()
+    if total > cap:
+        raise DataError(f"{url}: its BEIR files would unpack to {_fmt_bytes(total)} ({total:,} bytes), over the "
+                        f"limit of {_fmt_bytes(cap)}; BEIR's largest datasets unpack to a few GB; if the archive is "
+                        "trusted, raise the limit with RAGKIT_BEIR_MAX_UNZIPPED (bytes, or e.g. 200G); nothing was "
+                        "unpacked")
+    packed = sum(m.compress_size for m in members)
+    for what, size, small in [*((repr(m.filename), m.file_size, m.compress_size) for m in members),
+                              ("its BEIR files", total, packed)]:
+        if size > _BOMB_MIN and size > _BOMB_RATIO * max(small, 1):  # (one member, then all of them together)
+            raise DataError(f"{url}: {what if what.startswith('its') else 'archive member ' + what} would unpack to "
+                            f"{_fmt_bytes(size)} from {small:,} bytes ({size / max(small, 1):,.0f} times; BEIR's "
+                            "files compress about 3 times, a zip bomb hundreds of times); expected a BEIR archive; "
+                            "nothing was unpacked")
     try:
-        archive.extractall(tmp)
+        archive.extractall(tmp, members=members)
     except _DAMAGED_ZIP as e:
         if isinstance(e, OSError) and e.errno is not None:  # a full disk, a permission: not the archive's fault
             raise
         raise DataError(f"{url}: the zip archive is damaged ({type(e).__name__}: {e}); {again}") from None
+    tmp.mkdir(parents=True, exist_ok=True)  # (an archive without a BEIR file: its layout check says what it lacks)
 
 
 def _not_a_download(final: Path, name: str) -> DataError:
