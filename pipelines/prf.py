@@ -103,10 +103,13 @@ class PRFParams(Params):
     doc_weight: Literal["score", "clipped", "uniform"] = Field(
         "score", description="Weigh feedback documents by their raw score (Anserini), by the score clipped at 0 "
                              "(equal weights if none is positive), or equally.")
-    resolution: int = Field(1000, ge=10, description="Total repetitions used to write term weights as text: "
-                                                     "each is rounded to 1/resolution of their sum (the BM25 "
-                                                     "after it scores about resolution / query length times "
-                                                     "higher than plain BM25).")
+    # (at most 100,000: each query's text holds ~resolution words, all queries' at once: 10**8 took 13 s and
+    # 2.3 GB for one query, 2**31 - 1 tried 8 GiB; weights rounded to 1/100,000 of their sum are finer than
+    # anything the ranking after them tells apart)
+    resolution: int = Field(1000, ge=10, le=100_000,
+                            description="Total repetitions used to write term weights as text: each is rounded to "
+                                        "1/resolution of their sum (the BM25 after it scores about resolution / "
+                                        "query length times higher than plain BM25).")
     stopwords: Literal["lucene", "none"] = Field("lucene", description=_SAME)
     stemmer: Literal["porter", "english", "none"] = Field("porter", description=_SAME)
     fields: Literal["title_text", "text"] = Field("title_text", description=_SAME)

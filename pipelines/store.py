@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import time
 from pathlib import Path
 from typing import Any, Callable, TypeVar
@@ -318,24 +319,67 @@ def _check_listed(folder: Path, digests: dict[str, Any], nodes: dict[str, str], 
         raise ArtifactError(f"{folder / 'corpus.jsonl'}: not listed in {SHA_RECORD}, yet the load reads it (the "
                             "documents); every save lists it: the folder was changed after saving: save the pipeline "
                             "again, or load it unchecked with verify=False")
-    base = os.path.realpath(folder)
     owner = {rel: node_path for node_path, rel in reversed(nodes.items())}  # (the first node of each folder)
     for rel, node_path in owner.items():
-        top = folder / rel
-        if os.path.realpath(top) != os.path.join(base, rel):
-            raise ArtifactError(f"{top}: {node_path}'s folder is reached through a symbolic link; ragkit never writes "
-                                "links into a save, and loads no step through one: save the pipeline again")
-        for root, dirs, files in os.walk(top):  # (not into linked folders: each is refused here)
-            for name in (*dirs, *files):
-                p = Path(root, name)
-                if p.is_symlink():
-                    raise ArtifactError(f"{p}: a symbolic link (to {os.readlink(p)}) in {node_path}'s folder; ragkit "
-                                        "never writes links into a save, and loads no file through one: save the "
-                                        "pipeline again")
-            for name in files:
-                p = Path(root, name)
-                if os.path.relpath(p, folder) not in listed:
-                    raise ArtifactError(f"{p}: not listed in {SHA_RECORD}, yet {node_path}'s step would read it "
-                                        "unchecked (a step reads the files of its folder); every save lists them all: "
-                                        "the folder was changed after saving: remove the file or save the pipeline "
-                                        "again, or load it unchecked with verify=False")
+        check_listed_files(folder, rel, listed, node_path, f"{node_path}'s step", SHA_RECORD,
+                           "save the pipeline again")
+
+
+def check_listed_files(folder: Path, rel: str, listed: set[str], who: str, reader: str, record: str, again: str,
+                       own: str | None = None, users_files: bool = False) -> None:
+    """Refuse (:class:`ArtifactError`) the folder ``folder / rel`` (``rel``: ``"."`` for ``folder`` itself) that
+    ``who`` (``"the operator"``, a pipeline's node ``"pipeline[0].bm25"``; ``reader``: what reads its files,
+    ``"the operator"``, ``"pipeline[0].bm25's step"``) loads with ``verify``, when it is reached through
+    a symbolic link, holds one (file or folder, at any depth), or holds a file whose path relative to ``folder``
+    is not in ``listed`` (the paths of ``record``, the save's checksums, normalised) other than ``own`` (the
+    record's own file): an operator reads the optional files it finds in its folder, unchecked otherwise.
+    ``again`` says what to do (``"save the pipeline again"``).  Shared by :func:`_check_listed` (each step of a
+    pipeline) and ``Operator.load`` (an operator's own folder).
+
+    ``users_files`` (an operator's own folder, where a user may keep files beside the save, which a save never
+    deletes): unlisted notes at the top (``*.md``, ``*.txt``, ``*.rst``, hidden files such as ``.DS_Store``:
+    no operator reads one) stay allowed, and so does another ragkit save inside it (a folder holding its own
+    ``checksums.json`` or ``manifest.json`` that holds none of the listed files: not read by this load)."""
+    base = os.path.realpath(folder)
+    top = folder / rel
+    if os.path.realpath(top) != os.path.normpath(os.path.join(base, rel)):
+        raise ArtifactError(f"{top}: {who}'s folder is reached through a symbolic link; ragkit never writes links "
+                            f"into a save, and loads no folder through one: {again}")
+    for root, dirs, files in os.walk(top):  # (not into linked folders: each is refused here)
+        if users_files:  # (another save inside this one: its own files, which this load does not read)
+            dirs[:] = [d for d in dirs if not _another_save(Path(root, d), folder, listed)]
+        for name in (*dirs, *files):
+            p = Path(root, name)
+            if p.is_symlink():
+                raise ArtifactError(f"{p}: a symbolic link (to {os.readlink(p)}) in {who}'s folder; ragkit never "
+                                    f"writes links into a save, and loads no file through one: {again}")
+        for name in files:
+            p = Path(root, name)
+            got = os.path.relpath(p, folder)
+            if got not in listed and got != own and not (users_files and root == str(top) and (
+                    name.startswith(".") or Path(name).suffix.lower() in _NOTES)):
+                raise ArtifactError(f"{p}: not listed in {record}, yet {reader} would read it unchecked (an operator "
+                                    "reads the files of its folder); every save lists them all: the folder was changed "
+                                    f"after saving: remove the file or {again}, or load it unchecked with "
+                                    "verify=False")
+
+
+#: suffixes of a user's notes kept beside an operator's save (``check_listed_files``): no operator reads one
+_NOTES = (".md", ".txt", ".rst")
+
+#: folders that ragkit's operators read inside their own folder when they find them (a tuned model, the shards
+#: of a sharded index): never taken for another save kept there (``_another_save``), whatever they hold
+_READ_FOLDERS = re.compile(r"model|shard-\d+|ops")
+
+
+def _another_save(sub: Path, folder: Path, listed: set[str]) -> bool:
+    """Whether the folder ``sub`` (under the save ``folder``, whose record lists ``listed``) is another ragkit save
+    kept inside it: its own ``checksums.json`` or ``manifest.json``, none of the listed files below it, and not a
+    folder an operator reads (:data:`_READ_FOLDERS`: a planted ``model/x/`` with its own checksums would load as
+    the tuned model)."""
+    rel = os.path.relpath(sub, folder)
+    if sub.is_symlink() or any(_READ_FOLDERS.fullmatch(part) for part in Path(rel).parts) or not (
+            (sub / "checksums.json").is_file() or (sub / "manifest.json").is_file()):
+        return False
+    prefix = rel + os.sep
+    return not any(p.startswith(prefix) for p in listed)

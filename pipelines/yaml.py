@@ -108,11 +108,23 @@ class _UniqueKeyLoader(yaml.SafeLoader):
             seen.add(key)
         return super().construct_mapping(node, deep=deep)
 
+    def construct_yaml_int(self, node: yaml.ScalarNode) -> int:
+        """SafeLoader's integer, but one too long for Python to read (over ``sys.get_int_max_str_digits()``
+        decimal digits: its ``ValueError`` escaped as a traceback) is refused with its line and column."""
+        try:
+            return int(super().construct_yaml_int(node))
+        except ValueError:
+            digits = sum(c.isalnum() for c in str(node.value))
+            what = f"an integer of {digits:,} digits, more than Python reads (a parameter takes a few digits)" \
+                if digits > 100 else f"{node.value!r} is not an integer"
+            raise yaml.constructor.ConstructorError(None, None, what, node.start_mark) from None
+
 
 _INT, _FLOAT = "tag:yaml.org,2002:int", "tag:yaml.org,2002:float"
 _UniqueKeyLoader.yaml_implicit_resolvers = {  # SafeLoader's, but for its int and float patterns (below)
     first: [(tag, rx) for tag, rx in resolvers if tag not in (_INT, _FLOAT)]
     for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_UniqueKeyLoader.add_constructor(_INT, _UniqueKeyLoader.construct_yaml_int)
 _UniqueKeyLoader.add_implicit_resolver(  # decimal, 0x hex, 0b binary; no 010 octal, no 1:30 base 60
     _INT, re.compile(r"^(?:[-+]?0b[0-1_]+|[-+]?(?:0|[1-9][0-9_]*)|[-+]?0x[0-9a-fA-F_]+)$"), list("-+0123456789"))
 _UniqueKeyLoader.add_implicit_resolver(  # 1.5, 1.5e-3, 1e-3, .5, .inf, .nan; no base 60

@@ -42,6 +42,7 @@ from ragkit._files import (
     file_above,
     folder_checksums,
     folder_lock,
+    saved_relpath,
     shared_tempdir,
     user_path,
     verify_checksums,
@@ -705,10 +706,17 @@ class Operator:
             raise ArtifactError(f"{folder}: no {CHECKSUMS} (Operator.save writes one) to verify the files against"
                                 f"{_before_checksums(folder)}")
         if verify:  # (a step of a saved pipeline has none: Pipeline.load checks the manifest's, then loads it)
+            from ragkit.pipelines.store import check_listed_files
+
             digests = read_json(folder / CHECKSUMS)
             if not isinstance(digests, dict):
                 raise ArtifactError(f"{folder / CHECKSUMS}: expected a JSON object of file -> sha256; save the "
                                     "operator again")
+            # every file it may read listed, and none a link (an operator reads the optional files it finds:
+            # a linked or unlisted collection.json / corpus.jsonl was read unchecked), as Pipeline.load does
+            listed = {saved_relpath(folder, rel, CHECKSUMS) for rel in digests}
+            check_listed_files(folder, ".", listed, "the operator", "the operator", CHECKSUMS,
+                               "save the operator again", own=CHECKSUMS, users_files=True)
             verify_checksums(folder, digests)
         meta = read_json(folder / "params.json")
         if not isinstance(meta, dict):
@@ -1581,6 +1589,9 @@ def read_json(path: Path) -> Any:
         raise ArtifactError(f"{path}: file not found") from None
     except json.JSONDecodeError as e:
         raise ArtifactError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
+    except RecursionError:  # (lists or objects nested thousands deep: no ragkit file is; a crafted one)
+        raise ArtifactError(f"{path}: JSON nested too deeply to read (thousands of levels); not a file ragkit "
+                            "writes") from None
 
 
 def _json_default(o: Any) -> Any:

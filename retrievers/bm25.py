@@ -171,6 +171,43 @@ def _edited_during_search(detail: str) -> DataError:
                      "edits every search of the pipeline waits for")
 
 
+def _check_postings(folder: Path, data: np.ndarray, ind: np.ndarray, ptr: np.ndarray, n_rows: int, n_cols: int,
+                    col: str) -> None:
+    """Refuse (:class:`~ragkit.errors.ArtifactError` naming the file) a saved CSR matrix of ``n_rows`` x
+    ``n_cols`` (``tf_data`` / ``tf_indices`` / ``tf_indptr`` in ``folder``; ``col`` names what a column is)
+    unless scipy can use it as it is: integer row pointers and ids, ``n_rows + 1`` pointers from 0 to the
+    number of postings, never decreasing, every id in ``0..n_cols - 1``, one value per posting.  Both layouts
+    of a save are checked so, before scipy reads them: a crafted pointer (negative, decreasing) or id crashed
+    the process (a segmentation fault, heap corruption) in ``tocsc`` or the product, checksums recomputed
+    or not."""
+    from ragkit.errors import ArtifactError
+
+    def bad(name: str, what: str, kind: str = "BM25 arrays do not match") -> ArtifactError:
+        return ArtifactError(f"{folder / (name + '.npy')}: {kind}: {what}; expected the counts matrix of "
+                             f"{n_rows:,} rows x {n_cols:,} {col}s as ragkit saves it: save the index again")
+
+    for name, arr in (("tf_indptr", ptr), ("tf_indices", ind)):
+        if arr.ndim != 1 or arr.dtype not in (np.int32, np.int64):
+            raise bad(name, f"an array of shape {arr.shape} and dtype {arr.dtype} (expected 1-D int32 or int64)")
+    if data.ndim != 1 or data.dtype.kind not in "fiu" or data.shape != ind.shape:
+        raise bad("tf_data", f"an array of shape {data.shape} and dtype {data.dtype} (expected {len(ind):,} "
+                             "counts, one per posting of tf_indices.npy)")
+    if len(ptr) != n_rows + 1:
+        raise bad("tf_indptr", f"{len(ptr):,} row pointers (expected {n_rows + 1:,})")
+    first, last = int(ptr[0]), int(ptr[-1])
+    if first != 0 or last != len(ind):
+        raise bad("tf_indptr", f"row pointers from {first:,} to {last:,} (expected 0 to {len(ind):,}, the number "
+                               "of postings)", "corrupt BM25 arrays")
+    if len(ptr) > 1 and not bool((ptr[1:] >= ptr[:-1]).all()):
+        at = int(np.argmax(ptr[1:] < ptr[:-1]))
+        raise bad("tf_indptr", f"row pointers that decrease (row {at:,}: {int(ptr[at]):,} then {int(ptr[at + 1]):,})",
+                  "corrupt BM25 arrays")
+    if len(ind):
+        lo, hi = int(ind.min()), int(ind.max())
+        if lo < 0 or hi >= n_cols:
+            raise bad("tf_indices", f"{col} ids {lo}..{hi} (expected 0..{n_cols - 1})", "corrupt BM25 arrays")
+
+
 def _terms_by_docs(parts: list[sp.csr_matrix], n_terms: int,
                    first: sp.csr_matrix | None = None) -> tuple[sp.csr_matrix, np.ndarray]:
     """``(counts, lengths)``: the terms x docs CSR ``(n_terms, n_docs)`` of the term counts of ``first``
@@ -935,26 +972,22 @@ class BM25(Operator):
         meta = read_json(folder / "weights.json")
         data, ind, ptr, w, dl, idf = (load_array(folder, n, mmap=mmap) for n in self._ARRAYS)
         nnz = len(ind)
-        ok = (isinstance(meta, dict) and meta.get("layout") == "terms_x_docs" and ptr.shape == (n_terms + 1,)
-              and ind.ndim == 1 and ind.dtype == ptr.dtype and ind.dtype in (np.int32, np.int64)
+        # the row pointers and document ids, always (_check_postings: a corrupt one crashes scipy's product, a
+        # segmentation fault, also for a crafted folder whose checksums were recomputed; memory-mapped too:
+        # 0.1-0.2 ms of SciFact's ~85 ms load, 512k postings, though it reads the ids file whole, 4 bytes a
+        # posting), then every weight finite (a NaN weight emptied every ranking; a memory-mapped load whose
+        # checksums Operator.load verified skips this one)
+        _check_postings(folder, data, ind, ptr, n_terms, n_docs, "document")
+        ok = (isinstance(meta, dict) and meta.get("layout") == "terms_x_docs" and ind.dtype == ptr.dtype
               and data.dtype in (np.uint16, np.int32)
-              and data.shape == w.shape == (nnz,) and w.dtype == np.float64 and dl.shape == (n_docs,)
-              and idf.shape == (n_terms,) and int(ptr[0]) == 0 and int(ptr[-1]) == nnz
-              and bool((np.diff(ptr) >= 0).all()))
-        # every document id in range, always (a corrupt id crashes scipy's product: a segmentation fault, also
-        # for a crafted folder whose checksums were recomputed; memory-mapped too: 0.1-0.2 ms of SciFact's ~85 ms
-        # load, 512k postings, though it reads the ids file whole, 4 bytes a posting), and every weight finite
-        # (a NaN weight emptied every ranking; a memory-mapped load whose checksums Operator.load verified skips
-        # this one)
+              and w.shape == (nnz,) and w.dtype == np.float64 and dl.shape == (n_docs,)
+              and idf.shape == (n_terms,))
         if not ok:
             raise ArtifactError(f"{folder}: BM25 arrays do not match (vocab {n_terms} terms, {len(ptr) - 1} rows "
                                 f"of counts, {nnz} postings, {dl.shape} lengths, corpus of {n_docs} documents)")
-        if nnz:
-            lo, hi = int(ind.min()), int(ind.max())
-            finite = (mmap and self._verified) or bool(np.isfinite(w).all())
-            if lo < 0 or hi >= n_docs or not finite:
-                raise ArtifactError(f"{folder}: corrupt BM25 arrays: document ids {lo}..{hi} (the corpus has {n_docs}"
-                                    f"){'' if finite else ', weights that are not finite'}")
+        if nnz and not ((mmap and self._verified) or bool(np.isfinite(w).all())):
+            raise ArtifactError(f"{folder / 'weights.npy'}: corrupt BM25 arrays: document ids {int(ind.min())}.."
+                                f"{int(ind.max())} (the corpus has {n_docs}), weights that are not finite")
         self._counts = sp.csr_matrix((data, ind, ptr), shape=(n_terms, n_docs), copy=False)
         self._counts.has_sorted_indices = True
         self._dl = dl
@@ -970,9 +1003,10 @@ class BM25(Operator):
         from ragkit.errors import ArtifactError
 
         data, ind, ptr = (load_array(folder, n) for n in ("tf_data", "tf_indices", "tf_indptr"))
-        if len(ptr) != len(self.corpus_) + 1 or len(data) != len(ind) or (len(ind) and int(ind.max()) >= len(terms)):
-            raise ArtifactError(f"{folder}: BM25 arrays do not match (vocab {len(terms)} terms, {len(ptr) - 1} rows "
-                                f"of counts, corpus of {len(self.corpus_)} documents)")
+        _check_postings(folder, data, ind, ptr, len(self.corpus_), len(terms), "term")
+        if len(data) and not (bool(np.isfinite(data).all()) and float(data.min()) >= 0):
+            raise ArtifactError(f"{folder / 'tf_data.npy'}: corrupt BM25 arrays: term counts that are negative or "
+                                "not finite")
         big = bool(len(data)) and float(data.max()) > _U16
         tf = sp.csr_matrix((data.astype(np.int32 if big else np.uint16), ind, ptr), shape=(len(ptr) - 1, len(terms)))
         del data

@@ -23,7 +23,7 @@ import warnings
 
 import numpy as np
 
-from ragkit.encoders.cache import write_cache_files
+from ragkit.encoders.cache import UNREADABLE, load_npy, write_cache_files
 from ragkit.errors import DataError
 from ragkit.operator import group_positions
 from ragkit.retrievers.fde import check_pair_rows
@@ -116,9 +116,9 @@ def build_codes(data: np.ndarray, offsets: np.ndarray, n_centroids: int, seed: i
                f"|sklearn={sklearn.__version__}")
         folder = cache_dir() / "codebooks" / hashlib.sha1(key.encode()).hexdigest()[:16]
         try:
-            cb, codes, off = (np.load(folder / f"{n}.npy", allow_pickle=False) for n in _CODEBOOK_FILES)
-        except (OSError, ValueError, EOFError):
-            pass  # absent or unreadable: build it
+            cb, codes, off = (load_npy(folder / f"{n}.npy") for n in _CODEBOOK_FILES)
+        except UNREADABLE:
+            pass  # absent, unreadable, or a header claiming more than the file holds (an ArtifactError): build it
         else:
             if cb.shape == (n_centroids, data.shape[1]) and len(off) == len(offsets) and int(off[-1]) == len(codes):
                 bad = damaged_codes(cb, codes, off)

@@ -45,6 +45,10 @@ KNOWN_DIMS = {"all-minilm-l6-v2": 384, "sentence-transformers/all-minilm-l6-v2":
               "all-minilm-l12-v2": 384, "all-mpnet-base-v2": 768, "sentence-transformers/all-mpnet-base-v2": 768}
 
 
+#: the widest HNSW beam (``expansion_add`` / ``expansion_search``) a Dense takes: 1,048,576
+_MAX_BEAM = 1 << 20
+
+
 class DenseParams(Params):
     model: ModelName = Field(DEFAULT_MODEL, description="Sentence-transformers model name or folder.")
     k: int = Field(100, ge=1, description="Results per query.")
@@ -71,8 +75,11 @@ class DenseParams(Params):
                                     "(truncate + renormalise; only for Matryoshka-trained models).")
     whiten: bool = Field(False, description="Whiten PCA components (divide by their standard deviation).")
     connectivity: int = Field(16, ge=2, le=4096, description="HNSW graph degree (M).")
-    expansion_add: int = Field(128, ge=1, description="HNSW beam width while building (ef_construction).")
-    expansion_search: int = Field(64, ge=1, description="HNSW beam width while searching (ef).")
+    # (beam widths at most 2**20: usearch allocates its beam up front, and 2**31 - 1 failed as a bare "Out of
+    # memory!"; a beam wider than the corpus finds nothing more, and HNSW's are tens to a few thousand)
+    expansion_add: int = Field(128, ge=1, le=_MAX_BEAM, description="HNSW beam width while building "
+                                                                    "(ef_construction).")
+    expansion_search: int = Field(64, ge=1, le=_MAX_BEAM, description="HNSW beam width while searching (ef).")
     exact_max: int = Field(EXACT_MAX, ge=0, description="search=auto: exact numpy search up to this many documents.")
     threads: int = Field(0, ge=0, description="usearch threads (0 = all cores).")
     reorder: bool = Field(True, description="HNSW, from 16,384 documents: insert a random tenth first, then the rest "

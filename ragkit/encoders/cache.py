@@ -16,6 +16,7 @@ import hashlib
 import logging
 import os
 import re
+import stat
 import sys
 import threading
 import time
@@ -189,6 +190,64 @@ def _outside_ragkit() -> int:
     return level
 
 
+def load_npy(path: Path) -> np.ndarray:
+    """``np.load`` of a cache file (no pickle), after :func:`~ragkit._files.check_npy_size`: a file whose header
+    claims more than it holds (one planted ~200-byte ``.keys.npy`` claiming ``(10**12,)``: every encode failed
+    allocating 14.6 TiB) raises an :class:`~ragkit.errors.ArtifactError`, one of :data:`UNREADABLE` (an
+    ``OSError``), so the reader skips it as it skips a damaged file."""
+    _files.check_npy_size(path)
+    return np.load(path, allow_pickle=False)
+
+
+#: cache folders this process has warned to be writable by others (:func:`warn_if_shared`; once per folder)
+_SHARED_SAID: set[Path] = set()
+
+
+def shared_reason(folder: Path) -> str | None:
+    """Why someone other than this user may have written the vectors of the cache folder ``folder``: the
+    folder, or one of its shard files, belongs to another user (root excepted), or others may write it (world
+    writable, or group writable for a group other than this user's own); ``None`` where nothing says so, where
+    the folder cannot be listed, and where the platform has no user ids (Windows)."""
+    getuid = getattr(os, "getuid", None)
+    if getuid is None:
+        return None
+    uid, gid = getuid(), os.getgid()
+    try:
+        names = sorted(n for n in os.listdir(folder) if _SHARD_FILE.fullmatch(n))
+    except OSError:
+        return None
+    for path in (folder, *(folder / n for n in names)):  # a loop over the shards' files (one stat each)
+        try:
+            st = path.lstat()
+        except OSError:
+            continue
+        what = "the folder" if path == folder else f"its file {path.name}"
+        if st.st_uid not in (uid, 0):
+            return f"{what} belongs to another user (uid {st.st_uid})"
+        if st.st_mode & stat.S_IWOTH:
+            return f"{what} is writable by every user (mode {stat.filemode(st.st_mode)})"
+        if st.st_mode & stat.S_IWGRP and st.st_gid != gid:
+            return f"{what} is writable by the group {st.st_gid} (mode {stat.filemode(st.st_mode)})"
+    return None
+
+
+def warn_if_shared(folder: Path) -> None:
+    """Warn (a ``RuntimeWarning``, once per folder and process) when the vectors cached in ``folder`` may come
+    from someone else (:func:`shared_reason`).  The cache is trusted input: a text's vectors are found by
+    the digest of its text alone, so whoever can write a shard there (or replace one) changes the vectors,
+    and the rankings, of the texts it names, silently.  Not refused: a team may share one cache on purpose."""
+    if folder in _SHARED_SAID:
+        return
+    reason = shared_reason(folder)
+    if reason is None:
+        return
+    _SHARED_SAID.add(folder)
+    warnings.warn(f"ragkit: the embedding cache {folder} may hold vectors written by someone else: {reason}. "
+                  "Its vectors are used as they are (whoever can write there changes the rankings, silently); "
+                  "use a cache folder only you can write (RAGKIT_CACHE) if that is not meant"
+                  + PYTHON_ONLY_ADVICE, RuntimeWarning, stacklevel=_outside_ragkit())
+
+
 class _Sized(Protocol):
     def __len__(self) -> int: ...
 
@@ -309,9 +368,10 @@ class ShardStore(Generic[S]):
                 self._shards, self._whole = [], {}
                 loaded = []
                 if self.folder.is_dir():
+                    warn_if_shared(self.folder)
                     for keys_path in sorted(self.folder.glob("*.keys.npy")):
                         try:
-                            keys = np.load(keys_path, allow_pickle=False)
+                            keys = load_npy(keys_path)
                             shard = self._open(keys_path.name[: -len(".keys.npy")])
                         except UNREADABLE:
                             continue  # a shard damaged or empty: ignored, its texts are computed again

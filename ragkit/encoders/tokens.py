@@ -38,7 +38,7 @@ from typing import Any, Callable, Iterator, Literal, Optional, Sequence
 import numpy as np
 
 from ragkit._files import check_npy_size
-from ragkit.encoders.cache import UNREADABLE, ShardStore, text_digests, write_shard
+from ragkit.encoders.cache import UNREADABLE, ShardStore, load_npy, text_digests, write_shard
 from ragkit.encoders.sentence import (
     DEFAULT_MODEL,
     as_texts,
@@ -398,7 +398,7 @@ class TokenCache(ShardStore[TokenVectors]):
             try:
                 if (keys_path.stat().st_mtime_ns, name) >= mine:
                     continue  # newer: the process that wrote it decides
-                keys = np.load(keys_path, allow_pickle=False)
+                keys = load_npy(keys_path)  # (a header claiming more than the file: skipped)
             except UNREADABLE:
                 continue
             covered = np.isin(keys, digests)
