@@ -245,6 +245,27 @@ def compute_cci(inter: np.ndarray, intra: np.ndarray, prefix_lens: Sequence[int]
     ``CCI = sigmoid(mean_l a_l / mean_l b_l)``, in ``[0.5, 1)``.  When the variant was captured
     with no prefix chunk, the system prompt (sink excluded, ``sys_len`` tokens) plays the
     prefix, which gives the "captured alone" proxy of ALGORITHMS.md §5.3.
+
+    The arrays are a :class:`ChunkVariant`'s (see "Storage layout" in the module docstring).
+
+    Parameters
+    ----------
+    inter : array of shape ``(n_layers, n_prefix)``
+        ``inter[l, j]``: attention mass from the chunk's ``n_tokens`` queries to the keys of prefix
+        chunk ``j`` at layer ``l``: softmax attention weights, averaged over the query heads, summed over
+        the chunk's queries and chunk ``j``'s keys.  Unitless (each query's weights sum to 1), so in
+        ``[0, n_tokens]``; ``(n_layers, 0)`` (or empty) without prefix chunks.
+    intra : array of shape ``(n_layers,)``
+        The same mass from the chunk's queries to its own keys (causal), per layer; in ``[0, n_tokens]``.
+    prefix_lens : sequence of ``n_prefix`` ints
+        Tokens of each prefix chunk (``|C_j|``).
+    n_tokens : int
+        Tokens of the chunk (``|C_i|``).
+    sys_inter : array of shape ``(n_layers,)`` or None
+        The same mass to the system prompt's keys, the attention sink (position 0) excluded: used in
+        place of ``inter`` when there is no prefix chunk.
+    sys_len : int
+        Tokens of the system prompt, the sink excluded.
     """
     n = max(int(n_tokens), 1)
     if len(prefix_lens) > 0 and inter.size:
@@ -262,7 +283,15 @@ def compute_cci(inter: np.ndarray, intra: np.ndarray, prefix_lens: Sequence[int]
 
 
 def prefix_overlap(inter: np.ndarray, prefix_ids: Sequence[str], new_prefix: Sequence[str]) -> float:
-    """β (Eq. 6): share of the chunk's old outside attention going to chunks still before it."""
+    """β (Eq. 6): share of the chunk's old outside attention going to chunks still before it.
+
+    ``inter`` is the variant's attention mass to its old prefix chunks: shape ``(n_layers, n_prefix)``
+    (summed over layers here) or ``(n_prefix,)`` already summed, one column per ``prefix_ids`` entry, in
+    units of attention weight (softmax weights averaged over heads, summed over the chunk's queries and the
+    prefix chunk's keys; see :func:`compute_cci`); only the ratios matter.  ``prefix_ids``: the old
+    prefix's chunk keys ``S_old``, in order; ``new_prefix``: the chunk keys now before the chunk.  Returns
+    a share in ``[0, 1]``; 1 without an old prefix or outside attention (nothing lost).
+    """
     if len(prefix_ids) == 0:
         return 1.0
     mass = inter.sum(axis=0) if inter.ndim == 2 else np.asarray(inter)
@@ -274,7 +303,13 @@ def prefix_overlap(inter: np.ndarray, prefix_ids: Sequence[str], new_prefix: Seq
 
 
 def order_penalty(prefix_ids: Sequence[str], new_prefix: Sequence[str]) -> float:
-    """γ (Eq. 7): normalised Kendall-tau distance of the common chunks' order, old vs new."""
+    """γ (Eq. 7): normalised Kendall-tau distance of the common chunks' order, old vs new.
+
+    ``prefix_ids``: the chunk keys of the old prefix ``S_old``, in order; ``new_prefix``: those now
+    before the chunk.  Takes no attention statistics (``inter`` and ``intra`` play no part): the share,
+    in ``[0, 1]``, of the pairs of chunks in both prefixes whose order is swapped; 0 with fewer than two
+    chunks in common.
+    """
     new_pos = {cid: i for i, cid in enumerate(new_prefix)}
     common = [new_pos[c] for c in prefix_ids if c in new_pos]
     m = len(common)
@@ -471,6 +506,11 @@ class ChunkKVCache:
         another store (another process, an earlier run): what ages the files of one-shot processes, which
         serve too few requests for ``half_life`` to (see "Utility on disk" in the module docstring).
         ``math.inf``: no wall-clock decay.
+    model_name : str or None, default=None
+        A readable name of the model (its path or Hugging Face id), for people only: written in the disk
+        tier's manifest (``"model_name"``) beside ``model_id`` and shown, with the fingerprints, when a store
+        or folder of another model is refused.  Not part of the identity (a copied model folder keeps its
+        caches); a manifest without it (written by an older ragkit) loads as before.
 
     The public methods hold a per-store lock, so generators on several threads may share one
     store.
@@ -485,7 +525,7 @@ class ChunkKVCache:
     def __init__(self, model_id: str, tokenizer_id: str, *, budget_bytes: int | None = None,
                  storage_dtype: StorageDtype = "float32", max_variants: int = 3, half_life: float = 64.0,
                  disk_dir: str | Path | None = None, disk_budget_bytes: int | None = None,
-                 disk_half_life_s: float = 3600.0) -> None:
+                 disk_half_life_s: float = 3600.0, model_name: str | None = None) -> None:
         if storage_dtype not in _DTYPES:
             raise ParamError(f"ChunkKVCache: storage_dtype must be one of {sorted(_DTYPES)}; got {storage_dtype!r}",
                              "storage_dtype")
@@ -511,8 +551,12 @@ class ChunkKVCache:
                 or not 0 < disk_half_life_s <= math.inf):
             raise ParamError(f"ChunkKVCache: disk_half_life_s must be a positive number of seconds (math.inf: no "
                              f"wall-clock decay); got {disk_half_life_s!r}", "disk_half_life_s")
+        if model_name is not None and not isinstance(model_name, str):
+            raise ParamError(f"ChunkKVCache: model_name={model_name!r}; expected a str (the model's path or Hugging "
+                             "Face id), or None", "model_name")
         self.model_id = model_id
         self.tokenizer_id = tokenizer_id
+        self.model_name = model_name
         self.disk_half_life_s = float(disk_half_life_s)
         #: wall time of the store's opening, ns: when its variants used before its first request were used
         self._opened_ns = time.time_ns()
@@ -552,20 +596,23 @@ class ChunkKVCache:
         return _rebuilt, ({"model_id": self.model_id, "tokenizer_id": self.tokenizer_id,
                            "budget_bytes": self.budget_bytes, "storage_dtype": self.storage_dtype,
                            "max_variants": self.max_variants, "half_life": self.half_life, "disk_dir": self.disk_dir,
-                           "disk_budget_bytes": self.disk_budget_bytes, "disk_half_life_s": self.disk_half_life_s},)
+                           "disk_budget_bytes": self.disk_budget_bytes, "disk_half_life_s": self.disk_half_life_s,
+                           "model_name": self.model_name},)
 
     # ------------------------------------------------------------------ identity
     def key(self, token_ids: Sequence[int] | np.ndarray | torch.Tensor) -> str:
         """The cache key of a chunk's token ids for this model and tokenizer."""
         return chunk_key(token_ids, self.model_id, self.tokenizer_id)
 
-    def check_owner(self, model_id: str, tokenizer_id: str, where: str = "") -> None:
-        """Raise :class:`CacheModelMismatchError` unless the cache belongs to this model/tokenizer."""
+    def check_owner(self, model_id: str, tokenizer_id: str, where: str = "", model_name: str | None = None) -> None:
+        """Raise :class:`CacheModelMismatchError` unless the cache belongs to this model/tokenizer (``model_name``,
+        a readable name of the model given, is shown beside its fingerprint)."""
         if (model_id, tokenizer_id) != (self.model_id, self.tokenizer_id):
             raise CacheModelMismatchError(
-                f"{where or 'ChunkKVCache'}: this chunk cache holds rows of model {self.model_id!r} with tokenizer "
-                f"{self.tokenizer_id!r}, but it was given to model {model_id!r} with tokenizer {tokenizer_id!r}; "
-                f"use a separate cache (or disk_dir) per model"
+                f"{where or 'ChunkKVCache'}: this chunk cache holds rows of model "
+                f"{model_label(self.model_id, self.model_name)} with tokenizer {self.tokenizer_id!r}, but it was "
+                f"given to model {model_label(model_id, model_name)} with tokenizer {tokenizer_id!r}; use a separate "
+                f"cache (or disk_dir) per model"
             )
 
     # ------------------------------------------------------------------ sizes
@@ -922,9 +969,10 @@ class ChunkKVCache:
             got = (meta.get("model_id"), meta.get("tokenizer_id"))
             if got != (self.model_id, self.tokenizer_id):
                 raise CacheModelMismatchError(
-                    f"{folder}: this chunk-cache folder was written for model {got[0]!r} with tokenizer {got[1]!r}, "
-                    f"but it was opened for model {self.model_id!r} with tokenizer {self.tokenizer_id!r}; "
-                    f"use another cache folder for this model (disk_dir; ragkit ask: --cache-dir)"
+                    f"{folder}: this chunk-cache folder was written for model {manifest_model(meta)} with tokenizer "
+                    f"{got[1]!r}, but it was opened for model {model_label(self.model_id, self.model_name)} with "
+                    f"tokenizer {self.tokenizer_id!r}; use another cache folder for this model (disk_dir; ragkit "
+                    "ask: --cache-dir)"
                 )
         else:  # written whole or not at all: another process may open the folder at the same moment
             try:
@@ -932,6 +980,7 @@ class ChunkKVCache:
                     tmp.write_text(json.dumps({
                         "model_id": self.model_id, "tokenizer_id": self.tokenizer_id,
                         "format_version": _FORMAT_VERSION,
+                        **({"model_name": self.model_name} if self.model_name is not None else {}),
                     }, indent=2), encoding="utf-8")
             except OSError as e:  # (a folder made read-only, or full, since check_cache_dir looked)
                 raise ArtifactError(f"{folder}: could not write the chunk-cache manifest {manifest.name} "
@@ -1186,6 +1235,19 @@ class ChunkKVCache:
             return (f"ChunkKVCache(model_id={self.model_id!r}, variants={len(self)}, bytes={self._bytes}, "
                     f"budget_bytes={self.budget_bytes}, storage_dtype={self.storage_dtype!r}, "
                     f"hit_rate={self.stats.hit_rate:.2f})")
+
+
+def model_label(model_id: str, model_name: str | None = None) -> str:
+    """How an error names a model: its fingerprint, and its readable name (path or hub id) where known:
+    ``'file-ed21def1e1b1a81a' (/models/SmolLM2.gguf)``."""
+    return f"{model_id!r} ({model_name})" if model_name else repr(model_id)
+
+
+def manifest_model(meta: dict) -> str:
+    """:func:`model_label` of the model a chunk-cache manifest names (``model_name`` is absent from the
+    manifests of older ragkit versions: the fingerprint alone then)."""
+    name = meta.get("model_name")
+    return model_label(str(meta.get("model_id")), name if isinstance(name, str) else None)
 
 
 def check_cache_dir(folder: str | Path) -> dict | None:

@@ -1458,9 +1458,12 @@ def test_prompt_and_call_arguments_are_checked_before_the_model_loads(tmp_path):
         ((QUESTION, ["a"]), {"fraction": "0.3"}, r"fraction='0.3'; expected a number in \[0, 1\]", "fraction"),
         ((QUESTION, ["a"]), {"fraction": float("nan")}, r"fraction=nan", "fraction"),
         ((QUESTION, ["a"]), {"fraction": 2}, r"fraction=2", "fraction"),
-        ((QUESTION, ["a"]), {"max_new_tokens": "5"}, r"max_new_tokens='5'; expected an int >= 0", "max_new_tokens"),
-        ((QUESTION, ["a"]), {"max_new_tokens": -1}, r"max_new_tokens=-1", "max_new_tokens"),
-        ((QUESTION, ["a"]), {"max_new_tokens": 4.0}, r"max_new_tokens=4.0", "max_new_tokens"),
+        ((QUESTION, ["a"]), {"max_new_tokens": "5"}, r"max_new_tokens: expected a positive integer, got '5'",
+         "max_new_tokens"),
+        ((QUESTION, ["a"]), {"max_new_tokens": -1}, r"max_new_tokens: expected a positive integer, got -1",
+         "max_new_tokens"),
+        ((QUESTION, ["a"]), {"max_new_tokens": 4.0}, r"max_new_tokens: expected a positive integer, got 4.0",
+         "max_new_tokens"),
     ]:
         with pytest.raises(ParamError, match=msg) as raised:
             g.generate(*args, **kw)

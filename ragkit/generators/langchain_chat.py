@@ -98,7 +98,17 @@ class LangChainGenerator:
     def generate(self, question: str, chunks: Sequence[str], *, on_token: Callable[[str], None] | None = None,
                  **_: Any) -> str:
         """The answer text, its surrounding whitespace stripped; with ``on_token`` the model is streamed
-        piece by piece, the pieces joining to exactly the returned text (see :meth:`stream`)."""
+        piece by piece, the pieces joining to exactly the returned text (see :meth:`stream`).
+
+        Blank chunks are dropped; with none left (``[]``, ``[""]``) the answer is ``""`` and the chat model is
+        not called (it would answer from no source), as :meth:`LocalGenerator.generate
+        <ragkit.generators.local.LocalGenerator.generate>` does."""
+        _check_prompt(question, chunks, "LangChainGenerator")
+        chunks = [c for c in chunks if c.strip()]
+        if not chunks:
+            _log.info("LangChainGenerator: no chunk holding text to answer from: the answer is '' (the chat model is "
+                      "not called)")
+            return ""
         if on_token is None:
             out = self.chat_model.invoke(self.messages(question, chunks))
             return _text(getattr(out, "content", out)).strip()
@@ -108,8 +118,13 @@ class LangChainGenerator:
                **_: Any) -> Iterator[str]:
         """Yield text pieces as the chat model streams them; they join to the answer with its surrounding
         whitespace stripped (what :meth:`generate` returns), as the local backend's do: leading whitespace
-        is not sent, trailing whitespace is held back until more text follows."""
-        messages = self.messages(question, chunks)  # checked before the model is called
+        is not sent, trailing whitespace is held back until more text follows.  Blank chunks are dropped; with
+        none left nothing is yielded and the chat model is not called."""
+        _check_prompt(question, chunks, "LangChainGenerator")  # checked before the model is called
+        chunks = [c for c in chunks if c.strip()]
+        if not chunks:
+            return
+        messages = self.messages(question, chunks)
         held = ""  # whitespace after the text sent so far, sent only if more text follows
         started = False
         for part in self.chat_model.stream(messages):

