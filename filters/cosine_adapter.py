@@ -14,7 +14,7 @@ from typing import Any, ClassVar, Literal
 
 import numpy as np
 from pydantic import Field
-from scipy.special import expit, exprel
+from scipy.special import expit, exprel, logit
 
 from ragkit.encoders import DEFAULT_MODEL, check_encoder_key, get_encoder, query_vectors, save_encoder_key
 from ragkit.errors import ArtifactError, DataError, InputTypeError
@@ -25,8 +25,8 @@ from ragkit.params import ModelName, Params, Seed
 from ragkit.registry import register
 from ragkit.types import Corpus, State, TrainSet, usable_query_ids
 
-__all__ = ["CosineAdapter", "CosineAdapterParams", "list_features", "choose_threshold", "threshold_reached",
-           "positives_needed", "fold_assignment"]
+__all__ = ["CosineAdapter", "CosineAdapterParams", "list_features", "choose_threshold", "cut_below",
+           "threshold_reached", "positives_needed", "fold_assignment"]
 
 N_LIST_FEATURES = 4
 #: fewer usable training queries (a relevant document in the corpus) than this, or fewer relevant candidates
@@ -203,6 +203,35 @@ def choose_threshold(probs: np.ndarray, labels: np.ndarray, target: str, value: 
     return float(p[last[i]])
 
 
+def cut_below(probs: np.ndarray, t: float) -> float:
+    """The threshold a fit keeps for the cut-off ``t`` (:func:`choose_threshold`: the probability of the weakest
+    candidate it keeps): halfway, in logit, between ``t`` and the largest of ``probs`` below it, which it drops;
+    0 when none is below (it keeps every candidate).
+
+    Every threshold in that gap keeps the same candidates of ``probs``.  ``t`` itself sits on its upper edge, on
+    the probability of a pooled out-of-fold candidate, and the adapter kept (fitted on every query) gives such a
+    candidate a probability that differs from it: by float rounding alone where the candidates are alike (a
+    one-document corpus: ``threshold_`` 0.9999944832057563, the training query's own document then kept or not
+    as a batch's rounding fell; five identical documents: none kept), by the folds' differences otherwise.  The
+    middle of the gap, where a decision stump places its split between two training values, is the cut-off
+    farthest from both; in logit, the scale the adapter is linear in (``a(q) * g(c) + b(q)``), on which
+    probabilities near 0 or 1 still lie apart.  With nothing below ``t``, the training candidates set no lower
+    edge: the threshold keeps every candidate (0), as that cut-off did.
+
+    >>> round(cut_below(np.array([.9, .8, .7]), 0.8), 4), cut_below(np.array([.9, .8]), 0.8)
+    (0.7534, 0.0)
+    """
+    below = probs[probs < t]
+    if not len(below):
+        return 0.0
+    lower = float(below.max())
+    with np.errstate(divide="ignore", invalid="ignore"):
+        mid = float(expit((logit(t) + logit(lower)) / 2.0))
+    if not np.isfinite(mid):  # t = 1 and lower = 0: logit inf - inf
+        mid = (t + lower) / 2.0
+    return mid if lower < mid <= t else t  # (a gap of one ulp: the midpoint rounds onto an edge)
+
+
 @register
 class CosineAdapter(Operator):
     """Query-dependent relevance filter for dense retrieval (Cosine Adapter).
@@ -245,7 +274,10 @@ class CosineAdapter(Operator):
     hold any out (a single one with a relevant candidate: the threshold is then chosen on the
     queries the adapter was fitted on, its own relevant documents' probabilities, which cut other
     queries' lists short), fit warns on the ``ragkit`` logger; an explicit ``threshold`` avoids
-    choosing one.
+    choosing one.  The threshold kept lies halfway, in logit, between the weakest kept and the strongest dropped
+    out-of-fold candidate (:func:`cut_below`), so that the adapter fitted on every query, whose probabilities
+    differ from the folds', keeps what the cut-off kept; a cut-off that drops nothing (every candidate relevant,
+    as in a one-document corpus) gives 0, and fit warns.
 
     The input scores must be raw cosines of the same encoder (``dense | cosine_adapter``); a ``dense`` with
     ``metric: ip`` is refused.  After a ``reduce`` or ``dtype: b1`` without ``rescore`` the scores are
@@ -506,8 +538,8 @@ class CosineAdapter(Operator):
             n_folds = 0 if fold_of is None or fold_of[0] < 0 else int(fold_of.max()) + 1
             # too few queries to hold any out: chosen on the probabilities of the queries it was fitted on
             probs = oof if oof is not None else expit(self._logits(self._features1(X), W, c64, qidx))
-            self.threshold_ = choose_threshold(probs, y, self.params.target, self.params.target_value,
-                                               pairs="out-of-fold" if n_folds else "training")
+            self.threshold_ = cut_below(probs, choose_threshold(probs, y, self.params.target, self.params.target_value,
+                                                                pairs="out-of-fold" if n_folds else "training"))
             info["threshold_achieved"] = threshold_reached(probs, y, self.threshold_)
             info["threshold_pairs"] = int(len(y))
             info["threshold_queries"] = int(n_q)
@@ -571,6 +603,10 @@ class CosineAdapter(Operator):
             if not info["held_out"]:
                 thin.append("a threshold chosen on the queries it was fitted on (too few to hold any out)")
             target, value = self.params.target, self.params.target_value
+            if info["threshold_kept"] == info["threshold_pairs"]:  # (cut_below: nothing dropped, threshold 0)
+                why = ("every retrieved training candidate is relevant" if n_positives == info["threshold_pairs"] else
+                       f"the {target} target ({value:.4g}) is reached only by keeping every training candidate")
+                thin.append(f"{why}, so no dropped candidate bounds the threshold: it keeps every candidate")
             need = positives_needed(target, value)
             have = int(info["threshold_positives"] if target == "recall" else info["threshold_kept"])
             if have < need:

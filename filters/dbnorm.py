@@ -28,7 +28,7 @@ from ragkit.encoders import (
 from ragkit.errors import ArtifactError, DataError, ParamError, some_ids
 from ragkit.filters._flat import check_cosines, check_dense_rankings, check_rows_in_corpus, flatten
 from ragkit.operator import Operator, load_array, read_json, save_arrays, topk_rows, write_json
-from ragkit.params import MetadataFilter, ModelName, Params, Seed
+from ragkit.params import FieldRefusal, MetadataFilter, ModelName, Params, Seed
 from ragkit.registry import register
 from ragkit.retrievers._index import VectorIndex, check_finite_vectors
 from ragkit.types import Corpus, Ranking, State, TrainSet
@@ -189,6 +189,18 @@ def dbnorm_scores(
             - np.where(act_g[top1], log_z_g[rows], 0.0))
 
 
+#: The smallest inverse temperature: a penalty ``log Z(g)`` differs between documents by about beta times their
+#: cosine differences (~1e-3 and less), and it is computed in float64, rounded to ~1e-15 of ``log(bank size)``;
+#: below 1e-6 those differences sink toward that rounding (at beta=1e-20 the penalties are rounding noise, which
+#: dbnorm_dense divides by beta: noise of 1e4 on its cosines, and at 1e-300 values beyond float32), while the
+#: normalisation has long vanished (beta -> 0 ranks as plain dense).
+MIN_BETA = 1e-6
+#: The largest inverse temperature: the bank cosines times beta are exponentiated in float32, and the scores
+#: ``beta * cos - log Z`` (dbnorm_dense: ``(beta1 + beta2) * cos - ...``) reach about 4 times beta in size, which
+#: must stay within float32's 3.4e38 (any beta above ~1e3 already weighs the nearest bank item only).
+MAX_BETA = 1e37
+
+
 class BankParams(Params):
     """The banks and the method: what :class:`DBNorm` (rerank) and :class:`DBNormDense` (retrieve) share."""
 
@@ -222,9 +234,13 @@ class BankParams(Params):
                          f"inverted softmax, is 'qbnorm'. {fix}")
             return "dualis"
         return v
-    beta: float = Field(20.0, gt=0, description="Inverse temperature of is/qbnorm (cosine scale).")
-    beta1: float = Field(0.5, gt=0, description="Inverse temperature of the query-bank factor (dualis/ddis).")
-    beta2: float = Field(3.0, gt=0, description="Inverse temperature of the gallery-bank factor (dualis/ddis).")
+    beta: float = Field(20.0, ge=MIN_BETA, le=MAX_BETA, description=(
+        "Inverse temperature of is/qbnorm (cosine scale; 1e-6 to 1e37: below, the penalties' differences sink into "
+        "float64 rounding; above, float32 overflows)."))
+    beta1: float = Field(0.5, ge=MIN_BETA, le=MAX_BETA, description=(
+        "Inverse temperature of the query-bank factor (dualis/ddis; 1e-6 to 1e37)."))
+    beta2: float = Field(3.0, ge=MIN_BETA, le=MAX_BETA, description=(
+        "Inverse temperature of the gallery-bank factor (dualis/ddis; 1e-6 to 1e37)."))
     query_bank: Literal["train", "pseudo"] = Field(
         "train", description="Query bank: the training queries, or first sentences of random documents "
                              "(used automatically when fit gets no training queries).")
@@ -243,8 +259,8 @@ class BankParams(Params):
     def _banks(self) -> "BankParams":
         dual = self.method in ("dualis", "ddis")
         if self.query_bank == "pseudo" and self.query_bank_size == 1:
-            raise ValueError(f"query_bank_size=1 with query_bank='pseudo' leaves the document it is drawn from no bank "
-                             f"term (its self-similarity is dropped); {PSEUDO_MIN}")
+            raise FieldRefusal("query_bank_size", f"query_bank_size=1 with query_bank='pseudo' leaves the document it "
+                               f"is drawn from no bank term (its self-similarity is dropped); {PSEUDO_MIN}")
         duals = "method: dualis or ddis"
         self.refuse_unused(("beta", not dual, "method: is or qbnorm"), ("beta1", dual, duals), ("beta2", dual, duals),
                            ("gallery_bank_size", dual, duals))
@@ -580,9 +596,11 @@ class DBNormDense(_BankOperator):
     params: DBNormDenseParams
     example = {"k": 5}
     info_: dict[str, Any]  # set by fit
-    index_: VectorIndex  # exact inner product over [g, -c_g / scale], slot = corpus row
+    index_: VectorIndex  # exact inner product over [g, -(c_g - shift_) / scale], slot = corpus row
     log_z_q_: np.ndarray  # (n_docs,) float64
     log_z_g_: np.ndarray  # (n_docs,) float64, zeros for method is
+    #: the midpoint of the penalties' range, subtracted before they are divided by the scale (0: a save from before)
+    shift_: float
 
     @property
     def encoder(self) -> Encoder:
@@ -609,10 +627,30 @@ class DBNormDense(_BankOperator):
         d = docs.shape[1]
         aug = np.empty((n, d + 1), np.float32)
         aug[:, :d] = docs
-        aug[:, d] = -(self.log_z_q_ + self.log_z_g_) / self.scale
+        # the penalty's coordinate, centred: log Z of every document lies within about 2 * beta of the midpoint
+        # of its range (cosines in [-1, 1]), so (log Z - shift) / beta lies within about [-2, 2] whatever beta;
+        # uncentred, log Z / beta holds log(bank size) / beta, which overflowed float32 at beta=1e-300 and at
+        # beta=1e-3 rounded the coordinate to ~5e-4 (bank of 30), the size of cosine differences
+        penalty = self.log_z_q_ + self.log_z_g_
+        self.shift_ = float((penalty.max() + penalty.min()) / 2) if n else 0.0
+        coord = self._coordinate(penalty)
+        if not np.isfinite(coord).all():
+            p, what = self.params, ("beta1 + beta2" if self.params.dual else "beta")
+            at = f"{self.name}.{'beta1' if p.dual else 'beta'}"
+            raise ParamError(f"{at}: {what}={self.scale!r} scales the documents' penalties log Z to values beyond "
+                             f"float32 (log Z from {penalty.min():.6g} to {penalty.max():.6g}, divided by {what}); "
+                             f"use betas between {MIN_BETA:g} and {MAX_BETA:g}", path=at)
+        aug[:, d] = coord
+        info["penalty_shift"] = self.shift_
         self.index_ = VectorIndex(dtype="f32", metric="ip", search="exact").build(aug, copy=False)
         info["seconds"] = time.perf_counter() - t0
         self.info_ = info
+
+    def _coordinate(self, penalty: np.ndarray) -> np.ndarray:
+        """The index's last coordinate of documents of penalties ``penalty`` (``log Z_q + log Z_g``), float32:
+        ``-(penalty - shift_) / scale``, so that a query's ``[q, 1]`` scores ``cos - (penalty - shift_) / scale``."""
+        with np.errstate(over="ignore", invalid="ignore"):
+            return (-(penalty - self.shift_) / self.scale).astype(np.float32)
 
     def _call(self, state: State) -> State:
         q = unit_rows(query_vectors(state, self.encoder))
@@ -623,11 +661,10 @@ class DBNormDense(_BankOperator):
         rows, ip = self.index_.search(aug, k, self.filter_mask(state))
         has_direction = np.any(q != 0, axis=1)
         valid = (rows >= 0) & has_direction[:, None]  # a blank query (zero vector) finds nothing, as with dense
-        scale = np.float32(self.scale)
-        score = np.where(valid, ip * scale, -np.inf).astype(np.float32)
+        score = np.where(valid, ip.astype(np.float64) * self.scale - self.shift_, -np.inf).astype(np.float32)
         at = np.where(valid, rows, 0)
-        if len(self.log_z_q_):  # ip = cos + the stored coordinate -c / scale, rounded to float32 as it was stored
-            cos = np.where(valid, ip + ((self.log_z_q_[at] + self.log_z_g_[at]) / self.scale).astype(np.float32), 0)
+        if len(self.log_z_q_):  # ip = cos + the stored coordinate -(c - shift) / scale, rounded as it was stored
+            cos = np.where(valid, ip - self._coordinate(self.log_z_q_[at] + self.log_z_g_[at]), 0)
         else:
             cos = np.zeros(rows.shape, np.float32)
         out = state.copy()
@@ -655,3 +692,4 @@ class DBNormDense(_BankOperator):
             raise ArtifactError(f"{folder}: the index is {cfg['dtype']} {cfg['metric']} {cfg['search']}, not the exact "
                                 f"f32 inner-product index dbnorm_dense writes")
         self.info_ = read_json(folder / "dbnorm.json")
+        self.shift_ = float(self.info_.get("penalty_shift", 0.0))  # saves before it stored the penalties uncentred

@@ -405,7 +405,8 @@ def cosine_source_problem(op: Operator, path: str = "pipeline") -> ConfigError |
     route's branches each bring their own; a loop's body may also get its own last iteration's).  A
     ``bm25``, ``muvera`` or ``sharded`` (but a sharded ``dense``/``knn_embed``) leaf, a ``dense`` with
     ``metric: ip`` (for ``dbnorm`` also one with ``reduce`` or ``dtype: b1`` and no ``rescore``:
-    :func:`_approximate_cosines`), a ``parallel`` (fused scores: RRF's are reciprocal ranks) and a step that
+    :func:`_approximate_cosines`), a ``knn_embed`` with ``merge: interleave`` (rank scores: :func:`_interleaved`),
+    a ``parallel`` (fused scores: RRF's are reciprocal ranks) and a step that
     writes scores of its own in between (a reranker: ``mmr``, ``maxsim``, ``dbnorm``; a ``cosine_adapter``) are refused,
     naming both steps; at search they failed with no step named (``bm25 | dbnorm``), or ran silently on other scores
     (a hybrid's RRF scores, a dense's inner products).  Whether the model is the retriever's is
@@ -511,6 +512,8 @@ def _not_cosines(source: Operator, where: str, reader: Operator, at: str) -> Con
         there = f"{where}.{source.name}"
         inner = _cosine_retriever(source)
         metric = getattr(inner.params, "metric", "cos") if inner is not None else None
+        if metric == "cos" and inner is not None and getattr(inner.params, "merge", "score") != "score":
+            return _interleaved(there, reader, at)
         if metric == "cos":
             return _approximate_cosines(inner, there, reader, at) if inner is not None else None
         fused = (f"{there} ({source.name} scores, not cosines)" if inner is None else
@@ -520,6 +523,17 @@ def _not_cosines(source: Operator, where: str, reader: Operator, at: str) -> Con
     return ConfigError(f"{at}: {reader.name} reads the raw cosines (in [-1, 1]) of a dense or knn_embed retriever "
                        f"with metric: cos right before it, but the scores reaching it come from {fused}; {fix}",
                        path=at)
+
+
+def _interleaved(there: str, reader: Operator, at: str) -> ConfigError:
+    """The error for ``reader`` (``dbnorm`` or ``cosine_adapter``, at ``at``) after a ``knn_embed`` with
+    ``merge: interleave`` (at ``there``): its scores are rank scores ``(k - i) / k`` in Sainte-Laguë order (the
+    cosines travel in ``fields["cosine"]``), so the reader got no cosines and failed at every search, after a
+    fit that had done all its work."""
+    return ConfigError(f"{at}: {reader.name} reads the raw cosines of the retriever right before it, but {there} has "
+                       "merge: interleave, whose scores are rank scores (k - i) / k in its interleaved order, not "
+                       f"cosines; set merge: score on {there} (in Python: merge=\"score\", the default; its results "
+                       f"are then sorted by cosine), or drop {reader.name}", path=at)
 
 
 def _approximate_cosines(retriever: Operator, there: str, reader: Operator, at: str) -> ConfigError | None:

@@ -35,7 +35,8 @@ _P = typing.TypeVar("_P", bound="Params")
 
 __all__ = ["Params", "MetadataFilter", "ModelName", "Seed", "MAX_INT", "VectorDtype", "FdeDtype", "FloatDtype",
            "Metric", "SPELLINGS", "canonical_spelling", "has_upper_bound", "validate_params",
-           "format_validation_error", "describe_error", "update_params", "format_loc", "model_at", "QUOTE_AS_WRITTEN",
+           "format_validation_error", "describe_error", "FieldRefusal", "error_loc",
+           "update_params", "format_loc", "model_at", "QUOTE_AS_WRITTEN",
            "params_section", "document_params"]
 
 
@@ -204,11 +205,18 @@ class Params(BaseModel):
     def refuse_unused(self, *checks: tuple[str, bool, str]) -> None:
         """For a model validator: each ``(field, used, needs)`` whose field holds a value other than
         its default though ``used`` is False (the field is read only with the setting ``needs``) is
-        a ``ValueError``: a parameter that would silently do nothing."""
+        a :class:`FieldRefusal` of that field: a parameter that would silently do nothing."""
         for name, used, needs in checks:
             value = getattr(self, name)
             if not used and value != type(self).model_fields[name].default:
-                raise ValueError(f"{name}={value!r} has no effect without {needs}; leave it out, or set {needs}")
+                raise FieldRefusal(name, f"{name}={value!r} has no effect without {needs}; leave it out, or set "
+                                         f"{needs}")
+
+    def given(self, *names: str) -> str:
+        """The first of ``names`` that was given (set explicitly), else the first: the field a rule across
+        fields names when it refuses them (:class:`FieldRefusal`), so that the error points at what was written
+        (``k: 300`` against the default ``candidates``: ``muvera.k``)."""
+        return next((n for n in names if n in self.model_fields_set), names[0])
 
     def non_default(self) -> dict[str, Any]:
         """The parameters that differ from their defaults, as plain JSON/YAML values."""
@@ -221,6 +229,28 @@ class Params(BaseModel):
         context (a search option: :mod:`ragkit.options`); :func:`update_params` gives a
         :class:`~ragkit.errors.ParamError` worded as an operator's constructor words it."""
         return type(self).model_validate({**self.model_dump(), **changes}, context={"source": "python"})
+
+
+class FieldRefusal(ValueError):
+    """A model validator's refusal of one field's value by a rule across fields (``beta`` without
+    ``method: is``): pydantic places a model validator's error at the model (location ``()``, its input
+    the whole mapping); :func:`format_validation_error` places this one at ``field``, as a single-field
+    error is (``pipeline[1].dbnorm.beta: ...``), and words it without that mapping (its text quotes the
+    values it is about)."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+    def __reduce__(self) -> tuple[Any, ...]:  # (pickled with a ValidationError's context: both arguments)
+        return type(self), (self.field, str(self))
+
+
+def error_loc(err: Mapping[str, Any]) -> tuple[Any, ...]:
+    """The location of one pydantic error: its ``loc``, followed by the field of a :class:`FieldRefusal`."""
+    loc = tuple(err.get("loc") or ())
+    cause = (err.get("ctx") or {}).get("error")
+    return (*loc, cause.field) if isinstance(cause, FieldRefusal) else loc
 
 
 def _bool_not_number(source: str | None) -> str:
@@ -291,6 +321,8 @@ def describe_error(err: Mapping[str, Any], source: str | None = None) -> str:
     if expected is None:
         msg = str(err.get("msg", "invalid value"))
         msg = msg.removeprefix("Value error, ").removeprefix("Assertion failed, ")
+        if isinstance(ctx.get("error"), FieldRefusal):  # its input is the whole mapping; its text quotes the value
+            return msg
         return f"{msg}, got {got!r}" if "got" not in msg else msg
     return f"expected {expected()}, got {got!r}"
 
@@ -390,7 +422,7 @@ def format_validation_error(exc: ValidationError, owner: str, path: str = "",
     prefix = f"{path}.{owner}" if path else owner
     lines = []
     for err in exc.errors():
-        where = format_loc(prefix, err["loc"])
+        where = format_loc(prefix, error_loc(err))
         text = describe_error(err, source)
         if err["type"] == "extra_forbidden":
             holder = model_at(model, err["loc"]) if model is not None else None
@@ -401,7 +433,7 @@ def format_validation_error(exc: ValidationError, owner: str, path: str = "",
                 of = owner if holder is None or holder is model else format_loc(owner, err["loc"][:-1])
                 text = f"unknown parameter{hint}; valid parameters of {of} are: {', '.join(valid)}"
         lines.append(f"{where}: {text}")
-    first = format_loc(prefix, exc.errors()[0]["loc"]) if exc.errors() else prefix
+    first = format_loc(prefix, error_loc(exc.errors()[0])) if exc.errors() else prefix
     return ParamError("\n".join(lines), path=first)
 
 

@@ -33,7 +33,7 @@ from ragkit.encoders import DEFAULT_MODEL, check_encoder_key, save_encoder_key, 
 from ragkit.errors import ArtifactError, DataError, ParamError
 from ragkit.operator import Operator, desc_order, load_array, read_json, save_arrays, topk_rows, write_json
 from ragkit.options import filter_option
-from ragkit.params import MetadataFilter, ModelName, Params, Seed, update_params
+from ragkit.params import FieldRefusal, MetadataFilter, ModelName, Params, Seed, update_params
 from ragkit.registry import register
 from ragkit.retrievers._index import check_finite_vectors
 from ragkit.types import Corpus, Ranking, State, TrainSet
@@ -106,7 +106,8 @@ class KnnEmbedParams(Params):
                              "anchor_share for the anchor, (1 - anchor_share) * pi(c) for a component (the spec "
                              "weighs a component by pi(c) alone, which gives the anchor fewer early slots than "
                              "its share); its scores are then rank scores (k - i) / k and the cosine is in "
-                             "fields['cosine'].")
+                             "fields['cosine'] (so dbnorm and cosine_adapter, which read cosines, refuse to follow "
+                             "it).")
     search: Literal["auto", "gather", "masked", "partitioned"] = Field(
         "auto", description="In-cluster search: gather = the cluster's columns of the batch's exact score matrix; "
                             "masked = full score rows masked to the cluster; partitioned = per-cluster contiguous "
@@ -116,7 +117,7 @@ class KnnEmbedParams(Params):
     @model_validator(mode="after")
     def _check(self) -> "KnnEmbedParams":
         if self.prior == "local" and self.local_depth < self.n_neighbors:
-            raise ValueError(
+            raise FieldRefusal(self.given("local_depth", "n_neighbors"),
                 f"local_depth ({self.local_depth}) must be >= n_neighbors ({self.n_neighbors}): the local prior is "
                 f"read from a dense pass at least as deep as the neighbourhood")
         self.refuse_unused(("local_depth", self.prior == "local", "prior: local"),
@@ -315,8 +316,8 @@ class KnnEmbed(Operator):
             raise DataError("knn_embed.fit: the corpus is empty; expected at least one document")
         c = min(self.params.n_clusters or default_n_clusters(n), n)
         if self.params.n_clusters is not None and self.params.n_clusters > n:
-            _log.warning(f"knn_embed.fit: n_clusters={self.params.n_clusters} but the corpus has {n} documents; "
-                         f"using {c} clusters (one per document)")
+            _log.warning(f"knn_embed.fit: n_clusters={self.params.n_clusters} but the corpus has {n} "
+                         f"document{'s' * (n != 1)}; using {c} cluster{'s' * (c != 1)} (one per document)")
         with threadpool_limits(self.params.fit_threads), warnings.catch_warnings():
             # fewer distinct vectors than clusters (duplicate documents): scikit-learn's ConvergenceWarning,
             # said below in ragkit's words (the clusters it could not fill stay empty and are never used)
@@ -341,6 +342,10 @@ class KnnEmbed(Operator):
         sizes = self._sizes
         n, c = int(sizes.sum()), len(sizes)
         used = int(np.count_nonzero(sizes))
+        if n == 1:  # (one document: no clusters to speak of)
+            _log.warning("knn_embed.fit: the corpus has one document, so there is nothing to mix: every query is "
+                         "answered as plain dense")
+            return
         big = sizes >= p.min_cluster_size
         n_big, share = int(big.sum()), float(sizes[big].sum() / max(n, 1))
         if used < c:

@@ -48,7 +48,7 @@ from ragkit.operator import (
     write_json,
 )
 from ragkit.options import PARAM
-from ragkit.params import FdeDtype, MetadataFilter, ModelName, Params, Seed
+from ragkit.params import FdeDtype, FieldRefusal, MetadataFilter, ModelName, Params, Seed
 from ragkit.registry import register
 from ragkit.retrievers._index import VectorIndex
 from ragkit.retrievers.centroids import build_codes, centroid_pairs, damaged_codes
@@ -173,12 +173,13 @@ def rerank_tokens(q_data: np.ndarray, q_off: np.ndarray, q_w: np.ndarray | None,
 MAX_FDE_DIM = 2**20
 
 
-def check_fde_size(dims: int, formula: str) -> None:
+def check_fde_size(dims: int, formula: str, field: str | None = None) -> None:
     """ValueError when an FDE of ``dims`` dimensions (``formula`` says how it is counted) exceeds
-    :data:`MAX_FDE_DIM`."""
+    :data:`MAX_FDE_DIM`; with ``field``, a :class:`~ragkit.params.FieldRefusal` of that field."""
     if dims > MAX_FDE_DIM:
-        raise ValueError(f"the FDE would have {formula} = {dims:,} dimensions, more than the {MAX_FDE_DIM:,} "
-                         f"muvera builds ({dims * 4 / 2**20:,.0f} MiB per document); lower r_reps, k_sim or d_proj")
+        text = (f"the FDE would have {formula} = {dims:,} dimensions, more than the {MAX_FDE_DIM:,} muvera builds "
+                f"({dims * 4 / 2**20:,.0f} MiB per document); lower r_reps, k_sim or d_proj")
+        raise ValueError(text) if field is None else FieldRefusal(field, text)
 
 
 class MuveraParams(TokenParams):
@@ -221,30 +222,32 @@ class MuveraParams(TokenParams):
     @model_validator(mode="after")
     def _check(self) -> "MuveraParams":
         if self.rerank and self.candidates < self.k:
-            raise ValueError(
+            raise FieldRefusal(self.given("candidates", "k"),
                 f"candidates ({self.candidates}) must be >= k ({self.k}): the exact rerank can only return "
                 f"documents the FDE search found")
         if self.prune is not None and not self.rerank:
-            raise ValueError("prune needs rerank: it chooses which candidates the exact rerank scores")
+            raise FieldRefusal("prune", "prune needs rerank: it chooses which candidates the exact rerank scores")
         self.refuse_unused(("centroids", self.prune is not None, "prune"),
                            ("candidates", self.rerank, "rerank"),  # without it the FDE search returns k
                            ("ball_carve_tau", self.rerank, "rerank"),  # it carves the exact rerank's queries
                            ("d_proj", self.projection != "identity", "projection 'ams' or 'countsketch'"))
         if self.prune is not None:
             if not self.k <= self.prune <= self.candidates:
-                raise ValueError(
+                raise FieldRefusal(self.given("prune", "k", "candidates"),
                     f"prune ({self.prune}) must lie between k ({self.k}) and candidates ({self.candidates}): it keeps "
                     f"that many of the FDE candidates for the exact rerank")
         if self.projection != "identity":  # identity's size needs the token dimension: checked at fit
-            check_fde_size(self.r_reps * 2**self.k_sim * self.d_proj, "r_reps * 2**k_sim * d_proj")
+            check_fde_size(self.r_reps * 2**self.k_sim * self.d_proj,
+                           f"r_reps * 2**k_sim * d_proj = {self.r_reps} * 2**{self.k_sim} * {self.d_proj}",
+                           self.given("r_reps", "k_sim", "d_proj"))
         if self.d_final is not None and self.d_final > MAX_FDE_DIM:  # any projection (identity's full size waits)
-            raise ValueError(f"d_final ({self.d_final:,}) asks for more than the {MAX_FDE_DIM:,} dimensions muvera "
-                             f"builds ({self.d_final * 4 / 2**20:,.0f} MiB per document); a final projection is "
-                             "for shrinking the FDE")
+            raise FieldRefusal("d_final", f"d_final ({self.d_final:,}) asks for more than the {MAX_FDE_DIM:,} "
+                               f"dimensions muvera builds ({self.d_final * 4 / 2**20:,.0f} MiB per document); a "
+                               "final projection is for shrinking the FDE")
         if self.d_final is not None and self.projection != "identity":
             full = self.r_reps * 2**self.k_sim * self.d_proj
             if self.d_final >= full:
-                raise ValueError(
+                raise FieldRefusal(self.given("d_final", "r_reps", "k_sim", "d_proj"),
                     f"d_final ({self.d_final}) must be smaller than r_reps * 2**k_sim * d_proj = {full}: "
                     f"a final projection is for shrinking the FDE")
         return self
