@@ -1,6 +1,7 @@
 """What every benchmark script shares: where the repository, SciFact and the outputs are, a timer,
-atomic output writes, exact top-k ground truth with its recall, the median of paired ratios, and a
-description of the machine (printed at the start of every bench and kept in its JSON as ``machine``).
+atomic output writes, exact top-k ground truth with its recall, the median of paired ratios, a
+description of the machine (printed at the start of every bench and kept in its JSON as ``machine``), and
+the check that a result reported on test queries learned from none of them (:func:`held_out`).
 
 Benchmarks run as scripts (``python bench/<name>.py``), so this folder is on ``sys.path``.
 """
@@ -140,6 +141,45 @@ def paired_ratio(a, b) -> float:
     if not (b > 0).all():
         raise ValueError(f"paired_ratio: the denominators must be positive timings, got {b[~(b > 0)][:3].tolist()}")
     return float(np.median(a / b))
+
+
+class TaughtOnTest(RuntimeError):
+    """A bench row's pipeline learned from (or a choice of its was made on) queries it is then evaluated on."""
+
+
+def held_out(queries: Any, row: str, *sources: Any) -> int:
+    """How many of the evaluated ``queries`` (a ragkit ``Queries``) the result of ``row`` was taught on, after
+    refusing (:class:`TaughtOnTest`) any: 0, recorded in the bench's JSON as ``learned_from_test``.
+
+    Each of ``sources`` is a fitted operator or pipeline, whose ``learned_from`` (recorded by ``fit``: the
+    training queries it learned from, by id and text) is asked, or the ids of the queries a bench chose something
+    on by hand (a cut-off, a grid point, a setting: no fit records those), a ``Queries``, a ``State`` or a list of
+    ids, checked by id.  Scores on a query the result was taught on measure what was taught, not held-out
+    quality (``ragkit eval`` refuses a saved pipeline on them too).  A bench calls it after the fit or the
+    choice, before it evaluates."""
+    if not hasattr(queries, "ids") or not hasattr(queries, "texts"):
+        raise TypeError(f"held_out({row!r}): the evaluated queries must be a ragkit Queries (ids and texts), "
+                        f"got {type(queries).__name__}")
+    ids = [str(q) for q in queries.ids]
+    taught: set[str] = set()
+    for i, src in enumerate(sources):
+        if hasattr(src, "learned_from"):
+            taught.update(src.learned_from(queries))
+            continue
+        chosen = getattr(src, "ids", None)
+        chosen = getattr(src, "query_ids", None) if chosen is None else chosen
+        chosen = src if chosen is None else chosen
+        if isinstance(chosen, (str, bytes)) or not hasattr(chosen, "__iter__"):
+            raise TypeError(f"held_out({row!r}): source {i} must be a fitted operator or pipeline, or the queries a "
+                            f"choice was made on (Queries, State or a list of ids), got {type(src).__name__}")
+        taught.update(str(q) for q in chosen)
+    hit = [q for q in ids if q in taught]
+    if hit:
+        shown = ", ".join(repr(q) for q in hit[:3]) + (", ..." if len(hit) > 3 else "")
+        raise TaughtOnTest(f"{row}: learned from {len(hit)} of the {len(ids)} evaluated test "
+                           f"queries ({shown}), whose scores would not be held out; "
+                           "fit and choose on the train split only")
+    return 0
 
 
 def _cpu_model() -> str:

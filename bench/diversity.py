@@ -21,6 +21,9 @@ Writes ``bench/out/diversity.json`` and ``bench/out/diversity.png`` (``_quick`` 
 folder ``RAGKIT_BENCH_OUT`` names, when set).  The sweeps change one spec default
 at a time; one more setting ("chosen on train") is picked by ``select_on_train`` on SciFact *train*
 queries for the issue's target (ILD@10 >= 1.2x dense, Recall@100 >= dense - 0.01) and only then run on test.
+Each system's row records how many of the test queries it is evaluated on (for a synthetic pair, its two test
+queries) its operators learned from or its setting was chosen on (``learned_from_test``), and the bench refuses
+to report one where that is not 0.
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ import numpy as np
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from _common import CACHE, OUT, SCIFACT, atomic_path, print_machine, save_npy_atomic, write_atomic  # noqa: E402
+from _common import CACHE, OUT, SCIFACT, atomic_path, held_out, print_machine, save_npy_atomic, write_atomic  # noqa: E402
 
 K = 100
 
@@ -168,11 +171,13 @@ def main() -> None:
         return model.with_params(**kw), model.with_params(**{**kw, "k": 10})
 
     def systems(quick: bool):
-        out = [("dense", {}, dense, None)]
+        """``(name, meta, k = 100 call, k = 10 call or None, what else it learned from or was chosen on)``: the
+        calls that are operators are asked what they learned from (:func:`learned_from`), the rest named."""
+        out = [("dense", {}, dense, None, [])]
         lams = [0.9, 0.7, 0.5] if quick else [0.9, 0.8, 0.7, 0.6, 0.5, 0.3]
         for lam in lams:
             out.append((f"mmr l={lam}", {"family": "mmr", "lambda": lam},
-                        lambda st, lam=lam: mmr(lam)(mmr_pool(st)), None))
+                        lambda st, lam=lam: mmr(lam)(mmr_pool(st)), None, [mmr(lam), mmr_pool]))
         knn_rows = []
         for a in ([0.0, 0.25, 0.5, 0.75] if not quick else [0.0, 0.5]):
             knn_rows.append((f"knn anchor={a}", {"family": "knn_anchor", "anchor_share": a}, {"anchor_share": a}))
@@ -193,11 +198,13 @@ def main() -> None:
                          ("knn a0 rocchio", {"family": "knn_rocchio"},
                           {"anchor_share": 0.0, "component_query": "rocchio_filter"}),
                          ("knn a0 collapse=1.0", {"family": "knn_collapse"}, {"anchor_share": 0.0, "collapse_at": 1.0})]
-        out += [(name, meta, *pair(knn, **kw)) for name, meta, kw in knn_rows]
-        out.append(("knn chosen on train", {"family": "knn_chosen", **chosen_kw}, *pair(chosen_knn, **chosen_query_kw)))
+        out += [(name, meta, *pair(knn, **kw), []) for name, meta, kw in knn_rows]
+        out.append(("knn chosen on train", {"family": "knn_chosen", **chosen_kw}, *pair(chosen_knn, **chosen_query_kw),
+                    [chosen_on]))
         return out
 
-    chosen_knn, chosen_kw, res_select = select_on_train(ds, dense, corpus, vecs, n_c, args.quick, args.z, args.rule)
+    chosen_knn, chosen_kw, res_select, chosen_on = select_on_train(ds, dense, corpus, vecs, n_c, args.quick, args.z,
+                                                                   args.rule)
     chosen_query_kw = {k: v for k, v in chosen_kw.items() if k != "n_clusters"}
 
     print(f"SciFact test: {len(queries)} queries, {len(corpus)} docs, C={n_c}, kNN-Embed fit {fit_s:.1f}s")
@@ -209,9 +216,11 @@ def main() -> None:
                  "systems": {}}
     evals = {}
     res["selection"] = res_select
-    for name, meta, fn, fn10 in systems(args.quick):
+    for name, meta, fn, fn10, extra in systems(args.quick):
+        taught = learned_from(queries, name, fn, fn10, extra)
         row, run, _, ev = run_system(fn, queries.ids, queries.texts, qv, qrels, args.repeats, fn10)
         row.update(meta)
+        row["learned_from_test"] = taught
         res["systems"][name] = row
         evals[name] = ev
     base = res["systems"]["dense"]
@@ -314,18 +323,22 @@ def main() -> None:
     pmix = knn.mixture(pv)
     res["pairs"] = {"n_pairs": len(p_ids), "collapsed_share_default": float(pmix["collapsed"].mean()),
                     "mean_components_default": float((pmix["clusters"] >= 0).sum(1).mean()), "systems": {}}
-    pair_systems = [("dense", dense, None), ("mmr l=0.7", lambda st: mmr(0.7)(mmr_pool(st)), None),
-                    ("mmr l=0.5", lambda st: mmr(0.5)(mmr_pool(st)), None)]
+    pair_systems = [("dense", dense, None, []),
+                    ("mmr l=0.7", lambda st: mmr(0.7)(mmr_pool(st)), None, [mmr(0.7), mmr_pool]),
+                    ("mmr l=0.5", lambda st: mmr(0.5)(mmr_pool(st)), None, [mmr(0.5), mmr_pool])]
     for a in (0.0, 0.25, 0.5):
-        pair_systems.append((f"knn anchor={a}", *pair(knn, anchor_share=a)))
-        pair_systems.append((f"knn interleave anchor={a}", *pair(knn, anchor_share=a, merge="interleave")))
-    pair_systems.append(("knn chosen on train", *pair(chosen_knn, **chosen_query_kw)))
+        pair_systems.append((f"knn anchor={a}", *pair(knn, anchor_share=a), []))
+        pair_systems.append((f"knn interleave anchor={a}", *pair(knn, anchor_share=a, merge="interleave"), []))
+    pair_systems.append(("knn chosen on train", *pair(chosen_knn, **chosen_query_kw), [chosen_on]))
+    p_parts = all_q[sorted(set(a_idx.tolist()) | set(b_idx.tolist()))]  # the test queries the pairs are made of
     print(f"\nsynthetic two-intent queries: {len(p_ids)} pairs; default kNN-Embed collapses "
           f"{res['pairs']['collapsed_share_default']:.0%}, {res['pairs']['mean_components_default']:.2f} components")
     print(f"{'system':28s} {'nDCG@10':>8s} {'R@100':>7s} {'S-R@10':>7s} {'S-R@100':>8s} "
           f"{'aNDCG@10':>9s} {'ILD@10':>7s}")
-    for name, fn, fn10 in pair_systems:
+    for name, fn, fn10, extra in pair_systems:
+        taught = learned_from(p_parts, f"{name} (synthetic pairs)", fn, fn10, extra)
         row, run, run10, _ = run_system(fn, p_ids, p_texts, pv, p_qrels, 1, fn10)
+        row["learned_from_test"] = taught
         row["s_recall@10"] = float(np.mean(list(subtopic_recall(run10, p_sub, 10).values())))
         row["s_recall@100"] = float(np.mean(list(subtopic_recall(run, p_sub, 100).values())))
         row["alpha_ndcg@10"] = float(np.mean(list(alpha_ndcg(run10, p_sub, 10).values())))
@@ -333,11 +346,19 @@ def main() -> None:
         print(f"{name:28s} {row['ndcg@10']:8.4f} {row['recall@100']:7.4f} {row['s_recall@10']:7.4f} "
               f"{row['s_recall@100']:8.4f} {row['alpha_ndcg@10']:9.4f} {row['ild@10']:7.4f}")
 
+    print(f"test queries learned from: 0 in each of the {len(res['systems'])} systems and "
+          f"{len(res['pairs']['systems'])} pair systems (setting chosen on {len(chosen_on)} train queries)")
     stem = "diversity" + ("_margin" if args.rule == "margin" else "") + ("_quick" if args.quick else "")
     write_atomic(OUT / f"{stem}.json", json.dumps(res, indent=2))
     with atomic_path(OUT / f"{stem}.png") as tmp_png:
         plot(res, tmp_png)
     print(f"\nwrote {OUT / (stem + '.json')} and {OUT / (stem + '.png')}")
+
+
+def learned_from(queries, name: str, fn, fn10, extra: list) -> int:
+    """:func:`held_out` for a system's row: what its calls (``fn`` and ``fn10``, where operators) learned from and
+    the ``extra`` sources (the parts of a composed call, the queries a setting was chosen on); 0, or it refuses."""
+    return held_out(queries, name, *(f for f in (fn, fn10) if hasattr(f, "learned_from")), *extra)
 
 
 def select_on_train(ds, dense, corpus, vecs: np.ndarray, n_c: int, quick: bool, z: float = 0.0,
@@ -354,7 +375,7 @@ def select_on_train(ds, dense, corpus, vecs: np.ndarray, n_c: int, quick: bool, 
     is printed as a warning and kept in the report's ``fallback`` (None when a setting qualified).
     ``rule="margin"``: the setting that meets both conditions most surely on train, the largest
     ``min(ILD margin / SE, recall margin / SE)`` (ignores z and nDCG).  Every setting's train numbers are
-    in the report.  Returns (fitted KnnEmbed, params, report).
+    in the report.  Returns (fitted KnnEmbed, params, report, the train queries it was chosen on).
     """
     import itertools
 
@@ -422,7 +443,7 @@ def select_on_train(ds, dense, corpus, vecs: np.ndarray, n_c: int, quick: bool, 
           f"train nDCG@10 {best['ndcg@10']:.4f} "
           f"(dense {nd0.mean():.4f}), ILD@10 {best['ild@10_ratio']:.3f}x, Recall@100 {best['recall@100']:.4f} "
           f"(dense {rc0.mean():.4f})")
-    return fitted[kw["n_clusters"]], kw, report
+    return fitted[kw["n_clusters"]], kw, report, tq
 
 
 def _meets(r: dict, z: float) -> bool:

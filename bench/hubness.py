@@ -11,7 +11,9 @@ defaults or chosen on train: the train queries are split (seeded) into a bank pa
 and a dev part (20%) and the grid point with the best dev nDCG@10 wins; the final
 operators then use all train queries as the bank.  Test queries are used only for the
 report: nDCG@10, Recall@100 (paired randomisation test vs raw), and hubness of the
-top-10 (k-occurrence N_10 over all documents, zeros included).  Writes
+top-10 (k-occurrence N_10 over all documents, zeros included).  Each row records how many test queries
+its operator learned from (``learned_from_test``: ``DBNorm.learned_from``, and the train queries its
+temperatures were chosen on), and the bench refuses to report one where that is not 0.  Writes
 ``bench/out/hubness.json`` (``hubness_quick.json`` with ``--quick``; in the folder ``RAGKIT_BENCH_OUT`` names,
 when set).
 """
@@ -25,7 +27,7 @@ import time
 
 import numpy as np
 
-from _common import OUT, SCIFACT, print_machine, write_atomic  # noqa: E402
+from _common import OUT, SCIFACT, held_out, print_machine, write_atomic  # noqa: E402
 
 
 def main() -> None:
@@ -143,10 +145,13 @@ def main() -> None:
     for name, cfg in configs.items():
         if cfg is None:
             run, ev, hub, fit_s, ms, phub = base_run, base_eval, base_hub, 0.0, 0.0, probe_base
+            taught = held_out(test_q, name, dense)
         else:
             t1 = time.perf_counter()
             op = DBNorm(**cfg).fit(corpus, train)
             fit_s = time.perf_counter() - t1
+            # its bank (the fit records it), and for a tuned one the bank and dev queries of the grid search
+            taught = held_out(test_q, name, op, *([bank_q, dev_q] if name.endswith("(tuned on train)") else []))
             t1 = time.perf_counter()
             st = op(test_state.copy())
             ms = 1000 * (time.perf_counter() - t1) / len(test_q)
@@ -161,7 +166,7 @@ def main() -> None:
                 ev.per_query["ndcg@10"], base_eval.per_query["ndcg@10"]),
             "p_recall@100": 1.0 if cfg is None else paired_randomization_test(
                 ev.per_query["recall@100"], base_eval.per_query["recall@100"]),
-            "hubness": hub.to_dict(), "hubness_probe": phub.to_dict(),
+            "hubness": hub.to_dict(), "hubness_probe": phub.to_dict(), "learned_from_test": taught,
         }
 
     print(f"\nSciFact test ({len(test_q)} queries), Dense(k={k}) MiniLM candidates reranked; banks from train "
@@ -190,6 +195,8 @@ def main() -> None:
     print(f"halving raw skewness needs {b['hubness']['skewness'] / 2:.2f} on the {len(test_q)} test queries; rankings "
           f"with no hubs at all measure {floor['test']:.2f} there (sampling alone), {floor['probe']:.2f} on the "
           f"{args.probe} pseudo-queries")
+    print(f"test queries learned from: 0 in each of the {len(rows)} rows (banks and temperatures from "
+          f"{len(train_q)} train queries)")
     path = write_atomic(OUT / ("hubness_quick.json" if args.quick else "hubness.json"),
                         json.dumps({"machine": machine,
                                     "config": {"k": k, "quick": args.quick, "test_queries": len(test_q),

@@ -29,6 +29,14 @@ def _finite(*xs: object) -> bool:
     return all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in xs)
 
 
+def _held_out(rows: object) -> None:
+    """Every row records that its fitted pipeline learned from (or its setting was chosen on) none of the test
+    queries it is evaluated on (``learned_from_test``, from ``learned_from``): a bench fitted on test passed
+    its check before, its numbers finite all the same."""
+    rows = list(rows.values()) if isinstance(rows, dict) else list(rows)  # type: ignore[call-overload]
+    assert rows and all(row["learned_from_test"] == 0 for row in rows), rows
+
+
 def _check_bm25_memory(r: dict) -> None:
     for mine, peer in (("fit", "peer_fit"), ("load_mmap", "peer_load_mmap")):
         assert mine in r and peer in r, list(r)
@@ -49,6 +57,8 @@ def _check_filters(r: dict) -> None:
     adapters = [n for n in ops if n.startswith("adapter")]
     assert len(adapters) == 2 and any(n.startswith("top-") for n in ops) and any(n.endswith("x top") for n in ops)
     assert all(_finite(o["precision"], o["recall"], o["mean_kept"]) for o in ops.values())
+    _held_out(ops)
+    _held_out([r["choice_on_train"]])
     baselines = {"raw cosine", "cosine / top cosine", "rank (top-k)"}
     assert baselines | set(adapters) == set(r["pr"]) and all(_finite(*d.values()) for d in r["pr"].values())
     for name in adapters:  # at the adapter's recall, against every baseline score (not raw cosine alone)
@@ -67,6 +77,8 @@ def _check_diversity(r: dict) -> None:
         assert _finite(row["ndcg@10"], row["recall@100"], row["ild@10"], row["latency_ratio"]), row
     pairs = r["pairs"]["systems"]
     assert "dense" in pairs and all(_finite(p["s_recall@10"], p["alpha_ndcg@10"]) for p in pairs.values())
+    _held_out(systems)
+    _held_out(pairs)
 
 
 def _check_hubness(r: dict) -> None:
@@ -75,6 +87,7 @@ def _check_hubness(r: dict) -> None:
     for row in rows.values():
         assert _finite(row["ndcg@10"], row["recall@100"], row["p_ndcg@10"], row["hubness"]["skewness"],
                        row["hubness_probe"]["skewness"]), row
+    _held_out(rows)
     assert _finite(r["random_floor"]["test"], r["random_floor"]["probe"])
 
 
@@ -82,6 +95,7 @@ def _check_quality(r: dict) -> None:
     rows = r["results"]
     assert {"BM25", "MiniLM dense", r["best_learned"], r["best_unlearned"]} <= set(rows)
     assert all(_finite(v["ndcg@10"], v["recall@100"]) for v in rows.values()) and 0 <= r["p_value"] <= 1
+    _held_out(rows)
 
 
 def _check_scale(r: dict) -> None:
@@ -166,6 +180,45 @@ def test_bench_quick_runs(bench: str, expect: str, written: str, check, tmp_path
     # 809 judged train queries' and warned 26 times that 609 were not in the run)
     assert "judged queries are not in the run" not in out.stdout + out.stderr, out.stderr[-3000:]
     assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary file left behind
+
+
+def test_held_out_refuses_a_result_taught_on_the_test_queries() -> None:
+    """The quality, filters, hubness and diversity benches fitted and chose on the train split by convention
+    only: fitting on the test queries passed their tests.  ``held_out`` (called per row before it is evaluated)
+    is 0 for a pipeline fitted on other queries and refuses, naming the row and the count, one that learned from
+    the evaluated queries (``learned_from``: same id and text) or a choice made by hand on them (their ids, given
+    as a Queries, a State or a list)."""
+    from ragkit import Corpus, Queries, TrainSet
+    from ragkit.pipelines import Pipeline
+    from ragkit.types import State
+
+    common = bench_module("_common")
+    topics = ["stem cells", "protein folding", "vitamin d", "bone density", "insulin resistance", "gut bacteria",
+              "blood pressure", "tumour growth"]
+    texts = [f"{t} {w}" for t in topics for w in ("study in patients", "trial results")]
+    corpus = Corpus(ids=[f"doc-{i}" for i in range(len(texts))], texts=texts)
+    queries = Queries([f"q{i}" for i in range(len(topics))], [f"what about {t}?" for t in topics])
+    qrels = {q: {f"doc-{2 * i}": 2, f"doc-{(2 * i + 5) % len(texts)}": 0} for i, q in enumerate(queries.ids)}
+    train_q, test_q = queries[:6], queries[6:]
+    yaml = ("pipeline:\n  - parallel:\n      branches: [{bm25: {k: 5}}, {bm25: {k: 5, k1: 1.5}}]\n"
+            "      fuse: {rrf: {learn: true}}\n")
+
+    def fitted(on: Queries):  # noqa: ANN202
+        return Pipeline.from_yaml(yaml).fit(corpus, TrainSet(on, {q: qrels[q] for q in on.ids}))
+
+    assert common.held_out(test_q, "learned", fitted(train_q), train_q, State.of(train_q), ["q0"]) == 0
+    assert common.held_out(test_q, "bm25", Pipeline.from_yaml("pipeline: [{bm25: {}}]").fit(corpus)) == 0
+    with pytest.raises(common.TaughtOnTest, match=r"^learned: learned from 2 of the 2 evaluated test queries "
+                                                   r"\('q6', 'q7'\), whose scores would not be held out"):
+        common.held_out(test_q, "learned", fitted(queries[4:]))
+    for chosen in (queries[7:], State.of(queries[7:]), ["q7"]):  # a cut-off or setting chosen on one test query
+        with pytest.raises(common.TaughtOnTest, match=r"^tuned: learned from 1 of the 2 evaluated test queries "
+                                                       r"\('q7'\)"):
+            common.held_out(test_q, "tuned", fitted(train_q), chosen)
+    with pytest.raises(TypeError, match=r"held_out\('x'\): source 0 must be .*got int"):
+        common.held_out(test_q, "x", 3)
+    with pytest.raises(TypeError, match=r"held_out\('x'\): the evaluated queries must be a ragkit Queries"):
+        common.held_out(["q6"], "x")
 
 
 def test_pipeline_overhead_quick_writes_its_own_file(tmp_path: Path) -> None:
