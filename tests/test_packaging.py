@@ -111,6 +111,27 @@ def test_python_m_ragkit_runs_the_cli(tmp_path):
     assert out.returncode == 0 and out.stdout == f"ragkit {PYPROJECT['project']['version']}\n", out.stderr
 
 
+def test_the_sdist_carries_what_its_test_suite_needs(tmp_path):
+    """The tests import their conftest, typing fixtures, examples and benchmarks: a source
+    distribution without them holds a suite that cannot run (``No module named 'conftest'``)."""
+    import shutil
+    import tarfile
+
+    src = tmp_path / "src"  # a copy without build outputs: an egg-info's SOURCES.txt would list files itself
+    shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(".git", ".venv", ".mypy_cache", "build", "dist",
+                                                              "*.egg-info", "__pycache__", ".pytest_cache"))
+    out = subprocess.run([sys.executable, "-c", "import setuptools; setuptools.setup()", "-q", "sdist",
+                          "--dist-dir", str(tmp_path)], cwd=src, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    (sdist,) = tmp_path.glob("ragkit-*.tar.gz")
+    with tarfile.open(sdist) as tar:
+        names = {n.split("/", 1)[1] for n in tar.getnames() if "/" in n}
+    for need in ("tests/conftest.py", "tests/typing/user_code.py", "examples/hybrid.yaml", "examples/_common.py",
+                 "bench/_common.py", ".ci/run", "README.md", "LICENSE", "pyproject.toml", "retrievers/bm25.py"):
+        assert need in names, need
+    assert not [n for n in names if n.startswith("bench/out/") or "__pycache__" in n]
+
+
 def test_license_and_dependencies_in_pyproject():
     project = PYPROJECT["project"]
     assert project["license"] == "Apache-2.0" and project["license-files"] == ["LICENSE"]
