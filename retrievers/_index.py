@@ -53,8 +53,11 @@ batched top-k inner-product / cosine queries.  Storage and search are parameters
   under ``FILTER_EXACT_MAX`` passing rows) exactly on the passing rows (codes fetched from usearch).
 
 Rows are *slots*: ``build`` numbers vectors ``0..n-1``, ``add`` appends, ``remove`` marks
-slots dead (tombstones, removed from the HNSW graph) without a rebuild; ``compact`` frees them,
-renumbering the live slots and returning the old -> new map.
+slots dead (tombstones) without a rebuild; ``compact`` frees them, renumbering the live slots and
+returning the old -> new map.  An HNSW graph keeps dead nodes and their links (usearch's own removal
+lets the next ``add`` reuse a node and cut its neighbours' links: live documents dropped out of
+the graph) and searches skip them, until they pass ``GRAPH_DEAD_FRACTION`` of its nodes and the
+graph is rebuilt from the live codes, slots unchanged.
 
 Persistence: ``save(folder)`` writes plain files (``<prefix>.json`` manifest with sizes and
 CRC32 checksums, ``.npy`` arrays, ``<prefix>.usearch``), each through a temporary name renamed
@@ -120,6 +123,9 @@ I8_SCALE_VALUES = 1 << 22
 #: a filtered HNSW search whose filter passes at most this many live rows scores them exactly, their codes
 #: fetched from usearch (~2 us a row); more go through the graph, oversampled by the filter's selectivity
 FILTER_EXACT_MAX = 4_096
+#: an HNSW graph is rebuilt from its live codes (:meth:`VectorIndex.rebuild_graph`) when the dead nodes it keeps
+#: after ``remove`` pass this share of its nodes (searches drop them from a shortlist widened by that share)
+GRAPH_DEAD_FRACTION = 0.25
 #: PCA is fitted on at most this many vectors (a seeded random sample of larger sets)
 PCA_SAMPLE = 200_000
 #: bytes of each float64 block of the PCA sample (mean and covariance are summed block by block)
@@ -388,6 +394,7 @@ class VectorIndex:
     added_clipped: tuple[int, int] = (0, 0)  # (clipped, all) int8 coordinates of the last add()'s vectors
     i8_scale: np.float32
     _view: bool  # ``usearch`` is a read-only view of the file at ``_view_path``
+    _graph_free: bool = False  # the graph holds nodes usearch's ``remove`` freed (loaded from an earlier version)
     _view_path: str
     _codes_buf: np.ndarray
 
@@ -681,6 +688,7 @@ class VectorIndex:
         self.alive = np.ones(n, dtype=bool)
         self.codes = None
         self.usearch = None
+        self._graph_free = False
         if self.backend == "numpy":
             codes = self._stored_codes_of(x)
             # f32 / no reduction: ``codes`` can be the caller's own array; never keep it (a caller
@@ -888,6 +896,8 @@ class VectorIndex:
         if self.backend == "numpy":
             self.codes = self._grown_codes(self._stored_codes_of(x))
         else:
+            if self._graph_free:  # nodes usearch removed (a graph edited by an earlier
+                self.rebuild_graph()  # version): usearch's add would reuse them and unlink their neighbours
             self._add_to_graph(slots, x)
         if self.rescore:
             self.floats = self._append_floats(full)
@@ -912,7 +922,14 @@ class VectorIndex:
         return buf[:n + m]
 
     def remove(self, slots: np.ndarray) -> None:
-        """Mark slots deleted (removed from the HNSW graph; numpy codes become tombstones)."""
+        """Mark slots deleted (tombstones).  An HNSW graph keeps their nodes, links and keys (searches skip
+        them) until they pass ``GRAPH_DEAD_FRACTION`` of its nodes, when it is rebuilt from the live codes
+        (:meth:`rebuild_graph`, slots unchanged).
+
+        usearch's own ``remove`` is not used: its next ``add`` reuses a removed node (``index_gt::update``),
+        clearing that node's links, and a node whose only incoming link came from it drops out of the graph
+        (a document added to SciFact's hashed vectors, then its one neighbour removed, was never found
+        again, not even by its own vector at ``expansion_search`` 1,000)."""
         self._check_built()
         slots = np.unique(np.asarray(slots, dtype=np.int64))
         if len(slots) and (slots.min() < 0 or slots.max() >= self.n_slots or not self.alive[slots].all()):
@@ -920,12 +937,26 @@ class VectorIndex:
                             f"got {slots.tolist()[:10]}")
         if not len(slots):
             return
-        self._writable()
         alive = self.alive.copy()
         alive[slots] = False
         self.alive = alive
-        if self.usearch is not None:
-            self.usearch.remove(slots.astype(np.uint64))
+        if self.usearch is not None and self._graph_dead() > GRAPH_DEAD_FRACTION * len(self.usearch):
+            self.rebuild_graph()
+
+    def _graph_dead(self) -> int:
+        """Dead slots whose nodes the HNSW graph still holds (0 without a graph)."""
+        return len(self.usearch) - self.n_alive if self.usearch is not None else 0
+
+    def rebuild_graph(self) -> None:
+        """Build the HNSW graph anew from the live slots' codes, keeping the slots (no renumbering, unlike
+        :meth:`compact`): the dead nodes and every link an edit left go.  :meth:`remove` calls it when dead
+        nodes pass ``GRAPH_DEAD_FRACTION`` of the graph; it costs a build of the live vectors."""
+        self._check_built()
+        if self.usearch is None:
+            return
+        live = np.flatnonzero(self.alive)
+        self._new_graph_from(live, self._live_codes(live))
+        self._graph_free = False
 
     def compact(self) -> np.ndarray:
         """Free removed slots: drop the dead rows of the codes and float vectors and number the live
@@ -948,31 +979,42 @@ class VectorIndex:
             self.codes = np.ascontiguousarray(np.asarray(self._stored_codes())[live])
             self._codes_buf = None  # type: ignore[assignment]
         else:
-            graph = self._graph()
-            codes = np.concatenate([self._get(live[a:a + BLOCK]) for a in range(0, len(live), BLOCK)]) if len(live) \
-                else self._get(live)
-            from usearch.index import Index
-
-            # the old graph's kind (an i8 graph saved with the ``cos`` kernel by earlier versions stays one)
-            self.usearch = Index(ndim=graph.ndim, metric=graph.metric_kind, dtype=graph.dtype,
-                                 connectivity=graph.connectivity, expansion_add=self.expansion_add,
-                                 expansion_search=self.expansion_search)
-            self._view = False
-            if len(live):
-                if self.reorder:
-                    xs = np.unpackbits(codes, axis=1)[:, : self.ndim].astype(np.float32) * 2 - 1 \
-                        if self.dtype == "b1" else codes.astype(np.float32)
-                    order = insertion_order(xs)
-                    del xs
-                else:
-                    order = np.arange(len(live), dtype=np.int64)
-                for a in range(0, len(order), 131_072):
-                    rows = order[a:a + 131_072]
-                    self._graph().add(rows.astype(np.uint64), codes[rows], threads=self.threads)
+            self._new_graph_from(np.arange(len(live), dtype=np.int64), self._live_codes(live))
+            self._graph_free = False
         if self.floats is not None:
             self.floats = self._write_live_floats(live)
         self.alive = np.ones(len(live), dtype=bool)
         return remap
+
+    def _live_codes(self, live: np.ndarray) -> np.ndarray:
+        """The graph's codes of slots ``live`` (fetched ``BLOCK`` rows at a time)."""
+        if not len(live):
+            return self._get(live)
+        return np.concatenate([self._get(live[a:a + BLOCK]) for a in range(0, len(live), BLOCK)])
+
+    def _new_graph_from(self, keys: np.ndarray, codes: np.ndarray) -> None:
+        """Replace the HNSW graph by a new one of ``codes`` (the graph's own codes) under ``keys``, inserted in
+        :func:`~ragkit.retrievers._locality.insertion_order` when ``reorder``."""
+        graph = self._graph()
+        from usearch.index import Index
+
+        # the old graph's kind (an i8 graph saved with the ``cos`` kernel by earlier versions stays one)
+        self.usearch = Index(ndim=graph.ndim, metric=graph.metric_kind, dtype=graph.dtype,
+                             connectivity=graph.connectivity, expansion_add=self.expansion_add,
+                             expansion_search=self.expansion_search)
+        self._view = False
+        if not len(keys):
+            return
+        if self.reorder:
+            xs = np.unpackbits(codes, axis=1)[:, : self.ndim].astype(np.float32) * 2 - 1 \
+                if self.dtype == "b1" else codes.astype(np.float32)
+            order = insertion_order(xs)
+            del xs
+        else:
+            order = np.arange(len(keys), dtype=np.int64)
+        for a in range(0, len(order), 131_072):
+            rows = order[a:a + 131_072]
+            self._graph().add(keys[rows].astype(np.uint64), codes[rows], threads=self.threads)
 
     def _write_live_floats(self, live: np.ndarray) -> np.ndarray:
         """A new scratch ``.npy`` of the float vectors of slots ``live``, copied in chunks of ``COPY_BYTES``."""
@@ -1140,42 +1182,51 @@ class VectorIndex:
             s = 1.0 - dist
         return np.where(valid, s, -np.inf).astype(np.float32), np.where(valid, keys, -1)
 
-    def _filtered_hnsw(self, qr: np.ndarray, kk: int, mask: np.ndarray,
+    def _filtered_hnsw(self, qr: np.ndarray, kk: int, mask: np.ndarray | None,
                        ef: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Top-``kk`` of the graph among the live slots ``mask`` passes.
+        """Top-``kk`` of the graph among the live slots ``mask`` passes (None: every live slot, of a graph that
+        still holds dead nodes).
 
         A filter passing at most ``min(FILTER_EXACT_MAX, exact_max)`` live rows is answered exactly on
         them (their codes fetched from usearch, one Python object a row: 40,000 rows x 128 dims, a 50%
         filter took 117 ms a query, 39 ms on an exact index).  A broader one searches the graph for
-        ``fetch = 2 * kk / selectivity + expansion_search`` neighbours and keeps those that pass;
-        queries still short of ``kk`` passing rows search again with 4x the width, and then exactly.
+        ``fetch = 2 * kk / selectivity + expansion_search`` neighbours (the selectivity among the graph's
+        nodes, dead ones included) and keeps those that pass; without a filter, ``kk`` over the live share
+        of the nodes, with a margin.  Queries still short of ``kk`` passing rows search again with 4x the
+        width, and then exactly.
         """
-        passing = np.flatnonzero(mask & self.alive)
-        want = min(kk, len(passing))
-        if len(passing) <= min(FILTER_EXACT_MAX, self.exact_max) or want == 0:
-            return self._exact(qr, kk, passing)
-        sel = len(passing) / max(self.n_alive, 1)
-        fetch = int(min(self.n_alive, np.ceil(2 * kk / sel) + (self.expansion_search if ef is None else ef)))
-        s, i = self._passing_hnsw(qr, fetch, kk, mask, ef)
+        ok = self.alive if mask is None else (mask & self.alive)
+        n_pass = self.n_alive if mask is None else int(np.count_nonzero(ok))
+        want = min(kk, n_pass)
+        if want == 0 or (mask is not None and n_pass <= min(FILTER_EXACT_MAX, self.exact_max)):
+            return self._exact(qr, kk, np.flatnonzero(ok))
+        nodes = max(len(self._graph()), n_pass)
+        sel = n_pass / nodes
+        beam = self.expansion_search if ef is None else ef
+        if mask is None:  # usearch's beam holds dead nodes too: as many more as they are (ef 64, 20% dead: 80)
+            fetch = int(min(nodes, np.ceil(max(1.25 * kk, beam) / sel) + 8))
+        else:
+            fetch = int(min(nodes, np.ceil(2 * kk / sel) + beam))
+        s, i = self._passing_hnsw(qr, fetch, kk, ok, ef)
         short = np.flatnonzero((i >= 0).sum(axis=1) < want)
-        if len(short) and fetch < self.n_alive:  # too few passed in the shortlist: search those wider
-            s2, i2 = self._passing_hnsw(qr[short], int(min(self.n_alive, 4 * fetch)), kk, mask, ef)
+        if len(short) and fetch < nodes:  # too few passed in the shortlist: search those wider
+            s2, i2 = self._passing_hnsw(qr[short], int(min(nodes, 4 * fetch)), kk, ok, ef)
             s[short], i[short] = s2, i2
             short = short[(i2 >= 0).sum(axis=1) < want]
         if len(short):  # still too few: answer those exactly
-            es, ei = self._exact(qr[short], kk, passing)
+            es, ei = self._exact(qr[short], kk, np.flatnonzero(ok))
             es, ei = _sort_desc(es, ei)
             pad = kk - es.shape[1]
             s[short] = np.pad(es, ((0, 0), (0, pad)), constant_values=-np.inf)
             i[short] = np.pad(ei, ((0, 0), (0, pad)), constant_values=-1)
         return s, i
 
-    def _passing_hnsw(self, qr: np.ndarray, fetch: int, kk: int, mask: np.ndarray,
+    def _passing_hnsw(self, qr: np.ndarray, fetch: int, kk: int, ok: np.ndarray,
                       ef: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """The graph's top ``fetch`` of each query, those ``mask`` passes kept, cut to ``(n_q, kk)`` (-1 pads)."""
+        """The graph's top ``fetch`` of each query, the live slots ``ok`` kept, cut to ``(n_q, kk)`` (-1 pads)."""
         s, i = self._hnsw(qr, fetch, ef)
-        ok = (i >= 0) & mask[np.maximum(i, 0)]
-        s, i = _sort_desc(np.where(ok, s, -np.inf), np.where(ok, i, -1))
+        keep = (i >= 0) & ok[np.maximum(i, 0)]
+        s, i = _sort_desc(np.where(keep, s, -np.inf), np.where(keep, i, -1))
         s, i = s[:, :kk], i[:, :kk]
         if i.shape[1] < kk:
             s = np.pad(s, ((0, 0), (0, kk - s.shape[1])), constant_values=-np.inf)
@@ -1276,9 +1327,11 @@ class VectorIndex:
         if self.backend == "numpy":
             rows = None if mask is None else np.flatnonzero(mask & self.alive)
             s, i = self._exact(qr, first, rows)
-        elif mask is None:  # a request for every live slot is answered exactly: a graph walk may miss a
-            # node that edits left poorly linked (seen after add + remove on several threads)
-            s, i = self._exact(qr, first, None) if first >= self.n_alive else self._hnsw(qr, first, ef)
+        elif mask is None:  # a request for every live slot is answered exactly (no graph walk can miss one)
+            if first >= self.n_alive:
+                s, i = self._exact(qr, first, None)
+            else:  # a graph holding dead nodes: those are dropped from a wider shortlist
+                s, i = self._filtered_hnsw(qr, first, None, ef) if self._graph_dead() else self._hnsw(qr, first, ef)
         else:
             s, i = self._filtered_hnsw(qr, first, mask, ef)
         if b1_graph and i.shape[1]:  # the float query against the bits
@@ -1469,9 +1522,16 @@ class VectorIndex:
                 self.usearch = self._restore(str(p), view=mmap)
             except Exception as e:  # usearch raises RuntimeError/ValueError on a bad header
                 raise ArtifactError(f"{p}: usearch could not read it ({e})") from None
-            if self.usearch is None or self.usearch.size != int(self.alive.sum()):
+            # every live slot, and the dead ones not yet dropped by a rebuild (earlier versions: none)
+            if self.usearch is None or not self.n_alive <= self.usearch.size <= self.n_slots:
                 raise ArtifactError(f"{p}: holds {getattr(self.usearch, 'size', None)} vectors, "
-                                    f"{int(self.alive.sum())} expected")
+                                    f"{self.n_alive} to {self.n_slots} expected")
+            from usearch.index import Index
+
+            try:  # nodes usearch itself removed (earlier versions' remove): rebuilt before the next add
+                self._graph_free = int((Index.metadata(str(p)) or {}).get("count_deleted") or 0) > 0
+            except Exception:
+                self._graph_free = True
             self._view, self._view_path = mmap, os.path.abspath(p)  # absolute: a later chdir changes nothing
             if mmap:
                 self._mapped[os.path.abspath(p)] = _file_id(p)
