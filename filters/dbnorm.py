@@ -195,9 +195,9 @@ def dbnorm_scores(
 #: dbnorm_dense divides by beta: noise of 1e4 on its cosines, and at 1e-300 values beyond float32), while the
 #: normalisation has long vanished (beta -> 0 ranks as plain dense).
 MIN_BETA = 1e-6
-#: The largest inverse temperature: the bank cosines times beta are exponentiated in float32, and the scores
-#: ``beta * cos - log Z`` (dbnorm_dense: ``(beta1 + beta2) * cos - ...``) reach about 4 times beta in size, which
-#: must stay within float32's 3.4e38 (any beta above ~1e3 already weighs the nearest bank item only).
+#: The bound on inverse temperatures (beta < MAX_BETA): the bank cosines times beta are exponentiated in float32,
+#: and the scores ``beta * cos - log Z`` (dbnorm_dense: ``(beta1 + beta2) * cos - ...``) reach about 4 times beta in
+#: size, which must stay within float32's 3.4e38 (any beta above ~1e3 already weighs the nearest bank item only).
 MAX_BETA = 1e37
 
 
@@ -234,13 +234,13 @@ class BankParams(Params):
                          f"inverted softmax, is 'qbnorm'. {fix}")
             return "dualis"
         return v
-    beta: float = Field(20.0, ge=MIN_BETA, le=MAX_BETA, description=(
-        "Inverse temperature of is/qbnorm (cosine scale; 1e-6 to 1e37: below, the penalties' differences sink into "
+    beta: float = Field(20.0, ge=MIN_BETA, lt=MAX_BETA, description=(
+        "Inverse temperature of is/qbnorm (cosine scale; 1e-6 up to 1e37: below, the penalties' differences sink into "
         "float64 rounding; above, float32 overflows)."))
-    beta1: float = Field(0.5, ge=MIN_BETA, le=MAX_BETA, description=(
-        "Inverse temperature of the query-bank factor (dualis/ddis; 1e-6 to 1e37)."))
-    beta2: float = Field(3.0, ge=MIN_BETA, le=MAX_BETA, description=(
-        "Inverse temperature of the gallery-bank factor (dualis/ddis; 1e-6 to 1e37)."))
+    beta1: float = Field(0.5, ge=MIN_BETA, lt=MAX_BETA, description=(
+        "Inverse temperature of the query-bank factor (dualis/ddis; 1e-6 up to 1e37)."))
+    beta2: float = Field(3.0, ge=MIN_BETA, lt=MAX_BETA, description=(
+        "Inverse temperature of the gallery-bank factor (dualis/ddis; 1e-6 up to 1e37)."))
     query_bank: Literal["train", "pseudo"] = Field(
         "train", description="Query bank: the training queries, or first sentences of random documents "
                              "(used automatically when fit gets no training queries).")
@@ -639,7 +639,7 @@ class DBNormDense(_BankOperator):
             at = f"{self.name}.{'beta1' if p.dual else 'beta'}"
             raise ParamError(f"{at}: {what}={self.scale!r} scales the documents' penalties log Z to values beyond "
                              f"float32 (log Z from {penalty.min():.6g} to {penalty.max():.6g}, divided by {what}); "
-                             f"use betas between {MIN_BETA:g} and {MAX_BETA:g}", path=at)
+                             f"use betas from {MIN_BETA:g} up to {MAX_BETA:g}", path=at)
         aug[:, d] = coord
         info["penalty_shift"] = self.shift_
         self.index_ = VectorIndex(dtype="f32", metric="ip", search="exact").build(aug, copy=False)
