@@ -86,14 +86,34 @@ def _as_ids(values: Iterable[Any], what: str) -> np.ndarray:
 
 
 def _id_string(x: Any, what: str, i: int) -> str:
-    """One id as a string (:func:`_as_ids`): a float of an integral value as its integer's; NaN refused."""
+    """One id as a string (:func:`_as_ids`): a float of an integral value as its integer's; NaN, infinity and
+    another missing value (``None``, ``pandas.NA``) refused, naming ``what[i]``."""
+    if type(x) is str:
+        return x
     if isinstance(x, (float, np.floating)):
         if not math.isfinite(x):
             raise DataError(f"{what}[{i}] is {x!r}, not an id; a missing id (NaN) names nothing: drop that row or "
                             "give it an id")
         if float(x).is_integer():
             return str(int(x))
-    return x if type(x) is str else str(x)
+    elif is_missing(x):
+        raise DataError(f"{what}[{i}] is {x!r}, not an id; a missing id names nothing: drop that row or give it "
+                        "an id")
+    return str(x)
+
+
+def _key_ids(keys: Iterable[Any], what: str) -> list[str]:
+    """The keys of a mapping as ids (:func:`_id_string`: ``1.0`` -> ``"1"``, NaN refused naming
+    ``what[position]``); keys that are all strings as they are, strings and ints with ``str`` alone."""
+    keys = list(keys)
+    types = set(map(type, keys))
+    if types <= _PLAIN_IDS:  # (strings and ints: nothing to refuse, no call per key)
+        return keys if types <= {str} else [k if type(k) is str else str(k) for k in keys]
+    return [_id_string(k, what, i) for i, k in enumerate(keys)]
+
+
+#: the types of ids :func:`_key_ids` writes with ``str`` alone
+_PLAIN_IDS = frozenset({str, int})
 
 
 #: a lone surrogate: what text decoded with ``errors="surrogateescape"`` holds, and no UTF-8 file can
@@ -201,12 +221,14 @@ def _text_column(col: np.ndarray, what: str, ids: np.ndarray, missing_ok: bool =
     return col if out is values else _column(out)
 
 
-def series_ids(series: Any) -> list[str] | None:
+def series_ids(series: Any, what: str = "Series.index") -> list[str] | None:
     """The ids a pandas ``Series`` of texts holds in its index (as strings), or ``None`` where its index is row
-    numbers: ids are an index of strings, or an integer index with a name (``df.set_index('_id')['text']``:
-    pandas reads SciFact's ``_id`` column as int64).  An unnamed integer index is row labels, also after a
-    ``df.sample(...)`` or a train/test split (not a ``RangeIndex`` any more): read as ids, SciFact's query
-    ``'1053'`` would get the text of row 1053."""
+    numbers: ids are an index of strings, or an integer or float index with a name
+    (``df.set_index('_id')['text']``: pandas reads SciFact's ``_id`` column as int64, as float64 where a value
+    is missing).  A float id of an integral value is its integer's string (``1.0`` -> ``"1"``), a NaN one a
+    :class:`DataError` naming ``what[position]`` (:func:`_as_ids`).  An unnamed integer index is row labels,
+    also after a ``df.sample(...)`` or a train/test split (not a ``RangeIndex`` any more): read as ids,
+    SciFact's query ``'1053'`` would get the text of row 1053."""
     import pandas as pd
 
     index = series.index
@@ -214,6 +236,9 @@ def series_ids(series: Any) -> list[str] | None:
         return None
     if index.inferred_type == "string" or (index.name is not None and pd.api.types.is_integer_dtype(index.dtype)):
         return [str(k) for k in index]
+    if index.name is not None and pd.api.types.is_float_dtype(index.dtype):
+        ids: list[str] = _as_ids(index.to_numpy(dtype=np.float64, na_value=np.nan), what).tolist()
+        return ids
     return None
 
 
@@ -231,14 +256,14 @@ def ids_and_texts(values: Any, what: str) -> tuple[list[str] | None, list[Any]]:
     if isinstance(values, (str, bytes)):
         raise DataError(f"{what}: expected a list of texts, got one {type(values).__name__} ({values!r:.60}); wrap it "
                         "in a list" + (" (decoded)" if isinstance(values, bytes) else ""))
-    if isinstance(values, Mapping):
-        return [k if type(k) is str else str(k) for k in values], list(values.values())
+    if isinstance(values, Mapping):  # (keys as ids: 1.0 -> "1", as Queries and Corpus read ids; NaN refused)
+        return _key_ids(values, f"{what}: the mapping's keys"), list(values.values())
     pd = sys.modules.get("pandas")
     if pd is not None and isinstance(values, pd.DataFrame):
         raise DataError(f"{what}: got a pandas DataFrame (its column names would be the texts); pass its text column "
                         "(df['text']), or ids and texts: dict(zip(df['id'], df['text']))")
     if pd is not None and isinstance(values, pd.Series):
-        return series_ids(values), values.tolist()
+        return series_ids(values, f"{what}: the Series' index"), values.tolist()
     if callable(values) and not isinstance(values, Iterable):
         raise DataError(f"{what}: got {_callable(values)}, not texts; call it (e.g. data.queries('test'), not "
                         "data.queries)")
@@ -1045,15 +1070,21 @@ def check_qrels(qrels: Any, who: str) -> Qrels:
                 else "")
         raise DataError(f"{who}: qrels must be a mapping {{query_id: {{doc_id: grade}}}}, got {_kind(qrels)}{hint}")
     out: Qrels = {}
-    for q, rel in qrels.items():
+    for position, (q, rel) in enumerate(qrels.items()):
         if not isinstance(rel, Mapping):
             hint = ("; for lists of relevant document ids: {q: {d: 1 for d in ids} for q, ids in qrels.items()}"
                     if isinstance(rel, (list, tuple, set, frozenset)) else "")
             raise DataError(f"{who}: qrels[{q!r}] is {_kind(rel)}, expected a mapping "
                             f"{{doc_id: grade}} (qrels are {{query_id: {{doc_id: grade}}}}){hint}")
-        docs = {d if type(d) is str else str(d): _grade(r, q, d, who) for d, r in rel.items()}
+        # (ids as Queries and Corpus read them: 1.0 -> "1", a NaN key refused naming its position)
+        qid = q if type(q) is str else _id_string(q, f"{who}: qrels' query ids", position)
+        if set(map(type, rel)) <= _PLAIN_IDS:
+            docs = {d if type(d) is str else str(d): _grade(r, q, d, who) for d, r in rel.items()}
+        else:
+            keys = _key_ids(rel, f"{who}: qrels[{qid!r}]'s document ids")
+            docs = {k: _grade(r, q, d, who) for k, (d, r) in zip(keys, rel.items())}
         ids_once(docs, rel, f"{who}: qrels[{q!r}] names a document")
-        out[q if type(q) is str else str(q)] = docs
+        out[qid] = docs
     ids_once(out, qrels, f"{who}: qrels name a query")
     return out
 
@@ -1062,7 +1093,8 @@ def ids_once(written: Mapping[str, Any], given: Mapping[Any, Any], what: str) ->
     """Refuse (:class:`DataError`, starting ``what``) ids of ``given`` that name one id twice once written as
     strings (``1`` and ``"1"``): ``written``, keyed by those strings, is then shorter."""
     if len(written) != len(given):
-        raise DataError(f"{what} twice once its ids are strings: {repeated(str(x) for x in given)[0]!r}")
+        raise DataError(f"{what} twice once its ids are strings: "
+                        f"{repeated(x if type(x) is str else _id_string(x, what, 0) for x in given)[0]!r}")
 
 
 @dataclass(frozen=True)
@@ -1226,7 +1258,7 @@ class TrainSet:
             queries = Queries.from_texts(queries)
         pd = sys.modules.get("pandas")
         if pd is not None and isinstance(queries, pd.Series):  # texts indexed by query id
-            index_ids = series_ids(queries)
+            index_ids = series_ids(queries, "TrainSet.queries: the Series' index")
             if index_ids is None:
                 raise DataError("TrainSet.queries: a pandas Series of texts needs the query ids as its index (the "
                                 "qrels are keyed by query id), got one indexed by row number "
@@ -1427,8 +1459,11 @@ def _qrels_of(qrels: Any) -> Any:
             raise DataError(f"TrainSet: a qrels DataFrame needs the columns 'query-id', 'corpus-id', 'score' (one row "
                             f"per judgement, as BEIR's qrels TSV), got {[str(c) for c in qrels.columns]}; rename "
                             "them: df.rename(columns={...})")
+        # (ids as Queries and Corpus read them: a float column's 1.0 -> "1", a NaN refused naming its row)
+        qs, ds = (_as_ids(qrels[c].to_numpy(), f"TrainSet: the qrels DataFrame's column {c!r}").tolist()
+                  for c in columns[:2])
         out: dict[Any, dict[Any, Any]] = {}
-        for q, d, g in zip(*(qrels[c].tolist() for c in columns)):
+        for q, d, g in zip(qs, ds, qrels["score"].tolist()):
             rel = out.setdefault(q, {})
             if d in rel and rel[d] != g:
                 raise DataError(f"TrainSet: the qrels DataFrame judges document {d!r} for query {q!r} twice, "
@@ -1531,6 +1566,24 @@ class TraceEvent:
 QUERY_REWRITES = ("query_text", "lexical_query")
 
 
+def _state_texts(given: Any) -> list[str]:
+    """``State.queries`` as a list of strings: a list, tuple, numpy array or other iterable of them; one
+    string, bytes, a mapping, a pandas ``DataFrame``, ``None`` or anything that is no collection of strings (a
+    ``Queries``' ``(id, text)`` pairs as a list) a :class:`DataError` saying what ``State`` takes."""
+    takes = ("State takes a list of query texts (query_ids=[...] for their ids), or Queries(ids, texts); "
+             "State.of(...) also takes a mapping {query_id: text}")
+    pd = sys.modules.get("pandas")
+    if (isinstance(given, (str, bytes, Mapping)) or not isinstance(given, Iterable)
+            or (pd is not None and isinstance(given, pd.DataFrame))):
+        hint = "; wrap it in a list" if isinstance(given, str) else ""
+        raise DataError(f"State.queries: got {_kind(given)}; {takes}{hint}")
+    texts = given.tolist() if isinstance(given, np.ndarray) else list(given)
+    try:  # (one str.join per chunk, in C: no Python loop over the queries)
+        return check_texts(texts, "State.queries")
+    except DataError as e:
+        raise DataError(f"{e}; {takes}") from None
+
+
 @dataclass
 class State:
     """What an operator receives and returns.
@@ -1538,7 +1591,11 @@ class State:
     Attributes
     ----------
     queries : list of str, length n_q
+        Given as a list (tuple, array) of strings, or as :class:`Queries` (``data.queries("test")``: its
+        texts, and its ids as ``query_ids``); anything else (one string, a mapping, ``(id, text)`` pairs)
+        is a :class:`~ragkit.errors.DataError` saying what State takes (:meth:`State.of` takes a mapping).
     query_ids : list of str, length n_q
+        ``"q0", "q1", ...`` when left out.
     rankings : list of Ranking or None
         One per query; ``None`` before any retriever ran.
     vectors : dict of str -> ndarray (n_q, d)
@@ -1566,9 +1623,14 @@ class State:
     qrels: Qrels | None = None
 
     def __post_init__(self) -> None:
-        if isinstance(self.queries, str):
-            raise DataError("State.queries must be a list of strings, got one string; wrap it in a list")
-        self.queries = list(self.queries)
+        given: Any = self.queries
+        if isinstance(given, Queries):  # (data.queries("test")): its texts, and its ids unless others are given
+            if self.query_ids and list(self.query_ids) != given.ids:
+                raise DataError(f"State: query_ids ({some_ids(self.query_ids)}) differ from the ids of the Queries "
+                                f"given ({some_ids(given.ids)}); leave query_ids out (the Queries' ids are kept)")
+            self.queries, self.query_ids = list(given.texts), list(given.ids)
+        else:
+            self.queries = _state_texts(given)
         if not self.query_ids:
             self.query_ids = [f"q{i}" for i in range(len(self.queries))]
         if len(self.query_ids) != len(self.queries):
