@@ -522,12 +522,11 @@ class KnnEmbed(Operator):
 
         p = self.params
         call_k = state.options.get("k")
-        if p.merge != "score" or call_k is None or self.opt(state, "k") is not None \
-                or self.__dict__.get("_warned_dense_head"):
+        if p.merge != "score" or self.opt(state, "k") is not None or self.__dict__.get("_warned_dense_head"):
             return
         k_a = int(math.floor(p.anchor_share * k + 0.5))
-        read = ranked_later()
-        if read is None and 0 < int(call_k) <= k_a < k:
+        read = ranked_later()  # (a later step's cut is there without a call's k: a plain search warns too)
+        if read is None and call_k is not None and 0 < int(call_k) <= k_a < k:
             self.__dict__["_warned_dense_head"] = True
             _log.warning(
                 f"knn_embed: searched with k={call_k}, but its k is {p.k}: the k={k} results are shared as "

@@ -115,6 +115,13 @@ def test_knn_embed_is_quiet_when_a_later_step_reads_its_whole_ranking(blobs, cap
                  Pipeline([Pipeline([fresh(), TopK(k=20)]), _mmr(blobs, k=10)])):
         msgs, _ = warnings_of(pipe)
         assert len(msgs) == 1 and "reorders or fuses only its top 20" in msgs[0], (pipe, msgs)
+    # without a call's k too: the cut is the pipeline's own (README: a plain search() warns; a review found it
+    # quiet, the early return asked for the call's k before looking at the later step)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="ragkit"):
+        Pipeline([fresh(), TopK(k=20), _mmr(blobs, k=10)])(_state(op, q))
+    msgs = _ragkit_warnings(caplog)
+    assert len(msgs) == 1 and "reorders or fuses only its top 20" in msgs[0], msgs
     # the MMR pipeline reads knn_embed's 40 results: its top 10 is not dense's
     dense_top = np.argsort(-(q @ vecs.T), axis=1, kind="stable")[:, :10]
     out = warnings_of(fresh() | _mmr(blobs, k=10, lambda_mult=0.5))[1]
