@@ -135,9 +135,16 @@ F16_MAX = float(np.finfo(np.float16).max)
 FORMAT = 1
 
 
-def _i8_symmetric(x: np.ndarray, scale: np.ndarray | np.floating | float) -> np.ndarray:
-    """``x * scale`` rounded and clipped to int8 ``[-127, 127]`` (the codes usearch's graph holds)."""
-    return np.clip(np.rint(x * scale), -127, 127).astype(np.int8)
+def _i8_symmetric(x: np.ndarray, scale: np.ndarray | np.floating | float, inplace: bool = False) -> np.ndarray:
+    """``x * scale`` rounded and clipped to int8 ``[-127, 127]`` (the codes usearch's graph holds).
+
+    One float temporary the size of ``x`` (rounded and clipped in place; ``inplace``: none, ``x`` itself
+    is scaled, for a caller's copy it no longer needs), where ``np.clip(np.rint(x * scale))`` made three
+    (+576 MB for a 131,072-row chunk of 384 dims in an HNSW build).  The same codes."""
+    t = np.multiply(x, scale, out=x) if inplace else x * scale
+    np.rint(t, out=t)
+    np.clip(t, -127, 127, out=t)
+    return t.astype(np.int8)
 
 
 def _f16_queries(q: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
@@ -430,6 +437,8 @@ class VectorIndex:
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
         state.pop("_ef_lock", None)  # a lock is not copied (pickle, deepcopy): the copy gets its own
+        # nor the spare rows of the codes' buffer (``codes`` is copied alone; the copy's first add regrows it)
+        state.pop("_codes_buf", None)
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -668,6 +677,10 @@ class VectorIndex:
         place (``metric="cos"``) and kept itself where the index stores the vectors unchanged
         (f32, no reduction, exact search).  By default the index never shares memory with
         ``vectors`` nor writes to them.
+
+        With exact search, no reduction and no ``rescore``, vectors that would be copied (normalised, or
+        converted to float32) are normalised and coded a block at a time (:meth:`build_chunks`): no float32
+        copy of them all is made beside the codes.
         """
         given = np.asarray(vectors)
         if given.ndim != 2 or not np.issubdtype(given.dtype, np.floating):
@@ -675,6 +688,16 @@ class VectorIndex:
         for a in range(0, len(given), BLOCK):  # blocks: no (n, d) bool temporary
             if not np.isfinite(given[a:a + BLOCK]).all():
                 raise DataError("VectorIndex.build: the vectors contain NaN or infinite values")
+        n, dim = given.shape
+        as_is = given.dtype == np.float32 and (self.metric == "ip" or (not copy and given.flags.writeable))
+        if n and dim and self._backend_for(n) == "numpy" and self.reduce_kind == "none" and not self.rescore \
+                and (copy if self.dtype == "f32" else not as_is):
+            # the float32 matrix would be a new array only to be coded (f16 / i8 / b1; not where it is
+            # ``vectors`` as they are) or the codes themselves (f32, a copy): normalise and code a block at a
+            # time (b1 codes of 200,000 x 384: build +63 MB, not +309 MB; the same codes), into a buffer with
+            # :meth:`_grown_codes`'s headroom (the first add copies nothing)
+            return self.build_chunks(n, dim, lambda: ((a, min(n, a + BLOCK), np.array(given[a:a + BLOCK], np.float32))
+                                                      for a in range(0, n, BLOCK)))
         full = np.asarray(given, dtype=np.float32)
         # a float32 copy made just above is ours to normalise in place, and so is a handed-over array
         ours = not np.may_share_memory(full, given) or (not copy and full.flags.writeable)
@@ -763,7 +786,10 @@ class VectorIndex:
             self._set_i8_range(lo_all, hi_all)
         width = (dim + 7) // 8 if self.dtype == "b1" else dim
         store = {"f32": np.float32, "f16": np.float16, "i8": np.uint8, "b1": np.uint8}[self.dtype]
-        codes = np.empty((n, width), store)
+        # with :meth:`_grown_codes`'s headroom: the first ``add`` appends without copying the codes (the
+        # spare rows are never written until then, so their pages take no memory)
+        self._codes_buf = np.empty((n + max(n // 4, 16), width), store)
+        codes = self._codes_buf[:n]
         at = 0
         for rows in each():
             self._check_f16_range(rows, "build")
@@ -804,7 +830,11 @@ class VectorIndex:
         order = insertion_order(x) if self.reorder else np.arange(len(x), dtype=np.int64)
         for lo in range(0, len(x), chunk):
             rows = order[lo: lo + chunk]
-            graph.add(slots[rows].astype(np.uint64), self._codes(x[rows], for_usearch=True), threads=self.threads)
+            part = x[rows]  # a copy (fancy index): int8 codes scale it in place
+            codes = _i8_symmetric(part, self.i8_scale, inplace=True) if self.dtype == "i8" \
+                else self._codes(part, for_usearch=True)
+            del part
+            graph.add(slots[rows].astype(np.uint64), codes, threads=self.threads)
 
     def _scratch(self) -> Path:
         if self.workdir is not None:
@@ -867,7 +897,13 @@ class VectorIndex:
         return x
 
     def add(self, vectors: np.ndarray) -> np.ndarray:
-        """Append vectors (with the fitted PCA / calibration; no rebuild).  Returns their slots."""
+        """Append vectors (with the fitted PCA / calibration; no rebuild).  Returns their slots.
+
+        Exact search keeps its codes in a buffer with spare rows (:meth:`_grown_codes`; :meth:`build` leaves a
+        quarter more): an add copies them only when the buffer is full.  An index loaded with ``mmap=True``
+        maps its codes from the file, so its first add reads the whole codes into process memory (a buffer
+        a quarter larger, written from the map); later adds append to that buffer.
+        """
         self._check_built()
         raw = self._check_query_dim(vectors, "add")
         if not np.isfinite(raw).all():  # before normalising: an inf would warn (0/0, inf/inf) first
