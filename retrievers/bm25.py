@@ -145,8 +145,11 @@ COUNT_CHUNK_CHARS = 8_000_000
 _COUNTING = ("make_tokenizer", "_term_ids", "_count_parts", "_count_matrix", "query_matrix")
 #: Largest term count stored as ``uint16`` (a document with a term more often than this stores ``int32`` counts).
 _U16 = int(np.iinfo(np.uint16).max)
-#: Postings weighed at once by ``_weigh`` (its float64 temporaries: a few times 8 bytes each).
-_WEIGH_BLOCK = 1 << 22
+#: Postings weighed at once by ``_weigh`` (its float64 temporaries: a few times 8 bytes each, ~40 MB in all; at
+#: 1 << 22, ~130 MB), and placed at once by :func:`_terms_by_docs`.  A fit of 50,000 documents (6.3M postings):
+#: weighed in 0.05 s, not 0.16-0.28 s (the blocks stay in cache), traced peak +81 MB not +177 MB (48 MB of
+#: either the weights themselves).
+_WEIGH_BLOCK = 1 << 20
 
 
 def _index_dtype(nnz: int, n: int) -> type:
