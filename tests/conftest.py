@@ -88,6 +88,20 @@ class HashedEncoder:
     encode_queries = encode
 
 
+def traced_peak(fn):  # noqa: ANN001, ANN201
+    """``(fn(), bytes tracemalloc saw allocated at the peak of the call beyond what was held before it)``."""
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        tracemalloc.reset_peak()
+        out = fn()
+        return out, tracemalloc.get_traced_memory()[1] - base
+    finally:
+        tracemalloc.stop()
+
+
 def file_mapped(a: np.ndarray) -> bool:
     """Whether ``a`` reads from a memory-mapped file (a view, or a view of a view, of an
     ``np.load(mmap_mode=...)`` array: scipy's sparse matrices keep such views)."""

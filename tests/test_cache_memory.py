@@ -21,6 +21,7 @@ import uuid
 
 import numpy as np
 import pytest
+from conftest import traced_peak
 
 from ragkit.encoders import cache as cache_mod
 from ragkit.encoders.cache import EmbeddingCache, text_digests
@@ -44,17 +45,6 @@ def _write_old_format(root, key: str, shards: list[tuple[np.ndarray, np.ndarray]
     return folder
 
 
-def _peak_of(fn):
-    tracemalloc.start()
-    try:
-        base = tracemalloc.get_traced_memory()[0]
-        out = fn()
-        peak = tracemalloc.get_traced_memory()[1] - base
-    finally:
-        tracemalloc.stop()
-    return out, peak
-
-
 # ------------------------------------------------------------------------------------------ get's peak
 def test_reading_back_a_whole_corpus_holds_no_second_copy_of_it(tmp_path):
     """Old code: peak 2.0x the result (the gather's temporary, then the copy into the result)."""
@@ -64,7 +54,7 @@ def test_reading_back_a_whole_corpus_holds_no_second_copy_of_it(tmp_path):
     _write_old_format(tmp_path, "m", [(keys, vecs)])
     cache = EmbeddingCache(tmp_path, "m")
     cache.locate(keys[:1])  # (the index loaded outside the measurement)
-    (got, hit), peak = _peak_of(lambda: cache.get(keys))
+    (got, hit), peak = traced_peak(lambda: cache.get(keys))
     assert hit.all()
     np.testing.assert_array_equal(got, vecs)
     assert peak < 1.25 * got.nbytes, (peak, got.nbytes)
@@ -81,7 +71,7 @@ def test_scattered_hits_are_gathered_in_blocks(tmp_path, monkeypatch):
     ask = np.concatenate([keys[order], _digests(500, seed=9)])  # 500 absent
     cache = EmbeddingCache(tmp_path, "m")
     cache.locate(keys[:1])
-    (got, hit), peak = _peak_of(lambda: cache.get(ask))
+    (got, hit), peak = traced_peak(lambda: cache.get(ask))
     assert hit[:n].all() and not hit[n:].any()
     np.testing.assert_array_equal(got[:n], vecs[order])
     assert not got[n:].any()

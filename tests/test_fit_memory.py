@@ -5,24 +5,12 @@ int8 codes are rounded and clipped in place.  Each new path gives the codes the 
 from __future__ import annotations
 
 import pickle
-import tracemalloc
 
 import numpy as np
 import pytest
+from conftest import traced_peak
 
 from ragkit.retrievers._index import VectorIndex, _i8_symmetric
-
-
-def _peak(fn):
-    """``(result, bytes allocated at the peak of fn() beyond what was held before)``."""
-    tracemalloc.start()
-    try:
-        base = tracemalloc.get_traced_memory()[0]
-        tracemalloc.reset_peak()
-        out = fn()
-        return out, tracemalloc.get_traced_memory()[1] - base
-    finally:
-        tracemalloc.stop()
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +24,7 @@ def vecs():
 def test_compressed_exact_build_makes_no_float_copy_of_the_vectors(vecs, dtype):
     """build(copy=True) normalised every vector into a new float32 matrix before coding it, then dropped it
     (+761 MB for b1 codes of 500,000 x 384): now a block at a time, as build_chunks does."""
-    ix, peak = _peak(lambda: VectorIndex(dtype=dtype, search="exact").build(vecs))
+    ix, peak = traced_peak(lambda: VectorIndex(dtype=dtype, search="exact").build(vecs))
     codes = ix.codes.nbytes
     # the codes (with a quarter of spare rows for add) and a block's float temporaries; was vecs.nbytes + codes
     assert peak < 1.25 * codes + 0.5 * vecs.nbytes, (peak, codes, vecs.nbytes)
@@ -80,7 +68,7 @@ def test_first_add_after_build_does_not_copy_the_codes(vecs, dtype):
     vectors of 384 dims): build now leaves the spare rows (never written, so no memory until then)."""
     ix = VectorIndex(dtype=dtype, search="exact").build(vecs)
     held = ix.codes
-    slots, peak = _peak(lambda: ix.add(vecs[:10]))
+    slots, peak = traced_peak(lambda: ix.add(vecs[:10]))
     assert slots.tolist() == list(range(len(vecs), len(vecs) + 10))
     assert np.shares_memory(ix.codes, held)  # appended in place
     assert peak < 0.5 * held.nbytes  # (the alive flags regrow: 1 byte a row); a copy was 1.25x
@@ -105,11 +93,11 @@ def test_int8_graph_codes_are_rounded_and_clipped_in_place(vecs):
     x = vecs[:50_000]
     scale = np.float32(60.0)  # clips some values (|x| * 60 > 127)
     want = np.clip(np.rint(x * scale), -127, 127).astype(np.int8)
-    got, peak = _peak(lambda: _i8_symmetric(x, scale))
+    got, peak = traced_peak(lambda: _i8_symmetric(x, scale))
     np.testing.assert_array_equal(got, want)
     assert peak < 1.4 * x.nbytes  # x * scale and the int8 codes (was 2x and more)
     mine = x.copy()
-    got, peak = _peak(lambda: _i8_symmetric(mine, scale, inplace=True))
+    got, peak = traced_peak(lambda: _i8_symmetric(mine, scale, inplace=True))
     np.testing.assert_array_equal(got, want)
     assert peak < 0.4 * x.nbytes  # the int8 codes only
     per_query = np.linspace(10, 80, len(x), dtype=np.float32)[:, None]  # (the query path's per-row scale)

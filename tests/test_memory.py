@@ -3,25 +3,12 @@ compared with the sizes of the arrays involved, never with machine-specific numb
 
 from __future__ import annotations
 
-import tracemalloc
-
 import numpy as np
 import pytest
+from conftest import traced_peak
 
 from ragkit.retrievers._index import VectorIndex
 from ragkit.types import Corpus, State
-
-
-def _peak(fn):
-    """``(result, bytes allocated at the peak of fn() beyond what was held before)``."""
-    tracemalloc.start()
-    try:
-        base = tracemalloc.get_traced_memory()[0]
-        tracemalloc.reset_peak()
-        out = fn()
-        return out, tracemalloc.get_traced_memory()[1] - base
-    finally:
-        tracemalloc.stop()
 
 
 @pytest.fixture(scope="module")
@@ -37,20 +24,20 @@ def test_pca_build_makes_no_float64_copies_of_the_sample(vecs, monkeypatch):
     from ragkit.retrievers import _index
 
     monkeypatch.setattr(_index, "PCA_CHUNK_BYTES", 4 << 20, raising=False)  # several blocks at this size
-    _, peak = _peak(lambda: VectorIndex(reduce="pca:32", search="exact").build(vecs))
+    _, peak = traced_peak(lambda: VectorIndex(reduce="pca:32", search="exact").build(vecs))
     assert peak < 2.5 * vecs.nbytes  # the normalised copy, a float64 block, the projection and its blocks (was 6x)
 
 
 def test_int8_build_makes_one_temporary_of_the_vectors(vecs):
     """int8 codes were made through several float32 temporaries of the whole matrix, and the
     percentile of |x| copied |x| again."""
-    _, peak = _peak(lambda: VectorIndex(dtype="i8", metric="ip", search="exact").build(vecs))
+    _, peak = traced_peak(lambda: VectorIndex(dtype="i8", metric="ip", search="exact").build(vecs))
     assert peak < 1.4 * vecs.nbytes  # |x| for the scale's percentile + the uint8 codes (was 2x and more)
 
 
 def test_handed_over_vectors_are_normalised_in_place_and_kept(vecs):
     mine = vecs.copy()
-    ix, peak = _peak(lambda: VectorIndex(search="exact").build(mine, copy=False))
+    ix, peak = traced_peak(lambda: VectorIndex(search="exact").build(mine, copy=False))
     assert np.shares_memory(ix.codes, mine)
     assert peak < 0.2 * vecs.nbytes
     np.testing.assert_array_equal(ix.codes, VectorIndex(search="exact").build(vecs).codes)
@@ -80,7 +67,7 @@ def test_dense_fit_keeps_one_copy_of_the_corpus_vectors(monkeypatch):
     op = Dense(k=5, search="exact")
     monkeypatch.setattr(op.encoder, "encode", lambda texts, **kw: made.copy())  # a fresh array, as ragkit's own
     corpus = Corpus.from_texts([f"d{i}" for i in range(n)])
-    _, peak = _peak(lambda: op.fit(corpus))
+    _, peak = traced_peak(lambda: op.fit(corpus))
     assert peak < 1.5 * made.nbytes  # the encoder's array, kept as the index (was 2x)
     q = made[:3] / np.linalg.norm(made[:3], axis=1, keepdims=True)
     rows, _ = op.search_vectors(q, 1)
@@ -114,7 +101,7 @@ def test_knn_embed_search_scores_queries_in_chunks():
     def run(qv):
         return op(State([f"q{i}" for i in range(len(qv))], vectors={op.dense.encoder.key: qv})).rankings
 
-    got, peak = _peak(lambda: run(q))
+    got, peak = traced_peak(lambda: run(q))
     assert peak < 2 * 4 * n_q * n  # was ~4x the float32 score matrix (scores, negated copy, int64 indices, ...)
     for i in (0, n_q // 2, n_q - 1):  # each query answered as alone
         alone = run(q[i:i + 1])[0]
@@ -214,7 +201,7 @@ def test_new_token_vectors_are_made_without_float32_copies_of_the_whole(monkeypa
     enc = TokenEncoder(cache=False, batch_size=8)
     texts = [f"claim {i} about " + "cells " * (20 + i % 30) for i in range(64)]
     enc.encode(texts[:2])  # the model loaded outside the measurement
-    got, peak = _peak(lambda: enc.encode(texts))
+    got, peak = traced_peak(lambda: enc.encode(texts))
     assert peak < 3.2 * got.data.nbytes  # the float16 batches, the result (+ one batch's float32 rows)
     ref = enc.model.encode(texts[5:7], output_value="token_embeddings", convert_to_numpy=False)
     for i, r in zip((5, 6), ref):
@@ -231,7 +218,7 @@ def test_top_k_of_a_large_score_matrix_works_in_chunks_of_rows(monkeypatch):
     scores = rng.standard_normal((400, 50_000), dtype=np.float32)
     scores[7, :] = 1.0  # ties straddling the cut: the lowest rows win
     scores[9, ::2] = -np.inf
-    (rows, vals), peak = _peak(lambda: operator.topk_rows(scores, 10))
+    (rows, vals), peak = traced_peak(lambda: operator.topk_rows(scores, 10))
     assert peak < 0.8 * scores.nbytes  # was ~3x
     monkeypatch.setattr(operator, "TOPK_CELLS", scores.size)  # one chunk: the whole matrix at once
     want_rows, want_vals = operator.topk_rows(scores, 10)
@@ -253,7 +240,7 @@ def test_bm25_fit_tokenises_in_chunks(monkeypatch):
     corpus = Corpus.from_texts(texts)
     n_bytes = sum(map(len, texts))
     monkeypatch.setattr(bm25, "COUNT_CHUNK_CHARS", n_bytes // 7)  # 7 or 8 chunks
-    op, peak = _peak(lambda: BM25(k=10).fit(corpus))
+    op, peak = traced_peak(lambda: BM25(k=10).fit(corpus))
     assert peak < 6 * n_bytes  # the counts and the weights' temporaries (was ~12x)
     monkeypatch.setattr(bm25, "COUNT_CHUNK_CHARS", 10 * n_bytes)
     whole = BM25(k=10).fit(corpus)
@@ -274,7 +261,7 @@ def test_exact_search_of_many_queries_works_in_chunks_of_queries(vecs, monkeypat
     q = vecs[:2000] + 0.1
     assert _index.EXACT_CELLS // _index.BLOCK <= 1024
     monkeypatch.setattr(_index, "EXACT_CELLS", 200 * _index.BLOCK)  # 10 chunks
-    (slots, scores), peak = _peak(lambda: ix.search(q, 10))
+    (slots, scores), peak = traced_peak(lambda: ix.search(q, 10))
     assert peak < 0.5 * 4 * len(q) * _index.BLOCK  # a chunk's (scores, int64 positions); was ~3x the whole
     monkeypatch.setattr(_index, "EXACT_CELLS", len(q) * _index.BLOCK)  # one chunk
     want_slots, want_scores = ix.search(q, 10)

@@ -509,7 +509,8 @@ def test_muvera_params_cross_checks():
     with pytest.raises(ParamError, match="ball_carve_tau"):
         Muvera(ball_carve_tau=2.0)
     # an FDE no machine holds (a typo for r_reps: 20) is refused at construction, not at fit
-    with pytest.raises(ParamError, match=r"muvera.r_reps: .*r_reps \* 2\*\*k_sim \* d_proj = 40000 \* 2\*\*5 \* 16 = 20,480,000 dimensions"):
+    product = r"r_reps \* 2\*\*k_sim \* d_proj = 40000 \* 2\*\*5 \* 16 = 20,480,000 dimensions"
+    with pytest.raises(ParamError, match=r"muvera.r_reps: .*" + product):
         Muvera(r_reps=40_000, k_sim=5, d_proj=16)
 
 
