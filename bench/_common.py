@@ -175,9 +175,10 @@ def held_out(queries: Any, row: str, *sources: Any) -> int:
         taught.update(str(q) for q in chosen)
     hit = [q for q in ids if q in taught]
     if hit:
-        shown = ", ".join(repr(q) for q in hit[:3]) + (", ..." if len(hit) > 3 else "")
+        from ragkit.errors import some_ids
+
         raise TaughtOnTest(f"{row}: learned from {len(hit)} of the {len(ids)} evaluated test "
-                           f"queries ({shown}), whose scores would not be held out; "
+                           f"queries ({some_ids(hit)}), whose scores would not be held out; "
                            "fit and choose on the train split only")
     return 0
 

@@ -34,6 +34,7 @@ import json
 import os
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
@@ -41,6 +42,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from _common import CACHE, OUT, SCIFACT, atomic_path, held_out, print_machine, save_npy_atomic, write_atomic  # noqa: E402
+
+if TYPE_CHECKING:
+    from ragkit.types import Queries
 
 K = 100
 
@@ -355,7 +359,8 @@ def main() -> None:
     print(f"\nwrote {OUT / (stem + '.json')} and {OUT / (stem + '.png')}")
 
 
-def learned_from(queries, name: str, fn, fn10, extra: list) -> int:
+def learned_from(queries: Queries, name: str, fn: Callable[..., Any], fn10: Callable[..., Any] | None,
+                 extra: list[Any]) -> int:
     """:func:`held_out` for a system's row: what its calls (``fn`` and ``fn10``, where operators) learned from and
     the ``extra`` sources (the parts of a composed call, the queries a setting was chosen on); 0, or it refuses."""
     return held_out(queries, name, *(f for f in (fn, fn10) if hasattr(f, "learned_from")), *extra)

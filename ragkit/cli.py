@@ -384,11 +384,13 @@ def _check_split(option: str, split: str, data: Optional[str]) -> None:
 
 def _refuse_test_split(ds: Any, split: str, option: str) -> None:
     """Refuse learning from ``split`` of the dataset ``ds`` when its judgements are the test split's
-    (``qrels/test.tsv``, whatever the split is called: a link to it under another name too)."""
+    (``qrels/test.tsv``, whatever the split is called: a link to it under another name too).  ``ds`` ``None``:
+    the name alone is checked (``test``), before the dataset is read or downloaded; the commands check again
+    with the dataset."""
     from ragkit.eval.beir import is_test_qrels
 
-    path = ds.path / "qrels" / f"{split}.tsv"
-    if is_test_qrels(ds.path, path):
+    path = ds.path / "qrels" / f"{split}.tsv" if ds is not None else None
+    if split == "test" or (path is not None and is_test_qrels(ds.path, path)):
         how = "" if split == "test" else f" (its judgements, {path}, are qrels/test.tsv)"
         raise RagkitError(f"{option} {split}{how}: learning from the test split is refused (its scores are the ones "
                           "reported); use the train split")
@@ -512,7 +514,8 @@ class _Split:
     """One dataset's evaluated split, read and checked before any fit: the dataset (``None`` while
     released: :meth:`dataset` reads it again), its ``queries`` (the first ``--limit``), their
     ``qrels``, the ``--train-split`` set or ``None``, the load time in s, the ``--data`` it came from, and the
-    fingerprint of the whole split's judgements (before ``--limit``: :func:`~ragkit.eval.metrics.qrels_fingerprint`)."""
+    fingerprint of the judgements of the queries scored (after ``--limit``:
+    :func:`~ragkit.eval.compare.scored_qrels_fingerprint`)."""
 
     ds: Any
     queries: Any
@@ -555,12 +558,15 @@ def _read_split(data: str, split: str, train_split: Optional[str], limit: Option
         _refuse_test_split(ds, train_split, "--train-split")
     train = ds.train_set(train_split) if train_split else None
     t_load = time.perf_counter() - t0
-    from ragkit.eval.metrics import check_relevance_level, qrels_fingerprint
+    from ragkit.eval.compare import scored_qrels_fingerprint
+    from ragkit.eval.metrics import check_relevance_level
 
-    fingerprint = qrels_fingerprint(qrels)  # the split's, as ragkit compare --data reads it (before --limit)
     if limit is not None:
         queries = queries[:limit]
         qrels = {q: qrels[q] for q in queries.ids}
+    # the judgements of the queries scored (every judged one of qrels: evaluate's per-query keys), as
+    # load_result fingerprints a run file scored against the judgements given (the whole split, or these)
+    fingerprint = scored_qrels_fingerprint(qrels, qrels)
 
     check_relevance_level(qrels, relevance_level, f"--relevance-level (--data {data})")  # not after the search
     taught = fitted.learned_from(queries) if fitted is not None else []
@@ -825,13 +831,16 @@ def _max_ranked(run: Any) -> int:
 
 def _subsets_fingerprint(splits: dict[str, "_Split"]) -> Optional[str]:
     """One fingerprint of the judgements of several datasets: the SHA-256 of each dataset's name and its
-    fingerprint, one line each, sorted (``None`` when one is unknown)."""
+    fingerprint, one line each, sorted (``None`` when one is unknown), of the kind of those (``sha256-scored:``:
+    an older ragkit eval's ``sha256:`` was of whole splits, which compare does not check against it)."""
     import hashlib
+
+    from ragkit.eval.compare import SCORED_FINGERPRINT_KIND
 
     if any(sp.fingerprint is None for sp in splits.values()):
         return None
     lines = sorted(f"{s}\t{sp.fingerprint}\n" for s, sp in splits.items())
-    return "sha256:" + hashlib.sha256("".join(lines).encode("utf-8", "surrogatepass")).hexdigest()
+    return f"{SCORED_FINGERPRINT_KIND}:" + hashlib.sha256("".join(lines).encode("utf-8", "surrogatepass")).hexdigest()
 
 
 @app.command("eval")
@@ -904,8 +913,8 @@ def eval_cmd(
         if train_split is not None and train_split == split:
             raise RagkitError(f"--train-split {train_split!r} equals the evaluated split; "
                               "training on the evaluated queries is refused")
-        if train_split == "test":
-            raise RagkitError("--train-split test: learning from the test split is refused; use the train split")
+        if train_split is not None:  # (the name now; a link to qrels/test.tsv once the dataset is read)
+            _refuse_test_split(None, train_split, "--train-split")
         _check_not_an_input(output, "--output", pipeline, data)
         _check_not_an_input(run_file, "--run", pipeline, data)
         _prepare_outputs(ctx, output, run_file, run_tag)
@@ -1158,8 +1167,7 @@ def train_cmd(
 
     try:
         _check_split("--split", split, data)
-        if split == "test":
-            raise RagkitError("--split test: learning from the test split is refused; use the train split")
+        _refuse_test_split(None, split, "--split")  # (the name now; a link to qrels/test.tsv once it is read)
     except RagkitError as e:
         _fail(e)
     try:
@@ -1862,16 +1870,19 @@ def compare_cmd(
         _prepare_output(output, "--output", "comparison.json")
         if _is_stdout(output):  # the JSON alone on standard output, for a script; the table and notes on stderr
             _human_output_to_stderr(ctx)
-        qrels, ds_name = None, None
+        qrels, ds_name, fingerprint = None, None, None
         if data is not None:  # its judgements only: a corpus can be gigabytes
             from ragkit.eval.beir import beir_qrels
+            from ragkit.eval.compare import scored_qrels_fingerprint
 
             _check_data_folder(data)
             ds_name, qrels = beir_qrels(data, split)
+            fingerprint = scored_qrels_fingerprint(qrels, qrels)  # once: each run file scores every judged query
         stems = [p.stem for p in results]  # short names in the table: file stems when they tell the files apart
         labels = stems if len(set(stems)) == len(stems) else [str(p) for p in results]
         loaded = [load_result(p, qrels=qrels, metrics=names, dataset=ds_name, split=split if qrels else None, name=n,
-                              relevance_level=relevance_level, ignore_identical_ids=not keep_identical_ids)
+                              relevance_level=relevance_level, ignore_identical_ids=not keep_identical_ids,
+                              qrels_fingerprint=fingerprint)
                   for p, n in zip(results, labels)]
         cmp = compare(loaded, names, baseline=base, n_resamples=resamples, seed=seed, alpha=alpha)
     except RagkitError as e:

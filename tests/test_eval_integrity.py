@@ -85,16 +85,60 @@ def test_compare_refuses_results_scored_against_other_qrels(tmp_path: Path):
     assert with_old.n_queries == 6
 
 
-def test_eval_fingerprints_the_split_before_limit(tmp_path: Path):
-    """``--limit`` evaluates fewer queries of the same judgements: same fingerprint (the queries are checked on
-    their own by compare)."""
+def test_eval_fingerprints_the_judgements_of_the_queries_it_scored(tmp_path: Path):
+    """``--limit`` evaluates fewer queries: its fingerprint is of their judgements (the queries are checked on
+    their own by compare), as load_result's of a run file scored against those judgements."""
     data = _dataset(tmp_path)
     full = json.loads(_eval(data, tmp_path / "full.json").read_text())["settings"]["qrels_fingerprint"]
     some = json.loads(_eval(data, tmp_path / "some.json", "bm25", "--limit", "2").read_text())
     from ragkit.eval.beir import beir_qrels
-    from ragkit.eval.metrics import qrels_fingerprint
+    from ragkit.eval.compare import scored_qrels_fingerprint
 
-    assert full == some["settings"]["qrels_fingerprint"] == qrels_fingerprint(beir_qrels(data, "test")[1])
+    qrels = beir_qrels(data, "test")[1]
+    assert full == scored_qrels_fingerprint(qrels, qrels) and full.startswith("sha256-scored:")
+    assert some["settings"]["qrels_fingerprint"] == scored_qrels_fingerprint(qrels, ["1", "2"]) != full
+
+
+def test_a_limit_run_scored_against_its_queries_judgements_compares_with_its_json(tmp_path: Path, caplog):
+    """Review: ``ragkit eval --limit 3 -o a.json --run a.trec``, then a.trec scored in Python against the
+    judgements of those 3 queries: compare refused the two as "scored against different qrels" (eval fingerprinted
+    the whole split, load_result the qrels given)."""
+    from ragkit.eval.beir import beir_qrels
+
+    data = _dataset(tmp_path)
+    a = _eval(data, tmp_path / "a.json", "bm25", "--limit", "3", "--run", str(tmp_path / "a.trec"))
+    qrels = beir_qrels(data, "test")[1]
+    sub = {q: qrels[q] for q in ["1", "2", "3"]}
+    run = load_result(tmp_path / "a.trec", qrels=sub, metrics=["ndcg@10"], dataset="tiny", split="test")
+    c = compare([load_result(a), run], ["ndcg@10"], n_resamples=10)
+    assert c.n_queries == 3 and c.means[0, 0] == c.means[1, 0]
+    # other grades of those queries: still refused
+    other = {q: {d: 3 - g for d, g in rel.items()} for q, rel in sub.items()}
+    worse = load_result(tmp_path / "a.trec", qrels=other, metrics=["ndcg@10"], name="other")
+    with pytest.raises(DataError, match="scored against different qrels"):
+        compare([load_result(a), worse], ["ndcg@10"], n_resamples=10)
+    # a file of an older ragkit eval (a fingerprint of the whole split): not checked, and said so
+    old = json.loads(a.read_text())
+    old["settings"]["qrels_fingerprint"] = "sha256:" + "0" * 64
+    (tmp_path / "old.json").write_text(json.dumps(old))
+    with caplog.at_level(logging.INFO, logger="ragkit"):
+        c = compare([load_result(tmp_path / "old.json"), run], ["ndcg@10"], n_resamples=10)
+    said = " ".join(r.getMessage() for r in caplog.records)
+    assert "records a fingerprint of its whole split (sha256" in said and "could not be checked" in said, said
+
+
+def test_the_missing_fingerprint_note_says_what_the_input_is(tmp_path: Path, caplog):
+    """Review: an EvalResult given to compare was said to be "a 'ragkit eval -o' file written before it was
+    recorded"."""
+    from ragkit import load_beir
+
+    data = _dataset(tmp_path)
+    a = _eval(data, tmp_path / "a.json", "bm25", "--run", str(tmp_path / "a.trec"))
+    ev = evaluate(Run.read_trec(tmp_path / "a.trec"), load_beir(data).qrels("test"), ["ndcg@10"])
+    with caplog.at_level(logging.INFO, logger="ragkit"):
+        compare({"py": ev, "json": load_result(a)}, ["ndcg@10"], n_resamples=10)
+    said = " ".join(r.getMessage() for r in caplog.records if "fingerprint" in r.getMessage())
+    assert "py records no qrels fingerprint (a result built in Python" in said and "'ragkit eval -o' file" not in said
 
 
 # 2. the shallow mark without --depth ---------------------------------------------------------------------------
@@ -108,11 +152,34 @@ def test_compare_marks_a_pipeline_shallower_than_the_cut_off_without_depth(tmp_p
     k3 = _eval(data, tmp_path / "k3.json", str(tmp_path / "k3.yaml"))
     assert json.loads(k3.read_text())["max_ranked"] == 3
     c = compare([load_result(deep), load_result(k3)], ["ndcg@10"], n_resamples=10)
-    assert c.shallow[:, 0].tolist() == [False, True] and c.depths == (min(20, c.depths[0]), 3)
+    assert c.shallow[:, 0].tolist() == [False, True] and c.depths == (20, None) and c.max_ranked[1] == 3
     res = _run("compare", str(deep), str(k3), "-m", "ndcg@10", "--resamples", "100")
     out = " ".join(res.output.split())
     assert res.exit_code == 0 and "ndcg@10 ! deep" in out and "k3 !" in out, res.output
-    assert "warning: ! ndcg@10: k3 ranked at most 3 documents per query, fewer than its cut-off of 10" in out
+    assert "warning: ! ndcg@10: k3 ranked at most 3 documents per query, fewer than its cut-off of 10 (rankings " \
+           "shorter than the cut-off: the pipeline's k, or few documents matching)" in out, res.output
+
+
+def test_rankings_shorter_than_the_depth_searched_are_not_marked_shallow(tmp_path: Path):
+    """Review: BM25 on a 30-document dataset ranks at most 18; ``--depth 100`` and ``--depth 200`` compared on
+    recall@100 were both marked ``!`` and told to "evaluate every system with --depth 100 or more", which they
+    were.  And the comparison's JSON wrote max_ranked as ``depth``."""
+    data = _dataset(tmp_path)
+    a = _eval(data, tmp_path / "a.json", "bm25", "--depth", "100")
+    b = _eval(data, tmp_path / "b.json", "bm25", "--depth", "200")
+    ranked = json.loads(a.read_text())["max_ranked"]
+    assert ranked < 100
+    c = compare([load_result(a), load_result(b)], ["recall@100"], n_resamples=10)
+    assert not c.shallow.any() and not c.warnings()
+    res = _run("compare", str(a), str(b), "-m", "recall@100", "--resamples", "100", "-o", str(tmp_path / "c.json"))
+    assert res.exit_code == 0 and "!" not in res.output and "--depth" not in res.output, res.output
+    systems = json.loads((tmp_path / "c.json").read_text())["systems"]
+    assert [(s["depth"], s["max_ranked"]) for s in systems] == [(100, ranked), (200, ranked)]
+    # a depth below the cut-off is marked, worded by the depth searched
+    d5 = _eval(data, tmp_path / "d5.json", "bm25", "--depth", "5")
+    [w] = compare([load_result(a), load_result(d5)], ["recall@10"], n_resamples=10).warnings()
+    assert w.startswith(f"! recall@10: {d5} ranked at most 5 documents per query, fewer than its cut-off of 10: its "
+                        "values count only those, so a difference on recall@10 measures the depth searched"), w
 
 
 # 3. run files in trec_eval's order -------------------------------------------------------------------------------
@@ -179,6 +246,29 @@ def test_blank_queries_of_a_dataset_are_warned_of(tmp_path: Path, caplog):
         load_beir(data)
     said = [r.getMessage() for r in caplog.records if "blank text" in r.getMessage()]
     assert len(said) == 1 and "1 of the 6 queries has a blank text (the first: query '2')" in said[0], said
+
+
+def test_blank_queries_are_warned_of_once_per_dataset_of_an_archive(tmp_path: Path):
+    """Review: ``ragkit eval`` of an archive of two datasets, each with a blank query, warned of each twice (its
+    queries.jsonl read at the checks, and again when its corpus is read after the others were released)."""
+    arch = tmp_path / "arch"
+    for name in ("x", "y"):
+        data = _dataset(tmp_path / name)
+        lines = (data / "queries.jsonl").read_text().splitlines()
+        lines[1] = json.dumps({"_id": "2", "text": "   "})
+        (data / "queries.jsonl").write_text("\n".join(lines) + "\n")
+        shutil.copytree(data, arch / name)
+    res = _run("eval", "--data", str(arch), "--pipeline", "bm25", "-o", str(tmp_path / "new.json"))
+    assert res.exit_code == 0, res.output
+    said = [ln for ln in res.output.splitlines() if "blank text" in ln]
+    assert len(said) == 2 and any("x/queries.jsonl" in s for s in said) and any("y/queries" in s for s in said), said
+    # its fingerprint is of the new kind: a file of an older ragkit eval (whole splits, "sha256:") is not refused
+    new = json.loads((tmp_path / "new.json").read_text())
+    assert new["settings"]["qrels_fingerprint"].startswith("sha256-scored:")
+    new["settings"]["qrels_fingerprint"] = "sha256:" + "0" * 64
+    (tmp_path / "old.json").write_text(json.dumps(new))
+    assert compare([load_result(tmp_path / "new.json"), load_result(tmp_path / "old.json")], ["ndcg@10"],
+                   n_resamples=10).n_datasets == 2
 
 
 def test_the_level_note_names_the_grades_seen(caplog):

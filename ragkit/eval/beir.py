@@ -164,11 +164,34 @@ def _text(v: object, path: Path, n: int, key: str) -> str:
     raise DataError(f"{path}:{n}: {key!r} must be a string, got {type(v).__name__} {str(v)[:60]!r}")
 
 
+#: ``(file, size, modification time)`` of the ``queries.jsonl`` files :func:`read_queries` warned of blank queries
+#: in: each file is warned of once (``ragkit eval`` of several datasets reads each file twice: at the checks, and
+#: again when its corpus is loaded after the others were released)
+_BLANK_WARNED: set[tuple[str, int, int]] = set()
+
+
+def _first_warning(path: Path) -> bool:
+    """Whether the blank queries of ``path`` (as it is now: its size and modification time) were not warned of
+    yet; it is recorded as warned of."""
+    try:
+        st = path.stat()
+        key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    except OSError:  # (read a moment ago, gone since: warned of as read)
+        key = (str(path), -1, -1)
+    if key in _BLANK_WARNED:
+        return False
+    if len(_BLANK_WARNED) > 1000:
+        _BLANK_WARNED.clear()
+    _BLANK_WARNED.add(key)
+    return True
+
+
 def read_queries(path: str | Path, *, note_blank: bool = True) -> dict[str, str]:
     """Read ``queries.jsonl`` into ``{query_id: text}``.  Queries whose text is blank (``""``, spaces) are
     kept (a dataset is read as it is), with a warning on the ``ragkit`` logger naming how many and the first
-    (id and line): such a query finds nothing, or documents by chance, and scores accordingly (``ragkit search
-    --queries`` refuses them: :func:`read_query_file` reads with ``note_blank=False`` and refuses them itself)."""
+    (id and line), once per file (read again unchanged, it is not repeated): such a query finds nothing, or
+    documents by chance, and scores accordingly (``ragkit search --queries`` refuses them:
+    :func:`read_query_file` reads with ``note_blank=False`` and refuses them itself)."""
     out: dict[str, str] = {}
     seen: dict[str, int] = {}
     path = user_path(path, "read_queries: path")
@@ -182,7 +205,7 @@ def read_queries(path: str | Path, *, note_blank: bool = True) -> dict[str, str]
         out[qid] = rec["text"]
     if note_blank:
         blank = [q for q, text in out.items() if not text.strip()]
-        if blank:
+        if blank and _first_warning(path):
             k = len(blank)
             they, them = ("they score", "them") if k > 1 else ("it scores", "it")
             more = f"; {some_ids(blank)}" if k > 1 else ""
@@ -465,9 +488,6 @@ def write_beir(folder: str | Path, corpus: Corpus, queries: Mapping[str, str] | 
     doc_ids = set(corpus.ids.tolist())
     for split, rel in qrels.items():  # what load_beir would refuse (or a path) is refused before writing
         check_split_name(split, "write_beir")
-        if not re.fullmatch(r"[^/\\\s.][^/\\\s]*", split):
-            raise DataError(f"write_beir: split name {split!r} is not a file name (qrels/<split>.tsv); expected e.g. "
-                            "'train' or 'test'")
         if not rel:
             raise DataError(f"write_beir: qrels[{split!r}] judges no query; leave the split out")
         for q, judged in rel.items():
@@ -988,6 +1008,7 @@ def _is_dataset_member(name: str) -> bool:
 
 
 def _fmt_bytes(n: int) -> str:
+    """``n`` bytes for a message: GiB to one decimal from 1 GiB up, MiB below (``"1.5 GiB"``, ``"0.3 MiB"``)."""
     return f"{n / (1 << 30):.1f} GiB" if n >= 1 << 30 else f"{n / (1 << 20):.1f} MiB"
 
 

@@ -12,9 +12,9 @@ p-value within two standard errors of ``alpha`` is marked as such (its verdict c
 Results come from ``ragkit eval -o`` JSON files (their per-query values) or from TREC run files
 scored against judgements here (:func:`load_result`); every system must be scored on the same
 queries of the same dataset and split, with the same ``relevance_level`` and ``ignore_identical_ids``, and
-against the same judgements where both results record them (``ragkit eval`` records a fingerprint of the split's
-qrels, :func:`~ragkit.eval.metrics.qrels_fingerprint`; a run file's is that of the qrels it is scored against),
-or the comparison is refused.  Results of an archive of several datasets (``ragkit eval
+against the same judgements where both results record them (:func:`scored_qrels_fingerprint`: of the
+judgements of the queries each result was scored on; ``ragkit eval -o`` records it, :func:`load_result` computes
+it for a run file), or the comparison is refused.  Results of an archive of several datasets (``ragkit eval
 --data cqadupstack``) are compared as BEIR reports them: every mean weights each dataset equally
 (a query of a dataset of ``n`` queries weighs ``1 / (n_datasets * n)``), the randomisation test's
 statistic is that weighted mean difference, and the bootstrap resamples queries within each
@@ -40,7 +40,6 @@ from ragkit.eval.metrics import (
     _one_blas_thread,
     level_note,
     parse_metric,
-    qrels_fingerprint,
     say_once,
     sign_flip_pvalues,
     unjudged_note,
@@ -48,7 +47,8 @@ from ragkit.eval.metrics import (
 from ragkit.run import Run
 from ragkit.types import check_qrels
 
-__all__ = ["SystemResult", "Comparison", "compare", "load_result", "holm", "pipeline_kind", "eval_command"]
+__all__ = ["SystemResult", "Comparison", "compare", "load_result", "holm", "pipeline_kind", "eval_command",
+           "scored_qrels_fingerprint"]
 
 #: Metrics compared when none are named: BEIR's headline pair.
 DEFAULT_COMPARE_METRICS = ("ndcg@10", "recall@100")
@@ -62,6 +62,31 @@ DEFAULT_RESAMPLES = 200_000
 _FEW_DIFFER = 10
 #: What ``ragkit eval`` scored every result with before its JSON recorded it (``settings``).
 _EVAL_DEFAULT_SCORING = {"relevance_level": 1, "ignore_identical_ids": True}
+#: The prefix of :func:`scored_qrels_fingerprint`'s fingerprints.  ``ragkit eval`` files written before it recorded
+#: ``"sha256:..."``, a fingerprint of the whole split (before ``--limit``): :func:`compare` checks fingerprints of one
+#: kind only against each other, and says which results it could not check.
+SCORED_FINGERPRINT_KIND = "sha256-scored"
+
+
+def scored_qrels_fingerprint(qrels: Mapping[str, Mapping[str, int]], queries: Any) -> str:
+    """``"sha256-scored:<64 hex digits>"`` identifying the judgements of ``queries`` (an iterable of query ids: the
+    queries a result was scored on, its per-query keys) in ``qrels`` (checked: string ids, integer grades): the
+    SHA-256 of :func:`~ragkit.eval.metrics.qrels_fingerprint`'s lines of those queries only (ids of ``queries``
+    without judgement add nothing).  ``ragkit eval -o`` records it (``settings.qrels_fingerprint``) for the queries
+    it scored (the first ``--limit`` of them), :func:`load_result` for the judged queries a run file is scored on,
+    so that :func:`compare` refuses results scored against other judgements of the same queries, whichever subset
+    of the split the qrels given hold (different queries have a check of their own).  One pass over the judgements
+    of ``queries`` (~0.5-0.9 s per million qrels lines)."""
+    picked = {q: qrels[q] for q in queries if q in qrels}
+    from ragkit.eval.metrics import qrels_fingerprint as whole
+
+    return f"{SCORED_FINGERPRINT_KIND}:" + whole(picked).split(":", 1)[1]
+
+
+def _fingerprint_kind(fingerprint: str) -> str:
+    """What ``fingerprint`` is a fingerprint of: its prefix (``"sha256-scored"``, or ``"sha256"``: an older
+    ``ragkit eval``'s of its whole split)."""
+    return fingerprint.split(":", 1)[0]
 
 
 @dataclass(frozen=True)
@@ -76,10 +101,11 @@ class SystemResult:
     :func:`load_result` builds them), ``None`` for one dataset.  ``depth`` is how many documents per query
     the result was searched for, when known (``ragkit eval --depth``, recorded in its JSON): a metric whose
     cut-off is deeper counts only that many (:attr:`Comparison.shallow` marks it).  ``max_ranked`` is the most
-    documents it ranked for one query (recorded by ``ragkit eval``, counted in a TREC run file): the shallow mark
-    reads ``min(depth, max_ranked)`` of those known, so a pipeline whose last step keeps 10 is marked without
-    ``--depth``.  ``qrels_fingerprint`` identifies the judgements it was scored against
-    (:func:`~ragkit.eval.metrics.qrels_fingerprint`; ``None``: unknown): :func:`compare` refuses two that differ.
+    documents it ranked for one query (recorded by ``ragkit eval``, counted in a TREC run file): where ``depth``
+    is unknown the shallow mark reads it, so a pipeline whose last step keeps 10 is marked without ``--depth``
+    (where ``depth`` is known, rankings shorter than it hold every document that matched: not marked).
+    ``qrels_fingerprint`` identifies the judgements it was scored against (:func:`scored_qrels_fingerprint`;
+    ``None``: unknown): :func:`compare` refuses two of one kind that differ.
     ``ranked_queries`` are the queries a TREC run file ranks documents for (``None``: all it was scored on).
     ``source`` is the file it was read from (:func:`load_result`), recorded by :meth:`Comparison.to_dict`.
     """
@@ -99,10 +125,10 @@ class SystemResult:
 
     @property
     def ranked(self) -> int | None:
-        """How many documents per query it ranked at most, as far as known: the smaller of ``depth`` and
-        ``max_ranked`` (``None``: neither is known)."""
-        known = [d for d in (self.depth, self.max_ranked) if d is not None]
-        return min(known) if known else None
+        """How many documents per query its pipeline cut its rankings to, as far as known: ``depth`` (the
+        documents asked for: a ranking shorter than it holds all that matched), else ``max_ranked`` (``None``:
+        neither is known)."""
+        return self.depth if self.depth is not None else self.max_ranked
 
     def values(self, metric: str) -> Mapping[str, float]:
         """Per-query values of ``metric`` in any spelling :func:`parse_metric` reads."""
@@ -120,7 +146,8 @@ class SystemResult:
 def load_result(path: str | Path, *, qrels: Mapping[str, Mapping[str, int]] | None = None,
                 metrics: Sequence[str] = DEFAULT_COMPARE_METRICS,
                 name: str | None = None, dataset: str | None = None, split: str | None = None,
-                relevance_level: int = 1, ignore_identical_ids: bool = True) -> SystemResult:
+                relevance_level: int = 1, ignore_identical_ids: bool = True,
+                qrels_fingerprint: str | None = None) -> SystemResult:
     """A :class:`SystemResult` from a ``ragkit eval -o`` JSON file, or from a TREC run file
     scored here against ``qrels`` on ``metrics`` (with :func:`~ragkit.eval.evaluate`'s
     ``relevance_level`` and ``ignore_identical_ids``; a run file holds no judgements; ``dataset`` and
@@ -130,7 +157,10 @@ def load_result(path: str | Path, *, qrels: Mapping[str, Mapping[str, int]] | No
     ones its ``settings`` record (``relevance_level`` and ``ignore_identical_ids`` are not checked against
     it here, they score run files: :func:`compare` refuses results scored differently).  A JSON file
     without them (written before ``ragkit eval`` recorded them) was scored with the defaults ragkit eval
-    always used then: ``relevance_level=1``, ``ignore_identical_ids=True``."""
+    always used then: ``relevance_level=1``, ``ignore_identical_ids=True``.  A run file's result carries the
+    :func:`scored_qrels_fingerprint` of the judged queries it is scored on; ``qrels_fingerprint``, when given, is
+    that fingerprint computed already (``scored_qrels_fingerprint(qrels, qrels)``: ``ragkit compare`` computes it
+    once for all its run files), taken as is."""
     path = Path(path)
 
     def not_results(kind: str | None) -> None:  # a pipeline given where its results belong (a.yaml b.yaml)
@@ -163,9 +193,12 @@ def load_result(path: str | Path, *, qrels: Mapping[str, Mapping[str, int]] | No
     if qrels is None:
         raise DataError(f"{path}: a TREC run file holds no judgements; give the dataset to score it against "
                         "(ragkit compare --data NAME_OR_FOLDER --split SPLIT)")
+    if qrels_fingerprint is not None and not isinstance(qrels_fingerprint, str):
+        raise ParamError(f"load_result: qrels_fingerprint must be None or what scored_qrels_fingerprint(qrels, qrels) "
+                         f"returns ('sha256-scored:...'), got {type(qrels_fingerprint).__name__} "
+                         f"{qrels_fingerprint!r:.60}")
     run = Run.read_trec(path)
     qrels = check_qrels(qrels, "load_result")  # (once: the scores and the level note read it)
-    fingerprint = qrels_fingerprint(qrels)
     judged = [q for q in run.query_ids if q in qrels]
     named = (f"split {split!r}" if split else "", f"dataset {dataset!r}" if dataset else "")
     where = " of ".join(x for x in named if x)
@@ -178,6 +211,8 @@ def load_result(path: str | Path, *, qrels: Mapping[str, Mapping[str, int]] | No
                              ignore_identical_ids=ignore_identical_ids, note_unsearched=False, note_level=False,
                              qrels_checked=True, who=str(path))
     scored = next(iter(scores.per_query.values()), {})
+    # (every judged query is scored, so this is the fingerprint of all of qrels' judgements)
+    fingerprint = qrels_fingerprint if qrels_fingerprint is not None else scored_qrels_fingerprint(qrels, scored)
     ran = set(run.query_ids)
     lacking = [q for q in scored if q not in ran]
     unjudged, _ = unjudged_note(list(run.query_ids), scored, lacking, f"in the {where}" if where else "")
@@ -468,9 +503,10 @@ class Comparison:
     ``p_holm`` within two of them of ``alpha``, whose verdict another seed could flip.
 
     What reproduces it: ``seed``, ``dataset`` and ``split`` (when the results record them), each system's
-    ``sources`` (the file read), ``depths`` (documents ranked per query at most, when known: :attr:`shallow`
-    marks the metrics whose cut-off is deeper) and ``fingerprints`` (of the qrels each was scored against,
-    ``None`` when unknown: a JSON file of an older ``ragkit eval``, an ``EvalResult``).  ``coverage``: sentences
+    ``sources`` (the file read), ``depths`` (the ``--depth`` it was evaluated at, ``None`` when not given or not
+    recorded) and ``fingerprints`` (of the qrels each was scored against, ``None`` when unknown: a JSON file of an
+    older ``ragkit eval``, an ``EvalResult``).  ``max_ranked``: the most documents each ranked for one query, when
+    known; :attr:`shallow` reads it where the depth is unknown.  ``coverage``: sentences
     :meth:`warnings` adds on TREC run files that rank few of the same queries.  ``n_differ`` counts the queries
     on which each system's value differs from the baseline's (NaN in the baseline's row).  :meth:`warnings` says
     what makes a row misleading.
@@ -500,30 +536,57 @@ class Comparison:
     n_differ: np.ndarray | None = field(default=None, repr=False)
     coverage: tuple[str, ...] = ()
     fingerprints: tuple[str | None, ...] = ()
+    max_ranked: tuple[int | None, ...] = ()
+
+    def _cuts(self) -> list[tuple[int | None, bool]]:
+        """Each system's ``(rankings cut to, whether by --depth)``: its depth when known (a ranking shorter than it
+        holds every document that matched), else its longest ranking (``(None, False)``: neither known)."""
+        out: list[tuple[int | None, bool]] = []
+        for i in range(len(self.systems)):
+            depth = self.depths[i] if i < len(self.depths) else None
+            ranked = self.max_ranked[i] if i < len(self.max_ranked) else None
+            out.append((depth, True) if depth is not None else (ranked, False))
+        return out
 
     @property
     def shallow(self) -> np.ndarray:
-        """``(n_systems, n_metrics)`` bool: the system ranked fewer documents per query (``depths``, when known)
-        than the metric's cut-off (``recall@100`` of a ``--depth 10`` result counts 10 documents at most), so a
-        difference on that metric measures the depth, not the system."""
+        """``(n_systems, n_metrics)`` bool: the system's pipeline cut its rankings shorter than the metric's
+        cut-off (``recall@100`` of a ``--depth 10`` result counts 10 documents at most), so a difference on that
+        metric measures that cut, not the system.  The cut is the ``--depth`` searched where known (rankings
+        shorter than it because few documents match are not marked), else the longest ranking (``max_ranked``: a
+        pipeline whose last step keeps 10, or one that found few documents)."""
         cut = np.array([parse_metric(m)[1] for m in self.metrics])
-        depth = np.array([np.inf if d is None else d for d in self.depths] or [np.inf] * len(self.systems))
+        depth = np.array([np.inf if d is None else d for d, _ in self._cuts()])
         return depth[:, None] < cut[None, :]
 
     def warnings(self) -> list[str]:
-        """One sentence per metric whose cut-off is deeper than a system was searched (:attr:`shallow`; ``!``
-        in ``ragkit compare``'s table): a difference on it measures the depth, not the system; then one per TREC
-        run file that shares under half of the queries it or the baseline ranks (``coverage``)."""
+        """One sentence per metric whose cut-off is deeper than a system's rankings were cut (:attr:`shallow`;
+        ``!`` in ``ragkit compare``'s table), worded by cause: the ``--depth`` searched (evaluate again deeper), or
+        rankings shorter than the cut-off without a known depth (the pipeline's ``k``, or few documents matching);
+        then one per TREC run file that shares under half of the queries it or the baseline ranks (``coverage``)."""
         out = []
-        shallow = self.shallow
+        shallow, cuts = self.shallow, self._cuts()
         for j, m in enumerate(self.metrics):
-            if shallow[:, j].any():
-                cut = parse_metric(m)[1]
-                who = ", ".join(f"{self.systems[i]} ranked at most {self.depths[i]}"
-                                for i in np.flatnonzero(shallow[:, j]))
-                out.append(f"! {m}: {who} documents per query, fewer than its cut-off of {cut}: its values count only "
-                           f"those, so a difference on {m} measures the depth searched, not the system; evaluate "
-                           f"every system with --depth {cut} or more to compare them on {m}")
+            if not shallow[:, j].any():
+                continue
+            cut = parse_metric(m)[1]
+            marked = np.flatnonzero(shallow[:, j]).tolist()
+            deep = [i for i in marked if cuts[i][1]]
+            short = [i for i in marked if not cuts[i][1]]
+            why = []
+            if deep:
+                who = ", ".join(f"{self.systems[i]} ranked at most {cuts[i][0]}" for i in deep)
+                why.append(f"{who} documents per query, fewer than its cut-off of {cut}: its values "
+                           f"count only those, so a difference on {m} measures the depth searched, not the system; "
+                           f"evaluate every system with --depth {cut} or more to compare them on {m}")
+            if short:
+                who = ", ".join(f"{self.systems[i]} ranked at most {cuts[i][0]}" for i in short)
+                why.append(f"{who} documents per query, fewer than its cut-off of {cut} (rankings shorter than the "
+                           f"cut-off: the pipeline's k, or few documents matching), so a difference on {m} may "
+                           f"measure how many documents each ranked, not how well; to rank more, raise the pipeline's "
+                           f"k or evaluate with --depth {cut} (a ranking shorter than --depth holds every document "
+                           f"that matched)")
+            out.append(f"! {m}: " + "; ".join(why))
         return out + list(self.coverage)
 
     def few_differ(self) -> list[str]:
@@ -626,7 +689,9 @@ class Comparison:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: what was compared (``dataset``, ``split``, ``metrics``, ``seed``, each system's ``source``
-        file and ``depth``: enough to run the comparison again) and one record per (system, metric)."""
+        file, ``depth`` (``--depth``, ``None``: not given or unknown), and where known ``max_ranked`` (the most
+        documents it ranked for one query) and ``qrels_fingerprint``: enough to run the comparison again) and one
+        record per (system, metric)."""
         rows = []
         shallow = self.shallow
         for i, s in enumerate(self.systems):
@@ -645,6 +710,8 @@ class Comparison:
         note = self.note()
         systems = [{"name": s, "source": self.sources[i] if i < len(self.sources) else None,
                     "depth": self.depths[i] if i < len(self.depths) else None,
+                    **({"max_ranked": ranked} if (ranked := self.max_ranked[i] if i < len(self.max_ranked)
+                                                  else None) is not None else {}),
                     **({"qrels_fingerprint": fp} if (fp := self.fingerprints[i] if i < len(self.fingerprints)
                                                       else None) else {})}
                    for i, s in enumerate(self.systems)]
@@ -713,26 +780,49 @@ def _check_args(results: Sequence[SystemResult], metrics: Sequence[str], baselin
                             f"values differ by how they were scored, not only by system; score them alike (ragkit eval "
                             f"{fix}; for TREC run files, ragkit compare {fix}; in Python, evaluate(run, qrels, "
                             f"metrics, {py}))")
-    known = [r for r in results if r.qrels_fingerprint is not None]
-    unknown = [r for r in results if r.qrels_fingerprint is None]
-    if known and unknown:  # a JSON file of an older ragkit eval, or an EvalResult: nothing to check it with
+
+
+def _unchecked_why(r: SystemResult) -> str:
+    """Why ``r``'s judgements cannot be checked against the other results', by what it was read from."""
+    if r.qrels_fingerprint is not None:  # the older "sha256:" of the whole split (before --limit)
+        kind = _fingerprint_kind(r.qrels_fingerprint)
+        return (f"{r.source or r.name} records a fingerprint of its whole split ({kind}: a 'ragkit eval -o' file "
+                "of an older ragkit), not of the queries it scored")
+    if r.source is None:
+        return (f"{r.name} records no qrels fingerprint (a result built in Python: an EvalResult of evaluate(), which "
+                "keeps no judgements, or a SystemResult given no qrels_fingerprint=scored_qrels_fingerprint(...))")
+    return f"{r.source} records no qrels fingerprint (a 'ragkit eval -o' file written before it was recorded)"
+
+
+def _check_fingerprints(results: Sequence[SystemResult]) -> None:
+    """Refuse results whose judgements differ (:func:`scored_qrels_fingerprint`, compared within each kind of
+    fingerprint, after the queries were checked alike); say which results could not be checked."""
+    kinds: dict[str, list[SystemResult]] = {}
+    for r in results:
+        if r.qrels_fingerprint is not None:
+            kinds.setdefault(_fingerprint_kind(r.qrels_fingerprint), []).append(r)
+    for known in kinds.values():
+        other = next((r for r in known[1:] if r.qrels_fingerprint != known[0].qrels_fingerprint), None)
+        if other is not None:  # the same dataset name and split, other judgements: a copy with other grades
+            a, b = known[0], other
+
+            def said(r: SystemResult) -> str:
+                return f"{r.source or r.name} ({r.qrels_fingerprint})"
+
+            raise DataError(f"compare: {said(a)} and {said(b)} were scored against different qrels: their judgements "
+                            "differ (another copy or version of the dataset, or of its qrels file) though the dataset "
+                            "and split may be named alike, so their per-query values differ by judgements, not only "
+                            "by system; score every result against the same qrels (ragkit eval --data, and for TREC "
+                            "run files ragkit compare --data, of one folder)")
+    if not kinds:
+        return
+    main = kinds.get(SCORED_FINGERPRINT_KIND) or max(kinds.values(), key=len)
+    unchecked = [r for r in results if not any(r is m for m in main)]
+    if unchecked:  # an older ragkit eval's file, or a result built in Python: nothing to check it with
         logging.getLogger("ragkit").info(
-            "compare: %s record%s no qrels fingerprint (a 'ragkit eval -o' file written before it was recorded), so "
-            "whether %s scored against the same judgements as %s could not be checked",
-            ", ".join(r.source or r.name for r in unknown), "s" if len(unknown) == 1 else "",
-            "it was" if len(unknown) == 1 else "they were", ", ".join(r.source or r.name for r in known))
-    other = next((r for r in known[1:] if r.qrels_fingerprint != known[0].qrels_fingerprint), None)
-    if other is not None:  # the same dataset name and split, other judgements: a copy with other grades
-        a, b = known[0], other
-
-        def said(r: SystemResult) -> str:
-            return f"{r.source or r.name} ({r.qrels_fingerprint})"
-
-        raise DataError(f"compare: {said(a)} and {said(b)} were scored against different qrels: their judgements "
-                        "differ (another copy or version of the dataset, or of its qrels file) though the dataset "
-                        "and split may be named alike, so their per-query values differ by judgements, not only by "
-                        "system; score every result against the same qrels (ragkit eval --data, and for TREC run "
-                        "files ragkit compare --data, of one folder)")
+            "compare: %s; so whether %s scored against the same judgements as %s could not be checked",
+            "; ".join(map(_unchecked_why, unchecked)), "it was" if len(unchecked) == 1 else "they were",
+            ", ".join(r.source or r.name for r in main))
 
 
 def _check_held(results: Sequence[SystemResult], metrics: Sequence[str], m: str) -> None:
@@ -884,6 +974,7 @@ def compare(results: Sequence[SystemResult] | Mapping[str, Any], metrics: Sequen
     for m in metrics:  # each held by every result (else: the metrics they share), then on the same queries
         _check_held(results, metrics, m)
         queries[m] = _same_queries(results, m)
+    _check_fingerprints(results)  # (after the queries: other queries are said as such, not as other judgements)
     for m in metrics:  # before any resampling, naming the system (the test would name neither)
         for r in results:
             _check_finite(r.values(m), f"compare: {r.name}: {m}")
@@ -916,7 +1007,8 @@ def compare(results: Sequence[SystemResult] | Mapping[str, Any], metrics: Sequen
     return Comparison([r.name for r in results], list(metrics), int(baseline), n_q, n_sets, means, delta, lo, hi, p,
                       holm(p), alpha, confidence, n_resamples, p_se, _holm_se(p, p_se), seed=int(seed),
                       dataset=known["dataset"], split=known["split"], sources=tuple(r.source for r in results),
-                      depths=tuple(r.ranked for r in results), n_differ=n_differ,
+                      depths=tuple(r.depth for r in results), max_ranked=tuple(r.max_ranked for r in results),
+                      n_differ=n_differ,
                       coverage=_coverage(results, baseline),
                       fingerprints=tuple(r.qrels_fingerprint for r in results))
 

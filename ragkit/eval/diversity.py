@@ -203,19 +203,22 @@ def _as_run(run: Any, measure: str) -> Run:
                                          "name no document id (subtopics name documents by id): pass the Run search "
                                          "returns, or Run.from_rankings(query_ids, rankings, corpus.ids)")
                       if rankings else None)
+    from ragkit.types import _key_ids
+
     written: dict[str, dict[str, float]] = {}
-    for q, docs in run.items():  # as evaluate reads a run: ids as strings, scores as numbers (no NaN: no order)
+    # as evaluate reads a run: ids as strings (1.0 and "1" alike: ragkit.types' ids), scores as numbers (no NaN)
+    for q, key, docs in zip(run, _key_ids(run, f"{measure}: run's query ids"), run.values()):
         scores: dict[str, float] = {}
-        for d, v in docs.items():
+        for d, did, v in zip(docs, _key_ids(docs, f"{measure}: run[{q!r}]'s document ids"), docs.values()):
             try:
                 f = float(v)
             except (TypeError, ValueError):
                 f = math.nan
             if f != f:
                 raise DataError(f"{measure}: query {q!r} gives document {d!r} the score {v!r:.40}; expected numbers")
-            scores[d if type(d) is str else str(d)] = f
+            scores[did] = f
         ids_once(scores, docs, f"{measure}: run[{q!r}] names a document")
-        written[q if type(q) is str else str(q)] = scores
+        written[key] = scores
     ids_once(written, run, f"{measure}: run names a query")
     return Run.from_dict(written)
 
@@ -241,13 +244,16 @@ def check_subtopics(subtopics: Any, who: str) -> dict[str, dict[str, list[Hashab
     if not isinstance(subtopics, Mapping):
         raise DataError(f"{who}: subtopics must be a mapping {{query_id: {{doc_id: [subtopic, ...]}}}}, got "
                         f"{_kind(subtopics)}")
+    from ragkit.types import _key_ids
+
     out: dict[str, dict[str, list[Hashable]]] = {}
-    for q, judged in subtopics.items():
+    for q, key, judged in zip(subtopics, _key_ids(subtopics, f"{who}: subtopics' query ids"), subtopics.values()):
         if not isinstance(judged, Mapping):
             raise DataError(f"{who}: subtopics[{q!r}] is {_kind(judged)}, expected a mapping "
                             "{doc_id: [subtopic, ...]} (subtopics are {query_id: {doc_id: [subtopic, ...]}})")
         docs: dict[str, list[Hashable]] = {}
-        for d, labels in judged.items():
+        for d, did, labels in zip(judged, _key_ids(judged, f"{who}: subtopics[{q!r}]'s document ids"),
+                                  judged.values()):
             if isinstance(labels, (str, bytes)):
                 raise DataError(f"{who}: subtopics[{q!r}][{d!r}] is one string ({labels!r:.60}), expected a list "
                                 f"of subtopic labels: [{labels!r:.60}] for one subtopic")
@@ -260,9 +266,9 @@ def check_subtopics(subtopics: Any, who: str) -> dict[str, dict[str, list[Hashab
             if bad is not None:
                 raise DataError(f"{who}: subtopics[{q!r}][{d!r}] holds {_kind(bad)}, expected subtopic labels "
                                 "(strings or numbers)")
-            docs[d if type(d) is str else str(d)] = list(dict.fromkeys(items))  # a repeated label counts once
+            docs[did] = list(dict.fromkeys(items))  # a repeated label counts once
         ids_once(docs, judged, f"{who}: subtopics[{q!r}] names a document")
-        out[q if type(q) is str else str(q)] = docs
+        out[key] = docs
     ids_once(out, subtopics, f"{who}: subtopics name a query")
     return out
 
