@@ -360,9 +360,10 @@ def qrels_fingerprint(qrels: Mapping[str, Mapping[str, int]]) -> str:
     :func:`~ragkit.types.check_qrels` returns them): the SHA-256 of every ``query<TAB>document<TAB>grade`` line,
     sorted, queries with no judgement left out.  The grades are hashed as read, before any ``relevance_level``
     (which :func:`~ragkit.eval.compare.compare` checks on its own); the order of the file, of the queries and of
-    their documents changes nothing.  ``ragkit eval`` records it for the whole split it scored (before
-    ``--limit``: the queries compared are checked on their own) as ``settings.qrels_fingerprint``, and ``ragkit
-    compare`` refuses results whose fingerprints differ (judgements of another copy of the dataset)."""
+    their documents changes nothing.  :func:`~ragkit.eval.compare.scored_qrels_fingerprint` applies it to the
+    judgements of the queries a result was scored on (``"sha256-scored:..."``), which ``ragkit eval`` records as
+    ``settings.qrels_fingerprint``; ``ragkit compare`` refuses results whose fingerprints of one kind differ
+    (judgements of another copy of the dataset)."""
     import hashlib
 
     lines = sorted(f"{q}\t{d}\t{int(g)}\n" for q, rel in qrels.items() for d, g in rel.items())
