@@ -547,8 +547,10 @@ class DBNormDense(_BankOperator):
     Non-dynamic DualIS scores document ``g`` for query ``q`` as ``(beta1 + beta2) * s(q, g) - c_g``
     with ``c_g = log Z_q(g; beta1) + log Z_g(g; beta2)``, a penalty of the document alone (IS:
     ``beta * s(q, g) - log Z_q(g; beta)``).  So the normalised score is an inner product: fit stores
-    the unit document vectors augmented with one coordinate, ``[g, -c_g / scale]`` (``scale`` =
-    ``beta1 + beta2``, or ``beta``), in an exact inner-product
+    the unit document vectors augmented with one coordinate, ``[g, -(c_g - shift_) / scale]`` (``scale`` =
+    ``beta1 + beta2``, or ``beta``; ``shift_`` the midpoint of the penalties' range, which centres the
+    float32 coordinate within about [-2, 2] whatever the betas; the scores are then ``ip * scale - shift_``),
+    in an exact inner-product
     :class:`~ragkit.retrievers._index.VectorIndex` (blocked matrix products and top-k, as ``dense``
     with ``search: exact``), and a search scores ``[q, 1]`` against them: hubs are demoted *before*
     the top-``k`` cut, where ``dense | dbnorm`` can only reorder the ``k`` candidates dense found

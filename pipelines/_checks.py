@@ -509,8 +509,10 @@ def _not_cosines(source: Operator, where: str, reader: Operator, at: str) -> Con
         fix = (f"put {reader.name} inside the dense branch, e.g. parallel: {{branches: [[dense, {reader.name}], "
                "bm25]}")
     else:
-        there = f"{where}.{source.name}"
         inner = _cosine_retriever(source)
+        # where the setting to change is written: a sharded step's per-shard retriever, its own node
+        sub = f".retriever.{inner.name}" if inner is not None and inner is not source else ""
+        there = f"{where}.{source.name}{sub}"
         metric = getattr(inner.params, "metric", "cos") if inner is not None else None
         if metric == "cos" and inner is not None and getattr(inner.params, "merge", "score") != "score":
             return _interleaved(there, reader, at)

@@ -338,7 +338,8 @@ def check_listed_files(folder: Path, rel: str, listed: set[str], who: str, reade
 
     ``users_files`` (an operator's own folder, where a user may keep files beside the save, which a save never
     deletes): unlisted notes at the top (``*.md``, ``*.txt``, ``*.rst``, hidden files such as ``.DS_Store``:
-    no operator reads one) stay allowed, and so does another ragkit save inside it (a folder holding its own
+    no operator reads one) stay allowed, and so do hidden folders at the top (``.git``, ``.ipynb_checkpoints``)
+    that hold none of the listed files, and another ragkit save inside it (a folder holding its own
     ``checksums.json`` or ``manifest.json`` that holds none of the listed files: not read by this load)."""
     base = os.path.realpath(folder)
     top = folder / rel
@@ -353,6 +354,8 @@ def check_listed_files(folder: Path, rel: str, listed: set[str], who: str, reade
             if p.is_symlink():
                 raise ArtifactError(f"{p}: a symbolic link (to {os.readlink(p)}) in {who}'s folder; ragkit never "
                                     f"writes links into a save, and loads no file through one: {again}")
+        if users_files and root == str(top):  # (a hidden folder at the top: .git, .ipynb_checkpoints)
+            dirs[:] = [d for d in dirs if not (d.startswith(".") and not _holds_listed(Path(root, d), folder, listed))]
         for name in files:
             p = Path(root, name)
             got = os.path.relpath(p, folder)
@@ -370,6 +373,12 @@ _NOTES = (".md", ".txt", ".rst")
 #: folders that ragkit's operators read inside their own folder when they find them (a tuned model, the shards
 #: of a sharded index): never taken for another save kept there (``_another_save``), whatever they hold
 _READ_FOLDERS = re.compile(r"model|shard-\d+|ops")
+
+
+def _holds_listed(sub: Path, folder: Path, listed: set[str]) -> bool:
+    """Whether one of the paths ``listed`` (relative to ``folder``) lies below the folder ``sub``."""
+    prefix = os.path.relpath(sub, folder) + os.sep
+    return any(p.startswith(prefix) for p in listed)
 
 
 def _another_save(sub: Path, folder: Path, listed: set[str]) -> bool:

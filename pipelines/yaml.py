@@ -45,7 +45,7 @@ import yaml
 from ragkit import registry
 from ragkit.errors import ConfigError, ParamError
 from ragkit.operator import Operator
-from ragkit.params import QUOTE_AS_WRITTEN, validate_params
+from ragkit.params import LONG_INT_DIGITS, QUOTE_AS_WRITTEN, validate_params
 from ragkit.pipelines._checks import fuse_weights_problem, route_label_problems, unranked_router
 from ragkit.pipelines._compose import (
     MAX_LOOP_ITERS,
@@ -109,15 +109,21 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
     def construct_yaml_int(self, node: yaml.ScalarNode) -> int:
-        """SafeLoader's integer, but one too long for Python to read (over ``sys.get_int_max_str_digits()``
-        decimal digits: its ``ValueError`` escaped as a traceback) is refused with its line and column."""
+        """SafeLoader's integer, but one written with more than :data:`~ragkit.params.LONG_INT_DIGITS`
+        digits, in any base, is refused with its line and column before it is built: no parameter takes one,
+        and a long one in hex or binary (which ``sys.get_int_max_str_digits()`` does not bound) would be built
+        and then fail to print in the error about it; one Python cannot read is refused the same way."""
+        text = str(node.value).replace("_", "").lstrip("+-")
+        digits = len(text[2:] if text[:2].lower() in ("0x", "0b", "0o") else text)
+        if digits > LONG_INT_DIGITS:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"an integer of {digits:,} digits, more than any parameter takes (a few digits)",
+                node.start_mark)
         try:
             return int(super().construct_yaml_int(node))
         except ValueError:
-            digits = sum(c.isalnum() for c in str(node.value))
-            what = f"an integer of {digits:,} digits, more than Python reads (a parameter takes a few digits)" \
-                if digits > 100 else f"{node.value!r} is not an integer"
-            raise yaml.constructor.ConstructorError(None, None, what, node.start_mark) from None
+            raise yaml.constructor.ConstructorError(None, None, f"{node.value!r} is not an integer",
+                                                    node.start_mark) from None
 
 
 _INT, _FLOAT = "tag:yaml.org,2002:int", "tag:yaml.org,2002:float"

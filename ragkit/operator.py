@@ -1242,6 +1242,11 @@ def _corpus_hint(given: Any) -> str:
     return _other_constructor(given) or "; build one with Corpus.from_texts(texts) or Corpus.from_records(records)"
 
 
+#: What reading a JSON file that may not be ragkit's raises: no such file (or no access), not JSON, or JSON
+#: nested thousands deep (:func:`read_json` words each of them for a file ragkit must read)
+_UNREADABLE = (OSError, ValueError, RecursionError)
+
+
 def _is_ragkit_save(folder: Path) -> bool:
     """Whether ``folder`` holds a ragkit save: an operator's ``params.json`` or a pipeline's
     ``manifest.json`` that parses and carries ragkit's ``format_version`` (a file merely named so is
@@ -1250,7 +1255,7 @@ def _is_ragkit_save(folder: Path) -> bool:
         meta = json.loads((folder / "params.json").read_text(encoding="utf-8"))
         if isinstance(meta, dict) and "format_version" in meta and "operator" in meta:
             return True
-    except (OSError, ValueError):
+    except _UNREADABLE:
         pass
     return _is_pipeline_manifest(folder / "manifest.json")
 
@@ -1260,7 +1265,7 @@ def _is_pipeline_manifest(path: Path) -> bool:
     ``nodes`` and ``sha256``), not another file of that name (a chunk KV-cache's, somebody else's)."""
     try:
         meta = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    except _UNREADABLE:
         return False
     return isinstance(meta, dict) and "format_version" in meta and "nodes" in meta and "sha256" in meta
 
@@ -1272,7 +1277,7 @@ def _foreign_files(folder: Path) -> list[str]:
     for name, key in ((CHECKSUMS, None), ("manifest.json", "sha256")):
         try:
             record = json.loads((folder / name).read_text(encoding="utf-8"))
-        except (OSError, ValueError):
+        except _UNREADABLE:
             continue
         listed = record.get(key) if key is not None and isinstance(record, dict) else record
         if isinstance(listed, dict):

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Union
 from pydantic import ValidationError
 
 from ragkit.errors import ParamError
-from ragkit.params import describe_error, format_loc
+from ragkit.params import describe_error, error_loc, format_loc
 
 if TYPE_CHECKING:
     from ragkit.operator import Operator
@@ -297,7 +297,18 @@ def _param_error(exc: ValidationError, name: str, given: Mapping[str, Any], at: 
         if field is not None:  # a check of one field written before the others (booleans for integers)
             lines.append(f"{where}.{field}: {_no_yaml(text.removeprefix(f'{field}: '))}")
             continue
-        head = f"{where}.{next(iter(given))}" if len(given) == 1 else where
+        refused = _refused_option(err, given)  # a rule across fields naming one option given: that one
+        head = f"{where}.{refused or next(iter(given))}" if refused or len(given) == 1 else where
         lines.append(f"{head}: {text}{at}")
-    first = exc.errors()[0]["loc"] if exc.errors() else ()
-    return ParamError("\n".join(lines), path=format_loc(f"options.{name}", first or (next(iter(given)),)))
+    errors = exc.errors()
+    first = tuple(errors[0]["loc"]) if errors else ()
+    refused = _refused_option(errors[0], given) if errors and not first else None
+    return ParamError("\n".join(lines), path=format_loc(f"options.{name}", first or (refused or next(iter(given)),)))
+
+
+def _refused_option(err: Mapping[str, Any], given: Mapping[str, Any]) -> str | None:
+    """The field a rule across fields refused (:class:`~ragkit.params.FieldRefusal`, located by
+    :func:`~ragkit.params.error_loc` as a constructor's error is) when it is one of the options ``given``,
+    else ``None`` (a copy has every field set, so the rule may name one not given: the option given is named)."""
+    loc = error_loc(err)
+    return loc[-1] if len(loc) > len(err.get("loc") or ()) and loc[-1] in given else None

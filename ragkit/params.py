@@ -36,7 +36,7 @@ _P = typing.TypeVar("_P", bound="Params")
 __all__ = ["Params", "MetadataFilter", "ModelName", "Seed", "MAX_INT", "VectorDtype", "FdeDtype", "FloatDtype",
            "Metric", "SPELLINGS", "canonical_spelling", "has_upper_bound", "validate_params",
            "format_validation_error", "describe_error", "FieldRefusal", "error_loc",
-           "update_params", "format_loc", "model_at", "QUOTE_AS_WRITTEN",
+           "update_params", "format_loc", "model_at", "QUOTE_AS_WRITTEN", "shown", "LONG_INT_DIGITS",
            "params_section", "document_params"]
 
 
@@ -113,6 +113,33 @@ ModelName = typing.Annotated[str, BeforeValidator(_not_an_encoder), AfterValidat
 MAX_INT = 2**31 - 1
 #: The type of a ``seed`` parameter: numpy's generators and scikit-learn take 0 .. 2**32 - 1.
 Seed = typing.Annotated[int, Field(ge=0, le=2**32 - 1)]
+
+
+#: An integer with more decimal digits than this is shown by its length, not its digits
+#: (:func:`shown`): Python refuses to print one past ``sys.get_int_max_str_digits()`` (4,300).
+LONG_INT_DIGITS = 100
+
+
+def shown(value: Any) -> str:
+    """``repr(value)`` for an error message, but an integer of more than :data:`LONG_INT_DIGITS` digits
+    as ``an integer of 5,000 digits`` (its ``repr`` is unreadable, and past 4,300 digits raises
+    ``ValueError``), and a value holding such an integer as its type."""
+    if _long_int(value):
+        n = abs(value)
+        digits = int(n.bit_length() * 0.30102999566398120) + 1  # log10(2): off by one at most, so
+        digits -= n < 10 ** (digits - 1)
+        digits += n >= 10 ** digits
+        return f"{'a negative' if value < 0 else 'an'} integer of {digits:,} digits"
+    try:
+        return repr(value)
+    except ValueError:  # a list or mapping holding an integer too long to print
+        return f"a {type(value).__name__} holding an integer too long to print"
+
+
+def _long_int(value: Any) -> bool:
+    """Whether ``value`` is an integer (not a bool) of more than :data:`LONG_INT_DIGITS` digits."""
+    return isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 10 ** LONG_INT_DIGITS
+
 
 #: The type of a retriever's ``filter`` parameter (see :func:`_metadata_filter`).
 MetadataFilter = typing.Annotated[typing.Optional[dict[str, Any]], BeforeValidator(_metadata_filter)]
@@ -199,7 +226,7 @@ class Params(BaseModel):
             return v
         for x in (v if isinstance(v, (list, tuple)) else [v]):
             if isinstance(x, int) and not isinstance(x, bool) and abs(x) > MAX_INT:
-                raise ValueError(f"expected an integer within ±{MAX_INT:,}, got {x!r}")
+                raise ValueError(f"expected an integer within ±{MAX_INT:,}, got {shown(x)}")
         return v
 
     def refuse_unused(self, *checks: tuple[str, bool, str]) -> None:
@@ -209,7 +236,7 @@ class Params(BaseModel):
         for name, used, needs in checks:
             value = getattr(self, name)
             if not used and value != type(self).model_fields[name].default:
-                raise FieldRefusal(name, f"{name}={value!r} has no effect without {needs}; leave it out, or set "
+                raise FieldRefusal(name, f"{name}={shown(value)} has no effect without {needs}; leave it out, or set "
                                          f"{needs}")
 
     def given(self, *names: str) -> str:
@@ -292,16 +319,17 @@ def describe_error(err: Mapping[str, Any], source: str | None = None) -> str:
     if t == "missing":
         return "required parameter is missing"
     if t == "string_type" and isinstance(got, (bool, int, float)):
-        return f"expected a string, got {got!r}; {_quote_hint(got, source)}"
+        return f"expected a string, got {shown(got)}; {_quote_hint(got, source)}"
     if t == "greater_than_equal" and ctx.get("ge") == 1 and isinstance(got, int) and not isinstance(got, bool):
-        return f"expected a positive integer, got {got!r}"  # ge=1 bounds counts; gt=0 bounds real numbers
+        return f"expected a positive integer, got {shown(got)}"  # ge=1 bounds counts; gt=0 bounds real numbers
     if t == "finite_number":
-        return f"expected a finite number, got {got!r}"
+        return f"expected a finite number, got {shown(got)}"
     if t == "model_type":  # a nested settings model (dense's adapt, a rule of rule_router) given a scalar or a list
         loc = err.get("loc") or ()
         if loc and isinstance(loc[-1], str):
-            return f"expected a mapping of {loc[-1]}'s settings (e.g. {loc[-1]}: {{}} for the defaults), got {got!r}"
-        return f"expected a mapping of settings (a {ctx.get('class_name', 'settings object')}), got {got!r}"
+            return (f"expected a mapping of {loc[-1]}'s settings (e.g. {loc[-1]}: {{}} for the defaults), "
+                    f"got {shown(got)}")
+        return f"expected a mapping of settings (a {ctx.get('class_name', 'settings object')}), got {shown(got)}"
     expected = {
         "greater_than_equal": lambda: f"a value >= {ctx.get('ge')}",
         "greater_than": lambda: f"a value > {ctx.get('gt')}",
@@ -323,8 +351,8 @@ def describe_error(err: Mapping[str, Any], source: str | None = None) -> str:
         msg = msg.removeprefix("Value error, ").removeprefix("Assertion failed, ")
         if isinstance(ctx.get("error"), FieldRefusal):  # its input is the whole mapping; its text quotes the value
             return msg
-        return f"{msg}, got {got!r}" if "got" not in msg else msg
-    return f"expected {expected()}, got {got!r}"
+        return f"{msg}, got {shown(got)}" if "got" not in msg else msg
+    return f"expected {expected()}, got {shown(got)}"
 
 
 def _items(n: Any) -> str:
@@ -454,7 +482,7 @@ def validate_params(model: type[Params], values: Any, owner: str, path: str = ""
         where = f"{path}.{owner}" if path else owner
         if not path and source != "yaml":  # Operator(10): a positional argument that is not a mapping
             raise ParamError(f"{where}: {_keywords_only(model, owner, values)}", path=where)
-        raise ParamError(f"{where}: expected a mapping of parameters, got {values!r}", path=where)
+        raise ParamError(f"{where}: expected a mapping of parameters, got {shown(values)}", path=where)
     try:
         return model.model_validate(dict(values), context={"source": source} if source else None)
     except ValidationError as exc:
@@ -484,11 +512,11 @@ def _keywords_only(model: type[Params], owner: str, value: Any) -> str:
         cls = model.__name__.removesuffix("Params") or owner
     fields = model.model_fields
     field, info = ("k", fields["k"]) if "k" in fields else next(iter(fields.items()), ("k", None))
-    simple = isinstance(value, (int, float, str)) and not isinstance(value, bool)
+    simple = isinstance(value, (int, float, str)) and not isinstance(value, bool) and not _long_int(value)
     example = f"{field}={value!r}" if simple and info is not None and _accepts(info.annotation, value) else \
         f"{field}=..."
     return (f"{cls} takes its parameters as keyword arguments only, e.g. {cls}({example}); got the positional "
-            f"argument {value!r:.60}")
+            f"argument {shown(value):.60}")
 
 
 def _accepts(annotation: Any, value: Any) -> bool:

@@ -29,6 +29,7 @@ import numpy as np
 
 from ragkit import _files
 from ragkit._files import remove_stale_tempfiles
+from ragkit.errors import ParamError
 
 __all__ = ["EmbeddingCache", "ShardStore", "text_digests", "UNREADABLE", "write_shard", "write_cache_files",
            "sweep_stale_tempfiles"]
@@ -231,12 +232,33 @@ def shared_reason(folder: Path) -> str | None:
     return None
 
 
+#: ``RAGKIT_CACHE_SHARED``'s spellings (any case, spaces around ignored), as ``RAGKIT_CACHE_QUERIES``'; unset or
+#: empty is false
+_TRUE_WORDS, _FALSE_WORDS = ("1", "true", "yes", "on"), ("0", "false", "no", "off", "")
+
+
+def env_cache_shared() -> bool:
+    """``$RAGKIT_CACHE_SHARED`` as a boolean ("the embedding cache is shared on purpose": no warning that others
+    may write it, :func:`warn_if_shared`): 1, true, yes or on (any case) is true; 0, false, no, off, empty or
+    unset is false; anything else (``2``, ``y``) is a :class:`~ragkit.errors.ParamError` naming the variable
+    and the accepted values, as ``RAGKIT_CACHE_QUERIES`` is read."""
+    raw = os.environ.get("RAGKIT_CACHE_SHARED", "")
+    word = raw.strip().lower()
+    if word in _TRUE_WORDS:
+        return True
+    if word in _FALSE_WORDS:
+        return False
+    raise ParamError(f"RAGKIT_CACHE_SHARED: expected 1, true, yes or on (the embedding cache is shared on purpose: "
+                     f"no warning that others may write it) or 0, false, no, off or empty (warn), got {raw!r}")
+
+
 def warn_if_shared(folder: Path) -> None:
     """Warn (a ``RuntimeWarning``, once per folder and process) when the vectors cached in ``folder`` may come
     from someone else (:func:`shared_reason`).  The cache is trusted input: a text's vectors are found by
     the digest of its text alone, so whoever can write a shard there (or replace one) changes the vectors,
-    and the rankings, of the texts it names, silently.  Not refused: a team may share one cache on purpose."""
-    if folder in _SHARED_SAID:
+    and the rankings, of the texts it names, silently.  Not refused: a team may share one cache on purpose,
+    and says so with ``RAGKIT_CACHE_SHARED=1`` (:func:`env_cache_shared`), which silences the warning."""
+    if folder in _SHARED_SAID or env_cache_shared():
         return
     reason = shared_reason(folder)
     if reason is None:
@@ -244,7 +266,8 @@ def warn_if_shared(folder: Path) -> None:
     _SHARED_SAID.add(folder)
     warnings.warn(f"ragkit: the embedding cache {folder} may hold vectors written by someone else: {reason}. "
                   "Its vectors are used as they are (whoever can write there changes the rankings, silently); "
-                  "use a cache folder only you can write (RAGKIT_CACHE) if that is not meant"
+                  "use a cache folder only you can write (RAGKIT_CACHE) if that is not meant, or set "
+                  "RAGKIT_CACHE_SHARED=1 if the cache is shared on purpose (a team's)"
                   + PYTHON_ONLY_ADVICE, RuntimeWarning, stacklevel=_outside_ragkit())
 
 

@@ -107,16 +107,15 @@ class GenerateParams(Params):
 
     @model_validator(mode="after")
     def _local_only(self, info: ValidationInfo) -> "GenerateParams":
-        """Refuse each setting given that has no effect with the others (:meth:`unused`).  A setting counts as
-        given where it was set (``model_fields_set``: ``Generate(mode="full", fraction=0.3)`` is refused although
-        0.3 is the default), but in a saved operator's ``params.json``, which holds every field, where it is not
-        its default; a saved one is loaded as it ran, with a warning (pipelines saved before a rule held such
-        settings), except a LangChain backend given local settings.  ``to_yaml`` writes the non-default
-        settings only, so what it writes loads again."""
+        """Refuse each setting that has no effect with the others (:meth:`unused`).  A setting counts as given
+        where it holds a value other than its default, as :meth:`~ragkit.params.Params.refuse_unused` judges
+        every other operator's settings: a default written out (``Generate(mode="full", fraction=0.3)``, a
+        full ``model_dump()``, a saved ``params.json``, which holds every field) does nothing and is accepted,
+        so that every dump builds again.  A saved operator is loaded as it ran, with a warning (pipelines saved
+        before a rule held such settings), except a LangChain backend given local settings."""
         saved = isinstance(info.context, dict) and info.context.get("source") == "saved"
         fields = type(self).model_fields
-        given = ({f for f in fields if getattr(self, f) != fields[f].default} if saved
-                 else set(self.model_fields_set))
+        given = {f for f in fields if getattr(self, f) != fields[f].default}
         if self.backend == "langchain":
             ignored = [f for f in LOCAL_ONLY if f in given]
             if ignored:
@@ -166,12 +165,6 @@ class GenerateParams(Params):
                                     "selector 'cachecraft', alpha sets each chunk's recompute share (Cache-Craft's "
                                     "CFO), overriding fraction; leave one of them out"))
         return out
-
-    def updated(self, **changes: Any) -> "GenerateParams":
-        """A validated copy with ``changes`` applied: the settings given are those given to this one and
-        ``changes`` (the rules about settings without effect read which were given: :meth:`unused`)."""
-        return type(self).model_validate({**self.model_dump(exclude_unset=True), **changes},
-                                         context={"source": "python"})
 
 
 #: Smallest ``max_chunk_tokens`` of the local backend: the chunk separator (a token, or more: checked
@@ -296,7 +289,7 @@ class Generate(Operator):
             return
         raise ParamError(f"generate.cache_dir: {folder}: this chunk-cache folder was written for model "
                          f"{manifest_model(meta)}, but the generate step's model is {model_label(*known)}; use "
-                         "another cache folder for this model (disk_dir; ragkit ask: --cache-dir)",
+                         "another cache folder for this model (cache_dir; ragkit ask: --cache-dir)",
                          path="generate.cache_dir")
 
     def _fit(self, corpus: Corpus, train: TrainSet | None, upstream: State | None) -> None:
