@@ -596,7 +596,7 @@ def test_cli_ask_with_a_missing_model_exits_2(tmp_path):
     pipe.write_text(f"pipeline:\n  - bm25: {{k: 2}}\n  - generate: {{cache_dir: {other}}}\n")
     res = CliRunner().invoke(app, ["ask", "--pipeline", str(pipe), "--data", str(docs), QUESTION])
     assert res.exit_code == 2 and "error:" in res.output, res.output
-    assert "use another cache folder for this model (disk_dir; ragkit ask: --cache-dir)" in res.output, res.output
+    assert "use another cache folder for this model (cache_dir; ragkit ask: --cache-dir)" in res.output, res.output
 
 
 def test_prefix_cache_budget_evicts_rows_and_their_index():
