@@ -232,24 +232,29 @@ def shared_reason(folder: Path) -> str | None:
     return None
 
 
-#: ``RAGKIT_CACHE_SHARED``'s spellings (any case, spaces around ignored), as ``RAGKIT_CACHE_QUERIES``'; unset or
-#: empty is false
+#: the spellings of a boolean environment variable (any case, spaces around ignored); unset or empty is false
 _TRUE_WORDS, _FALSE_WORDS = ("1", "true", "yes", "on"), ("0", "false", "no", "off", "")
 
 
-def env_cache_shared() -> bool:
-    """``$RAGKIT_CACHE_SHARED`` as a boolean ("the embedding cache is shared on purpose": no warning that others
-    may write it, :func:`warn_if_shared`): 1, true, yes or on (any case) is true; 0, false, no, off, empty or
-    unset is false; anything else (``2``, ``y``) is a :class:`~ragkit.errors.ParamError` naming the variable
-    and the accepted values, as ``RAGKIT_CACHE_QUERIES`` is read."""
-    raw = os.environ.get("RAGKIT_CACHE_SHARED", "")
+def env_flag(name: str, true_means: str, false_means: str) -> bool:
+    """The environment variable ``name`` as a boolean: 1, true, yes or on (any case) is true; 0, false, no,
+    off, empty or unset is false; anything else (``2``, ``y``, ``enable``) is a
+    :class:`~ragkit.errors.ParamError` naming the variable, the accepted values and what each means."""
+    raw = os.environ.get(name, "")
     word = raw.strip().lower()
     if word in _TRUE_WORDS:
         return True
     if word in _FALSE_WORDS:
         return False
-    raise ParamError(f"RAGKIT_CACHE_SHARED: expected 1, true, yes or on (the embedding cache is shared on purpose: "
-                     f"no warning that others may write it) or 0, false, no, off or empty (warn), got {raw!r}")
+    raise ParamError(f"{name}: expected 1, true, yes or on ({true_means}) or 0, false, no, off or empty "
+                     f"({false_means}), got {raw!r}")
+
+
+def env_cache_shared() -> bool:
+    """``$RAGKIT_CACHE_SHARED`` as a boolean (:func:`env_flag`): the embedding cache is shared on purpose, so no
+    warning that others may write it (:func:`warn_if_shared`)."""
+    return env_flag("RAGKIT_CACHE_SHARED", "the embedding cache is shared on purpose: no warning that others may "
+                    "write it", "warn")
 
 
 def warn_if_shared(folder: Path) -> None:

@@ -23,7 +23,7 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 
 from ragkit._locks import MODEL_LOADING
-from ragkit.encoders.cache import EmbeddingCache
+from ragkit.encoders.cache import EmbeddingCache, env_flag
 from ragkit.encoders.custom import registered_encoder
 from ragkit.errors import DataError, ParamError
 
@@ -238,22 +238,10 @@ def check_downloadable(model: str, path: str) -> None:
 _QUERY_CACHE: ContextVar[bool] = ContextVar("ragkit_query_cache", default=False)
 
 
-#: ``RAGKIT_CACHE_QUERIES``' spellings (any case, spaces around ignored); unset or empty is false
-_TRUE_WORDS, _FALSE_WORDS = ("1", "true", "yes", "on"), ("0", "false", "no", "off", "")
-
-
 def env_caching_queries() -> bool:
-    """``$RAGKIT_CACHE_QUERIES`` as a boolean: 1, true, yes or on (any case) is true; 0, false, no, off,
-    empty or unset is false; anything else (``2``, ``y``, ``enable``) is a :class:`ParamError` naming the
-    variable and the accepted values (it was read as false without a word)."""
-    raw = os.environ.get("RAGKIT_CACHE_QUERIES", "")
-    word = raw.strip().lower()
-    if word in _TRUE_WORDS:
-        return True
-    if word in _FALSE_WORDS:
-        return False
-    raise ParamError(f"RAGKIT_CACHE_QUERIES: expected 1, true, yes or on (cache query vectors) or 0, false, no, "
-                     f"off or empty (do not), got {raw!r}")
+    """``$RAGKIT_CACHE_QUERIES`` as a boolean (:func:`~ragkit.encoders.cache.env_flag`: anything but 1, true,
+    yes, on, 0, false, no, off or empty is a :class:`ParamError`; it was read as false without a word)."""
+    return env_flag("RAGKIT_CACHE_QUERIES", "cache query vectors", "do not")
 
 
 def queries_cached() -> bool:
