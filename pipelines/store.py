@@ -390,5 +390,4 @@ def _another_save(sub: Path, folder: Path, listed: set[str]) -> bool:
     if sub.is_symlink() or any(_READ_FOLDERS.fullmatch(part) for part in Path(rel).parts) or not (
             (sub / "checksums.json").is_file() or (sub / "manifest.json").is_file()):
         return False
-    prefix = rel + os.sep
-    return not any(p.startswith(prefix) for p in listed)
+    return not _holds_listed(sub, folder, listed)

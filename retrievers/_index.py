@@ -630,8 +630,9 @@ class VectorIndex:
                             f"{big:.6g} (they would be stored as inf); use dtype='f32', or normalise the vectors "
                             f"(metric='cos') or scale them down")
 
-    def _codes(self, x: np.ndarray, for_usearch: bool) -> np.ndarray:
-        """Reduced float vectors -> stored codes."""
+    def _codes(self, x: np.ndarray, for_usearch: bool, inplace: bool = False) -> np.ndarray:
+        """Reduced float vectors -> stored codes (``inplace``: ``x`` is a scratch copy the graph's int8 codes may
+        scale in place)."""
         if self.dtype == "f32":
             return x
         if self.dtype == "f16":
@@ -639,7 +640,7 @@ class VectorIndex:
         if self.dtype == "b1":
             return np.packbits(x > 0, axis=1)
         if for_usearch:  # global symmetric scale: the int8-vs-int8 inner product in the graph keeps the geometry
-            return _i8_symmetric(x, self.i8_scale)
+            return _i8_symmetric(x, self.i8_scale, inplace=inplace)
         # per-dimension calibration, clipped to the calibrated range (stored as uint8 = code + 128)
         return np.clip(np.rint((x - self.i8_min) / self.i8_step), 0, 255).astype(np.uint8)
 
@@ -831,8 +832,7 @@ class VectorIndex:
         for lo in range(0, len(x), chunk):
             rows = order[lo: lo + chunk]
             part = x[rows]  # a copy (fancy index): int8 codes scale it in place
-            codes = _i8_symmetric(part, self.i8_scale, inplace=True) if self.dtype == "i8" \
-                else self._codes(part, for_usearch=True)
+            codes = self._codes(part, for_usearch=True, inplace=True)
             del part
             graph.add(slots[rows].astype(np.uint64), codes, threads=self.threads)
 

@@ -123,13 +123,6 @@ class SystemResult:
     qrels_fingerprint: str | None = None
     ranked_queries: frozenset[str] | None = field(default=None, repr=False)
 
-    @property
-    def ranked(self) -> int | None:
-        """How many documents per query its pipeline cut its rankings to, as far as known: ``depth`` (the
-        documents asked for: a ranking shorter than it holds all that matched), else ``max_ranked`` (``None``:
-        neither is known)."""
-        return self.depth if self.depth is not None else self.max_ranked
-
     def values(self, metric: str) -> Mapping[str, float]:
         """Per-query values of ``metric`` in any spelling :func:`parse_metric` reads."""
         want = parse_metric(metric)
