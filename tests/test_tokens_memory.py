@@ -13,7 +13,7 @@ import zlib
 import numpy as np
 import pytest
 import torch
-from test_memory import _peak
+from conftest import traced_peak
 
 import ragkit.encoders.tokens as tokens
 from ragkit.encoders.tokens import TokenEncoder, TokenVectors
@@ -102,7 +102,7 @@ def test_a_large_first_encode_holds_one_batch_not_the_corpus(fake, monkeypatch, 
     want = _reference(texts, fake)
     assert want.data.nbytes > 6 * 2**20  # several times the threshold and many batches
     enc = TokenEncoder(batch_size=32)
-    got, peak = _peak(lambda: enc.encode(texts))
+    got, peak = traced_peak(lambda: enc.encode(texts))
     assert isinstance(got.data, np.memmap) and enc.n_encoded == len(texts)
     assert _same(got, want)
     assert peak < 0.4 * got.data.nbytes, f"{peak / 2**20:.1f} MiB traced for a {got.data.nbytes / 2**20:.1f} MiB result"
@@ -134,7 +134,7 @@ def test_an_uncached_encode_holds_the_result_and_one_batch(fake):
     """cache=False kept the batches and gathered them into a second array (2x+ the result)."""
     texts = _texts(1500, seed=2)
     enc = TokenEncoder(batch_size=32, cache=False)
-    got, peak = _peak(lambda: enc.encode(texts))
+    got, peak = traced_peak(lambda: enc.encode(texts))
     assert _same(got, _reference(texts, fake))
     assert peak < 1.5 * got.data.nbytes, f"{peak / 2**20:.1f} MiB traced for a {got.data.nbytes / 2**20:.1f} MiB result"
 
