@@ -12,7 +12,7 @@ import logging
 from typing import Any, Callable, Iterator, Sequence
 
 from ragkit.errors import InputTypeError
-from ragkit.generators.local import DEFAULT_SYSTEM, _check_prompt, warn_cut
+from ragkit.generators.local import DEFAULT_SYSTEM, _check_prompt, _source_chunks, warn_cut
 
 __all__ = ["LangChainGenerator"]
 
@@ -90,6 +90,10 @@ class LangChainGenerator:
         per chunk; a single str is refused with a :class:`~ragkit.errors.ParamError`, as by
         :class:`~ragkit.generators.local.LocalGenerator`: it would be taken character by character)."""
         _check_prompt(question, chunks, "LangChainGenerator")
+        return self._messages(question, chunks)
+
+    def _messages(self, question: str, chunks: Sequence[str]) -> list[Any]:
+        """:meth:`messages` of a question and chunks already checked."""
         SystemMessage, HumanMessage = _lc_messages()
         docs = "".join(c + "\n\n" for c in self._cut(chunks))
         return [SystemMessage(content=self.system_prompt),
@@ -103,16 +107,13 @@ class LangChainGenerator:
         Blank chunks are dropped; with none left (``[]``, ``[""]``) the answer is ``""`` and the chat model is
         not called (it would answer from no source), as :meth:`LocalGenerator.generate
         <ragkit.generators.local.LocalGenerator.generate>` does."""
-        _check_prompt(question, chunks, "LangChainGenerator")
-        chunks = [c for c in chunks if c.strip()]
-        if not chunks:
-            _log.info("LangChainGenerator: no chunk holding text to answer from: the answer is '' (the chat model is "
-                      "not called)")
+        kept = _source_chunks(question, chunks, "LangChainGenerator", _log, "the chat model is not called")
+        if not kept:
             return ""
         if on_token is None:
-            out = self.chat_model.invoke(self.messages(question, chunks))
+            out = self.chat_model.invoke(self._messages(question, kept))
             return _text(getattr(out, "content", out)).strip()
-        return "".join(self.stream(question, chunks, on_token=on_token))
+        return "".join(self._stream(self._messages(question, kept), on_token))
 
     def stream(self, question: str, chunks: Sequence[str], *, on_token: Callable[[str], None] | None = None,
                **_: Any) -> Iterator[str]:
@@ -120,11 +121,12 @@ class LangChainGenerator:
         whitespace stripped (what :meth:`generate` returns), as the local backend's do: leading whitespace
         is not sent, trailing whitespace is held back until more text follows.  Blank chunks are dropped; with
         none left nothing is yielded and the chat model is not called."""
-        _check_prompt(question, chunks, "LangChainGenerator")  # checked before the model is called
-        chunks = [c for c in chunks if c.strip()]
-        if not chunks:
-            return
-        messages = self.messages(question, chunks)
+        kept = _source_chunks(question, chunks, "LangChainGenerator")  # checked before the model is called
+        if kept:
+            yield from self._stream(self._messages(question, kept), on_token)
+
+    def _stream(self, messages: list[Any], on_token: Callable[[str], None] | None) -> Iterator[str]:
+        """:meth:`stream` of the prompt ``messages`` (:meth:`_messages`)."""
         held = ""  # whitespace after the text sent so far, sent only if more text follows
         started = False
         for part in self.chat_model.stream(messages):

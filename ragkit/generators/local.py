@@ -220,10 +220,32 @@ def source_fingerprint(model: str | None, gguf_file: str | None) -> tuple[str, s
     model folder; ``ImportError`` / :class:`~ragkit.errors.ArtifactNotFoundError` from :func:`default_gguf`.
     """
     name, gguf = default_gguf() if model is None else (str(model), gguf_file)
-    name, gguf = _check_source(name, gguf)
+    return _local_fingerprint(*_check_source(name, gguf))
+
+
+#: :func:`_file_fingerprint`'s memo: (realpath, device, inode, size, mtime_ns, ctime_ns) -> fingerprint
+_FILE_FINGERPRINTS: dict[tuple[str, int, int, int, int, int], str] = {}
+
+
+def _file_fingerprint(path: str) -> str:
+    """:func:`~ragkit.encoders.sentence.model_fingerprint` of the weights file ``path`` (a GGUF), hashed once
+    per process while the file is unchanged (same real path, inode, size and times): ``ragkit ask`` asks
+    for it up to three times (its check of the source, the generate step's fit, the load)."""
+    st = os.stat(path)
+    key = (os.path.realpath(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    fp = _FILE_FINGERPRINTS.get(key)
+    if fp is None:
+        fp = _FILE_FINGERPRINTS[key] = model_fingerprint(path)
+    return fp
+
+
+def _local_fingerprint(name: str, gguf: str | None) -> tuple[str, str] | None:
+    """``(fingerprint, path)`` of the GGUF file ``gguf`` in the folder ``name``, else of the model folder
+    ``name``: their content (:func:`~ragkit.encoders.sentence.model_fingerprint`); ``None`` for neither (a
+    Hugging Face id)."""
     if gguf is not None and os.path.isfile(os.path.join(name, gguf)):
         path = os.path.join(name, gguf)
-        return model_fingerprint(path), path
+        return _file_fingerprint(path), path
     if os.path.isdir(name):
         return model_fingerprint(name), name
     return None
@@ -237,10 +259,9 @@ def _model_fingerprint(name: str, gguf: str | None, model: torch.nn.Module) -> s
     revision and the config.  Names and sizes are not enough: two checkpoints of one run
     have the same folder name, config and file sizes.
     """
-    if gguf is not None and os.path.isfile(os.path.join(name, gguf)):
-        return model_fingerprint(os.path.join(name, gguf))
-    if os.path.isdir(name):
-        return model_fingerprint(name)
+    local = _local_fingerprint(name, gguf)
+    if local is not None:
+        return local[0]
     cfg = model.config
     ident = {k: getattr(cfg, k, None) for k in (
         "model_type", "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "head_dim",
@@ -997,6 +1018,19 @@ def _check_prompt(question: object, chunks: object, where: str = "LocalGenerator
                          "a str per chunk", "chunks")
 
 
+def _source_chunks(question: str, chunks: Sequence[str], who: str, log: logging.Logger | None = None,
+                   skipped: str = "") -> list[str]:
+    """The chunks of ``chunks`` that hold text (blank ones dropped: they hold no source), after
+    :func:`_check_prompt` (``who``: whose call, starting its messages).  With none left, the caller answers
+    ``''`` without running the model; with ``log`` that is logged there at INFO level (``skipped``: what is
+    not done)."""
+    _check_prompt(question, chunks, who)
+    kept = [c for c in chunks if c.strip()]
+    if not kept and log is not None:
+        log.info(f"{who}: no chunk holding text to answer from: the answer is '' ({skipped})")
+    return kept
+
+
 
 def warn_cut(owner: object, who: str, cut: list[tuple[int, int]], n_chunks: int, limit_said: str, limit: int,
              unit: str, advice: str) -> None:
@@ -1230,6 +1264,10 @@ class LocalGenerator:
         ``chunks`` is a list of str, one per chunk (a single str is refused: it would be taken
         character by character)."""
         _check_prompt(question, chunks)
+        return self._segments(question, chunks)
+
+    def _segments(self, question: str, chunks: Sequence[str]) -> PromptSegments:
+        """:meth:`segments` of a question and chunks already checked (:func:`_check_prompt`)."""
         self.load()
         tok = self.tokenizer_
         sentinel = "\u2063RAGKIT\u2063"  # where the user turn goes; not one in the system prompt (it split there)
@@ -1798,12 +1836,10 @@ class LocalGenerator:
         ``max_new_tokens`` is at least 1.
         """
         _check_call("generate", fraction=fraction, max_new_tokens=max_new_tokens, mode=mode, selector=selector)
-        _check_prompt(question, chunks)
-        chunks = [c for c in chunks if c.strip()]
-        if not chunks:
-            _log.info("LocalGenerator: no chunk holding text to answer from: the answer is '' (the model is not run)")
+        kept = _source_chunks(question, chunks, "LocalGenerator", _log, "the model is not run")
+        if not kept:
             return ""
-        seg = self.segments(question, chunks)
+        seg = self._segments(question, kept)
         pre = self.prefill(seg, mode, fraction=fraction, selector=selector)
         if on_prefill is not None:
             on_prefill(pre.cost)
