@@ -194,3 +194,24 @@ def test_empty_and_one_document_corpora():
     assert [len(r) for r in empty.search(TESTS[:2]).rankings] == [0, 0]
     one = DBNormDense(model=MODEL, k=3).fit(CORPUS.subset(np.arange(1)))  # pseudo and gallery banks: no terms
     assert [r.rows.tolist() for r in one.search(TESTS[:2]).rankings] == [[0], [0]]
+
+
+def test_the_whole_corpus_gallery_bank_is_the_document_matrix_not_a_copy(monkeypatch):
+    """With the default gallery bank (the whole corpus) the bank handed to the log-partition is the documents'
+    own matrix (a memory audit found ``docs[arange(n)]``: a copy of the corpus, 1.5 GB at 1M x 384); a sampled
+    bank is its rows."""
+    import ragkit.filters.dbnorm as dbn
+
+    seen = []
+    real = dbn.bank_log_partition
+
+    def spy(docs, bank, beta, **kw):
+        seen.append((kw.get("who", ""), np.shares_memory(docs, bank), len(bank)))
+        return real(docs, bank, beta, **kw)
+
+    monkeypatch.setattr(dbn, "bank_log_partition", spy)
+    for size, shared in ((None, True), (20, False)):
+        seen.clear()
+        (Dense(model=MODEL, k=10) | DBNorm(model=MODEL, method="dualis", gallery_bank_size=size)).fit(CORPUS, TRAIN)
+        gallery = [s for s in seen if "gallery" in s[0]]
+        assert gallery == [("dbnorm gallery bank", shared, size or N_DOCS)], seen
