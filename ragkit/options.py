@@ -64,7 +64,8 @@ def filter_value(value: Any, corpus: "Corpus | None" = None) -> Any:
 
     The rules of :meth:`Corpus.mask <ragkit.types.Corpus.mask>`: string field names, no query
     operators such as ``{"$gte": 2020}``; with ``corpus``, every field must be one of its
-    metadata fields, ``_id`` or ``title``.  Raises ``TypeError`` / ``ValueError`` (``expected ..., got ...``).
+    metadata fields, ``_id`` (or ``id``, where no metadata field has that name: the document ids) or
+    ``title``.  Raises ``TypeError`` / ``ValueError`` (``expected ..., got ...``).
     """
     from ragkit.metadata import filter_problem
 
@@ -78,8 +79,10 @@ def filter_value(value: Any, corpus: "Corpus | None" = None) -> Any:
         raise (ValueError(f"field {key!r}: {what}") if key is not None else TypeError(what))
     for key in value:
         if corpus is not None and key not in ("_id", "id", "title") and key not in corpus.metadata:
+            # 'id' as a LangChain Document's metadata names it (a metadata field of that name is listed itself)
+            ids = "" if "id" in corpus.metadata else "; 'id' filters on the document ids too, as '_id' does"
             raise ValueError(f"field {key!r} is not a metadata field of the corpus; available: "
-                             f"{sorted(corpus.metadata) + ['_id', 'title']}")
+                             f"{sorted(corpus.metadata) + ['_id', 'title']}{ids}")
     return value
 
 

@@ -30,6 +30,7 @@ import json
 import logging
 import math
 import os
+import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -134,6 +135,10 @@ def as_corpus(corpus: Any) -> Corpus:
     raise DataError(f"corpus: expected a Corpus, LangChain Documents, strings or records (dicts), got {kinds}")
 
 
+#: a ``pipeline=`` string that can only be meant as an operator's name: no path separator, suffix or YAML syntax
+_BARE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
+
+
 def load_pipeline_like(source: Any) -> Operator:
     """An operator from an operator, a saved pipeline/operator folder, a YAML file, YAML text or a registered
     operator's name (``"bm25"``: that operator with its default parameters)."""
@@ -161,6 +166,17 @@ def load_pipeline_like(source: Any) -> Operator:
 
     if path is not None and not path.exists() and str(source).strip().lower() in registry.names():
         return registry.get(str(source).strip().lower())()  # an operator's name, as `ragkit --pipeline bm25`
+    name = str(source).strip()
+    if path is not None and not path.exists() and _BARE_NAME.fullmatch(name):  # no path, no YAML: a misspelled name
+        if name.lower() in registry.structural_keys():
+            raise ParamError(f"pipeline: {name!r} is a structural key of pipeline YAML, not an operator (and no file "
+                             f"or folder has that name); give the pipeline as YAML (e.g. 'pipeline: [{{{name.lower()}: "
+                             "{...}}]') or an operator's name such as 'bm25'", "pipeline")
+        try:
+            registry.get(name, path="pipeline")  # unknown: the registry's error, with the closest names
+        except ParamError as e:
+            raise ParamError(f"pipeline: no file or folder is named {name!r}, and {str(e).removeprefix('pipeline: ')}",
+                             "pipeline") from None
     if path is not None and not path.is_file() and path.suffix.lower() in (".yaml", ".yml"):
         raise ParamError(f"pipeline: YAML file {path} does not exist")
     return load_yaml(str(path) if path is not None and path.is_file() else str(source))
@@ -433,6 +449,10 @@ class RagkitRetriever(BaseRetriever):
     ``ValidationError``; ``r.pipeline = "bm25"``, an unfitted operator: ``NotFittedError``); a refused
     assignment leaves the retriever as it was.  ``model_copy(update={...})`` assigns the update's fields to the
     copy that way, all at once (``update={"pipeline": BM25(), "corpus": docs}`` fits the new pipeline).
+    A shallow copy (``model_copy()``, ``model_copy(update={"k": 3})``, :func:`copy.copy`) shares the pipeline,
+    so its documents: ``add_documents`` / ``delete`` through either retriever changes what both search (as two
+    retrievers built on one fitted pipeline do); ``model_copy(deep=True)`` or :func:`copy.deepcopy` gives a copy
+    with an index of its own (and ``update={"pipeline": ...}`` or ``update={"corpus": ...}``, a new one).
     An assignment is checked (and a new pipeline loaded, or
     refitted) on a copy while searches on other threads go on, then swapped in at once holding the lock
     to write: a search sees the retriever before the assignment or after it, never in between, and
@@ -693,7 +713,8 @@ class RagkitRetriever(BaseRetriever):
                 object.__setattr__(self, "__pydantic_private__", dict(side.__pydantic_private__ or {}))
 
     def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Self:
-        """A copy (``deep=True``: with its own pipeline, documents and lock, as :func:`copy.deepcopy` makes it),
+        """A copy (shallow: sharing the pipeline, so an ``add_documents`` / ``delete`` through one shows in the
+        other; ``deep=True``: with its own pipeline, documents and lock, as :func:`copy.deepcopy` makes it),
         ``update`` assigned to it as assignments are checked (pydantic's own ``model_copy`` skips validation:
         ``update={"pipeline": "app-index"}`` left the string in the field): a saved folder, YAML file or
         operator's name loaded, a ``corpus`` fitted, ``k`` checked, or a ``ParamError`` / ``ValidationError`` with
@@ -886,7 +907,17 @@ class RagkitRetriever(BaseRetriever):
         notes)."""
         import uuid
 
-        docs = list(documents)
+        if isinstance(documents, Document):  # (a pydantic model iterates as its (field, value) pairs)
+            raise DataError(f"add_documents: got one Document ({documents.page_content!r:.60}); expected a list of "
+                            "Documents: wrap it in a list")
+        if isinstance(documents, (str, bytes)):  # (its characters would be the documents)
+            raise DataError(f"add_documents: got one string ({documents!r:.60}); expected a list of LangChain "
+                            "Documents (add_texts takes strings)")
+        try:
+            docs = list(documents)
+        except TypeError:
+            raise DataError(f"add_documents: got {type(documents).__name__} ({documents!r:.60}); expected a list of "
+                            "LangChain Documents") from None
         bad = next((i for i, d in enumerate(docs) if not isinstance(d, Document)), None)
         if bad is not None:
             raise DataError(f"add_documents: item {bad} is a {type(docs[bad]).__name__}, expected a LangChain "
@@ -925,6 +956,9 @@ class RagkitRetriever(BaseRetriever):
         ``metadatas`` or ``ids`` of another length than ``texts``."""
         if isinstance(texts, (str, bytes)):
             raise DataError(f"add_texts: expected a list of texts, got one string {texts!r:.60}; wrap it in a list")
+        if isinstance(texts, Document):  # (a pydantic model iterates as its (field, value) pairs)
+            raise DataError(f"add_texts: got one Document ({texts.page_content!r:.60}); expected a list of "
+                            "strings (add_documents takes Documents)")
         texts = list(texts)
         bad = next((i for i, t in enumerate(texts) if not isinstance(t, str)), None)
         if bad is not None:

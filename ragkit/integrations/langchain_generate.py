@@ -344,10 +344,26 @@ class RagkitGenerator(RunnableSerializable[dict[str, Any], str]):
     # ------------------------------------------------------------------ streaming
     @staticmethod
     def _merge(acc: Any, chunk: Any) -> Any:
-        """An input streamed in parts (a ``RunnableParallel`` yields ``{"question": ...}`` and ``{"documents":
-        ...}`` apart): dicts merged, strings joined, anything else the last one."""
+        """``acc`` with the next part ``chunk`` of an input streamed in parts, added up as LangChain adds streamed
+        chunks (:class:`~langchain_core.runnables.utils.AddableDict`): a ``RunnableParallel`` yields
+        ``{"question": ...}`` and ``{"documents": ...}`` apart, and a key's value in pieces when its branch
+        streams (``rewriter | {"question": RunnablePassthrough(), ...}``: the question a piece at a time), so
+        dicts are merged key by key, a key's pieces added (strings joined, lists concatenated; a ``None``
+        piece adds nothing; pieces that do not add, the last one); strings are joined; anything else, the
+        last part.  So a streamed input is the one :meth:`invoke` of the whole chain would get."""
+        if acc is None:
+            return chunk
         if isinstance(acc, Mapping) and isinstance(chunk, Mapping):
-            return {**acc, **chunk}
+            out = dict(acc)
+            for key, value in chunk.items():
+                if out.get(key) is None:
+                    out[key] = value
+                elif value is not None:
+                    try:
+                        out[key] = out[key] + value
+                    except TypeError:  # (as LangChain's transform does with a part that does not add)
+                        out[key] = value
+            return out
         if isinstance(acc, str) and isinstance(chunk, str):
             return acc + chunk
         return chunk
