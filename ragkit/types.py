@@ -102,6 +102,32 @@ def _id_string(x: Any, what: str, i: int) -> str:
     return str(x)
 
 
+#: what :func:`check_id_breaks` names each refused character
+_BREAK_NAMES = {"\t": "a tab", "\n": "a line feed (\\n)", "\r": "a carriage return (\\r)"}
+
+
+def check_id_breaks(ids: Sequence[str], what: str, noun: str) -> None:
+    """Refuse an empty id (``""``), or one holding a tab, a line feed or a carriage return, naming ``what[i]``
+    (a ``noun``'s id): a qrels TSV or a TREC run file could not name it (its columns are tab- or space-separated,
+    one line each), so it would break or go missing there, long after the corpus was built.  Batched: one
+    ``in`` scan for ``""`` and one ``str.join`` searched for the three characters (C code, no Python loop);
+    only a refused column is looked at id by id."""
+    ids = ids if isinstance(ids, list) else list(ids)
+    if "" in ids:
+        i = ids.index("")
+        raise DataError(f"{what}[{i}] is '', an empty id; expected a non-empty id for each {noun} (a qrels line or "
+                        "a run file cannot name one without)")
+    joined = "\x00".join(ids)
+    if "\t" in joined or "\n" in joined or "\r" in joined:
+        i, hit = next((i, h) for i, x in enumerate(ids) if (h := _ID_BREAK.search(x)) is not None)
+        raise DataError(f"{what}[{i}] is {ids[i]!r:.60}, which holds {_BREAK_NAMES[hit.group()]}; expected an id "
+                        f"without tabs or line breaks (they would split the columns or lines of a qrels or run file "
+                        f"naming this {noun})")
+
+
+_ID_BREAK = re.compile(r"[\t\n\r]")
+
+
 def _key_ids(keys: Iterable[Any], what: str) -> list[str]:
     """The keys of a mapping as ids (:func:`_id_string`: ``1.0`` -> ``"1"``, NaN refused naming
     ``what[position]``); keys that are all strings as they are, strings and ints with ``str`` alone."""
@@ -560,6 +586,7 @@ class Corpus:
             )
         # every text and title a string (a missing title, None or NaN, as ""), none with a lone surrogate
         _check_encodable(ids, "Corpus.ids", ids)
+        check_id_breaks(ids.tolist(), "Corpus.ids", "document")
         texts = _text_column(texts, "Corpus.texts", ids)
         if self.titles is not None:
             titles = _text_column(titles, "Corpus.titles", ids, missing_ok=True)
@@ -1126,6 +1153,7 @@ class Queries:
                         "; for {query_id: text} use Queries.from_texts(mapping)" if isinstance(given, Mapping) else "")
                 raise DataError(f"Queries.{what}: expected a list (one per query), got {_kind(given)}{hint}")
         ids = _as_ids(self.ids, "Queries.ids").tolist()  # a 2-D array refused, float ids as Corpus reads them
+        check_id_breaks(ids, "Queries.ids", "query")
         texts = list(self.texts)
         if len(ids) != len(texts):
             raise DataError(f"Queries: {len(ids)} ids but {len(texts)} texts")

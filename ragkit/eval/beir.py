@@ -28,7 +28,6 @@ import hashlib
 import json
 import logging
 import lzma
-import math
 import os
 import re
 import shutil
@@ -50,6 +49,7 @@ from ragkit._files import (
     utf8_lines,
 )
 from ragkit.errors import DataError, InputTypeError, ParamError, some_ids
+from ragkit.eval.metrics import respelled
 from ragkit.types import Corpus, Qrels, Queries, TrainSet
 
 _log = logging.getLogger(__name__)
@@ -95,12 +95,61 @@ def _cr_endings(path: Path, n: int, text: str) -> DataError:
                      f"e.g. tr '\\r' '\\n' < old{ext} > new{ext}")
 
 
+def _gz_hint(path: Path) -> str:
+    """``"; found corpus.jsonl.gz beside it: gunzip it ..."`` where the missing file ``path`` is there gzip-compressed
+    (BEIR's files are read as plain text), else ``""``."""
+    gz = path.with_name(path.name + ".gz")
+    return f"; found {gz.name} beside it: gunzip it (gunzip -k {gz}), BEIR files are read uncompressed" \
+        if gz.is_file() else ""
+
+
+def _not_found(path: Path, what: str = "") -> DataError:
+    """The error for a file ``path`` that is not there (:func:`_gz_hint`; ``what`` follows)."""
+    return DataError(f"{path}: file not found{_gz_hint(path)}{what}")
+
+
+def _refuse_gzip(path: Path) -> None:
+    """Refuse a gzip-compressed ``path`` (it begins with gzip's magic bytes), which would read as "not UTF-8"."""
+    with open(path, "rb") as f:
+        magic = f.read(2)
+    if magic == b"\x1f\x8b":
+        how = f"gunzip -k {path}" if path.suffix == ".gz" else f"zcat {path} > plain{path.suffix}"
+        raise DataError(f"{path}: is gzip-compressed; expected plain UTF-8 text: gunzip it first ({how})")
+
+
+#: what an id of a BEIR file may not hold: a tab or line break splits a qrels or TREC run file's columns or lines
+_ID_BREAKS = re.compile(r"[\t\n\r]")
+
+
+def _check_id(did: str, path: Path, n: int) -> None:
+    """Refuse the ``_id`` on line ``n`` of ``path`` when it is empty or holds a tab, a line feed or a carriage
+    return: qrels and run files, whose columns are tab- or space-separated, could not name it."""
+    if not did:
+        raise DataError(f"{path}:{n}: '_id' is empty; expected a non-empty id (a qrels line or a run file cannot "
+                        "name a record without one)")
+    hit = _ID_BREAKS.search(did)
+    if hit is not None:
+        raise DataError(f"{path}:{n}: '_id' {did!r:.60} holds a {_ID_BREAK_NAMES[hit.group()]} (at character "
+                        f"{hit.start() + 1}), which would split the columns or lines of the qrels and run files "
+                        "naming it; expected an id without tabs or line breaks")
+
+
+_ID_BREAK_NAMES = {"\t": "tab", "\n": "line feed (\\n)", "\r": "carriage return (\\r)"}
+
+
 def _read_jsonl(path: Path):
     if not path.is_file():
-        raise DataError(f"{path}: file not found")
+        raise _not_found(path)
+    _refuse_gzip(path)
+    first = True
     for n, raw, line in utf8_lines(path, "BEIR files are UTF-8 JSON lines"):
         if not line.strip():
             continue
+        if first and line.lstrip().startswith("["):  # '[{...},' per line, pretty-printed, or all on one line
+            raise DataError(f"{path}:{n}: this is a JSON array; expected JSON Lines: one object per line "
+                            "({\"_id\": ..., ...} on each line, no enclosing [ ]); convert it, e.g. "
+                            f"jq -c '.[]' {path.name} > new{path.suffix or '.jsonl'}")
+        first = False
         try:
             rec = json.loads(text := line.rstrip("\r\n"))  # an unclosed last object: its column, not "line 2 column 1"
         except json.JSONDecodeError as e:
@@ -112,6 +161,8 @@ def _read_jsonl(path: Path):
         if not isinstance(rec["_id"], (str, int)) or isinstance(rec["_id"], bool):  # None / {} became 'None'
             raise DataError(f"{path}:{n}: '_id' must be a string (or an integer), got {type(rec['_id']).__name__} "
                             f"{rec['_id']!r:.40}")
+        if isinstance(rec["_id"], str):
+            _check_id(rec["_id"], path, n)
         if _SURROGATE.search(raw):  # a \ud800-\udfff escape: JSON allows it, no UTF-8 text (or tokenizer) does
             _check_no_lone_surrogate(rec, path, n)
         yield n, rec
@@ -154,14 +205,15 @@ def read_corpus(path: str | Path, *, allow_empty: bool = False) -> Corpus:
 
 
 def _text(v: object, path: Path, n: int, key: str) -> str:
-    """A corpus record's ``title`` / ``text``: a string, a number written as one, or "" when absent."""
+    """A corpus record's ``title`` / ``text``: a string, or "" when absent or ``null`` (BEIR files carry null
+    titles).  Anything else (a number, ``true``, a list, an object) is a :class:`DataError` naming the line, as
+    ``Corpus(texts=[12345])`` refuses it: read as its digits, it would be searched as words no one wrote."""
     if v is None:
         return ""
     if isinstance(v, str):
         return v
-    if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):  # (JSON NaN is no text)
-        return str(v)
-    raise DataError(f"{path}:{n}: {key!r} must be a string, got {type(v).__name__} {str(v)[:60]!r}")
+    raise DataError(f"{path}:{n}: {key!r} must be a string, got {type(v).__name__} {str(v)[:60]!r}; expected a "
+                    "JSON string (or null, for none)")
 
 
 #: ``(file, size, modification time)`` of the ``queries.jsonl`` files :func:`read_queries` warned of blank queries
@@ -272,6 +324,21 @@ def _is_header(row: list[str]) -> bool:
     return False
 
 
+#: the names of the columns of BEIR's qrels header, in the order :func:`_read_qrels` takes them
+_BEIR_COLUMNS = ("query-id", "corpus-id", "score")
+
+
+def _named_columns(header: list[str]) -> tuple[int, int, int] | None:
+    """The positions of ``query-id``, ``corpus-id`` and ``score`` in a qrels header row (case, spaces and ``_``
+    for ``-`` aside), or ``None`` when it does not name all three (another header: the columns are read by
+    position)."""
+    names = [c.strip().lower().replace("_", "-") for c in header]
+    if not all(c in names for c in _BEIR_COLUMNS):
+        return None
+    q, d, s = (names.index(c) for c in _BEIR_COLUMNS)
+    return q, d, s
+
+
 def read_qrels(path: str | Path) -> Qrels:
     """Read a BEIR qrels TSV (``query-id corpus-id score`` with a header) into ``{qid: {doc_id: rel}}``.
 
@@ -279,7 +346,11 @@ def read_qrels(path: str | Path) -> Qrels:
     tabs at the end of a line are ignored, as BEIR's reader ignores them.  The first line is a header,
     and skipped, only when its score column is not a number: a qrels file without a header keeps its
     first judgement (BEIR's own loader drops line 1 whatever it holds, so it would lose that judgement).
-    A file with CR-only (old Mac) line endings is a :class:`DataError` saying so.
+    A header that names BEIR's columns ``query-id``, ``corpus-id`` and ``score`` has them read by name, in
+    whatever order, other columns ignored (``query-id corpus-id score annotators``), and every line must have
+    its number of columns.  Without such a header, a line is ``query-id corpus-id score`` (3 columns) or
+    trec_eval's ``qid iter docid rel`` (4).  A file with CR-only (old Mac) line endings, or gzip-compressed, is
+    a :class:`DataError` saying so.
     """
     return _read_qrels(path)[0]
 
@@ -288,8 +359,11 @@ def _read_qrels(path: str | Path) -> tuple[Qrels, dict[str, int]]:
     """:func:`read_qrels`, and the line on which each query id is first judged (for errors naming it)."""
     path = user_path(path, "read_qrels: path")
     if not path.is_file():
-        raise DataError(f"{path}: file not found")
+        raise _not_found(path)
+    _refuse_gzip(path)
     qrels: Qrels = {}
+    header: list[str] | None = None  # line 1 when it names BEIR's columns, read by name
+    named: tuple[int, int, int] | None = None
     line_of: dict[tuple[str, str], int] = {}
     first_line: dict[str, int] = {}
     # a byte-order mark is not part of the header; a '"' in an id is part of it (no CSV quoting)
@@ -302,12 +376,23 @@ def _read_qrels(path: str | Path) -> tuple[Qrels, dict[str, int]]:
         row = text.split("\t") if "\t" in text else text.split()
         # line 1 is a header only when its score is no number (BEIR's loader skips line 1 whatever it holds,
         # so a headerless file loses its first judgement there; here it is kept)
-        if not text.strip() or (n == 1 and _is_header(row)):
+        if not text.strip():
             continue
-        if len(row) not in (3, 4):
+        if n == 1 and _is_header(row):
+            named = _named_columns(row)
+            header = row if named is not None else None
+            continue
+        if named is not None and header is not None:  # extra columns ('annotators') ignored, by name
+            if len(row) != len(header):
+                sep = "tab-separated " if "\t" in text else ""
+                raise DataError(f"{path}:{n}: expected {len(header)} {sep}columns {' '.join(header)!r}, as the header "
+                                f"on line 1 names them, got {len(row)}: {row!r}")
+            q, d, s = (row[i] for i in named)
+        elif len(row) not in (3, 4):
             raise DataError(f"{path}:{n}: expected 3 tab-separated columns 'query-id corpus-id score' (BEIR) "
                             f"or 4 columns 'query-id 0 doc-id relevance' (trec_eval), got {row!r}")
-        q, d, s = row[0], row[-2], row[-1]
+        else:
+            q, d, s = row[0], row[-2], row[-1]
         try:
             value = float(s)
             rel = int(value)
@@ -366,7 +451,8 @@ class BeirDataset:
             which = (f"query id {bad_q[0]!r}, judged on this line, is" if n == 1 else
                      f"{n} judged query ids (the first, {bad_q[0]!r}, on this line) are")
             raise DataError(f"{where}: {which} not in {self.path / 'queries.jsonl'}; expected every query the qrels "
-                            "judge to be there (a query without its text cannot be searched)")
+                            "judge to be there (a query without its text cannot be searched)"
+                            + _respelt_queries(bad_q, self._queries))
         bad_d = self.unknown_judged(qrels)
         if bad_d and split not in self._warned:  # (queries(split) reads them too: said once per split)
             self._warned.add(split)
@@ -423,6 +509,19 @@ class BeirDataset:
         return f"this dataset has {', '.join(map(repr, others))}" if others else "this dataset has none but test"
 
 
+def _respelt_queries(judged: list[str], queries: Mapping[str, str]) -> str:
+    """``"; '1' is '0001' in queries.jsonl? (...)"``: the clause on the ``judged`` query ids (of a qrels file) that
+    name a query of ``queries`` once leading zeros, case and spaces are set aside (:func:`respelled`, as run
+    files' ids are hinted at), ``""`` when none does."""
+    pairs = respelled(judged, queries)
+    if not pairs:
+        return ""
+    (u, j), k = pairs[0], len(pairs)
+    return (f"; {u!r} is {j!r} in queries.jsonl? ({k} of the {len(judged)} ids name{'' if k > 1 else 's'} a query of "
+            "queries.jsonl once leading zeros, case and spaces are set aside; write the qrels' query ids as "
+            "queries.jsonl does)")
+
+
 def is_test_qrels(folder: Path, qrels_file: Path) -> bool:
     """Whether ``qrels_file`` is the test split's judgements of the dataset ``folder`` (``qrels/test.tsv``):
     the same file, however it is named (a link, another spelling of the path), so that no split name
@@ -463,7 +562,7 @@ def _qrels_file(folder: Path, split: str) -> Path:
     path = folder / "qrels" / f"{split}.tsv"
     if not path.is_file():
         splits = sorted(p.stem for p in (folder / "qrels").glob("*.tsv"))
-        raise DataError(f"{path}: no qrels for split {split!r}; available splits: {splits}")
+        raise DataError(f"{path}: no qrels for split {split!r}{_gz_hint(path)}; available splits: {splits}")
     return path
 
 
@@ -472,7 +571,10 @@ def write_beir(folder: str | Path, corpus: Corpus, queries: Mapping[str, str] | 
     """Write a BEIR folder: ``corpus.jsonl``, ``queries.jsonl`` and ``qrels/<split>.tsv`` per split.
 
     For slices of a dataset, or your own judged queries in the layout every BEIR tool reads.
-    Written under a temporary name and renamed into place; an existing ``folder`` is refused.
+    Written under a temporary name and renamed into place; an existing ``folder`` is refused.  What
+    :func:`load_beir` would refuse (a judged query that ``queries`` lacks, a grade that is no integer, an id
+    holding a tab or a line break) is refused before anything is written; a judged document that ``corpus``
+    lacks is written, as ``load_beir`` keeps it (a slice of a corpus, or BEIR's own ArguAna, judges some).
     """
     folder = user_path(folder, "write_beir: folder")
     if folder.exists():
@@ -485,7 +587,6 @@ def write_beir(folder: str | Path, corpus: Corpus, queries: Mapping[str, str] | 
     odd = next(((q, t) for q, t in queries.items() if not isinstance(t, str)), None)
     if odd is not None:
         raise DataError(f"write_beir: query {odd[0]!r} has the text {odd[1]!r:.60}; expected a string")
-    doc_ids = set(corpus.ids.tolist())
     for split, rel in qrels.items():  # what load_beir would refuse (or a path) is refused before writing
         check_split_name(split, "write_beir")
         if not rel:
@@ -503,11 +604,6 @@ def write_beir(folder: str | Path, corpus: Corpus, queries: Mapping[str, str] | 
         if broken is not None:  # a tab or line break in an id would split the TSV's columns or lines
             raise DataError(f"write_beir: qrels[{split!r}] id {broken!r} holds a tab or a line break, which a qrels "
                             "TSV cannot hold")
-        missing = [(q, d) for q, judged in rel.items() for d in judged if d not in doc_ids]
-        if missing:  # load_beir would refuse the folder: say so before writing it
-            raise DataError(f"write_beir: qrels[{split!r}] judges {len(missing)} documents not in the corpus, "
-                            f"e.g. {missing[0][1]!r} (query {missing[0][0]!r}); drop those judgements or add "
-                            "the documents")
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = shared_tempdir(folder.parent, f".{folder.name}.tmp-")
     try:
@@ -798,8 +894,8 @@ def load_beir(name_or_path: str | Path, *, download: bool = True, base_url: str 
     path = _locate_one(name_or_path, download=download, base_url=base_url)
     for required in ("corpus.jsonl", "queries.jsonl"):
         if not (path / required).is_file():
-            raise DataError(f"{path / required}: file not found; a BEIR folder holds corpus.jsonl, queries.jsonl "
-                            f"and qrels/<split>.tsv")
+            raise _not_found(path / required, "; a BEIR folder holds corpus.jsonl, queries.jsonl and "
+                                              "qrels/<split>.tsv")
     if not (path / "qrels").is_dir():
         raise DataError(f"{path / 'qrels'}: folder not found; expected qrels/<split>.tsv files")
     corpus = read_corpus(path / "corpus.jsonl")
