@@ -145,9 +145,13 @@ def test_corpus_bytes_and_field_types_name_the_line(tmp_path):
     (root / "corpus.jsonl").write_bytes(b"\n".join([lines[0], b'{"_id": "dx", "text": {"a": 1}}', *lines[1:]]))
     with pytest.raises(DataError, match=r"corpus\.jsonl:2: 'text' must be a string, got dict"):
         load_beir(root)
-    (root / "corpus.jsonl").write_bytes(b"\n".join([lines[0], b'{"_id": "dx", "title": 5, "text": 7}', *lines[1:]]))
+    # a number for a text was read as its digits, where Corpus(texts=[7]) refuses it; a null title is ""
+    (root / "corpus.jsonl").write_bytes(b"\n".join([lines[0], b'{"_id": "dx", "title": 5, "text": "a"}', *lines[1:]]))
+    with pytest.raises(DataError, match=r"corpus\.jsonl:2: 'title' must be a string, got int '5'"):
+        load_beir(root)
+    (root / "corpus.jsonl").write_bytes(b"\n".join([lines[0], b'{"_id": "dx", "title": null, "text": "7"}', *lines[1:]]))
     corpus = load_beir(root).corpus
-    assert (corpus.titles[1], corpus.texts[1]) == ("5", "7")
+    assert (corpus.titles[1], corpus.texts[1]) == ("", "7")
     # a JSON NaN was read as the text "nan"; metadata that is not an object was dropped without a word
     for line, why in ((b'{"_id": "dx", "text": NaN}', r"corpus\.jsonl:2: 'text' must be a string, got float 'nan'"),
                       (b'{"_id": "dx", "text": "a", "metadata": [1]}',
@@ -218,14 +222,13 @@ def test_unpaired_surrogate_escapes_are_refused_with_the_line(tmp_path):
         load_beir(root)
 
 
-def test_write_beir_refuses_judgements_of_documents_outside_the_corpus(tmp_path):
+def test_write_beir_writes_judgements_of_documents_outside_the_corpus_as_load_beir_reads_them(tmp_path):
     from ragkit.eval import write_beir as write
 
     corpus = Corpus.from_texts(["x", "y"], ids=["d1", "d2"])
-    with pytest.raises(DataError, match=r"qrels\['test'\] judges 1 documents not in the corpus, e\.g\. 'd2' "
-                                        r"\(query 'q2'\)"):
-        write(tmp_path / "ds", corpus.subset([0]), {"q1": "a", "q2": "b"}, {"test": {"q1": {"d1": 1}, "q2": {"d2": 1}}})
-    assert not (tmp_path / "ds").exists()
+    qrels = {"test": {"q1": {"d1": 1}, "q2": {"d2": 1}}}
+    write(tmp_path / "ds", corpus.subset([0]), {"q1": "a", "q2": "b"}, qrels)
+    assert load_beir(tmp_path / "ds").qrels("test") == qrels["test"]  # (kept, with a warning, as BEIR keeps them)
 
 
 def test_write_beir_refuses_what_load_beir_would_and_leaves_nothing_behind(tmp_path):
