@@ -945,6 +945,7 @@ class Corpus:
                 raise DataError(
                     f"filter field {key!r} is not a metadata field of the corpus; "
                     f"available: {sorted(self.metadata) + ['_id', 'title']}"
+                    + ("" if "id" in self.metadata else "; 'id' filters on the document ids too, as '_id' does")
                 )
             # any collection of values (a list, a set, a range, dict keys, a numpy array or pandas
             # Series) means membership; a string or a single value means equality

@@ -157,3 +157,9 @@ def test_a_shallow_copy_shares_the_documents_a_deep_one_does_not():
     deep.add_texts(["Owls hunt at night."], ids=["o"])
     assert not r.get_by_ids(["o"]) and (r.k, shallow.k) == (10, 3)
     assert "model_copy(deep=True)" in (RagkitRetriever.__doc__ or "")
+
+
+def test_corpus_mask_names_id_too():
+    corpus = Corpus.from_texts(TEXTS, year=[2000 + i for i in range(4)])
+    with pytest.raises(DataError, match=r"available: \['year', '_id', 'title'\]; 'id' filters on the document ids"):
+        corpus.mask({"yeer": 1})
