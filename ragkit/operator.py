@@ -259,8 +259,9 @@ class Operator:
     name : str
         Registry name, the YAML key (``"bm25"``).
     kind : str
-        ``retriever``, ``reranker``, ``filter``, ``fuser``, ``router``, ``judge``,
-        ``generator`` or ``composite``.
+        ``retriever``, ``reranker``, ``filter``, ``fuser``, ``router``, ``judge``, ``rewriter`` or
+        ``generator`` (:data:`ragkit.registry.KINDS`); ``composite`` for the structural operators
+        (``Pipeline``, ``Parallel``, ``Route``, ``Loop``) only, which are not registered.
     Params : type[Params]
         The parameter model.
     example : dict
@@ -328,7 +329,10 @@ class Operator:
 
     # ------------------------------------------------------------------ introspection
     def __repr__(self) -> str:
-        args = ", ".join(f"{k}={v!r}" for k, v in self.params.non_default().items())
+        try:
+            args = ", ".join(f"{k}={v!r}" for k, v in self.params.non_default().items())
+        except Exception as e:  # noqa: BLE001 - a repr never raises (a Params model built without validation)
+            args = f"<parameters not shown: {type(e).__name__}>"
         return f"{type(self).__name__}({args})"
 
     def __eq__(self, other: object) -> bool:
@@ -637,6 +641,8 @@ class Operator:
         from ragkit._locks import guarded
 
         folder = user_path(path, f"{type(self).__name__}.save: path")
+        if self.is_fitted and hasattr(self, "corpus_"):
+            check_savable(self)  # (before the folder is touched)
         with guarded(self), atomic_dir(folder) as tmp:  # a RagkitRetriever's edits of it wait for the save
             corpus = getattr(self, "corpus_", None)
             self.save_into(tmp, with_corpus=True)
@@ -649,19 +655,29 @@ class Operator:
     def save_into(self, folder: Path, with_corpus: bool) -> None:
         """Write this operator's files into an existing (temporary) folder."""
         fitted = self.is_fitted and hasattr(self, "corpus_")
-        write_json(folder / "params.json", {
+        meta = {
             "operator": self.name, "params": self.params.model_dump(mode="json"),
             "fitted": fitted, "format_version": FORMAT_VERSION, "ragkit_version": _version(),
             **({"corpus": corpus_fingerprint(self.corpus_), TEXTS_KEY: corpus_texts_digest(self.corpus_),
                 LEARNED_KEY: learned_attributes(self)} if fitted else {}),
-        })
+        }
         if fitted:
-            self._save(folder)
+            check_savable(self)
+            before = {n for n in RESERVED_FILES if os.path.lexists(folder / n)}
+            self._save(folder)  # (before params.json: a _save that writes one of the base class's files is caught)
+            taken = sorted(n for n in RESERVED_FILES if os.path.lexists(folder / n) and n not in before)
+            if taken:
+                cls = type(self).__name__
+                raise ParamError(f"{cls}._save ({self.name!r}) wrote {', '.join(taken)}, which ragkit writes beside "
+                                 f"it ({', '.join(RESERVED_FILES)} belong to Operator.save: the operator's name and "
+                                 f"parameters, the checksums, the documents); nothing was saved: give {cls}'s own "
+                                 f"files other names (e.g. {cls.lower()}_{taken[0]})")
             digests: np.ndarray | None = getattr(self, "trained_on_", None)
             if digests is not None:
                 save_arrays(folder, **{TRAINED: digests})
             if with_corpus:
                 self.corpus_.save(folder / "corpus.jsonl")
+        write_json(folder / "params.json", meta)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], corpus: Corpus | None = None, *, mmap: bool = False,
@@ -806,6 +822,31 @@ def learned_attributes(op: Operator) -> list[str]:
     return sorted(k for k in vars(op) if k.endswith("_") and not k.startswith("_") and k not in skip)
 
 
+#: The files :meth:`Operator.save` writes in an operator's folder itself (``_save`` must not write them)
+RESERVED_FILES = ("params.json", CHECKSUMS, "corpus.jsonl", f"{TRAINED}.npy", "manifest.json")
+
+
+def check_savable(op: Operator) -> None:
+    """Refuse (:class:`ParamError`) saving the fitted ``op`` whose fit learned attributes (:func:`learned_attributes`)
+    that its class has no way to save: it keeps the base class's ``_save`` or ``_load``, which keep nothing, so
+    the folder would load without them (refused then, after the save had replaced the earlier one)."""
+    cls = type(op)
+    if cls._load is not Operator._load:  # (a _load may rebuild what it needs from the documents, unsaved)
+        return
+    learned = learned_attributes(op)
+    if not learned:
+        return
+    them = "it" if len(learned) == 1 else "them"
+    lacking = "neither _save nor _load" if cls._save is Operator._save else "_save but no _load"
+    raise ParamError(
+        f"{cls.__name__} ({op.name!r}) cannot be saved: its fit set {', '.join(learned)} (attributes ending in '_' "
+        f"hold what a fit learned), but {cls.__name__} implements {lacking} (the base ones keep "
+        f"nothing), so a load would lack {them}; nothing was written. Implement _save(folder), writing {them} as "
+        f"plain files (np.save, JSON), and _load(folder, mmap=False), reading {them} back into the same attributes "
+        f"(or rebuilding {them} from self.corpus_); one attached after a load goes in the class's "
+        f"unsaved = frozenset({{...}})")
+
+
 def _check_learned_loaded(op: Operator, folder: Path, meta: Mapping[str, Any]) -> None:
     """Refuse a loaded ``op`` that lacks an attribute its fit had learned (``meta[LEARNED_KEY]``, recorded at
     save): its class's ``_save`` / ``_load`` do not keep it (the base ones keep nothing), so its first search
@@ -820,15 +861,46 @@ def _check_learned_loaded(op: Operator, folder: Path, meta: Mapping[str, Any]) -
         lacks = (f"{folder}: {cls} ({op.name!r}) lacks {', '.join(missing)} once loaded: its fit had set {them} "
                  f"(params.json records what a fit learned), but its _load did not restore {them}")
         saved_by = meta.get("ragkit_version")
-        newer = (f"the folder may have been saved by a newer ragkit (ragkit {saved_by!s:.40}, this is "
-                 f"{_version()}) whose {cls} learns more: upgrade ragkit" if isinstance(saved_by, str) else
-                 f"the folder may have been saved by a newer ragkit whose {cls} learns more: upgrade ragkit")
+        order = _version_order(saved_by, _version()) if isinstance(saved_by, str) else None
+        if isinstance(saved_by, str) and saved_by != _version():
+            other = (f"the folder was saved by a newer ragkit (ragkit {saved_by:.40}, this is {_version()}) whose "
+                     f"{cls} learns more: upgrade ragkit" if order is not None and order > 0 else
+                     f"the folder was saved by another ragkit (ragkit {saved_by:.40}, this is {_version()}), whose "
+                     f"{cls} may learn otherwise: load it with that version")
+        elif saved_by is None:
+            other = f"the folder may have been saved by a newer ragkit whose {cls} learns more: upgrade ragkit"
+        else:  # saved by this very ragkit version: not a newer one
+            other = ""
         if type(op).__module__.startswith("ragkit."):  # a built-in operator: its own _load is not the cause
-            raise ArtifactError(f"{lacks}; {newer} (or fit and save it again with this one)")
+            cause = other or (f"the folder was saved by this ragkit ({_version()}), whose {cls} restores it: the "
+                              f"folder was changed after it was saved")
+            raise ArtifactError(f"{lacks}; {cause} (or fit and save it again with this one)")
+        plugin = (f"{cls} must implement _save(folder), writing everything fit learned as plain files, and "
+                  f"_load(folder, mmap=False), reading it back into the same attributes; then fit and save it again")
         raise ArtifactError(
-            f"{lacks}; {cls} must implement _save(folder), writing everything fit learned as plain files, and "
-            f"_load(folder, mmap=False), reading it back into the same attributes; then fit and save it again (or "
-            f"{newer}, or the package that defines {cls})")
+            f"{lacks}; {plugin} (or {other}, or the package that defines {cls})" if other else
+            f"{lacks}; {plugin} (or, when {cls}'s package was changed since the save, load it with the version that "
+            f"saved it)")
+
+
+def _version_order(a: str, b: str) -> int | None:
+    """``1`` when the version ``a`` is newer than ``b``, ``-1`` when older, ``0`` when their release numbers are
+    equal; None when either does not start with one (``1.2.3``, ``0.1.0rc1``: the leading numbers are compared)."""
+    def release(v: str) -> tuple[int, ...] | None:
+        parts = []
+        for piece in v.split("."):
+            digits = len(piece) - len(piece.lstrip("0123456789"))
+            if not digits:
+                break
+            parts.append(int(piece[:digits]))
+            if digits < len(piece):
+                break
+        return tuple(parts) or None
+
+    ra, rb = release(a), release(b)
+    if ra is None or rb is None:
+        return None
+    return (ra > rb) - (ra < rb)
 
 
 def _unapplied_filter_message(op: Operator, where: str) -> str:
@@ -897,6 +969,7 @@ def check_result(op: Operator, state: State, out: Any) -> State:
     if len(out.queries) != n:
         raise DataError(f"{cls}._call ({op.name!r}) returned a State of {len(out.queries)} queries for the {n} it "
                         f"was given; {how}")
+    _check_same_queries(op, state, out, how)
     rankings = out.rankings
     if rankings is None:
         if op.kind == "retriever":
@@ -966,6 +1039,37 @@ def check_result(op: Operator, state: State, out: Any) -> State:
                     continue  # (and on to the other problems: a query may have another of its own)
         _raise_ranking_problem(op, state, problem, int(at[0]), rows, scores, lengths, idx)
     return out
+
+
+def _same_items(a: Sequence[str], b: Sequence[str]) -> bool:
+    """Whether two sequences of the same length hold equal strings: the same object, or two lists compared (items
+    by identity first), else (a tuple, an array) item by item."""
+    if a is b:
+        return True
+    if type(a) is list and type(b) is list:
+        return a == b
+    return all(x == y for x, y in zip(a, b))
+
+
+def _check_same_queries(op: Operator, state: State, out: State, how: str) -> None:
+    """A :class:`DataError` where ``out`` (what ``op._call(state)`` returned, as many queries) holds other query ids
+    or texts than ``state``: the search would report its rankings under the wrong queries.  A rewriter changes
+    what later steps search in ``values["query_text"]`` (``values["lexical_query"]`` for term matching), never in
+    ``queries``.  Cheap: the same lists (``state.copy()`` copies them, so each item is the same object), then a
+    list comparison, whose items compare by identity first."""
+    if _same_items(out.query_ids, state.query_ids):
+        if _same_items(out.queries, state.queries):
+            return
+        what, got, given = "query texts", out.queries, state.queries
+    else:
+        what, got, given = "query ids", out.query_ids, state.query_ids
+    i = next(j for j, (a, b) in enumerate(zip(got, given)) if a != b)
+    cls = type(op).__name__
+    fix = (" (a rewriter writes the new text in out.values['query_text'], which State.texts() and the retrievers "
+           "after it read; out.values['lexical_query'] for term matching only)" if what == "query texts" else "")
+    raise DataError(f"{cls}._call ({op.name!r}) returned a State of other {what} than it was given: {got[i]!r:.60} "
+                    f"at batch position {i}, given {given[i]!r:.60}; the search reports each ranking under the query "
+                    f"it was given, so keep them{fix}; {how}")
 
 
 def _raise_ranking_problem(op: Operator, state: State, problem: str, i: int, rows: np.ndarray, scores: np.ndarray,

@@ -23,6 +23,7 @@ from pydantic import (
     ValidationError,
     ValidationInfo,
     field_validator,
+    model_validator,
 )
 from pydantic.fields import FieldInfo
 
@@ -118,6 +119,15 @@ Seed = typing.Annotated[int, Field(ge=0, le=2**32 - 1)]
 #: An integer with more decimal digits than this is shown by its length, not its digits
 #: (:func:`shown`): Python refuses to print one past ``sys.get_int_max_str_digits()`` (4,300).
 LONG_INT_DIGITS = 100
+
+
+def _short_repr(value: Any) -> str:
+    """``repr(value)``, at most 60 characters, or the type's name where ``repr`` itself fails."""
+    try:
+        text = shown(value)
+    except Exception:  # noqa: BLE001 - a value whose repr raises is still named by its type
+        return f"a {type(value).__name__}"
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def shown(value: Any) -> str:
@@ -228,6 +238,33 @@ class Params(BaseModel):
             if isinstance(x, int) and not isinstance(x, bool) and abs(x) > MAX_INT:
                 raise ValueError(f"expected an integer within ±{MAX_INT:,}, got {shown(x)}")
         return v
+
+    @model_validator(mode="after")
+    def _json_values(self) -> Self:
+        """Every value writes as JSON (``params.json``) and YAML (``to_yaml()``): a function, a numpy array, an
+        object or bytes that are not UTF-8 is refused here, naming the field and the value's type, instead of
+        failing at ``repr``, ``to_yaml()`` or ``save()`` with a serialiser's error.  One JSON dump of the
+        model; the fields one by one only to name the one at fault."""
+        try:
+            self.model_dump(mode="json")
+        except (ValueError, TypeError):  # (PydanticSerializationError and UnicodeDecodeError are ValueErrors)
+            for name in type(self).model_fields:
+                try:
+                    self.model_dump(mode="json", include={name})
+                except (ValueError, TypeError):
+                    value = getattr(self, name)
+                    tp = type(value)
+                    label = tp.__qualname__ if tp.__module__ == "builtins" else f"{tp.__module__}.{tp.__qualname__}"
+                    hint = ("a list (array.tolist())" if hasattr(value, "tolist") else
+                            "a str (its text: value.decode())" if isinstance(value, (bytes, bytearray)) else
+                            "a name or plain values that select the object (as model= names an encoder), or "
+                            "set the object on the operator outside its Params")
+                    raise FieldRefusal(name, f"got a value of type {label} ({_short_repr(value)}), which cannot be "
+                                             f"written as JSON / YAML (params.json, to_yaml(), repr): a parameter is "
+                                             f"a string, number, boolean, null, or a list or mapping of them; give "
+                                             f"{hint}") from None
+            raise
+        return self
 
     def refuse_unused(self, *checks: tuple[str, bool, str]) -> None:
         """For a model validator: each ``(field, used, needs)`` whose field holds a value other than

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import os
+import sys
 import warnings
 from typing import TYPE_CHECKING, TypeVar
 
@@ -30,8 +32,11 @@ _loaded = False
 _plugins_loaded = False
 #: Top-level modules of ragkit's extras (``pyproject.toml``): a family may be missing only for these.
 OPTIONAL = frozenset({"transformers", "gguf", "accelerate", "ray", "matplotlib", "datasets", "langchain_core"})
-#: The ``kind`` an operator class may declare (what the pipeline checks and the CLI read it by).
-KINDS = ("retriever", "reranker", "filter", "fuser", "router", "judge", "rewriter", "generator", "composite")
+#: The ``kind`` a registered operator class may declare (what the pipeline checks and the CLI read it by).
+#: ``"composite"`` is not one: it is the kind of the structural operators (``Pipeline``, ``Parallel``, ``Route``,
+#: ``Loop``), which are not registered (YAML spells them with its structural keys) and run their children
+#: themselves; a registered operator declaring it would be taken for one by the pipeline's checks.
+KINDS = ("retriever", "reranker", "filter", "fuser", "router", "judge", "rewriter", "generator")
 #: The entry-point group whose entries :func:`load_all` imports: ``[project.entry-points."ragkit.operators"]``
 #: ``tfidf = "my_package.operators"`` in a package's ``pyproject.toml`` makes its operators known wherever it is
 #: installed (YAML, the command line, saved folders), without importing it first.
@@ -45,6 +50,26 @@ PLUGIN_HINT = ("An operator of your own is known once its module, where its clas
 
 def _builtin(cls: type) -> bool:
     return cls.__module__ == "ragkit" or cls.__module__.startswith("ragkit.")
+
+
+def _source_file(cls: type) -> str | None:
+    """The resolved path of the file that defines ``cls`` (its module's ``__file__``), or None (a class made in a
+    session or by ``type()`` in a module without a file)."""
+    file = getattr(sys.modules.get(cls.__module__), "__file__", None)
+    return os.path.realpath(file) if isinstance(file, str) else None
+
+
+def same_class(a: type, b: type) -> bool:
+    """Whether ``a`` and ``b`` are one operator class: the same object, the same module and qualified name (a
+    class defined again: a notebook cell run twice), or the same qualified name in the same source file imported
+    under two module names (``ragkit --import path/to/pkg/operators.py`` of an installed plugin, whose entry point
+    imports it as ``pkg.operators``)."""
+    if a is b or (a.__module__, a.__qualname__) == (b.__module__, b.__qualname__):
+        return True
+    if a.__qualname__ != b.__qualname__:
+        return False
+    file = _source_file(a)
+    return file is not None and file == _source_file(b)
 
 
 def register(cls: T) -> T:
@@ -76,11 +101,16 @@ def register(cls: T) -> T:
                              f"holding it would not load; the names {', '.join(structural_keys())} are reserved: "
                              f"give it another name (name = \"my_{name}\")")
     other = _REGISTRY.get(name)
-    if other is not None and (other.__module__, other.__qualname__) != (cls.__module__, cls.__qualname__):
+    if other is not None and not same_class(other, cls):  # (the same class again replaces it)
         builtin = " (a built-in operator)" if _builtin(other) else ""
         raise ParamError(f"operator name {name!r} is taken by {other.__module__}.{other.__qualname__}{builtin}; "
                          f"give {label} another name")
     kind = cls.kind
+    if kind == "composite":
+        raise ParamError(f"{label} ({name!r}) has kind 'composite', the kind of ragkit's structural operators "
+                         f"(Pipeline, Parallel, Route, Loop), which are not registered; a registered operator is one "
+                         f"step: give it one of {', '.join(KINDS)} (a step that runs other operators builds them "
+                         f"into a Pipeline / Parallel / Route / Loop instead)")
     if kind not in KINDS:
         unset = kind == Operator.kind
         close = [] if unset else difflib.get_close_matches(str(kind).lower(), KINDS, n=1, cutoff=0.6)
@@ -143,7 +173,7 @@ def check_registered(op: "Operator", where: str) -> None:
     class (a subclass that kept its parent's name loaded as the parent)."""
     load_all()
     cls, known = type(op), _REGISTRY.get(op.name)
-    if known is cls:
+    if known is cls or (known is not None and same_class(known, cls)):  # (one file imported under two names)
         return
     what = (f"the name {op.name!r} is {known.__module__}.{known.__qualname__}'s" if known is not None else
             f"no operator is registered as {op.name!r}")
