@@ -149,7 +149,8 @@ def test_corpus_bytes_and_field_types_name_the_line(tmp_path):
     (root / "corpus.jsonl").write_bytes(b"\n".join([lines[0], b'{"_id": "dx", "title": 5, "text": "a"}', *lines[1:]]))
     with pytest.raises(DataError, match=r"corpus\.jsonl:2: 'title' must be a string, got int '5'"):
         load_beir(root)
-    (root / "corpus.jsonl").write_bytes(b"\n".join([lines[0], b'{"_id": "dx", "title": null, "text": "7"}', *lines[1:]]))
+    null_title = b'{"_id": "dx", "title": null, "text": "7"}'
+    (root / "corpus.jsonl").write_bytes(b"\n".join([lines[0], null_title, *lines[1:]]))
     corpus = load_beir(root).corpus
     assert (corpus.titles[1], corpus.texts[1]) == ("", "7")
     # a JSON NaN was read as the text "nan"; metadata that is not an object was dropped without a word

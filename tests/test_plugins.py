@@ -103,7 +103,7 @@ class _P(Params):
 @pytest.mark.parametrize("attrs, said", [
     ({"name": "probe_kind", "kind": "retreiver", "Params": _P},
      r"\('probe_kind'\) has kind 'retreiver'; expected one of retriever, reranker, filter, fuser, router, judge, "
-     r"rewriter, generator, composite; did you mean 'retriever'\?"),
+     r"rewriter, generator; did you mean 'retriever'\?"),
     ({"name": "probe_kind", "Params": _P}, r"\('probe_kind'\) sets no 'kind'; expected one of retriever, "),
     ({"kind": "retriever", "Params": _P}, r"needs a lowercase snake_case 'name' .*got ''"),
     ({"name": "probe_params", "kind": "reranker"},
