@@ -42,6 +42,18 @@ def user_path(path: object, where: str) -> Path:
     return Path(os.path.expanduser(os.fsdecode(os.fspath(path))))
 
 
+def _keep_mode(path: Path, tmp: Path) -> None:
+    """Give ``tmp``, about to be renamed onto ``path``, the permission bits of the file ``path`` when there
+    is one: an overwrite keeps a ``chmod 600`` (or a group's ``664``), as writing the file in place would,
+    instead of the temporary file's umask default.  A ``tmp`` the block did not create is left alone."""
+    try:
+        mode = stat.S_IMODE(os.stat(path).st_mode)
+    except OSError:  # no file there yet: the new one keeps the umask's permissions
+        return
+    if os.path.lexists(tmp):
+        os.chmod(tmp, mode)
+
+
 @contextmanager
 def atomic_file(path: str | Path, *, owner: bool = False) -> Iterator[Path]:
     """Yield a unique temporary path beside ``path`` (same suffix, so ``np.save`` and
@@ -73,6 +85,7 @@ def atomic_file(path: str | Path, *, owner: bool = False) -> Iterator[Path]:
     tmp = path.with_name(f".{path.stem}.{tag}-{secrets.token_hex(4)}.tmp{path.suffix}")
     try:
         yield tmp
+        _keep_mode(path, tmp)
         os.replace(tmp, path)
     except BaseException:
         try:

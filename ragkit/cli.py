@@ -8,6 +8,12 @@ on an archive of several BEIR datasets (``cqadupstack``) evaluates each and thei
 ``--data cqadupstack/android`` evaluates one.
 Output files are checked (their folders created) before any work starts and written
 atomically (a temporary file in the same folder, renamed into place).
+
+Exit status: 0 on success; 2 for a usage error or bad input (an unknown option, a missing file, a
+malformed pipeline or dataset, an output path that would replace an input), refused before work
+starts where it can be; 1 for a failure while running (a download, a model load or a write that
+failed); 130 when interrupted (Ctrl-C).  Notes and warnings go to standard error; standard output
+carries the results alone.
 """
 
 from __future__ import annotations
@@ -39,8 +45,14 @@ from ragkit.errors import ParamError, RagkitError, some_ids
 if TYPE_CHECKING:
     from ragkit.types import Corpus
 
+#: The exit status epilog of every command's ``--help`` (the module docstring's rule).
+EXIT_STATUS = ("Exit status: 0 success; 2 usage error or bad input (refused before work starts); 1 failure while "
+               "running (a download, a model load or a write that failed); 130 interrupted.  Notes and warnings "
+               "go to standard error, results to standard output.")
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="markdown",
-                  help="ragkit: retrieval operators that compose.")
+                  help="ragkit: retrieval operators that compose.", epilog=EXIT_STATUS,
+                  context_settings={"help_option_names": ["-h", "--help"]})
 console = Console()
 # errors and notes are never hard-wrapped: a path or a YAML location in them stays on one line,
 # whatever the terminal width (or 80 columns when piped), so it can be copied and grepped
@@ -86,7 +98,8 @@ def _import_module(spec: str, label: str) -> None:
     try:
         if spec.endswith(".py") or any(c in spec for c in "/\\"):
             if not path.is_file():
-                raise RagkitError(f"{label}: no such file (expected a module name such as mymodule, or the path "
+                what = "a folder" if path.is_dir() else "no such file"
+                raise RagkitError(f"{label}: {what} (expected a module name such as mymodule, or the path "
                                   f"of a .py file)")
             name = path.stem
             if not name.isidentifier() or path.suffix != ".py":
@@ -111,7 +124,12 @@ def _import_module(spec: str, label: str) -> None:
                               f"or the path of a .py file)")
         if "" not in sys.path and os.getcwd() not in sys.path:  # the ``ragkit`` script, unlike ``python -m``,
             sys.path.append(os.getcwd())  # does not put the current folder on the path
-        importlib.import_module(spec)
+        module = importlib.import_module(spec)
+        if getattr(module, "__file__", None) is None and hasattr(module, "__path__"):  # a namespace package: any
+            # folder of that name (a dataset's) imports as one
+            where = ", ".join(getattr(module, "__path__", None) or []) or spec
+            raise RagkitError(f"{label}: {where} is a folder, not a Python package (no __init__.py), so it registers "
+                              f"no operators; expected a module name such as mymodule, or the path of a .py file")
     except RagkitError:
         raise
     except ModuleNotFoundError as e:
@@ -184,7 +202,12 @@ def resolve_pipeline(spec: str):
     path = Path(spec)
     if path.is_dir():
         return _load_folder(path)
-    if path.suffix in (".yaml", ".yml") or path.is_file():
+    if path.is_file():
+        return Pipeline.from_yaml(path), False
+    if path.suffix in (".yaml", ".yml") and not path.exists():  # (not YAML text: refused below as a path)
+        raise RagkitError(f"--pipeline {spec}: no such file (expected a pipeline YAML file, a folder written by "
+                          f"Pipeline.save / Operator.save, or an operator name such as bm25)")
+    if path.suffix in (".yaml", ".yml"):
         return Pipeline.from_yaml(path), False
     if "\n" in spec or spec.strip().startswith("pipeline:"):
         return Pipeline.from_yaml(spec), False
@@ -295,11 +318,25 @@ def _prepare_outputs(ctx: typer.Context, output: Optional[Path], run_file: Optio
     _prepare_output(run_file, "--run", "run.trec")
 
 
+def _check_not_inside(path: Optional[Path], option: str, folder: Path, what: str) -> None:
+    """Refuse an output ``path`` inside ``folder`` (resolved: links and ``..`` followed), a saved pipeline or
+    index the command reads (``what``: ``--index idx``): the write would replace a file of it, which its
+    checksums would then refuse."""
+    if path is None or _is_stdout(path) or not folder.is_dir():
+        return
+    inside, target = folder.resolve(), path.resolve()
+    if target == inside or inside in target.parents:
+        raise RagkitError(f"{option} {path}: inside {what}, the saved folder this command reads; writing there "
+                          f"would replace its files (and its checksums would refuse it): give a path outside it, "
+                          f"such as {'results.json' if option == '--output' else 'run.trec'}")
+
+
 def _check_not_an_input(path: Optional[Path], option: str, pipeline: str, data: str) -> None:
-    """Refuse an output ``path`` that is the ``--pipeline`` file or a file of the ``--data`` folder
-    (corpus, queries, qrels): the results would replace what the command reads."""
+    """Refuse an output ``path`` that is the ``--pipeline`` file, inside the ``--pipeline`` saved folder or a
+    file of the ``--data`` folder (corpus, queries, qrels): the results would replace what the command reads."""
     if path is None or _is_stdout(path):
         return
+    _check_not_inside(path, option, Path(pipeline), f"--pipeline {pipeline}")
     folder = Path(data)
     inputs = {Path(pipeline).resolve(): "the --pipeline file"} if Path(pipeline).is_file() else {}
     if folder.is_dir():
@@ -435,9 +472,28 @@ def _check_same_corpus(fitted: Any, corpus: Any, pipeline: str, data: str) -> No
                       "dataset")
 
 
+class _RunFailure(RagkitError):
+    """A command's failure while it runs, not its input's fault (a write or a save that failed, a model
+    that could not be loaded): exit status 1 (:func:`_exit_status`)."""
+
+
+def _exit_status(e: Exception) -> int:
+    """The exit status of the error ``e``: 1 for a failure while running (:class:`_RunFailure`, a dataset
+    download that failed or was cut short), 2 for a usage error or bad input (every other error)."""
+    from ragkit.errors import DataError
+
+    if isinstance(e, _RunFailure):
+        return 1
+    if isinstance(e, DataError) and re.search(r"could not download|download cut short", str(e)):
+        return 1
+    return 2
+
+
 def _fail(e: Exception) -> None:
+    """Print ``error: <e>`` on stderr and exit with :func:`_exit_status`'s status (2: bad input, 1: a failure
+    while running)."""
     err_console.print(f"[bold red]error:[/] {escape(str(e))}")
-    raise typer.Exit(code=2)
+    raise typer.Exit(code=_exit_status(e))
 
 
 def _note_unlearned(pipe: Any) -> None:
@@ -495,6 +551,11 @@ def _print_uncut(table: Table) -> None:
 
     need = Measurement.get(console, console.options.update(max_width=10_000), table).maximum
     (console if need <= console.width else Console(width=need, file=console.file)).print(table)
+
+
+def _n_queries(n: int) -> str:
+    """``1 query``, ``2 queries``."""
+    return f"{n} quer{'y' if n == 1 else 'ies'}"
 
 
 def _parse_ks(ks: str) -> list[int]:
@@ -667,7 +728,7 @@ def _fit_and_score(pipe: Any, loaded: bool, sp: _Split, ks: list[int], trace: bo
     encoded = None if uncounted else n_encoded() - before
     run = _search_scored(pipe, sp.queries, sp.qrels, sp.dataset().corpus, scoring, trace)
     result = _evaluate(run, sp.qrels, scoring.metric_names(ks), ignore_identical_ids=not scoring.keep_ids,
-                       relevance_level=scoring.relevance_level)[0]  # (its ignored documents: _note_scored's note)
+                       relevance_level=scoring.relevance_level)[0]  # (its notes: _note_scored's)
     return _Scored(run, result, t_fit, encoded)
 
 
@@ -760,8 +821,15 @@ def _note_scored(run: Any, ks: list[int], corpus: Any, pipe: Any, qrels: Any, sc
     """``ragkit eval``'s notes under its table, on stderr (as its other notes; stdout keeps the table), each
     after ``prefix`` (``"scifact: "`` for one of several datasets): the ``ignored_judged`` judged documents
     dropped for having their query's id, the depth the pipeline reached (:func:`_note_depth`), and the judged
-    queries that no document can make relevant at ``--relevance-level`` (:func:`~ragkit.eval.metrics.level_note`)."""
-    from ragkit.eval.metrics import level_note
+    queries that no document can make relevant at ``--relevance-level`` (:func:`~ragkit.eval.metrics.level_note`),
+    and, as Python's :func:`~ragkit.eval.metrics.evaluate` warns, a run none of whose documents is judged at all,
+    with the hint of ids written otherwise (``'031715818'`` judged, ``'31715818'`` ranked:
+    :func:`~ragkit.eval.metrics.unjudged_docs_note`)."""
+    from ragkit.eval.metrics import level_note, unjudged_docs_note
+
+    unjudged = unjudged_docs_note(run, qrels)  # ("" unless every metric but hole@k is 0)
+    if unjudged:
+        err_console.print(Text(f"warning: {prefix}{unjudged}", style="yellow"), soft_wrap=True)
 
     if ignored_judged:
         err_console.print(Text(
@@ -949,7 +1017,7 @@ def eval_cmd(
         return
     ds, queries, run, result = sp.ds, sp.queries, scored.run, scored.result
     total = time.perf_counter() - t_all
-    console.print(Text(f"{ds.name} / {split} ({len(queries)} queries)  pipeline: {pipeline}"),  # not a table title:
+    console.print(Text(f"{ds.name} / {split} ({_n_queries(len(queries))})  pipeline: {pipeline}"),  # not a table title:
                   soft_wrap=True)
     table = Table()  # a title wraps to the table's narrow width
     table.add_column("metric")
@@ -1027,7 +1095,7 @@ def _eval_subsets(data: str, subs: list[str], pipeline: str, loaded: bool, *, sp
             _note_unlearned(pipe)
         scored[s] = one = _fit_and_score(pipe, False, sp, ks, trace, backend, scoring)
         first = next(iter(one.result.scores))
-        console.print(Text(f"{s} / {split} ({len(sp.queries)} queries): {first} {one.result.scores[first]:.4f} · "
+        console.print(Text(f"{s} / {split} ({_n_queries(len(sp.queries))}): {first} {one.result.scores[first]:.4f} · "
                            f"fit {one.t_fit:.2f} s · search {one.run.seconds:.2f} s"), soft_wrap=True)
         _note_scored(one.run, ks, sp.dataset().corpus, pipe, sp.qrels, scoring, prefix=f"{s}: ",
                      ignored_judged=one.result.ignored_judged)
@@ -1058,8 +1126,8 @@ def _report_subsets(splits: dict[str, _Split], scored: dict[str, _Scored], pipel
     n_queries = sum(len(splits[s].queries) for s in names)
     parent = dataset
     total = time.perf_counter() - t_all
-    console.print(Text(f"{parent} / {split}: {len(names)} datasets, {n_queries} queries, and the mean of each metric "
-                       f"over the datasets (BEIR's convention)  pipeline: {pipeline}"), soft_wrap=True)
+    console.print(Text(f"{parent} / {split}: {len(names)} datasets, {_n_queries(n_queries)}, and the mean of each "
+                       f"metric over the datasets (BEIR's convention)  pipeline: {pipeline}"), soft_wrap=True)
     table = Table()
     table.add_column("dataset")
     table.add_column("queries", justify="right")
@@ -1115,7 +1183,7 @@ def _write_outputs(output: Optional[Path], run_file: Optional[Path], run: Any, p
             else:
                 run.write_trec(path, tag)  # a temporary file in the same folder, renamed into place
         except OSError as e:
-            raise RagkitError(f"{option} {path}: could not be written: {e.strerror or e}") from None
+            raise _RunFailure(f"{option} {path}: could not be written: {e.strerror or e}") from None
         console.print(Text(f"wrote {path}"), soft_wrap=True)
 
 
@@ -1138,12 +1206,32 @@ def _want_report(report: Optional[bool], n: int, split: str) -> bool:
     return False
 
 
+def _check_out_folder(out: Path) -> None:
+    """Refuse, before any fit, a ``train --out`` of ``-`` (a saved pipeline is a folder: it cannot go to
+    standard output) and one whose nearest existing folder cannot be written (a real write, a temporary
+    folder made and removed there: ``os.access`` says yes to root on read-only file systems)."""
+    if str(out) == "-":
+        raise RagkitError("--out -: a fitted pipeline is saved as a folder, which cannot go to standard output; "
+                          "expected a folder path such as fitted/scifact-bm25")
+    parent = out.absolute().parent
+    while not parent.exists() and parent != parent.parent:  # (the save creates the missing folders)
+        parent = parent.parent
+    if not parent.is_dir():
+        raise RagkitError(f"--out {out}: {parent} is a file, not a folder; choose another path")
+    try:
+        probe = tempfile.mkdtemp(dir=parent, prefix=f".{out.name}.", suffix=".probe")
+        os.rmdir(probe)
+    except OSError as e:
+        raise RagkitError(f"--out {out}: cannot write into the folder {parent}: {e.strerror or e}") from None
+
+
 @app.command("train")
 def train_cmd(
     data: str = typer.Option(..., "--data", help="BEIR dataset name or folder."),
     pipeline: str = typer.Option(..., "--pipeline", "-p",
                                  help="Pipeline YAML file, saved pipeline or operator folder, or operator name."),
-    out: Path = typer.Option(..., "--out", help="Folder to save the fitted pipeline to."),
+    out: Path = typer.Option(..., "--out", "-o", help="Folder to save the fitted pipeline to (missing folders "
+                                                   "are created)."),
     split: str = typer.Option("train", help="Judged split to learn from (never the test split)."),
     report: Optional[bool] = typer.Option(
         None, "--report/--no-report", show_default=False,
@@ -1173,6 +1261,7 @@ def train_cmd(
     try:
         from ragkit.operator import atomic_dir
 
+        _check_out_folder(out)  # '-', or a folder that cannot be written: refused now, not after the training
         atomic_dir.check(out)  # refuse a file or a foreign folder now, not after the training
         # a broken pipeline is refused before the dataset is read (or downloaded)
         first = resolve_pipeline(pipeline)[0]
@@ -1237,7 +1326,7 @@ def train_cmd(
         try:
             pipe.save(out)
         except OSError as e:
-            raise RagkitError(f"--out {out}: the fitted pipeline could not be saved: {e.strerror or e}") from None
+            raise _RunFailure(f"--out {out}: the fitted pipeline could not be saved: {e.strerror or e}") from None
     except RagkitError as e:
         _fail(_in_file(e, pipeline))
         return
@@ -1354,7 +1443,9 @@ def search_cmd(
     k: int = typer.Option(10, "--k", min=1, help="Documents shown (or written) per query."),
     queries_file: Optional[Path] = typer.Option(None, "--queries", help="Search the queries of a file: a BEIR "
                                                                         "queries.jsonl, a TSV of query-id, tab, text "
-                                                                        "lines, or one query per line."),
+                                                                        "lines, or one query per line; '-': read "
+                                                                        "them from standard input (JSON lines when "
+                                                                        "its first line is a JSON object)."),
     output: Optional[Path] = typer.Option(None, "--output", "-o",
                                           help="Write the results as JSON (query id and text, then rank, doc id, "
                                                "score, title and text per document; '-': standard output)."),
@@ -1379,15 +1470,14 @@ def search_cmd(
             raise RagkitError(f"--index {index}: {what}; expected a folder written by Pipeline.save or "
                               "Operator.save")
         for option, path in (("--output", output), ("--run", run_file)):
-            if path is not None and queries_file is not None and not _is_stdout(path) and (
-                    path.resolve() == queries_file.resolve()):
+            _check_not_inside(path, option, index, f"--index {index}")
+            if path is not None and queries_file is not None and not _is_stdout(path) and not _is_stdout(
+                    queries_file) and path.resolve() == queries_file.resolve():
                 raise RagkitError(f"{option} {path}: is the --queries file; writing there would replace it: give "
                                   "another path")
         _prepare_outputs(ctx, output, run_file, run_tag)
         if queries_file is not None:
-            from ragkit.eval.beir import read_query_file
-
-            batch = read_query_file(queries_file)
+            batch = _read_queries_option(queries_file)
         else:
             batch = Queries([str(i) for i in range(1, len(query or []) + 1)], list(query or []))
         pipe, fitted = _load_folder(index, "--index")
@@ -1409,9 +1499,10 @@ def search_cmd(
     else:
         n_empty = sum(not len(ids) for ids in run.doc_ids)
         fewer = _fewer_found(pipe) if n_empty else []
-        console.print(Text(f"searched {len(batch)} quer{'y' if len(batch) == 1 else 'ies'} in {run.seconds:.2f} s"
-                           + (f"; {n_empty} found no document" if n_empty else "")
-                           + (f" ({'; '.join(fewer)})" if fewer else "")), soft_wrap=True)
+        # (stderr: the standard output carries the results alone, whether -o writes them there or to a file)
+        err_console.print(Text(f"searched {len(batch)} quer{'y' if len(batch) == 1 else 'ies'} in {run.seconds:.2f} s"
+                               + (f"; {n_empty} found no document" if n_empty else "")
+                               + (f" ({'; '.join(fewer)})" if fewer else "")), soft_wrap=True)
     try:
         _write_outputs(output, run_file, run, {
             "index": str(index), "k": k,
@@ -1421,6 +1512,26 @@ def search_cmd(
                 for qid, text, (_, ids, scores) in zip(batch.ids, batch.texts, run)]}, tag=run_tag)
     except RagkitError as e:
         _fail(e)
+
+
+def _read_queries_option(path: Path) -> Any:
+    """The queries of ``search --queries``: a file's (:func:`~ragkit.eval.beir.read_query_file`), or with ``-``
+    standard input's, in the same layouts (JSON lines when the first non-blank line starts with ``{``: a BEIR
+    queries.jsonl; else TSV or one query per line), its errors naming ``--queries -`` for the file."""
+    from ragkit.eval.beir import read_query_file
+
+    if not _is_stdout(path):
+        return read_query_file(path)
+    data = sys.stdin.buffer.read()
+    first = next((line.strip() for line in data.splitlines() if line.strip()), b"")
+    with tempfile.TemporaryDirectory(prefix="ragkit-stdin-") as folder:
+        tmp = Path(folder) / ("stdin.jsonl" if first.startswith(b"{") else "stdin.txt")
+        tmp.write_bytes(data)
+        try:
+            return read_query_file(tmp)
+        except RagkitError as e:
+            e.args = (str(e).replace(str(tmp), "--queries - (standard input)"), *e.args[1:])
+            raise
 
 
 def _print_results(corpus: Corpus, batch: Any, run: Any, pipe: Any) -> None:
@@ -1576,7 +1687,10 @@ def ask_cmd(
             # its steps, not the pipeline as one step: the paths of fit and search errors stay the YAML's
             pipe = Pipeline([*pipe.steps, gens[0]] if not fitted else [pipe, gens[0]])
         for g in gens:  # a model path that does not exist is refused before the retrieval steps are fitted
-            g.check_source()
+            try:
+                g.check_source()
+            except ParamError as e:  # the flags' step: its fields named as the flags that set them
+                raise _as_flag(e, given) from None
         _check_llm_packages(gens)
         if fitted:
             for g in gens:
@@ -1598,7 +1712,10 @@ def ask_cmd(
             for g in gens:
                 load = getattr(getattr(g, "engine_", None), "load", None)
                 if load is not None:
-                    load()
+                    try:
+                        load()
+                    except RagkitError as e:  # (its source was checked before the fit: a failure while running)
+                        raise _RunFailure(str(e)) from None
 
         def show(_qi: int, piece: str) -> None:
             nonlocal streamed
@@ -1624,6 +1741,23 @@ def ask_cmd(
     if cost is not None:  # what the answer's prefill cost and reused (stderr), then its sources, the last line
         err_console.print(Text(str(cost), style="dim"))
     _print_sources(run.doc_ids[0][: gens[-1].params.top_k], corpus)
+
+
+#: ``ragkit ask``'s flags by the field of the generate step they set.
+_ASK_FLAGS = {"top_k": "--top-k", "mode": "--mode", "max_new_tokens": "--max-new-tokens", "cache_dir": "--cache-dir"}
+
+
+def _as_flag(e: ParamError, given: dict[str, Any]) -> ParamError:
+    """``e`` (``generate.cache_dir: ...``) with the field named as the ``ragkit ask`` flag that set it
+    (``--cache-dir ...``) when ``given`` holds that flag; unchanged otherwise (a pipeline's own step)."""
+    message = str(e)
+    for field, flag in _ASK_FLAGS.items():
+        if message.startswith(f"generate.{field}:") and flag in given:
+            rest = message[len(f"generate.{field}"):]
+            value = f": {given[flag]}:"  # (``--cache-dir x: ...``, as the other options' errors read)
+            rest = f" {given[flag]}:{rest[len(value):]}" if rest.startswith(value) else rest
+            e.args = (f"{flag}{rest}", *e.args[1:])
+    return e
 
 
 def _print_sources(ids: Any, corpus: Corpus) -> None:
@@ -1673,6 +1807,9 @@ def validate_cmd(path: Path = typer.Argument(..., help="Pipeline YAML file, a sa
                 unknown = str(e).removeprefix("--pipeline: ")
                 raise RagkitError(f"{path}: no such file or folder, and {unknown}") from None
             _check_retrieves(pipe, str(path))
+        elif not path.exists() and "\n" not in str(path) and not str(path).strip().startswith("pipeline:"):
+            raise RagkitError(f"{path}: no such file or folder (expected a pipeline YAML file, a folder written by "
+                              "Pipeline.save / Operator.save, or an operator name such as bm25)")
         else:
             pipe = Pipeline.from_yaml(path)
             _check_retrieves(pipe, str(path))  # what eval, train and ask refuse (a saved operator may be a reranker)
@@ -1850,6 +1987,10 @@ def compare_cmd(
         if data is not None:  # (the split scores TREC run files against --data's judgements)
             _check_split("--split", split, data)
         _check_no_pipelines(results, data, split, relevance_level, keep_identical_ids)
+        folders = [str(p) for p in results if p.is_dir()]
+        if folders:
+            raise RagkitError(f"RESULTS: {', '.join(folders)}: {'a folder' if len(folders) == 1 else 'folders'}; "
+                              "expected 'ragkit eval -o' JSON files or TREC run files")
         missing = [str(p) for p in results if not p.is_file()]
         if missing:
             raise RagkitError(f"RESULTS: {', '.join(missing)}: no such file (expected 'ragkit eval -o' JSON files or "
@@ -1889,8 +2030,8 @@ def compare_cmd(
         _fail(e)
         return
     n_tests = (len(cmp.systems) - 1) * len(cmp.metrics)
-    where = (f"{cmp.n_queries} queries of {cmp.n_datasets} datasets, each weighted equally (BEIR's mean; the "
-             f"bootstrap resamples within each)" if cmp.n_datasets > 1 else f"{cmp.n_queries} queries")
+    where = (f"{_n_queries(cmp.n_queries)} of {cmp.n_datasets} datasets, each weighted equally (BEIR's mean; the "
+             f"bootstrap resamples within each)" if cmp.n_datasets > 1 else _n_queries(cmp.n_queries))
     of = " / ".join(x for x in (cmp.dataset, cmp.split) if x)  # what the results record (or --data scored)
     if of:
         where = f"{of}: {where}"
@@ -1914,12 +2055,12 @@ def compare_cmd(
             table.add_row(*cells)
         table.add_section()
     _print_uncut(table)
-    if cmp.note():
-        console.print(Text(f"note: {cmp.note()}", style="yellow"), soft_wrap=True)
+    if cmp.note():  # (notes and warnings on stderr, as every command's: stdout carries the table or the JSON)
+        err_console.print(Text(f"note: {cmp.note()}", style="yellow"), soft_wrap=True)
     for warning in cmp.warnings():
-        console.print(Text(f"warning: {warning}", style="yellow"), soft_wrap=True)
+        err_console.print(Text(f"warning: {warning}", style="yellow"), soft_wrap=True)
     for few in cmp.few_differ():
-        console.print(Text(f"note: {few}", style="yellow"), soft_wrap=True)
+        err_console.print(Text(f"note: {few}", style="yellow"), soft_wrap=True)
     if _is_stdout(output):
         sys.stdout.write(json.dumps(cmp.to_dict(), indent=2) + "\n")
         sys.stdout.flush()
@@ -1928,7 +2069,7 @@ def compare_cmd(
             with atomic_file(output) as tmp:
                 tmp.write_text(json.dumps(cmp.to_dict(), indent=2), encoding="utf-8")
         except OSError as e:
-            _fail(RagkitError(f"--output {output}: could not be written: {e.strerror or e}"))
+            _fail(_RunFailure(f"--output {output}: could not be written: {e.strerror or e}"))
         console.print(Text(f"wrote {output}"), soft_wrap=True)
 
 
@@ -1949,6 +2090,9 @@ def main(args: Optional[list[str]] = None) -> int:
     except clicks.ClickException as e:
         usage = getattr(e, "ctx", None)
         hint = f" (see '{usage.command_path} --help')" if isinstance(e, clicks.UsageError) and usage else ""
+        if getattr(e, "option_name", None) in ("--import", "--version") and usage is not None and usage.parent:
+            hint = (f" ({e.option_name} goes before the command: ragkit {e.option_name}"
+                    f"{' MODULE' if e.option_name == '--import' else ''} {usage.info_name} ...)")
         err_console.print(Text.assemble(("error:", "bold red"), f" {e.format_message().rstrip('.')}{hint}"))
         return int(e.exit_code)
     except (typer.Abort, getattr(clicks, "Abort", typer.Abort)):  # (end of input at a prompt; Ctrl-C: status 130)

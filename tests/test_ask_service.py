@@ -156,7 +156,7 @@ def test_ask_refuses_a_read_only_cache_dir_before_the_fit(tmp_path, monkeypatch)
     res = _cli("ask", "-p", "bm25", "--data", _corpus_file(tmp_path / "docs"), "--cache-dir", ro, "Do cats sleep?")
     assert res.exit_code == 2, res.output
     out = " ".join(res.output.split())
-    assert f"generate.cache_dir: {ro}: the chunk-cache folder (disk_dir) cannot be written" in out, out
+    assert f"--cache-dir {ro}: the chunk-cache folder (disk_dir) cannot be written" in out, out
     assert "Traceback" not in res.output and fitted == [] and engine.asked == []
 
 

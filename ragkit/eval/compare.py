@@ -68,6 +68,11 @@ _EVAL_DEFAULT_SCORING = {"relevance_level": 1, "ignore_identical_ids": True}
 SCORED_FINGERPRINT_KIND = "sha256-scored"
 
 
+def _n_queries(n: int) -> str:
+    """``1 query``, ``2 queries`` (the headers' and notes' count)."""
+    return f"{n} quer{'y' if n == 1 else 'ies'}"
+
+
 def scored_qrels_fingerprint(qrels: Mapping[str, Mapping[str, int]], queries: Any) -> str:
     """``"sha256-scored:<64 hex digits>"`` identifying the judgements of ``queries`` (an iterable of query ids: the
     queries a result was scored on, its per-query keys) in ``qrels`` (checked: string ids, integer grades): the
@@ -594,8 +599,9 @@ class Comparison:
                 if i == self.baseline or not self.n_differ[i, j] < _FEW_DIFFER:
                     continue
                 k = int(self.n_differ[i, j])
-                out.append(f"{m}: {s} and {base} score all {self.n_queries} queries alike" if k == 0 else
-                           f"{m}: {s} and {base} differ on {k} of {self.n_queries} queries: the interval and the "
+                out.append(f"{m}: {s} and {base} score {'the' if self.n_queries == 1 else 'all'} "
+                           f"{_n_queries(self.n_queries)} alike" if k == 0 else
+                           f"{m}: {s} and {base} differ on {k} of {_n_queries(self.n_queries)}: the interval and the "
                            f"p-value rest on {'that one' if k == 1 else f'those {k}'} (an exact sign-flip test of "
                            f"{k} difference{'' if k == 1 else 's'} gives no p-value below {2.0 ** (1 - k):.3g})")
         return out
@@ -639,7 +645,7 @@ class Comparison:
         n_tests = (len(self.systems) - 1) * len(self.metrics)
         of = "/".join(x for x in (self.dataset, self.split) if x)
         return (f"<Comparison of {len(self.systems)} systems ({', '.join(self.systems)}) on "
-                f"{', '.join(self.metrics)} over {self.n_queries} queries{f' of {of}' if of else ''}, baseline "
+                f"{', '.join(self.metrics)} over {_n_queries(self.n_queries)}{f' of {of}' if of else ''}, baseline "
                 f"{self.systems[self.baseline]}: {int(self.significant.sum())} of {n_tests} differences significant "
                 f"(Holm, alpha {self.alpha:g}); print() it for the table>")
 
@@ -647,8 +653,8 @@ class Comparison:
         """The table ``ragkit compare`` prints (metric, system, mean, difference to the baseline with its
         interval, p and Holm's p with its mark), as plain text, with its header and notes."""
         n_tests = (len(self.systems) - 1) * len(self.metrics)
-        where = (f"{self.n_queries} queries of {self.n_datasets} datasets, each weighted equally (BEIR's mean; the "
-                 f"bootstrap resamples within each)" if self.n_datasets > 1 else f"{self.n_queries} queries")
+        where = (f"{_n_queries(self.n_queries)} of {self.n_datasets} datasets, each weighted equally (BEIR's mean; "
+                 f"the bootstrap resamples within each)" if self.n_datasets > 1 else _n_queries(self.n_queries))
         of = " / ".join(x for x in (self.dataset, self.split) if x)
         lines = [f"{of + ': ' if of else ''}{where} · baseline {self.systems[self.baseline]} · paired randomisation "
                  f"test ({self.n_resamples:,} sign flips), Holm-corrected over {n_tests} comparison"
