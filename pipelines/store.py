@@ -26,7 +26,7 @@ from typing import Any, Callable, TypeVar
 
 from ragkit._files import folder_checksums, folder_lock, saved_relpath, verify_checksums
 from ragkit._locks import guarded_any
-from ragkit.errors import ArtifactError, DataError, ParamError
+from ragkit.errors import ArtifactError, ArtifactNotFoundError, DataError, ParamError
 from ragkit.operator import (
     _LOST_MANIFEST,
     FORMAT_VERSION,
@@ -35,6 +35,7 @@ from ragkit.operator import (
     _old_save_hint,
     _saved_pipeline_above,
     atomic_dir,
+    check_flag,
     checksums_verified,
     corpus_fingerprint,
     read_json,
@@ -175,6 +176,8 @@ def load_pipeline(path: str | Path, *, corpus: Corpus | None = None, mmap: bool 
     crash the process, so load folders only from people you trust.
     """
     folder = Path(path)
+    mmap = check_flag(mmap, "mmap", "Pipeline.load")  # (verify="no" would be true, and verify)
+    verify = check_flag(verify, "verify", "Pipeline.load")
     restore_interrupted_save(folder)
     return load_unreplaced(folder, "manifest.json", lambda: _load_pipeline(folder, corpus, mmap, verify))
 
@@ -184,7 +187,8 @@ def _load_pipeline(folder: Path, corpus: Corpus | None, mmap: bool, verify: bool
     if not folder.is_dir():
         what = "a file, not a folder (a pipeline YAML file? Pipeline.from_yaml reads it)" if folder.exists() else \
             "it does not exist" + _old_save_hint(folder)
-        raise ArtifactError(f"{folder}: not a saved pipeline folder ({what})")
+        raise (ArtifactError if folder.exists() else ArtifactNotFoundError)(  # (a FileNotFoundError too)
+            f"{folder}: not a saved pipeline folder ({what})")
     if not (folder / "manifest.json").is_file():
         interrupted = _interrupted_save(folder)
         if interrupted is not None:

@@ -47,7 +47,15 @@ from ragkit._files import (
     user_path,
     verify_checksums,
 )
-from ragkit.errors import ArtifactError, DataError, InputTypeError, NotFittedError, ParamError, some_ids
+from ragkit.errors import (
+    ArtifactError,
+    ArtifactNotFoundError,
+    DataError,
+    InputTypeError,
+    NotFittedError,
+    ParamError,
+    some_ids,
+)
 from ragkit.options import PARAM, OptionCheck, filter_option
 from ragkit.params import Params as ParamsModel, validate_params  # (inside Operator, ``Params`` is its model class)
 from ragkit.types import Corpus, Queries, Ranking, State, TrainSet
@@ -352,6 +360,9 @@ class Operator:
 
     @property
     def is_fitted(self) -> bool:
+        """Whether the operator can search: a stateless one (:attr:`stateless`: a fuser, a cut-off) always; any
+        other once :meth:`fit` (or :meth:`load`) set what it learned, public attributes ending in ``_``
+        (``corpus_``, ``table_``).  A composite overrides it (all of its steps fitted)."""
         return self.stateless or any(k.endswith("_") and not k.startswith("_") for k in tuple(vars(self)))
 
     def _check_fitted(self) -> None:
@@ -386,11 +397,18 @@ class Operator:
         if train is not None and not train.labelled and self.learns:  # TrainSet(queries): a query bank only
             raise train.unlabelled_refusal(f"{self.name}.fit")
         own = getattr(self.params, "filter", None)
-        if own is not None:  # a field the corpus lacks would fail every search
+        if own is not None:  # a field the corpus lacks, or a value of another type than the field's (year: "2001"
+            # for integers), would fail every search, after the whole fit: refused as Pipeline.fit refuses them
             try:
                 filter_option(self, own, corpus)
             except (TypeError, ValueError) as e:
                 raise ParamError(f"{self.name}.filter: {e}", path=f"{self.name}.filter") from None
+            try:
+                corpus.mask(own)  # (the column's codes it builds are those every search's filter reads)
+            except DataError as e:  # filter.year: the field holds int values; ... -> bm25.filter.year: ...
+                from ragkit.pipelines._compose import placed_at
+
+                raise placed_at(e, f"{self.name}.filter", "filter") from None
         # a fit that raises (an error, Ctrl-C) leaves the operator as it was: its earlier fit whole, or unfitted,
         # never ``corpus_`` of the new corpus beside state of the old one (a search would then score the old
         # documents and report the new corpus's ids at their rows). Every attribute is put back as it was
@@ -586,9 +604,19 @@ class Operator:
         return max(k, _positive_k(call_k, "options.k")) if call_k is not None else k
 
     def filter_mask(self, state: State) -> np.ndarray | None:
-        """Row mask of the metadata filter: the ``filter`` parameter AND this operator's per-call
-        ``filter`` option AND the call's ``filter`` (a call narrows the configured filter, never
-        widens it, even on the same field)."""
+        """Row mask of the metadata filter for one search, over the fitted corpus (``self.corpus_``).
+
+        The ``filter`` parameter AND this operator's per-call ``filter`` option
+        (``search(q, bm25={"filter": ...})``) AND the call's ``filter`` (``search(q, filter=...)``): a call
+        narrows the configured filter, never widens it, even on the same field.  Each is read by
+        :meth:`Corpus.mask <ragkit.types.Corpus.mask>`.
+
+        Returns
+        -------
+        numpy.ndarray of bool, shape (n_docs,), or None
+            ``True`` at the rows a search may return; ``None`` when no filter is set (every row), so a
+            retriever can skip masking altogether.  The same mask for every query of the batch.
+        """
         sources = [getattr(self.params, "filter", None), self.opt(state, "filter", None), state.options.get("filter")]
         masks = [m for m in map(self.corpus_.mask, sources) if m is not None]  # None: no filter
         if not masks:
@@ -602,6 +630,10 @@ class Operator:
         after ``a + b`` becomes that parallel's fuser: ``(a + b) | RRF(k=60)``."""
         from ragkit.pipelines import Pipeline
 
+        if not isinstance(other, Operator):
+            if _reflected_elsewhere(other, "__ror__"):  # (a LangChain runnable: ``op | runnable`` is its to build)
+                return NotImplemented
+            raise _not_combinable(self, "|", other)
         return Pipeline([self]) | other
 
     def __add__(self, other: "Operator") -> "Parallel":
@@ -610,23 +642,71 @@ class Operator:
         it with a fuser to choose another: ``(a + b) | WeightedFusion(weights=[0.7, 0.3])``."""
         from ragkit.pipelines import Parallel
 
+        if not isinstance(other, Operator):
+            if _reflected_elsewhere(other, "__radd__"):
+                return NotImplemented
+            raise _not_combinable(self, "+", other)
         return Parallel([self]) + other
 
     def search(
         self, queries: Queries | Sequence[str] | Mapping[str, str] | pd.Series | str, *, k: int | None = None,
-        trace: bool = False, qrels: Mapping[str, Mapping[str, int]] | None = None, **options: Any,
+        trace: bool = False, qrels: Mapping[str, Mapping[str, int]] | None = None, relevance_level: int = 1,
+        ignore_identical_ids: bool = True, **options: Any,
     ) -> "Run":
-        """Run this operator as a one-step pipeline (see :meth:`Pipeline.search`)."""
+        """Search a batch of queries with this operator alone (a one-step :class:`~ragkit.pipelines.Pipeline`;
+        :meth:`Pipeline.search <ragkit.pipelines.Pipeline.search>` is the same for several steps).
+
+        Parameters
+        ----------
+        queries : Queries, list of str, str, or a mapping {query_id: text}
+            One string is one query.  A list (tuple, numpy array) is numbered ``"q0", "q1", ...`` in its
+            order; a mapping (or a pandas ``Series`` indexed by string ids) gives its ids.  A ``set`` is
+            refused (its order, so its numbering, changes from run to run), as are a DataFrame, bytes and
+            ``None``.
+        k : int, optional
+            Final number of results per query (a retriever fetches at least ``k``; default: its own ``k``).
+        trace : bool
+            ``True`` records per-step wall time, candidates in and out and (with ``qrels``) recall@100 and
+            nDCG@10 in ``run.trace``.  Only ``True`` or ``False``.
+        qrels : mapping {query_id: {doc_id: grade}}, optional
+            Judgements for the trace's recall and nDCG; read by ``trace=True`` only (refused without it).
+        relevance_level, ignore_identical_ids
+            How the trace scores its recall and nDCG, as :func:`~ragkit.eval.evaluate` reads them: the lowest
+            grade that counts as relevant (an integer >= 1), and whether a document with its query's id is
+            dropped (``True`` or ``False``).
+        **options
+            Run-time overrides: ``filter={field: value or [values]}`` (narrowing the operator's own ``filter``),
+            or ``<operator name>={option: value}`` (``bm25={"n_jobs": 4}``): the options the class declares
+            (:meth:`declared_options`), checked before any work.
+
+        Returns
+        -------
+        Run
+            One ranking per query, in the order of ``queries``: ``run.query_ids`` (n_q,), and per query at
+            most ``k`` document ids with their scores, best first.
+
+        Raises
+        ------
+        NotFittedError
+            When the operator is not fitted (a stateless one needs no fit).
+        ParamError
+            Before any work, for a bad ``k``, ``trace``, ``relevance_level`` or ``ignore_identical_ids``, ``qrels``
+            without ``trace=True``, or an unknown or bad option, naming it.
+        DataError
+            Before any work, for queries of the wrong shape (a set, one bytes, a DataFrame) or malformed ``qrels``.
+        """
         from ragkit._locks import guarded
         from ragkit.pipelines import Pipeline
 
+        check_search_arguments(queries, trace, qrels, f"{type(self).__name__}.search")
         if not self.is_fitted and not self.children():  # a leaf says it in its own words ("BM25 ('bm25') is not
             self._check_fitted()  # fitted yet"); a composite's pipeline names which of its steps is not
         with guarded(self):  # a RagkitRetriever's add / delete of this operator waits for it, and it for them
             pipe = Pipeline([self])
             if self.is_fitted and not self.stateless:
                 pipe.corpus_ = self.corpus_
-            return pipe.search(queries, k=k, trace=trace, qrels=qrels, **options)
+            return pipe.search(queries, k=k, trace=trace, qrels=qrels, relevance_level=relevance_level,
+                               ignore_identical_ids=ignore_identical_ids, **options)
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | os.PathLike[str]) -> None:
@@ -691,6 +771,8 @@ class Operator:
         :class:`~ragkit.pipelines.Pipeline`.  A leading ``~`` in ``path`` is the home folder.
         """
         folder = user_path(path, f"{cls.__name__}.load: path")
+        mmap = check_flag(mmap, "mmap", f"{cls.__name__}.load")
+        verify = check_flag(verify, "verify", f"{cls.__name__}.load")
         restore_interrupted_save(folder)
         if corpus is not None and not isinstance(corpus, Corpus):
             raise InputTypeError(f"{cls.__name__}.load: corpus must be the ragkit Corpus the operator was fitted on "
@@ -699,8 +781,9 @@ class Operator:
             from ragkit.pipelines import Pipeline
 
             return cast("Self", Pipeline.load(folder, corpus=corpus, mmap=mmap, verify=verify))  # Self is Operator
-        if not (folder / "params.json").is_file():
-            raise ArtifactError(f"{folder}: {_not_an_operator_folder(folder)}")
+        if not (folder / "params.json").is_file():  # (nothing there: an ArtifactNotFoundError, a FileNotFoundError)
+            missing = ArtifactNotFoundError if not folder.exists() else ArtifactError
+            raise missing(f"{folder}: {_not_an_operator_folder(folder)}")
         if _saved_pipeline_above(folder) is not None:  # a pipeline's step: load_pipeline watches its manifest
             return cls._load_folder(folder, corpus, mmap, verify)
         from ragkit.pipelines.store import load_unreplaced
@@ -801,6 +884,55 @@ class Operator:
 
 
 # ---------------------------------------------------------------------- helpers
+def check_flag(value: Any, name: str, where: str) -> bool:
+    """``value`` of the on/off argument ``name`` as a ``bool``; anything but ``True`` / ``False`` (numpy's too) is a
+    :class:`ParamError` at ``where``: ``verify="no"`` would otherwise be true, and verify."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise ParamError(f"{where}: {name} must be True or False, got {type(value).__name__} {value!r:.80}",
+                         path=name)
+    return bool(value)
+
+
+def check_search_arguments(queries: Any, trace: Any, qrels: Any, where: str = "search") -> None:
+    """What ``search(queries, trace=..., qrels=...)`` refuses before any work (``where``: ``BM25.search``):
+    a ``set`` of queries (numbered ``q0, q1, ...`` in an order that changes from run to run: the same query
+    would get another id in the next process), a ``trace`` that is not ``True`` / ``False``, and ``qrels``
+    without ``trace=True`` (only the trace reads them: they would be ignored).  The queries themselves and
+    the qrels' shape are checked where they are read (:meth:`State.of <ragkit.types.State.of>`,
+    :func:`~ragkit.types.check_qrels`)."""
+    if isinstance(queries, (set, frozenset)):
+        raise DataError(f"{where}: queries is a {type(queries).__name__} of {len(queries)}, whose order (so the ids "
+                        "q0, q1, ... given in it) changes from run to run; pass a list (sorted(queries)), a mapping "
+                        "{query_id: text} or Queries")
+    check_flag(trace, "trace", where)
+    if qrels is not None and not trace:
+        raise ParamError(f"{where}: qrels is read by trace=True only (the trace's recall and nDCG per step); pass "
+                         "trace=True with it, or leave it out (to score the run: ragkit.evaluate(run, qrels))",
+                         path="qrels")
+
+
+def _reflected_elsewhere(other: object, method: str) -> bool:
+    """Whether the class of ``other`` defines the reflected operator ``method`` (``__ror__``) in Python, beyond
+    the builtin and numpy types: a library's object (a LangChain runnable) that may combine with an operator
+    itself, so :meth:`Operator.__or__` leaves it the choice."""
+    for klass in type(other).__mro__:
+        if method in vars(klass):
+            return inspect.isfunction(vars(klass)[method])
+    return False
+
+
+def _not_combinable(op: Operator, sign: str, other: object) -> InputTypeError:
+    """The error of ``op | other`` / ``op + other`` where ``other`` is no operator: what was written, what ``sign``
+    builds, and what it combines."""
+    from ragkit.pipelines._compose import not_an_operator
+
+    what = ("chains operators into a Pipeline (a | b runs b on what a returns)" if sign == "|" else
+            "runs operators side by side in a Parallel, fused with RRF(k=60)")
+    return InputTypeError(f"{type(op).__name__}() {sign} {type(other).__name__}: {sign} {what}; both sides must be "
+                          "operators (a retriever, reranker, filter, fuser, ... or a Pipeline / Parallel), got "
+                          f"{not_an_operator(other)} on the right")
+
+
 def _version() -> str:
     from ragkit import __version__
 
@@ -1614,8 +1746,17 @@ class atomic_dir:
     def __enter__(self) -> Path:
         restore_interrupted_save(user_path(self.path, "path"))  # (this save then replaces it, and deletes it)
         self.path = self.check(self.path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = shared_tempdir(self.path.parent, f".{self.path.name}.tmp-")
+        doing = f"creating the folder {self.path.parent}"
+        try:  # (__exit__ does not run when __enter__ raises: a read-only or forbidden folder is named here, as there)
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            doing = f"creating its temporary folder in {self.path.parent}"
+            self.tmp = shared_tempdir(self.path.parent, f".{self.path.name}.tmp-")
+        except OSError as e:
+            if isinstance(e, ArtifactError) or e.errno not in _SAVE_ERRNOS:
+                raise  # (another OSError, a network file system's EIO, stays as it is, retryable)
+            raise ArtifactError(f"{self.path}: the save could not be written ({e.strerror or e}, {doing}); nothing "
+                                "was written, and an earlier save there is unchanged: make the folder writable (or "
+                                "save elsewhere) and save again") from e
         return self.tmp
 
     def __exit__(self, exc_type: object, exc: BaseException | None = None, *rest: object) -> None:
