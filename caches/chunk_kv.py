@@ -283,7 +283,8 @@ def compute_cci(inter: np.ndarray, intra: np.ndarray, prefix_lens: Sequence[int]
 
 
 def prefix_overlap(inter: np.ndarray, prefix_ids: Sequence[str], new_prefix: Sequence[str]) -> float:
-    """β (Eq. 6): share of the chunk's old outside attention going to chunks still before it.
+    """β (Cache-Craft, arXiv 2502.15734, Eq. 6): share of the chunk's old outside attention going to chunks
+    still before it.
 
     ``inter`` is the variant's attention mass to its old prefix chunks: shape ``(n_layers, n_prefix)``
     (summed over layers here) or ``(n_prefix,)`` already summed, one column per ``prefix_ids`` entry, in
@@ -303,7 +304,8 @@ def prefix_overlap(inter: np.ndarray, prefix_ids: Sequence[str], new_prefix: Seq
 
 
 def order_penalty(prefix_ids: Sequence[str], new_prefix: Sequence[str]) -> float:
-    """γ (Eq. 7): normalised Kendall-tau distance of the common chunks' order, old vs new.
+    """γ (Cache-Craft, arXiv 2502.15734, Eq. 7): normalised Kendall-tau distance of the common chunks' order,
+    old vs new.
 
     ``prefix_ids``: the chunk keys of the old prefix ``S_old``, in order; ``new_prefix``: those now
     before the chunk.  Takes no attention statistics (``inter`` and ``intra`` play no part): the share,
@@ -321,7 +323,11 @@ def order_penalty(prefix_ids: Sequence[str], new_prefix: Sequence[str]) -> float
 
 
 def cache_fix_overhead(cci: float, beta: float, gamma: float, alpha: float = 1.0) -> float:
-    """CFO (Eq. 8 and 12): ``clip(alpha * CCI * (1 - beta * (1 - gamma)), 0, 1)``."""
+    """CFO, Cache Fix Overhead (Cache-Craft, arXiv 2502.15734, Eq. 8 and 12):
+    ``clip(alpha * CCI * (1 - beta * (1 - gamma)), 0, 1)``, the share of the chunk's tokens to recompute.
+
+    ``cci``: :func:`compute_cci`, in ``[0.5, 1)``; ``beta``: :func:`prefix_overlap`; ``gamma``:
+    :func:`order_penalty`, both in ``[0, 1]``; ``alpha``: a scale (1: the paper's)."""
     return float(np.clip(alpha * cci * (1.0 - beta * (1.0 - gamma)), 0.0, 1.0))
 
 
@@ -337,7 +343,38 @@ def alone_fix_overhead(cci: float, alpha: float = 1.0) -> float:
 # ----------------------------------------------------------------------------- variant
 @dataclass
 class ChunkVariant:
-    """One stored context variant of a chunk (see the module docstring for the fields)."""
+    """One stored context variant of a chunk (see "Storage layout" in the module docstring).
+
+    Attributes
+    ----------
+    keys, values : torch.Tensor, shape ``(n_layers, n_kv_heads, n_tokens, head_dim)``
+        The chunk's key and value rows (keys after RoPE at positions ``start .. start + n_tokens - 1``), in
+        the store's ``storage_dtype`` once stored.
+    start : int
+        Absolute position of the chunk's first token when the rows were computed.
+    prefix_ids, prefix_lens : tuple of str, tuple of int, length ``n_prefix``
+        Keys of the chunks before it (``S_old``), in order, and their token counts.
+    inter : ndarray float32, shape ``(n_layers, n_prefix)``
+        Attention mass from the chunk's tokens to each prefix chunk, per layer (Cache-Craft Eq. 3).
+    intra : ndarray float32, shape ``(n_layers,)``
+        Attention mass from the chunk to itself, per layer (Eq. 4).
+    sys_inter : ndarray float32, shape ``(n_layers,)``
+        Attention mass to the system prompt, the sink (position 0) excluded; ``sys_len`` its tokens.
+    token_scores : ndarray float32, shape ``(n_tokens,)``
+        Per-token outside attention averaged over layers (Eq. 14): which tokens to recompute first.
+    cci : float
+        Cache Context Impact, :func:`compute_cci`, in ``[0.5, 1)``.
+    sys_id : str
+        Digest of the system-prompt token ids before the prefix.
+    exact, exact_at : bool, str
+        Whether the rows are a full prefill's of this context; the dtype they are exact at (see below).
+    reuse, last_tick, stored, cfo_sum, cfo_n
+        The store's bookkeeping: decayed reuse count, request of its last use, admission count, and the sum
+        and count of the CFOs of its reuses (:attr:`mean_cfo`).
+
+    The attention masses are softmax weights averaged over query heads and summed over the chunk's
+    queries (unitless, in ``[0, n_tokens]``); an empty array (``(0, 0)``, ``(0,)``) when not captured.
+    """
 
     keys: torch.Tensor
     values: torch.Tensor
@@ -377,14 +414,17 @@ class ChunkVariant:
 
     @property
     def n_tokens(self) -> int:
+        """Tokens of the chunk (``keys.shape[2]``)."""
         return int(self.keys.shape[2])
 
     @property
     def nbytes(self) -> int:
+        """Bytes of the key and value tensors together (the memory budget's unit; statistics not counted)."""
         return int(self.keys.numel() * self.keys.element_size() * 2)
 
     @property
     def mean_cfo(self) -> float:
+        """Mean Cache Fix Overhead of this variant's reuses (``cfo_sum / cfo_n``), in ``[0, 1]``; 0 before any."""
         return self.cfo_sum / self.cfo_n if self.cfo_n else 0.0
 
     @property
@@ -464,16 +504,22 @@ class CacheStats:
 
     @property
     def hit_rate(self) -> float:
+        """Share of look-ups that found at least one variant (``hits / (hits + misses)``), in ``[0, 1]``; 0
+        before any look-up.  A hit may still recompute some tokens (see ``recomputed_tokens``)."""
         n = self.hits + self.misses
         return self.hits / n if n else 0.0
 
     def as_dict(self) -> dict[str, float]:
+        """The counters by name (ints), plus ``"hit_rate"`` (a float), e.g. for a JSON report."""
         return {**self.__dict__, "hit_rate": self.hit_rate}
 
 
 # ----------------------------------------------------------------------------- the store
 class ChunkKVCache:
     """Chunk-cache store with a memory byte budget, a disk tier and context variants.
+
+    The store of Cache-Craft style chunk reuse (Agarwal et al., "Cache-Craft: Managing Chunk-Caches for
+    Efficient Retrieval-Augmented Generation", arXiv 2502.15734; see the module docstring).
 
     Parameters
     ----------

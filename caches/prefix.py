@@ -55,6 +55,10 @@ class PrefixCache:
                 boundaries: Sequence[int]) -> tuple[int, torch.Tensor | None, torch.Tensor | None]:
         """Longest cached prefix among ``boundaries`` (descending search).
 
+        ``ids``: the prompt's token ids, shape ``(n_tokens,)``, integers (hashed as int32); ``boundaries``:
+        prefix lengths in tokens (each at most ``n_tokens``) at which a prefix may be reused.  A hit counts
+        in :attr:`hits` and makes its prompt the most recently used; a miss counts in :attr:`misses`.
+
         Returns ``(k, keys[..., :k, :], values[..., :k, :])`` with tensors of shape
         ``(n_layers, n_kv_heads, k, head_dim)``, or ``(0, None, None)``.
         """
@@ -70,7 +74,12 @@ class PrefixCache:
         return 0, None, None
 
     def put(self, ids: np.ndarray, boundaries: Sequence[int], keys: torch.Tensor, values: torch.Tensor) -> None:
-        """Store rows ``[0:max(boundaries)]`` and index every boundary."""
+        """Store rows ``[0:max(boundaries)]`` and index every boundary.
+
+        ``ids``: the prompt's token ids, shape ``(n_tokens,)``, integers (hashed as int32); ``boundaries``:
+        prefix lengths in tokens, as :meth:`longest` takes them; ``keys``, ``values``: the prompt's rows,
+        shape ``(n_layers, n_kv_heads, n >= max(boundaries), head_dim)`` (keys after RoPE).  A prompt already
+        stored is left as is; one whose rows alone exceed the budget is not stored."""
         top = max(boundaries)
         entry = _h(ids[:top])
         if entry in self._entries:
@@ -98,4 +107,10 @@ class PrefixCache:
 
     @property
     def nbytes(self) -> int:
+        """Bytes of the stored key and value rows together (what ``budget_bytes`` bounds)."""
         return self._bytes
+
+    def __repr__(self) -> str:
+        budget = "" if self.budget_bytes is None else f", budget_bytes={self.budget_bytes}"
+        return (f"PrefixCache(entries={len(self._entries)}, bytes={self._bytes}{budget}, hits={self.hits}, "
+                f"misses={self.misses})")

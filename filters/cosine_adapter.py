@@ -336,6 +336,8 @@ class CosineAdapter(Operator):
     # ------------------------------------------------------------------ features / model
     @property
     def n_params(self) -> int:
+        """Per-query coefficients the model predicts (an int): 2, the slope ``a(q)`` and offset ``b(q)``, or 3
+        for ``form="power"`` (plus the exponent ``p(q)``); the weights are ``(n_features + 1, n_params)``."""
         return 3 if self.params.form == "power" else 2
 
     def _raw_features(self, qvecs: np.ndarray, scores: np.ndarray, lengths: np.ndarray,

@@ -452,6 +452,7 @@ class DBNorm(_BankOperator):
 
     @property
     def dual(self) -> bool:
+        """Whether the ``method`` has a gallery bank too (``dualis``, ``ddis``), not the query bank only."""
         return self.params.dual
 
     def _fit(self, corpus: Corpus, train: TrainSet | None, upstream: State | None) -> None:
@@ -607,6 +608,8 @@ class DBNormDense(_BankOperator):
 
     @property
     def encoder(self) -> Encoder:
+        """The dense encoder of the ``model`` parameter: texts to unit vectors ``(n, dim)`` float32, the
+        documents at fit and the queries at search."""
         return get_encoder(self.params.model)
 
     @property

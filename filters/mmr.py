@@ -162,6 +162,8 @@ class MMR(Operator):
 
     @property
     def encoder(self) -> Encoder:
+        """The dense encoder of the ``model`` parameter (with ``batch_size``): texts to vectors ``(n, dim)``
+        float32, rows made unit length here, so similarities are cosines."""
         return get_encoder(self.params.model, batch_size=self.params.batch_size)
 
     def _fit(self, corpus: Corpus, train: TrainSet | None, upstream: State | None) -> None:

@@ -8,6 +8,7 @@ LangChain, TREC run files).  A batch of queries is a list of rankings, one per q
 from __future__ import annotations
 
 import copy
+import inspect
 import itertools
 import json
 import logging
@@ -571,6 +572,14 @@ class Corpus:
                 raise InputTypeError(_one_argument("Corpus", args[0]))
             return super().__new__(cls)
 
+        def _init(ids: Iterable[Any], texts: Iterable[Any], titles: Iterable[Any] | None = None,
+                  metadata: Mapping[str, Iterable[Any]] | None = None) -> None:
+            """The constructor's parameters, as the stub above gives them to type checkers."""
+
+        # what ``inspect.signature(Corpus)`` and ``help(Corpus)`` show: ``__new__`` takes ``*args, **kwargs``
+        __signature__ = inspect.signature(_init)
+        del _init
+
     def __post_init__(self) -> None:
         ids = _as_ids(self.ids, "Corpus.ids")
         texts = _as_str_array(self.texts, "Corpus.texts")
@@ -771,7 +780,10 @@ class Corpus:
         return FullTexts(self.titles, self.texts)
 
     def row_of(self, ids: Iterable[str], missing: str = "raise") -> np.ndarray:
-        """Row numbers of document ids (``missing="raise"`` or ``"drop"``)."""
+        """Row numbers of document ids: int64, shape ``(n,)``, in the order of ``ids``.
+
+        ``missing="raise"`` (default): an id not in the corpus is a :class:`DataError` naming it;
+        ``missing="drop"``: such ids are left out, so ``n`` may be less than ``len(ids)``."""
         lut = self._lookup()
         ids = list(ids)
         if missing == "drop":
@@ -1146,6 +1158,13 @@ class Queries:
             if len(args) == 1 and "texts" not in kwargs:
                 raise InputTypeError(_one_argument("Queries", args[0]))
             return super().__new__(cls)
+
+        def _init(ids: Iterable[Any], texts: Iterable[Any]) -> None:
+            """The constructor's parameters: one id and one text per query."""
+
+        # what ``inspect.signature(Queries)`` and ``help(Queries)`` show: ``__new__`` takes ``*args, **kwargs``
+        __signature__ = inspect.signature(_init)
+        del _init
 
     def __post_init__(self) -> None:
         for what, given in (("ids", self.ids), ("texts", self.texts)):
@@ -1628,7 +1647,8 @@ class State:
     rankings : list of Ranking or None
         One per query; ``None`` before any retriever ran.
     vectors : dict of str -> ndarray (n_q, d)
-        Query vectors cached per encoder key, so two operators on one encoder encode once.
+        Query vectors cached per encoder key, so two operators on one encoder encode once: float32 (the
+        dtype the encoder returns), one row per query, a zero row for a blank query.
     values : dict of str -> list, length n_q each
         Per-query scratch values: a route label, a loop counter, an answer, expanded query text.
     branches : list of (name, rankings) or None

@@ -70,6 +70,10 @@ MAX_MEAN_WEIGHT = 1e4
 class FDEConfig:
     """MUVERA FDE parameters (see module docstring).
 
+    Dhulipala, Hadian, Jayaram, Lee, Mirrokni, "MUVERA: Multi-Vector Retrieval via Fixed Dimensional
+    Encodings", NeurIPS 2024, arXiv 2405.19504 (``k_sim``, ``d_proj``, ``r_reps``, ``d_final`` are its
+    ``k_sim``, ``d_proj``, ``R_reps``, ``d_final``).
+
     Attributes
     ----------
     k_sim : int
@@ -308,7 +312,12 @@ def _encode_chunk(x: np.ndarray, off: np.ndarray, g: np.ndarray, s: np.ndarray |
 
 
 def fde_documents(data: np.ndarray, offsets: np.ndarray, cfg: FDEConfig) -> np.ndarray:
-    """Document FDEs ``(n_docs, fde_dim)`` float32: bucket means (+ fill_empty)."""
+    """Document FDEs ``(n_docs, fde_dim)`` float32: bucket means (+ fill_empty).
+
+    ``data``: every document's token vectors stacked, ``(n_tokens, d)`` float (float16 or float32);
+    ``offsets``: ``(n_docs + 1,)`` integers (read as int64), document ``i``'s tokens are
+    ``data[offsets[i]:offsets[i + 1]]`` (from 0 to ``n_tokens``, never decreasing).  ``fde_dim`` is
+    :func:`fde_dim` ``(cfg, d)``.  An empty document's FDE is all zero."""
     return _encode(data, offsets, cfg, is_query=False)
 
 
@@ -321,7 +330,11 @@ def fde_document_chunks(data: np.ndarray, offsets: np.ndarray,
 
 
 def fde_queries(data: np.ndarray, offsets: np.ndarray, cfg: FDEConfig) -> np.ndarray:
-    """Query FDEs ``(n_queries, fde_dim)`` float32: bucket sums, empty buckets left at zero."""
+    """Query FDEs ``(n_queries, fde_dim)`` float32: bucket sums, empty buckets left at zero.
+
+    ``data``: every query's token vectors stacked, ``(n_tokens, d)`` float; ``offsets``: ``(n_queries + 1,)``
+    integers (read as int64), query ``i``'s tokens are ``data[offsets[i]:offsets[i + 1]]`` (from 0 to
+    ``n_tokens``, never decreasing).  Use the ``cfg`` the documents were encoded with."""
     return _encode(data, offsets, cfg, is_query=True)
 
 
@@ -372,6 +385,13 @@ def chamfer_scores(q_data: np.ndarray, q_off: np.ndarray, d_data: np.ndarray, d_
     ``maximum.reduceat`` and per query with a sparse indicator product; document chunks are converted to
     float32 into one reused scratch.  An empty document or query scores 0.  ``q_weights`` (per query
     token, default 1) serves ball-carved queries.
+
+    ``q_data``: ``(n_q_tokens, d)`` float, the queries' tokens stacked; ``q_off``: ``(n_q + 1,)`` int64
+    offsets, query ``i``'s tokens ``q_data[q_off[i]:q_off[i + 1]]``; ``d_data``: ``(n_doc_tokens, d)``
+    float16 or float32 (a memory map too), the documents' tokens; ``d_off``: ``(n_docs + 1,)`` int64
+    offsets alike.  Offsets run from 0 to the token count, never decreasing.  ``q_weights``:
+    ``(n_q_tokens,)`` float32 or None.  ``chunk_elems`` bounds the ``(query tokens, document tokens)``
+    similarity block of one step (float32 elements).
     """
     q_data, q_off = _check(q_data, q_off)
     d_data, d_off = _check(d_data, d_off)
@@ -442,6 +462,12 @@ def chamfer_pairs(q_data: np.ndarray, q_off: np.ndarray, d_data: np.ndarray, d_o
     The document offsets are not scanned whole (O(corpus) per call): they are checked where they were made
     (:class:`~ragkit.encoders.tokens.TokenVectors`), and here only at both ends and at the candidates' rows.
     ``where`` names the caller in errors.
+
+    ``q_data``: ``(n_q_tokens, d)`` float, the queries' tokens stacked; ``q_off``: ``(n_q + 1,)`` int64
+    offsets, query ``i``'s tokens ``q_data[q_off[i]:q_off[i + 1]]``; ``d_data``: ``(n_doc_tokens, d)``
+    float16 or float32 (a memory map too); ``d_off``: ``(n_docs + 1,)`` int64 offsets alike; ``rows``:
+    ``(n_q, k)`` integer document rows (0..n_docs-1, -1 pads); ``q_weights``: ``(n_q_tokens,)`` float32
+    or None.  ``chunk_elems`` bounds the float32 scratch of one chunk of documents.
     """
     q_data, q_off = _check(q_data, q_off)
     d_data, d_off = _check_ends(d_data, d_off, where)
@@ -540,6 +566,10 @@ def ball_carve(data: np.ndarray, offsets: np.ndarray, tau: float,
     (at most ``max query length``) token positions, vectorised across the queries of a chunk;
     chunks of queries keep the padded ``(queries, length, d + length)`` float32 temporaries
     under ``max_bytes``.
+
+    ``data``: ``(n_tokens, d)`` float, the query tokens stacked (unit vectors: ``tau`` is a cosine
+    threshold); ``offsets``: ``(n + 1,)`` int64, query ``i``'s tokens ``data[offsets[i]:offsets[i + 1]]``.
+    The returned offsets are ``(n + 1,)`` int64 over the centres and the weights ``(n_centres,)`` float32.
     """
     data, offsets = _check(data, offsets)
     n = len(offsets) - 1

@@ -24,7 +24,7 @@ import logging
 import math
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
 from pydantic import Field, model_validator
@@ -390,8 +390,12 @@ class KnnEmbed(Operator):
 
     _CLUSTERING = ("model", "n_clusters", "n_init", "seed")
 
-    def with_params(self, **changes) -> "KnnEmbed":
+    def with_params(self, **changes: Any) -> "KnnEmbed":
         """A copy with query-time parameters changed, sharing this fitted clustering (no refit).
+
+        ``changes``: parameter name -> new value, as the constructor takes them (``k=50``,
+        ``anchor_share=0.5``, ``tau=0.1``...).  The copy is fitted: it shares this operator's corpus, document
+        vectors, labels and centroids (not copied); this operator is left unchanged.  Needs a fitted operator.
 
         Changing ``model``, ``n_clusters``, ``n_init`` or ``seed`` needs a new ``fit``: refused.  A value
         or key the constructor refuses is the same :class:`~ragkit.errors.ParamError`

@@ -98,6 +98,8 @@ class TokenOperatorMixin(TunedEncoderMixin):
 
     @property
     def token_encoder(self) -> TokenEncoder:
+        """The token (multi-vector) encoder of the ``model`` parameter, with this operator's ``batch_size``
+        and ``special_tokens``: it turns texts into per-token unit vectors (:class:`TokenVectors`)."""
         try:
             return get_token_encoder(self.encoder_model, batch_size=self.params.batch_size,
                                      special_tokens=self.params.special_tokens)
@@ -318,6 +320,8 @@ class Muvera(TokenOperatorMixin, Operator):
 
     @property
     def fde_config(self) -> FDEConfig:
+        """The FDE settings of this operator's parameters (``k_sim``, ``d_proj``, ``r_reps``, ``d_final``,
+        ``projection``, ``fill_empty``, ``mean_weight``, ``seed``), as :mod:`ragkit.retrievers.fde` takes them."""
         p = self.params
         return FDEConfig(k_sim=p.k_sim, d_proj=p.d_proj, r_reps=p.r_reps, d_final=p.d_final,
                          projection=p.projection, fill_empty=p.fill_empty, mean_weight=p.mean_weight, seed=p.seed)
@@ -381,6 +385,8 @@ class Muvera(TokenOperatorMixin, Operator):
 
     @property
     def dim(self) -> int:
+        """Width of one FDE (an int, float32 elements before the index's storage type): :func:`fde_dim` of
+        :attr:`fde_config` and the token dimension.  Needs a fitted operator (the token dimension)."""
         return fde_dim(self.fde_config, self.tokens_.dim)
 
     def query_fde(self, q: TokenVectors) -> np.ndarray:
@@ -493,6 +499,9 @@ class MaxSimExact(TokenOperatorMixin, Operator):
         self._fit_tokens(corpus, train)
 
     def scores(self, q: TokenVectors) -> np.ndarray:
+        """Exact Chamfer (MaxSim) of every query of ``q`` against every corpus document: ``(n_q, n_docs)``
+        float32, columns in corpus row order, no filter applied (a query or document without tokens scores 0).
+        Ball-carved queries (``ball_carve_tau``) are scored through their weighted centres."""
         qd, qo, qw = self.rerank_query(q)
         return chamfer_scores(qd, qo, self.tokens_.data, self.tokens_.offsets, q_weights=qw)
 

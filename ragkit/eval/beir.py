@@ -419,12 +419,21 @@ class BeirDataset:
     """A BEIR dataset folder: the corpus, and queries and qrels per split.
 
     ``queries(split)`` returns only the queries judged in that split, in file order.
+
+    Parameters
+    ----------
+    path : Path
+        The dataset's folder (``corpus.jsonl``, ``queries.jsonl``, ``qrels/<split>.tsv``).
+    corpus : Corpus
+        Its documents.  :func:`load_beir` builds both, reading the query texts too; a dataset built
+        here reads ``path / "queries.jsonl"`` when its queries are first asked for.
     """
 
     path: Path
     corpus: Corpus
-    _queries: dict[str, str] = field(repr=False, default_factory=dict)
-    _warned: set[str] = field(repr=False, default_factory=set)  # splits whose unknown judged documents were said
+    # {query id: text} of queries.jsonl (load_beir reads it; None: read when first asked for)
+    _queries: dict[str, str] | None = field(init=False, repr=False, default=None)
+    _warned: set[str] = field(init=False, repr=False, default_factory=set)  # splits whose unknown judged docs were said
 
     @property
     def name(self) -> str:
@@ -445,14 +454,15 @@ class BeirDataset:
         relevant: they change no score)."""
         path = _qrels_file(self.path, split)
         qrels = read_qrels(path)
-        bad_q = [q for q in qrels if q not in self._queries]
+        texts = self._query_texts()
+        bad_q = [q for q in qrels if q not in texts]
         if bad_q:  # (qrels keep the order queries are first judged in: bad_q[0] is the first offending row)
             n, where = len(bad_q), f"{path}:{_read_qrels(path)[1][bad_q[0]]}"  # (its line: read again, to say)
             which = (f"query id {bad_q[0]!r}, judged on this line, is" if n == 1 else
                      f"{n} judged query ids (the first, {bad_q[0]!r}, on this line) are")
             raise DataError(f"{where}: {which} not in {self.path / 'queries.jsonl'}; expected every query the qrels "
                             "judge to be there (a query without its text cannot be searched)"
-                            + _respelt_queries(bad_q, self._queries))
+                            + _respelt_queries(bad_q, texts))
         bad_d = self.unknown_judged(qrels)
         if bad_d and split not in self._warned:  # (queries(split) reads them too: said once per split)
             self._warned.add(split)
@@ -484,8 +494,15 @@ class BeirDataset:
         of the split names is left out (BEIR scores only judged queries).  A split the folder lacks is a
         :class:`DataError` naming those it has."""
         judged = self.qrels(split)
-        ids = [q for q in self._queries if q in judged]
-        return Queries(ids, [self._queries[q] for q in ids])
+        texts = self._query_texts()
+        ids = [q for q in texts if q in judged]
+        return Queries(ids, [texts[q] for q in ids])
+
+    def _query_texts(self) -> dict[str, str]:
+        """``{query id: text}`` of ``queries.jsonl``, read once (:func:`load_beir` reads it as it loads)."""
+        if self._queries is None:
+            self._queries = read_queries(self.path / "queries.jsonl")
+        return self._queries
 
     def train_set(self, split: str = "train", *, allow_test: bool = False) -> TrainSet:
         """The judged queries of ``split`` as a :class:`TrainSet` for ``fit(corpus, train=...)``.
@@ -900,7 +917,9 @@ def load_beir(name_or_path: str | Path, *, download: bool = True, base_url: str 
         raise DataError(f"{path / 'qrels'}: folder not found; expected qrels/<split>.tsv files")
     corpus = read_corpus(path / "corpus.jsonl")
     _warn_empty_documents(corpus, path / "corpus.jsonl")
-    return BeirDataset(path=path, corpus=corpus, _queries=read_queries(path / "queries.jsonl"))
+    data = BeirDataset(path=path, corpus=corpus)
+    data._queries = read_queries(path / "queries.jsonl")  # (read now: a bad queries.jsonl is an error of the load)
+    return data
 
 
 def _warn_empty_documents(corpus: Corpus, path: Path) -> None:

@@ -175,12 +175,18 @@ def _cluster_hist(rankings, labels: np.ndarray, k: int) -> np.ndarray:
 
 
 def distinct_clusters(rankings: Run | Sequence[Ranking], labels: np.ndarray, k: int = 10) -> np.ndarray:
-    """Number of distinct clusters (``labels[row]``) among the top-k, per query."""
+    """Number of distinct clusters (``labels[row]``) among the top-k, per query.
+
+    ``labels``: ``(n_docs,)`` non-negative integer cluster ids, one per corpus row (the rows the rankings
+    hold).  Returns ``(n_q,)`` float64 counts, in ``[0, k]`` (0 for an empty list)."""
     return (_cluster_hist(rankings, labels, k) > 0).sum(1).astype(np.float64)
 
 
 def cluster_entropy(rankings: Run | Sequence[Ranking], labels: np.ndarray, k: int = 10) -> np.ndarray:
-    """Entropy (nats) of the cluster histogram of the top-k, per query (0 for one cluster)."""
+    """Entropy (nats) of the cluster histogram of the top-k, per query (0 for one cluster).
+
+    ``labels``: ``(n_docs,)`` non-negative integer cluster ids, one per corpus row (the rows the rankings
+    hold).  Returns ``(n_q,)`` float64, in ``[0, log(k)]``; nan for an empty list."""
     h = _cluster_hist(rankings, labels, k).astype(np.float64)
     p = h / np.maximum(h.sum(1, keepdims=True), 1)
     with np.errstate(divide="ignore", invalid="ignore"):

@@ -50,6 +50,8 @@ class FilterReport:
     n_queries: int
 
     def to_dict(self) -> dict:
+        """The fields by name (``precision``, ``recall``, ``mean_kept``, ``empty``: float; ``n_queries``: int),
+        e.g. for a JSON report."""
         return asdict(self)
 
 
@@ -101,7 +103,11 @@ def filter_report(filtered: Run, qrels: Qrels, reference: Run | None = None) -> 
 
 
 def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, n_bins: int = 15) -> float:
-    """ECE with ``n_bins`` equal-width bins on [0, 1]: ``sum_b |B_b|/n * |mean(y) - mean(p)|``."""
+    """ECE with ``n_bins`` equal-width bins on [0, 1]: ``sum_b |B_b|/n * |mean(y) - mean(p)|``.
+
+    ``probs``: predicted probabilities of relevance, float in ``[0, 1]``, any shape (flattened), ``(n,)``;
+    ``labels``: the outcomes, 0/1 (bool or numbers), as many as ``probs``.  Returns a float in ``[0, 1]``
+    (0 for no predictions).  A probability outside ``[0, 1]`` or not finite is a :class:`DataError`."""
     probs = np.asarray(probs, dtype=np.float64).ravel()
     labels = np.asarray(labels, dtype=np.float64).ravel()
     if probs.shape != labels.shape:

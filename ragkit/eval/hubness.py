@@ -114,6 +114,7 @@ class HubnessReport:
     top_hubs: list[tuple[int, int]] = field(default_factory=list)
 
     def to_dict(self) -> dict:
+        """The fields by name (``top_hubs`` a list of ``(doc row, N_k)`` pairs), e.g. for a JSON report."""
         return asdict(self)
 
 

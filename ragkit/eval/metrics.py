@@ -56,6 +56,9 @@ class EvalResult:
         Mean over evaluated queries, e.g. ``{"ndcg@10": 0.66}``.
     per_query : dict of str -> dict of str -> float
         ``{metric: {query_id: value}}``.
+    ignored_judged : int
+        Judged-relevant documents whose id is their query's id, dropped from the run by
+        ``ignore_identical_ids`` (so counted as not found); 0 when the option is off.
     relevance_level, ignore_identical_ids : int, bool or None
         The :func:`evaluate` arguments it was scored with (``None``: unknown, an ``EvalResult`` built by
         hand); :func:`~ragkit.eval.compare.compare` refuses results scored with different ones.
@@ -647,6 +650,8 @@ def per_query_ndcg(state: State, qrels: Mapping[str, Mapping[str, int]], corpus_
 
     In state order, queries without judgements skipped: ``(n_judged,)`` float64.  What the
     learners (fusion weights, routers, loop judges) maximise and what traces report per step.
+    ``corpus_ids``: ``(n_docs,)`` array of str, the document id of each corpus row (``corpus.ids``), which
+    turns the rows of the state's rankings into the ids the qrels judge.
     """
     return per_query_metrics(state, qrels, corpus_ids, [f"ndcg@{k}"])[f"ndcg@{k}"]
 

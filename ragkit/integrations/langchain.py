@@ -73,6 +73,8 @@ from ragkit.types import (
 if TYPE_CHECKING:
     from typing_extensions import Self
 
+    from ragkit.encoders.cache import EmbeddingCache
+
 __all__ = ["RagkitRetriever", "RagkitGenerator", "LangChainEmbeddingsEncoder", "RagkitEmbeddings", "as_corpus",
            "load_pipeline_like"]
 
@@ -1492,7 +1494,7 @@ class LangChainEmbeddingsEncoder:
         self.cache_enabled = bool(cache)
         self.key = key or self._default_key(embeddings)
         self._dim = dim
-        self._cache = None
+        self._cache: EmbeddingCache | None = None
         self.n_encoded = 0
 
     @staticmethod
@@ -1513,12 +1515,16 @@ class LangChainEmbeddingsEncoder:
 
     @property
     def dim(self) -> int:
+        """Width of the vectors (an int): the length of the LangChain model's embedding of a probe query,
+        asked for once, on first use."""
         if self._dim is None:
             self._dim = int(len(self.embeddings.embed_query("dimension probe")))
         return self._dim
 
     @property
-    def store(self):  # noqa: ANN201 - EmbeddingCache
+    def store(self) -> EmbeddingCache:
+        """The on-disk cache of document vectors (float32 ``(dim,)`` rows keyed by text), in a folder named
+        after :attr:`key` under ragkit's cache directory (``embeddings/``); opened on first use."""
         if self._cache is None:
             from ragkit.encoders.cache import EmbeddingCache
             from ragkit.eval.beir import cache_dir
