@@ -775,8 +775,10 @@ def _fit_shard(node: dict[str, Any], corpus: Corpus, folder: str) -> str:
     """Fit the retriever ``node`` on ``corpus`` (one shard) and save it to ``folder``, inside its fit's
     folder.  A fit's folder that is gone (the fit failed or was interrupted, and removed it; this
     task straggled) is a ``FileNotFoundError``, before the shard is fitted and again before it is
-    saved: the save would make the folder anew, left behind in ``workdir``."""
+    saved: the save would make the folder anew, left behind in ``workdir``.  A BM25 shard's fit does not
+    check the script of its few documents: :meth:`Sharded._build_shards` checks the whole corpus once."""
     from ragkit.pipelines.yaml import build
+    from ragkit.retrievers.bm25 import _shard_fit
 
     def check_parent() -> None:
         parent = Path(folder).parent
@@ -786,7 +788,8 @@ def _fit_shard(node: dict[str, Any], corpus: Corpus, folder: str) -> str:
 
     check_parent()
     op = build(node, "sharded.retriever")
-    op.fit(corpus)
+    with _shard_fit():
+        op.fit(corpus)
     check_parent()
     op.save(folder)
     return folder
@@ -935,11 +938,16 @@ class Sharded(Operator):
 
     Fitting builds one shard folder per slice of the corpus (Ray tasks with
     ``backend="ray"``); searching runs every shard on the query batch and merges the
-    rankings by score.  With exact per-shard search the merged top-k equals the top-k of one
-    index over the whole corpus: ``bm25`` shards are given the whole corpus's idf and average
-    document length after fitting (Elasticsearch's ``dfs_query_then_fetch``), and ``dense``
-    (``dtype`` f32 or f16 without ``rescore``, ``reduce`` none or matryoshka), ``muvera`` with
-    exact search and ``maxsim_exact`` scores need no corpus statistics.  Not so for what is
+    rankings by score.  With exact per-shard search the merge gives one index's top-k over the
+    whole corpus, as follows.  ``bm25`` shards are given the whole corpus's idf and average document
+    length after fitting (Elasticsearch's ``dfs_query_then_fetch``), and rank exactly as one
+    index.  ``dense`` (``dtype`` f32 or f16 without ``rescore``, ``reduce`` none or matryoshka),
+    ``muvera`` with exact search and ``maxsim_exact`` scores need no corpus statistics: they give
+    one index's documents with its scores up to float32 rounding in the last bits.  A matrix
+    product over a shard of a handful of documents is summed by BLAS in another order than over
+    many (shards of <= 4 documents: scores differed by up to 5.4e-7), so where shards hold only a
+    handful of documents, documents whose scores tie to within that rounding may swap places,
+    in the order or at the cut of the top-k.  Not so for what is
     fitted on each shard's own documents: a ``dense`` with ``reduce: pca:<d>`` (a PCA per shard,
     so each shard scores in its own projection) or ``dtype: i8`` (an int8 calibration per shard)
     gives approximate scores that differ from shard to shard, and a shortlist re-scored per shard
@@ -1171,7 +1179,9 @@ class Sharded(Operator):
         """Fit and save one shard per slice ``bounds[s]:bounds[s + 1]`` of ``corpus`` into ``folders[s]``
         (Ray tasks on the Ray backend); an empty slice (more shards than documents) is neither fitted nor
         written.  A shard that fails is a :class:`ShardError` naming it, raised once no other shard's task
-        still runs (up to :data:`_DRAIN_S` seconds)."""
+        still runs (up to :data:`_DRAIN_S` seconds).  Once every shard is built, a BM25's warning on
+        documents its tokenizer cannot read is given once, with the whole corpus's figures, as one index's
+        fit gives it (the shards' fits skip it: :func:`_fit_shard`)."""
         def failed(s: int, why: str, retried: str = "") -> ShardError:
             return ShardError(f"sharded: shard {s} (documents {bounds[s]}..{bounds[s + 1] - 1}) failed to build"
                               f"{retried}: {why}")
@@ -1186,6 +1196,7 @@ class Sharded(Operator):
                     _fit_shard(node, sh, f)
                 except Exception as e:
                     raise failed(s, f"{type(e).__name__}: {e}") from e
+            self._check_script(corpus)
             return
         self._check_ray_model("sharded.fit")  # before Ray starts
         modules = self._ray_modules("sharded.fit")
@@ -1208,6 +1219,16 @@ class Sharded(Operator):
         except BaseException:
             _drain(ray, refs)  # the other shards' tasks end before the fit's folder is removed
             raise
+        self._check_script(corpus)
+
+    def _check_script(self, corpus: Corpus) -> None:
+        """A BM25 per-shard retriever's check of the script of ``corpus``, the whole corpus (which one index's fit
+        makes, and the shards' fits skip: :func:`_fit_shard`); nothing for other retrievers."""
+        from ragkit.retrievers.bm25 import BM25
+
+        sub = self.sub_retriever()
+        if isinstance(sub, BM25):
+            sub._check_script(corpus)
 
     def _share_collection(self, every: list[Operator | None]) -> bool:
         """Give BM25 shards the whole corpus's idf and average length (as Elasticsearch's
