@@ -683,8 +683,8 @@ def test_a_shard_actor_that_cannot_load_fails_once_with_the_ragkit_error(slice_d
         loaded.search(queries)
     text = str(err.value)
     assert "\n" not in text and len(text) < 400, text
-    assert re.search(rf"^sharded: shard 0 failed to search: ArtifactError: .*/{own.name}/shard-000: no such folder",
-                     text)
+    assert re.search(rf"^sharded: shard 0 failed to search: ArtifactNotFoundError: .*/{own.name}/shard-000: "
+                     r"no such folder", text)
     tried = calls.read_text().split()  # (shard 1's actor may be stopped before it starts: the search failed)
     assert tried.count(str(own / "shard-000")) == 1 and len(tried) == len(set(tried))  # one try each
     shutil.move(tmp_path / "moved", own)
