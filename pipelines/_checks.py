@@ -359,20 +359,44 @@ def _ranking_blind(op: Operator) -> bool:
     return type(op) is registry.get(op.name) and not op.reads_rankings and not op.wants_upstream
 
 
+def _ranking_only(op: Operator) -> bool:
+    """Whether ``op`` is a leaf that only reorders, rescores or cuts the rankings that reach it: a built-in
+    ``filter`` or ``reranker`` (the registered class itself: ``top_k``, ``score_threshold``, ``mmr``, ...).  A
+    :data:`_RANKING_BLIND` retriever after it discards its work with the ranking it worked on.  A rewriter
+    (``prf``: the retriever after it reads its expanded query), a generator, a composite and any class of a
+    plugin are not: what they leave may reach the retriever or the steps after it."""
+    if isinstance(op, Composite) or op.kind not in ("filter", "reranker"):
+        return False
+    from ragkit import registry
+
+    try:
+        return type(op) is registry.get(op.name)
+    except RagkitError:  # a name no class is registered under: not a built-in
+        return False
+
+
 def discarded_ranking_problem(op: Operator, path: str = "pipeline") -> ConfigError | None:
-    """The error for the first retriever of ``op`` (at ``path``) that comes right after another retriever in its
-    list, both of :data:`_RANKING_BLIND`, else ``None``: the second searches the whole corpus and replaces the
-    first's ranking, so the pair returns what the second alone returns (``[bm25: {variant: okapi}, bm25: {k: 10}]``
-    gave exactly ``[bm25: {k: 10}]``'s run, ``[bm25: {k: 1000}, dense: {k: 100}]`` dense's).  A step between them
-    (``prf``, a reranker), a retriever that starts a loop's body or a branch, and a retriever of another class (which
-    may read what reaches it) are not refused.  One pass over the tree."""
+    """The error for the first retriever of ``op`` (at ``path``) that comes after another retriever in its list
+    with only :func:`_ranking_only` steps (filters, rerankers) between them, both of :data:`_RANKING_BLIND`, else
+    ``None``: the second searches the whole corpus and replaces the first's ranking, so the list returns what the
+    second alone returns (``[bm25: {variant: okapi}, bm25: {k: 10}]`` gave exactly ``[bm25: {k: 10}]``'s run,
+    ``[bm25: {k: 1000}, dense: {k: 100}]`` dense's, ``[bm25: {}, top_k: {k: 5}, bm25: {}]`` the second bm25's
+    100 documents per query).  A rewriter between them (``prf``: the second reads its expanded query), a retriever
+    that starts a loop's body or a branch, and a retriever of another class (which may read what reaches it) are
+    not refused.  One pass over the tree (a look back over the steps since the last retriever)."""
     if not isinstance(op, Composite):
         return None
     if isinstance(op, Pipeline):
         steps = op.child_paths(path)
-        for (first, at_first), (second, at_second) in zip(steps, steps[1:]):
-            if _ranking_blind(first) and _ranking_blind(second):
-                return _discarded_ranking(first, at_first, second, at_second)
+        for j, (second, at_second) in enumerate(steps):
+            if not _ranking_blind(second):
+                continue
+            for i in range(j - 1, -1, -1):  # back over the filters and rerankers right before it
+                first, at_first = steps[i]
+                if _ranking_blind(first):
+                    return _discarded_ranking(first, at_first, second, at_second, steps[i + 1:j])
+                if not _ranking_only(first):
+                    break
     for child, where in op.child_paths(path):
         problem = discarded_ranking_problem(child, where)
         if problem is not None:
@@ -380,16 +404,27 @@ def discarded_ranking_problem(op: Operator, path: str = "pipeline") -> ConfigErr
     return None
 
 
-def _discarded_ranking(first: Operator, at_first: str, second: Operator, at_second: str) -> ConfigError:
-    """The error for the retriever ``second`` (at ``at_second``) right after the retriever ``first``: it searches
-    the whole corpus again, so the pipeline returns what ``second`` alone returns, ``first``'s ranking unread."""
+def _discarded_ranking(first: Operator, at_first: str, second: Operator, at_second: str,
+                       between: Sequence[tuple[Operator, str]] = ()) -> ConfigError:
+    """The error for the retriever ``second`` (at ``at_second``) after the retriever ``first``, with only the
+    filters and rerankers ``between`` (``(step, path)`` pairs) between them: it searches the whole corpus again, so
+    the pipeline returns what ``second`` alone returns, ``first``'s ranking (and what ``between`` did to it)
+    unread."""
     a, b = f"{at_first}.{first.name}", f"{at_second}.{second.name}"
+    if not between:
+        return ConfigError(
+            f"{b}: {second.name} (retriever) searches the whole corpus and replaces the rankings that reach it, so "
+            f"the ranking of {a} right before it is discarded and the pipeline returns what {b} alone returns (a "
+            f"retriever does not rerank the candidates of another); to combine the two rankings, fuse them: "
+            f"parallel: {{branches: [{first.name}, {second.name}]}}; to reorder {first.name}'s candidates, follow it "
+            f"with a reranker (maxsim, mmr) instead; else drop one of the two", path=b)
+    steps = ", ".join(f"{w}.{s.name}" for s, w in between)
     return ConfigError(
         f"{b}: {second.name} (retriever) searches the whole corpus and replaces the rankings that reach it, so the "
-        f"ranking of {a} right before it is discarded and the pipeline returns what {b} alone returns (a retriever "
-        f"does not rerank the candidates of another); to combine the two rankings, fuse them: parallel: {{branches: "
-        f"[{first.name}, {second.name}]}}; to reorder {first.name}'s candidates, follow it with a reranker (maxsim, "
-        f"mmr) instead; else drop one of the two", path=b)
+        f"ranking of {a} and what {steps} did to it are discarded: the pipeline returns what {b} alone returns (a "
+        f"retriever does not search only the documents the steps before it kept); end the list before {b} to keep "
+        f"what {steps} gives, fuse the two retrievers to combine their rankings (parallel: {{branches: "
+        f"[{first.name}, {second.name}]}}), or drop one of the two", path=b)
 
 
 #: a retriever leaf or a parallel whose scores reach a step, with its path (a parallel's: ``pipeline[0].parallel``)

@@ -961,8 +961,13 @@ class Parallel(Composite):
                              f"({fuse.kind}); the branches go in one list: Parallel([a, b], fuse=RRF())",
                              path="parallel.fuse")
         self.fuse = _operator_of_kind(fuse, "fuser", "parallel.fuse", "RRF(), WeightedFusion()")
-        if names is not None and (isinstance(names, str) or not all(isinstance(n, str) for n in names)):
-            raise ParamError(f"parallel.names: expected a list of strings (one per branch), got {names!r:.80}")
+        if names is not None:  # (5 failed as a raw "'int' object is not iterable"; a set has no branch order)
+            given = (list(names) if isinstance(names, Iterable)
+                     and not isinstance(names, (str, bytes, Mapping, set, frozenset)) else None)
+            if given is None or not all(isinstance(n, str) for n in given):
+                raise ParamError(f"parallel.names: expected a list of strings (one per branch, in the order of the "
+                                 f"branches), got {names!r:.80} ({type(names).__name__})")
+            names = given
         self.names = list(names) if names is not None else unique_names(self.branches)
         if len(self.names) != len(self.branches):
             raise ParamError(f"parallel.names: {len(self.names)} names for {len(self.branches)} branches")

@@ -149,9 +149,14 @@ def check_kinds(key: str, values: Mapping[Any, int], wants: list[Any]) -> None:
     w = next(w for w in wants if not is_missing(w) and not isinstance(w, (list, tuple)))
     fix = (f"; give it as a number ({key!r}: {w.strip()})" if isinstance(w, str) and "number" in
            {_value_kind(v) for v in values if not is_missing(v)} and _number_text(w) else "")
+    # the example compares the value given with one the field holds: its own spelling where the field has it
+    # ('2001' with 2001), else the field's first value (1 with 'a')
+    held_values = [v for v in values if not is_missing(v)]
+    same = next((v for v in held_values if str(v) == str(w)), held_values[0])
+    same = same.item() if isinstance(same, np.generic) else same  # (2001, not np.int64(2001))
     raise DataError(f"filter.{key}: the field holds {' and '.join(held)} values; got {w!r} ({type(w).__name__})"
                     + (f" among {len(wants)} values" if len(wants) > 1 else "") + ", which matches none of them (a "
-                    f"filter compares with ==, and '2001' == 2001 is false){fix}")
+                    f"filter compares with ==, and {w!r} == {same!r:.60} is false){fix}")
 
 
 def _type_kind(t: type) -> str | None:

@@ -112,6 +112,50 @@ class DenseParams(Params):
         return self
 
 
+def encoder_vectors(raw: Any, n: int, who: str) -> np.ndarray:
+    """``raw``, what an encoder returned for ``n`` texts, as a C-contiguous float32 array ``(n, dim)`` (no copy
+    when it is one already).  Anything else is a :class:`DataError` naming ``who`` (the encoder and its method)
+    and what it returned, before it reaches the index: ``None``, a 1-D or 3-D array, another number of rows than
+    texts (a row too many or too few misaligned every document after it), text, complex or date values.  Shape
+    and dtype checks only: no pass over the values (the index refuses NaN and infinities)."""
+    expected = f"an encoder returns one vector per text, a 2-D float array of shape ({n}, dim)"
+    try:
+        arr = raw if isinstance(raw, np.ndarray) else np.asarray(raw)
+    except (TypeError, ValueError, RuntimeError) as e:  # ragged lists, a tensor on a GPU
+        raise DataError(f"{who} returned a {type(raw).__name__} that is no array of numbers ({e}); "
+                        f"{expected}") from None
+    if raw is None or arr.dtype.kind not in "biufO":  # (None reads as a 0-D object array)
+        got = "None" if raw is None else f"an array of {arr.dtype} values, shape {arr.shape}"
+        raise DataError(f"{who} returned {got} for {n} texts; {expected}")
+    if arr.ndim != 2:
+        raise DataError(f"{who} returned a {arr.ndim}-D array of shape {arr.shape} for {n} texts; {expected}")
+    if arr.shape[0] != n:
+        raise DataError(f"{who} returned {arr.shape[0]} vectors for {n} texts; {expected}")
+    try:
+        return np.ascontiguousarray(arr, dtype=np.float32)
+    except (TypeError, ValueError) as e:  # an object array holding text or None
+        raise DataError(f"{who} returned an array of objects that are not all numbers ({e}); {expected}") from None
+
+
+class _CheckedQueries:
+    """An encoder's ``key``, ``dim`` and ``encode_queries`` for :func:`~ragkit.encoders.query_vectors`, the
+    vectors checked by :func:`encoder_vectors` as they are made (before they are shared in ``state.vectors``)."""
+
+    def __init__(self, encoder: Any, who: str) -> None:
+        self._encoder, self._who = encoder, who
+
+    @property
+    def key(self) -> Any:
+        return self._encoder.key
+
+    @property
+    def dim(self) -> Any:
+        return self._encoder.dim
+
+    def encode_queries(self, texts: Any, **kwargs: Any) -> np.ndarray:
+        return encoder_vectors(self._encoder.encode_queries(texts, **kwargs), len(texts), self._who)
+
+
 @register
 class Dense(TunedEncoderMixin, Operator):
     """Dense retriever: sentence embeddings in a quantised / reduced, exact or HNSW index.
@@ -186,8 +230,9 @@ class Dense(TunedEncoderMixin, Operator):
         ragkit's own encoder returns, never a custom encoder's, which it may keep) is noted for
         :meth:`_fresh`."""
         enc = self.encoder
-        raw = enc.encode(corpus.full_texts)
-        vecs = np.ascontiguousarray(raw, dtype=np.float32)
+        texts = corpus.full_texts
+        raw = enc.encode(texts)
+        vecs = encoder_vectors(raw, len(texts), self._encoder_name(enc, "encode"))
         if not np.may_share_memory(vecs, raw) or type(enc) is Encoder:
             self.__dict__["_fresh_docs"] = weakref.ref(vecs)
         return vecs
@@ -221,9 +266,25 @@ class Dense(TunedEncoderMixin, Operator):
         self._warn_b1_signs(vecs)
         # a fresh array is handed over to the index (normalised in place; the f32 index keeps it): the
         # corpus's vectors are not copied a second time
-        self.index_ = self._new_index().build(vecs, copy=not self._fresh(vecs))
+        fresh = self._fresh(vecs)
+        try:
+            self.index_ = self._new_index().build(vecs, copy=not fresh)
+        except DataError as e:  # (NaN or infinite values: said of the encoder, not of the internal index)
+            raise self._bad_values(vecs, corpus, str(e)) from None
         del vecs
         self.slots_ = np.arange(len(corpus), dtype=np.int64)  # corpus row -> index slot
+
+    def _bad_values(self, vecs: np.ndarray, corpus: Corpus, message: str) -> DataError:
+        """The error for document vectors ``vecs`` (of ``corpus``) the index refused with ``message``: where some
+        hold NaN or infinite values, how many and the first document's row and id, said of the encoder; else
+        ``message`` itself (a vector of another width than the index's, at ``add``)."""
+        bad = np.flatnonzero(~np.isfinite(vecs).all(axis=1))  # (an error path: one pass, a bool temporary)
+        if not len(bad):
+            return DataError(f"{self.name}: {message}")
+        return DataError(f"{self._encoder_name(self.encoder, 'encode')} returned {len(bad)} of the {len(vecs)} "
+                         f"document vectors with NaN or infinite values (the first at row {bad[0]}, document "
+                         f"{corpus.ids[bad[0]]!r}); the index cannot rank them: fix the encoder or drop those "
+                         "documents")
 
     def _warn_b1_norms(self, vecs: np.ndarray) -> None:
         """Warn when ``dtype='b1'`` with ``metric='ip'`` and no ``rescore`` meets documents whose norms differ
@@ -281,8 +342,27 @@ class Dense(TunedEncoderMixin, Operator):
         self._fresh(vecs)
         return self.index_._normalise(vecs)  # a new array: the encoder's is not changed
 
+    def _encoder_name(self, enc: Any, method: str) -> str:
+        """How an error about the output of ``enc.<method>`` names the encoder: ``dense: the encoder of model
+        'my-encoder' (MyEncoder).encode``."""
+        return f"{self.name}: the encoder of model {self.params.model!r} ({type(enc).__name__}).{method}"
+
     def query_vectors(self, state: State) -> np.ndarray:
-        return query_vectors(state, self.encoder)
+        """The batch's query vectors ``(n_q, dim)`` float32 (shared via ``state.vectors``), the encoder's output
+        checked before use: one 2-D float row per query, as wide as the indexed documents (once fitted); a
+        :class:`DataError` naming the encoder says what it returned instead."""
+        enc = self.encoder
+        who = self._encoder_name(enc, "encode_queries")
+        checked: Any = _CheckedQueries(enc, who)  # (the encoder's key, dim and checked encode_queries)
+        vecs = query_vectors(state, checked)
+        if not isinstance(vecs, np.ndarray) or vecs.ndim != 2 or len(vecs) != len(state):  # (another step's)
+            vecs = encoder_vectors(vecs, len(state), who)
+        index = self.__dict__.get("index_")
+        if index is not None and vecs.shape[1] != index.d_in:
+            raise DataError(f"{who} returned vectors of {vecs.shape[1]} dimensions, but the documents were indexed "
+                            f"with {index.d_in}; an encoder gives documents and queries vectors of one width (its "
+                            f"dim), and a changed encoder needs a refit")
+        return vecs
 
     def scores(self, q: np.ndarray) -> np.ndarray:
         """Exact scores against the float document vectors, shape ``(n_q, n_docs)``: cosines for
@@ -360,7 +440,10 @@ class Dense(TunedEncoderMixin, Operator):
             return self
         vecs = self._encode_docs(corpus)
         self._fresh(vecs)  # (drops the note: add never takes the array over)
-        slots = self.index_.add(vecs)
+        try:
+            slots = self.index_.add(vecs)
+        except DataError as e:
+            raise self._bad_values(vecs, corpus, str(e)) from None
         self.corpus_ = self.corpus_.concat(corpus)
         self.slots_ = np.concatenate([self.slots_, slots])
         if self.params.dtype == "i8":
