@@ -38,7 +38,10 @@ from ragkit.errors import DataError, InputTypeError, NotFittedError, ParamError,
 from ragkit.operator import (
     _RESTORING,
     Operator,
+    _not_combinable,
+    _reflected_elsewhere,
     call_checked,
+    check_search_arguments,
     fit_on_backend,
     options_checked,
     refuse_unapplied_filter,
@@ -525,11 +528,23 @@ class Pipeline(Composite):
         return [(s, f"{path}[{i}]") for i, s in enumerate(self.steps)]
 
     def __or__(self, other: Operator) -> "Pipeline":
+        """``pipe | op``: this pipeline's steps, then ``op`` (a pipeline's steps, each).  Anything but an operator
+        on the right is an :class:`InputTypeError` saying what ``|`` combines (as :meth:`Operator.__or__
+        <ragkit.operator.Operator.__or__>`), unless its class defines ``__ror__`` itself (a LangChain runnable)."""
         if not isinstance(other, Operator):
-            return NotImplemented
+            if _reflected_elsewhere(other, "__ror__"):
+                return NotImplemented
+            raise _not_combinable(self, "|", other)
         return Pipeline(list(self.steps) + (other.steps if isinstance(other, Pipeline) else [other]))
 
     def __ror__(self, other: Operator) -> "Pipeline":
+        """``x | pipe`` where ``x`` did not combine (an operator's own ``|`` builds ``op | pipe``): anything but an
+        operator on the left is an :class:`InputTypeError` saying what ``|`` combines."""
+        if not isinstance(other, Operator):
+            raise InputTypeError(f"{type(other).__name__} | {type(self).__name__}(): | chains operators into a "
+                                 "Pipeline (a | b runs b on what a returns); both sides must be operators (a "
+                                 "retriever, reranker, filter, fuser, ... or a Pipeline / Parallel), got "
+                                 f"{not_an_operator(other)} on the left")
         return Pipeline([other]) | self
 
     def __len__(self) -> int:
@@ -677,13 +692,17 @@ class Pipeline(Composite):
         Parameters
         ----------
         queries : Queries, list of str, str, or a mapping {query_id: text}
-            (a pandas Series indexed by string ids gives its ids; a DataFrame is refused)
+            (a pandas Series indexed by string ids gives its ids; a list is numbered ``"q0", "q1", ...`` in its
+            order; a ``set`` is refused, as its order, so its numbering, changes from run to run, and so is a
+            DataFrame)
         k : int, optional
             Final number of results per query (retrievers fetch at least ``k``).
         trace : bool
-            Record per-operator wall time, candidates in/out and (with ``qrels``) recall@100.
+            Record per-operator wall time, candidates in/out and (with ``qrels``) recall@100.  Only ``True`` or
+            ``False``.
         qrels : mapping, optional
-            Judgements, used only for the trace's recall and nDCG.
+            Judgements, used only for the trace's recall and nDCG: read by ``trace=True`` only (refused
+            without it; to score the run, ``ragkit.evaluate(run, qrels)``).
         relevance_level, ignore_identical_ids
             How the trace scores its recall and nDCG, as :func:`~ragkit.eval.evaluate` reads them (the
             lowest grade recall counts; whether a document with its query's id is dropped), so that the
@@ -704,7 +723,10 @@ class Pipeline(Composite):
             Before any work, for a key that is not ``k``, ``filter`` or the name of an operator
             in the pipeline, an option the operator does not read, or a bad value, naming it:
             ``search option bm25.kk: unknown option for operator 'bm25' (BM25); expected one
-            of: k, filter, n_jobs``.
+            of: k, filter, n_jobs``; also for a ``trace`` that is not ``True`` / ``False`` and ``qrels``
+            without ``trace=True``.
+        DataError
+            Before any work, for queries of the wrong shape (a set, one bytes, a DataFrame) or malformed ``qrels``.
         NotFittedError
             When the pipeline is not fitted.
         """
@@ -712,6 +734,8 @@ class Pipeline(Composite):
         from ragkit.pipelines._checks import unranked_router
         from ragkit.run import Run
 
+        check_search_arguments(queries, trace, qrels, f"{type(self).__name__}.search")  # (a set, trace="yes", qrels
+        # without trace: refused before any work, as Operator.search refuses them)
         problem = unranked_router(self, expansions=False)
         if problem is not None:
             raise problem
@@ -995,8 +1019,13 @@ class Parallel(Composite):
         return [*((b, f"{here}.branches[{i}]") for i, b in enumerate(self.branches)), (self.fuse, f"{here}.fuse")]
 
     def __add__(self, other: Operator) -> "Parallel":
+        """``par + op``: one more branch.  Anything but an operator on the right is an :class:`InputTypeError`
+        saying what ``+`` combines (as :meth:`Operator.__add__ <ragkit.operator.Operator.__add__>`), unless its
+        class defines ``__radd__`` itself."""
         if not isinstance(other, Operator):
-            return NotImplemented
+            if _reflected_elsewhere(other, "__radd__"):
+                return NotImplemented
+            raise _not_combinable(self, "+", other)
         if isinstance(other, Parallel) and other.implicit_fuse:
             # names it made itself are made again next to ours (a + (b + c) names bm25, bm25_2, bm25_3, as
             # (a + b) + c does); names given to it are kept

@@ -23,8 +23,8 @@ from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping, Sequence, ca
 
 import numpy as np
 
-from ragkit._files import atomic_file
-from ragkit.errors import DataError, InputTypeError, repeated, some_ids
+from ragkit._files import atomic_file, file_above, user_path
+from ragkit.errors import ArtifactError, DataError, InputTypeError, repeated, some_ids
 from ragkit.metadata import (
     Coded,
     check_filter,
@@ -277,12 +277,19 @@ def ids_and_texts(values: Any, what: str) -> tuple[list[str] | None, list[Any]]:
     numpy array or other iterable its items (ids ``None``: the caller numbers them). One string or bytes (its
     characters would be the texts), a pandas ``DataFrame`` (its column names would be), ``None`` or anything
     that is no collection (a method not called: ``data.queries`` for ``data.queries("test")``) is a
-    :class:`DataError` saying what to pass.
+    :class:`DataError` saying what to pass.  So is a ``set`` (``frozenset``): its order, so the ids ``q0, q1, ...``
+    (``0, 1, ...``) its texts would be numbered with, changes from run to run (string hashing is salted per
+    process); pass a list (``sorted(texts)``) or a mapping.
     The texts themselves are not checked here (:func:`check_texts` does, where they enter).
     """
     if isinstance(values, (str, bytes)):
         raise DataError(f"{what}: expected a list of texts, got one {type(values).__name__} ({values!r:.60}); wrap it "
                         "in a list" + (" (decoded)" if isinstance(values, bytes) else ""))
+    if isinstance(values, (set, frozenset)):
+        kind = type(values).__name__
+        raise DataError(f"{what}: got a {kind} of {len(values)} texts, whose order (so the id each text gets by its "
+                        f"position) changes from run to run; pass a list (sorted(...) of the {kind}) or a mapping "
+                        "{id: text}")
     if isinstance(values, Mapping):  # (keys as ids: 1.0 -> "1", as Queries and Corpus read ids; NaN refused)
         return _key_ids(values, f"{what}: the mapping's keys"), list(values.values())
     pd = sys.modules.get("pandas")
@@ -1008,23 +1015,60 @@ class Corpus:
         return keep
 
     # ------------------------------------------------------------------ persistence
-    def save(self, path: str | Path) -> None:
+    def save(self, path: str | os.PathLike[str]) -> None:
         """Write ``corpus.jsonl`` (BEIR layout plus a ``metadata`` object per line): strict JSON (no
         ``NaN``, which other JSON readers refuse): a missing metadata value (NaN, ``pandas.NA``, ``NaT``) is
         written as ``null`` and reads back as ``None``; an infinite one, or a value JSON has no type for (a
-        date, a ``Timestamp``), is a :class:`DataError` naming the field and the document."""
-        path = Path(path)
-        with atomic_file(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
-            keys = list(self.metadata)
-            for i, (d, t, x) in enumerate(zip(self.ids.tolist(), self.titles.tolist(), self.texts.tolist())):
-                rec: dict[str, Any] = {"_id": d, "title": t, "text": x}
-                if keys:
-                    try:
-                        rec["metadata"] = {k: _jsonable(self.metadata[k][i], k) for k in keys}
-                    except DataError as e:  # which document holds it (every later save would fail on it)
-                        raise DataError(str(e).replace("Corpus.save: ", f"Corpus.save: document {d!r}: ", 1)
-                                        + "; or remove the document") from None
-                f.write(json.dumps(rec, ensure_ascii=False, allow_nan=False) + "\n")
+        date, a ``Timestamp``), is a :class:`DataError` naming the field and the document.
+
+        ``path`` is the file (a leading ``~`` is the home folder); its folder is created, with its parents,
+        when missing.  A folder that cannot be created or written to (a read-only file system, no permission,
+        a full disk) is an :class:`~ragkit.errors.ArtifactError` naming it and the system's reason, before any
+        document is written; the file is replaced in one step (:func:`~ragkit._files.atomic_file`), so an
+        earlier one stays whole when the save fails."""
+        path = user_path(path, "Corpus.save: path")
+        blocker = file_above(path)
+        if blocker is not None:
+            raise ArtifactError(f"Corpus.save: {path}: {blocker} is a file, not a folder; the corpus cannot be written "
+                                "below it")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise _unwritable(path, e, f"creating the folder {path.parent}") from e
+        with atomic_file(path) as tmp:
+            try:
+                out = open(tmp, "w", encoding="utf-8")
+            except OSError as e:
+                raise _unwritable(path, e, f"creating its temporary file in {path.parent}") from e
+            with out as f:
+                self._write_jsonl(f)
+
+    def _write_jsonl(self, f: Any) -> None:
+        """One JSON line per document to the open text file ``f`` (:meth:`save`)."""
+        keys = list(self.metadata)
+        for i, (d, t, x) in enumerate(zip(self.ids.tolist(), self.titles.tolist(), self.texts.tolist())):
+            rec: dict[str, Any] = {"_id": d, "title": t, "text": x}
+            if keys:
+                try:
+                    rec["metadata"] = {k: _jsonable(self.metadata[k][i], k) for k in keys}
+                except DataError as e:  # which document holds it (every later save would fail on it)
+                    raise DataError(str(e).replace("Corpus.save: ", f"Corpus.save: document {d!r}: ", 1)
+                                    + "; or remove the document") from None
+            f.write(json.dumps(rec, ensure_ascii=False, allow_nan=False) + "\n")
+
+
+def _unwritable(path: Path, e: OSError, doing: str) -> OSError:
+    """What :meth:`Corpus.save` raises for ``e``, met while ``doing`` (``creating the folder ...``): an
+    :class:`ArtifactError` naming ``path`` and the system's reason where trying again cannot help (a read-only
+    file system, no permission, a full disk: the errors :class:`~ragkit.operator.atomic_dir` names in the same
+    words); any other ``e`` (a network file system's EIO) as it is, retryable."""
+    from ragkit.operator import _SAVE_ERRNOS  # (ragkit.operator imports this module: read at call time)
+
+    if isinstance(e, ArtifactError) or e.errno not in _SAVE_ERRNOS:
+        return e
+    was = " and the file there is unchanged" if path.exists() else ""
+    return ArtifactError(f"Corpus.save: {path}: the save could not be written ({e.strerror or e}, {doing}); nothing "
+                         f"was written{was}: make the folder writable (or save elsewhere) and save again")
 
 
 def _jsonable(v: Any, field: str = "") -> Any:
