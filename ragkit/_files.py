@@ -43,15 +43,32 @@ def user_path(path: object, where: str) -> Path:
 
 
 def _keep_mode(path: Path, tmp: Path) -> None:
-    """Give ``tmp``, about to be renamed onto ``path``, the permission bits of the file ``path`` when there
-    is one: an overwrite keeps a ``chmod 600`` (or a group's ``664``), as writing the file in place would,
-    instead of the temporary file's umask default.  A ``tmp`` the block did not create is left alone."""
+    """Give ``tmp``, about to be renamed onto ``path``, the read/write/execute permission bits of the file
+    ``path`` when there is one, and its owner and group where they are not this process's: an overwrite keeps a
+    ``chmod 600`` (or a group's ``664``), and the user (group) the file belonged to, as writing the file in
+    place would, instead of the temporary file's umask default and this process's ids.  The setuid, setgid and
+    sticky bits are never copied (new contents must not run with another user's rights); an owner or group
+    that cannot be given (only root may give a file away) is left as the temporary file's, silently.  A
+    ``tmp`` the block did not create is left alone."""
     try:
-        mode = stat.S_IMODE(os.stat(path).st_mode)
+        st = os.stat(path)
     except OSError:  # no file there yet: the new one keeps the umask's permissions
         return
-    if os.path.lexists(tmp):
-        os.chmod(tmp, mode)
+    if not os.path.lexists(tmp):
+        return
+    geteuid = getattr(os, "geteuid", None)  # (none on Windows, whose files have no POSIX owner to keep)
+    uid = st.st_uid if geteuid is not None and st.st_uid != geteuid() else -1
+    gid = st.st_gid if geteuid is not None and st.st_gid != os.getegid() else -1
+    if uid != -1 or gid != -1:
+        try:
+            os.chown(tmp, uid, gid)
+        except OSError:  # (PermissionError: not root) the group alone, which a member of it may give
+            if gid != -1 and uid != -1:
+                try:
+                    os.chown(tmp, -1, gid)
+                except OSError:
+                    pass
+    os.chmod(tmp, stat.S_IMODE(st.st_mode) & 0o777)  # (after chown, which may clear bits)
 
 
 @contextmanager

@@ -45,7 +45,7 @@ from ragkit.errors import ParamError, RagkitError, some_ids
 if TYPE_CHECKING:
     from ragkit.types import Corpus
 
-#: The exit status epilog of every command's ``--help`` (the module docstring's rule).
+#: The exit status epilog of ``ragkit --help`` and of every command's (the module docstring's rule).
 EXIT_STATUS = ("Exit status: 0 success; 2 usage error or bad input (refused before work starts); 1 failure while "
                "running (a download, a model load or a write that failed); 130 interrupted.  Notes and warnings "
                "go to standard error, results to standard output.")
@@ -479,14 +479,16 @@ class _RunFailure(RagkitError):
 
 def _exit_status(e: Exception) -> int:
     """The exit status of the error ``e``: 1 for a failure while running (:class:`_RunFailure`, a dataset
-    download that failed or was cut short), 2 for a usage error or bad input (every other error)."""
+    download that failed, was cut short or brought no zip archive or a damaged one:
+    :class:`~ragkit.eval.beir.DownloadError`), 2 for a usage error or bad input (every other error)."""
     from ragkit.errors import DataError
+    from ragkit.eval.beir import DownloadError
 
-    if isinstance(e, _RunFailure):
+    if isinstance(e, (_RunFailure, DownloadError)):
         return 1
-    if isinstance(e, DataError) and re.search(r"could not download|download cut short", str(e)):
-        return 1
-    return 2
+    # (a plain DataError that says it is a failed download, as the messages of download_beir's read before
+    # DownloadError told them apart, and as code standing in for load_beir may still raise)
+    return 1 if isinstance(e, DataError) and str(e).startswith("could not download BEIR dataset") else 2
 
 
 def _fail(e: Exception) -> None:
@@ -911,7 +913,7 @@ def _subsets_fingerprint(splits: dict[str, "_Split"]) -> Optional[str]:
     return f"{SCORED_FINGERPRINT_KIND}:" + hashlib.sha256("".join(lines).encode("utf-8", "surrogatepass")).hexdigest()
 
 
-@app.command("eval")
+@app.command("eval", epilog=EXIT_STATUS)
 def eval_cmd(
     ctx: typer.Context,
     data: str = typer.Option(..., "--data", help="BEIR dataset name or folder; for an archive of several datasets "
@@ -1225,7 +1227,7 @@ def _check_out_folder(out: Path) -> None:
         raise RagkitError(f"--out {out}: cannot write into the folder {parent}: {e.strerror or e}") from None
 
 
-@app.command("train")
+@app.command("train", epilog=EXIT_STATUS)
 def train_cmd(
     data: str = typer.Option(..., "--data", help="BEIR dataset name or folder."),
     pipeline: str = typer.Option(..., "--pipeline", "-p",
@@ -1434,7 +1436,7 @@ def _rankings_only(pipe: Any) -> dict[str, Any]:
     return {"generate": {"answer": False}} if any(isinstance(op, Generate) for op in iter_leaves(pipe)) else {}
 
 
-@app.command("search")
+@app.command("search", epilog=EXIT_STATUS)
 def search_cmd(
     ctx: typer.Context,
     query: Optional[list[str]] = typer.Argument(None, help="One or more queries (or --queries FILE)."),
@@ -1517,12 +1519,14 @@ def search_cmd(
 def _read_queries_option(path: Path) -> Any:
     """The queries of ``search --queries``: a file's (:func:`~ragkit.eval.beir.read_query_file`), or with ``-``
     standard input's, in the same layouts (JSON lines when the first non-blank line starts with ``{``: a BEIR
-    queries.jsonl; else TSV or one query per line), its errors naming ``--queries -`` for the file."""
+    queries.jsonl; else TSV or one query per line; a UTF-8 byte-order mark before it dropped, as files' are), its
+    errors naming ``--queries -`` for the file."""
     from ragkit.eval.beir import read_query_file
 
     if not _is_stdout(path):
         return read_query_file(path)
-    data = sys.stdin.buffer.read()
+    # a byte-order mark is no part of the first line (as files read: a JSON line after one is JSON lines)
+    data = sys.stdin.buffer.read().removeprefix(b"\xef\xbb\xbf")
     first = next((line.strip() for line in data.splitlines() if line.strip()), b"")
     with tempfile.TemporaryDirectory(prefix="ragkit-stdin-") as folder:
         tmp = Path(folder) / ("stdin.jsonl" if first.startswith(b"{") else "stdin.txt")
@@ -1618,7 +1622,7 @@ def _quiet_model_loading() -> Iterator[None]:
         yield
 
 
-@app.command("ask")
+@app.command("ask", epilog=EXIT_STATUS)
 def ask_cmd(
     question: str = typer.Argument(..., help="The question to answer."),
     pipeline: str = typer.Option(..., "--pipeline", "-p",
@@ -1774,7 +1778,7 @@ def _cut(text: str, n: int) -> str:
     return text if len(text) <= n else text[: n - 1].rstrip() + "…"
 
 
-@app.command("validate")
+@app.command("validate", epilog=EXIT_STATUS)
 def validate_cmd(path: Path = typer.Argument(..., help="Pipeline YAML file, a saved pipeline or operator "
                                                         "folder, or an operator name (bm25).")) -> None:
     """Check a pipeline file (or a saved pipeline's pipeline.yaml, or a saved operator's
@@ -1948,7 +1952,7 @@ def _check_no_pipelines(results: list[Path], data: Optional[str], split: str, re
                       f"JSON files and TREC run files):\n{steps}\n  {then}")
 
 
-@app.command("compare")
+@app.command("compare", epilog=EXIT_STATUS)
 def compare_cmd(
     ctx: typer.Context,
     results: list[Path] = typer.Argument(..., help="Two or more 'ragkit eval -o' JSON files or TREC run files; "

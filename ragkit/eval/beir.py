@@ -60,6 +60,12 @@ __all__ = ["BeirDataset", "load_beir", "beir_qrels", "beir_subsets", "read_corpu
 BEIR_URL = "https://public.ukp.informatik.tu-darmstadt.de/thakur/BEIR/datasets"
 
 
+class DownloadError(DataError):
+    """A BEIR archive's download that failed: the server could not be reached or refused it, the transfer was
+    cut short, or what came is no zip archive or a damaged one.  A :class:`DataError` (as before), told apart
+    so that ``ragkit`` exits 1 on it (a failure while running, worth trying again), not 2 (bad input)."""
+
+
 def cache_dir() -> Path:
     """ragkit's cache folder: ``$RAGKIT_CACHE`` (a leading ``~`` is the home folder) or, where it is unset or empty
     (``RAGKIT_CACHE=``: the working folder before), ``~/.cache/ragkit``."""
@@ -331,10 +337,11 @@ _BEIR_COLUMNS = ("query-id", "corpus-id", "score")
 def _named_columns(header: list[str]) -> tuple[int, int, int] | None:
     """The positions of ``query-id``, ``corpus-id`` and ``score`` in a qrels header row (case, spaces and ``_``
     for ``-`` aside), or ``None`` when it does not name all three (another header: the columns are read by
-    position)."""
+    position) or is exactly BEIR's ``query-id corpus-id score`` (its rows are read by position too, so that
+    trec_eval's 4-column lines under it read as they always did)."""
     names = [c.strip().lower().replace("_", "-") for c in header]
-    if not all(c in names for c in _BEIR_COLUMNS):
-        return None
+    if not all(c in names for c in _BEIR_COLUMNS) or tuple(names) == _BEIR_COLUMNS:
+        return None  # (BEIR's own 3 names, in order: rows are 3 columns, or trec_eval's 4, as without a header)
     q, d, s = (names.index(c) for c in _BEIR_COLUMNS)
     return q, d, s
 
@@ -346,10 +353,11 @@ def read_qrels(path: str | Path) -> Qrels:
     tabs at the end of a line are ignored, as BEIR's reader ignores them.  The first line is a header,
     and skipped, only when its score column is not a number: a qrels file without a header keeps its
     first judgement (BEIR's own loader drops line 1 whatever it holds, so it would lose that judgement).
-    A header that names BEIR's columns ``query-id``, ``corpus-id`` and ``score`` has them read by name, in
-    whatever order, other columns ignored (``query-id corpus-id score annotators``), and every line must have
-    its number of columns.  Without such a header, a line is ``query-id corpus-id score`` (3 columns) or
-    trec_eval's ``qid iter docid rel`` (4).  A file with CR-only (old Mac) line endings, or gzip-compressed, is
+    A header that names BEIR's columns ``query-id``, ``corpus-id`` and ``score`` in another order or beside
+    other columns has them read by name, other columns ignored (``query-id corpus-id score annotators``), and
+    every line must have its number of columns (a last column left empty, ``q1<TAB>d1<TAB>1<TAB>``, counts).
+    Otherwise (BEIR's own header, another header, or none), a line is ``query-id corpus-id score`` (3 columns)
+    or trec_eval's ``qid iter docid rel`` (4).  A file with CR-only (old Mac) line endings, or gzip-compressed, is
     a :class:`DataError` saying so.
     """
     return _read_qrels(path)[0]
@@ -368,7 +376,8 @@ def _read_qrels(path: str | Path) -> tuple[Qrels, dict[str, int]]:
     first_line: dict[str, int] = {}
     # a byte-order mark is not part of the header; a '"' in an id is part of it (no CSV quoting)
     for n, _, line in utf8_lines(path, "qrels files are UTF-8 text"):
-        text = line.rstrip("\r\n").rstrip("\t")
+        full = line.rstrip("\r\n")  # (its trailing tabs kept: a named header's last column may be left empty)
+        text = full.rstrip("\t")
         if "\r" in text:  # one '\r'-separated file read as a single line: its columns would run together
             raise _cr_endings(path, n, text)
         # BEIR's TSV splits on tabs (an id may hold a space); trec_eval's 'qid 0 docid rel' on whitespace.
@@ -383,10 +392,13 @@ def _read_qrels(path: str | Path) -> tuple[Qrels, dict[str, int]]:
             header = row if named is not None else None
             continue
         if named is not None and header is not None:  # extra columns ('annotators') ignored, by name
-            if len(row) != len(header):
+            # a row has the header's columns when it does counting its trailing tabs as empty columns or not
+            # ('q1<TAB>d1<TAB>1<TAB>' under 'query-id corpus-id score annotators': the annotators left empty)
+            if not len(row) <= len(header) <= (full.count("\t") + 1 if "\t" in text else len(row)):
                 sep = "tab-separated " if "\t" in text else ""
                 raise DataError(f"{path}:{n}: expected {len(header)} {sep}columns {' '.join(header)!r}, as the header "
                                 f"on line 1 names them, got {len(row)}: {row!r}")
+            row += [""] * (len(header) - len(row))  # (the empty columns its trailing tabs end)
             q, d, s = (row[i] for i in named)
         elif len(row) not in (3, 4):
             raise DataError(f"{path}:{n}: expected 3 tab-separated columns 'query-id corpus-id score' (BEIR) "
@@ -718,7 +730,8 @@ def _find(name: str, label: str, *, download: bool, base_url: str | None) -> Pat
     try:
         return download_beir(name, base_url=base_url)
     except (DataError, ParamError) as e:  # (ParamError: a name that is no file name, 'my data')
-        raise DataError(f"BEIR dataset {label!r}: not found locally (looked in {looked}); {e}") from None
+        cls = DownloadError if isinstance(e, DownloadError) else DataError  # (a failed download stays one)
+        raise cls(f"BEIR dataset {label!r}: not found locally (looked in {looked}); {e}") from None
 
 
 def _find_sub(archive: str, sub: str, *, download: bool, base_url: str | None) -> Path:
@@ -730,7 +743,8 @@ def _find_sub(archive: str, sub: str, *, download: bool, base_url: str | None) -
     try:
         parent = _find(archive, f"{archive}/{sub}", download=download, base_url=base_url)
     except DataError as e:  # it may have been meant as a path: say that there is no such folder either
-        raise DataError(f"{archive}/{sub}: no such folder ({Path(archive).absolute()} does not exist); as a "
+        cls = DownloadError if isinstance(e, DownloadError) else DataError  # (a failed download stays one)
+        raise cls(f"{archive}/{sub}: no such folder ({Path(archive).absolute()} does not exist); as a "
                         f"dataset of a BEIR archive: {e}") from None
     subs = _subsets(parent)
     if not subs:
@@ -1001,7 +1015,8 @@ def download_beir(name: str, *, base_url: str | None = None, dest: Path | None =
     tmp = shared_tempdir(dest, _DOWNLOAD_PREFIX)
     try:
         with _fetch_zip(url, name, timeout, tmp / "archive.zip") as archive:
-            _extract(archive, tmp / "unpacked", url, again="nothing was cached; download it again")
+            _extract(archive, tmp / "unpacked", url, again="nothing was cached; download it again",
+                     damaged=DownloadError)
         (tmp / "archive.zip").unlink()  # (the archive's bytes twice on disk no longer than needed)
         root = _archive_root(tmp / "unpacked", name)
         # the whole BEIR layout, checked before the folder moves into the cache: a partial one placed
@@ -1069,14 +1084,14 @@ def _fetch_zip(url: str, name: str, timeout: float, into: Path) -> zipfile.ZipFi
             shutil.copyfileobj(resp, f, length=1 << 20)
             length = resp.headers.get("Content-Length")
     except Exception as e:  # URLError, HTTPError, timeouts, a connection cut short, a full disk
-        raise DataError(f"could not download BEIR dataset {name!r} from {url}: {e}") from None
+        raise DownloadError(f"could not download BEIR dataset {name!r} from {url}: {e}") from None
     got = into.stat().st_size
     if length is not None and length.strip().isdigit() and got < int(length):  # the server closed early
-        raise DataError(f"{url}: download cut short: {got} of {int(length)} bytes; nothing was cached; try again")
+        raise DownloadError(f"{url}: download cut short: {got} of {int(length)} bytes; nothing was cached; try again")
     try:
         return zipfile.ZipFile(into)
     except (zipfile.BadZipFile, EOFError, ValueError):
-        raise DataError(f"{url}: not a zip archive ({got} bytes)") from None
+        raise DownloadError(f"{url}: not a zip archive ({got} bytes)") from None
 
 
 #: What a damaged zip raises while it is read: a bad CRC or a truncated member (BadZipFile, EOFError), a
@@ -1127,14 +1142,15 @@ def _fmt_bytes(n: int) -> str:
     return f"{n / (1 << 30):.1f} GiB" if n >= 1 << 30 else f"{n / (1 << 20):.1f} MiB"
 
 
-def _extract(archive: zipfile.ZipFile, tmp: Path, url: str, *, again: str) -> None:
+def _extract(archive: zipfile.ZipFile, tmp: Path, url: str, *, again: str,
+             damaged: type[DataError] = DataError) -> None:
     """Unzip the BEIR files of ``archive`` (:func:`_is_dataset_member`; anything else it holds is left in it)
     into the folder ``tmp``, refusing it whole when a member would land outside, or before anything is
     written when those files would unpack to more than :func:`max_unzipped` bytes, or one of them to over
     :data:`_BOMB_RATIO` times its compressed size (a zip bomb).  zipfile writes no more than a member's
     declared size (and checks its CRC), so the declared sizes bound what lands on disk.  A damaged archive
-    (a bad CRC, a broken compressed stream) is a :class:`DataError` naming ``url`` (the URL or file) and
-    saying ``again`` (what to do)."""
+    (a bad CRC, a broken compressed stream) is a ``damaged`` error (a :class:`DataError`; a
+    :class:`DownloadError` for a download) naming ``url`` (the URL or file) and saying ``again`` (what to do)."""
     inside = tmp.resolve()
     for member in archive.namelist():
         if not (inside / member).resolve().is_relative_to(inside):
@@ -1159,7 +1175,7 @@ def _extract(archive: zipfile.ZipFile, tmp: Path, url: str, *, again: str) -> No
     except _DAMAGED_ZIP as e:
         if isinstance(e, OSError) and e.errno is not None:  # a full disk, a permission: not the archive's fault
             raise
-        raise DataError(f"{url}: the zip archive is damaged ({type(e).__name__}: {e}); {again}") from None
+        raise damaged(f"{url}: the zip archive is damaged ({type(e).__name__}: {e}); {again}") from None
     tmp.mkdir(parents=True, exist_ok=True)  # (an archive without a BEIR file: its layout check says what it lacks)
 
 

@@ -1,0 +1,191 @@
+"""Mends of a review of stop 51's changes: qrels whose named header's last column is left empty, BEIR's own header
+over trec_eval lines, download failures exiting 1 whatever their message, overwrites that neither copy setuid
+bits nor take the file from its owner, ``--queries -`` after a byte-order mark, and the exit-status epilog on
+every command's ``--help``."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import stat
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from ragkit.errors import DataError
+from ragkit.eval.beir import DownloadError, read_qrels
+
+
+def _cli(*args: object, input: str | bytes | None = None):
+    from typer.testing import CliRunner
+
+    from ragkit.cli import app
+
+    return CliRunner().invoke(app, [str(a) for a in args], env={"COLUMNS": "200"}, input=input)
+
+
+# ------------------------------------------------------------------ 1. a named header's last column left empty
+def test_a_row_leaving_the_named_headers_last_column_empty_reads(tmp_path):
+    """``q1<TAB>d1<TAB>1<TAB>`` under ``query-id corpus-id score annotators`` was refused ("expected 4 columns,
+    got 3"): its trailing tab was stripped before the columns were counted."""
+    f = tmp_path / "q.tsv"
+    f.write_text("query-id\tcorpus-id\tscore\tannotators\nq1\td1\t1\t\nq2\td2\t2\t3\t\n")  # (and a tab past them)
+    assert read_qrels(f) == {"q1": {"d1": 1}, "q2": {"d2": 2}}
+    f.write_text("corpus-id\tquery-id\tannotators\tscore\nd1\tq1\t\t1\n")  # an empty column inside: by name too
+    assert read_qrels(f) == {"q1": {"d1": 1}}
+    f.write_text("query-id\tcorpus-id\tscore\tannotators\nq1\td1\t1\nq2\td2\t1\t\n")  # a column short: refused
+    with pytest.raises(DataError, match=re.escape(f"{f}:2: expected 4 tab-separated columns 'query-id corpus-id "
+                                                  "score annotators', as the header on line 1 names them, got 3")):
+        read_qrels(f)
+    f.write_text("corpus-id\tquery-id\tannotators\tscore\nd1\tq1\t3\t\n")  # the score left empty: said
+    with pytest.raises(DataError, match=re.escape(f"{f}:2: relevance '' is not a finite number")):
+        read_qrels(f)
+
+
+# ------------------------------------------------------------------ 2. BEIR's own header over trec_eval lines
+def test_beirs_own_header_over_trec_eval_lines_reads_them_as_before(tmp_path):
+    """``query-id corpus-id score`` over ``q1 0 d1 1`` was refused ("expected 3 columns, got 4") once headers were
+    read by name; it read as ``{'q1': {'d1': 1}}`` before, as it does again."""
+    f = tmp_path / "q.tsv"
+    f.write_text("query-id\tcorpus-id\tscore\nq1 0 d1 1\nq2\t0\td2\t2\n")
+    assert read_qrels(f) == {"q1": {"d1": 1}, "q2": {"d2": 2}}
+    f.write_text("Query_ID\tCorpus-ID\tScore\nq1 0 d1 1\nq2\td2\t1\n")  # (case and '_' aside, the same header)
+    assert read_qrels(f) == {"q1": {"d1": 1}, "q2": {"d2": 1}}
+    f.write_text("corpus-id\tquery-id\tscore\nd1\tq1\t1\n")  # another order: still read by name
+    assert read_qrels(f) == {"q1": {"d1": 1}}
+
+
+# ------------------------------------------------------------------ 3. a failed download exits 1
+def _www(tmp_path: Path, monkeypatch) -> Path:
+    """A folder served as ``$RAGKIT_BEIR_URL`` (a ``file:`` URL; the cache under ``tmp_path``)."""
+    www = tmp_path / "www"
+    www.mkdir()
+    monkeypatch.setenv("RAGKIT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("RAGKIT_BEIR_URL", www.as_uri())
+    monkeypatch.chdir(tmp_path)
+    return www
+
+
+def _damaged_zip(name: str) -> bytes:
+    """A BEIR archive ``<name>/...`` whose corpus fails its CRC check (a stored byte changed)."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as z:
+        z.writestr(f"{name}/corpus.jsonl", json.dumps({"_id": "d1", "text": "cells divide"}) + "\n")
+        z.writestr(f"{name}/queries.jsonl", json.dumps({"_id": "q1", "text": "cells"}) + "\n")
+        z.writestr(f"{name}/qrels/test.tsv", "query-id\tcorpus-id\tscore\nq1\td1\t1\n")
+    data = bytearray(buf.getvalue())
+    at = data.index(b'{"_id": "d1"')
+    data[at + 2] ^= 1
+    return bytes(data)
+
+
+@pytest.mark.parametrize("kind", ["not_a_zip", "damaged", "missing"])
+def test_a_download_that_fails_exits_1_whatever_its_message(tmp_path, monkeypatch, kind):
+    """A download of no zip archive ("not a zip archive"), or a damaged one ("the zip archive is damaged"), exited
+    2, as bad input would: the exit status was read off the message, which matched neither."""
+    www = _www(tmp_path, monkeypatch)
+    said = {"not_a_zip": "sf.zip: not a zip archive", "damaged": "sf.zip: the zip archive is damaged",
+            "missing": "could not download BEIR dataset 'sf'"}[kind]
+    if kind == "not_a_zip":
+        (www / "sf.zip").write_text("<html>moved</html>")
+    elif kind == "damaged":
+        (www / "sf.zip").write_bytes(_damaged_zip("sf"))
+    res = _cli("eval", "--data", "sf", "-p", "bm25")
+    assert res.exit_code == 1 and said in res.output and "Traceback" not in res.output, res.output
+    from ragkit import load_beir
+
+    with pytest.raises(DownloadError, match=re.escape(said)):  # (a DataError still: DownloadError subclasses it)
+        load_beir("sf")
+
+
+def test_a_local_archive_that_is_no_zip_is_still_bad_input(tmp_path, monkeypatch):
+    monkeypatch.setenv("RAGKIT_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "sf.zip").write_text("<html>moved</html>")
+    res = _cli("eval", "--data", tmp_path / "sf.zip", "-p", "bm25")
+    assert res.exit_code == 2 and "sf.zip: not a zip archive" in res.output, res.output
+
+
+# ------------------------------------------------------------------ 4. an overwrite's permissions and owner
+def test_an_overwrite_copies_no_setuid_bit(tmp_path):
+    from ragkit._files import atomic_file
+
+    f = tmp_path / "r.json"
+    f.write_text("{}")
+    os.chmod(f, 0o6755)  # setuid and setgid
+    with atomic_file(f) as tmp:
+        tmp.write_text('{"a": 1}')
+    assert stat.S_IMODE(f.stat().st_mode) == 0o755 and f.read_text() == '{"a": 1}'
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0, reason="giving a file away takes root")
+def test_an_overwrite_keeps_the_files_owner_and_group(tmp_path):
+    """A ``chmod 600`` file of uid 1234 became root's (still 600) once root wrote it again: its owner was locked
+    out of it."""
+    from ragkit._files import atomic_file
+
+    f = tmp_path / "r.json"
+    f.write_text("{}")
+    os.chown(f, 1234, 5678)
+    os.chmod(f, 0o600)
+    with atomic_file(f) as tmp:
+        tmp.write_text('{"a": 1}')
+    st = f.stat()
+    assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (1234, 5678, 0o600)
+
+
+def test_an_overwrite_that_cannot_give_the_file_away_still_writes_it(tmp_path, monkeypatch):
+    """Only root may give a file away: another user's overwrite keeps its own ids, silently, and the mode."""
+    from ragkit import _files
+
+    f = tmp_path / "r.json"
+    f.write_text("{}")
+    os.chmod(f, 0o640)
+    real = os.stat
+
+    def other_owner(path, *a, **k):
+        st = real(path, *a, **k)
+        if Path(path) != f:
+            return st
+        fields = list(st)
+        fields[stat.ST_UID], fields[stat.ST_GID] = st.st_uid + 1, st.st_gid + 1
+        return os.stat_result(fields)
+
+    def refused(*a, **k):
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(_files.os, "stat", other_owner)
+    monkeypatch.setattr(_files.os, "chown", refused)
+    with _files.atomic_file(f) as tmp:
+        tmp.write_text('{"a": 1}')
+    monkeypatch.undo()
+    assert f.read_text() == '{"a": 1}' and stat.S_IMODE(f.stat().st_mode) == 0o640
+
+
+# ------------------------------------------------------------------ 5. --queries - after a byte-order mark
+def test_search_stdin_json_lines_after_a_byte_order_mark(tmp_path, monkeypatch):
+    """``printf '\\xef\\xbb\\xbf{"_id": "a", "text": "cancer"}\\n' | ragkit search --queries -`` searched the whole
+    JSON line as query "1": the mark hid its ``{``."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "ds" / "qrels").mkdir(parents=True)
+    (tmp_path / "ds" / "corpus.jsonl").write_text(
+        "".join(json.dumps({"_id": i, "text": t}) + "\n" for i, t in [("d1", "cancer cells"), ("d2", "cats")]))
+    (tmp_path / "ds" / "queries.jsonl").write_text(json.dumps({"_id": "q1", "text": "cancer"}) + "\n")
+    for split in ("test", "train"):
+        (tmp_path / "ds" / "qrels" / f"{split}.tsv").write_text("query-id\tcorpus-id\tscore\nq1\td1\t1\n")
+    res = _cli("train", "--data", "ds", "-p", "bm25", "--out", "idx", "--no-report")
+    assert res.exit_code == 0, res.output
+    for text in (b'\xef\xbb\xbf{"_id": "a", "text": "cancer"}\n', b"\xef\xbb\xbfa\tcancer\n"):
+        res = _cli("search", "--index", "idx", "--queries", "-", "-o", "-", input=text)
+        assert res.exit_code == 0, res.output
+        got = json.loads(res.stdout)["results"]
+        assert [(r["query_id"], r["query"]) for r in got] == [("a", "cancer")], res.stdout
+
+
+# ------------------------------------------------------------------ 6. the exit-status epilog on each --help
+@pytest.mark.parametrize("command", ["eval", "train", "search", "ask", "validate", "compare"])
+def test_every_commands_help_says_the_exit_statuses(command):
+    res = _cli(command, "--help")
+    assert res.exit_code == 0 and "Exit status: 0 success; 2 usage error" in " ".join(res.output.split()), res.output
