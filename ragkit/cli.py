@@ -481,14 +481,9 @@ def _exit_status(e: Exception) -> int:
     """The exit status of the error ``e``: 1 for a failure while running (:class:`_RunFailure`, a dataset
     download that failed, was cut short or brought no zip archive or a damaged one:
     :class:`~ragkit.eval.beir.DownloadError`), 2 for a usage error or bad input (every other error)."""
-    from ragkit.errors import DataError
     from ragkit.eval.beir import DownloadError
 
-    if isinstance(e, (_RunFailure, DownloadError)):
-        return 1
-    # (a plain DataError that says it is a failed download, as the messages of download_beir's read before
-    # DownloadError told them apart, and as code standing in for load_beir may still raise)
-    return 1 if isinstance(e, DataError) and str(e).startswith("could not download BEIR dataset") else 2
+    return 1 if isinstance(e, (_RunFailure, DownloadError)) else 2
 
 
 def _fail(e: Exception) -> None:

@@ -222,10 +222,10 @@ def test_a_write_that_fails_while_running_exits_1(saved, monkeypatch):
 
 def test_a_download_that_fails_exits_1(tmp_path, monkeypatch):
     import ragkit
-    from ragkit.errors import DataError
+    from ragkit.eval.beir import DownloadError
 
     def offline(*a, **k):
-        raise DataError("could not download BEIR dataset 'scifact' from https://example.invalid/scifact.zip: offline")
+        raise DownloadError("could not download BEIR dataset 'scifact' from https://example.invalid/s.zip: offline")
 
     monkeypatch.setattr(ragkit, "load_beir", offline)
     res = _cli("eval", "--data", "scifact", "-p", "bm25")
