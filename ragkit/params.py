@@ -239,6 +239,14 @@ class Params(BaseModel):
                 raise ValueError(f"expected an integer within ±{MAX_INT:,}, got {shown(x)}")
         return v
 
+    @model_validator(mode="before")
+    @classmethod
+    def _plain_numpy_scalars(cls, data: Any) -> Any:
+        """Numpy scalars (``np.int64(5)`` from a grid search's ``np.arange``, a DataFrame cell) become the
+        Python numbers they hold, also inside lists and mappings (``sharded: {retriever: {bm25: {k: ...}}}``),
+        so that a field typed ``Any`` or ``dict`` writes as JSON as a typed field does."""
+        return _numpy_plain(data) if isinstance(data, dict) else data
+
     @model_validator(mode="after")
     def _json_values(self) -> Self:
         """Every value writes as JSON (``params.json``) and YAML (``to_yaml()``): a function, a numpy array, an
@@ -293,6 +301,17 @@ class Params(BaseModel):
         context (a search option: :mod:`ragkit.options`); :func:`update_params` gives a
         :class:`~ragkit.errors.ParamError` worded as an operator's constructor words it."""
         return type(self).model_validate({**self.model_dump(), **changes}, context={"source": "python"})
+
+
+def _numpy_plain(value: Any) -> Any:
+    """``value`` with every numpy scalar in it, at any depth of dicts, lists and tuples, as a Python scalar."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, dict):
+        return {k: _numpy_plain(v) for k, v in value.items()}
+    if type(value) in (list, tuple):
+        return type(value)(_numpy_plain(v) for v in value)
+    return value
 
 
 class FieldRefusal(ValueError):

@@ -251,7 +251,7 @@ def test_parameters_refuse_inf_nan_and_booleans_for_integers():
         ScoreThreshold(threshold=float("nan"))
     with pytest.raises(ParamError, match="k: expected an integer, got True; a boolean"):
         BM25(k=True)
-    with pytest.raises(ParamError, match="k: expected an integer, got np.True_; a boolean"):
+    with pytest.raises(ParamError, match="k: expected an integer, got True; a boolean"):  # (numpy bool: a bool)
         BM25(k=np.True_)
     # a filter value that is not finite matches nothing, and JSON / YAML would save it as null
     for value in (float("inf"), [1, float("nan")]):

@@ -96,6 +96,25 @@ def test_a_parameter_that_does_not_write_as_json_is_refused_at_construction(scra
     assert repr(cls(fn="ok")) == "FnOp(fn='ok')"
 
 
+def test_numpy_scalars_are_the_numbers_they_hold_at_any_depth(scratch, tmp_path):
+    """Diff review: the JSON check refused ``sharded: {retriever: {bm25: {k: np.int64(5)}}}``, which
+    worked before it (a grid search's ``np.arange``), and a plugin's ``Any`` field holding ``np.int64``."""
+    from ragkit.scale import Sharded
+
+    class AnyP(Params):
+        x: Any = None
+
+    cls = register(type("AnyOp", (Operator,), {"name": "tps_any", "kind": "reranker", "Params": AnyP,
+                                               "__module__": __name__}))
+    op = cls(x={"a": [np.int64(3), np.float32(0.5)], "b": np.bool_(True)})
+    assert op.params.x == {"a": [3, 0.5], "b": True} and type(op.params.x["a"][0]) is int
+    sharded = Sharded(retriever={"bm25": {"k": np.int64(5), "k1": np.float32(1.5)}}, n_shards=2, backend="local")
+    assert "bm25: {k: 5, k1: 1.5}" in sharded.to_yaml()
+    fitted = sharded.fit(CORPUS)
+    fitted.save(tmp_path / "s")
+    assert Sharded.load(tmp_path / "s").search(["fish"]).doc_ids == fitted.search(["fish"]).doc_ids
+
+
 def test_repr_never_raises():
     op = BM25(k=3)
     object.__setattr__(op, "params", type(op.params).model_construct(k=object()))  # (no validation)
