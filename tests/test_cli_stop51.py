@@ -11,13 +11,7 @@ import stat
 from pathlib import Path
 
 import pytest
-
-DOCS = [("d1", "Vitamin D", "Vitamin D prevents fractures in elderly people."),
-        ("d2", "Cats", "Cats sleep most of the day."),
-        ("d3", "Dogs", "Dogs bark at strangers."),
-        ("d4", "Hips", "Fractures of the hip are common.")]
-QUERIES = [("q1", "does vitamin D prevent fractures"), ("q2", "why do cats sleep"), ("q3", "dog barking"),
-           ("q4", "hip fracture"), ("q5", "sleeping cats"), ("q6", "barking dogs")]
+from test_cli_review2 import DOCS, QUERIES  # the same tiny BEIR folder
 
 
 def _cli(*args: object, input: str | None = None):
