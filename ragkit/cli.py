@@ -18,6 +18,7 @@ carries the results alone.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -47,8 +48,9 @@ if TYPE_CHECKING:
 
 #: The exit status epilog of ``ragkit --help`` and of every command's (the module docstring's rule).
 EXIT_STATUS = ("Exit status: 0 success; 2 usage error or bad input (refused before work starts); 1 failure while "
-               "running (a download, a model load or a write that failed); 130 interrupted.  Notes and warnings "
-               "go to standard error, results to standard output.")
+               "running (a download, a model load or a write that failed, standard output's included); 130 "
+               "interrupted; 141 standard output's reader closed the pipe (| head).  Notes and warnings go to "
+               "standard error, results to standard output.")
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="markdown",
                   help="ragkit: retrieval operators that compose.", epilog=EXIT_STATUS,
@@ -1397,7 +1399,7 @@ def _without_generation(pipe: Any, option: str, note: bool = True) -> Any:
     """``pipe`` up to its first ``generate`` step: ``ragkit search`` shows documents and ``ragkit eval``
     / ``train`` score rankings, so they do not run a language model on every query for answers they
     would not print (``ragkit ask`` answers).  ``option`` names the pipeline in the errors (``--index DIR``
-    or ``--pipeline P``); ``note``: say that the step is left out (on stdout for search, else on stderr)."""
+    or ``--pipeline P``); ``note``: say on stderr that the step is left out (a note, as every command's)."""
     from ragkit.pipelines import Pipeline
 
     steps = list(pipe.steps)
@@ -1409,8 +1411,8 @@ def _without_generation(pipe: Any, option: str, note: bool = True) -> Any:
         raise RagkitError(f"{option}: the {'saved ' if index else ''}pipeline starts with a generate step, which "
                           "has no documents to answer from; put a retriever before it")
     if note and index:
-        console.print(Text("(the pipeline's generate step is not run: search shows the documents; ragkit ask "
-                           "answers with them)", style="dim"))
+        err_console.print(Text("note: the pipeline's generate step is not run: search shows the documents; ragkit "
+                               "ask answers with them", style="dim"), soft_wrap=True)
     elif note:
         err_console.print(Text(f"note: {option}: the pipeline's generate step (and any step after it) is not run "
                                "here: the rankings before it are scored; ragkit ask answers with them", style="dim"))
@@ -1833,8 +1835,8 @@ def validate_cmd(path: Path = typer.Argument(..., help="Pipeline YAML file, a sa
                   soft_wrap=True)
     for p, op in leaves:
         console.print(Text(f"  {p}  {op!r}"), soft_wrap=True)  # the Python that builds it, on one line
-    for said in _unchained_ks(pipe):
-        console.print(Text(f"note: {said}", style="yellow"), soft_wrap=True)
+    for said in _unchained_ks(pipe):  # (notes on stderr: stdout carries the "ok" line and the operators alone)
+        err_console.print(Text(f"note: {said}", style="yellow"), soft_wrap=True)
     from ragkit.generators.operator import Generate
     from ragkit.scale import Sharded
 
@@ -1845,7 +1847,7 @@ def validate_cmd(path: Path = typer.Argument(..., help="Pipeline YAML file, a sa
     for m in sorted(m for m in models if isinstance(m, str)):
         note = model_note(m)
         if note:
-            console.print(Text(f"note: {note}", style="yellow"), soft_wrap=True)
+            err_console.print(Text(f"note: {note}", style="yellow"), soft_wrap=True)
 
 
 def _unchained_ks(op: Any, path: str = "pipeline", reach: tuple[int, str] | None = None,
@@ -1907,7 +1909,8 @@ def _load_saved(folder: Path) -> None:
 
 def _check_no_pipelines(results: list[Path], data: Optional[str], split: str, relevance_level: int,
                         keep_identical_ids: bool) -> None:
-    """Refuse pipelines (YAML files, saved folders: :func:`~ragkit.eval.compare.pipeline_kind`) given to
+    """Refuse pipelines (YAML files, saved folders: :func:`~ragkit.eval.compare.pipeline_kind`; a registered
+    operator's name, such as ``bm25``, that names no file) given to
     ``ragkit compare`` for results, with the ``ragkit eval`` commands that write their results (scored as
     ``compare`` would score run files: ``--data``, ``--split``, ``--relevance-level``, ``--keep-identical-ids``)
     and the ``ragkit compare`` command on what they write.  A TREC run file or a JSON result passes unread
@@ -1915,6 +1918,13 @@ def _check_no_pipelines(results: list[Path], data: Optional[str], split: str, re
     from ragkit.eval.compare import eval_command, pipeline_kind
 
     kinds = {i: kind for i, p in enumerate(results) if (kind := pipeline_kind(p)) is not None}
+    unfound = [i for i, p in enumerate(results) if not p.exists() and not _path_like(str(p))]
+    if unfound:  # a registered operator's name (bm25), as ragkit eval --pipeline takes it
+        from ragkit import registry
+
+        known = set(registry.names())
+        kinds.update({i: "an operator name" for i in unfound if str(results[i]) in known})
+        kinds = dict(sorted(kinds.items()))
     if not kinds:
         return
     extra = [*(["--relevance-level", str(relevance_level)] if relevance_level != 1 else []),
@@ -1938,7 +1948,7 @@ def _check_no_pipelines(results: list[Path], data: Optional[str], split: str, re
     if len(kinds) == 1:
         what = f"{listed} is {kinds[next(iter(kinds))]}, not results: evaluate it first"
     elif len(set(kinds.values())) == 1:  # "a pipeline YAML file" -> "pipeline YAML files"
-        what = f"{listed} are {next(iter(kinds.values()))[2:]}s, not results: evaluate each first"
+        what = f"{listed} are {next(iter(kinds.values())).split(' ', 1)[1]}s, not results: evaluate each first"
     else:
         what = (", ".join(f"{results[i]} ({kind})" for i, kind in kinds.items()) + " are pipelines, not results: "
                 "evaluate each first")
@@ -2072,12 +2082,94 @@ def compare_cmd(
         console.print(Text(f"wrote {output}"), soft_wrap=True)
 
 
+class _StdoutFailed(Exception):
+    """A write to standard output failed (a full disk, a reader that closed the pipe): raised in place of the
+    :class:`OSError` by :class:`_GuardedStdout`.  It is no ``OSError``, so a command's ``except OSError`` does not
+    take it for a failure of its own file, nor does click's broken-pipe handler exit 1 on it; :func:`main` reports
+    it (:func:`_stdout_failed`)."""
+
+    def __init__(self, error: OSError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+class _GuardedStdout:
+    """``sys.stdout`` while :func:`main` runs: the stream it wraps, whose ``write``, ``writelines`` and ``flush``
+    raise :class:`_StdoutFailed` where they fail with an :class:`OSError`; anything else is the stream's."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+    def write(self, text: str) -> int:
+        try:
+            return int(self._stream.write(text))
+        except OSError as e:
+            raise _StdoutFailed(e) from e
+
+    def writelines(self, lines: Any) -> None:
+        try:
+            self._stream.writelines(lines)
+        except OSError as e:
+            raise _StdoutFailed(e) from e
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except OSError as e:
+            raise _StdoutFailed(e) from e
+
+
+def _stdout_failed(error: OSError, stream: Any) -> int:
+    """The exit status of a command whose standard output ``stream`` could not be written: 141 (128 + SIGPIPE,
+    as a command killed by the signal) and no message where its reader closed the pipe (``ragkit search ... |
+    head -1``), else ``error: standard output: could not be written: <reason>`` on stderr and 1, as a file
+    output's failed write.  The stream's file descriptor then writes to the null device, so what is still
+    buffered in it is dropped at exit instead of failing again (Python's "Exception ignored" on shutdown)."""
+    import errno
+
+    try:
+        null = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(null, stream.fileno())
+        finally:
+            os.close(null)
+    except (OSError, ValueError, AttributeError, io.UnsupportedOperation):  # (no file descriptor: a test's buffer)
+        pass
+    if isinstance(error, BrokenPipeError) or error.errno == errno.EPIPE:
+        return 141
+    try:
+        err_console.print(Text.assemble(("error:", "bold red"),
+                                        f" standard output: could not be written: {error.strerror or error}"))
+    except OSError:  # (stderr closed too: the status says it)
+        pass
+    return 1
+
+
 def main(args: Optional[list[str]] = None) -> int:
     """Run the command line on ``args`` (default: ``sys.argv[1:]``) as the ``ragkit`` script does (through
     ``ragkit.__main__.main``); return its exit status.  A usage error (an unknown option or command, a
     missing option, a value an option's type refuses) is one plain line on stderr, ``error: <what> (see
     'ragkit eval --help')``, with status 2, as ragkit's own errors are (click's own report is a boxed panel
-    that splits its message across lines at 80 columns); Ctrl-C while a command runs exits 130."""
+    that splits its message across lines at 80 columns); Ctrl-C while a command runs exits 130.  Standard output
+    that cannot be written is one line, ``error: standard output: could not be written: <reason>``, with status
+    1, or, where its reader closed the pipe (``| head -1``), no message and status 141 (:func:`_stdout_failed`)."""
+    stdout = sys.stdout
+    sys.stdout = _GuardedStdout(stdout)
+    try:
+        status = _run(args)
+        sys.stdout.flush()  # (what is still buffered: a failure is reported here, not at the interpreter's exit)
+    except _StdoutFailed as e:
+        return _stdout_failed(e.error, stdout)
+    finally:
+        sys.stdout = stdout  # (also where click wrapped the guard, its stderr's pipe broken: stdout was not)
+    return status
+
+
+def _run(args: Optional[list[str]]) -> int:
+    """:func:`main` but for standard output's failures."""
     import importlib
 
     # click's exceptions, where typer raises them from (typer 0.26 and later vendor click as typer._click)

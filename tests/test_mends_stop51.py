@@ -10,6 +10,8 @@ import json
 import os
 import re
 import stat
+import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
@@ -189,3 +191,96 @@ def test_search_stdin_json_lines_after_a_byte_order_mark(tmp_path, monkeypatch):
 def test_every_commands_help_says_the_exit_statuses(command):
     res = _cli(command, "--help")
     assert res.exit_code == 0 and "Exit status: 0 success; 2 usage error" in " ".join(res.output.split()), res.output
+
+
+# ------------------------------------------------------------------ 7. notes on stderr, stdout's failed writes
+def _script(*args: object, cwd: Path, stdout: object) -> "subprocess.Popen[bytes]":
+    """``python -m ragkit ARGS`` as a script runs it, its stdout ``stdout`` (a file, or ``subprocess.PIPE``)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
+    return subprocess.Popen([sys.executable, "-m", "ragkit", *map(str, args)], stdout=stdout, stderr=subprocess.PIPE,
+                            cwd=cwd, env={**env, "RAGKIT_CACHE": str(cwd / "cache")})
+
+
+def test_validates_notes_go_to_stderr(tmp_path, monkeypatch):
+    """``ragkit validate``'s notes (a top_k deeper than the retriever before it, a model's first download) were
+    printed on stdout, among its result."""
+    import ragkit.encoders.sentence as sentence
+
+    monkeypatch.setattr(sentence, "model_note", lambda m: f"{m}: the first load downloads it")
+    f = tmp_path / "p.yaml"
+    f.write_text("pipeline:\n  - bm25: {k: 10}\n  - top_k: {k: 100}\n  - mmr: {k: 5}\n")
+    res = _cli("validate", f)
+    assert res.exit_code == 0, res.output
+    assert res.stdout.startswith(f"ok {f}: 3 operators") and "note:" not in res.stdout, res.stdout
+    assert "note: pipeline[1].top_k keeps k: 100" in res.stderr and "first load downloads it" in res.stderr
+
+
+def test_searchs_note_on_a_skipped_generate_step_goes_to_stderr(tmp_path):
+    from ragkit.generators.operator import Generate
+    from ragkit.pipelines import Pipeline
+    from ragkit.retrievers import BM25
+    from ragkit.types import Corpus
+
+    corpus = Corpus.from_texts(["vitamin D and bones", "cats sleep"], ids=["d1", "d2"])
+    pipe = Pipeline([BM25(k=3), Generate()])
+    pipe.steps[0].fit(corpus)
+    pipe.corpus_ = corpus
+    pipe.save(tmp_path / "rag")
+    res = _cli("search", "--index", tmp_path / "rag", "vitamin D")
+    assert res.exit_code == 0, res.output
+    assert "generate step is not run" not in res.stdout and "d1" in res.stdout, res.stdout
+    assert "note: the pipeline's generate step is not run" in res.stderr
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="no /dev/full")
+@pytest.mark.parametrize("args", [("validate", "bm25"), ("--version",)])
+def test_stdout_that_cannot_be_written_is_one_error_line_and_status_1(tmp_path, args):
+    """Standard output on a full disk was a 43-line traceback ending in OSError: one line now, as a file's."""
+    with open("/dev/full", "w") as full:
+        proc = _script(*args, cwd=tmp_path, stdout=full)
+        _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1, err
+    assert err.decode() == "error: standard output: could not be written: No space left on device\n"
+
+
+def test_a_reader_that_closes_the_pipe_ends_the_command_quietly_with_141(tmp_path):
+    """``ragkit search ... --run - | head -1`` exited 1 (click's broken-pipe handler), or 0 when the run fitted
+    the pipe: 141 (128 + SIGPIPE) now, without a message, nor Python's "Exception ignored" at its exit.  The run
+    here (megabytes) cannot fit the pipe, so its write fails whenever the reader closes it."""
+    from ragkit.retrievers import BM25
+    from ragkit.types import Corpus
+
+    BM25(k=4).fit(Corpus.from_texts(["vitamin D and bones", "cats sleep", "dogs bark", "hip bones"],
+                                    ids=["d1", "d2", "d3", "d4"])).save(tmp_path / "ix")
+    (tmp_path / "q.txt").write_text("vitamin D bones cats sleep dogs bark hip\n" * 20_000)
+    proc = _script("search", "--index", "ix", "--queries", "q.txt", "--run", "-", cwd=tmp_path,
+                   stdout=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    first = proc.stdout.readline()
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141, err
+    assert first.split()[1] == b"Q0", first  # (a run line came)
+    assert "error" not in err and "Traceback" not in err and "Exception ignored" not in err, err
+
+
+def test_the_exit_status_epilog_names_141():
+    res = _cli("search", "--help")
+    assert "141 standard output's reader closed the pipe" in " ".join(res.output.split()), res.output
+
+
+def test_compare_given_an_operator_name_says_how_to_evaluate_it(tmp_path, monkeypatch):
+    """``ragkit compare a.json bm25`` said "bm25: no such file"; an operator's name is a pipeline, as a YAML file
+    or a saved folder is: the ``ragkit eval`` command that writes its results."""
+    monkeypatch.chdir(tmp_path)
+    res = _cli("compare", "a.json", "bm25")
+    assert res.exit_code == 2
+    said = " ".join(res.output.split())
+    assert "RESULTS: bm25 is an operator name, not results: evaluate it first" in said, res.output
+    assert ("ragkit eval --data DATASET --split test --pipeline bm25 -o bm25.json ragkit compare a.json bm25.json"
+            in said), res.output
+    res = _cli("compare", "bm25", "dense")
+    assert "RESULTS: bm25 and dense are operator names, not results: evaluate each first" in " ".join(
+        res.output.split()), res.output
+    res = _cli("compare", "a.json", "bm25x")  # no operator: no such file, as before
+    assert res.exit_code == 2 and "RESULTS: a.json, bm25x: no such file" in res.output, res.output
