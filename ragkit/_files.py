@@ -7,6 +7,7 @@ was, and two writers never share a temporary name.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import importlib
 import importlib.util
@@ -23,7 +24,8 @@ from ragkit.errors import ArtifactError, DataError, InputTypeError
 
 __all__ = ["atomic_file", "sha256_file", "folder_checksums", "verify_checksums", "saved_relpath", "check_inside",
            "utf8_lines", "shared_tempdir", "remove_stale_tempdirs", "share_like_umask", "share_file_like_umask",
-           "user_path", "folder_lock", "remove_stale_tempfiles", "owner_tag", "owner_ended"]
+           "user_path", "folder_lock", "remove_stale_tempfiles", "owner_tag", "owner_ended", "SAVE_ERRNOS",
+           "save_unwritable"]
 
 #: seconds a save waits for the loads of the folder it replaces to finish (then it replaces it anyway: those
 #: loads notice and load again); a load waits as long for a save's swap, which holds the lock for microseconds
@@ -40,6 +42,25 @@ def user_path(path: object, where: str) -> Path:
         raise InputTypeError(f"{where}: expected a path (a str or pathlib.Path), got {type(path).__name__} "
                              f"{path!r:.80}")
     return Path(os.path.expanduser(os.fsdecode(os.fspath(path))))
+
+
+#: OSError numbers a save cannot get past by trying again (``None``: numpy's short write on a full disk): a full
+#: disk, a quota, a file too large, a read-only file system, no permission
+SAVE_ERRNOS = frozenset({None, errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM})
+
+
+def save_unwritable(where: str, error: BaseException, doing: str | None, tail: str) -> BaseException:
+    """What a save raises for ``error``, met while ``doing`` (``"creating the folder ..."``; ``None`` or ``""``:
+    nothing to add): where trying again cannot help (an :class:`OSError` whose ``errno`` is in
+    :data:`SAVE_ERRNOS`), an :class:`~ragkit.errors.ArtifactError`
+    ``<where>: the save could not be written (<reason>, <doing>); <tail>`` (``where`` names the save, e.g. its
+    path; ``tail`` says what was left and what to do); any other ``error`` (an ``ArtifactError`` already, a
+    network file system's EIO, not an ``OSError``) is returned as it is, to be raised unchanged (retryable).
+    The caller raises the result ``from error``."""
+    if not isinstance(error, OSError) or isinstance(error, ArtifactError) or error.errno not in SAVE_ERRNOS:
+        return error
+    return ArtifactError(f"{where}: the save could not be written ({error.strerror or error}"
+                         + (f", {doing}" if doing else "") + f"); {tail}")
 
 
 def _keep_mode(path: Path, tmp: Path) -> None:

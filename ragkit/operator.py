@@ -17,7 +17,6 @@ attributes (:class:`Operator`'s ``applies_filter``, ``reads_lexical_query``).
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import inspect
 import json
@@ -42,6 +41,7 @@ from ragkit._files import (
     file_above,
     folder_checksums,
     folder_lock,
+    save_unwritable,
     saved_relpath,
     shared_tempdir,
     user_path,
@@ -1700,10 +1700,6 @@ def _old_save_hint(path: Path) -> str:
             f"running, or run on another machine): once no save is running, rename it back to {path.name}")
 
 
-#: OSError numbers a save cannot get past by trying again (``None``: numpy's short write on a full disk)
-_SAVE_ERRNOS = {None, errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM}
-
-
 class atomic_dir:
     """Context manager: yields a temporary sibling folder, renamed onto ``path`` on success.
 
@@ -1752,11 +1748,11 @@ class atomic_dir:
             doing = f"creating its temporary folder in {self.path.parent}"
             self.tmp = shared_tempdir(self.path.parent, f".{self.path.name}.tmp-")
         except OSError as e:
-            if isinstance(e, ArtifactError) or e.errno not in _SAVE_ERRNOS:
+            named = save_unwritable(str(self.path), e, doing, "nothing was written, and an earlier save there is "
+                                    "unchanged: make the folder writable (or save elsewhere) and save again")
+            if named is e:
                 raise  # (another OSError, a network file system's EIO, stays as it is, retryable)
-            raise ArtifactError(f"{self.path}: the save could not be written ({e.strerror or e}, {doing}); nothing "
-                                "was written, and an earlier save there is unchanged: make the folder writable (or "
-                                "save elsewhere) and save again") from e
+            raise named from e
         return self.tmp
 
     def __exit__(self, exc_type: object, exc: BaseException | None = None, *rest: object) -> None:
@@ -1764,15 +1760,17 @@ class atomic_dir:
             shutil.rmtree(self.tmp, ignore_errors=True)
             # a full disk, a quota, a read-only or forbidden folder (np.save's "15222 requested and 13280 written"
             # has no errno): named here; another OSError (a network file system's EIO) stays as it is, retryable
-            if isinstance(exc, OSError) and not isinstance(exc, ArtifactError) and exc.errno in _SAVE_ERRNOS:
-                name = exc.filename
+            if exc is not None:
+                name = getattr(exc, "filename", None)
                 try:
                     name = Path(name).relative_to(self.tmp) if name else None
-                except ValueError:
+                except (ValueError, TypeError):
                     pass
-                raise ArtifactError(f"{self.path}: the save could not be written ({exc.strerror or exc}"
-                                    + (f", writing {name}" if name else "") + "); an earlier save there is "
-                                    "unchanged: free space (or fix the cause) and save again") from exc
+                named = save_unwritable(str(self.path), exc, f"writing {name}" if name else None,
+                                        "an earlier save there is unchanged: free space (or fix the cause) and "
+                                        "save again")
+                if named is not exc:
+                    raise named from exc
             return
         old = None
         try:  # a process working inside the replaced folder follows it to the new one

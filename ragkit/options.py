@@ -68,6 +68,7 @@ def filter_value(value: Any, corpus: "Corpus | None" = None) -> Any:
     ``title``.  Raises ``TypeError`` / ``ValueError`` (``expected ..., got ...``).
     """
     from ragkit.metadata import filter_problem
+    from ragkit.types import unknown_filter_field
 
     if value is None:
         return None
@@ -80,9 +81,7 @@ def filter_value(value: Any, corpus: "Corpus | None" = None) -> Any:
     for key in value:
         if corpus is not None and key not in ("_id", "id", "title") and key not in corpus.metadata:
             # 'id' as a LangChain Document's metadata names it (a metadata field of that name is listed itself)
-            ids = "" if "id" in corpus.metadata else "; 'id' filters on the document ids too, as '_id' does"
-            raise ValueError(f"field {key!r} is not a metadata field of the corpus; available: "
-                             f"{sorted(corpus.metadata) + ['_id', 'title']}{ids}")
+            raise ValueError(unknown_filter_field(key, corpus.metadata))
     return value
 
 

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping, Sequence, ca
 
 import numpy as np
 
-from ragkit._files import atomic_file, file_above, user_path
+from ragkit._files import atomic_file, file_above, save_unwritable, user_path
 from ragkit.errors import ArtifactError, DataError, InputTypeError, repeated, some_ids
 from ragkit.metadata import (
     Coded,
@@ -103,8 +103,12 @@ def _id_string(x: Any, what: str, i: int) -> str:
     return str(x)
 
 
-#: what :func:`check_id_breaks` names each refused character
-_BREAK_NAMES = {"\t": "a tab", "\n": "a line feed (\\n)", "\r": "a carriage return (\\r)"}
+#: what an id may not hold: a tab or a line break splits the columns or lines of a qrels TSV or a TREC run file
+#: naming it (:func:`check_id_breaks`; the BEIR reader's and writer's checks, :mod:`ragkit.eval.beir`)
+ID_BREAK = re.compile(r"[\t\n\r]")
+
+#: the name of each character :data:`ID_BREAK` finds, for the messages refusing it ("holds a <name>")
+ID_BREAK_NAMES = {"\t": "tab", "\n": "line feed (\\n)", "\r": "carriage return (\\r)"}
 
 
 def check_id_breaks(ids: Sequence[str], what: str, noun: str) -> None:
@@ -120,13 +124,10 @@ def check_id_breaks(ids: Sequence[str], what: str, noun: str) -> None:
                         "a run file cannot name one without)")
     joined = "\x00".join(ids)
     if "\t" in joined or "\n" in joined or "\r" in joined:
-        i, hit = next((i, h) for i, x in enumerate(ids) if (h := _ID_BREAK.search(x)) is not None)
-        raise DataError(f"{what}[{i}] is {ids[i]!r:.60}, which holds {_BREAK_NAMES[hit.group()]}; expected an id "
+        i, hit = next((i, h) for i, x in enumerate(ids) if (h := ID_BREAK.search(x)) is not None)
+        raise DataError(f"{what}[{i}] is {ids[i]!r:.60}, which holds a {ID_BREAK_NAMES[hit.group()]}; expected an id "
                         f"without tabs or line breaks (they would split the columns or lines of a qrels or run file "
                         f"naming this {noun})")
-
-
-_ID_BREAK = re.compile(r"[\t\n\r]")
 
 
 def _key_ids(keys: Iterable[Any], what: str) -> list[str]:
@@ -961,11 +962,7 @@ class Corpus:
             elif key == "title":  # the documents' titles (BEIR's field; where a Document's metadata title goes)
                 column = self.titles
             else:
-                raise DataError(
-                    f"filter field {key!r} is not a metadata field of the corpus; "
-                    f"available: {sorted(self.metadata) + ['_id', 'title']}"
-                    + ("" if "id" in self.metadata else "; 'id' filters on the document ids too, as '_id' does")
-                )
+                raise DataError(f"filter {unknown_filter_field(key, self.metadata)}")
             # any collection of values (a list, a set, a range, dict keys, a numpy array or pandas
             # Series) means membership; a string or a single value means equality
             wants = [None if is_missing(w) else w for w in filter_values(want)]  # pandas.NA, NaT: as None
@@ -1057,18 +1054,25 @@ class Corpus:
             f.write(json.dumps(rec, ensure_ascii=False, allow_nan=False) + "\n")
 
 
-def _unwritable(path: Path, e: OSError, doing: str) -> OSError:
+def unknown_filter_field(key: str, metadata: Mapping[str, Any]) -> str:
+    """The message refusing the filter field ``key``, not one of a corpus's ``metadata`` fields, ``_id``, ``id``
+    or ``title``: ``field <key> is not a metadata field of the corpus; available: [...]``, and where no metadata
+    field is named ``id``, that ``id`` filters on the document ids too (as a LangChain ``Document``'s metadata
+    names them).  :meth:`Corpus.mask` and :func:`ragkit.options.filter_value` raise it, each as its own
+    exception."""
+    ids = "" if "id" in metadata else "; 'id' filters on the document ids too, as '_id' does"
+    return f"field {key!r} is not a metadata field of the corpus; available: {sorted(metadata) + ['_id', 'title']}{ids}"
+
+
+def _unwritable(path: Path, e: OSError, doing: str) -> BaseException:
     """What :meth:`Corpus.save` raises for ``e``, met while ``doing`` (``creating the folder ...``): an
     :class:`ArtifactError` naming ``path`` and the system's reason where trying again cannot help (a read-only
-    file system, no permission, a full disk: the errors :class:`~ragkit.operator.atomic_dir` names in the same
-    words); any other ``e`` (a network file system's EIO) as it is, retryable."""
-    from ragkit.operator import _SAVE_ERRNOS  # (ragkit.operator imports this module: read at call time)
-
-    if isinstance(e, ArtifactError) or e.errno not in _SAVE_ERRNOS:
-        return e
-    was = " and the file there is unchanged" if path.exists() else ""
-    return ArtifactError(f"Corpus.save: {path}: the save could not be written ({e.strerror or e}, {doing}); nothing "
-                         f"was written{was}: make the folder writable (or save elsewhere) and save again")
+    file system, no permission, a full disk: :func:`~ragkit._files.save_unwritable`, which
+    :class:`~ragkit.operator.atomic_dir` names them with too); any other ``e`` (a network file system's EIO) as it
+    is, retryable."""
+    was = " and the file there is unchanged" if os.path.exists(path) else ""  # (never raises: ``e`` is kept)
+    return save_unwritable(f"Corpus.save: {path}", e, doing, f"nothing was written{was}: make the folder writable "
+                           "(or save elsewhere) and save again")
 
 
 def _jsonable(v: Any, field: str = "") -> Any:

@@ -50,7 +50,7 @@ from ragkit._files import (
 )
 from ragkit.errors import DataError, InputTypeError, ParamError, some_ids
 from ragkit.eval.metrics import respelled
-from ragkit.types import Corpus, Qrels, Queries, TrainSet
+from ragkit.types import ID_BREAK, ID_BREAK_NAMES, Corpus, Qrels, Queries, TrainSet
 
 _log = logging.getLogger(__name__)
 
@@ -123,24 +123,17 @@ def _refuse_gzip(path: Path) -> None:
         raise DataError(f"{path}: is gzip-compressed; expected plain UTF-8 text: gunzip it first ({how})")
 
 
-#: what an id of a BEIR file may not hold: a tab or line break splits a qrels or TREC run file's columns or lines
-_ID_BREAKS = re.compile(r"[\t\n\r]")
-
-
 def _check_id(did: str, path: Path, n: int) -> None:
     """Refuse the ``_id`` on line ``n`` of ``path`` when it is empty or holds a tab, a line feed or a carriage
     return: qrels and run files, whose columns are tab- or space-separated, could not name it."""
     if not did:
         raise DataError(f"{path}:{n}: '_id' is empty; expected a non-empty id (a qrels line or a run file cannot "
                         "name a record without one)")
-    hit = _ID_BREAKS.search(did)
+    hit = ID_BREAK.search(did)
     if hit is not None:
-        raise DataError(f"{path}:{n}: '_id' {did!r:.60} holds a {_ID_BREAK_NAMES[hit.group()]} (at character "
+        raise DataError(f"{path}:{n}: '_id' {did!r:.60} holds a {ID_BREAK_NAMES[hit.group()]} (at character "
                         f"{hit.start() + 1}), which would split the columns or lines of the qrels and run files "
                         "naming it; expected an id without tabs or line breaks")
-
-
-_ID_BREAK_NAMES = {"\t": "tab", "\n": "line feed (\\n)", "\r": "carriage return (\\r)"}
 
 
 def _read_jsonl(path: Path):
@@ -629,7 +622,7 @@ def write_beir(folder: str | Path, corpus: Corpus, queries: Mapping[str, str] | 
         if unknown:
             raise DataError(f"write_beir: qrels[{split!r}] names {len(unknown)} queries not in queries, "
                             f"e.g. {unknown[0]!r}")
-        broken = next((x for q, judged in rel.items() for x in (q, *judged) if re.search(r"[\t\r\n]", str(x))), None)
+        broken = next((x for q, judged in rel.items() for x in (q, *judged) if ID_BREAK.search(str(x))), None)
         if broken is not None:  # a tab or line break in an id would split the TSV's columns or lines
             raise DataError(f"write_beir: qrels[{split!r}] id {broken!r} holds a tab or a line break, which a qrels "
                             "TSV cannot hold")
