@@ -25,6 +25,7 @@ from ragkit.encoders import (
     save_encoder_key,
     unit_rows,
 )
+from ragkit.encoders.sentence import encode_documents, encoder_label, encoder_vectors
 from ragkit.errors import ArtifactError, DataError, ParamError, some_ids
 from ragkit.filters._flat import check_cosines, check_dense_rankings, check_rows_in_corpus, flatten
 from ragkit.operator import Operator, load_array, read_json, save_arrays, topk_rows, write_json
@@ -336,7 +337,9 @@ def fit_banks(p: BankParams, corpus: Corpus, train: TrainSet | None, docs: np.nd
         only = ", only blank ones" if source == "train" and train is not None and len(train.queries) else ""
         raise DataError(f"{name}.fit: the query bank is empty (no training queries{only}); give training queries "
                         "with text, or use query_bank='pseudo'")
-    qbank = unit_rows(get_encoder(p.model).encode_queries(texts))
+    enc = get_encoder(p.model)
+    qbank = unit_rows(encoder_vectors(enc.encode_queries(texts), len(texts),
+                                      encoder_label(name, p.model, enc, "encode_queries")))
     beta_q = p.beta1 if p.dual else p.beta
     # one document: a bank drawn from the corpus (pseudo-queries, the gallery) holds only the document itself,
     # whose self-similarity is dropped, so its partition is an empty sum; every ranking then holds at most that
@@ -466,7 +469,8 @@ class DBNorm(_BankOperator):
             self.info_ = {"query_bank": None, "query_bank_size": 0, "n_docs": 0, "dim": None, "active_q": 0,
                           "active_g": 0, "seconds": time.perf_counter() - t0}
             return
-        docs = unit_rows(enc.encode(corpus.full_texts))  # banks of cosines, like the dense scores it corrects
+        docs = unit_rows(encode_documents(enc, corpus.full_texts, encoder_label(self.name, p.model, enc, "encode")))
+        # (banks of cosines, like the dense scores it corrects)
         self.log_z_q_, self.active_q_, self.log_z_g_, self.active_g_, info = fit_banks(
             p, corpus, train, docs, activation_k=p.activation_k, name=self.name)
         info["seconds"] = time.perf_counter() - t0
@@ -624,7 +628,8 @@ class DBNormDense(_BankOperator):
         check_bank_inputs(self.name, p, corpus, train)
         enc = self.encoder
         n = len(corpus)
-        docs = unit_rows(enc.encode(corpus.full_texts)) if n else np.zeros((0, int(enc.dim)), np.float32)
+        docs = (unit_rows(encode_documents(enc, corpus.full_texts, encoder_label(self.name, p.model, enc, "encode")))
+                if n else np.zeros((0, int(enc.dim)), np.float32))
         if n:
             self.log_z_q_, _, self.log_z_g_, _, info = fit_banks(p, corpus, train, docs, name=self.name)
         else:  # nothing to retrieve
@@ -659,7 +664,9 @@ class DBNormDense(_BankOperator):
             return (-(penalty - self.shift_) / self.scale).astype(np.float32)
 
     def _call(self, state: State) -> State:
-        q = unit_rows(query_vectors(state, self.encoder))
+        enc = self.encoder  # (the index's last coordinate is the penalty's)
+        q = unit_rows(query_vectors(state, enc, who=encoder_label(self.name, self.params.model, enc, "encode_queries"),
+                                    width=self.index_.d_in - 1))
         n_q, d = q.shape
         aug = np.ones((n_q, d + 1), np.float32)
         aug[:, :d] = q

@@ -23,6 +23,7 @@ from ragkit.encoders import (
     save_encoder_key,
     unit_rows,
 )
+from ragkit.encoders.sentence import encode_documents, encoder_label
 from ragkit.errors import DataError
 from ragkit.filters._flat import check_rows_in_corpus
 from ragkit.filters.cutoffs import cut_k
@@ -167,7 +168,9 @@ class MMR(Operator):
         return get_encoder(self.params.model, batch_size=self.params.batch_size)
 
     def _fit(self, corpus: Corpus, train: TrainSet | None, upstream: State | None) -> None:
-        self.vectors_ = unit_rows(self.encoder.encode(corpus.full_texts))  # cosines, whatever the encoder returns
+        enc = self.encoder  # (checked: one 2-D float row per document, else a DataError naming the encoder)
+        docs = encode_documents(enc, corpus.full_texts, encoder_label(self.name, self.params.model, enc, "encode"))
+        self.vectors_ = unit_rows(docs)  # cosines, whatever the encoder returns
 
     def _call(self, state: State) -> State:
         if state.rankings is None:
@@ -193,7 +196,9 @@ class MMR(Operator):
             pool[valid] = np.concatenate([r.rows[:f] for r in state.rankings])
         check_rows_in_corpus(pool[valid], len(v), self.name)
         valid &= ~_repeats(pool, valid)  # a row the ranking holds twice is one candidate (its first place)
-        q = unit_rows(query_vectors(state, self.encoder))
+        enc = self.encoder
+        q = unit_rows(query_vectors(state, enc, who=encoder_label(self.name, self.params.model, enc, "encode_queries"),
+                                    width=v.shape[1]))
         step = max(1, int(2**26 // max(f * f, 1)))  # bound the (n_q, F, F) similarity block to ~256 MiB
         sels, coss = [], []
         for i in range(0, n_q, step):

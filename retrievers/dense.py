@@ -19,6 +19,7 @@ from pydantic import Field, model_validator
 
 from ragkit.encoders import DEFAULT_MODEL, Encoder, check_encoder_key, get_encoder, query_vectors, save_encoder_key
 from ragkit.encoders.adapt import AdaptConfig, TunedEncoderMixin
+from ragkit.encoders.sentence import encoder_label, encoder_vectors
 from ragkit.errors import ArtifactError, DataError, InputTypeError, ParamError
 from ragkit.operator import Operator, rankings_from_matrix
 from ragkit.options import PARAM
@@ -110,50 +111,6 @@ class DenseParams(Params):
             raise ValueError(f"reduce={self.reduce!r} asks for {dims} dimensions but {self.model} embeddings have "
                              f"only {known}; choose at most {known}")
         return self
-
-
-def encoder_vectors(raw: Any, n: int, who: str) -> np.ndarray:
-    """``raw``, what an encoder returned for ``n`` texts, as a C-contiguous float32 array ``(n, dim)`` (no copy
-    when it is one already).  Anything else is a :class:`DataError` naming ``who`` (the encoder and its method)
-    and what it returned, before it reaches the index: ``None``, a 1-D or 3-D array, another number of rows than
-    texts (a row too many or too few misaligned every document after it), text, complex or date values.  Shape
-    and dtype checks only: no pass over the values (the index refuses NaN and infinities)."""
-    expected = f"an encoder returns one vector per text, a 2-D float array of shape ({n}, dim)"
-    try:
-        arr = raw if isinstance(raw, np.ndarray) else np.asarray(raw)
-    except (TypeError, ValueError, RuntimeError) as e:  # ragged lists, a tensor on a GPU
-        raise DataError(f"{who} returned a {type(raw).__name__} that is no array of numbers ({e}); "
-                        f"{expected}") from None
-    if raw is None or arr.dtype.kind not in "biufO":  # (None reads as a 0-D object array)
-        got = "None" if raw is None else f"an array of {arr.dtype} values, shape {arr.shape}"
-        raise DataError(f"{who} returned {got} for {n} texts; {expected}")
-    if arr.ndim != 2:
-        raise DataError(f"{who} returned a {arr.ndim}-D array of shape {arr.shape} for {n} texts; {expected}")
-    if arr.shape[0] != n:
-        raise DataError(f"{who} returned {arr.shape[0]} vectors for {n} texts; {expected}")
-    try:
-        return np.ascontiguousarray(arr, dtype=np.float32)
-    except (TypeError, ValueError) as e:  # an object array holding text or None
-        raise DataError(f"{who} returned an array of objects that are not all numbers ({e}); {expected}") from None
-
-
-class _CheckedQueries:
-    """An encoder's ``key``, ``dim`` and ``encode_queries`` for :func:`~ragkit.encoders.query_vectors`, the
-    vectors checked by :func:`encoder_vectors` as they are made (before they are shared in ``state.vectors``)."""
-
-    def __init__(self, encoder: Any, who: str) -> None:
-        self._encoder, self._who = encoder, who
-
-    @property
-    def key(self) -> Any:
-        return self._encoder.key
-
-    @property
-    def dim(self) -> Any:
-        return self._encoder.dim
-
-    def encode_queries(self, texts: Any, **kwargs: Any) -> np.ndarray:
-        return encoder_vectors(self._encoder.encode_queries(texts, **kwargs), len(texts), self._who)
 
 
 @register
@@ -344,25 +301,17 @@ class Dense(TunedEncoderMixin, Operator):
 
     def _encoder_name(self, enc: Any, method: str) -> str:
         """How an error about the output of ``enc.<method>`` names the encoder: ``dense: the encoder of model
-        'my-encoder' (MyEncoder).encode``."""
-        return f"{self.name}: the encoder of model {self.params.model!r} ({type(enc).__name__}).{method}"
+        'my-encoder' (MyEncoder).encode`` (:func:`~ragkit.encoders.sentence.encoder_label`)."""
+        return encoder_label(self.name, self.params.model, enc, method)
 
     def query_vectors(self, state: State) -> np.ndarray:
         """The batch's query vectors ``(n_q, dim)`` float32 (shared via ``state.vectors``), the encoder's output
-        checked before use: one 2-D float row per query, as wide as the indexed documents (once fitted); a
-        :class:`DataError` naming the encoder says what it returned instead."""
+        checked before use by :func:`~ragkit.encoders.query_vectors`: one 2-D float row per query, as wide as the
+        indexed documents (once fitted); a :class:`DataError` naming the encoder says what it returned instead."""
         enc = self.encoder
-        who = self._encoder_name(enc, "encode_queries")
-        checked: Any = _CheckedQueries(enc, who)  # (the encoder's key, dim and checked encode_queries)
-        vecs = query_vectors(state, checked)
-        if not isinstance(vecs, np.ndarray) or vecs.ndim != 2 or len(vecs) != len(state):  # (another step's)
-            vecs = encoder_vectors(vecs, len(state), who)
         index = self.__dict__.get("index_")
-        if index is not None and vecs.shape[1] != index.d_in:
-            raise DataError(f"{who} returned vectors of {vecs.shape[1]} dimensions, but the documents were indexed "
-                            f"with {index.d_in}; an encoder gives documents and queries vectors of one width (its "
-                            f"dim), and a changed encoder needs a refit")
-        return vecs
+        return query_vectors(state, enc, who=self._encoder_name(enc, "encode_queries"),
+                             width=None if index is None else index.d_in)
 
     def scores(self, q: np.ndarray) -> np.ndarray:
         """Exact scores against the float document vectors, shape ``(n_q, n_docs)``: cosines for

@@ -29,7 +29,8 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 import numpy as np
 from pydantic import Field, model_validator
 
-from ragkit.encoders import DEFAULT_MODEL, check_encoder_key, save_encoder_key, unit_rows
+from ragkit.encoders import DEFAULT_MODEL, check_encoder_key, query_vectors, save_encoder_key, unit_rows
+from ragkit.encoders.sentence import encode_documents, encoder_label
 from ragkit.errors import ArtifactError, DataError, ParamError
 from ragkit.operator import Operator, desc_order, load_array, read_json, save_arrays, topk_rows, write_json
 from ragkit.options import filter_option
@@ -281,7 +282,9 @@ class KnnEmbed(Operator):
         return d
 
     def _fit(self, corpus: Corpus, train: TrainSet | None, upstream: State | None) -> None:
-        self._fit_vectors(self.dense.encoder.encode(corpus.full_texts))
+        enc = self.dense.encoder  # (checked: one 2-D float row per document, else a DataError naming the encoder)
+        self._fit_vectors(encode_documents(enc, corpus.full_texts,
+                                           encoder_label(self.name, self.params.model, enc, "encode")))
 
     def fit_vectors(self, corpus: Corpus, vectors: np.ndarray) -> "KnnEmbed":
         """Fit on precomputed document vectors ``(len(corpus), d)`` instead of encoding the corpus.
@@ -495,9 +498,9 @@ class KnnEmbed(Operator):
         mask = self.filter_mask(state)
         n_pass = n if mask is None else int(np.count_nonzero(mask))
         k = min(k, n_pass)
-        q = unit_rows(self.dense.query_vectors(state))
-        if q.ndim != 2 or q.shape[1] != v.shape[1]:
-            raise DataError(f"knn_embed: query vectors have shape {q.shape}, expected (n_q, {v.shape[1]})")
+        enc = self.dense.encoder
+        q = unit_rows(query_vectors(state, enc, who=encoder_label(self.name, self.params.model, enc, "encode_queries"),
+                                    width=v.shape[1]))
         check_finite_vectors(q, "knn_embed", "query")
         n_q = len(q)
         self._warn_dense_head(state, k)

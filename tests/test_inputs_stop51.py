@@ -212,3 +212,92 @@ def test_parallel_names_that_are_no_list_of_strings_are_refused(names: Any) -> N
 def test_parallel_names_from_a_tuple_or_generator_are_taken() -> None:
     assert Parallel([BM25(), BM25(b=0.5)], names=("x", "y")).names == ["x", "y"]
     assert Parallel([BM25(), BM25(b=0.5)], names=(n for n in "xy")).names == ["x", "y"]
+
+
+# ----------------------------------------------------------------------------- 7. every operator on an encoder
+# (the check was Dense's alone: MMR, DBNormDense, DBNorm and kNN-Embed read the same registered encoders, and a
+# bad one failed them with raw numpy errors, a misaligned vector table or a kNN-Embed "query vectors" shape error)
+def _op(name: str, model: str) -> Any:
+    """The operator ``name`` on ``model``, as a pipeline that fits and searches without training data."""
+    from ragkit.filters import MMR, DBNorm, DBNormDense
+    from ragkit.retrievers.knn_embed import KnnEmbed
+
+    return {"mmr": lambda: Pipeline([BM25(k=10), MMR(model=model, k=5, fetch_k=10)]),
+            "dbnorm_dense": lambda: Pipeline([DBNormDense(model=model, k=5, query_bank_size=10)]),
+            "dbnorm": lambda: Pipeline([Dense(model=model, k=5), DBNorm(model=model, query_bank_size=10)]),
+            "knn_embed": lambda: Pipeline([KnnEmbed(model=model, k=5, n_clusters=3, n_init=1)])}[name]()
+
+
+_OPS = ["mmr", "dbnorm_dense", "dbnorm", "knn_embed"]
+_SEARCHERS = ["mmr", "dbnorm_dense", "knn_embed"]  # (DBNorm reads no query vectors)
+
+
+@pytest.mark.parametrize("op", _OPS)
+@pytest.mark.parametrize("bad,said", [
+    (lambda t: _unit(len(t) + 5), "returned 35 vectors for 30 texts"),
+    (lambda t: _unit(len(t) - 5), "returned 25 vectors for 30 texts"),
+    (lambda t: _unit(len(t))[:, 0], r"returned a 1-D array of shape \(30,\) for 30 texts"),
+    (lambda t: None, "returned None for 30 texts"),
+])
+def test_every_operator_refuses_bad_document_vectors_naming_the_encoder(corpus: Corpus, encoder: Any, op: str,
+                                                                        bad: Callable[[list[str]], Any],
+                                                                        said: str) -> None:
+    if op == "dbnorm":  # (after a Dense, which would refuse the documents first: the reranker on its own)
+        from ragkit.filters import DBNorm
+
+        with pytest.raises(DataError, match=rf"^dbnorm: the encoder of model 'test-inputs-enc' \(_Enc\)\.encode "
+                                            rf"{said}; an encoder returns one vector per text"):
+            DBNorm(model=encoder(bad), query_bank_size=10).fit(corpus)
+        return
+    with pytest.raises(DataError, match=rf"^(pipeline\[\d\]\.)?{op}: the encoder of model 'test-inputs-enc' "
+                                        rf"\(_Enc\)\.encode {said}; an encoder returns one vector per text"):
+        _op(op, encoder(bad)).fit(corpus)
+
+
+def _bad_for(marked: Callable[[list[str]], Any]) -> Callable[[list[str]], Any]:
+    """Query vectors from ``marked`` for a batch whose first text holds "BAD", good unit rows otherwise (the
+    query banks fitted from pseudo-queries are encoded with encode_queries too)."""
+    return lambda t: marked(t) if t and "BAD" in t[0] else _unit(len(t))
+
+
+@pytest.mark.parametrize("op", _SEARCHERS)
+@pytest.mark.parametrize("bad,said", [
+    (lambda t: _unit(len(t) + 1), "returned 3 vectors for 2 texts"),
+    (lambda t: _unit(len(t))[:, 0], r"returned a 1-D array of shape \(2,\) for 2 texts"),
+    (lambda t: np.array([["a"] * 8] * len(t)), r"returned an array of <U1 values"),
+    (lambda t: _unit(len(t), 16), r"returned vectors of 16 dimensions, but the documents were indexed with 8"),
+])
+def test_every_operator_refuses_bad_query_vectors_naming_the_encoder(corpus: Corpus, encoder: Any, op: str,
+                                                                     bad: Callable[[list[str]], Any],
+                                                                     said: str) -> None:
+    pipe = _op(op, encoder(lambda t: _unit(len(t)), _bad_for(bad))).fit(corpus)
+    with pytest.raises(DataError, match=rf"^pipeline\[\d\]\.{op}: the encoder of model 'test-inputs-enc' "
+                                        rf"\(_Enc\)\.encode_queries {said}"):
+        pipe.search(["BAD document 3", "topic 2"])
+
+
+@pytest.mark.parametrize("op", _OPS)
+def test_every_operator_takes_usable_encoder_outputs(corpus: Corpus, encoder: Any, op: str) -> None:
+    """float64, a list of lists, a non-contiguous view: converted, as Dense converts them."""
+    for out in (lambda t: _unit(len(t)).astype(np.float64), lambda t: _unit(len(t)).tolist(),
+                lambda t: _unit(len(t), 16)[:, ::2]):
+        run = _op(op, encoder(out, out)).fit(corpus).search(["document 3", "topic 2"])
+        assert [len(r) for r in run.doc_ids] == [5, 5]
+
+
+def test_query_vectors_left_in_the_state_are_checked_too(encoder: Any) -> None:
+    """Vectors another step or the caller stored under the encoder's key: one row per query, 2-D."""
+    from ragkit.encoders import get_encoder
+    from ragkit.encoders.sentence import query_vectors
+    from ragkit.types import State
+
+    enc = get_encoder(encoder(lambda t: _unit(len(t))))
+    state = State(["a", "b"])
+    state.vectors[enc.key] = _unit(3)
+    with pytest.raises(DataError, match=r"^mmr: the encoder of model 'm' \(_Enc\)\.encode_queries returned 3 vectors "
+                                        r"for 2 texts"):
+        query_vectors(state, enc, who="mmr: the encoder of model 'm' (_Enc).encode_queries")
+    state.vectors[enc.key] = _unit(2)
+    with pytest.raises(DataError, match=r"returned vectors of 8 dimensions, but the documents were indexed with 4"):
+        query_vectors(state, enc, width=4)
+    assert query_vectors(state, enc, width=8).shape == (2, 8)

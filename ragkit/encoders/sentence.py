@@ -28,7 +28,8 @@ from ragkit.encoders.custom import registered_encoder
 from ragkit.errors import DataError, ParamError
 
 __all__ = ["Encoder", "get_encoder", "resolve_model", "model_fingerprint", "unit_rows", "as_texts", "save_encoder_key",
-           "check_encoder_key", "DEFAULT_MODEL", "caching_queries", "queries_cached"]
+           "check_encoder_key", "DEFAULT_MODEL", "caching_queries", "queries_cached", "encoder_label",
+           "encoder_vectors", "encode_documents", "query_vectors"]
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 _ALIASES = {"all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2"}
@@ -442,25 +443,76 @@ def settings_key(cls: type, model: str, kwargs: dict[str, Any]) -> tuple[Any, ..
     return resolve_model(settings.pop("model")), tuple(sorted(settings.items()))
 
 
-def query_vectors(state: Any, encoder: Encoder,
-                  transform: Callable[[np.ndarray], np.ndarray] | None = None) -> np.ndarray:
-    """The batch's query vectors for ``encoder`` ``(n_q, dim)``, computed once per state and shared via
+def encoder_label(op: str, model: str, encoder: Any, method: str) -> str:
+    """How an error about the output of ``encoder.<method>`` names the encoder, for operator ``op`` whose
+    ``model`` parameter resolved to it: ``mmr: the encoder of model 'my-encoder' (MyEncoder).encode``."""
+    return f"{op}: the encoder of model {model!r} ({type(encoder).__name__}).{method}"
+
+
+def encoder_vectors(raw: Any, n: int, who: str) -> np.ndarray:
+    """``raw``, what an encoder returned for ``n`` texts, as a C-contiguous float32 array ``(n, dim)`` (no copy
+    when it is one already).  Anything else is a :class:`DataError` naming ``who`` (the encoder and its method,
+    :func:`encoder_label`) and what it returned, before any operator uses it: ``None``, a 1-D or 3-D array, another
+    number of rows than texts (a row too many or too few misaligned every document after it), text, complex or
+    date values.  Shape and dtype checks only: no pass over the values (NaN and infinities are the operators')."""
+    expected = f"an encoder returns one vector per text, a 2-D float array of shape ({n}, dim)"
+    try:
+        arr = raw if isinstance(raw, np.ndarray) else np.asarray(raw)
+    except (TypeError, ValueError, RuntimeError) as e:  # ragged lists, a tensor on a GPU
+        raise DataError(f"{who} returned a {type(raw).__name__} that is no array of numbers ({e}); "
+                        f"{expected}") from None
+    if raw is None or arr.dtype.kind not in "biufO":  # (None reads as a 0-D object array)
+        got = "None" if raw is None else f"an array of {arr.dtype} values, shape {arr.shape}"
+        raise DataError(f"{who} returned {got} for {n} texts; {expected}")
+    if arr.ndim != 2:
+        raise DataError(f"{who} returned a {arr.ndim}-D array of shape {arr.shape} for {n} texts; {expected}")
+    if arr.shape[0] != n:
+        raise DataError(f"{who} returned {arr.shape[0]} vectors for {n} texts; {expected}")
+    try:
+        return np.ascontiguousarray(arr, dtype=np.float32)
+    except (TypeError, ValueError) as e:  # an object array holding text or None
+        raise DataError(f"{who} returned an array of objects that are not all numbers ({e}); {expected}") from None
+
+
+def encode_documents(encoder: Any, texts: Sequence[str], who: str) -> np.ndarray:
+    """``encoder.encode(texts)`` checked by :func:`encoder_vectors`: ``(len(texts), dim)`` float32, or a
+    :class:`DataError` naming ``who`` (:func:`encoder_label` of the operator and ``"encode"``)."""
+    return encoder_vectors(encoder.encode(texts), len(texts), who)
+
+
+def query_vectors(state: Any, encoder: Encoder, transform: Callable[[np.ndarray], np.ndarray] | None = None, *,
+                  who: str | None = None, width: int | None = None) -> np.ndarray:
+    """The batch's query vectors for ``encoder`` ``(n_q, dim)`` float32, computed once per state and shared via
     ``state.vectors``.  A blank query (empty or whitespace) gets a zero vector, not the model's vector of
-    an empty text: it has no direction, so it finds nothing, as BM25 finds nothing for it."""
+    an empty text: it has no direction, so it finds nothing, as BM25 finds nothing for it.
+
+    The encoder's output (and vectors another step or the caller left in ``state.vectors``) is checked by
+    :func:`encoder_vectors` before it is shared: one 2-D float row per query, else a :class:`DataError` naming
+    ``who`` (the operator's :func:`encoder_label`; by default the encoder's key and class).  ``width``, where
+    given (the fitted documents' dimension), is the width the vectors must have."""
+    if who is None:
+        who = f"the encoder {str(encoder.key)!r} ({type(encoder).__name__}).encode_queries"
     vecs = state.vectors.get(encoder.key)
     if vecs is None:
         texts = state.texts()
         blank = blank_texts(texts)
         if not blank.any():
-            vecs = encoder.encode_queries(texts) if len(texts) else np.zeros((0, encoder.dim), np.float32)
+            vecs = (encoder_vectors(encoder.encode_queries(texts), len(texts), who) if len(texts)
+                    else np.zeros((0, encoder.dim), np.float32))
         else:
             keep = np.flatnonzero(~blank)
-            some = encoder.encode_queries([texts[i] for i in keep]) if len(keep) else None
-            vecs = np.zeros((len(texts), encoder.dim if some is None else some.shape[1]),
-                            np.float32 if some is None else some.dtype)
+            some = (encoder_vectors(encoder.encode_queries([texts[i] for i in keep]), len(keep), who) if len(keep)
+                    else None)
+            vecs = np.zeros((len(texts), encoder.dim if some is None else some.shape[1]), np.float32)
             if some is not None:
                 vecs[keep] = some
         state.vectors[encoder.key] = vecs
+    else:  # (another step's, or the caller's: no copy when they are float32 rows already)
+        vecs = encoder_vectors(vecs, len(state), who)
+    if width is not None and vecs.shape[1] != width:
+        raise DataError(f"{who} returned vectors of {vecs.shape[1]} dimensions, but the documents were indexed "
+                        f"with {width}; an encoder gives documents and queries vectors of one width (its dim), and "
+                        "a changed encoder needs a refit")
     return vecs if transform is None else transform(vecs)
 
 
