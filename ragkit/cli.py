@@ -211,7 +211,7 @@ def resolve_pipeline(spec: str):
                           f"Pipeline.save / Operator.save, or an operator name such as bm25)")
     if path.suffix in (".yaml", ".yml"):
         return Pipeline.from_yaml(path), False
-    if "\n" in spec or spec.strip().startswith("pipeline:"):
+    if _is_yaml_text(spec):
         return Pipeline.from_yaml(spec), False
     if _path_like(spec):  # a path, not an operator name: it does not exist
         raise RagkitError(f"--pipeline {spec}: no such file or folder (expected a pipeline YAML file, a folder "
@@ -554,7 +554,14 @@ def _print_uncut(table: Table) -> None:
 
 def _n_queries(n: int) -> str:
     """``1 query``, ``2 queries``."""
-    return f"{n} quer{'y' if n == 1 else 'ies'}"
+    from ragkit.eval.compare import _n_queries as count
+
+    return count(n)
+
+
+def _is_yaml_text(spec: str) -> bool:
+    """Whether a ``--pipeline`` / ``validate`` argument is YAML text rather than a path or a name."""
+    return "\n" in spec or spec.strip().startswith("pipeline:")
 
 
 def _parse_ks(ks: str) -> list[int]:
@@ -1808,7 +1815,7 @@ def validate_cmd(path: Path = typer.Argument(..., help="Pipeline YAML file, a sa
                 unknown = str(e).removeprefix("--pipeline: ")
                 raise RagkitError(f"{path}: no such file or folder, and {unknown}") from None
             _check_retrieves(pipe, str(path))
-        elif not path.exists() and "\n" not in str(path) and not str(path).strip().startswith("pipeline:"):
+        elif not path.exists() and not _is_yaml_text(str(path)):
             raise RagkitError(f"{path}: no such file or folder (expected a pipeline YAML file, a folder written by "
                               "Pipeline.save / Operator.save, or an operator name such as bm25)")
         else:
@@ -2038,16 +2045,7 @@ def compare_cmd(
     except RagkitError as e:
         _fail(e)
         return
-    n_tests = (len(cmp.systems) - 1) * len(cmp.metrics)
-    where = (f"{_n_queries(cmp.n_queries)} of {cmp.n_datasets} datasets, each weighted equally (BEIR's mean; the "
-             f"bootstrap resamples within each)" if cmp.n_datasets > 1 else _n_queries(cmp.n_queries))
-    of = " / ".join(x for x in (cmp.dataset, cmp.split) if x)  # what the results record (or --data scored)
-    if of:
-        where = f"{of}: {where}"
-    console.print(Text(f"{where} · baseline {cmp.systems[base]} · paired randomisation test "
-                       f"({resamples:,} sign flips), Holm-corrected over {n_tests} comparison"
-                       f"{'' if n_tests == 1 else 's'} · * p (Holm) < {alpha:g} · ? within 2 Monte Carlo "
-                       f"standard errors of it"), soft_wrap=True)
+    console.print(Text(cmp.header()), soft_wrap=True)  # (dataset / split: what the results record or --data scored)
     from rich import box
 
     table = Table(box=box.SIMPLE_HEAD)  # a narrow frame: seven columns of short names fit 80 terminal columns

@@ -649,17 +649,22 @@ class Comparison:
                 f"{self.systems[self.baseline]}: {int(self.significant.sum())} of {n_tests} differences significant "
                 f"(Holm, alpha {self.alpha:g}); print() it for the table>")
 
-    def __str__(self) -> str:
-        """The table ``ragkit compare`` prints (metric, system, mean, difference to the baseline with its
-        interval, p and Holm's p with its mark), as plain text, with its header and notes."""
+    def header(self) -> str:
+        """The line above the table: what was scored (dataset / split, queries, datasets averaged), the
+        baseline, the test and its correction, and what the marks mean."""
         n_tests = (len(self.systems) - 1) * len(self.metrics)
         where = (f"{_n_queries(self.n_queries)} of {self.n_datasets} datasets, each weighted equally (BEIR's mean; "
                  f"the bootstrap resamples within each)" if self.n_datasets > 1 else _n_queries(self.n_queries))
         of = " / ".join(x for x in (self.dataset, self.split) if x)
-        lines = [f"{of + ': ' if of else ''}{where} · baseline {self.systems[self.baseline]} · paired randomisation "
-                 f"test ({self.n_resamples:,} sign flips), Holm-corrected over {n_tests} comparison"
-                 f"{'' if n_tests == 1 else 's'} · * p (Holm) < {self.alpha:g} · ? within 2 Monte Carlo standard "
-                 "errors of it"]
+        return (f"{of + ': ' if of else ''}{where} · baseline {self.systems[self.baseline]} · paired randomisation "
+                f"test ({self.n_resamples:,} sign flips), Holm-corrected over {n_tests} comparison"
+                f"{'' if n_tests == 1 else 's'} · * p (Holm) < {self.alpha:g} · ? within 2 Monte Carlo standard "
+                "errors of it")
+
+    def __str__(self) -> str:
+        """The table ``ragkit compare`` prints (metric, system, mean, difference to the baseline with its
+        interval, p and Holm's p with its mark), as plain text, with its header and notes."""
+        lines = [self.header()]
         head = ["metric", "system", "mean", "Δ", f"{self.confidence:.0%} CI", "p", "p (Holm)"]
         rows: list[list[str] | None] = []
         shallow, marks = self.shallow, self.marks
