@@ -11,9 +11,10 @@ atomically (a temporary file in the same folder, renamed into place).
 
 Exit status: 0 on success; 2 for a usage error or bad input (an unknown option, a missing file, a
 malformed pipeline or dataset, an output path that would replace an input), refused before work
-starts where it can be; 1 for a failure while running (a download, a model load or a write that
-failed); 130 when interrupted (Ctrl-C).  Notes and warnings go to standard error; standard output
-carries the results alone.
+starts where it can be (a model path that holds no model too); 1 for a failure while running (a
+download, a model load or a write that failed); 130 when interrupted (Ctrl-C); 141 when standard
+output's reader closed the pipe.  Notes and warnings go to standard error; standard output carries
+the results alone.
 """
 
 from __future__ import annotations
@@ -1722,6 +1723,8 @@ def ask_cmd(
                 if load is not None:
                     try:
                         load()
+                    except ParamError:  # a path that holds no model: bad input (2)
+                        raise
                     except RagkitError as e:  # (its source was checked before the fit: a failure while running)
                         raise _RunFailure(str(e)) from None
 

@@ -1695,8 +1695,8 @@ class State:
     rankings : list of Ranking or None
         One per query; ``None`` before any retriever ran.
     vectors : dict of str -> ndarray (n_q, d)
-        Query vectors cached per encoder key, so two operators on one encoder encode once: float32 (the
-        dtype the encoder returns), one row per query, a zero row for a blank query.
+        Query vectors cached per encoder key, so two operators on one encoder encode once: float32 (what
+        ``query_vectors`` stores, whatever the encoder returns), one row per query, a zero row for a blank query.
     values : dict of str -> list, length n_q each
         Per-query scratch values: a route label, a loop counter, an answer, expanded query text.
     branches : list of (name, rankings) or None
