@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 import ragkit.types as types_module
-from ragkit.errors import ArtifactError, DataError, InputTypeError, NotFittedError, ParamError
+from ragkit.errors import ArtifactError, DataError, InputTypeError, NotFittedError
 from ragkit.pipelines import Pipeline
 from ragkit.retrievers import BM25
 from ragkit.types import Corpus, Queries
@@ -23,39 +23,14 @@ def corpus() -> Corpus:
                              ids=["a", "b", "c", "d"])
 
 
-@pytest.fixture(scope="module")
-def pipe(corpus: Corpus) -> Pipeline:
-    return Pipeline([BM25(k=3)]).fit(corpus)
-
-
 # ---------------------------------------------------------------------- 1. Pipeline.search's arguments
-@pytest.mark.parametrize("queries", [{"apple", "shoes"}, frozenset({"apple", "shoes"})])
-def test_pipeline_search_refuses_a_set_of_queries(pipe, queries):
-    with pytest.raises(DataError, match=r"^Pipeline\.search: queries is a (set|frozenset) of 2, whose order .* "
-                                        r"changes from run to run; pass a list \(sorted\(queries\)\)"):
-        pipe.search(queries)
-    assert pipe.search(sorted(queries)).query_ids == ["q0", "q1"]
-
-
+# (a set of queries, a trace that is no bool, qrels without the trace: tests/test_operator_inputs_stop51.py's
+# ``searcher`` runs each check on a BM25 and on a Pipeline)
 def test_pipeline_search_refuses_a_set_before_any_work():
     with pytest.raises(DataError, match=r"^Pipeline\.search: queries is a set"):  # not "not fitted yet"
         Pipeline([BM25()]).search({"apple", "shoes"})
     with pytest.raises(NotFittedError):
         Pipeline([BM25()]).search(["apple", "shoes"])
-
-
-@pytest.mark.parametrize("trace", ["yes", 1, None])
-def test_pipeline_search_takes_trace_as_true_or_false_only(pipe, trace):
-    with pytest.raises(ParamError, match=r"^Pipeline\.search: trace must be True or False, got"):
-        pipe.search("apple", trace=trace)
-
-
-def test_pipeline_search_refuses_qrels_without_the_trace_that_reads_them(pipe):
-    with pytest.raises(ParamError, match=r"^Pipeline\.search: qrels is read by trace=True only"):
-        pipe.search("apple", qrels={"q0": {"a": 1}})
-    run = pipe.search("apple", trace=True, qrels={"q0": {"a": 1}})
-    assert run.trace and run.query_ids == ["q0"]
-    assert pipe.search("apple", trace=False, qrels=None).query_ids == ["q0"]
 
 
 def test_a_parallel_search_names_the_parallel(corpus):
@@ -84,12 +59,7 @@ def test_a_pipeline_or_a_parallel_combined_with_what_is_no_operator_says_so():
 
 
 def test_an_object_that_combines_with_a_composite_itself_still_may():
-    class Runnable:  # (a LangChain runnable's __ror__ / __radd__)
-        def __ror__(self, other: object) -> str:
-            return f"chained {type(other).__name__}"
-
-        def __radd__(self, other: object) -> str:
-            return f"added {type(other).__name__}"
+    from test_operator_inputs_stop51 import Runnable
 
     assert Pipeline([BM25()]) | Runnable() == "chained Pipeline"  # type: ignore[operator]
     assert (BM25() + BM25(stemmer="none")) + Runnable() == "added Parallel"  # type: ignore[operator]

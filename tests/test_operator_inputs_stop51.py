@@ -29,6 +29,12 @@ def bm25(corpus: Corpus) -> BM25:
     return BM25(k=3).fit(corpus)
 
 
+@pytest.fixture(scope="module", params=["BM25", "Pipeline"])
+def searcher(request, corpus: Corpus) -> BM25 | Pipeline:
+    """A single operator and a pipeline (37e5340): both refuse the same ``search`` arguments."""
+    return BM25(k=3).fit(corpus) if request.param == "BM25" else Pipeline([BM25(k=3)]).fit(corpus)
+
+
 # ---------------------------------------------------------------------- 1. a filter value of the wrong type
 def test_fit_refuses_a_filter_value_of_another_type_than_the_field_before_any_work(corpus, monkeypatch):
     fitted: list[int] = []
@@ -93,14 +99,17 @@ def test_combining_an_operator_with_what_is_no_operator_says_so():
         BM25() | BM25  # type: ignore[operator]
 
 
+class Runnable:
+    """Combines with what is on its left itself, as a LangChain runnable's ``__ror__`` / ``__radd__`` do."""
+
+    def __ror__(self, other: object) -> str:
+        return f"chained {type(other).__name__}"
+
+    def __radd__(self, other: object) -> str:
+        return f"added {type(other).__name__}"
+
+
 def test_an_object_that_combines_with_an_operator_itself_still_may():
-    class Runnable:  # (a LangChain runnable's __ror__ / __radd__)
-        def __ror__(self, other: object) -> str:
-            return f"chained {type(other).__name__}"
-
-        def __radd__(self, other: object) -> str:
-            return f"added {type(other).__name__}"
-
     assert BM25() | Runnable() == "chained BM25"  # type: ignore[operator]
     assert BM25() + Runnable() == "added BM25"  # type: ignore[operator]
     assert len(BM25() | BM25(stemmer="none")) == 2
@@ -108,26 +117,27 @@ def test_an_object_that_combines_with_an_operator_itself_still_may():
 
 # ---------------------------------------------------------------------- 5. a set of queries
 @pytest.mark.parametrize("queries", [{"apple", "shoes"}, frozenset({"apple", "shoes"})])
-def test_a_set_of_queries_is_refused(bm25, queries):
-    with pytest.raises(DataError, match=r"^BM25\.search: queries is a (set|frozenset) of 2, whose order .* changes "
-                                        r"from run to run; pass a list \(sorted\(queries\)\)"):
-        bm25.search(queries)
-    assert bm25.search(sorted(queries)).query_ids == ["q0", "q1"]
-    assert bm25.search({}.fromkeys(["x", "y"], "apple")).query_ids == ["x", "y"]
+def test_a_set_of_queries_is_refused(searcher, queries):
+    with pytest.raises(DataError, match=rf"^{type(searcher).__name__}\.search: queries is a (set|frozenset) of 2, "
+                                        r"whose order .* changes from run to run; pass a list \(sorted\(queries\)\)"):
+        searcher.search(queries)
+    assert searcher.search(sorted(queries)).query_ids == ["q0", "q1"]
+    assert searcher.search({}.fromkeys(["x", "y"], "apple")).query_ids == ["x", "y"]
 
 
 # ---------------------------------------------------------------------- 6. flags, qrels without the trace
 @pytest.mark.parametrize("trace", ["yes", 1, None])
-def test_search_takes_trace_as_true_or_false_only(bm25, trace):
-    with pytest.raises(ParamError, match=r"^BM25\.search: trace must be True or False, got"):
-        bm25.search("apple", trace=trace)
+def test_search_takes_trace_as_true_or_false_only(searcher, trace):
+    with pytest.raises(ParamError, match=rf"^{type(searcher).__name__}\.search: trace must be True or False, got"):
+        searcher.search("apple", trace=trace)
 
 
-def test_search_refuses_qrels_without_the_trace_that_reads_them(bm25):
-    with pytest.raises(ParamError, match=r"qrels is read by trace=True only"):
-        bm25.search("apple", qrels={"q0": {"a": 1}})
-    run = bm25.search("apple", trace=True, qrels={"q0": {"a": 1}}, relevance_level=1, ignore_identical_ids=False)
-    assert run.trace
+def test_search_refuses_qrels_without_the_trace_that_reads_them(searcher, bm25):
+    with pytest.raises(ParamError, match=rf"^{type(searcher).__name__}\.search: qrels is read by trace=True only"):
+        searcher.search("apple", qrels={"q0": {"a": 1}})
+    run = searcher.search("apple", trace=True, qrels={"q0": {"a": 1}}, relevance_level=1, ignore_identical_ids=False)
+    assert run.trace and run.query_ids == ["q0"]
+    assert searcher.search("apple", trace=False, qrels=None).query_ids == ["q0"]
     with pytest.raises(ParamError, match=r"relevance_level must be an integer grade >= 1, got 0"):
         bm25.search("apple", trace=True, qrels={"q0": {"a": 1}}, relevance_level=0)
 
