@@ -2094,9 +2094,15 @@ class _StdoutFailed(Exception):
         self.error = error
 
 
+#: The pieces a long write to standard output goes out in: one write of megabytes to a pipe its reader closed
+#: is cut short without an error (the rest dropped, the status 0); a piece after the first fails with EPIPE.
+_STDOUT_PIECE = 1 << 16
+
+
 class _GuardedStdout:
     """``sys.stdout`` while :func:`main` runs: the stream it wraps, whose ``write``, ``writelines`` and ``flush``
-    raise :class:`_StdoutFailed` where they fail with an :class:`OSError`; anything else is the stream's."""
+    raise :class:`_StdoutFailed` where they fail with an :class:`OSError`; anything else is the stream's.  A long
+    text is written in pieces of :data:`_STDOUT_PIECE` characters, so that a reader closing the pipe is seen."""
 
     def __init__(self, stream: Any) -> None:
         self._stream = stream
@@ -2104,9 +2110,14 @@ class _GuardedStdout:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._stream, name)
 
-    def write(self, text: str) -> int:
+    def write(self, text: str) -> Any:
         try:
-            return int(self._stream.write(text))
+            if len(text) <= _STDOUT_PIECE:
+                return self._stream.write(text)  # (what the stream returns: some file-likes return None)
+            for i in range(0, len(text), _STDOUT_PIECE):
+                self._stream.write(text[i:i + _STDOUT_PIECE])
+                self._stream.flush()
+            return len(text)
         except OSError as e:
             raise _StdoutFailed(e) from e
 
@@ -2158,6 +2169,8 @@ def main(args: Optional[list[str]] = None) -> int:
     that cannot be written is one line, ``error: standard output: could not be written: <reason>``, with status
     1, or, where its reader closed the pipe (``| head -1``), no message and status 141 (:func:`_stdout_failed`)."""
     stdout = sys.stdout
+    if stdout is None:  # (no standard output at all, fd 1 closed or pythonw: Rich writes to a null file)
+        return _run(args)
     sys.stdout = _GuardedStdout(stdout)
     try:
         status = _run(args)

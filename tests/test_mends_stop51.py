@@ -264,6 +264,62 @@ def test_a_reader_that_closes_the_pipe_ends_the_command_quietly_with_141(tmp_pat
     assert "error" not in err and "Traceback" not in err and "Exception ignored" not in err, err
 
 
+def _bm25_index(folder: Path) -> None:
+    from ragkit.retrievers import BM25
+    from ragkit.types import Corpus
+
+    BM25(k=4).fit(Corpus.from_texts(["vitamin D and bones", "cats sleep", "dogs bark", "hip bones"],
+                                    ids=["d1", "d2", "d3", "d4"])).save(folder)
+
+
+def test_one_long_json_write_to_a_closed_pipe_is_141_too(tmp_path):
+    """``search ... -o - | head -1`` exited 0: the JSON went out in one write of megabytes, which a closed pipe
+    cuts short without an error.  It goes out in pieces now, and the second piece fails."""
+    _bm25_index(tmp_path / "ix")
+    (tmp_path / "q.txt").write_text("vitamin D bones cats sleep dogs bark hip\n" * 20_000)
+    proc = _script("search", "--index", "ix", "--queries", "q.txt", "-o", "-", cwd=tmp_path, stdout=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.readline()
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141, err
+    assert "Traceback" not in err and "Exception ignored" not in err, err
+
+
+def test_no_standard_output_at_all_is_no_crash(tmp_path):
+    """With file descriptor 1 closed (``>&-``, a service) ``sys.stdout`` is None; the guard wrapped None and
+    every command failed with an AttributeError traceback."""
+    _bm25_index(tmp_path / "ix")
+    env = {**os.environ, "RAGKIT_CACHE": str(tmp_path / "cache")}
+    proc = subprocess.run([sys.executable, "-m", "ragkit", "search", "--index", "ix", "bones"], cwd=tmp_path,
+                          env=env, stderr=subprocess.PIPE, pass_fds=(), preexec_fn=lambda: os.close(1), timeout=120)
+    assert proc.returncode == 0 and b"Traceback" not in proc.stderr, proc.stderr
+
+
+def test_main_passes_on_what_a_file_likes_write_returns(tmp_path, monkeypatch):
+    """A stdout whose ``write`` returns None (many file-likes do) failed ``int(None)`` in the guard."""
+    import contextlib
+
+    from ragkit.cli import main
+
+    class Sink:
+        def __init__(self) -> None:
+            self.parts: list[str] = []
+
+        def write(self, text: str) -> None:
+            self.parts.append(text)
+
+        def flush(self) -> None:
+            pass
+
+    _bm25_index(tmp_path / "ix")
+    monkeypatch.chdir(tmp_path)
+    sink = Sink()
+    with contextlib.redirect_stdout(sink):  # type: ignore[type-var]
+        status = main(["search", "--index", "ix", "bones", "-o", "-"])
+    assert status == 0 and '"d1"' in "".join(sink.parts), sink.parts
+
+
 def test_the_exit_status_epilog_names_141():
     res = _cli("search", "--help")
     assert "141 standard output's reader closed the pipe" in " ".join(res.output.split()), res.output
