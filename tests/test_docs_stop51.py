@@ -90,12 +90,12 @@ def test_prefix_cache_repr_says_what_it_holds():
 def _members() -> list[tuple[str, object]]:
     """The public members the review found undocumented."""
     pytest.importorskip("torch")
-    from filters.cosine_adapter import CosineAdapter
-    from filters.dbnorm import DBNorm, DBNormDense
-    from filters.mmr import MMR
     from ragkit.caches import CacheStats, ChunkVariant, PrefixCache
     from ragkit.eval import diversity, filtering, metrics
     from ragkit.eval.hubness import HubnessReport
+    from ragkit.filters.cosine_adapter import CosineAdapter
+    from ragkit.filters.dbnorm import DBNorm, DBNormDense
+    from ragkit.filters.mmr import MMR
     from ragkit.retrievers.knn_embed import KnnEmbed
     from ragkit.retrievers.muvera import MaxSimExact, Muvera
 
