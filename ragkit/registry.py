@@ -101,7 +101,7 @@ def register(cls: T) -> T:
                              f"holding it would not load; the names {', '.join(structural_keys())} are reserved: "
                              f"give it another name (name = \"my_{name}\")")
     other = _REGISTRY.get(name)
-    if other is not None and not same_class(other, cls):  # (the same class again replaces it)
+    if other is not None and not same_class(other, cls):
         builtin = " (a built-in operator)" if _builtin(other) else ""
         raise ParamError(f"operator name {name!r} is taken by {other.__module__}.{other.__qualname__}{builtin}; "
                          f"give {label} another name")
@@ -124,7 +124,13 @@ def register(cls: T) -> T:
                          f"ragkit.Params (an empty one, 'class {cls.__name__}Params(Params): pass', when it "
                          f"has no parameters)")
     document_params(cls, model, name)
-    _REGISTRY[name] = cls
+    if other is not None and other is not cls and other.__module__ != cls.__module__:
+        # one source file imported under a second module name (``import filters.dbnorm`` from a checkout beside
+        # the installed ``ragkit.filters.dbnorm``; ``--import path`` of an installed plugin): the first class stays
+        # the registered one, so operators loaded from YAML or saved folders keep the class (and the Params model)
+        # that code imported first; instances of the second still pass :func:`check_registered`
+        return cls
+    _REGISTRY[name] = cls  # (a class defined again in the same module, a notebook cell run twice, replaces it)
     return cls
 
 

@@ -159,13 +159,13 @@ def test_one_source_file_imported_under_two_module_names_is_one_operator(scratch
         finally:
             mods.append(mod)
     try:
-        assert registry.get("tps_twice") is mods[1].Twice
-        registry.check_registered(mods[0].Twice(), "test")  # the first import's instances still save
+        assert registry.get("tps_twice") is mods[0].Twice  # the first import stays the registered class
+        registry.check_registered(mods[1].Twice(), "test")  # the second import's instances still save
         other = tmp_path / "other.py"
         other.write_text(SOURCE)  # the same class name in another file is another operator
         spec = importlib.util.spec_from_file_location("other_tps", other)
         assert spec is not None and spec.loader is not None
-        with pytest.raises(ParamError, match=r"operator name 'tps_twice' is taken by pkg_tps\.operators\.Twice"):
+        with pytest.raises(ParamError, match=r"operator name 'tps_twice' is taken by operators_tps\.Twice"):
             spec.loader.exec_module(importlib.util.module_from_spec(spec))
     finally:
         for name in ("operators_tps", "pkg_tps.operators"):
@@ -231,3 +231,27 @@ def test_kind_composite_is_refused_for_a_registered_operator(scratch):
         register(type("Comp", (Operator,), {"name": "tps_comp", "kind": "composite", "Params": _P,
                                             "__module__": __name__}))
     assert "composite" not in registry.KINDS and "rewriter" in (Operator.__doc__ or "")
+
+
+def test_a_checkout_module_imported_beside_the_installed_one_leaves_the_builtin_registered(tmp_path):
+    """``import filters.thresholds`` from a checkout (the file behind ``ragkit.filters.thresholds``) used to replace
+    the registered class: YAML and saved folders then built the second class, whose Params model differs from
+    the one the code imported first (``op.params == ScoreThreshold.Params(...)`` turned False)."""
+    import ragkit.filters.thresholds as installed
+    from ragkit.pipelines.yaml import load_yaml
+
+    root = Path(installed.__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("checkout_filters_thresholds", root / "filters" / "thresholds.py")
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod
+    try:
+        spec.loader.exec_module(mod)
+        builtin = registry.get("score_threshold")
+        assert builtin is installed.ScoreThreshold and mod.ScoreThreshold is not builtin
+        (loaded,) = load_yaml("pipeline: [score_threshold: {threshold: 0.4}]").steps
+        assert type(loaded) is installed.ScoreThreshold
+        assert loaded.params == installed.ScoreThreshold.Params(threshold=0.4)
+        registry.check_registered(mod.ScoreThreshold(threshold=0.4), "test")  # the checkout's instances still save
+    finally:
+        sys.modules.pop(spec.name, None)
