@@ -278,3 +278,36 @@ def test_ask_needs_no_gguf_package_for_a_gguf_of_which_a_dequantized_copy_is_cac
     copy.mkdir(parents=True)
     (copy / local._COPY_RECORD).write_text("{}")
     _check_llm_packages([gen])
+
+
+def test_every_third_party_module_the_package_imports_is_declared():
+    """Each top-level module imported by the package's files (at run time or lazily inside a function) comes from
+    a distribution that pyproject declares, in the dependencies or an extra; torch alone is left to the install
+    command (any build).  tqdm, huggingface_hub and typing_extensions were imported but undeclared (they arrived
+    with sentence-transformers and pydantic, which may stop bringing them)."""
+    import importlib.metadata as md
+
+    def names(reqs: list[str]) -> set[str]:
+        return {re.split(r"[<>=!~\[; ]", r, maxsplit=1)[0].lower().replace("_", "-") for r in reqs}
+
+    project = PYPROJECT["project"]
+    declared = names(project["dependencies"]).union(*map(names, project["optional-dependencies"].values()))
+    owners = md.packages_distributions()
+    first_party = {"ragkit", "retrievers", "filters", "caches", "pipelines"}
+    missing: dict[str, str] = {}
+    for f in _package_files():
+        for node in ast.walk(ast.parse(f.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                mods = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and not node.level:
+                mods = [node.module or ""]
+            else:
+                continue
+            for mod in mods:
+                top = mod.split(".")[0]
+                if top in first_party or top in sys.stdlib_module_names or top == "torch":
+                    continue
+                dists = {d.lower().replace("_", "-") for d in owners.get(top, [top])}
+                if not dists & declared:
+                    missing.setdefault(top, f"{f.relative_to(ROOT)}:{node.lineno} ({sorted(dists)})")
+    assert not missing, f"imported but not declared in pyproject.toml: {missing}"
