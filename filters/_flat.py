@@ -5,9 +5,10 @@ from __future__ import annotations
 import numpy as np
 
 from ragkit.errors import DataError
+from ragkit.operator import score_rises
 from ragkit.types import Ranking
 
-__all__ = ["flatten", "cut_prefix", "check_cosines"]
+__all__ = ["flatten", "cut_prefix", "check_rows_in_corpus", "check_cosines", "check_dense_rankings", "first_unsorted"]
 
 
 def flatten(rankings: list[Ranking]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -99,6 +100,7 @@ def check_dense_rankings(rankings: list[Ranking], c: np.ndarray, qidx: np.ndarra
 
 def first_unsorted(c: np.ndarray, qidx: np.ndarray) -> int | None:
     """The first query (batch position) whose flattened scores ``c`` (query of each: ``qidx``)
-    rise somewhere along its list (beyond 1e-6), or None when every list is sorted best first."""
-    up = (np.diff(c) > 1e-6) & (qidx[1:] == qidx[:-1])
+    rise somewhere along its list (beyond float rounding: :func:`~ragkit.operator.score_rises`, the rule
+    every operator's output is held to), or None when every list is sorted best first."""
+    up = score_rises(c) & (qidx[1:] == qidx[:-1])
     return int(qidx[1:][up][0]) if up.any() else None

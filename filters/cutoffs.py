@@ -8,7 +8,7 @@ from pydantic import Field
 
 from ragkit.errors import ParamError
 from ragkit.operator import Operator
-from ragkit.options import PARAM
+from ragkit.options import PARAM, resolve_k
 from ragkit.params import Params
 from ragkit.registry import register
 from ragkit.types import State
@@ -40,15 +40,12 @@ class _Cutter(Protocol):
 def cut_k(op: _Cutter, state: State) -> int:
     """How many documents a cut-off or reranker keeps: its own ``k`` option exactly, else its ``k``
     parameter raised to the call's ``k`` (the final number of results: no step before the end
-    keeps fewer, as retrievers fetch at least ``k``)."""
-    own = op.opt(state, "k")
-    if own is not None:
-        return int(own)
-    k = op.params.k
+    keeps fewer, as retrievers fetch at least ``k``): :func:`~ragkit.options.resolve_k`, the rule of
+    :meth:`Operator.k_for <ragkit.operator.Operator.k_for>` too."""
+    k = resolve_k(op.opt(state, "k"), op.params.k, state.options.get("k"), op.name)  # (each checked)
     if k is None:  # maxsim's k: None (keep all) without a k option: it does not cut
         raise ParamError(f"{op.name}: k is None and no k option was given; there is no cut-off")
-    call_k = state.options.get("k")
-    return max(int(k), int(call_k)) if call_k is not None else int(k)
+    return k
 
 
 @register

@@ -11,7 +11,7 @@ from pydantic import Field
 
 from ragkit.errors import DataError
 from ragkit.filters._flat import cut_prefix, flatten
-from ragkit.operator import Operator
+from ragkit.operator import Operator, score_rises
 from ragkit.options import PARAM
 from ragkit.params import Params
 from ragkit.registry import register
@@ -53,16 +53,17 @@ class _PrefixCut(Operator):
 
 def _check_sorted(scores: np.ndarray, qidx: np.ndarray, who: str) -> None:
     """Raise DataError unless every ranking is sorted by score, best first (NaN only at the end):
-    a cut-off keeps a prefix, which is the passing documents only in such a ranking."""
+    a cut-off keeps a prefix, which is the passing documents only in such a ranking.  A rise of float
+    rounding passes, as in every operator's output (:func:`~ragkit.operator.score_rises`)."""
     if len(scores) < 2:
         return
     nan = np.isnan(scores)
-    bad = (qidx[1:] == qidx[:-1]) & ((scores[1:] > scores[:-1]) | (nan[:-1] & ~nan[1:]))
+    bad = (qidx[1:] == qidx[:-1]) & (score_rises(scores) | (nan[:-1] & ~nan[1:]))
     if bad.any():
         i = int(np.argmax(bad))
         raise DataError(f"{who} keeps a prefix of each ranking and expects it sorted by score, best first (NaN "
-                        f"last); query {int(qidx[i])} of the batch is not ({float(scores[i]):.4g} before "
-                        f"{float(scores[i + 1]):.4g}): put {who} after a step that returns sorted rankings")
+                        f"last); query {int(qidx[i])} of the batch is not ({float(scores[i]):.9g} before "
+                        f"{float(scores[i + 1]):.9g}): put {who} after a step that returns sorted rankings")
 
 
 class ScoreThresholdParams(Params):

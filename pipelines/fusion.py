@@ -339,9 +339,11 @@ class _Fuser(Operator):
         return np.asarray(w, dtype=np.float64)
 
     def _top(self, state: State) -> int | None:
-        top = self.params.top_k
-        call_k = state.options.get("k")
-        return max(top, int(call_k)) if top is not None and call_k is not None else top
+        """The fused results kept per query: ``top_k`` raised to the call's ``k``, or None (keep all)
+        (:func:`~ragkit.options.resolve_k`; a fuser has no ``k`` option of its own)."""
+        from ragkit.options import resolve_k
+
+        return resolve_k(None, self.params.top_k, state.options.get("k"), self.name, "top_k")
 
     def _fuse(self, state: State, w: np.ndarray | None, top: int | None) -> list[Ranking]:
         return self._prepare(state, with_fields=True)(w, top)

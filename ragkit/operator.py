@@ -596,12 +596,11 @@ class Operator:
     def k_for(self, state: State) -> int:
         """The number of results this retriever returns: its own ``k`` option exactly, else its
         ``k`` parameter raised to a per-call ``k`` (retrievers fetch at least the final number)."""
-        own = self.opt(state, "k")
-        if own is not None:
-            return _positive_k(own, f"options.{self.name}.k")
-        k = _positive_k(self.params.k, f"{self.name}.k")  # type: ignore[attr-defined]
-        call_k = state.options.get("k")
-        return max(k, _positive_k(call_k, "options.k")) if call_k is not None else k
+        from ragkit.options import positive_k, resolve_k
+
+        param = self.params.k  # type: ignore[attr-defined]
+        k = resolve_k(self.opt(state, "k"), param, state.options.get("k"), self.name)
+        return k if k is not None else positive_k(param, f"{self.name}.k", f"{self.name}.k")  # (refuses None)
 
     def filter_mask(self, state: State) -> np.ndarray | None:
         """Row mask of the metadata filter for one search, over the fitted corpus (``self.corpus_``).
@@ -1218,13 +1217,34 @@ def _raise_ranking_problem(op: Operator, state: State, problem: str, i: int, row
                 f"scores: NaN and ±inf break the cut-offs (top_k, thresholds), score fusion and evaluate; drop such "
                 f"documents or give them a finite score")
     elif problem == "sorted":
-        what = (f"scores not sorted best first {where}: {float(scores[i]):.6g} at position {pos} before "
-                f"{float(scores[i + 1]):.6g}; a Ranking lists its documents by non-increasing score (top_k keeps "
+        what = (f"scores not sorted best first {where}: {float(scores[i]):.9g} at position {pos} before "
+                f"{float(scores[i + 1]):.9g}; a Ranking lists its documents by non-increasing score (top_k keeps "
                 f"its head, rrf fuses by position): sort them, e.g. order = np.argsort(-scores, kind='stable')")
     else:
         what = (f"row {int(rows[i])} more than once {where}; a Ranking lists each document at most once "
                 f"(keep its best score)")
     raise DataError(f"{cls}._call ({op.name!r}) returned {what}")
+
+
+#: The rise of a score over the one before it that a ranking "sorted best first" may have: float
+#: rounding, this fraction of the score (at least this much in absolute terms).
+SORT_TOLERANCE = 1e-6
+
+
+def score_rises(scores: np.ndarray) -> np.ndarray:
+    """``(n - 1,)`` bool: where ``scores[i + 1]`` is above ``scores[i]`` by more than float rounding
+    (:data:`SORT_TOLERANCE` of ``|scores[i]|``, at least :data:`SORT_TOLERANCE`).  A NaN rises nowhere.
+
+    The one rule of "sorted best first" across ragkit: :func:`check_result` (every operator's output),
+    the score cut-offs (score_threshold, relative_threshold) and the cosine checks of the filters.
+    Callers mask the pairs that straddle two rankings.  Vectorised: one pass, in ``scores``' dtype."""
+    scores = np.asarray(scores)
+    if len(scores) < 2:
+        return np.zeros(0, bool)
+    prev = scores[:-1]
+    tol = np.asarray(SORT_TOLERANCE, dtype=scores.dtype if scores.dtype.kind == "f" else np.float64)
+    with np.errstate(invalid="ignore", over="ignore"):  # (an input's ±inf, asked whether it was sorted)
+        return np.asarray(scores[1:] - prev > tol * np.maximum(np.abs(prev), np.ones((), tol.dtype)))
 
 
 def _ranking_problem(rows: np.ndarray, scores: np.ndarray, lengths: np.ndarray, problem: str,
@@ -1238,9 +1258,7 @@ def _ranking_problem(rows: np.ndarray, scores: np.ndarray, lengths: np.ndarray, 
     if problem == "finite":
         bad = np.flatnonzero(~np.isfinite(scores))
     elif problem == "sorted":
-        prev = scores[:-1]  # (a rise of float rounding, 1e-6 of the score, passes: the conformance suite's too)
-        with np.errstate(invalid="ignore", over="ignore"):  # (an input's ±inf, asked whether it was sorted)
-            up = scores[1:] - prev > np.float32(1e-6) * np.maximum(np.abs(prev), np.float32(1))
+        up = score_rises(scores)  # (a rise of float rounding passes: the conformance suite's too)
         inner = ends[(ends > 0) & (ends < len(scores))] - 1  # the last of a ranking, the next's first after it
         up[inner] = False
         bad = np.flatnonzero(up)
@@ -1361,12 +1379,6 @@ def _check_given_corpus(folder: Path, meta: Mapping[str, Any], corpus: Corpus) -
                             f"{_how_texts_differ(folder, corpus)}: its index scores the texts it was fitted on; pass "
                             "the corpus it was fitted on (or none: the folder holds it), or fit the operator again "
                             "on the edited corpus")
-
-
-def _positive_k(value: Any, where: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ParamError(f"{where}: expected a positive integer, got {value!r}", path=where)
-    return int(value)
 
 
 def fit_on_backend(op: T, corpus: Corpus, train: TrainSet | None, upstream: State | None, backend: str) -> T:

@@ -38,7 +38,7 @@ if TYPE_CHECKING:
     from ragkit.types import Corpus
 
 __all__ = ["PARAM", "OptionCheck", "CALL_OPTIONS", "check_options", "check_option_names", "option_readers",
-           "filter_option", "callable_option", "filter_value"]
+           "filter_option", "callable_option", "filter_value", "positive_k", "resolve_k"]
 
 #: ``run_options`` value of an option that is a field of the operator's parameter model of the
 #: same name: checked (and converted) by validating a copy of the parameters with it replaced.
@@ -104,15 +104,44 @@ def callable_option(op: "Operator", value: Any, corpus: "Corpus | None") -> Any:
     return value
 
 
-def _positive_k(value: Any, where: str = _WHERE) -> int | None:
-    """The call's ``k`` as an int (``None`` stays ``None``), as :meth:`Pipeline.search` checks it."""
+def positive_k(value: Any, where: str, path: str = "options.k") -> int:
+    """``value`` as an int when it is a positive integer (``int`` or a numpy integer), else a
+    :class:`ParamError` ``"<where>: expected a positive integer, got <value>"`` (``path``: its
+    :attr:`~ragkit.errors.ParamError.path`).
+
+    The one rule of every ``k`` given at run time: the call's ``k``, an operator's own ``k`` option
+    (``search(q, top_k={"k": 3})``) and the ``k`` a retriever or cut-off reads when it runs.  A bool,
+    a string (``"3"``) and a float (even ``3.0``) are refused, not converted.
+    """
     import numpy as np
 
-    if value is None:
-        return None
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ParamError(f"{where}k: expected a positive integer, got {value!r}", path="options.k")
+        raise ParamError(f"{where}: expected a positive integer, got {value!r}", path=path)
     return int(value)
+
+
+def _positive_k(value: Any, where: str = _WHERE) -> int | None:
+    """The call's ``k`` as an int (``None`` stays ``None``), as :meth:`Pipeline.search` checks it;
+    ``where`` is the prefix of its name in errors (:func:`positive_k`)."""
+    return None if value is None else positive_k(value, f"{where}k")
+
+
+def resolve_k(own: Any, param: int | None, call_k: Any, name: str, field: str = "k") -> int | None:
+    """How many results an operator returns or keeps: its own ``k`` option (``own``) exactly, else its
+    ``k`` parameter (``param``, the field ``field``) raised to the call's ``k`` (``call_k``: the final
+    number of results, so no step before the end keeps fewer), else ``None`` when ``param`` is
+    ``None`` and no ``k`` option was given (no cut).  Each is checked by :func:`positive_k`, named in
+    errors by where it came from (``options.top_k.k``, ``top_k.k``, ``options.k``).
+
+    The rule of :meth:`Operator.k_for <ragkit.operator.Operator.k_for>` (retrievers), the cut-offs'
+    ``k`` (top_k, mmr, maxsim) and a fuser's ``top_k``.
+    """
+    if own is not None:
+        return positive_k(own, f"options.{name}.k", f"options.{name}.k")
+    if param is None:
+        return None
+    k = positive_k(param, f"{name}.{field}", f"{name}.{field}")
+    return max(k, positive_k(call_k, "options.k")) if call_k is not None else k
 
 
 # ---------------------------------------------------------------------- the tree
@@ -251,6 +280,8 @@ def _check_one(op: "Operator", value: Mapping[str, Any], name: str, at: str, cor
     specs = type(op).declared_options()
     mine = {k: v for k, v in value.items() if k in specs}
     params = {k: v for k, v in mine.items() if specs[k] == PARAM}
+    if params.get("k") is not None:  # a count: the rule of the call's k, not the model's lax int ("3", 3.0)
+        params["k"] = positive_k(params["k"], f"{where}.k", f"options.{name}.k")
     out: dict[str, Any] = {}
     if params:
         try:
