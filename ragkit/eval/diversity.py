@@ -157,36 +157,98 @@ def near_duplicate_rate(rankings: Run | Sequence[Ranking], vectors: np.ndarray, 
     return np.where(n > 0, dup / np.maximum(n, 1), np.nan)
 
 
-def _cluster_hist(rankings, labels: np.ndarray, k: int) -> np.ndarray:
+def _cluster_ids(labels: Any) -> tuple[np.ndarray, int]:
+    """``labels`` (one cluster label per corpus document) as ``(n_docs,)`` int64 ids ``0..c-1`` and ``c``, the
+    number of distinct labels: two documents share an id exactly when their labels are equal.
+
+    Labels are only compared, never read as numbers, so any hashable values do: integers (negative, or past
+    int64, alike), strings, bools, other hashable objects.  A float array is read only when its values are
+    whole numbers (``1.0`` is the label ``1``): ``0.2`` or NaN there is a :class:`DataError` naming the dtype
+    and the value, as is a label that is not hashable, NaN among object labels, a complex or other dtype, or
+    labels that are not 1-d.  Integer, bool and string arrays are mapped by ``np.unique`` (vectorised); object
+    labels (and a Python list numpy would have coerced to float or to strings: ``2**63``, ``[1, "1"]``) by one
+    dict pass in first-seen order."""
+    try:
+        lab = np.asarray(labels)
+    except ValueError:  # a ragged list: one object per document, refused below when not hashable
+        lab = np.asarray(labels, dtype=object)
+    if lab.ndim != 1:
+        raise DataError(f"diversity: labels of shape {lab.shape}; expected a 1-d array, one cluster label per "
+                        "corpus document")
+    kind = lab.dtype.kind
+    if kind == "f":
+        bad = ~np.isfinite(lab)
+        bad[~bad] = lab[~bad] != np.round(lab[~bad])
+        if bad.any():
+            i = int(np.argmax(bad))
+            raise DataError(f"diversity: labels are {lab.dtype} and document {i}'s is {lab[i].item()!r}, not a "
+                            "whole number; expected cluster labels (integers, strings or other hashable values): "
+                            "a float array is read only when its values are whole numbers, which are not rounded")
+    elif kind not in "biuUSO":
+        raise DataError(f"diversity: labels of dtype {lab.dtype}; expected cluster labels: integers, strings or "
+                        "other hashable values (floats only when whole numbers)")
+    if kind == "O" or (kind in "fUS" and not isinstance(labels, np.ndarray)):
+        # numpy writes a list of ints past int64 as floats (2**63 and 2**63 + 1 as one value) and [1, "1"] as
+        # strings (one label): a list is read as the Python values it holds
+        items = lab if kind == "O" else np.asarray(labels, dtype=object)
+        ids: dict[Any, int] = {}
+        try:
+            inverse = np.fromiter((ids.setdefault(x, len(ids)) for x in items), np.int64, len(items))
+        except TypeError:
+            bad = next(x for x in items if _unhashable(x))
+            raise DataError(f"diversity: labels hold {_kind(bad)}, which is not hashable; expected cluster labels "
+                            "(integers, strings or other hashable values), one per corpus document") from None
+        nan = next((x for x in ids if x != x), None)  # (only the distinct labels are looked at)
+        if nan is not None:
+            raise DataError(f"diversity: labels hold {nan!r}; expected cluster labels, each equal to itself "
+                            "(NaN is no label: give a missing document a label of its own)")
+        return inverse, len(ids)
+    uniq, inverse = np.unique(lab, return_inverse=True)
+    return inverse.reshape(-1).astype(np.int64, copy=False), len(uniq)
+
+
+def _unhashable(x: Any) -> bool:
+    """Whether ``hash(x)`` raises (a tuple holding a list is a Hashable that does)."""
+    try:
+        hash(x)
+    except TypeError:
+        return True
+    return False
+
+
+def _cluster_hist(rankings: Run | Sequence[Ranking], labels: Any, k: int) -> np.ndarray:
+    """``(n_q, c)`` int64 counts of each cluster among each ranking's top-``k`` (``c``: distinct labels)."""
     rows, valid = padded_rows(rankings, k)
-    lab = np.asarray(labels, np.int64)
-    if lab.ndim != 1 or (len(lab) and lab.min() < 0):
-        raise DataError("diversity: labels must be a 1-d array of non-negative cluster ids per document")
+    lab, c = _cluster_ids(labels)
     if valid.any() and rows[valid].min() < 0:
         raise DataError(f"diversity: the rankings hold {_bad_row(rankings, rows, valid, len(lab))}; expected row "
                         f"numbers 0..{len(lab) - 1} into the {len(lab)} cluster labels given")
     if valid.any() and rows[valid].max() >= len(lab):
         raise DataError(f"diversity: the rankings hold row {int(rows[valid].max())} but labels cover {len(lab)} "
                         "documents; expected one cluster label per corpus document")
-    c = int(lab.max(initial=-1)) + 1
     n_q = len(rows)
     flat = np.nonzero(valid)[0] * c + lab[rows[valid]]  # padding never indexes labels
     return np.bincount(flat, minlength=n_q * c).reshape(n_q, c)
 
 
-def distinct_clusters(rankings: Run | Sequence[Ranking], labels: np.ndarray, k: int = 10) -> np.ndarray:
+def distinct_clusters(rankings: Run | Sequence[Ranking], labels: np.ndarray | Sequence[Hashable],
+                      k: int = 10) -> np.ndarray:
     """Number of distinct clusters (``labels[row]``) among the top-k, per query.
 
-    ``labels``: ``(n_docs,)`` non-negative integer cluster ids, one per corpus row (the rows the rankings
-    hold).  Returns ``(n_q,)`` float64 counts, in ``[0, k]`` (0 for an empty list)."""
+    ``labels``: ``(n_docs,)`` cluster labels, one per corpus row (the rows the rankings hold): integers
+    (any, ``-1`` too: just another cluster), strings or other hashable values, compared only for equality;
+    a float array only of whole numbers (``0.2`` or NaN is a :class:`~ragkit.errors.DataError`, never
+    truncated).  Returns ``(n_q,)`` float64 counts, in ``[0, k]`` (0 for an empty list)."""
     return (_cluster_hist(rankings, labels, k) > 0).sum(1).astype(np.float64)
 
 
-def cluster_entropy(rankings: Run | Sequence[Ranking], labels: np.ndarray, k: int = 10) -> np.ndarray:
+def cluster_entropy(rankings: Run | Sequence[Ranking], labels: np.ndarray | Sequence[Hashable],
+                    k: int = 10) -> np.ndarray:
     """Entropy (nats) of the cluster histogram of the top-k, per query (0 for one cluster).
 
-    ``labels``: ``(n_docs,)`` non-negative integer cluster ids, one per corpus row (the rows the rankings
-    hold).  Returns ``(n_q,)`` float64, in ``[0, log(k)]``; nan for an empty list."""
+    ``labels``: ``(n_docs,)`` cluster labels, one per corpus row, as :func:`distinct_clusters` takes them
+    (integers, strings or other hashable values; floats only when whole numbers).  Returns ``(n_q,)``
+    float64, in ``[0, log(k)]``; nan for an empty list."""
     h = _cluster_hist(rankings, labels, k).astype(np.float64)
     p = h / np.maximum(h.sum(1, keepdims=True), 1)
     with np.errstate(divide="ignore", invalid="ignore"):
