@@ -168,6 +168,20 @@ __all__ = [
 
 StorageDtype = Literal["float32", "float16"]
 _DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float16": torch.float16}
+#: what a ``storage_dtype`` error says is expected (ChunkKVCache and LocalGenerator alike)
+STORAGE_DTYPE_EXPECTED = "'float32' or 'float16' (also spelled fp32 / f32, fp16 / f16 / half)"
+
+
+def storage_dtype_name(value: object) -> StorageDtype | None:
+    """``value`` as the storage dtype it spells (:func:`ragkit.params.canonical_spelling`, as ``Generate``'s
+    ``storage_dtype`` reads it: ``"fp16"``, ``"half"``, ``"F16"`` or ``numpy.float16`` is ``"float16"``),
+    or ``None`` where it spells neither ``"float32"`` nor ``"float16"``."""
+    from ragkit.params import canonical_spelling
+
+    name = canonical_spelling(value, tuple(_DTYPES))
+    return name if isinstance(name, str) and name in _DTYPES else None  # type: ignore[return-value]
+
+
 _FORMAT_VERSION = 1
 #: bytes per element of the safetensors dtypes a variant's keys may have
 _ITEMSIZE = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2}
@@ -530,7 +544,9 @@ class ChunkKVCache:
         Memory budget for the key/value tensors; ``None`` means unbounded.
     storage_dtype : {"float32", "float16"}, default="float32"
         Dtype of stored keys/values (float16 halves the memory; values are cast back to the
-        model dtype on reuse).
+        model dtype on reuse).  Spelled as ``Generate`` reads it: ``fp16``, ``f16``, ``half`` (any
+        case) or ``numpy.float16`` is ``"float16"``, ``fp32`` / ``f32`` ``"float32"``; kept as the
+        canonical name.
     max_variants : int, default=3
         Context variants kept per chunk; beyond that the one of lowest utility among the older
         ones is dropped (a new variant is always admitted).
@@ -572,8 +588,9 @@ class ChunkKVCache:
                  storage_dtype: StorageDtype = "float32", max_variants: int = 3, half_life: float = 64.0,
                  disk_dir: str | Path | None = None, disk_budget_bytes: int | None = None,
                  disk_half_life_s: float = 3600.0, model_name: str | None = None) -> None:
-        if storage_dtype not in _DTYPES:
-            raise ParamError(f"ChunkKVCache: storage_dtype must be one of {sorted(_DTYPES)}; got {storage_dtype!r}",
+        dtype = storage_dtype_name(storage_dtype)
+        if dtype is None:
+            raise ParamError(f"ChunkKVCache: storage_dtype={storage_dtype!r}; expected {STORAGE_DTYPE_EXPECTED}",
                              "storage_dtype")
         if budget_bytes is not None and not (_is_int(budget_bytes) and budget_bytes >= 0):
             raise ParamError(f"ChunkKVCache: budget_bytes={budget_bytes!r}; expected an int >= 0, or None for no "
@@ -611,7 +628,7 @@ class ChunkKVCache:
         #: bytes of the disk tier's variant files when this store last counted them, plus what it wrote since
         #: (``None``: not counted yet): a spill that takes it past ``disk_budget_bytes`` trims the folder
         self._disk_bytes: int | None = None
-        self.storage_dtype = storage_dtype
+        self.storage_dtype: StorageDtype = dtype
         self.max_variants = int(max_variants)
         self.half_life = half_life
         self.stats = CacheStats()

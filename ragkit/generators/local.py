@@ -100,7 +100,13 @@ import torch
 from ragkit._files import FCNTL as _fcntl, share_file_like_umask
 from ragkit._locks import MODEL_LOADING
 from ragkit.caches import ChunkKVCache, ChunkVariant, PrefixCache, compute_cci
-from ragkit.caches.chunk_kv import alone_fix_overhead, order_penalty, prefix_overlap
+from ragkit.caches.chunk_kv import (
+    STORAGE_DTYPE_EXPECTED,
+    alone_fix_overhead,
+    order_penalty,
+    prefix_overlap,
+    storage_dtype_name,
+)
 from ragkit.encoders.sentence import hub_unreachable as _hub_unreachable, model_fingerprint
 from ragkit.errors import ArtifactError, ArtifactNotFoundError, ParamError
 
@@ -941,7 +947,7 @@ def _check_settings(*, model: object, gguf_file: object, system_prompt: object, 
         ("cache_budget_bytes", cache_budget_bytes,
          cache_budget_bytes is None or (_is_int(cache_budget_bytes) and cache_budget_bytes >= 0),
          "an int >= 0, or None for no budget"),
-        ("storage_dtype", storage_dtype, storage_dtype in ("float32", "float16"), "'float32' or 'float16'"),
+        ("storage_dtype", storage_dtype, storage_dtype_name(storage_dtype) is not None, STORAGE_DTYPE_EXPECTED),
         ("max_variants", max_variants, _is_int(max_variants) and max_variants >= 1, "an int >= 1"),
         ("alpha", alpha, alpha is None or (_is_real(alpha) and alpha >= 0), "a finite number >= 0, or None"),
         ("full_threshold", full_threshold, _is_real(full_threshold) and 0 < full_threshold <= 1,
@@ -1073,6 +1079,9 @@ class LocalGenerator:
     chunk_cache : ChunkKVCache or None
         The chunk-cache store (created on load with ``cache_budget_bytes``/``storage_dtype``/
         ``disk_dir``/``disk_budget_bytes`` when ``None``).  A store of another model is refused.
+    storage_dtype : {"float32", "float16"}, default="float32"
+        Dtype of the chunk cache's stored keys/values, spelled as ``Generate`` and
+        :class:`~ragkit.caches.ChunkKVCache` read it (``fp16``, ``f16``, ``half`` are ``"float16"``).
     disk_dir : str or None
         Folder of the chunk cache's disk tier (see :class:`~ragkit.caches.ChunkKVCache`); ``None``: none.
     disk_budget_bytes : int or None, default=None
@@ -1134,7 +1143,9 @@ class LocalGenerator:
         self.max_chunk_tokens = max_chunk_tokens
         self.chunk_cache = chunk_cache
         self.cache_budget_bytes = cache_budget_bytes
-        self.storage_dtype = storage_dtype
+        dtype = storage_dtype_name(storage_dtype)  # "fp16" -> "float16", as Generate and ChunkKVCache read it
+        assert dtype is not None  # (checked above)
+        self.storage_dtype: Literal["float32", "float16"] = dtype
         self.disk_dir = disk_dir
         self.disk_budget_bytes = disk_budget_bytes
         self.disk_half_life_s = float(disk_half_life_s)  # a numpy scalar too (ChunkKVCache takes int or float)
