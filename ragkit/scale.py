@@ -56,13 +56,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Literal, Mapping, Sequence, TypeGuard
 
 import numpy as np
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from ragkit._files import file_above, user_path
 from ragkit.encoders.sentence import as_texts
 from ragkit.errors import ArtifactError, ArtifactNotFoundError, ParamError, RagkitError
 from ragkit.operator import Operator, after_fit, check_fit_inputs, read_json, write_json
-from ragkit.params import Params
+from ragkit.params import Params, shown
 from ragkit.registry import _builtin, register
 from ragkit.types import QUERY_REWRITES, Corpus, Ranking, State, TrainSet
 
@@ -732,7 +732,8 @@ def _default_retriever() -> dict[str, dict[str, Any]]:
 class ShardedParams(Params):
     retriever: dict[str, dict[str, Any]] = Field(
         default_factory=_default_retriever,
-        description="The per-shard retriever as a YAML node, e.g. {dense: {k: 100}}.")
+        description="The per-shard retriever as a YAML node, e.g. {dense: {k: 100}} (from Python also an unfitted "
+                    "retriever such as Dense(k=100), kept as its node).")
     n_shards: int = Field(2, ge=1, description="Number of document shards.")
     k: int = Field(100, ge=1, description="Results per query after the merge.")
     backend: Literal["auto", "local", "ray"] = Field(
@@ -752,6 +753,38 @@ class ShardedParams(Params):
     def _path_as_str(cls, v: Any) -> Any:
         """A ``pathlib.Path`` (any ``os.PathLike``) is kept as its string, as the YAML form spells it."""
         return os.fsdecode(os.fspath(v)) if isinstance(v, os.PathLike) else v
+
+    @field_validator("retriever", mode="before")
+    @classmethod
+    def _operator_as_node(cls, v: Any, info: ValidationInfo) -> Any:
+        """An unfitted retriever operator (``BM25(k=5)``, as ``Parallel`` and ``Route`` take operators) is kept
+        as its YAML node (``{"bm25": {"k": 5}}``), so the parameters stay JSON-writable and ``to_yaml`` / ``save``
+        write it back.  A fitted one is refused (each shard fits a new copy: what it learned would be lost),
+        as is a composite (one retriever runs on each shard) and anything else that is not a mapping."""
+        if isinstance(v, Operator):
+            if v.children():
+                raise ValueError(f"expected one retriever operator (such as BM25(k=5)) to run on each shard, got "
+                                 f"a {type(v).__name__}, {shown(v)[:200]}; shard each retriever on its own, e.g. "
+                                 "Parallel([Sharded(retriever=BM25()), Sharded(retriever=Dense())])")
+            if v.is_fitted and not v.stateless:
+                raise ValueError(f"got a fitted {shown(v)}: Sharded fits a new copy of it on each shard, so what it "
+                                 f"learned (its index, its corpus) would be lost; pass it unfitted ({shown(v)}) or as "
+                                 f"its node {{{v.name!r}: {v.params.non_default()!r}}}")
+            from ragkit import registry
+
+            try:
+                registry.check_registered(v, "sharded.retriever")
+            except ParamError as e:  # (a pydantic validator says what it refuses by a ValueError)
+                raise ValueError(str(e).removeprefix("sharded.retriever: ") + f"; got {shown(v)}") from None
+            from ragkit.pipelines.yaml import to_node
+
+            return to_node(v)
+        if not isinstance(v, Mapping):
+            source = info.context.get("source") if isinstance(info.context, Mapping) else None
+            how = ("write it as {bm25: {k: 5}}" if source == "yaml" else
+                   "write it as {'bm25': {'k': 5}} or pass BM25(k=5)")
+            raise ValueError(f"expected a mapping naming one retriever ({how}), got {shown(v)}")
+        return v
 
     @field_validator("retriever")
     @classmethod
@@ -963,6 +996,10 @@ class Sharded(Operator):
     number of results exactly, as for one index: every shard returns its top ``3`` and the
     merge keeps the top ``3`` of those, which are one index's top ``3`` (the ``sharded``
     retriever's own ``k`` option, when also given, caps it further).
+
+    ``retriever`` is the per-shard retriever's YAML node, or from Python an unfitted retriever operator,
+    kept as its node (``Sharded(retriever=BM25(k=10))`` equals ``Sharded(retriever={"bm25": {"k": 10}})``);
+    a fitted one is refused, since each shard fits a new copy and what it learned would be lost.
 
     Examples
     --------
