@@ -114,10 +114,6 @@ class TokenVectors:
     def lengths(self) -> np.ndarray:
         return np.diff(self.offsets)
 
-    def doc_index(self) -> np.ndarray:
-        """``(n_tokens,)`` int64: which text each flat row belongs to."""
-        return np.repeat(np.arange(len(self), dtype=np.int64), self.lengths)
-
     def take(self, rows: np.ndarray | Sequence[int]) -> "TokenVectors":
         """The texts at ``rows`` (in that order; positions in ``[0, len)``), gathered into new
         contiguous arrays."""
