@@ -338,7 +338,7 @@ def _options_pipeline():
     ({"recorder": {"k": 0}}, "search option recorder.k: expected a positive integer, got 0"),
     ({"score_threshold": {"threshold": "high"}}, "search option score_threshold.threshold: expected a number, got "
                                                  "'high'"),
-    ({"top_k": {"k": True}}, "search option top_k.k: expected an integer, got True"),
+    ({"top_k": {"k": True}}, "search option top_k.k: expected a positive integer, got True"),
     ({"filter": {"yeer": 2020}}, "search option filter: field 'yeer' is not a metadata field of the corpus; "
                                  "available: ['year', '_id', 'title']"),
     ({"filter": {"year": {"$gte": 2020}}}, "search option filter: field 'year': {'$gte': 2020} is not supported"),
@@ -370,7 +370,7 @@ def test_option_values_obey_the_parameter_models_rules_and_are_converted():
     from ragkit.pipelines import Pipeline
     from ragkit.retrievers import Muvera, Sharded
 
-    assert check_options(BM25(), {"bm25": {"n_jobs": "2", "k": 7.0}}) == {"bm25": {"n_jobs": 2, "k": 7}}
+    assert check_options(BM25(), {"bm25": {"n_jobs": "2", "k": 7}}) == {"bm25": {"n_jobs": 2, "k": 7}}
     two = Pipeline([Muvera(k=10, candidates=50) + Muvera(k=10, candidates=20)])
     assert check_options(two, {"muvera": {"candidates": 40, "prune": None}}) == \
         {"muvera": {"candidates": 40, "prune": None}}

@@ -1524,7 +1524,7 @@ def test_boolean_hints_fit_where_the_value_came_from():
     assert 'default: "yes"' in str(e) and 'default: "no"' not in str(e), str(e)
     with pytest.raises(ParamError) as exc:
         (BM25(k=3) | TopK(k=2)).fit(_toy_corpus()).search(["cell"], top_k={"k": True})
-    assert "expected an integer, got True" in str(exc.value) and "YAML" not in str(exc.value), str(exc.value)
+    assert "expected a positive integer, got True" in str(exc.value) and "YAML" not in str(exc.value), str(exc.value)
 
 
 def test_errors_inside_a_node_point_at_its_key():
@@ -1642,9 +1642,9 @@ def test_calling_an_operator_on_a_state_checks_its_options_as_search_does(fitted
     with pytest.raises(ParamError, match=r"^search option bm25\.kk: unknown option"):
         pipe.search(queries[:2], bm25={"kk": 3})
     # valid options run as search runs them, converted the same way; other names pass a leaf through
-    out = pipe(State(texts, options={"top_k": {"k": "2"}, "bm25": {"n_jobs": "1"}}))
+    out = pipe(State(texts, options={"top_k": {"k": 2}, "bm25": {"n_jobs": "1"}}))
     assert [len(r) for r in out.rankings] == [2, 2] and out.options["bm25"] == {"n_jobs": 1}
-    _same(pipe.search(queries[:2], top_k={"k": 2}), pipe.search(queries[:2], top_k={"k": "2"}))
+    _same(pipe.search(queries[:2], top_k={"k": 2}), pipe.search(queries[:2], top_k={"k": np.int64(2)}))
     assert len(fitted_bm25(State(texts, options={"rrf": {"anything": 1}, "k": 3})).rankings[0]) == 20
     with pytest.raises(ParamError, match=r"^options\.bm25: expected a mapping of options"):
         fitted_bm25(State(texts, options={"bm25": 5}))
