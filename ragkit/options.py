@@ -111,12 +111,18 @@ def positive_k(value: Any, where: str, path: str = "options.k") -> int:
 
     The one rule of every ``k`` given at run time: the call's ``k``, an operator's own ``k`` option
     (``search(q, top_k={"k": 3})``) and the ``k`` a retriever or cut-off reads when it runs.  A bool,
-    a string (``"3"``) and a float (even ``3.0``) are refused, not converted.
+    a string (``"3"``) and a float (even ``3.0``) are refused, not converted, and so is a ``k`` above
+    :data:`ragkit.params.MAX_INT` (2**31 - 1), as a ``k`` parameter refuses it.
     """
     import numpy as np
 
+    from ragkit.params import MAX_INT, shown
+
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ParamError(f"{where}: expected a positive integer, got {value!r}", path=path)
+        raise ParamError(f"{where}: expected a positive integer, got {shown(value)}", path=path)
+    if value > MAX_INT:
+        raise ParamError(f"{where}: expected a positive integer of at most {MAX_INT:,}, got {shown(value)}; a k "
+                         "above the corpus returns the whole corpus, so the corpus size is enough", path=path)
     return int(value)
 
 

@@ -1518,3 +1518,15 @@ def test_max_chunk_tokens_of_the_local_backend_leaves_room_beside_the_separator(
     assert e.value.path.endswith("max_chunk_tokens")
     assert Generate(max_chunk_tokens=2).params.max_chunk_tokens == 2
     assert Generate(backend="langchain", max_chunk_tokens=1).params.max_chunk_tokens == 1  # words
+
+
+@needs_model
+@pytest.mark.slow
+def test_an_answer_cut_off_within_a_character_ends_without_a_broken_one(gen):
+    """A review's reproducer: 12 tokens of an answer that copies CJK text ended in 'Café ☕ 日本�'."""
+    q = "What is in the documents? 🙂"
+    chunks = ["Café ☕ 日本語 테스트 🧬🔬 — naïve résumé.", "Zürich 🇨🇭 has 😀 emojis ß ∑ ∫"]
+    answers = {n: gen.generate(q, chunks, mode="full", max_new_tokens=n) for n in range(8, 15)}
+    assert not any(a.endswith("\ufffd") for a in answers.values()), answers
+    pieces = list(gen.stream(q, chunks, mode="full", max_new_tokens=12))
+    assert "".join(pieces) == answers[12]

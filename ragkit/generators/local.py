@@ -1024,6 +1024,15 @@ def _check_prompt(question: object, chunks: object, where: str = "LocalGenerator
                          "a str per chunk", "chunks")
 
 
+def _settled(text: str) -> str:
+    """``text`` without trailing whitespace or U+FFFD: the tokens of a character that needs several (CJK, an emoji)
+    decode to U+FFFD until the last one arrives, so an answer cut off by ``max_new_tokens`` (or a stop) within one
+    ends in a broken character (``'Café ☕ 日本�'``); a tokenizer decodes a complete one, never to U+FFFD."""
+    end = len(text)
+    while end and (text[end - 1] == "\ufffd" or text[end - 1].isspace()):
+        end -= 1
+    return text[:end]
+
 def _source_chunks(question: str, chunks: Sequence[str], who: str, log: logging.Logger | None = None,
                    skipped: str = "") -> list[str]:
     """The chunks of ``chunks`` that hold text (blank ones dropped: they hold no source), after
@@ -1798,7 +1807,7 @@ class LocalGenerator:
                 break
             out.append(tok)
             if on_token is not None:
-                shown = self._send(out, shown, on_token, final=False)
+                shown = self._send(out, shown, on_token)
             with self._lock:
                 o = self.model(input_ids=torch.tensor([[tok]]), position_ids=torch.tensor([[pos]]),
                                use_cache=True, **{cache_kw: past})
@@ -1806,24 +1815,18 @@ class LocalGenerator:
             logits = o.logits[0, -1]
             pos += 1
         if on_token is not None:
-            self._send(out, shown, on_token, final=True)
+            self._send(out, shown, on_token)  # (the text held back as unsettled at the end is dropped)
         return out
 
-    def _send(self, out: list[int], shown: str, on_token: Callable[[str], None], final: bool) -> str:
+    def _send(self, out: list[int], shown: str, on_token: Callable[[str], None]) -> str:
         """Send the text of ``out`` that is settled and not sent yet; return the text sent so far.
 
-        Settled: leading whitespace dropped and, until ``final``, trailing U+FFFD (a partial
-        character) and whitespace held back.  Text that no longer starts with what was sent
-        (a decoder that rewrites earlier text) waits for the end, and is sent then if it does.
+        Settled: leading whitespace dropped, trailing U+FFFD (a partial character) and whitespace held
+        back (:func:`_settled`), so at the end dropped: the pieces join to what :meth:`generate`
+        returns.  Text that no longer starts with what was sent (a decoder that rewrites
+        earlier text) waits for the end, and is sent then if it does.
         """
-        text = self._text(out).lstrip()
-        if final:
-            text = text.rstrip()
-        else:
-            end = len(text)
-            while end and (text[end - 1] == "\ufffd" or text[end - 1].isspace()):
-                end -= 1
-            text = text[:end]
+        text = _settled(self._text(out).lstrip())
         if len(text) > len(shown) and text.startswith(shown):
             on_token(text[len(shown):])
             return text
@@ -1855,7 +1858,7 @@ class LocalGenerator:
         if on_prefill is not None:
             on_prefill(pre.cost)
         ids = self.decode(pre, max_new_tokens, on_token, stop=stop)
-        return self._text(ids).strip()
+        return _settled(self._text(ids).strip())
 
     def _text(self, ids: list[int]) -> str:
         """The text of token ids ``ids``, special tokens dropped."""

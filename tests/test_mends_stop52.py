@@ -1,0 +1,50 @@
+"""Mends of the fifty-second stop: the call's ``k`` above 2**31 - 1 is refused as a ``k`` parameter is."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ragkit import Corpus
+from ragkit.errors import ParamError
+from ragkit.retrievers import BM25
+
+CORPUS = Corpus(ids=["a", "b", "c"], texts=["fish and chips", "chips", "fish soup"])
+
+
+@pytest.mark.parametrize("call", [{"k": 10**12}, {"k": np.int64(2**31)}, {"bm25": {"k": 10**12}}])
+def test_a_run_time_k_beyond_int32_is_refused_like_a_k_parameter(call):
+    op = BM25(k=2).fit(CORPUS)
+    with pytest.raises(ParamError, match=r"expected a positive integer of at most 2,147,483,647, got "):
+        op.search(["fish"], **call)
+    with pytest.raises(ParamError, match=r"within ±2,147,483,647|at most 2,147,483,647|less than or equal"):
+        BM25(k=10**12)
+    # (the largest k runs: the whole corpus)
+    assert [list(d) for d in op.search(["fish"], k=2**31 - 1).doc_ids] == [["a", "c"]]
+
+
+class _ByteTokenizer:
+    """Token ids are UTF-8 bytes, decoded with replacement: a character cut within its bytes reads U+FFFD."""
+
+    def decode(self, ids, skip_special_tokens=True):
+        return bytes(ids).decode("utf-8", errors="replace")
+
+
+def test_an_answer_cut_within_a_character_drops_the_partial_character():
+    """An answer cut off by max_new_tokens inside a multi-token character (CJK, an emoji) ended in U+FFFD:
+    ``'Café ☕ 日本�'``; streamed pieces joined to the same.  The partial character is dropped at the end."""
+    from ragkit.generators.local import LocalGenerator
+
+    g = LocalGenerator.__new__(LocalGenerator)
+    g.tokenizer_ = _ByteTokenizer()
+    ids = list(" Café ☕ 日本".encode()) + list("語".encode())[:2]  # (the last character cut after 2 of 3 bytes)
+    assert g._text(ids).endswith("\ufffd")
+    pieces: list[str] = []
+    shown = ""
+    for n in range(1, len(ids) + 1):  # as decode sends them, one token at a time, then once at the end
+        shown = g._send(ids[:n], shown, pieces.append)
+    g._send(ids, shown, pieces.append)
+    assert "".join(pieces) == "Café ☕ 日本"
+    from ragkit.generators.local import _settled
+
+    assert _settled(g._text(ids).strip()) == "Café ☕ 日本" and _settled("ok \ufffd\ufffd ") == "ok"
