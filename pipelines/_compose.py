@@ -49,7 +49,7 @@ from ragkit.operator import (
     tree_nodes,
 )
 from ragkit.params import Params
-from ragkit.types import QUERY_REWRITES, Corpus, Queries, Ranking, State, TraceEvent, TrainSet
+from ragkit.types import QUERY_REWRITES, Corpus, Queries, Ranking, State, TraceEvent, TrainSet, usable_query_ids
 
 if TYPE_CHECKING:  # (pandas: the hints only; it is optional)
     import pandas as pd
@@ -150,6 +150,48 @@ def _judged_start(train: TrainSet, upstream: State | None, learner: str) -> Stat
         raise DataError(f"{learner}: none of the {len(state)} training queries ({shown}) has judgements in the "
                         f"qrels given ({len(train.qrels)} queries); expected qrels keyed by the training queries' ids")
     return judged
+
+
+#: fewer usable training queries (a relevant document in the corpus) than this, and a router's or a loop judge's
+#: learned threshold comes with a warning (as the Cosine Adapter's: :data:`ragkit.filters.cosine_adapter.MIN_QUERIES`)
+MIN_THRESHOLD_QUERIES = 10
+
+
+def _usable_ids(query_ids: Sequence[str], train: TrainSet, corpus: Corpus, learner: str) -> set[str]:
+    """The ids of ``query_ids`` a threshold learns from: the usable ones, by the rule the fusers' weights
+    learn by (:func:`~ragkit.types.usable_query_ids`: a judgement > 0 of a document of ``corpus``; a query
+    judged only 0, or only documents the corpus lacks, scores nDCG 0 whatever the threshold).  None is a
+    :class:`DataError` naming ``learner``, as learning fusion weights says it."""
+    usable = set(usable_query_ids(query_ids, train.qrels, corpus))
+    if not usable:
+        n_judged = sum(1 for q in query_ids if train.qrels.get(q))
+        raise DataError(f"{learner}: none of the {len(query_ids)} training queries ({some_ids(query_ids)}) is usable "
+                        f"(with a relevant document in the corpus): {n_judged} have judgements in the qrels given "
+                        f"({len(train.qrels)} queries); expected qrels keyed by the training queries' ids, judging "
+                        "documents of the corpus relevant (grade > 0)")
+    return usable
+
+
+def _usable_start(train: TrainSet, upstream: State | None, corpus: Corpus, learner: str) -> State:
+    """The usable training queries (:func:`_usable_ids`) as they reach a composite (:func:`_judged_start`):
+    what a router or a loop judge learns its threshold from and averages its reported figures over, the
+    queries the fusers learn their weights from."""
+    state = _judged_start(train, upstream, learner)
+    usable = _usable_ids(state.query_ids, train, corpus, learner)
+    keep = [i for i, q in enumerate(state.query_ids) if q in usable]
+    return state if len(keep) == len(state) else state.subset(keep)
+
+
+def _warn_thin_threshold(op: Operator, where: str, n_usable: int, effect: str) -> None:
+    """Warn on the ``ragkit`` logger when ``op`` (at ``where``) learned its threshold from fewer than
+    :data:`MIN_THRESHOLD_QUERIES` usable training queries; ``effect``: what a threshold fitted to those few does
+    to other queries."""
+    if n_usable < MIN_THRESHOLD_QUERIES:
+        logging.getLogger("ragkit").warning(
+            "%s: %s: threshold learned from little: %d usable training quer%s (with a relevant document in the "
+            "corpus; at least %d recommended); the threshold (%.4g) %s; give more judged queries, or set "
+            "threshold: explicitly", where, op.name, n_usable, "y" if n_usable == 1 else "ies", MIN_THRESHOLD_QUERIES,
+            getattr(op, "threshold_", float("nan")), effect)
 
 
 def run_step(op: Operator, state: State, path: str) -> State:
@@ -1228,8 +1270,12 @@ class Route(Composite):
         :class:`DataError` naming it.  With a router that learns (``learn_routes``,
         ``score_router(learn=true)``), the routing is not known before the branches are
         fitted: every branch learns from all the training queries that reach the route, then
-        the router gets each branch's per-query nDCG@10 on them (``upstream``: the preceding
-        steps' output) and chooses its threshold from them.
+        the router gets each branch's per-query nDCG@10 on the usable ones (``upstream``: the
+        preceding steps' output) and chooses its threshold from them.  Usable: a judgement > 0 of a
+        document of the corpus (:meth:`TrainSet.usable <ragkit.types.TrainSet.usable>`, the queries
+        a learned fuser learns from; one judged only 0, or only documents the corpus lacks, scores
+        nDCG 0 on every branch and teaches nothing); none is a :class:`DataError` before the
+        branches are fitted, fewer than 10 a warning on the ``ragkit`` logger.
         """
         return self._fit_at(corpus, train, upstream=upstream, backend=backend)
 
@@ -1240,6 +1286,9 @@ class Route(Composite):
             return fit_on_backend(self, corpus, train, upstream, backend)
         learning_router = (self.router if train is not None and self.router.needs_train
                            and isinstance(self.router, _LearningRouter) else None)
+        learner = f"{_at(_path, 'route')}.router: learning {self.router.name}'s threshold"
+        if learning_router is not None and train is not None:  # no usable query: refused before the branches fit
+            _usable_ids(list(train.queries.ids), train, corpus, learner)
         if train is None or learning_router is not None or not self.wants_upstream:
             super()._fit_at(corpus, train, upstream=upstream, _seen=_seen, _path=_path)
         else:
@@ -1247,10 +1296,12 @@ class Route(Composite):
         if learning_router is not None and train is not None:
             from ragkit.eval.metrics import per_query_ndcg
 
-            state = _judged_start(train, upstream, f"learning {self.router.name}'s threshold")
+            state = _usable_start(train, upstream, corpus, learner)
             gains = {label: per_query_ndcg(self._branch_for(label, "route")[0](state.copy()), train.qrels, corpus.ids)
                      for label in (learning_router.params.above, learning_router.params.below)}
             learning_router.learn_routes(state, gains)
+            _warn_thin_threshold(self.router, f"{_at(_path, 'route')}.router", len(state),
+                                 "may send other queries to the wrong branch")
         return self
 
     def _fit_routed(self, corpus: Corpus, train: TrainSet, upstream: State | None, _seen: set[int] | None,
@@ -1425,9 +1476,12 @@ class Loop(Composite):
 
         With ``train``, the body is first fitted on the training queries as they reach the loop
         (its first iteration's input).  A judge with ``learn_stopping`` (``score_reached(learn=true)``)
-        gets, for every iteration up to ``max_iters``, each training query's judge feature and
+        gets, for every iteration up to ``max_iters``, each usable training query's judge feature and
         nDCG@10 after that many body runs (the body run on all of them each time, as the loop would
-        for the queries still active), and chooses its threshold from them.  The body's operators
+        for the queries still active), and chooses its threshold from them.  Usable: a judgement > 0
+        of a document of the corpus, the queries a learned fuser learns from; none is a
+        :class:`DataError` before the body is fitted, fewer than 10 a warning on the ``ragkit``
+        logger.  The body's operators
         that learn from what reaches them (``wants_upstream``: a learned fuser, a learning
         ``score_router``'s route, the Cosine Adapter) then learn again from each training query's
         input to its last iteration (:meth:`_refit_on_iterations`), and a learning judge learns
@@ -1443,22 +1497,33 @@ class Loop(Composite):
                 _seen: set[int] | None = None, _path: str = "", backend: str = "local") -> "Loop":
         if backend != "local":  # fitted on its own on Ray (a pipeline's steps are fitted locally by it)
             return fit_on_backend(self, corpus, train, upstream, backend)
-        super()._fit_at(corpus, train, upstream=upstream, _seen=_seen, _path=_path)
         judge = (self.until if train is not None and self.until.needs_train
                  and isinstance(self.until, _LearningJudge) else None)
+        learner = f"{_at(_path, 'loop')}.until: learning {self.until.name}'s threshold"
+        if judge is not None and train is not None:  # no usable query: refused before the body is fitted
+            _usable_ids(list(train.queries.ids), train, corpus, learner)
+        super()._fit_at(corpus, train, upstream=upstream, _seen=_seen, _path=_path)
+        n_usable = 0
         if judge is not None and train is not None:
-            self._learn_stopping(judge, corpus, train, upstream)
+            n_usable = self._learn_stopping(judge, corpus, train, upstream, learner)
         if train is not None and self.max_iters > 1 and any(x.wants_upstream for x in iter_leaves(self.body)):
             if self._refit_on_iterations(corpus, train, upstream, _path) and judge is not None:
-                self._learn_stopping(judge, corpus, train, upstream)  # again, for the body as refitted
+                self._learn_stopping(judge, corpus, train, upstream, learner)  # again, for the body as refitted
+        if judge is not None and train is not None:
+            _warn_thin_threshold(self.until, f"{_at(_path, 'loop')}.until", n_usable,
+                                 "may stop other queries too early or loop them too long")
         return self
 
-    def _learn_stopping(self, judge: _LearningJudge, corpus: Corpus, train: TrainSet, upstream: State | None) -> None:
-        """Run the body ``max_iters`` times on every judged training query and give the judge (``until``)
-        each iteration's features and nDCG@10 (its ``learn_stopping``)."""
+    def _learn_stopping(self, judge: _LearningJudge, corpus: Corpus, train: TrainSet, upstream: State | None,
+                        learner: str) -> int:
+        """Run the body ``max_iters`` times on every usable training query (:func:`_usable_start`, the queries
+        the fusers learn from) and give the judge (``until``) each iteration's features and nDCG@10 (its
+        ``learn_stopping``); returns how many queries it learned from.  ``learner`` starts the error when
+        none is usable."""
         from ragkit.eval.metrics import per_query_ndcg
 
-        current = _judged_start(train, upstream, f"learning {self.until.name}'s threshold")
+        current = _usable_start(train, upstream, corpus, learner)
+        n_usable = len(current)
         features, gains = [], []
         for it in range(self.max_iters):
             current.values["iteration"] = [it] * len(current)
@@ -1467,6 +1532,7 @@ class Loop(Composite):
             features.append(judge.feature(current))
             gains.append(per_query_ndcg(current, train.qrels, corpus.ids))
         judge.learn_stopping(np.array(features), np.array(gains))
+        return n_usable
 
     def _refit_on_iterations(self, corpus: Corpus, train: TrainSet, upstream: State | None, path: str) -> bool:
         """Fit the body's operators that learn from their input (``wants_upstream``) again, on each

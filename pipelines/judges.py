@@ -140,6 +140,17 @@ class ScoreReached(LearnedThreshold, Operator):
         threshold, so raising the threshold past that running maximum at iteration ``i`` moves it
         from stopping at ``i`` to ``i + 1``, which adds ``gains[i + 1] - gains[i]`` to the total gain
         and one iteration; a difference array over the sorted candidates sums those events.
+
+        A choice that stops every training query at the same iteration learns that for every query:
+        the threshold is ``-inf`` when each stops after the first iteration (every query whose
+        ranking reaches ``rank`` is done at once; a shorter one is never done, as always) and ``inf``
+        when each runs ``max_iters`` times, not the lowest or highest training score, which would
+        loop a new query scoring beyond the training ones otherwise than learned.  (With one
+        iteration, ``max_iters: 1``, the threshold changes nothing and stays the observed one.)
+        ``learned.json`` keeps them as ``-Infinity`` / ``Infinity`` (Python's ``json``, read back as
+        the same floats).  :class:`~ragkit.pipelines.Loop` gives it its usable training queries only
+        (a judgement > 0 of a document of the corpus, as the fusers learn from), with a warning on
+        the ``ragkit`` logger when fewer than 10.
         """
         if not self.params.learn:
             return
@@ -154,13 +165,18 @@ class ScoreReached(LearnedThreshold, Operator):
             pos = np.searchsorted(cands, running, side="right").ravel()
             step = (gains[1:] - gains[:-1]).ravel()
             total = gains[0].sum() + np.cumsum(np.bincount(pos, weights=step, minlength=m + 1))[:m]
-            mean_iters = 1.0 + np.cumsum(np.bincount(pos, minlength=m + 1))[:m] / n
+            more = np.cumsum(np.bincount(pos, minlength=m + 1))[:m]             # iterations past the first, all queries
+            mean_iters = 1.0 + more / n
             mean_gain = total / n
         else:
-            mean_iters, mean_gain = np.ones(m), np.zeros(m)
+            more, mean_iters, mean_gain = np.zeros(m, np.int64), np.ones(m), np.zeros(m)
         objective = np.round(mean_gain - self.params.cost * mean_iters, 12)  # sums in another order: same ties
         best = int(np.lexsort((mean_iters, -objective))[0])
         self.threshold_ = float(cands[best])
+        if n and iters > 1 and more[best] == 0:
+            self.threshold_ = -np.inf     # every query done after its first iteration
+        elif n and iters > 1 and more[best] == n * (iters - 1):
+            self.threshold_ = np.inf      # every query runs max_iters times
         self.learned_ = {"threshold": self.threshold_, "train_ndcg@10": float(mean_gain[best]),
                          "mean_iterations": float(mean_iters[best]),
                          "ndcg@10_per_iteration": [float(g.mean()) for g in gains] if n else []}
@@ -168,7 +184,8 @@ class ScoreReached(LearnedThreshold, Operator):
     def _call(self, state: State) -> State:
         self._check_learned()
         out = state.copy()
-        out.values["done"] = (self.feature(state) >= self.threshold).tolist()
+        f = self.feature(state)
+        out.values["done"] = ((f > -np.inf) & (f >= self.threshold)).tolist()  # too short: never done, even at -inf
         return out
 
 

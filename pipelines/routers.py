@@ -379,6 +379,16 @@ class ScoreRouter(LearnedThreshold, Operator):
         (``(n_q,)``).  Every cut between two observed feature values is tried at once
         (sorted cumulative sums); the best mean gain minus ``cost`` x share routed ``below``
         wins, ties going to the lower threshold (more queries on the cheap ``above`` branch).
+
+        A cut that puts every training query on one side learns that side for every query: the
+        threshold is ``-inf`` for "everything above" (each query with a feature is routed ``above``;
+        one without, too few results, stays ``below`` as always) and ``inf`` for "everything below",
+        not the lowest or highest training feature, which would route a new query beyond the
+        training ones to the other side than the one learned.  ``learned.json`` keeps them as
+        ``-Infinity`` / ``Infinity`` (Python's ``json``, read back as the same floats).
+        :class:`~ragkit.pipelines.Route` gives it its usable training queries only (a judgement
+        > 0 of a document of the corpus, as the fusers learn from), with a warning on the
+        ``ragkit`` logger when fewer than 10.
         """
         if not self.params.learn:
             return
@@ -396,11 +406,10 @@ class ScoreRouter(LearnedThreshold, Operator):
         # "everything above" cannot be expressed when such a query is there: its cut is not a choice
         valid[0] = not (n and np.isneginf(fs[0]))
         best = int(np.flatnonzero(valid)[np.argmax(objective[valid])])
-        finite = fs[np.isfinite(fs)]
         if best == 0:
-            t = float(finite.min()) if len(finite) else 0.0                  # everything above
+            t = -np.inf if n else 0.0    # everything above: every query with a feature, whatever its value
         elif best == n:
-            t = float(np.nextafter(fs[-1], np.inf)) if np.isfinite(fs[-1]) else np.inf   # everything below
+            t = np.inf                   # everything below: every query, whatever its feature
         else:
             t = float((fs[best - 1] + fs[best]) / 2) if np.isfinite(fs[best - 1]) else float(fs[best])
         self.threshold_ = t
@@ -413,7 +422,7 @@ class ScoreRouter(LearnedThreshold, Operator):
     def _call(self, state: State) -> State:
         self._check_learned()
         f = ranking_feature(state, self.params.feature) if len(state) else np.empty(0)
-        above = np.nan_to_num(f, nan=-np.inf) >= self.threshold
+        above = ~np.isnan(f) & (f >= self.threshold)  # no feature (too few results): below, even at -inf
         out = state.copy()
         out.values["label"] = np.where(above, self.params.above, self.params.below).astype(object).tolist()
         return out
