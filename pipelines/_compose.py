@@ -34,7 +34,7 @@ from typing import (
 import numpy as np
 
 from ragkit._files import user_path
-from ragkit.errors import DataError, InputTypeError, NotFittedError, ParamError, RagkitError, some_ids
+from ragkit.errors import ArtifactError, DataError, InputTypeError, NotFittedError, ParamError, RagkitError, some_ids
 from ragkit.operator import (
     _RESTORING,
     Operator,
@@ -310,6 +310,20 @@ class Composite(Operator):
         from ragkit.pipelines.store import save_pipeline
 
         save_pipeline(Pipeline([self]), user_path(path, f"{type(self).__name__}.save: path"))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str], corpus: Corpus | None = None, *, mmap: bool = False,
+             verify: bool = True) -> Self:
+        """Load what :meth:`save` wrote, a one-step pipeline, as its step: ``Parallel.load(folder)`` of a saved
+        :class:`Parallel` is that Parallel.  A folder holding anything else (a pipeline of several steps, another
+        composite, one operator) is an :class:`~ragkit.errors.ArtifactError` saying how to load it."""
+        pipe = Pipeline.load(path, corpus=corpus, mmap=mmap, verify=verify)
+        if len(pipe.steps) == 1 and isinstance(pipe.steps[0], cls):
+            return pipe.steps[0]
+        held = (f"one {type(pipe.steps[0]).__name__}" if len(pipe.steps) == 1 else
+                f"a pipeline of {len(pipe.steps)} steps ({', '.join(type(s).__name__ for s in pipe.steps)})")
+        raise ArtifactError(f"{cls.__name__}.load: {path} holds {held}, not one {cls.__name__}: load it with "
+                            f"Pipeline.load (or Operator.load)")
 
     @property
     def is_fitted(self) -> bool:
@@ -803,8 +817,10 @@ class Pipeline(Composite):
                         else "it has no operators at all")
                 raise ParamError(f"this pipeline has no retriever ({held}), so no query would get a document; start "
                                  "it with one, e.g. bm25 or dense")
-            if k is not None and (isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1):
-                raise ParamError(f"search: k must be a positive integer, got {k!r}")
+            if k is not None:
+                from ragkit.options import _positive_k
+
+                k = _positive_k(k)  # (the one rule of a run-time k: ragkit.options.positive_k)
             options = check_options(self, options, corpus)  # before any work: the whole tree's options
             refuse_unapplied_filter(self, options)  # (a retriever that would ignore it)
             if k is not None:

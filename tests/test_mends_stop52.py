@@ -48,3 +48,27 @@ def test_an_answer_cut_within_a_character_drops_the_partial_character():
     from ragkit.generators.local import _settled
 
     assert _settled(g._text(ids).strip()) == "Café ☕ 日本" and _settled("ok \ufffd\ufffd ") == "ok"
+
+
+@pytest.mark.parametrize("k", ["3", 3.0, True, 0, 10**12])
+def test_a_pipeline_search_words_a_bad_k_as_every_other_run_time_k(k):
+    from ragkit.pipelines import Pipeline
+
+    with pytest.raises(ParamError, match=r"^search option k: expected a positive integer"):
+        Pipeline([BM25(k=2)]).fit(CORPUS).search(["fish"], k=k)
+
+
+def test_a_composite_loads_its_own_save(tmp_path):
+    """``Parallel.load`` of what ``Parallel.save`` wrote said "a saved pipeline, not a single operator"."""
+    from ragkit.errors import ArtifactError
+    from ragkit.pipelines import Loop, Parallel
+    from ragkit.pipelines.fusion import RRF
+
+    par = Parallel([BM25(k=2), BM25(k=2, k1=0.5)], fuse=RRF()).fit(CORPUS)
+    par.save(tmp_path / "p")
+    back = Parallel.load(tmp_path / "p")
+    assert type(back) is Parallel and back == par
+    assert [list(d) for d in back.search(["fish"]).doc_ids] == [list(d) for d in par.search(["fish"]).doc_ids]
+    with pytest.raises(ArtifactError, match=r"Loop\.load: .* holds one Parallel, not one Loop: load it with "
+                                            r"Pipeline\.load"):
+        Loop.load(tmp_path / "p")
