@@ -260,10 +260,11 @@ def unranked_router(op: Operator, path: str = "pipeline", ranked: bool = False, 
       retriever: one without any is refused by ``search`` as such);
     * a ``dbnorm`` or ``cosine_adapter`` whose scores do not come from a ``dense`` or ``knn_embed`` with
       ``metric: cos`` (:func:`cosine_source_problem`);
-    * a retriever right after another in the same list (``[bm25, dense]``): it replaces the first's ranking
-      (:func:`discarded_ranking_problem`);
-    * a ``prf`` whose expanded query the next retriever does not read, or reads with other text analysis
-      (:func:`prf_reader_problem`).
+    * a retriever right after another in the same list (``[bm25, dense]``), or a parallel, route or loop after
+      one, every path through which starts with a retriever (``[bm25, parallel: {branches: [dense]}]``): it
+      replaces the first's ranking (:func:`discarded_ranking_problem`);
+    * a ``prf`` whose expanded query the next retriever does not read, or reads with other text analysis, or
+      that no retriever follows at all (:func:`prf_reader_problem`).
 
     Steps of a pipeline see the rankings of the steps before them; parallel and route branches
     those that reach them; a loop's judge also its body's.  ``ranked``: a retriever ran before ``op``.
@@ -381,19 +382,26 @@ def discarded_ranking_problem(op: Operator, path: str = "pipeline") -> ConfigErr
     ``None``: the second searches the whole corpus and replaces the first's ranking, so the list returns what the
     second alone returns (``[bm25: {variant: okapi}, bm25: {k: 10}]`` gave exactly ``[bm25: {k: 10}]``'s run,
     ``[bm25: {k: 1000}, dense: {k: 100}]`` dense's, ``[bm25: {}, top_k: {k: 5}, bm25: {}]`` the second bm25's
-    100 documents per query).  A rewriter between them (``prf``: the second reads its expanded query), a retriever
-    that starts a loop's body or a branch, and a retriever of another class (which may read what reaches it) are
-    not refused.  One pass over the tree (a look back over the steps since the last retriever)."""
+    100 documents per query).  The second may also be a parallel, route or loop every path through which starts
+    with such a retriever (:func:`_blind_starts`: ``[bm25, parallel: {branches: [dense]}]``, ``[bm25, loop: {body:
+    [bm25: {k: 7}], ...}]`` returned what they return without the first bm25); the error then names the
+    composite and those retrievers.  A rewriter between them (``prf``: the second reads its expanded query), a
+    branch that keeps, reranks or expands from the ranking (``top_k``, ``mmr``, ``[prf, bm25]``, an empty route
+    branch), a route whose router reads rankings, and a retriever of another class (which may read what reaches
+    it) are not refused.  One pass over the tree (a look back over the steps since the last retriever)."""
     if not isinstance(op, Composite):
         return None
     if isinstance(op, Pipeline):
         steps = op.child_paths(path)
         for j, (second, at_second) in enumerate(steps):
-            if not _ranking_blind(second):
+            starts = None if _ranking_blind(second) else _blind_starts(second, at_second)
+            if not _ranking_blind(second) and not starts:
                 continue
             for i in range(j - 1, -1, -1):  # back over the filters and rerankers right before it
                 first, at_first = steps[i]
                 if _ranking_blind(first):
+                    if starts:
+                        return _discarded_by_composite(first, at_first, second, at_second, starts, steps[i + 1:j])
                     return _discarded_ranking(first, at_first, second, at_second, steps[i + 1:j])
                 if not _ranking_only(first):
                     break
@@ -402,6 +410,65 @@ def discarded_ranking_problem(op: Operator, path: str = "pipeline") -> ConfigErr
         if problem is not None:
             return problem
     return None
+
+
+def _blind_starts(op: Operator, path: str) -> list[str] | None:
+    """The paths of the :data:`_RANKING_BLIND` retrievers that start every path of the composite ``op`` (at
+    ``path``) through which the rankings reaching it travel, when each does (with only :func:`_ranking_only` steps
+    before it), else ``None``: the rankings reaching ``op`` are then discarded whichever path a query takes.
+
+    A list's path starts with its first step that is not a filter or reranker; each branch of a parallel is a path
+    (its fuser fuses the branches' rankings only); each branch of a route and its ``default`` pipeline, when the
+    router does not read rankings (``score_router`` does: the rankings decide where a query goes); a loop's body
+    (its first iteration gets the rankings, the next ones the body's own).  An empty branch or list (a
+    pass-through), a list of filters and rerankers only, a step that reads rankings or values (``prf``, a reranker
+    before the retriever reads the rankings it then discards, but a rewriter's output is read: not a discard), a
+    plugin's composite and any other leaf are paths that do not discard them."""
+    if _ranking_blind(op):
+        return [f"{path}.{op.name}"]
+    if not isinstance(op, Composite):
+        return None
+    if isinstance(op, Pipeline):
+        for step, where in op.child_paths(path):
+            if not _ranking_only(step):
+                return _blind_starts(step, where)
+        return None
+    if isinstance(op, Loop):
+        return _blind_starts(*op.child_paths(path)[0])
+    if isinstance(op, Parallel):
+        paths = [(b, w) for b, w in op.child_paths(path) if b is not op.fuse]
+    elif isinstance(op, Route):
+        if getattr(op.router, "reads_rankings", False) or op.router.wants_upstream:
+            return None
+        paths = [(b, w) for b, w in op.child_paths(path) if b is not op.router]
+    else:  # a composite of a plugin
+        return None
+    found: list[str] = []
+    for branch, where in paths:
+        starts = _blind_starts(branch, where)
+        if not starts:
+            return None
+        found += starts
+    return found
+
+
+def _discarded_by_composite(first: Operator, at_first: str, second: Operator, at_second: str, starts: list[str],
+                            between: Sequence[tuple[Operator, str]] = ()) -> ConfigError:
+    """The error for the composite ``second`` (at ``at_second``) after the retriever ``first``, with only the
+    filters and rerankers ``between``, when every path through ``second`` starts with a retriever that searches
+    the whole corpus (``starts``, their paths, from :func:`_blind_starts`): ``first``'s ranking is discarded
+    whichever path a query takes."""
+    a, b = f"{at_first}.{first.name}", (at_second if isinstance(second, Pipeline) else f"{at_second}.{second.name}")
+    which = {"parallel": "every branch of this parallel", "route": "every branch of this route (and its default)",
+             "loop": "this loop's body"}.get(second.name, "every path through this step")
+    also = f" and what {', '.join(f'{w}.{s.name}' for s, w in between)} did to it are" if between else " is"
+    return ConfigError(
+        f"{b}: {which} starts with a retriever that searches the whole corpus and replaces the rankings that reach "
+        f"it ({', '.join(starts)}), so the ranking of {a} before it{also} discarded: the pipeline returns what "
+        f"it returns without {a} (a retriever does not rerank the candidates of another, in a branch or a loop's "
+        f"body either); to combine the rankings, make {first.name} a branch of a parallel with the others; to "
+        f"reorder {first.name}'s candidates, start a branch with a reranker (maxsim, mmr) instead; else drop {a}",
+        path=b)
 
 
 def _discarded_ranking(first: Operator, at_first: str, second: Operator, at_second: str,
@@ -605,50 +672,69 @@ PRF_ANALYSIS = ("fields", "tokenizer", "stopwords", "stemmer")
 
 def prf_reader_problem(op: Operator, path: str = "pipeline", loop_body: bool = False,
                        rest: Sequence[tuple[Operator, str]] = ()) -> ConfigError | None:
-    """The error for the first ``prf`` of ``op`` (at ``path``) whose expanded query the next retriever
-    would not read, or would read with other text analysis, else ``None``.
+    """The error for the first ``prf`` of ``op`` (at ``path``) whose expanded query no later step reads, or
+    the next retriever would not read, or would read with other text analysis, else ``None``.
 
     ``prf`` writes its expansion as text into ``state.values["lexical_query"]``, which only ``bm25`` (also
     a sharded one) reads; dense, multi-vector and kNN-Embed retrievers encode the query itself.  The next
     retriever is the first step after the ``prf`` in its list that retrieves (in a loop's body with none
-    after it: the body's first, which the next iteration runs); when that step is a composite, the first
-    retrievers of its branches, of which at least one must be a ``bm25``.  Each such ``bm25`` must analyse
+    after it: the body's first, which the next iteration runs; with none there either, the first after the
+    loop); when that step is a composite, the first retrievers of its branches, of which at least one must be
+    a ``bm25``.  Each such ``bm25`` must analyse
     text as ``prf`` does (:data:`PRF_ANALYSIS`: ``fields``, ``tokenizer``, ``stopwords``, ``stemmer``):
     ``prf`` spells each expansion term with a corpus word that its own analysis maps to the term, so
     another analysis reads other terms (``[bm25: {stemmer: none}, prf, bm25: {stemmer: none}]`` searched
     with Porter stems: ``property`` for ``properties``).  A ``prf`` in a parallel or route branch that no
     retriever follows in its branch is read by the next retriever after the parallel or route (a branch's
-    ``lexical_query`` travels on); one that no retriever follows at all is not checked (its
-    ``lexical_query`` is still in the run's values).  ``loop_body``: ``op`` is a loop's body; ``rest``:
-    the steps after ``op`` in the lists around it.
+    ``lexical_query`` travels on).  One that no retriever follows at all (``[bm25, prf]``, ``[bm25, prf,
+    top_k]``, ``[parallel: {branches: [[bm25, prf], bm25]}]``) changes no ranking and is refused, unless a
+    later step of a class of its own declares ``reads_lexical_query`` (in a tree that holds no retriever at all,
+    such as ``[prf]``, this is left to ``fit`` and ``search``, which refuse such a tree as it is).  ``loop_body``:
+    ``op`` is a loop's body; ``rest``: the steps after ``op`` in the lists around it.
     """
+    own = op.child_paths(path) if isinstance(op, Pipeline) else [(op, path)]
+    tiers = [[], own, list(rest)] if loop_body else [list(rest)]
+    return _prf_problem(op, path, tiers, unread=_retrieves(op) or any(_retrieves(s) for s, _ in rest))
+
+
+def _prf_problem(op: Operator, path: str, tiers: list[list[tuple[Operator, str]]],
+                 unread: bool = True) -> ConfigError | None:
+    """:func:`prf_reader_problem` of ``op`` (at ``path``); ``tiers``: what runs after ``op``, in the order a
+    ``prf`` in it looks for the retriever that reads it: the steps after ``op`` in the lists around it, up to the
+    body of the innermost loop around it; then that body's steps (its next iteration); then what follows that loop
+    (its own tiers).  ``unread``: refuse a ``prf`` that nothing after it reads."""
     if isinstance(op, Loop):
         body, where = op.child_paths(path)[0]
-        return prf_reader_problem(body, where, loop_body=True)
+        return _prf_problem(body, where, [[], body.child_paths(where) if isinstance(body, Pipeline)
+                                          else [(body, where)], *tiers], unread)
     if isinstance(op, Composite) and not isinstance(op, Pipeline):
         for child, where in op.child_paths(path):
-            problem = prf_reader_problem(child, where, rest=rest)
+            problem = _prf_problem(child, where, tiers, unread)
             if problem is not None:
                 return problem
         return None
     steps = op.child_paths(path) if isinstance(op, Pipeline) else [(op, path)]
     for i, (step, where) in enumerate(steps):
+        later = [[*steps[i + 1:], *tiers[0]], *tiers[1:]]
         if isinstance(step, Composite):
-            problem = prf_reader_problem(step, where, rest=[*steps[i + 1:], *rest])
+            problem = _prf_problem(step, where, later, unread)
             if problem is not None:
                 return problem
             continue
         if step.name != "prf":
             continue
-        after = [(s, w) for s, w in steps[i + 1:] if _retrieves(s)]
-        if not after and loop_body:
-            after = [(s, w) for s, w in steps[:i] if _retrieves(s)]
-        if not after:
-            after = [(s, w) for s, w in rest if _retrieves(s)]
+        after = next(([(s, w) for s, w in tier if _retrieves(s)] for tier in later
+                      if any(_retrieves(s) for s, _ in tier)), [])
         if after:
             problem = _prf_reader(step, f"{where}.{step.name}", *after[0])
             if problem is not None:
                 return problem
+        elif unread and not any(leaf.reads_lexical_query for tier in later for s, _ in tier for leaf in iter_leaves(s)):
+            at = f"{where}.{step.name}"
+            return ConfigError(f"{at}: prf writes an expanded query (state.values['lexical_query']) for a bm25 after "
+                               f"it to search, but no retriever comes after it, so it changes no ranking; put a bm25 "
+                               f"after it (e.g. [bm25, prf, bm25], or after the parallel or route whose branch it "
+                               f"ends), or drop prf", path=at)
     return None
 
 

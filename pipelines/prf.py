@@ -37,14 +37,16 @@ the BM25 that reads the expanded query, and only a BM25 reads it: a pipeline who
 after ``prf`` is not a ``bm25`` (dense, muvera, knn_embed: it would change nothing), or is one that
 analyses text otherwise (``[bm25: {stemmer: none}, prf: {}, bm25: {stemmer: none}]`` searched
 Porter stems, ``property`` for ``properties``), is refused when it is built, naming both steps
-(:func:`~ragkit.pipelines._checks.prf_reader_problem`).  They are not inferred from the BM25: an
-explicit setting is what is run, and saved.  The weighted
+(:func:`~ragkit.pipelines._checks.prf_reader_problem`); so is a ``prf`` that no retriever follows (``[bm25, prf]``,
+also none after the parallel or route whose branch it ends), which changes no ranking.  They are not inferred
+from the BM25: an explicit setting is what is run, and saved.  The weighted
 query is written as text into ``state.values["lexical_query"]``, which BM25 reads (encoders
 keep reading the query itself: the weighted text is for term matching only): each term
 is spelled with a corpus word that stems to it and repeated
 ``round(q'(t) / sum(q') * resolution)`` times (the sum over the query's corpus terms), and
 since BM25 counts repeated query terms, the BM25 score of the text is the weighted RM3 score,
-times ``resolution / sum(q')``, with every weight rounded to ``1 / resolution`` of the total.
+times ``resolution / sum(q')``, with every weight rounded to ``1 / resolution`` of the total (half to even; a
+query's repetitions depend on its own weights only, bit for bit, never on the other queries of the batch).
 (Scores are therefore about ``resolution`` times larger than plain BM25 scores; a term whose
 weight is not positive cannot be written and is left out.)  With the default 1000, one round on
 SciFact test scores as the exact boosts do (nDCG@10 0.6479, Recall@100 0.9100 both ways) and
@@ -330,7 +332,25 @@ class PRF(Operator):
         a = self.params.original_query_weight
         w = sp.csr_matrix(a * self.query_model(state) + (1.0 - a) * self.relevance_model(state))
         w.eliminate_zeros()
+        w.sort_indices()  # a row's terms in one order whatever else is in the batch (sums over it are then too)
         return w
+
+    #: decimals the scaled weights are rounded to before the whole repetitions are: float noise (1e-12 of a
+    #: count, from sums taken in another order) must not move a weight that is a half (37.5) to either side
+    _SNAP_DECIMALS = 6
+
+    def _repetitions(self, weights: sp.csr_matrix) -> np.ndarray:
+        """Whole repetitions of each stored weight of ``weights`` (CSR, sorted indices, none below 0):
+        ``round(w / sum of its row * resolution)``, aligned with ``weights.data``.  A row's result depends on that
+        row alone, bit for bit, not on the other queries of the batch: its sum is taken over its own entries in
+        column order (``np.bincount`` adds each row's values one after another), and the scaled weights are
+        rounded to ``_SNAP_DECIMALS`` decimals before they are rounded to whole numbers, half to even (so a weight
+        of exactly 37.5 repetitions is 38 however its last bits came out)."""
+        n_q = weights.shape[0]
+        row = np.repeat(np.arange(n_q), np.diff(weights.indptr))
+        total = np.bincount(row, weights=weights.data, minlength=n_q)
+        scale = self.params.resolution / np.where(total > 0, total, 1.0)
+        return np.rint(np.round(weights.data * scale[row], self._SNAP_DECIMALS))
 
     def _call(self, state: State) -> State:
         out = state.copy()
@@ -338,9 +358,7 @@ class PRF(Operator):
             return out
         weights = self.expansion_weights(state)
         weights.data = np.where(weights.data > 0, weights.data, 0.0)  # a weight below 0 cannot be written
-        total = np.asarray(weights.sum(axis=1)).ravel()
-        counts = sp.csr_matrix(sp.diags(self.params.resolution / np.where(total > 0, total, 1.0)) @ weights)
-        counts.data = np.rint(counts.data)
+        counts = sp.csr_matrix((self._repetitions(weights), weights.indices, weights.indptr), shape=weights.shape)
         counts.eliminate_zeros()
         lens = np.diff(counts.indptr)
         words = self.surface_[np.repeat(counts.indices, counts.data.astype(np.int64))]
