@@ -734,7 +734,8 @@ def _prf_problem(op: Operator, path: str, tiers: list[list[tuple[Operator, str]]
             return ConfigError(f"{at}: prf writes an expanded query (state.values['lexical_query']) for a bm25 after "
                                f"it to search, but no retriever comes after it, so it changes no ranking; put a bm25 "
                                f"after it (e.g. [bm25, prf, bm25], or after the parallel or route whose branch it "
-                               f"ends), or drop prf", path=at)
+                               f"ends), or drop prf (to read the expansions themselves, run the fitted steps on a "
+                               f"State: prf(bm25(State.of(queries))).values['lexical_query'])", path=at)
     return None
 
 

@@ -198,6 +198,7 @@ class PRF(Operator):
     Params = PRFParams
     params: PRFParams
     example = {"fb_docs": 5, "fb_terms": 5, "max_df": 0.5}
+    downstream_example = [{"bm25": {"k": 20}}]  # the conformance suites' step that reads the expansion
 
     def _tokenize(self, texts: list[str]) -> tuple[list[list[str]], dict[str, str]]:
         """Terms (stems) per text, as the BM25 of these parameters analyses them, and a surface word for every

@@ -185,7 +185,8 @@ def example_upstream(cls) -> list[dict]:  # noqa: ANN001
 def example_pipeline(cls):  # noqa: ANN001, ANN201
     """The operator (example params) where it works: a fuser as a parallel's ``fuse``, a router as
     a route's ``router`` (a branch per label it can give), a judge as a loop's ``until``, any other
-    after the upstream it needs (the conformance and degenerate-data suites both build it so)."""
+    after the upstream it needs and before the steps that read it (its class's ``downstream_example``: a
+    ``prf`` is read by a ``bm25`` after it) (the conformance and degenerate-data suites both build it so)."""
     from ragkit.pipelines.yaml import load_yaml
 
     if cls.kind == "fuser":
@@ -200,7 +201,8 @@ def example_pipeline(cls):  # noqa: ANN001, ANN201
     if cls.kind == "judge":
         return load_yaml({"pipeline": [*example_upstream(cls), {"loop": {
             "body": LOOP_BODY, "until": example_node(cls), "max_iters": LOOP_MAX_ITERS}}]})
-    return load_yaml({"pipeline": [*example_upstream(cls), example_node(cls)]})
+    return load_yaml({"pipeline": [*example_upstream(cls), example_node(cls),
+                                   *getattr(cls, "downstream_example", [])]})
 
 
 def well_formed(run, queries, corpus) -> None:  # noqa: ANN001

@@ -69,7 +69,6 @@ def test_retrievers_that_read_or_do_not_follow_a_ranking_are_accepted(corpus: Co
     """A prf between them (it reads the ranking), a loop body's first retriever, parallel branches, and a
     retriever of a class of one's own (which may read what reaches it)."""
     for steps in ["[bm25: {}, prf: {}, bm25: {}]", "[bm25: {}, mmr: {}]",
-                  "[bm25: {}, loop: {body: [dense: {}], until: {max_only: {}}}]",
                   "[loop: {body: [prf: {}, bm25: {}], until: {topk_stable: {}}}, dense: {}]",
                   "[parallel: {branches: [bm25: {}, dense: {}]}]", "[bm25: {}]"]:
         load_yaml(f"pipeline: {steps}")
@@ -174,7 +173,7 @@ def test_nested_loops_still_see_their_own_last_iteration_scores() -> None:
     for depth in (1, 3, 6):
         with pytest.raises(ConfigError, match=r"dbnorm reads the raw cosines .* come from .*body\[1\]\.bm25"):
             load_yaml(_nested_loops(depth, "[dbnorm: {}, bm25: {}]", before="dense: {}, "))
-        load_yaml(_nested_loops(depth, "[dense: {}, dbnorm: {}]", before="bm25: {}, "))
+        load_yaml(_nested_loops(depth, "[dense: {}, dbnorm: {}]"))
 
 
 # ----------------------------------------------------------------------------- 4. a route's own trace row

@@ -51,18 +51,23 @@ _well_formed = well_formed
 _SEAT = {"fuser": "fuse", "router": "router", "judge": "until"}
 
 
+def _step_of(cls: type[Operator]) -> int:
+    """The step of :func:`example_pipeline` that holds ``cls``: the last, but for its ``downstream_example``."""
+    return -1 - len(getattr(cls, "downstream_example", []))
+
+
 def _target(pipe: Pipeline, cls: type[Operator]) -> Operator:
     if cls.kind == "fuser":
         return pipe.steps[0].fuse
-    return getattr(pipe.steps[-1], _SEAT[cls.kind]) if cls.kind in _SEAT else pipe.steps[-1]
+    return getattr(pipe.steps[_step_of(cls)], _SEAT[cls.kind]) if cls.kind in _SEAT else pipe.steps[_step_of(cls)]
 
 
 def _replace_target(pipe: Pipeline, cls: type[Operator], op: Operator) -> None:
     """Put ``op`` where :func:`_target` finds the operator."""
     if cls.kind in _SEAT:
-        setattr(pipe.steps[0 if cls.kind == "fuser" else -1], _SEAT[cls.kind], op)
+        setattr(pipe.steps[0 if cls.kind == "fuser" else _step_of(cls)], _SEAT[cls.kind], op)
     else:
-        pipe.steps[-1] = op
+        pipe.steps[_step_of(cls)] = op
 
 
 #: how far two scores of one document may differ between two runs that are equal up to float rounding

@@ -243,8 +243,10 @@ def test_operators_of_a_routed_pipeline_are_the_taken_branchs(fake_encoder):
         assert [d.metadata["operators"] for d in docs] == [["bm25"]] * 3
     for docs in (r.invoke(long), r.batch([short, long])[1]):
         assert [d.metadata["operators"] for d in docs] == [["dense"]] * 3
-    # a retriever before the route counts for every query
-    before = ROUTED.replace("pipeline:\n", "pipeline:\n  - bm25: {k: 20}\n")
+    # a retriever before the route counts for every query (the keyword branch keeps its ranking: a route whose
+    # every branch retrieves anew would discard it, and is refused)
+    before = ROUTED.replace("pipeline:\n", "pipeline:\n  - bm25: {k: 20}\n").replace(
+        "        keyword:\n          - bm25: {k: 20}\n", "        keyword:\n          - top_k: {k: 20}\n")
     r2 = RagkitRetriever(pipeline=before, corpus=corpus, k=3)
     assert r2.batch([short, long])[1][0].metadata["operators"] == ["bm25", "dense"]
     # a route inside a route: which branch the outer took is not what values["route"] says: no operators

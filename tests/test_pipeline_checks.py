@@ -70,7 +70,6 @@ def test_prf_pipelines_that_are_read_by_a_bm25_are_accepted():
                   "[bm25: {}, prf: {}, parallel: {branches: [bm25: {}, dense: {}]}]",  # its bm25 branch reads it
                   "[loop: {body: [prf: {}, bm25: {}], until: {topk_stable: {k: 10}}}]",
                   "[loop: {body: [bm25: {}, prf: {}], until: {topk_stable: {k: 10}}}]",
-                  "[bm25: {}, prf: {}]",  # no retriever after it: its lexical_query is in the run's values
                   "[bm25: {}, route: {router: {rule_router: {rules: [{label: a, max_words: 3}], default: b}}, "
                   "branches: {a: [prf: {}], b: []}}, bm25: {}]"]:
         load_yaml(f"pipeline: {steps}")
@@ -157,7 +156,7 @@ class _Boom(Operator):
 
 
 def test_a_data_error_at_search_names_the_step(corpus):
-    pipe = Pipeline([BM25(), Parallel([BM25(), Pipeline([BM25(k=3), _Boom()])])]).fit(corpus)
+    pipe = Pipeline([BM25(), Parallel([TopK(k=50), Pipeline([BM25(k=3), _Boom()])])]).fit(corpus)
     with pytest.raises(DataError, match=r"^pipeline\[1\]\.parallel\.branches\[1\]\[1\]\.boom_test: boom_test "
                                         r"expects something else$"):
         pipe.search(["cats"])
