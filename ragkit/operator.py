@@ -1582,15 +1582,21 @@ def _interrupted_save(folder: Path) -> str | None:
 
 def _before_checksums(folder: Path) -> str:
     """The end of the error for an operator folder without ``checksums.json``: why, and what to do.  Format 1
-    folders (``params.json``) may be from a ragkit before checksums, which wrote none; later ones always do."""
+    folders (``params.json``) may be from a ragkit before checksums, which wrote none; later ones always do: the
+    end then gives the shell command that loads it unchecked and saves it in place (the command line has no
+    ``verify=False``)."""
     try:
         version = json.loads((folder / "params.json").read_text(encoding="utf-8")).get("format_version", 1)
     except (OSError, ValueError, AttributeError):
         version = None
     if isinstance(version, int) and not isinstance(version, bool) and version <= 1:
+        import shlex
+
+        where = json.dumps(str(folder.absolute()))  # (a Python string literal, in a shell-quoted program)
+        code = f"from ragkit import Operator; Operator.load({where}, verify=False).save({where})"
         return ("; it may have been written by a ragkit from before checksums (its params.json says format 1), "
                 "or changed after saving: if it is yours, load it with verify=False, then save it again (which "
-                "writes them)")
+                f"writes them; in place, or to another folder), e.g. from a shell: python -c {shlex.quote(code)}")
     return ("; the folder was changed after saving: save the operator again, or load it unchecked with "
             "verify=False")
 

@@ -1506,8 +1506,8 @@ class VectorIndex:
         try:
             cfg, files = dict(meta["config"]), dict(meta["files"])
             if meta.get("format", 0) > FORMAT:
-                raise ArtifactError(f"{folder / (prefix + '.json')}: index format {meta['format']} "
-                                    f"is newer than {FORMAT}")
+                raise ArtifactError(f"{folder / (prefix + '.json')}: written by a newer ragkit (index format "
+                                    f"{meta['format']}, this one reads {FORMAT}); upgrade ragkit")
         except (KeyError, TypeError):
             raise ArtifactError(f"{folder / (prefix + '.json')}: not a ragkit vector index manifest") from None
         for name, info in files.items():

@@ -461,6 +461,8 @@ class Dense(TunedEncoderMixin, Operator):
     def _load(self, folder: Path, mmap: bool = False) -> None:
         from ragkit.operator import load_array
 
+        if not (folder / "index.json").exists() and (folder / "vectors.npy").is_file():
+            raise ArtifactError(_earliest_layout(folder, type(self)))
         self.index_ = VectorIndex.load(folder, prefix="index", mmap=mmap)
         self.slots_ = np.array(load_array(folder, "slots"), dtype=np.int64)
         self._load_encoder(folder)
@@ -471,3 +473,35 @@ class Dense(TunedEncoderMixin, Operator):
         if not np.array_equal(self.slots_, np.flatnonzero(self.index_.alive)):  # row i is the i-th live slot
             raise ArtifactError(f"{folder}: slots.npy does not list the index's live vectors in order; the file was "
                                 "changed after saving")
+
+
+def _earliest_layout(folder: Path, cls: type) -> str:
+    """The error for the dense ``folder`` of ragkit's earliest saves: ``vectors.npy`` (a float32 matrix) and no
+    ``index.json``, written by the first commits of 2026-11-23, before f4f34ac (its ``params.json`` says format 1,
+    as today's do); this ragkit does not read it.  Says how to fit it again on the documents saved with it and save
+    it in place: the pipeline's ``pipeline.yaml`` and ``corpus.jsonl`` when ``folder`` is one of its steps, else the
+    operator's own ``params.json`` and ``corpus.jsonl``, as a shell command with the real paths."""
+    import json
+    import shlex
+
+    from ragkit.operator import _saved_pipeline_above
+
+    start = (f"{folder}: holds a dense index in ragkit's earliest layout (vectors.npy, written by the ragkit of "
+             "2026-11-23 before commit f4f34ac), which this ragkit does not read")
+    whole = None if (folder / "corpus.jsonl").is_file() else _saved_pipeline_above(folder)
+    if whole is not None:
+        w = json.dumps(str(whole.absolute()))
+        code = (f"from ragkit import Pipeline; from ragkit.eval import read_corpus; w = {w}; Pipeline.from_yaml(w + "
+                '"/pipeline.yaml").fit(read_corpus(w + "/corpus.jsonl")).save(w)')
+        return (f"{start}: fit the pipeline at {whole} again on its documents (its corpus.jsonl, read with "
+                "ragkit.eval.read_corpus) and save it again (pass train=... to fit if it learned from judged "
+                f"queries), e.g. from a shell: python -c {shlex.quote(code)}")
+    if not (folder / "corpus.jsonl").is_file():
+        return f"{start}: fit the operator again on the documents it was fitted on, and save it again"
+    module = "ragkit.retrievers" if cls is Dense else cls.__module__
+    f = json.dumps(str(folder.absolute()))
+    code = (f"import json; from {module} import {cls.__name__}; from ragkit.eval import read_corpus; f = {f}; "
+            f'{cls.__name__}(json.load(open(f + "/params.json"))["params"]).fit(read_corpus(f + "/corpus.jsonl"))'
+            ".save(f)")
+    return (f"{start}: fit it again on its documents (its corpus.jsonl, read with ragkit.eval.read_corpus) with the "
+            f"parameters in its params.json, and save it again, e.g. from a shell: python -c {shlex.quote(code)}")
