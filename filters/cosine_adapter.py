@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import math
-import time
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -459,7 +458,6 @@ class CosineAdapter(Operator):
         return DataError(_NEEDS_TRAIN)
 
     def _fit(self, corpus: Corpus, train: TrainSet | None, upstream: State | None) -> None:
-        t0 = time.perf_counter()
         if train is None:  # fit refuses it first (train_refusal)
             raise DataError(_NEEDS_TRAIN)
         encoder = get_encoder(self.params.model)
@@ -557,8 +555,7 @@ class CosineAdapter(Operator):
                         "the threshold is chosen on (max_iter %d); the threshold may keep too much or too little; "
                         "raise max_iter", stalled, n_folds, self.params.max_iter)
         info.update(train_queries=int(n_q), pairs=int(len(y)), positives=int(y.sum()),
-                    dim=int(qv.shape[1]), encoder=encoder.key, threshold=self.threshold_,
-                    seconds=time.perf_counter() - t0)
+                    dim=int(qv.shape[1]), encoder=encoder.key, threshold=self.threshold_)
         self.info_ = info
         per_query = np.bincount(qidx, weights=y, minlength=n_q)
         top = int(np.argmax(per_query)) if n_q else 0
@@ -769,4 +766,10 @@ class CosineAdapter(Operator):
         if x0 is not None and (not isinstance(x0, (int, float)) or isinstance(x0, bool) or not 0 < x0 <= 1):
             raise ArtifactError(f"{folder / 'adapter.json'}: power_x0 must be a number in (0, 1], got {x0!r}")
         self.power_x0_ = None if x0 is None else float(x0)
-        self.info_ = dict(meta.get("info", {}))
+        info = meta.get("info", {})
+        if not isinstance(info, dict):
+            raise ArtifactError(f"{folder / 'adapter.json'}: info must be a JSON object (what the fit reported), got "
+                                f"{type(info).__name__}; fit and save the pipeline again")
+        # (older saves hold the fit's wall time, "seconds": dropped, as it is no longer kept, nor saved, so
+        # that two identical fits write identical files)
+        self.info_ = {k: v for k, v in info.items() if k != "seconds"}

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import re
-import time
 from pathlib import Path
 from typing import Any, ClassVar, Literal, Mapping
 
@@ -370,6 +369,21 @@ def fit_banks(p: BankParams, corpus: Corpus, train: TrainSet | None, docs: np.nd
     return log_z_q, active_q, log_z_g, active_g, info
 
 
+#: keys a load drops from a saved ``dbnorm.json``: ``seconds``, the fit's wall time, which older saves hold
+#: (no longer in ``info_`` nor saved: two identical fits write identical files)
+UNSAVED_INFO = frozenset({"seconds"})
+
+
+def read_info(path: Path) -> dict[str, Any]:
+    """The ``info_`` saved at ``path`` (``dbnorm.json``), without the keys of :data:`UNSAVED_INFO` (an older
+    save's fit time); an :class:`ArtifactError` naming the file when it holds no JSON object."""
+    info = read_json(path)
+    if not isinstance(info, dict):
+        raise ArtifactError(f"{path}: expected a JSON object (what the fit reported), got {type(info).__name__}; "
+                            "fit and save the pipeline again")
+    return {k: v for k, v in info.items() if k not in UNSAVED_INFO}
+
+
 class _BankOperator(Operator):
     """What ``dbnorm`` and ``dbnorm_dense`` share as operators fitted with banks (:class:`BankParams`)."""
 
@@ -459,7 +473,6 @@ class DBNorm(_BankOperator):
         return self.params.dual
 
     def _fit(self, corpus: Corpus, train: TrainSet | None, upstream: State | None) -> None:
-        t0 = time.perf_counter()
         p = self.params
         check_bank_inputs(self.name, p, corpus, train)
         enc = get_encoder(p.model)
@@ -467,13 +480,12 @@ class DBNorm(_BankOperator):
             self.log_z_q_, self.active_q_ = np.zeros(0), np.zeros(0, bool)
             self.log_z_g_, self.active_g_ = np.zeros(0), np.zeros(0, bool)
             self.info_ = {"query_bank": None, "query_bank_size": 0, "n_docs": 0, "dim": None, "active_q": 0,
-                          "active_g": 0, "seconds": time.perf_counter() - t0}
+                          "active_g": 0}
             return
         docs = unit_rows(encode_documents(enc, corpus.full_texts, encoder_label(self.name, p.model, enc, "encode")))
         # (banks of cosines, like the dense scores it corrects)
         self.log_z_q_, self.active_q_, self.log_z_g_, self.active_g_, info = fit_banks(
             p, corpus, train, docs, activation_k=p.activation_k, name=self.name)
-        info["seconds"] = time.perf_counter() - t0
         self.info_ = info
 
     def _call(self, state: State) -> State:
@@ -528,7 +540,7 @@ class DBNorm(_BankOperator):
             if len(getattr(self, name)) != n:
                 raise ArtifactError(f"{folder}: {name} has {len(getattr(self, name))} entries "
                                     f"for a corpus of {n} documents")
-        self.info_ = read_json(folder / "dbnorm.json")
+        self.info_ = read_info(folder / "dbnorm.json")
 
 
 class DBNormDenseParams(BankParams):
@@ -623,7 +635,6 @@ class DBNormDense(_BankOperator):
         return p.beta1 + p.beta2 if p.dual else p.beta
 
     def _fit(self, corpus: Corpus, train: TrainSet | None, upstream: State | None) -> None:
-        t0 = time.perf_counter()
         p = self.params
         check_bank_inputs(self.name, p, corpus, train)
         enc = self.encoder
@@ -654,7 +665,6 @@ class DBNormDense(_BankOperator):
         aug[:, d] = coord
         info["penalty_shift"] = self.shift_
         self.index_ = VectorIndex(dtype="f32", metric="ip", search="exact").build(aug, copy=False)
-        info["seconds"] = time.perf_counter() - t0
         self.info_ = info
 
     def _coordinate(self, penalty: np.ndarray) -> np.ndarray:
@@ -704,5 +714,5 @@ class DBNormDense(_BankOperator):
         if (cfg["metric"], cfg["dtype"], cfg["search"]) != ("ip", "f32", "exact"):
             raise ArtifactError(f"{folder}: the index is {cfg['dtype']} {cfg['metric']} {cfg['search']}, not the exact "
                                 f"f32 inner-product index dbnorm_dense writes")
-        self.info_ = read_json(folder / "dbnorm.json")
+        self.info_ = read_info(folder / "dbnorm.json")
         self.shift_ = float(self.info_.get("penalty_shift", 0.0))  # saves before it stored the penalties uncentred
