@@ -7,36 +7,19 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from ragkit.encoders import HashingEncoder, register_encoder, unregister_encoder
+# the hashing encoder registered for each test, the corpus and the judged queries of the hubness-filter review
+from test_hubfilt_review import ENC, _corpus, _encoder, _train  # noqa: F401
+
 from ragkit.errors import ArtifactError
 from ragkit.filters import CosineAdapter, DBNorm
 from ragkit.filters.dbnorm import DBNormDense
 from ragkit.pipelines import Pipeline
 from ragkit.retrievers import Dense
-from ragkit.types import Corpus, Queries, TrainSet
-
-ENC = "same-bytes-words"
-
-
-@pytest.fixture(autouse=True)
-def _encoder() -> Iterator[None]:
-    register_encoder(ENC, HashingEncoder(dim=64), replace=True)
-    yield
-    unregister_encoder(ENC)
-
-
-def _corpus(n: int = 40) -> Corpus:
-    return Corpus.from_texts([f"notes on topic{i} and area{i % 7}" for i in range(n)])
-
-
-def _train(n: int = 30) -> TrainSet:
-    return TrainSet(Queries.from_texts([f"topic{i}" for i in range(n)]), {f"q{i}": {str(i): 1} for i in range(n)})
-
 
 #: (pipeline factory, the step's folder, its info file, where its fit report sits in that file)
 PIPELINES: dict[str, tuple[Callable[[], Pipeline], str, str, tuple[str, ...]]] = {
