@@ -21,9 +21,9 @@ __all__ = ["ScoreThreshold", "RelativeThreshold"]
 
 
 class _PrefixCut(Operator):
-    """Shared body of the score cut-offs: per query, the documents a rule keeps are counted, at
-    least ``max(k_min, min_keep)`` are kept, and each ranking is cut to that prefix (all queries at
-    once on the flattened rankings)."""
+    """Shared body of the score cut-offs: per query, the ranking is cut before the first document the rule
+    does not keep, at least ``max(k_min, min_keep)`` are kept (all queries at once on the flattened
+    rankings)."""
 
     kind = "filter"
     reads_rankings = True  # it cuts the rankings of the steps before it: refused before the first retriever
@@ -45,7 +45,11 @@ class _PrefixCut(Operator):
         _, scores, lengths, starts, qidx = flatten(state.rankings)
         _check_sorted(scores, qidx, self.name)
         keep = self._keep(state, scores, lengths, starts, qidx)
-        n_keep = np.bincount(qidx, weights=keep, minlength=len(lengths)).astype(np.int64)
+        # the leading run of kept documents: a rise of float rounding (which passes the sort check) may put a
+        # document that fails the rule before one that passes, and a count of the passing ones then kept it
+        n_keep = np.asarray(lengths, np.int64).copy()
+        fail = np.flatnonzero(~keep)
+        np.minimum.at(n_keep, qidx[fail], fail - starts[qidx[fail]])
         n_keep = np.maximum(n_keep, np.minimum(max(k_min, self.min_keep), lengths))
         out.rankings = cut_prefix(state.rankings, n_keep)
         return out

@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ragkit import Corpus
+from ragkit import Corpus, Operator, Params, Ranking
 from ragkit.errors import ParamError
+from ragkit.registry import register
 from ragkit.retrievers import BM25
 
 CORPUS = Corpus(ids=["a", "b", "c"], texts=["fish and chips", "chips", "fish soup"])
@@ -72,3 +73,36 @@ def test_a_composite_loads_its_own_save(tmp_path):
     with pytest.raises(ArtifactError, match=r"Loop\.load: .* holds one Parallel, not one Loop: load it with "
                                             r"Pipeline\.load"):
         Loop.load(tmp_path / "p")
+
+
+class _NearTieParams(Params):
+    pass
+
+
+@register
+class _NearTie(Operator):
+    """Scores that rise by float rounding only (sorted to ragkit), the middle one below 0.5, the last above."""
+
+    name = "near_tie_stop52"
+    kind = "reranker"
+    stateless = True
+    Params = _NearTieParams
+    reads_rankings = True
+
+    def _call(self, state):
+        out = state.copy()
+        out.rankings = [Ranking(r.rows[:3], np.array([0.6, 0.4999999, 0.5000003], np.float32))
+                        for r in state.rankings]
+        return out
+
+
+@pytest.mark.parametrize("cut", ["score_threshold: {threshold: 0.5}", "relative_threshold: {alpha: 0.8333334}"])
+def test_a_cut_off_never_keeps_a_document_below_it_after_a_rounding_rise(cut):
+    """A cut-off counted the documents that pass and kept that many from the front: after a rise within the
+    sort tolerance it kept 0.4999999 (below the threshold) and dropped 0.5000003."""
+    from ragkit.pipelines import Pipeline
+
+    corpus = Corpus.from_texts([f"apple {i}" for i in range(5)])
+    pipe = Pipeline.from_yaml(f"pipeline:\n- bm25: {{}}\n- near_tie_stop52: {{}}\n- {cut}\n").fit(corpus)
+    (scores,) = pipe.search(["apple"]).scores
+    assert [round(float(x), 7) for x in scores] == [0.6]
