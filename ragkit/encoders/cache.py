@@ -7,7 +7,11 @@ what is there; the temporary files of a writer killed midway, and the vectors of
 before finishing (no keys file), are removed by the next process of the same host that writes to the
 folder (:func:`sweep_stale_tempfiles`).  A second encoding of the same texts with the same model reads
 them back and encodes nothing; an encoding interrupted midway keeps the chunks of
-:data:`COMPUTE_CHUNK` texts it finished.
+:data:`COMPUTE_CHUNK` texts it finished.  Small shards (a text or a few per write: one-document adds, cached
+queries) are read into memory rather than memory-mapped, and merged into one once a folder holds more than
+:data:`MAX_SMALL_SHARDS` of them (:meth:`EmbeddingCache.compact`), so the files of a folder, and the
+descriptors its readers hold, grow with the bytes cached, not with the number of writes.  Nothing is ever
+pruned: a folder grows with the distinct texts encoded, and may be deleted at any time.
 """
 
 from __future__ import annotations
@@ -22,8 +26,9 @@ import threading
 import time
 import uuid
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, ContextManager, Generic, Protocol, Sequence, TypeVar, Union
+from typing import Callable, ContextManager, Generic, Iterator, Protocol, Sequence, TypeVar, Union
 
 import numpy as np
 
@@ -49,6 +54,17 @@ COMPUTE_CHUNK = 50_000
 #: them (a writer killed between the renames of its files left them; one writing now renames its keys in
 #: moments)
 ORPHAN_SHARD_AGE_S = 3600.0
+
+#: bytes below which a shard's vectors file (``<name>.npy``) is small: :meth:`EmbeddingCache` reads such a shard
+#: into memory instead of memory-mapping it (a map keeps a file descriptor and a mapping open for the life of the
+#: reader: one per shard, and a service caching one query or document per call wrote one shard per call), and
+#: merges the small shards of a folder into one when there are more than :data:`MAX_SMALL_SHARDS` of them
+SMALL_SHARD_BYTES = 1 << 20
+
+#: small shards (:data:`SMALL_SHARD_BYTES`) a folder of the embedding cache holds at most before
+#: :meth:`EmbeddingCache.put` merges them into one (:meth:`EmbeddingCache.compact`): a cache filled one text at a
+#: time so keeps at most this many + 1 small shards, whatever the number of writes
+MAX_SMALL_SHARDS = 64
 
 #: a file of a shard, ``<32 hex characters>.<part>.npy`` (the vectors: ``<name>.npy``)
 _SHARD_FILE = re.compile(r"([0-9a-f]{32})((?:\.[a-z]+)?)\.npy")
@@ -276,6 +292,42 @@ def warn_if_shared(folder: Path) -> None:
                   + PYTHON_ONLY_ADVICE, RuntimeWarning, stacklevel=_outside_ragkit())
 
 
+#: bytes of a ``.npy`` header as ``np.save`` writes it for a 2-d float32 array (the file's size less its data)
+_NPY_HEADER_BYTES = 128
+
+
+@contextmanager
+def _compaction_lock(folder: Path) -> Iterator[bool]:
+    """An exclusive ``flock`` on the cache ``folder`` itself, not waited for: yields whether it is held (``False``
+    when another process, or another reader of this process, holds it: it is compacting the folder).  Where
+    ``flock`` does not exist or does not work (Windows, some network file systems) it yields ``True`` unlocked: a
+    compaction removes only shards whose rows it has written first, so two at once waste work, lose nothing."""
+    fd = _files._open_dir(folder) if _files.FCNTL is not None else None
+    try:
+        if fd is not None:
+            try:
+                _files.FCNTL.flock(fd, _files.FCNTL.LOCK_EX | _files.FCNTL.LOCK_NB)
+            except BlockingIOError:
+                yield False
+                return
+            except OSError:
+                pass
+        yield True
+    finally:
+        if fd is not None:
+            _files._close_dir(fd)
+
+
+def _last_of_each(keys: np.ndarray) -> np.ndarray:
+    """Positions of the last occurrence of each of ``keys`` (16-byte digests), in ascending order."""
+    k = np.ascontiguousarray(keys).view("S16")
+    order = np.argsort(k[::-1], kind="stable")  # (reversed: the first of each run is the last written)
+    sk = k[::-1][order]
+    first = np.ones(len(sk), bool)
+    np.not_equal(sk[1:], sk[:-1], out=first[1:])
+    return np.sort(len(k) - 1 - order[first])
+
+
 class _Sized(Protocol):
     def __len__(self) -> int: ...
 
@@ -438,12 +490,14 @@ class ShardStore(Generic[S]):
             s = self._whole.get(hashlib.sha1(np.ascontiguousarray(digests).tobytes()).digest())
             return None if s is None else self._shards[s]
 
-    def _written(self, name: str | None, digests: np.ndarray) -> S | None:
-        """After writing shard ``name`` of ``digests``: open it and add it to a loaded index (an index
-        not loaded yet will read it from disk).  ``None`` when nothing was written."""
+    def _written(self, name: str | None, digests: np.ndarray, shard: S | None = None) -> S | None:
+        """After writing shard ``name`` of ``digests``: open it (unless the caller gives it, ``shard``) and add
+        it to a loaded index (an index not loaded yet will read it from disk).  ``None`` when nothing was
+        written."""
         if name is None:
             return None
-        shard = self._open(name)
+        if shard is None:
+            shard = self._open(name)
         with self._lock:
             if self._index is not None:
                 self._add(digests, shard)
@@ -462,10 +516,23 @@ class EmbeddingCache(ShardStore[np.ndarray]):
 
     One reader is safe to share between threads (a served pipeline's searches); computing the
     missing vectors is not.
+
+    A shard whose vectors file is smaller than :data:`SMALL_SHARD_BYTES` is read into memory, a larger one
+    memory-mapped; once a folder holds more than :data:`MAX_SMALL_SHARDS` small shards, :meth:`put` merges them
+    into one (:meth:`compact`), so a cache written one text at a time keeps a bounded number of files, and of
+    descriptors open in its readers.
     """
 
     def _open(self, name: str) -> np.ndarray:
-        return np.load(self.folder / f"{name}.npy", allow_pickle=False, mmap_mode="r")
+        """The vectors of shard ``name``: read into memory when its file is small (:data:`SMALL_SHARD_BYTES`: no
+        descriptor nor mapping stays open, and the shard stays readable when a compaction removes its file),
+        memory-mapped otherwise; raises one of :data:`UNREADABLE` when damaged or gone."""
+        path = self.folder / f"{name}.npy"
+        if path.stat().st_size < SMALL_SHARD_BYTES:
+            arr = load_npy(path)
+            arr.flags.writeable = False  # (as a map opened "r": a caller writing into a row cannot change the cache)
+            return arr
+        return np.load(path, allow_pickle=False, mmap_mode="r")
 
     def get(self, digests: np.ndarray) -> tuple[np.ndarray | None, np.ndarray]:
         """Cached vectors ``(n, dim)`` float32 (zero rows where absent) for ``digests`` ``(n,)``, and the
@@ -496,8 +563,105 @@ class EmbeddingCache(ShardStore[np.ndarray]):
         written is warned about and skipped: :func:`write_shard`)."""
         if len(digests) == 0:
             return
-        self._written(write_shard(self.folder, self.key,
-                                  [(".npy", np.asarray(vectors, np.float32)), (".keys.npy", digests)]), digests)
+        arr = np.asarray(vectors, np.float32)
+        name = write_shard(self.folder, self.key, [(".npy", arr), (".keys.npy", digests)])
+        if name is None:
+            return
+        shard: np.ndarray | None = None
+        if arr.nbytes + _NPY_HEADER_BYTES < SMALL_SHARD_BYTES:  # a small shard: kept as written, not read back
+            shard = np.array(arr, np.float32, copy=True)
+            shard.flags.writeable = False
+        else:
+            try:
+                shard = self._open(name)
+            except UNREADABLE:  # (removed meanwhile: it was small after all, and merged by another writer)
+                shard = np.array(arr, np.float32, copy=True)
+        self._written(name, digests, shard)
+        self._compact_if_many()
+
+    def _compact_if_many(self) -> None:
+        """:meth:`compact` when the folder holds more than :data:`MAX_SMALL_SHARDS` shards (one listing; the
+        sizes of their files are read only then)."""
+        try:
+            n = sum(1 for fname in os.listdir(self.folder) if fname.endswith(".keys.npy"))
+        except OSError:
+            return
+        if n > MAX_SMALL_SHARDS:
+            self.compact()
+
+    def _small_shards(self) -> list[str]:
+        """The names of the folder's small shards (vectors file under :data:`SMALL_SHARD_BYTES`, keys file
+        present), oldest written first."""
+        try:
+            names = os.listdir(self.folder)
+        except OSError:
+            return []
+        found = []
+        for fname in names:  # a loop over the folder's files (two stats per shard)
+            m = _SHARD_FILE.fullmatch(fname)
+            if m is None or m.group(2) != ".keys":
+                continue
+            try:
+                written = (self.folder / fname).stat().st_mtime_ns
+                size = (self.folder / f"{m.group(1)}.npy").stat().st_size
+            except OSError:
+                continue
+            if size < SMALL_SHARD_BYTES:
+                found.append((written, m.group(1)))
+        return [name for _, name in sorted(found)]
+
+    def compact(self) -> bool:
+        """Merge the folder's small shards (:data:`SMALL_SHARD_BYTES`) into one, when it holds more than
+        :data:`MAX_SMALL_SHARDS` of them; whether it did.
+
+        Under an exclusive, non-blocking ``flock`` on the folder (another process or reader compacting it now:
+        nothing is done).  The shards read whole and of one shape are concatenated (a text in several keeps the
+        row of the latest written) and written as one shard (:func:`write_shard`: atomically); only then are
+        their files removed, each keys file before its vectors (a shard is found through its keys file).
+        Damaged shards, and shards whose vectors have another width than most, are left as they are.  A reader
+        that had listed a removed shard skips it (its files are gone: one of :data:`UNREADABLE`); one that had
+        read it keeps it in memory.  This reader's index is read again at its next lookup."""
+        with _compaction_lock(self.folder) as held:
+            if not held:
+                return False
+            names = self._small_shards()
+            if len(names) <= MAX_SMALL_SHARDS:
+                return False
+            read: list[tuple[str, np.ndarray, np.ndarray]] = []
+            for name in names:  # a loop over the small shards (each read whole, under 1 MiB)
+                try:
+                    keys = load_npy(self.folder / f"{name}.keys.npy")
+                    vectors = load_npy(self.folder / f"{name}.npy")
+                except UNREADABLE:
+                    continue  # damaged (skipped by readers too) or merged by a writer without flock: left alone
+                if (_is_digests(keys) and vectors.ndim == 2 and len(vectors) == len(keys)
+                        and vectors.dtype.kind in "fiu"):
+                    read.append((name, keys, vectors))
+            widths = [v.shape[1] for _, _, v in read]
+            if not widths:
+                return False
+            width = max(reversed(widths), key=widths.count)  # the most shards' (a tie: the latest written's)
+            merge = [(name, k, v) for name, k, v in read if v.shape[1] == width]
+            if len(merge) < 2:
+                return False
+            keys = np.concatenate([np.ascontiguousarray(k).view("V16") for _, k, _ in merge])
+            vectors = np.concatenate([np.asarray(v, np.float32) for _, _, v in merge])
+            keep = _last_of_each(keys)  # (a text in several shards: the latest written)
+            if len(keep) < len(keys):
+                keys, vectors = keys[keep], vectors[keep]
+            if write_shard(self.folder, self.key, [(".npy", vectors), (".keys.npy", keys)]) is None:
+                return False  # (a cache that cannot be written: warned about; the small shards stay)
+            for name, _, _ in merge:  # a loop over the merged shards' files: keys first
+                for suffix in (".keys.npy", ".npy"):
+                    try:
+                        (self.folder / f"{name}{suffix}").unlink()
+                    except OSError:
+                        pass
+            with self._lock:
+                self._index = None  # (read again at the next lookup: arrays handed out before stay valid)
+            _log.debug("ragkit: merged %d small shards of the cache %s into one (%d texts)", len(merge),
+                       self.folder, len(keys))
+            return True
 
     def fetch_or_compute(self, texts: list[str], compute: Callable[[list[str]], np.ndarray]) -> tuple[np.ndarray, int]:
         """Vectors of ``texts`` ``(n, dim)``: cached rows read back, the others computed with ``compute``
