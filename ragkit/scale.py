@@ -762,7 +762,9 @@ class ShardedParams(Params):
         write it back.  A fitted one is refused (each shard fits a new copy: what it learned would be lost),
         as is a composite (one retriever runs on each shard) and anything else that is not a mapping."""
         if isinstance(v, Operator):
-            if v.children():
+            from ragkit.pipelines._compose import Composite
+
+            if isinstance(v, Composite) or v.children():  # (an empty Pipeline([]) has no children)
                 raise ValueError(f"expected one retriever operator (such as BM25(k=5)) to run on each shard, got "
                                  f"a {type(v).__name__}, {shown(v)[:200]}; shard each retriever on its own, e.g. "
                                  "Parallel([Sharded(retriever=BM25()), Sharded(retriever=Dense())])")

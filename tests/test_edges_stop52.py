@@ -155,3 +155,52 @@ def test_sharded_retriever_in_yaml_says_how_to_write_it_in_yaml():
     with pytest.raises(ConfigError, match=r"pipeline\[0\]\.sharded\.retriever: expected a mapping naming one "
                                           r"retriever \(write it as \{bm25: \{k: 5\}\}\), got 'bm25'"):
         load_yaml("pipeline:\n- sharded: {retriever: bm25}\n")
+
+
+# ---------------------------------------------------------------------- review of 32772a0: tuple labels, pd.NA
+@pytest.mark.parametrize("labels", [[("bio", 1), ("chem", 2), ("bio", 1)], (("bio", 1), ("chem", 2), ("bio", 1)),
+                                    [("bio",), ("chem",), ("bio",)], [("bio", 1), ("chem",), ("bio", 1)]])
+def test_a_list_of_tuples_is_one_tuple_label_per_document(labels):
+    """Old code: equal-length tuples were read by numpy as a 2-d array and refused ("labels of shape (3, 2)"),
+    while ragged ones were taken."""
+    assert _both(labels) == _both(np.array([0, 1, 0]))
+
+
+def test_a_list_of_equal_length_lists_is_refused_as_unhashable_and_a_2d_array_as_2d():
+    """Old code: "labels of shape (3, 1)" for the list; a 2-d array stays refused as 2-d."""
+    with pytest.raises(DataError, match=r"labels hold a list \(\[0\]\), which is not hashable"):
+        distinct_clusters(_RANKS, [[0], [1], [0]], 3)
+    with pytest.raises(DataError, match=r"labels of shape \(3, 2\); expected a 1-d array"):
+        distinct_clusters(_RANKS, np.array([("bio", 1), ("chem", 2), ("bio", 1)]), 3)
+
+
+def _missing_labels():
+    pd = pytest.importorskip("pandas")
+    return [([1, pd.NA, 2], "<NA>"), (pd.Series(["a", None, "b"], dtype="string"), "<NA>"),
+            (np.array(["a", pd.NA, "b"], object), "<NA>"), ([1, pd.NaT, 2], "NaT"), ([1.5, float("nan"), "a"], "nan")]
+
+
+@pytest.mark.parametrize("case", range(5))
+def test_missing_labels_pd_na_included_are_a_data_error(case):
+    """Old code: pd.NA raised a bare TypeError ("boolean value of NA is ambiguous"); NaN and NaT were refused."""
+    labels, shown = _missing_labels()[case]
+    for measure in _MEASURES:
+        with pytest.raises(DataError, match=f"diversity: labels hold {shown}; expected cluster labels, each equal to "
+                                            r"itself \(a missing value, NaN, NaT or pd.NA, is no label"):
+            measure(_RANKS, labels, 3)
+
+
+def test_none_stays_a_label_of_its_own():
+    assert _both([None, "x", None]) == _both(np.array([0, 1, 0]))
+
+
+def test_sharded_refuses_an_empty_composite_as_a_composite():
+    """Old code: Pipeline([]) has no children, so it missed the composite check and was refused as "not a registered
+    operator (no operator is registered as '')"."""
+    from ragkit.pipelines import Pipeline
+    from ragkit.scale import Sharded
+
+    with pytest.raises(ParamError, match=r"sharded\.retriever: expected one retriever operator \(such as BM25\(k=5\)\) "
+                                         r"to run on each shard, got a Pipeline, Pipeline\(\[\]\); shard each "
+                                         "retriever on its own"):
+        Sharded(retriever=Pipeline([]))

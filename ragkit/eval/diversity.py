@@ -164,14 +164,23 @@ def _cluster_ids(labels: Any) -> tuple[np.ndarray, int]:
     Labels are only compared, never read as numbers, so any hashable values do: integers (negative, or past
     int64, alike), strings, bools, other hashable objects.  A float array is read only when its values are
     whole numbers (``1.0`` is the label ``1``): ``0.2`` or NaN there is a :class:`DataError` naming the dtype
-    and the value, as is a label that is not hashable, NaN among object labels, a complex or other dtype, or
-    labels that are not 1-d.  Integer, bool and string arrays are mapped by ``np.unique`` (vectorised); object
-    labels (and a Python list numpy would have coerced to float or to strings: ``2**63``, ``[1, "1"]``) by one
-    dict pass in first-seen order."""
+    and the value, as is a label that is not hashable, a missing value among object labels (NaN, NaT, ``pd.NA``:
+    ``None`` is a label like any other), a complex or other dtype, or an array that is not 1-d (a Python list or
+    tuple holds one label per document, so ``[("bio", 1), ("chem", 2)]`` is two tuple labels).  Integer, bool and
+    string arrays are mapped by ``np.unique`` (vectorised); object labels (and a Python list numpy would have
+    coerced to float or to strings: ``2**63``, ``[1, "1"]``) by one dict pass in first-seen order."""
     try:
-        lab = np.asarray(labels)
+        arr: np.ndarray | None = np.asarray(labels)
     except ValueError:  # a ragged list: one object per document, refused below when not hashable
-        lab = np.asarray(labels, dtype=object)
+        arr = None
+    if (arr is None or arr.ndim != 1) and isinstance(labels, (list, tuple)):
+        # a Python list is one label per document, whatever each is: numpy reads equal-length tuples
+        # [("bio", 1), ("chem", 2)] as a 2-d array, so the object array is filled item by item (tuples stay tuples)
+        lab = np.empty(len(labels), dtype=object)
+        for i, x in enumerate(labels):
+            lab[i] = x
+    else:
+        lab = np.asarray(labels, dtype=object) if arr is None else arr
     if lab.ndim != 1:
         raise DataError(f"diversity: labels of shape {lab.shape}; expected a 1-d array, one cluster label per "
                         "corpus document")
@@ -198,13 +207,27 @@ def _cluster_ids(labels: Any) -> tuple[np.ndarray, int]:
             bad = next(x for x in items if _unhashable(x))
             raise DataError(f"diversity: labels hold {_kind(bad)}, which is not hashable; expected cluster labels "
                             "(integers, strings or other hashable values), one per corpus document") from None
-        nan = next((x for x in ids if x != x), None)  # (only the distinct labels are looked at)
-        if nan is not None:
+        # (only the distinct labels are looked at)
+        nan = next((x for x in ids if _not_self_equal(x)), _NO_LABEL)
+        if nan is not _NO_LABEL:
             raise DataError(f"diversity: labels hold {nan!r}; expected cluster labels, each equal to itself "
-                            "(NaN is no label: give a missing document a label of its own)")
+                            "(a missing value, NaN, NaT or pd.NA, is no label: give a missing document a label of "
+                            "its own)")
         return inverse, len(ids)
     uniq, inverse = np.unique(lab, return_inverse=True)
     return inverse.reshape(-1).astype(np.int64, copy=False), len(uniq)
+
+
+_NO_LABEL = object()  # (a sentinel: None is a label like any other)
+
+
+def _not_self_equal(x: Any) -> bool:
+    """Whether ``x != x`` holds (NaN, NaT) or has no truth value (``pd.NA``, whose ``!=`` is ``pd.NA``): a
+    missing value, which no document's label can equal."""
+    try:
+        return bool(x != x)
+    except (TypeError, ValueError):
+        return True
 
 
 def _unhashable(x: Any) -> bool:
