@@ -26,7 +26,7 @@ from typing import Any, Callable, TypeVar
 
 from ragkit._files import folder_checksums, folder_lock, saved_relpath, verify_checksums
 from ragkit._locks import guarded_any
-from ragkit.errors import ArtifactError, ArtifactNotFoundError, DataError, ParamError
+from ragkit.errors import ArtifactError, ArtifactNotFoundError, ConfigError, DataError, ParamError
 from ragkit.operator import (
     _LOST_MANIFEST,
     FORMAT_VERSION,
@@ -228,6 +228,7 @@ def _load_pipeline(folder: Path, corpus: Corpus | None, mmap: bool, verify: bool
 
         corpus = read_corpus(folder / "corpus.jsonl", allow_empty=True)
     loaded: dict[str, Operator] = {}
+    made: set[str] = set()  # the node paths of the steps built: all of them when only the steps' order is refused
 
     def make_leaf(node_path: str, cls: type[Operator], params: Any) -> Operator:
         sub = nodes.get(node_path)
@@ -250,10 +251,16 @@ def _load_pipeline(folder: Path, corpus: Corpus | None, mmap: bool, verify: bool
                                 "folder was changed after saving: save the pipeline again")
         if first:
             _changed_defaults(folder / sub, node_path, op, named)
+        made.add(node_path)
         return op
 
     with checksums_verified(verify):  # the manifest's checksums, verified above, cover the steps' files
-        pipe = load_yaml(folder / "pipeline.yaml", make_leaf=make_leaf)
+        try:
+            pipe = load_yaml(folder / "pipeline.yaml", make_leaf=make_leaf)
+        except ConfigError as e:
+            if nodes and made >= set(nodes):  # every step loaded: the order of the steps is what is refused
+                raise ConfigError(f"{e}\n{_order_refused_hint(folder, nodes)}", path=e.path) from None
+            raise
     if corpus is not None:
         pipe.corpus_ = corpus
     return pipe
@@ -261,6 +268,16 @@ def _load_pipeline(folder: Path, corpus: Corpus | None, mmap: bool, verify: bool
 
 #: how errors name the manifest's checksums
 SHA_RECORD = "manifest.json's sha256"
+
+
+def _order_refused_hint(folder: Path, nodes: dict[str, str]) -> str:
+    """What to do with a saved pipeline whose steps all load but whose order of steps this ragkit refuses (a
+    shape an earlier ragkit accepted, such as ``[bm25, prf]`` or ``[bm25, parallel: {branches: [dense]}]``)."""
+    steps = ", ".join(f"{sub} ({path})" for path, sub in sorted(nodes.items(), key=lambda kv: kv[1]))
+    return (f"{folder}: saved by a ragkit that accepted this order of steps, which this one refuses (above); its "
+            f"fitted steps still load one by one, without a refit: Operator.load(folder / step, corpus="
+            f"read_corpus(folder / 'corpus.jsonl'), verify=False) for each step folder ({steps}); build the "
+            "pipeline again from them as the error says, and save it")
 
 
 def _changed_defaults(step: Path, node_path: str, op: Operator, named: set[str]) -> None:

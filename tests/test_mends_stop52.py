@@ -106,3 +106,33 @@ def test_a_cut_off_never_keeps_a_document_below_it_after_a_rounding_rise(cut):
     pipe = Pipeline.from_yaml(f"pipeline:\n- bm25: {{}}\n- near_tie_stop52: {{}}\n- {cut}\n").fit(corpus)
     (scores,) = pipe.search(["apple"]).scores
     assert [round(float(x), 7) for x in scores] == [0.6]
+
+
+def test_a_saved_pipeline_whose_order_of_steps_is_now_refused_says_how_to_keep_its_fitted_steps(tmp_path):
+    """A folder saved as ``[bm25, prf]`` (accepted before this stop) failed to load with the refusal alone, telling
+    to edit a YAML file its checksums cover; the error now says its steps load one by one, without a refit."""
+    import json
+    import shutil
+
+    from ragkit import Operator
+    from ragkit.errors import ConfigError
+    from ragkit.eval import read_corpus
+    from ragkit.pipelines import PRF, Pipeline
+
+    folder = tmp_path / "f"
+    Pipeline([BM25(k=2), PRF(), BM25(k=2)]).fit(CORPUS).save(folder)
+    (folder / "pipeline.yaml").write_text("pipeline:\n- bm25: {k: 2}\n- prf: {}\n")  # (as an older ragkit saved it)
+    shutil.rmtree(folder / "ops" / "02-bm25")
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["nodes"] = {k: v for k, v in manifest["nodes"].items() if v != "ops/02-bm25"}
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ConfigError, match=r"(?s)no retriever comes after it.*saved by a ragkit that accepted this "
+                                          r"order of steps.*Operator\.load\(folder / step, corpus=read_corpus"):
+        Pipeline.load(folder, verify=False)
+    steps = [Operator.load(folder / s, corpus=read_corpus(folder / "corpus.jsonl"), verify=False)
+             for s in ("ops/00-bm25", "ops/01-prf")]
+    assert [type(s).__name__ for s in steps] == ["BM25", "PRF"]
+    (folder / "pipeline.yaml").write_text("pipeline:\n- bm25: {k: 2}\n- prf: {resolution: 0}\n")  # (a bad value)
+    with pytest.raises(ConfigError) as e:
+        Pipeline.load(folder, verify=False)
+    assert "accepted this order" not in str(e.value)  # (only where every step loads)
