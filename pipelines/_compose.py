@@ -16,12 +16,14 @@ import logging
 import math
 import os
 import time
+from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import (
     TYPE_CHECKING,
     Any,
     Callable,
     Iterable,
+    Iterator,
     Mapping,
     Optional,
     Protocol,
@@ -182,16 +184,52 @@ def _usable_start(train: TrainSet, upstream: State | None, corpus: Corpus, learn
     return state if len(keep) == len(state) else state.subset(keep)
 
 
+# While a loop is fitted: the thin-data warnings of the thresholds learned inside it, by where they are, held back
+# until the outermost loop's fit ends, so that a learned route or judge that its loop's refit
+# (Loop._refit_on_iterations) learns again warns once per fit, with what it learned last
+_THIN_PENDING: ContextVar[Optional[dict[str, tuple[Any, ...]]]] = ContextVar("ragkit_thin_pending", default=None)
+
+
+def _log_thin(*args: Any) -> None:
+    logging.getLogger("ragkit").warning(
+        "%s: %s: threshold learned from little: %d usable training quer%s (with a relevant document in the "
+        "corpus; at least %d recommended); the threshold (%.4g) %s; give more judged queries, or set "
+        "threshold: explicitly", *args)
+
+
 def _warn_thin_threshold(op: Operator, where: str, n_usable: int, effect: str) -> None:
     """Warn on the ``ragkit`` logger when ``op`` (at ``where``) learned its threshold from fewer than
     :data:`MIN_THRESHOLD_QUERIES` usable training queries; ``effect``: what a threshold fitted to those few does
-    to other queries."""
-    if n_usable < MIN_THRESHOLD_QUERIES:
-        logging.getLogger("ragkit").warning(
-            "%s: %s: threshold learned from little: %d usable training quer%s (with a relevant document in the "
-            "corpus; at least %d recommended); the threshold (%.4g) %s; give more judged queries, or set "
-            "threshold: explicitly", where, op.name, n_usable, "y" if n_usable == 1 else "ies", MIN_THRESHOLD_QUERIES,
+    to other queries.  Inside a loop's fit (:func:`_thin_warnings_once`) the warning waits for the fit's end,
+    replacing one that ``where`` gave earlier in it (dropped when it learns again from enough queries)."""
+    pending = _THIN_PENDING.get()
+    if n_usable >= MIN_THRESHOLD_QUERIES:
+        if pending is not None:
+            pending.pop(where, None)
+        return
+    args = (where, op.name, n_usable, "y" if n_usable == 1 else "ies", MIN_THRESHOLD_QUERIES,
             getattr(op, "threshold_", float("nan")), effect)
+    if pending is not None:
+        pending[where] = args
+    else:
+        _log_thin(*args)
+
+
+@contextmanager
+def _thin_warnings_once() -> Iterator[None]:
+    """Hold back the thin-data warnings (:func:`_warn_thin_threshold`) given inside, each place's last one, and
+    log them when the outermost such block ends without an error (an inner one leaves them to it)."""
+    if _THIN_PENDING.get() is not None:
+        yield
+        return
+    pending: dict[str, tuple[Any, ...]] = {}
+    token = _THIN_PENDING.set(pending)
+    try:
+        yield
+    finally:
+        _THIN_PENDING.reset(token)
+    for args in pending.values():
+        _log_thin(*args)
 
 
 def run_step(op: Operator, state: State, path: str) -> State:
@@ -1518,16 +1556,17 @@ class Loop(Composite):
         learner = f"{_at(_path, 'loop')}.until: learning {self.until.name}'s threshold"
         if judge is not None and train is not None:  # no usable query: refused before the body is fitted
             _usable_ids(list(train.queries.ids), train, corpus, learner)
-        super()._fit_at(corpus, train, upstream=upstream, _seen=_seen, _path=_path)
-        n_usable = 0
-        if judge is not None and train is not None:
-            n_usable = self._learn_stopping(judge, corpus, train, upstream, learner)
-        if train is not None and self.max_iters > 1 and any(x.wants_upstream for x in iter_leaves(self.body)):
-            if self._refit_on_iterations(corpus, train, upstream, _path) and judge is not None:
-                self._learn_stopping(judge, corpus, train, upstream, learner)  # again, for the body as refitted
-        if judge is not None and train is not None:
-            _warn_thin_threshold(self.until, f"{_at(_path, 'loop')}.until", n_usable,
-                                 "may stop other queries too early or loop them too long")
+        with _thin_warnings_once():  # a learned route in the body, fitted again by the refit, warns once
+            super()._fit_at(corpus, train, upstream=upstream, _seen=_seen, _path=_path)
+            n_usable = 0
+            if judge is not None and train is not None:
+                n_usable = self._learn_stopping(judge, corpus, train, upstream, learner)
+            if train is not None and self.max_iters > 1 and any(x.wants_upstream for x in iter_leaves(self.body)):
+                if self._refit_on_iterations(corpus, train, upstream, _path) and judge is not None:
+                    self._learn_stopping(judge, corpus, train, upstream, learner)  # again, for the body as refitted
+            if judge is not None and train is not None:
+                _warn_thin_threshold(self.until, f"{_at(_path, 'loop')}.until", n_usable,
+                                     "may stop other queries too early or loop them too long")
         return self
 
     def _learn_stopping(self, judge: _LearningJudge, corpus: Corpus, train: TrainSet, upstream: State | None,

@@ -145,8 +145,12 @@ class ScoreReached(LearnedThreshold, Operator):
         the threshold is ``-inf`` when each stops after the first iteration (every query whose
         ranking reaches ``rank`` is done at once; a shorter one is never done, as always) and ``inf``
         when each runs ``max_iters`` times, not the lowest or highest training score, which would
-        loop a new query scoring beyond the training ones otherwise than learned.  (With one
-        iteration, ``max_iters: 1``, the threshold changes nothing and stays the observed one.)
+        loop a new query scoring beyond the training ones otherwise than learned.  A query goes on
+        past an iteration whose ranking is too short (feature ``-inf`` or NaN) whatever the
+        threshold: that iteration counts in the objective but not in the decision, so training
+        queries that all stop at their first iteration with a feature learn ``-inf`` too (when one
+        has a feature before the last iteration).  (With one iteration, ``max_iters: 1``, the
+        threshold changes nothing and stays the observed one.)
         ``learned.json`` keeps them as ``-Infinity`` / ``Infinity`` (Python's ``json``, read back as
         the same floats).  :class:`~ragkit.pipelines.Loop` gives it its usable training queries only
         (a judgement > 0 of a document of the corpus, as the fusers learn from), with a warning on
@@ -166,15 +170,18 @@ class ScoreReached(LearnedThreshold, Operator):
             step = (gains[1:] - gains[:-1]).ravel()
             total = gains[0].sum() + np.cumsum(np.bincount(pos, weights=step, minlength=m + 1))[:m]
             more = np.cumsum(np.bincount(pos, minlength=m + 1))[:m]             # iterations past the first, all queries
+            # an iteration without a feature (-inf, NaN: too short a ranking) goes on whatever the threshold: it
+            # counts in every candidate's objective, and not in the one-sided decision below
+            forced = int(np.count_nonzero(pos == 0))
             mean_iters = 1.0 + more / n
             mean_gain = total / n
         else:
-            more, mean_iters, mean_gain = np.zeros(m, np.int64), np.ones(m), np.zeros(m)
+            more, forced, mean_iters, mean_gain = np.zeros(m, np.int64), 0, np.ones(m), np.zeros(m)
         objective = np.round(mean_gain - self.params.cost * mean_iters, 12)  # sums in another order: same ties
         best = int(np.lexsort((mean_iters, -objective))[0])
         self.threshold_ = float(cands[best])
-        if n and iters > 1 and more[best] == 0:
-            self.threshold_ = -np.inf     # every query done after its first iteration
+        if n and iters > 1 and more[best] == forced < n * (iters - 1):
+            self.threshold_ = -np.inf     # every query done at its first iteration with a feature
         elif n and iters > 1 and more[best] == n * (iters - 1):
             self.threshold_ = np.inf      # every query runs max_iters times
         self.learned_ = {"threshold": self.threshold_, "train_ndcg@10": float(mean_gain[best]),

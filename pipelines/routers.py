@@ -384,8 +384,11 @@ class ScoreRouter(LearnedThreshold, Operator):
         threshold is ``-inf`` for "everything above" (each query with a feature is routed ``above``;
         one without, too few results, stays ``below`` as always) and ``inf`` for "everything below",
         not the lowest or highest training feature, which would route a new query beyond the
-        training ones to the other side than the one learned.  ``learned.json`` keeps them as
-        ``-Infinity`` / ``Infinity`` (Python's ``json``, read back as the same floats).
+        training ones to the other side than the one learned.  A training query without a feature
+        goes ``below`` whatever the threshold: it counts in the objective but not in that decision,
+        so training queries that all go ``above`` beside some without a feature learn ``-inf`` too.
+        ``learned.json`` keeps them as ``-Infinity`` / ``Infinity`` (Python's ``json``, read back as
+        the same floats).
         :class:`~ragkit.pipelines.Route` gives it its usable training queries only (a judgement
         > 0 of a document of the corpus, as the fusers learn from), with a warning on the
         ``ragkit`` logger when fewer than 10.
@@ -406,12 +409,15 @@ class ScoreRouter(LearnedThreshold, Operator):
         # "everything above" cannot be expressed when such a query is there: its cut is not a choice
         valid[0] = not (n and np.isneginf(fs[0]))
         best = int(np.flatnonzero(valid)[np.argmax(objective[valid])])
-        if best == 0:
-            t = -np.inf if n else 0.0    # everything above: every query with a feature, whatever its value
+        # the queries without a feature (sorted first) go below whatever the threshold: the cut just past them
+        # is "everything above" for the others, so they count in the objective but not in that decision
+        featureless = int(np.count_nonzero(np.isneginf(fs)))
+        if best == featureless < n:
+            t = -np.inf                  # everything above: every query with a feature, whatever its value
         elif best == n:
-            t = np.inf                   # everything below: every query, whatever its feature
+            t = np.inf if n else 0.0     # everything below: every query, whatever its feature
         else:
-            t = float((fs[best - 1] + fs[best]) / 2) if np.isfinite(fs[best - 1]) else float(fs[best])
+            t = float((fs[best - 1] + fs[best]) / 2)
         self.threshold_ = t
         self.learned_ = {"threshold": t, "train_ndcg@10": float((objective[best] * max(n, 1)
                                                                  + self.params.cost * best) / max(n, 1)),

@@ -21,9 +21,9 @@ import pytest
 
 from ragkit.errors import DataError
 from ragkit.filters import TopK
-from ragkit.pipelines import PRF, RRF, Loop, Parallel, Pipeline, Route, RuleRouter, ScoreReached, ScoreRouter
+from ragkit.pipelines import PRF, RRF, Loop, MaxOnly, Parallel, Pipeline, Route, RuleRouter, ScoreReached, ScoreRouter
 from ragkit.retrievers import BM25
-from ragkit.types import Ranking, State, TrainSet
+from ragkit.types import Corpus, Ranking, State, TrainSet
 
 THIN = "threshold learned from little"
 
@@ -183,3 +183,58 @@ def test_the_one_sided_thresholds_keep_queries_without_a_score_where_they_always
     judge.learn_stopping(np.array([[3.0, 5.0], [8.0, 9.0]]), np.array([[0.2, 0.3], [0.6, 0.7]]))
     assert judge.threshold_ == -np.inf and judge.learned_["mean_iterations"] == 1.0
     assert judge(_state([[0.1], []])).values["done"] == [True, False]
+
+
+@pytest.mark.parametrize("short", [-np.inf, np.nan])
+def test_a_training_query_without_a_score_does_not_undo_stopping_everything_at_once(short):
+    """A query whose ranking is too short (feature -inf, or NaN) is never done, whatever the threshold: the old
+    judge counted its iterations against "every query done at once" and learned the lowest score (3.0), so a
+    new query scoring below it looped on.  It still counts in the reported figures."""
+    judge = ScoreReached(learn=True, cost=1.0)
+    judge.learn_stopping(np.array([[3.0, 8.0, short], [5.0, 9.0, short]]), np.array([[.2, .6, 0], [.3, .7, 0]]))
+    assert judge.threshold_ == -np.inf
+    assert judge.learned_["mean_iterations"] == pytest.approx(4 / 3)  # the short query ran both iterations
+    assert judge(_state([[1.0], []])).values["done"] == [True, False]
+    # one whose ranking gets long enough later is done at its first iteration with a score, as at -inf
+    judge.learn_stopping(np.array([[3.0, 8.0, short], [5.0, 9.0, 4.0]]), np.array([[.2, .6, 0], [.3, .7, 0]]))
+    assert judge.threshold_ == -np.inf
+    # a split stays a split: the third query's later iteration pays for itself
+    judge.learn_stopping(np.array([[3.0, 8.0, short], [5.0, 9.0, 4.0], [6.0, 9.5, 7.0]]),
+                         np.array([[.2, .6, 0], [.3, .7, 0], [.3, .7, 3.0]]))
+    assert np.isfinite(judge.threshold_)
+
+
+@pytest.mark.parametrize("feature,short", [("top1", []), ("gap", [9.0])])
+def test_a_training_query_without_a_feature_does_not_undo_everything_above(feature, short):
+    """A query with too few results (no results; one, for a gap) is routed below whatever the threshold: the old
+    router could not cut below it and learned the lowest feature (3.0 / 2.0), sending a new query below it
+    'hard'."""
+    router = ScoreRouter(feature=feature, learn=True, cost=1.0)
+    router.learn_routes(_state([[3.0, 0.0], [5.0, 2.0], short]), {"easy": np.zeros(3), "hard": np.ones(3)})
+    assert router.threshold_ == -np.inf
+    assert router.learned_["share_below"] == pytest.approx(1 / 3)  # the short one went below
+    assert router(_state([[0.5, 0.1], short])).values["label"] == ["easy", "hard"]
+
+
+def test_a_learned_route_in_a_loop_body_warns_once(caplog):
+    """The loop fits its body, then again on each query's last input (``_refit_on_iterations``): the route in it
+    learned twice and warned twice, where the loop's own learned judge warns once, after its last learning."""
+    corpus = Corpus.from_texts(["red apples and pears", "green pears", "red cars fast", "blue sky today",
+                                "apple pie recipe", "fast cars red"])
+    train = TrainSet({"a": "red apple", "b": "fast car", "c": "green pear"},
+                     {"a": {"0": 1}, "b": {"2": 1}, "c": {"1": 1}})
+    route = Route(ScoreRouter(learn=True), {"easy": [TopK(k=1)], "hard": [TopK(k=3)]})
+    pipe = Pipeline([Loop([BM25(k=5), route], until=MaxOnly(), max_iters=2)])  # (every query: 2 iterations)
+    with caplog.at_level(logging.WARNING, logger="ragkit"):
+        pipe.fit(corpus, train)
+    said = _thin(caplog)
+    assert len(said) == 1 and said[0].startswith("pipeline[0].loop.body[1].route.router: score_router: threshold "
+                                                 "learned from little: 3 usable training queries")
+    # in a loop in a loop's body, fitted again by the outer loop's refit too: still once each
+    caplog.clear()
+    inner = Loop([BM25(k=5), Route(ScoreRouter(learn=True), {"easy": [TopK(k=1)], "hard": [TopK(k=3)]})],
+                 until=MaxOnly(), max_iters=2)
+    outer = Pipeline([Loop([inner], until=MaxOnly(), max_iters=2)])
+    with caplog.at_level(logging.WARNING, logger="ragkit"):
+        outer.fit(corpus, train)
+    assert [m.split(":")[0] for m in _thin(caplog)] == ["pipeline[0].loop.body[0].loop.body[1].route.router"]
