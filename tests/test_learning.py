@@ -269,8 +269,16 @@ def _stopping_by_hand(features: np.ndarray, gains: np.ndarray, cost: float) -> t
         mean_iters = sum(s + 1 for s in stops) / n if n else 1.0
         key = (-round(gain - cost * mean_iters, 12), mean_iters)
         if best is None or key < best[0]:
-            best = (key, t, gain, mean_iters)
-    return best[1], best[2], best[3]
+            best = (key, t, gain, mean_iters, stops)
+    # one-sided: every query stops at its first iteration with a feature (-inf, NaN: none; it goes on), or at the
+    # last, learns -inf / inf (when some query has a feature before its last iteration)
+    first = [next((i for i in range(iters) if features[i, q] > -np.inf), iters - 1) for q in range(n)]
+    t = best[1]
+    if n and iters > 1 and best[4] == first and first != [iters - 1] * n:
+        t = -np.inf
+    elif n and iters > 1 and best[4] == [iters - 1] * n:
+        t = np.inf
+    return t, best[2], best[3]
 
 
 @pytest.mark.parametrize("iters,n,cost,seed", [(1, 5, 0.0, 0), (3, 40, 0.0, 1), (3, 40, 0.02, 2), (5, 200, 0.01, 3),
