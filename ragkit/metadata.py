@@ -273,6 +273,7 @@ def _number_text(text: str) -> bool:
 
 
 def hashable(v: Any) -> bool:
+    """Whether ``hash(v)`` succeeds."""
     try:
         hash(v)
     except TypeError:

@@ -24,6 +24,7 @@ import numpy as np
 
 from ragkit.errors import DataError
 from ragkit.eval.metrics import check_run_mapping
+from ragkit.metadata import hashable
 from ragkit.run import Run, _check_unique
 from ragkit.types import Ranking, _kind, ids_once
 
@@ -204,7 +205,7 @@ def _cluster_ids(labels: Any) -> tuple[np.ndarray, int]:
         try:
             inverse = np.fromiter((ids.setdefault(x, len(ids)) for x in items), np.int64, len(items))
         except TypeError:
-            bad = next(x for x in items if _unhashable(x))
+            bad = next(x for x in items if not hashable(x))  # (a tuple holding a list is a Hashable that is not)
             raise DataError(f"diversity: labels hold {_kind(bad)}, which is not hashable; expected cluster labels "
                             "(integers, strings or other hashable values), one per corpus document") from None
         # (only the distinct labels are looked at)
@@ -228,15 +229,6 @@ def _not_self_equal(x: Any) -> bool:
         return bool(x != x)
     except (TypeError, ValueError):
         return True
-
-
-def _unhashable(x: Any) -> bool:
-    """Whether ``hash(x)`` raises (a tuple holding a list is a Hashable that does)."""
-    try:
-        hash(x)
-    except TypeError:
-        return True
-    return False
 
 
 def _cluster_hist(rankings: Run | Sequence[Ranking], labels: Any, k: int) -> np.ndarray:
