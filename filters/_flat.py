@@ -8,7 +8,8 @@ from ragkit.errors import DataError
 from ragkit.operator import score_rises
 from ragkit.types import Ranking
 
-__all__ = ["flatten", "cut_prefix", "check_rows_in_corpus", "check_cosines", "check_dense_rankings", "first_unsorted"]
+__all__ = ["flatten", "cut_prefix", "leading_run", "check_rows_in_corpus", "check_cosines", "check_dense_rankings",
+           "first_unsorted"]
 
 
 def flatten(rankings: list[Ranking]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -96,6 +97,16 @@ def check_dense_rankings(rankings: list[Ranking], c: np.ndarray, qidx: np.ndarra
         if q is not None:
             raise DataError(f"{who} expects each ranking sorted by cosine, as dense returns it; query "
                             f"{q} of the batch is not: put {who} right after dense")
+
+
+def leading_run(keep: np.ndarray, lengths: np.ndarray, starts: np.ndarray, qidx: np.ndarray) -> np.ndarray:
+    """``(n_q,)`` int64: per ranking, how many of its documents come before the first that ``keep`` (bool over the
+    flattened rankings) does not keep.  A cut-off keeps that prefix, not a count of the kept documents: a rise of
+    float rounding (which the sort checks let through) may put a failing document before a passing one."""
+    n_keep = np.asarray(lengths, np.int64).copy()
+    fail = np.flatnonzero(~keep)
+    np.minimum.at(n_keep, qidx[fail], fail - starts[qidx[fail]])
+    return n_keep
 
 
 def first_unsorted(c: np.ndarray, qidx: np.ndarray) -> int | None:

@@ -17,8 +17,8 @@ from scipy.special import expit, exprel, logit
 
 from ragkit.encoders import DEFAULT_MODEL, check_encoder_key, get_encoder, query_vectors, save_encoder_key
 from ragkit.errors import ArtifactError, DataError, InputTypeError
-from ragkit.filters._flat import check_cosines, check_dense_rankings, cut_prefix, first_unsorted, flatten
-from ragkit.operator import Operator, load_array, read_json, save_arrays, write_json
+from ragkit.filters._flat import check_cosines, check_dense_rankings, cut_prefix, first_unsorted, flatten, leading_run
+from ragkit.operator import Operator, load_array, read_json, save_arrays, saved_fit_report, write_json
 from ragkit.options import PARAM
 from ragkit.params import ModelName, Params, Seed
 from ragkit.registry import register
@@ -704,7 +704,7 @@ class CosineAdapter(Operator):
         r = self._proba_flat(qv, c, lengths, starts, qidx)
         # r is monotone in the cosine and the list is sorted, so the kept set is a prefix; compared in float64
         # (float32 rounds every probability above 1 - 6e-8 to 1.0, which a threshold of 1 would then keep)
-        n_keep = np.bincount(qidx, weights=r >= t, minlength=len(lengths)).astype(np.int64)
+        n_keep = leading_run(r >= t, lengths, starts, qidx)  # (a rise of float rounding lets no failing one in)
         n_keep = np.maximum(n_keep, np.minimum(k_min, lengths))
         out.rankings = cut_prefix(state.rankings, n_keep, new_scores=r.astype(np.float32), starts=starts,
                                   fields={"cosine": c})
@@ -766,10 +766,4 @@ class CosineAdapter(Operator):
         if x0 is not None and (not isinstance(x0, (int, float)) or isinstance(x0, bool) or not 0 < x0 <= 1):
             raise ArtifactError(f"{folder / 'adapter.json'}: power_x0 must be a number in (0, 1], got {x0!r}")
         self.power_x0_ = None if x0 is None else float(x0)
-        info = meta.get("info", {})
-        if not isinstance(info, dict):
-            raise ArtifactError(f"{folder / 'adapter.json'}: info must be a JSON object (what the fit reported), got "
-                                f"{type(info).__name__}; fit and save the pipeline again")
-        # (older saves hold the fit's wall time, "seconds": dropped, as it is no longer kept, nor saved, so
-        # that two identical fits write identical files)
-        self.info_ = {k: v for k, v in info.items() if k != "seconds"}
+        self.info_ = saved_fit_report(meta.get("info", {}), f"{folder / 'adapter.json'}: info")

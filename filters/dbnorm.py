@@ -27,7 +27,7 @@ from ragkit.encoders import (
 from ragkit.encoders.sentence import encode_documents, encoder_label, encoder_vectors
 from ragkit.errors import ArtifactError, DataError, ParamError, some_ids
 from ragkit.filters._flat import check_cosines, check_dense_rankings, check_rows_in_corpus, flatten
-from ragkit.operator import Operator, load_array, read_json, save_arrays, topk_rows, write_json
+from ragkit.operator import Operator, load_array, read_json, save_arrays, saved_fit_report, topk_rows, write_json
 from ragkit.params import FieldRefusal, MetadataFilter, ModelName, Params, Seed
 from ragkit.registry import register
 from ragkit.retrievers._index import VectorIndex, check_finite_vectors
@@ -371,17 +371,9 @@ def fit_banks(p: BankParams, corpus: Corpus, train: TrainSet | None, docs: np.nd
 
 #: keys a load drops from a saved ``dbnorm.json``: ``seconds``, the fit's wall time, which older saves hold
 #: (no longer in ``info_`` nor saved: two identical fits write identical files)
-UNSAVED_INFO = frozenset({"seconds"})
-
-
 def read_info(path: Path) -> dict[str, Any]:
-    """The ``info_`` saved at ``path`` (``dbnorm.json``), without the keys of :data:`UNSAVED_INFO` (an older
-    save's fit time); an :class:`ArtifactError` naming the file when it holds no JSON object."""
-    info = read_json(path)
-    if not isinstance(info, dict):
-        raise ArtifactError(f"{path}: expected a JSON object (what the fit reported), got {type(info).__name__}; "
-                            "fit and save the pipeline again")
-    return {k: v for k, v in info.items() if k not in UNSAVED_INFO}
+    """The ``info_`` saved at ``path`` (``dbnorm.json``): :func:`~ragkit.operator.saved_fit_report`."""
+    return saved_fit_report(read_json(path), path)
 
 
 class _BankOperator(Operator):

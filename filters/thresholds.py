@@ -10,7 +10,7 @@ import numpy as np
 from pydantic import Field
 
 from ragkit.errors import DataError
-from ragkit.filters._flat import cut_prefix, flatten
+from ragkit.filters._flat import cut_prefix, flatten, leading_run
 from ragkit.operator import Operator, score_rises
 from ragkit.options import PARAM
 from ragkit.params import Params
@@ -45,11 +45,7 @@ class _PrefixCut(Operator):
         _, scores, lengths, starts, qidx = flatten(state.rankings)
         _check_sorted(scores, qidx, self.name)
         keep = self._keep(state, scores, lengths, starts, qidx)
-        # the leading run of kept documents: a rise of float rounding (which passes the sort check) may put a
-        # document that fails the rule before one that passes, and a count of the passing ones then kept it
-        n_keep = np.asarray(lengths, np.int64).copy()
-        fail = np.flatnonzero(~keep)
-        np.minimum.at(n_keep, qidx[fail], fail - starts[qidx[fail]])
+        n_keep = leading_run(keep, lengths, starts, qidx)
         n_keep = np.maximum(n_keep, np.minimum(max(k_min, self.min_keep), lengths))
         out.rankings = cut_prefix(state.rankings, n_keep)
         return out

@@ -1860,6 +1860,16 @@ def read_json(path: Path) -> Any:
                             "writes") from None
 
 
+def saved_fit_report(info: Any, where: str | Path) -> dict[str, Any]:
+    """A fit report (an operator's ``info_``) read from a save at ``where``, without the fit's wall time
+    (``"seconds"``: older saves hold it; it is no longer kept, so that two identical fits write identical files);
+    an :class:`ArtifactError` naming ``where`` when it is no JSON object."""
+    if not isinstance(info, dict):
+        raise ArtifactError(f"{where}: expected a JSON object (what the fit reported), got {type(info).__name__}; "
+                            "fit and save the pipeline again")
+    return {k: v for k, v in info.items() if k != "seconds"}
+
+
 def _json_default(o: Any) -> Any:
     if isinstance(o, np.generic):
         return o.item()

@@ -177,3 +177,19 @@ def test_small_shards_are_read_large_ones_mapped(tmp_path):
     cache.put(_digests(2, 21), _vectors(2, 64, 22))
     shards = EmbeddingCache(tmp_path, KEY).locate(_digests(1, 23))[1]
     assert sorted(isinstance(s, np.memmap) for s in shards) == [False, True]
+
+
+def test_a_folder_of_many_large_shards_is_not_scanned_again_at_every_put(tmp_path, monkeypatch):
+    """More than MAX_SMALL_SHARDS shards of which few are small: each put listed the shards' sizes (two stats
+    per shard) and found nothing to merge; a shard found large is remembered (a shard never shrinks)."""
+    monkeypatch.setattr(cache_mod, "SMALL_SHARD_BYTES", 300)
+    monkeypatch.setattr(cache_mod, "MAX_SMALL_SHARDS", 4)
+    cache = EmbeddingCache(tmp_path, "m")
+    for i in range(6):  # large shards (over 300 bytes)
+        cache.put(_digests(8, seed=10 + i), _vectors(8, 16, seed=i))
+    scans = []
+    real = EmbeddingCache._small_shards
+    monkeypatch.setattr(EmbeddingCache, "_small_shards", lambda self: scans.append(1) or real(self))
+    for i in range(3):  # small ones, fewer than MAX_SMALL_SHARDS: nothing to merge, no scan
+        cache.put(_digests(1, seed=100 + i), _vectors(1, 16, seed=100 + i))
+    assert len(scans) <= 1, scans

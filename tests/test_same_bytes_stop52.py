@@ -96,3 +96,22 @@ def test_saved_report_not_an_object_is_refused(name, tmp_path):
     (folder / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
     with pytest.raises(ArtifactError, match=rf"{info_file}.*JSON object.*got list"):
         Pipeline.load(folder)
+
+
+def test_cosine_adapter_keeps_the_leading_run_of_passing_documents():
+    """A rise of float rounding in the cosines passes the sort check; the adapter counted the documents whose
+    probability passes and kept that many from the front, so a failing one before a passing one was kept."""
+    import numpy as np
+
+    from ragkit.types import Ranking, State
+
+    corpus = _corpus()
+    adapter = Pipeline([Dense(model=ENC, k=10), CosineAdapter(model=ENC, max_iter=200)]).fit(corpus, _train()).steps[1]
+    cos = np.array([0.9, 0.5, 0.5000003], np.float32)
+    def state(threshold: float) -> State:
+        return State(["topic3"], rankings=[Ranking(np.array([3, 4, 5]), cos)],
+                     options={"cosine_adapter": {"threshold": threshold}})
+
+    probs = adapter(state(0.0)).rankings[0].scores.astype(np.float64)
+    assert probs[1] < probs[2]
+    assert adapter(state(float((probs[1] + probs[2]) / 2))).rankings[0].rows.tolist() == [3]

@@ -318,16 +318,6 @@ def _compaction_lock(folder: Path) -> Iterator[bool]:
             _files._close_dir(fd)
 
 
-def _last_of_each(keys: np.ndarray) -> np.ndarray:
-    """Positions of the last occurrence of each of ``keys`` (16-byte digests), in ascending order."""
-    k = np.ascontiguousarray(keys).view("S16")
-    order = np.argsort(k[::-1], kind="stable")  # (reversed: the first of each run is the last written)
-    sk = k[::-1][order]
-    first = np.ones(len(sk), bool)
-    np.not_equal(sk[1:], sk[:-1], out=first[1:])
-    return np.sort(len(k) - 1 - order[first])
-
-
 class _Sized(Protocol):
     def __len__(self) -> int: ...
 
@@ -523,6 +513,11 @@ class EmbeddingCache(ShardStore[np.ndarray]):
     descriptors open in its readers.
     """
 
+    def __init__(self, root: Path, key: str) -> None:
+        super().__init__(root, key)
+        #: names of shards found large (:meth:`_small_shards`), left out of :meth:`_compact_if_many`'s count
+        self._large: set[str] = set()
+
     def _open(self, name: str) -> np.ndarray:
         """The vectors of shard ``name``: read into memory when its file is small (:data:`SMALL_SHARD_BYTES`: no
         descriptor nor mapping stays open, and the shard stays readable when a compaction removes its file),
@@ -580,10 +575,12 @@ class EmbeddingCache(ShardStore[np.ndarray]):
         self._compact_if_many()
 
     def _compact_if_many(self) -> None:
-        """:meth:`compact` when the folder holds more than :data:`MAX_SMALL_SHARDS` shards (one listing; the
-        sizes of their files are read only then)."""
+        """:meth:`compact` when the folder holds more than :data:`MAX_SMALL_SHARDS` shards not known to be large
+        (one listing; the sizes of their files are read only then, and a shard found large is remembered: a
+        shard never shrinks, so a folder of many large shards is not scanned again at every put)."""
         try:
-            n = sum(1 for fname in os.listdir(self.folder) if fname.endswith(".keys.npy"))
+            n = sum(1 for fname in os.listdir(self.folder)
+                    if fname.endswith(".keys.npy") and fname[: -len(".keys.npy")] not in self._large)
         except OSError:
             return
         if n > MAX_SMALL_SHARDS:
@@ -608,6 +605,8 @@ class EmbeddingCache(ShardStore[np.ndarray]):
                 continue
             if size < SMALL_SHARD_BYTES:
                 found.append((written, m.group(1)))
+            else:
+                self._large.add(m.group(1))
         return [name for _, name in sorted(found)]
 
     def compact(self) -> bool:
@@ -646,7 +645,8 @@ class EmbeddingCache(ShardStore[np.ndarray]):
                 return False
             keys = np.concatenate([np.ascontiguousarray(k).view("V16") for _, k, _ in merge])
             vectors = np.concatenate([np.asarray(v, np.float32) for _, _, v in merge])
-            keep = _last_of_each(keys)  # (a text in several shards: the latest written)
+            n = len(keys)  # (a text in several shards: the row of the latest written, rows kept in order)
+            keep = np.sort(_latest(_as_s16(keys), np.zeros(n, np.int32), np.arange(n, dtype=np.int32))[2])
             if len(keep) < len(keys):
                 keys, vectors = keys[keep], vectors[keep]
             if write_shard(self.folder, self.key, [(".npy", vectors), (".keys.npy", keys)]) is None:

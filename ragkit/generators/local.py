@@ -1033,6 +1033,7 @@ def _settled(text: str) -> str:
         end -= 1
     return text[:end]
 
+
 def _source_chunks(question: str, chunks: Sequence[str], who: str, log: logging.Logger | None = None,
                    skipped: str = "") -> list[str]:
     """The chunks of ``chunks`` that hold text (blank ones dropped: they hold no source), after
