@@ -51,7 +51,7 @@ from ragkit.operator import (
     tree_nodes,
 )
 from ragkit.params import Params
-from ragkit.types import QUERY_REWRITES, Corpus, Queries, Ranking, State, TraceEvent, TrainSet, usable_query_ids
+from ragkit.types import QUERY_REWRITES, Corpus, Queries, Ranking, State, TraceEvent, TrainSet, usable_or_refused
 
 if TYPE_CHECKING:  # (pandas: the hints only; it is optional)
     import pandas as pd
@@ -164,14 +164,7 @@ def _usable_ids(query_ids: Sequence[str], train: TrainSet, corpus: Corpus, learn
     learn by (:func:`~ragkit.types.usable_query_ids`: a judgement > 0 of a document of ``corpus``; a query
     judged only 0, or only documents the corpus lacks, scores nDCG 0 whatever the threshold).  None is a
     :class:`DataError` naming ``learner``, as learning fusion weights says it."""
-    usable = set(usable_query_ids(query_ids, train.qrels, corpus))
-    if not usable:
-        n_judged = sum(1 for q in query_ids if train.qrels.get(q))
-        raise DataError(f"{learner}: none of the {len(query_ids)} training queries ({some_ids(query_ids)}) is usable "
-                        f"(with a relevant document in the corpus): {n_judged} have judgements in the qrels given "
-                        f"({len(train.qrels)} queries); expected qrels keyed by the training queries' ids, judging "
-                        "documents of the corpus relevant (grade > 0)")
-    return usable
+    return set(usable_or_refused(query_ids, train.qrels, corpus, learner))
 
 
 def _usable_start(train: TrainSet, upstream: State | None, corpus: Corpus, learner: str) -> State:

@@ -21,11 +21,11 @@ from typing import Callable, Literal
 
 import numpy as np
 
-from ragkit.errors import DataError, some_ids
+from ragkit.errors import DataError
 from ragkit.eval.metrics import _evaluate_noted, _per_query_metrics
 from ragkit.operator import group_positions
 from ragkit.run import Run
-from ragkit.types import Qrels, Ranking, State, check_qrels, usable_query_ids
+from ragkit.types import Qrels, Ranking, State, check_qrels, usable_or_refused
 
 __all__ = ["simplex_grid", "WeightSearch", "learn_weights", "best_grid_point"]
 
@@ -153,14 +153,7 @@ def learn_weights(fuse: Callable[[State, np.ndarray], list[Ranking]], state: Sta
     uniform = int(np.argmin(from_uniform))
     # a query judged only 0, or whose relevant documents are none of the corpus's, scores nDCG 0 whatever the
     # weights: it is unjudged here (it would only dilute the folds and the estimates)
-    qids = usable_query_ids(state.query_ids, qrels, corpus_ids)
-    if not qids:
-        shown = some_ids(state.query_ids)
-        n_judged = sum(1 for q in state.query_ids if qrels.get(q))
-        raise DataError(f"learning fusion weights: none of the {len(state)} training queries ({shown}) is usable (with "
-                        f"a relevant document in the corpus): {n_judged} have judgements in the qrels given "
-                        f"({len(qrels)} queries); expected qrels keyed by the training queries' ids, judging documents "
-                        "of the corpus relevant (grade > 0)")
+    qids = usable_or_refused(state.query_ids, qrels, corpus_ids, "learning fusion weights")
     if len(qids) < 2:
         raise DataError(f"learning fusion weights: 1 usable (with a relevant document in the corpus) training query "
                         f"({qids[0]!r}) of {len(state)}; cross-validation needs at least 2 (one to learn from, one "

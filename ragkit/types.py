@@ -1303,6 +1303,20 @@ def usable_query_ids(query_ids: Iterable[str], qrels: Qrels, corpus: "Corpus | n
     return out
 
 
+def usable_or_refused(query_ids: Sequence[str], qrels: Qrels, corpus: "Corpus | np.ndarray", who: str) -> list[str]:
+    """:func:`usable_query_ids` of ``query_ids`` (the training queries ``who`` learns from), or a
+    :class:`DataError` naming ``who`` when none is usable: how many have judgements at all, and what the qrels
+    are expected to hold (a fuser's weights, a router's or a loop judge's threshold say it alike)."""
+    usable = usable_query_ids(query_ids, qrels, corpus)
+    if not usable:
+        n_judged = sum(1 for q in query_ids if qrels.get(q))
+        raise DataError(f"{who}: none of the {len(query_ids)} training queries ({some_ids(query_ids)}) is usable "
+                        f"(with a relevant document in the corpus): {n_judged} have judgements in the qrels given "
+                        f"({len(qrels)} queries); expected qrels keyed by the training queries' ids, judging "
+                        "documents of the corpus relevant (grade > 0)")
+    return usable
+
+
 def _index_kind(index: Any) -> str:
     """How a pandas index reads in a message: its type, name and first labels."""
     first = ", ".join(repr(k) for k in index[:3]) + (", ..." if len(index) > 3 else "")
