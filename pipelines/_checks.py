@@ -394,8 +394,9 @@ def discarded_ranking_problem(op: Operator, path: str = "pipeline") -> ConfigErr
     if isinstance(op, Pipeline):
         steps = op.child_paths(path)
         for j, (second, at_second) in enumerate(steps):
-            starts = None if _ranking_blind(second) else _blind_starts(second, at_second)
-            if not _ranking_blind(second) and not starts:
+            blind = _ranking_blind(second)
+            starts = None if blind else _blind_starts(second, at_second)
+            if not blind and not starts:
                 continue
             for i in range(j - 1, -1, -1):  # back over the filters and rerankers right before it
                 first, at_first = steps[i]
