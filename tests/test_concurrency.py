@@ -427,6 +427,36 @@ def test_token_query_memo_shared_by_threads(token_encoder: TokenEncoder) -> None
     assert len(token_encoder._memo) <= 8
 
 
+def test_token_query_memo_keeps_a_hit_while_another_thread_encodes(token_encoder: TokenEncoder,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """A hit was popped from the memo and put back only after the call's misses were encoded: a thread
+    asking for it meanwhile encoded it again, in another batch (other padding, other last digits), so a
+    served MUVERA pipeline scored one query two ways (a CI failure of the test above with MiniLM).  Also,
+    two threads encoding one new text keep the first one's vectors."""
+    token_encoder.encode_queries(["warm"])
+    inside, go = threading.Event(), threading.Event()
+    forward = token_encoder._forward
+    encoded: list[list[str]] = []
+
+    def slow(texts: list[str], progress: bool = False) -> TokenVectors:
+        encoded.append(list(texts))
+        if len(encoded) == 1:  # the first thread's "new", held until the main thread is done
+            inside.set()
+            assert go.wait(10)
+        return forward(texts)
+
+    monkeypatch.setattr(token_encoder, "_forward", slow)
+    first = threading.Thread(target=token_encoder.encode_queries, args=(["warm", "new"],))
+    first.start()
+    assert inside.wait(10)
+    token_encoder.encode_queries(["warm"])  # the other thread is encoding "new": "warm" is still a hit
+    mine = token_encoder.encode_queries(["new"])[0]  # and "new" is encoded here too (not yet in the memo)
+    go.set()
+    first.join(10)
+    assert encoded == [["new"], ["new"]], encoded
+    np.testing.assert_array_equal(token_encoder.encode_queries(["new"])[0], mine)
+
+
 def test_ainvoke_from_many_event_loop_tasks(scifact_slice: Any) -> None:
     """ainvoke runs in executor threads: 40 tasks gathered at once answer as 40 sequential invokes."""
     corpus, queries = scifact_slice

@@ -705,16 +705,19 @@ class TokenEncoder:
             return TokenVectors.empty(self.dim)
         memo = self._memo
         uniq = list(dict.fromkeys(texts))
-        with self._memo_lock:  # shared by the threads of a served pipeline: popped and trimmed by each
-            got = {t: memo.pop(t) for t in uniq if t in memo}   # popped, to go back in as the newest
+        with self._memo_lock:  # shared by the threads of a served pipeline: each hit moves to the end
+            # (the newest) without leaving the memo, so another thread never misses it meanwhile and encodes
+            # it again in another batch (other padding, other last digits: the same query, other scores)
+            got = {t: memo.pop(t) for t in uniq if t in memo}
+            memo.update(got)
         miss = [t for t in uniq if t not in got]
         if miss:  # encoded outside the lock
             fresh = self._encode(miss, self.cache_enabled and queries_cached(), False, count=False)
-            got.update((t, np.asarray(fresh[i])) for i, t in enumerate(miss))
-        with self._memo_lock:
-            memo.update(got)  # least recently used first: the oldest go once the memo is past memo_size
-            for old in list(itertools.islice(memo, max(0, len(memo) - self.memo_size))):
-                del memo[old]
+            with self._memo_lock:  # a text another thread encoded meanwhile keeps its first vectors
+                got.update((t, memo.setdefault(t, np.asarray(fresh[i]))) for i, t in enumerate(miss))
+                # least recently used first: the oldest go once the memo is past memo_size
+                for old in list(itertools.islice(memo, max(0, len(memo) - self.memo_size))):
+                    del memo[old]
         mats = [got[t] for t in texts]
         lens = np.array([len(m) for m in mats], np.int64)
         off = np.zeros(len(texts) + 1, np.int64)
