@@ -31,6 +31,7 @@ import lzma
 import os
 import re
 import shutil
+import sys
 import urllib.request
 import zipfile
 import zlib
@@ -63,7 +64,10 @@ BEIR_URL = "https://public.ukp.informatik.tu-darmstadt.de/thakur/BEIR/datasets"
 class DownloadError(DataError):
     """A BEIR archive's download that failed: the server could not be reached or refused it, the transfer was
     cut short, or what came is no zip archive or a damaged one.  A :class:`DataError` (as before), told apart
-    so that ``ragkit`` exits 1 on it (a failure while running, worth trying again), not 2 (bad input)."""
+    so that ``ragkit`` exits 1 on it (a failure while running, worth trying again), not 2 (bad input).
+    ``missing`` is true when the server answered that it has no such archive (HTTP 404, no such file)."""
+
+    missing: bool = False
 
 
 def cache_dir() -> Path:
@@ -685,18 +689,32 @@ def _is_dataset(folder: Path) -> bool:
     return (folder / "corpus.jsonl").is_file() or bool(_subsets(folder))
 
 
+def _cache_lacks(folder: Path) -> list[str]:
+    """What the cached download ``folder`` lacks of a whole BEIR dataset, or of a whole archive of several
+    (every folder of it a dataset, as :func:`_check_layout` checked the archive): ``["queries.jsonl"]``,
+    ``["android/qrels/<split>.tsv"]``; ``[]`` when it is complete.  A folder missing some is an incomplete
+    earlier download (a copy cut short): downloaded again, never trusted."""
+    if (folder / "corpus.jsonl").is_file() or not _subsets(folder):
+        return _layout_missing(folder)
+    return [f"{s}/{f}" for s in _folders(folder) for f in _layout_missing(folder / s)]
+
+
+def _in_cache(place: Path) -> bool:
+    """Whether ``place`` (one of :func:`_candidates`) is in ragkit's own cache of downloads, not a user's folder."""
+    return place.parent == cache_dir() / "beir"
+
+
 #: The datasets BEIR's server distributes (Thakur et al., 2021): a name among them is downloaded when
 #: not found locally, another one first checked against the local folders it may misspell
 BEIR_NAMES = ("arguana", "climate-fever", "cqadupstack", "dbpedia-entity", "fever", "fiqa", "hotpotqa", "msmarco",
               "msmarco-v2", "nfcorpus", "nq", "quora", "scidocs", "scifact", "trec-covid", "webis-touche2020")
 
 
-def _misspelt(name: str, places: list[Path]) -> list[Path]:
-    """Local BEIR folders whose name is close to ``name`` (a typo: ``sf_smal`` for ``./sf_small``): in
-    the working folder and the folders :func:`_candidates` looks in, closest first."""
+def _misspelt(name: str, roots: set[Path]) -> list[Path]:
+    """The BEIR folders directly in ``roots`` whose name is close to ``name`` (a typo: ``sf_smal`` for
+    ``./sf_small``), closest first."""
     import difflib
 
-    roots = {Path.cwd(), *(p.parent for p in places)}
     near: list[Path] = []
     for root in sorted(r for r in roots if r.is_dir()):
         near += [root / n for n in difflib.get_close_matches(name, _folders(root), n=3, cutoff=0.75)
@@ -706,31 +724,45 @@ def _misspelt(name: str, places: list[Path]) -> list[Path]:
 
 def _find(name: str, label: str, *, download: bool, base_url: str | None) -> Path:
     """The folder of dataset (or multi-dataset archive) ``name``: the first of :func:`_candidates` that
-    holds it, else downloaded into the cache.  ``label`` is what the caller asked for, for the errors.
-    A name BEIR does not distribute (:data:`BEIR_NAMES`) that is close to a local dataset folder's is
-    refused, naming the folder, before any download is tried."""
+    holds it (in the cache: all of it, else it is downloaded again), else downloaded into the cache.
+    ``label`` is what the caller asked for, for the errors.  A name BEIR does not distribute
+    (:data:`BEIR_NAMES`) that is close to the name of a dataset folder of the user's (in the working folder,
+    ``$RAGKIT_BEIR_DIR``, ``shared/data/beir``) is refused, naming the folder, before any download is tried;
+    one close to a cached download's name is not (``fiqa2`` on a mirror beside a cached ``fiqa``): the
+    download says whether the server has it, and its failure names the cached one."""
     places = _candidates(name)
-    found = next((p for p in places if _is_dataset(p)), None)
+    lacking = {p: _cache_lacks(p) for p in places if _in_cache(p) and p.exists()}
+    found = next((p for p in places if (not lacking[p] if p in lacking else _is_dataset(p))), None)
     if found is not None:
         return found
-    looked = ", ".join(str(p) for p in places)
-    near = [] if name.lower() in BEIR_NAMES else _misspelt(name, places)
+    looked = ", ".join(str(p) + (f" (incomplete: no {', '.join(lacking[p])})" if lacking.get(p) else "")
+                       for p in places)
+    mine = {Path.cwd(), *(p.parent for p in places if not _in_cache(p))}
+    near = [] if name.lower() in BEIR_NAMES else _misspelt(name, mine)
     if near:
         raise DataError(f"BEIR dataset {label!r}: no folder or dataset of that name (looked in {looked}); did you mean "
                         f"the folder {str(near[0])!r}? (nothing was downloaded)")
     if not download:
+        incomplete = next((p for p in lacking if _is_dataset(p)), None)
+        if incomplete is not None:  # nothing to replace it with: load_beir names the file it lacks
+            return incomplete
         raise DataError(f"BEIR dataset {label!r} not found locally (looked in {looked}) and download=False")
     try:
         return download_beir(name, base_url=base_url)
     except (DataError, ParamError) as e:  # (ParamError: a name that is no file name, 'my data')
         cls = DownloadError if isinstance(e, DownloadError) else DataError  # (a failed download stays one)
-        raise cls(f"BEIR dataset {label!r}: not found locally (looked in {looked}); {e}") from None
+        cached = [p for p in _misspelt(name, {cache_dir() / "beir"}) if p.name != name] if getattr(
+            e, "missing", False) else []  # (one of that name is an incomplete download: 'looked in' says so)
+        hint = f"; did you mean the cached dataset {cached[0].name!r} ({cached[0]})?" if cached else ""
+        raise cls(f"BEIR dataset {label!r}: not found locally (looked in {looked}); {e}{hint}") from None
 
 
 def _find_sub(archive: str, sub: str, *, download: bool, base_url: str | None) -> Path:
     """The folder of dataset ``sub`` of the multi-dataset archive ``archive``: found locally, else in the
-    archive, downloaded whole.  A ``sub`` it does not hold is a :class:`DataError` listing those it does."""
-    hit = next((p / sub for p in _candidates(archive) if (p / sub / "corpus.jsonl").is_file()), None)
+    archive, downloaded whole (again, when the cache's copy of ``sub`` is incomplete).  A ``sub`` it does not
+    hold is a :class:`DataError` listing those it does."""
+    hit = next((p / sub for p in _candidates(archive) if (p / sub / "corpus.jsonl").is_file()
+                and not (_in_cache(p) and _layout_missing(p / sub))), None)
     if hit is not None:
         return hit
     try:
@@ -777,6 +809,11 @@ def _locate(name_or_path: str | Path, *, download: bool, base_url: str | None) -
     if path.is_file():  # 'corpus.jsonl' in a dataset's folder would be taken for a name to download
         raise DataError(f"{name_or_path}: is a file; expected a BEIR dataset folder (corpus.jsonl, queries.jsonl, "
                         f"qrels/) or a dataset name: pass its folder, {str(dataset_folder_of(path.resolve()))!r}")
+    zip_path = next((p for p in (*reversed(path.parents), path) if p.suffix.lower() == ".zip" and not p.exists()), None)
+    if zip_path is not None:  # 'fiqa.zip' is a file, never the name of a dataset to download ('fiqa.zip.zip')
+        raise DataError(f"{name_or_path}: file not found ({zip_path.absolute()} does not exist); a name ending in .zip "
+                        f"is a local BEIR zip archive's path; to download a dataset, give its name without .zip "
+                        f"({zip_path.stem!r})")
     text = os.path.expanduser(str(name_or_path))
     # what a download killed midway left in the cache (its archive, gigabytes for some) is removed by the next
     # load by name, which may find the dataset without downloading it
@@ -993,11 +1030,21 @@ def download_beir(name: str, *, base_url: str | None = None, dest: Path | None =
     be in use); an incomplete earlier download is replaced.  An archive of several datasets
     (``cqadupstack/<forum>/corpus.jsonl``, ...) is cached whole as ``dest / name / <forum>``,
     once every one of its folders is checked to be a complete BEIR dataset.
+
+    ``timeout`` is the most seconds to wait for the server to answer and for each piece of the archive
+    (not for the whole download): a slow or distant server may need more than the default 60; load_beir
+    and ``ragkit eval --data`` download with the default, so download a dataset they time out on with a
+    larger one first (it is then found in the cache).  A progress bar goes to stderr when it is a terminal.
+    ``name`` is the dataset's name without ``.zip`` (``"fiqa"``; load a local zip with :func:`load_beir`).
     """
     if not isinstance(name, str) or not re.fullmatch(_NAME, name) or ".." in name:
         raise ParamError(f"download_beir: name {name!r} is not a dataset name; expected a name such as 'scifact' "
                          "(letters, digits, '-', '_', '.'; no '/', '\\' or '..': the archive <name>.zip is "
                          "unpacked into dest/<name>, never elsewhere)")
+    if name.lower().endswith(".zip"):  # (else <base>/fiqa.zip.zip was fetched)
+        raise ParamError(f"download_beir: name {name!r} ends in .zip; expected the dataset's name without it "
+                         f"({name[:-4]!r}): the archive <name>.zip is fetched; a local zip is loaded with "
+                         f"load_beir({name!r})")
     base = (base_url or os.environ.get("RAGKIT_BEIR_URL") or BEIR_URL).rstrip("/")
     dest = user_path(dest, "download_beir: dest") if dest is not None else cache_dir() / "beir"
     _refuse_not_a_download(dest / name, name)  # before fetching what may be gigabytes
@@ -1070,21 +1117,98 @@ def _holds_all_of(final: Path, root: Path) -> bool:
 
 def _fetch_zip(url: str, name: str, timeout: float, into: Path) -> zipfile.ZipFile:
     """The zip archive at ``url``, streamed to the file ``into`` in 1 MiB pieces (BEIR archives reach
-    gigabytes: never held in memory whole) and opened; ``timeout`` in seconds, per network read."""
+    gigabytes: never held in memory whole) and opened; ``timeout`` in seconds, per network read.  A progress
+    bar goes to stderr when it is a terminal (:func:`_copy`)."""
     _log.info(f"{'copying' if url.startswith('file:') else 'downloading'} {url} into {into.parent.parent}")
+    length = ctype = None
     try:
         with urllib.request.urlopen(url, timeout=timeout) as resp, open(into, "wb") as f:
-            shutil.copyfileobj(resp, f, length=1 << 20)
-            length = resp.headers.get("Content-Length")
+            length, ctype = resp.headers.get("Content-Length"), resp.headers.get("Content-Type")
+            _copy(resp, f, name, int(length) if length is not None and length.strip().isdigit() else None)
     except Exception as e:  # URLError, HTTPError, timeouts, a connection cut short, a full disk
-        raise DownloadError(f"could not download BEIR dataset {name!r} from {url}: {e}") from None
+        err = DownloadError(f"could not download BEIR dataset {name!r} from {url}: {_why(e, name, timeout)}")
+        reason = getattr(e, "reason", None)
+        err.missing = getattr(e, "code", None) in (404, 410) or isinstance(reason, FileNotFoundError)
+        raise err from None
     got = into.stat().st_size
     if length is not None and length.strip().isdigit() and got < int(length):  # the server closed early
         raise DownloadError(f"{url}: download cut short: {got} of {int(length)} bytes; nothing was cached; try again")
     try:
         return zipfile.ZipFile(into)
     except (zipfile.BadZipFile, EOFError, ValueError):
-        raise DownloadError(f"{url}: not a zip archive ({got} bytes)") from None
+        raise DownloadError(_not_a_zip(url, into, ctype, sized=length is not None)) from None
+
+
+def _copy(resp: Any, f: Any, name: str, total: int | None) -> None:
+    """Copy the response ``resp`` into the file ``f`` in 1 MiB pieces, with a tqdm progress bar on stderr when
+    stderr is a terminal (of ``total`` bytes, the Content-Length, when the server sent one); none otherwise
+    (a log, a pipe, a job's output)."""
+    try:
+        tty = sys.stderr is not None and sys.stderr.isatty()
+    except (AttributeError, ValueError):  # (a replaced or closed stderr)
+        tty = False
+    bar = None
+    if tty:
+        from tqdm import tqdm
+
+        bar = tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=f"downloading {name}",
+                   file=sys.stderr)
+    try:
+        while chunk := resp.read(1 << 20):
+            f.write(chunk)
+            if bar is not None:
+                bar.update(len(chunk))
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def _why(e: BaseException, name: str, timeout: float) -> str:
+    """Why a download failed, on one line (urllib's reasons may span several: a redirect loop's); a timeout says
+    the limit and how to raise it."""
+    if isinstance(e, TimeoutError) or isinstance(getattr(e, "reason", None), TimeoutError):
+        return (f"timed out: nothing came for {timeout:g} seconds (download_beir's timeout, per network read); "
+                f"raise it with ragkit.eval.download_beir({name!r}, timeout=<seconds>), which caches the dataset "
+                "for later loads")
+    return " ".join(str(e).split())
+
+
+def _not_a_zip(url: str, into: Path, ctype: str | None, *, sized: bool) -> str:
+    """The message for a download ``into`` that is no zip archive: its size, the response's Content-Type, its first
+    bytes when they are text (a web page: a login, captive portal or error page) or that it begins as a zip
+    (cut short, or damaged), and, when the server sent no Content-Length (``sized``), that the transfer may have
+    been cut short."""
+    got = into.stat().st_size
+    with open(into, "rb") as f:
+        head = f.read(256)
+    said = [f"{url}: not a zip archive ({got} bytes); Content-Type {ctype!r}" if ctype else
+            f"{url}: not a zip archive ({got} bytes); no Content-Type"]
+    text = _text_of(head)
+    if got == 0:
+        said.append("it is empty")
+    elif head.startswith(b"PK"):
+        said.append("it begins as one, but its end is missing or damaged")
+    elif text is not None:
+        page = text.lower().startswith(("<!doctype html", "<html")) or "html" in (ctype or "").lower()
+        said.append(f"it begins {text[:80]!r}" + (" (a web page: a login or captive portal, or an error page?)"
+                                                  if page else ""))
+    if not sized:
+        said.append("the server sent no Content-Length, so the transfer may have been cut short")
+    return "; ".join(said) + "; expected a BEIR zip archive; nothing was cached; try again, or check the URL"
+
+
+def _text_of(head: bytes) -> str | None:
+    """``head`` (a file's first bytes) as text on one line when it reads as UTF-8 text (a character cut at its
+    end allowed), else ``None``."""
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError as e:
+        if e.start < len(head) - 3:
+            return None
+        text = head[:e.start].decode("utf-8")
+    if any(c < " " and c not in "\t\n\r\f" for c in text):
+        return None
+    return " ".join(text.split())
 
 
 #: What a damaged zip raises while it is read: a bad CRC or a truncated member (BadZipFile, EOFError), a
@@ -1168,7 +1292,8 @@ def _extract(archive: zipfile.ZipFile, tmp: Path, url: str, *, again: str,
     except _DAMAGED_ZIP as e:
         if isinstance(e, OSError) and e.errno is not None:  # a full disk, a permission: not the archive's fault
             raise
-        raise damaged(f"{url}: the zip archive is damaged ({type(e).__name__}: {e}); {again}") from None
+        raise damaged(f"{url}: the zip archive is damaged ({type(e).__name__}: {' '.join(str(e).split())}); "
+                      f"{again}") from None
     tmp.mkdir(parents=True, exist_ok=True)  # (an archive without a BEIR file: its layout check says what it lacks)
 
 
