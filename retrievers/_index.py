@@ -957,10 +957,15 @@ class VectorIndex:
         buf[n:n + m] = new
         return buf[:n + m]
 
-    def remove(self, slots: np.ndarray) -> None:
+    def remove(self, slots: np.ndarray, *, compact_next: bool = False) -> None:
         """Mark slots deleted (tombstones).  An HNSW graph keeps their nodes, links and keys (searches skip
         them) until they pass ``GRAPH_DEAD_FRACTION`` of its nodes, when it is rebuilt from the live codes
         (:meth:`rebuild_graph`, slots unchanged).
+
+        ``compact_next=True`` is a caller's word that it calls :meth:`compact` right after (``Dense.remove``
+        when more slots are dead than live): the graph is then not rebuilt here, since ``compact`` builds it
+        anew from the same live codes; one build, not two.  Until ``compact`` runs, searches skip the dead
+        nodes as for any edited graph.
 
         usearch's own ``remove`` is not used: its next ``add`` reuses a removed node (``index_gt::update``),
         clearing that node's links, and a node whose only incoming link came from it drops out of the graph
@@ -976,7 +981,8 @@ class VectorIndex:
         alive = self.alive.copy()
         alive[slots] = False
         self.alive = alive
-        if self.usearch is not None and self._graph_dead() > GRAPH_DEAD_FRACTION * len(self.usearch):
+        if (not compact_next and self.usearch is not None
+                and self._graph_dead() > GRAPH_DEAD_FRACTION * len(self.usearch)):
             self.rebuild_graph()
 
     def _graph_dead(self) -> int:
@@ -986,7 +992,8 @@ class VectorIndex:
     def rebuild_graph(self) -> None:
         """Build the HNSW graph anew from the live slots' codes, keeping the slots (no renumbering, unlike
         :meth:`compact`): the dead nodes and every link an edit left go.  :meth:`remove` calls it when dead
-        nodes pass ``GRAPH_DEAD_FRACTION`` of the graph; it costs a build of the live vectors."""
+        nodes pass ``GRAPH_DEAD_FRACTION`` of the graph (not when told a :meth:`compact`, itself a build,
+        follows); it costs a build of the live vectors."""
         self._check_built()
         if self.usearch is None:
             return

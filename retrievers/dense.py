@@ -424,20 +424,26 @@ class Dense(TunedEncoderMixin, Operator):
                          f"the calibration was set at fit on {ix.i8_fitted_n} documents: refit on the whole corpus")
 
     def remove(self, ids: Any) -> "Dense":
-        """Remove documents by id (tombstoned in the index, dropped from the corpus; no rebuild)."""
+        """Remove documents by id (tombstoned in the index, dropped from the corpus).  Compacts the index
+        (:meth:`compact`) once more slots are dead than live (at least ``COMPACT_MIN``), except on a
+        memory-mapped exact index; a remove that compacts builds an HNSW graph once (the index does not
+        also rebuild it for its dead nodes first)."""
         self._check_fitted()
-        rows = self.corpus_.rows_to_remove(ids, "dense.remove")
+        rows = self.corpus_.rows_to_remove(ids, "dense.remove")  # sorted, distinct
         if not len(rows):
             return self
-        self.index_.remove(self.slots_[rows])
+        ix = self.index_
+        alive = ix.n_alive - len(rows)  # after the removal
+        dead = ix.n_slots - alive
+        # more removed than live: at most one rebuild per as many removals as documents left
+        compact = dead >= COMPACT_MIN and dead > alive and not isinstance(ix.codes, np.memmap)
+        ix.remove(self.slots_[rows], compact_next=compact)
         keep = np.ones(len(self.corpus_), dtype=bool)
         keep[rows] = False
         self.corpus_ = self.corpus_.subset(keep)  # a mask: rows in order, id lookup and filter codes carried over
         self.slots_ = self.slots_[keep]
-        ix = self.index_
-        dead = ix.n_slots - ix.n_alive
-        if dead >= COMPACT_MIN and dead > ix.n_alive and not isinstance(ix.codes, np.memmap):
-            self.compact()  # more removed than live: at most one rebuild per as many removals as documents left
+        if compact:
+            self.compact()  # (its graph build is the only one: the index's remove left the graph to it)
         return self
 
     def compact(self) -> "Dense":
