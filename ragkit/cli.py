@@ -166,6 +166,7 @@ def _main(ctx: typer.Context,
     """ragkit: retrieval operators that compose."""
     import warnings
 
+    _tolerant_stdout(ctx)
     shown = warnings.showwarning  # (put back when the command ends: a program calling the app keeps its own)
     warnings.showwarning = _show_warning
     ctx.call_on_close(lambda: setattr(warnings, "showwarning", shown))
@@ -1176,12 +1177,12 @@ def _write_outputs(output: Optional[Path], run_file: Optional[Path], run: Any, p
     for option, path in (("--output", output), ("--run", run_file)):
         if path is None:
             continue
-        if _is_stdout(path):  # for a script: the JSON or the run alone on standard output
-            if option == "--output":
-                sys.stdout.write(json.dumps(payload, indent=2) + "\n")
-            else:
-                run.to_trec(sys.stdout, tag)
-            sys.stdout.flush()
+        if _is_stdout(path):  # for a script: the JSON or the run alone on standard output, UTF-8 whatever the locale
+            with _stdout_utf8() as out:
+                if option == "--output":
+                    out.write(json.dumps(payload, indent=2) + "\n")
+                else:
+                    run.to_trec(out, tag)
             continue
         try:
             if option == "--output":
@@ -2072,8 +2073,8 @@ def compare_cmd(
     for few in cmp.few_differ():
         err_console.print(Text(f"note: {few}", style="yellow"), soft_wrap=True)
     if _is_stdout(output):
-        sys.stdout.write(json.dumps(cmp.to_dict(), indent=2) + "\n")
-        sys.stdout.flush()
+        with _stdout_utf8() as out:
+            out.write(json.dumps(cmp.to_dict(), indent=2) + "\n")
     elif output is not None:
         try:
             with atomic_file(output) as tmp:
@@ -2132,6 +2133,58 @@ class _GuardedStdout:
             self._stream.flush()
         except OSError as e:
             raise _StdoutFailed(e) from e
+
+
+@contextmanager
+def _stdout_utf8() -> Iterator[Any]:
+    """Standard output as a UTF-8 text stream, for what a program reads (``--run -``'s TREC lines, ``-o -``'s JSON):
+    a TREC run or JSON file is UTF-8 (:meth:`~ragkit.run.Run.read_trec` refuses other bytes), whatever the locale's
+    encoding (``PYTHONIOENCODING=latin-1``, a C locale, a Windows console's code page), which would write another
+    encoding's bytes, or fail on a character it lacks (东京).  ``sys.stdout`` itself where it is UTF-8 already or
+    has no byte buffer (a test's ``StringIO``); else a UTF-8 writer over its buffer (lines ending in ``\\n``), flushed
+    and detached at the end (the buffer stays open), whose failed writes are :class:`_StdoutFailed`, as
+    :class:`_GuardedStdout`'s."""
+    import codecs
+
+    out = sys.stdout
+    buffer = getattr(out, "buffer", None)
+    try:
+        utf8 = codecs.lookup(getattr(out, "encoding", None) or "ascii").name == "utf-8"
+    except LookupError:
+        utf8 = False
+    if utf8 or buffer is None:
+        yield out
+        out.flush()
+        return
+    out.flush()  # (what was written before goes first)
+    writer = io.TextIOWrapper(buffer, encoding="utf-8", newline="\n")
+    try:
+        yield writer
+        writer.flush()
+    except OSError as e:
+        raise _StdoutFailed(e) from e
+    finally:
+        try:
+            writer.detach()  # (not closed: that would close standard output's buffer)
+        except (OSError, ValueError):  # (a failed flush: reported above)
+            pass
+
+
+def _tolerant_stdout(ctx: typer.Context) -> None:
+    """Make standard output write a character its encoding lacks as an escape (``\\u4e1c``) rather than fail with
+    a :class:`UnicodeEncodeError` and a traceback, for the command's duration: the tables and answers a person
+    reads (``ragkit search --index idx 东京`` in a Latin-1 or C locale).  What a program reads goes out in UTF-8
+    (:func:`_stdout_utf8`).  Standard error does so already (Python's ``backslashreplace``)."""
+    out = sys.stdout
+    reconfigure = getattr(out, "reconfigure", None)
+    errors = getattr(out, "errors", None)
+    if reconfigure is None or errors not in ("strict", None):
+        return
+    try:
+        reconfigure(errors="backslashreplace")
+    except (ValueError, OSError, io.UnsupportedOperation):  # (a stream that cannot: left as it is)
+        return
+    ctx.call_on_close(lambda: reconfigure(errors=errors or "strict"))
 
 
 def _stdout_failed(error: OSError, stream: Any) -> int:

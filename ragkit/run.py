@@ -18,7 +18,7 @@ import numpy as np
 
 from ragkit._files import atomic_file, utf8_lines
 from ragkit.errors import DataError, InputTypeError, repeated, some_ids
-from ragkit.types import Corpus, Ranking, TraceEvent
+from ragkit.types import Corpus, Ranking, TraceEvent, check_id_surrogates
 
 if TYPE_CHECKING:  # pandas is optional
     import pandas as pd
@@ -133,14 +133,31 @@ def _unwritable(ids: list[str]) -> str | None:
 
 def check_trec_ids(path: str | Path, query_ids: Sequence[str], doc_ids: Iterable[str], tag: str = "ragkit") -> None:
     """Refuse ids a TREC run file cannot hold (empty, or holding whitespace: the file's columns
-    are whitespace-separated, so :meth:`Run.read_trec` could not read them back): a
-    :class:`DataError` naming ``path``.  ``ragkit eval --run`` calls it on the dataset's ids
-    before any work; :meth:`Run.write_trec` on what it writes."""
+    are whitespace-separated, so :meth:`Run.read_trec` could not read them back; or holding a lone
+    surrogate, which no UTF-8 file can hold): a :class:`DataError` naming ``path``.  ``ragkit eval --run``
+    calls it on the dataset's ids before any work; :meth:`Run.write_trec` on what it writes."""
     for what, ids in (("query id", list(query_ids)), ("document id", list(doc_ids)), ("tag", [tag])):
         bad = _unwritable(ids)
         if bad is not None:
             raise DataError(f"{path}: cannot write a TREC run file: {what} {bad!r} is empty or holds "
                             "whitespace, which would break the file's columns")
+        try:
+            check_id_surrogates(ids, f"{what}s", what)
+        except DataError as e:
+            raise DataError(f"{path}: cannot write a TREC run file: {e}") from None
+
+
+def _check_doc_surrogates(query_ids: Sequence[str], doc_ids: Sequence[np.ndarray]) -> None:
+    """Refuse a document id of ``doc_ids`` (one array per query of ``query_ids``) holding a lone surrogate
+    (:func:`~ragkit.types.check_id_surrogates`), naming the query; one check of all the ids at once, and one per
+    query only where it fails."""
+    flat = list(chain.from_iterable(d.tolist() if isinstance(d, np.ndarray) else d for d in doc_ids))
+    try:
+        check_id_surrogates(flat, "Run.doc_ids", "document")
+    except DataError:
+        for i, (q, d) in enumerate(zip(query_ids, doc_ids)):
+            check_id_surrogates(list(d), f"query {q!r}: Run.doc_ids[{i}]", "document")
+        raise
 
 
 @dataclass(eq=False)
@@ -203,6 +220,11 @@ class Run:
         if len(set(self.query_ids)) != n:  # to_dict would keep the last list, a TREC file both
             dup = repeated(self.query_ids)[0]
             raise DataError(f"Run: query id {dup!r} appears more than once; expected one ranking per query")
+        # ids no UTF-8 file can hold (a lone surrogate): refused now, not when the run is written.  A run made from
+        # rankings names the documents by a Corpus's ids, which the Corpus checked.
+        check_id_surrogates(self.query_ids, "Run.query_ids", "query")
+        if self.rankings is None:
+            _check_doc_surrogates(self.query_ids, self.doc_ids)
 
     @classmethod
     def from_rankings(cls, query_ids: list[str], rankings: list[Ranking], corpus_ids: np.ndarray, **kw: Any) -> "Run":

@@ -128,6 +128,29 @@ def check_id_breaks(ids: Sequence[str], what: str, noun: str) -> None:
         raise DataError(f"{what}[{i}] is {ids[i]!r:.60}, which holds a {ID_BREAK_NAMES[hit.group()]}; expected an id "
                         f"without tabs or line breaks (they would split the columns or lines of a qrels or run file "
                         f"naming this {noun})")
+    if not _utf8_clean(joined):
+        check_id_surrogates(ids, what, noun)
+
+
+def check_id_surrogates(ids: Sequence[Any], what: str, noun: str) -> None:
+    """Refuse an id holding a lone surrogate (bytes decoded with ``errors="surrogateescape"``, as Python decodes
+    a non-UTF-8 command line or file name): no UTF-8 file (a run, qrels, a saved corpus) can hold it, so writing
+    one would fail with a bare :class:`UnicodeEncodeError` long after the id came in.  A :class:`DataError` naming
+    ``what[i]`` (a ``noun``'s id), as :func:`check_texts` names a text.  Batched: one ``str.join`` and one UTF-8
+    test (:func:`_utf8_clean`); only a refused column is looked at id by id.  Ids that are no strings are left
+    to the caller (they are written with ``str``)."""
+    ids = ids if isinstance(ids, list) else list(ids)
+    try:
+        joined = "\x00".join(ids)
+    except TypeError:
+        joined = "\x00".join(map(str, ids))
+    if _utf8_clean(joined):
+        return
+    i, hit = next((i, h) for i, x in enumerate(ids) if (h := _SURROGATE.search(str(x))) is not None)
+    raise DataError(f"{what}[{i}] is {ids[i]!r:.60}, which holds a lone surrogate {hit.group()!r} at character "
+                    f"{hit.start()}, which is no Unicode text (bytes decoded with errors='surrogateescape'?); no "
+                    f"UTF-8 file (a run, qrels, a saved corpus) could name this {noun}: decode the source with its "
+                    "real encoding")
 
 
 def _key_ids(keys: Iterable[Any], what: str) -> list[str]:
@@ -323,14 +346,100 @@ def _meta_column(col: np.ndarray) -> np.ndarray:
     column) or a tuple as a list, and a missing value (NaN, ``pandas.NA``, ``NaT``) as ``None``.  A column
     of another dtype (numbers, strings) is kept as it is; in an object column, one pass over the values'
     types, and a look at the values of other types than str, int, bool, None, list and dict only."""
+    return _meta_kept(col)[0]
+
+
+def _meta_kept(col: np.ndarray) -> tuple[np.ndarray, list[Any] | None, set[type] | None]:
+    """:func:`_meta_column`'s column, with its values as a list and the set of their types (``None``, ``None`` for
+    a column that is not of objects), which :func:`_check_meta_text` reads rather than listing them again."""
     if col.dtype != object:
-        return col
+        return col, None, None
     values = col.tolist()
-    odd = set(map(type, values)) - _PLAIN_META
+    types = set(map(type, values))
+    odd = types - _PLAIN_META
     if not odd:
-        return col
+        return col, values, types
     out = [_meta_value(v) if type(v) in odd else v for v in values]
-    return _column(out) if any(a is not b for a, b in zip(out, values)) else col
+    if all(a is b for a, b in zip(out, values)):
+        return col, values, types
+    return _column(out), out, set(map(type, out))
+
+
+def _check_meta_text(key: Any, col: np.ndarray, ids: np.ndarray, values: list[Any] | None = None,
+                     types: set[type] | None = None, chunk: int = 8192) -> None:
+    """Refuse a lone surrogate (bytes decoded with ``errors="surrogateescape"``) in the metadata field name
+    ``key`` or in a string of its column ``col`` (one value per document; strings inside list and dict values
+    too): :meth:`Corpus.save` and every save holding the corpus (a fitted retriever's, a LangChain retriever's)
+    write UTF-8 JSON, which cannot hold one, and would fail with a bare :class:`UnicodeEncodeError` naming
+    neither the document nor the field.  A :class:`DataError` naming the field, the document id and its row.
+
+    Only text (``U``) and object columns are looked at; ``values`` and ``types`` are an object column's values
+    and the set of their types where the caller has them (:func:`_meta_kept`).  A column of numbers and None
+    costs nothing more; otherwise, per ``chunk`` values, their text joined (:func:`_strings_of`: C calls, no
+    Python loop over a column of strings or of lists of strings) and one UTF-8 test (:func:`_utf8_clean`);
+    values are looked at one by one only in a chunk that holds a surrogate."""
+    if isinstance(key, str) and not _utf8_clean(key):
+        hit = cast("re.Match[str]", _SURROGATE.search(key))
+        raise DataError(f"Corpus metadata field {key!r} holds a lone surrogate {hit.group()!r} in its name, which is "
+                        "no Unicode text (bytes decoded with errors='surrogateescape'?); no save could write it: "
+                        "decode the name with its real encoding")
+    if col.dtype.kind not in "OU":
+        return
+    if values is None:
+        values = col.tolist()
+    if col.dtype.kind == "U":
+        types = {str}
+    elif types is None:
+        types = set(map(type, values))
+    if types <= _NO_TEXT:
+        return
+    for a in range(0, len(values), chunk):
+        part = values[a:a + chunk]
+        if _utf8_clean(_strings_of(part, types)):
+            continue
+        for i, v in enumerate(part):
+            found = _SURROGATE.search(v if isinstance(v, str) else _json_text(v))
+            if found is not None:
+                row = a + i
+                raise DataError(f"Corpus metadata field {key!r} of document {ids[row]!r} (row {row}) holds a lone "
+                                f"surrogate {found.group()!r} ({_kind(v)}), which is no Unicode text (bytes decoded "
+                                "with errors='surrogateescape'?); no save could write it: decode the source with its "
+                                "real encoding, or drop the value")
+
+
+#: the types of metadata values that hold no text (:func:`_strings_of` leaves them out)
+_NO_TEXT = frozenset({int, float, bool, type(None)})
+
+
+def _strings_of(values: list[Any], types: set[type]) -> str:
+    """The text of ``values`` (metadata values, of the ``types`` or fewer) joined, for a surrogate test
+    (:func:`_check_meta_text`): strings as they are, the strings of list values (tags) too, any other value but
+    a number or None by :func:`_json_text`.  C calls only (``str.join``, ``filter``, ``itertools.chain``) where
+    the values are strings, lists of strings, numbers and None: values that hold no text (numbers, None) are
+    dropped (by ``filter`` where None is the only one, else by one comprehension); only a value of another type
+    (a dict) costs a ``json.dumps``."""
+    if types == {str}:
+        return "\x00".join(values)
+    kinds = types - _NO_TEXT
+    kept: Iterable[Any] = (filter(None, values) if types - kinds <= {type(None)} else  # (None, "" and [] dropped)
+                           [v for v in values if type(v) not in _NO_TEXT])
+    if kinds == {str}:
+        return "\x00".join(kept)
+    if kinds <= {str, list}:
+        kept = list(kept)
+        try:
+            return "\x00".join(itertools.chain.from_iterable(kept) if kinds == {list} else
+                                itertools.chain.from_iterable(v if type(v) is list else (v,) for v in kept))
+        except TypeError:  # a list holding other values than strings
+            pass
+    return _json_text(list(kept))
+
+
+def _json_text(v: Any) -> str:
+    """``v`` as JSON text with its strings as they are (``ensure_ascii=False``: a lone surrogate stays one), a
+    value JSON has no type for by its ``repr`` and keys that are no strings skipped: what :func:`_check_meta_text`
+    searches for surrogates."""
+    return json.dumps(v, ensure_ascii=False, default=repr, skipkeys=True)
 
 
 def _meta_value(v: Any) -> Any:
@@ -618,11 +727,12 @@ class Corpus:
             if isinstance(col, (str, bytes)) or not isinstance(col, Iterable):  # 'en' would become ['e', 'n']
                 raise DataError(f"Corpus metadata field {key!r}: expected one value per document (a list or array of "
                                 f"{len(ids)}), got {col!r:.60}")
-            col = _meta_column(_column(col) if not isinstance(col, np.ndarray) or col.ndim != 1 else col)
+            col, values, types = _meta_kept(_column(col) if not isinstance(col, np.ndarray) or col.ndim != 1 else col)
             if len(col) != len(ids):
                 raise DataError(
                     f"Corpus metadata field {key!r} has {len(col)} values, expected {len(ids)} (one per document)"
                 )
+            _check_meta_text(key, col, ids, values, types)
             meta[key] = _frozen(col, self.metadata[key])
         self._hold(_frozen(ids, self.ids), _frozen(texts, self.texts), _frozen(titles, self.titles), meta)
 

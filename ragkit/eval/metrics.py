@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
+import unicodedata
 from dataclasses import dataclass, field
 from typing import Any, Callable, Collection, Iterable, Mapping, Sequence
 
@@ -252,15 +253,39 @@ def _note_unsearched(run: Run | Mapping[str, Mapping[str, float]], result: EvalR
 
 
 def _respelling(qid: str) -> str:
-    """``qid`` as :func:`respelled` compares it: surrounding spaces dropped, case folded, and each run of
-    digits without its leading zeros (``'Q007'`` -> ``'q7'``)."""
-    return re.sub(r"\d+", lambda m: m.group().lstrip("0") or "0", qid.strip().casefold())
+    """``qid`` as :func:`respelled` compares it: in Unicode's composed form (NFC: ``'e\\u0301'``, an ``e`` and a
+    combining accent, is ``'\\xe9'``, as one id may be written by one tool and the other by another), surrounding
+    spaces dropped, case folded, and each run of digits without its leading zeros (``'Q007'`` -> ``'q7'``)."""
+    return re.sub(r"\d+", lambda m: m.group().lstrip("0") or "0", unicodedata.normalize("NFC", qid).strip().casefold())
+
+
+def normal_form(text: str) -> str:
+    """The Unicode normalization form ``text`` is in, for a message: ``'NFC'`` (composed: ``'\\xe9'``), ``'NFD'``
+    (decomposed: ``'e\\u0301'``), or ``'neither NFC nor NFD'`` (a mix)."""
+    if unicodedata.is_normalized("NFC", text):
+        return "NFC"
+    return "NFD" if unicodedata.is_normalized("NFD", text) else "neither NFC nor NFD"
+
+
+def respelt_pair(given: str, known: str, verb: str = "is judged as", where: str = "") -> str:
+    """``"'1' is judged as '001'?"``: an id ``given`` that names ``known`` once written alike (:func:`respelled`),
+    for a hint (``verb`` between them, ``where`` after the second: ``"'1' is '0001' in queries.jsonl?"``).  Where
+    the two differ only in their Unicode normalization form (``'caf\\xe9'``, composed, and ``'cafe\\u0301'``,
+    decomposed, look alike on screen) they are shown with :func:`ascii`, with the form of each and how to write one
+    as the other (``unicodedata.normalize``)."""
+    if unicodedata.normalize("NFC", given) != unicodedata.normalize("NFC", known):
+        return f"{given!r} {verb} {known!r}{where}?"
+    want = normal_form(known)
+    fix = f"unicodedata.normalize({want!r}, id)" if want in ("NFC", "NFD") else "one normalization form for both"
+    return (f"{ascii(given)} {verb} {ascii(known)}{where}? (one text in two Unicode normalization forms, "
+            f"{normal_form(given)} and {want}, which look alike: write both in one, e.g. {fix})")
 
 
 def respelled(unjudged: Sequence[str], judged: Iterable[str]) -> list[tuple[str, str]]:
     """``(run id, judged id)`` for each id of ``unjudged`` that names one of ``judged`` once leading zeros,
-    case and surrounding spaces are set aside (``'1'`` and ``'001'``, ``'Q7'`` and ``'q07'``), in the order of
-    ``unjudged``: query ids rewritten on the way (a spreadsheet dropping zeros) score 0 silently."""
+    case, surrounding spaces and Unicode normalization are set aside (``'1'`` and ``'001'``, ``'Q7'`` and ``'q07'``,
+    ``'caf\\xe9'`` and ``'cafe\\u0301'``), in the order of ``unjudged``: query ids rewritten on the way (a
+    spreadsheet dropping zeros) score 0 silently."""
     by_key: dict[str, str] = {}
     for q in judged:
         by_key.setdefault(_respelling(q), q)
@@ -285,18 +310,20 @@ def unjudged_note(run_ids: Sequence[str], judged: Collection[str], lacking: Sequ
 
 def respelled_hint(unjudged: Sequence[str], judged: Iterable[str], noun: str, lacks: str = "") -> str:
     """``"'1' is judged as '001'? (3 of the run's unjudged ids name judged queries ...)"``: the clause on the ids of
-    ``unjudged`` (a run's) that name one of ``judged`` once leading zeros, case and spaces are set aside
-    (:func:`respelled`), ``""`` when none does.  ``noun`` is what the ids name (``"query"``, ``"document"``),
-    ``lacks`` follows it (``" that the run lacks"``).  Query ids and document ids are hinted at in the same words."""
+    ``unjudged`` (a run's) that name one of ``judged`` once leading zeros, case, spaces and Unicode normalization
+    are set aside (:func:`respelled`: shown with :func:`respelt_pair`), ``""`` when none does.  ``noun`` is what
+    the ids name (``"query"``, ``"document"``), ``lacks`` follows it (``" that the run lacks"``).  Query ids and
+    document ids are hinted at in the same words."""
     pairs = respelled(unjudged, judged)
     if not pairs:
         return ""
     u, j = pairs[0]
     many = len(pairs) > 1
     plural = {"query": "queries"}.get(noun, noun + "s")
-    return (f"{u!r} is judged as {j!r}? ({len(pairs)} of the run's unjudged ids "
+    return (f"{respelt_pair(u, j)} ({len(pairs)} of the run's unjudged ids "
             f"{f'name judged {plural}' if many else f'names a judged {noun}'}{lacks} once "
-            f"leading zeros, case and spaces are set aside; write the run's {noun} ids as the judgements do)")
+            f"leading zeros, case, spaces and Unicode normalization are set aside; write the run's {noun} ids as the "
+            "judgements do)")
 
 
 def unjudged_docs_note(run: Run | Mapping[str, Mapping[str, float]], judged: Mapping[str, Mapping[str, int]]) -> str:
@@ -428,9 +455,10 @@ def _evaluate(
     check_relevance_level(judged, relevance_level)
     d = _clean_run(run, ignore_identical_ids, max(k for _, _, k in parsed) + 1 if parsed else None)
     if d and not judged.keys() & d.keys():  # every query would count 0: judgements of other queries
+        hint = respelled_hint(list(d), judged, "query")  # ('001' for '1', 'caf\xe9' for 'cafe\u0301')
         raise DataError(f"evaluate: none of the run's {len(d)} queries ({some_ids(d)}) is judged in the qrels, which "
-                        f"judge {len(judged)} other queries ({some_ids(judged)}); are these the judgements of another "
-                        "split?")
+                        f"judge {len(judged)} other queries ({some_ids(judged)}); "
+                        + (hint or "are these the judgements of another split?"))
     d_full = {q: d.get(q, {}) for q in judged}
     # pytrec_eval drops queries with an empty run; give them a dummy non-relevant doc so they count as 0
     # (its id holds a tab, which no qrels id can: a TSV column, or a whitespace-separated one)

@@ -813,6 +813,10 @@ class RagkitRetriever(BaseRetriever):
         """A retriever written by :meth:`save` (checksums verified), with its ``k`` and
         ``search_kwargs`` unless ``kwargs`` give them (``corpus=`` refits it on other documents)."""
         folder = user_path(path, "RagkitRetriever.load: path")
+        if not folder.is_dir():  # (not "no retriever.json": there is no folder to hold one)
+            what = "a file, not a folder" if folder.exists() else "no such folder"
+            raise ArtifactError(f"RagkitRetriever.load: {folder}: {what}; expected a folder written by "
+                                "RagkitRetriever.save")
         if not (folder / RETRIEVER_FILE).is_file():
             what = ("a saved pipeline without the retriever's settings: RagkitRetriever(pipeline=path) wraps it"
                     if (folder / "manifest.json").is_file() or (folder / "params.json").is_file()
