@@ -235,10 +235,11 @@ def check_options(root: "Operator", options: Mapping[str, Any], corpus: "Corpus 
             names = ", ".join(readers) or "(none)"
             from ragkit import registry
 
-            what = (f"no {key!r} operator in this pipeline" if isinstance(key, str) and key in registry.names()
-                    else "not an option")
+            known = isinstance(key, str) and key in registry.names()
+            what = f"no {key!r} operator in this pipeline" if known else "not an option"
+            step = f"; a call sets its operators' options: to use {key}, add it to the pipeline as a step" * known
             raise ParamError(f"{where.rstrip('. ')} {key!r}: {what}; expected k, filter, or an operator name: {names}"
-                             f"{_hint(key, valid)}", path=f"options.{key}")
+                             f"{_hint(key, valid)}{step}", path=f"options.{key}")
     return out
 
 

@@ -27,7 +27,7 @@ from pydantic import (
 )
 from pydantic.fields import FieldInfo
 
-from ragkit.errors import ParamError
+from ragkit.errors import ParamError, RagkitError
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -519,6 +519,19 @@ def format_validation_error(exc: ValidationError, owner: str, path: str = "",
         lines.append(f"{where}: {text}")
     first = format_loc(prefix, error_loc(exc.errors()[0])) if exc.errors() else prefix
     return ParamError("\n".join(lines), path=first)
+
+
+def refusal_of(exc: ValidationError, model: type[BaseModel]) -> RagkitError:
+    """What a refused construction or assignment of the pydantic class ``model`` (``RagkitRetriever``,
+    ``RagkitGenerator``) raises: the check's own :class:`~ragkit.errors.RagkitError`, which pydantic wrapped
+    in a ``ValidationError`` (no ``RagkitError``: one ``except RagkitError`` missed it), or a field's
+    refusal (``k=0``) as a :class:`ParamError` naming the field (``RagkitRetriever.k: expected a positive
+    integer, got 0``)."""
+    errors = exc.errors()
+    own = (errors[0].get("ctx") or {}).get("error") if len(errors) == 1 else None
+    if isinstance(own, RagkitError):
+        return own
+    return format_validation_error(exc, model.__name__, fields=list(model.model_fields), source="python")
 
 
 def validate_params(model: type[Params], values: Any, owner: str, path: str = "", *,

@@ -182,11 +182,10 @@ def test_a_batch_checks_every_input_before_the_first_answer(gen):
 
 
 def test_bad_settings_are_refused_when_built(tiny, tmp_path):  # noqa: F811
-    """Refused as the generate step refuses them (pydantic's ValidationError, a ValueError, carries the
-    message, as RagkitRetriever's do)."""
+    """Refused as the generate step refuses them (ParamErrors, as RagkitRetriever's are)."""
     from ragkit.generators.local import LocalGenerator
 
-    with pytest.raises(ValueError, match="mode\n.*'full', 'prefix', 'naive' or 'cachecraft'"):
+    with pytest.raises(ParamError, match="RagkitGenerator.mode: expected one of 'full', 'prefix', 'naive' or"):
         RagkitGenerator(model=tiny[0], mode="bogus")
     with pytest.raises(ValueError, match="RagkitGenerator.max_new_tokens: expected a positive integer, got 0"):
         RagkitGenerator(model=tiny[0], max_new_tokens=0)

@@ -51,7 +51,7 @@ from langchain_core.runnables import RunnableConfig, RunnableSerializable
 from langchain_core.runnables.config import ensure_config, get_config_list, run_in_executor
 from langchain_core.runnables.configurable import RunnableConfigurableFields
 from langchain_core.runnables.utils import AnyConfigurableField, ConfigurableField
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_serializer, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_serializer, model_validator
 
 from ragkit._files import user_path
 from ragkit._locks import ReadWriteLock, lock_of
@@ -61,6 +61,7 @@ from ragkit.integrations.langchain_generate import RagkitGenerator
 from ragkit.metadata import and_filters, check_metadata_kinds
 from ragkit.operator import Operator, _json_default, read_json
 from ragkit.options import _positive_k, check_options
+from ragkit.params import refusal_of
 from ragkit.types import (
     _SURROGATE,
     Corpus,
@@ -400,6 +401,8 @@ class _State(NamedTuple):
 
 
 # ---------------------------------------------------------------------------------- retriever
+
+
 class RagkitRetriever(BaseRetriever):
     """A ragkit pipeline as a LangChain retriever.
 
@@ -439,16 +442,15 @@ class RagkitRetriever(BaseRetriever):
         ``pipeline.search`` checks them (:func:`ragkit.options.check_options`): ``search_kwargs``
         when the retriever is built (before any fitting; a ``filter`` value of a kind its field does not
         hold, ``{"year": "2006"}`` for years held as numbers, too), per-call ones before each search; a
-        key that is no option of the pipeline or a bad value raises ``ParamError`` per call, and
-        pydantic's ``ValidationError`` carrying the same message when the retriever is built
-        (both are ``ValueError``).  So is an unknown argument (``top_k=1``: "did you mean k?").
+        key that is no option of the pipeline or a bad value raises ``ParamError``, per call and when
+        the retriever is built.  So is an unknown argument (``top_k=1``: "did you mean k?").
         LangChain's MMR words (``search_type="mmr"``, ``lambda_mult``, ``fetch_k``), as arguments,
         ``search_kwargs`` keys or call options, are refused saying that ragkit's MMR is a pipeline step
         (``Dense(k=fetch_k) | MMR(k=..., lambda_mult=...)``), tuned per call with ``mmr={"lambda_mult": ...}``.
 
     Assigning ``pipeline``, ``corpus``, ``train``, ``k`` or ``search_kwargs`` after construction is
-    checked as construction checks it, with the same errors (``r.k = 0``: pydantic's
-    ``ValidationError``; ``r.pipeline = "bm25"``, an unfitted operator: ``NotFittedError``); a refused
+    checked as construction checks it, with the same errors (``r.k = 0``: a ``ParamError``
+    naming ``RagkitRetriever.k``; ``r.pipeline = "bm25"``, an unfitted operator: ``NotFittedError``); a refused
     assignment leaves the retriever as it was.  ``model_copy(update={...})`` assigns the update's fields to the
     copy that way, all at once (``update={"pipeline": BM25(), "corpus": docs}`` fits the new pipeline).
     A shallow copy (``model_copy()``, ``model_copy(update={"k": 3})``, :func:`copy.copy`) shares the pipeline,
@@ -546,6 +548,12 @@ class RagkitRetriever(BaseRetriever):
         pipeline: Any = Field(description="ragkit pipeline/operator, YAML file or saved pipeline folder.")
         corpus: Any = Field(default=None, exclude=True, repr=False, description="Documents to fit the pipeline on.")
         train: Any = Field(default=None, exclude=True, repr=False, description="TrainSet for learned operators.")
+
+        def __init__(self, **data: Any) -> None:
+            try:
+                super().__init__(**data)
+            except ValidationError as exc:  # a check's RagkitError, which pydantic wrapped: raised as itself
+                raise refusal_of(exc, RagkitRetriever) from None
 
     k: int = Field(default=4, ge=1, strict=True, description="Documents per query.")
     """Documents returned per query; ``invoke(q, k=...)`` and ``search_kwargs["k"]`` override it."""
@@ -697,9 +705,14 @@ class RagkitRetriever(BaseRetriever):
         try:
             for name in first:
                 super(RagkitRetriever, side).__setattr__(name, updates[name])
-        finally:
             _DEFER_BUILD.reset(token)
-        super(RagkitRetriever, side).__setattr__(last, updates[last])  # validate_assignment: the field, then _build
+            token = None
+            super(RagkitRetriever, side).__setattr__(last, updates[last])  # validate_assignment: field, then _build
+        except ValidationError as exc:
+            raise refusal_of(exc, RagkitRetriever) from None
+        finally:
+            if token is not None:
+                _DEFER_BUILD.reset(token)
         own_k = side.search_kwargs.get("k")
         if "k" in updates and "search_kwargs" not in updates and own_k is not None:
             side.__dict__["search_kwargs"] = {**side.search_kwargs, "k": side.k}
@@ -719,7 +732,7 @@ class RagkitRetriever(BaseRetriever):
         other; ``deep=True``: with its own pipeline, documents and lock, as :func:`copy.deepcopy` makes it),
         ``update`` assigned to it as assignments are checked (pydantic's own ``model_copy`` skips validation:
         ``update={"pipeline": "app-index"}`` left the string in the field): a saved folder, YAML file or
-        operator's name loaded, a ``corpus`` fitted, ``k`` checked, or a ``ParamError`` / ``ValidationError`` with
+        operator's name loaded, a ``corpus`` fitted, ``k`` checked, or a :class:`~ragkit.errors.RagkitError` with
         ``self`` unchanged.  An unknown field is a :class:`ParamError`."""
         if update:
             refuse_unknown_arguments(type(self), dict(update), {key: "did you mean k?" for key in ("top_k", "n")})
@@ -1168,7 +1181,7 @@ class RagkitRetriever(BaseRetriever):
         ``search_kwargs=ConfigurableField(id="search_kwargs")``): each configured call builds a retriever from
         this one's fields with the configured ones replaced; of ``k`` and ``search_kwargs["k"]``, the one the
         config sets wins (as the one assigned does: ``r.k = 2``), and a config setting both to different
-        numbers is a ``ParamError`` (pydantic's ``ValidationError``), as ``RagkitRetriever(k=2,
+        numbers is a ``ParamError``, as ``RagkitRetriever(k=2,
         search_kwargs={"k": 3})`` is."""
         plain = super().configurable_fields(**kwargs)  # (checks the field names)
         if type(plain) is not RunnableConfigurableFields:

@@ -25,12 +25,12 @@ from typing import TYPE_CHECKING, Any, Literal
 from langchain_core.documents import Document
 from langchain_core.runnables import RunnableConfig, RunnableSerializable
 from langchain_core.runnables.config import get_config_list, run_in_executor
-from pydantic import ConfigDict, Field, PrivateAttr, model_validator
+from pydantic import ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 from typing_extensions import TypedDict
 
 from ragkit.errors import ParamError
 from ragkit.generators.operator import GenerateParams
-from ragkit.params import FloatDtype, ModelName
+from ragkit.params import FloatDtype, ModelName, refusal_of
 
 if TYPE_CHECKING:
     from ragkit.generators.local import LocalGenerator, PrefillCost
@@ -149,6 +149,13 @@ class RagkitGenerator(RunnableSerializable[dict[str, Any], str]):
 
     _gen: "LocalGenerator" = PrivateAttr()
     _last: "PrefillCost | None" = PrivateAttr(default=None)
+
+    if not TYPE_CHECKING:  # (the signature mypy and help() read is the fields')
+        def __init__(self, **data: Any) -> None:
+            try:
+                super().__init__(**data)
+            except ValidationError as exc:  # a check's RagkitError, which pydantic wrapped: raised as itself
+                raise refusal_of(exc, RagkitGenerator) from None
 
     @model_validator(mode="before")
     @classmethod
