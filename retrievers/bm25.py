@@ -26,7 +26,8 @@ weights, the document lengths and idf, so ``load`` recomputes nothing, and ``loa
 memory-maps them (searches read the rows of their query terms from the files).
 
 Tokenisation is batched: each text is lowercased, split on non-alphanumerics by one
-``bytes.translate`` + ``split`` (equivalent to splitting on ``[^0-9a-z]+``), and every
+``bytes.translate`` + ``split`` (equivalent to splitting on ``[^0-9a-z]+``; a text that is not ASCII is first
+NFC-normalised and rid of invisible format characters, see :class:`Tokenizer`), and every
 *distinct* surface form is stop-listed, stemmed (PyStemmer) and mapped to a term id once;
 the surface -> term-id map is cached on the retriever, so a token costs one dict look-up.
 
@@ -46,6 +47,7 @@ import contextlib
 import logging
 import os
 import re
+import threading
 import unicodedata
 from concurrent.futures import ThreadPoolExecutor
 from contextvars import ContextVar
@@ -90,21 +92,58 @@ _IDEOGRAPHS = "\u3040-\u309f\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U
 
 
 @lru_cache(maxsize=1)
+def _char_ranges() -> tuple[str, str, str]:
+    """``(marks, formats, bmp_formats)``: regex character-class bodies (ranges) of the combining marks (categories
+    M*), of the format characters (category Cf) and of those in the BMP, in this Python's Unicode version.  Built
+    on first use (one pass over the code points, ~0.3 s)."""
+    import sys
+
+    cats = np.array(list(map(unicodedata.category, map(chr, range(sys.maxunicode + 1)))))
+
+    def ranges(inside: np.ndarray) -> str:
+        edges = np.flatnonzero(np.diff(np.concatenate([[False], inside, [False]]).astype(np.int8)))
+        return "".join(f"{re.escape(chr(a))}-{re.escape(chr(b - 1))}" for a, b in zip(edges[::2].tolist(),
+                                                                                      edges[1::2].tolist()))
+
+    formats = cats == "Cf"
+    return ranges(np.char.startswith(cats, "M")), ranges(formats), ranges(formats[:0x10000])
+
+
+@lru_cache(maxsize=1)
 def _unicode_word() -> re.Pattern[str]:
     """``unicode`` split: an ideograph alone, or a run of Unicode letters and digits (``\\w`` without
     the underscore) and combining marks (categories M*: Devanagari vowel signs, a decomposed accent),
     which ``\\w`` does not count as word characters.  Built on first use (a pass over the code points)."""
-    import sys
+    marks = _char_ranges()[0]
+    return re.compile(rf"[{_IDEOGRAPHS}]|(?:(?![{_IDEOGRAPHS}])[^\W_]|[{marks}])+")
 
-    marks, start = [], None
-    for c in range(sys.maxunicode + 2):
-        is_mark = c <= sys.maxunicode and unicodedata.category(chr(c)).startswith("M")
-        if is_mark and start is None:
-            start = c
-        elif not is_mark and start is not None:
-            marks.append(f"{re.escape(chr(start))}-{re.escape(chr(c - 1))}")
-            start = None
-    return re.compile(rf"[{_IDEOGRAPHS}]|(?:(?![{_IDEOGRAPHS}])[^\W_]|[{''.join(marks)}])+")
+
+@lru_cache(maxsize=1)
+def _format_char() -> tuple[re.Pattern[str], re.Pattern[str]]:
+    """``(maybe, exact)``: a format character (Unicode category Cf: soft hyphen U+00AD, ZWNJ U+200C, ZWJ U+200D,
+    bidi marks, word joiner U+2060, BOM U+FEFF, tag characters ...), which :func:`_clean` removes, or any character
+    outside the BMP (``maybe``: a class of BMP characters, which ``re`` tests with one bitmap, ~4 ns a character),
+    and a format character (``exact``: its astral ranges make ``re`` test each range, ~12 ns a character; read only
+    where ``maybe`` found one)."""
+    _, formats, bmp = _char_ranges()
+    return re.compile(f"[{bmp}\U00010000-\U0010ffff]"), re.compile(f"[{formats}]")
+
+
+def _clean(text: str) -> str:
+    """``text`` as every tokenizer splits it: lowercased (:func:`_lower`) and, where it is not ASCII (one
+    ``str.isascii``, a flag: ASCII texts cost nothing more), NFC-normalised before and after lowercasing (a
+    decomposed "cafe\\u0301" is the composed "café"; the second pass composes what lowercasing makes
+    composable, "T\\u0308" -> "ẗ", and the first lets "I\\u0307" lowercase to "i" as "İ" does) with its format
+    characters (category Cf) removed first: UAX #29 (rule WB4, which Lucene's StandardTokenizer follows) ignores
+    them inside a word, so "Donau\\u00addampf" (soft hyphen) is "donaudampf" and Persian "می\\u200cخواهم"
+    (ZWNJ) is one word.  A zero-width space (U+200B, category Cf too) is a word boundary there: it becomes a
+    space.  Compatibility forms are not folded (no NFKC): full-width "ｉＰｈｏｎｅ" stays full-width."""
+    if text.isascii():
+        return text.lower()
+    maybe, exact = _format_char()
+    if maybe.search(text) is not None:
+        text = exact.sub("", text.replace("\u200b", " "))
+    return unicodedata.normalize("NFC", _lower(unicodedata.normalize("NFC", text)))
 
 #: A letter outside ASCII (``\w`` less digits, ``_`` and ASCII), which ``alnum`` split drops, and a word holding one
 _NON_ASCII_LETTER = re.compile(r"[^\W\d_\x00-\x7f]")
@@ -152,6 +191,23 @@ def _outside_ascii(texts: Sequence[str]) -> tuple[float, int, str]:
     counted = [t for t in sample if len(t) - len(_NON_ASCII_LETTER.sub("", t)) >= _SCRIPT_DOC_SHARE * len(t)]
     word = _NON_ASCII_WORD.search(counted[0]) if counted else None
     return len(counted) / len(picks), len(picks), word.group() if word else ""
+
+
+def _holds_letter_outside_ascii(text: str) -> bool:
+    """Whether ``text`` holds a letter (``str.isalpha``) outside ASCII (a regex finds the candidates, the first
+    letter among them ends the look)."""
+    return any(m.group().isalpha() for m in _NON_ASCII_LETTER.finditer(text))
+
+
+def _some_ids(ids: np.ndarray, n: int = 3) -> str:
+    """The first ``n`` of ``ids``, quoted, and ", ..." where there are more."""
+    return ", ".join(repr(str(i)) for i in list(ids[:n])) + (", ..." if len(ids) > n else "")
+
+
+#: Held while a search decides whether it is the first of its retriever to warn of a query without a word
+_QUERY_SAID_LOCK = threading.Lock()
+#: Documents tokenised at once by the check of documents without a word (:meth:`BM25._without_word`)
+_CHECK_CHUNK = 10_000
 
 
 #: Dense score blocks are at most this many float64 cells (8 MB); larger batches are chunked.
@@ -320,10 +376,26 @@ class Tokenizer:
     split : "alnum" | "unicode" | "whitespace"
         ``alnum`` splits on every character that is not ``[0-9a-z]`` after lowercasing (fast;
         letters outside ASCII are dropped: ``café`` -> ``caf``, Greek or Chinese text has no
-        tokens); ``unicode`` keeps runs of Unicode letters, digits and combining marks (NFC), for
+        tokens); ``unicode`` keeps runs of Unicode letters, digits and combining marks, for
         text in other scripts or with accents, and makes each Han character or hiragana its own
         token (Lucene's StandardTokenizer does the same); ``whitespace`` is ``text.lower().split()``
         (the tokenisation of rank-bm25's README).
+
+    Before splitting, every split normalises a text that is not ASCII (ASCII texts, one ``str.isascii`` flag,
+    are only lowercased): its format characters (Unicode category Cf: soft hyphen U+00AD, ZWNJ U+200C, ZWJ
+    U+200D, word joiner U+2060, BOM U+FEFF, bidi marks) are removed, as UAX #29 word boundaries (rule WB4,
+    Lucene's StandardTokenizer) ignore them inside a word ("Donau\u00addampf\u00adschifffahrt" is one word;
+    Persian "می\u200cخواهم" is "میخواهم"), a zero-width space (U+200B) becomes a space, and the text is
+    NFC-normalised, so the composed (NFC) and decomposed (NFD) spellings of a word give the same terms
+    (``alnum`` read a decomposed "école" as ``e``, ``cole``).  Compatibility forms are *not* folded (no NFKC):
+    full-width "ｉＰｈｏｎｅ１５" is not "iphone15" (``alnum`` drops it, ``unicode`` keeps it full-width), nor
+    is a ligature "ﬁ" "fi".
+
+    This changed the terms of texts that are not NFC (decomposed accents; the few characters NFC maps to
+    another, as the ohm sign or CJK compatibility ideographs, under ``alnum`` and ``whitespace``) or that hold
+    format characters, and of no other text.  An index saved before keeps the terms it was fitted with, while
+    queries (and documents ``add`` appends) are tokenised the new way: fit again where the documents hold
+    decomposed accents or format characters.
 
     Examples
     --------
@@ -352,19 +424,29 @@ class Tokenizer:
 
         Lowercasing maps the dotted capital ``İ`` (U+0130) to ``i``, as Lucene's ``LowerCaseFilter``
         does: Python's ``str.lower`` makes it ``i`` + a combining dot, so "İstanbul" missed "istanbul".
+        A text that is not ASCII is NFC-normalised and its format characters are removed first (:func:`_clean`).
         """
         _refuse_one_text(texts, "Tokenizer.surfaces")
         try:
             if self.split_kind == "whitespace":
-                return [_lower(x).split() for x in texts]
-            if self.split_kind == "unicode":  # NFC: a decomposed "café" is the composed one
+                return [_clean(x).split() for x in texts]
+            if self.split_kind == "unicode":
                 word = _unicode_word()
-                return [word.findall(unicodedata.normalize("NFC", _lower(x))) for x in texts]
-            return [_lower(x).encode("utf-8", "replace").translate(_ALNUM).split() for x in texts]
-        except AttributeError:
+                return [word.findall(_clean(x)) for x in texts]
+            return [_clean(x).encode("utf-8", "replace").translate(_ALNUM).split() for x in texts]
+        except (AttributeError, TypeError):
             bad = next(i for i, x in enumerate(texts) if not isinstance(x, str))
             raise DataError(f"bm25: text {bad} is a {type(texts[bad]).__name__} ({texts[bad]!r:.60}), "
                             f"expected a string") from None
+
+    def drops_letters(self, texts: Sequence[str]) -> np.ndarray:
+        """Whether each text holds a letter (``str.isalpha``) this split drops, bool ``(len(texts),)``: a letter
+        outside ASCII under ``alnum``; never under ``unicode`` or ``whitespace``, which keep every letter.  An
+        ASCII text costs one ``str.isascii`` (a flag)."""
+        if self.split_kind != "alnum":
+            return np.zeros(len(texts), bool)
+        return np.fromiter((isinstance(t, str) and not t.isascii() and _holds_letter_outside_ascii(_clean(t))
+                            for t in texts), bool, len(texts))
 
     def normalize(self, surfaces: Sequence[Any]) -> list[str | None]:
         """Terms of distinct surface tokens: the stem, or ``None`` for a stopword."""
@@ -603,6 +685,7 @@ class BM25(Operator):
     def _reset_cache(self) -> None:
         self._s2i = None
         self._tok = None
+        self._query_said = False  # (made here, at fit or load: a search sets it, adding no attribute)
 
     # ------------------------------------------------------------------ indexing
     def _fit(self, corpus: Corpus, train: TrainSet | None, upstream: State | None) -> None:
@@ -614,34 +697,83 @@ class BM25(Operator):
         self._counts, self._dl = _terms_by_docs(parts, len(self.vocab_))
         self._weigh()
         if not _SHARD_FIT.get():  # (a shard's: its sharded retriever checks the whole corpus, _check_script)
-            self._warn_outside_ascii(texts)
+            self._warn_outside_ascii(texts, corpus.ids, self._lettered())
 
     def _check_script(self, corpus: Corpus) -> None:
         """The check of its script a fit on ``corpus`` makes (:meth:`_warn_outside_ascii`), without fitting: a
         ``sharded`` retriever of BM25 shards runs it once on its whole corpus, whose shards' fits skip it
         (:func:`_shard_fit`)."""
-        self._warn_outside_ascii(self._texts(corpus))
+        self._warn_outside_ascii(self._texts(corpus), corpus.ids)
 
-    def _warn_outside_ascii(self, texts: Sequence[str], added: bool = False) -> None:
-        """Warn where the tokenizer is ``alnum`` and many documents (of the corpus, or of those ``added``) are written
-        in letters outside ASCII, which it drops: a Japanese corpus had no term, and every query scored 0 without a
-        word."""
+    def _lettered(self, first: int = 0) -> np.ndarray:
+        """Indexed tokens holding a letter of each document from ``first`` on, float64: the term counts summed over
+        the terms that are not all digits (a sparse product over the postings; terms of ``alnum`` are ``[0-9a-z]+``)."""
+        vocab = self.vocab_
+        has = np.zeros(len(vocab), np.float64)
+        if vocab:
+            has[np.fromiter(vocab.values(), np.int64, len(vocab))] = np.fromiter(
+                (not t.isdigit() for t in vocab), bool, len(vocab))
+        return np.asarray(self._counts.T.dot(has))[first:]
+
+    def _without_word(self, tok: Tokenizer, texts: Sequence[str], lettered: np.ndarray | None) -> np.ndarray:
+        """Rows of ``texts`` that hold letters ``tok`` drops and give no term holding a letter (none, or numbers
+        only: "这是关于猫的中文文档12" under ``alnum`` is "12"), so that no query word finds them.  ``lettered``: the
+        tokens holding a letter of each text, as indexed (:meth:`_lettered`); only texts with none are read
+        again.  ``None``: every text not in ASCII is tokenised again (:meth:`_check_script`, which fits nothing)."""
+        if tok.split_kind != "alnum":
+            return np.zeros(0, np.int64)
+        if lettered is not None:
+            rows = np.flatnonzero(lettered == 0)
+        else:
+            rows = np.flatnonzero(np.fromiter((isinstance(t, str) and not t.isascii() for t in texts), bool,
+                                              len(texts)))
+        if not len(rows):
+            return rows
+        rows = rows[tok.drops_letters([texts[i] for i in rows.tolist()])]
+        if lettered is None and len(rows):
+            keep: list[bool] = []
+            for a in range(0, len(rows), _CHECK_CHUNK):  # a loop over chunks of texts
+                docs = tok([texts[i] for i in rows[a:a + _CHECK_CHUNK].tolist()])
+                keep.extend(all(map(str.isdigit, d)) for d in docs)
+            rows = rows[np.array(keep, dtype=bool)]
+        return rows
+
+    def _warn_outside_ascii(self, texts: Sequence[str], ids: np.ndarray, lettered: np.ndarray | None = None,
+                            added: bool = False) -> None:
+        """Warn, once, where the tokenizer is ``alnum`` and many documents (of the corpus, or of those ``added``)
+        are written in letters outside ASCII, which it drops (a Japanese corpus had no term, and every query scored
+        0 without a word), or where any document holds such letters and no other word (:meth:`_without_word`:
+        24 Chinese documents of 100 were indexed without a word, and said nothing).  ``ids``: the documents' ids;
+        ``lettered``: their indexed tokens holding a letter (:meth:`_lettered`), ``None`` where not fitted."""
         tok: Tokenizer | None = self.__dict__.get("_tok")
         if tok is None:  # (not made yet: _check_script on an unfitted BM25)
             tok = self.make_tokenizer()
         if getattr(tok, "split_kind", None) != "alnum":
             return
         share, sampled, word = _outside_ascii(texts)
-        if share < _SCRIPT_WARN_SHARE:
+        rows = self._without_word(tok, texts, lettered)
+        if share < _SCRIPT_WARN_SHARE and not len(rows):
             return
+        default = "" if "tokenizer" in self.params.model_fields_set else " (the default)"
+        where, added_s = (".add", " added") if added else ("", "")
+        fix = "set 'tokenizer: unicode' (BM25(tokenizer=\"unicode\"))%s to index them" % (
+            " and fit the whole corpus again" if added else "")
+        if share < _SCRIPT_WARN_SHARE:  # (a few documents: the example is the first of them)
+            found = _NON_ASCII_WORD.search(_clean(texts[int(rows[0])]))
+            word = found.group() if found else ""
         word = word[:16]  # (a run of Japanese is a sentence)
         parts = [s.decode("ascii") for s in Tokenizer("none", "none", "alnum").surfaces([word])[0]]
-        default = "" if "tokenizer" in self.params.model_fields_set else " (the default)"
+        example = f"{word!r} becomes {', '.join(map(repr, parts)) if parts else 'no term'}"
+        some = f"{len(rows):,} of the {len(texts):,} documents{added_s} (ids {_some_ids(np.asarray(ids)[rows])})"
+        if share < _SCRIPT_WARN_SHARE:
+            _log.warning("bm25%s: no query word finds %s: they hold letters outside ASCII, which tokenizer 'alnum'%s "
+                         "drops, and no other word (%s); %s", where, some, default, example, fix)
+            return
+        none = f"{some} {'holds' if len(rows) == 1 else 'hold'} no other word: no query word finds them"
+        # (the share's warning, as it was, with the documents without a word: before the fix of an add, after a fit's)
         _log.warning("bm25%s: %.0f%% of the documents%s (%d sampled) are written in letters outside ASCII, which "
-                     "tokenizer 'alnum'%s drops: %r becomes %s; set 'tokenizer: unicode' (BM25(tokenizer="
-                     "\"unicode\"))%s to index them", ".add" if added else "", 100 * share, " added" if added else "",
-                     sampled, default, word, ", ".join(map(repr, parts)) if parts else "no term",
-                     " and fit the whole corpus again" if added else "")
+                     "tokenizer 'alnum'%s drops: %s; %s%s%s", where, 100 * share, added_s, sampled, default, example,
+                     f"{none}; " if added and len(rows) else "", fix, f"; {none}" if len(rows) and not added else "")
 
     @property
     def tf_(self) -> sp.csr_matrix:
@@ -679,7 +811,7 @@ class BM25(Operator):
         self._counts, self._dl = counts, np.concatenate([self._dl, dl])
         self.corpus_ = self.corpus_.concat(corpus)
         self._weigh()
-        self._warn_outside_ascii(texts, added=True)
+        self._warn_outside_ascii(texts, corpus.ids, self._lettered(len(self._dl) - len(dl)), added=True)
         return self
 
     def remove(self, ids: Any) -> "BM25":
@@ -916,12 +1048,49 @@ class BM25(Operator):
                 raise
             raise _edited_during_search(f"{type(e).__name__}: {e}") from e
 
+    def _warn_query_without_word(self, state: State, texts: Sequence[str], q: sp.csr_matrix) -> None:
+        """Warn, once per retriever (a served one must not log it for every search), where a query of ``texts``
+        (counted as ``q``) finds nothing because it holds letters the tokenizer drops and no other word (under
+        ``alnum``, "猫" found nothing, and nothing said why).  Only the queries that found no term are read
+        again (an ASCII one: one ``str.isascii``)."""
+        empty = np.flatnonzero(np.diff(q.indptr) == 0)
+        if not len(empty):
+            return
+        cand = [i for i in empty.tolist() if isinstance(texts[i], str) and not texts[i].isascii()]
+        if not cand:
+            return
+        tok: Tokenizer | None = self.__dict__.get("_tok")
+        if tok is None:  # (PRF's counts were read: not made yet)
+            tok = self._tok = self.make_tokenizer()
+        some = np.asarray(cand, np.int64)
+        some = some[tok.drops_letters([texts[i] for i in cand])]
+        if not len(some):
+            return
+        docs = tok([texts[i] for i in some.tolist()])
+        hit = [int(i) for i, d in zip(some.tolist(), docs) if all(map(str.isdigit, d))]
+        if not hit:
+            return
+        text = texts[hit[0]]
+        with _QUERY_SAID_LOCK:  # (two threads' searches: one says it)
+            if self.__dict__.get("_query_said", False):
+                return
+            self._query_said = True
+        qids = state.query_ids
+        name = str(qids[hit[0]]) if len(qids) == len(texts) else f"number {hit[0]}"
+        default = "" if "tokenizer" in self.params.model_fields_set else " (the default)"
+        _log.warning("bm25: query %r (%r%s) finds nothing: it holds letters outside ASCII, which tokenizer "
+                     "'alnum'%s drops, and no other word; set 'tokenizer: unicode' (BM25(tokenizer=\"unicode\")) and "
+                     "fit again to search such text (said once per retriever)", name, text[:60],
+                     f"; {len(hit) - 1} more queries of the batch alike" if len(hit) > 1 else "", default)
+
     def _search_index(self, state: State, texts: list[str], k: int, drop: np.ndarray | None, n_jobs: int,
                       corpus: Corpus, index: tuple[sp.csr_matrix, sp.csr_matrix | None]) -> State:
         """:meth:`_call`'s work: top ``k`` of ``index`` (weights, hits) for ``texts``, rows of ``corpus``."""
         q = self.expansion_matrix(state, texts)  # PRF's term counts, where it passed them for these texts
         if q is None:
             q = self.query_matrix(list(texts))
+        if not self.__dict__.get("_query_said", False):
+            self._warn_query_without_word(state, texts, q)
         n_q = q.shape[0]
         n_docs = max(len(corpus), 1)
         chunk = max(1, _BLOCK_CELLS // n_docs)
