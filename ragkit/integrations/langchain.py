@@ -701,18 +701,16 @@ class RagkitRetriever(BaseRetriever):
         side = copy.copy(self)  # (pydantic's shallow copy: fields, fields set and private attributes)
         before = dict(side.__dict__)
         *first, last = updates  # the last assignment builds; the others only check their field
-        token = _DEFER_BUILD.set(True)
         try:
-            for name in first:
-                super(RagkitRetriever, side).__setattr__(name, updates[name])
-            _DEFER_BUILD.reset(token)
-            token = None
+            token = _DEFER_BUILD.set(True)
+            try:
+                for name in first:
+                    super(RagkitRetriever, side).__setattr__(name, updates[name])
+            finally:
+                _DEFER_BUILD.reset(token)
             super(RagkitRetriever, side).__setattr__(last, updates[last])  # validate_assignment: field, then _build
         except ValidationError as exc:
             raise refusal_of(exc, RagkitRetriever) from None
-        finally:
-            if token is not None:
-                _DEFER_BUILD.reset(token)
         own_k = side.search_kwargs.get("k")
         if "k" in updates and "search_kwargs" not in updates and own_k is not None:
             side.__dict__["search_kwargs"] = {**side.search_kwargs, "k": side.k}
