@@ -232,7 +232,7 @@ def test_a_load_waiting_for_another_process_says_so_at_once(tmp_path, monkeypatc
         log.setLevel(old_level)
     waits = [(t, m) for t, m in said if m.startswith("waiting for another process")]
     assert len(waits) == 1 and str(lock) in waits[0][1] and "at most 1 s" in waits[0][1]
-    assert waits[0][0] - t0 < 0.5  # at once, not when the wait ends
+    assert waits[0][0] <= t0 + took - 0.9  # when the 1 s wait begins, not when it ends (on any machine load)
     assert 1.0 <= took < 30 and parses == ["m.gguf"] and got.source == str(src / "m.gguf")
 
 

@@ -26,9 +26,17 @@ def test_a_crashed_shard_actor_restarts_over_a_large_shard(local_ray):
     pipe = Pipeline([sh]).fit(word_corpus(3000, words_per_doc=30))
     ref = ranked(pipe.search(QUERIES))
     actors = sh._actors
-    time.sleep(1)
     local_ray.kill(actors[0], no_restart=False)  # a crash Ray restarts (as a worker killed by the OOM killer)
-    time.sleep(1)
+    # ray.kill returns before the actor is gone: a search meanwhile may reach the dying actor and replace the
+    # set (another test's case); wait until Ray has restarted it (a fixed sleep was too short on a loaded machine)
+    actor_id = actors[0]._actor_id.hex()
+    for _ in range(240):
+        info = local_ray._private.state.actors().get(actor_id, {})
+        if info.get("NumRestarts", 0) >= 1 and info.get("State") == "ALIVE":
+            break
+        time.sleep(0.25)
+    else:
+        pytest.fail(f"Ray did not restart the killed actor within 60 s: {info}")
     assert ranked(pipe.search(QUERIES)) == ref
     assert sh._actors is actors  # restarted by Ray, not replaced
 
