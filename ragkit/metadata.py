@@ -217,10 +217,31 @@ def check_metadata_kinds(new: "Corpus", who: str, held: "Corpus | None" = None) 
         key, row, what = bad
         raise DataError(f"{who}: document {str(new.ids[row])!r}: {what}; refused before indexing, since a save "
                         "of the index could not write it")
+    check_added_kinds(new, who, held)
+
+
+def held_kinds(corpus: "Corpus", key: str) -> frozenset[str]:
+    """:func:`_column_kinds` of a field of ``corpus``, cached on the corpus (immutable): an add to a large corpus
+    reads its kinds once, not its 1M values at every add (:meth:`ragkit.types.Corpus.concat` carries them over
+    to the grown corpus)."""
+    cache: dict[str, frozenset[str]] | None = corpus.__dict__.get("_kinds")
+    found = cache.get(key) if cache is not None else None
+    if found is None:
+        found = frozenset(_column_kinds(corpus, key))
+        if cache is not None:
+            cache[key] = found
+    return found
+
+
+def check_added_kinds(new: "Corpus", who: str, held: "Corpus | None" = None) -> None:
+    """The kinds check of :func:`check_metadata_kinds` alone (no check of what a save can write): an operator's
+    ``add`` (through :meth:`ragkit.types.Corpus.concat`), before it changes anything.  A field of ``held``
+    holding several kinds already (a corpus may be fitted so) takes new values of any of those kinds; the cost
+    is the new documents' (``held``'s kinds are cached on it, :func:`held_kinds`)."""
     for key in new.metadata:
-        kinds = _column_kinds(new, key)
-        have = _column_kinds(held, key) if held is not None and key in held.metadata else set()
-        if len(kinds | have) <= 1:
+        kinds = set(held_kinds(new, key))
+        have = set(held_kinds(held, key)) if held is not None and key in held.metadata else set()
+        if (kinds <= have) if have else len(kinds) <= 1:
             continue
         values = new.metadata[key].tolist()
         first = None

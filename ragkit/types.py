@@ -27,11 +27,13 @@ from ragkit._files import atomic_file, file_above, save_unwritable, user_path
 from ragkit.errors import ArtifactError, DataError, InputTypeError, repeated, some_ids
 from ragkit.metadata import (
     Coded,
+    check_added_kinds,
     check_filter,
     check_kinds,
     code_column,
     filter_values,
     hashable,
+    held_kinds,
     is_missing,
     isin,
     warn_mixed_kinds,
@@ -680,6 +682,7 @@ class Corpus:
 
         _row_of: dict[str, int] | _Rows | None = None  # id -> row, built by row_of()
         _codes: dict[str, Coded] = field(default_factory=dict)  # metadata field -> codes, built by mask()
+        _kinds: dict[str, frozenset[str]] = field(default_factory=dict)  # field -> its kinds, by an add's check
     else:  # (hidden from type checkers: the constructor's signature is the one above)
         def __new__(cls, *args: Any, **kwargs: Any) -> "Corpus":
             """Refuse one argument without ``texts`` (``Corpus(df)``, ``Corpus(["a", "b"])``): the dataclass's
@@ -744,6 +747,7 @@ class Corpus:
         object.__setattr__(self, "metadata", _Columns(meta))
         object.__setattr__(self, "_row_of", None)
         object.__setattr__(self, "_codes", {})  # metadata field -> (codes, value -> code), built by mask()
+        object.__setattr__(self, "_kinds", {})  # metadata field -> its kinds (ragkit.metadata.held_kinds)
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -989,11 +993,22 @@ class Corpus:
                 + f" not in the corpus of {len(self)} documents; nothing was removed")
         return np.unique(np.fromiter((lut[d] for d in ids), np.int64, len(ids)))
 
-    def concat(self, other: "Corpus") -> "Corpus":
+    def held_ids(self, other: "Corpus") -> list[str]:
+        """The ids of ``other`` this corpus holds too, in ``other``'s order (an ``add``'s check for ids already
+        indexed): the new ids are looked up in this corpus's cached ``{id: row}``, so the cost is theirs."""
+        lut = self._lookup()
+        return [d for d in other.ids.tolist() if d in lut]
+
+    def concat(self, other: "Corpus", who: str = "Corpus.concat") -> "Corpus":
         """This corpus followed by ``other`` (metadata fields missing on one side become ``None``).
 
         Both are checked corpora: only the ids they share are looked for (an edit of a large corpus
-        costs what the new documents cost, not a new check of every text)."""
+        costs what the new documents cost, not a new check of every text).  A metadata value of ``other``
+        of another kind than the field holds here (``"2005"`` where the years are numbers: a filter
+        compares with ``==`` and would miss it) is a :class:`DataError` naming ``who`` (the operator whose
+        ``add`` this is), the field and the document (:func:`ragkit.metadata.check_added_kinds`; this
+        corpus's kinds are read once and carried over to the result)."""
+        check_added_kinds(other, who, self)
         keys = sorted(set(self.metadata) | set(other.metadata))
 
         def col(c: Corpus, k: str) -> np.ndarray:
@@ -1023,6 +1038,11 @@ class Corpus:
                                                      out.ids))
         else:
             object.__setattr__(out, "_row_of", {**lut, **added})
+        for key, kinds in self.__dict__.get("_kinds", {}).items():  # the kinds read by the check, grown
+            out._kinds[key] = kinds | held_kinds(other, key) if key in other.metadata else kinds
+        for key in other.metadata:  # (a field new here: its kinds are the new documents')
+            if key not in self.metadata and key in other.__dict__.get("_kinds", {}):
+                out._kinds[key] = other._kinds[key]
         for key, coded in self._codes.items():  # this corpus's filter codes, the new rows' appended
             if key in floats:  # (its values changed: coded again when asked)
                 continue

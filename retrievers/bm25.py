@@ -356,6 +356,49 @@ def _terms_by_docs(parts: list[sp.csr_matrix], n_terms: int,
     return counts, np.concatenate(lengths) if lengths else np.zeros(0, np.float64)
 
 
+
+#: An ``add`` copies the postings it keeps in place as runs (one slice per term the new documents hold) where
+#: there are fewer such terms than postings / this; else every posting is placed again (:func:`_terms_by_docs`).
+_RUNS_PER_POSTING = 512
+
+
+def _append_docs(first: sp.csr_matrix, parts: list[sp.csr_matrix],
+                 n_terms: int) -> tuple[sp.csr_matrix, np.ndarray]:
+    """What ``_terms_by_docs(parts, n_terms, first)`` gives (the same arrays, dtypes and values), made for an
+    ``add``: the new documents' postings (``parts``) go after each of their terms' postings in ``first``, and
+    the postings between two such terms are copied as one run (a slice), not placed one by one: one document
+    added to 100,000 SciFact-like ones copied ~10M postings in runs, ~4x faster than placing each.  Many
+    terms touched (a large add): :func:`_terms_by_docs`."""
+    new, dl = _terms_by_docs(parts, n_terms)  # terms x the new documents
+    n_old, n_new = first.shape[1], new.shape[1]
+    old_ptr = np.full(n_terms + 1, int(first.indptr[-1]), np.int64)  # (vocabulary grown: terms with no postings)
+    old_ptr[:len(first.indptr)] = first.indptr
+    new_ptr = np.asarray(new.indptr, dtype=np.int64)
+    touched = np.flatnonzero(np.diff(new_ptr))  # terms the new documents hold, ascending
+    if len(touched) * _RUNS_PER_POSTING > first.nnz:
+        return _terms_by_docs([new.T.tocsr()], n_terms, first=first)[0], dl
+    nnz, n_docs = first.nnz + new.nnz, n_old + n_new
+    idx = _index_dtype(nnz, n_docs)
+    out_ptr = old_ptr + new_ptr
+    indices: np.ndarray = np.empty(nnz, idx)
+    data = np.empty(nnz, np.uint16 if first.data.dtype == new.data.dtype == np.uint16 else np.int32)
+    new_ind = np.add(new.indices, n_old, dtype=idx)
+    t0 = 0
+    for t in [*touched.tolist(), n_terms]:  # a loop over runs of terms: the kept postings up to a touched term
+        a, b = int(old_ptr[t0]), int(old_ptr[min(t + 1, n_terms)])
+        o = int(out_ptr[t0])
+        indices[o:o + b - a] = first.indices[a:b]
+        data[o:o + b - a] = first.data[a:b]
+        if t < n_terms:  # then the term's new postings
+            na, nb = int(new_ptr[t]), int(new_ptr[t + 1])
+            o += b - a
+            indices[o:o + nb - na] = new_ind[na:nb]
+            data[o:o + nb - na] = new.data[na:nb]
+        t0 = t + 1
+    counts = sp.csr_matrix((data, indices, out_ptr.astype(idx)), shape=(n_terms, n_docs), copy=False)
+    counts.has_sorted_indices = True
+    return counts, dl
+
 @lru_cache(maxsize=8)
 def _stemmer(name: str):
     import Stemmer
@@ -596,6 +639,7 @@ class BM25(Operator):
     _counts: sp.csr_matrix  # term counts, terms x docs (n_terms, n_docs), uint16 (or int32) data
     _wt: sp.csr_matrix  # BM25 weights, terms x docs float64, sharing _counts' index arrays
     _s2i: dict[Any, int] | None  # surface form -> term id (-1: none), made by searches (None: empty)
+    _s2u: set[Any]  # surfaces of _s2i at -1 as terms not indexed (not stopwords): an add may index them
     _tok: Tokenizer | None  # the tokenizer of the parameters (None: made when first used)
     _dl: np.ndarray  # (n_docs,) float64 tokens per document
     collection_: CollectionStats | None  # statistics set from outside, else None
@@ -628,19 +672,27 @@ class BM25(Operator):
         s2i: dict[Any, int] | None = self.__dict__.get("_s2i")
         if s2i is None:
             s2i = self._s2i = {}
+            self._s2u = set()
         new = set(flat).difference(s2i)
         if new:
             # (not while indexing: then the cache holds the corpus's words, which PRF reads for its surface words)
             if not grow and len(s2i) > 4 * len(self.vocab_) + 200_000:  # bound the cache of unknown query words: a new
                 s2i = self._s2i = {}  # one (clearing in place lost a concurrent search's words)
+                self._s2u = set()
                 new = set(flat)
             ordered = sorted(new)  # deterministic term ids
             vocab = self.vocab_
+            unknown = []
             for s, t in zip(ordered, tok.normalize(ordered)):
                 j = -1 if t is None else vocab.get(t, -1)
-                if j < 0 and t is not None and grow:
-                    j = vocab[t] = len(vocab)
+                if j < 0 and t is not None:
+                    if grow:
+                        j = vocab[t] = len(vocab)
+                    else:
+                        unknown.append(s)
                 s2i[s] = j
+            if unknown:
+                self._s2u.update(unknown)
         ids = np.fromiter(map(s2i.__getitem__, flat), np.int64, len(flat))
         return lens, ids
 
@@ -684,6 +736,7 @@ class BM25(Operator):
 
     def _reset_cache(self) -> None:
         self._s2i = None
+        self._s2u = set()
         self._tok = None
         self._query_said = False  # (made here, at fit or load: a search sets it, adding no attribute)
 
@@ -714,6 +767,17 @@ class BM25(Operator):
             has[np.fromiter(vocab.values(), np.int64, len(vocab))] = np.fromiter(
                 (not t.isdigit() for t in vocab), bool, len(vocab))
         return np.asarray(self._counts.T.dot(has))[first:]
+
+    def _lettered_parts(self, parts: list[sp.csr_matrix]) -> np.ndarray:
+        """:meth:`_lettered` of the documents counted in ``parts`` (:meth:`_count_parts`, docs x terms), from
+        their own postings (an ``add``: not a product over every document's)."""
+        vocab = self.vocab_
+        has = np.zeros(len(vocab), np.float64)
+        if vocab:
+            has[np.fromiter(vocab.values(), np.int64, len(vocab))] = np.fromiter(
+                (not t.isdigit() for t in vocab), bool, len(vocab))
+        out = [np.asarray(m.dot(has[:m.shape[1]])).reshape(-1) for m in parts]  # a loop over chunks
+        return np.concatenate(out) if out else np.zeros(0, np.float64)
 
     def _without_word(self, tok: Tokenizer, texts: Sequence[str], lettered: np.ndarray | None) -> np.ndarray:
         """Rows of ``texts`` that hold letters ``tok`` drops and give no term holding a letter (none, or numbers
@@ -799,19 +863,25 @@ class BM25(Operator):
         if getattr(self, "collection_", None) is not None:
             raise DataError("bm25.add: this index scores with collection statistics set from outside "
                             "(set_collection, a shard of Sharded); refit the whole collection instead")
-        dup = np.intersect1d(self.corpus_.ids.astype(str), corpus.ids.astype(str))
-        if len(dup):
-            raise DataError(f"bm25.add: {len(dup)} document ids are already indexed, e.g. {str(dup[0])!r}")
+        dup = self.corpus_.held_ids(corpus)  # (the corpus's cached {id: row}: the new ids only are looked up)
+        if dup:
+            raise DataError(f"bm25.add: {len(dup)} document ids are already indexed, e.g. {min(dup)!r}")
+        joined = self.corpus_.concat(corpus, "bm25.add")  # (refuses a metadata value of another kind: before edits)
         s2i = self.__dict__.get("_s2i")
-        if s2i:  # words unknown so far may be indexed now
-            self._s2i = {s: j for s, j in s2i.items() if j >= 0}
+        unknown = self.__dict__.get("_s2u")
+        if s2i and unknown:  # words unknown so far may be indexed now (a new cache: a search may hold the old)
+            s2i = dict(s2i)
+            for s in unknown:  # a loop over the query words not indexed (their cache is bounded)
+                s2i.pop(s, None)
+            self._s2i, self._s2u = s2i, set()
         texts = self._texts(corpus)
         parts = self._count_parts(texts, grow=True)
-        counts, dl = _terms_by_docs(parts, len(self.vocab_), first=self._counts)
+        lettered = self._lettered_parts(parts)
+        counts, dl = _append_docs(self._counts, parts, len(self.vocab_))
         self._counts, self._dl = counts, np.concatenate([self._dl, dl])
-        self.corpus_ = self.corpus_.concat(corpus)
+        self.corpus_ = joined
         self._weigh()
-        self._warn_outside_ascii(texts, corpus.ids, self._lettered(len(self._dl) - len(dl)), added=True)
+        self._warn_outside_ascii(texts, corpus.ids, lettered, added=True)
         return self
 
     def remove(self, ids: Any) -> "BM25":
@@ -829,10 +899,9 @@ class BM25(Operator):
         keep[rows] = False
         c = self._counts
         kept = keep[c.indices]  # postings of kept documents
-        before = np.zeros(c.nnz + 1, np.int64)
-        np.cumsum(kept, out=before[1:])
-        df = before[c.indptr[1:]] - before[c.indptr[:-1]]
-        del before
+        gone = np.searchsorted(c.indptr, np.flatnonzero(~kept), side="right") - 1  # the terms of those dropped
+        df = np.diff(c.indptr).astype(np.int64) - np.bincount(gone, minlength=c.shape[0])
+        del gone
         used = df > 0  # terms still in some document (okapi's idf floor averages over the vocabulary: a refit's)
         n_docs = int(keep.sum())
         idx = _index_dtype(int(df.sum()), n_docs)
@@ -921,6 +990,7 @@ class BM25(Operator):
             idf = self.idf_of(df, n)
         avgdl = avgdl or 1.0
         num_scale = p.k1 + 1.0 if p.variant == "okapi" else 1.0
+        norm_doc = p.k1 * (1 - p.b + p.b * dl / avgdl)  # (per document: each posting's value, gathered)
         w = np.empty(c.nnz, np.float64)
         ptr64 = np.asarray(c.indptr, dtype=np.int64)
         starts = np.searchsorted(ptr64, np.arange(0, c.nnz, _WEIGH_BLOCK), side="right") - 1  # their terms
@@ -928,9 +998,13 @@ class BM25(Operator):
         for ta, tb in zip(cuts[:-1], cuts[1:]):  # a loop over blocks of terms of ~_WEIGH_BLOCK postings
             a, b = ptr64[ta], ptr64[tb]
             t = c.data[a:b].astype(np.float64)
-            norm = p.k1 * (1 - p.b + p.b * dl[c.indices[a:b]] / avgdl)
+            norm = norm_doc[c.indices[a:b]]
+            norm += t  # (t + norm: the same sum)
+            out = w[a:b]
+            np.multiply(np.repeat(idf[ta:tb], df[ta:tb]), t, out=out)
+            out *= num_scale
             with np.errstate(divide="ignore", invalid="ignore"):  # k1 = 0 and b = 1: 0/0 never happens (t >= 1)
-                w[a:b] = np.repeat(idf[ta:tb], df[ta:tb]) * t * num_scale / (t + norm)
+                out /= norm
         self.idf_ = idf
         self._set_weights(w)
 

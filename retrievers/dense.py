@@ -380,20 +380,20 @@ class Dense(TunedEncoderMixin, Operator):
         self._check_fitted()
         if not isinstance(corpus, Corpus):
             raise InputTypeError(f"dense.add expects a ragkit Corpus, got {type(corpus).__name__}")
-        held = self.corpus_._lookup()  # the corpus's cached {id: row}: the new ids only are looked up
-        dup = [d for d in corpus.ids.tolist() if d in held]
+        dup = self.corpus_.held_ids(corpus)  # (the corpus's cached {id: row}: the new ids only are looked up)
         if dup:
             raise DataError(f"dense.add: {len(dup)} document ids are already indexed (e.g. {sorted(dup)[:3]}); "
                             f"remove them first")
         if not len(corpus):
             return self
+        joined = self.corpus_.concat(corpus, "dense.add")  # (refuses a metadata value of another kind: before edits)
         vecs = self._encode_docs(corpus)
         self._fresh(vecs)  # (drops the note: add never takes the array over)
         try:
             slots = self.index_.add(vecs)
         except DataError as e:
             raise self._bad_values(vecs, corpus, str(e)) from None
-        self.corpus_ = self.corpus_.concat(corpus)
+        self.corpus_ = joined
         self.slots_ = np.concatenate([self.slots_, slots])
         if self.params.dtype == "i8":
             self._warn_clipped(len(vecs))
