@@ -10,7 +10,8 @@ What :func:`run` does is the README's "Using it" snippet, plus timing and a ``--
 
 A :class:`~ragkit.errors.RagkitError` (a missing ``--data`` folder, an unknown ``--split``, ...) ends the
 script with ``<script>: error: <message>`` on stderr and exit status 2, as ``ragkit eval`` does, not a
-traceback.
+traceback.  A ``--limit`` run says that it is a slice: ``rm3: 8 queries, 208 docs (a --limit slice of 300
+queries and 5183 docs, not comparable to the full split)``.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -104,8 +106,27 @@ def clear_errors(hint: str | None = None) -> Iterator[None]:
         raise SystemExit(2) from None
 
 
-def load(args: argparse.Namespace, train_split: str | None = None):
-    """``(corpus, queries, qrels, train)``, sliced when ``--limit`` is given.
+class Data(NamedTuple):
+    """What :func:`load` gives: the (sliced) corpus, queries, qrels and training set, and ``whole``, the full
+    split's ``(queries, documents)`` counts when ``--limit`` sliced them (``None`` for the full split)."""
+
+    corpus: Any
+    queries: Any
+    qrels: dict
+    train: Any
+    whole: tuple[int, int] | None = None
+
+
+class Ran(dict):
+    """What :func:`run` returns: the printed metrics (a dict), with the search's ``result`` and the
+    evaluated ``data`` (:class:`Data`) attached for a script's own check."""
+
+    result: Any
+    data: Data
+
+
+def load(args: argparse.Namespace, train_split: str | None = None) -> Data:
+    """``Data(corpus, queries, qrels, train, whole)``, sliced when ``--limit`` is given.
 
     ``train`` is the :class:`~ragkit.types.TrainSet` of ``train_split`` (``None`` without one);
     with ``--limit N`` it keeps the first ``5 N`` training queries, and the slice keeps their
@@ -113,18 +134,21 @@ def load(args: argparse.Namespace, train_split: str | None = None):
     with its error message (:func:`clear_errors`), not a traceback.
     """
     from ragkit import load_beir
+    from ragkit.errors import ParamError
     from ragkit.types import TrainSet
 
-    if train_split is not None and train_split == args.split:  # as `ragkit eval --train-split` refuses it
-        raise SystemExit(f"--split {args.split!r} is the split this example learns from; training on the "
-                         "evaluated queries is refused: evaluate another split (default: test)")
+    with clear_errors():
+        if train_split is not None and train_split == args.split:  # as `ragkit eval --train-split` refuses it
+            raise ParamError(f"--split {args.split!r} is the split this example learns from; training on the "
+                             "evaluated queries is refused: evaluate another split (default: test)")
     with clear_errors(DATA_HINT):
         ds = load_beir(args.data)
     with clear_errors():
         queries, qrels = ds.queries(args.split), ds.qrels(args.split)
         train = ds.train_set(train_split) if train_split else None
-    corpus = ds.corpus
+    corpus, whole = ds.corpus, None
     if args.limit is not None:
+        whole = (len(queries), len(corpus))
         queries = queries[: args.limit]
         rel = {d for q in queries.ids for d in qrels.get(q, {})}
         if train is not None:
@@ -134,11 +158,12 @@ def load(args: argparse.Namespace, train_split: str | None = None):
         rows = sorted(set(range(min(200, len(corpus)))) | set(corpus.row_of(rel, missing="drop").tolist()))
         corpus = corpus.subset(np.array(rows))
     qrels = {q: qrels[q] for q in queries.ids if q in qrels}
-    return corpus, queries, qrels, train
+    return Data(corpus, queries, qrels, train, whole)
 
 
-def run(pipe, args: argparse.Namespace, name: str, train_split: str | None = None) -> dict:
-    """Fit (learning from ``train_split`` if given), search, evaluate and print one pipeline; returns the metrics.
+def run(pipe, args: argparse.Namespace, name: str, train_split: str | None = None) -> Ran:
+    """Fit (learning from ``train_split`` if given), search, evaluate and print one pipeline; returns the metrics
+    (:class:`Ran`: a dict, with the search's ``result`` and the evaluated ``data`` attached).
 
     The ragkit calls are those of the README's "Using it" snippet (this module's docstring shows them):
     ``pipe.fit(corpus, train)``, ``pipe.search(queries)`` and ``evaluate(result, qrels, metrics)``, the
@@ -148,24 +173,43 @@ def run(pipe, args: argparse.Namespace, name: str, train_split: str | None = Non
     from ragkit import evaluate
     from ragkit.encoders import caching_queries
 
-    corpus, queries, qrels, train = load(args, train_split)
+    data = load(args, train_split)
     with clear_errors():
         t0 = time.perf_counter()
         with caching_queries():
-            pipe.fit(corpus, train)
+            pipe.fit(data.corpus, data.train)
             t_fit = time.perf_counter() - t0
-            result = pipe.search(queries)
-        scores = evaluate(result, qrels, ["ndcg@10", "recall@100"]).scores
-    out = {"example": name, "queries": len(queries), "docs": len(corpus), **scores,
-           "fit_s": round(t_fit, 3), "search_s": round(result.seconds or 0.0, 3)}
-    return emit(out, args, f"recall@100 {scores['recall@100']:.4f}  "
-                           f"(fit {t_fit:.1f} s, search {result.seconds or 0.0:.2f} s)")
+            result = pipe.search(data.queries)
+        scores = evaluate(result, data.qrels, ["ndcg@10", "recall@100"]).scores
+    out = Ran({**counts(name, data), **scores, "fit_s": round(t_fit, 3), "search_s": round(result.seconds or 0.0, 3)})
+    out.result, out.data = result, data
+    emit(out, args, f"recall@100 {scores['recall@100']:.4f}  (fit {t_fit:.1f} s, search {result.seconds or 0.0:.2f} s)")
+    return out
+
+
+def counts(name: str, data: Data) -> dict:
+    """The start of an example's metrics: its name, its query and document counts and, for a ``--limit`` slice,
+    the full split's (``whole_queries``, ``whole_docs``)."""
+    out = {"example": name, "queries": len(data.queries), "docs": len(data.corpus)}
+    if data.whole is not None:
+        out["whole_queries"], out["whole_docs"] = data.whole
+    return out
+
+
+def note(args: argparse.Namespace, text: str) -> None:
+    """Print a script's own check line: to standard error with ``--json`` (whose line stays the last of standard
+    output), else to standard output."""
+    print(text, file=sys.stderr if args.json else sys.stdout)
 
 
 def emit(out: dict, args: argparse.Namespace, details: str) -> dict:
     """Print an example's result: one JSON line with ``--json`` (what the tests read), else a summary line."""
     if args.json:
         print(json.dumps(out))
+    elif "whole_queries" in out:  # a --limit slice: its scores run higher than the full split's
+        print(f"{out['example']}: {out['queries']} queries, {out['docs']} docs (a --limit slice of "
+              f"{out['whole_queries']} queries and {out['whole_docs']} docs, not comparable to the full split)  "
+              f"nDCG@10 {out['ndcg@10']:.4f}  {details}")
     else:
         print(f"{out['example']}: {out['queries']} queries, {out['docs']} docs  "
               f"nDCG@10 {out['ndcg@10']:.4f}  {details}")

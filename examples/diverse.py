@@ -40,10 +40,11 @@ if __name__ == "__main__":
     from ragkit.eval.diversity import intra_list_diversity
     from ragkit.retrievers import Dense
 
-    from _common import clear_errors, emit, load, parse_args
+    from _common import clear_errors, counts, emit, load, parse_args
 
     args = parse_args(__doc__)
-    corpus, queries, qrels, _ = load(args)
+    data = load(args)
+    corpus, queries, qrels = data.corpus, data.queries, data.qrels
     pipe = build()
     with clear_errors(), caching_queries():  # (query vectors cached on disk, as `ragkit eval` caches them)
         t0 = time.perf_counter()
@@ -53,7 +54,7 @@ if __name__ == "__main__":
         knn = pipe.steps[0]
         assert isinstance(knn, KnnEmbed)
         vectors = knn.vectors_  # the unit document vectors it clustered, for intra-list diversity
-        out = {"example": "diverse", "queries": len(queries), "docs": len(corpus), "fit_s": round(t_fit, 3)}
+        out = {**counts("diverse", data), "fit_s": round(t_fit, 3)}
         for name, p in (("", pipe), ("dense_", dense)):
             top10, top100 = p.search(queries), p.search(queries, k=100)
             out[f"{name}ndcg@10"] = evaluate(top10, qrels, ["ndcg@10"]).scores["ndcg@10"]

@@ -8,14 +8,14 @@ so each query keeps as many results as look relevant. Nothing from the evaluated
 reaches ``fit``: the adapter learns from the train split (with ``--limit N``, its first 5 N
 queries; it needs at least 10 with a relevant document in the corpus).
 
-    python examples/filtered.py [--data DIR] [--limit N] [--json]
+    python examples/filtered.py [--data DIR] [--split S] [--limit N] [--json]
 
-Needs the MiniLM model, SciFact and its train split. On 2 cores: about 10-20 s with
-``--limit 8`` once the vectors are cached; the full SciFact (809 train queries) encodes 5,183
-documents the first time (several minutes).
+Needs the MiniLM model, SciFact and its train split. On 2 cores: about 5-10 s with ``--limit 8``
+once the vectors are cached, about 30 s on the full SciFact (809 train queries), whose first run
+encodes 5,183 documents (several minutes).
 Prints nDCG@10 and Recall@100 of the filtered rankings, then how many of the 100 candidates a
 query keeps on average (to standard error with ``--json``, whose line stays the last of
-standard output).
+standard output): 0.6440 / 0.8943, 41.2 of 100 kept, on the full SciFact test split.
 """
 
 from __future__ import annotations
@@ -37,12 +37,9 @@ def build() -> Pipeline:
 if __name__ == "__main__":
     import numpy as np
 
-    from _common import load, parse_args, run
+    from _common import note, parse_args, run
 
     args = parse_args(__doc__)
-    pipe = build()
-    run(pipe, args, "filtered", train_split="train")
-    queries = load(args, "train")[1]
-    kept = np.array([len(ids) for ids in pipe.search(queries).doc_ids])
-    print(f"kept {kept.mean():.1f} of 100 candidates per query on average (min {kept.min()}, max {kept.max()})",
-          file=sys.stderr if args.json else sys.stdout)
+    ran = run(build(), args, "filtered", train_split="train")
+    kept = np.array([len(ids) for ids in ran.result.doc_ids])  # the evaluated rankings, cut by the adapter
+    note(args, f"kept {kept.mean():.1f} of 100 candidates per query on average (min {kept.min()}, max {kept.max()})")

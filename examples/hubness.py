@@ -11,12 +11,13 @@ train split (with ``--limit N``, its first 5 N queries), never from the evaluate
 0.6451 nDCG@10 at the reference temperatures); it is meant for collections with strong hubs.
 It cannot be followed by a ``cosine_adapter`` (which reads raw cosines): see ``filtered.py``.
 
-    python examples/hubness.py [--data DIR] [--limit N] [--json]
+    python examples/hubness.py [--data DIR] [--split S] [--limit N] [--json]
 
 Needs the MiniLM model, SciFact and its train split. On 2 cores: about 10-20 s with
 ``--limit 8`` once the vectors are cached; the full SciFact encodes 5,183 documents the first
 time (several minutes).
-Prints nDCG@10 and Recall@100 (one JSON line with ``--json``).
+Prints nDCG@10 and Recall@100 (one JSON line with ``--json``): 0.6193 / 0.9250 on the full
+SciFact test split.
 """
 
 from __future__ import annotations

@@ -101,10 +101,11 @@ def main() -> dict:
     from ragkit.integrations.langchain import RagkitRetriever
     from ragkit.run import Run
 
-    from _common import clear_errors, emit, load
+    from _common import clear_errors, counts, emit, load
 
     args = parser().parse_args()
-    corpus, queries, qrels, _ = load(args)
+    data = load(args)
+    corpus, queries, qrels = data.corpus, data.queries, data.qrels
     with clear_errors(), caching_queries():  # (query vectors cached on disk, as `ragkit eval` caches them)
         t0 = time.perf_counter()
         retriever = RagkitRetriever(pipeline=build(), corpus=corpus, k=10)  # fits the pipeline on the slice
@@ -121,12 +122,13 @@ def main() -> dict:
     ragkit_retriever = retriever.with_config(run_name="ragkit")
     chain = make_local_chain(ragkit_retriever) if args.local else make_chain(ragkit_retriever, make_llm())
     n_ask = min(args.ask, len(queries))
-    answers = chain.batch(list(queries.texts[:n_ask]))
+    with caching_queries():  # the chain's retriever searches these queries again: their vectors are read back
+        answers = chain.batch(list(queries.texts[:n_ask]))
     if not args.json:
         for q, a, ds in zip(queries.texts[:n_ask], answers, docs[:n_ask]):
             print(f"QUESTION: {q}\nANSWER: {a}\nSOURCES: " + ", ".join(
                 f"{d.id} ({'+'.join(d.metadata['operators'])}, {d.metadata['score']:.4f})" for d in ds[:3]) + "\n")
-    out = {"example": "langchain_app", "queries": len(queries), "docs": len(corpus), **scores,
+    out = {**counts("langchain_app", data), **scores,
            "answers": len(answers), "fit_s": round(t_fit, 3), "search_s": round(t_search, 3)}
     return emit(out, args, f"(fit {t_fit:.1f} s, retriever.batch {t_search:.2f} s)")
 

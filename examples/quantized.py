@@ -7,13 +7,14 @@ On SciFact test this keeps nDCG@10 within 0.001 of float32 (README, "Dense retri
 quantized indexes"). ``dtype: i8`` (1/4 of the memory, no rescoring needed) and ``reduce:
 pca:<d>`` are the other knobs; ``search: hnsw`` walks a graph of the same codes.
 
-    python examples/quantized.py [--data DIR] [--limit N] [--json]
+    python examples/quantized.py [--data DIR] [--split S] [--limit N] [--json]
 
 Needs the MiniLM model (sentence-transformers, cached locally) and SciFact. On 2 cores: about
-10-20 s with ``--limit 8`` once the document vectors are cached; the full SciFact test set
-encodes 5,183 documents the first time (several minutes), then about half a minute.
+3 s with ``--limit 8`` once the document vectors are cached, about 6 s on the full SciFact test
+set, whose first run encodes 5,183 documents (several minutes).
 Prints nDCG@10 and Recall@100, then the index's bytes in memory against float32's (to
-standard error with ``--json``, whose one line stays the last of standard output).
+standard error with ``--json``, whose one line stays the last of standard output); on the full
+SciFact test split: 0.6451 / 0.9233, 248.0 KiB in memory for 5,183 documents against 7,774.5 KiB.
 """
 
 from __future__ import annotations
@@ -32,14 +33,14 @@ def build() -> Pipeline:
 
 
 if __name__ == "__main__":
-    from _common import parse_args, run
+    from _common import note, parse_args, run
 
     args = parse_args(__doc__)
     pipe = build()
-    run(pipe, args, "quantized")
+    n = len(run(pipe, args, "quantized").data.corpus)
     dense = pipe.steps[0]
     assert isinstance(dense, Dense)
-    held, n = dense.index_.memory_bytes(), len(dense.slots_)  # codes + calibration held in memory (not the mmap)
-    print(f"index in memory: {held / 1024:.1f} KiB for {n} documents (float32 vectors: "
-          f"{n * 384 * 4 / 1024:.1f} KiB; the floats for rescoring stay on disk)",
-          file=sys.stderr if args.json else sys.stdout)
+    held = dense.index_.memory_bytes()  # the learned index's codes + calibration in memory (not the floats' mmap)
+    floats = n * dense.encoder.dim * 4  # (n, dim) float32 vectors
+    note(args, f"index in memory: {held / 1024:,.1f} KiB for {n:,} documents (float32 vectors: {floats / 1024:,.1f} "
+               "KiB; the floats for rescoring stay on disk)")

@@ -81,15 +81,47 @@ def test_script_builds_same_pipeline_as_yaml(script):
     assert Pipeline.from_yaml(built.to_yaml()) == built
 
 
+#: the slice a script runs on: 8 queries, but the router's first short (keyword) query is the 191st
+LIMITS = {"router": 191}
+
+
 @pytest.mark.parametrize("script", _params(SCRIPTS, RUN_MARKS))
 def test_script_runs_on_a_slice(script):
-    out, err = _run_script(script, "--limit", "8")
-    # they measure 0.78-0.88 on this slice: BM25 0.7792 (generate and sharded score BM25's rankings), rm3 0.7816,
-    # prf_loop 0.7938, the ones with dense or MaxSim 0.82-0.88; below 0.7 something is broken
-    assert out["queries"] == 8 and 0.7 < out["ndcg@10"] <= 1.0, out
-    if script.stem == "generate":  # it answers the first query again: "Q: ...", "A: <answer>", its prefill, sources
+    limit = LIMITS.get(script.stem, 8)
+    out, err = _run_script(script, "--limit", str(limit))
+    # they measure 0.78-0.89 on their slices: BM25 0.7792 (generate and sharded score BM25's rankings), rm3 0.7816,
+    # prf_loop 0.7938, the ones with dense or MaxSim 0.82-0.89; below 0.7 something is broken
+    assert out["queries"] == limit and 0.7 < out["ndcg@10"] <= 1.0, out
+    assert (out["whole_queries"], out["whole_docs"]) == (300, 5183) and out["docs"] < 5183, out  # a slice, said so
+    _check_own_line(script.stem, out, err)
+
+
+def _check_own_line(stem: str, out: dict, err: str) -> None:
+    """The point a script prints after its metrics (to standard error with ``--json``), checked."""
+    if stem == "generate":  # it answers the first query again: "Q: ...", "A: <answer>", its prefill, sources
         found = re.search(r"^A: (.*?)\n   \((.*?)\)\n   sources: (\S.*)$", err, re.S | re.M)
         assert found and found.group(1).strip(), f"no answer printed: {err[-2000:]}"
+        assert "3/3 chunks reused" in found.group(2), found.group(2)  # the same chunks: all reused
+    elif stem == "sharded":
+        assert "merged ranking of the 2 shards equals one BM25 index's" in err, err[-2000:]
+    elif stem == "quantized":  # 1-bit codes: 48 bytes a 384-d vector (+ calibration), against 1,536 of float32
+        found = re.search(r"index in memory: ([\d,.]+) KiB for ([\d,]+) documents \(float32 vectors: ([\d,.]+) KiB",
+                          err)
+        assert found, err[-2000:]
+        held, n, floats = (float(g.replace(",", "")) for g in found.groups())
+        assert n == out["docs"] and floats == n * 384 * 4 / 1024 and 0 < held < floats / 16, found.group(0)
+    elif stem == "filtered":  # the adapter cuts the 100 candidates to the few that look relevant (5.0 here)
+        found = re.search(r"kept ([\d.]+) of 100 candidates per query on average \(min (\d+), max (\d+)\)", err)
+        assert found, err[-2000:]
+        mean, low, high = (float(g) for g in found.groups())
+        assert 1 <= low <= mean <= high <= 100 and mean < 50, found.group(0)
+    elif stem == "router":  # both routes taken: 1 keyword query ("Obesity decreases life quality."), 190 hybrid
+        found = re.search(r"routes taken: (\d+) keyword, (\d+) hybrid", err)
+        assert found, err[-2000:]
+        keyword, hybrid = int(found.group(1)), int(found.group(2))
+        assert keyword >= 1 and hybrid >= 1 and keyword + hybrid == out["queries"], found.group(0)
+    elif stem == "diverse":  # intra-list diversity (mean cosine distance, 0-2): kNN-Embed's above dense's
+        assert 0 < out["dense_ild@10"] < out["ild@10"] <= 2, out
 
 
 @pytest.mark.parametrize("path", _params(YAMLS, YAML_MARKS))

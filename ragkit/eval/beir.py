@@ -807,8 +807,10 @@ def _locate(name_or_path: str | Path, *, download: bool, base_url: str | None) -
     if archive is not None:  # 'cqadupstack.zip/android': a folder inside a local zip, once unpacked
         return _in_archive(archive, path, name_or_path)
     if path.is_file():  # 'corpus.jsonl' in a dataset's folder would be taken for a name to download
+        folder = dataset_folder_of(path.resolve())  # named only when it is a BEIR folder (not README.md's)
+        hint = f": pass its folder, {str(folder)!r}" if (folder / "corpus.jsonl").is_file() else ""
         raise DataError(f"{name_or_path}: is a file; expected a BEIR dataset folder (corpus.jsonl, queries.jsonl, "
-                        f"qrels/) or a dataset name: pass its folder, {str(dataset_folder_of(path.resolve()))!r}")
+                        f"qrels/) or a dataset name{hint}")
     zip_path = next((p for p in (*reversed(path.parents), path) if p.suffix.lower() == ".zip" and not p.exists()), None)
     if zip_path is not None:  # 'fiqa.zip' is a file, never the name of a dataset to download ('fiqa.zip.zip')
         raise DataError(f"{name_or_path}: file not found ({zip_path.absolute()} does not exist); a name ending in .zip "
