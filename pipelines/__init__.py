@@ -10,9 +10,12 @@ from ragkit.pipelines.prf import PRF
 from ragkit.pipelines.routers import RuleRouter, ScoreRouter
 from ragkit.pipelines.yaml import dump_yaml, load_yaml, validate_file
 
+#: ``Pipeline`` by the name the Modular RAG taxonomy gives linear composition: importable by name, but not in
+#: ``__all__`` (nor in ragkit's): ``from ragkit.pipelines import *`` would shadow ``typing.Sequence`` /
+#: ``collections.abc.Sequence`` in the importing module
 Sequence = Pipeline
 
 __all__ = [
-    "Pipeline", "Sequence", "Parallel", "Route", "Loop", "RRF", "WeightedFusion", "RuleRouter", "ScoreRouter",
+    "Pipeline", "Parallel", "Route", "Loop", "RRF", "WeightedFusion", "RuleRouter", "ScoreRouter",
     "TopKStable", "ScoreReached", "MaxOnly", "PRF", "load_yaml", "dump_yaml", "validate_file",
 ]

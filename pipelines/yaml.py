@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import os
 import re
 import sys
 from pathlib import Path
@@ -382,7 +383,7 @@ def _indent_problem(e: yaml.YAMLError, text: str) -> str | None:
             f"{choices}{item}")
 
 
-def parse_yaml_text(source: str | Path) -> tuple[Any, str]:
+def parse_yaml_text(source: str | os.PathLike[str]) -> tuple[Any, str]:
     """Read YAML from a path or text with ``safe_load``; errors name the file and line.
 
     A :class:`~pathlib.Path` is a file.  A string is a file when it names an existing file (any
@@ -399,7 +400,7 @@ def _loaded(text: str, where: str) -> tuple[Any, str, yaml.Node | None]:
     return doc, where, node
 
 
-def _parse(source: str | Path) -> tuple[Any, str, yaml.Node | None]:
+def _parse(source: str | os.PathLike[str]) -> tuple[Any, str, yaml.Node | None]:
     """:func:`parse_yaml_text`, with the document's composed node tree as well."""
     if not isinstance(source, str):
         path = Path(source)
@@ -441,7 +442,7 @@ def _combined(problems: list[ConfigError]) -> ConfigError:
     return ConfigError("\n".join(lines), path=problems[0].path)
 
 
-def load_yaml(source: str | Path | Mapping[str, Any], make_leaf: LeafFactory | None = None) -> Pipeline:
+def load_yaml(source: str | os.PathLike[str] | Mapping[str, Any], make_leaf: LeafFactory | None = None) -> Pipeline:
     """Validate and build a pipeline from a YAML file path, YAML text or an already-parsed mapping.
 
     A string is read as a file when it names one (see :func:`parse_yaml_text`).  Every problem
@@ -1328,7 +1329,7 @@ def walk_leaves(op: Operator, path: str = "pipeline") -> Iterator[tuple[str, Ope
         yield f"{path}.{op.name}", op
 
 
-def validate_file(path: str | Path) -> Pipeline:
+def validate_file(path: str | os.PathLike[str]) -> Pipeline:
     """Check a pipeline YAML file without fitting or running it (``ragkit validate``).
 
     Parses with a safe loader, validates the whole tree (structure, operator names,

@@ -6,6 +6,14 @@ KV-cache reuse for generation; linear, branching, conditional and looping pipeli
 Python or YAML; BEIR evaluation.
 """
 
+# ``encoders`` and ``eval``: subpackages ``import ragkit`` loads anyway, named here so that type checkers know them
+# as attributes (``ragkit.encoders.caching_queries()``); not in ``__all__``: ``eval`` would shadow the builtin in
+# ``from ragkit import *``.  ``MODEL_LOADING``: the reentrant lock (one per process) ragkit holds around each model
+# load it makes (the LLM, sentence encoders): transformers patches globals while it loads (weight tying off), and
+# two loads at once on threads can leave them patched for good; hold it around a ``from_pretrained`` of your own
+# on another thread (the same lock as ``ragkit._locks.MODEL_LOADING``).
+from ragkit import encoders as encoders, eval as eval
+from ragkit._locks import MODEL_LOADING
 from ragkit.errors import (
     ArtifactError,
     ArtifactNotFoundError,
@@ -51,5 +59,5 @@ __all__ = [
     "__version__", "Operator", "Params", "Run", "Corpus", "Queries", "Qrels", "Ranking", "State", "TrainSet",
     "Pipeline", "Parallel", "Route", "Loop", "evaluate", "EvalResult", "load_beir", "BeirDataset", "beir_subsets",
     "RagkitError", "ParamError", "ConfigError", "DataError", "NotFittedError", "ArtifactError",
-    "ArtifactNotFoundError", "InputTypeError",
+    "ArtifactNotFoundError", "InputTypeError", "MODEL_LOADING",
 ]

@@ -8,6 +8,7 @@ pytrec_eval and BEIR use, and reads/writes TREC run files
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, field
 from itertools import chain
@@ -131,11 +132,13 @@ def _unwritable(ids: list[str]) -> str | None:
     return joined[joined.rfind("\x00", 0, m.start()) + 1:].split("\x00", 1)[0]
 
 
-def check_trec_ids(path: str | Path, query_ids: Sequence[str], doc_ids: Iterable[str], tag: str = "ragkit") -> None:
+def check_trec_ids(path: str | os.PathLike[str], query_ids: Sequence[str], doc_ids: Iterable[str],
+                   tag: str = "ragkit") -> None:
     """Refuse ids a TREC run file cannot hold (empty, or holding whitespace: the file's columns
     are whitespace-separated, so :meth:`Run.read_trec` could not read them back; or holding a lone
     surrogate, which no UTF-8 file can hold): a :class:`DataError` naming ``path``.  ``ragkit eval --run``
     calls it on the dataset's ids before any work; :meth:`Run.write_trec` on what it writes."""
+    path = os.fspath(path) if isinstance(path, os.PathLike) else path  # (an os.DirEntry's str() is its repr)
     for what, ids in (("query id", list(query_ids)), ("document id", list(doc_ids)), ("tag", [tag])):
         bad = _unwritable(ids)
         if bad is not None:
@@ -334,7 +337,7 @@ class Run:
             values=self.values, trace=self.trace, seconds=self.seconds,
         )
 
-    def write_trec(self, path: str | Path, tag: str = "ragkit") -> None:
+    def write_trec(self, path: str | os.PathLike[str], tag: str = "ragkit") -> None:
         """Write a TREC run file ``qid Q0 docid rank score tag`` (rank from 1; scores with 9
         significant digits, which round-trip float32, so no two scores become a tie).  Each query's documents
         are written in trec_eval's order (:func:`trec_order`: score descending at float32, ties by document id
@@ -370,10 +373,11 @@ class Run:
                           zip(qids[a:b].tolist(), docs[a:b].tolist(), ranks[a:b].tolist(), scores[a:b].tolist())])
 
     @classmethod
-    def read_trec(cls, path: str | Path) -> "Run":
+    def read_trec(cls, path: str | os.PathLike[str]) -> "Run":
         """Read a TREC run file; malformed lines raise :class:`DataError` with the line number (a file with
         CR-only, old Mac, line endings says so, with a command converting them)."""
         run: dict[str, dict[str, float]] = {}
+        path = os.fspath(path)  # (errors name the path as given: an os.DirEntry's str() is its repr)
         if not Path(path).is_file():
             raise DataError(f"{path}: TREC run file not found")
         for n, _, line in utf8_lines(Path(path), "a TREC run file is UTF-8 text"):

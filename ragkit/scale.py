@@ -67,7 +67,12 @@ from ragkit.registry import _builtin, register
 from ragkit.types import QUERY_REWRITES, Corpus, Ranking, State, TrainSet
 
 if TYPE_CHECKING:
+    import pandas as pd
     from typing_extensions import Self  # typing.Self is Python 3.11+
+
+    from ragkit.pipelines import Pipeline
+    from ragkit.run import Run
+    from ragkit.types import Queries
 
 __all__ = ["ray_init", "ray_encode", "fit_pipeline", "Sharded", "merge_rankings", "search_distributed", "ShardError"]
 
@@ -713,7 +718,7 @@ def _merge_flat(parts: Sequence[_Flat], k: int,
 
 
 # ---------------------------------------------------------------------- sharded retriever
-def check_workdir(workdir: str | Path | None, where: str, what: str) -> None:
+def check_workdir(workdir: str | os.PathLike[str] | None, where: str, what: str) -> None:
     """Refuse a ``workdir`` (Ray workers read ``what`` from it) that is a file or lies below one:
     no folder could be made there.  ``where`` names the argument in the :class:`ParamError`."""
     if not workdir:
@@ -734,19 +739,21 @@ class ShardedParams(Params):
         default_factory=_default_retriever,
         description="The per-shard retriever as a YAML node, e.g. {dense: {k: 100}} (from Python also an unfitted "
                     "retriever such as Dense(k=100), kept as its node).")
-    n_shards: int = Field(2, ge=1, description="Number of document shards.")
-    k: int = Field(100, ge=1, description="Results per query after the merge.")
+    n_shards: int = Field(default=2, ge=1, description="Number of document shards.")
+    k: int = Field(default=100, ge=1, description="Results per query after the merge.")
     backend: Literal["auto", "local", "ray"] = Field(
-        "auto", description="Where shards are fitted and searched; auto = ray when fitted with backend='ray' "
-                            "in this process (a loaded pipeline searches locally unless this is 'ray').")
+        default="auto",
+        description="Where shards are fitted and searched; auto = ray when fitted with backend='ray' in this process "
+                    "(a loaded pipeline searches locally unless this is 'ray').")
     max_retries: int = Field(
-        3, ge=0, description="Ray retries per shard task (a crashed worker, running out of memory, a transient OS "
-                             "error; other errors, a missing file among them, fail at once) before the shard fails "
-                             "for good.")
+        default=3, ge=0,
+        description="Ray retries per shard task (a crashed worker, running out of memory, a transient OS error; other "
+                    "errors, a missing file among them, fail at once) before the shard fails for good.")
     workdir: str | None = Field(
-        None, description="Where a fit writes its shard folders (a fresh ragkit-shards-* folder inside it per fit, "
-                          "removed with the operator); must be shared storage on a multi-node cluster (default: a "
-                          "local temporary folder); a relative path is taken from the folder the fit runs in.")
+        default=None,
+        description="Where a fit writes its shard folders (a fresh ragkit-shards-* folder inside it per fit, removed "
+                    "with the operator); must be shared storage on a multi-node cluster (default: a local temporary "
+                    "folder); a relative path is taken from the folder the fit runs in.")
 
     @field_validator("workdir", mode="before")
     @classmethod
@@ -1624,8 +1631,10 @@ def _registered_in(pipe: Any) -> list[tuple[str, str]]:
     return found
 
 
-def search_distributed(pipe: Any, queries: Any, *, n_chunks: int = 4, k: int | None = None,
-                       workdir: str | Path | None = None, **options: Any) -> Any:
+def search_distributed(pipe: Pipeline | Operator,
+                       queries: Queries | Sequence[str] | Mapping[str, str] | pd.Series | str, *,
+                       n_chunks: int = 4, k: int | None = None, workdir: str | os.PathLike[str] | None = None,
+                       **options: Any) -> Run:
     """Search a large query batch split across Ray workers (each loads the saved pipeline).
 
     Returns the same :class:`~ragkit.run.Run` as ``pipe.search(queries, k=k, **options)``:
@@ -1644,7 +1653,7 @@ def search_distributed(pipe: Any, queries: Any, *, n_chunks: int = 4, k: int | N
         Number of query chunks, one Ray task each (at most one per query).
     k : int, optional
         Final number of results per query, as for ``search``.
-    workdir : str or Path, optional
+    workdir : str or os.PathLike, optional
         Where the pipeline is saved for the workers (a fresh ``ragkit-pipe-*`` folder inside it,
         made when missing); must be storage every worker reads on a multi-node cluster
         (default: a local temporary folder, which only workers on this machine read).

@@ -1758,7 +1758,8 @@ class Ranking:
     def __len__(self) -> int:
         return len(self.rows)
 
-    def __iter__(self):  # unpack as ``rows, scores = ranking``
+    def __iter__(self) -> Iterator[np.ndarray]:
+        """``rows``, then ``scores``: unpack as ``rows, scores = ranking``."""
         return iter((self.rows, self.scores))
 
     def __repr__(self) -> str:

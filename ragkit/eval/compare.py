@@ -26,6 +26,7 @@ from __future__ import annotations
 import difflib
 import json
 import logging
+import os
 import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -141,7 +142,7 @@ class SystemResult:
                         f"{', '.join(self.per_query) or 'none'}")
 
 
-def load_result(path: str | Path, *, qrels: Mapping[str, Mapping[str, int]] | None = None,
+def load_result(path: str | os.PathLike[str], *, qrels: Mapping[str, Mapping[str, int]] | None = None,
                 metrics: Sequence[str] = DEFAULT_COMPARE_METRICS,
                 name: str | None = None, dataset: str | None = None, split: str | None = None,
                 relevance_level: int = 1, ignore_identical_ids: bool = True,
@@ -249,7 +250,7 @@ def _trec_line(line: bytes) -> bool:
         return False
 
 
-def pipeline_kind(path: str | Path) -> str | None:
+def pipeline_kind(path: str | os.PathLike[str]) -> str | None:
     """What ``path`` is when it holds a pipeline rather than results: ``"a pipeline YAML file"`` (YAML whose
     document is a mapping with a ``pipeline`` list, or a list of steps: what ``ragkit eval --pipeline`` reads),
     ``"a saved pipeline folder"`` (``Pipeline.save``'s) or ``"a saved operator folder"`` (``Operator.save``'s);
@@ -287,8 +288,8 @@ def _is_pipeline_doc(doc: Any) -> bool:
     return isinstance(steps, list) and any(isinstance(s, (Mapping, list)) for s in steps)
 
 
-def eval_command(pipeline: str | Path, data: str | None = None, split: str | None = None,
-                 output: str | Path | None = None, extra: Sequence[str] = ()) -> str:
+def eval_command(pipeline: str | os.PathLike[str], data: str | None = None, split: str | None = None,
+                 output: str | os.PathLike[str] | None = None, extra: Sequence[str] = ()) -> str:
     """The ``ragkit eval`` command line that writes the results of ``pipeline`` (a YAML file or a saved folder)
     for ``ragkit compare``: ``--data`` (``DATASET`` when ``None``) and ``--split`` (``test``), ``-o`` ``output``
     (default: the file's stem or the folder's name, ``.json``, in the working folder), then ``extra`` options
@@ -298,8 +299,8 @@ def eval_command(pipeline: str | Path, data: str | None = None, split: str | Non
     p = Path(pipeline)
     out = output if output is not None else f"{p.stem if p.suffix else p.name}.json"
     return " ".join(["ragkit eval", "--data", shlex.quote(data) if data else "DATASET", "--split",
-                     shlex.quote(split or "test"), "--pipeline", shlex.quote(str(pipeline)), "-o",
-                     shlex.quote(str(out)), *map(shlex.quote, extra)])
+                     shlex.quote(split or "test"), "--pipeline", shlex.quote(os.fspath(pipeline)), "-o",
+                     shlex.quote(os.fspath(out)), *map(shlex.quote, extra)])
 
 
 def _from_payload(payload: Any, path: Path, name: str) -> SystemResult:
