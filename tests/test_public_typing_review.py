@@ -128,7 +128,7 @@ import os
 from typing import Sequence
 
 import ragkit
-from ragkit.eval import load_result
+from ragkit.eval import load_beir, load_result, read_qrels
 from ragkit.pipelines import *  # noqa: F403
 from ragkit.pipelines import load_yaml, validate_file
 from ragkit.run import Run
@@ -150,6 +150,8 @@ def paths(entry: "os.DirEntry[str]", run: Run) -> Pipeline:
     Run.read_trec(entry)
     load_result(entry)
     validate_file(MyPath())
+    load_beir(entry, download=False)
+    read_qrels(MyPath())
     return load_yaml(entry)
 
 

@@ -171,7 +171,7 @@ def _read_jsonl(path: Path):
         yield n, rec
 
 
-def read_corpus(path: str | Path, *, allow_empty: bool = False) -> Corpus:
+def read_corpus(path: str | os.PathLike[str], *, allow_empty: bool = False) -> Corpus:
     """Read a BEIR ``corpus.jsonl`` (a few hundred ms for SciFact's 5,183 documents).
 
     An empty file is a :class:`DataError` unless ``allow_empty`` (a saved operator whose
@@ -241,7 +241,7 @@ def _first_warning(path: Path) -> bool:
     return True
 
 
-def read_queries(path: str | Path, *, note_blank: bool = True) -> dict[str, str]:
+def read_queries(path: str | os.PathLike[str], *, note_blank: bool = True) -> dict[str, str]:
     """Read ``queries.jsonl`` into ``{query_id: text}``.  Queries whose text is blank (``""``, spaces) are
     kept (a dataset is read as it is), with a warning on the ``ragkit`` logger naming how many and the first
     (id and line), once per file (read again unchanged, it is not repeated): such a query finds nothing, or
@@ -271,7 +271,7 @@ def read_queries(path: str | Path, *, note_blank: bool = True) -> dict[str, str]
     return out
 
 
-def read_query_file(path: str | Path) -> Queries:
+def read_query_file(path: str | os.PathLike[str]) -> Queries:
     """Queries to search from a file: a BEIR ``queries.jsonl`` (``{"_id", "text"}`` per line), a
     TSV of ``query-id<TAB>text`` lines (Pyserini's and MS MARCO's topics), or plain text, one query
     per line, whose ids are the line numbers ("1", "2", ...).  Blank lines are skipped; a file whose
@@ -343,7 +343,7 @@ def _named_columns(header: list[str]) -> tuple[int, int, int] | None:
     return q, d, s
 
 
-def read_qrels(path: str | Path) -> Qrels:
+def read_qrels(path: str | os.PathLike[str]) -> Qrels:
     """Read a BEIR qrels TSV (``query-id corpus-id score`` with a header) into ``{qid: {doc_id: rel}}``.
 
     A line without a tab is split on whitespace, so trec_eval's qrels (``qid 0 docid rel``) read too;
@@ -592,7 +592,7 @@ def _qrels_file(folder: Path, split: str) -> Path:
     return path
 
 
-def write_beir(folder: str | Path, corpus: Corpus, queries: Mapping[str, str] | Queries,
+def write_beir(folder: str | os.PathLike[str], corpus: Corpus, queries: Mapping[str, str] | Queries,
                qrels: Mapping[str, Mapping[str, Mapping[str, int]]]) -> Path:
     """Write a BEIR folder: ``corpus.jsonl``, ``queries.jsonl`` and ``qrels/<split>.tsv`` per split.
 
@@ -860,13 +860,15 @@ def _sub_path(name_or_path: str | Path, folder: Path, sub: str) -> str:
     return str(folder / sub)
 
 
-def _check_name_or_path(value: object, caller: str) -> None:
+def _check_name_or_path(value: object, caller: str) -> str | Path:
     """Refuse a ``name_or_path`` (of :func:`load_beir`, :func:`beir_qrels`, :func:`beir_subsets`: ``caller``)
     that is not a ``str`` or ``os.PathLike`` with a ``TypeError`` naming the argument (not pathlib's
-    "expected str, bytes or os.PathLike object")."""
+    "expected str, bytes or os.PathLike object"); returns it as a ``str`` or :class:`~pathlib.Path`."""
     if not isinstance(value, (str, os.PathLike)):
         raise InputTypeError(f"{caller}: name_or_path: expected a BEIR dataset name ('scifact') or folder (a "
                              f"str or pathlib.Path), got {type(value).__name__} {value!r:.80}")
+    # another os.PathLike (an os.DirEntry): a Path, so that messages name the path, not the object
+    return value if isinstance(value, (str, Path)) else Path(os.fspath(value))
 
 
 def _unpacked(archive: Path) -> Path:
@@ -944,7 +946,8 @@ def _archive_root(unpacked: Path, name: str) -> Path:
     return unpacked
 
 
-def load_beir(name_or_path: str | Path, *, download: bool = True, base_url: str | None = None) -> BeirDataset:
+def load_beir(name_or_path: str | os.PathLike[str], *, download: bool = True,
+              base_url: str | None = None) -> BeirDataset:
     """Load a BEIR dataset from a folder, or by name (found locally, else downloaded and cached).
 
     ``name_or_path`` is a folder, a local zip as BEIR distributes them (unpacked into the cache), a
@@ -953,7 +956,7 @@ def load_beir(name_or_path: str | Path, *, download: bool = True, base_url: str 
     them).  A folder or name that holds several datasets is a :class:`DataError` naming them.  A leading ``~``
     in a path is the home folder.
     """
-    _check_name_or_path(name_or_path, "load_beir")
+    name_or_path = _check_name_or_path(name_or_path, "load_beir")
     path = _locate_one(name_or_path, download=download, base_url=base_url)
     for required in ("corpus.jsonl", "queries.jsonl"):
         if not (path / required).is_file():
@@ -995,17 +998,18 @@ def _locate_one(name_or_path: str | Path, *, download: bool, base_url: str | Non
     return path
 
 
-def beir_qrels(name_or_path: str | Path, split: str = "test", *, download: bool = True,
+def beir_qrels(name_or_path: str | os.PathLike[str], split: str = "test", *, download: bool = True,
                base_url: str | None = None) -> tuple[str, Qrels]:
     """``(dataset name, judgements of split)`` of a BEIR dataset, found as :func:`load_beir` finds it,
     without reading its corpus or queries (``ragkit compare`` scores run files with them; a corpus
     can be gigabytes).  Their ids are not checked against the corpus, as ``BeirDataset.qrels`` does."""
-    _check_name_or_path(name_or_path, "beir_qrels")
+    name_or_path = _check_name_or_path(name_or_path, "beir_qrels")
     path = _locate_one(name_or_path, download=download, base_url=base_url)
     return path.resolve().name, read_qrels(_qrels_file(path, split))
 
 
-def beir_subsets(name_or_path: str | Path, *, download: bool = True, base_url: str | None = None) -> list[str]:
+def beir_subsets(name_or_path: str | os.PathLike[str], *, download: bool = True,
+                 base_url: str | None = None) -> list[str]:
     """The datasets of a BEIR archive that holds several, sorted; ``[]`` for anything else (one dataset).
 
     Found as :func:`load_beir` finds a dataset: a folder, or a name found locally, else downloaded
@@ -1018,7 +1022,7 @@ def beir_subsets(name_or_path: str | Path, *, download: bool = True, base_url: s
     ['android', 'english', 'gaming', 'gis', 'mathematica', 'physics', 'programmers', 'stats', 'tex', 'unix',
      'webmasters', 'wordpress']
     """
-    _check_name_or_path(name_or_path, "beir_subsets")
+    name_or_path = _check_name_or_path(name_or_path, "beir_subsets")
     return _subsets(_locate(name_or_path, download=download, base_url=base_url))
 
 
