@@ -366,14 +366,22 @@ def ray_init(address: str | None = None, num_cpus: int | None = None) -> Any:
             address = os.environ.get("RAY_ADDRESS") or None
             source = "$RAY_ADDRESS (read by Ray itself)"
         try:
-            if given or env:
+            if address:  # $RAY_ADDRESS too: Ray waits on an unreachable one for minutes without an error
                 _probe(str(address))
+            if given or env:
                 ray.init(address=address, **kwargs)
-            else:
+            else:  # Ray reads $RAY_ADDRESS itself (``auto``, ``local``, ``ray://``...)
                 ray.init(num_cpus=num_cpus, **kwargs)
         except Exception as e:  # noqa: BLE001 - Ray's ConnectionError after its retries, a malformed address...
-            if address is None or isinstance(e, RagkitError):
+            if isinstance(e, RagkitError):
                 raise
+            if address is None:
+                tmp = os.environ.get("RAY_TMPDIR")
+                where = f"$RAY_TMPDIR={tmp!r}" if tmp else f"its temp folder ({tempfile.gettempdir()}/ray)"
+                raise ArtifactError(
+                    f"ragkit could not start a local Ray in this process ({type(e).__name__}: {e}); expected Ray to "
+                    f"start here: check that {where} exists and is writable, that this machine has free memory and "
+                    f"/dev/shm, or set $RAGKIT_RAY_ADDRESS to a running Ray cluster") from e
             fix = "pass another address" if given else f"set {source.split(' ')[0]} to another, or unset it to start " \
                                                        f"a local Ray in this process"
             raise ParamError(f"could not join the Ray cluster at {address!r}, the address {source} names "
@@ -573,6 +581,24 @@ def _cache_vectors(model: str, texts: list[str], vectors: np.ndarray) -> int:
     return len(miss)
 
 
+def _uncached(model: str, texts: list[str]) -> list[str]:
+    """The distinct ``texts`` (first-seen order) whose vectors of ``model`` this process's embedding cache lacks,
+    looked up by digest as the local fit does (nothing is read back nor computed)."""
+    from ragkit.encoders import get_encoder
+    from ragkit.encoders.cache import text_digests
+
+    if not texts:
+        return []
+    store = get_encoder(model).store
+    with store._lock:  # re-read the folder: another process may have filled it since it was read
+        store._index = None
+    digests = text_digests(texts)
+    where, _ = store.locate(digests)
+    miss = np.flatnonzero(where[:, 0] < 0)
+    _, first = np.unique(digests[miss], return_index=True, axis=0)
+    return [texts[i] for i in miss[np.sort(first)].tolist()]
+
+
 def fit_pipeline(pipe: Any, corpus: Corpus, train: TrainSet | None, *, backend: str = "ray",
                  num_actors: int | None = None, upstream: State | None = None, path: str = "pipeline") -> Any:
     """Fit ``pipe`` (a pipeline or any operator) with Ray encoding: pre-encode the corpus's sentence
@@ -617,8 +643,10 @@ def fit_pipeline(pipe: Any, corpus: Corpus, train: TrainSet | None, *, backend: 
     for model in models:  # each checked to load before Ray starts
         _check_model(model, 64, "fit(backend='ray')")
     texts = list(corpus.full_texts) if models else []
-    for model in models:
-        _cache_vectors(model, texts, ray_encode(model, texts, num_actors=num_actors))
+    for model in models:  # only the texts this process's cache lacks go to Ray: none, no encoder pool at all
+        todo = _uncached(model, texts)
+        if todo:
+            _cache_vectors(model, todo, ray_encode(model, todo, num_actors=num_actors))
     for leaf in sharded:  # backend "auto": fitted and searched on Ray from now on in this process
         leaf._backend = "ray"
     return pipe.fit(corpus, train, upstream=upstream)
