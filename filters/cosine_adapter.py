@@ -37,35 +37,41 @@ _NEEDS_TRAIN = ("cosine_adapter.fit needs judged training queries: fit(corpus, t
 
 
 class CosineAdapterParams(Params):
-    model: ModelName = Field(DEFAULT_MODEL, description="Encoder of the query embedding (the dense retriever's model).")
+    model: ModelName = Field(default=DEFAULT_MODEL,
+                             description="Encoder of the query embedding (the dense retriever's model).")
     form: Literal["linear", "sqrt", "quadratic", "power"] = Field(
-        "linear", description="Monotone map of the cosine: a(q)*c+b(q), a*sqrt(x)+b, a*x^2+b or a power of x, "
-                              "x=(c+1)/2: a*((x/x0)^p(q)-1)/p(q)+b, with x0 the median training candidate (per query "
-                              "A*x^p+B; a and b are the slope and logit at x0). power needs more L-BFGS iterations "
-                              "than linear: about 120-130 vs 85-90 on 240 or 647 SciFact train queries.")
+        default="linear",
+        description="Monotone map of the cosine: a(q)*c+b(q), a*sqrt(x)+b, a*x^2+b or a power of x, "
+                    "x=(c+1)/2: a*((x/x0)^p(q)-1)/p(q)+b, with x0 the median training candidate (per query "
+                    "A*x^p+B; a and b are the slope and logit at x0). power needs more L-BFGS iterations "
+                    "than linear: about 120-130 vs 85-90 on 240 or 647 SciFact train queries.")
     list_features: bool = Field(
-        True, description="ragkit extension (not in the paper): add the query's top-1 cosine, top1-top10 gap, "
-                          "mean and std of its candidate cosines to the adapter's input.")
-    l2: float = Field(1e-3, ge=0, description="L2 weight decay on the adapter weights (not on the biases).")
+        default=True, description="ragkit extension (not in the paper): add the query's top-1 cosine, top1-top10 gap, "
+                                  "mean and std of its candidate cosines to the adapter's input.")
+    l2: float = Field(default=1e-3, ge=0, description="L2 weight decay on the adapter weights (not on the biases).")
     threshold: float | None = Field(
-        None, ge=0, le=1, description="Global probability cut-off; None chooses it on out-of-fold probabilities "
-                          "of every training query (target/target_value are then used; with a threshold they "
-                          "are ignored).")
+        default=None,
+        ge=0, le=1, description="Global probability cut-off; None chooses it on out-of-fold probabilities "
+                    "of every training query (target/target_value are then used; with a threshold they "
+                    "are ignored).")
     target: Literal["recall", "precision"] = Field(
-        "recall", description="What the chosen threshold must reach on the training queries' out-of-fold "
-                              "probabilities.")
+        default="recall", description="What the chosen threshold must reach on the training queries' out-of-fold "
+                                      "probabilities.")
     target_value: float = Field(
-        0.95, gt=0, le=1, description="Recall (share of relevant candidates kept) or precision to reach.")
+        default=0.95, gt=0, le=1, description="Recall (share of relevant candidates kept) or precision to reach.")
     val_fraction: float = Field(
-        0.2, gt=0, lt=1, description="Share of training queries in each cross-validation fold the threshold is "
-                                     "chosen on: round(1/val_fraction) folds (0.2: 5), at most one per training "
-                                     "query with a relevant candidate.")
-    train_k: int = Field(100, ge=1, description="Candidates per training query when fit runs its own dense retriever.")
+        default=0.2,
+        gt=0, lt=1, description="Share of training queries in each cross-validation fold the threshold is "
+                                "chosen on: round(1/val_fraction) folds (0.2: 5), at most one per training "
+                                "query with a relevant candidate.")
+    train_k: int = Field(default=100,
+                         ge=1, description="Candidates per training query when fit runs its own dense retriever.")
     k_min: int = Field(
-        0, ge=0, description="Always keep at least this many results (product choice, not in the paper).")
-    max_iter: int = Field(500, ge=1, description="Most L-BFGS iterations; fit logs a warning on the ragkit logger "
-                                                 "when training stops there without converging.")
-    seed: Seed = Field(0, description="Seed of the cross-validation folds the threshold is chosen on.")
+        default=0, ge=0, description="Always keep at least this many results (product choice, not in the paper).")
+    max_iter: int = Field(default=500,
+                          ge=1, description="Most L-BFGS iterations; fit logs a warning on the ragkit logger "
+                                            "when training stops there without converging.")
+    seed: Seed = Field(default=0, description="Seed of the cross-validation folds the threshold is chosen on.")
 
 
 def list_features(scores: np.ndarray, lengths: np.ndarray, starts: np.ndarray,

@@ -17,7 +17,7 @@ __all__ = ["TopK"]
 
 
 class TopKParams(Params):
-    k: int = Field(10, ge=1, description="Results kept per query.")
+    k: int = Field(default=10, ge=1, description="Results kept per query.")
 
 
 class _KParams(Protocol):

@@ -204,14 +204,15 @@ MAX_BETA = 1e37
 class BankParams(Params):
     """The banks and the method: what :class:`DBNorm` (rerank) and :class:`DBNormDense` (retrieve) share."""
 
-    model: ModelName = Field(DEFAULT_MODEL,
+    model: ModelName = Field(default=DEFAULT_MODEL,
                              description="Encoder for banks and documents: the dense retriever's model (a pipeline "
                                          "refuses another at fit: the penalties would not match its cosines).")
     method: Literal["is", "qbnorm", "dualis", "ddis"] = Field(
-        "dualis", description="is: inverted softmax (query bank); qbnorm: dynamic IS (QB-Norm; the paper's 'DIS', "
-                              "dynamic inverted softmax); dualis: dual inverted softmax (DBNorm's 'DualIS'; 'dis', "
-                              "its first ragkit name, is read as dualis with a warning); ddis: dual dynamic inverted "
-                              "softmax.")
+        default="dualis",
+        description="is: inverted softmax (query bank); qbnorm: dynamic IS (QB-Norm; the paper's 'DIS', "
+                    "dynamic inverted softmax); dualis: dual inverted softmax (DBNorm's 'DualIS'; 'dis', "
+                    "its first ragkit name, is read as dualis with a warning); ddis: dual dynamic inverted "
+                    "softmax.")
 
     @field_validator("method", mode="before")
     @classmethod
@@ -234,26 +235,28 @@ class BankParams(Params):
                          f"inverted softmax, is 'qbnorm'. {fix}")
             return "dualis"
         return v
-    beta: float = Field(20.0, ge=MIN_BETA, lt=MAX_BETA, description=(
+    beta: float = Field(default=20.0, ge=MIN_BETA, lt=MAX_BETA, description=(
         "Inverse temperature of is/qbnorm (cosine scale; 1e-6 up to 1e37: below, the penalties' differences sink into "
         "float64 rounding; above, float32 overflows)."))
-    beta1: float = Field(0.5, ge=MIN_BETA, lt=MAX_BETA, description=(
+    beta1: float = Field(default=0.5, ge=MIN_BETA, lt=MAX_BETA, description=(
         "Inverse temperature of the query-bank factor (dualis/ddis; 1e-6 up to 1e37)."))
-    beta2: float = Field(3.0, ge=MIN_BETA, lt=MAX_BETA, description=(
+    beta2: float = Field(default=3.0, ge=MIN_BETA, lt=MAX_BETA, description=(
         "Inverse temperature of the gallery-bank factor (dualis/ddis; 1e-6 up to 1e37)."))
     query_bank: Literal["train", "pseudo"] = Field(
-        "train", description="Query bank: the training queries, or first sentences of random documents "
-                             "(used automatically when fit gets no training queries).")
+        default="train", description="Query bank: the training queries, or first sentences of random documents "
+                                     "(used automatically when fit gets no training queries).")
     query_bank_size: int | None = Field(
-        None, ge=1, description="Query bank items (sampled, seeded); None: all training queries, or 1000 "
-                                "pseudo-queries.  Pseudo-queries need at least 2: each is drawn from a document, whose "
-                                "own term is dropped from its partition, so one would leave that document none.")
+        default=None,
+        ge=1, description="Query bank items (sampled, seeded); None: all training queries, or 1000 "
+                          "pseudo-queries.  Pseudo-queries need at least 2: each is drawn from a document, whose "
+                          "own term is dropped from its partition, so one would leave that document none.")
     gallery_bank_size: int | None = Field(
-        None, ge=2, description="Gallery bank documents (sampled, seeded); None: the whole corpus.  Fit scores every "
-                                "document against every bank document (n_docs x bank cosines and exponentials, about "
-                                "16 ns a pair on 2 cores): with the whole corpus about 3 min at 100k documents and "
-                                "4-5 hours at 1M; 10000 keeps it to about 3 min per million documents.")
-    seed: Seed = Field(0, description="Seed of bank sampling.")
+        default=None,
+        ge=2, description="Gallery bank documents (sampled, seeded); None: the whole corpus.  Fit scores every "
+                          "document against every bank document (n_docs x bank cosines and exponentials, about "
+                          "16 ns a pair on 2 cores): with the whole corpus about 3 min at 100k documents and "
+                          "4-5 hours at 1M; 10000 keeps it to about 3 min per million documents.")
+    seed: Seed = Field(default=0, description="Seed of bank sampling.")
 
     @model_validator(mode="after")
     def _banks(self) -> "BankParams":
@@ -274,7 +277,7 @@ class BankParams(Params):
 
 class DBNormParams(BankParams):
     activation_k: int = Field(
-        1, ge=1, description="Top-k of each bank item forming the activation set (dynamic methods).")
+        default=1, ge=1, description="Top-k of each bank item forming the activation set (dynamic methods).")
 
     @model_validator(mode="after")
     def _used(self) -> "DBNormParams":
@@ -536,8 +539,8 @@ class DBNorm(_BankOperator):
 
 
 class DBNormDenseParams(BankParams):
-    k: int = Field(100, ge=1, description="Results per query.")
-    filter: MetadataFilter = Field(None, description="Metadata filter {field: value or [values]}.")
+    k: int = Field(default=100, ge=1, description="Results per query.")
+    filter: MetadataFilter = Field(default=None, description="Metadata filter {field: value or [values]}.")
 
     @field_validator("method")
     @classmethod

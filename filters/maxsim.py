@@ -19,8 +19,9 @@ __all__ = ["MaxSim", "MaxSimParams"]
 
 
 class MaxSimParams(TokenParams):
-    k: int | None = Field(None, ge=1, description="Keep this many documents after rescoring (None = all; a call's "
-                                                  "k raises it, as for every reranker before the end).")
+    k: int | None = Field(default=None,
+                          ge=1, description="Keep this many documents after rescoring (None = all; a call's "
+                                            "k raises it, as for every reranker before the end).")
 
 
 @register

@@ -39,16 +39,18 @@ _log = logging.getLogger("ragkit")
 
 
 class MMRParams(Params):
-    model: ModelName = Field(DEFAULT_MODEL, description="Sentence-transformers model for query and document vectors.")
-    k: int = Field(100, ge=1, description="Results kept per query.")
+    model: ModelName = Field(default=DEFAULT_MODEL,
+                             description="Sentence-transformers model for query and document vectors.")
+    k: int = Field(default=100, ge=1, description="Results kept per query.")
     fetch_k: int | None = Field(
-        None, ge=1, description="Pool: the first fetch_k documents of the incoming ranking (at least k), so at most "
-                                "what the retriever before MMR returns: raise its k to fetch_k for the full pool "
-                                "(Dense(k=10) | MMR(k=10, fetch_k=50) only reorders dense's top 10; a warning says "
-                                "so).  None = the whole incoming ranking (the retriever's k sets the pool).")
+        default=None,
+        ge=1, description="Pool: the first fetch_k documents of the incoming ranking (at least k), so at most "
+                          "what the retriever before MMR returns: raise its k to fetch_k for the full pool "
+                          "(Dense(k=10) | MMR(k=10, fetch_k=50) only reorders dense's top 10; a warning says "
+                          "so).  None = the whole incoming ranking (the retriever's k sets the pool).")
     lambda_mult: float = Field(
-        0.5, ge=0, le=1, description="lambda: 1 = pure relevance (cosine order), 0 = pure diversity.")
-    batch_size: int = Field(64, ge=1, description="Encoding batch size.")
+        default=0.5, ge=0, le=1, description="lambda: 1 = pure relevance (cosine order), 0 = pure diversity.")
+    batch_size: int = Field(default=64, ge=1, description="Encoding batch size.")
 
 
 def mmr_select(q: np.ndarray, pool: np.ndarray, valid: np.ndarray, vectors: np.ndarray, k: int,

@@ -67,9 +67,10 @@ def _check_sorted(scores: np.ndarray, qidx: np.ndarray, who: str) -> None:
 
 
 class ScoreThresholdParams(Params):
-    threshold: float = Field(0.5, description="Keep documents whose score is >= this value (raw cosine for dense).")
+    threshold: float = Field(default=0.5,
+                             description="Keep documents whose score is >= this value (raw cosine for dense).")
     k_min: int = Field(
-        0, ge=0, description="Always keep at least this many documents per query (0: lists may be empty).")
+        default=0, ge=0, description="Always keep at least this many documents per query (0: lists may be empty).")
 
 
 @register
@@ -100,8 +101,9 @@ class ScoreThreshold(_PrefixCut):
 
 
 class RelativeThresholdParams(Params):
-    alpha: float = Field(0.9, gt=0, le=1, description="Keep documents scoring >= alpha x the query's top score.")
-    k_min: int = Field(0, ge=0, description="Always keep at least this many documents per query.")
+    alpha: float = Field(default=0.9,
+                         gt=0, le=1, description="Keep documents scoring >= alpha x the query's top score.")
+    k_min: int = Field(default=0, ge=0, description="Always keep at least this many documents per query.")
 
 
 @register

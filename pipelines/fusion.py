@@ -164,11 +164,11 @@ def _branch_fields(flat: dict[str, np.ndarray], inv: np.ndarray, n: int, names: 
 
 
 class _FuserParams(Params):
-    weights: list[float] | None = Field(None, description="Per-branch weights (default: all 1).")
-    top_k: int | None = Field(None, ge=1, description="Results kept after fusion (default: the whole union).")
-    learn: bool = Field(False, description="Learn the branch weights from the training split at fit "
-                                           "(cross-validated grid search maximising nDCG@10).")
-    folds: int = Field(5, ge=2, description="Cross-validation folds when learning weights.")
+    weights: list[float] | None = Field(default=None, description="Per-branch weights (default: all 1).")
+    top_k: int | None = Field(default=None, ge=1, description="Results kept after fusion (default: the whole union).")
+    learn: bool = Field(default=False, description="Learn the branch weights from the training split at fit "
+                                                   "(cross-validated grid search maximising nDCG@10).")
+    folds: int = Field(default=5, ge=2, description="Cross-validation folds when learning weights.")
 
     @model_validator(mode="after")
     def _check_weights(self) -> "_FuserParams":
@@ -371,7 +371,7 @@ class _Fuser(Operator):
 
 
 class RRFParams(_FuserParams):
-    k: float = Field(60.0, gt=0, description="RRF constant: a document at rank r scores w / (k + r).")
+    k: float = Field(default=60.0, gt=0, description="RRF constant: a document at rank r scores w / (k + r).")
 
 
 @register
@@ -401,8 +401,9 @@ class RRF(_Fuser):
 
 class WeightedParams(_FuserParams):
     norm: Literal["minmax", "zscore", "none", "learn"] = Field(
-        "minmax", description="Per-branch, per-query score normalisation before the weighted sum; 'learn' (with "
-                              "learn=true) picks minmax, zscore or none with the weights, by cross-validated nDCG@10.")
+        default="minmax",
+        description="Per-branch, per-query score normalisation before the weighted sum; 'learn' (with "
+                    "learn=true) picks minmax, zscore or none with the weights, by cross-validated nDCG@10.")
 
     @model_validator(mode="after")
     def _learn_norm(self) -> "WeightedParams":

@@ -32,9 +32,10 @@ __all__ = ["TopKStable", "ScoreReached", "MaxOnly"]
 
 
 class TopKStableParams(Params):
-    k: int = Field(10, ge=1, description="Size of the top list compared between iterations.")
+    k: int = Field(default=10, ge=1, description="Size of the top list compared between iterations.")
     order: Literal["set", "ranked"] = Field(
-        "set", description="'set': the same documents in any order count as stable; 'ranked': the same order too.")
+        default="set",
+        description="'set': the same documents in any order count as stable; 'ranked': the same order too.")
 
 
 @register
@@ -77,12 +78,14 @@ class TopKStable(Operator):
 
 
 class ScoreReachedParams(Params):
-    threshold: float | None = Field(None, description="Done when the score at `rank` is >= threshold (retriever "
-                                                      "units); give a threshold or learn=true, not both.")
-    rank: int = Field(1, ge=1, description="1-based rank whose score is compared (1 = the top score).")
-    learn: bool = Field(False, description="Learn the threshold at fit from the training split: the one whose "
-                                           "stopping maximises mean nDCG@10 of the training queries (minus cost).")
-    cost: float = Field(0.0, ge=0, description="When learning: nDCG@10 a query may lose to save one iteration.")
+    threshold: float | None = Field(default=None,
+                                    description="Done when the score at `rank` is >= threshold (retriever "
+                                                "units); give a threshold or learn=true, not both.")
+    rank: int = Field(default=1, ge=1, description="1-based rank whose score is compared (1 = the top score).")
+    learn: bool = Field(default=False,
+                        description="Learn the threshold at fit from the training split: the one whose "
+                                    "stopping maximises mean nDCG@10 of the training queries (minus cost).")
+    cost: float = Field(default=0.0, ge=0, description="When learning: nDCG@10 a query may lose to save one iteration.")
 
     @model_validator(mode="after")
     def _threshold_or_learn(self) -> "ScoreReachedParams":

@@ -91,31 +91,34 @@ _SAME = ("Must be the same as the bm25's that reads the expanded query (a pipeli
 
 
 class PRFParams(Params):
-    fb_docs: int = Field(10, ge=1, description="Feedback documents: the top of the current ranking (Anserini fbDocs).")
-    fb_terms: int = Field(10, ge=1, description="Terms kept per feedback document and in the relevance model "
-                                                "(Anserini fbTerms).")
+    fb_docs: int = Field(default=10,
+                         ge=1, description="Feedback documents: the top of the current ranking (Anserini fbDocs).")
+    fb_terms: int = Field(default=10, ge=1, description="Terms kept per feedback document and in the relevance model "
+                                                        "(Anserini fbTerms).")
     original_query_weight: float = Field(
-        0.5, ge=0, le=1, validation_alias=AliasChoices("original_query_weight", "orig_weight"),
+        default=0.5, ge=0, le=1, validation_alias=AliasChoices("original_query_weight", "orig_weight"),
         description="Weight of the original query, 1 = no expansion (Anserini originalQueryWeight; "
                     "'orig_weight' is accepted as its old name).")
-    max_df: float = Field(0.1, gt=0, le=1, description="Terms in more than this share of documents are not added "
-                                                       "(Anserini: 0.1; 0.01 for tweets).")
-    filter_terms: bool = Field(True, description="Only terms matching [a-z0-9]+ are added (Anserini's default; "
-                                                 "false is its -rm3.noTermFilter).")
+    max_df: float = Field(default=0.1,
+                          gt=0, le=1, description="Terms in more than this share of documents are not added "
+                                                  "(Anserini: 0.1; 0.01 for tweets).")
+    filter_terms: bool = Field(default=True, description="Only terms matching [a-z0-9]+ are added (Anserini's default; "
+                                                         "false is its -rm3.noTermFilter).")
     doc_weight: Literal["score", "clipped", "uniform"] = Field(
-        "score", description="Weigh feedback documents by their raw score (Anserini), by the score clipped at 0 "
-                             "(equal weights if none is positive), or equally.")
+        default="score",
+        description="Weigh feedback documents by their raw score (Anserini), by the score clipped at 0 "
+                    "(equal weights if none is positive), or equally.")
     # (at most 100,000: each query's text holds ~resolution words, all queries' at once: 10**8 took 13 s and
     # 2.3 GB for one query, 2**31 - 1 tried 8 GiB; weights rounded to 1/100,000 of their sum are finer than
     # anything the ranking after them tells apart)
-    resolution: int = Field(1000, ge=10, le=100_000,
+    resolution: int = Field(default=1000, ge=10, le=100_000,
                             description="Total repetitions used to write term weights as text: each is rounded to "
                                         "1/resolution of their sum (the BM25 after it scores about resolution / "
                                         "query length times higher than plain BM25).")
-    stopwords: Literal["lucene", "none"] = Field("lucene", description=_SAME)
-    stemmer: Literal["porter", "english", "none"] = Field("porter", description=_SAME)
-    fields: Literal["title_text", "text"] = Field("title_text", description=_SAME)
-    tokenizer: Literal["alnum", "unicode", "whitespace"] = Field("alnum", description=_SAME)
+    stopwords: Literal["lucene", "none"] = Field(default="lucene", description=_SAME)
+    stemmer: Literal["porter", "english", "none"] = Field(default="porter", description=_SAME)
+    fields: Literal["title_text", "text"] = Field(default="title_text", description=_SAME)
+    tokenizer: Literal["alnum", "unicode", "whitespace"] = Field(default="alnum", description=_SAME)
 
 
 def _top_per_group(group: np.ndarray, key: np.ndarray, term: np.ndarray, k: int) -> np.ndarray:

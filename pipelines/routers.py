@@ -37,14 +37,14 @@ _SEP = "\0"  # joins a batch's texts: a non-word character that no keyword patte
 class Rule(Params):
     """One routing rule: every condition given must hold (AND); at least one is required."""
 
-    label: str = Field(..., min_length=1, description="Label given to the queries this rule matches.")
-    regex: str | None = Field(None, description="Python regular expression searched in the query text.")
-    keywords: list[str] | None = Field(None, min_length=1, description=(
+    label: str = Field(min_length=1, description="Label given to the queries this rule matches.")
+    regex: str | None = Field(default=None, description="Python regular expression searched in the query text.")
+    keywords: list[str] | None = Field(default=None, min_length=1, description=(
         "Matches when any of these words or phrases occurs as whole words; a keyword of several words "
         "('heart disease', 'covid-19') matches those words in sequence, whatever non-word characters "
         "separate them in the query."))
-    min_words: int | None = Field(None, ge=0, description="Matches queries with at least this many words.")
-    max_words: int | None = Field(None, ge=0, description="Matches queries with at most this many words.")
+    min_words: int | None = Field(default=None, ge=0, description="Matches queries with at least this many words.")
+    max_words: int | None = Field(default=None, ge=0, description="Matches queries with at most this many words.")
 
     @field_validator("regex")
     @classmethod
@@ -76,9 +76,9 @@ class Rule(Params):
 
 
 class RuleRouterParams(Params):
-    rules: list[Rule] = Field(..., min_length=1, description="Ordered rules; the first that matches gives the label.")
-    default: str = Field("default", min_length=1, description="Label of queries no rule matches.")
-    ignore_case: bool = Field(True, description="Case-insensitive regex and keyword matching.")
+    rules: list[Rule] = Field(min_length=1, description="Ordered rules; the first that matches gives the label.")
+    default: str = Field(default="default", min_length=1, description="Label of queries no rule matches.")
+    ignore_case: bool = Field(default=True, description="Case-insensitive regex and keyword matching.")
 
 
 @register
@@ -300,15 +300,19 @@ def ranking_feature(state: State, feature: str) -> np.ndarray:
 
 class ScoreRouterParams(Params):
     feature: Literal["top1", "gap", "rel_gap"] = Field(
-        "top1", description="Ranking feature: best score, best minus second score, or that gap / best score.")
-    threshold: float | None = Field(None, description="Queries whose feature is >= threshold get label 'above' "
-                                                      "(give a threshold or learn=true, not both).")
-    above: str = Field("easy", min_length=1, description="Label when feature >= threshold (confident first stage).")
-    below: str = Field("hard", min_length=1, description="Label otherwise, and for rankings with too few results.")
-    learn: bool = Field(False, description="Learn the threshold at fit from the training split: the one whose "
-                                           "routing maximises mean nDCG@10 of the training queries (minus cost).")
-    cost: float = Field(0.0, ge=0, description="When learning: nDCG@10 a query may lose to stay out of the 'below' "
-                                               "branch (the price of the expensive branch, per query).")
+        default="top1", description="Ranking feature: best score, best minus second score, or that gap / best score.")
+    threshold: float | None = Field(default=None, description="Queries whose feature is >= threshold get label 'above' "
+                                                              "(give a threshold or learn=true, not both).")
+    above: str = Field(default="easy",
+                       min_length=1, description="Label when feature >= threshold (confident first stage).")
+    below: str = Field(default="hard",
+                       min_length=1, description="Label otherwise, and for rankings with too few results.")
+    learn: bool = Field(default=False,
+                        description="Learn the threshold at fit from the training split: the one whose "
+                                    "routing maximises mean nDCG@10 of the training queries (minus cost).")
+    cost: float = Field(default=0.0,
+                        ge=0, description="When learning: nDCG@10 a query may lose to stay out of the 'below' "
+                                          "branch (the price of the expensive branch, per query).")
 
     @model_validator(mode="after")
     def _distinct(self) -> "ScoreRouterParams":

@@ -30,7 +30,20 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterator, Mapping, Optional, Sequence, TypeVar, Union, cast
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Callable,
+    ClassVar,
+    Iterator,
+    Literal,
+    Mapping,
+    Optional,
+    Sequence,
+    TypeVar,
+    Union,
+    cast,
+)
 
 import numpy as np
 
@@ -259,6 +272,10 @@ def _init_params(cls: type) -> list[tuple[str, Any]]:
 _BASE_INIT = [("params", inspect.Parameter.POSITIONAL_ONLY), ("kwargs", inspect.Parameter.VAR_KEYWORD)]
 
 
+#: :attr:`Operator.Params` (see there)
+_PARAMS_MODEL: type[ParamsModel] = ParamsModel
+
+
 class Operator:
     """Base class of all operators.
 
@@ -293,8 +310,12 @@ class Operator:
     """
 
     name: ClassVar[str] = ""
-    kind: ClassVar[str] = "operator"
-    Params: ClassVar[type[ParamsModel]] = ParamsModel
+    kind: ClassVar[registry.Kind | Literal["composite", "operator"]] = "operator"
+    #: (not annotated: pyright then reads a subclass's ``Params = BM25Params`` as ``type[BM25Params]``, so
+    #: ``BM25.Params(k=4)`` is typed, where an annotation here fixes it to ``type[Params]`` in every subclass; the
+    #: value typed ``type[Params]``, not the class itself, which mypy would read as the constructor ``() -> Params``
+    #: and then refuse a subclass's model with a required field)
+    Params = _PARAMS_MODEL
     example: ClassVar[dict[str, Any]] = {}
     stateless: ClassVar[bool] = False
     #: ``True`` when a search calls into PyTorch (``torch.topk``, ``torch.bmm``): ``fit`` and ``load``
@@ -322,8 +343,12 @@ class Operator:
     #: conformance checks known to fail, ``{check name: reason}``
     xfail_checks: ClassVar[dict[str, str]] = {}
     run_options: ClassVar[Mapping[str, OptionCheck | None]] = {}
-    #: the validated parameters; a subclass annotates it with its own model (``params: BM25Params``)
-    params: ParamsModel
+    if not TYPE_CHECKING:  # (the annotation at run time only: type checkers read the type from ``__init__``)
+        #: the validated parameters; a subclass annotates it with its own model (``params: BM25Params``).  Type
+        #: checkers take its type from ``__init__``'s assignment instead of this declaration: pyright holds a
+        #: declared attribute invariant and refused a subclass's narrower ``params: BM25Params``
+        #: (reportIncompatibleVariableOverride), while an undeclared one may be narrowed (mypy accepts both)
+        params: ParamsModel
     #: set by :meth:`load` before ``_load``: the folder's checksums were verified (a memory-mapped load may
     #: then skip reading its files whole for its own checks)
     _verified: bool = False

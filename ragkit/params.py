@@ -205,10 +205,62 @@ def has_upper_bound(field: FieldInfo) -> bool:
     return any(getattr(m, "le", None) is not None or getattr(m, "lt", None) is not None for m in field.metadata)
 
 
-class Params(BaseModel):
-    """Base class of operator parameter models: unknown keys are refused, instances are frozen."""
+if TYPE_CHECKING:
+    from pydantic import PrivateAttr
+    from pydantic._internal._model_construction import ModelMetaclass, NoInitField
+    from typing_extensions import dataclass_transform
+
+    @dataclass_transform(kw_only_default=True, frozen_default=True, field_specifiers=(Field, PrivateAttr, NoInitField))
+    class _FrozenModelMeta(ModelMetaclass):
+        """pydantic's metaclass as type checkers see it, with ``frozen_default=True``: every :class:`Params` model,
+        a user's subclass included, is frozen to them (``op.params.k = 7`` flagged), as ``model_config`` makes it at
+        run time.  (``class Params(BaseModel, frozen=True)`` would be seen too, but then a subclass that does not
+        repeat ``frozen=True`` is refused by both mypy and pyright: "non-frozen dataclass cannot inherit from a
+        frozen dataclass".)"""
+
+    class _ParamsBase(BaseModel, metaclass=_FrozenModelMeta):
+        pass
+else:
+    _ParamsBase = BaseModel  # (at run time pydantic's own: nothing changes)
+
+
+class Params(_ParamsBase):
+    """Base class of operator parameter models: unknown keys are refused, instances are frozen.
+
+    Type checkers see them frozen too (:class:`_FrozenModelMeta`) and flag ``op.params.k = 7``; at run time the
+    assignment is a :class:`~ragkit.errors.ParamError` saying how to change a parameter (:meth:`__setattr__`)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True, allow_inf_nan=False)
+
+    if not TYPE_CHECKING:  # (hidden from type checkers, which read the class as frozen and refuse the assignment)
+        def __setattr__(self, name: str, value: Any) -> None:
+            """Refuse changing a parameter in place (pydantic's "Instance is frozen") with a :class:`ParamError`
+            naming the field and the ways to change it; private attributes (``_name``) are pydantic's."""
+            if name.startswith("_"):
+                super().__setattr__(name, value)
+                return
+            raise self._frozen_refusal(name, f"set {name}={_short_repr(value)}", f"{name}={_short_repr(value)}")
+
+        def __delattr__(self, name: str) -> None:
+            if name.startswith("_"):
+                super().__delattr__(name)
+                return
+            raise self._frozen_refusal(name, f"delete {name}", f"{name}=...")
+
+    def _frozen_refusal(self, name: str, attempt: str, change: str) -> ParamError:
+        """The :class:`ParamError` of a change in place of the frozen parameter ``name`` (``attempt``: what was
+        tried, ``set k=7``; ``change``: the keyword that makes it, ``k=7``)."""
+        model = type(self).__name__
+        fields = type(self).model_fields
+        if name not in fields:
+            return ParamError(f"{model}: cannot {attempt}: parameters are frozen, and {model} has no parameter "
+                              f"{name!r} (its parameters: {', '.join(fields) or 'none'})", path=name)
+        return ParamError(
+            f"{model}.{name}: cannot {attempt} in place: an operator's parameters are frozen (validated once, "
+            f"then compared, saved and fingerprinted as they are). To change it, build the operator anew, "
+            f"type(op)(op.params.updated({change})), and fit it; or give a fitted operator a validated copy, "
+            f"op.params = op.params.updated({change}), for a parameter its search reads (what fit learned stays as "
+            f"it was)", path=name)
 
     @field_validator("*", mode="before")
     @classmethod

@@ -14,17 +14,17 @@ import importlib
 import os
 import sys
 import warnings
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Literal, TypeVar, get_args
 
 from ragkit.errors import InputTypeError, ParamError
 
 if TYPE_CHECKING:
     from ragkit.operator import Operator
 
-__all__ = ["register", "get", "names", "load_all", "structural_keys", "FAMILIES", "KINDS", "ENTRY_POINT_GROUP"]
+__all__ = ["register", "get", "names", "load_all", "structural_keys", "FAMILIES", "KINDS", "Kind", "ENTRY_POINT_GROUP"]
 
 _REGISTRY: dict[str, type["Operator"]] = {}
-T = TypeVar("T", bound=type)
+T = TypeVar("T", bound="type[Operator]")
 
 #: Packages whose import registers operators.
 FAMILIES = ("ragkit.retrievers", "ragkit.filters", "ragkit.pipelines", "ragkit.generators")
@@ -32,11 +32,14 @@ _loaded = False
 _plugins_loaded = False
 #: Top-level modules of ragkit's extras (``pyproject.toml``): a family may be missing only for these.
 OPTIONAL = frozenset({"transformers", "gguf", "accelerate", "ray", "matplotlib", "datasets", "langchain_core"})
+#: The type of :data:`KINDS`' values: :attr:`Operator.kind <ragkit.operator.Operator.kind>` is declared with it, so
+#: that a type checker refuses ``kind = "rerank"`` in an operator class (:func:`register` refuses it at run time).
+Kind = Literal["retriever", "reranker", "filter", "fuser", "router", "judge", "rewriter", "generator"]
 #: The ``kind`` a registered operator class may declare (what the pipeline checks and the CLI read it by).
 #: ``"composite"`` is not one: it is the kind of the structural operators (``Pipeline``, ``Parallel``, ``Route``,
 #: ``Loop``), which are not registered (YAML spells them with its structural keys) and run their children
 #: themselves; a registered operator declaring it would be taken for one by the pipeline's checks.
-KINDS = ("retriever", "reranker", "filter", "fuser", "router", "judge", "rewriter", "generator")
+KINDS: tuple[Kind, ...] = get_args(Kind)
 #: The entry-point group whose entries :func:`load_all` imports: ``[project.entry-points."ragkit.operators"]``
 #: ``tfidf = "my_package.operators"`` in a package's ``pyproject.toml`` makes its operators known wherever it is
 #: installed (YAML, the command line, saved folders), without importing it first.

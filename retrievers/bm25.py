@@ -563,24 +563,25 @@ class QueryCounts(NamedTuple):
 
 
 class BM25Params(Params):
-    k: int = Field(100, ge=1, description="Results per query.")
+    k: int = Field(default=100, ge=1, description="Results per query.")
     variant: Literal["lucene", "okapi"] = Field(
-        "lucene", description="Scoring formula: 'lucene' (Anserini) or 'okapi' (rank-bm25's BM25Okapi formula; "
-                              "it keeps this k1 = 0.9 and b = 0.4 unless they are set, where rank-bm25 uses "
-                              "k1 = 1.5, b = 0.75); see module docs.")
-    k1: float = Field(0.9, ge=0, description="Term-frequency saturation (0 = binary term weights).")
-    b: float = Field(0.4, ge=0, le=1, description="Document-length normalisation, 0 (none) to 1 (full).")
-    epsilon: float = Field(0.25, ge=0, description="okapi only: negative idfs become epsilon * mean idf.")
+        default="lucene", description="Scoring formula: 'lucene' (Anserini) or 'okapi' (rank-bm25's BM25Okapi formula; "
+                                      "it keeps this k1 = 0.9 and b = 0.4 unless they are set, where rank-bm25 uses "
+                                      "k1 = 1.5, b = 0.75); see module docs.")
+    k1: float = Field(default=0.9, ge=0, description="Term-frequency saturation (0 = binary term weights).")
+    b: float = Field(default=0.4, ge=0, le=1, description="Document-length normalisation, 0 (none) to 1 (full).")
+    epsilon: float = Field(default=0.25, ge=0, description="okapi only: negative idfs become epsilon * mean idf.")
     tokenizer: Literal["alnum", "unicode", "whitespace"] = Field(
-        "alnum", description="'alnum': lowercase, split on non-[0-9a-z] (drops non-ASCII letters); 'unicode': "
-                             "lowercase, keep runs of Unicode letters and digits; 'whitespace': lowercase, split "
-                             "on whitespace.")
-    stopwords: Literal["lucene", "none"] = Field("lucene", description="Stopword list removed before stemming.")
+        default="alnum",
+        description="'alnum': lowercase, split on non-[0-9a-z] (drops non-ASCII letters); 'unicode': "
+                    "lowercase, keep runs of Unicode letters and digits; 'whitespace': lowercase, split "
+                    "on whitespace.")
+    stopwords: Literal["lucene", "none"] = Field(default="lucene", description="Stopword list removed before stemming.")
     stemmer: Literal["porter", "english", "none"] = Field(
-        "porter", description="PyStemmer algorithm: 'porter', 'english' (Snowball) or 'none'.")
-    fields: Literal["title_text", "text"] = Field("title_text", description="Index title + text, or text only.")
-    n_jobs: int = Field(1, ge=-1, description="Threads scoring query chunks in parallel; -1 = all cores.")
-    filter: MetadataFilter = Field(None, description="Metadata filter {field: value or [values]}.")
+        default="porter", description="PyStemmer algorithm: 'porter', 'english' (Snowball) or 'none'.")
+    fields: Literal["title_text", "text"] = Field(default="title_text", description="Index title + text, or text only.")
+    n_jobs: int = Field(default=1, ge=-1, description="Threads scoring query chunks in parallel; -1 = all cores.")
+    filter: MetadataFilter = Field(default=None, description="Metadata filter {field: value or [values]}.")
 
     @field_validator("n_jobs")
     @classmethod

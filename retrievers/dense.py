@@ -51,44 +51,51 @@ _MAX_BEAM = 1 << 20
 
 
 class DenseParams(Params):
-    model: ModelName = Field(DEFAULT_MODEL, description="Sentence-transformers model name or folder.")
-    k: int = Field(100, ge=1, description="Results per query.")
+    model: ModelName = Field(default=DEFAULT_MODEL, description="Sentence-transformers model name or folder.")
+    k: int = Field(default=100, ge=1, description="Results per query.")
     search: Literal["auto", "exact", "hnsw"] = Field(
-        "auto", description="exact (numpy), hnsw (usearch graph) or auto: exact up to exact_max documents, decided "
-                            "once at fit (an index fitted small and grown by add stays exact; refit to switch).")
-    batch_size: int = Field(64, ge=1, description="Encoding batch size.")
-    filter: MetadataFilter = Field(None, description="Metadata filter {field: value or [values]}.")
+        default="auto",
+        description="exact (numpy), hnsw (usearch graph) or auto: exact up to exact_max documents, decided "
+                    "once at fit (an index fitted small and grown by add stays exact; refit to switch).")
+    batch_size: int = Field(default=64, ge=1, description="Encoding batch size.")
+    filter: MetadataFilter = Field(default=None, description="Metadata filter {field: value or [values]}.")
     dtype: VectorDtype = Field(
-        "f32", description="Vector storage: f32, f16, i8 (per-dimension calibrated on the corpus) or b1 (packed sign "
-                           "bits: scored against the float query; Hamming in a graph); float32, float16/fp16/half, "
-                           "int8, binary/bit are read as those.")
-    metric: Metric = Field("cos", description="cos: cosine (unit vectors), or ip: raw inner product (cosine; dot, "
-                                              "inner_product are read as those).")
-    rescore: bool = Field(False, description="Re-score an oversample*k shortlist with the float vectors, kept "
-                                              "memory-mapped on disk (needs dtype != f32 or a reduce).")
-    oversample: int = Field(4, ge=1, description="Shortlist size as a multiple of k (rescore, and the re-ranking of "
-                                                 "a b1 graph's Hamming shortlist; unused where search: auto fits an "
-                                                 "exact index, on a corpus of at most exact_max documents).")
-    reduce: str = Field("none", pattern=r"^(none|(pca|matryoshka):[1-9][0-9]*)$",
+        default="f32",
+        description="Vector storage: f32, f16, i8 (per-dimension calibrated on the corpus) or b1 (packed sign "
+                    "bits: scored against the float query; Hamming in a graph); float32, float16/fp16/half, "
+                    "int8, binary/bit are read as those.")
+    metric: Metric = Field(default="cos",
+                           description="cos: cosine (unit vectors), or ip: raw inner product (cosine; dot, "
+                                       "inner_product are read as those).")
+    rescore: bool = Field(default=False, description="Re-score an oversample*k shortlist with the float vectors, kept "
+                                                      "memory-mapped on disk (needs dtype != f32 or a reduce).")
+    oversample: int = Field(default=4,
+                            ge=1, description="Shortlist size as a multiple of k (rescore, and the re-ranking of "
+                                              "a b1 graph's Hamming shortlist; unused where search: auto fits an "
+                                              "exact index, on a corpus of at most exact_max documents).")
+    reduce: str = Field(default="none", pattern=r"^(none|(pca|matryoshka):[1-9][0-9]*)$",
                         description="none, pca:<dims> (fitted on the corpus, at least <dims> documents; "
                                     "without rescore, scores are centred cosines in the reduced space, not cosines: "
                                     "use rescore where scores are thresholded) or matryoshka:<dims> "
                                     "(truncate + renormalise; only for Matryoshka-trained models).")
-    whiten: bool = Field(False, description="Whiten PCA components (divide by their standard deviation).")
-    connectivity: int = Field(16, ge=2, le=4096, description="HNSW graph degree (M).")
+    whiten: bool = Field(default=False, description="Whiten PCA components (divide by their standard deviation).")
+    connectivity: int = Field(default=16, ge=2, le=4096, description="HNSW graph degree (M).")
     # (beam widths at most 2**20: usearch allocates its beam up front, and 2**31 - 1 failed as a bare "Out of
     # memory!"; a beam wider than the corpus finds nothing more, and HNSW's are tens to a few thousand)
-    expansion_add: int = Field(128, ge=1, le=_MAX_BEAM, description="HNSW beam width while building "
-                                                                    "(ef_construction).")
-    expansion_search: int = Field(64, ge=1, le=_MAX_BEAM, description="HNSW beam width while searching (ef).")
-    exact_max: int = Field(EXACT_MAX, ge=0, description="search=auto: exact numpy search up to this many documents.")
-    threads: int = Field(0, ge=0, description="usearch threads (0 = all cores).")
-    reorder: bool = Field(True, description="HNSW, from 16,384 documents: insert a random tenth first, then the rest "
-                                           "cluster by cluster (faster builds, as fast or faster search at equal "
-                                           "recall; results keep corpus order).")
+    expansion_add: int = Field(default=128, ge=1, le=_MAX_BEAM, description="HNSW beam width while building "
+                                                                            "(ef_construction).")
+    expansion_search: int = Field(default=64, ge=1, le=_MAX_BEAM, description="HNSW beam width while searching (ef).")
+    exact_max: int = Field(default=EXACT_MAX,
+                           ge=0, description="search=auto: exact numpy search up to this many documents.")
+    threads: int = Field(default=0, ge=0, description="usearch threads (0 = all cores).")
+    reorder: bool = Field(default=True,
+                          description="HNSW, from 16,384 documents: insert a random tenth first, then the rest "
+                                     "cluster by cluster (faster builds, as fast or faster search at equal "
+                                     "recall; results keep corpus order).")
     adapt: AdaptConfig | None = Field(
-        None, description="Fine-tune the encoder on fit's judged training queries (multiple-negatives ranking loss, "
-                          "BM25 + dense hard negatives) before indexing; the tuned model is cached and saved.")
+        default=None,
+        description="Fine-tune the encoder on fit's judged training queries (multiple-negatives ranking loss, "
+                    "BM25 + dense hard negatives) before indexing; the tuned model is cached and saved.")
 
     @model_validator(mode="after")
     def _compatible(self) -> "DenseParams":

@@ -59,61 +59,70 @@ def default_n_clusters(n_docs: int) -> int:
 
 
 class KnnEmbedParams(Params):
-    model: ModelName = Field(DEFAULT_MODEL,
+    model: ModelName = Field(default=DEFAULT_MODEL,
                              description="Sentence-transformers model name or folder (the dense encoder).")
     k: int = Field(
-        100, ge=1, description="Results per query, and the budget the anchor and the components share: "
-                               "round(anchor_share * k) dense slots, the rest to the components.  With merge: score "
-                               "the anchor's results (the best cosines) come first, so a top-k shorter than "
-                               "anchor_share * k (a search's k=10 over k=100) is plain dense; for a top-k shorter "
-                               "than k set k to it, or use merge: interleave, whose first slots are diversified.")
-    filter: MetadataFilter = Field(None, description="Metadata filter {field: value or [values]}.")
+        default=100,
+        ge=1, description="Results per query, and the budget the anchor and the components share: "
+                          "round(anchor_share * k) dense slots, the rest to the components.  With merge: score "
+                          "the anchor's results (the best cosines) come first, so a top-k shorter than "
+                          "anchor_share * k (a search's k=10 over k=100) is plain dense; for a top-k shorter "
+                          "than k set k to it, or use merge: interleave, whose first slots are diversified.")
+    filter: MetadataFilter = Field(default=None, description="Metadata filter {field: value or [values]}.")
     n_clusters: int | None = Field(
-        None, ge=2, description="k-means clusters C; None = clamp(round(sqrt(N/2)), 4, 1024), at most N.")
-    n_init: int = Field(3, ge=1, le=1000, description="k-means restarts (scikit-learn n_init).")
-    seed: Seed = Field(0, description="k-means random seed.")
+        default=None, ge=2, description="k-means clusters C; None = clamp(round(sqrt(N/2)), 4, 1024), at most N.")
+    n_init: int = Field(default=3, ge=1, le=1000, description="k-means restarts (scikit-learn n_init).")
+    seed: Seed = Field(default=0, description="k-means random seed.")
     fit_threads: int | None = Field(
-        1, ge=1, description="Threads for k-means (OpenMP/BLAS); None = library default.  1 is ~10x faster than 2 on "
-                             "a shared, oversubscribed machine.  Other thread counts give the same labels (measured: 1 "
-                             "vs 2 threads), with centroids equal only to float rounding, not bit for bit.")
+        default=1,
+        ge=1, description="Threads for k-means (OpenMP/BLAS); None = library default.  1 is ~10x faster than 2 on "
+                          "a shared, oversubscribed machine.  Other thread counts give the same labels (measured: 1 "
+                          "vs 2 threads), with centroids equal only to float rounding, not bit for bit.")
     min_cluster_size: int = Field(
-        5, ge=1, description="Clusters with fewer documents are never a mixture component "
-                             "(they still serve the anchor).")
-    n_neighbors: int = Field(20, ge=1, description="m: pseudo-relevant top documents that vote for clusters.")
+        default=5, ge=1, description="Clusters with fewer documents are never a mixture component "
+                                     "(they still serve the anchor).")
+    n_neighbors: int = Field(default=20, ge=1, description="m: pseudo-relevant top documents that vote for clusters.")
     tau: float | None = Field(
-        0.05, gt=0, description="Neighbour weight temperature in cosine units, w_j = exp((s_j - s_1)/tau); "
-                                 "None = uniform counts.")
-    alpha: float = Field(1.0, ge=0, description="Prior strength in pseudo-documents (additive smoothing).")
+        default=0.05, gt=0, description="Neighbour weight temperature in cosine units, w_j = exp((s_j - s_1)/tau); "
+                                         "None = uniform counts.")
+    alpha: float = Field(default=1.0, ge=0, description="Prior strength in pseudo-documents (additive smoothing).")
     prior: Literal["global", "local"] = Field(
-        "global", description="global: cluster sizes / N; local: cluster histogram of the dense top local_depth.")
-    local_depth: int = Field(100, ge=1, description="M_local: depth of the dense pass used by prior='local'.")
-    weight_floor: float = Field(0.05, ge=0, lt=1, description="Components with smoothed weight below this are dropped.")
-    max_components: int = Field(4, ge=1, description="At most this many mixture components per query.")
+        default="global",
+        description="global: cluster sizes / N; local: cluster histogram of the dense top local_depth.")
+    local_depth: int = Field(default=100, ge=1, description="M_local: depth of the dense pass used by prior='local'.")
+    weight_floor: float = Field(default=0.05,
+                                ge=0, lt=1, description="Components with smoothed weight below this are dropped.")
+    max_components: int = Field(default=4, ge=1, description="At most this many mixture components per query.")
     collapse_at: float = Field(
-        0.85, gt=0, le=1, description="If the top component's (renormalised) weight is >= this, or only one component "
-                                      "survives, the query is answered as plain dense top-k.  1.0 = collapse only "
-                                      "single-component queries.")
+        default=0.85,
+        gt=0, le=1, description="If the top component's (renormalised) weight is >= this, or only one component "
+                                "survives, the query is answered as plain dense top-k.  1.0 = collapse only "
+                                "single-component queries.")
     anchor_share: float = Field(
-        0.5, ge=0, le=1, description="Share of the k slots kept for plain unrestricted dense results (1.0 = dense).")
+        default=0.5,
+        ge=0, le=1, description="Share of the k slots kept for plain unrestricted dense results (1.0 = dense).")
     component_query: Literal["filter", "rocchio_filter"] = Field(
-        "filter", description="filter: the query itself searched inside the cluster; rocchio_filter: "
-                              "normalise(q + rocchio_lambda * mean of the query's top-m docs in the cluster), inside "
-                              "the cluster (ranking only; returned scores stay q.d).")
+        default="filter",
+        description="filter: the query itself searched inside the cluster; rocchio_filter: "
+                    "normalise(q + rocchio_lambda * mean of the query's top-m docs in the cluster), inside "
+                    "the cluster (ranking only; returned scores stay q.d).")
     rocchio_lambda: float = Field(
-        0.5, ge=0, description="Weight of the Rocchio shift (component_query='rocchio_filter').")
+        default=0.5, ge=0, description="Weight of the Rocchio shift (component_query='rocchio_filter').")
     merge: Literal["score", "interleave"] = Field(
-        "score", description="score: union sorted by cosine; interleave: Sainte-Laguë order over the anchor and "
-                             "components (diversity in the first slots), with the weights of their slot shares: "
-                             "anchor_share for the anchor, (1 - anchor_share) * pi(c) for a component (the spec "
-                             "weighs a component by pi(c) alone, which gives the anchor fewer early slots than "
-                             "its share); its scores are then rank scores (k - i) / k and the cosine is in "
-                             "fields['cosine'] (so dbnorm and cosine_adapter, which read cosines, refuse to follow "
-                             "it).")
+        default="score",
+        description="score: union sorted by cosine; interleave: Sainte-Laguë order over the anchor and "
+                    "components (diversity in the first slots), with the weights of their slot shares: "
+                    "anchor_share for the anchor, (1 - anchor_share) * pi(c) for a component (the spec "
+                    "weighs a component by pi(c) alone, which gives the anchor fewer early slots than "
+                    "its share); its scores are then rank scores (k - i) / k and the cosine is in "
+                    "fields['cosine'] (so dbnorm and cosine_adapter, which read cosines, refuse to follow "
+                    "it).")
     search: Literal["auto", "gather", "masked", "partitioned"] = Field(
-        "auto", description="In-cluster search: gather = the cluster's columns of the batch's exact score matrix; "
-                            "masked = full score rows masked to the cluster; partitioned = per-cluster contiguous "
-                            "sub-matrices (the analogue of per-cluster sub-indexes); auto = gather (measured fastest, "
-                            "bench/diversity.py; rocchio_filter always scores per cluster).")
+        default="auto",
+        description="In-cluster search: gather = the cluster's columns of the batch's exact score matrix; "
+                    "masked = full score rows masked to the cluster; partitioned = per-cluster contiguous "
+                    "sub-matrices (the analogue of per-cluster sub-indexes); auto = gather (measured fastest, "
+                    "bench/diversity.py; rocchio_filter always scores per cluster).")
 
     @model_validator(mode="after")
     def _check(self) -> "KnnEmbedParams":

@@ -73,17 +73,20 @@ __all__ = ["Muvera", "MuveraParams", "MaxSimExact", "MaxSimExactParams", "TokenP
 class TokenParams(Params):
     """Token-encoder parameters shared by the multi-vector operators."""
 
-    model: ModelName = Field(DEFAULT_MODEL, description="Sentence-transformers model whose token embeddings are used.")
+    model: ModelName = Field(default=DEFAULT_MODEL,
+                             description="Sentence-transformers model whose token embeddings are used.")
     special_tokens: Literal["keep", "drop"] = Field(
-        "keep", description=("'keep' every token vector; 'drop' the tokenizer's special tokens ([CLS], [SEP] and "
-                             "[UNK], so a text of unknown symbols can keep no token); padding is always dropped."))
-    batch_size: int = Field(32, ge=1, description="Texts per forward pass when encoding tokens.")
+        default="keep",
+        description=("'keep' every token vector; 'drop' the tokenizer's special tokens ([CLS], [SEP] and "
+                     "[UNK], so a text of unknown symbols can keep no token); padding is always dropped."))
+    batch_size: int = Field(default=32, ge=1, description="Texts per forward pass when encoding tokens.")
     ball_carve_tau: float | None = Field(
-        None, ge=-1.0, le=1.0,
+        default=None, ge=-1.0, le=1.0,
         description="Ball-carve query tokens at this cosine before the exact MaxSim (None = off; rerank only).")
     adapt: AdaptConfig | None = Field(
-        None, description="Fine-tune the encoder on fit's judged training queries first (as dense's adapt; the same "
-                          "settings share one tuned model); its token vectors are then used.")
+        default=None,
+        description="Fine-tune the encoder on fit's judged training queries first (as dense's adapt; the same "
+                    "settings share one tuned model); its token vectors are then used.")
 
 
 class TokenOperatorMixin(TunedEncoderMixin):
@@ -185,41 +188,44 @@ def check_fde_size(dims: int, formula: str, field: str | None = None) -> None:
 
 
 class MuveraParams(TokenParams):
-    k: int = Field(100, ge=1, description="Results per query.")
-    candidates: int = Field(200, ge=1, description=(
+    k: int = Field(default=100, ge=1, description="Results per query.")
+    candidates: int = Field(default=200, ge=1, description=(
         "Documents taken by FDE inner product and rescored exactly (only with rerank: without it the FDE search "
         "returns k)."))
-    k_sim: int = Field(5, ge=0, le=MAX_K_SIM, description="SimHash hyperplanes per repetition (2**k_sim buckets).")
-    d_proj: int = Field(16, ge=1, description=(
+    k_sim: int = Field(default=5,
+                       ge=0, le=MAX_K_SIM, description="SimHash hyperplanes per repetition (2**k_sim buckets).")
+    d_proj: int = Field(default=16, ge=1, description=(
         "Inner projection size per bucket (refused with projection='identity', which keeps the token dimension)."))
-    r_reps: int = Field(20, ge=1, description="Independent FDE repetitions.")
-    d_final: int | None = Field(None, ge=1, description=(
+    r_reps: int = Field(default=20, ge=1, description="Independent FDE repetitions.")
+    d_final: int | None = Field(default=None, ge=1, description=(
         "Optional final Count-Sketch dimension of the FDE: smaller than the FDE before it (r_reps * 2**k_sim * "
         "d_proj, or * the token dimension for identity) and at most 2**20."))
     projection: Literal["ams", "countsketch", "identity"] = Field(
-        "ams", description="Inner projection: dense ±1/sqrt(d_proj) (paper), Count-Sketch (reference code), identity.")
-    fill_empty: bool = Field(True, description="Fill empty document buckets with the Hamming-nearest token.")
-    mean_weight: float = Field(0.0, ge=0, le=MAX_MEAN_WEIGHT, description=(
+        default="ams",
+        description="Inner projection: dense ±1/sqrt(d_proj) (paper), Count-Sketch (reference code), identity.")
+    fill_empty: bool = Field(default=True, description="Fill empty document buckets with the Hamming-nearest token.")
+    mean_weight: float = Field(default=0.0, ge=0, le=MAX_MEAN_WEIGHT, description=(
         "Mean channel of the FDE (ragkit extension; 0 = the paper's FDE): documents add their unit mean token, "
         "queries mean_weight * r_reps * their token sum, so FDE scores add a single-vector similarity.  At most "
         "1e4: the weight scales the channel against the SimHash blocks, which vanish below float32 rounding "
         "beyond (and the scores overflow)."))
-    seed: Seed = Field(42, description=(
+    seed: Seed = Field(default=42, description=(
         "Seed of the FDE random matrices: repetition r uses default_rng(seed + r), as ALGORITHMS.md specifies, so "
         "seeds s and s + 1 share r_reps - 1 repetitions (shifted by one); to compare independent draws, use seeds "
         "at least r_reps apart."))
     fde_dtype: FdeDtype = Field(
-        "f32", description="Storage of the document FDEs in the vector index (i8: per-dimension calibrated; float32, "
-                           "float16/fp16/half and int8 are read as f32, f16, i8).")
+        default="f32",
+        description="Storage of the document FDEs in the vector index (i8: per-dimension calibrated; float32, "
+                    "float16/fp16/half and int8 are read as f32, f16, i8).")
     search: Literal["auto", "exact", "hnsw"] = Field(
-        "auto", description="FDE index search: exact numpy, usearch HNSW, or auto by corpus size.")
-    rerank: bool = Field(True, description="Rescore candidates with exact MaxSim (False: FDE scores only).")
-    prune: int | None = Field(None, ge=1, description=(
+        default="auto", description="FDE index search: exact numpy, usearch HNSW, or auto by corpus size.")
+    rerank: bool = Field(default=True, description="Rescore candidates with exact MaxSim (False: FDE scores only).")
+    prune: int | None = Field(default=None, ge=1, description=(
         "Keep this many of the FDE candidates, ranked by centroid interaction (PLAID), for the exact rerank "
         "(None = rerank every candidate)."))
-    centroids: int = Field(4096, ge=1, description=(
+    centroids: int = Field(default=4096, ge=1, description=(
         "Token codebook size for prune (spherical k-means over a sample of the corpus's tokens at fit)."))
-    filter: MetadataFilter = Field(None, description="Metadata filter {field: value or [values]}.")
+    filter: MetadataFilter = Field(default=None, description="Metadata filter {field: value or [values]}.")
 
     @model_validator(mode="after")
     def _check(self) -> "MuveraParams":
@@ -464,8 +470,8 @@ class Muvera(TokenOperatorMixin, Operator):
 
 # ----------------------------------------------------------------------------- exact MaxSim
 class MaxSimExactParams(TokenParams):
-    k: int = Field(100, ge=1, description="Results per query.")
-    filter: MetadataFilter = Field(None, description="Metadata filter {field: value or [values]}.")
+    k: int = Field(default=100, ge=1, description="Results per query.")
+    filter: MetadataFilter = Field(default=None, description="Metadata filter {field: value or [values]}.")
 
 
 @register

