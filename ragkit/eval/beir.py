@@ -360,7 +360,7 @@ def read_qrels(path: str | os.PathLike[str]) -> Qrels:
     return _read_qrels(path)[0]
 
 
-def _read_qrels(path: str | Path) -> tuple[Qrels, dict[str, int]]:
+def _read_qrels(path: str | os.PathLike[str]) -> tuple[Qrels, dict[str, int]]:
     """:func:`read_qrels`, and the line on which each query id is first judged (for errors naming it)."""
     path = user_path(path, "read_qrels: path")
     if not path.is_file():
