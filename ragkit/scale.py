@@ -781,7 +781,8 @@ class ShardedParams(Params):
         default=None,
         description="Where a fit writes its shard folders (a fresh ragkit-shards-* folder inside it per fit, removed "
                     "with the operator); must be shared storage on a multi-node cluster (default: a local temporary "
-                    "folder); a relative path is taken from the folder the fit runs in.")
+                    "folder); a relative path is taken from the folder the fit runs in, and a fitted operator holds "
+                    "(and saves) that absolute folder.")
 
     @field_validator("workdir", mode="before")
     @classmethod
@@ -914,6 +915,35 @@ def _live(bounds: np.ndarray) -> np.ndarray:
 def _groups(live: np.ndarray, n_actors: int) -> list[np.ndarray]:
     """The shards of ``live`` each of ``n_actors`` Ray actors serves: consecutive runs, as even as can be."""
     return [g for g in np.array_split(live, max(1, n_actors)) if len(g)]
+
+
+def _kind(e: BaseException) -> str:
+    """The class of what failed, for an error message: the user exception behind a ``RayTaskError``, the
+    original's of a :class:`_Permanent`, else the Ray error's own."""
+    cause = getattr(e, "cause", None)
+    if isinstance(cause, _Permanent):
+        return str(cause).split(":", 1)[0]
+    if isinstance(cause, BaseException) and not type(cause).__module__.startswith("ray."):
+        return type(cause).__name__
+    return type(e).__name__
+
+
+def _also_failed(ray: Any, groups: Sequence[np.ndarray], refs: Sequence[Any]) -> str:
+    """``"; also shards 2, 3 (ActorDiedError)"``: the shard groups of ``refs`` whose Ray tasks have ended (the
+    caller drained them) in an error, each with its error's class (:func:`_kind`); ``""`` when none did."""
+    try:
+        ended = set(ray.wait(list(refs), num_returns=len(refs), timeout=0)[0]) if refs else set()
+    except Exception:  # noqa: BLE001 - best effort: the first failure is reported anyway
+        return ""
+    failed = []
+    for group, ref in zip(groups, refs):  # a loop over Ray actors
+        if ref not in ended:
+            continue
+        try:
+            ray.get(ref, timeout=0)
+        except Exception as e:  # noqa: BLE001 - what it failed on, named
+            failed.append(f"{_which(group)} ({_kind(e)})")
+    return "; also " + ", ".join(failed) if failed else ""
 
 
 def _which(shards: Iterable[Any]) -> str:
@@ -1248,6 +1278,10 @@ class Sharded(Operator):
         # actors as they were; fit stops the earlier actors and removes the earlier folder once it succeeds)
         self._actors, self._actor_docs = None, None
         self._dir, self.bounds_, self.shards_, self.folders_ = tmp, bounds, shards, folders
+        workdir = self.params.workdir
+        if workdir and not os.path.isabs(os.path.expanduser(workdir)):
+            # the folder it used, as its saved parameters say: a load elsewhere does not read it from its own folder
+            self.params = self.params.updated(workdir=str(root.parent))
 
     def _build_shards(self, corpus: Corpus, bounds: np.ndarray, folders: list[str]) -> None:
         """Fit and save one shard per slice ``bounds[s]:bounds[s + 1]`` of ``corpus`` into ``folders[s]``
@@ -1449,7 +1483,7 @@ class Sharded(Operator):
             groups = _groups(live, len(actors))
             refs = [a.search.remote(texts, options, rewrites) for a in actors]
             results: list[_Flat] = []
-            for group, ref in zip(groups, refs):
+            for i, (group, ref) in enumerate(zip(groups, refs)):
                 try:
                     results += ray.get(ref)
                 except Exception as e:
@@ -1465,13 +1499,14 @@ class Sharded(Operator):
                         # search raises it, the remote traceback chained; the actors are sound and stay
                         raise raised from e
                     self._drop_actors(actors)
+                    if isinstance(e, RayActorError) and attempt == 1:
+                        break  # its actor is gone: once more on new actors
+                    also = _also_failed(ray, groups[i + 1:], refs[i + 1:])  # every failed shard is named
                     if isinstance(e, RayActorError):
-                        if attempt == 1:
-                            break  # its actor is gone: once more on new actors
                         raise ShardError(f"sharded: {_which(group)} failed to search: its Ray actor is gone "
                                          f"({type(e).__name__}), also on new actors started after a first "
-                                         f"failure") from e
-                    raise ShardError(f"sharded: {_which(group)} failed to search: {_reason(e)}") from None
+                                         f"failure{also}") from e
+                    raise ShardError(f"sharded: {_which(group)} failed to search: {_reason(e)}{also}") from None
             else:
                 return results
         raise AssertionError("unreachable")  # (the second attempt returns or raises)

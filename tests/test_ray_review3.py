@@ -95,3 +95,57 @@ def test_a_ray_fit_sends_only_uncached_texts_to_ray(tmp_path, monkeypatch):
     sent.clear()
     assert scale.fit_pipeline(pipe, corpus, None) is pipe
     assert sent == []  # all cached: no Ray pool
+
+
+def test_a_relative_workdir_is_saved_as_the_absolute_folder_the_fit_used(tmp_path, monkeypatch):
+    """``workdir: wd`` was saved as written and read again from the loading process's folder: the fitted operator's
+    parameters (so its save) hold the absolute folder its fit used; an unfitted one keeps what was written."""
+    import os
+
+    from conftest import word_corpus
+
+    from ragkit.pipelines import Pipeline
+    from ragkit.scale import Sharded
+
+    monkeypatch.chdir(tmp_path)
+    sh = Sharded(retriever={"bm25": {}}, n_shards=2, k=5, backend="local", workdir="wd")
+    assert sh.params.workdir == "wd" and "workdir: wd" in Pipeline([sh]).to_yaml()
+    pipe = Pipeline([sh]).fit(word_corpus(20))
+    assert pipe.steps[0].params.workdir == str(tmp_path / "wd")
+    pipe.save("saved")
+    assert f"workdir: {tmp_path / 'wd'}" in (tmp_path / "saved" / "pipeline.yaml").read_text()
+    os.chdir("/")
+    assert Pipeline.load(tmp_path / "saved").steps[0].params.workdir == str(tmp_path / "wd")
+
+
+def test_a_shard_error_names_every_failed_shard():
+    """Two of three shard actors failed: the ShardError named only the first one's shards.  (Ray is faked: the
+    actors' replies are errors or results as given.)"""
+    import numpy as np
+    from ray.exceptions import ObjectLostError
+
+    from ragkit.scale import Sharded, ShardError
+
+    lost = ObjectLostError("ab" * 20, b"", "(test)")
+    replies = {0: lost, 1: [], 2: ObjectLostError("cd" * 20, b"", "(test)")}
+
+    class Ref:
+        def __init__(self, n: int) -> None:
+            self.n = n
+
+    def get(ref, timeout=None):  # noqa: ANN001, ANN202
+        reply = replies[ref.n]
+        if isinstance(reply, Exception):
+            raise reply
+        return reply
+
+    ray = SimpleNamespace(get=get, wait=lambda refs, num_returns, timeout: (list(refs), []))
+    actors = [SimpleNamespace(search=SimpleNamespace(remote=lambda *a, n=n: Ref(n))) for n in range(3)]
+    dropped = []
+    fake = SimpleNamespace(_ray_actors=lambda ray: actors, _drop_actors=lambda a: dropped.append(a))
+    with pytest.raises(ShardError) as got:
+        Sharded._search_ray(fake, ray, np.arange(6), ["q"], {}, {})
+    text = str(got.value)
+    assert text.startswith("sharded: shards 0, 1 failed to search: ") and "ObjectLostError" in text
+    assert text.endswith("; also shards 4, 5 (ObjectLostError)"), text
+    assert "2, 3" not in text and dropped == [actors]
