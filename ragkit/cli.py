@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Optional
 import typer
 from rich.console import Console
 from rich.markup import escape
+from rich.padding import Padding
 from rich.table import Table
 from rich.text import Text
 
@@ -53,13 +54,59 @@ EXIT_STATUS = ("Exit status: 0 success; 2 usage error or bad input (refused befo
                "interrupted; 141 standard output's reader closed the pipe (| head).  Notes and warnings go to "
                "standard error, results to standard output.")
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="markdown",
+
+
+def _examples(*commands: str) -> str:
+    """A command's help epilog: ``Examples:`` and ``commands``, one a line, kept as written (click's ``\\b``: not
+    re-wrapped), then :data:`EXIT_STATUS`."""
+    return "Examples:\n\n\b\n" + "\n".join(f"  {c}" for c in commands) + "\n\n" + EXIT_STATUS
+
+
+#: ``rich_markup_mode=None``: click's plain help, which wraps an option's name and description onto more lines where
+#: the terminal is narrow; Rich's help panels cut them (``--keep-ident…``, ``ndcg@10,hole@…``) and began with a
+#: blank line.
+app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
                   help="ragkit: retrieval operators that compose.", epilog=EXIT_STATUS,
-                  context_settings={"help_option_names": ["-h", "--help"]})
-console = Console()
+                  context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 120})
+# no highlighter: Rich's default one made brackets bold and slashes magenta in errors, paths and tables
+console = Console(highlight=False)
 # errors and notes are never hard-wrapped: a path or a YAML location in them stays on one line,
 # whatever the terminal width (or 80 columns when piped), so it can be copied and grepped
-err_console = Console(stderr=True, soft_wrap=True)
+err_console = Console(stderr=True, soft_wrap=True, highlight=False)
+
+#: Characters of ragkit's own output (``·`` between the timings, the ``Δ`` column of ``ragkit compare``) and the
+#: one-character ASCII each is written as where the terminal's encoding lacks it (``PYTHONIOENCODING=ascii``, a C
+#: locale): one column for one, so a table keeps its alignment.  Any other character is escaped (``\u4e1c``).
+_ASCII_FALLBACK = {"·": "-", "Δ": "D", "…": "~", "—": "-", "–": "-", "‘": "'", "’": "'", "“": '"', "”": '"',
+                   "→": ">", "×": "x", "≥": ">", "≤": "<", "✓": "v", "✗": "x", "•": "*"}
+#: The codec error handler :func:`_tolerant_stdout` gives standard output and standard error.
+FALLBACK_ERRORS = "ragkit.ascii_fallback"
+
+
+def _ascii_fallback(e: UnicodeError) -> tuple[str, int]:
+    """The codec error handler :data:`FALLBACK_ERRORS`: a character the stream's encoding lacks written as
+    :data:`_ASCII_FALLBACK`'s ASCII, or else escaped as ``backslashreplace`` escapes it."""
+    if not isinstance(e, UnicodeEncodeError):
+        raise e
+    bad = e.object[e.start:e.end]
+    return "".join(_ASCII_FALLBACK.get(c) or c.encode("ascii", "backslashreplace").decode("ascii")
+                   for c in bad), e.end
+
+
+import codecs  # noqa: E402  (next to its one use: the handler above, registered once per process)
+
+codecs.register_error(FALLBACK_ERRORS, _ascii_fallback)
+
+
+def _plain_if_no_color(ctx: typer.Context) -> None:
+    """``$NO_COLOR`` set (https://no-color.org): no ANSI styling at all for the command's duration, bold and dim
+    included (Rich's own ``NO_COLOR`` handling drops colours but keeps them)."""
+    if not os.environ.get("NO_COLOR"):
+        return
+    for c in (console, err_console):
+        was = c._color_system  # (Rich renders no escape codes with no colour system)
+        c._color_system = None
+        ctx.call_on_close(lambda c=c, was=was: setattr(c, "_color_system", was))
 
 
 class _NoteHandler(logging.Handler):
@@ -167,6 +214,7 @@ def _main(ctx: typer.Context,
     import warnings
 
     _tolerant_stdout(ctx)
+    _plain_if_no_color(ctx)
     shown = warnings.showwarning  # (put back when the command ends: a program calling the app keeps its own)
     warnings.showwarning = _show_warning
     ctx.call_on_close(lambda: setattr(warnings, "showwarning", shown))
@@ -268,6 +316,61 @@ def _load_folder(path: Path, option: str = "--pipeline"):
                       f"operator (no params.json); expected a folder written by Pipeline.save or Operator.save{others}")
 
 
+def _user_path(value: Any) -> Any:
+    """Every path option's and argument's callback: a leading ``~`` (``~/x.json``, ``~user/idx``) expanded to the home
+    folder, as the shell does for an unquoted word but not after ``=`` (``--output=~/x.json``) or in quotes, and as
+    ``Pipeline.load`` does: ``--output=~/x.json`` wrote a folder named ``~`` in the current one.  A ``str`` option
+    (``--data``, ``--pipeline``: a path or a name) only where it starts with ``~``; a list item by item."""
+    if isinstance(value, (list, tuple)):
+        return type(value)(_user_path(v) for v in value)
+    if isinstance(value, Path) and str(value).startswith("~"):
+        return value.expanduser()
+    if isinstance(value, str) and value.startswith("~"):
+        return os.path.expanduser(value)
+    return value
+
+
+def _writes_through(path: Path) -> bool:
+    """Whether the output ``path`` is no regular file but a character device or a pipe (``/dev/null``,
+    ``/dev/stdout``, ``/dev/stderr``, a shell's ``>(cmd)``, a named pipe): written straight into, since a temporary
+    file renamed over it would replace the device or the pipe (there is no file to keep whole)."""
+    import stat
+
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return False
+    return stat.S_ISCHR(mode) or stat.S_ISFIFO(mode)
+
+
+def _write_text(path: Path, text: str) -> None:
+    """Write ``text`` to the output ``path`` as UTF-8: atomically (a temporary file in its folder, renamed into
+    place), or straight into a device or pipe (:func:`_writes_through`)."""
+    if _writes_through(path):
+        with open(path, "w", encoding="utf-8", newline="\n") as f:
+            f.write(text)
+        return
+    with atomic_file(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+#: The parameters of the commands that hold paths (or a path or a name: ``--data``, ``--pipeline``).
+_PATH_PARAMS = frozenset({"data", "pipeline", "output", "run_file", "out", "index", "queries_file", "cache_dir", "path",
+                          "results", "baseline"})
+
+
+def _expands_paths(command: Any) -> Any:
+    """A command whose path parameters (:data:`_PATH_PARAMS`) come in with ``~`` expanded (:func:`_user_path`)
+    before its body checks or reads any."""
+    import functools
+
+    @functools.wraps(command)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        return command(*args, **{k: _user_path(v) if k in _PATH_PARAMS else v for k, v in kwargs.items()})
+
+    return run
+
+
 def _is_stdout(path: Optional[Path]) -> bool:
     """Whether an output option says ``-``: standard output (the human output goes to standard error)."""
     return path is not None and str(path) == "-"
@@ -279,9 +382,15 @@ def _prepare_output(path: Optional[Path], option: str, example: str) -> None:
         return
     if path.is_dir():
         raise RagkitError(f"{option} {path}: is a folder; expected a file path such as {path / example}")
-    if path.exists() and not path.is_file():  # renamed over, a device (/dev/null, as root) or a pipe would be lost
-        raise RagkitError(f"{option} {path}: not a regular file (a device, pipe or socket), which the written file "
-                          f"would replace; expected a file path such as {path.parent / example}")
+    if _writes_through(path):  # /dev/null, /dev/stdout, >(cmd): written straight into (:func:`_write_text`)
+        # (not opened to try: a pipe's reader would take that close for the end of its input)
+        if not os.access(path, os.W_OK):
+            raise RagkitError(f"{option} {path}: cannot be written (no write permission)")
+        return
+    if path.exists() and not path.is_file():  # a socket, a block device: the renamed file would replace it
+        raise RagkitError(f"{option} {path}: not a regular file, character device or pipe (a socket or a block "
+                          f"device), which the written file would replace; give a file path such as "
+                          f"{example}, or '-' for standard output")
     blocker = file_above(path)
     if blocker is not None:
         raise RagkitError(f"{option} {path}: {blocker} is a file, not a folder; choose another path")
@@ -311,7 +420,8 @@ def _prepare_outputs(ctx: typer.Context, output: Optional[Path], run_file: Optio
     if _is_stdout(output) or _is_stdout(run_file):
         _human_output_to_stderr(ctx)
     if output is not None and run_file is not None and (str(output) == str(run_file) == "-" or (
-            not _is_stdout(output) and not _is_stdout(run_file) and output.resolve() == run_file.resolve())):
+            not _is_stdout(output) and not _is_stdout(run_file) and output.resolve() == run_file.resolve()
+            and not _writes_through(output))):  # (both to /dev/null: nothing is replaced)
         raise RagkitError(f"--output and --run both name {output}; the run file would replace the JSON results: "
                           "give two paths")
     if run_file is not None:  # the tag column: no whitespace (the file's columns), not empty
@@ -493,7 +603,7 @@ def _exit_status(e: Exception) -> int:
 def _fail(e: Exception) -> None:
     """Print ``error: <e>`` on stderr and exit with :func:`_exit_status`'s status (2: bad input, 1: a failure
     while running)."""
-    err_console.print(f"[bold red]error:[/] {escape(str(e))}")
+    err_console.print(Text.assemble(("error:", "bold red"), f" {e}"))  # (plain: no markup, no highlighting)
     raise typer.Exit(code=_exit_status(e))
 
 
@@ -729,7 +839,7 @@ def _fit_and_score(pipe: Any, loaded: bool, sp: _Split, ks: list[int], trace: bo
     before = n_encoded()
     t0 = time.perf_counter()
     if not loaded:
-        with console.status("fitting (encoding and indexing)..."), caching_queries():
+        with err_console.status("fitting (encoding and indexing)..."), caching_queries():
             corpus = sp.dataset().corpus
             pipe.fit(corpus, sp.train, backend=backend) if backend != "local" else pipe.fit(corpus, sp.train)
     t_fit = time.perf_counter() - t0
@@ -857,7 +967,7 @@ def _timings_line(t_load: float, t_fit: float, encoded: int | None, search_s: fl
     encoded by the fit only when ``encoded`` is known: not with an encoder the user registered)."""
     qps = n_queries / max(search_s or 1e-9, 1e-9)
     rate = f"{qps:,.0f}" if qps >= 10 else f"{qps:.2g}"  # a few slow queries: not "0 q/s"
-    count = "" if encoded is None else f" ({encoded} documents encoded)"
+    count = "" if not encoded else f" ({encoded:,} documents encoded)"  # (none: bm25's, a saved folder's)
     return (f"load {t_load:.2f} s · fit {t_fit:.2f} s{count} · search {search_s:.2f} s "
             f"({rate} q/s) · total {total:.2f} s")
 
@@ -919,7 +1029,11 @@ def _subsets_fingerprint(splits: dict[str, "_Split"]) -> Optional[str]:
     return f"{SCORED_FINGERPRINT_KIND}:" + hashlib.sha256("".join(lines).encode("utf-8", "surrogatepass")).hexdigest()
 
 
-@app.command("eval", epilog=EXIT_STATUS)
+@app.command("eval", epilog=_examples(
+    "ragkit eval --data scifact --pipeline bm25 -o bm25.json",
+    "ragkit eval --data scifact --pipeline examples/hybrid.yaml -m ndcg@10,recall@100 -o hybrid.json",
+    "ragkit eval --data scifact,nfcorpus --pipeline bm25 --run bm25.trec"))
+@_expands_paths
 def eval_cmd(
     ctx: typer.Context,
     data: str = typer.Option(..., "--data", help="BEIR dataset name or folder; for an archive of several datasets "
@@ -1186,13 +1300,15 @@ def _write_outputs(output: Optional[Path], run_file: Optional[Path], run: Any, p
             continue
         try:
             if option == "--output":
-                with atomic_file(path) as tmp:
-                    tmp.write_text(json.dumps(payload, indent=2), encoding="utf-8")
+                _write_text(path, json.dumps(payload, indent=2))
+            elif _writes_through(path):  # (/dev/null, >(cmd): no file to rename into place)
+                with open(path, "w", encoding="utf-8", newline="\n") as f:
+                    run.to_trec(f, tag)
             else:
                 run.write_trec(path, tag)  # a temporary file in the same folder, renamed into place
         except OSError as e:
             raise _RunFailure(f"{option} {path}: could not be written: {e.strerror or e}") from None
-        console.print(Text(f"wrote {path}"), soft_wrap=True)
+        err_console.print(Text(f"wrote {path}"), soft_wrap=True)  # (a status line: stderr, as every note)
 
 
 #: Judged queries ``ragkit train``'s held-out report needs: one in five is held out.
@@ -1209,8 +1325,8 @@ def _want_report(report: Optional[bool], n: int, split: str) -> bool:
     if report:
         raise RagkitError(f"--report: {why}; pass --no-report, or use a split with more judged queries")
     if report is None:
-        console.print(f"[yellow]held-out report skipped:[/] {escape(str(why))} (--no-report silences this note)",
-                      soft_wrap=True)
+        err_console.print(Text.assemble(("held-out report skipped:", "yellow"),
+                                        f" {why} (--no-report silences this note)"), soft_wrap=True)
     return False
 
 
@@ -1233,7 +1349,10 @@ def _check_out_folder(out: Path) -> None:
         raise RagkitError(f"--out {out}: cannot write into the folder {parent}: {e.strerror or e}") from None
 
 
-@app.command("train", epilog=EXIT_STATUS)
+@app.command("train", epilog=_examples(
+    "ragkit train --data scifact --pipeline examples/learned.yaml --out scifact-learned",
+    "ragkit eval --data scifact --pipeline scifact-learned"))
+@_expands_paths
 def train_cmd(
     data: str = typer.Option(..., "--data", help="BEIR dataset name or folder."),
     pipeline: str = typer.Option(..., "--pipeline", "-p",
@@ -1308,7 +1427,7 @@ def train_cmd(
                 if tr is None and any(op.needs_train for op in iter_leaves(pipe)):
                     console.print("[dim]unlearned: skipped (parts of this pipeline fit only with judged queries)[/]")
                     continue
-                with console.status(f"fitting the {label} pipeline..."), caching_queries():
+                with err_console.status(f"fitting the {label} pipeline..."), caching_queries():
                     pipe.fit(ds.corpus, tr)
                 # as ragkit eval searches and scores (one deeper where queries are documents: ArguAna, Quora)
                 run = _search_scored(pipe, held, held_qrels, ds.corpus, _Scoring(), trace=True)
@@ -1320,7 +1439,7 @@ def train_cmd(
             console.print(title, soft_wrap=True)
             console.print(table)
             if len(held) < MIN_HELD_OUT:
-                console.print(Text.assemble(("caution:", "yellow"), (
+                err_console.print(Text.assemble(("caution:", "yellow"), (
                     f" the held-out rows rest on {len(held)} quer{'y' if len(held) == 1 else 'ies'}: a difference "
                     f"between them may be chance; a split with at least {5 * MIN_HELD_OUT} judged queries holds out "
                     f"{MIN_HELD_OUT} or more")), soft_wrap=True)
@@ -1329,7 +1448,7 @@ def train_cmd(
             print_stages(console, traces, title="what each step does to the held-out queries")
         pipe, _ = resolve_pipeline(pipeline)
         t0 = time.perf_counter()
-        with console.status(f"fitting on all {len(train.queries)} {split} queries..."), caching_queries():
+        with err_console.status(f"fitting on all {len(train.queries)} {split} queries..."), caching_queries():
             pipe.fit(ds.corpus, train)
         try:
             pipe.save(out)
@@ -1341,7 +1460,7 @@ def train_cmd(
     _print_learned(pipe)
     if report:
         _note_refit_differs(report_learned, pipe.learned(), len(train.queries), n_fit)
-    console.print(Text(f"fitted in {time.perf_counter() - t0:.1f} s; saved to {out} "  # the command on one line,
+    err_console.print(Text(f"fitted in {time.perf_counter() - t0:.1f} s; saved to {out} "  # the command on one line,
                        f"(evaluate with: ragkit eval --data {shlex.quote(data)} --pipeline {shlex.quote(str(out))})"),
                   soft_wrap=True)  # to copy
 
@@ -1383,7 +1502,7 @@ def _note_refit_differs(report: dict[str, dict[str, Any]], final: dict[str, dict
         if diff:
             changed.append(f"{path}: {', '.join(diff)}")
     if changed:
-        console.print(Text.assemble(("note:", "yellow"), (
+        err_console.print(Text.assemble(("note:", "yellow"), (
             f" the saved pipeline, fitted on all {n} queries, learned other values than the report's fit on {n_fit} "
             f"(which the held-out rows scored): {'; '.join(changed)}; no held-out query scored these")),
             soft_wrap=True)
@@ -1442,10 +1561,14 @@ def _rankings_only(pipe: Any) -> dict[str, Any]:
     return {"generate": {"answer": False}} if any(isinstance(op, Generate) for op in iter_leaves(pipe)) else {}
 
 
-@app.command("search", epilog=EXIT_STATUS)
+@app.command("search", epilog=_examples(
+    'ragkit search --index scifact-learned "does vitamin D lower cancer risk"',
+    "ragkit search --index scifact-learned --queries queries.tsv --run run.trec"))
+@_expands_paths
 def search_cmd(
     ctx: typer.Context,
-    query: Optional[list[str]] = typer.Argument(None, help="One or more queries (or --queries FILE)."),
+    query: Optional[list[str]] = typer.Argument(
+        None, metavar="QUERY", help="One or more queries (or --queries FILE)."),
     index: Path = typer.Option(..., "--index", help="A saved, fitted folder (pipeline.save(dir) or "
                                                     "operator.save(dir))."),
     k: int = typer.Option(10, "--k", min=1, help="Documents shown (or written) per query."),
@@ -1496,7 +1619,7 @@ def search_cmd(
             from ragkit.run import check_trec_ids
 
             check_trec_ids(f"--run {run_file}", batch.ids, pipe.corpus_.ids, run_tag)
-        with console.status(f"searching {len(batch)} quer{'y' if len(batch) == 1 else 'ies'}..."):
+        with err_console.status(f"searching {len(batch)} quer{'y' if len(batch) == 1 else 'ies'}..."):
             run = pipe.search(batch, k=k, **_rankings_only(pipe))
     except RagkitError as e:
         _fail(e)
@@ -1545,21 +1668,37 @@ def _read_queries_option(path: Path) -> Any:
 
 
 def _print_results(corpus: Corpus, batch: Any, run: Any, pipe: Any) -> None:
-    """One table per query: rank, doc id, score, the title (or the text), cut to 80 characters."""
+    """One table per query: rank, doc id, score, the title (or the text), cut to 80 characters.  A doc id is never
+    cut (``urn:doc:pubmed:2019:00000003-supplementary-m…`` at 80 columns, ``urn:doc…`` at 40, before): the id
+    column is as wide as the longest id and the title / text wraps; where that leaves the title too little room,
+    each document is a line ``rank. id  score`` (the id whole) and an indented line of its title instead."""
     fewer = _fewer_found(pipe)
     for q, (_, ids, scores) in zip(batch.texts, run):
         if not len(ids):  # an empty table said nothing
             console.print(Text(f"{q}: no document found" + (f" ({'; '.join(fewer)})" if fewer else ""),
                                style="dim"), soft_wrap=True)
             continue
-        table = Table(title=Text(q))
-        for col in ("rank", "doc id", "score", "title / text"):
-            table.add_column(col)
         rows = corpus.row_of(ids.tolist())
-        for r, (d, s, row) in enumerate(zip(ids, scores, rows), 1):
-            label = corpus.titles[row] or corpus.texts[row]
-            table.add_row(str(r), Text(str(d)), f"{s:.4f}", Text(label[:80]))
+        labels = [(corpus.titles[row] or corpus.texts[row])[:80] for row in rows]
+        longest = max(len(str(d)) for d in ids)
+        if longest + _RESULTS_CHROME > console.width:
+            console.print(Text(q, style="bold"), soft_wrap=True)
+            for r, (d, s, label) in enumerate(zip(ids, scores, labels), 1):
+                console.print(Text(f"{r:>3}. {d}  {s:.4f}"), soft_wrap=True)  # (whole: the terminal wraps it)
+                console.print(Padding(Text(label, style="dim"), (0, 0, 0, 5)))  # (wrapped, indented)
+            continue
+        table = Table(title=Text(q))
+        table.add_column("rank", no_wrap=True)
+        table.add_column("doc id", no_wrap=True, min_width=longest)
+        table.add_column("score", no_wrap=True)
+        table.add_column("title / text", overflow="fold")
+        for r, (d, s, label) in enumerate(zip(ids, scores, labels), 1):
+            table.add_row(str(r), Text(str(d)), f"{s:.4f}", Text(label))
         console.print(table)
+
+
+#: The columns a result table takes besides its doc ids: rank, score, a title's least width, frame and padding.
+_RESULTS_CHROME = 40
 
 
 def _default_chunk_dir() -> str | None:
@@ -1628,9 +1767,11 @@ def _quiet_model_loading() -> Iterator[None]:
         yield
 
 
-@app.command("ask", epilog=EXIT_STATUS)
+@app.command("ask", epilog=_examples(
+    'ragkit ask --pipeline bm25 --data scifact "How does white matter develop in newborns?"'))
+@_expands_paths
 def ask_cmd(
-    question: str = typer.Argument(..., help="The question to answer."),
+    question: str = typer.Argument(..., metavar="QUESTION", help="The question to answer."),
     pipeline: str = typer.Option(..., "--pipeline", "-p",
                                  help="Pipeline YAML file, saved pipeline folder or operator name (e.g. bm25)."),
     data: Optional[str] = typer.Option(None, "--data", help="Corpus to fit an unfitted pipeline on: a BEIR name or "
@@ -1709,7 +1850,7 @@ def ask_cmd(
         else:
             assert data is not None  # refused above
             corpus = _read_ask_corpus(data)
-            with console.status(f"fitting the pipeline on {len(corpus):,} documents..."):
+            with err_console.status(f"fitting the pipeline on {len(corpus):,} documents..."):
                 pipe.fit(corpus)
         retrieval = _without_generation(pipe, f"--pipeline {pipeline}", note=False)
         if retrieval is not pipe:
@@ -1718,7 +1859,7 @@ def ask_cmd(
             raise RagkitError(f"no document of the {len(corpus):,} matched the question {question!r}, so there is "
                               "nothing to answer from (a bm25 step returns only documents that share a word with "
                               "it, stopwords aside); ask with the words the documents would use")
-        with console.status("loading the language model..."), _quiet_model_loading():
+        with err_console.status("loading the language model..."), _quiet_model_loading():
             for g in gens:
                 load = getattr(getattr(g, "engine_", None), "load", None)
                 if load is not None:
@@ -1743,7 +1884,7 @@ def ask_cmd(
         if streamed:
             sys.stdout.write("\n")
             sys.stdout.flush()
-        err_console.print(Text("interrupted", style="bold red"))
+        _say_interrupted()
         if found is not None and len(found):
             _print_sources(found[: gens[-1].params.top_k], corpus)
         raise typer.Exit(code=130) from None
@@ -1786,8 +1927,12 @@ def _cut(text: str, n: int) -> str:
     return text if len(text) <= n else text[: n - 1].rstrip() + "…"
 
 
-@app.command("validate", epilog=EXIT_STATUS)
-def validate_cmd(path: Path = typer.Argument(..., help="Pipeline YAML file, a saved pipeline or operator "
+@app.command("validate", epilog=_examples(
+    "ragkit validate examples/hybrid.yaml",
+    "ragkit validate scifact-learned"))
+@_expands_paths
+def validate_cmd(path: Path = typer.Argument(..., metavar="PIPELINE",
+                                          help="Pipeline YAML file, a saved pipeline or operator "
                                                         "folder, or an operator name (bm25).")) -> None:
     """Check a pipeline file (or a saved pipeline's pipeline.yaml, or a saved operator's
     parameters, or an operator's name as --pipeline takes it) without running it; notes models
@@ -1968,10 +2113,14 @@ def _check_no_pipelines(results: list[Path], data: Optional[str], split: str, re
                       f"JSON files and TREC run files):\n{steps}\n  {then}")
 
 
-@app.command("compare", epilog=EXIT_STATUS)
+@app.command("compare", epilog=_examples(
+    "ragkit compare bm25.json hybrid.json",
+    "ragkit compare bm25.json hybrid.json dense.json --baseline bm25.json -m ndcg@10"))
+@_expands_paths
 def compare_cmd(
     ctx: typer.Context,
-    results: list[Path] = typer.Argument(..., help="Two or more 'ragkit eval -o' JSON files or TREC run files; "
+    results: list[Path] = typer.Argument(
+        ..., metavar="RESULTS", help="Two or more 'ragkit eval -o' JSON files or TREC run files; "
                                                    "the first is the baseline unless --baseline names another."),
     metrics: str = typer.Option("ndcg@10,recall@100", "--metrics", "-m", help="Metrics, comma-separated."),
     baseline: Optional[Path] = typer.Option(None, "--baseline", help="The reference system: one of RESULTS "
@@ -1995,7 +2144,7 @@ def compare_cmd(
 ) -> None:
     """Compare systems over the same queries: means, differences to a baseline with 95% bootstrap
     intervals, and paired randomisation p-values corrected by Holm's method."""
-    from ragkit.eval.compare import compare, format_p, load_result
+    from ragkit.eval.compare import compare, load_result
 
     try:
         names = _parse_metric_names(metrics)  # (one named twice: Holm would count the same comparison twice)
@@ -2049,23 +2198,9 @@ def compare_cmd(
     except RagkitError as e:
         _fail(e)
         return
-    console.print(Text(cmp.header()), soft_wrap=True)  # (dataset / split: what the results record or --data scored)
-    from rich import box
-
-    table = Table(box=box.SIMPLE_HEAD)  # a narrow frame: seven columns of short names fit 80 terminal columns
-    for col in ("metric", "system", "mean", "Δ", f"{cmp.confidence:.0%} CI", "p", "p (Holm)"):
-        table.add_column(col, justify="left" if col in ("metric", "system") else "right", no_wrap=True)
-    shallow = cmp.shallow  # a result searched shallower than the metric's cut-off: "!" (see the warning)
-    for j, m in enumerate(cmp.metrics):
-        for i, s in enumerate(cmp.systems):
-            cells = [(f"{m} !" if shallow[:, j].any() else m) if i == 0 else "", f"{s} !" if shallow[i, j] else s,
-                     f"{cmp.means[i, j]:.4f}"]
-            if i != base:
-                cells += [f"{cmp.delta[i, j]:+.4f}", f"[{cmp.ci_low[i, j]:+.3f}, {cmp.ci_high[i, j]:+.3f}]",
-                          format_p(cmp.p_value[i, j]), f"{format_p(cmp.p_holm[i, j])} {cmp.marks[i, j]}".rstrip()]
-            table.add_row(*cells)
-        table.add_section()
-    _print_uncut(table)
+    # (dataset / split: what the results record or --data scored), wrapped between words at the terminal's width
+    console.print(Text(cmp.header()))
+    _print_comparison(cmp, base)
     if cmp.note():  # (notes and warnings on stderr, as every command's: stdout carries the table or the JSON)
         err_console.print(Text(f"note: {cmp.note()}", style="yellow"), soft_wrap=True)
     for warning in cmp.warnings():
@@ -2077,11 +2212,50 @@ def compare_cmd(
             out.write(json.dumps(cmp.to_dict(), indent=2) + "\n")
     elif output is not None:
         try:
-            with atomic_file(output) as tmp:
-                tmp.write_text(json.dumps(cmp.to_dict(), indent=2), encoding="utf-8")
+            _write_text(output, json.dumps(cmp.to_dict(), indent=2))
         except OSError as e:
             _fail(_RunFailure(f"--output {output}: could not be written: {e.strerror or e}"))
-        console.print(Text(f"wrote {output}"), soft_wrap=True)
+        err_console.print(Text(f"wrote {output}"), soft_wrap=True)
+
+
+def _print_comparison(cmp: Any, base: int) -> None:
+    """``ragkit compare``'s table: a metric's block of rows, a row per system, the baseline's without a difference.
+    Seven columns with no outer frame or padding (three runs with short names: 75 columns); where the terminal is
+    narrower than the table, a few short lines per system and metric instead (``r_dense: mean 0.9097``, ``Δ +0.0386,
+    95% CI [...]``, ``p ..., p (Holm) ...``), since a table wrapped by the terminal cannot be read."""
+    from rich import box
+    from rich.measure import Measurement
+
+    from ragkit.eval.compare import format_p
+
+    ci = f"{cmp.confidence:.0%} CI"
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
+    for col in ("metric", "system", "mean", "Δ", ci, "p", "p (Holm)"):
+        table.add_column(col, justify="left" if col in ("metric", "system") else "right", no_wrap=True)
+    shallow = cmp.shallow  # a result searched shallower than the metric's cut-off: "!" (see the warning)
+    lines: list[Text] = []
+    for j, m in enumerate(cmp.metrics):
+        metric = f"{m} !" if shallow[:, j].any() else m
+        lines.append(Text(metric, style="bold"))
+        for i, s in enumerate(cmp.systems):
+            system = f"{s} !" if shallow[i, j] else s
+            cells = [metric if i == 0 else "", system, f"{cmp.means[i, j]:.4f}"]
+            if i != base:
+                more = [f"{cmp.delta[i, j]:+.4f}", f"[{cmp.ci_low[i, j]:+.3f}, {cmp.ci_high[i, j]:+.3f}]",
+                        format_p(cmp.p_value[i, j]), f"{format_p(cmp.p_holm[i, j])} {cmp.marks[i, j]}".rstrip()]
+                cells += more
+                lines += [Text(f"  {system}: mean {cells[2]}"), Text(f"    Δ {more[0]}, {ci} {more[1]}"),
+                          Text(f"    p {more[2]}, p (Holm) {more[3]}")]
+            else:
+                lines.append(Text(f"  {system} (baseline): mean {cells[2]}"))
+            table.add_row(*cells)
+        table.add_section()
+    need = Measurement.get(console, console.options.update(max_width=10_000), table).maximum
+    if need <= console.width or not console.is_terminal:  # (piped: the table whole, for a file or a grep)
+        _print_uncut(table)
+        return
+    for line in lines:
+        console.print(line)
 
 
 class _StdoutFailed(Exception):
@@ -2171,20 +2345,21 @@ def _stdout_utf8() -> Iterator[Any]:
 
 
 def _tolerant_stdout(ctx: typer.Context) -> None:
-    """Make standard output write a character its encoding lacks as an escape (``\\u4e1c``) rather than fail with
-    a :class:`UnicodeEncodeError` and a traceback, for the command's duration: the tables and answers a person
-    reads (``ragkit search --index idx 东京`` in a Latin-1 or C locale).  What a program reads goes out in UTF-8
-    (:func:`_stdout_utf8`).  Standard error does so already (Python's ``backslashreplace``)."""
-    out = sys.stdout
-    reconfigure = getattr(out, "reconfigure", None)
-    errors = getattr(out, "errors", None)
-    if reconfigure is None or errors not in ("strict", None):
-        return
-    try:
-        reconfigure(errors="backslashreplace")
-    except (ValueError, OSError, io.UnsupportedOperation):  # (a stream that cannot: left as it is)
-        return
-    ctx.call_on_close(lambda: reconfigure(errors=errors or "strict"))
+    """Make standard output and standard error write a character their encoding lacks rather than fail with a
+    :class:`UnicodeEncodeError` and a traceback, for the command's duration: the tables, answers and errors a
+    person reads (``ragkit search --index idx 东京`` in a Latin-1 or C locale, ``·`` and ``Δ`` under
+    ``PYTHONIOENCODING=ascii``) through :data:`FALLBACK_ERRORS` (ragkit's own symbols as one ASCII character,
+    others escaped: ``\\u4e1c``).  What a program reads goes out in UTF-8 (:func:`_stdout_utf8`)."""
+    for out in (sys.stdout, sys.stderr):
+        reconfigure = getattr(out, "reconfigure", None)
+        errors = getattr(out, "errors", None)
+        if reconfigure is None or errors not in ("strict", "backslashreplace", None):
+            continue
+        try:
+            reconfigure(errors=FALLBACK_ERRORS)
+        except (ValueError, OSError, io.UnsupportedOperation):  # (a stream that cannot: left as it is)
+            continue
+        ctx.call_on_close(lambda reconfigure=reconfigure, errors=errors: reconfigure(errors=errors or "strict"))
 
 
 def _stdout_failed(error: OSError, stream: Any) -> int:
@@ -2241,9 +2416,12 @@ def _run(args: Optional[list[str]]) -> int:
 
     # click's exceptions, where typer raises them from (typer 0.26 and later vendor click as typer._click)
     clicks = importlib.import_module(typer.BadParameter.__module__)
+    global _interruption_said
+    _interruption_said = False
     try:
         status = app(args=args, prog_name="ragkit", standalone_mode=False)
-    except getattr(clicks, "NoArgsIsHelpError", ()) as e:  # ``ragkit`` alone: the help (printed already), status 2
+    except getattr(clicks, "NoArgsIsHelpError", ()) as e:  # ``ragkit`` alone: the help, as a usage error's message,
+        sys.stderr.write(e.format_message().rstrip("\n") + "\n")  # on stderr with status 2 (stdout: --help's, 0)
         return int(e.exit_code)
     except clicks.ClickException as e:
         usage = getattr(e, "ctx", None)
@@ -2253,10 +2431,28 @@ def _run(args: Optional[list[str]]) -> int:
                     f"{' MODULE' if e.option_name == '--import' else ''} {usage.info_name} ...)")
         err_console.print(Text.assemble(("error:", "bold red"), f" {e.format_message().rstrip('.')}{hint}"))
         return int(e.exit_code)
-    except (typer.Abort, getattr(clicks, "Abort", typer.Abort)):  # (end of input at a prompt; Ctrl-C: status 130)
+    except (typer.Abort, getattr(clicks, "Abort", typer.Abort)):  # (end of input at a prompt: status 1)
         err_console.print(Text("aborted", style="bold red"))
         return 1
+    except KeyboardInterrupt:  # (while click parses, before typer's own handler)
+        status = 130
+    if status == 130 and not _interruption_said:  # Ctrl-C: typer turned it into a silent Exit(130)
+        _say_interrupted()
     return status if isinstance(status, int) else 0  # (a typer.Exit's code, or a command's None)
+
+
+#: Whether ``interrupted`` was printed for this process's Ctrl-C (by ``ragkit ask``, before its sources).
+_interruption_said = False
+
+
+def _say_interrupted() -> None:
+    """Print ``interrupted`` on stderr, once: a Ctrl-C's one line (exit status 130)."""
+    global _interruption_said
+    _interruption_said = True
+    try:
+        err_console.print(Text("interrupted", style="bold red"))
+    except OSError:  # (stderr closed: the status says it)
+        pass
 
 
 if __name__ == "__main__":  # pragma: no cover
