@@ -675,6 +675,8 @@ class BM25(Operator):
             s2i = self._s2i = {}
             self._s2u = set()
         new = set(flat).difference(s2i)
+        if grow:  # and the words a search cached as not indexed meanwhile (on another thread, during an add)
+            new.update(s for s in set(flat).intersection(s2i) if s2i.get(s, -1) < 0)
         if new:
             # (not while indexing: then the cache holds the corpus's words, which PRF reads for its surface words)
             if not grow and len(s2i) > 4 * len(self.vocab_) + 200_000:  # bound the cache of unknown query words: a new
@@ -869,7 +871,9 @@ class BM25(Operator):
             raise DataError(f"bm25.add: {len(dup)} document ids are already indexed, e.g. {min(dup)!r}")
         joined = self.corpus_.concat(corpus, "bm25.add")  # (refuses a metadata value of another kind: before edits)
         s2i = self.__dict__.get("_s2i")
-        unknown = self.__dict__.get("_s2u")
+        # C-level copies (atomic under the GIL): a search on another thread adds to both as it goes, and
+        # iterating the live set failed every add under a stream of unknown query words
+        unknown = set(self.__dict__.get("_s2u") or ())
         if s2i and unknown:  # words unknown so far may be indexed now (a new cache: a search may hold the old)
             s2i = dict(s2i)
             for s in unknown:  # a loop over the query words not indexed (their cache is bounded)
