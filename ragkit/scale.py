@@ -70,6 +70,7 @@ if TYPE_CHECKING:
     import pandas as pd
     from typing_extensions import Self  # typing.Self is Python 3.11+
 
+    from ragkit.encoders.cache import EmbeddingCache
     from ragkit.pipelines import Pipeline
     from ragkit.run import Run
     from ragkit.types import Queries
@@ -559,44 +560,48 @@ def corpus_models(pipe: Any) -> list[str]:
     return sorted(models)
 
 
-def _cache_vectors(model: str, texts: list[str], vectors: np.ndarray) -> int:
-    """Write the ``(n, dim)`` ``vectors`` of ``texts`` that Ray encoded into this process's embedding
-    cache of ``model`` (the store the local fit reads, keyed by the texts as it looks them up), the
-    texts it does not hold already; returns how many were written.
+def _reread_store(model: str) -> "EmbeddingCache":
+    """This process's embedding cache of ``model`` (the store the local fit reads), its index dropped so that
+    the next lookup re-reads the folder: another process (the Ray encoder actors, another fit) may have
+    written into it since it was read."""
+    from ragkit.encoders import get_encoder
+
+    store = get_encoder(model).store
+    with store._lock:
+        store._index = None
+    return store
+
+
+def _misses(store: "EmbeddingCache", digests: np.ndarray) -> np.ndarray:
+    """The positions in ``digests`` of the texts ``store`` lacks (nothing is read back)."""
+    where, _ = store.locate(digests)
+    return np.flatnonzero(where[:, 0] < 0)
+
+
+def _uncached(model: str, digests: np.ndarray) -> np.ndarray:
+    """The positions in ``digests`` (:func:`~ragkit.encoders.cache.text_digests` of the corpus's texts) of the
+    distinct texts, first-seen order, whose vectors of ``model`` this process's embedding cache lacks, looked
+    up by digest as the local fit does (nothing is read back nor computed)."""
+    if not len(digests):
+        return np.empty(0, np.int64)
+    miss = _misses(_reread_store(model), digests)
+    _, first = np.unique(digests[miss], return_index=True, axis=0)
+    return miss[np.sort(first)]
+
+
+def _cache_vectors(model: str, digests: np.ndarray, vectors: np.ndarray) -> int:
+    """Write the ``(n, dim)`` ``vectors`` that Ray encoded, of the texts whose digests are ``digests``, into this
+    process's embedding cache of ``model`` (the store the local fit reads, keyed by the texts as it looks them
+    up), those it does not hold already; returns how many were written.
 
     The encoder actors fill their own node's cache, which is this process's only when both read
     one ``$RAGKIT_CACHE`` on one shared disk: on a multi-node cluster the fit would otherwise
     encode the whole corpus again here."""
-    from ragkit.encoders import get_encoder
-    from ragkit.encoders.cache import text_digests
-
-    store = get_encoder(model).store
-    with store._lock:  # re-read the folder: the actors may have written these texts into it since it was read
-        store._index = None
-    digests = text_digests(texts)
-    _, hit = store.get(digests)
-    miss = np.flatnonzero(~hit)
+    store = _reread_store(model)  # the actors may have written these texts into it since it was read
+    miss = _misses(store, digests)
     if len(miss):
         store.put(digests[miss], vectors[miss])
     return len(miss)
-
-
-def _uncached(model: str, texts: list[str]) -> list[str]:
-    """The distinct ``texts`` (first-seen order) whose vectors of ``model`` this process's embedding cache lacks,
-    looked up by digest as the local fit does (nothing is read back nor computed)."""
-    from ragkit.encoders import get_encoder
-    from ragkit.encoders.cache import text_digests
-
-    if not texts:
-        return []
-    store = get_encoder(model).store
-    with store._lock:  # re-read the folder: another process may have filled it since it was read
-        store._index = None
-    digests = text_digests(texts)
-    where, _ = store.locate(digests)
-    miss = np.flatnonzero(where[:, 0] < 0)
-    _, first = np.unique(digests[miss], return_index=True, axis=0)
-    return [texts[i] for i in miss[np.sort(first)].tolist()]
 
 
 def fit_pipeline(pipe: Any, corpus: Corpus, train: TrainSet | None, *, backend: str = "ray",
@@ -642,11 +647,16 @@ def fit_pipeline(pipe: Any, corpus: Corpus, train: TrainSet | None, *, backend: 
     models = corpus_models(pipe)
     for model in models:  # each checked to load before Ray starts
         _check_model(model, 64, "fit(backend='ray')")
-    texts = list(corpus.full_texts) if models else []
-    for model in models:  # only the texts this process's cache lacks go to Ray: none, no encoder pool at all
-        todo = _uncached(model, texts)
-        if todo:
-            _cache_vectors(model, todo, ray_encode(model, todo, num_actors=num_actors))
+    if models:
+        from ragkit.encoders.cache import text_digests
+
+        texts = list(corpus.full_texts)
+        digests = text_digests(texts)  # once: a text's digest is the same for every model
+        for model in models:  # only the texts this process's cache lacks go to Ray: none, no encoder pool at all
+            todo = _uncached(model, digests)
+            if len(todo):
+                vectors = ray_encode(model, [texts[i] for i in todo.tolist()], num_actors=num_actors)
+                _cache_vectors(model, digests[todo], vectors)
     for leaf in sharded:  # backend "auto": fitted and searched on Ray from now on in this process
         leaf._backend = "ray"
     return pipe.fit(corpus, train, upstream=upstream)
