@@ -689,12 +689,12 @@ def _is_dataset(folder: Path) -> bool:
     return (folder / "corpus.jsonl").is_file() or bool(_subsets(folder))
 
 
-def _cache_lacks(folder: Path) -> list[str]:
-    """What the cached download ``folder`` lacks of a whole BEIR dataset, or of a whole archive of several
-    (every folder of it a dataset, as :func:`_check_layout` checked the archive): ``["queries.jsonl"]``,
-    ``["android/qrels/<split>.tsv"]``; ``[]`` when it is complete.  A folder missing some is an incomplete
-    earlier download (a copy cut short): downloaded again, never trusted."""
-    if (folder / "corpus.jsonl").is_file() or not _subsets(folder):
+def _lacks(folder: Path) -> list[str]:
+    """What ``folder`` lacks of a whole BEIR dataset, or of a whole archive of several (every folder of it a
+    dataset, when one of its folders is one): ``["queries.jsonl"]``, ``["android/qrels/<split>.tsv"]``; ``[]``
+    when it is complete.  A cached download missing some is an incomplete earlier download (a copy cut short):
+    downloaded again, never trusted; an unpacked archive missing some is refused (:func:`_check_layout`)."""
+    if not _subsets(folder):
         return _layout_missing(folder)
     return [f"{s}/{f}" for s in _folders(folder) for f in _layout_missing(folder / s)]
 
@@ -731,7 +731,7 @@ def _find(name: str, label: str, *, download: bool, base_url: str | None) -> Pat
     one close to a cached download's name is not (``fiqa2`` on a mirror beside a cached ``fiqa``): the
     download says whether the server has it, and its failure names the cached one."""
     places = _candidates(name)
-    lacking = {p: _cache_lacks(p) for p in places if _in_cache(p) and p.exists()}
+    lacking = {p: _lacks(p) for p in places if _in_cache(p) and p.exists()}
     found = next((p for p in places if (not lacking[p] if p in lacking else _is_dataset(p))), None)
     if found is not None:
         return found
@@ -1127,18 +1127,20 @@ def _fetch_zip(url: str, name: str, timeout: float, into: Path) -> zipfile.ZipFi
     bar goes to stderr when it is a terminal (:func:`_copy`)."""
     _log.info(f"{'copying' if url.startswith('file:') else 'downloading'} {url} into {into.parent.parent}")
     length = ctype = None
+    size: int | None = None  # the Content-Length, when the server sent a number
     try:
         with urllib.request.urlopen(url, timeout=timeout) as resp, open(into, "wb") as f:
             length, ctype = resp.headers.get("Content-Length"), resp.headers.get("Content-Type")
-            _copy(resp, f, name, int(length) if length is not None and length.strip().isdigit() else None)
+            size = int(length) if length is not None and length.strip().isdigit() else None
+            _copy(resp, f, name, size)
     except Exception as e:  # URLError, HTTPError, timeouts, a connection cut short, a full disk
         err = DownloadError(f"could not download BEIR dataset {name!r} from {url}: {_why(e, name, timeout)}")
         reason = getattr(e, "reason", None)
         err.missing = getattr(e, "code", None) in (404, 410) or isinstance(reason, FileNotFoundError)
         raise err from None
     got = into.stat().st_size
-    if length is not None and length.strip().isdigit() and got < int(length):  # the server closed early
-        raise DownloadError(f"{url}: download cut short: {got} of {int(length)} bytes; nothing was cached; try again")
+    if size is not None and got < size:  # the server closed early
+        raise DownloadError(f"{url}: download cut short: {got} of {size} bytes; nothing was cached; try again")
     try:
         return zipfile.ZipFile(into)
     except (zipfile.BadZipFile, EOFError, ValueError):
@@ -1332,19 +1334,17 @@ def _layout_missing(root: Path) -> list[str]:
 
 def _check_layout(root: Path, name: str, url: str) -> None:
     """Refuse an unpacked archive that is neither a whole BEIR dataset nor a folder of whole ones: when
-    ``root`` has no ``corpus.jsonl`` but one of its folders has, every folder must be a dataset."""
-    subs = _folders(root) if _subsets(root) else []
-    if not subs:
-        missing = _layout_missing(root)
-        if missing:
-            raise DataError(f"{url}: the archive has no {', '.join(f'{name}/{f}' for f in missing)}; expected a BEIR "
-                            "dataset (corpus.jsonl, queries.jsonl, qrels/<split>.tsv); nothing was cached")
+    ``root`` has no ``corpus.jsonl`` but one of its folders has, every folder must be a dataset (:func:`_lacks`)."""
+    lacks = _lacks(root)
+    if not lacks:
         return
-    broken = [f"{name}/{s}/{f}" for s in subs for f in _layout_missing(root / s)]
-    if broken:
-        raise DataError(f"{url}: the archive holds the sub-datasets {', '.join(subs)}, but has no {', '.join(broken)}; "
-                        "each must be a BEIR dataset (corpus.jsonl, queries.jsonl, qrels/<split>.tsv); nothing was "
-                        "cached")
+    missing = ", ".join(f"{name}/{f}" for f in lacks)
+    if not _subsets(root):
+        raise DataError(f"{url}: the archive has no {missing}; expected a BEIR "
+                        "dataset (corpus.jsonl, queries.jsonl, qrels/<split>.tsv); nothing was cached")
+    raise DataError(f"{url}: the archive holds the sub-datasets {', '.join(_folders(root))}, but has no {missing}; "
+                    "each must be a BEIR dataset (corpus.jsonl, queries.jsonl, qrels/<split>.tsv); nothing was "
+                    "cached")
 
 
 def _holds_only(folder: Path, names: set[str]) -> bool:
