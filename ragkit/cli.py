@@ -33,7 +33,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Optional
+from typing import TYPE_CHECKING, Any, Iterator, Optional, TextIO
 
 import typer
 from rich.console import Console
@@ -93,7 +93,7 @@ def _ascii_fallback(e: UnicodeError) -> tuple[str, int]:
                    for c in bad), e.end
 
 
-import codecs  # noqa: E402  (next to its one use: the handler above, registered once per process)
+import codecs  # noqa: E402  (next to the handler above, registered once per process; _stdout_utf8 uses it too)
 
 codecs.register_error(FALLBACK_ERRORS, _ascii_fallback)
 
@@ -343,15 +343,23 @@ def _writes_through(path: Path) -> bool:
     return stat.S_ISCHR(mode) or stat.S_ISFIFO(mode)
 
 
-def _write_text(path: Path, text: str) -> None:
-    """Write ``text`` to the output ``path`` as UTF-8: atomically (a temporary file in its folder, renamed into
-    place), or straight into a device or pipe (:func:`_writes_through`)."""
+@contextmanager
+def _output_stream(path: Path) -> Iterator[TextIO]:
+    """A UTF-8 text stream onto the output ``path``: straight into a device or pipe (:func:`_writes_through`; lines
+    end in ``\n``), else into a temporary file in its folder, renamed into place when the block ends and deleted
+    if it raises (:func:`~ragkit._files.atomic_file`)."""
     if _writes_through(path):
         with open(path, "w", encoding="utf-8", newline="\n") as f:
-            f.write(text)
+            yield f
         return
-    with atomic_file(path) as tmp:
-        tmp.write_text(text, encoding="utf-8")
+    with atomic_file(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        yield f
+
+
+def _write_text(path: Path, text: str) -> None:
+    """Write ``text`` to the output ``path`` as UTF-8 (:func:`_output_stream`)."""
+    with _output_stream(path) as f:
+        f.write(text)
 
 
 #: The parameters of the commands that hold paths (or a path or a name: ``--data``, ``--pipeline``).
@@ -382,7 +390,7 @@ def _prepare_output(path: Optional[Path], option: str, example: str) -> None:
         return
     if path.is_dir():
         raise RagkitError(f"{option} {path}: is a folder; expected a file path such as {path / example}")
-    if _writes_through(path):  # /dev/null, /dev/stdout, >(cmd): written straight into (:func:`_write_text`)
+    if _writes_through(path):  # /dev/null, /dev/stdout, >(cmd): written straight into (:func:`_output_stream`)
         # (not opened to try: a pipe's reader would take that close for the end of its input)
         if not os.access(path, os.W_OK):
             raise RagkitError(f"{option} {path}: cannot be written (no write permission)")
@@ -1301,11 +1309,12 @@ def _write_outputs(output: Optional[Path], run_file: Optional[Path], run: Any, p
         try:
             if option == "--output":
                 _write_text(path, json.dumps(payload, indent=2))
-            elif _writes_through(path):  # (/dev/null, >(cmd): no file to rename into place)
-                with open(path, "w", encoding="utf-8", newline="\n") as f:
-                    run.to_trec(f, tag)
-            else:
-                run.write_trec(path, tag)  # a temporary file in the same folder, renamed into place
+            else:  # ids the file cannot hold refused first, naming the path (as Run.write_trec does)
+                from ragkit.run import check_trec_ids
+
+                check_trec_ids(path, run.query_ids, set().union(*(d.tolist() for d in run.doc_ids)), tag)
+                with _output_stream(path) as f:
+                    run.to_trec(f, tag, checked=True)
         except OSError as e:
             raise _RunFailure(f"{option} {path}: could not be written: {e.strerror or e}") from None
         err_console.print(Text(f"wrote {path}"), soft_wrap=True)  # (a status line: stderr, as every note)
@@ -2318,8 +2327,6 @@ def _stdout_utf8() -> Iterator[Any]:
     has no byte buffer (a test's ``StringIO``); else a UTF-8 writer over its buffer (lines ending in ``\\n``), flushed
     and detached at the end (the buffer stays open), whose failed writes are :class:`_StdoutFailed`, as
     :class:`_GuardedStdout`'s."""
-    import codecs
-
     out = sys.stdout
     buffer = getattr(out, "buffer", None)
     try:
