@@ -54,13 +54,13 @@ from contextvars import ContextVar
 from functools import lru_cache
 from itertools import chain, repeat
 from pathlib import Path
-from typing import Any, Iterator, Literal, NamedTuple, Sequence, TypedDict
+from typing import Any, Callable, Iterator, Literal, NamedTuple, Sequence, TypedDict
 
 import numpy as np
 import scipy.sparse as sp
 from pydantic import Field, field_validator, model_validator
 
-from ragkit.errors import DataError, InputTypeError
+from ragkit.errors import DataError, InputTypeError, some_ids
 from ragkit.operator import Operator, load_array, rankings_from_matrix, read_json, save_arrays, topk_rows, write_json
 from ragkit.options import PARAM
 from ragkit.params import MetadataFilter, Params
@@ -193,15 +193,19 @@ def _outside_ascii(texts: Sequence[str]) -> tuple[float, int, str]:
     return len(counted) / len(picks), len(picks), word.group() if word else ""
 
 
+def _all_ascii(texts: Sequence[Any]) -> bool:
+    """Whether every string of ``texts`` is ASCII (what is no string is passed over): one ``str.isascii`` (a flag,
+    not a scan) each, in C, to the first that is not (a :class:`FullTexts` joins one title and text at a time)."""
+    try:
+        return all(map(str.isascii, texts))
+    except TypeError:  # (a text that is no string)
+        return all(not isinstance(t, str) or t.isascii() for t in texts)
+
+
 def _holds_letter_outside_ascii(text: str) -> bool:
     """Whether ``text`` holds a letter (``str.isalpha``) outside ASCII (a regex finds the candidates, the first
     letter among them ends the look)."""
     return any(m.group().isalpha() for m in _NON_ASCII_LETTER.finditer(text))
-
-
-def _some_ids(ids: np.ndarray, n: int = 3) -> str:
-    """The first ``n`` of ``ids``, quoted, and ", ..." where there are more."""
-    return ", ".join(repr(str(i)) for i in list(ids[:n])) + (", ..." if len(ids) > n else "")
 
 
 #: Held while a search decides whether it is the first of its retriever to warn of a query without a word
@@ -670,22 +674,27 @@ class BM25(Operator):
         docs = tok.surfaces(texts)
         lens = np.fromiter(map(len, docs), np.int64, len(docs))
         flat = list(chain.from_iterable(docs))
+        # (the unknown-word set is read before the cache and replaced before it, and a search adds its words to
+        # the set before it writes them in the cache: a word a search cached at -1 is in the set read here)
+        s2u: set[Any] | None = self.__dict__.get("_s2u")
         s2i: dict[Any, int] | None = self.__dict__.get("_s2i")
-        if s2i is None:
+        if s2i is None or s2u is None:
+            s2u = self._s2u = set()
             s2i = self._s2i = {}
-            self._s2u = set()
-        new = set(flat).difference(s2i)
-        if grow:  # and the words a search cached as not indexed meanwhile (on another thread, during an add)
-            new.update(s for s in set(flat).intersection(s2i) if s2i.get(s, -1) < 0)
+        words = set(flat)
+        new = words.difference(s2i)
+        if grow:  # and the words a search cached as not indexed meanwhile (on another thread, during an add; a
+            new |= words & s2u  # C-level intersection: the set may grow on another thread meanwhile)
         if new:
             # (not while indexing: then the cache holds the corpus's words, which PRF reads for its surface words)
             if not grow and len(s2i) > 4 * len(self.vocab_) + 200_000:  # bound the cache of unknown query words: a new
-                s2i = self._s2i = {}  # one (clearing in place lost a concurrent search's words)
-                self._s2u = set()
-                new = set(flat)
+                s2u = self._s2u = set()  # one (clearing in place lost a concurrent search's words)
+                s2i = self._s2i = {}
+                new = words
             ordered = sorted(new)  # deterministic term ids
             vocab = self.vocab_
             unknown = []
+            found = []
             for s, t in zip(ordered, tok.normalize(ordered)):
                 j = -1 if t is None else vocab.get(t, -1)
                 if j < 0 and t is not None:
@@ -693,9 +702,10 @@ class BM25(Operator):
                         j = vocab[t] = len(vocab)
                     else:
                         unknown.append(s)
-                s2i[s] = j
+                found.append((s, j))
             if unknown:
-                self._s2u.update(unknown)
+                s2u.update(unknown)
+            s2i.update(found)
         ids = np.fromiter(map(s2i.__getitem__, flat), np.int64, len(flat))
         return lens, ids
 
@@ -753,7 +763,7 @@ class BM25(Operator):
         self._counts, self._dl = _terms_by_docs(parts, len(self.vocab_))
         self._weigh()
         if not _SHARD_FIT.get():  # (a shard's: its sharded retriever checks the whole corpus, _check_script)
-            self._warn_outside_ascii(texts, corpus.ids, self._lettered())
+            self._warn_outside_ascii(texts, corpus.ids, lambda: self._lettered([self._counts.T]))
 
     def _check_script(self, corpus: Corpus) -> None:
         """The check of its script a fit on ``corpus`` makes (:meth:`_warn_outside_ascii`), without fitting: a
@@ -761,19 +771,12 @@ class BM25(Operator):
         (:func:`_shard_fit`)."""
         self._warn_outside_ascii(self._texts(corpus), corpus.ids)
 
-    def _lettered(self, first: int = 0) -> np.ndarray:
-        """Indexed tokens holding a letter of each document from ``first`` on, float64: the term counts summed over
-        the terms that are not all digits (a sparse product over the postings; terms of ``alnum`` are ``[0-9a-z]+``)."""
-        vocab = self.vocab_
-        has = np.zeros(len(vocab), np.float64)
-        if vocab:
-            has[np.fromiter(vocab.values(), np.int64, len(vocab))] = np.fromiter(
-                (not t.isdigit() for t in vocab), bool, len(vocab))
-        return np.asarray(self._counts.T.dot(has))[first:]
-
-    def _lettered_parts(self, parts: list[sp.csr_matrix]) -> np.ndarray:
-        """:meth:`_lettered` of the documents counted in ``parts`` (:meth:`_count_parts`, docs x terms), from
-        their own postings (an ``add``: not a product over every document's)."""
+    def _lettered(self, parts: Sequence[sp.spmatrix]) -> np.ndarray:
+        """Indexed tokens holding a letter of each document counted in ``parts`` (docs x terms, each as wide as the
+        vocabulary when it was counted: :meth:`_count_parts`, or the whole transposed counts), float64: the term
+        counts summed over the terms that are not all digits (a sparse product over the postings; terms of
+        ``alnum`` are ``[0-9a-z]+``).  Made only by :meth:`_warn_outside_ascii`, where it is read: a pass over the
+        vocabulary."""
         vocab = self.vocab_
         has = np.zeros(len(vocab), np.float64)
         if vocab:
@@ -791,6 +794,8 @@ class BM25(Operator):
             return np.zeros(0, np.int64)
         if lettered is not None:
             rows = np.flatnonzero(lettered == 0)
+        elif _all_ascii(texts):
+            return np.zeros(0, np.int64)
         else:
             rows = np.flatnonzero(np.fromiter((isinstance(t, str) and not t.isascii() for t in texts), bool,
                                               len(texts)))
@@ -805,20 +810,29 @@ class BM25(Operator):
             rows = rows[np.array(keep, dtype=bool)]
         return rows
 
-    def _warn_outside_ascii(self, texts: Sequence[str], ids: np.ndarray, lettered: np.ndarray | None = None,
-                            added: bool = False) -> None:
+    def _split_kind(self) -> str | None:
+        """The split of the tokenizer of the parameters (:attr:`Tokenizer.split_kind`), made where not yet."""
+        tok: Tokenizer | None = self.__dict__.get("_tok")
+        return getattr(tok if tok is not None else self.make_tokenizer(), "split_kind", None)
+
+    def _warn_outside_ascii(self, texts: Sequence[str], ids: np.ndarray,
+                            lettered: np.ndarray | Callable[[], np.ndarray] | None = None, added: bool = False) -> None:
         """Warn, once, where the tokenizer is ``alnum`` and many documents (of the corpus, or of those ``added``)
         are written in letters outside ASCII, which it drops (a Japanese corpus had no term, and every query scored
         0 without a word), or where any document holds such letters and no other word (:meth:`_without_word`:
         24 Chinese documents of 100 were indexed without a word, and said nothing).  ``ids``: the documents' ids;
-        ``lettered``: their indexed tokens holding a letter (:meth:`_lettered`), ``None`` where not fitted."""
+        ``lettered``: their indexed tokens holding a letter (:meth:`_lettered`), or what makes them (called only where
+        the tokenizer is ``alnum`` and a text is not ASCII: a pass over the vocabulary), ``None`` where not fitted."""
         tok: Tokenizer | None = self.__dict__.get("_tok")
         if tok is None:  # (not made yet: _check_script on an unfitted BM25)
             tok = self.make_tokenizer()
         if getattr(tok, "split_kind", None) != "alnum":
             return
         share, sampled, word = _outside_ascii(texts)
-        rows = self._without_word(tok, texts, lettered)
+        if callable(lettered):  # (every text ASCII: none holds a letter the split drops)
+            rows = np.zeros(0, np.int64) if _all_ascii(texts) else self._without_word(tok, texts, lettered())
+        else:
+            rows = self._without_word(tok, texts, lettered)
         if share < _SCRIPT_WARN_SHARE and not len(rows):
             return
         default = "" if "tokenizer" in self.params.model_fields_set else " (the default)"
@@ -831,7 +845,8 @@ class BM25(Operator):
         word = word[:16]  # (a run of Japanese is a sentence)
         parts = [s.decode("ascii") for s in Tokenizer("none", "none", "alnum").surfaces([word])[0]]
         example = f"{word!r} becomes {', '.join(map(repr, parts)) if parts else 'no term'}"
-        some = f"{len(rows):,} of the {len(texts):,} documents{added_s} (ids {_some_ids(np.asarray(ids)[rows])})"
+        named = some_ids(map(str, np.asarray(ids)[rows].tolist()))
+        some = f"{len(rows):,} of the {len(texts):,} documents{added_s} (ids {named})"
         if share < _SCRIPT_WARN_SHARE:
             _log.warning("bm25%s: no query word finds %s: they hold letters outside ASCII, which tokenizer 'alnum'%s "
                          "drops, and no other word (%s); %s", where, some, default, example, fix)
@@ -881,7 +896,9 @@ class BM25(Operator):
             self._s2i, self._s2u = s2i, set()
         texts = self._texts(corpus)
         parts = self._count_parts(texts, grow=True)
-        lettered = self._lettered_parts(parts)
+        # (read from the new documents' own postings, before _append_docs empties ``parts``; only where the check
+        # reads it: tokenizer alnum and a text not in ASCII)
+        lettered = self._lettered(parts) if self._split_kind() == "alnum" and not _all_ascii(texts) else None
         counts, dl = _append_docs(self._counts, parts, len(self.vocab_))
         self._counts, self._dl = counts, np.concatenate([self._dl, dl])
         self.corpus_ = joined
@@ -1135,18 +1152,13 @@ class BM25(Operator):
         empty = np.flatnonzero(np.diff(q.indptr) == 0)
         if not len(empty):
             return
-        cand = [i for i in empty.tolist() if isinstance(texts[i], str) and not texts[i].isascii()]
-        if not cand:
+        queries = [texts[i] for i in empty.tolist()]
+        if _all_ascii(queries):
             return
         tok: Tokenizer | None = self.__dict__.get("_tok")
         if tok is None:  # (PRF's counts were read: not made yet)
             tok = self._tok = self.make_tokenizer()
-        some = np.asarray(cand, np.int64)
-        some = some[tok.drops_letters([texts[i] for i in cand])]
-        if not len(some):
-            return
-        docs = tok([texts[i] for i in some.tolist()])
-        hit = [int(i) for i, d in zip(some.tolist(), docs) if all(map(str.isdigit, d))]
+        hit = empty[self._without_word(tok, queries, None)].tolist()
         if not hit:
             return
         text = texts[hit[0]]
