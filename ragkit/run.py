@@ -19,7 +19,7 @@ import numpy as np
 
 from ragkit._files import atomic_file, utf8_lines
 from ragkit.errors import DataError, InputTypeError, repeated, some_ids
-from ragkit.types import Corpus, Ranking, TraceEvent, check_id_surrogates
+from ragkit.types import Corpus, Ranking, TraceEvent, _utf8_clean, check_id_surrogates
 
 if TYPE_CHECKING:  # pandas is optional
     import pandas as pd
@@ -121,11 +121,11 @@ def _check_unique(qid: str, docs: np.ndarray, where: str) -> None:
 _SPACE = re.compile(r"\s")
 
 
-def _unwritable(ids: list[str]) -> str | None:
-    """The first id that is empty or holds whitespace (one regex pass over all of them), else None."""
+def _unwritable(ids: list[str], joined: str) -> str | None:
+    """The first id that is empty or holds whitespace (one regex pass over ``joined``, the ids joined with NULs),
+    else None."""
     if "" in ids:
         return ""
-    joined = "\x00".join(map(str, ids))
     m = _SPACE.search(joined)
     if m is None:
         return None
@@ -140,14 +140,21 @@ def check_trec_ids(path: str | os.PathLike[str], query_ids: Sequence[str], doc_i
     calls it on the dataset's ids before any work; :meth:`Run.write_trec` on what it writes."""
     path = os.fspath(path) if isinstance(path, os.PathLike) else path  # (an os.DirEntry's str() is its repr)
     for what, ids in (("query id", list(query_ids)), ("document id", list(doc_ids)), ("tag", [tag])):
-        bad = _unwritable(ids)
+        joined = "\x00".join(map(str, ids))
+        bad = _unwritable(ids, joined)
         if bad is not None:
             raise DataError(f"{path}: cannot write a TREC run file: {what} {bad!r} is empty or holds "
                             "whitespace, which would break the file's columns")
-        try:
-            check_id_surrogates(ids, f"{what}s", what)
-        except DataError as e:
-            raise DataError(f"{path}: cannot write a TREC run file: {e}") from None
+        # The ids are looked at for surrogates here too, though a Run, a Corpus and Queries refuse them when made:
+        # a Run is a plain (not frozen) dataclass whose query_ids list and doc_ids arrays can be replaced or
+        # changed after __post_init__, and this function is public (the CLI calls it on a dataset's ids).  The test
+        # reuses the join made for the whitespace scan above (an isascii flag for ASCII ids), so it costs no new
+        # pass; only ids that fail it are looked at one by one (check_id_surrogates, which words the message).
+        if not _utf8_clean(joined):
+            try:
+                check_id_surrogates(ids, f"{what}s", what)
+            except DataError as e:
+                raise DataError(f"{path}: cannot write a TREC run file: {e}") from None
 
 
 def _check_doc_surrogates(query_ids: Sequence[str], doc_ids: Sequence[np.ndarray]) -> None:

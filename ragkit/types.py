@@ -19,7 +19,7 @@ import sys
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping, Sequence, cast, overload
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping, Sequence, cast, overload
 
 import numpy as np
 
@@ -138,17 +138,14 @@ def check_id_surrogates(ids: Sequence[Any], what: str, noun: str) -> None:
     """Refuse an id holding a lone surrogate (bytes decoded with ``errors="surrogateescape"``, as Python decodes
     a non-UTF-8 command line or file name): no UTF-8 file (a run, qrels, a saved corpus) can hold it, so writing
     one would fail with a bare :class:`UnicodeEncodeError` long after the id came in.  A :class:`DataError` naming
-    ``what[i]`` (a ``noun``'s id), as :func:`check_texts` names a text.  Batched: one ``str.join`` and one UTF-8
-    test (:func:`_utf8_clean`); only a refused column is looked at id by id.  Ids that are no strings are left
-    to the caller (they are written with ``str``)."""
+    ``what[i]`` (a ``noun``'s id), as :func:`check_texts` names a text.  Batched (:func:`_first_surrogate`): one
+    ``str.join`` and one UTF-8 test per chunk of ids; only a refused chunk is looked at id by id.  Ids that are
+    no strings are left to the caller (they are written with ``str``)."""
     ids = ids if isinstance(ids, list) else list(ids)
-    try:
-        joined = "\x00".join(ids)
-    except TypeError:
-        joined = "\x00".join(map(str, ids))
-    if _utf8_clean(joined):
+    found = _first_surrogate(ids)
+    if found is None:
         return
-    i, hit = next((i, h) for i, x in enumerate(ids) if (h := _SURROGATE.search(str(x))) is not None)
+    i, hit = found
     raise DataError(f"{what}[{i}] is {ids[i]!r:.60}, which holds a lone surrogate {hit.group()!r} at character "
                     f"{hit.start()}, which is no Unicode text (bytes decoded with errors='surrogateescape'?); no "
                     f"UTF-8 file (a run, qrels, a saved corpus) could name this {noun}: decode the source with its "
@@ -214,13 +211,47 @@ def check_texts(values: Sequence[Any], what: str, ids: Sequence[Any] | np.ndarra
                 fixed = list(values)
             fixed[a:a + chunk] = part
             joined = "\x00".join(part)
-        if surrogates and not _utf8_clean(joined):  # which text: found one by one (a text may hold NULs)
-            row, hit = next((a + i, h) for i, t in enumerate(part) if (h := _SURROGATE.search(t)) is not None)
+        if surrogates and (found := _first_surrogate(part, joined=joined)) is not None:
+            row, hit = a + found[0], found[1]
             at = f" ({noun} {ids[row]!r})" if ids is not None else ""
             raise DataError(f"{what}[{row}]{at} holds a lone surrogate {hit.group()!r} at "
                             f"character {hit.start()}, which is no Unicode text (bytes decoded with "
                             "errors='surrogateescape'?); decode the source with its real encoding")
     return values if fixed is None else fixed
+
+
+def _joined(values: list[Any]) -> str:
+    """``values`` joined with NULs, for a surrogate test (:func:`_first_surrogate`); values that are no strings
+    by their ``str``."""
+    try:
+        return "\x00".join(values)
+    except TypeError:
+        return "\x00".join(map(str, values))
+
+
+def _first_surrogate(values: list[Any], chunk: int = 8192, *, join: Callable[[list[Any]], str] = _joined,
+                     text: Callable[[Any], str] = str,
+                     joined: str | None = None) -> "tuple[int, re.Match[str]] | None":
+    """``(row, match)`` of the first value of ``values`` holding a lone surrogate (:data:`_SURROGATE`), else
+    ``None``: the one scan behind :func:`check_texts`, :func:`check_id_surrogates` and :func:`_check_meta_text`,
+    whose callers keep their own messages.
+
+    Per ``chunk`` values (a whole column joined at once costs up to 5x its text, :func:`check_texts`), their
+    text joined (``join``: C code, no Python loop) and one UTF-8 test (:func:`_utf8_clean`); only a chunk that
+    fails is searched value by value (``text(value)``: a value's text; the joined text may hold NULs, so a row
+    is not read off it).  ``joined`` is ``join(values)`` where the caller has made it already (``values`` is
+    then one chunk)."""
+    if joined is not None:
+        chunk = max(len(values), 1)
+    for a in range(0, len(values), chunk):
+        part = values[a:a + chunk]
+        if _utf8_clean(joined if joined is not None else join(part)):
+            continue
+        for i, v in enumerate(part):
+            hit = _SURROGATE.search(text(v))
+            if hit is not None:
+                return a + i, hit
+    return None
 
 
 def _utf8_clean(text: str) -> bool:
@@ -377,9 +408,9 @@ def _check_meta_text(key: Any, col: np.ndarray, ids: np.ndarray, values: list[An
 
     Only text (``U``) and object columns are looked at; ``values`` and ``types`` are an object column's values
     and the set of their types where the caller has them (:func:`_meta_kept`).  A column of numbers and None
-    costs nothing more; otherwise, per ``chunk`` values, their text joined (:func:`_strings_of`: C calls, no
-    Python loop over a column of strings or of lists of strings) and one UTF-8 test (:func:`_utf8_clean`);
-    values are looked at one by one only in a chunk that holds a surrogate."""
+    costs nothing more; otherwise :func:`_first_surrogate`: per ``chunk`` values, their text joined
+    (:func:`_strings_of`: C calls, no Python loop over a column of strings or of lists of strings) and one UTF-8
+    test (:func:`_utf8_clean`); values are looked at one by one only in a chunk that holds a surrogate."""
     if isinstance(key, str) and not _utf8_clean(key):
         hit = cast("re.Match[str]", _SURROGATE.search(key))
         raise DataError(f"Corpus metadata field {key!r} holds a lone surrogate {hit.group()!r} in its name, which is "
@@ -395,18 +426,15 @@ def _check_meta_text(key: Any, col: np.ndarray, ids: np.ndarray, values: list[An
         types = set(map(type, values))
     if types <= _NO_TEXT:
         return
-    for a in range(0, len(values), chunk):
-        part = values[a:a + chunk]
-        if _utf8_clean(_strings_of(part, types)):
-            continue
-        for i, v in enumerate(part):
-            found = _SURROGATE.search(v if isinstance(v, str) else _json_text(v))
-            if found is not None:
-                row = a + i
-                raise DataError(f"Corpus metadata field {key!r} of document {ids[row]!r} (row {row}) holds a lone "
-                                f"surrogate {found.group()!r} ({_kind(v)}), which is no Unicode text (bytes decoded "
-                                "with errors='surrogateescape'?); no save could write it: decode the source with its "
-                                "real encoding, or drop the value")
+    kinds = types
+    found = _first_surrogate(values, chunk, join=lambda part: _strings_of(part, kinds),
+                             text=lambda v: v if isinstance(v, str) else _json_text(v))
+    if found is not None:
+        row, hit = found
+        raise DataError(f"Corpus metadata field {key!r} of document {ids[row]!r} (row {row}) holds a lone "
+                        f"surrogate {hit.group()!r} ({_kind(values[row])}), which is no Unicode text (bytes decoded "
+                        "with errors='surrogateescape'?); no save could write it: decode the source with its "
+                        "real encoding, or drop the value")
 
 
 #: the types of metadata values that hold no text (:func:`_strings_of` leaves them out)

@@ -58,7 +58,7 @@ from ragkit._locks import ReadWriteLock, lock_of
 from ragkit.encoders.sentence import as_texts
 from ragkit.errors import ArtifactError, DataError, NotFittedError, ParamError, repeated
 from ragkit.integrations.langchain_generate import RagkitGenerator
-from ragkit.metadata import and_filters, check_metadata_kinds
+from ragkit.metadata import and_filters, check_added_kinds, check_metadata_kinds
 from ragkit.operator import Operator, _json_default, read_json
 from ragkit.options import _positive_k, check_options
 from ragkit.params import refusal_of
@@ -960,8 +960,8 @@ class RagkitRetriever(BaseRetriever):
             if held is not None and len(dup := held.row_of(new.ids.tolist(), missing="drop")):
                 raise DataError(f"add_documents: {len(dup)} of the ids are already indexed, e.g. "
                                 f"{held.ids[dup[0]]!r}; delete them first, or give other ids")
-            if held is not None:
-                check_metadata_kinds(new, "add_documents", held)
+            if held is not None:  # (what a save can write was checked above: the kinds against the index's alone)
+                check_added_kinds(new, "add_documents", held)
             self._edit(pipe, "add", new, lambda leaf: leaf.remove(new.ids.tolist()))
         return new.ids.tolist()
 
