@@ -708,6 +708,8 @@ def test_every_operator_fits_with_backend_ray_as_a_pipeline_does(slice_data, has
     monkeypatch.setattr(scale, "ray_encode", lambda model, texts, **kw: encoded.append((model, len(texts))) or
                         np.zeros((len(texts), 4), np.float32))
     monkeypatch.setattr(scale, "_cache_vectors", lambda *a: 0)  # (the zeros must not reach the real cache)
+    # every text counts as uncached (a warm cache, an earlier test's encode, sends none to Ray: a test of its own)
+    monkeypatch.setattr(scale, "_uncached", lambda model, digests: np.arange(len(digests)))
     local = BM25(k=5).fit(corpus)
     for op in (BM25(k=5), Sharded(retriever={"bm25": {"k": 5}}, n_shards=2, k=5, backend="local"),
                Parallel([BM25(k=5), Dense(model=hash_encoder, k=5)]), Loop(BM25(k=5), until=MaxOnly(), max_iters=2)):
