@@ -727,13 +727,12 @@ class CosineAdapter(Operator):
         self._check_fitted()
         if not isinstance(corpus, Corpus):
             raise InputTypeError(f"cosine_adapter.add expects a ragkit Corpus, got {type(corpus).__name__}")
-        held = self.corpus_._lookup()
-        dup = [d for d in corpus.ids.tolist() if d in held]
+        dup = self.corpus_.held_ids(corpus)
         if dup:
             raise DataError(f"cosine_adapter.add: {len(dup)} document ids are already held (e.g. {sorted(dup)[:3]}); "
                             "remove them first")
         if len(corpus):
-            self.corpus_ = self.corpus_.concat(corpus)
+            self.corpus_ = self.corpus_.concat(corpus, "cosine_adapter.add")
         return self
 
     def remove(self, ids: Any) -> "CosineAdapter":

@@ -127,3 +127,18 @@ def test_corpus_concat_refuses_a_kind_the_field_does_not_hold():
         held.concat(Corpus(ids=["b"], texts=["y"], metadata={"year": ["2005"]}), "cosine_adapter.add")
     assert held.concat(Corpus(ids=["b"], texts=["y"], metadata={"year": [None]})).metadata["year"].tolist() == [
         2004, None]
+
+
+def test_cosine_adapter_add_names_itself_when_a_kind_is_refused() -> None:
+    """The adapter's add grew its corpus through Corpus.concat without naming itself: the refusal said
+    'Corpus.concat', not the operator whose add it was."""
+    from ragkit.errors import DataError
+    from ragkit.filters import CosineAdapter
+
+    adapter = CosineAdapter()
+    adapter.corpus_ = Corpus(ids=["a"], texts=["x"], metadata={"year": [2004]})
+    adapter._check_fitted = lambda: None  # type: ignore[method-assign]  # (only its corpus is read)
+    with pytest.raises(DataError, match="cosine_adapter.add"):
+        adapter.add(Corpus(ids=["b"], texts=["y"], metadata={"year": ["2005"]}))
+    with pytest.raises(DataError, match="already held"):
+        adapter.add(Corpus(ids=["a"], texts=["y"], metadata={"year": [2005]}))
