@@ -2,7 +2,8 @@
 
 Every file ragkit saves (JSON, ``.npy`` arrays, run files, caches, index files) goes through
 :func:`atomic_file`, so an interrupted write never leaves a truncated file where a good one
-was, and two writers never share a temporary name.
+was, and two writers never share a temporary name.  A text output named as a character device or a pipe
+(``/dev/stdout``, a shell's ``>(cmd)``) is written straight into instead (:func:`text_output`).
 """
 
 from __future__ import annotations
@@ -18,14 +19,14 @@ import stat
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterator, Mapping, TextIO
 
 from ragkit.errors import ArtifactError, DataError, InputTypeError
 
 __all__ = ["atomic_file", "sha256_file", "folder_checksums", "verify_checksums", "saved_relpath", "check_inside",
            "utf8_lines", "shared_tempdir", "remove_stale_tempdirs", "share_like_umask", "share_file_like_umask",
            "user_path", "folder_lock", "remove_stale_tempfiles", "owner_tag", "owner_ended", "SAVE_ERRNOS",
-           "save_unwritable"]
+           "save_unwritable", "writes_through", "text_output"]
 
 #: seconds a save waits for the loads of the folder it replaces to finish (then it replaces it anyway: those
 #: loads notice and load again); a load waits as long for a save's swap, which holds the lock for microseconds
@@ -90,6 +91,30 @@ def _keep_mode(path: Path, tmp: Path) -> None:
                 except OSError:
                     pass
     os.chmod(tmp, stat.S_IMODE(st.st_mode) & 0o777)  # (after chown, which may clear bits)
+
+
+def writes_through(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is no regular file but a character device or a pipe (``/dev/null``, ``/dev/stdout``,
+    a shell's ``>(cmd)``, a named pipe): written straight into, since a temporary file renamed over it would
+    replace the device or the pipe (there is no file to keep whole)."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return False
+    return stat.S_ISCHR(mode) or stat.S_ISFIFO(mode)
+
+
+@contextmanager
+def text_output(path: str | os.PathLike[str]) -> Iterator[TextIO]:
+    """A UTF-8 text stream onto ``path``: straight into a character device or a pipe (:func:`writes_through`;
+    lines end in ``\\n``), else into a temporary file beside it, renamed into place when the block ends and
+    deleted if it raises (:func:`atomic_file`, whose errors for a folder or a socket it keeps)."""
+    if writes_through(path):
+        with open(path, "w", encoding="utf-8", newline="\n") as f:
+            yield f
+        return
+    with atomic_file(Path(path)) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        yield f
 
 
 @contextmanager

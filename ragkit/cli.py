@@ -33,7 +33,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Optional, TextIO
+from typing import TYPE_CHECKING, Any, Iterator, Optional
 
 import typer
 from rich.console import Console
@@ -42,7 +42,7 @@ from rich.padding import Padding
 from rich.table import Table
 from rich.text import Text
 
-from ragkit._files import atomic_file, file_above
+from ragkit._files import file_above, text_output, writes_through
 from ragkit.errors import ParamError, RagkitError, some_ids
 
 if TYPE_CHECKING:
@@ -330,35 +330,9 @@ def _user_path(value: Any) -> Any:
     return value
 
 
-def _writes_through(path: Path) -> bool:
-    """Whether the output ``path`` is no regular file but a character device or a pipe (``/dev/null``,
-    ``/dev/stdout``, ``/dev/stderr``, a shell's ``>(cmd)``, a named pipe): written straight into, since a temporary
-    file renamed over it would replace the device or the pipe (there is no file to keep whole)."""
-    import stat
-
-    try:
-        mode = path.stat().st_mode
-    except OSError:
-        return False
-    return stat.S_ISCHR(mode) or stat.S_ISFIFO(mode)
-
-
-@contextmanager
-def _output_stream(path: Path) -> Iterator[TextIO]:
-    """A UTF-8 text stream onto the output ``path``: straight into a device or pipe (:func:`_writes_through`; lines
-    end in ``\n``), else into a temporary file in its folder, renamed into place when the block ends and deleted
-    if it raises (:func:`~ragkit._files.atomic_file`)."""
-    if _writes_through(path):
-        with open(path, "w", encoding="utf-8", newline="\n") as f:
-            yield f
-        return
-    with atomic_file(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
-        yield f
-
-
 def _write_text(path: Path, text: str) -> None:
-    """Write ``text`` to the output ``path`` as UTF-8 (:func:`_output_stream`)."""
-    with _output_stream(path) as f:
+    """Write ``text`` to the output ``path`` as UTF-8 (:func:`~ragkit._files.text_output`)."""
+    with text_output(path) as f:
         f.write(text)
 
 
@@ -390,7 +364,7 @@ def _prepare_output(path: Optional[Path], option: str, example: str) -> None:
         return
     if path.is_dir():
         raise RagkitError(f"{option} {path}: is a folder; expected a file path such as {path / example}")
-    if _writes_through(path):  # /dev/null, /dev/stdout, >(cmd): written straight into (:func:`_output_stream`)
+    if writes_through(path):  # /dev/null, /dev/stdout, >(cmd): written straight into (text_output)
         # (not opened to try: a pipe's reader would take that close for the end of its input)
         if not os.access(path, os.W_OK):
             raise RagkitError(f"{option} {path}: cannot be written (no write permission)")
@@ -429,7 +403,7 @@ def _prepare_outputs(ctx: typer.Context, output: Optional[Path], run_file: Optio
         _human_output_to_stderr(ctx)
     if output is not None and run_file is not None and (str(output) == str(run_file) == "-" or (
             not _is_stdout(output) and not _is_stdout(run_file) and output.resolve() == run_file.resolve()
-            and not _writes_through(output))):  # (both to /dev/null: nothing is replaced)
+            and not writes_through(output))):  # (both to /dev/null: nothing is replaced)
         raise RagkitError(f"--output and --run both name {output}; the run file would replace the JSON results: "
                           "give two paths")
     if run_file is not None:  # the tag column: no whitespace (the file's columns), not empty
@@ -1309,12 +1283,8 @@ def _write_outputs(output: Optional[Path], run_file: Optional[Path], run: Any, p
         try:
             if option == "--output":
                 _write_text(path, json.dumps(payload, indent=2))
-            else:  # ids the file cannot hold refused first, naming the path (as Run.write_trec does)
-                from ragkit.run import check_trec_ids
-
-                check_trec_ids(path, run.query_ids, set().union(*(d.tolist() for d in run.doc_ids)), tag)
-                with _output_stream(path) as f:
-                    run.to_trec(f, tag, checked=True)
+            else:
+                run.write_trec(path, tag)
         except OSError as e:
             raise _RunFailure(f"{option} {path}: could not be written: {e.strerror or e}") from None
         err_console.print(Text(f"wrote {path}"), soft_wrap=True)  # (a status line: stderr, as every note)

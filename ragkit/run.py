@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping, Sequence, Te
 
 import numpy as np
 
-from ragkit._files import atomic_file, utf8_lines
+from ragkit._files import text_output, utf8_lines
 from ragkit.errors import DataError, InputTypeError, repeated, some_ids
 from ragkit.types import Corpus, Ranking, TraceEvent, _utf8_clean, check_id_surrogates
 
@@ -350,10 +350,11 @@ class Run:
         are written in trec_eval's order (:func:`trec_order`: score descending at float32, ties by document id
         descending), the order every metric scores, so the rank column agrees with the scores and a tool that
         reads the file in its own order (ranx, trec_eval) ranks what ragkit scored; a pipeline's own order among
-        equal scores is not kept."""
+        equal scores is not kept.  The file is replaced in one step (:func:`~ragkit._files.atomic_file`); a
+        character device or a named pipe (``/dev/stdout``, a shell's ``>(cmd)``) is written straight into."""
         path = Path(path)
         check_trec_ids(path, self.query_ids, set().union(*(d.tolist() for d in self.doc_ids)), tag)  # distinct ids
-        with atomic_file(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        with text_output(path) as f:
             self.to_trec(f, tag, checked=True)
 
     def to_trec(self, f: TextIO, tag: str = "ragkit", *, checked: bool = False) -> None:

@@ -202,12 +202,12 @@ def test_ask_cache_dir_error_names_the_flag(saved):
 
 
 def test_a_write_that_fails_while_running_exits_1(saved, monkeypatch):
-    import ragkit.cli as cli
+    import ragkit._files as files
 
     def broken(path, **k):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(cli, "atomic_file", broken)
+    monkeypatch.setattr(files, "atomic_file", broken)
     res = _cli("eval", "--data", saved[0], "-p", "bm25", "-o", "r.json")
     assert res.exit_code == 1, res.output
     assert "--output r.json: could not be written: No space left on device" in res.output

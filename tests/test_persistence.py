@@ -411,8 +411,8 @@ def test_atomic_file_refuses_a_path_that_is_no_regular_file(tmp_path: Path):
                 ran.append(target)
     assert ran == [] and fifo.is_fifo() and not any(p.name.startswith(".") for p in tmp_path.iterdir())
     run = Run.from_rankings(["q1"], [Ranking(np.array([0]), np.array([1.0], np.float32))], np.array(["d1"]))
-    with pytest.raises(ArtifactError, match="pipe: exists and is not a regular file"):
-        run.write_trec(fifo)
+    with pytest.raises(ArtifactError, match="folder: exists and is not a regular file"):
+        run.write_trec(tmp_path / "folder")
     (tmp_path / "ok.txt").write_text("old")
     with atomic_file(tmp_path / "ok.txt") as tmp:
         tmp.write_text("new")
@@ -517,3 +517,26 @@ def test_load_with_the_fitted_documents_in_another_order_says_so(tmp_path, corpu
         BM25.load(tmp_path / "b", corpus=shuffled)
     with pytest.raises(ArtifactError, match=r"given \d+ documents with other ids; pass the corpus"):
         BM25.load(tmp_path / "b", corpus=corpus.subset(np.arange(len(corpus) - 1)))
+
+
+def test_write_trec_writes_into_a_named_pipe_and_a_device(tmp_path):
+    """``Run.write_trec`` refused a named pipe or ``/dev/stdout`` (its temporary file cannot be renamed over one),
+    while ``ragkit eval --run`` wrote into them with its own copy of the check; now ``write_trec`` writes
+    straight into a character device or a pipe (:func:`ragkit._files.text_output`), and the command calls it."""
+    import os
+    import threading
+
+    from ragkit.run import Run
+
+    run = Run.from_dict({"q1": {"d1": 2.0, "d2": 1.0}})
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    got: list[str] = []
+    reader = threading.Thread(target=lambda: got.append(fifo.read_text(encoding="utf-8")))
+    reader.start()
+    run.write_trec(fifo, tag="t")
+    reader.join(10)
+    assert got == ["q1 Q0 d1 1 2 t\nq1 Q0 d2 2 1 t\n"] and fifo.is_fifo()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pipe"]  # no temporary file left beside it
+    run.write_trec(os.devnull)
+    assert os.path.exists(os.devnull) and not os.path.isfile(os.devnull)
