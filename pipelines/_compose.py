@@ -1628,7 +1628,8 @@ class Loop(Composite):
         Each iteration's body and judge steps appear in the trace under
         ``<path>.loop.body`` / ``<path>.loop.until`` with the number of queries still
         active, then the loop itself under ``<path>.loop``: its output over all its queries
-        (what the steps after it get; an iteration's rows cover the queries still active).
+        (what the steps after it get; an iteration's rows cover the queries still active:
+        :func:`~ragkit.pipelines.trace.aggregate_trace` gives the steps one row per iteration).
         Scratch values whose key starts with ``_`` (a judge's memory, such as
         the previous top-k) belong to one loop: those coming in (an enclosing loop's judge)
         are set aside while this loop runs and given back when it ends, and this loop's own
