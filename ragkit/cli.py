@@ -965,7 +965,21 @@ def _registered_models(pipe: Any) -> list[str]:
 
 
 def _machine() -> dict[str, Any]:
+    """The machine ``ragkit eval`` ran on, for its JSON: ``platform``, ``python`` (its version) and ``cpus``."""
     return {"platform": platform.platform(), "python": sys.version.split()[0], "cpus": os.cpu_count()}
+
+
+def _provenance(pipe: Any) -> dict[str, Any]:
+    """What ``ragkit eval``'s JSON records to reproduce the pipeline (:mod:`ragkit.eval.provenance`):
+    ``pipeline_resolved``, the pipeline's tree with every parameter of every step, defaults included
+    (:func:`~ragkit.eval.provenance.resolved_pipeline`; ``pipeline``, its YAML, holds only those given);
+    ``models``, each encoder model a step uses with its fingerprint (:func:`~ragkit.eval.provenance.models`);
+    ``versions``: ragkit's version and, run from a git checkout, its commit (``ragkit_commit``), Python's and the
+    installed libraries' (:func:`~ragkit.eval.provenance.versions`)."""
+    from ragkit.eval import provenance
+
+    return {"pipeline_resolved": provenance.resolved_pipeline(pipe), "models": provenance.models(pipe),
+            "versions": provenance.versions()}
 
 
 def _trace_rows(events: Any) -> list[dict[str, Any]]:
@@ -978,18 +992,40 @@ def _trace_rows(events: Any) -> list[dict[str, Any]]:
 
 
 def _settings(data: str, pipeline: str, train_split: Optional[str], limit: Optional[int],
-              scoring: _Scoring, backend: str, fingerprint: Optional[str] = None) -> dict[str, Any]:
+              scoring: _Scoring, backend: str, fingerprint: Optional[str] = None,
+              data_prints: Optional[dict[str, Any]] = None) -> dict[str, Any]:
     """What ``ragkit eval`` was asked, for its JSON (runs of one pipeline YAML with and without
     ``--train-split`` or ``--limit`` otherwise differ only in their numbers), and ``qrels_fingerprint``: the
     judgements it scored against (:func:`~ragkit.eval.metrics.qrels_fingerprint`; ``ragkit compare`` refuses
-    results of other judgements)."""
+    results of other judgements), then ``data_prints`` (:func:`_data_prints`: ``corpus_fingerprint``,
+    ``n_documents``, ``queries_fingerprint``; ``ragkit compare`` warns of results of other corpora)."""
     from ragkit import __version__
 
     return {"data": data, "pipeline_source": pipeline, "train_split": train_split, "limit": limit, "backend": backend,
             "depth": scoring.depth, "ignore_identical_ids": not scoring.keep_ids,
             "relevance_level": scoring.relevance_level, "run_tag": scoring.run_tag,
             "metrics": list(scoring.metrics) if scoring.metrics is not None else None,
-            "qrels_fingerprint": fingerprint, "ragkit_version": __version__}
+            "qrels_fingerprint": fingerprint, **(data_prints or {}), "ragkit_version": __version__}
+
+
+def _data_prints(corpus: Any, queries: Any) -> dict[str, Any]:
+    """``corpus_fingerprint`` (:func:`~ragkit.eval.provenance.corpus_fingerprint`: its ids, titles and texts),
+    ``n_documents`` and ``queries_fingerprint`` (the evaluated queries' ids and texts:
+    :func:`~ragkit.eval.provenance.queries_fingerprint`) of one dataset, for ``ragkit eval``'s JSON."""
+    from ragkit.eval.provenance import corpus_fingerprint, queries_fingerprint
+
+    return {"corpus_fingerprint": corpus_fingerprint(corpus), "n_documents": len(corpus),
+            "queries_fingerprint": queries_fingerprint(queries)}
+
+
+def _subsets_prints(prints: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """:func:`_data_prints` of several datasets (``{dataset: its prints}``) as one: each fingerprint combined
+    over them (:func:`~ragkit.eval.provenance.combined_fingerprint`) and the documents summed."""
+    from ragkit.eval.provenance import combined_fingerprint
+
+    return {"corpus_fingerprint": combined_fingerprint({s: p["corpus_fingerprint"] for s, p in prints.items()}),
+            "n_documents": sum(p["n_documents"] for p in prints.values()),
+            "queries_fingerprint": combined_fingerprint({s: p["queries_fingerprint"] for s, p in prints.items()})}
 
 
 def _max_ranked(run: Any) -> int:
@@ -1138,11 +1174,13 @@ def eval_cmd(
         print_trace(console, run.trace)
     try:
         _write_outputs(output, run_file, run, {
-            "dataset": ds.name, "split": split, "pipeline": pipe.to_yaml(), "n_queries": len(queries),
-            "metrics": result.scores, "per_query": result.per_query, "max_ranked": _max_ranked(run),
+            "dataset": ds.name, "split": split, "pipeline": pipe.to_yaml(), **_provenance(pipe),
+            "n_queries": len(queries), "metrics": result.scores, "per_query": result.per_query,
+            "max_ranked": _max_ranked(run),
             "timings": {"load_s": t_find + sp.t_load, "fit_s": scored.t_fit, "search_s": run.seconds, "total_s": total,
                         "documents_encoded": scored.encoded},
-            "settings": _settings(data, pipeline, train_split, limit, scoring, backend, sp.fingerprint),
+            "settings": _settings(data, pipeline, train_split, limit, scoring, backend, sp.fingerprint,
+                                  _data_prints(ds.corpus, queries)),
             **({"trace": _trace_rows(run.trace)} if trace and run.trace else {}),
             "machine": _machine(),
             "date": date.today().isoformat(),
@@ -1192,6 +1230,7 @@ def _eval_subsets(data: str, subs: list[str], pipeline: str, loaded: bool, *, sp
                    f"{len(subs)} of them, so this mean is not comparable with BEIR's (missing: {', '.join(missing)})",
                    err=True)
     scored: dict[str, _Scored] = {}
+    prints: dict[str, dict[str, Any]] = {}  # each dataset's corpus and queries fingerprints, while its corpus is read
     for s, sp in splits.items():
         # a fresh pipeline for each corpus
         pipe = _without_generation(resolve_pipeline(pipeline)[0], f"--pipeline {pipeline}", note=False)
@@ -1204,6 +1243,8 @@ def _eval_subsets(data: str, subs: list[str], pipeline: str, loaded: bool, *, sp
         _note_scored(one.run, ks, sp.dataset().corpus, pipe, sp.qrels, scoring, prefix=f"{s}: ",
                      ignored_judged=one.result.ignored_judged)
         spec = pipe.to_yaml()
+        prints[s] = _data_prints(sp.dataset().corpus, sp.queries)
+        provenance = _provenance(pipe)  # (every dataset's pipeline is built from the same YAML)
         sp.released()
         del pipe  # (the fitted pipeline holds the corpus and its index too)
         if trace and one.run.trace:
@@ -1213,16 +1254,19 @@ def _eval_subsets(data: str, subs: list[str], pipeline: str, loaded: bool, *, sp
     _report_subsets(splits, scored, pipeline, spec, split, output, t_all, missing,
                     dataset=",".join(subs) if sources else parent,
                     settings=_settings(data, pipeline, train_split, limit, scoring, backend,
-                                       _subsets_fingerprint(splits)))
+                                       _subsets_fingerprint(splits), _subsets_prints(prints)),
+                    provenance=provenance, prints=prints)
 
 
 def _report_subsets(splits: dict[str, _Split], scored: dict[str, _Scored], pipeline: str, spec: str, split: str,
                     output: Optional[Path], t_all: float, missing: Optional[list[str]], *, dataset: str,
-                    settings: dict[str, Any]) -> None:
+                    settings: dict[str, Any], provenance: Optional[dict[str, Any]] = None,
+                    prints: Optional[dict[str, dict[str, Any]]] = None) -> None:
     """Print each dataset's metrics and their mean (one row each) and the summed timings; write the
-    JSON: ``metrics`` the means, ``subsets`` each dataset's metrics, per-query values and timings;
-    ``spec`` is the pipeline's YAML; ``missing`` the archive's datasets the folder lacks (the JSON
-    says so, as the mean is then not BEIR's); ``dataset`` names the whole (the archive's folder, or
+    JSON: ``metrics`` the means, ``subsets`` each dataset's metrics, per-query values, timings and
+    ``prints`` (:func:`_data_prints`: its corpus and queries fingerprints); ``spec`` is the pipeline's YAML,
+    ``provenance`` what :func:`_provenance` records of it; ``missing`` the archive's datasets the folder lacks
+    (the JSON says so, as the mean is then not BEIR's); ``dataset`` names the whole (the archive's folder, or
     the listed datasets)."""
     names = list(scored)
     metrics = list(scored[names[0]].result.scores)
@@ -1250,12 +1294,12 @@ def _report_subsets(splits: dict[str, _Split], scored: dict[str, _Scored], pipel
     console.print(_timings_line(t_load, t_fit, encoded, search_s, n_queries, total), soft_wrap=True)
     subsets = {s: {"n_queries": len(splits[s].queries), "metrics": scored[s].result.scores,
                    "per_query": scored[s].result.per_query, "max_ranked": _max_ranked(scored[s].run),
-                   "qrels_fingerprint": splits[s].fingerprint,
+                   "qrels_fingerprint": splits[s].fingerprint, **(prints or {}).get(s, {}),
                    "timings": {"load_s": splits[s].t_load, "fit_s": scored[s].t_fit, "search_s": scored[s].run.seconds,
                                "documents_encoded": scored[s].encoded},
                    **({"trace": _trace_rows(scored[s].run.trace)} if scored[s].run.trace else {})} for s in names}
     _write_outputs(output, None, None, {
-        "dataset": parent, "split": split, "pipeline": spec, "n_queries": n_queries,
+        "dataset": parent, "split": split, "pipeline": spec, **(provenance or {}), "n_queries": n_queries,
         "metrics": means, "aggregate": f"mean over the {len(names)} datasets, each weighted equally",
         "max_ranked": max(_max_ranked(one.run) for one in scored.values()),
         **({"missing_datasets": missing} if missing else {}),

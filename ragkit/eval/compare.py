@@ -112,6 +112,9 @@ class SystemResult:
     (where ``depth`` is known, rankings shorter than it hold every document that matched: not marked).
     ``qrels_fingerprint`` identifies the judgements it was scored against (:func:`scored_qrels_fingerprint`;
     ``None``: unknown): :func:`compare` refuses two of one kind that differ.
+    ``corpus_fingerprint`` identifies the documents it searched (``ragkit eval -o``'s ``settings.corpus_fingerprint``:
+    :func:`~ragkit.eval.provenance.corpus_fingerprint`; ``None``: unknown, as for a TREC run file or an older
+    file): :meth:`Comparison.warnings` says when two known ones differ (not refused: a smaller corpus may be meant).
     ``ranked_queries`` are the queries a TREC run file ranks documents for (``None``: all it was scored on).
     ``source`` is the file it was read from (:func:`load_result`), recorded by :meth:`Comparison.to_dict`.
     """
@@ -128,6 +131,7 @@ class SystemResult:
     max_ranked: int | None = None
     qrels_fingerprint: str | None = None
     ranked_queries: frozenset[str] | None = field(default=None, repr=False)
+    corpus_fingerprint: str | None = None
 
     def values(self, metric: str) -> Mapping[str, float]:
         """Per-query values of ``metric`` in any spelling :func:`parse_metric` reads."""
@@ -315,8 +319,8 @@ def _scoring(payload: dict, path: Path) -> dict[str, Any]:
     """``relevance_level`` and ``ignore_identical_ids`` as ``payload['settings']`` records them (``ragkit eval
     -o``); a key it lacks: ragkit eval's default, which every result scored before it was recorded used.  And
     ``depth``: the ``--depth`` it searched at (``None``: not given, or not recorded); ``max_ranked``: the most
-    documents it ranked for a query (``payload['max_ranked']``); ``qrels_fingerprint``: its judgements' (both
-    ``None`` in files written before they were recorded)."""
+    documents it ranked for a query (``payload['max_ranked']``); ``qrels_fingerprint``: its judgements' and
+    ``corpus_fingerprint``: its corpus's (each ``None`` in files written before it was recorded)."""
     settings = payload.get("settings")
     if settings is None:
         settings = {}
@@ -335,6 +339,10 @@ def _scoring(payload: dict, path: Path) -> dict[str, Any]:
     if fp is not None and not isinstance(fp, str):
         raise DataError(f"{path}: settings.qrels_fingerprint must be a string such as 'sha256:...' or null, got "
                         f"{fp!r}")
+    corpus = out["corpus_fingerprint"] = settings.get("corpus_fingerprint")  # (None: not recorded)
+    if corpus is not None and not isinstance(corpus, str):
+        raise DataError(f"{path}: settings.corpus_fingerprint must be a string such as 'blake2b:...' or null, got "
+                        f"{corpus!r}")
     if isinstance(level, bool) or not isinstance(level, int) or level < 1:
         raise DataError(f"{path}: settings.relevance_level must be an integer grade >= 1, got {level!r}")
     if not isinstance(ignore, bool):
@@ -504,8 +512,9 @@ class Comparison:
     What reproduces it: ``seed``, ``dataset`` and ``split`` (when the results record them), each system's
     ``sources`` (the file read), ``depths`` (the ``--depth`` it was evaluated at, ``None`` when not given or not
     recorded) and ``fingerprints`` (of the qrels each was scored against, ``None`` when unknown: a JSON file of an
-    older ``ragkit eval``, an ``EvalResult``).  ``max_ranked``: the most documents each ranked for one query, when
-    known; :attr:`shallow` reads it where the depth is unknown.  ``coverage``: sentences
+    older ``ragkit eval``, an ``EvalResult``); ``corpora``: each one's corpus fingerprint (``None`` when
+    unknown), of which :meth:`warnings` says when they differ.  ``max_ranked``: the most documents each ranked
+    for one query, when known; :attr:`shallow` reads it where the depth is unknown.  ``coverage``: sentences
     :meth:`warnings` adds on TREC run files that rank few of the same queries.  ``n_differ`` counts the queries
     on which each system's value differs from the baseline's (NaN in the baseline's row).  :meth:`warnings` says
     what makes a row misleading.
@@ -536,6 +545,7 @@ class Comparison:
     coverage: tuple[str, ...] = ()
     fingerprints: tuple[str | None, ...] = ()
     max_ranked: tuple[int | None, ...] = ()
+    corpora: tuple[str | None, ...] = ()
 
     def _cuts(self) -> list[tuple[int | None, bool]]:
         """Each system's ``(rankings cut to, whether by --depth)``: its depth when known (a ranking shorter than it
@@ -562,7 +572,8 @@ class Comparison:
         """One sentence per metric whose cut-off is deeper than a system's rankings were cut (:attr:`shallow`;
         ``!`` in ``ragkit compare``'s table), worded by cause: the ``--depth`` searched (evaluate again deeper), or
         rankings shorter than the cut-off without a known depth (the pipeline's ``k``, or few documents matching);
-        then one per TREC run file that shares under half of the queries it or the baseline ranks (``coverage``)."""
+        then one per TREC run file that shares under half of the queries it or the baseline ranks (``coverage``),
+        then one when the results were evaluated on different corpora (:meth:`corpora_differ`)."""
         out = []
         shallow, cuts = self.shallow, self._cuts()
         for j, m in enumerate(self.metrics):
@@ -586,7 +597,25 @@ class Comparison:
                            f"k or evaluate with --depth {cut} (a ranking shorter than --depth holds every document "
                            f"that matched)")
             out.append(f"! {m}: " + "; ".join(why))
-        return out + list(self.coverage)
+        differ = self.corpora_differ()
+        return out + list(self.coverage) + ([differ] if differ else [])
+
+    def corpora_differ(self) -> str:
+        """A sentence naming the results whose corpus fingerprints (``corpora``, as ``ragkit eval -o`` records them)
+        differ, grouped by corpus, or ``""`` (all alike, or fewer than two known: results of an older ragkit, TREC
+        run files)."""
+        groups: dict[str, list[str]] = {}
+        for i, s in enumerate(self.systems):
+            fp = self.corpora[i] if i < len(self.corpora) else None
+            if fp is not None:
+                src = self.sources[i] if i < len(self.sources) else None
+                groups.setdefault(fp, []).append(src or s)
+        if len(groups) < 2:
+            return ""
+        said = "; ".join(f"{' and '.join(names)} ({fp})" for fp, names in groups.items())
+        return (f"the results were evaluated on different corpora: {said}; their differences measure the corpus "
+                "as well as the system (the documents searched differ: another copy, version or subset of the "
+                "dataset); compare results of the same corpus unless that is what is meant")
 
     def few_differ(self) -> list[str]:
         """One sentence per (system, metric) on which the system differs from the baseline on fewer than 10
@@ -695,8 +724,8 @@ class Comparison:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: what was compared (``dataset``, ``split``, ``metrics``, ``seed``, each system's ``source``
         file, ``depth`` (``--depth``, ``None``: not given or unknown), and where known ``max_ranked`` (the most
-        documents it ranked for one query) and ``qrels_fingerprint``: enough to run the comparison again) and one
-        record per (system, metric)."""
+        documents it ranked for one query), ``qrels_fingerprint`` and ``corpus_fingerprint``: enough to run the
+        comparison again) and one record per (system, metric)."""
         rows = []
         shallow = self.shallow
         for i, s in enumerate(self.systems):
@@ -718,6 +747,8 @@ class Comparison:
                     **({"max_ranked": ranked} if (ranked := self.max_ranked[i] if i < len(self.max_ranked)
                                                   else None) is not None else {}),
                     **({"qrels_fingerprint": fp} if (fp := self.fingerprints[i] if i < len(self.fingerprints)
+                                                      else None) else {}),
+                    **({"corpus_fingerprint": cf} if (cf := self.corpora[i] if i < len(self.corpora)
                                                       else None) else {})}
                    for i, s in enumerate(self.systems)]
         warnings, few = self.warnings(), self.few_differ()
@@ -995,7 +1026,7 @@ def compare(results: Sequence[SystemResult] | Mapping[str, Any], metrics: Sequen
         n_sets = len(strata)
         vals = np.stack([[np.fromiter(map(r.values(metrics[j]).__getitem__, qs), np.float64, len(qs)) for j in js]
                          for r in results])  # (n_systems, len(js), n_queries)
-        means[:, js] = vals @ w
+        means[:, js] = [[_mean_as_evaluated(r, metrics[j]) for j in js] for r in results]
         diff = (vals[others] - vals[baseline]).reshape(-1, len(qs)).T  # (n_queries, pairs): system-major pairs
         delta[np.ix_(others, js)] = (w @ diff).reshape(len(others), len(js))
         n_differ[np.ix_(others, js)] = np.count_nonzero(diff, axis=0).reshape(len(others), len(js))
@@ -1015,7 +1046,23 @@ def compare(results: Sequence[SystemResult] | Mapping[str, Any], metrics: Sequen
                       depths=tuple(r.depth for r in results), max_ranked=tuple(r.max_ranked for r in results),
                       n_differ=n_differ,
                       coverage=_coverage(results, baseline),
-                      fingerprints=tuple(r.qrels_fingerprint for r in results))
+                      fingerprints=tuple(r.qrels_fingerprint for r in results),
+                      corpora=tuple(r.corpus_fingerprint for r in results))
+
+
+def _mean_as_evaluated(r: SystemResult, metric: str) -> float:
+    """``r``'s mean of ``metric`` computed as :func:`~ragkit.eval.evaluate` and ``ragkit eval`` compute theirs, so
+    that the two agree to the last digit: ``np.mean`` of its per-query values in their own order (one dataset), or
+    (``groups``: several datasets) the plain sum of each dataset's ``np.mean``, in the order the datasets come,
+    divided by their number (``ragkit eval``'s mean over the datasets of an archive)."""
+    vals = r.values(metric)
+    arr = np.fromiter(vals.values(), np.float64, len(vals))
+    if r.groups is None:
+        return float(np.mean(arr))
+    _, first, label = np.unique(np.array(list(map(r.groups.__getitem__, vals))), return_index=True,
+                                return_inverse=True)
+    per_set = [float(np.mean(arr[label == g])) for g in np.argsort(first, kind="stable")]  # in the datasets' order
+    return sum(per_set) / len(per_set)
 
 
 def _coverage(results: Sequence[SystemResult], baseline: int) -> tuple[str, ...]:
