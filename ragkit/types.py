@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping, Se
 import numpy as np
 
 from ragkit._files import atomic_file, file_above, save_unwritable, user_path
-from ragkit.errors import ArtifactError, DataError, InputTypeError, repeated, some_ids
+from ragkit.errors import ArtifactError, DataError, InputTypeError, ParamError, repeated, some_ids
 from ragkit.metadata import (
     Coded,
     check_added_kinds,
@@ -933,7 +933,10 @@ class Corpus:
         """Row numbers of document ids: int64, shape ``(n,)``, in the order of ``ids``.
 
         ``missing="raise"`` (default): an id not in the corpus is a :class:`DataError` naming it;
-        ``missing="drop"``: such ids are left out, so ``n`` may be less than ``len(ids)``."""
+        ``missing="drop"``: such ids are left out, so ``n`` may be less than ``len(ids)``; another ``missing``
+        is a :class:`ParamError`."""
+        if missing not in ("raise", "drop"):
+            raise ParamError(f"Corpus.row_of: missing must be 'raise' or 'drop', got {missing!r}")
         lut = self._lookup()
         ids = list(ids)
         if missing == "drop":

@@ -74,7 +74,7 @@ class DenseParams(Params):
                                               "a b1 graph's Hamming shortlist; unused where search: auto fits an "
                                               "exact index, on a corpus of at most exact_max documents).")
     reduce: str = Field(default="none", pattern=r"^(none|(pca|matryoshka):[1-9][0-9]*)$",
-                        description="none, pca:<dims> (fitted on the corpus, at least <dims> documents; "
+                        description="none, pca:<dims> (fitted on the corpus, more than <dims> documents; "
                                     "without rescore, scores are centred cosines in the reduced space, not cosines: "
                                     "use rescore where scores are thresholded) or matryoshka:<dims> "
                                     "(truncate + renormalise; only for Matryoshka-trained models).")
@@ -217,12 +217,13 @@ class Dense(TunedEncoderMixin, Operator):
                 raise ParamError(f"dense.reduce: {self.params.reduce!r} asks for {dims} dimensions but "
                                  f"{self.params.model} embeddings have {width}; choose at most {width}",
                                  path="dense.reduce")
-            if kind == "pca" and len(corpus) < dims:
+            if kind == "pca" and len(corpus) <= dims:  # n centred documents span at most n - 1 dimensions
                 raise ParamError(f"dense.reduce: {self.params.reduce!r} fits {dims} principal components on the "
-                                 f"corpus, which has {len(corpus)} documents (fewer than {dims}): the components past "
-                                 "its rank are noise, and documents added later are projected on them; fit on at "
-                                 f"least {dims} documents (the whole corpus, then add) or choose at most pca:"
-                                 f"{max(len(corpus) - 1, 1)}", path="dense.reduce")
+                                 f"corpus, which has {len(corpus)} documents: centred, they span at most "
+                                 f"{max(len(corpus) - 1, 0)} dimensions, so the components past that are noise, and "
+                                 f"documents added later are projected on them; fit on at least {dims + 1} documents "
+                                 f"(the whole corpus, then add) or choose at most pca:{max(len(corpus) - 1, 1)}",
+                                 path="dense.reduce")
         self._adapt_encoder(corpus, train)
         self.__dict__.pop("_fresh_docs", None)
         vecs = self._encode_docs(corpus)

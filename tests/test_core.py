@@ -545,3 +545,11 @@ def test_the_mixed_kinds_warning_reads_tuples_of_mixed_kinds():
     assert corpus.mask({"tags": "b"}).tolist() == [False, True]
     # a tuple is a list, as a save writes it and a load reads it back (587e282): a filter matches its elements
     assert Corpus.from_texts(["x", "y"], tags=[("a", 1), ("b", 2)]).mask({"tags": "a"}).tolist() == [True, False]
+
+
+def test_row_of_refuses_an_unknown_missing_option():
+    """``row_of(ids, missing="Drop")`` (a typo) behaved as "raise": a DataError about the id, not the option."""
+    c = Corpus.from_texts(["a", "b"], ids=["x", "y"])
+    with pytest.raises(ParamError, match="missing must be 'raise' or 'drop', got 'Drop'"):
+        c.row_of(["w"], missing="Drop")
+    assert c.row_of(["w", "y"], missing="drop").tolist() == [1]

@@ -160,7 +160,12 @@ def test_document_vectors_are_unit_and_scores_are_cosines_whatever_the_encoder_r
 def test_pca_on_fewer_documents_than_its_dimensions_is_refused():
     with pytest.raises(ParamError, match=r"(?s)dense\.reduce.*'pca:16'.*3 documents"):
         Dense(model=MODEL, reduce="pca:16").fit(_corpus(3))
-    Dense(model=MODEL, reduce="pca:16").fit(_corpus(16))  # as many documents as dimensions: accepted
+    # as many documents as dimensions was accepted: centred, 16 documents span 15 dimensions, so the 16th
+    # component is noise (the message said "at most pca:15" while the check let pca:16 through)
+    with pytest.raises(ParamError, match=r"(?s)16 documents.*span at most 15 dimensions.*at least 17 documents.*"
+                                         r"at most pca:15"):
+        Dense(model=MODEL, reduce="pca:16").fit(_corpus(16))
+    Dense(model=MODEL, reduce="pca:16").fit(_corpus(17))
 
 
 def test_an_add_that_clips_int8_coordinates_warns(caplog):

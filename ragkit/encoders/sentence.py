@@ -547,6 +547,8 @@ def as_texts(texts: Any, who: str) -> list[str]:
 
 def unit_rows(x: Any) -> np.ndarray:
     """``x`` as C-contiguous float32 rows of unit L2 norm, shape ``(n, d)`` unchanged (a zero row stays zero).
+    An ``x`` of another number of dimensions, or empty, comes back cast to float32 only: the caller's shape
+    check names the problem (an encoder that returned one vector, say).
 
     The encoders of this package already return unit rows; a registered encoder promises them
     (:func:`~ragkit.encoders.register_encoder`) but cannot be made to keep the promise, so the
