@@ -819,7 +819,7 @@ class Pipeline(Composite):
         """
         from ragkit.options import check_options
         from ragkit.pipelines._checks import unranked_router
-        from ragkit.run import Run
+        from ragkit.run import Run, learned_query_ids
 
         check_search_arguments(queries, trace, qrels, f"{type(self).__name__}.search")  # (a set, trace="yes", qrels
         # without trace: refused before any work, as Operator.search refuses them)
@@ -881,7 +881,8 @@ class Pipeline(Composite):
             if k is not None:
                 rankings = [r.head(int(k)) for r in rankings]
             return Run.from_rankings(state.query_ids, rankings, corpus.ids, values=state.values,
-                                     trace=state.trace, seconds=seconds)
+                                     trace=state.trace, seconds=seconds,
+                                     learned_from=learned_query_ids(self, state.query_ids, state.queries))
 
     # ------------------------------------------------------------------ YAML and files
     def to_yaml(self) -> str:
@@ -1036,6 +1037,8 @@ class Parallel(Composite):
     branches : list of Operator (or list of lists, each a linear pipeline)
         One operator alone is one branch: ``Parallel(a)`` equals ``Parallel([a])``.
     fuse : Operator of kind ``"fuser"``, default ``RRF(k=60)``
+        Merges the branches' rankings into one: ``rrf`` (reciprocal rank fusion) or ``weighted``
+        (normalised score fusion), each with optional ``weights``, one per branch.
     names : list of str, optional
         Branch names used in the fused ranking's fields (``"<name>.rank"``,
         ``"<name>.score"``); default: the branch's operator name, made unique.
