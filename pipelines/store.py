@@ -216,9 +216,11 @@ def _load_pipeline(folder: Path, corpus: Corpus | None, mmap: bool, verify: bool
     if verify:
         digests = manifest.get("sha256", {})
         if "pipeline.yaml" not in digests:  # every save lists its files: a changed manifest lost them
-            raise ArtifactError(f"{folder / 'manifest.json'}: lists no checksums of the saved files (sha256) to "
-                                "verify them against; the folder was changed after saving: save the pipeline again, "
-                                "or load it unchecked with verify=False")
+            what = (f"lists the checksums (sha256) of {len(digests)} files but none of pipeline.yaml, which the "
+                    "load reads (the steps and their order); every save lists it") if digests else \
+                "lists no checksums of the saved files (sha256) to verify them against; every save lists them"
+            raise ArtifactError(f"{folder / 'manifest.json'}: {what}: the folder was changed after saving: save the "
+                                "pipeline again, or load it unchecked with verify=False")
         _check_listed(folder, digests, nodes, corpus_read=bool(manifest.get("fitted")) and corpus is None)
         verify_checksums(folder, digests, SHA_RECORD)
     if not manifest.get("fitted"):
@@ -319,6 +321,13 @@ def _checked_nodes(folder: Path, nodes: dict[str, Any]) -> dict[str, str]:
             raise ArtifactError(f"{where}: nodes[{node_path!r}] is {sub!r:.200}, the saved pipeline's own folder (a "
                                 "step cannot be the pipeline itself); ragkit writes 'ops/NN-name': save the pipeline "
                                 "again")
+        link = _first_link(folder, rel) if rel is not None else None
+        if link is not None and os.path.commonpath([base, real]) != base:
+            raise ArtifactError(f"{where}: nodes[{node_path!r}] is {sub!r:.200}, a folder outside the saved pipeline "
+                                f"{folder}: it is reached through the symbolic link {link} (to {os.readlink(link)}); "
+                                "ragkit never writes links into a save, and refuses a step reached through a link "
+                                "leading out of it (verify=False too): copy the step's folder itself into the save, "
+                                "or save the pipeline again")
         if rel is None or os.path.commonpath([base, real]) != base:
             raise ArtifactError(f"{where}: nodes[{node_path!r}] is {sub!r:.200}, a folder outside the saved pipeline "
                                 f"{folder}; a step loads only from a folder inside it (ragkit writes 'ops/NN-name'): "
@@ -326,6 +335,17 @@ def _checked_nodes(folder: Path, nodes: dict[str, Any]) -> dict[str, str]:
                                 "ragkit)")
         out[node_path] = rel
     return out
+
+
+def _first_link(folder: Path, rel: str) -> Path | None:
+    """The first symbolic link on the way from ``folder`` to ``folder / rel`` (``rel`` normalised, inside it:
+    :func:`~ragkit._files.saved_relpath`), ``folder / rel`` included; ``None`` when there is none."""
+    at = folder
+    for part in Path(rel).parts:  # (a loop over the few parts of a step's path)
+        at = at / part
+        if at.is_symlink():
+            return at
+    return None
 
 
 def _check_listed(folder: Path, digests: dict[str, Any], nodes: dict[str, str], corpus_read: bool) -> None:

@@ -568,7 +568,8 @@ def _alive_nt(pid: int) -> bool:
 def check_npy_size(path: Path) -> None:
     """Refuse, with :class:`ArtifactError` naming ``path``, a ``.npy`` file whose header describes more bytes
     than the file holds (an edited or truncated file: ``np.load`` would first try to allocate the whole claimed
-    array, a ``MemoryError`` of terabytes for a header claiming ``(10**12,)``).  Files of other ``.npy``
+    array, a ``MemoryError`` of terabytes for a header claiming ``(10**12,)``), or whose header's shape has a
+    negative dimension (``(-1,)``: ``np.load`` said "Expected (-1,) = -1 elements").  Files of other ``.npy``
     versions, or unreadable ones, are left to ``np.load`` and its own errors."""
     import numpy as np
 
@@ -585,6 +586,9 @@ def check_npy_size(path: Path) -> None:
         size = os.path.getsize(path)
     except (OSError, ValueError, EOFError):
         return
+    if any(d < 0 for d in shape):  # (np.load then failed with "Expected (-1,) = -1 elements")
+        raise ArtifactError(f"{path}: its header's shape {tuple(shape)} is invalid (a negative dimension; an array's "
+                            "dimensions are 0 or more): an edited or damaged file")
     need = start + int(np.prod(shape, dtype=object)) * dtype.itemsize
     if need > size:
         raise ArtifactError(f"{path}: its header describes an array of shape {tuple(shape)} and dtype {dtype} "
