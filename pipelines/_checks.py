@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import difflib
 import logging
-from typing import Any, Iterable, Iterator, Mapping, Optional, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Optional, Sequence
 
 from ragkit.errors import ConfigError, DataError, ParamError, RagkitError, some_ids
 from ragkit.operator import Operator, check_fit_inputs
@@ -37,8 +37,10 @@ __all__ = [
     "fuse_weights_problem",
     "prf_reader_problem",
     "route_label_notes",
+    "route_label_problem_at",
     "route_label_problems",
     "same_model",
+    "threshold_scale_problem",
     "unranked_router",
 ]
 
@@ -272,7 +274,8 @@ def unranked_router(op: Operator, path: str = "pipeline", ranked: bool = False, 
     fitted on their own, searched without a pipeline fit, is not refused for it).
     """
     return (_unranked(op, path, ranked, branches=_retrieves(op)) or cosine_source_problem(op, path)
-            or discarded_ranking_problem(op, path) or (prf_reader_problem(op, path) if expansions else None))
+            or threshold_scale_problem(op, path) or discarded_ranking_problem(op, path)
+            or (prf_reader_problem(op, path) if expansions else None))
 
 
 def _unranked(op: Operator, path: str, ranked: bool, in_loop: bool = False,
@@ -515,7 +518,83 @@ def cosine_source_problem(op: Operator, path: str = "pipeline") -> ConfigError |
     (a hybrid's RRF scores, a dense's inner products).  Whether the model is the retriever's is
     :func:`encoder_mismatch`'s check.
     """
-    return _score_sources(op, path, [])[1]
+    return _score_sources(op, path, [], check=_cosine_reader_problem)[1]
+
+
+def threshold_scale_problem(op: Operator, path: str = "pipeline") -> ConfigError | None:
+    """The error for the first fixed threshold of ``op`` (at ``path``) that the scores reaching it can never cross
+    (:func:`_threshold_problem`): ``score_threshold``, ``score_router`` (features ``top1`` and ``gap``) and
+    ``score_reached`` whose scores come, through any path, from a ``dense`` or ``knn_embed`` (cosines, in
+    [-1, 1]), with a threshold outside what those scores can be; else ``None``.  At search each silently
+    gave every query no documents, one label, or no early stop.  Scales that are not bounded (BM25's, a
+    fuser's, a reranker's, a step of a plugin's) are not guessed at."""
+    return _score_sources(op, path, [], check=_threshold_problem, opaque=True)[1]
+
+
+#: what the fixed ``threshold`` of each step compares, on cosines in [-1, 1]: ``(feature, low, high)`` where the
+#: feature is in [low, high] (``score_router``: by its ``feature``; ``rel_gap``, a ratio, is not bounded)
+_COSINE_FEATURES: dict[str, dict[str, tuple[str, float, float]]] = {
+    "score_threshold": {"": ("each document's score", -1.0, 1.0)},
+    "score_reached": {"": ("the score at its rank", -1.0, 1.0)},
+    "score_router": {"top1": ("the top score (feature: top1)", -1.0, 1.0),
+                     "gap": ("the gap between the top two scores (feature: gap)", 0.0, 2.0)},
+}
+
+
+def _threshold_problem(step: Operator, at: str, sources: list[_Source]) -> ConfigError | None:
+    """Why the fixed threshold of ``step`` (at ``at``) can never be crossed by the scores of ``sources``, else
+    ``None``: a cosine source (see :func:`threshold_scale_problem`) and a threshold outside the range of what it
+    compares there.  Only a ``threshold`` given is checked (not one learned, nor one given per search)."""
+    features = _COSINE_FEATURES.get(step.name)
+    threshold = getattr(step.params, "threshold", None)
+    feature = features.get(str(getattr(step.params, "feature", ""))) if features is not None else None
+    if feature is None or threshold is None or getattr(step.params, "learn", False):
+        return None
+    what, low, high = feature
+    if low <= threshold <= high:
+        return None
+    cosine = next(((s, w) for s, w in sources if _scores_cosines(s)), None)
+    if cosine is None:
+        return None
+    source, where = cosine
+    above = threshold > high
+    if step.name == "score_threshold":
+        k_min = step.params.k_min  # type: ignore[attr-defined]
+        effect = (("no document passes it and every query keeps no documents" if not k_min else
+                   f"no document passes it and every query keeps its top {k_min} (k_min), as top_k would")
+                  if above else "every document passes it: it removes nothing")
+    elif step.name == "score_router":
+        p = step.params
+        label = p.below if above else p.above  # type: ignore[attr-defined]
+        effect = f"every query gets the label {label!r} (the other branch never runs)"
+    else:
+        effect = ("no query's loop stops before max_iters" if above else
+                  "every query's loop stops after its first iteration")
+    shown = ", ".join(f"{lo:g}" for lo in (low, high))
+    return ConfigError(f"{at}.threshold: {threshold!r} is outside [{shown}], where {what} always lies on the scores "
+                       f"reaching {step.name}: those of {where}.{source.name}, cosines (in [-1, 1]); so {effect}; "
+                       f"give a threshold within [{shown}] (a cosine's scale, not BM25's)"
+                       + (", or learn: true to learn it from the training queries" if step.name != "score_threshold"
+                          else ""), path=f"{at}.threshold")
+
+
+def _scores_cosines(source: Operator) -> bool:
+    """Whether the scores of ``source`` are in [-1, 1]: a ``dense`` or ``knn_embed`` (a sharded one too) with
+    ``metric: cos`` (compressed storage and ``reduce`` give approximate cosines, ``b1`` the unit query against
+    unit sign vectors, ``merge: interleave`` rank scores in (0, 1]: all in that range)."""
+    inner = _cosine_retriever(source)
+    return inner is not None and getattr(inner.params, "metric", "cos") == "cos"
+
+
+def _cosine_reader_problem(step: Operator, at: str, sources: list[_Source]) -> ConfigError | None:
+    """Why ``step`` (at ``at``), a ``dbnorm`` or ``cosine_adapter``, cannot read the scores of ``sources``."""
+    if step.name not in _COSINE_READERS:
+        return None
+    for source, where in sources:
+        problem = _not_cosines(source, where, step, at)
+        if problem is not None:
+            return problem
+    return None
 
 
 def _dedupe(sources: Iterable[_Source]) -> list[_Source]:
@@ -531,26 +610,40 @@ def _source_key(sources: Sequence[_Source]) -> tuple[tuple[int, str], ...]:
     return tuple((id(s), at) for s, at in sources)
 
 
-def _score_sources(op: Operator, path: str, incoming: list[_Source],
-                   memo: _Memo | None = None) -> tuple[list[_Source], ConfigError | None]:
-    """The sources of the scores after ``op`` (at ``path``), given those reaching it, and the first cosine
-    reader problem inside it.
+#: a check of one leaf step (at its path) against the sources of the scores reaching it
+_Check = Callable[[Operator, str, list[_Source]], Optional[ConfigError]]
+
+
+def _score_sources(op: Operator, path: str, incoming: list[_Source], memo: _Memo | None = None, *,
+                   check: _Check, opaque: bool = False) -> tuple[list[_Source], ConfigError | None]:
+    """The sources of the scores after ``op`` (at ``path``), given those reaching it, and the first problem
+    ``check`` finds inside it (each leaf step, a route's router and a loop's judge, with the sources of the
+    scores reaching it).
 
     A loop's body is walked with what reaches the loop, then again with its own sources added (its next
     iterations get its last one's scores), unless the first walk added none (the second would see the same
     input).  ``memo`` keeps each loop's result per input, so nested loops are walked in linear time, not twice
-    per level (20 nested loops took 2^20 walks of the innermost body)."""
+    per level (20 nested loops took 2^20 walks of the innermost body).  ``opaque``: a step of a plugin (an
+    operator defined outside ragkit) is taken to write scores of its own (a filter that rescales them)."""
     memo = {} if memo is None else memo
+
+    def walk(node: Operator, where: str, got: list[_Source]) -> tuple[list[_Source], ConfigError | None]:
+        return _score_sources(node, where, got, memo, check=check, opaque=opaque)
+
     if isinstance(op, Parallel):
         for branch, where in op.child_paths(path)[:-1]:
-            problem = _score_sources(branch, where, incoming, memo)[1]
+            problem = walk(branch, where, incoming)[1]
             if problem is not None:
                 return [], problem
         return [(op, _at(path, "parallel"))], None
     if isinstance(op, Route):
+        (router, r_where), *branches = op.child_paths(path)
+        problem = None if isinstance(router, Composite) else check(router, f"{r_where}.{router.name}", incoming)
+        if problem is not None:
+            return [], problem
         out: list[_Source] = []
-        for branch, where in op.child_paths(path)[1:]:
-            got, problem = _score_sources(branch, where, incoming, memo)
+        for branch, where in branches:
+            got, problem = walk(branch, where, incoming)
             if problem is not None:
                 return [], problem
             out += got
@@ -558,31 +651,35 @@ def _score_sources(op: Operator, path: str, incoming: list[_Source],
     if isinstance(op, Loop):
         key = (id(op), path, _source_key(incoming))
         if key not in memo:
-            body, where = op.child_paths(path)[0]
-            first, problem = _score_sources(body, where, incoming, memo)
+            (body, where), (until, u_where) = op.child_paths(path)
+            first, problem = walk(body, where, incoming)
             again = _dedupe(incoming + first) if problem is None else incoming
-            memo[key] = ((first, problem) if problem is not None or _source_key(again) == _source_key(incoming)
-                         else _score_sources(body, where, again, memo))
+            found = ((first, problem) if problem is not None or _source_key(again) == _source_key(incoming)
+                     else walk(body, where, again))
+            if found[1] is None and not isinstance(until, Composite):  # the judge reads the body's rankings
+                judged = check(until, f"{u_where}.{until.name}", _dedupe(first + found[0]))
+                found = found if judged is None else ([], judged)
+            memo[key] = found
         return memo[key]
     if isinstance(op, Composite) and not isinstance(op, Pipeline):  # a composite of another kind: its children
         for child, where in op.child_paths(path):
-            problem = _score_sources(child, where, incoming, memo)[1]
+            problem = walk(child, where, incoming)[1]
             if problem is not None:
                 return [], problem
         return incoming, None
     current = incoming
     for step, where in (op.child_paths(path) if isinstance(op, Pipeline) else [(op, path)]):
         if isinstance(step, Composite):
-            current, problem = _score_sources(step, where, current, memo)
+            current, problem = walk(step, where, current)
             if problem is not None:
                 return [], problem
-        elif step.name in _COSINE_READERS:
-            for source, at in current:
-                problem = _not_cosines(source, at, step, f"{where}.{step.name}")
-                if problem is not None:
-                    return [], problem
-            current = [(step, where)]  # its own scores: calibrated relevance, corrected similarities
-        elif step.kind in ("retriever", "reranker"):  # a reranker writes scores of its own (mmr, maxsim)
+            continue
+        problem = check(step, f"{where}.{step.name}", current)
+        if problem is not None:
+            return [], problem
+        if (step.name in _COSINE_READERS  # its own scores: calibrated relevance, corrected similarities
+                or step.kind in ("retriever", "reranker")  # a reranker writes scores of its own (mmr, maxsim)
+                or (opaque and not type(step).__module__.startswith("ragkit."))):
             current = [(step, where)]
     return current, None
 
@@ -805,46 +902,120 @@ def fuse_weights_problem(fuse: Operator, names: Sequence[str]) -> str | None:
 
 def route_label_problems(router: Operator | None, labels: Iterable[Any], has_default: bool,
                          default_label: str | None = None, *, default_branch: bool = False) -> str | None:
-    """Why a route's branch ``labels`` do not serve ``router``, or ``None``: every label must be a
-    string (YAML reads unquoted ``yes`` / ``no`` / ``on`` / ``1`` as booleans and numbers) without
-    ``.``, ``[`` or ``]`` (path syntax); without a default every label the router can give
-    (``possible_labels``) needs a branch; and every branch must be reachable: a label the router
-    can give, or the route's ``default_label`` (a misspelt label's queries went to the default).
-    ``default_branch``: the route has a default pipeline of its own, which must be reachable too: some
-    label the router can give has no branch (``score_router`` with branches for both its labels and a
+    """Why a route's branch ``labels`` do not serve ``router``, or ``None`` (:func:`route_label_problem_at`'s
+    message, for the routes built in Python, whose errors name ``route.branches``)."""
+    found = route_label_problem_at(router, labels, has_default, default_label, default_branch=default_branch)
+    return None if found is None else found[1]
+
+
+def route_label_problem_at(router: Operator | None, labels: Iterable[Any], has_default: bool,
+                           default_label: str | None = None, *,
+                           default_branch: bool = False) -> tuple[str, str] | None:
+    """Why a route's branch ``labels`` do not serve ``router``, or ``None``: ``(where, why)``, ``where`` the part
+    of the route the problem is written at (``branches``, ``default``, or the router's parameter that gives a
+    misspelt label: ``router.rule_router.default``), for the line a pipeline file's error cites.
+
+    Every label must be a string (YAML reads unquoted ``yes`` / ``no`` / ``on`` / ``1`` as booleans and
+    numbers) without ``.``, ``[`` or ``]`` (path syntax); a label the router gives that has no branch, beside a
+    branch no label reaches with a close name, is one misspelling (``default: hybird`` for the branch
+    ``hybrid``: said of the label, with the branch it likely means, and the other way round); without a default
+    every label the router can give (``possible_labels``) needs a branch; and every branch must be reachable: a
+    label the router can give, or the route's ``default_label`` (a misspelt label's queries went to the
+    default).  ``default_branch``: the route has a default pipeline of its own, which must be reachable too:
+    some label the router can give has no branch (``score_router`` with branches for both its labels and a
     ``default: [...]`` never runs it).
     Without a ``router`` (not built yet) only the labels themselves are checked."""
     labels = list(labels)
     bad = [k for k in labels if not isinstance(k, str)]
     if bad:
         got = ", ".join(f"{k!r} ({type(k).__name__})" for k in bad)
-        return (f"branch labels must be strings, got {got}; YAML reads unquoted yes/no/on/off/true/false as "
-                f'booleans and digits as numbers: quote the labels, e.g. "yes": [...] or "1": [...]')
+        return "branches", (f"branch labels must be strings, got {got}; YAML reads unquoted yes/no/on/off/true/false "
+                            f'as booleans and digits as numbers: quote the labels, e.g. "yes": [...] or "1": [...]')
     odd = [k for k in labels if not k.strip() or any(c in k for c in ".[]")]
     if odd:  # a label is a part of every path under its branch: "a[0]" would name what "a"'s first step is
-        return (f"branch labels must be non-empty and hold no '.', '[' or ']' (they are parts of the paths that "
-                f"name operators in errors, traces and saved pipelines), got {odd}")
+        return "branches", (f"branch labels must be non-empty and hold no '.', '[' or ']' (they are parts of the "
+                            f"paths that name operators in errors, traces and saved pipelines), got {odd}")
     if router is None:
         return None
     possible = getattr(router, "possible_labels", None)
-    missing = [lab for lab in possible() if lab not in labels] if callable(possible) and not has_default else []
+    if not callable(possible):
+        return None
+    gives = list(possible())
+    shadowed = _shadowed_labels(router)
+    can = [*gives, *shadowed]  # (shadowed labels are warned of, not refused: see route_label_notes)
+    never = [lab for lab in labels if lab not in can and lab != default_label]
+    misspelt = _misspelt_labels(router, [lab for lab in gives if lab not in labels], never, can)
+    if misspelt:
+        return misspelt
+    missing = [lab for lab in gives if lab not in labels] if not has_default else []
     if missing:
-        return (f"router {router.name!r} can label queries {missing}, which have no branch, and the route has no "
-                f"'default'; branches: {sorted(labels)}; add a branch for each, or a 'default:' (a branch label or "
-                f"a pipeline)")
-    if callable(possible):
-        shadowed = _shadowed_labels(router)
-        can = [*possible(), *shadowed]  # (shadowed labels are warned of, not refused: see route_label_notes)
-        covered = all(lab in labels for lab in can)  # every label the router gives has a branch: no default runs
-        never = [lab for lab in labels if lab not in can and lab != default_label]
-        if never:
-            close = {lab: difflib.get_close_matches(lab, can, n=1) for lab in never}
-            hints = "".join(f"; {lab!r}: did you mean {c[0]!r}?" for lab, c in close.items() if c)
-            return (f"branches {never} can never run: router {router.name!r} labels queries only {can}{hints}")
-        if default_branch and covered:
-            return (f"the default can never run: router {router.name!r} labels queries only {can}, and each of "
-                    f"these has a branch; drop the default, or give one of its labels no branch")
+        return "branches", _missing_branches(router, missing, sorted(labels))
+    if never:
+        close = {lab: difflib.get_close_matches(lab, can, n=1) for lab in never}
+        hints = "".join(f"; {lab!r}: did you mean {c[0]!r}?" for lab, c in close.items() if c)
+        return "branches", f"branches {never} can never run: router {router.name!r} labels queries only {can}{hints}"
+    if default_branch and all(lab in labels for lab in can):  # every label the router gives has a branch
+        return "default", (f"the default can never run: router {router.name!r} labels queries only {can}, and each "
+                           f"of these has a branch; drop the default, or give one of its labels no branch")
     return None
+
+
+def _label_origin(router: Operator, label: str) -> str | None:
+    """The router's parameter that gives ``label`` (``rules[0].label``, ``default``), where it tells."""
+    param = getattr(router, "label_param", None)
+    return param(label) if callable(param) else None
+
+
+def _misspelt_labels(router: Operator, unbranched: list[str], never: list[str],
+                     can: list[str]) -> tuple[str, str] | None:
+    """A label the router gives that has no branch (in ``unbranched``) beside a branch of a close name that no
+    label reaches (in ``never``): one name misspelt, the label's or the branch's.  Said of the label, at the
+    router's parameter that gives it (``router.rule_router.default``), with the branch it likely means; then
+    the other way round, since which of the two is the typo only the author knows.  ``can``: every label the
+    router gives."""
+    pairs: dict[str, str] = {}
+    for lab in unbranched:
+        close = [b for b in difflib.get_close_matches(lab, never, n=max(1, len(never))) if b not in pairs.values()]
+        if close:
+            pairs[lab] = close[0]
+    if not pairs:
+        return None
+    first = next(iter(pairs))
+    origin = _label_origin(router, first)
+    where = f"router.{router.name}.{origin}" if origin is not None else "branches"
+
+    def gives(lab: str) -> str:
+        at = _label_origin(router, lab)
+        return f"{lab!r} (router.{router.name}.{at})" if at is not None else repr(lab)
+    said = "; ".join(f"router {router.name!r} gives the label {gives(lab)}, which has no branch: did you mean the "
+                     f"branch {br!r}?" for lab, br in pairs.items())
+    branches = list(pairs.values())
+    other = "; ".join(f"{br!r}: did you mean {lab!r}?" for lab, br in pairs.items())
+    return where, (f"{said} A label and its branch must have one name: as written, branches {branches} can never "
+                   f"run: router {router.name!r} labels queries only {can}; if the label is the name you mean, rename "
+                   f"the branch: {other}")
+
+
+def _missing_branches(router: Operator, missing: list[str], labels: list[str]) -> str:
+    """The problem of a route without a default whose router gives labels ``missing`` that have no branch;
+    a ``rule_router``'s implicit label of the queries no rule matches (``'default'``, which the author did not
+    write) is said to be that, and how to give it a branch."""
+    written = getattr(router, "label_written", None)
+    implicit = [lab for lab in missing if callable(written) and _label_origin(router, lab) == "default"
+                and not written(lab)]
+    if not implicit:
+        return (f"router {router.name!r} can label queries {missing}, which have no branch, and the route has no "
+                f"'default:' of its own (a branch label or a pipeline for the queries whose label has no branch); "
+                f"branches: {labels}; add a branch for each, or a 'default:' to the route")
+    lab = implicit[0]
+    example = f"default: {labels[0]}" if labels else "default: <a branch>"
+    said = (f"router {router.name!r} gives the queries that none of its rules match the label {lab!r} (its "
+            f"'default:' parameter, not written here), and no branch has that name; branches: {labels}; add a "
+            f"branch named {lab!r} for those queries, or set the router's default: to an existing branch, e.g. "
+            f"`{router.name}: {{rules: [...], {example}}}`")
+    rest = [m for m in missing if m != lab]
+    return said if not rest else (f"{said}; router {router.name!r} can also label queries {rest}, which have no "
+                                  f"branch: add a branch for each")
 
 
 def route_label_notes(router: Operator, labels: Iterable[Any], default_label: str | None = None, *,

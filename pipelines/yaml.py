@@ -47,7 +47,7 @@ from ragkit import registry
 from ragkit.errors import ConfigError, ParamError
 from ragkit.operator import Operator
 from ragkit.params import LONG_INT_DIGITS, QUOTE_AS_WRITTEN, validate_params
-from ragkit.pipelines._checks import fuse_weights_problem, route_label_problems, unranked_router
+from ragkit.pipelines._checks import fuse_weights_problem, route_label_problem_at, unranked_router
 from ragkit.pipelines._compose import (
     MAX_LOOP_ITERS,
     Composite,
@@ -886,11 +886,6 @@ def _nesting_hint(node: Mapping[Any, Any], path: str, expect: str | None) -> str
                      f"{_and(rest)} are {noun}s of {op}: indent them")
             nested = {op: {**(inner or {}), **{r: node[r] for r in rest}}}
             return f"; {which} under '{op}:', e.g. `{_example(path, nested)}`"
-        outer = _enclosing(path)
-        if outer is not None and set(rest) <= set(STRUCTURAL[outer[0]]) - {outer[1]}:  # written one level too deep
-            which = f"{rest[0]} is a key" if len(rest) == 1 else f"{_and(rest)} are keys"
-            return (f"; {which} of {outer[0]}, not of {op}: dedent {'it' if len(rest) == 1 else 'them'} to the "
-                    f"level of '{outer[1]}:'")
         return ""
     if ops and len(ops) == len(names):  # several operators: several steps
         if expect is not None:
@@ -904,6 +899,28 @@ def _nesting_hint(node: Mapping[Any, Any], path: str, expect: str | None) -> str
         return (f"; {_and(names)} are parameters of {' and '.join(owners)}: {path.rsplit('.', 1)[-1]} takes one "
                 f"{expect} operator with its parameters beneath it, e.g. `{_example(path, {owners[0]: dict(node)})}`")
     return ""
+
+
+def _too_deep_keys(node: Mapping[Any, Any], path: str) -> ConfigError | None:
+    """The error for a step or branch at ``path`` that holds, beside its one operator, keys of the composite it
+    is in, indented one level too deep under it (``fuse:`` under a parallel's last branch): at the path of the
+    first such key, so that a file's error cites the line it is written on, not its operator's."""
+    names = [str(k) for k in node]
+    ops = [n for n in names if _is_operator(n)]
+    outer = _enclosing(path)
+    if len(ops) != 1 or outer is None:
+        return None
+    op, rest = ops[0], [n for n in names if n != ops[0]]
+    inner = node[op]
+    if (set(rest) <= _keys_of(op) and (inner is None or isinstance(inner, Mapping))) or not (
+            set(rest) <= set(STRUCTURAL[outer[0]]) - {outer[1]}):
+        return None
+    which = f"{rest[0]} is a key" if len(rest) == 1 else f"{_and(rest)} are keys"
+    at = f"{path}.{rest[0]}"
+    return ConfigError(f"{at}: {which} of {outer[0]}, not of {op}: dedent {'it' if len(rest) == 1 else 'them'} to the "
+                       f"level of '{outer[1]}:' (written under {op}, {'it makes' if len(rest) == 1 else 'they make'} "
+                       f"{path.rsplit('.', 1)[-1]} a mapping of {len(names)} keys, {names}, where one operator is "
+                       "expected)", path=at)
 
 
 def _flow_step(node: Any) -> str:
@@ -1070,6 +1087,9 @@ def build(node: Any, path: str, make_leaf: LeafFactory = _default_leaf, *, expec
         raise ConfigError(f"{path}: expected {wanted}, got {type(node).__name__} {node!r:.60}"
                           f"{_bare_name_hint(node, path, expect)}", path=path)
     if len(node) != 1:
+        too_deep = _too_deep_keys(node, path)
+        if too_deep is not None:
+            raise too_deep
         raise ConfigError(f"{path}: expected exactly one operator key, got {len(node)}: {list(map(str, node))}"
                           f"{_nesting_hint(node, path, expect)}", path=path)
     (name, body), = node.items()
@@ -1199,9 +1219,9 @@ def _build_route(body: Mapping[str, Any], here: str, make_leaf: LeafFactory, pro
                                              f"{_labelled_hint(branches)}")
         else:
             # the labels' types (with has_default=True the router is not asked for its labels)
-            problem = route_label_problems(router, branches, has_default=True)
+            problem = route_label_problem_at(router, branches, has_default=True)
             if problem:
-                problems.wrong("branches", here, problem)
+                _label_problem(problems, here, problem)
             labels_ok = not problem
             # an empty list is a pass-through branch: its queries keep the rankings they arrived with
             filled = [k for k, v in branches.items() if v != [] and v is not None]
@@ -1232,13 +1252,21 @@ def _build_route(body: Mapping[str, Any], here: str, make_leaf: LeafFactory, pro
     elif given_default is not None:
         default = problems.attempt("default", lambda: _branch(body["default"], f"{here}.default", make_leaf))
     if router is not None and built is not None:
-        problem = route_label_problems(router, built, has_default=given_default is not None,
-                                       default_label=default if isinstance(default, str) else None)
+        problem = route_label_problem_at(router, built, has_default=given_default is not None,
+                                         default_label=default if isinstance(default, str) else None)
         if problem:
-            problems.wrong("branches", here, problem)
+            _label_problem(problems, here, problem)
     problems.check()
     assert router is not None and built is not None  # (else a problem was found: check raised it)
     return Route(router, built, default=default)
+
+
+def _label_problem(problems: _Problems, here: str, problem: tuple[str, str]) -> None:
+    """A route's label problem ``(where, why)`` (:func:`route_label_problem_at`), kept as a problem of its
+    ``branches`` (the order of the route's problems) at ``where``: a misspelt label is cited at the router's
+    parameter that gives it, so that the error names that line of the file."""
+    where, why = problem
+    problems.add("branches", ConfigError(f"{here}.{where}: {why}", path=f"{here}.{where}"))
 
 
 def _build_loop(body: Mapping[str, Any], here: str, make_leaf: LeafFactory, problems: _Problems) -> Loop:
