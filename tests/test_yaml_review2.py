@@ -262,15 +262,16 @@ NESTING_2 = [  # (file text, the whole message after the file name)
     ("pipeline:\n  - bm25: {}\n  - loop:\n    body: [prf: {}, bm25: {}]\n    until: {max_only: {}}\n",
      "line 3: pipeline[1]: expected exactly one operator key, got 3: ['loop', 'body', 'until']; body and until are "
      "keys of loop: indent them under 'loop:', e.g. `- loop: {body: [{prf: {}}, {bm25: {}}], until: {max_only: {}}}`"),
-    # a key of the composite indented under its last branch or step: only 'expected exactly one operator key'
+    # a key of the composite indented under its last branch or step: cited at the misplaced key's own line
     ("pipeline:\n  - parallel:\n      branches:\n        - bm25: {}\n        - bm25: {variant: okapi}\n"
      "          fuse: {rrf: {}}\n",
-     "line 5: pipeline[0].parallel.branches[1]: expected exactly one operator key, got 2: ['bm25', 'fuse']; fuse is a "
-     "key of parallel, not of bm25: dedent it to the level of 'branches:'"),
+     "line 6: pipeline[0].parallel.branches[1].fuse: fuse is a key of parallel, not of bm25: dedent it to the level of "
+     "'branches:' (written under bm25, it makes branches[1] a mapping of 2 keys, ['bm25', 'fuse'], where one operator "
+     "is expected)"),
     ("pipeline:\n  - bm25: {}\n  - loop:\n      body:\n        - prf: {}\n        - bm25: {}\n"
      "          until: {max_only: {}}\n",  # (and 'until: missing' is not said as well)
-     "line 6: pipeline[1].loop.body[1]: expected exactly one operator key, got 2: ['bm25', 'until']; until is a key "
-     "of loop, not of bm25: dedent it to the level of 'body:'"),
+     "line 7: pipeline[1].loop.body[1].until: until is a key of loop, not of bm25: dedent it to the level of 'body:' "
+     "(written under bm25, it makes body[1] a mapping of 2 keys, ['bm25', 'until'], where one operator is expected)"),
     # a mapping of steps where a list goes: only 'expected a non-empty list of operators, got {...}'
     ("pipeline:\n  bm25: {k: 10}\n  top_k: {k: 5}\n",
      "line 1: pipeline: expected a non-empty list of operators, got {'bm25': {'k': 10}, 'top_k': {'k': 5}}; write the "
