@@ -322,6 +322,58 @@ def _unfitted_copy(op: Operator) -> Operator:
     return copy if isinstance(op, Pipeline) else copy.steps[0]
 
 
+def _holds_index(op: Operator) -> bool:
+    """Whether a fit of ``op`` changes what it holds: one of its leaves is not stateless (a composite is
+    stateless itself, whatever its leaves hold)."""
+    from ragkit.pipelines.yaml import walk_leaves
+
+    return any(not leaf.stateless for _, leaf in walk_leaves(op))
+
+
+def _trained_steps(op: Operator) -> list[tuple[str, Operator, int]]:
+    """``(path, leaf, n)`` for each fitted leaf of ``op`` that learned from (or read) ``n`` training queries at
+    its last fit (a learned fuser's weights, a Cosine Adapter's threshold, a ``dbnorm`` query bank): what a
+    refit without ``train`` drops.  Paths as in :meth:`Pipeline.learned` and errors."""
+    from ragkit.pipelines.yaml import walk_leaves
+
+    return [(where, leaf, len(taught)) for where, leaf in walk_leaves(op)
+            if (taught := getattr(leaf, "trained_on_", None)) is not None and leaf.is_fitted]
+
+
+def _same_documents(a: Corpus, b: Corpus) -> bool:
+    """Whether ``a`` and ``b`` hold the same documents in the same order: ids, texts, titles and metadata
+    (one array comparison per column; ``NaN`` equals ``NaN`` in a numeric column)."""
+    if a is b:
+        return True
+    if len(a) != len(b) or set(a.metadata) != set(b.metadata):
+        return False
+
+    def same(x: np.ndarray, y: np.ndarray) -> bool:
+        x, y = np.asarray(x), np.asarray(y)
+        nan_ok = x.dtype.kind in "fc" and y.dtype.kind in "fc"
+        return bool(np.array_equal(x, y, equal_nan=nan_ok))
+
+    return (same(a.ids, b.ids) and same(a.texts, b.texts) and same(a.titles, b.titles)
+            and all(same(a.metadata[key], b.metadata[key]) for key in a.metadata))
+
+
+def _refuse_untrained_fit(op: Operator, given: str) -> None:
+    """Refuse (:class:`ParamError`, in the retriever's terms) fitting ``op`` on ``corpus=`` without ``train=``
+    when one of its steps learns only from judged queries (a ``cosine_adapter``, ``learn: true`` thresholds):
+    ``fit``'s own error names ``fit(corpus, train=...)`` and the command line, not the retriever's argument."""
+    from ragkit.pipelines.yaml import walk_leaves
+
+    for where, leaf in walk_leaves(op):
+        refusal = leaf.train_refusal()
+        if refusal is not None:
+            raise ParamError(
+                f"RagkitRetriever: corpus= fits {given} on those documents, and its step {where} learns only from "
+                "judged training queries (it cannot be fitted without them), but no train= was given; pass "
+                "train=TrainSet(queries, qrels) with corpus= (queries "
+                "judged against that corpus), or give a pipeline fitted with them (or its saved folder) without "
+                "corpus=", "train")
+
+
 def _corpus_of(op: Operator) -> Corpus | None:
     """The documents ``op`` searches (its fitted retrievers', after any ``add`` / ``remove``)."""
     from ragkit.pipelines._compose import shared_corpus
@@ -415,13 +467,23 @@ class RagkitRetriever(BaseRetriever):
         pipeline's YAML.
     corpus : Corpus, list of Document, list of str, list of dict or dict of str -> str, optional
         Documents to fit the pipeline on (a mapping is ``{doc_id: text}``; one string is refused).
-        Required when the pipeline is not fitted; when given for a fitted pipeline, the pipeline is
-        re-fitted on it.  A metadata key whose values are of two kinds (``2020`` in one document, ``"2020"``
+        Required when the pipeline is not fitted; when given for a fitted pipeline, a fresh copy of the
+        pipeline is fitted on it (with ``train``), the pipeline given left as it is.  A fitted pipeline that
+        learned from judged training queries (a learned fuser's weights, a ``cosine_adapter``'s threshold:
+        what ``pipeline.learned()`` lists; its saved folder too), given without ``train``: on the very
+        documents it was fitted on and searches (the same :class:`~ragkit.types.Corpus`, or one with equal
+        ids, texts, titles and metadata in the same order), the retriever gets a deep copy of it, what it
+        learned kept (no refit); on other documents, a ``ParamError`` naming the steps that learned, before
+        anything is fitted (a refit would drop what they learned): leave ``corpus`` out to use the fitted
+        pipeline as it is (and :meth:`add_documents`), or pass ``train`` to learn again on the new documents.
+        A step that learns only from judged queries (``cosine_adapter``) fitted here needs ``train`` too (a
+        ``ParamError`` otherwise).  A metadata key whose values are of two kinds (``2020`` in one document, ``"2020"``
         in another: numbers, bools included, are one kind, strings another) is a ``DataError`` naming the
         document, the key and both kinds (a filter compares with ``==``: it would miss one of them); a
         document without the key is fine.
     train : TrainSet, optional
-        Judged training queries for operators that learn (passed to ``fit``).
+        Judged training queries for operators that learn, passed to ``fit`` with ``corpus`` (judged against
+        those documents); with ``corpus``, a pipeline that learned before learns again from these.
     k : int
         Documents returned per query (default 4).
     search_kwargs : dict
@@ -629,9 +691,7 @@ class RagkitRetriever(BaseRetriever):
         if own_k is not None and self._op is None:  # search_kwargs={"k": 5} alone: the retriever's k
             self.__dict__["k"] = int(own_k)
         if docs is not None:
-            if op.is_fitted and not op.stateless:  # fitted already (another retriever's, or the caller's):
-                op = _unfitted_copy(op)             # refitting it in place changed what they search
-            op.fit(docs, self.train)
+            op = self._fitted_on(op, docs)
             self.__dict__["corpus"] = None  # the pipeline holds it now
         corpus = _corpus_of(op)
         if corpus is None or not op.is_fitted:
@@ -645,6 +705,45 @@ class RagkitRetriever(BaseRetriever):
         self._lock = lock_of(op)
         self._op = op
         return self
+
+    def _fitted_on(self, op: Operator, docs: Corpus) -> Operator:
+        """``op`` fitted on ``corpus=`` (``docs``) with ``train=``: a fresh copy of a fitted ``op`` (refitting it in
+        place changed what another retriever or the caller searches), or ``op`` itself when unfitted.
+
+        A pipeline that learned from judged training queries (:func:`_trained_steps`), given without ``train=``:
+        on the very documents it searches (:func:`_same_documents`), a deep copy of it, what it learned kept (a
+        refit would drop it); on other documents, a :class:`ParamError` before anything is fitted.  A pipeline
+        with a step that learns only from judged queries, given without ``train=``: a :class:`ParamError`
+        (:func:`_refuse_untrained_fit`)."""
+        source = os.fsdecode(self.pipeline) if isinstance(self.pipeline, (str, os.PathLike)) else None
+        given = f"the pipeline {source!r}" if source is not None and "\n" not in source else "the pipeline"
+        if self.train is None and op.is_fitted and (trained := _trained_steps(op)):
+            searched = _corpus_of(op)
+            if searched is not None and _same_documents(docs, searched):
+                if not isinstance(self.pipeline, Operator):  # loaded here: no one else holds it
+                    return op
+                with lock_of(op).reading():  # (an edit of another retriever's wrapping it: before or after)
+                    return copy.deepcopy(op)
+            counts = {count for _, _, count in trained}
+            if len(counts) == 1:
+                n = counts.pop()
+                steps = f"{n} judged training quer{'y' if n == 1 else 'ies'} ({', '.join(w for w, _, _ in trained)})"
+            else:
+                steps = "judged training queries (" + ", ".join(
+                    f"{where}: from {count} quer{'y' if count == 1 else 'ies'}" for where, _, count in trained) + ")"
+            raise ParamError(
+                f"RagkitRetriever: {given} learned from {steps}; corpus= ({len(docs)} documents, other than the "
+                f"{len(searched) if searched is not None else 0} it was fitted on and searches) refits a fresh copy "
+                "of it on those documents, which drops what it learned, and no train= was given. "
+                "Leave corpus= out to use the fitted pipeline as it is (add documents with add_documents), or pass "
+                "train=TrainSet(queries, qrels) (queries judged against the new corpus) to learn again on it",
+                "corpus")
+        if self.train is None:
+            _refuse_untrained_fit(op, given)
+        if op.is_fitted and _holds_index(op):
+            op = _unfitted_copy(op)
+        op.fit(docs, self.train)
+        return op
 
     def _check_search_kwargs(self, op: Operator, searched: Corpus | None) -> None:
         """``search_kwargs`` checked against the tree ``op`` (and a filter against ``searched``): ParamError."""
