@@ -170,6 +170,29 @@ def _check_doc_surrogates(query_ids: Sequence[str], doc_ids: Sequence[np.ndarray
         raise
 
 
+def learned_query_ids(op: Any, query_ids: Sequence[str], texts: Sequence[str]) -> list[str]:
+    """The ids of the queries ``query_ids`` (with their ``texts``), in their order, that the operator or pipeline
+    ``op``, or one inside it, learned from: those :meth:`Operator.learned_from
+    <ragkit.operator.Operator.learned_from>` lists, matched by id and text, without its warning of a learned
+    question under another id (a search would say it on every call).  What ``search`` records in
+    :attr:`Run.learned_from`; nothing is hashed when no operator learned from queries."""
+    taught, stack = [], [op]
+    while stack:
+        node = stack.pop()
+        stack.extend(node.children())
+        digests = getattr(node, "trained_on_", None)
+        if digests is not None and len(digests):
+            digests = np.asarray(digests)
+            taught.append(digests if digests.ndim == 1 else digests[:, 0])  # (saved before: one per query)
+    if not taught or not len(query_ids):
+        return []
+    from ragkit.operator import query_digests
+    from ragkit.types import Queries
+
+    learned = np.isin(query_digests(Queries(list(query_ids), list(texts)))[:, 0], np.concatenate(taught))
+    return [query_ids[i] for i in np.flatnonzero(learned).tolist()]
+
+
 @dataclass(eq=False)
 class Run:
     """Rankings of a batch of queries.
@@ -191,6 +214,11 @@ class Run:
     trace : list of TraceEvent or None
     seconds : float or None
         Wall time of the search.
+    learned_from : list of str
+        The ids of the run's queries that the pipeline which made it learned from (given in ``fit(corpus,
+        train=...)`` with the same id and text: :meth:`Operator.learned_from
+        <ragkit.operator.Operator.learned_from>`), which :func:`~ragkit.eval.evaluate` warns of scoring; empty
+        for a run built by hand or read from a file.
 
     Examples
     --------
@@ -213,6 +241,7 @@ class Run:
     values: dict[str, list[Any]] = field(default_factory=dict)
     trace: list[TraceEvent] | None = None
     seconds: float | None = None
+    learned_from: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         n = len(self.query_ids)
@@ -341,7 +370,7 @@ class Run:
         return Run(
             self.query_ids, [d[:k] for d in self.doc_ids], [s[:k] for s in self.scores],
             rankings=None if self.rankings is None else [r.head(k) for r in self.rankings],
-            values=self.values, trace=self.trace, seconds=self.seconds,
+            values=self.values, trace=self.trace, seconds=self.seconds, learned_from=self.learned_from,
         )
 
     def write_trec(self, path: str | os.PathLike[str], tag: str = "ragkit") -> None:

@@ -288,8 +288,50 @@ def _callable(f: Any) -> str:
 
 
 def _kind(v: Any) -> str:
-    """What ``v`` is, for an error message: ``"None"``, ``"an int (5)"``, ``"a list (['a', 'b'])"``."""
-    return "None" if v is None else f"{_a(type(v).__name__)} ({v!r:.60})"
+    """What ``v`` is, for an error message: ``"None"``, ``"an int (5)"``, ``"a list (['a', 'b'])"``; a long
+    value previewed by :func:`_preview`."""
+    return "None" if v is None else f"{_a(type(v).__name__)} ({_preview(v)})"
+
+
+def _preview(v: Any, n: int = 60) -> str:
+    """``repr(v)`` in at most about ``n`` characters for an error message, cut at an element boundary and
+    closed with ``...``: ``{'11': {'32587939': 3}, '14': {'641786': 3}, ...}`` (where ``{v!r:.60}`` cut
+    ``'2294278`` mid-id), a long string as ``'its first characters'...``, another value at a space or a
+    comma.  Only the elements shown are looked at (a mapping of a million queries costs nothing)."""
+    text = repr(v) if not isinstance(v, (Mapping, list, tuple, set, frozenset)) or len(v) <= 8 else None
+    if text is not None and len(text) <= n:
+        return text
+    if isinstance(v, str):
+        return repr(v[:max(n - 8, 1)]) + "..."
+    if isinstance(v, (Mapping, list, tuple, set, frozenset)):
+        opening, closing = (("{", "}") if isinstance(v, (Mapping, set, frozenset)) else
+                            ("(", ")") if isinstance(v, tuple) else ("[", "]"))
+        if isinstance(v, (set, frozenset)) and type(v) is not set:
+            opening, closing = f"{type(v).__name__}({{", "})"
+        parts: list[str] = []
+        used = len(opening) + len(closing) + 5  # (", ...")
+        items = iter(v.items()) if isinstance(v, Mapping) else iter(v)
+        for item in itertools.islice(items, n):
+            room = max(n - used, 12)
+            part = (f"{_preview(item[0], room)}: {_preview(item[1], room)}" if isinstance(v, Mapping)
+                    else _preview(item, room))
+            if parts and used + len(part) > n:
+                break
+            parts.append(part)
+            used += len(part) + 2
+            if used >= n:
+                break
+        if len(parts) < len(v):
+            parts.append("...")
+        elif isinstance(v, tuple) and len(v) == 1:
+            parts[0] += ","
+        return opening + ", ".join(parts) + closing
+    assert text is not None
+    flat = " ".join(text.split())  # (a DataFrame's repr: one line)
+    if len(flat) <= n:
+        return flat
+    cut = max(flat.rfind(" ", 0, n - 3), flat.rfind(",", 0, n - 3) + 1)
+    return flat[:cut if cut > n // 2 else n - 3].rstrip(" ,") + " ..."
 
 
 def _check_encodable(col: np.ndarray, what: str, ids: np.ndarray, chunk: int = 8192) -> None:
@@ -1291,8 +1333,13 @@ def unsaveable(corpus: "Corpus") -> tuple[str, int, str] | None:
 
 
 def _grade(r: Any, q: Any, doc: Any, who: str = "evaluate") -> int:
-    """A judgement as trec_eval's integer grade (``1``, ``1.0``, ``"1"``, ``True``); 0.5 or "high" is a
-    :class:`DataError` (int() would turn 0.5 into 0 and drop the judgement)."""
+    """A judgement as trec_eval's integer grade (``1``, ``1.0``, ``"1"``, ``-1``: a negative grade is legitimate in
+    TREC qrels, scored as not relevant); 0.5 or "high" is a :class:`DataError` (int() would turn 0.5 into 0 and
+    drop the judgement), and so is a bool (``True``: a relevance flag, not a grade; on graded qrels, 1 may not be
+    what was meant)."""
+    if isinstance(r, (bool, np.bool_)):
+        raise DataError(f"{who}: qrels[{q!r}][{doc!r}] = {r!r} is a bool, not an integer relevance grade (0 not "
+                        "relevant, 1, 2, ... more relevant); give the grade, e.g. int(flag) for relevant or not")
     try:
         g = int(float(r))
         if g == float(r):
@@ -1496,9 +1543,12 @@ class TrainSet:
     encoder adaptation) read it; nothing from a test split may ever be put here.
 
     ``queries``: :class:`Queries`, a mapping ``{query_id: text}`` or a pandas ``Series`` of texts
-    indexed by query id.  ``qrels``: ``{query_id: {doc_id: grade}}``, a pandas ``DataFrame`` with
-    BEIR's columns ``query-id``, ``corpus-id``, ``score`` (one row per judgement), or the path of a
-    qrels file (BEIR TSV or trec_eval's, read with :func:`ragkit.eval.read_qrels`).  Queries may be
+    indexed by query id.  ``qrels``: ``{query_id: {doc_id: grade}}``, a pandas ``DataFrame`` with one row
+    per judgement and BEIR's columns ``query-id``, ``corpus-id``, ``score`` or another spelling of
+    :data:`QRELS_COLUMNS` (``query_id``, ``doc_id``, ``relevance``; ``qid``, ``docno``, ``label``; ...), or the
+    path of a qrels file (BEIR TSV or trec_eval's, read with :func:`ragkit.eval.read_qrels`; a ``.csv`` file
+    read by its header), read as :func:`~ragkit.eval.evaluate` reads them (:func:`as_qrels`); a grade is an
+    integer (negative ones too; ``True`` and 0.5 are refused).  Queries may be
     left unjudged (qrels for one split, queries of every split): learners use the judged ones only,
     and only those are recorded as learned from (:meth:`Operator.learned_from`).  Judgements of queries
     whose text is not given teach nothing: a warning on the ``ragkit`` logger says how many (and which).
@@ -1517,6 +1567,15 @@ class TrainSet:
         def __init__(self, queries: Queries | Mapping[Any, str] | pd.Series,
                      qrels: Mapping[Any, Mapping[Any, int]] | pd.DataFrame | str | os.PathLike[str] = ...
                      ) -> None: ...
+    else:  # what ``inspect.signature(TrainSet)`` and ``help(TrainSet)`` show: the same (the generated
+        # constructor's annotations are the attributes', ``queries: Queries``)
+        def _init(queries: Queries | Mapping[Any, str] | pd.Series,
+                  qrels: Mapping[Any, Mapping[Any, int]] | pd.DataFrame | str | os.PathLike[str] = _NO_QRELS
+                  ) -> None:
+            """The constructor's parameters: the query texts, and their judgements (left out: a query bank)."""
+
+        __signature__ = inspect.signature(_init)
+        del _init
 
     def __post_init__(self) -> None:
         queries = self.queries
@@ -1544,7 +1603,7 @@ class TrainSet:
                             f"qrels are keyed by query id), got {_kind(queries)}{hint}")
         object.__setattr__(self, "queries", queries)
         object.__setattr__(self, "qrels", {} if self.qrels is _NO_QRELS else
-                           check_qrels(_qrels_of(self.qrels), "TrainSet"))  # ids str, grades int
+                           as_qrels(self.qrels, "TrainSet"))  # ids str, grades int
         if not self.labelled:  # unlabelled: a query bank (dbnorm); a step that learns from judgements refuses it at fit
             return
         if not any(any(v > 0 for v in rel.values()) for rel in self.qrels.values()):
@@ -1671,11 +1730,14 @@ def _pairs(respelt: Mapping[str, str]) -> str:
 
 def _qrels_like(value: Any) -> bool:
     """Whether ``value`` reads as qrels rather than query texts: a mapping whose first value is a mapping
-    ``{doc_id: grade}``, or a DataFrame with BEIR's qrels columns."""
+    ``{doc_id: grade}``, or a DataFrame with a query id and a document id column (:data:`QRELS_COLUMNS`)."""
     if isinstance(value, Mapping):
         return isinstance(next(iter(value.values()), None), Mapping)
     pd = sys.modules.get("pandas")
-    return pd is not None and isinstance(value, pd.DataFrame) and {"query-id", "corpus-id"} <= set(value.columns)
+    if pd is None or not isinstance(value, pd.DataFrame):
+        return False
+    roles = {_QRELS_ROLE.get(" ".join(str(c).split()).casefold()) for c in value.columns}
+    return {"query-id", "corpus-id"} <= roles
 
 
 def _texts_like(value: Any) -> bool:
@@ -1719,33 +1781,159 @@ def warn_same_text(ids: Sequence[str], n: int, where: str, whose: str) -> None:
             "it asks" if len(ids) == 1 else "they ask")
 
 
-def _qrels_of(qrels: Any) -> Any:
-    """``qrels`` as :func:`check_qrels` reads them: a pandas ``DataFrame`` with columns ``query-id``,
-    ``corpus-id``, ``score`` as ``{query_id: {doc_id: grade}}``, a path (``str`` or ``os.PathLike``) read
-    with :func:`ragkit.eval.read_qrels`; anything else as given (refused there when no mapping)."""
+#: The column names a qrels table (a pandas ``DataFrame``, a ``.csv`` file's header) may give its three columns,
+#: compared whitespace and case aside: BEIR's (``query-id``, ``corpus-id``, ``score``), ir_datasets' and
+#: :meth:`Run.to_pandas <ragkit.run.Run.to_pandas>`'s (``query_id``, ``doc_id``, ``relevance``), PyTerrier's
+#: (``qid``, ``docno``, ``label``), and other common spellings.  (``query`` and ``text`` are not among them:
+#: they usually hold query texts.)
+QRELS_COLUMNS: dict[str, tuple[str, ...]] = {
+    "query-id": ("query-id", "query_id", "queryid", "qid", "q_id"),
+    "corpus-id": ("corpus-id", "corpus_id", "doc_id", "docid", "doc-id", "docno", "doc"),
+    "score": ("score", "relevance", "grade", "label", "rel"),
+}
+_QRELS_ROLE = {name: role for role, names in QRELS_COLUMNS.items() for name in names}
+_ROLE_WORDS = {"query-id": "query ids", "corpus-id": "document ids", "score": "grades"}
+
+
+def _qrels_columns(names: Sequence[Any], who: str, what: str, index_name: Any = None,
+                   how: str = "df.rename(columns={mapping})") -> tuple[int, int, int]:
+    """The positions of the query id, document id and grade columns among a qrels table's column ``names``
+    (:data:`QRELS_COLUMNS`), or a :class:`DataError` starting ``who`` naming ``what`` (``"a qrels
+    DataFrame"``) with the columns it has, the names accepted and, where the table has as many unnamed columns
+    as roles missing, the exact rename (``how``, its ``{mapping}`` filled in); a frame whose query ids are its
+    index (``index_name``) is told ``df.reset_index()``, a run's table (a ``rank`` column) that it holds no
+    judgements."""
+    found: dict[str, list[int]] = {role: [] for role in QRELS_COLUMNS}
+    for i, name in enumerate(names):
+        role = _QRELS_ROLE.get(" ".join(str(name).split()).casefold())
+        if role is not None:
+            found[role].append(i)
+    given = [str(c) for c in names]
+    twice = {role: at for role, at in found.items() if len(at) > 1}
+    if twice:
+        role, at = next(iter(twice.items()))
+        raise DataError(f"{who}: {what} has {len(at)} columns of {_ROLE_WORDS[role]} ({[given[i] for i in at]}, among "
+                        f"{given}); keep one (e.g. df.drop(columns={[given[i] for i in at[1:]]}))")
+    if all(found.values()):
+        if any(" ".join(c.split()).casefold() == "rank" for c in given):
+            raise DataError(f"{who}: {what} has columns {given}, a run's (Run.to_pandas: query_id, doc_id, rank, "
+                            "score), not judgements; qrels hold one integer grade per judged (query, document)")
+        q, d, g = (found[role][0] for role in QRELS_COLUMNS)
+        return q, d, g
+    missing = [role for role, at in found.items() if not at]
+    accepted = "; ".join(f"{_ROLE_WORDS[role]}: {', '.join(names_)}" for role, names_ in QRELS_COLUMNS.items())
+    if index_name is not None and " ".join(str(index_name).split()).casefold() in QRELS_COLUMNS["query-id"] \
+            and missing == ["query-id"]:
+        raise DataError(f"{who}: {what} holds its query ids in its index ({str(index_name)!r}), not in a column "
+                        f"(columns {given}); pass df.reset_index()")
+    unnamed = [c for i, c in enumerate(given) if not any(i in at for at in found.values())]
+    if len(unnamed) == len(missing):  # the roles missing, in order, for the columns not named: the exact rename
+        mapping = {c: role for c, role in zip(unnamed, missing)}
+        holds = " and ".join(f"{c!r} holds the {_ROLE_WORDS[role]}" for c, role in mapping.items())
+        fix = f"if {holds}: " + how.replace("{mapping}", repr(mapping))
+    else:  # (which column holds what is not to be guessed)
+        fix = "rename the column holding each: " + how.replace("{mapping}", "{" + ", ".join(
+            f"'<the {_ROLE_WORDS[role]} column>': {role!r}" for role in missing) + "}")
+    none = " or ".join(_ROLE_WORDS[role] for role in missing)
+    raise DataError(f"{who}: {what} needs a column for each of the query id, the document id and the grade (one "
+                    f"row per judgement), got columns {given}, none named as {none} (the names accepted, case "
+                    f"aside: {accepted}); {fix}")
+
+
+def _qrels_rows(qs: list[str], ds: list[str], gs: list[Any], who: str, what: str) -> dict[str, dict[str, Any]]:
+    """``{query_id: {doc_id: grade}}`` of a qrels table's aligned columns (ids as strings, grades as given, for
+    :func:`check_qrels`); a document judged twice for one query with two grades is a :class:`DataError`."""
+    out: dict[str, dict[str, Any]] = {}
+    for q, d, g in zip(qs, ds, gs):
+        rel = out.setdefault(q, {})
+        if d in rel and rel[d] != g:
+            raise DataError(f"{who}: {what} judges document {d!r} for query {q!r} twice, {rel[d]!r} and {g!r}")
+        rel[d] = g
+    return out
+
+
+def _csv_qrels(path: Path, who: str) -> dict[str, dict[str, Any]]:
+    """The judgements of a comma-separated qrels file, its columns read by the header's names
+    (:data:`QRELS_COLUMNS`); a file without such a header is a :class:`DataError` saying how to read it."""
+    import csv
+
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            rows = [row for row in csv.reader(f) if any(c.strip() for c in row)]
+    except UnicodeDecodeError as e:
+        raise DataError(f"{who}: {path}: qrels files are UTF-8 text, got a byte that is not ({e.reason} at byte "
+                        f"{e.start})") from None
+    if not rows:
+        raise DataError(f"{who}: {path}: the CSV qrels file holds no judgements (it is empty)")
+    header = [c.strip() for c in rows[0]]
+    if not any(_QRELS_ROLE.get(c.casefold()) for c in header):
+        raise DataError(f"{who}: {path}: a CSV qrels file is read by its header, which must name its columns (e.g. "
+                        f"query-id,corpus-id,score), got first line {header}; for a file without a header: "
+                        f"pandas.read_csv(path, names=['query-id', 'corpus-id', 'score']), and pass the frame")
+    q, d, g = _qrels_columns(header, who, f"{path} (a CSV qrels file)",
+                             how="pass pandas.read_csv(path).rename(columns={mapping}), or fix the file's header")
+    bad = next((n for n, row in enumerate(rows[1:], 2) if len(row) != len(header)), None)
+    if bad is not None:
+        raise DataError(f"{who}: {path}: row {bad} of the CSV file has {len(rows[bad - 1])} fields, the header "
+                        f"{len(header)} ({header})")
+    body = rows[1:]
+    return _qrels_rows([r[q].strip() for r in body], [r[d].strip() for r in body], [r[g].strip() for r in body],
+                       who, str(path))
+
+
+def as_qrels(qrels: Any, who: str) -> Qrels:
+    """``qrels`` as ``{query_id: {doc_id: grade}}`` with string ids and integer grades: what
+    :class:`TrainSet` and :func:`~ragkit.eval.evaluate` accept, read one way.
+
+    - a mapping ``{query_id: {doc_id: grade}}`` (:func:`check_qrels`);
+    - a pandas ``DataFrame`` with one row per judgement, its columns named as :data:`QRELS_COLUMNS` lists
+      (BEIR's ``query-id``, ``corpus-id``, ``score``; ``query_id``, ``doc_id``, ``relevance``; ``qid``,
+      ``docno``, ``label``; ...), other columns ignored;
+    - the path (``str`` or ``os.PathLike``) of a qrels file: a ``.csv`` file read by its header's names, any
+      other by :func:`ragkit.eval.read_qrels` (BEIR's TSV, trec_eval's ``qid 0 docid rel``).
+
+    Anything else, a grade that is no integer (0.5, ``True``) or a column name that is none of those, is a
+    :class:`DataError` starting ``who``."""
+    return check_qrels(_qrels_of(qrels, who), who)
+
+
+def _qrels_of(qrels: Any, who: str = "TrainSet") -> Any:
+    """``qrels`` as :func:`check_qrels` reads them (:func:`as_qrels`): a DataFrame or a path as a mapping
+    ``{query_id: {doc_id: grade}}``; anything else as given (refused there when no mapping)."""
     pd = sys.modules.get("pandas")
     if pd is not None and isinstance(qrels, pd.DataFrame):
-        columns = ("query-id", "corpus-id", "score")
-        if not all(c in qrels.columns for c in columns):
-            raise DataError(f"TrainSet: a qrels DataFrame needs the columns 'query-id', 'corpus-id', 'score' (one row "
-                            f"per judgement, as BEIR's qrels TSV), got {[str(c) for c in qrels.columns]}; rename "
-                            "them: df.rename(columns={...})")
+        what = "the qrels DataFrame"
+        q, d, g = _qrels_columns(list(qrels.columns), who, what, index_name=qrels.index.name)
         # (ids as Queries and Corpus read them: a float column's 1.0 -> "1", a NaN refused naming its row)
-        qs, ds = (_as_ids(qrels[c].to_numpy(), f"TrainSet: the qrels DataFrame's column {c!r}").tolist()
-                  for c in columns[:2])
-        out: dict[Any, dict[Any, Any]] = {}
-        for q, d, g in zip(qs, ds, qrels["score"].tolist()):
-            rel = out.setdefault(q, {})
-            if d in rel and rel[d] != g:
-                raise DataError(f"TrainSet: the qrels DataFrame judges document {d!r} for query {q!r} twice, "
-                                f"{rel[d]!r} and {g!r}")
-            rel[d] = g
-        return out
+        qs, ds = (_as_ids(qrels.iloc[:, i].to_numpy(), f"{who}: {what}'s column {str(qrels.columns[i])!r}").tolist()
+                  for i in (q, d))
+        return _qrels_rows(qs, ds, qrels.iloc[:, g].tolist(), who, what)
     if isinstance(qrels, (str, os.PathLike)):
+        path = Path(qrels)
+        if path.suffix.casefold() == ".csv" and path.is_file():
+            return _csv_qrels(path, who)
         from ragkit.eval.beir import read_qrels
 
-        return read_qrels(Path(qrels))
+        try:
+            return read_qrels(path)
+        except DataError as e:
+            first = _first_line(path)
+            if first is not None and "," in first and "\t" not in first and " " not in first.strip():
+                raise DataError(f"{who}: {e}; the file looks comma-separated (CSV: {first.strip()[:60]!r}): name it "
+                                ".csv to have it read by its header, or read it with pandas.read_csv(path) and pass "
+                                "the DataFrame") from None
+            raise
     return qrels
+
+
+def _first_line(path: Path) -> str | None:
+    """The first non-blank line of the file at ``path`` (its first 64 KiB), or None where it cannot be read."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(1 << 16).decode("utf-8", "replace")
+    except OSError:
+        return None
+    return next((line for line in head.splitlines() if line.strip()), None)
 
 
 @dataclass(eq=False)

@@ -223,7 +223,8 @@ def test_trainset_reads_ids_and_grades_as_evaluate_does():
     assert TrainSet({"q1": "a"}, QRELS).queries.ids == ["q1"]  # a mapping {query_id: text}
     with pytest.raises(DataError, match=r"TrainSet\.queries: expected Queries\(ids, texts\) .*got a list"):
         TrainSet(["a", "b"], QRELS)
-    assert TrainSet(Queries(["q1"], ["a"]), {"q1": {"d1": True}}).qrels == {"q1": {"d1": 1}}
+    with pytest.raises(DataError, match=r"qrels\['q1'\]\['d1'\] = True is a bool"):  # a flag, no grade
+        TrainSet(Queries(["q1"], ["a"]), {"q1": {"d1": True}})
 
 
 def test_evaluate_names_the_argument_and_shape():

@@ -16,13 +16,18 @@ import logging
 import re
 import unicodedata
 from dataclasses import dataclass, field
-from typing import Any, Callable, Collection, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Collection, Iterable, Mapping, Sequence, cast
 
 import numpy as np
 
 from ragkit.errors import DataError, ParamError, some_ids
 from ragkit.run import Run, _f32, _flat, _trec_permutation
-from ragkit.types import Ranking, State, _a, _kind, check_qrels
+from ragkit.types import Ranking, State, _a, _kind, as_qrels, check_qrels
+
+if TYPE_CHECKING:  # pandas is optional
+    import os
+
+    import pandas as pd
 
 __all__ = ["evaluate", "EvalResult", "parse_metric", "paired_randomization_test", "sign_flip_pvalues",
            "check_relevance_level", "per_query_ndcg", "per_query_metrics", "drop_identical_ids"]
@@ -132,7 +137,8 @@ def _clean_run(run: Run | Mapping[str, Mapping[str, float]], ignore_identical_id
 
 
 def evaluate(
-    run: Run | Mapping[str, Mapping[str, float]], qrels: Mapping[str, Mapping[str, int]],
+    run: Run | Mapping[str, Mapping[str, float]],
+    qrels: Mapping[Any, Mapping[Any, int]] | pd.DataFrame | str | os.PathLike[str],
     metrics: str | Sequence[str] = DEFAULT_METRICS,
     *, ignore_identical_ids: bool = True, relevance_level: int = 1,
 ) -> EvalResult:
@@ -141,9 +147,14 @@ def evaluate(
     Parameters
     ----------
     run : Run or dict ``{qid: {doc_id: score}}``
-    qrels : mapping ``{qid: {doc_id: relevance}}``
-        Ids are read as strings (``1`` and ``"1"`` name one query), grades as integers (``1``, ``1.0``,
-        ``"1"``; 0.5 is refused).  Another shape (a list of rows, ``None``, the arguments swapped) is a
+    qrels : mapping ``{qid: {doc_id: relevance}}``, pandas DataFrame, or path
+        What :class:`~ragkit.types.TrainSet` accepts, read the same way (:func:`~ragkit.types.as_qrels`): a
+        mapping; a ``DataFrame`` with one row per judgement, columns ``query-id``, ``corpus-id``, ``score``
+        (BEIR's) or another spelling of :data:`~ragkit.types.QRELS_COLUMNS` (``query_id``, ``doc_id``,
+        ``relevance``; ``qid``, ``docno``, ``label``; ...); the path of a qrels file (BEIR's TSV or trec_eval's,
+        :func:`~ragkit.eval.read_qrels`; a ``.csv`` file read by its header).  Ids are read as strings (``1`` and
+        ``"1"`` name one query), grades as integers (``1``, ``1.0``, ``"1"``, negative ones too; 0.5 and
+        ``True`` are refused).  Another shape (a list of rows, ``None``, the arguments swapped) is a
         :class:`DataError` naming the argument and the shape expected.
     metrics : str or list of str
         ``ndcg@k``, ``recall@k``, ``map@k``, ``mrr@k``, ``p@k``, and BEIR's ``r_cap@k``, ``hole@k``,
@@ -178,6 +189,11 @@ def evaluate(
     with the hint query ids get (``'04983' is judged as '4983'?``: :func:`unjudged_docs_note`).  A document
     listed twice for one query is a :class:`DataError`, as in trec_eval.
 
+    A run that a fitted pipeline's ``search`` returned knows which of its queries the pipeline learned from
+    (:attr:`Run.learned_from <ragkit.run.Run.learned_from>`, given in ``fit(corpus, train=...)``): when some are
+    scored, a warning on the ``ragkit`` logger says how many (their scores measure what was taught, not held-out
+    quality; ``ragkit eval`` refuses them).  A run built by hand or read from a TREC file knows none.
+
     Examples
     --------
     >>> from ragkit import Run, evaluate
@@ -188,12 +204,32 @@ def evaluate(
     >>> result.per_query["recall@10"]
     {'q1': 1.0, 'q2': 1.0}
     """
-    return _evaluate_noted(run, qrels, metrics, ignore_identical_ids=ignore_identical_ids,
-                           relevance_level=relevance_level)
+    result = _evaluate_noted(run, qrels, metrics, ignore_identical_ids=ignore_identical_ids,
+                             relevance_level=relevance_level)
+    _note_learned(run, result)
+    return result
+
+
+def _note_learned(run: Run | Mapping[str, Mapping[str, float]], result: EvalResult) -> None:
+    """Warn (``ragkit`` logger) when queries the pipeline that made ``run`` learned from
+    (:attr:`Run.learned_from <ragkit.run.Run.learned_from>`) are among the queries ``result`` scores: their
+    scores are not held out."""
+    learned = run.learned_from if isinstance(run, Run) else None
+    if not learned:
+        return
+    scored = next(iter(result.per_query.values()), {})  # every judged query, whatever the run holds
+    taught = [q for q in learned if q in scored]
+    if taught:
+        n = len(taught)
+        _log.warning(f"evaluate: {n} of the {len(scored)} scored queries {'were' if n > 1 else 'was'} learned from by "
+                     f"the pipeline that made this run ({some_ids(taught)}); scores on {'them' if n > 1 else 'it'} "
+                     "are not held out: score queries it did not learn from (pipeline.learned_from(queries) lists "
+                     "those it did)")
 
 
 def _evaluate_noted(
-    run: Run | Mapping[str, Mapping[str, float]], qrels: Mapping[str, Mapping[str, int]],
+    run: Run | Mapping[str, Mapping[str, float]],
+    qrels: Mapping[Any, Mapping[Any, int]] | pd.DataFrame | str | os.PathLike[str],
     metrics: str | Sequence[str] = DEFAULT_METRICS,
     *, ignore_identical_ids: bool = True, relevance_level: int = 1, note_unsearched: bool = True,
     note_level: bool = True, qrels_checked: bool = False, who: str = "evaluate",
@@ -203,19 +239,20 @@ def _evaluate_noted(
     ``note_level=False`` (:func:`~ragkit.eval.compare.load_result` says both in the words of ``ragkit compare``);
     ``qrels_checked``: as :func:`_evaluate`.  When every value but hole@k's is 0, a warning starting ``who`` says
     whether none of the run's documents is judged at all (:func:`unjudged_docs_note`)."""
+    judgements: Mapping[str, Mapping[str, int]] = cast("Mapping[str, Mapping[str, int]]", qrels)
     if not qrels_checked and not isinstance(qrels, Run):  # once, for the scores and the note (a Run: refused below)
-        qrels, qrels_checked = check_qrels(qrels, "evaluate"), True
-    result, ignored = _evaluate(run, qrels, metrics, ignore_identical_ids=ignore_identical_ids,
+        judgements, qrels_checked = as_qrels(qrels, "evaluate"), True  # (a DataFrame, a path: read as TrainSet does)
+    result, ignored = _evaluate(run, judgements, metrics, ignore_identical_ids=ignore_identical_ids,
                                 relevance_level=relevance_level, qrels_checked=qrels_checked)
     if note_unsearched:
         _note_unsearched(run, result)
     zero = all(not any(v.values()) for m, v in result.per_query.items() if parse_metric(m)[0] != "hole")
     if zero:  # (only then: the documents of a run that scores anything are judged somewhere)
-        docs = unjudged_docs_note(run, qrels)
+        docs = unjudged_docs_note(run, judgements)
         if docs:
             _log.warning(f"{who}: {docs}")
     if note_level:
-        said = level_note(qrels, relevance_level)
+        said = level_note(judgements, relevance_level)
         if said:
             say_once(said, f"evaluate: {said}", logging.WARNING)
     n = result.ignored_judged
@@ -798,9 +835,9 @@ def drop_identical_ids(run: Run, k: int | None = None) -> Run:
     ``ignore_identical_ids``), each query then cut to its first ``k`` (``None``: not cut), ranks
     closing up.  BEIR's searches on ArguAna and Quora return the top ``k`` other documents (they fetch
     ``k + 1`` and skip the query's own): searching ``k + 1`` and calling this gives the same, so that
-    recall@k counts ``k`` documents, not ``k - 1``.  The rankings (when the run has them), values, trace
-    and time are kept; a run with nothing to drop or cut is returned as it is.  One pass over the
-    concatenated ids (no loop over queries but the split into per-query arrays)."""
+    recall@k counts ``k`` documents, not ``k - 1``.  The rankings (when the run has them), values, trace,
+    time and :attr:`~ragkit.run.Run.learned_from` are kept; a run with nothing to drop or cut is returned as it
+    is.  One pass over the concatenated ids (no loop over queries but the split into per-query arrays)."""
     n = len(run.query_ids)
     lens = np.fromiter((len(d) for d in run.doc_ids), np.int64, n)
     if not n or not lens.sum():
@@ -822,4 +859,4 @@ def drop_identical_ids(run: Run, k: int | None = None) -> Run:
         r.take(i) for r, i in zip(run.rankings, at)]
     return Run(list(run.query_ids), np.split(docs[keep], cut),
                np.split(np.concatenate(run.scores)[keep], cut), rankings=rankings, values=run.values,
-               trace=run.trace, seconds=run.seconds)
+               trace=run.trace, seconds=run.seconds, learned_from=run.learned_from)
