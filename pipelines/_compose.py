@@ -397,6 +397,8 @@ class Composite(Operator):
 
 #: the most iterations a loop may run (a judge that never says done would otherwise run for ever)
 MAX_LOOP_ITERS = 1000
+#: The iterations a loop runs at most when ``max_iters`` is not given (``Loop``, and YAML without the key).
+DEFAULT_MAX_ITERS = 3
 
 
 def _at(path: str, kind: str) -> str:
@@ -1499,7 +1501,8 @@ class Loop(Composite):
 
     name = "loop"
 
-    def __init__(self, body: Operator | Sequence[Operator], until: Operator, max_iters: int = 3) -> None:
+    def __init__(self, body: Operator | Sequence[Operator], until: Operator,
+                 max_iters: int = DEFAULT_MAX_ITERS) -> None:
         super().__init__()
         if isinstance(max_iters, bool) or not isinstance(max_iters, (int, np.integer)) or not (
                 1 <= max_iters <= MAX_LOOP_ITERS):

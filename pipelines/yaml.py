@@ -49,6 +49,7 @@ from ragkit.operator import Operator
 from ragkit.params import LONG_INT_DIGITS, QUOTE_AS_WRITTEN, validate_params
 from ragkit.pipelines._checks import fuse_weights_problem, route_label_problem_at, unranked_router
 from ragkit.pipelines._compose import (
+    DEFAULT_MAX_ITERS,
     MAX_LOOP_ITERS,
     Composite,
     Loop,
@@ -1276,7 +1277,7 @@ def _build_loop(body: Mapping[str, Any], here: str, make_leaf: LeafFactory, prob
     if problems.given(body, "until", here):
         until = problems.attempt("until", lambda: _need_kind(
             build(body["until"], f"{here}.until", make_leaf, expect="judge"), "judge", f"{here}.until"))
-    given = body.get("max_iters", 3)
+    given = body.get("max_iters", DEFAULT_MAX_ITERS)
     n = _lax_int(given)
     if n is None or not 1 <= n <= MAX_LOOP_ITERS:
         why = "; YAML reads unquoted yes/no/on/off/true/false as booleans" if isinstance(given, bool) else ""
