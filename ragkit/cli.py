@@ -1,4 +1,4 @@
-"""The ``ragkit`` command line: eval, train, search, ask, validate, compare.
+"""The ``ragkit`` command line: eval, train, search, ask, validate, describe, compare.
 
 ``ragkit eval --data scifact --pipeline hybrid.yaml`` fits the pipeline on the corpus,
 runs the split's queries, prints a metrics table and writes JSON.  ``--pipeline`` takes a
@@ -582,10 +582,34 @@ def _exit_status(e: Exception) -> int:
     return 1 if isinstance(e, (_RunFailure, DownloadError)) else 2
 
 
-def _fail(e: Exception) -> None:
+#: Where an error lists what can stand (``unknown operator 'bm26'; ... Registered operators: bm25, ...``,
+#: ``...; valid parameters of bm25 are: k, ...``, ``...; parallel takes ['branches', ...]``): the operator
+#: or structural key named (``rule_router`` of ``rule_router.rules[0]``), or None for the list of operators.
+_LISTED = re.compile(r"Registered operators: |valid parameters of ([a-z][a-z0-9_]*)[^ ]* are: "
+                     r"|; ([a-z][a-z0-9_]*) takes \[")
+
+
+def _describe_hint(message: str) -> str:
+    """``message`` with a pointer to ``ragkit describe`` where it lists the operators or an operator's (or
+    structural key's) parameters: the reference gives each one's type, default, bounds and description."""
+    found = list(_LISTED.finditer(message))
+    if not found:
+        return message
+    names = list(dict.fromkeys(m.group(1) or m.group(2) for m in found if m.group(1) or m.group(2)))
+    if names:
+        said = ", ".join(f"ragkit describe {n}" for n in names)
+        hint = f"{said} {'shows' if len(names) == 1 else 'show'} each parameter's type, default, bounds and meaning"
+    else:
+        hint = "ragkit describe lists the operators; ragkit describe NAME shows one's parameters"
+    return f"{message}\n({hint})" if "\n" in message else f"{message} ({hint})"
+
+
+def _fail(e: Exception, hint: bool = True) -> None:
     """Print ``error: <e>`` on stderr and exit with :func:`_exit_status`'s status (2: bad input, 1: a failure
-    while running)."""
-    err_console.print(Text.assemble(("error:", "bold red"), f" {e}"))  # (plain: no markup, no highlighting)
+    while running).  With ``hint``, an error that lists the operators or an operator's parameters points to
+    ``ragkit describe`` (:func:`_describe_hint`)."""
+    message = _describe_hint(str(e)) if hint else str(e)
+    err_console.print(Text.assemble(("error:", "bold red"), f" {message}"))  # (plain: no markup, no highlighting)
     raise typer.Exit(code=_exit_status(e))
 
 
@@ -1353,6 +1377,51 @@ def _want_report(report: Optional[bool], n: int, split: str) -> bool:
     return False
 
 
+@dataclass
+class _Fold:
+    """``ragkit train``'s held-out fold: the row positions of the held-out and of the fitted queries (sorted),
+    and ``twins``, how many of the split's queries share their text with another of its queries."""
+
+    held: list[int]
+    fit: list[int]
+    twins: int
+
+
+def _held_out_fold(queries: Any, seed: int) -> Optional[_Fold]:
+    """About one in five of ``queries`` held out, seeded by ``seed``, with the queries of one text
+    (:func:`~ragkit.types.normalised_text`: whitespace and case aside, as :meth:`TrainSet.same_text` and
+    :meth:`Operator.learned_from` compare them) all on one side: a question fitted on under one id and
+    scored under another would not be held out.
+
+    The texts, numbered in the order of their first query, are permuted with ``seed`` and taken in that
+    order, each whose queries still fit in ``n // 5`` held out (so at most ``n // 5``; fewer where the texts
+    left are asked too often); where every text has more queries than that, the least asked one.  Where no
+    two queries share a text this is exactly the fold of a permutation of the queries (as before texts
+    were grouped).  ``None`` when the queries hold fewer than two texts (no fold keeps both sides
+    non-empty)."""
+    import numpy as np
+
+    from ragkit.types import normalised_text
+
+    numbers: dict[str, int] = {}  # each query's text, numbered in the order of its first query
+    group = np.array([numbers.setdefault(normalised_text(t), len(numbers)) for t in queries.texts], dtype=np.intp)
+    if len(numbers) < 2:
+        return None
+    sizes = np.bincount(group, minlength=len(numbers))
+    perm = np.random.default_rng(seed).permutation(len(numbers))
+    target, count = len(queries) // 5, 0
+    chosen = np.zeros(len(numbers), dtype=bool)
+    for g in perm.tolist():  # (one step per text, in the seeded order; stops once the fold is full)
+        if count + sizes[g] <= target:
+            chosen[g], count = True, count + int(sizes[g])
+            if count == target:
+                break
+    if count == 0:  # every text is asked by more than n // 5 queries
+        chosen[perm[np.argmin(sizes[perm])]] = True
+    held = chosen[group]
+    return _Fold(np.flatnonzero(held).tolist(), np.flatnonzero(~held).tolist(), int((sizes[group] > 1).sum()))
+
+
 def _check_out_folder(out: Path) -> None:
     """Refuse, before any fit, a ``train --out`` of ``-`` (a saved pipeline is a folder: it cannot go to
     standard output) and one whose nearest existing folder cannot be written (a real write, a temporary
@@ -1385,7 +1454,8 @@ def train_cmd(
     split: str = typer.Option("train", help="Judged split to learn from (never the test split)."),
     report: Optional[bool] = typer.Option(
         None, "--report/--no-report", show_default=False,
-        help=f"First fit on 80% of the split and report nDCG@10 on the held-out 20%; this needs at least "
+        help=f"First fit on 80% of the split and report nDCG@10 on the held-out 20% (queries of one text, whitespace "
+             f"and case aside, on one side); this needs at least "
              f"{MIN_REPORT_QUERIES} judged queries.  Default: report when the split has that many, else skip the "
              f"report with a note; --report on a smaller split is an error (before anything is fitted)."),
     seed: int = typer.Option(0, min=0, max=2**32 - 1, help="Seed of the held-out fold."),
@@ -1393,11 +1463,10 @@ def train_cmd(
     """Fit a pipeline on a corpus, learning from a judged split, and save it.
 
     Unless --no-report, a held-out report comes first: one in five of the split's queries
-    are held out, the pipeline is fitted on the rest (and unlearned, when it can be), and
-    each step's effect on the held-out queries is shown.
+    are held out (the queries of one text together: a question asked under two ids is held
+    out under both or fitted on under both), the pipeline is fitted on the rest (and
+    unlearned, when it can be), and each step's effect on the held-out queries is shown.
     """
-    import numpy as np
-
     from ragkit import evaluate, load_beir
     from ragkit.encoders import caching_queries
     from ragkit.pipelines._compose import iter_leaves
@@ -1429,17 +1498,33 @@ def train_cmd(
                 if skip else ""))
         report_learned: dict[str, dict[str, Any]] = {}  # what the report's fit learned
         n_fit = 0
-        if report:
+        fold = _held_out_fold(train.queries, seed) if report else None
+        if report and fold is None:  # (every query of the split asks one question)
+            why = (f"the {len(train.queries)} queries of the {split} split have one text (whitespace and case "
+                   f"aside), and the held-out report keeps the queries of one text on one side of its fold")
+            if wanted:
+                raise RagkitError(f"--report: {why}; pass --no-report, or use a split with other questions")
+            err_console.print(Text.assemble(("held-out report skipped:", "yellow"),
+                                            f" {why} (--no-report silences this note)"), soft_wrap=True)
+            report = False
+        if report and fold is not None:
             n = len(train.queries)
-            perm = np.random.default_rng(seed).permutation(n)
-            held_idx, fit_idx = sorted(perm[: n // 5].tolist()), sorted(perm[n // 5:].tolist())
+            held_idx, fit_idx = fold.held, fold.fit
             n_fit = len(fit_idx)
             fit_part = TrainSet(train.queries[fit_idx], {q: train.qrels[q] for q in train.queries[fit_idx].ids})
             held = train.queries[held_idx]
             held_qrels = {q: train.qrels[q] for q in held.ids}
             # the title on a line of its own: a table's title wraps at the table's width ("(fit\n on the other 48)")
-            title = Text(f"held-out {len(held)} of {n} {split} queries (fit on the other {len(fit_idx)})",
-                         style="italic")
+            off = abs(len(held) - n / 5) > max(1.0, n / 50)  # (2 in 100 queries: a fold noticeably off one fifth)
+            title = Text(f"held-out {len(held)} of {n} {split} queries (fit on the other {len(fit_idx)}"
+                         + (f"; {100 * len(held) / n:.0f}%, not one in five: the queries of one text stay on "
+                            f"one side" if off else "") + ")", style="italic")
+            if fold.twins:
+                err_console.print(Text(
+                    f"note: {fold.twins} of the {n} {split} queries share their text with another (whitespace and "
+                    f"case aside); the held-out fold keeps each text's queries on one side, so no held-out "
+                    f"question was fitted on" + (f" ({len(held)} held out, not {n // 5})" if off else ""),
+                    style="dim"), soft_wrap=True)
             table = Table()
             for col in ("pipeline", "nDCG@10", "Recall@100"):
                 table.add_column(col)
@@ -2027,6 +2112,35 @@ def validate_cmd(path: Path = typer.Argument(..., metavar="PIPELINE",
         note = model_note(m)
         if note:
             err_console.print(Text(f"note: {note}", style="yellow"), soft_wrap=True)
+
+
+@app.command("describe", epilog=_examples(
+    "ragkit describe",
+    "ragkit describe rule_router",
+    "ragkit describe parallel",
+    "ragkit --import ./my_ops.py describe tfidf"))
+def describe_cmd(name: Optional[str] = typer.Argument(
+        None, metavar="NAME", show_default=False,
+        help="An operator's name (bm25, rule_router) or a structural key of pipeline YAML (parallel, route, "
+             "loop); without one, every operator is listed.")) -> None:
+    """List the operators, or show one's YAML parameters (type, default, bounds, meaning).
+
+    Without NAME, one line per registered operator (its name, kind and summary), then the
+    structural keys; with NAME, what that operator or key is, the papers its docstring cites,
+    and each YAML parameter with its type, default (or required), bounds and description.
+
+    Read from the operators themselves (plugins imported with --import or $RAGKIT_IMPORT included).
+    An unknown NAME is an error that suggests the closest names."""
+    from ragkit._reference import describe, table_text
+
+    try:
+        text = table_text() if name is None else describe(name)
+    except RagkitError as e:
+        _fail(e, hint=False)  # (the module's error: its own suggestions and list; no pointer to this command)
+        return
+    # plain text, wrapped by the reference itself: no markup read in it (a regex's [a-z]), and no re-wrapping at
+    # the terminal's width (a narrow one wraps the long lines itself; piped, nothing is cut at 80 columns)
+    console.print(Text(text), soft_wrap=True)
 
 
 def _unchained_ks(op: Any, path: str = "pipeline", reach: tuple[int, str] | None = None,
