@@ -227,8 +227,9 @@ def test_trainset_takes_a_qrels_dataframe_a_qrels_file_and_a_series_of_queries(t
     assert TrainSet(queries, path).qrels == qrels
     series = pd.Series(queries.texts, index=queries.ids)
     assert TrainSet(series, qrels).queries == queries
-    with pytest.raises(DataError, match=r"a qrels DataFrame needs the columns 'query-id', 'corpus-id', 'score' .*got "
-                                        r"\['q', 'd', 'g'\]"):
+    with pytest.raises(DataError, match=r"the qrels DataFrame needs a column for each of the query id, the document id "
+                                        r"and the grade .*got columns \['q', 'd', 'g'\].*df\.rename\(columns="
+                                        r"\{'q': 'query-id', 'd': 'corpus-id', 'g': 'score'\}\)"):
         TrainSet(queries, df.set_axis(["q", "d", "g"], axis=1))
     with pytest.raises(DataError, match=r"judges document 'doc-0' for query 'myq-0' twice, 2 and 0"):
         TrainSet(queries, pd.concat([df, pd.DataFrame([("myq-0", "doc-0", 0)], columns=df.columns)]))
