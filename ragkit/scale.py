@@ -1812,4 +1812,7 @@ def search_distributed(pipe: Pipeline | Operator,
     rankings = [Ranking(rows, sc) for c in chunks for rows, sc in c[2]]
     keys = list(dict.fromkeys(key for c in chunks for key in c[3]))
     values = {key: [v for c in chunks for v in c[3].get(key, [None] * len(c[0]))] for key in keys}
-    return Run(qids, docs, [r.scores for r in rankings], rankings=rankings, values=values)
+    from ragkit.run import learned_query_ids
+
+    return Run(qids, docs, [r.scores for r in rankings], rankings=rankings, values=values,
+               learned_from=learned_query_ids(pipe, queries.ids, queries.texts))

@@ -744,3 +744,16 @@ def test_the_per_shard_retrievers_k_is_the_merge_depth_or_must_agree_with_it(sli
         Sharded(retriever={"bm25": {"k": 10}}, k=20)
     assert err.value.path == "sharded.k"
     assert len(sharded.search(queries, sharded={"k": 3}).rankings[0]) == 3  # a search's k option still applies
+
+
+def test_search_distributed_records_the_queries_its_pipeline_learned_from(slice_data, ray_session):
+    """``Pipeline.search`` records in ``run.learned_from`` the queries the pipeline learned from (``evaluate``
+    warns of scoring them); the Ray search left it empty."""
+    corpus, _, _, train = slice_data
+    pipe = Pipeline.from_yaml({"pipeline": [{"parallel": {"branches": [{"bm25": {"k": 20}},
+                                                                       {"bm25": {"k": 20, "k1": 0.5}}],
+                                                          "fuse": {"rrf": {"learn": True}}}}]}).fit(corpus, train)
+    taught = train.queries[:4]
+    local = pipe.search(taught)
+    dist = search_distributed(pipe, taught, n_chunks=2)
+    assert local.learned_from == list(taught.ids) and dist.learned_from == local.learned_from
