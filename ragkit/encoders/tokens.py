@@ -42,8 +42,8 @@ from ragkit.encoders.cache import UNREADABLE, ShardStore, load_npy, text_digests
 from ragkit.encoders.sentence import (
     DEFAULT_MODEL,
     as_texts,
-    get_encoder,
-    model_fingerprint,
+    cached_fingerprint,
+    load_model,
     queries_cached,
     resolve_model,
     settings_key,
@@ -494,7 +494,10 @@ class TokenEncoder:
         self.max_seq_length = max_seq_length
         self.special_tokens = special_tokens
         self.cache_enabled = cache
-        self.key = f"{model_fingerprint(self.path)}|tokens|msl={max_seq_length}|special={special_tokens}|l2"
+        #: the model's files when the encoder was made (:func:`~ragkit.encoders.sentence.cached_fingerprint`): the
+        #: model it loads is theirs
+        self.fingerprint = cached_fingerprint(self.path)
+        self.key = f"{self.fingerprint}|tokens|msl={max_seq_length}|special={special_tokens}|l2"
         self._cache: TokenCache | None = None
         self._cache_root: Path | None = None  # the cache folder ``_cache`` was made for (None: set by hand)
         #: texts actually encoded (not read from cache) since creation
@@ -509,13 +512,26 @@ class TokenEncoder:
 
     @property
     def model(self) -> Any:
-        return get_encoder(self.model_name, max_seq_length=self.max_seq_length).model
+        """The loaded ``SentenceTransformer`` of this encoder's files and ``max_seq_length`` on the CPU, shared with
+        the sentence encoders of the same (:func:`~ragkit.encoders.sentence.load_model`)."""
+        return load_model(self.model_name, self.path, "cpu", self.max_seq_length, self.fingerprint)
 
     @property
     def dim(self) -> int:
+        """The width of the token vectors: the output of the transformer module (``model[0]``), which may differ
+        from the pooled sentence vector's (a sentence-transformers ``Dense`` head after the pooling maps 384-d
+        tokens to a 128-d sentence vector)."""
         m = self.model
-        get = getattr(m, "get_embedding_dimension", None) or m.get_sentence_embedding_dimension
-        return int(get())
+        first = m[0]
+        # (sentence-transformers >= 6 renamed it: the old name warns there)
+        get = getattr(first, "get_embedding_dimension", None) or getattr(first, "get_word_embedding_dimension", None)
+        if get is not None:
+            return int(get())
+        hidden = getattr(getattr(getattr(first, "auto_model", None), "config", None), "hidden_size", None)
+        if hidden is not None:
+            return int(hidden)
+        # a module that says nothing of its width: the model's (the same unless a head after the pooling changes it)
+        return int((getattr(m, "get_embedding_dimension", None) or m.get_sentence_embedding_dimension)())
 
     @property
     def store(self) -> TokenCache:
