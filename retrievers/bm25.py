@@ -61,7 +61,16 @@ import scipy.sparse as sp
 from pydantic import Field, field_validator, model_validator
 
 from ragkit.errors import DataError, InputTypeError, some_ids
-from ragkit.operator import Operator, load_array, rankings_from_matrix, read_json, save_arrays, topk_rows, write_json
+from ragkit.operator import (
+    Operator,
+    group_positions,
+    load_array,
+    rankings_from_matrix,
+    read_json,
+    save_arrays,
+    topk_rows,
+    write_json,
+)
 from ragkit.options import PARAM
 from ragkit.params import MetadataFilter, Params
 from ragkit.registry import register
@@ -214,9 +223,20 @@ _QUERY_SAID_LOCK = threading.Lock()
 _CHECK_CHUNK = 10_000
 
 
-#: Dense score blocks are at most this many float64 cells (8 MB); larger batches are chunked.
+#: Dense score blocks (:meth:`BM25._topk_dense`) are at most this many float64 cells (8 MB); larger batches are
+#: chunked.  The sparse path's blocks (:func:`_query_blocks`) hold at most about this many postings of their
+#: queries' terms (the product's entries, 8 bytes of score and 4 of document id each, and a few temporaries).
 _BLOCK_CELLS = 1_000_000
 _MIN_TASK_CELLS = 100_000
+#: Per query, the postings :func:`_query_blocks` counts on top of its terms' (a block's fixed costs)
+_QUERY_COST = 64
+#: A query whose candidates (matching documents that pass the filter) exceed this share of the documents is ranked
+#: from a dense row of every document (:func:`_dense_topk`), cheaper there than sorting its entries; the others from
+#: their entries alone (:func:`_sparse_topk`).  Both give the same rankings.
+_DENSE_SHARE = 0.25
+#: Search through :meth:`BM25._topk_dense` (a dense row of every document per query), the path before
+#: :func:`_sparse_topk`: for the tests and ``bench/bm25_sparse_topk.py``, which compare the two
+_DENSE_TOPK = False
 #: Characters of text tokenised at once when counting terms (bounds the Python token objects of a fit).
 COUNT_CHUNK_CHARS = 8_000_000
 
@@ -236,6 +256,125 @@ def _index_dtype(nnz: int, n: int) -> type:
     """scipy's index dtype for a sparse matrix of ``nnz`` stored values and ``n`` columns (or rows):
     int32 where both fit, else int64."""
     return np.int32 if max(nnz, n) < np.iinfo(np.int32).max else np.int64
+
+
+def _query_blocks(q: sp.csr_matrix, wt: sp.csr_matrix, n_jobs: int) -> list[int]:
+    """Row bounds ``[0, ..., n_q]`` of the blocks of queries ``q`` that :meth:`BM25._search_index` answers at once:
+    each holds about :data:`_BLOCK_CELLS` postings of its queries' terms (``wt``'s rows; an upper bound of the
+    product's entries, so a block's memory is bounded) plus :data:`_QUERY_COST` per query; with ``n_jobs > 1`` at
+    least ``n_jobs`` blocks where the batch holds ``n_jobs`` times :data:`_MIN_TASK_CELLS`.  A query of more
+    postings than a block is a block alone."""
+    n_q = q.shape[0]
+    if not n_q:
+        return [0, 0]
+    df = np.diff(wt.indptr).astype(np.int64)
+    upto = np.zeros(q.nnz + 1, np.int64)
+    np.cumsum(df[q.indices], out=upto[1:])
+    cost = upto[q.indptr[1:]] - upto[q.indptr[:-1]] + _QUERY_COST
+    ends = np.cumsum(cost)
+    target = _BLOCK_CELLS
+    if n_jobs > 1:
+        target = min(target, max(-(-int(ends[-1]) // n_jobs), _MIN_TASK_CELLS))
+    block = (ends - cost) // target  # the block each query starts in
+    return [0, *(np.flatnonzero(np.diff(block)) + 1).tolist(), n_q]
+
+
+def _with_zero_matches(m: sp.csr_matrix, h: sp.csr_matrix) -> sp.csr_matrix:
+    """``m`` (scores, CSR) with an explicit 0 at every entry of ``h`` (the postings of terms of idf <= 0 that the
+    queries hold) ``m`` does not store: a matching document whose weights sum to 0 (scipy's product drops it),
+    sorted indices."""
+    m.sort_indices()
+    h.sort_indices()
+    n = max(m.shape[1], 1)
+    mk = np.repeat(np.arange(m.shape[0], dtype=np.int64), np.diff(m.indptr)) * n + m.indices
+    hk = np.repeat(np.arange(h.shape[0], dtype=np.int64), np.diff(h.indptr)) * n + h.indices
+    at = np.searchsorted(mk, hk)
+    new = hk[(at >= len(mk)) | (mk[np.minimum(at, max(len(mk) - 1, 0))] != hk)] if len(mk) else hk
+    keys = np.concatenate([mk, new])
+    vals = np.concatenate([m.data, np.zeros(len(new), m.data.dtype)])
+    order = np.argsort(keys, kind="stable")
+    keys, vals = keys[order], vals[order]
+    rows = keys // n
+    ptr = np.zeros(m.shape[0] + 1, np.int64)
+    np.cumsum(np.bincount(rows, minlength=m.shape[0]), out=ptr[1:])
+    out = sp.csr_matrix((vals, (keys - rows * n).astype(np.int64), ptr), shape=m.shape)
+    out.has_sorted_indices = True
+    return out
+
+
+def _take_rows(ptr: np.ndarray, data: np.ndarray, cols: np.ndarray,
+               rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The CSR arrays ``(ptr int64, data, cols)`` of the rows ``rows`` of the CSR arrays given."""
+    lens = np.diff(ptr)[rows]
+    src = np.repeat(ptr[rows], lens) + group_positions(lens)
+    out = np.zeros(len(rows) + 1, np.int64)
+    np.cumsum(lens, out=out[1:])
+    return out, data[src], cols[src]
+
+
+def _sorted_rows(ptr: np.ndarray, data: np.ndarray, cols: np.ndarray,
+                 n_cols: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The CSR arrays with each row's entries by ascending column (scipy's ``sort_indices``, in place)."""
+    m = sp.csr_matrix((data, cols, ptr), shape=(len(ptr) - 1, n_cols), copy=False)
+    m.sort_indices()
+    return np.asarray(m.indptr, np.int64), m.data, m.indices
+
+
+def _dense_topk(ptr: np.ndarray, data: np.ndarray, cols: np.ndarray, n_cols: int,
+                k: int) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_sparse_topk` of rows holding much of the corpus: each scattered into a dense row of ``n_cols``
+    cells (``-inf`` where it holds no entry), :func:`topk_rows` over it; in chunks of about :data:`_BLOCK_CELLS`
+    cells."""
+    n_q = len(ptr) - 1
+    step = max(1, _BLOCK_CELLS // max(n_cols, 1))
+    out = []
+    for a in range(0, n_q, step):  # a loop over chunks of rows
+        b = min(a + step, n_q)
+        s = np.full((b - a, n_cols), -np.inf)
+        lo, hi = int(ptr[a]), int(ptr[b])
+        s[np.repeat(np.arange(b - a), np.diff(ptr[a:b + 1])), cols[lo:hi]] = data[lo:hi]
+        out.append(topk_rows(s, k))
+    return np.concatenate([r for r, _ in out]), np.concatenate([v for _, v in out])
+
+
+def _sparse_topk(ptr: np.ndarray, data: np.ndarray, cols: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Top ``k`` of each row of a sparse score matrix given by its CSR arrays (``ptr`` int64 row pointers,
+    ``data`` float64 scores, ``cols`` document rows ascending within each row): the first ``k`` of the row's
+    entries by score descending, ties by the lower document row, at the cut too, exactly as
+    :func:`~ragkit.operator.topk_rows` picks them from a dense row whose other cells are ``-inf``.
+
+    Rows are grouped by their number of entries ``n`` into buckets of width ``w`` (a power of two, at most ``k``
+    where ``n <= k``: no ``-inf`` cell is ever tied at a cut); each bucket is one ``(rows, w)`` matrix of the
+    rows' entries in document order, padded with ``-inf``, whose top ``k`` one :func:`topk_rows` picks (a tie
+    at its cut keeps the lower position, i.e. the lower document row).  The cost follows the matches (at most
+    twice them, padding included), whatever the corpus size; a loop over the buckets (about log2 of the longest
+    row), none over queries.  Returns ``(rows int64, scores float32)`` of shape ``(n_q, min(k, longest row))``,
+    ``-inf`` scores past each row's entries."""
+    n_q = len(ptr) - 1
+    lens = np.diff(ptr)
+    width = int(min(k, lens.max())) if n_q else 0
+    out_rows = np.zeros((n_q, width), np.int64)
+    out_sc = np.full((n_q, width), -np.inf, np.float32)
+    if not width:
+        return out_rows, out_sc
+    # bucket width: the next power of two (1 for one entry), at most k while the row holds at most k entries
+    pow2 = np.left_shift(1, np.ceil(np.log2(np.maximum(lens, 1))).astype(np.int64))
+    bucket = np.where(lens <= k, np.minimum(pow2, k), pow2)
+    bucket[lens == 0] = 0
+    for w in np.unique(bucket[bucket > 0]).tolist():  # a loop over the buckets (widths), not the queries
+        qs = np.flatnonzero(bucket == w)
+        n = lens[qs]
+        pos = group_positions(n)  # each entry's position in its row
+        src = np.repeat(ptr[qs], n) + pos  # where it is in data / cols
+        flat = np.repeat(np.arange(len(qs), dtype=np.int64) * w, n) + pos
+        block = np.full(len(qs) * w, -np.inf)
+        block[flat] = data[src]
+        top, sc = topk_rows(block.reshape(len(qs), w), k)
+        top, sc = top[:, :width], sc[:, :width]  # (a bucket wider than every row: its last columns are pads)
+        take = np.minimum(top, (n - 1)[:, None]) + ptr[qs][:, None]  # (pads: any entry of the row; scored -inf)
+        out_rows[qs, :top.shape[1]] = cols[take]
+        out_sc[qs, :top.shape[1]] = sc
+    return out_rows, out_sc
 
 
 def _refuse_one_text(texts: Any, what: str) -> None:
@@ -289,6 +428,51 @@ def _check_postings(folder: Path, data: np.ndarray, ind: np.ndarray, ptr: np.nda
         lo, hi = int(ind.min()), int(ind.max())
         if lo < 0 or hi >= n_cols:
             raise bad("tf_indices", f"{col} ids {lo}..{hi} (expected 0..{n_cols - 1})", "corrupt BM25 arrays")
+
+
+def _checked_vocab(path: Path, terms: Any) -> dict[str, int]:
+    """``{term: column}`` of a saved ``vocab.json`` (``path``) holding ``terms``; an :class:`ArtifactError` naming
+    the file unless it is a list of distinct strings (a term repeated left the counts matrix more rows than the
+    vocabulary has terms, and the first search failed in scipy; terms that are numbers matched no query word)."""
+    from ragkit.errors import ArtifactError
+
+    if not isinstance(terms, list):
+        raise ArtifactError(f"{path}: expected a JSON list of terms (strings), got {type(terms).__name__}; save the "
+                            "index again")
+    kinds = set(map(type, terms))
+    if not kinds <= {str}:
+        bad = next(t for t in terms if not isinstance(t, str))
+        raise ArtifactError(f"{path}: expected a JSON list of terms (strings), got {len(terms):,} entries holding "
+                            f"{', '.join(sorted(k.__name__ for k in kinds - {str}))} values such as {bad!r:.40} (entry "
+                            f"{next(i for i, t in enumerate(terms) if not isinstance(t, str)):,}); save the index "
+                            "again")
+    vocab = {t: i for i, t in enumerate(terms)}
+    if len(vocab) != len(terms):
+        seen: set[str] = set()
+        first = next(i for i, t in enumerate(terms) if t in seen or seen.add(t))  # type: ignore[func-returns-value]
+        raise ArtifactError(f"{path}: expected distinct terms, got {len(terms):,} entries of which {len(vocab):,} "
+                            f"distinct ({terms[first]!r:.40} again at entry {first:,}); save the index again")
+    return vocab
+
+
+def _checked_floats(folder: Path, name: str, arr: np.ndarray, n: int, what: str, kinds: str = "f",
+                    nonnegative: bool = False) -> np.ndarray:
+    """``arr`` (``<name>.npy`` in ``folder``) as float64 (itself where it is already), once it is 1-D of ``n``
+    finite values (``>= 0`` with ``nonnegative``) of a dtype of ``kinds`` (numpy's kind letters: ``f`` float,
+    ``i`` / ``u`` integers); else an :class:`ArtifactError` naming the file, ``what`` it should hold and what it
+    holds (a string idf crashed the load in a numpy ufunc, an int8 one was taken)."""
+    from ragkit.errors import ArtifactError
+
+    path = folder / f"{name}.npy"
+    if arr.ndim != 1 or arr.dtype.kind not in kinds or len(arr) != n:
+        names = {"f": "float", "i": "integer", "u": "unsigned integer"}
+        raise ArtifactError(f"{path}: an array of shape {arr.shape} and dtype {arr.dtype} (expected {n:,} "
+                            f"{' or '.join(names[k] for k in kinds)} values: {what}); save the index again")
+    out = np.asarray(arr, dtype=np.float64)
+    if n and not bool(np.isfinite(out).all() and (not nonnegative or out.min() >= 0)):
+        bad = out[~np.isfinite(out) | ((out < 0) if nonnegative else False)][0]
+        raise ArtifactError(f"{path}: a value {float(bad)!r} (expected {what}, finite); save the index again")
+    return out
 
 
 def _terms_by_docs(parts: list[sp.csr_matrix], n_terms: int,
@@ -1107,16 +1291,67 @@ class BM25(Operator):
         _refuse_one_text(queries, "bm25.score_matrix")
         return (self.query_matrix(queries) @ self._wt).toarray()
 
-    def _topk(self, q: sp.csr_matrix, k: int, drop: np.ndarray | None,
-              index: tuple[sp.csr_matrix, sp.csr_matrix | None] | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Top ``k`` of the documents that contain a query term; the others score ``-inf`` (dropped).
-        ``index``: the ``(weights, hits)`` to score with (the ones held now by default); ``q``'s columns
-        must be their terms and ``drop``'s length their documents, else :func:`_edited_during_search`."""
+    def _check_index(self, q: sp.csr_matrix, drop: np.ndarray | None,
+                     index: tuple[sp.csr_matrix, sp.csr_matrix | None] | None) -> tuple[sp.csr_matrix,
+                                                                                        sp.csr_matrix | None]:
+        """``index`` (the ``(weights, hits)`` held now by default), once ``q``'s columns are its terms and
+        ``drop``'s length its documents; else :func:`_edited_during_search`."""
         wt, hits = (self._wt, self._hits) if index is None else index
         if q.shape[1] != wt.shape[0] or (drop is not None and len(drop) != wt.shape[1]) or (
                 hits is not None and hits.shape != wt.shape):
             raise _edited_during_search(f"the query was counted over {q.shape[1]:,} terms, the index holds "
                                         f"{wt.shape[0]:,} terms x {wt.shape[1]:,} documents")
+        return wt, hits
+
+    def _topk(self, q: sp.csr_matrix, k: int, drop: np.ndarray | None,
+              index: tuple[sp.csr_matrix, sp.csr_matrix | None] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Top ``k`` of the documents that contain a query term, read from the sparse product's stored entries
+        only (:func:`_sparse_topk`): the cost follows the matches, not the corpus (a query whose candidates are
+        more than :data:`_DENSE_SHARE` of the corpus: from a dense row, :func:`_dense_topk`).  Returns ``(rows int64,
+        scores float32)`` of shape ``(n_q, k')``, ``k' <= k``, padded with ``-inf`` scores (dropped by
+        :func:`~ragkit.operator.rankings_from_matrix`); the rankings are those of :meth:`_topk_dense` exactly
+        (ids, float32 scores, ties by the lower document row, at the cut too).  ``index``: the ``(weights,
+        hits)`` to score with (the ones held now by default); ``q``'s columns must be their terms and ``drop``'s
+        length their documents, else :func:`_edited_during_search`."""
+        wt, hits = self._check_index(q, drop, index)
+        n_docs = wt.shape[1]
+        k = min(k, n_docs)
+        m = (q @ wt).tocsr()
+        if hits is not None:  # matches whose weights sum to 0 score 0 (scipy's product does not store them)
+            m = _with_zero_matches(m, (q @ hits).tocsr())
+        ptr = m.indptr.astype(np.int64)
+        data, cols = m.data, m.indices
+        if drop is not None and m.nnz:  # a metadata filter's excluded rows: not candidates
+            keep = ~drop[cols]
+            kept = np.zeros(len(keep) + 1, np.int64)
+            np.cumsum(keep, out=kept[1:])
+            ptr = kept[ptr]
+            data, cols = data[keep], cols[keep]
+        n_q = len(ptr) - 1
+        lens = np.diff(ptr)
+        # rows ranked from a dense row: cheaper where most documents match; only rows of more than k candidates, so
+        # that no -inf cell of a dense row is ever at the cut (a tie there re-picked the row: a pass over it)
+        wide = (lens > _DENSE_SHARE * n_docs) & (lens > k)
+        if not wide.any():
+            return _sparse_topk(*_sorted_rows(ptr, data, cols, n_docs), k)
+        narrow, dense = np.flatnonzero(~wide), np.flatnonzero(wide)
+        parts = [(narrow, _sparse_topk(*_sorted_rows(*_take_rows(ptr, data, cols, narrow), n_docs), k)),
+                 (dense, _dense_topk(*_take_rows(ptr, data, cols, dense), n_docs, k))]
+        width = max(r.shape[1] for _, (r, _) in parts)
+        out_rows = np.zeros((n_q, width), np.int64)
+        out_sc = np.full((n_q, width), -np.inf, np.float32)
+        for rows, (r, sc) in parts:
+            out_rows[rows, :r.shape[1]] = r
+            out_sc[rows, :r.shape[1]] = sc
+        return out_rows, out_sc
+
+    def _topk_dense(self, q: sp.csr_matrix, k: int, drop: np.ndarray | None,
+                    index: tuple[sp.csr_matrix, sp.csr_matrix | None] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`_topk` through a dense ``(n_q, n_docs)`` row of every document per query (``-inf`` where no
+        query term is held) and :func:`~ragkit.operator.topk_rows` over all of it: the path before
+        :func:`_sparse_topk`, kept as the reference its rankings are checked against (tests,
+        ``bench/bm25_sparse_topk.py``); searches use it where :data:`_DENSE_TOPK` is set."""
+        wt, hits = self._check_index(q, drop, index)
         m = (q @ wt).tocsr()
         s = np.full(m.shape, -np.inf)
         if hits is not None:  # matches whose weights sum to 0 score 0
@@ -1183,17 +1418,23 @@ class BM25(Operator):
         if not self.__dict__.get("_query_said", False):
             self._warn_query_without_word(state, texts, q)
         n_q = q.shape[0]
-        n_docs = max(len(corpus), 1)
-        chunk = max(1, _BLOCK_CELLS // n_docs)
-        if n_jobs > 1:  # split across threads, but keep >= ~100k cells (about a millisecond) per task
-            chunk = min(chunk, max(-(-n_q // n_jobs), _MIN_TASK_CELLS // n_docs))
-        starts = range(0, n_q, chunk)
-        job = lambda a: self._topk(q[a:a + chunk], k, drop, index)  # noqa: E731
-        if n_jobs > 1 and len(starts) > 1:  # scipy's sparse product and argpartition release the GIL
-            with ThreadPoolExecutor(min(n_jobs, len(starts))) as ex:
-                parts = list(ex.map(job, starts))
+        if _DENSE_TOPK:  # (the path before: dense blocks of about _BLOCK_CELLS cells)
+            n_docs = max(len(corpus), 1)
+            chunk = max(1, _BLOCK_CELLS // n_docs)
+            if n_jobs > 1:  # split across threads, but keep >= ~100k cells (about a millisecond) per task
+                chunk = min(chunk, max(-(-n_q // n_jobs), _MIN_TASK_CELLS // n_docs))
+            bounds = [*range(0, n_q, chunk), n_q]
+            topk = self._topk_dense
         else:
-            parts = [job(a) for a in starts]
+            bounds = _query_blocks(q, index[0], n_jobs)
+            topk = self._topk
+        spans = list(zip(bounds[:-1], bounds[1:]))
+        job = lambda ab: topk(q[ab[0]:ab[1]], k, drop, index)  # noqa: E731
+        if n_jobs > 1 and len(spans) > 1:  # scipy's sparse product and numpy's sorts release the GIL
+            with ThreadPoolExecutor(min(n_jobs, len(spans))) as ex:
+                parts = list(ex.map(job, spans))
+        else:
+            parts = [job(ab) for ab in spans]
         if self.corpus_ is not corpus or index[0].shape[1] != len(corpus):  # rows of another corpus than the one
             raise _edited_during_search("its documents changed")        # the pipeline maps them with now
         out = state.copy()
@@ -1246,18 +1487,21 @@ class BM25(Operator):
         from ragkit.errors import ArtifactError
 
         terms = read_json(folder / "vocab.json")
-        if not isinstance(terms, list):
-            raise ArtifactError(f"{folder / 'vocab.json'}: expected a JSON list of terms")
+        vocab = _checked_vocab(folder / "vocab.json", terms)
         n_terms, n_docs = len(terms), len(self.corpus_)
         self._reset_cache()
-        self.vocab_ = {t: i for i, t in enumerate(terms)}
+        self.vocab_ = vocab
         self.collection_ = None
         if (folder / "collection.json").is_file():
-            idf, avgdl = load_array(folder, "collection_idf"), read_json(folder / "collection.json").get("avgdl")
-            if idf.shape != (n_terms,) or not isinstance(avgdl, (int, float)):
-                raise ArtifactError(f"{folder}: collection statistics ({idf.shape[0]} idf values, avgdl {avgdl!r}) "
-                                    f"do not match the {n_terms}-term vocabulary")
-            self.collection_ = {"idf": idf.astype(np.float64), "avgdl": float(avgdl)}
+            idf = _checked_floats(folder, "collection_idf", load_array(folder, "collection_idf"), n_terms,
+                                  f"one idf per term of the {n_terms:,}-term vocabulary.json")
+            stats = read_json(folder / "collection.json")
+            avgdl = stats.get("avgdl") if isinstance(stats, dict) else None
+            if isinstance(avgdl, bool) or not isinstance(avgdl, (int, float)) or not 0 < avgdl < float("inf"):
+                raise ArtifactError(f"{folder / 'collection.json'}: expected a JSON object whose 'avgdl' is a finite "
+                                    f"number > 0 (the average document length), got {stats!r:.80}; save the index "
+                                    "again")
+            self.collection_ = {"idf": idf, "avgdl": float(avgdl)}
         if not (folder / "weights.json").is_file():
             self._load_docs_by_terms(folder, terms)
             return
@@ -1270,16 +1514,28 @@ class BM25(Operator):
         # posting), then every weight finite (a NaN weight emptied every ranking; a memory-mapped load whose
         # checksums Operator.load verified skips this one)
         _check_postings(folder, data, ind, ptr, n_terms, n_docs, "document")
-        ok = (isinstance(meta, dict) and meta.get("layout") == "terms_x_docs" and ind.dtype == ptr.dtype
-              and data.dtype in (np.uint16, np.int32)
-              and w.shape == (nnz,) and w.dtype == np.float64 and dl.shape == (n_docs,)
-              and idf.shape == (n_terms,))
-        if not ok:
-            raise ArtifactError(f"{folder}: BM25 arrays do not match (vocab {n_terms} terms, {len(ptr) - 1} rows "
-                                f"of counts, {nnz} postings, {dl.shape} lengths, corpus of {n_docs} documents)")
+        if not (isinstance(meta, dict) and meta.get("layout") == "terms_x_docs"):
+            raise ArtifactError(f"{folder / 'weights.json'}: expected a JSON object with \"layout\": "
+                                f"\"terms_x_docs\", got {meta!r:.80}; save the index again")
+        if ind.dtype != ptr.dtype:
+            raise ArtifactError(f"{folder / 'tf_indptr.npy'}: dtype {ptr.dtype}, tf_indices.npy's {ind.dtype} "
+                                "(expected the same integer dtype, int32 or int64); save the index again")
+        if data.dtype not in (np.uint16, np.int32):
+            raise ArtifactError(f"{folder / 'tf_data.npy'}: dtype {data.dtype} (expected the term counts as uint16 "
+                                "or int32); save the index again")
+        if w.shape != (nnz,) or w.dtype != np.float64:
+            raise ArtifactError(f"{folder / 'weights.npy'}: an array of shape {w.shape} and dtype {w.dtype} "
+                                f"(expected {nnz:,} float64 weights, one per posting of tf_indices.npy); save the "
+                                "index again")
+        dl = _checked_floats(folder, "doc_lengths", dl, n_docs, f"one length per document of the {n_docs:,}-document "
+                             "corpus, >= 0", kinds="fiu", nonnegative=True)
+        idf = _checked_floats(folder, "idf", idf, n_terms, f"one idf per term of the {n_terms:,}-term vocabulary.json")
         if nnz and not ((mmap and self._verified) or bool(np.isfinite(w).all())):
+            bad = int(np.flatnonzero(~np.isfinite(w))[0])
             raise ArtifactError(f"{folder / 'weights.npy'}: corrupt BM25 arrays: document ids {int(ind.min())}.."
-                                f"{int(ind.max())} (the corpus has {n_docs}), weights that are not finite")
+                                f"{int(ind.max())} (the corpus has {n_docs}), weights that are not finite (weight "
+                                f"{float(w[bad])!r} at posting {bad:,}; expected finite float64 weights); save the "
+                                "index again")
         self._counts = sp.csr_matrix((data, ind, ptr), shape=(n_terms, n_docs), copy=False)
         self._counts.has_sorted_indices = True
         self._dl = dl

@@ -1,0 +1,118 @@
+"""BM25 search: the top-k from the sparse product's entries (``BM25._topk``) against the dense path before it
+(``BM25._topk_dense``: a row of every document per query, ``topk_rows`` over all of it).
+
+Usage::
+
+    python bench/bm25_sparse_topk.py                 # 100,000 synthetic documents, ~40 s
+    python bench/bm25_sparse_topk.py --docs 300000 --queries 500
+
+A synthetic corpus (``--docs`` documents of 20-60 words drawn from a Zipf vocabulary of 100,000 words, seed 0)
+is fitted with ``BM25()``; query sets of 4 words each, by how many documents their words are in:
+
+* ``rare``: words of 2-10 documents (~20 matches a query): the case whose cost followed the corpus size;
+* ``mid``: words of 100-2,000 documents (a few thousand matches);
+* ``common``: words of 5-30% of the documents (most of the corpus matches);
+* ``mixed``: two rare words and two of the 50 most frequent ones;
+
+each searched at ``k`` 10 and 1000, and ``rare`` also with a metadata filter passing half the documents.  Each
+is timed through both paths (``ragkit.retrievers.bm25._DENSE_TOPK``), one thread, alternately, best of
+``--repeat`` rounds of CPU time (``time.process_time``: the machine is shared); the rankings of both are
+checked identical (ids, float32 scores).  Prints ms per query and the ratio dense / sparse.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ragkit.retrievers import BM25, bm25 as bm25_mod
+from ragkit.types import Corpus
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import print_machine  # noqa: E402
+
+
+def corpus_of(n: int, seed: int = 0) -> Corpus:
+    """``n`` documents of 20-60 words from a Zipf(1.07) vocabulary of 100,000 letter strings, metadata
+    ``half`` 0 / 1."""
+    rng = np.random.default_rng(seed)
+    v = 100_000
+    letters = np.frombuffer(b"abcdefghijklmnopqrstuvwxyz", np.uint8)
+    raw = letters[rng.integers(0, 26, (v, 9))]
+    vocab = np.array([bytes(r[:n_]).decode() for r, n_ in zip(raw, rng.integers(4, 10, v))])
+    p = 1.0 / np.arange(1, v + 1) ** 1.07
+    lens = rng.integers(20, 61, n)
+    words = vocab[rng.choice(v, int(lens.sum()), p=p / p.sum())]
+    ends = np.cumsum(lens)
+    texts = [" ".join(words[e - m:e]) for e, m in zip(ends.tolist(), lens.tolist())]
+    return Corpus(ids=[f"d{i}" for i in range(n)], texts=texts, metadata={"half": (np.arange(n) % 2).tolist()})
+
+
+def query_sets(bm: BM25, n_q: int, seed: int = 1) -> dict[str, list[str]]:
+    """Query sets of 4 indexed terms each, by document frequency (see the module docstring)."""
+    rng = np.random.default_rng(seed)
+    terms = np.array(bm.terms())
+    df = bm.doc_freqs()
+    n = len(bm.corpus_)
+
+    def pick(lo: float, hi: float, size: int) -> np.ndarray:
+        pool = terms[(df >= lo) & (df <= hi)]
+        return rng.choice(pool, (n_q, size))
+
+    top = terms[np.argsort(-df)[:50]]
+    sets = {"rare": pick(2, 10, 4), "mid": pick(100, 2000, 4), "common": pick(0.05 * n, 0.3 * n, 4),
+            "mixed": np.concatenate([pick(2, 10, 2), rng.choice(top, (n_q, 2))], axis=1)}
+    return {name: [" ".join(row) for row in words.tolist()] for name, words in sets.items()}
+
+
+def timed(bm: BM25, queries: list[str], k: int, dense: bool, **options: object) -> tuple[float, list]:
+    """``(CPU seconds, rankings)`` of one search of ``queries`` through one path."""
+    bm25_mod._DENSE_TOPK = dense
+    try:
+        t = time.process_time()
+        run = bm.search(queries, k=k, **options)  # type: ignore[arg-type]
+        return time.process_time() - t, run.rankings
+    finally:
+        bm25_mod._DENSE_TOPK = False
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--docs", type=int, default=100_000)
+    ap.add_argument("--queries", type=int, default=200, help="queries per set")
+    ap.add_argument("--repeat", type=int, default=3)
+    args = ap.parse_args()
+    print_machine(threads=1)
+    t = time.time()
+    corpus = corpus_of(args.docs)
+    bm = BM25(k=10, n_jobs=1).fit(corpus)
+    print(f"corpus of {args.docs:,} documents, {len(bm.vocab_):,} terms, {bm._wt.nnz:,} postings: "
+          f"made and fitted in {time.time() - t:.1f} s")
+    sets = query_sets(bm, args.queries)
+    cases = [(name, k, {}) for name in sets for k in (10, 1000)] + [("rare", 10, {"filter": {"half": 1}})]
+    print(f"{'queries':<8} {'k':>5} {'filter':<7} {'matches/q':>10} {'dense ms/q':>11} {'sparse ms/q':>12} "
+          f"{'ratio':>7}")
+    for name, k, options in cases:
+        queries = sets[name]
+        q = bm.query_matrix(queries)
+        matches = (q @ bm._wt).nnz / len(queries)
+        best = {True: np.inf, False: np.inf}
+        got: dict[bool, list] = {}
+        for _ in range(args.repeat):  # alternate the two paths, best of the rounds
+            for dense in (True, False):
+                s, got[dense] = timed(bm, queries, k, dense, **options)
+                best[dense] = min(best[dense], s)
+        for a, b in zip(got[True], got[False]):  # identical rankings (ids, float32 scores)
+            assert np.array_equal(a.rows, b.rows) and a.scores.tobytes() == b.scores.tobytes(), (name, k)
+        n = len(queries)
+        print(f"{name:<8} {k:>5} {'half' if options else '-':<7} {matches:>10,.0f} {1e3 * best[True] / n:>11.3f} "
+              f"{1e3 * best[False] / n:>12.3f} {best[True] / best[False]:>6.1f}x")
+    print(f"total {time.time() - t:.1f} s; rankings identical in every case")
+
+
+if __name__ == "__main__":
+    main()
