@@ -133,6 +133,10 @@ PCA_CHUNK_BYTES = 32 << 20
 #: the largest finite float16
 F16_MAX = float(np.finfo(np.float16).max)
 FORMAT = 1
+#: the widest vectors a saved index may hold (``ndim`` / ``d_in``): MUVERA's widest FDE (its ``MAX_FDE_DIM``)
+MAX_DIMS = 1 << 20
+#: the arrays an index saves, each as ``<prefix>.<name>.npy``
+_ARRAYS = ("alive", "codes", "pca_mean", "pca_components", "i8_min", "i8_step", "floats")
 
 
 def _i8_symmetric(x: np.ndarray, scale: np.ndarray | np.floating | float, inplace: bool = False) -> np.ndarray:
@@ -1505,19 +1509,41 @@ class VectorIndex:
         the page cache; editing copies it into memory first).  Every file's size is checked
         and, with ``verify`` (default), its CRC32: a truncated or corrupt file raises
         :class:`ArtifactError` before usearch or numpy reads it.
+
+        What the files hold is then checked against the manifest before any search (a folder whose
+        checksums were recomputed after an edit passes the CRC32s): the backend is ``numpy`` (with
+        ``<prefix>.codes.npy``) or ``hnsw`` (with ``<prefix>.usearch``), as ``search`` allows; ``ndim``
+        and ``d_in`` are integers from 1 to :data:`MAX_DIMS`, as ``reduce`` relates them; every array
+        has the dtype and shape the config implies (codes ``(n_slots, ndim)`` of the storage type, b1
+        packed to ``ceil(ndim / 8)`` bytes; ``alive`` a bool ``(n_slots,)``; the int8 calibration and
+        PCA arrays of ``ndim`` / ``d_in``; the float vectors ``(n_slots, d_in)``); the graph has the
+        index's width and storage type; the calibration and PCA arrays are finite, and so are float
+        codes read into memory (in blocks of ``BLOCK`` rows: ~0.3 s at 1M x 384 float32 on 2 cores,
+        about what reading the file takes).  Memory-mapped codes (``mmap=True``) and the float
+        vectors of ``rescore`` (always mapped) are not scanned: that would read the whole file at
+        load.  Each failure is an :class:`ArtifactError` naming the file, and what was expected and
+        found.
         """
         from ragkit.operator import read_json
 
         folder = Path(folder)
-        meta = read_json(folder / f"{prefix}.json")
+        mpath = folder / f"{prefix}.json"
+        meta = read_json(mpath)
         try:
             cfg, files = dict(meta["config"]), dict(meta["files"])
             if meta.get("format", 0) > FORMAT:
-                raise ArtifactError(f"{folder / (prefix + '.json')}: written by a newer ragkit (index format "
+                raise ArtifactError(f"{mpath}: written by a newer ragkit (index format "
                                     f"{meta['format']}, this one reads {FORMAT}); upgrade ragkit")
-        except (KeyError, TypeError):
-            raise ArtifactError(f"{folder / (prefix + '.json')}: not a ragkit vector index manifest") from None
+        except (KeyError, TypeError, ValueError):
+            raise ArtifactError(f"{mpath}: not a ragkit vector index manifest") from None
+        known = {f"{prefix}.{name}.npy" for name in _ARRAYS} | {f"{prefix}.usearch"}
         for name, info in files.items():
+            if name not in known:  # (a path elsewhere, "../x" or absolute, would be read for its checksum)
+                raise ArtifactError(f"{mpath}: lists the file {name!r}; a vector index holds only "
+                                    f"{', '.join(sorted(known))}")
+            if not isinstance(info, dict) or not all(isinstance(info.get(k), int) for k in ("bytes", "crc32")):
+                raise ArtifactError(f"{mpath}: the entry of {name} is {info!r}; expected "
+                                    "{'bytes': int, 'crc32': int}")
             p = folder / name
             if not p.is_file():
                 raise ArtifactError(f"{p}: file not found (listed in {prefix}.json)")
@@ -1528,9 +1554,11 @@ class VectorIndex:
                 raise ArtifactError(f"{p}: corrupt (CRC32 mismatch with {prefix}.json)")
         try:
             self = cls(**cfg)
-        except (TypeError, ParamError) as e:  # a key or value no VectorIndex takes: the file was edited
-            raise ArtifactError(f"{folder / (prefix + '.json')}: its config does not describe an index ({e})") from None
-        self.d_in, self.ndim, self.backend = int(meta["d_in"]), int(meta["ndim"]), meta["backend"]
+        except (TypeError, ValueError, ParamError) as e:  # a key or value no VectorIndex takes: the file was edited
+            raise ArtifactError(f"{mpath}: its config does not describe an index ({e})") from None
+        self.d_in, self.ndim = _meta_int(meta, "d_in", mpath, 1, MAX_DIMS), _meta_int(meta, "ndim", mpath, 1, MAX_DIMS)
+        n_slots = _meta_int(meta, "n_slots", mpath, 0, None)
+        self.backend = self._check_manifest(mpath, meta, {n[len(prefix) + 1:] for n in files})
 
         def arr(name: str, mm: bool = mmap) -> np.ndarray:
             p = folder / f"{prefix}.{name}.npy"
@@ -1540,26 +1568,57 @@ class VectorIndex:
             except (ValueError, OSError, EOFError) as e:
                 raise ArtifactError(f"{p}: corrupt or truncated array ({e})") from None
 
-        self.alive = np.array(arr("alive", False), dtype=bool)
-        if len(self.alive) != meta["n_slots"]:
-            raise ArtifactError(f"{folder}: {prefix}.alive.npy has {len(self.alive)} slots, "
-                                f"manifest says {meta['n_slots']}")
-        self.codes = arr("codes") if f"{prefix}.codes.npy" in files else None
-        if mmap and self.codes is not None:
-            self._mapped[os.path.abspath(folder / f"{prefix}.codes.npy")] = _file_id(folder / f"{prefix}.codes.npy")
-        for name in ("pca_mean", "pca_components", "i8_min", "i8_step"):
-            if f"{prefix}.{name}.npy" in files:
-                setattr(self, name, arr(name, False))
+        def expect(name: str, a: np.ndarray, dtype: Any, shape: tuple[int, ...], why: str) -> np.ndarray:
+            """``a`` (the array of ``<prefix>.<name>.npy``) when of ``dtype`` (either byte order) and ``shape``."""
+            want = np.dtype(dtype)
+            if (a.dtype.kind, a.dtype.itemsize) != (want.kind, want.itemsize) or a.shape != shape:
+                raise ArtifactError(f"{folder / f'{prefix}.{name}.npy'}: holds a {a.dtype} array of shape {a.shape}; "
+                                    f"expected {want} of shape {shape} ({why} in {prefix}.json)")
+            return a
+
+        def finite(name: str, a: np.ndarray) -> None:
+            row = _first_nonfinite_row(a)
+            if row is not None:
+                raise ArtifactError(f"{folder / f'{prefix}.{name}.npy'}: holds NaN or infinite values (first in row "
+                                    f"{row} of {len(a)}); expected finite values (every score would be NaN)")
+
+        slots = f"{n_slots} slots"
+        self.alive = expect("alive", arr("alive", False), bool, (n_slots,), slots)
+        self.codes = None
+        if self.backend == "numpy":
+            width = (self.ndim + 7) // 8 if self.dtype == "b1" else self.ndim
+            store = {"f32": np.float32, "f16": np.float16, "i8": np.uint8, "b1": np.uint8}[self.dtype]
+            why = f"dtype {self.dtype!r}, ndim {self.ndim}" + (f" (packed bits: {width} bytes)" if self.dtype == "b1"
+                                                             else "") + f", {slots}"
+            self.codes = expect("codes", arr("codes"), store, (n_slots, width), why)
+            if self.dtype in ("f32", "f16") and not isinstance(self.codes, np.memmap):
+                finite("codes", self.codes)
+            if mmap:
+                self._mapped[os.path.abspath(folder / f"{prefix}.codes.npy")] = _file_id(folder / f"{prefix}.codes.npy")
+        if self.reduce_kind == "pca":
+            self.pca_mean = expect("pca_mean", arr("pca_mean", False), np.float32, (self.d_in,), f"d_in {self.d_in}")
+            self.pca_components = expect("pca_components", arr("pca_components", False), np.float32,
+                                         (self.d_in, self.ndim), f"d_in {self.d_in}, ndim {self.ndim}")
+            finite("pca_mean", self.pca_mean)
+            finite("pca_components", self.pca_components)
         if self.dtype == "i8":
-            self.i8_scale = np.float32(meta["i8_scale"])
+            for name in ("i8_min", "i8_step"):
+                setattr(self, name, expect(name, arr(name, False), np.float32, (self.ndim,), f"ndim {self.ndim}"))
+                finite(name, getattr(self, name))
+            if not (self.i8_step > 0).all():
+                raise ArtifactError(f"{folder / f'{prefix}.i8_step.npy'}: holds a step of "
+                                    f"{float(self.i8_step.min()):g}; expected positive steps (the int8 calibration)")
+            self.i8_scale = np.float32(meta["i8_scale"])  # (checked by _check_manifest)
             # (a save before it was recorded: the slots then, as add() read them, fitted on at least those)
             self.i8_fitted_n = int(meta.get("i8_fitted_n") or self.n_slots)
         self.explained_variance_ratio = meta.get("explained_variance_ratio")
-        self.floats = _random_access(arr("floats", True)) if f"{prefix}.floats.npy" in files else None
-        if self.floats is not None:
+        self.floats = None
+        if self.rescore:
+            self.floats = _random_access(expect("floats", arr("floats", True), np.float32, (n_slots, self.d_in),
+                                                f"rescore: d_in {self.d_in}, {slots}"))
             self._mapped[os.path.abspath(folder / f"{prefix}.floats.npy")] = _file_id(folder / f"{prefix}.floats.npy")
         self.usearch = None
-        if f"{prefix}.usearch" in files:
+        if self.backend == "hnsw":
             p = folder / f"{prefix}.usearch"
             try:
                 self.usearch = self._restore(str(p), view=mmap)
@@ -1569,6 +1628,12 @@ class VectorIndex:
             if self.usearch is None or not self.n_alive <= self.usearch.size <= self.n_slots:
                 raise ArtifactError(f"{p}: holds {getattr(self.usearch, 'size', None)} vectors, "
                                     f"{self.n_alive} to {self.n_slots} expected")
+            width = 8 * ((self.ndim + 7) // 8) if self.dtype == "b1" else self.ndim
+            kind = str(getattr(self.usearch, "dtype", "")).rsplit(".", 1)[-1].lower()
+            if int(self.usearch.ndim) != width or kind != self.dtype:
+                raise ArtifactError(f"{p}: a graph of {self.usearch.ndim} dimensions stored as {kind}; expected "
+                                    f"{width} dimensions stored as {self.dtype} (dtype {self.dtype!r}, ndim "
+                                    f"{self.ndim} in {prefix}.json)")
             from usearch.index import Index
 
             try:  # nodes usearch itself removed (earlier versions' remove): rebuilt before the next add
@@ -1578,10 +1643,77 @@ class VectorIndex:
             self._view, self._view_path = mmap, os.path.abspath(p)  # absolute: a later chdir changes nothing
             if mmap:
                 self._mapped[os.path.abspath(p)] = _file_id(p)
-        if self.codes is not None and len(self.codes) != len(self.alive):
-            raise ArtifactError(f"{folder}: {prefix}.codes.npy has {len(self.codes)} rows, {len(self.alive)} expected")
         self.built = True
         return self
+
+    def _check_manifest(self, mpath: Path, meta: dict[str, Any], present: set[str]) -> str:
+        """The backend the manifest ``meta`` (at ``mpath``) names, after checking it against the config of
+        this (new, unbuilt) index, its ``d_in`` / ``ndim`` (already set) and the files it lists (``present``:
+        their names less the prefix, ``codes.npy``, ``usearch``, ...): what each needs is listed, nothing is
+        read.  ArtifactError naming ``mpath`` otherwise."""
+        backend = meta.get("backend")
+        if backend not in ("numpy", "hnsw"):
+            raise ArtifactError(f"{mpath}: backend is {backend!r}; expected 'numpy' (exact search) or 'hnsw' "
+                                "(a usearch graph)")
+        if self.search_mode != "auto" and backend != ("numpy" if self.search_mode == "exact" else "hnsw"):
+            raise ArtifactError(f"{mpath}: backend {backend!r} with search {self.search_mode!r}; expected backend "
+                                f"{'numpy' if self.search_mode == 'exact' else 'hnsw'!r}")
+
+        def needs(name: str, why: str) -> None:
+            if name not in present:
+                raise ArtifactError(f"{mpath}: lists no {mpath.stem}.{name}, which {why} needs; it lists "
+                                    f"{', '.join(sorted(f'{mpath.stem}.{n}' for n in present)) or 'no file'}")
+
+        needs("alive.npy", "every index")
+        if backend == "numpy":
+            needs("codes.npy", "backend 'numpy'")
+        else:
+            needs("usearch", "backend 'hnsw'")
+        other = "usearch" if backend == "numpy" else "codes.npy"
+        if other in present:
+            raise ArtifactError(f"{mpath}: lists {mpath.stem}.{other}, which backend {backend!r} does not keep; "
+                                f"expected {mpath.stem}.{'codes.npy' if backend == 'numpy' else 'usearch'} alone")
+        if self.reduce_kind == "none" and self.ndim != self.d_in:
+            raise ArtifactError(f"{mpath}: ndim {self.ndim} and d_in {self.d_in}; expected equal (reduce 'none' "
+                                "keeps every dimension)")
+        if self.reduce_kind != "none" and (self.ndim != self.reduce_dims or self.reduce_dims > self.d_in):
+            raise ArtifactError(f"{mpath}: ndim {self.ndim} and d_in {self.d_in} with reduce {self.reduce!r}; expected "
+                                f"ndim {self.reduce_dims}, at most d_in")
+        if self.reduce_kind == "pca":
+            needs("pca_mean.npy", f"reduce {self.reduce!r}")
+            needs("pca_components.npy", f"reduce {self.reduce!r}")
+        if self.rescore:
+            needs("floats.npy", "rescore")
+        if self.dtype == "i8":
+            needs("i8_min.npy", "dtype 'i8' (its calibration)")
+            needs("i8_step.npy", "dtype 'i8' (its calibration)")
+            scale, fitted = meta.get("i8_scale"), meta.get("i8_fitted_n")
+            if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not 0 < scale < np.inf:
+                raise ArtifactError(f"{mpath}: i8_scale is {scale!r}; expected a positive number with dtype 'i8'")
+            if fitted is not None and (isinstance(fitted, bool) or not isinstance(fitted, int) or fitted < 0):
+                raise ArtifactError(f"{mpath}: i8_fitted_n is {fitted!r}; expected null or a count of vectors")
+        return str(backend)
+
+
+def _meta_int(meta: dict[str, Any], key: str, path: Path, lo: int, hi: int | None) -> int:
+    """``meta[key]``, an int from ``lo`` to ``hi`` (None: no bound), or an ArtifactError naming ``path``."""
+    v = meta.get(key)
+    if isinstance(v, bool) or not isinstance(v, int) or v < lo or (hi is not None and v > hi):
+        bound = f"an integer from {lo} to {hi:,}" if hi is not None else f"an integer of at least {lo}"
+        raise ArtifactError(f"{path}: {key} is {v!r}; expected {bound}")
+    return v
+
+
+def _first_nonfinite_row(a: np.ndarray) -> int | None:
+    """The first row of ``a`` (1-D: element) holding NaN or inf, or None; in blocks of ``BLOCK`` rows (one
+    bool temporary of a block, ~6 MB at 384 dims)."""
+    for lo in range(0, len(a), BLOCK):
+        block = a[lo:lo + BLOCK]
+        ok = np.isfinite(block)
+        if not ok.all():
+            bad = ~ok if ok.ndim == 1 else ~ok.all(axis=1)
+            return lo + int(np.argmax(bad))
+    return None
 
 
 def _random_access(arr: np.ndarray) -> np.ndarray:

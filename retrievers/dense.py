@@ -481,12 +481,31 @@ class Dense(TunedEncoderMixin, Operator):
         self.slots_ = np.array(load_array(folder, "slots"), dtype=np.int64)
         self._load_encoder(folder)
         check_encoder_key(folder, self.encoder, self.name, self.encoder_model)
+        width = _known_width(self.encoder_model)
+        if width is not None and self.index_.d_in != width:
+            raise ArtifactError(f"{folder / 'index.json'}: d_in {self.index_.d_in}; expected {width}, the width of the "
+                                f"embeddings of {self.encoder_model!r} (the vectors it indexes)")
         if len(self.slots_) != len(self.corpus_) or len(self.slots_) != self.index_.n_alive:
             raise ArtifactError(f"{folder}: slots.npy has {len(self.slots_)} rows, corpus has {len(self.corpus_)}, "
                                 f"index holds {self.index_.n_alive} live vectors")
         if not np.array_equal(self.slots_, np.flatnonzero(self.index_.alive)):  # row i is the i-th live slot
             raise ArtifactError(f"{folder}: slots.npy does not list the index's live vectors in order; the file was "
                                 "changed after saving")
+
+
+def _known_width(model: str) -> int | None:
+    """The embedding width of ``model`` where known without loading it: a registered encoder's ``dim``, or
+    :data:`KNOWN_DIMS`; None otherwise (a sentence-transformers model is not loaded for it)."""
+    from ragkit.encoders.custom import registered_encoder
+
+    enc = registered_encoder(model)
+    if enc is None:
+        return KNOWN_DIMS.get(model.lower())
+    try:
+        dim = enc.dim
+    except Exception:  # (a custom encoder's property may fail; its searches will say why)
+        return None
+    return dim if isinstance(dim, int) and not isinstance(dim, bool) and dim > 0 else None
 
 
 def _earliest_layout(folder: Path, cls: type) -> str:
