@@ -12,6 +12,13 @@ queries) are read into memory rather than memory-mapped, and merged into one onc
 :data:`MAX_SMALL_SHARDS` of them (:meth:`EmbeddingCache.compact`), so the files of a folder, and the
 descriptors its readers hold, grow with the bytes cached, not with the number of writes.  Nothing is ever
 pruned: a folder grows with the distinct texts encoded, and may be deleted at any time.
+
+A folder records the model's width (:data:`WIDTH_FILE`, from the vectors the model computed).  A shard that
+cannot serve is set aside, logged (a warning on the ``ragkit`` logger, once per shard file and process) and its
+texts encoded again, never served: unreadable (truncated, a header claiming more than the file holds, an object
+array), rows and keys of different numbers, vectors of another width than the model's, or NaN / infinite
+vectors (found as its rows are read: :meth:`EmbeddingCache.get`).  Vectors the model computes with NaN or
+infinite values are returned but not cached.
 """
 
 from __future__ import annotations
@@ -146,16 +153,18 @@ PYTHON_ONLY_ADVICE = ", or pass cache=False"
 ``RAGKIT_CACHE``, no ``cache`` argument)."""
 
 
-def write_shard(folder: Path, key: str, arrays: Sequence[tuple[str, CacheFile]]) -> str | None:
+def write_shard(folder: Path, key: str, arrays: Sequence[tuple[str, CacheFile]],
+                extra: Sequence[tuple[str, CacheFile]] = ()) -> str | None:
     """Write one cache shard: ``<name><suffix>`` per ``(suffix, array or writer)``, each through a
-    temporary file renamed into place, in order (put the keys file last: a shard is found through it).
+    temporary file renamed into place, in order (put the keys file last: a shard is found through it);
+    ``extra``: ``(file name, text, array or writer)`` of the folder written first (the model's width).
 
     Returns the shard's name, or ``None`` when ``folder`` cannot be written (a read-only or full
     cache): then a ``RuntimeWarning`` says so, what was written of the shard is removed, and the
     caller keeps its vectors uncached instead of losing the work that computed them.
     """
     name = uuid.uuid4().hex
-    files: list[tuple[str, CacheFile]] = [("MODEL", key)]
+    files: list[tuple[str, CacheFile]] = [("MODEL", key), *extra]
     ok = write_cache_files(folder, files + [(f"{name}{suffix}", arr) for suffix, arr in arrays],
                            "the vectors are used but not cached. Set RAGKIT_CACHE to a writable folder"
                            + PYTHON_ONLY_ADVICE)
@@ -406,6 +415,35 @@ def _latest(keys: np.ndarray, shard: np.ndarray, row: np.ndarray) -> tuple[np.nd
     return keys[last], shard[order], row[order]
 
 
+def _said(e: BaseException) -> str:
+    """An exception as a message names it: ``"ValueError: ..."`` (its text cut at 300 characters)."""
+    return f"{type(e).__name__}: {str(e):.300}"
+
+
+#: the file of an embedding cache folder that records the model's width (its vectors' dimensions), as a decimal
+#: number: written by :meth:`EmbeddingCache.put` from the vectors the model computed
+WIDTH_FILE = "WIDTH"
+
+def _read_width(path: Path) -> int | None:
+    """The width a :data:`WIDTH_FILE` records; ``None`` when it is absent, unreadable or no positive number."""
+    try:
+        text = path.read_text(encoding="ascii").strip()
+    except (OSError, ValueError):
+        return None
+    return int(text) if text.isdigit() and 0 < len(text) < 10 and int(text) > 0 else None
+
+
+def _width_writer(width: int) -> Callable[[Path], None]:
+    """A writer of a :data:`WIDTH_FILE` recording ``width`` (:func:`write_cache_files`: atomically)."""
+    def write(tmp: Path) -> None:
+        tmp.write_text(f"{width}\n", encoding="ascii")
+    return write
+
+
+#: the shard files of the embedding cache this process has warned of setting aside (once per file and process)
+_SET_ASIDE_SAID: set[Path] = set()
+
+
 class ShardStore(Generic[S]):
     """The index shared by the disk caches: ``text digest -> (shard number, row)`` over the shards of
     one model key's folder (each found through its ``<name>.keys.npy``).
@@ -421,6 +459,8 @@ class ShardStore(Generic[S]):
         self.key = key
         self._index: DigestIndex | None = None
         self._shards: list[S] = []
+        #: the name of each shard of ``_shards`` (``<name>.keys.npy``), at its number
+        self._shard_names: list[str] = []
         #: shard number by the SHA-1 of its keys: a request for exactly one shard's texts finds it whatever
         #: shards the index prefers for them
         self._whole: dict[bytes, int] = {}
@@ -435,35 +475,63 @@ class ShardStore(Generic[S]):
     def _load_index(self) -> DigestIndex:
         with self._lock:
             if self._index is None:
-                self._shards, self._whole = [], {}
+                self._shards, self._shard_names, self._whole = [], [], {}
                 loaded = []
                 if self.folder.is_dir():
                     warn_if_shared(self.folder)
-                    for keys_path in sorted(self.folder.glob("*.keys.npy")):
+                    for keys_path in sorted(self.folder.glob("*.keys.npy")):  # a loop over the shards
+                        name = keys_path.name[: -len(".keys.npy")]
                         try:
                             keys = load_npy(keys_path)
-                            shard = self._open(keys_path.name[: -len(".keys.npy")])
-                        except UNREADABLE:
-                            continue  # a shard damaged or empty: ignored, its texts are computed again
-                        if _is_digests(keys) and len(keys) == len(shard):
-                            loaded.append((keys, shard))
+                        except FileNotFoundError:
+                            continue  # (removed since listed: merged by a compaction)
+                        except UNREADABLE as e:  # a shard damaged or empty: ignored, its texts are computed again
+                            self._set_aside(name, f"its keys file {keys_path.name} is unreadable ({_said(e)})")
+                            continue
+                        try:
+                            shard = self._open(name)
+                        except FileNotFoundError:
+                            continue
+                        except UNREADABLE as e:
+                            self._set_aside(name, f"its vectors file is unreadable ({_said(e)})")
+                            continue
+                        unfit = self._unfit(keys, shard)
+                        if unfit is not None:
+                            self._set_aside(name, unfit)
+                            continue
+                        loaded.append((keys, shard, name))
                 parts = []
-                for keys, shard in sorted(loaded, key=lambda ks: len(ks[0])):
-                    parts.append((keys, self._number(keys, shard)))
+                for keys, shard, name in sorted(loaded, key=lambda ks: len(ks[0])):
+                    parts.append((keys, self._number(keys, shard, name)))
                 self._index = DigestIndex(parts)
             return self._index
 
-    def _number(self, keys: np.ndarray, shard: S) -> int:
-        """Give ``shard`` (of digests ``keys``) the next number (under the lock)."""
+    def _unfit(self, keys: np.ndarray, shard: S) -> str | None:
+        """Why the shard of digests ``keys`` and vectors ``shard`` (both read) is not served, or ``None``: its
+        keys file holds no ``(n,)`` digests, or not one per row of the shard."""
+        if not _is_digests(keys):
+            return (f"its keys file holds an array of dtype {keys.dtype} and shape {keys.shape}, not (n,) 16-byte "
+                    "digests")
+        if len(keys) != len(shard):
+            return f"its vectors file holds {len(shard)} rows but its keys file names {len(keys)} texts"
+        return None
+
+    def _set_aside(self, name: str, reason: str) -> None:
+        """Hook: the shard ``name`` is not served (``reason``: why).  Silent here (the token cache warns of its
+        damaged shards itself); :class:`EmbeddingCache` logs it."""
+
+    def _number(self, keys: np.ndarray, shard: S, name: str = "") -> int:
+        """Give ``shard`` (of digests ``keys``, named ``name``) the next number (under the lock)."""
         s = len(self._shards)
         self._shards.append(shard)
+        self._shard_names.append(name)
         self._whole[hashlib.sha1(np.ascontiguousarray(keys).tobytes()).digest()] = s
         return s
 
-    def _add(self, keys: np.ndarray, shard: S) -> None:
+    def _add(self, keys: np.ndarray, shard: S, name: str = "") -> None:
         """Number ``shard`` and point its texts' digests at it (under the lock, index loaded)."""
         assert self._index is not None
-        self._index.add(keys, self._number(keys, shard))
+        self._index.add(keys, self._number(keys, shard, name))
 
     def locate(self, digests: np.ndarray) -> tuple[np.ndarray, list[S]]:
         """``(n, 2)`` int64 ``(shard number, row)`` per digest (``-1`` where absent), and the shards
@@ -490,7 +558,7 @@ class ShardStore(Generic[S]):
             shard = self._open(name)
         with self._lock:
             if self._index is not None:
-                self._add(digests, shard)
+                self._add(digests, shard, name)
         return shard
 
 
@@ -517,11 +585,76 @@ class EmbeddingCache(ShardStore[np.ndarray]):
         super().__init__(root, key)
         #: names of shards found large (:meth:`_small_shards`), left out of :meth:`_compact_if_many`'s count
         self._large: set[str] = set()
+        #: the model's width: the vectors' dimensions, from what this reader stored (:meth:`put`, the model's own
+        #: output) or else the folder's :data:`WIDTH_FILE`; ``None`` while unknown (a folder an older ragkit wrote)
+        self._width: int | None = None
+        #: whether ``_width`` comes from vectors the model computed in this reader (not from the folder's file)
+        self._width_computed = False
+        #: whose width ``_width`` is, as a warning names it
+        self._width_whose = "the model's"
+        #: the width the folder's :data:`WIDTH_FILE` held when last read (``None``: absent or unreadable)
+        self._recorded: int | None = None
+        #: shards found holding NaN or infinite values (:meth:`get`): never served again by this reader
+        self._damaged: set[str] = set()
+
+    def _load_index(self) -> DigestIndex:
+        """The index (:meth:`ShardStore._load_index`), after reading the model's width from the folder's
+        :data:`WIDTH_FILE` (unless this reader computed vectors: the model's own width).  Shards of another width,
+        or damaged, are set aside (:meth:`_unfit`, :meth:`_set_aside`).  Where no width is known (a folder an older
+        ragkit wrote) and the shards have several, the width of the most rows is taken and the others set aside
+        (they could not be served together)."""
+        with self._lock:
+            if self._index is not None:
+                return self._index
+            self._recorded = _read_width(self.folder / WIDTH_FILE)
+            if not self._width_computed:
+                self._width, self._width_whose = self._recorded, f"the model's (as {WIDTH_FILE} records)"
+            index = super()._load_index()
+            if self._width is None:
+                rows: dict[int, int] = {}
+                for shard in self._shards:  # (a loop over the shards: their shapes only)
+                    rows[shard.shape[1]] = rows.get(shard.shape[1], 0) + len(shard)
+                if len(rows) > 1:
+                    self._width = max(rows, key=lambda w: rows[w])
+                    self._width_whose = f"most of the cache's vectors (no {WIDTH_FILE} records the model's)"
+                    self._index = None
+                    index = super()._load_index()
+            return index
+
+    def _unfit(self, keys: np.ndarray, shard: np.ndarray) -> str | None:
+        """Why a shard is not served (:meth:`ShardStore._unfit`), or ``None``: besides its keys, vectors that are
+        no 2-D array of numbers, or whose width is not the model's (:attr:`_width`, when known): a shard of
+        10-dimensional vectors for a 384-dimensional model was served, and the queries failed, blaming the
+        encoder."""
+        why = super()._unfit(keys, shard)
+        if why is not None:
+            return why
+        if shard.ndim != 2 or shard.dtype.kind not in "fiu":
+            return (f"its vectors file holds an array of dtype {shard.dtype} and shape {shard.shape}, not (n, dim) "
+                    "numbers")
+        if self._width is not None and shard.shape[1] != self._width:
+            return f"its vectors have {shard.shape[1]} dimensions, but {self._width_whose} have {self._width}"
+        return None
+
+    def _set_aside(self, name: str, reason: str) -> None:
+        """Log (a warning on the ``ragkit`` logger, once per shard file and process) that the shard ``name`` is
+        not served, and why (``reason``): its texts are encoded again, into a new shard."""
+        path = self.folder / f"{name}.npy"
+        with _SWEPT_LOCK:
+            if path in _SET_ASIDE_SAID:
+                return
+            _SET_ASIDE_SAID.add(path)
+        _log.warning(f"ragkit: the embedding cache's shard {path} is set aside, not read: {reason}; its texts are "
+                     f"encoded again (into a new shard). Delete {name}.npy and {name}.keys.npy from {self.folder} to "
+                     "stop this warning")
 
     def _open(self, name: str) -> np.ndarray:
         """The vectors of shard ``name``: read into memory when its file is small (:data:`SMALL_SHARD_BYTES`: no
         descriptor nor mapping stays open, and the shard stays readable when a compaction removes its file),
-        memory-mapped otherwise; raises one of :data:`UNREADABLE` when damaged or gone."""
+        memory-mapped otherwise; raises one of :data:`UNREADABLE` when damaged or gone, or found damaged before
+        (NaN or infinite values: :meth:`get`)."""
+        if name in self._damaged:
+            raise ValueError("it holds NaN or infinite values")
         path = self.folder / f"{name}.npy"
         if path.stat().st_size < SMALL_SHARD_BYTES:
             arr = load_npy(path)
@@ -533,8 +666,27 @@ class EmbeddingCache(ShardStore[np.ndarray]):
         """Cached vectors ``(n, dim)`` float32 (zero rows where absent) for ``digests`` ``(n,)``, and the
         boolean ``hit`` mask; ``None`` when nothing is cached.  Rows are gathered per shard, in blocks of
         :data:`GATHER_BYTES` (a shard's hits in one gather made a temporary copy of them beside the result);
-        hits that fill consecutive positions are read straight into the result."""
-        where, shards = self.locate(digests)
+        hits that fill consecutive positions are read straight into the result.
+
+        Every block is checked finite as it is gathered (``np.isfinite`` over the rows read: one vectorised pass,
+        a boolean temporary of a quarter of the block).  A shard found holding NaN or infinite values is set
+        aside (:meth:`_set_aside`: logged, never served again by this reader) and the lookup made again without
+        it: its texts come from another shard holding them, or are missing (computed again by
+        :meth:`fetch_or_compute`), instead of reaching an index that refuses them, blaming the encoder."""
+        while True:  # a loop over damaged shards (finitely many: each is set aside once)
+            got = self._gather(digests)
+            if not isinstance(got, str):
+                return got
+            with self._lock:
+                self._damaged.add(got)
+                self._index = None  # (read again without it: _open refuses it)
+            self._set_aside(got, "it holds NaN or infinite values")
+
+    def _gather(self, digests: np.ndarray) -> tuple[np.ndarray | None, np.ndarray] | str:
+        """One lookup of :meth:`get`: its result, or the name of a shard found holding NaN or infinite values."""
+        with self._lock:
+            where, shards = self.locate(digests)
+            names = list(self._shard_names)
         hit = where[:, 0] >= 0
         if not hit.any():
             return None, hit
@@ -548,9 +700,16 @@ class EmbeddingCache(ShardStore[np.ndarray]):
             for a in range(0, len(pos), step):  # a loop over blocks of rows
                 block = rows[a:a + step]
                 if direct:  # (mode "raise" would buffer the whole output)
-                    np.take(shard, block, axis=0, out=out[pos[0] + a:pos[0] + a + len(block)], mode="clip")
+                    dest = out[pos[0] + a:pos[0] + a + len(block)]
+                    np.take(shard, block, axis=0, out=dest, mode="clip")
+                    finite = bool(np.isfinite(dest).all())
                 else:
-                    out[pos[a:a + step]] = shard[block]
+                    with np.errstate(over="ignore"):  # (a float64 value beyond float32's range: inf, refused)
+                        vals = np.asarray(shard[block], np.float32)
+                    finite = bool(np.isfinite(vals).all())
+                    out[pos[a:a + step]] = vals
+                if not finite:
+                    return names[s]
         return out, hit
 
     def put(self, digests: np.ndarray, vectors: np.ndarray) -> None:
@@ -559,7 +718,20 @@ class EmbeddingCache(ShardStore[np.ndarray]):
         if len(digests) == 0:
             return
         arr = np.asarray(vectors, np.float32)
-        name = write_shard(self.folder, self.key, [(".npy", arr), (".keys.npy", digests)])
+        if arr.ndim != 2 or len(arr) != len(digests) or arr.shape[1] == 0:
+            return  # (not one vector per text: not cached; the caller's checks name the encoder)
+        self._computed_width(arr.shape[1])
+        finite = np.isfinite(arr).all(axis=1)  # (vectors of NaN are not cached: the encoder is blamed each time)
+        if not finite.all():
+            digests, arr = digests[finite], arr[finite]
+            if len(digests) == 0:
+                return
+        extra: list[tuple[str, CacheFile]] = []
+        if self._recorded != arr.shape[1]:
+            extra.append((WIDTH_FILE, _width_writer(arr.shape[1])))
+        name = write_shard(self.folder, self.key, [(".npy", arr), (".keys.npy", digests)], extra)
+        if name is not None and extra:
+            self._recorded = arr.shape[1]
         if name is None:
             return
         shard: np.ndarray | None = None
@@ -573,6 +745,17 @@ class EmbeddingCache(ShardStore[np.ndarray]):
                 shard = np.array(arr, np.float32, copy=True)
         self._written(name, digests, shard)
         self._compact_if_many()
+
+    def _computed_width(self, width: int) -> None:
+        """Note ``width``, that of vectors the model just computed, as the model's: where another was taken (the
+        folder's :data:`WIDTH_FILE`, or inferred) and a loaded shard has another, the index is read again, setting
+        those shards aside."""
+        with self._lock:
+            if self._width == width and self._width_computed:
+                return
+            self._width, self._width_computed, self._width_whose = width, True, "the model's"
+            if self._index is not None and any(shard.shape[1] != width for shard in self._shards):
+                self._index = None
 
     def _compact_if_many(self) -> None:
         """:meth:`compact` when the folder holds more than :data:`MAX_SMALL_SHARDS` shards not known to be large
@@ -633,13 +816,15 @@ class EmbeddingCache(ShardStore[np.ndarray]):
                     vectors = load_npy(self.folder / f"{name}.npy")
                 except UNREADABLE:
                     continue  # damaged (skipped by readers too) or merged by a writer without flock: left alone
-                if (_is_digests(keys) and vectors.ndim == 2 and len(vectors) == len(keys)
-                        and vectors.dtype.kind in "fiu"):
+                if (name not in self._damaged and _is_digests(keys) and vectors.ndim == 2
+                        and len(vectors) == len(keys) and vectors.dtype.kind in "fiu"
+                        and bool(np.isfinite(vectors).all())):  # (under 1 MiB each: damaged ones stay apart)
                     read.append((name, keys, vectors))
             widths = [v.shape[1] for _, _, v in read]
             if not widths:
                 return False
-            width = max(reversed(widths), key=widths.count)  # the most shards' (a tie: the latest written's)
+            width = self._width if self._width is not None else max(reversed(widths), key=widths.count)
+            # (the model's; unknown: the most shards' (a tie: the latest written's))
             merge = [(name, k, v) for name, k, v in read if v.shape[1] == width]
             if len(merge) < 2:
                 return False
@@ -668,6 +853,7 @@ class EmbeddingCache(ShardStore[np.ndarray]):
         (called on the missing texts in order, :data:`COMPUTE_CHUNK` at a time) and stored a chunk at a time (a
         shard each: an interrupted run keeps the chunks it finished).  Returns ``(vectors, number computed)``."""
         digests = text_digests(texts)
+        known = self._width_computed  # (the model's width known before: no second lookup below)
         cached, hit = self.get(digests)
         miss = np.flatnonzero(~hit)
         if len(miss) == 0:
@@ -678,6 +864,11 @@ class EmbeddingCache(ShardStore[np.ndarray]):
             rows = miss[a:a + step]
             fresh = compute([texts[i] for i in rows])
             self.put(digests[rows], fresh)
+            if not known and out is not None and a == 0 and np.ndim(fresh) == 2 and fresh.shape[1] != out.shape[1]:
+                # the cached rows have another width than the model's (a folder without its WIDTH file): put noted
+                # the model's, setting those shards aside; read again (what was just computed is cached now)
+                again, computed = self.fetch_or_compute(texts, compute)
+                return again, computed + len(rows)
             if out is None:
                 out = np.zeros((len(texts), fresh.shape[1]), np.float32)
             out[rows] = fresh
