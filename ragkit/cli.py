@@ -1197,7 +1197,8 @@ def eval_cmd(
 
         print_trace(console, run.trace)
     try:
-        _write_outputs(output, run_file, run, {
+        # the JSON's alone: its provenance runs git and hashes the corpus, so it is built only when -o writes it
+        payload: dict[str, Any] = {} if output is None else {
             "dataset": ds.name, "split": split, "pipeline": pipe.to_yaml(), **_provenance(pipe),
             "n_queries": len(queries), "metrics": result.scores, "per_query": result.per_query,
             "max_ranked": _max_ranked(run),
@@ -1208,7 +1209,8 @@ def eval_cmd(
             **({"trace": _trace_rows(run.trace)} if trace and run.trace else {}),
             "machine": _machine(),
             "date": date.today().isoformat(),
-        }, tag=run_tag)
+        }
+        _write_outputs(output, run_file, run, payload, tag=run_tag)
     except RagkitError as e:
         _fail(e)
 
@@ -1255,6 +1257,7 @@ def _eval_subsets(data: str, subs: list[str], pipeline: str, loaded: bool, *, sp
                    err=True)
     scored: dict[str, _Scored] = {}
     prints: dict[str, dict[str, Any]] = {}  # each dataset's corpus and queries fingerprints, while its corpus is read
+    provenance: Optional[dict[str, Any]] = None
     for s, sp in splits.items():
         # a fresh pipeline for each corpus
         pipe = _without_generation(resolve_pipeline(pipeline)[0], f"--pipeline {pipeline}", note=False)
@@ -1267,8 +1270,10 @@ def _eval_subsets(data: str, subs: list[str], pipeline: str, loaded: bool, *, sp
         _note_scored(one.run, ks, sp.dataset().corpus, pipe, sp.qrels, scoring, prefix=f"{s}: ",
                      ignored_judged=one.result.ignored_judged)
         spec = pipe.to_yaml()
-        prints[s] = _data_prints(sp.dataset().corpus, sp.queries)
-        provenance = _provenance(pipe)  # (every dataset's pipeline is built from the same YAML)
+        if output is not None:  # the JSON's alone (a corpus hash, a git call): built only when -o writes it
+            prints[s] = _data_prints(sp.dataset().corpus, sp.queries)
+            if provenance is None:  # (once: every dataset's pipeline is built from the same YAML)
+                provenance = _provenance(pipe)
         sp.released()
         del pipe  # (the fitted pipeline holds the corpus and its index too)
         if trace and one.run.trace:
@@ -1278,7 +1283,7 @@ def _eval_subsets(data: str, subs: list[str], pipeline: str, loaded: bool, *, sp
     _report_subsets(splits, scored, pipeline, spec, split, output, t_all, missing,
                     dataset=",".join(subs) if sources else parent,
                     settings=_settings(data, pipeline, train_split, limit, scoring, backend,
-                                       _subsets_fingerprint(splits), _subsets_prints(prints)),
+                                       _subsets_fingerprint(splits), _subsets_prints(prints) if prints else None),
                     provenance=provenance, prints=prints)
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -117,8 +118,9 @@ def test_versions_import_no_library():
     assert "not-a-library" not in provenance.versions(("numpy", "not-a-library"))
 
 
-def test_ragkit_commit_reads_head_refs_packed_refs_and_worktrees(tmp_path: Path):
+def test_ragkit_commit_reads_head_refs_packed_refs_and_worktrees(tmp_path: Path, monkeypatch):
     sha, other = "a" * 40, "b" * 40
+    _fake_git(tmp_path, monkeypatch, "exit 0")  # (git status: nothing changed; these folders hold no repository)
     assert provenance.ragkit_commit(tmp_path) is None  # no checkout: an installed ragkit
     git = tmp_path / "repo" / ".git"
     (git / "refs" / "heads").mkdir(parents=True)
@@ -338,3 +340,127 @@ def test_eval_of_several_datasets_records_the_same_provenance(two_corpora, tmp_p
     assert cmp.exit_code == 0, cmp.output
     rows = json.loads((tmp_path / "c.json").read_text())["rows"]
     assert all(r["mean"] == payload["metrics"]["ndcg@10"] for r in rows)
+
+
+# --- provenance only for the JSON; git status takes no lock and never claims a clean checkout it cannot see
+
+
+_PROVENANCE_FUNCS = ("resolved_pipeline", "models", "versions", "ragkit_commit", "corpus_fingerprint",
+                     "queries_fingerprint")
+
+
+def _count_provenance_calls(monkeypatch) -> dict[str, int]:  # noqa: ANN001
+    """Wrap each of :mod:`ragkit.eval.provenance`'s recording functions to count its calls."""
+    calls = dict.fromkeys(_PROVENANCE_FUNCS, 0)
+
+    def counted(name: str, fn):  # noqa: ANN001, ANN202
+        def wrapper(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+            calls[name] += 1
+            return fn(*args, **kwargs)
+        return wrapper
+
+    for name in _PROVENANCE_FUNCS:
+        monkeypatch.setattr(provenance, name, counted(name, getattr(provenance, name)))
+    return calls
+
+
+def test_eval_without_output_builds_no_provenance(two_corpora, tmp_path: Path, monkeypatch):
+    """Review: ``ragkit eval`` without ``-o`` ran git status, read 23 packages' metadata and hashed the corpus
+    (~0.5 s per million documents) for a JSON it never wrote, on one dataset and on several."""
+    full, half, _ = two_corpora
+    calls = _count_provenance_calls(monkeypatch)
+    res = _cli("eval", "--data", full, "--pipeline", "bm25", "--limit", "5", "--run", tmp_path / "run.trec")
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "run.trec").stat().st_size > 0
+    other = tmp_path / "other"
+    shutil.copytree(half, other)
+    res = _cli("eval", "--data", f"{full},{other}", "--pipeline", "bm25", "--limit", "5")
+    assert res.exit_code == 0, res.output
+    assert calls == dict.fromkeys(_PROVENANCE_FUNCS, 0)
+    for args in (("--data", full), ("--data", f"{full},{other}")):  # -o: recorded (the counting sees the calls)
+        calls.update(dict.fromkeys(_PROVENANCE_FUNCS, 0))
+        res = _cli("eval", *args, "--pipeline", "bm25", "--limit", "5", "-o", tmp_path / "out.json")
+        assert res.exit_code == 0, res.output
+        assert calls["versions"] == 1 and calls["resolved_pipeline"] >= 1 and calls["corpus_fingerprint"] >= 1
+        assert "versions" in json.loads((tmp_path / "out.json").read_text())
+
+
+def _fake_checkout(tmp_path: Path) -> tuple[Path, str]:
+    """A folder whose ``.git`` names a commit (no repository behind it: only a fake git answers for it)."""
+    sha = "c" * 40
+    (tmp_path / "co" / ".git").mkdir(parents=True)
+    (tmp_path / "co" / ".git" / "HEAD").write_text(sha + "\n")
+    return tmp_path / "co", sha
+
+
+def _fake_git(tmp_path: Path, monkeypatch, body: str) -> Path:  # noqa: ANN001
+    """A ``git`` first on PATH running the shell ``body``; returns the file it may log to."""
+    folder = tmp_path / "fakebin"
+    folder.mkdir()
+    log = tmp_path / "git.log"
+    script = folder / "git"
+    script.write_text(f"#!/bin/sh\nLOG={log}\n{body}\n")
+    script.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{folder}{os.pathsep}{os.environ.get('PATH', '')}")
+    return log
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="a shell-script git")
+def test_ragkit_commit_runs_git_status_without_optional_locks(tmp_path: Path, monkeypatch):
+    """Review: git status took index.lock, so 19 of 150 ``git add`` run beside it in that repository failed."""
+    checkout, sha = _fake_checkout(tmp_path)
+    log = _fake_git(tmp_path, monkeypatch, 'echo "$GIT_OPTIONAL_LOCKS $*" >> "$LOG"\n[ -n "$DIRTY" ] && echo " M f"\n'
+                                           "exit 0")
+    assert provenance.ragkit_commit(checkout) == sha  # git answered: nothing changed
+    monkeypatch.setenv("DIRTY", "1")
+    assert provenance.ragkit_commit(checkout) == sha + "+modified"
+    for line in log.read_text().splitlines():
+        locks, *args = line.split()
+        assert locks == "0" and args[0] == "--no-optional-locks" and "status" in args
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="a shell-script git")
+@pytest.mark.parametrize("body", ["exit 0", 'echo "fatal: detected dubious ownership in repository" >&2\nexit 128',
+                                  "exec sleep 30"], ids=["no-git", "refused", "timeout"])
+def test_ragkit_commit_is_unknown_when_git_cannot_tell(tmp_path: Path, monkeypatch, body: str):
+    """Review: git missing, timing out or refusing the folder (safe.directory) recorded the commit as clean."""
+    checkout, sha = _fake_checkout(tmp_path)
+    if body == "exit 0":  # no git at all
+        (tmp_path / "empty").mkdir()
+        monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    else:
+        _fake_git(tmp_path, monkeypatch, body)
+    monkeypatch.setattr(provenance, "_GIT_TIMEOUT", 0.3)
+    assert provenance.ragkit_commit(checkout) == sha + "+unknown"
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
+def test_ragkit_commit_leaves_the_index_alone_and_reads_its_own_checkout(tmp_path: Path, monkeypatch):
+    """With a real git: the status neither rewrites the index (a refresh takes index.lock), nor reads the
+    repository GIT_DIR / GIT_WORK_TREE name (a git hook's) instead of ragkit's checkout."""
+    def git(repo: Path, *args: str) -> str:
+        return subprocess.run(["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t", *args],
+                              capture_output=True, text=True, check=True, timeout=60).stdout.strip()
+
+    for var in ("GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE"):
+        monkeypatch.delenv(var, raising=False)
+    repos = {}
+    for name in ("clean", "dirty"):
+        repo = repos[name] = tmp_path / name
+        repo.mkdir()
+        git(repo, "init", "-q")
+        (repo / "f.txt").write_text("a\n")
+        git(repo, "add", "f.txt")
+        git(repo, "commit", "-qm", "one")
+    sha = git(repos["clean"], "rev-parse", "HEAD")
+    (repos["dirty"] / "f.txt").write_text("b\n")
+    old = os.stat(repos["clean"] / "f.txt").st_mtime - 100  # the same text, other stat data: a refresh to write
+    os.utime(repos["clean"] / "f.txt", (old, old))
+    index = (repos["clean"] / ".git" / "index").read_bytes()
+    monkeypatch.setenv("GIT_DIR", str(repos["dirty"] / ".git"))
+    monkeypatch.setenv("GIT_WORK_TREE", str(repos["dirty"]))
+    assert provenance.ragkit_commit(repos["clean"]) == sha
+    assert (repos["clean"] / ".git" / "index").read_bytes() == index
+    monkeypatch.delenv("GIT_DIR")
+    monkeypatch.delenv("GIT_WORK_TREE")
+    assert provenance.ragkit_commit(repos["dirty"]) == git(repos["dirty"], "rev-parse", "HEAD") + "+modified"

@@ -5,8 +5,9 @@ model, and fingerprints of the corpus and of the evaluated queries.
 * :func:`resolved_pipeline`: the pipeline's YAML tree (``Pipeline.to_dict``'s nesting) with every operator's
   full parameters (``Params.model_dump(mode="json")``), so a later ragkit with other defaults is not read as
   this one's ``bm25: {}``.
-* :func:`versions`: ragkit's version (and git commit in a checkout), Python's and the installed versions of
-  the libraries results depend on, read from package metadata (nothing is imported: not torch).
+* :func:`versions`: ragkit's version (and git commit in a checkout, ``+modified`` or ``+unknown``), Python's and
+  the installed versions of the libraries results depend on, read from package metadata (nothing is imported:
+  not torch).
 * :func:`models`: each encoder model a step names, with the identity the embedding cache keys its vectors by
   (:func:`~ragkit.encoders.sentence.model_fingerprint`, read from the encoder the fit made).
 * :func:`corpus_fingerprint` / :func:`queries_fingerprint`: BLAKE2b digests of the documents (ids, titles,
@@ -96,8 +97,10 @@ def versions(libraries: Sequence[str] = LIBRARIES) -> dict[str, str]:
 def ragkit_commit(root: str | os.PathLike[str] | None = None) -> str | None:
     """The commit checked out where ragkit runs from a git checkout (``root``: the folder holding the ``ragkit``
     package, by default this one's), read from ``.git`` (its ``HEAD``, the ref it names, ``packed-refs``; a
-    worktree's ``.git`` file followed), with ``"+modified"`` appended when ``git`` says tracked files differ from
-    it; ``None`` outside a checkout (an installed ragkit) or where ``.git`` cannot be read."""
+    worktree's ``.git`` file followed), with ``"+modified"`` appended when ``git status`` says tracked files
+    differ from it, ``"+unknown"`` when it could not tell (git not found, not answering within 5 s, refusing the
+    folder: safe.directory's "dubious ownership", any other failure), nothing when it says they do not;
+    ``None`` outside a checkout (an installed ragkit) or where ``.git`` cannot be read."""
     base = Path(root) if root is not None else Path(__file__).resolve().parents[2]
     git = base / ".git"
     try:
@@ -130,18 +133,36 @@ def ragkit_commit(root: str | os.PathLike[str] | None = None) -> str | None:
         return None
     if sha is None or not _HEX_SHA.fullmatch(sha):
         return None
-    return sha + ("+modified" if _modified(base) else "")
+    modified = _modified(base)
+    return sha + ("+unknown" if modified is None else "+modified" if modified else "")
 
 
-def _modified(base: Path) -> bool:
-    """Whether ``git status`` reports tracked files of the checkout at ``base`` changed (``False`` where git is
-    not found or does not answer within 5 s)."""
+#: seconds :func:`_modified` waits for ``git status``
+_GIT_TIMEOUT = 5.0
+
+#: variables that would point ``git`` at another repository, index or object store than ``base``'s (set in a git
+#: hook, by a script): dropped from :func:`_modified`'s ``git status`` environment
+_GIT_LOCATION_VARS = ("GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE", "GIT_COMMON_DIR", "GIT_OBJECT_DIRECTORY",
+                      "GIT_ALTERNATE_OBJECT_DIRECTORIES", "GIT_NAMESPACE", "GIT_PREFIX")
+
+
+def _modified(base: Path) -> bool | None:
+    """Whether ``git status`` reports tracked files of the checkout at ``base`` changed; ``None`` when it cannot
+    tell: git not found, not answering within :data:`_GIT_TIMEOUT` seconds, exiting with an error (a folder
+    safe.directory refuses: "dubious ownership", a damaged index).
+
+    ``git --no-optional-locks`` (and ``GIT_OPTIONAL_LOCKS=0``): status neither takes the index's ``index.lock``
+    nor rewrites the index, so a ``git add`` or commit run at the same time in that checkout does not fail with
+    "Another git process seems to be running"."""
+    env = {k: v for k, v in os.environ.items() if k not in _GIT_LOCATION_VARS}
+    env["GIT_OPTIONAL_LOCKS"] = "0"
     try:
-        out = subprocess.run(["git", "-C", str(base), "status", "--porcelain", "--untracked-files=no"],
-                             capture_output=True, timeout=5, check=False)
+        done = subprocess.run(["git", "--no-optional-locks", "-C", str(base), "status", "--porcelain",
+                               "--untracked-files=no"], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                              stderr=subprocess.DEVNULL, env=env, timeout=_GIT_TIMEOUT, check=False)
     except (OSError, subprocess.SubprocessError):
-        return False
-    return out.returncode == 0 and bool(out.stdout.strip())
+        return None
+    return bool(done.stdout.strip()) if done.returncode == 0 else None
 
 
 # ---------------------------------------------------------------------------------------------- models
