@@ -83,14 +83,17 @@ _ASCII_FALLBACK = {"·": "-", "Δ": "D", "…": "~", "—": "-", "–": "-", "�
 FALLBACK_ERRORS = "ragkit.ascii_fallback"
 
 
-def _ascii_fallback(e: UnicodeError) -> tuple[str, int]:
+def _ascii_fallback(e: UnicodeError) -> tuple[bytes, int]:
     """The codec error handler :data:`FALLBACK_ERRORS`: a character the stream's encoding lacks written as
-    :data:`_ASCII_FALLBACK`'s ASCII, or else escaped as ``backslashreplace`` escapes it."""
+    :data:`_ASCII_FALLBACK`'s ASCII, or else escaped as ``backslashreplace`` escapes it; a lone surrogate
+    U+DC80..U+DCFF (an undecodable byte of a file name or argument, as ``surrogateescape`` read it) as that byte,
+    as ``surrogateescape`` writes it."""
     if not isinstance(e, UnicodeEncodeError):
         raise e
     bad = e.object[e.start:e.end]
-    return "".join(_ASCII_FALLBACK.get(c) or c.encode("ascii", "backslashreplace").decode("ascii")
-                   for c in bad), e.end
+    return b"".join(bytes([ord(c) - 0xDC00]) if "\udc80" <= c <= "\udcff" else
+                    (_ASCII_FALLBACK.get(c) or c.encode("ascii", "backslashreplace").decode("ascii")).encode("ascii")
+                    for c in bad), e.end
 
 
 import codecs  # noqa: E402  (next to the handler above, registered once per process; _stdout_utf8 uses it too)
@@ -2493,7 +2496,7 @@ def _tolerant_stdout(ctx: typer.Context) -> None:
     for out in (sys.stdout, sys.stderr):
         reconfigure = getattr(out, "reconfigure", None)
         errors = getattr(out, "errors", None)
-        if reconfigure is None or errors not in ("strict", "backslashreplace", None):
+        if reconfigure is None or errors not in ("strict", "backslashreplace", "surrogateescape", None):
             continue
         try:
             reconfigure(errors=FALLBACK_ERRORS)

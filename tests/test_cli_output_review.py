@@ -71,6 +71,28 @@ def test_latin1_error_with_unencodable_path_is_one_line(tmp_path, data):
     assert out.returncode == 2 and out.stderr.count("\n") == 1 and out.stderr.startswith("error: "), out.stderr
 
 
+def test_c_locale_without_coercion_prints_substitutes_not_a_traceback(tmp_path):
+    """``LC_ALL=C PYTHONCOERCECLOCALE=0 PYTHONUTF8=0``: standard output is ASCII with ``surrogateescape``
+    errors, which the fallback handler was not given (only strict ones were), so a title's en dash (``ragkit
+    ask``'s sources line, ``ragkit search``'s table) failed with a traceback."""
+    from ragkit.cli import FALLBACK_ERRORS
+
+    folder = _corpus(tmp_path / "d", [f"d{i}" for i in range(4)])
+    (folder / "corpus.jsonl").write_text("".join(
+        json.dumps({"_id": f"d{i}", "title": f"Bayh\u2013Dole caf\u00e9 {i}", "text": f"cells neurons leptin {i}"})
+        + "\n" for i in range(4)), encoding="utf-8")
+    assert main(["train", "--data", str(folder), "--pipeline", "bm25", "--no-report",
+                 "--out", str(tmp_path / "idx")]) == 0
+    env = {"LC_ALL": "C", "LANG": "C", "PYTHONCOERCECLOCALE": "0", "PYTHONUTF8": "0", "PYTHONIOENCODING": ""}
+    probe = subprocess.run([sys.executable, "-c", "import sys; print(sys.stdout.errors)"], capture_output=True,
+                           text=True, env={**os.environ, **env})
+    assert probe.stdout.strip() == "surrogateescape"  # (what the command runs under)
+    out = _script("search", "--index", tmp_path / "idx", "cells", cwd=tmp_path, env=env)
+    assert out.returncode == 0 and "Traceback" not in out.stderr, out.stderr
+    assert "Bayh-Dole caf\\xe9" in out.stdout, out.stdout
+    assert "\udcff\u2013".encode("ascii", FALLBACK_ERRORS) == b"\xff-"  # an undecodable byte as it was read
+
+
 # ------------------------------------------------------------------ 2. ids never cut
 @pytest.mark.parametrize("columns", ["80", "40"])
 def test_search_shows_long_ids_whole(tmp_path, columns):
