@@ -58,7 +58,7 @@ from ragkit._locks import ReadWriteLock, lock_of
 from ragkit.encoders.sentence import as_texts
 from ragkit.errors import ArtifactError, DataError, NotFittedError, ParamError, repeated
 from ragkit.integrations.langchain_generate import RagkitGenerator
-from ragkit.metadata import and_filters, check_added_kinds, check_metadata_kinds
+from ragkit.metadata import and_filters, check_added_kinds, check_metadata_kinds, is_missing
 from ragkit.operator import Operator, _json_default, read_json
 from ragkit.options import _positive_k, check_options
 from ragkit.params import refusal_of
@@ -342,19 +342,153 @@ def _trained_steps(op: Operator) -> list[tuple[str, Operator, int]]:
 
 def _same_documents(a: Corpus, b: Corpus) -> bool:
     """Whether ``a`` and ``b`` hold the same documents in the same order: ids, texts, titles and metadata
-    (one array comparison per column; ``NaN`` equals ``NaN`` in a numeric column)."""
+    (one array comparison per column; a missing value (:func:`~ragkit.metadata.is_missing`: ``None``, ``NaN``,
+    ``pandas.NA``, ``NaT``) equals any other missing value, in a numeric column and at any depth of an object
+    column's values (``{"v": nan}``, ``[1, None]``): two corpora built apart from the same records are the
+    same documents)."""
     if a is b:
         return True
     if len(a) != len(b) or set(a.metadata) != set(b.metadata):
         return False
+    return (_same_column(a.ids, b.ids) and _same_column(a.texts, b.texts) and _same_column(a.titles, b.titles)
+            and all(_same_column(a.metadata[key], b.metadata[key]) for key in a.metadata))
 
-    def same(x: np.ndarray, y: np.ndarray) -> bool:
-        x, y = np.asarray(x), np.asarray(y)
-        nan_ok = x.dtype.kind in "fc" and y.dtype.kind in "fc"
-        return bool(np.array_equal(x, y, equal_nan=nan_ok))
 
-    return (same(a.ids, b.ids) and same(a.texts, b.texts) and same(a.titles, b.titles)
-            and all(same(a.metadata[key], b.metadata[key]) for key in a.metadata))
+def _same_column(x: np.ndarray, y: np.ndarray) -> bool:
+    """Whether two columns of one value per document are equal, missing values equal to each other: one array
+    comparison; in an object column, the values the comparison finds different (a ``NaN`` inside a dict is not
+    ``==`` another ``NaN``) are looked at again one by one (:func:`_same_value`)."""
+    x, y = np.asarray(x), np.asarray(y)
+    if x.shape != y.shape:
+        return False
+    if x.dtype.kind in "fc" and y.dtype.kind in "fc":
+        return bool(np.array_equal(x, y, equal_nan=True))
+    if x.dtype.kind in "mM" and y.dtype.kind in "mM":
+        nat = np.isnat(x)
+        return bool(np.array_equal(nat, np.isnat(y)) and np.array_equal(x[~nat], y[~nat]))
+    if x.dtype != object and y.dtype != object:
+        return bool(np.array_equal(x, y))
+    try:
+        equal = np.asarray(x == y)
+    except Exception:  # noqa: BLE001  (a value whose == raises, pandas.NA's truth value: looked at one by one)
+        equal = np.zeros(x.shape, dtype=bool)
+    if equal.shape != x.shape or equal.dtype != bool:  # (an element's == gave no bool)
+        equal = np.zeros(x.shape, dtype=bool)
+    differ = np.flatnonzero(~equal)  # only values == called different: a loop over those alone
+    return all(_same_value(x.flat[i], y.flat[i]) for i in differ.tolist())
+
+
+def _same_value(u: Any, v: Any) -> bool:
+    """Whether two metadata values are equal, missing values (:func:`~ragkit.metadata.is_missing`) equal to
+    each other at any depth: dicts key by key, lists and tuples item by item, arrays element by element."""
+    if is_missing(u) or is_missing(v):
+        return is_missing(u) and is_missing(v)
+    if isinstance(u, Mapping) or isinstance(v, Mapping):
+        return (isinstance(u, Mapping) and isinstance(v, Mapping) and u.keys() == v.keys()
+                and all(_same_value(u[key], v[key]) for key in u))
+    if isinstance(u, np.ndarray) or isinstance(v, np.ndarray):
+        u, v = np.asarray(u), np.asarray(v)
+        return u.shape == v.shape and _same_column(u.reshape(-1), v.reshape(-1))
+    if isinstance(u, (list, tuple)) or isinstance(v, (list, tuple)):
+        return (isinstance(u, (list, tuple)) and isinstance(v, (list, tuple)) and len(u) == len(v)
+                and all(_same_value(p, q) for p, q in zip(u, v)))
+    try:
+        return bool(u == v)
+    except Exception:  # noqa: BLE001  (an == that raises or gives no truth value: not the same)
+        return False
+
+
+def _sharing_copy(op: Operator) -> Operator:
+    """A deep copy of the fitted ``op`` that shares with it what no edit of either changes in place, so that a
+    large pipeline is not held twice and a memory-mapped one (``Operator.load(..., mmap=True)``) is not read into
+    memory: its read-only arrays (:func:`_frozen_array`: memory maps opened read-only, a corpus's columns) and
+    its :class:`Corpus` objects (immutable: ``add`` / ``remove`` make new ones).  An edit of the copy (the
+    retriever's ``add_documents`` / ``delete``) replaces those arrays rather than writing into them, and writing
+    into a read-only array fails whoever tries it, so the caller's pipeline searches as before.
+
+    An HNSW graph (a usearch index), which an ``add`` grows in place, is the copy's own: a graph mapped
+    read-only from its file (``mmap=True``) is mapped again from the same file (a view: nothing read into
+    memory) while the file is the one loaded, else copied into memory (``Index.copy``; a deep copy of
+    usearch's index fails).  The copy's float vectors file (``rescore``) stays the caller's: the copy writes a
+    grown one to its own scratch folder, and never grows or deletes the caller's."""
+    from ragkit.retrievers._index import VectorIndex, _file_id
+
+    memo: dict[int, Any] = {}
+    indexes: list[VectorIndex] = []
+    for obj in _reachable(op):
+        if isinstance(obj, Corpus) or (isinstance(obj, np.ndarray) and _frozen_array(obj)):
+            memo[id(obj)] = obj
+        elif isinstance(obj, VectorIndex):
+            indexes.append(obj)
+    viewed: dict[int, bool] = {}
+    for ix in indexes:
+        graph = getattr(ix, "usearch", None)
+        if graph is None or id(graph) in memo:
+            continue
+        path = getattr(ix, "_view_path", None)
+        fresh = (getattr(ix, "_view", False) and path is not None and ix._mapped.get(path) is not None
+                 and _file_id(path) == ix._mapped.get(path))
+        if fresh:  # the file loaded, unchanged: mapped again (the copy's own view; an add copies it into memory)
+            memo[id(graph)] = ix._restore(str(path), view=True)
+        elif getattr(ix, "_view", False):  # the file changed since: the graph as mapped, into memory
+            memo[id(graph)] = ix._restore(graph.save(), view=False)
+        else:
+            memo[id(graph)] = graph.copy()
+        viewed[id(ix)] = bool(fresh)
+    new = copy.deepcopy(op, memo)
+    for ix in indexes:
+        twin = memo.get(id(ix))
+        if twin is None or twin is ix:
+            continue
+        twin._tmp = None  # (the caller's scratch folder, removed with the caller's index)
+        twin._floats_own = None  # a file the copy does not own: copied when it grows, never deleted by it
+        if id(ix) in viewed:
+            twin._view = viewed[id(ix)]
+    return new
+
+
+#: containers longer than this are data (a vocabulary, a list of ids), not the structure of a pipeline:
+#: :func:`_reachable` does not look into them (what they hold is copied)
+_REACHABLE_MAX_ITEMS = 256
+
+
+def _reachable(root: Any, max_depth: int = 12) -> Iterator[Any]:
+    """The objects reachable from ``root`` through instance attributes (``__dict__``) and small lists,
+    tuples and dicts (:data:`_REACHABLE_MAX_ITEMS`), each once, not looking into numpy arrays, :class:`Corpus`
+    objects, strings, numbers, classes, modules or functions: where :func:`_sharing_copy` finds what it
+    shares."""
+    import types
+
+    seen: set[int] = set()
+    stack: list[tuple[Any, int]] = [(root, 0)]
+    leaf_types = (str, bytes, int, float, complex, bool, type(None), type, types.ModuleType, types.FunctionType,
+                  types.BuiltinFunctionType, types.MethodType)
+    while stack:
+        obj, depth = stack.pop()
+        if id(obj) in seen or isinstance(obj, leaf_types):
+            continue
+        seen.add(id(obj))
+        yield obj
+        if depth >= max_depth or isinstance(obj, (np.ndarray, Corpus)):
+            continue
+        if isinstance(obj, dict):
+            items: Iterable[Any] = obj.values() if len(obj) <= _REACHABLE_MAX_ITEMS else ()
+        elif isinstance(obj, (list, tuple, set, frozenset)):
+            items = obj if len(obj) <= _REACHABLE_MAX_ITEMS else ()
+        else:
+            items = (vars(obj).values() if isinstance(getattr(obj, "__dict__", None), dict) else ())
+        stack.extend((item, depth + 1) for item in list(items))
+
+
+def _frozen_array(a: np.ndarray) -> bool:
+    """Whether no one can write into ``a`` without first making it writable: it is read-only, and so is every
+    array it is a view of (a read-only view of a writable buffer changes with the buffer)."""
+    base: Any = a
+    while isinstance(base, np.ndarray):
+        if base.flags.writeable:
+            return False
+        base = base.base
+    return True
 
 
 def _refuse_untrained_fit(op: Operator, given: str) -> None:
@@ -711,10 +845,10 @@ class RagkitRetriever(BaseRetriever):
         place changed what another retriever or the caller searches), or ``op`` itself when unfitted.
 
         A pipeline that learned from judged training queries (:func:`_trained_steps`), given without ``train=``:
-        on the very documents it searches (:func:`_same_documents`), a deep copy of it, what it learned kept (a
-        refit would drop it); on other documents, a :class:`ParamError` before anything is fitted.  A pipeline
-        with a step that learns only from judged queries, given without ``train=``: a :class:`ParamError`
-        (:func:`_refuse_untrained_fit`)."""
+        on the very documents it searches (:func:`_same_documents`), a copy of it (:func:`_sharing_copy`: its
+        read-only arrays, memory maps and corpus shared), what it learned kept (a refit would drop it); on other
+        documents, a :class:`ParamError` before anything is fitted.  A pipeline with a step that learns only from
+        judged queries, given without ``train=``: a :class:`ParamError` (:func:`_refuse_untrained_fit`)."""
         source = os.fsdecode(self.pipeline) if isinstance(self.pipeline, (str, os.PathLike)) else None
         given = f"the pipeline {source!r}" if source is not None and "\n" not in source else "the pipeline"
         if self.train is None and op.is_fitted and (trained := _trained_steps(op)):
@@ -723,7 +857,7 @@ class RagkitRetriever(BaseRetriever):
                 if not isinstance(self.pipeline, Operator):  # loaded here: no one else holds it
                     return op
                 with lock_of(op).reading():  # (an edit of another retriever's wrapping it: before or after)
-                    return copy.deepcopy(op)
+                    return _sharing_copy(op)
             counts = {count for _, _, count in trained}
             if len(counts) == 1:
                 n = counts.pop()
