@@ -121,7 +121,10 @@ when the store goes: garbage-collected, or still alive when the process exits (a
 hook; skipped when the folder or its manifest is gone, or when another thread holds the store for
 more than 10 s; a failure is one line on stderr, never an exception).  So a process that answers and
 exits leaves its chunks to the next one.  A process killed by a signal it does not handle (SIGKILL)
-writes only what it spilled or flushed.
+writes only what it spilled or flushed.  A folder that cannot be written but holds a chunk cache (one
+shipped read-only: an image, a shared mount) is served as it is, with one warning per folder and process
+that chunks computed now are not kept: nothing is ever written, deleted or trimmed there (no spill, flush
+or write at the exit is tried), and what the store computes stays in its memory tier.
 No pickle anywhere.
 """
 
@@ -201,6 +204,9 @@ _DISK_LOW_WATER = 0.9
 _TRIM_LOCK = ".trim.lock"
 #: variant files this process could not read (permissions), each warned about once
 _UNREADABLE_NOTED: set[str] = set()
+#: chunk-cache folders (real paths) already said to be read-only, once per process
+_READ_ONLY_NOTED: set[str] = set()
+_NOTED_LOCK = threading.Lock()  # (threads may open stores, and read their files, at once)
 
 _log = logging.getLogger(__name__)
 
@@ -647,6 +653,9 @@ class ChunkKVCache:
         self._lock = threading.RLock()
         self._dirty = False  # a request or a put since the last flush: the memory tier holds news for the disk
         self.disk_dir = Path(disk_dir) if disk_dir is not None else None
+        #: the disk tier's folder cannot be written (a cache shipped read-only, warned about as it opened): its
+        #: variants are read, never written, deleted or trimmed; what this store computes stays in memory
+        self._read_only = False
         if self.disk_dir is not None:
             self._open_disk(self.disk_dir)
             # written when the store goes (garbage-collected, or alive at the exit): not the store but its
@@ -753,7 +762,7 @@ class ChunkKVCache:
             i = next((i for i, x in enumerate(lst) if x is v), None)
             if i is not None:
                 self._drop(key, i, spill=False, forget=True)
-            elif self.disk_dir is not None:
+            elif self.disk_dir is not None and not self._read_only:
                 (self.disk_dir / key / f"{v.file_stem}.safetensors").unlink(missing_ok=True)
         return dropped
 
@@ -860,7 +869,8 @@ class ChunkKVCache:
         self._n_stored += 1
         variant.stored = self._n_stored
         self._bytes += variant.nbytes
-        if not from_disk and self.disk_dir is not None:  # a new context: max_variants in memory and on disk together
+        if not from_disk and self.disk_dir is not None and not self._read_only:
+            # a new context: max_variants in memory and on disk together (a read-only tier's files stay: memory alone)
             self._cap_variants(key, variant)
         elif len(lst) > self.max_variants:  # the new variant is admitted: it has had no chance to be reused yet
             worst = min(range(len(lst) - 1), key=lambda i: self._rank(lst[i]))
@@ -993,7 +1003,7 @@ class ChunkKVCache:
         if spill and self.disk_dir is not None:
             if self._write_disk(key, v):
                 self.stats.spills += 1
-        elif forget and self.disk_dir is not None:
+        elif forget and self.disk_dir is not None and not self._read_only:
             (self.disk_dir / key / f"{v.file_stem}.safetensors").unlink(missing_ok=True)
         if not lst:
             del self._mem[key]
@@ -1029,6 +1039,8 @@ class ChunkKVCache:
         manifest = folder / "manifest.json"
         meta = check_cache_dir(folder)
         if meta is not None:
+            # (a folder without one that cannot be written was refused: the manifest is written below)
+            self._read_only = not os.access(folder, os.W_OK | os.X_OK)
             got = (meta.get("model_id"), meta.get("tokenizer_id"))
             if got != (self.model_id, self.tokenizer_id):
                 raise CacheModelMismatchError(
@@ -1055,10 +1067,13 @@ class ChunkKVCache:
         ``max_variants`` in memory and on disk together: past it the disk-only variants of lowest
         utility go (ties: oldest written), ``v`` among them unless it is in memory.  With ``trim``, trims the
         tier when this store's estimate of it is past ``disk_budget_bytes`` (or not made yet); a flush trims
-        once, after its writes.  Returns whether ``v`` was written (not when it was the one to go)."""
+        once, after its writes.  Returns whether ``v`` was written (not when it was the one to go, nor in a
+        folder that cannot be written: ``v`` is then dropped, as the warning at the opening said)."""
         from safetensors.torch import save_file
 
         assert self.disk_dir is not None
+        if self._read_only:
+            return False
         d = self.disk_dir / key
         d.mkdir(exist_ok=True)
         in_mem = {x.file_stem for x in self._mem.get(key, ())}
@@ -1207,6 +1222,11 @@ class ChunkKVCache:
             raise ArtifactError(f"{f}: could not read this chunk-cache file ({type(e).__name__}: {e}); expected a "
                                 "readable safetensors file: check its permissions and the disk") from e
         except (SafetensorError, KeyError, ValueError, TypeError) as e:  # cut short, bad header, metadata or digest
+            if self._read_only:  # (said once per file: it stays, and is found again)
+                if _first_note(_UNREADABLE_NOTED, f"damaged {f}"):
+                    _log.warning(f"{f}: damaged chunk-cache file ({type(e).__name__}: {e}); left in place (the "
+                                 "folder cannot be written), its chunk is computed again")
+                return None
             _log.warning(f"{f}: damaged chunk-cache file ({type(e).__name__}: {e}); deleted, its chunk is computed "
                          "again")
             f.unlink(missing_ok=True)
@@ -1215,9 +1235,8 @@ class ChunkKVCache:
     @staticmethod
     def _note_unreadable(f: Path) -> None:
         """Warn, once per process and file, that the variant file ``f`` cannot be read (permissions)."""
-        if str(f) in _UNREADABLE_NOTED:
+        if not _first_note(_UNREADABLE_NOTED, str(f)):
             return
-        _UNREADABLE_NOTED.add(str(f))
         try:
             st = f.stat()
             who = f" (mode {st.st_mode & 0o777:o}, owner uid {st.st_uid})"
@@ -1228,8 +1247,9 @@ class ChunkKVCache:
 
     def flush(self) -> None:
         """Write every in-memory variant to the disk tier, then trim it to ``disk_budget_bytes`` (no-op without
-        ``disk_dir``; done at the process's exit too, see the module docstring)."""
-        if self.disk_dir is None:
+        ``disk_dir``, or when its folder cannot be written: the warning at the opening said that chunks computed
+        now are not kept; done at the process's exit too, see the module docstring)."""
+        if self.disk_dir is None or self._read_only:
             return
         with self._lock:
             for key, lst in self._mem.items():
@@ -1281,10 +1301,11 @@ class ChunkKVCache:
     def _flush_on_close(self, timeout: float = 10.0) -> bool:
         """:meth:`flush` when the store is dropped or the process exits: skipped (``False``) when the folder or
         its manifest is gone (removed on purpose: not created again) or another thread holds the store past
-        ``timeout`` seconds."""
+        ``timeout`` seconds, or when the folder cannot be written (nothing is tried: the warning at the opening
+        said that chunks computed now are not kept)."""
         d = self.disk_dir
-        if d is None or not self._mem or not self._dirty or not (d / "manifest.json").is_file():
-            return False  # nothing new since the last flush, or the folder was removed
+        if d is None or self._read_only or not self._mem or not self._dirty or not (d / "manifest.json").is_file():
+            return False  # nothing new since the last flush, a read-only folder, or the folder was removed
         if not self._lock.acquire(timeout=timeout):  # a thread still inside (a daemon thread): never hang the exit
             return False
         try:
@@ -1323,6 +1344,10 @@ def check_cache_dir(folder: str | Path) -> dict | None:
     ``manifest.json`` is not a chunk-cache manifest (not a JSON object
     with ``model_id`` and ``tokenizer_id``: another tool's folder, a saved pipeline's), or was written by
     a newer ragkit.  Whether the manifest names the right model is checked when the store opens.
+
+    A chunk-cache folder that cannot be written but holds a manifest is accepted (a cache shipped read-only: its
+    chunks are served, new ones are not kept), with a warning on the ``ragkit`` logger said once per folder and
+    process, however many times it is checked or opened.
     """
     folder = Path(folder)
     existing = next((p for p in (folder, *folder.parents) if p.exists()), None)
@@ -1370,10 +1395,22 @@ def check_cache_dir(folder: str | Path) -> dict | None:
     if version > _FORMAT_VERSION:
         raise ArtifactError(f"{manifest}: written by a newer ragkit (format {version}; this ragkit reads "
                             f"up to {_FORMAT_VERSION})")
-    if not writable:  # a chunk cache shipped read-only (an image, a shared mount) still serves what it holds
+    # a chunk cache shipped read-only (an image, a shared mount) still serves what it holds; said once per folder
+    # and process (a command checks the folder, then opens it: one warning)
+    if not writable and _first_note(_READ_ONLY_NOTED, os.path.realpath(folder)):
         _log.warning(f"{folder}: the chunk-cache folder cannot be written ({_unwritable_reason(folder)}): its stored "
                      "chunks are reused, chunks computed now are not kept")
     return meta
+
+
+def _first_note(noted: set[str], name: str) -> bool:
+    """Whether ``name`` is said for the first time in this process (then it is marked said in ``noted``);
+    thread-safe: of threads that ask at once, one gets ``True``."""
+    with _NOTED_LOCK:
+        if name in noted:
+            return False
+        noted.add(name)
+        return True
 
 
 def _unwritable_reason(folder: Path) -> str:
