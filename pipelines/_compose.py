@@ -773,8 +773,9 @@ class Pipeline(Composite):
 
     def search(
         self, queries: Queries | Sequence[str] | Mapping[str, str] | pd.Series | str, *, k: int | None = None,
-        trace: bool = False, qrels: Mapping[str, Mapping[str, int]] | None = None, relevance_level: int = 1,
-        ignore_identical_ids: bool = True, **options: Any,
+        trace: bool = False,
+        qrels: Mapping[str, Mapping[str, int]] | pd.DataFrame | str | os.PathLike[str] | None = None,
+        relevance_level: int = 1, ignore_identical_ids: bool = True, **options: Any,
     ) -> "Run":
         """Run the pipeline on a batch of queries and return a :class:`~ragkit.run.Run`.
 
@@ -789,9 +790,11 @@ class Pipeline(Composite):
         trace : bool
             Record per-operator wall time, candidates in/out and (with ``qrels``) recall@100.  Only ``True`` or
             ``False``.
-        qrels : mapping, optional
+        qrels : mapping, DataFrame or path, optional
             Judgements, used only for the trace's recall and nDCG: read by ``trace=True`` only (refused
-            without it; to score the run, ``ragkit.evaluate(run, qrels)``).
+            without it; to score the run, ``ragkit.evaluate(run, qrels)``), in any form
+            :func:`~ragkit.eval.evaluate` reads (:func:`~ragkit.types.as_qrels`): ``{query_id: {doc_id:
+            grade}}``, a DataFrame with one row per judgement, or a qrels file's path.
         relevance_level, ignore_identical_ids
             How the trace scores its recall and nDCG, as :func:`~ragkit.eval.evaluate` reads them (the
             lowest grade recall counts; whether a document with its query's id is dropped), so that the
@@ -858,10 +861,10 @@ class Pipeline(Composite):
             refuse_unapplied_filter(self, options)  # (a retriever that would ignore it)
             if k is not None:
                 options["k"] = int(k)
-            if qrels is not None:
-                from ragkit.types import check_qrels
+            if qrels is not None:  # (read as evaluate and TrainSet read them: a mapping, a DataFrame, a path)
+                from ragkit.types import as_qrels
 
-                qrels = check_qrels(qrels, "search")
+                qrels = as_qrels(qrels, "search")
             if isinstance(relevance_level, bool) or not isinstance(relevance_level, (int, np.integer)) or \
                     relevance_level < 1:
                 raise ParamError(f"search: relevance_level must be an integer grade >= 1, got {relevance_level!r}")

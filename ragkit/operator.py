@@ -674,8 +674,9 @@ class Operator:
 
     def search(
         self, queries: Queries | Sequence[str] | Mapping[str, str] | pd.Series | str, *, k: int | None = None,
-        trace: bool = False, qrels: Mapping[str, Mapping[str, int]] | None = None, relevance_level: int = 1,
-        ignore_identical_ids: bool = True, **options: Any,
+        trace: bool = False,
+        qrels: Mapping[str, Mapping[str, int]] | pd.DataFrame | str | os.PathLike[str] | None = None,
+        relevance_level: int = 1, ignore_identical_ids: bool = True, **options: Any,
     ) -> "Run":
         """Search a batch of queries with this operator alone (a one-step :class:`~ragkit.pipelines.Pipeline`;
         :meth:`Pipeline.search <ragkit.pipelines.Pipeline.search>` is the same for several steps).
@@ -692,8 +693,10 @@ class Operator:
         trace : bool
             ``True`` records per-step wall time, candidates in and out and (with ``qrels``) recall@100 and
             nDCG@10 in ``run.trace``.  Only ``True`` or ``False``.
-        qrels : mapping {query_id: {doc_id: grade}}, optional
-            Judgements for the trace's recall and nDCG; read by ``trace=True`` only (refused without it).
+        qrels : mapping {query_id: {doc_id: grade}}, DataFrame or path, optional
+            Judgements for the trace's recall and nDCG; read by ``trace=True`` only (refused without it), in any
+            form :func:`~ragkit.eval.evaluate` reads (:func:`~ragkit.types.as_qrels`): a DataFrame with one row
+            per judgement, a qrels file's path.
         relevance_level, ignore_identical_ids
             How the trace scores its recall and nDCG, as :func:`~ragkit.eval.evaluate` reads them: the lowest
             grade that counts as relevant (an integer >= 1), and whether a document with its query's id is
@@ -923,7 +926,7 @@ def check_search_arguments(queries: Any, trace: Any, qrels: Any, where: str = "s
     would get another id in the next process), a ``trace`` that is not ``True`` / ``False``, and ``qrels``
     without ``trace=True`` (only the trace reads them: they would be ignored).  The queries themselves and
     the qrels' shape are checked where they are read (:meth:`State.of <ragkit.types.State.of>`,
-    :func:`~ragkit.types.check_qrels`)."""
+    :func:`~ragkit.types.as_qrels`)."""
     if isinstance(queries, (set, frozenset)):
         raise DataError(f"{where}: queries is a {type(queries).__name__} of {len(queries)}, whose order (so the ids "
                         "q0, q1, ... given in it) changes from run to run; pass a list (sorted(queries)), a mapping "
@@ -1470,18 +1473,27 @@ def _how_texts_differ(folder: Path, corpus: Corpus) -> str:
     return f" ({len(rows):,} differ; the first: document {corpus.ids[r]!r}, row {r}, its {what})"
 
 
+def _digest(s: str) -> int:
+    """The first 8 bytes of the SHA-1 of ``s`` (UTF-8, lone surrogates kept) as an unsigned little-endian int."""
+    return int.from_bytes(hashlib.sha1(s.encode("utf-8", "surrogatepass")).digest()[:8], "little")
+
+
+def query_id_digests(queries: Queries) -> np.ndarray:
+    """Column 0 of :func:`query_digests` alone, shape ``(n,)`` ``uint64``: the digest of each query's id and text
+    (what :func:`~ragkit.run.learned_query_ids` matches, without hashing the normalised texts)."""
+    return np.fromiter((_digest(f"{i}\x00{t}") for i, t in zip(queries.ids, queries.texts)), dtype=np.uint64,
+                       count=len(queries))
+
+
 def query_digests(queries: Queries) -> np.ndarray:
     """Two ``uint64`` per query, shape ``(n, 2)``: the first 8 bytes of SHA-1 over its id and text (column 0:
-    the same query, id and text, has the same digest in any dataset), and over its text alone,
-    :func:`~ragkit.types.normalised_text` (column 1: the same question under another id), for
+    the same query, id and text, has the same digest in any dataset; :func:`query_id_digests`), and over its
+    text alone, :func:`~ragkit.types.normalised_text` (column 1: the same question under another id), for
     :meth:`Operator.learned_from`.  (Operators saved before recorded column 0 alone, shape ``(n,)``.)"""
     from ragkit.types import normalised_text
 
-    def digest(s: str) -> int:
-        return int.from_bytes(hashlib.sha1(s.encode("utf-8", "surrogatepass")).digest()[:8], "little")
-
-    return np.array([(digest(f"{i}\x00{t}"), digest(normalised_text(t))) for i, t in zip(queries.ids, queries.texts)],
-                    dtype=np.uint64).reshape(len(queries), 2)
+    texts = np.fromiter((_digest(normalised_text(t)) for t in queries.texts), dtype=np.uint64, count=len(queries))
+    return np.stack([query_id_digests(queries), texts], axis=1)
 
 
 def check_fit_inputs(corpus: Any, train: Any, where: str) -> None:

@@ -186,10 +186,10 @@ def learned_query_ids(op: Any, query_ids: Sequence[str], texts: Sequence[str]) -
             taught.append(digests if digests.ndim == 1 else digests[:, 0])  # (saved before: one per query)
     if not taught or not len(query_ids):
         return []
-    from ragkit.operator import query_digests
+    from ragkit.operator import query_id_digests
     from ragkit.types import Queries
 
-    learned = np.isin(query_digests(Queries(list(query_ids), list(texts)))[:, 0], np.concatenate(taught))
+    learned = np.isin(query_id_digests(Queries(list(query_ids), list(texts))), np.concatenate(taught))
     return [query_ids[i] for i in np.flatnonzero(learned).tolist()]
 
 

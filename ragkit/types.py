@@ -1359,12 +1359,7 @@ def check_qrels(qrels: Any, who: str) -> Qrels:
     ``{doc_id: grade}``; and so are two ids that name one query or document once written as strings
     (``1`` and ``"1"``)."""
     if not isinstance(qrels, Mapping):
-        if callable(qrels) and not isinstance(qrels, Iterable):
-            raise DataError(f"{who}: qrels must be a mapping {{query_id: {{doc_id: grade}}}}, got {_callable(qrels)}; "
-                            "call it (e.g. data.qrels('test'), not data.qrels)")
-        hint = ("; build it from (query_id, doc_id, grade) rows: {q: {d: g}}" if isinstance(qrels, (list, tuple))
-                else "")
-        raise DataError(f"{who}: qrels must be a mapping {{query_id: {{doc_id: grade}}}}, got {_kind(qrels)}{hint}")
+        raise _not_qrels(qrels, who)
     out: Qrels = {}
     for position, (q, rel) in enumerate(qrels.items()):
         if not isinstance(rel, Mapping):
@@ -1383,6 +1378,29 @@ def check_qrels(qrels: Any, who: str) -> Qrels:
         out[qid] = docs
     ids_once(out, qrels, f"{who}: qrels name a query")
     return out
+
+
+def _not_qrels(qrels: Any, who: str, also: str = "") -> DataError:
+    """The :class:`DataError` of ``qrels`` that are no mapping ``{query_id: {doc_id: grade}}``, starting ``who``:
+    what was given (a DataFrame by its rows and columns, not its flattened repr), how to make it qrels, and
+    ``also``, the other forms the caller reads (``"a DataFrame ..., or a qrels file's path"``), if any."""
+    expected = "qrels must be a mapping {query_id: {doc_id: grade}}"
+    others = f" (or pass {also})" if also else ""
+    if callable(qrels) and not isinstance(qrels, Iterable):
+        return DataError(f"{who}: {expected}, got {_callable(qrels)}; call it (e.g. data.qrels('test'), not "
+                         "data.qrels)")
+    pd = sys.modules.get("pandas")
+    if pd is not None and isinstance(qrels, (pd.DataFrame, pd.Series)):
+        shape = (f"columns {[str(c) for c in qrels.columns]}" if isinstance(qrels, pd.DataFrame) else
+                 f"name {qrels.name!r}")
+        hint = (others if also else
+                "; ragkit.evaluate and TrainSet read a DataFrame of judgements (one row per judgement, columns "
+                "query-id, corpus-id, score or a common spelling): ragkit.types.as_qrels(df, 'qrels') gives the "
+                "mapping")
+        return DataError(f"{who}: {expected}, got a pandas {type(qrels).__name__} of {len(qrels)} rows "
+                         f"({shape}){hint}")
+    hint = "; build it from (query_id, doc_id, grade) rows: {q: {d: g}}" if isinstance(qrels, (list, tuple)) else ""
+    return DataError(f"{who}: {expected}, got {_kind(qrels)}{hint}{others}")
 
 
 def ids_once(written: Mapping[str, Any], given: Mapping[Any, Any], what: str) -> None:
@@ -1796,13 +1814,16 @@ _ROLE_WORDS = {"query-id": "query ids", "corpus-id": "document ids", "score": "g
 
 
 def _qrels_columns(names: Sequence[Any], who: str, what: str, index_name: Any = None,
-                   how: str = "df.rename(columns={mapping})") -> tuple[int, int, int]:
+                   how: str = "df.rename(columns={mapping})", first: Sequence[Any] | None = None,
+                   drop: str = "df.drop(columns={columns})") -> tuple[int, int, int]:
     """The positions of the query id, document id and grade columns among a qrels table's column ``names``
     (:data:`QRELS_COLUMNS`), or a :class:`DataError` starting ``who`` naming ``what`` (``"a qrels
     DataFrame"``) with the columns it has, the names accepted and, where the table has as many unnamed columns
     as roles missing, the exact rename (``how``, its ``{mapping}`` filled in); a frame whose query ids are its
     index (``index_name``) is told ``df.reset_index()``, a run's table (a ``rank`` column) that it holds no
-    judgements."""
+    judgements.  Two columns named for one role (``doc`` and ``docno``) are refused naming both, with their
+    values in the table's ``first`` row where given, and the ``drop`` (its ``{columns}`` filled in) that keeps
+    each: which one holds the ids is not guessed."""
     found: dict[str, list[int]] = {role: [] for role in QRELS_COLUMNS}
     for i, name in enumerate(names):
         role = _QRELS_ROLE.get(" ".join(str(name).split()).casefold())
@@ -1812,8 +1833,13 @@ def _qrels_columns(names: Sequence[Any], who: str, what: str, index_name: Any = 
     twice = {role: at for role, at in found.items() if len(at) > 1}
     if twice:
         role, at = next(iter(twice.items()))
-        raise DataError(f"{who}: {what} has {len(at)} columns of {_ROLE_WORDS[role]} ({[given[i] for i in at]}, among "
-                        f"{given}); keep one (e.g. df.drop(columns={[given[i] for i in at[1:]]}))")
+        seen = ("" if first is None or len(first) != len(given) else
+                " (first row: " + ", ".join(f"{given[i]}={_preview(first[i], 40)}" for i in at) + ")")
+        keeps = ", ".join(f"{drop.replace('{columns}', repr([given[j] for j in at if j != i]))} keeps {given[i]!r}"
+                          for i in at)
+        raise DataError(f"{who}: {what} has {len(at)} columns named as {_ROLE_WORDS[role]} "
+                        f"({' and '.join(repr(given[i]) for i in at)}, among {given}){seen}; keep the one that "
+                        f"holds the {_ROLE_WORDS[role]} and drop the other{'s' if len(at) > 2 else ''}: {keeps}")
     if all(found.values()):
         if any(" ".join(c.split()).casefold() == "rank" for c in given):
             raise DataError(f"{who}: {what} has columns {given}, a run's (Run.to_pandas: query_id, doc_id, rank, "
@@ -1871,7 +1897,9 @@ def _csv_qrels(path: Path, who: str) -> dict[str, dict[str, Any]]:
                         f"query-id,corpus-id,score), got first line {header}; for a file without a header: "
                         f"pandas.read_csv(path, names=['query-id', 'corpus-id', 'score']), and pass the frame")
     q, d, g = _qrels_columns(header, who, f"{path} (a CSV qrels file)",
-                             how="pass pandas.read_csv(path).rename(columns={mapping}), or fix the file's header")
+                             how="pass pandas.read_csv(path).rename(columns={mapping}), or fix the file's header",
+                             first=[c.strip() for c in rows[1]] if len(rows) > 1 else None,
+                             drop="pandas.read_csv(path).drop(columns={columns}) (passed as qrels)")
     bad = next((n for n, row in enumerate(rows[1:], 2) if len(row) != len(header)), None)
     if bad is not None:
         raise DataError(f"{who}: {path}: row {bad} of the CSV file has {len(rows[bad - 1])} fields, the header "
@@ -1894,7 +1922,10 @@ def as_qrels(qrels: Any, who: str) -> Qrels:
 
     Anything else, a grade that is no integer (0.5, ``True``) or a column name that is none of those, is a
     :class:`DataError` starting ``who``."""
-    return check_qrels(_qrels_of(qrels, who), who)
+    read = _qrels_of(qrels, who)
+    if not isinstance(read, Mapping):
+        raise _not_qrels(read, who, "a DataFrame with one row per judgement, or a qrels file's path")
+    return check_qrels(read, who)
 
 
 def _qrels_of(qrels: Any, who: str = "TrainSet") -> Any:
@@ -1903,7 +1934,8 @@ def _qrels_of(qrels: Any, who: str = "TrainSet") -> Any:
     pd = sys.modules.get("pandas")
     if pd is not None and isinstance(qrels, pd.DataFrame):
         what = "the qrels DataFrame"
-        q, d, g = _qrels_columns(list(qrels.columns), who, what, index_name=qrels.index.name)
+        q, d, g = _qrels_columns(list(qrels.columns), who, what, index_name=qrels.index.name,
+                                 first=qrels.iloc[0].tolist() if len(qrels) else None)
         # (ids as Queries and Corpus read them: a float column's 1.0 -> "1", a NaN refused naming its row)
         qs, ds = (_as_ids(qrels.iloc[:, i].to_numpy(), f"{who}: {what}'s column {str(qrels.columns[i])!r}").tolist()
                   for i in (q, d))

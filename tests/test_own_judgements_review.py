@@ -92,8 +92,9 @@ def test_unknown_column_names_get_the_exact_rename():
     with pytest.raises(DataError, match=re.escape("holds its query ids in its index ('query_id'), not in a column "
                                                   "(columns ['doc_id', 'relevance']); pass df.reset_index()")):
         TrainSet(queries, _frame(qrels, ("query_id", "doc_id", "relevance")).set_index("query_id"))
-    with pytest.raises(DataError, match=r"has 2 columns of query ids \(\['query-id', 'qid'\].*; keep one \(e\.g\. "
-                                        r"df\.drop\(columns=\['qid'\]\)\)"):
+    with pytest.raises(DataError, match=r"has 2 columns named as query ids \('query-id' and 'qid'.*; keep the one that "
+                                        r"holds the query ids .*df\.drop\(columns=\['qid'\]\) keeps 'query-id', "
+                                        r"df\.drop\(columns=\['query-id'\]\) keeps 'qid'"):
         TrainSet(queries, _frame(qrels).assign(qid=1))
     run_frame = Run.from_dict({"11": {"1000": 0.5}}).to_pandas()
     with pytest.raises(DataError, match=r"a run's \(Run\.to_pandas.*not judgements"):
