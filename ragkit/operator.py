@@ -81,7 +81,7 @@ if TYPE_CHECKING:  # (pandas: the hints only; it is optional)
     from ragkit.run import Run
 
 __all__ = ["Operator", "FORMAT_VERSION", "after_fit", "atomic_dir", "write_json", "read_json", "call_checked",
-           "check_state", "check_result", "options_checked", "refuse_unapplied_filter"]
+           "check_state", "check_result", "cut_to_k", "options_checked", "refuse_unapplied_filter"]
 
 CHECKSUMS = "checksums.json"  # written by Operator.save beside params.json
 TRAINED = "trained_queries"  # <TRAINED>.npy beside params.json: digests of the queries a fit learned from
@@ -230,15 +230,30 @@ def call_checked(op: "Operator", state: State, call: Callable[[State], State]) -
     """``call(state)``, with ``state.options`` first checked and converted by ``op.checked_options``
     when ``op`` is the outermost operator called (not one run inside a search or another operator's
     call, whose options were checked there).  Calling an operator directly on a ``State`` that carries
-    options (``pipe(State(queries, options={"bm25": {"kk": 3}}))``) thus refuses what ``search``
-    refuses, instead of ignoring a misspelt option.  Anything but a ``State`` is a ``TypeError``
-    (:func:`check_state`)."""
+    options (``pipe(State(queries, options={"bm25": {"kk": 3}})``) thus refuses what ``search``
+    refuses, instead of ignoring a misspelt option, and reads them as ``search`` reads its keywords:
+    a top-level ``k`` is the final number of results per query, as ``search(queries, k=...)``'s (every
+    step fetches or keeps at least ``k``, and the outermost call's rankings are cut to ``k``:
+    :func:`cut_to_k`).  Anything but a ``State`` is a ``TypeError`` (:func:`check_state`)."""
     check_state(op, state)
     if not state.options or _OPTIONS_CHECKED.get():
         return call(state)
     state = replace(state, options=op.checked_options(state.options))
     with options_checked():
-        return call(state)
+        out = call(state)
+    return cut_to_k(out, state.options.get("k"))
+
+
+def cut_to_k(state: State, k: int | None) -> State:
+    """``state`` with each ranking cut to its first ``k`` documents (:meth:`Ranking.head
+    <ragkit.types.Ranking.head>`), as :meth:`Pipeline.search <ragkit.pipelines.Pipeline.search>` cuts its
+    results to the call's ``k``; ``state`` itself when ``k`` is ``None`` (no final number given) or it holds
+    no rankings.  ``k`` is the checked top-level ``k`` (:func:`~ragkit.options.positive_k`).  A new
+    ``State`` (its input is not changed): one ``head`` per query, which returns the ranking itself when
+    it holds ``k`` or fewer."""
+    if k is None or state.rankings is None:
+        return state
+    return replace(state, rankings=[r.head(k) for r in state.rankings])
 
 
 class _ParamsSignature:
@@ -576,24 +591,39 @@ class Operator:
         Accepts everything by default."""
 
     def checked_options(self, options: Mapping[str, Any]) -> dict[str, Any]:
-        """``options`` of a :class:`State` this operator is called on directly, with the names
-        checked: under this operator's name (and its :meth:`option_children`'), every option must be
-        one the class declares (:func:`~ragkit.options.check_option_names`), so a misspelt option
-        raises :class:`~ragkit.errors.ParamError` (``options.bm25.kk: unknown option ...``) instead
-        of being ignored.  The values are checked where the operator reads them, as before (a
-        composite, the whole pipeline, checks and converts them as ``search`` does); other operator
-        names pass through: a single operator is also called with the options of the pipeline
-        around it (a shard's retriever on a Ray worker)."""
-        from ragkit.options import check_option_names, option_readers
+        """``options`` of a :class:`State` this operator is called on directly, checked as ``search``
+        checks its keywords before any work, so that a misspelt name raises
+        :class:`~ragkit.errors.ParamError` instead of being ignored:
+
+        * ``k`` by the rule of the call's ``k`` (:func:`~ragkit.options.positive_k`; ``options.k:
+          expected a positive integer, got 'ten'``), converted to an ``int``;
+        * under this operator's name (and its :meth:`option_children`'), every option must be one the
+          class declares (:func:`~ragkit.options.check_option_names`: ``options.bm25.kk: unknown option
+          ...``); the values, and ``filter``'s, are checked where the operator reads them, as before
+          (a composite, the whole pipeline, checks and converts them all as ``search`` does);
+        * any other key that is not an operator's registry name is refused as ``search`` refuses it
+          (:func:`~ragkit.options.check_options`: ``options 'kk': not an option; expected k, filter, or an
+          operator name: bm25 (did you mean 'k'?)``).  Another operator's name passes through: a single
+          operator is also called with the options of the pipeline around it (a shard's retriever on a Ray
+          worker).
+
+        Runs once per call, not per query."""
+        from ragkit import registry
+        from ragkit.options import _positive_k, check_option_names, check_options, option_readers
 
         readers: dict[str, list[Operator]] = {}
         for _, op in option_readers(self):
             if op.name:
                 readers.setdefault(op.name, []).append(op)
-        for name, ops in readers.items():
-            if name in options:
-                check_option_names(name, options[name], ops, "options.")
-        return dict(options)
+        out = dict(options)
+        for key, value in options.items():
+            if key == "k":
+                out[key] = _positive_k(value, "options.")  # (the one rule of a run-time k, as search's)
+            elif key in readers:
+                check_option_names(key, value, readers[key], "options.")
+            elif key != "filter" and not (isinstance(key, str) and key in registry.names()):
+                check_options(self, {key: value}, where="options.")  # refuses it, worded as search's refusal
+        return out
 
     def option_children(self) -> list[tuple[str, "Operator"]]:
         """Operators that read this operator's run-time options but are not its :meth:`children`,

@@ -2098,7 +2098,12 @@ class State:
     branches : list of (name, rankings) or None
         The rankings of each branch of a :class:`~ragkit.pipelines.Parallel`, for fusers.
     options : dict
-        Run-time overrides (``k``, ``filter``, ``{"<op name>": {param: value}}``).
+        Run-time overrides, read as ``search`` reads its keywords: ``k`` (the final number of results per
+        query: every step fetches or keeps at least ``k``, and the outermost operator called on the State
+        cuts its rankings to ``k``), ``filter``, ``{"<op name>": {option: value}}``.  The outermost operator
+        called on it checks them first (:meth:`Operator.checked_options
+        <ragkit.operator.Operator.checked_options>`): a key or option ``search`` would refuse is a
+        :class:`~ragkit.errors.ParamError`.
     trace : list of TraceEvent or None
         Filled when tracing is on.
     qrels : Qrels or None
