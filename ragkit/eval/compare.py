@@ -46,7 +46,7 @@ from ragkit.eval.metrics import (
     unjudged_note,
 )
 from ragkit.run import Run
-from ragkit.types import check_qrels
+from ragkit.types import as_qrels
 
 __all__ = ["SystemResult", "Comparison", "compare", "load_result", "holm", "pipeline_kind", "eval_command",
            "scored_qrels_fingerprint"]
@@ -146,7 +146,7 @@ class SystemResult:
                         f"{', '.join(self.per_query) or 'none'}")
 
 
-def load_result(path: str | os.PathLike[str], *, qrels: Mapping[str, Mapping[str, int]] | None = None,
+def load_result(path: str | os.PathLike[str], *, qrels: Mapping[str, Mapping[str, int]] | Any | None = None,
                 metrics: Sequence[str] = DEFAULT_COMPARE_METRICS,
                 name: str | None = None, dataset: str | None = None, split: str | None = None,
                 relevance_level: int = 1, ignore_identical_ids: bool = True,
@@ -201,7 +201,7 @@ def load_result(path: str | os.PathLike[str], *, qrels: Mapping[str, Mapping[str
                          f"returns ('sha256-scored:...'), got {type(qrels_fingerprint).__name__} "
                          f"{qrels_fingerprint!r:.60}")
     run = Run.read_trec(path)
-    qrels = check_qrels(qrels, "load_result")  # (once: the scores and the level note read it)
+    qrels = as_qrels(qrels, "load_result")  # (once: the scores and the level note read it)
     judged = [q for q in run.query_ids if q in qrels]
     named = (f"split {split!r}" if split else "", f"dataset {dataset!r}" if dataset else "")
     where = " of ".join(x for x in named if x)

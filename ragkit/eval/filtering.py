@@ -4,20 +4,22 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Mapping
+from typing import Any, Mapping
 
 import numpy as np
 
 from ragkit.errors import DataError
 from ragkit.run import Run
-from ragkit.types import Qrels
+from ragkit.types import Qrels, as_qrels
 
 __all__ = ["FilterReport", "filter_report", "relevance_labels", "expected_calibration_error", "pr_curve",
            "precision_at_recall", "plot_pr_curves"]
 
 
-def relevance_labels(run: Run, qrels: Qrels) -> list[np.ndarray]:
-    """Per query of ``run``, a 0/1 array: is each retrieved document judged relevant (> 0)."""
+def relevance_labels(run: Run, qrels: Qrels | Any) -> list[np.ndarray]:
+    """Per query of ``run``, a 0/1 array: is each retrieved document judged relevant (> 0).  ``qrels`` takes
+    what :func:`~ragkit.eval.evaluate` takes (:func:`~ragkit.types.as_qrels`)."""
+    qrels = as_qrels(qrels, "relevance_labels")
     out = []
     for qid, docs in zip(run.query_ids, run.doc_ids):
         rel = qrels.get(qid, {})
@@ -55,15 +57,17 @@ class FilterReport:
         return asdict(self)
 
 
-def filter_report(filtered: Run, qrels: Qrels, reference: Run | None = None) -> FilterReport:
+def filter_report(filtered: Run, qrels: Qrels | Any, reference: Run | None = None) -> FilterReport:
     """Precision and recall of the kept set of ``filtered`` (only queries present in ``qrels``).
 
     With ``reference`` (the unfiltered run), recall is relative to the relevant documents
     the reference retrieved ("recall within the top-K"), over the reference's judged queries;
     otherwise to all judged relevant, over every query the qrels judge (as :func:`evaluate`
     counts them, trec_eval's ``-c``).  Either way a judged query the filtered run lacks kept
-    nothing: a TREC run file cannot hold the empty list of a query the filter emptied.
+    nothing: a TREC run file cannot hold the empty list of a query the filter emptied.  ``qrels`` takes what
+    :func:`~ragkit.eval.evaluate` takes (a mapping, a DataFrame, a qrels file's path: :func:`~ragkit.types.as_qrels`).
     """
+    qrels = as_qrels(qrels, "filter_report")
     f_at = {q: i for i, q in enumerate(filtered.query_ids)}
     judged = [q for q in filtered.query_ids if q in qrels]
     if reference is None and judged:
