@@ -68,6 +68,7 @@ raises :class:`~ragkit.errors.ArtifactError`.
 
 from __future__ import annotations
 
+import copy
 import io
 import mmap
 import os
@@ -217,6 +218,17 @@ def _whole_map(arr: Any) -> str | None:
     if isinstance(arr, np.memmap) and isinstance(arr.base, mmap.mmap) and arr.filename:
         return str(arr.filename)
     return None
+
+
+def _frozen_array(a: np.ndarray) -> bool:
+    """Whether no one can write into ``a`` without first making it writable: it is read-only, and so is every
+    array it is a view of (a read-only view of a writable buffer changes with the buffer)."""
+    base: Any = a
+    while isinstance(base, np.ndarray):
+        if base.flags.writeable:
+            return False
+        base = base.base
+    return True
 
 
 def _save_npy(path: Path, arr: np.ndarray) -> None:
@@ -439,15 +451,72 @@ class VectorIndex:
         self.built = False
 
     def __getstate__(self) -> dict[str, Any]:
-        state = dict(self.__dict__)
-        state.pop("_ef_lock", None)  # a lock is not copied (pickle, deepcopy): the copy gets its own
-        # nor the spare rows of the codes' buffer (``codes`` is copied alone; the copy's first add regrows it)
-        state.pop("_codes_buf", None)
+        """What a pickle keeps: not the lock (the copy gets its own), nor the spare rows of the codes' buffer
+        (``codes`` is kept alone; the copy's first add regrows it), nor the scratch float vectors file and folder
+        (the original's: the copy, owning none, writes its own at its first edit and never grows or deletes
+        the original's).  The HNSW graph is kept as usearch's bytes (usearch's index does not pickle)."""
+        state = self._state()
+        graph = state.get("usearch")
+        if graph is not None:
+            state["usearch"], state["_view"] = graph.save(), False
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
+        if isinstance(state.get("usearch"), (bytes, bytearray)):  # pickled: the graph restored from its bytes
+            self.usearch = self._restore(state["usearch"], view=False)
         self._ef_lock = ReadWriteLock()
+
+    def _state(self) -> dict[str, Any]:
+        """The attributes a copy (pickle, deepcopy) takes as they are: less the lock, the codes' spare buffer and
+        the ownership of the scratch float vectors file and folder."""
+        state = dict(self.__dict__)
+        state.pop("_ef_lock", None)
+        state.pop("_codes_buf", None)
+        state["_tmp"] = state["_floats_own"] = None
+        return state
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> "VectorIndex":
+        """A copy that no edit of either changes: the HNSW graph its own (:meth:`_copy_graph`: a fresh view of the
+        file the original maps, unchanged since ``load``, else ``Index.copy``), read-only arrays (memory maps:
+        the codes of ``load(mmap=True)``, the float vectors of ``rescore``) shared (an edit replaces them, never
+        writes into them), and no scratch file of the original: the copy writes its own at its first ``add`` /
+        ``compact`` (from the shared map, which stays readable when the original is collected and its scratch
+        folder removed)."""
+        new = type(self).__new__(type(self))
+        memo[id(self)] = new
+        state = self._state()
+        graph = state.get("usearch")
+        if graph is not None:
+            if id(graph) in memo:  # (a graph copied already: a view or not, an add copies a view first)
+                state["usearch"], state["_view"] = memo[id(graph)], getattr(self, "_view", False)
+            else:
+                state["usearch"], state["_view"] = self._copy_graph()
+                memo[id(graph)] = state["usearch"]
+        for key, value in state.items():
+            if isinstance(value, np.ndarray) and _frozen_array(value):
+                memo.setdefault(id(value), value)
+            if key != "usearch":
+                state[key] = copy.deepcopy(value, memo)
+        new.__setstate__(state)
+        return new
+
+    def _copy_graph(self) -> tuple[Index, bool]:
+        """A copy of the HNSW graph that an edit of either leaves alone, and whether it is a read-only view.
+
+        A graph mapped read-only from its file (``load(mmap=True)``) is mapped again from that file (nothing
+        read into memory) while the file is the one loaded; one whose file changed since, from the mapped
+        memory into memory; a graph in memory, ``Index.copy`` (a deep copy of usearch's index fails)."""
+        graph = self._graph()
+        path = getattr(self, "_view_path", None)
+        if getattr(self, "_view", False):
+            if path is not None and self._mapped.get(path) is not None and _file_id(path) == self._mapped[path]:
+                fresh = self._restore(str(path), view=True)
+                if fresh is not None:
+                    return fresh, True
+            # (usearch types save() as bytes | None: None only when saving to a path)
+            return self._restore(graph.save(), view=False), False  # type: ignore[arg-type, return-value]
+        return graph.copy(), False
 
     # ------------------------------------------------------------------ config
     def config(self) -> dict[str, Any]:

@@ -35,7 +35,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, NamedTuple
+from typing import TYPE_CHECKING, Any, Mapping, NamedTuple, TypeVar
 
 import numpy as np
 from langchain_core.callbacks import (
@@ -398,53 +398,29 @@ def _same_value(u: Any, v: Any) -> bool:
         return False
 
 
-def _sharing_copy(op: Operator) -> Operator:
-    """A deep copy of the fitted ``op`` that shares with it what no edit of either changes in place, so that a
-    large pipeline is not held twice and a memory-mapped one (``Operator.load(..., mmap=True)``) is not read into
-    memory: its read-only arrays (:func:`_frozen_array`: memory maps opened read-only, a corpus's columns) and
-    its :class:`Corpus` objects (immutable: ``add`` / ``remove`` make new ones).  An edit of the copy (the
-    retriever's ``add_documents`` / ``delete``) replaces those arrays rather than writing into them, and writing
-    into a read-only array fails whoever tries it, so the caller's pipeline searches as before.
+_T = TypeVar("_T")
 
-    An HNSW graph (a usearch index), which an ``add`` grows in place, is the copy's own: a graph mapped
-    read-only from its file (``mmap=True``) is mapped again from the same file (a view: nothing read into
-    memory) while the file is the one loaded, else copied into memory (``Index.copy``; a deep copy of
-    usearch's index fails).  The copy's float vectors file (``rescore``) stays the caller's: the copy writes a
-    grown one to its own scratch folder, and never grows or deletes the caller's."""
-    from ragkit.retrievers._index import VectorIndex, _file_id
 
-    memo: dict[int, Any] = {}
-    indexes: list[VectorIndex] = []
-    for obj in _reachable(op):
-        if isinstance(obj, Corpus) or (isinstance(obj, np.ndarray) and _frozen_array(obj)):
-            memo[id(obj)] = obj
-        elif isinstance(obj, VectorIndex):
-            indexes.append(obj)
-    viewed: dict[int, bool] = {}
-    for ix in indexes:
-        graph = getattr(ix, "usearch", None)
-        if graph is None or id(graph) in memo:
-            continue
-        path = getattr(ix, "_view_path", None)
-        fresh = (getattr(ix, "_view", False) and path is not None and ix._mapped.get(path) is not None
-                 and _file_id(path) == ix._mapped.get(path))
-        if fresh:  # the file loaded, unchanged: mapped again (the copy's own view; an add copies it into memory)
-            memo[id(graph)] = ix._restore(str(path), view=True)
-        elif getattr(ix, "_view", False):  # the file changed since: the graph as mapped, into memory
-            memo[id(graph)] = ix._restore(graph.save(), view=False)
-        else:
-            memo[id(graph)] = graph.copy()
-        viewed[id(ix)] = bool(fresh)
-    new = copy.deepcopy(op, memo)
-    for ix in indexes:
-        twin = memo.get(id(ix))
-        if twin is None or twin is ix:
-            continue
-        twin._tmp = None  # (the caller's scratch folder, removed with the caller's index)
-        twin._floats_own = None  # a file the copy does not own: copied when it grows, never deleted by it
-        if id(ix) in viewed:
-            twin._view = viewed[id(ix)]
-    return new
+def _sharing_copy(obj: _T, memo: dict[int, Any] | None = None) -> _T:
+    """A deep copy of ``obj`` (a fitted operator, or a retriever's state holding one) that shares with it what no
+    edit of either changes in place, so that a large pipeline is not held twice and a memory-mapped one
+    (``Operator.load(..., mmap=True)``) is not read into memory: its read-only arrays (:func:`_frozen_array`:
+    memory maps opened read-only, a corpus's columns) and its :class:`Corpus` objects (immutable: ``add`` /
+    ``remove`` make new ones).  An edit of the copy (the retriever's ``add_documents`` / ``delete``) replaces those
+    arrays rather than writing into them, and writing into a read-only array fails whoever tries it, so the
+    caller's pipeline searches as before.  ``memo``: the memo of an enclosing :func:`copy.deepcopy`.
+
+    A vector index (:class:`~ragkit.retrievers._index.VectorIndex`) copies itself (its ``__deepcopy__``): its
+    HNSW graph, which an ``add`` grows in place, is the copy's own (a fresh view of the file it maps, unchanged
+    since ``load``, else ``Index.copy``), and its float vectors file (``rescore``) stays the caller's: the copy
+    writes a grown one to its own scratch folder, and never grows or deletes the caller's."""
+    from ragkit.retrievers._index import _frozen_array
+
+    memo = {} if memo is None else memo
+    for item in _reachable(obj):
+        if isinstance(item, Corpus) or (isinstance(item, np.ndarray) and _frozen_array(item)):
+            memo.setdefault(id(item), item)
+    return copy.deepcopy(obj, memo)
 
 
 #: containers longer than this are data (a vocabulary, a list of ids), not the structure of a pipeline:
@@ -478,17 +454,6 @@ def _reachable(root: Any, max_depth: int = 12) -> Iterator[Any]:
         else:
             items = (vars(obj).values() if isinstance(getattr(obj, "__dict__", None), dict) else ())
         stack.extend((item, depth + 1) for item in list(items))
-
-
-def _frozen_array(a: np.ndarray) -> bool:
-    """Whether no one can write into ``a`` without first making it writable: it is read-only, and so is every
-    array it is a view of (a read-only view of a writable buffer changes with the buffer)."""
-    base: Any = a
-    while isinstance(base, np.ndarray):
-        if base.flags.writeable:
-            return False
-        base = base.base
-    return True
 
 
 def _refuse_untrained_fit(op: Operator, given: str) -> None:
@@ -967,7 +932,7 @@ class RagkitRetriever(BaseRetriever):
         ``self`` unchanged.  An unknown field is a :class:`ParamError`."""
         if update:
             refuse_unknown_arguments(type(self), dict(update), {key: "did you mean k?" for key in ("top_k", "n")})
-        new = super().model_copy(deep=deep)
+        new = copy.deepcopy(self) if deep else super().model_copy()  # (deep: pydantic's own skips __deepcopy__)
         if update:
             new._assign(dict(update))
         return new
@@ -1025,9 +990,19 @@ class RagkitRetriever(BaseRetriever):
         self._lock = lock_of(self.pipeline)
 
     def __deepcopy__(self, memo: dict[int, Any] | None = None) -> "RagkitRetriever":
-        """A copy with its own pipeline, documents and lock (as a pickle round trip makes it)."""
+        """A copy with its own pipeline, documents and lock (:func:`_sharing_copy`: its read-only arrays, memory
+        maps and corpus shared with this one, its HNSW graphs and float-vectors files its own; no edit of either
+        shows in the other), copied under the lock to read: an edit on another thread comes before or after."""
         new = type(self).__new__(type(self))
-        new.__setstate__(copy.deepcopy(self.__getstate__(), memo))
+        if memo is not None:
+            memo[id(self)] = new
+        private = getattr(self, "__pydantic_private__", None) or {}
+        if "_lock" in private:
+            with self._holding(write=False):
+                state = _sharing_copy(self.__getstate__(), memo)
+        else:  # (not built: nothing to hold)
+            state = _sharing_copy(self.__getstate__(), memo)
+        new.__setstate__(state)
         return new
 
     def save(self, path: str | os.PathLike[str]) -> None:
