@@ -252,6 +252,9 @@ class RagkitGenerator(RunnableSerializable[dict[str, Any], str]):
         question, docs = x["question"], x[key]
         if not isinstance(question, str):
             raise ParamError(f"{where}: 'question' is {_describe(question)}; expected a str", "question")
+        if not question.strip():  # (as ``ragkit ask`` refuses it: the model would answer a question never asked)
+            raise ParamError(f"{where}: 'question' is {_describe(question)}; expected a question, got an empty one",
+                             "question")
         if isinstance(docs, (str, bytes)):
             raise ParamError(f"{where}: {key!r} is one {type(docs).__name__} ({docs[:40]!r}...); expected a list of "
                              "Documents or strings, one per chunk (a context joined into one string is one chunk: "
