@@ -907,10 +907,14 @@ class _ShardActor:
         once per call, not once per shard."""
         if self.error is not None:
             raise _Permanent(self.error)
+        from ragkit.operator import options_checked
+
         vectors: dict[str, Any] = {}
         out = []
         for op in self.ops:
-            sub = op(State(list(queries), options=options, vectors=vectors, values=dict(values or {})))
+            with options_checked():  # a step of the driver's sharded search, which checked the options and cuts
+                # to the call's k itself: not an outermost call cutting its rankings to options["k"]
+                sub = op(State(list(queries), options=options, vectors=vectors, values=dict(values or {})))
             vectors.update(sub.vectors)
             out.append(_flat(sub, op.name))
         return out

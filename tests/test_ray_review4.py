@@ -184,6 +184,25 @@ def test_a_shard_actor_encodes_the_queries_once_for_all_its_shards(tmp_path):
         unregister_encoder("test-rr4-count")
 
 
+def test_a_shard_actor_keeps_each_shards_own_deeper_k(tmp_path):
+    """An operator called on a State cuts its rankings to a top-level ``options["k"]`` when it is the outermost
+    call; a shard actor's call is a step of the driver's search (which cuts to the call's k itself), so a shard's
+    own deeper k (``dense: {k: 8}``) was cut to the sharded k (5)."""
+    from ragkit.encoders import register_encoder, unregister_encoder
+
+    register_encoder("test-rr4-deep", _CountingEncoder(), replace=True)
+    try:
+        corpus = word_corpus(40)
+        sh = Sharded(retriever={"dense": {"model": "test-rr4-deep"}}, n_shards=4, k=5, backend="local",
+                     workdir=str(tmp_path)).fit(corpus)
+        corpora = [corpus.subset(np.arange(a, b)) for a, b in zip(sh.bounds_[:-1], sh.bounds_[1:])]
+        actor = scale._ShardActor(sh.folders_, *corpora)
+        parts = actor.search(QUERIES, {"k": 5, "dense": {"k": 8}})
+        assert {int(n) for _, _, lengths in parts for n in lengths} == {8}
+    finally:
+        unregister_encoder("test-rr4-deep")
+
+
 # ---------------------------------------------------------------- 4. the flat merge
 def _old_merge(parts, k):
     """The merge before: one lexsort of every query's candidates by (query, -score, row)."""
