@@ -1315,30 +1315,34 @@ _STRUCT_BUILDERS = {"parallel": _build_parallel, "route": _build_route, "loop": 
 
 
 # ---------------------------------------------------------------------- dumping
-def to_node(op: Operator) -> Any:
-    """The YAML node of an operator tree (a list for a linear pipeline)."""
+def to_node(op: Operator, full: bool = False) -> Any:
+    """The YAML node of an operator tree (a list for a linear pipeline): each operator's parameters that differ
+    from their defaults, or with ``full`` every parameter, defaults included (JSON values), and a parallel's
+    fuser and branch names even where the YAML leaves them implicit (what ``ragkit eval -o`` records as
+    ``pipeline_resolved``)."""
     if isinstance(op, Pipeline):
-        return [to_node(s) for s in op.steps]
+        return [to_node(s, full) for s in op.steps]
     if isinstance(op, Parallel):
-        node: dict[str, Any] = {"branches": [to_node(b) for b in op.branches]}
-        if not op.implicit_fuse:
-            node["fuse"] = to_node(op.fuse)
+        node: dict[str, Any] = {"branches": [to_node(b, full) for b in op.branches]}
+        if full or not op.implicit_fuse:
+            node["fuse"] = to_node(op.fuse, full)
         from ragkit.pipelines._compose import unique_names
 
-        if op.names != unique_names(op.branches):
+        if full or op.names != unique_names(op.branches):
             node["names"] = list(op.names)
         return {"parallel": node}
     if isinstance(op, Route):
-        node = {"router": to_node(op.router), "branches": {k: to_node(v) for k, v in op.branches.items()}}
+        node = {"router": to_node(op.router, full),
+                "branches": {k: to_node(v, full) for k, v in op.branches.items()}}
         if op.default_label is not None:
             node["default"] = op.default_label
         elif op.default is not None:
-            node["default"] = to_node(op.default)
+            node["default"] = to_node(op.default, full)
         return {"route": node}
     if isinstance(op, Loop):
-        return {"loop": {"body": to_node(op.body), "until": to_node(op.until), "max_iters": op.max_iters}}
+        return {"loop": {"body": to_node(op.body, full), "until": to_node(op.until, full), "max_iters": op.max_iters}}
     registry.check_registered(op, f"to_yaml: {op.name!r}")
-    return {op.name: op.params.non_default()}
+    return {op.name: op.params.model_dump(mode="json") if full else op.params.non_default()}
 
 
 def dump_yaml(pipe: Pipeline) -> str:

@@ -50,28 +50,10 @@ def resolved_pipeline(pipe: Any) -> Any:
     list of steps, ``{"parallel": {...}}``, ``{"route": {...}}``, ``{"loop": {...}}``, ``{name: params}``) with
     every parameter of every operator, defaults included (``{"bm25": {"k": 1000, "k1": 0.9, ...}}``, not
     ``{"bm25": {}}``); a parallel's fuser and branch names are given even where the YAML leaves them implicit.
-    A composite of another kind is ``{its class name: {"steps": [...]}}``."""
-    from ragkit.pipelines._compose import Composite, Loop, Parallel, Pipeline, Route
+    (:func:`ragkit.pipelines.yaml.to_node` with ``full``)."""
+    from ragkit.pipelines.yaml import to_node
 
-    if isinstance(pipe, Pipeline):
-        return [resolved_pipeline(s) for s in pipe.steps]
-    if isinstance(pipe, Parallel):
-        return {"parallel": {"branches": [resolved_pipeline(b) for b in pipe.branches],
-                             "fuse": resolved_pipeline(pipe.fuse), "names": list(pipe.names)}}
-    if isinstance(pipe, Route):
-        node: dict[str, Any] = {"router": resolved_pipeline(pipe.router),
-                                "branches": {k: resolved_pipeline(v) for k, v in pipe.branches.items()}}
-        if pipe.default_label is not None:
-            node["default"] = pipe.default_label
-        elif pipe.default is not None:
-            node["default"] = resolved_pipeline(pipe.default)
-        return {"route": node}
-    if isinstance(pipe, Loop):
-        return {"loop": {"body": resolved_pipeline(pipe.body), "until": resolved_pipeline(pipe.until),
-                         "max_iters": pipe.max_iters}}
-    if isinstance(pipe, Composite):
-        return {type(pipe).__name__: {"steps": [resolved_pipeline(c) for c in pipe.children()]}}
-    return {pipe.name: pipe.params.model_dump(mode="json")}
+    return to_node(pipe, full=True)
 
 
 # ---------------------------------------------------------------------------------------------- versions
