@@ -231,3 +231,15 @@ def bench_module(name: str):
         for mod in set(sys.modules) - before:
             if str(getattr(sys.modules[mod], "__file__", "") or "").startswith(str(REPO / "bench")):
                 del sys.modules[mod]
+
+
+@pytest.fixture
+def scratch():
+    """The operator registry as it was before the test: the names a test registers are removed after it."""
+    from ragkit import registry
+
+    registry.load_all()
+    before = dict(registry._REGISTRY)
+    yield
+    registry._REGISTRY.clear()
+    registry._REGISTRY.update(before)

@@ -14,22 +14,13 @@ import logging
 import re
 
 import pytest
+from test_trainset_review import RRF_YAML, TOPICS, _corpus
 
-from ragkit import Corpus, Queries, Run, TrainSet, evaluate
+from ragkit import Queries, Run, TrainSet, evaluate
 from ragkit.errors import DataError
 from ragkit.pipelines import Pipeline
 
 pd = pytest.importorskip("pandas")
-
-TOPICS = ["stem cells", "protein folding", "vitamin d", "bone density", "insulin resistance", "gut bacteria",
-          "blood pressure", "tumour growth", "sleep apnea", "heart failure"]
-RRF_YAML = ("pipeline:\n  - parallel:\n      branches: [{bm25: {k: 10}}, {bm25: {k: 10, k1: 1.5}}]\n"
-            "      fuse: {rrf: {learn: true}}\n")
-
-
-def _corpus() -> Corpus:
-    texts = [f"{t} {w}" for t in TOPICS for w in ("study in patients", "trial results", "review of mechanisms")]
-    return Corpus(ids=[str(1000 + i) for i in range(len(texts))], texts=texts)
 
 
 def _queries(n: int = len(TOPICS)) -> Queries:

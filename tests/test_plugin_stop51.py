@@ -24,16 +24,6 @@ from ragkit.retrievers import BM25
 CORPUS = Corpus(ids=[f"d{i}" for i in range(5)], texts=["cat a", "cat b", "dog", "cat dog", "fish"])
 
 
-@pytest.fixture
-def scratch():
-    """The registry as it was before the test: the names a test registers are removed after it."""
-    registry.load_all()
-    before = dict(registry._REGISTRY)
-    yield
-    registry._REGISTRY.clear()
-    registry._REGISTRY.update(before)
-
-
 class _P(Params):
     w: float = 1.0
 

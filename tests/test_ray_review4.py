@@ -160,6 +160,16 @@ class _CountingEncoder:
         return self.encode(texts)
 
 
+def _shard_actor(model: str, tmp_path):
+    """A 4-shard local ``dense`` over 40 documents of ``model`` and a shard actor (not on Ray) serving its
+    shards: ``(sharded, actor)``."""
+    corpus = word_corpus(40)
+    sh = Sharded(retriever={"dense": {"model": model}}, n_shards=4, k=5, backend="local",
+                 workdir=str(tmp_path)).fit(corpus)
+    corpora = [corpus.subset(np.arange(a, b)) for a, b in zip(sh.bounds_[:-1], sh.bounds_[1:])]
+    return sh, scale._ShardActor(sh.folders_, *corpora)
+
+
 def test_a_shard_actor_encodes_the_queries_once_for_all_its_shards(tmp_path):
     """The actor's shards share one dict of query vectors, as a local search's do (it built a State per shard, so
     a dense encoded the query batch once per shard it served)."""
@@ -168,11 +178,7 @@ def test_a_shard_actor_encodes_the_queries_once_for_all_its_shards(tmp_path):
     enc = _CountingEncoder()
     register_encoder("test-rr4-count", enc, replace=True)
     try:
-        corpus = word_corpus(40)
-        sh = Sharded(retriever={"dense": {"model": "test-rr4-count"}}, n_shards=4, k=5, backend="local",
-                     workdir=str(tmp_path)).fit(corpus)
-        corpora = [corpus.subset(np.arange(a, b)) for a, b in zip(sh.bounds_[:-1], sh.bounds_[1:])]
-        actor = scale._ShardActor(sh.folders_, *corpora)
+        sh, actor = _shard_actor("test-rr4-count", tmp_path)
         assert actor.error is None
         enc.query_calls = 0
         parts = actor.search(QUERIES, {"k": 5})
@@ -192,11 +198,7 @@ def test_a_shard_actor_keeps_each_shards_own_deeper_k(tmp_path):
 
     register_encoder("test-rr4-deep", _CountingEncoder(), replace=True)
     try:
-        corpus = word_corpus(40)
-        sh = Sharded(retriever={"dense": {"model": "test-rr4-deep"}}, n_shards=4, k=5, backend="local",
-                     workdir=str(tmp_path)).fit(corpus)
-        corpora = [corpus.subset(np.arange(a, b)) for a, b in zip(sh.bounds_[:-1], sh.bounds_[1:])]
-        actor = scale._ShardActor(sh.folders_, *corpora)
+        _, actor = _shard_actor("test-rr4-deep", tmp_path)
         parts = actor.search(QUERIES, {"k": 5, "dense": {"k": 8}})
         assert {int(n) for _, _, lengths in parts for n in lengths} == {8}
     finally:

@@ -27,16 +27,6 @@ def _keys_at(text: str, indent: int) -> list[str]:
     return re.findall(rf"^ {{{indent}}}(\w+): ", text, flags=re.MULTILINE)
 
 
-@pytest.fixture
-def scratch():
-    """The registry as it was before the test: the names a test registers are removed after it."""
-    registry.load_all()
-    before = dict(registry._REGISTRY)
-    yield
-    registry._REGISTRY.clear()
-    registry._REGISTRY.update(before)
-
-
 def test_every_operator_describes_every_field_of_its_params_model():
     for name in registry.names():
         text = describe(name)
