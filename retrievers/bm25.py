@@ -225,14 +225,15 @@ _CHECK_CHUNK = 10_000
 
 #: Dense score blocks (:meth:`BM25._topk_dense`) are at most this many float64 cells (8 MB); larger batches are
 #: chunked.  The sparse path's blocks (:func:`_query_blocks`) hold at most about this many postings of their
-#: queries' terms (the product's entries, 8 bytes of score and 4 of document id each, and a few temporaries).
+#: queries' terms, at most the documents a query (the product's entries, 8 bytes of score and 4 of document id
+#: each, and a few temporaries; or the cells of the dense rows of :func:`_wide_topk`).
 _BLOCK_CELLS = 1_000_000
 _MIN_TASK_CELLS = 100_000
 #: Per query, the postings :func:`_query_blocks` counts on top of its terms' (a block's fixed costs)
 _QUERY_COST = 64
-#: A query whose candidates (matching documents that pass the filter) exceed this share of the documents is ranked
-#: from a dense row of every document (:func:`_dense_topk`), cheaper there than sorting its entries; the others from
-#: their entries alone (:func:`_sparse_topk`).  Both give the same rankings.
+#: A query whose candidates (matching documents that pass the filter) exceed this share of the documents (and ``k``)
+#: is ranked from a dense row of every document (:func:`_wide_topk`), cheaper there than sorting its entries; the
+#: others from their entries alone (:func:`_sparse_topk`).  Both give the same rankings.
 _DENSE_SHARE = 0.25
 #: Search through :meth:`BM25._topk_dense` (a dense row of every document per query), the path before
 #: :func:`_sparse_topk`: for the tests and ``bench/bm25_sparse_topk.py``, which compare the two
@@ -258,19 +259,27 @@ def _index_dtype(nnz: int, n: int) -> type:
     return np.int32 if max(nnz, n) < np.iinfo(np.int32).max else np.int64
 
 
-def _query_blocks(q: sp.csr_matrix, wt: sp.csr_matrix, n_jobs: int) -> list[int]:
-    """Row bounds ``[0, ..., n_q]`` of the blocks of queries ``q`` that :meth:`BM25._search_index` answers at once:
-    each holds about :data:`_BLOCK_CELLS` postings of its queries' terms (``wt``'s rows; an upper bound of the
-    product's entries, so a block's memory is bounded) plus :data:`_QUERY_COST` per query; with ``n_jobs > 1`` at
-    least ``n_jobs`` blocks where the batch holds ``n_jobs`` times :data:`_MIN_TASK_CELLS`.  A query of more
-    postings than a block is a block alone."""
-    n_q = q.shape[0]
-    if not n_q:
-        return [0, 0]
+def _postings_per_query(q: sp.csr_matrix, wt: sp.csr_matrix) -> np.ndarray:
+    """Per query of ``q`` (int64), the postings of its terms in ``wt`` (terms x docs): an upper bound of the
+    documents it matches (its row of ``q @ wt``, the zero-score matches of :func:`_with_zero_matches` included:
+    those are postings of its terms too).  One pass over ``q``'s entries."""
     df = np.diff(wt.indptr).astype(np.int64)
     upto = np.zeros(q.nnz + 1, np.int64)
     np.cumsum(df[q.indices], out=upto[1:])
-    cost = upto[q.indptr[1:]] - upto[q.indptr[:-1]] + _QUERY_COST
+    return upto[q.indptr[1:]] - upto[q.indptr[:-1]]
+
+
+def _query_blocks(q: sp.csr_matrix, wt: sp.csr_matrix, n_jobs: int) -> list[int]:
+    """Row bounds ``[0, ..., n_q]`` of the blocks of queries ``q`` that :meth:`BM25._search_index` answers at once:
+    each holds about :data:`_BLOCK_CELLS` postings of its queries' terms (``wt``'s rows), at most the documents a
+    query (an upper bound of the product's entries, and of a dense row's cells: a block's memory is bounded; a block
+    of queries matching most of the corpus holds as many as :meth:`BM25._topk_dense`'s did), plus
+    :data:`_QUERY_COST` per query; with ``n_jobs > 1`` at least ``n_jobs`` blocks where the batch holds ``n_jobs``
+    times :data:`_MIN_TASK_CELLS`.  A query of more postings than a block is a block alone."""
+    n_q = q.shape[0]
+    if not n_q:
+        return [0, 0]
+    cost = np.minimum(_postings_per_query(q, wt), wt.shape[1]) + _QUERY_COST
     ends = np.cumsum(cost)
     target = _BLOCK_CELLS
     if n_jobs > 1:
@@ -302,16 +311,6 @@ def _with_zero_matches(m: sp.csr_matrix, h: sp.csr_matrix) -> sp.csr_matrix:
     return out
 
 
-def _take_rows(ptr: np.ndarray, data: np.ndarray, cols: np.ndarray,
-               rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The CSR arrays ``(ptr int64, data, cols)`` of the rows ``rows`` of the CSR arrays given."""
-    lens = np.diff(ptr)[rows]
-    src = np.repeat(ptr[rows], lens) + group_positions(lens)
-    out = np.zeros(len(rows) + 1, np.int64)
-    np.cumsum(lens, out=out[1:])
-    return out, data[src], cols[src]
-
-
 def _sorted_rows(ptr: np.ndarray, data: np.ndarray, cols: np.ndarray,
                  n_cols: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The CSR arrays with each row's entries by ascending column (scipy's ``sort_indices``, in place)."""
@@ -320,21 +319,78 @@ def _sorted_rows(ptr: np.ndarray, data: np.ndarray, cols: np.ndarray,
     return np.asarray(m.indptr, np.int64), m.data, m.indices
 
 
-def _dense_topk(ptr: np.ndarray, data: np.ndarray, cols: np.ndarray, n_cols: int,
-                k: int) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`_sparse_topk` of rows holding much of the corpus: each scattered into a dense row of ``n_cols``
-    cells (``-inf`` where it holds no entry), :func:`topk_rows` over it; in chunks of about :data:`_BLOCK_CELLS`
-    cells."""
-    n_q = len(ptr) - 1
+def _is_wide(candidates: np.ndarray, n_cols: int, k: int) -> np.ndarray:
+    """Which rows of ``candidates`` (per query, its candidates among ``n_cols`` documents) are ranked from a dense
+    row (:func:`_wide_topk`): more than :data:`_DENSE_SHARE` of the documents and more than ``k``, so that no
+    ``-inf`` cell of a dense row is ever at the cut (a tie there re-picked the row: a pass over it)."""
+    return (candidates > _DENSE_SHARE * n_cols) & (candidates > k)
+
+
+def _merge_rows(n_q: int, parts: list[tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]]) -> tuple[np.ndarray,
+                                                                                                  np.ndarray]:
+    """One ``(rows int64, scores float32)`` top-k of ``n_q`` queries from ``parts``: ``(positions, (rows,
+    scores))`` each, the top-k of the queries at ``positions``; as wide as the widest, padded with ``-inf``."""
+    width = max((r.shape[1] for _, (r, _) in parts), default=0)
+    out_rows = np.zeros((n_q, width), np.int64)
+    out_sc = np.full((n_q, width), -np.inf, np.float32)
+    for at, (r, sc) in parts:  # (a loop over the parts: two or three)
+        out_rows[at, :r.shape[1]] = r
+        out_sc[at, :r.shape[1]] = sc
+    return out_rows, out_sc
+
+
+def _scatter(s: np.ndarray, m: sp.csr_matrix, values: np.ndarray | float) -> None:
+    """``s[i, j] = values`` at every stored entry ``(i, j)`` of ``m`` (CSR of ``s``'s shape; ``values``: its
+    ``data`` or one number), through flat positions of ``s`` (C-contiguous), not a pair of index arrays."""
+    n_rows, n_cols = s.shape
+    flat = np.repeat(np.arange(n_rows, dtype=np.int64) * n_cols, np.diff(m.indptr)) + m.indices
+    s.reshape(-1)[flat] = values
+
+
+def _wide_topk(q: sp.csr_matrix, wt: sp.csr_matrix, hits: sp.csr_matrix | None, drop: np.ndarray | None,
+               k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Top ``k`` of queries ``q`` whose terms' postings hold much of the corpus (:func:`_postings_per_query`),
+    as :meth:`BM25._topk_dense` takes it: per chunk of about :data:`_BLOCK_CELLS` cells of rows, the product of
+    its queries scattered straight into a dense row of every document (``-inf`` where no query term is held, 0 at
+    the zero-score matches of ``hits``, ``-inf`` where ``drop``), :func:`topk_rows` over it.  A query that turns
+    out to have at most :data:`_DENSE_SHARE` of the documents or ``k`` candidates (:func:`_is_wide`) is ranked
+    from its dense row's candidates by :func:`_sparse_topk` instead, as :meth:`BM25._topk` ranks it: every
+    query takes the route :meth:`BM25._topk` assigns it, and no entry of the product is copied to get there.
+    Returns ``(rows int64, scores float32)`` of shape ``(n_q, k')``, ``-inf`` scores past a row's candidates."""
+    n_q, n_cols = q.shape[0], wt.shape[1]
     step = max(1, _BLOCK_CELLS // max(n_cols, 1))
-    out = []
-    for a in range(0, n_q, step):  # a loop over chunks of rows
+    dropped = None if drop is None else np.flatnonzero(drop)
+    parts = []
+    for a in range(0, n_q, step):  # a loop over chunks of rows (as _topk_dense's blocks), not over queries
         b = min(a + step, n_q)
-        s = np.full((b - a, n_cols), -np.inf)
-        lo, hi = int(ptr[a]), int(ptr[b])
-        s[np.repeat(np.arange(b - a), np.diff(ptr[a:b + 1])), cols[lo:hi]] = data[lo:hi]
-        out.append(topk_rows(s, k))
-    return np.concatenate([r for r, _ in out]), np.concatenate([v for _, v in out])
+        m = (q[a:b] @ wt).tocsr()
+        h = None if hits is None else (q[a:b] @ hits).tocsr()
+        s = np.full(m.shape, -np.inf)
+        if h is not None:  # matches whose weights sum to 0 score 0
+            _scatter(s, h, 0.0)
+        _scatter(s, m, m.data)
+        # candidates: the product's entries without hits and drop; else at least as many as its or hits' entries,
+        # less the documents dropped; counted (a pass over the rows) only where that bound does not settle it
+        least = np.diff(m.indptr)
+        if h is not None:
+            least = np.maximum(least, np.diff(h.indptr))
+        if dropped is not None:
+            s[:, dropped] = -np.inf
+            least = least - len(dropped)
+        wide = _is_wide(least, n_cols, k)
+        if not wide.all() and (h is not None or dropped is not None):
+            wide = _is_wide(np.count_nonzero(s > -np.inf, axis=1), n_cols, k)
+        if wide.all():
+            parts.append((np.arange(a, b), topk_rows(s, k)))
+            continue
+        few = s[~wide]
+        held = few > -np.inf
+        ptr = np.zeros(len(few) + 1, np.int64)
+        np.cumsum(np.count_nonzero(held, axis=1), out=ptr[1:])
+        parts.append((a + np.flatnonzero(~wide), _sparse_topk(ptr, few[held], np.nonzero(held)[1], k)))
+        if wide.any():
+            parts.append((a + np.flatnonzero(wide), topk_rows(s[wide], k)))
+    return _merge_rows(n_q, parts)
 
 
 def _sparse_topk(ptr: np.ndarray, data: np.ndarray, cols: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -375,6 +431,25 @@ def _sparse_topk(ptr: np.ndarray, data: np.ndarray, cols: np.ndarray, k: int) ->
         out_rows[qs, :top.shape[1]] = cols[take]
         out_sc[qs, :top.shape[1]] = sc
     return out_rows, out_sc
+
+
+def _narrow_topk(q: sp.csr_matrix, wt: sp.csr_matrix, hits: sp.csr_matrix | None, drop: np.ndarray | None,
+                 k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Top ``k`` of queries ``q`` from their rows of the sparse product ``q @ wt`` (with the zero-score matches of
+    ``hits``, less the documents ``drop`` excludes) by :func:`_sparse_topk`; none of them has more than
+    :data:`_DENSE_SHARE` of the documents as candidates (:meth:`BM25._topk` sends those to :func:`_wide_topk`)."""
+    m = (q @ wt).tocsr()
+    if hits is not None:  # matches whose weights sum to 0 score 0 (scipy's product does not store them)
+        m = _with_zero_matches(m, (q @ hits).tocsr())
+    ptr = m.indptr.astype(np.int64)
+    data, cols = m.data, m.indices
+    if drop is not None and m.nnz:  # a metadata filter's excluded rows: not candidates
+        keep = ~drop[cols]
+        kept = np.zeros(len(keep) + 1, np.int64)
+        np.cumsum(keep, out=kept[1:])
+        ptr = kept[ptr]
+        data, cols = data[keep], cols[keep]
+    return _sparse_topk(*_sorted_rows(ptr, data, cols, wt.shape[1]), k)
 
 
 def _refuse_one_text(texts: Any, what: str) -> None:
@@ -1306,44 +1381,25 @@ class BM25(Operator):
     def _topk(self, q: sp.csr_matrix, k: int, drop: np.ndarray | None,
               index: tuple[sp.csr_matrix, sp.csr_matrix | None] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Top ``k`` of the documents that contain a query term, read from the sparse product's stored entries
-        only (:func:`_sparse_topk`): the cost follows the matches, not the corpus (a query whose candidates are
-        more than :data:`_DENSE_SHARE` of the corpus: from a dense row, :func:`_dense_topk`).  Returns ``(rows int64,
-        scores float32)`` of shape ``(n_q, k')``, ``k' <= k``, padded with ``-inf`` scores (dropped by
-        :func:`~ragkit.operator.rankings_from_matrix`); the rankings are those of :meth:`_topk_dense` exactly
-        (ids, float32 scores, ties by the lower document row, at the cut too).  ``index``: the ``(weights,
-        hits)`` to score with (the ones held now by default); ``q``'s columns must be their terms and ``drop``'s
-        length their documents, else :func:`_edited_during_search`."""
+        only (:func:`_sparse_topk`): the cost follows the matches, not the corpus.  A query whose candidates are
+        more than :data:`_DENSE_SHARE` of the corpus (and ``k``) is ranked from a dense row instead, as
+        :meth:`_topk_dense` ranks it (:func:`_wide_topk`): the queries whose terms' postings could hold that
+        many (:func:`_postings_per_query`) are multiplied apart from the others, straight into dense rows.
+        Returns ``(rows int64, scores float32)`` of shape ``(n_q, k')``, ``k' <= k``, padded with ``-inf`` scores
+        (dropped by :func:`~ragkit.operator.rankings_from_matrix`); the rankings are those of :meth:`_topk_dense`
+        exactly (ids, float32 scores, ties by the lower document row, at the cut too).  ``index``: the
+        ``(weights, hits)`` to score with (the ones held now by default); ``q``'s columns must be their terms and
+        ``drop``'s length their documents, else :func:`_edited_during_search`."""
         wt, hits = self._check_index(q, drop, index)
-        n_docs = wt.shape[1]
-        k = min(k, n_docs)
-        m = (q @ wt).tocsr()
-        if hits is not None:  # matches whose weights sum to 0 score 0 (scipy's product does not store them)
-            m = _with_zero_matches(m, (q @ hits).tocsr())
-        ptr = m.indptr.astype(np.int64)
-        data, cols = m.data, m.indices
-        if drop is not None and m.nnz:  # a metadata filter's excluded rows: not candidates
-            keep = ~drop[cols]
-            kept = np.zeros(len(keep) + 1, np.int64)
-            np.cumsum(keep, out=kept[1:])
-            ptr = kept[ptr]
-            data, cols = data[keep], cols[keep]
-        n_q = len(ptr) - 1
-        lens = np.diff(ptr)
-        # rows ranked from a dense row: cheaper where most documents match; only rows of more than k candidates, so
-        # that no -inf cell of a dense row is ever at the cut (a tie there re-picked the row: a pass over it)
-        wide = (lens > _DENSE_SHARE * n_docs) & (lens > k)
-        if not wide.any():
-            return _sparse_topk(*_sorted_rows(ptr, data, cols, n_docs), k)
-        narrow, dense = np.flatnonzero(~wide), np.flatnonzero(wide)
-        parts = [(narrow, _sparse_topk(*_sorted_rows(*_take_rows(ptr, data, cols, narrow), n_docs), k)),
-                 (dense, _dense_topk(*_take_rows(ptr, data, cols, dense), n_docs, k))]
-        width = max(r.shape[1] for _, (r, _) in parts)
-        out_rows = np.zeros((n_q, width), np.int64)
-        out_sc = np.full((n_q, width), -np.inf, np.float32)
-        for rows, (r, sc) in parts:
-            out_rows[rows, :r.shape[1]] = r
-            out_sc[rows, :r.shape[1]] = sc
-        return out_rows, out_sc
+        k = min(k, wt.shape[1])
+        maybe = _is_wide(_postings_per_query(q, wt), wt.shape[1], k)  # (the candidates are at most the postings)
+        if not maybe.any():
+            return _narrow_topk(q, wt, hits, drop, k)
+        if maybe.all():
+            return _wide_topk(q, wt, hits, drop, k)
+        narrow, wide = np.flatnonzero(~maybe), np.flatnonzero(maybe)
+        return _merge_rows(q.shape[0], [(narrow, _narrow_topk(q[narrow], wt, hits, drop, k)),
+                                        (wide, _wide_topk(q[wide], wt, hits, drop, k))])
 
     def _topk_dense(self, q: sp.csr_matrix, k: int, drop: np.ndarray | None,
                     index: tuple[sp.csr_matrix, sp.csr_matrix | None] | None = None) -> tuple[np.ndarray, np.ndarray]:
