@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import difflib
 import logging
+import weakref
 from typing import Any, Callable, Iterable, Iterator, Mapping, Optional, Sequence
 
 from ragkit.errors import ConfigError, DataError, ParamError, RagkitError, some_ids
@@ -40,6 +41,7 @@ __all__ = [
     "route_label_problem_at",
     "route_label_problems",
     "same_model",
+    "threshold_scale_notes",
     "threshold_scale_problem",
     "unranked_router",
 ]
@@ -521,15 +523,57 @@ def cosine_source_problem(op: Operator, path: str = "pipeline") -> ConfigError |
     return _score_sources(op, path, [], check=_cosine_reader_problem)[1]
 
 
-def threshold_scale_problem(op: Operator, path: str = "pipeline") -> ConfigError | None:
-    """The error for the first fixed threshold of ``op`` (at ``path``) that the scores reaching it can never cross
-    (:func:`_threshold_problem`): ``score_threshold``, ``score_router`` (features ``top1`` and ``gap``) and
-    ``score_reached`` whose scores come, through any path, from a ``dense`` or ``knn_embed`` (cosines, in
-    [-1, 1]), with a threshold outside what those scores can be; else ``None``.  At search each silently
-    gave every query no documents, one label, or no early stop.  Scales that are not bounded (BM25's, a
-    fuser's, a reranker's, a step of a plugin's) are not guessed at."""
-    return _score_sources(op, path, [], check=_threshold_problem, opaque=True)[1]
+def threshold_scale_problem(op: Operator, path: str = "pipeline", *, warn: bool = True) -> ConfigError | None:
+    """The error for the first fixed threshold of ``op`` (at ``path``) that empties results because the scores
+    reaching it can never cross it (:func:`_threshold_problem`), else ``None``; with ``warn``, the fixed
+    thresholds that cannot be crossed but empty nothing are warned of on the ``ragkit`` logger, once per step
+    and message (:func:`threshold_scale_notes`): it runs at load, fit and each search.
 
+    The steps checked are ``score_threshold``, ``score_router`` (features ``top1`` and ``gap``) and
+    ``score_reached`` whose scores come, through some path, from a ``dense`` or ``knn_embed`` with ``metric:
+    cos`` (cosines, in [-1, 1]; the gap of two in [0, 2]), with a threshold above that range (as one on BM25's
+    scale is):
+
+    * ``score_threshold``: refused.  No document passes it: every query keeps no documents (or only its
+      ``k_min``); after a route whose other branches bring scores of another scale, only the queries routed
+      through the cosine branches do, and the error names those branches;
+    * ``score_router``: warned of: those queries all get its ``below`` label, the other branch never runs;
+    * ``score_reached``: warned of: the loop never stops before ``max_iters`` (wasteful, not wrong).
+
+    A threshold below the range is not said: it keeps every document (an "off" value of a sweep), sends every
+    query ``above``, or stops every loop after one iteration, as the ``-inf`` those steps learn does.  Scales
+    that are not bounded (BM25's, a fuser's, a reranker's, a step of a plugin's) are not guessed at."""
+    notes: list[tuple[Operator, str]] = []
+
+    def check(step: Operator, at: str, sources: list[_Source]) -> ConfigError | None:
+        return _threshold_problem(step, at, sources, notes)
+
+    problem = _score_sources(op, path, [], check=check, opaque=True)[1]
+    if warn and problem is None:
+        for step, note in notes:
+            said = _THRESHOLD_WARNED.setdefault(step, set())
+            if note not in said:
+                said.add(note)
+                logging.getLogger("ragkit").warning(note)
+    return problem
+
+
+def threshold_scale_notes(op: Operator, path: str = "pipeline") -> list[str]:
+    """What :func:`threshold_scale_problem` warns of in ``op`` (at ``path``), each time it is called (for
+    ``ragkit validate``): the fixed ``score_router`` and ``score_reached`` thresholds above what the cosines
+    reaching them can be (see there), one line each, in the order of the steps."""
+    notes: list[tuple[Operator, str]] = []
+
+    def check(step: Operator, at: str, sources: list[_Source]) -> ConfigError | None:
+        _threshold_problem(step, at, sources, notes)
+        return None
+
+    _score_sources(op, path, [], check=check, opaque=True)
+    return list(dict.fromkeys(note for _, note in notes))  # (a loop's body is walked twice: said once)
+
+
+#: the threshold warnings already given, per step (so a pipeline checked at load, fit and each search warns once)
+_THRESHOLD_WARNED: "weakref.WeakKeyDictionary[Operator, set[str]]" = weakref.WeakKeyDictionary()
 
 #: what the fixed ``threshold`` of each step compares, on cosines in [-1, 1]: ``(feature, low, high)`` where the
 #: feature is in [low, high] (``score_router``: by its ``feature``; ``rel_gap``, a ratio, is not bounded)
@@ -541,41 +585,52 @@ _COSINE_FEATURES: dict[str, dict[str, tuple[str, float, float]]] = {
 }
 
 
-def _threshold_problem(step: Operator, at: str, sources: list[_Source]) -> ConfigError | None:
-    """Why the fixed threshold of ``step`` (at ``at``) can never be crossed by the scores of ``sources``, else
-    ``None``: a cosine source (see :func:`threshold_scale_problem`) and a threshold outside the range of what it
-    compares there.  Only a ``threshold`` given is checked (not one learned, nor one given per search)."""
+def _threshold_problem(step: Operator, at: str, sources: list[_Source],
+                       notes: list[tuple[Operator, str]]) -> ConfigError | None:
+    """Why the fixed threshold of ``step`` (at ``at``) can never be crossed by the scores of ``sources``: the
+    error when it empties results (a ``score_threshold``), else ``None``, with a warning added to ``notes`` as
+    ``(step, message)`` (a ``score_router``, a ``score_reached``; see :func:`threshold_scale_problem`).
+    Only a ``threshold`` given is checked (not one learned, nor one given per search)."""
     features = _COSINE_FEATURES.get(step.name)
     threshold = getattr(step.params, "threshold", None)
     feature = features.get(str(getattr(step.params, "feature", ""))) if features is not None else None
     if feature is None or threshold is None or getattr(step.params, "learn", False):
         return None
     what, low, high = feature
-    if low <= threshold <= high:
+    if threshold <= high:  # within the range, or below it: keeps everything, every query 'above', one iteration
         return None
-    cosine = next(((s, w) for s, w in sources if _scores_cosines(s)), None)
-    if cosine is None:
+    cosine = [f"{w}.{s.name}" for s, w in sources if _scores_cosines(s)]
+    if not cosine:
         return None
-    source, where = cosine
-    above = threshold > high
+    others = [f"{w}.{s.name}" for s, w in sources if not _scores_cosines(s)]
+    names = ", ".join(cosine)
+    # who it happens to: every query, or only those whose scores come from the cosine sources
+    who = "every query" if not others else f"the queries whose rankings come from {names}"
+    shown = ", ".join(f"{lo:g}" for lo in (low, high))
+    head = (f"{at}.threshold: {threshold!r} is outside [{shown}], where {what} always lies on the scores reaching "
+            f"{step.name}{' from ' if others else ': those of '}{names}, cosines (in [-1, 1])")
+    verb = {"score_threshold": "filtered", "score_router": "routed"}.get(step.name, "judged")
+    rest = f" (those from {', '.join(others)}, on another scale, are {verb} as usual)" if others else ""
+    fix = f"give a threshold within [{shown}] (a cosine's scale, not BM25's)"
     if step.name == "score_threshold":
         k_min = step.params.k_min  # type: ignore[attr-defined]
-        effect = (("no document passes it and every query keeps no documents" if not k_min else
-                   f"no document passes it and every query keeps its top {k_min} (k_min), as top_k would")
-                  if above else "every document passes it: it removes nothing")
-    elif step.name == "score_router":
-        p = step.params
-        label = p.below if above else p.above  # type: ignore[attr-defined]
-        effect = f"every query gets the label {label!r} (the other branch never runs)"
+        if not others:
+            keeps = "keeps no documents" if not k_min else f"keeps its top {k_min} (k_min), as top_k would"
+            return ConfigError(f"{head}; so no document passes it and every query {keeps}; {fix}",
+                               path=f"{at}.threshold")
+        keeps = "keep no documents" if not k_min else f"keep only their top {k_min} (k_min), as top_k would"
+        return ConfigError(f"{head}; so none of their documents passes it, and only {who} {keeps}{rest}; {fix}, or "
+                           "put a score_threshold inside each branch, with a threshold on that branch's scale",
+                           path=f"{at}.threshold")
+    if step.name == "score_router":
+        p: Any = step.params
+        effect = (f"{who} {'all get' if others else 'gets'} the label {p.below!r}: none{' of them' if others else ''} "
+                  f"goes to {p.above!r}{rest}")
     else:
-        effect = ("no query's loop stops before max_iters" if above else
-                  "every query's loop stops after its first iteration")
-    shown = ", ".join(f"{lo:g}" for lo in (low, high))
-    return ConfigError(f"{at}.threshold: {threshold!r} is outside [{shown}], where {what} always lies on the scores "
-                       f"reaching {step.name}: those of {where}.{source.name}, cosines (in [-1, 1]); so {effect}; "
-                       f"give a threshold within [{shown}] (a cosine's scale, not BM25's)"
-                       + (", or learn: true to learn it from the training queries" if step.name != "score_threshold"
-                          else ""), path=f"{at}.threshold")
+        effect = f"for {who}, the loop never stops before max_iters{rest}"
+    fix += ", or learn: true to learn it"
+    notes.append((step, f"{head}; so {effect}; {fix}"))
+    return None
 
 
 def _scores_cosines(source: Operator) -> bool:

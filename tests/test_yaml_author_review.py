@@ -1,11 +1,13 @@
 """Pipeline YAML written by an author from the README: a route whose router's label is misspelt is told so
 (at the line the label is written, with the branch it likely means), a route without a branch for a
-rule_router's implicit label of unmatched queries is told what that label is, a fixed threshold that cosine
-scores can never cross is refused before any work, and a key indented under a parallel's last branch is cited
-at its own line."""
+rule_router's implicit label of unmatched queries is told what that label is, a fixed threshold above what
+cosine scores can be is refused before any work when it empties results (warned of once when it sends every
+query one way or never stops a loop early; one below that range, an "off" value, loads), and a key indented
+under a parallel's last branch is cited at its own line."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
@@ -14,7 +16,7 @@ from ragkit import Pipeline
 from ragkit.errors import ConfigError, ParamError
 from ragkit.filters import ScoreThreshold
 from ragkit.pipelines import Route
-from ragkit.pipelines._checks import threshold_scale_problem, unranked_router
+from ragkit.pipelines._checks import threshold_scale_notes, threshold_scale_problem, unranked_router
 from ragkit.pipelines.routers import RuleRouter, ScoreRouter
 from ragkit.retrievers import BM25, Dense
 
@@ -121,39 +123,111 @@ pipeline:
   - score_threshold: {threshold: 5.0}
 """
 
+MIXED = """\
+pipeline:
+  - route:
+      router: {rule_router: {rules: [{min_words: 3, label: long}], default: short}}
+      branches:
+        long: [bm25: {}]
+        short: [dense: {}]
+  - score_threshold: {threshold: 5.0}
+"""
 
-def test_a_score_router_threshold_beyond_cosines_is_refused_at_load(tmp_path):
-    """It validated, then sent every query to 'hard'."""
-    got = _error(tmp_path, UNITS)
-    assert got.startswith("line 4: pipeline[1].route.router.score_router.threshold: 15.0 is outside [-1, 1]"), got
-    assert "those of pipeline[0].dense, cosines" in got and "every query gets the label 'hard'" in got, got
+
+def _threshold_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "ragkit" and ".threshold: " in r.getMessage()]
 
 
 def test_a_score_threshold_beyond_cosines_is_refused_at_load(tmp_path):
-    """It validated, then every query returned no documents (also those routed through the pass-through branch,
-    whose rankings are still the dense cosines)."""
+    """Every query returned no documents."""
+    got = _error(tmp_path, "pipeline:\n  - dense: {k: 100}\n  - score_threshold: {threshold: 5.0}\n")
+    assert got.startswith("line 3: pipeline[1].score_threshold.threshold: 5.0 is outside [-1, 1]"), got
+    assert "those of pipeline[0].dense, cosines" in got and "every query keeps no documents" in got, got
+
+
+def test_a_score_threshold_after_a_route_names_only_the_cosine_branch(tmp_path):
+    """It said "every query keeps no documents": the queries routed to bm25 keep theirs (5.0 is a BM25 score);
+    only those routed to dense lose every document, which is still refused, and said of them alone."""
+    got = _error(tmp_path, MIXED)
+    assert got.startswith("line 7: pipeline[1].score_threshold.threshold: 5.0 is outside [-1, 1]"), got
+    assert "every query" not in got, got
+    assert ("only the queries whose rankings come from pipeline[0].route.branches.short[0].dense keep no documents "
+            "(those from pipeline[0].route.branches.long[0].bm25, on another scale, are filtered as usual)") in got, got
+    assert "put a score_threshold inside each branch" in got, got
+
+
+def test_a_score_threshold_after_a_pass_through_branch_names_the_cosines(tmp_path):
+    """The 'easy' branch passes the dense cosines on, the 'hard' one mmr's own scores (not guessed at): it said
+    every query keeps no documents."""
     got = _error(tmp_path, UNITS.replace("threshold: 15.0", "threshold: 0.5"))
     assert got.startswith("line 8: pipeline[2].score_threshold.threshold: 5.0 is outside [-1, 1]"), got
-    assert "every query keeps no documents" in got, got
+    assert "every query" not in got, got
+    assert ("only the queries whose rankings come from pipeline[0].dense keep no documents (those from "
+            "pipeline[1].route.branches.hard[0].mmr, on another scale, are filtered as usual)") in got, got
+
+
+def test_a_score_router_threshold_beyond_cosines_is_warned_of_once(tmp_path, caplog):
+    """It was refused; it sends every query one way, which a pipeline may mean: a warning at load, not again at
+    each check (fit, every search)."""
+    with caplog.at_level(logging.WARNING, logger="ragkit"):
+        pipe = Pipeline.from_yaml(UNITS.replace("threshold: 5.0", "threshold: 0.5"))
+        assert unranked_router(pipe) is None and unranked_router(pipe) is None  # what fit and search check
+    said = _threshold_warnings(caplog)
+    assert len(said) == 1, said
+    assert said[0].startswith("pipeline[1].route.router.score_router.threshold: 15.0 is outside [-1, 1]"), said
+    assert "those of pipeline[0].dense, cosines" in said[0] and "every query gets the label 'hard'" in said[0]
+    assert threshold_scale_notes(pipe) == said  # what ragkit validate can show, each time
+    assert threshold_scale_notes(pipe) == said
+
+
+def test_a_loop_judge_threshold_beyond_cosines_is_warned_of(tmp_path, caplog):
+    """It was refused; the loop always runs max_iters: wasteful, not wrong."""
+    text = ("pipeline:\n  - loop:\n      body: [dense: {}]\n      until: {score_reached: {threshold: 3.0}}\n"
+            "      max_iters: 2\n")
+    with caplog.at_level(logging.WARNING, logger="ragkit"):
+        Pipeline.from_yaml(text)
+    said = _threshold_warnings(caplog)
+    assert len(said) == 1 and said[0].startswith("pipeline[0].loop.until.score_reached.threshold: 3.0 is outside "
+                                                 "[-1, 1]"), said
+    assert "for every query, the loop never stops before max_iters" in said[0], said
+
+
+@pytest.mark.parametrize("text", [
+    "pipeline: [dense: {}, score_threshold: {threshold: -2.0}]",  # removes nothing: an "off" value of a sweep
+    "pipeline: [dense: {}, score_threshold: {threshold: -1.5, k_min: 2}]",
+    "pipeline: [dense: {}, {route: {router: {score_router: {threshold: -3.0}}, branches: {easy: [], hard: []}}}]",
+    "pipeline: [dense: {}, {route: {router: {score_router: {feature: gap, threshold: -0.5}}, "
+    "branches: {easy: [], hard: []}}}]",
+    "pipeline: [{loop: {body: [dense: {}], until: {score_reached: {threshold: -3.0}}, max_iters: 2}}]",
+])
+def test_thresholds_below_the_cosine_range_load_silently(text, caplog):
+    """They were refused: each keeps every document, sends every query 'above', or stops each loop after its
+    first iteration, as the -inf those steps learn does; no threshold on another scale (BM25's) looks like them."""
+    with caplog.at_level(logging.WARNING, logger="ragkit"):
+        pipe = Pipeline.from_yaml(text)
+        assert unranked_router(pipe) is None
+    assert _threshold_warnings(caplog) == [] and threshold_scale_notes(pipe) == []
 
 
 @pytest.mark.parametrize("steps, at", [
-    ([Dense(), ScoreThreshold(threshold=-1.5)], "pipeline[1].score_threshold.threshold: -1.5"),
-    ([Dense(), Route(ScoreRouter(feature="gap", threshold=2.5), {"easy": [], "hard": []})],
-     "pipeline[1].route.router.score_router.threshold: 2.5 is outside [0, 2]"),
+    ([Dense(), ScoreThreshold(threshold=1.5)], "pipeline[1].score_threshold.threshold: 1.5"),
+    ([Route(RuleRouter(rules=[{"label": "a", "max_words": 2}], default="b"), {"a": [BM25()], "b": [Dense()]}),
+      ScoreThreshold(threshold=3.0, k_min=2)], "pipeline[1].score_threshold.threshold: 3.0 is outside [-1, 1]"),
 ])
-def test_thresholds_out_of_the_cosine_range_are_refused_in_python(steps, at):
+def test_thresholds_above_the_cosine_range_are_refused_in_python(steps, at):
     pipe = Pipeline(steps)
     problem = unranked_router(pipe)  # what fit and search check before any work
     assert problem is not None and str(problem).startswith(at), problem
 
 
-def test_a_loop_judge_threshold_beyond_cosines_is_refused(tmp_path):
-    text = ("pipeline:\n  - loop:\n      body: [dense: {}]\n      until: {score_reached: {threshold: 3.0}}\n"
-            "      max_iters: 2\n")
-    got = _error(tmp_path, text)
-    assert got.startswith("line 4: pipeline[0].loop.until.score_reached.threshold: 3.0 is outside [-1, 1]"), got
-    assert "no query's loop stops before max_iters" in got, got
+def test_a_gap_threshold_beyond_its_range_is_warned_of_in_python(caplog):
+    pipe = Pipeline([Dense(), Route(ScoreRouter(feature="gap", threshold=2.5), {"easy": [], "hard": []})])
+    with caplog.at_level(logging.WARNING, logger="ragkit"):
+        assert unranked_router(pipe) is None
+        assert unranked_router(pipe) is None
+    said = _threshold_warnings(caplog)
+    assert len(said) == 1 and said[0].startswith("pipeline[1].route.router.score_router.threshold: 2.5 is outside "
+                                                 "[0, 2]"), said
 
 
 @pytest.mark.parametrize("text", [
@@ -168,7 +242,7 @@ def test_a_loop_judge_threshold_beyond_cosines_is_refused(tmp_path):
 ])
 def test_thresholds_on_other_scales_still_load(text):
     pipe = Pipeline.from_yaml(text)
-    assert threshold_scale_problem(pipe) is None
+    assert threshold_scale_problem(pipe) is None and threshold_scale_notes(pipe) == []
 
 
 # -- 4. a key indented under a parallel's last branch: cited at its own line --------------------------------------
