@@ -69,8 +69,8 @@ def _check_sorted(scores: np.ndarray, qidx: np.ndarray, who: str) -> None:
 class ScoreThresholdParams(Params):
     threshold: float = Field(default=0.5,
                              description="Keep documents whose score is >= this value, in the units of the "
-                                         "scores it cuts: raw cosines in [-1, 1] after dense (a threshold outside "
-                                         "is refused), BM25 scores after bm25.")
+                                         "scores it cuts: raw cosines in [-1, 1] after dense (a threshold above 1 "
+                                         "is refused, one below -1 keeps everything), BM25 scores after bm25.")
     k_min: int = Field(
         default=0, ge=0, description="Always keep at least this many documents per query (0: lists may be empty).")
 
@@ -81,8 +81,8 @@ class ScoreThreshold(_PrefixCut):
 
     The usual baseline for relevance filtering of embedding retrieval: one cosine cut-off
     for every query (compare :class:`ragkit.filters.CosineAdapter`, Rossi et al.,
-    CIKM 2024, arXiv 2408.04887).  A threshold no cosine can reach (outside [-1, 1]) after a
-    ``dense`` or ``knn_embed`` is refused before any work
+    CIKM 2024, arXiv 2408.04887).  A threshold no cosine can reach (above 1) after a ``dense``
+    or ``knn_embed`` is refused before any work (one below -1 keeps everything)
     (:func:`~ragkit.pipelines._checks.threshold_scale_problem`).  Per-call override:
     ``pipeline.search(queries, score_threshold={"threshold": 0.4})``.
 
