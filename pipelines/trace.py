@@ -200,7 +200,7 @@ def _stages(runs: dict[str, Sequence[TraceEvent]]) -> tuple[dict[str, dict[_Key,
     return agg, order
 
 
-def _counted(agg: dict[str, dict[_Key, TraceRow]], order: list[_Key]) -> bool:
+def _counted(agg: dict[str, dict[_Key, TraceRow]]) -> bool:
     """Whether a stage table needs its queries columns: its rows do not all cover the same queries in full."""
     return len({_scored_cell(r) for rows in agg.values() for r in rows.values()}) > 1
 
@@ -219,7 +219,7 @@ def stage_table(runs: dict[str, Sequence[TraceEvent]], title: str = "nDCG@10 / r
     from rich.text import Text
 
     agg, order = _stages(runs)
-    counted = _counted(agg, order)
+    counted = _counted(agg)
     table = Table(title=title)
     table.add_column("step", overflow="fold")
     for label in runs:
@@ -252,7 +252,7 @@ def print_stages(console: Any, runs: dict[str, Sequence[TraceEvent]],
         return
     console.print(Text(title, style="italic"))
     agg, order = _stages(runs)
-    counted = _counted(agg, order)
+    counted = _counted(agg)
     for key in order:
         step = next(agg[label][key] for label in runs if key in agg[label]).step
         console.print(Text(step, style="bold"), soft_wrap=True)
