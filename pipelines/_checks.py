@@ -27,6 +27,7 @@ from ragkit.errors import ConfigError, DataError, ParamError, RagkitError, some_
 from ragkit.operator import Operator, check_fit_inputs
 from ragkit.params import Params
 from ragkit.pipelines._compose import Composite, Loop, Parallel, Pipeline, Route, _at, _label, iter_leaves, placed_at
+from ragkit.pipelines.routers import RuleRouter
 from ragkit.types import Corpus, TrainSet
 
 __all__ = [
@@ -41,7 +42,6 @@ __all__ = [
     "route_label_problem_at",
     "route_label_problems",
     "same_model",
-    "threshold_scale_notes",
     "threshold_scale_problem",
     "unranked_router",
 ]
@@ -527,7 +527,7 @@ def threshold_scale_problem(op: Operator, path: str = "pipeline", *, warn: bool 
     """The error for the first fixed threshold of ``op`` (at ``path``) that empties results because the scores
     reaching it can never cross it (:func:`_threshold_problem`), else ``None``; with ``warn``, the fixed
     thresholds that cannot be crossed but empty nothing are warned of on the ``ragkit`` logger, once per step
-    and message (:func:`threshold_scale_notes`): it runs at load, fit and each search.
+    and message: it runs at load (where ``ragkit validate`` shows the warning), fit and each search.
 
     The steps checked are ``score_threshold``, ``score_router`` (features ``top1`` and ``gap``) and
     ``score_reached`` whose scores come, through some path, from a ``dense`` or ``knn_embed`` with ``metric:
@@ -556,20 +556,6 @@ def threshold_scale_problem(op: Operator, path: str = "pipeline", *, warn: bool 
                 said.add(note)
                 logging.getLogger("ragkit").warning(note)
     return problem
-
-
-def threshold_scale_notes(op: Operator, path: str = "pipeline") -> list[str]:
-    """What :func:`threshold_scale_problem` warns of in ``op`` (at ``path``), each time it is called (for
-    ``ragkit validate``): the fixed ``score_router`` and ``score_reached`` thresholds above what the cosines
-    reaching them can be (see there), one line each, in the order of the steps."""
-    notes: list[tuple[Operator, str]] = []
-
-    def check(step: Operator, at: str, sources: list[_Source]) -> ConfigError | None:
-        _threshold_problem(step, at, sources, notes)
-        return None
-
-    _score_sources(op, path, [], check=check, opaque=True)
-    return list(dict.fromkeys(note for _, note in notes))  # (a loop's body is walked twice: said once)
 
 
 #: the threshold warnings already given, per step (so a pipeline checked at load, fit and each search warns once)
@@ -1055,9 +1041,8 @@ def _missing_branches(router: Operator, missing: list[str], labels: list[str]) -
     """The problem of a route without a default whose router gives labels ``missing`` that have no branch;
     a ``rule_router``'s implicit label of the queries no rule matches (``'default'``, which the author did not
     write) is said to be that, and how to give it a branch."""
-    written = getattr(router, "label_written", None)
-    implicit = [lab for lab in missing if callable(written) and _label_origin(router, lab) == "default"
-                and not written(lab)]
+    unwritten = isinstance(router, RuleRouter) and "default" not in router.params.model_fields_set
+    implicit = [lab for lab in missing if unwritten and _label_origin(router, lab) == "default"]
     if not implicit:
         return (f"router {router.name!r} can label queries {missing}, which have no branch, and the route has no "
                 f"'default:' of its own (a branch label or a pipeline for the queries whose label has no branch); "

@@ -129,12 +129,6 @@ class RuleRouter(Operator):
             return f"rules[{i}].label"
         return "default" if label == self.params.default else None
 
-    def label_written(self, label: str) -> bool:
-        """Whether ``label`` is written in this router's parameters (``False`` for the implicit default label
-        ``'default'`` of a router whose ``default:`` is not given)."""
-        return label != self.params.default or any(r.label == label for r in self.params.rules) or (
-            "default" in self.params.model_fields_set)
-
     def shadowed(self) -> dict[str, str]:
         """The labels this router can never give, each with why: every rule giving it (or, for ``default``,
         the fall-through) matches only queries that earlier rules already match.
@@ -393,11 +387,6 @@ class ScoreRouter(LearnedThreshold, Operator):
     def label_param(self, label: str) -> str | None:
         """The parameter that gives ``label`` (``above`` or ``below``); ``None`` for a label it never gives."""
         return "above" if label == self.params.above else "below" if label == self.params.below else None
-
-    def label_written(self, label: str) -> bool:
-        """Whether ``label`` is written in this router's parameters (not the default ``easy`` / ``hard``)."""
-        param = self.label_param(label)
-        return param is not None and param in self.params.model_fields_set
 
     def learn_routes(self, state: State, gains: dict[str, np.ndarray]) -> None:
         """Choose the threshold from the training queries in ``state``.
