@@ -11,21 +11,19 @@ of the docstring of the class each builds, their defaults from that class's cons
 
 from __future__ import annotations
 
-import collections.abc
 import inspect
-import json
 import re
 import textwrap
 import types
 import typing
-from typing import Any, Iterator
+from typing import Any
 
-import yaml
 from pydantic import BaseModel, TypeAdapter, ValidationError
 from pydantic.fields import FieldInfo
 
 from ragkit import registry
 from ragkit.errors import InputTypeError, ParamError
+from ragkit.params import _bounds_text, _default_text, _strip_annotated, _type_text, _yaml_value
 
 __all__ = ["WIDTH", "operator_table", "table_text", "describe", "undocumented_fields"]
 
@@ -119,23 +117,6 @@ def _wrap(text: str, indent: int, first: str = "") -> list[str]:
 
 
 # ---------------------------------------------------------------------- types, defaults, bounds as YAML reads them
-def _yaml_value(value: Any) -> str:
-    """``value`` written as YAML writes it in flow style (``null``, ``true``, ``lucene``, ``'yes'``, ``{bm25: {}}``)."""
-    if isinstance(value, BaseModel):
-        value = value.model_dump(mode="json")
-    try:
-        text = yaml.safe_dump(value, default_flow_style=True, width=10**6, sort_keys=False, allow_unicode=True)
-    except yaml.YAMLError:
-        return repr(value)
-    return text.removesuffix("\n").removesuffix("\n...").strip()
-
-
-def _strip_annotated(tp: Any) -> Any:
-    while typing.get_origin(tp) is typing.Annotated:
-        tp = typing.get_args(tp)[0]
-    return tp
-
-
 def _nested_model(tp: Any) -> type[BaseModel] | None:
     """The pydantic model a field of type ``tp`` holds (``Rule`` in ``list[Rule]``, ``AdaptConfig`` in
     ``AdaptConfig | None``), or None."""
@@ -145,82 +126,6 @@ def _nested_model(tp: Any) -> type[BaseModel] | None:
     if typing.get_origin(tp) is typing.Literal:
         return None
     return next((m for a in typing.get_args(tp) if (m := _nested_model(a)) is not None), None)
-
-
-def _type_text(tp: Any) -> str:
-    """The type ``tp`` as a YAML author reads it: ``int``, ``float``, ``string``, ``f32 | f16``, ``list of float or
-    null``, ``mapping (keys below)`` for a nested settings model."""
-    tp = _strip_annotated(tp)
-    origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if origin is typing.Literal:
-        return " | ".join(_yaml_value(a) for a in args)
-    if origin in (typing.Union, types.UnionType):
-        rest = [a for a in args if a is not type(None)]
-        text = " or ".join(_type_text(a) for a in rest)
-        return text + (" or null" if len(rest) < len(args) else "")
-    if origin in (list, tuple, set, frozenset, collections.abc.Sequence, collections.abc.Iterable):
-        items = [a for a in args if a is not Ellipsis]
-        if not items:
-            return "list"
-        inner = _strip_annotated(items[0])
-        if isinstance(inner, type) and issubclass(inner, BaseModel):
-            return "list of mappings (keys below)"
-        return f"list of {_type_text(inner)}"
-    if origin in (dict, collections.abc.Mapping) or tp in (dict, collections.abc.Mapping):
-        if len(args) == 2 and args[1] is not Any:
-            return f"mapping of {_type_text(args[0])} to {_type_text(args[1])}"
-        return "mapping"
-    if isinstance(tp, type) and issubclass(tp, BaseModel):
-        return "mapping (keys below)"
-    names = {int: "int", float: "float", bool: "bool (true | false)", str: "string", type(None): "null"}
-    if tp is Any:
-        return "any"
-    if isinstance(tp, type) and tp in names:
-        return names[tp]
-    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
-
-
-def _is_text(tp: Any) -> bool:
-    """Whether ``tp`` (optional or not) is a string, for the wording of a length bound."""
-    tp = _strip_annotated(tp)
-    if typing.get_origin(tp) in (typing.Union, types.UnionType):
-        return any(_is_text(a) for a in typing.get_args(tp) if a is not type(None))
-    return tp is str
-
-
-def _metadata(field: FieldInfo) -> Iterator[Any]:
-    """The constraint objects of ``field``: its own, those of a ``Field(...)`` among them, and those of an
-    ``Annotated`` type inside an optional (``Optional[Annotated[str, ...]]``)."""
-    def walk(items: Any) -> Iterator[Any]:
-        for m in items:
-            if isinstance(m, FieldInfo):
-                yield from walk(m.metadata)
-            else:
-                yield m
-
-    yield from walk(field.metadata)
-    tp = field.annotation
-    for arg in (typing.get_args(tp) if typing.get_origin(tp) in (typing.Union, types.UnionType) else ()):
-        if typing.get_origin(arg) is typing.Annotated:
-            yield from walk(typing.get_args(arg)[1:])
-
-
-def _bounds_text(field: FieldInfo) -> str:
-    """``field``'s constraints as text: ``>= 0, <= 1``, ``at least 1 item``, ``matching the regex ...``."""
-    marks = (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<"))
-    parts: list[str] = []
-    noun = "character" if _is_text(field.annotation) else "item"
-    for m in _metadata(field):
-        parts += [f"{sign} {getattr(m, key)!r}" for key, sign in marks if getattr(m, key, None) is not None]
-        for key, word in (("min_length", "at least"), ("max_length", "at most")):
-            n = getattr(m, key, None)
-            if n is not None:
-                parts.append(f"{word} {n} {noun}{'' if n == 1 else 's'}")
-        if getattr(m, "multiple_of", None) is not None:
-            parts.append(f"a multiple of {m.multiple_of!r}")
-        if getattr(m, "pattern", None) is not None:
-            parts.append(f"matching the regex {m.pattern}")
-    return ", ".join(dict.fromkeys(parts))
 
 
 def _literal_values(tp: Any) -> tuple[Any, ...]:
@@ -254,35 +159,18 @@ def _aliases(field: FieldInfo) -> str:
     return "; ".join(f"{', '.join(read[v])} as {_yaml_value(v)}" for v in values if v in read)
 
 
-def _default_value(value: Any) -> str:
-    """A default as YAML writes it, a string in double quotes (``default "default"``, not ``default default``)."""
-    return json.dumps(value, ensure_ascii=False) if isinstance(value, str) else _yaml_value(value)
-
-
-def _default_text(field: FieldInfo) -> str:
-    if field.is_required():
-        return "required"
-    if field.default_factory is not None:
-        factory: Any = field.default_factory
-        try:
-            value = factory()
-        except TypeError:  # a factory that takes the validated data
-            value = factory({})
-        return f"default {_default_value(value)}"
-    return f"default {_default_value(field.default)}"
-
-
 def _field_lines(name: str, field: FieldInfo, indent: int, expand: bool) -> list[str]:
     """One parameter: ``name: type; default; bounds``, the other spellings it reads, its description, and (with
     ``expand``) the keys of the settings model it holds, one level down."""
-    head = "; ".join(p for p in (_type_text(field.annotation), _default_text(field), _bounds_text(field)) if p)
+    parts = (_type_text(field.annotation, "yaml"), _default_text(field, "yaml"), _bounds_text(field))
+    head = "; ".join(p for p in parts if p)
     lines = _wrap(head, indent, f"{name}: ")
     if aliases := _aliases(field):
         lines += _wrap(f"also read: {aliases}", indent + 4)
     lines += _wrap(_plain(field.description) if field.description else _NO_DESCRIPTION, indent + 4)
     model = _nested_model(field.annotation) if expand else None
     if model is not None:
-        what = f"each item of {name}" if "list of mappings" in _type_text(field.annotation) else name
+        what = f"each item of {name}" if "list of mappings" in _type_text(field.annotation, "yaml") else name
         about = _plain(inspect.cleandoc(model.__dict__.get("__doc__") or "").split("\n\n")[0])
         generated = about.startswith("Parameters of ")  # (a docstring document_params wrote: no summary of its own)
         lines += _wrap(f"Keys of {what}{': ' + about if about and not generated else ''}", indent + 4)

@@ -8,10 +8,11 @@ One model per operator is its constructor signature, its YAML schema and what
 from __future__ import annotations
 
 import collections.abc
+import json
 import math
 import types
 import typing
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
 
 import numpy as np
 from pydantic import (
@@ -646,36 +647,149 @@ def _accepts(annotation: Any, value: Any) -> bool:
     return isinstance(tp, type) and (isinstance(value, tp) or (tp is float and isinstance(value, int)))
 
 
-def _type_text(annotation: Any) -> str:
-    """A field's annotation as numpydoc writes types: ``int``, ``{'a', 'b'}``, ``list of float or None``."""
-    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
-    if origin is typing.Annotated:
-        return _type_text(args[0])
+#: The two ways a field is written in generated documentation: ``"numpydoc"`` (an operator's docstring and
+#: ``help()``: ``None``, values as Python's ``repr``, ``{'a', 'b'}``, ``str``, a nested model by its class name)
+#: and ``"yaml"`` (``ragkit describe``: ``null``, values as YAML spells them, ``a | b``, ``string``, ``mapping
+#: (keys below)``).
+DocStyle = typing.Literal["numpydoc", "yaml"]
+_SCALAR_NAMES: dict[str, dict[Any, str]] = {
+    "numpydoc": {type(None): "None"},
+    "yaml": {int: "int", float: "float", bool: "bool (true | false)", str: "string", type(None): "null"},
+}
+_SEQUENCES = {list: "list", tuple: "tuple", set: "set", frozenset: "frozenset", collections.abc.Sequence: "sequence",
+              collections.abc.Iterable: "iterable"}
+
+
+def _yaml_value(value: Any) -> str:
+    """``value`` written as YAML writes it in flow style (``null``, ``true``, ``lucene``, ``'yes'``, ``{bm25: {}}``)."""
+    import yaml
+
+    if isinstance(value, BaseModel):
+        value = value.model_dump(mode="json")
+    try:
+        text = yaml.safe_dump(value, default_flow_style=True, width=10**6, sort_keys=False, allow_unicode=True)
+    except yaml.YAMLError:
+        return repr(value)
+    return text.removesuffix("\n").removesuffix("\n...").strip()
+
+
+def _strip_annotated(tp: Any) -> Any:
+    """``tp`` without its ``Annotated[...]`` wrappers (an optional keeps its ``None``, unlike :func:`_unwrap`)."""
+    while typing.get_origin(tp) is typing.Annotated:
+        tp = typing.get_args(tp)[0]
+    return tp
+
+
+def _type_text(annotation: Any, style: DocStyle = "numpydoc") -> str:
+    """A field's annotation as documentation writes it, in ``style`` (:data:`DocStyle`): numpydoc ``int``,
+    ``{'a', 'b'}``, ``list of float or None``, ``AdaptConfig or None``; YAML ``int``, ``a | b``, ``string``,
+    ``list of float or null``, ``mapping of string to float``, ``mapping (keys below)`` for a nested settings model,
+    ``list of mappings (keys below)`` for a list of them."""
+    yaml_style = style == "yaml"
+    tp = _strip_annotated(annotation)
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
     if origin is typing.Literal:
+        if yaml_style:
+            return " | ".join(_yaml_value(a) for a in args)
         return "{" + ", ".join(repr(a) for a in args) + "}"
     if origin in (typing.Union, types.UnionType):
         rest = [a for a in args if a is not type(None)]
-        text = " or ".join(_type_text(a) for a in rest)
-        return text + (" or None" if len(rest) < len(args) else "")
-    if origin in (list, tuple, set, frozenset, collections.abc.Sequence) and args:
-        return f"{'sequence' if origin is collections.abc.Sequence else origin.__name__} of {_type_text(args[0])}"
-    if origin is dict or annotation is dict:
+        text = " or ".join(_type_text(a, style) for a in rest)
+        return text + (f" or {_SCALAR_NAMES[style][type(None)]}" if len(rest) < len(args) else "")
+    if origin in _SEQUENCES:
+        container = "list" if yaml_style else _SEQUENCES[origin]
+        items = [a for a in args if a is not Ellipsis]
+        if not items:
+            return container
+        inner = _strip_annotated(items[0])
+        if yaml_style and isinstance(inner, type) and issubclass(inner, BaseModel):
+            return "list of mappings (keys below)"
+        return f"{container} of {_type_text(inner, style)}"
+    if origin in (dict, collections.abc.Mapping) or tp in (dict, collections.abc.Mapping):
+        if yaml_style and len(args) == 2 and args[1] is not Any:
+            return f"mapping of {_type_text(args[0], style)} to {_type_text(args[1], style)}"
         return "mapping"
-    if annotation is Any:
+    if yaml_style and isinstance(tp, type) and issubclass(tp, BaseModel):
+        return "mapping (keys below)"
+    if tp is Any:
         return "any"
-    return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
+    if isinstance(tp, type) and tp in _SCALAR_NAMES[style]:
+        return _SCALAR_NAMES[style][tp]
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _is_text(tp: Any) -> bool:
+    """Whether ``tp`` (optional or not) is a string, for the wording of a length bound."""
+    tp = _strip_annotated(tp)
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        return any(_is_text(a) for a in typing.get_args(tp) if a is not type(None))
+    return tp is str
+
+
+def _metadata(field: FieldInfo) -> Iterator[Any]:
+    """The constraint objects of ``field``: its own, those of a ``Field(...)`` among them, and those of an
+    ``Annotated`` type inside an optional (``Optional[Annotated[str, ...]]``)."""
+    def walk(items: Any) -> Iterator[Any]:
+        for m in items:
+            if isinstance(m, FieldInfo):
+                yield from walk(m.metadata)
+            else:
+                yield m
+
+    yield from walk(field.metadata)
+    tp = field.annotation
+    for arg in (typing.get_args(tp) if typing.get_origin(tp) in (typing.Union, types.UnionType) else ()):
+        if typing.get_origin(arg) is typing.Annotated:
+            yield from walk(typing.get_args(arg)[1:])
 
 
 def _bounds_text(field: FieldInfo) -> str:
-    marks = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<"}
-    return ", ".join(f"{sign} {getattr(m, key)}" for m in field.metadata for key, sign in marks.items()
-                     if getattr(m, key, None) is not None)
+    """``field``'s constraints as text, the same in both :data:`DocStyle`\\ s: ``>= 0, <= 1``, ``at least 1
+    item``, ``at most 64 characters``, ``a multiple of 8``, ``matching the regex ...``; ``""`` when it has none."""
+    marks = (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<"))
+    parts: list[str] = []
+    noun = "character" if _is_text(field.annotation) else "item"
+    for m in _metadata(field):
+        parts += [f"{sign} {getattr(m, key)!r}" for key, sign in marks if getattr(m, key, None) is not None]
+        for key, word in (("min_length", "at least"), ("max_length", "at most")):
+            n = getattr(m, key, None)
+            if n is not None:
+                parts.append(f"{word} {n} {noun}{'' if n == 1 else 's'}")
+        if getattr(m, "multiple_of", None) is not None:
+            parts.append(f"a multiple of {m.multiple_of!r}")
+        if getattr(m, "pattern", None) is not None:
+            parts.append(f"matching the regex {m.pattern}")
+    return ", ".join(dict.fromkeys(parts))
+
+
+def _default_value(value: Any, style: DocStyle = "numpydoc") -> str:
+    """A default value in ``style``: Python's ``repr`` (numpydoc), or as YAML writes it with a string in double
+    quotes (``"default"``, not ``default``)."""
+    if style == "numpydoc":
+        return repr(value)
+    return json.dumps(value, ensure_ascii=False) if isinstance(value, str) else _yaml_value(value)
+
+
+def _default_text(field: FieldInfo, style: DocStyle = "numpydoc") -> str:
+    """``required``, or ``default <value>`` in ``style`` (a ``default_factory`` called, one that takes the
+    validated data given none)."""
+    if field.is_required():
+        return "required"
+    if field.default_factory is not None:
+        factory: Any = field.default_factory
+        try:
+            value = factory()
+        except TypeError:  # a factory that takes the validated data
+            value = factory({})
+        return f"default {_default_value(value, style)}"
+    return f"default {_default_value(field.default, style)}"
 
 
 def params_section(model: type[Params]) -> str:
     """The numpydoc ``Parameters`` section of an operator, generated from its parameter model: one entry
     per field with its type, bounds, default and ``description`` (the same text a validation error and
-    ``ragkit validate`` draw on), so ``help(BM25)`` documents what ``BM25(...)`` and its YAML accept."""
+    ``ragkit validate`` draw on), so ``help(BM25)`` documents what ``BM25(...)`` and its YAML accept. Type,
+    bounds and default come from the helpers ``ragkit describe`` uses too, in their numpydoc style."""
     import textwrap
 
     lines = ["Parameters", "----------"]
@@ -683,10 +797,8 @@ def params_section(model: type[Params]) -> str:
         head = f"{name} : {_type_text(field.annotation)}"
         if bounds := _bounds_text(field):
             head += f" ({bounds})"
-        if field.default_factory is not None:
-            head += f", default {field.default_factory()!r}"  # type: ignore[call-arg]
-        elif not field.is_required():
-            head += f", default {field.default!r}"
+        if not field.is_required():
+            head += f", {_default_text(field)}"
         lines.append(head)
         text = field.description or ""
         lines += textwrap.wrap(text, 96, initial_indent="    ", subsequent_indent="    ") or ["    (undocumented)"]

@@ -17,6 +17,7 @@ from pydantic import Field
 from ragkit import Operator, Params, registry
 from ragkit._reference import WIDTH, describe, operator_table, table_text, undocumented_fields
 from ragkit.errors import InputTypeError, ParamError, RagkitError
+from ragkit.params import params_section
 from ragkit.pipelines._compose import Loop
 from ragkit.pipelines.yaml import STRUCTURAL, load_yaml
 from ragkit.registry import register
@@ -160,3 +161,54 @@ def test_a_plugin_operator_is_listed_and_described(scratch):
     assert "      Keys of each item of rules: A probe's rule." in text
     assert _keys_at(text, 8) == ["word", "weight"]
     assert {"probe_ref.mode", "probe_ref.rules.weight"} <= set(undocumented_fields())
+
+
+def test_help_shows_the_bounds_describe_shows():
+    """``help()`` (the numpydoc Parameters section) and ``ragkit describe`` write a field's bounds with the same
+    helper: before, help() showed only ``>=``/``<`` bounds, so rule_router's ``rules`` (at least 1 item) and
+    score_router's labels (at least 1 character) read as unbounded there while describe showed the bound."""
+    from ragkit.params import _bounds_text
+
+    seen = 0
+    for name in registry.names():
+        cls = registry.get(name)
+        described = " ".join(describe(name).split())
+        for field_name, field in cls.Params.model_fields.items():
+            if not (bounds := _bounds_text(field)):
+                continue
+            seen += 1
+            head = next(line for line in (cls.__doc__ or "").splitlines() if line.startswith(f"{field_name} : "))
+            assert f"({bounds})" in head, f"{name}.{field_name}: help() writes {head!r}, describe {bounds!r}"
+            assert bounds in described, f"{name}.{field_name}"
+    assert seen
+    rule_router = registry.get("rule_router").__doc__ or ""
+    assert "\nrules : list of Rule (at least 1 item)\n" in rule_router
+    assert "\ndefault : str (at least 1 character), default 'default'\n" in rule_router
+
+
+def test_one_set_of_field_texts_in_two_styles():
+    """The type and default of a field, in numpydoc style (``help()``: ``None``, Python's repr) and in YAML style
+    (``ragkit describe``: ``null``, YAML's spelling), from the same helpers in :mod:`ragkit.params`."""
+    from typing import Annotated, Optional
+
+    from ragkit.params import _bounds_text, _default_text, _type_text
+
+    class P(Params):
+        mode: Optional[Literal["a", "b"]] = Field("a", description="Mode.")
+        tag: Optional[Annotated[str, Field(min_length=2, pattern="^t")]] = Field(None, description="Tag.")
+        flag: bool = Field(True, description="Flag.")
+        weights: dict[str, float] = Field(default_factory=dict, description="Weights.")
+
+    fields = P.model_fields
+    assert _type_text(fields["mode"].annotation) == "{'a', 'b'} or None"
+    assert _type_text(fields["mode"].annotation, "yaml") == "a | b or null"
+    assert _type_text(fields["flag"].annotation) == "bool"
+    assert _type_text(fields["flag"].annotation, "yaml") == "bool (true | false)"
+    assert _type_text(fields["weights"].annotation) == "mapping"
+    assert _type_text(fields["weights"].annotation, "yaml") == "mapping of string to float"
+    assert _default_text(fields["mode"]) == "default 'a'"
+    assert _default_text(fields["mode"], "yaml") == 'default "a"'
+    assert _default_text(fields["tag"], "yaml") == "default null"
+    assert _default_text(fields["weights"]) == "default {}"
+    assert _bounds_text(fields["tag"]) == "at least 2 characters, matching the regex ^t"
+    assert "tag : str or None (at least 2 characters, matching the regex ^t), default None" in params_section(P)
