@@ -1036,12 +1036,12 @@ def _settings(data: str, pipeline: str, train_split: Optional[str], limit: Optio
 
 
 def _data_prints(corpus: Any, queries: Any) -> dict[str, Any]:
-    """``corpus_fingerprint`` (:func:`~ragkit.eval.provenance.corpus_fingerprint`: its ids, titles and texts),
+    """``corpus_fingerprint`` (:func:`~ragkit.eval.provenance.corpus_digest_text`: its ids, titles and texts),
     ``n_documents`` and ``queries_fingerprint`` (the evaluated queries' ids and texts:
     :func:`~ragkit.eval.provenance.queries_fingerprint`) of one dataset, for ``ragkit eval``'s JSON."""
-    from ragkit.eval.provenance import corpus_fingerprint, queries_fingerprint
+    from ragkit.eval.provenance import corpus_digest_text, queries_fingerprint
 
-    return {"corpus_fingerprint": corpus_fingerprint(corpus), "n_documents": len(corpus),
+    return {"corpus_fingerprint": corpus_digest_text(corpus), "n_documents": len(corpus),
             "queries_fingerprint": queries_fingerprint(queries)}
 
 

@@ -533,22 +533,13 @@ class Operator:
         (one digest per query) are checked by id and text only."""
         from ragkit.types import warn_same_text
 
-        taught, texts, stack = [], [], [self]
-        while stack:
-            op = stack.pop()
-            stack.extend(op.children())
-            digests: np.ndarray | None = getattr(op, "trained_on_", None)
-            if digests is not None:
-                digests = np.asarray(digests)
-                taught.append(digests if digests.ndim == 1 else digests[:, 0])  # (saved before: one per query)
-                if digests.ndim == 2:
-                    texts.append(digests[:, 1])
-        if not taught or not len(queries):
+        taught, texts = taught_digests(self)
+        if not len(taught) or not len(queries):
             return []
         mine = query_digests(queries)
-        learned = np.isin(mine[:, 0], np.concatenate(taught))
-        if texts:
-            same = np.flatnonzero(~learned & np.isin(mine[:, 1], np.concatenate(texts)))
+        learned = np.isin(mine[:, 0], taught)
+        if len(texts):
+            same = np.flatnonzero(~learned & np.isin(mine[:, 1], texts))
             warn_same_text([queries.ids[i] for i in same], len(queries),
                            f"{self.name or type(self).__name__}.learned_from", "a query it learned from")
         return [queries.ids[i] for i in np.flatnonzero(learned)]
@@ -1388,6 +1379,22 @@ _TEXT_DIGESTS_LOCK = threading.Lock()
 _UNCHECKED_TEXTS_SAID = False
 
 
+#: strings :func:`hash_strings` feeds to a hash at once (a chunk's lengths, then its joined UTF-8 bytes)
+_STRING_CHUNK = 65536
+
+
+def hash_strings(h: Any, column: Sequence[str] | np.ndarray) -> None:
+    """Feed ``column`` (strings) to the hash ``h`` (``hashlib``'s ``update``) in chunks of 65,536: each chunk's
+    string lengths (int64, characters), then its strings joined as UTF-8 (lone surrogates kept), so no two lists
+    of strings feed the same bytes.  What :func:`corpus_texts_digest` and
+    :mod:`ragkit.eval.provenance`'s fingerprints hash."""
+    for a in range(0, len(column), _STRING_CHUNK):
+        chunk = column[a:a + _STRING_CHUNK]
+        part = chunk.tolist() if isinstance(chunk, np.ndarray) else list(chunk)
+        h.update(np.fromiter(map(len, part), dtype=np.int64, count=len(part)).tobytes())
+        h.update("".join(part).encode("utf-8", "surrogatepass"))
+
+
 def corpus_texts_digest(corpus: Corpus) -> str:
     """BLAKE2b-128 (hex) of the documents' titles and texts in order: what an operator indexed of each
     document beside its id (a corpus's ids are :func:`corpus_fingerprint`'s).
@@ -1401,11 +1408,8 @@ def corpus_texts_digest(corpus: Corpus) -> str:
     if known is not None:
         return known
     h = hashlib.blake2b(digest_size=16)
-    for column in (corpus.titles, corpus.texts):
-        for a in range(0, len(column), 65536):
-            part = column[a:a + 65536].tolist()
-            h.update(np.fromiter(map(len, part), dtype=np.int64, count=len(part)).tobytes())
-            h.update("".join(part).encode("utf-8", "surrogatepass"))
+    hash_strings(h, corpus.titles)
+    hash_strings(h, corpus.texts)
     digest = h.hexdigest()
     with _TEXT_DIGESTS_LOCK:
         _TEXT_DIGESTS[corpus] = digest
@@ -1508,11 +1512,11 @@ def _digest(s: str) -> int:
     return int.from_bytes(hashlib.sha1(s.encode("utf-8", "surrogatepass")).digest()[:8], "little")
 
 
-def query_id_digests(queries: Queries) -> np.ndarray:
-    """Column 0 of :func:`query_digests` alone, shape ``(n,)`` ``uint64``: the digest of each query's id and text
-    (what :func:`~ragkit.run.learned_query_ids` matches, without hashing the normalised texts)."""
-    return np.fromiter((_digest(f"{i}\x00{t}") for i, t in zip(queries.ids, queries.texts)), dtype=np.uint64,
-                       count=len(queries))
+def query_id_digests(ids: Sequence[str], texts: Sequence[str]) -> np.ndarray:
+    """Column 0 of :func:`query_digests` alone, shape ``(n,)`` ``uint64``: the digest of each query's id of
+    ``ids`` and its text of ``texts`` (aligned; what :func:`~ragkit.run.learned_query_ids` matches, without
+    hashing the normalised texts)."""
+    return np.fromiter((_digest(f"{i}\x00{t}") for i, t in zip(ids, texts)), dtype=np.uint64, count=len(ids))
 
 
 def query_digests(queries: Queries) -> np.ndarray:
@@ -1523,7 +1527,27 @@ def query_digests(queries: Queries) -> np.ndarray:
     from ragkit.types import normalised_text
 
     texts = np.fromiter((_digest(normalised_text(t)) for t in queries.texts), dtype=np.uint64, count=len(queries))
-    return np.stack([query_id_digests(queries), texts], axis=1)
+    return np.stack([query_id_digests(queries.ids, queries.texts), texts], axis=1)
+
+
+def taught_digests(op: Any) -> tuple[np.ndarray, np.ndarray]:
+    """The digests of the queries that the operator or pipeline ``op``, or one inside it, learned from (their
+    ``trained_on_``, :func:`query_digests`): those of their ids and texts (column 0) and those of their normalised
+    texts (column 1; none for an operator saved before it was recorded, one digest per query), each ``uint64``,
+    concatenated over the tree; both empty when none learned (then :meth:`Operator.learned_from` and
+    :func:`~ragkit.run.learned_query_ids` hash no query)."""
+    ids, texts, stack = [], [], [op]
+    while stack:
+        node = stack.pop()
+        stack.extend(node.children())
+        digests = getattr(node, "trained_on_", None)
+        if digests is not None and len(digests):
+            digests = np.asarray(digests)
+            ids.append(digests if digests.ndim == 1 else digests[:, 0])  # (saved before: one per query)
+            if digests.ndim == 2:
+                texts.append(digests[:, 1])
+    none = np.zeros(0, np.uint64)
+    return (np.concatenate(ids) if ids else none), (np.concatenate(texts) if texts else none)
 
 
 def check_fit_inputs(corpus: Any, train: Any, where: str) -> None:

@@ -176,20 +176,12 @@ def learned_query_ids(op: Any, query_ids: Sequence[str], texts: Sequence[str]) -
     <ragkit.operator.Operator.learned_from>` lists, matched by id and text, without its warning of a learned
     question under another id (a search would say it on every call).  What ``search`` records in
     :attr:`Run.learned_from`; nothing is hashed when no operator learned from queries."""
-    taught, stack = [], [op]
-    while stack:
-        node = stack.pop()
-        stack.extend(node.children())
-        digests = getattr(node, "trained_on_", None)
-        if digests is not None and len(digests):
-            digests = np.asarray(digests)
-            taught.append(digests if digests.ndim == 1 else digests[:, 0])  # (saved before: one per query)
-    if not taught or not len(query_ids):
-        return []
-    from ragkit.operator import query_id_digests
-    from ragkit.types import Queries
+    from ragkit.operator import query_id_digests, taught_digests
 
-    learned = np.isin(query_id_digests(Queries(list(query_ids), list(texts))), np.concatenate(taught))
+    taught, _ = taught_digests(op)
+    if not len(taught) or not len(query_ids):
+        return []
+    learned = np.isin(query_id_digests(query_ids, texts), taught)
     return [query_ids[i] for i in np.flatnonzero(learned).tolist()]
 
 

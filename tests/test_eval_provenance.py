@@ -189,7 +189,7 @@ def test_eval_json_fingerprints_the_corpus_and_the_queries(evaluated, two_corpor
     for name, data in (("full", full), ("half", half)):
         settings = json.loads(evaluated[name].read_text())["settings"]
         ds = load_beir(data)
-        assert settings["corpus_fingerprint"] == provenance.corpus_fingerprint(ds.corpus)
+        assert settings["corpus_fingerprint"] == provenance.corpus_digest_text(ds.corpus)
         assert settings["n_documents"] == len(ds.corpus)
         assert settings["queries_fingerprint"] == provenance.queries_fingerprint(ds.queries("test"))
     a, b = (json.loads(evaluated[n].read_text())["settings"] for n in ("full", "half"))
@@ -200,7 +200,7 @@ def test_corpus_fingerprint_sees_ids_titles_and_texts():
     from ragkit.types import Corpus, Queries
 
     def fp(ids, texts, titles=None):  # noqa: ANN001, ANN202
-        return provenance.corpus_fingerprint(Corpus(ids=ids, texts=texts, titles=titles))
+        return provenance.corpus_digest_text(Corpus(ids=ids, texts=texts, titles=titles))
 
     base = fp(["a", "b"], ["x y", "z"], ["t", ""])
     assert base.startswith("blake2b:") and base == fp(["a", "b"], ["x y", "z"], ["t", ""])
@@ -327,7 +327,7 @@ def test_eval_of_several_datasets_records_the_same_provenance(two_corpora, tmp_p
     for name, data in (("scifact", full), ("other", other)):
         ds = load_beir(data)
         sub = payload["subsets"][name]
-        assert sub["corpus_fingerprint"] == provenance.corpus_fingerprint(ds.corpus)
+        assert sub["corpus_fingerprint"] == provenance.corpus_digest_text(ds.corpus)
         assert sub["n_documents"] == len(ds.corpus)
         assert sub["queries_fingerprint"] == provenance.queries_fingerprint(ds.queries("test")[:5])
         prints[name] = sub["corpus_fingerprint"]
@@ -345,7 +345,7 @@ def test_eval_of_several_datasets_records_the_same_provenance(two_corpora, tmp_p
 # --- provenance only for the JSON; git status takes no lock and never claims a clean checkout it cannot see
 
 
-_PROVENANCE_FUNCS = ("resolved_pipeline", "models", "versions", "ragkit_commit", "corpus_fingerprint",
+_PROVENANCE_FUNCS = ("resolved_pipeline", "models", "versions", "ragkit_commit", "corpus_digest_text",
                      "queries_fingerprint")
 
 
@@ -381,7 +381,7 @@ def test_eval_without_output_builds_no_provenance(two_corpora, tmp_path: Path, m
         calls.update(dict.fromkeys(_PROVENANCE_FUNCS, 0))
         res = _cli("eval", *args, "--pipeline", "bm25", "--limit", "5", "-o", tmp_path / "out.json")
         assert res.exit_code == 0, res.output
-        assert calls["versions"] == 1 and calls["resolved_pipeline"] >= 1 and calls["corpus_fingerprint"] >= 1
+        assert calls["versions"] == 1 and calls["resolved_pipeline"] >= 1 and calls["corpus_digest_text"] >= 1
         assert "versions" in json.loads((tmp_path / "out.json").read_text())
 
 

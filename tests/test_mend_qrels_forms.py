@@ -131,7 +131,7 @@ def test_learned_query_ids_hashes_no_normalised_text(monkeypatch):
 
     taught = Queries(["q1", "q2"], ["apple", "Runs  fast"])
     both = query_digests(taught)
-    assert np.array_equal(query_id_digests(taught), both[:, 0])
+    assert np.array_equal(query_id_digests(taught.ids, taught.texts), both[:, 0])
     op = _Taught(both)
 
     def refused(text: str) -> str:

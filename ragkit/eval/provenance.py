@@ -10,7 +10,7 @@ model, and fingerprints of the corpus and of the evaluated queries.
   not torch).
 * :func:`models`: each encoder model a step names, with the identity the embedding cache keys its vectors by
   (:func:`~ragkit.encoders.sentence.model_fingerprint`, read from the encoder the fit made).
-* :func:`corpus_fingerprint` / :func:`queries_fingerprint`: BLAKE2b digests of the documents (ids, titles,
+* :func:`corpus_digest_text` / :func:`queries_fingerprint`: BLAKE2b digests of the documents (ids, titles,
   texts) and of the queries (ids, texts), hashed in chunks (no per-document hashing).
 """
 
@@ -25,21 +25,16 @@ import sys
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-import numpy as np
-
-__all__ = ["resolved_pipeline", "versions", "ragkit_commit", "models", "corpus_fingerprint", "queries_fingerprint",
+__all__ = ["resolved_pipeline", "versions", "ragkit_commit", "models", "corpus_digest_text", "queries_fingerprint",
            "combined_fingerprint", "FINGERPRINT_KIND", "LIBRARIES"]
 
-#: The prefix of :func:`corpus_fingerprint`'s and :func:`queries_fingerprint`'s values.
+#: The prefix of :func:`corpus_digest_text`'s and :func:`queries_fingerprint`'s values.
 FINGERPRINT_KIND = "blake2b"
 
 #: Distributions whose installed version :func:`versions` records (absent ones are left out).
 LIBRARIES = ("numpy", "scipy", "usearch", "pydantic", "PyYAML", "PyStemmer", "pytrec-eval-terrier", "scikit-learn",
              "threadpoolctl", "torch", "transformers", "sentence-transformers", "tokenizers", "huggingface-hub",
              "safetensors", "accelerate", "rank-bm25", "bm25s", "faiss-cpu", "numba", "ray", "langchain-core", "gguf")
-
-#: strings hashed at once by :func:`_hash_strings` (a chunk's lengths and joined UTF-8 bytes)
-_CHUNK = 65536
 
 _HEX_SHA = re.compile(r"[0-9a-f]{40}([0-9a-f]{24})?")
 
@@ -214,25 +209,17 @@ def _hub_revision(model: str) -> str | None:
 
 
 # ---------------------------------------------------------------------------------------------- data
-def _hash_strings(h: Any, column: Any) -> None:
-    """Feed ``column`` (strings) to ``h`` in chunks of 65,536: each chunk's string lengths (int64, characters),
-    then its strings joined as UTF-8, so no two lists of strings feed the same bytes."""
-    for a in range(0, len(column), _CHUNK):
-        part = column[a:a + _CHUNK]
-        part = part.tolist() if isinstance(part, np.ndarray) else list(part)
-        h.update(np.fromiter(map(len, part), dtype=np.int64, count=len(part)).tobytes())
-        h.update("".join(part).encode("utf-8", "surrogatepass"))
-
-
-def corpus_fingerprint(corpus: Any) -> str:
+def corpus_digest_text(corpus: Any) -> str:
     """``"blake2b:<32 hex digits>"`` identifying a :class:`~ragkit.types.Corpus`: its size, its ids in order and
     the digest of its titles and texts (:func:`~ragkit.operator.corpus_texts_digest`, what a saved operator
-    records; remembered per corpus), hashed in chunks: ~0.5 s per million documents."""
-    from ragkit.operator import corpus_texts_digest
+    records; remembered per corpus), hashed in chunks: ~0.5 s per million documents.  ``ragkit eval -o``'s
+    ``settings.corpus_fingerprint`` (not :func:`ragkit.operator.corpus_fingerprint`, a saved operator's dict of
+    its corpus's size and ids)."""
+    from ragkit.operator import corpus_texts_digest, hash_strings
 
     h = hashlib.blake2b(digest_size=16)
     h.update(f"corpus\t{len(corpus)}\n".encode())
-    _hash_strings(h, corpus.ids)
+    hash_strings(h, corpus.ids)
     h.update(corpus_texts_digest(corpus).encode())
     return f"{FINGERPRINT_KIND}:{h.hexdigest()}"
 
@@ -240,10 +227,12 @@ def corpus_fingerprint(corpus: Any) -> str:
 def queries_fingerprint(queries: Any) -> str:
     """``"blake2b:<32 hex digits>"`` identifying :class:`~ragkit.types.Queries`: their number, ids and texts in
     order, hashed in chunks."""
+    from ragkit.operator import hash_strings
+
     h = hashlib.blake2b(digest_size=16)
     h.update(f"queries\t{len(queries.ids)}\n".encode())
-    _hash_strings(h, queries.ids)
-    _hash_strings(h, queries.texts)
+    hash_strings(h, queries.ids)
+    hash_strings(h, queries.texts)
     return f"{FINGERPRINT_KIND}:{h.hexdigest()}"
 
 
