@@ -113,7 +113,7 @@ class SystemResult:
     ``qrels_fingerprint`` identifies the judgements it was scored against (:func:`scored_qrels_fingerprint`;
     ``None``: unknown): :func:`compare` refuses two of one kind that differ.
     ``corpus_fingerprint`` identifies the documents it searched (``ragkit eval -o``'s ``settings.corpus_fingerprint``:
-    :func:`~ragkit.eval.provenance.corpus_fingerprint`; ``None``: unknown, as for a TREC run file or an older
+    :func:`~ragkit.eval.provenance.corpus_digest_text`; ``None``: unknown, as for a TREC run file or an older
     file): :meth:`Comparison.warnings` says when two known ones differ (not refused: a smaller corpus may be meant).
     ``ranked_queries`` are the queries a TREC run file ranks documents for (``None``: all it was scored on).
     ``source`` is the file it was read from (:func:`load_result`), recorded by :meth:`Comparison.to_dict`.
