@@ -151,7 +151,7 @@ from typing import AbstractSet, Any, Iterable, Iterator, Literal, Sequence, Type
 import numpy as np
 import torch
 
-from ragkit._files import FCNTL as _fcntl, atomic_file, share_file_like_umask
+from ragkit._files import FCNTL as _fcntl, atomic_file, first_time, share_file_like_umask
 from ragkit.errors import ArtifactError, DataError, ParamError
 
 __all__ = [
@@ -206,7 +206,6 @@ _TRIM_LOCK = ".trim.lock"
 _UNREADABLE_NOTED: set[str] = set()
 #: chunk-cache folders (real paths) already said to be read-only, once per process
 _READ_ONLY_NOTED: set[str] = set()
-_NOTED_LOCK = threading.Lock()  # (threads may open stores, and read their files, at once)
 
 _log = logging.getLogger(__name__)
 
@@ -1223,7 +1222,7 @@ class ChunkKVCache:
                                 "readable safetensors file: check its permissions and the disk") from e
         except (SafetensorError, KeyError, ValueError, TypeError) as e:  # cut short, bad header, metadata or digest
             if self._read_only:  # (said once per file: it stays, and is found again)
-                if _first_note(_UNREADABLE_NOTED, f"damaged {f}"):
+                if first_time(_UNREADABLE_NOTED, f"damaged {f}"):
                     _log.warning(f"{f}: damaged chunk-cache file ({type(e).__name__}: {e}); left in place (the "
                                  "folder cannot be written), its chunk is computed again")
                 return None
@@ -1235,7 +1234,7 @@ class ChunkKVCache:
     @staticmethod
     def _note_unreadable(f: Path) -> None:
         """Warn, once per process and file, that the variant file ``f`` cannot be read (permissions)."""
-        if not _first_note(_UNREADABLE_NOTED, str(f)):
+        if not first_time(_UNREADABLE_NOTED, str(f)):
             return
         try:
             st = f.stat()
@@ -1397,20 +1396,10 @@ def check_cache_dir(folder: str | Path) -> dict | None:
                             f"up to {_FORMAT_VERSION})")
     # a chunk cache shipped read-only (an image, a shared mount) still serves what it holds; said once per folder
     # and process (a command checks the folder, then opens it: one warning)
-    if not writable and _first_note(_READ_ONLY_NOTED, os.path.realpath(folder)):
+    if not writable and first_time(_READ_ONLY_NOTED, os.path.realpath(folder)):
         _log.warning(f"{folder}: the chunk-cache folder cannot be written ({_unwritable_reason(folder)}): its stored "
                      "chunks are reused, chunks computed now are not kept")
     return meta
-
-
-def _first_note(noted: set[str], name: str) -> bool:
-    """Whether ``name`` is said for the first time in this process (then it is marked said in ``noted``);
-    thread-safe: of threads that ask at once, one gets ``True``."""
-    with _NOTED_LOCK:
-        if name in noted:
-            return False
-        noted.add(name)
-        return True
 
 
 def _unwritable_reason(folder: Path) -> str:

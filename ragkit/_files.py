@@ -16,6 +16,7 @@ import os
 import re
 import secrets
 import stat
+import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -26,7 +27,7 @@ from ragkit.errors import ArtifactError, DataError, InputTypeError
 __all__ = ["atomic_file", "sha256_file", "folder_checksums", "verify_checksums", "saved_relpath", "check_inside",
            "utf8_lines", "shared_tempdir", "remove_stale_tempdirs", "share_like_umask", "share_file_like_umask",
            "user_path", "folder_lock", "remove_stale_tempfiles", "owner_tag", "owner_ended", "SAVE_ERRNOS",
-           "save_unwritable", "writes_through", "text_output"]
+           "save_unwritable", "writes_through", "text_output", "first_time"]
 
 #: seconds a save waits for the loads of the folder it replaces to finish (then it replaces it anyway: those
 #: loads notice and load again); a load waits as long for a save's swap, which holds the lock for microseconds
@@ -43,6 +44,24 @@ def user_path(path: object, where: str) -> Path:
         raise InputTypeError(f"{where}: expected a path (a str or pathlib.Path), got {type(path).__name__} "
                              f"{path!r:.80}")
     return Path(os.path.expanduser(os.fsdecode(os.fspath(path))))
+
+
+#: guards every set :func:`first_time` marks (threads may open caches, read their files and log at once)
+_FIRST_TIME_LOCK = threading.Lock()
+
+
+def first_time(noted: set[Any], key: object, *, limit: int | None = None) -> bool:
+    """Whether ``key`` comes up for the first time in this process (then it is marked in ``noted``): a warning
+    said once per process and key.  Thread-safe: of threads that ask at once, one gets ``True``.  ``limit``: when
+    ``noted`` holds more than ``limit`` keys, it is emptied before ``key`` is added (keys said long ago may be
+    said again; ``None``: never emptied)."""
+    with _FIRST_TIME_LOCK:
+        if key in noted:
+            return False
+        if limit is not None and len(noted) > limit:
+            noted.clear()
+        noted.add(key)
+        return True
 
 
 #: OSError numbers a save cannot get past by trying again (``None``: numpy's short write on a full disk): a full

@@ -640,10 +640,8 @@ class EmbeddingCache(ShardStore[np.ndarray]):
         """Log (a warning on the ``ragkit`` logger, once per shard file and process) that the shard ``name`` is
         not served, and why (``reason``): its texts are encoded again, into a new shard."""
         path = self.folder / f"{name}.npy"
-        with _SWEPT_LOCK:
-            if path in _SET_ASIDE_SAID:
-                return
-            _SET_ASIDE_SAID.add(path)
+        if not _files.first_time(_SET_ASIDE_SAID, path):
+            return
         _log.warning(f"ragkit: the embedding cache's shard {path} is set aside, not read: {reason}; its texts are "
                      f"encoded again (into a new shard). Delete {name}.npy and {name}.keys.npy from {self.folder} to "
                      "stop this warning")

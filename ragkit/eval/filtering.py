@@ -19,7 +19,12 @@ __all__ = ["FilterReport", "filter_report", "relevance_labels", "expected_calibr
 def relevance_labels(run: Run, qrels: Qrels | Any) -> list[np.ndarray]:
     """Per query of ``run``, a 0/1 array: is each retrieved document judged relevant (> 0).  ``qrels`` takes
     what :func:`~ragkit.eval.evaluate` takes (:func:`~ragkit.types.as_qrels`)."""
-    qrels = as_qrels(qrels, "relevance_labels")
+    return _relevance_labels(run, as_qrels(qrels, "relevance_labels"))
+
+
+def _relevance_labels(run: Run, qrels: Mapping[str, Mapping[str, int]]) -> list[np.ndarray]:
+    """:func:`relevance_labels` of ``qrels`` already converted (what :func:`~ragkit.types.as_qrels` returns): not
+    converted, nor checked, again (:func:`filter_report` converts its judgements once, for both of its runs)."""
     out = []
     for qid, docs in zip(run.query_ids, run.doc_ids):
         rel = qrels.get(qid, {})
@@ -83,7 +88,7 @@ def filter_report(filtered: Run, qrels: Qrels | Any, reference: Run | None = Non
         judged = [q for q in reference.query_ids if q in qrels]
     if not judged:
         raise DataError("filter_report: no query of the run has judgements")
-    labels = relevance_labels(filtered, qrels)
+    labels = _relevance_labels(filtered, qrels)
     none = np.zeros(0, dtype=object)
     docs = {q: filtered.doc_ids[f_at[q]] if q in f_at else none for q in judged}
     rel = {q: labels[f_at[q]] > 0 if q in f_at else np.zeros(0, bool) for q in judged}
@@ -91,7 +96,7 @@ def filter_report(filtered: Run, qrels: Qrels | Any, reference: Run | None = Non
     hits = float(sum(rel[q].sum() for q in judged))  # kept relevant documents: precision's numerator
     tp = hits
     if reference is not None:
-        ref_labels = relevance_labels(reference, qrels)
+        ref_labels = _relevance_labels(reference, qrels)
         total = float(sum(ref_labels[ref_at[q]].sum() for q in judged))
         # recall within the reference: a kept relevant document the reference never retrieved does not count.
         # A kept relevant document is in the reference's list exactly when it is among the reference's

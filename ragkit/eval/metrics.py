@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Callable, Collection, Iterable, Mapping, 
 
 import numpy as np
 
+from ragkit._files import first_time
 from ragkit.errors import DataError, ParamError, some_ids
 from ragkit.run import Run, _f32, _flat, _trec_permutation
 from ragkit.types import Ranking, State, _a, _kind, as_qrels, check_qrels
@@ -443,13 +444,10 @@ _SAID: set[str] = set()
 
 
 def say_once(key: str, message: str, level: int = logging.INFO) -> None:
-    """Log ``message`` on the ``ragkit`` logger at ``level``, unless a message of the same ``key`` was logged."""
-    if key in _SAID:
-        return
-    if len(_SAID) > 1000:
-        _SAID.clear()
-    _SAID.add(key)
-    _log.log(level, message)
+    """Log ``message`` on the ``ragkit`` logger at ``level``, unless a message of the same ``key`` was logged
+    (thread-safe: :func:`~ragkit._files.first_time`; past 1000 keys, the record of them starts afresh)."""
+    if first_time(_SAID, key, limit=1000):
+        _log.log(level, message)
 
 
 #: The ``(relevance_level, query ids)`` of judged documents ignored for their query's id that :func:`evaluate`
