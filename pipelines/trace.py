@@ -172,7 +172,8 @@ def print_trace(console: Any, events: Sequence[TraceEvent]) -> None:
     judged = any(r.recall is not None for r in rows)
     for r in rows:  # each line whole (soft_wrap): a pipe's 80 columns cut a path or a figure's line in two
         share = "with the steps inside it" if r.inclusive else f"{100 * r.seconds / total:.1f}% of the time"
-        over = f" (over {_scored_cell(r)} queries)" if judged else ""
+        over = f" (over {_scored_cell(r)} queries)" if judged and r.scored != r.queries else ""  # (said where
+        # the figures cover fewer queries than the step ran on)
         console.print(Text(r.step, style="bold"), soft_wrap=True)
         console.print(Text(
             f"  {r.operator} · {r.calls} call(s), {r.queries} queries · {1000 * r.seconds:.1f} ms "

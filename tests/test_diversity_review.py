@@ -169,7 +169,9 @@ def test_knn_embed_identical_documents_say_it_in_ragkit_words(caplog):
     msgs = _ragkit_warnings(caplog)
     assert any("1 distinct cluster of the 4 asked" in m for m in msgs), msgs
     assert any("all alike" in m for m in msgs), msgs
-    assert [len(set(r.rows.tolist())) for r in op(_state(op, vecs[:2], k=10)).rankings] == [30, 30]  # k: 100
+    assert [len(set(r.rows.tolist())) for r in op(_state(op, vecs[:2])).rankings] == [30, 30]  # k: 100
+    # a top-level k on a State is the final number, as search's (d22b0fc)
+    assert [len(set(r.rows.tolist())) for r in op(_state(op, vecs[:2], k=10)).rankings] == [10, 10]
 
 
 # ---------------------------------------------------------------------- 8. the filter parameter
