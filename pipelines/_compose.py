@@ -44,6 +44,7 @@ from ragkit.operator import (
     _reflected_elsewhere,
     call_checked,
     check_search_arguments,
+    cut_to_k,
     fit_on_backend,
     options_checked,
     refuse_unapplied_filter,
@@ -882,9 +883,8 @@ class Pipeline(Composite):
             finally:
                 _TRACE_SCORING.reset(scoring)
                 _TRACE_IDS.reset(token)
+            state = cut_to_k(state, None if k is None else int(k))  # the one final cut (an operator on a State too)
             rankings = state.rankings if state.rankings is not None else [Ranking.empty() for _ in state.queries]
-            if k is not None:
-                rankings = [r.head(int(k)) for r in rankings]
             return Run.from_rankings(state.query_ids, rankings, corpus.ids, values=state.values,
                                      trace=state.trace, seconds=seconds,
                                      learned_from=learned_query_ids(self, state.query_ids, state.queries))
