@@ -23,6 +23,7 @@ import logging
 import weakref
 from typing import Any, Callable, Iterable, Iterator, Mapping, Optional, Sequence
 
+from ragkit._files import first_time
 from ragkit.errors import ConfigError, DataError, ParamError, RagkitError, some_ids
 from ragkit.operator import Operator, check_fit_inputs
 from ragkit.params import Params
@@ -551,9 +552,7 @@ def threshold_scale_problem(op: Operator, path: str = "pipeline", *, warn: bool 
     problem = _score_sources(op, path, [], check=check, opaque=True)[1]
     if warn and problem is None:
         for step, note in notes:
-            said = _THRESHOLD_WARNED.setdefault(step, set())
-            if note not in said:
-                said.add(note)
+            if first_time(_THRESHOLD_WARNED.setdefault(step, set()), note):  # (searches on threads: once)
                 logging.getLogger("ragkit").warning(note)
     return problem
 
