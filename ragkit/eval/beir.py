@@ -43,6 +43,7 @@ import numpy as np
 
 from ragkit._files import (
     file_above,
+    first_time,
     remove_stale_tempdirs,
     share_like_umask,
     shared_tempdir,
@@ -712,14 +713,22 @@ BEIR_NAMES = ("arguana", "climate-fever", "cqadupstack", "dbpedia-entity", "feve
 
 def _misspelt(name: str, roots: set[Path]) -> list[Path]:
     """The BEIR folders directly in ``roots`` whose name is close to ``name`` (a typo: ``sf_smal`` for
-    ``./sf_small``), closest first."""
+    ``./sf_small``; letter case aside: ``NFCorpus`` for ``nfcorpus``), closest first."""
     import difflib
 
+    key = name.lower()
     near: list[Path] = []
     for root in sorted(r for r in roots if r.is_dir()):
-        near += [root / n for n in difflib.get_close_matches(name, _folders(root), n=3, cutoff=0.75)
+        spelt: dict[str, list[str]] = {}  # (folder names, lowercase, to the folders: 'NF' and 'nf' may both be)
+        for n in _folders(root):
+            spelt.setdefault(n.lower(), []).append(n)
+        near += [root / n for m in difflib.get_close_matches(key, list(spelt), n=3, cutoff=0.75) for n in spelt[m]
                  if _is_dataset(root / n)]
-    return sorted(near, key=lambda p: -difflib.SequenceMatcher(None, name, p.name).ratio())
+    return sorted(near, key=lambda p: -difflib.SequenceMatcher(None, key, p.name.lower()).ratio())
+
+
+#: The (name, folder) pairs of BEIR names in other letters already said to be loaded lowercase (:func:`_find`)
+_LOWERED: set[tuple[str, Path]] = set()
 
 
 def _find(name: str, label: str, *, download: bool, base_url: str | None) -> Path:
@@ -729,11 +738,19 @@ def _find(name: str, label: str, *, download: bool, base_url: str | None) -> Pat
     (:data:`BEIR_NAMES`) that is close to the name of a dataset folder of the user's (in the working folder,
     ``$RAGKIT_BEIR_DIR``, ``shared/data/beir``) is refused, naming the folder, before any download is tried;
     one close to a cached download's name is not (``fiqa2`` on a mirror beside a cached ``fiqa``): the
-    download says whether the server has it, and its failure names the cached one."""
+    download says whether the server has it, and its failure names the cached one.  A BEIR name in other
+    letters (``SciFact``) that no folder bears is BEIR's lowercase name (``scifact``: its archives' names are
+    lowercase), found or downloaded as such, with a note; never ``SciFact.zip``."""
     places = _candidates(name)
     lacking = {p: _lacks(p) for p in places if _in_cache(p) and p.exists()}
     found = next((p for p in places if (not lacking[p] if p in lacking else _is_dataset(p))), None)
     if found is not None:
+        return found
+    if name != name.lower() and name.lower() in BEIR_NAMES:
+        found = _find(name.lower(), label, download=download, base_url=base_url)
+        if first_time(_LOWERED, (name, found)):
+            _log.warning(f"BEIR dataset {name!r}: no folder of that name; BEIR's dataset names are lowercase: "
+                         f"loaded {name.lower()!r} ({found})")
         return found
     looked = ", ".join(str(p) + (f" (incomplete: no {', '.join(lacking[p])})" if lacking.get(p) else "")
                        for p in places)
@@ -909,11 +926,11 @@ def _unpack_into(zf: zipfile.ZipFile, archive: Path, dest: Path) -> Path:
     tmp = shared_tempdir(dest, _UNPACKING_PREFIX)
     try:
         unpacked = tmp / "unpacked"
-        _extract(zf, unpacked, str(archive), again="nothing was unpacked; download the archive again (or copy it "
-                                                  "again: it is damaged)")
+        gzipped = _extract(zf, unpacked, str(archive), again="nothing was unpacked; download the archive again (or "
+                                                            "copy it again: it is damaged)")
         root = _archive_root(unpacked, archive.stem)
         name = archive.stem if root == unpacked else root.name
-        _check_layout(root, name, str(archive))
+        _check_layout(root, name, str(archive), gzipped)
         share_like_umask(root)  # (the permissions of a plain mkdir, whatever zipfile gave it)
         final = dest / name
         try:
@@ -1061,13 +1078,13 @@ def download_beir(name: str, *, base_url: str | None = None, dest: Path | None =
     tmp = shared_tempdir(dest, _DOWNLOAD_PREFIX)
     try:
         with _fetch_zip(url, name, timeout, tmp / "archive.zip") as archive:
-            _extract(archive, tmp / "unpacked", url, again="nothing was cached; download it again",
-                     damaged=DownloadError)
+            gzipped = _extract(archive, tmp / "unpacked", url, again="nothing was cached; download it again",
+                               damaged=DownloadError)
         (tmp / "archive.zip").unlink()  # (the archive's bytes twice on disk no longer than needed)
         root = _archive_root(tmp / "unpacked", name)
         # the whole BEIR layout, checked before the folder moves into the cache: a partial one placed
         # there would be found by every later load_beir (which looks for corpus.jsonl) and never replaced
-        _check_layout(root, name, url)
+        _check_layout(root, name, url, gzipped)
         share_like_umask(root)  # (the permissions of a plain mkdir, whatever zipfile gave it)
         final = dest / name
         _publish_download(root, final, name, tmp)
@@ -1262,20 +1279,29 @@ def _is_dataset_member(name: str) -> bool:
     return len(parts) >= 2 and parts[-2] == "qrels" and parts[-1].endswith(".tsv") and len(parts) <= 4
 
 
+def _gzipped_members(names: list[str]) -> list[str]:
+    """The members of an archive (``names``) that are BEIR files gzip-compressed (``corpus.jsonl.gz``,
+    ``qrels/test.tsv.gz``, as Hugging Face's BeIR copies hold them): left in the archive, as BEIR reads its files
+    uncompressed, and named when the files they stand for are missing (:func:`_check_layout`)."""
+    return [n for n in names if n.endswith(".gz") and _is_dataset_member(n[:-3])]
+
+
 def _fmt_bytes(n: int) -> str:
     """``n`` bytes for a message: GiB to one decimal from 1 GiB up, MiB below (``"1.5 GiB"``, ``"0.3 MiB"``)."""
     return f"{n / (1 << 30):.1f} GiB" if n >= 1 << 30 else f"{n / (1 << 20):.1f} MiB"
 
 
 def _extract(archive: zipfile.ZipFile, tmp: Path, url: str, *, again: str,
-             damaged: type[DataError] = DataError) -> None:
+             damaged: type[DataError] = DataError) -> list[str]:
     """Unzip the BEIR files of ``archive`` (:func:`_is_dataset_member`; anything else it holds is left in it)
     into the folder ``tmp``, refusing it whole when a member would land outside, or before anything is
     written when those files would unpack to more than :func:`max_unzipped` bytes, or one of them to over
     :data:`_BOMB_RATIO` times its compressed size (a zip bomb).  zipfile writes no more than a member's
     declared size (and checks its CRC), so the declared sizes bound what lands on disk.  A damaged archive
     (a bad CRC, a broken compressed stream) is a ``damaged`` error (a :class:`DataError`; a
-    :class:`DownloadError` for a download) naming ``url`` (the URL or file) and saying ``again`` (what to do)."""
+    :class:`DownloadError` for a download) naming ``url`` (the URL or file) and saying ``again`` (what to do).
+    Returns the gzip-compressed BEIR files it left in the archive (:func:`_gzipped_members`), for
+    :func:`_check_layout` to name."""
     inside = tmp.resolve()
     for member in archive.namelist():
         if not (inside / member).resolve().is_relative_to(inside):
@@ -1303,6 +1329,7 @@ def _extract(archive: zipfile.ZipFile, tmp: Path, url: str, *, again: str,
         raise damaged(f"{url}: the zip archive is damaged ({type(e).__name__}: {' '.join(str(e).split())}); "
                       f"{again}") from None
     tmp.mkdir(parents=True, exist_ok=True)  # (an archive without a BEIR file: its layout check says what it lacks)
+    return _gzipped_members(archive.namelist())
 
 
 def _not_a_download(final: Path, name: str) -> DataError:
@@ -1332,17 +1359,25 @@ def _layout_missing(root: Path) -> list[str]:
     return missing
 
 
-def _check_layout(root: Path, name: str, url: str) -> None:
+def _check_layout(root: Path, name: str, url: str, gzipped: list[str] | None = None) -> None:
     """Refuse an unpacked archive that is neither a whole BEIR dataset nor a folder of whole ones: when
-    ``root`` has no ``corpus.jsonl`` but one of its folders has, every folder must be a dataset (:func:`_lacks`)."""
+    ``root`` has no ``corpus.jsonl`` but one of its folders has, every folder must be a dataset (:func:`_lacks`).
+    ``gzipped`` (:func:`_extract`'s result): the archive's gzip-compressed BEIR files, named with how to
+    uncompress them when some file is missing."""
     lacks = _lacks(root)
     if not lacks:
         return
     missing = ", ".join(f"{name}/{f}" for f in lacks)
+    gz = ""
+    if gzipped:
+        shown = ", ".join(gzipped[:6]) + (f" and {len(gzipped) - 6} more" if len(gzipped) > 6 else "")
+        gz = (f"; it holds {shown} gzip-compressed instead (as Hugging Face's BeIR copies do), which are not read: "
+              "BEIR files are read uncompressed: unzip the archive, gunzip those files (gunzip -r <its folder>), "
+              "then load that folder, or zip it again")
     if not _subsets(root):
-        raise DataError(f"{url}: the archive has no {missing}; expected a BEIR "
+        raise DataError(f"{url}: the archive has no {missing}{gz}; expected a BEIR "
                         "dataset (corpus.jsonl, queries.jsonl, qrels/<split>.tsv); nothing was cached")
-    raise DataError(f"{url}: the archive holds the sub-datasets {', '.join(_folders(root))}, but has no {missing}; "
+    raise DataError(f"{url}: the archive holds the sub-datasets {', '.join(_folders(root))}, but has no {missing}{gz}; "
                     "each must be a BEIR dataset (corpus.jsonl, queries.jsonl, qrels/<split>.tsv); nothing was "
                     "cached")
 
