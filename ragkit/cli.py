@@ -68,11 +68,41 @@ def _examples(*commands: str) -> str:
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
                   help="ragkit: retrieval operators that compose.", epilog=EXIT_STATUS,
                   context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 120})
+
+
+def _encodable(text: str, encoding: str) -> str:
+    """``text`` as the stream of ``encoding`` will write it: unchanged where the encoding has every character of it,
+    else each character it lacks as :func:`_ascii_fallback` writes it (``Δ`` as ``D``, ``东`` as ``\\u4e1c``), so
+    that Rich measures a table's cells as they will be written and its borders line up (``PYTHONIOENCODING=ascii``,
+    a C locale)."""
+    try:
+        text.encode(encoding)
+        return text
+    except UnicodeEncodeError:
+        return text.encode(encoding, FALLBACK_ERRORS).decode(encoding, "surrogateescape")
+    except LookupError:  # (an encoding Python does not know: written as it is)
+        return text
+
+
+class _Console(Console):
+    """A Rich console whose strings (a table's cells and headers, a printed line) are made :func:`_encodable` in
+    its file's encoding before Rich measures them: escaped after measuring, a cell grew wider than its column."""
+
+    def render_str(self, text: str, **kwargs: Any) -> Text:
+        return super().render_str(_encodable(text, self.encoding), **kwargs)
+
+
+def _cell(text: str) -> Text:
+    """A table cell of ``text`` that is data (a doc id, a title, a query): :func:`_encodable` in :data:`console`'s
+    encoding, as :class:`_Console` makes strings, and never read as markup."""
+    return Text(_encodable(text, console.encoding))
+
+
 # no highlighter: Rich's default one made brackets bold and slashes magenta in errors, paths and tables
-console = Console(highlight=False)
+console = _Console(highlight=False)
 # errors and notes are never hard-wrapped: a path or a YAML location in them stays on one line,
 # whatever the terminal width (or 80 columns when piped), so it can be copied and grepped
-err_console = Console(stderr=True, soft_wrap=True, highlight=False)
+err_console = _Console(stderr=True, soft_wrap=True, highlight=False)
 
 #: Characters of ragkit's own output (``·`` between the timings, the ``Δ`` column of ``ragkit compare``) and the
 #: one-character ASCII each is written as where the terminal's encoding lacks it (``PYTHONIOENCODING=ascii``, a C
@@ -379,16 +409,35 @@ def _prepare_output(path: Optional[Path], option: str, example: str) -> None:
     blocker = file_above(path)
     if blocker is not None:
         raise RagkitError(f"{option} {path}: {blocker} is a file, not a folder; choose another path")
+    # its folder is created when the file is written (_make_folder), not now: a command refused later (a bad
+    # --pipeline, a malformed dataset) or failing leaves no empty folder behind; the nearest folder that exists is
+    # tried now with a real write (os.access says yes to root on read-only file systems)
+    parent = path.absolute().parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise RagkitError(f"{option} {path}: cannot create its folder {path.parent}: {parent} is not a folder")
+    try:
+        if parent == path.absolute().parent:
+            fd, probe = tempfile.mkstemp(dir=parent, prefix=f".{path.name}.", suffix=".probe")
+            os.close(fd)
+            os.unlink(probe)
+        else:
+            os.rmdir(tempfile.mkdtemp(dir=parent, prefix=f".{path.name}.", suffix=".probe"))
+    except OSError as e:
+        what = "write into the folder" if parent == path.absolute().parent else f"create its folder {path.parent} in"
+        raise RagkitError(f"{option} {path}: cannot {what} {parent}: {e.strerror or e}") from None
+
+
+def _make_folder(path: Path, option: str) -> None:
+    """Create the missing folders of the output ``path`` (checked by :func:`_prepare_output`), just before it is
+    written; a failure is a :class:`_RunFailure` naming ``option``."""
+    if writes_through(path):
+        return
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise RagkitError(f"{option} {path}: cannot create its folder {path.parent}: {e.strerror or e}") from None
-    try:  # a real write: os.access says yes to root on read-only file systems
-        fd, probe = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".probe")
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as e:
-        raise RagkitError(f"{option} {path}: cannot write into the folder {path.parent}: {e.strerror or e}") from None
+        raise _RunFailure(f"{option} {path}: cannot create its folder {path.parent}: {e.strerror or e}") from None
 
 
 def _human_output_to_stderr(ctx: typer.Context) -> None:
@@ -670,7 +719,7 @@ def _print_uncut(table: Table) -> None:
     from rich.measure import Measurement
 
     need = Measurement.get(console, console.options.update(max_width=10_000), table).maximum
-    (console if need <= console.width else Console(width=need, file=console.file)).print(table)
+    (console if need <= console.width else _Console(width=need, file=console.file)).print(table)
 
 
 def _n_queries(n: int) -> str:
@@ -1356,6 +1405,7 @@ def _write_outputs(output: Optional[Path], run_file: Optional[Path], run: Any, p
                 else:
                     run.to_trec(out, tag)
             continue
+        _make_folder(path, option)
         try:
             if option == "--output":
                 _write_text(path, json.dumps(payload, indent=2))
@@ -1769,7 +1819,7 @@ def _read_queries_option(path: Path) -> Any:
     from ragkit.eval.beir import read_query_file
 
     if not _is_stdout(path):
-        return read_query_file(path)
+        return _without_header(read_query_file(path), str(path), path.suffix != ".jsonl")
     # a byte-order mark is no part of the first line (as files read: a JSON line after one is JSON lines)
     data = sys.stdin.buffer.read().removeprefix(b"\xef\xbb\xbf")
     first = next((line.strip() for line in data.splitlines() if line.strip()), b"")
@@ -1777,10 +1827,42 @@ def _read_queries_option(path: Path) -> Any:
         tmp = Path(folder) / ("stdin.jsonl" if first.startswith(b"{") else "stdin.txt")
         tmp.write_bytes(data)
         try:
-            return read_query_file(tmp)
+            return _without_header(read_query_file(tmp), "--queries - (standard input)", tmp.suffix != ".jsonl")
         except RagkitError as e:
             e.args = (str(e).replace(str(tmp), "--queries - (standard input)"), *e.args[1:])
             raise
+
+
+#: The names a TSV of queries' header line gives its two columns (lower case, ``_`` and spaces read as ``-``, as the
+#: qrels reader's ``query-id``): the id's, and the text's.
+_QUERY_ID_HEADERS = frozenset({"query-id", "qid", "id", "-id", "queryid", "topic-id", "topic"})
+_QUERY_TEXT_HEADERS = frozenset({"text", "query", "query-text", "question", "title"})
+
+
+def _header_name(cell: str) -> str:
+    """A header cell as :data:`_QUERY_ID_HEADERS` spells it (the qrels reader's rule: case, spaces and ``_``
+    aside)."""
+    return re.sub(r"[\s_]+", "-", cell.strip().lower())
+
+
+def _without_header(queries: Any, where: str, tabbed: bool) -> Any:
+    """``queries`` read from a TSV (``tabbed``) less its first line where that is a header naming the columns
+    (``query-id<TAB>text``, ``qid<TAB>text``, ``id<TAB>query``: :data:`_QUERY_ID_HEADERS` then
+    :data:`_QUERY_TEXT_HEADERS`), which would otherwise be searched as a query; a note says so.  A file of that
+    header alone is refused: no query."""
+    from ragkit.types import Queries
+
+    if not tabbed or not len(queries):
+        return queries
+    ids, texts = list(queries.ids), list(queries.texts)
+    if _header_name(ids[0]) not in _QUERY_ID_HEADERS or _header_name(texts[0]) not in _QUERY_TEXT_HEADERS:
+        return queries
+    if len(ids) == 1:
+        raise RagkitError(f"{where}: only a header line ({ids[0]}<TAB>{texts[0]}), no query; expected "
+                          "query-id<TAB>text lines under it")
+    err_console.print(Text(f"note: {where}: its first line ({ids[0]}<TAB>{texts[0]}) names the columns; "
+                           "skipped as a header", style="dim"), soft_wrap=True)
+    return Queries(ids[1:], texts[1:])
 
 
 def _print_results(corpus: Corpus, batch: Any, run: Any, pipe: Any) -> None:
@@ -1796,20 +1878,21 @@ def _print_results(corpus: Corpus, batch: Any, run: Any, pipe: Any) -> None:
             continue
         rows = corpus.row_of(ids.tolist())
         labels = [(corpus.titles[row] or corpus.texts[row])[:80] for row in rows]
-        longest = max(len(str(d)) for d in ids)
+        shown = [_cell(str(d)) for d in ids]  # (as written: escaped where the encoding lacks a character)
+        longest = max(t.cell_len for t in shown)
         if longest + _RESULTS_CHROME > console.width:
             console.print(Text(q, style="bold"), soft_wrap=True)
             for r, (d, s, label) in enumerate(zip(ids, scores, labels), 1):
                 console.print(Text(f"{r:>3}. {d}  {s:.4f}"), soft_wrap=True)  # (whole: the terminal wraps it)
                 console.print(Padding(Text(label, style="dim"), (0, 0, 0, 5)))  # (wrapped, indented)
             continue
-        table = Table(title=Text(q))
+        table = Table(title=_cell(q))
         table.add_column("rank", no_wrap=True)
         table.add_column("doc id", no_wrap=True, min_width=longest)
         table.add_column("score", no_wrap=True)
         table.add_column("title / text", overflow="fold")
-        for r, (d, s, label) in enumerate(zip(ids, scores, labels), 1):
-            table.add_row(str(r), Text(str(d)), f"{s:.4f}", Text(label))
+        for r, (d, s, label) in enumerate(zip(shown, scores, labels), 1):
+            table.add_row(str(r), d, f"{s:.4f}", _cell(label))
         console.print(table)
 
 
@@ -2357,9 +2440,12 @@ def compare_cmd(
             out.write(json.dumps(cmp.to_dict(), indent=2) + "\n")
     elif output is not None:
         try:
+            _make_folder(output, "--output")
             _write_text(output, json.dumps(cmp.to_dict(), indent=2))
         except OSError as e:
             _fail(_RunFailure(f"--output {output}: could not be written: {e.strerror or e}"))
+        except RagkitError as e:  # (its folder could not be created)
+            _fail(e)
         err_console.print(Text(f"wrote {output}"), soft_wrap=True)
 
 
@@ -2403,55 +2489,78 @@ def _print_comparison(cmp: Any, base: int) -> None:
         console.print(line)
 
 
-class _StdoutFailed(Exception):
-    """A write to standard output failed (a full disk, a reader that closed the pipe): raised in place of the
-    :class:`OSError` by :class:`_GuardedStdout`.  It is no ``OSError``, so a command's ``except OSError`` does not
-    take it for a failure of its own file, nor does click's broken-pipe handler exit 1 on it; :func:`main` reports
-    it (:func:`_stdout_failed`)."""
-
-    def __init__(self, error: OSError) -> None:
-        super().__init__(str(error))
-        self.error = error
-
+#: The first failed write of each standard stream while :func:`main` runs (``"stdout"``, ``"stderr"``: the
+#: :class:`OSError`), recorded by :class:`_GuardedStream` and :func:`_stdout_utf8`; :func:`main` turns it into the
+#: exit status (:func:`_stream_failed`) once the command has finished.
+_stream_errors: dict[str, OSError] = {}
 
 #: The pieces a long write to standard output goes out in: one write of megabytes to a pipe its reader closed
 #: is cut short without an error (the rest dropped, the status 0); a piece after the first fails with EPIPE.
 _STDOUT_PIECE = 1 << 16
 
 
-class _GuardedStdout:
-    """``sys.stdout`` while :func:`main` runs: the stream it wraps, whose ``write``, ``writelines`` and ``flush``
-    raise :class:`_StdoutFailed` where they fail with an :class:`OSError`; anything else is the stream's.  A long
-    text is written in pieces of :data:`_STDOUT_PIECE` characters, so that a reader closing the pipe is seen."""
+def _stream_broke(name: str, error: OSError, stream: Any) -> None:
+    """Record that standard ``name`` (``"stdout"``, ``"stderr"``) failed with ``error`` (the first failure only)
+    and point the file descriptor of ``stream`` at the null device, so that what is still buffered in it, and
+    anything written later, is dropped instead of failing again (at the interpreter's exit: Python's "Exception
+    ignored")."""
+    _stream_errors.setdefault(name, error)
+    try:
+        null = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(null, stream.fileno())
+        finally:
+            os.close(null)
+    except (OSError, ValueError, AttributeError, io.UnsupportedOperation):  # (no file descriptor: a test's buffer)
+        pass
 
-    def __init__(self, stream: Any) -> None:
+
+class _GuardedStream:
+    """``sys.stdout`` and ``sys.stderr`` while :func:`main` runs: the stream it wraps, whose ``write``,
+    ``writelines`` and ``flush`` never fail with an :class:`OSError` (a reader that closed the pipe, ``| head``;
+    a full disk): the first failure is recorded (:func:`_stream_broke`) and every later write to the stream is
+    dropped, so that the command goes on and writes its output files; :func:`main` then exits 141 (or 1).
+    Anything else is the stream's.  A long text is written in pieces of :data:`_STDOUT_PIECE` characters, so that
+    a reader closing the pipe is seen."""
+
+    def __init__(self, stream: Any, name: str = "stdout") -> None:
         self._stream = stream
+        self._name = name
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._stream, name)
 
+    def _broken(self) -> bool:
+        return self._name in _stream_errors
+
     def write(self, text: str) -> Any:
+        if self._broken():
+            return len(text)
         try:
             if len(text) <= _STDOUT_PIECE:
                 return self._stream.write(text)  # (what the stream returns: some file-likes return None)
             for i in range(0, len(text), _STDOUT_PIECE):
                 self._stream.write(text[i:i + _STDOUT_PIECE])
                 self._stream.flush()
-            return len(text)
         except OSError as e:
-            raise _StdoutFailed(e) from e
+            _stream_broke(self._name, e, self._stream)
+        return len(text)
 
     def writelines(self, lines: Any) -> None:
+        if self._broken():
+            return
         try:
             self._stream.writelines(lines)
         except OSError as e:
-            raise _StdoutFailed(e) from e
+            _stream_broke(self._name, e, self._stream)
 
     def flush(self) -> None:
+        if self._broken():
+            return
         try:
             self._stream.flush()
         except OSError as e:
-            raise _StdoutFailed(e) from e
+            _stream_broke(self._name, e, self._stream)
 
 
 @contextmanager
@@ -2461,15 +2570,15 @@ def _stdout_utf8() -> Iterator[Any]:
     encoding (``PYTHONIOENCODING=latin-1``, a C locale, a Windows console's code page), which would write another
     encoding's bytes, or fail on a character it lacks (东京).  ``sys.stdout`` itself where it is UTF-8 already or
     has no byte buffer (a test's ``StringIO``); else a UTF-8 writer over its buffer (lines ending in ``\\n``), flushed
-    and detached at the end (the buffer stays open), whose failed writes are :class:`_StdoutFailed`, as
-    :class:`_GuardedStdout`'s."""
+    and detached at the end (the buffer stays open).  A failed write is recorded as :class:`_GuardedStream`'s are
+    (the rest of the text dropped, the command going on: its other outputs are still written)."""
     out = sys.stdout
     buffer = getattr(out, "buffer", None)
     try:
         utf8 = codecs.lookup(getattr(out, "encoding", None) or "ascii").name == "utf-8"
     except LookupError:
         utf8 = False
-    if utf8 or buffer is None:
+    if utf8 or buffer is None or "stdout" in _stream_errors:
         yield out
         out.flush()
         return
@@ -2478,12 +2587,12 @@ def _stdout_utf8() -> Iterator[Any]:
     try:
         yield writer
         writer.flush()
-    except OSError as e:
-        raise _StdoutFailed(e) from e
+    except OSError as e:  # (the rest of this output dropped; main's exit status says it)
+        _stream_broke("stdout", e, getattr(out, "_stream", out))
     finally:
         try:
             writer.detach()  # (not closed: that would close standard output's buffer)
-        except (OSError, ValueError):  # (a failed flush: reported above)
+        except (OSError, ValueError):  # (a failed flush: recorded above)
             pass
 
 
@@ -2505,30 +2614,46 @@ def _tolerant_stdout(ctx: typer.Context) -> None:
         ctx.call_on_close(lambda reconfigure=reconfigure, errors=errors: reconfigure(errors=errors or "strict"))
 
 
-def _stdout_failed(error: OSError, stream: Any) -> int:
-    """The exit status of a command whose standard output ``stream`` could not be written: 141 (128 + SIGPIPE,
-    as a command killed by the signal) and no message where its reader closed the pipe (``ragkit search ... |
-    head -1``), else ``error: standard output: could not be written: <reason>`` on stderr and 1, as a file
-    output's failed write.  The stream's file descriptor then writes to the null device, so what is still
-    buffered in it is dropped at exit instead of failing again (Python's "Exception ignored" on shutdown)."""
+def _stream_failed(status: int) -> int:
+    """The exit status of a command that finished with ``status`` after a write to standard output or standard
+    error failed (:data:`_stream_errors`): its own where it failed (1, 2, 130); else 141 (128 + SIGPIPE, as a
+    command killed by the signal) and no message where the stream's reader closed the pipe (``ragkit search ... |
+    head -1``, ``2>&1 | head``); else 1, with ``error: standard output: could not be written: <reason>`` on stderr
+    where standard output failed (a full disk) and stderr still writes."""
     import errno
 
-    try:
-        null = os.open(os.devnull, os.O_WRONLY)
+    def closed(e: OSError) -> bool:
+        return isinstance(e, BrokenPipeError) or e.errno == errno.EPIPE
+
+    out = _stream_errors.get("stdout")
+    if out is not None and not closed(out) and "stderr" not in _stream_errors:
         try:
-            os.dup2(null, stream.fileno())
-        finally:
-            os.close(null)
-    except (OSError, ValueError, AttributeError, io.UnsupportedOperation):  # (no file descriptor: a test's buffer)
-        pass
-    if isinstance(error, BrokenPipeError) or error.errno == errno.EPIPE:
-        return 141
+            err_console.print(Text.assemble(("error:", "bold red"),
+                                            f" standard output: could not be written: {out.strerror or out}"))
+            sys.stderr.flush()
+        except OSError:  # (stderr closed too: the status says it)
+            pass
+    if status:
+        return status
+    return 141 if all(closed(e) for e in _stream_errors.values()) else 1
+
+
+@contextmanager
+def _no_color() -> Iterator[None]:
+    """``$NO_COLOR`` set (https://no-color.org): no ANSI styling at all on :data:`console` and :data:`err_console`
+    for the whole of :func:`main`, its own errors included (a usage error's ``error:``, printed after the
+    command's context closed)."""
+    if not os.environ.get("NO_COLOR"):
+        yield
+        return
+    was = [(c, c._color_system) for c in (console, err_console)]
+    for c, _ in was:
+        c._color_system = None
     try:
-        err_console.print(Text.assemble(("error:", "bold red"),
-                                        f" standard output: could not be written: {error.strerror or error}"))
-    except OSError:  # (stderr closed too: the status says it)
-        pass
-    return 1
+        yield
+    finally:
+        for c, system in was:
+            c._color_system = system
 
 
 def main(args: Optional[list[str]] = None) -> int:
@@ -2536,25 +2661,29 @@ def main(args: Optional[list[str]] = None) -> int:
     ``ragkit.__main__.main``); return its exit status.  A usage error (an unknown option or command, a
     missing option, a value an option's type refuses) is one plain line on stderr, ``error: <what> (see
     'ragkit eval --help')``, with status 2, as ragkit's own errors are (click's own report is a boxed panel
-    that splits its message across lines at 80 columns); Ctrl-C while a command runs exits 130.  Standard output
-    that cannot be written is one line, ``error: standard output: could not be written: <reason>``, with status
-    1, or, where its reader closed the pipe (``| head -1``), no message and status 141 (:func:`_stdout_failed`)."""
-    stdout = sys.stdout
-    if stdout is None:  # (no standard output at all, fd 1 closed or pythonw: Rich writes to a null file)
-        return _run(args)
-    sys.stdout = _GuardedStdout(stdout)
-    try:
-        status = _run(args)
-        sys.stdout.flush()  # (what is still buffered: a failure is reported here, not at the interpreter's exit)
-    except _StdoutFailed as e:
-        return _stdout_failed(e.error, stdout)
-    finally:
-        sys.stdout = stdout  # (also where click wrapped the guard, its stderr's pipe broken: stdout was not)
-    return status
+    that splits its message across lines at 80 columns); Ctrl-C while a command runs exits 130.  A standard output
+    or standard error that cannot be written does not stop the command: what it still prints is dropped, the
+    files it writes are written, and it then exits 141 where the stream's reader closed the pipe (``| head -1``,
+    no message), else 1 (``error: standard output: could not be written: <reason>``) (:func:`_stream_failed`)."""
+    with _no_color():
+        _stream_errors.clear()
+        saved = sys.stdout, sys.stderr
+        if sys.stdout is not None:  # (None: fd 1 closed or pythonw; Rich writes to a null file)
+            sys.stdout = _GuardedStream(sys.stdout, "stdout")
+        if sys.stderr is not None:
+            sys.stderr = _GuardedStream(sys.stderr, "stderr")
+        try:
+            status = _run(args)
+            for stream in (sys.stdout, sys.stderr):  # (what is still buffered: a failure is seen here, not at exit)
+                if stream is not None:
+                    stream.flush()
+        finally:
+            sys.stdout, sys.stderr = saved  # (also where click wrapped the guards)
+        return _stream_failed(status) if _stream_errors else status
 
 
 def _run(args: Optional[list[str]]) -> int:
-    """:func:`main` but for standard output's failures."""
+    """:func:`main` but for the standard streams' failures and ``$NO_COLOR``."""
     import importlib
 
     # click's exceptions, where typer raises them from (typer 0.26 and later vendor click as typer._click)
@@ -2570,8 +2699,8 @@ def _run(args: Optional[list[str]]) -> int:
         usage = getattr(e, "ctx", None)
         hint = f" (see '{usage.command_path} --help')" if isinstance(e, clicks.UsageError) and usage else ""
         if getattr(e, "option_name", None) in ("--import", "--version") and usage is not None and usage.parent:
-            hint = (f" ({e.option_name} goes before the command: ragkit {e.option_name}"
-                    f"{' MODULE' if e.option_name == '--import' else ''} {usage.info_name} ...)")
+            hint = (f" ({e.option_name} goes before the command: ragkit --import MODULE {usage.info_name} ...)"
+                    if e.option_name == "--import" else " (--version is ragkit's own option: ragkit --version)")
         err_console.print(Text.assemble(("error:", "bold red"), f" {e.format_message().rstrip('.')}{hint}"))
         return int(e.exit_code)
     except (typer.Abort, getattr(clicks, "Abort", typer.Abort)):  # (end of input at a prompt: status 1)

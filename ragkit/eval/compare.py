@@ -814,6 +814,11 @@ def _check_args(results: Sequence[SystemResult], metrics: Sequence[str], baselin
         seen = {",".join(sorted(str(getattr(r, key)).split(","))) for r in results if getattr(r, key) is not None}
         if len(seen) > 1:
             which = ", ".join(f"{r.name}: {getattr(r, key)!r}" for r in results if getattr(r, key) is not None)
+            if key == "dataset" and _same_data(results):  # one dataset in folders of other names (a copy)
+                logging.getLogger("ragkit").info(
+                    "compare: the results name different datasets (%s), but record the same qrels and corpus "
+                    "fingerprints: compared as one dataset", which)
+                continue
             raise DataError(f"compare: the results are of different {key}s ({which}); compare results of one {key}")
     for key, fix, py in (("relevance_level", "--relevance-level N", "relevance_level=N"),
                          ("ignore_identical_ids", "--keep-identical-ids or not", "ignore_identical_ids=True or False")):
@@ -824,6 +829,17 @@ def _check_args(results: Sequence[SystemResult], metrics: Sequence[str], baselin
                             f"values differ by how they were scored, not only by system; score them alike (ragkit eval "
                             f"{fix}; for TREC run files, ragkit compare {fix}; in Python, evaluate(run, qrels, "
                             f"metrics, {py}))")
+
+
+def _same_data(results: Sequence[SystemResult]) -> bool:
+    """Whether every one of ``results`` records a qrels fingerprint of the queries it scored
+    (:func:`scored_qrels_fingerprint`) and a corpus fingerprint, and each is the same for all: one dataset's
+    judgements and documents, whatever the folders it was read from were named."""
+    qrels = {r.qrels_fingerprint for r in results}
+    corpora = {r.corpus_fingerprint for r in results}
+    first = results[0].qrels_fingerprint
+    return (len(qrels) == 1 == len(corpora) and first is not None and None not in corpora
+            and _fingerprint_kind(first) == SCORED_FINGERPRINT_KIND)
 
 
 def _unchecked_why(r: SystemResult) -> str:
