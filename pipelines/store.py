@@ -17,6 +17,7 @@ checksum first, and loads again when the folder was replaced (saved again) while
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -209,6 +210,15 @@ def _load_pipeline(folder: Path, corpus: Corpus | None, mmap: bool, verify: bool
         raise ArtifactError(f"{folder / 'manifest.json'}: {bad[0]} has the wrong type; expected a JSON object with "
                             "format_version (integer), fitted (boolean), sha256 and nodes (objects): save the "
                             "pipeline again")
+    version = manifest.get("format_version", 1)
+    if isinstance(version, bool) or version < 1:  # (true is an int to Python; formats count from 1)
+        raise ArtifactError(f"{folder / 'manifest.json'}: format_version is {json.dumps(version)}; expected an "
+                            f"integer >= 1 (the save format; this ragkit writes {FORMAT_VERSION}): the folder was "
+                            "changed after saving: save the pipeline again")
+    if "fitted" not in manifest:  # (every save writes it: without it the steps' documents would not be read)
+        raise ArtifactError(f"{folder / 'manifest.json'}: manifest.json lacks 'fitted'; expected true or false "
+                            "(whether the pipeline was saved fitted, with its documents in corpus.jsonl; every save "
+                            "writes it): the folder was changed after saving: save the pipeline again")
     if manifest.get("format_version", 0) > FORMAT_VERSION:
         raise ArtifactError(f"{folder}: written by a newer ragkit (format {manifest['format_version']}); "
                             "upgrade ragkit")
@@ -231,12 +241,15 @@ def _load_pipeline(folder: Path, corpus: Corpus | None, mmap: bool, verify: bool
         corpus = read_corpus(folder / "corpus.jsonl", allow_empty=True)
     loaded: dict[str, Operator] = {}
     made: set[str] = set()  # the node paths of the steps built: all of them when only the steps' order is refused
+    changed: list[tuple[Path, str, Operator, set[str]]] = []  # each step's _changed_defaults, once all are loaded
 
     def make_leaf(node_path: str, cls: type[Operator], params: Any) -> Operator:
         sub = nodes.get(node_path)
         if sub is None:
             raise ArtifactError(f"{folder / 'manifest.json'}: no saved operator for {node_path}")
         first = sub not in loaded
+        if first and corpus is None:
+            _refuse_fitted_step(folder, sub, node_path)
         if first:
             # (the manifest's checksums, verified above, cover every file of the step's folder: _check_listed)
             loaded[sub] = Operator.load(folder / sub, corpus=corpus, mmap=mmap, verify=False) if corpus is not None \
@@ -252,7 +265,7 @@ def _load_pipeline(folder: Path, corpus: Corpus | None, mmap: bool, verify: bool
                                 f"{folder / sub / 'params.json'} holds {{{op.name}: {op.params.non_default()}}}; the "
                                 "folder was changed after saving: save the pipeline again")
         if first:
-            _changed_defaults(folder / sub, node_path, op, named)
+            changed.append((folder / sub, node_path, op, named))
         made.add(node_path)
         return op
 
@@ -263,9 +276,24 @@ def _load_pipeline(folder: Path, corpus: Corpus | None, mmap: bool, verify: bool
             if nodes and made >= set(nodes):  # every step loaded: the order of the steps is what is refused
                 raise ConfigError(f"{e}\n{_order_refused_hint(folder, nodes)}", path=e.path) from None
             raise
+    # (said once every step is loaded: whether the pipeline ranks as saved depends on all of them)
+    older = [f"{node_path} ({op._older_save})" for _, node_path, op, _ in changed if op._older_save is not None]
+    for step, node_path, op, named in changed:
+        _changed_defaults(step, node_path, op, named, older)
     if corpus is not None:
         pipe.corpus_ = corpus
     return pipe
+
+
+def _refuse_fitted_step(folder: Path, sub: str, node_path: str) -> None:
+    """Refuse (:class:`ArtifactError`) the step ``sub`` of the pipeline saved at ``folder`` whose manifest says
+    it was saved unfitted (``"fitted": false``) while the step's ``params.json`` says fitted: the manifest was
+    changed after saving (the step would otherwise say to load the pipeline that is being loaded)."""
+    meta = read_json(folder / sub / "params.json") if (folder / sub / "params.json").is_file() else None
+    if isinstance(meta, dict) and meta.get("fitted") is True:
+        raise ArtifactError(f"{folder / 'manifest.json'}: says \"fitted\": false (saved unfitted, without "
+                            f"documents), but {folder / sub / 'params.json'} holds a fitted step ({node_path}); the "
+                            "folder was changed after saving: save the pipeline again")
 
 
 #: how errors name the manifest's checksums
@@ -282,11 +310,14 @@ def _order_refused_hint(folder: Path, nodes: dict[str, str]) -> str:
             "pipeline again from them as the error says, and save it")
 
 
-def _changed_defaults(step: Path, node_path: str, op: Operator, named: set[str]) -> None:
+def _changed_defaults(step: Path, node_path: str, op: Operator, named: set[str], older: list[str]) -> None:
     """Log (once per step of a load, on the ``ragkit`` logger) the parameters of the loaded step ``op`` that
     ``pipeline.yaml`` leaves out (``named``: the ones it gives) although their saved value (``params.json``,
     in the folder ``step``) is not today's default: the default changed since the save (mmr's ``fetch_k``
-    200 -> None).  The step keeps its saved value, as fitted; a new save writes it into ``pipeline.yaml``."""
+    200 -> None).  The step keeps its saved value, as fitted; a new save writes it into ``pipeline.yaml``.
+    ``older``: the steps (``"pipeline[0].bm25 (why)"``) that warned they were written by an older ragkit and may rank
+    differently from when they were saved (:attr:`Operator._older_save`): then the note does not say the
+    pipeline ranks as saved."""
     changed = []
     for key, field in type(op.params).model_fields.items():
         if key in named or field.is_required():
@@ -294,7 +325,14 @@ def _changed_defaults(step: Path, node_path: str, op: Operator, named: set[str])
         saved, default = getattr(op.params, key), field.get_default(call_default_factory=True)
         if saved != default:
             changed.append(f"{key}={saved!r} (today's default: {default!r})")
-    if changed:
+    if not changed:
+        return
+    if older:
+        _log.warning(f"{step}: {node_path} was saved when its defaults differed: it keeps its saved "
+                     f"{', '.join(changed)}, as fitted; but the pipeline may rank differently from when it was "
+                     f"saved, as {'; '.join(older)} warned above (written by an older ragkit): fit it again and "
+                     "save it to rank as today (which also writes these values into its pipeline.yaml)")
+    else:
         _log.warning(f"{step}: {node_path} was saved when its defaults differed: it keeps its saved "
                      f"{', '.join(changed)}, so the pipeline loads and ranks as saved; save it again to write "
                      "these values into its pipeline.yaml (and silence this note)")

@@ -367,6 +367,10 @@ class Operator:
     #: set by :meth:`load` before ``_load``: the folder's checksums were verified (a memory-mapped load may
     #: then skip reading its files whole for its own checks)
     _verified: bool = False
+    #: set by ``_load`` where the save it read was written by an older ragkit whose ranking this one does not
+    #: reproduce (it logged a warning naming the folder): why, in a few words; ``None`` (ranks as saved)
+    #: otherwise.  :func:`~ragkit.pipelines.store.load_pipeline` reads it before saying a pipeline ranks as saved.
+    _older_save: str | None = None
     #: the constructor's parameters as ``Params`` spells them (:class:`_ParamsSignature`)
     __signature__: ClassVar[Any] = _ParamsSignature()
 
@@ -1711,8 +1715,8 @@ def _check_meta_types(folder: Path, meta: Mapping[str, Any]) -> None:
         raise bad("params", "an object of the operator's parameters ({\"k\": 10, ...})")
     if not isinstance(meta["fitted"], bool):
         raise bad("fitted", "true or false")
-    if "format_version" in meta and not is_int(meta["format_version"]):
-        raise bad("format_version", f"an integer (the save format; this ragkit writes {FORMAT_VERSION})")
+    if "format_version" in meta and not (is_int(meta["format_version"]) and meta["format_version"] >= 1):
+        raise bad("format_version", f"an integer >= 1 (the save format; this ragkit writes {FORMAT_VERSION})")
     fingerprint = meta.get("corpus")
     if "corpus" in meta and not (isinstance(fingerprint, dict) and is_int(fingerprint.get("n"))
                                  and isinstance(fingerprint.get("ids_sha1"), str)):

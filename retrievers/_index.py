@@ -133,7 +133,11 @@ PCA_SAMPLE = 200_000
 PCA_CHUNK_BYTES = 32 << 20
 #: the largest finite float16
 F16_MAX = float(np.finfo(np.float16).max)
-FORMAT = 1
+#: the format of a saved index (``<prefix>.json``'s ``format``).  2: since 2026-12-06; an int8 HNSW graph of
+#: format 1 may have been written by a ragkit that coded its queries otherwise (before a8eb881 / ae21541: a
+#: query's codes now use the corpus's scale shrunk where it would clip), so it may rank slightly differently
+#: now (:attr:`VectorIndex.older_query_coding`); nothing else of format 1 changed, and it loads as it is
+FORMAT = 2
 #: the widest vectors a saved index may hold (``ndim`` / ``d_in``): MUVERA's widest FDE (its ``MAX_FDE_DIM``)
 MAX_DIMS = 1 << 20
 #: the arrays an index saves, each as ``<prefix>.<name>.npy``
@@ -414,6 +418,7 @@ class VectorIndex:
     i8_min: np.ndarray
     i8_step: np.ndarray
     i8_fitted_n: int = 0  # vectors the int8 calibration was fitted on (0: none yet, a placeholder)
+    saved_format: int = FORMAT  # the format of the save it was loaded from (FORMAT: built here)
     added_clipped: tuple[int, int] = (0, 0)  # (clipped, all) int8 coordinates of the last add()'s vectors
     i8_scale: np.float32
     _view: bool  # ``usearch`` is a read-only view of the file at ``_view_path``
@@ -517,6 +522,13 @@ class VectorIndex:
             # (usearch types save() as bytes | None: None only when saving to a path)
             return self._restore(graph.save(), view=False), False  # type: ignore[arg-type, return-value]
         return graph.copy(), False
+
+    @property
+    def older_query_coding(self) -> bool:
+        """Whether this index was loaded from a save whose queries an older ragkit may have coded otherwise: an
+        int8 HNSW graph of format 1 (see :data:`FORMAT`); it then may rank slightly differently from when it was
+        saved.  A save of it writes today's format."""
+        return self.saved_format < 2 and self.dtype == "i8" and self.backend == "hnsw"
 
     # ------------------------------------------------------------------ config
     def config(self) -> dict[str, Any]:
@@ -1626,6 +1638,7 @@ class VectorIndex:
         except (TypeError, ValueError, ParamError) as e:  # a key or value no VectorIndex takes: the file was edited
             raise ArtifactError(f"{mpath}: its config does not describe an index ({e})") from None
         self.d_in, self.ndim = _meta_int(meta, "d_in", mpath, 1, MAX_DIMS), _meta_int(meta, "ndim", mpath, 1, MAX_DIMS)
+        self.saved_format = _meta_int(meta, "format", mpath, 1, FORMAT) if "format" in meta else 1
         n_slots = _meta_int(meta, "n_slots", mpath, 0, None)
         self.backend = self._check_manifest(mpath, meta, {n[len(prefix) + 1:] for n in files})
 

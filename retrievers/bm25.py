@@ -219,6 +219,12 @@ def _holds_letter_outside_ascii(text: str) -> bool:
 
 #: Held while a search decides whether it is the first of its retriever to warn of a query without a word
 _QUERY_SAID_LOCK = threading.Lock()
+#: The parameters that make a save's terms and counts (its analysis), recorded in its ``weights.json`` and checked
+#: against its ``params.json`` at load
+_ANALYSIS = ("tokenizer", "stopwords", "stemmer", "fields")
+#: The folders (resolved paths) whose load warned that an older ragkit wrote them (once per folder and process)
+_OLDER_NOTED: set[str] = set()
+
 #: Documents tokenised at once by the check of documents without a word (:meth:`BM25._without_word`)
 _CHECK_CHUNK = 10_000
 
@@ -1515,6 +1521,51 @@ class BM25(Operator):
             key["n_docs"] = "with_tokens"
         return key
 
+    def _analysis(self) -> dict[str, str]:
+        """The parameters that made the terms and counts (:data:`_ANALYSIS`), as saved in ``weights.json``."""
+        return {key: getattr(self.params, key) for key in _ANALYSIS}
+
+    def _check_analysis(self, folder: Path, saved: Any) -> None:
+        """Refuse (:class:`ArtifactError` naming the files, the parameter and both values) a save whose
+        ``params.json`` names another analysis than the one its ``weights.json`` records (``saved``; saves before
+        it was recorded have none: nothing to check): its terms were made by the recorded one, and queries
+        analysed by the other would miss them (stemmed terms searched with ``stemmer: none``)."""
+        from ragkit.errors import ArtifactError
+
+        if saved is None:
+            return
+        if not isinstance(saved, dict):
+            raise ArtifactError(f"{folder / 'weights.json'}: 'analysis' holds {saved!r:.80}; expected an object "
+                                f"of the {', '.join(_ANALYSIS)} the index was built with; save the index again")
+        for key, given in self._analysis().items():
+            if key in saved and saved[key] != given:
+                raise ArtifactError(
+                    f"{folder / 'params.json'}: {key} is {given!r}, but the index was built with {key} "
+                    f"{saved[key]!r} (recorded in {folder / 'weights.json'}): its terms were made by {saved[key]!r}, "
+                    f"and queries analysed with {given!r} would not find them; the folder was changed after "
+                    f"saving: set {key} back to {saved[key]!r}, or fit it again with {key}={given!r} and save it")
+
+    def _warn_older(self, folder: Path, why: str, reweighed: bool) -> None:
+        """Warn (once per folder and process, on the ``ragkit`` logger) that the save at ``folder`` was written
+        by an older ragkit (``why``: what tells), so this load may rank differently from when it was saved, and
+        mark it (:attr:`~ragkit.operator.Operator._older_save`).  ``reweighed``: its weights were computed again
+        here, with today's conventions.  An empty term in its vocabulary (Porter's stem of "patient's", which
+        today's tokenizer drops from queries while the saved document lengths count it) is named."""
+        from ragkit._files import first_time
+
+        done = []
+        if reweighed:
+            done.append("its term weights are computed again with today's conventions (N and avgdl count only "
+                        "the documents that hold a token)")
+        if "" in self.vocab_:
+            done.append("its vocabulary holds the empty term (Porter's stem of words such as \"patient's\"), "
+                        "which its document lengths count but today's queries drop")
+        self._older_save = f"BM25 save {why}"
+        if first_time(_OLDER_NOTED, os.path.realpath(folder)):
+            _log.warning(f"bm25: {folder} was written by an older ragkit ({why}): it loads, but {'; '.join(done)}; "
+                         "so it may rank differently from when it was saved: fit it again on its documents and "
+                         "save it to rank as a fit does today")
+
     def _saved_weights_valid(self, saved: Any, dl: np.ndarray) -> bool:
         """Whether the weights of a save whose ``weights.json`` says ``saved`` are the ones these parameters
         give: the same key, or a ``lucene`` save from before N and avgdl left out empty documents (no
@@ -1530,7 +1581,8 @@ class BM25(Operator):
         save_arrays(folder, tf_data=c.data, tf_indices=c.indices, tf_indptr=c.indptr, weights=self._wt.data,
                     doc_lengths=self._dl, idf=self.idf_)
         write_json(folder / "vocab.json", self.terms())
-        write_json(folder / "weights.json", {"layout": "terms_x_docs", "weights_of": self._weights_key()})
+        write_json(folder / "weights.json", {"layout": "terms_x_docs", "weights_of": self._weights_key(),
+                                             "analysis": self._analysis()})
         coll = getattr(self, "collection_", None)
         if coll is not None:
             save_arrays(folder, collection_idf=coll["idf"])
@@ -1560,8 +1612,11 @@ class BM25(Operator):
             self.collection_ = {"idf": idf, "avgdl": float(avgdl)}
         if not (folder / "weights.json").is_file():
             self._load_docs_by_terms(folder, terms)
+            self._warn_older(folder, "format 1: no weights.json", reweighed=True)
             return
         meta = read_json(folder / "weights.json")
+        if isinstance(meta, dict):  # (before any array is read)
+            self._check_analysis(folder, meta.get("analysis"))
         data, ind, ptr, w, dl, idf = (load_array(folder, n, mmap=mmap) for n in self._ARRAYS)
         nnz = len(ind)
         # the row pointers and document ids, always (_check_postings: a corrupt one crashes scipy's product, a
@@ -1595,11 +1650,16 @@ class BM25(Operator):
         self._counts = sp.csr_matrix((data, ind, ptr), shape=(n_terms, n_docs), copy=False)
         self._counts.has_sorted_indices = True
         self._dl = dl
-        if self._saved_weights_valid(meta.get("weights_of"), dl):
+        saved = meta.get("weights_of")
+        if self._saved_weights_valid(saved, dl):
             self.idf_ = idf
             self._set_weights(w)
         else:  # (saved with other parameters: weigh with these)
             self._weigh()
+            if (isinstance(saved, dict) and "n_docs" not in saved and "n_docs" in self._weights_key()
+                    and not bool(np.all(np.asarray(dl) > 0))):
+                # (a lucene save weighed before N and avgdl left out its documents without a token)
+                self._warn_older(folder, "weights.json without 'n_docs', and documents without a token", True)
 
     def _load_docs_by_terms(self, folder: Path, terms: list[str]) -> None:
         """Load a save of the layout before ``weights.json``: docs x terms float32 counts

@@ -10,6 +10,7 @@ applied inside the search, ``add`` / ``remove`` without a rebuild.
 from __future__ import annotations
 
 import logging
+import os
 import weakref
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -17,6 +18,7 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 from pydantic import Field, model_validator
 
+from ragkit._files import first_time
 from ragkit.encoders import DEFAULT_MODEL, Encoder, check_encoder_key, get_encoder, query_vectors, save_encoder_key
 from ragkit.encoders.adapt import AdaptConfig, TunedEncoderMixin
 from ragkit.encoders.sentence import encoder_label, encoder_vectors
@@ -478,6 +480,7 @@ class Dense(TunedEncoderMixin, Operator):
         if not (folder / "index.json").exists() and (folder / "vectors.npy").is_file():
             raise ArtifactError(_earliest_layout(folder, type(self)))
         self.index_ = VectorIndex.load(folder, prefix="index", mmap=mmap)
+        self._check_index_params(folder)
         self.slots_ = np.array(load_array(folder, "slots"), dtype=np.int64)
         self._load_encoder(folder)
         check_encoder_key(folder, self.encoder, self.name, self.encoder_model)
@@ -491,6 +494,35 @@ class Dense(TunedEncoderMixin, Operator):
         if not np.array_equal(self.slots_, np.flatnonzero(self.index_.alive)):  # row i is the i-th live slot
             raise ArtifactError(f"{folder}: slots.npy does not list the index's live vectors in order; the file was "
                                 "changed after saving")
+        if self.index_.older_query_coding:
+            self._older_save = "int8 HNSW index of format 1"
+            if first_time(_OLDER_NOTED, os.path.realpath(folder)):
+                _log.warning(f"{self.name}: {folder} was written by an older ragkit (index.json says format 1, an "
+                             "int8 HNSW index): it loads, but this ragkit codes int8 queries otherwise (the "
+                             "corpus's scale, shrunk where a query would clip), so it may rank slightly differently "
+                             "from when it was saved: fit it again and save it to rank as a fit does today (saving "
+                             "it again writes format 2 and silences this note)")
+
+    def _check_index_params(self, folder: Path) -> None:
+        """Refuse (:class:`ArtifactError` naming ``params.json``, the parameter and both values) parameters of
+        ``params.json`` that disagree with what ``index.json`` records of the stored index (:data:`_INDEX_STATE`:
+        its storage type, metric, reduction, kind of search, float vectors, graph): the index searches as it was
+        built, so the parameters would misdescribe it (a save or ``to_yaml`` would write them)."""
+        built, want = self.index_.config(), self._new_index().config()
+        for key in _INDEX_STATE:
+            if key in built and built[key] != want[key]:
+                raise ArtifactError(
+                    f"{folder / 'params.json'}: {key} is {getattr(self.params, key)!r}, but the saved index was built "
+                    f"with {key} {built[key]!r} (recorded in {folder / 'index.json'}); the folder was changed after "
+                    f"saving: set {key} back to {built[key]!r}, or fit it again with {key}="
+                    f"{getattr(self.params, key)!r} and save it")
+
+
+#: The parameters that make a stored index (:meth:`Dense._check_index_params`): ``VectorIndex.config`` keys, named
+#: as ``DenseParams`` names them (``search`` is the index's ``search_mode``)
+_INDEX_STATE = ("dtype", "metric", "reduce", "whiten", "search", "rescore", "connectivity")
+#: The folders (resolved paths) whose load warned that an older ragkit wrote them (once per folder and process)
+_OLDER_NOTED: set[str] = set()
 
 
 def _known_width(model: str) -> int | None:
