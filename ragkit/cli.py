@@ -392,9 +392,11 @@ def _is_stdout(path: Optional[Path]) -> bool:
 
 
 def _prepare_output(path: Optional[Path], option: str, example: str) -> None:
-    """Check before any work starts that ``path`` can be written: create its folder."""
+    """Check before any work starts that ``path`` can be written: create its folder.  A file path (not ``-``)
+    marks the command as one with files to write (:data:`_files_requested`)."""
     if path is None or _is_stdout(path):
         return
+    _want_files()
     if path.is_dir():
         raise RagkitError(f"{option} {path}: is a folder; expected a file path such as {path / example}")
     if writes_through(path):  # /dev/null, /dev/stdout, >(cmd): written straight into (text_output)
@@ -1487,6 +1489,7 @@ def _check_out_folder(out: Path) -> None:
     if str(out) == "-":
         raise RagkitError("--out -: a fitted pipeline is saved as a folder, which cannot go to standard output; "
                           "expected a folder path such as fitted/scifact-bm25")
+    _want_files()
     parent = out.absolute().parent
     while not parent.exists() and parent != parent.parent:  # (the save creates the missing folders)
         parent = parent.parent
@@ -2494,6 +2497,67 @@ def _print_comparison(cmp: Any, base: int) -> None:
 #: exit status (:func:`_stream_failed`) once the command has finished.
 _stream_errors: dict[str, OSError] = {}
 
+#: Whether the running command was asked to write a file (``-o``/``--run`` given a path, not ``-``; ``train``'s
+#: ``--out`` folder): then a closed standard output does not stop it (:func:`_reader_gone`).  Set by
+#: :func:`_want_files`, cleared by :func:`main`.
+_files_requested = False
+
+#: Whether standard error writes where standard output does (``2>&1 | head``): then its reader closing the pipe is
+#: standard output's too (:func:`_reader_gone`).  Set by :func:`main` (:func:`_same_stream`).
+_stderr_is_stdout = False
+
+
+def _want_files() -> None:
+    """Mark the running command as one that writes files (:data:`_files_requested`)."""
+    global _files_requested
+    _files_requested = True
+
+
+class _ReaderGone(BaseException):
+    """The reader of standard output closed the pipe (``ragkit ask ... | head -1``; standard error's, where it is
+    the same pipe: ``2>&1 | head``) and the command has no file to write: raised by the failed write (and any
+    later one to that stream), it ends the command there, as SIGPIPE would, and :func:`main` returns 141 without a
+    message.  A :class:`BaseException`, so that no command's ``except Exception``, nor click's broken-pipe handler
+    (an ``OSError``'s), takes it."""
+
+
+def _pipe_closed(e: OSError) -> bool:
+    """Whether ``e`` says the stream's reader closed the pipe (EPIPE), not another failure (a full disk)."""
+    import errno
+
+    return isinstance(e, BrokenPipeError) or e.errno == errno.EPIPE
+
+
+def _reader_gone(name: str) -> bool:
+    """Whether a write to standard ``name`` (``"stdout"``, ``"stderr"``) that failed, or was dropped after a
+    failure, ends the command (:class:`_ReaderGone`): where standard output's reader closed the pipe (or standard
+    error's, on the same pipe: ``2>&1``), no file was asked for (:data:`_files_requested`; ``--run -`` is no file)
+    and this is the main thread (a worker's writes are only dropped).  Standard error's reader alone gone, or a
+    full disk, does not: the command goes on (:class:`_GuardedStream`)."""
+    import threading
+
+    if _files_requested or threading.current_thread() is not threading.main_thread():
+        return False
+    if name == "stderr" and not _stderr_is_stdout:
+        return False
+    e = _stream_errors.get(name)
+    return e is not None and _pipe_closed(e)
+
+
+def _same_stream(out: Any, err: Any) -> bool:
+    """Whether standard output ``out`` and standard error ``err`` write to one place (``2>&1``): one object, or
+    file descriptors of one pipe, file or terminal."""
+    if out is None or err is None:
+        return False
+    if out is err:
+        return True
+    try:
+        a, b = os.fstat(out.fileno()), os.fstat(err.fileno())
+    except (OSError, ValueError, AttributeError, io.UnsupportedOperation):  # (no file descriptor: a test's buffer)
+        return False
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+
+
 #: The pieces a long write to standard output goes out in: one write of megabytes to a pipe its reader closed
 #: is cut short without an error (the rest dropped, the status 0); a piece after the first fails with EPIPE.
 _STDOUT_PIECE = 1 << 16
@@ -2503,7 +2567,7 @@ def _stream_broke(name: str, error: OSError, stream: Any) -> None:
     """Record that standard ``name`` (``"stdout"``, ``"stderr"``) failed with ``error`` (the first failure only)
     and point the file descriptor of ``stream`` at the null device, so that what is still buffered in it, and
     anything written later, is dropped instead of failing again (at the interpreter's exit: Python's "Exception
-    ignored")."""
+    ignored").  Where that ends the command (:func:`_reader_gone`), :class:`_ReaderGone` is raised then."""
     _stream_errors.setdefault(name, error)
     try:
         null = os.open(os.devnull, os.O_WRONLY)
@@ -2513,15 +2577,18 @@ def _stream_broke(name: str, error: OSError, stream: Any) -> None:
             os.close(null)
     except (OSError, ValueError, AttributeError, io.UnsupportedOperation):  # (no file descriptor: a test's buffer)
         pass
+    if _reader_gone(name):
+        raise _ReaderGone
 
 
 class _GuardedStream:
     """``sys.stdout`` and ``sys.stderr`` while :func:`main` runs: the stream it wraps, whose ``write``,
     ``writelines`` and ``flush`` never fail with an :class:`OSError` (a reader that closed the pipe, ``| head``;
     a full disk): the first failure is recorded (:func:`_stream_broke`) and every later write to the stream is
-    dropped, so that the command goes on and writes its output files; :func:`main` then exits 141 (or 1).
-    Anything else is the stream's.  A long text is written in pieces of :data:`_STDOUT_PIECE` characters, so that
-    a reader closing the pipe is seen."""
+    dropped, so that the command goes on and writes its output files; :func:`main` then exits 141 (or 1).  Where
+    the command has no file to write and the reader closed the pipe, the write raises :class:`_ReaderGone`
+    instead (:func:`_reader_gone`): the command stops there.  Anything else is the stream's.  A long text is
+    written in pieces of :data:`_STDOUT_PIECE` characters, so that a reader closing the pipe is seen."""
 
     def __init__(self, stream: Any, name: str = "stdout") -> None:
         self._stream = stream
@@ -2531,7 +2598,13 @@ class _GuardedStream:
         return getattr(self._stream, name)
 
     def _broken(self) -> bool:
-        return self._name in _stream_errors
+        """Whether an earlier write failed (the stream's writes are dropped), raising :class:`_ReaderGone` where
+        that ends the command (:func:`_reader_gone`)."""
+        if self._name not in _stream_errors:
+            return False
+        if _reader_gone(self._name):
+            raise _ReaderGone
+        return True
 
     def write(self, text: str) -> Any:
         if self._broken():
@@ -2620,13 +2693,8 @@ def _stream_failed(status: int) -> int:
     command killed by the signal) and no message where the stream's reader closed the pipe (``ragkit search ... |
     head -1``, ``2>&1 | head``); else 1, with ``error: standard output: could not be written: <reason>`` on stderr
     where standard output failed (a full disk) and stderr still writes."""
-    import errno
-
-    def closed(e: OSError) -> bool:
-        return isinstance(e, BrokenPipeError) or e.errno == errno.EPIPE
-
     out = _stream_errors.get("stdout")
-    if out is not None and not closed(out) and "stderr" not in _stream_errors:
+    if out is not None and not _pipe_closed(out) and "stderr" not in _stream_errors:
         try:
             err_console.print(Text.assemble(("error:", "bold red"),
                                             f" standard output: could not be written: {out.strerror or out}"))
@@ -2635,7 +2703,7 @@ def _stream_failed(status: int) -> int:
             pass
     if status:
         return status
-    return 141 if all(closed(e) for e in _stream_errors.values()) else 1
+    return 141 if all(_pipe_closed(e) for e in _stream_errors.values()) else 1
 
 
 @contextmanager
@@ -2662,12 +2730,18 @@ def main(args: Optional[list[str]] = None) -> int:
     missing option, a value an option's type refuses) is one plain line on stderr, ``error: <what> (see
     'ragkit eval --help')``, with status 2, as ragkit's own errors are (click's own report is a boxed panel
     that splits its message across lines at 80 columns); Ctrl-C while a command runs exits 130.  A standard output
-    or standard error that cannot be written does not stop the command: what it still prints is dropped, the
-    files it writes are written, and it then exits 141 where the stream's reader closed the pipe (``| head -1``,
-    no message), else 1 (``error: standard output: could not be written: <reason>``) (:func:`_stream_failed`)."""
+    or standard error that cannot be written does not stop a command that has files to write (``-o``, ``--run``,
+    ``train --out``): what it still prints is dropped, the files are written, and it then exits 141 where the
+    stream's reader closed the pipe (``| head -1``, no message), else 1 (``error: standard output: could not be
+    written: <reason>``) (:func:`_stream_failed`).  A command with no file to write (``ask``, ``search --run -``,
+    ``describe``) whose standard output's reader closed the pipe (or standard error's, the same pipe: ``2>&1 |
+    head``) stops at that write instead, with 141 and no message (:class:`_ReaderGone`)."""
+    global _files_requested, _stderr_is_stdout
     with _no_color():
         _stream_errors.clear()
+        _files_requested = False
         saved = sys.stdout, sys.stderr
+        _stderr_is_stdout = _same_stream(*saved)
         if sys.stdout is not None:  # (None: fd 1 closed or pythonw; Rich writes to a null file)
             sys.stdout = _GuardedStream(sys.stdout, "stdout")
         if sys.stderr is not None:
@@ -2677,6 +2751,10 @@ def main(args: Optional[list[str]] = None) -> int:
             for stream in (sys.stdout, sys.stderr):  # (what is still buffered: a failure is seen here, not at exit)
                 if stream is not None:
                     stream.flush()
+        except _ReaderGone:  # (a closed pipe ended a command with no file to write: 141, below)
+            status = 0
+            for c in (console, err_console):  # what Rich held of the print that failed, not printed by a later one
+                del c._buffer[:]
         finally:
             sys.stdout, sys.stderr = saved  # (also where click wrapped the guards)
         return _stream_failed(status) if _stream_errors else status

@@ -239,3 +239,117 @@ def test_version_after_a_command_says_ragkit_version(monkeypatch):
     assert _main("eval", "--version") == 2
     said = " ".join(err.getvalue().split())
     assert "ragkit --version)" in said and "ragkit --version eval" not in said, said
+
+
+# ------------------------------------------------------------------ 9. no file to write: a closed pipe stops it
+def _many_queries(tmp_path: Path) -> tuple[Path, Path]:
+    """A saved BM25 index of 70 documents that all hold "vitamin", and a TSV of 1,000 queries of it: at
+    ``--k 70`` a TREC run of 70,000 lines, which goes to standard output in two blocks (of 65,536 lines)."""
+    from ragkit.retrievers import BM25
+    from ragkit.types import Corpus
+
+    BM25(k=70).fit(Corpus.from_texts([f"vitamin bones note {i}" for i in range(70)],
+                                     ids=[f"d{i}" for i in range(70)])).save(tmp_path / "ix")
+    (tmp_path / "q.tsv").write_text("".join(f"q{i}\tvitamin\n" for i in range(1000)))
+    return tmp_path / "ix", tmp_path / "q.tsv"
+
+
+def _count_blocks(monkeypatch) -> list[int]:
+    """Count the blocks of lines handed to standard output (``writelines`` of :class:`ragkit.cli._GuardedStream`,
+    dropped or not): one entry per call."""
+    from ragkit import cli
+
+    calls: list[int] = []
+    writelines = cli._GuardedStream.writelines
+
+    def counted(self, lines):
+        if self._name == "stdout":
+            calls.append(len(lines))
+        return writelines(self, lines)
+
+    monkeypatch.setattr(cli._GuardedStream, "writelines", counted)
+    return calls
+
+
+def test_search_run_to_stdout_stops_when_its_reader_closed_the_pipe(tmp_path, monkeypatch):
+    """``ragkit search --queries big.tsv --run - | head -1``: the run goes nowhere but standard output, so once
+    its reader has gone the command stops (141, no message), as before outputs were kept on: it went on
+    formatting every later block of the run, for nothing."""
+    ix, queries = _many_queries(tmp_path)
+    blocks = _count_blocks(monkeypatch)
+    err = io.StringIO()
+    monkeypatch.setattr(sys, "stdout", _Closed())
+    monkeypatch.setattr(sys, "stderr", err)
+    assert _main("search", "--index", ix, "--queries", queries, "--k", "70", "--run", "-") == 141
+    assert blocks == [65536], blocks  # (the first block failed; the second was never formatted)
+    assert "Traceback" not in err.getvalue() and "error" not in err.getvalue(), err.getvalue()
+
+
+def test_search_tables_stop_when_stdouts_reader_closed_the_pipe(tmp_path, monkeypatch):
+    """``ragkit search --index ix q1 q2 ... | head -1``: the tables after the one that failed are not rendered."""
+    from ragkit import cli
+
+    ix, _ = _many_queries(tmp_path)
+    printed: list[object] = []
+    print_ = cli.console.print
+    monkeypatch.setattr(cli.console, "print", lambda *a, **kw: (printed.append(a), print_(*a, **kw))[1])
+    monkeypatch.setattr(sys, "stdout", _Closed())
+    assert _main("search", "--index", ix, "--k", "3", *[f"vitamin {i}" for i in range(30)]) == 141
+    assert len(printed) == 1, len(printed)
+    # the console printed nothing stale afterwards (what it held of the failed table was dropped)
+    out = io.StringIO()
+    monkeypatch.setattr(sys, "stdout", out)
+    assert _main("search", "--index", ix, "--k", "1", "bones") == 0
+    assert out.getvalue().count("bones") == 2, out.getvalue()  # (the table's title and its row: one table)
+
+
+def test_search_with_a_file_to_write_still_carries_on_and_writes_it(tmp_path, monkeypatch):
+    """``ragkit search ... -o - --run r.trec | head -1`` (and ``--run - -o f.json``): a file was asked for, so
+    the command goes on past the closed pipe, writes it, then exits 141."""
+    ix, queries = _many_queries(tmp_path)
+    monkeypatch.setattr(sys, "stdout", _Closed())
+    assert _main("search", "--index", ix, "--queries", queries, "--k", "70", "-o", "-",
+                 "--run", tmp_path / "out" / "r.trec") == 141
+    assert (tmp_path / "out" / "r.trec").read_text().count(" Q0 ") == 70_000
+    blocks = _count_blocks(monkeypatch)
+    assert _main("search", "--index", ix, "--queries", queries, "--k", "70", "--run", "-",
+                 "-o", tmp_path / "out" / "f.json") == 141
+    assert len(json.loads((tmp_path / "out" / "f.json").read_text())["results"]) == 1000
+    assert len(blocks) == 2, blocks  # (carried on to the end of the run: its other output was written first)
+
+
+def test_stderrs_reader_gone_stops_only_where_stdout_is_the_same_pipe(tmp_path, monkeypatch):
+    """``ragkit search --run - 2>&1 | head -0``: standard error's status line fails first, on the pipe standard
+    output writes to too, so the command stops there.  Standard error's reader alone gone (``2>&1 >out.trec |
+    head``), the run still goes out whole on standard output."""
+    ix, queries = _many_queries(tmp_path)
+    blocks = _count_blocks(monkeypatch)
+    both = _Closed()
+    monkeypatch.setattr(sys, "stdout", both)
+    monkeypatch.setattr(sys, "stderr", both)
+    assert _main("search", "--index", ix, "--queries", queries, "--k", "70", "--run", "-") == 141
+    assert blocks == [], blocks
+    out = io.StringIO()
+    monkeypatch.setattr(sys, "stdout", out)
+    monkeypatch.setattr(sys, "stderr", _Closed())
+    assert _main("search", "--index", ix, "--queries", queries, "--k", "70", "--run", "-") == 141
+    assert out.getvalue().count(" Q0 ") == 70_000 and len(blocks) == 2, blocks
+
+
+def test_a_full_stdout_does_not_stop_a_command_without_files(tmp_path, monkeypatch):
+    """A failure that is no closed pipe (a full disk) is said once at the end, as before: the command is not cut
+    short for it (``ragkit search --run - > /full/disk/run.trec``)."""
+    class Full(_Closed):
+        def write(self, text: str) -> int:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def writelines(self, lines: object) -> None:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    ix, queries = _many_queries(tmp_path)
+    blocks = _count_blocks(monkeypatch)
+    err = io.StringIO()
+    monkeypatch.setattr(sys, "stdout", Full())
+    monkeypatch.setattr(sys, "stderr", err)
+    assert _main("search", "--index", ix, "--queries", queries, "--k", "70", "--run", "-") == 1
+    assert len(blocks) == 2 and "No space left on device" in err.getvalue(), err.getvalue()
