@@ -7,7 +7,8 @@ batched top-k inner-product / cosine queries.  Storage and search are parameters
 
   - ``i8`` exact (numpy) search uses **per-dimension calibration** fitted on the indexed
     vectors (``min_j``, ``step_j = (max_j - min_j) / 255``, as sentence-transformers'
-    ``quantize_embeddings``), scored *asymmetrically* against the float query:
+    ``quantize_embeddings``, but codes rounded to the nearest step where it truncates), scored
+    *asymmetrically* against the float query:
     ``<q, x> ~= (code + 128) @ (q * step) + q @ min``.  HNSW search hands usearch int8 codes
     with one global symmetric scale (``127 / p99.99(|x|)``, ``127 / max|x|`` for ``metric="ip"``; saved
     with the index, so an index saved with the earlier ``p99.9`` keeps it) so that the int8-vs-int8 inner

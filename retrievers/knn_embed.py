@@ -64,8 +64,8 @@ class KnnEmbedParams(Params):
     k: int = Field(
         default=100,
         ge=1, description="Results per query, and the budget the anchor and the components share: "
-                          "round(anchor_share * k) dense slots, the rest to the components.  With merge: score "
-                          "the anchor's results (the best cosines) come first, so a top-k shorter than "
+                          "anchor_share * k dense slots (rounded half up), the rest to the components.  With merge: "
+                          "score the anchor's results (the best cosines) come first, so a top-k shorter than "
                           "anchor_share * k (a search's k=10 over k=100) is plain dense; for a top-k shorter "
                           "than k set k to it, or use merge: interleave, whose first slots are diversified.")
     filter: MetadataFilter = Field(default=None, description="Metadata filter {field: value or [values]}.")
@@ -230,7 +230,7 @@ class KnnEmbed(Operator):
        local histogram of the dense top ``local_depth``);
     3. keep at most ``max_components`` clusters with ``pi >= weight_floor`` (renormalised);
        a query with one component or a top weight ``>= collapse_at`` returns plain dense top-k;
-    4. ``round(anchor_share * k)`` slots go to the dense top results; the rest are shared by
+    4. ``anchor_share * k`` slots, rounded half up, go to the dense top results; the rest are shared by
        largest-remainder quotas, each component searching only inside its cluster, excluding
        documents already taken; shortfalls go to the components' other documents, then to dense;
     5. merge by cosine (``merge="score"``) or in Sainte-Laguë order (``merge="interleave"``).
