@@ -96,11 +96,41 @@ def filter_problem(where: Mapping[str, Any]) -> tuple[str | None, str] | None:
     return None
 
 
+class AllOf(tuple[Mapping[str, Any], ...]):
+    """Filters a document must pass all of, each read as a filter is (:meth:`Corpus.mask
+    <ragkit.types.Corpus.mask>` ANDs their masks): what :func:`all_filters` gives for two filters that name the
+    same field, which one mapping cannot say where the field holds lists (``{"tags": "x"}`` and ``{"tags": "y"}``:
+    the documents tagged both)."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return f"AllOf({list(self)!r})"
+
+
+def all_filters(a: Mapping[str, Any] | AllOf, b: Mapping[str, Any] | AllOf) -> dict[str, Any] | AllOf:
+    """The filter matching what both ``a`` and ``b`` match, as an operator's own ``filter`` and a call's both
+    apply (the AND of their masks): their fields together where no field is in both, else an :class:`AllOf`
+    of the two (values are not intersected: ``{"tags": "x"}`` and ``{"tags": "y"}`` match the documents tagged
+    both, and a value of another kind than the field's is refused as a filter of its own would be)."""
+    parts = [*(a if isinstance(a, AllOf) else (a,)), *(b if isinstance(b, AllOf) else (b,))]
+    parts = [p for p in parts if p]  # (an empty filter passes every document)
+    if len(parts) < 2:
+        return dict(parts[0]) if parts else {}
+    keys = [set(p) for p in parts]
+    if sum(map(len, keys)) == len(set().union(*keys)):  # no field named twice: one filter
+        return {key: want for p in parts for key, want in p.items()}
+    return AllOf(parts)
+
+
 def and_filters(a: Mapping[str, Any], b: Mapping[str, Any]) -> dict[str, Any]:
-    """The filter matching what both ``a`` and ``b`` match: their fields together, and on a field both
-    name, the values both accept (``{"year": [2020, 2021]}`` and ``{"year": 2021}``: ``{"year": [2021]}``;
-    none in common: ``[]``, which matches nothing).  Values compare with Python's equality, as
-    :meth:`Corpus.mask` does (``_id`` values as strings)."""
+    """One filter of ``a`` and ``b``: their fields together, and on a field both name, the values both accept
+    (``{"year": [2020, 2021]}`` and ``{"year": 2021}``: ``{"year": [2021]}``; none in common: ``[]``, which
+    matches nothing).  Values compare with Python's equality, as :meth:`Corpus.mask` does (``_id`` values as
+    strings).  Exact for fields of one value per document only: on a list-valued field (tags), ``{"tags": "x"}``
+    and ``{"tags": "y"}`` give ``[]``, not the documents tagged both, and a value of another kind than the
+    field's can vanish from the result instead of being refused; :func:`all_filters` applies both filters as
+    they are."""
     out = dict(a)
     for key, want in b.items():
         if key not in out or isinstance(want, Mapping) or isinstance(out[key], Mapping):

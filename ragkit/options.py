@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Union
 
 from pydantic import ValidationError
 
-from ragkit.errors import ParamError
+from ragkit.errors import DataError, ParamError
 from ragkit.params import describe_error, error_loc, format_loc
 
 if TYPE_CHECKING:
@@ -67,11 +67,15 @@ def filter_value(value: Any, corpus: "Corpus | None" = None) -> Any:
     metadata fields, ``_id`` (or ``id``, where no metadata field has that name: the document ids) or
     ``title``.  Raises ``TypeError`` / ``ValueError`` (``expected ..., got ...``).
     """
-    from ragkit.metadata import filter_problem
+    from ragkit.metadata import AllOf, filter_problem
     from ragkit.types import unknown_filter_field
 
     if value is None:
         return None
+    if isinstance(value, AllOf):  # filters all of which apply (a LangChain retriever's and its call's)
+        for part in value:
+            filter_value(part, corpus)
+        return value
     if not isinstance(value, Mapping):
         raise TypeError(f"expected a metadata filter {{field: value or [values]}}, got {value!r:.80}")
     bad = filter_problem(value)
@@ -228,6 +232,7 @@ def check_options(root: "Operator", options: Mapping[str, Any], corpus: "Corpus 
                 out[key] = filter_value(value, corpus)
             except (TypeError, ValueError) as e:
                 raise ParamError(f"{where}filter: {e}", path="options.filter") from None
+            _check_filter_kinds(out[key], corpus, f"{where}filter")
         elif isinstance(key, str) and key in readers:
             out[key] = _check_operator_options(key, value, readers[key], corpus, where)
         else:
@@ -261,6 +266,23 @@ def check_option_names(name: str, value: Any, ops: list["Operator"], prefix: str
                         else "it reads no run-time options")
             raise ParamError(f"{where}.{key}: unknown option for operator {name!r} ({owners}); {expected}",
                              path=f"options.{name}.{key}")
+
+
+def _check_filter_kinds(value: Any, corpus: "Corpus | None", at: str) -> None:
+    """Refuse, before any step runs, a filter (checked by :func:`filter_value`) that the corpus searched would
+    refuse when a retriever applies it (:meth:`Corpus.check_filter_kinds
+    <ragkit.types.Corpus.check_filter_kinds>`: a value of another kind than its field's, ``{"year": "2010"}``
+    for years held as numbers): the same :class:`~ragkit.errors.DataError`, its message starting at ``at``
+    (``search option bm25.filter.year: the field holds int values; ...``), not after the other steps' work
+    (a dense branch's encoding).  Nothing without a corpus or a filter."""
+    if corpus is None or not value:
+        return
+    from ragkit.pipelines._compose import placed_at
+
+    try:
+        corpus.check_filter_kinds(value)
+    except DataError as e:
+        raise placed_at(e, at, "filter") from None
 
 
 def _check_operator_options(name: str, value: Any, ops: list[tuple[str, "Operator"]],
@@ -303,6 +325,8 @@ def _check_one(op: "Operator", value: Mapping[str, Any], name: str, at: str, cor
             out[key] = specs[key](op, v, corpus)  # type: ignore[operator]
         except (TypeError, ValueError) as e:
             raise ParamError(f"{where}.{key}: {e}", path=f"options.{name}.{key}") from None
+        if key == "filter" and op.applies_filter:
+            _check_filter_kinds(out[key], corpus, f"{where}.filter")
     try:  # what the operator's fitted state allows (a muvera prune needs its codebook)
         op.check_run_options(out)
     except (TypeError, ValueError) as e:

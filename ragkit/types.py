@@ -26,6 +26,7 @@ import numpy as np
 from ragkit._files import atomic_file, file_above, save_unwritable, user_path
 from ragkit.errors import ArtifactError, DataError, InputTypeError, ParamError, repeated, some_ids
 from ragkit.metadata import (
+    AllOf,
     Coded,
     check_added_kinds,
     check_filter,
@@ -1009,10 +1010,14 @@ class Corpus:
         rows = _as_rows(rows, n, "Corpus.subset")
         if len(rows) and rows.min() < 0:
             rows = np.where(rows < 0, rows + n, rows)
-        # a field no row holds any more is gone, as from a corpus built fresh of these rows (a removed
-        # document's own "id" field left every other document without one, and filters read its kinds)
+        # a field no row holds any more stays a field (a column of None), with the kinds of the values it held:
+        # a filter on it matches nothing (a shard without the field, the last holders removed), and one of
+        # another kind is refused, as on this corpus.  But a field named "id" or "title" that no row holds is
+        # gone: it would hide the documents' own ids / titles from filters (a removed LangChain document's own
+        # metadata["id"] left every other document without one)
         meta = {k: v[rows] for k, v in self.metadata.items()}
-        meta = {k: v for k, v in meta.items() if v.dtype != object or any(x is not None for x in v)}
+        emptied = [k for k, v in meta.items() if v.dtype == object and all(x is None for x in v)]  # (stops at a value)
+        meta = {k: v for k, v in meta.items() if k not in emptied or k not in ("id", "title")}
         cols = (self.ids[rows], self.texts[rows], self.titles[rows], meta)
         increasing = len(rows) < 2 or bool((rows[1:] > rows[:-1]).all())
         if not increasing and len(np.unique(rows)) != len(rows):  # a row twice: the checks name the repeated id
@@ -1020,7 +1025,22 @@ class Corpus:
         out = Corpus._checked(*cols)  # rows of this (checked) corpus: nothing to check again
         if increasing:
             self._carry_cut(out, rows)
+        for key in emptied:
+            if key in meta and key not in out._codes:
+                self._carry_kinds(out, key)
         return out
+
+    def _carry_kinds(self, out: "Corpus", key: str) -> None:
+        """Give ``out`` (cut from this corpus) filter codes of its field ``key``, which holds no value any more,
+        that keep this corpus's values of it (one code per row: the code of ``None``): a filter on ``key``
+        matches nothing but ``None`` there, and a value of another kind than those values is refused
+        (:func:`~ragkit.metadata.check_kinds`), as on this corpus.  Nothing where a value does not hash."""
+        coded = self._codes[key] if key in self._codes else code_column(self.metadata[key])
+        if coded is None:
+            return
+        table = dict(coded[1])  # (a copy: a value -> code table is never changed once made)
+        none = table.setdefault(None, len(table))
+        out._codes[key] = (np.full(len(out), none, np.int64), table)
 
     def _carry_cut(self, out: "Corpus", rows: np.ndarray) -> None:
         """Give ``out`` (this corpus's strictly increasing ``rows``) this corpus's id lookup and filter
@@ -1138,7 +1158,7 @@ class Corpus:
         out._hold(ids, texts, titles, metadata)
         return out
 
-    def mask(self, where: Mapping[str, Any] | None) -> np.ndarray | None:
+    def mask(self, where: Mapping[str, Any] | AllOf | None) -> np.ndarray | None:
         """Boolean row mask for a metadata filter, or ``None`` when there is no filter.
 
         ``where`` maps a field to a value (equality) or a list/tuple/set/array of values
@@ -1149,23 +1169,20 @@ class Corpus:
         filters on document ids (given as strings or numbers; ``"id"`` too, unless a metadata field has
         that name), ``"title"`` on their titles (unless a metadata field has that name).  A list-valued
         field (tags) matches a value it holds as an element, as well as a value equal to the whole list.
-        Operators such as ``{"$gte": 2020}`` are not supported and are refused.
+        Operators such as ``{"$gte": 2020}`` are not supported and are refused.  A field no document holds
+        a value of any more (its documents removed, a shard of other documents) is still a field: a filter
+        on it matches nothing.  An :class:`~ragkit.metadata.AllOf` of filters (two filters naming the same
+        field, :func:`~ragkit.metadata.all_filters`) is the AND of their masks.
         """
         if not where:
             return None
+        if isinstance(where, AllOf):
+            masks = [m for m in map(self.mask, where) if m is not None]
+            return np.logical_and.reduce(masks) if masks else None
         check_filter(where)
         keep = np.ones(len(self), dtype=bool)
         for key, want in where.items():
-            if key == "id" and "id" not in self.metadata:  # as a returned Document's metadata names it
-                key = "_id"
-            if key == "_id":
-                column = self.ids
-            elif key in self.metadata:
-                column = self.metadata[key]
-            elif key == "title":  # the documents' titles (BEIR's field; where a Document's metadata title goes)
-                column = self.titles
-            else:
-                raise DataError(f"filter {unknown_filter_field(key, self.metadata)}")
+            key, column = self._filter_column(key)
             # any collection of values (a list, a set, a range, dict keys, a numpy array or pandas
             # Series) means membership; a string or a single value means equality
             wants = [None if is_missing(w) else w for w in filter_values(want)]  # pandas.NA, NaT: as None
@@ -1182,6 +1199,52 @@ class Corpus:
                 keep &= self._field_isin(key, column, wants)
         return keep
 
+    def check_filter_kinds(self, where: Mapping[str, Any] | AllOf | None) -> None:
+        """Refuse what :meth:`mask` refuses in ``where`` (its form, a field the corpus does not have, a value of
+        another kind than the field's: the same :class:`DataError`), without making the mask: a search's check
+        of its filters before any step runs.  The fields' filter codes it makes are those :meth:`mask` reads."""
+        if not where:
+            return
+        if isinstance(where, AllOf):
+            for part in where:
+                self.check_filter_kinds(part)
+            return
+        check_filter(where)
+        for key, want in where.items():
+            key, column = self._filter_column(key)
+            wants = [None if is_missing(w) else w for w in filter_values(want)]
+            if column is self.titles:
+                if not any(isinstance(w, str) for w in wants):
+                    check_kinds(key, dict.fromkeys(self.titles[:1].tolist(), 0), wants)
+            elif key != "_id":
+                if column.dtype.kind == "f":  # (None matches a float column's NaN)
+                    wants = [w for w in wants if w is not None]
+                coded = self._coded(key, column)
+                if coded is not None and not any(hashable(w) and w in coded[1] for w in wants):
+                    check_kinds(key, coded[1], wants)
+
+    def _filter_column(self, key: str) -> tuple[str, np.ndarray]:
+        """The field a filter's ``key`` names, and its column: ``"_id"`` (``"id"`` too, where no metadata field
+        has that name) the ids, a metadata field its column, ``"title"`` (where no metadata field has that name)
+        the titles; any other name is a :class:`DataError` listing the fields."""
+        if key == "id" and "id" not in self.metadata:  # as a returned Document's metadata names it
+            key = "_id"
+        if key == "_id":
+            return key, self.ids
+        if key in self.metadata:
+            return key, self.metadata[key]
+        if key == "title":  # the documents' titles (BEIR's field; where a Document's metadata title goes)
+            return key, self.titles
+        raise DataError(f"filter {unknown_filter_field(key, self.metadata)}")
+
+    def _coded(self, key: str, column: np.ndarray) -> Coded:
+        """The filter codes of the metadata field ``key`` (its ``column``), made once (with a warning where it
+        holds values of several kinds)."""
+        if key not in self._codes:
+            self._codes[key] = code_column(column)
+            warn_mixed_kinds(key, self._codes[key])
+        return self._codes[key]
+
     def _field_isin(self, key: str, column: np.ndarray, wants: list[Any]) -> np.ndarray:
         """``column == w`` for some ``w`` in ``wants`` (see :meth:`mask`).  A column of hashable
         values is coded once (value -> small integer, keyed by a dict, so Python's equality decides
@@ -1189,10 +1252,7 @@ class Corpus:
         list-valued column (tags) is coded element by element (a single value counts as a list of
         one), so a filter on elements is one ``np.isin`` too; a filter value that is itself a list (the
         whole list) is compared value by value."""
-        if key not in self._codes:
-            self._codes[key] = code_column(column)
-            warn_mixed_kinds(key, self._codes[key])
-        coded = self._codes[key]
+        coded = self._coded(key, column)
         if column.dtype.kind == "f" and any(w is None for w in wants):  # a float column's missing value is NaN
             # (a saved corpus reads it back as None): {field: None} matches it
             rest = [w for w in wants if w is not None]

@@ -58,7 +58,7 @@ from ragkit._locks import ReadWriteLock, lock_of
 from ragkit.encoders.sentence import as_texts
 from ragkit.errors import ArtifactError, DataError, NotFittedError, ParamError, repeated
 from ragkit.integrations.langchain_generate import RagkitGenerator
-from ragkit.metadata import and_filters, check_added_kinds, check_metadata_kinds, is_missing
+from ragkit.metadata import AllOf, all_filters, check_added_kinds, check_metadata_kinds, is_missing
 from ragkit.operator import Operator, _json_default, read_json
 from ragkit.options import _positive_k, check_options
 from ragkit.params import refusal_of
@@ -276,14 +276,15 @@ def _pipeline_and_settings(folder: Path) -> tuple[Operator, dict[str, Any]]:
 
 def merge_options(base: Mapping[str, Any], call: Mapping[str, Any]) -> dict[str, Any]:
     """Search options of one call over the retriever's defaults: a call's ``filter`` narrows the default
-    ``filter`` (both apply, as an operator's own ``filter`` parameter and a call's do), an operator's
-    options merge option by option (``{"bm25": {"n_jobs": 4}}`` then ``bm25={"k": 5}``: both), anything
-    else the call sets replaces the default.  Values are checked later, by ``search``."""
+    ``filter`` (both apply, as an operator's own ``filter`` parameter and a call's do: the AND of their masks,
+    :func:`~ragkit.metadata.all_filters`; ``{"tags": "x"}`` then ``{"tags": "y"}``: the documents tagged both),
+    an operator's options merge option by option (``{"bm25": {"n_jobs": 4}}`` then ``bm25={"k": 5}``: both),
+    anything else the call sets replaces the default.  Values are checked later, by ``search``."""
     out = dict(base)
     for key, value in call.items():
         old = out.get(key)
-        if key == "filter" and isinstance(old, Mapping) and isinstance(value, Mapping):
-            out[key] = and_filters(old, value)
+        if key == "filter" and isinstance(old, (Mapping, AllOf)) and isinstance(value, (Mapping, AllOf)):
+            out[key] = all_filters(old, value)
         elif isinstance(old, Mapping) and isinstance(value, Mapping):
             out[key] = merge_options(old, value)
         else:
@@ -856,6 +857,11 @@ class RagkitRetriever(BaseRetriever):
             key = e.path.removeprefix("options.")
             hint = f"; {_mmr_hint(key)}" if key in _MMR_WORDS else ""
             raise ParamError(f"search_kwargs: {e}{hint}", path=e.path) from None
+        except DataError as e:  # a filter value of a kind its field does not hold, as the check below words it
+            text = str(e).removeprefix("search option ")
+            head = text.split(": ", 1)[0]  # filter.year, bm25.filter.year
+            at = "filter" if head.startswith("filter.") else f"{head.split('.filter.', 1)[0]}.filter"
+            raise ParamError(f"search_kwargs: {text}", path=f"options.{at}") from None
         if searched is None:
             return
         # a filter value of a kind its field does not hold ("2006" for years held as numbers) matches no
