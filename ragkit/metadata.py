@@ -123,25 +123,6 @@ def all_filters(a: Mapping[str, Any] | AllOf, b: Mapping[str, Any] | AllOf) -> d
     return AllOf(parts)
 
 
-def and_filters(a: Mapping[str, Any], b: Mapping[str, Any]) -> dict[str, Any]:
-    """One filter of ``a`` and ``b``: their fields together, and on a field both name, the values both accept
-    (``{"year": [2020, 2021]}`` and ``{"year": 2021}``: ``{"year": [2021]}``; none in common: ``[]``, which
-    matches nothing).  Values compare with Python's equality, as :meth:`Corpus.mask` does (``_id`` values as
-    strings).  Exact for fields of one value per document only: on a list-valued field (tags), ``{"tags": "x"}``
-    and ``{"tags": "y"}`` give ``[]``, not the documents tagged both, and a value of another kind than the
-    field's can vanish from the result instead of being refused; :func:`all_filters` applies both filters as
-    they are."""
-    out = dict(a)
-    for key, want in b.items():
-        if key not in out or isinstance(want, Mapping) or isinstance(out[key], Mapping):
-            out[key] = want  # (a mapping, {"$gte": 2020}, is left for check_filter to refuse)
-            continue
-        mine, theirs = filter_values(out[key]), filter_values(want)
-        ids = key in ("_id", "id")  # document ids match as strings (a metadata field named id keeps its values)
-        out[key] = [v for v in mine if any(v == w or (ids and str(v) == str(w)) for w in theirs)]
-    return out
-
-
 def filter_values(want: Any) -> list[Any]:
     """A filter's value as the list of values it accepts: any collection of values (a list, a set, a
     range, dict keys, a numpy array or pandas Series) means membership; a string or a single value

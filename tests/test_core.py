@@ -512,18 +512,6 @@ def test_operators_that_search_with_torch_import_it_at_fit_and_load(tmp_path, mo
     assert called == [1, 1]
 
 
-def test_and_filters_intersects_values_and_leaves_query_operators_to_be_refused():
-    from ragkit.metadata import and_filters, check_filter
-
-    assert and_filters({"year": [2020, 2021], "a": 1}, {"year": 2021, "b": "x"}) == {"year": [2021], "a": 1, "b": "x"}
-    assert and_filters({"_id": [1, "2"]}, {"_id": ["1"]}) == {"_id": [1]}  # ids match as strings
-    c = Corpus.from_texts(["a", "b"], ids=["x", "y"], id=[3, 4])  # a field named id keeps its int values
-    assert c.mask(and_filters({"id": [3, 4]}, {"id": 3})).tolist() == [True, False]
-    merged = and_filters({"year": 2020}, {"year": {"$gte": 2020}})  # refused, not read as the list ["$gte"]
-    with pytest.raises(DataError, match=r"filter.year: .*\$gte.* is not supported"):
-        check_filter(merged)
-
-
 def test_a_filter_on_a_field_of_mixed_kinds_warns_once(caplog):
     """A corpus may hold 2020 and "2020" in one field (it loads: a BEIR file can); a filter then finds one kind
     and misses the other, so its first use on that field says so, once."""
