@@ -200,6 +200,50 @@ def after_fit(release: Callable[[], None]) -> None:
 
 # True while Pipeline.load loads the steps of a folder whose manifest checksums it has just verified: the
 # steps load with verify=False (their files are checked already) yet count as verified.
+# The fitted state (:meth:`Operator._search_view`) each operator searched by :meth:`Operator.search` in this context
+# reads: taken once, before the search reads the operator's corpus, so an edit on another thread meanwhile (an add)
+# changes neither what the search scores nor the rows it maps (id(op) -> (op, view)).  A context variable: searches
+# running at once in threads each keep their own.
+_PINNED_VIEWS: ContextVar[Optional[dict[int, tuple["Operator", Any]]]] = ContextVar("ragkit_pinned_views",
+                                                                                   default=None)
+
+
+@contextmanager
+def pinned_view(*ops: "Operator") -> Iterator[None]:
+    """Within it, the searches of each of ``ops`` in this context read the state :meth:`Operator._search_view`
+    gives now (none pinned where it gives ``None``): :meth:`Operator.search` takes it before the search reads
+    ``op.corpus_`` (a pipeline's search would pin its leaves so, before it reads their shared corpus)."""
+    views = {id(op): (op, view) for op in ops if (view := op._search_view()) is not None}
+    if not views:
+        yield
+        return
+    token = _PINNED_VIEWS.set({**(_PINNED_VIEWS.get() or {}), **views})
+    try:
+        yield
+    finally:
+        _PINNED_VIEWS.reset(token)
+
+
+def searched_ids() -> np.ndarray | None:
+    """The document ids the search in progress in this context maps rows with (its corpus's, read once when it
+    began: :meth:`Pipeline.search <ragkit.pipelines.Pipeline.search>`); ``None`` outside a search (an operator
+    called on a State directly)."""
+    from ragkit.pipelines._compose import _TRACE_IDS
+
+    return _TRACE_IDS.get()
+
+
+def is_prefix(old: Corpus, new_ids: np.ndarray) -> bool:
+    """Whether every row of ``old`` is the same document's row in the corpus of ids ``new_ids``: the same ids (an
+    identity check first), or ``old``'s with documents appended (``add``).  Compares ids (one pass) only where
+    they are not the same array: a search that overlapped an edit."""
+    ids = old.ids
+    if ids is new_ids:
+        return True
+    n = len(ids)
+    return len(new_ids) >= n and bool(np.array_equal(np.asarray(new_ids[:n]), ids))
+
+
 _CHECKSUMS_VERIFIED: ContextVar[bool] = ContextVar("ragkit_checksums_verified", default=False)
 
 
@@ -486,7 +530,8 @@ class Operator:
         if self.kind == "retriever" and not self.applies_filter and state.options:
             refuse_unapplied_filter(self, state.options)
         with model_named(self.name):
-            return check_result(self, state, call_checked(self, state, self._call))
+            before = self.__dict__.get("corpus_")  # (check_result says a concurrent edit when it changed)
+            return check_result(self, state, call_checked(self, state, self._call), corpus_before=before)
 
     @property
     def wants_upstream(self) -> bool:
@@ -652,8 +697,25 @@ class Operator:
         k = resolve_k(self.opt(state, "k"), param, state.options.get("k"), self.name)
         return k if k is not None else positive_k(param, f"{self.name}.k", f"{self.name}.k")  # (refuses None)
 
-    def filter_mask(self, state: State) -> np.ndarray | None:
-        """Row mask of the metadata filter for one search, over the fitted corpus (``self.corpus_``).
+    def _search_view(self) -> Any:
+        """The fitted state a search reads, taken in one read (an immutable object an edit replaces whole, never
+        changes), or ``None`` (the default: this operator publishes none).  :meth:`search` pins it before the
+        search reads ``corpus_`` (:func:`pinned_view`); ``_call`` reads it with :meth:`view_for_search`."""
+        return None
+
+    def view_for_search(self) -> Any:
+        """What :meth:`_search_view` gave when :meth:`search` began, in the search in progress in this context
+        (pinned by :func:`pinned_view`), else what it gives now."""
+        pinned = _PINNED_VIEWS.get()
+        if pinned is not None:
+            got = pinned.get(id(self))
+            if got is not None and got[0] is self:
+                return got[1]
+        return self._search_view()
+
+    def filter_mask(self, state: State, corpus: Corpus | None = None) -> np.ndarray | None:
+        """Row mask of the metadata filter for one search, over ``corpus`` (default: the fitted corpus,
+        ``self.corpus_``; a retriever searching a state it took at the search's start passes that state's).
 
         The ``filter`` parameter AND this operator's per-call ``filter`` option
         (``search(q, bm25={"filter": ...})``) AND the call's ``filter`` (``search(q, filter=...)``): a call
@@ -667,7 +729,8 @@ class Operator:
             retriever can skip masking altogether.  The same mask for every query of the batch.
         """
         sources = [getattr(self.params, "filter", None), self.opt(state, "filter", None), state.options.get("filter")]
-        masks = [m for m in map(self.corpus_.mask, sources) if m is not None]  # None: no filter
+        masks = [m for m in map((self.corpus_ if corpus is None else corpus).mask, sources)
+                 if m is not None]  # None: no filter
         if not masks:
             return None
         return np.logical_and.reduce(masks) if len(masks) > 1 else masks[0]
@@ -753,7 +816,9 @@ class Operator:
         check_search_arguments(queries, trace, qrels, f"{type(self).__name__}.search")
         if not self.is_fitted and not self.children():  # a leaf says it in its own words ("BM25 ('bm25') is not
             self._check_fitted()  # fitted yet"); a composite's pipeline names which of its steps is not
-        with guarded(self):  # a RagkitRetriever's add / delete of this operator waits for it, and it for them
+        # the state searched is taken before the pipeline reads the corpus (pinned_view): an add on another
+        # thread meanwhile changes neither (the corpus read after it holds the state's rows, as the same rows)
+        with guarded(self), pinned_view(self):  # a RagkitRetriever's add / delete of this operator waits for it
             pipe = Pipeline([self])
             if self.is_fitted and not self.stateless:
                 pipe.corpus_ = self.corpus_
@@ -1127,7 +1192,7 @@ def refuse_unapplied_filter(root: Operator, options: Mapping[str, Any], where: s
                                      path=f"options.{name}.filter")
 
 
-def check_result(op: Operator, state: State, out: Any) -> State:
+def check_result(op: Operator, state: State, out: Any, *, corpus_before: Any = None) -> State:
     """``out``, what ``op._call(state)`` returned, when it is what an operator returns: a :class:`State` of
     the same number of queries, whose ``rankings`` are ``None`` (not for a retriever, nor for a step given
     rankings) or one :class:`Ranking` per query, with as many scores as rows and every row a row of the
@@ -1143,7 +1208,9 @@ def check_result(op: Operator, state: State, out: Any) -> State:
     rows and scores; for an operator of one's own (not a built-in, which the conformance suite holds to it)
     also a hash pass over the ``(query, row)`` pairs (:func:`_repeated`), about 5-14 ms of CPU for 300
     queries x 1,000 documents.  A ranking handed back as it was given (the same object: a router's,
-    a judge's) is not checked again."""
+    a judge's) is not checked again.  ``corpus_before``: ``op.corpus_`` when the call began; a row outside the
+    corpus searched is said to be likely the work of an edit on another thread where ``op.corpus_`` is another
+    object now, or is not the corpus the search began with."""
     cls = type(op).__name__
     how = "return a State: out = state.copy(); out.rankings = [Ranking(rows, scores), ...] (one per query)"
     if not isinstance(out, State):
@@ -1191,8 +1258,15 @@ def check_result(op: Operator, state: State, out: Any) -> State:
     rows = np.concatenate([r.rows for r in rankings])
     if n_docs is not None and (rows.min() < 0 or rows.max() >= n_docs):
         row = int(rows.min()) if rows.min() < 0 else int(rows.max())
+        now = None if op.stateless else op.__dict__.get("corpus_")
+        edited = isinstance(now, Corpus) and (
+            (corpus_before is not None and now is not corpus_before) or (ids is not None and now.ids is not ids))
+        why = (f"; {op.name!r}'s documents changed during the search (add / remove on another thread, now "
+               f"{len(now):,} documents), the likely cause: search again between edits, or edit through "
+               "RagkitRetriever (add_documents / delete), whose edits every search waits for"
+               if edited and isinstance(now, Corpus) else "")
         raise DataError(f"{cls}._call ({op.name!r}) returned row {row}, not a row of the corpus of {n_docs:,} "
-                        f"documents searched; a Ranking's rows are corpus row numbers 0..{n_docs - 1}")
+                        f"documents searched; a Ranking's rows are corpus row numbers 0..{n_docs - 1}{why}")
     given = state.rankings if isinstance(state.rankings, (list, tuple)) and len(state.rankings) == n else None
     idx = np.arange(n)  # the queries whose rankings are checked: not one handed back as it was given (the input's)
     if given is not None:

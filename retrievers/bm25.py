@@ -64,10 +64,12 @@ from ragkit.errors import DataError, InputTypeError, some_ids
 from ragkit.operator import (
     Operator,
     group_positions,
+    is_prefix,
     load_array,
     rankings_from_matrix,
     read_json,
     save_arrays,
+    searched_ids,
     topk_rows,
     write_json,
 )
@@ -778,6 +780,24 @@ class Tokenizer:
         return [[t for t in map(term.__getitem__, d) if t is not None] for d in docs]
 
 
+class _IndexView(NamedTuple):
+    """What a search reads of a fitted BM25, published in one assignment (``_view``) once an edit (fit, add,
+    remove, set_collection, load) has made all of it: the corpus, the weights and zero-score hits of its
+    documents, and the vocabulary whose columns they are.  References only (no array is copied); an edit builds
+    new objects and publishes a new view, except the vocabulary, which an ``add`` grows in place (its earlier
+    columns keep their terms: a query counted over the grown one is this view's query once cut to its
+    ``n_terms`` columns)."""
+
+    corpus: Corpus
+    wt: sp.csr_matrix
+    hits: sp.csr_matrix | None
+    vocab: dict[str, int]
+
+    @property
+    def n_terms(self) -> int:
+        return int(self.wt.shape[0])
+
+
 class CollectionStats(TypedDict):
     """Collection statistics given from outside (:meth:`BM25.set_collection`)."""
 
@@ -913,6 +933,7 @@ class BM25(Operator):
     _tok: Tokenizer | None  # the tokenizer of the parameters (None: made when first used)
     _dl: np.ndarray  # (n_docs,) float64 tokens per document
     collection_: CollectionStats | None  # statistics set from outside, else None
+    _view: _IndexView  # what searches read, published last by every edit (_set_weights)
 
     # ------------------------------------------------------------------ tokens
     def make_tokenizer(self) -> Tokenizer:
@@ -1005,9 +1026,12 @@ class BM25(Operator):
 
     def _count_matrix(self, texts: Sequence[str], grow: bool) -> sp.csr_matrix:
         """Term counts, shape ``(len(texts), len(vocab))``, float64 CSR with sorted indices."""
-        width = len(self.vocab_)  # earlier chunks were made before later ones added terms: same columns, wider
+        counted = self._count_parts(texts, grow)
+        # earlier chunks were made before later ones added terms (an add on another thread, for a query): same
+        # columns, wider; the widest chunk's width, read after its term ids, covers every chunk's ids
+        width = max(m.shape[1] for m in counted)
         parts = [sp.csr_matrix((m.data.astype(np.float64), m.indices, m.indptr), shape=(m.shape[0], width))
-                 for m in self._count_parts(texts, grow)]
+                 for m in counted]
         m = parts[0] if len(parts) == 1 else sp.vstack(parts, format="csr")
         m.sort_indices()
         return m
@@ -1313,6 +1337,31 @@ class BM25(Operator):
             np.cumsum(np.where(flag, df, 0), out=ptr[1:])
             ind = c.indices[np.repeat(flag, df)]
             self._hits = sp.csr_matrix((np.ones(len(ind)), ind, ptr.astype(ind.dtype)), shape=c.shape)
+        # last, in one assignment: a search reads this view whole, the state before this edit or after it
+        self._view = _IndexView(self.corpus_, self._wt, self._hits, self.vocab_)
+
+    def _search_view(self) -> _IndexView | None:
+        """The state searches read (:class:`_IndexView`, published by each edit), ``None`` unfitted (an object
+        pickled before views were published: made from its attributes)."""
+        view = self.__dict__.get("_view")
+        if view is None and "_wt" in self.__dict__ and "corpus_" in self.__dict__:
+            view = _IndexView(self.corpus_, self._wt, self.__dict__.get("_hits"), self.vocab_)
+        return view
+
+    def _query_of(self, q: sp.csr_matrix, view: _IndexView) -> sp.csr_matrix:
+        """``q``, counted over the vocabulary held now, as a query over ``view``'s terms: cut to its columns where
+        the vocabulary only grew since (an ``add`` on another thread: the terms past them are in no document of
+        the view, so the scores are the view's own); else (a ``remove`` or fit renumbered the terms)
+        :func:`_edited_during_search`."""
+        n_terms = view.n_terms
+        if self.vocab_ is view.vocab and q.shape[1] >= n_terms:
+            if q.shape[1] == n_terms:
+                return q
+            q = sp.csr_matrix(q[:, :n_terms])
+            q.sort_indices()
+            return q
+        raise _edited_during_search(f"the query was counted over {q.shape[1]:,} terms of another vocabulary than "
+                                    f"the {n_terms:,} terms of the index searched")
 
     # ------------------------------------------------------------------ search
     def query_matrix(self, queries: Sequence[str]) -> sp.csr_matrix:
@@ -1350,16 +1399,18 @@ class BM25(Operator):
         sub = batch.counts[rows]
         used, at = np.unique(sub.indices, return_inverse=True)
         vocab = self.vocab_
-        width = len(vocab)
         col = np.fromiter(map(vocab.get, batch.terms[used].tolist(), repeat(-1)), np.int64, len(used))
         if (col < 0).any():  # a term this index lacks (the text would drop it too; not taken: tokenise)
             return None
+        plain = np.flatnonzero(~batch.expanded[rows])
+        rest = self.query_matrix(np.asarray(texts, dtype=object)[plain].tolist()) if len(plain) else None
+        # (read after the lookups: an add on another thread grows the vocabulary in place, meanwhile too)
+        width = max(len(vocab), 0 if rest is None else rest.shape[1])
         idx = _index_dtype(sub.nnz, width)
         q = sp.csr_matrix((sub.data.astype(np.float64), col[at.reshape(-1)].astype(idx), sub.indptr.astype(idx)),
                           shape=(n, width))
-        plain = np.flatnonzero(~batch.expanded[rows])
-        if len(plain):  # queries PRF left as they were: their own tokens
-            rest = self.query_matrix(np.asarray(texts, dtype=object)[plain].tolist())
+        if rest is not None:  # queries PRF left as they were: their own tokens
+            rest = sp.csr_matrix((rest.data, rest.indices, rest.indptr), shape=(rest.shape[0], width))
             put = sp.csr_matrix((np.ones(len(plain)), (plain, np.arange(len(plain)))), shape=(n, len(plain)))
             q = sp.csr_matrix(q + put @ rest)
         q.sort_indices()
@@ -1370,7 +1421,9 @@ class BM25(Operator):
         texts (one ``str`` is refused: a :class:`DataError`)."""
         self._check_fitted()
         _refuse_one_text(queries, "bm25.score_matrix")
-        return (self.query_matrix(queries) @ self._wt).toarray()
+        view = self._search_view()
+        assert view is not None
+        return (self._query_of(self.query_matrix(queries), view) @ view.wt).toarray()
 
     def _check_index(self, q: sp.csr_matrix, drop: np.ndarray | None,
                      index: tuple[sp.csr_matrix, sp.csr_matrix | None] | None) -> tuple[sp.csr_matrix,
@@ -1427,17 +1480,27 @@ class BM25(Operator):
     def _call(self, state: State) -> State:
         texts = state.texts(lexical=True)
         k = self.k_for(state)
-        corpus, index = self.corpus_, (self._wt, self._hits)  # one index for the whole batch (see the end)
-        mask = self.filter_mask(state)
+        # one view of the index for the whole batch, taken when the search began (search() pins it before the
+        # pipeline reads corpus_): an add on another thread meanwhile changes neither its scores nor its rows
+        view: _IndexView = self.view_for_search()
+        assert view is not None  # (fitted: checked by __call__)
+        ids = searched_ids()
+        # (the rows are mapped with the search's corpus: where the operator was edited since the view, or the view holds
+        # more documents, its rows must be the same documents' rows there; a shard's corpus is a part of the search's)
+        if ids is not None and (view.corpus is not self.corpus_ or len(view.corpus) > len(ids)) and not is_prefix(
+                view.corpus, ids):
+            raise _edited_during_search(f"the search maps rows with a corpus of {len(ids):,} documents, the index "
+                                        f"searched holds {len(view.corpus):,} others")
+        mask = self.filter_mask(state, view.corpus)
         drop = None if mask is None else ~mask
         n_jobs = int(self.opt(state, "n_jobs", self.params.n_jobs))
         n_jobs = (os.cpu_count() or 1) if n_jobs == -1 else max(n_jobs, 1)
         try:
-            return self._search_index(state, texts, k, drop, n_jobs, corpus, index)
+            return self._search_index(state, texts, k, drop, n_jobs, view)
         except DataError:
             raise
         except (ValueError, IndexError, KeyError) as e:  # (a term id or row of the index before or after an edit)
-            if self.corpus_ is corpus and self._wt is index[0]:
+            if self.__dict__.get("_view") is view and self.vocab_ is view.vocab:
                 raise
             raise _edited_during_search(f"{type(e).__name__}: {e}") from e
 
@@ -1472,11 +1535,13 @@ class BM25(Operator):
                      f"; {len(hit) - 1} more queries of the batch alike" if len(hit) > 1 else "", default)
 
     def _search_index(self, state: State, texts: list[str], k: int, drop: np.ndarray | None, n_jobs: int,
-                      corpus: Corpus, index: tuple[sp.csr_matrix, sp.csr_matrix | None]) -> State:
-        """:meth:`_call`'s work: top ``k`` of ``index`` (weights, hits) for ``texts``, rows of ``corpus``."""
+                      view: _IndexView) -> State:
+        """:meth:`_call`'s work: top ``k`` of ``view``'s index (weights, hits) for ``texts``, rows of its corpus."""
+        corpus, index = view.corpus, (view.wt, view.hits)
         q = self.expansion_matrix(state, texts)  # PRF's term counts, where it passed them for these texts
         if q is None:
             q = self.query_matrix(list(texts))
+        q = self._query_of(q, view)  # (counted over the vocabulary held now: the view's, or it grown by an add)
         if not self.__dict__.get("_query_said", False):
             self._warn_query_without_word(state, texts, q)
         n_q = q.shape[0]
@@ -1497,8 +1562,12 @@ class BM25(Operator):
                 parts = list(ex.map(job, spans))
         else:
             parts = [job(ab) for ab in spans]
-        if self.corpus_ is not corpus or index[0].shape[1] != len(corpus):  # rows of another corpus than the one
-            raise _edited_during_search("its documents changed")        # the pipeline maps them with now
+        now = self.corpus_
+        # rows of the view's corpus: the search's corpus holds them (checked in _call); called on a State outside
+        # a search, they are mapped with corpus_ now, which must hold them too (the same, or with documents added)
+        if index[0].shape[1] != len(corpus) or (searched_ids() is None and now is not corpus
+                                                and not is_prefix(corpus, now.ids)):
+            raise _edited_during_search("its documents changed")
         out = state.copy()
         out.rankings = [r for rows, sc in parts for r in rankings_from_matrix(rows, sc)]
         return out

@@ -13,7 +13,7 @@ import logging
 import os
 import weakref
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, NamedTuple
 
 import numpy as np
 from pydantic import Field, model_validator
@@ -23,7 +23,7 @@ from ragkit.encoders import DEFAULT_MODEL, Encoder, check_encoder_key, get_encod
 from ragkit.encoders.adapt import AdaptConfig, TunedEncoderMixin
 from ragkit.encoders.sentence import encoder_label, encoder_vectors
 from ragkit.errors import ArtifactError, DataError, InputTypeError, ParamError
-from ragkit.operator import Operator, rankings_from_matrix
+from ragkit.operator import Operator, is_prefix, rankings_from_matrix, searched_ids
 from ragkit.options import PARAM
 from ragkit.params import MetadataFilter, Metric, ModelName, Params, VectorDtype
 from ragkit.registry import register
@@ -50,6 +50,31 @@ KNOWN_DIMS = {"all-minilm-l6-v2": 384, "sentence-transformers/all-minilm-l6-v2":
 
 #: the widest HNSW beam (``expansion_add`` / ``expansion_search``) a Dense takes: 1,048,576
 _MAX_BEAM = 1 << 20
+#: index searches a Dense search makes at most while adds on another thread keep growing the index under it
+_GROWN_TRIES = 4
+
+
+class _DenseView(NamedTuple):
+    """What a search reads of a fitted Dense, published in one assignment (``_view``) by every edit once it is
+    done (fit, add, remove, compact, load): the corpus, each row's index slot, the index and its slot count then,
+    and the slot numbering's token (``_layout``: :meth:`Dense.compact` takes a new one before it renumbers).
+    References only.  The index itself is edited in place: slots an add appends past ``n_slots`` are not this
+    view's documents and are left out; a removed document is left out of the results at once; a compaction
+    during the search makes it :func:`_edited_during_search`."""
+
+    corpus: Corpus
+    slots: np.ndarray
+    ix: VectorIndex
+    n_slots: int
+    layout: object
+
+
+def _edited_during_search(detail: str) -> DataError:
+    """The error of a search during which the index was edited beyond what it can answer through (a compaction,
+    a fit, adds that kept growing it), with ``detail``."""
+    return DataError(f"dense: the index was edited (add / remove on another thread) during the search ({detail}); "
+                     "search again, between edits: edit through RagkitRetriever (add_documents / delete), whose "
+                     "edits every search of the pipeline waits for")
 
 
 class DenseParams(Params):
@@ -175,6 +200,10 @@ class Dense(TunedEncoderMixin, Operator):
     #: and in the last entry); rebuilt when slots_ is another array or the index another size (after add /
     #: remove / compact / fit / load), not per search
     _slot_rows: tuple[np.ndarray, np.ndarray] | None = None
+    #: the slot numbering's token: a new object from the start of each compaction (which renumbers the slots)
+    _layout: object = None
+    #: what searches read (:class:`_DenseView`), published last by every edit
+    _view: _DenseView | None = None
     #: int8 coordinates added since the calibration (fit or load): (id of the index, its i8_fitted_n, clipped,
     #: all, documents, whether the warning is standing); see :meth:`_warn_clipped`
     _clip_tally: tuple[int, int, int, int, int, bool] | None = None
@@ -240,6 +269,19 @@ class Dense(TunedEncoderMixin, Operator):
             raise self._bad_values(vecs, corpus, str(e)) from None
         del vecs
         self.slots_ = np.arange(len(corpus), dtype=np.int64)  # corpus row -> index slot
+        self._publish()
+
+    def _publish(self) -> None:
+        """Publish the state searches read (:class:`_DenseView`), in one assignment, once an edit made it."""
+        self._view = _DenseView(self.corpus_, self.slots_, self.index_, self.index_.n_slots, self._layout)
+
+    def _search_view(self) -> _DenseView | None:
+        """The state searches read (published by each edit; made from the attributes for an object pickled before
+        views were published), ``None`` unfitted."""
+        view = self.__dict__.get("_view")
+        if view is None and "index_" in self.__dict__ and "slots_" in self.__dict__:
+            view = _DenseView(self.corpus_, self.slots_, self.index_, self.index_.n_slots, self._layout)
+        return view
 
     def _bad_values(self, vecs: np.ndarray, corpus: Corpus, message: str) -> DataError:
         """The error for document vectors ``vecs`` (of ``corpus``) the index refused with ``message``: where some
@@ -340,46 +382,103 @@ class Dense(TunedEncoderMixin, Operator):
         ``oversample`` (shortlist multiplier) default to the ``params``' values.
         """
         self._check_fitted()
-        slot_mask = None
+        view = self._search_view()
+        assert view is not None
+        return self._search_in(view, q, k, mask, expansion_search, oversample)
+
+    def _search_in(self, view: _DenseView, q: np.ndarray, k: int, mask: np.ndarray | None,
+                   expansion_search: int | None, oversample: int | None) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`search_vectors` of ``view``: rows of its corpus.  The index is edited in place, so slots an add
+        on another thread appended since the view (past its ``n_slots``) are left out: a filter's slot mask
+        excludes them, else ``k`` plus as many are fetched and they are dropped (the view's top ``k`` exactly,
+        for an exact index); the index searched again where adds grew it during the search (at most
+        :data:`_GROWN_TRIES` times).  A compaction since the view (slots renumbered) or a failure of the index
+        while it changed is :func:`_edited_during_search`."""
+        rows_mask = None
         if mask is not None:
-            rows = np.asarray(mask, dtype=bool)
-            if rows.shape != (len(self.slots_),):
+            rows_mask = np.asarray(mask, dtype=bool)
+            if rows_mask.shape != (len(view.slots),):
                 raise DataError(f"dense.search_vectors: mask must have one entry per document, shape "
-                                f"({len(self.slots_)},); got shape {rows.shape}")
-            slot_mask = np.zeros(self.index_.n_slots, dtype=bool)
-            slot_mask[self.slots_[rows]] = True
+                                f"({len(view.slots)},); got shape {rows_mask.shape}")
+        ix, n_view = view.ix, view.n_slots
         p = self.params
         ef = p.expansion_search if expansion_search is None else int(expansion_search)
-        if ef == p.expansion_search != self.index_.expansion_search:  # params updated after the fit: the
-            self.index_.set_expansion_search(ef)  # graph's own width from now on (a per-call one is exclusive)
-        slots, sc = self.index_.search(q, k, mask=slot_mask, expansion_search=ef,
-                                       oversample=p.oversample if oversample is None else oversample)
-        return self._row_of_slot()[slots], sc  # slot -1 -> last entry -> -1
+        if ef == p.expansion_search != ix.expansion_search:  # params updated after the fit: the
+            ix.set_expansion_search(ef)  # graph's own width from now on (a per-call one is exclusive)
+        over = p.oversample if oversample is None else oversample
+        table = self._row_of_slot(view)
+        for _ in range(_GROWN_TRIES):  # a loop over tries (adds on another thread growing the index meanwhile)
+            n_now = ix.n_slots
+            if self._layout is not view.layout or n_now < n_view:
+                raise _edited_during_search("the index was compacted: its slots were renumbered")
+            slot_mask = None
+            if rows_mask is not None:
+                slot_mask = np.zeros(n_now, dtype=bool)
+                slot_mask[view.slots[rows_mask]] = True
+            extra = 0 if slot_mask is not None else n_now - n_view  # (documents added since: fetched, dropped)
+            try:
+                slots, sc = ix.search(q, k + extra, mask=slot_mask, expansion_search=ef, oversample=over)
+            except (DataError, ValueError, IndexError, RuntimeError) as e:
+                if self._layout is not view.layout:
+                    raise _edited_during_search(f"{type(e).__name__}: {e}") from e
+                if ix.n_slots == n_now:
+                    raise
+                continue  # (grown during the search: a mask or codes of another size)
+            if self._layout is not view.layout:  # (compacted during the search: its slots may be renumbered)
+                raise _edited_during_search("the index was compacted during the search: its slots were renumbered")
+            if ix.n_slots == n_now or slot_mask is not None:
+                break
+            # (grown during the search past the extra fetched: documents of the view may have been pushed out)
+        else:
+            raise _edited_during_search(f"documents were added during each of {_GROWN_TRIES} searches of the index")
+        if extra or n_now > n_view:
+            slots = np.where(slots >= n_view, -1, slots)
+        rows = table[slots]  # slot -1 -> last entry -> -1
+        if extra:  # the view's documents first (order kept), cut to k
+            keep = np.argsort(rows < 0, axis=1, kind="stable")[:, :k]
+            rows, sc = np.take_along_axis(rows, keep, axis=1), np.take_along_axis(sc, keep, axis=1)
+            sc = np.where(rows < 0, np.float32(-np.inf), sc)
+        return rows, sc
 
-    def _row_of_slot(self) -> np.ndarray:
-        """``(n_slots + 1,)`` int64: the corpus row of each index slot (-1 for a removed slot, and in the
-        last entry, which slot -1 reads).  Built once per ``slots_`` (after fit / add / remove / load), not
-        per search: at 1M documents the table costs 5-10 ms to build, a one-query graph search 0.03 ms."""
+    def _row_of_slot(self, view: _DenseView | None = None) -> np.ndarray:
+        """``(n_slots + 1,)`` int64: the corpus row of each index slot of ``view`` (default: the one published
+        now; -1 for a removed slot, and in the last entry, which slot -1 reads).  Built once per view's
+        ``slots`` (after fit / add / remove / load), not per search: at 1M documents the table costs 5-10 ms
+        to build, a one-query graph search 0.03 ms."""
+        if view is None:
+            view = self._search_view()
+            assert view is not None
         cached = self._slot_rows
-        n_slots = self.index_.n_slots
-        if cached is not None and cached[0] is self.slots_ and len(cached[1]) == n_slots + 1:
+        n_slots = view.n_slots
+        if cached is not None and cached[0] is view.slots and len(cached[1]) == n_slots + 1:
             return cached[1]
         table = np.full(n_slots + 1, -1, dtype=np.int64)
-        table[self.slots_] = np.arange(len(self.slots_))
-        self._slot_rows = (self.slots_, table)
+        table[view.slots] = np.arange(len(view.slots))
+        self._slot_rows = (view.slots, table)
         return table
 
     def _call(self, state: State) -> State:
-        mask = self.filter_mask(state)
+        # the state searched, taken when the search began (search() pins it before the pipeline reads corpus_):
+        # rows of its corpus, whatever an edit on another thread does meanwhile (_search_in)
+        view: _DenseView = self.view_for_search()
+        assert view is not None  # (fitted: checked by __call__)
+        ids = searched_ids()
+        # (the rows are mapped with the search's corpus: where the operator was edited since the view, or the view holds
+        # more documents, its rows must be the same documents' rows there; a shard's corpus is a part of the search's)
+        if ids is not None and (view.corpus is not self.corpus_ or len(view.corpus) > len(ids)) and not is_prefix(
+                view.corpus, ids):
+            raise _edited_during_search(f"the search maps rows with a corpus of {len(ids):,} documents, the index "
+                                        f"searched holds {len(view.corpus):,} others")
+        mask = self.filter_mask(state, view.corpus)
         if mask is not None and not mask.any():  # a filter no document passes: nothing to find, nothing to encode
             out = state.copy()
             out.rankings = [Ranking.empty() for _ in range(len(state))]
             return out
         q = self.query_vectors(state)
-        k = min(self.k_for(state), max(self.index_.n_alive, 1))  # never more rows than documents: k is user input
-        rows, sc = self.search_vectors(q, k, mask,
-                                       expansion_search=self.opt(state, "expansion_search"),
-                                       oversample=self.opt(state, "oversample"))
+        k = min(self.k_for(state), max(len(view.slots), 1))  # never more rows than documents: k is user input
+        rows, sc = self._search_in(view, q, k, mask, self.opt(state, "expansion_search"), self.opt(state, "oversample"))
+        if ids is None and self.corpus_ is not view.corpus and not is_prefix(view.corpus, self.corpus_.ids):
+            raise _edited_during_search("its documents changed")  # (called on a State: mapped with corpus_ now)
         out = state.copy()
         out.rankings = rankings_from_matrix(rows, sc)
         return out
@@ -405,6 +504,7 @@ class Dense(TunedEncoderMixin, Operator):
             raise self._bad_values(vecs, corpus, str(e)) from None
         self.corpus_ = joined
         self.slots_ = np.concatenate([self.slots_, slots])
+        self._publish()
         if self.params.dtype == "i8":
             self._warn_clipped(len(vecs))
         return self
@@ -454,6 +554,8 @@ class Dense(TunedEncoderMixin, Operator):
         self.slots_ = self.slots_[keep]
         if compact:
             self.compact()  # (its graph build is the only one: the index's remove left the graph to it)
+        else:
+            self._publish()
         return self
 
     def compact(self) -> "Dense":
@@ -464,7 +566,9 @@ class Dense(TunedEncoderMixin, Operator):
         dead than live (at least ``COMPACT_MIN``), except on a memory-mapped exact index (it would read
         the live codes into memory): call it then.  Returns ``self``."""
         self._check_fitted()
+        self._layout = object()  # (before the slots are renumbered: a search overlapping it sees another token)
         self.slots_ = self.index_.compact()[self.slots_]
+        self._publish()
         return self
 
     # ------------------------------------------------------------------ persistence
@@ -482,6 +586,7 @@ class Dense(TunedEncoderMixin, Operator):
         self.index_ = VectorIndex.load(folder, prefix="index", mmap=mmap)
         self._check_index_params(folder)
         self.slots_ = np.array(load_array(folder, "slots"), dtype=np.int64)
+        self._publish()
         self._load_encoder(folder)
         check_encoder_key(folder, self.encoder, self.name, self.encoder_model)
         width = _known_width(self.encoder_model)
