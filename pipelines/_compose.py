@@ -47,6 +47,7 @@ from ragkit.operator import (
     cut_to_k,
     fit_on_backend,
     options_checked,
+    pinned_view,
     refuse_unapplied_filter,
     restored_on_failure,
     tree_nodes,
@@ -845,7 +846,9 @@ class Pipeline(Composite):
                                  f"{how} to fit every operator")
         from ragkit._locks import guarded
 
-        with guarded(self):  # a RagkitRetriever's add / delete of this pipeline waits for it, and it for them
+        # a RagkitRetriever's add / delete of this pipeline waits for it, and it for them (guarded); an edit of a leaf
+        # on another thread does not: each leaf searches the state it held before the shared corpus was read
+        with guarded(self), pinned_view(*stateful):
             corpus = shared_corpus(self)
             if corpus is None:
                 raise NotFittedError("this pipeline has no retriever that was fitted on a corpus")

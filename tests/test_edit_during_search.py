@@ -231,3 +231,32 @@ def test_a_row_past_the_corpus_after_its_documents_changed_names_a_concurrent_ed
     with pytest.raises(DataError, match=r"returned row 4, not a row of the corpus of 4 .*documents changed during "
                                         r"the search \(add / remove on another thread"):
         op(State.of(["x"]))
+
+
+# ------------------------------------------------------------------ a pipeline of several steps
+def test_pipeline_search_reads_the_leaves_state_from_before_it_read_the_shared_corpus(monkeypatch):
+    """``Pipeline.search`` read the shared corpus, then called its leaves, which read their index as it was then:
+    a remove on another thread in between left the leaf's rows numbering a corpus the run did not map them with
+    (the ids of other documents, silently).  The pipeline pins every leaf's view before it reads the corpus, as
+    ``Operator.search`` does, so the search answers as before the edit."""
+    from ragkit.filters import TopK
+    from ragkit.pipelines import Pipeline
+
+    corpus = _words(40)
+    pipe = Pipeline([BM25(k=8), TopK(k=5)]).fit(corpus)
+    bm = pipe.steps[0]
+    queries = ["w1 w2 w5", "w3 w4"]
+    before = pipe.search(queries)
+    done: list[bool] = []
+    real_call = BM25._call
+
+    def remove_then_search(self: BM25, state: State) -> State:
+        if not done:  # (the window: the pipeline read its corpus, the leaf not yet searched)
+            done.append(True)
+            bm.remove([before.doc_ids[0][0], before.doc_ids[1][0]])
+        return real_call(self, state)
+
+    monkeypatch.setattr(BM25, "_call", remove_then_search)
+    run = pipe.search(queries)
+    assert _ids(run) == _ids(before)
+    np.testing.assert_array_equal(np.concatenate(run.scores), np.concatenate(before.scores))
