@@ -752,9 +752,10 @@ def _parse_ks(ks: str) -> list[int]:
 class _Split:
     """One dataset's evaluated split, read and checked before any fit: the dataset (``None`` while
     released: :meth:`dataset` reads it again), its ``queries`` (the first ``--limit``), their
-    ``qrels``, the ``--train-split`` set or ``None``, the load time in s, the ``--data`` it came from, and the
+    ``qrels``, the ``--train-split`` set or ``None``, the load time in s, the ``--data`` it came from, the
     fingerprint of the judgements of the queries scored (after ``--limit``:
-    :func:`~ragkit.eval.compare.scored_qrels_fingerprint`)."""
+    :func:`~ragkit.eval.compare.scored_qrels_fingerprint`), and after ``--limit`` the ids of the documents the
+    whole split judges (hole@k's judged documents, as in a run of every query; ``None``: those of ``qrels``)."""
 
     ds: Any
     queries: Any
@@ -763,6 +764,7 @@ class _Split:
     t_load: float
     source: str
     fingerprint: Optional[str] = None
+    annotated: Optional[frozenset[str]] = None
 
     def released(self) -> "_Split":
         """Drop the dataset's corpus (``ragkit eval`` on several datasets checks them all first, then
@@ -800,8 +802,11 @@ def _read_split(data: str, split: str, train_split: Optional[str], limit: Option
     from ragkit.eval.compare import scored_qrels_fingerprint
     from ragkit.eval.metrics import check_relevance_level
 
+    annotated = None
     if limit is not None:
         queries = queries[:limit]
+        # hole@k counts what no judgement of the split names, as in a run of the whole split
+        annotated = frozenset(d for rel in qrels.values() for d in rel)
         qrels = {q: qrels[q] for q in queries.ids}
     # the judgements of the queries scored (every judged one of qrels: evaluate's per-query keys), as
     # load_result fingerprints a run file scored against the judgements given (the whole split, or these)
@@ -829,7 +834,7 @@ def _read_split(data: str, split: str, train_split: Optional[str], limit: Option
         from ragkit.run import check_trec_ids
 
         check_trec_ids(run_file, queries.ids, ds.corpus.ids)
-    return _Split(ds, queries, qrels, train, t_load, data, fingerprint)
+    return _Split(ds, queries, qrels, train, t_load, data, fingerprint, annotated)
 
 
 @dataclass
@@ -906,7 +911,7 @@ def _fit_and_score(pipe: Any, loaded: bool, sp: _Split, ks: list[int], trace: bo
     encoded = None if uncounted else n_encoded() - before
     run = _search_scored(pipe, sp.queries, sp.qrels, sp.dataset().corpus, scoring, trace)
     result = _evaluate(run, sp.qrels, scoring.metric_names(ks), ignore_identical_ids=not scoring.keep_ids,
-                       relevance_level=scoring.relevance_level)[0]  # (its notes: _note_scored's)
+                       relevance_level=scoring.relevance_level, annotated=sp.annotated)[0]  # (notes: _note_scored's)
     return _Scored(run, result, t_fit, encoded)
 
 

@@ -8,6 +8,7 @@ pytrec_eval and BEIR use, and reads/writes TREC run files
 
 from __future__ import annotations
 
+import numbers
 import os
 import re
 from dataclasses import dataclass, field
@@ -19,7 +20,7 @@ import numpy as np
 
 from ragkit._files import text_output, utf8_lines
 from ragkit.errors import DataError, InputTypeError, repeated, some_ids
-from ragkit.types import Corpus, Ranking, TraceEvent, _utf8_clean, check_id_surrogates
+from ragkit.types import Corpus, Ranking, TraceEvent, _a, _utf8_clean, check_id_nul, check_id_surrogates
 
 if TYPE_CHECKING:  # pandas is optional
     import pandas as pd
@@ -159,15 +160,84 @@ def check_trec_ids(path: str | os.PathLike[str], query_ids: Sequence[str], doc_i
 
 def _check_doc_surrogates(query_ids: Sequence[str], doc_ids: Sequence[np.ndarray]) -> None:
     """Refuse a document id of ``doc_ids`` (one array per query of ``query_ids``) holding a lone surrogate
-    (:func:`~ragkit.types.check_id_surrogates`), naming the query; one check of all the ids at once, and one per
-    query only where it fails."""
+    (:func:`~ragkit.types.check_id_surrogates`) or a NUL (:func:`~ragkit.types.check_id_nul`: trec_eval would read
+    it cut there), naming the query; one check of all the ids at once, and one per query only where it fails."""
     flat = list(chain.from_iterable(d.tolist() if isinstance(d, np.ndarray) else d for d in doc_ids))
+    for check in (check_id_surrogates, check_id_nul):
+        try:
+            check(flat, "Run.doc_ids", "document")
+        except DataError:
+            for i, (q, d) in enumerate(zip(query_ids, doc_ids)):
+                check(list(d), f"query {q!r}: Run.doc_ids[{i}]", "document")
+            raise
+
+
+def _not_a_score(v: Any) -> str:
+    """Why ``v`` is no score, ``""`` when it is one: a real number (an int, a float, a numpy integer or float, a
+    ``Fraction``) within float64's range.  A bool, a string (``"1.0"`` too: a run read from a file is parsed where
+    it is read), ``None``, a complex number are refused."""
+    if isinstance(v, (bool, np.bool_)):
+        return "a bool"
+    if isinstance(v, numbers.Real):
+        try:
+            float(v)
+        except OverflowError:
+            return "beyond float64's range"
+        return ""
+    return "no number" if v is None else _a(type(v).__name__)
+
+
+def check_scores(run: Mapping[Any, Mapping[Any, Any]], who: str) -> None:
+    """Refuse (a :class:`DataError` starting ``who``, naming the query, the document and the value) a score of
+    ``run`` (``{query_id: {doc_id: score}}``, each query a mapping) that is no real number (:func:`_not_a_score`):
+    ``None``, a string (``"1.0"``), a complex number, a bool, an int beyond float64's range.  Run scores of
+    Python floats and numpy numbers cost one ``set(map(type, ...))`` over all of them; values are looked at one by
+    one only when some other type is there."""
     try:
-        check_id_surrogates(flat, "Run.doc_ids", "document")
-    except DataError:
-        for i, (q, d) in enumerate(zip(query_ids, doc_ids)):
-            check_id_surrogates(list(d), f"query {q!r}: Run.doc_ids[{i}]", "document")
-        raise
+        kinds = set(map(type, chain.from_iterable(docs.values() for docs in run.values())))
+    except (AttributeError, TypeError):  # (no mapping of mappings: the caller says so)
+        return
+    if all(t is float or issubclass(t, (np.floating, np.integer)) for t in kinds):
+        return
+    for q, docs in run.items():
+        for d, v in docs.items():
+            why = "" if type(v) is float else _not_a_score(v)
+            if why:
+                raise DataError(f"{who}: query {q!r} gives document {d!r:.60} the score {_preview_score(v)} ({why}); "
+                                "a score must be a real number (an int, a float or a numpy number)")
+
+
+def _preview_score(v: Any) -> str:
+    """``repr(v)`` for a message, an int of more than 30 digits by its size (``10**400`` has 401)."""
+    if isinstance(v, int) and not isinstance(v, bool) and abs(v) >= 10 ** 30:
+        return f"{'-' if v < 0 else ''}{str(abs(v))[0]}...(an int of {len(str(abs(v)))} digits)"
+    text = repr(v)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _f32_scores(query_ids: Sequence[str], scores: Sequence[Any]) -> list[np.ndarray]:
+    """Each query's ``scores`` as a float32 array (:attr:`Run.scores`; a score beyond float32's range becomes
+    +-inf, as trec_eval reads it): integers and floats of any width are cast; an array of another kind (strings,
+    complex, bool) or a value that is no real number (:func:`_not_a_score`) is a :class:`DataError` naming the
+    query and the value."""
+    out = []
+    for q, s in zip(query_ids, scores):
+        a = np.asarray(s)
+        bad = None
+        if a.dtype.kind == "O":  # (Python numbers in an object array: each checked, then read as float64)
+            bad = next(([v] for v in a.tolist() if type(v) is not float and _not_a_score(v)), None)
+            if bad is None:
+                a = np.asarray(a.tolist(), np.float64).reshape(a.shape)
+        elif a.dtype.kind not in "fiu":  # strings, complex, bool, dates: the first value names it
+            if a.size:
+                bad = [a.flat[0].item()]
+            else:
+                a = np.zeros(a.shape)
+        if bad is not None:
+            raise DataError(f"Run: query {q!r} has the score {_preview_score(bad[0])} ({_not_a_score(bad[0])}); a "
+                            "score must be a real number (an int, a float or a numpy number)")
+        out.append(a if a.dtype == np.float32 else _f32(a))
+    return out
 
 
 def learned_query_ids(op: Any, query_ids: Sequence[str], texts: Sequence[str]) -> list[str]:
@@ -254,8 +324,12 @@ class Run:
         # ids no UTF-8 file can hold (a lone surrogate): refused now, not when the run is written.  A run made from
         # rankings names the documents by a Corpus's ids, which the Corpus checked.
         check_id_surrogates(self.query_ids, "Run.query_ids", "query")
+        check_id_nul(self.query_ids, "Run.query_ids", "query")  # (trec_eval would read it cut at the NUL)
         if self.rankings is None:
             _check_doc_surrogates(self.query_ids, self.doc_ids)
+        # float32, as documented (trec_eval compares scores at float32; a file written with 9 digits ranks the same)
+        if not all(type(s) is np.ndarray and s.dtype == np.float32 for s in self.scores):
+            self.scores = _f32_scores(self.query_ids, self.scores)
 
     @classmethod
     def from_rankings(cls, query_ids: list[str], rankings: list[Ranking], corpus_ids: np.ndarray, **kw: Any) -> "Run":
@@ -271,7 +345,9 @@ class Run:
     def from_dict(cls, run: Mapping[str, Mapping[str, float]]) -> "Run":
         """From ``{qid: {doc_id: score}}``, in trec_eval's order (:func:`trec_order`), so that
         :meth:`head` keeps what trec_eval's cut-offs keep.  Every query is ordered at once (one sort of all
-        the entries, :func:`_trec_flat`)."""
+        the entries, :func:`_trec_flat`).  A score that is no real number (``None``, ``"1.0"``, a complex
+        number, ``10**400``) is a :class:`DataError` naming its query and document (:func:`check_scores`)."""
+        check_scores(run, "Run.from_dict")
         lens, docs, s64 = _trec_flat(run)
         ends = np.cumsum(lens).tolist()
         spans = list(zip([0, *ends[:-1]], ends))

@@ -117,9 +117,10 @@ ID_BREAK_NAMES = {"\t": "tab", "\n": "line feed (\\n)", "\r": "carriage return (
 def check_id_breaks(ids: Sequence[str], what: str, noun: str) -> None:
     """Refuse an empty id (``""``), or one holding a tab, a line feed or a carriage return, naming ``what[i]``
     (a ``noun``'s id): a qrels TSV or a TREC run file could not name it (its columns are tab- or space-separated,
-    one line each), so it would break or go missing there, long after the corpus was built.  Batched: one
-    ``in`` scan for ``""`` and one ``str.join`` searched for the three characters (C code, no Python loop);
-    only a refused column is looked at id by id."""
+    one line each), so it would break or go missing there, long after the corpus was built; or one holding a NUL
+    (:func:`check_id_nul`: trec_eval would read it cut there).  Batched: one ``in`` scan for ``""`` and one
+    ``str.join`` searched for the characters (C code, no Python loop); only a refused column is looked at id by
+    id."""
     ids = ids if isinstance(ids, list) else list(ids)
     if "" in ids:
         i = ids.index("")
@@ -131,8 +132,29 @@ def check_id_breaks(ids: Sequence[str], what: str, noun: str) -> None:
         raise DataError(f"{what}[{i}] is {ids[i]!r:.60}, which holds a {ID_BREAK_NAMES[hit.group()]}; expected an id "
                         f"without tabs or line breaks (they would split the columns or lines of a qrels or run file "
                         f"naming this {noun})")
+    if joined.count("\x00") != len(ids) - 1:  # (the join's own NULs aside: an id holds one)
+        check_id_nul(ids, what, noun)
     if not _utf8_clean(joined):
         check_id_surrogates(ids, what, noun)
+
+
+def check_id_nul(ids: Sequence[Any], what: str, noun: str) -> None:
+    """Refuse an id holding a NUL character (``"\\x00"``), naming ``what[i]`` (a ``noun``'s id): trec_eval, which
+    scores every run (pytrec_eval), reads ids as C strings that end at the first NUL, so ``"a\\x00b"`` and
+    ``"a\\x00c"`` would name one document there and the scores would silently be wrong.  Batched: one
+    ``str.join`` searched in C; only a refused list is looked at id by id.  Ids that are no strings are left to
+    the caller."""
+    ids = ids if isinstance(ids, list) else list(ids)
+    try:
+        joined = "".join(ids)
+    except TypeError:  # (some id is no string)
+        joined = "".join(x for x in ids if isinstance(x, str))
+    if "\x00" not in joined:
+        return
+    i = next(i for i, x in enumerate(ids) if isinstance(x, str) and "\x00" in x)
+    raise DataError(f"{what}[{i}] is {ids[i]!r:.60}, which holds a NUL character ('\\x00') at character "
+                    f"{ids[i].index(chr(0)) + 1}; expected an id without one (trec_eval, which scores runs, reads ids "
+                    f"as C strings that end at a NUL, so two ids differing after it would name one {noun})")
 
 
 def check_id_surrogates(ids: Sequence[Any], what: str, noun: str) -> None:
@@ -1437,7 +1459,18 @@ def check_qrels(qrels: Any, who: str) -> Qrels:
         ids_once(docs, rel, f"{who}: qrels[{q!r}] names a document")
         out[qid] = docs
     ids_once(out, qrels, f"{who}: qrels name a query")
+    check_qrels_nul(out, who)
     return out
+
+
+def check_qrels_nul(qrels: Mapping[str, Mapping[str, Any]], who: str) -> None:
+    """Refuse (:func:`check_id_nul`, starting ``who``) a query or document id of ``qrels`` (string ids) holding a
+    NUL character, which trec_eval would read cut there.  One ``str.join`` of the query ids and one of all the
+    document ids; only a query whose judgements hold one is looked at id by id."""
+    check_id_nul(list(qrels), f"{who}: qrels' query ids", "query")
+    if "\x00" in "".join(itertools.chain.from_iterable(qrels.values())):
+        q = next(q for q, rel in qrels.items() if "\x00" in "".join(rel))
+        check_id_nul(list(qrels[q]), f"{who}: qrels[{q!r}]'s document ids", "document")
 
 
 def _not_qrels(qrels: Any, who: str, also: str = "") -> DataError:

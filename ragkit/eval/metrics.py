@@ -16,14 +16,15 @@ import logging
 import re
 import unicodedata
 from dataclasses import dataclass, field
+from itertools import chain
 from typing import TYPE_CHECKING, Any, Callable, Collection, Iterable, Mapping, Sequence, cast
 
 import numpy as np
 
 from ragkit._files import first_time
 from ragkit.errors import DataError, ParamError, some_ids
-from ragkit.run import Run, _f32, _flat, _trec_permutation
-from ragkit.types import Ranking, State, _a, _kind, as_qrels, check_qrels
+from ragkit.run import Run, _f32, _flat, _trec_permutation, check_scores
+from ragkit.types import Ranking, State, _a, _kind, as_qrels, check_id_nul, check_qrels, check_qrels_nul
 
 if TYPE_CHECKING:  # pandas is optional
     import os
@@ -127,7 +128,12 @@ def _clean_run(run: Run | Mapping[str, Mapping[str, float]], ignore_identical_id
         d = (run if depth is None else _cut_run(run, depth)).to_dict() if bad is None else {}
     else:
         check_run_mapping(run, "evaluate")
+        check_scores(run, "evaluate")  # (None, "1.0", 1j, 10**400: a DataError naming the query and document)
         d = {str(q): {str(k): float(v) for k, v in docs.items()} for q, docs in run.items()}
+        check_id_nul(list(d), "evaluate: run's query ids", "query")  # (a Run refuses them when made)
+        if "\x00" in "".join(chain.from_iterable(d.values())):
+            nul = next(q for q, docs in d.items() if "\x00" in "".join(docs))
+            check_id_nul(list(d[nul]), f"evaluate: run[{nul!r}]'s document ids", "document")
         bad = next(((q, doc) for q, docs in d.items() for doc, s in docs.items() if s != s), None)
     if bad is not None:  # NaN has no order: sorting on it scrambles the query's other documents too
         raise DataError(f"evaluate: query {bad[0]!r} gives document {bad[1]!r} the score NaN; expected numbers")
@@ -141,7 +147,7 @@ def evaluate(
     run: Run | Mapping[str, Mapping[str, float]],
     qrels: Mapping[Any, Mapping[Any, int]] | pd.DataFrame | str | os.PathLike[str],
     metrics: str | Sequence[str] = DEFAULT_METRICS,
-    *, ignore_identical_ids: bool = True, relevance_level: int = 1,
+    *, ignore_identical_ids: bool = True, relevance_level: int = 1, annotated: Iterable[Any] | None = None,
 ) -> EvalResult:
     """Score a run against judgements.
 
@@ -160,10 +166,16 @@ def evaluate(
     metrics : str or list of str
         ``ndcg@k``, ``recall@k``, ``map@k``, ``mrr@k``, ``p@k``, and BEIR's ``r_cap@k``, ``hole@k``,
         ``acc@k`` (at least one; the result's keys are the names as given, surrounding whitespace removed).
+        ``hole@k`` is the share of the top k that no judgement of the qrels names, for any query.
         ``mrr@k``, ``acc@k``, ``r_cap@k`` and ``hole@k`` rank tied scores in trec_eval's order, as the
         others do (score descending compared as float32, then document id descending), where BEIR's
         ``evaluate_custom`` keeps the run's insertion order among ties: on tied scores they can differ
         from BEIR's numbers.
+
+    ``annotated``: the ids of documents judged elsewhere, which hole@k counts as judged too: where ``qrels`` are
+    the judgements of some of a split's queries, the documents the whole split judges (``{d for rel in
+    split_qrels.values() for d in rel}``), so that hole@k is what it is in a run of the whole split.  Other metrics
+    do not read it.
 
     ``relevance_level`` is the lowest grade counted as relevant by the binary measures (recall, MAP, MRR,
     precision; trec_eval's ``-l``): 2 on graded qrels where 1 means "partly relevant".  A level above every
@@ -206,9 +218,22 @@ def evaluate(
     {'q1': 1.0, 'q2': 1.0}
     """
     result = _evaluate_noted(run, qrels, metrics, ignore_identical_ids=ignore_identical_ids,
-                             relevance_level=relevance_level)
+                             relevance_level=relevance_level, annotated=_annotated_ids(annotated))
     _note_learned(run, result)
     return result
+
+
+def _annotated_ids(annotated: Iterable[Any] | None) -> frozenset[str] | None:
+    """:func:`evaluate`'s ``annotated`` as a set of string ids (``None`` as it is); a string, a mapping (qrels:
+    their document ids are asked for) or a non-iterable is a :class:`DataError` saying what to pass."""
+    if annotated is None:
+        return None
+    if isinstance(annotated, (str, bytes, Mapping)) or not isinstance(annotated, Iterable):
+        hint = (": for judgements, pass their document ids, {d for rel in qrels.values() for d in rel}"
+                if isinstance(annotated, Mapping) else "")
+        raise DataError(f"evaluate: annotated must be a collection of document ids (a set of strings), got "
+                        f"{_kind(annotated)}{hint}")
+    return frozenset(x if type(x) is str else str(x) for x in annotated)
 
 
 def _note_learned(run: Run | Mapping[str, Mapping[str, float]], result: EvalResult) -> None:
@@ -234,17 +259,18 @@ def _evaluate_noted(
     metrics: str | Sequence[str] = DEFAULT_METRICS,
     *, ignore_identical_ids: bool = True, relevance_level: int = 1, note_unsearched: bool = True,
     note_level: bool = True, qrels_checked: bool = False, who: str = "evaluate",
+    annotated: Collection[str] | None = None,
 ) -> EvalResult:
     """:func:`evaluate`, whose warning of judged queries the run lacks is left out with ``note_unsearched=False``
     and whose warning of queries with no judgement at ``relevance_level`` (:func:`level_note`) with
     ``note_level=False`` (:func:`~ragkit.eval.compare.load_result` says both in the words of ``ragkit compare``);
-    ``qrels_checked``: as :func:`_evaluate`.  When every value but hole@k's is 0, a warning starting ``who`` says
-    whether none of the run's documents is judged at all (:func:`unjudged_docs_note`)."""
+    ``qrels_checked`` and ``annotated``: as :func:`_evaluate`.  When every value but hole@k's is 0, a warning
+    starting ``who`` says whether none of the run's documents is judged at all (:func:`unjudged_docs_note`)."""
     judgements: Mapping[str, Mapping[str, int]] = cast("Mapping[str, Mapping[str, int]]", qrels)
     if not qrels_checked and not isinstance(qrels, Run):  # once, for the scores and the note (a Run: refused below)
         judgements, qrels_checked = as_qrels(qrels, "evaluate"), True  # (a DataFrame, a path: read as TrainSet does)
     result, ignored = _evaluate(run, judgements, metrics, ignore_identical_ids=ignore_identical_ids,
-                                relevance_level=relevance_level, qrels_checked=qrels_checked)
+                                relevance_level=relevance_level, qrels_checked=qrels_checked, annotated=annotated)
     if note_unsearched:
         _note_unsearched(run, result)
     zero = all(not any(v.values()) for m, v in result.per_query.items() if parse_metric(m)[0] != "hole")
@@ -459,12 +485,15 @@ def _evaluate(
     run: Run | Mapping[str, Mapping[str, float]], qrels: Mapping[str, Mapping[str, int]],
     metrics: str | Sequence[str] = DEFAULT_METRICS,
     *, ignore_identical_ids: bool = True, relevance_level: int = 1, qrels_checked: bool = False,
+    annotated: Collection[str] | None = None,
 ) -> tuple[EvalResult, tuple[int, tuple[str, ...]]]:
     """:func:`evaluate` without its warning of ignored judged documents (the traces' many calls, and
     ``ragkit eval``, which says it in its own words), and ``(relevance_level, the ids of the queries whose
     judged-relevant document was ignored)``.  ``qrels_checked``: ``qrels`` is what
     :func:`~ragkit.types.check_qrels` returns (string ids, integer grades), not checked again: a learner
-    checks its judgements once and evaluates hundreds of candidates on them (~20% of each evaluation)."""
+    checks its judgements once and evaluates hundreds of candidates on them (~20% of each evaluation).
+    ``annotated``: document ids (strings, a set for speed) hole@k counts as judged besides those ``qrels`` judge
+    (the whole split's, where ``qrels`` are those of some of its queries: ``ragkit eval --limit``)."""
     import pytrec_eval
 
     if isinstance(relevance_level, bool) or not isinstance(relevance_level, (int, np.integer)) or relevance_level < 1:
@@ -488,6 +517,8 @@ def _evaluate(
         raise DataError(f"evaluate: every one of the {len(qrels)} queries of the qrels has an empty judgement list"
                         if qrels else "evaluate: qrels are empty")
     check_relevance_level(judged, relevance_level)
+    check_qrels_nul(judged, "evaluate")  # (qrels_checked ones too: a qrels file is read without this check)
+    trec_judged = _trec_grades(judged)
     d = _clean_run(run, ignore_identical_ids, max(k for _, _, k in parsed) + 1 if parsed else None)
     if d and not judged.keys() & d.keys():  # every query would count 0: judgements of other queries
         hint = respelled_hint(list(d), judged, "query")  # ('001' for '1', 'caf\xe9' for 'cafe\u0301')
@@ -500,7 +531,7 @@ def _evaluate(
     d_full = {q: (docs if docs else {_NO_DOC: 0.0}) for q, docs in d_full.items()}
     measures = {f"{_TREC[fam]}.{k}" for _, fam, k in parsed if fam in _TREC}  # MRR@k and BEIR's own: below
     per_query: dict[str, dict[str, float]] = {}
-    res = (pytrec_eval.RelevanceEvaluator(judged, measures, relevance_level=relevance_level).evaluate(d_full)
+    res = (pytrec_eval.RelevanceEvaluator(trec_judged, measures, relevance_level=relevance_level).evaluate(d_full)
            if measures else {})
     mrr_cuts = [k for _, fam, k in parsed if fam == "mrr"]
     beir_cuts = [k for _, fam, k in parsed if fam in _BEIR_CUSTOM]
@@ -510,9 +541,9 @@ def _evaluate(
         spans = list(zip(d_full, starts, np.cumsum(flat[0]).tolist()))
         ids, values = flat[1].tolist(), flat[2].tolist()
     if mrr_cuts:
-        rr_eval = pytrec_eval.RelevanceEvaluator(judged, {"recip_rank"}, relevance_level=relevance_level)
+        rr_eval = pytrec_eval.RelevanceEvaluator(trec_judged, {"recip_rank"}, relevance_level=relevance_level)
     if beir_cuts:
-        tops = _beir_tops(d_full, judged, max(beir_cuts), relevance_level, flat)
+        tops = _beir_tops(d_full, judged, max(beir_cuts), relevance_level, flat, annotated)
     for name, fam, k in parsed:
         if fam == "mrr":  # MRR@k: reciprocal rank within the top k (BEIR's evaluate_custom)
             rr = rr_eval.evaluate({q: dict(zip(ids[a:min(b, a + k)], values[a:min(b, a + k)])) for q, a, b in spans})
@@ -527,6 +558,20 @@ def _evaluate(
     result = EvalResult(scores=scores, per_query=per_query, ignored_judged=len(ignored),
                         relevance_level=relevance_level, ignore_identical_ids=bool(ignore_identical_ids))
     return result, (relevance_level, ignored)
+
+
+def _trec_grades(judged: Mapping[str, Mapping[str, int]]) -> Mapping[str, Mapping[str, int]]:
+    """``judged`` (checked, no query without a judgement) as pytrec_eval may be given it: each grade below -1
+    raised to -1, which changes no trec_eval measure.  trec_eval reads every negative grade alike (a document in
+    the pool but unjudged: ``form_res_rels.c``) but sizes a table by the query's highest grade + 1, so a query
+    judged only below -1 (TREC Web's -2, junk) wrote out of its bounds and crashed the process.  One pass over the
+    grades; only the queries holding such a grade are copied."""
+    if min(chain.from_iterable(rel.values() for rel in judged.values())) >= -1:
+        return judged
+    out = dict(judged)
+    for q in [q for q, rel in judged.items() if min(rel.values()) < -1]:
+        out[q] = {d: max(g, -1) for d, g in judged[q].items()}
+    return out
 
 
 def _trec_heads(run: Mapping[str, Mapping[str, float]], k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -547,13 +592,13 @@ def _trec_heads(run: Mapping[str, Mapping[str, float]], k: int) -> tuple[np.ndar
 
 def _beir_tops(run: Mapping[str, Mapping[str, float]], judged: Mapping[str, Mapping[str, int]], k: int,
                relevance_level: int, flat: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
-               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+               annotated: Collection[str] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Each query's top ``k`` of ``run`` (its queries in order, each in trec_eval's order) as ``(relevant,
     unjudged, n_relevant)``: ``(n_q, k)`` booleans, a document judged ``>= relevance_level`` for its query,
     a retrieved document that no query's judgements name (padding, where fewer than ``k`` were retrieved, is
     neither), and ``(n_q,)`` the query's relevant judgements.  ``flat``: ``run``'s :func:`_trec_heads` at
-    ``k`` or deeper (computed when not given); no loop over queries but the lookups of the top documents'
-    judgements."""
+    ``k`` or deeper (computed when not given); ``annotated``: document ids counted as judged besides those of
+    ``judged`` (the whole split's); no loop over queries but the lookups of the top documents' judgements."""
     lens, docs, _ = _trec_heads(run, k) if flat is None else flat
     n_q = len(lens)
     owner = np.repeat(np.arange(n_q), lens)
@@ -564,12 +609,13 @@ def _beir_tops(run: Mapping[str, Mapping[str, float]], judged: Mapping[str, Mapp
     qids = list(run)
     empty: Mapping[str, int] = {}
     grades = [judged.get(q, empty) for q in qids]
-    annotated = {d for rel in judged.values() for d in rel}
+    named = {d for rel in judged.values() for d in rel}
+    also: Collection[str] = annotated if annotated is not None else ()
     relevant = np.zeros((n_q, k), bool)
     unjudged = np.zeros((n_q, k), bool)
     relevant[owner, rank] = np.fromiter((grades[i].get(d, 0) >= relevance_level for i, d in zip(owner.tolist(), docs)),
                                         bool, len(docs))
-    unjudged[owner, rank] = np.fromiter((d not in annotated for d in docs), bool, len(docs))
+    unjudged[owner, rank] = np.fromiter((d not in named and d not in also for d in docs), bool, len(docs))
     n_rel = np.array([sum(g >= relevance_level for g in rel.values()) for rel in grades], np.int64)
     return relevant, unjudged, n_rel
 
@@ -747,8 +793,12 @@ def _per_query_metrics(state: State, qrels: Mapping[str, Mapping[str, int]], cor
     k = max(parse_metric(m)[1] for m in metrics) + 1
     doc_ids, scores = _with_ties_at(rankings, k, corpus_ids, state.query_ids)
     run = Run(list(state.query_ids), doc_ids, scores)
+    # hole@k: a document judged for a query the state lacks is no hole (evaluate on the whole qrels says the same)
+    annotated = ({d if type(d) is str else str(d) for rel in qrels.values() for d in rel}
+                 if any(parse_metric(m)[0] == "hole" for m in metrics) and len(qids) < len(qrels) else None)
     pq = _evaluate(run, {q: qrels[q] for q in qids}, list(metrics), relevance_level=relevance_level,
-                   ignore_identical_ids=ignore_identical_ids, qrels_checked=qrels_checked)[0].per_query
+                   ignore_identical_ids=ignore_identical_ids, qrels_checked=qrels_checked,
+                   annotated=annotated)[0].per_query
     return {m: np.array([pq[m][q] for q in qids], dtype=np.float64) for m in metrics}
 
 
