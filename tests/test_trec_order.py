@@ -73,7 +73,7 @@ def _scores(rng, n, levels):
 
 
 def _ids(rng, n):
-    names = ["d%d", "é%d", "%d", "D%d", "d%d\x00", "a b%d"]
+    names = ["d%d", "é%d", "%d", "D%d", "d%d\x01", "a b%d"]
     return [names[i % len(names)] % i for i in rng.choice(300, n, replace=False)]
 
 
