@@ -66,7 +66,7 @@ from __future__ import annotations
 import re
 from itertools import chain, repeat
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Sequence
 
 import numpy as np
 import scipy.sparse as sp
@@ -152,6 +152,30 @@ def _stack_rows(parts: list[sp.csr_matrix], col: np.ndarray) -> sp.csr_matrix:
     tf = sp.csr_matrix((data, indices, indptr), shape=(n_docs, len(col)), copy=False)
     tf.sort_indices()
     return tf
+
+
+def _join_per_query(words: np.ndarray, reps: np.ndarray, fallback: Sequence[str]) -> list[str]:
+    """Each query's words (``words``: all queries' one after another, ``reps[i]`` of query ``i``) joined by
+    spaces, and ``fallback[i]`` for a query of no word: what ``" ".join`` per query gives, with one join of all
+    the words (each query's last one followed by a NUL instead of a space) and one split at the NULs.  A word
+    holding a NUL itself (the count of pieces then is off) falls back to one join per query."""
+    some = np.flatnonzero(reps)
+    if not len(some):
+        return list(fallback)
+    seps = np.full(len(words), " ", dtype=object)
+    seps[np.cumsum(reps)[some] - 1] = "\x00"
+    woven = np.empty(2 * len(words), dtype=object)
+    woven[0::2], woven[1::2] = words, seps
+    parts = "".join(woven.tolist()).split("\x00")
+    if len(parts) == len(some) + 1:  # (the last piece is the empty one after the last NUL)
+        texts = np.empty(len(fallback), dtype=object)
+        texts[:] = fallback  # (assigned into an object array: each string as it is)
+        joined = np.empty(len(some), dtype=object)
+        joined[:] = parts[:-1]
+        texts[some] = joined
+        return texts.tolist()
+    bounds = np.concatenate([[0], np.cumsum(reps)]).tolist()
+    return [" ".join(words[bounds[i]:bounds[i + 1]]) if reps[i] else fallback[i] for i in range(len(fallback))]
 
 
 @register
@@ -368,8 +392,7 @@ class PRF(Operator):
         words = self.surface_[np.repeat(counts.indices, counts.data.astype(np.int64))]
         reps = np.bincount(np.repeat(np.arange(len(state)), lens), weights=counts.data,
                            minlength=len(state)).astype(np.int64)
-        bounds = np.concatenate([[0], np.cumsum(reps)])
-        texts = [" ".join(words[bounds[i]:bounds[i + 1]]) if reps[i] else state.queries[i] for i in range(len(state))]
+        texts = _join_per_query(words, reps, state.queries)
         out.values["lexical_query"] = texts
         # the same expansion as term counts, which the bm25 after it reads instead of tokenising the text again
         p = self.params

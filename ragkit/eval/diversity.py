@@ -18,7 +18,8 @@ an empty ranking where the measure is undefined) and are batched with numpy (no 
 from __future__ import annotations
 
 import math
-from typing import Any, Collection, Hashable, Mapping, Sequence
+from itertools import chain, islice, repeat
+from typing import Any, Collection, Hashable, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
@@ -312,7 +313,9 @@ def _doc_lists(run: Any, k: int, measure: str) -> dict[str, list[str]]:
     run = _as_run(run, measure)
     for q, docs, _ in run:  # a document listed twice would gain twice (alpha-nDCG above 1): refused as evaluate does
         _check_unique(q, docs, measure)
-    return {q: [str(d) for d in docs[:k]] for q, docs, _ in run}
+    # (a numpy string array's tolist gives the str that str() of each gives, in one C call)
+    return {q: docs[:k].tolist() if isinstance(docs, np.ndarray) and docs.dtype.kind == "U" else
+            [str(d) for d in docs[:k]] for q, docs, _ in run}
 
 
 def check_subtopics(subtopics: Any, who: str) -> dict[str, dict[str, list[Hashable]]]:
@@ -323,7 +326,87 @@ def check_subtopics(subtopics: Any, who: str) -> dict[str, dict[str, list[Hashab
     A :class:`DataError` from ``who`` for anything else, before any scoring: ``subtopics`` or a query's
     entry not a mapping; a document's labels not a list, tuple or set (one string, whose characters would
     be the labels; ``None``; a number), naming the query and document; a label that is not hashable;
-    two ids that name one query or document once written as strings."""
+    two ids that name one query or document once written as strings.
+
+    Batched: the common form (dicts keyed by strings, labels in lists or tuples) is checked and converted by
+    C-level passes over all documents at once (:func:`_plain_subtopics`); anything else goes through the
+    per-document checks (:func:`_check_subtopics_each`), which name the first problem."""
+    plain = _plain_subtopics(subtopics, who)
+    if plain is None:
+        return _check_subtopics_each(subtopics, who)
+    # each document's labels as a new list, once each (first occurrence first): copies where no label repeats
+    once = bool(plain.keep.all())
+    pairs = zip(plain.doc_ids, map(list, plain.given if once else map(dict.fromkeys, plain.given)))
+    return {q: dict(islice(pairs, n)) for q, n in zip(plain.query_ids, plain.n_docs.tolist())}
+
+
+class _SubtopicTable(NamedTuple):
+    """Checked subtopics, flat: ``query_ids`` (as strings), ``n_docs[i]`` judged documents of query ``i``,
+    ``doc_ids`` (str) of all queries one after another and ``given``, each one's labels as given (a list or
+    tuple); ``n_labels``, ``label_start`` (int64, per document) place each document's labels in ``labels``, the
+    ids (int64) of all the labels one after another (equal labels one id, as a dict keys them: ``1``, ``1.0`` and
+    ``True`` alike), and ``keep`` marks each document's first occurrence of a label (a repeat counts once)."""
+
+    query_ids: list[str]
+    n_docs: np.ndarray
+    doc_ids: list[str]
+    given: list[Sequence[Hashable]]
+    n_labels: np.ndarray
+    label_start: np.ndarray
+    labels: np.ndarray
+    keep: np.ndarray
+
+
+def _plain_subtopics(subtopics: Any, who: str) -> _SubtopicTable | None:
+    """``subtopics`` as a :class:`_SubtopicTable` when it has the plain form (every query's entry a ``dict``
+    keyed by strings, every document's labels a list or tuple of hashable labels), checked and converted with
+    C-level passes over all the documents (``map``, ``chain``, one dict of all the distinct labels: no Python
+    loop per document); None for any other form, which :func:`_check_subtopics_each` checks one document at a
+    time (it raises the first problem's error, or converts an accepted form: sets, arrays, int ids).  Raises
+    what :func:`_check_subtopics_each` raises first for the checks it makes here: ``subtopics`` no mapping, a
+    query id that is no id, two query ids written alike."""
+    if not isinstance(subtopics, Mapping):
+        raise DataError(f"{who}: subtopics must be a mapping {{query_id: {{doc_id: [subtopic, ...]}}}}, got "
+                        f"{_kind(subtopics)}")
+    from ragkit.types import _key_ids
+
+    query_ids = _key_ids(subtopics, f"{who}: subtopics' query ids")
+    judged = list(subtopics.values())
+    if not set(map(type, judged)) <= {dict}:
+        return None
+    doc_ids = list(chain.from_iterable(judged))
+    if not set(map(type, doc_ids)) <= {str}:  # (keys of one dict, so never two alike)
+        return None
+    given = list(chain.from_iterable(map(dict.values, judged)))
+    if not set(map(type, given)) <= {list, tuple}:
+        return None
+    flat = list(chain.from_iterable(given))
+    if not all(issubclass(t, Hashable) for t in set(map(type, flat))):
+        return None
+    try:
+        ids = dict(zip(dict.fromkeys(flat), range(len(flat))))
+    except TypeError:  # a label whose type is Hashable but its value is not (a tuple holding a list)
+        return None
+    ids_once(dict.fromkeys(query_ids), subtopics, f"{who}: subtopics name a query")
+    labels = np.fromiter(map(ids.__getitem__, flat), np.int64, len(flat))
+    n_labels = np.fromiter(map(len, given), np.int64, len(given))
+    owner = np.repeat(np.arange(len(given)), n_labels)
+    order = np.argsort(owner * (len(ids) + 1) + labels, kind="stable")  # a document's equal labels side by side
+    keep = np.ones(len(flat), bool)
+    keep[order[1:][(owner[order[1:]] == owner[order[:-1]]) & (labels[order[1:]] == labels[order[:-1]])]] = False
+    return _SubtopicTable(query_ids, np.fromiter(map(len, judged), np.int64, len(judged)), doc_ids, given,
+                          n_labels, np.cumsum(n_labels) - n_labels, labels, keep)
+
+
+def _kept_per_doc(table: _SubtopicTable) -> np.ndarray:
+    """How many distinct labels each document of ``table`` has (int64, aligned with ``table.doc_ids``)."""
+    owner = np.repeat(np.arange(len(table.given)), table.n_labels)
+    return np.bincount(owner[table.keep], minlength=len(table.given)).astype(np.int64)
+
+
+def _check_subtopics_each(subtopics: Any, who: str) -> dict[str, dict[str, list[Hashable]]]:
+    """:func:`check_subtopics` one query and document at a time: the path for forms other than the plain one
+    (:func:`_plain_subtopics`), and the one that names the first problem of malformed subtopics."""
     if not isinstance(subtopics, Mapping):
         raise DataError(f"{who}: subtopics must be a mapping {{query_id: {{doc_id: [subtopic, ...]}}}}, got "
                         f"{_kind(subtopics)}")
@@ -356,6 +439,45 @@ def check_subtopics(subtopics: Any, who: str) -> dict[str, dict[str, list[Hashab
     return out
 
 
+def _subtopic_table(subtopics: Any, who: str) -> _SubtopicTable:
+    """``subtopics`` checked (as :func:`check_subtopics` checks them) as a :class:`_SubtopicTable`."""
+    plain = _plain_subtopics(subtopics, who)
+    if plain is None:  # another accepted form (sets, arrays, int ids, Mapping types): checked one by one, then flat
+        plain = _plain_subtopics(_check_subtopics_each(subtopics, who), who)
+        assert plain is not None  # (string ids, dicts of lists: the plain form)
+    return plain
+
+
+def _spans(starts: np.ndarray, lens: np.ndarray) -> np.ndarray:
+    """The positions ``starts[i] .. starts[i] + lens[i] - 1`` of every ``i``, one after another."""
+    ends = np.cumsum(lens)
+    return np.repeat(starts - (ends - lens), lens) + np.arange(int(ends[-1]) if len(ends) else 0)
+
+
+class _Gains:
+    """alpha-nDCG gains of a fixed set of documents, ``sum_t (1 - alpha)^{seen[t]}`` over each document's
+    labels, summed in the document's label order one label after another (as a per-document ``+=`` loop adds
+    them, so that the gains, and the greedy ideal's ties, are that loop's to the last bit): one numpy pass per
+    label position, each over the documents with that many labels (sorted by label count once, so a pass is a
+    slice; the work is one step per label in all)."""
+
+    def __init__(self, starts: np.ndarray, lens: np.ndarray, pair: np.ndarray) -> None:
+        self.order = np.argsort(-lens, kind="stable")
+        neg = -lens[self.order]
+        self.starts = starts[self.order]
+        top = int(-neg[0]) if len(neg) else 0
+        self.counts = np.searchsorted(neg, -np.arange(top), side="left").tolist()  # documents with > l labels
+        self.pair = pair
+
+    def __call__(self, seen: np.ndarray, power: np.ndarray) -> np.ndarray:
+        g = np.zeros(len(self.starts))
+        for slot, c in enumerate(self.counts):
+            g[:c] += power[seen[self.pair[self.starts[:c] + slot]]]
+        out = np.empty_like(g)
+        out[self.order] = g
+        return out
+
+
 def alpha_ndcg(run: RunLike, subtopics: Subtopics, k: int = 10, alpha: float = 0.5) -> dict[str, float]:
     """alpha-nDCG@k per judged query (Clarke et al. 2008).
 
@@ -374,41 +496,86 @@ def alpha_ndcg(run: RunLike, subtopics: Subtopics, k: int = 10, alpha: float = 0
     the run scores 0.  ``subtopics`` is checked first (:func:`check_subtopics`: ids as strings, a
     document's labels a list, tuple or set, a subtopic listed twice for one document covered once).
     ``k < 1``, ``alpha`` outside [0, 1] or malformed ``subtopics`` raise :class:`~ragkit.errors.DataError`.
+
+    Batched over all queries: the judgements are encoded once as flat arrays (one entry per judged document
+    and per label, no padding to the largest query, so memory follows the input), the greedy ideal takes
+    ``min(k, judged documents)`` passes each choosing one document for every query at once (a segmented
+    argmax, ties to the largest id), and the run's DCG one pass per rank; gains are added in the order the
+    labels are listed, in float64, so the values are those of a per-query loop bit for bit.
     """
     if not 0 <= alpha <= 1:
         raise DataError(f"alpha_ndcg: alpha must be in [0, 1], got {alpha}")
     lists = _doc_lists(run, k, "alpha_ndcg")
-    checked = check_subtopics(subtopics, "alpha_ndcg")
-    depth = max([len(d) for d in lists.values()] + [sum(1 for ts in j.values() if ts) for j in checked.values()],
-                default=0)
+    table = _subtopic_table(subtopics, "alpha_ndcg")
+    n_q = len(table.query_ids)
+    lab = table.labels[table.keep]  # each document's labels once, in the order given
+    n_lab = _kept_per_doc(table)
+    doc_q = np.repeat(np.arange(n_q), table.n_docs)
+    pool_n = np.bincount(doc_q, weights=n_lab > 0, minlength=n_q).astype(np.int64)  # documents with a label
+    depth = max(max(map(len, lists.values()), default=0), int(pool_n.max(initial=0)))
     disc = 1.0 / np.log2(np.arange(2, min(k, depth) + 2))  # no rank beyond the longest list or ideal ranking
+    active = np.flatnonzero(pool_n)  # queries without subtopics are skipped
+    if not len(active):
+        return {}
+    power = np.array([(1 - alpha) ** c for c in range(len(disc) + 1)], np.float64)  # no count exceeds len(disc)
+    # one counter per (query, label) pair
+    pair = np.unique(np.repeat(doc_q, n_lab) * (int(lab.max()) + 1) + lab, return_inverse=True)[1].reshape(-1)
+    lab_start = np.cumsum(n_lab) - n_lab
+    # document ids as their ranks among all judged ids, compared as strings (Python's order)
+    names = sorted(dict.fromkeys(table.doc_ids))
+    rank_of = dict(zip(names, range(len(names))))
+    doc_code = np.fromiter(map(rank_of.__getitem__, table.doc_ids), np.int64, len(table.doc_ids))
 
-    def dcg(docs: list[str], judged: Mapping[str, Sequence[Hashable]]) -> float:
-        seen: dict[Hashable, int] = {}
-        total = 0.0
-        for r, d in enumerate(docs[:k]):
-            g = 0.0
-            for t in judged.get(d, ()):
-                g += (1 - alpha) ** seen.get(t, 0)
-                seen[t] = seen.get(t, 0) + 1
-            total += g * disc[r]
-        return total
+    # greedy ideal: the pool (documents with a label) by query, then by id, largest first (argmax takes the first)
+    pool = np.flatnonzero(n_lab)
+    pool = pool[np.lexsort((-doc_code[pool], doc_q[pool]))]
+    sizes = pool_n[active]
+    seg_start = np.cumsum(sizes) - sizes
+    seg_of = np.repeat(np.arange(len(active)), sizes)
+    gains = _Gains(lab_start[pool], n_lab[pool], pair)
+    seen = np.zeros(int(pair.max()) + 1, np.int64)
+    alive = np.ones(len(pool), bool)
+    at = np.arange(len(pool))
+    norm = np.zeros(len(active))
+    for r in range(min(k, int(sizes.max()))):
+        g = np.where(alive, gains(seen, power), -np.inf)
+        best = np.maximum.reduceat(g, seg_start)
+        first = np.minimum.reduceat(np.where(g == best[seg_of], at, len(pool)), seg_start)
+        live = np.flatnonzero(sizes > r)  # queries whose pool is not yet empty
+        chosen = first[live]
+        norm[live] += g[chosen] * disc[r]
+        seen[pair[_spans(lab_start[pool[chosen]], n_lab[pool[chosen]])]] += 1
+        alive[chosen] = False
 
-    out = {}
-    for q, judged in checked.items():
-        if not any(judged.values()):
+    # the run's DCG: its top-k matched to the judged documents of its query, one pass per rank
+    qids = [table.query_ids[i] for i in active.tolist()]
+    heads = [lists.get(q, ()) for q in qids]
+    head_n = np.fromiter(map(len, heads), np.int64, len(heads))
+    got = np.fromiter(map(rank_of.get, chain.from_iterable(heads), repeat(-1)), np.int64, int(head_n.sum()))
+    run_q = np.repeat(np.arange(len(active)), head_n)
+    run_rank = np.arange(len(got)) - np.repeat(np.cumsum(head_n) - head_n, head_n)
+    slot = np.full(n_q, -1, np.int64)
+    slot[active] = np.arange(len(active))
+    key = slot[doc_q] * (len(names) + 1) + doc_code  # judged documents of skipped queries: key < 0
+    by_key = np.argsort(key)
+    want = run_q * (len(names) + 1) + got
+    at_key = np.minimum(np.searchsorted(key[by_key], want), len(key) - 1)
+    doc = np.where((got >= 0) & (key[by_key][at_key] == want), by_key[at_key], -1)
+    hit = np.flatnonzero(doc >= 0)
+    hit = hit[n_lab[doc[hit]] > 0]  # (a judged document without labels gains 0)
+    hit = hit[np.argsort(run_rank[hit], kind="stable")]
+    per_rank = np.bincount(run_rank[hit], minlength=1)
+    dcg = np.zeros(len(active))
+    seen = np.zeros_like(seen)
+    for r, (a, b) in enumerate(zip(np.cumsum(per_rank) - per_rank, np.cumsum(per_rank))):
+        if a == b:
             continue
-        ideal: list[str] = []
-        seen: dict[Hashable, int] = {}
-        pool = {d: list(ts) for d, ts in judged.items() if ts}
-        while pool and len(ideal) < k:  # greedy ideal ordering
-            best = max(pool, key=lambda d: (sum((1 - alpha) ** seen.get(t, 0) for t in pool[d]), d))
-            for t in pool.pop(best):
-                seen[t] = seen.get(t, 0) + 1
-            ideal.append(best)
-        norm = dcg(ideal, judged)
-        out[q] = dcg(lists.get(q, []), judged) / norm if norm > 0 else 0.0
-    return out
+        d = doc[hit[a:b]]
+        dcg[run_q[hit[a:b]]] += _Gains(lab_start[d], n_lab[d], pair)(seen, power) * disc[r]
+        seen[pair[_spans(lab_start[d], n_lab[d])]] += 1
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.where(norm > 0, dcg / np.where(norm > 0, norm, 1.0), 0.0)
+    return dict(zip(qids, ratio))
 
 
 def subtopic_recall(run: RunLike, subtopics: Subtopics, k: int = 10) -> dict[str, float]:
