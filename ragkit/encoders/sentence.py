@@ -26,14 +26,14 @@ import time
 from contextlib import contextmanager
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
 from ragkit._locks import MODEL_LOADING
 from ragkit.encoders.cache import EmbeddingCache, env_flag
 from ragkit.encoders.custom import registered_encoder
-from ragkit.errors import DataError, ParamError
+from ragkit.errors import DataError, InputTypeError, ParamError
 
 __all__ = ["Encoder", "get_encoder", "load_model", "resolve_model", "model_fingerprint", "cached_fingerprint",
            "unit_rows", "as_texts", "save_encoder_key",
@@ -364,6 +364,7 @@ class Encoder:
 
     def __init__(self, model: str = DEFAULT_MODEL, *, batch_size: int = 64, max_seq_length: int | None = None,
                  cache: bool = True, device: str = "cpu") -> None:
+        model = _model_name(model, "Encoder")  # (None: an AttributeError in resolve_model)
         self.model_name = model
         self.path = resolve_model(model)
         self.batch_size = batch_size
@@ -530,7 +531,13 @@ def get_encoder(model: str = DEFAULT_MODEL, **kwargs: Any) -> Encoder:
 
     A name registered with :func:`~ragkit.encoders.register_encoder` (e.g. a LangChain
     ``Embeddings`` adapter) returns that encoder object; ``kwargs`` are ignored for it.
+
+    Checked before anything is loaded: ``model`` that is no string (nor ``os.PathLike``, read as its path) is an
+    :class:`~ragkit.errors.InputTypeError`, an empty one a :class:`~ragkit.errors.ParamError`, and so is a keyword
+    :class:`Encoder` does not take (``batchsize=``: the keywords it takes, and the closest).
     """
+    model = _model_name(model, "get_encoder")
+    _refuse_unknown_settings(kwargs, "get_encoder")
     custom = registered_encoder(model)
     if custom is not None:
         return custom
@@ -539,6 +546,42 @@ def get_encoder(model: str = DEFAULT_MODEL, **kwargs: Any) -> Encoder:
         if key not in _ENCODERS:
             _ENCODERS[key] = Encoder(model, **kwargs)
         return _ENCODERS[key]
+
+
+def _model_name(model: Any, who: str) -> str:
+    """``model`` as the name or path of a model (``os.PathLike`` as its path), or the error naming ``who``'s
+    ``model`` argument: an :class:`InputTypeError` when it is no string (``None``: ``'NoneType' object has no
+    attribute 'lower'`` in :func:`resolve_model`), a :class:`ParamError` when it is empty or blank."""
+    if isinstance(model, os.PathLike) and not isinstance(model, str):
+        model = os.fspath(model)
+    if not isinstance(model, str):
+        raise InputTypeError(f"{who}: model is {type(model).__name__} {model!r:.60}; expected a model name or folder "
+                             f"(a str, e.g. {DEFAULT_MODEL!r}), or the name of an encoder registered with "
+                             "register_encoder")
+    if not model.strip():
+        raise ParamError(f"{who}: model is {'blank' if model else 'an empty string'} ({model!r}); expected a model "
+                         f"name or folder (e.g. {DEFAULT_MODEL!r})", path="model")
+    return model
+
+
+def _refuse_unknown_settings(kwargs: dict[str, Any], who: str) -> None:
+    """A :class:`ParamError` for the keywords of ``kwargs`` that :class:`Encoder` does not take, naming those it
+    takes and the closest to each (``batchsize`` -> ``batch_size``): the constructor's own ``TypeError`` named one
+    keyword alone."""
+    import difflib
+    import inspect
+
+    known = [name for name, p in inspect.signature(Encoder).parameters.items()
+             if p.kind is p.KEYWORD_ONLY]
+    unknown = [key for key in kwargs if key not in known]
+    if not unknown:
+        return
+    said = []
+    for key in unknown:
+        close = difflib.get_close_matches(str(key), known, n=1, cutoff=0.6)
+        said.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+    raise ParamError(f"{who}: unknown keyword{'s' if len(unknown) > 1 else ''} {', '.join(said)}; an Encoder takes "
+                     f"{', '.join(known)}")
 
 
 def settings_key(cls: type, model: str, kwargs: dict[str, Any]) -> tuple[Any, ...]:
@@ -651,10 +694,15 @@ def as_texts(texts: Any, who: str) -> list[str]:
     """``texts`` (a sequence of strings) as a list of ``str``.  A non-string item is a DataError
     naming its position (``str(None)`` would be embedded as the text "None"), and so are one string
     given for a list (its characters would be embedded one by one) and a text holding a lone surrogate
-    (decoded with ``errors="surrogateescape"``: tokenizers fail on it)."""
+    (decoded with ``errors="surrogateescape"``: tokenizers fail on it).  ``None``, a mapping (its keys would be
+    embedded) or anything else that is no collection is an :class:`InputTypeError`; all before any model work."""
     if isinstance(texts, (str, bytes)):
         raise DataError(f"{who}: expected a list of texts, got one {type(texts).__name__} ({texts!r:.60}); wrap it "
                         "in a list")
+    if texts is None or not isinstance(texts, Iterable) or isinstance(texts, Mapping):
+        raise InputTypeError(f"{who}: texts is {type(texts).__name__} {texts!r:.60}; expected a list of texts "
+                             "(strings)" + (": the values, list(texts.values())?" if isinstance(texts, Mapping)
+                                            else ""))
     out = list(texts)
     for i, t in enumerate(out):
         if not isinstance(t, str):

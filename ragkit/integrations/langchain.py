@@ -56,7 +56,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 from ragkit._files import user_path
 from ragkit._locks import ReadWriteLock, lock_of
 from ragkit.encoders.sentence import as_texts
-from ragkit.errors import ArtifactError, DataError, NotFittedError, ParamError, repeated
+from ragkit.errors import ArtifactError, DataError, InputTypeError, NotFittedError, ParamError, repeated
 from ragkit.integrations.langchain_generate import RagkitGenerator
 from ragkit.metadata import AllOf, all_filters, check_added_kinds, check_metadata_kinds, is_missing
 from ragkit.operator import Operator, _json_default, read_json
@@ -947,26 +947,29 @@ class RagkitRetriever(BaseRetriever):
     @classmethod
     def from_texts(cls, texts: Sequence[str] | Mapping[Any, str], *args: Any,
                    pipeline: Operator | str | os.PathLike[str] | None = None,
-                   ids: Sequence[str] | None = None, metadatas: Sequence[dict[str, Any]] | None = None,
+                   ids: Iterable[str] | None = None, metadatas: Iterable[Mapping[str, Any] | None] | None = None,
                    **kwargs: Any) -> "RagkitRetriever":
         """Fit ``pipeline`` (default: BM25) on plain texts and wrap it.  ``texts`` may be a mapping
-        ``{doc_id: text}``; one string is a :class:`DataError` (its characters would be the documents).
+        ``{doc_id: text}``; one string is a :class:`DataError` (its characters would be the documents).  The texts,
+        ``metadatas`` and ``ids`` are checked as :meth:`add_texts` checks them, before anything is fitted: a text
+        that is no string, ``metadatas`` or ``ids`` of another length than ``texts`` (or one string), a metadata
+        that is no dict are each a :class:`DataError` naming it.
 
         Everything after ``texts`` is keyword-only: LangChain's ``BM25Retriever.from_texts(texts, metadatas,
         ids)`` takes ``metadatas`` second, ragkit's took ``pipeline``; an argument given by position is a
         :class:`ParamError` saying so."""
         if args:
             raise _positional("from_texts", "texts", args, "metadatas=..., ids=..., pipeline=..., k=...")
+        if isinstance(texts, Document):  # (a pydantic model iterates as its (field, value) pairs)
+            raise DataError(f"from_texts: got one Document ({texts.page_content!r:.60}); expected a list of "
+                            "strings (from_documents takes Documents)")
         given, texts = ids_and_texts(texts, "from_texts")
-        if given is not None:
-            if ids is not None:
-                raise DataError("from_texts: ids given twice: by ids= and by the keys (or index) of texts")
-            ids = given
-        if metadatas is not None and len(metadatas) != len(texts):
-            raise DataError(f"from_texts: {len(metadatas)} metadatas for {len(texts)} texts")
-        ids = [str(i) for i in range(len(texts))] if ids is None else [str(i) for i in ids]
-        docs = [Document(page_content=t, id=i, metadata=dict(m or {}))
-                for t, i, m in zip(texts, ids, metadatas or [{}] * len(texts))]
+        if given is not None and ids is not None:
+            raise DataError("from_texts: ids given twice: by ids= and by the keys (or index) of texts")
+        metas, listed = _checked_texts("from_texts", texts, metadatas, ids, "from_documents")
+        if listed is None:
+            listed = given if given is not None else [str(i) for i in range(len(texts))]
+        docs = [Document(page_content=t, id=i, metadata=m) for t, i, m in zip(texts, listed, metas)]
         return cls.from_documents(docs, pipeline=pipeline, **kwargs)
 
     @classmethod
@@ -974,14 +977,17 @@ class RagkitRetriever(BaseRetriever):
                        pipeline: Operator | str | os.PathLike[str] | None = None,
                        **kwargs: Any) -> "RagkitRetriever":
         """Fit ``pipeline`` (default: BM25) on LangChain documents and wrap it.  Everything after
-        ``documents`` is keyword-only (as in LangChain's ``BM25Retriever.from_documents``)."""
+        ``documents`` is keyword-only (as in LangChain's ``BM25Retriever.from_documents``).  One Document, one
+        string, ``None`` or an item that is no Document is an :class:`~ragkit.errors.InputTypeError` saying so,
+        before anything is fitted."""
         if args:
             raise _positional("from_documents", "documents", args, "pipeline=..., k=...")
+        docs = _document_list("from_documents", documents, InputTypeError, "from_texts")
         if pipeline is None:
             from ragkit.retrievers import BM25
 
             pipeline = BM25()
-        return cls(pipeline=pipeline, corpus=Corpus.from_documents(list(documents)), **kwargs)
+        return cls(pipeline=pipeline, corpus=Corpus.from_documents(docs), **kwargs)
 
     # ------------------------------------------------------------------ persistence
     def __getstate__(self) -> dict[Any, Any]:
@@ -1138,23 +1144,8 @@ class RagkitRetriever(BaseRetriever):
         notes)."""
         import uuid
 
-        if isinstance(documents, Document):  # (a pydantic model iterates as its (field, value) pairs)
-            raise DataError(f"add_documents: got one Document ({documents.page_content!r:.60}); expected a list of "
-                            "Documents: wrap it in a list")
-        if isinstance(documents, (str, bytes)):  # (its characters would be the documents)
-            raise DataError(f"add_documents: got one string ({documents!r:.60}); expected a list of LangChain "
-                            "Documents (add_texts takes strings)")
-        try:
-            docs = list(documents)
-        except TypeError:
-            raise DataError(f"add_documents: got {type(documents).__name__} ({documents!r:.60}); expected a list of "
-                            "LangChain Documents") from None
-        bad = next((i for i, d in enumerate(docs) if not isinstance(d, Document)), None)
-        if bad is not None:
-            raise DataError(f"add_documents: item {bad} is a {type(docs[bad]).__name__}, expected a LangChain "
-                            "Document")
-        if ids is not None and (isinstance(ids, str) or len(ids) != len(docs)):
-            raise DataError(f"add_documents: ids must list one id per document ({len(docs)}), got {ids!r:.80}")
+        docs = _document_list("add_documents", documents, DataError, "add_texts")
+        ids = _one_each("add_documents", "ids", "one id", ids, len(docs), "document")
         if not docs:
             return []
         given = [str(i) for i in ids] if ids is not None else [
@@ -1179,8 +1170,8 @@ class RagkitRetriever(BaseRetriever):
             self._edit(pipe, "add", new, lambda leaf: leaf.remove(new.ids.tolist()))
         return new.ids.tolist()
 
-    def add_texts(self, texts: Iterable[str], metadatas: Sequence[Mapping[str, Any]] | None = None, *,
-                  ids: Sequence[str] | None = None) -> list[str]:
+    def add_texts(self, texts: Iterable[str], metadatas: Iterable[Mapping[str, Any] | None] | None = None, *,
+                  ids: Iterable[str] | None = None) -> list[str]:
         """:meth:`add_documents` of plain texts, as a LangChain vector store's ``add_texts``: one ``Document``
         per text, with ``metadatas[i]`` (default none) and the id ``ids[i]`` (default a new UUID).  Returns the
         ids, in order.  One string is a :class:`DataError` (its characters would be the documents), and so are
@@ -1191,22 +1182,9 @@ class RagkitRetriever(BaseRetriever):
             raise DataError(f"add_texts: got one Document ({texts.page_content!r:.60}); expected a list of "
                             "strings (add_documents takes Documents)")
         texts = list(texts)
-        bad = next((i for i, t in enumerate(texts) if not isinstance(t, str)), None)
-        if bad is not None:
-            raise DataError(f"add_texts: text {bad} is {type(texts[bad]).__name__} {texts[bad]!r:.60}, expected a "
-                            "string")
-        if metadatas is not None and (isinstance(metadatas, Mapping) or len(metadatas) != len(texts)):
-            raise DataError(f"add_texts: metadatas must list one dict per text ({len(texts)}), got "
-                            f"{metadatas!r:.80}")
-        if ids is not None and (isinstance(ids, str) or len(ids) != len(texts)):
-            raise DataError(f"add_texts: ids must list one id per text ({len(texts)}), got {ids!r:.80}")
-        metas = list(metadatas) if metadatas is not None else [{}] * len(texts)
-        bad = next((i for i, m in enumerate(metas) if m is not None and not isinstance(m, Mapping)), None)
-        if bad is not None:
-            raise DataError(f"add_texts: metadatas[{bad}] is {type(metas[bad]).__name__} {metas[bad]!r:.60}, "
-                            "expected a dict")
-        docs = [Document(page_content=t, metadata=dict(m or {})) for t, m in zip(texts, metas)]
-        return self.add_documents(docs, ids=ids)
+        metas, listed = _checked_texts("add_texts", texts, metadatas, ids, "add_documents")
+        docs = [Document(page_content=t, metadata=m) for t, m in zip(texts, metas)]
+        return self.add_documents(docs, ids=listed)
 
     def get_by_ids(self, ids: Sequence[str], /) -> list[Document]:
         """The indexed documents of ``ids``, as a LangChain vector store's ``get_by_ids``: in the order of
@@ -1233,8 +1211,8 @@ class RagkitRetriever(BaseRetriever):
             docs.append(Document(page_content=texts[i], id=doc_ids[i], metadata=meta))
         return docs
 
-    async def aadd_texts(self, texts: Iterable[str], metadatas: Sequence[Mapping[str, Any]] | None = None, *,
-                         ids: Sequence[str] | None = None) -> list[str]:
+    async def aadd_texts(self, texts: Iterable[str], metadatas: Iterable[Mapping[str, Any] | None] | None = None,
+                         *, ids: Iterable[str] | None = None) -> list[str]:
         """:meth:`add_texts` for the event loop (LangChain ``VectorStore.aadd_texts``), in a worker thread."""
         return await run_in_executor(None, self.add_texts, texts, metadatas, ids=ids)
 
@@ -1583,6 +1561,66 @@ def _positional(method: str, first: str, args: tuple[Any, ...], keywords: str) -
     return ParamError(f"RagkitRetriever.{method}: takes only {first} by position, got {len(args)} more ({shown}); "
                       f"pass the rest by keyword: {method}({first}, {keywords}) (LangChain's BM25Retriever."
                       f"{method} takes metadatas second; ragkit's first keyword used to be pipeline)")
+
+
+def _document_list(where: str, documents: Any, error: type[DataError] | type[InputTypeError],
+                   texts_method: str) -> list[Document]:
+    """``documents`` as a list of LangChain Documents, or ``error`` saying what ``where`` was given instead: one
+    Document (a pydantic model iterates as its ``(field, value)`` pairs), one string (its characters would be the
+    documents; ``texts_method`` takes strings), ``None`` or anything else that is no collection, or an item that is
+    no Document."""
+    if isinstance(documents, Document):
+        raise error(f"{where}: got one Document ({documents.page_content!r:.60}); expected a list of Documents: wrap "
+                    "it in a list")
+    if isinstance(documents, (str, bytes)):
+        raise error(f"{where}: got one string ({documents!r:.60}); expected a list of LangChain Documents "
+                    f"({texts_method} takes strings)")
+    if isinstance(documents, Mapping) or not isinstance(documents, Iterable):
+        raise error(f"{where}: got {type(documents).__name__} ({documents!r:.60}); expected a list of LangChain "
+                    "Documents")
+    docs = list(documents)
+    bad = next((i for i, d in enumerate(docs) if not isinstance(d, Document)), None)
+    if bad is not None:
+        hint = f" ({texts_method} takes strings)" if isinstance(docs[bad], str) else ""
+        raise error(f"{where}: item {bad} is a {type(docs[bad]).__name__} ({docs[bad]!r:.60}), expected a LangChain "
+                    f"Document{hint}")
+    return docs
+
+
+def _one_each(where: str, name: str, what: str, value: Any, n: int, per: str = "text") -> list[Any] | None:
+    """``value`` (``metadatas`` or ``ids`` of ``n`` texts, or of ``n`` documents: ``per``) as a list of ``n``, or
+    ``None`` when not given; one string, mapping or Document (its characters, keys or fields would be the values),
+    anything that is no collection, or another length than ``n`` is a :class:`DataError` saying what ``where``
+    expected: ``ids must list one id per text (2), got ['x']``."""
+    if value is None:
+        return None
+    listed = (list(value) if isinstance(value, Iterable) and not isinstance(value, (str, bytes, Mapping, BaseModel))
+              else None)
+    if listed is None or len(listed) != n:
+        raise DataError(f"{where}: {name} must list {what} per {per} ({n}), got {value!r:.80}")
+    return listed
+
+
+def _checked_texts(where: str, texts: list[Any], metadatas: Any, ids: Any,
+                   docs_method: str) -> tuple[list[dict[str, Any]], list[str] | None]:
+    """The checks of ``add_texts`` and ``from_texts`` (``where``), before any Document is made: every text a
+    string, ``metadatas`` one dict (or ``None``) per text, ``ids`` one id per text; a :class:`DataError` naming
+    the first that is not.  Returns each text's metadata (a new dict) and the ids as strings (``None``: not
+    given).  A Document among the texts is said to be ``docs_method``'s."""
+    bad = next((i for i, t in enumerate(texts) if not isinstance(t, str)), None)
+    if bad is not None:
+        hint = f" ({docs_method} takes Documents)" if isinstance(texts[bad], Document) else ""
+        raise DataError(f"{where}: text {bad} is {type(texts[bad]).__name__} {texts[bad]!r:.60}, expected a "
+                        f"string{hint}")
+    metas = _one_each(where, "metadatas", "one dict", metadatas, len(texts))
+    listed = _one_each(where, "ids", "one id", ids, len(texts))
+    if metas is None:
+        return [{} for _ in texts], None if listed is None else [str(i) for i in listed]
+    bad = next((i for i, m in enumerate(metas) if m is not None and not isinstance(m, Mapping)), None)
+    if bad is not None:
+        raise DataError(f"{where}: metadatas[{bad}] is {type(metas[bad]).__name__} {metas[bad]!r:.60}, "
+                        "expected a dict")
+    return [dict(m or {}) for m in metas], None if listed is None else [str(i) for i in listed]
 
 
 class _Producers:
