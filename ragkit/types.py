@@ -1326,9 +1326,36 @@ class Corpus:
                 self._write_jsonl(f)
 
     def _write_jsonl(self, f: Any) -> None:
-        """One JSON line per document to the open text file ``f`` (:meth:`save`)."""
+        """One JSON line per document to the open text file ``f`` (:meth:`save`), the bytes ``json.dumps(record,
+        ensure_ascii=False, allow_nan=False)`` of each record ``{"_id", "title", "text"[, "metadata"]}`` would give.
+        Written in blocks of :data:`_JSONL_BLOCK` documents: each column of a block is encoded by one call of the
+        encoder, its values separated by a line feed (which no encoded scalar holds: JSON escapes it in strings),
+        then split and put into the lines with ``map`` (no Python loop over the documents); a metadata column of
+        lists or dicts is encoded value by value, and a block whose metadata needs converting value by value and
+        fails is written as before, record by record, so that the error names the first document that fails."""
         keys = list(self.metadata)
-        for i, (d, t, x) in enumerate(zip(self.ids.tolist(), self.titles.tolist(), self.texts.tolist())):
+        if not all(type(k) is str for k in keys):  # (json turns a non-string key into a string: the old way says it)
+            return self._write_jsonl_records(f, 0, len(self.ids))
+        # the line's template for str.format: its braces doubled, a {} where each encoded value goes
+        named = ", ".join(json.dumps(k, ensure_ascii=False).replace("{", "{{").replace("}", "}}") + ": {}"
+                          for k in keys)
+        line = '{{"_id": {}, "title": {}, "text": {}' + (', "metadata": {{' + named + "}}" if keys else "") + "}}\n"
+        for a in range(0, len(self.ids), _JSONL_BLOCK):
+            b = min(a + _JSONL_BLOCK, len(self.ids))
+            cols = [_json_values(c[a:b].tolist()) for c in (self.ids, self.titles, self.texts)]
+            try:
+                cols += [_json_values(_jsonable_column(self.metadata[k][a:b], k)) for k in keys]
+            except DataError:  # the first document that fails, as the record-by-record save names it
+                self._write_jsonl_records(f, a, b)
+                raise
+            f.write("".join(map(line.format, *cols)))
+
+    def _write_jsonl_records(self, f: Any, a: int, b: int) -> None:
+        """Documents ``a`` to ``b`` to ``f`` one ``json.dumps`` each (:meth:`_write_jsonl`'s way before it wrote in
+        blocks): for metadata keys that are no strings, and to name the document whose metadata fails."""
+        keys = list(self.metadata)
+        for i, (d, t, x) in enumerate(zip(self.ids[a:b].tolist(), self.titles[a:b].tolist(),
+                                          self.texts[a:b].tolist()), a):
             rec: dict[str, Any] = {"_id": d, "title": t, "text": x}
             if keys:
                 try:
@@ -1337,6 +1364,46 @@ class Corpus:
                     raise DataError(str(e).replace("Corpus.save: ", f"Corpus.save: document {d!r}: ", 1)
                                     + "; or remove the document") from None
             f.write(json.dumps(rec, ensure_ascii=False, allow_nan=False) + "\n")
+
+
+#: documents per block of :meth:`Corpus._write_jsonl` (and lines per block of the BEIR JSON Lines reader)
+_JSONL_BLOCK = 10000
+#: encodes a list of scalars with a line feed between them (:func:`_json_values`)
+_LINES_ENCODER = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=("\n", ": "))
+#: ``json.dumps(v, ensure_ascii=False, allow_nan=False)``, without building an encoder per call
+_ONE_ENCODER = json.JSONEncoder(ensure_ascii=False, allow_nan=False)
+_SCALARS = frozenset({str, int, bool, float, type(None)})
+
+
+def _json_values(values: list[Any]) -> list[str]:
+    """Each of ``values`` (JSON-able: :func:`_jsonable`'s) as ``json.dumps(v, ensure_ascii=False, allow_nan=False)``
+    writes it.  Scalars (strings, numbers, bools, None) are encoded in one call, with a line feed between them,
+    which JSON never writes inside one (a string's line feed is escaped), and split there; a list holding lists
+    or dicts is encoded value by value (their own items would be separated by line feeds too)."""
+    if not values:
+        return []
+    if set(map(type, values)) <= _SCALARS:
+        return _LINES_ENCODER.encode(values)[1:-1].split("\n")
+    return list(map(_ONE_ENCODER.encode, values))
+
+
+def _jsonable_column(col: np.ndarray, field: str) -> list[Any]:
+    """``[_jsonable(v, field) for v in col]`` (a metadata column, or a block of it), batched where the column's
+    dtype or values' types allow: integers and bools as they are; float64 with NaN as None (an infinite value: the
+    value-by-value path, which refuses it); an object column of strings, ints, bools and None as it is.  Other
+    columns (float32, dates, floats or lists in an object column) value by value."""
+    kind = col.dtype.kind
+    if kind in "biu":
+        return col.tolist()
+    if kind == "f" and col.dtype == np.float64 and not np.isinf(col).any():
+        out = col.tolist()
+        for i in np.flatnonzero(np.isnan(col)).tolist():  # (only the missing values)
+            out[i] = None
+        return out
+    values = col.tolist() if kind == "O" else None
+    if values is not None and set(map(type, values)) <= {str, int, bool, type(None)}:
+        return values
+    return [_jsonable(v, field) for v in col]
 
 
 def unknown_filter_field(key: str, metadata: Mapping[str, Any]) -> str:

@@ -24,7 +24,9 @@ once when it is not found locally.
 
 from __future__ import annotations
 
+import codecs
 import hashlib
+import itertools
 import json
 import logging
 import lzma
@@ -37,7 +39,7 @@ import zipfile
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -52,7 +54,7 @@ from ragkit._files import (
 )
 from ragkit.errors import DataError, InputTypeError, ParamError, some_ids
 from ragkit.eval.metrics import respelled
-from ragkit.types import ID_BREAK, ID_BREAK_NAMES, Corpus, Qrels, Queries, TrainSet
+from ragkit.types import _JSONL_BLOCK, ID_BREAK, ID_BREAK_NAMES, Corpus, Qrels, Queries, TrainSet
 
 _log = logging.getLogger(__name__)
 
@@ -106,6 +108,17 @@ def _cr_endings(path: Path, n: int, text: str) -> DataError:
                      f"e.g. tr '\\r' '\\n' < old{ext} > new{ext}")
 
 
+def _refuse_nul(path: str | os.PathLike[str], n: int, named: Sequence[tuple[str, str]]) -> None:
+    """Refuse, naming ``path:n``, the first id of ``named`` (``(what, id)`` pairs: ``("query id", "q1")``) holding
+    a NUL character: trec_eval, which scores runs, reads ids as C strings that end at a NUL, so two ids differing
+    after it would name one query or document.  Called only on a line holding a NUL."""
+    for what, value in named:
+        if "\x00" in value:
+            raise DataError(f"{path}:{n}: {what} {value!r:.60} holds a NUL character ('\\x00') at character "
+                            f"{value.index(chr(0)) + 1}; expected an id without one (trec_eval, which scores runs, "
+                            "reads ids as C strings that end at a NUL, so two ids differing after it would be one)")
+
+
 def _gz_hint(path: Path) -> str:
     """``"; found corpus.jsonl.gz beside it: gunzip it ..."`` where the missing file ``path`` is there gzip-compressed
     (BEIR's files are read as plain text), else ``""``."""
@@ -141,35 +154,141 @@ def _check_id(did: str, path: Path, n: int) -> None:
                         "naming it; expected an id without tabs or line breaks")
 
 
-def _read_jsonl(path: Path):
+def _read_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """``(line number, record)`` of each record of the JSON Lines file ``path`` (:func:`_jsonl_blocks`)."""
+    for lines, recs in _jsonl_blocks(path):
+        yield from zip(lines, recs)
+
+
+def _jsonl_blocks(path: Path) -> Iterator[tuple[Sequence[int], list[dict[str, Any]]]]:
+    """The records of the JSON Lines file ``path`` (objects with an ``_id``, a string or an integer; blank lines
+    skipped) with their line numbers, in blocks: :data:`~ragkit.types._JSONL_BLOCK` lines decoded and parsed at
+    once (:func:`_parse_block`).  A block that fails there (a bad line, a blank one, a BOM past line 1, a surrogate
+    escape, ...) is read line by line as before (:func:`_jsonl_line`), one record per block, so that every error is
+    the one that line gave, naming the file and the line, and raised before any later line is read."""
     if not path.is_file():
         raise _not_found(path)
     _refuse_gzip(path)
-    first = True
-    for n, raw, line in utf8_lines(path, "BEIR files are UTF-8 JSON lines"):
-        if not line.strip():
-            continue
-        if first and line.lstrip().startswith("["):  # '[{...},' per line, pretty-printed, or all on one line
-            raise DataError(f"{path}:{n}: this is a JSON array; expected JSON Lines: one object per line "
-                            "({\"_id\": ..., ...} on each line, no enclosing [ ]); convert it, e.g. "
-                            f"jq -c '.[]' {path.name} > new{path.suffix or '.jsonl'}")
-        first = False
-        try:
-            rec = json.loads(text := line.rstrip("\r\n"))  # an unclosed last object: its column, not "line 2 column 1"
-        except json.JSONDecodeError as e:
-            if "\r" in text:  # CR-only line endings: the whole file is one line ("Extra data at column 151")
-                raise _cr_endings(path, n, text) from None
-            raise DataError(f"{path}:{n}: malformed JSON line ({_json_problem(e)})") from None
-        if not isinstance(rec, dict) or "_id" not in rec:
-            raise DataError(f"{path}:{n}: expected an object with an '_id' field, got {line.strip()[:80]!r}")
-        if not isinstance(rec["_id"], (str, int)) or isinstance(rec["_id"], bool):  # None / {} became 'None'
-            raise DataError(f"{path}:{n}: '_id' must be a string (or an integer), got {type(rec['_id']).__name__} "
-                            f"{rec['_id']!r:.40}")
-        if isinstance(rec["_id"], str):
-            _check_id(rec["_id"], path, n)
-        if _SURROGATE.search(raw):  # a \ud800-\udfff escape: JSON allows it, no UTF-8 text (or tokenizer) does
-            _check_no_lone_surrogate(rec, path, n)
-        yield n, rec
+    first = True  # no record read yet (a file whose first line opens a JSON array is refused)
+    done = 0  # lines read before this block
+    with open(path, "rb") as f:
+        while raws := list(itertools.islice(f, _JSONL_BLOCK)):
+            recs = _parse_block(raws, done == 0)
+            if recs is not None:
+                first = False
+                yield range(done + 1, done + len(raws) + 1), recs
+            else:
+                for n, raw in enumerate(raws, done + 1):
+                    rec = _jsonl_line(path, n, raw, first)
+                    if rec is not None:
+                        first = False
+                        yield (n,), [rec]
+            done += len(raws)
+
+
+#: +1 for a byte that opens a JSON array or object, -1 for one that closes it, 0 for any other byte
+_OPEN = np.zeros(256, np.int8)
+_OPEN[[ord("{"), ord("[")]] = 1
+_OPEN[[ord("}"), ord("]")]] = -1
+#: the bytes :func:`_lines_close` looks at: brackets, braces, quotes, backslashes and line feeds
+_MARKUP = _OPEN != 0
+_MARKUP[[ord('"'), ord("\\"), ord("\n")]] = True
+
+
+def _lines_close(data: bytes) -> bool:
+    """Whether every bracket and brace of ``data`` (JSON text the parser accepted, lines of it) that is outside
+    a string closes on its own line: no value runs on past a line feed.  In numpy over the bytes (a UTF-8
+    continuation byte is never an ASCII one): a quote is a string's start or end unless an odd run of
+    backslashes comes before it; what lies between an opening and a closing quote is left out."""
+    pos = np.flatnonzero(_MARKUP[np.frombuffer(data, np.uint8)]).astype(np.int32)  # (a few % of the bytes)
+    b = np.frombuffer(data, np.uint8)[pos]
+    at = np.arange(len(b), dtype=np.int32)
+    quotes = np.flatnonzero(b == 34)
+    if len(quotes):  # the backslashes right before each quote (in the bytes: adjacent there too)
+        last_plain = np.maximum.accumulate(np.where(b == 92, -1, at))
+        gap = pos - at  # (equal along a stretch of adjacent bytes)
+        start = np.maximum.accumulate(np.where(np.r_[True, gap[1:] != gap[:-1]], at, 0))
+        plain_before = np.maximum(last_plain[np.maximum(quotes - 1, 0)], start[quotes] - 1)
+        before = np.where(quotes > 0, quotes - 1 - plain_before, 0)
+        flip = np.zeros(len(b) + 1, np.int8)
+        flip[quotes[before % 2 == 0] + 1] = 1
+        inside = (np.cumsum(flip[:-1], dtype=np.int32) & 1).astype(bool)
+    else:
+        inside = np.zeros(len(b), bool)
+    step = np.where(inside, 0, _OPEN[b])
+    return not np.cumsum(step, dtype=np.int32)[b == 10].any()
+
+
+def _parse_block(raws: list[bytes], at_start: bool) -> list[dict[str, Any]] | None:
+    """The records of the lines ``raws`` (``at_start``: the file's first lines, whose byte-order mark is dropped),
+    parsed at once, or ``None`` where the block must be read line by line (:func:`_jsonl_line`): it is not UTF-8,
+    holds a surrogate escape, a blank line, a line that is not one JSON value, or a value that is not an object
+    whose ``_id`` is a non-empty string (or an integer) without a tab or line break.  One decode of the block, one
+    ``json.loads`` of its lines joined into an array, and numpy passes over its bytes checking that the brackets
+    outside strings close at the end of every line (:func:`_lines_close`): no value spans lines, so, the values
+    being as many as the lines, each line is one value, as it is when parsed alone."""
+    data = b"".join(raws)
+    if at_start and data.startswith(codecs.BOM_UTF8):  # (line 1 is read as utf-8-sig)
+        data = data[len(codecs.BOM_UTF8):]
+    if _SURROGATE.search(data):
+        return None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    lines = text.split("\n")
+    if text.endswith("\n"):
+        lines.pop()
+    try:
+        recs = json.loads("[" + ",".join(lines) + "]")
+    except (ValueError, RecursionError):
+        return None
+    if len(recs) != len(lines) or set(map(type, recs)) != {dict}:
+        return None
+    if not _lines_close(data):  # a value that runs on past the end of its line
+        return None
+    ids: list[Any] = list(map(dict.get, recs, itertools.repeat("_id")))
+    kinds = set(map(type, ids))
+    if not kinds <= {str, int}:
+        return None
+    named = ids if kinds == {str} else [x for x in ids if type(x) is str]
+    if "" in named or ID_BREAK.search("\x00".join(named)):
+        return None
+    return recs
+
+
+def _jsonl_line(path: Path, n: int, raw: bytes, first: bool) -> dict[str, Any] | None:
+    """The record of line ``n`` of ``path`` (its bytes ``raw``; ``first``: no record read before it), ``None`` for
+    a blank line; a line that is not UTF-8, not JSON, a JSON array's opening line (the first), no object with an
+    ``_id`` that is a string or an integer, a bad ``_id`` (:func:`_check_id`) or a lone surrogate is a
+    :class:`DataError` naming ``path:n``."""
+    try:
+        line = raw.decode("utf-8-sig" if n == 1 else "utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}:{n}: not UTF-8 (byte {raw[e.start]:#04x} at column {e.start + 1}); "
+                        "BEIR files are UTF-8 JSON lines") from None
+    if not line.strip():
+        return None
+    if first and line.lstrip().startswith("["):  # '[{...},' per line, pretty-printed, or all on one line
+        raise DataError(f"{path}:{n}: this is a JSON array; expected JSON Lines: one object per line "
+                        "({\"_id\": ..., ...} on each line, no enclosing [ ]); convert it, e.g. "
+                        f"jq -c '.[]' {path.name} > new{path.suffix or '.jsonl'}")
+    try:
+        rec = json.loads(text := line.rstrip("\r\n"))  # an unclosed last object: its column, not "line 2 column 1"
+    except json.JSONDecodeError as e:
+        if "\r" in text:  # CR-only line endings: the whole file is one line ("Extra data at column 151")
+            raise _cr_endings(path, n, text) from None
+        raise DataError(f"{path}:{n}: malformed JSON line ({_json_problem(e)})") from None
+    if not isinstance(rec, dict) or "_id" not in rec:
+        raise DataError(f"{path}:{n}: expected an object with an '_id' field, got {line.strip()[:80]!r}")
+    if not isinstance(rec["_id"], (str, int)) or isinstance(rec["_id"], bool):  # None / {} became 'None'
+        raise DataError(f"{path}:{n}: '_id' must be a string (or an integer), got {type(rec['_id']).__name__} "
+                        f"{rec['_id']!r:.40}")
+    if isinstance(rec["_id"], str):
+        _check_id(rec["_id"], path, n)
+    if _SURROGATE.search(raw):  # a \ud800-\udfff escape: JSON allows it, no UTF-8 text (or tokenizer) does
+        _check_no_lone_surrogate(rec, path, n)
+    return rec
 
 
 def read_corpus(path: str | os.PathLike[str], *, allow_empty: bool = False) -> Corpus:
@@ -183,22 +302,25 @@ def read_corpus(path: str | os.PathLike[str], *, allow_empty: bool = False) -> C
     texts: list[str] = []
     metas: list[dict[str, Any]] = []
     seen: dict[str, int] = {}
-    for n, rec in _read_jsonl(path):
-        did = str(rec["_id"])
-        if did in seen:
-            raise DataError(f"{path}:{n}: duplicate document id {did!r} (first on line {seen[did]})")
-        seen[did] = n
-        if "text" not in rec and "title" not in rec:  # another layout (Pyserini's 'contents'): not an empty document
-            raise DataError(f"{path}:{n}: document {did!r} has neither a 'text' nor a 'title' field (keys: "
-                            f"{sorted(rec)}); a BEIR corpus line is {{\"_id\", \"title\", \"text\"}}")
-        ids.append(did)
-        titles.append(_text(rec.get("title"), path, n, "title"))
-        texts.append(_text(rec.get("text"), path, n, "text"))
-        meta = rec.get("metadata")
-        if meta is not None and not isinstance(meta, dict):  # dropped without a word before
-            raise DataError(f"{path}:{n}: document {did!r} has 'metadata' {str(meta)[:60]!r} ({type(meta).__name__}); "
-                            "expected an object of field -> value")
-        metas.append(meta or {})
+    for lines, recs in _jsonl_blocks(path):
+        if _corpus_block(lines, recs, seen, (ids, titles, texts, metas)):
+            continue
+        for n, rec in zip(lines, recs):  # (a block with something to refuse, or to convert, record by record)
+            did = str(rec["_id"])
+            if did in seen:
+                raise DataError(f"{path}:{n}: duplicate document id {did!r} (first on line {seen[did]})")
+            seen[did] = n
+            if "text" not in rec and "title" not in rec:  # another layout (Pyserini's 'contents'): not empty
+                raise DataError(f"{path}:{n}: document {did!r} has neither a 'text' nor a 'title' field (keys: "
+                                f"{sorted(rec)}); a BEIR corpus line is {{\"_id\", \"title\", \"text\"}}")
+            ids.append(did)
+            titles.append(_text(rec.get("title"), path, n, "title"))
+            texts.append(_text(rec.get("text"), path, n, "text"))
+            meta = rec.get("metadata")
+            if meta is not None and not isinstance(meta, dict):  # dropped without a word before
+                raise DataError(f"{path}:{n}: document {did!r} has 'metadata' {str(meta)[:60]!r} "
+                                f"({type(meta).__name__}); expected an object of field -> value")
+            metas.append(meta or {})
     if not ids and not allow_empty:
         raise DataError(f"{path}: the corpus is empty")
     keys = sorted({k for m in metas if isinstance(m, dict) for k in m})
@@ -206,6 +328,63 @@ def read_corpus(path: str | os.PathLike[str], *, allow_empty: bool = False) -> C
             for k in keys}  # fromiter: equal-length list values stay one column, not a 2-D array
     return Corpus(ids=np.array(ids, dtype=object), texts=np.array(texts, dtype=object),
                   titles=np.array(titles, dtype=object), metadata=meta)
+
+
+def _corpus_block(lines: Sequence[int], recs: list[dict[str, Any]], seen: dict[str, int],
+                  into: tuple[list[str], list[str], list[str], list[dict[str, Any]]]) -> bool:
+    """Add the records ``recs`` (on ``lines``) of a corpus file to ``into`` (its ids, titles, texts and metadata
+    so far; ``seen``: the line of each id so far) all at once, and say so; ``False``, adding nothing, where some
+    record must be looked at alone (a repeated id, a title or text that is missing or no string, metadata that is
+    no object), for :func:`read_corpus` to name the first one as it always did.  No Python loop over the records:
+    each field is fetched with ``map`` (in C) and checked by the set of its types."""
+    get: Callable[[dict[str, Any], str], Any] = dict.get
+    dids: list[Any] = list(map(get, recs, itertools.repeat("_id")))
+    if set(map(type, dids)) != {str}:
+        dids = list(map(str, dids))
+    first = dict(zip(dids, lines))
+    if len(first) != len(dids) or not first.keys().isdisjoint(seen):
+        return False
+    cols: list[list[Any]] = [list(map(get, recs, itertools.repeat(key))) for key in ("title", "text")]
+    for col in cols:
+        kinds = set(map(type, col))
+        if not kinds <= {str, type(None)}:
+            return False
+        if type(None) in kinds:  # null, or absent: "" (absent both: the record-by-record path says so)
+            missing = np.equal(_objects(col), _NONE)
+            if not (missing & _holding_none(recs, ("title", "text"))).any():
+                col[:] = np.where(missing, "", _objects(col)).tolist()
+            else:
+                return False
+    meta: list[Any] = list(map(get, recs, itertools.repeat("metadata")))
+    kinds = set(map(type, meta))
+    if not kinds <= {dict, type(None)}:
+        return False
+    seen.update(first)
+    into[0].extend(dids)
+    into[1].extend(cols[0])
+    into[2].extend(cols[1])
+    into[3].extend(meta if kinds == {dict} else itertools.repeat({}, len(meta)) if kinds == {type(None)} else
+                   np.where(np.equal(_objects(meta), _NONE), _objects([{}] * len(meta)), _objects(meta)).tolist())
+    return True
+
+
+#: None as a 0-d object array, to compare an object array with elementwise
+_NONE = np.array(None, dtype=object)
+
+
+def _objects(values: list[Any]) -> np.ndarray:
+    """``values`` (dicts and None) as a 1-D object array."""
+    out = np.empty(len(values), dtype=object)
+    out[:] = values
+    return out
+
+
+def _holding_none(recs: list[dict[str, Any]], keys: tuple[str, ...]) -> np.ndarray:
+    """Which of ``recs`` hold none of ``keys`` (``(n,)`` bool), each membership tested with ``map`` (in C)."""
+    has = np.zeros(len(recs), bool)
+    for key in keys:
+        has |= np.fromiter(map(dict.__contains__, recs, itertools.repeat(key)), bool, len(recs))
+    return ~has
 
 
 def _text(v: object, path: Path, n: int, key: str) -> str:
@@ -403,6 +582,8 @@ def _read_qrels(path: str | os.PathLike[str]) -> tuple[Qrels, dict[str, int]]:
                             f"or 4 columns 'query-id 0 doc-id relevance' (trec_eval), got {row!r}")
         else:
             q, d, s = row[0], row[-2], row[-1]
+        if "\x00" in text:  # (trec_eval would read the id cut at the NUL)
+            _refuse_nul(path, n, (("query id", q), ("document id", d)))
         try:
             value = float(s)
             rel = int(value)
