@@ -58,13 +58,16 @@ def kl(full: torch.Tensor, other: torch.Tensor) -> float:
     return float((lp.exp() * (lp - lq)).sum())
 
 
-def agree_prefix(a: list[int], b: list[int], n: int) -> float:
+def agree_prefix(a: list[int], ref: list[int], n: int) -> float:
+    """The share of the reference answer's first ``n`` greedy tokens (``ref``: full prefill's) that ``a`` repeats
+    before it first differs; an ``a`` that stops early (end of sequence) counts its missing tokens as different,
+    so the measure does not reward a short answer (it divided by ``a``'s own length before 2026-12-06)."""
     m = 0
-    for x, y in zip(a, b):
+    for x, y in zip(a[:n], ref[:n]):
         if x != y:
             break
         m += 1
-    return m / max(min(n, max(len(a), 1)), 1)
+    return m / max(min(n, len(ref)), 1)
 
 
 def top5(data_dir: Path, n_queries: int) -> tuple[list[str], list[list[str]]]:
