@@ -120,3 +120,12 @@ def test_muvera_times_brute_force_with_its_paths_and_runs_the_chosen_count(tmp_p
     assert "muvera 3xidx1+m1 + rerank@50" in names and "muvera + bm25 (RRF k=60; muvera rerank@50)" in names
     assert any(n.startswith("muvera 3xidx1+m1 + rerank@100 (") and "not the chosen 50" in n for n in names)
     assert "returns its top 50" in capsys.readouterr().out
+
+
+def test_cachecraft_agreement_does_not_reward_an_answer_that_stops_early() -> None:
+    """The greedy agreement is the share of the reference (full prefill's) answer repeated before the first
+    difference: an answer stopping after 2 of the reference's 6 tokens scored 1.0 (divided by its own length)."""
+    agree = bench_module("cachecraft").agree_prefix
+    assert agree([1, 2], [1, 2, 3, 4, 5, 6], 32) == pytest.approx(2 / 6)
+    assert agree([1, 2, 3, 4, 5, 6], [1, 2, 3, 4, 5, 6], 4) == 1.0
+    assert agree([1, 9, 3], [1, 2, 3], 32) == pytest.approx(1 / 3)
