@@ -57,7 +57,9 @@ def check_trainable(root: Operator, train: TrainSet | None, corpus: Corpus | Non
 
     With ``corpus``: a retriever's own ``filter`` naming a field the corpus lacks (a :class:`ParamError`), or
     none of whose values for a field has the type of the field's values (a :class:`DataError`, as
-    :meth:`Corpus.mask` raises it at search: ``year: "2015"`` for a field of integers, ``title: 2020``).
+    :meth:`Corpus.mask` raises it at search: ``year: "2015"`` for a field of integers, ``title: 2020``); and what
+    a step's own ``check_corpus(corpus)`` refuses (dense: a ``reduce: pca:<dims>`` on no more than ``dims``
+    documents), placed at the step's path.
 
     Always: a ``dbnorm`` or ``cosine_adapter`` whose ``model`` is not that of the dense retriever right
     before it (:func:`encoder_mismatch`).
@@ -110,6 +112,14 @@ def check_trainable(root: Operator, train: TrainSet | None, corpus: Corpus | Non
                 corpus.mask(own)  # (the column's codes it builds are those every search's filter reads)
             except DataError as e:  # filter.year: the field holds int values; ... -> <path>.filter.year: ...
                 raise placed_at(e, f"{path}.filter", "filter") from None
+        for path, leaf in walk_leaves(root):  # a step's own refusal of its parameters on this corpus (dense's
+            # reduce: pca:300 on 40 documents), made before the steps before it encode anything
+            check = getattr(leaf, "check_corpus", None)
+            if callable(check):
+                try:
+                    check(corpus)
+                except RagkitError as e:  # dense.reduce: ... -> pipeline[0].parallel[1].dense.reduce: ...
+                    raise placed_at(e, path, leaf.name) from None
     if train is not None and not train.labelled:  # TrainSet(queries): a query bank, no judgements to learn from
         learner = next(((path, leaf) for path, leaf in walk_leaves(root) if leaf.learns), None)
         if learner is not None:

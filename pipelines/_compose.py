@@ -903,8 +903,9 @@ class Pipeline(Composite):
         """Build from a YAML file (a ``Path``, or a string naming an existing file, any suffix) or
         YAML text; the whole file is validated first.  A saved pipeline folder is refused with a
         pointer to :meth:`load`; a path-like string naming nothing is "no such file"."""
-        from ragkit.pipelines.yaml import load_yaml
+        from ragkit.pipelines.yaml import check_yaml_source, load_yaml
 
+        check_yaml_source(source, "Pipeline.from_yaml: source")  # (5, None: said, not pathlib's TypeError)
         return load_yaml(source)
 
     def save(self, path: str | os.PathLike[str]) -> None:

@@ -44,7 +44,7 @@ import pydantic
 import yaml
 
 from ragkit import registry
-from ragkit.errors import ConfigError, ParamError
+from ragkit.errors import ConfigError, InputTypeError, ParamError
 from ragkit.operator import Operator
 from ragkit.params import LONG_INT_DIGITS, QUOTE_AS_WRITTEN, validate_params
 from ragkit.pipelines._checks import fuse_weights_problem, route_label_problem_at, unranked_router
@@ -384,6 +384,18 @@ def _indent_problem(e: yaml.YAMLError, text: str) -> str | None:
             f"{choices}{item}")
 
 
+def check_yaml_source(source: object, where: str, *, mapping: bool = True) -> None:
+    """Refuse a ``source`` that is no YAML file path (a ``str`` or ``os.PathLike``), no YAML text and (with
+    ``mapping``) no parsed mapping: an :class:`~ragkit.errors.InputTypeError` (a ``TypeError``) naming
+    ``where`` (``"Pipeline.from_yaml: source"``) and the value, instead of pathlib's "expected str, bytes or
+    os.PathLike object, not int"."""
+    if isinstance(source, (str, os.PathLike)) or (mapping and isinstance(source, Mapping)):
+        return
+    what = ("a YAML file path (a str or pathlib.Path), YAML text or a parsed mapping" if mapping else
+            "a YAML file path (a str or pathlib.Path)")
+    raise InputTypeError(f"{where}: expected {what}, got {type(source).__name__} {source!r:.80}")
+
+
 def parse_yaml_text(source: str | os.PathLike[str]) -> tuple[Any, str]:
     """Read YAML from a path or text with ``safe_load``; errors name the file and line.
 
@@ -392,6 +404,7 @@ def parse_yaml_text(source: str | os.PathLike[str]) -> tuple[Any, str]:
     ``\\``, or a ``.yaml`` / ``.yml`` ending) and names nothing, is refused with that said.  Any
     other string is YAML text.  Returns ``(document, where)``: the file name or ``"<text>"``.
     """
+    check_yaml_source(source, "parse_yaml_text: source", mapping=False)
     doc, where, _ = _parse(source)
     return doc, where
 
@@ -450,6 +463,7 @@ def load_yaml(source: str | os.PathLike[str] | Mapping[str, Any], make_leaf: Lea
     of the file (top-level keys, every step, every part of a parallel / route / loop) is
     reported in one :class:`~ragkit.errors.ConfigError`, one line each, after the file's name.
     """
+    check_yaml_source(source, "load_yaml: source")
     node: yaml.Node | None = None
     if isinstance(source, Mapping):
         doc, where = source, "<mapping>"
@@ -1370,6 +1384,7 @@ def validate_file(path: str | os.PathLike[str]) -> Pipeline:
     :class:`~ragkit.errors.ConfigError` whose message starts with the path inside the
     file (or ``<file>: line N`` for text that is not YAML).
     """
+    check_yaml_source(path, "validate_file: path", mapping=False)
     p = Path(path)
     kind = _what_is(p)
     if kind == "folder":

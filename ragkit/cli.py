@@ -33,7 +33,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Optional
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional
 
 import typer
 from rich.console import Console
@@ -731,6 +731,54 @@ def _n_queries(n: int) -> str:
     return count(n)
 
 
+def _range_text(kind: type, lo: float | None, hi: float | None) -> str:
+    """``an integer >= 1``, ``an integer from 0 to 4,294,967,295``, ``a number from 0 to 1``: what a ranged option
+    takes (:func:`_ranged_option`)."""
+    noun = "an integer" if kind is int else "a number"
+    if lo is not None and hi is not None:
+        return f"{noun} from {lo:,} to {hi:,}" if kind is int else f"{noun} from {lo:g} to {hi:g}"
+    if lo is not None:
+        return f"{noun} >= {lo:,}" if kind is int else f"{noun} >= {lo:g}"
+    return f"{noun} <= {hi:,}" if kind is int else f"{noun} <= {hi:g}"
+
+
+def _range_parser(name: str, kind: type, lo: float | None, hi: float | None) -> Callable[[Any], Any]:
+    """The parser of a ranged option ``name`` (:func:`_ranged_option`): its text (or a default, as given) as ``kind``
+    within ``lo`` .. ``hi``, else a ``typer.BadParameter`` naming the option, the range and the value given
+    (``Invalid value for '--limit': expected an integer >= 1, got '-3'``; exit status 2), where typer's own
+    ``min=`` / ``max=`` said only "Input should be greater than or equal to 1"."""
+    expected = _range_text(kind, lo, hi)
+
+    def parse(value: Any) -> Any:
+        if value is None:  # (an optional option's default)
+            return None
+        x: Any = None
+        if isinstance(value, kind) and not isinstance(value, bool):
+            x = value
+        else:
+            try:
+                x = kind(str(value).strip())
+            except ValueError:  # 'abc', '1.5' for an integer, an integer of more digits than Python parses
+                x = None
+        if x is None or not ((lo is None or x >= lo) and (hi is None or x <= hi)):  # (NaN: within no range)
+            given = value if not isinstance(value, str) or len(value) <= 60 else value[:57] + "..."
+            raise typer.BadParameter(f"expected {expected}, got {given!r}", param_hint=f"'{name}'")
+        return x
+
+    parse.__name__ = "integer" if kind is int else "float"  # (the metavar of a typer that names it after the parser)
+    return parse
+
+
+def _ranged_option(default: Any, name: str, *, kind: type = int, lo: float | None = None, hi: float | None = None,
+                   help: str = "", **kw: Any) -> Any:
+    """``typer.Option(default, name, ...)`` taking ``kind`` (int or float) within ``lo`` .. ``hi``, the range said
+    in its help and, with the value given, in its error (:func:`_range_parser`), in place of typer's ``min=`` /
+    ``max=``."""
+    return typer.Option(default, name, parser=_range_parser(name, kind, lo, hi),
+                        help=f"{help}  [{_range_text(kind, lo, hi)}]" if help else f"[{_range_text(kind, lo, hi)}]",
+                        **kw)
+
+
 def _is_yaml_text(spec: str) -> bool:
     """Whether a ``--pipeline`` / ``validate`` argument is YAML text rather than a path or a name."""
     return "\n" in spec or spec.strip().startswith("pipeline:")
@@ -1158,12 +1206,12 @@ def eval_cmd(
     trace: bool = typer.Option(False, "--trace", help="Print per-operator time, candidates and recall."),
     train_split: Optional[str] = typer.Option(None, "--train-split",
                                               help="Fit learning operators on this split (never the test split)."),
-    limit: Optional[int] = typer.Option(None, "--limit", min=1,
-                                        help="Evaluate only the first N queries (smoke runs; N >= 1)."),
+    limit: Optional[int] = _ranged_option(None, "--limit", lo=1,
+                                          help="Evaluate only the first N queries (smoke runs; N >= 1)."),
     backend: str = typer.Option("local", "--backend", help="local or ray."),
-    depth: Optional[int] = typer.Option(None, "--depth", min=1,
-                                        help="Documents retrieved per query (the search's k, deepening every "
-                                             "retriever: 1000 for recall@1000); default: the pipeline's own."),
+    depth: Optional[int] = _ranged_option(None, "--depth", lo=1,
+                                          help="Documents retrieved per query (the search's k, deepening every "
+                                               "retriever: 1000 for recall@1000); default: the pipeline's own."),
     keep_identical_ids: bool = typer.Option(False, "--keep-identical-ids",
                                             help="Score documents whose id is the query's id. By default they "
                                                  "are dropped from the run, as BEIR does for ArguAna and Quora: "
@@ -1172,9 +1220,9 @@ def eval_cmd(
                                                  "the drop (as BEIR's top_k + 1), so the "
                                                  "deepest cut-off holds its full k, and the --run file holds the "
                                                  "run as scored."),
-    relevance_level: int = typer.Option(1, "--relevance-level", min=1,
-                                        help="Lowest grade the binary metrics (recall, MAP, MRR, P) count as "
-                                             "relevant, as trec_eval's -l."),
+    relevance_level: int = _ranged_option(1, "--relevance-level", lo=1,
+                                          help="Lowest grade the binary metrics (recall, MAP, MRR, P) count as "
+                                               "relevant, as trec_eval's -l."),
     run_tag: str = typer.Option("ragkit", "--run-tag", help="The tag column of the --run file."),
 ) -> None:
     """Fit a pipeline on a BEIR corpus and evaluate it on one split.
@@ -1524,7 +1572,7 @@ def train_cmd(
              f"and case aside, on one side); this needs at least "
              f"{MIN_REPORT_QUERIES} judged queries.  Default: report when the split has that many, else skip the "
              f"report with a note; --report on a smaller split is an error (before anything is fitted)."),
-    seed: int = typer.Option(0, min=0, max=2**32 - 1, help="Seed of the held-out fold."),
+    seed: int = _ranged_option(0, "--seed", lo=0, hi=2**32 - 1, help="Seed of the held-out fold."),
 ) -> None:
     """Fit a pipeline on a corpus, learning from a judged split, and save it.
 
@@ -1745,7 +1793,7 @@ def search_cmd(
         None, metavar="QUERY", help="One or more queries (or --queries FILE)."),
     index: Path = typer.Option(..., "--index", help="A saved, fitted folder (pipeline.save(dir) or "
                                                     "operator.save(dir))."),
-    k: int = typer.Option(10, "--k", min=1, help="Documents shown (or written) per query."),
+    k: int = _ranged_option(10, "--k", lo=1, help="Documents shown (or written) per query."),
     queries_file: Optional[Path] = typer.Option(None, "--queries", help="Search the queries of a file: a BEIR "
                                                                         "queries.jsonl, a TSV of query-id, tab, text "
                                                                         "lines, or one query per line; '-': read "
@@ -1983,13 +2031,14 @@ def ask_cmd(
                                  help="Pipeline YAML file, saved pipeline folder or operator name (e.g. bm25)."),
     data: Optional[str] = typer.Option(None, "--data", help="Corpus to fit an unfitted pipeline on: a BEIR name or "
                                                             "folder, or a corpus.jsonl file."),
-    top_k: Optional[int] = typer.Option(None, "--top-k", min=1, help="Chunks given to the LLM (default 5), when "
-                                                                     "the pipeline has no generate step of its own."),
+    top_k: Optional[int] = _ranged_option(None, "--top-k", lo=1, help="Chunks given to the LLM (default 5), when "
+                                                                       "the pipeline has no generate step of its "
+                                                                       "own."),
     mode: Optional[str] = typer.Option(None, help="KV reuse: full, prefix, naive or cachecraft (default), when the "
                                                   "pipeline has no generate step of its own."),
-    max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", min=1,
-                                                 help="Answer length in tokens (default 96), when the pipeline has "
-                                                      "no generate step of its own."),
+    max_new_tokens: Optional[int] = _ranged_option(None, "--max-new-tokens", lo=1,
+                                                   help="Answer length in tokens (default 96), when the pipeline "
+                                                        "has no generate step of its own."),
     cache_dir: Optional[str] = typer.Option(
         None, "--cache-dir", help="Folder of the chunk KV cache on disk, so that later asks reuse the chunks computed "
                                   "here (default: a folder named after the model under chunks/ in the ragkit cache, "
@@ -2364,16 +2413,17 @@ def compare_cmd(
     data: Optional[str] = typer.Option(None, "--data", help="BEIR dataset name or folder whose judgements score "
                                                             "TREC run files."),
     split: str = typer.Option("test", help="Qrels split that scores TREC run files."),
-    resamples: int = typer.Option(200_000, "--resamples", min=1, max=10**7,
-                                  help="Sign flips of the randomisation test and bootstrap resamples (a p-value "
-                                       "near 0.05 then has a Monte Carlo standard error of 0.0005)."),
-    seed: int = typer.Option(0, min=0, max=2**32 - 1, help="Seed of the resampling."),
-    alpha: float = typer.Option(0.05, "--alpha", min=0.0, max=1.0, help="Significance level (Holm-corrected)."),
+    resamples: int = _ranged_option(200_000, "--resamples", lo=1, hi=10**7,
+                                    help="Sign flips of the randomisation test and bootstrap resamples (a p-value "
+                                         "near 0.05 then has a Monte Carlo standard error of 0.0005)."),
+    seed: int = _ranged_option(0, "--seed", lo=0, hi=2**32 - 1, help="Seed of the resampling."),
+    alpha: float = _ranged_option(0.05, "--alpha", kind=float, lo=0.0, hi=1.0,
+                                    help="Significance level (Holm-corrected)."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write the comparison as JSON ('-': standard "
                                                                        "output, the table then on standard error)."),
-    relevance_level: int = typer.Option(1, "--relevance-level", min=1,
-                                        help="Lowest grade the binary metrics count when scoring TREC run files "
-                                             "(trec_eval's -l), as ragkit eval's."),
+    relevance_level: int = _ranged_option(1, "--relevance-level", lo=1,
+                                          help="Lowest grade the binary metrics count when scoring TREC run files "
+                                               "(trec_eval's -l), as ragkit eval's."),
     keep_identical_ids: bool = typer.Option(False, "--keep-identical-ids",
                                             help="Score documents whose id is the query's when scoring TREC run "
                                                  "files, as ragkit eval's."),

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import weakref
 from pathlib import Path
 from typing import Any, ClassVar, Literal, NamedTuple
 
 import numpy as np
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from ragkit._files import first_time
 from ragkit.encoders import DEFAULT_MODEL, Encoder, check_encoder_key, get_encoder, query_vectors, save_encoder_key
@@ -25,7 +26,7 @@ from ragkit.encoders.sentence import encoder_label, encoder_vectors
 from ragkit.errors import ArtifactError, DataError, InputTypeError, ParamError
 from ragkit.operator import Operator, is_prefix, rankings_from_matrix, searched_ids
 from ragkit.options import PARAM
-from ragkit.params import MetadataFilter, Metric, ModelName, Params, VectorDtype
+from ragkit.params import MetadataFilter, Metric, ModelName, Params, VectorDtype, shown
 from ragkit.registry import register
 from ragkit.retrievers._index import EXACT_MAX, VectorIndex, parse_reduce
 from ragkit.types import Corpus, Ranking, State, TrainSet
@@ -52,6 +53,8 @@ KNOWN_DIMS = {"all-minilm-l6-v2": 384, "sentence-transformers/all-minilm-l6-v2":
 _MAX_BEAM = 1 << 20
 #: index searches a Dense search makes at most while adds on another thread keep growing the index under it
 _GROWN_TRIES = 4
+#: the spellings of ``reduce`` (lower-cased): none, pca:<dims> or matryoshka:<dims>, dims >= 1
+_REDUCE = re.compile(r"none|(pca|matryoshka):[1-9][0-9]*")
 
 
 class _DenseView(NamedTuple):
@@ -123,6 +126,17 @@ class DenseParams(Params):
         default=None,
         description="Fine-tune the encoder on fit's judged training queries (multiple-negatives ranking loss, "
                     "BM25 + dense hard negatives) before indexing; the tuned model is cached and saved.")
+
+    @field_validator("reduce", mode="before")
+    @classmethod
+    def _reduce_spelling(cls, v: Any) -> Any:
+        """``reduce`` in its written form, ``none``, ``pca:<dims>`` or ``matryoshka:<dims>`` (``dims >= 1``): read
+        case-insensitively and without surrounding spaces (``"PCA:64"`` is ``"pca:64"``, as ``dtype: F16`` is
+        ``f16``); anything else refused saying what the field takes (not its regular expression)."""
+        text = v.strip().lower() if isinstance(v, str) else None
+        if text is None or not _REDUCE.fullmatch(text):
+            raise ValueError(f"expected 'none', 'pca:<dims>' or 'matryoshka:<dims>' with dims >= 1, got {shown(v)}")
+        return text
 
     @model_validator(mode="after")
     def _compatible(self) -> "DenseParams":
@@ -238,7 +252,12 @@ class Dense(TunedEncoderMixin, Operator):
         fresh = self.__dict__.pop("_fresh_docs", None)
         return fresh is not None and fresh() is vecs
 
-    def _fit(self, corpus: Corpus, train: TrainSet | None, upstream: State | None) -> None:
+    def check_corpus(self, corpus: Corpus) -> None:
+        """What :meth:`fit` on ``corpus`` would refuse of the parameters, refused before any work: a ``reduce``
+        wider than the model's embeddings, or a ``reduce: pca:<dims>`` with no more documents than ``dims``
+        (a :class:`ParamError` at ``dense.reduce``).  Run by fit itself, and by a pipeline's fit for each of its
+        steps before it fits any (:func:`~ragkit.pipelines._checks.check_trainable`), so that a refused step
+        costs no encoding by the steps before it."""
         kind, dims = parse_reduce(self.params.reduce)
         if kind != "none":  # before fine-tuning and encoding: the base model's width is the tuned one's; a known
             # width loads no model (2.5 s for MiniLM, where fit otherwise reads cached embeddings only)
@@ -255,6 +274,9 @@ class Dense(TunedEncoderMixin, Operator):
                                  f"documents added later are projected on them; fit on at least {dims + 1} documents "
                                  f"(the whole corpus, then add) or choose at most pca:{max(len(corpus) - 1, 1)}",
                                  path="dense.reduce")
+
+    def _fit(self, corpus: Corpus, train: TrainSet | None, upstream: State | None) -> None:
+        self.check_corpus(corpus)
         self._adapt_encoder(corpus, train)
         self.__dict__.pop("_fresh_docs", None)
         vecs = self._encode_docs(corpus)
