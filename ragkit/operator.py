@@ -244,6 +244,14 @@ def is_prefix(old: Corpus, new_ids: np.ndarray) -> bool:
     return len(new_ids) >= n and bool(np.array_equal(np.asarray(new_ids[:n]), ids))
 
 
+def edited_during_search(who: str, detail: str) -> DataError:
+    """The error of a search of operator ``who`` during which its index was edited beyond what the search can
+    answer through (``add`` / ``remove`` on another thread), with ``detail`` (what no longer matched)."""
+    return DataError(f"{who}: the index was edited (add / remove on another thread) during the search ({detail}); "
+                     "search again, between edits: edit through RagkitRetriever (add_documents / delete), whose "
+                     "edits every search of the pipeline waits for")
+
+
 _CHECKSUMS_VERIFIED: ContextVar[bool] = ContextVar("ragkit_checksums_verified", default=False)
 
 
@@ -712,6 +720,20 @@ class Operator:
             if got is not None and got[0] is self:
                 return got[1]
         return self._search_view()
+
+    def checked_view(self) -> Any:
+        """:meth:`view_for_search` (fitted), checked against the corpus the search in progress maps rows with
+        (:func:`searched_ids`): where the operator was edited since the view, or the view holds more documents, its
+        rows must be the same documents' rows there (a shard's corpus is a part of the search's), else
+        :func:`edited_during_search`."""
+        view = self.view_for_search()
+        assert view is not None  # (fitted: checked by __call__)
+        ids = searched_ids()
+        if ids is not None and (view.corpus is not self.corpus_ or len(view.corpus) > len(ids)) and not is_prefix(
+                view.corpus, ids):
+            raise edited_during_search(self.name, f"the search maps rows with a corpus of {len(ids):,} documents, "
+                                                  f"the index searched holds {len(view.corpus):,} others")
+        return view
 
     def filter_mask(self, state: State, corpus: Corpus | None = None) -> np.ndarray | None:
         """Row mask of the metadata filter for one search, over ``corpus`` (default: the fitted corpus,

@@ -63,6 +63,7 @@ from pydantic import Field, field_validator, model_validator
 from ragkit.errors import DataError, InputTypeError, some_ids
 from ragkit.operator import (
     Operator,
+    edited_during_search,
     group_positions,
     is_prefix,
     load_array,
@@ -470,10 +471,8 @@ def _refuse_one_text(texts: Any, what: str) -> None:
 
 def _edited_during_search(detail: str) -> DataError:
     """The error of a search during which the index was edited (``add`` / ``remove`` on another thread), with
-    ``detail`` (what no longer matched)."""
-    return DataError(f"bm25: the index was edited (add / remove on another thread) during the search ({detail}); "
-                     "search again, between edits: edit through RagkitRetriever (add_documents / delete), whose "
-                     "edits every search of the pipeline waits for")
+    ``detail`` (what no longer matched): :func:`~ragkit.operator.edited_during_search`."""
+    return edited_during_search("bm25", detail)
 
 
 def _check_postings(folder: Path, data: np.ndarray, ind: np.ndarray, ptr: np.ndarray, n_rows: int, n_cols: int,
@@ -1482,15 +1481,7 @@ class BM25(Operator):
         k = self.k_for(state)
         # one view of the index for the whole batch, taken when the search began (search() pins it before the
         # pipeline reads corpus_): an add on another thread meanwhile changes neither its scores nor its rows
-        view: _IndexView = self.view_for_search()
-        assert view is not None  # (fitted: checked by __call__)
-        ids = searched_ids()
-        # (the rows are mapped with the search's corpus: where the operator was edited since the view, or the view holds
-        # more documents, its rows must be the same documents' rows there; a shard's corpus is a part of the search's)
-        if ids is not None and (view.corpus is not self.corpus_ or len(view.corpus) > len(ids)) and not is_prefix(
-                view.corpus, ids):
-            raise _edited_during_search(f"the search maps rows with a corpus of {len(ids):,} documents, the index "
-                                        f"searched holds {len(view.corpus):,} others")
+        view: _IndexView = self.checked_view()
         mask = self.filter_mask(state, view.corpus)
         drop = None if mask is None else ~mask
         n_jobs = int(self.opt(state, "n_jobs", self.params.n_jobs))

@@ -24,7 +24,7 @@ from ragkit.encoders import DEFAULT_MODEL, Encoder, check_encoder_key, get_encod
 from ragkit.encoders.adapt import AdaptConfig, TunedEncoderMixin
 from ragkit.encoders.sentence import encoder_label, encoder_vectors
 from ragkit.errors import ArtifactError, DataError, InputTypeError, ParamError
-from ragkit.operator import Operator, is_prefix, rankings_from_matrix, searched_ids
+from ragkit.operator import Operator, edited_during_search, is_prefix, rankings_from_matrix, searched_ids
 from ragkit.options import PARAM
 from ragkit.params import MetadataFilter, Metric, ModelName, Params, VectorDtype, shown
 from ragkit.registry import register
@@ -74,10 +74,8 @@ class _DenseView(NamedTuple):
 
 def _edited_during_search(detail: str) -> DataError:
     """The error of a search during which the index was edited beyond what it can answer through (a compaction,
-    a fit, adds that kept growing it), with ``detail``."""
-    return DataError(f"dense: the index was edited (add / remove on another thread) during the search ({detail}); "
-                     "search again, between edits: edit through RagkitRetriever (add_documents / delete), whose "
-                     "edits every search of the pipeline waits for")
+    a fit, adds that kept growing it), with ``detail``: :func:`~ragkit.operator.edited_during_search`."""
+    return edited_during_search("dense", detail)
 
 
 class DenseParams(Params):
@@ -482,15 +480,7 @@ class Dense(TunedEncoderMixin, Operator):
     def _call(self, state: State) -> State:
         # the state searched, taken when the search began (search() pins it before the pipeline reads corpus_):
         # rows of its corpus, whatever an edit on another thread does meanwhile (_search_in)
-        view: _DenseView = self.view_for_search()
-        assert view is not None  # (fitted: checked by __call__)
-        ids = searched_ids()
-        # (the rows are mapped with the search's corpus: where the operator was edited since the view, or the view holds
-        # more documents, its rows must be the same documents' rows there; a shard's corpus is a part of the search's)
-        if ids is not None and (view.corpus is not self.corpus_ or len(view.corpus) > len(ids)) and not is_prefix(
-                view.corpus, ids):
-            raise _edited_during_search(f"the search maps rows with a corpus of {len(ids):,} documents, the index "
-                                        f"searched holds {len(view.corpus):,} others")
+        view: _DenseView = self.checked_view()
         mask = self.filter_mask(state, view.corpus)
         if mask is not None and not mask.any():  # a filter no document passes: nothing to find, nothing to encode
             out = state.copy()
@@ -499,7 +489,7 @@ class Dense(TunedEncoderMixin, Operator):
         q = self.query_vectors(state)
         k = min(self.k_for(state), max(len(view.slots), 1))  # never more rows than documents: k is user input
         rows, sc = self._search_in(view, q, k, mask, self.opt(state, "expansion_search"), self.opt(state, "oversample"))
-        if ids is None and self.corpus_ is not view.corpus and not is_prefix(view.corpus, self.corpus_.ids):
+        if searched_ids() is None and self.corpus_ is not view.corpus and not is_prefix(view.corpus, self.corpus_.ids):
             raise _edited_during_search("its documents changed")  # (called on a State: mapped with corpus_ now)
         out = state.copy()
         out.rankings = rankings_from_matrix(rows, sc)
