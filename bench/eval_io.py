@@ -15,7 +15,8 @@ Prints, on synthetic data (seeded):
   the share of each spent in JSON (the ``json`` module's encoder / decoder, from a profile), next to the one
   ``json.dumps`` / ``json.loads`` per document of ``_old_write_jsonl`` / ``_old_read_corpus``.
 
-The ``_old_*`` functions are copies of the code before the change, kept so that one process times both (the
+The ``_old_*`` functions are copies of the code before the change, kept in ``tests/test_batched_io.py`` (which
+checks the new code against them), so that one process times both (the
 files each writes and the corpus each reads are checked equal first).  Nothing is written but temporary files.
 """
 
@@ -24,129 +25,26 @@ from __future__ import annotations
 import argparse
 import cProfile
 import io
-import json
 import pstats
 import sys
 import tempfile
 import time
-from itertools import chain
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+from test_batched_io import _old_flat, _old_read_corpus, _old_to_dict, _old_write_jsonl  # noqa: E402
+
 from ragkit import Corpus, evaluate  # noqa: E402
-from ragkit._files import utf8_lines  # noqa: E402
-from ragkit.errors import DataError  # noqa: E402
 from ragkit.eval import beir  # noqa: E402
-from ragkit.run import Run, _check_unique  # noqa: E402
-from ragkit.types import _jsonable  # noqa: E402
+from ragkit.run import Run  # noqa: E402
 
 METRICS = ["ndcg@10", "recall@100", "map@100", "mrr@10"]
-
-
-# ----------------------------------------------------------------------------- the code before the change
-def _old_to_dict(run: Run, k: int | None = None) -> dict[str, dict[str, float]]:
-    """``Run.to_dict`` before the change: one ``tolist`` per query."""
-    out: dict[str, dict[str, float]] = {}
-    for q, d, s in run:
-        if k is not None:
-            _check_unique(q, d, "Run")
-            d, s = d[:k], s[:k]
-        out[q] = dict(zip(d.tolist(), s.astype(float).tolist()))
-        if len(out[q]) != len(d):
-            _check_unique(q, d, "Run")
-    return out
-
-
-def _old_flat(run: Mapping[Any, Mapping[str, float]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``ragkit.run._flat`` (which evaluate's MRR@k and BEIR metrics no longer call on a Run's dicts)."""
-    vals = list(run.values())
-    lens = np.fromiter(map(len, vals), np.int64, len(vals))
-    n = int(lens.sum())
-    docs = np.empty(n, dtype=object)
-    docs[:] = list(chain.from_iterable(vals))
-    return lens, docs, np.fromiter(chain.from_iterable(v.values() for v in vals), np.float64, n)
-
-
-def _old_write_jsonl(corpus: Corpus, f: Any) -> None:
-    """``Corpus._write_jsonl`` before the change: one ``json.dumps`` per document."""
-    keys = list(corpus.metadata)
-    for i, (d, t, x) in enumerate(zip(corpus.ids.tolist(), corpus.titles.tolist(), corpus.texts.tolist())):
-        rec: dict[str, Any] = {"_id": d, "title": t, "text": x}
-        if keys:
-            try:
-                rec["metadata"] = {k: _jsonable(corpus.metadata[k][i], k) for k in keys}
-            except DataError as e:
-                raise DataError(str(e).replace("Corpus.save: ", f"Corpus.save: document {d!r}: ", 1)
-                                + "; or remove the document") from None
-        f.write(json.dumps(rec, ensure_ascii=False, allow_nan=False) + "\n")
-
-
-def _old_read_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    """``ragkit.eval.beir._read_jsonl`` before the change: one ``json.loads`` per line."""
-    if not path.is_file():
-        raise beir._not_found(path)
-    beir._refuse_gzip(path)
-    first = True
-    for n, raw, line in utf8_lines(path, "BEIR files are UTF-8 JSON lines"):
-        if not line.strip():
-            continue
-        if first and line.lstrip().startswith("["):
-            raise DataError(f"{path}:{n}: this is a JSON array; expected JSON Lines: one object per line "
-                            "({\"_id\": ..., ...} on each line, no enclosing [ ]); convert it, e.g. "
-                            f"jq -c '.[]' {path.name} > new{path.suffix or '.jsonl'}")
-        first = False
-        try:
-            rec = json.loads(text := line.rstrip("\r\n"))
-        except json.JSONDecodeError as e:
-            if "\r" in text:
-                raise beir._cr_endings(path, n, text) from None
-            raise DataError(f"{path}:{n}: malformed JSON line ({beir._json_problem(e)})") from None
-        if not isinstance(rec, dict) or "_id" not in rec:
-            raise DataError(f"{path}:{n}: expected an object with an '_id' field, got {line.strip()[:80]!r}")
-        if not isinstance(rec["_id"], (str, int)) or isinstance(rec["_id"], bool):
-            raise DataError(f"{path}:{n}: '_id' must be a string (or an integer), got {type(rec['_id']).__name__} "
-                            f"{rec['_id']!r:.40}")
-        if isinstance(rec["_id"], str):
-            beir._check_id(rec["_id"], path, n)
-        if beir._SURROGATE.search(raw):
-            beir._check_no_lone_surrogate(rec, path, n)
-        yield n, rec
-
-
-def _old_read_corpus(path: Path) -> Corpus:
-    """``read_corpus`` before the change, over :func:`_old_read_jsonl`."""
-    ids: list[str] = []
-    titles: list[str] = []
-    texts: list[str] = []
-    metas: list[dict[str, Any]] = []
-    seen: dict[str, int] = {}
-    for n, rec in _old_read_jsonl(path):
-        did = str(rec["_id"])
-        if did in seen:
-            raise DataError(f"{path}:{n}: duplicate document id {did!r} (first on line {seen[did]})")
-        seen[did] = n
-        if "text" not in rec and "title" not in rec:
-            raise DataError(f"{path}:{n}: document {did!r} has neither a 'text' nor a 'title' field (keys: "
-                            f"{sorted(rec)}); a BEIR corpus line is {{\"_id\", \"title\", \"text\"}}")
-        ids.append(did)
-        titles.append(beir._text(rec.get("title"), path, n, "title"))
-        texts.append(beir._text(rec.get("text"), path, n, "text"))
-        meta = rec.get("metadata")
-        if meta is not None and not isinstance(meta, dict):
-            raise DataError(f"{path}:{n}: document {did!r} has 'metadata' {str(meta)[:60]!r} ({type(meta).__name__}); "
-                            "expected an object of field -> value")
-        metas.append(meta or {})
-    if not ids:
-        raise DataError(f"{path}: the corpus is empty")
-    keys = sorted({k for m in metas if isinstance(m, dict) for k in m})
-    meta = {k: np.fromiter((m.get(k) if isinstance(m, dict) else None for m in metas), dtype=object, count=len(metas))
-            for k in keys}
-    return Corpus(ids=np.array(ids, dtype=object), texts=np.array(texts, dtype=object),
-                  titles=np.array(titles, dtype=object), metadata=meta)
 
 
 # ----------------------------------------------------------------------------- data and timers

@@ -22,7 +22,7 @@ from ragkit.errors import DataError
 from ragkit.eval.diversity import RunLike, Subtopics, _as_run
 from ragkit.pipelines import PRF
 from ragkit.run import Run, _check_unique
-from ragkit.types import Corpus, Ranking, State, _kind, ids_once
+from ragkit.types import Corpus, Ranking, State
 
 
 # ---------------------------------------------------------------------- the reference: the code before batching
@@ -41,38 +41,9 @@ def _ref_doc_lists(run: Any, k: int, measure: str) -> dict[str, list[str]]:
     return {q: [str(d) for d in docs[:k]] for q, docs, _ in run}
 
 
-def _ref_check_subtopics(subtopics: Any, who: str) -> dict[str, dict[str, list[Hashable]]]:
-    """ragkit 0.x check_subtopics, as it was before it was batched."""
-    if not isinstance(subtopics, Mapping):
-        raise DataError(f"{who}: subtopics must be a mapping {{query_id: {{doc_id: [subtopic, ...]}}}}, got "
-                        f"{_kind(subtopics)}")
-    from ragkit.types import _key_ids
-
-    out: dict[str, dict[str, list[Hashable]]] = {}
-    for q, key, judged in zip(subtopics, _key_ids(subtopics, f"{who}: subtopics' query ids"), subtopics.values()):
-        if not isinstance(judged, Mapping):
-            raise DataError(f"{who}: subtopics[{q!r}] is {_kind(judged)}, expected a mapping "
-                            "{doc_id: [subtopic, ...]} (subtopics are {query_id: {doc_id: [subtopic, ...]}})")
-        docs: dict[str, list[Hashable]] = {}
-        for d, did, labels in zip(judged, _key_ids(judged, f"{who}: subtopics[{q!r}]'s document ids"),
-                                  judged.values()):
-            if isinstance(labels, (str, bytes)):
-                raise DataError(f"{who}: subtopics[{q!r}][{d!r}] is one string ({labels!r:.60}), expected a list "
-                                f"of subtopic labels: [{labels!r:.60}] for one subtopic")
-            if not isinstance(labels, (list, tuple, set, frozenset, np.ndarray)) or \
-                    (isinstance(labels, np.ndarray) and labels.ndim != 1):
-                raise DataError(f"{who}: subtopics[{q!r}][{d!r}] is {_kind(labels)}, expected a list of "
-                                "subtopic labels ([] for none)")
-            items = labels.tolist() if isinstance(labels, np.ndarray) else list(labels)
-            bad = next((t for t in items if not isinstance(t, Hashable)), None)
-            if bad is not None:
-                raise DataError(f"{who}: subtopics[{q!r}][{d!r}] holds {_kind(bad)}, expected subtopic labels "
-                                "(strings or numbers)")
-            docs[did] = list(dict.fromkeys(items))  # a repeated label counts once
-        ids_once(docs, judged, f"{who}: subtopics[{q!r}] names a document")
-        out[key] = docs
-    ids_once(out, subtopics, f"{who}: subtopics name a query")
-    return out
+# ragkit 0.x check_subtopics, as it was before it was batched: kept verbatim in the library as the path for other forms
+# and malformed subtopics, so the batched path is checked against it
+_ref_check_subtopics = div._check_subtopics_each
 
 
 def _ref_alpha_ndcg(run: RunLike, subtopics: Subtopics, k: int = 10, alpha: float = 0.5) -> dict[str, float]:
