@@ -243,3 +243,28 @@ def scratch():
     yield
     registry._REGISTRY.clear()
     registry._REGISTRY.update(before)
+
+
+def edit_json(path: Path, fn) -> None:
+    """Edit the JSON file ``path`` in place: ``fn`` changes the parsed data."""
+    import json
+
+    data = json.loads(path.read_text())
+    fn(data)
+    path.write_text(json.dumps(data, indent=2, sort_keys=True))
+
+
+def reseal(folder: Path) -> None:
+    """Recompute a save's checksums after an edit (a pipeline's manifest, or an operator's ``checksums.json``), as
+    the save that wrote the edited files would have: what a crafted folder's author does."""
+    import json
+
+    from ragkit._files import folder_checksums
+    from ragkit.operator import CHECKSUMS
+
+    if (folder / "manifest.json").is_file():
+        edit_json(folder / "manifest.json", lambda m: m.update(
+            sha256={k: v for k, v in folder_checksums(folder).items() if k != "manifest.json"}))
+    else:
+        (folder / CHECKSUMS).unlink(missing_ok=True)
+        (folder / CHECKSUMS).write_text(json.dumps(folder_checksums(folder)))

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import edit_json, reseal
 
-from ragkit._files import folder_checksums
 from ragkit.errors import ArtifactError, DataError
 from ragkit.operator import CHECKSUMS, Operator
 from ragkit.pipelines import Pipeline
@@ -40,22 +40,6 @@ def _ranked(run) -> tuple[list[list[int]], list[float]]:
     return _rows(run), np.round(np.concatenate(run.scores), 9).tolist()
 
 
-def _edit_json(path: Path, fn) -> None:
-    data = json.loads(path.read_text())
-    fn(data)
-    path.write_text(json.dumps(data, indent=2, sort_keys=True))
-
-
-def _rechecksum(folder: Path) -> None:
-    """Recompute a save's checksums after an edit, as the save that wrote the edited files would have."""
-    if (folder / "manifest.json").is_file():
-        _edit_json(folder / "manifest.json", lambda m: m.update(
-            sha256={k: v for k, v in folder_checksums(folder).items() if k != "manifest.json"}))
-    else:
-        (folder / CHECKSUMS).unlink(missing_ok=True)
-        (folder / CHECKSUMS).write_text(json.dumps(folder_checksums(folder)))
-
-
 # ---------------------------------------------------------------- 1. a default changed since the save
 def test_a_pipeline_saved_before_a_default_changed_loads_as_saved_with_a_note(corpus, tmp_path, caplog):
     """pipeline.yaml names only non-default parameters, params.json all: a step whose default changed since the
@@ -64,8 +48,8 @@ def test_a_pipeline_saved_before_a_default_changed_loads_as_saved_with_a_note(co
     says 1.5.  It loads as saved (k1=1.5, as fitted), with one note naming the step, the key and both values."""
     Pipeline([BM25(k=5)]).fit(corpus).save(tmp_path / "p")
     (params,) = (tmp_path / "p").glob("ops/*-bm25/params.json")
-    _edit_json(params, lambda m: m["params"].update(k1=1.5))  # what the earlier ragkit recorded
-    _rechecksum(tmp_path / "p")
+    edit_json(params, lambda m: m["params"].update(k1=1.5))  # what the earlier ragkit recorded
+    reseal(tmp_path / "p")
     want = _ranked(BM25(k=5, k1=1.5).fit(corpus).search(QUERIES))
     assert want != _ranked(BM25(k=5).fit(corpus).search(QUERIES))  # (the value matters)
     for verify in (True, False):
@@ -90,8 +74,8 @@ def test_a_pipeline_saved_before_a_default_changed_loads_as_saved_with_a_note(co
 def test_a_key_pipeline_yaml_names_must_still_agree_with_params_json(corpus, tmp_path):
     Pipeline([BM25(k=5, k1=1.2)]).fit(corpus).save(tmp_path / "p")
     (params,) = (tmp_path / "p").glob("ops/*-bm25/params.json")
-    _edit_json(params, lambda m: m["params"].update(k1=1.5))
-    _rechecksum(tmp_path / "p")
+    edit_json(params, lambda m: m["params"].update(k1=1.5))
+    reseal(tmp_path / "p")
     with pytest.raises(ArtifactError, match=r"pipeline.yaml: pipeline\[0\]\.bm25 is \{bm25: \{'k': 5, 'k1': 1.2\}\}, "
                                             r"but .*params.json holds .*'k1': 1.5.*changed after saving"):
         Pipeline.load(tmp_path / "p")
@@ -176,7 +160,7 @@ def test_a_bm25_folder_with_out_of_range_ids_is_refused_memory_mapped_too(corpus
     ind = np.load(tmp_path / "ix" / "tf_indices.npy")
     ind[:] = np.iinfo(ind.dtype).max
     np.save(tmp_path / "ix" / "tf_indices.npy", ind)
-    _rechecksum(tmp_path / "ix")
+    reseal(tmp_path / "ix")
     for mmap in (True, False):
         code = textwrap.dedent(f"""
             from ragkit.errors import ArtifactError
@@ -195,7 +179,7 @@ def test_a_bm25_folder_with_out_of_range_ids_is_refused_memory_mapped_too(corpus
 def test_an_operator_folder_from_before_checksums_says_how_to_load_it(corpus, tmp_path):
     BM25(k=3).fit(corpus).save(tmp_path / "ix")
     (tmp_path / "ix" / CHECKSUMS).unlink()
-    _edit_json(tmp_path / "ix" / "params.json", lambda m: m.update(format_version=1))
+    edit_json(tmp_path / "ix" / "params.json", lambda m: m.update(format_version=1))
     with pytest.raises(ArtifactError, match=r"no checksums.json .*written by a ragkit from before checksums .*load it "
                                             r"with verify=False, then save it again"):
         Operator.load(tmp_path / "ix")
@@ -214,7 +198,7 @@ def test_an_operator_folder_from_before_checksums_says_how_to_load_it(corpus, tm
 ])
 def test_a_params_json_key_of_the_wrong_type_is_an_artifact_error(corpus, tmp_path, key, value, expected):
     BM25(k=3).fit(corpus).save(tmp_path / "ix")
-    _edit_json(tmp_path / "ix" / "params.json", lambda m: m.update({key: value}))
+    edit_json(tmp_path / "ix" / "params.json", lambda m: m.update({key: value}))
     held = json.dumps(value)
     with pytest.raises(ArtifactError, match=rf"ix/params.json: '{key}' holds {__import__('re').escape(held)} "
                                             rf"\(a JSON \w+\); {expected}"):
@@ -224,7 +208,7 @@ def test_a_params_json_key_of_the_wrong_type_is_an_artifact_error(corpus, tmp_pa
 # ---------------------------------------------------------------- 6. learned attributes a load lacks
 def test_a_built_in_operator_lacking_what_its_save_learned_says_upgrade(corpus, tmp_path):
     BM25(k=3).fit(corpus).save(tmp_path / "ix")
-    _edit_json(tmp_path / "ix" / "params.json", lambda m: m.update(learned=[*m["learned"], "future_table_"],
+    edit_json(tmp_path / "ix" / "params.json", lambda m: m.update(learned=[*m["learned"], "future_table_"],
                                                                    ragkit_version="9.9.0"))
     with pytest.raises(ArtifactError, match=r"lacks future_table_ once loaded.*saved by a newer ragkit \(ragkit "
                                             r"9\.9\.0, this is .*upgrade ragkit") as e:
@@ -237,7 +221,7 @@ def test_dbnorm_method_dis_from_a_saved_folder_says_to_save_again(tmp_path, capl
     from ragkit.filters import DBNorm
 
     DBNorm().save(tmp_path / "db")
-    _edit_json(tmp_path / "db" / "params.json", lambda m: m["params"].update(method="dis"))
+    edit_json(tmp_path / "db" / "params.json", lambda m: m["params"].update(method="dis"))
     with caplog.at_level(logging.WARNING, logger="ragkit"):
         assert Operator.load(tmp_path / "db", verify=False).params.method == "dualis"
     said = [r.getMessage() for r in caplog.records if "'dis'" in r.getMessage()]

@@ -16,15 +16,15 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pytest
 import scipy.sparse as sp
+from conftest import edit_json, reseal
 
-from ragkit._files import folder_checksums
 from ragkit.errors import ArtifactError
-from ragkit.operator import CHECKSUMS, Operator
+from ragkit.operator import Operator
 from ragkit.pipelines import Pipeline
 from ragkit.retrievers import BM25, Dense
 from ragkit.retrievers._index import FORMAT
@@ -39,22 +39,6 @@ QUERIES = ["red apples", "heart blood", "oxygen"]
 @pytest.fixture
 def corpus() -> Corpus:
     return Corpus.from_texts(TEXTS)
-
-
-def _edit_json(path: Path, fn: Callable[[Any], None]) -> None:
-    data = json.loads(path.read_text())
-    fn(data)
-    path.write_text(json.dumps(data, indent=2, sort_keys=True))
-
-
-def _reseal(folder: Path) -> None:
-    """Recompute a save's checksums after an edit (a pipeline's manifest, or an operator's checksums.json)."""
-    if (folder / "manifest.json").is_file():
-        _edit_json(folder / "manifest.json", lambda m: m.update(
-            sha256={k: v for k, v in folder_checksums(folder).items() if k != "manifest.json"}))
-    else:
-        (folder / CHECKSUMS).unlink(missing_ok=True)
-        (folder / CHECKSUMS).write_text(json.dumps(folder_checksums(folder)))
 
 
 def _as_format_1_bm25(step: Path, bm: BM25, own: bool) -> None:
@@ -118,9 +102,9 @@ def test_a_pipeline_with_an_older_step_does_not_say_it_ranks_as_saved(corpus, tm
     pipe.save(tmp_path / "p")
     (step,) = (tmp_path / "p").glob("ops/*-bm25")
     _as_format_1_bm25(step, pipe.steps[0], own=False)
-    _edit_json(step / "params.json", lambda m: m["params"].update(k1=1.5))  # a default that changed since
-    _edit_json(tmp_path / "p" / "manifest.json", lambda m: m.update(format_version=1))
-    _reseal(tmp_path / "p")
+    edit_json(step / "params.json", lambda m: m["params"].update(k1=1.5))  # a default that changed since
+    edit_json(tmp_path / "p" / "manifest.json", lambda m: m.update(format_version=1))
+    reseal(tmp_path / "p")
     with caplog.at_level(logging.WARNING, logger="ragkit"):
         Pipeline.load(tmp_path / "p")
     assert len(_older(caplog)) == 1 and str(step) in _older(caplog)[0]
@@ -133,8 +117,8 @@ def test_a_pipeline_with_an_older_step_does_not_say_it_ranks_as_saved(corpus, tm
 def test_a_lucene_save_weighed_before_the_n_docs_rule_warns_when_a_document_is_blank(tmp_path, caplog):
     corpus = Corpus.from_texts([*TEXTS, ""])
     BM25(k=5).fit(corpus).save(tmp_path / "bm")
-    _edit_json(tmp_path / "bm" / "weights.json", lambda m: (m["weights_of"].pop("n_docs"), m.pop("analysis")))
-    _reseal(tmp_path / "bm")
+    edit_json(tmp_path / "bm" / "weights.json", lambda m: (m["weights_of"].pop("n_docs"), m.pop("analysis")))
+    reseal(tmp_path / "bm")
     with caplog.at_level(logging.WARNING, logger="ragkit"):
         assert Operator.load(tmp_path / "bm")._older_save is not None
     assert len(_older(caplog)) == 1 and "n_docs" in _older(caplog)[0]
@@ -154,8 +138,8 @@ def test_an_int8_hnsw_index_of_format_1_warns_and_new_saves_write_format_2(corpu
     with caplog.at_level(logging.WARNING, logger="ragkit"):
         assert Operator.load(tmp_path / "d")._older_save is None
     assert not _older(caplog)
-    _edit_json(tmp_path / "d" / "index.json", lambda m: (m.update(format=1), m.pop("i8_fitted_n")))
-    _reseal(tmp_path / "d")
+    edit_json(tmp_path / "d" / "index.json", lambda m: (m.update(format=1), m.pop("i8_fitted_n")))
+    reseal(tmp_path / "d")
     with caplog.at_level(logging.WARNING, logger="ragkit"):
         old = Operator.load(tmp_path / "d")
         Operator.load(tmp_path / "d")
@@ -170,8 +154,8 @@ def test_an_int8_hnsw_index_of_format_1_warns_and_new_saves_write_format_2(corpu
 
 def test_an_exact_f32_index_of_format_1_loads_without_a_note(corpus, tmp_path, caplog):
     Dense(k=5, search="exact").fit(corpus).save(tmp_path / "d")
-    _edit_json(tmp_path / "d" / "index.json", lambda m: m.update(format=1))
-    _reseal(tmp_path / "d")
+    edit_json(tmp_path / "d" / "index.json", lambda m: m.update(format=1))
+    reseal(tmp_path / "d")
     with caplog.at_level(logging.WARNING, logger="ragkit"):
         assert Operator.load(tmp_path / "d")._older_save is None
     assert not _older(caplog)
@@ -181,8 +165,8 @@ def test_an_exact_f32_index_of_format_1_loads_without_a_note(corpus, tmp_path, c
 @pytest.mark.parametrize(("key", "value", "saved"), [("dtype", "f16", "'i8'"), ("metric", "ip", "'cos'")])
 def test_dense_params_that_disagree_with_index_json_are_refused(corpus, tmp_path, key, value, saved):
     Dense(k=5, search="hnsw", dtype="i8").fit(corpus).save(tmp_path / "d")
-    _edit_json(tmp_path / "d" / "params.json", lambda m: m["params"].update({key: value}))
-    _reseal(tmp_path / "d")
+    edit_json(tmp_path / "d" / "params.json", lambda m: m["params"].update({key: value}))
+    reseal(tmp_path / "d")
     for verify in (True, False):
         with pytest.raises(ArtifactError) as e:
             Operator.load(tmp_path / "d", verify=verify)
@@ -195,7 +179,7 @@ def test_bm25_records_its_analysis_and_refuses_params_that_disagree(corpus, tmp_
     BM25(k=5).fit(corpus).save(tmp_path / "bm")
     analysis = json.loads((tmp_path / "bm" / "weights.json").read_text())["analysis"]
     assert analysis == {"tokenizer": "alnum", "stopwords": "lucene", "stemmer": "porter", "fields": "title_text"}
-    _edit_json(tmp_path / "bm" / "params.json", lambda m: m["params"].update(stemmer="none"))
+    edit_json(tmp_path / "bm" / "params.json", lambda m: m["params"].update(stemmer="none"))
     with pytest.raises(ArtifactError) as e:
         Operator.load(tmp_path / "bm", verify=False)
     msg = str(e.value)
@@ -206,14 +190,14 @@ def test_bm25_records_its_analysis_and_refuses_params_that_disagree(corpus, tmp_
 # ---------------------------------------------------------------- 4. manifest.json's fitted and format_version
 def test_a_manifest_without_fitted_says_so(corpus, tmp_path):
     Pipeline([BM25(k=5)]).fit(corpus).save(tmp_path / "p")
-    _edit_json(tmp_path / "p" / "manifest.json", lambda m: m.pop("fitted"))
+    edit_json(tmp_path / "p" / "manifest.json", lambda m: m.pop("fitted"))
     with pytest.raises(ArtifactError, match=r"manifest\.json: manifest\.json lacks 'fitted'; expected true or false"):
         Pipeline.load(tmp_path / "p")
 
 
 def test_a_manifest_saying_unfitted_over_fitted_steps_says_so(corpus, tmp_path):
     Pipeline([BM25(k=5)]).fit(corpus).save(tmp_path / "p")
-    _edit_json(tmp_path / "p" / "manifest.json", lambda m: m.update(fitted=False))
+    edit_json(tmp_path / "p" / "manifest.json", lambda m: m.update(fitted=False))
     with pytest.raises(ArtifactError, match=r"manifest\.json: says \"fitted\": false .* holds a fitted step"):
         Pipeline.load(tmp_path / "p", verify=False)
 
@@ -221,11 +205,11 @@ def test_a_manifest_saying_unfitted_over_fitted_steps_says_so(corpus, tmp_path):
 @pytest.mark.parametrize("version", [True, -1, 0])
 def test_a_format_version_that_is_not_a_format_is_refused(corpus, tmp_path, version):
     Pipeline([BM25(k=5)]).fit(corpus).save(tmp_path / "p")
-    _edit_json(tmp_path / "p" / "manifest.json", lambda m: m.update(format_version=version))
+    edit_json(tmp_path / "p" / "manifest.json", lambda m: m.update(format_version=version))
     with pytest.raises(ArtifactError, match=rf"manifest\.json: format_version is {json.dumps(version)}; expected an "
                                             r"integer >= 1"):
         Pipeline.load(tmp_path / "p")
     BM25(k=5).fit(corpus).save(tmp_path / "o")
-    _edit_json(tmp_path / "o" / "params.json", lambda m: m.update(format_version=version))
+    edit_json(tmp_path / "o" / "params.json", lambda m: m.update(format_version=version))
     with pytest.raises(ArtifactError, match=r"params\.json: 'format_version' holds .*expected an integer >= 1"):
         Operator.load(tmp_path / "o", verify=False)
