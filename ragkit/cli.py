@@ -663,6 +663,7 @@ def _fail(e: Exception, hint: bool = True) -> None:
     while running).  With ``hint``, an error that lists the operators or an operator's parameters points to
     ``ragkit describe`` (:func:`_describe_hint`)."""
     message = _describe_hint(str(e)) if hint else str(e)
+    _failing()
     err_console.print(Text.assemble(("error:", "bold red"), f" {message}"))  # (plain: no markup, no highlighting)
     raise typer.Exit(code=_exit_status(e))
 
@@ -2583,6 +2584,17 @@ def _pipe_closed(e: OSError) -> bool:
     return isinstance(e, BrokenPipeError) or e.errno == errno.EPIPE
 
 
+#: Whether the running command is reporting its own failure (an ``error:`` line, ``interrupted``): a closed pipe then
+#: ends nothing (:func:`_reader_gone`), so that the command's status (1, 2, 130) is its exit status, not 141.
+_reporting_failure = False
+
+
+def _failing() -> None:
+    """Mark the running command as reporting its failure (:data:`_reporting_failure`), before it prints it."""
+    global _reporting_failure
+    _reporting_failure = True
+
+
 def _reader_gone(name: str) -> bool:
     """Whether a write to standard ``name`` (``"stdout"``, ``"stderr"``) that failed, or was dropped after a
     failure, ends the command (:class:`_ReaderGone`): where standard output's reader closed the pipe (or standard
@@ -2591,7 +2603,7 @@ def _reader_gone(name: str) -> bool:
     full disk, does not: the command goes on (:class:`_GuardedStream`)."""
     import threading
 
-    if _files_requested or threading.current_thread() is not threading.main_thread():
+    if _files_requested or _reporting_failure or threading.current_thread() is not threading.main_thread():
         return False
     if name == "stderr" and not _stderr_is_stdout:
         return False
@@ -2791,10 +2803,10 @@ def main(args: Optional[list[str]] = None) -> int:
     written: <reason>``) (:func:`_stream_failed`).  A command with no file to write (``ask``, ``search --run -``,
     ``describe``) whose standard output's reader closed the pipe (or standard error's, the same pipe: ``2>&1 |
     head``) stops at that write instead, with 141 and no message (:class:`_ReaderGone`)."""
-    global _files_requested, _stderr_is_stdout
+    global _files_requested, _stderr_is_stdout, _reporting_failure
     with _no_color():
         _stream_errors.clear()
-        _files_requested = False
+        _files_requested = _reporting_failure = False
         saved = sys.stdout, sys.stderr
         _stderr_is_stdout = _same_stream(*saved)
         if sys.stdout is not None:  # (None: fd 1 closed or pythonw; Rich writes to a null file)
@@ -2826,9 +2838,11 @@ def _run(args: Optional[list[str]]) -> int:
     try:
         status = app(args=args, prog_name="ragkit", standalone_mode=False)
     except getattr(clicks, "NoArgsIsHelpError", ()) as e:  # ``ragkit`` alone: the help, as a usage error's message,
+        _failing()
         sys.stderr.write(e.format_message().rstrip("\n") + "\n")  # on stderr with status 2 (stdout: --help's, 0)
         return int(e.exit_code)
     except clicks.ClickException as e:
+        _failing()
         usage = getattr(e, "ctx", None)
         hint = f" (see '{usage.command_path} --help')" if isinstance(e, clicks.UsageError) and usage else ""
         if getattr(e, "option_name", None) in ("--import", "--version") and usage is not None and usage.parent:
@@ -2837,6 +2851,7 @@ def _run(args: Optional[list[str]]) -> int:
         err_console.print(Text.assemble(("error:", "bold red"), f" {e.format_message().rstrip('.')}{hint}"))
         return int(e.exit_code)
     except (typer.Abort, getattr(clicks, "Abort", typer.Abort)):  # (end of input at a prompt: status 1)
+        _failing()
         err_console.print(Text("aborted", style="bold red"))
         return 1
     except KeyboardInterrupt:  # (while click parses, before typer's own handler)
@@ -2854,6 +2869,7 @@ def _say_interrupted() -> None:
     """Print ``interrupted`` on stderr, once: a Ctrl-C's one line (exit status 130)."""
     global _interruption_said
     _interruption_said = True
+    _failing()
     try:
         err_console.print(Text("interrupted", style="bold red"))
     except OSError:  # (stderr closed: the status says it)

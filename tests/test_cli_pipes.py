@@ -353,3 +353,15 @@ def test_a_full_stdout_does_not_stop_a_command_without_files(tmp_path, monkeypat
     monkeypatch.setattr(sys, "stderr", err)
     assert _main("search", "--index", ix, "--queries", queries, "--k", "70", "--run", "-") == 1
     assert len(blocks) == 2 and "No space left on device" in err.getvalue(), err.getvalue()
+
+
+def test_a_failing_command_keeps_its_status_when_stderr_shares_stdouts_closed_pipe(tmp_path, monkeypatch):
+    """``ragkit search --index nope cancer 2>&1 | head``: the error line failed on the closed pipe, which ended the
+    command as a closed pipe does (141), hiding the failure from ``set -o pipefail`` scripts.  A command reporting
+    its own failure keeps its status: 2 for bad input and a usage error."""
+    both = _Closed()
+    monkeypatch.setattr(sys, "stdout", both)
+    monkeypatch.setattr(sys, "stderr", both)
+    assert _main("search", "--index", tmp_path / "nope", "cancer") == 2
+    assert _main("search", "--bogus") == 2
+    assert _main("eval", "--limit", "-3") == 2
