@@ -20,7 +20,7 @@ import numpy as np
 
 from ragkit._files import text_output, utf8_lines
 from ragkit.errors import DataError, InputTypeError, repeated, some_ids
-from ragkit.types import Corpus, Ranking, TraceEvent, _a, _utf8_clean, check_id_nul, check_id_surrogates
+from ragkit.types import Corpus, Ranking, TraceEvent, _a, _kind, _utf8_clean, check_id_nul, check_id_surrogates
 
 if TYPE_CHECKING:  # pandas is optional
     import pandas as pd
@@ -194,6 +194,18 @@ def _not_a_score(v: Any) -> str:
     return "no number" if v is None else _a(type(v).__name__)
 
 
+def check_run_queries(run: Any, who: str) -> None:
+    """Refuse, with a :class:`DataError` starting ``who:``, a ``run`` that is no mapping
+    ``{query_id: {doc_id: score}}``, or one of whose queries maps to something other than a mapping
+    (``run['q'] is a list (['a']), expected a mapping {doc_id: score}``)."""
+    if not isinstance(run, Mapping):
+        raise DataError(f"{who}: expected a mapping {{query_id: {{doc_id: score}}}}, got {_kind(run)}")
+    bad_q = next((q for q, docs in run.items() if not isinstance(docs, Mapping)), None)
+    if bad_q is not None:
+        raise DataError(f"{who}: run[{bad_q!r}] is {_kind(run[bad_q])}, expected a mapping {{doc_id: score}} "
+                        "(a run is {query_id: {doc_id: score}})")
+
+
 def check_scores(run: Mapping[Any, Mapping[Any, Any]], who: str) -> None:
     """Refuse (a :class:`DataError` starting ``who``, naming the query, the document and the value) a score of
     ``run`` (``{query_id: {doc_id: score}}``, each query a mapping) that is no real number (:func:`_not_a_score`):
@@ -353,7 +365,9 @@ class Run:
         """From ``{qid: {doc_id: score}}``, in trec_eval's order (:func:`trec_order`), so that
         :meth:`head` keeps what trec_eval's cut-offs keep.  Every query is ordered at once (one sort of all
         the entries, :func:`_trec_flat`).  A score that is no real number (``None``, ``"1.0"``, a complex
-        number, ``10**400``) is a :class:`DataError` naming its query and document (:func:`check_scores`)."""
+        number, ``10**400``) is a :class:`DataError` naming its query and document (:func:`check_scores`), and so
+        is a ``run`` that is no mapping of mappings (:func:`check_run_queries`)."""
+        check_run_queries(run, "Run.from_dict")
         check_scores(run, "Run.from_dict")
         lens, docs, s64 = _trec_flat(run)
         ends = np.cumsum(lens).tolist()
@@ -499,6 +513,9 @@ class Run:
         """Read a TREC run file; malformed lines raise :class:`DataError` with the line number (a file with
         CR-only, old Mac, line endings says so, with a command converting them)."""
         run: dict[str, dict[str, float]] = {}
+        if not isinstance(path, (str, os.PathLike)):
+            raise InputTypeError(f"Run.read_trec: path: expected a path (a str or pathlib.Path), got "
+                                 f"{type(path).__name__} {path!r:.80}")
         path = os.fspath(path)  # (errors name the path as given: an os.DirEntry's str() is its repr)
         if not Path(path).is_file():
             raise DataError(f"{path}: TREC run file not found")

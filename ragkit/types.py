@@ -1097,9 +1097,15 @@ class Corpus:
 
     def rows_to_remove(self, ids: Any, who: str) -> np.ndarray:
         """Sorted distinct rows of the document ``ids`` (one id, or any iterable of ids; numbers as
-        strings), for an operator's ``remove``; an unknown id is a :class:`DataError` naming ``who``."""
+        strings), for an operator's ``remove``; an unknown id is a :class:`DataError` naming ``who``.  ``None``, a
+        :class:`Corpus` (whose ids are ``corpus.ids``) or another value that is neither an id nor an iterable of
+        ids is an :class:`InputTypeError` naming ``who``."""
+        if isinstance(ids, Corpus) or ids is None or not isinstance(ids, (str, bytes, int, np.integer, Iterable)):
+            hint = "; pass corpus.ids" if isinstance(ids, Corpus) else ""
+            raise InputTypeError(f"{who}: expected document ids (an id, or a list of ids), got "
+                                 f"{'a Corpus' if isinstance(ids, Corpus) else _kind(ids)}{hint}")
         one = isinstance(ids, (str, bytes)) or not isinstance(ids, Iterable)  # any other iterable lists ids
-        ids = [str(i) for i in ([ids] if one else ids)]
+        ids = [str(i) for i in cast(Iterable[Any], [ids] if one else ids)]
         lut = self._lookup()
         unknown = [d for d in ids if d not in lut]
         if unknown:
@@ -1481,6 +1487,17 @@ def unsaveable(corpus: "Corpus") -> tuple[str, int, str] | None:
     return None
 
 
+#: the grades trec_eval (pytrec_eval) holds: a C int; a larger one fails inside it (an opaque SystemError)
+GRADE_MIN, GRADE_MAX = -2**31, 2**31 - 1
+
+
+def grade_range_error(where: str, grade: Any) -> str:
+    """The message refusing ``grade`` (at ``where``: ``"evaluate: qrels['q1']['d1']"``, ``"file:3"``) outside
+    trec_eval's C int range (:data:`GRADE_MIN`, :data:`GRADE_MAX`)."""
+    return (f"{where}: relevance grade {str(grade)[:40]} is outside the range trec_eval holds ({GRADE_MIN} to "
+            f"{GRADE_MAX}, a C int); grade relevance with small integers (0 not relevant, 1, 2, ... more relevant)")
+
+
 def _grade(r: Any, q: Any, doc: Any, who: str = "evaluate") -> int:
     """A judgement as trec_eval's integer grade (``1``, ``1.0``, ``"1"``, ``-1``: a negative grade is legitimate in
     TREC qrels, scored as not relevant); 0.5 or "high" is a :class:`DataError` (int() would turn 0.5 into 0 and
@@ -1489,12 +1506,17 @@ def _grade(r: Any, q: Any, doc: Any, who: str = "evaluate") -> int:
     if isinstance(r, (bool, np.bool_)):
         raise DataError(f"{who}: qrels[{q!r}][{doc!r}] = {r!r} is a bool, not an integer relevance grade (0 not "
                         "relevant, 1, 2, ... more relevant); give the grade, e.g. int(flag) for relevant or not")
+    g: int | None = None
     try:
         g = int(float(r))
-        if g == float(r):
-            return g
+        if g != float(r):
+            g = None
     except (TypeError, ValueError, OverflowError):
         pass
+    if g is not None:
+        if not GRADE_MIN <= g <= GRADE_MAX:  # (a DataError, not the opaque SystemError trec_eval's reading raises)
+            raise DataError(grade_range_error(f"{who}: qrels[{q!r}][{doc!r}]", r))
+        return g
     raise DataError(f"{who}: qrels[{q!r}][{doc!r}] = {r!r} is not an integer relevance grade (0 not relevant, "
                     f"1, 2, ... more relevant)")
 
@@ -2055,7 +2077,8 @@ def _csv_qrels(path: Path, who: str) -> dict[str, dict[str, Any]]:
     if not any(_QRELS_ROLE.get(c.casefold()) for c in header):
         raise DataError(f"{who}: {path}: a CSV qrels file is read by its header, which must name its columns (e.g. "
                         f"query-id,corpus-id,score), got first line {header}; for a file without a header: "
-                        f"pandas.read_csv(path, names=['query-id', 'corpus-id', 'score']), and pass the frame")
+                        f"pandas.read_csv(path, names=['query-id', 'corpus-id', 'score']), and pass "
+                        f"the frame (to TrainSet or evaluate)")
     q, d, g = _qrels_columns(header, who, f"{path} (a CSV qrels file)",
                              how="pass pandas.read_csv(path).rename(columns={mapping}), or fix the file's header",
                              first=[c.strip() for c in rows[1]] if len(rows) > 1 else None,

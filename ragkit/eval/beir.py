@@ -54,7 +54,21 @@ from ragkit._files import (
 )
 from ragkit.errors import DataError, InputTypeError, ParamError, some_ids
 from ragkit.eval.metrics import respelled
-from ragkit.types import _JSONL_BLOCK, ID_BREAK, ID_BREAK_NAMES, Corpus, Qrels, Queries, TrainSet
+from ragkit.types import (
+    _JSONL_BLOCK,
+    GRADE_MAX,
+    GRADE_MIN,
+    ID_BREAK,
+    ID_BREAK_NAMES,
+    Corpus,
+    Qrels,
+    Queries,
+    TrainSet,
+    _csv_qrels,
+    _kind,
+    check_qrels,
+    grade_range_error,
+)
 
 _log = logging.getLogger(__name__)
 
@@ -433,7 +447,10 @@ def read_queries(path: str | os.PathLike[str], *, note_blank: bool = True) -> di
     for n, rec in _read_jsonl(path):
         qid = str(rec["_id"])
         if not isinstance(rec.get("text"), str):
-            raise DataError(f"{path}:{n}: query {qid!r} has no 'text' string")
+            v = rec.get("text")
+            got = ("no 'text' string" if "text" not in rec else "'text' null" if v is None
+                   else f"'text' {type(v).__name__} {str(v)[:60]!r}")
+            raise DataError(f"{path}:{n}: query {qid!r} has {got}; 'text' must be a string (a JSON string)")
         if qid in seen:
             raise DataError(f"{path}:{n}: duplicate query id {qid!r} (first on line {seen[qid]})")
         seen[qid] = n
@@ -535,8 +552,13 @@ def read_qrels(path: str | os.PathLike[str]) -> Qrels:
     every line must have its number of columns (a last column left empty, ``q1<TAB>d1<TAB>1<TAB>``, counts).
     Otherwise (BEIR's own header, another header, or none), a line is ``query-id corpus-id score`` (3 columns)
     or trec_eval's ``qid iter docid rel`` (4).  A file with CR-only (old Mac) line endings, or gzip-compressed, is
-    a :class:`DataError` saying so.
+    a :class:`DataError` saying so.  A ``.csv`` file is read by its header's column names, as
+    :class:`~ragkit.TrainSet` and :func:`~ragkit.eval.evaluate` read it (:func:`ragkit.types.as_qrels`:
+    ``qid,docid,rel``, ``query-id,corpus-id,score``, ...).
     """
+    csv_path = user_path(path, "read_qrels: path")
+    if csv_path.suffix.casefold() == ".csv" and csv_path.is_file():
+        return check_qrels(_csv_qrels(csv_path, "read_qrels"), "read_qrels")
     return _read_qrels(path)[0]
 
 
@@ -551,6 +573,8 @@ def _read_qrels(path: str | os.PathLike[str]) -> tuple[Qrels, dict[str, int]]:
     named: tuple[int, int, int] | None = None
     line_of: dict[tuple[str, str], int] = {}
     first_line: dict[str, int] = {}
+    first: str | None = None  # line 1, when read as a header
+    others = False  # whether a line other than that header holds anything
     # a byte-order mark is not part of the header; a '"' in an id is part of it (no CSV quoting)
     for n, _, line in utf8_lines(path, "qrels files are UTF-8 text"):
         full = line.rstrip("\r\n")  # (its trailing tabs kept: a named header's last column may be left empty)
@@ -565,9 +589,11 @@ def _read_qrels(path: str | os.PathLike[str]) -> tuple[Qrels, dict[str, int]]:
         if not text.strip():
             continue
         if n == 1 and _is_header(row):
+            first = text
             named = _named_columns(row)
             header = row if named is not None else None
             continue
+        others = True
         if named is not None and header is not None:  # extra columns ('annotators') ignored, by name
             # a row has the header's columns when it does counting its trailing tabs as empty columns or not
             # ('q1<TAB>d1<TAB>1<TAB>' under 'query-id corpus-id score annotators': the annotators left empty)
@@ -592,6 +618,8 @@ def _read_qrels(path: str | os.PathLike[str]) -> tuple[Qrels, dict[str, int]]:
         if rel != value:  # trec_eval's grades are integers; truncating 0.5 to 0 would drop a judgement
             raise DataError(f"{path}:{n}: relevance {s!r} is not an integer; qrels grade relevance with "
                             "integers (0 not relevant, 1, 2, ... more relevant)")
+        if not GRADE_MIN <= rel <= GRADE_MAX:
+            raise DataError(grade_range_error(f"{path}:{n}: query {q!r}, document {d!r}", s))
         judged = qrels.setdefault(q, {})
         if d in judged and judged[d] != rel:  # an identical repeated line is harmless
             raise DataError(f"{path}:{n}: conflicting judgements of document {d!r} for query {q!r} "
@@ -599,6 +627,14 @@ def _read_qrels(path: str | os.PathLike[str]) -> tuple[Qrels, dict[str, int]]:
         line_of.setdefault((q, d), n)
         first_line.setdefault(q, n)
         judged[d] = rel
+    header_names = {c.strip().lower().replace("_", "-") for c in re.split(r"[\t ,]+", first or "")}
+    if not qrels and first is not None and not others and not header_names & set(_BEIR_COLUMNS):
+        # (a one-judgement file whose grade is not the last field, not a header naming BEIR's columns)
+        raise DataError(f"{path}: its only line {first[:80]!r} was read as a header (its last field is not a "
+                        "number), so the file holds no judgements; expected tab-separated query-id, corpus-id, "
+                        "score (BEIR: 'q1<TAB>d1<TAB>1', under a header 'query-id<TAB>corpus-id<TAB>score') or "
+                        "trec_eval's 'qid 0 docid rel', the grade an integer in the last column"
+                        + ("; a comma-separated file is read by its header when named .csv" if "," in first else ""))
     if not qrels:
         raise DataError(f"{path}: holds no judgements (an empty file, or a header only); expected lines "
                         "'query-id<TAB>corpus-id<TAB>score'")
@@ -774,6 +810,22 @@ def _qrels_file(folder: Path, split: str) -> Path:
     return path
 
 
+def _check_split_qrels(qrels: Any) -> None:
+    """Refuse (an :class:`InputTypeError` for :func:`write_beir`) ``qrels`` that are no mapping
+    ``{split: {query_id: {doc_id: grade}}}``; flat qrels (``{query_id: {doc_id: grade}}``, what
+    :func:`read_qrels` returns) are told to be wrapped in a split."""
+    flat = ""
+    if isinstance(qrels, Mapping):
+        bad = next(((s, rel) for s, rel in qrels.items() if not isinstance(rel, Mapping)
+                    or any(not isinstance(j, Mapping) for j in rel.values())), None)
+        if bad is None:
+            return
+        if isinstance(bad[1], Mapping):  # {query: {doc: grade}}: one level short
+            flat = ' (flat qrels: pass {"test": qrels})'
+    raise InputTypeError("write_beir: qrels: expected {split: {query_id: {doc_id: grade}}}, got "
+                         f"{_kind(qrels)}{flat}")
+
+
 def write_beir(folder: str | os.PathLike[str], corpus: Corpus, queries: Mapping[str, str] | Queries,
                qrels: Mapping[str, Mapping[str, Mapping[str, int]]]) -> Path:
     """Write a BEIR folder: ``corpus.jsonl``, ``queries.jsonl`` and ``qrels/<split>.tsv`` per split.
@@ -790,8 +842,14 @@ def write_beir(folder: str | os.PathLike[str], corpus: Corpus, queries: Mapping[
     blocker = file_above(folder)
     if blocker is not None:
         raise DataError(f"{folder}: {blocker} is a file, not a folder; a dataset cannot be written below it")
+    if not isinstance(corpus, Corpus):
+        raise InputTypeError(f"write_beir: corpus: expected a Corpus, got {_kind(corpus)}")
     if isinstance(queries, Queries):
         queries = dict(zip(queries.ids, queries.texts))
+    if not isinstance(queries, Mapping):
+        raise InputTypeError(f"write_beir: queries: expected a Queries or a mapping {{query_id: text}}, got "
+                             f"{_kind(queries)}")
+    _check_split_qrels(qrels)
     odd = next(((q, t) for q, t in queries.items() if not isinstance(t, str)), None)
     if odd is not None:
         raise DataError(f"write_beir: query {odd[0]!r} has the text {odd[1]!r:.60}; expected a string")
@@ -804,6 +862,8 @@ def write_beir(folder: str | os.PathLike[str], corpus: Corpus, queries: Mapping[
                 if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)):
                     raise DataError(f"write_beir: qrels[{split!r}][{q!r}][{d!r}] = {v!r} is not an integer "
                                     "relevance grade (0 not relevant, 1, 2, ... more relevant)")
+                if not GRADE_MIN <= v <= GRADE_MAX:
+                    raise DataError(grade_range_error(f"write_beir: qrels[{split!r}][{q!r}][{d!r}]", v))
         unknown = [q for q in rel if q not in queries]
         if unknown:
             raise DataError(f"write_beir: qrels[{split!r}] names {len(unknown)} queries not in queries, "

@@ -23,7 +23,7 @@ import numpy as np
 
 from ragkit._files import first_time
 from ragkit.errors import DataError, ParamError, some_ids
-from ragkit.run import Run, _f32, _flat, _trec_permutation, check_scores
+from ragkit.run import Run, _f32, _flat, _trec_permutation, check_run_queries, check_scores
 from ragkit.types import Ranking, State, _a, _kind, as_qrels, check_id_nul, check_qrels, check_qrels_nul
 
 if TYPE_CHECKING:  # pandas is optional
@@ -108,10 +108,7 @@ def check_run_mapping(run: Any, who: str, got: str | None = None) -> None:
     if not isinstance(run, Mapping):
         raise DataError(f"{who}: run must be a Run (what search returns) or a mapping {{query_id: {{doc_id: "
                         f"score}}}}, got {got or _kind(run)}")
-    bad_q = next((q for q, docs in run.items() if not isinstance(docs, Mapping)), None)
-    if bad_q is not None:
-        raise DataError(f"{who}: run[{bad_q!r}] is {_kind(run[bad_q])}, expected a mapping {{doc_id: score}} "
-                        "(a run is {query_id: {doc_id: score}})")
+    check_run_queries(run, who)
 
 
 def _clean_run(run: Run | Mapping[str, Mapping[str, float]], ignore_identical_ids: bool,
