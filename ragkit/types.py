@@ -1487,15 +1487,18 @@ def unsaveable(corpus: "Corpus") -> tuple[str, int, str] | None:
     return None
 
 
-#: the grades trec_eval (pytrec_eval) holds: a C int; a larger one fails inside it (an opaque SystemError)
-GRADE_MIN, GRADE_MAX = -2**31, 2**31 - 1
+#: the grades ragkit hands trec_eval (pytrec_eval): a C int below (grades under 0 all count as judged, not relevant:
+#: they reach it as -1), and at most 1,000 above: trec_eval's time grows with a query's highest grade (65,535 took
+#: 0.8 s for one query, 10**6 over 20 s, 2**30 crashed the process, beyond a C int it fails with a SystemError)
+GRADE_MIN, GRADE_MAX = -2**31, 1000
 
 
 def grade_range_error(where: str, grade: Any) -> str:
     """The message refusing ``grade`` (at ``where``: ``"evaluate: qrels['q1']['d1']"``, ``"file:3"``) outside
-    trec_eval's C int range (:data:`GRADE_MIN`, :data:`GRADE_MAX`)."""
-    return (f"{where}: relevance grade {str(grade)[:40]} is outside the range trec_eval holds ({GRADE_MIN} to "
-            f"{GRADE_MAX}, a C int); grade relevance with small integers (0 not relevant, 1, 2, ... more relevant)")
+    :data:`GRADE_MIN` to :data:`GRADE_MAX`."""
+    return (f"{where}: relevance grade {str(grade)[:40]} is outside the range ragkit evaluates ({GRADE_MIN:,} to "
+            f"{GRADE_MAX:,}: trec_eval's time grows with the highest grade, and it fails beyond a C int); grade "
+            "relevance with small integers (0 not relevant, 1, 2, ... more relevant)")
 
 
 def _grade(r: Any, q: Any, doc: Any, who: str = "evaluate") -> int:

@@ -9,6 +9,7 @@ import logging
 import subprocess
 import sys
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -20,8 +21,14 @@ from ragkit.types import Ranking, State
 
 
 @pytest.fixture(autouse=True)
-def _quiet() -> None:
-    logging.getLogger("ragkit").setLevel(logging.ERROR)
+def _quiet() -> Iterator[None]:
+    """The ragkit logger at ERROR for these tests, put back after each (left at ERROR, it silenced the notes a later
+    file's tests read)."""
+    log = logging.getLogger("ragkit")
+    level = log.level
+    log.setLevel(logging.ERROR)
+    yield
+    log.setLevel(level)
 
 
 # --- 1. grades below -1 ----------------------------------------------------------------------------------------
