@@ -8,9 +8,9 @@ Usage::
 Prints, on synthetic data (seeded):
 
 * ``evaluate(run, qrels, ["ndcg@10", "recall@100", "map@100", "mrr@10"])`` on a :class:`~ragkit.run.Run`, and
-  the time of the conversion from the run's arrays to pytrec_eval's dicts that it does (``Run.to_dict``) next to
-  the per-query loop it replaced (``_old_to_dict``, followed by ``_old_flat``, which flattened the dicts back for
-  MRR@k);
+  the time of the conversion from the run's arrays to pytrec_eval's dicts that it does (``Run.to_dict``, one
+  ``tolist`` per query: a concatenated version tried on 2026-12-06 was slower) next to what it did before
+  (``_old_to_dict`` followed by ``_old_flat``, which flattened the dicts back for MRR@k);
 * :meth:`Corpus.save <ragkit.types.Corpus.save>` and :func:`~ragkit.eval.beir.read_corpus` of the same corpus, with
   the share of each spent in JSON (the ``json`` module's encoder / decoder, from a profile), next to the one
   ``json.dumps`` / ``json.loads`` per document of ``_old_write_jsonl`` / ``_old_read_corpus``.

