@@ -82,3 +82,16 @@ def test_grade_beyond_c_int_refused(tmp_path: Path, grade: int) -> None:
 
 def test_grade_limits_kept() -> None:
     assert check_qrels({"q": {"a": 1000, "b": -2**31}}, "evaluate") == {"q": {"a": 1000, "b": -2**31}}
+
+
+@pytest.mark.parametrize("name", ["corpus.jsonl", "queries.jsonl"])
+def test_nul_in_a_jsonl_id_is_refused_naming_the_line(tmp_path: Path, name: str) -> None:
+    """A NUL in a corpus or queries ``_id`` was refused only when the Corpus / Queries was built (no file, no
+    line), or not at all by ``read_queries``; qrels and run files named the line."""
+    from ragkit.eval.beir import read_corpus, read_queries
+
+    path = tmp_path / name
+    path.write_text('{"_id": "a", "text": "x"}\n{"_id": "b\\u0000c", "text": "y"}\n')
+    read = read_corpus if name == "corpus.jsonl" else read_queries
+    with pytest.raises(DataError, match=rf"{name}:2: '_id' 'b\\x00c' holds a NUL character"):
+        read(path)

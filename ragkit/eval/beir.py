@@ -157,7 +157,10 @@ def _refuse_gzip(path: Path) -> None:
 
 def _check_id(did: str, path: Path, n: int) -> None:
     """Refuse the ``_id`` on line ``n`` of ``path`` when it is empty or holds a tab, a line feed or a carriage
-    return: qrels and run files, whose columns are tab- or space-separated, could not name it."""
+    return: qrels and run files, whose columns are tab- or space-separated, could not name it; or a NUL
+    (:func:`_refuse_nul`)."""
+    if "\x00" in did:
+        _refuse_nul(path, n, [("'_id'", did)])
     if not did:
         raise DataError(f"{path}:{n}: '_id' is empty; expected a non-empty id (a qrels line or a run file cannot "
                         "name a record without one)")
@@ -244,7 +247,7 @@ def _parse_block(raws: list[bytes], at_start: bool) -> list[dict[str, Any]] | No
     data = b"".join(raws)
     if at_start and data.startswith(codecs.BOM_UTF8):  # (line 1 is read as utf-8-sig)
         data = data[len(codecs.BOM_UTF8):]
-    if _SURROGATE.search(data):
+    if _SURROGATE.search(data) or b"\\u0000" in data:  # (a NUL, perhaps in an id: refused line by line, at its line)
         return None
     try:
         text = data.decode("utf-8")
