@@ -20,24 +20,11 @@ from ragkit._files import utf8_lines
 from ragkit.errors import DataError
 from ragkit.eval import beir
 from ragkit.eval.beir import read_qrels
-from ragkit.run import Run, _check_unique
+from ragkit.run import Run
 from ragkit.types import _jsonable
 
 
 # ----------------------------------------------------------------------------- the code before the change
-def _old_to_dict(run: Run, k: int | None = None) -> dict[str, dict[str, float]]:
-    """``Run.to_dict`` before the change: one ``tolist`` per query."""
-    out: dict[str, dict[str, float]] = {}
-    for q, d, s in run:
-        if k is not None:
-            _check_unique(q, d, "Run")
-            d, s = d[:k], s[:k]
-        out[q] = dict(zip(d.tolist(), s.astype(float).tolist()))
-        if len(out[q]) != len(d):
-            _check_unique(q, d, "Run")
-    return out
-
-
 def _old_flat(run: Mapping[Any, Mapping[str, float]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``ragkit.run._flat`` (which evaluate's MRR@k and BEIR metrics no longer call on a Run's dicts)."""
     vals = list(run.values())
@@ -136,26 +123,12 @@ def _run(n_q: int, n_docs: int, depth: int, seed: int = 0) -> Run:
     return Run([f"q{i}" for i in range(n_q)], [ids[r] for r in rows], list(scores))
 
 
-@pytest.mark.parametrize("k", [None, 0, 1, 5, 30, 100, -1, -50, np.int64(3)])
-def test_to_dict_is_the_per_query_one(k: Any) -> None:
-    run = _run(40, 300, 30)
-    new, old = run.to_dict(k), _old_to_dict(run, k)
-    assert new == old and list(new) == list(old) and all(list(new[q]) == list(old[q]) for q in old)
-    mixed = Run(["a", "b", "c"], [np.array([], dtype=object), np.array(["x", "y"]), np.array(["z"], dtype=object)],
-                [np.array([]), np.array([2.0, 1.0]), np.array([3.0])])
-    assert mixed.to_dict(k) == _old_to_dict(mixed, k)
-    assert Run([], [], []).to_dict(k) == {}
-
-
 @pytest.mark.parametrize("k", [None, 1])
 def test_to_dict_names_the_first_query_listing_a_document_twice(k: Any) -> None:
     run = Run(["a", "b", "c"], [np.array(["x", "y"]), np.array(["x", "z", "x"]), np.array(["w", "w"])],
               [np.array([2.0, 1.0]), np.array([3.0, 2, 1]), np.array([1.0, 0.5])])
-    with pytest.raises(DataError) as new:
+    with pytest.raises(DataError, match="query 'b'"):
         run.to_dict(k)
-    with pytest.raises(DataError) as old:
-        _old_to_dict(run, k)
-    assert str(new.value) == str(old.value) and "query 'b'" in str(new.value)
 
 
 def _both_written(corpus: Corpus) -> str:
