@@ -8,9 +8,8 @@ Usage::
 Prints, on synthetic data (seeded):
 
 * ``evaluate(run, qrels, ["ndcg@10", "recall@100", "map@100", "mrr@10"])`` on a :class:`~ragkit.run.Run`, and
-  the time of the conversion from the run's arrays to pytrec_eval's dicts that it does (``Run.to_dict``, one
-  ``tolist`` per query: a concatenated version tried on 2026-12-06 was slower) next to what it did before
-  (the same, followed by ``_old_flat``, which flattened the dicts back for MRR@k);
+  the share of it the conversion from the run's arrays to pytrec_eval's dicts takes (``Run.to_dict``, one
+  ``tolist`` per query: a concatenated version tried on 2026-12-06 was slower, and was not kept);
 * :meth:`Corpus.save <ragkit.types.Corpus.save>` and :func:`~ragkit.eval.beir.read_corpus` of the same corpus, with
   the share of each spent in JSON (the ``json`` module's encoder / decoder, from a profile), next to the one
   ``json.dumps`` / ``json.loads`` per document of ``_old_write_jsonl`` / ``_old_read_corpus``.
@@ -38,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from test_batched_io import _old_flat, _old_read_corpus, _old_write_jsonl  # noqa: E402
+from test_batched_io import _old_read_corpus, _old_write_jsonl  # noqa: E402
 
 from ragkit import Corpus, evaluate  # noqa: E402
 from ragkit.eval import beir  # noqa: E402
@@ -99,10 +98,9 @@ def main() -> None:
     for n_q in sizes:
         run, qrels = _run(n_q, 20000)
         t_eval = best_of(lambda: evaluate(run, qrels, metrics=METRICS))
-        t_new = best_of(lambda: run.to_dict())
-        t_old = best_of(lambda: _old_flat(run.to_dict()))
-        print(f"evaluate {n_q:>6} queries x 100: {t_eval:.3f}s; run -> dicts {t_new:.3f}s now "
-              f"(to_dict + the old _flat: {t_old:.3f}s, x{t_old / max(t_new, 1e-9):.1f})")
+        t_dicts = best_of(lambda: run.to_dict())
+        print(f"evaluate {n_q:>6} queries x 100: {t_eval:.3f}s; run -> dicts (Run.to_dict) {t_dicts:.3f}s, "
+              f"{t_dicts / max(t_eval, 1e-9):.0%} of it")
 
     corpus = Corpus(ids=[f"d{i}" for i in range(n_corpus)], texts=_texts(n_corpus, 40, 1),
                     titles=_texts(n_corpus, 3, 2))

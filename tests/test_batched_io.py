@@ -7,9 +7,8 @@ from __future__ import annotations
 
 import io
 import json
-from itertools import chain
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterator
 
 import numpy as np
 import pytest
@@ -25,16 +24,6 @@ from ragkit.types import _jsonable
 
 
 # ----------------------------------------------------------------------------- the code before the change
-def _old_flat(run: Mapping[Any, Mapping[str, float]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``ragkit.run._flat`` (which evaluate's MRR@k and BEIR metrics no longer call on a Run's dicts)."""
-    vals = list(run.values())
-    lens = np.fromiter(map(len, vals), np.int64, len(vals))
-    n = int(lens.sum())
-    docs = np.empty(n, dtype=object)
-    docs[:] = list(chain.from_iterable(vals))
-    return lens, docs, np.fromiter(chain.from_iterable(v.values() for v in vals), np.float64, n)
-
-
 def _old_write_jsonl(corpus: Corpus, f: Any) -> None:
     """``Corpus._write_jsonl`` before the change: one ``json.dumps`` per document."""
     keys = list(corpus.metadata)
