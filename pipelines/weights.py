@@ -2,15 +2,18 @@
 
 Grid search over the weight simplex (plus the exact uniform point, which a 0.1 or 0.25 grid
 lacks for 3 or 5+ branches), scored by per-query nDCG@10 (pytrec_eval) on the training
-queries' fused rankings.  K-fold cross-validation picks the best weights on each fold's
+queries' fused rankings.  K-fold cross-validation (the queries of one text, whitespace and case
+aside, in one fold, as ``ragkit train``'s held-out fold keeps them) picks the best weights on each fold's
 training part (of equally good grid points, the one closest to uniform weights, so no branch
 is dropped for nothing); the final weights are the mean of those per-fold picks (bagging
 across folds, which damps the variance of a single arg-max over a few hundred queries), and
-the mean held-out nDCG@10 of the picks is reported as the honest estimate.
+the mean held-out nDCG@10 of the picks is the estimate of that procedure.
 
 Learning must earn its weights: when that estimate is no better than equal weights scored on the same
 held-out folds, or the averaged weights score below equal weights on the training queries, the equal
-weights are kept (``WeightSearch.kept == "uniform"``, with a warning on the ``ragkit`` logger).
+weights are kept (``WeightSearch.kept == "uniform"``, with a warning on the ``ragkit`` logger).  The
+cross-validated score of the weights kept (:attr:`WeightSearch.held_out_ndcg`) took part in that choice, so it
+is optimistic by selection: usually the higher of the two scores on the same folds.
 """
 
 from __future__ import annotations
@@ -21,11 +24,11 @@ from typing import Callable, Literal
 
 import numpy as np
 
-from ragkit.errors import DataError
+from ragkit.errors import DataError, some_ids
 from ragkit.eval.metrics import _evaluate_noted, _per_query_metrics
 from ragkit.operator import group_positions
 from ragkit.run import Run
-from ragkit.types import Qrels, Ranking, State, check_qrels, usable_or_refused
+from ragkit.types import Qrels, Ranking, State, check_qrels, normalised_text, usable_or_refused
 
 __all__ = ["simplex_grid", "WeightSearch", "learn_weights", "best_grid_point"]
 
@@ -69,7 +72,10 @@ class WeightSearch:
     ``weights``' nDCG@10 on the training queries, ``baseline_ndcg`` equal weights'.  ``kept`` says which
     weights were chosen: ``"learned"`` (the mean of the per-fold picks, ``averaged``) or ``"uniform"``
     (equal weights, when the averaged ones do not beat them: ``cv_ndcg <= uniform_cv_ndcg``, or their
-    training nDCG@10, ``averaged_train_ndcg``, is below ``baseline_ndcg``)."""
+    training nDCG@10, ``averaged_train_ndcg``, is below ``baseline_ndcg``).
+
+    ``cv_ndcg`` and ``uniform_cv_ndcg`` are each an unselected held-out estimate of one option; the kept
+    weights' one, :attr:`held_out_ndcg`, is not: those two scores chose it."""
 
     weights: np.ndarray
     fold_picks: np.ndarray
@@ -84,7 +90,13 @@ class WeightSearch:
     @property
     def held_out_ndcg(self) -> float:
         """The cross-validated nDCG@10 of the weights kept: ``cv_ndcg`` for learned ones, ``uniform_cv_ndcg``
-        when equal weights were kept (what a choice between fusion settings compares)."""
+        when equal weights were kept (what a choice between fusion settings compares).
+
+        Optimistic by selection: the same held-out folds' scores chose between the two (the learned weights
+        are kept only when ``cv_ndcg > uniform_cv_ndcg``), so this is their maximum unless the training
+        nDCG@10 overruled it, and a choice among several settings by it adds to the optimism.  For an
+        unbiased figure, score the kept weights on queries no choice saw (``ragkit train``'s held-out
+        report)."""
         return self.cv_ndcg if self.kept == "learned" else self.uniform_cv_ndcg
 
     def report(self) -> dict[str, object]:
@@ -122,6 +134,12 @@ def learn_weights(fuse: Callable[[State, np.ndarray], list[Ranking]], state: Sta
     below equal weights'; then equal weights (``1 / n`` each) are kept (``kept="uniform"``) and a warning
     on the ``ragkit`` logger gives both pairs of numbers.
 
+    The queries of one text (:func:`~ragkit.types.normalised_text`: whitespace and case aside) share a fold,
+    whatever their ids, as ``ragkit train``'s held-out fold keeps them; the texts, numbered in the order of their
+    first query, are permuted with ``seed`` (without shared texts: the fold of a permutation of the queries).
+    Usable queries of one text leave no question to hold out: equal weights are kept, with a warning, and the
+    cross-validated estimates are nan (only equal weights are scored).
+
     Parameters
     ----------
     fuse : callable (state, weights) -> rankings
@@ -158,6 +176,14 @@ def learn_weights(fuse: Callable[[State, np.ndarray], list[Ranking]], state: Sta
         raise DataError(f"learning fusion weights: 1 usable (with a relevant document in the corpus) training query "
                         f"({qids[0]!r}) of {len(state)}; cross-validation needs at least 2 (one to learn from, one "
                         "held out)")
+    # each query's text (normalised_text: whitespace and case aside), numbered in the order of its first query as
+    # ragkit train's held-out fold numbers them: the queries of one text share a fold (below)
+    text_of = dict(zip(state.query_ids, state.queries))
+    numbers: dict[str, int] = {}
+    text_group = np.array([numbers.setdefault(normalised_text(text_of[q]), len(numbers)) for q in qids], np.intp)
+    n_texts = len(numbers)
+    if n_texts < 2:  # no fold can hold a question out: nothing to earn weights with, equal weights only are scored
+        grid, from_uniform, uniform = grid[[uniform]], from_uniform[[uniform]], 0
     # checked once here (string ids, integer grades), not again by each of the grid's evaluations
     judged = check_qrels({q: qrels[q] for q in qids}, "learning fusion weights")
     per_q = np.zeros((len(grid), len(qids)))
@@ -170,8 +196,20 @@ def learn_weights(fuse: Callable[[State, np.ndarray], list[Ranking]], state: Sta
             pq = _evaluate_noted(_heads_run(heads(w, _DEPTH), state.query_ids, corpus_ids), judged, ["ndcg@10"],
                                  qrels_checked=True).per_query
             per_q[g] = [pq["ndcg@10"][q] for q in qids]
+    if n_texts < 2:
+        baseline = float(per_q[uniform].mean())
+        logging.getLogger("ragkit").warning(
+            "%slearning fusion weights: the %d usable training queries (%s) all have one text (whitespace and case "
+            "aside), %r; cross-validation keeps the queries of one text in one fold, so none can be held out; keeping "
+            "equal weights (no cross-validated nDCG@10: nan)", f"{where}: " if where else "", len(qids),
+            some_ids(qids), text_of[qids[0]])
+        return WeightSearch(weights=grid[uniform].copy(), fold_picks=np.zeros((0, n)), cv_ndcg=float("nan"),
+                            train_ndcg=baseline, baseline_ndcg=baseline, kept="uniform")
+    # the queries of one text (normalised_text) share a fold, as train's held-out fold keeps them on one side: a
+    # question picked on under one id and scored under another is not held out.  The texts, numbered in the order
+    # of their first query, are permuted with the seed; without shared texts this is the old per-query fold.
     rng = np.random.default_rng(seed)
-    fold_of = rng.permutation(len(qids)) % max(2, min(folds, len(qids)))
+    fold_of = (rng.permutation(n_texts) % max(2, min(folds, n_texts)))[text_group]
     picks, held, held_uniform = [], [], []
     for f in range(fold_of.max() + 1):
         tr, te = fold_of != f, fold_of == f
