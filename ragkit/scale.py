@@ -236,7 +236,7 @@ def _import_plugins(modules: Sequence[tuple[str, str | None]]) -> None:
         label = f"importing {module!r} (it registers operators of this pipeline) on a Ray worker"
         if file is not None and "." not in module and Path(file).name != "__init__.py" and Path(file).is_file():
             # (the driver's file, before a module of that name the worker finds: ./code.py is not the stdlib's code)
-            from ragkit.cli import _import_module
+            from ragkit.cli._imports import _import_module
 
             _import_module(str(file), f"{label} from {file}")
             continue

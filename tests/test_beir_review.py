@@ -293,7 +293,7 @@ def test_the_deeper_search_deepens_each_retriever_by_one_not_to_the_pipeline_s_d
     Each retriever now searches its own k + 1 (BEIR's top_k + 1), the run cut back to the first search's depth."""
     import numpy as np
 
-    from ragkit import cli
+    from ragkit.cli._scoring import _Scoring, _search_scored
     from ragkit.eval.metrics import drop_identical_ids
     from ragkit.pipelines.yaml import load_yaml
     from ragkit.types import Corpus, Queries
@@ -308,7 +308,7 @@ def test_the_deeper_search_deepens_each_retriever_by_one_not_to_the_pipeline_s_d
     first = pipe.search(queries)
     depth = max(len(d) for d in first.doc_ids)
     assert depth > 4  # (the fused depth is deeper than each retriever's k + 1)
-    got = cli._search_scored(pipe, queries, {}, corpus, cli._Scoring(), trace=False)
+    got = _search_scored(pipe, queries, {}, corpus, _Scoring(), trace=False)
     plus_one = load_yaml(f"pipeline:\n - parallel: {{branches: {branches.format(k=4)}}}\n").fit(corpus)
     want = drop_identical_ids(plus_one.search(queries), depth)
     assert [d.tolist() for d in got.doc_ids] == [d.tolist() for d in want.doc_ids]

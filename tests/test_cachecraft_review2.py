@@ -475,7 +475,7 @@ needs_model = pytest.mark.skipif(
 @needs_model
 def test_an_unusable_ragkit_cache_names_ragkit_cache_not_a_flag(tmp_path, monkeypatch, capsys):
     """Old code: "generate.cache_dir: ..." for a flag the user never passed, and the ask stopped."""
-    from ragkit.cli import _default_chunk_dir
+    from ragkit.cli._ask import _default_chunk_dir
 
     blocker = tmp_path / "afile"
     blocker.write_text("x")
@@ -490,7 +490,7 @@ def test_an_unusable_ragkit_cache_names_ragkit_cache_not_a_flag(tmp_path, monkey
 def test_model_loading_in_ask_draws_no_progress_bars():
     import transformers
 
-    from ragkit.cli import _quiet_model_loading
+    from ragkit.cli._ask import _quiet_model_loading
 
     gguf = __import__("importlib").import_module("transformers.modeling_gguf_pytorch_utils")
     before = gguf.tqdm

@@ -75,7 +75,7 @@ def test_c_locale_without_coercion_prints_substitutes_not_a_traceback(tmp_path):
     """``LC_ALL=C PYTHONCOERCECLOCALE=0 PYTHONUTF8=0``: standard output is ASCII with ``surrogateescape``
     errors, which the fallback handler was not given (only strict ones were), so a title's en dash (``ragkit
     ask``'s sources line, ``ragkit search``'s table) failed with a traceback."""
-    from ragkit.cli import FALLBACK_ERRORS
+    from ragkit.cli._console import FALLBACK_ERRORS
 
     folder = _corpus(tmp_path / "d", [f"d{i}" for i in range(4)])
     (folder / "corpus.jsonl").write_text("".join(
@@ -109,12 +109,12 @@ def test_search_shows_long_ids_whole(tmp_path, columns):
 
 # ------------------------------------------------------------------ 3. Ctrl-C
 def test_ctrl_c_says_interrupted_and_exits_130(tmp_path, data, monkeypatch, capsys):
-    import ragkit.cli as cli
+    from ragkit.cli import _eval
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cli, "resolve_pipeline", interrupted)
+    monkeypatch.setattr(_eval, "resolve_pipeline", interrupted)
     out = tmp_path / "o.json"
     assert main(["eval", "--data", str(data), "--pipeline", "bm25", "-o", str(out)]) == 130
     assert capsys.readouterr().err == "interrupted\n" and not out.exists()
@@ -162,15 +162,15 @@ def test_compare_fits_80_columns_and_wraps_narrower(tmp_path, data):
 
     from rich.console import Console
 
-    import ragkit.cli as cli
+    from ragkit.cli import _compare
 
     narrow = Console(file=io.StringIO(), width=40, force_terminal=True, color_system=None, highlight=False)
-    was = cli.console
-    cli.console = narrow
+    was = _compare.console
+    _compare.console = narrow
     try:
         assert main(["compare", str(a), str(b), str(c)]) == 0
     finally:
-        cli.console = was
+        _compare.console = was
     lines = narrow.file.getvalue().splitlines()
     assert max(len(line) for line in lines) <= 40 and any(line.startswith("    Δ ") for line in lines), lines
 

@@ -125,7 +125,7 @@ def test_no_color_leaves_a_usage_errors_error_unstyled(monkeypatch):
     turned styling off, had closed (and put the colours back) before the usage error was printed."""
     from rich.color import ColorSystem
 
-    from ragkit.cli import err_console
+    from ragkit.cli._console import err_console
 
     err = io.StringIO()
     monkeypatch.setattr(sys, "stderr", err)
@@ -255,19 +255,19 @@ def _many_queries(tmp_path: Path) -> tuple[Path, Path]:
 
 
 def _count_blocks(monkeypatch) -> list[int]:
-    """Count the blocks of lines handed to standard output (``writelines`` of :class:`ragkit.cli._GuardedStream`,
-    dropped or not): one entry per call."""
-    from ragkit import cli
+    """Count the blocks of lines handed to standard output (``writelines`` of
+    :class:`ragkit.cli._streams._GuardedStream`, dropped or not): one entry per call."""
+    from ragkit.cli._streams import _GuardedStream
 
     calls: list[int] = []
-    writelines = cli._GuardedStream.writelines
+    writelines = _GuardedStream.writelines
 
     def counted(self, lines):
         if self._name == "stdout":
             calls.append(len(lines))
         return writelines(self, lines)
 
-    monkeypatch.setattr(cli._GuardedStream, "writelines", counted)
+    monkeypatch.setattr(_GuardedStream, "writelines", counted)
     return calls
 
 
@@ -287,12 +287,12 @@ def test_search_run_to_stdout_stops_when_its_reader_closed_the_pipe(tmp_path, mo
 
 def test_search_tables_stop_when_stdouts_reader_closed_the_pipe(tmp_path, monkeypatch):
     """``ragkit search --index ix q1 q2 ... | head -1``: the tables after the one that failed are not rendered."""
-    from ragkit import cli
+    from ragkit.cli._console import console
 
     ix, _ = _many_queries(tmp_path)
     printed: list[object] = []
-    print_ = cli.console.print
-    monkeypatch.setattr(cli.console, "print", lambda *a, **kw: (printed.append(a), print_(*a, **kw))[1])
+    print_ = console.print
+    monkeypatch.setattr(console, "print", lambda *a, **kw: (printed.append(a), print_(*a, **kw))[1])
     monkeypatch.setattr(sys, "stdout", _Closed())
     assert _main("search", "--index", ix, "--k", "3", *[f"vitamin {i}" for i in range(30)]) == 141
     assert len(printed) == 1, len(printed)

@@ -135,7 +135,7 @@ def test_the_texts_digest_tells_apart_what_a_plain_join_would_not():
 def test_cli_eval_of_a_saved_pipeline_refuses_a_dataset_with_edited_texts() -> None:
     """``ragkit eval --pipeline SAVED --data D`` compared the ids only: a dataset whose texts changed under the same
     ids was scored with an index of the old texts."""
-    from ragkit.cli import _check_same_corpus
+    from ragkit.cli._data import _check_same_corpus
     from ragkit.errors import RagkitError
 
     fitted = Corpus(ids=["a", "b"], texts=["red fox", "blue whale"])

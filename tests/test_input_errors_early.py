@@ -129,12 +129,12 @@ def test_a_ranged_option_out_of_range_names_the_option_range_and_value(args, opt
 
 def test_ranged_options_in_range_are_taken():
     """The parser hands the command numbers (a default, given as a number, as it is)."""
-    from ragkit import cli
+    from ragkit.cli._options import _range_parser
 
-    parse = cli._range_parser("--alpha", float, 0.0, 1.0)
+    parse = _range_parser("--alpha", float, 0.0, 1.0)
     assert parse("0.5") == 0.5 and parse(0.05) == 0.05 and parse(None) is None and parse("1") == 1.0
-    assert cli._range_parser("--limit", int, 1, None)(" 7 ") == 7
-    assert cli._range_parser("--seed", int, 0, 2**32 - 1)(0) == 0
+    assert _range_parser("--limit", int, 1, None)(" 7 ") == 7
+    assert _range_parser("--seed", int, 0, 2**32 - 1)(0) == 0
 
 
 # ------------------------------------------------------------------ 4. from_yaml of no path

@@ -16,7 +16,7 @@ class _Learned:
 
 
 def test_the_learned_line_prints_estimates_with_four_decimals(capsys):
-    from ragkit.cli import _print_learned
+    from ragkit.cli._train import _print_learned
 
     _print_learned(_Learned({"pipeline[3].rrf": {
         "queries": 809, "weights": [0.5, 0.25, 0.125], "kept": False, "cv_ndcg@10": 0.6959, "train_ndcg@10": 0.696,

@@ -248,7 +248,7 @@ def test_ask_without_gguf_names_the_llm_extra_before_the_fit(monkeypatch, tmp_pa
 
 
 def test_ask_checks_the_gguf_packages_only_for_a_gguf_model(monkeypatch, tmp_path):
-    from ragkit.cli import _check_llm_packages
+    from ragkit.cli._ask import _check_llm_packages
     from ragkit.errors import RagkitError
     from ragkit.generators.operator import Generate
 
@@ -263,7 +263,7 @@ def test_ask_checks_the_gguf_packages_only_for_a_gguf_model(monkeypatch, tmp_pat
 
 
 def test_ask_needs_no_gguf_package_for_a_gguf_of_which_a_dequantized_copy_is_cached(monkeypatch, tmp_path):
-    from ragkit.cli import _check_llm_packages
+    from ragkit.cli._ask import _check_llm_packages
     from ragkit.errors import RagkitError
     from ragkit.generators import local
     from ragkit.generators.operator import Generate

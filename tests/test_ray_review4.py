@@ -38,7 +38,7 @@ def plugin_files(tmp_path):
     """Operators registered in this process only, from a module file imported by path (as ``ragkit --import
     ./rr4ops.py`` does) and from a package's module imported by name with its folder put on ``sys.path`` after Ray
     started: Ray workers find neither on their own.  Unregistered (and the modules forgotten) afterwards."""
-    from ragkit.cli import _import_module
+    from ragkit.cli._imports import _import_module
 
     (tmp_path / "rr4ops.py").write_text(textwrap.dedent("""
         from ragkit.registry import register

@@ -119,12 +119,12 @@ def test_the_shared_scifact_test_split_cannot_be_reached_by_a_path(monkeypatch):
 # ---------------------------------------------------------------------- 2. pseudo-queries are said
 
 def test_eval_says_when_dbnorm_falls_back_to_pseudo_queries(tmp_path, monkeypatch):
-    import ragkit.cli as cli
+    from ragkit.cli import _eval
 
     def stop(*a, **kw):
         raise RagkitError("stopped before the fit")
 
-    monkeypatch.setattr(cli, "_fit_and_score", stop)
+    monkeypatch.setattr(_eval, "_fit_and_score", stop)
     data = _tiny(tmp_path / "tiny")
     (tmp_path / "d.yaml").write_text("pipeline:\n  - dense: {k: 5}\n  - dbnorm: {}\n")
     res = _cli("eval", "--data", data, "-p", tmp_path / "d.yaml")
@@ -162,7 +162,7 @@ def test_ask_sources_line_ends_a_cut_title_with_an_ellipsis(tmp_path, monkeypatc
 
 
 def test_ask_sources_cut_a_long_title_with_an_ellipsis_and_no_stray_space():
-    from ragkit.cli import _cut
+    from ragkit.cli._ask import _cut
 
     title = "Microstructural development of human newborn cerebral white matter assessed in vivo"
     assert _cut(title, 60) == "Microstructural development of human newborn cerebral white…"

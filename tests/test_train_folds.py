@@ -13,7 +13,8 @@ import pytest
 from typer.testing import CliRunner
 
 from ragkit import Queries
-from ragkit.cli import _held_out_fold, app
+from ragkit.cli import app
+from ragkit.cli._train import _held_out_fold
 from ragkit.types import normalised_text
 
 WORDS = ("alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike november oscar papa quebec "
@@ -86,18 +87,18 @@ def test_train_report_holds_out_no_question_it_fitted_on(tmp_path, monkeypatch):
     """With twins (a query's text under another id) in the split, each pair is held out whole or fitted on
     whole (the old fold, a permutation of positions, split 4 of the 15 pairs with seed 0), and a note says
     so."""
-    import ragkit.cli as cli
+    from ragkit.cli import _train
 
     data = _beir(tmp_path / "data", _twins())
     (tmp_path / "p.yaml").write_text(LEARNS, encoding="utf-8")
     scored: list[list[str]] = []
-    search = cli._search_scored
+    search = _train._search_scored
 
     def record(pipe, queries, *args, **kwargs):
         scored.append(list(queries.ids))
         return search(pipe, queries, *args, **kwargs)
 
-    monkeypatch.setattr(cli, "_search_scored", record)
+    monkeypatch.setattr(_train, "_search_scored", record)
     res = CliRunner().invoke(app, ["train", "--data", str(data), "-p", str(tmp_path / "p.yaml"), "--out",
                                    str(tmp_path / "out"), "--report", "--seed", "0"], env={"COLUMNS": "200"})
     assert res.exit_code == 0, res.output

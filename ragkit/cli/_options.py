@@ -1,0 +1,123 @@
+"""Option parsing shared by the commands: ``~`` expanded in path parameters, ranged numeric options with
+their range in the help and the error, and the ``--k`` / ``--metrics`` lists."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+import typer
+
+from ragkit.errors import RagkitError
+
+
+def _user_path(value: Any) -> Any:
+    """Every path option's and argument's callback: a leading ``~`` (``~/x.json``, ``~user/idx``) expanded to the home
+    folder, as the shell does for an unquoted word but not after ``=`` (``--output=~/x.json``) or in quotes, and as
+    ``Pipeline.load`` does: ``--output=~/x.json`` wrote a folder named ``~`` in the current one.  A ``str`` option
+    (``--data``, ``--pipeline``: a path or a name) only where it starts with ``~``; a list item by item."""
+    if isinstance(value, (list, tuple)):
+        return type(value)(_user_path(v) for v in value)
+    if isinstance(value, Path) and str(value).startswith("~"):
+        return value.expanduser()
+    if isinstance(value, str) and value.startswith("~"):
+        return os.path.expanduser(value)
+    return value
+
+
+#: The parameters of the commands that hold paths (or a path or a name: ``--data``, ``--pipeline``).
+_PATH_PARAMS = frozenset({"data", "pipeline", "output", "run_file", "out", "index", "queries_file", "cache_dir", "path",
+                          "results", "baseline"})
+
+
+def _expands_paths(command: Any) -> Any:
+    """A command whose path parameters (:data:`_PATH_PARAMS`) come in with ``~`` expanded (:func:`_user_path`)
+    before its body checks or reads any."""
+    import functools
+
+    @functools.wraps(command)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        return command(*args, **{k: _user_path(v) if k in _PATH_PARAMS else v for k, v in kwargs.items()})
+
+    return run
+
+
+def _range_text(kind: type, lo: float | None, hi: float | None) -> str:
+    """``an integer >= 1``, ``an integer from 0 to 4,294,967,295``, ``a number from 0 to 1``: what a ranged option
+    takes (:func:`_ranged_option`)."""
+    noun = "an integer" if kind is int else "a number"
+    if lo is not None and hi is not None:
+        return f"{noun} from {lo:,} to {hi:,}" if kind is int else f"{noun} from {lo:g} to {hi:g}"
+    if lo is not None:
+        return f"{noun} >= {lo:,}" if kind is int else f"{noun} >= {lo:g}"
+    return f"{noun} <= {hi:,}" if kind is int else f"{noun} <= {hi:g}"
+
+
+def _range_parser(name: str, kind: type, lo: float | None, hi: float | None) -> Callable[[Any], Any]:
+    """The parser of a ranged option ``name`` (:func:`_ranged_option`): its text (or a default, as given) as ``kind``
+    within ``lo`` .. ``hi``, else a ``typer.BadParameter`` naming the option, the range and the value given
+    (``Invalid value for '--limit': expected an integer >= 1, got '-3'``; exit status 2), where typer's own
+    ``min=`` / ``max=`` said only "Input should be greater than or equal to 1"."""
+    expected = _range_text(kind, lo, hi)
+
+    def parse(value: Any) -> Any:
+        if value is None:  # (an optional option's default)
+            return None
+        x: Any = None
+        if isinstance(value, kind) and not isinstance(value, bool):
+            x = value
+        else:
+            try:
+                x = kind(str(value).strip())
+            except ValueError:  # 'abc', '1.5' for an integer, an integer of more digits than Python parses
+                x = None
+        if x is None or not ((lo is None or x >= lo) and (hi is None or x <= hi)):  # (NaN: within no range)
+            given = value if not isinstance(value, str) or len(value) <= 60 else value[:57] + "..."
+            raise typer.BadParameter(f"expected {expected}, got {given!r}", param_hint=f"'{name}'")
+        return x
+
+    parse.__name__ = "integer" if kind is int else "float"  # (the metavar of a typer that names it after the parser)
+    return parse
+
+
+def _ranged_option(default: Any, name: str, *, kind: type = int, lo: float | None = None, hi: float | None = None,
+                   help: str = "", **kw: Any) -> Any:
+    """``typer.Option(default, name, ...)`` taking ``kind`` (int or float) within ``lo`` .. ``hi``, the range said
+    in its help and, with the value given, in its error (:func:`_range_parser`), in place of typer's ``min=`` /
+    ``max=``."""
+    return typer.Option(default, name, parser=_range_parser(name, kind, lo, hi),
+                        help=f"{help}  [{_range_text(kind, lo, hi)}]" if help else f"[{_range_text(kind, lo, hi)}]",
+                        **kw)
+
+
+def _parse_ks(ks: str) -> list[int]:
+    try:
+        out = [int(x) for x in ks.split(",") if x.strip()]
+    except ValueError:
+        raise typer.BadParameter(f"expected comma-separated integers such as 10,100, got {ks!r}", param_hint="--k")
+    if not out or any(k < 1 for k in out):
+        raise typer.BadParameter(f"expected positive integers, got {ks!r}", param_hint="--k")
+    if max(out) > 2**31 - 1:  # trec_eval's cut-offs are C ints: refused here, not as an unknown metric after the search
+        raise typer.BadParameter(f"expected cut-offs of at most 2,147,483,647, got {max(out)}", param_hint="--k")
+    return out
+
+
+def _parse_metric_names(metrics: str) -> list[str]:
+    """``--metrics``' comma-separated names (``ndcg@10,hole@10``), each checked (:func:`parse_metric`), in
+    their canonical spelling; none, or one named twice (``nDCG@10,ndcg@10``), is a :class:`RagkitError`."""
+    from ragkit.eval.metrics import parse_metric
+
+    names = [m.strip() for m in metrics.split(",") if m.strip()]
+    if not names:
+        raise RagkitError(f"--metrics: expected names such as ndcg@10,recall@100, got {metrics!r}")
+    parsed = []
+    for m in names:
+        try:
+            parsed.append(parse_metric(m))
+        except RagkitError as e:
+            raise RagkitError(f"--metrics: {e}") from None
+    twice = [m for m, pm in zip(names, parsed) if parsed.count(pm) > 1]
+    if twice:
+        raise RagkitError(f"--metrics: {', '.join(twice)} name the same metric; name each once")
+    return [f"{name}@{cut}" for name, cut in parsed]

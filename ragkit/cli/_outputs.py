@@ -1,0 +1,163 @@
+"""Output paths of the commands: checked (and their folders made writable) before any work starts, refused
+where they would replace an input, and written atomically (or to standard output for ``-``)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.text import Text
+
+from ragkit._files import file_above, text_output, writes_through
+from ragkit.cli._app import _RunFailure
+from ragkit.cli._console import console, err_console
+from ragkit.cli._streams import _stdout_utf8, _want_files
+from ragkit.errors import RagkitError
+
+
+def _write_text(path: Path, text: str) -> None:
+    """Write ``text`` to the output ``path`` as UTF-8 (:func:`~ragkit._files.text_output`)."""
+    with text_output(path) as f:
+        f.write(text)
+
+
+def _is_stdout(path: Optional[Path]) -> bool:
+    """Whether an output option says ``-``: standard output (the human output goes to standard error)."""
+    return path is not None and str(path) == "-"
+
+
+def _prepare_output(path: Optional[Path], option: str, example: str) -> None:
+    """Check before any work starts that ``path`` can be written: create its folder.  A file path (not ``-``)
+    marks the command as one with files to write (:data:`_files_requested`)."""
+    if path is None or _is_stdout(path):
+        return
+    _want_files()
+    if path.is_dir():
+        raise RagkitError(f"{option} {path}: is a folder; expected a file path such as {path / example}")
+    if writes_through(path):  # /dev/null, /dev/stdout, >(cmd): written straight into (text_output)
+        # (not opened to try: a pipe's reader would take that close for the end of its input)
+        if not os.access(path, os.W_OK):
+            raise RagkitError(f"{option} {path}: cannot be written (no write permission)")
+        return
+    if path.exists() and not path.is_file():  # a socket, a block device: the renamed file would replace it
+        raise RagkitError(f"{option} {path}: not a regular file, character device or pipe (a socket or a block "
+                          f"device), which the written file would replace; give a file path such as "
+                          f"{example}, or '-' for standard output")
+    blocker = file_above(path)
+    if blocker is not None:
+        raise RagkitError(f"{option} {path}: {blocker} is a file, not a folder; choose another path")
+    # its folder is created when the file is written (_make_folder), not now: a command refused later (a bad
+    # --pipeline, a malformed dataset) or failing leaves no empty folder behind; the nearest folder that exists is
+    # tried now with a real write (os.access says yes to root on read-only file systems)
+    parent = path.absolute().parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise RagkitError(f"{option} {path}: cannot create its folder {path.parent}: {parent} is not a folder")
+    try:
+        if parent == path.absolute().parent:
+            fd, probe = tempfile.mkstemp(dir=parent, prefix=f".{path.name}.", suffix=".probe")
+            os.close(fd)
+            os.unlink(probe)
+        else:
+            os.rmdir(tempfile.mkdtemp(dir=parent, prefix=f".{path.name}.", suffix=".probe"))
+    except OSError as e:
+        what = "write into the folder" if parent == path.absolute().parent else f"create its folder {path.parent} in"
+        raise RagkitError(f"{option} {path}: cannot {what} {parent}: {e.strerror or e}") from None
+
+
+def _make_folder(path: Path, option: str) -> None:
+    """Create the missing folders of the output ``path`` (checked by :func:`_prepare_output`), just before it is
+    written; a failure is a :class:`_RunFailure` naming ``option``."""
+    if writes_through(path):
+        return
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise _RunFailure(f"{option} {path}: cannot create its folder {path.parent}: {e.strerror or e}") from None
+
+
+def _human_output_to_stderr(ctx: typer.Context) -> None:
+    """Send the human output (tables, notes, timings) to standard error for the command's duration: its
+    standard output carries JSON or a run file alone, for a script."""
+    console.file = sys.stderr
+    ctx.call_on_close(lambda: setattr(console, "file", None))
+
+
+def _prepare_outputs(ctx: typer.Context, output: Optional[Path], run_file: Optional[Path], run_tag: str) -> None:
+    """Check ``--output`` / ``--run`` / ``--run-tag`` before any work starts (folders created, writable,
+    not one path twice, a tag the run file can hold); when either is ``-`` the human output (tables,
+    notes, timings) goes to standard error for the command's duration."""
+    if _is_stdout(output) or _is_stdout(run_file):
+        _human_output_to_stderr(ctx)
+    if output is not None and run_file is not None and (str(output) == str(run_file) == "-" or (
+            not _is_stdout(output) and not _is_stdout(run_file) and output.resolve() == run_file.resolve()
+            and not writes_through(output))):  # (both to /dev/null: nothing is replaced)
+        raise RagkitError(f"--output and --run both name {output}; the run file would replace the JSON results: "
+                          "give two paths")
+    if run_file is not None:  # the tag column: no whitespace (the file's columns), not empty
+        from ragkit.run import check_trec_ids
+
+        check_trec_ids(f"--run-tag {run_tag!r}", [], [], run_tag)
+    _prepare_output(output, "--output", "results.json")
+    _prepare_output(run_file, "--run", "run.trec")
+
+
+def _check_not_inside(path: Optional[Path], option: str, folder: Path, what: str) -> None:
+    """Refuse an output ``path`` inside ``folder`` (resolved: links and ``..`` followed), a saved pipeline or
+    index the command reads (``what``: ``--index idx``): the write would replace a file of it, which its
+    checksums would then refuse."""
+    if path is None or _is_stdout(path) or not folder.is_dir():
+        return
+    inside, target = folder.resolve(), path.resolve()
+    if target == inside or inside in target.parents:
+        raise RagkitError(f"{option} {path}: inside {what}, the saved folder this command reads; writing there "
+                          f"would replace its files (and its checksums would refuse it): give a path outside it, "
+                          f"such as {'results.json' if option == '--output' else 'run.trec'}")
+
+
+def _check_not_an_input(path: Optional[Path], option: str, pipeline: str, data: str) -> None:
+    """Refuse an output ``path`` that is the ``--pipeline`` file, inside the ``--pipeline`` saved folder or a
+    file of the ``--data`` folder (corpus, queries, qrels): the results would replace what the command reads."""
+    if path is None or _is_stdout(path):
+        return
+    _check_not_inside(path, option, Path(pipeline), f"--pipeline {pipeline}")
+    folder = Path(data)
+    inputs = {Path(pipeline).resolve(): "the --pipeline file"} if Path(pipeline).is_file() else {}
+    if folder.is_dir():
+        for f in (folder / "corpus.jsonl", folder / "queries.jsonl", *folder.glob("qrels/*.tsv"),
+                  *folder.glob("*/corpus.jsonl"), *folder.glob("*/queries.jsonl"), *folder.glob("*/qrels/*.tsv")):
+            inputs[f.resolve()] = f"a file of --data {data}"
+    if path.resolve() in inputs:
+        raise RagkitError(f"{option} {path}: is {inputs[path.resolve()]}; writing there would replace it: give another "
+                          f"path, such as {'results.json' if option == '--output' else 'run.trec'}")
+
+
+def _write_outputs(output: Optional[Path], run_file: Optional[Path], run: Any, payload: dict[str, Any],
+                   tag: str = "ragkit") -> None:
+    """Write ``ragkit eval``'s JSON and TREC run file, each atomically; a failed write is a
+    :class:`RagkitError` naming the option and the path."""
+    for option, path in (("--output", output), ("--run", run_file)):
+        if path is None:
+            continue
+        if _is_stdout(path):  # for a script: the JSON or the run alone on standard output, UTF-8 whatever the locale
+            with _stdout_utf8() as out:
+                if option == "--output":
+                    out.write(json.dumps(payload, indent=2) + "\n")
+                else:
+                    run.to_trec(out, tag)
+            continue
+        _make_folder(path, option)
+        try:
+            if option == "--output":
+                _write_text(path, json.dumps(payload, indent=2))
+            else:
+                run.write_trec(path, tag)
+        except OSError as e:
+            raise _RunFailure(f"{option} {path}: could not be written: {e.strerror or e}") from None
+        err_console.print(Text(f"wrote {path}"), soft_wrap=True)  # (a status line: stderr, as every note)

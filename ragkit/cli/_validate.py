@@ -1,0 +1,152 @@
+"""``ragkit validate``: check a pipeline file, saved folder or operator name without running it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.markup import escape
+from rich.text import Text
+
+from ragkit.cli._app import _examples, _fail, app
+from ragkit.cli._console import console, err_console
+from ragkit.cli._options import _expands_paths
+from ragkit.cli._pipeline import _check_retrieves, _in_file, _is_yaml_text, _load_folder, _path_like, resolve_pipeline
+from ragkit.errors import ParamError, RagkitError
+
+
+@app.command("validate", epilog=_examples(
+    "ragkit validate examples/hybrid.yaml",
+    "ragkit validate scifact-learned"))
+@_expands_paths
+def validate_cmd(path: Path = typer.Argument(..., metavar="PIPELINE",
+                                          help="Pipeline YAML file, a saved pipeline or operator "
+                                                        "folder, or an operator name (bm25).")) -> None:
+    """Check a pipeline file (or a saved pipeline's pipeline.yaml, or a saved operator's
+    parameters, or an operator's name as --pipeline takes it) without running it; notes models
+    that would be downloaded at the first fit.  A saved folder is loaded as ``ragkit search --index``
+    loads it: a file changed after saving (its checksum no longer matches) is an error."""
+    from ragkit.encoders.sentence import model_note
+    from ragkit.pipelines import Pipeline
+
+    saved = path if path.is_dir() and any((path / f).exists() for f in ("manifest.json", "params.json")) \
+        else None  # a folder written by Pipeline.save or Operator.save
+    if path.is_dir() and (path / "pipeline.yaml").is_file():
+        path = path / "pipeline.yaml"
+    try:
+        if path.is_dir() and (path / "params.json").is_file():  # a folder written by Operator.save
+            from ragkit import registry
+            from ragkit.operator import read_json
+
+            meta = read_json(path / "params.json")
+            if not isinstance(meta, dict) or "operator" not in meta or not isinstance(meta.get("params"), dict):
+                raise RagkitError(f"{path / 'params.json'}: not a ragkit operator's parameters (operator, params)")
+            try:
+                pipe = Pipeline([registry.get(meta["operator"], path=str(path / "params.json"))(meta["params"])])
+            except ParamError as e:  # the file the bad parameter came from
+                raise RagkitError(f"{path / 'params.json'}: {e}") from None
+        elif not path.exists() and not _path_like(str(path)):
+            try:
+                pipe = resolve_pipeline(str(path))[0]  # an operator's name, as --pipeline takes it (bm25)
+            except ParamError as e:
+                unknown = str(e).removeprefix("--pipeline: ")
+                raise RagkitError(f"{path}: no such file or folder, and {unknown}") from None
+            _check_retrieves(pipe, str(path))
+        elif not path.exists() and not _is_yaml_text(str(path)):
+            raise RagkitError(f"{path}: no such file or folder (expected a pipeline YAML file, a folder written by "
+                              "Pipeline.save / Operator.save, or an operator name such as bm25)")
+        else:
+            pipe = Pipeline.from_yaml(path)
+            _check_retrieves(pipe, str(path))  # what eval, train and ask refuse (a saved operator may be a reranker)
+            from ragkit.pipelines._checks import encoder_mismatch, encoder_notes
+
+            problem = encoder_mismatch(pipe)  # what its fit would refuse (a dbnorm on another model's cosines)
+            if problem is not None:  # with the file's line, as a load error has it
+                told = str(problem)
+                located = str(_in_file(problem, str(path)))
+                raise RagkitError(located if located != told else f"{path}: {told}")
+            for said in encoder_notes(pipe):  # what its fit would warn (an mmr encoding again with the default)
+                err_console.print(f"[yellow]note:[/] {escape(said)}", soft_wrap=True)
+        if saved is not None:
+            _load_saved(saved)
+    except RagkitError as e:
+        _fail(e)
+        return
+    from ragkit.pipelines.yaml import walk_leaves
+
+    leaves = list(walk_leaves(pipe))
+    console.print(f"[green]ok[/] {escape(str(path))}: {len(leaves)} operator{'' if len(leaves) == 1 else 's'}",
+                  soft_wrap=True)
+    for p, op in leaves:
+        console.print(Text(f"  {p}  {op!r}"), soft_wrap=True)  # the Python that builds it, on one line
+    for said in _unchained_ks(pipe):  # (notes on stderr: stdout carries the "ok" line and the operators alone)
+        err_console.print(Text(f"note: {said}", style="yellow"), soft_wrap=True)
+    from ragkit.generators.operator import Generate
+    from ragkit.scale import Sharded
+
+    # sentence encoders, a sharded retriever's per-shard one included, and a local generator's LLM
+    # (None: the packaged SmolLM2; a langchain backend's model lives in the chat model given to it)
+    models = {getattr((op.sub_retriever() if isinstance(op, Sharded) else op).params, "model", None)
+              for _, op in leaves if not isinstance(op, Generate) or op.params.backend == "local"}
+    for m in sorted(m for m in models if isinstance(m, str)):
+        note = model_note(m)
+        if note:
+            err_console.print(Text(f"note: {note}", style="yellow"), soft_wrap=True)
+
+
+def _unchained_ks(op: Any, path: str = "pipeline", reach: tuple[int, str] | None = None,
+                  notes: list[str] | None = None) -> list[str]:
+    """``ragkit validate``'s notes on a step that keeps or selects ``k`` documents (top_k, mmr, a reranker's
+    k) where fewer reach it: the last retriever before it returns at most its own k (``[bm25: {k: 10},
+    top_k: {k: 100}]`` keeps all 10; ``ragkit eval`` notes only afterwards that fewer came back).  ``reach``:
+    the most documents that reach ``op`` and the step that limits them (``None``: unknown, as after a
+    parallel or a loop, whose depth is not worked out here)."""
+    from ragkit.pipelines import Pipeline
+
+    notes = [] if notes is None else notes
+    if isinstance(op, Pipeline):
+        for child, where in op.child_paths(path):
+            reach = _unchained_ks_step(child, where, reach, notes)
+        return notes
+    _unchained_ks_step(op, path, reach, notes)
+    return notes
+
+
+def _unchained_ks_step(op: Any, path: str, reach: tuple[int, str] | None,
+                       notes: list[str]) -> tuple[int, str] | None:
+    """One step of :func:`_unchained_ks`: its notes, and what reaches the step after it."""
+    from ragkit.pipelines import Loop, Pipeline
+    from ragkit.pipelines._compose import Composite
+
+    if isinstance(op, Pipeline):
+        _unchained_ks(op, path, reach, notes)
+        return None  # (a nested list of steps: not worked out)
+    if isinstance(op, Composite):  # its branches get what reaches it; a loop's body gets its own output again
+        for child, where in op.child_paths(path):
+            _unchained_ks(child, where, None if isinstance(op, Loop) else reach, notes)
+        return None
+    k = getattr(getattr(op, "params", None), "k", None)
+    if not isinstance(k, int) or isinstance(k, bool):
+        return reach
+    here = f"{path}.{op.name}"
+    if op.kind == "retriever":
+        return k, here
+    if op.kind not in ("filter", "reranker"):
+        return reach
+    if reach is not None and k > reach[0]:
+        n, where = reach
+        notes.append(f"{here} keeps k: {k}, but {where} before it returns at most {n} documents (its k), so it "
+                     f"keeps all of them; give {where} a k of {k} or more, or {op.name} a k of {n} or less")
+    return (k, here) if reach is None or k < reach[0] else reach
+
+
+def _load_saved(folder: Path) -> None:
+    """Load the saved folder as ``ragkit search --index`` does (:func:`_load_folder`: its checksums verified
+    first, its files checked against each other), so ``ragkit validate`` refuses what that would refuse."""
+    from ragkit.errors import ArtifactError
+
+    try:
+        _load_folder(folder, "--index")
+    except ArtifactError as e:
+        raise ArtifactError(f"{e} (ragkit search --index and Pipeline.load refuse this folder too)") from None
