@@ -16,7 +16,7 @@ from ragkit.cli._imports import _import_module
 from ragkit.cli._streams import _failing, _tolerant_stdout
 from ragkit.errors import RagkitError
 
-#: The exit status epilog of ``ragkit --help`` and of every command's (the module docstring's rule).
+#: The exit status epilog of ``ragkit --help`` and of every command's (the rule of :mod:`ragkit.cli`'s docstring).
 EXIT_STATUS = ("Exit status: 0 success; 2 usage error or bad input (refused before work starts); 1 failure while "
                "running (a download, a model load or a write that failed, standard output's included); 130 "
                "interrupted; 141 standard output's reader closed the pipe (| head).  Notes and warnings go to "
