@@ -241,9 +241,19 @@ def train_cmd(
     _print_learned(pipe)
     if report:
         _note_refit_differs(report_learned, pipe.learned(), len(train.queries), n_fit)
-    err_console.print(Text(f"fitted in {time.perf_counter() - t0:.1f} s; saved to {out} "  # the command on one line,
-                       f"(evaluate with: ragkit eval --data {shlex.quote(data)} --pipeline {shlex.quote(str(out))})"),
-                  soft_wrap=True)  # to copy
+    err_console.print(Text(f"fitted in {time.perf_counter() - t0:.1f} s; saved to {out}"  # the command on one line,
+                           f"{_eval_hint(ds.splits, split, data, out)}"), soft_wrap=True)  # to copy
+
+
+def _eval_hint(splits: list[str], trained: str, data: str, out: Path) -> str:
+    """`` (evaluate with: ragkit eval ...)`` on a split other than ``trained``: ``test`` (eval's default)
+    where the folder judges it, else the first other judged split (``--split`` named), else nothing (a
+    folder judging only the training split has nothing held out to evaluate on)."""
+    others = [s for s in splits if s != trained]
+    if not others:
+        return ""
+    flag = "" if "test" in others else f" --split {shlex.quote(others[0])}"
+    return f" (evaluate with: ragkit eval --data {shlex.quote(data)} --pipeline {shlex.quote(str(out))}{flag})"
 
 
 def _print_learned(pipe: Any) -> None:
