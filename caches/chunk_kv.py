@@ -509,7 +509,29 @@ class ChunkVariant:
 
 @dataclass
 class CacheStats:
-    """Counters of a :class:`ChunkKVCache` (all cumulative)."""
+    """Counters of a :class:`ChunkKVCache` (all cumulative).
+
+    Attributes
+    ----------
+    hits : int
+        Look-ups (:meth:`ChunkKVCache.lookup`) that found at least one variant, in memory or on disk.
+    misses : int
+        Look-ups that found no variant of the chunk.
+    disk_hits : int
+        Look-ups that read at least one variant from the disk tier (each also counted in ``hits``).
+    reused_tokens : int
+        Chunk tokens that prefills took from cached rows as stored (:meth:`ChunkKVCache.count_tokens`).
+    recomputed_tokens : int
+        Chunk tokens that prefills computed: every token of a chunk without a variant, and those of a reused
+        variant that were recomputed to fix it.
+    evictions : int
+        Variants the memory budget put out of the memory tier (a new one too large to fit included): written
+        to the disk tier where there is one (``spills``), else dropped.
+    spills : int
+        Evicted variants written to the disk tier (at most ``evictions``).
+    disk_evictions : int
+        Variant files the disk budget deleted (``disk_budget_bytes``).
+    """
 
     hits: int = 0
     misses: int = 0

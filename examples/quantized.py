@@ -9,9 +9,9 @@ pca:<d>`` are the other knobs; ``search: hnsw`` walks a graph of the same codes.
 
     python examples/quantized.py [--data DIR] [--split S] [--limit N] [--json]
 
-Needs the MiniLM model (sentence-transformers, cached locally) and SciFact. On 2 cores: about
-3 s with ``--limit 8`` once the document vectors are cached, about 6 s on the full SciFact test
-set, whose first run encodes 5,183 documents (several minutes).
+Needs the MiniLM model (sentence-transformers, cached locally) and SciFact. On 2 cores, once the
+document vectors are cached: about 3 s, with ``--limit 8`` or on the full SciFact test set (whose
+first run encodes 5,183 documents: several minutes).
 Prints nDCG@10 and Recall@100, then the index's bytes in memory against float32's (to
 standard error with ``--json``, whose one line stays the last of standard output); on the full
 SciFact test split: 0.6451 / 0.9233, 248.0 KiB in memory for 5,183 documents against 7,774.5 KiB.
@@ -41,6 +41,6 @@ if __name__ == "__main__":
     dense = pipe.steps[0]
     assert isinstance(dense, Dense)
     held = dense.index_.memory_bytes()  # the learned index's codes + calibration in memory (not the floats' mmap)
-    floats = n * dense.encoder.dim * 4  # (n, dim) float32 vectors
+    floats = n * dense.index_.d_in * 4  # (n, dim) float32 vectors (the index's width: no model load)
     note(args, f"index in memory: {held / 1024:,.1f} KiB for {n:,} documents (float32 vectors: {floats / 1024:,.1f} "
                "KiB; the floats for rescoring stay on disk)")

@@ -28,7 +28,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from ragkit.pipelines import Pipeline  # noqa: E402
-from ragkit.scale import Sharded  # noqa: E402
+from ragkit.retrievers import Sharded  # noqa: E402
 
 
 def build() -> Pipeline:

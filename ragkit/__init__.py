@@ -4,6 +4,16 @@ Dense retrieval over quantized usearch indexes, BM25, MUVERA multi-vector retrie
 learned relevance filtering, hubness correction, multi-interest retrieval, chunk
 KV-cache reuse for generation; linear, branching, conditional and looping pipelines in
 Python or YAML; BEIR evaluation.
+
+Two names are plain objects, whose ``help()`` is their type's (dict's, RLock's):
+
+``Qrels``
+    Relevance judgements, ``{query_id: {doc_id: grade}}`` (``dict[str, dict[str, int]]``), as BEIR and
+    pytrec_eval write them.
+``MODEL_LOADING``
+    The process-wide re-entrant lock (``threading.RLock``) ragkit holds around each model load it makes;
+    hold it around your own ``from_pretrained`` on another thread (two loads at once can leave
+    transformers' patched globals patched for good).
 """
 
 # ``encoders`` and ``eval``: subpackages ``import ragkit`` loads anyway, named here so that type checkers know them

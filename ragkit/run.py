@@ -277,15 +277,18 @@ class Run:
     Attributes
     ----------
     query_ids : list of str, length n_q
-    doc_ids : list of ndarray of str
-        Per query, document ids best first.
-    scores : list of ndarray of float32
-        Per query, the aligned scores.
-    rankings : list of Ranking or None
+    doc_ids : list (length n_q) of ndarray of str (object dtype), shape (n_i,)
+        Per query ``i``, its ``n_i`` document ids best first (``n_i`` may differ between queries, 0 included).
+    scores : list (length n_q) of ndarray of float32, shape (n_i,)
+        Per query, the scores aligned with its ``doc_ids`` (the same ``n_i``).
+    rankings : list (length n_q) of Ranking, or None
         The row-number rankings the run was made from (absent for a run read from a file).
-    values : dict of str -> list
+    values : dict of str -> list (length n_q)
         Per-query values the pipeline produced (answers, route labels, loop iterations).
     trace : list of TraceEvent or None
+        With ``search(..., trace=True)``, one :class:`~ragkit.types.TraceEvent` per operator step, in the order
+        the steps finished (a composite's own event after its steps'): its path, wall time, mean candidates per
+        query in and out, and (with ``qrels``) recall@100 and nDCG@10 after it; ``None`` otherwise.
     seconds : float or None
         Wall time of the search.
     learned_from : list of str

@@ -58,7 +58,7 @@ from typing import Any, Callable, Iterator, Literal, NamedTuple, Sequence, Typed
 
 import numpy as np
 import scipy.sparse as sp
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, model_validator
 
 from ragkit.errors import DataError, InputTypeError, some_ids
 from ragkit.operator import (
@@ -868,15 +868,8 @@ class BM25Params(Params):
     stemmer: Literal["porter", "english", "none"] = Field(
         default="porter", description="PyStemmer algorithm: 'porter', 'english' (Snowball) or 'none'.")
     fields: Literal["title_text", "text"] = Field(default="title_text", description="Index title + text, or text only.")
-    n_jobs: int = Field(default=1, ge=-1, description="Threads scoring query chunks in parallel; -1 = all cores.")
+    n_jobs: int = Field(default=1, ge=-1, description="Threads scoring query chunks in parallel; 0 or -1 = all cores.")
     filter: MetadataFilter = Field(default=None, description="Metadata filter {field: value or [values]}.")
-
-    @field_validator("n_jobs")
-    @classmethod
-    def _n_jobs_nonzero(cls, v: int) -> int:
-        if v == 0:
-            raise ValueError("n_jobs must be >= 1, or -1 for all cores; 0 threads cannot score anything")
-        return v
 
     @model_validator(mode="after")
     def _used(self) -> "BM25Params":
@@ -1485,7 +1478,7 @@ class BM25(Operator):
         mask = self.filter_mask(state, view.corpus)
         drop = None if mask is None else ~mask
         n_jobs = int(self.opt(state, "n_jobs", self.params.n_jobs))
-        n_jobs = (os.cpu_count() or 1) if n_jobs == -1 else max(n_jobs, 1)
+        n_jobs = (os.cpu_count() or 1) if n_jobs in (0, -1) else max(n_jobs, 1)
         try:
             return self._search_index(state, texts, k, drop, n_jobs, view)
         except DataError:

@@ -90,11 +90,9 @@ class DenseParams(Params):
     dtype: VectorDtype = Field(
         default="f32",
         description="Vector storage: f32, f16, i8 (per-dimension calibrated on the corpus) or b1 (packed sign "
-                    "bits: scored against the float query; Hamming in a graph); float32, float16/fp16/half, "
-                    "int8, binary/bit are read as those.")
+                    "bits: scored against the float query; Hamming in a graph).")
     metric: Metric = Field(default="cos",
-                           description="cos: cosine (unit vectors), or ip: raw inner product (cosine; dot, "
-                                       "inner_product are read as those).")
+                           description="cos: cosine of unit vectors; ip: raw inner product.")
     rescore: bool = Field(default=False, description="Re-score an oversample*k shortlist with the float vectors, kept "
                                                       "memory-mapped on disk (needs dtype != f32 or a reduce).")
     oversample: int = Field(default=4,
@@ -115,7 +113,7 @@ class DenseParams(Params):
     expansion_search: int = Field(default=64, ge=1, le=_MAX_BEAM, description="HNSW beam width while searching (ef).")
     exact_max: int = Field(default=EXACT_MAX,
                            ge=0, description="search=auto: exact numpy search up to this many documents.")
-    threads: int = Field(default=0, ge=0, description="usearch threads (0 = all cores).")
+    threads: int = Field(default=0, ge=-1, description="usearch threads; 0 or -1 = all cores.")
     reorder: bool = Field(default=True,
                           description="HNSW, from 16,384 documents: insert a random tenth first, then the rest "
                                      "cluster by cluster (faster builds, as fast or faster search at equal "
@@ -229,7 +227,7 @@ class Dense(TunedEncoderMixin, Operator):
         p = self.params
         return VectorIndex(dtype=p.dtype, metric=p.metric, search=p.search, rescore=p.rescore, oversample=p.oversample,
                            reduce=p.reduce, whiten=p.whiten, connectivity=p.connectivity, expansion_add=p.expansion_add,
-                           expansion_search=p.expansion_search, exact_max=p.exact_max, threads=p.threads,
+                           expansion_search=p.expansion_search, exact_max=p.exact_max, threads=max(p.threads, 0),
                            reorder=p.reorder)
 
     def _encode_docs(self, corpus: Corpus) -> np.ndarray:

@@ -75,9 +75,10 @@ class KnnEmbedParams(Params):
     seed: Seed = Field(default=0, description="k-means random seed.")
     fit_threads: int | None = Field(
         default=1,
-        ge=1, description="Threads for k-means (OpenMP/BLAS); None = library default.  1 is ~10x faster than 2 on "
-                          "a shared, oversubscribed machine.  Other thread counts give the same labels (measured: 1 "
-                          "vs 2 threads), with centroids equal only to float rounding, not bit for bit.")
+        ge=-1, description="Threads for k-means (OpenMP/BLAS); 0 or -1 = all cores; None = library default.  1 is "
+                          "~10x faster than 2 on a shared, oversubscribed machine.  Other thread counts give the same "
+                          "labels (measured: 1 vs 2 threads), with centroids equal only to float rounding, not bit "
+                          "for bit.")
     min_cluster_size: int = Field(
         default=5, ge=1, description="Clusters with fewer documents are never a mixture component "
                                      "(they still serve the anchor).")
@@ -330,7 +331,12 @@ class KnnEmbed(Operator):
         if self.params.n_clusters is not None and self.params.n_clusters > n:
             _log.warning(f"knn_embed.fit: n_clusters={self.params.n_clusters} but the corpus has {n} "
                          f"document{'s' * (n != 1)}; using {c} cluster{'s' * (c != 1)} (one per document)")
-        with threadpool_limits(self.params.fit_threads), warnings.catch_warnings():
+        threads = self.params.fit_threads
+        if threads in (0, -1):  # all cores
+            import os
+
+            threads = os.cpu_count() or 1
+        with threadpool_limits(threads), warnings.catch_warnings():
             # fewer distinct vectors than clusters (duplicate documents): scikit-learn's ConvergenceWarning,
             # said below in ragkit's words (the clusters it could not fill stay empty and are never used)
             from sklearn.exceptions import ConvergenceWarning

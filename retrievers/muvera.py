@@ -292,10 +292,12 @@ class Muvera(TokenOperatorMixin, Operator):
     SciFact test, ``mean_weight=1, candidates=300, prune=50`` (the paper's FDE otherwise; chosen
     on train queries by ``bench/muvera.py``) finds 0.958 of the exact top 10 at 21x the speed of
     brute-force MaxSim (0.970 with ``prune=60``).
-    Santhanam et al., "PLAID", CIKM 2022, arXiv 2205.09707.
 
     Dhulipala et al., "MUVERA: Multi-Vector Retrieval via Fixed Dimensional Encodings",
     NeurIPS 2024, arXiv 2405.19504.
+
+    Santhanam et al., "PLAID: An Efficient Engine for Late Interaction Retrieval", CIKM 2022,
+    arXiv 2205.09707 (the ``prune`` stage only).
 
     Examples
     --------

@@ -387,6 +387,11 @@ def respelled_hint(unjudged: Sequence[str], judged: Iterable[str], noun: str, la
             "judgements do)")
 
 
+#: :func:`unjudged_docs_note`: a run of fewer queries, or retrieving fewer distinct document ids, may miss every
+#: judged document by chance (its note says so too)
+_FEW_QUERIES, _FEW_IDS = 10, 100
+
+
 def unjudged_docs_note(run: Run | Mapping[str, Mapping[str, float]], judged: Mapping[str, Mapping[str, int]]) -> str:
     """A sentence when none of the document ids ``run`` retrieves (a :class:`Run` or ``{query_id: {doc_id:
     score}}``) is judged at all (at any grade, for any query) in ``judged``, ``""`` otherwise: every metric of such
@@ -407,11 +412,15 @@ def unjudged_docs_note(run: Run | Mapping[str, Mapping[str, float]], judged: Map
         return ""
     ids = sorted(map(str, retrieved))
     hint = respelled_hint(ids, known, "document")
-    return (f"none of the {len(retrieved)} document ids the run retrieves for its {n_q} queries ({some_ids(ids)}) "
-            f"is judged in the qrels, which judge {len(known)} documents ({some_ids(sorted(known))}), so every "
-            "metric but hole@k is 0 for every query; "
+    # a run this small can miss every judged document by chance: another corpus is then only one of the causes
+    small = n_q < _FEW_QUERIES or len(retrieved) < _FEW_IDS
+    n_d, n_k = len(retrieved), len(known)
+    return (f"none of the {n_d} document id{'s' * (n_d != 1)} the run retrieves for its {n_q} "
+            f"quer{'ies' if n_q != 1 else 'y'} ({some_ids(ids)}) is judged in the qrels, which judge {n_k} "
+            f"document{'s' * (n_k != 1)} ({some_ids(sorted(known))}), so every metric but hole@k is 0 for every "
+            "query; "
             + (hint or "is it a run of another corpus, or are its document ids written otherwise than the "
-                       "judgements'?"))
+                       "judgements'" + (", or did it simply miss them?" if small else "?")))
 
 
 def level_note(qrels: Mapping[str, Mapping[str, int]], relevance_level: int, label: str = "the relevance level") -> str:
