@@ -185,7 +185,7 @@ def test_threads_give_the_same_rankings(slice_data):
 
 def test_params_and_input_errors():
     with pytest.raises(ParamError, match="n_jobs"):
-        BM25(n_jobs=0)
+        BM25(n_jobs=-2)
     with pytest.raises(ParamError, match="variant"):
         BM25(variant="bm25+")
     with pytest.raises(ParamError, match=r"bm25\.b: expected a value <= 1"):

@@ -332,7 +332,7 @@ def _options_pipeline():
     ({"dense": {"k": 3}}, "search option 'dense': no 'dense' operator in this pipeline; expected k, filter, or an "
                           "operator name: rule_router, recorder, bm25, rrf"),
     ({"bm25": {"n_jobs": "x"}}, "search option bm25.n_jobs: expected an integer, got 'x'"),
-    ({"bm25": {"n_jobs": 0}}, "search option bm25.n_jobs: n_jobs must be >= 1, or -1 for all cores"),
+    ({"bm25": {"n_jobs": -2}}, "search option bm25.n_jobs: expected a value >= -1"),
     ({"bm25": 3}, "search option bm25: expected a mapping of options {option: value} for operator 'bm25', got 3"),
     ({"rrf": {"k": 10}}, "search option rrf.k: unknown option for operator 'rrf' (RRF); it reads no run-time options"),
     ({"recorder": {"k": 0}}, "search option recorder.k: expected a positive integer, got 0"),

@@ -71,10 +71,9 @@ def test_evaluating_the_training_split_is_one_error_line(stem):
 def _sharded_local(monkeypatch, **bm25_params):
     """sharded.py with its shards local (no Ray) and its unsharded check index built with ``bm25_params``."""
     import ragkit.retrievers
-    import ragkit.scale
 
-    sharded, bm25 = ragkit.scale.Sharded, ragkit.retrievers.BM25
-    monkeypatch.setattr(ragkit.scale, "Sharded", lambda **kw: sharded(**{**kw, "backend": "local"}))
+    sharded, bm25 = ragkit.retrievers.Sharded, ragkit.retrievers.BM25
+    monkeypatch.setattr(ragkit.retrievers, "Sharded", lambda **kw: sharded(**{**kw, "backend": "local"}))
     monkeypatch.setattr(ragkit.retrievers, "BM25", lambda **kw: bm25(**{**kw, **bm25_params}))
     return _run(EXAMPLES / "sharded.py", "--limit", "4")
 
