@@ -354,6 +354,40 @@ def _drain(ray: Any, refs: Sequence[Any], timeout: float = _DRAIN_S) -> None:
             pass
 
 
+#: the CPUs each of ragkit's Ray tasks and actors asks for (Ray's default ``num_cpus=1``: a task runs on it, an
+#: actor needs it to be placed on a node; a Ray Data encoder actor likewise)
+_TASK_CPUS = 1.0
+
+
+def _check_cpus(ray: Any, where: str) -> None:
+    """Refuse (:class:`ShardError`, before any task or actor is submitted) a Ray cluster whose nodes together have
+    fewer CPUs than one of ragkit's tasks or actors asks for (:data:`_TASK_CPUS`): Ray would keep it pending forever,
+    logging only "No available node types can fulfill resource request" (a ``ray.init(num_cpus=0)``, a cluster of
+    CPU-less nodes).  The cluster's total (``ray.cluster_resources()``) is what counts, not what is free now: a
+    cluster whose CPUs are busy runs the work once they are free."""
+    total = float(ray.cluster_resources().get("CPU", 0.0))
+    if total >= _TASK_CPUS:
+        return
+    free = float(ray.available_resources().get("CPU", 0.0))
+    raise ShardError(f"{where}: the Ray cluster has {total:g} CPUs ({free:g} free), and each of ragkit's Ray tasks and "
+                     f"actors asks for {_TASK_CPUS:g}: Ray would wait forever for a node that can run it; expected a "
+                     f"cluster with at least one CPU: start Ray with CPUs (ray.init(num_cpus=2), ray start "
+                     f"--num-cpus=2), add a worker node that has CPUs, or work in this process (backend='local')")
+
+
+def _unsendable(corpus: Corpus, e: BaseException) -> str:
+    """Why the documents ``corpus`` (one shard's) could not be sent to a Ray worker (``e``: what Ray raised
+    serialising them, a metadata value that does not pickle): the error a local fit gives on them, the
+    :class:`~ragkit.errors.DataError` of their save naming the document and the metadata field (a save into a
+    temporary folder, made here only once sending failed), else Ray's own text."""
+    with tempfile.TemporaryDirectory(prefix="ragkit-probe-") as tmp:
+        try:
+            corpus.save(Path(tmp) / "corpus.jsonl")
+        except RagkitError as saved:
+            return f"{type(saved).__name__}: {saved}"
+    return f"its documents could not be sent to a Ray worker ({_reason(e)}); expected metadata values of JSON types"
+
+
 def ray_init(address: str | None = None, num_cpus: int | None = None) -> Any:
     """Start (or join) Ray once: ``address`` / ``$RAGKIT_RAY_ADDRESS`` joins a cluster, else a local one."""
     ray = _ray()
@@ -507,7 +541,8 @@ def ray_encode(model: str, texts: Sequence[str], *, num_actors: int | None = Non
         Before Ray starts: a bad ``num_actors`` / ``batch_size`` / ``block``, a model that does not
         load in this process, or a model registered with ``register_encoder`` (Ray workers lack it).
     ShardError
-        When the actors fail while encoding (a :class:`RagkitError` raised there is re-raised as it is).
+        When the actors fail while encoding (a :class:`RagkitError` raised there is re-raised as it is), and
+        before any actor starts when the Ray cluster has no CPU for one (``ray.init(num_cpus=0)``).
     """
     for name, value in (("num_actors", num_actors), ("batch_size", batch_size), ("block", block)):
         if value is None and name == "num_actors":
@@ -520,7 +555,9 @@ def ray_encode(model: str, texts: Sequence[str], *, num_actors: int | None = Non
     dim = _check_model(model, batch_size, f"ray_encode({model!r})")
     if not texts:
         return np.zeros((0, dim), np.float32)
-    size = _pool_size(ray_init(), num_actors, -(-len(texts) // block))
+    cluster = ray_init()
+    _check_cpus(cluster, f"ray_encode({model!r})")  # before the pool: its actors would wait forever for a CPU
+    size = _pool_size(cluster, num_actors, -(-len(texts) // block))
     import ray.data
 
     ds: ray.data.Dataset = ray.data.from_items([{"i": i, "text": t} for i, t in enumerate(texts)])
@@ -942,9 +979,10 @@ def _kind(e: BaseException) -> str:
     return type(e).__name__
 
 
-def _also_failed(ray: Any, groups: Sequence[np.ndarray], refs: Sequence[Any]) -> str:
+def _also_failed(ray: Any, groups: Sequence[np.ndarray], refs: Sequence[Any], folders: Sequence[str] = ()) -> str:
     """``"; also shards 2, 3 (ActorDiedError)"``: the shard groups of ``refs`` whose Ray tasks have ended (the
-    caller drained them) in an error, each with its error's class (:func:`_kind`); ``""`` when none did."""
+    caller drained them) in an error, each with its error's class (:func:`_kind`), a shard its actor could not load
+    named alone where the error names its folder (:func:`_failing`); ``""`` when none did."""
     try:
         ended = set(ray.wait(list(refs), num_returns=len(refs), timeout=0)[0]) if refs else set()
     except Exception:  # noqa: BLE001 - best effort: the first failure is reported anyway
@@ -956,8 +994,27 @@ def _also_failed(ray: Any, groups: Sequence[np.ndarray], refs: Sequence[Any]) ->
         try:
             ray.get(ref, timeout=0)
         except Exception as e:  # noqa: BLE001 - what it failed on, named
-            failed.append(f"{_which(group)} ({_kind(e)})")
+            failed.append(f"{_failing(group, folders, e)} ({_kind(e)})")
     return "; also " + ", ".join(failed) if failed else ""
+
+
+def _failing(group: np.ndarray, folders: Sequence[str], e: BaseException) -> str:
+    """The shards of ``group`` (one Ray actor's) that ``e`` failed, for an error message.  A Ray failure (the actor
+    gone, its reply lost) fails them all: :func:`_which`.  A shard folder the actor could not load
+    (:class:`_Permanent`) fails the shards whose folders (``folders``, by shard number) the error names, only
+    those; an error naming none of an actor's several shards says that one worker serves them: ``"shards 0, 1 (one
+    worker serves them)"``."""
+    import re
+
+    cause = getattr(e, "cause", None)
+    if not isinstance(cause, _Permanent) or len(group) < 2:
+        return _which(group)
+    text = str(cause)
+    named = [s for s in group.tolist() if s < len(folders)
+             and re.search(re.escape(str(folders[s])) + r"(?![\w-])", text)]
+    if named:
+        return _which(named)
+    return f"{_which(group)} (one worker serves them)" if len(group) <= 6 else _which(group)  # (else: says so)
 
 
 def _which(shards: Iterable[Any]) -> str:
@@ -1239,6 +1296,7 @@ class Sharded(Operator):
             actors = current()
             if actors is not None:
                 return actors
+            _check_cpus(ray, "sharded.search")  # before any actor: one could never be placed on a cluster without CPUs
             actor = ray.remote(max_restarts=self.params.max_retries, max_task_retries=self.params.max_retries)(
                 _ShardActor)
             # each shard's documents go to the object store once and stay there while its actor lives: Ray
@@ -1329,10 +1387,16 @@ class Sharded(Operator):
             except ParamError as e:
                 raise ParamError(str(e), path=where) from None
         ray = ray_init()
+        _check_cpus(ray, "sharded.fit")  # before any task: a cluster without CPUs would leave them pending forever
         task = ray.remote(max_retries=self.params.max_retries, retry_exceptions=list(_TRANSIENT))(
             _deterministic_errors_final(_with_plugins(modules, _fit_shard)))
-        refs = [task.remote(node, sh, folders[s]) for s, sh in zip(live, slices)]
+        refs: list[Any] = []
         try:
+            for s, sh in zip(live, slices):
+                try:
+                    refs.append(task.remote(node, sh, folders[s]))
+                except Exception as e:  # noqa: BLE001 - Ray could not serialise the shard's documents
+                    raise failed(s, _unsendable(sh, e)) from None
             for s, ref in zip(live, refs):
                 try:
                     ray.get(ref)
@@ -1515,12 +1579,14 @@ class Sharded(Operator):
                     self._drop_actors(actors)
                     if isinstance(e, RayActorError) and attempt == 1:
                         break  # its actor is gone: once more on new actors
-                    also = _also_failed(ray, groups[i + 1:], refs[i + 1:])  # every failed shard is named
+                    folders = getattr(self, "folders_", None) or []
+                    also = _also_failed(ray, groups[i + 1:], refs[i + 1:], folders)  # every failed shard is named
                     if isinstance(e, RayActorError):
                         raise ShardError(f"sharded: {_which(group)} failed to search: its Ray actor is gone "
                                          f"({type(e).__name__}), also on new actors started after a first "
                                          f"failure{also}") from e
-                    raise ShardError(f"sharded: {_which(group)} failed to search: {_reason(e)}{also}") from None
+                    raise ShardError(f"sharded: {_failing(group, folders, e)} failed to search: {_reason(e)}{also}"
+                                     ) from None
             else:
                 return results
         raise AssertionError("unreachable")  # (the second attempt returns or raises)
@@ -1747,7 +1813,8 @@ def search_distributed(pipe: Pipeline | Operator,
     NotFittedError
         Before Ray starts, when ``pipe`` is not fitted.
     ShardError
-        When a chunk fails on the workers after Ray's retries, naming the chunk.
+        When a chunk fails on the workers after Ray's retries, naming the chunk; before any chunk is submitted
+        when the Ray cluster has no CPU to run one (``ray.init(num_cpus=0)``).
     """
     from ragkit.options import check_options
     from ragkit.pipelines import Pipeline
@@ -1788,6 +1855,7 @@ def search_distributed(pipe: Pipeline | Operator,
         given = State.of(queries)
         queries = Queries(given.query_ids, given.queries)
     ray = ray_init()
+    _check_cpus(ray, "search_distributed")  # before the pipeline is saved or any chunk's task is submitted
     bounds = np.linspace(0, len(queries), int(n_chunks) + 1).astype(int)
     spans = [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
     if workdir:  # absolute: the workers run in folders of their own
