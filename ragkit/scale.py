@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import os
 import shutil
 import tempfile
@@ -364,15 +365,23 @@ def _check_cpus(ray: Any, where: str) -> None:
     fewer CPUs than one of ragkit's tasks or actors asks for (:data:`_TASK_CPUS`): Ray would keep it pending forever,
     logging only "No available node types can fulfill resource request" (a ``ray.init(num_cpus=0)``, a cluster of
     CPU-less nodes).  The cluster's total (``ray.cluster_resources()``) is what counts, not what is free now: a
-    cluster whose CPUs are busy runs the work once they are free."""
+    cluster whose CPUs are busy runs the work once they are free.  ``$RAGKIT_RAY_WAIT_FOR_CPUS=1`` submits anyway,
+    with a warning: an autoscaling cluster whose head node has no CPU (KubeRay's usual setting) adds CPU nodes on
+    demand, which ``cluster_resources`` cannot show."""
     total = float(ray.cluster_resources().get("CPU", 0.0))
     if total >= _TASK_CPUS:
+        return
+    if os.environ.get("RAGKIT_RAY_WAIT_FOR_CPUS", "").strip().lower() in {"1", "true", "yes"}:
+        logging.getLogger("ragkit").warning(
+            "%s: the Ray cluster has %g CPUs now; submitting anyway ($RAGKIT_RAY_WAIT_FOR_CPUS): the work waits "
+            "until a node with CPUs joins (an autoscaler's)", where, total)
         return
     free = float(ray.available_resources().get("CPU", 0.0))
     raise ShardError(f"{where}: the Ray cluster has {total:g} CPUs ({free:g} free), and each of ragkit's Ray tasks and "
                      f"actors asks for {_TASK_CPUS:g}: Ray would wait forever for a node that can run it; expected a "
                      f"cluster with at least one CPU: start Ray with CPUs (ray.init(num_cpus=2), ray start "
-                     f"--num-cpus=2), add a worker node that has CPUs, or work in this process (backend='local')")
+                     f"--num-cpus=2), add a worker node that has CPUs, or work in this process (backend='local'); "
+                     f"on an autoscaling cluster that adds CPU nodes on demand, set $RAGKIT_RAY_WAIT_FOR_CPUS=1")
 
 
 def _unsendable(corpus: Corpus, e: BaseException) -> str:

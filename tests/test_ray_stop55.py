@@ -69,6 +69,17 @@ def test_a_busy_cluster_is_not_refused():
         scale._check_cpus(none, "sharded.fit")
 
 
+def test_an_autoscaling_cluster_may_wait_for_cpus(monkeypatch, caplog):
+    """$RAGKIT_RAY_WAIT_FOR_CPUS=1 lets the work wait for a CPU node an autoscaler adds (a warning, no refusal)."""
+    none = SimpleNamespace(cluster_resources=lambda: {"memory": 1e9}, available_resources=lambda: {})
+    with pytest.raises(ShardError, match=r"RAGKIT_RAY_WAIT_FOR_CPUS=1"):
+        scale._check_cpus(none, "sharded.fit")
+    monkeypatch.setenv("RAGKIT_RAY_WAIT_FOR_CPUS", "1")
+    with caplog.at_level("WARNING", logger="ragkit"):
+        scale._check_cpus(none, "sharded.fit")
+    assert "sharded.fit: the Ray cluster has 0 CPUs now; submitting anyway" in caplog.text
+
+
 # ---------------------------------------------------------------- 2. documents Ray cannot send
 def test_metadata_that_does_not_pickle_gives_the_local_fits_shard_error(local_ray, tmp_path):
     """A corpus whose metadata holds a lock gave Ray's raw "TypeError: Could not serialize the argument ..." from
