@@ -2037,7 +2037,9 @@ def _qrels_columns(names: Sequence[Any], who: str, what: str, index_name: Any = 
             and missing == ["query-id"]:
         raise DataError(f"{who}: {what} holds its query ids in its index ({str(index_name)!r}), not in a column "
                         f"(columns {given}); pass df.reset_index()")
-    unnamed = [c for i, c in enumerate(given) if not any(i in at for at in found.values())]
+    # (the labels themselves, not their strings: pd.read_csv(header=None)'s columns are the integers 0, 1, 2,
+    # and a rename {'0': ...} would do nothing)
+    unnamed = [c for i, c in enumerate(names) if not any(i in at for at in found.values())]
     if len(unnamed) == len(missing):  # the roles missing, in order, for the columns not named: the exact rename
         mapping = {c: role for c, role in zip(unnamed, missing)}
         holds = " and ".join(f"{c!r} holds the {_ROLE_WORDS[role]}" for c, role in mapping.items())

@@ -274,6 +274,10 @@ def _parse_block(raws: list[bytes], at_start: bool) -> list[dict[str, Any]] | No
     return recs
 
 
+#: keys that hold a record's id in other layouts than BEIR's '_id' (casefolded, '-' as '_'), for the rename hint
+_ID_KEYS = frozenset({"_id", "id", "doc_id", "docid", "docno", "corpus_id", "query_id", "queryid", "qid", "q_id"})
+
+
 def _jsonl_line(path: Path, n: int, raw: bytes, first: bool) -> dict[str, Any] | None:
     """The record of line ``n`` of ``path`` (its bytes ``raw``; ``first``: no record read before it), ``None`` for
     a blank line; a line that is not UTF-8, not JSON, a JSON array's opening line (the first), no object with an
@@ -297,7 +301,10 @@ def _jsonl_line(path: Path, n: int, raw: bytes, first: bool) -> dict[str, Any] |
             raise _cr_endings(path, n, text) from None
         raise DataError(f"{path}:{n}: malformed JSON line ({_json_problem(e)})") from None
     if not isinstance(rec, dict) or "_id" not in rec:
-        raise DataError(f"{path}:{n}: expected an object with an '_id' field, got {line.strip()[:80]!r}")
+        named = [k for k in rec if k.strip().casefold().replace("-", "_") in _ID_KEYS] if isinstance(rec, dict) else []
+        rename = (f"; it has {named[0]!r}: rename that key to '_id' (BEIR's name for the id: "
+                  f"{{\"_id\": ..., \"text\": ...}})" if named else "")
+        raise DataError(f"{path}:{n}: expected an object with an '_id' field, got {line.strip()[:80]!r}{rename}")
     if not isinstance(rec["_id"], (str, int)) or isinstance(rec["_id"], bool):  # None / {} became 'None'
         raise DataError(f"{path}:{n}: '_id' must be a string (or an integer), got {type(rec['_id']).__name__} "
                         f"{rec['_id']!r:.40}")
@@ -312,14 +319,18 @@ def read_corpus(path: str | os.PathLike[str], *, allow_empty: bool = False) -> C
     """Read a BEIR ``corpus.jsonl`` (a few hundred ms for SciFact's 5,183 documents).
 
     An empty file is a :class:`DataError` unless ``allow_empty`` (a saved operator whose
-    documents were all removed)."""
+    documents were all removed).  A line's ``metadata`` object becomes the corpus's metadata; other top-level
+    fields (``"source"`` beside ``"text"``) are not read, and one warning on the ``ragkit`` logger names them and
+    the file, as :meth:`Corpus.from_records <ragkit.Corpus.from_records>` warns of the keys it drops."""
     path = user_path(path, "read_corpus: path")
     ids: list[str] = []
     titles: list[str] = []
     texts: list[str] = []
     metas: list[dict[str, Any]] = []
     seen: dict[str, int] = {}
+    fields: set[str] = set()  # every record's keys (for the warning naming the fields not read)
     for lines, recs in _jsonl_blocks(path):
+        fields.update(*map(dict.keys, recs))  # (in C)
         if _corpus_block(lines, recs, seen, (ids, titles, texts, metas)):
             continue
         for n, rec in zip(lines, recs):  # (a block with something to refuse, or to convert, record by record)
@@ -340,11 +351,20 @@ def read_corpus(path: str | os.PathLike[str], *, allow_empty: bool = False) -> C
             metas.append(meta or {})
     if not ids and not allow_empty:
         raise DataError(f"{path}: the corpus is empty")
+    dropped = sorted(fields - _CORPUS_KEYS)
+    if dropped:  # (once per file, as Corpus.from_records warns of the records' keys it drops)
+        _log.warning(f"{path}: dropped the documents' fields {', '.join(map(repr, dropped))} (a BEIR corpus line "
+                     "holds '_id', 'title', 'text' and optionally 'metadata'); put other fields in its 'metadata' "
+                     f"(an object: \"metadata\": {{{json.dumps(dropped[0])}: ...}}) to keep them")
     keys = sorted({k for m in metas if isinstance(m, dict) for k in m})
     meta = {k: np.fromiter((m.get(k) if isinstance(m, dict) else None for m in metas), dtype=object, count=len(metas))
             for k in keys}  # fromiter: equal-length list values stay one column, not a 2-D array
     return Corpus(ids=np.array(ids, dtype=object), texts=np.array(texts, dtype=object),
                   titles=np.array(titles, dtype=object), metadata=meta)
+
+
+#: the keys of a BEIR corpus line that :func:`read_corpus` reads (others are dropped, with a warning)
+_CORPUS_KEYS = frozenset({"_id", "title", "text", "metadata"})
 
 
 def _corpus_block(lines: Sequence[int], recs: list[dict[str, Any]], seen: dict[str, int],
@@ -531,16 +551,26 @@ def _is_header(row: list[str]) -> bool:
 _BEIR_COLUMNS = ("query-id", "corpus-id", "score")
 
 
-def _named_columns(header: list[str]) -> tuple[int, int, int] | None:
-    """The positions of ``query-id``, ``corpus-id`` and ``score`` in a qrels header row (case, spaces and ``_``
-    for ``-`` aside), or ``None`` when it does not name all three (another header: the columns are read by
-    position) or is exactly BEIR's ``query-id corpus-id score`` (its rows are read by position too, so that
-    trec_eval's 4-column lines under it read as they always did)."""
-    names = [c.strip().lower().replace("_", "-") for c in header]
-    if not all(c in names for c in _BEIR_COLUMNS) or tuple(names) == _BEIR_COLUMNS:
-        return None  # (BEIR's own 3 names, in order: rows are 3 columns, or trec_eval's 4, as without a header)
-    q, d, s = (names.index(c) for c in _BEIR_COLUMNS)
-    return q, d, s
+def _beir_header(header: list[str]) -> bool:
+    """Whether a qrels header row is exactly BEIR's ``query-id corpus-id score`` (case, spaces and ``_`` for ``-``
+    aside): its rows are read by position, so that trec_eval's 4-column lines under it read as they always did."""
+    return tuple(c.strip().lower().replace("_", "-") for c in header) == _BEIR_COLUMNS
+
+
+def _named_columns(header: list[str], path: Path) -> tuple[int, int, int] | None:
+    """The positions of the query id, document id and grade columns in the qrels header row ``header`` (line 1 of
+    ``path``), read by the names a ``.csv`` file's header or a DataFrame's columns may have
+    (:data:`ragkit.types.QRELS_COLUMNS`: ``query-id``, ``qid``, ``docno``, ``label``, ..., case aside); ``None``
+    when it is exactly BEIR's ``query-id corpus-id score`` (:func:`_beir_header`: read by position) or names no
+    such column (:func:`_read_qrels` refuses it at the first judgement, naming line 1).  A header naming some of
+    the three columns but not all (or one twice) is a :class:`DataError` listing the names accepted."""
+    from ragkit.types import _QRELS_ROLE, _qrels_columns  # (local: the import block above is left as it is)
+
+    if _beir_header(header) or not any(_QRELS_ROLE.get(" ".join(c.split()).casefold()) for c in header):
+        return None
+    return _qrels_columns([c.strip() for c in header], "read_qrels", f"{path} (its header, line 1)",
+                          how="fix the header on line 1, renaming its columns {mapping}",
+                          drop="renaming {columns} in the header (to 'unused': a column not named is not read)")
 
 
 def read_qrels(path: str | os.PathLike[str]) -> Qrels:
@@ -550,10 +580,13 @@ def read_qrels(path: str | os.PathLike[str]) -> Qrels:
     tabs at the end of a line are ignored, as BEIR's reader ignores them.  The first line is a header,
     and skipped, only when its score column is not a number: a qrels file without a header keeps its
     first judgement (BEIR's own loader drops line 1 whatever it holds, so it would lose that judgement).
-    A header that names BEIR's columns ``query-id``, ``corpus-id`` and ``score`` in another order or beside
-    other columns has them read by name, other columns ignored (``query-id corpus-id score annotators``), and
-    every line must have its number of columns (a last column left empty, ``q1<TAB>d1<TAB>1<TAB>``, counts).
-    Otherwise (BEIR's own header, another header, or none), a line is ``query-id corpus-id score`` (3 columns)
+    A header other than BEIR's own has its columns read by name, by the names a ``.csv`` file or a DataFrame
+    may use (:data:`ragkit.types.QRELS_COLUMNS`: ``docno<TAB>qid<TAB>label``, ``query-id corpus-id score
+    annotators``), other columns ignored, and every line must have its number of columns (a last column left
+    empty, ``q1<TAB>d1<TAB>1<TAB>``, counts); a header naming some of the three but not all is a
+    :class:`DataError` listing the names accepted, and so is a line 1 taken for a header (its last field no
+    number: a quoted grade, ``"1"``, too) that names none of them, at the file's first judgement.
+    Otherwise (BEIR's own header, or none), a line is ``query-id corpus-id score`` (3 columns)
     or trec_eval's ``qid iter docid rel`` (4).  A file with CR-only (old Mac) line endings, or gzip-compressed, is
     a :class:`DataError` saying so.  A ``.csv`` file is read by its header's column names, as
     :class:`~ragkit.TrainSet` and :func:`~ragkit.eval.evaluate` read it (:func:`ragkit.types.as_qrels`:
@@ -577,6 +610,7 @@ def _read_qrels(path: str | os.PathLike[str]) -> tuple[Qrels, dict[str, int]]:
     line_of: dict[tuple[str, str], int] = {}
     first_line: dict[str, int] = {}
     first: str | None = None  # line 1, when read as a header
+    first_row: list[str] | None = None  # its columns
     others = False  # whether a line other than that header holds anything
     # a byte-order mark is not part of the header; a '"' in an id is part of it (no CSV quoting)
     for n, _, line in utf8_lines(path, "qrels files are UTF-8 text"):
@@ -592,10 +626,12 @@ def _read_qrels(path: str | os.PathLike[str]) -> tuple[Qrels, dict[str, int]]:
         if not text.strip():
             continue
         if n == 1 and _is_header(row):
-            first = text
-            named = _named_columns(row)
+            first, first_row = text, row
+            named = _named_columns(row, path)
             header = row if named is not None else None
             continue
+        if first_row is not None and not others and named is None and not _beir_header(first_row):
+            raise _unknown_header(path, first_row)  # (line 1 not dropped silently: said at the first judgement)
         others = True
         if named is not None and header is not None:  # extra columns ('annotators') ignored, by name
             # a row has the header's columns when it does counting its trailing tabs as empty columns or not
@@ -631,7 +667,7 @@ def _read_qrels(path: str | os.PathLike[str]) -> tuple[Qrels, dict[str, int]]:
         first_line.setdefault(q, n)
         judged[d] = rel
     header_names = {c.strip().lower().replace("_", "-") for c in re.split(r"[\t ,]+", first or "")}
-    if not qrels and first is not None and not others and not header_names & set(_BEIR_COLUMNS):
+    if not qrels and first is not None and not others and header is None and not header_names & set(_BEIR_COLUMNS):
         # (a one-judgement file whose grade is not the last field, not a header naming BEIR's columns)
         raise DataError(f"{path}: its only line {first[:80]!r} was read as a header (its last field is not a "
                         "number), so the file holds no judgements; expected tab-separated query-id, corpus-id, "
@@ -642,6 +678,31 @@ def _read_qrels(path: str | os.PathLike[str]) -> tuple[Qrels, dict[str, int]]:
         raise DataError(f"{path}: holds no judgements (an empty file, or a header only); expected lines "
                         "'query-id<TAB>corpus-id<TAB>score'")
     return qrels, first_line
+
+
+def _unknown_header(path: Path, row: list[str]) -> DataError:
+    """The error for a qrels file whose line 1 (its columns ``row``) was taken for a header (its last field is no
+    number) but names no qrels column: its columns are not guessed by position, nor is the line dropped without a
+    word (a headerless file whose grades are quoted, ``"1"``, would lose its first judgement)."""
+    from ragkit.types import QRELS_COLUMNS  # (local: the import block above is left as it is)
+
+    shown = "\t".join(row)[:80]
+    last = row[-1].strip()
+    if len(last) > 1 and last[0] == last[-1] and last[0] in "\"'" and _is_number(last[1:-1]):
+        return DataError(f"{path}:1: line 1 {shown!r}: its grade {last} is quoted, so the line was taken for a "
+                         f"header; qrels grades are bare integers (1, not {last}): remove the quotes from the file")
+    accepted = "; ".join(f"{role}: {', '.join(names)}" for role, names in QRELS_COLUMNS.items())
+    comma = "; a comma-separated file is read by its header when named .csv" if "," in shown else ""
+    return DataError(f"{path}:1: line 1 {shown!r} is a header (its last field {last[:40]!r} is not a number) that "
+                     "names no qrels column, so which column holds what is not known; expected a header naming the "
+                     f"query id, document id and grade columns (the names accepted, case aside: {accepted}), BEIR's "
+                     "'query-id<TAB>corpus-id<TAB>score', or no header (every line a judgement 'q1<TAB>d1<TAB>1', "
+                     f"its grade an integer){comma}")
+
+
+def _is_number(text: str) -> bool:
+    """Whether ``text`` reads as a number (``float``)."""
+    return not _is_header([text])
 
 
 @dataclass
@@ -809,7 +870,13 @@ def _qrels_file(folder: Path, split: str) -> Path:
     path = folder / "qrels" / f"{split}.tsv"
     if not path.is_file():
         splits = sorted(p.stem for p in (folder / "qrels").glob("*.tsv"))
-        raise DataError(f"{path}: no qrels for split {split!r}{_gz_hint(path)}; available splits: {splits}")
+        other = sorted(p.name for p in (folder / "qrels").iterdir() if p.stem == split and p.is_file()
+                       and p.suffix.casefold() not in (".tsv", ".gz"))
+        found = (f"; found qrels/{other[0]}, but a split's judgements are read from qrels/<split>.tsv: rename "
+                 "a tab-separated file, or read it with ragkit.eval.read_qrels (a .csv by its header) and write "
+                 f"the folder with ragkit.eval.write_beir(folder, corpus, queries, {{{split!r}: qrels}})"
+                 if other else "")
+        raise DataError(f"{path}: no qrels for split {split!r}{_gz_hint(path)}{found}; available splits: {splits}")
     return path
 
 
@@ -1219,12 +1286,19 @@ def load_beir(name_or_path: str | os.PathLike[str], *, download: bool = True,
     """
     name_or_path = _check_name_or_path(name_or_path, "load_beir")
     path = _locate_one(name_or_path, download=download, base_url=base_url)
+    convert = ("convert the folder with ragkit.eval.write_beir(folder, corpus, queries, qrels) (qrels: {split: "
+               "{query_id: {doc_id: grade}}}; read_query_file reads a TSV of queries, read_qrels a qrels .tsv or .csv)")
     for required in ("corpus.jsonl", "queries.jsonl"):
         if not (path / required).is_file():
+            other = sorted(p.name for p in path.glob(f"{required.split('.')[0]}.*")  # (a .gz: _not_found says)
+                           if p.is_file() and p.name != f"{required}.gz")
             raise _not_found(path / required, "; a BEIR folder holds corpus.jsonl, queries.jsonl and "
-                                              "qrels/<split>.tsv")
+                                              "qrels/<split>.tsv" + (f"; found {', '.join(other)}, another format: "
+                                                                     f"{convert}" if other else ""))
     if not (path / "qrels").is_dir():
-        raise DataError(f"{path / 'qrels'}: folder not found; expected qrels/<split>.tsv files")
+        tables = sorted(p.name for p in path.iterdir() if p.suffix.casefold() in (".tsv", ".csv") and p.is_file())
+        raise DataError(f"{path / 'qrels'}: folder not found; expected qrels/<split>.tsv files (BEIR's layout)"
+                        + (f"; found {', '.join(tables)} beside corpus.jsonl" if tables else "") + f"; {convert}")
     corpus = read_corpus(path / "corpus.jsonl")
     _warn_empty_documents(corpus, path / "corpus.jsonl")
     data = BeirDataset(path=path, corpus=corpus)
