@@ -61,7 +61,7 @@ def test_qrels_header_not_recognised_refused(tmp_path: Path) -> None:
 
 def test_qrels_header_naming_some_columns_refused(tmp_path: Path) -> None:
     path = tmp_path / "qrels.tsv"
-    path.write_text("qid\tfoo\trel\nq1\td1\t1\n")
+    path.write_text("foo\tqid\trel\nd1\tq1\t1\n")  # (qid where BEIR has the document ids: not read by position)
     with pytest.raises(DataError, match=r"none named as document ids.*if 'foo' holds the document ids: fix the "
                                         r"header on line 1, renaming its columns \{'foo': 'corpus-id'\}"):
         read_qrels(path)

@@ -557,17 +557,28 @@ def _beir_header(header: list[str]) -> bool:
     return tuple(c.strip().lower().replace("_", "-") for c in header) == _BEIR_COLUMNS
 
 
+def _header_roles(header: list[str]) -> list[str | None]:
+    """The role (``"query-id"``, ``"corpus-id"``, ``"score"``) each column of a qrels header names
+    (:data:`ragkit.types.QRELS_COLUMNS`, case aside), ``None`` for a name not among them."""
+    from ragkit.types import _QRELS_ROLE  # (local: the import block above is left as it is)
+
+    return [_QRELS_ROLE.get(" ".join(c.split()).casefold()) for c in header]
+
+
 def _named_columns(header: list[str], path: Path) -> tuple[int, int, int] | None:
     """The positions of the query id, document id and grade columns in the qrels header row ``header`` (line 1 of
     ``path``), read by the names a ``.csv`` file's header or a DataFrame's columns may have
     (:data:`ragkit.types.QRELS_COLUMNS`: ``query-id``, ``qid``, ``docno``, ``label``, ..., case aside); ``None``
-    when it is exactly BEIR's ``query-id corpus-id score`` (:func:`_beir_header`: read by position) or names no
-    such column (:func:`_read_qrels` refuses it at the first judgement, naming line 1).  A header naming some of
-    the three columns but not all (or one twice) is a :class:`DataError` listing the names accepted."""
-    from ragkit.types import _QRELS_ROLE, _qrels_columns  # (local: the import block above is left as it is)
+    when it is exactly BEIR's ``query-id corpus-id score`` (:func:`_beir_header`), or 3 columns whose names, where
+    known, are BEIR's in BEIR's order (``query doc relevance``): read by position; ``None`` too when it names no
+    such column (:func:`_read_qrels` refuses it at the first judgement, naming line 1).  Any other header naming
+    some of the three columns but not all (or one twice) is a :class:`DataError` listing the names accepted."""
+    from ragkit.types import _qrels_columns  # (local: the import block above is left as it is)
 
-    if _beir_header(header) or not any(_QRELS_ROLE.get(" ".join(c.split()).casefold()) for c in header):
-        return None
+    roles = _header_roles(header)
+    if _beir_header(header) or not any(roles) or (len(header) == 3 and all(
+            r in (None, _BEIR_COLUMNS[i]) for i, r in enumerate(roles))):
+        return None  # (3 columns whose names, where known, are BEIR's in BEIR's order, 'query doc relevance': as BEIR)
     return _qrels_columns([c.strip() for c in header], "read_qrels", f"{path} (its header, line 1)",
                           how="fix the header on line 1, renaming its columns {mapping}",
                           drop="renaming {columns} in the header (to 'unused': a column not named is not read)")
@@ -584,7 +595,8 @@ def read_qrels(path: str | os.PathLike[str]) -> Qrels:
     may use (:data:`ragkit.types.QRELS_COLUMNS`: ``docno<TAB>qid<TAB>label``, ``query-id corpus-id score
     annotators``), other columns ignored, and every line must have its number of columns (a last column left
     empty, ``q1<TAB>d1<TAB>1<TAB>``, counts); a header naming some of the three but not all is a
-    :class:`DataError` listing the names accepted, and so is a line 1 taken for a header (its last field no
+    :class:`DataError` listing the names accepted (unless it has 3 columns and the names known stand where BEIR's
+    do, ``query doc relevance``: read as BEIR's), and so is a line 1 taken for a header (its last field no
     number: a quoted grade, ``"1"``, too) that names none of them, at the file's first judgement.
     Otherwise (BEIR's own header, or none), a line is ``query-id corpus-id score`` (3 columns)
     or trec_eval's ``qid iter docid rel`` (4).  A file with CR-only (old Mac) line endings, or gzip-compressed, is
@@ -630,7 +642,7 @@ def _read_qrels(path: str | os.PathLike[str]) -> tuple[Qrels, dict[str, int]]:
             named = _named_columns(row, path)
             header = row if named is not None else None
             continue
-        if first_row is not None and not others and named is None and not _beir_header(first_row):
+        if first_row is not None and not others and named is None and not any(_header_roles(first_row)):
             raise _unknown_header(path, first_row)  # (line 1 not dropped silently: said at the first judgement)
         others = True
         if named is not None and header is not None:  # extra columns ('annotators') ignored, by name
