@@ -928,7 +928,11 @@ class Corpus:
         for d in docs:  # lists, dicts and sets copied: the caller's documents stay theirs to change
             meta = {k: copy.deepcopy(v) if isinstance(v, (list, dict, set)) else v
                     for k, v in (getattr(d, "metadata", {}) or {}).items()}
-            did = getattr(d, "id", None) or meta.pop("id", None)
+            did = getattr(d, "id", None)
+            if not did:
+                did = meta.pop("id", None)
+            elif "id" in meta and str(meta["id"]) == str(did):
+                del meta["id"]  # the id written into metadata too (get_by_ids's documents): not a field of its own
             records.append({"_id": None if did is None else str(did), "text": d.page_content,
                             "title": meta.pop("title", ""), "metadata": meta})
         taken = {r["_id"] for r in records if r["_id"] is not None}
