@@ -194,7 +194,7 @@ class Shortlist:
     def ranked(self, spec: str, ip: np.ndarray, qd: np.ndarray, q_off: np.ndarray,
                q_w: np.ndarray | None = None) -> np.ndarray:
         """Candidates best first, as many as any ``c`` needs: FDE order, or centroid order of the shortlist."""
-        from ragkit.operator import topk_rows
+        from ragkit._topk import topk_rows
         from ragkit.retrievers.centroids import centroid_pairs
 
         n_c = _prune(spec)
@@ -207,7 +207,7 @@ class Shortlist:
     def rows(self, spec: str, ip: np.ndarray, qd: np.ndarray, q_off: np.ndarray, c: int,
              q_w: np.ndarray | None = None) -> np.ndarray:
         """The ``c`` candidates of every query (FDE top ``c``; or centroid top ``c`` of the FDE shortlist)."""
-        from ragkit.operator import topk_rows
+        from ragkit._topk import topk_rows
 
         if not _prune(spec):
             return topk_rows(ip, c)[0]
@@ -235,7 +235,7 @@ def _select(cfgs: dict, fdes: dict, grid, docs, corpus, enc, short: Shortlist, a
     if its fewer candidates pay for it.
     """
     from ragkit import load_beir
-    from ragkit.operator import topk_rows
+    from ragkit._topk import topk_rows
     from ragkit.retrievers.fde import chamfer_scores, fde_queries
 
     ds = load_beir(SCIFACT)
@@ -333,8 +333,8 @@ def main() -> None:
     def grid(spec: str) -> list[int]:
         return keeps if _prune(spec) else cands
 
+    from ragkit._topk import topk_rows
     from ragkit.encoders.tokens import get_token_encoder
-    from ragkit.operator import topk_rows
     from ragkit.retrievers.fde import FDEConfig, ball_carve, chamfer_pairs, chamfer_scores, fde_documents, fde_queries
 
     corpus, queries, qrels = _data(args.quick, 200, 30)

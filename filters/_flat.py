@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ragkit._results import score_rises
 from ragkit.errors import DataError
-from ragkit.operator import score_rises
 from ragkit.types import Ranking
 
 __all__ = ["flatten", "cut_prefix", "leading_run", "check_rows_in_corpus", "check_cosines", "check_dense_rankings",
@@ -111,7 +111,7 @@ def leading_run(keep: np.ndarray, lengths: np.ndarray, starts: np.ndarray, qidx:
 
 def first_unsorted(c: np.ndarray, qidx: np.ndarray) -> int | None:
     """The first query (batch position) whose flattened scores ``c`` (query of each: ``qidx``)
-    rise somewhere along its list (beyond float rounding: :func:`~ragkit.operator.score_rises`, the rule
+    rise somewhere along its list (beyond float rounding: :func:`~ragkit._results.score_rises`, the rule
     every operator's output is held to), or None when every list is sorted best first."""
     up = score_rises(c) & (qidx[1:] == qidx[:-1])
     return int(qidx[1:][up][0]) if up.any() else None

@@ -15,10 +15,11 @@ import numpy as np
 from pydantic import Field
 from scipy.special import expit, exprel, logit
 
+from ragkit._saves import load_array, read_json, save_arrays, saved_fit_report, write_json
 from ragkit.encoders import DEFAULT_MODEL, check_encoder_key, get_encoder, query_vectors, save_encoder_key
 from ragkit.errors import ArtifactError, DataError, InputTypeError
 from ragkit.filters._flat import check_cosines, check_dense_rankings, cut_prefix, first_unsorted, flatten, leading_run
-from ragkit.operator import Operator, load_array, read_json, save_arrays, saved_fit_report, write_json
+from ragkit.operator import Operator
 from ragkit.options import PARAM
 from ragkit.params import ModelName, Params, Seed
 from ragkit.registry import register

@@ -15,6 +15,8 @@ from typing import Any, ClassVar, Literal, Mapping
 import numpy as np
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
+from ragkit._saves import load_array, read_json, save_arrays, saved_fit_report, write_json
+from ragkit._topk import topk_rows
 from ragkit.encoders import (
     DEFAULT_MODEL,
     Encoder,
@@ -27,7 +29,7 @@ from ragkit.encoders import (
 from ragkit.encoders.sentence import encode_documents, encoder_label, encoder_vectors
 from ragkit.errors import ArtifactError, DataError, ParamError, some_ids
 from ragkit.filters._flat import check_cosines, check_dense_rankings, check_rows_in_corpus, flatten
-from ragkit.operator import Operator, load_array, read_json, save_arrays, saved_fit_report, topk_rows, write_json
+from ragkit.operator import Operator
 from ragkit.params import FieldRefusal, MetadataFilter, ModelName, Params, Seed
 from ragkit.registry import register
 from ragkit.retrievers._index import VectorIndex, check_finite_vectors
@@ -375,7 +377,7 @@ def fit_banks(p: BankParams, corpus: Corpus, train: TrainSet | None, docs: np.nd
 #: keys a load drops from a saved ``dbnorm.json``: ``seconds``, the fit's wall time, which older saves hold
 #: (no longer in ``info_`` nor saved: two identical fits write identical files)
 def read_info(path: Path) -> dict[str, Any]:
-    """The ``info_`` saved at ``path`` (``dbnorm.json``): :func:`~ragkit.operator.saved_fit_report`."""
+    """The ``info_`` saved at ``path`` (``dbnorm.json``): :func:`~ragkit._saves.saved_fit_report`."""
     return saved_fit_report(read_json(path), path)
 
 

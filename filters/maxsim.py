@@ -7,8 +7,9 @@ from pathlib import Path
 import numpy as np
 from pydantic import Field
 
+from ragkit._topk import desc_order
 from ragkit.filters.cutoffs import cut_k
-from ragkit.operator import Operator, desc_order
+from ragkit.operator import Operator
 from ragkit.options import PARAM
 from ragkit.registry import register
 from ragkit.retrievers.fde import chamfer_pairs

@@ -14,6 +14,7 @@ from typing import ClassVar
 import numpy as np
 from pydantic import Field
 
+from ragkit._saves import load_array, save_arrays
 from ragkit.encoders import (
     DEFAULT_MODEL,
     Encoder,
@@ -27,7 +28,7 @@ from ragkit.encoders.sentence import encode_documents, encoder_label
 from ragkit.errors import DataError
 from ragkit.filters._flat import check_rows_in_corpus
 from ragkit.filters.cutoffs import cut_k
-from ragkit.operator import Operator, load_array, save_arrays
+from ragkit.operator import Operator
 from ragkit.options import PARAM
 from ragkit.params import ModelName, Params
 from ragkit.registry import register

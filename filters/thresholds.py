@@ -9,9 +9,10 @@ from __future__ import annotations
 import numpy as np
 from pydantic import Field
 
+from ragkit._results import score_rises
 from ragkit.errors import DataError
 from ragkit.filters._flat import cut_prefix, flatten, leading_run
-from ragkit.operator import Operator, score_rises
+from ragkit.operator import Operator
 from ragkit.options import PARAM
 from ragkit.params import Params
 from ragkit.registry import register
@@ -54,7 +55,7 @@ class _PrefixCut(Operator):
 def _check_sorted(scores: np.ndarray, qidx: np.ndarray, who: str) -> None:
     """Raise DataError unless every ranking is sorted by score, best first (NaN only at the end):
     a cut-off keeps a prefix, which is the passing documents only in such a ranking.  A rise of float
-    rounding passes, as in every operator's output (:func:`~ragkit.operator.score_rises`)."""
+    rounding passes, as in every operator's output (:func:`~ragkit._results.score_rises`)."""
     if len(scores) < 2:
         return
     nan = np.isnan(scores)

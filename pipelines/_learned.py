@@ -84,13 +84,13 @@ class LearnedThreshold:
 
     def _save(self, folder: Path) -> None:
         if getattr(self, "learned_", None) is not None:
-            from ragkit.operator import write_json
+            from ragkit._saves import write_json
 
             write_json(folder / "learned.json", self.learned_)
 
     def _load(self, folder: Path, mmap: bool = False) -> None:
         if (folder / "learned.json").is_file():
-            from ragkit.operator import read_json
+            from ragkit._saves import read_json
 
             self.learned_ = read_json(folder / "learned.json")
             self.threshold_ = float(self.learned_["threshold"])

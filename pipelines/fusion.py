@@ -14,9 +14,10 @@ from typing import TYPE_CHECKING, Any, Callable, Literal
 import numpy as np
 from pydantic import Field, model_validator
 
+from ragkit._topk import group_positions
 from ragkit.errors import ParamError
 from ragkit.eval.metrics import _ties_kept
-from ragkit.operator import Operator, group_positions
+from ragkit.operator import Operator
 from ragkit.params import Params
 from ragkit.registry import register
 from ragkit.types import Ranking, State
@@ -312,14 +313,14 @@ class _Fuser(Operator):
 
     def _save(self, folder) -> None:
         if hasattr(self, "weights_"):
-            from ragkit.operator import save_arrays, write_json
+            from ragkit._saves import save_arrays, write_json
 
             save_arrays(folder, weights=self.weights_)
             write_json(folder / "learned.json", self.learned_)
 
     def _load(self, folder, mmap: bool = False) -> None:
         if (folder / "weights.npy").is_file():
-            from ragkit.operator import load_array, read_json
+            from ragkit._saves import load_array, read_json
 
             self.weights_ = load_array(folder, "weights")
             self.learned_ = read_json(folder / "learned.json")

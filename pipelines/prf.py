@@ -72,8 +72,9 @@ import numpy as np
 import scipy.sparse as sp
 from pydantic import AliasChoices, Field
 
+from ragkit._saves import load_array, read_json, save_arrays, write_json
 from ragkit.filters._flat import check_rows_in_corpus
-from ragkit.operator import Operator, load_array, read_json, save_arrays, write_json
+from ragkit.operator import Operator
 from ragkit.params import Params
 from ragkit.registry import register
 from ragkit.retrievers.bm25 import BM25, LEXICAL_COUNTS, LexicalCounts, QueryCounts, Tokenizer, _index_dtype

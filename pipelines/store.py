@@ -26,23 +26,21 @@ from pathlib import Path
 from typing import Any, Callable, TypeVar
 
 from ragkit._files import folder_checksums, folder_lock, saved_relpath, verify_checksums
+from ragkit._fingerprints import corpus_fingerprint
 from ragkit._locks import guarded_any
-from ragkit.errors import ArtifactError, ArtifactNotFoundError, ConfigError, DataError, ParamError
-from ragkit.operator import (
+from ragkit._saves import (
     _LOST_MANIFEST,
     FORMAT_VERSION,
-    Operator,
     _interrupted_save,
     _old_save_hint,
     _saved_pipeline_above,
     atomic_dir,
-    check_flag,
-    checksums_verified,
-    corpus_fingerprint,
     read_json,
     restore_interrupted_save,
     write_json,
 )
+from ragkit.errors import ArtifactError, ArtifactNotFoundError, ConfigError, DataError, ParamError
+from ragkit.operator import Operator, check_flag, checksums_verified
 from ragkit.params import validate_params
 from ragkit.pipelines._compose import Pipeline
 from ragkit.pipelines.yaml import dump_yaml, load_yaml, walk_leaves

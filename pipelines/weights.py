@@ -24,9 +24,9 @@ from typing import Callable, Literal
 
 import numpy as np
 
+from ragkit._topk import group_positions
 from ragkit.errors import DataError, some_ids
 from ragkit.eval.metrics import _evaluate_noted, _per_query_metrics
-from ragkit.operator import group_positions
 from ragkit.run import Run
 from ragkit.types import Qrels, Ranking, State, check_qrels, normalised_text, usable_or_refused
 

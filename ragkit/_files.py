@@ -336,7 +336,7 @@ def _same_inode(path: Path, fd: int) -> bool:
 def folder_lock(path: Path, *, exclusive: bool, wait_s: float | None = None) -> Iterator[bool]:
     """An advisory ``flock`` on the folder ``path`` itself (no lock file is made): shared by loads
     (``exclusive=False``: any number at once), exclusive for a save's swap of a new folder onto ``path``
-    (:class:`~ragkit.operator.atomic_dir`), so a load never reads half of one save and half of the next.
+    (:class:`~ragkit._saves.atomic_dir`), so a load never reads half of one save and half of the next.
 
     Saves go first: the folder's parent is a turnstile (``flock`` on it too: exclusive while a save waits
     for the loads in progress, shared for an instant as a load starts), so loads starting back to back

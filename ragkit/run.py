@@ -258,7 +258,7 @@ def learned_query_ids(op: Any, query_ids: Sequence[str], texts: Sequence[str]) -
     <ragkit.operator.Operator.learned_from>` lists, matched by id and text, without its warning of a learned
     question under another id (a search would say it on every call).  What ``search`` records in
     :attr:`Run.learned_from`; nothing is hashed when no operator learned from queries."""
-    from ragkit.operator import query_id_digests, taught_digests
+    from ragkit._fingerprints import query_id_digests, taught_digests
 
     taught, _ = taught_digests(op)
     if not len(taught) or not len(query_ids):

@@ -60,9 +60,10 @@ import numpy as np
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from ragkit._files import file_above, user_path
+from ragkit._saves import read_json, write_json
 from ragkit.encoders.sentence import as_texts
 from ragkit.errors import ArtifactError, ArtifactNotFoundError, ParamError, RagkitError
-from ragkit.operator import Operator, after_fit, check_fit_inputs, read_json, write_json
+from ragkit.operator import Operator, after_fit, check_fit_inputs
 from ragkit.params import Params, shown
 from ragkit.registry import _builtin, register
 from ragkit.types import QUERY_REWRITES, Corpus, Ranking, State, TrainSet
@@ -933,7 +934,8 @@ class _ShardActor:
     original error's text."""
 
     def __init__(self, folders: list[str], *corpora: Corpus, modules: Sequence[tuple[str, str | None]] = ()) -> None:
-        from ragkit.operator import CHECKSUMS, Operator
+        from ragkit._saves import CHECKSUMS
+        from ragkit.operator import Operator
 
         self.ops: list[Operator] = []
         self.error: str | None = None

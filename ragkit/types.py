@@ -1430,7 +1430,7 @@ def _unwritable(path: Path, e: OSError, doing: str) -> BaseException:
     """What :meth:`Corpus.save` raises for ``e``, met while ``doing`` (``creating the folder ...``): an
     :class:`ArtifactError` naming ``path`` and the system's reason where trying again cannot help (a read-only
     file system, no permission, a full disk: :func:`~ragkit._files.save_unwritable`, which
-    :class:`~ragkit.operator.atomic_dir` names them with too); any other ``e`` (a network file system's EIO) as it
+    :class:`~ragkit._saves.atomic_dir` names them with too); any other ``e`` (a network file system's EIO) as it
     is, retryable."""
     was = " and the file there is unchanged" if os.path.exists(path) else ""  # (never raises: ``e`` is kept)
     return save_unwritable(f"Corpus.save: {path}", e, doing, f"nothing was written{was}: make the folder writable "

@@ -85,8 +85,8 @@ import numpy as np
 
 from ragkit._files import atomic_file, check_npy_size
 from ragkit._locks import ReadWriteLock
+from ragkit._topk import desc_order, fix_cut_ties
 from ragkit.errors import ArtifactError, DataError, ParamError
-from ragkit.operator import desc_order, fix_cut_ties
 from ragkit.retrievers._locality import insertion_order
 
 if TYPE_CHECKING:
@@ -193,7 +193,7 @@ def _block_topk(s: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
 
     Returns ``(scores float32 (n_q, k), columns int64 (n_q, k))``, unordered.  ``torch.topk`` picks
     the ``k`` largest (multi-threaded, ~3x numpy's ``argpartition``) but keeps an arbitrary few of
-    the entries tied with the k-th score; :func:`~ragkit.operator.fix_cut_ties` re-picks the rows
+    the entries tied with the k-th score; :func:`~ragkit._topk.fix_cut_ties` re-picks the rows
     where such a tie straddles the cut.  Needs ``k < m``.
     """
     import torch
@@ -1579,7 +1579,7 @@ class VectorIndex:
                 "i8_scale": float(self.i8_scale) if self.dtype == "i8" else None,
                 "i8_fitted_n": int(self.i8_fitted_n) if self.dtype == "i8" else None,
                 "explained_variance_ratio": getattr(self, "explained_variance_ratio", None)}
-        from ragkit.operator import write_json
+        from ragkit._saves import write_json
 
         write_json(folder / f"{prefix}.json", meta)
 
@@ -1606,7 +1606,7 @@ class VectorIndex:
         load.  Each failure is an :class:`ArtifactError` naming the file, and what was expected and
         found.
         """
-        from ragkit.operator import read_json
+        from ragkit._saves import read_json
 
         folder = Path(folder)
         mpath = folder / f"{prefix}.json"

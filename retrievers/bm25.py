@@ -60,20 +60,10 @@ import numpy as np
 import scipy.sparse as sp
 from pydantic import Field, model_validator
 
+from ragkit._saves import load_array, read_json, save_arrays, write_json
+from ragkit._topk import group_positions, rankings_from_matrix, topk_rows
 from ragkit.errors import DataError, InputTypeError, some_ids
-from ragkit.operator import (
-    Operator,
-    edited_during_search,
-    group_positions,
-    is_prefix,
-    load_array,
-    rankings_from_matrix,
-    read_json,
-    save_arrays,
-    searched_ids,
-    topk_rows,
-    write_json,
-)
+from ragkit.operator import Operator, edited_during_search, is_prefix, searched_ids
 from ragkit.options import PARAM
 from ragkit.params import MetadataFilter, Params
 from ragkit.registry import register
@@ -406,7 +396,7 @@ def _sparse_topk(ptr: np.ndarray, data: np.ndarray, cols: np.ndarray, k: int) ->
     """Top ``k`` of each row of a sparse score matrix given by its CSR arrays (``ptr`` int64 row pointers,
     ``data`` float64 scores, ``cols`` document rows ascending within each row): the first ``k`` of the row's
     entries by score descending, ties by the lower document row, at the cut too, exactly as
-    :func:`~ragkit.operator.topk_rows` picks them from a dense row whose other cells are ``-inf``.
+    :func:`~ragkit._topk.topk_rows` picks them from a dense row whose other cells are ``-inf``.
 
     Rows are grouped by their number of entries ``n`` into buckets of width ``w`` (a power of two, at most ``k``
     where ``n <= k``: no ``-inf`` cell is ever tied at a cut); each bucket is one ``(rows, w)`` matrix of the
@@ -1437,7 +1427,7 @@ class BM25(Operator):
         :meth:`_topk_dense` ranks it (:func:`_wide_topk`): the queries whose terms' postings could hold that
         many (:func:`_postings_per_query`) are multiplied apart from the others, straight into dense rows.
         Returns ``(rows int64, scores float32)`` of shape ``(n_q, k')``, ``k' <= k``, padded with ``-inf`` scores
-        (dropped by :func:`~ragkit.operator.rankings_from_matrix`); the rankings are those of :meth:`_topk_dense`
+        (dropped by :func:`~ragkit._topk.rankings_from_matrix`); the rankings are those of :meth:`_topk_dense`
         exactly (ids, float32 scores, ties by the lower document row, at the cut too).  ``index``: the
         ``(weights, hits)`` to score with (the ones held now by default); ``q``'s columns must be their terms and
         ``drop``'s length their documents, else :func:`_edited_during_search`."""
@@ -1455,7 +1445,7 @@ class BM25(Operator):
     def _topk_dense(self, q: sp.csr_matrix, k: int, drop: np.ndarray | None,
                     index: tuple[sp.csr_matrix, sp.csr_matrix | None] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """:meth:`_topk` through a dense ``(n_q, n_docs)`` row of every document per query (``-inf`` where no
-        query term is held) and :func:`~ragkit.operator.topk_rows` over all of it: the path before
+        query term is held) and :func:`~ragkit._topk.topk_rows` over all of it: the path before
         :func:`_sparse_topk`, kept as the reference its rankings are checked against (tests,
         ``bench/bm25_sparse_topk.py``); searches use it where :data:`_DENSE_TOPK` is set."""
         wt, hits = self._check_index(q, drop, index)

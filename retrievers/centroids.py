@@ -23,9 +23,9 @@ import warnings
 
 import numpy as np
 
+from ragkit._topk import group_positions
 from ragkit.encoders.cache import UNREADABLE, load_npy, write_cache_files
 from ragkit.errors import DataError
-from ragkit.operator import group_positions
 from ragkit.retrievers.fde import check_pair_rows
 
 _CODEBOOK_FILES = ("codebook", "codes", "code_offsets")  # the offsets are written last: their presence = complete

@@ -20,11 +20,12 @@ import numpy as np
 from pydantic import Field, field_validator, model_validator
 
 from ragkit._files import first_time
+from ragkit._topk import rankings_from_matrix
 from ragkit.encoders import DEFAULT_MODEL, Encoder, check_encoder_key, get_encoder, query_vectors, save_encoder_key
 from ragkit.encoders.adapt import AdaptConfig, TunedEncoderMixin
 from ragkit.encoders.sentence import encoder_label, encoder_vectors
 from ragkit.errors import ArtifactError, DataError, InputTypeError, ParamError
-from ragkit.operator import Operator, edited_during_search, is_prefix, rankings_from_matrix, searched_ids
+from ragkit.operator import Operator, edited_during_search, is_prefix, searched_ids
 from ragkit.options import PARAM
 from ragkit.params import MetadataFilter, Metric, ModelName, Params, VectorDtype, shown
 from ragkit.registry import register
@@ -589,7 +590,7 @@ class Dense(TunedEncoderMixin, Operator):
         save_encoder_key(folder, self.encoder)
 
     def _load(self, folder: Path, mmap: bool = False) -> None:
-        from ragkit.operator import load_array
+        from ragkit._saves import load_array
 
         if not (folder / "index.json").exists() and (folder / "vectors.npy").is_file():
             raise ArtifactError(_earliest_layout(folder, type(self)))
@@ -664,7 +665,7 @@ def _earliest_layout(folder: Path, cls: type) -> str:
     import json
     import shlex
 
-    from ragkit.operator import _saved_pipeline_above
+    from ragkit._saves import _saved_pipeline_above
 
     start = (f"{folder}: holds a dense index in ragkit's earliest layout (vectors.npy, written by the ragkit of "
              "2026-11-23 before commit f4f34ac), which this ragkit does not read")

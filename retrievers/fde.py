@@ -45,8 +45,8 @@ from typing import Iterator, Literal
 import numpy as np
 import scipy.sparse as sp
 
+from ragkit._topk import group_positions
 from ragkit.errors import DataError, ParamError
-from ragkit.operator import group_positions
 
 __all__ = [
     "FDEConfig", "fde_dim", "fde_documents", "fde_document_chunks", "fde_queries", "chamfer_scores", "chamfer_pairs",

@@ -29,10 +29,12 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 import numpy as np
 from pydantic import Field, model_validator
 
+from ragkit._saves import load_array, read_json, save_arrays, write_json
+from ragkit._topk import desc_order, topk_rows
 from ragkit.encoders import DEFAULT_MODEL, check_encoder_key, query_vectors, save_encoder_key, unit_rows
 from ragkit.encoders.sentence import encode_documents, encoder_label
 from ragkit.errors import ArtifactError, DataError, ParamError
-from ragkit.operator import Operator, desc_order, load_array, read_json, save_arrays, topk_rows, write_json
+from ragkit.operator import Operator
 from ragkit.options import filter_option
 from ragkit.params import FieldRefusal, MetadataFilter, ModelName, Params, Seed, update_params
 from ragkit.registry import register

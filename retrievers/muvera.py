@@ -29,24 +29,15 @@ from typing import Any, ClassVar, Literal, Mapping
 import numpy as np
 from pydantic import Field, model_validator
 
+from ragkit._saves import load_array, read_json, save_arrays, write_json
+from ragkit._topk import desc_order, group_positions, rankings_from_matrix, topk_rows
 from ragkit.encoders import DEFAULT_MODEL, check_encoder_key, save_encoder_key
 from ragkit.encoders.adapt import AdaptConfig, TunedEncoderMixin
 from ragkit.encoders.cache import text_digests
 from ragkit.encoders.sentence import blank_texts
 from ragkit.encoders.tokens import TokenEncoder, TokenVectors, get_token_encoder
 from ragkit.errors import ArtifactError, DataError, ParamError
-from ragkit.operator import (
-    Operator,
-    desc_order,
-    group_positions,
-    load_array,
-    model_named,
-    rankings_from_matrix,
-    read_json,
-    save_arrays,
-    topk_rows,
-    write_json,
-)
+from ragkit.operator import Operator, model_named
 from ragkit.options import PARAM
 from ragkit.params import FdeDtype, FieldRefusal, MetadataFilter, ModelName, Params, Seed
 from ragkit.registry import register

@@ -260,7 +260,7 @@ def reseal(folder: Path) -> None:
     import json
 
     from ragkit._files import folder_checksums
-    from ragkit.operator import CHECKSUMS
+    from ragkit._saves import CHECKSUMS
 
     if (folder / "manifest.json").is_file():
         edit_json(folder / "manifest.json", lambda m: m.update(

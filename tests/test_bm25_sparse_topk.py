@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from conftest import traced_peak
 
-from ragkit.operator import rankings_from_matrix
+from ragkit._topk import rankings_from_matrix
 from ragkit.retrievers import BM25, bm25 as bm25_mod
 from ragkit.scale import Sharded
 from ragkit.types import Corpus, Ranking

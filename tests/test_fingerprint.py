@@ -12,10 +12,11 @@ import numpy as np
 import pytest
 from conftest import HashedEncoder
 
-from ragkit import operator as op_module
+from ragkit import _saves as saves_module
+from ragkit._fingerprints import TEXTS_KEY, corpus_fingerprint, corpus_texts_digest
 from ragkit.encoders import register_encoder
 from ragkit.errors import ArtifactError
-from ragkit.operator import TEXTS_KEY, Operator, corpus_fingerprint, corpus_texts_digest
+from ragkit.operator import Operator
 from ragkit.pipelines import Pipeline
 from ragkit.retrievers import BM25, Dense
 from ragkit.types import Corpus
@@ -88,21 +89,22 @@ def test_other_ids_name_the_first_one_that_differs(tmp_path):
 
 def _write_old_format(folder):
     """``folder``'s params.json as ragkit wrote it before the texts' digest: ids only (checksums redone)."""
-    from ragkit.operator import folder_checksums, write_json
+    from ragkit._files import folder_checksums
+    from ragkit._saves import write_json
 
     meta = json.loads((folder / "params.json").read_text())
     meta.pop(TEXTS_KEY)
     write_json(folder / "params.json", meta)
-    if (folder / op_module.CHECKSUMS).is_file():
-        (folder / op_module.CHECKSUMS).unlink()
-        write_json(folder / op_module.CHECKSUMS, folder_checksums(folder))
+    if (folder / saves_module.CHECKSUMS).is_file():
+        (folder / saves_module.CHECKSUMS).unlink()
+        write_json(folder / saves_module.CHECKSUMS, folder_checksums(folder))
 
 
 def test_a_folder_saved_with_the_ids_only_fingerprint_still_loads(tmp_path, caplog, monkeypatch):
     BM25(k=2).fit(_corpus()).save(tmp_path / "b")
     assert json.loads((tmp_path / "b" / "params.json").read_text())[TEXTS_KEY] == corpus_texts_digest(_corpus())
     _write_old_format(tmp_path / "b")
-    monkeypatch.setattr(op_module, "_UNCHECKED_TEXTS_SAID", False)
+    monkeypatch.setattr(saves_module, "_UNCHECKED_TEXTS_SAID", False)
     with caplog.at_level(logging.WARNING, logger="ragkit"):
         assert BM25.load(tmp_path / "b").search(["cherry"]).doc_ids[0][0] == "d2"
         assert BM25.load(tmp_path / "b", corpus=_corpus()).search(["cherry"]).doc_ids[0][0] == "d2"

@@ -17,9 +17,10 @@ import pytest
 from conftest import HashedEncoder
 
 from ragkit._files import folder_checksums
+from ragkit._saves import CHECKSUMS
 from ragkit.encoders import register_encoder
 from ragkit.errors import ArtifactError
-from ragkit.operator import CHECKSUMS, Operator
+from ragkit.operator import Operator
 from ragkit.retrievers import Dense
 from ragkit.retrievers._index import MAX_DIMS, VectorIndex
 from ragkit.types import Corpus

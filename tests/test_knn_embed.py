@@ -5,10 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from ragkit._topk import topk_rows
 from ragkit.errors import ArtifactError, DataError, ParamError
 from ragkit.eval import diversity as div
 from ragkit.filters.mmr import MMR, mmr_select
-from ragkit.operator import Operator, topk_rows
+from ragkit.operator import Operator
 from ragkit.retrievers.knn_embed import KnnEmbed, largest_remainder
 from ragkit.run import Run
 from ragkit.types import Corpus, Ranking, State
@@ -155,7 +156,7 @@ def test_search_paths_agree_uneven_clusters_and_ties(search):
 def test_ties_go_to_the_lower_row():
     """``desc_order`` is ``lexsort((rows, -scores))``; ``topk_rows`` keeps the lower rows of a tie at its cut
     too (``argpartition`` alone keeps an arbitrary few)."""
-    from ragkit.operator import desc_order
+    from ragkit._topk import desc_order
 
     rng = np.random.default_rng(3)
     sc = rng.integers(0, 5, (40, 300)).astype(np.float32)  # many ties

@@ -212,16 +212,16 @@ def test_new_token_vectors_are_made_without_float32_copies_of_the_whole(monkeypa
 def test_top_k_of_a_large_score_matrix_works_in_chunks_of_rows(monkeypatch):
     """topk_rows made a negated copy and an int64 index matrix of the whole score matrix (3x its size):
     a BM25 or maxsim_exact batch over a large corpus.  Rows are taken in chunks; same answer."""
-    from ragkit import operator
+    from ragkit import _topk
 
     rng = np.random.default_rng(5)
     scores = rng.standard_normal((400, 50_000), dtype=np.float32)
     scores[7, :] = 1.0  # ties straddling the cut: the lowest rows win
     scores[9, ::2] = -np.inf
-    (rows, vals), peak = traced_peak(lambda: operator.topk_rows(scores, 10))
+    (rows, vals), peak = traced_peak(lambda: _topk.topk_rows(scores, 10))
     assert peak < 0.8 * scores.nbytes  # was ~3x
-    monkeypatch.setattr(operator, "TOPK_CELLS", scores.size)  # one chunk: the whole matrix at once
-    want_rows, want_vals = operator.topk_rows(scores, 10)
+    monkeypatch.setattr(_topk, "TOPK_CELLS", scores.size)  # one chunk: the whole matrix at once
+    want_rows, want_vals = _topk.topk_rows(scores, 10)
     np.testing.assert_array_equal(rows, want_rows)
     np.testing.assert_array_equal(vals, want_vals)
     assert rows[7].tolist() == list(range(10))

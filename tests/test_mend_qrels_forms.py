@@ -126,7 +126,7 @@ class _Taught:
 
 def test_learned_query_ids_hashes_no_normalised_text(monkeypatch):
     import ragkit.types
-    from ragkit.operator import query_digests, query_id_digests
+    from ragkit._fingerprints import query_digests, query_id_digests
     from ragkit.run import learned_query_ids
 
     taught = Queries(["q1", "q2"], ["apple", "Runs  fast"])

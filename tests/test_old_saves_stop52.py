@@ -15,8 +15,9 @@ import numpy as np
 import pytest
 
 from ragkit._files import folder_checksums
+from ragkit._saves import CHECKSUMS, FORMAT_VERSION
 from ragkit.errors import ArtifactError
-from ragkit.operator import CHECKSUMS, FORMAT_VERSION, Operator
+from ragkit.operator import Operator
 from ragkit.pipelines import Pipeline
 from ragkit.pipelines.yaml import walk_leaves
 from ragkit.retrievers import BM25, Dense

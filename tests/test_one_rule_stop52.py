@@ -13,11 +13,12 @@ import numpy as np
 import pytest
 
 from ragkit import Corpus
+from ragkit._results import _ranking_problem
 from ragkit.errors import DataError, ParamError
 from ragkit.filters import RelativeThreshold, ScoreThreshold, TopK, _flat
 from ragkit.filters._flat import first_unsorted
 from ragkit.filters.cutoffs import cut_k
-from ragkit.operator import Operator, _ranking_problem
+from ragkit.operator import Operator
 from ragkit.params import Params
 from ragkit.pipelines import RRF, WeightedFusion
 from ragkit.retrievers import BM25

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-import ragkit.operator as operator_module
+import ragkit._saves as saves_module
 from ragkit.errors import ArtifactError, ArtifactNotFoundError, DataError, InputTypeError, ParamError
 from ragkit.pipelines import Pipeline
 from ragkit.retrievers import BM25
@@ -52,7 +52,7 @@ def test_a_save_whose_temporary_folder_cannot_be_made_names_the_target_and_the_r
     def forbidden(parent: Path, prefix: str) -> Path:
         raise PermissionError(13, "Permission denied", str(parent / f"{prefix}123@host-abc"))
 
-    monkeypatch.setattr(operator_module, "shared_tempdir", forbidden)  # (tests run as root: chmod stops nothing)
+    monkeypatch.setattr(saves_module, "shared_tempdir", forbidden)  # (tests run as root: chmod stops nothing)
     target = tmp_path / "p"
     with pytest.raises(ArtifactError, match=r"the save could not be written \(Permission denied, creating its "
                                             r"temporary folder in ") as info:

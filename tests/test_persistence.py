@@ -221,7 +221,7 @@ def test_a_save_replaces_the_previous_one_whole(tmp_path, monkeypatch, swap):
     """Saving over an earlier save: on Linux the folders are swapped in one step (the path never
     goes missing); where that is unavailable, two renames; either way the new save is there,
     nothing of the old one is left beside it, and a process inside the folder follows it."""
-    from ragkit import operator
+    from ragkit import _saves
     from ragkit.operator import Operator
     from ragkit.retrievers import BM25
     from ragkit.types import Corpus
@@ -229,8 +229,8 @@ def test_a_save_replaces_the_previous_one_whole(tmp_path, monkeypatch, swap):
     corpus = Corpus.from_texts(["apple pie", "banana split", "cherry tart"])
     BM25(k=1).fit(corpus).save(tmp_path / "b")
     calls = []
-    real = operator._exchange
-    monkeypatch.setattr(operator, "_exchange", lambda a, b: calls.append(1) or (real(a, b) if swap else False))
+    real = _saves._exchange
+    monkeypatch.setattr(_saves, "_exchange", lambda a, b: calls.append(1) or (real(a, b) if swap else False))
     monkeypatch.chdir(tmp_path / "b")
     BM25(k=2).fit(corpus).save(tmp_path / "b")
     assert calls == [1] and Operator.load(tmp_path / "b").params.k == 2
@@ -460,7 +460,7 @@ def test_a_save_that_fills_the_disk_names_the_folder_and_keeps_the_earlier_save(
     ``[Errno 28]``), naming no folder or file; the earlier save survived but the message did not say so."""
     import errno
 
-    import ragkit.operator as operator
+    import ragkit._saves as saves
 
     target = tmp_path / "ix"
     BM25().fit(corpus).save(target)
@@ -471,14 +471,14 @@ def test_a_save_that_fills_the_disk_names_the_folder_and_keeps_the_earlier_save(
                 OSError(errno.ENOSPC, "No space left on device", "tf_data.npy")):
         def full(file, *a, exc=exc, **k):  # noqa: ANN001, ANN002, ANN003
             raise exc
-        monkeypatch.setattr(operator.np, "save", full)
+        monkeypatch.setattr(saves.np, "save", full)
         with pytest.raises(ArtifactError, match=rf"{target}: the save could not be written \(.*\); an earlier save "
                                                 r"there is unchanged: free space"):
             BM25().fit(corpus).save(target)
-        monkeypatch.setattr(operator.np, "save", real)
+        monkeypatch.setattr(saves.np, "save", real)
         assert sorted(p.name for p in target.iterdir()) == before and not [
             p for p in tmp_path.iterdir() if p.name != "ix"]
-    monkeypatch.setattr(operator.np, "save", lambda *a, **k: (_ for _ in ()).throw(OSError(errno.EIO, "I/O error")))
+    monkeypatch.setattr(saves.np, "save", lambda *a, **k: (_ for _ in ()).throw(OSError(errno.EIO, "I/O error")))
     with pytest.raises(OSError) as info:  # another error (a network disk's EIO) is left as it is: retryable
         BM25().fit(corpus).save(target)
     assert not isinstance(info.value, ArtifactError)

@@ -15,8 +15,9 @@ import numpy as np
 import pytest
 from conftest import edit_json, reseal
 
+from ragkit._saves import CHECKSUMS
 from ragkit.errors import ArtifactError, DataError
-from ragkit.operator import CHECKSUMS, Operator
+from ragkit.operator import Operator
 from ragkit.pipelines import Pipeline
 from ragkit.retrievers import BM25
 from ragkit.types import Corpus
@@ -88,10 +89,10 @@ def _kill_between_renames(target: Path) -> None:
     script = textwrap.dedent(f"""
         import os, signal
         from pathlib import Path
-        import ragkit.operator as rop
+        import ragkit._saves as saves
         from ragkit.retrievers import BM25
         from ragkit.types import Corpus
-        rop._exchange = lambda a, b: False
+        saves._exchange = lambda a, b: False
         rename = Path.rename
         def ren(self, to):
             out = rename(self, to)

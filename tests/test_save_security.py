@@ -175,7 +175,7 @@ def test_an_unlisted_corpus_is_refused_when_it_is_read(saved, corpus):
 def test_an_npy_header_claiming_more_than_its_file_is_refused_before_any_allocation(tmp_path) -> None:
     """An edited ``.npy`` header claiming shape (10**12,) made ``np.load`` raise a bare MemoryError of 1.8 TiB
     with no file named (a security review, 2026-12-05); the header is now checked against the file's size."""
-    from ragkit.operator import load_array
+    from ragkit._saves import load_array
     from ragkit.retrievers._index import VectorIndex
 
     f = tmp_path / "a.npy"

@@ -391,12 +391,12 @@ def test_loads_back_to_back_do_not_keep_a_save_waiting(tmp_path: Path, monkeypat
     """Threads loading in a loop always left a shared lock held, so a save's exclusive one never found a gap
     and waited its whole wait (60 s), then swapped under them: the folder's parent is now a turnstile."""
     import ragkit._files as files
-    import ragkit.operator as operator_module
+    import ragkit._saves as saves_module
 
     monkeypatch.setattr(files, "FOLDER_LOCK_WAIT_S", 5.0)
     _, b, folder = _two_saves(tmp_path)
     held: list[bool] = []
-    real = operator_module.folder_lock
+    real = saves_module.folder_lock
 
     @contextmanager
     def recorded(path: Path, **kw: object) -> Iterator[bool]:
@@ -404,7 +404,7 @@ def test_loads_back_to_back_do_not_keep_a_save_waiting(tmp_path: Path, monkeypat
             held.append(h)
             yield h
 
-    monkeypatch.setattr(operator_module, "folder_lock", recorded)
+    monkeypatch.setattr(saves_module, "folder_lock", recorded)
     stop = threading.Event()
 
     def loader() -> None:
@@ -427,7 +427,7 @@ def test_loads_back_to_back_do_not_keep_a_save_waiting(tmp_path: Path, monkeypat
 def test_a_second_save_waiting_does_not_swap_under_a_load(tmp_path: Path) -> None:
     """Two saves at once: the second took its exclusive lock on the folder it opened before the first swapped
     (the replaced one) and swapped at once, under a load of the new folder."""
-    from ragkit.operator import _exchange
+    from ragkit._saves import _exchange
 
     _, b, folder = _two_saves(tmp_path)
     staged = tmp_path / "staged"

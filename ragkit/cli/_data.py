@@ -88,7 +88,7 @@ def _refuse_test_split(ds: Any, split: str, option: str) -> None:
 def _check_same_corpus(fitted: Any, corpus: Any, pipeline: str, data: str) -> None:
     """A saved pipeline answers from the corpus it was fitted on: refuse to score it against
     another dataset's judgements (its rankings would name documents they do not describe)."""
-    from ragkit.operator import corpus_fingerprint, corpus_texts_digest
+    from ragkit._fingerprints import corpus_fingerprint, corpus_texts_digest
 
     if corpus_fingerprint(fitted) != corpus_fingerprint(corpus):
         how = f"{len(corpus):,} documents with other ids"

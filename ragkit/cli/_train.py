@@ -151,7 +151,7 @@ def train_cmd(
     except RagkitError as e:
         _fail(e)
     try:
-        from ragkit.operator import atomic_dir
+        from ragkit._saves import atomic_dir
 
         _check_out_folder(out)  # '-', or a folder that cannot be written: refused now, not after the training
         atomic_dir.check(out)  # refuse a file or a foreign folder now, not after the training

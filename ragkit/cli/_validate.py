@@ -37,7 +37,7 @@ def validate_cmd(path: Path = typer.Argument(..., metavar="PIPELINE",
     try:
         if path.is_dir() and (path / "params.json").is_file():  # a folder written by Operator.save
             from ragkit import registry
-            from ragkit.operator import read_json
+            from ragkit._saves import read_json
 
             meta = read_json(path / "params.json")
             if not isinstance(meta, dict) or "operator" not in meta or not isinstance(meta.get("params"), dict):

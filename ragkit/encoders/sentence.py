@@ -740,7 +740,7 @@ ENCODER_FILE = "encoder.json"
 
 def save_encoder_key(folder: Path, encoder: Any) -> None:
     """Record which encoder made the vectors an operator saves (``encoder.json``: its ``key``)."""
-    from ragkit.operator import write_json
+    from ragkit._saves import write_json
 
     write_json(folder / ENCODER_FILE, {"key": str(encoder.key)})
 
@@ -749,8 +749,8 @@ def check_encoder_key(folder: Path, encoder: Any, who: str, model: str) -> None:
     """Refuse a saved operator whose vectors came from another encoder than ``model`` resolves to
     now (a re-registered name, a model folder rewritten in place): its queries would be encoded
     into another space than its documents.  A folder saved without ``encoder.json`` is not checked."""
+    from ragkit._saves import read_json
     from ragkit.errors import ArtifactError
-    from ragkit.operator import read_json
 
     if not (folder / ENCODER_FILE).is_file():
         return

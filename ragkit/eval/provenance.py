@@ -211,11 +211,11 @@ def _hub_revision(model: str) -> str | None:
 # ---------------------------------------------------------------------------------------------- data
 def corpus_digest_text(corpus: Any) -> str:
     """``"blake2b:<32 hex digits>"`` identifying a :class:`~ragkit.types.Corpus`: its size, its ids in order and
-    the digest of its titles and texts (:func:`~ragkit.operator.corpus_texts_digest`, what a saved operator
+    the digest of its titles and texts (:func:`~ragkit._fingerprints.corpus_texts_digest`, what a saved operator
     records; remembered per corpus), hashed in chunks: ~0.5 s per million documents.  ``ragkit eval -o``'s
-    ``settings.corpus_fingerprint`` (not :func:`ragkit.operator.corpus_fingerprint`, a saved operator's dict of
+    ``settings.corpus_fingerprint`` (not :func:`ragkit._fingerprints.corpus_fingerprint`, a saved operator's dict of
     its corpus's size and ids)."""
-    from ragkit.operator import corpus_texts_digest, hash_strings
+    from ragkit._fingerprints import corpus_texts_digest, hash_strings
 
     h = hashlib.blake2b(digest_size=16)
     h.update(f"corpus\t{len(corpus)}\n".encode())
@@ -227,7 +227,7 @@ def corpus_digest_text(corpus: Any) -> str:
 def queries_fingerprint(queries: Any) -> str:
     """``"blake2b:<32 hex digits>"`` identifying :class:`~ragkit.types.Queries`: their number, ids and texts in
     order, hashed in chunks."""
-    from ragkit.operator import hash_strings
+    from ragkit._fingerprints import hash_strings
 
     h = hashlib.blake2b(digest_size=16)
     h.update(f"queries\t{len(queries.ids)}\n".encode())

@@ -55,11 +55,12 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 
 from ragkit._files import user_path
 from ragkit._locks import ReadWriteLock, lock_of
+from ragkit._saves import _json_default, read_json
 from ragkit.encoders.sentence import as_texts
 from ragkit.errors import ArtifactError, DataError, InputTypeError, NotFittedError, ParamError, repeated
 from ragkit.integrations.langchain_generate import RagkitGenerator
 from ragkit.metadata import AllOf, all_filters, check_added_kinds, check_metadata_kinds, is_missing
-from ragkit.operator import Operator, _json_default, read_json
+from ragkit.operator import Operator
 from ragkit.options import _positive_k, check_options
 from ragkit.params import refusal_of
 from ragkit.types import (
@@ -233,7 +234,7 @@ def _load_with_settings(source: Any) -> tuple[Operator, dict[str, Any]]:
     folder = _saved_pipeline_folder(source)
     if folder is None:
         return load_pipeline_like(source), _saved_settings(source)
-    from ragkit.operator import restore_interrupted_save
+    from ragkit._saves import restore_interrupted_save
     from ragkit.pipelines.store import load_unreplaced
 
     restore_interrupted_save(folder)

@@ -1,0 +1,530 @@
+"""An operator's save folder: written whole or not at all (:class:`atomic_dir`, an earlier save a killed one left
+aside put back: :func:`restore_interrupted_save`), its JSON and ``.npy`` files (:func:`write_json`,
+:func:`load_array`, ...), and what a load checks of a folder before it reads it (a ragkit save or not, its
+``params.json``'s types, the corpus given with it)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import sys
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from ragkit._files import (
+    atomic_file,
+    check_npy_size,
+    file_above,
+    folder_lock,
+    save_unwritable,
+    shared_tempdir,
+    user_path,
+)
+from ragkit._fingerprints import TEXTS_KEY, corpus_fingerprint, corpus_texts_digest
+from ragkit.errors import ArtifactError, some_ids
+from ragkit.types import Corpus
+
+__all__ = ["CHECKSUMS", "FORMAT_VERSION", "restore_interrupted_save", "atomic_dir", "write_json", "read_json",
+           "saved_fit_report", "save_arrays", "load_array"]
+
+
+CHECKSUMS = "checksums.json"  # written by Operator.save beside params.json
+
+#: 2: a saved bm25 holds its weights (terms x docs) beside its counts (version 1 folders still load)
+FORMAT_VERSION = 2
+
+_log = logging.getLogger("ragkit")
+
+_UNCHECKED_TEXTS_SAID = False
+
+
+def _check_given_corpus(folder: Path, meta: Mapping[str, Any], corpus: Corpus) -> None:
+    """Refuse (:class:`ArtifactError`) ``corpus``, given to ``load(folder, corpus=...)``, unless it is the corpus
+    the operator saved in ``folder`` was fitted on (``meta``: its ``params.json``): the same ids in the same order
+    (``meta["corpus"]``), and the same titles and texts (``meta[TEXTS_KEY]``; a folder saved before ragkit recorded
+    them has ids only: then its texts are not checked, which is logged once).  The error says whether the ids or
+    the texts differ and the first document that does (from the saved ``corpus.jsonl``, the folder's or its
+    pipeline's, when there is one)."""
+    global _UNCHECKED_TEXTS_SAID
+    fitted = f"{folder}: fitted on a corpus of {meta['corpus']['n']:,} documents, but load(corpus=...) was given"
+    if corpus_fingerprint(corpus) != meta["corpus"]:
+        how, first = _how_ids_differ(folder, corpus)
+        raise ArtifactError(f"{fitted} {len(corpus):,} documents {how}; pass the corpus it was fitted on, in its "
+                            f"order (or none: the folder holds it), or fit the operator on this corpus{first}")
+    if TEXTS_KEY not in meta:
+        if not _UNCHECKED_TEXTS_SAID:
+            _UNCHECKED_TEXTS_SAID = True
+            _log.warning(f"{folder}: saved by an earlier ragkit, which recorded the ids of the documents it was "
+                         "fitted on but not their texts: the documents it loads with are checked by their ids "
+                         "only, not their texts (save it again to record both; said once)")
+        return
+    if corpus_texts_digest(corpus) != meta[TEXTS_KEY]:
+        raise ArtifactError(f"{fitted} the same {len(corpus):,} document ids with other texts or titles"
+                            f"{_how_texts_differ(folder, corpus)}: its index scores the texts it was fitted on; pass "
+                            "the corpus it was fitted on (or none: the folder holds it), or fit the operator again "
+                            "on the edited corpus")
+
+
+def _saved_corpus(folder: Path) -> Corpus | None:
+    """The corpus saved with the operator in ``folder`` (its ``corpus.jsonl``, or its pipeline's), if readable."""
+    whole = _saved_pipeline_above(folder)
+    for saved in (folder / "corpus.jsonl", *((whole / "corpus.jsonl",) if whole is not None else ())):
+        if saved.is_file():
+            from ragkit.eval.beir import read_corpus
+
+            try:
+                return read_corpus(saved, allow_empty=True)
+            except Exception:  # noqa: BLE001 - only said in an error about another matter: leave it out
+                return None
+    return None
+
+
+def _how_ids_differ(folder: Path, corpus: Corpus) -> tuple[str, str]:
+    """How ``corpus``'s ids differ from those of the corpus saved in ``folder`` (``corpus.jsonl``, the
+    folder's or its pipeline's, when there is one): "with the same ids in another order" (an index's rows are
+    positions) or "with other ids"; and the first row where they differ (``""`` when no corpus is saved)."""
+    saved = _saved_corpus(folder)
+    if saved is None:
+        return "with other ids", ""
+    ids, given = saved.ids, corpus.ids
+    m = min(len(ids), len(given))
+    rows = np.flatnonzero(ids[:m] != given[:m])
+    if len(rows):
+        r = int(rows[0])
+        first = f" (the first difference: row {r} is document {given[r]!r} in the given corpus, {ids[r]!r} in the " \
+                "fitted one)"
+    else:  # one is the start of the other
+        r = m
+        first = f" (the first difference: row {r} is document {(given if len(given) > m else ids)[r]!r}, only in " \
+                f"the {'given' if len(given) > m else 'fitted'} corpus)"
+    if len(ids) == len(given) and np.array_equal(np.sort(ids), np.sort(given)):
+        return "with the same ids in another order (its rows are positions in the fitted order)", first
+    return "with other ids", first
+
+
+def _how_texts_differ(folder: Path, corpus: Corpus) -> str:
+    """The first document of ``corpus`` whose text or title differs from the corpus saved in ``folder`` (the
+    folder's ``corpus.jsonl`` or its pipeline's), as `` (the first: document 'id', its text)``; ``""`` when the
+    folder holds no corpus (of these ids) to compare with."""
+    saved = _saved_corpus(folder)
+    if saved is None or not np.array_equal(saved.ids, corpus.ids):
+        return ""
+    texts, titles = saved.texts != corpus.texts, saved.titles != corpus.titles
+    rows = np.flatnonzero(texts | titles)
+    if not len(rows):
+        return ""
+    r = int(rows[0])
+    what = "text" if texts[r] else "title"
+    return f" ({len(rows):,} differ; the first: document {corpus.ids[r]!r}, row {r}, its {what})"
+
+
+#: What reading a JSON file that may not be ragkit's raises: no such file (or no access), not JSON, or JSON
+#: nested thousands deep (:func:`read_json` words each of them for a file ragkit must read)
+_UNREADABLE = (OSError, ValueError, RecursionError)
+
+
+def _is_ragkit_save(folder: Path) -> bool:
+    """Whether ``folder`` holds a ragkit save: an operator's ``params.json`` or a pipeline's
+    ``manifest.json`` that parses and carries ragkit's ``format_version`` (a file merely named so is
+    somebody else's, and so is a chunk KV-cache folder's ``manifest.json``: a save would delete it)."""
+    try:
+        meta = json.loads((folder / "params.json").read_text(encoding="utf-8"))
+        if isinstance(meta, dict) and "format_version" in meta and "operator" in meta:
+            return True
+    except _UNREADABLE:
+        pass
+    return _is_pipeline_manifest(folder / "manifest.json")
+
+
+def _is_pipeline_manifest(path: Path) -> bool:
+    """Whether ``path`` is the ``manifest.json`` :meth:`Pipeline.save` writes (``format_version``,
+    ``nodes`` and ``sha256``), not another file of that name (a chunk KV-cache's, somebody else's)."""
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except _UNREADABLE:
+        return False
+    return isinstance(meta, dict) and "format_version" in meta and "nodes" in meta and "sha256" in meta
+
+
+def _foreign_files(folder: Path) -> list[str]:
+    """Files under the ragkit save ``folder`` that its own record (``checksums.json``, or a pipeline
+    manifest's ``sha256``) does not list: somebody else's, e.g. another save written inside it.
+    Empty when the save keeps no record to compare with."""
+    for name, key in ((CHECKSUMS, None), ("manifest.json", "sha256")):
+        try:
+            record = json.loads((folder / name).read_text(encoding="utf-8"))
+        except _UNREADABLE:
+            continue
+        listed = record.get(key) if key is not None and isinstance(record, dict) else record
+        if isinstance(listed, dict):
+            own = {*listed, name}
+            return sorted(rel for p in folder.rglob("*") if not p.is_dir()
+                          and (rel := p.relative_to(folder).as_posix()) not in own and rel.replace("/", "\\") not in
+                          own)
+    return []
+
+
+def _saved_pipeline_above(folder: Path) -> Path | None:
+    """The nearest folder above ``folder`` holding a pipeline ``manifest.json``, if any."""
+    for parent in Path(folder).resolve().parents:
+        if (parent / "manifest.json").is_file() and _is_pipeline_manifest(parent / "manifest.json"):
+            return parent
+    return None
+
+
+def _not_an_operator_folder(folder: Path) -> str:
+    """Why ``folder`` cannot load as an operator (it has no ``params.json``), with what to do."""
+    if not folder.exists():
+        return "no such folder; expected one written by Operator.save" + _old_save_hint(folder)
+    if not folder.is_dir():
+        return ("a file, not a folder; an operator loads from the folder Operator.save wrote (a pipeline YAML "
+                "file: Pipeline.from_yaml)")
+    if (folder / "manifest.json").is_file():
+        return "a saved pipeline, not a single operator: load it with Pipeline.load (or Operator.load)"
+    interrupted = _interrupted_save(folder)
+    if interrupted is not None:
+        return interrupted
+    if (folder / "pipeline.yaml").is_file() and (folder / "ops").is_dir():
+        return _LOST_MANIFEST
+    return "no params.json: not a folder written by Operator.save"
+
+
+#: Why a saved pipeline's folder without its manifest cannot load (verify=False included).
+_LOST_MANIFEST = ("a saved pipeline's folder (pipeline.yaml, ops/) that lost its manifest.json, which holds its "
+                  "layout and checksums, so it cannot be loaded even with verify=False: save the pipeline again")
+
+
+def _interrupted_save(folder: Path) -> str | None:
+    """What to say of ``folder`` when it is the temporary folder of a save (``.<name>.tmp-<pid>@<host>-...``,
+    :func:`~ragkit._files.shared_tempdir`), which is renamed into place once complete: one left behind is of a
+    save that was killed (or failed) before then, and is no save; ``None`` for another folder."""
+    import re
+
+    match = re.fullmatch(r"\.(.+)\.tmp-(\d+)@[^/]*-[^-/]+", folder.name)
+    if match is None or not folder.is_dir():
+        return None
+    return (f"the temporary folder of a save of {folder.with_name(match.group(1))} (process {match.group(2)}) that "
+            "did not complete (killed, or failed, before renaming it into place): no save to load; the next save "
+            "there removes it, and it is safe to delete")
+
+
+def _before_checksums(folder: Path) -> str:
+    """The end of the error for an operator folder without ``checksums.json``: why, and what to do.  Format 1
+    folders (``params.json``) may be from a ragkit before checksums, which wrote none; later ones always do: the
+    end then gives the shell command that loads it unchecked and saves it in place (the command line has no
+    ``verify=False``)."""
+    try:
+        version = json.loads((folder / "params.json").read_text(encoding="utf-8")).get("format_version", 1)
+    except (OSError, ValueError, AttributeError):
+        version = None
+    if isinstance(version, int) and not isinstance(version, bool) and version <= 1:
+        import shlex
+
+        where = json.dumps(str(folder.absolute()))  # (a Python string literal, in a shell-quoted program)
+        code = f"from ragkit import Operator; Operator.load({where}, verify=False).save({where})"
+        return ("; it may have been written by a ragkit from before checksums (its params.json says format 1), "
+                "or changed after saving: if it is yours, load it with verify=False, then save it again (which "
+                f"writes them; in place, or to another folder), e.g. from a shell: python -c {shlex.quote(code)}")
+    return ("; the folder was changed after saving: save the operator again, or load it unchecked with "
+            "verify=False")
+
+
+def _check_meta_types(folder: Path, meta: Mapping[str, Any]) -> None:
+    """Refuse (:class:`ArtifactError` naming the file, the key, what it holds and what was expected) the keys of
+    a ``params.json`` (``meta``) that have the wrong type: a bare ``TypeError`` / ``KeyError`` of the load
+    otherwise, or worse, ``"fitted": "no"`` loading as fitted and ``"params": null`` as the defaults."""
+    def bad(key: str, expected: str) -> ArtifactError:
+        value = meta[key]
+        return ArtifactError(f"{folder / 'params.json'}: {key!r} holds {json.dumps(value, default=str)[:120]} (a "
+                             f"JSON {_json_kind(value)}); expected {expected}; the folder was changed after saving, "
+                             "or written by another program: save the operator again")
+
+    def is_int(v: Any) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    if not isinstance(meta["operator"], str):
+        raise bad("operator", "the operator's name, a string such as \"bm25\"")
+    if not isinstance(meta["params"], dict):
+        raise bad("params", "an object of the operator's parameters ({\"k\": 10, ...})")
+    if not isinstance(meta["fitted"], bool):
+        raise bad("fitted", "true or false")
+    if "format_version" in meta and not (is_int(meta["format_version"]) and meta["format_version"] >= 1):
+        raise bad("format_version", f"an integer >= 1 (the save format; this ragkit writes {FORMAT_VERSION})")
+    fingerprint = meta.get("corpus")
+    if "corpus" in meta and not (isinstance(fingerprint, dict) and is_int(fingerprint.get("n"))
+                                 and isinstance(fingerprint.get("ids_sha1"), str)):
+        raise bad("corpus", "an object {\"n\": the number of documents fitted on, \"ids_sha1\": the SHA-1 of "
+                            "their ids (hex)}")
+    if TEXTS_KEY in meta and not isinstance(meta[TEXTS_KEY], str):
+        raise bad(TEXTS_KEY, "the digest of the documents' texts, a hex string")
+
+
+def _json_kind(value: Any) -> str:
+    """JSON's name for the type of a value ``json.loads`` gave."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, (int, float)):
+        return "number"
+    kinds: dict[type, str] = {str: "string", list: "array", dict: "object"}
+    return kinds.get(type(value), type(value).__name__)
+
+
+def _old_saves(path: Path) -> list[Path]:
+    """The folders ``.<name>.old-*`` beside ``path`` that hold a complete earlier save (``manifest.json``, or
+    ``params.json``), newest first: where a save by two renames (:class:`atomic_dir`, without
+    :func:`_exchange`) keeps the earlier save between its renames."""
+    prefix = f".{path.name}.old-"
+    try:
+        entries = [e for e in path.parent.iterdir() if e.name.startswith(prefix)]
+    except OSError:
+        return []
+    found = []
+    for e in entries:
+        try:
+            if e.is_dir() and not e.is_symlink() and ((e / "manifest.json").is_file() or (e / "params.json").is_file()):
+                found.append((e.stat().st_mtime_ns, e))
+        except OSError:
+            continue
+    return [e for _, e in sorted(found, key=lambda t: t[0], reverse=True)]
+
+
+def _saver_running(old: Path, path: Path) -> bool:
+    """Whether the save that moved the earlier save at ``path`` to ``old`` (``.<name>.old-<8 characters of its
+    temporary folder's name>``) may still run: its temporary folder is still there, and was made by a process
+    of this host that still runs, or by another host (which this one cannot tell)."""
+    from ragkit._files import owner_ended
+
+    suffix = old.name.rsplit(".old-", 1)[1]
+    prefix = f".{path.name}.tmp-"
+    try:
+        tmps = [e.name for e in path.parent.iterdir() if e.name.startswith(prefix) and e.name.endswith(suffix)]
+    except OSError:
+        return True
+    return not all(owner_ended(name, prefix) for name in tmps)
+
+
+def restore_interrupted_save(path: Path) -> Path | None:
+    """Put back the earlier save at ``path`` when a save killed between its two renames (a platform without
+    :func:`_exchange`: macOS, Windows, NFS) left ``path`` missing and the earlier save as ``.<name>.old-*``
+    beside it; returns the folder it renamed, logged (``None``: nothing to restore).
+
+    Only a complete earlier save is restored, only while ``path`` is missing, and only once the save that
+    moved it has ended (its process no longer runs on this host): under the same exclusive lock a save's
+    swap holds (:func:`~ragkit._files.folder_lock`: a save between its renames holds it, so this waits for
+    it).  A save of another host, or one still running, is left alone (the load's error then names the
+    folder)."""
+    if os.path.lexists(path):
+        return None
+    if not _old_saves(path):
+        return None
+    with folder_lock(path, exclusive=True):  # (a live save's swap holds it: this waits until it is done)
+        for old in _old_saves(path):
+            if os.path.lexists(path):
+                return None
+            if _saver_running(old, path):
+                continue
+            try:
+                old.rename(path)
+            except OSError:
+                continue
+            _log.warning(f"{path}: was missing: a save killed while it replaced the folder (between its two "
+                         f"renames, on a system without an atomic swap) had left the earlier save as {old.name}; "
+                         "renamed it back, so the earlier save is at its place again")
+            return old
+    return None
+
+
+def _old_save_hint(path: Path) -> str:
+    """For the error of a load of the missing ``path``: the earlier save an interrupted save left beside it, and
+    how to put it back (where :func:`restore_interrupted_save` would not: a save that may still run)."""
+    olds = _old_saves(path)
+    if not olds:
+        return ""
+    return (f"; but {olds[0]} holds an earlier save of it, moved there by a save that has not completed (still "
+            f"running, or run on another machine): once no save is running, rename it back to {path.name}")
+
+
+class atomic_dir:
+    """Context manager: yields a temporary sibling folder, renamed onto ``path`` on success.
+
+    The previous folder (if any) is kept until the new one is complete, then replaced: on Linux
+    the two are swapped in one atomic step (:func:`_exchange`), so ``path`` is never missing;
+    elsewhere by two renames.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = user_path(path, "path")
+
+    @staticmethod
+    def check(path: str | Path) -> Path:
+        """``path`` resolved, if a save may replace it: a new or empty folder, or an earlier ragkit
+        save (``params.json`` / ``manifest.json``); anything else raises :class:`ArtifactError`.
+        Call it before long work whose result will be saved there.  A leading ``~`` is the home folder."""
+        path = user_path(path, "path").resolve()
+        if path.exists() and not path.is_dir():
+            raise ArtifactError(f"{path}: exists and is not a folder; refusing to replace it with a ragkit save")
+        blocker = file_above(path)
+        if blocker is not None:
+            raise ArtifactError(f"{path}: {blocker} is a file, not a folder; a save cannot be written below it")
+        whole = _saved_pipeline_above(path)
+        if whole is not None:  # a step folder (or a folder below one): the pipeline's checksums list its files
+            raise ArtifactError(f"{path}: inside the saved pipeline at {whole}; a save here would break that "
+                                "pipeline: save into a folder of its own")
+        if path.is_dir() and any(path.iterdir()):
+            if not _is_ragkit_save(path):
+                raise ArtifactError(
+                    f"{path}: a non-empty folder that is not a ragkit save (no params.json or manifest.json written "
+                    f"by ragkit); refusing to replace it: save into a new or empty folder")
+            foreign = _foreign_files(path)
+            if foreign:
+                raise ArtifactError(
+                    f"{path}: an earlier ragkit save that also holds {len(foreign)} files it did not write "
+                    f"({some_ids(foreign)}); replacing the save would delete them: move them out, or save into a "
+                    "new folder")
+        return path
+
+    def __enter__(self) -> Path:
+        restore_interrupted_save(user_path(self.path, "path"))  # (this save then replaces it, and deletes it)
+        self.path = self.check(self.path)
+        doing = f"creating the folder {self.path.parent}"
+        try:  # (__exit__ does not run when __enter__ raises: a read-only or forbidden folder is named here, as there)
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            doing = f"creating its temporary folder in {self.path.parent}"
+            self.tmp = shared_tempdir(self.path.parent, f".{self.path.name}.tmp-")
+        except OSError as e:
+            named = save_unwritable(str(self.path), e, doing, "nothing was written, and an earlier save there is "
+                                    "unchanged: make the folder writable (or save elsewhere) and save again")
+            if named is e:
+                raise  # (another OSError, a network file system's EIO, stays as it is, retryable)
+            raise named from e
+        return self.tmp
+
+    def __exit__(self, exc_type: object, exc: BaseException | None = None, *rest: object) -> None:
+        if exc_type is not None:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            # a full disk, a quota, a read-only or forbidden folder (np.save's "15222 requested and 13280 written"
+            # has no errno): named here; another OSError (a network file system's EIO) stays as it is, retryable
+            if exc is not None:
+                name = getattr(exc, "filename", None)
+                try:
+                    name = Path(name).relative_to(self.tmp) if name else None
+                except (ValueError, TypeError):
+                    pass
+                named = save_unwritable(str(self.path), exc, f"writing {name}" if name else None,
+                                        "an earlier save there is unchanged: free space (or fix the cause) and "
+                                        "save again")
+                if named is not exc:
+                    raise named from exc
+            return
+        old = None
+        try:  # a process working inside the replaced folder follows it to the new one
+            inside: Path | None = Path.cwd().relative_to(self.path)
+        except (ValueError, OSError):
+            inside = None
+        with folder_lock(self.path, exclusive=True):  # once the loads of the earlier save (if any) are done
+            if self.path.exists() and _exchange(self.tmp, self.path):
+                old = self.tmp  # swapped in one step: ``path`` never went missing; tmp now holds the old save
+            else:
+                if self.path.exists():  # two renames: a short window in which ``path`` is missing
+                    old = self.path.with_name(f".{self.path.name}.old-{self.tmp.name[-8:]}")
+                    self.path.rename(old)
+                self.tmp.rename(self.path)
+        if inside is not None:
+            target = self.path / inside
+            os.chdir(target if target.is_dir() else self.path)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+        _remove_superseded_saves(self.path)
+
+
+def _remove_superseded_saves(path: Path) -> None:
+    """Delete the earlier saves ``.<name>.old-*`` that saves killed between their two renames left beside ``path``
+    once this save is at ``path`` (the next load or save renames one back while ``path`` is missing; one left
+    while a later save had already written ``path`` stayed for ever): only those whose save has ended
+    (:func:`_saver_running`), logged."""
+    for old in _old_saves(path):
+        if not _saver_running(old, path):
+            shutil.rmtree(old, ignore_errors=True)
+            _log.info(f"{path}: removed {old.name}, an earlier save a killed save had left beside it (this save "
+                      "replaces it)")
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap the folders ``a`` and ``b`` atomically (Linux ``renameat2(RENAME_EXCHANGE)``): a
+    reader sees either one, never neither.  False where the system or file system cannot (the
+    caller then renames twice)."""
+    import ctypes
+
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):  # no libc symbol (glibc < 2.28, musl)
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    at_fdcwd, rename_exchange = -100, 2
+    return renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
+
+
+def write_json(path: Path, obj: Any) -> None:
+    """Write JSON through a temporary file renamed into place (:func:`~ragkit._files.atomic_file`)."""
+    text = json.dumps(obj, indent=2, sort_keys=True, default=_json_default)
+    with atomic_file(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def read_json(path: Path) -> Any:
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ArtifactError(f"{path}: file not found") from None
+    except json.JSONDecodeError as e:
+        raise ArtifactError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
+    except RecursionError:  # (lists or objects nested thousands deep: no ragkit file is; a crafted one)
+        raise ArtifactError(f"{path}: JSON nested too deeply to read (thousands of levels); not a file ragkit "
+                            "writes") from None
+
+
+def saved_fit_report(info: Any, where: str | Path) -> dict[str, Any]:
+    """A fit report (an operator's ``info_``) read from a save at ``where``, without the fit's wall time
+    (``"seconds"``: older saves hold it; it is no longer kept, so that two identical fits write identical files);
+    an :class:`ArtifactError` naming ``where`` when it is no JSON object."""
+    if not isinstance(info, dict):
+        raise ArtifactError(f"{where}: expected a JSON object (what the fit reported), got {type(info).__name__}; "
+                            "fit and save the pipeline again")
+    return {k: v for k, v in info.items() if k != "seconds"}
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def save_arrays(folder: Path, **arrays: np.ndarray) -> None:
+    """Save arrays as ``<name>.npy`` (no pickle)."""
+    for name, arr in arrays.items():
+        np.save(folder / f"{name}.npy", np.ascontiguousarray(arr), allow_pickle=False)
+
+
+def load_array(folder: Path, name: str, mmap: bool = False) -> np.ndarray:
+    """Load ``<name>.npy`` with ``allow_pickle=False``; a missing or corrupt file raises ArtifactError."""
+    path = folder / f"{name}.npy"
+    try:
+        check_npy_size(path)  # (before np.load allocates what the header claims)
+        return np.load(path, allow_pickle=False, mmap_mode="r" if mmap else None)
+    except FileNotFoundError:
+        raise ArtifactError(f"{path}: file not found") from None
+    except (ValueError, OSError, EOFError) as e:
+        raise ArtifactError(f"{path}: corrupt or truncated array ({e})") from None
