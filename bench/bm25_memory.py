@@ -23,16 +23,24 @@ before a phase starts
 index's own (the saved checksums are verified, as by default).
 
 * ``fit``: ``BM25(k).fit(corpus)``; then the bytes of the arrays the retriever holds (per posting),
-  ``--queries`` searches (top ``--k``), ``save`` and the saved folder's size.
+  ``--queries`` searches (top ``--k``), ``save`` (what a user calls: the index, ``params.json``, the documents'
+  ``corpus.jsonl`` and ``checksums.json``, SHA-256 of every file), ``save_index`` (``save_into(folder,
+  with_corpus=False)``: the index files and ``params.json`` only, no documents, no checksums) and the saved
+  folder's size less ``corpus.jsonl``.
 * ``load`` / ``load_mmap``: ``BM25.load(folder, corpus, mmap=...)`` and the same searches.
 * ``peer_fit`` / ``peer_load_mmap``: the same for bm25s (``method="lucene"``, its tokenizer with Porter
   stemming and English stopwords; ``BM25.load(dir, mmap=True)``), the peer the ratios are taken against.
+  Its ``save`` writes its index only (arrays, vocabulary, parameters), so the save ratio is ragkit's
+  ``save_index`` over it (``fit.save_index.s``); ``save_with_corpus`` is bm25s's ``save(dir, corpus=...)``
+  (the documents as ``{"id", "title", "text"}`` dicts, built before the clock starts), ragkit's ``save``'s
+  peer (``fit.save.s``; ragkit's also checksums every file).
 * ``search``: the search *times*.  A phase above times its searches once (a first search after a fit or load,
   for its memory; one call of ~10 ms on SciFact is noise), so the ratios of search seconds come from this
   phase: one process loads both saved indexes, in memory and memory-mapped (bm25s on its default numpy
   backend and, when numba is installed, on ``backend="numba"``, its documented fast path), calls each search
   once (numba compiles then: that first call is reported apart), then times them in interleaved rounds, every
-  searcher once a round (the order rotated a step each round), and keeps each one's best.  There are
+  searcher once a round (the order shuffled afresh each round, seeded: ``_common.interleaved``), and keeps each
+  one's best.  There are
   ``max(--search-repeat, ceil(--search-seconds / fastest search))`` rounds (printed), so each searcher is timed
   for at least ``--search-seconds`` in all.  One thread each (ragkit ``n_jobs=1``, bm25s ``n_threads=0``:
   numba's serial kernel), from query text to top ``--k``.
@@ -43,7 +51,6 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import math
 import os
 import shutil
 import subprocess
@@ -56,7 +63,7 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
-from _common import OUT, SCIFACT, print_machine, write_atomic  # noqa: E402
+from _common import OUT, SCIFACT, interleaved, print_machine, write_atomic  # noqa: E402
 
 
 def _held_bytes(op: object) -> int:
@@ -140,6 +147,11 @@ def _phase(name: str, folder: str, saved: str, n_queries: int, k: int, search_re
         out["postings"], out["held_MB"], out["held_bytes_per_posting"] = nnz, round(held / 2**20), round(held / nnz, 2)
         shutil.rmtree(saved, ignore_errors=True)
         measure("save", lambda: bm.save(saved))
+        index_only = saved + "_index_only"
+        shutil.rmtree(index_only, ignore_errors=True)
+        os.makedirs(index_only)
+        measure("save_index", lambda: bm.save_into(Path(index_only), with_corpus=False))
+        shutil.rmtree(index_only, ignore_errors=True)
         out["saved_MB"] = round(sum(p.stat().st_size for p in Path(saved).iterdir()
                                     if p.name != "corpus.jsonl") / 2**20)
         out["traced"] = _traced(lambda: BM25(k=k).fit(data.corpus))
@@ -172,8 +184,14 @@ def _peer_phase(name: str, data, qs, saved: str, k: int, measure, out: dict, sto
         held = sum(int(a.nbytes) for a in arrays)
         out["postings"], out["held_MB"], out["held_bytes_per_posting"] = nnz, round(held / 2**20), round(held / nnz, 2)
         shutil.rmtree(saved, ignore_errors=True)
-        measure("save", lambda: r.save(saved))
+        measure("save", lambda: r.save(saved, show_progress=False))
         out["saved_MB"] = round(sum(p.stat().st_size for p in Path(saved).iterdir()) / 2**20)
+        c = data.corpus
+        docs = [{"id": i, "title": t, "text": x} for i, t, x in zip(c.ids.tolist(), list(c.titles), list(c.texts))]
+        with_corpus = saved + "_with_corpus"
+        shutil.rmtree(with_corpus, ignore_errors=True)
+        measure("save_with_corpus", lambda: r.save(with_corpus, corpus=docs, show_progress=False))
+        shutil.rmtree(with_corpus, ignore_errors=True)
     else:
         r = measure(name, lambda: bm25s.BM25.load(saved, mmap=True))
     n = min(k, len(data.corpus))
@@ -218,30 +236,31 @@ def _search_phase(data, qs, saved: str, k: int, repeat: int, min_seconds: float)
     else:
         fns["bm25s_numba"] = peer(bm25s.BM25.load(bs_dir, mmap=False, backend="numba"))
         fns["bm25s_numba_mmap"] = peer(bm25s.BM25.load(bs_dir, mmap=True, backend="numba"))
-    first, best = {}, {}
+    first = {}
     for key, fn in fns.items():
         t0 = time.perf_counter()
         fn()
         first[key] = time.perf_counter() - t0
-    rounds, keys = 0, list(fns)
-    while rounds < max(1, repeat) or rounds < min(10_000, math.ceil(min_seconds / min(best.values()))):
-        for key in keys[rounds % len(keys):] + keys[:rounds % len(keys)]:  # rotated: none always goes first
-            t0 = time.perf_counter()
-            fns[key]()
-            best[key] = min(best.get(key, math.inf), time.perf_counter() - t0)
-        rounds += 1
+    best, _, rounds = interleaved(fns, repeat, min_seconds)  # (order shuffled per round, seeded)
     out |= {"rounds": rounds, "min_seconds": min_seconds, "best_s": {key: round(v, 5) for key, v in best.items()},
             "first_call_s": {key: round(v, 4) for key, v in first.items()}}
     return out
 
 
+# ragkit's step -> bm25s's step that writes the like of it (its plain save writes its index only)
+_PEER_STEP = {"save": "save_with_corpus", "save_index": "save"}
+
+
 def _ratios(res: dict) -> dict:
-    """ragkit / bm25s for each measure both report (below 1: ragkit takes less)."""
+    """ragkit / bm25s for each measure both report (below 1: ragkit takes less); a save is divided by the
+    bm25s save that writes the like of it (:data:`_PEER_STEP`): ragkit's index-only ``save_index`` by bm25s's
+    ``save``, ragkit's whole ``save`` (documents and checksums too) by bm25s's ``save_with_corpus``."""
     out = {}
     for mine, peer in (("fit", "peer_fit"), ("load_mmap", "peer_load_mmap")):
         for key, v in res.get(mine, {}).items():
             theirs = res.get(peer, {})
-            w = theirs.get(key, theirs.get(peer) if key == mine else None)  # (a load step is named after its phase)
+            # (a load step is named after its phase)
+            w = theirs.get(_PEER_STEP.get(key, key), theirs.get(peer) if key == mine else None)
             if isinstance(v, dict) and isinstance(w, dict):
                 for m in ("s", "peak_extra_MB"):
                     if m == "s" and key.startswith("search_"):  # one call: its time is the search phase's
@@ -316,6 +335,12 @@ def main() -> None:
           + ", ".join(f"{key} {v * 1e3:.1f} ms (first {srch['first_call_s'][key] * 1e3:.0f})"
                       for key, v in srch["best_s"].items())
           + (f"; bm25s_numba {srch['bm25s_numba']}" if "bm25s_numba" in srch else ""), flush=True)
+    f, pf = res["fit"], res["peer_fit"]
+    print(f"saves: ragkit save {f['save']['s']:.3f} s (index, params.json, corpus.jsonl, checksums.json), save_index "
+          f"{f['save_index']['s']:.3f} s (index and params.json only); bm25s save {pf['save']['s']:.3f} s (its index "
+          f"only), save with corpus {pf['save_with_corpus']['s']:.3f} s (its index and corpus.jsonl); ratios: "
+          "fit.save_index.s = ragkit save_index / bm25s save, fit.save.s = ragkit save / bm25s save with corpus",
+          flush=True)
     print("ragkit / bm25s (below 1: ragkit takes less):", json.dumps(res["ragkit_vs_bm25s"]), flush=True)
     write_atomic(a.out, json.dumps(res, indent=1))
     print(f"wrote {a.out}")

@@ -5,6 +5,7 @@ Usage::
 
     python bench/bm25_sparse_topk.py                 # 100,000 synthetic documents, ~40 s of CPU time
     python bench/bm25_sparse_topk.py --docs 300000 --queries 500
+    python bench/bm25_sparse_topk.py --quick         # smoke run: 5,000 documents, 20 queries a set, 2 rounds
 
 A synthetic corpus (``--docs`` documents of 20-60 words drawn from a Zipf vocabulary of 100,000 words, seed 0)
 is fitted with ``BM25()``; query sets of 4 words each, by how many documents their words are in:
@@ -24,12 +25,15 @@ thread, alternately, best of ``--repeat`` rounds of CPU time (``time.process_tim
 rankings of both are checked identical (ids, float32 scores).  Prints ms per query, the share of queries the new
 path ranks from dense rows (more than ``_DENSE_SHARE`` of the documents, and ``k``, are candidates) and the ratio
 dense / sparse (old / new), then ``common``'s ratios again (>= 1.0x: the new path is no slower where every query
-is ranked from a dense row; the timings are noisy to a few percent).
+is ranked from a dense row; the timings are noisy to a few percent).  Prints a ``machine:`` line first and
+writes ``bench/out/bm25_sparse_topk.json`` (``bm25_sparse_topk_quick.json`` with ``--quick``; in the folder
+``RAGKIT_BENCH_OUT`` names instead of bench/out, when set): the machine, the sizes and every row printed.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -40,7 +44,7 @@ from ragkit.retrievers import BM25, bm25 as bm25_mod
 from ragkit.types import Corpus
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import print_machine  # noqa: E402
+from _common import OUT, print_machine, write_atomic  # noqa: E402
 
 
 def corpus_of(n: int, seed: int = 0) -> Corpus:
@@ -107,11 +111,22 @@ def dense_share(bm: BM25, queries: list[str], k: int, keep: np.ndarray | None) -
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--docs", type=int, default=100_000)
-    ap.add_argument("--queries", type=int, default=200, help="queries per set")
-    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--quick", action="store_true",
+                    help="smoke run (the tests run it): 5,000 documents, 20 queries a set, 2 rounds, unless --docs, "
+                         "--queries or --repeat say otherwise")
+    ap.add_argument("--docs", type=int, default=None, help="synthetic documents (default 100,000; 5,000 with --quick)")
+    ap.add_argument("--queries", type=int, default=None, help="queries per set (default 200; 20 with --quick)")
+    ap.add_argument("--repeat", type=int, default=None, help="timing rounds, best kept (default 3; 2 with --quick)")
     args = ap.parse_args()
-    print_machine(threads=1)
+    args.docs = (5_000 if args.quick else 100_000) if args.docs is None else args.docs
+    args.queries = (20 if args.quick else 200) if args.queries is None else args.queries
+    args.repeat = (2 if args.quick else 3) if args.repeat is None else args.repeat
+    if args.docs < 100 or args.queries < 1 or args.repeat < 1:
+        ap.error(f"--docs must be >= 100 (the query sets draw words by document frequency), --queries and --repeat "
+                 f">= 1; got --docs {args.docs}, --queries {args.queries}, --repeat {args.repeat}")
+    res: dict = {"machine": print_machine(threads=1), "docs": args.docs, "queries_per_set": args.queries,
+                 "repeat": args.repeat, "timing": "CPU time (time.process_time), one thread, the two paths "
+                 "alternately, best of the rounds; ms per query", "rows": []}
     t = time.time()
     corpus = corpus_of(args.docs)
     bm = BM25(k=10, n_jobs=1).fit(corpus)
@@ -139,11 +154,20 @@ def main() -> None:
         wide = dense_share(bm, queries, k, (np.arange(args.docs) % 2 == 1) if options else None)
         print(f"{name:<8} {k:>5} {'half' if options else '-':<7} {matches:>10,.0f} {wide:>10.0%} "
               f"{1e3 * best[True] / n:>11.3f} {1e3 * best[False] / n:>12.3f} {best[True] / best[False]:>6.2f}x")
+        res["rows"].append({"queries": name, "k": k, "filter": "half" if options else None,
+                            "matches_per_query": round(matches, 1), "dense_row_share": round(wide, 4),
+                            "dense_ms_per_query": round(1e3 * best[True] / n, 4),
+                            "sparse_ms_per_query": round(1e3 * best[False] / n, 4),
+                            "dense_over_sparse": round(best[True] / best[False], 3)})
         if name == "common":
             common.append(f"k={k}{' half' if options else ''} {best[True] / best[False]:.2f}x")
     print(f"common ({matches_of(bm, sets['common']) / args.docs:.0%} of the documents matched a query): old (dense "
           f"path) / new CPU time {', '.join(common)}")
     print(f"total {time.time() - t:.1f} s; rankings identical in every case")
+    res["rankings_identical"] = True
+    path = OUT / ("bm25_sparse_topk_quick.json" if args.quick else "bm25_sparse_topk.json")
+    write_atomic(path, json.dumps(res, indent=1))
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":

@@ -15,16 +15,18 @@ resident bytes of the memory-mapped float file after the queries (``/proc/self/s
 queries/second (query vectors given; encoding excluded; whole batch per call), recall@10
 against exact float32 search, and (SciFact) nDCG@10 on the test qrels.
 
-Timing: every configuration of a table (SciFact, synthetic) is built first (each build timed alone; all
-of a table's indexes are held at once), then searched once each (warm-up) and in ``--repeat``
-interleaved rounds, each round calling every configuration once in an order rotated a step per round;
-a q/s is the configuration's best round.  So every ratio (``qps/base``, ragkit over faiss, ragkit over
-raw usearch: ``raw usearch ef=N`` runs in the synthetic table's rounds) divides timings from the same
-rounds, not timings taken minutes apart.  A multi-threaded HNSW build is not deterministic (usearch's
-and so ragkit's; on the 1,227-document ``--quick`` slice recall@10 at ef 32 ranged 0.970-0.992 over 25
-builds, identical every time with one thread), so each graph, ragkit's and faiss's, is also built
-``--builds`` times (default 3, ``--quick`` 2): ``recall@10_median`` / ``_min`` (``ndcg@10_...``) over the
-builds beside ``recall@10``, the timed build's (the one its q/s and the ``--at-recall`` interpolation use).
+Timing: every configuration of a table (SciFact, synthetic) is built first (each build timed alone; all of a
+table's indexes are held at once), then searched once each (warm-up) and in interleaved rounds, each round
+calling every configuration once in an order shuffled afresh per round (seeded: the same orders every run),
+until every configuration has been timed ``--min-seconds`` (0.5 s) in all, and at least ``--repeat`` rounds; a
+q/s is the configuration's best round (the rounds are printed and kept in the JSON, ``rounds``). So every
+ratio (``qps/base``, ragkit over faiss, ragkit over raw usearch: ``raw usearch ef=N`` runs in the synthetic
+table's rounds) divides timings from the same rounds, not timings taken minutes apart. A multi-threaded HNSW
+build is not deterministic (usearch's and so ragkit's; on the 1,227-document ``--quick`` slice recall@10 at ef
+32 ranged 0.970-0.992 over 25 builds, identical every time with one thread), so each graph, ragkit's and
+faiss's, is also built ``--builds`` times (default 3, ``--quick`` 2): ``recall@10_median`` / ``_min``
+(``ndcg@10_...``) over the builds beside ``recall@10``, the timed build's (the one its q/s and the
+``--at-recall`` interpolation use).
 
 The synthetic scale set: ``n`` vectors made from the SciFact document vectors plus
 Gaussian noise (``--noise`` times the corpus's spread), re-normalised; queries are SciFact
@@ -107,10 +109,12 @@ class Config(NamedTuple):
 
 
 def run_configs(d: np.ndarray, q: np.ndarray, ref: np.ndarray, configs: list[Config], *, k: int, repeat: int,
-                quality=None, builds: int = 1) -> list[dict]:
+                quality=None, builds: int = 1, min_seconds: float = 0.0, timing: dict | None = None) -> list[dict]:
     """Build every configuration (each build timed alone), then time their searches together: one warm-up
-    call each, then ``repeat`` rounds of :func:`interleaved` over all of them, so the q/s of a table (and each
-    ratio made from it) come from the same rounds; a configuration's q/s is its best round.
+    call each, then rounds of :func:`interleaved` over all of them (at least ``repeat``, and until each search
+    has been timed ``min_seconds`` in all), so the q/s of a table (and each ratio made from it) come from the
+    same rounds; a configuration's q/s is its best round.  ``timing``, when given, gets the ``rounds`` and
+    ``min_seconds``.
 
     A multi-threaded HNSW build is not deterministic, and one build's recall can be lucky or unlucky, so with
     ``builds > 1`` each graph configuration (``rebuild`` set) is also searched on ``builds - 1`` fresh builds
@@ -128,9 +132,11 @@ def run_configs(d: np.ndarray, q: np.ndarray, ref: np.ndarray, configs: list[Con
             continue
         objs[c.name] = obj
     live = [c for c in configs if c.name in objs]
-    print(f"  {len(live)} configurations built; their searches timed in {max(1, repeat)} interleaved rounds "
-          f"(after one warm-up call each)", flush=True)
-    best, last, _ = interleaved({c.name: partial(c.search, objs[c.name]) for c in live}, repeat)
+    best, last, rounds = interleaved({c.name: partial(c.search, objs[c.name]) for c in live}, repeat, min_seconds)
+    print(f"  {len(live)} configurations built; their searches timed in {rounds} interleaved rounds, order shuffled "
+          f"per round (after one warm-up call each; each search timed >= {min_seconds:g} s in all)", flush=True)
+    if timing is not None:
+        timing.update(rounds=rounds, min_seconds=min_seconds)
     rows_out = []
     for c in live:
         got = last[c.name]
@@ -445,7 +451,7 @@ def geometry(d: np.ndarray, q: np.ndarray, sample: int, k: int = 20, seed: int =
     rng = np.random.default_rng(seed)
     sub = d[np.sort(rng.choice(len(d), min(sample, len(d)), replace=False))]
     lam = np.linalg.eigvalsh(np.cov(sub, rowvar=False))
-    from ragkit.operator import topk_rows
+    from ragkit._topk import topk_rows
 
     dist = np.sqrt(np.maximum(2 - 2 * topk_rows(q @ sub.T, k)[1].astype(np.float64), 1e-12))  # unit vectors
     lid = -1.0 / np.mean(np.log(dist[:, :-1] / dist[:, -1:]), axis=1)
@@ -618,7 +624,11 @@ def main() -> None:
                     help="recall@10 targets, comma separated: each swept graph's q/s there (log-interpolated "
                          "between the bracketing ef points) and its ratios to the faiss graphs and exact searches")
     ap.add_argument("--repeat", type=int, default=3,
-                    help="interleaved timing rounds: each configuration's q/s is its best round (after a warm-up call)")
+                    help="at least this many interleaved timing rounds: each configuration's q/s is its best round "
+                         "(after a warm-up call)")
+    ap.add_argument("--min-seconds", type=float, default=0.5,
+                    help="interleaved rounds until every configuration's search is timed this long in all (so a "
+                         "q/s is not the best of a few calls of milliseconds); 0: --repeat rounds only")
     ap.add_argument("--builds", type=int, default=None,
                     help="HNSW graphs (ragkit and faiss) built this many times: recall@10 / nDCG@10 median and min "
                          "over the builds beside the timed build's (default 3; 2 with --quick; 1 = the timed only)")
@@ -632,6 +642,8 @@ def main() -> None:
                     help="folder for dense.json and dense.png (default bench/out, or the folder RAGKIT_BENCH_OUT "
                          "names)")
     args = ap.parse_args()
+    if not 0 <= args.min_seconds < float("inf"):
+        ap.error(f"--min-seconds: a finite number of seconds >= 0, got {args.min_seconds}")
     if args.builds is not None and args.builds < 1:
         ap.error(f"--builds: at least 1 build of each graph, got {args.builds}")
     builds = args.builds or (2 if args.quick else 3)
@@ -655,7 +667,9 @@ def main() -> None:
     result: dict = {"machine": print_machine(threads=args.threads or os.cpu_count()),
                     "args": vars(args) | {"out": str(args.out)},
                     "timing": f"per table: every configuration built (build timed alone), one warm-up search each, "
-                              f"then {max(1, args.repeat)} interleaved rounds (order rotated), q/s = best round",
+                              f"then interleaved rounds (order shuffled per round, seeded) until each search is timed "
+                              f">= {args.min_seconds:g} s in all (at least {max(1, args.repeat)} rounds; the table's "
+                              f"'rounds'), q/s = best round",
                     "builds": builds}
 
     if args.quick and args.no_scifact:
@@ -685,10 +699,12 @@ def main() -> None:
         ref = exact_topk(base, qbase, k)
         doc_ids = corpus.ids
         cfgs = selected(configs_for(base, k, False, efs, args.threads, args.connectivity))
+        timing: dict = {}
         rows = run_configs(base, qbase, ref, cfgs, k=k, repeat=args.repeat, builds=builds,
-                           quality=lambda got: ndcg10(got, doc_ids, qids, qrels))
+                           quality=lambda got: ndcg10(got, doc_ids, qids, qrels), min_seconds=args.min_seconds,
+                           timing=timing)
         _CACHE.clear()
-        result["scifact"] = {"n": len(base), "n_queries": len(qbase), "rows": rows}
+        result["scifact"] = {"n": len(base), "n_queries": len(qbase), **timing, "rows": rows}
         print(table(rows, "ragkit exact f32", ["build_s", "memory_bytes", "qps", "recall@10", "ndcg@10"]
                     + BUILD_KEYS * (builds > 1)))
         if len(efs) >= 2:
@@ -705,15 +721,16 @@ def main() -> None:
         qbox[0] = q
         t_ref, ref = timed(lambda: exact_topk(d, q, k))
         raw_sel = bool(efs) and chosen("raw usearch")  # in the same rounds as the ragkit f32 graph's rows
+        timing = {}
         rows = run_configs(d, q, ref, selected(configs_for(
             d, k, True, efs, args.threads, args.connectivity,
             tuple(r for r in args.graph_reduce.split(",") if r), args.graph_oversample, raw_usearch=raw_sel)), k=k,
-                           repeat=args.repeat, builds=builds)
+                           repeat=args.repeat, builds=builds, min_seconds=args.min_seconds, timing=timing)
         _CACHE.clear()
         raw = raw_usearch_pairs(rows, efs)
         rows = [r for r in rows if r["family"] != "usearch-raw" and chosen(r["config"])]
         result["synthetic"] = {"n": n, "n_queries": n_q, "noise": args.noise, "noise_shape": args.noise_shape,
-                               "geometry": geo, "rows": rows, "ragkit_vs_usearch": raw}
+                               "geometry": geo, **timing, "rows": rows, "ragkit_vs_usearch": raw}
         print(table(rows, "ragkit exact f32", ["build_s", "memory_bytes", "qps", "recall@10"]
                     + BUILD_KEYS[:2] * (builds > 1)))
         if raw:

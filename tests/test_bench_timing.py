@@ -32,7 +32,7 @@ def _run_main(module, argv: list[str], out: Path) -> None:
 
 
 def test_dense_times_a_table_in_interleaved_rounds_and_graphs_over_builds() -> None:
-    """Every configuration is built first, then searched in rounds that call each once (order rotated), so
+    """Every configuration is built first, then searched in rounds that call each once (order shuffled), so
     the q/s of one table come from the same rounds; a graph configuration (``rebuild``) is also searched on
     ``builds - 1`` fresh builds, each shared by the rows of its graph, and reports median and min."""
     dense = bench_module("dense")
@@ -53,9 +53,10 @@ def test_dense_times_a_table_in_interleaved_rounds_and_graphs_over_builds() -> N
             dense.Config("g ef=2", "ragkit-hnsw", lambda: np.array([[0, 1, 2, 3, 4, 5, 6, 7, 8, 9]] * 2),
                          search("g2"), lambda o: 80, rebuild=("g", graph))]
     rows = dense.run_configs(None, ref, ref, cfgs, k=10, repeat=3, builds=3)
-    timed = log[3:3 + 9]  # after one warm-up call each: 3 rounds of the 3 searches, each round rotated
-    assert log[:3] == ["exact", "g1", "g2"] and timed == ["exact", "g1", "g2", "g1", "g2", "exact",
-                                                          "g2", "exact", "g1"], log
+    timed = log[3:3 + 9]  # after one warm-up call each: 3 rounds of the 3 searches, each round shuffled (seeded)
+    orders = dense.interleaved.__globals__["round_orders"](["exact", "g1", "g2"])
+    short = {"exact": "exact", "g ef=1": "g1", "g ef=2": "g2"}
+    assert log[:3] == ["exact", "g1", "g2"] and timed == [short.get(n, n) for _ in range(3) for n in next(orders)], log
     by = {r["config"]: r for r in rows}
     assert "builds" not in by["exact"] and by["exact"]["recall@10"] == 1.0
     assert by["g ef=1"]["recall@10"] == 1.0  # the timed build's, where its q/s comes from
@@ -63,6 +64,58 @@ def test_dense_times_a_table_in_interleaved_rounds_and_graphs_over_builds() -> N
     assert by["g ef=1"]["recall@10_min"] == 0.8 and by["g ef=1"]["builds"] == 3
     assert by["g ef=2"]["recall@10_builds"] == [1.0, 0.8, 0.9]  # the same fresh graphs: built once per round
     assert len(rebuilt) == 3  # the timed build + 2 fresh ones, shared by both rows of graph "g"
+
+
+class _Clock:
+    """A stand-in for ``time.perf_counter`` that moves only when a timed search says so (no real timing)."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_dense_times_every_search_for_min_seconds() -> None:
+    """A q/s was the best of ``--repeat`` (3) rounds of 2-20 ms calls (3 vs 30 rounds moved ragkit exact from
+    9,193 to 11,800 q/s): now the rounds go on until every search has been timed ``min_seconds`` in all, as in
+    bm25.py and bm25_memory.py, and the table says how many rounds it took."""
+    dense = bench_module("dense")
+    clock, calls = _Clock(), {"fast": 0, "slow": 0}
+    ref = np.arange(10)[None, :].repeat(2, 0)
+
+    def search(name: str, seconds: float):
+        def run(obj):
+            clock.now += seconds
+            calls[name] += 1
+            return obj
+        return run
+
+    cfgs = [dense.Config("fast", "numpy", lambda: ref.copy(), search("fast", 1 / 64), lambda o: 80),
+            dense.Config("slow", "numpy", lambda: ref.copy(), search("slow", 1 / 16), lambda o: 80)]
+    timing: dict = {}
+    with mock.patch("time.perf_counter", clock):
+        rows = dense.run_configs(None, ref, ref, cfgs, k=10, repeat=3, min_seconds=0.5, timing=timing)
+    assert timing == {"rounds": 32, "min_seconds": 0.5}  # 32 rounds x 1/64 s: the fastest timed 0.5 s in all
+    assert calls == {"fast": 33, "slow": 33}  # (+ one warm-up call each)
+    assert [r["qps"] for r in rows] == [128.0, 32.0]  # (2 queries; times exact in binary)
+    with mock.patch("time.perf_counter", clock):
+        dense.run_configs(None, ref, ref, cfgs, k=10, repeat=3, timing=timing)
+    assert timing["rounds"] == 3  # (min_seconds 0: --repeat rounds)
+
+
+def test_dense_min_seconds_flag_reaches_the_tables(tmp_path: Path) -> None:
+    """``--min-seconds`` is the rounds' floor of every table, kept in the JSON with the rounds it took; a
+    negative one is refused."""
+    dense = bench_module("dense")
+    argv = ["dense.py", "--quick", "--no-scifact", "--no-hnsw", "--n", "300", "--n-queries", "5", "--repeat", "1",
+            "--only", "exact f32", "--out", str(tmp_path)]
+    _run_main(dense, argv + ["--min-seconds", "0.05"], tmp_path)
+    res = json.loads((tmp_path / "dense_quick.json").read_text())
+    assert res["synthetic"]["min_seconds"] == 0.05 and res["synthetic"]["rounds"] >= 1
+    assert res["args"]["min_seconds"] == 0.05 and ">= 0.05 s in all" in res["timing"]
+    with pytest.raises(SystemExit):
+        _run_main(dense, argv + ["--min-seconds", "-1"], tmp_path)
 
 
 def test_dense_raw_usearch_in_the_tables_rounds(tmp_path: Path) -> None:
@@ -91,7 +144,7 @@ def test_dense_raw_usearch_in_the_tables_rounds(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_muvera_times_brute_force_with_its_paths_and_runs_the_chosen_count(tmp_path: Path, capsys) -> None:
     """The brute force is timed in the same rounds as the MUVERA paths (each round calls each once, order
-    rotated), so every speed-up divides timings from the same rounds; the operator row reranks the main
+    shuffled), so every speed-up divides timings from the same rounds; the operator row reranks the main
     config's candidate count (50), not 100, and the 100-candidate row is kept, labelled as not the chosen."""
     import ragkit.retrievers.fde as fde
 
@@ -110,7 +163,9 @@ def test_muvera_times_brute_force_with_its_paths_and_runs_the_chosen_count(tmp_p
     with mock.patch.object(fde, "chamfer_scores", brute), mock.patch.object(mv, "_muvera_path", muvera_path):
         _run_main(mv, ["muvera.py", "--quick", "--configs", "3xidx1+m1", "--main", "3xidx1+m1", "--candidates",
                        "10,50", "--main-candidates", "50", "--repeat", "2", "--tau", "0.9"], tmp_path)
-    assert log == ["brute", "path10", "path50", "path10", "path50", "brute"], log
+    # the order shuffled per round, seeded (a shuffle's permutation depends on the number of keys only)
+    orders = mv.interleaved.__globals__["round_orders"](["brute", "path10", "path50"])
+    assert log == [n for _ in range(2) for n in next(orders)], log
     res = json.loads((tmp_path / "muvera_quick.json").read_text())
     assert res["rounds"] == 2 and "interleaved" in res["timing"]
     for row in res["configs"][0]["by_candidates"]:

@@ -124,6 +124,21 @@ def _check_langchain(r: dict) -> None:
                        row["lc_default_median_s"], row["lc_default_vs_wrapper"])
 
 
+def _check_sparse_topk(r: dict) -> None:
+    rows = r["rows"]
+    assert {row["queries"] for row in rows} == {"rare", "mid", "broad", "mixed", "common"} and r["rankings_identical"]
+    assert all(_finite(row["dense_ms_per_query"], row["sparse_ms_per_query"], row["dense_over_sparse"],
+                       row["matches_per_query"]) for row in rows), rows
+    assert r["docs"] == 5000 and r["queries_per_set"] == 20  # --quick's sizes
+
+
+def _check_eval_io(r: dict) -> None:
+    assert [e["queries"] for e in r["evaluate"]] == [200, 1000] and r["corpus"]["documents"] == 5000
+    for name in ("save", "read_corpus"):  # old and new from the same interleaved rounds
+        t = r[name]
+        assert _finite(t["new_s"], t["old_s"], t["old_over_new"]) and t["rounds"] >= r["repeat"], t
+
+
 def _check_muvera(r: dict) -> None:
     assert r["configs"] and _finite(r["brute_force"]["ms_per_query"], r["brute_force"]["ndcg@10"])
 
@@ -155,6 +170,10 @@ BENCHES = [  # (script and flags, expected in stdout, JSON written, what it must
     ("bm25_memory.py", "interleaved rounds", "bm25_memory_quick.json", _check_bm25_memory),
     ("pipeline_overhead.py", "pipeline overhead", "pipeline_overhead_quick.json", _check_pipeline_overhead),  # ~1 s
     ("langchain.py", "overhead", "langchain_quick.json", _check_langchain),  # ~2 s
+    # 5,000 synthetic documents, both top-k paths, rankings checked identical (~2 s)
+    ("bm25_sparse_topk.py", "rankings identical in every case", "bm25_sparse_topk_quick.json", _check_sparse_topk),
+    # a machine line and a JSON, as every bench (it had neither); old / new pairs in interleaved rounds (~5 s)
+    ("eval_io.py", "interleaved rounds", "eval_io_quick.json", _check_eval_io),
 ]
 
 
@@ -332,7 +351,7 @@ def test_muvera_select_maps_rows_through_its_corpus() -> None:
 def test_bench_timings_take_whole_calls_in_rotated_rounds() -> None:
     """The timing helpers of the muvera, scale and cachecraft benches: a best-of keeps the fastest *whole* call
     (and that call's result, so MUVERA's stage times are the fastest run's, not each stage's own minimum);
-    rounds rotate their order, so no timed call always runs first."""
+    rounds change their order (cachecraft's rotate, the others' shuffle), so no timed call always runs first."""
     import time
 
     mv, sc, cc = bench_module("muvera"), bench_module("scale"), bench_module("cachecraft")
@@ -348,12 +367,48 @@ def test_bench_timings_take_whole_calls_in_rotated_rounds() -> None:
     order: list[str] = []
     calls = {k: (lambda k=k: order.append(k) or k) for k in "abc"}
     best, last = sc.interleaved_best(calls, 3)
-    assert [order[i] for i in (0, 3, 6)] == ["a", "b", "c"] and sorted(order) == sorted("abc" * 3)
+    orders = sc.interleaved.__globals__["round_orders"](list("abc"))  # (shuffled per round, seeded)
+    assert order == [k for _ in range(3) for k in next(orders)] and sorted(order) == sorted("abc" * 3)
     assert last == {"a": "a", "b": "b", "c": "c"} and set(best) == set("abc")
     items = list(range(6))
     rounds = [cc.rotated(items, k) for k in range(6)]
     assert all(sorted(r) == items for r in rounds)
     assert all(sorted(r[pos] for r in rounds) == items for pos in range(6))  # every item in every position once
+
+
+def test_interleaved_shuffles_each_round_seeded() -> None:
+    """``_common.interleaved`` rotated its order a step per round, so every callable always ran right after the
+    same other one (one faiss HNSW search timed under two names read 23,394 q/s after the flat index and 41,127
+    after itself): each round's order is now a fresh shuffle, seeded, so a run gives the same orders again."""
+    common = bench_module("_common")
+    log: list[str] = []
+    fns = {k: (lambda k=k: log.append(k) or k) for k in "abcd"}
+    best, last, rounds = common.interleaved(fns, 30)
+    assert rounds == 30 and last == {k: k for k in "abcd"} and set(best) == set("abcd")
+    per_round = [log[i:i + 4] for i in range(0, len(log), 4)]
+    assert all(sorted(r) == list("abcd") for r in per_round)  # each called once a round
+    before = {k: {r[r.index(k) - 1] for r in per_round if r.index(k) > 0} for k in "abcd"}
+    assert all(len(b) >= 2 for b in before.values()), before  # none always follows the same one
+    assert {r[0] for r in per_round} == set("abcd")  # none always goes first, or never
+    first = list(log)
+    log.clear()
+    common.interleaved(fns, 30)
+    assert log == first  # deterministic
+    log.clear()
+    common.interleaved(fns, 30, seed=1)
+    assert log != first and sorted(log) == sorted(first)
+
+
+def test_bm25_memory_save_ratio_compares_like_with_like() -> None:
+    """ragkit's save (index, corpus.jsonl of 8 MB on SciFact and checksums) was divided by bm25s's save of its index
+    only ("fit.save.s": 12.47): now ragkit's index-only save_index is divided by bm25s's save, and ragkit's whole
+    save by bm25s's save with its corpus."""
+    bm = bench_module("bm25_memory")
+    res = {"fit": {"save": {"s": 2.0, "peak_extra_MB": 8}, "save_index": {"s": 0.3, "peak_extra_MB": 1}},
+           "peer_fit": {"save": {"s": 0.1, "peak_extra_MB": 1}, "save_with_corpus": {"s": 1.0, "peak_extra_MB": 4}}}
+    ratios = bm._ratios(res)
+    assert ratios["fit.save_index.s"] == 3.0 and ratios["fit.save.s"] == 2.0, ratios
+    assert ratios["fit.save.peak_extra_MB"] == 2.0 and ratios["fit.save_index.peak_extra_MB"] == 1.0
 
 
 def _bm25_quick(block_numba: bool, out_dir: Path) -> subprocess.CompletedProcess:
