@@ -60,12 +60,13 @@ import numpy as np
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from ragkit._files import file_above, user_path
+from ragkit._plugins import _import_plugins, _plugin_modules
 from ragkit._saves import read_json, write_json
 from ragkit.encoders.sentence import as_texts
 from ragkit.errors import ArtifactError, ArtifactNotFoundError, ParamError, RagkitError
 from ragkit.operator import Operator, after_fit, check_fit_inputs
 from ragkit.params import Params, shown
-from ragkit.registry import _builtin, register
+from ragkit.registry import register
 from ragkit.types import QUERY_REWRITES, Corpus, Ranking, State, TrainSet
 
 if TYPE_CHECKING:
@@ -152,11 +153,6 @@ def _ray():
     return ray
 
 
-#: How to make an operator known to Ray workers, for the errors that say one is not.
-_PLUGIN_HOW = ("put the class in a module file and import it (ragkit --import ./myops.py, RAGKIT_IMPORT, or import "
-               "myops in Python), install it as a package, or register it with a 'ragkit.operators' entry point")
-
-
 def _operator_classes(op: Any) -> list[type]:
     """Every operator class of the tree ``op`` (composites, leaves, a ``sharded`` retriever's per-shard one), once."""
     seen: set[int] = set()
@@ -175,94 +171,6 @@ def _operator_classes(op: Any) -> list[type]:
         except Exception:  # noqa: BLE001 - (an operator whose children need its fit): its own class is listed
             pass
     return list(classes)
-
-
-def _plugin_modules(classes: Iterable[type], where: str) -> list[tuple[str, str | None]]:
-    """``(module name, file path or None)`` of each operator class of ``classes`` that is not ragkit's own, for Ray
-    workers to import before they rebuild operators by name (:func:`_import_plugins`): the registry is per process,
-    and a worker knows only what its imports register.  A class no worker could import (defined in the script being
-    run, ``__main__``, or inside a function; a module with neither a file nor an importable name) is refused
-    (:class:`ParamError`, before Ray starts)."""
-    import importlib.util
-    import sys
-
-    found: dict[str, str | None] = {}
-    for cls in classes:
-        module = cls.__module__ or ""
-        if _builtin(cls) or module in found:
-            continue
-        name = getattr(cls, "name", cls.__qualname__)
-        what = f"{where}: operator {name!r} (class {cls.__qualname__} of {module or 'no module'})"
-        if module == "__main__":
-            raise ParamError(f"{what} is defined in the script being run; Ray workers are other processes that "
-                             f"rebuild operators by name and cannot import a script: {_PLUGIN_HOW}", path=where)
-        if "<locals>" in cls.__qualname__:
-            raise ParamError(f"{what} is defined inside a function, so importing its module on a Ray worker does not "
-                             f"register it: define it at the top level of a module; {_PLUGIN_HOW}", path=where)
-        mod = sys.modules.get(module)
-        file = getattr(mod, "__file__", None) if mod is not None else None
-        if isinstance(file, str) and os.path.isfile(file):
-            found[module] = os.path.abspath(file)
-            continue
-        try:
-            spec = importlib.util.find_spec(module)
-        except (ImportError, ValueError):
-            spec = None
-        if spec is None:
-            raise ParamError(f"{what}: its module has no file and cannot be imported by name, so Ray workers cannot "
-                             f"import it: {_PLUGIN_HOW}", path=where)
-        found[module] = None
-    return list(found.items())
-
-
-def _same_file(a: str | None, b: str) -> bool:
-    """Whether the file ``a`` (a module's ``__file__``; None: none) is the file ``b``."""
-    try:
-        return a is not None and Path(a).resolve() == Path(b).resolve()
-    except OSError:
-        return False
-
-
-def _import_plugins(modules: Sequence[tuple[str, str | None]]) -> None:
-    """On a Ray worker: import the modules that register the driver's own operators (:func:`_plugin_modules`), by
-    name where the worker finds it, else from its file (a module file as ``ragkit --import ./myops.py`` imports it;
-    a package's module with its package's folder on ``sys.path``).  A failure is a :class:`RagkitError`
-    (not retried: it would fail alike) saying which module, from where, and why."""
-    import importlib
-    import sys
-
-    for module, file in modules:
-        loaded = sys.modules.get(module)
-        if loaded is not None and (file is None or _same_file(getattr(loaded, "__file__", None), file)):
-            continue
-        label = f"importing {module!r} (it registers operators of this pipeline) on a Ray worker"
-        if file is not None and "." not in module and Path(file).name != "__init__.py" and Path(file).is_file():
-            # (the driver's file, before a module of that name the worker finds: ./code.py is not the stdlib's code)
-            from ragkit.cli._imports import _import_module
-
-            _import_module(str(file), f"{label} from {file}")
-            continue
-        try:
-            importlib.import_module(module)
-            continue
-        except ModuleNotFoundError as e:
-            missing = e.name or ""
-            if file is None or not (module == missing or module.startswith(missing + ".")):
-                raise RagkitError(f"{label} failed: {type(e).__name__}: {e}; {_PLUGIN_HOW}") from None
-        except Exception as e:  # noqa: BLE001 - whatever the module raised on import
-            raise RagkitError(f"{label} failed: {type(e).__name__}: {e}") from None
-        path = Path(file)
-        if not path.is_file():
-            raise RagkitError(f"{label} failed: the worker neither finds it by name nor has its file {file} (a "
-                              f"folder of the driver's machine: on a cluster, put it on storage every node reads, or "
-                              f"install it on every node); {_PLUGIN_HOW}")
-        root = path.parents[module.count(".") + (1 if path.name == "__init__.py" else 0)]
-        if str(root) not in sys.path:
-            sys.path.append(str(root))
-        try:
-            importlib.import_module(module)
-        except Exception as e:  # noqa: BLE001
-            raise RagkitError(f"{label} from {root} failed: {type(e).__name__}: {e}") from None
 
 
 def _with_plugins(modules: Sequence[tuple[str, str | None]], fn: Callable[..., Any]) -> Callable[..., Any]:

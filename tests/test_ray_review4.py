@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from conftest import ranked, word_corpus
 
-from ragkit import registry, scale
+from ragkit import _plugins, registry, scale
 from ragkit.errors import ParamError
 from ragkit.pipelines import Pipeline
 from ragkit.retrievers import BM25, Dense
@@ -38,7 +38,7 @@ def plugin_files(tmp_path):
     """Operators registered in this process only, from a module file imported by path (as ``ragkit --import
     ./rr4ops.py`` does) and from a package's module imported by name with its folder put on ``sys.path`` after Ray
     started: Ray workers find neither on their own.  Unregistered (and the modules forgotten) afterwards."""
-    from ragkit.cli._imports import _import_module
+    from ragkit._plugins import _import_module
 
     (tmp_path / "rr4ops.py").write_text(textwrap.dedent("""
         from ragkit.registry import register
@@ -101,7 +101,7 @@ def test_a_worker_imports_the_drivers_file_not_a_module_of_the_same_name(tmp_pat
         class RR4Code(BM25):
             name = "rr4code"
     """))
-    script = ("import code, sys\nfrom ragkit.scale import _import_plugins\nfrom ragkit import registry\n"
+    script = ("import code, sys\nfrom ragkit._plugins import _import_plugins\nfrom ragkit import registry\n"
               f"_import_plugins([('code', {str(tmp_path / 'code.py')!r})])\n"
               "print(registry.get('rr4code').__name__)\n"
               f"_import_plugins([('code', {str(tmp_path / 'code.py')!r})])  # (imported already: kept)\n"
@@ -135,7 +135,7 @@ def test_an_operator_no_ray_worker_could_import_is_refused_before_ray_starts(no_
 
 
 def test_ragkit_operators_need_no_import():
-    assert scale._plugin_modules([BM25, Dense, Sharded], "here") == []
+    assert _plugins._plugin_modules([BM25, Dense, Sharded], "here") == []
 
 
 # ---------------------------------------------------------------- 2. query vectors once per actor

@@ -51,7 +51,7 @@ def boom_op(tmp_path):
     """``rr5boom``: a BM25 whose search raises ``ValueError("bad query BOOMQ")`` on a query holding BOOMQ, in a
     module file imported by path (as ``ragkit --import ./rr5ops.py`` does), so that Ray workers import it too;
     unregistered afterwards."""
-    from ragkit.cli._imports import _import_module
+    from ragkit._plugins import _import_module
 
     (tmp_path / "rr5ops.py").write_text(textwrap.dedent("""
         from ragkit.registry import register
