@@ -207,7 +207,6 @@ def _rankings_only(pipe: Any) -> dict[str, Any]:
     inside a branch, route or loop (:func:`_without_generation` cuts the pipeline's own) passes the
     rankings on.  ``search`` shows rankings and ``eval`` / ``train`` score them: answers would be
     thrown away (an LLM answer per query of SciFact takes hours)."""
-    from ragkit.generators.operator import Generate
-    from ragkit.pipelines._compose import iter_leaves
+    from ragkit.generators.operator import rankings_only
 
-    return {"generate": {"answer": False}} if any(isinstance(op, Generate) for op in iter_leaves(pipe)) else {}
+    return rankings_only(pipe)

@@ -373,3 +373,14 @@ class Generate(Operator):
     def _load(self, folder: Path, mmap: bool = False) -> None:
         if self.params.backend == "local":  # (not checked: a saved pipeline serves rankings without its model)
             self._engine()
+
+
+def rankings_only(op: Operator) -> dict[str, Any]:
+    """The search options that keep every ``generate`` step of the tree ``op`` (a step, or inside a branch, route
+    or loop) from running its language model, so that it passes the rankings on: ``{"generate": {"answer":
+    False}}`` for a tree holding one, else ``{}``.  For callers that show or score rankings (``ragkit search``,
+    ``eval``, ``train``, a LangChain retriever), where answers would be thrown away (and an LLM answer per query
+    is slow)."""
+    from ragkit.pipelines._compose import iter_leaves
+
+    return {"generate": {"answer": False}} if any(isinstance(leaf, Generate) for leaf in iter_leaves(op)) else {}

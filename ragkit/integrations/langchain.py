@@ -498,26 +498,23 @@ def _retriever_names(op: Operator) -> list[str]:
 
 _log = logging.getLogger("ragkit")
 
-#: the search options that keep every ``generate`` step of a tree from running its language model (it passes the
-#: rankings on): a retriever returns documents, so answers would be thrown away (and an LLM call per query is slow)
-_NO_ANSWERS: dict[str, Any] = {"generate": {"answer": False}}
-
-
 def _rankings_only(op: Operator, search_kwargs: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """:data:`_NO_ANSWERS` for a tree ``op`` holding a ``generate`` step (anywhere: a step, or inside a
-    branch, route or loop), else ``{}``; noted once on the ``ragkit`` logger (INFO) when the retriever is built,
-    unless ``search_kwargs`` ask for answers (``{"generate": {"answer": True}}``: the step does run)."""
-    from ragkit.generators.operator import Generate
-    from ragkit.pipelines._compose import iter_leaves
+    """The search options that keep every ``generate`` step of the tree ``op`` from running its language model (it
+    passes the rankings on: :func:`~ragkit.generators.operator.rankings_only`), ``{}`` for a tree without one: a
+    retriever returns documents, so answers would be thrown away (and an LLM call per query is slow).  Noted once
+    on the ``ragkit`` logger (INFO) when the retriever is built, unless ``search_kwargs`` ask for answers
+    (``{"generate": {"answer": True}}``: the step does run)."""
+    from ragkit.generators.operator import rankings_only
 
-    if not any(isinstance(leaf, Generate) for leaf in iter_leaves(op)):
+    options = rankings_only(op)
+    if not options:
         return {}
     gen = (search_kwargs or {}).get("generate")
     if not (isinstance(gen, Mapping) and gen.get("answer")):
         _log.info("RagkitRetriever: the pipeline's generate step is not run (it passes its rankings on): a retriever "
                   "returns documents, so its answers would be thrown away; answer with the pipeline's own search, "
                   "or with a chat model after the retriever in the chain")
-    return copy.deepcopy(_NO_ANSWERS)
+    return options
 
 
 def refuse_unknown_arguments(cls: type[BaseModel], data: Any, hints: Mapping[str, str]) -> Any:
