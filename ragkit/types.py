@@ -16,7 +16,6 @@ import math
 import os
 import re
 import sys
-import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping, Sequence, cast, overload
@@ -2453,15 +2452,3 @@ class State:
             vectors[key] = base
         out.vectors = vectors
         return out
-
-
-class Timer:
-    """Context manager measuring wall seconds (``perf_counter``)."""
-
-    def __enter__(self) -> "Timer":
-        self.t0 = time.perf_counter()
-        self.seconds = 0.0
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.seconds = time.perf_counter() - self.t0
