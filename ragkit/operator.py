@@ -85,8 +85,8 @@ if TYPE_CHECKING:  # (pandas: the hints only; it is optional)
     from ragkit.pipelines import Parallel, Pipeline
     from ragkit.run import Run
 
-__all__ = ["Operator", "FORMAT_VERSION", "after_fit", "atomic_dir", "write_json", "read_json", "call_checked",
-           "check_state", "check_result", "cut_to_k", "options_checked", "refuse_unapplied_filter"]
+__all__ = ["Operator", "FORMAT_VERSION", "after_fit", "call_checked", "check_state", "cut_to_k", "options_checked",
+           "refuse_unapplied_filter"]
 
 TRAINED = "trained_queries"  # <TRAINED>.npy beside params.json: digests of the queries a fit learned from
 
