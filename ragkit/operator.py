@@ -122,11 +122,11 @@ def options_checked() -> Iterator[None]:
         _OPTIONS_CHECKED.reset(token)
 
 
+_log = logging.getLogger("ragkit")
+
 # The ids of the operators whose attributes a fit in progress in this context restores should it fail (the tree of
 # the outermost fit: :func:`restored_on_failure`); a fit inside it (a composite's children's) takes no snapshot of
 # its own.  A context variable: fits running at once in threads each keep their own.
-_log = logging.getLogger("ragkit")
-
 _RESTORING: ContextVar[frozenset[int]] = ContextVar("ragkit_restoring", default=frozenset())
 # The releases (after_fit) waiting for the outermost restoring fit in progress to succeed; None outside one.
 _AFTER_FIT: ContextVar[Optional[list[Callable[[], None]]]] = ContextVar("ragkit_after_fit", default=None)
@@ -199,8 +199,6 @@ def after_fit(release: Callable[[], None]) -> None:
         pending.append(release)
 
 
-# True while Pipeline.load loads the steps of a folder whose manifest checksums it has just verified: the
-# steps load with verify=False (their files are checked already) yet count as verified.
 # The fitted state (:meth:`Operator._search_view`) each operator searched by :meth:`Operator.search` in this context
 # reads: taken once, before the search reads the operator's corpus, so an edit on another thread meanwhile (an add)
 # changes neither what the search scores nor the rows it maps (id(op) -> (op, view)).  A context variable: searches
@@ -253,6 +251,8 @@ def edited_during_search(who: str, detail: str) -> DataError:
                      "edits every search of the pipeline waits for")
 
 
+# True while Pipeline.load loads the steps of a folder whose manifest checksums it has just verified: the
+# steps load with verify=False (their files are checked already) yet count as verified.
 _CHECKSUMS_VERIFIED: ContextVar[bool] = ContextVar("ragkit_checksums_verified", default=False)
 
 
