@@ -335,12 +335,15 @@ def main() -> None:
           + ", ".join(f"{key} {v * 1e3:.1f} ms (first {srch['first_call_s'][key] * 1e3:.0f})"
                       for key, v in srch["best_s"].items())
           + (f"; bm25s_numba {srch['bm25s_numba']}" if "bm25s_numba" in srch else ""), flush=True)
-    f, pf = res["fit"], res["peer_fit"]
-    print(f"saves: ragkit save {f['save']['s']:.3f} s (index, params.json, corpus.jsonl, checksums.json), save_index "
-          f"{f['save_index']['s']:.3f} s (index and params.json only); bm25s save {pf['save']['s']:.3f} s (its index "
-          f"only), save with corpus {pf['save_with_corpus']['s']:.3f} s (its index and corpus.jsonl); ratios: "
-          "fit.save_index.s = ragkit save_index / bm25s save, fit.save.s = ragkit save / bm25s save with corpus",
-          flush=True)
+    saves = [(res[ph][step]["s"], what) for ph, step, what in (
+        ("fit", "save", "ragkit save (index, params.json, corpus.jsonl, checksums.json)"),
+        ("fit", "save_index", "ragkit save_index (index and params.json only)"),
+        ("peer_fit", "save", "bm25s save (its index only)"),
+        ("peer_fit", "save_with_corpus", "bm25s save with corpus (its index and corpus.jsonl)"))
+        if isinstance(res.get(ph, {}).get(step), dict)]
+    if saves:
+        print("saves: " + ", ".join(f"{what} {s:.3f} s" for s, what in saves) + "; ratios: fit.save_index.s = "
+              "ragkit save_index / bm25s save, fit.save.s = ragkit save / bm25s save with corpus", flush=True)
     print("ragkit / bm25s (below 1: ragkit takes less):", json.dumps(res["ragkit_vs_bm25s"]), flush=True)
     write_atomic(a.out, json.dumps(res, indent=1))
     print(f"wrote {a.out}")
