@@ -28,7 +28,7 @@ all-MiniLM-L6-v2 token vectors (special tokens kept, padding dropped, 256 max):
   MUVERA path (query FDEs + FDE inner products + top-c [+ centroid interaction] + batched
   exact rerank and sort, what ``Muvera.search`` computes) timed as one call, and the speed-up
   over the brute force (exact scores + top 10, one call): ``--repeat`` rounds each call the brute
-  force and every row's path once (order rotated), each timing is its best round, so every
+  force and every row's path once (order shuffled per round, seeded), each timing is its best round, so every
   speed-up divides two timings from the same rounds; the per-stage times inside the fastest run
   are printed and saved as information only;
 * nDCG@10 of exact MaxSim, MUVERA+rerank (the ``Muvera`` operator with the main config and its
@@ -380,7 +380,7 @@ def main() -> None:
 
     # ------------------------------------------- brute force and every MUVERA row, timed in the same rounds
     # The machine is shared: a best-of keeps each call's least-disturbed run, and interleaving (each round
-    # calls the brute force and every row's path once, the order rotated) puts a burst of load on all alike,
+    # calls the brute force and every row's path once, the order shuffled per round) puts a burst of load on all alike,
     # so a speed-up never divides timings taken minutes apart.  The same number of calls as timing each alone.
     def brute():  # the whole path (exact scores of every document + top 10), one call, as MUVERA's
         sc = chamfer_scores(qd, qt.offsets, docs.data, docs.offsets)
@@ -404,7 +404,7 @@ def main() -> None:
                      "brute_force": {"seconds": t_brute, "ms_per_query": brute_ms, "ndcg@10": ndcg_exact},
                      "timing": f"best of {rounds} interleaved rounds, each calling the brute force (scores + top 10) "
                                "and every table row's whole MUVERA path (query FDEs + inner products + top-c "
-                               "[+ centroids] + rerank) once, in rotated order, so each speed-up compares calls "
+                               "[+ centroids] + rerank) once, in a shuffled order, so each speed-up compares calls "
                                "made in the same rounds; stage times are the fastest run's, information only",
                      "rounds": rounds,
                      "repeat": args.repeat, "configs": [], "quick": args.quick, "threads": args.threads}
