@@ -48,10 +48,10 @@ from ragkit.operator import (
     fit_on_backend,
     options_checked,
     pinned_view,
-    refuse_unapplied_filter,
     restored_on_failure,
     tree_nodes,
 )
+from ragkit.options import refuse_unapplied_filter
 from ragkit.params import Params
 from ragkit.types import QUERY_REWRITES, Corpus, Queries, Ranking, State, TraceEvent, TrainSet, usable_or_refused
 

@@ -11,7 +11,7 @@ import os
 import shutil
 import sys
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 import numpy as np
 
@@ -25,14 +25,18 @@ from ragkit._files import (
     user_path,
 )
 from ragkit._fingerprints import TEXTS_KEY, corpus_fingerprint, corpus_texts_digest
-from ragkit.errors import ArtifactError, some_ids
+from ragkit.errors import ArtifactError, ParamError, some_ids
 from ragkit.types import Corpus
+
+if TYPE_CHECKING:
+    from ragkit.operator import Operator
 
 __all__ = ["CHECKSUMS", "FORMAT_VERSION", "restore_interrupted_save", "atomic_dir", "write_json", "read_json",
            "saved_fit_report", "save_arrays", "load_array"]
 
 
 CHECKSUMS = "checksums.json"  # written by Operator.save beside params.json
+TRAINED = "trained_queries"  # <TRAINED>.npy beside params.json: digests of the queries a fit learned from
 
 #: 2: a saved bm25 holds its weights (terms x docs) beside its counts (version 1 folders still load)
 FORMAT_VERSION = 2
@@ -528,3 +532,107 @@ def load_array(folder: Path, name: str, mmap: bool = False) -> np.ndarray:
         raise ArtifactError(f"{path}: file not found") from None
     except (ValueError, OSError, EOFError) as e:
         raise ArtifactError(f"{path}: corrupt or truncated array ({e})") from None
+
+
+def _version() -> str:
+    from ragkit import __version__
+
+    return __version__
+
+
+#: params.json's key for the names of the attributes a fit learned (:func:`learned_attributes`)
+LEARNED_KEY = "learned"
+# (set by the base class's fit and load themselves, not by ``_fit`` / ``_load``)
+_BASE_LEARNED = frozenset({"corpus_", "trained_on_"})
+
+
+def learned_attributes(op: Operator) -> list[str]:
+    """The names of the attributes ``op``'s fit learned: its public attributes ending in ``_`` (``table_``),
+    but ``corpus_`` and ``trained_on_``, which the base class saves, and its class's :attr:`Operator.unsaved`.
+    Recorded in ``params.json`` by :meth:`Operator.save`, so that :meth:`Operator.load` can say which ones
+    ``_load`` did not restore."""
+    skip = _BASE_LEARNED | type(op).unsaved
+    return sorted(k for k in vars(op) if k.endswith("_") and not k.startswith("_") and k not in skip)
+
+
+#: The files :meth:`Operator.save` writes in an operator's folder itself (``_save`` must not write them)
+RESERVED_FILES = ("params.json", CHECKSUMS, "corpus.jsonl", f"{TRAINED}.npy", "manifest.json")
+
+
+def check_savable(op: Operator) -> None:
+    """Refuse (:class:`ParamError`) saving the fitted ``op`` whose fit learned attributes (:func:`learned_attributes`)
+    that its class has no way to save: it keeps the base class's ``_save`` or ``_load``, which keep nothing, so
+    the folder would load without them (refused then, after the save had replaced the earlier one)."""
+    from ragkit.operator import Operator  # (ragkit.operator imports this module)
+
+    cls = type(op)
+    if cls._load is not Operator._load:  # (a _load may rebuild what it needs from the documents, unsaved)
+        return
+    learned = learned_attributes(op)
+    if not learned:
+        return
+    them = "it" if len(learned) == 1 else "them"
+    lacking = "neither _save nor _load" if cls._save is Operator._save else "_save but no _load"
+    raise ParamError(
+        f"{cls.__name__} ({op.name!r}) cannot be saved: its fit set {', '.join(learned)} (attributes ending in '_' "
+        f"hold what a fit learned), but {cls.__name__} implements {lacking} (the base ones keep "
+        f"nothing), so a load would lack {them}; nothing was written. Implement _save(folder), writing {them} as "
+        f"plain files (np.save, JSON), and _load(folder, mmap=False), reading {them} back into the same attributes "
+        f"(or rebuilding {them} from self.corpus_); one attached after a load goes in the class's "
+        f"unsaved = frozenset({{...}})")
+
+
+def _check_learned_loaded(op: Operator, folder: Path, meta: Mapping[str, Any]) -> None:
+    """Refuse a loaded ``op`` that lacks an attribute its fit had learned (``meta[LEARNED_KEY]``, recorded at
+    save): its class's ``_save`` / ``_load`` do not keep it (the base ones keep nothing), so its first search
+    would fail on it, or answer without it."""
+    names = meta.get(LEARNED_KEY)
+    if not isinstance(names, list):  # (written before ragkit recorded them)
+        return
+    missing = [n for n in names if isinstance(n, str) and not hasattr(op, n)]
+    if missing:
+        cls = type(op).__name__
+        them = "it" if len(missing) == 1 else "them"
+        lacks = (f"{folder}: {cls} ({op.name!r}) lacks {', '.join(missing)} once loaded: its fit had set {them} "
+                 f"(params.json records what a fit learned), but its _load did not restore {them}")
+        saved_by = meta.get("ragkit_version")
+        order = _version_order(saved_by, _version()) if isinstance(saved_by, str) else None
+        if isinstance(saved_by, str) and saved_by != _version():
+            other = (f"the folder was saved by a newer ragkit (ragkit {saved_by:.40}, this is {_version()}) whose "
+                     f"{cls} learns more: upgrade ragkit" if order is not None and order > 0 else
+                     f"the folder was saved by another ragkit (ragkit {saved_by:.40}, this is {_version()}), whose "
+                     f"{cls} may learn otherwise: load it with that version")
+        elif saved_by is None:
+            other = f"the folder may have been saved by a newer ragkit whose {cls} learns more: upgrade ragkit"
+        else:  # saved by this very ragkit version: not a newer one
+            other = ""
+        if type(op).__module__.startswith("ragkit."):  # a built-in operator: its own _load is not the cause
+            cause = other or (f"the folder was saved by this ragkit ({_version()}), whose {cls} restores it: the "
+                              f"folder was changed after it was saved")
+            raise ArtifactError(f"{lacks}; {cause} (or fit and save it again with this one)")
+        plugin = (f"{cls} must implement _save(folder), writing everything fit learned as plain files, and "
+                  f"_load(folder, mmap=False), reading it back into the same attributes; then fit and save it again")
+        raise ArtifactError(
+            f"{lacks}; {plugin} (or {other}, or the package that defines {cls})" if other else
+            f"{lacks}; {plugin} (or, when {cls}'s package was changed since the save, load it with the version that "
+            f"saved it)")
+
+
+def _version_order(a: str, b: str) -> int | None:
+    """``1`` when the version ``a`` is newer than ``b``, ``-1`` when older, ``0`` when their release numbers are
+    equal; None when either does not start with one (``1.2.3``, ``0.1.0rc1``: the leading numbers are compared)."""
+    def release(v: str) -> tuple[int, ...] | None:
+        parts = []
+        for piece in v.split("."):
+            digits = len(piece) - len(piece.lstrip("0123456789"))
+            if not digits:
+                break
+            parts.append(int(piece[:digits]))
+            if digits < len(piece):
+                break
+        return tuple(parts) or None
+
+    ra, rb = release(a), release(b)
+    if ra is None or rb is None:
+        return None
+    return (ra > rb) - (ra < rb)

@@ -53,13 +53,20 @@ from ragkit._results import check_result
 from ragkit._saves import (
     CHECKSUMS,
     FORMAT_VERSION,
+    LEARNED_KEY,
+    RESERVED_FILES,
+    TRAINED,
     _before_checksums,
     _check_given_corpus,
+    _check_learned_loaded,
     _check_meta_types,
     _interrupted_save,
     _not_an_operator_folder,
     _saved_pipeline_above,
+    _version,
     atomic_dir,
+    check_savable,
+    learned_attributes,
     load_array,
     read_json,
     restore_interrupted_save,
@@ -74,7 +81,7 @@ from ragkit.errors import (
     NotFittedError,
     ParamError,
 )
-from ragkit.options import PARAM, OptionCheck, filter_option
+from ragkit.options import PARAM, OptionCheck, _unapplied_filter_option, filter_option, refuse_unapplied_filter
 from ragkit.params import Params as ParamsModel, validate_params  # (inside Operator, ``Params`` is its model class)
 from ragkit.types import Corpus, Queries, State, TrainSet
 
@@ -85,10 +92,7 @@ if TYPE_CHECKING:  # (pandas: the hints only; it is optional)
     from ragkit.pipelines import Parallel, Pipeline
     from ragkit.run import Run
 
-__all__ = ["Operator", "FORMAT_VERSION", "after_fit", "call_checked", "check_state", "cut_to_k", "options_checked",
-           "refuse_unapplied_filter"]
-
-TRAINED = "trained_queries"  # <TRAINED>.npy beside params.json: digests of the queries a fit learned from
+__all__ = ["Operator", "FORMAT_VERSION", "after_fit", "call_checked", "check_state", "cut_to_k", "options_checked"]
 
 T = TypeVar("T", bound="Operator")
 
@@ -1071,148 +1075,6 @@ def _not_combinable(op: Operator, sign: str, other: object) -> InputTypeError:
     return InputTypeError(f"{type(op).__name__}() {sign} {type(other).__name__}: {sign} {what}; both sides must be "
                           "operators (a retriever, reranker, filter, fuser, ... or a Pipeline / Parallel), got "
                           f"{not_an_operator(other)} on the right")
-
-
-def _version() -> str:
-    from ragkit import __version__
-
-    return __version__
-
-
-#: params.json's key for the names of the attributes a fit learned (:func:`learned_attributes`)
-LEARNED_KEY = "learned"
-# (set by the base class's fit and load themselves, not by ``_fit`` / ``_load``)
-_BASE_LEARNED = frozenset({"corpus_", "trained_on_"})
-
-
-def learned_attributes(op: Operator) -> list[str]:
-    """The names of the attributes ``op``'s fit learned: its public attributes ending in ``_`` (``table_``),
-    but ``corpus_`` and ``trained_on_``, which the base class saves, and its class's :attr:`Operator.unsaved`.
-    Recorded in ``params.json`` by :meth:`Operator.save`, so that :meth:`Operator.load` can say which ones
-    ``_load`` did not restore."""
-    skip = _BASE_LEARNED | type(op).unsaved
-    return sorted(k for k in vars(op) if k.endswith("_") and not k.startswith("_") and k not in skip)
-
-
-#: The files :meth:`Operator.save` writes in an operator's folder itself (``_save`` must not write them)
-RESERVED_FILES = ("params.json", CHECKSUMS, "corpus.jsonl", f"{TRAINED}.npy", "manifest.json")
-
-
-def check_savable(op: Operator) -> None:
-    """Refuse (:class:`ParamError`) saving the fitted ``op`` whose fit learned attributes (:func:`learned_attributes`)
-    that its class has no way to save: it keeps the base class's ``_save`` or ``_load``, which keep nothing, so
-    the folder would load without them (refused then, after the save had replaced the earlier one)."""
-    cls = type(op)
-    if cls._load is not Operator._load:  # (a _load may rebuild what it needs from the documents, unsaved)
-        return
-    learned = learned_attributes(op)
-    if not learned:
-        return
-    them = "it" if len(learned) == 1 else "them"
-    lacking = "neither _save nor _load" if cls._save is Operator._save else "_save but no _load"
-    raise ParamError(
-        f"{cls.__name__} ({op.name!r}) cannot be saved: its fit set {', '.join(learned)} (attributes ending in '_' "
-        f"hold what a fit learned), but {cls.__name__} implements {lacking} (the base ones keep "
-        f"nothing), so a load would lack {them}; nothing was written. Implement _save(folder), writing {them} as "
-        f"plain files (np.save, JSON), and _load(folder, mmap=False), reading {them} back into the same attributes "
-        f"(or rebuilding {them} from self.corpus_); one attached after a load goes in the class's "
-        f"unsaved = frozenset({{...}})")
-
-
-def _check_learned_loaded(op: Operator, folder: Path, meta: Mapping[str, Any]) -> None:
-    """Refuse a loaded ``op`` that lacks an attribute its fit had learned (``meta[LEARNED_KEY]``, recorded at
-    save): its class's ``_save`` / ``_load`` do not keep it (the base ones keep nothing), so its first search
-    would fail on it, or answer without it."""
-    names = meta.get(LEARNED_KEY)
-    if not isinstance(names, list):  # (written before ragkit recorded them)
-        return
-    missing = [n for n in names if isinstance(n, str) and not hasattr(op, n)]
-    if missing:
-        cls = type(op).__name__
-        them = "it" if len(missing) == 1 else "them"
-        lacks = (f"{folder}: {cls} ({op.name!r}) lacks {', '.join(missing)} once loaded: its fit had set {them} "
-                 f"(params.json records what a fit learned), but its _load did not restore {them}")
-        saved_by = meta.get("ragkit_version")
-        order = _version_order(saved_by, _version()) if isinstance(saved_by, str) else None
-        if isinstance(saved_by, str) and saved_by != _version():
-            other = (f"the folder was saved by a newer ragkit (ragkit {saved_by:.40}, this is {_version()}) whose "
-                     f"{cls} learns more: upgrade ragkit" if order is not None and order > 0 else
-                     f"the folder was saved by another ragkit (ragkit {saved_by:.40}, this is {_version()}), whose "
-                     f"{cls} may learn otherwise: load it with that version")
-        elif saved_by is None:
-            other = f"the folder may have been saved by a newer ragkit whose {cls} learns more: upgrade ragkit"
-        else:  # saved by this very ragkit version: not a newer one
-            other = ""
-        if type(op).__module__.startswith("ragkit."):  # a built-in operator: its own _load is not the cause
-            cause = other or (f"the folder was saved by this ragkit ({_version()}), whose {cls} restores it: the "
-                              f"folder was changed after it was saved")
-            raise ArtifactError(f"{lacks}; {cause} (or fit and save it again with this one)")
-        plugin = (f"{cls} must implement _save(folder), writing everything fit learned as plain files, and "
-                  f"_load(folder, mmap=False), reading it back into the same attributes; then fit and save it again")
-        raise ArtifactError(
-            f"{lacks}; {plugin} (or {other}, or the package that defines {cls})" if other else
-            f"{lacks}; {plugin} (or, when {cls}'s package was changed since the save, load it with the version that "
-            f"saved it)")
-
-
-def _version_order(a: str, b: str) -> int | None:
-    """``1`` when the version ``a`` is newer than ``b``, ``-1`` when older, ``0`` when their release numbers are
-    equal; None when either does not start with one (``1.2.3``, ``0.1.0rc1``: the leading numbers are compared)."""
-    def release(v: str) -> tuple[int, ...] | None:
-        parts = []
-        for piece in v.split("."):
-            digits = len(piece) - len(piece.lstrip("0123456789"))
-            if not digits:
-                break
-            parts.append(int(piece[:digits]))
-            if digits < len(piece):
-                break
-        return tuple(parts) or None
-
-    ra, rb = release(a), release(b)
-    if ra is None or rb is None:
-        return None
-    return (ra > rb) - (ra < rb)
-
-
-def _unapplied_filter_message(op: Operator, where: str) -> str:
-    """Why a ``filter`` is refused for the retriever ``op``, which does not apply one (``where``: the option's
-    name in the message's first words), and how to make it apply one."""
-    cls = type(op).__name__
-    return (f"{where}: {cls} ({op.name!r}) is a retriever that does not apply metadata filters "
-            f"({cls}.applies_filter is False), so its results would include documents the filter excludes; search "
-            f"without filter, or make {cls} apply it: in {cls}._call keep only the rows allowed by "
-            f"self.filter_mask(state) (a boolean mask over the corpus rows, or None for no filter) and set "
-            f"applies_filter = True on the class")
-
-
-def _unapplied_filter_option(op: Operator, value: Any, corpus: Corpus | None) -> Any:
-    """The ``filter`` option of a retriever that does not apply one (:attr:`Operator.applies_filter`):
-    refused unless empty."""
-    value = filter_option(op, value, corpus)
-    if value:
-        raise ValueError(_unapplied_filter_message(op, "filter").removeprefix("filter: "))
-    return value
-
-
-def refuse_unapplied_filter(root: Operator, options: Mapping[str, Any], where: str = "search option ") -> None:
-    """Refuse the options of a search of ``root`` that give a ``filter`` (the call's, or a retriever's own
-    ``filter`` option) while a retriever of ``root``'s tree that would run on it does not apply one
-    (:attr:`Operator.applies_filter`): a :class:`ParamError` naming it and saying how to support it, before
-    any work.  Nothing without a filter."""
-    from ragkit.options import option_readers
-
-    if options.get("filter"):
-        for path, op in option_readers(root):
-            if op.kind == "retriever" and not op.applies_filter:
-                at = f" (the {op.name} at {path})" if path and path != op.name else ""
-                raise ParamError(_unapplied_filter_message(op, f"{where}filter") + at, path="options.filter")
-    for name, own in options.items():
-        if isinstance(own, Mapping) and own.get("filter"):
-            for path, op in option_readers(root):
-                if op.name == name and op.kind == "retriever" and not op.applies_filter:
-                    raise ParamError(_unapplied_filter_message(op, f"{where}{name}.filter"),
-                                     path=f"options.{name}.filter")
 
 
 def fit_on_backend(op: T, corpus: Corpus, train: TrainSet | None, upstream: State | None, backend: str) -> T:

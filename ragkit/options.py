@@ -38,7 +38,7 @@ if TYPE_CHECKING:
     from ragkit.types import Corpus
 
 __all__ = ["PARAM", "OptionCheck", "CALL_OPTIONS", "check_options", "check_option_names", "option_readers",
-           "filter_option", "callable_option", "filter_value", "positive_k", "resolve_k"]
+           "filter_option", "callable_option", "filter_value", "positive_k", "resolve_k", "refuse_unapplied_filter"]
 
 #: ``run_options`` value of an option that is a field of the operator's parameter model of the
 #: same name: checked (and converted) by validating a copy of the parameters with it replaced.
@@ -376,3 +376,41 @@ def _refused_option(err: Mapping[str, Any], given: Mapping[str, Any]) -> str | N
     else ``None`` (a copy has every field set, so the rule may name one not given: the option given is named)."""
     loc = error_loc(err)
     return loc[-1] if len(loc) > len(err.get("loc") or ()) and loc[-1] in given else None
+
+
+def _unapplied_filter_message(op: "Operator", where: str) -> str:
+    """Why a ``filter`` is refused for the retriever ``op``, which does not apply one (``where``: the option's
+    name in the message's first words), and how to make it apply one."""
+    cls = type(op).__name__
+    return (f"{where}: {cls} ({op.name!r}) is a retriever that does not apply metadata filters "
+            f"({cls}.applies_filter is False), so its results would include documents the filter excludes; search "
+            f"without filter, or make {cls} apply it: in {cls}._call keep only the rows allowed by "
+            f"self.filter_mask(state) (a boolean mask over the corpus rows, or None for no filter) and set "
+            f"applies_filter = True on the class")
+
+
+def _unapplied_filter_option(op: "Operator", value: Any, corpus: "Corpus | None") -> Any:
+    """The ``filter`` option of a retriever that does not apply one (:attr:`Operator.applies_filter`):
+    refused unless empty."""
+    value = filter_option(op, value, corpus)
+    if value:
+        raise ValueError(_unapplied_filter_message(op, "filter").removeprefix("filter: "))
+    return value
+
+
+def refuse_unapplied_filter(root: "Operator", options: Mapping[str, Any], where: str = "search option ") -> None:
+    """Refuse the options of a search of ``root`` that give a ``filter`` (the call's, or a retriever's own
+    ``filter`` option) while a retriever of ``root``'s tree that would run on it does not apply one
+    (:attr:`Operator.applies_filter`): a :class:`ParamError` naming it and saying how to support it, before
+    any work.  Nothing without a filter."""
+    if options.get("filter"):
+        for path, op in option_readers(root):
+            if op.kind == "retriever" and not op.applies_filter:
+                at = f" (the {op.name} at {path})" if path and path != op.name else ""
+                raise ParamError(_unapplied_filter_message(op, f"{where}filter") + at, path="options.filter")
+    for name, own in options.items():
+        if isinstance(own, Mapping) and own.get("filter"):
+            for path, op in option_readers(root):
+                if op.name == name and op.kind == "retriever" and not op.applies_filter:
+                    raise ParamError(_unapplied_filter_message(op, f"{where}{name}.filter"),
+                                     path=f"options.{name}.filter")

@@ -15,8 +15,9 @@ import numpy as np
 import pytest
 
 from ragkit._files import folder_checksums
+from ragkit._saves import TRAINED
 from ragkit.errors import ArtifactError
-from ragkit.operator import TRAINED, Operator
+from ragkit.operator import Operator
 from ragkit.pipelines import Pipeline
 from ragkit.retrievers import BM25
 from ragkit.types import Corpus
