@@ -11,7 +11,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ragkit.types import Corpus, Queries
+from ragkit.types import Corpus, Queries, normalised_text
 
 __all__ = ["corpus_fingerprint", "TEXTS_KEY", "hash_strings", "corpus_texts_digest", "query_id_digests",
            "query_digests", "taught_digests"]
@@ -100,8 +100,6 @@ def query_digests(queries: Queries) -> np.ndarray:
     text alone, :func:`~ragkit.types.normalised_text` (column 1: the same question under another id), for
     :meth:`~ragkit.operator.Operator.learned_from`.  (Operators saved before recorded column 0 alone, shape
     ``(n,)``.)"""
-    from ragkit.types import normalised_text
-
     texts = np.fromiter((_digest(normalised_text(t)) for t in queries.texts), dtype=np.uint64, count=len(queries))
     return np.stack([query_id_digests(queries.ids, queries.texts), texts], axis=1)
 

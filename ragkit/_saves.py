@@ -5,9 +5,12 @@ aside put back: :func:`restore_interrupted_save`), its JSON and ``.npy`` files (
 
 from __future__ import annotations
 
+import ctypes
 import json
 import logging
 import os
+import re
+import shlex
 import shutil
 import sys
 from pathlib import Path
@@ -206,8 +209,6 @@ def _interrupted_save(folder: Path) -> str | None:
     """What to say of ``folder`` when it is the temporary folder of a save (``.<name>.tmp-<pid>@<host>-...``,
     :func:`~ragkit._files.shared_tempdir`), which is renamed into place once complete: one left behind is of a
     save that was killed (or failed) before then, and is no save; ``None`` for another folder."""
-    import re
-
     match = re.fullmatch(r"\.(.+)\.tmp-(\d+)@[^/]*-[^-/]+", folder.name)
     if match is None or not folder.is_dir():
         return None
@@ -226,8 +227,6 @@ def _before_checksums(folder: Path) -> str:
     except (OSError, ValueError, AttributeError):
         version = None
     if isinstance(version, int) and not isinstance(version, bool) and version <= 1:
-        import shlex
-
         where = json.dumps(str(folder.absolute()))  # (a Python string literal, in a shell-quoted program)
         code = f"from ragkit import Operator; Operator.load({where}, verify=False).save({where})"
         return ("; it may have been written by a ragkit from before checksums (its params.json says format 1), "
@@ -463,8 +462,6 @@ def _exchange(a: Path, b: Path) -> bool:
     """Swap the folders ``a`` and ``b`` atomically (Linux ``renameat2(RENAME_EXCHANGE)``): a
     reader sees either one, never neither.  False where the system or file system cannot (the
     caller then renames twice)."""
-    import ctypes
-
     if not sys.platform.startswith("linux"):
         return False
     try:

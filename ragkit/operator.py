@@ -81,9 +81,21 @@ from ragkit.errors import (
     NotFittedError,
     ParamError,
 )
-from ragkit.options import PARAM, OptionCheck, _unapplied_filter_option, filter_option, refuse_unapplied_filter
+from ragkit.options import (
+    PARAM,
+    OptionCheck,
+    _positive_k,
+    _unapplied_filter_option,
+    check_option_names,
+    check_options,
+    filter_option,
+    option_readers,
+    positive_k,
+    refuse_unapplied_filter,
+    resolve_k,
+)
 from ragkit.params import Params as ParamsModel, validate_params  # (inside Operator, ``Params`` is its model class)
-from ragkit.types import Corpus, Queries, State, TrainSet
+from ragkit.types import Corpus, Queries, State, TrainSet, _other_constructor, warn_same_text
 
 if TYPE_CHECKING:  # (pandas: the hints only; it is optional)
     import pandas as pd
@@ -593,8 +605,6 @@ class Operator:
         ids): a test question put in the training set under a new id.  Not refused: SciFact's test split
         holds 2 queries with the text of train queries.  Operators saved before the text was recorded
         (one digest per query) are checked by id and text only."""
-        from ragkit.types import warn_same_text
-
         taught, texts = taught_digests(self)
         if not len(taught) or not len(queries):
             return []
@@ -661,9 +671,6 @@ class Operator:
           worker).
 
         Runs once per call, not per query."""
-        from ragkit import registry
-        from ragkit.options import _positive_k, check_option_names, check_options, option_readers
-
         readers: dict[str, list[Operator]] = {}
         for _, op in option_readers(self):
             if op.name:
@@ -704,8 +711,6 @@ class Operator:
     def k_for(self, state: State) -> int:
         """The number of results this retriever returns: its own ``k`` option exactly, else its
         ``k`` parameter raised to a per-call ``k`` (retrievers fetch at least the final number)."""
-        from ragkit.options import positive_k, resolve_k
-
         param = self.params.k  # type: ignore[attr-defined]
         k = resolve_k(self.opt(state, "k"), param, state.options.get("k"), self.name)
         return k if k is not None else positive_k(param, f"{self.name}.k", f"{self.name}.k")  # (refuses None)
@@ -1107,8 +1112,6 @@ def _corpus_hint(given: Any) -> str:
     """How to build a :class:`Corpus` from ``given`` (what a fit got instead), as ``"; ..."``: a
     :class:`~ragkit.eval.BeirDataset` (its ``corpus``), one string, else what :class:`Corpus`'s own
     constructor error says (texts, records, LangChain documents, a DataFrame), else the two usual constructors."""
-    from ragkit.types import _other_constructor
-
     inner = getattr(given, "corpus", None)
     if isinstance(inner, Corpus):  # a BeirDataset: its corpus, and its judged queries as a TrainSet
         learn = (" (and train=data.train_set('train') for a pipeline that learns from judged queries)"

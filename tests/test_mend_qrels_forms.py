@@ -125,7 +125,7 @@ class _Taught:
 
 
 def test_learned_query_ids_hashes_no_normalised_text(monkeypatch):
-    import ragkit.types
+    import ragkit._fingerprints
     from ragkit._fingerprints import query_digests, query_id_digests
     from ragkit.run import learned_query_ids
 
@@ -137,6 +137,6 @@ def test_learned_query_ids_hashes_no_normalised_text(monkeypatch):
     def refused(text: str) -> str:
         raise AssertionError("the normalised text was hashed")
 
-    monkeypatch.setattr(ragkit.types, "normalised_text", refused)
+    monkeypatch.setattr(ragkit._fingerprints, "normalised_text", refused)
     assert learned_query_ids(op, ["q0", "q2", "q1", "q3"], ["pear", "Runs  fast", "apple", "apple"]) == ["q2", "q1"]
     assert learned_query_ids(_Taught(both[:, 0]), ["q2"], ["Runs  fast"]) == ["q2"]  # (saved before: one column)
