@@ -18,7 +18,8 @@ against exact float32 search, and (SciFact) nDCG@10 on the test qrels.
 Timing: every configuration of a table (SciFact, synthetic) is built first (each build timed alone; all of a
 table's indexes are held at once), then searched once each (warm-up) and in interleaved rounds, each round
 calling every configuration once in an order shuffled afresh per round (seeded: the same orders every run),
-until every configuration has been timed ``--min-seconds`` (0.5 s) in all, and at least ``--repeat`` rounds; a
+until every configuration has been timed ``--min-seconds`` in all (0.5 s; 0.05 s with ``--quick``), and at
+least ``--repeat`` rounds; a
 q/s is the configuration's best round (the rounds are printed and kept in the JSON, ``rounds``). So every
 ratio (``qps/base``, ragkit over faiss, ragkit over raw usearch: ``raw usearch ef=N`` runs in the synthetic
 table's rounds) divides timings from the same rounds, not timings taken minutes apart. A multi-threaded HNSW
@@ -626,9 +627,10 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3,
                     help="at least this many interleaved timing rounds: each configuration's q/s is its best round "
                          "(after a warm-up call)")
-    ap.add_argument("--min-seconds", type=float, default=0.5,
+    ap.add_argument("--min-seconds", type=float, default=None,
                     help="interleaved rounds until every configuration's search is timed this long in all (so a "
-                         "q/s is not the best of a few calls of milliseconds); 0: --repeat rounds only")
+                         "q/s is not the best of a few calls of milliseconds; default 0.5, 0.05 with --quick, a "
+                         "smoke run); 0: --repeat rounds only")
     ap.add_argument("--builds", type=int, default=None,
                     help="HNSW graphs (ragkit and faiss) built this many times: recall@10 / nDCG@10 median and min "
                          "over the builds beside the timed build's (default 3; 2 with --quick; 1 = the timed only)")
@@ -642,6 +644,8 @@ def main() -> None:
                     help="folder for dense.json and dense.png (default bench/out, or the folder RAGKIT_BENCH_OUT "
                          "names)")
     args = ap.parse_args()
+    if args.min_seconds is None:
+        args.min_seconds = 0.05 if args.quick else 0.5
     if not 0 <= args.min_seconds < float("inf"):
         ap.error(f"--min-seconds: a finite number of seconds >= 0, got {args.min_seconds}")
     if args.builds is not None and args.builds < 1:
