@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import io
 import os
+import runpy
 import sys
 import threading
 from collections.abc import Iterator
@@ -149,15 +152,37 @@ def ranked(run, decimals: int = 6) -> tuple[list[list[str]], list[list[float]]]:
     return [list(d) for d in run.doc_ids], [np.round(np.asarray(s), decimals).tolist() for s in run.scores]
 
 
-@pytest.fixture(scope="module")
-def local_ray():
-    """A local Ray on 2 CPUs, shut down after the module's tests (skipped when Ray is missing or already running)."""
+def ray_session(num_cpus: int):
+    """A fixture's body: a local Ray on ``num_cpus`` CPUs, yielded, then shut down (skipped when Ray is missing or
+    already running in this process)."""
     ray = pytest.importorskip("ray")
     if ray.is_initialized():
         pytest.skip("Ray already running in this process")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield ray
-    ray.shutdown()
+    ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """A local Ray on 2 CPUs, shut down after the module's tests (skipped when Ray is missing or already running)."""
+    yield from ray_session(2)
+
+
+def run_example(path: Path, *args: str) -> tuple[object, str, str]:
+    """Run the example script ``path`` in-process on SciFact with ``args``: ``(exit code or None, stdout, stderr)``."""
+    argv, out, err, code = sys.argv, io.StringIO(), io.StringIO(), None
+    sys.argv = [str(path), "--data", str(SCIFACT), *args]
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            runpy.run_path(str(path), run_name="__main__")
+    except SystemExit as e:
+        code = e.code
+    finally:
+        sys.argv = argv
+    return code, out.getvalue(), err.getvalue()
 
 
 # ---------------------------------------------------------------------- every registered operator, where it works

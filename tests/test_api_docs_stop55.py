@@ -4,18 +4,15 @@ the Dense and MUVERA descriptions, the no-judged-document warning of a small run
 
 from __future__ import annotations
 
-import contextlib
-import io
 import logging
 import os
 import re
-import runpy
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import SCIFACT, word_corpus
+from conftest import run_example, word_corpus
 
 from ragkit import Run, evaluate
 from ragkit.errors import ParamError
@@ -184,18 +181,7 @@ def test_a_large_run_of_no_judged_document_still_suggests_another_corpus(caplog)
 
 # 1, 9. examples -----------------------------------------------------------------------------------------------------
 
-def _run(path: Path, *args: str) -> tuple[object, str, str]:
-    """Run the script in-process: ``(exit code or None, stdout, stderr)``."""
-    argv, out, err, code = sys.argv, io.StringIO(), io.StringIO(), None
-    sys.argv = [str(path), "--data", str(SCIFACT), *args]
-    try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            runpy.run_path(str(path), run_name="__main__")
-    except SystemExit as e:
-        code = e.code
-    finally:
-        sys.argv = argv
-    return code, out.getvalue(), err.getvalue()
+_run = run_example
 
 
 def test_quantized_reads_the_width_from_the_index_not_the_model(monkeypatch):

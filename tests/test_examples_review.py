@@ -4,31 +4,16 @@ and ``load_beir``'s hint for a file naming its folder only when that is a BEIR f
 
 from __future__ import annotations
 
-import contextlib
-import io
 import re
-import runpy
-import sys
 from pathlib import Path
 
 import pytest
-from conftest import SCIFACT
+from conftest import run_example
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 
-def _run(path: Path, *args: str) -> tuple[object, str, str]:
-    """Run the script in-process: ``(exit code or None, stdout, stderr)``."""
-    argv, out, err, code = sys.argv, io.StringIO(), io.StringIO(), None
-    sys.argv = [str(path), "--data", str(SCIFACT), *args]
-    try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            runpy.run_path(str(path), run_name="__main__")
-    except SystemExit as e:
-        code = e.code
-    finally:
-        sys.argv = argv
-    return code, out.getvalue(), err.getvalue()
+_run = run_example
 
 
 @pytest.mark.parametrize("stem", ["filtered", "diverse", "langchain_app"])

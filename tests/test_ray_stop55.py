@@ -10,7 +10,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from conftest import word_corpus
+from conftest import ray_session, word_corpus
 
 from ragkit import scale
 from ragkit.pipelines import Pipeline
@@ -25,12 +25,7 @@ QUERIES = ["w1 w2 w3", "w4 w5", "w7 w11 w13"]
 def cpuless_ray():
     """A local Ray with no CPU (``ray.init(num_cpus=0)``): no task or actor asking for one can ever run; shut down
     after the test (it runs before this module's 2-CPU Ray, which is module-scoped)."""
-    ray = pytest.importorskip("ray")
-    if ray.is_initialized():
-        pytest.skip("Ray already running in this process")
-    ray.init(num_cpus=0, include_dashboard=False, log_to_driver=False)
-    yield ray
-    ray.shutdown()
+    yield from ray_session(0)
 
 
 @pytest.mark.timeout(180)  # (before the check, the fit waited forever: a failure, not a hung suite)
