@@ -172,8 +172,11 @@ def local_ray():
 
 
 def run_example(path: Path, *args: str) -> tuple[object, str, str]:
-    """Run the example script ``path`` in-process on SciFact with ``args``: ``(exit code or None, stdout, stderr)``."""
+    """Run the example script ``path`` in-process on SciFact with ``args``: ``(exit code or None, stdout, stderr)``.
+    ``sys.path`` and the module ``_common`` are put back afterwards: examples/_common.py must not stand in for
+    bench/_common.py in a later test that imports a bench."""
     argv, out, err, code = sys.argv, io.StringIO(), io.StringIO(), None
+    path_before, common_before = list(sys.path), sys.modules.get("_common")
     sys.argv = [str(path), "--data", str(SCIFACT), *args]
     try:
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
@@ -182,6 +185,11 @@ def run_example(path: Path, *args: str) -> tuple[object, str, str]:
         code = e.code
     finally:
         sys.argv = argv
+        sys.path[:] = path_before
+        if common_before is None:
+            sys.modules.pop("_common", None)
+        else:
+            sys.modules["_common"] = common_before
     return code, out.getvalue(), err.getvalue()
 
 
