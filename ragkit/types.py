@@ -1993,9 +1993,10 @@ def warn_same_text(ids: Sequence[str], n: int, where: str, whose: str) -> None:
 #: (``qid``, ``docno``, ``label``), and other common spellings.  (``query`` and ``text`` are not among them:
 #: they usually hold query texts.)
 QRELS_COLUMNS: dict[str, tuple[str, ...]] = {
-    "query-id": ("query-id", "query_id", "queryid", "qid", "q_id"),
-    "corpus-id": ("corpus-id", "corpus_id", "doc_id", "docid", "doc-id", "docno", "doc"),
-    "score": ("score", "relevance", "grade", "label", "rel"),
+    "query-id": ("query-id", "query_id", "queryid", "qid", "q_id", "topic", "topic-id", "topic_id"),
+    "corpus-id": ("corpus-id", "corpus_id", "doc_id", "docid", "doc-id", "docno", "doc", "document", "document-id",
+                  "document_id", "pid", "passage-id", "passage_id"),
+    "score": ("score", "relevance", "grade", "label", "rel", "judgement", "judgment"),
 }
 _QRELS_ROLE = {name: role for role, names in QRELS_COLUMNS.items() for name in names}
 _ROLE_WORDS = {"query-id": "query ids", "corpus-id": "document ids", "score": "grades"}

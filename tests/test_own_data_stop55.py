@@ -51,12 +51,26 @@ def test_qrels_header_other_names_read_by_name(tmp_path: Path) -> None:
     assert read_qrels(path) == {"q1": {"d1": 1, "d2": 0}}
 
 
-def test_qrels_header_not_recognised_refused(tmp_path: Path) -> None:
+def test_qrels_header_naming_nothing_read_by_position_with_a_warning(tmp_path: Path, caplog) -> None:
     path = tmp_path / "qrels.tsv"
     path.write_text("foo\tbar\tbaz\nq1\td1\t1\n")
-    with pytest.raises(DataError, match=r"qrels.tsv:1: line 1 'foo\\tbar\\tbaz' is a header .*names no qrels "
-                                        r"column.*the names accepted.*qid.*docno.*label"):
-        read_qrels(path)
+    with caplog.at_level("WARNING", logger="ragkit"):
+        assert read_qrels(path) == {"q1": {"d1": 1}}
+    assert "qrels.tsv:1: line 1 'foo\\tbar\\tbaz' is read as a header" in caplog.text
+    assert "read by position" in caplog.text
+
+
+@pytest.mark.parametrize("header", ["qid\tQ0\tpid\trel", "qid iter pid rel", "query_id\tQ0\tpassage_id\trelevance",
+                                    "topic\titeration\tdocno\trelevance", "topic\titer\tdocument\tjudgement",
+                                    "topic\tdocument\tjudgement", "qid\t0\tdocno\trel"])
+def test_trec_and_msmarco_headers_read_as_before(tmp_path: Path, header: str) -> None:
+    """Headers of trec_eval's and MS MARCO's qrels (4 columns where trec_eval has them, or names ragkit knows in
+    BEIR's 3 places) read by position, as before the headers were read by name."""
+    path = tmp_path / "qrels.tsv"
+    sep = "\t" if "\t" in header else " "
+    row = sep.join(["q1", "0", "d1", "1"] if len(header.split(sep)) == 4 else ["q1", "d1", "1"])
+    path.write_text(f"{header}\n{row}\n")
+    assert read_qrels(path) == {"q1": {"d1": 1}}
 
 
 def test_qrels_header_naming_some_columns_refused(tmp_path: Path) -> None:

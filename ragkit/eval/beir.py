@@ -56,6 +56,7 @@ from ragkit.errors import DataError, InputTypeError, ParamError, some_ids
 from ragkit.eval.metrics import respelled
 from ragkit.types import (
     _JSONL_BLOCK,
+    _QRELS_ROLE,
     GRADE_MAX,
     GRADE_MIN,
     ID_BREAK,
@@ -66,6 +67,7 @@ from ragkit.types import (
     TrainSet,
     _csv_qrels,
     _kind,
+    _qrels_columns,
     check_qrels,
     grade_range_error,
 )
@@ -560,9 +562,11 @@ def _beir_header(header: list[str]) -> bool:
 def _header_roles(header: list[str]) -> list[str | None]:
     """The role (``"query-id"``, ``"corpus-id"``, ``"score"``) each column of a qrels header names
     (:data:`ragkit.types.QRELS_COLUMNS`, case aside), ``None`` for a name not among them."""
-    from ragkit.types import _QRELS_ROLE  # (local: the import block above is left as it is)
-
     return [_QRELS_ROLE.get(" ".join(c.split()).casefold()) for c in header]
+
+
+#: where trec_eval's qrels columns ``qid iter docid rel`` stand (its second column is unused)
+_TREC_COLUMNS: tuple[str | None, ...] = ("query-id", None, "corpus-id", "score")
 
 
 def _named_columns(header: list[str], path: Path) -> tuple[int, int, int] | None:
@@ -570,15 +574,17 @@ def _named_columns(header: list[str], path: Path) -> tuple[int, int, int] | None
     ``path``), read by the names a ``.csv`` file's header or a DataFrame's columns may have
     (:data:`ragkit.types.QRELS_COLUMNS`: ``query-id``, ``qid``, ``docno``, ``label``, ..., case aside); ``None``
     when it is exactly BEIR's ``query-id corpus-id score`` (:func:`_beir_header`), or 3 columns whose names, where
-    known, are BEIR's in BEIR's order (``query doc relevance``): read by position; ``None`` too when it names no
-    such column (:func:`_read_qrels` refuses it at the first judgement, naming line 1).  Any other header naming
+    known, are BEIR's in BEIR's order (``query doc relevance``), or 4 where trec_eval has them (``qid Q0 pid rel``,
+    ``topic iteration docno relevance``): read by position; ``None`` too when it names no such column
+    (:func:`_read_qrels` reads it by position with a warning naming line 1).  Any other header naming
     some of the three columns but not all (or one twice) is a :class:`DataError` listing the names accepted."""
-    from ragkit.types import _qrels_columns  # (local: the import block above is left as it is)
-
     roles = _header_roles(header)
-    if _beir_header(header) or not any(roles) or (len(header) == 3 and all(
-            r in (None, _BEIR_COLUMNS[i]) for i, r in enumerate(roles))):
-        return None  # (3 columns whose names, where known, are BEIR's in BEIR's order, 'query doc relevance': as BEIR)
+    positional = _BEIR_COLUMNS if len(header) == 3 else _TREC_COLUMNS if len(header) == 4 else None
+    if _beir_header(header) or not any(roles) or (positional is not None and all(
+            r in (None, positional[i]) for i, r in enumerate(roles))):
+        # (3 columns whose names, where known, are BEIR's in BEIR's order, 'query doc relevance', or 4 where
+        # trec_eval has them, 'qid Q0 pid rel': read by position, as BEIR and trec_eval read them)
+        return None
     return _qrels_columns([c.strip() for c in header], "read_qrels", f"{path} (its header, line 1)",
                           how="fix the header on line 1, renaming its columns {mapping}",
                           drop="renaming {columns} in the header (to 'unused': a column not named is not read)")
@@ -596,8 +602,10 @@ def read_qrels(path: str | os.PathLike[str]) -> Qrels:
     annotators``), other columns ignored, and every line must have its number of columns (a last column left
     empty, ``q1<TAB>d1<TAB>1<TAB>``, counts); a header naming some of the three but not all is a
     :class:`DataError` listing the names accepted (unless it has 3 columns and the names known stand where BEIR's
-    do, ``query doc relevance``: read as BEIR's), and so is a line 1 taken for a header (its last field no
-    number: a quoted grade, ``"1"``, too) that names none of them, at the file's first judgement.
+    do, ``query doc relevance``, or 4 where trec_eval's do, ``qid Q0 pid rel``: read by position).  A line 1 taken
+    for a header (its last field no number) that names none of them is read as BEIR does, the lines below by
+    position, with a warning; where that field is a quoted number (``"1"``: a headerless file with quoted grades)
+    it is a :class:`DataError` naming line 1.
     Otherwise (BEIR's own header, or none), a line is ``query-id corpus-id score`` (3 columns)
     or trec_eval's ``qid iter docid rel`` (4).  A file with CR-only (old Mac) line endings, or gzip-compressed, is
     a :class:`DataError` saying so.  A ``.csv`` file is read by its header's column names, as
@@ -643,7 +651,7 @@ def _read_qrels(path: str | os.PathLike[str]) -> tuple[Qrels, dict[str, int]]:
             header = row if named is not None else None
             continue
         if first_row is not None and not others and named is None and not any(_header_roles(first_row)):
-            raise _unknown_header(path, first_row)  # (line 1 not dropped silently: said at the first judgement)
+            _unknown_header(path, first_row)  # (line 1 not dropped silently: said at the first judgement)
         others = True
         if named is not None and header is not None:  # extra columns ('annotators') ignored, by name
             # a row has the header's columns when it does counting its trailing tabs as empty columns or not
@@ -692,24 +700,20 @@ def _read_qrels(path: str | os.PathLike[str]) -> tuple[Qrels, dict[str, int]]:
     return qrels, first_line
 
 
-def _unknown_header(path: Path, row: list[str]) -> DataError:
-    """The error for a qrels file whose line 1 (its columns ``row``) was taken for a header (its last field is no
-    number) but names no qrels column: its columns are not guessed by position, nor is the line dropped without a
-    word (a headerless file whose grades are quoted, ``"1"``, would lose its first judgement)."""
-    from ragkit.types import QRELS_COLUMNS  # (local: the import block above is left as it is)
-
+def _unknown_header(path: Path, row: list[str]) -> None:
+    """Say what became of a qrels file's line 1 (its columns ``row``), taken for a header (its last field is no
+    number) that names no qrels column: a :class:`DataError` where its grade is a quoted number (``"1"``: a
+    headerless file whose grades are quoted would lose its first judgement), else a warning on the ``ragkit``
+    logger that the lines below are read by position, as BEIR's and trec_eval's readers read them (BEIR's loader
+    skips line 1 whatever it holds)."""
     shown = "\t".join(row)[:80]
     last = row[-1].strip()
     if len(last) > 1 and last[0] == last[-1] and last[0] in "\"'" and _is_number(last[1:-1]):
-        return DataError(f"{path}:1: line 1 {shown!r}: its grade {last} is quoted, so the line was taken for a "
-                         f"header; qrels grades are bare integers (1, not {last}): remove the quotes from the file")
-    accepted = "; ".join(f"{role}: {', '.join(names)}" for role, names in QRELS_COLUMNS.items())
-    comma = "; a comma-separated file is read by its header when named .csv" if "," in shown else ""
-    return DataError(f"{path}:1: line 1 {shown!r} is a header (its last field {last[:40]!r} is not a number) that "
-                     "names no qrels column, so which column holds what is not known; expected a header naming the "
-                     f"query id, document id and grade columns (the names accepted, case aside: {accepted}), BEIR's "
-                     "'query-id<TAB>corpus-id<TAB>score', or no header (every line a judgement 'q1<TAB>d1<TAB>1', "
-                     f"its grade an integer){comma}")
+        raise DataError(f"{path}:1: line 1 {shown!r}: its grade {last} is quoted, so the line was taken for a "
+                        f"header; qrels grades are bare integers (1, not {last}): remove the quotes from the file")
+    _log.warning("%s:1: line 1 %r is read as a header (its last field is not a number) naming no qrels column "
+                "(ragkit.types.QRELS_COLUMNS); the lines below are read by position, as BEIR's 'query-id "
+                "corpus-id score' or trec_eval's 'qid iter docid rel'", path, shown)
 
 
 def _is_number(text: str) -> bool:
