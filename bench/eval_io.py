@@ -35,7 +35,6 @@ import json
 import pstats
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -52,7 +51,7 @@ from ragkit import Corpus, evaluate  # noqa: E402
 from ragkit.eval import beir  # noqa: E402
 from ragkit.run import Run  # noqa: E402
 
-from _common import OUT, interleaved, print_machine, write_atomic  # noqa: E402
+from _common import OUT, best_of, interleaved, print_machine, write_atomic  # noqa: E402
 
 METRICS = ["ndcg@10", "recall@100", "map@100", "mrr@10"]
 
@@ -74,16 +73,6 @@ def _run(n_q: int, n_docs: int, depth: int = 100, seed: int = 0) -> tuple[Run, d
     run = Run(qids, [ids[r] for r in rows], list(scores))
     qrels = {q: {f"d{j}": 1 for j in rng.integers(0, n_docs, 3).tolist()} for q in qids}
     return run, qrels
-
-
-def best_of(fn: Callable[[], Any], repeat: int = 3) -> float:
-    """The best wall time of ``repeat`` calls of ``fn``, in seconds."""
-    best = float("inf")
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t)
-    return best
 
 
 def json_share(fn: Callable[[], Any]) -> tuple[float, float]:
@@ -117,8 +106,8 @@ def main() -> None:
 
     for n_q in sizes:
         run, qrels = _run(n_q, 20000)
-        t_eval = best_of(lambda: evaluate(run, qrels, metrics=METRICS), args.repeat)
-        t_dicts = best_of(lambda: run.to_dict(), args.repeat)
+        t_eval = best_of(lambda: evaluate(run, qrels, metrics=METRICS), args.repeat)[0]
+        t_dicts = best_of(lambda: run.to_dict(), args.repeat)[0]
         print(f"evaluate {n_q:>6} queries x 100: {t_eval:.3f}s; run -> dicts (Run.to_dict) {t_dicts:.3f}s, "
               f"{t_dicts / max(t_eval, 1e-9):.0%} of it")
         res["evaluate"].append({"queries": n_q, "depth": 100, "evaluate_s": round(t_eval, 4),
