@@ -8,6 +8,7 @@ when absent).  Everything is computed on flat arrays for the whole batch.
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import TYPE_CHECKING, Any, Callable, Literal
 
@@ -15,7 +16,7 @@ import numpy as np
 from pydantic import Field, model_validator
 
 from ragkit._topk import group_positions
-from ragkit.errors import ParamError
+from ragkit.errors import ArtifactError, ParamError
 from ragkit.eval.metrics import _ties_kept
 from ragkit.operator import Operator
 from ragkit.params import Params
@@ -269,8 +270,11 @@ class _Fuser(Operator):
 
         names = [n for n, _ in upstream.branches]
 
-        best: tuple[dict[str, Any], WeightSearch] | None = None
-        for option in self._learnable_options():  # e.g. each score normalisation, weights searched for each
+        options = self._learnable_options()
+        if not options:
+            raise ParamError(f"{self.name}.learn: no setting to learn weights for")  # _learnable_options is never []
+        searches: list[tuple[dict[str, Any], WeightSearch]] = []
+        for option in options:  # e.g. each score normalisation, weights searched for each
             self.option_ = option
             prepared = self._prepare(upstream, with_fields=False)  # what every grid point shares, computed once
             top = self.params.top_k  # what search returns
@@ -283,13 +287,10 @@ class _Fuser(Operator):
 
             tried = ", ".join(f"{k}: {v}" for k, v in option.items())  # which of several settings warns
             where = f"{self.name} ({self._learn_setting()}trying {tried})" if tried else self.name
-            found = learn_weights(fuse, upstream, train.qrels, corpus.ids, folds=self.params.folds, heads=heads,
-                                  where=where)
-            if best is None or found.held_out_ndcg > best[1].held_out_ndcg:  # as the weights kept score held out
-                best = (option, found)
-        if best is None:
-            raise ParamError(f"{self.name}.learn: no setting to learn weights for")  # _learnable_options is never []
-        option, found = best
+            # several settings, the same queries: no fold to hold out is said once, below, not once a setting
+            searches.append((option, learn_weights(fuse, upstream, train.qrels, corpus.ids, folds=self.params.folds,
+                                                   heads=heads, where=where, warn=len(options) == 1)))
+        option, found = searches[self._best_search(searches)]
         self.option_ = option
         self.weights_ = found.weights
         # cv_ndcg@10: the kept weights' cross-validated estimate (equal weights' when they were kept, the
@@ -302,8 +303,35 @@ class _Fuser(Operator):
                          "cv_ndcg@10": found.held_out_ndcg, "train_ndcg@10": found.train_ndcg,
                          "uniform_ndcg@10": found.baseline_ndcg, **set_aside}
 
+    def _best_search(self, searches: list[tuple[dict[str, Any], WeightSearch]]) -> int:
+        """Which of the ``(setting, weight search)`` pairs of the settings :meth:`_learnable_options` tried to keep: the
+        highest cross-validated nDCG@10 of the weights kept (:attr:`WeightSearch.held_out_ndcg`), the first of
+        equal ones.
+
+        Where a search has no such score (nan: its usable training queries all have one text, so none could be
+        held out), every setting is compared by its kept weights' nDCG@10 on the training queries instead
+        (``train_ndcg``), with a warning saying so, once: a comparison with nan is always false, which kept the
+        first setting whatever its quality."""
+        if all(f.cross_validated for _, f in searches):
+            return int(np.argmax([f.held_out_ndcg for _, f in searches]))
+        train = np.nan_to_num(np.array([f.train_ndcg for _, f in searches], np.float64), nan=-np.inf)
+        best = int(np.argmax(train))
+        if len(searches) > 1:
+            why = next((f.note for _, f in searches if f.note), "learning fusion weights: a setting has no "
+                       "cross-validated nDCG@10 (nan)")
+            tried = "; ".join(f"{', '.join(f'{k}: {v}' for k, v in o.items())} {f.train_ndcg:.4f}"
+                              for o, f in searches)
+            kept = ", ".join(f"{k}: {v}" for k, v in searches[best][0].items())
+            setting = self._learn_setting().rstrip(", ")
+            logging.getLogger("ragkit").warning(
+                "%s%s: %s; the settings tried are compared by their nDCG@10 on the training queries instead "
+                "(%s; fitted to those queries, not held out): keeping %s", self.name,
+                f" ({setting})" if setting else "", why, tried, kept)
+        return best
+
     def _learnable_options(self) -> list[dict[str, Any]]:
-        """Settings tried when learning, each with its own weight search; the best by CV wins."""
+        """Settings tried when learning, each with its own weight search; the best by CV wins (by training
+        nDCG@10 where no query could be held out: :meth:`_best_search`)."""
         return [{}]
 
     def _learn_setting(self) -> str:
@@ -316,14 +344,22 @@ class _Fuser(Operator):
             from ragkit._saves import save_arrays, write_json
 
             save_arrays(folder, weights=self.weights_)
-            write_json(folder / "learned.json", self.learned_)
+            # a nan estimate (no query could be held out) as null: NaN is no JSON other readers accept
+            write_json(folder / "learned.json", {k: None if isinstance(v, float) and not math.isfinite(v) else v
+                                                 for k, v in self.learned_.items()})
 
     def _load(self, folder, mmap: bool = False) -> None:
         if (folder / "weights.npy").is_file():
             from ragkit._saves import load_array, read_json
 
             self.weights_ = load_array(folder, "weights")
-            self.learned_ = read_json(folder / "learned.json")
+            learned = read_json(folder / "learned.json")
+            if not isinstance(learned, dict):
+                raise ArtifactError(f"{folder / 'learned.json'}: expected a JSON object (what the fuser learned), "
+                                    f"got {type(learned).__name__}; fit and save the pipeline again")
+            # an estimate saved as null (nan: no query could be held out) is nan again, as the fit reported it
+            # (older saves wrote NaN itself, which Python's json reads as nan too)
+            self.learned_ = {k: float("nan") if v is None and k.endswith("@10") else v for k, v in learned.items()}
             keys = {k for option in self._learnable_options() for k in option}
             self.option_ = {k: self.learned_[k] for k in keys if k in self.learned_}
 

@@ -86,6 +86,9 @@ class WeightSearch:
     kept: Literal["learned", "uniform"] = "learned"
     averaged: np.ndarray = field(default_factory=lambda: np.zeros(0))
     averaged_train_ndcg: float = float("nan")
+    #: why no cross-validated estimate was made (the usable queries all have one text), "" when one was: the
+    #: warning's text, less the ``where`` that starts it (given to a fuser that asked not to be warned)
+    note: str = ""
 
     @property
     def held_out_ndcg(self) -> float:
@@ -98,6 +101,12 @@ class WeightSearch:
         unbiased figure, score the kept weights on queries no choice saw (``ragkit train``'s held-out
         report)."""
         return self.cv_ndcg if self.kept == "learned" else self.uniform_cv_ndcg
+
+    @property
+    def cross_validated(self) -> bool:
+        """Whether :attr:`held_out_ndcg` is a number: False (it is nan) when no query could be held out (the usable
+        queries all have one text); settings are then compared by their training nDCG@10 (``train_ndcg``)."""
+        return bool(np.isfinite(self.held_out_ndcg))
 
     def report(self) -> dict[str, object]:
         """What a fuser's ``learned_`` should add to its weights and estimates when equal weights were kept
@@ -124,7 +133,7 @@ def best_grid_point(scores: np.ndarray, from_uniform: np.ndarray, tol: float = 1
 def learn_weights(fuse: Callable[[State, np.ndarray], list[Ranking]], state: State, qrels: Qrels,
                   corpus_ids: np.ndarray, *, folds: int = 5, step: float | None = None, seed: int = 0,
                   heads: Callable[[np.ndarray, int], tuple[np.ndarray, ...]] | None = None,
-                  where: str = "") -> WeightSearch:
+                  where: str = "", warn: bool = True) -> WeightSearch:
     """Choose branch weights maximising nDCG@10 on the usable queries of ``state``: those with a judgement
     > 0 of a document in ``corpus_ids`` (:func:`~ragkit.types.usable_query_ids`; others score nDCG 0 for
     every weight and are left out).  At least 2 are needed (:class:`DataError`).
@@ -137,8 +146,9 @@ def learn_weights(fuse: Callable[[State, np.ndarray], list[Ranking]], state: Sta
     The queries of one text (:func:`~ragkit.types.normalised_text`: whitespace and case aside) share a fold,
     whatever their ids, as ``ragkit train``'s held-out fold keeps them; the texts, numbered in the order of their
     first query, are permuted with ``seed`` (without shared texts: the fold of a permutation of the queries).
-    Usable queries of one text leave no question to hold out: equal weights are kept, with a warning, and the
-    cross-validated estimates are nan (only equal weights are scored).
+    Usable queries of one text leave no question to hold out: equal weights are kept, with a warning (its text
+    also in ``note``), and the cross-validated estimates are nan (only equal weights are scored;
+    ``cross_validated`` is False).
 
     Parameters
     ----------
@@ -155,7 +165,11 @@ def learn_weights(fuse: Callable[[State, np.ndarray], list[Ranking]], state: Sta
         with the same nDCG, without building rankings (SciFact train, 3 branches: 3-6x faster).
     where : str
         The fuser and the setting tried (``"weighted (norm: learn, trying zscore)"``), starting the warning
-        when equal weights are kept: a fuser trying several settings may warn once for each.
+        when equal weights are kept: a fuser trying several settings may warn once for each (when the learned
+        weights of several do not beat equal weights).
+    warn : bool
+        False: the queries of one text are not warned of here, only described in the result's ``note`` (a fuser
+        trying several settings, the same queries for each, says it once, with how it then chose among them).
 
     The weights are exact means: the per-fold picks (multiples of the grid step, or the uniform point's
     ``1 / n``) are averaged in fractions and rounded once, so 0.8, 0.9, 0.8, 0.8, 0.9 average to 0.84, not
@@ -198,13 +212,13 @@ def learn_weights(fuse: Callable[[State, np.ndarray], list[Ranking]], state: Sta
             per_q[g] = [pq["ndcg@10"][q] for q in qids]
     if n_texts < 2:
         baseline = float(per_q[uniform].mean())
-        logging.getLogger("ragkit").warning(
-            "%slearning fusion weights: the %d usable training queries (%s) all have one text (whitespace and case "
-            "aside), %r; cross-validation keeps the queries of one text in one fold, so none can be held out; keeping "
-            "equal weights (no cross-validated nDCG@10: nan)", f"{where}: " if where else "", len(qids),
-            some_ids(qids), text_of[qids[0]])
+        note = (f"learning fusion weights: the {len(qids)} usable training queries ({some_ids(qids)}) all have one "
+                f"text (whitespace and case aside), {text_of[qids[0]]!r}; cross-validation keeps the queries of one "
+                "text in one fold, so none can be held out; keeping equal weights (no cross-validated nDCG@10: nan)")
+        if warn:
+            logging.getLogger("ragkit").warning("%s%s", f"{where}: " if where else "", note)
         return WeightSearch(weights=grid[uniform].copy(), fold_picks=np.zeros((0, n)), cv_ndcg=float("nan"),
-                            train_ndcg=baseline, baseline_ndcg=baseline, kept="uniform")
+                            train_ndcg=baseline, baseline_ndcg=baseline, kept="uniform", note=note)
     # the queries of one text (normalised_text) share a fold, as train's held-out fold keeps them on one side: a
     # question picked on under one id and scored under another is not held out.  The texts, numbered in the order
     # of their first query, are permuted with the seed; without shared texts this is the old per-query fold.
