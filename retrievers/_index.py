@@ -83,6 +83,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
 import numpy as np
 
+from ragkit._cpus import usable_cpus
 from ragkit._files import atomic_file, check_npy_size
 from ragkit._locks import ReadWriteLock
 from ragkit._topk import desc_order, fix_cut_ties
@@ -394,7 +395,8 @@ class VectorIndex:
     exact_max : int
         ``search="auto"`` threshold.
     threads : int
-        usearch threads (0 = all cores).
+        usearch threads (0 = all cores: the CPUs this process may use, :func:`~ragkit._cpus.usable_cpus`, counted
+        at each call, so that a saved index keeps 0).
     reorder : bool
         HNSW, from ``REORDER_MIN`` vectors per ``build`` / ``add``: insert a random tenth first, then
         the rest cluster by cluster (:func:`~ragkit.retrievers._locality.insertion_order`), so that
@@ -538,6 +540,11 @@ class VectorIndex:
                 "connectivity": self.connectivity, "expansion_add": self.expansion_add,
                 "expansion_search": self.expansion_search, "exact_max": self.exact_max, "threads": self.threads,
                 "reorder": self.reorder}
+
+    def _threads(self) -> int:
+        """usearch's thread count for one add or search: ``threads``, or for 0 the CPUs this process may use
+        (usearch's own 0 counts the machine's)."""
+        return self.threads if self.threads > 0 else usable_cpus()
 
     def __repr__(self) -> str:
         state = f"n={self.n_alive}, backend={self.backend}" if self.built else "unbuilt"
@@ -920,7 +927,7 @@ class VectorIndex:
             part = x[rows]  # a copy (fancy index): int8 codes scale it in place
             codes = self._codes(part, for_usearch=True, inplace=True)
             del part
-            graph.add(slots[rows].astype(np.uint64), codes, threads=self.threads)
+            graph.add(slots[rows].astype(np.uint64), codes, threads=self._threads())
 
     def _scratch(self) -> Path:
         if self.workdir is not None:
@@ -1143,7 +1150,7 @@ class VectorIndex:
             order = np.arange(len(keys), dtype=np.int64)
         for a in range(0, len(order), 131_072):
             rows = order[a:a + 131_072]
-            self._graph().add(keys[rows].astype(np.uint64), codes[rows], threads=self.threads)
+            self._graph().add(keys[rows].astype(np.uint64), codes[rows], threads=self._threads())
 
     def _write_live_floats(self, live: np.ndarray) -> np.ndarray:
         """A new scratch ``.npy`` of the float vectors of slots ``live``, copied in chunks of ``COPY_BYTES``."""
@@ -1272,12 +1279,12 @@ class VectorIndex:
         graph = self._graph()
         with self._ef_lock.reading():
             if ef is None or ef == graph.expansion_search:
-                return graph.search(q, kk, threads=self.threads)
+                return graph.search(q, kk, threads=self._threads())
         with self._ef_lock.writing():
             old = graph.expansion_search
             graph.expansion_search = ef  # type: ignore[misc]  # usearch defines the setter apart from the getter
             try:
-                return graph.search(q, kk, threads=self.threads)
+                return graph.search(q, kk, threads=self._threads())
             finally:
                 graph.expansion_search = old  # type: ignore[misc]
 

@@ -60,6 +60,7 @@ import numpy as np
 import scipy.sparse as sp
 from pydantic import Field, model_validator
 
+from ragkit._cpus import usable_cpus
 from ragkit._saves import load_array, read_json, save_arrays, write_json
 from ragkit._topk import group_positions, rankings_from_matrix, topk_rows
 from ragkit.errors import DataError, InputTypeError, some_ids
@@ -858,7 +859,8 @@ class BM25Params(Params):
     stemmer: Literal["porter", "english", "none"] = Field(
         default="porter", description="PyStemmer algorithm: 'porter', 'english' (Snowball) or 'none'.")
     fields: Literal["title_text", "text"] = Field(default="title_text", description="Index title + text, or text only.")
-    n_jobs: int = Field(default=1, ge=-1, description="Threads scoring query chunks in parallel; 0 or -1 = all cores.")
+    n_jobs: int = Field(default=1, ge=-1, description="Threads scoring query chunks in parallel; 0 or -1 = all cores "
+                                                    "(the CPUs this process may use).")
     filter: MetadataFilter = Field(default=None, description="Metadata filter {field: value or [values]}.")
 
     @model_validator(mode="after")
@@ -1468,7 +1470,7 @@ class BM25(Operator):
         mask = self.filter_mask(state, view.corpus)
         drop = None if mask is None else ~mask
         n_jobs = int(self.opt(state, "n_jobs", self.params.n_jobs))
-        n_jobs = (os.cpu_count() or 1) if n_jobs in (0, -1) else max(n_jobs, 1)
+        n_jobs = usable_cpus() if n_jobs in (0, -1) else max(n_jobs, 1)  # (the CPUs this process may use)
         try:
             return self._search_index(state, texts, k, drop, n_jobs, view)
         except DataError:

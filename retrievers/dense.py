@@ -114,7 +114,8 @@ class DenseParams(Params):
     expansion_search: int = Field(default=64, ge=1, le=_MAX_BEAM, description="HNSW beam width while searching (ef).")
     exact_max: int = Field(default=EXACT_MAX,
                            ge=0, description="search=auto: exact numpy search up to this many documents.")
-    threads: int = Field(default=0, ge=-1, description="usearch threads; 0 or -1 = all cores.")
+    threads: int = Field(default=0, ge=-1,
+                         description="usearch threads; 0 or -1 = all cores (the CPUs this process may use).")
     reorder: bool = Field(default=True,
                           description="HNSW, from 16,384 documents: insert a random tenth first, then the rest "
                                      "cluster by cluster (faster builds, as fast or faster search at equal "

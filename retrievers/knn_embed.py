@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 import numpy as np
 from pydantic import Field, model_validator
 
+from ragkit._cpus import usable_cpus
 from ragkit._saves import load_array, read_json, save_arrays, write_json
 from ragkit._topk import desc_order, topk_rows
 from ragkit.encoders import DEFAULT_MODEL, check_encoder_key, query_vectors, save_encoder_key, unit_rows
@@ -77,10 +78,10 @@ class KnnEmbedParams(Params):
     seed: Seed = Field(default=0, description="k-means random seed.")
     fit_threads: int | None = Field(
         default=1,
-        ge=-1, description="Threads for k-means (OpenMP/BLAS); 0 or -1 = all cores; None = library default.  1 is "
-                          "~10x faster than 2 on a shared, oversubscribed machine.  Other thread counts give the same "
-                          "labels (measured: 1 vs 2 threads), with centroids equal only to float rounding, not bit "
-                          "for bit.")
+        ge=-1, description="Threads for k-means (OpenMP/BLAS); 0 or -1 = all cores (the CPUs this process may "
+                          "use); None = library default.  1 is ~10x faster than 2 on a shared, oversubscribed "
+                          "machine.  Other thread counts give the same labels (measured: 1 vs 2 threads), with "
+                          "centroids equal only to float rounding, not bit for bit.")
     min_cluster_size: int = Field(
         default=5, ge=1, description="Clusters with fewer documents are never a mixture component "
                                      "(they still serve the anchor).")
@@ -334,10 +335,8 @@ class KnnEmbed(Operator):
             _log.warning(f"knn_embed.fit: n_clusters={self.params.n_clusters} but the corpus has {n} "
                          f"document{'s' * (n != 1)}; using {c} cluster{'s' * (c != 1)} (one per document)")
         threads = self.params.fit_threads
-        if threads in (0, -1):  # all cores
-            import os
-
-            threads = os.cpu_count() or 1
+        if threads in (0, -1):  # all cores: the CPUs this process may use
+            threads = usable_cpus()
         with threadpool_limits(threads), warnings.catch_warnings():
             # fewer distinct vectors than clusters (duplicate documents): scikit-learn's ConvergenceWarning,
             # said below in ragkit's words (the clusters it could not fill stay empty and are never used)
