@@ -48,6 +48,7 @@ import contextlib
 import functools
 import logging
 import os
+import pickle
 import shutil
 import tempfile
 import threading
@@ -293,11 +294,27 @@ def _check_cpus(ray: Any, where: str) -> None:
                      f"on an autoscaling cluster that adds CPU nodes on demand, set $RAGKIT_RAY_WAIT_FOR_CPUS=1")
 
 
-def _unsendable(corpus: Corpus, e: BaseException) -> str:
+# what pickling raises for a value it cannot serialise (a lock, a socket: TypeError "cannot pickle ..."; cloudpickle's
+# PicklingError; an object whose reduction reads a missing attribute: AttributeError); Ray's task submission wraps a
+# TypeError as TypeError("Could not serialize the argument ...") and lets the others through as they were
+_PICKLING_ERRORS: tuple[type[Exception], ...] = (pickle.PicklingError, TypeError, AttributeError)
+
+
+def _unsendable(corpus: Corpus, e: BaseException, args: tuple[Any, ...]) -> str | None:
     """Why the documents ``corpus`` (one shard's) could not be sent to a Ray worker (``e``: what Ray raised
-    serialising them, a metadata value that does not pickle): the error a local fit gives on them, the
-    :class:`~ragkit.errors.DataError` of their save naming the document and the metadata field (a save into a
-    temporary folder, made here only once sending failed), else Ray's own text."""
+    submitting the task of arguments ``args``, among them ``corpus``), or None when ``args`` pickle after all
+    (``ray.cloudpickle``, Ray's pickler): then ``e`` is not a pickling failure (a bug, a Ray that failed), and the
+    caller re-raises it as it was.  When they do not pickle (a metadata value that does not): the error a local
+    fit gives on them, the :class:`~ragkit.errors.DataError` of their save naming the document and the metadata
+    field (a save into a temporary folder, made here only once sending failed), else Ray's own text."""
+    from ray import cloudpickle
+
+    try:
+        cloudpickle.dumps(args)
+    except Exception:  # noqa: BLE001 - any failure to pickle them: they cannot be sent
+        pass
+    else:
+        return None
     with tempfile.TemporaryDirectory(prefix="ragkit-probe-") as tmp:
         try:
             corpus.save(Path(tmp) / "corpus.jsonl")
@@ -1312,10 +1329,14 @@ class Sharded(Operator):
         refs: list[Any] = []
         try:
             for s, sh in zip(live, slices):
+                args = (node, sh, folders[s])
                 try:
-                    refs.append(task.remote(node, sh, folders[s]))
-                except Exception as e:  # noqa: BLE001 - Ray could not serialise the shard's documents
-                    raise failed(s, _unsendable(sh, e)) from None
+                    refs.append(task.remote(*args))
+                except _PICKLING_ERRORS as e:  # Ray could not serialise the shard's documents, or another failure
+                    why = _unsendable(sh, e, args)
+                    if why is None:  # (the arguments pickle: not theirs; raised as it was)
+                        raise
+                    raise failed(s, why) from None
             for s, ref in zip(live, refs):
                 try:
                     ray.get(ref)
