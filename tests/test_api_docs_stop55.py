@@ -44,6 +44,8 @@ def test_bm25_n_jobs_0_and_minus_1_are_all_cores(n_jobs, monkeypatch):
 
     monkeypatch.setattr(BM25, "_search_index", spy)
     monkeypatch.setattr(bm25_module.os, "cpu_count", lambda: 7)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(7)), raising=False)  # usable_cpus
+    monkeypatch.setattr(os, "process_cpu_count", lambda: 7, raising=False)
     bm = BM25(k=5, n_jobs=n_jobs).fit(corpus)
     assert bm.params.n_jobs == n_jobs  # kept as written
     run = bm.search(["w1 w2", "w3"])
@@ -82,6 +84,8 @@ def test_knn_embed_fit_threads_0_and_minus_1_are_all_cores(threads, monkeypatch)
 
     monkeypatch.setattr(threadpoolctl, "threadpool_limits", spy)
     monkeypatch.setattr(os, "cpu_count", lambda: 3)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(3)), raising=False)  # usable_cpus
+    monkeypatch.setattr(os, "process_cpu_count", lambda: 3, raising=False)
     corpus = word_corpus(40)
     vecs = np.random.default_rng(0).standard_normal((40, 8)).astype(np.float32)
     for value, expected in ((threads, 3), (None, None), (2, 2)):
