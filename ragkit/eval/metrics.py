@@ -12,6 +12,7 @@ judged queries the run lacks.  Per-query values are kept for significance tests.
 from __future__ import annotations
 
 import contextlib
+import difflib
 import logging
 import re
 import unicodedata
@@ -31,7 +32,7 @@ if TYPE_CHECKING:  # pandas is optional
 
     import pandas as pd
 
-__all__ = ["evaluate", "EvalResult", "parse_metric", "paired_randomization_test", "sign_flip_pvalues",
+__all__ = ["evaluate", "EvalResult", "parse_metric", "parse_metrics", "paired_randomization_test", "sign_flip_pvalues",
            "check_relevance_level", "per_query_ndcg", "per_query_metrics", "drop_identical_ids"]
 
 _log = logging.getLogger(__name__)
@@ -43,15 +44,105 @@ DEFAULT_METRICS = ("ndcg@10", "recall@100", "map@10", "mrr@10", "p@10")
 _MAX_CUTOFF = 2**31 - 1
 
 
+_FAMILIES = ("ndcg", "recall", "map", "mrr", "p", "r_cap", "hole", "acc")
+#: other spellings of the metric names (trec_eval's, longer words), offered as "did you mean" hints only
+_ALIASES = {"precision": "p", "ndcg_cut": "ndcg", "map_cut": "map", "recip_rank": "mrr", "rr": "mrr",
+            "accuracy": "acc", "top_k_accuracy": "acc", "rcap": "r_cap", "capped_recall": "r_cap"}
+_DEFAULT_CUT = {name.split("@")[0]: int(name.split("@")[1]) for name in DEFAULT_METRICS}
+_EXPECTED = ("expected one of ndcg@k, recall@k, map@k, mrr@k, p@k, r_cap@k, hole@k, acc@k with "
+             f"1 <= k <= {_MAX_CUTOFF}")
+_METRIC = re.compile(r"\s*(ndcg|recall|map|mrr|p|r_cap|hole|acc)\s*@\s*(\d+)\s*")
+
+
+def _family(word: str) -> tuple[str | None, bool]:
+    """The metric family ``word`` names, and whether it names it exactly (``("ndcg", True)``); a close
+    spelling or another name of one (``"ndgc"``, ``"precision"``: difflib, cutoff 0.65) gives ``(family,
+    False)``, anything else ``(None, False)``."""
+    if word in _FAMILIES:
+        return word, True
+    if word in _ALIASES:
+        return _ALIASES[word], False
+    close = difflib.get_close_matches(word, [*_FAMILIES, *_ALIASES], n=1, cutoff=0.65)
+    return (_ALIASES.get(close[0], close[0]) if close else None), False
+
+
+def _metric_problem(name: str) -> tuple[str, str | None]:
+    """Why ``name`` (a string :data:`_METRIC` does not read, or reads with a cut-off out of range) is no metric,
+    and the full spelling it likely meant (``'ndcg@10'``) or ``None``."""
+    s = name.strip().lower()
+    m = _METRIC.fullmatch(s)
+    if m:  # a known metric, its cut-off out of range
+        k = int(m.group(2))
+        if k < 1:
+            return f"the cut-off must be an integer >= 1, got {k}", None
+        return f"the cut-off must be at most {_MAX_CUTOFF} (trec_eval reads it as a C int), got {k}", None
+    if not s:
+        return "the name is empty", None
+    if "@" in s:
+        word, _, cut = (x.strip() for x in s.partition("@"))
+        if not word:
+            return "the metric's name is missing before '@'", None
+        fam, exact = _family(word)
+        integral = re.fullmatch(r"([+-]?\d+)(?:\.0*)?", cut)  # (10.0: 10; +10: 10)
+        given = int(integral.group(1)) if integral else None
+        good = given is not None and 1 <= given <= _MAX_CUTOFF
+        hint = f"{fam}@{given if good else _DEFAULT_CUT.get(fam, 10)}" if fam else None
+        if not exact:
+            return f"no metric is named {word!r}", hint
+        if not cut:
+            return "the cut-off is missing after '@'", hint
+        if given is not None and given < 1:
+            return f"the cut-off must be an integer >= 1, got {given}", None
+        return f"the cut-off must be an integer >= 1, got {cut!r}", hint if good else None
+    joined = re.fullmatch(r"([a-z][a-z_\- ]*?)[\s_.:\-]*(\d+)", s)  # ndcg10, trec_eval's ndcg_cut_10, P_10
+    if joined:
+        fam, _ = _family(joined.group(1).strip())
+        k = int(joined.group(2))
+        if fam:
+            return "no '@' between the name and the cut-off", f"{fam}@{k if 1 <= k <= _MAX_CUTOFF else 10}"
+    fam, exact = _family(s)
+    hint = f"{fam}@{_DEFAULT_CUT.get(fam, 10)}" if fam else None
+    if exact:
+        return "the cut-off is missing", hint
+    return f"no metric is named {s!r}", hint
+
+
 def parse_metric(name: str) -> tuple[str, int]:
-    """``"nDCG@10"`` -> ``("ndcg", 10)``; unknown names raise with the accepted forms."""
-    if not isinstance(name, str):
-        raise DataError(f"metric {name!r} is {_a(type(name).__name__)}; expected a name such as 'ndcg@10'")
-    m = re.fullmatch(r"\s*(ndcg|recall|map|mrr|p|r_cap|hole|acc)\s*@\s*(\d+)\s*", name.lower())
-    if not m or not 1 <= int(m.group(2)) <= _MAX_CUTOFF:  # trec_eval reads the cut-off as a C int
-        raise DataError(f"unknown metric {name!r}; expected one of ndcg@k, recall@k, map@k, mrr@k, p@k, "
-                        f"r_cap@k, hole@k, acc@k with 1 <= k <= {_MAX_CUTOFF}")
-    return m.group(1), int(m.group(2))
+    """``"nDCG@10"`` -> ``("ndcg", 10)``; anything else is a :class:`DataError` saying what was given, why it is
+    no metric (an unknown name, a cut-off missing, not an integer or out of range), the close spelling it likely
+    meant (``'ndgc@10'``: did you mean ``'ndcg@10'``?) and the accepted forms."""
+    return parse_metrics([name])[0]
+
+
+def parse_metrics(names: Iterable[str]) -> list[tuple[str, int]]:
+    """:func:`parse_metric` of every name of ``names``, in order; the names it cannot read are refused together,
+    in one :class:`DataError` naming each with why (an unknown name, a cut-off missing or out of range) and the
+    close spelling it likely meant (``unknown metrics 'foo@5' (no metric is named 'foo'), 'recal@100' (no metric
+    is named 'recal'; did you mean 'recall@100'?); expected one of ...``).  Duplicates are the caller's to
+    refuse."""
+    given = [names] if isinstance(names, str) else list(names)  # (a string is one name, not its letters)
+    out: list[tuple[str, int]] = []
+    bad: list[tuple[Any, str, str | None]] = []
+    for name in given:
+        if not isinstance(name, str):
+            bad.append((name, f"{_a(type(name).__name__)}, not a name", None))
+            continue
+        m = _METRIC.fullmatch(name.lower())
+        if m and 1 <= int(m.group(2)) <= _MAX_CUTOFF:  # trec_eval reads the cut-off as a C int
+            out.append((m.group(1), int(m.group(2))))
+        else:
+            bad.append((name, *_metric_problem(name)))
+    if len(bad) == 1 and not isinstance(bad[0][0], str):
+        raise DataError(f"metric {bad[0][0]!r} is {_a(type(bad[0][0]).__name__)}; expected a name such as 'ndcg@10'")
+    if len(bad) == 1:
+        what, why, hint = bad[0]
+        raise DataError(f"unknown metric {what!r}: {why}" + (f" (did you mean {hint!r}?)" if hint else "")
+                        + f"; {_EXPECTED}")
+    if bad:
+        raise DataError("unknown metrics " + ", ".join(
+            f"{what!r} ({why}" + (f"; did you mean {hint!r}?)" if hint else ")") for what, why, hint in bad)
+            + f"; {_EXPECTED}")
+    return out
 
 
 @dataclass
@@ -511,7 +602,8 @@ def _evaluate(
         raise DataError(f"evaluate: metrics must be a metric name or a list of them (e.g. ['ndcg@10']), got "
                         f"{metrics!r:.60}")
     # "ndcg@10 " is "ndcg@10", not a metric of its own
-    parsed = [(name.strip(), fam, k) for name, fam, k in ((m, *parse_metric(m)) for m in metrics)]
+    metrics = list(metrics)  # (every unreadable name refused at once)
+    parsed = [(name.strip(), fam, k) for name, (fam, k) in zip(metrics, parse_metrics(metrics))]
     if not parsed:
         raise DataError(f"evaluate: no metric asked for; give at least one, e.g. {list(DEFAULT_METRICS[:2])}")
     if isinstance(qrels, Run):

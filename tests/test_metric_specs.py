@@ -1,0 +1,108 @@
+"""Metric specifications (``ndcg@10``) refused as clearly as a pipeline's YAML.
+
+Review: ``evaluate(..., ["ndcg@10", "foo@5", "recal@100"])`` named only ``foo@5``; ``ndgc@10`` got no "did you
+mean 'ndcg@10'"; ``ndcg@0`` was an "unknown metric" with no word of its cut-off.  Every unreadable name is now
+named in one error, with why (an unknown name, a cut-off missing, not an integer, out of range) and the full
+spelling it likely meant; the message still starts "unknown metric" (what existing callers match)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from ragkit.errors import DataError
+from ragkit.eval import evaluate, parse_metric
+from ragkit.eval.metrics import parse_metrics
+
+RUN = {"q1": {"d1": 2.0, "d2": 1.0}}
+QRELS = {"q1": {"d2": 1}}
+
+
+def _message(names: list[str]) -> str:
+    with pytest.raises(DataError) as e:
+        parse_metrics(names)
+    return str(e.value)
+
+
+def test_every_bad_name_of_a_list_is_named_in_one_error():
+    said = _message(["ndcg@10", "foo@5", "recal@100"])
+    assert said.startswith("unknown metrics 'foo@5' (no metric is named 'foo'), 'recal@100' (no metric is named "
+                           "'recal'; did you mean 'recall@100'?); expected one of ndcg@k, recall@k"), said
+    assert "'ndcg@10'" not in said  # (the good one is not named)
+
+
+def test_evaluate_names_every_bad_metric_before_any_work():
+    for metrics in (["ndcg@10", "foo@5", "recal@100"], (m for m in ["ndcg@10", "foo@5", "recal@100"])):
+        with pytest.raises(DataError, match=r"unknown metrics 'foo@5' \(no metric is named 'foo'\), 'recal@100' "
+                                            r"\(no metric is named 'recal'; did you mean 'recall@100'\?\)"):
+            evaluate(RUN, {}, metrics)  # (empty qrels: refused after the metrics)
+    assert evaluate(RUN, QRELS, (m for m in [" nDCG@10", "p@1"])).scores == {"nDCG@10": pytest.approx(0.6309297),
+                                                                            "p@1": 0.0}
+
+
+@pytest.mark.parametrize("bad, says", [
+    ("ndgc@10", "unknown metric 'ndgc@10': no metric is named 'ndgc' (did you mean 'ndcg@10'?)"),
+    ("NDGC@5", "unknown metric 'NDGC@5': no metric is named 'ndgc' (did you mean 'ndcg@5'?)"),
+    ("recal@100", "(did you mean 'recall@100'?)"),
+    ("precision@5", "no metric is named 'precision' (did you mean 'p@5'?)"),
+    ("ndcg_cut_10", "unknown metric 'ndcg_cut_10': no '@' between the name and the cut-off (did you mean 'ndcg@10'?)"),
+    ("ndcg10", "(did you mean 'ndcg@10'?)"),
+    ("ndcg@0", "unknown metric 'ndcg@0': the cut-off must be an integer >= 1, got 0;"),
+    ("ndcg@-1", "unknown metric 'ndcg@-1': the cut-off must be an integer >= 1, got -1;"),
+    ("recall@x", "unknown metric 'recall@x': the cut-off must be an integer >= 1, got 'x';"),
+    ("ndcg@10.0", "the cut-off must be an integer >= 1, got '10.0' (did you mean 'ndcg@10'?)"),
+    ("ndcg@", "unknown metric 'ndcg@': the cut-off is missing after '@' (did you mean 'ndcg@10'?)"),
+    ("ndcg", "unknown metric 'ndcg': the cut-off is missing (did you mean 'ndcg@10'?)"),
+    ("recall", "the cut-off is missing (did you mean 'recall@100'?)"),
+    ("ndcg@3000000000", "the cut-off must be at most 2147483647 (trec_eval reads it as a C int), got 3000000000"),
+    ("@10", "unknown metric '@10': the metric's name is missing before '@'"),
+    ("", "unknown metric '': the name is empty"),
+])
+def test_a_bad_name_says_why_and_what_it_likely_meant(bad: str, says: str):
+    with pytest.raises(DataError) as e:
+        parse_metric(bad)
+    said = str(e.value)
+    assert says in said and said.startswith(f"unknown metric {bad!r}"), said
+    assert said.endswith("expected one of ndcg@k, recall@k, map@k, mrr@k, p@k, r_cap@k, hole@k, acc@k with "
+                         "1 <= k <= 2147483647"), said
+
+
+@pytest.mark.parametrize("bad", ["foo@5", "bpref@10", "hits@10", "ndcg@x"])
+def test_no_hint_for_a_name_close_to_nothing(bad: str):
+    with pytest.raises(DataError) as e:
+        parse_metric(bad)
+    assert "did you mean" not in str(e.value), str(e.value)
+
+
+def test_a_non_string_is_named_as_before_alone_and_in_a_list():
+    with pytest.raises(DataError, match=r"^metric 5 is an int; expected a name such as 'ndcg@10'$"):
+        parse_metric(5)  # type: ignore[arg-type]
+    with pytest.raises(DataError, match=r"^metric 5 is an int; expected a name such as 'ndcg@10'$"):
+        evaluate(RUN, QRELS, ["ndcg@10", 5])  # type: ignore[list-item]
+    assert _message(["ndcg@10", 5, "x"]).startswith(  # type: ignore[list-item]
+        "unknown metrics 5 (an int, not a name), 'x' (no metric is named 'x'); expected one of")
+
+
+def test_good_names_read_as_before():
+    assert parse_metrics(["nDCG@10", " P @ 5 ", "r_cap@3", "hole@1", "acc@2147483647"]) == [
+        ("ndcg", 10), ("p", 5), ("r_cap", 3), ("hole", 1), ("acc", 2147483647)]
+    assert parse_metrics("mrr@10") == [("mrr", 10)]  # (a string is one name)
+
+
+def _cli(*args: object):
+    from typer.testing import CliRunner
+
+    from ragkit.cli import app
+
+    return CliRunner().invoke(app, [str(a) for a in args], env={"COLUMNS": "200"})
+
+
+@pytest.mark.parametrize("bad, says", [
+    ("ndgc@10", "--metrics: unknown metric 'ndgc@10': no metric is named 'ndgc' (did you mean 'ndcg@10'?)"),
+    ("ndcg@0", "--metrics: unknown metric 'ndcg@0': the cut-off must be an integer >= 1, got 0;"),
+])
+def test_cli_metrics_say_why_before_any_work(tmp_path: Path, bad: str, says: str):
+    """``ragkit eval -m`` reads each name with :func:`parse_metric`: refused (exit 2) before the data is read."""
+    res = _cli("eval", "--data", tmp_path / "missing", "-p", "bm25", "-m", f"ndcg@10,{bad}")
+    assert res.exit_code == 2 and says in " ".join(res.output.split()), res.output
