@@ -644,6 +644,8 @@ def test_a_retriever_saves_and_loads_with_its_k_and_search_kwargs(tmp_path):
         bad.save(tmp_path / "app")
     assert (tmp_path / "app" / "retriever.json").read_text() == before  # the earlier save is untouched
 
+    with pytest.raises(FileNotFoundError, match="no such folder"):  # ArtifactNotFoundError, as Pipeline.load's
+        RagkitRetriever.load(tmp_path / "never-saved")  # (a service waiting for a first save catches it)
     _fitted_bm25().save(tmp_path / "plain")
     with pytest.raises(ArtifactError, match=r"no retriever.json; a saved pipeline without the retriever's settings"):
         RagkitRetriever.load(tmp_path / "plain")

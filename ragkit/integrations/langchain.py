@@ -57,7 +57,15 @@ from ragkit._files import user_path
 from ragkit._locks import ReadWriteLock, lock_of
 from ragkit._saves import _json_default, read_json
 from ragkit.encoders.sentence import as_texts
-from ragkit.errors import ArtifactError, DataError, InputTypeError, NotFittedError, ParamError, repeated
+from ragkit.errors import (
+    ArtifactError,
+    ArtifactNotFoundError,
+    DataError,
+    InputTypeError,
+    NotFittedError,
+    ParamError,
+    repeated,
+)
 from ragkit.integrations.langchain_generate import RagkitGenerator
 from ragkit.metadata import AllOf, all_filters, check_added_kinds, check_metadata_kinds, is_missing
 from ragkit.operator import Operator
@@ -1045,8 +1053,9 @@ class RagkitRetriever(BaseRetriever):
         folder = user_path(path, "RagkitRetriever.load: path")
         if not folder.is_dir():  # (not "no retriever.json": there is no folder to hold one)
             what = "a file, not a folder" if folder.exists() else "no such folder"
-            raise ArtifactError(f"RagkitRetriever.load: {folder}: {what}; expected a folder written by "
-                                "RagkitRetriever.save")
+            error = ArtifactError if folder.exists() else ArtifactNotFoundError  # (FileNotFoundError, as Pipeline.load)
+            raise error(f"RagkitRetriever.load: {folder}: {what}; expected a folder written by "
+                        "RagkitRetriever.save")
         if not (folder / RETRIEVER_FILE).is_file():
             what = ("a saved pipeline without the retriever's settings: RagkitRetriever(pipeline=path) wraps it"
                     if (folder / "manifest.json").is_file() or (folder / "params.json").is_file()
