@@ -106,3 +106,17 @@ def test_cli_metrics_say_why_before_any_work(tmp_path: Path, bad: str, says: str
     """``ragkit eval -m`` reads each name with :func:`parse_metric`: refused (exit 2) before the data is read."""
     res = _cli("eval", "--data", tmp_path / "missing", "-p", "bm25", "-m", f"ndcg@10,{bad}")
     assert res.exit_code == 2 and says in " ".join(res.output.split()), res.output
+
+
+def test_cli_and_compare_name_every_bad_metric(tmp_path: Path):
+    """``ragkit eval -m`` and :func:`ragkit.eval.compare` name every name they cannot read in one message (they
+    stopped at the first)."""
+    res = _cli("eval", "--data", tmp_path / "missing", "-p", "bm25", "-m", "ndcg@10,foo@5,recal@100")
+    out = " ".join(res.output.split())
+    assert res.exit_code == 2 and "'foo@5'" in out and "did you mean 'recall@100'?" in out, res.output
+    from ragkit.errors import RagkitError
+    from ragkit.eval import compare, evaluate
+
+    scored = evaluate({"q": {"d": 1.0}}, {"q": {"d": 1}}, metrics=["ndcg@10"])
+    with pytest.raises(RagkitError, match=r"'foo@5' .*'recal@100' .*did you mean 'recall@100'"):
+        compare({"a": scored, "b": scored}, metrics=["foo@5", "recal@100"])

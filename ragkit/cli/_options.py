@@ -104,19 +104,17 @@ def _parse_ks(ks: str) -> list[int]:
 
 
 def _parse_metric_names(metrics: str) -> list[str]:
-    """``--metrics``' comma-separated names (``ndcg@10,hole@10``), each checked (:func:`parse_metric`), in
+    """``--metrics``' comma-separated names (``ndcg@10,hole@10``), checked together (:func:`parse_metrics`), in
     their canonical spelling; none, or one named twice (``nDCG@10,ndcg@10``), is a :class:`RagkitError`."""
-    from ragkit.eval.metrics import parse_metric
+    from ragkit.eval.metrics import parse_metrics
 
     names = [m.strip() for m in metrics.split(",") if m.strip()]
     if not names:
         raise RagkitError(f"--metrics: expected names such as ndcg@10,recall@100, got {metrics!r}")
-    parsed = []
-    for m in names:
-        try:
-            parsed.append(parse_metric(m))
-        except RagkitError as e:
-            raise RagkitError(f"--metrics: {e}") from None
+    try:
+        parsed = parse_metrics(names)  # every name it cannot read, in one message
+    except RagkitError as e:
+        raise RagkitError(f"--metrics: {e}") from None
     twice = [m for m, pm in zip(names, parsed) if parsed.count(pm) > 1]
     if twice:
         raise RagkitError(f"--metrics: {', '.join(twice)} name the same metric; name each once")

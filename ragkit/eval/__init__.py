@@ -23,12 +23,19 @@ from ragkit.eval.diversity import (
 )
 from ragkit.eval.filtering import FilterReport, expected_calibration_error, filter_report, pr_curve
 from ragkit.eval.hubness import HubnessReport, hubness, k_occurrence, random_skewness
-from ragkit.eval.metrics import EvalResult, evaluate, paired_randomization_test, parse_metric, per_query_ndcg
+from ragkit.eval.metrics import (
+    EvalResult,
+    evaluate,
+    paired_randomization_test,
+    parse_metric,
+    parse_metrics,
+    per_query_ndcg,
+)
 
 __all__ = [
     "BeirDataset", "load_beir", "beir_qrels", "beir_subsets", "download_beir", "read_corpus", "read_qrels",
     "read_queries", "read_query_file", "write_beir",
-    "evaluate", "EvalResult", "paired_randomization_test", "parse_metric", "per_query_ndcg",
+    "evaluate", "EvalResult", "paired_randomization_test", "parse_metric", "parse_metrics", "per_query_ndcg",
     "compare", "load_result", "Comparison", "SystemResult",
     "HubnessReport", "hubness", "k_occurrence", "random_skewness",
     "FilterReport", "expected_calibration_error", "filter_report", "pr_curve",

@@ -41,6 +41,7 @@ from ragkit.eval.metrics import (
     _one_blas_thread,
     level_note,
     parse_metric,
+    parse_metrics,
     say_once,
     sign_flip_pvalues,
     unjudged_note,
@@ -801,7 +802,7 @@ def _check_args(results: Sequence[SystemResult], metrics: Sequence[str], baselin
                          f"name, got {baseline!r}")
     if isinstance(metrics, str) or not metrics:
         raise ParamError(f"compare: metrics must be a non-empty list of names such as ['ndcg@10'], got {metrics!r}")
-    parsed = [parse_metric(m) for m in metrics]
+    parsed = parse_metrics(metrics)  # every name it cannot read, in one message
     twice = sorted({m for m, pm in zip(metrics, parsed) if parsed.count(pm) > 1})
     if twice:  # the same comparison twice in one table: Holm would count it twice
         raise ParamError(f"compare: metrics {', '.join(map(repr, twice))} name the same metric; name each once")
