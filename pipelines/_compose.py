@@ -537,6 +537,37 @@ def _learning_leaves(op: Operator) -> list[Operator]:
     return [leaf for leaf in iter_leaves(op) if getattr(leaf, "learns", False)]
 
 
+def _generator_in(op: Operator) -> Operator | None:
+    """The first generator (``generate``) of ``op``'s tree, or ``None``."""
+    return next((leaf for leaf in iter_leaves(op) if leaf.kind == "generator"), None)
+
+
+def _second_generator(steps: Sequence[Operator], path: str = "pipeline") -> ParamError | None:
+    """The error for the first of ``steps`` (one list, at ``path``) that holds a generator after an earlier step
+    that holds one (``[bm25, generate, mmr, generate]``), else ``None``: each writes ``values["answer"]``, so the
+    later answer replaces the earlier one for every query that reaches both, and a language model ran for
+    nothing.  (A generator in each branch of a route is fine: each query gets one answer.)"""
+
+    def at(k: int, op: Operator, leaf: Operator) -> str:
+        where = f"{path}[{k}]" if isinstance(op, Pipeline) else f"{path}[{k}].{op.name}"
+        return where if leaf is op else f"{where}, which holds a {leaf.name}"
+
+    first: tuple[int, Operator] | None = None
+    for i, step in enumerate(steps):
+        gen = _generator_in(step)
+        if gen is None:
+            continue
+        if first is None:
+            first = (i, gen)
+            continue
+        j, earlier = first
+        here = at(i, step, gen)
+        return ParamError(f"{here}: a second {gen.kind} ({gen.name}) after the one at {at(j, steps[j], earlier)}: "
+                          f"each writes the answer (values['answer']), so the later one's would replace the "
+                          f"earlier one's; keep one of them", path=here.split(",", 1)[0])
+    return None
+
+
 class Pipeline(Composite):
     """A linear sequence of operators; the root of every pipeline.
 
@@ -581,12 +612,18 @@ class Pipeline(Composite):
     def corpus_(self, corpus: Corpus) -> None:
         vars(self)["corpus_"] = corpus
 
-    def __init__(self, steps: Sequence[Operator] | Operator = ()) -> None:
+    def __init__(self, steps: Sequence[Operator] | Operator = (), *, description: str | None = None) -> None:
         """``steps`` in order.  A fuser step right after ``a + b`` (a parallel with the default
         fuser) becomes that parallel's fuser, as ``(a + b) | RRF(...)`` does; a fuser anywhere else
         is refused, since it reads the rankings of a parallel's branches (a pipeline of one fuser
-        alone is what ``Operator.to_yaml`` writes for a fuser, and is kept)."""
+        alone is what ``Operator.to_yaml`` writes for a fuser, and is kept).  A step holding a
+        generator (``generate``) after another that holds one is refused: its answer would replace
+        the first's.  ``description``: free text, the pipeline file's ``description:`` (kept by
+        :meth:`to_yaml`, :meth:`save` and ``repr``)."""
         super().__init__()
+        if description is not None and not isinstance(description, str):
+            raise ParamError(f"Pipeline.description: expected text (a str) or None, got {type(description).__name__} "
+                             f"{description!r:.60}", path="description")
         steps = [steps] if isinstance(steps, Operator) else _as_list(steps, "pipeline",
                                                                      "a list of operators (or one operator)")
         for i, s in enumerate(steps):
@@ -605,15 +642,19 @@ class Pipeline(Composite):
                 home = "Loop(body, until=...)" if s.kind == "judge" else "Route(router, {label: branch, ...})"
                 raise ParamError(f"pipeline[{i}]: {s.name!r} is a {s.kind}, not a step of its own (it would change "
                                  f"nothing); it belongs in {home}", path=f"pipeline[{i}].{s.name}")
+            second = _second_generator(steps)  # (YAML: said at the list's place, see yaml.build_list)
+            if second is not None:
+                raise second
         self.steps: list[Operator] = steps
-        #: the YAML file's ``description:`` (free text, kept by :meth:`to_yaml` and :meth:`save`)
-        self.description: str | None = None
+        #: the YAML file's ``description:`` (free text, kept by :meth:`to_yaml`, :meth:`save` and ``repr``)
+        self.description: str | None = description
 
     def children(self) -> list[Operator]:
         return list(self.steps)
 
     def __repr__(self) -> str:
-        return f"Pipeline([{', '.join(repr(s) for s in self.steps)}])"
+        described = f", description={self.description!r}" if self.description is not None else ""
+        return f"Pipeline([{', '.join(repr(s) for s in self.steps)}]{described})"
 
     def child_paths(self, path: str) -> list[tuple[Operator, str]]:
         return [(s, f"{path}[{i}]") for i, s in enumerate(self.steps)]

@@ -56,6 +56,7 @@ from ragkit.pipelines._compose import (
     Parallel,
     Pipeline,
     Route,
+    _second_generator,
     unique_names,
 )
 
@@ -658,7 +659,11 @@ def build_list(items: list[Any], path: str, make_leaf: LeafFactory, *, lone_fuse
         raise ConfigError(f"{path}: expected a non-empty list of operators, got []", path=path)
     if lone_fuser_ok and len(items) == 1 and not isinstance(items[0], list):
         return Pipeline([build(items[0], f"{path}[0]", make_leaf)])
-    return Pipeline(_build_all([(x, f"{path}[{i}]") for i, x in enumerate(items)], make_leaf, steps=True))
+    steps = _build_all([(x, f"{path}[{i}]") for i, x in enumerate(items)], make_leaf, steps=True)
+    second = _second_generator(steps, path)  # (Pipeline refuses it too: here, with the list's place in the file)
+    if second is not None:
+        raise ConfigError(str(second), path=second.path)
+    return Pipeline(steps)
 
 
 def _branch(x: Any, path: str, make_leaf: LeafFactory, prev: tuple[Any, str] | None = None) -> Operator:
@@ -826,7 +831,9 @@ def _example(path: str, node: Any) -> str:
 
 
 def _and(names: list[str]) -> str:
-    """``a``, ``a and b``, ``a, b and c``."""
+    """``a``, ``a and b``, ``a, b and c`` (``""`` for none)."""
+    if not names:
+        return ""
     return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
 
 
@@ -910,7 +917,7 @@ def _nesting_hint(node: Mapping[Any, Any], path: str, expect: str | None) -> str
                     f"`{_as_list(node)}`")
         return f"; a mapping of {len(ops)} operators where a step or a list of steps is expected" + \
             _list_hint(node, path)
-    if expect is not None and not ops and (owners := _owners_of(names, expect)):
+    if expect is not None and names and not ops and (owners := _owners_of(names, expect)):
         return (f"; {_and(names)} are parameters of {' and '.join(owners)}: {path.rsplit('.', 1)[-1]} takes one "
                 f"{expect} operator with its parameters beneath it, e.g. `{_example(path, {owners[0]: dict(node)})}`")
     return ""
@@ -1101,6 +1108,11 @@ def build(node: Any, path: str, make_leaf: LeafFactory = _default_leaf, *, expec
     if not isinstance(node, Mapping):
         raise ConfigError(f"{path}: expected {wanted}, got {type(node).__name__} {node!r:.60}"
                           f"{_bare_name_hint(node, path, expect)}", path=path)
+    if not node:  # '{}': a mapping with no operator in it
+        what = f"one {expect} ({', '.join(_of_kind(expect))})" if expect is not None else "one operator"
+        raise ConfigError(f"{path}: expected exactly one {expect or 'operator'} key, got none (an empty mapping, "
+                          f"{{}}); write {what} with its parameters beneath it, e.g. "
+                          f"`{_example(path, yaml.safe_load('{' + _kind_example(expect) + '}'))}`", path=path)
     if len(node) != 1:
         too_deep = _too_deep_keys(node, path)
         if too_deep is not None:

@@ -80,8 +80,8 @@ def validate_cmd(path: Path = typer.Argument(..., metavar="PIPELINE",
                   soft_wrap=True)
     for p, op in leaves:
         console.print(Text(f"  {p}  {op!r}"), soft_wrap=True)  # the Python that builds it, on one line
-    for said in _unchained_ks(pipe):  # (notes on stderr: stdout carries the "ok" line and the operators alone)
-        err_console.print(Text(f"note: {said}", style="yellow"), soft_wrap=True)
+    for said in [*_unchained_ks(pipe), *_after_generation(pipe)]:  # (on stderr: stdout carries the "ok" line and
+        err_console.print(Text(f"note: {said}", style="yellow"), soft_wrap=True)  # the operators alone)
     from ragkit.generators.operator import Generate
     from ragkit.scale import Sharded
 
@@ -98,8 +98,10 @@ def validate_cmd(path: Path = typer.Argument(..., metavar="PIPELINE",
 def _unchained_ks(op: Any, path: str = "pipeline", reach: tuple[int, str] | None = None,
                   notes: list[str] | None = None) -> list[str]:
     """``ragkit validate``'s notes on a step that keeps or selects ``k`` documents (top_k, mmr, a reranker's
-    k) where fewer reach it: the last retriever before it returns at most its own k (``[bm25: {k: 10},
-    top_k: {k: 100}]`` keeps all 10; ``ragkit eval`` notes only afterwards that fewer came back).  ``reach``:
+    k), or picks them from a pool of ``fetch_k`` (mmr), where fewer reach it: the last retriever before it
+    returns at most its own k (``[bm25: {k: 10}, top_k: {k: 100}]`` keeps all 10, ``[dense: {k: 10}, mmr:
+    {k: 10, fetch_k: 50}]`` only reorders dense's 10; ``ragkit eval`` notes only afterwards that fewer came
+    back).  ``reach``:
     the most documents that reach ``op`` and the step that limits them (``None``: unknown, as after a
     parallel or a loop, whose depth is not worked out here)."""
     from ragkit.pipelines import Pipeline
@@ -138,7 +140,60 @@ def _unchained_ks_step(op: Any, path: str, reach: tuple[int, str] | None,
         n, where = reach
         notes.append(f"{here} keeps k: {k}, but {where} before it returns at most {n} documents (its k), so it "
                      f"keeps all of them; give {where} a k of {k} or more, or {op.name} a k of {n} or less")
+    else:
+        fetch_k = getattr(op.params, "fetch_k", None)  # (mmr: the pool it picks its k from)
+        if reach is not None and isinstance(fetch_k, int) and not isinstance(fetch_k, bool) and fetch_k > reach[0]:
+            n, where = reach
+            does = f"picks its {k} among those {n}" if k < n else f"only reorders those {n}"
+            notes.append(f"{here} picks from fetch_k: {fetch_k} documents, but {where} before it returns at most {n} "
+                         f"(its k), so it {does}; give {where} a k of {fetch_k} or more, or {op.name} a fetch_k of "
+                         f"{n} or less")
     return (k, here) if reach is None or k < reach[0] else reach
+
+
+def _after_generation(op: Any, path: str = "pipeline", notes: list[str] | None = None) -> list[str]:
+    """``ragkit validate``'s notes on the steps after a ``generate`` step in one list (``[dense, generate,
+    top_k: {k: 3}]``): each changes the ranking passed on with the answer as its sources (``run.rankings``),
+    which the answer was not written from (it read the ranking's first ``top_k`` documents as they reached
+    it), and ``ragkit eval``, ``train`` and ``search`` run a pipeline only up to its own ``generate`` step.
+    A ``top_k`` keeping at least the documents the answer read (its k at least generate's ``top_k``) cuts
+    only what the answer did not read: not noted.  Steps that hold a generator are refused when the pipeline
+    is built (:class:`~ragkit.pipelines.Pipeline`)."""
+    from ragkit.pipelines import Pipeline
+    from ragkit.pipelines._compose import Composite, iter_leaves
+
+    notes = [] if notes is None else notes
+    if not isinstance(op, Composite):
+        return notes
+    children = op.child_paths(path)
+    for child, where in children:
+        _after_generation(child, where, notes)
+    if not isinstance(op, Pipeline):
+        return notes
+    gen = next(((i, leaf) for i, (child, _) in enumerate(children)
+                for leaf in iter_leaves(child) if leaf.kind == "generator"), None)
+    if gen is None:
+        return notes
+    i, leaf = gen
+    gen_at = children[i][1] if isinstance(children[i][0], Composite) else f"{children[i][1]}.{leaf.name}"
+    read = getattr(getattr(leaf, "params", None), "top_k", None)
+    top = path == "pipeline"  # (ragkit eval, train and search cut a pipeline's own generate step only)
+    cut = f"ragkit eval, train and search run this pipeline only up to {gen_at}, so they score or show the " \
+          f"rankings without it; "
+    for child, where in children[i + 1:]:
+        if not any(x.kind in ("retriever", "reranker", "filter") for x in iter_leaves(child)):
+            continue  # (a step that leaves the rankings as they are)
+        here = where if isinstance(child, Composite) else f"{where}.{child.name}"
+        k = getattr(getattr(child, "params", None), "k", None)
+        if child.name == "top_k" and isinstance(read, int) and isinstance(k, int) and k >= read:
+            if top:  # it keeps the documents the answer read, in their order: only eval's cut to say
+                notes.append(f"{here} comes after {gen_at}: {cut}put it before {leaf.name} to have them count it")
+            continue
+        notes.append(f"{here} comes after {gen_at}: it changes the ranking passed on with the answer as its sources "
+                     f"(run.rankings), which is then not what the answer was written from (its first "
+                     f"{read if isinstance(read, int) else 'top_k'} documents as they reached {leaf.name}); "
+                     f"{cut if top else ''}put it before {leaf.name}")
+    return notes
 
 
 def _load_saved(folder: Path) -> None:
