@@ -42,6 +42,7 @@ from typing import (
 import numpy as np
 
 from ragkit import registry
+from ragkit._checks import _other_constructor
 from ragkit._files import (
     folder_checksums,
     saved_relpath,
@@ -95,7 +96,7 @@ from ragkit.options import (
     resolve_k,
 )
 from ragkit.params import Params as ParamsModel, validate_params  # (inside Operator, ``Params`` is its model class)
-from ragkit.types import Corpus, Queries, State, TrainSet, _other_constructor, warn_same_text
+from ragkit.types import Corpus, Queries, State, TrainSet, warn_same_text
 
 if TYPE_CHECKING:  # (pandas: the hints only; it is optional)
     import pandas as pd

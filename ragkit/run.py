@@ -18,9 +18,10 @@ from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping, Sequence, Te
 
 import numpy as np
 
+from ragkit._checks import _a, _kind, _utf8_clean
 from ragkit._files import text_output, utf8_lines
 from ragkit.errors import DataError, InputTypeError, repeated, some_ids
-from ragkit.types import Corpus, Ranking, TraceEvent, _a, _kind, _utf8_clean, check_id_nul, check_id_surrogates
+from ragkit.types import Corpus, Ranking, TraceEvent, check_id_nul, check_id_surrogates
 
 if TYPE_CHECKING:  # pandas is optional
     import pandas as pd

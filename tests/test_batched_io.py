@@ -13,14 +13,14 @@ from typing import Any, Iterator
 import numpy as np
 import pytest
 
-import ragkit.types as T
+import ragkit._corpus as T
 from ragkit import Corpus
+from ragkit._corpus import _jsonable
 from ragkit._files import utf8_lines
 from ragkit.errors import DataError
 from ragkit.eval import beir
 from ragkit.eval.beir import read_qrels
 from ragkit.run import Run
-from ragkit.types import _jsonable
 
 
 # ----------------------------------------------------------------------------- the code before the change

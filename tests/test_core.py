@@ -133,8 +133,8 @@ def test_a_list_valued_field_is_filtered_from_codes_not_a_python_pass_per_search
     """A list-valued field (tags) was compared in Python, value by value, on every search (10,000
     documents x a filter per call); it is coded element by element once, and filters on elements are
     one ``np.isin``, equal to the value-by-value comparison."""
+    import ragkit._corpus as corpus_module
     import ragkit.metadata as metadata
-    import ragkit.types as types
 
     rng = np.random.default_rng(0)
     pool = ["x", "y", "z", 1, 2.0, True, ("t", 1)]
@@ -144,7 +144,7 @@ def test_a_list_valued_field_is_filtered_from_codes_not_a_python_pass_per_search
     filters = [["x"], ["y", 1], [2], [1.0, "q"], [("t", 1)], [["x", "y"]], ["q"], []]
     expected = [metadata.isin(c.metadata["tags"], f) for f in filters]
     slow = metadata.isin
-    monkeypatch.setattr(types, "isin", lambda column, wants: pytest.fail(f"a Python pass for {wants}")
+    monkeypatch.setattr(corpus_module, "isin", lambda column, wants: pytest.fail(f"a Python pass for {wants}")
                         if all(metadata.hashable(w) and not isinstance(w, tuple) for w in wants)
                         else slow(column, wants))
     for f, want in zip(filters, expected):
@@ -484,7 +484,7 @@ def test_a_corpus_refuses_lone_surrogates_before_any_work():
         Corpus.from_texts(["ok", bad], ids=["a", "b"])
     with pytest.raises(DataError, match=r"Corpus.ids\[0\]"):
         Corpus.from_texts(["ok"], ids=[bad])
-    from ragkit.types import _check_encodable  # scanned in chunks (a whole column joined and encoded: 5x its size)
+    from ragkit._checks import _check_encodable  # scanned in chunks (a whole column joined and encoded: 5x its size)
 
     col = np.array(["a", "b\u00e9", "c", "d", "e\U0001f600", f"xy{bad}"], dtype=object)
     with pytest.raises(DataError, match=r"t\[5\] \(document 'f'\) holds a lone surrogate '\\udce9' at character 5"):

@@ -1,4 +1,4 @@
-"""The diversity measures read ids as every other reader does (:func:`ragkit.types._key_ids`): a float id of an
+"""The diversity measures read ids as every other reader does (:func:`ragkit._checks._key_ids`): a float id of an
 integral value is its integer's (``1.0`` and ``"1"`` name one query or document), a NaN id is refused."""
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-import ragkit.types as types_module
+import ragkit._corpus as corpus_module
 from ragkit.errors import ArtifactError, DataError, InputTypeError, NotFittedError
 from ragkit.pipelines import Pipeline
 from ragkit.retrievers import BM25
@@ -102,7 +102,7 @@ def test_corpus_save_into_a_folder_it_may_not_write_is_an_artifact_error(corpus,
             raise PermissionError(errno.EACCES, "Permission denied", str(file))
         return real_open(file, *args, **kwargs)  # type: ignore[call-overload]
 
-    monkeypatch.setattr(types_module, "open", forbidden, raising=False)
+    monkeypatch.setattr(corpus_module, "open", forbidden, raising=False)
     with pytest.raises(ArtifactError, match=r"^Corpus\.save: .*corpus\.jsonl: the save could not be written "
                                             r"\(Permission denied, creating its temporary file in "):
         corpus.save(tmp_path / "corpus.jsonl")

@@ -255,18 +255,18 @@ def test_the_lone_surrogate_check_scans_no_clean_text(monkeypatch):
     expression (200,000 texts: 385 ms); ASCII text is known clean (a flag CPython keeps) and other text is
     encoded to UTF-8, which fails exactly on a surrogate (28 ms; 147 ms with a tenth non-ASCII).  The scan
     runs only to name the text that holds one."""
-    from ragkit import types
+    from ragkit import _checks
 
     class Forbidden:
         def search(self, text: str) -> None:
             raise AssertionError("scanned a clean text")
 
     clean = ["plain ascii", "café au lait", "emoji \U0001f600 ok", "CJK 漢字"]
-    monkeypatch.setattr(types, "_SURROGATE", Forbidden())
-    types.check_texts(clean * 3, "texts", surrogates=True)
+    monkeypatch.setattr(_checks, "_SURROGATE", Forbidden())
+    _checks.check_texts(clean * 3, "texts", surrogates=True)
     monkeypatch.undo()
     with pytest.raises(DataError, match=r"texts\[5\] holds a lone surrogate '\\udc80' at character 3"):
-        types.check_texts(clean + ["ok", "ok \udc80 x"], "texts", surrogates=True)
+        _checks.check_texts(clean + ["ok", "ok \udc80 x"], "texts", surrogates=True)
 
 
 def test_search_checks_its_trace_qrels_and_takes_a_mapping_of_queries():

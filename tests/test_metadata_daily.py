@@ -91,7 +91,7 @@ def test_a_float_column_with_nan_matches_none_before_a_save_as_after(tmp_path):
 def test_pd_na_is_saved_as_null(tmp_path):
     """``pd.NA`` could not be saved ("metadata field 'f' holds a NAType"), though a missing value may be None,
     NaN or pd.NA."""
-    from ragkit.types import _jsonable
+    from ragkit._corpus import _jsonable
 
     assert _jsonable(pd.NA) is None and _jsonable(pd.NaT) is None and _jsonable(np.datetime64("NaT")) is None
     c = Corpus.from_records([{"_id": "a", "text": "x", "metadata": {"f": pd.NA}},

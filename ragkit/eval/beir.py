@@ -43,6 +43,8 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
+from ragkit._checks import _kind
+from ragkit._corpus import _JSONL_BLOCK
 from ragkit._files import (
     file_above,
     first_time,
@@ -52,11 +54,10 @@ from ragkit._files import (
     user_path,
     utf8_lines,
 )
+from ragkit._qrels import _QRELS_ROLE, _csv_qrels, _qrels_columns
 from ragkit.errors import DataError, InputTypeError, ParamError, some_ids
 from ragkit.eval.metrics import respelled
 from ragkit.types import (
-    _JSONL_BLOCK,
-    _QRELS_ROLE,
     GRADE_MAX,
     GRADE_MIN,
     ID_BREAK,
@@ -65,9 +66,6 @@ from ragkit.types import (
     Qrels,
     Queries,
     TrainSet,
-    _csv_qrels,
-    _kind,
-    _qrels_columns,
     check_qrels,
     grade_range_error,
 )
@@ -181,7 +179,7 @@ def _read_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
 
 def _jsonl_blocks(path: Path) -> Iterator[tuple[Sequence[int], list[dict[str, Any]]]]:
     """The records of the JSON Lines file ``path`` (objects with an ``_id``, a string or an integer; blank lines
-    skipped) with their line numbers, in blocks: :data:`~ragkit.types._JSONL_BLOCK` lines decoded and parsed at
+    skipped) with their line numbers, in blocks: :data:`~ragkit._corpus._JSONL_BLOCK` lines decoded and parsed at
     once (:func:`_parse_block`).  A block that fails there (a bad line, a blank one, a BOM past line 1, a surrogate
     escape, ...) is read line by line as before (:func:`_jsonl_line`), one record per block, so that every error is
     the one that line gave, naming the file and the line, and raised before any later line is read."""

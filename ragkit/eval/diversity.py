@@ -23,11 +23,12 @@ from typing import Any, Collection, Hashable, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
+from ragkit._checks import _kind
 from ragkit.errors import DataError
 from ragkit.eval.metrics import check_run_mapping
 from ragkit.metadata import hashable
 from ragkit.run import Run, _check_unique
-from ragkit.types import Ranking, _kind, ids_once
+from ragkit.types import Ranking, ids_once
 
 __all__ = [
     "intra_list_diversity", "distinct_clusters", "cluster_entropy", "near_duplicate_rate",
@@ -287,7 +288,7 @@ def _as_run(run: Any, measure: str) -> Run:
                                          "name no document id (subtopics name documents by id): pass the Run search "
                                          "returns, or Run.from_rankings(query_ids, rankings, corpus.ids)")
                       if rankings else None)
-    from ragkit.types import _key_ids
+    from ragkit._checks import _key_ids
 
     written: dict[str, dict[str, float]] = {}
     # as evaluate reads a run: ids as strings (1.0 and "1" alike: ragkit.types' ids), scores as numbers (no NaN)
@@ -368,7 +369,7 @@ def _plain_subtopics(subtopics: Any, who: str) -> _SubtopicTable | None:
     if not isinstance(subtopics, Mapping):
         raise DataError(f"{who}: subtopics must be a mapping {{query_id: {{doc_id: [subtopic, ...]}}}}, got "
                         f"{_kind(subtopics)}")
-    from ragkit.types import _key_ids
+    from ragkit._checks import _key_ids
 
     query_ids = _key_ids(subtopics, f"{who}: subtopics' query ids")
     judged = list(subtopics.values())
@@ -410,7 +411,7 @@ def _check_subtopics_each(subtopics: Any, who: str) -> dict[str, dict[str, list[
     if not isinstance(subtopics, Mapping):
         raise DataError(f"{who}: subtopics must be a mapping {{query_id: {{doc_id: [subtopic, ...]}}}}, got "
                         f"{_kind(subtopics)}")
-    from ragkit.types import _key_ids
+    from ragkit._checks import _key_ids
 
     out: dict[str, dict[str, list[Hashable]]] = {}
     for q, key, judged in zip(subtopics, _key_ids(subtopics, f"{who}: subtopics' query ids"), subtopics.values()):

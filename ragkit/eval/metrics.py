@@ -22,10 +22,11 @@ from typing import TYPE_CHECKING, Any, Callable, Collection, Iterable, Mapping, 
 
 import numpy as np
 
+from ragkit._checks import _a, _kind
 from ragkit._files import first_time
 from ragkit.errors import DataError, ParamError, some_ids
 from ragkit.run import Run, _f32, _flat, _trec_permutation, check_run_queries, check_scores
-from ragkit.types import Ranking, State, _a, _kind, as_qrels, check_id_nul, check_qrels, check_qrels_nul
+from ragkit.types import Ranking, State, as_qrels, check_id_nul, check_qrels, check_qrels_nul
 
 if TYPE_CHECKING:  # pandas is optional
     import os

@@ -53,6 +53,7 @@ from langchain_core.runnables.configurable import RunnableConfigurableFields
 from langchain_core.runnables.utils import AnyConfigurableField, ConfigurableField
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_serializer, model_validator
 
+from ragkit._checks import _SURROGATE, _utf8_clean
 from ragkit._files import user_path
 from ragkit._locks import ReadWriteLock, lock_of
 from ragkit._saves import _json_default, read_json
@@ -71,14 +72,7 @@ from ragkit.metadata import AllOf, all_filters, check_added_kinds, check_metadat
 from ragkit.operator import Operator
 from ragkit.options import _positive_k, check_options
 from ragkit.params import refusal_of
-from ragkit.types import (
-    _SURROGATE,
-    Corpus,
-    Ranking,
-    TrainSet,
-    _utf8_clean,
-    ids_and_texts,
-)
+from ragkit.types import Corpus, Ranking, TrainSet, ids_and_texts
 
 if TYPE_CHECKING:
     from typing_extensions import Self
