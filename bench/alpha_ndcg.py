@@ -18,14 +18,15 @@ import argparse
 import statistics
 import sys
 import time
-from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
 from _common import REPO, print_machine  # noqa: E402
 
-sys.path.insert(0, str(REPO / "tests"))
+# the per-query references kept in tests/; appended, and the checkout's root never added: its ragkit/ folder
+# (without ragkit.pipelines and the others) would hide a regular (non-editable) install of ragkit
+sys.path.append(str(REPO / "tests"))
 
 
 def _timed(f: Callable[[], Any]) -> tuple[float, Any]:
@@ -54,8 +55,8 @@ def main() -> None:
     print_machine()
     from test_batched_eval_prf import _ref_alpha_ndcg, _ref_join
 
-    from pipelines.prf import _join_per_query
     from ragkit.eval.diversity import alpha_ndcg
+    from ragkit.pipelines.prf import _join_per_query
 
     sizes = (200, 1000) if args.quick else (1000, 10_000)
     for n_q in sizes:
@@ -90,5 +91,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     main()

@@ -83,6 +83,18 @@ def numba_missing() -> str | None:
     return None
 
 
+def compared_missing() -> str | None:
+    """Why the libraries this bench compares ragkit with (bm25s, rank-bm25: the ``bench`` extra) cannot be
+    imported here, with the command that installs them (``None`` when they can): said at the start, as
+    :func:`numba_missing` says it of bm25s's numba backend, not as a ``ModuleNotFoundError`` traceback."""
+    try:
+        import bm25s  # noqa: F401
+        from rank_bm25 import BM25Okapi  # noqa: F401
+    except ImportError as e:
+        return f"the libraries compared need the bench extra ({e}): pip install 'ragkit[bench]'"
+    return None
+
+
 def interleaved_best(fns: dict, repeat: int, min_seconds: float) -> tuple[dict, dict, dict, int]:
     """:func:`_common.interleaved` after a first call of each (JIT compiles, caches: its time is returned
     apart, never counted in the best); each callable is timed for at least ``min_seconds`` in all.  Returns
@@ -160,6 +172,9 @@ def main() -> None:
         return
 
     global _RB
+    missing = compared_missing()
+    if missing is not None:
+        raise SystemExit(f"bench/bm25.py: {missing}")
     import bm25s
     import Stemmer
     from rank_bm25 import BM25Okapi

@@ -63,14 +63,14 @@ import io
 import json
 import os
 import re
-import sys
 from functools import partial
 from pathlib import Path
 from typing import Any, Callable, NamedTuple
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+# (run as a script, this folder is on sys.path; ragkit is the installed one: the checkout's root is not put on
+# sys.path, where its ragkit/ folder, which lacks ragkit.pipelines and the others, would hide a regular install)
 from _common import (  # noqa: E402
     OUT,
     SCIFACT,

@@ -40,9 +40,9 @@ from typing import Any, Callable
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+# the old readers kept in tests/ as references; appended, and the checkout's root never added: its ragkit/
+# folder (without ragkit.pipelines and the others) would hide a regular (non-editable) install of ragkit
+sys.path.append(str(Path(__file__).resolve().parents[1] / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from test_batched_io import _old_read_corpus, _old_write_jsonl  # noqa: E402

@@ -32,6 +32,7 @@ from ragkit.pipelines.routers import RuleRouter
 from ragkit.types import Corpus, TrainSet
 
 __all__ = [
+    "check_ready",
     "check_trainable",
     "cosine_source_problem",
     "discarded_ranking_problem",
@@ -62,7 +63,8 @@ def check_trainable(root: Operator, train: TrainSet | None, corpus: Corpus | Non
     documents), placed at the step's path.
 
     Always: a ``dbnorm`` or ``cosine_adapter`` whose ``model`` is not that of the dense retriever right
-    before it (:func:`encoder_mismatch`).
+    before it (:func:`encoder_mismatch`); and last, a step that needs a package that is not installed
+    (:func:`check_ready`: Ray for a ``sharded`` ``backend: ray``, the ``llm`` extra for ``generate``'s GGUF model).
 
     Without ``train``: the first operator of the tree that learns only from judged queries raises
     its own error (:meth:`Operator.train_refusal`), so a refused refit (on another corpus too)
@@ -133,6 +135,28 @@ def check_trainable(root: Operator, train: TrainSet | None, corpus: Corpus | Non
             raise DataError(f"{fusers[0]}: learning fusion weights cross-validates over the judged training queries "
                             f"and needs at least 2; the train set has {len(usable)} usable (with a relevant document "
                             f"in the corpus) ({some_ids(usable) or 'none'})")
+    check_ready(root, corpus, train)
+
+
+def check_ready(root: Operator, corpus: Corpus | None = None, train: TrainSet | None = None,
+                path: str = "pipeline") -> None:
+    """Refuse, before any step of ``root`` fits, a step that needs a package that is not installed (a
+    :class:`~ragkit.errors.MissingExtraError` naming the ragkit extra that installs it, placed at the step's
+    path: ``pipeline[1].sharded.backend: 'ray' ... pip install 'ragkit[ray]'``): each leaf's own
+    ``check_ready(corpus=, train=)``, where it has one (``sharded`` with ``backend: ray``, ``generate``'s local
+    model, ``dense`` / ``muvera`` with ``adapt`` given a training split).  Called by :func:`check_trainable`,
+    so by every fit, with or without a corpus; a step's check loads no model (``adapt``'s finds a cached
+    fine-tune only where the ``train`` extra is missing).  Building or validating a pipeline never calls it:
+    a configuration is valid on a machine without the packages its run needs."""
+    from ragkit.pipelines.yaml import walk_leaves
+
+    for where, leaf in walk_leaves(root, path):
+        check = getattr(leaf, "check_ready", None)
+        if callable(check):
+            try:
+                check(corpus=corpus, train=train)
+            except RagkitError as e:  # sharded.backend: ... -> pipeline[0].parallel[1].sharded.backend: ...
+                raise placed_at(e, where, leaf.name) from None
 
 
 #: steps that read the cosines of the dense retriever before them with an encoder of their own (``model``)

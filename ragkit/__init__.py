@@ -30,6 +30,7 @@ from ragkit.errors import (
     ConfigError,
     DataError,
     InputTypeError,
+    MissingExtraError,
     NotFittedError,
     ParamError,
     RagkitError,
@@ -69,5 +70,5 @@ __all__ = [
     "__version__", "Operator", "Params", "Run", "Corpus", "Queries", "Qrels", "Ranking", "State", "TrainSet",
     "Pipeline", "Parallel", "Route", "Loop", "evaluate", "EvalResult", "load_beir", "BeirDataset", "beir_subsets",
     "RagkitError", "ParamError", "ConfigError", "DataError", "NotFittedError", "ArtifactError",
-    "ArtifactNotFoundError", "InputTypeError", "MODEL_LOADING",
+    "ArtifactNotFoundError", "InputTypeError", "MissingExtraError", "MODEL_LOADING",
 ]

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Hashable, Iterable, TypeVar
+import sys
+from typing import Hashable, Iterable, Sequence, TypeVar
 
 _H = TypeVar("_H", bound=Hashable)
 
 __all__ = ["RagkitError", "ParamError", "DataError", "NotFittedError", "ConfigError", "ArtifactError",
-           "ArtifactNotFoundError", "InputTypeError"]
+           "ArtifactNotFoundError", "InputTypeError", "MissingExtraError"]
 
 
 class RagkitError(Exception):
@@ -52,6 +53,51 @@ class ArtifactNotFoundError(ArtifactError, FileNotFoundError):
 class InputTypeError(RagkitError, TypeError):
     """An argument of a public function or method is of the wrong type (``bm25.add(a_list)``,
     ``op(["a query"])``, ``load_beir(123)``); the message names it, the type given and the one expected."""
+
+
+class MissingExtraError(RagkitError, ImportError):
+    """A package that an optional feature needs is not installed (Ray for ``backend: ray``, ``gguf`` and
+    ``accelerate`` for the default local LLM, ``datasets`` for ``adapt``); the message names the step, the
+    missing packages and the install command (``pip install 'ragkit[ray]'``).  A :class:`RagkitError` that
+    ``except ImportError`` catches too.
+
+    Attributes
+    ----------
+    extra : str or None
+        The ragkit extra that installs them (``"ray"``, ``"llm"``, ``"train"``), or None when none does.
+    packages : tuple of str
+        The import names of the missing packages.
+    """
+
+    def __init__(self, message: str, extra: str | None = None, packages: Sequence[str] = ()) -> None:
+        super().__init__(message, name=packages[0] if packages else None)
+        self.extra = extra
+        self.packages = tuple(packages)
+
+    def __str__(self) -> str:
+        """The message, from ``args`` as for the other errors (ImportError's own reads ``msg``, set once: a
+        message placed at a pipeline step's path afterwards, ``pipeline[1].sharded.backend: ...``, changes ``args``)."""
+        return str(self.args[0]) if len(self.args) == 1 else str(self.args) if self.args else ""
+
+    def __reduce__(self) -> tuple[type, tuple[str, str | None, tuple[str, ...]]]:
+        """Pickled with its extra and packages (a Ray worker's error reaches the caller whole)."""
+        return type(self), (str(self.args[0]) if self.args else "", self.extra, self.packages)
+
+
+def missing_modules(names: Iterable[str]) -> list[str]:
+    """Those of the top-level module ``names`` that cannot be imported here, found without importing any
+    (``importlib.util.find_spec``: a module set to ``None`` in ``sys.modules`` counts as missing)."""
+    import importlib.util
+
+    missing = []
+    for name in names:
+        try:
+            found = importlib.util.find_spec(name) is not None
+        except (ImportError, ValueError):  # (a module in sys.modules without a __spec__)
+            found = name in sys.modules and sys.modules[name] is not None
+        if not found:
+            missing.append(name)
+    return missing
 
 
 def repeated(values: Iterable[_H], n: int = 1) -> list[_H]:

@@ -64,7 +64,14 @@ from ragkit._files import file_above, user_path
 from ragkit._plugins import _import_plugins, _plugin_modules
 from ragkit._saves import read_json, write_json
 from ragkit.encoders.sentence import as_texts
-from ragkit.errors import ArtifactError, ArtifactNotFoundError, ParamError, RagkitError
+from ragkit.errors import (
+    ArtifactError,
+    ArtifactNotFoundError,
+    MissingExtraError,
+    ParamError,
+    RagkitError,
+    missing_modules,
+)
 from ragkit.operator import Operator, after_fit, check_fit_inputs
 from ragkit.params import Params, shown
 from ragkit.registry import register
@@ -145,12 +152,19 @@ class ShardError(RagkitError, RuntimeError):
     """A shard could not be built or searched, even after Ray's retries."""
 
 
+#: how Ray is installed, in the error of a Ray backend without it
+_RAY_INSTALL = ("pip install 'ragkit[ray]' (or pip install 'ray[data]>=2.9'; in a ragkit checkout: "
+                "pip install -e '.[ray]')")
+
+
 def _ray():
+    """The ``ray`` module; :class:`~ragkit.errors.MissingExtraError` naming the ``ray`` extra where it does not
+    import."""
     try:
         import ray
     except ImportError:
-        raise ImportError("the Ray backend needs Ray: pip install 'ragkit[ray]' (or pip install 'ray[data]>=2.9'; "
-                          "in a ragkit checkout: pip install -e '.[ray]')") from None
+        raise MissingExtraError(f"the Ray backend needs Ray: {_RAY_INSTALL}",
+                                extra="ray", packages=["ray"]) from None
     return ray
 
 
@@ -1171,6 +1185,14 @@ class Sharded(Operator):
         if folder is not None:
             state["_dir"] = _SharedDir(folder.name, folder.tmp if isinstance(folder, _SharedDir) else folder)
         return state
+
+    def check_ready(self, corpus: Corpus | None = None, train: TrainSet | None = None) -> None:
+        """Refuse, with :class:`~ragkit.errors.MissingExtraError`, a ``backend: ray`` (or an ``auto`` one already
+        moved to Ray) where Ray is not installed: found without importing it, before any step of a pipeline fits
+        (:func:`~ragkit.pipelines._checks.check_trainable`).  ``corpus`` and ``train`` are not read."""
+        if self._backend == "ray" and missing_modules(["ray"]):
+            raise MissingExtraError(f"sharded.backend: 'ray' fits and searches the shards on Ray, which is not "
+                                    f"installed: {_RAY_INSTALL}; or set backend: local", extra="ray", packages=["ray"])
 
     def _check_workdir(self) -> None:
         """Refuse a ``workdir`` that is a file or lies below one, before a fit does any work."""

@@ -71,28 +71,13 @@ def _default_chunk_dir() -> str | None:
 def _check_llm_packages(gens: list[Any]) -> None:
     """Refuse, before the fit, a local generate step whose model is a GGUF file (the default SmolLM2 one, a
     ``.gguf`` path or a ``gguf_file``) when the packages transformers reads GGUF files with (``gguf``,
-    ``accelerate``) are not installed: transformers would refuse only once the model loads, with a traceback.
-    A GGUF of which the ragkit cache holds a dequantized copy (made with this transformers) loads without them."""
-    import importlib.util
-
-    from ragkit.encoders.sentence import model_fingerprint
-    from ragkit.generators.local import _COPY_RECORD, _check_source, default_gguf, gguf_copy_dir
+    ``accelerate``) are not installed (:func:`~ragkit.generators.local.check_llm_packages`, which a pipeline's
+    fit runs too: here also for a saved pipeline, which is not fitted)."""
+    from ragkit.generators.local import check_llm_packages
 
     for g in gens:
-        p = g.params
-        if p.backend != "local":
-            continue
-        folder, gguf = default_gguf() if p.model is None else _check_source(p.model, p.gguf_file)
-        missing = [m for m in ("gguf", "accelerate") if importlib.util.find_spec(m) is None]
-        if gguf is None or not missing:
-            continue
-        path = os.path.join(folder, gguf)
-        if os.path.isfile(path) and (gguf_copy_dir(model_fingerprint(path)) / _COPY_RECORD).is_file():
-            continue
-        what = "the default model (SmolLM2-135M-Instruct, a GGUF file)" if p.model is None else \
-            f"the model {p.model!r} (a GGUF file)"
-        raise RagkitError(f"generate: {what} is read with the package{'s' if len(missing) > 1 else ''} "
-                          f"{' and '.join(missing)}, not installed: pip install 'ragkit[llm]'")
+        if g.params.backend == "local":
+            check_llm_packages(g.params.model, g.params.gguf_file)
 
 
 @contextmanager

@@ -27,7 +27,7 @@ from pydantic import Field
 
 from ragkit._files import shared_tempdir
 from ragkit._locks import MODEL_LOADING
-from ragkit.errors import DataError
+from ragkit.errors import DataError, MissingExtraError, missing_modules
 from ragkit.params import Params, Seed
 from ragkit.types import Corpus, TrainSet
 
@@ -114,15 +114,27 @@ def mine_pairs(corpus: Corpus, train: TrainSet, model: str, n_neg: int = 1, dept
     return anchors, positives, negatives
 
 
-def _check_train_packages() -> None:
-    """Raise ``ImportError`` naming ragkit's ``train`` extra when a package the fine-tune needs (``datasets``,
-    and ``accelerate`` for transformers' Trainer) is not installed."""
-    import importlib.util
+#: the packages a fine-tune needs beyond ragkit's own (``accelerate`` for transformers' Trainer): the ``train`` extra
+TRAIN_PACKAGES = ("datasets", "accelerate")
 
-    missing = [m for m in ("datasets", "accelerate") if importlib.util.find_spec(m) is None]
-    if missing:
-        raise ImportError(f"fine-tuning (adapt) needs the package{'s' if len(missing) > 1 else ''} "
-                          f"{' and '.join(missing)}, not installed: pip install 'ragkit[train]'")
+
+def _train_refusal(where: str = "") -> MissingExtraError | None:
+    """The :class:`~ragkit.errors.MissingExtraError` naming ragkit's ``train`` extra when a package the fine-tune
+    needs (:data:`TRAIN_PACKAGES`) is not installed (its message starting with ``where: `` when given), else None."""
+    missing = missing_modules(TRAIN_PACKAGES)
+    if not missing:
+        return None
+    return MissingExtraError(f"{where}: " * bool(where) + f"fine-tuning (adapt) needs the package"
+                             f"{'s' if len(missing) > 1 else ''} {' and '.join(missing)}, not installed: "
+                             "pip install 'ragkit[train]'", extra="train", packages=missing)
+
+
+def _check_train_packages() -> None:
+    """Raise :class:`~ragkit.errors.MissingExtraError` (an ``ImportError``) naming ragkit's ``train`` extra when a
+    package the fine-tune needs (``datasets``, and ``accelerate`` for transformers' Trainer) is not installed."""
+    refusal = _train_refusal()
+    if refusal is not None:
+        raise refusal
 
 
 @contextmanager
@@ -289,16 +301,22 @@ def adapted_model(model: str, corpus: Corpus, train: TrainSet, config: AdaptConf
     prints nothing).  A fine-tune that trains shows the trainer's progress bar on stderr
     unless ``progress=False`` (:func:`fine_tune`).
     """
-    from ragkit.encoders.sentence import get_encoder
-    from ragkit.eval.beir import cache_dir
-
-    key = _training_digest(get_encoder(model).key, corpus, train, config)
-    folder = cache_dir() / "models" / f"adapt-{key}"
+    folder = _adapted_folder(model, corpus, train, config)
     if not (folder / "modules.json").is_file():
         _log.info("fine-tuning %s on %d judged training queries over %s documents (minutes on a CPU; trained once, "
                   "cached in %s)", model, len(train.qrels), f"{len(corpus):,}", folder)
         fine_tune(model, corpus, train, folder, config, progress=progress)
     return folder
+
+
+def _adapted_folder(model: str, corpus: Corpus, train: TrainSet, config: AdaptConfig) -> Path:
+    """The cache folder of ``model`` fine-tuned on ``train`` with ``config`` (:func:`adapted_model`; loads the
+    base model's encoder for its content key, and hashes the corpus and the training split)."""
+    from ragkit.encoders.sentence import get_encoder
+    from ragkit.eval.beir import cache_dir
+
+    key = _training_digest(get_encoder(model).key, corpus, train, config)
+    return cache_dir() / "models" / f"adapt-{key}"
 
 
 class _TunedParams(Protocol):
@@ -343,6 +361,27 @@ class TunedEncoderMixin:
         return DataError(f"{self.name}.adapt fine-tunes the encoder on judged queries, but fit() got no training "
                          "split; call fit(corpus, train=TrainSet(queries, qrels)) (command line: --train-split) or "
                          "drop 'adapt'")
+
+    def check_ready(self, corpus: Corpus | None = None, train: TrainSet | None = None) -> None:
+        """Refuse, with :class:`~ragkit.errors.MissingExtraError`, an ``adapt`` fit on ``corpus`` and ``train`` that
+        would fine-tune where the ``train`` extra's packages are not installed, before any step of a pipeline fits
+        (:func:`~ragkit.pipelines._checks.check_trainable`); a tuned model already cached for them (the same base
+        model, corpus, training split and settings) needs none, and is not refused.  Without ``corpus`` and
+        ``train``, or without ``adapt``, nothing is checked (a fit without a training split is refused by
+        :meth:`train_refusal`).  Cheap when the packages are there; without them, finding the cached model
+        loads the base model's encoder and hashes the corpus."""
+        config = self.params.adapt
+        if config is None or corpus is None or train is None or _train_refusal() is None:
+            return
+        from ragkit.encoders.custom import registered_encoder
+
+        if registered_encoder(self.params.model) is not None:  # (refused by the fit, with its own message)
+            return
+        if (_adapted_folder(self.params.model, corpus, train, config) / "modules.json").is_file():
+            return
+        refusal = _train_refusal(f"{self.name}.adapt")
+        if refusal is not None:
+            raise refusal
 
     def _adapt_encoder(self, corpus: Corpus, train: TrainSet | None) -> None:
         config = self.params.adapt

