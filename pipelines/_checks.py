@@ -1018,7 +1018,7 @@ def route_label_problem_at(router: Operator | None, labels: Iterable[Any], has_d
     shadowed = _shadowed_labels(router)
     can = [*gives, *shadowed]  # (shadowed labels are warned of, not refused: see route_label_notes)
     never = [lab for lab in labels if lab not in can and lab != default_label]
-    misspelt = _misspelt_labels(router, [lab for lab in gives if lab not in labels], never, can)
+    misspelt = _misspelt_labels(router, [lab for lab in gives if lab not in labels], never, labels)
     if misspelt:
         return misspelt
     missing = [lab for lab in gives if lab not in labels] if not has_default else []
@@ -1041,12 +1041,13 @@ def _label_origin(router: Operator, label: str) -> str | None:
 
 
 def _misspelt_labels(router: Operator, unbranched: list[str], never: list[str],
-                     can: list[str]) -> tuple[str, str] | None:
+                     branches: list[str]) -> tuple[str, str] | None:
     """A label the router gives that has no branch (in ``unbranched``) beside a branch of a close name that no
     label reaches (in ``never``): one name misspelt, the label's or the branch's.  Said of the label, at the
-    router's parameter that gives it (``router.rule_router.default``), with the branch it likely means; then
-    the other way round, since which of the two is the typo only the author knows.  ``can``: every label the
-    router gives."""
+    router's parameter that gives it (``router.rule_router.default``), with the branch it likely means, and the
+    two ways to give them one name, since which of the two is the typo only the author knows (it said them as two
+    questions, "did you mean the branch 'short'? ... 'short': did you mean 'shrot'?", read as a contradiction).
+    ``branches``: the route's branch names."""
     pairs: dict[str, str] = {}
     for lab in unbranched:
         close = [b for b in difflib.get_close_matches(lab, never, n=max(1, len(never))) if b not in pairs.values()]
@@ -1061,13 +1062,10 @@ def _misspelt_labels(router: Operator, unbranched: list[str], never: list[str],
     def gives(lab: str) -> str:
         at = _label_origin(router, lab)
         return f"{lab!r} (router.{router.name}.{at})" if at is not None else repr(lab)
-    said = "; ".join(f"router {router.name!r} gives the label {gives(lab)}, which has no branch: did you mean the "
-                     f"branch {br!r}?" for lab, br in pairs.items())
-    branches = list(pairs.values())
-    other = "; ".join(f"{br!r}: did you mean {lab!r}?" for lab, br in pairs.items())
-    return where, (f"{said} A label and its branch must have one name: as written, branches {branches} can never "
-                   f"run: router {router.name!r} labels queries only {can}; if the label is the name you mean, rename "
-                   f"the branch: {other}")
+    said = " ".join(f"router {router.name!r} gives the label {gives(lab)}, which has no branch: did you mean the "
+                    f"branch {br!r}? No label reaches {br!r}, so one of the two names is misspelt: write the label "
+                    f"as {br!r}, or name the branch {lab!r}." for lab, br in pairs.items())
+    return where, f"{said} The route's branches are {branches}."
 
 
 def _missing_branches(router: Operator, missing: list[str], labels: list[str]) -> str:
