@@ -75,6 +75,7 @@ def no_llm(monkeypatch) -> list[int]:
 
     monkeypatch.setattr(Generate, "_fit", lambda self, corpus, train, upstream: setattr(self, "engine_", _FakeEngine()))
     monkeypatch.setattr(Generate, "_call", call)
+    monkeypatch.setattr(Generate, "check_ready", lambda self, **kw: None)  # (no model package needed either)
     return calls
 
 

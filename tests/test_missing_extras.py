@@ -107,6 +107,8 @@ def test_cli_eval_of_a_sharded_ray_pipeline_without_ray_says_one_line_and_exits_
     _hide(monkeypatch, "ray")
     res = _cli("validate", tmp_path / "sharded.yaml")  # a configuration is valid without the packages its run needs
     assert res.exit_code == 0, res.output
+    said = " ".join(res.output.split())  # ... and validate notes what running it here would refuse
+    assert "note: to run here: pipeline[0].sharded.backend: 'ray'" in said and "pip install 'ragkit[ray]'" in said
     res = _cli("eval", "--data", slice_beir, "--pipeline", tmp_path / "sharded.yaml")
     assert res.exit_code == 2, res.output
     assert res.output.startswith("error: ") and len(res.output.strip().splitlines()) == 1, res.output

@@ -174,8 +174,10 @@ def plot_pr_curves(curves: Mapping[str, tuple[np.ndarray, np.ndarray]], path: st
     try:
         import matplotlib
     except ImportError as e:
-        raise ImportError(f"plot_pr_curves needs matplotlib, which cannot be imported ({e}): "
-                          "pip install 'ragkit[plot]'") from None
+        from ragkit.errors import MissingExtraError
+
+        raise MissingExtraError(f"plot_pr_curves needs matplotlib, which cannot be imported ({e}): "
+                                "pip install 'ragkit[plot]'", extra="plot", packages=["matplotlib"]) from None
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
