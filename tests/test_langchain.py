@@ -653,7 +653,7 @@ def test_a_retriever_saves_and_loads_with_its_k_and_search_kwargs(tmp_path):
     settings.write_text(json.dumps({"k": 0, "search_kwargs": {}}))
     with pytest.raises(ArtifactError, match="checksum|sha256|changed"):  # the manifest lists it
         RagkitRetriever.load(tmp_path / "app")
-    from ragkit.integrations.langchain import _saved_settings
+    from ragkit.integrations._sources import _saved_settings
 
     (tmp_path / "odd").mkdir()
     (tmp_path / "odd" / "retriever.json").write_text(json.dumps({"k": True, "search_kwargs": {}}))

@@ -220,7 +220,7 @@ def test_equal_corpora_with_nan_inside_metadata_values_are_the_same_documents():
     """Was: two corpora built apart from the same records, one metadata value a dict holding NaN, were called
     different (``{"v": nan} == {"v": nan}`` is False), and the retriever refused the learned pipeline on its own
     documents.  A missing value equals any missing value at any depth; other differences still count."""
-    from ragkit.integrations.langchain import _same_documents
+    from ragkit.integrations._copies import _same_documents
 
     nan = float("nan")
 

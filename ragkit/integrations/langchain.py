@@ -25,19 +25,15 @@ Examples
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import logging
 import math
 import os
-import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, NamedTuple, TypeVar
+from typing import TYPE_CHECKING, Any, Mapping, NamedTuple
 
-import numpy as np
 from langchain_core.callbacks import (
     AsyncCallbackManager,
     AsyncCallbackManagerForRetrieverRun,
@@ -45,7 +41,6 @@ from langchain_core.callbacks import (
     CallbackManagerForRetrieverRun,
 )
 from langchain_core.documents import Document
-from langchain_core.embeddings import Embeddings
 from langchain_core.retrievers import BaseRetriever
 from langchain_core.runnables import RunnableConfig, RunnableSerializable
 from langchain_core.runnables.config import ensure_config, get_config_list, run_in_executor
@@ -53,11 +48,9 @@ from langchain_core.runnables.configurable import RunnableConfigurableFields
 from langchain_core.runnables.utils import AnyConfigurableField, ConfigurableField
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_serializer, model_validator
 
-from ragkit._checks import _SURROGATE, _utf8_clean
 from ragkit._files import user_path
 from ragkit._locks import ReadWriteLock, lock_of
-from ragkit._saves import _json_default, read_json
-from ragkit.encoders.sentence import as_texts
+from ragkit._saves import _json_default
 from ragkit.errors import (
     ArtifactError,
     ArtifactNotFoundError,
@@ -67,8 +60,39 @@ from ragkit.errors import (
     ParamError,
     repeated,
 )
+
+# What moved to the modules this one was split into; its public names stay importable from here (``__all__``, or
+# ``X as X``: re-exported)
+from ragkit.integrations._copies import (
+    _corpus_of,
+    _extends,
+    _holds_index,
+    _refuse_untrained_fit,
+    _same_documents,
+    _sharing_copy,
+    _trained_steps,
+    _unfitted_copy,
+)
+from ragkit.integrations._embeddings import LangChainEmbeddingsEncoder, RagkitEmbeddings
+from ragkit.integrations._inputs import (
+    RESERVED_METADATA as RESERVED_METADATA,
+    _check_reserved,
+    _checked_texts,
+    _document_list,
+    _one_each,
+    _positional,
+    _query_errors,
+    _unsearched,
+)
+from ragkit.integrations._producers import _Producers, _producers_of
+from ragkit.integrations._sources import (
+    RETRIEVER_FILE as RETRIEVER_FILE,
+    _load_with_settings,
+    as_corpus,
+    load_pipeline_like,
+)
 from ragkit.integrations.langchain_generate import RagkitGenerator
-from ragkit.metadata import AllOf, all_filters, check_added_kinds, check_metadata_kinds, is_missing
+from ragkit.metadata import AllOf, all_filters, check_added_kinds, check_metadata_kinds
 from ragkit.operator import Operator
 from ragkit.options import _positive_k, check_options
 from ragkit.params import refusal_of
@@ -77,16 +101,12 @@ from ragkit.types import Corpus, Ranking, TrainSet, ids_and_texts
 if TYPE_CHECKING:
     from typing_extensions import Self
 
-    from ragkit.encoders.cache import EmbeddingCache
 
 __all__ = ["RagkitRetriever", "RagkitGenerator", "LangChainEmbeddingsEncoder", "RagkitEmbeddings", "as_corpus",
            "load_pipeline_like"]
 
 #: searches made for one call whose documents were each time edited on another thread before a clear error
 _EDIT_RETRIES = 5
-
-#: the file of a saved retriever's own settings (``k``, ``search_kwargs``) beside its pipeline's
-RETRIEVER_FILE = "retriever.json"
 
 #: keyword arguments LangChain itself may leave in ``invoke``'s kwargs; never search options
 _LANGCHAIN_KWARGS = frozenset({"verbose", "run_id", "run_name", "callbacks", "tags", "metadata"})
@@ -115,168 +135,6 @@ _DEFER_BUILD: ContextVar[bool] = ContextVar("ragkit_defer_build", default=False)
 
 
 # ---------------------------------------------------------------------------------- helpers
-def as_corpus(corpus: Any) -> Corpus:
-    """A :class:`~ragkit.types.Corpus` from a Corpus, LangChain ``Document``s, plain strings or records, or a
-    mapping ``{doc_id: text}`` (a pandas ``Series`` indexed by string ids too; :func:`ragkit.types.ids_and_texts`).
-    One string (its characters would be the documents), one Document or record, and a DataFrame are
-    errors (:class:`DataError`) saying what to pass."""
-    if isinstance(corpus, Corpus):
-        return corpus
-    if isinstance(corpus, Document) or (isinstance(corpus, Mapping) and "text" in corpus
-                                        and ("_id" in corpus or "id" in corpus)):
-        raise DataError(f"corpus: got one {'Document' if isinstance(corpus, Document) else 'record'} "
-                        f"({corpus!r:.80}); wrap it in a list")
-    ids, items = ids_and_texts(corpus, "corpus")  # (refuses one string, a DataFrame, None)
-    if not items:
-        raise DataError("corpus: got an empty collection; expected documents to index")
-    if ids is not None:  # {doc_id: text}: the Corpus checks each text
-        return Corpus.from_texts(items, ids=ids)
-    if all(isinstance(x, Document) for x in items):
-        return Corpus.from_documents(items)
-    if all(isinstance(x, str) for x in items):
-        return Corpus.from_texts(items)
-    if all(isinstance(x, dict) for x in items):
-        return Corpus.from_records(items)
-    kinds = sorted({type(x).__name__ for x in items})
-    raise DataError(f"corpus: expected a Corpus, LangChain Documents, strings or records (dicts), got {kinds}")
-
-
-#: a ``pipeline=`` string that can only be meant as an operator's name: no path separator, suffix or YAML syntax
-_BARE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
-
-
-def load_pipeline_like(source: Any) -> Operator:
-    """An operator from an operator, a saved pipeline/operator folder, a YAML file, YAML text or a registered
-    operator's name (``"bm25"``: that operator with its default parameters)."""
-    if isinstance(source, Operator):
-        return source
-    if isinstance(source, os.PathLike):  # any path object (as save / load take): a Path
-        source = Path(os.fsdecode(source))
-    if not isinstance(source, (str, Path)):
-        raise ParamError(
-            f"pipeline: expected a ragkit operator/pipeline, a saved pipeline folder, a YAML file, YAML text or an "
-            f"operator's name ('bm25'), got {type(source).__name__} ({source!r:.60})"
-        )
-    path = user_path(source, "pipeline") if isinstance(source, Path) or "\n" not in str(source) else None
-    if path is not None and path.is_dir():
-        if (path / "manifest.json").is_file():
-            from ragkit.pipelines.store import load_pipeline
-
-            return load_pipeline(path)
-        if (path / "params.json").is_file():
-            return Operator.load(path)
-        raise ParamError(f"pipeline: {path} is a folder but holds neither a saved pipeline (manifest.json) "
-                         f"nor a saved operator (params.json)")
-    from ragkit import registry
-    from ragkit.pipelines import load_yaml
-
-    if path is not None and not path.exists() and str(source).strip().lower() in registry.names():
-        return registry.get(str(source).strip().lower())()  # an operator's name, as `ragkit --pipeline bm25`
-    name = str(source).strip()
-    if path is not None and not path.exists() and _BARE_NAME.fullmatch(name):  # no path, no YAML: a misspelled name
-        if name.lower() in registry.structural_keys():
-            raise ParamError(f"pipeline: {name!r} is a structural key of pipeline YAML, not an operator (and no file "
-                             f"or folder has that name); give the pipeline as YAML (e.g. 'pipeline: [{{{name.lower()}: "
-                             "{...}}]') or an operator's name such as 'bm25'", "pipeline")
-        try:
-            registry.get(name, path="pipeline")  # unknown: the registry's error, with the closest names
-        except ParamError as e:
-            raise ParamError(f"pipeline: no file or folder is named {name!r}, and {str(e).removeprefix('pipeline: ')}",
-                             "pipeline") from None
-    if path is not None and not path.is_file() and path.suffix.lower() in (".yaml", ".yml"):
-        raise ParamError(f"pipeline: YAML file {path} does not exist")
-    return load_yaml(str(path) if path is not None and path.is_file() else str(source))
-
-
-def _saved_settings(source: Any) -> dict[str, Any]:
-    """``k`` and ``search_kwargs`` from the ``retriever.json`` of a folder given as ``pipeline=`` (``{}`` for
-    any other ``pipeline=``), read alone; a malformed file is an :class:`ArtifactError` naming it.  A saved
-    pipeline's folder (what :meth:`RagkitRetriever.save` writes) is read with its pipeline instead
-    (:func:`_load_with_settings`), both from one save."""
-    if isinstance(source, os.PathLike):
-        source = os.fsdecode(source)
-    if not isinstance(source, str) or "\n" in source or not (user_path(source, "pipeline") / RETRIEVER_FILE).is_file():
-        return {}
-    path = user_path(source, "pipeline") / RETRIEVER_FILE
-    return _checked_settings(path, read_json(path))
-
-
-def _checked_settings(path: Path, saved: Any) -> dict[str, Any]:
-    """``saved``, the JSON value of the settings file ``path``, checked: ``{"k": int >= 1, "search_kwargs": {...}}``
-    (:class:`ArtifactError` naming ``path`` otherwise)."""
-    k = saved.get("k") if isinstance(saved, dict) else None
-    if not (isinstance(saved, dict) and set(saved) == {"k", "search_kwargs"} and type(k) is int and k >= 1
-            and isinstance(saved["search_kwargs"], dict)):
-        raise ArtifactError(f"{path}: expected {{\"k\": an integer >= 1, \"search_kwargs\": an object}}, got "
-                            f"{json.dumps(saved)[:120]}; save the retriever again")
-    return saved
-
-
-def _saved_pipeline_folder(source: Any) -> Path | None:
-    """The folder ``pipeline=source`` names when it holds a saved pipeline (``manifest.json``: what
-    :meth:`RagkitRetriever.save` and ``Pipeline.save`` write), else ``None``."""
-    if isinstance(source, os.PathLike):
-        source = os.fsdecode(source)
-    if not isinstance(source, str) or "\n" in source:
-        return None
-    path = user_path(source, "pipeline")
-    return path if path.is_dir() and (path / "manifest.json").is_file() else None
-
-
-def _load_with_settings(source: Any) -> tuple[Operator, dict[str, Any]]:
-    """The operator ``pipeline=source`` names (:func:`load_pipeline_like`) and the settings of the
-    ``retriever.json`` beside it (:func:`_saved_settings`; ``{}`` without one).
-
-    A saved pipeline's folder is read as one load (:func:`~ragkit.pipelines.store.load_unreplaced`, as
-    ``load_pipeline`` reads it: the folder's shared lock held, its manifest's identity compared before and
-    after, loaded again when another process saved the folder again meanwhile), the settings file included
-    and its bytes checked against the manifest's checksum: the pipeline and its ``k`` / ``search_kwargs``
-    (a default filter) always come from one save.  Read apart, a save landing between the two gave a
-    retriever the pipeline of one save with the ``k`` and filter of the next."""
-    folder = _saved_pipeline_folder(source)
-    if folder is None:
-        return load_pipeline_like(source), _saved_settings(source)
-    from ragkit._saves import restore_interrupted_save
-    from ragkit.pipelines.store import load_unreplaced
-
-    restore_interrupted_save(folder)
-    return load_unreplaced(folder, "manifest.json", lambda: _pipeline_and_settings(folder))
-
-
-def _pipeline_and_settings(folder: Path) -> tuple[Operator, dict[str, Any]]:
-    """One read of the saved pipeline ``folder`` (checksums verified) and of its ``retriever.json`` (``{}``
-    where the save wrote none), as the files are now: :func:`_load_with_settings` retries it when the folder
-    was replaced meanwhile.  The settings' bytes are those the manifest's ``sha256`` lists; a file it does
-    not list, or lists with other bytes, is an :class:`ArtifactError` (the folder was changed after saving,
-    or another save replaced the file between the two reads)."""
-    from ragkit.pipelines.store import SHA_RECORD, _load_pipeline
-
-    pipe = _load_pipeline(folder, None, False, True)  # (verifies every listed file, retriever.json included)
-    path = folder / RETRIEVER_FILE
-    digests = read_json(folder / "manifest.json").get("sha256", {})  # (its shape checked by _load_pipeline)
-    digest = digests.get(RETRIEVER_FILE)
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        if digest is None:  # a folder of Pipeline.save: no settings of a retriever's
-            return pipe, {}
-        raise ArtifactError(f"{path}: listed in {SHA_RECORD} but missing; the folder was changed after saving: "
-                            "save the retriever again") from None
-    if digest is None:
-        raise ArtifactError(f"{path}: not listed in {SHA_RECORD}, yet the load reads it (the retriever's k and "
-                            "search_kwargs); RagkitRetriever.save lists it: the folder was changed after saving: "
-                            "remove the file or save the retriever again")
-    if hashlib.sha256(data).hexdigest() != digest:
-        raise ArtifactError(f"{path}: checksum mismatch; the file was changed or truncated after saving: save the "
-                            "retriever again")
-    try:
-        saved = json.loads(data.decode("utf-8"))
-    except (ValueError, RecursionError) as e:  # (bytes the checksum lists: a save never writes them)
-        raise ArtifactError(f"{path}: not valid JSON ({type(e).__name__}: {str(e)[:120]}); save the retriever "
-                            "again") from None
-    return pipe, _checked_settings(path, saved)
-
-
 def merge_options(base: Mapping[str, Any], call: Mapping[str, Any]) -> dict[str, Any]:
     """Search options of one call over the retriever's defaults: a call's ``filter`` narrows the default
     ``filter`` (both apply, as an operator's own ``filter`` parameter and a call's do: the AND of their masks,
@@ -316,186 +174,6 @@ def _call_k_first(options: dict[str, Any], defaults: Mapping[str, Any], call: Ma
         if own is not None and own < k and isinstance(out.get(name), Mapping):
             out = {**out, name: {**out[name], "k": k}}
     return out
-
-
-def _unfitted_copy(op: Operator) -> Operator:
-    """A new, unfitted ``op`` with the same parameters (built from its YAML)."""
-    from ragkit.pipelines import Pipeline, load_yaml
-
-    copy = load_yaml(op.to_yaml())
-    return copy if isinstance(op, Pipeline) else copy.steps[0]
-
-
-def _holds_index(op: Operator) -> bool:
-    """Whether a fit of ``op`` changes what it holds: one of its leaves is not stateless (a composite is
-    stateless itself, whatever its leaves hold)."""
-    from ragkit.pipelines.yaml import walk_leaves
-
-    return any(not leaf.stateless for _, leaf in walk_leaves(op))
-
-
-def _trained_steps(op: Operator) -> list[tuple[str, Operator, int]]:
-    """``(path, leaf, n)`` for each fitted leaf of ``op`` that learned from (or read) ``n`` training queries at
-    its last fit (a learned fuser's weights, a Cosine Adapter's threshold, a ``dbnorm`` query bank): what a
-    refit without ``train`` drops.  Paths as in :meth:`Pipeline.learned` and errors."""
-    from ragkit.pipelines.yaml import walk_leaves
-
-    return [(where, leaf, len(taught)) for where, leaf in walk_leaves(op)
-            if (taught := getattr(leaf, "trained_on_", None)) is not None and leaf.is_fitted]
-
-
-def _same_documents(a: Corpus, b: Corpus) -> bool:
-    """Whether ``a`` and ``b`` hold the same documents in the same order: ids, texts, titles and metadata
-    (one array comparison per column; a missing value (:func:`~ragkit.metadata.is_missing`: ``None``, ``NaN``,
-    ``pandas.NA``, ``NaT``) equals any other missing value, in a numeric column and at any depth of an object
-    column's values (``{"v": nan}``, ``[1, None]``): two corpora built apart from the same records are the
-    same documents)."""
-    if a is b:
-        return True
-    if len(a) != len(b) or set(a.metadata) != set(b.metadata):
-        return False
-    return (_same_column(a.ids, b.ids) and _same_column(a.texts, b.texts) and _same_column(a.titles, b.titles)
-            and all(_same_column(a.metadata[key], b.metadata[key]) for key in a.metadata))
-
-
-def _same_column(x: np.ndarray, y: np.ndarray) -> bool:
-    """Whether two columns of one value per document are equal, missing values equal to each other: one array
-    comparison; in an object column, the values the comparison finds different (a ``NaN`` inside a dict is not
-    ``==`` another ``NaN``) are looked at again one by one (:func:`_same_value`)."""
-    x, y = np.asarray(x), np.asarray(y)
-    if x.shape != y.shape:
-        return False
-    if x.dtype.kind in "fc" and y.dtype.kind in "fc":
-        return bool(np.array_equal(x, y, equal_nan=True))
-    if x.dtype.kind in "mM" and y.dtype.kind in "mM":
-        nat = np.isnat(x)
-        return bool(np.array_equal(nat, np.isnat(y)) and np.array_equal(x[~nat], y[~nat]))
-    if x.dtype != object and y.dtype != object:
-        return bool(np.array_equal(x, y))
-    try:
-        equal = np.asarray(x == y)
-    except Exception:  # noqa: BLE001  (a value whose == raises, pandas.NA's truth value: looked at one by one)
-        equal = np.zeros(x.shape, dtype=bool)
-    if equal.shape != x.shape or equal.dtype != bool:  # (an element's == gave no bool)
-        equal = np.zeros(x.shape, dtype=bool)
-    differ = np.flatnonzero(~equal)  # only values == called different: a loop over those alone
-    return all(_same_value(x.flat[i], y.flat[i]) for i in differ.tolist())
-
-
-def _same_value(u: Any, v: Any) -> bool:
-    """Whether two metadata values are equal, missing values (:func:`~ragkit.metadata.is_missing`) equal to
-    each other at any depth: dicts key by key, lists and tuples item by item, arrays element by element."""
-    if is_missing(u) or is_missing(v):
-        return is_missing(u) and is_missing(v)
-    if isinstance(u, Mapping) or isinstance(v, Mapping):
-        return (isinstance(u, Mapping) and isinstance(v, Mapping) and u.keys() == v.keys()
-                and all(_same_value(u[key], v[key]) for key in u))
-    if isinstance(u, np.ndarray) or isinstance(v, np.ndarray):
-        u, v = np.asarray(u), np.asarray(v)
-        return u.shape == v.shape and _same_column(u.reshape(-1), v.reshape(-1))
-    if isinstance(u, (list, tuple)) or isinstance(v, (list, tuple)):
-        return (isinstance(u, (list, tuple)) and isinstance(v, (list, tuple)) and len(u) == len(v)
-                and all(_same_value(p, q) for p, q in zip(u, v)))
-    try:
-        return bool(u == v)
-    except Exception:  # noqa: BLE001  (an == that raises or gives no truth value: not the same)
-        return False
-
-
-_T = TypeVar("_T")
-
-
-def _sharing_copy(obj: _T, memo: dict[int, Any] | None = None) -> _T:
-    """A deep copy of ``obj`` (a fitted operator, or a retriever's state holding one) that shares with it what no
-    edit of either changes in place, so that a large pipeline is not held twice and a memory-mapped one
-    (``Operator.load(..., mmap=True)``) is not read into memory: its read-only arrays (:func:`_frozen_array`:
-    memory maps opened read-only, a corpus's columns) and its :class:`Corpus` objects (immutable: ``add`` /
-    ``remove`` make new ones).  An edit of the copy (the retriever's ``add_documents`` / ``delete``) replaces those
-    arrays rather than writing into them, and writing into a read-only array fails whoever tries it, so the
-    caller's pipeline searches as before.  ``memo``: the memo of an enclosing :func:`copy.deepcopy`.
-
-    A vector index (:class:`~ragkit.retrievers._index.VectorIndex`) copies itself (its ``__deepcopy__``): its
-    HNSW graph, which an ``add`` grows in place, is the copy's own (a fresh view of the file it maps, unchanged
-    since ``load``, else ``Index.copy``), and its float vectors file (``rescore``) stays the caller's: the copy
-    writes a grown one to its own scratch folder, and never grows or deletes the caller's."""
-    from ragkit.retrievers._index import _frozen_array
-
-    memo = {} if memo is None else memo
-    for item in _reachable(obj):
-        if isinstance(item, Corpus) or (isinstance(item, np.ndarray) and _frozen_array(item)):
-            memo.setdefault(id(item), item)
-    return copy.deepcopy(obj, memo)
-
-
-#: containers longer than this are data (a vocabulary, a list of ids), not the structure of a pipeline:
-#: :func:`_reachable` does not look into them (what they hold is copied)
-_REACHABLE_MAX_ITEMS = 256
-
-
-def _reachable(root: Any, max_depth: int = 12) -> Iterator[Any]:
-    """The objects reachable from ``root`` through instance attributes (``__dict__``) and small lists,
-    tuples and dicts (:data:`_REACHABLE_MAX_ITEMS`), each once, not looking into numpy arrays, :class:`Corpus`
-    objects, strings, numbers, classes, modules or functions: where :func:`_sharing_copy` finds what it
-    shares."""
-    import types
-
-    seen: set[int] = set()
-    stack: list[tuple[Any, int]] = [(root, 0)]
-    leaf_types = (str, bytes, int, float, complex, bool, type(None), type, types.ModuleType, types.FunctionType,
-                  types.BuiltinFunctionType, types.MethodType)
-    while stack:
-        obj, depth = stack.pop()
-        if id(obj) in seen or isinstance(obj, leaf_types):
-            continue
-        seen.add(id(obj))
-        yield obj
-        if depth >= max_depth or isinstance(obj, (np.ndarray, Corpus)):
-            continue
-        if isinstance(obj, dict):
-            items: Iterable[Any] = obj.values() if len(obj) <= _REACHABLE_MAX_ITEMS else ()
-        elif isinstance(obj, (list, tuple, set, frozenset)):
-            items = obj if len(obj) <= _REACHABLE_MAX_ITEMS else ()
-        else:
-            items = (vars(obj).values() if isinstance(getattr(obj, "__dict__", None), dict) else ())
-        stack.extend((item, depth + 1) for item in list(items))
-
-
-def _refuse_untrained_fit(op: Operator, given: str) -> None:
-    """Refuse (:class:`ParamError`, in the retriever's terms) fitting ``op`` on ``corpus=`` without ``train=``
-    when one of its steps learns only from judged queries (a ``cosine_adapter``, ``learn: true`` thresholds):
-    ``fit``'s own error names ``fit(corpus, train=...)`` and the command line, not the retriever's argument."""
-    from ragkit.pipelines.yaml import walk_leaves
-
-    for where, leaf in walk_leaves(op):
-        refusal = leaf.train_refusal()
-        if refusal is not None:
-            raise ParamError(
-                f"RagkitRetriever: corpus= fits {given} on those documents, and its step {where} learns only from "
-                "judged training queries (it cannot be fitted without them), but no train= was given; pass "
-                "train=TrainSet(queries, qrels) with corpus= (queries "
-                "judged against that corpus), or give a pipeline fitted with them (or its saved folder) without "
-                "corpus=", "train")
-
-
-def _corpus_of(op: Operator) -> Corpus | None:
-    """The documents ``op`` searches (its fitted retrievers', after any ``add`` / ``remove``)."""
-    from ragkit.pipelines._compose import shared_corpus
-
-    return shared_corpus(op)
-
-
-def _extends(new: Corpus | None, old: Corpus | None) -> bool:
-    """Whether ``new`` is ``old`` with documents appended (``add``): every row of ``old`` is the same row of ``new``."""
-    if new is None or old is None or len(new) < len(old):
-        return False
-    return bool(np.array_equal(new.ids[:len(old)], old.ids))
-
-
-def _retriever_names(op: Operator) -> list[str]:
-    from ragkit.pipelines._compose import iter_leaves
-
-    names = [leaf.name for leaf in iter_leaves(op) if leaf.kind == "retriever"]
-    return list(dict.fromkeys(names)) or [op.name or type(op).__name__.lower()]
 
 
 _log = logging.getLogger("ragkit")
@@ -1519,357 +1197,3 @@ class _ConfigurableRetriever(RunnableConfigurableFields):
             return super()._prepare(config)
         finally:
             _CONFIGURED.reset(token)
-
-
-def _unsearched(bad: Mapping[int, DataError], n: int) -> DataError:
-    """The error that ends the callback run of each good query of a batch of ``n`` that is not searched
-    because of the queries ``bad`` (``return_exceptions=False``): every run started is ended, as
-    ``Runnable.batch`` ends them, so a tracer shows no run left open."""
-    error = next(iter(bad.values()))  # (its message names its query)
-    return DataError(f"not searched: {len(bad)} of the batch's {n} queries failed ({error}), so "
-                     "the batch raised before searching; fix those, or pass return_exceptions=True to search the "
-                     "others")
-
-
-def _query_errors(queries: list[Any], *, one: bool) -> dict[int, DataError]:
-    """``{position: DataError}`` for each query that is no string or holds a lone surrogate (no Unicode
-    text: ``errors="surrogateescape"`` bytes), named as the caller gave it: ``the query`` (``one``: an
-    ``invoke``), else ``query <position>`` of the batch.  Batched: one ``str.join`` and one UTF-8 test
-    (``isascii`` first) over the whole batch; only a batch holding a bad query is looked at query by query."""
-    def where(i: int) -> str:
-        return "the query" if one else f"query {i}"
-
-    try:
-        joined = "\x00".join(queries)
-    except TypeError:  # some query is no string: which, one by one
-        errors = {i: DataError(f"{where(i)}: expected a string, got {type(q).__name__} {q!r:.80}")
-                  for i, q in enumerate(queries) if not isinstance(q, str)}
-        joined = "\x00".join(q for q in queries if isinstance(q, str))
-    else:
-        errors = {}
-    if _utf8_clean(joined):
-        return errors
-    for i, q in enumerate(queries):
-        if isinstance(q, str) and (hit := _SURROGATE.search(q)) is not None:
-            errors[i] = DataError(f"{where(i)} holds a lone surrogate {hit.group()!r} at character {hit.start()}, "
-                                  "which is no Unicode text (bytes decoded with errors='surrogateescape'?); decode "
-                                  "the source with its real encoding")
-    return dict(sorted(errors.items()))
-
-
-def _positional(method: str, first: str, args: tuple[Any, ...], keywords: str) -> ParamError:
-    """The error for arguments given by position after ``first`` to ``method`` (keyword-only)."""
-    shown = ", ".join(f"{type(a).__name__} {a!r:.40}" for a in args)
-    return ParamError(f"RagkitRetriever.{method}: takes only {first} by position, got {len(args)} more ({shown}); "
-                      f"pass the rest by keyword: {method}({first}, {keywords}) (LangChain's BM25Retriever."
-                      f"{method} takes metadatas second; ragkit's first keyword used to be pipeline)")
-
-
-def _document_list(where: str, documents: Any, error: type[DataError] | type[InputTypeError],
-                   texts_method: str) -> list[Document]:
-    """``documents`` as a list of LangChain Documents, or ``error`` saying what ``where`` was given instead: one
-    Document (a pydantic model iterates as its ``(field, value)`` pairs), one string (its characters would be the
-    documents; ``texts_method`` takes strings), ``None`` or anything else that is no collection, or an item that is
-    no Document."""
-    if isinstance(documents, Document):
-        raise error(f"{where}: got one Document ({documents.page_content!r:.60}); expected a list of Documents: wrap "
-                    "it in a list")
-    if isinstance(documents, (str, bytes)):
-        raise error(f"{where}: got one string ({documents!r:.60}); expected a list of LangChain Documents "
-                    f"({texts_method} takes strings)")
-    if isinstance(documents, Mapping) or not isinstance(documents, Iterable):
-        raise error(f"{where}: got {type(documents).__name__} ({documents!r:.60}); expected a list of LangChain "
-                    "Documents")
-    docs = list(documents)
-    bad = next((i for i, d in enumerate(docs) if not isinstance(d, Document)), None)
-    if bad is not None:
-        hint = f" ({texts_method} takes strings)" if isinstance(docs[bad], str) else ""
-        raise error(f"{where}: item {bad} is a {type(docs[bad]).__name__} ({docs[bad]!r:.60}), expected a LangChain "
-                    f"Document{hint}")
-    return docs
-
-
-def _one_each(where: str, name: str, what: str, value: Any, n: int, per: str = "text") -> list[Any] | None:
-    """``value`` (``metadatas`` or ``ids`` of ``n`` texts, or of ``n`` documents: ``per``) as a list of ``n``, or
-    ``None`` when not given; one string, mapping or Document (its characters, keys or fields would be the values),
-    anything that is no collection, or another length than ``n`` is a :class:`DataError` saying what ``where``
-    expected: ``ids must list one id per text (2), got ['x']``."""
-    if value is None:
-        return None
-    listed = (list(value) if isinstance(value, Iterable) and not isinstance(value, (str, bytes, Mapping, BaseModel))
-              else None)
-    if listed is None or len(listed) != n:
-        raise DataError(f"{where}: {name} must list {what} per {per} ({n}), got {value!r:.80}")
-    return listed
-
-
-def _checked_texts(where: str, texts: list[Any], metadatas: Any, ids: Any,
-                   docs_method: str) -> tuple[list[dict[str, Any]], list[str] | None]:
-    """The checks of ``add_texts`` and ``from_texts`` (``where``), before any Document is made: every text a
-    string, ``metadatas`` one dict (or ``None``) per text, ``ids`` one id per text; a :class:`DataError` naming
-    the first that is not.  Returns each text's metadata (a new dict) and the ids as strings (``None``: not
-    given).  A Document among the texts is said to be ``docs_method``'s."""
-    bad = next((i for i, t in enumerate(texts) if not isinstance(t, str)), None)
-    if bad is not None:
-        hint = f" ({docs_method} takes Documents)" if isinstance(texts[bad], Document) else ""
-        raise DataError(f"{where}: text {bad} is {type(texts[bad]).__name__} {texts[bad]!r:.60}, expected a "
-                        f"string{hint}")
-    metas = _one_each(where, "metadatas", "one dict", metadatas, len(texts))
-    listed = _one_each(where, "ids", "one id", ids, len(texts))
-    if metas is None:
-        return [{} for _ in texts], None if listed is None else [str(i) for i in listed]
-    bad = next((i for i, m in enumerate(metas) if m is not None and not isinstance(m, Mapping)), None)
-    if bad is not None:
-        raise DataError(f"{where}: metadatas[{bad}] is {type(metas[bad]).__name__} {metas[bad]!r:.60}, "
-                        "expected a dict")
-    return [dict(m or {}) for m in metas], None if listed is None else [str(i) for i in listed]
-
-
-class _Producers:
-    """Which retrievers produced each query's documents, for the ``operators`` of their metadata.
-
-    Built once per pipeline (:func:`_producers_of`): ``fixed`` (every query: the tree's retrievers, a tree
-    without ``route``), or a ``route`` that is a step of the top-level pipeline (the tree's only one), whose
-    label per query the run keeps in ``values["route"]``: the taken branch's retrievers with those outside
-    the route; ``None`` for every query in any other tree with a ``route`` (not known)."""
-
-    def __init__(self, fixed: list[str] | None, route: Any = None, outside: list[str] | None = None) -> None:
-        self.fixed = fixed
-        self.route = route
-        self.outside = outside or []
-
-    def of(self, values: Mapping[str, list[Any]], n: int) -> list[list[str] | None]:
-        """The retrievers of each of ``n`` queries (``None``: not known), from the run's ``values``."""
-        if self.route is None:
-            return [self.fixed] * n
-        labels = values.get("route")
-        if labels is None or len(labels) != n:
-            return [None] * n
-        by_label: dict[str, list[str] | None] = {}
-        for label in set(map(str, labels)):  # a few labels; their branches' names once each
-            branch = self._branch(label)
-            by_label[label] = None if branch is None else list(dict.fromkeys(self.outside + _retriever_leaves(branch)))
-        return [by_label[str(x)] for x in labels]
-
-    def _branch(self, label: str) -> Operator | None:
-        """The branch a query labelled ``label`` takes (as ``Route`` chooses it), or None."""
-        route = self.route
-        if label in route.branches:
-            return route.branches[label]
-        if route.default_label is not None:
-            return route.branches[route.default_label]
-        return route.default
-
-
-def _retriever_leaves(op: Operator) -> list[str]:
-    from ragkit.pipelines._compose import iter_leaves
-
-    return list(dict.fromkeys(leaf.name for leaf in iter_leaves(op) if leaf.kind == "retriever"))
-
-
-def _producers_of(op: Operator) -> _Producers:
-    """:class:`_Producers` of the tree ``op`` (walked once, when the retriever is built)."""
-    from ragkit.pipelines._compose import Pipeline, Route
-
-    routes, seen, stack = [], set(), [op]
-    while stack:
-        node = stack.pop()
-        if id(node) in seen:
-            continue
-        seen.add(id(node))
-        if isinstance(node, Route):
-            routes.append(node)
-        stack.extend(node.children())
-    if not routes:
-        return _Producers(_retriever_names(op))
-    steps = op.steps if isinstance(op, Pipeline) else [op]
-    top = [s for s in steps if isinstance(s, Route)]
-    if len(routes) == 1 and len(top) == 1 and top[0] is routes[0]:
-        outside = [name for s in steps if s is not routes[0] for name in _retriever_leaves(s)]
-        return _Producers(None, routes[0], outside)
-    return _Producers(None)
-
-
-# Keys each returned Document's metadata gets from the retrieval: a document's own key of the same name is refused
-RESERVED_METADATA = ("score", "rank", "operators", "branches", "fields")
-
-
-def _check_reserved(corpus: Corpus, where: str) -> None:
-    clash = [key for key in RESERVED_METADATA if key in corpus.metadata]
-    if clash:
-        raise ParamError(
-            f"{where}: the documents' metadata has {', '.join(repr(c) for c in clash)}, which RagkitRetriever "
-            f"writes into every returned Document's metadata ({', '.join(RESERVED_METADATA)}); rename "
-            f"{'that key' if len(clash) == 1 else 'those keys'} (e.g. 'doc_{clash[0]}')")
-
-
-# ---------------------------------------------------------------------------------- encoders
-def _unit(x: Any, n_texts: int, dim: int | None, who: str) -> np.ndarray:
-    """What an ``Embeddings`` returned for ``n_texts`` texts, checked (one vector each, all of
-    ``dim`` numbers when known) and L2-normalised, ``(n_texts, dim)`` float32."""
-    try:
-        v = np.asarray(x, dtype=np.float32)
-    except (ValueError, TypeError):
-        lens = sorted({len(r) for r in x}) if isinstance(x, list) else None
-        raise DataError(f"{who}: expected {n_texts} vectors of equal length, got vectors of lengths {lens}") from None
-    if v.ndim != 2 or len(v) != n_texts:
-        raise DataError(f"{who}: expected {n_texts} vectors (one per text), got an array of shape {v.shape}")
-    if dim is not None and v.shape[1] != dim:
-        raise DataError(f"{who}: expected vectors of {dim} numbers (the encoder's dim), got {v.shape[1]}")
-    n = np.linalg.norm(v, axis=1, keepdims=True)
-    return v / np.where(n > 0, n, 1.0)
-
-
-class LangChainEmbeddingsEncoder:
-    """Any LangChain ``Embeddings`` with the interface of :class:`ragkit.encoders.Encoder`.
-
-    ``encode(texts)`` calls ``embed_documents`` and ``encode_queries(texts)`` calls
-    ``embed_query`` per text, both returning ``(n, dim)`` float32 L2-normalised vectors
-    (ragkit's dense operators score by inner product = cosine).
-
-    Parameters
-    ----------
-    embeddings : langchain_core.embeddings.Embeddings
-    key : str, optional
-        Identity of the model and its settings: names the query vectors shared between
-        operators and the on-disk cache folder.  Default: ``langchain:<Class>:<hash of its
-        settings>`` (pydantic models), ``langchain:RagkitEmbeddings:<its encoder's key>``, or
-        ``langchain:<Class>:<object id>``, which differs in every process: a pipeline saved with it
-        loads only where the encoder is registered with that ``key`` (pass one).
-    dim : int, optional
-        Vector dimension; found by embedding one probe text when not given.
-    cache : bool
-        Keep document vectors in ragkit's on-disk cache under ``key`` (default off: pass a
-        ``key`` that truly names the model and settings before turning it on).
-    batch_size : int
-        Texts per ``embed_documents`` call.
-
-    Examples
-    --------
-    >>> from langchain_core.embeddings import DeterministicFakeEmbedding          # doctest: +SKIP
-    >>> enc = LangChainEmbeddingsEncoder(DeterministicFakeEmbedding(size=64)).register("fake")  # doctest: +SKIP
-    >>> Dense(model="fake").fit(corpus)                                              # doctest: +SKIP
-    """
-
-    def __init__(self, embeddings: Embeddings, *, key: str | None = None, dim: int | None = None,
-                 cache: bool = False, batch_size: int = 256) -> None:
-        if not isinstance(embeddings, Embeddings):
-            raise ParamError("LangChainEmbeddingsEncoder: expected a LangChain Embeddings, "
-                             f"got {type(embeddings).__name__}")
-        if batch_size < 1:
-            raise ParamError(f"LangChainEmbeddingsEncoder: batch_size must be >= 1, got {batch_size}")
-        self.embeddings = embeddings
-        self.batch_size = int(batch_size)
-        self.cache_enabled = bool(cache)
-        self.key = key or self._default_key(embeddings)
-        self._dim = dim
-        self._cache: EmbeddingCache | None = None
-        self.n_encoded = 0
-
-    @staticmethod
-    def _default_key(emb: Embeddings) -> str:
-        name = type(emb).__name__
-        if isinstance(emb, RagkitEmbeddings):  # its encoder's key names the model and settings, in every process
-            return f"langchain:{name}:{emb.encoder.key}"
-        dump = getattr(emb, "model_dump_json", None)
-        if dump is not None:
-            try:
-                return f"langchain:{name}:{hashlib.sha1(dump().encode()).hexdigest()[:16]}"
-            except Exception:  # noqa: BLE001 - settings not serialisable: fall back to identity
-                pass
-        return f"langchain:{name}:{id(emb):x}"
-
-    def __repr__(self) -> str:
-        return f"LangChainEmbeddingsEncoder({type(self.embeddings).__name__}, key={self.key!r})"
-
-    @property
-    def dim(self) -> int:
-        """Width of the vectors (an int): the length of the LangChain model's embedding of a probe query,
-        asked for once, on first use."""
-        if self._dim is None:
-            self._dim = int(len(self.embeddings.embed_query("dimension probe")))
-        return self._dim
-
-    @property
-    def store(self) -> EmbeddingCache:
-        """The on-disk cache of document vectors (float32 ``(dim,)`` rows keyed by text), in a folder named
-        after :attr:`key` under ragkit's cache directory (``embeddings/``); opened on first use."""
-        if self._cache is None:
-            from ragkit.encoders.cache import EmbeddingCache
-            from ragkit.eval.beir import cache_dir
-
-            safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in self.key)
-            self._cache = EmbeddingCache(cache_dir() / "embeddings", safe)
-        return self._cache
-
-    def _forward(self, texts: list[str]) -> np.ndarray:
-        parts = []
-        for i in range(0, len(texts), self.batch_size):
-            batch = texts[i:i + self.batch_size]
-            parts.append(_unit(self.embeddings.embed_documents(batch), len(batch), self._dim,
-                               f"{type(self.embeddings).__name__}.embed_documents (texts {i}..{i + len(batch) - 1})"))
-            if self._dim is None:
-                self._dim = int(parts[-1].shape[1])
-        out = np.concatenate(parts) if parts else np.zeros((0, self.dim), np.float32)
-        self.n_encoded += len(texts)
-        return out
-
-    def encode(self, texts: Sequence[str], *, cache: bool | None = None, progress: bool | None = None) -> np.ndarray:
-        """Document vectors, ``(n, dim)`` float32, unit length (cached on disk when enabled)."""
-        texts = as_texts(texts, "LangChainEmbeddingsEncoder.encode")
-        if not texts:
-            return np.zeros((0, self.dim), np.float32)
-        if not (self.cache_enabled if cache is None else cache):
-            return self._forward(texts)
-        return self.store.fetch_or_compute(texts, self._forward)[0]
-
-    def encode_queries(self, texts: Sequence[str]) -> np.ndarray:
-        """Query vectors (``embed_query`` per text), ``(n, dim)`` float32, unit length."""
-        texts = as_texts(texts, "LangChainEmbeddingsEncoder.encode_queries")
-        if not texts:
-            return np.zeros((0, self.dim), np.float32)
-        return _unit([self.embeddings.embed_query(t) for t in texts], len(texts), self.dim,
-                     f"{type(self.embeddings).__name__}.embed_query")
-
-    def register(self, name: str, *, replace: bool = False) -> "LangChainEmbeddingsEncoder":
-        """Register under ``name`` so that ``Dense(model=name)`` (via ``get_encoder``) uses it."""
-        from ragkit.encoders.custom import register_encoder
-
-        return register_encoder(name, self, replace=replace)
-
-
-class RagkitEmbeddings(Embeddings):
-    """ragkit's encoder as a LangChain ``Embeddings`` (document vectors use its on-disk cache).
-
-    Parameters
-    ----------
-    model : str
-        Sentence-transformers model name or folder, or a name registered with
-        ``register_encoder`` (default all-MiniLM-L6-v2, offline).
-    encoder : object, optional
-        An encoder object to use instead of ``model``.
-    **encoder_kwargs
-        Settings for :func:`ragkit.encoders.get_encoder` (``batch_size``, ``max_seq_length``...).
-
-    Examples
-    --------
-    >>> emb = RagkitEmbeddings()                          # doctest: +SKIP
-    >>> len(emb.embed_query("scurvy"))                    # doctest: +SKIP
-    384
-    """
-
-    def __init__(self, model: str | None = None, *, encoder: Any = None, **encoder_kwargs: Any) -> None:
-        from ragkit.encoders import DEFAULT_MODEL, get_encoder
-
-        if encoder is not None and (model is not None or encoder_kwargs):
-            raise ParamError("RagkitEmbeddings: pass either encoder=... or model/settings, not both")
-        self.encoder = encoder if encoder is not None else get_encoder(model or DEFAULT_MODEL, **encoder_kwargs)
-
-    def __repr__(self) -> str:
-        return f"RagkitEmbeddings({self.encoder!r})"
-
-    def embed_documents(self, texts: list[str]) -> list[list[float]]:
-        return self.encoder.encode(list(texts)).astype(float).tolist() if texts else []
-
-    def embed_query(self, text: str) -> list[float]:
-        return self.encoder.encode_queries([text])[0].astype(float).tolist()

@@ -1,0 +1,188 @@
+"""Encoders both ways between LangChain and ragkit: any LangChain ``Embeddings`` as a ragkit encoder
+(:class:`LangChainEmbeddingsEncoder`), ragkit's encoder as a LangChain ``Embeddings`` (:class:`RagkitEmbeddings`)."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from langchain_core.embeddings import Embeddings
+
+from ragkit.encoders.sentence import as_texts
+from ragkit.errors import DataError, ParamError
+
+if TYPE_CHECKING:
+    from ragkit.encoders.cache import EmbeddingCache
+
+
+def _unit(x: Any, n_texts: int, dim: int | None, who: str) -> np.ndarray:
+    """What an ``Embeddings`` returned for ``n_texts`` texts, checked (one vector each, all of
+    ``dim`` numbers when known) and L2-normalised, ``(n_texts, dim)`` float32."""
+    try:
+        v = np.asarray(x, dtype=np.float32)
+    except (ValueError, TypeError):
+        lens = sorted({len(r) for r in x}) if isinstance(x, list) else None
+        raise DataError(f"{who}: expected {n_texts} vectors of equal length, got vectors of lengths {lens}") from None
+    if v.ndim != 2 or len(v) != n_texts:
+        raise DataError(f"{who}: expected {n_texts} vectors (one per text), got an array of shape {v.shape}")
+    if dim is not None and v.shape[1] != dim:
+        raise DataError(f"{who}: expected vectors of {dim} numbers (the encoder's dim), got {v.shape[1]}")
+    n = np.linalg.norm(v, axis=1, keepdims=True)
+    return v / np.where(n > 0, n, 1.0)
+
+
+class LangChainEmbeddingsEncoder:
+    """Any LangChain ``Embeddings`` with the interface of :class:`ragkit.encoders.Encoder`.
+
+    ``encode(texts)`` calls ``embed_documents`` and ``encode_queries(texts)`` calls
+    ``embed_query`` per text, both returning ``(n, dim)`` float32 L2-normalised vectors
+    (ragkit's dense operators score by inner product = cosine).
+
+    Parameters
+    ----------
+    embeddings : langchain_core.embeddings.Embeddings
+    key : str, optional
+        Identity of the model and its settings: names the query vectors shared between
+        operators and the on-disk cache folder.  Default: ``langchain:<Class>:<hash of its
+        settings>`` (pydantic models), ``langchain:RagkitEmbeddings:<its encoder's key>``, or
+        ``langchain:<Class>:<object id>``, which differs in every process: a pipeline saved with it
+        loads only where the encoder is registered with that ``key`` (pass one).
+    dim : int, optional
+        Vector dimension; found by embedding one probe text when not given.
+    cache : bool
+        Keep document vectors in ragkit's on-disk cache under ``key`` (default off: pass a
+        ``key`` that truly names the model and settings before turning it on).
+    batch_size : int
+        Texts per ``embed_documents`` call.
+
+    Examples
+    --------
+    >>> from langchain_core.embeddings import DeterministicFakeEmbedding          # doctest: +SKIP
+    >>> enc = LangChainEmbeddingsEncoder(DeterministicFakeEmbedding(size=64)).register("fake")  # doctest: +SKIP
+    >>> Dense(model="fake").fit(corpus)                                              # doctest: +SKIP
+    """
+
+    def __init__(self, embeddings: Embeddings, *, key: str | None = None, dim: int | None = None,
+                 cache: bool = False, batch_size: int = 256) -> None:
+        if not isinstance(embeddings, Embeddings):
+            raise ParamError("LangChainEmbeddingsEncoder: expected a LangChain Embeddings, "
+                             f"got {type(embeddings).__name__}")
+        if batch_size < 1:
+            raise ParamError(f"LangChainEmbeddingsEncoder: batch_size must be >= 1, got {batch_size}")
+        self.embeddings = embeddings
+        self.batch_size = int(batch_size)
+        self.cache_enabled = bool(cache)
+        self.key = key or self._default_key(embeddings)
+        self._dim = dim
+        self._cache: EmbeddingCache | None = None
+        self.n_encoded = 0
+
+    @staticmethod
+    def _default_key(emb: Embeddings) -> str:
+        name = type(emb).__name__
+        if isinstance(emb, RagkitEmbeddings):  # its encoder's key names the model and settings, in every process
+            return f"langchain:{name}:{emb.encoder.key}"
+        dump = getattr(emb, "model_dump_json", None)
+        if dump is not None:
+            try:
+                return f"langchain:{name}:{hashlib.sha1(dump().encode()).hexdigest()[:16]}"
+            except Exception:  # noqa: BLE001 - settings not serialisable: fall back to identity
+                pass
+        return f"langchain:{name}:{id(emb):x}"
+
+    def __repr__(self) -> str:
+        return f"LangChainEmbeddingsEncoder({type(self.embeddings).__name__}, key={self.key!r})"
+
+    @property
+    def dim(self) -> int:
+        """Width of the vectors (an int): the length of the LangChain model's embedding of a probe query,
+        asked for once, on first use."""
+        if self._dim is None:
+            self._dim = int(len(self.embeddings.embed_query("dimension probe")))
+        return self._dim
+
+    @property
+    def store(self) -> EmbeddingCache:
+        """The on-disk cache of document vectors (float32 ``(dim,)`` rows keyed by text), in a folder named
+        after :attr:`key` under ragkit's cache directory (``embeddings/``); opened on first use."""
+        if self._cache is None:
+            from ragkit.encoders.cache import EmbeddingCache
+            from ragkit.eval.beir import cache_dir
+
+            safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in self.key)
+            self._cache = EmbeddingCache(cache_dir() / "embeddings", safe)
+        return self._cache
+
+    def _forward(self, texts: list[str]) -> np.ndarray:
+        parts = []
+        for i in range(0, len(texts), self.batch_size):
+            batch = texts[i:i + self.batch_size]
+            parts.append(_unit(self.embeddings.embed_documents(batch), len(batch), self._dim,
+                               f"{type(self.embeddings).__name__}.embed_documents (texts {i}..{i + len(batch) - 1})"))
+            if self._dim is None:
+                self._dim = int(parts[-1].shape[1])
+        out = np.concatenate(parts) if parts else np.zeros((0, self.dim), np.float32)
+        self.n_encoded += len(texts)
+        return out
+
+    def encode(self, texts: Sequence[str], *, cache: bool | None = None, progress: bool | None = None) -> np.ndarray:
+        """Document vectors, ``(n, dim)`` float32, unit length (cached on disk when enabled)."""
+        texts = as_texts(texts, "LangChainEmbeddingsEncoder.encode")
+        if not texts:
+            return np.zeros((0, self.dim), np.float32)
+        if not (self.cache_enabled if cache is None else cache):
+            return self._forward(texts)
+        return self.store.fetch_or_compute(texts, self._forward)[0]
+
+    def encode_queries(self, texts: Sequence[str]) -> np.ndarray:
+        """Query vectors (``embed_query`` per text), ``(n, dim)`` float32, unit length."""
+        texts = as_texts(texts, "LangChainEmbeddingsEncoder.encode_queries")
+        if not texts:
+            return np.zeros((0, self.dim), np.float32)
+        return _unit([self.embeddings.embed_query(t) for t in texts], len(texts), self.dim,
+                     f"{type(self.embeddings).__name__}.embed_query")
+
+    def register(self, name: str, *, replace: bool = False) -> "LangChainEmbeddingsEncoder":
+        """Register under ``name`` so that ``Dense(model=name)`` (via ``get_encoder``) uses it."""
+        from ragkit.encoders.custom import register_encoder
+
+        return register_encoder(name, self, replace=replace)
+
+
+class RagkitEmbeddings(Embeddings):
+    """ragkit's encoder as a LangChain ``Embeddings`` (document vectors use its on-disk cache).
+
+    Parameters
+    ----------
+    model : str
+        Sentence-transformers model name or folder, or a name registered with
+        ``register_encoder`` (default all-MiniLM-L6-v2, offline).
+    encoder : object, optional
+        An encoder object to use instead of ``model``.
+    **encoder_kwargs
+        Settings for :func:`ragkit.encoders.get_encoder` (``batch_size``, ``max_seq_length``...).
+
+    Examples
+    --------
+    >>> emb = RagkitEmbeddings()                          # doctest: +SKIP
+    >>> len(emb.embed_query("scurvy"))                    # doctest: +SKIP
+    384
+    """
+
+    def __init__(self, model: str | None = None, *, encoder: Any = None, **encoder_kwargs: Any) -> None:
+        from ragkit.encoders import DEFAULT_MODEL, get_encoder
+
+        if encoder is not None and (model is not None or encoder_kwargs):
+            raise ParamError("RagkitEmbeddings: pass either encoder=... or model/settings, not both")
+        self.encoder = encoder if encoder is not None else get_encoder(model or DEFAULT_MODEL, **encoder_kwargs)
+
+    def __repr__(self) -> str:
+        return f"RagkitEmbeddings({self.encoder!r})"
+
+    def embed_documents(self, texts: list[str]) -> list[list[float]]:
+        return self.encoder.encode(list(texts)).astype(float).tolist() if texts else []
+
+    def embed_query(self, text: str) -> list[float]:
+        return self.encoder.encode_queries([text])[0].astype(float).tolist()
