@@ -300,7 +300,7 @@ def restoring(fit: _Fit) -> _Fit:
 
 class Composite(Operator):
     """Base of the structural operators; ``fit`` fits each child once (and, should it raise, puts every
-    node of the tree back as it was: :func:`restoring`)."""
+    node of the tree back as it was: fitted as before, or unfitted)."""
 
     kind = "composite"
     stateless = True
@@ -377,7 +377,7 @@ class Composite(Operator):
         """Fit every child operator once (an operator object found twice in the tree is fitted once), on
         ``corpus`` and, for those that learn, the training split ``train``; returns ``self``.  ``upstream`` and
         ``backend`` are as in :meth:`Operator.fit`.  A fit that raises leaves every operator of the tree as it
-        was before it (:func:`restoring`)."""
+        was before it (fitted as before, or unfitted)."""
         return self._fit_at(corpus, train, upstream=upstream, backend=backend)
 
     @restoring
@@ -583,6 +583,10 @@ class Pipeline(Composite):
         ``a + b`` becomes that parallel's fuser, as ``(a + b) | RRF(...)`` does; a fuser anywhere
         else, a judge or a router as a step of its own are refused (they belong in a
         :class:`Parallel`, :class:`Loop` or :class:`Route`).
+    description : str, optional
+        Free text describing the pipeline: the pipeline file's ``description:``, kept by :meth:`to_yaml`,
+        :meth:`save` (and so :meth:`load`) and shown by ``repr``; it changes no result.  Anything but a
+        ``str`` or ``None`` is a :class:`~ragkit.errors.ParamError`.
 
     Examples
     --------
@@ -692,10 +696,24 @@ class Pipeline(Composite):
         training queries.  ``backend="ray"`` pre-encodes the corpus's sentence vectors on Ray (and
         fits ``sharded`` retrievers with ``backend: auto`` as Ray tasks); see :mod:`ragkit.scale`.
         A fit that raises (an error, Ctrl-C) leaves every operator of the pipeline as it was before it
-        (fitted as before, or unfitted: :func:`restoring`), and the exception propagates unchanged.
+        (fitted as before, or unfitted), and the exception propagates unchanged.
         A refit without ``train`` of a pipeline whose steps learned from judged queries (a fuser with
         ``learn: true``) drops what they learned (the fuser's given weights again), with a warning on the
         ``ragkit`` logger naming those steps; pass ``train`` to learn again, or :meth:`load` the saved pipeline.
+
+        Parameters
+        ----------
+        corpus : Corpus
+            The documents the retrievers index.
+        train : TrainSet, optional
+            The training queries (with judgements, for the steps that learn from them).
+        upstream : State, optional
+            The output of the steps before this pipeline on the training queries, where it is itself a step
+            of a larger pipeline (what :meth:`Operator.fit` passes to operators with ``wants_upstream``):
+            the steps that want their upstream get this pipeline's earlier steps run on it, instead of on
+            ``train``'s queries alone.  Not needed when fitting a pipeline directly.
+        backend : {"local", "ray"}, default "local"
+            Where the corpus is encoded (above).
         """
         return self._fit_at(corpus, train, upstream=upstream, backend=backend)
 
@@ -963,7 +981,23 @@ class Pipeline(Composite):
     def load(cls, path: str | os.PathLike[str], corpus: Corpus | None = None, *, mmap: bool = False,
              verify: bool = True) -> Pipeline:
         """Load a folder written by :meth:`save` (checksums verified first unless ``verify=False``).  A leading
-        ``~`` in ``path`` is the home folder; ``corpus``, when given, is the :class:`Corpus` it was fitted on."""
+        ``~`` in ``path`` is the home folder; ``corpus``, when given, is the :class:`Corpus` it was fitted on.
+
+        Parameters
+        ----------
+        path : str or path-like
+            The folder :meth:`save` wrote.
+        corpus : Corpus, optional
+            The corpus the pipeline was fitted on (``None``: the one the folder holds).
+        mmap : bool, default False
+            Memory-map the large saved arrays and indexes (vectors, BM25's matrices) instead of reading them
+            into memory: a faster load and less memory, searches reading pages from the files; as
+            :meth:`Operator.load` (the token vectors of ``muvera``/``maxsim``/``maxsim_exact`` are mapped
+            whatever it says).  The folder must stay in place while the pipeline is used.
+        verify : bool, default True
+            Check the folder's checksums before loading (a changed file is an
+            :class:`~ragkit.errors.ArtifactError`).
+        """
         from ragkit.pipelines.store import load_pipeline
 
         folder = user_path(path, "Pipeline.load: path")

@@ -1379,8 +1379,8 @@ def dump_yaml(pipe: Pipeline) -> str:
 
 
 def walk_leaves(op: Operator, path: str = "pipeline") -> Iterator[tuple[str, Operator]]:
-    """``(path, leaf)`` for every leaf, with the same paths the YAML builder uses
-    (:meth:`~ragkit.pipelines.Composite.child_paths`)."""
+    """``(path, leaf)`` for every leaf, with the same paths the YAML builder, the traces and the errors of
+    search and fit use (``"pipeline[0].bm25"``, ``"pipeline[1].parallel.branches[0].dense"``)."""
     if isinstance(op, Composite):
         for child, where in op.child_paths(path):
             yield from walk_leaves(child, where)

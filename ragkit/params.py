@@ -228,8 +228,9 @@ else:
 class Params(_ParamsBase):
     """Base class of operator parameter models: unknown keys are refused, instances are frozen.
 
-    Type checkers see them frozen too (:class:`_FrozenModelMeta`) and flag ``op.params.k = 7``; at run time the
-    assignment is a :class:`~ragkit.errors.ParamError` saying how to change a parameter (:meth:`__setattr__`)."""
+    Type checkers see them frozen too (through a metaclass seen only by them) and flag ``op.params.k = 7``; at
+    run time the assignment is a :class:`~ragkit.errors.ParamError` saying how to change a parameter
+    (:meth:`__setattr__`)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True, allow_inf_nan=False)
 

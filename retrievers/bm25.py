@@ -884,9 +884,12 @@ class BM25(Operator):
     for more frequent ones, which misranks small corpora.  SciFact test: 0.6766 (Anserini
     publishes 0.679).
 
-    Scores are ``(n_queries, n_docs)`` float64 products.  Only documents that contain a query
-    term are returned, as Lucene does: a query with fewer than ``k`` matching documents gets a
-    shorter ranking, one with no indexed term an empty one (no zero-score padding that fusion
+    A batch of queries is scored by one sparse product of their term counts with the float64
+    term weights (a sparse ``(n_queries, n_docs)`` matrix that stores only the documents matching
+    a query term); the rankings hold those scores as float32 (``search(...).scores[i]`` is a
+    float32 array), and :meth:`score_matrix` gives the dense float64 matrix.  Only documents
+    that contain a query term are returned, as Lucene does: a query with fewer than ``k``
+    matching documents gets a shorter ranking, one with no indexed term an empty one (no zero-score padding that fusion
     or pseudo-relevance feedback would take for evidence).  A metadata ``filter`` masks rows to
     ``-inf`` before the top-k, so a query still gets ``k`` results when ``k`` documents pass
     and match.
@@ -921,7 +924,7 @@ class BM25(Operator):
 
     # ------------------------------------------------------------------ tokens
     def make_tokenizer(self) -> Tokenizer:
-        """The :class:`Tokenizer` these parameters describe."""
+        """The :class:`~ragkit.retrievers.bm25.Tokenizer` these parameters describe."""
         p = self.params
         return Tokenizer(p.stopwords, p.stemmer, p.tokenizer)
 
@@ -1357,8 +1360,9 @@ class BM25(Operator):
 
     def expansion_matrix(self, state: State, texts: Sequence[str]) -> sp.csr_matrix | None:
         """:meth:`query_matrix` of ``texts`` (what ``state.texts(lexical=True)`` gave) from the term counts PRF
-        passed with its expanded text (``state.values["lexical_counts"]``, :class:`LexicalCounts`), without
-        tokenising the ~``resolution`` words of each expanded query again; ``None`` (tokenise the texts) unless
+        passed with its expanded text (``state.values["lexical_counts"]``,
+        :class:`~ragkit.retrievers.bm25.LexicalCounts`), without tokenising the ~``resolution`` words of each
+        expanded query again; ``None`` (tokenise the texts) unless
         every query's entry is a row of one PRF call whose analysis (tokenizer, stopwords, stemmer) is this
         index's, ``texts`` are exactly the texts that call wrote for those rows, and every term of their
         expansions is in this index's vocabulary (an index fitted on another corpus, or edited since), and no

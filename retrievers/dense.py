@@ -1,7 +1,7 @@
 """Dense retrieval over sentence embeddings, with storage and search as parameters.
 
 ``Dense`` encodes the corpus with a sentence-transformers model and delegates storage and
-search to :class:`ragkit.retrievers._index.VectorIndex`: float32 / float16 / calibrated
+search to a vector index of its own (one per retriever, saved with it): float32 / float16 / calibrated
 int8 / sign-bit storage, optional PCA or Matryoshka reduction, re-scoring of a shortlist
 with memory-mapped float vectors, exact numpy or usearch HNSW search, metadata filters
 applied inside the search, ``add`` / ``remove`` without a rebuild.
@@ -164,7 +164,8 @@ class Dense(TunedEncoderMixin, Operator):
     """Dense retriever: sentence embeddings in a quantised / reduced, exact or HNSW index.
 
     Documents are encoded to L2-normalised float32 vectors ``(n_docs, dim)`` (the disk cache
-    makes re-encoding free) and handed to :class:`~ragkit.retrievers._index.VectorIndex`.
+    makes re-encoding free) and stored in the retriever's vector index (``index_``), as ``dtype``,
+    ``search``, ``rescore`` and ``oversample`` describe.
     A query batch ``(n_q, dim)`` is searched in one call; scores are cosines (approximate
     for compressed storage; exact after ``rescore``).  Under ``reduce: pca`` without ``rescore``
     they are cosines of the *centred, projected* vectors (PCA-RAG), on another scale than the
@@ -254,8 +255,8 @@ class Dense(TunedEncoderMixin, Operator):
         """What :meth:`fit` on ``corpus`` would refuse of the parameters, refused before any work: a ``reduce``
         wider than the model's embeddings, or a ``reduce: pca:<dims>`` with no more documents than ``dims``
         (a :class:`ParamError` at ``dense.reduce``).  Run by fit itself, and by a pipeline's fit for each of its
-        steps before it fits any (:func:`~ragkit.pipelines._checks.check_trainable`), so that a refused step
-        costs no encoding by the steps before it."""
+        steps before it fits any (:meth:`~ragkit.pipelines.Pipeline.fit` checks every step first), so that a
+        refused step costs no encoding by the steps before it."""
         kind, dims = parse_reduce(self.params.reduce)
         if kind != "none":  # before fine-tuning and encoding: the base model's width is the tuned one's; a known
             # width loads no model (2.5 s for MiniLM, where fit otherwise reads cached embeddings only)

@@ -139,6 +139,10 @@ def _pair_cos(rankings: Run | Sequence[Ranking], vectors: np.ndarray, k: int) ->
 def intra_list_diversity(rankings: Run | Sequence[Ranking], vectors: np.ndarray, k: int = 10) -> np.ndarray:
     """ILD@k per query: ``1 - mean pairwise cosine`` of the top-k (nan with fewer than 2 documents).
 
+    Intra-list diversity of Ziegler, McNee, Konstan & Lausen, "Improving Recommendation Lists Through
+    Topic Diversification", WWW 2005 (there with a taxonomy similarity; here the cosine of document
+    vectors).  Returns ``(n_queries,)`` float64.
+
     Cosines of the rows of ``vectors`` ``(N, d)`` at any scale; a zero vector counts as orthogonal to
     every document (cosine 0)."""
     g, pair = _pair_cos(rankings, vectors, k)
@@ -494,7 +498,7 @@ def alpha_ndcg(run: RunLike, subtopics: Subtopics, k: int = 10, alpha: float = 0
     which name no document id) is a :class:`~ragkit.errors.DataError`.
     A run that lists one document twice for a query is a :class:`~ragkit.errors.DataError`, as in
     ``evaluate``.  Queries without subtopics are skipped; a query of ``subtopics`` absent from
-    the run scores 0.  ``subtopics`` is checked first (:func:`check_subtopics`: ids as strings, a
+    the run scores 0.  ``subtopics`` is checked first (:func:`~ragkit.eval.diversity.check_subtopics`: ids as strings, a
     document's labels a list, tuple or set, a subtopic listed twice for one document covered once).
     ``k < 1``, ``alpha`` outside [0, 1] or malformed ``subtopics`` raise :class:`~ragkit.errors.DataError`.
 
@@ -583,7 +587,7 @@ def subtopic_recall(run: RunLike, subtopics: Subtopics, k: int = 10) -> dict[str
     """S-recall@k per judged query: share of the query's subtopics covered by a document in the top-k.
 
     ``run`` as :func:`alpha_ndcg` takes it (a :class:`~ragkit.run.Run` or ``{query_id: {doc_id: score}}``);
-    ``k < 1``, another ``run`` or malformed ``subtopics`` (see :func:`check_subtopics`) raise
+    ``k < 1``, another ``run`` or malformed ``subtopics`` (see :func:`~ragkit.eval.diversity.check_subtopics`) raise
     :class:`~ragkit.errors.DataError`."""
     lists = _doc_lists(run, k, "subtopic_recall")
     checked = check_subtopics(subtopics, "subtopic_recall")

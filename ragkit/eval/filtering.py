@@ -114,6 +114,10 @@ def filter_report(filtered: Run, qrels: Qrels | Any, reference: Run | None = Non
 def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, n_bins: int = 15) -> float:
     """ECE with ``n_bins`` equal-width bins on [0, 1]: ``sum_b |B_b|/n * |mean(y) - mean(p)|``.
 
+    Naeini, Cooper & Hauskrecht, "Obtaining Well Calibrated Probabilities Using Bayesian Binning", AAAI 2015
+    (the measure), in the equal-width form of Guo, Pleiss, Sun & Weinberger, "On Calibration of Modern
+    Neural Networks", ICML 2017 (15 bins by default, as there).
+
     ``probs``: predicted probabilities of relevance, float in ``[0, 1]``, any shape (flattened), ``(n,)``;
     ``labels``: the outcomes, 0/1 (bool or numbers), as many as ``probs``.  Returns a float in ``[0, 1]``
     (0 for no predictions).  A probability outside ``[0, 1]`` or not finite is a :class:`DataError`."""
@@ -140,8 +144,24 @@ def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, n_bins: in
 def pr_curve(scores: np.ndarray, labels: np.ndarray, n_relevant: int | None = None) -> tuple[np.ndarray, ...]:
     """Precision-recall of one global threshold swept over pooled ``scores``.
 
-    Returns ``(precision, recall, thresholds)``, one point per distinct score, highest
-    threshold first.  ``n_relevant`` is the recall denominator (default: ``labels.sum()``).
+    Parameters
+    ----------
+    scores : ndarray of float, shape (n,)
+        The scores of every (query, document) pair pooled, any shape (flattened); finite (drop padding
+        first: a NaN or inf is a :class:`DataError`).
+    labels : ndarray, shape (n,)
+        1 (or ``True``) for a relevant pair, 0 otherwise, one per score (another count is a
+        :class:`DataError`).
+    n_relevant : int, optional
+        The recall denominator: the relevant documents there are, retrieved or not (default:
+        ``labels.sum()``, the relevant ones among the scores).
+
+    Returns
+    -------
+    precision, recall, thresholds : ndarray of float64, shape (m,) each
+        One point per distinct score (``m`` of them, ``m <= n``), highest threshold first: point ``i``
+        keeps the pairs scoring at least ``thresholds[i]``.  Empty (shape ``(0,)``) for no scores; recall
+        is 0 where the denominator is 0.
     """
     scores = np.asarray(scores, dtype=np.float64).ravel()
     labels = np.asarray(labels, dtype=np.float64).ravel()

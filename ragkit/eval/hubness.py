@@ -1,6 +1,7 @@
 """Hubness of a run: k-occurrence N_k over all documents, its skewness, anti-hubs and top hubs.
 
-Radovanovic, Nanopoulos, Ivanovic, "Hubs in Space", JMLR 2010; used as the hubness measure
+Radovanović, Nanopoulos, Ivanović, "Hubs in Space: Popular Nearest Neighbors in High-Dimensional
+Data", JMLR 11, 2010 (the k-occurrence ``N_k`` and its skewness); used as the hubness measure
 of QB-Norm (Bogolin et al., CVPR 2022) and DBNorm (Wang et al., EMNLP 2023).
 """
 
@@ -93,6 +94,8 @@ class HubnessReport:
     Attributes
     ----------
     k : int
+        The cut-off the k-occurrences were counted at (a document occurs for a query when it is in
+        that query's top ``k``).
     skewness : float
         Skewness of N_k over **all** documents (zeros included) -- the number ragkit reports.
     skewness_nonzero : float
@@ -102,7 +105,10 @@ class HubnessReport:
     top1pct_share : float
         Share of all top-k slots taken by the 1% most frequent documents.
     max_occurrence : int
-    top_hubs : list of (doc row, N_k), most frequent first
+        The largest ``N_k``: how many queries' top-k hold the most frequent document.
+    top_hubs : list of (int, int)
+        ``(doc row, N_k)`` of the most frequent documents, most frequent first (ties by lower row), at most
+        :func:`hubness`'s ``top`` of them; documents never retrieved are left out.
     """
 
     k: int
@@ -119,7 +125,28 @@ class HubnessReport:
 
 
 def hubness(run: Run | Sequence[Ranking], n_docs: int, k: int = 10, top: int = 10) -> HubnessReport:
-    """Hubness report of a run over a corpus of ``n_docs`` documents (see :class:`HubnessReport`)."""
+    """Hubness report of a run over a corpus of ``n_docs`` documents.
+
+    Radovanović, Nanopoulos, Ivanović, "Hubs in Space: Popular Nearest Neighbors in High-Dimensional Data",
+    JMLR 11, 2010: hubness is the right skew of the k-occurrence distribution ``N_k`` (how many queries'
+    top-k hold each document), a few "hubs" in many top-k lists and many "anti-hubs" in none.
+
+    Parameters
+    ----------
+    run : Run or list of Ranking
+        The rankings (row numbers into the corpus): a pipeline's ``search`` result, not a run read from a file.
+    n_docs : int
+        The corpus size; every document counts, the never retrieved ones as ``N_k = 0``.
+    k : int, default 10
+        The cut-off: a document occurs for a query when it is in that query's top ``k`` (>= 1).
+    top : int, default 10
+        How many of the most frequent documents :attr:`HubnessReport.top_hubs` lists.
+
+    Returns
+    -------
+    HubnessReport
+        See :class:`HubnessReport`; compare its ``skewness`` with :func:`random_skewness` of the same shape.
+    """
     nk = k_occurrence(run, n_docs, k)
     total = nk.sum()
     srt = np.sort(nk)[::-1]

