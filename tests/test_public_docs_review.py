@@ -191,3 +191,15 @@ def test_bm25_scores_are_float32_as_documented() -> None:
     assert all(s.dtype == np.float32 for s in run.scores)
     assert run.rankings is not None and all(r.scores.dtype == np.float32 for r in run.rankings)
     assert bm.score_matrix(["red apple"]).dtype == np.float64  # the dense matrix it names, float64
+
+
+@pytest.mark.parametrize("top", [-1, 2.5, True, "3"])
+def test_hubness_refuses_a_top_that_is_no_count(top: object) -> None:
+    """``top=-1`` listed all hubs but the last (``order[:-1]``); now refused, as ``k`` is."""
+    from ragkit.errors import DataError
+    from ragkit.eval import hubness
+    from ragkit.types import Ranking
+
+    with pytest.raises(DataError, match=r"hubness: top must be an integer >= 0"):
+        hubness([Ranking([0, 1], [1.0, 0.5])], n_docs=3, k=2, top=top)  # type: ignore[arg-type]
+    assert hubness([Ranking([0, 1], [1.0, 0.5])], n_docs=3, k=2, top=0).top_hubs == []

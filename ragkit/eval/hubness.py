@@ -140,13 +140,15 @@ def hubness(run: Run | Sequence[Ranking], n_docs: int, k: int = 10, top: int = 1
     k : int, default 10
         The cut-off: a document occurs for a query when it is in that query's top ``k`` (>= 1).
     top : int, default 10
-        How many of the most frequent documents :attr:`HubnessReport.top_hubs` lists.
+        How many of the most frequent documents :attr:`HubnessReport.top_hubs` lists (>= 0).
 
     Returns
     -------
     HubnessReport
         See :class:`HubnessReport`; compare its ``skewness`` with :func:`random_skewness` of the same shape.
     """
+    if isinstance(top, bool) or not isinstance(top, (int, np.integer)) or top < 0:  # (top=-1 sliced all but one)
+        raise DataError(f"hubness: top must be an integer >= 0 (how many hubs to list), got {top!r}")
     nk = k_occurrence(run, n_docs, k)
     total = nk.sum()
     srt = np.sort(nk)[::-1]
