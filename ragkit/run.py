@@ -523,6 +523,10 @@ class Run:
                 from ragkit.eval.beir import _refuse_nul
 
                 _refuse_nul(path, n, (("query id", parts[0]), ("document id", parts[2])))
+            if "_" in parts[4]:  # float() reads '1_0' as 10, trec_eval's atof as 1: neither would be told
+                raise DataError(f"{path}:{n}: score {parts[4]!r} holds an underscore, which Python's float() skips "
+                                f"(reading {parts[4].replace('_', '')}) and trec_eval reads as the end of the number; "
+                                "expected a plain number such as 12.5 or 1.25e-3")
             try:
                 score = float(parts[4])
             except ValueError:

@@ -78,10 +78,15 @@ def search_cmd(
         if not fitted:
             raise RagkitError(f"--index {index}: saved before it was fitted; fit it on a corpus and save it again")
         pipe = _without_generation(pipe, f"--index {index}")
-        if run_file is not None:  # before the search: ids the run file's columns cannot hold
-            from ragkit.run import check_trec_ids
+        if run_file is not None:  # before the search: ids the run file's columns cannot hold, named where they are
+            from ragkit.eval.beir import check_run_ids
 
-            check_trec_ids(f"--run {run_file}", batch.ids, pipe.corpus_.ids, run_tag)
+            listed = queries_file if queries_file is not None and not _is_stdout(queries_file) else None
+            check_run_ids(f"--run {run_file}", batch.ids, "query id",
+                          listed if listed is not None else "--queries - (standard input)", lookup=listed)
+            check_run_ids(f"--run {run_file}", pipe.corpus_.ids.tolist(), "document id",
+                          f"--index {index} (its corpus)", lookup=index / "corpus.jsonl",
+                          fix="fit and save the index again on a corpus whose ids hold no whitespace")
         with err_console.status(f"searching {len(batch)} quer{'y' if len(batch) == 1 else 'ies'}..."):
             run = pipe.search(batch, k=k, **_rankings_only(pipe))
     except RagkitError as e:
@@ -110,21 +115,25 @@ def search_cmd(
 
 def _read_queries_option(path: Path) -> Any:
     """The queries of ``search --queries``: a file's (:func:`~ragkit.eval.beir.read_query_file`), or with ``-``
-    standard input's, in the same layouts (JSON lines when the first non-blank line starts with ``{``: a BEIR
-    queries.jsonl; else TSV or one query per line; a UTF-8 byte-order mark before it dropped, as files' are), its
-    errors naming ``--queries -`` for the file."""
-    from ragkit.eval.beir import read_query_file
+    standard input's, in the same layouts, told apart by one rule (:func:`~ragkit.eval.beir.is_jsonl_query_file`:
+    JSON lines when the first character that is not blank is ``{``, a UTF-8 byte-order mark aside, or a file is
+    named ``.jsonl``, ``.ndjson`` or ``.json``: a BEIR queries.jsonl; else TSV or one query per line), its errors
+    naming ``--queries -`` for the file."""
+    from ragkit.eval.beir import is_jsonl_query_file, read_query_file, starts_json_object
 
     if not _is_stdout(path):
-        return _without_header(read_query_file(path), str(path), path.suffix != ".jsonl")
+        return _without_header(read_query_file(path), str(path), not is_jsonl_query_file(path))
     # a byte-order mark is no part of the first line (as files read: a JSON line after one is JSON lines)
     data = sys.stdin.buffer.read().removeprefix(b"\xef\xbb\xbf")
-    first = next((line.strip() for line in data.splitlines() if line.strip()), b"")
+    if data.startswith(b"\x1f\x8b"):
+        raise RagkitError("--queries - (standard input): is gzip-compressed; expected plain UTF-8 text: uncompress it "
+                          "on the way (zcat queries.jsonl.gz | ragkit search ... --queries -)")
+    jsonl = starts_json_object(data)  # (the rule files are read by: is_jsonl_query_file)
     with tempfile.TemporaryDirectory(prefix="ragkit-stdin-") as folder:
-        tmp = Path(folder) / ("stdin.jsonl" if first.startswith(b"{") else "stdin.txt")
+        tmp = Path(folder) / ("stdin.jsonl" if jsonl else "stdin.txt")
         tmp.write_bytes(data)
         try:
-            return _without_header(read_query_file(tmp), "--queries - (standard input)", tmp.suffix != ".jsonl")
+            return _without_header(read_query_file(tmp), "--queries - (standard input)", not jsonl)
         except RagkitError as e:
             e.args = (str(e).replace(str(tmp), "--queries - (standard input)"), *e.args[1:])
             raise

@@ -56,7 +56,7 @@ from ragkit._files import (
 )
 from ragkit._qrels import _QRELS_ROLE, _csv_qrels, _qrels_columns
 from ragkit.errors import DataError, InputTypeError, ParamError, some_ids
-from ragkit.eval.metrics import respelled
+from ragkit.eval.metrics import respelled, respelt_pair
 from ragkit.types import (
     GRADE_MAX,
     GRADE_MIN,
@@ -113,6 +113,18 @@ def _json_problem(e: json.JSONDecodeError) -> str:
     return f"{e.msg} column {e.colno}" if e.msg.endswith(" at") else f"{e.msg} at column {e.colno}"
 
 
+def _malformed_line(path: Path, n: int, text: str, e: json.JSONDecodeError) -> DataError:
+    """The error for line ``n`` of ``path`` (``text``, its ending stripped) that is no JSON value (``e``); where
+    the value runs on past the line, which ends opening an object or array or after a ``,`` or ``:`` (a JSON
+    record spread over several lines, pretty-printed: ``{`` alone on line 1), it says how to write one per line."""
+    said = f"{path}:{n}: malformed JSON line ({_json_problem(e)})"
+    if e.pos >= len(text.rstrip()) and text.rstrip().endswith(("{", "[", ",", ":")):
+        said += (": the object does not close on this line, as in a JSON record spread over several lines "
+                 f"(pretty-printed); expected JSON Lines, one object per line: convert it, e.g. jq -c . {path.name} "
+                 "> fixed.jsonl")
+    return DataError(said)
+
+
 def _cr_endings(path: Path, n: int, text: str) -> DataError:
     """The error for a line (its ending stripped) holding a carriage return: a file with CR-only (old Mac)
     line endings reads as one line, whose records or columns would run together."""
@@ -155,6 +167,24 @@ def _refuse_gzip(path: Path) -> None:
         raise DataError(f"{path}: is gzip-compressed; expected plain UTF-8 text: gunzip it first ({how})")
 
 
+def _refuse_utf16(path: Path, head: bytes) -> None:
+    """Refuse ``path`` when its first bytes ``head`` are a UTF-16 or UTF-32 byte-order mark (a file saved as
+    "Unicode" by Windows tools), which would read as "not UTF-8 (byte 0xff ...)"."""
+    for bom, name in ((b"\xff\xfe\x00\x00", "UTF-32"), (b"\x00\x00\xfe\xff", "UTF-32"), (b"\xff\xfe", "UTF-16"),
+                      (b"\xfe\xff", "UTF-16")):
+        if head.startswith(bom):
+            raise DataError(f"{path}: is {name} text (byte-order mark {bom.hex(' ')}); expected UTF-8: convert it, "
+                            f"e.g. iconv -f {name} -t UTF-8 {path} > {path.stem}-utf8{path.suffix}")
+
+
+def _refuse_packed(path: Path) -> None:
+    """Refuse a ``path`` that is gzip-compressed (:func:`_refuse_gzip`) or UTF-16 / UTF-32 text
+    (:func:`_refuse_utf16`), naming the encoding and how to convert it, before its lines are read."""
+    _refuse_gzip(path)
+    with open(path, "rb") as f:
+        _refuse_utf16(path, f.read(4))
+
+
 def _check_id(did: str, path: Path, n: int) -> None:
     """Refuse the ``_id`` on line ``n`` of ``path`` when it is empty or holds a tab, a line feed or a carriage
     return: qrels and run files, whose columns are tab- or space-separated, could not name it; or a NUL
@@ -185,7 +215,7 @@ def _jsonl_blocks(path: Path) -> Iterator[tuple[Sequence[int], list[dict[str, An
     the one that line gave, naming the file and the line, and raised before any later line is read."""
     if not path.is_file():
         raise _not_found(path)
-    _refuse_gzip(path)
+    _refuse_packed(path)
     first = True  # no record read yet (a file whose first line opens a JSON array is refused)
     done = 0  # lines read before this block
     with open(path, "rb") as f:
@@ -299,7 +329,7 @@ def _jsonl_line(path: Path, n: int, raw: bytes, first: bool) -> dict[str, Any] |
     except json.JSONDecodeError as e:
         if "\r" in text:  # CR-only line endings: the whole file is one line ("Extra data at column 151")
             raise _cr_endings(path, n, text) from None
-        raise DataError(f"{path}:{n}: malformed JSON line ({_json_problem(e)})") from None
+        raise _malformed_line(path, n, text, e) from None
     if not isinstance(rec, dict) or "_id" not in rec:
         named = [k for k in rec if k.strip().casefold().replace("-", "_") in _ID_KEYS] if isinstance(rec, dict) else []
         rename = (f"; it has {named[0]!r}: rename that key to '_id' (BEIR's name for the id: "
@@ -491,29 +521,81 @@ def read_queries(path: str | os.PathLike[str], *, note_blank: bool = True) -> di
     return out
 
 
+#: the names (case aside) of a file of queries read as JSON Lines whatever it holds; any other is read by its content
+#: (:func:`is_jsonl_query_file`)
+_JSONL_SUFFIXES = frozenset({".jsonl", ".ndjson", ".json"})
+
+
+def starts_json_object(data: bytes) -> bool:
+    """Whether ``data`` (a file's first bytes, or standard input's) begins with ``{`` once a UTF-8 byte-order mark
+    and blank space (blank lines) are set aside: the first line of JSON Lines, which no query TSV's or plain query
+    line is (a query would not start with a brace)."""
+    return data.removeprefix(codecs.BOM_UTF8).lstrip()[:1] == b"{"
+
+
+def is_jsonl_query_file(path: str | os.PathLike[str]) -> bool:
+    """Whether :func:`read_query_file` reads ``path`` as JSON Lines (a BEIR ``queries.jsonl``): named ``.jsonl``,
+    ``.ndjson`` or ``.json`` (case aside: ``q.JSONL``), or, whatever its name, its first character that is not blank
+    (a UTF-8 byte-order mark aside) is ``{`` (:func:`starts_json_object`; ``ragkit search --queries -`` reads
+    standard input by the same rule).  Otherwise it is a TSV of ``query-id<TAB>text`` or one query per line."""
+    path = Path(path)
+    if path.suffix.casefold() in _JSONL_SUFFIXES:
+        return True
+    with open(path, "rb") as f:
+        head = b""
+        while block := f.read(1 << 16):  # (blank lines before the first query: read on until one that is not)
+            head = (head + block).removeprefix(codecs.BOM_UTF8).lstrip()
+            if head:
+                break
+    return starts_json_object(head)
+
+
+#: a line of a query file that begins with an id of digits and a space (``1 0-dimensional biomaterials ...``)
+_SPACED_ID = re.compile(r"\d+ +\S")
+
+
 def read_query_file(path: str | os.PathLike[str]) -> Queries:
     """Queries to search from a file: a BEIR ``queries.jsonl`` (``{"_id", "text"}`` per line), a
     TSV of ``query-id<TAB>text`` lines (Pyserini's and MS MARCO's topics), or plain text, one query
-    per line, whose ids are the line numbers ("1", "2", ...).  Blank lines are skipped; a file whose
-    lines mix the last two layouts, a blank query, or a repeated id is a :class:`DataError` naming the
-    line."""
+    per line, whose ids are the line numbers ("1", "2", ...).  JSON Lines are told by the file's name or content
+    (:func:`is_jsonl_query_file`: ``.jsonl``, ``.ndjson``, ``.json``, or a first line that starts with ``{``).
+    Blank lines are skipped; a file whose lines mix the last two layouts, a blank query, or a repeated id is a
+    :class:`DataError` naming the line, and so is a gzip-compressed or UTF-16 file.  Two cases are read as
+    before, with a warning on the ``ragkit`` logger naming the line: a TSV line of more than two columns
+    (``id<TAB>text<TAB>answer``: its text keeps the columns after the id, tabs included; tabs at the end of a
+    line are dropped), and a file without a tab whose every line starts with digits and a space (``1 what is
+    ...``: ids separated by spaces), read one query per line, the numbers staying in the texts.
+
+    Examples
+    --------
+    >>> from pathlib import Path
+    >>> import tempfile
+    >>> folder = Path(tempfile.mkdtemp())
+    >>> _ = (folder / "q.tsv").write_text("q1\tvitamin D and cancer\nq2\tstatins\n")
+    >>> read_query_file(folder / "q.tsv").ids
+    ['q1', 'q2']
+    """
     path = user_path(path, "read_query_file: path")
     if not path.is_file():
         raise DataError(f"{path}: {'not a file' if path.exists() else 'file not found'}; expected a queries.jsonl, "
                         "a TSV of query-id<TAB>text lines or a text file of one query per line")
-    if path.suffix == ".jsonl":
+    _refuse_packed(path)
+    if is_jsonl_query_file(path):
         q = read_queries(path, note_blank=False)  # (a blank query is refused below, naming it)
         ids, texts, lines = list(q), list(q.values()), None
     else:
         ids, texts, lines = [], [], []
+        wide: list[tuple[int, int]] = []  # (line, columns) of the lines of more than 2 tab-separated columns
         for n, _, line in utf8_lines(path, "a query file is UTF-8 text"):
             text = line.rstrip("\r\n")
             if "\r" in text:  # CR-only line endings: every query would be one, its ids and texts run together
                 raise _cr_endings(path, n, text)
             if text.strip():
                 qid, tab, rest = text.partition("\t")
+                if tab and "\t" in rest.rstrip("\t"):  # (trailing tabs end no column)
+                    wide.append((n, len(text.rstrip("\t").split("\t"))))
                 ids.append(qid.strip() if tab else str(n))
-                texts.append(rest if tab else text)
+                texts.append(rest.rstrip("\t") if tab else text)
                 lines.append((n, bool(tab)))
         tabbed = {t for _, t in lines}
         if len(tabbed) == 2:
@@ -521,6 +603,19 @@ def read_query_file(path: str | os.PathLike[str]) -> Queries:
             raise DataError(f"{path}:{first}: {'a' if lines[0][1] else 'no'} tab on line {lines[0][0]} but "
                             f"{'none' if lines[0][1] else 'one'} here; expected query-id<TAB>text on every line (a "
                             "TSV) or on none (one query per line)")
+        if wide:  # (kept, as before: a text may hold a tab; Anserini's and Pyserini's TSV topics read column 2 alone)
+            (n, k), more = wide[0], len(wide) - 1
+            _log.warning(f"{path}:{n}: expected 'id<TAB>text', got {k} tab-separated columns"
+                         + (f" (and {more} more line{'s' if more > 1 else ''} of more than 2)" if more else "")
+                         + "; the query text keeps the columns after the id, tabs included (Anserini and Pyserini "
+                         "read the second column alone); if the others are no part of the query (a gold answer), "
+                         f"cut them, e.g. cut -f1,2 {path.name} > queries.tsv")
+        if tabbed == {False} and len(texts) > 1 and all(map(_SPACED_ID.match, texts)):
+            _log.warning(f"{path}:{lines[0][0]}: every line starts with a number and a space ({texts[0][:40]!r}), "
+                         "which looks like 'id text' separated by spaces; ragkit reads a tab as the separator "
+                         "between a query id and its text, so each line was read as one query, numbered by its line "
+                         "(1, 2, ...), the number kept in its text; to keep the ids, separate them with a tab, e.g. "
+                         f"sed 's/ /\\t/' {path.name} > queries.tsv")
     if not texts:
         raise DataError(f"{path}: no query in the file")
     for i, (qid, text) in enumerate(zip(ids, texts)):
@@ -616,12 +711,13 @@ def read_qrels(path: str | os.PathLike[str]) -> Qrels:
     return _read_qrels(path)[0]
 
 
-def _read_qrels(path: str | os.PathLike[str]) -> tuple[Qrels, dict[str, int]]:
-    """:func:`read_qrels`, and the line on which each query id is first judged (for errors naming it)."""
+def _read_qrels(path: str | os.PathLike[str]) -> tuple[Qrels, dict[str, int], dict[tuple[str, str], int]]:
+    """:func:`read_qrels`, the line on which each query id is first judged, and the line of each judgement
+    ``(query id, document id)`` (for errors and warnings naming it)."""
     path = user_path(path, "read_qrels: path")
     if not path.is_file():
         raise _not_found(path)
-    _refuse_gzip(path)
+    _refuse_packed(path)
     qrels: Qrels = {}
     header: list[str] | None = None  # line 1 when it names BEIR's columns, read by name
     named: tuple[int, int, int] | None = None
@@ -667,6 +763,10 @@ def _read_qrels(path: str | os.PathLike[str]) -> tuple[Qrels, dict[str, int]]:
             q, d, s = row[0], row[-2], row[-1]
         if "\x00" in text:  # (trec_eval would read the id cut at the NUL)
             _refuse_nul(path, n, (("query id", q), ("document id", d)))
+        if "_" in s:  # float() reads '1_0' as 10, trec_eval's atof as 1: neither is told
+            raise DataError(f"{path}:{n}: relevance {s!r} holds an underscore, which Python's float() skips (reading "
+                            f"{s.replace('_', '')}) and trec_eval reads as the end of the number; expected a plain "
+                            "integer grade such as 0, 1 or 2")
         try:
             value = float(s)
             rel = int(value)
@@ -695,7 +795,7 @@ def _read_qrels(path: str | os.PathLike[str]) -> tuple[Qrels, dict[str, int]]:
     if not qrels:
         raise DataError(f"{path}: holds no judgements (an empty file, or a header only); expected lines "
                         "'query-id<TAB>corpus-id<TAB>score'")
-    return qrels, first_line
+    return qrels, first_line, line_of
 
 
 def _unknown_header(path: Path, row: list[str]) -> None:
@@ -785,8 +885,27 @@ class BeirDataset:
                 said = (f"{docs}: {r} graded 1 or more ({eg}) and {n - r} graded 0 (not relevant, which change"
                         f"{'' if n - r > 1 else 's'} no score); kept, as BEIR keeps them: no run can retrieve the {r} "
                         "graded 1 or more, so")
-            _log.warning(f"{path}: {said}" + (f" {they} as not found" if r else ""))
+            line = _read_qrels(path)[2].get((q, d))  # (its line: read again, to say; once per split)
+            _log.warning(f"{path}: {said}" + (f" {they} as not found" if r else "")
+                         + (f"; {d!r} is judged for query {q!r} on line {line} of {path.name}" if line else "")
+                         + self._respelt_docs([d for _, d in (rel or bad_d)]))
         return qrels
+
+    def _respelt_docs(self, unknown: list[str]) -> str:
+        """``"; is '14717500' meant? ('14717500 ' names ...)"``: the clause on the judged document ids ``unknown``
+        (which the corpus lacks) that name a document of the corpus once leading zeros, case and surrounding
+        spaces are set aside (:func:`~ragkit.eval.metrics.respelled`), ``""`` when none does.  The corpus's ids are
+        looked through only when it holds at most :data:`_RESPELL_MAX` documents (a warning's hint is not worth
+        seconds)."""
+        if len(self.corpus) > _RESPELL_MAX:
+            return ""
+        pairs = respelled(list(dict.fromkeys(unknown)), self.corpus.ids.tolist())
+        if not pairs:
+            return ""
+        (u, j), k = pairs[0], len(pairs)
+        return (f"; is {j!r} meant? ({respelt_pair(u, j, 'is', ' in corpus.jsonl').rstrip('?')}: {k} of the "
+                f"judged ids the corpus lacks name{'' if k > 1 else 's'} a document of corpus.jsonl once leading "
+                "zeros, case and spaces are set aside; write the qrels' document ids as corpus.jsonl does)")
 
     def unknown_judged(self, qrels: Mapping[str, Mapping[str, int]]) -> list[tuple[str, str]]:
         """``(query id, document id)`` of every judgement in ``qrels`` (any grade) whose document the
@@ -831,6 +950,11 @@ class BeirDataset:
         return f"this dataset has {', '.join(map(repr, others))}" if others else "this dataset has none but test"
 
 
+#: the most documents a corpus may hold for :meth:`BeirDataset.qrels`'s warning of judged documents it lacks to
+#: look for them spelled otherwise among its ids (a Python pass over them: about 1 s per million)
+_RESPELL_MAX = 2_000_000
+
+
 def _respelt_queries(judged: list[str], queries: Mapping[str, str]) -> str:
     """``"; '1' is '0001' in queries.jsonl? (...)"``: the clause on the ``judged`` query ids (of a qrels file) that
     name a query of ``queries`` once leading zeros, case and spaces are set aside (:func:`respelled`, as run
@@ -842,6 +966,45 @@ def _respelt_queries(judged: list[str], queries: Mapping[str, str]) -> str:
     return (f"; {u!r} is {j!r} in queries.jsonl? ({k} of the {len(judged)} ids name{'' if k > 1 else 's'} a query of "
             "queries.jsonl once leading zeros, case and spaces are set aside; write the qrels' query ids as "
             "queries.jsonl does)")
+
+
+def _line_of_id(path: Path, wanted: str) -> int | None:
+    """The line of ``path`` (a JSON Lines file of ``_id`` records, or a query TSV) whose id is ``wanted``, ``None``
+    when none is (or the file cannot be read); for an error only: the file is read again."""
+    try:
+        if path.suffix.casefold() != ".tsv" and is_jsonl_query_file(path):
+            return next((n for n, rec in _read_jsonl(path) if str(rec["_id"]) == wanted), None)
+        return next((n for n, _, line in utf8_lines(path, "") if line.partition("\t")[0].strip() == wanted), None)
+    except (OSError, DataError):
+        return None
+
+
+def check_run_ids(run: str, ids: Sequence[str], what: str, source: str | os.PathLike[str], *,
+                  lookup: Path | None = None, fix: str | None = None) -> None:
+    """Refuse, before any fit or search, an id of ``ids`` (``what``: ``"document id"``, ``"query id"``, read from
+    ``source``: ``corpus.jsonl``, a ``--queries`` file, an index's corpus) that the TREC run file ``run`` (the
+    option writing it: ``"--run t.run"``) could not hold: empty, or holding whitespace, which would split the
+    file's columns.  One regex pass over the ids joined (:func:`ragkit.run.check_trec_ids`'s); only an id that
+    fails it is looked for in ``lookup`` (a JSON Lines file or TSV), for the message to name its line.  ``fix``:
+    how to mend it, when not by writing the id without whitespace in ``lookup`` (or ``source``)."""
+    from ragkit.run import _unwritable
+
+    ids = ids if isinstance(ids, list) else list(ids)
+    bad = _unwritable(ids, "\x00".join(ids))
+    if bad is None:
+        return
+    line = _line_of_id(lookup, bad) if lookup is not None and lookup.is_file() else None
+    where = f"{lookup}:{line}" if line is not None else os.fspath(source)
+    if not bad:
+        why = "is empty"
+    else:
+        at = next((i for i, c in enumerate(bad) if c.isspace()), 0)
+        why = (f"holds whitespace ({bad[at]!r} at character {at + 1} of {len(bad)}"
+               + (", its end" if at == len(bad) - 1 else ", its start" if at == 0 else "") + ")")
+    raise DataError(f"{where}: {run}: cannot write a TREC run file: {what} {bad!r} {why}, which would break the "
+                    "file's columns (separated by whitespace); refused before any work: "
+                    + (fix or f"write the id without whitespace in {lookup.name if lookup is not None else source}")
+                    + ", or leave out --run (-o writes JSON, which holds any id)")
 
 
 def is_test_qrels(folder: Path, qrels_file: Path) -> bool:
@@ -1292,11 +1455,44 @@ def load_beir(name_or_path: str | os.PathLike[str], *, download: bool = True,
               base_url: str | None = None) -> BeirDataset:
     """Load a BEIR dataset from a folder, or by name (found locally, else downloaded and cached).
 
-    ``name_or_path`` is a folder, a local zip as BEIR distributes them (unpacked into the cache), a
-    name (``"scifact"``) or, for one dataset of an archive that
-    holds several, ``"<archive>/<sub>"`` (``"cqadupstack/android"``; :func:`beir_subsets` lists
-    them).  A folder or name that holds several datasets is a :class:`DataError` naming them.  A leading ``~``
-    in a path is the home folder.
+    Parameters
+    ----------
+    name_or_path : str or os.PathLike
+        A dataset folder (``corpus.jsonl``, ``queries.jsonl``, ``qrels/<split>.tsv``); a local zip as BEIR
+        distributes them (``scifact.zip``, unpacked once into ``<cache>/beir-zip/``); a dataset name
+        (``"scifact"``); or, for one dataset of an archive that holds several, ``"<archive>/<sub>"``
+        (``"cqadupstack/android"``; :func:`beir_subsets` lists them).  A name is looked for, in this order, in
+        ``$RAGKIT_BEIR_DIR/<name>``, ``<cache>/beir/<name>`` and ``shared/data/beir/<name>`` under the working
+        folder or one of its three parents.  ``<cache>`` is :func:`cache_dir`: ``$RAGKIT_CACHE``, else
+        ``~/.cache/ragkit``.  A leading ``~`` in a path is the home folder.
+    download : bool, default True
+        Whether a name found nowhere is downloaded (``{base_url}/{name}.zip``, unpacked into
+        ``<cache>/beir/<name>``, where later loads find it; a cached copy that is incomplete is downloaded
+        again).  ``False``: a :class:`DataError` naming the places looked in instead.
+    base_url : str, optional
+        Where archives are downloaded from: ``$RAGKIT_BEIR_URL`` when unset, else BEIR's official server
+        (:data:`BEIR_URL`).  A mirror, or a ``file://`` folder of zips.  To download with a longer timeout,
+        call :func:`download_beir` first.
+
+    Returns
+    -------
+    BeirDataset
+        The dataset's ``corpus`` (read now) and query texts (read now); ``qrels(split)``, ``queries(split)`` and
+        ``train_set(split)`` read a split's judgements when asked for.
+
+    Raises
+    ------
+    DataError
+        A folder or name holding several datasets (naming them), a file missing from the layout, or a line of
+        a file that is not as BEIR writes it (naming the file and the line).
+
+    Examples
+    --------
+    >>> from ragkit.eval import load_beir
+    >>> ds = load_beir("scifact")  # doctest: +SKIP
+    >>> len(ds.corpus), ds.splits  # doctest: +SKIP
+    (5183, ['test', 'train'])
+    >>> queries, qrels = ds.queries("test"), ds.qrels("test")  # doctest: +SKIP
     """
     name_or_path = _check_name_or_path(name_or_path, "load_beir")
     path = _locate_one(name_or_path, download=download, base_url=base_url)

@@ -177,11 +177,11 @@ def load_result(path: str | os.PathLike[str], *, qrels: Mapping[str, Mapping[str
     if not path.is_file():
         raise DataError(f"{path}: file not found; expected a 'ragkit eval -o' JSON file or a TREC run file")
     name = name or str(path)
-    with open(path, "rb") as f:
-        head = f.read(4096).lstrip()[:1]
+    with open(path, "rb") as f:  # (a UTF-8 byte-order mark, as some editors save JSON with, is no part of it)
+        head = f.read(4096).removeprefix(b"\xef\xbb\xbf").lstrip()[:1]
     if head == b"{":
         try:
-            payload = json.loads(path.read_text(encoding="utf-8"))
+            payload = json.loads(path.read_text(encoding="utf-8-sig"))
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             not_results(pipeline_kind(path))  # YAML in flow style: {pipeline: [...]}
             raise DataError(f"{path}: not valid JSON ({e}); expected a 'ragkit eval -o' results file") from None
