@@ -188,7 +188,7 @@ def cold_floats(obj) -> None:
     page cache and map it afresh (untimed).  Right after a build every page of the file is cached, and
     each page fault then maps cached neighbours too (fault-around), so the resident size of the mapping
     would count pages no search asked for.  A shared (cached) index is made cold only once."""
-    from ragkit.retrievers._index import _random_access
+    from ragkit.retrievers._index_files import _random_access
 
     floats = getattr(obj, "floats", None)
     if floats is None or getattr(obj, "_bench_cold", False) or not hasattr(os, "posix_fadvise"):
@@ -213,7 +213,8 @@ def configs_for(d: np.ndarray, k: int, scale: bool, efs: list[int], threads: int
     ``raw_usearch``: also ``raw usearch ef=N`` (family ``usearch-raw``): the ``ragkit hnsw f32`` graph
     searched through usearch's own ``search``, timed in the same rounds as the ragkit rows.
     """
-    from ragkit.retrievers._index import VectorIndex, resident_bytes
+    from ragkit.retrievers._index import VectorIndex
+    from ragkit.retrievers._index_files import resident_bytes
 
     def vi(**kw):
         return lambda: VectorIndex(threads=threads, connectivity=m, **kw).build(d)

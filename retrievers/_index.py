@@ -70,30 +70,38 @@ raises :class:`~ragkit.errors.ArtifactError`.
 from __future__ import annotations
 
 import copy
-import io
-import mmap
 import os
-import re
 import shutil
 import tempfile
 import weakref
-import zlib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
 import numpy as np
 
 from ragkit._cpus import usable_cpus
-from ragkit._files import atomic_file, check_npy_size
 from ragkit._locks import ReadWriteLock
-from ragkit._topk import desc_order, fix_cut_ties
-from ragkit.errors import ArtifactError, DataError, ParamError
+from ragkit.errors import DataError, ParamError
+from ragkit.retrievers import _index_files, _index_search, _quantize
+from ragkit.retrievers._index_files import (
+    FORMAT,
+    _file_id,
+    _frozen_array,
+    _grow_npy,
+    _npy_header,
+    _random_access,
+    _unlink_quiet,
+    _unlink_when_unmapped,
+    _whole_map,
+)
+from ragkit.retrievers._index_search import _sort_desc
 from ragkit.retrievers._locality import insertion_order
+from ragkit.retrievers._quantize import BLOCK, parse_reduce
 
 if TYPE_CHECKING:
     from usearch.index import Index
 
-__all__ = ["VectorIndex", "EXACT_MAX", "parse_reduce", "resident_bytes"]
+__all__ = ["VectorIndex", "EXACT_MAX"]
 
 #: ``search="auto"`` uses exact search up to this many vectors.  Measured with ``bench/dense.py``
 #: (384-d, 2 shared cores, blocked GEMM + ``torch.topk`` exact search): at 100,000 vectors exact f32
@@ -102,239 +110,14 @@ __all__ = ["VectorIndex", "EXACT_MAX", "parse_reduce", "resident_bytes"]
 #: 112-119 q/s against 393-544 q/s for the graphs at recall 0.96.  Up to ~100k vectors exact is
 #: exact, needs no build, and is within 1.3x of the fastest graph.
 EXACT_MAX = 100_000
-#: rows per block of the exact search (bounds the temporary float block to ~25 MB at 384 dims)
-BLOCK = 16_384
-#: score cells per block of the exact search (queries are chunked to keep ``queries x BLOCK`` under it)
-EXACT_CELLS = 1 << 24
-#: bytes of the float32 temporaries of the second stage (rescore / b1 re-ranking): the gathered
-#: ``(queries, candidates, dims)`` block and the distinct candidates' vectors; the query batch is
-#: scored in chunks that keep both under this
-SECOND_STAGE_BYTES = 64 << 20
 #: bytes per chunk when the float vectors file is copied (``add`` after ``load``)
 COPY_BYTES = 64 << 20
-#: rows per block when vectors are normalised (bounds the squares ``np.linalg.norm`` makes to ~6 MB at 384 dims)
-NORM_BLOCK = 4096
 #: a b1 graph's Hamming set is ``min(oversample, B1_WIDEN) * oversample * k`` (at least ``expansion_search``)
 #: before the float query re-ranks it against the bits (wider: more recall, ~0.4 ms more a query at oversample 4)
 B1_WIDEN = 4
-#: the HNSW int8 scale of a cosine index is ``127 / `` this percentile of ``|x|`` (an inner-product index's:
-#: of its maximum; :meth:`VectorIndex._i8_graph_scale`, measured there)
-I8_SCALE_PERCENTILE = 99.99
-#: the HNSW int8 scale's percentile of ``|x|`` is taken over at most about this many values (a seeded
-#: random sample of rows beyond: 4M values, a 16 MB temporary)
-I8_SCALE_VALUES = 1 << 22
-#: a filtered HNSW search whose filter passes at most this many live rows scores them exactly, their codes
-#: fetched from usearch (~2 us a row); more go through the graph, oversampled by the filter's selectivity
-FILTER_EXACT_MAX = 4_096
 #: an HNSW graph is rebuilt from its live codes (:meth:`VectorIndex.rebuild_graph`) when the dead nodes it keeps
 #: after ``remove`` pass this share of its nodes (searches drop them from a shortlist widened by that share)
 GRAPH_DEAD_FRACTION = 0.25
-#: PCA is fitted on at most this many vectors (a seeded random sample of larger sets)
-PCA_SAMPLE = 200_000
-#: bytes of each float64 block of the PCA sample (mean and covariance are summed block by block)
-PCA_CHUNK_BYTES = 32 << 20
-#: the largest finite float16
-F16_MAX = float(np.finfo(np.float16).max)
-#: the format of a saved index (``<prefix>.json``'s ``format``).  2: since 2026-12-06; an int8 HNSW graph of
-#: format 1 may have been written by a ragkit that coded its queries otherwise (before a8eb881 / ae21541: a
-#: query's codes now use the corpus's scale shrunk where it would clip), so it may rank slightly differently
-#: now (:attr:`VectorIndex.older_query_coding`); nothing else of format 1 changed, and it loads as it is
-FORMAT = 2
-#: the widest vectors a saved index may hold (``ndim`` / ``d_in``): MUVERA's widest FDE (its ``MAX_FDE_DIM``)
-MAX_DIMS = 1 << 20
-#: the arrays an index saves, each as ``<prefix>.<name>.npy``
-_ARRAYS = ("alive", "codes", "pca_mean", "pca_components", "i8_min", "i8_step", "floats")
-
-
-def _i8_symmetric(x: np.ndarray, scale: np.ndarray | np.floating | float, inplace: bool = False) -> np.ndarray:
-    """``x * scale`` rounded and clipped to int8 ``[-127, 127]`` (the codes usearch's graph holds).
-
-    One float temporary the size of ``x`` (rounded and clipped in place; ``inplace``: none, ``x`` itself
-    is scaled, for a caller's copy it no longer needs), where ``np.clip(np.rint(x * scale))`` made three
-    (+576 MB for a 131,072-row chunk of 384 dims in an HNSW build).  The same codes."""
-    t = np.multiply(x, scale, out=x) if inplace else x * scale
-    np.rint(t, out=t)
-    np.clip(t, -127, 127, out=t)
-    return t.astype(np.int8)
-
-
-def _f16_queries(q: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-    """Float16 codes of the queries ``q`` ``(n, d)`` for the graph, and the per-query scale they carry
-    (None: every query cast unchanged).  A query with a value past float16's range (an ``ip`` index's
-    queries can be far larger than its documents: MUVERA's at a large ``mean_weight`` reach ~50 x it)
-    would be cast to inf and find nothing; it is halved until it fits (a power of two: its float16
-    rounding is unchanged), and its inner products are divided by the scale."""
-    big = np.abs(q).max(axis=1) if q.size else np.zeros(len(q), np.float32)
-    over = big > F16_MAX
-    if not over.any():
-        return q.astype(np.float16), None
-    scale = np.ones(len(q), np.float32)
-    scale[over] = np.exp2(-np.ceil(np.log2(big[over] / F16_MAX)))
-    return (q * scale[:, None]).astype(np.float16), scale
-
-
-def parse_reduce(reduce: str) -> tuple[str, int]:
-    """``"pca:128"`` -> ``("pca", 128)``; ``"none"`` -> ``("none", 0)``."""
-    m = re.fullmatch(r"(none)|(pca|matryoshka):([1-9][0-9]*)", reduce)
-    if not m:
-        raise ParamError(f"reduce: expected 'none', 'pca:<dims>' or 'matryoshka:<dims>', got {reduce!r}")
-    return ("none", 0) if m.group(1) else (m.group(2), int(m.group(3)))
-
-
-def _crc(path: Path) -> int:
-    c = 0
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 24), b""):
-            c = zlib.crc32(block, c)
-    return c
-
-
-def _block_topk(s: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """The ``k`` largest of each row of ``s`` ``(n_q, m)`` (``k < m``), ties at the cut by lower column.
-
-    Returns ``(scores float32 (n_q, k), columns int64 (n_q, k))``, unordered.  ``torch.topk`` picks
-    the ``k`` largest (multi-threaded, ~3x numpy's ``argpartition``) but keeps an arbitrary few of
-    the entries tied with the k-th score; :func:`~ragkit._topk.fix_cut_ties` re-picks the rows
-    where such a tie straddles the cut.  Needs ``k < m``.
-    """
-    import torch
-
-    s = np.ascontiguousarray(s, dtype=np.float32)
-    # the k + 1 largest, sorted: a row's tie straddles the cut exactly when its (k+1)-th score
-    # equals its k-th, which spares a comparison pass over the whole block to find those rows
-    top_t, part_t = torch.topk(torch.from_numpy(s), k + 1, dim=1, sorted=True)
-    top, part = top_t.numpy(), part_t.numpy()
-    tied = np.flatnonzero((top[:, k] == top[:, k - 1]) & ~np.isnan(top).any(axis=1))  # NaN rows: as before
-    top, part = np.ascontiguousarray(top[:, :k]), np.ascontiguousarray(part[:, :k])
-    fix_cut_ties(s, top, part, k, tied=tied)
-    return top, part.astype(np.int64, copy=False)
-
-
-def _file_id(path: str | Path) -> tuple[int, ...] | None:
-    """``(device, inode, size, mtime_ns)`` of ``path``, or None when it cannot be read."""
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
-
-
-def _whole_map(arr: Any) -> str | None:
-    """The file ``arr`` memory-maps in full (as ``np.load(mmap_mode=...)`` returns it), else None."""
-    if isinstance(arr, np.memmap) and isinstance(arr.base, mmap.mmap) and arr.filename:
-        return str(arr.filename)
-    return None
-
-
-def _frozen_array(a: np.ndarray) -> bool:
-    """Whether no one can write into ``a`` without first making it writable: it is read-only, and so is every
-    array it is a view of (a read-only view of a writable buffer changes with the buffer)."""
-    base: Any = a
-    while isinstance(base, np.ndarray):
-        if base.flags.writeable:
-            return False
-        base = base.base
-    return True
-
-
-def _save_npy(path: Path, arr: np.ndarray) -> None:
-    """``np.save`` to exactly ``path`` (no ``.npy`` appended), streaming a memory-mapped ``arr``."""
-    with open(path, "xb") as fh:
-        np.save(fh, arr if arr.flags.c_contiguous else np.ascontiguousarray(arr), allow_pickle=False)
-
-
-def _unlink_when_unmapped(path: str | Path, holder: Any) -> None:
-    """Delete a superseded scratch file now (POSIX: maps of it stay valid) or, where the system
-    refuses to delete a mapped file, once ``holder`` (its memory map) is collected."""
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
-    except OSError:
-        if holder is not None:
-            weakref.finalize(holder, _unlink_quiet, str(path))
-
-
-def _unlink_quiet(path: str) -> None:
-    try:
-        os.unlink(path)
-    except OSError:
-        pass
-
-
-def _npy_header(shape: tuple[int, ...], version: tuple[int, int] = (1, 0)) -> bytes:
-    """The ``.npy`` header of a C-order little-endian float32 array of ``shape`` (numpy's layout,
-    with its spare room for the first axis to grow in place)."""
-    buf = io.BytesIO()
-    d = {"descr": np.lib.format.dtype_to_descr(np.dtype("<f4")), "fortran_order": False, "shape": tuple(shape)}
-    if version == (1, 0):
-        np.lib.format.write_array_header_1_0(buf, d)
-    else:
-        np.lib.format.write_array_header_2_0(buf, d)
-    return buf.getvalue()
-
-
-def _grow_npy(path: Path, new: np.ndarray) -> bool:
-    """Append rows ``new`` ``(m, d)`` float32 to the 2-D float32 ``.npy`` at ``path`` in place.
-
-    The rows go after the data, then the header's row count is rewritten in the header's spare
-    room (numpy pads ``.npy`` headers for this); existing memory maps of the file stay valid.
-    Returns False, leaving the file untouched, when the file is not such an array or the new
-    header would not fit (the caller then writes a new file).
-    """
-    fmt = np.lib.format
-    with open(path, "r+b") as fh:
-        try:
-            version = fmt.read_magic(fh)
-            if version not in ((1, 0), (2, 0)):
-                return False
-            read = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
-            shape, fortran, dtype = read(fh)
-        except ValueError:
-            return False
-        offset = fh.tell()
-        if fortran or dtype != np.dtype("<f4") or len(shape) != 2 or shape[1] != new.shape[1]:
-            return False
-        end = offset + shape[0] * shape[1] * 4
-        header = _npy_header((shape[0] + len(new), shape[1]), version)
-        if len(header) != offset or os.fstat(fh.fileno()).st_size != end:
-            return False
-        fh.seek(end)
-        fh.write(np.ascontiguousarray(new, dtype="<f4").data)
-        fh.flush()
-        fh.seek(0)
-        fh.write(header)
-    return True
-
-
-def _topk_merge(best_s: np.ndarray | None, best_i: np.ndarray | None, s: np.ndarray, idx: np.ndarray,
-                k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Keep the top-``k`` of the running best ``(n_q, <=k)`` and a new block of scores.
-
-    ``s`` is ``(n_q, m)`` float32, ``idx`` the block's ``m`` global slots, ascending and above
-    every slot of the running best (blocks are merged in slot order).  The block is cut to its
-    own top ``k`` first (:func:`_block_topk`, no ``(n_q, m)`` slot matrix), so only ``(n_q, 2k)``
-    is merged with the running best.  Equal scores keep the lower slot, at the cut and across
-    blocks, so the result is the first ``k`` of the stable (score desc, slot asc) order.
-    """
-    m = s.shape[1]
-    kk = min(k, m)
-    if kk < m:
-        s, part = _block_topk(s, kk)
-        idx = idx[part]
-    else:
-        idx = np.broadcast_to(idx, s.shape)
-    if best_s is None:
-        return s, idx
-    s, idx = np.concatenate([best_s, s], axis=1), np.concatenate([best_i, idx], axis=1)
-    if k < s.shape[1]:
-        part = np.argpartition(s, s.shape[1] - k, axis=1)[:, s.shape[1] - k:]
-        kth = np.take_along_axis(s, part, axis=1).min(axis=1)
-        tied = np.flatnonzero(np.count_nonzero(s >= kth[:, None], axis=1) > k)
-        if len(tied):  # a tie straddles the cut: the first k of (score desc, slot asc) for those rows
-            part[tied] = desc_order(s[tied], idx[tied])[:, :k]
-        s, idx = np.take_along_axis(s, part, axis=1), np.take_along_axis(idx, part, axis=1)
-    return s, idx
 
 
 def check_finite_vectors(x: np.ndarray, who: str, what: str) -> None:
@@ -344,30 +127,6 @@ def check_finite_vectors(x: np.ndarray, who: str, what: str) -> None:
     if bad.any():
         raise DataError(f"{who}: {int(bad.sum())} of the {len(x)} {what} vectors contain NaN or infinite values "
                         f"(first at position {int(np.argmax(bad))}); check the encoder's output")
-
-
-def _row_dots(g: np.ndarray, q: np.ndarray) -> np.ndarray:
-    """``(n_q, c)`` float32: the dot product of each row ``g[i, j]`` of ``g`` ``(n_q, c, d)`` with ``q[i]``
-    (``q``: ``(n_q, d)``).
-
-    Each score is one dot product of its own row (``np.vecdot``: a BLAS ``sdot`` per row), so equal vectors
-    score exactly equal wherever they sit among the candidates: ``np.einsum("qcd,qd->qc", optimize=True)``
-    (before) and ``np.matmul`` give them scores one rounding step apart by position, and then equal vectors
-    were not ranked by lower slot.  As fast as that einsum or faster (256 queries x 40 candidates x 384 dims:
-    2.3 ms vs 2.8 ms; 1,000 x 40: 19 vs 30 ms).  numpy < 2 (no ``vecdot``): the products summed along each
-    row, as exact a tie but ~2x slower.
-    """
-    vecdot = getattr(np, "vecdot", None)
-    if vecdot is not None:
-        return np.asarray(vecdot(g, q[:, None, :]), dtype=np.float32)
-    return (g * q[:, None, :]).sum(axis=2, dtype=np.float32)
-
-
-def _sort_desc(s: np.ndarray, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Sort each row by score descending, ties by lower slot; invalid slots (-1) last."""
-    s = np.where(idx < 0, -np.inf, s)
-    order = desc_order(s, idx)
-    return np.take_along_axis(s, order, axis=1).astype(np.float32), np.take_along_axis(idx, order, axis=1)
 
 
 class VectorIndex:
@@ -579,188 +338,18 @@ class VectorIndex:
         return self.rescore or (self.dtype == "b1" and self.backend != "numpy")
 
     # ------------------------------------------------------------------ transforms
-    def _normalise(self, x: np.ndarray, inplace: bool = False) -> np.ndarray:
-        """Rows of unit length for ``metric="cos"`` (``x`` itself for ``"ip"``), a new array unless
-        ``inplace``; in blocks of ``NORM_BLOCK`` rows, so no ``(n, d)`` temporary (``np.linalg.norm``
-        squares its whole input) is made beside the result."""
-        if self.metric != "cos":
-            return x
-        out = x if inplace else np.empty(x.shape, np.result_type(x.dtype, np.float32))
-        for a in range(0, len(x), NORM_BLOCK):
-            n = np.linalg.norm(x[a:a + NORM_BLOCK], axis=1, keepdims=True)
-            np.divide(x[a:a + NORM_BLOCK], np.maximum(n, 1e-12), out=out[a:a + NORM_BLOCK])
-        return out
-
-    def _reduce_rows(self, full: np.ndarray) -> np.ndarray:
-        """:meth:`_reduce` of many vectors, in blocks of ``BLOCK`` rows (the centred / truncated
-        copy of the input and its norms are never made whole)."""
-        if self.reduce_kind == "none" or len(full) <= BLOCK:
-            return self._reduce(full)
-        dims = self.pca_components.shape[1] if self.reduce_kind == "pca" else self.reduce_dims
-        out = np.empty((len(full), dims), np.float32)
-        for a in range(0, len(full), BLOCK):
-            out[a:a + BLOCK] = self._reduce(full[a:a + BLOCK])
-        return out
-
-    def _reduce(self, x: np.ndarray) -> np.ndarray:
-        """Full float vectors (n, d_in) -> the vectors the index stores (n, d), float32."""
-        x = np.asarray(x, dtype=np.float32)
-        if self.reduce_kind == "pca":
-            x = (x - self.pca_mean) @ self.pca_components
-        elif self.reduce_kind == "matryoshka":
-            x = x[:, : self.reduce_dims]
-        return np.ascontiguousarray(self._normalise(x) if self.reduce_kind != "none" else x, dtype=np.float32)
-
-    def _fit_transforms(self, full: np.ndarray) -> np.ndarray:
-        d_in = full.shape[1]
-        if self.reduce_kind != "none" and self.reduce_dims > d_in:
-            raise ParamError(f"reduce={self.reduce!r} asks for {self.reduce_dims} dimensions but the vectors have "
-                             f"only {d_in}; choose at most {d_in}")
-        if self.reduce_kind == "pca":
-            if len(full) < 2:
-                raise DataError(f"reduce={self.reduce!r}: PCA needs at least 2 vectors to fit, got {len(full)}")
-            pick = None if len(full) <= PCA_SAMPLE else np.random.default_rng(0).choice(len(full), PCA_SAMPLE,
-                                                                                         replace=False)
-            m = len(full) if pick is None else PCA_SAMPLE
-            step = max(1, PCA_CHUNK_BYTES // (8 * d_in))
-
-            def rows64(a: int, b: int) -> np.ndarray:  # sample rows a:b as a fresh float64 block
-                return np.array(full[a:b] if pick is None else full[pick[a:b]], dtype=np.float64)
-
-            if m <= step:  # one block (SciFact: 5,183 x 384)
-                centred = rows64(0, m)
-                mean = centred.mean(axis=0)
-                centred -= mean
-                cov = centred.T @ centred
-            else:  # float64 blocks of PCA_CHUNK_BYTES: the sample is never copied whole (it was, twice, in float64)
-                mean = np.zeros(d_in)
-                for a in range(0, m, step):
-                    mean += rows64(a, a + step).sum(axis=0)
-                mean /= m
-                cov = np.zeros((d_in, d_in))
-                for a in range(0, m, step):
-                    block = rows64(a, a + step)
-                    block -= mean
-                    cov += block.T @ block
-            # eigen-decomposition of the (d x d) covariance: cheaper than an SVD of the (n x d) data
-            ev, vecs = np.linalg.eigh(cov / max(m - 1, 1))
-            order = np.argsort(ev)[::-1]
-            ev, vt = np.maximum(ev[order], 0.0), vecs[:, order].T
-            vt = vt * np.where(vt[np.arange(len(vt)), np.abs(vt).argmax(axis=1)] < 0, -1.0, 1.0)[:, None]  # sign fix
-            sv = np.sqrt(ev * max(m - 1, 1))
-            comps = vt[: self.reduce_dims].T
-            if self.whiten:  # a direction without variance (beyond the corpus's rank) is noise: weight 0,
-                # not 1e8 (1 / sqrt(1e-16)), which let rounding noise outrank every real component
-                kept = ev[: self.reduce_dims]
-                comps = comps * np.where(kept > 1e-6 * max(ev[0], 1e-30), 1 / np.sqrt(np.maximum(kept, 1e-30)), 0)
-            # cos: centred cosine (PCA-RAG); ip: project without centring, since (q - m).(x - m) adds a
-            # per-document bias -m.x to the ranking (tests/test_dense.py: 0.30 agreement with q P x)
-            self.pca_mean = mean.astype(np.float32) if self.metric == "cos" else np.zeros_like(mean, np.float32)
-            self.pca_components = np.ascontiguousarray(comps, dtype=np.float32)
-            self.explained_variance_ratio = float((sv[: self.reduce_dims] ** 2).sum() / max((sv ** 2).sum(), 1e-30))
-        x = self._reduce_rows(full)
-        if self.dtype == "i8":
-            self._calibrate_i8(x)
-        return x
-
-    def _i8_graph_scale(self, x: np.ndarray) -> np.float32:
-        """The HNSW graph's global symmetric int8 scale of reduced vectors ``x`` ``(n, ndim)``.
-
-        ``metric="ip"``: ``127 / max(|x|)``, nothing clipped: the documents a clip would shrink are the
-        large ones an inner product favours (p99.9 returned scores off by up to 20.6, recall@10 0.968 vs
-        0.973 on 2,000 random vectors of norms 0.5-3x).  ``"cos"``: ``127 / p99.99(|x|)``: MiniLM has
-        outlier dimensions, so p99.9 (before) clipped a coordinate of 31.7% of the SciFact documents;
-        recall@10 of the graph at ef 64 on SciFact train / test queries, p99.9 0.981 / 0.977, p99.99
-        0.985 / 0.986, max 0.983 / 0.984 (ranking every document by the codes: 0.990 / 0.981, 0.993 / 0.992,
-        0.990 / 0.990), and a few extreme values cannot coarsen every code.  The percentile is exact
-        over every value up to ``I8_SCALE_VALUES`` of them, else over a seeded random sample of rows
-        holding about that many (the ``|x|`` temporary was the size of ``x``: 307 MB at 200,000 x 384).
-        """
-        if self.metric == "ip":  # the exact maximum (no |x| temporary)
-            return np.float32(127.0 / max(float(x.max()), -float(x.min()), 1e-12))
-        if x.size <= I8_SCALE_VALUES:
-            sample = np.abs(x)
-        else:
-            rows = max(1, I8_SCALE_VALUES // max(x.shape[1], 1))
-            pick = np.sort(np.random.default_rng(0).choice(len(x), rows, replace=False))
-            sample = np.abs(x[pick])
-        # (the |x| temporary is partitioned in place: no second copy of it)
-        return np.float32(127.0 / max(float(np.percentile(sample, I8_SCALE_PERCENTILE, overwrite_input=True)), 1e-12))
-
-    def _calibrate_i8(self, x: np.ndarray) -> None:
-        """Fit the int8 calibration on reduced vectors ``x`` ``(n, ndim)``.
-
-        An empty ``x`` (an index built empty, like the other dtypes) gets a neutral placeholder
-        (``min`` 0, ``step`` 1/255, scale 127) that no code uses: the first ``add`` to an index
-        without slots calibrates on the added vectors, and one to an exact index built on one or
-        two vectors recalibrates on those and the added ones.
-        """
-        self.i8_fitted_n = len(x)
-        if len(x) == 0:
-            self.i8_min = np.zeros(x.shape[1], np.float32)
-            self.i8_step = np.full(x.shape[1], 1.0 / 255.0, np.float32)
-            self.i8_scale = np.float32(127.0)
-            return
-        self._set_i8_range(x.min(axis=0), x.max(axis=0))
-        if self.backend != "numpy":
-            self.i8_scale = self._i8_graph_scale(x)
-
-    def _set_i8_range(self, lo: np.ndarray, hi: np.ndarray) -> None:
-        """The exact index's int8 calibration from the per-dimension minimum ``lo`` and maximum ``hi`` of
-        the vectors (and the placeholder graph scale: only the graph's codes use it)."""
-        self.i8_min = lo.astype(np.float32)
-        self.i8_step = np.maximum((hi - lo) / 255.0, 1e-12).astype(np.float32)
-        self.i8_scale = np.float32(127.0 / max(float(np.maximum(-lo, hi).max()), 1e-12))
-
-    def _check_f16_range(self, x: np.ndarray, what: str) -> None:
-        """DataError for ``dtype="f16"`` when a reduced vector of ``x`` ``(n, ndim)`` holds a value
-        beyond float16's range (65504): it would be stored as inf and score inf / NaN."""
-        if self.dtype != "f16" or not x.size:
-            return
-        big = max(float(x.max()), -float(x.min()))  # no |x| temporary
-        if big > F16_MAX:
-            raise DataError(f"VectorIndex.{what}: dtype='f16' holds values up to {F16_MAX:g} but the vectors reach "
-                            f"{big:.6g} (they would be stored as inf); use dtype='f32', or normalise the vectors "
-                            f"(metric='cos') or scale them down")
-
-    def _codes(self, x: np.ndarray, for_usearch: bool, inplace: bool = False) -> np.ndarray:
-        """Reduced float vectors -> stored codes (``inplace``: ``x`` is a scratch copy the graph's int8 codes may
-        scale in place)."""
-        if self.dtype == "f32":
-            return x
-        if self.dtype == "f16":
-            return x.astype(np.float16)
-        if self.dtype == "b1":
-            return np.packbits(x > 0, axis=1)
-        if for_usearch:  # global symmetric scale: the int8-vs-int8 inner product in the graph keeps the geometry
-            return _i8_symmetric(x, self.i8_scale, inplace=inplace)
-        # per-dimension calibration, clipped to the calibrated range (stored as uint8 = code + 128)
-        return np.clip(np.rint((x - self.i8_min) / self.i8_step), 0, 255).astype(np.uint8)
-
-    def i8_clipped(self, x: np.ndarray) -> int:
-        """How many coordinates of the reduced vectors ``x`` ``(n, ndim)`` the int8 codes clip
-        (:meth:`_codes`): a graph's symmetric codes where ``|x| * i8_scale`` passes 127.5, the exact
-        index's where ``x`` lies more than half a step outside the calibrated range.  In blocks of
-        ``BLOCK`` rows."""
-        half, hi = self.i8_step / 2, self.i8_min + 255 * self.i8_step
-        clipped = 0
-        for a in range(0, len(x), BLOCK):
-            b = x[a:a + BLOCK]
-            out = (np.abs(b) * self.i8_scale > 127.5) if self.backend != "numpy" else \
-                (b < self.i8_min - half) | (b > hi + half)
-            clipped += int(np.count_nonzero(out))
-        return clipped
-
-    def _stored_codes_of(self, x: np.ndarray) -> np.ndarray:
-        """:meth:`_codes` of the exact backend for many vectors: i8 and b1 in blocks of ``BLOCK`` rows
-        (their float / bool temporaries, each the size of ``x``, were made whole)."""
-        if self.dtype not in ("i8", "b1") or len(x) <= BLOCK:
-            return self._codes(x, for_usearch=False)
-        width = (x.shape[1] + 7) // 8 if self.dtype == "b1" else x.shape[1]
-        out = np.empty((len(x), width), np.uint8)
-        for a in range(0, len(x), BLOCK):
-            out[a:a + BLOCK] = self._codes(x[a:a + BLOCK], for_usearch=False)
-        return out
+    # (methods written as functions of ``self`` in :mod:`ragkit.retrievers._quantize`)
+    _normalise = _quantize._normalise
+    _reduce_rows = _quantize._reduce_rows
+    _reduce = _quantize._reduce
+    _fit_transforms = _quantize._fit_transforms
+    _i8_graph_scale = _quantize._i8_graph_scale
+    _calibrate_i8 = _quantize._calibrate_i8
+    _set_i8_range = _quantize._set_i8_range
+    _check_f16_range = _quantize._check_f16_range
+    _codes = _quantize._codes
+    i8_clipped = _quantize.i8_clipped
+    _stored_codes_of = _quantize._stored_codes_of
 
     # ------------------------------------------------------------------ build / add / remove
     def build(self, vectors: np.ndarray, *, copy: bool = True) -> "VectorIndex":
@@ -1211,200 +800,16 @@ class VectorIndex:
         return self.floats
 
     # ------------------------------------------------------------------ search
-    def _block_scores(self, qr: np.ndarray, codes: np.ndarray) -> np.ndarray:
-        """First-stage scores of reduced queries ``qr`` against a block of stored codes."""
-        if self.dtype == "f32":
-            return qr @ np.asarray(codes, dtype=np.float32).T
-        if self.dtype == "f16":
-            return qr @ np.asarray(codes).astype(np.float32).T
-        if self.dtype == "i8":
-            if codes.dtype == np.int8:  # global-scale codes fetched from usearch
-                return (qr @ codes.astype(np.float32).T) / self.i8_scale
-            return codes.astype(np.float32) @ (qr * self.i8_step).T  # (n, nq); transposed below
-        # b1: the float query against the ±1 bits (asymmetric; ranks at least as well as Hamming
-        # on the sign-quantised query, for the same matrix-product cost in numpy)
-        db = np.unpackbits(np.asarray(codes), axis=1)[:, : self.ndim].astype(np.float32) * 2 - 1
-        return (qr @ db.T) / np.float32(np.sqrt(self.ndim))
-
-    def _exact(self, qr: np.ndarray, kk: int, rows: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-        """Exact top-``kk`` over live slots (or over ``rows``) in blocks; returns (scores, slots).
-
-        Queries are taken in chunks of at most ``EXACT_CELLS // BLOCK`` (1,024): the score block and
-        the merge's temporaries are ``(queries, BLOCK)`` each (10,000 queries: ~2 GB at once)."""
-        nq = len(qr)
-        if rows is None:
-            rows = np.flatnonzero(self.alive) if not self.alive.all() else None
-        step = max(1, EXACT_CELLS // BLOCK)
-        if nq > step:  # a loop over chunks of queries, each answered as alone
-            parts = [self._exact(qr[a:a + step], kk, rows) for a in range(0, nq, step)]
-            return np.concatenate([s for s, _ in parts]), np.concatenate([i for _, i in parts])
-        n = self.n_slots if rows is None else len(rows)
-        best_s: np.ndarray | None = None
-        best_i: np.ndarray | None = None
-        i8_const = qr @ self.i8_min if (self.dtype == "i8" and self.backend == "numpy") else None
-        for start in range(0, n, BLOCK):
-            idx = np.arange(start, min(n, start + BLOCK)) if rows is None else rows[start:start + BLOCK]
-            if self.backend == "numpy":
-                stored = self._stored_codes()
-                codes = stored[idx[0]: idx[-1] + 1] if rows is None else stored[idx]
-            else:
-                codes = self._get(idx)
-            s = self._block_scores(qr, codes)
-            if i8_const is not None:
-                s = s.T + i8_const[:, None]
-            best_s, best_i = _topk_merge(best_s, best_i, s.astype(np.float32, copy=False), idx.astype(np.int64), kk)
-        if best_s is None or best_i is None:
-            return np.full((nq, 0), -np.inf, np.float32), np.full((nq, 0), -1, np.int64)
-        return best_s, best_i
-
-    def _get(self, slots: np.ndarray) -> np.ndarray:
-        """Stored codes of ``slots`` fetched from the usearch index."""
-        graph = self._graph()
-        if not len(slots):
-            return np.zeros((0, graph.ndim // 8 if self.dtype == "b1" else self.ndim),
-                            dtype={"f32": np.float32, "f16": np.float16, "i8": np.int8, "b1": np.uint8}[self.dtype])
-        got = graph.get(np.asarray(slots, dtype=np.uint64), dtype=self.dtype)  # usearch's names are ours
-        if not isinstance(got, (tuple, list)):
-            return np.asarray(got).reshape(len(slots), -1)
-        found = [g for g in got if g is not None]  # usearch gives None for a key it does not hold
-        if len(found) != len(slots):
-            raise RuntimeError(f"VectorIndex: the HNSW graph holds no vector for {len(slots) - len(found)} of the "
-                               f"{len(slots)} slots asked for")
-        return np.stack(found)
-
-    def _graph_search(self, q: np.ndarray, kk: int, ef: int | None) -> Any:
-        """usearch's ``search`` of codes ``q`` for ``kk`` neighbours with beam width ``ef`` (None: the graph's
-        own).  usearch takes the width from the index only, so a search at another width holds
-        ``_ef_lock`` alone, sets the graph's, and restores it; searches at the graph's width share it."""
-        graph = self._graph()
-        with self._ef_lock.reading():
-            if ef is None or ef == graph.expansion_search:
-                return graph.search(q, kk, threads=self._threads())
-        with self._ef_lock.writing():
-            old = graph.expansion_search
-            graph.expansion_search = ef  # type: ignore[misc]  # usearch defines the setter apart from the getter
-            try:
-                return graph.search(q, kk, threads=self._threads())
-            finally:
-                graph.expansion_search = old  # type: ignore[misc]
-
-    def _hnsw(self, qr: np.ndarray, kk: int, ef: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """The graph's top ``kk`` of reduced queries ``qr`` at beam width ``ef`` (None: the graph's own)."""
-        from usearch.index import MetricKind
-
-        graph = self._graph()
-        q_scale: np.ndarray | None = None  # per query: the scale its codes carry (i8; f16 past float16's range)
-        if self.dtype == "i8":  # the corpus's scale, shrunk per query where it would clip: an ``ip``
-            # index's queries can be far larger than its documents (MUVERA: token sums vs means)
-            q_scale = np.minimum(self.i8_scale, 127.0 / np.maximum(np.abs(qr).max(axis=1), 1e-30)).astype(np.float32)
-            q = _i8_symmetric(qr, q_scale[:, None])
-        elif self.dtype == "f16":
-            q, q_scale = _f16_queries(qr)
-        else:
-            q = self._codes(qr, for_usearch=True)
-        m = self._graph_search(q, kk, ef)
-        keys = np.asarray(m.keys).reshape(len(qr), -1).astype(np.int64)
-        dist = np.asarray(m.distances, dtype=np.float32).reshape(len(qr), -1)
-        # a one-query batch comes back as ``Matches`` (already cut to the hits found), more as ``BatchMatches``
-        counts = np.asarray(m.counts).reshape(len(qr)) if hasattr(m, "counts") else np.array([keys.shape[1]])
-        valid = np.arange(keys.shape[1])[None, :] < counts[:, None]
-        dist = np.where(valid, dist, np.float32(0.0))  # padding past the hits holds NaN: never compute on it
-        if self.dtype == "b1":
-            s = -dist
-        elif q_scale is not None and graph.metric_kind == MetricKind.IP:  # the dot of the scaled codes
-            carried = (np.float32(self.i8_scale) * q_scale[:, None]) if self.dtype == "i8" else q_scale[:, None]
-            s = (1.0 - dist) / carried
-        else:  # f32 / f16 inner product (or cosine: no scale matters), or an i8 cosine graph of an earlier version
-            s = 1.0 - dist
-        return np.where(valid, s, -np.inf).astype(np.float32), np.where(valid, keys, -1)
-
-    def _filtered_hnsw(self, qr: np.ndarray, kk: int, mask: np.ndarray | None,
-                       ef: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Top-``kk`` of the graph among the live slots ``mask`` passes (None: every live slot, of a graph that
-        still holds dead nodes).
-
-        A filter passing at most ``min(FILTER_EXACT_MAX, exact_max)`` live rows is answered exactly on
-        them (their codes fetched from usearch, one Python object a row: 40,000 rows x 128 dims, a 50%
-        filter took 117 ms a query, 39 ms on an exact index).  A broader one searches the graph for
-        ``fetch = 2 * kk / selectivity + expansion_search`` neighbours (the selectivity among the graph's
-        nodes, dead ones included) and keeps those that pass; without a filter, ``kk`` over the live share
-        of the nodes, with a margin.  Queries still short of ``kk`` passing rows search again with 4x the
-        width, and then exactly.
-        """
-        ok = self.alive if mask is None else (mask & self.alive)
-        n_pass = self.n_alive if mask is None else int(np.count_nonzero(ok))
-        want = min(kk, n_pass)
-        if want == 0 or (mask is not None and n_pass <= min(FILTER_EXACT_MAX, self.exact_max)):
-            return self._exact(qr, kk, np.flatnonzero(ok))
-        nodes = max(len(self._graph()), n_pass)
-        sel = n_pass / nodes
-        beam = self.expansion_search if ef is None else ef
-        if mask is None:  # usearch's beam holds dead nodes too: as many more as they are (ef 64, 20% dead: 80)
-            fetch = int(min(nodes, np.ceil(max(1.25 * kk, beam) / sel) + 8))
-        else:
-            fetch = int(min(nodes, np.ceil(2 * kk / sel) + beam))
-        s, i = self._passing_hnsw(qr, fetch, kk, ok, ef)
-        short = np.flatnonzero((i >= 0).sum(axis=1) < want)
-        if len(short) and fetch < nodes:  # too few passed in the shortlist: search those wider
-            s2, i2 = self._passing_hnsw(qr[short], int(min(nodes, 4 * fetch)), kk, ok, ef)
-            s[short], i[short] = s2, i2
-            short = short[(i2 >= 0).sum(axis=1) < want]
-        if len(short):  # still too few: answer those exactly
-            es, ei = self._exact(qr[short], kk, np.flatnonzero(ok))
-            es, ei = _sort_desc(es, ei)
-            pad = kk - es.shape[1]
-            s[short] = np.pad(es, ((0, 0), (0, pad)), constant_values=-np.inf)
-            i[short] = np.pad(ei, ((0, 0), (0, pad)), constant_values=-1)
-        return s, i
-
-    def _passing_hnsw(self, qr: np.ndarray, fetch: int, kk: int, ok: np.ndarray,
-                      ef: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """The graph's top ``fetch`` of each query, the live slots ``ok`` kept, cut to ``(n_q, kk)`` (-1 pads)."""
-        s, i = self._hnsw(qr, fetch, ef)
-        keep = (i >= 0) & ok[np.maximum(i, 0)]
-        s, i = _sort_desc(np.where(keep, s, -np.inf), np.where(keep, i, -1))
-        s, i = s[:, :kk], i[:, :kk]
-        if i.shape[1] < kk:
-            s = np.pad(s, ((0, 0), (0, kk - s.shape[1])), constant_values=-np.inf)
-            i = np.pad(i, ((0, 0), (0, kk - i.shape[1])), constant_values=-1)
-        return s, i
-
-    def _second_stage(self, q_full: np.ndarray, qr: np.ndarray, cand: np.ndarray,
-                      use_floats: bool | None = None) -> np.ndarray:
-        """Scores of candidate slots ``cand`` (nq, c), -1 = none: floats from disk (``use_floats``; default
-        ``rescore``), or the float query vs ±1 bits (``b1``); ``-inf`` for -1.
-
-        The queries go in chunks whose ``(queries, c, dims)`` float32 block of gathered vectors and
-        ``(<= queries * c, dims)`` distinct candidates' vectors stay under ``SECOND_STAGE_BYTES``
-        together (256 queries x 400 candidates x 384 dims would be 157 MB each at once).
-        """
-        nq, c = cand.shape
-        use_floats = self.rescore if use_floats is None else use_floats
-        dims = self.d_in if use_floats else self.ndim
-        step = max(1, SECOND_STAGE_BYTES // max(2 * 4 * c * dims, 1))
-        out = np.empty((nq, c), np.float32)
-        for a in range(0, nq, step):
-            out[a: a + step] = self._second_stage_chunk(q_full[a: a + step], qr[a: a + step], cand[a: a + step],
-                                                        use_floats)
-        return out
-
-    def _second_stage_chunk(self, q_full: np.ndarray, qr: np.ndarray, cand: np.ndarray,
-                            use_floats: bool) -> np.ndarray:
-        valid = cand >= 0
-        u, inv = np.unique(np.where(valid, cand, cand.max(initial=0)), return_inverse=True)
-        inv = inv.reshape(cand.shape)
-        if use_floats:
-            vecs = np.asarray(self._float_file()[u], dtype=np.float32)
-            qv = q_full
-        else:  # b1 without floats: asymmetric float query x ±1 bits
-            codes = self._get(u) if self.backend == "hnsw" else self._stored_codes()[u]
-            vecs = np.unpackbits(codes, axis=1)[:, : self.ndim].astype(np.float32)
-            vecs *= 2  # in place: one (u, ndim) float block
-            vecs -= 1
-            vecs /= np.sqrt(self.ndim)
-            qv = qr
-        s = _row_dots(vecs[inv], qv) if vecs.shape[0] else np.zeros(cand.shape, np.float32)
-        return np.where(valid, s, -np.inf).astype(np.float32)
+    # (methods written as functions of ``self`` in :mod:`ragkit.retrievers._index_search`)
+    _block_scores = _index_search._block_scores
+    _exact = _index_search._exact
+    _get = _index_search._get
+    _graph_search = _index_search._graph_search
+    _hnsw = _index_search._hnsw
+    _filtered_hnsw = _index_search._filtered_hnsw
+    _passing_hnsw = _index_search._passing_hnsw
+    _second_stage = _index_search._second_stage
+    _second_stage_chunk = _index_search._second_stage_chunk
 
     def search(self, queries: np.ndarray, k: int, mask: np.ndarray | None = None, *,
                expansion_search: int | None = None, oversample: int | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -1522,314 +927,10 @@ class VectorIndex:
         return int(total)
 
     # ------------------------------------------------------------------ persistence
-    def _intact(self, path: str | Path) -> bool:
-        """Whether the file at ``path`` still holds what this index maps from it: its own scratch
-        float vectors file, or a file mapped by ``load`` that has not been replaced since."""
-        path = os.path.abspath(path)
-        if self._floats_own is not None and path == os.path.abspath(self._floats_own):
-            return os.path.isfile(path)
-        return path in self._mapped and self._mapped[path] is not None and _file_id(path) == self._mapped[path]
-
-    def save(self, folder: str | Path, prefix: str = "index") -> None:
-        """Write the index into ``folder`` as ``<prefix>.json`` + ``<prefix>.*.npy`` + ``<prefix>.usearch``.
-
-        Every file is written under a temporary name in ``folder`` and renamed over the old one,
-        so an interrupted save leaves each previous file whole, and saving an index loaded with
-        ``mmap=True`` back into its own folder is safe: a file the index maps, unchanged since
-        ``load``, is kept as it is (not rewritten from its own mapping); the manifest comes last.
-        """
-        self._check_built()
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-
-        def same(src: str | None, p: Path) -> bool:  # ``p`` is the very file the index maps, unchanged
-            try:
-                return src is not None and self._intact(src) and p.exists() and os.path.samefile(src, p)
-            except OSError:
-                return False
-
-        arrays: dict[str, np.ndarray] = {"alive": self.alive}
-        if self.codes is not None:
-            arrays["codes"] = self.codes
-        for name in ("pca_mean", "pca_components", "i8_min", "i8_step"):
-            if getattr(self, name, None) is not None:
-                arrays[name] = getattr(self, name)
-        if self.floats is not None:
-            arrays["floats"] = self.floats
-        files: dict[str, dict[str, int]] = {}
-        for name, arr in arrays.items():
-            p = folder / f"{prefix}.{name}.npy"
-            src = _whole_map(arr)
-            if same(src, p):
-                pass
-            elif src is not None and self._intact(src):  # a whole mapped file: copy it (no page faults)
-                with atomic_file(p) as t:
-                    shutil.copyfile(src, t)
-            else:
-                with atomic_file(p) as t:
-                    _save_npy(t, np.asarray(arr))
-            files[p.name] = {"bytes": p.stat().st_size, "crc32": _crc(p)}
-        if self.usearch is not None:
-            p = folder / f"{prefix}.usearch"
-            view = getattr(self, "_view", False)
-            if view and same(self._view_path, p):
-                pass
-            elif view and self._intact(self._view_path):
-                with atomic_file(p) as t:
-                    shutil.copyfile(self._view_path, t)
-            else:
-                with atomic_file(p) as t:
-                    self.usearch.save(str(t))
-            files[p.name] = {"bytes": p.stat().st_size, "crc32": _crc(p)}
-        meta = {"format": FORMAT, "config": self.config(), "d_in": self.d_in, "ndim": self.ndim,
-                "backend": self.backend, "n_slots": self.n_slots, "files": files,
-                "i8_scale": float(self.i8_scale) if self.dtype == "i8" else None,
-                "i8_fitted_n": int(self.i8_fitted_n) if self.dtype == "i8" else None,
-                "explained_variance_ratio": getattr(self, "explained_variance_ratio", None)}
-        from ragkit._saves import write_json
-
-        write_json(folder / f"{prefix}.json", meta)
-
-    @classmethod
-    def load(cls, folder: str | Path, prefix: str = "index", mmap: bool = False, verify: bool = True) -> "VectorIndex":
-        """Load an index written by :meth:`save`.
-
-        ``mmap=True`` memory-maps the arrays and opens the usearch file as a view (served from
-        the page cache; editing copies it into memory first).  Every file's size is checked
-        and, with ``verify`` (default), its CRC32: a truncated or corrupt file raises
-        :class:`ArtifactError` before usearch or numpy reads it.
-
-        What the files hold is then checked against the manifest before any search (a folder whose
-        checksums were recomputed after an edit passes the CRC32s): the backend is ``numpy`` (with
-        ``<prefix>.codes.npy``) or ``hnsw`` (with ``<prefix>.usearch``), as ``search`` allows; ``ndim``
-        and ``d_in`` are integers from 1 to :data:`MAX_DIMS`, as ``reduce`` relates them; every array
-        has the dtype and shape the config implies (codes ``(n_slots, ndim)`` of the storage type, b1
-        packed to ``ceil(ndim / 8)`` bytes; ``alive`` a bool ``(n_slots,)``; the int8 calibration and
-        PCA arrays of ``ndim`` / ``d_in``; the float vectors ``(n_slots, d_in)``); the graph has the
-        index's width and storage type; the calibration and PCA arrays are finite, and so are float
-        codes read into memory (in blocks of ``BLOCK`` rows: ~0.3 s at 1M x 384 float32 on 2 cores,
-        about what reading the file takes).  Memory-mapped codes (``mmap=True``) and the float
-        vectors of ``rescore`` (always mapped) are not scanned: that would read the whole file at
-        load.  Each failure is an :class:`ArtifactError` naming the file, and what was expected and
-        found.
-        """
-        from ragkit._saves import read_json
-
-        folder = Path(folder)
-        mpath = folder / f"{prefix}.json"
-        meta = read_json(mpath)
-        try:
-            cfg, files = dict(meta["config"]), dict(meta["files"])
-            if meta.get("format", 0) > FORMAT:
-                raise ArtifactError(f"{mpath}: written by a newer ragkit (index format "
-                                    f"{meta['format']}, this one reads {FORMAT}); upgrade ragkit")
-        except (KeyError, TypeError, ValueError):
-            raise ArtifactError(f"{mpath}: not a ragkit vector index manifest") from None
-        known = {f"{prefix}.{name}.npy" for name in _ARRAYS} | {f"{prefix}.usearch"}
-        for name, info in files.items():
-            if name not in known:  # (a path elsewhere, "../x" or absolute, would be read for its checksum)
-                raise ArtifactError(f"{mpath}: lists the file {name!r}; a vector index holds only "
-                                    f"{', '.join(sorted(known))}")
-            if not isinstance(info, dict) or not all(isinstance(info.get(k), int) for k in ("bytes", "crc32")):
-                raise ArtifactError(f"{mpath}: the entry of {name} is {info!r}; expected "
-                                    "{'bytes': int, 'crc32': int}")
-            p = folder / name
-            if not p.is_file():
-                raise ArtifactError(f"{p}: file not found (listed in {prefix}.json)")
-            size = p.stat().st_size
-            if size != info["bytes"]:
-                raise ArtifactError(f"{p}: truncated or altered: {size} bytes on disk, {info['bytes']} expected")
-            if verify and _crc(p) != info["crc32"]:
-                raise ArtifactError(f"{p}: corrupt (CRC32 mismatch with {prefix}.json)")
-        try:
-            self = cls(**cfg)
-        except (TypeError, ValueError, ParamError) as e:  # a key or value no VectorIndex takes: the file was edited
-            raise ArtifactError(f"{mpath}: its config does not describe an index ({e})") from None
-        self.d_in, self.ndim = _meta_int(meta, "d_in", mpath, 1, MAX_DIMS), _meta_int(meta, "ndim", mpath, 1, MAX_DIMS)
-        self.saved_format = _meta_int(meta, "format", mpath, 1, FORMAT) if "format" in meta else 1
-        n_slots = _meta_int(meta, "n_slots", mpath, 0, None)
-        self.backend = self._check_manifest(mpath, meta, {n[len(prefix) + 1:] for n in files})
-
-        def arr(name: str, mm: bool = mmap) -> np.ndarray:
-            p = folder / f"{prefix}.{name}.npy"
-            check_npy_size(p)  # (before np.load allocates what the header claims)
-            try:
-                return np.load(p, allow_pickle=False, mmap_mode="r" if mm else None)
-            except (ValueError, OSError, EOFError) as e:
-                raise ArtifactError(f"{p}: corrupt or truncated array ({e})") from None
-
-        def expect(name: str, a: np.ndarray, dtype: Any, shape: tuple[int, ...], why: str) -> np.ndarray:
-            """``a`` (the array of ``<prefix>.<name>.npy``) when of ``dtype`` (either byte order) and ``shape``."""
-            want = np.dtype(dtype)
-            if (a.dtype.kind, a.dtype.itemsize) != (want.kind, want.itemsize) or a.shape != shape:
-                raise ArtifactError(f"{folder / f'{prefix}.{name}.npy'}: holds a {a.dtype} array of shape {a.shape}; "
-                                    f"expected {want} of shape {shape} ({why} in {prefix}.json)")
-            return a
-
-        def finite(name: str, a: np.ndarray) -> None:
-            row = _first_nonfinite_row(a)
-            if row is not None:
-                raise ArtifactError(f"{folder / f'{prefix}.{name}.npy'}: holds NaN or infinite values (first in row "
-                                    f"{row} of {len(a)}); expected finite values (every score would be NaN)")
-
-        slots = f"{n_slots} slots"
-        self.alive = expect("alive", arr("alive", False), bool, (n_slots,), slots)
-        self.codes = None
-        if self.backend == "numpy":
-            width = (self.ndim + 7) // 8 if self.dtype == "b1" else self.ndim
-            store = {"f32": np.float32, "f16": np.float16, "i8": np.uint8, "b1": np.uint8}[self.dtype]
-            why = f"dtype {self.dtype!r}, ndim {self.ndim}" + (f" (packed bits: {width} bytes)" if self.dtype == "b1"
-                                                             else "") + f", {slots}"
-            self.codes = expect("codes", arr("codes"), store, (n_slots, width), why)
-            if self.dtype in ("f32", "f16") and not isinstance(self.codes, np.memmap):
-                finite("codes", self.codes)
-            if mmap:
-                self._mapped[os.path.abspath(folder / f"{prefix}.codes.npy")] = _file_id(folder / f"{prefix}.codes.npy")
-        if self.reduce_kind == "pca":
-            self.pca_mean = expect("pca_mean", arr("pca_mean", False), np.float32, (self.d_in,), f"d_in {self.d_in}")
-            self.pca_components = expect("pca_components", arr("pca_components", False), np.float32,
-                                         (self.d_in, self.ndim), f"d_in {self.d_in}, ndim {self.ndim}")
-            finite("pca_mean", self.pca_mean)
-            finite("pca_components", self.pca_components)
-        if self.dtype == "i8":
-            for name in ("i8_min", "i8_step"):
-                setattr(self, name, expect(name, arr(name, False), np.float32, (self.ndim,), f"ndim {self.ndim}"))
-                finite(name, getattr(self, name))
-            if not (self.i8_step > 0).all():
-                raise ArtifactError(f"{folder / f'{prefix}.i8_step.npy'}: holds a step of "
-                                    f"{float(self.i8_step.min()):g}; expected positive steps (the int8 calibration)")
-            self.i8_scale = np.float32(meta["i8_scale"])  # (checked by _check_manifest)
-            # (a save before it was recorded: the slots then, as add() read them, fitted on at least those)
-            self.i8_fitted_n = int(meta.get("i8_fitted_n") or self.n_slots)
-        self.explained_variance_ratio = meta.get("explained_variance_ratio")
-        self.floats = None
-        if self.rescore:
-            self.floats = _random_access(expect("floats", arr("floats", True), np.float32, (n_slots, self.d_in),
-                                                f"rescore: d_in {self.d_in}, {slots}"))
-            self._mapped[os.path.abspath(folder / f"{prefix}.floats.npy")] = _file_id(folder / f"{prefix}.floats.npy")
-        self.usearch = None
-        if self.backend == "hnsw":
-            p = folder / f"{prefix}.usearch"
-            try:
-                self.usearch = self._restore(str(p), view=mmap)
-            except Exception as e:  # usearch raises RuntimeError/ValueError on a bad header
-                raise ArtifactError(f"{p}: usearch could not read it ({e})") from None
-            # every live slot, and the dead ones not yet dropped by a rebuild (earlier versions: none)
-            if self.usearch is None or not self.n_alive <= self.usearch.size <= self.n_slots:
-                raise ArtifactError(f"{p}: holds {getattr(self.usearch, 'size', None)} vectors, "
-                                    f"{self.n_alive} to {self.n_slots} expected")
-            width = 8 * ((self.ndim + 7) // 8) if self.dtype == "b1" else self.ndim
-            kind = str(getattr(self.usearch, "dtype", "")).rsplit(".", 1)[-1].lower()
-            if int(self.usearch.ndim) != width or kind != self.dtype:
-                raise ArtifactError(f"{p}: a graph of {self.usearch.ndim} dimensions stored as {kind}; expected "
-                                    f"{width} dimensions stored as {self.dtype} (dtype {self.dtype!r}, ndim "
-                                    f"{self.ndim} in {prefix}.json)")
-            from usearch.index import Index
-
-            try:  # nodes usearch itself removed (earlier versions' remove): rebuilt before the next add
-                self._graph_free = int((Index.metadata(str(p)) or {}).get("count_deleted") or 0) > 0
-            except Exception:
-                self._graph_free = True
-            self._view, self._view_path = mmap, os.path.abspath(p)  # absolute: a later chdir changes nothing
-            if mmap:
-                self._mapped[os.path.abspath(p)] = _file_id(p)
-        self.built = True
-        return self
-
-    def _check_manifest(self, mpath: Path, meta: dict[str, Any], present: set[str]) -> str:
-        """The backend the manifest ``meta`` (at ``mpath``) names, after checking it against the config of
-        this (new, unbuilt) index, its ``d_in`` / ``ndim`` (already set) and the files it lists (``present``:
-        their names less the prefix, ``codes.npy``, ``usearch``, ...): what each needs is listed, nothing is
-        read.  ArtifactError naming ``mpath`` otherwise."""
-        backend = meta.get("backend")
-        if backend not in ("numpy", "hnsw"):
-            raise ArtifactError(f"{mpath}: backend is {backend!r}; expected 'numpy' (exact search) or 'hnsw' "
-                                "(a usearch graph)")
-        if self.search_mode != "auto" and backend != ("numpy" if self.search_mode == "exact" else "hnsw"):
-            raise ArtifactError(f"{mpath}: backend {backend!r} with search {self.search_mode!r}; expected backend "
-                                f"{'numpy' if self.search_mode == 'exact' else 'hnsw'!r}")
-
-        def needs(name: str, why: str) -> None:
-            if name not in present:
-                raise ArtifactError(f"{mpath}: lists no {mpath.stem}.{name}, which {why} needs; it lists "
-                                    f"{', '.join(sorted(f'{mpath.stem}.{n}' for n in present)) or 'no file'}")
-
-        needs("alive.npy", "every index")
-        if backend == "numpy":
-            needs("codes.npy", "backend 'numpy'")
-        else:
-            needs("usearch", "backend 'hnsw'")
-        other = "usearch" if backend == "numpy" else "codes.npy"
-        if other in present:
-            raise ArtifactError(f"{mpath}: lists {mpath.stem}.{other}, which backend {backend!r} does not keep; "
-                                f"expected {mpath.stem}.{'codes.npy' if backend == 'numpy' else 'usearch'} alone")
-        if self.reduce_kind == "none" and self.ndim != self.d_in:
-            raise ArtifactError(f"{mpath}: ndim {self.ndim} and d_in {self.d_in}; expected equal (reduce 'none' "
-                                "keeps every dimension)")
-        if self.reduce_kind != "none" and (self.ndim != self.reduce_dims or self.reduce_dims > self.d_in):
-            raise ArtifactError(f"{mpath}: ndim {self.ndim} and d_in {self.d_in} with reduce {self.reduce!r}; expected "
-                                f"ndim {self.reduce_dims}, at most d_in")
-        if self.reduce_kind == "pca":
-            needs("pca_mean.npy", f"reduce {self.reduce!r}")
-            needs("pca_components.npy", f"reduce {self.reduce!r}")
-        if self.rescore:
-            needs("floats.npy", "rescore")
-        if self.dtype == "i8":
-            needs("i8_min.npy", "dtype 'i8' (its calibration)")
-            needs("i8_step.npy", "dtype 'i8' (its calibration)")
-            scale, fitted = meta.get("i8_scale"), meta.get("i8_fitted_n")
-            if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not 0 < scale < np.inf:
-                raise ArtifactError(f"{mpath}: i8_scale is {scale!r}; expected a positive number with dtype 'i8'")
-            if fitted is not None and (isinstance(fitted, bool) or not isinstance(fitted, int) or fitted < 0):
-                raise ArtifactError(f"{mpath}: i8_fitted_n is {fitted!r}; expected null or a count of vectors")
-        return str(backend)
+    # (methods written as functions of ``self`` in :mod:`ragkit.retrievers._index_files`)
+    _intact = _index_files._intact
+    save = _index_files.save
+    load = classmethod(_index_files.load)
+    _check_manifest = _index_files._check_manifest
 
 
-def _meta_int(meta: dict[str, Any], key: str, path: Path, lo: int, hi: int | None) -> int:
-    """``meta[key]``, an int from ``lo`` to ``hi`` (None: no bound), or an ArtifactError naming ``path``."""
-    v = meta.get(key)
-    if isinstance(v, bool) or not isinstance(v, int) or v < lo or (hi is not None and v > hi):
-        bound = f"an integer from {lo} to {hi:,}" if hi is not None else f"an integer of at least {lo}"
-        raise ArtifactError(f"{path}: {key} is {v!r}; expected {bound}")
-    return v
-
-
-def _first_nonfinite_row(a: np.ndarray) -> int | None:
-    """The first row of ``a`` (1-D: element) holding NaN or inf, or None; in blocks of ``BLOCK`` rows (one
-    bool temporary of a block, ~6 MB at 384 dims)."""
-    for lo in range(0, len(a), BLOCK):
-        block = a[lo:lo + BLOCK]
-        ok = np.isfinite(block)
-        if not ok.all():
-            bad = ~ok if ok.ndim == 1 else ~ok.all(axis=1)
-            return lo + int(np.argmax(bad))
-    return None
-
-
-def _random_access(arr: np.ndarray) -> np.ndarray:
-    """Tell the kernel a memory-mapped array is read at random (no read-ahead: only touched pages load)."""
-    import mmap
-
-    mm = getattr(arr, "_mmap", None)
-    if mm is not None and hasattr(mm, "madvise") and hasattr(mmap, "MADV_RANDOM"):
-        try:
-            mm.madvise(mmap.MADV_RANDOM)
-        except OSError:
-            pass
-    return arr
-
-
-def resident_bytes(path: str | Path) -> int:
-    """Resident (in RAM) bytes of this process's memory mappings of ``path`` (Linux ``/proc/self/smaps``)."""
-    target = str(Path(path).resolve())
-    total, inside = 0, False
-    try:
-        with open("/proc/self/smaps") as fh:
-            for line in fh:
-                if re.match(r"^[0-9a-f]+-[0-9a-f]+ ", line):
-                    inside = line.rstrip().endswith(target)
-                elif inside and line.startswith("Rss:"):
-                    total += int(line.split()[1]) * 1024
-    except OSError:
-        return -1
-    return total

@@ -29,7 +29,8 @@ from ragkit.operator import Operator, edited_during_search, is_prefix, searched_
 from ragkit.options import PARAM
 from ragkit.params import MetadataFilter, Metric, ModelName, Params, VectorDtype, shown
 from ragkit.registry import register
-from ragkit.retrievers._index import EXACT_MAX, VectorIndex, parse_reduce
+from ragkit.retrievers._index import EXACT_MAX, VectorIndex
+from ragkit.retrievers._quantize import parse_reduce
 from ragkit.types import Corpus, Ranking, State, TrainSet
 
 __all__ = ["Dense", "DenseParams", "KNOWN_DIMS"]

@@ -607,9 +607,9 @@ def _tie_data():
 def test_exact_ties_go_to_the_lower_slot_across_blocks(dtype, monkeypatch):
     """Exact top-k ranks equal scores by lower slot, at the k cut too, whatever block the tied
     slots are in (the block's own top-k and the running merge both cut through ties)."""
-    from ragkit.retrievers import _index
+    from ragkit.retrievers import _index_search
 
-    monkeypatch.setattr(_index, "BLOCK", 50)
+    monkeypatch.setattr(_index_search, "BLOCK", 50)
     x, q = _tie_data()
     ix = VectorIndex(dtype=dtype, metric="ip", search="exact", oversample=1).build(x)
     truth = ((x > 0) * 2.0 - 1.0) if dtype == "b1" else x.astype(np.float64)
@@ -626,7 +626,7 @@ def test_exact_ties_go_to_the_lower_slot_across_blocks(dtype, monkeypatch):
 def test_block_topk_keeps_the_lowest_columns_of_a_tie_at_the_cut():
     """The exact search's per-block top k: the k largest of each row, a tie straddling the cut
     going to the lowest columns, rows with and without such ties (heavy ties: integer scores)."""
-    from ragkit.retrievers._index import _block_topk
+    from ragkit.retrievers._index_search import _block_topk
 
     rng = np.random.default_rng(21)
     s = rng.integers(0, 6, (300, 40)).astype(np.float32)
@@ -647,7 +647,7 @@ def test_second_stage_in_bounded_chunks(monkeypatch):
     here), with the same results as one chunk per query and as the default budget."""
     import tracemalloc
 
-    from ragkit.retrievers import _index
+    from ragkit.retrievers import _index_search
 
     rng = np.random.default_rng(14)
     x = rng.standard_normal((1200, 64)).astype(np.float32)
@@ -655,7 +655,7 @@ def test_second_stage_in_bounded_chunks(monkeypatch):
     for kw in (dict(dtype="i8", rescore=True), dict(dtype="b1"), dict(dtype="b1", search="hnsw", threads=1)):
         ix = VectorIndex(search=kw.pop("search", "exact"), oversample=4, **kw).build(x)
         want = ix.search(q, 50)
-        monkeypatch.setattr(_index, "SECOND_STAGE_BYTES", 1 << 20, raising=False)
+        monkeypatch.setattr(_index_search, "SECOND_STAGE_BYTES", 1 << 20, raising=False)
         qn = ix._normalise(q)
         cand = ix.search(q, 200)[0]  # (64, 200) candidate slots
         tracemalloc.start()
@@ -664,11 +664,11 @@ def test_second_stage_in_bounded_chunks(monkeypatch):
         tracemalloc.stop()
         assert peak < 2 << 20, (kw, peak)
         for budget in (1, 1 << 20):  # one query per chunk, a few chunks
-            monkeypatch.setattr(_index, "SECOND_STAGE_BYTES", budget, raising=False)
+            monkeypatch.setattr(_index_search, "SECOND_STAGE_BYTES", budget, raising=False)
             got = ix.search(q, 50)
             np.testing.assert_array_equal(got[0], want[0])
             np.testing.assert_array_equal(got[1], want[1])
-        monkeypatch.setattr(_index, "SECOND_STAGE_BYTES", 64 << 20, raising=False)
+        monkeypatch.setattr(_index_search, "SECOND_STAGE_BYTES", 64 << 20, raising=False)
 
 
 def test_build_keeps_no_reference_to_the_callers_array():

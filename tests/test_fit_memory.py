@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from conftest import traced_peak
 
-from ragkit.retrievers._index import VectorIndex, _i8_symmetric
+from ragkit.retrievers._index import VectorIndex
+from ragkit.retrievers._quantize import _i8_symmetric
 
 
 @pytest.fixture(scope="module")

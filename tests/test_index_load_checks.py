@@ -22,7 +22,8 @@ from ragkit.encoders import register_encoder
 from ragkit.errors import ArtifactError
 from ragkit.operator import Operator
 from ragkit.retrievers import Dense
-from ragkit.retrievers._index import MAX_DIMS, VectorIndex
+from ragkit.retrievers._index import VectorIndex
+from ragkit.retrievers._index_files import MAX_DIMS
 from ragkit.types import Corpus
 
 MODEL = "index-load-checks-hashed"

@@ -21,9 +21,9 @@ def vecs():
 def test_pca_build_makes_no_float64_copies_of_the_sample(vecs, monkeypatch):
     """The PCA fit summed mean and covariance over a whole float64 copy of the sample and a centred
     float64 copy of it (4x the float32 vectors); then projected a centred copy of all of them."""
-    from ragkit.retrievers import _index
+    from ragkit.retrievers import _quantize
 
-    monkeypatch.setattr(_index, "PCA_CHUNK_BYTES", 4 << 20, raising=False)  # several blocks at this size
+    monkeypatch.setattr(_quantize, "PCA_CHUNK_BYTES", 4 << 20, raising=False)  # several blocks at this size
     _, peak = traced_peak(lambda: VectorIndex(reduce="pca:32", search="exact").build(vecs))
     assert peak < 2.5 * vecs.nbytes  # the normalised copy, a float64 block, the projection and its blocks (was 6x)
 
@@ -255,15 +255,15 @@ def test_bm25_fit_tokenises_in_chunks(monkeypatch):
 def test_exact_search_of_many_queries_works_in_chunks_of_queries(vecs, monkeypatch):
     """The exact search scored every query of a batch against a block of 16,384 vectors at once:
     10,000 queries made ~2 GB of temporaries.  Queries are chunked; same answer."""
-    from ragkit.retrievers import _index
+    from ragkit.retrievers import _index_search
 
     ix = VectorIndex(search="exact").build(vecs)
     q = vecs[:2000] + 0.1
-    assert _index.EXACT_CELLS // _index.BLOCK <= 1024
-    monkeypatch.setattr(_index, "EXACT_CELLS", 200 * _index.BLOCK)  # 10 chunks
+    assert _index_search.EXACT_CELLS // _index_search.BLOCK <= 1024
+    monkeypatch.setattr(_index_search, "EXACT_CELLS", 200 * _index_search.BLOCK)  # 10 chunks
     (slots, scores), peak = traced_peak(lambda: ix.search(q, 10))
-    assert peak < 0.5 * 4 * len(q) * _index.BLOCK  # a chunk's (scores, int64 positions); was ~3x the whole
-    monkeypatch.setattr(_index, "EXACT_CELLS", len(q) * _index.BLOCK)  # one chunk
+    assert peak < 0.5 * 4 * len(q) * _index_search.BLOCK  # a chunk's (scores, int64 positions); was ~3x the whole
+    monkeypatch.setattr(_index_search, "EXACT_CELLS", len(q) * _index_search.BLOCK)  # one chunk
     want_slots, want_scores = ix.search(q, 10)
     np.testing.assert_array_equal(slots, want_slots)
     np.testing.assert_allclose(scores, want_scores, rtol=1e-5)

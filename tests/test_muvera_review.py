@@ -635,7 +635,8 @@ def test_an_f16_graph_finds_queries_past_float16s_range():
     above ~1,300) became inf and the search returned nothing, silently ('overflow encountered in cast').  Such a
     query is now shrunk by a power of two for the graph and its inner products scaled back; a query within
     float16's range is searched exactly as before."""
-    from ragkit.retrievers._index import F16_MAX, VectorIndex
+    from ragkit.retrievers._index import VectorIndex
+    from ragkit.retrievers._quantize import F16_MAX
 
     rng = np.random.default_rng(11)
     x = rng.standard_normal((400, 16)).astype(np.float32)

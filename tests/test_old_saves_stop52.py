@@ -21,7 +21,7 @@ from ragkit.operator import Operator
 from ragkit.pipelines import Pipeline
 from ragkit.pipelines.yaml import walk_leaves
 from ragkit.retrievers import BM25, Dense
-from ragkit.retrievers._index import FORMAT
+from ragkit.retrievers._index_files import FORMAT
 from ragkit.types import Corpus
 
 TEXTS = ["red apples are sweet", "green pears and red apples", "the heart pumps blood", "blood cells carry oxygen",

@@ -27,7 +27,7 @@ from ragkit.errors import ArtifactError
 from ragkit.operator import Operator
 from ragkit.pipelines import Pipeline
 from ragkit.retrievers import BM25, Dense
-from ragkit.retrievers._index import FORMAT
+from ragkit.retrievers._index_files import FORMAT
 from ragkit.types import Corpus
 
 TEXTS = ["red apples are sweet", "green pears and red apples", "the patient's heart pumps blood",

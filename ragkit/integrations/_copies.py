@@ -116,7 +116,7 @@ def _sharing_copy(obj: _T, memo: dict[int, Any] | None = None) -> _T:
     HNSW graph, which an ``add`` grows in place, is the copy's own (a fresh view of the file it maps, unchanged
     since ``load``, else ``Index.copy``), and its float vectors file (``rescore``) stays the caller's: the copy
     writes a grown one to its own scratch folder, and never grows or deletes the caller's."""
-    from ragkit.retrievers._index import _frozen_array
+    from ragkit.retrievers._index_files import _frozen_array
 
     memo = {} if memo is None else memo
     for item in _reachable(obj):

@@ -1,0 +1,304 @@
+"""How :class:`~ragkit.retrievers._index.VectorIndex` searches: exact blocked scoring and top-k merging, the
+usearch graph (beam width, filters, dead nodes) and the second stage (float rescoring, b1 re-ranking).  The
+functions taking ``self`` are :class:`VectorIndex` methods (assigned in its class body)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ragkit._topk import desc_order, fix_cut_ties
+from ragkit.retrievers._quantize import BLOCK, _f16_queries, _i8_symmetric
+
+if TYPE_CHECKING:
+    from ragkit.retrievers._index import VectorIndex
+
+#: score cells per block of the exact search (queries are chunked to keep ``queries x BLOCK`` under it)
+EXACT_CELLS = 1 << 24
+#: bytes of the float32 temporaries of the second stage (rescore / b1 re-ranking): the gathered
+#: ``(queries, candidates, dims)`` block and the distinct candidates' vectors; the query batch is
+#: scored in chunks that keep both under this
+SECOND_STAGE_BYTES = 64 << 20
+#: a filtered HNSW search whose filter passes at most this many live rows scores them exactly, their codes
+#: fetched from usearch (~2 us a row); more go through the graph, oversampled by the filter's selectivity
+FILTER_EXACT_MAX = 4_096
+
+
+def _block_topk(s: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` largest of each row of ``s`` ``(n_q, m)`` (``k < m``), ties at the cut by lower column.
+
+    Returns ``(scores float32 (n_q, k), columns int64 (n_q, k))``, unordered.  ``torch.topk`` picks
+    the ``k`` largest (multi-threaded, ~3x numpy's ``argpartition``) but keeps an arbitrary few of
+    the entries tied with the k-th score; :func:`~ragkit._topk.fix_cut_ties` re-picks the rows
+    where such a tie straddles the cut.  Needs ``k < m``.
+    """
+    import torch
+
+    s = np.ascontiguousarray(s, dtype=np.float32)
+    # the k + 1 largest, sorted: a row's tie straddles the cut exactly when its (k+1)-th score
+    # equals its k-th, which spares a comparison pass over the whole block to find those rows
+    top_t, part_t = torch.topk(torch.from_numpy(s), k + 1, dim=1, sorted=True)
+    top, part = top_t.numpy(), part_t.numpy()
+    tied = np.flatnonzero((top[:, k] == top[:, k - 1]) & ~np.isnan(top).any(axis=1))  # NaN rows: as before
+    top, part = np.ascontiguousarray(top[:, :k]), np.ascontiguousarray(part[:, :k])
+    fix_cut_ties(s, top, part, k, tied=tied)
+    return top, part.astype(np.int64, copy=False)
+
+
+def _topk_merge(best_s: np.ndarray | None, best_i: np.ndarray | None, s: np.ndarray, idx: np.ndarray,
+                k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Keep the top-``k`` of the running best ``(n_q, <=k)`` and a new block of scores.
+
+    ``s`` is ``(n_q, m)`` float32, ``idx`` the block's ``m`` global slots, ascending and above
+    every slot of the running best (blocks are merged in slot order).  The block is cut to its
+    own top ``k`` first (:func:`_block_topk`, no ``(n_q, m)`` slot matrix), so only ``(n_q, 2k)``
+    is merged with the running best.  Equal scores keep the lower slot, at the cut and across
+    blocks, so the result is the first ``k`` of the stable (score desc, slot asc) order.
+    """
+    m = s.shape[1]
+    kk = min(k, m)
+    if kk < m:
+        s, part = _block_topk(s, kk)
+        idx = idx[part]
+    else:
+        idx = np.broadcast_to(idx, s.shape)
+    if best_s is None:
+        return s, idx
+    s, idx = np.concatenate([best_s, s], axis=1), np.concatenate([best_i, idx], axis=1)
+    if k < s.shape[1]:
+        part = np.argpartition(s, s.shape[1] - k, axis=1)[:, s.shape[1] - k:]
+        kth = np.take_along_axis(s, part, axis=1).min(axis=1)
+        tied = np.flatnonzero(np.count_nonzero(s >= kth[:, None], axis=1) > k)
+        if len(tied):  # a tie straddles the cut: the first k of (score desc, slot asc) for those rows
+            part[tied] = desc_order(s[tied], idx[tied])[:, :k]
+        s, idx = np.take_along_axis(s, part, axis=1), np.take_along_axis(idx, part, axis=1)
+    return s, idx
+
+
+def _row_dots(g: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """``(n_q, c)`` float32: the dot product of each row ``g[i, j]`` of ``g`` ``(n_q, c, d)`` with ``q[i]``
+    (``q``: ``(n_q, d)``).
+
+    Each score is one dot product of its own row (``np.vecdot``: a BLAS ``sdot`` per row), so equal vectors
+    score exactly equal wherever they sit among the candidates: ``np.einsum("qcd,qd->qc", optimize=True)``
+    (before) and ``np.matmul`` give them scores one rounding step apart by position, and then equal vectors
+    were not ranked by lower slot.  As fast as that einsum or faster (256 queries x 40 candidates x 384 dims:
+    2.3 ms vs 2.8 ms; 1,000 x 40: 19 vs 30 ms).  numpy < 2 (no ``vecdot``): the products summed along each
+    row, as exact a tie but ~2x slower.
+    """
+    vecdot = getattr(np, "vecdot", None)
+    if vecdot is not None:
+        return np.asarray(vecdot(g, q[:, None, :]), dtype=np.float32)
+    return (g * q[:, None, :]).sum(axis=2, dtype=np.float32)
+
+
+def _sort_desc(s: np.ndarray, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Sort each row by score descending, ties by lower slot; invalid slots (-1) last."""
+    s = np.where(idx < 0, -np.inf, s)
+    order = desc_order(s, idx)
+    return np.take_along_axis(s, order, axis=1).astype(np.float32), np.take_along_axis(idx, order, axis=1)
+
+
+def _block_scores(self: VectorIndex, qr: np.ndarray, codes: np.ndarray) -> np.ndarray:
+    """First-stage scores of reduced queries ``qr`` against a block of stored codes."""
+    if self.dtype == "f32":
+        return qr @ np.asarray(codes, dtype=np.float32).T
+    if self.dtype == "f16":
+        return qr @ np.asarray(codes).astype(np.float32).T
+    if self.dtype == "i8":
+        if codes.dtype == np.int8:  # global-scale codes fetched from usearch
+            return (qr @ codes.astype(np.float32).T) / self.i8_scale
+        return codes.astype(np.float32) @ (qr * self.i8_step).T  # (n, nq); transposed below
+    # b1: the float query against the ±1 bits (asymmetric; ranks at least as well as Hamming
+    # on the sign-quantised query, for the same matrix-product cost in numpy)
+    db = np.unpackbits(np.asarray(codes), axis=1)[:, : self.ndim].astype(np.float32) * 2 - 1
+    return (qr @ db.T) / np.float32(np.sqrt(self.ndim))
+
+
+def _exact(self: VectorIndex, qr: np.ndarray, kk: int, rows: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-``kk`` over live slots (or over ``rows``) in blocks; returns (scores, slots).
+
+    Queries are taken in chunks of at most ``EXACT_CELLS // BLOCK`` (1,024): the score block and
+    the merge's temporaries are ``(queries, BLOCK)`` each (10,000 queries: ~2 GB at once)."""
+    nq = len(qr)
+    if rows is None:
+        rows = np.flatnonzero(self.alive) if not self.alive.all() else None
+    step = max(1, EXACT_CELLS // BLOCK)
+    if nq > step:  # a loop over chunks of queries, each answered as alone
+        parts = [self._exact(qr[a:a + step], kk, rows) for a in range(0, nq, step)]
+        return np.concatenate([s for s, _ in parts]), np.concatenate([i for _, i in parts])
+    n = self.n_slots if rows is None else len(rows)
+    best_s: np.ndarray | None = None
+    best_i: np.ndarray | None = None
+    i8_const = qr @ self.i8_min if (self.dtype == "i8" and self.backend == "numpy") else None
+    for start in range(0, n, BLOCK):
+        idx = np.arange(start, min(n, start + BLOCK)) if rows is None else rows[start:start + BLOCK]
+        if self.backend == "numpy":
+            stored = self._stored_codes()
+            codes = stored[idx[0]: idx[-1] + 1] if rows is None else stored[idx]
+        else:
+            codes = self._get(idx)
+        s = self._block_scores(qr, codes)
+        if i8_const is not None:
+            s = s.T + i8_const[:, None]
+        best_s, best_i = _topk_merge(best_s, best_i, s.astype(np.float32, copy=False), idx.astype(np.int64), kk)
+    if best_s is None or best_i is None:
+        return np.full((nq, 0), -np.inf, np.float32), np.full((nq, 0), -1, np.int64)
+    return best_s, best_i
+
+
+def _get(self: VectorIndex, slots: np.ndarray) -> np.ndarray:
+    """Stored codes of ``slots`` fetched from the usearch index."""
+    graph = self._graph()
+    if not len(slots):
+        return np.zeros((0, graph.ndim // 8 if self.dtype == "b1" else self.ndim),
+                        dtype={"f32": np.float32, "f16": np.float16, "i8": np.int8, "b1": np.uint8}[self.dtype])
+    got = graph.get(np.asarray(slots, dtype=np.uint64), dtype=self.dtype)  # usearch's names are ours
+    if not isinstance(got, (tuple, list)):
+        return np.asarray(got).reshape(len(slots), -1)
+    found = [g for g in got if g is not None]  # usearch gives None for a key it does not hold
+    if len(found) != len(slots):
+        raise RuntimeError(f"VectorIndex: the HNSW graph holds no vector for {len(slots) - len(found)} of the "
+                           f"{len(slots)} slots asked for")
+    return np.stack(found)
+
+
+def _graph_search(self: VectorIndex, q: np.ndarray, kk: int, ef: int | None) -> Any:
+    """usearch's ``search`` of codes ``q`` for ``kk`` neighbours with beam width ``ef`` (None: the graph's
+    own).  usearch takes the width from the index only, so a search at another width holds
+    ``_ef_lock`` alone, sets the graph's, and restores it; searches at the graph's width share it."""
+    graph = self._graph()
+    with self._ef_lock.reading():
+        if ef is None or ef == graph.expansion_search:
+            return graph.search(q, kk, threads=self._threads())
+    with self._ef_lock.writing():
+        old = graph.expansion_search
+        graph.expansion_search = ef  # type: ignore[misc]  # usearch defines the setter apart from the getter
+        try:
+            return graph.search(q, kk, threads=self._threads())
+        finally:
+            graph.expansion_search = old  # type: ignore[misc]
+
+
+def _hnsw(self: VectorIndex, qr: np.ndarray, kk: int, ef: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The graph's top ``kk`` of reduced queries ``qr`` at beam width ``ef`` (None: the graph's own)."""
+    from usearch.index import MetricKind
+
+    graph = self._graph()
+    q_scale: np.ndarray | None = None  # per query: the scale its codes carry (i8; f16 past float16's range)
+    if self.dtype == "i8":  # the corpus's scale, shrunk per query where it would clip: an ``ip``
+        # index's queries can be far larger than its documents (MUVERA: token sums vs means)
+        q_scale = np.minimum(self.i8_scale, 127.0 / np.maximum(np.abs(qr).max(axis=1), 1e-30)).astype(np.float32)
+        q = _i8_symmetric(qr, q_scale[:, None])
+    elif self.dtype == "f16":
+        q, q_scale = _f16_queries(qr)
+    else:
+        q = self._codes(qr, for_usearch=True)
+    m = self._graph_search(q, kk, ef)
+    keys = np.asarray(m.keys).reshape(len(qr), -1).astype(np.int64)
+    dist = np.asarray(m.distances, dtype=np.float32).reshape(len(qr), -1)
+    # a one-query batch comes back as ``Matches`` (already cut to the hits found), more as ``BatchMatches``
+    counts = np.asarray(m.counts).reshape(len(qr)) if hasattr(m, "counts") else np.array([keys.shape[1]])
+    valid = np.arange(keys.shape[1])[None, :] < counts[:, None]
+    dist = np.where(valid, dist, np.float32(0.0))  # padding past the hits holds NaN: never compute on it
+    if self.dtype == "b1":
+        s = -dist
+    elif q_scale is not None and graph.metric_kind == MetricKind.IP:  # the dot of the scaled codes
+        carried = (np.float32(self.i8_scale) * q_scale[:, None]) if self.dtype == "i8" else q_scale[:, None]
+        s = (1.0 - dist) / carried
+    else:  # f32 / f16 inner product (or cosine: no scale matters), or an i8 cosine graph of an earlier version
+        s = 1.0 - dist
+    return np.where(valid, s, -np.inf).astype(np.float32), np.where(valid, keys, -1)
+
+
+def _filtered_hnsw(self: VectorIndex, qr: np.ndarray, kk: int, mask: np.ndarray | None,
+                   ef: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Top-``kk`` of the graph among the live slots ``mask`` passes (None: every live slot, of a graph that
+    still holds dead nodes).
+
+    A filter passing at most ``min(FILTER_EXACT_MAX, exact_max)`` live rows is answered exactly on
+    them (their codes fetched from usearch, one Python object a row: 40,000 rows x 128 dims, a 50%
+    filter took 117 ms a query, 39 ms on an exact index).  A broader one searches the graph for
+    ``fetch = 2 * kk / selectivity + expansion_search`` neighbours (the selectivity among the graph's
+    nodes, dead ones included) and keeps those that pass; without a filter, ``kk`` over the live share
+    of the nodes, with a margin.  Queries still short of ``kk`` passing rows search again with 4x the
+    width, and then exactly.
+    """
+    ok = self.alive if mask is None else (mask & self.alive)
+    n_pass = self.n_alive if mask is None else int(np.count_nonzero(ok))
+    want = min(kk, n_pass)
+    if want == 0 or (mask is not None and n_pass <= min(FILTER_EXACT_MAX, self.exact_max)):
+        return self._exact(qr, kk, np.flatnonzero(ok))
+    nodes = max(len(self._graph()), n_pass)
+    sel = n_pass / nodes
+    beam = self.expansion_search if ef is None else ef
+    if mask is None:  # usearch's beam holds dead nodes too: as many more as they are (ef 64, 20% dead: 80)
+        fetch = int(min(nodes, np.ceil(max(1.25 * kk, beam) / sel) + 8))
+    else:
+        fetch = int(min(nodes, np.ceil(2 * kk / sel) + beam))
+    s, i = self._passing_hnsw(qr, fetch, kk, ok, ef)
+    short = np.flatnonzero((i >= 0).sum(axis=1) < want)
+    if len(short) and fetch < nodes:  # too few passed in the shortlist: search those wider
+        s2, i2 = self._passing_hnsw(qr[short], int(min(nodes, 4 * fetch)), kk, ok, ef)
+        s[short], i[short] = s2, i2
+        short = short[(i2 >= 0).sum(axis=1) < want]
+    if len(short):  # still too few: answer those exactly
+        es, ei = self._exact(qr[short], kk, np.flatnonzero(ok))
+        es, ei = _sort_desc(es, ei)
+        pad = kk - es.shape[1]
+        s[short] = np.pad(es, ((0, 0), (0, pad)), constant_values=-np.inf)
+        i[short] = np.pad(ei, ((0, 0), (0, pad)), constant_values=-1)
+    return s, i
+
+
+def _passing_hnsw(self: VectorIndex, qr: np.ndarray, fetch: int, kk: int, ok: np.ndarray,
+                  ef: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The graph's top ``fetch`` of each query, the live slots ``ok`` kept, cut to ``(n_q, kk)`` (-1 pads)."""
+    s, i = self._hnsw(qr, fetch, ef)
+    keep = (i >= 0) & ok[np.maximum(i, 0)]
+    s, i = _sort_desc(np.where(keep, s, -np.inf), np.where(keep, i, -1))
+    s, i = s[:, :kk], i[:, :kk]
+    if i.shape[1] < kk:
+        s = np.pad(s, ((0, 0), (0, kk - s.shape[1])), constant_values=-np.inf)
+        i = np.pad(i, ((0, 0), (0, kk - i.shape[1])), constant_values=-1)
+    return s, i
+
+
+def _second_stage(self: VectorIndex, q_full: np.ndarray, qr: np.ndarray, cand: np.ndarray,
+                  use_floats: bool | None = None) -> np.ndarray:
+    """Scores of candidate slots ``cand`` (nq, c), -1 = none: floats from disk (``use_floats``; default
+    ``rescore``), or the float query vs ±1 bits (``b1``); ``-inf`` for -1.
+
+    The queries go in chunks whose ``(queries, c, dims)`` float32 block of gathered vectors and
+    ``(<= queries * c, dims)`` distinct candidates' vectors stay under ``SECOND_STAGE_BYTES``
+    together (256 queries x 400 candidates x 384 dims would be 157 MB each at once).
+    """
+    nq, c = cand.shape
+    use_floats = self.rescore if use_floats is None else use_floats
+    dims = self.d_in if use_floats else self.ndim
+    step = max(1, SECOND_STAGE_BYTES // max(2 * 4 * c * dims, 1))
+    out = np.empty((nq, c), np.float32)
+    for a in range(0, nq, step):
+        out[a: a + step] = self._second_stage_chunk(q_full[a: a + step], qr[a: a + step], cand[a: a + step],
+                                                    use_floats)
+    return out
+
+
+def _second_stage_chunk(self: VectorIndex, q_full: np.ndarray, qr: np.ndarray, cand: np.ndarray,
+                        use_floats: bool) -> np.ndarray:
+    valid = cand >= 0
+    u, inv = np.unique(np.where(valid, cand, cand.max(initial=0)), return_inverse=True)
+    inv = inv.reshape(cand.shape)
+    if use_floats:
+        vecs = np.asarray(self._float_file()[u], dtype=np.float32)
+        qv = q_full
+    else:  # b1 without floats: asymmetric float query x ±1 bits
+        codes = self._get(u) if self.backend == "hnsw" else self._stored_codes()[u]
+        vecs = np.unpackbits(codes, axis=1)[:, : self.ndim].astype(np.float32)
+        vecs *= 2  # in place: one (u, ndim) float block
+        vecs -= 1
+        vecs /= np.sqrt(self.ndim)
+        qv = qr
+    s = _row_dots(vecs[inv], qv) if vecs.shape[0] else np.zeros(cand.shape, np.float32)
+    return np.where(valid, s, -np.inf).astype(np.float32)
