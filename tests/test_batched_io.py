@@ -57,7 +57,7 @@ def _old_read_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
         except json.JSONDecodeError as e:
             if "\r" in text:
                 raise beir._cr_endings(path, n, text) from None
-            raise DataError(f"{path}:{n}: malformed JSON line ({beir._json_problem(e)})") from None
+            raise beir._malformed_line(path, n, text, e) from None
         if not isinstance(rec, dict) or "_id" not in rec:
             raise DataError(f"{path}:{n}: expected an object with an '_id' field, got {line.strip()[:80]!r}")
         if not isinstance(rec["_id"], (str, int)) or isinstance(rec["_id"], bool):
