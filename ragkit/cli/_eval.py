@@ -154,8 +154,8 @@ def eval_cmd(
                                                  "deepest cut-off holds its full k, and the --run file holds the "
                                                  "run as scored."),
     relevance_level: int = _ranged_option(1, "--relevance-level", lo=1,
-                                          help="Lowest grade the binary metrics (recall, MAP, MRR, P) count as "
-                                               "relevant, as trec_eval's -l."),
+                                          help="Lowest grade the binary metrics (recall, MAP, MRR, P, r_cap, acc) "
+                                               "count as relevant, as trec_eval's -l."),
     run_tag: str = typer.Option("ragkit", "--run-tag", help="The tag column of the --run file."),
 ) -> None:
     """Fit a pipeline on a BEIR corpus and evaluate it on one split.
