@@ -5,18 +5,15 @@ the Dense and MUVERA descriptions, the no-judged-document warning of a small run
 from __future__ import annotations
 
 import logging
-import os
 import re
-import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
-from conftest import run_example, word_corpus
+from conftest import run_example
 
 from ragkit import Run, evaluate
 from ragkit.errors import ParamError
-from ragkit.retrievers import BM25, Dense, KnnEmbed
+from ragkit.retrievers import BM25, Dense
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
@@ -28,31 +25,6 @@ def _describe(name: str) -> str:
 
 
 # 1. threads: 0 and -1 both mean all cores ------------------------------------------------------------------------
-
-@pytest.mark.parametrize("n_jobs", [0, -1])
-def test_bm25_n_jobs_0_and_minus_1_are_all_cores(n_jobs, monkeypatch):
-    """``BM25(n_jobs=0)`` was refused ("0 threads cannot score anything") while Dense read 0 as all cores."""
-    bm25_module = sys.modules[BM25.__module__]
-    corpus = word_corpus(30)
-    one = BM25(k=5).fit(corpus).search(["w1 w2", "w3"])
-    seen: list[int] = []
-    search_index = BM25._search_index
-
-    def spy(self, state, texts, k, drop, jobs, view):  # noqa: ANN001, ANN202
-        seen.append(jobs)
-        return search_index(self, state, texts, k, drop, jobs, view)
-
-    monkeypatch.setattr(BM25, "_search_index", spy)
-    monkeypatch.setattr(bm25_module.os, "cpu_count", lambda: 7)
-    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(7)), raising=False)  # usable_cpus
-    monkeypatch.setattr(os, "process_cpu_count", lambda: 7, raising=False)
-    bm = BM25(k=5, n_jobs=n_jobs).fit(corpus)
-    assert bm.params.n_jobs == n_jobs  # kept as written
-    run = bm.search(["w1 w2", "w3"])
-    per_call = BM25(k=5).fit(corpus).search(["w1 w2", "w3"], bm25={"n_jobs": n_jobs})
-    assert seen == [7, 7]
-    assert all(a.equals(b) and a.equals(c) for a, b, c in zip(one.rankings, run.rankings, per_call.rankings))
-
 
 def test_bm25_n_jobs_below_minus_1_is_refused():
     with pytest.raises(ParamError, match=r"n_jobs: expected a value >= -1"):
@@ -70,29 +42,7 @@ def test_dense_threads_0_and_minus_1_are_all_cores(threads):
         Dense(threads=-2)
 
 
-@pytest.mark.parametrize("threads", [0, -1])
-def test_knn_embed_fit_threads_0_and_minus_1_are_all_cores(threads, monkeypatch):
-    """``KnnEmbed(fit_threads=0)`` and ``-1`` were refused (``>= 1``); None stays the library default."""
-    import threadpoolctl
-
-    limits: list[object] = []
-    real = threadpoolctl.threadpool_limits
-
-    def spy(limits_arg=None, *a, **kw):  # noqa: ANN001, ANN002, ANN003, ANN202
-        limits.append(limits_arg)
-        return real(limits_arg, *a, **kw)
-
-    monkeypatch.setattr(threadpoolctl, "threadpool_limits", spy)
-    monkeypatch.setattr(os, "cpu_count", lambda: 3)
-    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(3)), raising=False)  # usable_cpus
-    monkeypatch.setattr(os, "process_cpu_count", lambda: 3, raising=False)
-    corpus = word_corpus(40)
-    vecs = np.random.default_rng(0).standard_normal((40, 8)).astype(np.float32)
-    for value, expected in ((threads, 3), (None, None), (2, 2)):
-        KnnEmbed(k=5, n_clusters=4, fit_threads=value).fit_vectors(corpus, vecs)
-        assert limits[-1] == expected, (value, limits)
-    with pytest.raises(ParamError, match="fit_threads"):
-        KnnEmbed(fit_threads=-2)
+# (BM25's n_jobs and KnnEmbed's fit_threads of 0 / -1: tests/test_cpus.py)
 
 
 @pytest.mark.parametrize("op, field", [("bm25", "n_jobs"), ("dense", "threads"), ("knn_embed", "fit_threads")])

@@ -13,6 +13,7 @@ import pytest
 from conftest import word_corpus
 
 from ragkit._cpus import usable_cpus
+from ragkit.errors import ParamError
 from ragkit.retrievers import BM25, Dense, KnnEmbed
 
 MACHINE, USABLE = 64, 3  # a 64-CPU machine of which this process may use 3
@@ -68,12 +69,16 @@ def test_bm25_n_jobs_all_cores_is_the_usable_cpus(n_jobs, few_cpus, monkeypatch)
         seen.append(jobs)
         return search_index(self, state, texts, k, drop, jobs, view)
 
-    monkeypatch.setattr(BM25, "_search_index", spy)
     corpus = word_corpus(30)
-    BM25(k=5, n_jobs=n_jobs).fit(corpus).search(["w1 w2", "w3"])
-    BM25(k=5).fit(corpus).search(["w1 w2"], bm25={"n_jobs": n_jobs})  # (the per-call option)
+    one = BM25(k=5).fit(corpus).search(["w1 w2", "w3"])
+    monkeypatch.setattr(BM25, "_search_index", spy)
+    bm = BM25(k=5, n_jobs=n_jobs).fit(corpus)
+    assert bm.params.n_jobs == n_jobs  # kept as written (BM25(n_jobs=0) was refused before 2026-12-06)
+    run = bm.search(["w1 w2", "w3"])
+    per_call = BM25(k=5).fit(corpus).search(["w1 w2", "w3"], bm25={"n_jobs": n_jobs})  # (the per-call option)
     BM25(k=5, n_jobs=2).fit(corpus).search(["w1 w2"])  # (a count given stays as given)
     assert seen == [USABLE, USABLE, 2]
+    assert all(a.equals(b) and a.equals(c) for a, b, c in zip(one.rankings, run.rankings, per_call.rankings))
 
 
 @pytest.mark.parametrize("threads", [0, -1])
@@ -89,8 +94,11 @@ def test_knn_embed_fit_threads_all_cores_is_the_usable_cpus(threads, few_cpus, m
 
     monkeypatch.setattr(threadpoolctl, "threadpool_limits", spy)
     vecs = np.random.default_rng(0).standard_normal((40, 8)).astype(np.float32)
-    KnnEmbed(k=5, n_clusters=4, fit_threads=threads).fit_vectors(word_corpus(40), vecs)
-    assert limits == [USABLE]
+    for value, expected in ((threads, USABLE), (None, None), (2, 2)):  # (None: the library's own default)
+        KnnEmbed(k=5, n_clusters=4, fit_threads=value).fit_vectors(word_corpus(40), vecs)
+        assert limits[-1] == expected, (value, limits)
+    with pytest.raises(ParamError, match="fit_threads"):
+        KnnEmbed(fit_threads=-2)
 
 
 @pytest.mark.parametrize("threads", [0, -1])
