@@ -20,14 +20,14 @@ import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Mapping, TextIO
+from typing import Any, Iterable, Iterator, Mapping, TextIO
 
 from ragkit.errors import ArtifactError, DataError, InputTypeError
 
 __all__ = ["atomic_file", "sha256_file", "folder_checksums", "verify_checksums", "saved_relpath", "check_inside",
-           "utf8_lines", "shared_tempdir", "remove_stale_tempdirs", "share_like_umask", "share_file_like_umask",
-           "user_path", "folder_lock", "remove_stale_tempfiles", "owner_tag", "owner_ended", "SAVE_ERRNOS",
-           "save_unwritable", "writes_through", "text_output", "first_time"]
+           "utf8_lines", "shared_tempdir", "private_tempdir", "remove_stale_tempdirs", "share_like_umask",
+           "share_file_like_umask", "user_path", "folder_lock", "remove_stale_tempfiles", "owner_tag", "owner_ended",
+           "SAVE_ERRNOS", "save_unwritable", "writes_through", "text_output", "first_time", "shell_quote", "shell_join"]
 
 #: seconds a save waits for the loads of the folder it replaces to finish (then it replaces it anyway: those
 #: loads notice and load again); a load waits as long for a save's swap, which holds the lock for microseconds
@@ -48,6 +48,30 @@ def user_path(path: object, where: str) -> Path:
 
 #: guards every set :func:`first_time` marks (threads may open caches, read their files and log at once)
 _FIRST_TIME_LOCK = threading.Lock()
+
+
+def _cmd_shell() -> bool:
+    """Whether the command lines ragkit suggests are for Windows (``cmd.exe``, whose programs split their command
+    line by the C runtime's rules) rather than a POSIX shell."""
+    return os.name == "nt"
+
+
+def shell_quote(arg: str) -> str:
+    """``arg`` quoted as one argument of a command line ragkit suggests in a message: for a POSIX shell
+    (:func:`shlex.quote`), or on Windows by the rules its programs split their command line by
+    (:func:`subprocess.list2cmdline`; ``'...'`` is no quoting there)."""
+    if _cmd_shell():
+        import subprocess
+
+        return subprocess.list2cmdline([arg])
+    import shlex
+
+    return shlex.quote(arg)
+
+
+def shell_join(args: Iterable[str]) -> str:
+    """``args`` as one command line, each quoted by :func:`shell_quote`."""
+    return " ".join(map(shell_quote, args))
 
 
 def first_time(noted: set[Any], key: object, *, limit: int | None = None) -> bool:
@@ -421,6 +445,20 @@ def shared_tempdir(parent: Path, prefix: str) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f"{prefix}{owner_tag()}-", dir=parent))
     share_like_umask(tmp)
     return tmp
+
+
+def private_tempdir(prefix: str) -> Path:
+    """A new scratch folder of this process's own (``mkdtemp``'s owner-only permissions) in the system's temporary
+    folder (:func:`tempfile.gettempdir`), named ``prefix`` + :func:`owner_tag` + ``-`` + random characters.
+
+    Folders of that prefix left by a process of this host that no longer runs are removed first
+    (:func:`remove_stale_tempdirs`): one whose cleanup at exit failed (on Windows a file still memory-mapped
+    cannot be deleted, so its folder stayed) or that was killed does not stay for good."""
+    import tempfile
+
+    parent = Path(tempfile.gettempdir())
+    remove_stale_tempdirs(parent, prefix)
+    return Path(tempfile.mkdtemp(prefix=f"{prefix}{owner_tag()}-", dir=parent))
 
 
 def remove_stale_tempdirs(parent: Path, prefix: str) -> list[Path]:

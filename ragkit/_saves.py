@@ -10,7 +10,6 @@ import json
 import logging
 import os
 import re
-import shlex
 import shutil
 import sys
 from pathlib import Path
@@ -19,12 +18,14 @@ from typing import TYPE_CHECKING, Any, Mapping
 import numpy as np
 
 from ragkit._files import (
+    _cmd_shell,
     atomic_file,
     check_npy_size,
     file_above,
     folder_lock,
     save_unwritable,
     shared_tempdir,
+    shell_quote,
     user_path,
 )
 from ragkit._fingerprints import TEXTS_KEY, corpus_fingerprint, corpus_texts_digest
@@ -228,10 +229,18 @@ def _before_checksums(folder: Path) -> str:
         version = None
     if isinstance(version, int) and not isinstance(version, bool) and version <= 1:
         where = json.dumps(str(folder.absolute()))  # (a Python string literal, in a shell-quoted program)
-        code = f"from ragkit import Operator; Operator.load({where}, verify=False).save({where})"
-        return ("; it may have been written by a ragkit from before checksums (its params.json says format 1), "
+        said = ("; it may have been written by a ragkit from before checksums (its params.json says format 1), "
                 "or changed after saving: if it is yours, load it with verify=False, then save it again (which "
-                f"writes them; in place, or to another folder), e.g. from a shell: python -c {shlex.quote(code)}")
+                "writes them; in place, or to another folder), e.g. from a shell: python -c ")
+        if not _cmd_shell():
+            code = f"from ragkit import Operator; Operator.load({where}, verify=False).save({where})"
+            return said + shell_quote(code)
+        # Windows: a folder holding a file an operator loaded from it maps (or keeps open) cannot be renamed, so
+        # a save in place by the process that loaded it would be refused: save beside it, then swap the names
+        new = folder.absolute().with_name(f"{folder.name}-resaved")
+        code = f"from ragkit import Operator; Operator.load({where}, verify=False).save({json.dumps(str(new))})"
+        return (said + f"{shell_quote(code)}, then delete {folder.name} and rename {new.name} to {folder.name} (on "
+                "Windows, a folder an operator loaded from it uses cannot be replaced by that operator's save)")
     return ("; the folder was changed after saving: save the operator again, or load it unchecked with "
             "verify=False")
 
@@ -434,16 +443,61 @@ class atomic_dir:
             if self.path.exists() and _exchange(self.tmp, self.path):
                 old = self.tmp  # swapped in one step: ``path`` never went missing; tmp now holds the old save
             else:
-                if self.path.exists():  # two renames: a short window in which ``path`` is missing
-                    old = self.path.with_name(f".{self.path.name}.old-{self.tmp.name[-8:]}")
-                    self.path.rename(old)
-                self.tmp.rename(self.path)
+                self._swap_by_renames()
+                old = self.old
         if inside is not None:
             target = self.path / inside
             os.chdir(target if target.is_dir() else self.path)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
         _remove_superseded_saves(self.path)
+
+    def _swap_by_renames(self) -> None:
+        """Put the complete new save (``self.tmp``) at ``self.path`` by two renames (the earlier save, if any,
+        first moved aside to ``self.old``).  When a rename fails, the new save is deleted, the earlier one put
+        back at ``self.path`` (or, if even that fails, left at ``self.old``, which the next load or save of
+        ``self.path`` renames back), and the error raised: :meth:`_swap_failed`'s for a folder in use."""
+        self.old: Path | None = None
+        try:
+            if self.path.exists():  # a short window in which ``path`` is missing
+                aside = self.path.with_name(f".{self.path.name}.old-{self.tmp.name[-8:]}")
+                self.path.rename(aside)
+                self.old = aside
+            self.tmp.rename(self.path)
+        except OSError as e:
+            put_back = True
+            if self.old is not None:
+                try:
+                    self.old.rename(self.path)
+                except OSError:
+                    put_back = False
+            shutil.rmtree(self.tmp, ignore_errors=True)  # (else a whole copy of the new save stays beside it)
+            failed = self._swap_failed(e, put_back)
+            if failed is e:
+                raise
+            raise failed from e
+
+    def _swap_failed(self, e: OSError, put_back: bool) -> BaseException:
+        """The error of a save whose complete new folder could not replace the earlier save at ``self.path``
+        (``e``, from a rename): for a refused access (``PermissionError``: on Windows a folder holding a file a
+        process maps or keeps open cannot be renamed), an :class:`ArtifactError` saying what may use it and
+        what to do; another error (a network file system's EIO) as it is.  ``put_back``: whether the earlier
+        save is at ``self.path`` again (else it is at ``self.old``)."""
+        kept = ("nothing was changed: the earlier save is still there" if put_back else
+                f"the earlier save is at {self.old}: rename it back to {self.path.name} (the next load or save of "
+                f"{self.path.name} does)")
+        if not isinstance(e, PermissionError):
+            _log.warning(f"{self.path}: the new save could not replace the earlier one ({e}); {kept}")
+            return e
+        return ArtifactError(
+            f"{self.path}: the new save could not replace the earlier save in this folder ({e.strerror or e}): the "
+            "folder, or a file in it, is in use or not yours to replace. On Windows a folder cannot be replaced "
+            "while a file in it is memory-mapped or open: typically by an operator loaded from it (loaded with "
+            "mmap=True; a Dense index keeping float vectors to rescore and a MUVERA or MaxSim index map their "
+            "files whatever mmap says), or by another process serving or reading it. "
+            f"The new save was not kept and {kept}. Save to another folder instead (then, once nothing uses this "
+            "one, delete it and rename the new one in its place), or load with mmap=False where that releases the "
+            "files")
 
 
 def _remove_superseded_saves(path: Path) -> None:

@@ -522,8 +522,10 @@ class VectorIndex:
         if self.workdir is not None:
             self.workdir.mkdir(parents=True, exist_ok=True)
             return self.workdir
-        if self._tmp is None:
-            self._tmp = tempfile.mkdtemp(prefix="ragkit-index-")
+        if self._tmp is None:  # named after this process: a later one removes it if the cleanup below could not
+            from ragkit._files import private_tempdir
+
+            self._tmp = str(private_tempdir("ragkit-index-"))  # (Windows: its floats file still mapped)
             weakref.finalize(self, shutil.rmtree, self._tmp, True)
         return Path(self._tmp)
 

@@ -666,8 +666,8 @@ def _earliest_layout(folder: Path, cls: type) -> str:
     it in place: the pipeline's ``pipeline.yaml`` and ``corpus.jsonl`` when ``folder`` is one of its steps, else the
     operator's own ``params.json`` and ``corpus.jsonl``, as a shell command with the real paths."""
     import json
-    import shlex
 
+    from ragkit._files import shell_quote
     from ragkit._saves import _saved_pipeline_above
 
     start = (f"{folder}: holds a dense index in ragkit's earliest layout (vectors.npy, written by the ragkit of "
@@ -679,7 +679,7 @@ def _earliest_layout(folder: Path, cls: type) -> str:
                 '"/pipeline.yaml").fit(read_corpus(w + "/corpus.jsonl")).save(w)')
         return (f"{start}: fit the pipeline at {whole} again on its documents (its corpus.jsonl, read with "
                 "ragkit.eval.read_corpus) and save it again (pass train=... to fit if it learned from judged "
-                f"queries), e.g. from a shell: python -c {shlex.quote(code)}")
+                f"queries), e.g. from a shell: python -c {shell_quote(code)}")
     if not (folder / "corpus.jsonl").is_file():
         return f"{start}: fit the operator again on the documents it was fitted on, and save it again"
     module = "ragkit.retrievers" if cls is Dense else cls.__module__
@@ -688,4 +688,4 @@ def _earliest_layout(folder: Path, cls: type) -> str:
             f'{cls.__name__}(json.load(open(f + "/params.json"))["params"]).fit(read_corpus(f + "/corpus.jsonl"))'
             ".save(f)")
     return (f"{start}: fit it again on its documents (its corpus.jsonl, read with ragkit.eval.read_corpus) with the "
-            f"parameters in its params.json, and save it again, e.g. from a shell: python -c {shlex.quote(code)}")
+            f"parameters in its params.json, and save it again, e.g. from a shell: python -c {shell_quote(code)}")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shlex
 from pathlib import Path
 from typing import Any, Optional
 
@@ -11,6 +10,7 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
+from ragkit._files import shell_quote
 from ragkit.cli._app import _examples, _fail, _RunFailure, app
 from ragkit.cli._console import _print_uncut, console, err_console
 from ragkit.cli._data import _check_data_folder, _check_split
@@ -60,8 +60,8 @@ def _check_no_pipelines(results: list[Path], data: Optional[str], split: str, re
         taken.add(out)
         outs[i] = out
     runs = [p for i, p in enumerate(results) if i not in kinds and not p.name.endswith(".json")]
-    scoring = ["--data", shlex.quote(data), "--split", shlex.quote(split), *extra] if runs and data else []
-    then = " ".join(["ragkit compare", *(outs.get(i) or shlex.quote(str(p)) for i, p in enumerate(results)),
+    scoring = ["--data", shell_quote(data), "--split", shell_quote(split), *extra] if runs and data else []
+    then = " ".join(["ragkit compare", *(outs.get(i) or shell_quote(str(p)) for i, p in enumerate(results)),
                      *scoring])
     names = [str(results[i]) for i in kinds]
     listed = ", ".join(names[:-1]) + f" and {names[-1]}" if len(names) > 1 else names[0]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shlex
 import tempfile
 import time
 from dataclasses import dataclass
@@ -14,6 +13,7 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
+from ragkit._files import shell_quote
 from ragkit.cli._app import _examples, _fail, _RunFailure, app
 from ragkit.cli._console import console, err_console
 from ragkit.cli._data import _check_data_folder, _check_split, _refuse_test_split
@@ -252,8 +252,8 @@ def _eval_hint(splits: list[str], trained: str, data: str, out: Path) -> str:
     others = [s for s in splits if s != trained]
     if not others:
         return ""
-    flag = "" if "test" in others else f" --split {shlex.quote(others[0])}"
-    return f" (evaluate with: ragkit eval --data {shlex.quote(data)} --pipeline {shlex.quote(str(out))}{flag})"
+    flag = "" if "test" in others else f" --split {shell_quote(others[0])}"
+    return f" (evaluate with: ragkit eval --data {shell_quote(data)} --pipeline {shell_quote(str(out))}{flag})"
 
 
 def _print_learned(pipe: Any) -> None:

@@ -1040,6 +1040,43 @@ def check_split_name(split: object, where: str, folder: Path | None = None) -> s
                     f"leading '.'){have}")
 
 
+#: what a file name may not hold on Windows (NTFS, FAT): ``dev:v2.tsv`` would write the stream ``v2.tsv`` of a
+#: file ``dev`` there (a trailing dot or space, which Windows drops, never ends the name ``qrels/<split>.tsv``)
+_NOT_IN_WINDOWS_NAMES = re.compile(r'[:*?"<>|\x01-\x1f]')
+#: the device names Windows reserves, whatever the extension (``con.tsv`` is the console)
+_WINDOWS_DEVICES = frozenset({"con", "prn", "aux", "nul", *(f"{d}{i}" for d in ("com", "lpt") for i in range(1, 10))})
+
+
+def _check_portable_splits(splits: Sequence[str]) -> None:
+    """Refuse (:class:`DataError`, before anything is written) split names a dataset written by :func:`write_beir`
+    could not keep on every system its folder may be copied to: two equal but for case (``test`` and ``Test``:
+    one file ``qrels/test.tsv`` on Windows' and macOS's file systems, the second overwriting the first), a
+    character Windows refuses in a file name (``: * ? " < > |``, a control character), or a name Windows
+    reserves for a device (``con``, ``nul``, ``com1``, ...)."""
+    import unicodedata
+
+    seen: dict[str, str] = {}
+    for split in splits:
+        bad = _NOT_IN_WINDOWS_NAMES.search(split)
+        if bad is not None:
+            if bad.group() == ":":
+                what = (f"holds ':', which Windows reads in a file name as naming a stream of another file "
+                        f"(qrels/{split}.tsv would be a stream of the file qrels/{split.split(':')[0]})")
+            else:
+                what = f"holds {bad.group()!r}, which a file name cannot hold on Windows"
+            raise DataError(f"write_beir: split name {split!r} {what}; expected a name that is a file name on every "
+                            "system (letters, digits, '-', '_'), such as 'dev_v2'")
+        if split.split(".")[0].lower() in _WINDOWS_DEVICES:
+            raise DataError(f"write_beir: split name {split!r} is a device name on Windows (qrels/{split}.tsv "
+                            "names the device there, not a file); expected another name, such as 'dev' or 'test'")
+        other = seen.setdefault(unicodedata.normalize("NFC", split).lower(), split)
+        if other != split:
+            raise DataError(f"write_beir: split names {other!r} and {split!r} differ only in case (or in how their "
+                            "accents are encoded); on Windows' and "
+                            f"macOS's file systems qrels/{other}.tsv and qrels/{split}.tsv are one file (the second "
+                            "would overwrite the first): give them names that differ otherwise")
+
+
 def _qrels_file(folder: Path, split: str) -> Path:
     """``folder/qrels/<split>.tsv``; a split that is no name (:func:`check_split_name`), or one the folder
     lacks, is a :class:`DataError` naming those it has."""
@@ -1100,8 +1137,10 @@ def write_beir(folder: str | os.PathLike[str], corpus: Corpus, queries: Mapping[
     odd = next(((q, t) for q, t in queries.items() if not isinstance(t, str)), None)
     if odd is not None:
         raise DataError(f"write_beir: query {odd[0]!r} has the text {odd[1]!r:.60}; expected a string")
-    for split, rel in qrels.items():  # what load_beir would refuse (or a path) is refused before writing
+    for split in qrels:  # what load_beir would refuse (or a path) is refused before writing
         check_split_name(split, "write_beir")
+    _check_portable_splits(list(qrels))
+    for split, rel in qrels.items():
         if not rel:
             raise DataError(f"write_beir: qrels[{split!r}] judges no query; leave the split out")
         for q, judged in rel.items():

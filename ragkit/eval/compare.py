@@ -306,14 +306,15 @@ def eval_command(pipeline: str | os.PathLike[str], data: str | None = None, spli
     """The ``ragkit eval`` command line that writes the results of ``pipeline`` (a YAML file or a saved folder)
     for ``ragkit compare``: ``--data`` (``DATASET`` when ``None``) and ``--split`` (``test``), ``-o`` ``output``
     (default: the file's stem or the folder's name, ``.json``, in the working folder), then ``extra`` options
-    (``--relevance-level 2``); every argument quoted for a POSIX shell."""
-    import shlex
+    (``--relevance-level 2``); every argument quoted for this system's shell (a POSIX shell's rules, or
+    Windows': :func:`~ragkit._files.shell_quote`)."""
+    from ragkit._files import shell_join, shell_quote
 
     p = Path(pipeline)
     out = output if output is not None else f"{p.stem if p.suffix else p.name}.json"
-    return " ".join(["ragkit eval", "--data", shlex.quote(data) if data else "DATASET", "--split",
-                     shlex.quote(split or "test"), "--pipeline", shlex.quote(os.fspath(pipeline)), "-o",
-                     shlex.quote(os.fspath(out)), *map(shlex.quote, extra)])
+    return " ".join(["ragkit eval", "--data", shell_quote(data) if data else "DATASET",
+                     shell_join(["--split", split or "test", "--pipeline", os.fspath(pipeline), "-o", os.fspath(out),
+                                 *extra])])
 
 
 def _from_payload(payload: Any, path: Path, name: str) -> SystemResult:
