@@ -402,9 +402,9 @@ def test_opt_refuses_an_option_its_class_does_not_declare():
 
 
 def test_distributed_search_checks_k_before_ray_starts(monkeypatch):
-    from ragkit import scale
+    from ragkit import _distributed, scale
 
-    monkeypatch.setattr(scale, "ray_init", lambda: pytest.fail("Ray was started before k was checked"))
+    monkeypatch.setattr(_distributed, "ray_init", lambda: pytest.fail("Ray was started before k was checked"))
     with pytest.raises(ParamError, match="search option k: expected a positive integer, got 0"):
         scale.search_distributed(BM25().fit(Corpus.from_texts(TEXTS)), ["apples"], k=0)
 

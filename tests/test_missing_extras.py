@@ -68,7 +68,7 @@ def _default_model() -> None:
 # ------------------------------------------------------------------------------------------------ the error
 def test_missing_extra_error_is_a_ragkit_error_and_an_import_error_exported_with_the_others(monkeypatch):
     import ragkit
-    from ragkit.scale import _ray
+    from ragkit._ray import _ray
 
     assert ragkit.MissingExtraError is MissingExtraError and "MissingExtraError" in ragkit.__all__
     _hide(monkeypatch, "ray")

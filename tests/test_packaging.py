@@ -209,7 +209,7 @@ def test_plot_without_matplotlib_names_the_plot_extra(monkeypatch, tmp_path):
 
 
 def test_ray_backend_without_ray_names_the_ray_extra(monkeypatch):
-    from ragkit.scale import _ray
+    from ragkit._ray import _ray
 
     _hide(monkeypatch, "ray")
     with pytest.raises(ImportError, match=re.escape("pip install 'ragkit[ray]'")):

@@ -24,11 +24,12 @@ def test_scale_and_a_workers_plugin_import_load_no_cli(tmp_path):
         def cli_modules():
             return sorted(m for m in sys.modules if m == "typer" or m.startswith(("typer.", "ragkit.cli")))
 
-        import ragkit.scale as scale
+        import ragkit.scale
         after_import = cli_modules()
         from ragkit import registry
-        # what a Ray task of the driver's own operators runs first (scale._with_plugins: _import_plugins)
-        task = scale._with_plugins([("lyrops", {str(tmp_path / "lyrops.py")!r})], lambda: registry.get("lyrbm25"))
+        from ragkit._ray import _with_plugins
+        # what a Ray task of the driver's own operators runs first (_ray._with_plugins: _import_plugins)
+        task = _with_plugins([("lyrops", {str(tmp_path / "lyrops.py")!r})], lambda: registry.get("lyrbm25"))
         name = task().__name__
         print(json.dumps([after_import, cli_modules(), name]))
     """)

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from conftest import file_mapped
 
-from ragkit import scale
+from ragkit import _ray_encode, _ray_fit, _sharded, scale
 from ragkit.errors import ParamError
 from ragkit.pipelines import Pipeline
 from ragkit.retrievers import BM25
@@ -62,7 +62,7 @@ def test_a_failed_sharded_refit_keeps_the_earlier_fit(tmp_path, monkeypatch, err
     a, b = _corpus(60), _corpus(60, offset=1000)
     sh = Sharded(retriever={"bm25": {}}, n_shards=2, k=5, backend="local", workdir=str(tmp_path / "w")).fit(a)
     before, folders = _ranked(sh.search(QUERIES)), list(sh.folders_)
-    real, calls = scale._fit_shard, []
+    real, calls = _sharded._fit_shard, []
 
     def flaky(node, corpus, folder):  # noqa: ANN001, ANN202
         calls.append(folder)
@@ -70,7 +70,7 @@ def test_a_failed_sharded_refit_keeps_the_earlier_fit(tmp_path, monkeypatch, err
             raise error
         return real(node, corpus, folder)
 
-    monkeypatch.setattr(scale, "_fit_shard", flaky)
+    monkeypatch.setattr(_sharded, "_fit_shard", flaky)
     expected = ShardError if isinstance(error, Exception) else KeyboardInterrupt
     with pytest.raises(expected) as got:
         sh.fit(b)
@@ -156,7 +156,7 @@ def test_relative_workdir_and_load_paths_are_absolute(tmp_path, monkeypatch):
 def test_a_straggling_shard_does_not_make_its_removed_folder_again(tmp_path):
     folder = tmp_path / "ragkit-shards-x" / "shard-001"
     with pytest.raises(FileNotFoundError, match="is gone"):
-        scale._fit_shard({"bm25": {}}, _corpus(10), str(folder))
+        _sharded._fit_shard({"bm25": {}}, _corpus(10), str(folder))
     assert list(tmp_path.iterdir()) == []
 
 
@@ -181,8 +181,8 @@ def test_the_encoder_pool_follows_the_cluster_or_ragkit_ray_actors(monkeypatch):
         def cluster_resources():  # noqa: ANN205
             return {"CPU": 6.0, "memory": 1e9}
 
-    monkeypatch.setattr(scale, "_check_model", lambda model, batch_size, where: 4)
-    monkeypatch.setattr(scale, "ray_init", lambda *a, **kw: _Cluster)
+    monkeypatch.setattr(_ray_encode, "_check_model", lambda model, batch_size, where: 4)
+    monkeypatch.setattr(_ray_encode, "ray_init", lambda *a, **kw: _Cluster)
     monkeypatch.setattr(ray_data, "from_items", lambda items: _Data())
     monkeypatch.delenv("RAGKIT_RAY_ACTORS", raising=False)
     texts = [f"text {i}" for i in range(5000)]
@@ -208,8 +208,8 @@ def test_a_ray_fit_leaves_the_pool_size_to_ray_encode(monkeypatch):
         seen.append(kw.get("num_actors"))
         raise _Stop
 
-    monkeypatch.setattr(scale, "_check_model", lambda model, batch_size, where: 4)
-    monkeypatch.setattr(scale, "ray_encode", encode)
+    monkeypatch.setattr(_ray_fit, "_check_model", lambda model, batch_size, where: 4)
+    monkeypatch.setattr(_ray_fit, "ray_encode", encode)
     for fit in (lambda c: Pipeline([Dense(model="m")]).fit(c, backend="ray"),
                 lambda c: Dense(model="m").fit(c, backend="ray")):
         with pytest.raises(_Stop):
@@ -248,7 +248,7 @@ def test_a_loaded_ray_sharded_maps_its_shards(ray_elsewhere, tmp_path):
 
 def _one_shard_fails(node, corpus, folder):  # noqa: ANN001, ANN202
     """A Ray task (pickled by value): shard 0 fails at once, the other builds 2 s later."""
-    from ragkit.scale import _fit_shard
+    from ragkit._sharded import _fit_shard
 
     if folder.endswith("shard-000"):
         raise ValueError("bad shard")
@@ -262,7 +262,7 @@ def test_a_failed_ray_fit_leaves_no_folder(ray_elsewhere, tmp_path, monkeypatch)
     from ray import cloudpickle
 
     cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    monkeypatch.setattr(scale, "_fit_shard", _one_shard_fails)
+    monkeypatch.setattr(_sharded, "_fit_shard", _one_shard_fails)
     work = tmp_path / "w"
     sh = Sharded(retriever={"bm25": {}}, n_shards=2, k=5, backend="ray", max_retries=0, workdir=str(work))
     try:

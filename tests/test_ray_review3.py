@@ -9,7 +9,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from ragkit import scale
+from ragkit import _ray, _ray_fit, scale
 from ragkit.errors import ArtifactError, ParamError
 
 
@@ -20,7 +20,7 @@ def _no_ray_init(**kwargs):
 def test_ray_address_where_nothing_answers_is_refused_naming_it(monkeypatch):
     """``RAY_ADDRESS=127.0.0.1:<closed port>`` waited minutes in ray.init with Ray's warnings only: it is probed as
     ``$RAGKIT_RAY_ADDRESS`` is, and refused before Ray is asked, naming $RAY_ADDRESS."""
-    monkeypatch.setattr(scale, "_ray", lambda: SimpleNamespace(is_initialized=lambda: False, init=_no_ray_init))
+    monkeypatch.setattr(_ray, "_ray", lambda: SimpleNamespace(is_initialized=lambda: False, init=_no_ray_init))
     monkeypatch.delenv("RAGKIT_RAY_ADDRESS", raising=False)
     with socket.socket() as free:  # a local port nothing listens on
         free.bind(("127.0.0.1", 0))
@@ -36,8 +36,8 @@ def test_ray_address_where_nothing_answers_is_refused_naming_it(monkeypatch):
 def test_ray_address_auto_is_left_to_ray(monkeypatch):
     """``auto`` / ``local`` are Ray's words: not probed, and Ray is started as before (it reads them itself)."""
     calls: list[dict] = []
-    monkeypatch.setattr(scale, "_ray", lambda: SimpleNamespace(is_initialized=lambda: False,
-                                                               init=lambda **kw: calls.append(kw)))
+    monkeypatch.setattr(_ray, "_ray", lambda: SimpleNamespace(is_initialized=lambda: False,
+                                                              init=lambda **kw: calls.append(kw)))
     monkeypatch.delenv("RAGKIT_RAY_ADDRESS", raising=False)
     monkeypatch.setenv("RAY_ADDRESS", "auto")
     scale.ray_init(num_cpus=2)
@@ -52,7 +52,7 @@ def test_a_local_ray_that_cannot_start_says_so(monkeypatch):
     def init(**kwargs):
         raise original
 
-    monkeypatch.setattr(scale, "_ray", lambda: SimpleNamespace(is_initialized=lambda: False, init=init))
+    monkeypatch.setattr(_ray, "_ray", lambda: SimpleNamespace(is_initialized=lambda: False, init=init))
     monkeypatch.delenv("RAGKIT_RAY_ADDRESS", raising=False)
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     monkeypatch.setenv("RAY_TMPDIR", "/proc/nope")
@@ -81,8 +81,8 @@ def test_a_ray_fit_sends_only_uncached_texts_to_ray(tmp_path, monkeypatch):
         sent.append(list(texts))
         return np.ones((len(texts), 8), np.float32)
 
-    monkeypatch.setattr(scale, "_check_model", lambda model, batch_size, where: 8)
-    monkeypatch.setattr(scale, "ray_encode", encode)
+    monkeypatch.setattr(_ray_fit, "_check_model", lambda model, batch_size, where: 8)
+    monkeypatch.setattr(_ray_fit, "ray_encode", encode)
     corpus = word_corpus(6)
     texts = list(corpus.full_texts)
     get_encoder("m-rr3").store.put(text_digests(texts[:4]), np.zeros((4, 8), np.float32))

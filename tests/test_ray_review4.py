@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from conftest import ranked, word_corpus
 
-from ragkit import _plugins, registry, scale
+from ragkit import _distributed, _merge, _plugins, _ray, _ray_encode, _sharded, registry, scale
 from ragkit.errors import ParamError
 from ragkit.pipelines import Pipeline
 from ragkit.retrievers import BM25, Dense
@@ -30,7 +30,8 @@ def no_ray(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("Ray was started")
 
-    monkeypatch.setattr(scale, "ray_init", refuse)
+    for module in (_ray_encode, _sharded, _distributed):
+        monkeypatch.setattr(module, "ray_init", refuse)
 
 
 @pytest.fixture
@@ -167,7 +168,7 @@ def _shard_actor(model: str, tmp_path):
     sh = Sharded(retriever={"dense": {"model": model}}, n_shards=4, k=5, backend="local",
                  workdir=str(tmp_path)).fit(corpus)
     corpora = [corpus.subset(np.arange(a, b)) for a, b in zip(sh.bounds_[:-1], sh.bounds_[1:])]
-    return sh, scale._ShardActor(sh.folders_, *corpora)
+    return sh, _sharded._ShardActor(sh.folders_, *corpora)
 
 
 def test_a_shard_actor_encodes_the_queries_once_for_all_its_shards(tmp_path):
@@ -183,7 +184,7 @@ def test_a_shard_actor_encodes_the_queries_once_for_all_its_shards(tmp_path):
         enc.query_calls = 0
         parts = actor.search(QUERIES, {"k": 5})
         assert enc.query_calls == 1
-        merged = scale._split(*scale._merge_flat(
+        merged = _merge._split(*_merge._merge_flat(
             [(r + off, s, n) for (r, s, n), off in zip(parts, sh.bounds_[:-1])], 5))
         assert [r.rows.tolist() for r in merged] == [r.rows.tolist() for r in sh.search(QUERIES).rankings]
     finally:
@@ -236,7 +237,7 @@ def test_the_flat_merge_equals_the_old_one_on_random_ties(seed, monkeypatch):
             shard.append(Ranking(rows[order], sc[order]))
         parts.append(shard)
     for chunk in (1 << 22, 37):
-        monkeypatch.setattr(scale, "_MERGE_CELLS", chunk)
+        monkeypatch.setattr(_merge, "_MERGE_CELLS", chunk)
         for k in (1, 5, 100):
             new, old = merge_rankings(parts, k), _old_merge(parts, k)
             assert [r.rows.tolist() for r in new] == [r.rows.tolist() for r in old]
@@ -258,8 +259,8 @@ def test_a_ray_address_that_cannot_be_joined_names_the_setting(monkeypatch):
     def init(**kwargs):
         raise ConnectionError("could not connect to GCS")
 
-    monkeypatch.setattr(scale, "_ray", lambda: SimpleNamespace(is_initialized=lambda: False, init=init))
-    monkeypatch.setattr(scale, "_probe", lambda address: None)  # (Ray's own failure to join)
+    monkeypatch.setattr(_ray, "_ray", lambda: SimpleNamespace(is_initialized=lambda: False, init=init))
+    monkeypatch.setattr(_ray, "_probe", lambda address: None)  # (Ray's own failure to join)
     monkeypatch.setenv("RAGKIT_RAY_ADDRESS", "10.9.9.9:6379")
     with pytest.raises(ParamError, match=r"at '10\.9\.9\.9:6379', the address \$RAGKIT_RAY_ADDRESS names "
                                          r"\(ConnectionError: could not connect to GCS\).*unset it") as got:
@@ -282,7 +283,7 @@ def test_an_address_where_nothing_answers_is_refused_without_waiting_on_ray(monk
     def init(**kwargs):
         raise AssertionError("ray.init was called")
 
-    monkeypatch.setattr(scale, "_ray", lambda: SimpleNamespace(is_initialized=lambda: False, init=init))
+    monkeypatch.setattr(_ray, "_ray", lambda: SimpleNamespace(is_initialized=lambda: False, init=init))
     with socket.socket() as free:  # a local port nothing listens on
         free.bind(("127.0.0.1", 0))
         port = free.getsockname()[1]
@@ -291,8 +292,8 @@ def test_an_address_where_nothing_answers_is_refused_without_waiting_on_ray(monk
         with pytest.raises(ParamError, match=rf"could not join the Ray cluster at '{re.escape(address)}'.*"
                                              rf"nothing answers at 127\.0\.0\.1:{port}"):
             scale.ray_init(address=address)
-    assert time.monotonic() - t0 < 2 * scale.PROBE_TIMEOUT_S
-    scale._probe("auto")  # (Ray's own words: not probed)
+    assert time.monotonic() - t0 < 2 * _ray.PROBE_TIMEOUT_S
+    _ray._probe("auto")  # (Ray's own words: not probed)
 
 
 def test_sharded_add_and_remove_say_the_index_is_fixed_at_fit():
@@ -335,11 +336,11 @@ def test_the_merge_orders_two_shards_float32_ties_by_the_finer_score():
         calls.append(rows.tolist())
         return np.array([fine[int(r)] for r in rows])
 
-    rows, scores, lens = scale._merge_flat([a, b], 3, finer)
+    rows, scores, lens = _merge._merge_flat([a, b], 3, finer)
     assert rows.tolist() == [0, 10, 1] and lens.tolist() == [3]  # row 1 ties row 10 at float32, scores lower
     assert calls  # (asked for this query only)
     calls.clear()
-    rows, _, _ = scale._merge_flat([a, (np.array([10]), np.float32([0.5]), np.array([1]))], 3, finer)
+    rows, _, _ = _merge._merge_flat([a, (np.array([10]), np.float32([0.5]), np.array([1]))], 3, finer)
     assert rows.tolist() == [0, 1, 10] and not calls  # no tie across shards: not asked
 
 
@@ -354,7 +355,7 @@ def test_a_sharded_retriever_searches_a_batch_of_no_queries(no_ray):
         assert len(run) == 0 and len(run.doc_ids) == 0
     assert sh(State([])).rankings == []
     assert merge_rankings([[], []], 5) == []
-    assert scale._split(*scale._merge_flat([scale._flatten([])] * 2, 5)) == []
+    assert _merge._split(*_merge._merge_flat([_merge._flatten([])] * 2, 5)) == []
 
 
 def test_a_ray_sharded_retriever_searches_a_batch_of_no_queries(local_ray):
@@ -390,7 +391,7 @@ def test_a_float32_tie_past_a_cut_between_one_shards_documents_ranks_as_one_inde
     fine = {0: 5.0000001, 1: 5.0000001, 2: 5.0000001, 10: 5.0000003}
     p0 = (np.array([0, 1, 2]), np.float32([5, 5, 5]), np.array([3]))
     p1 = (np.array([10]), np.float32([5]), np.array([1]))
-    rows, _, lens = scale._merge_flat([p0, p1], k, lambda q, r: np.array([fine[int(x)] for x in r]))
+    rows, _, lens = _merge._merge_flat([p0, p1], k, lambda q, r: np.array([fine[int(x)] for x in r]))
     assert rows.tolist() == [10, 0, 1][:k] and lens.tolist() == [k]
 
 
@@ -412,7 +413,7 @@ def test_bm25_shards_with_many_float32_ties_rank_as_one_index(seed, monkeypatch)
     queries = [" ".join(rng.choice(words, int(rng.integers(1, 4))).tolist()) for _ in range(30)]
     params = {"b": float(rng.choice([1e-8, 1e-9]))}
     for chunk in (1 << 22, 200):
-        monkeypatch.setattr(scale, "_MERGE_CELLS", chunk)
+        monkeypatch.setattr(_merge, "_MERGE_CELLS", chunk)
         for n in (2, 3, 7):
             for k in range(1, 11):
                 one = BM25(k=k, **params).fit(corpus).search(queries)

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from conftest import ray_session, word_corpus
 
-from ragkit import scale
+from ragkit import _ray, _ray_encode, _sharded
 from ragkit.pipelines import Pipeline
 from ragkit.retrievers import BM25
 from ragkit.scale import Sharded, ShardError, ray_encode, search_distributed
@@ -50,7 +50,7 @@ def test_every_ray_entry_point_refuses_a_cluster_without_cpus(cpuless_ray, tmp_p
         search_distributed(Pipeline([BM25(k=5)]).fit(corpus), QUERIES, workdir=tmp_path / "sd")
     assert not (tmp_path / "sd").exists()  # the pipeline not even saved
 
-    monkeypatch.setattr(scale, "_check_model", lambda *a, **kw: 8)  # (no model to load: refused after it)
+    monkeypatch.setattr(_ray_encode, "_check_model", lambda *a, **kw: 8)  # (no model to load: refused after it)
     with pytest.raises(ShardError, match=r"^ray_encode\('m'\): the Ray cluster has 0 CPUs"):
         ray_encode("m", ["a text", "another"])
 
@@ -58,20 +58,20 @@ def test_every_ray_entry_point_refuses_a_cluster_without_cpus(cpuless_ray, tmp_p
 def test_a_busy_cluster_is_not_refused():
     """What counts is the cluster's CPUs, not the free ones: a cluster whose CPUs are all busy runs the work later."""
     busy = SimpleNamespace(cluster_resources=lambda: {"CPU": 2.0}, available_resources=lambda: {})
-    scale._check_cpus(busy, "sharded.fit")
+    _ray._check_cpus(busy, "sharded.fit")
     none = SimpleNamespace(cluster_resources=lambda: {"memory": 1e9}, available_resources=lambda: {})
     with pytest.raises(ShardError, match=r"^sharded\.fit: the Ray cluster has 0 CPUs \(0 free\)"):
-        scale._check_cpus(none, "sharded.fit")
+        _ray._check_cpus(none, "sharded.fit")
 
 
 def test_an_autoscaling_cluster_may_wait_for_cpus(monkeypatch, caplog):
     """$RAGKIT_RAY_WAIT_FOR_CPUS=1 lets the work wait for a CPU node an autoscaler adds (a warning, no refusal)."""
     none = SimpleNamespace(cluster_resources=lambda: {"memory": 1e9}, available_resources=lambda: {})
     with pytest.raises(ShardError, match=r"RAGKIT_RAY_WAIT_FOR_CPUS=1"):
-        scale._check_cpus(none, "sharded.fit")
+        _ray._check_cpus(none, "sharded.fit")
     monkeypatch.setenv("RAGKIT_RAY_WAIT_FOR_CPUS", "1")
     with caplog.at_level("WARNING", logger="ragkit"):
-        scale._check_cpus(none, "sharded.fit")
+        _ray._check_cpus(none, "sharded.fit")
     assert "sharded.fit: the Ray cluster has 0 CPUs now; submitting anyway" in caplog.text
 
 
@@ -121,13 +121,13 @@ def test_an_error_naming_no_shard_says_the_actor_serves_them():
 
     def err(text: str) -> BaseException:
         e = RuntimeError("ray task failed")
-        e.cause = scale._Permanent(text)  # type: ignore[attr-defined]
+        e.cause = _ray._Permanent(text)  # type: ignore[attr-defined]
         return e
 
     group = np.array([0, 1])
-    assert scale._failing(group, folders, err("ImportError: no module rr")) == "shards 0, 1 (one worker serves them)"
-    assert scale._failing(group, folders, err("ArtifactError: /x/shard-001/index.npz: bad")) == "shard 1"
-    assert scale._failing(group, folders[:1] + ["/x/shard-00"], err("ArtifactError: /x/shard-001: gone")) == \
+    assert _sharded._failing(group, folders, err("ImportError: no module rr")) == "shards 0, 1 (one worker serves them)"
+    assert _sharded._failing(group, folders, err("ArtifactError: /x/shard-001/index.npz: bad")) == "shard 1"
+    assert _sharded._failing(group, folders[:1] + ["/x/shard-00"], err("ArtifactError: /x/shard-001: gone")) == \
         "shards 0, 1 (one worker serves them)"  # (a folder whose name only begins the one named)
-    assert scale._failing(group, folders, RuntimeError("ObjectLostError")) == "shards 0, 1"
-    assert scale._failing(np.array([2]), folders, err("ImportError: x")) == "shard 2"
+    assert _sharded._failing(group, folders, RuntimeError("ObjectLostError")) == "shards 0, 1"
+    assert _sharded._failing(np.array([2]), folders, err("ImportError: x")) == "shard 2"

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from conftest import file_mapped
 
-from ragkit import scale
+from ragkit import _distributed, _ray, _ray_encode, _ray_fit, _sharded, scale
 from ragkit.encoders import DEFAULT_MODEL
 from ragkit.errors import ArtifactError, DataError, NotFittedError, ParamError
 from ragkit.pipelines import Pipeline
@@ -55,7 +55,8 @@ def no_ray(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("Ray was started")
 
-    monkeypatch.setattr(scale, "ray_init", refuse)
+    for module in (_ray_encode, _sharded, _distributed):
+        monkeypatch.setattr(module, "ray_init", refuse)
 
 
 @pytest.fixture(scope="module")
@@ -305,12 +306,12 @@ def test_ray_encode_failures_are_ragkit_errors():
         yield {"i": np.array([1]), "vec": np.ones((1, 2), np.float32)}
         raise failure
 
-    got = scale._collect(iter([{"i": np.array([1, 0]), "vec": np.eye(2, dtype=np.float32)}]), 2, 2, "m")
+    got = _ray_encode._collect(iter([{"i": np.array([1, 0]), "vec": np.eye(2, dtype=np.float32)}]), 2, 2, "m")
     np.testing.assert_array_equal(got, [[0, 1], [1, 0]])
     with pytest.raises(ShardError, match=r"ray_encode\('m'\): actor died"):
-        scale._collect(batches(RuntimeError("actor died")), 2, 2, "m")
+        _ray_encode._collect(batches(RuntimeError("actor died")), 2, 2, "m")
     with pytest.raises(DataError, match="^bad text$"):
-        scale._collect(batches(FakeRayTaskError(DataError("bad text"))), 2, 2, "m")
+        _ray_encode._collect(batches(FakeRayTaskError(DataError("bad text"))), 2, 2, "m")
 
 
 def test_registered_encoders_never_go_to_ray_workers(slice_data, hash_encoder, no_ray, monkeypatch):
@@ -318,7 +319,7 @@ def test_registered_encoders_never_go_to_ray_workers(slice_data, hash_encoder, n
     would need it in a Ray worker (ray_encode, shards built on Ray, search_distributed) is refused."""
     corpus, queries, _, _ = slice_data
     corpus = corpus.subset(np.arange(60))
-    monkeypatch.setattr(scale, "ray_encode", lambda *a, **kw: pytest.fail("ray_encode was called"))
+    monkeypatch.setattr(_ray_fit, "ray_encode", lambda *a, **kw: pytest.fail("ray_encode was called"))
     on_ray = Pipeline([Dense(model=hash_encoder, k=5)]).fit(corpus, backend="ray")
     local = Pipeline([Dense(model=hash_encoder, k=5)]).fit(corpus)
     assert [r.rows.tolist() for r in on_ray.search(queries).rankings] == \
@@ -333,7 +334,8 @@ def test_registered_encoders_never_go_to_ray_workers(slice_data, hash_encoder, n
     assert [r.rows.tolist() for r in sharded.search(queries).rankings] == \
         [r.rows.tolist() for r in local.search(queries).rankings]
     monkeypatch.undo()  # the real ray_encode: it refuses before Ray starts
-    monkeypatch.setattr(scale, "ray_init", lambda *a, **kw: pytest.fail("Ray was started"))
+    for module in (_ray_encode, _sharded, _distributed):
+        monkeypatch.setattr(module, "ray_init", lambda *a, **kw: pytest.fail("Ray was started"))
     with pytest.raises(ParamError, match="registered with register_encoder"):
         ray_encode(hash_encoder, ["a"])
     with pytest.raises(ParamError, match=r"pipeline\[0\].dense.model 'test-scale-hash' is an encoder registered"):
@@ -388,12 +390,12 @@ def test_ray_fit_pre_encodes_only_sentence_vectors_of_the_corpus(slice_data, has
     retrievers = (Dense(model="m-dense") + Muvera(model="m-muvera") + Dense(model=hash_encoder) + knn + knn2
                   + Sharded(retriever={"muvera": {"model": "m-mv2"}}))
     pipe = retrievers | MMR(model="m-mmr") | MaxSim(model="m-maxsim")
-    assert scale.corpus_models(pipe) == ["m-dbnorm", "m-dense", "m-knn", "m-mmr"]
+    assert _ray_fit.corpus_models(pipe) == ["m-dbnorm", "m-dense", "m-knn", "m-mmr"]
     encoded, cached = [], []
-    monkeypatch.setattr(scale, "_check_model", lambda model, batch_size, where: 8)
-    monkeypatch.setattr(scale, "ray_encode",
+    monkeypatch.setattr(_ray_fit, "_check_model", lambda model, batch_size, where: 8)
+    monkeypatch.setattr(_ray_fit, "ray_encode",
                         lambda model, texts, **kw: encoded.append(model) or np.zeros((len(texts), 8), np.float32))
-    monkeypatch.setattr(scale, "_cache_vectors", lambda model, texts, vectors: cached.append(model) or 0)
+    monkeypatch.setattr(_ray_fit, "_cache_vectors", lambda model, texts, vectors: cached.append(model) or 0)
     monkeypatch.setattr(pipe, "fit", lambda corpus, train, **kw: pipe)
     assert scale.fit_pipeline(pipe, corpus, train) is pipe
     assert encoded == cached == ["m-dbnorm", "m-dense", "m-knn", "m-mmr"]
@@ -406,18 +408,18 @@ def test_deterministic_errors_are_final_for_ray():
     def raising(e):
         def fn(*args):
             raise e
-        return scale._deterministic_errors_final(fn)
+        return _ray._deterministic_errors_final(fn)
 
     for e in [DataError("bad document 3"), ArtifactError("x.npy: truncated"),
               FileNotFoundError(2, "No such file or directory", "/data/shard-001/index.usearch"),
               PermissionError(13, "Permission denied", "/data"), IsADirectoryError(21, "Is a directory", "/d")]:
-        with pytest.raises(scale._Permanent, match=type(e).__name__):
+        with pytest.raises(_ray._Permanent, match=type(e).__name__):
             raising(e)()
     for e in [OSError(5, "Input/output error"), TimeoutError("the disk timed out"), ConnectionResetError(),
               MemoryError()]:
         with pytest.raises(type(e)):
             raising(e)()
-    assert scale._deterministic_errors_final(lambda a, b: a + b)(1, 2) == 3
+    assert _ray._deterministic_errors_final(lambda a, b: a + b)(1, 2) == 3
 
 
 def test_ray_failures_are_ragkit_errors(slice_data, ray_session, monkeypatch, tmp_path):
@@ -432,14 +434,14 @@ def test_ray_failures_are_ragkit_errors(slice_data, ray_session, monkeypatch, tm
         def __call__(self, batch):
             raise ValueError("the actor broke")
 
-    monkeypatch.setattr(scale, "_EncoderActor", BrokenActor)
+    monkeypatch.setattr(_ray_encode, "_EncoderActor", BrokenActor)
     with pytest.raises(ShardError, match=r"(?s)ray_encode\('all-MiniLM-L6-v2'\): .*the actor broke"):
         ray_encode(DEFAULT_MODEL, corpus.full_texts[:8], num_actors=1)
     pipe = Pipeline([BM25(k=5)]).fit(corpus)
     local = pipe.search(queries, filter={"bucket": 1}, bm25={"k": 3})
     dist = search_distributed(pipe, queries, n_chunks=2, filter={"bucket": 1}, bm25={"k": 3})
     assert [r.rows.tolist() for r in dist.rankings] == [r.rows.tolist() for r in local.rankings]
-    real = scale._search_chunk
+    real = _distributed._search_chunk
     # workdir: the workers load the pipeline from a folder inside it (shared storage on a cluster), removed after
     shared, seen = tmp_path / "shared" / "work", tmp_path / "seen"
 
@@ -448,7 +450,7 @@ def test_ray_failures_are_ragkit_errors(slice_data, ray_session, monkeypatch, tm
             f.write(pipe_dir + "\n")
         return real(pipe_dir, *args)
 
-    monkeypatch.setattr(scale, "_search_chunk", note_folder)
+    monkeypatch.setattr(_distributed, "_search_chunk", note_folder)
     dist = search_distributed(pipe, queries, n_chunks=2, workdir=shared, filter={"bucket": 1}, bm25={"k": 3})
     assert [r.rows.tolist() for r in dist.rankings] == [r.rows.tolist() for r in local.rankings]
     folders = set(seen.read_text().split())
@@ -463,7 +465,7 @@ def test_ray_failures_are_ragkit_errors(slice_data, ray_session, monkeypatch, tm
             raise ValueError("this chunk failed")
         return real(pipe_dir, ids, texts, k, options)
 
-    monkeypatch.setattr(scale, "_search_chunk", second_chunk_fails)
+    monkeypatch.setattr(_distributed, "_search_chunk", second_chunk_fails)
     # a deterministic error is not retried (it would fail the same way again), and the error does not say it was
     with pytest.raises(ShardError, match=r"chunk 1 \(queries 6\.\.11\) failed: ValueError: this chunk failed"):
         search_distributed(pipe, queries, n_chunks=2)
@@ -484,7 +486,7 @@ def test_ray_failures_are_ragkit_errors(slice_data, ray_session, monkeypatch, tm
             f.write(ids[0] + "\n")
         raise ArtifactError(f"{pipe_dir}: checksum mismatch")
 
-    monkeypatch.setattr(scale, "_search_chunk", artifact_error)
+    monkeypatch.setattr(_distributed, "_search_chunk", artifact_error)
     cancelled = []
     monkeypatch.setattr(ray_session, "cancel", lambda *a, **kw: cancelled.append(a))
     with pytest.raises(ShardError, match=r"chunk 0 \(queries 0\.\.5\) failed: ArtifactError: .*checksum mismatch"):
@@ -501,13 +503,13 @@ def test_ray_failures_are_ragkit_errors(slice_data, ray_session, monkeypatch, tm
             f.write(ids[0] + "\n")
         raise FileNotFoundError(2, "No such file or directory", f"{pipe_dir}/gone.npy")
 
-    monkeypatch.setattr(scale, "_search_chunk", missing_file)
+    monkeypatch.setattr(_distributed, "_search_chunk", missing_file)
     with pytest.raises(ShardError, match=r"chunk 0 \(queries 0\.\.5\) failed: FileNotFoundError: .*gone\.npy"):
         search_distributed(pipe, queries, n_chunks=2)
     # a missing file is an OSError that a retry cannot cure: one attempt per chunk
     assert sorted(missing_calls.read_text().split()) == sorted([queries.ids[0], queries.ids[6]])
 
-    monkeypatch.setattr(scale, "_search_chunk", first_try_hits_the_disk)
+    monkeypatch.setattr(_distributed, "_search_chunk", first_try_hits_the_disk)
     dist = search_distributed(pipe, queries, n_chunks=2)  # an OS error is retried, and the retry succeeds
     assert [r.rows.tolist() for r in dist.rankings] == [r.rows.tolist() for r in pipe.search(queries).rankings]
     assert sorted(calls.read_text().split()) == sorted([queries.ids[0], queries.ids[6]] * 2)
@@ -537,12 +539,12 @@ def test_ray_fit_encodes_nothing_twice_when_the_workers_cache_is_another(slice_d
     monkeypatch.setattr(sentence, "_ENCODERS", {})  # encoders (and their stores) made afresh, on driver/
     monkeypatch.setattr(sentence, "_STORES", {})
 
-    class OtherNodeActor(scale._EncoderActor):  # pickled by value: the actors write worker/
+    class OtherNodeActor(_ray_encode._EncoderActor):  # pickled by value: the actors write worker/
         def __init__(self, *args):
             os.environ["RAGKIT_CACHE"] = str(worker)
             super().__init__(*args)
 
-    monkeypatch.setattr(scale, "_EncoderActor", OtherNodeActor)
+    monkeypatch.setattr(_ray_encode, "_EncoderActor", OtherNodeActor)
 
     def shards(cache):
         return sorted(p.name for p in cache.rglob("*.keys.npy"))
@@ -568,8 +570,9 @@ def test_ray_fit_refuses_what_a_local_fit_refuses_before_any_work(slice_data, no
     from ragkit.pipelines.routers import ScoreRouter
 
     corpus, _, _, _ = slice_data
-    monkeypatch.setattr(scale, "_check_model", lambda *a, **kw: pytest.fail("a model was loaded"))
-    monkeypatch.setattr(scale, "ray_encode", lambda *a, **kw: pytest.fail("ray_encode was called"))
+    for module in (_ray_fit, _sharded, _ray_encode):
+        monkeypatch.setattr(module, "_check_model", lambda *a, **kw: pytest.fail("a model was loaded"))
+    monkeypatch.setattr(_ray_fit, "ray_encode", lambda *a, **kw: pytest.fail("ray_encode was called"))
     route = Pipeline([Route(ScoreRouter(threshold=0.5), {"easy": [Dense(k=5)], "hard": [BM25(k=5)]})])
     with pytest.raises(ConfigError, match=r"pipeline\[0\]\.route\.router: score_router routes on the scores"):
         route.fit(corpus, backend="ray")
@@ -668,13 +671,13 @@ def test_a_shard_actor_that_cannot_load_fails_once_with_the_ragkit_error(slice_d
     loaded = Operator.load(tmp_path / "s")
     calls = tmp_path / "calls"
 
-    class CountedActor(scale._ShardActor):  # pickled by value: counts the constructor's runs in a file
+    class CountedActor(_sharded._ShardActor):  # pickled by value: counts the constructor's runs in a file
         def __init__(self, folders, *args):
             with open(calls, "a") as f:
                 f.write("".join(folder + "\n" for folder in folders))
             super().__init__(folders, *args)
 
-    monkeypatch.setattr(scale, "_ShardActor", CountedActor)
+    monkeypatch.setattr(_sharded, "_ShardActor", CountedActor)
     # the loaded operator's actors read its own copy of the shard folders (a save into tmp_path / "s" cannot reach
     # them): that copy is moved away
     own = Path(loaded._dir.name)
@@ -704,12 +707,12 @@ def test_every_operator_fits_with_backend_ray_as_a_pipeline_does(slice_data, has
     corpus, queries, _, _ = slice_data
     corpus = corpus.subset(np.arange(60))
     encoded = []
-    monkeypatch.setattr(scale, "_check_model", lambda *a, **kw: 384)
-    monkeypatch.setattr(scale, "ray_encode", lambda model, texts, **kw: encoded.append((model, len(texts))) or
+    monkeypatch.setattr(_ray_fit, "_check_model", lambda *a, **kw: 384)
+    monkeypatch.setattr(_ray_fit, "ray_encode", lambda model, texts, **kw: encoded.append((model, len(texts))) or
                         np.zeros((len(texts), 4), np.float32))
-    monkeypatch.setattr(scale, "_cache_vectors", lambda *a: 0)  # (the zeros must not reach the real cache)
+    monkeypatch.setattr(_ray_fit, "_cache_vectors", lambda *a: 0)  # (the zeros must not reach the real cache)
     # every text counts as uncached (a warm cache, an earlier test's encode, sends none to Ray: a test of its own)
-    monkeypatch.setattr(scale, "_uncached", lambda model, digests: np.arange(len(digests)))
+    monkeypatch.setattr(_ray_fit, "_uncached", lambda model, digests: np.arange(len(digests)))
     local = BM25(k=5).fit(corpus)
     for op in (BM25(k=5), Sharded(retriever={"bm25": {"k": 5}}, n_shards=2, k=5, backend="local"),
                Parallel([BM25(k=5), Dense(model=hash_encoder, k=5)]), Loop(BM25(k=5), until=MaxOnly(), max_iters=2)):

@@ -11,7 +11,7 @@ import textwrap
 import pytest
 from conftest import ranked, word_corpus
 
-from ragkit import registry, scale
+from ragkit import _distributed, _ray_encode, _sharded, registry
 from ragkit.errors import ParamError
 from ragkit.pipelines import Pipeline
 from ragkit.scale import Sharded, ShardError, search_distributed
@@ -32,7 +32,8 @@ def test_a_ray_sharded_retrievers_bad_model_is_refused_before_ray_starts(monkeyp
     def refuse(*args, **kwargs):
         raise AssertionError("Ray was started")
 
-    monkeypatch.setattr(scale, "ray_init", refuse)
+    for module in (_ray_encode, _sharded, _distributed):
+        monkeypatch.setattr(module, "ray_init", refuse)
     missing = str(tmp_path / "no-such-model")
     c = word_corpus(40)
     for fit in (lambda: Sharded(retriever={"dense": {"model": missing}}, n_shards=2, backend="ray").fit(c),

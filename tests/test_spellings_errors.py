@@ -140,7 +140,7 @@ def test_chunk_variant_shape_errors_are_data_errors():
 
 
 def test_missing_files_are_artifact_errors_and_file_not_found(tmp_path, monkeypatch):
-    from ragkit import scale
+    from ragkit import _sharded
     from ragkit.errors import ArtifactError
     from ragkit.generators import local
 
@@ -150,6 +150,6 @@ def test_missing_files_are_artifact_errors_and_file_not_found(tmp_path, monkeypa
     assert isinstance(e, ArtifactError) and isinstance(e, OSError) and "no .gguf file" in str(e)
     monkeypatch.undo()
     folder = tmp_path / "ragkit-shards-x" / "shard-001"
-    e = _raises(lambda: scale._fit_shard({"bm25": {}}, _corpus(), str(folder)), FileNotFoundError,
+    e = _raises(lambda: _sharded._fit_shard({"bm25": {}}, _corpus(), str(folder)), FileNotFoundError,
                 ArtifactNotFoundError)
     assert "is gone" in str(e)

@@ -1,0 +1,202 @@
+"""Searching a large query batch split across Ray workers (:func:`search_distributed`), each loading
+the saved pipeline once.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
+
+import numpy as np
+
+from ragkit._files import user_path
+from ragkit._plugins import _plugin_modules
+from ragkit._ray import (
+    _TRANSIENT,
+    ShardError,
+    _check_cpus,
+    _deterministic_errors_final,
+    _drain,
+    _reason,
+    _registered,
+    _retried,
+    _with_plugins,
+    check_workdir,
+    ray_init,
+)
+from ragkit._sharded import Sharded, _in_chunk
+from ragkit.errors import ParamError
+from ragkit.operator import Operator
+from ragkit.types import Ranking, State
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from ragkit.pipelines import Pipeline
+    from ragkit.run import Run
+    from ragkit.types import Queries
+
+
+_SEARCH_RETRIES = 3
+
+
+def _operator_classes(op: Any) -> list[type]:
+    """Every operator class of the tree ``op`` (composites, leaves, a ``sharded`` retriever's per-shard one), once."""
+    seen: set[int] = set()
+    classes: dict[type, None] = {}
+    stack = [op]
+    while stack:
+        node = stack.pop()
+        if id(node) in seen or not isinstance(node, Operator):
+            continue
+        seen.add(id(node))
+        classes[type(node)] = None
+        if isinstance(node, Sharded):
+            classes[node._sub_cls] = None
+        try:
+            stack += list(node.children() or [])
+        except Exception:  # noqa: BLE001 - (an operator whose children need its fit): its own class is listed
+            pass
+    return list(classes)
+
+
+def _search_chunk(pipe_dir: str, ids: list[str], texts: list[str], k: int | None,
+                  options: dict[str, Any] | None = None) -> Any:
+    from ragkit.pipelines import Pipeline
+    from ragkit.types import Queries
+
+    with _in_chunk():  # a ray-backed sharded retriever searches its shards here: no shard actors per chunk
+        run = Pipeline.load(pipe_dir).search(Queries(ids, texts), k=k, **(options or {}))
+    return run.query_ids, run.doc_ids, [(r.rows, r.scores) for r in run.rankings or []], run.values
+
+
+def _registered_in(pipe: Any) -> list[tuple[str, str]]:
+    """``(path, model)`` for every operator of ``pipe`` (a ``sharded`` retriever's per-shard one
+    included) whose ``model`` is registered with ``register_encoder`` in this process."""
+    from ragkit.pipelines.yaml import walk_leaves
+
+    found = []
+    for path, leaf in walk_leaves(pipe):
+        op, where = (leaf.sub_retriever(), f"{path}.retriever") if isinstance(leaf, Sharded) else (leaf, path)
+        model = getattr(op.params, "model", None)
+        if _registered(model):
+            found.append((f"{where}.model", model))
+    return found
+
+
+def search_distributed(pipe: Pipeline | Operator,
+                       queries: Queries | Sequence[str] | Mapping[str, str] | pd.Series | str, *,
+                       n_chunks: int = 4, k: int | None = None, workdir: str | os.PathLike[str] | None = None,
+                       **options: Any) -> Run:
+    """Search a large query batch split across Ray workers (each loads the saved pipeline).
+
+    Returns the same :class:`~ragkit.run.Run` as ``pipe.search(queries, k=k, **options)``:
+    document ids, scores, the row rankings and the per-query values, in query order (no trace).
+    A ``sharded`` retriever with ``backend: ray`` is searched inside each chunk's task (its shards
+    memory-mapped there), not by shard actors of its own: the chunks are the parallel work.
+
+    Parameters
+    ----------
+    pipe : Pipeline or Operator
+        A fitted pipeline (or one fitted operator); it is saved to a temporary folder that
+        every worker loads (inside ``workdir``), removed when the search ends.
+    queries : Queries, list of str, str, or {query_id: text}
+        Any form ``search`` takes (a pandas Series indexed by query ids too), with the same ids.
+    n_chunks : int
+        Number of query chunks, one Ray task each (at most one per query).
+    k : int, optional
+        Final number of results per query, as for ``search``.
+    workdir : str or os.PathLike, optional
+        Where the pipeline is saved for the workers (a fresh ``ragkit-pipe-*`` folder inside it,
+        made when missing); must be storage every worker reads on a multi-node cluster
+        (default: a local temporary folder, which only workers on this machine read).
+    **options
+        Run-time options as for ``search`` (``filter=...``, ``bm25={"k": 3}``...), checked
+        against ``pipe`` before Ray starts.  ``trace`` and ``qrels`` are not supported.
+
+    Raises
+    ------
+    ParamError
+        Before Ray starts: a bad ``n_chunks``, ``k`` or option, a ``workdir`` that is (or lies
+        below) a file, or an operator whose ``model`` is an encoder registered with
+        ``register_encoder`` (Ray workers lack it).
+    NotFittedError
+        Before Ray starts, when ``pipe`` is not fitted.
+    ShardError
+        When a chunk fails on the workers after Ray's retries, naming the chunk; before any chunk is submitted
+        when the Ray cluster has no CPU to run one (``ray.init(num_cpus=0)``).
+    """
+    from ragkit.options import check_options
+    from ragkit.pipelines import Pipeline
+    from ragkit.run import Run
+    from ragkit.types import Queries
+
+    if isinstance(n_chunks, bool) or not isinstance(n_chunks, (int, np.integer)) or n_chunks < 1:
+        raise ParamError(f"search_distributed: n_chunks must be a positive integer (query chunks, one Ray task "
+                         f"each), got {n_chunks!r}")
+    for key in ("trace", "qrels"):
+        if key in options:
+            raise ParamError(f"search_distributed: {key}= is not supported (the workers return rankings and "
+                             f"values only); use pipe.search(queries, {key}=...) in this process")
+    if not isinstance(pipe, Pipeline):
+        if not isinstance(pipe, Operator):
+            raise ParamError(f"search_distributed: expected a fitted ragkit Pipeline or Operator, "
+                             f"got {type(pipe).__name__}")
+        single = Pipeline([pipe])
+        if pipe.is_fitted and not pipe.stateless:
+            single.corpus_ = pipe.corpus_
+        pipe = single
+    pipe._check_fitted()  # before Ray starts or the pipeline is saved (a worker would fail, retried)
+    from ragkit.pipelines._compose import iter_leaves, shared_corpus
+
+    if not any(leaf.kind == "retriever" for leaf in iter_leaves(pipe)):
+        raise ParamError("search_distributed: this pipeline has no retriever, so no query would get a document; "
+                         "start it with one, e.g. bm25 or dense")
+    registered = _registered_in(pipe)
+    if registered:
+        where, model = registered[0]
+        raise ParamError(f"search_distributed: {where} {model!r} is an encoder registered with register_encoder in "
+                         f"this process; the Ray workers that load the pipeline do not have it: search in this "
+                         f"process (pipe.search)", path=where)
+    modules = _plugin_modules(_operator_classes(pipe), "search_distributed")  # before Ray: workers import them
+    check_options(pipe, {**options, **({} if k is None else {"k": k})}, shared_corpus(pipe))  # before Ray
+    check_workdir(workdir, "search_distributed: workdir", "the saved pipeline")
+    if not isinstance(queries, Queries):  # every form search takes, as it takes it ({id: text}, a Series...)
+        given = State.of(queries)
+        queries = Queries(given.query_ids, given.queries)
+    ray = ray_init()
+    _check_cpus(ray, "search_distributed")  # before the pipeline is saved or any chunk's task is submitted
+    bounds = np.linspace(0, len(queries), int(n_chunks) + 1).astype(int)
+    spans = [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+    if workdir:  # absolute: the workers run in folders of their own
+        workdir = Path(os.path.abspath(user_path(workdir, "search_distributed: workdir")))
+        workdir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="ragkit-pipe-", dir=workdir) as name:
+        tmp = os.path.abspath(name)
+        pipe.save(Path(tmp) / "p")
+        task = ray.remote(max_retries=_SEARCH_RETRIES, retry_exceptions=list(_TRANSIENT))(
+            _deterministic_errors_final(_with_plugins(modules, _search_chunk)))
+        refs = [task.remote(str(Path(tmp) / "p"), queries.ids[a:b], queries.texts[a:b], k, options)
+                for a, b in spans]
+        chunks = []
+        try:
+            for c, ((a, b), ref) in enumerate(zip(spans, refs)):
+                try:
+                    chunks.append(ray.get(ref))
+                except Exception as e:  # noqa: BLE001 - a Ray error becomes ours, naming the chunk
+                    raise ShardError(f"search_distributed: chunk {c} (queries {a}..{b - 1}) "
+                                     f"failed{_retried(_SEARCH_RETRIES, e)}: {_reason(e)}") from None
+        except BaseException:
+            _drain(ray, refs)  # no chunk (or retry) may still read the folder deleted next
+            raise
+    qids = [q for c in chunks for q in c[0]]
+    docs = [d for c in chunks for d in c[1]]
+    rankings = [Ranking(rows, sc) for c in chunks for rows, sc in c[2]]
+    keys = list(dict.fromkeys(key for c in chunks for key in c[3]))
+    values = {key: [v for c in chunks for v in c[3].get(key, [None] * len(c[0]))] for key in keys}
+    from ragkit.run import learned_query_ids
+
+    return Run(qids, docs, [r.scores for r in rankings], rankings=rankings, values=values,
+               learned_from=learned_query_ids(pipe, queries.ids, queries.texts))

@@ -1,0 +1,123 @@
+"""Merging per-shard rankings of the same queries by score (:func:`merge_rankings`), on flat arrays."""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import numpy as np
+
+from ragkit.types import Ranking
+
+
+def merge_rankings(parts: Sequence[list[Ranking]], k: int) -> list[Ranking]:
+    """Merge per-shard rankings of the same queries by score (rows already global), top ``k`` each.
+
+    ``parts``: one list of rankings per shard, in shard order (a shard's rows below the next shard's), each
+    ranking best first.  Documents of equal score keep the shards' own order: a lower shard's first, and within
+    a shard the order the shard ranked them in (its retriever may break a tie of float32 scores by a finer score,
+    e.g. bm25's float64 one).  See :func:`_merge_flat`.
+    """
+    if not parts:
+        return []
+    return _split(*_merge_flat([_flatten(p) for p in parts], k))
+
+
+#: Cells (queries x candidates) merged at once by :func:`_merge_flat` (its temporaries: ~20 bytes each).
+_MERGE_CELLS = 1 << 22
+
+
+def _refine_ties(neg: np.ndarray, rows: np.ndarray, shard: np.ndarray, kk: int, first: int,
+                 finer: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> None:
+    """Re-sort in place, by ``finer`` score then row, the queries (rows of the sorted ``neg`` / ``rows`` / ``shard``
+    arrays; ``first``: the batch number of the first) where a run of equal float32 scores that reaches into the top
+    ``kk`` holds candidates of two shards (anywhere in the run: its first places may all be one shard's, the other
+    shard's just past the cut); ordered by (float32, finer, row), which is the order by (finer, row): float32
+    rounding never reverses two scores.  Only the candidates of such runs (float32 score at least the ``kk``-th's)
+    are given to ``finer``; the rest keep places below the top ``kk``."""
+    if kk < 1 or neg.shape[1] < 2:
+        return
+    cut = neg[:, kk - 1:kk]
+    cut = np.where(np.isnan(cut), np.float32(np.inf), cut)  # fewer than kk candidates: every one is in the top
+    # in a run of equal scores the candidates lie shard after shard (a stable sort of the shards' concatenation),
+    # so it holds two shards' exactly when two neighbours in it differ in shard
+    tie = (neg[:, 1:] == neg[:, :-1]) & (shard[:, 1:] != shard[:, :-1]) & (neg[:, :-1] <= cut)
+    flagged = np.flatnonzero(tie.any(axis=1))
+    if not len(flagged):
+        return
+    n, r = neg[flagged], rows[flagged]
+    top = n <= cut[flagged]  # (NaN pads: False)
+    fine = np.zeros(n.shape, np.float64)
+    q = np.broadcast_to((flagged + first)[:, None], n.shape)
+    fine[top] = finer(q[top], r[top])
+    order = np.lexsort((r, -fine, n), axis=1)
+    neg[flagged] = np.take_along_axis(n, order, axis=1)
+    rows[flagged] = np.take_along_axis(r, order, axis=1)
+
+
+def _merge_flat(parts: Sequence[_Flat], k: int,
+                finer: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None) -> _Flat:
+    """:func:`merge_rankings` on flat ``(rows, scores, lengths)`` arrays (:data:`_Flat`), one per shard, in shard
+    order: each query's candidates are laid out in a padded ``(n_q, width)`` array, shard after shard, and
+    sorted row-wise by score with a stable sort (equal scores keep that order); chunks of queries of at most
+    :data:`_MERGE_CELLS` cells.  Returns the merged top ``k`` of every query, flat.
+
+    ``finer(queries, rows)``: the finer (float64) scores of candidates, given their query numbers in the batch
+    and their rows.  Documents of two shards whose float32 scores equal the ``k``-th's or a higher one's are then
+    ordered by it (then by row, as one index breaks its ties), for those queries only: their order by float32
+    score alone is the shards' order, not the one index's ranking by its finer score (:func:`_refine_ties`)."""
+    n_s = len(parts)
+    n_q = len(parts[0][2]) if n_s else 0
+    lens = np.stack([np.asarray(p[2], np.int64) for p in parts]) if n_s else np.zeros((0, 0), np.int64)
+    total = lens.sum(axis=0)
+    if n_q == 0 or not total.any():
+        return np.empty(0, np.int64), np.empty(0, np.float32), np.zeros(n_q, np.int64)
+    ends = [np.cumsum(p[2]) for p in parts]  # each shard's flat end of every query
+    before = np.cumsum(lens, axis=0) - lens  # (n_s, n_q): a query's candidates of the shards before this one
+    out_rows, out_scores = [], []
+    step = max(1, _MERGE_CELLS // max(1, int(total.max())))
+    for a in range(0, n_q, step):
+        b = min(n_q, a + step)
+        width = int(total[a:b].max())
+        neg = np.full((b - a, width), np.nan, np.float32)  # (pads: NaN, sorted after every score, NaN or not)
+        rows = np.zeros((b - a, width), np.int64)
+        shard = np.full((b - a, width), -1, np.int32)
+        for s, (r, sc, ln) in enumerate(parts):
+            lo = int(ends[s][a - 1]) if a else 0
+            hi = int(ends[s][b - 1])
+            n = np.asarray(ln[a:b], np.int64)
+            q = np.repeat(np.arange(b - a), n)
+            col = np.arange(hi - lo) - np.repeat(np.cumsum(n) - n, n) + np.repeat(before[s, a:b], n)
+            neg[q, col] = -np.asarray(sc[lo:hi], np.float32)
+            rows[q, col] = r[lo:hi]
+            shard[q, col] = s
+        kk = min(k, width)
+        order = np.argsort(neg, axis=1, kind="stable")
+        neg, rows = np.take_along_axis(neg, order, axis=1), np.take_along_axis(rows, order, axis=1)
+        if finer is not None and n_s > 1:
+            _refine_ties(neg, rows, np.take_along_axis(shard, order, axis=1), kk, a, finer)
+        keep = np.arange(kk) < np.minimum(total[a:b], k)[:, None]
+        out_rows.append(rows[:, :kk][keep])
+        out_scores.append(-neg[:, :kk][keep])
+    return np.concatenate(out_rows), np.concatenate(out_scores), np.minimum(total, k)
+
+
+#: One shard's rankings of a query batch as flat arrays: every query's rows (int64) and scores (float32), one
+#: query after the other, and each query's number of results (int64)
+_Flat = tuple[np.ndarray, np.ndarray, np.ndarray]
+
+
+def _flatten(rankings: Sequence[Ranking]) -> _Flat:
+    """``(rows, scores, lengths)`` of ``rankings``, flat (see :data:`_Flat`)."""
+    lens = np.fromiter((len(r.rows) for r in rankings), np.int64, len(rankings))
+    if not len(rankings):
+        return np.empty(0, np.int64), np.empty(0, np.float32), lens
+    return (np.concatenate([r.rows for r in rankings]).astype(np.int64, copy=False),
+            np.concatenate([r.scores for r in rankings]).astype(np.float32, copy=False), lens)
+
+
+def _split(rows: np.ndarray, scores: np.ndarray, lens: np.ndarray) -> list[Ranking]:
+    """Flat ``(rows, scores, lengths)`` as one :class:`Ranking` per query (none for no query)."""
+    if not len(lens):
+        return []
+    cuts = np.cumsum(lens)[:-1]
+    return [Ranking(r, s) for r, s in zip(np.split(rows, cuts), np.split(scores, cuts))]
