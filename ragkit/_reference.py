@@ -221,9 +221,31 @@ def undocumented_fields() -> list[str]:
     return out
 
 
+#: the public modules a class defined in a private one (``ragkit._sharded``) is imported from, first first
+_PUBLIC_HOMES = ("ragkit.retrievers", "ragkit.filters", "ragkit.pipelines", "ragkit.generators", "ragkit.caches",
+                 "ragkit.scale", "ragkit")
+
+
+def public_path(cls: type) -> str:
+    """Where users import ``cls`` from: ``cls.__module__`` when no part of it is private, else the first of the
+    public packages that exports that very class (``ragkit._sharded.Sharded`` -> ``ragkit.retrievers.Sharded``)."""
+    import importlib
+
+    if not any(part.startswith("_") for part in cls.__module__.split(".")):
+        return f"{cls.__module__}.{cls.__qualname__}"
+    for home in _PUBLIC_HOMES:
+        try:
+            module = importlib.import_module(home)
+        except ImportError:  # (an optional part not installed)
+            continue
+        if getattr(module, cls.__name__, None) is cls:
+            return f"{home}.{cls.__name__}"
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
 def _describe_operator(name: str) -> str:
     cls = registry.get(name, structural=True)
-    lines = [f"{name} ({cls.kind})", f"Python: {cls.__module__}.{cls.__qualname__}", ""]
+    lines = [f"{name} ({cls.kind})", f"Python: {public_path(cls)}", ""]
     summary = _summary_paragraph(cls)
     lines += _wrap(summary or "(no docstring)", 0)
     if citations := _citations(cls):
@@ -292,10 +314,7 @@ def _describe_structural(key: str) -> str:
     from ragkit.pipelines.yaml import STRUCTURAL
 
     cls = _structural_class(key)
-    import ragkit.pipelines
-
-    public = "ragkit.pipelines" if getattr(ragkit.pipelines, cls.__name__, None) is cls else cls.__module__
-    lines = [f"{key} (structural key of pipeline YAML, not an operator)", f"Python: {public}.{cls.__name__}", ""]
+    lines = [f"{key} (structural key of pipeline YAML, not an operator)", f"Python: {public_path(cls)}", ""]
     lines += _wrap(_summary_paragraph(cls), 0)
     paragraphs, sections = _sections(cls)
     for p in paragraphs[1:]:

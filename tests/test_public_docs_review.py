@@ -203,3 +203,16 @@ def test_hubness_refuses_a_top_that_is_no_count(top: object) -> None:
     with pytest.raises(DataError, match=r"hubness: top must be an integer >= 0"):
         hubness([Ranking([0, 1], [1.0, 0.5])], n_docs=3, k=2, top=top)  # type: ignore[arg-type]
     assert hubness([Ranking([0, 1], [1.0, 0.5])], n_docs=3, k=2, top=0).top_hubs == []
+
+
+def test_describe_names_the_public_import_path_of_an_operator_defined_in_a_private_module() -> None:
+    """``Sharded`` is defined in ``ragkit._sharded`` since scale.py's split: ``ragkit describe`` still names where
+    users import it from, not the private module."""
+    from ragkit._reference import describe, public_path
+    from ragkit.pipelines import Parallel
+    from ragkit.retrievers import BM25, Sharded
+
+    assert public_path(Sharded) == "ragkit.retrievers.Sharded" and Sharded.__module__.startswith("ragkit._")
+    assert "Python: ragkit.retrievers.Sharded" in describe("sharded")
+    assert public_path(Parallel) == "ragkit.pipelines.Parallel"
+    assert public_path(BM25) == f"{BM25.__module__}.BM25"  # a public module is kept as it is
