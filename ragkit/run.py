@@ -515,12 +515,12 @@ class Run:
                 continue
             if len(parts) != 6:
                 if "\r" in (text := line.rstrip("\r\n")):  # CR-only line endings: the whole file read as one line
-                    from ragkit.eval.beir import _cr_endings
+                    from ragkit.eval._lines import _cr_endings
 
                     raise _cr_endings(Path(path), n, text)
                 raise DataError(f"{path}:{n}: expected 6 columns 'qid Q0 docid rank score tag', got {len(parts)}")
             if "\x00" in line:  # (trec_eval would read the id cut at the NUL)
-                from ragkit.eval.beir import _refuse_nul
+                from ragkit.eval._lines import _refuse_nul
 
                 _refuse_nul(path, n, (("query id", parts[0]), ("document id", parts[2])))
             if "_" in parts[4]:  # float() reads '1_0' as 10, trec_eval's atof as 1: neither would be told

@@ -18,7 +18,7 @@ from ragkit import Corpus
 from ragkit._corpus import _jsonable
 from ragkit._files import utf8_lines
 from ragkit.errors import DataError
-from ragkit.eval import beir
+from ragkit.eval import _lines, _read, beir
 from ragkit.eval.beir import read_qrels
 from ragkit.run import Run
 
@@ -39,10 +39,10 @@ def _old_write_jsonl(corpus: Corpus, f: Any) -> None:
 
 
 def _old_read_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    """``ragkit.eval.beir._read_jsonl`` before the change: one ``json.loads`` per line."""
+    """``ragkit.eval._lines._read_jsonl`` before the change: one ``json.loads`` per line."""
     if not path.is_file():
-        raise beir._not_found(path)
-    beir._refuse_gzip(path)
+        raise _lines._not_found(path)
+    _lines._refuse_gzip(path)
     first = True
     for n, raw, line in utf8_lines(path, "BEIR files are UTF-8 JSON lines"):
         if not line.strip():
@@ -56,17 +56,17 @@ def _old_read_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
             rec = json.loads(text := line.rstrip("\r\n"))
         except json.JSONDecodeError as e:
             if "\r" in text:
-                raise beir._cr_endings(path, n, text) from None
-            raise beir._malformed_line(path, n, text, e) from None
+                raise _lines._cr_endings(path, n, text) from None
+            raise _lines._malformed_line(path, n, text, e) from None
         if not isinstance(rec, dict) or "_id" not in rec:
             raise DataError(f"{path}:{n}: expected an object with an '_id' field, got {line.strip()[:80]!r}")
         if not isinstance(rec["_id"], (str, int)) or isinstance(rec["_id"], bool):
             raise DataError(f"{path}:{n}: '_id' must be a string (or an integer), got {type(rec['_id']).__name__} "
                             f"{rec['_id']!r:.40}")
         if isinstance(rec["_id"], str):
-            beir._check_id(rec["_id"], path, n)
-        if beir._SURROGATE.search(raw):
-            beir._check_no_lone_surrogate(rec, path, n)
+            _lines._check_id(rec["_id"], path, n)
+        if _lines._SURROGATE.search(raw):
+            _lines._check_no_lone_surrogate(rec, path, n)
         yield n, rec
 
 
@@ -86,8 +86,8 @@ def _old_read_corpus(path: Path) -> Corpus:
             raise DataError(f"{path}:{n}: document {did!r} has neither a 'text' nor a 'title' field (keys: "
                             f"{sorted(rec)}); a BEIR corpus line is {{\"_id\", \"title\", \"text\"}}")
         ids.append(did)
-        titles.append(beir._text(rec.get("title"), path, n, "title"))
-        texts.append(beir._text(rec.get("text"), path, n, "text"))
+        titles.append(_read._text(rec.get("title"), path, n, "title"))
+        texts.append(_read._text(rec.get("text"), path, n, "text"))
         meta = rec.get("metadata")
         if meta is not None and not isinstance(meta, dict):
             raise DataError(f"{path}:{n}: document {did!r} has 'metadata' {str(meta)[:60]!r} ({type(meta).__name__}); "
@@ -222,7 +222,7 @@ def _read_both(path: Path) -> tuple:
 @pytest.mark.parametrize("name", sorted(cases))
 def test_read_corpus_gives_what_it_gave_line_by_line(name: str, block: int, monkeypatch: pytest.MonkeyPatch,
                                                     tmp_path: Path) -> None:
-    monkeypatch.setattr(beir, "_JSONL_BLOCK", block)
+    monkeypatch.setattr(_lines, "_JSONL_BLOCK", block)
     text = cases[name]
     path = tmp_path / "corpus.jsonl"
     path.write_bytes(text if isinstance(text, bytes) else text.encode("utf-8"))
@@ -266,6 +266,6 @@ def test_lines_close_reads_strings_as_the_json_parser_does() -> None:
         recs = [{"_id": f"d{i}", "text": "".join(rng.choice(alphabet, int(rng.integers(0, 12)))),
                  "m": {"k": ["".join(rng.choice(alphabet, 3))]}} for i in range(int(rng.integers(1, 6)))]
         lines = [json.dumps(r, ensure_ascii=bool(rng.integers(2))) for r in recs]
-        assert beir._lines_close("\n".join(lines).encode())
+        assert _lines._lines_close("\n".join(lines).encode())
         cut = json.dumps(recs[0]).replace(', "m"', ',\n"m"', 1)  # one record over two lines
-        assert not beir._lines_close("\n".join([cut, *lines[1:]]).encode())
+        assert not _lines._lines_close("\n".join([cut, *lines[1:]]).encode())

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 import ragkit.eval.beir as beir
-from ragkit.eval import download_beir, load_beir
+from ragkit.eval import _download, download_beir, load_beir
 
 REPO = Path(__file__).resolve().parents[1]
 CORPUS = [{"_id": f"d{i}", "title": "", "text": f"document {i}"} for i in range(5)]
@@ -61,11 +61,12 @@ def _killed(script: str, *args: str) -> None:
 
 
 KILL_AFTER_EXTRACT = """
-    orig = B._extract
+    import ragkit.eval._download as D
+    orig = D._extract
     def extract(*a, **kw):
         orig(*a, **kw)
         os._exit(9)
-    B._extract = extract
+    D._extract = extract
     B.load_beir(sys.argv[1])
 """
 
@@ -105,7 +106,7 @@ def test_a_live_downloads_folder_is_not_removed_by_a_load(site):
 
     www, url, cache = site
     load_beir("sf")
-    busy = shared_tempdir(cache / "beir", beir._DOWNLOAD_PREFIX)
+    busy = shared_tempdir(cache / "beir", _download._DOWNLOAD_PREFIX)
     (busy / "archive.zip").write_bytes(b"partial")
     load_beir("sf")
     download_beir("sf")
@@ -128,9 +129,9 @@ def _ids(folder: Path) -> tuple[int, int]:
 
 
 def _race(monkeypatch, where: str, url: str):
-    """Patch ``beir.<where>`` so that, the first time it is called, another download of ``sf`` (an earlier
+    """Patch ``_download.<where>`` so that, the first time it is called, another download of ``sf`` (an earlier
     job) completes first; returns a list that receives that download's folder identity."""
-    orig = getattr(beir, where)
+    orig = getattr(_download, where)
     other: list = []
 
     def racing(*a, **kw):
@@ -140,7 +141,7 @@ def _race(monkeypatch, where: str, url: str):
             other[0] = _ids(download_beir("sf", base_url=url))
         return out
 
-    monkeypatch.setattr(beir, where, racing)
+    monkeypatch.setattr(_download, where, racing)
     return other
 
 
