@@ -173,7 +173,7 @@ def gen():
 @needs_model
 @pytest.mark.slow
 def test_rerotated_keys_equal_keys_computed_at_new_position(gen):
-    from ragkit.generators.local import _output_cache, rerotate_keys
+    from ragkit.generators._prefill import _output_cache, rerotate_keys
 
     seg = gen.segments(QUESTION, [CHUNKS[0]])
     v = gen.chunk_cache.lookup(gen.chunk_cache.key(seg.chunks[0]))[0]
@@ -540,7 +540,7 @@ def test_missing_model_path_or_gguf_file_is_a_param_error(tiny, tmp_path, monkey
         LocalGenerator(missing).load()
     with pytest.raises(ParamError, match=r"gguf_file 'missing.gguf' is not a file in the folder .*final"):
         LocalGenerator(tiny[0], gguf_file="missing.gguf").load()
-    from ragkit.generators.local import _check_source, _looks_like_path
+    from ragkit.generators._model_source import _check_source, _looks_like_path
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "runs").mkdir()
@@ -1146,7 +1146,7 @@ def test_rerotation_with_scaled_rope_matches_keys_computed_there(rope):
     pytest.importorskip("transformers")
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from ragkit.generators.local import _output_cache, rerotate_keys
+    from ragkit.generators._prefill import _output_cache, rerotate_keys
 
     cfg = LlamaConfig(vocab_size=300, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,

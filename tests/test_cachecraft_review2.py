@@ -118,10 +118,10 @@ def test_variant_files_get_the_permissions_of_the_umask(tmp_path):
 
 
 def test_the_gguf_copy_and_the_chunk_cache_share_one_permission_helper():
-    import ragkit.generators.local as local
     from ragkit.caches import chunk_kv
+    from ragkit.generators import _model_source
 
-    assert local.share_file_like_umask is chunk_kv.share_file_like_umask
+    assert _model_source.share_file_like_umask is chunk_kv.share_file_like_umask
 
 
 def test_an_unreadable_variant_file_is_a_miss_with_one_warning_naming_it(tmp_path, monkeypatch, caplog):
@@ -175,15 +175,15 @@ def _read_as_another_user(folder: Path) -> None:
 
 # ----------------------------------------------------------------------------- 3. the wait for the GGUF copy
 def test_the_wait_for_the_gguf_copy_is_a_few_times_the_parse(tmp_path):
-    from ragkit.generators import local
+    from ragkit.generators import _model_source
 
     f = tmp_path / "m.gguf"
     f.write_bytes(b"x")
-    assert local._copy_wait(str(f)) == local._COPY_LOCK_WAIT_MIN == 90.0
+    assert _model_source._copy_wait(str(f)) == _model_source._COPY_LOCK_WAIT_MIN == 90.0
     os.truncate(f, 98 * 2**20)  # SmolLM2-135M's size (sparse)
-    assert local._copy_wait(str(f)) == pytest.approx(147.0)
+    assert _model_source._copy_wait(str(f)) == pytest.approx(147.0)
     os.truncate(f, 4 * 2**30)
-    assert local._copy_wait(str(f)) == local._COPY_LOCK_WAIT == 600.0
+    assert _model_source._copy_wait(str(f)) == _model_source._COPY_LOCK_WAIT == 600.0
 
 
 def test_a_load_waiting_for_another_process_says_so_at_once(tmp_path, monkeypatch, caplog):
@@ -192,10 +192,10 @@ def test_a_load_waiting_for_another_process_says_so_at_once(tmp_path, monkeypatc
     import transformers
 
     from ragkit.encoders.sentence import model_fingerprint
-    from ragkit.generators import local
+    from ragkit.generators import _model_source
 
     monkeypatch.setenv("RAGKIT_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(local, "_COPY_LOCK_WAIT_MIN", 1.0)
+    monkeypatch.setattr(_model_source, "_COPY_LOCK_WAIT_MIN", 1.0)
     parses: list[str] = []
     monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", lambda *a, **kw: "tok")
     monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained",
@@ -203,7 +203,7 @@ def test_a_load_waiting_for_another_process_says_so_at_once(tmp_path, monkeypatc
     src = tmp_path / "gguf"
     src.mkdir()
     (src / "m.gguf").write_bytes(b"GGUF stand-in")
-    folder = local.gguf_copy_dir(model_fingerprint(str(src / "m.gguf")))
+    folder = _model_source.gguf_copy_dir(model_fingerprint(str(src / "m.gguf")))
     folder.parent.mkdir(parents=True)
     lock = folder.parent / f"{folder.name}.lock"
     hold = ("import fcntl, sys; f = open(sys.argv[1], 'a'); fcntl.flock(f, fcntl.LOCK_EX); "
@@ -224,7 +224,7 @@ def test_a_load_waiting_for_another_process_says_so_at_once(tmp_path, monkeypatc
     try:
         assert p.stdout is not None and p.stdout.readline().strip() == "held"
         t0 = time.monotonic()
-        got = local._load_model(str(src), "m.gguf")
+        got = _model_source._load_model(str(src), "m.gguf")
         took = time.monotonic() - t0
     finally:
         p.communicate("")

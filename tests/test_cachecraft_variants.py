@@ -158,8 +158,9 @@ def test_a_name_neither_here_nor_in_the_hf_cache_fails_at_once_offline(monkeypat
     """Old code: "my-model" went to the hub, which transformers retried for ~50 s offline."""
     pytest.importorskip("transformers")
     import ragkit.generators.local as local
+    from ragkit.generators import _model_source
 
-    monkeypatch.setattr(local, "_hub_unreachable", lambda timeout=3.0: "https://huggingface.co")
+    monkeypatch.setattr(_model_source, "_hub_unreachable", lambda timeout=3.0: "https://huggingface.co")
     t0 = time.perf_counter()
     with pytest.raises(ParamError, match=r"could not load the model 'ragkit-no-such-model'.* is not a folder here nor "
                                          r"a model in the Hugging Face cache, and the hub \(https://huggingface.co\) "
@@ -190,18 +191,18 @@ class _Fake:
 
 def test_hub_ids_are_read_from_the_hf_cache_first_and_downloaded_only_where_the_hub_answers(monkeypatch):
     transformers = pytest.importorskip("transformers")
-    import ragkit.generators.local as local
+    from ragkit.generators import _model_source
 
     monkeypatch.setattr(transformers, "AutoTokenizer", _Fake("tok"))
     monkeypatch.setattr(transformers, "AutoModelForCausalLM", _Fake("model"))
     monkeypatch.setattr(_Fake, "calls", [])
     monkeypatch.setattr(_Fake, "cached", {"org/cached"})
     probes: list[float] = []
-    monkeypatch.setattr(local, "_hub_unreachable", lambda timeout=3.0: probes.append(timeout))
-    local._pretrained("org/cached")  # in the cache: no request at all
+    monkeypatch.setattr(_model_source, "_hub_unreachable", lambda timeout=3.0: probes.append(timeout))
+    _model_source._pretrained("org/cached")  # in the cache: no request at all
     assert _Fake.calls == [("tok", "org/cached", True), ("model", "org/cached", True)] and probes == []
     _Fake.calls.clear()
-    local._pretrained("gpt2")  # not cached, the hub reachable: downloaded by name
+    _model_source._pretrained("gpt2")  # not cached, the hub reachable: downloaded by name
     assert _Fake.calls == [("tok", "gpt2", True), ("tok", "gpt2", False), ("model", "gpt2", False)]
     assert len(probes) == 1
 
@@ -212,7 +213,7 @@ def test_hub_unreachable_checks_offline_mode_proxies_and_the_endpoint(monkeypatc
 
     from huggingface_hub import constants
 
-    import ragkit.generators.local as local
+    from ragkit.generators import _model_source
 
     for var in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy", "HTTP_PROXY", "http_proxy",
                 "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
@@ -226,16 +227,16 @@ def test_hub_unreachable_checks_offline_mode_proxies_and_the_endpoint(monkeypatc
     monkeypatch.setattr(socket, "create_connection", no_network)
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(constants, "ENDPOINT", "https://hub.example:8443")
-    assert local._hub_unreachable() == "https://hub.example:8443" and tried == [("hub.example", 8443)]
+    assert _model_source._hub_unreachable() == "https://hub.example:8443" and tried == [("hub.example", 8443)]
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
-    assert "HF_HUB_OFFLINE" in str(local._hub_unreachable()) and len(tried) == 1
+    assert "HF_HUB_OFFLINE" in str(_model_source._hub_unreachable()) and len(tried) == 1
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     # set after huggingface_hub read it: still offline, as the encoder's check (hub_offline) reads it; no probe
     monkeypatch.setenv("TRANSFORMERS_OFFLINE", "yes")
-    assert "offline mode is set" in str(local._hub_unreachable()) and len(tried) == 1
+    assert "offline mode is set" in str(_model_source._hub_unreachable()) and len(tried) == 1
     monkeypatch.delenv("TRANSFORMERS_OFFLINE")
     monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example:3128")  # the proxy decides: no probe
-    assert local._hub_unreachable() is None and len(tried) == 1
+    assert _model_source._hub_unreachable() is None and len(tried) == 1
 
 
 # ----------------------------------------------------------------------------- 4. fit checks the model path

@@ -64,7 +64,7 @@ def _tiny_model(path: str):
 
 
 def test_a_gguf_copy_reloads_bit_for_bit_and_a_damaged_one_is_refused_and_rebuilt(tiny, tmp_path, caplog):  # noqa: F811
-    from ragkit.generators.local import _COPY_RECORD, _read_gguf_copy, _same_model, _write_gguf_copy
+    from ragkit.generators._model_source import _COPY_RECORD, _read_gguf_copy, _same_model, _write_gguf_copy
 
     tok, model = _tiny_model(tiny[0])
     folder = tmp_path / "llm" / "file-0123"

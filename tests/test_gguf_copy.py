@@ -1,6 +1,6 @@
 """The dequantized copy of a GGUF model when processes, threads and transformers versions share one cache.
 
-Review of the copy (``ragkit/generators/local.py``): (a) two loads that both found no copy both parsed the
+Review of the copy (``ragkit/generators/_model_source.py``): (a) two loads that both found no copy both parsed the
 GGUF, and the later one replaced the other's valid copy (a reader at that moment saw it "damaged" and
 wrote it again); (b) one folder per GGUF for every transformers version: two environments sharing a cache
 rewrote each other's 540 MB copy at every load; (c) a copy failing its check was written and checked again
@@ -121,7 +121,7 @@ def _tiny(path: str):
 # ----------------------------------------------------------------------------- (a) writers and readers at once
 def test_two_writers_make_one_copy_a_complete_one_is_kept_and_readers_never_see_it_damaged(tiny, tmp_path, saves,  # noqa: F811
                                                                                            said):
-    from ragkit.generators.local import _read_gguf_copy, _write_gguf_copy
+    from ragkit.generators._model_source import _read_gguf_copy, _write_gguf_copy
 
     tok, model = _tiny(tiny[0])
     folder = tmp_path / "llm" / "file-0123" / "v"
@@ -175,7 +175,7 @@ def model(name, *a, gguf_file=None, **kw):
     return real_model(tiny, dtype=torch.float32)
 transformers.AutoTokenizer.from_pretrained = tok
 transformers.AutoModelForCausalLM.from_pretrained = model
-from ragkit.generators.local import _load_model
+from ragkit.generators._model_source import _load_model
 Path(me).touch()
 got = _load_model(src, "m.gguf")
 print("source", "copy" if "gguf-copy" in got.source else "gguf", flush=True)
@@ -201,7 +201,7 @@ def test_two_processes_loading_at_once_parse_the_gguf_once(fake_gguf, tiny, tmp_
 
 def test_the_copy_lock_holds_against_another_process(tmp_path):
     pytest.importorskip("fcntl")
-    from ragkit.generators.local import _copy_lock
+    from ragkit.generators._model_source import _copy_lock
 
     folder = tmp_path / "fp" / "v"
     folder.parent.mkdir()
@@ -231,7 +231,7 @@ def test_the_copy_lock_holds_against_another_process(tmp_path):
 # ----------------------------------------------------------------------------- (b) transformers versions
 def test_two_transformers_versions_sharing_a_cache_each_keep_their_copy(fake_gguf, saves, monkeypatch):
     from ragkit.encoders.sentence import model_fingerprint
-    from ragkit.generators.local import _load_model, gguf_copy_dir
+    from ragkit.generators._model_source import _load_model, gguf_copy_dir
 
     src, name, parses = fake_gguf
     T = sys.modules["transformers"]
@@ -252,7 +252,7 @@ def test_two_transformers_versions_sharing_a_cache_each_keep_their_copy(fake_ggu
 
 def test_the_first_layouts_copy_is_removed_once_the_new_one_is_made(fake_gguf, tmp_path, said, monkeypatch):
     from ragkit.encoders.sentence import model_fingerprint
-    from ragkit.generators.local import _COPY_RECORD, _load_model
+    from ragkit.generators._model_source import _COPY_RECORD, _load_model
 
     src, name, _ = fake_gguf
     fp = model_fingerprint(os.path.join(src, name))
@@ -277,39 +277,39 @@ def test_the_first_layouts_copy_is_removed_once_the_new_one_is_made(fake_gguf, t
 # ----------------------------------------------------------------------------- (c) a copy failing its check
 def test_a_copy_failing_its_check_is_not_made_again_until_the_version_changes(fake_gguf, saves, said, warned,
                                                                               monkeypatch):
-    import ragkit.generators.local as local
     from ragkit.encoders.sentence import model_fingerprint
+    from ragkit.generators import _model_source
 
     src, name, parses = fake_gguf
-    T, real_check = sys.modules["transformers"], local._same_model
+    T, real_check = sys.modules["transformers"], _model_source._same_model
     real_version = T.__version__
-    monkeypatch.setattr(local, "_same_model", lambda a, b: "weight x (simulated)")
-    monkeypatch.setattr(local, "_FAILED_NOTED", set(), raising=False)
+    monkeypatch.setattr(_model_source, "_same_model", lambda a, b: "weight x (simulated)")
+    monkeypatch.setattr(_model_source, "_FAILED_NOTED", set(), raising=False)
     for _ in range(3):
-        assert _load_model_source(local, src, name) == os.path.join(src, name)
+        assert _load_model_source(_model_source, src, name) == os.path.join(src, name)
     assert len(parses) == 3 and len(saves) == 1  # written and checked once (old code: 3)
     assert len([m for m in said if "differs from the GGUF" in m]) == 1
     assert len([m for m in said if "failed its check" in m and "weight x (simulated)" in m]) == 1  # once per process
     assert [m for m in warned if "failed its check" in m]  # as a warning (old code: info)
-    folder = local.gguf_copy_dir(model_fingerprint(os.path.join(src, name)))
+    folder = _model_source.gguf_copy_dir(model_fingerprint(os.path.join(src, name)))
     marker = folder.parent / f"{folder.name}.failed.json"
     assert json.loads(marker.read_text())["reason"] == "weight x (simulated)" and not folder.exists()
     monkeypatch.setattr(T, "__version__", "9.9.9")  # another version: tried again
-    _load_model_source(local, src, name)
+    _load_model_source(_model_source, src, name)
     assert len(saves) == 2
     monkeypatch.setattr(T, "__version__", real_version)  # the marker removed: tried again, and kept
-    monkeypatch.setattr(local, "_same_model", real_check)
+    monkeypatch.setattr(_model_source, "_same_model", real_check)
     marker.unlink()
-    _load_model_source(local, src, name)
+    _load_model_source(_model_source, src, name)
     assert (folder / "model.safetensors").is_file()
 
 
-def _load_model_source(local, src: str, name: str) -> str:
-    return local._load_model(src, name).source
+def _load_model_source(module, src: str, name: str) -> str:
+    return module._load_model(src, name).source
 
 
 def test_a_damaged_copy_is_replaced_in_one_rename(tiny, tmp_path, saves, said):  # noqa: F811
-    from ragkit.generators.local import _read_gguf_copy, _write_gguf_copy
+    from ragkit.generators._model_source import _read_gguf_copy, _write_gguf_copy
 
     tok, model = _tiny(tiny[0])
     folder = tmp_path / "fp" / "v"
@@ -326,7 +326,7 @@ def _parse_probe(monkeypatch, folder: Path, meet: threading.Barrier | None = Non
     parse waits there for the others (a parse under the lock waits alone and breaks it)."""
     import transformers
 
-    from ragkit.generators.local import _LOCK_SUFFIX, _CopyLock
+    from ragkit.generators._model_source import _LOCK_SUFFIX, _CopyLock
 
     lock = _CopyLock.of(folder.parent / f"{folder.name}{_LOCK_SUFFIX}")
     inner, depths = transformers.AutoModelForCausalLM.from_pretrained, []
@@ -351,16 +351,16 @@ def test_loads_that_make_no_copy_parse_the_gguf_without_the_lock_side_by_side(fa
     ragkit._locks.MODEL_LOADING; loads at once left transformers' weight tying off, see the next test.)"""
     import shutil as shutil_module
 
-    import ragkit.generators.local as local
     from ragkit.encoders.sentence import model_fingerprint
+    from ragkit.generators import _model_source
 
     src, name, parses = fake_gguf
-    folder = local.gguf_copy_dir(model_fingerprint(os.path.join(src, name)))
+    folder = _model_source.gguf_copy_dir(model_fingerprint(os.path.join(src, name)))
     folder.parent.mkdir(parents=True)
-    monkeypatch.setattr(local, "_FAILED_NOTED", set())
-    monkeypatch.setattr(local, "_ROOM_NOTED", set())
+    monkeypatch.setattr(_model_source, "_FAILED_NOTED", set())
+    monkeypatch.setattr(_model_source, "_ROOM_NOTED", set())
     if why == "failed marker":
-        local._failed_marker(folder).write_text(json.dumps({"reason": "weight x (earlier)", "when": "then"}))
+        _model_source._failed_marker(folder).write_text(json.dumps({"reason": "weight x (earlier)", "when": "then"}))
     else:
         usage = shutil_module.disk_usage(folder.parent)
         monkeypatch.setattr(shutil_module, "disk_usage", lambda p: usage._replace(free=1 << 20))
@@ -369,7 +369,7 @@ def test_loads_that_make_no_copy_parse_the_gguf_without_the_lock_side_by_side(fa
 
     def load() -> None:
         try:
-            got.append(local._load_model(src, name).source)
+            got.append(_model_source._load_model(src, name).source)
         except Exception as e:  # noqa: BLE001 -- (the old code: the barrier breaks)
             errors.append(e)
 
@@ -393,14 +393,14 @@ def test_loads_on_several_threads_leave_weight_tying_on(tiny, tmp_path):  # noqa
     one lock (ragkit._locks.MODEL_LOADING)."""
     import transformers
 
-    import ragkit.generators.local as local
+    from ragkit.generators import _model_source
 
     real_tie = transformers.PreTrainedModel.tie_weights
     errors: list[BaseException] = []
 
     def load() -> None:
         try:
-            local._pretrained(tiny[0])
+            _model_source._pretrained(tiny[0])
         except BaseException as e:  # noqa: BLE001 - reported below
             errors.append(e)
 
@@ -421,15 +421,15 @@ def test_a_load_that_waited_for_a_copy_that_failed_parses_without_the_lock(fake_
     """A load waiting on the lock of another process, which then records a failed check, parses the GGUF
     without the lock once it has it (old code: under it, so the loads after it waited for its parse too)."""
     pytest.importorskip("fcntl")
-    import ragkit.generators.local as local
     from ragkit.encoders.sentence import model_fingerprint
+    from ragkit.generators import _model_source
 
     src, name, parses = fake_gguf
-    folder = local.gguf_copy_dir(model_fingerprint(os.path.join(src, name)))
+    folder = _model_source.gguf_copy_dir(model_fingerprint(os.path.join(src, name)))
     folder.parent.mkdir(parents=True)
-    monkeypatch.setattr(local, "_FAILED_NOTED", set())
+    monkeypatch.setattr(_model_source, "_FAILED_NOTED", set())
     depths = _parse_probe(monkeypatch, folder)
-    real_lock, waiting = local._copy_lock, threading.Event()
+    real_lock, waiting = _model_source._copy_lock, threading.Event()
 
     @contextmanager
     def copy_lock(f, wait=None):
@@ -437,7 +437,7 @@ def test_a_load_that_waited_for_a_copy_that_failed_parses_without_the_lock(fake_
         with real_lock(f, wait) as held:
             yield held
 
-    monkeypatch.setattr(local, "_copy_lock", copy_lock)
+    monkeypatch.setattr(_model_source, "_copy_lock", copy_lock)
     hold = ("import fcntl, sys; f = open(sys.argv[1], 'a'); fcntl.flock(f, fcntl.LOCK_EX); "
             "print('held', flush=True); sys.stdin.read()")
     p = subprocess.Popen([sys.executable, "-c", hold, str(folder.parent / f"{folder.name}.lock")],
@@ -445,11 +445,12 @@ def test_a_load_that_waited_for_a_copy_that_failed_parses_without_the_lock(fake_
     got: list[str] = []
     try:
         assert p.stdout is not None and p.stdout.readline().strip() == "held"
-        t = threading.Thread(target=lambda: got.append(local._load_model(src, name).source))
+        t = threading.Thread(target=lambda: got.append(_model_source._load_model(src, name).source))
         t.start()
         assert waiting.wait(30)
         time.sleep(0.3)  # (waiting on the other process's flock)
-        local._failed_marker(folder).write_text(json.dumps({"reason": "weight x (the other one)", "when": "now"}))
+        _model_source._failed_marker(folder).write_text(
+            json.dumps({"reason": "weight x (the other one)", "when": "now"}))
     finally:
         p.communicate("")  # the other process ends: its lock goes
     t.join(60)
@@ -464,11 +465,11 @@ def test_an_error_reading_the_new_copy_back_is_not_recorded_and_the_next_load_ma
     load makes it, and the one after reads it."""
     import transformers
 
-    import ragkit.generators.local as local
     from ragkit.encoders.sentence import model_fingerprint
+    from ragkit.generators import _model_source
 
     src, name, parses = fake_gguf
-    folder = local.gguf_copy_dir(model_fingerprint(os.path.join(src, name)))
+    folder = _model_source.gguf_copy_dir(model_fingerprint(os.path.join(src, name)))
     inner, fails = transformers.AutoModelForCausalLM.from_pretrained, [1]
 
     def flaky(path, *a, **kw):
@@ -478,9 +479,9 @@ def test_an_error_reading_the_new_copy_back_is_not_recorded_and_the_next_load_ma
         return inner(path, *a, **kw)
 
     monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", flaky)
-    sources = [local._load_model(src, name).source for _ in range(3)]
+    sources = [_model_source._load_model(src, name).source for _ in range(3)]
     assert sources == [os.path.join(src, name)] * 2 + [str(folder)]
-    assert len(parses) == 2 and len(saves) == 2 and not local._failed_marker(folder).exists()
+    assert len(parses) == 2 and len(saves) == 2 and not _model_source._failed_marker(folder).exists()
     assert len([m for m in warned if "could not be read back" in m and "DefaultCPUAllocator" in m]) == 1
     assert not [m for m in warned if "differs from the GGUF" in m or "damaged" in m]
     assert sorted(p.name for p in folder.parent.iterdir()) == [folder.name, f"{folder.name}.lock"]
@@ -490,7 +491,7 @@ def test_the_room_a_copy_needs_is_estimated_from_the_gguf_header():
     """SmolLM2-135M's GGUF (98 MB, Q4_1): 134,515,008 weights, 538 MB in float32 (its copy's model.safetensors:
     538,090,424 bytes), within the bounds used before reading the header (1 to 21 times the file)."""
     pytest.importorskip("gguf")
-    from ragkit.generators.local import _MAX_DEQUANT_RATIO, _gguf_float32_bytes, default_gguf
+    from ragkit.generators._model_source import _MAX_DEQUANT_RATIO, _gguf_float32_bytes, default_gguf
 
     try:
         path = os.path.join(*default_gguf())
@@ -507,7 +508,7 @@ def test_the_copys_weights_say_format_pt_as_transformers_4_needs(tiny, tmp_path)
     ['pt', ...] but None"): the copy was refused and made again at every load there (a packaging review)."""
     from safetensors import safe_open
 
-    from ragkit.generators.local import _write_gguf_copy
+    from ragkit.generators._model_source import _write_gguf_copy
 
     tok, model = _tiny(tiny[0])
     folder = tmp_path / "fp" / "v"

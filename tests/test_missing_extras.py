@@ -203,7 +203,7 @@ def test_generate_with_a_langchain_or_transformers_model_needs_no_llm_extra(monk
 def test_local_generator_names_the_llm_extra_before_transformers_reads_a_gguf(monkeypatch, tmp_path):
     import transformers
 
-    from ragkit.generators import local
+    from ragkit.generators import _model_source
 
     def load(*a, **kw):  # noqa: ANN002, ANN003, ANN202
         raise AssertionError("transformers was asked to read the GGUF file")
@@ -215,7 +215,7 @@ def test_local_generator_names_the_llm_extra_before_transformers_reads_a_gguf(mo
     with pytest.raises(MissingExtraError, match=re.escape(
             "LocalGenerator: the model '" + str(tmp_path / "m.gguf") + "' (a GGUF file) is read with the package "
             "accelerate, not installed: pip install 'ragkit[llm]'")):
-        local._pretrained(str(tmp_path), gguf_file="m.gguf")
+        _model_source._pretrained(str(tmp_path), gguf_file="m.gguf")
 
 
 def test_ask_uses_the_generators_check():

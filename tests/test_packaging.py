@@ -265,7 +265,7 @@ def test_ask_checks_the_gguf_packages_only_for_a_gguf_model(monkeypatch, tmp_pat
 def test_ask_needs_no_gguf_package_for_a_gguf_of_which_a_dequantized_copy_is_cached(monkeypatch, tmp_path):
     from ragkit.cli._ask import _check_llm_packages
     from ragkit.errors import RagkitError
-    from ragkit.generators import local
+    from ragkit.generators import _model_source
     from ragkit.generators.operator import Generate
 
     (tmp_path / "m.gguf").write_bytes(b"GGUF")
@@ -274,9 +274,9 @@ def test_ask_needs_no_gguf_package_for_a_gguf_of_which_a_dequantized_copy_is_cac
     gen = Generate(model=str(tmp_path / "m.gguf"))
     with pytest.raises(RagkitError, match="is read with the package gguf, not installed"):
         _check_llm_packages([gen])
-    copy = local.gguf_copy_dir(local.model_fingerprint(str(tmp_path / "m.gguf")))
+    copy = _model_source.gguf_copy_dir(_model_source.model_fingerprint(str(tmp_path / "m.gguf")))
     copy.mkdir(parents=True)
-    (copy / local._COPY_RECORD).write_text("{}")
+    (copy / _model_source._COPY_RECORD).write_text("{}")
     _check_llm_packages([gen])
 
 

@@ -12,7 +12,7 @@ import logging
 from typing import Any, Callable, Iterator, Sequence
 
 from ragkit.errors import InputTypeError, MissingExtraError
-from ragkit.generators.local import DEFAULT_SYSTEM, _check_prompt, _source_chunks, warn_cut
+from ragkit.generators._prompt import DEFAULT_SYSTEM, _check_prompt, _source_chunks, warn_cut
 
 __all__ = ["LangChainGenerator"]
 

@@ -260,7 +260,7 @@ class Generate(Operator):
         p = self.params
         if p.backend != "local":
             return
-        from ragkit.generators.local import _check_source
+        from ragkit.generators._model_source import _check_source
 
         if p.model is None:
             _check_default_model()
