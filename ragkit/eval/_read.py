@@ -243,7 +243,7 @@ _SPACED_ID = re.compile(r"\d+ +\S")
 
 
 def read_query_file(path: str | os.PathLike[str]) -> Queries:
-    """Queries to search from a file: a BEIR ``queries.jsonl`` (``{"_id", "text"}`` per line), a
+    r"""Queries to search from a file: a BEIR ``queries.jsonl`` (``{"_id", "text"}`` per line), a
     TSV of ``query-id<TAB>text`` lines (Pyserini's and MS MARCO's topics), or plain text, one query
     per line, whose ids are the line numbers ("1", "2", ...).  JSON Lines are told by the file's name or content
     (:func:`is_jsonl_query_file`: ``.jsonl``, ``.ndjson``, ``.json``, or a first line that starts with ``{``).
