@@ -548,9 +548,8 @@ def _second_generator(steps: Sequence[Operator], path: str = "pipeline") -> Para
     later answer replaces the earlier one for every query that reaches both, and a language model ran for
     nothing.  (A generator in each branch of a route is fine: each query gets one answer.)"""
 
-    def at(k: int, op: Operator, leaf: Operator) -> str:
-        where = f"{path}[{k}]" if isinstance(op, Pipeline) else f"{path}[{k}].{op.name}"
-        return where if leaf is op else f"{where}, which holds a {leaf.name}"
+    def held(k: int, leaf: Operator) -> str:
+        return "" if leaf is steps[k] else f", which holds a {leaf.name}"
 
     first: tuple[int, Operator] | None = None
     for i, step in enumerate(steps):
@@ -561,11 +560,26 @@ def _second_generator(steps: Sequence[Operator], path: str = "pipeline") -> Para
             first = (i, gen)
             continue
         j, earlier = first
-        here = at(i, step, gen)
-        return ParamError(f"{here}: a second {gen.kind} ({gen.name}) after the one at {at(j, steps[j], earlier)}: "
-                          f"each writes the answer (values['answer']), so the later one's would replace the "
-                          f"earlier one's; keep one of them", path=here.split(",", 1)[0])
+        here = step_path(path, i, step)
+        return ParamError(f"{here}{held(i, gen)}: a second {gen.kind} ({gen.name}) after the one at "
+                          f"{step_path(path, j, steps[j])}{held(j, earlier)}: each writes the answer "
+                          f"(values['answer']), so the later one's would replace the earlier one's; keep one of them",
+                          path=here)
     return None
+
+
+def step_path(path: str, k: int, op: Operator) -> str:
+    """Where step ``k`` (``op``) of the list at ``path`` stands, as errors and notes name it: ``pipeline[1]``
+    for a nested list, ``pipeline[1].bm25`` for an operator or a branch, route or loop (its YAML key)."""
+    return f"{path}[{k}]" if isinstance(op, Pipeline) else f"{path}[{k}].{op.name}"
+
+
+def generation_cut(steps: Sequence[Operator]) -> int | None:
+    """The index of the first of ``steps`` (one list) that is itself a ``generate`` step, else ``None``: where
+    ``ragkit search``, ``eval`` and ``train`` cut a pipeline (they show or score the rankings before it).  A
+    generator inside a nested list, branch, route or loop is not a cut: it passes the rankings on there
+    (:func:`~ragkit.generators.operator.rankings_only`) and the steps after it run."""
+    return next((i for i, op in enumerate(steps) if op.kind == "generator"), None)
 
 
 class Pipeline(Composite):

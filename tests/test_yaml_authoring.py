@@ -114,6 +114,37 @@ def test_validate_notes_the_steps_after_generate(tmp_path, steps, noted):
     assert f"note: {noted}" in _flat(res.stderr), res.stderr
 
 
+@pytest.mark.parametrize("steps, where", [
+    ("[bm25: {}, [top_k: {k: 9}, generate: {}], bm25: {k: 3}]", "pipeline[2].bm25 comes after pipeline[1]:"),
+    ("[bm25: {}, route: {router: {rule_router: {rules: [{label: a, max_words: 4}], default: a}}, branches: "
+     "{a: [generate: {}]}}, top_k: {k: 3}]", "pipeline[2].top_k comes after pipeline[1].route:"),
+])
+def test_validate_does_not_say_eval_cuts_a_nested_generate(tmp_path, steps, where):
+    """Review: a generate inside a nested list or a route was said to be where ragkit eval, train and search
+    stop, but they cut the top list at its own generate step only (the nested one passes the rankings on
+    and the steps after it run and are scored)."""
+    from ragkit.cli._pipeline import _without_generation
+
+    p = tmp_path / "p.yaml"
+    p.write_text(f"pipeline: {steps}\n")
+    assert _without_generation(Pipeline.from_yaml(p.read_text()), "--pipeline P", note=False).to_yaml() \
+        == Pipeline.from_yaml(p.read_text()).to_yaml()
+    res = _cli("validate", p)
+    assert res.exit_code == 0, res.output
+    said = _flat(res.stderr)
+    assert f"note: {where} it changes the ranking passed on" in said and "only up to" not in said, res.stderr
+
+
+def test_a_second_generate_under_a_label_with_a_comma_has_its_whole_path():
+    """Review: the error's path was cut at the first comma of its message, so a route label 'a,b' gave
+    'pipeline[1].route.branches.a'."""
+    with pytest.raises(ConfigError) as e:
+        Pipeline.from_yaml("pipeline:\n  - bm25: {}\n  - route:\n      router: {rule_router: {rules: [{label: 'a,b', "
+                           "max_words: 4}], default: 'a,b'}}\n      branches:\n        'a,b': [generate: {}, "
+                           "generate: {}]\n")
+    assert e.value.path == "pipeline[1].route.branches.a,b[1].generate", e.value.path
+
+
 def test_validate_does_not_note_a_generate_at_the_end(tmp_path):
     p = tmp_path / "p.yaml"
     p.write_text("pipeline: [dense: {}, top_k: {k: 5}, generate: {}]\n")

@@ -181,9 +181,10 @@ def _without_generation(pipe: Any, option: str, note: bool = True) -> Any:
     would not print (``ragkit ask`` answers).  ``option`` names the pipeline in the errors (``--index DIR``
     or ``--pipeline P``); ``note``: say on stderr that the step is left out (a note, as every command's)."""
     from ragkit.pipelines import Pipeline
+    from ragkit.pipelines._compose import generation_cut
 
     steps = list(pipe.steps)
-    cut = next((i for i, op in enumerate(steps) if op.kind == "generator"), None)
+    cut = generation_cut(steps)
     if cut is None:
         return pipe
     index = option.startswith("--index")

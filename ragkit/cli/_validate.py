@@ -167,30 +167,31 @@ def _after_generation(op: Any, path: str = "pipeline", notes: list[str] | None =
     only what the answer did not read: not noted.  Steps that hold a generator are refused when the pipeline
     is built (:class:`~ragkit.pipelines.Pipeline`)."""
     from ragkit.pipelines import Pipeline
-    from ragkit.pipelines._compose import Composite, iter_leaves
+    from ragkit.pipelines._compose import Composite, _generator_in, generation_cut, iter_leaves, step_path
 
     notes = [] if notes is None else notes
     if not isinstance(op, Composite):
         return notes
-    children = op.child_paths(path)
-    for child, where in children:
+    for child, where in op.child_paths(path):
         _after_generation(child, where, notes)
     if not isinstance(op, Pipeline):
         return notes
-    gen = next(((i, leaf) for i, (child, _) in enumerate(children)
-                for leaf in iter_leaves(child) if leaf.kind == "generator"), None)
+    steps = list(op.steps)
+    gen = next(((i, leaf) for i, step in enumerate(steps) if (leaf := _generator_in(step)) is not None), None)
     if gen is None:
         return notes
     i, leaf = gen
-    gen_at = children[i][1] if isinstance(children[i][0], Composite) else f"{children[i][1]}.{leaf.name}"
+    gen_at = step_path(path, i, steps[i])
     read = getattr(getattr(leaf, "params", None), "top_k", None)
-    top = path == "pipeline"  # (ragkit eval, train and search cut a pipeline's own generate step only)
+    # ragkit eval, train and search cut the top list at its own generate step only (generation_cut); a nested
+    # one passes the rankings on, and the steps after it run and count
+    top = path == "pipeline" and generation_cut(steps) == i
     cut = f"ragkit eval, train and search run this pipeline only up to {gen_at}, so they score or show the " \
           f"rankings without it; "
-    for child, where in children[i + 1:]:
+    for k, child in enumerate(steps[i + 1:], start=i + 1):
         if not any(x.kind in ("retriever", "reranker", "filter") for x in iter_leaves(child)):
             continue  # (a step that leaves the rankings as they are)
-        here = where if isinstance(child, Composite) else f"{where}.{child.name}"
+        here = step_path(path, k, child)
         k = getattr(getattr(child, "params", None), "k", None)
         if child.name == "top_k" and isinstance(read, int) and isinstance(k, int) and k >= read:
             if top:  # it keeps the documents the answer read, in their order: only eval's cut to say
