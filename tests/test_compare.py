@@ -91,7 +91,7 @@ def test_compare_refuses_a_metric_named_twice():
     """Review: ``["ndcg@10", "nDCG@10"]`` compared the same metric twice, and Holm counted it twice
     (p 0.61 became 1.0)."""
     base = _base()
-    with pytest.raises(ParamError, match=r"metrics 'NDCG@10', 'ndcg@10' name the same metric; name each once"):
+    with pytest.raises(ParamError, match=r"metrics 'ndcg@10', 'NDCG@10' name the same metric; name each once"):
         compare([_result("a", base), _result("b", base + 0.01)], ["ndcg@10", "NDCG@10"])
 
 

@@ -51,7 +51,8 @@ def test_evaluate_names_every_bad_metric_before_any_work():
     ("ndcg@0", "unknown metric 'ndcg@0': the cut-off must be an integer >= 1, got 0;"),
     ("ndcg@-1", "unknown metric 'ndcg@-1': the cut-off must be an integer >= 1, got -1;"),
     ("recall@x", "unknown metric 'recall@x': the cut-off must be an integer >= 1, got 'x';"),
-    ("ndcg@10.0", "the cut-off must be an integer >= 1, got '10.0' (did you mean 'ndcg@10'?)"),
+    ("ndcg@10.0", "write the cut-off in digits alone (e.g. 10), got '10.0' (did you mean 'ndcg@10'?)"),
+    ("ndcg@+10", "write the cut-off in digits alone (e.g. 10), got '+10' (did you mean 'ndcg@10'?)"),
     ("ndcg@", "unknown metric 'ndcg@': the cut-off is missing after '@' (did you mean 'ndcg@10'?)"),
     ("ndcg", "unknown metric 'ndcg': the cut-off is missing (did you mean 'ndcg@10'?)"),
     ("recall", "the cut-off is missing (did you mean 'recall@100'?)"),
@@ -120,3 +121,14 @@ def test_cli_and_compare_name_every_bad_metric(tmp_path: Path):
     scored = evaluate({"q": {"d": 1.0}}, {"q": {"d": 1}}, metrics=["ndcg@10"])
     with pytest.raises(RagkitError, match=r"'foo@5' .*'recal@100' .*did you mean 'recall@100'"):
         compare({"a": scored, "b": scored}, metrics=["foo@5", "recal@100"])
+
+
+def test_evaluate_refuses_a_metric_named_twice():
+    """Review: evaluate kept 'ndcg@10' and 'nDCG@10' as two keys of one metric and merged 'ndcg@10 ' into
+    'ndcg@10' silently, where ragkit eval -m and compare() refuse a metric named twice."""
+    run, qrels = {"q1": {"d1": 1.0, "d2": 0.5}}, {"q1": {"d2": 1}}
+    for twice, said in ((["ndcg@10", "nDCG@10", "recall@10"], "'ndcg@10', 'nDCG@10'"),
+                        (["ndcg@10", "ndcg@10 "], "'ndcg@10', 'ndcg@10 '")):
+        with pytest.raises(DataError, match=f"^evaluate: metrics {said} name the same metric; name each once$"):
+            evaluate(run, qrels, twice)
+    assert list(evaluate(run, qrels, ["nDCG@10", "recall@10"]).scores) == ["nDCG@10", "recall@10"]

@@ -106,7 +106,7 @@ def _parse_ks(ks: str) -> list[int]:
 def _parse_metric_names(metrics: str) -> list[str]:
     """``--metrics``' comma-separated names (``ndcg@10,hole@10``), checked together (:func:`parse_metrics`), in
     their canonical spelling; none, or one named twice (``nDCG@10,ndcg@10``), is a :class:`RagkitError`."""
-    from ragkit.eval.metrics import parse_metrics
+    from ragkit.eval.metrics import _named_twice, parse_metrics
 
     names = [m.strip() for m in metrics.split(",") if m.strip()]
     if not names:
@@ -115,7 +115,7 @@ def _parse_metric_names(metrics: str) -> list[str]:
         parsed = parse_metrics(names)  # every name it cannot read, in one message
     except RagkitError as e:
         raise RagkitError(f"--metrics: {e}") from None
-    twice = [m for m, pm in zip(names, parsed) if parsed.count(pm) > 1]
+    twice = _named_twice(names, parsed)
     if twice:
         raise RagkitError(f"--metrics: {', '.join(twice)} name the same metric; name each once")
     return [f"{name}@{cut}" for name, cut in parsed]

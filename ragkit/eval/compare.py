@@ -38,6 +38,7 @@ from ragkit.errors import DataError, InputTypeError, ParamError, RagkitError, so
 from ragkit.eval.metrics import (
     _evaluate_noted,
     _exact_grid,
+    _named_twice,
     _one_blas_thread,
     level_note,
     parse_metric,
@@ -804,7 +805,7 @@ def _check_args(results: Sequence[SystemResult], metrics: Sequence[str], baselin
     if isinstance(metrics, str) or not metrics:
         raise ParamError(f"compare: metrics must be a non-empty list of names such as ['ndcg@10'], got {metrics!r}")
     parsed = parse_metrics(metrics)  # every name it cannot read, in one message
-    twice = sorted({m for m, pm in zip(metrics, parsed) if parsed.count(pm) > 1})
+    twice = _named_twice(metrics, parsed)
     if twice:  # the same comparison twice in one table: Holm would count it twice
         raise ParamError(f"compare: metrics {', '.join(map(repr, twice))} name the same metric; name each once")
     if isinstance(n_resamples, bool) or not isinstance(n_resamples, (int, np.integer)) or not 1 <= n_resamples <= 10**7:

@@ -52,9 +52,8 @@ _FAMILIES = ("ndcg", "recall", "map", "mrr", "p", "r_cap", "hole", "acc")
 _ALIASES = {"precision": "p", "ndcg_cut": "ndcg", "map_cut": "map", "recip_rank": "mrr", "rr": "mrr",
             "accuracy": "acc", "top_k_accuracy": "acc", "rcap": "r_cap", "capped_recall": "r_cap"}
 _DEFAULT_CUT = {name.split("@")[0]: int(name.split("@")[1]) for name in DEFAULT_METRICS}
-_EXPECTED = ("expected one of ndcg@k, recall@k, map@k, mrr@k, p@k, r_cap@k, hole@k, acc@k with "
-             f"1 <= k <= {_MAX_CUTOFF}")
-_METRIC = re.compile(r"\s*(ndcg|recall|map|mrr|p|r_cap|hole|acc)\s*@\s*(\d+)\s*")
+_EXPECTED = f"expected one of {', '.join(f'{f}@k' for f in _FAMILIES)} with 1 <= k <= {_MAX_CUTOFF}"
+_METRIC = re.compile(rf"\s*({'|'.join(_FAMILIES)})\s*@\s*(\d+)\s*")
 
 
 def _family(word: str) -> tuple[str | None, bool]:
@@ -96,7 +95,9 @@ def _metric_problem(name: str) -> tuple[str, str | None]:
             return "the cut-off is missing after '@'", hint
         if given is not None and given < 1:
             return f"the cut-off must be an integer >= 1, got {given}", None
-        return f"the cut-off must be an integer >= 1, got {cut!r}", hint if good else None
+        if good:  # an integer in range, written otherwise ('+10', '10.0')
+            return f"write the cut-off in digits alone (e.g. {given}), got {cut!r}", hint
+        return f"the cut-off must be an integer >= 1, got {cut!r}", None
     joined = re.fullmatch(r"([a-z][a-z_\- ]*?)[\s_.:\-]*(\d+)", s)  # ndcg10, trec_eval's ndcg_cut_10, P_10
     if joined:
         fam, _ = _family(joined.group(1).strip())
@@ -121,8 +122,9 @@ def parse_metrics(names: Iterable[str]) -> list[tuple[str, int]]:
     """:func:`parse_metric` of every name of ``names``, in order; the names it cannot read are refused together,
     in one :class:`DataError` naming each with why (an unknown name, a cut-off missing or out of range) and the
     close spelling it likely meant (``unknown metrics 'foo@5' (no metric is named 'foo'), 'recal@100' (no metric
-    is named 'recal'; did you mean 'recall@100'?); expected one of ...``).  Duplicates are the caller's to
-    refuse."""
+    is named 'recal'; did you mean 'recall@100'?); expected one of ...``).  Names of the same metric
+    (``'nDCG@10'``, ``'ndcg@10'``) are each read: :func:`_named_twice` finds them for the callers that refuse
+    them (:func:`evaluate`, :func:`~ragkit.eval.compare.compare`, ``ragkit eval -m``)."""
     given = [names] if isinstance(names, str) else list(names)  # (a string is one name, not its letters)
     out: list[tuple[str, int]] = []
     bad: list[tuple[Any, str, str | None]] = []
@@ -146,6 +148,13 @@ def parse_metrics(names: Iterable[str]) -> list[tuple[str, int]]:
             f"{what!r} ({why}" + (f"; did you mean {hint!r}?)" if hint else ")") for what, why, hint in bad)
             + f"; {_EXPECTED}")
     return out
+
+
+def _named_twice(names: Sequence[str], parsed: Sequence[tuple[str, int]]) -> list[str]:
+    """The names of ``names`` that name the same metric as another of them (``parsed``: their
+    :func:`parse_metrics`, so ``'nDCG@10'`` and ``'ndcg@10 '`` are twins of ``'ndcg@10'``), each once, in
+    the order given; ``[]`` when every metric is named once."""
+    return list(dict.fromkeys(n for n, pm in zip(names, parsed) if parsed.count(pm) > 1))
 
 
 @dataclass
@@ -629,9 +638,12 @@ def _evaluate(
     if not isinstance(metrics, Iterable) or isinstance(metrics, Mapping):
         raise DataError(f"evaluate: metrics must be a metric name or a list of them (e.g. ['ndcg@10']), got "
                         f"{metrics!r:.60}")
-    # "ndcg@10 " is "ndcg@10", not a metric of its own
     metrics = list(metrics)  # (every unreadable name refused at once)
-    parsed = [(name.strip(), fam, k) for name, (fam, k) in zip(metrics, parse_metrics(metrics))]
+    families = parse_metrics(metrics)
+    twice = _named_twice(metrics, families)  # ("ndcg@10 " is "ndcg@10", not a metric of its own)
+    if twice:
+        raise DataError(f"evaluate: metrics {', '.join(map(repr, twice))} name the same metric; name each once")
+    parsed = [(name.strip(), fam, k) for name, (fam, k) in zip(metrics, families)]
     if not parsed:
         raise DataError(f"evaluate: no metric asked for; give at least one, e.g. {list(DEFAULT_METRICS[:2])}")
     if isinstance(qrels, Run):
