@@ -205,6 +205,24 @@ def test_hubness_refuses_a_top_that_is_no_count(top: object) -> None:
     assert hubness([Ranking([0, 1], [1.0, 0.5])], n_docs=3, k=2, top=0).top_hubs == []
 
 
+@pytest.mark.parametrize("k", [0, 2.5, True, "3"])
+def test_hubness_and_k_occurrence_refuse_a_k_that_is_no_cut_off(k: object) -> None:
+    """Review: ``k=True`` counted as 1 and ``k=2.5`` failed as a slice index (a raw TypeError); ``k`` is
+    checked as ``top`` is, in the function the user called."""
+    from ragkit.errors import DataError
+    from ragkit.eval import hubness
+    from ragkit.eval.hubness import k_occurrence
+    from ragkit.types import Ranking
+
+    rankings = [Ranking([0, 1], [1.0, 0.5])]
+    with pytest.raises(DataError, match=r"^hubness: k must be an integer >= 1 \(the cut-off\), got "):
+        hubness(rankings, n_docs=3, k=k)  # type: ignore[arg-type]
+    with pytest.raises(DataError, match=r"^k_occurrence: k must be an integer >= 1 \(the cut-off\), got "):
+        k_occurrence(rankings, 3, k)  # type: ignore[arg-type]
+    with pytest.raises(DataError, match=r"^hubness: n_docs must be an integer >= 0 \(the corpus size\), got 2.0"):
+        hubness(rankings, n_docs=2.0, k=1)  # type: ignore[arg-type]
+
+
 def test_describe_names_the_public_import_path_of_an_operator_defined_in_a_private_module() -> None:
     """``Sharded`` is defined in ``ragkit._sharded`` since scale.py's split: ``ragkit describe`` still names where
     users import it from, not the private module."""

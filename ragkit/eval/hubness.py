@@ -32,16 +32,26 @@ def k_occurrence(run: Run | Sequence[Ranking], n_docs: int, k: int = 10) -> np.n
 
     Every document of the corpus is counted, including those never retrieved (zeros).
     """
-    if k < 1:
-        raise DataError(f"k_occurrence: k must be >= 1, got {k}")
-    if n_docs < 0:
-        raise DataError(f"k_occurrence: n_docs must be >= 0 (the corpus size), got {n_docs}")
+    return _k_occurrence(run, n_docs, k, "k_occurrence")
+
+
+def _count(value: object, name: str, least: int, caller: str, what: str) -> None:
+    """Refuse ``value`` unless it is an integer >= ``least`` (``True`` and ``2.5`` too: a bool counted as 1,
+    a float failed as a slice index), naming ``caller``'s argument ``name`` and ``what`` it counts."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < least:
+        raise DataError(f"{caller}: {name} must be an integer >= {least} ({what}), got {value!r}")
+
+
+def _k_occurrence(run: Run | Sequence[Ranking], n_docs: int, k: int, caller: str) -> np.ndarray:
+    """:func:`k_occurrence`, its errors said as ``caller``'s."""
+    _count(k, "k", 1, caller, "the cut-off")
+    _count(n_docs, "n_docs", 0, caller, "the corpus size")
     rankings = _rankings(run)
     heads = [r.rows[:k] for r in rankings]
     rows = np.concatenate(heads) if heads else np.empty(0, np.int64)
     if len(rows) and (rows.max() >= n_docs or rows.min() < 0):
         bad = int(rows[(rows < 0) | (rows >= n_docs)][0])
-        raise DataError(f"k_occurrence: row {bad} outside a corpus of {n_docs} documents; expected rows in "
+        raise DataError(f"{caller}: row {bad} outside a corpus of {n_docs} documents; expected rows in "
                         f"[0, {n_docs})")
     return np.bincount(rows, minlength=n_docs).astype(np.int64)
 
@@ -147,9 +157,8 @@ def hubness(run: Run | Sequence[Ranking], n_docs: int, k: int = 10, top: int = 1
     HubnessReport
         See :class:`HubnessReport`; compare its ``skewness`` with :func:`random_skewness` of the same shape.
     """
-    if isinstance(top, bool) or not isinstance(top, (int, np.integer)) or top < 0:  # (top=-1 sliced all but one)
-        raise DataError(f"hubness: top must be an integer >= 0 (how many hubs to list), got {top!r}")
-    nk = k_occurrence(run, n_docs, k)
+    _count(top, "top", 0, "hubness", "how many hubs to list")  # (top=-1 sliced all but one)
+    nk = _k_occurrence(run, n_docs, k, "hubness")
     total = nk.sum()
     srt = np.sort(nk)[::-1]
     n1 = max(1, int(np.ceil(0.01 * n_docs)))
