@@ -140,7 +140,8 @@ def _read_split(data: str, split: str, train_split: Optional[str], limit: Option
                 fitted: Any = None, pipeline: str = "", relevance_level: int = 1) -> _Split:
     """Load ``data`` and read what ``ragkit eval`` needs of it; a saved pipeline (``fitted``) must
     have been fitted on the dataset's corpus and not have learned from the evaluated queries, and ids
-    a TREC ``run_file`` cannot hold are refused, all before any fit."""
+    a TREC ``run_file`` cannot hold are refused (naming their line of queries.jsonl or corpus.jsonl), all
+    before any fit."""
     from ragkit import load_beir
 
     t0 = time.perf_counter()
@@ -183,8 +184,10 @@ def _read_split(data: str, split: str, train_split: Optional[str], limit: Option
 
         warn_same_text(train.same_text(queries), len(queries), f"--split {split}",
                        f"a --train-split {train_split} query")
-    if run_file is not None:  # ids a TREC file cannot hold are refused now, not after the search
-        from ragkit.run import check_trec_ids
+    if run_file is not None:  # ids a TREC file cannot hold: refused now, naming their line, not after the fit
+        from ragkit.eval.beir import check_run_ids
 
-        check_trec_ids(run_file, queries.ids, ds.corpus.ids)
+        for what, ids, name in (("query id", queries.ids, "queries.jsonl"),
+                                ("document id", ds.corpus.ids.tolist(), "corpus.jsonl")):
+            check_run_ids(f"--run {run_file}", ids, what, ds.path / name, lookup=ds.path / name)
     return _Split(ds, queries, qrels, train, t_load, data, fingerprint, annotated)

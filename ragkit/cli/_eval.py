@@ -209,14 +209,8 @@ def eval_cmd(
                           limit=limit, trace=trace, backend=backend, output=output, run_file=run_file, t_all=t_all,
                           t_find=t_find, sources=listed, scoring=scoring)
             return
-        sp = _read_split(data, split, train_split, limit, None, pipe if loaded else None, pipeline,
+        sp = _read_split(data, split, train_split, limit, run_file, pipe if loaded else None, pipeline,
                          scoring.relevance_level)
-        if run_file is not None:  # ids a TREC file cannot hold: refused now, naming their line, not after the fit
-            from ragkit.eval.beir import check_run_ids
-
-            for what, ids, name in (("query id", sp.queries.ids, "queries.jsonl"),
-                                    ("document id", sp.ds.corpus.ids.tolist(), "corpus.jsonl")):
-                check_run_ids(f"--run {run_file}", ids, what, sp.ds.path / name, lookup=sp.ds.path / name)
         if not loaded and sp.train is None:
             _note_unlearned(pipe)
         elif not loaded and not _uses_training(pipe):
