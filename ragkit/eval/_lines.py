@@ -14,6 +14,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from ragkit._corpus import _JSONL_BLOCK
+from ragkit._files import shell_quote
 from ragkit.errors import DataError
 from ragkit.types import (
     ID_BREAK,
@@ -47,8 +48,8 @@ def _malformed_line(path: Path, n: int, text: str, e: json.JSONDecodeError) -> D
     said = f"{path}:{n}: malformed JSON line ({_json_problem(e)})"
     if e.pos >= len(text.rstrip()) and text.rstrip().endswith(("{", "[", ",", ":")):
         said += (": the object does not close on this line, as in a JSON record spread over several lines "
-                 f"(pretty-printed); expected JSON Lines, one object per line: convert it, e.g. jq -c . {path.name} "
-                 "> fixed.jsonl")
+                 f"(pretty-printed); expected JSON Lines, one object per line: convert it, e.g. jq -c . "
+                 f"{shell_quote(path.name)} > fixed.jsonl")
     return DataError(said)
 
 
@@ -58,7 +59,7 @@ def _cr_endings(path: Path, n: int, text: str) -> DataError:
     ext = path.suffix or ".txt"
     return DataError(f"{path}:{n}: a carriage return (\\r) inside the line, at column {text.index(chr(13)) + 1}: the "
                      "file has CR (old Mac) line endings; expected lines ending in \\n (or \\r\\n): convert them, "
-                     f"e.g. tr '\\r' '\\n' < old{ext} > new{ext}")
+                     f"e.g. tr '\\r' '\\n' < {shell_quote('old' + ext)} > {shell_quote('new' + ext)}")
 
 
 def _refuse_nul(path: str | os.PathLike[str], n: int, named: Sequence[tuple[str, str]]) -> None:
@@ -76,8 +77,8 @@ def _gz_hint(path: Path) -> str:
     """``"; found corpus.jsonl.gz beside it: gunzip it ..."`` where the missing file ``path`` is there gzip-compressed
     (BEIR's files are read as plain text), else ``""``."""
     gz = path.with_name(path.name + ".gz")
-    return f"; found {gz.name} beside it: gunzip it (gunzip -k {gz}), BEIR files are read uncompressed" \
-        if gz.is_file() else ""
+    return (f"; found {gz.name} beside it: gunzip it (gunzip -k {shell_quote(str(gz))}), BEIR files are read "
+            "uncompressed") if gz.is_file() else ""
 
 
 def _not_found(path: Path, what: str = "") -> DataError:
@@ -90,7 +91,8 @@ def _refuse_gzip(path: Path) -> None:
     with open(path, "rb") as f:
         magic = f.read(2)
     if magic == b"\x1f\x8b":
-        how = f"gunzip -k {path}" if path.suffix == ".gz" else f"zcat {path} > plain{path.suffix}"
+        how = (f"gunzip -k {shell_quote(str(path))}" if path.suffix == ".gz" else
+               f"zcat {shell_quote(str(path))} > {shell_quote('plain' + path.suffix)}")
         raise DataError(f"{path}: is gzip-compressed; expected plain UTF-8 text: gunzip it first ({how})")
 
 
@@ -101,7 +103,8 @@ def _refuse_utf16(path: Path, head: bytes) -> None:
                       (b"\xfe\xff", "UTF-16")):
         if head.startswith(bom):
             raise DataError(f"{path}: is {name} text (byte-order mark {bom.hex(' ')}); expected UTF-8: convert it, "
-                            f"e.g. iconv -f {name} -t UTF-8 {path} > {path.stem}-utf8{path.suffix}")
+                            f"e.g. iconv -f {name} -t UTF-8 {shell_quote(str(path))} > "
+                            f"{shell_quote(f'{path.stem}-utf8{path.suffix}')}")
 
 
 def _refuse_packed(path: Path) -> None:
@@ -250,7 +253,7 @@ def _jsonl_line(path: Path, n: int, raw: bytes, first: bool) -> dict[str, Any] |
     if first and line.lstrip().startswith("["):  # '[{...},' per line, pretty-printed, or all on one line
         raise DataError(f"{path}:{n}: this is a JSON array; expected JSON Lines: one object per line "
                         "({\"_id\": ..., ...} on each line, no enclosing [ ]); convert it, e.g. "
-                        f"jq -c '.[]' {path.name} > new{path.suffix or '.jsonl'}")
+                        f"jq -c '.[]' {shell_quote(path.name)} > {shell_quote('new' + (path.suffix or '.jsonl'))}")
     try:
         rec = json.loads(text := line.rstrip("\r\n"))  # an unclosed last object: its column, not "line 2 column 1"
     except json.JSONDecodeError as e:

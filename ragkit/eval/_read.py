@@ -14,6 +14,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from ragkit._files import (
+    shell_quote,
     user_path,
     utf8_lines,
 )
@@ -297,13 +298,13 @@ def read_query_file(path: str | os.PathLike[str]) -> Queries:
                          + (f" (and {more} more line{'s' if more > 1 else ''} of more than 2)" if more else "")
                          + "; the query text keeps the columns after the id, tabs included (Anserini and Pyserini "
                          "read the second column alone); if the others are no part of the query (a gold answer), "
-                         f"cut them, e.g. cut -f1,2 {path.name} > queries.tsv")
+                         f"cut them, e.g. cut -f1,2 {shell_quote(path.name)} > queries.tsv")
         if tabbed == {False} and len(texts) > 1 and all(map(_SPACED_ID.match, texts)):
             _log.warning(f"{path}:{lines[0][0]}: every line starts with a number and a space ({texts[0][:40]!r}), "
                          "which looks like 'id text' separated by spaces; ragkit reads a tab as the separator "
                          "between a query id and its text, so each line was read as one query, numbered by its line "
                          "(1, 2, ...), the number kept in its text; to keep the ids, separate them with a tab, e.g. "
-                         f"sed 's/ /\\t/' {path.name} > queries.tsv")
+                         f"sed 's/ /\\t/' {shell_quote(path.name)} > queries.tsv")
     if not texts:
         raise DataError(f"{path}: no query in the file")
     for i, (qid, text) in enumerate(zip(ids, texts)):
