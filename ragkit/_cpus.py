@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["usable_cpus"]
+__all__ = ["thread_count", "usable_cpus"]
 
 
 def usable_cpus() -> int:
@@ -30,3 +30,9 @@ def usable_cpus() -> int:
     if not n:
         n = os.cpu_count()
     return max(int(n or 1), 1)
+
+
+def thread_count(n: int) -> int:
+    """The number of threads a thread-count setting ``n`` asks for: ``n`` itself when it is positive, else
+    (``0`` or ``-1``, "all cores") :func:`usable_cpus`."""
+    return n if n > 0 else usable_cpus()

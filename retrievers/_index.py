@@ -79,7 +79,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
 import numpy as np
 
-from ragkit._cpus import usable_cpus
+from ragkit._cpus import thread_count
 from ragkit._locks import ReadWriteLock
 from ragkit.errors import DataError, ParamError
 from ragkit.retrievers import _index_files, _index_search, _quantize
@@ -303,7 +303,7 @@ class VectorIndex:
     def _threads(self) -> int:
         """usearch's thread count for one add or search: ``threads``, or for 0 the CPUs this process may use
         (usearch's own 0 counts the machine's)."""
-        return self.threads if self.threads > 0 else usable_cpus()
+        return thread_count(self.threads)
 
     def __repr__(self) -> str:
         state = f"n={self.n_alive}, backend={self.backend}" if self.built else "unbuilt"

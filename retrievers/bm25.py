@@ -60,7 +60,7 @@ import numpy as np
 import scipy.sparse as sp
 from pydantic import Field, model_validator
 
-from ragkit._cpus import usable_cpus
+from ragkit._cpus import thread_count
 from ragkit._saves import load_array, read_json, save_arrays, write_json
 from ragkit._topk import group_positions, rankings_from_matrix, topk_rows
 from ragkit.errors import DataError, InputTypeError, some_ids
@@ -1474,7 +1474,7 @@ class BM25(Operator):
         mask = self.filter_mask(state, view.corpus)
         drop = None if mask is None else ~mask
         n_jobs = int(self.opt(state, "n_jobs", self.params.n_jobs))
-        n_jobs = usable_cpus() if n_jobs in (0, -1) else max(n_jobs, 1)  # (the CPUs this process may use)
+        n_jobs = thread_count(n_jobs)  # (0 or -1: the CPUs this process may use)
         try:
             return self._search_index(state, texts, k, drop, n_jobs, view)
         except DataError:

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 import numpy as np
 from pydantic import Field, model_validator
 
-from ragkit._cpus import usable_cpus
+from ragkit._cpus import thread_count
 from ragkit._saves import load_array, read_json, save_arrays, write_json
 from ragkit._topk import desc_order, topk_rows
 from ragkit.encoders import DEFAULT_MODEL, check_encoder_key, query_vectors, save_encoder_key, unit_rows
@@ -334,9 +334,9 @@ class KnnEmbed(Operator):
         if self.params.n_clusters is not None and self.params.n_clusters > n:
             _log.warning(f"knn_embed.fit: n_clusters={self.params.n_clusters} but the corpus has {n} "
                          f"document{'s' * (n != 1)}; using {c} cluster{'s' * (c != 1)} (one per document)")
-        threads = self.params.fit_threads
-        if threads in (0, -1):  # all cores: the CPUs this process may use
-            threads = usable_cpus()
+        threads = self.params.fit_threads  # None: the library's own default
+        if threads is not None:
+            threads = thread_count(threads)  # (0 or -1: the CPUs this process may use)
         with threadpool_limits(threads), warnings.catch_warnings():
             # fewer distinct vectors than clusters (duplicate documents): scikit-learn's ConvergenceWarning,
             # said below in ragkit's words (the clusters it could not fill stay empty and are never used)

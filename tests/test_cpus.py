@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from conftest import word_corpus
 
-from ragkit._cpus import usable_cpus
+from ragkit._cpus import thread_count, usable_cpus
 from ragkit.errors import ParamError
 from ragkit.retrievers import BM25, Dense, KnnEmbed
 
@@ -57,6 +57,11 @@ def test_usable_cpus_is_at_least_1(monkeypatch):
 
 def test_usable_cpus_on_this_machine_is_within_its_cpus():
     assert 1 <= usable_cpus() <= (os.cpu_count() or 1)
+
+
+@pytest.mark.parametrize("n, expected", [(0, USABLE), (-1, USABLE), (1, 1), (2, 2), (MACHINE * 2, MACHINE * 2)])
+def test_thread_count_is_the_usable_cpus_for_0_and_minus_1_else_as_given(n, expected, few_cpus):
+    assert thread_count(n) == expected
 
 
 # ---------------------------------------------------------------- each operator's 0 / -1
