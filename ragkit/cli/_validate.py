@@ -192,8 +192,8 @@ def _after_generation(op: Any, path: str = "pipeline", notes: list[str] | None =
         if not any(x.kind in ("retriever", "reranker", "filter") for x in iter_leaves(child)):
             continue  # (a step that leaves the rankings as they are)
         here = step_path(path, k, child)
-        k = getattr(getattr(child, "params", None), "k", None)
-        if child.name == "top_k" and isinstance(read, int) and isinstance(k, int) and k >= read:
+        keeps = getattr(getattr(child, "params", None), "k", None)
+        if child.name == "top_k" and isinstance(read, int) and isinstance(keeps, int) and keeps >= read:
             if top:  # it keeps the documents the answer read, in their order: only eval's cut to say
                 notes.append(f"{here} comes after {gen_at}: {cut}put it before {leaf.name} to have them count it")
             continue
