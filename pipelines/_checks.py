@@ -40,6 +40,7 @@ __all__ = [
     "encoder_notes",
     "fuse_weights_problem",
     "prf_reader_problem",
+    "ready_refusals",
     "route_label_notes",
     "route_label_problem_at",
     "route_label_problems",
@@ -146,8 +147,22 @@ def check_ready(root: Operator, corpus: Corpus | None = None, train: TrainSet | 
     ``check_ready(corpus=, train=)``, where it has one (``sharded`` with ``backend: ray``, ``generate``'s local
     model, ``dense`` / ``muvera`` with ``adapt`` given a training split).  Called by :func:`check_trainable`,
     so by every fit, with or without a corpus; a step's check loads no model (``adapt``'s finds a cached
-    fine-tune only where the ``train`` extra is missing).  Building or validating a pipeline never calls it:
-    a configuration is valid on a machine without the packages its run needs."""
+    fine-tune only where the ``train`` extra is missing).  The first refusal of :func:`ready_refusals`, whose
+    others are not looked for.  Building a pipeline never calls it; ``ragkit validate`` notes each refusal
+    (``note: to run here: ...``) and passes all the same: a configuration is valid on a machine without the
+    packages its run needs."""
+    refusal = next(ready_refusals(root, corpus, train, path), None)
+    if refusal is not None:
+        raise refusal
+
+
+def ready_refusals(root: Operator, corpus: Corpus | None = None, train: TrainSet | None = None,
+                   path: str = "pipeline") -> Iterator[RagkitError]:
+    """The refusal of each leaf of ``root`` whose own ``check_ready(corpus=, train=)`` refuses to run here (see
+    :func:`check_ready`), in the pipeline's order, one per leaf (its check's first), placed at the leaf's path
+    (``sharded.backend: ...`` -> ``pipeline[0].parallel.branches[1].sharded.backend: ...``).  Lazy: a leaf is
+    checked when its refusal is asked for.  An error of a check that is no :class:`~ragkit.errors.RagkitError`
+    propagates."""
     from ragkit.pipelines.yaml import walk_leaves
 
     for where, leaf in walk_leaves(root, path):
@@ -155,8 +170,8 @@ def check_ready(root: Operator, corpus: Corpus | None = None, train: TrainSet | 
         if callable(check):
             try:
                 check(corpus=corpus, train=train)
-            except RagkitError as e:  # sharded.backend: ... -> pipeline[0].parallel[1].sharded.backend: ...
-                raise placed_at(e, where, leaf.name) from None
+            except RagkitError as e:
+                yield placed_at(e, where, leaf.name)
 
 
 #: steps that read the cosines of the dense retriever before them with an encoder of their own (``model``)

