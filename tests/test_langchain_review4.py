@@ -148,3 +148,19 @@ def test_return_exceptions_still_searches_the_good_queries(how):
            asyncio.run(r.abatch(["cat", 5], config={"callbacks": [h]}, return_exceptions=True)))
     assert out[0][0].page_content == "a cat" and isinstance(out[1], DataError)
     assert [h.ended[run] for run in h.started][0] == "end"
+
+
+def test_retriever_load_puts_back_or_names_an_earlier_save_an_interrupted_save_left(tmp_path):
+    """Review: RagkitRetriever.load refused a folder missing because a save was killed between its two renames
+    ('no such folder'), where Pipeline.load puts the earlier save back, or names it while a save may still run."""
+    import os
+    import socket
+
+    r = RagkitRetriever(pipeline=BM25(k=5), corpus=Corpus.from_texts(TEXTS), k=2)
+    r.save(tmp_path / "app")
+    (tmp_path / "app").rename(tmp_path / ".app.old-abcd1234")  # its save ended: no temporary folder
+    assert _ids(RagkitRetriever.load(tmp_path / "app").invoke("cat")) == _ids(r.invoke("cat"))
+    (tmp_path / "app").rename(tmp_path / ".app.old-abcd1234")
+    (tmp_path / f".app.tmp-{os.getpid()}@{socket.gethostname()}-abcd1234").mkdir()  # a save still running
+    with pytest.raises(FileNotFoundError, match=r"no such folder; but .*\.app\.old-abcd1234 holds an earlier save"):
+        RagkitRetriever.load(tmp_path / "app")

@@ -722,9 +722,12 @@ class RagkitRetriever(BaseRetriever):
     def load(cls, path: str | os.PathLike[str], **kwargs: Any) -> "RagkitRetriever":
         """A retriever written by :meth:`save` (checksums verified), with its ``k`` and
         ``search_kwargs`` unless ``kwargs`` give them (``corpus=`` refits it on other documents)."""
+        from ragkit._saves import _old_save_hint, restore_interrupted_save
+
         folder = user_path(path, "RagkitRetriever.load: path")
+        restore_interrupted_save(folder)  # (a save killed between its two renames left its earlier save beside it)
         if not folder.is_dir():  # (not "no retriever.json": there is no folder to hold one)
-            what = "a file, not a folder" if folder.exists() else "no such folder"
+            what = "a file, not a folder" if folder.exists() else "no such folder" + _old_save_hint(folder)
             error = ArtifactError if folder.exists() else ArtifactNotFoundError  # (FileNotFoundError, as Pipeline.load)
             raise error(f"RagkitRetriever.load: {folder}: {what}; expected a folder written by "
                         "RagkitRetriever.save")
