@@ -23,6 +23,7 @@ from ragkit._files import (
     check_npy_size,
     file_above,
     folder_lock,
+    owner_ended,
     save_unwritable,
     shared_tempdir,
     shell_quote,
@@ -310,8 +311,6 @@ def _saver_running(old: Path, path: Path) -> bool:
     """Whether the save that moved the earlier save at ``path`` to ``old`` (``.<name>.old-<8 characters of its
     temporary folder's name>``) may still run: its temporary folder is still there, and was made by a process
     of this host that still runs, or by another host (which this one cannot tell)."""
-    from ragkit._files import owner_ended
-
     suffix = old.name.rsplit(".old-", 1)[1]
     prefix = f".{path.name}.tmp-"
     try:
