@@ -165,6 +165,11 @@ def _branch_fields(flat: dict[str, np.ndarray], inv: np.ndarray, n: int, names: 
     return fields
 
 
+
+def _said(option: dict[str, Any]) -> str:
+    """A setting of :meth:`_Fuser._learnable_options` as its warnings say it (``"norm: zscore"``)."""
+    return ", ".join(f"{k}: {v}" for k, v in option.items())
+
 class _FuserParams(Params):
     weights: list[float] | None = Field(default=None, description="Per-branch weights (default: all 1).")
     top_k: int | None = Field(default=None, ge=1, description="Results kept after fusion (default: the whole union).")
@@ -285,8 +290,9 @@ class _Fuser(Operator):
             def heads(w: np.ndarray, k: int, prepared: PreparedFusion = prepared) -> tuple[np.ndarray, ...]:
                 return prepared.heads(w, top, k)
 
-            tried = ", ".join(f"{k}: {v}" for k, v in option.items())  # which of several settings warns
-            where = f"{self.name} ({self._learn_setting()}trying {tried})" if tried else self.name
+            tried = _said(option)  # which of several settings warns
+            asked = self._learn_setting()
+            where = f"{self.name} ({asked + ', ' if asked else ''}trying {tried})" if tried else self.name
             # several settings, the same queries: no fold to hold out is said once, below, not once a setting
             searches.append((option, learn_weights(fuse, upstream, train.qrels, corpus.ids, folds=self.params.folds,
                                                    heads=heads, where=where, warn=len(options) == 1)))
@@ -319,10 +325,9 @@ class _Fuser(Operator):
         if len(searches) > 1:
             why = next((f.note for _, f in searches if f.note), "learning fusion weights: a setting has no "
                        "cross-validated nDCG@10 (nan)")
-            tried = "; ".join(f"{', '.join(f'{k}: {v}' for k, v in o.items())} {f.train_ndcg:.4f}"
-                              for o, f in searches)
-            kept = ", ".join(f"{k}: {v}" for k, v in searches[best][0].items())
-            setting = self._learn_setting().rstrip(", ")
+            tried = "; ".join(f"{_said(o)} {f.train_ndcg:.4f}" for o, f in searches)
+            kept = _said(searches[best][0])
+            setting = self._learn_setting()
             logging.getLogger("ragkit").warning(
                 "%s%s: %s; the settings tried are compared by their nDCG@10 on the training queries instead "
                 "(%s; fitted to those queries, not held out): keeping %s", self.name,
@@ -335,8 +340,8 @@ class _Fuser(Operator):
         return [{}]
 
     def _learn_setting(self) -> str:
-        """The parameter that asked for the settings :meth:`_learnable_options` tries (``"norm: learn, "``),
-        for the warnings of their weight searches."""
+        """The parameter that asked for the settings :meth:`_learnable_options` tries (``"norm: learn"``;
+        ``""``: none), for the warnings of their weight searches."""
         return ""
 
     def _save(self, folder) -> None:
@@ -504,7 +509,7 @@ class WeightedFusion(_Fuser):
         return [{}]
 
     def _learn_setting(self) -> str:
-        return "norm: learn, " if self.params.norm == "learn" else ""
+        return "norm: learn" if self.params.norm == "learn" else ""
 
     @property
     def norm(self) -> str:
