@@ -63,3 +63,76 @@ def test_utf16_gzip_and_pretty_printed_hints_quote_the_path(tmp_path):
     with pytest.raises(DataError) as e:
         read_corpus(corpus)
     assert "jq -c '.[]' 'my corpus.jsonl' > new.jsonl" in str(e.value)
+
+
+# ragkit search --queries -: standard input is named as such, never the temporary file that holds it, and each
+# fix is a command piped into ragkit search (not one reading 'stdin.txt' or writing a file)
+
+def _cli(*args: object, input: bytes | str):
+    from typer.testing import CliRunner
+
+    from ragkit.cli import app
+
+    return CliRunner().invoke(app, [str(a) for a in args], input=input, env={"COLUMNS": "300"})
+
+
+@pytest.fixture
+def index(tmp_path):
+    from ragkit import Corpus
+    from retrievers.bm25 import BM25
+
+    BM25(k=2).fit(Corpus(ids=["d1", "d2"], texts=["vitamin d and cancer", "statins lower cholesterol"])).save(
+        tmp_path / "ix")
+    return tmp_path / "ix"
+
+
+def _no_temporary_file(said: str) -> None:
+    assert "stdin." not in said and "ragkit-stdin-" not in said, said
+    assert "--queries - (standard input) >" not in said, said
+
+
+@pytest.mark.parametrize("data, wanted", [
+    ("q1\tvitamin d\n".encode("utf-16"),
+     "--queries - (standard input): is UTF-16 text (byte-order mark ff fe); expected UTF-8: convert it on the way, "
+     "e.g. iconv -f UTF-16 -t UTF-8 queries.txt | ragkit search ... --queries -"),
+    (b'{\n"_id": "q1", "text": "vitamin d"}\n',
+     "--queries - (standard input):1: malformed JSON line"),
+    (gzip.compress(b"q1\tvitamin d\n"),
+     "--queries - (standard input): is gzip-compressed; expected plain UTF-8 text: uncompress it on the way "
+     "(zcat queries.jsonl.gz | ragkit search ... --queries -)"),
+    (b"q1\tvitamin d\rq2\tstatins\r", "convert them on the way, e.g. tr '\\r' '\\n' < queries.txt | ragkit search"),
+    (b"q1\tvitamin \xe9\n", "--queries - (standard input):1: not UTF-8 (byte 0xe9 at column 12)"),
+    (b'{"_id": "q1", "text": "a"}\n{"_id": "q1", "text": "b"}\n',
+     "--queries - (standard input):2: duplicate query id 'q1'"),
+])
+def test_search_stdin_errors_name_standard_input_and_a_pipe(index, data, wanted):
+    res = _cli("search", "--index", index, "--queries", "-", "--run", "-", input=data)
+    said = " ".join(res.output.split())  # (rich may wrap a long message)
+    assert res.exit_code != 0 and wanted in said, said
+    _no_temporary_file(said)
+
+
+def test_a_pretty_printed_query_on_stdin_is_told_to_go_through_jq(index):
+    res = _cli("search", "--index", index, "--queries", "-", "--run", "-", input='{\n"_id":"q1"}\n')
+    said = " ".join(res.output.split())
+    assert res.exit_code != 0 and "convert it on the way, e.g. jq -c . queries.json | ragkit search ... --queries -" \
+        in said, said
+    _no_temporary_file(said)
+
+
+def test_search_stdin_warnings_name_standard_input(index, caplog):
+    with caplog.at_level(logging.WARNING, logger="ragkit"):
+        res = _cli("search", "--index", index, "--queries", "-", "--run", "-", input="1 a\n2 b\n")
+    assert res.exit_code == 0, res.output
+    said = [r.getMessage() for r in caplog.records if "separated by spaces" in r.getMessage()]
+    assert len(said) == 1 and said[0].startswith("--queries - (standard input):1: every line starts"), said
+    assert "sed 's/ /\\t/' queries.txt | ragkit search ... --queries -" in said[0]
+    _no_temporary_file(said[0])
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="ragkit"):
+        res = _cli("search", "--index", index, "--queries", "-", "--run", "-", input="q1\tvitamin d\tgold\n")
+    assert res.exit_code == 0, res.output
+    said = [r.getMessage() for r in caplog.records if "tab-separated columns" in r.getMessage()]
+    assert len(said) == 1 and said[0].startswith("--queries - (standard input):1: expected 'id<TAB>text'"), said
+    assert "cut -f1,2 queries.tsv | ragkit search ... --queries -" in said[0]
+    _no_temporary_file(said[0])

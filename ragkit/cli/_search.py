@@ -118,25 +118,22 @@ def _read_queries_option(path: Path) -> Any:
     standard input's, in the same layouts, told apart by one rule (:func:`~ragkit.eval.beir.is_jsonl_query_file`:
     JSON lines when the first character that is not blank is ``{``, a UTF-8 byte-order mark aside, or a file is
     named ``.jsonl``, ``.ndjson`` or ``.json``: a BEIR queries.jsonl; else TSV or one query per line), its errors
-    naming ``--queries -`` for the file."""
+    naming ``--queries -`` for the file, and the fixes they suggest in pipe form
+    (:class:`~ragkit.eval._lines.Piped`: ``iconv -f UTF-16 -t UTF-8 queries.txt | ragkit search ... --queries -``)."""
+    from ragkit.eval._lines import Piped
+    from ragkit.eval._read import _read_query_file
     from ragkit.eval.beir import is_jsonl_query_file, read_query_file, starts_json_object
 
     if not _is_stdout(path):
         return _without_header(read_query_file(path), str(path), not is_jsonl_query_file(path))
     # a byte-order mark is no part of the first line (as files read: a JSON line after one is JSON lines)
     data = sys.stdin.buffer.read().removeprefix(b"\xef\xbb\xbf")
-    if data.startswith(b"\x1f\x8b"):
-        raise RagkitError("--queries - (standard input): is gzip-compressed; expected plain UTF-8 text: uncompress it "
-                          "on the way (zcat queries.jsonl.gz | ragkit search ... --queries -)")
     jsonl = starts_json_object(data)  # (the rule files are read by: is_jsonl_query_file)
+    piped = Piped("--queries - (standard input)", "ragkit search ... --queries -")
     with tempfile.TemporaryDirectory(prefix="ragkit-stdin-") as folder:
         tmp = Path(folder) / ("stdin.jsonl" if jsonl else "stdin.txt")
         tmp.write_bytes(data)
-        try:
-            return _without_header(read_query_file(tmp), "--queries - (standard input)", not jsonl)
-        except RagkitError as e:
-            e.args = (str(e).replace(str(tmp), "--queries - (standard input)"), *e.args[1:])
-            raise
+        return _without_header(_read_query_file(tmp, piped), piped.shown, not jsonl)
 
 
 #: The names a TSV of queries' header line gives its two columns (lower case, ``_`` and spaces read as ``-``, as the

@@ -1,5 +1,7 @@
 """The lines of a BEIR file: its encoding checked (no BOM-less UTF-16, gzip or other packed file), JSON lines
-decoded in blocks, and the messages naming a malformed line and a bad id."""
+decoded in blocks, and the messages naming a malformed line and a bad id.  Lines that came from standard input
+(``ragkit search --queries -``, kept in a temporary file) are read with a :class:`Piped`: messages name the input as
+the user gave it, and the fixes they suggest are in pipe form."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ import itertools
 import json
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -24,7 +27,32 @@ from ragkit.types import (
 _SURROGATE = re.compile(rb"\\u[dD][89a-fA-F]")
 
 
-def _check_no_lone_surrogate(rec: dict, path: Path, n: int) -> None:
+@dataclass(frozen=True)
+class Piped:
+    """Lines read from standard input (kept in a temporary file, whose name no message gives): ``shown`` names
+    them in messages (``"--queries - (standard input)"``), and a fix is suggested as a command whose output is piped
+    into ``command``, the one that reads them (``"ragkit search ... --queries -"``), not one writing a file."""
+
+    shown: str
+    command: str
+
+
+def _shown(path: Path, piped: Piped | None) -> str | Path:
+    """What messages call the file ``path``: itself, or the input that it holds (``piped``)."""
+    return piped.shown if piped is not None else path
+
+
+def _decoded(raw: bytes, n: int, where: str | os.PathLike[str], expected: str) -> str:
+    """Line ``n`` (``raw``) as text, its byte-order mark dropped on line 1; a line that is not UTF-8 is a
+    :class:`DataError` naming ``where:n``, the byte and ``expected`` (as :func:`ragkit._files.utf8_lines`)."""
+    try:
+        return raw.decode("utf-8-sig" if n == 1 else "utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(f"{where}:{n}: not UTF-8 (byte {raw[e.start]:#04x} at column {e.start + 1}); "
+                        f"{expected}") from None
+
+
+def _check_no_lone_surrogate(rec: dict, path: str | os.PathLike[str], n: int) -> None:
     for key, value in rec.items():
         if isinstance(value, str):
             try:
@@ -41,25 +69,30 @@ def _json_problem(e: json.JSONDecodeError) -> str:
     return f"{e.msg} column {e.colno}" if e.msg.endswith(" at") else f"{e.msg} at column {e.colno}"
 
 
-def _malformed_line(path: Path, n: int, text: str, e: json.JSONDecodeError) -> DataError:
-    """The error for line ``n`` of ``path`` (``text``, its ending stripped) that is no JSON value (``e``); where
-    the value runs on past the line, which ends opening an object or array or after a ``,`` or ``:`` (a JSON
-    record spread over several lines, pretty-printed: ``{`` alone on line 1), it says how to write one per line."""
-    said = f"{path}:{n}: malformed JSON line ({_json_problem(e)})"
+def _malformed_line(path: Path, n: int, text: str, e: json.JSONDecodeError, *,
+                    piped: Piped | None = None) -> DataError:
+    """The error for line ``n`` of ``path`` (``text``, its ending stripped; ``piped``: from standard input) that
+    is no JSON value (``e``); where the value runs on past the line, which ends opening an object or array or after
+    a ``,`` or ``:`` (a JSON record spread over several lines, pretty-printed: ``{`` alone on line 1), it says how to
+    write one per line."""
+    said = f"{_shown(path, piped)}:{n}: malformed JSON line ({_json_problem(e)})"
     if e.pos >= len(text.rstrip()) and text.rstrip().endswith(("{", "[", ",", ":")):
+        fix = (f" on the way, e.g. jq -c . queries.json | {piped.command}" if piped is not None else
+               f", e.g. jq -c . {shell_quote(path.name)} > fixed.jsonl")
         said += (": the object does not close on this line, as in a JSON record spread over several lines "
-                 f"(pretty-printed); expected JSON Lines, one object per line: convert it, e.g. jq -c . "
-                 f"{shell_quote(path.name)} > fixed.jsonl")
+                 f"(pretty-printed); expected JSON Lines, one object per line: convert it{fix}")
     return DataError(said)
 
 
-def _cr_endings(path: Path, n: int, text: str) -> DataError:
+def _cr_endings(path: Path, n: int, text: str, *, piped: Piped | None = None) -> DataError:
     """The error for a line (its ending stripped) holding a carriage return: a file with CR-only (old Mac)
-    line endings reads as one line, whose records or columns would run together."""
+    line endings reads as one line, whose records or columns would run together (``piped``: from standard input)."""
     ext = path.suffix or ".txt"
-    return DataError(f"{path}:{n}: a carriage return (\\r) inside the line, at column {text.index(chr(13)) + 1}: the "
-                     "file has CR (old Mac) line endings; expected lines ending in \\n (or \\r\\n): convert them, "
-                     f"e.g. tr '\\r' '\\n' < {shell_quote('old' + ext)} > {shell_quote('new' + ext)}")
+    fix = (f" on the way, e.g. tr '\\r' '\\n' < queries.txt | {piped.command}" if piped is not None else
+           f", e.g. tr '\\r' '\\n' < {shell_quote('old' + ext)} > {shell_quote('new' + ext)}")
+    return DataError(f"{_shown(path, piped)}:{n}: a carriage return (\\r) inside the line, at column "
+                     f"{text.index(chr(13)) + 1}: the {'input' if piped is not None else 'file'} has CR (old Mac) "
+                     f"line endings; expected lines ending in \\n (or \\r\\n): convert them{fix}")
 
 
 def _refuse_nul(path: str | os.PathLike[str], n: int, named: Sequence[tuple[str, str]]) -> None:
@@ -86,36 +119,44 @@ def _not_found(path: Path, what: str = "") -> DataError:
     return DataError(f"{path}: file not found{_gz_hint(path)}{what}")
 
 
-def _refuse_gzip(path: Path) -> None:
-    """Refuse a gzip-compressed ``path`` (it begins with gzip's magic bytes), which would read as "not UTF-8"."""
+def _refuse_gzip(path: Path, *, piped: Piped | None = None) -> None:
+    """Refuse a gzip-compressed ``path`` (it begins with gzip's magic bytes), which would read as "not UTF-8"
+    (``piped``: from standard input)."""
     with open(path, "rb") as f:
         magic = f.read(2)
     if magic == b"\x1f\x8b":
+        if piped is not None:
+            raise DataError(f"{piped.shown}: is gzip-compressed; expected plain UTF-8 text: uncompress it on the way "
+                            f"(zcat queries.jsonl.gz | {piped.command})")
         how = (f"gunzip -k {shell_quote(str(path))}" if path.suffix == ".gz" else
                f"zcat {shell_quote(str(path))} > {shell_quote('plain' + path.suffix)}")
         raise DataError(f"{path}: is gzip-compressed; expected plain UTF-8 text: gunzip it first ({how})")
 
 
-def _refuse_utf16(path: Path, head: bytes) -> None:
+def _refuse_utf16(path: Path, head: bytes, *, piped: Piped | None = None) -> None:
     """Refuse ``path`` when its first bytes ``head`` are a UTF-16 or UTF-32 byte-order mark (a file saved as
-    "Unicode" by Windows tools), which would read as "not UTF-8 (byte 0xff ...)"."""
+    "Unicode" by Windows tools), which would read as "not UTF-8 (byte 0xff ...)" (``piped``: from standard
+    input)."""
     for bom, name in ((b"\xff\xfe\x00\x00", "UTF-32"), (b"\x00\x00\xfe\xff", "UTF-32"), (b"\xff\xfe", "UTF-16"),
                       (b"\xfe\xff", "UTF-16")):
         if head.startswith(bom):
-            raise DataError(f"{path}: is {name} text (byte-order mark {bom.hex(' ')}); expected UTF-8: convert it, "
-                            f"e.g. iconv -f {name} -t UTF-8 {shell_quote(str(path))} > "
-                            f"{shell_quote(f'{path.stem}-utf8{path.suffix}')}")
+            fix = (f" on the way, e.g. iconv -f {name} -t UTF-8 queries.txt | {piped.command}" if piped is not None
+                   else f", e.g. iconv -f {name} -t UTF-8 {shell_quote(str(path))} > "
+                   f"{shell_quote(f'{path.stem}-utf8{path.suffix}')}")
+            raise DataError(f"{_shown(path, piped)}: is {name} text (byte-order mark {bom.hex(' ')}); expected UTF-8: "
+                            f"convert it{fix}")
 
 
-def _refuse_packed(path: Path) -> None:
+def _refuse_packed(path: Path, *, piped: Piped | None = None) -> None:
     """Refuse a ``path`` that is gzip-compressed (:func:`_refuse_gzip`) or UTF-16 / UTF-32 text
-    (:func:`_refuse_utf16`), naming the encoding and how to convert it, before its lines are read."""
-    _refuse_gzip(path)
+    (:func:`_refuse_utf16`), naming the encoding and how to convert it (``piped``: standard input's, on the way),
+    before its lines are read."""
+    _refuse_gzip(path, piped=piped)
     with open(path, "rb") as f:
-        _refuse_utf16(path, f.read(4))
+        _refuse_utf16(path, f.read(4), piped=piped)
 
 
-def _check_id(did: str, path: Path, n: int) -> None:
+def _check_id(did: str, path: str | os.PathLike[str], n: int) -> None:
     """Refuse the ``_id`` on line ``n`` of ``path`` when it is empty or holds a tab, a line feed or a carriage
     return: qrels and run files, whose columns are tab- or space-separated, could not name it; or a NUL
     (:func:`_refuse_nul`)."""
@@ -131,21 +172,22 @@ def _check_id(did: str, path: Path, n: int) -> None:
                         "naming it; expected an id without tabs or line breaks")
 
 
-def _read_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+def _read_jsonl(path: Path, *, piped: Piped | None = None) -> Iterator[tuple[int, dict[str, Any]]]:
     """``(line number, record)`` of each record of the JSON Lines file ``path`` (:func:`_jsonl_blocks`)."""
-    for lines, recs in _jsonl_blocks(path):
+    for lines, recs in _jsonl_blocks(path, piped=piped):
         yield from zip(lines, recs)
 
 
-def _jsonl_blocks(path: Path) -> Iterator[tuple[Sequence[int], list[dict[str, Any]]]]:
+def _jsonl_blocks(path: Path, *, piped: Piped | None = None) -> Iterator[tuple[Sequence[int], list[dict[str, Any]]]]:
     """The records of the JSON Lines file ``path`` (objects with an ``_id``, a string or an integer; blank lines
     skipped) with their line numbers, in blocks: :data:`~ragkit._corpus._JSONL_BLOCK` lines decoded and parsed at
     once (:func:`_parse_block`).  A block that fails there (a bad line, a blank one, a BOM past line 1, a surrogate
     escape, ...) is read line by line as before (:func:`_jsonl_line`), one record per block, so that every error is
-    the one that line gave, naming the file and the line, and raised before any later line is read."""
+    the one that line gave, naming the file (or ``piped``, the input it holds) and the line, and raised before any
+    later line is read."""
     if not path.is_file():
         raise _not_found(path)
-    _refuse_packed(path)
+    _refuse_packed(path, piped=piped)
     first = True  # no record read yet (a file whose first line opens a JSON array is refused)
     done = 0  # lines read before this block
     with open(path, "rb") as f:
@@ -156,7 +198,7 @@ def _jsonl_blocks(path: Path) -> Iterator[tuple[Sequence[int], list[dict[str, An
                 yield range(done + 1, done + len(raws) + 1), recs
             else:
                 for n, raw in enumerate(raws, done + 1):
-                    rec = _jsonl_line(path, n, raw, first)
+                    rec = _jsonl_line(path, n, raw, first, piped=piped)
                     if rec is not None:
                         first = False
                         yield (n,), [rec]
@@ -238,38 +280,36 @@ def _parse_block(raws: list[bytes], at_start: bool) -> list[dict[str, Any]] | No
 _ID_KEYS = frozenset({"_id", "id", "doc_id", "docid", "docno", "corpus_id", "query_id", "queryid", "qid", "q_id"})
 
 
-def _jsonl_line(path: Path, n: int, raw: bytes, first: bool) -> dict[str, Any] | None:
+def _jsonl_line(path: Path, n: int, raw: bytes, first: bool, *, piped: Piped | None = None) -> dict[str, Any] | None:
     """The record of line ``n`` of ``path`` (its bytes ``raw``; ``first``: no record read before it), ``None`` for
     a blank line; a line that is not UTF-8, not JSON, a JSON array's opening line (the first), no object with an
     ``_id`` that is a string or an integer, a bad ``_id`` (:func:`_check_id`) or a lone surrogate is a
-    :class:`DataError` naming ``path:n``."""
-    try:
-        line = raw.decode("utf-8-sig" if n == 1 else "utf-8")
-    except UnicodeDecodeError as e:
-        raise DataError(f"{path}:{n}: not UTF-8 (byte {raw[e.start]:#04x} at column {e.start + 1}); "
-                        "BEIR files are UTF-8 JSON lines") from None
+    :class:`DataError` naming ``path:n`` (``piped``: the input it holds, :class:`Piped`)."""
+    where = _shown(path, piped)
+    line = _decoded(raw, n, where, "BEIR files are UTF-8 JSON lines")
     if not line.strip():
         return None
     if first and line.lstrip().startswith("["):  # '[{...},' per line, pretty-printed, or all on one line
-        raise DataError(f"{path}:{n}: this is a JSON array; expected JSON Lines: one object per line "
-                        "({\"_id\": ..., ...} on each line, no enclosing [ ]); convert it, e.g. "
-                        f"jq -c '.[]' {shell_quote(path.name)} > {shell_quote('new' + (path.suffix or '.jsonl'))}")
+        fix = (f" on the way, e.g. jq -c '.[]' queries.json | {piped.command}" if piped is not None else
+               f", e.g. jq -c '.[]' {shell_quote(path.name)} > {shell_quote('new' + (path.suffix or '.jsonl'))}")
+        raise DataError(f"{where}:{n}: this is a JSON array; expected JSON Lines: one object per line "
+                        f"({{\"_id\": ..., ...}} on each line, no enclosing [ ]); convert it{fix}")
     try:
         rec = json.loads(text := line.rstrip("\r\n"))  # an unclosed last object: its column, not "line 2 column 1"
     except json.JSONDecodeError as e:
         if "\r" in text:  # CR-only line endings: the whole file is one line ("Extra data at column 151")
-            raise _cr_endings(path, n, text) from None
-        raise _malformed_line(path, n, text, e) from None
+            raise _cr_endings(path, n, text, piped=piped) from None
+        raise _malformed_line(path, n, text, e, piped=piped) from None
     if not isinstance(rec, dict) or "_id" not in rec:
         named = [k for k in rec if k.strip().casefold().replace("-", "_") in _ID_KEYS] if isinstance(rec, dict) else []
         rename = (f"; it has {named[0]!r}: rename that key to '_id' (BEIR's name for the id: "
                   f"{{\"_id\": ..., \"text\": ...}})" if named else "")
-        raise DataError(f"{path}:{n}: expected an object with an '_id' field, got {line.strip()[:80]!r}{rename}")
+        raise DataError(f"{where}:{n}: expected an object with an '_id' field, got {line.strip()[:80]!r}{rename}")
     if not isinstance(rec["_id"], (str, int)) or isinstance(rec["_id"], bool):  # None / {} became 'None'
-        raise DataError(f"{path}:{n}: '_id' must be a string (or an integer), got {type(rec['_id']).__name__} "
+        raise DataError(f"{where}:{n}: '_id' must be a string (or an integer), got {type(rec['_id']).__name__} "
                         f"{rec['_id']!r:.40}")
     if isinstance(rec["_id"], str):
-        _check_id(rec["_id"], path, n)
+        _check_id(rec["_id"], where, n)
     if _SURROGATE.search(raw):  # a \ud800-\udfff escape: JSON allows it, no UTF-8 text (or tokenizer) does
-        _check_no_lone_surrogate(rec, path, n)
+        _check_no_lone_surrogate(rec, where, n)
     return rec

@@ -20,7 +20,17 @@ from ragkit._files import (
 )
 from ragkit._qrels import _QRELS_ROLE, _csv_qrels, _qrels_columns
 from ragkit.errors import DataError, some_ids
-from ragkit.eval._lines import _cr_endings, _jsonl_blocks, _not_found, _read_jsonl, _refuse_nul, _refuse_packed
+from ragkit.eval._lines import (
+    Piped,
+    _cr_endings,
+    _decoded,
+    _jsonl_blocks,
+    _not_found,
+    _read_jsonl,
+    _refuse_nul,
+    _refuse_packed,
+    _shown,
+)
 from ragkit.types import (
     GRADE_MAX,
     GRADE_MIN,
@@ -183,18 +193,24 @@ def read_queries(path: str | os.PathLike[str], *, note_blank: bool = True) -> di
     (id and line), once per file (read again unchanged, it is not repeated): such a query finds nothing, or
     documents by chance, and scores accordingly (``ragkit search --queries`` refuses them:
     :func:`read_query_file` reads with ``note_blank=False`` and refuses them itself)."""
+    return _read_queries(user_path(path, "read_queries: path"), note_blank=note_blank)
+
+
+def _read_queries(path: Path, *, note_blank: bool = True, piped: Piped | None = None) -> dict[str, str]:
+    """:func:`read_queries` of ``path``, its messages naming ``piped`` (:class:`~ragkit.eval._lines.Piped`) where the
+    file holds standard input."""
     out: dict[str, str] = {}
     seen: dict[str, int] = {}
-    path = user_path(path, "read_queries: path")
-    for n, rec in _read_jsonl(path):
+    where = _shown(path, piped)
+    for n, rec in _read_jsonl(path, piped=piped):
         qid = str(rec["_id"])
         if not isinstance(rec.get("text"), str):
             v = rec.get("text")
             got = ("no 'text' string" if "text" not in rec else "'text' null" if v is None
                    else f"'text' {type(v).__name__} {str(v)[:60]!r}")
-            raise DataError(f"{path}:{n}: query {qid!r} has {got}; 'text' must be a string (a JSON string)")
+            raise DataError(f"{where}:{n}: query {qid!r} has {got}; 'text' must be a string (a JSON string)")
         if qid in seen:
-            raise DataError(f"{path}:{n}: duplicate query id {qid!r} (first on line {seen[qid]})")
+            raise DataError(f"{where}:{n}: duplicate query id {qid!r} (first on line {seen[qid]})")
         seen[qid] = n
         out[qid] = rec["text"]
     if note_blank:
@@ -203,7 +219,7 @@ def read_queries(path: str | os.PathLike[str], *, note_blank: bool = True) -> di
             k = len(blank)
             they, them = ("they score", "them") if k > 1 else ("it scores", "it")
             more = f"; {some_ids(blank)}" if k > 1 else ""
-            _log.warning(f"{path}:{seen[blank[0]]}: {k} of the {len(out)} queries {'have' if k > 1 else 'has'} a "
+            _log.warning(f"{where}:{seen[blank[0]]}: {k} of the {len(out)} queries {'have' if k > 1 else 'has'} a "
                          f"blank text (the first: query {blank[0]!r}{more}); kept, but a blank query finds nothing "
                          f"(or documents by chance), so {they} 0 or by chance; give {them} a text or drop {them} "
                          "from queries.jsonl and the qrels")
@@ -264,62 +280,79 @@ def read_query_file(path: str | os.PathLike[str]) -> Queries:
     >>> read_query_file(folder / "q.tsv").ids
     ['q1', 'q2']
     """
-    path = user_path(path, "read_query_file: path")
+    return _read_query_file(user_path(path, "read_query_file: path"))
+
+
+def _read_query_file(path: Path, piped: Piped | None = None) -> Queries:
+    """:func:`read_query_file` of ``path``; where it holds standard input (``ragkit search --queries -``), ``piped``
+    (:class:`~ragkit.eval._lines.Piped`) names the input in the messages and the warnings, and their fixes are in
+    pipe form (``cut -f1,2 queries.tsv | ragkit search ... --queries -``)."""
+    where = _shown(path, piped)
     if not path.is_file():
         raise DataError(f"{path}: {'not a file' if path.exists() else 'file not found'}; expected a queries.jsonl, "
                         "a TSV of query-id<TAB>text lines or a text file of one query per line")
-    _refuse_packed(path)
+    _refuse_packed(path, piped=piped)
     if is_jsonl_query_file(path):
-        q = read_queries(path, note_blank=False)  # (a blank query is refused below, naming it)
+        q = _read_queries(path, note_blank=False, piped=piped)  # (a blank query is refused below, naming it)
         ids, texts, lines = list(q), list(q.values()), None
     else:
         ids, texts, lines = [], [], []
         wide: list[tuple[int, int]] = []  # (line, columns) of the lines of more than 2 tab-separated columns
-        for n, _, line in utf8_lines(path, "a query file is UTF-8 text"):
-            text = line.rstrip("\r\n")
-            if "\r" in text:  # CR-only line endings: every query would be one, its ids and texts run together
-                raise _cr_endings(path, n, text)
-            if text.strip():
-                qid, tab, rest = text.partition("\t")
-                if tab and "\t" in rest.rstrip("\t"):  # (trailing tabs end no column)
-                    wide.append((n, len(text.rstrip("\t").split("\t"))))
-                ids.append(qid.strip() if tab else str(n))
-                texts.append(rest.rstrip("\t") if tab else text)
-                lines.append((n, bool(tab)))
+        with open(path, "rb") as f:
+            for n, raw in enumerate(f, 1):
+                text = _decoded(raw, n, where, "a query file is UTF-8 text").rstrip("\r\n")
+                if "\r" in text:  # CR-only line endings: every query would be one, its ids and texts run together
+                    raise _cr_endings(path, n, text, piped=piped)
+                if text.strip():
+                    qid, tab, rest = text.partition("\t")
+                    if tab and "\t" in rest.rstrip("\t"):  # (trailing tabs end no column)
+                        wide.append((n, len(text.rstrip("\t").split("\t"))))
+                    ids.append(qid.strip() if tab else str(n))
+                    texts.append(rest.rstrip("\t") if tab else text)
+                    lines.append((n, bool(tab)))
         tabbed = {t for _, t in lines}
         if len(tabbed) == 2:
             first = next(n for n, t in lines if t != lines[0][1])
-            raise DataError(f"{path}:{first}: {'a' if lines[0][1] else 'no'} tab on line {lines[0][0]} but "
+            raise DataError(f"{where}:{first}: {'a' if lines[0][1] else 'no'} tab on line {lines[0][0]} but "
                             f"{'none' if lines[0][1] else 'one'} here; expected query-id<TAB>text on every line (a "
                             "TSV) or on none (one query per line)")
         if wide:  # (kept, as before: a text may hold a tab; Anserini's and Pyserini's TSV topics read column 2 alone)
             (n, k), more = wide[0], len(wide) - 1
-            _log.warning(f"{path}:{n}: expected 'id<TAB>text', got {k} tab-separated columns"
+            _log.warning(f"{where}:{n}: expected 'id<TAB>text', got {k} tab-separated columns"
                          + (f" (and {more} more line{'s' if more > 1 else ''} of more than 2)" if more else "")
                          + "; the query text keeps the columns after the id, tabs included (Anserini and Pyserini "
                          "read the second column alone); if the others are no part of the query (a gold answer), "
-                         f"cut them, e.g. cut -f1,2 {shell_quote(path.name)} > queries.tsv")
+                         f"cut them, e.g. {_fix_of('cut -f1,2', path, piped, 'queries.tsv')}")
         if tabbed == {False} and len(texts) > 1 and all(map(_SPACED_ID.match, texts)):
-            _log.warning(f"{path}:{lines[0][0]}: every line starts with a number and a space ({texts[0][:40]!r}), "
+            _log.warning(f"{where}:{lines[0][0]}: every line starts with a number and a space ({texts[0][:40]!r}), "
                          "which looks like 'id text' separated by spaces; ragkit reads a tab as the separator "
                          "between a query id and its text, so each line was read as one query, numbered by its line "
                          "(1, 2, ...), the number kept in its text; to keep the ids, separate them with a tab, e.g. "
-                         f"sed 's/ /\\t/' {shell_quote(path.name)} > queries.tsv")
+                         + _fix_of("sed 's/ /\\t/'", path, piped, "queries.txt"))
     if not texts:
-        raise DataError(f"{path}: no query in the file")
+        raise DataError(f"{where}: no query in the {'input' if piped is not None else 'file'}")
     for i, (qid, text) in enumerate(zip(ids, texts)):
-        where = f"{path}:{lines[i][0]}" if lines is not None else f"{path}, query {qid!r}"
+        at = f"{where}:{lines[i][0]}" if lines is not None else f"{where}, query {qid!r}"
         if not text.strip():
-            raise DataError(f"{where}: the query text is blank; expected a question or keywords")
+            raise DataError(f"{at}: the query text is blank; expected a question or keywords")
         if lines is not None and not qid:
-            raise DataError(f"{where}: the query id before the tab is empty")
+            raise DataError(f"{at}: the query id before the tab is empty")
     seen: dict[str, int] = {}
     for i, qid in enumerate(ids):
         if qid in seen:
-            raise DataError(f"{path}:{lines[i][0] if lines else i + 1}: query id {qid!r} repeats that of query "
+            raise DataError(f"{where}:{lines[i][0] if lines else i + 1}: query id {qid!r} repeats that of query "
                             f"{seen[qid] + 1}; runs are keyed by query id")
         seen[qid] = i
     return Queries(ids, texts)
+
+
+def _fix_of(command: str, path: Path, piped: Piped | None, source: str) -> str:
+    """``command`` (``cut -f1,2``) run on the query file ``path`` into ``queries.tsv``, or, where it holds standard
+    input (``piped``), run on the way there from a file such as ``source``: ``cut -f1,2 queries.tsv | ragkit search
+    ... --queries -``."""
+    if piped is not None:
+        return f"{command} {source} | {piped.command}"
+    return f"{command} {shell_quote(path.name)} > queries.tsv"
 
 
 def _is_header(row: list[str]) -> bool:
