@@ -239,11 +239,16 @@ class _Rows(Mapping):
 
 
 def _pandas(who: str) -> Any:
-    """The pandas module, imported for ``who``; absent, an :class:`ImportError` saying so."""
+    """The pandas module, imported for ``who``; not installed, a :class:`~ragkit.errors.MissingExtraError` (an
+    :class:`ImportError`) saying so (one installed that fails to import raises its own ``ImportError``)."""
     try:
         import pandas
     except ImportError:
-        raise ImportError(f"{who} needs pandas, which is not installed: pip install pandas") from None
+        from ragkit.errors import require
+
+        require(["pandas"], extra=None, what=f"{who} needs pandas, which is not installed",
+                install="pip install pandas")
+        raise
     return pandas
 
 

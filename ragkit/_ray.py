@@ -14,7 +14,7 @@ from typing import Any, Callable, Sequence, TypeGuard
 
 from ragkit._files import file_above, user_path
 from ragkit._plugins import _import_plugins
-from ragkit.errors import ArtifactError, MissingExtraError, ParamError, RagkitError
+from ragkit.errors import ArtifactError, ParamError, RagkitError, require
 from ragkit.types import Corpus
 
 # Errors a retry can cure (the file system, memory); Ray also retries a crashed worker. Any other
@@ -80,13 +80,13 @@ _RAY_INSTALL = ("pip install 'ragkit[ray]' (or pip install 'ray[data]>=2.9'; in 
 
 
 def _ray():
-    """The ``ray`` module; :class:`~ragkit.errors.MissingExtraError` naming the ``ray`` extra where it does not
-    import."""
+    """The ``ray`` module; :class:`~ragkit.errors.MissingExtraError` naming the ``ray`` extra where it is not
+    installed (one installed that fails to import raises its own ``ImportError``)."""
     try:
         import ray
     except ImportError:
-        raise MissingExtraError(f"the Ray backend needs Ray: {_RAY_INSTALL}",
-                                extra="ray", packages=["ray"]) from None
+        require(["ray"], extra="ray", what="the Ray backend needs Ray", install=_RAY_INSTALL)
+        raise
     return ray
 
 

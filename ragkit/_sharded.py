@@ -46,10 +46,9 @@ from ragkit._shard_dirs import _link_tree, _private_dir, _release_dir, _SharedDi
 from ragkit.errors import (
     ArtifactError,
     ArtifactNotFoundError,
-    MissingExtraError,
     ParamError,
     RagkitError,
-    missing_modules,
+    require,
 )
 from ragkit.operator import Operator, after_fit
 from ragkit.params import Params, shown
@@ -449,9 +448,9 @@ class Sharded(Operator):
         """Refuse, with :class:`~ragkit.errors.MissingExtraError`, a ``backend: ray`` (or an ``auto`` one already
         moved to Ray) where Ray is not installed: found without importing it, before any step of a pipeline fits
         (:func:`~ragkit.pipelines._checks.check_trainable`).  ``corpus`` and ``train`` are not read."""
-        if self._backend == "ray" and missing_modules(["ray"]):
-            raise MissingExtraError(f"sharded.backend: 'ray' fits and searches the shards on Ray, which is not "
-                                    f"installed: {_RAY_INSTALL}; or set backend: local", extra="ray", packages=["ray"])
+        if self._backend == "ray":
+            require(["ray"], extra="ray", what="sharded.backend: 'ray' fits and searches the shards on Ray, which is "
+                    "not installed", install=f"{_RAY_INSTALL}; or set backend: local")
 
     def _check_workdir(self) -> None:
         """Refuse a ``workdir`` that is a file or lies below one, before a fit does any work."""

@@ -100,6 +100,33 @@ def missing_modules(names: Iterable[str]) -> list[str]:
     return missing
 
 
+def missing_extra(packages: Iterable[str], *, extra: str | None, what: str,
+                  install: str | None = None) -> MissingExtraError | None:
+    """The :class:`MissingExtraError` for those of the top-level modules ``packages`` that are not installed
+    (:func:`missing_modules`, asked once), else None.  Its message is ``what``, where ``{packages}`` stands for
+    the missing ones (``the package gguf``, ``the packages gguf and accelerate``), then ``: `` and ``install``
+    (by default ``pip install 'ragkit[<extra>]'``): ``generate: ... is read with the package gguf, not installed:
+    pip install 'ragkit[llm]'``.  ``extra``: the ragkit extra that installs them, or None when none does (then
+    ``install`` is needed)."""
+    missing = missing_modules(packages)
+    if not missing:
+        return None
+    if install is None:
+        if extra is None:
+            raise TypeError("missing_extra: give install= where no ragkit extra installs the packages (extra=None)")
+        install = f"pip install 'ragkit[{extra}]'"
+    named = f"the package{'s' if len(missing) > 1 else ''} {' and '.join(missing)}"
+    return MissingExtraError(f"{what.replace('{packages}', named)}: {install}", extra=extra, packages=missing)
+
+
+def require(packages: Iterable[str], *, extra: str | None, what: str, install: str | None = None) -> None:
+    """Raise :func:`missing_extra`'s :class:`MissingExtraError` where one of ``packages`` is not installed (from
+    None: raised while an ``ImportError`` of one is handled, that one is not shown with it)."""
+    refusal = missing_extra(packages, extra=extra, what=what, install=install)
+    if refusal is not None:
+        raise refusal from None
+
+
 def repeated(values: Iterable[_H], n: int = 1) -> list[_H]:
     """The first ``n`` values of ``values`` seen for a second time, in order (for an error message)."""
     seen: set[_H] = set()

@@ -408,11 +408,10 @@ class Run:
         """The run as a pandas ``DataFrame`` in long format, one row per (query, document), best first per
         query: columns ``query_id``, ``doc_id``, ``rank`` (from 1), ``score``; with the ``corpus`` the run
         searched, also each document's ``title`` and ``text`` (a document id not in it is a :class:`DataError`).
-        Needs pandas (an :class:`ImportError` saying so)."""
-        try:
-            import pandas as pd
-        except ImportError:
-            raise ImportError("Run.to_pandas needs pandas, which is not installed: pip install pandas") from None
+        Needs pandas (a :class:`~ragkit.errors.MissingExtraError`, an :class:`ImportError`, saying so)."""
+        from ragkit._corpus import _pandas
+
+        pd = _pandas("Run.to_pandas")
         if corpus is not None and not isinstance(corpus, Corpus):
             raise InputTypeError(f"Run.to_pandas: corpus must be a Corpus (the one searched), got "
                                  f"{type(corpus).__name__} ({corpus!r:.60})")

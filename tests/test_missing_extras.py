@@ -296,3 +296,54 @@ def test_validate_notes_every_step_that_cannot_run_here(monkeypatch, tmp_path):
     assert "pipeline[0].parallel.branches[0].sharded.backend: 'ray'" in notes[0], notes
     assert "pipeline[0].parallel.branches[1].sharded.backend: 'ray'" in notes[1], notes
     assert "pipeline[1].generate.model: no model set" in notes[2], notes
+
+
+# ------------------------------------------------------------------------------------------------- pandas
+def test_to_pandas_without_pandas_is_a_missing_extra_error(monkeypatch):
+    """Run.to_pandas and Corpus.to_pandas raised a plain ImportError, unlike every other missing package."""
+    from ragkit.run import Run
+
+    _hide(monkeypatch, "pandas")
+    for to_pandas, who in ((Run(["q1"], [["d1"]], [[1.0]]).to_pandas, "Run.to_pandas"),
+                           (_corpus().to_pandas, "Corpus.to_pandas")):
+        with pytest.raises(MissingExtraError, match=re.escape(
+                f"{who} needs pandas, which is not installed: pip install pandas")) as e:
+            to_pandas()
+        assert (e.value.extra, e.value.packages) == (None, ("pandas",))
+
+
+def test_a_package_installed_that_fails_to_import_raises_its_own_error(monkeypatch):
+    """Found but broken (a dependency of its own missing): its ImportError, not "install it"."""
+    import builtins
+
+    from ragkit._ray import _ray
+
+    real = builtins.__import__
+
+    def broken(name, *a, **kw):  # noqa: ANN001, ANN002, ANN003, ANN202
+        if name == "ray":
+            raise ImportError("No module named 'grpc'", name="grpc")
+        return real(name, *a, **kw)
+
+    import importlib.util
+
+    if importlib.util.find_spec("ray") is None:
+        pytest.skip("Ray is not installed")
+    monkeypatch.setattr(builtins, "__import__", broken)
+    with pytest.raises(ImportError, match="grpc") as e:
+        _ray()
+    assert not isinstance(e.value, MissingExtraError)
+
+
+def test_missing_extra_names_the_missing_packages_once_asked(monkeypatch):
+    from ragkit import errors
+
+    asked: list[list[str]] = []
+    real = errors.missing_modules
+    monkeypatch.setattr(errors, "missing_modules", lambda names: asked.append(list(names)) or real(names))
+    _hide(monkeypatch, "datasets", "accelerate")
+    refusal = errors.missing_extra(("datasets", "accelerate", "numpy"), extra="train", what="x needs {packages}")
+    assert refusal is not None and asked == [["datasets", "accelerate", "numpy"]]
+    assert str(refusal) == "x needs the packages datasets and accelerate: pip install 'ragkit[train]'"
+    assert (refusal.extra, refusal.packages) == ("train", ("datasets", "accelerate"))
+    assert errors.missing_extra(["numpy"], extra="train", what="x needs {packages}") is None

@@ -27,7 +27,7 @@ from pydantic import Field
 
 from ragkit._files import shared_tempdir
 from ragkit._locks import MODEL_LOADING
-from ragkit.errors import DataError, MissingExtraError, missing_modules
+from ragkit.errors import DataError, MissingExtraError, missing_extra
 from ragkit.params import Params, Seed
 from ragkit.types import Corpus, TrainSet
 
@@ -121,12 +121,8 @@ TRAIN_PACKAGES = ("datasets", "accelerate")
 def _train_refusal(where: str = "") -> MissingExtraError | None:
     """The :class:`~ragkit.errors.MissingExtraError` naming ragkit's ``train`` extra when a package the fine-tune
     needs (:data:`TRAIN_PACKAGES`) is not installed (its message starting with ``where: `` when given), else None."""
-    missing = missing_modules(TRAIN_PACKAGES)
-    if not missing:
-        return None
-    return MissingExtraError(f"{where}: " * bool(where) + f"fine-tuning (adapt) needs the package"
-                             f"{'s' if len(missing) > 1 else ''} {' and '.join(missing)}, not installed: "
-                             "pip install 'ragkit[train]'", extra="train", packages=missing)
+    return missing_extra(TRAIN_PACKAGES, extra="train",
+                         what=f"{where}: " * bool(where) + "fine-tuning (adapt) needs {packages}, not installed")
 
 
 def _check_train_packages() -> None:
@@ -371,7 +367,10 @@ class TunedEncoderMixin:
         :meth:`train_refusal`).  Cheap when the packages are there; without them, finding the cached model
         loads the base model's encoder and hashes the corpus."""
         config = self.params.adapt
-        if config is None or corpus is None or train is None or _train_refusal() is None:
+        if config is None or corpus is None or train is None:
+            return
+        refusal = _train_refusal(f"{self.name}.adapt")
+        if refusal is None:
             return
         from ragkit.encoders.custom import registered_encoder
 
@@ -379,9 +378,7 @@ class TunedEncoderMixin:
             return
         if (_adapted_folder(self.params.model, corpus, train, config) / "modules.json").is_file():
             return
-        refusal = _train_refusal(f"{self.name}.adapt")
-        if refusal is not None:
-            raise refusal
+        raise refusal
 
     def _adapt_encoder(self, corpus: Corpus, train: TrainSet | None) -> None:
         config = self.params.adapt

@@ -193,11 +193,11 @@ def plot_pr_curves(curves: Mapping[str, tuple[np.ndarray, np.ndarray]], path: st
     (needs matplotlib: ``pip install 'ragkit[plot]'``)."""
     try:
         import matplotlib
-    except ImportError as e:
-        from ragkit.errors import MissingExtraError
+    except ImportError:  # (one installed that fails to import raises its own ImportError)
+        from ragkit.errors import require
 
-        raise MissingExtraError(f"plot_pr_curves needs matplotlib, which cannot be imported ({e}): "
-                                "pip install 'ragkit[plot]'", extra="plot", packages=["matplotlib"]) from None
+        require(["matplotlib"], extra="plot", what="plot_pr_curves needs matplotlib, which is not installed")
+        raise
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -24,7 +24,7 @@ import torch
 from ragkit._files import FCNTL as _fcntl, share_file_like_umask
 from ragkit._locks import MODEL_LOADING
 from ragkit.encoders.sentence import hub_unreachable as _hub_unreachable, model_fingerprint
-from ragkit.errors import ArtifactError, ArtifactNotFoundError, MissingExtraError, ParamError, missing_modules
+from ragkit.errors import ArtifactError, ArtifactNotFoundError, MissingExtraError, ParamError, missing_extra
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -71,12 +71,7 @@ GGUF_PACKAGES = ("gguf", "accelerate")
 def _gguf_refusal(what: str, where: str = "generate") -> MissingExtraError | None:
     """The :class:`~ragkit.errors.MissingExtraError` (``<where>: <what> is read with the package gguf, not
     installed: pip install 'ragkit[llm]'``) when a package of :data:`GGUF_PACKAGES` is not installed, else None."""
-    missing = missing_modules(GGUF_PACKAGES)
-    if not missing:
-        return None
-    return MissingExtraError(f"{where}: {what} is read with the package{'s' if len(missing) > 1 else ''} "
-                             f"{' and '.join(missing)}, not installed: pip install 'ragkit[llm]'",
-                             extra="llm", packages=missing)
+    return missing_extra(GGUF_PACKAGES, extra="llm", what=f"{where}: {what} is read with {{packages}}, not installed")
 
 
 def check_llm_packages(model: str | None, gguf_file: str | None = None, where: str = "generate") -> None:
@@ -91,7 +86,9 @@ def check_llm_packages(model: str | None, gguf_file: str | None = None, where: s
     step of its pipeline fits) and by ``ragkit ask``.  Raises ``ImportError`` / :class:`ParamError` /
     :class:`~ragkit.errors.ArtifactNotFoundError` as :func:`default_gguf` and :func:`_check_source` do for a
     default model that is not installed or a model path that does not exist."""
-    if not missing_modules(GGUF_PACKAGES):
+    refusal = _gguf_refusal("the default model (SmolLM2-135M-Instruct, a GGUF file)" if model is None
+                            else f"the model {model!r} (a GGUF file)", where)
+    if refusal is None:
         return
     folder, gguf = default_gguf() if model is None else _check_source(model, gguf_file)
     if gguf is None:
@@ -99,11 +96,7 @@ def check_llm_packages(model: str | None, gguf_file: str | None = None, where: s
     path = os.path.join(folder, gguf)
     if os.path.isfile(path) and (gguf_copy_dir(_file_fingerprint(path)) / _COPY_RECORD).is_file():
         return
-    what = ("the default model (SmolLM2-135M-Instruct, a GGUF file)" if model is None
-            else f"the model {model!r} (a GGUF file)")
-    refusal = _gguf_refusal(what, where)
-    if refusal is not None:
-        raise refusal
+    raise refusal
 
 
 def _looks_like_path(name: str) -> bool:
