@@ -191,13 +191,17 @@ def _check_cpus(ray: Any, where: str) -> None:
     fewer CPUs than one of ragkit's tasks or actors asks for (:data:`_TASK_CPUS`): Ray would keep it pending forever,
     logging only "No available node types can fulfill resource request" (a ``ray.init(num_cpus=0)``, a cluster of
     CPU-less nodes).  The cluster's total (``ray.cluster_resources()``) is what counts, not what is free now: a
-    cluster whose CPUs are busy runs the work once they are free.  ``$RAGKIT_RAY_WAIT_FOR_CPUS=1`` submits anyway,
+    cluster whose CPUs are busy runs the work once they are free.  ``$RAGKIT_RAY_WAIT_FOR_CPUS=1`` (or true, yes, on:
+    :func:`~ragkit.encoders.cache.env_flag`, which refuses a value of neither kind) submits anyway,
     with a warning: an autoscaling cluster whose head node has no CPU (KubeRay's usual setting) adds CPU nodes on
     demand, which ``cluster_resources`` cannot show."""
     total = float(ray.cluster_resources().get("CPU", 0.0))
     if total >= _TASK_CPUS:
         return
-    if os.environ.get("RAGKIT_RAY_WAIT_FOR_CPUS", "").strip().lower() in {"1", "true", "yes"}:
+    from ragkit.encoders.cache import env_flag
+
+    if env_flag("RAGKIT_RAY_WAIT_FOR_CPUS", "submit anyway: an autoscaler adds CPU nodes on demand",
+                "refuse a cluster without CPUs"):
         logging.getLogger("ragkit").warning(
             "%s: the Ray cluster has %g CPUs now; submitting anyway ($RAGKIT_RAY_WAIT_FOR_CPUS): the work waits "
             "until a node with CPUs joins (an autoscaler's)", where, total)
