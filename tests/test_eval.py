@@ -163,12 +163,14 @@ def test_corpus_bytes_and_field_types_name_the_line(tmp_path):
 
 
 def test_queries_of_a_split_read_the_qrels_once(tmp_path, monkeypatch):
+    import ragkit.eval._read as _read
     import ragkit.eval.beir as beir
 
     ds = load_beir(write_beir(tmp_path / "tiny"))
     calls = []
-    real = beir.read_qrels
-    monkeypatch.setattr(beir, "read_qrels", lambda path: calls.append(path) or real(path))
+    real = _read._read_qrels  # (the parse, which read_qrels calls too; BeirDataset.qrels calls it for the lines)
+    for module in (_read, beir):
+        monkeypatch.setattr(module, "_read_qrels", lambda path: calls.append(path) or real(path))
     assert len(ds.queries("test")) > 1 and len(calls) == 1
 
 

@@ -123,11 +123,11 @@ class BeirDataset:
         many there are (official ArguAna judges 1 such document), and how many of them are graded 0 (not
         relevant: they change no score)."""
         path = _qrels_file(self.path, split)
-        qrels = read_qrels(path)
+        qrels, first_line, line_of = _read_qrels(path)  # (read_qrels', with the lines to name: one parse)
         texts = self._query_texts()
         bad_q = [q for q in qrels if q not in texts]
         if bad_q:  # (qrels keep the order queries are first judged in: bad_q[0] is the first offending row)
-            n, where = len(bad_q), f"{path}:{_read_qrels(path)[1][bad_q[0]]}"  # (its line: read again, to say)
+            n, where = len(bad_q), f"{path}:{first_line[bad_q[0]]}"
             which = (f"query id {bad_q[0]!r}, judged on this line, is" if n == 1 else
                      f"{n} judged query ids (the first, {bad_q[0]!r}, on this line) are")
             raise DataError(f"{where}: {which} not in {self.path / 'queries.jsonl'}; expected every query the qrels "
@@ -150,7 +150,7 @@ class BeirDataset:
                 said = (f"{docs}: {r} graded 1 or more ({eg}) and {n - r} graded 0 (not relevant, which change"
                         f"{'' if n - r > 1 else 's'} no score); kept, as BEIR keeps them: no run can retrieve the {r} "
                         "graded 1 or more, so")
-            line = _read_qrels(path)[2].get((q, d))  # (its line: read again, to say; once per split)
+            line = line_of.get((q, d))
             _log.warning(f"{path}: {said}" + (f" {they} as not found" if r else "")
                          + (f"; {d!r} is judged for query {q!r} on line {line} of {path.name}" if line else "")
                          + self._respelt_docs([d for _, d in (rel or bad_d)]))

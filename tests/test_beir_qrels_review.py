@@ -1,0 +1,60 @@
+"""A BEIR dataset's qrels (a review's findings): read once per call, a folder without ``qrels/`` names the split it
+lacks, and a DataFrame column named ``document`` is no document id."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from ragkit.errors import DataError
+
+
+def _dataset(root: Path, qrels: str | None) -> Path:
+    root.mkdir(parents=True)
+    (root / "corpus.jsonl").write_text(json.dumps({"_id": "d1", "title": "", "text": "vitamin d"}) + "\n")
+    (root / "queries.jsonl").write_text(json.dumps({"_id": "q1", "text": "vitamin"}) + "\n")
+    if qrels is not None:
+        (root / "qrels").mkdir()
+        (root / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\n" + qrels)
+    return root
+
+
+@pytest.fixture
+def parses(monkeypatch) -> list[Path]:
+    """The qrels files parsed (``_read_qrels``, which ``read_qrels`` calls too), in order."""
+    from ragkit.eval import _read, beir
+
+    calls: list[Path] = []
+    parse = _read._read_qrels
+
+    def counted(path):
+        calls.append(path)
+        return parse(path)
+
+    monkeypatch.setattr(_read, "_read_qrels", counted)
+    monkeypatch.setattr(beir, "_read_qrels", counted)
+    return calls
+
+
+def _loaded(root: Path):
+    from ragkit.eval.beir import BeirDataset, read_corpus
+
+    return BeirDataset(root, read_corpus(root / "corpus.jsonl"))
+
+
+def test_qrels_of_a_split_are_parsed_once_when_a_judged_document_is_unknown(tmp_path, parses, caplog):
+    data = _loaded(_dataset(tmp_path / "d", "q1\td1\t1\nq1\td9\t1\n"))
+    with caplog.at_level("WARNING", logger="ragkit"):
+        assert data.qrels("test") == {"q1": {"d1": 1, "d9": 1}}
+    assert len(parses) == 1
+    said = [r.getMessage() for r in caplog.records if "not in corpus.jsonl" in r.getMessage()]
+    assert len(said) == 1 and "'d9' is judged for query 'q1' on line 3 of test.tsv" in said[0]
+
+
+def test_an_unknown_judged_query_is_named_at_its_line_from_one_parse(tmp_path, parses):
+    data = _loaded(_dataset(tmp_path / "d", "q1\td1\t1\nq7\td1\t1\n"))
+    with pytest.raises(DataError, match=r"test\.tsv:3: query id 'q7', judged on this line, is not in"):
+        data.qrels("test")
+    assert len(parses) == 1
