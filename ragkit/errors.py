@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from typing import Hashable, Iterable, Sequence, TypeVar
+from typing import Callable, Hashable, Iterable, Sequence, TypeVar
 
 _H = TypeVar("_H", bound=Hashable)
 
@@ -100,11 +100,11 @@ def missing_modules(names: Iterable[str]) -> list[str]:
     return missing
 
 
-def missing_extra(packages: Iterable[str], *, extra: str | None, what: str,
+def missing_extra(packages: Iterable[str], *, extra: str | None, what: str | Callable[[str], str],
                   install: str | None = None) -> MissingExtraError | None:
     """The :class:`MissingExtraError` for those of the top-level modules ``packages`` that are not installed
-    (:func:`missing_modules`, asked once), else None.  Its message is ``what``, where ``{packages}`` stands for
-    the missing ones (``the package gguf``, ``the packages gguf and accelerate``), then ``: `` and ``install``
+    (:func:`missing_modules`, asked once), else None.  Its message is ``what`` (or ``what`` of the missing ones
+    said: ``the package gguf``, ``the packages gguf and accelerate``), then ``: `` and ``install``
     (by default ``pip install 'ragkit[<extra>]'``): ``generate: ... is read with the package gguf, not installed:
     pip install 'ragkit[llm]'``.  ``extra``: the ragkit extra that installs them, or None when none does (then
     ``install`` is needed)."""
@@ -116,10 +116,11 @@ def missing_extra(packages: Iterable[str], *, extra: str | None, what: str,
             raise TypeError("missing_extra: give install= where no ragkit extra installs the packages (extra=None)")
         install = f"pip install 'ragkit[{extra}]'"
     named = f"the package{'s' if len(missing) > 1 else ''} {' and '.join(missing)}"
-    return MissingExtraError(f"{what.replace('{packages}', named)}: {install}", extra=extra, packages=missing)
+    return MissingExtraError(f"{what(named) if callable(what) else what}: {install}", extra=extra, packages=missing)
 
 
-def require(packages: Iterable[str], *, extra: str | None, what: str, install: str | None = None) -> None:
+def require(packages: Iterable[str], *, extra: str | None, what: str | Callable[[str], str],
+            install: str | None = None) -> None:
     """Raise :func:`missing_extra`'s :class:`MissingExtraError` where one of ``packages`` is not installed (from
     None: raised while an ``ImportError`` of one is handled, that one is not shown with it)."""
     refusal = missing_extra(packages, extra=extra, what=what, install=install)

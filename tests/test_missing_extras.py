@@ -342,8 +342,9 @@ def test_missing_extra_names_the_missing_packages_once_asked(monkeypatch):
     real = errors.missing_modules
     monkeypatch.setattr(errors, "missing_modules", lambda names: asked.append(list(names)) or real(names))
     _hide(monkeypatch, "datasets", "accelerate")
-    refusal = errors.missing_extra(("datasets", "accelerate", "numpy"), extra="train", what="x needs {packages}")
+    refusal = errors.missing_extra(("datasets", "accelerate", "numpy"), extra="train",
+                                   what=lambda named: f"x needs {named}")
     assert refusal is not None and asked == [["datasets", "accelerate", "numpy"]]
     assert str(refusal) == "x needs the packages datasets and accelerate: pip install 'ragkit[train]'"
     assert (refusal.extra, refusal.packages) == ("train", ("datasets", "accelerate"))
-    assert errors.missing_extra(["numpy"], extra="train", what="x needs {packages}") is None
+    assert errors.missing_extra(["numpy"], extra="train", what=lambda named: f"x needs {named}") is None

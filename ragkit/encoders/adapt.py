@@ -121,8 +121,8 @@ TRAIN_PACKAGES = ("datasets", "accelerate")
 def _train_refusal(where: str = "") -> MissingExtraError | None:
     """The :class:`~ragkit.errors.MissingExtraError` naming ragkit's ``train`` extra when a package the fine-tune
     needs (:data:`TRAIN_PACKAGES`) is not installed (its message starting with ``where: `` when given), else None."""
-    return missing_extra(TRAIN_PACKAGES, extra="train",
-                         what=f"{where}: " * bool(where) + "fine-tuning (adapt) needs {packages}, not installed")
+    return missing_extra(TRAIN_PACKAGES, extra="train", what=lambda named: f"{where}: " * bool(where)
+                         + f"fine-tuning (adapt) needs {named}, not installed")
 
 
 def _check_train_packages() -> None:

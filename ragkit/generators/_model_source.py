@@ -71,7 +71,8 @@ GGUF_PACKAGES = ("gguf", "accelerate")
 def _gguf_refusal(what: str, where: str = "generate") -> MissingExtraError | None:
     """The :class:`~ragkit.errors.MissingExtraError` (``<where>: <what> is read with the package gguf, not
     installed: pip install 'ragkit[llm]'``) when a package of :data:`GGUF_PACKAGES` is not installed, else None."""
-    return missing_extra(GGUF_PACKAGES, extra="llm", what=f"{where}: {what} is read with {{packages}}, not installed")
+    return missing_extra(GGUF_PACKAGES, extra="llm",
+                         what=lambda named: f"{where}: {what} is read with {named}, not installed")
 
 
 def check_llm_packages(model: str | None, gguf_file: str | None = None, where: str = "generate") -> None:
