@@ -238,17 +238,15 @@ def machine(threads: int | str | None = None, **extra: Any) -> dict:
     (a library's version, ...) is added as given."""
     import time
 
-    try:
-        usable: int | None = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        usable = None
+    from ragkit._cpus import usable_cpus
+
     try:
         load: list[float] | None = [round(x, 2) for x in os.getloadavg()]
     except OSError:
         load = None
     env = {v: os.environ[v] for v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
            if v in os.environ}
-    return {"cpu": _cpu_model(), "cpus": os.cpu_count(), "cpus_usable": usable, "threads": threads,
+    return {"cpu": _cpu_model(), "cpus": os.cpu_count(), "cpus_usable": usable_cpus(), "threads": threads,
             **({"thread_env": env} if env else {}),
             "load_average": load, "load_average_1min": load[0] if load else None,
             "python": platform.python_version(), "numpy": np.__version__, "torch": _version("torch"),

@@ -11,10 +11,13 @@ For each library it measures
 * index time, from raw texts (each library's own tokenisation included);
 * queries/second for the test queries, from raw query text to top-``k`` (tokenisation
   included), on one thread and on all cores, the same number of threads for every library:
-  ragkit ``n_jobs=1`` / ``n_jobs=-1``; bm25s ``n_threads=0`` / ``n_threads=-1`` (``os.cpu_count()``
-  threads: a ``ThreadPoolExecutor`` on the numpy backend, numba's ``prange`` after
-  ``set_num_threads`` on the numba one, whose ``n_threads=0`` runs its serial kernel);
-  rank-bm25 has no parallel scoring, so a ``multiprocessing`` pool over queries;
+  "all cores" is the CPUs this process may use (``ragkit._cpus.usable_cpus``: its affinity mask, so a
+  ``taskset`` or a container's CPU set counts, not the machine's ``os.cpu_count()``), given to each
+  library as an explicit count N: ragkit ``n_jobs=1`` / ``n_jobs=N``; bm25s ``n_threads=0`` /
+  ``n_threads=N`` (a ``ThreadPoolExecutor`` on the numpy backend, numba's ``prange`` after
+  ``set_num_threads`` on the numba one, whose ``n_threads=0`` runs its serial kernel; bm25s's own -1
+  would be ``os.cpu_count()``); rank-bm25 has no parallel scoring, so a ``multiprocessing`` pool of N
+  processes over queries;
 * bm25s twice: its default ``backend="numpy"`` and ``backend="numba"``, the fast path bm25s
   documents (needs ``numba``, in the ``bench`` extra; without it the row says skipped and why).
   numba compiles on a first call: the first index and the first search on each thread count
@@ -46,6 +49,8 @@ import time
 from multiprocessing import get_context
 
 import numpy as np
+
+from ragkit._cpus import usable_cpus
 
 from _common import OUT, SCIFACT, best_of, interleaved, machine, machine_line, print_machine, write_atomic  # noqa: E402
 
@@ -106,6 +111,19 @@ def interleaved_best(fns: dict, repeat: int, min_seconds: float) -> tuple[dict, 
         first[key] = time.perf_counter() - t0
     best, result, rounds = interleaved(fns, repeat, min_seconds)
     return first, best, result, rounds
+
+
+def search_calls(rk, queries, bs_search, bm25s_indexes: dict, n_cores: int) -> dict:  # noqa: ANN001
+    """The timed searches, keyed ``(library, "1" | "all")``: ragkit's ``rk.search(queries)`` with ``n_jobs`` 1 and
+    ``n_cores``, and for each bm25s index (``{"bm25s": index, "bm25s_numba": index}``) ``bs_search(index,
+    n_threads)`` with 0 (one thread) and ``n_cores``.  Every library's "all" gets the same explicit count:
+    ragkit's -1 and bm25s's -1 would count differently (the CPUs this process may use, the machine's)."""
+    calls = {("ragkit", "1"): lambda: rk.search(queries),
+             ("ragkit", "all"): lambda: rk.search(queries, bm25={"n_jobs": n_cores})}
+    for name, index in bm25s_indexes.items():
+        calls |= {(name, "1"): lambda index=index: bs_search(index, 0),
+                  (name, "all"): lambda index=index: bs_search(index, n_cores)}
+    return calls
 
 
 def train_sweep(data: str) -> dict:
@@ -184,7 +202,7 @@ def main() -> None:
     from ragkit.retrievers.bm25 import Tokenizer
     from ragkit.run import Run
 
-    n_cores = os.cpu_count() or 1
+    n_cores = usable_cpus()  # "all cores" for every library: the CPUs this process may use
     about = machine(threads=f"1 and {n_cores}", cores=n_cores, bm25s=bm25s.__version__)
     print(machine_line(about), flush=True)
     ds = load_beir(args.data)
@@ -280,24 +298,20 @@ def main() -> None:
 
     # ---------------------------------------------------------------- searches: interleaved, best of N rounds
     # "1": one thread each (ragkit n_jobs=1; bm25s n_threads=0: numpy's plain loop, numba's serial kernel);
-    # "all": os.cpu_count() threads each (ragkit n_jobs=-1; bm25s n_threads=-1: numpy's ThreadPoolExecutor,
-    # numba's prange kernel after set_num_threads).  Every call goes from raw query text to top-k.
-    searches = {("ragkit", "1"): lambda: rk.search(queries),
-                ("ragkit", "all"): lambda: rk.search(queries, bm25={"n_jobs": -1}),
-                ("bm25s", "1"): lambda: bs_search(bs, 0),
-                ("bm25s", "all"): lambda: bs_search(bs, -1)}
-    if numba_skip is None:
-        searches |= {("bm25s_numba", "1"): lambda: bs_search(bsn, 0),
-                     ("bm25s_numba", "all"): lambda: bs_search(bsn, -1)}
+    # "all": n_cores threads each, the CPUs this process may use (ragkit n_jobs=n_cores; bm25s n_threads=n_cores:
+    # numpy's ThreadPoolExecutor, numba's prange kernel after set_num_threads).  Every call goes from raw query
+    # text to top-k.
+    searches = search_calls(rk, queries, bs_search, {"bm25s": bs} | ({"bm25s_numba": bsn} if numba_skip is None
+                                                                     else {}), n_cores)
     first, best, last, rounds = interleaved_best(searches, args.repeat, args.min_seconds)
     run1, runn = last[("ragkit", "1")], last[("ragkit", "all")]
     rk_top = np.stack([r.rows[:10] for r in run1.rankings])
     assert all(a.equals(b) for a, b in zip(run1.rankings, runn.rankings)), "n_jobs changed the rankings"
     res["timing"] = {"search_rounds": rounds, "interleaved": True, "min_seconds_per_search": args.min_seconds,
                      "threads_all": n_cores, "threads_1": 1,
-                     "threads": {"ragkit": "n_jobs=1 / n_jobs=-1 (os.cpu_count() threads)",
-                                 "bm25s": "n_threads=0 / n_threads=-1 (os.cpu_count() threads)",
-                                 "rank_bm25": "one process / multiprocessing Pool(os.cpu_count())"}}
+                     "threads": {"ragkit": f"n_jobs=1 / n_jobs={n_cores} (the CPUs this process may use)",
+                                 "bm25s": f"n_threads=0 / n_threads={n_cores} (the CPUs this process may use)",
+                                 "rank_bm25": f"one process / multiprocessing Pool({n_cores})"}}
     res["ragkit"] = {"index_s": t_idx, "qps_1": len(queries) / best[("ragkit", "1")],
                      "qps_all": len(queries) / best[("ragkit", "all")],
                      "ndcg@10": ndcg(rk_top), "ndcg@10_okapi": ndcg(rko_top)}
@@ -361,7 +375,7 @@ def main() -> None:
               f"{r['qps_1'] / rb_['qps_1']:>13.1f}{r['ndcg@10']:>9.4f}")
     a, b = res["agreement_okapi_vs_rank_bm25"], res["agreement_lucene_vs_bm25s"]
     print(f"\nthreads: '1 thr' = 1 each (ragkit n_jobs=1, bm25s n_threads=0, rank-bm25 one process); 'all' = "
-          f"{n_cores} each (ragkit n_jobs=-1, bm25s n_threads=-1"
+          f"{n_cores} each, the CPUs this process may use (ragkit n_jobs={n_cores}, bm25s n_threads={n_cores}"
           + (f" [numba: {bn['threading_layer']} layer]" if "skipped" not in bn else "")
           + f", rank-bm25 Pool({n_cores})); searches: best of {rounds} interleaved rounds (each search timed "
           f">= {args.min_seconds:g} s in all, unless --repeat asks for more), query text to top-{k}; rank-bm25: "

@@ -212,9 +212,16 @@ def configs_for(d: np.ndarray, k: int, scale: bool, efs: list[int], threads: int
     ``pca:256``), its ``graph_oversample x k`` shortlist rescored with the full float vectors.
     ``raw_usearch``: also ``raw usearch ef=N`` (family ``usearch-raw``): the ``ragkit hnsw f32`` graph
     searched through usearch's own ``search``, timed in the same rounds as the ragkit rows.
+
+    ``threads`` (0 or -1: all cores, the CPUs this process may use, :func:`ragkit._cpus.thread_count`) is given
+    as the same explicit count to ragkit, raw usearch and faiss (usearch's own 0 and ``os.cpu_count()`` count
+    the machine's CPUs, more than a ``taskset`` or a container lets the process run on).
     """
+    from ragkit._cpus import thread_count
     from ragkit.retrievers._index import VectorIndex
     from ragkit.retrievers._index_files import resident_bytes
+
+    threads = thread_count(threads)
 
     def vi(**kw):
         return lambda: VectorIndex(threads=threads, connectivity=m, **kw).build(d)
@@ -289,7 +296,7 @@ def configs_for(d: np.ndarray, k: int, scale: bool, efs: list[int], threads: int
     try:
         import faiss  # noqa: F401
 
-        faiss.omp_set_num_threads(threads or os.cpu_count())
+        faiss.omp_set_num_threads(threads)
         cfgs += faiss_configs(d, k, efs, scale, m)
     except ImportError:
         print("  faiss-cpu not installed: skipping the faiss peers")
@@ -615,7 +622,8 @@ def main() -> None:
                     help="diag: independent per-dimension noise; "
                          "cov: noise with the corpus's covariance (its spectrum)")
     ap.add_argument("--ef", type=str, default=None, help="HNSW expansion_search sweep, comma separated")
-    ap.add_argument("--threads", type=int, default=0, help="threads for usearch/faiss (0 = all cores)")
+    ap.add_argument("--threads", type=int, default=0,
+                    help="threads for ragkit/usearch/faiss (0 = all cores: the CPUs this process may use)")
     ap.add_argument("--connectivity", type=int, default=16,
                     help="HNSW graph degree of both libraries (ragkit connectivity, faiss M)")
     ap.add_argument("--graph-reduce", default="",
@@ -649,6 +657,8 @@ def main() -> None:
         args.min_seconds = 0.05 if args.quick else 0.5
     if not 0 <= args.min_seconds < float("inf"):
         ap.error(f"--min-seconds: a finite number of seconds >= 0, got {args.min_seconds}")
+    if args.threads < -1:
+        ap.error(f"--threads: a thread count, or 0 or -1 for all cores, got {args.threads}")
     if args.builds is not None and args.builds < 1:
         ap.error(f"--builds: at least 1 build of each graph, got {args.builds}")
     builds = args.builds or (2 if args.quick else 3)
@@ -669,7 +679,10 @@ def main() -> None:
     if args.out is None:
         args.out = OUT
     args.out.mkdir(parents=True, exist_ok=True)
-    result: dict = {"machine": print_machine(threads=args.threads or os.cpu_count()),
+    from ragkit._cpus import thread_count
+
+    threads = thread_count(args.threads)  # (0: the CPUs this process may use, the same count for every library)
+    result: dict = {"machine": print_machine(threads=threads),
                     "args": vars(args) | {"out": str(args.out)},
                     "timing": f"per table: every configuration built (build timed alone), one warm-up search each, "
                               f"then interleaved rounds (order shuffled per round, seeded) until each search is timed "
@@ -703,7 +716,7 @@ def main() -> None:
         qbox[0] = qbase
         ref = exact_topk(base, qbase, k)
         doc_ids = corpus.ids
-        cfgs = selected(configs_for(base, k, False, efs, args.threads, args.connectivity))
+        cfgs = selected(configs_for(base, k, False, efs, threads, args.connectivity))
         timing: dict = {}
         rows = run_configs(base, qbase, ref, cfgs, k=k, repeat=args.repeat, builds=builds,
                            quality=lambda got: ndcg10(got, doc_ids, qids, qrels), min_seconds=args.min_seconds,
@@ -728,7 +741,7 @@ def main() -> None:
         raw_sel = bool(efs) and chosen("raw usearch")  # in the same rounds as the ragkit f32 graph's rows
         timing = {}
         rows = run_configs(d, q, ref, selected(configs_for(
-            d, k, True, efs, args.threads, args.connectivity,
+            d, k, True, efs, threads, args.connectivity,
             tuple(r for r in args.graph_reduce.split(",") if r), args.graph_oversample, raw_usearch=raw_sel)), k=k,
                            repeat=args.repeat, builds=builds, min_seconds=args.min_seconds, timing=timing)
         _CACHE.clear()

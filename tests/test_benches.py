@@ -440,7 +440,9 @@ def test_bm25_bench_times_bm25s_numba_backend(tmp_path: Path) -> None:
     assert nb["backend"] == "numba" and nb["qps_1"] > 0 and nb["qps_all"] > 0
     assert set(nb["first_call_s"]) == {"index", "search_1", "search_all"}
     assert res["agreement_lucene_vs_bm25s_numba"]["mean_overlap"] > 0.99
-    assert res["timing"]["search_rounds"] >= 1 and res["timing"]["threads_all"] == (os.cpu_count() or 1)
+    from ragkit._cpus import usable_cpus
+
+    assert res["timing"]["search_rounds"] >= 1 and res["timing"]["threads_all"] == usable_cpus()
 
 
 @pytest.mark.slow
@@ -450,6 +452,41 @@ def test_bm25_bench_without_numba_says_skipped(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stderr[-3000:]
     assert "bm25s numba   skipped: numba unavailable" in out.stdout, out.stdout[-3000:]
     assert "ragkit q/s / bm25s numba q/s: not measured" in out.stdout
+
+
+def test_benches_give_every_library_the_cpus_this_process_may_use(monkeypatch) -> None:  # noqa: ANN001
+    """"All cores" in bench/dense.py (``--threads 0``) gave faiss ``os.cpu_count()`` threads (and recorded that
+    count), and bench/bm25.py gave bm25s ``n_threads=-1`` (``os.cpu_count()``) and rank-bm25 a pool of
+    ``os.cpu_count()``, while ragkit's 0 / -1 is the CPUs this process may use: under ``taskset`` or a container's
+    CPU set the peers were oversubscribed and the ratios wrong.  Every library now gets one explicit count."""
+    monkeypatch.setattr(os, "cpu_count", lambda: 64)  # a 64-CPU machine of which this process may use 1
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0}, raising=False)
+    if hasattr(os, "process_cpu_count"):  # (Python 3.13+)
+        monkeypatch.setattr(os, "process_cpu_count", lambda: 1)
+    m = bench_module("_common").machine()
+    assert (m["cpus"], m["cpus_usable"]) == (64, 1), m
+    # bench/bm25.py: its "all" count, given to ragkit's n_jobs and bm25s's n_threads alike (and rank-bm25's pool)
+    bm = bench_module("bm25")
+    n_cores = bm.usable_cpus()
+    assert n_cores == 1
+    got: list[tuple[str, int]] = []
+    rk = SimpleNamespace(search=lambda queries, bm25=None: got.append(("ragkit", (bm25 or {}).get("n_jobs", 1))))
+    calls = bm.search_calls(rk, ["q"], lambda index, n_threads: got.append((index, n_threads)),
+                            {"bm25s": "numpy", "bm25s_numba": "numba"}, n_cores)
+    for key in sorted(calls):
+        calls[key]()
+    assert sorted(calls) == [(lib, t) for lib in ("bm25s", "bm25s_numba", "ragkit") for t in ("1", "all")]
+    assert got == [("numpy", 0), ("numpy", 1), ("numba", 0), ("numba", 1), ("ragkit", 1), ("ragkit", 1)], got
+    # bench/dense.py --threads 0 (or -1): faiss, ragkit and raw usearch get the one count
+    faiss = pytest.importorskip("faiss")
+    dense = bench_module("dense")
+    omp: list[int] = []
+    monkeypatch.setattr(faiss, "omp_set_num_threads", omp.append)
+    d = np.random.default_rng(0).standard_normal((64, 8)).astype(np.float32)
+    for threads in (0, -1):
+        cfgs = {c.name: c for c in dense.configs_for(d, 5, False, [], threads)}
+        assert cfgs["ragkit exact f32"].build().threads == 1
+    assert omp == [1, 1], omp
 
 
 def _dense_bench():
