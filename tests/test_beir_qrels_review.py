@@ -58,3 +58,28 @@ def test_an_unknown_judged_query_is_named_at_its_line_from_one_parse(tmp_path, p
     with pytest.raises(DataError, match=r"test\.tsv:3: query id 'q7', judged on this line, is not in"):
         data.qrels("test")
     assert len(parses) == 1
+
+
+def test_a_folder_without_qrels_names_the_split_it_lacks(tmp_path):
+    from ragkit.eval.beir import _qrels_file
+
+    root = _dataset(tmp_path / "d", None)
+    with pytest.raises(DataError, match=r"no qrels for split 'test'; available splits: \[\]"):
+        _qrels_file(root, "test")
+    with pytest.raises(DataError, match=r"no qrels for split 'test'"):
+        _loaded(root).qrels("test")
+
+
+def test_compare_with_data_lacking_qrels_is_an_error_not_a_traceback(tmp_path):
+    from typer.testing import CliRunner
+
+    from ragkit.cli import app
+
+    root = _dataset(tmp_path / "d", None)
+    for name in ("a.run", "b.run"):
+        (tmp_path / name).write_text("q1 Q0 d1 1 1.0 x\n")
+    res = CliRunner().invoke(app, ["compare", str(tmp_path / "a.run"), str(tmp_path / "b.run"), "--data", str(root)],
+                             env={"COLUMNS": "300"})
+    said = " ".join(res.output.split())
+    assert res.exit_code != 0 and not isinstance(res.exception, FileNotFoundError), said
+    assert "no qrels for split 'test'" in said, said

@@ -349,7 +349,8 @@ def _qrels_file(folder: Path, split: str) -> Path:
     path = folder / "qrels" / f"{split}.tsv"
     if not path.is_file():
         splits = sorted(p.stem for p in (folder / "qrels").glob("*.tsv"))
-        other = sorted(p.name for p in (folder / "qrels").iterdir() if p.stem == split and p.is_file()
+        qrels = folder / "qrels"  # (a folder without one: no split, nothing found beside)
+        other = sorted(p.name for p in (qrels.iterdir() if qrels.is_dir() else ()) if p.stem == split and p.is_file()
                        and p.suffix.casefold() not in (".tsv", ".gz"))
         found = (f"; found qrels/{other[0]}, but a split's judgements are read from qrels/<split>.tsv: rename "
                  "a tab-separated file, or read it with ragkit.eval.read_qrels (a .csv by its header) and write "
