@@ -83,3 +83,15 @@ def test_compare_with_data_lacking_qrels_is_an_error_not_a_traceback(tmp_path):
     said = " ".join(res.output.split())
     assert res.exit_code != 0 and not isinstance(res.exception, FileNotFoundError), said
     assert "no qrels for split 'test'" in said, said
+
+
+@pytest.mark.parametrize("header", ["query-id\tcorpus-id\tscore", "Query_ID\tCorpus-Id\tSCORE",
+                                    " query_id \tcorpus_id\tScore"])
+def test_beirs_header_however_spelt_reads_its_lines_by_position(tmp_path, header):
+    from ragkit.eval._read import _named_columns
+    from ragkit.eval.beir import read_qrels
+
+    assert _named_columns(header.split("\t"), tmp_path / "test.tsv") is None
+    path = tmp_path / "test.tsv"
+    path.write_text(header + "\nq1\td1\t1\nq2 0 d2 2\n")  # (trec_eval's 4 columns under it, as always)
+    assert read_qrels(path) == {"q1": {"d1": 1}, "q2": {"d2": 2}}

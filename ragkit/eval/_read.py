@@ -368,12 +368,6 @@ def _is_header(row: list[str]) -> bool:
 _BEIR_COLUMNS = ("query-id", "corpus-id", "score")
 
 
-def _beir_header(header: list[str]) -> bool:
-    """Whether a qrels header row is exactly BEIR's ``query-id corpus-id score`` (case, spaces and ``_`` for ``-``
-    aside): its rows are read by position, so that trec_eval's 4-column lines under it read as they always did."""
-    return tuple(c.strip().lower().replace("_", "-") for c in header) == _BEIR_COLUMNS
-
-
 def _header_roles(header: list[str]) -> list[str | None]:
     """The role (``"query-id"``, ``"corpus-id"``, ``"score"``) each column of a qrels header names
     (:data:`ragkit.types.QRELS_COLUMNS`, case aside), ``None`` for a name not among them."""
@@ -388,14 +382,15 @@ def _named_columns(header: list[str], path: Path) -> tuple[int, int, int] | None
     """The positions of the query id, document id and grade columns in the qrels header row ``header`` (line 1 of
     ``path``), read by the names a ``.csv`` file's header or a DataFrame's columns may have
     (:data:`ragkit.types.QRELS_COLUMNS`: ``query-id``, ``qid``, ``docno``, ``label``, ..., case aside); ``None``
-    when it is exactly BEIR's ``query-id corpus-id score`` (:func:`_beir_header`), or 3 columns whose names, where
-    known, are BEIR's in BEIR's order (``query doc relevance``), or 4 where trec_eval has them (``qid Q0 pid rel``,
-    ``topic iteration docno relevance``): read by position; ``None`` too when it names no such column
+    when it has 3 columns whose names, where known, are BEIR's in BEIR's order (BEIR's own ``query-id corpus-id
+    score``, ``query_id doc relevance``), or 4 where trec_eval has them (``qid Q0 pid rel``, ``topic iteration docno
+    relevance``): read by position, so that trec_eval's 4-column lines under BEIR's header read as they always did;
+    ``None`` too when it names no such column
     (:func:`_read_qrels` reads it by position with a warning naming line 1).  Any other header naming
     some of the three columns but not all (or one twice) is a :class:`DataError` listing the names accepted."""
     roles = _header_roles(header)
     positional = _BEIR_COLUMNS if len(header) == 3 else _TREC_COLUMNS if len(header) == 4 else None
-    if _beir_header(header) or not any(roles) or (positional is not None and all(
+    if not any(roles) or (positional is not None and all(
             r in (None, positional[i]) for i, r in enumerate(roles))):
         # (3 columns whose names, where known, are BEIR's in BEIR's order, 'query doc relevance', or 4 where
         # trec_eval has them, 'qid Q0 pid rel': read by position, as BEIR and trec_eval read them)
@@ -441,7 +436,7 @@ def _read_qrels(path: str | os.PathLike[str]) -> tuple[Qrels, dict[str, int], di
         raise _not_found(path)
     _refuse_packed(path)
     qrels: Qrels = {}
-    header: list[str] | None = None  # line 1 when it names BEIR's columns, read by name
+    header: list[str] | None = None  # line 1 when its columns are read by name (:func:`_named_columns`)
     named: tuple[int, int, int] | None = None
     line_of: dict[tuple[str, str], int] = {}
     first_line: dict[str, int] = {}
