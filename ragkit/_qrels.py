@@ -129,11 +129,11 @@ def ids_once(written: Mapping[str, Any], given: Mapping[Any, Any], what: str) ->
 #: The column names a qrels table (a pandas ``DataFrame``, a ``.csv`` file's header) may give its three columns,
 #: compared whitespace and case aside: BEIR's (``query-id``, ``corpus-id``, ``score``), ir_datasets' and
 #: :meth:`Run.to_pandas <ragkit.run.Run.to_pandas>`'s (``query_id``, ``doc_id``, ``relevance``), PyTerrier's
-#: (``qid``, ``docno``, ``label``), and other common spellings.  (``query`` and ``text`` are not among them:
-#: they usually hold query texts.)
+#: (``qid``, ``docno``, ``label``), and other common spellings.  (``query``, ``document`` and ``text`` are not
+#: among them: they usually hold query and document texts.)
 QRELS_COLUMNS: dict[str, tuple[str, ...]] = {
     "query-id": ("query-id", "query_id", "queryid", "qid", "q_id", "topic", "topic-id", "topic_id"),
-    "corpus-id": ("corpus-id", "corpus_id", "doc_id", "docid", "doc-id", "docno", "doc", "document", "document-id",
+    "corpus-id": ("corpus-id", "corpus_id", "doc_id", "docid", "doc-id", "docno", "doc", "document-id",
                   "document_id", "pid", "passage-id", "passage_id"),
     "score": ("score", "relevance", "grade", "label", "rel", "judgement", "judgment"),
 }

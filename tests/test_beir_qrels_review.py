@@ -95,3 +95,14 @@ def test_beirs_header_however_spelt_reads_its_lines_by_position(tmp_path, header
     path = tmp_path / "test.tsv"
     path.write_text(header + "\nq1\td1\t1\nq2 0 d2 2\n")  # (trec_eval's 4 columns under it, as always)
     assert read_qrels(path) == {"q1": {"d1": 1}, "q2": {"d2": 2}}
+
+
+def test_a_frame_column_named_document_is_no_document_id():
+    pd = pytest.importorskip("pandas")
+    from ragkit.types import as_qrels
+
+    frame = pd.DataFrame({"qid": ["q1"], "document": ["some long text"], "label": [1]})  # (texts, not ids)
+    with pytest.raises(DataError, match=r"none named as document ids .*if 'document' holds the document ids: "
+                                        r"df\.rename\(columns=\{'document': 'corpus-id'\}\)"):
+        as_qrels(frame, "evaluate")
+    assert as_qrels(frame.rename(columns={"document": "document_id"}), "evaluate") == {"q1": {"some long text": 1}}
