@@ -18,27 +18,19 @@ _POSIX = pytest.mark.skipif(os.name == "nt", reason="quoting for a POSIX shell")
 
 
 @_POSIX
-def test_a_three_column_query_tsv_warning_quotes_the_file_name(tmp_path, caplog):
+@pytest.mark.parametrize("name, text, warned, fix", [
+    ("my q.tsv", "q1\tvitamin d\tgold\n", "tab-separated columns", "cut -f1,2 'my q.tsv' > queries.tsv"),
+    ("my q.txt", "1 vitamin d\n2 statins\n", "separated by spaces", "sed 's/ /\\t/' 'my q.txt' > queries.tsv"),
+])
+def test_a_query_file_warning_quotes_the_file_name(tmp_path, caplog, name, text, warned, fix):
     from ragkit.eval.beir import read_query_file
 
-    path = tmp_path / "my q.tsv"
-    path.write_text("q1\tvitamin d\tgold\n")
+    path = tmp_path / name
+    path.write_text(text)
     with caplog.at_level(logging.WARNING, logger="ragkit"):
         read_query_file(path)
-    said = [r.getMessage() for r in caplog.records if "tab-separated columns" in r.getMessage()]
-    assert len(said) == 1 and "cut -f1,2 'my q.tsv' > queries.tsv" in said[0]
-
-
-@_POSIX
-def test_a_spaced_id_warning_quotes_the_file_name(tmp_path, caplog):
-    from ragkit.eval.beir import read_query_file
-
-    path = tmp_path / "my q.txt"
-    path.write_text("1 vitamin d\n2 statins\n")
-    with caplog.at_level(logging.WARNING, logger="ragkit"):
-        read_query_file(path)
-    said = [r.getMessage() for r in caplog.records if "separated by spaces" in r.getMessage()]
-    assert len(said) == 1 and "sed 's/ /\\t/' 'my q.txt' > queries.tsv" in said[0]
+    said = [r.getMessage() for r in caplog.records if warned in r.getMessage()]
+    assert len(said) == 1 and fix in said[0]
 
 
 @_POSIX
