@@ -102,15 +102,19 @@ def round_orders(keys: list, seed: int = 0) -> Iterator[list]:
         yield list(order)
 
 
-def interleaved(fns: dict, repeat: int, min_seconds: float = 0.0, seed: int = 0) -> tuple[dict, dict, int]:
+def interleaved(fns: dict, repeat: int, min_seconds: float = 0.0, seed: int = 0,
+                clock: Callable[[], float] | None = None) -> tuple[dict, dict, int]:
     """Time every callable in ``fns`` in rounds, each round calling each once, in an order shuffled afresh each
     round (:func:`round_orders`, seeded by ``seed``: deterministic), so a burst of others' load on a shared
     machine, or the cache state one call leaves the next, falls on all alike, and every ratio of two of them
     compares calls from the same rounds.  There are ``repeat`` rounds (at least one), and more, up to 10,000,
     until the fastest call's best times the rounds reaches ``min_seconds`` (so every callable is timed that
-    long in all).  Returns ``(best seconds, the result of that best call, rounds)``, the dicts keyed as
-    ``fns``."""
+    long in all).  ``clock`` reads the seconds (``time.process_time`` for CPU time); ``None``:
+    ``time.perf_counter``, looked up at the call.  Returns ``(best seconds, the result of that best call,
+    rounds)``, the dicts keyed as ``fns``."""
     import math
+
+    clock = clock or time.perf_counter
 
     if min_seconds < 0 or not math.isfinite(min_seconds):
         raise ValueError(f"interleaved: min_seconds must be a finite number >= 0, got {min_seconds!r}")
@@ -120,13 +124,49 @@ def interleaved(fns: dict, repeat: int, min_seconds: float = 0.0, seed: int = 0)
     rounds, orders = 0, round_orders(list(fns), seed)
     while rounds < max(1, repeat) or rounds < min(10_000, math.ceil(min_seconds / max(min(best.values()), 1e-9))):
         for key in next(orders):
-            t0 = time.perf_counter()
+            t0 = clock()
             out = fns[key]()
-            dt = time.perf_counter() - t0
+            dt = clock() - t0
             if dt < best[key]:
                 best[key], result[key] = dt, out
         rounds += 1
     return best, result, rounds
+
+
+def interleaved_best(fns: dict, repeat: int, min_seconds: float = 0.0, seed: int = 0,
+                     clock: Callable[[], float] | None = None) -> tuple[dict, dict, dict, int]:
+    """:func:`interleaved` after a first call of each (JIT compiles, caches: its time is returned apart, never
+    counted in the best); each callable is timed for at least ``min_seconds`` in all.  Returns ``(first-call
+    seconds, best seconds, a result, rounds)``, the dicts keyed as ``fns``."""
+    clock = clock or time.perf_counter
+    first = {}
+    for key, fn in fns.items():
+        t0 = clock()
+        fn()
+        first[key] = clock() - t0
+    best, result, rounds = interleaved(fns, repeat, min_seconds, seed, clock)
+    return first, best, result, rounds
+
+
+def add_timing_args(ap: Any, repeat_help: str = "at least this many interleaved timing rounds") -> None:
+    """``--repeat`` (default 3) and ``--min-seconds`` (interleaved rounds until each call is timed this long in
+    all; default 0.5 s, 0.05 s with ``--quick``: :func:`timing_args` sets it) on the ``argparse`` parser ``ap``."""
+    ap.add_argument("--repeat", type=int, default=3, help=repeat_help)
+    ap.add_argument("--min-seconds", type=float, default=None,
+                    help="interleaved rounds until each call timed in them is timed this long in all (so a time is "
+                         "not the best of a few calls of milliseconds; default 0.5, 0.05 with --quick, a smoke run); "
+                         "0: --repeat rounds only")
+
+
+def timing_args(ap: Any, args: Any) -> None:
+    """After ``ap.parse_args()``: ``args.min_seconds`` defaulted (0.05 with ``args.quick``, else 0.5) and checked
+    (``ap.error`` names the flag and the value given)."""
+    import math
+
+    if args.min_seconds is None:
+        args.min_seconds = 0.05 if getattr(args, "quick", False) else 0.5
+    if not (math.isfinite(args.min_seconds) and args.min_seconds >= 0):
+        ap.error(f"--min-seconds: a finite number of seconds >= 0, got {args.min_seconds}")
 
 
 def exact_topk(d: np.ndarray, q: np.ndarray, k: int, block: int = 65536) -> np.ndarray:

@@ -34,7 +34,7 @@ searches (one process and the pool) get an untimed warm-up call on a few queries
 not interleaved with the others (it is slow).  Searches (ragkit and bm25s) run in interleaved rounds,
 every library once per round, so that others'
 load on a shared machine falls on all alike; the best round of each is reported, and there
-are enough rounds that each search is timed for ``--min-seconds`` (0.5) in all.  Read the
+are enough rounds that each search is timed for ``--min-seconds`` (0.5; 0.05 with ``--quick``) in all.  Read the
 ratios, which are measured in the same run.  Writes ``bench/out/bm25.json``
 (``bm25_quick.json`` with ``--quick``; the folder ``RAGKIT_BENCH_OUT`` names instead, when set).
 """
@@ -52,7 +52,18 @@ import numpy as np
 
 from ragkit._cpus import usable_cpus
 
-from _common import OUT, SCIFACT, best_of, interleaved, machine, machine_line, print_machine, write_atomic  # noqa: E402
+from _common import (  # noqa: E402
+    OUT,
+    SCIFACT,
+    add_timing_args,
+    best_of,
+    interleaved_best,
+    machine,
+    machine_line,
+    print_machine,
+    timing_args,
+    write_atomic,
+)
 
 K1, B = 0.9, 0.4
 
@@ -98,19 +109,6 @@ def compared_missing() -> str | None:
     except ImportError as e:
         return f"the libraries compared need the bench extra ({e}): pip install 'ragkit[bench]'"
     return None
-
-
-def interleaved_best(fns: dict, repeat: int, min_seconds: float) -> tuple[dict, dict, dict, int]:
-    """:func:`_common.interleaved` after a first call of each (JIT compiles, caches: its time is returned
-    apart, never counted in the best); each callable is timed for at least ``min_seconds`` in all.  Returns
-    ``(first-call seconds, best seconds, a result, rounds)``, the dicts keyed as ``fns``."""
-    first = {}
-    for key, fn in fns.items():
-        t0 = time.perf_counter()
-        fn()
-        first[key] = time.perf_counter() - t0
-    best, result, rounds = interleaved(fns, repeat, min_seconds)
-    return first, best, result, rounds
 
 
 def search_calls(rk, queries, bs_search, bm25s_indexes: dict, n_cores: int) -> dict:  # noqa: ANN001
@@ -167,15 +165,11 @@ def main() -> None:
                     help="smoke run: 40 test queries over the first 800 documents plus every document relevant to "
                          "them (so each query's relevant documents are always in the small corpus and nDCG@10 reads "
                          "far higher than a full run's: not comparable)")
-    ap.add_argument("--repeat", type=int, default=3,
-                    help="index timing repeats for ragkit and bm25s (best of), and the least number of search rounds")
+    add_timing_args(ap, "index timing repeats for ragkit and bm25s (best of), and the least number of search rounds")
     ap.add_argument("--rb-repeat", type=int, default=3,
                     help="rank-bm25 searches: best of this many calls over all the queries, after a warm-up call")
     ap.add_argument("--rb-max-seconds", type=float, default=60.0,
                     help="rank-bm25 searches: no further call once the timed ones took this long in all")
-    ap.add_argument("--min-seconds", type=float, default=0.5,
-                    help="searches: interleaved rounds until each library's search is timed this long in all "
-                         "(best of the rounds is reported)")
     ap.add_argument("--k", type=int, default=100, help="results per query")
     ap.add_argument("--scaling", action="store_true",
                     help="also measure ragkit q/s for n_jobs = 1, 2, 4, ... cores on the queries repeated 10x")
@@ -183,6 +177,7 @@ def main() -> None:
                     help="only the variant choice: lucene and okapi over a k1 x b grid on the train split "
                          "(the default, lucene k1 0.9 b 0.4, against the best okapi setting, paired test)")
     args = ap.parse_args()
+    timing_args(ap, args)
     if args.rb_repeat < 1 or args.rb_max_seconds <= 0:
         ap.error(f"--rb-repeat must be >= 1 and --rb-max-seconds > 0, got {args.rb_repeat} and {args.rb_max_seconds}")
     if args.train_sweep:

@@ -63,7 +63,7 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
-from _common import OUT, SCIFACT, interleaved, print_machine, write_atomic  # noqa: E402
+from _common import OUT, SCIFACT, interleaved_best, print_machine, write_atomic  # noqa: E402
 
 
 def _held_bytes(op: object) -> int:
@@ -236,12 +236,7 @@ def _search_phase(data, qs, saved: str, k: int, repeat: int, min_seconds: float)
     else:
         fns["bm25s_numba"] = peer(bm25s.BM25.load(bs_dir, mmap=False, backend="numba"))
         fns["bm25s_numba_mmap"] = peer(bm25s.BM25.load(bs_dir, mmap=True, backend="numba"))
-    first = {}
-    for key, fn in fns.items():
-        t0 = time.perf_counter()
-        fn()
-        first[key] = time.perf_counter() - t0
-    best, _, rounds = interleaved(fns, repeat, min_seconds)  # (order shuffled per round, seeded)
+    first, best, _, rounds = interleaved_best(fns, repeat, min_seconds)  # (order shuffled per round, seeded)
     out |= {"rounds": rounds, "min_seconds": min_seconds, "best_s": {key: round(v, 5) for key, v in best.items()},
             "first_call_s": {key: round(v, 4) for key, v in first.items()}}
     return out

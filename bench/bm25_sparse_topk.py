@@ -19,14 +19,15 @@ is fitted with ``BM25()``; query sets of 4 words each, by how many documents the
   path, at 97% of 200,000 documents matched, before the dense rows were filled from the product directly);
 * ``mixed``: two rare words and two of the 50 most frequent ones;
 
-each searched at ``k`` 10 and 1000 (``mixed``: 10), and ``rare`` and ``common`` also with a metadata filter
-passing half the documents.  Each is timed through both paths (``ragkit.retrievers.bm25._DENSE_TOPK``), one
-thread, alternately, best of ``--repeat`` rounds of CPU time (``time.process_time``: the machine is shared); the
-rankings of both are checked identical (ids, float32 scores).  Prints ms per query, the share of queries the new
+each searched at ``k`` 10 and 1000 (``mixed``: 10), and ``rare`` and ``common`` also with a metadata filter passing
+half the documents.  Each is timed through both paths (``ragkit.retrievers.bm25._DENSE_TOPK``), one thread, in
+``--repeat`` interleaved rounds (``_common.interleaved``: each path once a round, the order shuffled afresh each
+round, seeded, so neither always runs first), best round of CPU time (``time.process_time``: the machine is shared);
+the rankings of both are checked identical (ids, float32 scores).  Prints ms per query, the share of queries the new
 path ranks from dense rows (more than ``_DENSE_SHARE`` of the documents, and ``k``, are candidates) and the ratio
-dense / sparse (old / new), then ``common``'s ratios again (>= 1.0x: the new path is no slower where every query
-is ranked from a dense row; the timings are noisy to a few percent).  Prints a ``machine:`` line first and
-writes ``bench/out/bm25_sparse_topk.json`` (``bm25_sparse_topk_quick.json`` with ``--quick``; in the folder
+dense / sparse (old / new), then ``common``'s ratios again (>= 1.0x: the new path is no slower where every query is
+ranked from a dense row; the timings are noisy to a few percent).  Prints a ``machine:`` line first and writes
+``bench/out/bm25_sparse_topk.json`` (``bm25_sparse_topk_quick.json`` with ``--quick``; in the folder
 ``RAGKIT_BENCH_OUT`` names instead of bench/out, when set): the machine, the sizes and every row printed.
 """
 
@@ -44,7 +45,7 @@ from ragkit.retrievers import BM25, bm25 as bm25_mod
 from ragkit.types import Corpus
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import OUT, print_machine, write_atomic  # noqa: E402
+from _common import OUT, interleaved, print_machine, write_atomic  # noqa: E402
 
 
 def corpus_of(n: int, seed: int = 0) -> Corpus:
@@ -82,13 +83,11 @@ def query_sets(bm: BM25, n_q: int, seed: int = 1) -> dict[str, list[str]]:
     return {name: [" ".join(row) for row in words.tolist()] for name, words in sets.items()}
 
 
-def timed(bm: BM25, queries: list[str], k: int, dense: bool, **options: object) -> tuple[float, list]:
-    """``(CPU seconds, rankings)`` of one search of ``queries`` through one path."""
+def searched(bm: BM25, queries: list[str], k: int, dense: bool, **options: object) -> list:
+    """The rankings of one search of ``queries`` through one path (``dense``: the dense path)."""
     bm25_mod._DENSE_TOPK = dense
     try:
-        t = time.process_time()
-        run = bm.search(queries, k=k, **options)  # type: ignore[arg-type]
-        return time.process_time() - t, run.rankings
+        return bm.search(queries, k=k, **options).rankings  # type: ignore[arg-type]
     finally:
         bm25_mod._DENSE_TOPK = False
 
@@ -125,8 +124,9 @@ def main() -> None:
         ap.error(f"--docs must be >= 100 (the query sets draw words by document frequency), --queries and --repeat "
                  f">= 1; got --docs {args.docs}, --queries {args.queries}, --repeat {args.repeat}")
     res: dict = {"machine": print_machine(threads=1), "docs": args.docs, "queries_per_set": args.queries,
-                 "repeat": args.repeat, "timing": "CPU time (time.process_time), one thread, the two paths "
-                 "alternately, best of the rounds; ms per query", "rows": []}
+                 "repeat": args.repeat, "timing": "CPU time (time.process_time), one thread, the two paths in "
+                 "interleaved rounds (order shuffled per round, seeded), best of the rounds; ms per query",
+                 "rows": []}
     t = time.time()
     corpus = corpus_of(args.docs)
     bm = BM25(k=10, n_jobs=1).fit(corpus)
@@ -142,12 +142,8 @@ def main() -> None:
     for name, k, options in cases:
         queries = sets[name]
         matches = matches_of(bm, queries)
-        best = {True: np.inf, False: np.inf}
-        got: dict[bool, list] = {}
-        for _ in range(args.repeat):  # alternate the two paths, best of the rounds
-            for dense in (True, False):
-                s, got[dense] = timed(bm, queries, k, dense, **options)
-                best[dense] = min(best[dense], s)
+        paths = {dense: (lambda dense=dense: searched(bm, queries, k, dense, **options)) for dense in (True, False)}
+        best, got, _ = interleaved(paths, args.repeat, clock=time.process_time)  # (best round of each path)
         for a, b in zip(got[True], got[False]):  # identical rankings (ids, float32 scores)
             assert np.array_equal(a.rows, b.rows) and a.scores.tobytes() == b.scores.tobytes(), (name, k)
         n = len(queries)

@@ -74,11 +74,13 @@ import numpy as np
 from _common import (  # noqa: E402
     OUT,
     SCIFACT,
+    add_timing_args,
     best_of as timed,
     exact_topk,
     interleaved,
     print_machine,
     recall,
+    timing_args,
     write_atomic,
 )
 
@@ -633,13 +635,8 @@ def main() -> None:
     ap.add_argument("--at-recall", default="0.90,0.95",
                     help="recall@10 targets, comma separated: each swept graph's q/s there (log-interpolated "
                          "between the bracketing ef points) and its ratios to the faiss graphs and exact searches")
-    ap.add_argument("--repeat", type=int, default=3,
-                    help="at least this many interleaved timing rounds: each configuration's q/s is its best round "
-                         "(after a warm-up call)")
-    ap.add_argument("--min-seconds", type=float, default=None,
-                    help="interleaved rounds until every configuration's search is timed this long in all (so a "
-                         "q/s is not the best of a few calls of milliseconds; default 0.5, 0.05 with --quick, a "
-                         "smoke run); 0: --repeat rounds only")
+    add_timing_args(ap, "at least this many interleaved timing rounds: each configuration's q/s is its best round "
+                        "(after a warm-up call)")
     ap.add_argument("--builds", type=int, default=None,
                     help="HNSW graphs (ragkit and faiss) built this many times: recall@10 / nDCG@10 median and min "
                          "over the builds beside the timed build's (default 3; 2 with --quick; 1 = the timed only)")
@@ -653,10 +650,7 @@ def main() -> None:
                     help="folder for dense.json and dense.png (default bench/out, or the folder RAGKIT_BENCH_OUT "
                          "names)")
     args = ap.parse_args()
-    if args.min_seconds is None:
-        args.min_seconds = 0.05 if args.quick else 0.5
-    if not 0 <= args.min_seconds < float("inf"):
-        ap.error(f"--min-seconds: a finite number of seconds >= 0, got {args.min_seconds}")
+    timing_args(ap, args)
     if args.threads < -1:
         ap.error(f"--threads: a thread count, or 0 or -1 for all cores, got {args.threads}")
     if args.builds is not None and args.builds < 1:

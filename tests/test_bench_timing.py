@@ -184,3 +184,91 @@ def test_cachecraft_agreement_does_not_reward_an_answer_that_stops_early() -> No
     assert agree([1, 2], [1, 2, 3, 4, 5, 6], 32) == pytest.approx(2 / 6)
     assert agree([1, 2, 3, 4, 5, 6], [1, 2, 3, 4, 5, 6], 4) == 1.0
     assert agree([1, 9, 3], [1, 2, 3], 32) == pytest.approx(1 / 3)
+
+
+def test_interleaved_best_times_first_calls_apart_on_the_clock_given() -> None:
+    """``_common.interleaved_best`` (bench/bm25.py's, shared with bench/bm25_memory.py): a first call of each,
+    timed apart, then :func:`interleaved`'s rounds; both on the ``clock`` given (bench/bm25_sparse_topk.py's is
+    ``time.process_time``)."""
+    common = bench_module("_common")
+    clock, log = _Clock(), []
+
+    def call(key: str, dt: float):  # noqa: ANN202
+        def fn() -> str:
+            clock.now += dt
+            log.append(key)
+            return key
+        return fn
+
+    first, best, result, rounds = common.interleaved_best({"a": call("a", 0.25), "b": call("b", 0.5)}, 3,
+                                                          clock=clock)
+    assert first == {"a": 0.25, "b": 0.5} and best == {"a": 0.25, "b": 0.5} and result == {"a": "a", "b": "b"}
+    assert rounds == 3 and log[:2] == ["a", "b"] and sorted(log[2:]) == ["a"] * 3 + ["b"] * 3
+    with mock.patch("time.perf_counter", clock):  # (no clock: time.perf_counter, looked up at the call)
+        assert common.interleaved({"a": call("a", 0.125)}, 2)[0] == {"a": 0.125}
+
+
+def test_bm25_sparse_topk_shuffles_the_two_paths_order_each_round(tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
+    """bench/bm25_sparse_topk.py timed the dense path, then the sparse one, in that order every round (the
+    ordering bias _common.interleaved's seeded shuffles remove): it now times them with interleaved, on CPU
+    time, and the order changes between rounds."""
+    import time
+
+    mod = bench_module("bm25_sparse_topk")
+    clocks: list[object] = []
+    real = mod.interleaved
+
+    def spy(*a, **kw):  # noqa: ANN002, ANN003, ANN202
+        clocks.append(kw.get("clock"))
+        return real(*a, **kw)
+
+    order: list[bool] = []
+    search = mod.BM25.search
+
+    def recording(self, *a, **kw):  # noqa: ANN001, ANN002, ANN003, ANN202
+        order.append(mod.bm25_mod._DENSE_TOPK)
+        return search(self, *a, **kw)
+
+    monkeypatch.setattr(mod, "interleaved", spy)
+    monkeypatch.setattr(mod.BM25, "search", recording)
+    repeat = 4
+    _run_main(mod, ["bm25_sparse_topk.py", "--quick", "--queries", "3", "--repeat", str(repeat)], tmp_path)
+    assert clocks and all(c is time.process_time for c in clocks), clocks
+    per_case = [order[i:i + 2 * repeat] for i in range(0, len(order), 2 * repeat)]
+    assert len(per_case) == len(clocks) and all(len(case) == 2 * repeat for case in per_case), order
+    for case in per_case:
+        rounds = [tuple(case[i:i + 2]) for i in range(0, len(case), 2)]
+        assert all(sorted(r) == [False, True] for r in rounds), rounds  # each path once a round
+        assert len(set(rounds)) == 2, rounds  # neither path always first
+    res = json.loads((tmp_path / "bm25_sparse_topk_quick.json").read_text())
+    assert res["rankings_identical"] and "interleaved rounds" in res["timing"]
+
+
+def test_timing_args_default_min_seconds_by_quick(monkeypatch) -> None:  # noqa: ANN001
+    """``--min-seconds`` defaults to 0.05 s with ``--quick`` (0.5 s otherwise) in bench/dense.py and now
+    bench/bm25.py too (whose --quick kept 0.5 s); a negative or infinite one is refused, naming the flag."""
+    import argparse
+
+    common = bench_module("_common")
+
+    def parsed(*argv: str) -> argparse.Namespace:
+        ap = argparse.ArgumentParser()
+        ap.add_argument("--quick", action="store_true")
+        common.add_timing_args(ap)
+        args = ap.parse_args(list(argv))
+        common.timing_args(ap, args)
+        return args
+
+    assert (parsed("--quick").min_seconds, parsed().min_seconds, parsed("--quick", "--min-seconds", "2").min_seconds,
+            parsed("--min-seconds", "0").min_seconds, parsed().repeat) == (0.05, 0.5, 2.0, 0.0, 3)
+    for bad in ("-1", "inf", "nan"):
+        with pytest.raises(SystemExit):
+            parsed("--min-seconds", bad)
+    bm = bench_module("bm25")
+    seen: list[argparse.Namespace] = []
+    real = bm.timing_args
+    monkeypatch.setattr(bm, "timing_args", lambda ap, args: (real(ap, args), seen.append(args)))
+    monkeypatch.setattr(bm, "compared_missing", lambda: "(stopped by the test after reading its flags)")
+    with mock.patch.object(sys, "argv", ["bm25.py", "--quick"]), pytest.raises(SystemExit):
+        bm.main()
+    assert seen and seen[0].min_seconds == 0.05 and seen[0].repeat == 3
