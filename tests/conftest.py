@@ -171,26 +171,44 @@ def local_ray():
     yield from ray_session(2)
 
 
-def run_example(path: Path, *args: str) -> tuple[object, str, str]:
-    """Run the example script ``path`` in-process on SciFact with ``args``: ``(exit code or None, stdout, stderr)``.
-    ``sys.path`` and the module ``_common`` are put back afterwards: examples/_common.py must not stand in for
-    bench/_common.py in a later test that imports a bench."""
-    argv, out, err, code = sys.argv, io.StringIO(), io.StringIO(), None
-    path_before, common_before = list(sys.path), sys.modules.get("_common")
-    sys.argv = [str(path), "--data", str(SCIFACT), *args]
+@contextmanager
+def scripts_of(folder: Path) -> Iterator[None]:
+    """Run scripts of ``folder`` (examples/ or bench/) within: no ``_common`` of another folder loaded; after,
+    ``sys.path`` and ``sys.modules`` as before (the modules loaded from ``folder`` removed, an earlier
+    ``_common`` put back).  examples/ and bench/ each have a module named ``_common``: one must not stand in
+    for the other in a later test."""
+    path_before, before, common = list(sys.path), set(sys.modules), sys.modules.pop("_common", None)
     try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        yield
+    finally:
+        sys.path[:] = path_before
+        for name in set(sys.modules) - before:
+            if Path(getattr(sys.modules[name], "__file__", "") or "/").resolve().is_relative_to(folder):
+                del sys.modules[name]
+        if common is not None:
+            sys.modules["_common"] = common
+
+
+def run_script(path: Path, *args: str, must_exit: bool = False) -> tuple[object, str, str]:
+    """Run the script ``path`` in-process with ``args`` (:func:`scripts_of` its folder): ``(exit code or None,
+    stdout, stderr)``; ``must_exit``: fail the test unless it ends in ``SystemExit``."""
+    argv, out, err, code = sys.argv, io.StringIO(), io.StringIO(), None
+    sys.argv = [str(path), *args]
+    try:
+        with scripts_of(path.resolve().parent), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             runpy.run_path(str(path), run_name="__main__")
+        if must_exit:
+            pytest.fail(f"{path.name} {' '.join(args)} ended without SystemExit")
     except SystemExit as e:
         code = e.code
     finally:
         sys.argv = argv
-        sys.path[:] = path_before
-        if common_before is None:
-            sys.modules.pop("_common", None)
-        else:
-            sys.modules["_common"] = common_before
     return code, out.getvalue(), err.getvalue()
+
+
+def run_example(path: Path, *args: str) -> tuple[object, str, str]:
+    """Run the example script ``path`` in-process on SciFact with ``args`` (:func:`run_script`)."""
+    return run_script(path, "--data", str(SCIFACT), *args)
 
 
 # ---------------------------------------------------------------------- every registered operator, where it works
@@ -254,16 +272,9 @@ def well_formed(run, queries, corpus) -> None:  # noqa: ANN001
 def bench_module(name: str):
     """bench/<name>.py as a module, imported with the environment it sets (BLAS threads) undone; the bench's
     own modules (its ``_common``) leave ``sys.modules`` again (the examples import their own ``_common``)."""
-    before = set(sys.modules)
-    sys.path.insert(0, str(REPO / "bench"))
-    try:
-        with mock.patch.dict(os.environ):
-            return importlib.import_module(name)
-    finally:
-        sys.path.remove(str(REPO / "bench"))
-        for mod in set(sys.modules) - before:
-            if str(getattr(sys.modules[mod], "__file__", "") or "").startswith(str(REPO / "bench")):
-                del sys.modules[mod]
+    with scripts_of((REPO / "bench").resolve()), mock.patch.dict(os.environ):
+        sys.path.insert(0, str(REPO / "bench"))
+        return importlib.import_module(name)
 
 
 @pytest.fixture

@@ -3,14 +3,13 @@ MMR's capped pool and repeated rows, the diversity measures' k and scale, the be
 
 from __future__ import annotations
 
-import importlib
 import logging
-import sys
 import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import bench_module
 
 from ragkit.errors import DataError, ParamError
 from ragkit.eval import diversity as div
@@ -451,17 +450,8 @@ def test_diversity_measures_refuse_negative_rows():
 
 # ---------------------------------------------------------------------- 4. the bench's choice
 def _bench():
-    """bench/diversity.py as a module; the bench's own modules (its ``_common``) leave ``sys.modules`` again:
-    the examples import their own ``_common`` by that name (tests/test_examples.py failed after this test)."""
-    before = set(sys.modules)
-    sys.path.insert(0, str(REPO / "bench"))
-    try:
-        return importlib.import_module("diversity")
-    finally:
-        sys.path.remove(str(REPO / "bench"))
-        for name in set(sys.modules) - before:
-            if str(getattr(sys.modules[name], "__file__", "") or "").startswith(str(REPO / "bench")):
-                del sys.modules[name]
+    """bench/diversity.py as a module (conftest.bench_module: its ``_common`` leaves ``sys.modules`` again)."""
+    return bench_module("diversity")
 
 
 def test_bench_choice_when_nothing_qualifies():

@@ -3,17 +3,14 @@
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
-import io
 import json
 import re
-import runpy
 import sys
 from pathlib import Path
 
 import pytest
-from conftest import SCIFACT
+from conftest import run_example
 
 from ragkit.pipelines import Pipeline
 
@@ -60,14 +57,9 @@ def _module(path: Path):
 def _run_script(path: Path, *args: str) -> tuple[dict, str]:
     """The script's JSON line (the last of its standard output) and its standard error (where a script with
     ``--json`` prints the rest: the generate example's answer)."""
-    argv, out, err = sys.argv, io.StringIO(), io.StringIO()
-    sys.argv = [str(path), "--data", str(SCIFACT), "--json", *args]
-    try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            runpy.run_path(str(path), run_name="__main__")
-    finally:
-        sys.argv = argv
-    return json.loads(out.getvalue().strip().splitlines()[-1]), err.getvalue()
+    code, out, err = run_example(path, "--json", *args)
+    assert code in (None, 0), err
+    return json.loads(out.strip().splitlines()[-1]), err
 
 
 def test_every_script_has_a_yaml_twin():

@@ -9,12 +9,11 @@ import argparse
 import contextlib
 import importlib.util
 import io
-import runpy
 import sys
 from pathlib import Path
 
 import pytest
-from conftest import SCIFACT
+from conftest import SCIFACT, bench_module, run_script
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 SCRIPTS = sorted(p for p in EXAMPLES.glob("*.py") if not p.name.startswith("_"))
@@ -29,14 +28,7 @@ def _module(path: Path):
 
 def _exit(path: Path, *args: str) -> tuple[object, str, str]:
     """Run the script in-process with ``args``; ``(exit code, stdout, stderr)``; it must end in SystemExit."""
-    argv, out, err = sys.argv, io.StringIO(), io.StringIO()
-    sys.argv = [str(path), *args]
-    try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), pytest.raises(SystemExit) as exc:
-            runpy.run_path(str(path), run_name="__main__")
-    finally:
-        sys.argv = argv
-    return exc.value.code, out.getvalue(), err.getvalue()
+    return run_script(path, *args, must_exit=True)
 
 
 @pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.stem)
@@ -116,3 +108,12 @@ def test_run_searches_with_query_vectors_cached():
     with contextlib.redirect_stdout(io.StringIO()):
         out = common.run(Spy(), args, "spy")
     assert out["queries"] == 3 and seen == [("fit", True), ("search", True)]
+
+
+def test_a_script_run_leaves_sys_path_and_modules_as_they_were():
+    """Review: _exit left examples/ on sys.path and examples/_common.py in sys.modules, so a later bench import
+    took the examples' _common (ImportError: cannot import name 'OUT' from '_common')."""
+    path_before, common_before = list(sys.path), sys.modules.get("_common")
+    _exit(EXAMPLES / "rm3.py", "--help")
+    assert sys.path == path_before and sys.modules.get("_common") is common_before
+    assert bench_module("bm25").OUT  # (bench/_common's, not examples/_common's)
