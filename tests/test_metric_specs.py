@@ -132,3 +132,31 @@ def test_evaluate_refuses_a_metric_named_twice():
         with pytest.raises(DataError, match=f"^evaluate: metrics {said} name the same metric; name each once$"):
             evaluate(run, qrels, twice)
     assert list(evaluate(run, qrels, ["nDCG@10", "recall@10"]).scores) == ["nDCG@10", "recall@10"]
+    # review: two pairs were said as four names of one metric
+    with pytest.raises(DataError, match=r"^evaluate: metrics 'ndcg@10', 'nDCG@10' name the same metric; 'recall@10', "
+                                        r"'recall@10 ' another; name each once$"):
+        evaluate(run, qrels, ["ndcg@10", "recall@10", "nDCG@10", "recall@10 "])
+
+
+def test_per_query_metrics_says_its_own_name_for_a_metric_named_twice():
+    import numpy as np
+
+    from ragkit.eval import per_query_metrics
+    from ragkit.types import Ranking, State
+
+    state = State(["a query"], ["q1"], rankings=[Ranking(np.array([1, 0]), np.array([1.0, 0.5], np.float32))])
+    for qrels in ({"q1": {"d2": 1}}, {"q9": {"d2": 1}}):  # (no judged query: refused all the same)
+        with pytest.raises(DataError, match=r"^per_query_metrics: metrics 'ndcg@10', 'NDCG@10' name the same metric"):
+            per_query_metrics(state, qrels, np.array(["d1", "d2"], object), ["ndcg@10", "NDCG@10"])
+    assert per_query_metrics(state, {"q1": {"d2": 1}}, np.array(["d1", "d2"], object), ["ndcg@10"])["ndcg@10"] > 0
+
+
+def test_eval_k_names_each_cut_off_once():
+    """Review: ``ragkit eval --k 10,10`` scored nDCG, recall, ... at 10 twice, which evaluate now refuses (after the
+    fit and the search, naming five metrics the user never wrote): a cut-off repeated in --k is one cut-off."""
+    from ragkit.cli._options import _parse_ks
+    from ragkit.cli._scoring import _Scoring
+
+    assert _parse_ks("10,10") == [10] and _parse_ks("100,010,10,100") == [100, 10]
+    names = _Scoring().metric_names(_parse_ks("10,010"))
+    assert len(names) == len(set(names)) == 5

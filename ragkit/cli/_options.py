@@ -100,13 +100,13 @@ def _parse_ks(ks: str) -> list[int]:
         raise typer.BadParameter(f"expected positive integers, got {ks!r}", param_hint="--k")
     if max(out) > 2**31 - 1:  # trec_eval's cut-offs are C ints: refused here, not as an unknown metric after the search
         raise typer.BadParameter(f"expected cut-offs of at most 2,147,483,647, got {max(out)}", param_hint="--k")
-    return out
+    return list(dict.fromkeys(out))  # (10,10 and 10,010 are 10 once: each metric is scored at each cut-off once)
 
 
 def _parse_metric_names(metrics: str) -> list[str]:
     """``--metrics``' comma-separated names (``ndcg@10,hole@10``), checked together (:func:`parse_metrics`), in
     their canonical spelling; none, or one named twice (``nDCG@10,ndcg@10``), is a :class:`RagkitError`."""
-    from ragkit.eval.metrics import _named_twice, parse_metrics
+    from ragkit.eval.metrics import _named_twice, _twice_said, parse_metrics
 
     names = [m.strip() for m in metrics.split(",") if m.strip()]
     if not names:
@@ -117,5 +117,5 @@ def _parse_metric_names(metrics: str) -> list[str]:
         raise RagkitError(f"--metrics: {e}") from None
     twice = _named_twice(names, parsed)
     if twice:
-        raise RagkitError(f"--metrics: {', '.join(twice)} name the same metric; name each once")
+        raise RagkitError(f"--metrics: {_twice_said(twice, str)}")
     return [f"{name}@{cut}" for name, cut in parsed]

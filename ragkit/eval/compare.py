@@ -40,6 +40,7 @@ from ragkit.eval.metrics import (
     _exact_grid,
     _named_twice,
     _one_blas_thread,
+    _twice_said,
     level_note,
     parse_metric,
     parse_metrics,
@@ -805,9 +806,9 @@ def _check_args(results: Sequence[SystemResult], metrics: Sequence[str], baselin
     if isinstance(metrics, str) or not metrics:
         raise ParamError(f"compare: metrics must be a non-empty list of names such as ['ndcg@10'], got {metrics!r}")
     parsed = parse_metrics(metrics)  # every name it cannot read, in one message
-    twice = _named_twice(metrics, parsed)
-    if twice:  # the same comparison twice in one table: Holm would count it twice
-        raise ParamError(f"compare: metrics {', '.join(map(repr, twice))} name the same metric; name each once")
+    repeated = _named_twice(metrics, parsed)
+    if repeated:  # the same comparison twice in one table: Holm would count it twice
+        raise ParamError(f"compare: metrics {_twice_said(repeated)}")
     if isinstance(n_resamples, bool) or not isinstance(n_resamples, (int, np.integer)) or not 1 <= n_resamples <= 10**7:
         raise ParamError(f"compare: n_resamples must be an integer in [1, 10,000,000], got {n_resamples!r}")
     for label, v in (("alpha", alpha), ("confidence", confidence)):

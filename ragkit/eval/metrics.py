@@ -150,11 +150,22 @@ def parse_metrics(names: Iterable[str]) -> list[tuple[str, int]]:
     return out
 
 
-def _named_twice(names: Sequence[str], parsed: Sequence[tuple[str, int]]) -> list[str]:
-    """The names of ``names`` that name the same metric as another of them (``parsed``: their
-    :func:`parse_metrics`, so ``'nDCG@10'`` and ``'ndcg@10 '`` are twins of ``'ndcg@10'``), each once, in
-    the order given; ``[]`` when every metric is named once."""
-    return list(dict.fromkeys(n for n, pm in zip(names, parsed) if parsed.count(pm) > 1))
+def _named_twice(names: Sequence[str], parsed: Sequence[tuple[str, int]]) -> list[list[str]]:
+    """The names of ``names`` that name one metric with another of them (``parsed``: their
+    :func:`parse_metrics`, so ``'nDCG@10'`` and ``'ndcg@10 '`` are twins of ``'ndcg@10'``), one group per
+    metric, in the order given: ``[['ndcg@10', 'nDCG@10'], ['recall@10', 'recall@10 ']]``; ``[]`` when every
+    metric is named once."""
+    groups: dict[tuple[str, int], list[str]] = {}
+    for name, metric in zip(names, parsed):
+        groups.setdefault(metric, []).append(name)
+    return [g for g in groups.values() if len(g) > 1]
+
+
+def _twice_said(groups: list[list[str]], say: Callable[[str], str] = repr) -> str:
+    """:func:`_named_twice`'s groups for an error: ``'ndcg@10', 'nDCG@10' name the same metric; 'recall@10',
+    'recall@10 ' another; name each once`` (``say``: how a name is written, ``repr`` or ``str``)."""
+    said = [", ".join(map(say, g)) for g in groups]
+    return f"{said[0]} name the same metric" + "".join(f"; {s} another" for s in said[1:]) + "; name each once"
 
 
 @dataclass
@@ -619,7 +630,7 @@ def _evaluate(
     run: Run | Mapping[str, Mapping[str, float]], qrels: Mapping[str, Mapping[str, int]],
     metrics: str | Sequence[str] = DEFAULT_METRICS,
     *, ignore_identical_ids: bool = True, relevance_level: int = 1, qrels_checked: bool = False,
-    annotated: Collection[str] | None = None,
+    annotated: Collection[str] | None = None, who: str = "evaluate",
 ) -> tuple[EvalResult, tuple[int, tuple[str, ...]]]:
     """:func:`evaluate` without its warning of ignored judged documents (the traces' many calls, and
     ``ragkit eval``, which says it in its own words), and ``(relevance_level, the ids of the queries whose
@@ -627,7 +638,8 @@ def _evaluate(
     :func:`~ragkit.types.check_qrels` returns (string ids, integer grades), not checked again: a learner
     checks its judgements once and evaluates hundreds of candidates on them (~20% of each evaluation).
     ``annotated``: document ids (strings, a set for speed) hole@k counts as judged besides those ``qrels`` judge
-    (the whole split's, where ``qrels`` are those of some of its queries: ``ragkit eval --limit``)."""
+    (the whole split's, where ``qrels`` are those of some of its queries: ``ragkit eval --limit``).  ``who``: the
+    public function called, for the error of a metric named twice."""
     import pytrec_eval
 
     if isinstance(relevance_level, bool) or not isinstance(relevance_level, (int, np.integer)) or relevance_level < 1:
@@ -642,7 +654,7 @@ def _evaluate(
     families = parse_metrics(metrics)
     twice = _named_twice(metrics, families)  # ("ndcg@10 " is "ndcg@10", not a metric of its own)
     if twice:
-        raise DataError(f"evaluate: metrics {', '.join(map(repr, twice))} name the same metric; name each once")
+        raise DataError(f"{who}: metrics {_twice_said(twice)}")
     parsed = [(name.strip(), fam, k) for name, (fam, k) in zip(metrics, families)]
     if not parsed:
         raise DataError(f"evaluate: no metric asked for; give at least one, e.g. {list(DEFAULT_METRICS[:2])}")
@@ -931,14 +943,18 @@ def per_query_metrics(state: State, qrels: Mapping[str, Mapping[str, int]], corp
     ``relevance_level``): ``{metric: (n_judged,) float64}`` in state order, queries without judgements
     skipped."""
     return _per_query_metrics(state, qrels, corpus_ids, metrics, relevance_level=relevance_level,
-                              ignore_identical_ids=ignore_identical_ids)
+                              ignore_identical_ids=ignore_identical_ids, who="per_query_metrics")
 
 
 def _per_query_metrics(state: State, qrels: Mapping[str, Mapping[str, int]], corpus_ids: np.ndarray,
                        metrics: Sequence[str], *, relevance_level: int = 1, ignore_identical_ids: bool = True,
-                       qrels_checked: bool = False) -> dict[str, np.ndarray]:
+                       qrels_checked: bool = False, who: str = "evaluate") -> dict[str, np.ndarray]:
     """:func:`per_query_metrics`; ``qrels_checked``: ``qrels`` is what :func:`~ragkit.types.check_qrels`
-    returns, not checked again (a learner's many calls on one set of judgements)."""
+    returns, not checked again (a learner's many calls on one set of judgements); ``who``: as :func:`_evaluate`'s."""
+    metrics = [metrics] if isinstance(metrics, str) else list(metrics)
+    twice = _named_twice(metrics, parse_metrics(metrics))  # (refused where no query is judged too)
+    if twice:
+        raise DataError(f"{who}: metrics {_twice_said(twice)}")
     qids = [q for q in state.query_ids if qrels.get(q)]
     if not qids:
         return {m: np.zeros(0, np.float64) for m in metrics}
@@ -955,7 +971,7 @@ def _per_query_metrics(state: State, qrels: Mapping[str, Mapping[str, int]], cor
                  if any(parse_metric(m)[0] == "hole" for m in metrics) and len(qids) < len(qrels) else None)
     pq = _evaluate(run, {q: qrels[q] for q in qids}, list(metrics), relevance_level=relevance_level,
                    ignore_identical_ids=ignore_identical_ids, qrels_checked=qrels_checked,
-                   annotated=annotated)[0].per_query
+                   annotated=annotated, who=who)[0].per_query
     return {m: np.array([pq[m][q] for q in qids], dtype=np.float64) for m in metrics}
 
 
