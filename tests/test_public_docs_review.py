@@ -223,6 +223,22 @@ def test_hubness_and_k_occurrence_refuse_a_k_that_is_no_cut_off(k: object) -> No
         hubness(rankings, n_docs=2.0, k=1)  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize("bad, said", [
+    ({"k": 2.5}, "k must be an integer >= 1"), ({"k": True}, "k must be an integer >= 1"),
+    ({"n_queries": 2.5}, "n_queries must be an integer >= 1"), ({"repeats": True}, "repeats must be an integer >= 1"),
+    ({"k": 60}, "k must be at most n_docs"),
+])
+def test_random_skewness_refuses_what_is_no_count(bad: dict, said: str) -> None:
+    """Review: k=2.5 gave torch's raw TypeError, repeats=True ran as 1; checked as hubness checks its counts."""
+    from ragkit.errors import DataError
+    from ragkit.eval.hubness import random_skewness
+
+    args = {"n_queries": 5, "n_docs": 50, "k": 3, "repeats": 2, **bad}
+    with pytest.raises(DataError, match=f"^random_skewness: {said}"):
+        random_skewness(**args)
+    assert random_skewness(5, 50, 3, 2) > 0
+
+
 def test_describe_names_the_public_import_path_of_an_operator_defined_in_a_private_module() -> None:
     """``Sharded`` is defined in ``ragkit._sharded`` since scale.py's split: ``ragkit describe`` still names where
     users import it from, not the private module."""

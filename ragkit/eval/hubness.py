@@ -77,9 +77,13 @@ def random_skewness(n_queries: int, n_docs: int, k: int = 10, repeats: int = 20,
     with this level before reading its hubness.  Mean over ``repeats`` seeded simulations (batched:
     one ``torch.topk`` over a ``(chunk, n_docs)`` random matrix).
     """
-    if n_queries < 1 or n_docs < 1 or not 1 <= k <= n_docs or repeats < 1:
-        raise DataError(f"random_skewness: need n_queries >= 1, 1 <= k <= n_docs, repeats >= 1; got "
-                        f"n_queries={n_queries}, n_docs={n_docs}, k={k}, repeats={repeats}")
+    _count(n_queries, "n_queries", 1, "random_skewness", "how many queries")
+    _count(n_docs, "n_docs", 1, "random_skewness", "the corpus size")
+    _count(k, "k", 1, "random_skewness", "the cut-off")
+    _count(repeats, "repeats", 1, "random_skewness", "how many simulations")
+    if k > n_docs:
+        raise DataError(f"random_skewness: k must be at most n_docs (a top-k of distinct documents); got k={k}, "
+                        f"n_docs={n_docs}")
     import torch  # topk of a few per row: 4x numpy's argpartition, one thread or two
 
     rng = np.random.default_rng(seed)
