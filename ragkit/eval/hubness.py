@@ -82,7 +82,7 @@ def random_skewness(n_queries: int, n_docs: int, k: int = 10, repeats: int = 20,
     _count(k, "k", 1, "random_skewness", "the cut-off")
     _count(repeats, "repeats", 1, "random_skewness", "how many simulations")
     if k > n_docs:
-        raise DataError(f"random_skewness: k must be at most n_docs (a top-k of distinct documents); got k={k}, "
+        raise DataError(f"random_skewness: need k <= n_docs (a top-k of distinct documents), got k={k}, "
                         f"n_docs={n_docs}")
     import torch  # topk of a few per row: 4x numpy's argpartition, one thread or two
 
