@@ -165,10 +165,10 @@ def _branch_fields(flat: dict[str, np.ndarray], inv: np.ndarray, n: int, names: 
     return fields
 
 
-
 def _said(option: dict[str, Any]) -> str:
     """A setting of :meth:`_Fuser._learnable_options` as its warnings say it (``"norm: zscore"``)."""
     return ", ".join(f"{k}: {v}" for k, v in option.items())
+
 
 class _FuserParams(Params):
     weights: list[float] | None = Field(default=None, description="Per-branch weights (default: all 1).")

@@ -348,3 +348,29 @@ def test_missing_extra_names_the_missing_packages_once_asked(monkeypatch):
     assert str(refusal) == "x needs the packages datasets and accelerate: pip install 'ragkit[train]'"
     assert (refusal.extra, refusal.packages) == ("train", ("datasets", "accelerate"))
     assert errors.missing_extra(["numpy"], extra="train", what=lambda named: f"x needs {named}") is None
+
+
+def test_the_langchain_generator_names_langchain_core_or_its_own_import_error(monkeypatch):
+    """Review: _lc_messages built its missing-package error by hand, and told an installed langchain-core
+    that fails to import to be installed."""
+    import builtins
+
+    from ragkit.generators.langchain_chat import _lc_messages
+
+    real = builtins.__import__
+
+    def broken(name, *a, **kw):  # noqa: ANN001, ANN002, ANN003, ANN202
+        if name == "langchain_core.messages":
+            raise ImportError("No module named 'pydantic_core'", name="pydantic_core")
+        return real(name, *a, **kw)
+
+    monkeypatch.setattr(builtins, "__import__", broken)
+    with pytest.raises(ImportError, match="pydantic_core") as e:
+        _lc_messages()
+    assert not isinstance(e.value, MissingExtraError)
+    monkeypatch.setattr(builtins, "__import__", real)
+    _hide(monkeypatch, "langchain_core")
+    with pytest.raises(MissingExtraError, match=r"^the LangChain generator backend needs langchain-core: "
+                                                 r"pip install 'langchain-core>=0\.3'$") as e:
+        _lc_messages()
+    assert e.value.packages == ("langchain_core",)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Callable, Iterator, Sequence
 
-from ragkit.errors import InputTypeError, MissingExtraError
+from ragkit.errors import InputTypeError, require
 from ragkit.generators._prompt import DEFAULT_SYSTEM, _check_prompt, _source_chunks, warn_cut
 
 __all__ = ["LangChainGenerator"]
@@ -22,10 +22,10 @@ _log = logging.getLogger("ragkit")
 def _lc_messages():
     try:
         from langchain_core.messages import HumanMessage, SystemMessage
-    except ImportError as e:  # pragma: no cover - depends on the environment
-        raise MissingExtraError(
-            "the LangChain generator backend needs langchain-core: pip install 'langchain-core>=0.3'",
-            packages=["langchain_core"]) from e
+    except ImportError:  # pragma: no cover - depends on the environment
+        require(["langchain_core"], extra=None, what="the LangChain generator backend needs langchain-core",
+                install="pip install 'langchain-core>=0.3'")
+        raise  # (installed, and failing to import: its own error)
     return SystemMessage, HumanMessage
 
 
