@@ -16,7 +16,7 @@ import pytest
 import ragkit._corpus as T
 from ragkit import Corpus
 from ragkit._corpus import _jsonable
-from ragkit._files import utf8_lines
+from ragkit._files import shell_quote, utf8_lines
 from ragkit.errors import DataError
 from ragkit.eval import _lines, _read, beir
 from ragkit.eval.beir import read_qrels
@@ -50,7 +50,7 @@ def _old_read_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
         if first and line.lstrip().startswith("["):
             raise DataError(f"{path}:{n}: this is a JSON array; expected JSON Lines: one object per line "
                             "({\"_id\": ..., ...} on each line, no enclosing [ ]); convert it, e.g. "
-                            f"jq -c '.[]' {path.name} > new{path.suffix or '.jsonl'}")
+                            f"jq -c '.[]' {shell_quote(str(path))} > new{path.suffix or '.jsonl'}")
         first = False
         try:
             rec = json.loads(text := line.rstrip("\r\n"))

@@ -19,8 +19,8 @@ _POSIX = pytest.mark.skipif(os.name == "nt", reason="quoting for a POSIX shell")
 
 @_POSIX
 @pytest.mark.parametrize("name, text, warned, fix", [
-    ("my q.tsv", "q1\tvitamin d\tgold\n", "tab-separated columns", "cut -f1,2 'my q.tsv' > queries.tsv"),
-    ("my q.txt", "1 vitamin d\n2 statins\n", "separated by spaces", "sed 's/ /\\t/' 'my q.txt' > queries.tsv"),
+    ("my q.tsv", "q1\tvitamin d\tgold\n", "tab-separated columns", "cut -f1,2 '{path}' > queries.tsv"),
+    ("my q.txt", "1 vitamin d\n2 statins\n", "separated by spaces", "sed 's/ /\\t/' '{path}' > queries.tsv"),
 ])
 def test_a_query_file_warning_quotes_the_file_name(tmp_path, caplog, name, text, warned, fix):
     from ragkit.eval.beir import read_query_file
@@ -30,7 +30,7 @@ def test_a_query_file_warning_quotes_the_file_name(tmp_path, caplog, name, text,
     with caplog.at_level(logging.WARNING, logger="ragkit"):
         read_query_file(path)
     said = [r.getMessage() for r in caplog.records if warned in r.getMessage()]
-    assert len(said) == 1 and fix in said[0]
+    assert len(said) == 1 and fix.format(path=path) in said[0]
 
 
 @_POSIX
@@ -50,11 +50,11 @@ def test_utf16_gzip_and_pretty_printed_hints_quote_the_path(tmp_path):
     corpus.write_text(json.dumps({"_id": "d1", "text": "x"}, indent=2) + "\n")
     with pytest.raises(DataError) as e:
         read_corpus(corpus)
-    assert "jq -c . 'my corpus.jsonl' > fixed.jsonl" in str(e.value)
+    assert f"jq -c . '{corpus}' > fixed.jsonl" in str(e.value)
     corpus.write_text('[{"_id": "d1", "text": "x"}]\n')
     with pytest.raises(DataError) as e:
         read_corpus(corpus)
-    assert "jq -c '.[]' 'my corpus.jsonl' > new.jsonl" in str(e.value)
+    assert f"jq -c '.[]' '{corpus}' > new.jsonl" in str(e.value)
 
 
 # ragkit search --queries -: standard input is named as such, never the temporary file that holds it, and each

@@ -42,6 +42,25 @@ def _shown(path: Path, piped: Piped | None) -> str | Path:
     return piped.shown if piped is not None else path
 
 
+def _fix_command(command: str, path: Path, piped: Piped | None, sample: str, out: str) -> str:
+    """The command a message suggests to fix the file ``path``: ``command`` (``jq -c .``) run on ``path`` as the user
+    gave it, quoted for the shell (a bare name would fail from another folder), into ``out`` (``fixed.jsonl``; an
+    ``out`` named as ``path`` is, ``new.txt``, becomes ``new-fixed.txt``); or, where ``path`` holds standard input
+    (``piped``), run on the way there from a file such as ``sample``: ``jq -c . queries.json | ragkit search ...
+    --queries -``."""
+    if piped is not None:
+        return f"{command} {sample} | {piped.command}"
+    if out == path.name:  # (a shell empties the output before the command reads the file: not the file itself)
+        out = f"{path.stem}-fixed{path.suffix}"
+    return f"{command} {shell_quote(str(path))} > {shell_quote(out)}"
+
+
+def _convert_fix(command: str, path: Path, piped: Piped | None, sample: str, out: str) -> str:
+    """What follows "convert it" in a message: ``", e.g. "`` and the :func:`_fix_command`, or, where ``path`` holds
+    standard input (``piped``), ``" on the way, e.g. "`` and the command piped into the one that reads it."""
+    return f"{' on the way' if piped is not None else ''}, e.g. {_fix_command(command, path, piped, sample, out)}"
+
+
 def _decoded(raw: bytes, n: int, where: str | os.PathLike[str], expected: str) -> str:
     """Line ``n`` (``raw``) as text, its byte-order mark dropped on line 1; a line that is not UTF-8 is a
     :class:`DataError` naming ``where:n``, the byte and ``expected`` (as :func:`ragkit._files.utf8_lines`)."""
@@ -77,8 +96,7 @@ def _malformed_line(path: Path, n: int, text: str, e: json.JSONDecodeError, *,
     write one per line."""
     said = f"{_shown(path, piped)}:{n}: malformed JSON line ({_json_problem(e)})"
     if e.pos >= len(text.rstrip()) and text.rstrip().endswith(("{", "[", ",", ":")):
-        fix = (f" on the way, e.g. jq -c . queries.json | {piped.command}" if piped is not None else
-               f", e.g. jq -c . {shell_quote(path.name)} > fixed.jsonl")
+        fix = _convert_fix("jq -c .", path, piped, "queries.json", "fixed.jsonl")
         said += (": the object does not close on this line, as in a JSON record spread over several lines "
                  f"(pretty-printed); expected JSON Lines, one object per line: convert it{fix}")
     return DataError(said)
@@ -88,8 +106,7 @@ def _cr_endings(path: Path, n: int, text: str, *, piped: Piped | None = None) ->
     """The error for a line (its ending stripped) holding a carriage return: a file with CR-only (old Mac)
     line endings reads as one line, whose records or columns would run together (``piped``: from standard input)."""
     ext = path.suffix or ".txt"
-    fix = (f" on the way, e.g. tr '\\r' '\\n' < queries.txt | {piped.command}" if piped is not None else
-           f", e.g. tr '\\r' '\\n' < {shell_quote('old' + ext)} > {shell_quote('new' + ext)}")
+    fix = _convert_fix("tr '\\r' '\\n' <", path, piped, "queries.txt", "new" + ext)
     return DataError(f"{_shown(path, piped)}:{n}: a carriage return (\\r) inside the line, at column "
                      f"{text.index(chr(13)) + 1}: the {'input' if piped is not None else 'file'} has CR (old Mac) "
                      f"line endings; expected lines ending in \\n (or \\r\\n): convert them{fix}")
@@ -125,12 +142,10 @@ def _refuse_gzip(path: Path, *, piped: Piped | None = None) -> None:
     with open(path, "rb") as f:
         magic = f.read(2)
     if magic == b"\x1f\x8b":
-        if piped is not None:
-            raise DataError(f"{piped.shown}: is gzip-compressed; expected plain UTF-8 text: uncompress it on the way "
-                            f"(zcat queries.jsonl.gz | {piped.command})")
-        how = (f"gunzip -k {shell_quote(str(path))}" if path.suffix == ".gz" else
-               f"zcat {shell_quote(str(path))} > {shell_quote('plain' + path.suffix)}")
-        raise DataError(f"{path}: is gzip-compressed; expected plain UTF-8 text: gunzip it first ({how})")
+        how = (f"gunzip -k {shell_quote(str(path))}" if path.suffix == ".gz" and piped is None else
+               _fix_command("zcat", path, piped, "queries.jsonl.gz", "plain" + path.suffix))
+        raise DataError(f"{_shown(path, piped)}: is gzip-compressed; expected plain UTF-8 text: "
+                        f"{'uncompress it on the way' if piped is not None else 'gunzip it first'} ({how})")
 
 
 def _refuse_utf16(path: Path, head: bytes, *, piped: Piped | None = None) -> None:
@@ -140,9 +155,8 @@ def _refuse_utf16(path: Path, head: bytes, *, piped: Piped | None = None) -> Non
     for bom, name in ((b"\xff\xfe\x00\x00", "UTF-32"), (b"\x00\x00\xfe\xff", "UTF-32"), (b"\xff\xfe", "UTF-16"),
                       (b"\xfe\xff", "UTF-16")):
         if head.startswith(bom):
-            fix = (f" on the way, e.g. iconv -f {name} -t UTF-8 queries.txt | {piped.command}" if piped is not None
-                   else f", e.g. iconv -f {name} -t UTF-8 {shell_quote(str(path))} > "
-                   f"{shell_quote(f'{path.stem}-utf8{path.suffix}')}")
+            fix = _convert_fix(f"iconv -f {name} -t UTF-8", path, piped, "queries.txt",
+                               f"{path.stem}-utf8{path.suffix}")
             raise DataError(f"{_shown(path, piped)}: is {name} text (byte-order mark {bom.hex(' ')}); expected UTF-8: "
                             f"convert it{fix}")
 
@@ -290,8 +304,7 @@ def _jsonl_line(path: Path, n: int, raw: bytes, first: bool, *, piped: Piped | N
     if not line.strip():
         return None
     if first and line.lstrip().startswith("["):  # '[{...},' per line, pretty-printed, or all on one line
-        fix = (f" on the way, e.g. jq -c '.[]' queries.json | {piped.command}" if piped is not None else
-               f", e.g. jq -c '.[]' {shell_quote(path.name)} > {shell_quote('new' + (path.suffix or '.jsonl'))}")
+        fix = _convert_fix("jq -c '.[]'", path, piped, "queries.json", "new" + (path.suffix or ".jsonl"))
         raise DataError(f"{where}:{n}: this is a JSON array; expected JSON Lines: one object per line "
                         f"({{\"_id\": ..., ...}} on each line, no enclosing [ ]); convert it{fix}")
     try:

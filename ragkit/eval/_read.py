@@ -14,7 +14,6 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from ragkit._files import (
-    shell_quote,
     user_path,
     utf8_lines,
 )
@@ -24,6 +23,7 @@ from ragkit.eval._lines import (
     Piped,
     _cr_endings,
     _decoded,
+    _fix_command,
     _jsonl_blocks,
     _not_found,
     _read_jsonl,
@@ -322,13 +322,13 @@ def _read_query_file(path: Path, piped: Piped | None = None) -> Queries:
                          + (f" (and {more} more line{'s' if more > 1 else ''} of more than 2)" if more else "")
                          + "; the query text keeps the columns after the id, tabs included (Anserini and Pyserini "
                          "read the second column alone); if the others are no part of the query (a gold answer), "
-                         f"cut them, e.g. {_fix_of('cut -f1,2', path, piped, 'queries.tsv')}")
+                         f"cut them, e.g. {_fix_command('cut -f1,2', path, piped, 'queries.tsv', 'queries.tsv')}")
         if tabbed == {False} and len(texts) > 1 and all(map(_SPACED_ID.match, texts)):
             _log.warning(f"{where}:{lines[0][0]}: every line starts with a number and a space ({texts[0][:40]!r}), "
                          "which looks like 'id text' separated by spaces; ragkit reads a tab as the separator "
                          "between a query id and its text, so each line was read as one query, numbered by its line "
                          "(1, 2, ...), the number kept in its text; to keep the ids, separate them with a tab, e.g. "
-                         + _fix_of("sed 's/ /\\t/'", path, piped, "queries.txt"))
+                         + _fix_command("sed 's/ /\\t/'", path, piped, "queries.txt", "queries.tsv"))
     if not texts:
         raise DataError(f"{where}: no query in the {'input' if piped is not None else 'file'}")
     for i, (qid, text) in enumerate(zip(ids, texts)):
@@ -344,15 +344,6 @@ def _read_query_file(path: Path, piped: Piped | None = None) -> Queries:
                             f"{seen[qid] + 1}; runs are keyed by query id")
         seen[qid] = i
     return Queries(ids, texts)
-
-
-def _fix_of(command: str, path: Path, piped: Piped | None, source: str) -> str:
-    """``command`` (``cut -f1,2``) run on the query file ``path`` into ``queries.tsv``, or, where it holds standard
-    input (``piped``), run on the way there from a file such as ``source``: ``cut -f1,2 queries.tsv | ragkit search
-    ... --queries -``."""
-    if piped is not None:
-        return f"{command} {source} | {piped.command}"
-    return f"{command} {shell_quote(path.name)} > queries.tsv"
 
 
 def _is_header(row: list[str]) -> bool:
