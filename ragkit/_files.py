@@ -25,7 +25,7 @@ from typing import Any, Iterable, Iterator, Mapping, TextIO
 from ragkit.errors import ArtifactError, DataError, InputTypeError
 
 __all__ = ["atomic_file", "sha256_file", "folder_checksums", "verify_checksums", "saved_relpath", "check_inside",
-           "utf8_lines", "shared_tempdir", "private_tempdir", "remove_stale_tempdirs", "share_like_umask",
+           "utf8_line", "utf8_lines", "shared_tempdir", "private_tempdir", "remove_stale_tempdirs", "share_like_umask",
            "share_file_like_umask", "user_path", "folder_lock", "remove_stale_tempfiles", "owner_tag", "owner_ended",
            "SAVE_ERRNOS", "save_unwritable", "writes_through", "text_output", "first_time", "shell_quote", "shell_join"]
 
@@ -201,18 +201,25 @@ def atomic_file(path: str | Path, *, owner: bool = False) -> Iterator[Path]:
         raise
 
 
-def utf8_lines(path: Path, expected: str) -> Iterator[tuple[int, bytes, str]]:
+def utf8_line(raw: bytes, n: int, where: str | os.PathLike[str], expected: str) -> str:
+    """Line ``n`` (``raw``, its bytes) as text, its byte-order mark dropped on line 1; a line that is not UTF-8 is a
+    :class:`DataError` naming ``where:n``, the byte and ``expected`` (what the file should be: "BEIR files are UTF-8
+    JSON lines")."""
+    try:
+        return raw.decode("utf-8-sig" if n == 1 else "utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(f"{where}:{n}: not UTF-8 (byte {raw[e.start]:#04x} at column {e.start + 1}); "
+                        f"{expected}") from None
+
+
+def utf8_lines(path: Path, expected: str, where: str | None = None) -> Iterator[tuple[int, bytes, str]]:
     """``(line number, raw bytes, text)`` of each line of a UTF-8 text file, a byte-order mark
-    dropped; a line that is not UTF-8 is a :class:`DataError` naming ``path:line``, the byte and
-    ``expected`` (what the file should be: "BEIR files are UTF-8 JSON lines")."""
+    dropped; a line that is not UTF-8 is a :class:`DataError` naming ``path:line`` (or ``where:line``: what messages
+    call the file, ``"--queries - (standard input)"`` for one holding standard input), the byte and
+    ``expected`` (what the file should be: "BEIR files are UTF-8 JSON lines"; :func:`utf8_line`)."""
     with open(path, "rb") as f:
         for n, raw in enumerate(f, 1):
-            try:
-                line = raw.decode("utf-8-sig" if n == 1 else "utf-8")
-            except UnicodeDecodeError as e:
-                raise DataError(f"{path}:{n}: not UTF-8 (byte {raw[e.start]:#04x} at column {e.start + 1}); "
-                                f"{expected}") from None
-            yield n, raw, line
+            yield n, raw, utf8_line(raw, n, path if where is None else where, expected)
 
 
 def file_above(path: str | Path) -> Path | None:

@@ -17,7 +17,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from ragkit._corpus import _JSONL_BLOCK
-from ragkit._files import shell_quote
+from ragkit._files import shell_quote, utf8_line
 from ragkit.errors import DataError
 from ragkit.types import (
     ID_BREAK,
@@ -59,16 +59,6 @@ def _convert_fix(command: str, path: Path, piped: Piped | None, sample: str, out
     """What follows "convert it" in a message: ``", e.g. "`` and the :func:`_fix_command`, or, where ``path`` holds
     standard input (``piped``), ``" on the way, e.g. "`` and the command piped into the one that reads it."""
     return f"{' on the way' if piped is not None else ''}, e.g. {_fix_command(command, path, piped, sample, out)}"
-
-
-def _decoded(raw: bytes, n: int, where: str | os.PathLike[str], expected: str) -> str:
-    """Line ``n`` (``raw``) as text, its byte-order mark dropped on line 1; a line that is not UTF-8 is a
-    :class:`DataError` naming ``where:n``, the byte and ``expected`` (as :func:`ragkit._files.utf8_lines`)."""
-    try:
-        return raw.decode("utf-8-sig" if n == 1 else "utf-8")
-    except UnicodeDecodeError as e:
-        raise DataError(f"{where}:{n}: not UTF-8 (byte {raw[e.start]:#04x} at column {e.start + 1}); "
-                        f"{expected}") from None
 
 
 def _check_no_lone_surrogate(rec: dict, path: str | os.PathLike[str], n: int) -> None:
@@ -300,7 +290,7 @@ def _jsonl_line(path: Path, n: int, raw: bytes, first: bool, *, piped: Piped | N
     ``_id`` that is a string or an integer, a bad ``_id`` (:func:`_check_id`) or a lone surrogate is a
     :class:`DataError` naming ``path:n`` (``piped``: the input it holds, :class:`Piped`)."""
     where = _shown(path, piped)
-    line = _decoded(raw, n, where, "BEIR files are UTF-8 JSON lines")
+    line = utf8_line(raw, n, where, "BEIR files are UTF-8 JSON lines")
     if not line.strip():
         return None
     if first and line.lstrip().startswith("["):  # '[{...},' per line, pretty-printed, or all on one line

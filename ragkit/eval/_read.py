@@ -22,7 +22,6 @@ from ragkit.errors import DataError, some_ids
 from ragkit.eval._lines import (
     Piped,
     _cr_endings,
-    _decoded,
     _fix_command,
     _jsonl_blocks,
     _not_found,
@@ -298,18 +297,17 @@ def _read_query_file(path: Path, piped: Piped | None = None) -> Queries:
     else:
         ids, texts, lines = [], [], []
         wide: list[tuple[int, int]] = []  # (line, columns) of the lines of more than 2 tab-separated columns
-        with open(path, "rb") as f:
-            for n, raw in enumerate(f, 1):
-                text = _decoded(raw, n, where, "a query file is UTF-8 text").rstrip("\r\n")
-                if "\r" in text:  # CR-only line endings: every query would be one, its ids and texts run together
-                    raise _cr_endings(path, n, text, piped=piped)
-                if text.strip():
-                    qid, tab, rest = text.partition("\t")
-                    if tab and "\t" in rest.rstrip("\t"):  # (trailing tabs end no column)
-                        wide.append((n, len(text.rstrip("\t").split("\t"))))
-                    ids.append(qid.strip() if tab else str(n))
-                    texts.append(rest.rstrip("\t") if tab else text)
-                    lines.append((n, bool(tab)))
+        for n, _, line in utf8_lines(path, "a query file is UTF-8 text", str(where)):
+            text = line.rstrip("\r\n")
+            if "\r" in text:  # CR-only line endings: every query would be one, its ids and texts run together
+                raise _cr_endings(path, n, text, piped=piped)
+            if text.strip():
+                qid, tab, rest = text.partition("\t")
+                if tab and "\t" in rest.rstrip("\t"):  # (trailing tabs end no column)
+                    wide.append((n, len(text.rstrip("\t").split("\t"))))
+                ids.append(qid.strip() if tab else str(n))
+                texts.append(rest.rstrip("\t") if tab else text)
+                lines.append((n, bool(tab)))
         tabbed = {t for _, t in lines}
         if len(tabbed) == 2:
             first = next(n for n, t in lines if t != lines[0][1])
