@@ -1,5 +1,7 @@
 """A review's findings on the messages about query and corpus files: the command a fix suggests names the file as
-the user gave it (``jq -c . 'sub/my corpus.jsonl'``, not the bare name, which fails from another folder)."""
+the user gave it (``jq -c . 'sub/my corpus.jsonl'``, not the bare name, which fails from another folder); a JSON
+array of query objects is refused as one, from a file or standard input alike (it was searched as a plain query
+line)."""
 
 from __future__ import annotations
 
@@ -58,3 +60,72 @@ def test_a_fix_never_writes_over_the_file_it_reads(tmp_path, monkeypatch):
     with pytest.raises(DataError) as e:
         read_query_file("new.txt")
     assert "tr '\\r' '\\n' < new.txt > new-fixed.txt" in str(e.value)
+
+
+# a JSON array of query objects, in a file whatever its name or on standard input: refused as an array, with the fix
+
+_ARRAY = '[{"_id": "q1", "text": "vitamin d"}]\n'
+
+
+@pytest.mark.parametrize("text", [_ARRAY, "\n[\n  {\"_id\": \"q1\", \"text\": \"vitamin d\"}\n]\n",
+                                  "\ufeff" + _ARRAY])
+def test_a_json_array_of_queries_in_a_text_file_is_refused_as_one(tmp_path, text):
+    from ragkit.eval.beir import is_jsonl_query_file, read_query_file
+
+    path = tmp_path / "q.txt"
+    path.write_text(text, encoding="utf-8")
+    assert is_jsonl_query_file(path)
+    with pytest.raises(DataError, match=r"q\.txt:\d: this is a JSON array; expected JSON Lines.*jq -c '\.\[\]'"):
+        read_query_file(path)
+
+
+@pytest.mark.parametrize("text", ["[draft] vitamin d\n", "[1, 2]\n", "[\n", "[] statins\n"])
+def test_a_query_line_opening_a_bracket_is_still_a_query(tmp_path, text):
+    from ragkit.eval.beir import is_jsonl_query_file, read_query_file
+
+    path = tmp_path / "q.txt"
+    path.write_text(text)
+    assert not is_jsonl_query_file(path)
+    assert read_query_file(path).texts == [text.rstrip("\n")]
+
+
+def test_starts_json_object_takes_an_array_of_objects():
+    from ragkit.eval.beir import starts_json_object
+
+    assert starts_json_object(b'[{"_id": "q1"}]') and starts_json_object(b'\xef\xbb\xbf \n[ \n\t{')
+    assert not starts_json_object(b"[draft] x") and not starts_json_object(b"[") and not starts_json_object(b"[ ")
+
+
+def test_a_json_array_far_below_its_bracket_is_told_as_one(tmp_path):
+    from ragkit.eval.beir import is_jsonl_query_file
+
+    path = tmp_path / "q.txt"
+    path.write_text("[" + "\n" * 200_000 + '{"_id": "q1", "text": "x"}]\n')  # (past the first block read)
+    assert is_jsonl_query_file(path)
+
+
+def _cli(*args: object, input: bytes | str):
+    from typer.testing import CliRunner
+
+    from ragkit.cli import app
+
+    return CliRunner().invoke(app, [str(a) for a in args], input=input, env={"COLUMNS": "300"})
+
+
+@pytest.fixture
+def index(tmp_path):
+    from ragkit import Corpus
+    from retrievers.bm25 import BM25
+
+    BM25(k=2).fit(Corpus(ids=["d1", "d2"], texts=["vitamin d and cancer", "statins lower cholesterol"])).save(
+        tmp_path / "ix")
+    return tmp_path / "ix"
+
+
+def test_a_json_array_on_stdin_is_refused_with_the_pipe_fix(index):
+    res = _cli("search", "--index", index, "--queries", "-", "--run", "-", input=_ARRAY)
+    said = " ".join(res.output.split())  # (rich may wrap a long message)
+    assert res.exit_code != 0, said
+    assert "--queries - (standard input):1: this is a JSON array; expected JSON Lines" in said, said
+    assert "convert it on the way, e.g. jq -c '.[]' queries.json | ragkit search ... --queries -" in said, said
+    assert "stdin." not in said

@@ -231,25 +231,29 @@ _JSONL_SUFFIXES = frozenset({".jsonl", ".ndjson", ".json"})
 
 
 def starts_json_object(data: bytes) -> bool:
-    """Whether ``data`` (a file's first bytes, or standard input's) begins with ``{`` once a UTF-8 byte-order mark
-    and blank space (blank lines) are set aside: the first line of JSON Lines, which no query TSV's or plain query
-    line is (a query would not start with a brace)."""
-    return data.removeprefix(codecs.BOM_UTF8).lstrip()[:1] == b"{"
+    """Whether ``data`` (a file's first bytes, or standard input's) begins with ``{``, or with ``[`` and then
+    (blank space aside) ``{``, once a UTF-8 byte-order mark and blank space (blank lines) are set aside: the first
+    line of JSON Lines, or a JSON array of objects (read as JSON, it is refused as an array with the ``jq -c '.[]'``
+    that converts it), which no query TSV's or plain query line is (a query would not start with a brace; one
+    starting with ``[``, ``[draft] ...``, stays a query)."""
+    head = data.removeprefix(codecs.BOM_UTF8).lstrip()
+    return head[:1] == b"{" or (head[:1] == b"[" and head[1:].lstrip()[:1] == b"{")
 
 
 def is_jsonl_query_file(path: str | os.PathLike[str]) -> bool:
     """Whether :func:`read_query_file` reads ``path`` as JSON Lines (a BEIR ``queries.jsonl``): named ``.jsonl``,
     ``.ndjson`` or ``.json`` (case aside: ``q.JSONL``), or, whatever its name, its first character that is not blank
-    (a UTF-8 byte-order mark aside) is ``{`` (:func:`starts_json_object`; ``ragkit search --queries -`` reads
-    standard input by the same rule).  Otherwise it is a TSV of ``query-id<TAB>text`` or one query per line."""
+    (a UTF-8 byte-order mark aside) is ``{``, or ``[`` followed by ``{`` (a JSON array of objects, refused as such)
+    (:func:`starts_json_object`; ``ragkit search --queries -`` reads standard input by the same rule).  Otherwise it
+    is a TSV of ``query-id<TAB>text`` or one query per line."""
     path = Path(path)
     if path.suffix.casefold() in _JSONL_SUFFIXES:
         return True
     with open(path, "rb") as f:
         head = b""
-        while block := f.read(1 << 16):  # (blank lines before the first query: read on until one that is not)
+        while block := f.read(1 << 16):  # (blank lines before the first query, or after a '[': read on past them)
             head = (head + block).removeprefix(codecs.BOM_UTF8).lstrip()
-            if head:
+            if head and (head[:1] != b"[" or head[1:].lstrip()):
                 break
     return starts_json_object(head)
 
@@ -262,7 +266,8 @@ def read_query_file(path: str | os.PathLike[str]) -> Queries:
     r"""Queries to search from a file: a BEIR ``queries.jsonl`` (``{"_id", "text"}`` per line), a
     TSV of ``query-id<TAB>text`` lines (Pyserini's and MS MARCO's topics), or plain text, one query
     per line, whose ids are the line numbers ("1", "2", ...).  JSON Lines are told by the file's name or content
-    (:func:`is_jsonl_query_file`: ``.jsonl``, ``.ndjson``, ``.json``, or a first line that starts with ``{``).
+    (:func:`is_jsonl_query_file`: ``.jsonl``, ``.ndjson``, ``.json``, or a first line that starts with ``{``; one
+    that starts a JSON array of objects, ``[{...``, is refused with the command that converts it).
     Blank lines are skipped; a file whose lines mix the last two layouts, a blank query, or a repeated id is a
     :class:`DataError` naming the line, and so is a gzip-compressed or UTF-16 file.  Two cases are read as
     before, with a warning on the ``ragkit`` logger naming the line: a TSV line of more than two columns
