@@ -1,7 +1,7 @@
 """A review's findings on the messages about query and corpus files: the command a fix suggests names the file as
 the user gave it (``jq -c . 'sub/my corpus.jsonl'``, not the bare name, which fails from another folder); a JSON
 array of query objects is refused as one, from a file or standard input alike (it was searched as a plain query
-line)."""
+line); and a NUL in a TSV query id is refused naming the file and line, as in a JSON id."""
 
 from __future__ import annotations
 
@@ -129,3 +129,21 @@ def test_a_json_array_on_stdin_is_refused_with_the_pipe_fix(index):
     assert "--queries - (standard input):1: this is a JSON array; expected JSON Lines" in said, said
     assert "convert it on the way, e.g. jq -c '.[]' queries.json | ragkit search ... --queries -" in said, said
     assert "stdin." not in said
+
+
+# a NUL in a TSV query id: the file and the line, as a JSON '_id' holding one is refused
+
+def test_a_nul_in_a_tsv_query_id_names_the_file_and_line(tmp_path):
+    from ragkit.eval.beir import read_query_file
+
+    path = tmp_path / "q.tsv"
+    path.write_text("q0\tstatins\nq\x001\tvitamin d\n")
+    with pytest.raises(DataError, match=r"q\.tsv:2: query id 'q\\x001' holds a NUL character \('\\x00'\) at "
+                                        r"character 2; expected an id without one"):
+        read_query_file(path)
+
+
+def test_a_nul_in_a_tsv_query_id_on_stdin_names_standard_input(index):
+    res = _cli("search", "--index", index, "--queries", "-", "--run", "-", input="q\x001\tvitamin d\n")
+    said = " ".join(res.output.split())
+    assert res.exit_code != 0 and "--queries - (standard input):1: query id 'q\\x001' holds a NUL" in said, said

@@ -310,6 +310,8 @@ def _read_query_file(path: Path, piped: Piped | None = None) -> Queries:
                 qid, tab, rest = text.partition("\t")
                 if tab and "\t" in rest.rstrip("\t"):  # (trailing tabs end no column)
                     wide.append((n, len(text.rstrip("\t").split("\t"))))
+                if tab and "\x00" in qid:  # (named by file and line, as a JSON '_id' is, not as Queries.ids[i])
+                    _refuse_nul(where, n, [("query id", qid.strip())])
                 ids.append(qid.strip() if tab else str(n))
                 texts.append(rest.rstrip("\t") if tab else text)
                 lines.append((n, bool(tab)))
