@@ -458,17 +458,18 @@ def test_benches_give_every_library_the_cpus_this_process_may_use(monkeypatch) -
     """"All cores" in bench/dense.py (``--threads 0``) gave faiss ``os.cpu_count()`` threads (and recorded that
     count), and bench/bm25.py gave bm25s ``n_threads=-1`` (``os.cpu_count()``) and rank-bm25 a pool of
     ``os.cpu_count()``, while ragkit's 0 / -1 is the CPUs this process may use: under ``taskset`` or a container's
-    CPU set the peers were oversubscribed and the ratios wrong.  Every library now gets one explicit count."""
-    monkeypatch.setattr(os, "cpu_count", lambda: 64)  # a 64-CPU machine of which this process may use 1
-    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0}, raising=False)
+    CPU set the peers were oversubscribed and the ratios wrong.  Every library now gets one explicit count.  (3
+    usable CPUs: neither one thread, the "1" rows' count, nor the machine's 64, so each count is told apart.)"""
+    monkeypatch.setattr(os, "cpu_count", lambda: 64)  # a 64-CPU machine of which this process may use 3
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 5, 9}, raising=False)
     if hasattr(os, "process_cpu_count"):  # (Python 3.13+)
-        monkeypatch.setattr(os, "process_cpu_count", lambda: 1)
+        monkeypatch.setattr(os, "process_cpu_count", lambda: 3)
     m = bench_module("_common").machine()
-    assert (m["cpus"], m["cpus_usable"]) == (64, 1), m
+    assert (m["cpus"], m["cpus_usable"]) == (64, 3), m
     # bench/bm25.py: its "all" count, given to ragkit's n_jobs and bm25s's n_threads alike (and rank-bm25's pool)
     bm = bench_module("bm25")
     n_cores = bm.usable_cpus()
-    assert n_cores == 1
+    assert n_cores == 3
     got: list[tuple[str, int]] = []
     rk = SimpleNamespace(search=lambda queries, bm25=None: got.append(("ragkit", (bm25 or {}).get("n_jobs", 1))))
     calls = bm.search_calls(rk, ["q"], lambda index, n_threads: got.append((index, n_threads)),
@@ -476,7 +477,7 @@ def test_benches_give_every_library_the_cpus_this_process_may_use(monkeypatch) -
     for key in sorted(calls):
         calls[key]()
     assert sorted(calls) == [(lib, t) for lib in ("bm25s", "bm25s_numba", "ragkit") for t in ("1", "all")]
-    assert got == [("numpy", 0), ("numpy", 1), ("numba", 0), ("numba", 1), ("ragkit", 1), ("ragkit", 1)], got
+    assert got == [("numpy", 0), ("numpy", 3), ("numba", 0), ("numba", 3), ("ragkit", 1), ("ragkit", 3)], got
     # bench/dense.py --threads 0 (or -1): faiss, ragkit and raw usearch get the one count
     faiss = pytest.importorskip("faiss")
     dense = bench_module("dense")
@@ -485,8 +486,8 @@ def test_benches_give_every_library_the_cpus_this_process_may_use(monkeypatch) -
     d = np.random.default_rng(0).standard_normal((64, 8)).astype(np.float32)
     for threads in (0, -1):
         cfgs = {c.name: c for c in dense.configs_for(d, 5, False, [], threads)}
-        assert cfgs["ragkit exact f32"].build().threads == 1
-    assert omp == [1, 1], omp
+        assert cfgs["ragkit exact f32"].build().threads == 3
+    assert omp == [3, 3], omp
 
 
 def _dense_bench():
