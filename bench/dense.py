@@ -215,15 +215,17 @@ def configs_for(d: np.ndarray, k: int, scale: bool, efs: list[int], threads: int
     ``raw_usearch``: also ``raw usearch ef=N`` (family ``usearch-raw``): the ``ragkit hnsw f32`` graph
     searched through usearch's own ``search``, timed in the same rounds as the ragkit rows.
 
-    ``threads`` (0 or -1: all cores, the CPUs this process may use, :func:`ragkit._cpus.thread_count`) is given
-    as the same explicit count to ragkit, raw usearch and faiss (usearch's own 0 and ``os.cpu_count()`` count
-    the machine's CPUs, more than a ``taskset`` or a container lets the process run on).
+    ``threads``, a count of 1 or more (``main`` resolves ``--threads`` 0 or -1, all cores, once, with
+    :func:`ragkit._cpus.thread_count`: the CPUs this process may use), is given as the same explicit count to
+    ragkit, raw usearch and faiss (usearch's own 0 and ``os.cpu_count()`` count the machine's CPUs, more than a
+    ``taskset`` or a container lets the process run on).
     """
-    from ragkit._cpus import thread_count
     from ragkit.retrievers._index import VectorIndex
     from ragkit.retrievers._index_files import resident_bytes
 
-    threads = thread_count(threads)
+    if threads < 1:  # (0 would be usearch's all the machine's CPUs; faiss's omp_set_num_threads(0) is undefined)
+        raise ValueError(f"configs_for: threads: expected a thread count of 1 or more (resolve 0 or -1, all cores, "
+                         f"with ragkit._cpus.thread_count), got {threads}")
 
     def vi(**kw):
         return lambda: VectorIndex(threads=threads, connectivity=m, **kw).build(d)

@@ -478,16 +478,21 @@ def test_benches_give_every_library_the_cpus_this_process_may_use(monkeypatch) -
         calls[key]()
     assert sorted(calls) == [(lib, t) for lib in ("bm25s", "bm25s_numba", "ragkit") for t in ("1", "all")]
     assert got == [("numpy", 0), ("numpy", 3), ("numba", 0), ("numba", 3), ("ragkit", 1), ("ragkit", 3)], got
-    # bench/dense.py --threads 0 (or -1): faiss, ragkit and raw usearch get the one count
+    # bench/dense.py --threads 0 (or -1): main resolves it once (thread_count), and faiss, ragkit and raw usearch
+    # get that one count from configs_for, which takes no unresolved 0
     faiss = pytest.importorskip("faiss")
     dense = bench_module("dense")
+    from ragkit._cpus import thread_count
+
     omp: list[int] = []
     monkeypatch.setattr(faiss, "omp_set_num_threads", omp.append)
     d = np.random.default_rng(0).standard_normal((64, 8)).astype(np.float32)
     for threads in (0, -1):
-        cfgs = {c.name: c for c in dense.configs_for(d, 5, False, [], threads)}
+        cfgs = {c.name: c for c in dense.configs_for(d, 5, False, [], thread_count(threads))}
         assert cfgs["ragkit exact f32"].build().threads == 3
     assert omp == [3, 3], omp
+    with pytest.raises(ValueError, match=r"configs_for: threads: expected a thread count of 1 or more .*got 0"):
+        dense.configs_for(d, 5, False, [], 0)
 
 
 def _dense_bench():
@@ -567,7 +572,7 @@ def test_dense_readme_only_pattern_keeps_both_faiss_orders() -> None:
     pytest.importorskip("faiss")
     dense = _dense_bench()
     x = np.random.default_rng(0).standard_normal((50, 8)).astype(np.float32)
-    names = [c[0] for c in dense.configs_for(x, 10, True, [16, 32], 0)]
+    names = [c[0] for c in dense.configs_for(x, 10, True, [16, 32], 1)]
     kept = {n for n in names if re.search("exact f32|rescore x4 ef|faiss HNSWFlat ef|IndexFlatIP", n)}
     assert {"faiss HNSWFlat ef=16", "faiss HNSWFlat ef=16 (ragkit's insertion order)",
             "faiss HNSWSQ8 + rescore x4 ef=16", "ragkit hnsw i8 + rescore x4 ef=16"} <= kept
