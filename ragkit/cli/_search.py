@@ -116,8 +116,9 @@ def search_cmd(
 def _read_queries_option(path: Path) -> Any:
     """The queries of ``search --queries``: a file's (:func:`~ragkit.eval.beir.read_query_file`), or with ``-``
     standard input's, in the same layouts, told apart by one rule (:func:`~ragkit.eval.beir.is_jsonl_query_file`:
-    JSON lines when the first character that is not blank is ``{``, a UTF-8 byte-order mark aside, or a file is
-    named ``.jsonl``, ``.ndjson`` or ``.json``: a BEIR queries.jsonl; else TSV or one query per line), its errors
+    JSON when the first character that is not blank is ``{``, or ``[`` then ``{`` (a JSON array of queries, refused
+    with the ``jq -c '.[]'`` that makes it JSON lines), a UTF-8 byte-order mark aside, or a file is named
+    ``.jsonl``, ``.ndjson`` or ``.json``: a BEIR queries.jsonl; else TSV or one query per line), its errors
     naming ``--queries -`` for the file, and the fixes they suggest in pipe form
     (:class:`~ragkit.eval._lines.Piped`: ``iconv -f UTF-16 -t UTF-8 queries.txt | ragkit search ... --queries -``)."""
     from ragkit.eval._lines import Piped
