@@ -496,18 +496,9 @@ def test_benches_give_every_library_the_cpus_this_process_may_use(monkeypatch) -
 
 
 def _dense_bench():
-    """bench/dense.py as a module (its ``_common`` found in bench/, and gone from ``sys.modules`` again)."""
-    import importlib.util
-
-    sys.path.insert(0, str(REPO / "bench"))
-    try:
-        spec = importlib.util.spec_from_file_location("bench_dense", REPO / "bench" / "dense.py")
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)
-        return mod
-    finally:
-        sys.path.remove(str(REPO / "bench"))
-        sys.modules.pop("_common", None)
+    """bench/dense.py as a module (conftest.bench_module: its ``_common`` found in bench/, and gone from
+    ``sys.modules`` again)."""
+    return bench_module("dense")
 
 
 # README's 1M run 5 (bench/out/dense.json), plus faiss in ragkit's insertion order (RESULTS.md 'Insertion order')
