@@ -277,6 +277,27 @@ def bench_module(name: str):
         return importlib.import_module(name)
 
 
+def search_stdin(index: Path, data: bytes | str):  # noqa: ANN201
+    """``ragkit search --index index --queries - --run -`` with ``data`` on standard input (typer's runner)."""
+    from typer.testing import CliRunner
+
+    from ragkit.cli import app
+
+    return CliRunner().invoke(app, ["search", "--index", str(index), "--queries", "-", "--run", "-"], input=data,
+                              env={"COLUMNS": "300"})
+
+
+@pytest.fixture
+def two_doc_index(tmp_path: Path) -> Path:
+    """A saved BM25 (k=2) over two documents, d1 and d2, for ``ragkit search --index``."""
+    from ragkit import Corpus
+    from ragkit.retrievers import BM25
+
+    BM25(k=2).fit(Corpus(ids=["d1", "d2"], texts=["vitamin d and cancer", "statins lower cholesterol"])).save(
+        tmp_path / "ix")
+    return tmp_path / "ix"
+
+
 @pytest.fixture
 def scratch():
     """The operator registry as it was before the test: the names a test registers are removed after it."""

@@ -9,6 +9,7 @@ import json
 import os
 
 import pytest
+from conftest import search_stdin
 
 from ragkit.errors import DataError
 
@@ -104,26 +105,8 @@ def test_a_json_array_far_below_its_bracket_is_told_as_one(tmp_path):
     assert is_jsonl_query_file(path)
 
 
-def _cli(*args: object, input: bytes | str):
-    from typer.testing import CliRunner
-
-    from ragkit.cli import app
-
-    return CliRunner().invoke(app, [str(a) for a in args], input=input, env={"COLUMNS": "300"})
-
-
-@pytest.fixture
-def index(tmp_path):
-    from ragkit import Corpus
-    from retrievers.bm25 import BM25
-
-    BM25(k=2).fit(Corpus(ids=["d1", "d2"], texts=["vitamin d and cancer", "statins lower cholesterol"])).save(
-        tmp_path / "ix")
-    return tmp_path / "ix"
-
-
-def test_a_json_array_on_stdin_is_refused_with_the_pipe_fix(index):
-    res = _cli("search", "--index", index, "--queries", "-", "--run", "-", input=_ARRAY)
+def test_a_json_array_on_stdin_is_refused_with_the_pipe_fix(two_doc_index):
+    res = search_stdin(two_doc_index, _ARRAY)
     said = " ".join(res.output.split())  # (rich may wrap a long message)
     assert res.exit_code != 0, said
     assert "--queries - (standard input):1: this is a JSON array; expected JSON Lines" in said, said
@@ -143,7 +126,7 @@ def test_a_nul_in_a_tsv_query_id_names_the_file_and_line(tmp_path):
         read_query_file(path)
 
 
-def test_a_nul_in_a_tsv_query_id_on_stdin_names_standard_input(index):
-    res = _cli("search", "--index", index, "--queries", "-", "--run", "-", input="q\x001\tvitamin d\n")
+def test_a_nul_in_a_tsv_query_id_on_stdin_names_standard_input(two_doc_index):
+    res = search_stdin(two_doc_index, "q\x001\tvitamin d\n")
     said = " ".join(res.output.split())
     assert res.exit_code != 0 and "--queries - (standard input):1: query id 'q\\x001' holds a NUL" in said, said

@@ -10,6 +10,7 @@ import logging
 import os
 
 import pytest
+from conftest import search_stdin
 
 from ragkit.errors import DataError
 
@@ -60,23 +61,6 @@ def test_utf16_gzip_and_pretty_printed_hints_quote_the_path(tmp_path):
 # ragkit search --queries -: standard input is named as such, never the temporary file that holds it, and each
 # fix is a command piped into ragkit search (not one reading 'stdin.txt' or writing a file)
 
-def _cli(*args: object, input: bytes | str):
-    from typer.testing import CliRunner
-
-    from ragkit.cli import app
-
-    return CliRunner().invoke(app, [str(a) for a in args], input=input, env={"COLUMNS": "300"})
-
-
-@pytest.fixture
-def index(tmp_path):
-    from ragkit import Corpus
-    from retrievers.bm25 import BM25
-
-    BM25(k=2).fit(Corpus(ids=["d1", "d2"], texts=["vitamin d and cancer", "statins lower cholesterol"])).save(
-        tmp_path / "ix")
-    return tmp_path / "ix"
-
 
 def _no_temporary_file(said: str) -> None:
     assert "stdin." not in said and "ragkit-stdin-" not in said, said
@@ -97,34 +81,31 @@ def _no_temporary_file(said: str) -> None:
     (b'{"_id": "q1", "text": "a"}\n{"_id": "q1", "text": "b"}\n',
      "--queries - (standard input):2: duplicate query id 'q1'"),
 ])
-def test_search_stdin_errors_name_standard_input_and_a_pipe(index, data, wanted):
-    res = _cli("search", "--index", index, "--queries", "-", "--run", "-", input=data)
+def test_search_stdin_errors_name_standard_input_and_a_pipe(two_doc_index, data, wanted):
+    res = search_stdin(two_doc_index, data)
     said = " ".join(res.output.split())  # (rich may wrap a long message)
     assert res.exit_code != 0 and wanted in said, said
     _no_temporary_file(said)
 
 
-def test_a_pretty_printed_query_on_stdin_is_told_to_go_through_jq(index):
-    res = _cli("search", "--index", index, "--queries", "-", "--run", "-", input='{\n"_id":"q1"}\n')
+def test_a_pretty_printed_query_on_stdin_is_told_to_go_through_jq(two_doc_index):
+    res = search_stdin(two_doc_index, '{\n"_id":"q1"}\n')
     said = " ".join(res.output.split())
     assert res.exit_code != 0 and "convert it on the way, e.g. jq -c . queries.json | ragkit search ... --queries -" \
         in said, said
     _no_temporary_file(said)
 
 
-def test_search_stdin_warnings_name_standard_input(index, caplog):
+@pytest.mark.parametrize("data, warned, starts, fix", [
+    ("1 a\n2 b\n", "separated by spaces", "--queries - (standard input):1: every line starts",
+     "sed 's/ /\\t/' queries.txt | ragkit search ... --queries -"),
+    ("q1\tvitamin d\tgold\n", "tab-separated columns", "--queries - (standard input):1: expected 'id<TAB>text'",
+     "cut -f1,2 queries.tsv | ragkit search ... --queries -"),
+])
+def test_search_stdin_warnings_name_standard_input(two_doc_index, caplog, data, warned, starts, fix):
     with caplog.at_level(logging.WARNING, logger="ragkit"):
-        res = _cli("search", "--index", index, "--queries", "-", "--run", "-", input="1 a\n2 b\n")
+        res = search_stdin(two_doc_index, data)
     assert res.exit_code == 0, res.output
-    said = [r.getMessage() for r in caplog.records if "separated by spaces" in r.getMessage()]
-    assert len(said) == 1 and said[0].startswith("--queries - (standard input):1: every line starts"), said
-    assert "sed 's/ /\\t/' queries.txt | ragkit search ... --queries -" in said[0]
-    _no_temporary_file(said[0])
-    caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="ragkit"):
-        res = _cli("search", "--index", index, "--queries", "-", "--run", "-", input="q1\tvitamin d\tgold\n")
-    assert res.exit_code == 0, res.output
-    said = [r.getMessage() for r in caplog.records if "tab-separated columns" in r.getMessage()]
-    assert len(said) == 1 and said[0].startswith("--queries - (standard input):1: expected 'id<TAB>text'"), said
-    assert "cut -f1,2 queries.tsv | ragkit search ... --queries -" in said[0]
+    said = [r.getMessage() for r in caplog.records if warned in r.getMessage()]
+    assert len(said) == 1 and said[0].startswith(starts) and fix in said[0], said
     _no_temporary_file(said[0])
