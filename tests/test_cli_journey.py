@@ -776,3 +776,21 @@ def test_eval_notes_evaluated_queries_with_a_training_query_s_text_under_another
     assert res.exit_code == 0, res.output
     assert ("--split test: 1 of the 3 queries ('q1') has the text of a --train-split train query under another id "
             "(whitespace and case aside): scores on it are not held out if it asks the same question") in res.output
+
+
+def test_an_examples_path_where_there_is_no_examples_folder_says_where_the_examples_are(tmp_path, monkeypatch):
+    """The help's commands name ``examples/hybrid.yaml``, which an installed wheel does not ship: run elsewhere
+    than the repository's root, the error now says so (it said only 'no such file').  Where ``examples/`` exists,
+    a missing file in it is a plain 'no such file'."""
+    monkeypatch.chdir(tmp_path)
+    data = _tiny(tmp_path / "d")
+    hint = "examples/ is a folder of ragkit's source repository, not of the installed package"
+    for args in (("eval", "--data", data, "--pipeline", "examples/hybrid.yaml"), ("validate", "examples/hybrid.yaml"),
+                 ("eval", "--data", data, "--pipeline", "examples/hybrid")):
+        res = _cli(*args)
+        assert res.exit_code == 2 and "no such file" in res.output and hint in res.output, (args, res.output)
+    (tmp_path / "examples").mkdir()
+    res = _cli("validate", "examples/hybrid.yaml")
+    assert res.exit_code == 2 and "no such file" in res.output and hint not in res.output, res.output
+    res = _cli("eval", "--data", data, "--pipeline", "other/hybrid.yaml")
+    assert res.exit_code == 2 and "no such file" in res.output and hint not in res.output, res.output

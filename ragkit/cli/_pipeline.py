@@ -19,6 +19,18 @@ def _path_like(spec: str) -> bool:
     return any(c in spec for c in "/\\") or bool(Path(spec).suffix)
 
 
+def no_such_pipeline(spec: str, shown: str, what: str) -> RagkitError:
+    """The error for a pipeline path ``spec`` that does not exist, said as ``shown: what (expected ...)``.  A
+    relative ``examples/...`` path (the help's and the README's examples) where this folder has no ``examples/``
+    adds that the folder comes with the source repository: an installed wheel has no ``examples/``."""
+    parts = Path(spec).parts
+    hint = ("; examples/ is a folder of ragkit's source repository, not of the installed package: run from the "
+            "repository's root, or copy the file" if parts[:1] == ("examples",) and not Path(parts[0]).is_dir()
+            else "")
+    return RagkitError(f"{shown}: {what} (expected a pipeline YAML file, a folder written by Pipeline.save / "
+                       f"Operator.save, or an operator name such as bm25){hint}")
+
+
 def resolve_pipeline(spec: str):
     """``(pipeline, fitted)`` from a YAML file, a saved folder or a registered operator name.
 
@@ -34,15 +46,13 @@ def resolve_pipeline(spec: str):
     if path.is_file():
         return Pipeline.from_yaml(path), False
     if path.suffix in (".yaml", ".yml") and not path.exists():  # (not YAML text: refused below as a path)
-        raise RagkitError(f"--pipeline {spec}: no such file (expected a pipeline YAML file, a folder written by "
-                          f"Pipeline.save / Operator.save, or an operator name such as bm25)")
+        raise no_such_pipeline(spec, f"--pipeline {spec}", "no such file")
     if path.suffix in (".yaml", ".yml"):
         return Pipeline.from_yaml(path), False
     if _is_yaml_text(spec):
         return Pipeline.from_yaml(spec), False
     if _path_like(spec):  # a path, not an operator name: it does not exist
-        raise RagkitError(f"--pipeline {spec}: no such file or folder (expected a pipeline YAML file, a folder "
-                          f"written by Pipeline.save / Operator.save, or an operator name such as bm25)")
+        raise no_such_pipeline(spec, f"--pipeline {spec}", "no such file or folder")
     if spec.lower() in registry.structural_keys():
         raise RagkitError(f"--pipeline {spec!r}: a structural key of pipeline YAML, not an operator; write the "
                           f"pipeline in a YAML file (e.g. '- {spec.lower()}: {{...}}') and pass its path")

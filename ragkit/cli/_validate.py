@@ -12,7 +12,15 @@ from rich.text import Text
 from ragkit.cli._app import _examples, _fail, app
 from ragkit.cli._console import console, err_console
 from ragkit.cli._options import _expands_paths
-from ragkit.cli._pipeline import _check_retrieves, _in_file, _is_yaml_text, _load_folder, _path_like, resolve_pipeline
+from ragkit.cli._pipeline import (
+    _check_retrieves,
+    _in_file,
+    _is_yaml_text,
+    _load_folder,
+    _path_like,
+    no_such_pipeline,
+    resolve_pipeline,
+)
 from ragkit.errors import ParamError, RagkitError
 
 
@@ -54,8 +62,7 @@ def validate_cmd(path: Path = typer.Argument(..., metavar="PIPELINE",
                 raise RagkitError(f"{path}: no such file or folder, and {unknown}") from None
             _check_retrieves(pipe, str(path))
         elif not path.exists() and not _is_yaml_text(str(path)):
-            raise RagkitError(f"{path}: no such file or folder (expected a pipeline YAML file, a folder written by "
-                              "Pipeline.save / Operator.save, or an operator name such as bm25)")
+            raise no_such_pipeline(str(path), str(path), "no such file or folder")
         else:
             pipe = Pipeline.from_yaml(path)
             _check_retrieves(pipe, str(path))  # what eval, train and ask refuse (a saved operator may be a reranker)
