@@ -20,7 +20,8 @@ def _machine() -> dict[str, Any]:
 def _provenance(pipe: Any) -> dict[str, Any]:
     """What ``ragkit eval``'s JSON records to reproduce the pipeline (:mod:`ragkit.eval.provenance`):
     ``pipeline_resolved``, the pipeline's tree with every parameter of every step, defaults included
-    (:func:`~ragkit.eval.provenance.resolved_pipeline`; ``pipeline``, its YAML, holds only those given);
+    (:func:`~ragkit.eval.provenance.resolved_pipeline`; ``pipeline``, its ``to_yaml()``, holds only those that differ
+    from their defaults, so a ``k: 100`` given where 100 is the default is not in it);
     ``models``, each encoder model a step uses with its fingerprint (:func:`~ragkit.eval.provenance.models`);
     ``versions``: ragkit's version and, run from a git checkout, its commit (``ragkit_commit``), Python's and the
     installed libraries' (:func:`~ragkit.eval.provenance.versions`)."""
