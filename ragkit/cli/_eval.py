@@ -46,7 +46,7 @@ from ragkit.cli._records import (
     _trace_rows,
 )
 from ragkit.cli._scoring import _fit_and_score, _Scored, _Scoring
-from ragkit.errors import RagkitError
+from ragkit.errors import RagkitError, some_ids
 
 
 def _n_queries(n: int) -> str:
@@ -73,15 +73,42 @@ def _note_depth(run: Any, ks: list[int], corpus: Any, pipe: Any, prefix: str = "
                           soft_wrap=True)
 
 
+def _empty_queries(run: Any) -> list[str]:
+    """The ids of the queries whose ranking in ``run`` is empty (the pipeline returned no document: BM25 on a
+    query of stopwords only), in the run's order: the JSON's ``empty_queries``."""
+    import numpy as np
+
+    lens = np.fromiter(map(len, run.doc_ids), np.int64, len(run.doc_ids))
+    return [run.query_ids[i] for i in np.flatnonzero(lens == 0).tolist()]
+
+
+def _note_empty(empty: list[str], n: int, prefix: str = "") -> None:
+    """Say that the ``empty`` of the ``n`` judged queries returned no document: they score 0 here (as
+    ``trec_eval -c`` scores a query its run lacks), but a TREC run file cannot hold an empty ranking, so a
+    tool that scores the ``--run`` file over the run's own queries averages over fewer."""
+    if not empty:
+        return
+    k = len(empty)
+    err_console.print(Text(
+        f"note: {prefix}{k} of the {n} judged queries returned no document (e.g. {some_ids(empty, 2)}); "
+        f"{'they score' if k > 1 else 'it scores'} 0 on every metric here (as trec_eval -c scores a query its run "
+        f"lacks), but a TREC run file cannot hold an empty ranking (a --run file has no line for "
+        f"{'them' if k > 1 else 'it'}), so a tool that averages over the run file's own queries (BEIR's "
+        f"pytrec_eval, trec_eval without -c) averages over {k} fewer; the JSON lists them (empty_queries)",
+        style="yellow"), soft_wrap=True)
+
+
 def _note_scored(run: Any, ks: list[int], corpus: Any, pipe: Any, qrels: Any, scoring: _Scoring,
-                 prefix: str = "", ignored_judged: int = 0) -> None:
+                 prefix: str = "", ignored_judged: int = 0) -> list[str]:
     """``ragkit eval``'s notes under its table, on stderr (as its other notes; stdout keeps the table), each
     after ``prefix`` (``"scifact: "`` for one of several datasets): the ``ignored_judged`` judged documents
-    dropped for having their query's id, the depth the pipeline reached (:func:`_note_depth`), and the judged
-    queries that no document can make relevant at ``--relevance-level`` (:func:`~ragkit.eval.metrics.level_note`),
-    and, as Python's :func:`~ragkit.eval.metrics.evaluate` warns, a run none of whose documents is judged at all,
-    with the hint of ids written otherwise (``'031715818'`` judged, ``'31715818'`` ranked:
-    :func:`~ragkit.eval.metrics.unjudged_docs_note`)."""
+    dropped for having their query's id, the depth the pipeline reached (:func:`_note_depth`), the judged
+    queries that returned no document (:func:`_note_empty`), and the judged queries that no document can make
+    relevant at ``--relevance-level`` (:func:`~ragkit.eval.metrics.level_note`), and, as Python's
+    :func:`~ragkit.eval.metrics.evaluate` warns, a run none of whose documents is judged at all, with the hint of
+    ids written otherwise (``'031715818'`` judged, ``'31715818'`` ranked:
+    :func:`~ragkit.eval.metrics.unjudged_docs_note`).  Returns the ids of the queries that returned no document
+    (:func:`_empty_queries`: the JSON's ``empty_queries``)."""
     from ragkit.eval.metrics import level_note, unjudged_docs_note
 
     unjudged = unjudged_docs_note(run, qrels)  # ("" unless every metric but hole@k is 0)
@@ -95,9 +122,12 @@ def _note_scored(run: Any, ks: list[int], corpus: Any, pipe: Any, qrels: Any, sc
             "queries are documents too: ArguAna, Quora), so they count as not found; --keep-identical-ids scores "
             "them", style="yellow"), soft_wrap=True)
     _note_depth(run, ks, corpus, pipe, prefix, scoring.depth)
+    empty = _empty_queries(run)
+    _note_empty(empty, len(run.query_ids), prefix)
     said = level_note(qrels, scoring.relevance_level, "--relevance-level")
     if said:
         err_console.print(Text(f"note: {prefix}{said}", style="yellow"), soft_wrap=True)
+    return empty
 
 
 def _timings_line(t_load: float, t_fit: float, encoded: int | None, search_s: float, n_queries: int,
@@ -229,7 +259,7 @@ def eval_cmd(
     for m, v in result.scores.items():
         table.add_row(m, f"{v:.4f}")
     console.print(table)
-    _note_scored(run, ks, ds.corpus, pipe, sp.qrels, scoring, ignored_judged=result.ignored_judged)
+    empty = _note_scored(run, ks, ds.corpus, pipe, sp.qrels, scoring, ignored_judged=result.ignored_judged)
     console.print(_timings_line(t_find + sp.t_load, scored.t_fit, scored.encoded, run.seconds, len(queries), total),
                   soft_wrap=True)
     if trace and run.trace:
@@ -241,7 +271,7 @@ def eval_cmd(
         payload: dict[str, Any] = {} if output is None else {
             "dataset": ds.name, "split": split, "pipeline": pipe.to_yaml(), **_provenance(pipe),
             "n_queries": len(queries), "metrics": result.scores, "per_query": result.per_query,
-            "max_ranked": _max_ranked(run),
+            "max_ranked": _max_ranked(run), "empty_queries": empty,
             "timings": {"load_s": t_find + sp.t_load, "fit_s": scored.t_fit, "search_s": run.seconds, "total_s": total,
                         "documents_encoded": scored.encoded},
             "settings": _settings(data, pipeline, train_split, limit, scoring, backend, sp.fingerprint,
@@ -296,6 +326,7 @@ def _eval_subsets(data: str, subs: list[str], pipeline: str, loaded: bool, *, sp
                    f"{len(subs)} of them, so this mean is not comparable with BEIR's (missing: {', '.join(missing)})",
                    err=True)
     scored: dict[str, _Scored] = {}
+    empty: dict[str, list[str]] = {}  # each dataset's queries that returned no document
     prints: dict[str, dict[str, Any]] = {}  # each dataset's corpus and queries fingerprints, while its corpus is read
     provenance: Optional[dict[str, Any]] = None
     for s, sp in splits.items():
@@ -307,8 +338,8 @@ def _eval_subsets(data: str, subs: list[str], pipeline: str, loaded: bool, *, sp
         first = next(iter(one.result.scores))
         console.print(Text(f"{s} / {split} ({_n_queries(len(sp.queries))}): {first} {one.result.scores[first]:.4f} · "
                            f"fit {one.t_fit:.2f} s · search {one.run.seconds:.2f} s"), soft_wrap=True)
-        _note_scored(one.run, ks, sp.dataset().corpus, pipe, sp.qrels, scoring, prefix=f"{s}: ",
-                     ignored_judged=one.result.ignored_judged)
+        empty[s] = _note_scored(one.run, ks, sp.dataset().corpus, pipe, sp.qrels, scoring, prefix=f"{s}: ",
+                                ignored_judged=one.result.ignored_judged)
         spec = pipe.to_yaml()
         if output is not None:  # the JSON's alone (a corpus hash, a git call): built only when -o writes it
             prints[s] = _data_prints(sp.dataset().corpus, sp.queries)
@@ -324,16 +355,18 @@ def _eval_subsets(data: str, subs: list[str], pipeline: str, loaded: bool, *, sp
                     dataset=",".join(subs) if sources else parent,
                     settings=_settings(data, pipeline, train_split, limit, scoring, backend,
                                        _subsets_fingerprint(splits), _subsets_prints(prints) if prints else None),
-                    provenance=provenance, prints=prints)
+                    provenance=provenance, prints=prints, empty=empty)
 
 
 def _report_subsets(splits: dict[str, _Split], scored: dict[str, _Scored], pipeline: str, spec: str, split: str,
                     output: Optional[Path], t_all: float, missing: Optional[list[str]], *, dataset: str,
                     settings: dict[str, Any], provenance: Optional[dict[str, Any]] = None,
-                    prints: Optional[dict[str, dict[str, Any]]] = None) -> None:
+                    prints: Optional[dict[str, dict[str, Any]]] = None,
+                    empty: Optional[dict[str, list[str]]] = None) -> None:
     """Print each dataset's metrics and their mean (one row each) and the summed timings; write the
     JSON: ``metrics`` the means, ``subsets`` each dataset's metrics, per-query values, timings and
-    ``prints`` (:func:`_data_prints`: its corpus and queries fingerprints); ``spec`` is the pipeline's YAML,
+    ``prints`` (:func:`_data_prints`: its corpus and queries fingerprints) and ``empty_queries`` (``empty``: its
+    queries that returned no document, :func:`_empty_queries`); ``spec`` is the pipeline's YAML,
     ``provenance`` what :func:`_provenance` records of it; ``missing`` the archive's datasets the folder lacks
     (the JSON says so, as the mean is then not BEIR's); ``dataset`` names the whole (the archive's folder, or
     the listed datasets)."""
@@ -363,6 +396,7 @@ def _report_subsets(splits: dict[str, _Split], scored: dict[str, _Scored], pipel
     console.print(_timings_line(t_load, t_fit, encoded, search_s, n_queries, total), soft_wrap=True)
     subsets = {s: {"n_queries": len(splits[s].queries), "metrics": scored[s].result.scores,
                    "per_query": scored[s].result.per_query, "max_ranked": _max_ranked(scored[s].run),
+                   "empty_queries": (empty or {}).get(s, []),
                    "qrels_fingerprint": splits[s].fingerprint, **(prints or {}).get(s, {}),
                    "timings": {"load_s": splits[s].t_load, "fit_s": scored[s].t_fit, "search_s": scored[s].run.seconds,
                                "documents_encoded": scored[s].encoded},

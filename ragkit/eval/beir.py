@@ -44,7 +44,7 @@ from ragkit._files import (
     user_path,
     utf8_lines,
 )
-from ragkit.errors import DataError, InputTypeError, ParamError
+from ragkit.errors import DataError, InputTypeError, ParamError, some_ids
 from ragkit.eval._download import (
     _DOWNLOAD_PREFIX,
     BEIR_URL as BEIR_URL,
@@ -120,8 +120,23 @@ class BeirDataset:
         (that query could not be searched).  A judged document that ``corpus.jsonl`` lacks is kept,
         as BEIR and pytrec_eval keep it: no run can retrieve it, so it counts as not found (it
         lowers recall and the ideal DCG holds it), and a warning on the ``ragkit`` logger says how
-        many there are (official ArguAna judges 1 such document), and how many of them are graded 0 (not
-        relevant: they change no score)."""
+        many documents there are and how many judgements name them (official ArguAna judges 1 such
+        document), and how many of those are graded 0 (not relevant: they change no score).  Kept even
+        when the corpus holds none of the relevant documents (every score 0); ``ragkit eval`` refuses
+        that case (:meth:`scorable_qrels`)."""
+        return self._qrels(split, refuse=False)
+
+    def scorable_qrels(self, split: str = "test") -> Qrels:
+        """:meth:`qrels`, refused with a :class:`DataError` when the corpus holds none of the documents the split
+        judges relevant (graded 1 or more): a corpus and qrels whose ids are written otherwise (``'doc12'`` and
+        ``'12'``), or of two datasets, where every metric of every run would be 0 (``ragkit eval`` calls it
+        before any fit).  Some of them missing is the warning :meth:`qrels` gives; qrels with no grade of 1 or
+        more are not refused here (:func:`~ragkit.eval.metrics.level_note` says so)."""
+        return self._qrels(split, refuse=True)
+
+    def _qrels(self, split: str, refuse: bool) -> Qrels:
+        """:meth:`qrels`; ``refuse``: :meth:`scorable_qrels`' refusal instead of the warning where the corpus
+        holds none of the relevant documents."""
         path = _qrels_file(self.path, split)
         qrels, first_line, line_of = _read_qrels(path)  # (read_qrels', with the lines to name: one parse)
         texts = self._query_texts()
@@ -134,26 +149,42 @@ class BeirDataset:
                             "judge to be there (a query without its text cannot be searched)"
                             + _respelt_queries(bad_q, texts))
         bad_d = self.unknown_judged(qrels)
-        if bad_d and split not in self._warned:  # (queries(split) reads them too: said once per split)
-            self._warned.add(split)
-            rel = [(q, d) for q, d in bad_d if qrels[q][d] > 0]  # (one graded 0 changes no score, found or not)
-            (q, d), n, r = (rel or bad_d)[0], len(bad_d), len(rel)
-            docs = f"{n} judged document{'s are' if n > 1 else ' is'} not in corpus.jsonl"
-            eg = f"e.g. {d!r}, judged for query {q!r}"
-            they = "they count" if r > 1 else "it counts"
-            if r == n:
-                said = f"{docs} ({eg}); kept, as BEIR keeps them: no run can retrieve {'them' if n > 1 else 'it'}, so"
-            elif r == 0:
-                said = (f"{docs} ({eg}), {'all ' if n > 1 else ''}graded 0 (not relevant), so "
-                        f"{'they change' if n > 1 else 'it changes'} no score; kept, as BEIR keeps them")
-            else:
-                said = (f"{docs}: {r} graded 1 or more ({eg}) and {n - r} graded 0 (not relevant, which change"
-                        f"{'' if n - r > 1 else 's'} no score); kept, as BEIR keeps them: no run can retrieve the {r} "
-                        "graded 1 or more, so")
-            line = line_of.get((q, d))
-            _log.warning(f"{path}: {said}" + (f" {they} as not found" if r else "")
-                         + (f"; {d!r} is judged for query {q!r} on line {line} of {path.name}" if line else "")
-                         + self._respelt_docs([d for _, d in (rel or bad_d)]))
+        if not bad_d or (split in self._warned and not refuse):  # (queries(split) reads them too: said once)
+            return qrels
+        rel = [(q, d) for q, d in bad_d if qrels[q][d] > 0]  # (one graded 0 changes no score, found or not)
+        (q, d), n, r = (rel or bad_d)[0], len(bad_d), len(rel)
+        line = line_of.get((q, d))
+        at = f"; {d!r} is judged for query {q!r} on line {line} of {path.name}" if line else ""
+        if refuse and r and r == sum(g > 0 for rel_q in qrels.values() for g in rel_q.values()):
+            m = len({d for _, d in rel})
+            of = f"; {r} judgements" if r != m else ""
+            eg = f"e.g. {d!r}, judged for query {q!r}" + (f" on line {line}" if line else "")
+            some = some_ids(self.corpus.ids[:4].tolist())  # (", ..." after 3 when there are more)
+            raise DataError(f"{path}: none of the {m} document{'s' if m > 1 else ''} the qrels judge relevant (graded "
+                            f"1 or more{of}; {eg}) {'is' if m == 1 else 'are'} in {self.path / 'corpus.jsonl'}, whose "
+                            f"{len(self.corpus):,} documents are {some}: no run can retrieve one, so every metric "
+                            "would be 0 for every query; expected the qrels of this corpus, with its document ids "
+                            "written as corpus.jsonl writes them" + self._respelt_docs([d for _, d in rel]))
+        if split in self._warned:
+            return qrels
+        self._warned.add(split)
+        m = len({d for _, d in bad_d})
+        docs = (f"{m} judged document{'s' if m > 1 else ''}" + (f" ({n} judgements)" if n != m else "")
+                + f" {'are' if m > 1 else 'is'} not in corpus.jsonl")
+        eg = f"e.g. {d!r}, judged for query {q!r}"
+        they = "they count" if len({d for _, d in rel}) > 1 else "it counts"
+        if r == n:
+            said = f"{docs} ({eg}); kept, as BEIR keeps them: no run can retrieve {'them' if m > 1 else 'it'}, so"
+        elif r == 0:
+            said = (f"{docs} ({eg}), {'all ' if n > 1 else ''}graded 0 (not relevant), so "
+                    f"{'they change' if n > 1 else 'it changes'} no score; kept, as BEIR keeps them")
+        else:
+            judgements = f" judgement{'s' if r > 1 else ''}" if n != m else ""
+            said = (f"{docs}: {r}{judgements} graded 1 or more ({eg}) and {n - r} graded 0 (not relevant, which "
+                    f"change{'' if n - r > 1 else 's'} no score); kept, as BEIR keeps them: no run can retrieve the "
+                    f"{'documents of the ' if n != m else ''}{r} graded 1 or more, so")
+        _log.warning(f"{path}: {said}" + (f" {they} as not found" if r else "") + at
+                     + self._respelt_docs([d for _, d in (rel or bad_d)]))
         return qrels
 
     def _respelt_docs(self, unknown: list[str]) -> str:
