@@ -3,6 +3,7 @@ p-values, and a relevance level no judgement reaches (BEIR evaluation review).""
 
 from __future__ import annotations
 
+import hashlib
 import inspect
 import json
 from pathlib import Path
@@ -298,8 +299,10 @@ def test_compare_output_records_what_reproduces_it(tmp_path: Path):
     d = json.loads(out.read_text())
     assert (d["seed"], d["dataset"], d["split"], d["metrics"], d["n_resamples"]) == (7, "tiny", "test", ["ndcg@10"],
                                                                                       100)
-    assert d["systems"] == [{"name": "a", "source": str(a), "depth": None}, {"name": "b", "source": str(b),
-                                                                              "depth": 100}]
+    assert d["systems"] == [{"name": "a", "source": str(a), "depth": None, "source_resolved": str(a.resolve()),
+                             "sha256": hashlib.sha256(a.read_bytes()).hexdigest()},
+                            {"name": "b", "source": str(b), "depth": 100, "source_resolved": str(b.resolve()),
+                             "sha256": hashlib.sha256(b.read_bytes()).hexdigest()}]
     again = compare([load_result(s["source"], name=s["name"]) for s in d["systems"]], d["metrics"],
                     n_resamples=d["n_resamples"], seed=d["seed"], alpha=d["alpha"]).to_dict()
     assert again["rows"] == d["rows"]

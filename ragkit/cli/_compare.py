@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Optional
 
@@ -19,6 +20,18 @@ from ragkit.cli._outputs import _human_output_to_stderr, _is_stdout, _make_folde
 from ragkit.cli._pipeline import _path_like
 from ragkit.cli._streams import _stdout_utf8
 from ragkit.errors import RagkitError
+
+
+def _data_folder(data: str) -> Optional[str]:
+    """The absolute path of the dataset folder ``--data`` named (a folder as given, a dataset name where it was
+    found: :func:`~ragkit.eval.beir.beir_qrels` found it already, nothing is downloaded), for ``-o``'s JSON;
+    ``None`` where it cannot be told."""
+    from ragkit.eval.beir import _locate_one
+
+    try:
+        return str(_locate_one(data, download=False, base_url=None).resolve())
+    except (RagkitError, OSError):
+        return None
 
 
 def _blank_file(path: Path) -> bool:
@@ -160,6 +173,8 @@ def compare_cmd(
                               qrels_fingerprint=fingerprint)
                   for p, n in zip(results, labels)]
         cmp = compare(loaded, names, baseline=base, n_resamples=resamples, seed=seed, alpha=alpha)
+        if data is not None and output is not None:  # (what --data named, for the JSON that reruns the comparison)
+            cmp = replace(cmp, data=data, data_resolved=_data_folder(data))
     except RagkitError as e:
         _fail(e)
         return

@@ -14,8 +14,10 @@ scored against judgements here (:func:`load_result`); every system must be score
 queries of the same dataset and split, with the same ``relevance_level`` and ``ignore_identical_ids``, and
 against the same judgements where both results record them (:func:`scored_qrels_fingerprint`: of the
 judgements of the queries each result was scored on; ``ragkit eval -o`` records it, :func:`load_result` computes
-it for a run file), or the comparison is refused.  Results of an archive of several datasets (``ragkit eval
---data cqadupstack``) are compared as BEIR reports them: every mean weights each dataset equally
+it for a run file, :func:`~ragkit.eval.evaluate` keeps it on its ``EvalResult``), or the comparison is refused (a
+result that records none, beside others that do, is compared with a warning that it could not be checked).
+Results of an archive of several datasets (``ragkit eval --data cqadupstack``) are compared as BEIR reports them:
+every mean weights each dataset equally
 (a query of a dataset of ``n`` queries weighs ``1 / (n_datasets * n)``), the randomisation test's
 statistic is that weighted mean difference, and the bootstrap resamples queries within each
 dataset (stratified), so each dataset keeps its size in every resample.
@@ -29,11 +31,13 @@ import logging
 import os
 import sys
 from dataclasses import dataclass, field, replace
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from ragkit._files import sha256_file
 from ragkit.errors import DataError, InputTypeError, ParamError, RagkitError, some_ids
 from ragkit.eval.metrics import (
     _evaluate_noted,
@@ -119,7 +123,9 @@ class SystemResult:
     :func:`~ragkit.eval.provenance.corpus_digest_text`; ``None``: unknown, as for a TREC run file or an older
     file): :meth:`Comparison.warnings` says when two known ones differ (not refused: a smaller corpus may be meant).
     ``ranked_queries`` are the queries a TREC run file ranks documents for (``None``: all it was scored on).
-    ``source`` is the file it was read from (:func:`load_result`), recorded by :meth:`Comparison.to_dict`.
+    ``source`` is the file it was read from as given (:func:`load_result`), ``source_resolved`` its absolute path
+    (links resolved) and ``source_sha256`` the SHA-256 of its bytes as read (``None``: not read from a file), all
+    three recorded by :meth:`Comparison.to_dict`, so that a comparison names exactly what it compared.
     """
 
     name: str
@@ -135,6 +141,8 @@ class SystemResult:
     qrels_fingerprint: str | None = None
     ranked_queries: frozenset[str] | None = field(default=None, repr=False)
     corpus_fingerprint: str | None = None
+    source_resolved: str | None = None
+    source_sha256: str | None = None
 
     def values(self, metric: str) -> Mapping[str, float]:
         """Per-query values of ``metric`` in any spelling :func:`parse_metric` reads."""
@@ -158,7 +166,9 @@ def load_result(path: str | os.PathLike[str], *, qrels: Mapping[str, Mapping[str
     scored here against ``qrels`` on ``metrics`` (with :func:`~ragkit.eval.evaluate`'s
     ``relevance_level`` and ``ignore_identical_ids``; a run file holds no judgements; ``dataset`` and
     ``split`` name where ``qrels`` come from, so that :func:`compare` can check it; the result carries the
-    ``relevance_level`` and ``ignore_identical_ids`` it was scored with).  A JSON file of another
+    ``relevance_level`` and ``ignore_identical_ids`` it was scored with).  The result of either kind of file
+    records its path as given (``source``) and resolved (``source_resolved``), and the SHA-256 of its bytes
+    (``source_sha256``: one more read of the file, ~0.5 s per GB).  A JSON file of another
     ``dataset`` or ``split`` than the ones given is a :class:`DataError`; its scoring settings are the
     ones its ``settings`` record (``relevance_level`` and ``ignore_identical_ids`` are not checked against
     it here, they score run files: :func:`compare` refuses results scored differently).  A JSON file
@@ -179,6 +189,7 @@ def load_result(path: str | os.PathLike[str], *, qrels: Mapping[str, Mapping[str
     if not path.is_file():
         raise DataError(f"{path}: file not found; expected a 'ragkit eval -o' JSON file or a TREC run file")
     name = name or str(path)
+    resolved, digest = str(path.resolve()), sha256_file(path)  # (what was read, for Comparison.to_dict)
     with open(path, "rb") as f:  # (a UTF-8 byte-order mark, as some editors save JSON with, is no part of it)
         head = f.read(4096).removeprefix(b"\xef\xbb\xbf").lstrip()[:1]
     if head == b"{":
@@ -188,7 +199,8 @@ def load_result(path: str | os.PathLike[str], *, qrels: Mapping[str, Mapping[str
             not_results(pipeline_kind(path))  # YAML in flow style: {pipeline: [...]}
             raise DataError(f"{path}: not valid JSON ({e}); expected a 'ragkit eval -o' results file") from None
         not_results("a pipeline in JSON" if _is_pipeline_doc(payload) else None)
-        result = replace(_from_payload(payload, path, name), source=str(path))
+        result = replace(_from_payload(payload, path, name), source=str(path), source_resolved=resolved,
+                         source_sha256=digest)
         for key, want in (("dataset", dataset), ("split", split)):  # --data/--split name what every result is of
             got = getattr(result, key)
             if want is not None and got is not None and got != want:
@@ -215,10 +227,10 @@ def load_result(path: str | os.PathLike[str], *, qrels: Mapping[str, Mapping[str
                         "score a run of the same dataset and split")
     scores = _evaluate_noted(run, qrels, list(metrics), relevance_level=relevance_level,  # (its own notes below)
                              ignore_identical_ids=ignore_identical_ids, note_unsearched=False, note_level=False,
-                             qrels_checked=True, who=str(path))
+                             qrels_checked=True, who=str(path), fingerprint=qrels_fingerprint is None)
     scored = next(iter(scores.per_query.values()), {})
     # (every judged query is scored, so this is the fingerprint of all of qrels' judgements)
-    fingerprint = qrels_fingerprint if qrels_fingerprint is not None else scored_qrels_fingerprint(qrels, scored)
+    fingerprint = qrels_fingerprint if qrels_fingerprint is not None else scores.qrels_fingerprint
     ran = set(run.query_ids)
     lacking = [q for q in scored if q not in ran]
     unjudged, _ = unjudged_note(list(run.query_ids), scored, lacking, f"in the {where}" if where else "")
@@ -234,7 +246,8 @@ def load_result(path: str | os.PathLike[str], *, qrels: Mapping[str, Mapping[str
         say_once(said, f"{where or 'judgements given'}: {said}")
     # (no depth, which the file does not say; the longest ranking it holds marks metrics cut deeper)
     return SystemResult(name, scores.per_query, dataset, split, relevance_level=int(relevance_level),
-                        ignore_identical_ids=bool(ignore_identical_ids), source=str(path),
+                        ignore_identical_ids=bool(ignore_identical_ids), source=str(path), source_resolved=resolved,
+                        source_sha256=digest,
                         max_ranked=max((len(d) for d in run.doc_ids), default=0), qrels_fingerprint=fingerprint,
                         ranked_queries=frozenset(q for q, d in zip(run.query_ids, run.doc_ids)
                                                  if len(d) and q in scored))
@@ -530,6 +543,13 @@ class Comparison:
     :meth:`warnings` adds on TREC run files that rank few of the same queries.  ``n_differ`` counts the queries
     on which each system's value differs from the baseline's (NaN in the baseline's row).  :meth:`warnings` says
     what makes a row misleading.
+
+    What reruns it, besides: ``relevance_level`` and ``ignore_identical_ids`` (how the results were scored, where
+    known: :func:`compare` refuses results scored otherwise), each system's ``source_paths`` (its file resolved)
+    and ``source_sha256`` (of the bytes read), ``data`` and ``data_resolved`` (``ragkit compare --data`` as given
+    and the folder it names, ``None`` in Python) and ``date`` (when :func:`compare` ran: ISO 8601 with the time
+    zone's offset); :meth:`to_dict` adds the versions of ragkit and its libraries
+    (:func:`~ragkit.eval.provenance.versions`: the p-values are ragkit's resampling code's).
     """
 
     systems: list[str]
@@ -558,6 +578,13 @@ class Comparison:
     fingerprints: tuple[str | None, ...] = ()
     max_ranked: tuple[int | None, ...] = ()
     corpora: tuple[str | None, ...] = ()
+    relevance_level: int | None = None
+    ignore_identical_ids: bool | None = None
+    source_paths: tuple[str | None, ...] = ()
+    source_sha256: tuple[str | None, ...] = ()
+    data: str | None = None
+    data_resolved: str | None = None
+    date: str | None = None
 
     def _cuts(self) -> list[tuple[int | None, bool]]:
         """Each system's ``(rankings cut to, whether by --depth)``: its depth when known (a ranking shorter than it
@@ -734,10 +761,17 @@ class Comparison:
         return "\n".join(lines)
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready: what was compared (``dataset``, ``split``, ``metrics``, ``seed``, each system's ``source``
-        file, ``depth`` (``--depth``, ``None``: not given or unknown), and where known ``max_ranked`` (the most
-        documents it ranked for one query), ``qrels_fingerprint`` and ``corpus_fingerprint``: enough to run the
-        comparison again) and one record per (system, metric)."""
+        """JSON-ready: what was compared and how, enough to run the comparison again (``dataset``, ``split``,
+        ``data`` and ``data_resolved`` (``--data`` as given and the folder it named; ``None``: not given),
+        ``relevance_level`` and ``ignore_identical_ids`` (how the results were scored; ``None``: unknown),
+        ``metrics``, ``n_resamples``, ``seed``, ``alpha``, ``confidence``, ``date`` (when it ran: ISO 8601 with the
+        time zone's offset), ``versions`` (ragkit's, its git commit in a checkout, Python's and its libraries':
+        :func:`~ragkit.eval.provenance.versions`, read here, where :func:`compare` ran), each system's ``source``
+        file as given, ``depth`` (``--depth``, ``None``: not given or unknown), and where known ``source_resolved``
+        (its absolute path), ``sha256`` (of its bytes as read), ``max_ranked`` (the most documents it ranked for
+        one query), ``qrels_fingerprint`` and ``corpus_fingerprint``) and one record per (system, metric)."""
+        from ragkit.eval.provenance import versions
+
         rows = []
         shallow = self.shallow
         for i, s in enumerate(self.systems):
@@ -756,6 +790,10 @@ class Comparison:
         note = self.note()
         systems = [{"name": s, "source": self.sources[i] if i < len(self.sources) else None,
                     "depth": self.depths[i] if i < len(self.depths) else None,
+                    **({"source_resolved": at} if (at := self.source_paths[i] if i < len(self.source_paths)
+                                                   else None) is not None else {}),
+                    **({"sha256": sha} if (sha := self.source_sha256[i] if i < len(self.source_sha256)
+                                             else None) is not None else {}),
                     **({"max_ranked": ranked} if (ranked := self.max_ranked[i] if i < len(self.max_ranked)
                                                   else None) is not None else {}),
                     **({"qrels_fingerprint": fp} if (fp := self.fingerprints[i] if i < len(self.fingerprints)
@@ -764,14 +802,16 @@ class Comparison:
                                                       else None) else {})}
                    for i, s in enumerate(self.systems)]
         warnings, few = self.warnings(), self.few_differ()
-        return {"dataset": self.dataset, "split": self.split, "metrics": list(self.metrics), "systems": systems,
+        return {"dataset": self.dataset, "split": self.split, "data": self.data, "data_resolved": self.data_resolved,
+                "relevance_level": self.relevance_level, "ignore_identical_ids": self.ignore_identical_ids,
+                "metrics": list(self.metrics), "systems": systems,
                 "baseline": self.systems[self.baseline], "n_queries": self.n_queries, "n_datasets": self.n_datasets,
                 "mean": "each dataset weighted equally" if self.n_datasets > 1 else "over queries", "alpha": self.alpha,
                 "confidence": self.confidence, "n_resamples": self.n_resamples, "seed": self.seed,
                 "test": "paired randomisation (sign flip), two-sided, Holm-corrected",
                 "p_se": "Monte Carlo standard error, sqrt(p (1 - p) / n_resamples); near_alpha: p_holm within two "
                         "of alpha", **({"note": note} if note else {}), **({"warnings": warnings} if warnings else {}),
-                **({"few_differ": few} if few else {}), "rows": rows}
+                **({"few_differ": few} if few else {}), "date": self.date, "versions": versions(), "rows": rows}
 
 
 def format_p(p: float) -> str:
@@ -847,20 +887,34 @@ def _same_data(results: Sequence[SystemResult]) -> bool:
 
 
 def _unchecked_why(r: SystemResult) -> str:
-    """Why ``r``'s judgements cannot be checked against the other results', by what it was read from."""
+    """Why ``r``'s judgements cannot be checked against the other results', by what it was read from: the end of
+    a sentence whose subject is ``r`` (``"records no qrels fingerprint (...)"``)."""
     if r.qrels_fingerprint is not None:  # the older "sha256:" of the whole split (before --limit)
         kind = _fingerprint_kind(r.qrels_fingerprint)
-        return (f"{r.source or r.name} records a fingerprint of its whole split ({kind}: a 'ragkit eval -o' file "
-                "of an older ragkit), not of the queries it scored")
+        return (f"records a fingerprint of its whole split ({kind}: a 'ragkit eval -o' file of an older ragkit), not "
+                "of the queries it scored")
     if r.source is None:
-        return (f"{r.name} records no qrels fingerprint (a result built in Python: an EvalResult of evaluate(), which "
-                "keeps no judgements, or a SystemResult given no qrels_fingerprint=scored_qrels_fingerprint(...))")
-    return f"{r.source} records no qrels fingerprint (a 'ragkit eval -o' file written before it was recorded)"
+        return ("records no qrels fingerprint (a result built in Python: an EvalResult made by hand or by an older "
+                "ragkit's evaluate(), or a SystemResult given no qrels_fingerprint=scored_qrels_fingerprint(qrels, "
+                "queries))")
+    return "records no qrels fingerprint (a 'ragkit eval -o' file written before it was recorded)"
+
+
+def _unchecked_said(results: Sequence[SystemResult]) -> str:
+    """Why each of ``results`` cannot be checked, the results of one reason said together: ``"py records no
+    qrels fingerprint (...)"``, ``"each of a.json and b.json records no qrels fingerprint (...)"``."""
+    groups: dict[str, list[str]] = {}
+    for r in results:
+        groups.setdefault(_unchecked_why(r), []).append(r.source or r.name)
+    return "; ".join(f"{names[0]} {why}" if len(names) == 1 else
+                     f"each of {', '.join(names[:-1])} and {names[-1]} {why}" for why, names in groups.items())
 
 
 def _check_fingerprints(results: Sequence[SystemResult]) -> None:
     """Refuse results whose judgements differ (:func:`scored_qrels_fingerprint`, compared within each kind of
-    fingerprint, after the queries were checked alike); say which results could not be checked."""
+    fingerprint, after the queries were checked alike); warn (``ragkit`` logger, WARNING: a Python caller sees it
+    without configuring logging) of the results that could not be checked against those that record one: those
+    of no fingerprint of the kind most of them record (none when none records one)."""
     kinds: dict[str, list[SystemResult]] = {}
     for r in results:
         if r.qrels_fingerprint is not None:
@@ -877,15 +931,16 @@ def _check_fingerprints(results: Sequence[SystemResult]) -> None:
                             "differ (another copy or version of the dataset, or of its qrels file) though the dataset "
                             "and split may be named alike, so their per-query values differ by judgements, not only "
                             "by system; score every result against the same qrels (ragkit eval --data, and for TREC "
-                            "run files ragkit compare --data, of one folder)")
-    if not kinds:
+                            "run files ragkit compare --data, of one folder; in Python, evaluate(run, qrels) with the "
+                            "same qrels)")
+    if not kinds:  # (none to check the others against: files of an older ragkit eval, SystemResults built by hand)
         return
     main = kinds.get(SCORED_FINGERPRINT_KIND) or max(kinds.values(), key=len)
     unchecked = [r for r in results if not any(r is m for m in main)]
     if unchecked:  # an older ragkit eval's file, or a result built in Python: nothing to check it with
-        logging.getLogger("ragkit").info(
+        logging.getLogger("ragkit").warning(
             "compare: %s; so whether %s scored against the same judgements as %s could not be checked",
-            "; ".join(map(_unchecked_why, unchecked)), "it was" if len(unchecked) == 1 else "they were",
+            _unchecked_said(unchecked), "it was" if len(unchecked) == 1 else "they were",
             ", ".join(r.source or r.name for r in main))
 
 
@@ -975,9 +1030,10 @@ def _as_results(results: Any) -> list[SystemResult]:
             if not isinstance(key, str):
                 raise InputTypeError(f"compare: results[{key!r}]: a system's name must be a string, got "
                                      f"{type(key).__name__}; {how}")
-            if isinstance(r, EvalResult):  # with how it was scored, checked alike as a JSON file's settings
+            if isinstance(r, EvalResult):  # with how and against what it was scored, checked as a JSON file's
                 out.append(SystemResult(key, r.per_query, relevance_level=r.relevance_level,
-                                        ignore_identical_ids=r.ignore_identical_ids))
+                                        ignore_identical_ids=r.ignore_identical_ids,
+                                        qrels_fingerprint=r.qrels_fingerprint))
             elif isinstance(r, SystemResult):
                 out.append(r if r.name == key else replace(r, name=key))
             else:
@@ -1009,7 +1065,8 @@ def compare(results: Sequence[SystemResult] | Mapping[str, Any], metrics: Sequen
     ----------
     results : two or more :class:`SystemResult` (e.g. from :func:`load_result`), or a mapping
         ``{name: EvalResult}`` (what :func:`~ragkit.eval.evaluate` returns, each named by its key and checked
-        like a JSON file for the ``relevance_level`` and ``ignore_identical_ids`` it was scored with; the
+        like a JSON file for the ``relevance_level`` and ``ignore_identical_ids`` it was scored with and the
+        judgements it was scored against, its ``qrels_fingerprint``; the
         mapping's order gives the indices ``baseline`` counts; a :class:`SystemResult` there takes the key as
         its name).  An :class:`~ragkit.eval.EvalResult` alone names no system: a list of them is an
         :class:`~ragkit.errors.InputTypeError` saying so
@@ -1067,7 +1124,7 @@ def compare(results: Sequence[SystemResult] | Mapping[str, Any], metrics: Sequen
     n_q = len(queries[metrics[0]])
     p_se = np.sqrt(p * (1 - p) / n_resamples)
     known = {key: next((getattr(r, key) for r in results if getattr(r, key) is not None), None)
-             for key in ("dataset", "split")}
+             for key in ("dataset", "split", "relevance_level", "ignore_identical_ids")}  # (checked alike above)
     return Comparison([r.name for r in results], list(metrics), int(baseline), n_q, n_sets, means, delta, lo, hi, p,
                       holm(p), alpha, confidence, n_resamples, p_se, _holm_se(p, p_se), seed=int(seed),
                       dataset=known["dataset"], split=known["split"], sources=tuple(r.source for r in results),
@@ -1075,7 +1132,11 @@ def compare(results: Sequence[SystemResult] | Mapping[str, Any], metrics: Sequen
                       n_differ=n_differ,
                       coverage=_coverage(results, baseline),
                       fingerprints=tuple(r.qrels_fingerprint for r in results),
-                      corpora=tuple(r.corpus_fingerprint for r in results))
+                      corpora=tuple(r.corpus_fingerprint for r in results),
+                      relevance_level=known["relevance_level"], ignore_identical_ids=known["ignore_identical_ids"],
+                      source_paths=tuple(r.source_resolved for r in results),
+                      source_sha256=tuple(r.source_sha256 for r in results),
+                      date=datetime.now().astimezone().isoformat(timespec="seconds"))
 
 
 def _mean_as_evaluated(r: SystemResult, metric: str) -> float:

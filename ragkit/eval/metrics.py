@@ -1,7 +1,8 @@
 """Retrieval metrics with trec_eval semantics, computed by pytrec_eval as BEIR does.
 
 Metric names: ``ndcg@k``, ``recall@k``, ``map@k``, ``mrr@k``, ``p@k``, and BEIR's ``r_cap@k``, ``hole@k``,
-``acc@k`` (case-insensitive).  Like BEIR's ``EvaluateRetrieval.evaluate``, a document whose id equals the
+``acc@k`` (case-insensitive; ir_measures' ``R@k``, ``AP@k`` and ``RR@k`` are read as ``recall@k``, ``map@k`` and
+``mrr@k``, the same measures).  Like BEIR's ``EvaluateRetrieval.evaluate``, a document whose id equals the
 query id is ignored (``ignore_identical_ids=True``).  The aggregate is the mean over every judged query
 (every query of the qrels with at least one judgement): a judged query the run lacks (or answers with
 nothing) counts as 0, as trec_eval's ``-c`` does, and :func:`evaluate` warns of the judged queries the
@@ -48,12 +49,16 @@ _MAX_CUTOFF = 2**31 - 1
 
 
 _FAMILIES = ("ndcg", "recall", "map", "mrr", "p", "r_cap", "hole", "acc")
+#: ir_measures' names of metrics ragkit names otherwise, read as those (``R@100`` is ``recall@100``): each is the
+#: same trec_eval measure (``R@k``: ``recall_k``; ``AP@k``: ``map_cut_k``, which ``map@k`` is; ``RR@k``:
+#: ``recip_rank`` of the top k, which ``mrr@k`` is).  ``P@k`` and ``nDCG@k`` are ragkit's names already.
+_IR_MEASURES = {"r": "recall", "ap": "map", "rr": "mrr"}
 #: other spellings of the metric names (trec_eval's, longer words), offered as "did you mean" hints only
-_ALIASES = {"precision": "p", "ndcg_cut": "ndcg", "map_cut": "map", "recip_rank": "mrr", "rr": "mrr",
+_ALIASES = {"precision": "p", "ndcg_cut": "ndcg", "map_cut": "map", "recip_rank": "mrr",
             "accuracy": "acc", "top_k_accuracy": "acc", "rcap": "r_cap", "capped_recall": "r_cap"}
 _DEFAULT_CUT = {name.split("@")[0]: int(name.split("@")[1]) for name in DEFAULT_METRICS}
 _EXPECTED = f"expected one of {', '.join(f'{f}@k' for f in _FAMILIES)} with 1 <= k <= {_MAX_CUTOFF}"
-_METRIC = re.compile(rf"\s*({'|'.join(_FAMILIES)})\s*@\s*(\d+)\s*")
+_METRIC = re.compile(rf"\s*({'|'.join([*_FAMILIES, *_IR_MEASURES])})\s*@\s*(\d+)\s*")
 
 
 def _family(word: str) -> tuple[str | None, bool]:
@@ -62,10 +67,12 @@ def _family(word: str) -> tuple[str | None, bool]:
     False)``, anything else ``(None, False)``."""
     if word in _FAMILIES:
         return word, True
+    if word in _IR_MEASURES:  # (read as its family: exact)
+        return _IR_MEASURES[word], True
     if word in _ALIASES:
         return _ALIASES[word], False
-    close = difflib.get_close_matches(word, [*_FAMILIES, *_ALIASES], n=1, cutoff=0.65)
-    return (_ALIASES.get(close[0], close[0]) if close else None), False
+    close = difflib.get_close_matches(word, [*_FAMILIES, *_IR_MEASURES, *_ALIASES], n=1, cutoff=0.65)
+    return ({**_ALIASES, **_IR_MEASURES}.get(close[0], close[0]) if close else None), False
 
 
 def _metric_problem(name: str) -> tuple[str, str | None]:
@@ -112,9 +119,11 @@ def _metric_problem(name: str) -> tuple[str, str | None]:
 
 
 def parse_metric(name: str) -> tuple[str, int]:
-    """``"nDCG@10"`` -> ``("ndcg", 10)``; anything else is a :class:`DataError` saying what was given, why it is
-    no metric (an unknown name, a cut-off missing, not an integer or out of range), the close spelling it likely
-    meant (``'ndgc@10'``: did you mean ``'ndcg@10'``?) and the accepted forms."""
+    """``"nDCG@10"`` -> ``("ndcg", 10)``; ir_measures' names of the same measures are read as ragkit's (``"R@100"``
+    -> ``("recall", 100)``, ``"AP@10"`` -> ``("map", 10)``, ``"RR@10"`` -> ``("mrr", 10)``); anything else is a
+    :class:`DataError` saying what was given, why it is no metric (an unknown name, a cut-off missing, not an
+    integer or out of range), the close spelling it likely meant (``'ndgc@10'``: did you mean ``'ndcg@10'``?) and
+    the accepted forms."""
     return parse_metrics([name])[0]
 
 
@@ -134,7 +143,7 @@ def parse_metrics(names: Iterable[str]) -> list[tuple[str, int]]:
             continue
         m = _METRIC.fullmatch(name.lower())
         if m and 1 <= int(m.group(2)) <= _MAX_CUTOFF:  # trec_eval reads the cut-off as a C int
-            out.append((m.group(1), int(m.group(2))))
+            out.append((_IR_MEASURES.get(m.group(1), m.group(1)), int(m.group(2))))  # (R@100: recall@100)
         else:
             bad.append((name, *_metric_problem(name)))
     if len(bad) == 1 and not isinstance(bad[0][0], str):
@@ -184,6 +193,11 @@ class EvalResult:
     relevance_level, ignore_identical_ids : int, bool or None
         The :func:`evaluate` arguments it was scored with (``None``: unknown, an ``EvalResult`` built by
         hand); :func:`~ragkit.eval.compare.compare` refuses results scored with different ones.
+    qrels_fingerprint : str or None
+        The judgements it was scored against: :func:`~ragkit.eval.compare.scored_qrels_fingerprint` of those of
+        the queries it scored (``"sha256-scored:..."``, what ``ragkit eval -o`` records as
+        ``settings.qrels_fingerprint``; ``None``: unknown, an ``EvalResult`` built by hand);
+        :func:`~ragkit.eval.compare.compare` refuses results scored against different judgements.
     """
 
     scores: dict[str, float]
@@ -193,6 +207,7 @@ class EvalResult:
     ignored_judged: int = 0
     relevance_level: int | None = None
     ignore_identical_ids: bool | None = None
+    qrels_fingerprint: str | None = None
 
     def __getitem__(self, metric: str) -> float:
         """The mean of ``metric`` in any spelling ``parse_metric`` reads (``"nDCG@10"`` finds ``"ndcg@10"``)."""
@@ -278,7 +293,8 @@ def evaluate(
         :class:`DataError` naming the argument and the shape expected.
     metrics : str or list of str, default ``("ndcg@10", "recall@100", "map@10", "mrr@10", "p@10")``
         ``ndcg@k``, ``recall@k``, ``map@k``, ``mrr@k``, ``p@k``, and BEIR's ``r_cap@k``, ``hole@k``,
-        ``acc@k`` (at least one; names are read case-insensitively, ``"nDCG@10"`` is ``ndcg@10``).
+        ``acc@k`` (at least one; names are read case-insensitively, ``"nDCG@10"`` is ``ndcg@10``, and
+        ir_measures' ``R@k``, ``AP@k`` and ``RR@k`` as ``recall@k``, ``map@k`` and ``mrr@k``).
         ``mrr@k``, ``acc@k``, ``r_cap@k`` and ``hole@k`` rank tied scores in trec_eval's order, as the
         others do (score descending compared as float32, then document id descending), where BEIR's
         ``evaluate_custom`` keeps the run's insertion order among ties: on tied scores they can differ
@@ -315,6 +331,10 @@ def evaluate(
         value}}``), keyed by the metric names as given, surrounding whitespace removed.  ``result[name]`` looks a
         metric up in any spelling :func:`parse_metric` reads (case-insensitive: ``result["nDCG@10"]`` after
         asking for ``"ndcg@10"``); the dicts ``result.scores`` and ``result.per_query`` hold the names as given.
+        ``relevance_level``, ``ignore_identical_ids`` and ``qrels_fingerprint`` (of the judgements of the queries
+        scored: :func:`~ragkit.eval.compare.scored_qrels_fingerprint`, one pass over them, ~0.5-0.9 s per million
+        judgements) record how it was scored: :func:`~ragkit.eval.compare.compare` refuses results scored otherwise
+        or against other judgements.
 
     Notes
     -----
@@ -354,7 +374,7 @@ def evaluate(
     {'q1': 1.0, 'q2': 1.0}
     """
     result = _evaluate_noted(run, qrels, metrics, ignore_identical_ids=ignore_identical_ids,
-                             relevance_level=relevance_level, annotated=_annotated_ids(annotated))
+                             relevance_level=relevance_level, annotated=_annotated_ids(annotated), fingerprint=True)
     _note_learned(run, result)
     return result
 
@@ -395,18 +415,25 @@ def _evaluate_noted(
     metrics: str | Sequence[str] = DEFAULT_METRICS,
     *, ignore_identical_ids: bool = True, relevance_level: int = 1, note_unsearched: bool = True,
     note_level: bool = True, qrels_checked: bool = False, who: str = "evaluate",
-    annotated: Collection[str] | None = None,
+    annotated: Collection[str] | None = None, fingerprint: bool = False,
 ) -> EvalResult:
     """:func:`evaluate`, whose warning of judged queries the run lacks is left out with ``note_unsearched=False``
     and whose warning of queries with no judgement at ``relevance_level`` (:func:`level_note`) with
     ``note_level=False`` (:func:`~ragkit.eval.compare.load_result` says both in the words of ``ragkit compare``);
     ``qrels_checked`` and ``annotated``: as :func:`_evaluate`.  When every value but hole@k's is 0, a warning
-    starting ``who`` says whether none of the run's documents is judged at all (:func:`unjudged_docs_note`)."""
+    starting ``who`` says whether none of the run's documents is judged at all (:func:`unjudged_docs_note`).
+    ``fingerprint``: set the result's ``qrels_fingerprint``, the
+    :func:`~ragkit.eval.compare.scored_qrels_fingerprint` of the judgements of the queries it scored (one pass over
+    them, ~0.5-0.9 s per million judgements; callers that compute it on their own leave it out)."""
     judgements: Mapping[str, Mapping[str, int]] = cast("Mapping[str, Mapping[str, int]]", qrels)
     if not qrels_checked and not isinstance(qrels, Run):  # once, for the scores and the note (a Run: refused below)
         judgements, qrels_checked = as_qrels(qrels, "evaluate"), True  # (a DataFrame, a path: read as TrainSet does)
     result, ignored = _evaluate(run, judgements, metrics, ignore_identical_ids=ignore_identical_ids,
                                 relevance_level=relevance_level, qrels_checked=qrels_checked, annotated=annotated)
+    if fingerprint:  # (compare refuses results of other judgements by it; compare imports this module)
+        from ragkit.eval.compare import scored_qrels_fingerprint
+
+        result.qrels_fingerprint = scored_qrels_fingerprint(judgements, next(iter(result.per_query.values()), {}))
     if note_unsearched:
         _note_unsearched(run, result)
     zero = all(not any(v.values()) for m, v in result.per_query.items() if parse_metric(m)[0] != "hole")
