@@ -131,13 +131,15 @@ def _note_scored(run: Any, ks: list[int], corpus: Any, pipe: Any, qrels: Any, sc
 
 
 def _timings_line(t_load: float, t_fit: float, encoded: int | None, search_s: float, n_queries: int,
-                  total: float) -> str:
+                  total: float, queries_encoded: int | None = None) -> str:
     """``load 0.12 s · fit ... · search ... (q/s) · total ...``: what ``ragkit eval`` prints last (the documents
-    encoded by the fit only when ``encoded`` is known: not with an encoder the user registered)."""
+    encoded by the fit, and the queries by the search, only when ``encoded`` / ``queries_encoded`` is known:
+    not with an encoder the user registered)."""
     qps = n_queries / max(search_s or 1e-9, 1e-9)
     rate = f"{qps:,.0f}" if qps >= 10 else f"{qps:.2g}"  # a few slow queries: not "0 q/s"
     count = "" if not encoded else f" ({encoded:,} documents encoded)"  # (none: bm25's, a saved folder's)
-    return (f"load {t_load:.2f} s · fit {t_fit:.2f} s{count} · search {search_s:.2f} s "
+    queries = "" if not queries_encoded else f" ({queries_encoded:,} queries encoded)"  # (none: cached, bm25's)
+    return (f"load {t_load:.2f} s · fit {t_fit:.2f} s{count} · search {search_s:.2f} s{queries} "
             f"({rate} q/s) · total {total:.2f} s")
 
 
@@ -260,8 +262,8 @@ def eval_cmd(
         table.add_row(m, f"{v:.4f}")
     console.print(table)
     empty = _note_scored(run, ks, ds.corpus, pipe, sp.qrels, scoring, ignored_judged=result.ignored_judged)
-    console.print(_timings_line(t_find + sp.t_load, scored.t_fit, scored.encoded, run.seconds, len(queries), total),
-                  soft_wrap=True)
+    console.print(_timings_line(t_find + sp.t_load, scored.t_fit, scored.encoded, run.seconds, len(queries), total,
+                                scored.queries_encoded), soft_wrap=True)
     if trace and run.trace:
         from ragkit.pipelines.trace import print_trace
 
@@ -273,7 +275,7 @@ def eval_cmd(
             "n_queries": len(queries), "metrics": result.scores, "per_query": result.per_query,
             "max_ranked": _max_ranked(run), "empty_queries": empty,
             "timings": {"load_s": t_find + sp.t_load, "fit_s": scored.t_fit, "search_s": run.seconds, "total_s": total,
-                        "documents_encoded": scored.encoded},
+                        "documents_encoded": scored.encoded, "queries_encoded": scored.queries_encoded},
             "settings": _settings(data, pipeline, train_split, limit, scoring, backend, sp.fingerprint,
                                   _data_prints(ds.corpus, queries)),
             **({"trace": _trace_rows(run.trace)} if trace and run.trace else {}),
@@ -392,14 +394,17 @@ def _report_subsets(splits: dict[str, _Split], scored: dict[str, _Scored], pipel
     t_fit = sum(one.t_fit for one in scored.values())
     counts = [one.encoded for one in scored.values()]
     encoded = None if None in counts else sum(c for c in counts if c is not None)
+    counts = [one.queries_encoded for one in scored.values()]
+    queries_encoded = None if None in counts else sum(c for c in counts if c is not None)
     search_s = sum(one.run.seconds or 0.0 for one in scored.values())
-    console.print(_timings_line(t_load, t_fit, encoded, search_s, n_queries, total), soft_wrap=True)
+    console.print(_timings_line(t_load, t_fit, encoded, search_s, n_queries, total, queries_encoded), soft_wrap=True)
     subsets = {s: {"n_queries": len(splits[s].queries), "metrics": scored[s].result.scores,
                    "per_query": scored[s].result.per_query, "max_ranked": _max_ranked(scored[s].run),
                    "empty_queries": (empty or {}).get(s, []),
                    "qrels_fingerprint": splits[s].fingerprint, **(prints or {}).get(s, {}),
                    "timings": {"load_s": splits[s].t_load, "fit_s": scored[s].t_fit, "search_s": scored[s].run.seconds,
-                               "documents_encoded": scored[s].encoded},
+                               "documents_encoded": scored[s].encoded,
+                               "queries_encoded": scored[s].queries_encoded},
                    **({"trace": _trace_rows(scored[s].run.trace)} if scored[s].run.trace else {})} for s in names}
     _write_outputs(output, None, None, {
         "dataset": parent, "split": split, "pipeline": spec, **(provenance or {}), "n_queries": n_queries,
@@ -408,6 +413,6 @@ def _report_subsets(splits: dict[str, _Split], scored: dict[str, _Scored], pipel
         **({"missing_datasets": missing} if missing else {}),
         "subsets": subsets,
         "timings": {"load_s": t_load, "fit_s": t_fit, "search_s": search_s, "total_s": total,
-                    "documents_encoded": encoded},
+                    "documents_encoded": encoded, "queries_encoded": queries_encoded},
         "settings": settings, "machine": _machine(), "date": date.today().isoformat(),
     })

@@ -15,13 +15,14 @@ from ragkit.cli._pipeline import _rankings_only
 
 @dataclass
 class _Scored:
-    """A fitted pipeline's run on one split, its :class:`EvalResult`, the fit time in s and the
-    number of documents encoded by the fit."""
+    """A fitted pipeline's run on one split, its :class:`EvalResult`, the fit time in s, the
+    number of documents encoded by the fit and of queries encoded by the search (not read from the cache)."""
 
     run: Any
     result: Any
     t_fit: float
     encoded: int | None  # None when an encoder registered by the user (not counted) took part
+    queries_encoded: int | None = None  # (None as encoded)
 
 
 @dataclass(frozen=True)
@@ -48,13 +49,16 @@ def _fit_and_score(pipe: Any, loaded: bool, sp: _Split, ks: list[int], trace: bo
                    scoring: _Scoring = _Scoring()) -> _Scored:
     """Fit ``pipe`` on the split's corpus (unless ``loaded``: saved fitted), search its queries and
     evaluate nDCG, recall, MAP, MRR and precision at each cut-off of ``ks`` (or ``scoring.metrics``), as
-    ``scoring`` says."""
+    ``scoring`` says; the documents the fit encoded and the queries the search encoded are counted alike (the
+    encoders' counts before and after)."""
     from ragkit.encoders.sentence import _ENCODERS, caching_queries
     from ragkit.encoders.tokens import _TOKEN_ENCODERS
     from ragkit.eval.metrics import _evaluate
 
-    def n_encoded() -> int:  # documents encoded so far: sentence vectors and token vectors (MUVERA)
-        return sum(e.n_encoded for e in _ENCODERS.values()) + sum(e.n_encoded for e in _TOKEN_ENCODERS.values())
+    def n_encoded(what: str = "n_encoded") -> int:  # documents (or queries: n_queries_encoded) encoded so far:
+        # sentence vectors and token vectors (MUVERA)
+        return (sum(getattr(e, what) for e in _ENCODERS.values())
+                + sum(getattr(e, what) for e in _TOKEN_ENCODERS.values()))
 
     uncounted = _registered_models(pipe)  # a user's encoder keeps no count: the fit's total would leave it out
     before = n_encoded()
@@ -65,10 +69,12 @@ def _fit_and_score(pipe: Any, loaded: bool, sp: _Split, ks: list[int], trace: bo
             pipe.fit(corpus, sp.train, backend=backend) if backend != "local" else pipe.fit(corpus, sp.train)
     t_fit = time.perf_counter() - t0
     encoded = None if uncounted else n_encoded() - before
+    before = n_encoded("n_queries_encoded")
     run = _search_scored(pipe, sp.queries, sp.qrels, sp.dataset().corpus, scoring, trace)
+    queries_encoded = None if uncounted else n_encoded("n_queries_encoded") - before
     result = _evaluate(run, sp.qrels, scoring.metric_names(ks), ignore_identical_ids=not scoring.keep_ids,
                        relevance_level=scoring.relevance_level, annotated=sp.annotated)[0]  # (notes: _note_scored's)
-    return _Scored(run, result, t_fit, encoded)
+    return _Scored(run, result, t_fit, encoded, queries_encoded)
 
 
 def _search_scored(pipe: Any, queries: Any, qrels: dict[str, dict[str, int]], corpus: Any, scoring: _Scoring,

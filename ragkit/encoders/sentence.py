@@ -378,6 +378,8 @@ class Encoder:
         self._cache_root: Path | None = None  # the cache folder ``_cache`` was made for (None: set by hand)
         #: texts encoded by :meth:`encode` (documents; not read from cache) since creation; queries are not counted
         self.n_encoded = 0
+        #: queries encoded by :meth:`encode_queries` (not read from cache) since creation
+        self.n_queries_encoded = 0
 
     def __repr__(self) -> str:
         return f"Encoder({self.model_name!r})"
@@ -437,7 +439,7 @@ class Encoder:
         return vecs
 
     def encode_queries(self, texts: Sequence[str], *, cache: bool | None = None) -> np.ndarray:
-        """Encode queries, shape ``(n, dim)`` (not counted in ``n_encoded``).
+        """Encode queries, shape ``(n, dim)`` (counted in ``n_queries_encoded``, not in ``n_encoded``).
 
         Queries go to the on-disk cache only when asked (``cache=True``, or ``None`` inside
         :func:`caching_queries` or with ``RAGKIT_CACHE_QUERIES=1``): served queries rarely repeat, but an
@@ -448,8 +450,11 @@ class Encoder:
         if not texts:
             return np.zeros((0, self.dim), np.float32)
         if not self.cache_enabled or not (queries_cached() if cache is None else cache):
+            self.n_queries_encoded += len(texts)
             return self._forward(texts, False)
-        return self.store.fetch_or_compute(texts, lambda new: self._forward(new, False))[0]
+        vecs, n_new = self.store.fetch_or_compute(texts, lambda new: self._forward(new, False))
+        self.n_queries_encoded += n_new
+        return vecs
 
 
 def load_model(model: str, path: str, device: str, max_seq_length: int | None, fingerprint: str) -> Any:

@@ -500,8 +500,10 @@ class TokenEncoder:
         self.key = f"{self.fingerprint}|tokens|msl={max_seq_length}|special={special_tokens}|l2"
         self._cache: TokenCache | None = None
         self._cache_root: Path | None = None  # the cache folder ``_cache`` was made for (None: set by hand)
-        #: texts actually encoded (not read from cache) since creation
+        #: texts actually encoded (not read from cache) since creation: documents (:meth:`encode`)
         self.n_encoded = 0
+        #: queries actually encoded (not read from the memo or the cache) since creation (:meth:`encode_queries`)
+        self.n_queries_encoded = 0
         self._memo: dict[str, np.ndarray] = {}
         self._memo_lock = threading.Lock()
         #: query texts kept in the in-memory memo
@@ -634,11 +636,11 @@ class TokenEncoder:
 
     def _encode(self, texts: list[str], use_cache: bool, progress: bool | None, count: bool) -> TokenVectors:
         """:meth:`encode`; ``count``: add the texts encoded (not read from the cache) to ``n_encoded``
-        (documents: queries are not counted)."""
+        (documents), else to ``n_queries_encoded`` (queries)."""
         if not texts:
             return TokenVectors.empty(self.dim)
         if not use_cache:
-            self.n_encoded += len(texts) if count else 0
+            self._count(len(texts), count)
             return self._forward(texts, bool(progress))
         digests = text_digests(texts)
         store = self.store
@@ -658,7 +660,7 @@ class TokenEncoder:
             if off[-1] * self.dim * 2 >= CONSOLIDATE_BYTES:
                 got = self._encode_into_shard(store, digests, off, parts, new, miss, show)
                 if got is not None:
-                    self.n_encoded += len(miss) if count else 0
+                    self._count(len(miss), count)
                     return got
                 # the cache cannot be written (warned): encoded in memory below (again, where the shard's
                 # file was written before a later file failed and was removed with it)
@@ -667,7 +669,7 @@ class TokenEncoder:
         elif len(miss):
             fresh = self._forward(new, show)  # whole results (a subclass's or a test's _forward)
         if fresh is not None:
-            self.n_encoded += len(miss) if count else 0
+            self._count(len(miss), count)
             parts.append((miss, fresh, None))
         # vectors that are not finite (the model's output) are not cached: the caller's check names the encoder
         cacheable = fresh is None or all_finite(fresh.data)
@@ -693,6 +695,13 @@ class TokenEncoder:
         assemble(out, off, parts)
         return TokenVectors(out, off)
 
+    def _count(self, n: int, documents: bool) -> None:
+        """Add ``n`` texts encoded to ``n_encoded`` (``documents``) or to ``n_queries_encoded``."""
+        if documents:
+            self.n_encoded += n
+        else:
+            self.n_queries_encoded += n
+
     def _encode_into_shard(self, store: TokenCache, digests: np.ndarray, off: np.ndarray, parts: list[Part],
                            new: list[str], miss: np.ndarray, progress: bool) -> TokenVectors | None:
         """A large result with new texts ``new`` (at positions ``miss``; ``off``: the whole result's offsets),
@@ -713,8 +722,8 @@ class TokenEncoder:
             return TokenVectors(held[0], off)  # the caller's check names the encoder
 
     def encode_queries(self, texts: Sequence[str]) -> TokenVectors:
-        """Token vectors of queries (not counted in ``n_encoded``): a small in-memory memo shares them
-        between the operators of one pipeline (``muvera`` then ``maxsim``), and the disk cache keeps
+        """Token vectors of queries (counted in ``n_queries_encoded``, not in ``n_encoded``): a small in-memory memo
+        shares them between the operators of one pipeline (``muvera`` then ``maxsim``), and the disk cache keeps
         them where :func:`~ragkit.encoders.queries_cached` says (``ragkit eval`` and ``train`` ask)."""
         texts = as_texts(texts, "encode_queries")
         if not texts:
