@@ -794,3 +794,15 @@ def test_an_examples_path_where_there_is_no_examples_folder_says_where_the_examp
     assert res.exit_code == 2 and "no such file" in res.output and hint not in res.output, res.output
     res = _cli("eval", "--data", data, "--pipeline", "other/hybrid.yaml")
     assert res.exit_code == 2 and "no such file" in res.output and hint not in res.output, res.output
+
+
+def test_eval_json_dates_its_run_to_the_second_with_the_time_zone(tmp_path):
+    """``ragkit eval -o``'s ``date`` was the day alone (``date.today()``); it is the moment, ISO 8601 with the time
+    zone's offset, as ``ragkit compare -o`` writes it (one ``provenance.timestamp``)."""
+    from datetime import datetime
+
+    out = tmp_path / "r.json"
+    res = _cli("eval", "--data", _tiny(tmp_path / "d"), "--pipeline", "bm25", "-o", out)
+    assert res.exit_code == 0, res.output
+    when = datetime.fromisoformat(json.loads(out.read_text(encoding="utf-8"))["date"])
+    assert when.tzinfo is not None and abs((datetime.now().astimezone() - when).total_seconds()) < 600

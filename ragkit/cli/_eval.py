@@ -4,7 +4,6 @@ their mean), with its notes and timings."""
 from __future__ import annotations
 
 import time
-from datetime import date
 from pathlib import Path
 from typing import Any, Optional
 
@@ -47,6 +46,7 @@ from ragkit.cli._records import (
 )
 from ragkit.cli._scoring import _fit_and_score, _Scored, _Scoring
 from ragkit.errors import RagkitError, some_ids
+from ragkit.eval.provenance import timestamp
 
 
 def _n_queries(n: int) -> str:
@@ -280,7 +280,7 @@ def eval_cmd(
                                   _data_prints(ds.corpus, queries)),
             **({"trace": _trace_rows(run.trace)} if trace and run.trace else {}),
             "machine": _machine(),
-            "date": date.today().isoformat(),
+            "date": timestamp(),
         }
         _write_outputs(output, run_file, run, payload, tag=run_tag)
     except RagkitError as e:
@@ -414,5 +414,5 @@ def _report_subsets(splits: dict[str, _Split], scored: dict[str, _Scored], pipel
         "subsets": subsets,
         "timings": {"load_s": t_load, "fit_s": t_fit, "search_s": search_s, "total_s": total,
                     "documents_encoded": encoded, "queries_encoded": queries_encoded},
-        "settings": settings, "machine": _machine(), "date": date.today().isoformat(),
+        "settings": settings, "machine": _machine(), "date": timestamp(),
     })

@@ -31,7 +31,6 @@ import logging
 import os
 import sys
 from dataclasses import dataclass, field, replace
-from datetime import datetime
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -52,6 +51,7 @@ from ragkit.eval.metrics import (
     sign_flip_pvalues,
     unjudged_note,
 )
+from ragkit.eval.provenance import timestamp
 from ragkit.run import Run
 from ragkit.types import as_qrels
 
@@ -1136,7 +1136,7 @@ def compare(results: Sequence[SystemResult] | Mapping[str, Any], metrics: Sequen
                       relevance_level=known["relevance_level"], ignore_identical_ids=known["ignore_identical_ids"],
                       source_paths=tuple(r.source_resolved for r in results),
                       source_sha256=tuple(r.source_sha256 for r in results),
-                      date=datetime.now().astimezone().isoformat(timespec="seconds"))
+                      date=timestamp())
 
 
 def _mean_as_evaluated(r: SystemResult, metric: str) -> float:

@@ -52,6 +52,14 @@ def resolved_pipeline(pipe: Any) -> Any:
 
 
 # ---------------------------------------------------------------------------------------------- versions
+def timestamp() -> str:
+    """Now, as the result files record it: ISO 8601 to the second with the local time zone's offset
+    (``2026-12-06T22:31:48+00:00``)."""
+    from datetime import datetime
+
+    return datetime.now().astimezone().isoformat(timespec="seconds")
+
+
 def versions(libraries: Sequence[str] = LIBRARIES) -> dict[str, str]:
     """``{"ragkit": version, "ragkit_commit": sha (in a git checkout only), "python": version, <library>:
     version, ...}``: the installed version of each of ``libraries`` (distribution names) that is installed, read
