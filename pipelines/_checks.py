@@ -150,7 +150,9 @@ def check_ready(root: Operator, corpus: Corpus | None = None, train: TrainSet | 
     fine-tune only where the ``train`` extra is missing).  The first refusal of :func:`ready_refusals`, whose
     others are not looked for.  Building a pipeline never calls it; ``ragkit validate`` notes each refusal
     (``note: to run here: ...``) and passes all the same: a configuration is valid on a machine without the
-    packages its run needs."""
+    packages its run needs.  :meth:`Operator.fit <ragkit.operator.Operator.fit>` of a step fitted on its own
+    (not inside a pipeline's fit, which checked its whole tree already) calls it with ``path=""``: its refusal
+    is placed at the step's own name (``dense.adapt: ...``)."""
     refusal = next(ready_refusals(root, corpus, train, path), None)
     if refusal is not None:
         raise refusal
@@ -160,12 +162,13 @@ def ready_refusals(root: Operator, corpus: Corpus | None = None, train: TrainSet
                    path: str = "pipeline") -> Iterator[RagkitError]:
     """The refusal of each leaf of ``root`` whose own ``check_ready(corpus=, train=)`` refuses to run here (see
     :func:`check_ready`), in the pipeline's order, one per leaf (its check's first), placed at the leaf's path
-    (``sharded.backend: ...`` -> ``pipeline[0].parallel.branches[1].sharded.backend: ...``).  Lazy: a leaf is
-    checked when its refusal is asked for.  An error of a check that is no :class:`~ragkit.errors.RagkitError`
-    propagates."""
+    (``sharded.backend: ...`` -> ``pipeline[0].parallel.branches[1].sharded.backend: ...``; ``path=""``, a step
+    fitted on its own: at its name, ``sharded.backend: ...``).  Lazy: a leaf is checked when its refusal is asked
+    for.  An error of a check that is no :class:`~ragkit.errors.RagkitError` propagates."""
     from ragkit.pipelines.yaml import walk_leaves
 
     for where, leaf in walk_leaves(root, path):
+        where = where.removeprefix(".") or type(leaf).__name__  # (path "": a leaf on its own is at ".<name>")
         check = getattr(leaf, "check_ready", None)
         if callable(check):
             try:

@@ -500,6 +500,13 @@ class Operator:
         ``backend="ray"`` encodes the corpus's sentence vectors on Ray first, as
         ``Pipeline.fit(..., backend="ray")`` does (see :func:`fit_on_backend`).
         A fit that raises leaves the operator as it was before it (fitted as before, or unfitted).
+
+        What the fit would refuse is refused before any work (a model loaded, the corpus encoded): inputs of
+        the wrong type, no training split where it needs one, a ``filter`` the corpus cannot serve, and a
+        package it needs that is not installed (:func:`~ragkit.pipelines._checks.check_ready`: a
+        :class:`~ragkit.errors.MissingExtraError` at ``dense.adapt: ...`` without the ``train`` extra), as a
+        pipeline's fit refuses them at the step's path.  A step fitted by a pipeline's fit is not checked again:
+        that fit checked its whole tree before fitting any step.
         """
         if backend != "local":
             with restored_on_failure([self]):  # (what the Ray backend sets before the fit too)
@@ -523,6 +530,11 @@ class Operator:
                 from ragkit.pipelines._compose import placed_at
 
                 raise placed_at(e, f"{self.name}.filter", "filter") from None
+        if id(self) not in _RESTORING.get():  # fitted on its own: a step of a pipeline's fit (of a composite's, or
+            # of the Ray backend's above) is inside the fit that checked its whole tree (check_trainable) already
+            from ragkit.pipelines._checks import check_ready
+
+            check_ready(self, corpus, train, path="")  # (dense.adapt without the train extra: before the model loads)
         # a fit that raises (an error, Ctrl-C) leaves the operator as it was: its earlier fit whole, or unfitted,
         # never ``corpus_`` of the new corpus beside state of the old one (a search would then score the old
         # documents and report the new corpus's ids at their rows). Every attribute is put back as it was

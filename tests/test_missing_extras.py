@@ -156,7 +156,10 @@ def test_adapt_with_a_cached_fine_tune_needs_no_train_extra(monkeypatch, tmp_pat
     tuned.mkdir()
     (tuned / "modules.json").write_text("[]")
     dense.check_ready(corpus=corpus, train=train)  # the tuned model loads without training
-    dense.check_ready()  # nothing to fine-tune on: nothing checked
+    with pytest.raises(MissingExtraError, match=re.escape(  # (ragkit validate's: no data to find the cache by)
+            "dense.adapt: fine-tuning (adapt) needs the package accelerate, not installed, unless this fine-tune is "
+            "already cached: pip install 'ragkit[train]'")):
+        dense.check_ready()
 
 
 # ------------------------------------------------------------------------------------------ the llm extra

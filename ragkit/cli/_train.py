@@ -28,7 +28,7 @@ from ragkit.cli._pipeline import (
 )
 from ragkit.cli._scoring import _Scoring, _search_scored
 from ragkit.cli._streams import _want_files
-from ragkit.errors import RagkitError
+from ragkit.errors import MissingExtraError, RagkitError
 
 #: Judged queries ``ragkit train``'s held-out report needs: one in five is held out.
 MIN_REPORT_QUERIES = 5
@@ -142,6 +142,7 @@ def train_cmd(
     """
     from ragkit import evaluate, load_beir
     from ragkit.encoders import caching_queries
+    from ragkit.pipelines._checks import check_ready
     from ragkit.pipelines._compose import iter_leaves
     from ragkit.types import TrainSet
 
@@ -162,6 +163,9 @@ def train_cmd(
         ds = load_beir(data)
         _refuse_test_split(ds, split, "--split")  # (any other name for qrels/test.tsv: a link to it)
         train = ds.train_set(split)
+        # a step that cannot run here (an adapt fine-tune without the train extra, a sharded backend: ray without
+        # Ray): refused before any line of the report, or any fit (the report's fit on its 80% is checked below)
+        check_ready(first, ds.corpus, train)
         wanted, report = report, _want_report(report, len(train.queries), split)
         if not _uses_training(first):  # the report's two rows would be one fit twice: skipped unless asked for
             skip = report and wanted is None
@@ -172,6 +176,15 @@ def train_cmd(
         report_learned: dict[str, dict[str, Any]] = {}  # what the report's fit learned
         n_fit = 0
         fold = _held_out_fold(train.queries, seed) if report else None
+        fit_part = None if fold is None else TrainSet(
+            train.queries[fold.fit], {q: train.qrels[q] for q in train.queries[fold.fit].ids})
+        if report and fit_part is not None:  # the report's learned fit: a fine-tune of its own (cached or not)
+            try:
+                check_ready(first, ds.corpus, fit_part)
+            except MissingExtraError as e:  # (the whole split's passed: its fine-tune is cached)
+                e.args = (f"{e.args[0]} (for the held-out report's fit on {len(fit_part.queries)} of the "
+                          f"{len(train.queries)} {split} queries; --no-report skips the report)", *e.args[1:])
+                raise
         if report and fold is None:  # (every query of the split asks one question)
             why = (f"the {len(train.queries)} queries of the {split} split have one text (whitespace and case "
                    f"aside), and the held-out report keeps the queries of one text on one side of its fold")
@@ -180,11 +193,10 @@ def train_cmd(
             err_console.print(Text.assemble(("held-out report skipped:", "yellow"),
                                             f" {why} (--no-report silences this note)"), soft_wrap=True)
             report = False
-        if report and fold is not None:
+        if report and fold is not None and fit_part is not None:
             n = len(train.queries)
             held_idx, fit_idx = fold.held, fold.fit
             n_fit = len(fit_idx)
-            fit_part = TrainSet(train.queries[fit_idx], {q: train.qrels[q] for q in train.queries[fit_idx].ids})
             held = train.queries[held_idx]
             held_qrels = {q: train.qrels[q] for q in held.ids}
             # the title on a line of its own: a table's title wraps at the table's width ("(fit\n on the other 48)")

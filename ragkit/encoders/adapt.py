@@ -118,11 +118,15 @@ def mine_pairs(corpus: Corpus, train: TrainSet, model: str, n_neg: int = 1, dept
 TRAIN_PACKAGES = ("datasets", "accelerate")
 
 
-def _train_refusal(where: str = "") -> MissingExtraError | None:
+def _train_refusal(where: str = "", *, unless_cached: bool = False) -> MissingExtraError | None:
     """The :class:`~ragkit.errors.MissingExtraError` naming ragkit's ``train`` extra when a package the fine-tune
-    needs (:data:`TRAIN_PACKAGES`) is not installed (its message starting with ``where: `` when given), else None."""
+    needs (:data:`TRAIN_PACKAGES`) is not installed (its message starting with ``where: `` when given), else None.
+    ``unless_cached``: said where whether the fine-tune is cached is not known (no corpus and training split to
+    find it by: ``ragkit validate``), so that it stays true when it is (``..., not installed, unless this fine-tune
+    is already cached: pip install ...``)."""
+    unless = ", unless this fine-tune is already cached" if unless_cached else ""
     return missing_extra(TRAIN_PACKAGES, extra="train", what=lambda named: f"{where}: " * bool(where)
-                         + f"fine-tuning (adapt) needs {named}, not installed")
+                         + f"fine-tuning (adapt) needs {named}, not installed{unless}")
 
 
 def _check_train_packages() -> None:
@@ -360,23 +364,29 @@ class TunedEncoderMixin:
 
     def check_ready(self, corpus: Corpus | None = None, train: TrainSet | None = None) -> None:
         """Refuse, with :class:`~ragkit.errors.MissingExtraError`, an ``adapt`` fit on ``corpus`` and ``train`` that
-        would fine-tune where the ``train`` extra's packages are not installed, before any step of a pipeline fits
-        (:func:`~ragkit.pipelines._checks.check_trainable`); a tuned model already cached for them (the same base
-        model, corpus, training split and settings) needs none, and is not refused.  Without ``corpus`` and
-        ``train``, or without ``adapt``, nothing is checked (a fit without a training split is refused by
-        :meth:`train_refusal`).  Cheap when the packages are there; without them, finding the cached model
-        loads the base model's encoder and hashes the corpus."""
+        would fine-tune where the ``train`` extra's packages are not installed, before any work of its fit, or of
+        any step of a pipeline's (:meth:`Operator.fit <ragkit.operator.Operator.fit>`,
+        :func:`~ragkit.pipelines._checks.check_trainable`); a tuned model already cached for them (the same base
+        model, corpus, training split and settings) needs none, and is not refused.  Without ``corpus`` or
+        ``train`` (``ragkit validate``'s notes: no data to find the cached model by) the missing packages are
+        refused all the same, in words that stay true when the fine-tune is cached (``..., unless this fine-tune
+        is already cached: pip install 'ragkit[train]'``); a fit never asks so (one without a training split is
+        refused first, by :meth:`train_refusal`).  Without ``adapt``, or with a registered custom encoder
+        (refused by the fit, with its own message), nothing is refused.  Cheap when the packages are there;
+        without them, finding the cached model loads the base model's encoder and hashes the corpus."""
         config = self.params.adapt
-        if config is None or corpus is None or train is None:
-            return
-        refusal = _train_refusal(f"{self.name}.adapt")
-        if refusal is None:
+        if config is None:
             return
         from ragkit.encoders.custom import registered_encoder
 
         if registered_encoder(self.params.model) is not None:  # (refused by the fit, with its own message)
             return
-        if (_adapted_folder(self.params.model, corpus, train, config) / "modules.json").is_file():
+        known = corpus is not None and train is not None  # (whether a tuned model is cached can be looked up)
+        refusal = _train_refusal(f"{self.name}.adapt", unless_cached=not known)
+        if refusal is None:
+            return
+        if corpus is not None and train is not None and (
+                _adapted_folder(self.params.model, corpus, train, config) / "modules.json").is_file():
             return
         raise refusal
 

@@ -1,0 +1,179 @@
+"""What a step needs installed, refused before any work on every way in: ``ragkit validate`` notes an ``adapt``
+fine-tune without the ``train`` extra (worded to stay true when the fine-tune is cached), a step fitted on its own
+(``Dense(adapt=...).fit``) is refused at its own name before its fit does anything, as a pipeline's fit refuses
+it at the step's path (checked once there), and ``ragkit train`` refuses before any line of its report.  Missing
+packages are simulated as in test_missing_extras (``None`` in ``sys.modules``); tiny corpora only, no model
+loaded, nothing encoded."""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import REPO
+
+from ragkit.errors import MissingExtraError
+from ragkit.types import Corpus, Queries, TrainSet
+
+NO_DATASETS = "fine-tuning (adapt) needs the package datasets, not installed"
+LEARNED = REPO / "examples" / "learned.yaml"
+
+
+def _hide(monkeypatch: pytest.MonkeyPatch, *modules: str) -> None:
+    """Make ``modules`` look uninstalled (their loaded submodules dropped for the test)."""
+    for m in modules:
+        for loaded in [k for k in sys.modules if k == m or k.startswith(m + ".")]:
+            monkeypatch.delitem(sys.modules, loaded)
+        monkeypatch.setitem(sys.modules, m, None)
+
+
+def _no_fit_work(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Any work of a dense fit (the model loaded, the fine-tune, the corpus encoded) fails the test."""
+    from ragkit.retrievers import Dense
+
+    def fit(self, *a, **kw):  # noqa: ANN001, ANN002, ANN003, ANN202
+        raise AssertionError("dense's fit started before the refusal")
+
+    monkeypatch.setattr(Dense, "_fit", fit)
+
+
+def _cached(monkeypatch: pytest.MonkeyPatch, folder_of) -> None:  # noqa: ANN001
+    """adapt's cache folder of a fine-tune is ``folder_of(train)`` (no base model loaded to find it)."""
+    from ragkit.encoders import adapt
+
+    monkeypatch.setattr(adapt, "_adapted_folder", lambda model, corpus, train, config: folder_of(train))
+
+
+def _tiny() -> tuple[Corpus, TrainSet]:
+    corpus = Corpus.from_texts(["statins lower cholesterol", "cats sleep all day", "bone density in the old"],
+                               ids=["d0", "d1", "d2"])
+    train = TrainSet(Queries(["q0", "q1"], ["do statins lower cholesterol", "what makes bones dense"]),
+                     {"q0": {"d0": 1}, "q1": {"d2": 1}})
+    return corpus, train
+
+
+def _cli(*args: object):
+    from typer.testing import CliRunner
+
+    from ragkit.cli import app
+
+    return CliRunner().invoke(app, [str(a) for a in args], env={"COLUMNS": "250"})
+
+
+# ------------------------------------------------------------------------------------- ragkit validate
+def test_validate_notes_an_adapt_step_without_the_train_extra(monkeypatch):
+    _hide(monkeypatch, "datasets")
+    res = _cli("validate", LEARNED)
+    assert res.exit_code == 0, res.output
+    notes = [line for line in res.output.splitlines() if line.startswith("note: to run here: ")]
+    assert notes == [f"note: to run here: pipeline[0].parallel.branches[1].dense.adapt: {NO_DATASETS}, unless this "
+                     "fine-tune is already cached: pip install 'ragkit[train]'"], res.output
+
+
+def test_adapt_check_ready_without_data_says_unless_cached_and_nothing_with_the_extra(monkeypatch):
+    from ragkit.retrievers import Dense
+
+    Dense(adapt={}).check_ready()  # the train extra installed: nothing to note
+    Dense().check_ready()  # no adapt: nothing
+    _hide(monkeypatch, "accelerate")
+    with pytest.raises(MissingExtraError, match=re.escape(
+            "dense.adapt: fine-tuning (adapt) needs the package accelerate, not installed, unless this fine-tune "
+            "is already cached: pip install 'ragkit[train]'")) as e:
+        Dense(adapt={}).check_ready()
+    assert e.value.extra == "train" and e.value.packages == ("accelerate",)
+    Dense().check_ready()
+
+
+# ------------------------------------------------------------------------------- a step fitted on its own
+def test_bare_adapt_fit_without_the_train_extra_is_refused_at_its_name_before_any_work(monkeypatch, tmp_path):
+    from ragkit.retrievers import Dense
+
+    corpus, train = _tiny()
+    _cached(monkeypatch, lambda train: tmp_path / "adapt-none")  # (nothing cached there)
+    _hide(monkeypatch, "datasets")
+    _no_fit_work(monkeypatch)
+    dense = Dense(adapt={})
+    with pytest.raises(MissingExtraError, match="^" + re.escape(f"dense.adapt: {NO_DATASETS}: pip install "
+                                                                "'ragkit[train]'") + "$"):
+        dense.fit(corpus, train=train)
+    assert not dense.is_fitted
+
+
+def test_bare_adapt_fit_with_a_cached_fine_tune_needs_no_train_extra(monkeypatch, tmp_path):
+    from ragkit.retrievers import Dense
+
+    corpus, train = _tiny()
+    tuned = tmp_path / "adapt-x"
+    tuned.mkdir()
+    (tuned / "modules.json").write_text("[]")
+    _cached(monkeypatch, lambda train: tuned)
+    _hide(monkeypatch, "datasets")
+    _no_fit_work(monkeypatch)
+    with pytest.raises(AssertionError, match="dense's fit started"):  # not refused: the fit's own work begins
+        Dense(adapt={}).fit(corpus, train=train)
+
+
+def test_pipeline_fit_checks_each_step_once_and_a_bare_fit_once(monkeypatch):
+    from ragkit.pipelines import Pipeline
+    from ragkit.retrievers import Dense
+
+    corpus, train = _tiny()
+    calls: list[tuple[Corpus | None, TrainSet | None]] = []
+    check = Dense.check_ready
+
+    def counted(self, corpus=None, train=None):  # noqa: ANN001, ANN202
+        calls.append((corpus, train))
+        return check(self, corpus=corpus, train=train)
+
+    monkeypatch.setattr(Dense, "check_ready", counted)
+    _no_fit_work(monkeypatch)
+    with pytest.raises(AssertionError, match="dense's fit started"):
+        Dense(adapt={}).fit(corpus, train=train)
+    assert calls == [(corpus, train)]
+    calls.clear()
+    with pytest.raises(AssertionError, match="dense's fit started"):
+        Pipeline([Dense(adapt={})]).fit(corpus, train)
+    assert calls == [(corpus, train)]  # the pipeline's check of its tree; the step's own fit does not repeat it
+
+
+# ------------------------------------------------------------------------------------------ ragkit train
+@pytest.fixture
+def tiny_beir(tmp_path: Path) -> Path:
+    """A BEIR folder of 12 documents and 10 judged train queries (enough for the held-out report)."""
+    from ragkit.eval import write_beir
+
+    topics = ["statins", "bones", "cats", "rivers", "stars", "bread", "trains", "music", "snow", "coffee"]
+    corpus = Corpus.from_texts([f"a note on {t} and more {t}" for t in topics] + ["filler one", "filler two"],
+                               ids=[f"d{i}" for i in range(12)])
+    queries = {f"q{i}": f"what about {t}" for i, t in enumerate(topics)}
+    return write_beir(tmp_path / "tiny", corpus, queries, {"train": {f"q{i}": {f"d{i}": 1} for i in range(10)}})
+
+
+def test_train_without_the_train_extra_fails_before_any_report_line(monkeypatch, tmp_path, tiny_beir):
+    _cached(monkeypatch, lambda train: tmp_path / "adapt-none")
+    _hide(monkeypatch, "datasets")
+    _no_fit_work(monkeypatch)
+    res = _cli("train", "--data", tiny_beir, "--pipeline", LEARNED, "--out", tmp_path / "t2")
+    assert res.exit_code == 2, res.output
+    assert res.output.splitlines() == [
+        f"error: {LEARNED}: line 8: pipeline[0].parallel.branches[1].dense.adapt: {NO_DATASETS}: pip install "
+        "'ragkit[train]'"], \
+        res.output  # (no "unlearned: skipped" line before it)
+    assert not (tmp_path / "t2").exists()
+
+
+def test_train_refuses_the_reports_fine_tune_when_only_the_whole_splits_is_cached(monkeypatch, tmp_path, tiny_beir):
+    whole = tmp_path / "adapt-whole"
+    whole.mkdir()
+    (whole / "modules.json").write_text("[]")
+    _cached(monkeypatch, lambda train: whole if len(train.queries) == 10 else tmp_path / "adapt-part")
+    _hide(monkeypatch, "datasets")
+    _no_fit_work(monkeypatch)
+    res = _cli("train", "--data", tiny_beir, "--pipeline", LEARNED, "--out", tmp_path / "t2")
+    assert res.exit_code == 2, res.output
+    assert res.output.splitlines() == [
+        f"error: {LEARNED}: line 8: pipeline[0].parallel.branches[1].dense.adapt: {NO_DATASETS}: pip install "
+        "'ragkit[train]' (for the held-out report's fit on 8 of the 10 train queries; --no-report skips the "
+        "report)"], res.output
