@@ -180,3 +180,16 @@ def test_ragkit_cache_queries_reads_the_usual_spellings_and_refuses_others(tmp_p
     res = _cli("eval", "--data", _tiny(tmp_path / "d"), "-p", "bm25", env={"RAGKIT_CACHE_QUERIES": "enable"})
     assert res.exit_code == 2 and res.stdout == "", res.output
     assert res.stderr.startswith("error: RAGKIT_CACHE_QUERIES: expected 1, true, yes or on"), res.stderr
+
+
+def test_a_command_takes_its_note_handler_off_the_ragkit_logger_when_it_ends():
+    """The app put its ``note: ...`` handler on the ``ragkit`` logger (and set it to INFO) and left both: after
+    one in-process command (a test's CliRunner, a program calling the app), every later INFO log of the process
+    printed a ``note:`` line on stderr (test_adapt_quiet failed after test_missing_extras)."""
+    import logging
+
+    log = logging.getLogger("ragkit")
+    handlers, level = list(log.handlers), log.level
+    res = _cli("validate", "bm25")
+    assert res.exit_code == 0, res.output
+    assert log.handlers == handlers and log.level == level, (log.handlers, log.level)

@@ -94,9 +94,11 @@ def _main(ctx: typer.Context,
     warnings.showwarning = _show_warning
     ctx.call_on_close(lambda: setattr(warnings, "showwarning", shown))
     log = logging.getLogger("ragkit")
-    if not any(isinstance(h, _NoteHandler) for h in log.handlers):
-        log.addHandler(_NoteHandler(logging.INFO))
+    if not any(isinstance(h, _NoteHandler) for h in log.handlers):  # (taken off when the command ends, as above)
+        handler, level = _NoteHandler(logging.INFO), log.level
+        log.addHandler(handler)
         log.setLevel(logging.INFO)
+        ctx.call_on_close(lambda: (log.removeHandler(handler), log.setLevel(level)))
     from_env = [(m.strip(), f"RAGKIT_IMPORT={m.strip()}") for m in os.environ.get("RAGKIT_IMPORT", "").split(",")
                 if m.strip()]
     for module, label in [*from_env, *((m.strip(), f"--import {m.strip()}") for m in imports)]:
