@@ -98,7 +98,12 @@ def _main(ctx: typer.Context,
         handler, level = _NoteHandler(logging.INFO), log.level
         log.addHandler(handler)
         log.setLevel(logging.INFO)
-        ctx.call_on_close(lambda: (log.removeHandler(handler), log.setLevel(level)))
+
+        def restore() -> None:
+            log.removeHandler(handler)
+            log.setLevel(level)
+
+        ctx.call_on_close(restore)
     from_env = [(m.strip(), f"RAGKIT_IMPORT={m.strip()}") for m in os.environ.get("RAGKIT_IMPORT", "").split(",")
                 if m.strip()]
     for module, label in [*from_env, *((m.strip(), f"--import {m.strip()}") for m in imports)]:
