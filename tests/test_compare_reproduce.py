@@ -113,6 +113,19 @@ def test_compare_of_json_files_records_their_scoring_and_digests(tmp_path: Path)
     assert datetime.fromisoformat(py["date"]).tzinfo is not None
 
 
+def test_versions_are_read_once_when_compare_runs(monkeypatch):
+    """to_dict read versions() (a git status in a checkout) at each call, not when compare ran, as its date is."""
+    from ragkit.eval import provenance
+
+    calls = []
+    monkeypatch.setattr(provenance, "versions", lambda: calls.append(1) or {"ragkit": "x"})
+    run = Run.from_dict({q: {f"d{i}": 1.0} for i, q in enumerate(QUERIES)})
+    qrels = {q: {f"d{i}": 1} for i, q in enumerate(QUERIES)}
+    c = compare({"a": evaluate(run, qrels, ["ndcg@10"]), "b": evaluate(run, qrels, ["ndcg@10"])}, ["ndcg@10"],
+                n_resamples=50)
+    assert c.to_dict()["versions"] == c.to_dict()["versions"] == {"ragkit": "x"} and len(calls) == 1
+
+
 # 2. EvalResults scored against different judgements ---------------------------------------------------------
 
 def _runs() -> tuple[Run, Run, dict, dict]:
@@ -173,8 +186,8 @@ def test_results_that_could_not_be_checked_are_warned_of(tmp_path: Path, caplog)
 
 def test_ir_measures_names_are_read_as_ragkits():
     """Review: ``-m R@100`` (ir_measures' recall) was refused with "did you mean 'mrr@100'?"."""
-    assert parse_metrics(["R@100", "AP@10", "RR@10", "r @ 5", "P@5", "nDCG@10", "r_cap@10"]) == [
-        ("recall", 100), ("map", 10), ("mrr", 10), ("recall", 5), ("p", 5), ("ndcg", 10), ("r_cap", 10)]
+    assert parse_metrics(["R@100", "AP@10", "RR@10", "r @ 5", "P@5", "nDCG@10", "r_cap@10", "Success@10"]) == [
+        ("recall", 100), ("map", 10), ("mrr", 10), ("recall", 5), ("p", 5), ("ndcg", 10), ("r_cap", 10), ("acc", 10)]
     for bad, hint in (("R", "recall@100"), ("R@", "recall@100"), ("R100", "recall@100"), ("AP", "map@10")):
         with pytest.raises(DataError, match=rf"did you mean '{hint}'\?"):
             parse_metric(bad)

@@ -116,21 +116,21 @@ def test_a_partial_miss_is_still_a_warning(tmp_path: Path):
     assert "1 judged document is not in corpus.jsonl (e.g. 'ghost', judged for query 'q1')" in res.output
 
 
-def test_python_keeps_the_warning_and_scorable_qrels_refuses(tmp_path: Path, caplog):
-    """Python's BeirDataset.qrels stays warning-only (as BEIR keeps judgements the corpus lacks); scorable_qrels,
-    which ragkit eval reads, refuses before any work."""
+def test_python_keeps_the_warning_and_the_eval_read_refuses(tmp_path: Path, caplog):
+    """Python's BeirDataset.qrels stays warning-only (as BEIR keeps judgements the corpus lacks); the read
+    ragkit eval makes (_qrels with refuse) refuses before any work."""
     data = _tiny(tmp_path / "ds", prefix="doc")
     with caplog.at_level(logging.WARNING, logger="ragkit"):
         assert load_beir(data).qrels("test")["q1"] == {"d1": 1}
     assert "not in corpus.jsonl" in caplog.text
     with pytest.raises(DataError, match=r"none of the 4 documents the qrels judge relevant"):
-        load_beir(data).scorable_qrels("test")
+        load_beir(data)._qrels("test", refuse=True)
 
 
 def test_qrels_of_grade_0_only_are_not_refused(tmp_path: Path):
     """Nothing relevant is judged at all: level_note's case, not another id space."""
     data = _tiny(tmp_path / "ds", prefix="doc", test="q1\td1\t0\nq2\td2\t0\n")
-    assert load_beir(data).scorable_qrels("test") == {"q1": {"d1": 0}, "q2": {"d2": 0}}
+    assert load_beir(data)._qrels("test", refuse=True) == {"q1": {"d1": 0}, "q2": {"d2": 0}}
 
 
 # ------------------------------------------------------------------ 3. documents counted, not judgement lines

@@ -141,7 +141,7 @@ def _read_split(data: str, split: str, train_split: Optional[str], limit: Option
     """Load ``data`` and read what ``ragkit eval`` needs of it; a saved pipeline (``fitted``) must
     have been fitted on the dataset's corpus and not have learned from the evaluated queries, and ids
     a TREC ``run_file`` cannot hold are refused (naming their line of queries.jsonl or corpus.jsonl), and so are
-    qrels none of whose relevant documents the corpus holds (:meth:`~ragkit.eval.beir.BeirDataset.scorable_qrels`:
+    qrels none of whose relevant documents the corpus holds (:meth:`~ragkit.eval.beir.BeirDataset._qrels`:
     ids of another id space, every score 0), all before any fit."""
     from ragkit import load_beir
 
@@ -149,7 +149,7 @@ def _read_split(data: str, split: str, train_split: Optional[str], limit: Option
     ds = load_beir(data)
     if fitted is not None:
         _check_same_corpus(fitted.corpus_, ds.corpus, pipeline, data)
-    qrels = ds.scorable_qrels(split)  # (refused when the corpus holds none of the relevant documents: all 0)
+    qrels = ds._qrels(split, refuse=True)  # (refused when the corpus holds none of the relevant documents: all 0)
     queries = ds.queries(split)
     if train_split:
         _refuse_test_split(ds, train_split, "--train-split")

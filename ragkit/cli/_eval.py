@@ -76,10 +76,7 @@ def _note_depth(run: Any, ks: list[int], corpus: Any, pipe: Any, prefix: str = "
 def _empty_queries(run: Any) -> list[str]:
     """The ids of the queries whose ranking in ``run`` is empty (the pipeline returned no document: BM25 on a
     query of stopwords only), in the run's order: the JSON's ``empty_queries``."""
-    import numpy as np
-
-    lens = np.fromiter(map(len, run.doc_ids), np.int64, len(run.doc_ids))
-    return [run.query_ids[i] for i in np.flatnonzero(lens == 0).tolist()]
+    return [q for q, d in zip(run.query_ids, run.doc_ids) if not len(d)]
 
 
 def _note_empty(empty: list[str], n: int, prefix: str = "") -> None:

@@ -123,20 +123,15 @@ class BeirDataset:
         many documents there are and how many judgements name them (official ArguAna judges 1 such
         document), and how many of those are graded 0 (not relevant: they change no score).  Kept even
         when the corpus holds none of the relevant documents (every score 0); ``ragkit eval`` refuses
-        that case (:meth:`scorable_qrels`)."""
+        that case (:meth:`_qrels` with ``refuse``)."""
         return self._qrels(split, refuse=False)
 
-    def scorable_qrels(self, split: str = "test") -> Qrels:
-        """:meth:`qrels`, refused with a :class:`DataError` when the corpus holds none of the documents the split
-        judges relevant (graded 1 or more): a corpus and qrels whose ids are written otherwise (``'doc12'`` and
-        ``'12'``), or of two datasets, where every metric of every run would be 0 (``ragkit eval`` calls it
-        before any fit).  Some of them missing is the warning :meth:`qrels` gives; qrels with no grade of 1 or
-        more are not refused here (:func:`~ragkit.eval.metrics.level_note` says so)."""
-        return self._qrels(split, refuse=True)
-
     def _qrels(self, split: str, refuse: bool) -> Qrels:
-        """:meth:`qrels`; ``refuse``: :meth:`scorable_qrels`' refusal instead of the warning where the corpus
-        holds none of the relevant documents."""
+        """:meth:`qrels`; ``refuse``: refused with a :class:`DataError` instead of the warning where the corpus
+        holds none of the documents the split judges relevant (graded 1 or more): a corpus and qrels whose ids are
+        written otherwise (``'doc12'`` and ``'12'``), or of two datasets, where every metric of every run would be
+        0 (``ragkit eval`` asks so before any fit).  Some of them missing stays the warning; qrels with no grade of
+        1 or more are not refused (:func:`~ragkit.eval.metrics.level_note` says so)."""
         path = _qrels_file(self.path, split)
         qrels, first_line, line_of = _read_qrels(path)  # (read_qrels', with the lines to name: one parse)
         texts = self._query_texts()

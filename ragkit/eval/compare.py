@@ -51,7 +51,6 @@ from ragkit.eval.metrics import (
     sign_flip_pvalues,
     unjudged_note,
 )
-from ragkit.eval.provenance import timestamp
 from ragkit.run import Run
 from ragkit.types import as_qrels
 
@@ -545,11 +544,11 @@ class Comparison:
     what makes a row misleading.
 
     What reruns it, besides: ``relevance_level`` and ``ignore_identical_ids`` (how the results were scored, where
-    known: :func:`compare` refuses results scored otherwise), each system's ``source_paths`` (its file resolved)
+    known: :func:`compare` refuses results scored otherwise), each system's ``source_resolved`` (its file resolved)
     and ``source_sha256`` (of the bytes read), ``data`` and ``data_resolved`` (``ragkit compare --data`` as given
     and the folder it names, ``None`` in Python) and ``date`` (when :func:`compare` ran: ISO 8601 with the time
-    zone's offset); :meth:`to_dict` adds the versions of ragkit and its libraries
-    (:func:`~ragkit.eval.provenance.versions`: the p-values are ragkit's resampling code's).
+    zone's offset) and ``versions``, ragkit's and its libraries' then (:func:`~ragkit.eval.provenance.versions`:
+    the p-values are ragkit's resampling code's).
     """
 
     systems: list[str]
@@ -580,11 +579,12 @@ class Comparison:
     corpora: tuple[str | None, ...] = ()
     relevance_level: int | None = None
     ignore_identical_ids: bool | None = None
-    source_paths: tuple[str | None, ...] = ()
+    source_resolved: tuple[str | None, ...] = ()
     source_sha256: tuple[str | None, ...] = ()
     data: str | None = None
     data_resolved: str | None = None
     date: str | None = None
+    versions: dict[str, str] | None = None
 
     def _cuts(self) -> list[tuple[int | None, bool]]:
         """Each system's ``(rankings cut to, whether by --depth)``: its depth when known (a ranking shorter than it
@@ -766,12 +766,10 @@ class Comparison:
         ``relevance_level`` and ``ignore_identical_ids`` (how the results were scored; ``None``: unknown),
         ``metrics``, ``n_resamples``, ``seed``, ``alpha``, ``confidence``, ``date`` (when it ran: ISO 8601 with the
         time zone's offset), ``versions`` (ragkit's, its git commit in a checkout, Python's and its libraries':
-        :func:`~ragkit.eval.provenance.versions`, read here, where :func:`compare` ran), each system's ``source``
+        :func:`~ragkit.eval.provenance.versions`, read when :func:`compare` ran), each system's ``source``
         file as given, ``depth`` (``--depth``, ``None``: not given or unknown), and where known ``source_resolved``
         (its absolute path), ``sha256`` (of its bytes as read), ``max_ranked`` (the most documents it ranked for
         one query), ``qrels_fingerprint`` and ``corpus_fingerprint``) and one record per (system, metric)."""
-        from ragkit.eval.provenance import versions
-
         rows = []
         shallow = self.shallow
         for i, s in enumerate(self.systems):
@@ -788,18 +786,10 @@ class Comparison:
                     rec["shallow"] = True  # ranked fewer documents than the metric's cut-off
                 rows.append(rec)
         note = self.note()
-        systems = [{"name": s, "source": self.sources[i] if i < len(self.sources) else None,
-                    "depth": self.depths[i] if i < len(self.depths) else None,
-                    **({"source_resolved": at} if (at := self.source_paths[i] if i < len(self.source_paths)
-                                                   else None) is not None else {}),
-                    **({"sha256": sha} if (sha := self.source_sha256[i] if i < len(self.source_sha256)
-                                             else None) is not None else {}),
-                    **({"max_ranked": ranked} if (ranked := self.max_ranked[i] if i < len(self.max_ranked)
-                                                  else None) is not None else {}),
-                    **({"qrels_fingerprint": fp} if (fp := self.fingerprints[i] if i < len(self.fingerprints)
-                                                      else None) else {}),
-                    **({"corpus_fingerprint": cf} if (cf := self.corpora[i] if i < len(self.corpora)
-                                                      else None) else {})}
+        known = {"source_resolved": self.source_resolved, "sha256": self.source_sha256, "max_ranked": self.max_ranked,
+                 "qrels_fingerprint": self.fingerprints, "corpus_fingerprint": self.corpora}  # (where not None)
+        systems = [{"name": s, "source": _nth(self.sources, i), "depth": _nth(self.depths, i),
+                    **{key: v for key, seq in known.items() if (v := _nth(seq, i)) is not None}}
                    for i, s in enumerate(self.systems)]
         warnings, few = self.warnings(), self.few_differ()
         return {"dataset": self.dataset, "split": self.split, "data": self.data, "data_resolved": self.data_resolved,
@@ -811,7 +801,12 @@ class Comparison:
                 "test": "paired randomisation (sign flip), two-sided, Holm-corrected",
                 "p_se": "Monte Carlo standard error, sqrt(p (1 - p) / n_resamples); near_alpha: p_holm within two "
                         "of alpha", **({"note": note} if note else {}), **({"warnings": warnings} if warnings else {}),
-                **({"few_differ": few} if few else {}), "date": self.date, "versions": versions(), "rows": rows}
+                **({"few_differ": few} if few else {}), "date": self.date, "versions": self.versions, "rows": rows}
+
+
+def _nth(seq: Sequence[Any], i: int) -> Any:
+    """``seq[i]``, or None past its end (a per-system tuple left empty: not known)."""
+    return seq[i] if i < len(seq) else None
 
 
 def format_p(p: float) -> str:
@@ -1088,6 +1083,8 @@ def compare(results: Sequence[SystemResult] | Mapping[str, Any], metrics: Sequen
     default is 10,000, this one's 200,000), each vectorised over queries and
     resamples: 3 systems x 4 metrics on SciFact's 300 queries take ~0.4 s at 200,000 (5,000 queries: ~5 s).
     """
+    from ragkit.eval.provenance import timestamp, versions
+
     results = _as_results(results)
     baseline = _baseline_index(results, baseline)
     _check_args(results, metrics, baseline, n_resamples, alpha, confidence)
@@ -1134,9 +1131,9 @@ def compare(results: Sequence[SystemResult] | Mapping[str, Any], metrics: Sequen
                       fingerprints=tuple(r.qrels_fingerprint for r in results),
                       corpora=tuple(r.corpus_fingerprint for r in results),
                       relevance_level=known["relevance_level"], ignore_identical_ids=known["ignore_identical_ids"],
-                      source_paths=tuple(r.source_resolved for r in results),
+                      source_resolved=tuple(r.source_resolved for r in results),
                       source_sha256=tuple(r.source_sha256 for r in results),
-                      date=timestamp())
+                      date=timestamp(), versions=versions())
 
 
 def _mean_as_evaluated(r: SystemResult, metric: str) -> float:

@@ -51,8 +51,9 @@ _MAX_CUTOFF = 2**31 - 1
 _FAMILIES = ("ndcg", "recall", "map", "mrr", "p", "r_cap", "hole", "acc")
 #: ir_measures' names of metrics ragkit names otherwise, read as those (``R@100`` is ``recall@100``): each is the
 #: same trec_eval measure (``R@k``: ``recall_k``; ``AP@k``: ``map_cut_k``, which ``map@k`` is; ``RR@k``:
-#: ``recip_rank`` of the top k, which ``mrr@k`` is).  ``P@k`` and ``nDCG@k`` are ragkit's names already.
-_IR_MEASURES = {"r": "recall", "ap": "map", "rr": "mrr"}
+#: ``recip_rank`` of the top k, which ``mrr@k`` is; ``Success@k``: a relevant document in the top k, which
+#: ``acc@k`` is).  ``P@k`` and ``nDCG@k`` are ragkit's names already.
+_IR_MEASURES = {"r": "recall", "ap": "map", "rr": "mrr", "success": "acc"}
 #: other spellings of the metric names (trec_eval's, longer words), offered as "did you mean" hints only
 _ALIASES = {"precision": "p", "ndcg_cut": "ndcg", "map_cut": "map", "recip_rank": "mrr",
             "accuracy": "acc", "top_k_accuracy": "acc", "rcap": "r_cap", "capped_recall": "r_cap"}
