@@ -266,14 +266,16 @@ def test_a_blank_query_finds_nothing_from_every_retriever(name):
     """An empty or whitespace query got an empty ranking from BM25 but every document from dense,
     MUVERA, kNN-Embed and maxsim_exact (ranked by the model's vector of an empty text), so a hybrid
     answered it with the dense half's guesses.  Such a query has no vector direction and no token now,
-    and finds nothing from every retriever; the ordinary query in the same batch is answered as alone."""
+    and finds nothing from every retriever; the ordinary query in the same batch is answered as alone.  So does
+    a query of invisible characters only (zero-width space, BOM, soft hyphen, NUL), which the model drops: it
+    was encoded as the empty text, and found every document."""
     corpus = Corpus.from_texts([f"cell protein apoptosis {i}" if i % 2 else f"folding study {i}" for i in range(12)])
     pipe = _pipeline(registry.get(name)).fit(corpus)
-    run = pipe.search(["", "  \n\t", "cell protein"], k=5)
-    assert [len(r) for r in run.rankings][:2] == [0, 0]
+    run = pipe.search(["", "  \n\t", "\u200b", "\ufeff\u00ad \x00", "cell protein"], k=5)
+    assert [len(r) for r in run.rankings][:4] == [0, 0, 0, 0]
     alone = pipe.search(["cell protein"], k=5).rankings[0]
-    assert len(alone) > 0 and np.array_equal(run.rankings[2].rows, alone.rows)
-    np.testing.assert_allclose(run.rankings[2].scores, alone.scores, rtol=1e-5)  # a GEMM of 3 rows or of 1
+    assert len(alone) > 0 and np.array_equal(run.rankings[4].rows, alone.rows)
+    np.testing.assert_allclose(run.rankings[4].scores, alone.scores, rtol=1e-5)  # a GEMM of 5 rows or of 1
 
 
 def test_a_blank_query_finds_nothing_from_a_hybrid_or_through_langchain():

@@ -19,10 +19,12 @@ import hashlib
 import importlib.util
 import logging
 import os
+import re
 import socket
 import sys
 import threading
 import time
+import unicodedata
 from contextlib import contextmanager
 from contextvars import ContextVar
 from pathlib import Path
@@ -684,15 +686,35 @@ def query_vectors(state: Any, encoder: Encoder, transform: Callable[[np.ndarray]
     return vecs if transform is None else transform(vecs)
 
 
+#: A letter or a digit: a text holding one is not blank (found at its first words: no per-character work)
+_LETTER_OR_DIGIT = re.compile(r"[^\W_]")
+#: Unicode categories of what shows nothing: control characters (NUL, ...), format characters (zero-width space
+#: U+200B, soft hyphen, BOM, ZWJ / ZWNJ, bidi marks, ...) and separators; BERT-style tokenizers (MiniLM's) drop
+#: the first two and split on the third, so a text of only these encodes as the empty text does
+_INVISIBLE = frozenset({"Cc", "Cf", "Zs", "Zl", "Zp"})
+
+
+def _blank(text: str) -> bool:
+    """Whether ``text`` shows nothing: empty, or only whitespace, control and format characters (and U+FFFD, the
+    replacement character, which those tokenizers drop too)."""
+    if not text or text.isspace():
+        return True
+    if _LETTER_OR_DIGIT.search(text) is not None:
+        return False
+    return all(c == "\ufffd" or unicodedata.category(c) in _INVISIBLE for c in text)
+
+
 def blank_texts(texts: Sequence[str]) -> np.ndarray:
-    """``(n,)`` bool: which texts are blank (empty or whitespace only).  A text that is no string is a
+    """``(n,)`` bool: which texts are blank: empty, or nothing but whitespace and invisible characters (control
+    and format characters: ``"\u200b"``, ``"\ufeff"``, ``"\x00"``), which the model drops, so that it would
+    encode them as the empty text.  A text that is no string is a
     :class:`DataError` naming its position (``None`` counted as blank, and found nothing, without a word;
     ``5`` or bytes failed with an AttributeError), and so is one holding a lone surrogate (text decoded with
     ``errors="surrogateescape"``): :func:`ragkit.types.check_texts`, one ``str.join`` per chunk of texts."""
     from ragkit.types import check_texts
 
     check_texts(texts, "query", surrogates=True)  # (a lone surrogate failed in the tokenizer with a TypeError)
-    return np.fromiter((not t or t.isspace() for t in texts), bool, len(texts))
+    return np.fromiter(map(_blank, texts), bool, len(texts))
 
 
 def as_texts(texts: Any, who: str) -> list[str]:
