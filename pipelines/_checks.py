@@ -50,8 +50,12 @@ __all__ = [
 ]
 
 
-def check_trainable(root: Operator, train: TrainSet | None, corpus: Corpus | None = None) -> None:
-    """What ``fit(corpus, train)`` of ``root`` would refuse, refused before anything is fitted.
+def check_trainable(root: Operator, train: TrainSet | None, corpus: Corpus | None = None,
+                    path: str = "pipeline") -> None:
+    """What ``fit(corpus, train)`` of ``root`` would refuse, refused before anything is fitted, placed at the
+    paths of ``root``'s steps with ``root`` at ``path`` (:func:`~ragkit.pipelines.yaml.walk_leaves`): a pipeline's
+    fit passes ``"pipeline"`` (``pipeline[0].dense.reduce: ...``); a composite or an operator fitted on its own
+    ``""`` (``parallel.branches[1].dense.reduce: ...``, ``dense.adapt: ...``).
 
     With ``train`` and ``corpus``, when a leaf learns from judged queries: judgements that name no
     document of the corpus (:meth:`TrainSet.check_corpus`); with an unlabelled ``train`` (``TrainSet(queries)``,
@@ -78,17 +82,17 @@ def check_trainable(root: Operator, train: TrainSet | None, corpus: Corpus | Non
 
     if corpus is not None:  # train=qrels, train=(queries, qrels), a list of records: said, not an AttributeError
         check_fit_inputs(corpus, train, f"{root.name}.fit" if root.name else "fit")
-    mismatch = encoder_mismatch(root)
+    mismatch = encoder_mismatch(root, path)
     if mismatch is not None:
         raise mismatch
-    for note in encoder_notes(root):
+    for note in encoder_notes(root, path):
         logging.getLogger("ragkit").warning(note)
     homes = _decision_seats(root)
-    for path, leaf in walk_leaves(root):
+    for where, leaf in walk_leaves(root, path):
         if train is None:
             refusal = leaf.train_refusal()
             if refusal is not None:  # which step: a pipeline may hold two of one operator
-                raise placed_at(refusal, path, leaf.name) if isinstance(refusal, RagkitError) else refusal
+                raise placed_at(refusal, where, leaf.name) if isinstance(refusal, RagkitError) else refusal
             continue
         if not getattr(leaf, "needs_train", False):
             continue
@@ -99,44 +103,44 @@ def check_trainable(root: Operator, train: TrainSet | None, corpus: Corpus | Non
             home = "the until judge of a loop (loop: {body: ..., until: ...})"
         else:
             continue
-        raise ParamError(f"{path}: {leaf.name} with learn: true learns only as {home}, from what each choice "
+        raise ParamError(f"{where}: {leaf.name} with learn: true learns only as {home}, from what each choice "
                          f"gives the judged queries; anywhere else it has nothing to learn from")
     if corpus is not None:  # a retriever's own filter naming a field the corpus lacks, or with a value of another
         # type than the field's (year: "2015" for integers, title: 2020), failed at every search, after the whole fit
         from ragkit.options import filter_value
 
-        for path, leaf in walk_leaves(root):
+        for where, leaf in walk_leaves(root, path):
             own = getattr(leaf.params, "filter", None)
             try:
                 filter_value(own, corpus)
             except (TypeError, ValueError) as e:
-                raise ParamError(f"{path}.filter: {e}", path=f"{path}.filter") from None
+                raise ParamError(f"{where}.filter: {e}", path=f"{where}.filter") from None
             try:
                 corpus.mask(own)  # (the column's codes it builds are those every search's filter reads)
             except DataError as e:  # filter.year: the field holds int values; ... -> <path>.filter.year: ...
-                raise placed_at(e, f"{path}.filter", "filter") from None
-        for path, leaf in walk_leaves(root):  # a step's own refusal of its parameters on this corpus (dense's
-            # reduce: pca:300 on 40 documents), made before the steps before it encode anything
+                raise placed_at(e, f"{where}.filter", "filter") from None
+        for where, leaf in walk_leaves(root, path):  # a step's own refusal of its parameters on this corpus
+            # (dense's reduce: pca:300 on 40 documents), made before the steps before it encode anything
             check = getattr(leaf, "check_corpus", None)
             if callable(check):
                 try:
                     check(corpus)
                 except RagkitError as e:  # dense.reduce: ... -> pipeline[0].parallel[1].dense.reduce: ...
-                    raise placed_at(e, path, leaf.name) from None
+                    raise placed_at(e, where, leaf.name) from None
     if train is not None and not train.labelled:  # TrainSet(queries): a query bank, no judgements to learn from
-        learner = next(((path, leaf) for path, leaf in walk_leaves(root) if leaf.learns), None)
+        learner = next(((where, leaf) for where, leaf in walk_leaves(root, path) if leaf.learns), None)
         if learner is not None:
             raise train.unlabelled_refusal(f"{learner[0]}: {learner[1].name}")
     if train is not None and corpus is not None and any(leaf.learns for _, leaf in walk_leaves(root)):
         train.check_corpus(corpus)
     if train is not None:
-        fusers = [path for path, leaf in walk_leaves(root) if leaf.kind == "fuser" and leaf.learns]
+        fusers = [where for where, leaf in walk_leaves(root, path) if leaf.kind == "fuser" and leaf.learns]
         usable = train.usable(corpus)  # a judgement > 0 of a document of the corpus (of any without one)
         if fusers and len(usable) < 2:
             raise DataError(f"{fusers[0]}: learning fusion weights cross-validates over the judged training queries "
                             f"and needs at least 2; the train set has {len(usable)} usable (with a relevant document "
                             f"in the corpus) ({some_ids(usable) or 'none'})")
-    check_ready(root, corpus, train)
+    check_ready(root, corpus, train, path)
 
 
 def check_ready(root: Operator, corpus: Corpus | None = None, train: TrainSet | None = None,
@@ -152,7 +156,8 @@ def check_ready(root: Operator, corpus: Corpus | None = None, train: TrainSet | 
     (``note: to run here: ...``) and passes all the same: a configuration is valid on a machine without the
     packages its run needs.  :meth:`Operator.fit <ragkit.operator.Operator.fit>` of a step fitted on its own
     (not inside a pipeline's fit, which checked its whole tree already) calls it with ``path=""``: its refusal
-    is placed at the step's own name (``dense.adapt: ...``)."""
+    is placed at the step's own name (``dense.adapt: ...``), as :func:`~ragkit.pipelines.yaml.walk_leaves`
+    places a leaf on its own."""
     refusal = next(ready_refusals(root, corpus, train, path), None)
     if refusal is not None:
         raise refusal
@@ -168,7 +173,6 @@ def ready_refusals(root: Operator, corpus: Corpus | None = None, train: TrainSet
     from ragkit.pipelines.yaml import walk_leaves
 
     for where, leaf in walk_leaves(root, path):
-        where = where.removeprefix(".") or type(leaf).__name__  # (path "": a leaf on its own is at ".<name>")
         check = getattr(leaf, "check_ready", None)
         if callable(check):
             try:

@@ -390,7 +390,7 @@ class Composite(Operator):
         if backend != "local":  # fitted on its own on Ray (a pipeline's steps are fitted locally by it)
             return fit_on_backend(self, corpus, train, upstream, backend)
         if _seen is None:  # fitted on its own: a refused refit changes nothing (see check_trainable)
-            check_trainable(self, train, corpus)
+            check_trainable(self, train, corpus, _path)
         seen = set() if _seen is None else _seen
         for child, where in self.child_paths(_path):
             fit_once(child, corpus, train, seen, upstream, where)
@@ -754,7 +754,7 @@ class Pipeline(Composite):
             problem = unranked_router(self, _path)
             if problem is not None:
                 raise problem
-            check_trainable(self, train, corpus)
+            check_trainable(self, train, corpus, _path)
         seen = set() if _seen is None else _seen
         state_cache: dict[int, State] = {}
         for i, (step, where) in enumerate(self.child_paths(_path)):
@@ -1234,7 +1234,7 @@ class Parallel(Composite):
         if backend != "local":  # fitted on its own on Ray (a pipeline's steps are fitted locally by it)
             return fit_on_backend(self, corpus, train, upstream, backend)
         if _seen is None:  # fitted on its own: a refused refit changes nothing (see check_trainable)
-            check_trainable(self, train, corpus)
+            check_trainable(self, train, corpus, _path)
         seen = set() if _seen is None else _seen
         for b, where in self.child_paths(_path)[:-1]:
             fit_once(b, corpus, train, seen, upstream, where)
@@ -1440,7 +1440,7 @@ class Route(Composite):
         if train is None or learning_router is not None or not self.wants_upstream:
             super()._fit_at(corpus, train, upstream=upstream, _seen=_seen, _path=_path)
         else:
-            self._fit_routed(corpus, train, upstream, _seen, _at(_path, "route"))
+            self._fit_routed(corpus, train, upstream, _seen, _path)
         if learning_router is not None and train is not None:
             from ragkit.eval.metrics import per_query_ndcg
 
@@ -1453,13 +1453,14 @@ class Route(Composite):
         return self
 
     def _fit_routed(self, corpus: Corpus, train: TrainSet, upstream: State | None, _seen: set[int] | None,
-                    here: str) -> None:
-        """Fit the router, route the training queries, and fit each branch on the queries it gets
-        (``here``: the route's path, ``pipeline[1].route``, for errors)."""
+                    _path: str) -> None:
+        """Fit the router, route the training queries, and fit each branch on the queries it gets (``_path``: where
+        the route is, as :meth:`_fit_at`'s, for errors: ``pipeline[1]`` names the route ``pipeline[1].route``)."""
         from ragkit.pipelines._checks import check_trainable
 
+        here = _at(_path, "route")
         if _seen is None:
-            check_trainable(self, train, corpus)
+            check_trainable(self, train, corpus, _path)
         seen = set() if _seen is None else _seen
         fit_once(self.router, corpus, train, seen, upstream, f"{here}.router")
         start = upstream.copy() if upstream is not None else State.of(train.queries)

@@ -1380,12 +1380,15 @@ def dump_yaml(pipe: Pipeline) -> str:
 
 def walk_leaves(op: Operator, path: str = "pipeline") -> Iterator[tuple[str, Operator]]:
     """``(path, leaf)`` for every leaf, with the same paths the YAML builder, the traces and the errors of
-    search and fit use (``"pipeline[0].bm25"``, ``"pipeline[1].parallel.branches[0].dense"``)."""
+    search and fit use (``"pipeline[0].bm25"``, ``"pipeline[1].parallel.branches[0].dense"``).  ``path=""``:
+    ``op`` searched or fitted on its own, its paths built as those of a composite on its own are
+    (``"parallel.branches[0].dense"``; a leaf on its own is at its name, ``"dense"``, or at its class's name
+    when it has none)."""
     if isinstance(op, Composite):
         for child, where in op.child_paths(path):
             yield from walk_leaves(child, where)
     else:
-        yield f"{path}.{op.name}", op
+        yield f"{path}.{op.name}" if path else op.name or type(op).__name__, op
 
 
 def validate_file(path: str | os.PathLike[str]) -> Pipeline:

@@ -123,7 +123,7 @@ def fit_pipeline(pipe: Any, corpus: Corpus, train: TrainSet | None, *, backend: 
     problem = unranked_router(pipe, path)
     if problem is not None:
         raise problem
-    check_trainable(pipe, train, corpus)  # before Ray encodes anything
+    check_trainable(pipe, train, corpus, path)  # before Ray encodes anything (a step fitted on its own: path '')
     every_sharded = [leaf for leaf in iter_leaves(pipe) if isinstance(leaf, Sharded)]
     for leaf in every_sharded:
         leaf._check_workdir()

@@ -138,6 +138,120 @@ def test_pipeline_fit_checks_each_step_once_and_a_bare_fit_once(monkeypatch):
     assert calls == [(corpus, train)]  # the pipeline's check of its tree; the step's own fit does not repeat it
 
 
+def test_bare_adapt_fit_on_ray_is_refused_at_its_name_before_ray(monkeypatch, tmp_path):
+    """``backend="ray"``: fit_pipeline checks the step at its own path (it said ``pipeline.dense.adapt``), before
+    Ray is needed (so without Ray too)."""
+    from ragkit.retrievers import Dense
+
+    corpus, train = _tiny()
+    _cached(monkeypatch, lambda train: tmp_path / "adapt-none")
+    _hide(monkeypatch, "datasets", "ray")
+    _no_fit_work(monkeypatch)
+    dense = Dense(adapt={})
+    with pytest.raises(MissingExtraError, match="^" + re.escape(f"dense.adapt: {NO_DATASETS}: pip install "
+                                                                "'ragkit[train]'") + "$"):
+        dense.fit(corpus, train, backend="ray")
+    assert not dense.is_fitted
+
+
+def _composites_on_their_own():  # noqa: ANN202
+    from ragkit.pipelines import Loop, MaxOnly, Parallel, Route, RuleRouter
+    from ragkit.retrievers import BM25, Dense
+
+    router = RuleRouter(rules=[{"label": "short", "max_words": 2}], default="long")
+    return [(lambda: Parallel([BM25(), Dense(adapt={})]), "parallel.branches[1]"),
+            (lambda: Route(router, {"long": Dense(adapt={}), "short": BM25()}), "route.branches.long"),
+            (lambda: Loop(Dense(adapt={}), until=MaxOnly(), max_iters=2), "loop.body")]
+
+
+@pytest.mark.parametrize("make, at", _composites_on_their_own(), ids=["parallel", "route", "loop"])
+def test_a_composite_fitted_on_its_own_is_refused_at_its_own_paths(monkeypatch, tmp_path, make, at):
+    """A composite fitted on its own places a step's refusal as its own fit and search errors do (``_at``:
+    ``parallel.branches[1]...``), not under ``pipeline.``; inside a pipeline, at ``pipeline[0]....`` as before."""
+    from ragkit.pipelines import Pipeline
+
+    corpus, train = _tiny()
+    _cached(monkeypatch, lambda train: tmp_path / "adapt-none")
+    _hide(monkeypatch, "datasets")
+    _no_fit_work(monkeypatch)
+    with pytest.raises(MissingExtraError, match="^" + re.escape(f"{at}.dense.adapt: {NO_DATASETS}: pip install "
+                                                                "'ragkit[train]'") + "$"):
+        make().fit(corpus, train)
+    with pytest.raises(MissingExtraError, match="^" + re.escape(f"pipeline[0].{at}.dense.adapt: {NO_DATASETS}")):
+        Pipeline([make()]).fit(corpus, train)
+
+
+def test_a_step_s_corpus_refusal_in_a_composite_on_its_own_is_at_the_composite_s_path():
+    from ragkit.errors import ParamError
+    from ragkit.pipelines import Parallel, Pipeline
+    from ragkit.retrievers import BM25, Dense
+
+    corpus, _ = _tiny()
+    with pytest.raises(ParamError, match=r"^parallel\.branches\[1\]\.dense\.reduce: 'pca:300' fits 300") as e:
+        Parallel([BM25(), Dense(reduce="pca:300")]).fit(corpus)
+    assert e.value.path == "parallel.branches[1].dense.reduce"
+    with pytest.raises(ParamError, match=r"^pipeline\[0\]\.parallel\.branches\[1\]\.dense\.reduce: ") as e:
+        Pipeline([Parallel([BM25(), Dense(reduce="pca:300")])]).fit(corpus)
+    assert e.value.path == "pipeline[0].parallel.branches[1].dense.reduce"
+
+
+def test_walk_leaves_places_a_leaf_on_its_own_at_its_name():
+    from ragkit.operator import Operator
+    from ragkit.pipelines import Parallel
+    from ragkit.pipelines.yaml import walk_leaves
+    from ragkit.retrievers import BM25, Dense
+
+    assert [p for p, _ in walk_leaves(Dense(), "")] == ["dense"]
+    assert [p for p, _ in walk_leaves(Parallel([BM25(), Dense()]), "")][:2] == ["parallel.branches[0].bm25",
+                                                                              "parallel.branches[1].dense"]
+    assert [p for p, _ in walk_leaves(Dense())] == ["pipeline.dense"]  # (the default path, as before)
+
+    class Nameless(Operator):
+        name = ""
+
+    assert [p for p, _ in walk_leaves(Nameless(), "")] == ["Nameless"]
+
+
+# ------------------------------------------------------------------------------- a saved, fitted folder
+def test_validate_of_a_saved_fitted_adapt_folder_notes_no_fine_tune(monkeypatch, tmp_path):
+    """A saved, fitted folder holds its tuned model: searching or evaluating it never fine-tunes, so validate
+    does not note the train extra (it checked the pipeline rebuilt, unfitted, from pipeline.yaml)."""
+    from ragkit.encoders import adapt
+    from ragkit.encoders.sentence import resolve_model
+    from ragkit.pipelines import Pipeline
+    from ragkit.retrievers import Dense
+
+    corpus, train = _tiny()
+    tuned = Path(resolve_model("all-MiniLM-L6-v2"))  # the "fine-tune": the packaged model's folder, no training
+    monkeypatch.setattr(adapt, "adapted_model", lambda *a, **kw: tuned)
+    _cached(monkeypatch, lambda train: tuned)
+    pipe = Pipeline([Dense(k=2, adapt={})]).fit(corpus, train)
+    pipe.save(tmp_path / "saved")
+    monkeypatch.undo()  # (no cached fine-tune to be found for it any more)
+    _hide(monkeypatch, "datasets")
+    res = _cli("validate", tmp_path / "saved")
+    assert res.exit_code == 0, res.output
+    assert "ok " in res.output and "note: to run here" not in res.output, res.output
+    # the unfitted configuration, from the same pipeline.yaml: still noted
+    res = _cli("validate", tmp_path / "saved" / "pipeline.yaml")
+    assert res.exit_code == 0, res.output
+    assert f"note: to run here: pipeline[0].dense.adapt: {NO_DATASETS}, unless this fine-tune" in res.output
+
+
+def test_a_fitted_adapt_step_asked_without_data_is_not_refused(monkeypatch):
+    from ragkit.retrievers import Dense
+
+    _hide(monkeypatch, "datasets")
+    dense = Dense(adapt={})
+    with pytest.raises(MissingExtraError, match="unless this fine-tune is already cached"):
+        dense.check_ready()
+    dense.corpus_ = _tiny()[0]  # (fitted, as a load sets it)
+    dense.check_ready()
+    with pytest.raises(MissingExtraError, match="^" + re.escape(f"dense.adapt: {NO_DATASETS}: pip")):
+        monkeypatch.setattr("ragkit.encoders.adapt._adapted_folder", lambda *a: Path("/nonexistent"))
+        dense.check_ready(*_tiny())  # a refit on data: refused as before
+
+
 # ------------------------------------------------------------------------------------------ ragkit train
 @pytest.fixture
 def tiny_beir(tmp_path: Path) -> Path:

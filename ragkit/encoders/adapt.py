@@ -371,11 +371,15 @@ class TunedEncoderMixin:
         ``train`` (``ragkit validate``'s notes: no data to find the cached model by) the missing packages are
         refused all the same, in words that stay true when the fine-tune is cached (``..., unless this fine-tune
         is already cached: pip install 'ragkit[train]'``); a fit never asks so (one without a training split is
-        refused first, by :meth:`train_refusal`).  Without ``adapt``, or with a registered custom encoder
-        (refused by the fit, with its own message), nothing is refused.  Cheap when the packages are there;
+        refused first, by :meth:`train_refusal`).  A fitted operator asked without either (``ragkit validate`` of a
+        saved, fitted folder) is not refused: it holds its tuned model, and searching it never fine-tunes.
+        Without ``adapt``, or with a registered custom encoder (refused by the fit, with its own message),
+        nothing is refused.  Cheap when the packages are there;
         without them, finding the cached model loads the base model's encoder and hashes the corpus."""
         config = self.params.adapt
         if config is None:
+            return
+        if corpus is None and train is None and getattr(self, "is_fitted", False):  # (its tuned model held: saved)
             return
         from ragkit.encoders.custom import registered_encoder
 
