@@ -19,6 +19,7 @@ Interaction Retrieval", CIKM 2022 (centroid interaction and centroid pruning), a
 from __future__ import annotations
 
 import hashlib
+import logging
 import warnings
 
 import numpy as np
@@ -28,6 +29,7 @@ from ragkit.encoders.cache import UNREADABLE, load_npy, write_cache_files
 from ragkit.errors import DataError
 from ragkit.retrievers.fde import check_pair_rows
 
+_log = logging.getLogger("ragkit")
 _CODEBOOK_FILES = ("codebook", "codes", "code_offsets")  # the offsets are written last: their presence = complete
 _SAMPLE_PER_CENTROID = 32  # fit_codebook's default sample, per centroid
 _MAX_ITER = 10  # fit_codebook's default Lloyd iterations
@@ -36,15 +38,19 @@ __all__ = ["fit_codebook", "assign_codes", "code_sets", "centroid_pairs", "build
 
 
 def fit_codebook(data: np.ndarray, n_centroids: int, seed: int = 0, sample: int | None = None,
-                 max_iter: int = _MAX_ITER) -> np.ndarray:
+                 max_iter: int = _MAX_ITER, where: str | None = None) -> np.ndarray:
     """Spherical k-means codebook ``(n_centroids, d)`` float32 with unit rows.
 
     ``data``: ``(n_tokens, d)`` token vectors (any float dtype).  scikit-learn's ``KMeans``
     (random init, one run, ``max_iter`` Lloyd iterations) runs on ``sample`` rows drawn with
     ``seed`` (default ``min(n_tokens, 32 * n_centroids)``); the centroids are then normalised,
     so nearest means largest inner product for unit tokens.  Deterministic under ``seed``.
+    Fewer distinct rows sampled than ``n_centroids`` (duplicate documents) leave some centroids
+    empty (never nearest): scikit-learn's ``ConvergenceWarning`` is silenced, and with ``where``
+    (the caller, e.g. ``"muvera.fit"``) a warning on the ``ragkit`` logger says it, as knn_embed's does.
     """
     from sklearn.cluster import KMeans
+    from sklearn.exceptions import ConvergenceWarning
 
     n = len(data)
     if n_centroids < 1 or n_centroids > n:
@@ -54,7 +60,16 @@ def fit_codebook(data: np.ndarray, n_centroids: int, seed: int = 0, sample: int 
     rng = np.random.default_rng(seed)
     rows = np.sort(rng.choice(n, m, replace=False)) if m < n else np.arange(n)
     x = np.asarray(data[rows], np.float32)
-    km = KMeans(n_clusters=n_centroids, init="random", n_init=1, max_iter=max_iter, random_state=seed).fit(x)
+    with warnings.catch_warnings():
+        # fewer distinct token vectors than centroids (duplicate documents): scikit-learn's ConvergenceWarning,
+        # said below in ragkit's words, as knn_embed says it (the centroids it could not fill are never nearest)
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        km = KMeans(n_clusters=n_centroids, init="random", n_init=1, max_iter=max_iter, random_state=seed).fit(x)
+    used = len(np.unique(km.labels_))
+    if where is not None and used < n_centroids:
+        _log.warning(f"{where}: k-means found {used} distinct cluster{'s' * (used != 1)} of the {n_centroids} "
+                     f"asked (the {m} token vectors hold fewer distinct points: duplicate documents); the other "
+                     f"{n_centroids - used} are empty and never used")
     c = km.cluster_centers_.astype(np.float32)
     return c / np.maximum(np.linalg.norm(c, axis=1, keepdims=True), 1e-12)
 
@@ -96,7 +111,7 @@ def code_sets(codes: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, np.nd
 
 
 def build_codes(data: np.ndarray, offsets: np.ndarray, n_centroids: int, seed: int = 0,
-                cache_key: str | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                cache_key: str | None = None, where: str = "muvera.fit") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Codebook and per-document code sets of ragged token vectors: ``(codebook, code data, code offsets)``.
 
     :func:`fit_codebook` + :func:`assign_codes` + :func:`code_sets` (minutes for a million
@@ -104,7 +119,8 @@ def build_codes(data: np.ndarray, offsets: np.ndarray, n_centroids: int, seed: i
     key, same tokens) the result is kept under ``$RAGKIT_CACHE/codebooks/`` and read back by
     the next fit; a stored result whose shapes do not match is rebuilt, and so is one whose values are
     damaged (:func:`damaged_codes`; a ``RuntimeWarning`` names the file).  Files are written through
-    temporary names renamed into place, the offsets last.
+    temporary names renamed into place, the offsets last.  ``where`` names the caller in
+    :func:`fit_codebook`'s warning on duplicate documents.
     """
     import sklearn
 
@@ -126,7 +142,7 @@ def build_codes(data: np.ndarray, offsets: np.ndarray, n_centroids: int, seed: i
                     return cb, codes, off
                 warnings.warn(f"ragkit: damaged codebook cache in {folder}: {bad}; it is rebuilt",
                               RuntimeWarning, stacklevel=2)
-    cb = fit_codebook(data, n_centroids, seed=seed)
+    cb = fit_codebook(data, n_centroids, seed=seed, where=where)
     codes, off = code_sets(assign_codes(data, cb), offsets)
     if folder is not None:  # a cache that cannot be written warns; the codebook is used uncached
         write_cache_files(folder, [(f"{name}.npy", arr) for name, arr in zip(_CODEBOOK_FILES, (cb, codes, off))],
