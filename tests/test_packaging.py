@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import hide_modules
 
 tomllib = pytest.importorskip("tomllib")  # (Python 3.11 on; the package itself runs on 3.10)
 
@@ -180,12 +181,6 @@ def test_the_sentence_transformers_modules_the_fine_tune_imports_exist_without_w
     assert low >= (5, 4), bound
 
 
-def _hide(monkeypatch, *modules: str) -> None:
-    """Make ``modules`` look uninstalled: ``import`` raises ImportError and ``find_spec`` answers ``None``."""
-    for m in modules:
-        for loaded in [k for k in sys.modules if k == m or k.startswith(m + ".")]:
-            monkeypatch.delitem(sys.modules, loaded)
-        monkeypatch.setitem(sys.modules, m, None)
 
 
 def test_fine_tune_without_datasets_or_accelerate_names_the_train_extra(monkeypatch, tmp_path):
@@ -193,7 +188,7 @@ def test_fine_tune_without_datasets_or_accelerate_names_the_train_extra(monkeypa
 
     for hidden, named in (("datasets", "datasets"), ("accelerate", "accelerate")):
         with monkeypatch.context() as m:
-            _hide(m, hidden)
+            hide_modules(m, hidden)
             with pytest.raises(ImportError) as e:
                 fine_tune("all-MiniLM-L6-v2", None, None, tmp_path / "ft")  # type: ignore[arg-type]
             assert f"needs the package {named}" in str(e.value) and "pip install 'ragkit[train]'" in str(e.value)
@@ -203,7 +198,7 @@ def test_fine_tune_without_datasets_or_accelerate_names_the_train_extra(monkeypa
 def test_plot_without_matplotlib_names_the_plot_extra(monkeypatch, tmp_path):
     from ragkit.eval.filtering import plot_pr_curves
 
-    _hide(monkeypatch, "matplotlib")
+    hide_modules(monkeypatch, "matplotlib")
     with pytest.raises(ImportError, match=re.escape("pip install 'ragkit[plot]'")):
         plot_pr_curves({"x": (np.array([0.0, 1.0]), np.array([1.0, 0.0]))}, tmp_path / "x.png")
 
@@ -211,7 +206,7 @@ def test_plot_without_matplotlib_names_the_plot_extra(monkeypatch, tmp_path):
 def test_ray_backend_without_ray_names_the_ray_extra(monkeypatch):
     from ragkit._ray import _ray
 
-    _hide(monkeypatch, "ray")
+    hide_modules(monkeypatch, "ray")
     with pytest.raises(ImportError, match=re.escape("pip install 'ragkit[ray]'")):
         _ray()
 
@@ -255,7 +250,7 @@ def test_ask_checks_the_gguf_packages_only_for_a_gguf_model(monkeypatch, tmp_pat
     (tmp_path / "hf").mkdir()
     (tmp_path / "hf" / "config.json").write_text("{}")
     (tmp_path / "m.gguf").write_bytes(b"GGUF")
-    _hide(monkeypatch, "gguf", "accelerate")
+    hide_modules(monkeypatch, "gguf", "accelerate")
     _check_llm_packages([Generate(model=str(tmp_path / "hf")), Generate(backend="langchain")])  # no GGUF: no refusal
     with pytest.raises(RagkitError, match=re.escape("is read with the packages gguf and accelerate, not installed: "
                                                     "pip install 'ragkit[llm]'")):
@@ -270,7 +265,7 @@ def test_ask_needs_no_gguf_package_for_a_gguf_of_which_a_dequantized_copy_is_cac
 
     (tmp_path / "m.gguf").write_bytes(b"GGUF")
     monkeypatch.setenv("RAGKIT_CACHE", str(tmp_path / "cache"))
-    _hide(monkeypatch, "gguf")
+    hide_modules(monkeypatch, "gguf")
     gen = Generate(model=str(tmp_path / "m.gguf"))
     with pytest.raises(RagkitError, match="is read with the package gguf, not installed"):
         _check_llm_packages([gen])

@@ -8,11 +8,10 @@ loaded, nothing encoded."""
 from __future__ import annotations
 
 import re
-import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO
+from conftest import REPO, hide_modules
 
 from ragkit.errors import MissingExtraError
 from ragkit.types import Corpus, Queries, TrainSet
@@ -21,12 +20,6 @@ NO_DATASETS = "fine-tuning (adapt) needs the package datasets, not installed"
 LEARNED = REPO / "examples" / "learned.yaml"
 
 
-def _hide(monkeypatch: pytest.MonkeyPatch, *modules: str) -> None:
-    """Make ``modules`` look uninstalled (their loaded submodules dropped for the test)."""
-    for m in modules:
-        for loaded in [k for k in sys.modules if k == m or k.startswith(m + ".")]:
-            monkeypatch.delitem(sys.modules, loaded)
-        monkeypatch.setitem(sys.modules, m, None)
 
 
 def _no_fit_work(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -64,7 +57,7 @@ def _cli(*args: object):
 
 # ------------------------------------------------------------------------------------- ragkit validate
 def test_validate_notes_an_adapt_step_without_the_train_extra(monkeypatch):
-    _hide(monkeypatch, "datasets")
+    hide_modules(monkeypatch, "datasets")
     res = _cli("validate", LEARNED)
     assert res.exit_code == 0, res.output
     notes = [line for line in res.output.splitlines() if line.startswith("note: to run here: ")]
@@ -77,7 +70,7 @@ def test_adapt_check_ready_without_data_says_unless_cached_and_nothing_with_the_
 
     Dense(adapt={}).check_ready()  # the train extra installed: nothing to note
     Dense().check_ready()  # no adapt: nothing
-    _hide(monkeypatch, "accelerate")
+    hide_modules(monkeypatch, "accelerate")
     with pytest.raises(MissingExtraError, match=re.escape(
             "dense.adapt: fine-tuning (adapt) needs the package accelerate, not installed, unless this fine-tune "
             "is already cached: pip install 'ragkit[train]'")) as e:
@@ -92,7 +85,7 @@ def test_bare_adapt_fit_without_the_train_extra_is_refused_at_its_name_before_an
 
     corpus, train = _tiny()
     _cached(monkeypatch, lambda train: tmp_path / "adapt-none")  # (nothing cached there)
-    _hide(monkeypatch, "datasets")
+    hide_modules(monkeypatch, "datasets")
     _no_fit_work(monkeypatch)
     dense = Dense(adapt={})
     with pytest.raises(MissingExtraError, match="^" + re.escape(f"dense.adapt: {NO_DATASETS}: pip install "
@@ -109,7 +102,7 @@ def test_bare_adapt_fit_with_a_cached_fine_tune_needs_no_train_extra(monkeypatch
     tuned.mkdir()
     (tuned / "modules.json").write_text("[]")
     _cached(monkeypatch, lambda train: tuned)
-    _hide(monkeypatch, "datasets")
+    hide_modules(monkeypatch, "datasets")
     _no_fit_work(monkeypatch)
     with pytest.raises(AssertionError, match="dense's fit started"):  # not refused: the fit's own work begins
         Dense(adapt={}).fit(corpus, train=train)
@@ -145,7 +138,7 @@ def test_bare_adapt_fit_on_ray_is_refused_at_its_name_before_ray(monkeypatch, tm
 
     corpus, train = _tiny()
     _cached(monkeypatch, lambda train: tmp_path / "adapt-none")
-    _hide(monkeypatch, "datasets", "ray")
+    hide_modules(monkeypatch, "datasets", "ray")
     _no_fit_work(monkeypatch)
     dense = Dense(adapt={})
     with pytest.raises(MissingExtraError, match="^" + re.escape(f"dense.adapt: {NO_DATASETS}: pip install "
@@ -172,7 +165,7 @@ def test_a_composite_fitted_on_its_own_is_refused_at_its_own_paths(monkeypatch, 
 
     corpus, train = _tiny()
     _cached(monkeypatch, lambda train: tmp_path / "adapt-none")
-    _hide(monkeypatch, "datasets")
+    hide_modules(monkeypatch, "datasets")
     _no_fit_work(monkeypatch)
     with pytest.raises(MissingExtraError, match="^" + re.escape(f"{at}.dense.adapt: {NO_DATASETS}: pip install "
                                                                 "'ragkit[train]'") + "$"):
@@ -228,7 +221,7 @@ def test_validate_of_a_saved_fitted_adapt_folder_notes_no_fine_tune(monkeypatch,
     pipe = Pipeline([Dense(k=2, adapt={})]).fit(corpus, train)
     pipe.save(tmp_path / "saved")
     monkeypatch.undo()  # (no cached fine-tune to be found for it any more)
-    _hide(monkeypatch, "datasets")
+    hide_modules(monkeypatch, "datasets")
     res = _cli("validate", tmp_path / "saved")
     assert res.exit_code == 0, res.output
     assert "ok " in res.output and "note: to run here" not in res.output, res.output
@@ -241,7 +234,7 @@ def test_validate_of_a_saved_fitted_adapt_folder_notes_no_fine_tune(monkeypatch,
 def test_a_fitted_adapt_step_asked_without_data_is_not_refused(monkeypatch):
     from ragkit.retrievers import Dense
 
-    _hide(monkeypatch, "datasets")
+    hide_modules(monkeypatch, "datasets")
     dense = Dense(adapt={})
     with pytest.raises(MissingExtraError, match="unless this fine-tune is already cached"):
         dense.check_ready()
@@ -267,7 +260,7 @@ def tiny_beir(tmp_path: Path) -> Path:
 
 def test_train_without_the_train_extra_fails_before_any_report_line(monkeypatch, tmp_path, tiny_beir):
     _cached(monkeypatch, lambda train: tmp_path / "adapt-none")
-    _hide(monkeypatch, "datasets")
+    hide_modules(monkeypatch, "datasets")
     _no_fit_work(monkeypatch)
     res = _cli("train", "--data", tiny_beir, "--pipeline", LEARNED, "--out", tmp_path / "t2")
     assert res.exit_code == 2, res.output
@@ -283,7 +276,7 @@ def test_train_refuses_the_reports_fine_tune_when_only_the_whole_splits_is_cache
     whole.mkdir()
     (whole / "modules.json").write_text("[]")
     _cached(monkeypatch, lambda train: whole if len(train.queries) == 10 else tmp_path / "adapt-part")
-    _hide(monkeypatch, "datasets")
+    hide_modules(monkeypatch, "datasets")
     _no_fit_work(monkeypatch)
     res = _cli("train", "--data", tiny_beir, "--pipeline", LEARNED, "--out", tmp_path / "t2")
     assert res.exit_code == 2, res.output
