@@ -26,7 +26,7 @@ from ragkit.encoders import (
     save_encoder_key,
     unit_rows,
 )
-from ragkit.encoders.sentence import encode_documents, encoder_label, encoder_vectors
+from ragkit.encoders.sentence import blank_texts, encode_documents, encoder_label, encoder_vectors
 from ragkit.errors import ArtifactError, DataError, ParamError, some_ids
 from ragkit.filters._flat import check_cosines, check_dense_rankings, check_rows_in_corpus, flatten
 from ragkit.operator import Operator
@@ -324,9 +324,9 @@ def fit_banks(p: BankParams, corpus: Corpus, train: TrainSet | None, docs: np.nd
     if p.query_bank == "train" and train is not None:
         source = "train"
         texts = list(train.queries.texts)
-        blank = [not t.strip() for t in texts]
-        if any(blank):  # a blank text encodes to the model's bias direction: one fake hub for every document
-            n_blank = sum(blank)
+        blank = blank_texts(texts)
+        if blank.any():  # a blank text encodes to the model's bias direction: one fake hub for every document
+            n_blank = int(blank.sum())
             _log.warning(f"{name}.fit: {n_blank} of the {len(texts)} training queries are blank (e.g. "
                          f"{some_ids([q for q, b in zip(train.queries.ids, blank) if b])}); they are left out of "
                          f"the query bank ({len(texts) - n_blank} left)")
@@ -337,6 +337,13 @@ def fit_banks(p: BankParams, corpus: Corpus, train: TrainSet | None, docs: np.nd
     else:
         source = "pseudo"
         texts, q_rows = pseudo_queries(corpus, p.query_bank_size or 1000, p.seed)
+        blank = blank_texts(texts)
+        if blank.any():  # drawn from blank documents: the bias direction, as a blank training query (left out)
+            texts, q_rows = [t for t, b in zip(texts, blank) if not b], q_rows[~blank]
+            if not texts:
+                raise DataError(f"{name}.fit: the query bank is empty: the {len(blank)} pseudo-queries are drawn "
+                                "from blank documents (empty, whitespace or invisible characters only); give "
+                                "documents with text, or training queries with query_bank='train'")
     if not texts:
         only = ", only blank ones" if source == "train" and train is not None and len(train.queries) else ""
         raise DataError(f"{name}.fit: the query bank is empty (no training queries{only}); give training queries "
@@ -570,7 +577,8 @@ class DBNormDense(_BankOperator):
     with ``search: exact``), and a search scores ``[q, 1]`` against them: hubs are demoted *before*
     the top-``k`` cut, where ``dense | dbnorm`` can only reorder the ``k`` candidates dense found
     (a document a hub pushed out of them stays out).  ALGORITHMS.md section 3, "Fit / compute",
-    option 2.
+    option 2.  A blank document (empty, whitespace or invisible characters only, title and text) is never
+    found, as a blank query finds nothing: it is in no bank, and its slot is removed from the index.
 
     The banks are :class:`DBNorm`'s (same parameters, same penalties: :func:`fit_banks`); the
     dynamic methods (``qbnorm``, ``ddis``) decide per query and are refused (rerank with
@@ -613,7 +621,8 @@ class DBNormDense(_BankOperator):
     params: DBNormDenseParams
     example = {"k": 5}
     info_: dict[str, Any]  # set by fit
-    index_: VectorIndex  # exact inner product over [g, -(c_g - shift_) / scale], slot = corpus row
+    #: exact inner product over [g, -(c_g - shift_) / scale], slot = corpus row (a blank document's slot removed)
+    index_: VectorIndex
     log_z_q_: np.ndarray  # (n_docs,) float64
     log_z_g_: np.ndarray  # (n_docs,) float64, zeros for method is
     #: the midpoint of the penalties' range, subtracted before they are divided by the scale (0: a save from before)
@@ -633,16 +642,29 @@ class DBNormDense(_BankOperator):
 
     def _fit(self, corpus: Corpus, train: TrainSet | None, upstream: State | None) -> None:
         p = self.params
-        check_bank_inputs(self.name, p, corpus, train)
-        enc = self.encoder
         n = len(corpus)
+        # a blank document (empty, whitespace or invisible characters only, title and text) is never found, as a
+        # blank query finds nothing: its vector is the model's bias direction, near every short query.  It is in
+        # no bank (its penalty 0), and its slot is removed from the index (saved so)
+        blank = blank_texts(corpus.full_texts)
+        some_blank = bool(blank.any())
+        kept = corpus.subset(~blank) if some_blank else corpus
+        check_bank_inputs(self.name, p, kept, train)
+        enc = self.encoder
         docs = (unit_rows(encode_documents(enc, corpus.full_texts, encoder_label(self.name, p.model, enc, "encode")))
                 if n else np.zeros((0, int(enc.dim)), np.float32))
-        if n:
-            self.log_z_q_, _, self.log_z_g_, _, info = fit_banks(p, corpus, train, docs, name=self.name)
+        if len(kept):
+            log_z_q, _, log_z_g, _, info = fit_banks(p, kept, train, docs[~blank] if some_blank else docs,
+                                                     name=self.name)
         else:  # nothing to retrieve
-            self.log_z_q_, self.log_z_g_ = np.zeros(0), np.zeros(0)
+            log_z_q, log_z_g = np.zeros(0), np.zeros(0)
             info = {"query_bank": None, "query_bank_size": 0, "n_docs": 0, "dim": int(docs.shape[1])}
+        if some_blank:
+            self.log_z_q_, self.log_z_g_ = np.zeros(n), np.zeros(n)
+            self.log_z_q_[~blank], self.log_z_g_[~blank] = log_z_q, log_z_g
+            info.update(n_docs=n, blank_docs=int(blank.sum()))
+        else:
+            self.log_z_q_, self.log_z_g_ = log_z_q, log_z_g
         d = docs.shape[1]
         aug = np.empty((n, d + 1), np.float32)
         aug[:, :d] = docs
@@ -651,17 +673,22 @@ class DBNormDense(_BankOperator):
         # uncentred, log Z / beta holds log(bank size) / beta, which overflowed float32 at beta=1e-300 and at
         # beta=1e-3 rounded the coordinate to ~5e-4 (bank of 30), the size of cosine differences
         penalty = self.log_z_q_ + self.log_z_g_
-        self.shift_ = float((penalty.max() + penalty.min()) / 2) if n else 0.0
+        banked = penalty[~blank] if some_blank else penalty
+        self.shift_ = float((banked.max() + banked.min()) / 2) if len(banked) else 0.0
         coord = self._coordinate(penalty)
+        if some_blank:
+            coord[blank] = 0  # (never searched)
         if not np.isfinite(coord).all():
             p, what = self.params, ("beta1 + beta2" if self.params.dual else "beta")
             at = f"{self.name}.{'beta1' if p.dual else 'beta'}"
             raise ParamError(f"{at}: {what}={self.scale!r} scales the documents' penalties log Z to values beyond "
-                             f"float32 (log Z from {penalty.min():.6g} to {penalty.max():.6g}, divided by {what}); "
+                             f"float32 (log Z from {banked.min():.6g} to {banked.max():.6g}, divided by {what}); "
                              f"use betas from {MIN_BETA:g} up to {MAX_BETA:g}", path=at)
         aug[:, d] = coord
         info["penalty_shift"] = self.shift_
         self.index_ = VectorIndex(dtype="f32", metric="ip", search="exact").build(aug, copy=False)
+        if some_blank:
+            self.index_.remove(np.flatnonzero(blank))
         self.info_ = info
 
     def _coordinate(self, penalty: np.ndarray) -> np.ndarray:
@@ -703,7 +730,7 @@ class DBNormDense(_BankOperator):
         self.log_z_q_ = load_array(folder, "dbnorm_log_z_q", mmap=mmap)
         self.log_z_g_ = load_array(folder, "dbnorm_log_z_g", mmap=mmap)
         n = len(self.corpus_)
-        for name, got in (("index", self.index_.n_alive), ("dbnorm_log_z_q", len(self.log_z_q_)),
+        for name, got in (("index", self.index_.n_slots), ("dbnorm_log_z_q", len(self.log_z_q_)),
                           ("dbnorm_log_z_g", len(self.log_z_g_))):
             if got != n:
                 raise ArtifactError(f"{folder}: {name} has {got} entries for a corpus of {n} documents")

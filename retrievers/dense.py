@@ -23,7 +23,7 @@ from ragkit._files import first_time
 from ragkit._topk import rankings_from_matrix
 from ragkit.encoders import DEFAULT_MODEL, Encoder, check_encoder_key, get_encoder, query_vectors, save_encoder_key
 from ragkit.encoders.adapt import AdaptConfig, TunedEncoderMixin
-from ragkit.encoders.sentence import encoder_label, encoder_vectors
+from ragkit.encoders.sentence import blank_texts, encoder_label, encoder_vectors
 from ragkit.errors import ArtifactError, DataError, InputTypeError, ParamError
 from ragkit.operator import Operator, edited_during_search, is_prefix, searched_ids
 from ragkit.options import PARAM
@@ -172,6 +172,10 @@ class Dense(TunedEncoderMixin, Operator):
     they are cosines of the *centred, projected* vectors (PCA-RAG), on another scale than the
     cosines: use ``rescore`` where scores are compared with a threshold.
 
+    A blank document (empty, whitespace or invisible characters only, title and text) is never found, as a
+    blank query finds nothing (its vector is the model's bias direction, near every short query): it is not
+    indexed (its slot is -1, at ``fit`` and ``add``, and saved so), and its ``document_vectors`` row is zero.
+
     The transforms are fitted once, at ``fit``: the PCA and the int8 calibration (``add`` warns on
     the ``ragkit`` logger when it clips more than 1% of an added batch's int8 coordinates: refit on
     the whole corpus), and ``search: auto``'s choice of an exact or a graph index.
@@ -209,7 +213,7 @@ class Dense(TunedEncoderMixin, Operator):
     run_options = {"expansion_search": PARAM, "oversample": PARAM}
 
     index_: VectorIndex
-    slots_: np.ndarray  # (n_docs,) int64 index slot of each corpus row
+    slots_: np.ndarray  # (n_docs,) int64 index slot of each corpus row, -1 for a blank document (never indexed)
     #: (slots_ it was built from, (n_slots + 1,) int64 corpus row of each index slot, -1 for a removed one
     #: and in the last entry); rebuilt when slots_ is another array or the index another size (after add /
     #: remove / compact / fit / load), not per search
@@ -280,17 +284,20 @@ class Dense(TunedEncoderMixin, Operator):
         self._adapt_encoder(corpus, train)
         self.__dict__.pop("_fresh_docs", None)
         vecs = self._encode_docs(corpus)
-        self._warn_b1_norms(vecs)
-        self._warn_b1_signs(vecs)
         # a fresh array is handed over to the index (normalised in place; the f32 index keeps it): the
         # corpus's vectors are not copied a second time
         fresh = self._fresh(vecs)
+        blank = blank_texts(corpus.full_texts)
+        if blank.any():  # (a new array: ours to hand over)
+            vecs, fresh = vecs[~blank], True
+        self._warn_b1_norms(vecs)
+        self._warn_b1_signs(vecs)
         try:
             self.index_ = self._new_index().build(vecs, copy=not fresh)
         except DataError as e:  # (NaN or infinite values: said of the encoder, not of the internal index)
-            raise self._bad_values(vecs, corpus, str(e)) from None
+            raise self._bad_values(vecs, corpus.subset(~blank) if blank.any() else corpus, str(e)) from None
         del vecs
-        self.slots_ = np.arange(len(corpus), dtype=np.int64)  # corpus row -> index slot
+        self.slots_ = _slots_of(blank, 0)  # corpus row -> index slot
         self._publish()
 
     def _publish(self) -> None:
@@ -362,16 +369,21 @@ class Dense(TunedEncoderMixin, Operator):
 
     def document_vectors(self) -> np.ndarray:
         """Float document vectors ``(n_docs, dim)`` in corpus row order: unit length for ``metric="cos"``
-        (whatever an encoder returns), as encoded for ``"ip"``."""
+        (whatever an encoder returns), as encoded for ``"ip"``; zero for a blank document (not indexed)."""
         self._check_fitted()
         fv = self.index_.float_vectors()
+        blank = self.slots_ < 0
         if fv is not None:  # the index's own floats, normalised when they were indexed
             if len(self.slots_) == len(fv) and (self.slots_ == np.arange(len(fv))).all():
                 return fv
-            return np.asarray(fv[self.slots_])
-        vecs = self._encode_docs(self.corpus_)
-        self._fresh(vecs)
-        return self.index_._normalise(vecs)  # a new array: the encoder's is not changed
+            out = np.asarray(fv[self.slots_])
+        else:
+            vecs = self._encode_docs(self.corpus_)
+            self._fresh(vecs)
+            out = self.index_._normalise(vecs)  # a new array: the encoder's is not changed
+        if blank.any():  # a blank document has no direction (as a blank query): never found
+            out[blank] = 0
+        return out
 
     def _encoder_name(self, enc: Any, method: str) -> str:
         """How an error about the output of ``enc.<method>`` names the encoder: ``dense: the encoder of model
@@ -436,7 +448,8 @@ class Dense(TunedEncoderMixin, Operator):
             slot_mask = None
             if rows_mask is not None:
                 slot_mask = np.zeros(n_now, dtype=bool)
-                slot_mask[view.slots[rows_mask]] = True
+                picked = view.slots[rows_mask]
+                slot_mask[picked[picked >= 0]] = True  # (-1: a blank document, in no slot)
             extra = 0 if slot_mask is not None else n_now - n_view  # (documents added since: fetched, dropped)
             try:
                 slots, sc = ix.search(q, k + extra, mask=slot_mask, expansion_search=ef, oversample=over)
@@ -475,7 +488,8 @@ class Dense(TunedEncoderMixin, Operator):
         if cached is not None and cached[0] is view.slots and len(cached[1]) == n_slots + 1:
             return cached[1]
         table = np.full(n_slots + 1, -1, dtype=np.int64)
-        table[view.slots] = np.arange(len(view.slots))
+        indexed = np.flatnonzero(view.slots >= 0)  # (slot -1: a blank document, never indexed)
+        table[view.slots[indexed]] = indexed
         self._slot_rows = (view.slots, table)
         return table
 
@@ -512,14 +526,17 @@ class Dense(TunedEncoderMixin, Operator):
         joined = self.corpus_.concat(corpus, "dense.add")  # (refuses a metadata value of another kind: before edits)
         vecs = self._encode_docs(corpus)
         self._fresh(vecs)  # (drops the note: add never takes the array over)
+        blank = blank_texts(corpus.full_texts)
+        if blank.any():  # a blank document is never found: not indexed, slot -1
+            vecs = vecs[~blank]
         try:
             slots = self.index_.add(vecs)
         except DataError as e:
-            raise self._bad_values(vecs, corpus, str(e)) from None
+            raise self._bad_values(vecs, corpus.subset(~blank) if blank.any() else corpus, str(e)) from None
         self.corpus_ = joined
-        self.slots_ = np.concatenate([self.slots_, slots])
+        self.slots_ = np.concatenate([self.slots_, _slots_of(blank, int(slots[0]) if len(slots) else 0)])
         self._publish()
-        if self.params.dtype == "i8":
+        if self.params.dtype == "i8" and len(vecs):
             self._warn_clipped(len(vecs))
         return self
 
@@ -557,11 +574,13 @@ class Dense(TunedEncoderMixin, Operator):
         if not len(rows):
             return self
         ix = self.index_
-        alive = ix.n_alive - len(rows)  # after the removal
+        slots = self.slots_[rows]
+        slots = slots[slots >= 0]  # (a blank document is in no slot)
+        alive = ix.n_alive - len(slots)  # after the removal
         dead = ix.n_slots - alive
         # more removed than live: at most one rebuild per as many removals as documents left
         compact = dead >= COMPACT_MIN and dead > alive and not isinstance(ix.codes, np.memmap)
-        ix.remove(self.slots_[rows], compact_next=compact)
+        ix.remove(slots, compact_next=compact)
         keep = np.ones(len(self.corpus_), dtype=bool)
         keep[rows] = False
         self.corpus_ = self.corpus_.subset(keep)  # a mask: rows in order, id lookup and filter codes carried over
@@ -581,7 +600,8 @@ class Dense(TunedEncoderMixin, Operator):
         the live codes into memory): call it then.  Returns ``self``."""
         self._check_fitted()
         self._layout = object()  # (before the slots are renumbered: a search overlapping it sees another token)
-        self.slots_ = self.index_.compact()[self.slots_]
+        remap = self.index_.compact()
+        self.slots_ = np.where(self.slots_ >= 0, remap[self.slots_], -1)  # (a blank document stays in no slot)
         self._publish()
         return self
 
@@ -607,12 +627,14 @@ class Dense(TunedEncoderMixin, Operator):
         if width is not None and self.index_.d_in != width:
             raise ArtifactError(f"{folder / 'index.json'}: d_in {self.index_.d_in}; expected {width}, the width of the "
                                 f"embeddings of {self.encoder_model!r} (the vectors it indexes)")
-        if len(self.slots_) != len(self.corpus_) or len(self.slots_) != self.index_.n_alive:
-            raise ArtifactError(f"{folder}: slots.npy has {len(self.slots_)} rows, corpus has {len(self.corpus_)}, "
-                                f"index holds {self.index_.n_alive} live vectors")
-        if not np.array_equal(self.slots_, np.flatnonzero(self.index_.alive)):  # row i is the i-th live slot
-            raise ArtifactError(f"{folder}: slots.npy does not list the index's live vectors in order; the file was "
-                                "changed after saving")
+        indexed = self.slots_[self.slots_ >= 0]  # (-1: a blank document, never indexed)
+        if len(self.slots_) != len(self.corpus_) or len(indexed) != self.index_.n_alive:
+            raise ArtifactError(f"{folder}: slots.npy has {len(self.slots_)} rows ({len(indexed)} indexed), corpus "
+                                f"has {len(self.corpus_)}, index holds {self.index_.n_alive} live vectors")
+        if (self.slots_ < -1).any() or not np.array_equal(indexed, np.flatnonzero(self.index_.alive)):
+            # the indexed rows' slots are the live slots in order; -1 (a blank document) the only other value
+            raise ArtifactError(f"{folder}: slots.npy does not list the index's live vectors in order (with -1 for "
+                                "blank documents); the file was changed after saving")
         if self.index_.older_query_coding:
             self._older_save = "int8 HNSW index of format 1"
             if first_time(_OLDER_NOTED, os.path.realpath(folder)):
@@ -642,6 +664,19 @@ class Dense(TunedEncoderMixin, Operator):
 _INDEX_STATE = ("dtype", "metric", "reduce", "whiten", "search", "rescore", "connectivity")
 #: The folders (resolved paths) whose load warned that an older ragkit wrote them (once per folder and process)
 _OLDER_NOTED: set[str] = set()
+
+
+def _slots_of(blank: np.ndarray, start: int) -> np.ndarray:
+    """The index slots of documents whose ``blank`` flags are given, the others indexed in order from slot ``start``:
+    ``(len(blank),)`` int64, -1 for a blank document (empty, whitespace or invisible characters only:
+    :func:`~ragkit.encoders.sentence.blank_texts`), which is never indexed, so never found, as a blank query finds
+    nothing (its vector is the model's bias direction, which short queries are near)."""
+    if not blank.any():
+        return np.arange(start, start + len(blank), dtype=np.int64)
+    slots = np.full(len(blank), -1, np.int64)
+    kept = ~blank
+    slots[kept] = np.arange(start, start + int(kept.sum()), dtype=np.int64)
+    return slots
 
 
 def _known_width(model: str) -> int | None:

@@ -33,7 +33,7 @@ from ragkit._cpus import thread_count
 from ragkit._saves import load_array, read_json, save_arrays, write_json
 from ragkit._topk import desc_order, topk_rows
 from ragkit.encoders import DEFAULT_MODEL, check_encoder_key, query_vectors, save_encoder_key, unit_rows
-from ragkit.encoders.sentence import encode_documents, encoder_label
+from ragkit.encoders.sentence import blank_texts, encode_documents, encoder_label
 from ragkit.errors import ArtifactError, DataError, ParamError
 from ragkit.operator import Operator
 from ragkit.options import filter_option
@@ -389,7 +389,11 @@ class KnnEmbed(Operator):
                          f"the only possible mixture components: {n_big} of {c}; {what}.  {hint}")
 
     def _build(self) -> None:
-        """Derived per-cluster structures (not saved; rebuilt from labels)."""
+        """Derived per-cluster structures (not saved; rebuilt from labels), and the blank documents (not saved;
+        read from the corpus: :meth:`_unfound`)."""
+        corpus = self.__dict__.get("corpus_")
+        blank = blank_texts(corpus.full_texts) if corpus is not None else None
+        self._blank = blank if blank is not None and blank.any() and len(blank) == len(self.labels_) else None
         c = len(self.centroids_)
         labels = np.asarray(self.labels_)
         order = np.argsort(labels, kind="stable")
@@ -406,6 +410,17 @@ class KnnEmbed(Operator):
             v = np.asarray(self.vectors_)
             self._parts = [np.ascontiguousarray(v[m]) for m in self._members]
         return self._parts[c]
+
+    def _unfound(self, mask: np.ndarray | None) -> np.ndarray | None:
+        """``mask`` (a filter's passing documents, None: all) less the blank documents (empty, whitespace or
+        invisible characters only, title and text: :func:`~ragkit.encoders.sentence.blank_texts`), which are
+        never found, as a blank query finds nothing (they encode to the model's bias direction, which short
+        queries are near); they are left out as a filter leaves documents out (clustered, but neither voting
+        nor counted in a prior, a component or the results).  None when both are none."""
+        blank = self.__dict__.get("_blank")
+        if blank is None:
+            return mask
+        return ~blank if mask is None else mask & ~blank
 
     _CLUSTERING = ("model", "n_clusters", "n_init", "seed")
 
@@ -426,7 +441,7 @@ class KnnEmbed(Operator):
         new = type(self)(update_params(self.params, changes, self.name))
         self._check_fitted()
         for key in ("corpus_", "vectors_", "labels_", "centroids_", "_members", "_order", "_starts", "_sizes",
-                    "_parts"):
+                    "_parts", "_blank"):
             new.__dict__[key] = self.__dict__[key]
         return new
 
@@ -441,12 +456,13 @@ class KnnEmbed(Operator):
         q : (n_q, d) query vectors, or one query as (d,) (read as (1, d): the results have one row).
             Without ``s`` each row is scaled to unit length first, as a search does (``tau`` is in cosine
             units, so ``3 * q`` gives the mixture of ``q``; a zero row scores 0 everywhere).
-        s : optional (n_q, N) scores ``q @ E.T`` of unit rows ``q`` (computed when absent; ``q`` is then not
-            read); ``-inf`` marks documents filtered out, which neither vote nor count in the local prior.
+        s : optional (n_q, N) scores ``q @ E.T`` of unit rows ``q`` (computed when absent, ``-inf`` for the blank
+            documents, which are never found; ``q`` is then not read); ``-inf`` marks documents filtered out, which
+            neither vote nor count in the local prior.
         top : optional ``topk_rows(s, depth)`` already computed, ``depth >= n_neighbors``
             (``>= local_depth`` for ``prior="local"``).
         sizes : optional (C,) documents per cluster that may be returned (a filter's passing
-            documents); the global prior and ``min_cluster_size`` use them (default: all).
+            documents); the global prior and ``min_cluster_size`` use them (default: all but the blank ones).
 
         Returns
         -------
@@ -466,6 +482,11 @@ class KnnEmbed(Operator):
                                 f"{v.shape[1]}) or ({v.shape[1]},)")
             check_finite_vectors(q, "knn_embed.mixture", "query")
             s = q @ v.T
+            unfound = self._unfound(None)
+            if unfound is not None:  # blank documents neither vote nor count (as _call leaves them out)
+                s[:, ~unfound] = -np.inf
+                if sizes is None:
+                    sizes = np.bincount(np.asarray(self.labels_)[unfound], minlength=len(self.centroids_))
         n_q, n = s.shape
         c = len(self.centroids_)
         labels = np.asarray(self.labels_)
@@ -511,7 +532,7 @@ class KnnEmbed(Operator):
         v = np.asarray(self.vectors_)
         n = len(v)
         labels = np.asarray(self.labels_)
-        mask = self.filter_mask(state)
+        mask = self._unfound(self.filter_mask(state))  # (blank documents: never found)
         n_pass = n if mask is None else int(np.count_nonzero(mask))
         k = min(k, n_pass)
         enc = self.dense.encoder

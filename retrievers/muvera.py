@@ -100,10 +100,17 @@ class TokenOperatorMixin(TunedEncoderMixin):
         except ParamError as e:  # a registered custom encoder: named with this operator's parameter
             raise ParamError(f"{self.name}.model: {e}", path=f"{self.name}.model") from None
 
-    def _fit_tokens(self, corpus: Corpus, train: TrainSet | None = None) -> None:
+    def _fit_tokens(self, corpus: Corpus, train: TrainSet | None = None) -> np.ndarray:
+        """Encode the corpus's tokens into ``tokens_``, a blank document (empty, whitespace or invisible characters
+        only, title and text: :func:`~ragkit.encoders.sentence.blank_texts`) with none, as a blank query: never
+        found (the model's tokens of an empty text, [CLS] [SEP], are near every short query's).  Returns the
+        ``(n_docs,)`` bool blank flags."""
         self._adapt_encoder(corpus, train)
+        texts = corpus.full_texts
+        blank = blank_texts(texts)
         with model_named(self.name):
-            self.tokens_ = self.token_encoder.encode(corpus.full_texts)
+            self.tokens_ = _tokens_of(self.token_encoder.encode, texts, blank)
+        return blank
 
     def query_tokens(self, state: State) -> TokenVectors:
         """``TokenVectors`` of the batch's queries (the rewritten ``query_text`` where present)."""
@@ -112,17 +119,8 @@ class TokenOperatorMixin(TunedEncoderMixin):
 
     def _query_tokens(self, state: State) -> TokenVectors:
         texts = [str(t) for t in state.texts()]
-        blank = blank_texts(texts)
-        if not blank.any():
-            return self.token_encoder.encode_queries(texts)
         # a blank query (empty or whitespace) has no tokens, not the model's [CLS] [SEP]: it finds nothing
-        keep = np.flatnonzero(~blank)
-        some = self.token_encoder.encode_queries([texts[i] for i in keep])
-        lens = np.zeros(len(texts), np.int64)
-        lens[keep] = some.lengths
-        off = np.zeros(len(texts) + 1, np.int64)
-        np.cumsum(lens, out=off[1:])
-        return TokenVectors(np.asarray(some.data), off)
+        return _tokens_of(self.token_encoder.encode_queries, texts, blank_texts(texts))
 
     def rerank_query(self, q: TokenVectors) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         """Query tokens for the exact MaxSim: as is, or ball-carved (centres, offsets, weights)."""
@@ -149,6 +147,20 @@ class TokenOperatorMixin(TunedEncoderMixin):
         if len(tv) != len(self.corpus_):
             raise ArtifactError(f"{folder}: token vectors hold {len(tv)} documents, the corpus {len(self.corpus_)}")
         self.tokens_ = tv
+
+
+def _tokens_of(encode: Any, texts: Any, blank: np.ndarray) -> TokenVectors:
+    """``encode(texts)`` (a token encoder's ``encode`` or ``encode_queries``) with no token for the ``blank``
+    texts (``(n,)`` bool), which are not encoded: all of them in one call when none is blank."""
+    if not blank.any():
+        return encode(texts)
+    keep = np.flatnonzero(~blank)
+    some = encode([texts[i] for i in keep])
+    lens = np.zeros(len(texts), np.int64)
+    lens[keep] = some.lengths
+    off = np.zeros(len(texts) + 1, np.int64)
+    np.cumsum(lens, out=off[1:])
+    return TokenVectors(np.asarray(some.data), off)
 
 
 def rerank_tokens(q_data: np.ndarray, q_off: np.ndarray, q_w: np.ndarray | None, docs: TokenVectors,
@@ -335,7 +347,7 @@ class Muvera(TokenOperatorMixin, Operator):
             self._check_identity_size(dim)
         elif known is not None:
             self._check_d_proj(known)
-        self._fit_tokens(corpus, train)
+        blank = self._fit_tokens(corpus, train)
         if p.projection != "identity":
             self._check_d_proj(self.tokens_.dim)
         elif known is not None and self.tokens_.dim != known:  # (the table's width is the encoded one)
@@ -349,12 +361,17 @@ class Muvera(TokenOperatorMixin, Operator):
             key = None
             if enc.cache_enabled:  # same encoder, same texts -> same tokens -> the stored codebook
                 key = f"{enc.key}|{hashlib.sha1(text_digests(list(corpus.full_texts)).tobytes()).hexdigest()}"
+                if blank.any():  # (their tokens are none since: not the codebook cached before for these texts)
+                    key += "|blank-docs-tokenless"
             self.codebook_, self.codes_, self.code_offsets_ = build_codes(
                 self.tokens_.data, self.tokens_.offsets, p.centroids, seed=p.seed, cache_key=key)
         tv, cfg = self.tokens_, self.fde_config
         # chunk by chunk into the index's storage: never the whole float32 FDE matrix for f16 / i8 exact search
         self.index_ = self._new_index().build_chunks(len(tv), fde_dim(cfg, tv.dim),
                                                      lambda: fde_document_chunks(tv.data, tv.offsets, cfg))
+        empty = np.flatnonzero(np.diff(tv.offsets) == 0)
+        if len(empty):  # a document without tokens (a blank one) is never found: its slot is removed (saved so)
+            self.index_.remove(empty)
 
     def _check_identity_size(self, dim: int) -> None:
         """ParamError when the identity FDE of ``dim``-d tokens exceeds :data:`MAX_FDE_DIM`, or ``d_final``
@@ -512,6 +529,7 @@ class MaxSimExact(TokenOperatorMixin, Operator):
         q = self.query_tokens(state)
         s = self.scores(q)
         s[np.diff(q.offsets) == 0] = -np.inf  # a query without tokens (special_tokens: drop) finds nothing
+        s[:, np.diff(self.tokens_.offsets) == 0] = -np.inf  # nor is a document without tokens (a blank one) found
         mask = self.filter_mask(state)
         if mask is not None:
             s[:, ~mask] = -np.inf
