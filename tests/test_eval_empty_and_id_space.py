@@ -134,21 +134,20 @@ def test_qrels_of_grade_0_only_are_not_refused(tmp_path: Path):
 
 
 # ------------------------------------------------------------------ 3. documents counted, not judgement lines
-def test_missing_documents_are_counted_as_documents(tmp_path: Path, caplog):
-    """Old code: '3 judged documents are not in corpus.jsonl' for 2 documents judged on 3 lines."""
-    data = _tiny(tmp_path / "ds", test=TEST + "q1\tghost\t1\nq2\tghost\t1\nq4\tgone\t1\n")
+@pytest.mark.parametrize("lines, said", [
+    ("q1\tghost\t1\nq2\tghost\t1\nq4\tgone\t1\n",
+     "2 judged documents (3 judgements) are not in corpus.jsonl (e.g. 'ghost', judged for query 'q1'); kept, as BEIR "
+     "keeps them: no run can retrieve them, so they count as not found"),
+    ("q1\tghost\t1\nq2\tghost\t0\nq4\tgone\t0\n",
+     "2 judged documents (3 judgements) are not in corpus.jsonl: 1 judgement graded 1 or more (e.g. 'ghost', judged "
+     "for query 'q1') and 2 graded 0")], ids=["all-relevant", "graded-apart"])
+def test_missing_documents_are_counted_as_documents(tmp_path: Path, caplog, lines: str, said: str):
+    """Old code: '3 judged documents are not in corpus.jsonl' for 2 documents judged on 3 lines; graded apart,
+    the grades count judgements."""
+    data = _tiny(tmp_path / "ds", test=TEST + lines)
     with caplog.at_level(logging.WARNING, logger="ragkit"):
         load_beir(data).qrels("test")
-    assert "2 judged documents (3 judgements) are not in corpus.jsonl (e.g. 'ghost', judged for query 'q1'); kept, " \
-           "as BEIR keeps them: no run can retrieve them, so they count as not found" in caplog.text
-
-
-def test_missing_documents_graded_apart_count_judgements(tmp_path: Path, caplog):
-    data = _tiny(tmp_path / "ds", test=TEST + "q1\tghost\t1\nq2\tghost\t0\nq4\tgone\t0\n")
-    with caplog.at_level(logging.WARNING, logger="ragkit"):
-        load_beir(data).qrels("test")
-    assert "2 judged documents (3 judgements) are not in corpus.jsonl: 1 judgement graded 1 or more (e.g. " \
-           "'ghost', judged for query 'q1') and 2 graded 0" in caplog.text
+    assert said in caplog.text
 
 
 # ------------------------------------------------------------------ 4. the queries the search encoded
