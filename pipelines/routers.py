@@ -291,12 +291,13 @@ def _keyword_pattern(keywords: tuple[str, ...], ignore_case: bool, ascii: bool =
     """One pattern matching any keyword as whole words: each keyword's words (:func:`_word_parts`) in
     sequence, separated by non-word characters (not the batch separator), e.g. ``covid-19`` ->
     ``covid[^\\w\\0]+19``; next to an ideograph or kana the separator may be empty (``細胞`` -> ``細[^\\w\\0]*胞``,
-    found in unspaced ``がん細胞の``), and an ideograph or kana bounds a word (``cell`` is found in ``がんcellの``,
-    as BM25's ``unicode`` tokenizer splits it); the punctuation a keyword starts or ends with is matched as
-    written (``c++``, ``c#`` and ``.net`` are not ``c`` and ``net``); ``ignore_case``: Unicode case-insensitive
-    (``re.IGNORECASE``, as a rule's ``regex``).  ``ascii``: a pattern that reads only ASCII texts, as the full
-    one reads them (``\\w`` words and bounds: where they differ, an ideograph or a mark, the keyword holds a
-    character no ASCII text has), without the full one's large character classes (~4x slower to scan)."""
+    found in unspaced ``がん細胞の``), and an ideograph or kana bounds a word, on either side (``cell`` is found in
+    ``がんcellの`` and ``細胞`` in ``iPS細胞の``, as BM25's ``unicode`` tokenizer splits them); the punctuation a
+    keyword starts or ends with is matched as written (``c++``, ``c#`` and ``.net`` are not ``c`` and ``net``);
+    ``ignore_case``: Unicode case-insensitive (``re.IGNORECASE``, as a rule's ``regex``).  ``ascii``: a pattern
+    that reads only ASCII texts, as the full one reads them (``\\w`` words and bounds: where they differ, an
+    ideograph or a mark, the keyword holds a character no ASCII text has), without the full one's large character
+    classes (~4x slower to scan)."""
     if ascii:
         ideograph, word, sep, inside = None, _ASCII_WORD, r"[^\w\0]", r"\w"
     else:
@@ -312,9 +313,12 @@ def _keyword_pattern(keywords: tuple[str, ...], ignore_case: bool, ascii: bool =
             cjk = ideograph is not None and (ideograph.fullmatch(a.group()) or ideograph.fullmatch(b.group()))
             core += sep + ("*" if cjk else "+") + re.escape(b.group())
         lead, trail = k[:words[0].start()].lstrip(), k[words[-1].end():].rstrip()
-        phrases.add(re.escape(lead) + core + re.escape(trail))
-    return re.compile(rf"(?<!{inside})(?:" + "|".join(sorted(phrases, key=lambda p: (-len(p), p))) + rf")(?!{inside})",
-                      re.IGNORECASE if ignore_case else 0)
+        # an end at an ideograph is a word's end whatever touches it (細胞 in iPS細胞の): bounded elsewhere only
+        free_start = not lead and ideograph is not None and ideograph.fullmatch(words[0].group())
+        free_end = not trail and ideograph is not None and ideograph.fullmatch(words[-1].group())
+        phrases.add(("" if free_start else rf"(?<!{inside})") + re.escape(lead) + core + re.escape(trail)
+                    + ("" if free_end else rf"(?!{inside})"))
+    return re.compile("|".join(sorted(phrases, key=lambda p: (-len(p), p))), re.IGNORECASE if ignore_case else 0)
 
 
 def _join(texts: list[str]) -> tuple[str, np.ndarray]:

@@ -46,6 +46,9 @@ def test_rule_router_keywords_of_ideographs_match_inside_unspaced_text():
     # a Latin keyword next to kana: the kana bound the word, as BM25's unicode tokenizer splits it
     assert RuleRouter(rules=[{"label": "c", "keywords": ["cell"]}], default="-").labels(
         ["がんcellの増殖", "がんcellsの"]) == ["c", "-"]
+    # an ideograph keyword next to Latin letters or digits: the ideograph bounds it (review: iPS細胞 was missed)
+    assert RuleRouter(rules=[{"label": "c", "keywords": ["細胞"]}], default="-").labels(
+        ["iPS細胞の研究", "細胞DNA", "3細胞", "細い"]) == ["c", "c", "c", "-"]
 
 
 def test_rule_router_latin_keywords_still_match_whole_words_in_any_batch():
