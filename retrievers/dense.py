@@ -376,7 +376,7 @@ class Dense(TunedEncoderMixin, Operator):
         if fv is not None:  # the index's own floats, normalised when they were indexed
             if len(self.slots_) == len(fv) and (self.slots_ == np.arange(len(fv))).all():
                 return fv
-            out = np.asarray(fv[self.slots_])
+            out = _at_slots(fv, self.slots_, 0)
         else:
             vecs = self._encode_docs(self.corpus_)
             self._fresh(vecs)
@@ -601,7 +601,7 @@ class Dense(TunedEncoderMixin, Operator):
         self._check_fitted()
         self._layout = object()  # (before the slots are renumbered: a search overlapping it sees another token)
         remap = self.index_.compact()
-        self.slots_ = np.where(self.slots_ >= 0, remap[self.slots_], -1)  # (a blank document stays in no slot)
+        self.slots_ = _at_slots(remap, self.slots_, -1)  # (a blank document stays in no slot)
         self._publish()
         return self
 
@@ -664,6 +664,16 @@ class Dense(TunedEncoderMixin, Operator):
 _INDEX_STATE = ("dtype", "metric", "reduce", "whiten", "search", "rescore", "connectivity")
 #: The folders (resolved paths) whose load warned that an older ragkit wrote them (once per folder and process)
 _OLDER_NOTED: set[str] = set()
+
+
+def _at_slots(table: np.ndarray, slots: np.ndarray, fill: float) -> np.ndarray:
+    """``table[slots]`` (rows of ``table`` per corpus row) with ``fill`` where the slot is -1 (a blank document, in no
+    slot): never indexed with -1, which would read the last row, or fail on a table of none (an index of blank
+    documents only)."""
+    out = np.full((len(slots), *table.shape[1:]), fill, dtype=table.dtype)
+    ok = slots >= 0
+    out[ok] = table[slots[ok]]
+    return out
 
 
 def _slots_of(blank: np.ndarray, start: int) -> np.ndarray:
