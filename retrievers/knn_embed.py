@@ -349,6 +349,7 @@ class KnnEmbed(Operator):
         self.vectors_ = vecs
         self.labels_ = km.labels_.astype(np.int32)
         self.centroids_ = cent
+        self._find_blank()
         self._build()
         self._warn_degenerate()
 
@@ -388,12 +389,17 @@ class KnnEmbed(Operator):
             _log.warning(f"knn_embed.fit: clusters of at least min_cluster_size ({p.min_cluster_size}) documents, "
                          f"the only possible mixture components: {n_big} of {c}; {what}.  {hint}")
 
-    def _build(self) -> None:
-        """Derived per-cluster structures (not saved; rebuilt from labels), and the blank documents (not saved;
-        read from the corpus: :meth:`_unfound`)."""
+    def _find_blank(self) -> None:
+        """The blank documents (:meth:`_unfound`), read from the corpus: a title and a text both blank, which is
+        what ``blank_texts(corpus.full_texts)`` says (title, a space, text) without joining a copy of every
+        document (1.5 GB at 1M SciFact-sized documents).  Saved at fit (``blank.npy``, their rows); a load of a
+        save without it (written before blank documents were left out) finds them here."""
         corpus = self.__dict__.get("corpus_")
-        blank = blank_texts(corpus.full_texts) if corpus is not None else None
+        blank = blank_texts(corpus.titles) & blank_texts(corpus.texts) if corpus is not None else None
         self._blank = blank if blank is not None and blank.any() and len(blank) == len(self.labels_) else None
+
+    def _build(self) -> None:
+        """Derived per-cluster structures (not saved; rebuilt from labels)."""
         c = len(self.centroids_)
         labels = np.asarray(self.labels_)
         order = np.argsort(labels, kind="stable")
@@ -785,7 +791,10 @@ class KnnEmbed(Operator):
 
     # ------------------------------------------------------------------ persistence
     def _save(self, folder: Path) -> None:
-        save_arrays(folder, vectors=self.vectors_, labels=self.labels_, centroids=self.centroids_)
+        blank = self.__dict__.get("_blank")
+        rows = np.flatnonzero(blank) if blank is not None else np.zeros(0, np.int64)
+        save_arrays(folder, vectors=self.vectors_, labels=self.labels_, centroids=self.centroids_,
+                    blank=rows.astype(np.int64))  # (the blank documents' rows: not found again at load)
         save_encoder_key(folder, self.dense.encoder)
         write_json(folder / "knn_embed.json", {"n_clusters": int(len(self.centroids_)),
                                                "n_docs": int(len(self.labels_))})
@@ -803,4 +812,15 @@ class KnnEmbed(Operator):
                 f"centroids {len(self.centroids_)}, corpus {len(self.corpus_)}, meta {meta})")
         if len(self.labels_) and (self.labels_.min() < 0 or self.labels_.max() >= len(self.centroids_)):
             raise ArtifactError(f"{folder}/labels.npy: cluster ids outside [0, {len(self.centroids_)})")
+        if (folder / "blank.npy").is_file():
+            rows = np.asarray(load_array(folder, "blank"))
+            n = len(self.labels_)
+            if rows.ndim != 1 or rows.dtype.kind not in "iu" or (len(rows) and (rows.min() < 0 or rows.max() >= n)):
+                raise ArtifactError(f"{folder}/blank.npy: expected the rows of the blank documents, a 1-d integer "
+                                    f"array of values in [0, {n}); got shape {rows.shape}, dtype {rows.dtype}")
+            blank = np.zeros(n, bool)
+            blank[rows] = True
+            self._blank = blank if blank.any() else None
+        else:  # (a save made before blank documents were left out: found from the corpus)
+            self._find_blank()
         self._build()

@@ -372,6 +372,8 @@ class Muvera(TokenOperatorMixin, Operator):
         empty = np.flatnonzero(np.diff(tv.offsets) == 0)
         if len(empty):  # a document without tokens (a blank one) is never found: its slot is removed (saved so)
             self.index_.remove(empty)
+            if self.index_._graph_dead():  # an HNSW graph without their nodes: else every search, unfiltered
+                self.index_.rebuild_graph()  # too, drops them from a wider shortlist (slots kept: rows of docs)
 
     def _check_identity_size(self, dim: int) -> None:
         """ParamError when the identity FDE of ``dim``-d tokens exceeds :data:`MAX_FDE_DIM`, or ``d_final``
