@@ -121,16 +121,17 @@ def bank_log_partition(
 
 
 def pseudo_queries(corpus: Corpus, n: int, seed: int = 0) -> tuple[list[str], np.ndarray]:
-    """First sentences of ``n`` random documents (seeded), for a query bank when no queries exist.
+    """First sentences of ``n`` random documents (seeded), for a query bank when no queries exist (a document
+    whose text is blank: its title).
 
     Returns ``(texts, rows)``; ``rows`` are the source documents (their self-term is dropped).
     """
     rng = np.random.default_rng(seed)
     rows = np.sort(rng.choice(len(corpus), size=min(n, len(corpus)), replace=False))
-    texts = []
-    for t, x in zip(corpus.titles[rows].tolist(), corpus.texts[rows].tolist()):
-        first = re.split(r"(?<=[.!?])\s+", str(x).strip(), maxsplit=1)[0]
-        texts.append((first or str(t))[:300])
+    firsts = [re.split(r"(?<=[.!?])\s+", str(x).strip(), maxsplit=1)[0] for x in corpus.texts[rows].tolist()]
+    # a blank first sentence (a text of invisible characters: "\u200b") is the model's bias direction: the title
+    texts = [(str(t) if b else first)[:300]
+             for t, first, b in zip(corpus.titles[rows].tolist(), firsts, blank_texts(firsts))]
     return texts, rows
 
 
@@ -288,8 +289,10 @@ class DBNormParams(BankParams):
 
 
 def check_bank_inputs(name: str, p: BankParams, corpus: Corpus, train: TrainSet | None) -> None:
-    """Refuse, before any encoding, a bank that fit could not build from these inputs (``name``: the operator)."""
-    if train is None and p.query_bank_size == 1 and len(corpus) > 1:  # (pseudo with 1: refused by the params)
+    """Refuse, before any encoding, a bank that fit could not build from these inputs (``name``: the operator).
+    The banks are fitted on the documents that are not blank (:func:`fit_banks`): those are counted."""
+    if (train is None and p.query_bank_size == 1  # (pseudo with 1: refused by the params)
+            and len(corpus) > 1 and int((~blank_texts(corpus.full_texts)).sum()) > 1):
         raise ParamError(f"{name}.query_bank_size: fit got no training queries, so the query bank is "
                          f"pseudo-queries, and query_bank_size=1 leaves the document the one pseudo-query is "
                          f"drawn from no bank term; {PSEUDO_MIN}, or pass train to fit", path=f"{name}.query_bank_size")
@@ -298,6 +301,13 @@ def check_bank_inputs(name: str, p: BankParams, corpus: Corpus, train: TrainSet 
 def fit_banks(p: BankParams, corpus: Corpus, train: TrainSet | None, docs: np.ndarray, *, activation_k: int = 1,
               name: str = "dbnorm") -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
     """The per-document penalties and activation sets of ``p``'s banks (ALGORITHMS.md section 3, "Fit / compute").
+
+    A blank document (empty, whitespace or invisible characters only, title and text: :func:`blank_texts` of
+    ``corpus.full_texts``) encodes to the model's bias direction, one fake hub near every short text: the banks
+    are fitted on the other documents (pseudo-queries drawn from them, the gallery bank of them; ``info``'s
+    ``n_docs`` counts all, ``blank_docs`` the blank ones), and a blank document gets penalty 0 and is in no
+    activation set.  Every document blank: every penalty 0 (no bank), or a :class:`DataError` where the query
+    bank is pseudo-queries (drawn from the documents).
 
     Parameters
     ----------
@@ -319,6 +329,33 @@ def fit_banks(p: BankParams, corpus: Corpus, train: TrainSet | None, docs: np.nd
         activation set of the query bank; the same of the gallery bank at ``beta2`` (zeros and all false for
         ``is`` / ``qbnorm``, which have none); a dict describing the banks.
     """
+    blank = blank_texts(corpus.full_texts)
+    if not blank.any():
+        return _fit_banks(p, corpus, train, docs, activation_k=activation_k, name=name)
+    n = len(corpus)
+    if blank.all():  # nothing to normalise: a dense retriever finds none of them
+        if not (p.query_bank == "train" and train is not None):
+            raise DataError(f"{name}.fit: the query bank is empty: the pseudo-queries are drawn from the documents, "
+                            f"and all {n} are blank (empty, whitespace or invisible characters only); give "
+                            "documents with text, or training queries with query_bank='train'")
+        info: dict[str, Any] = {"query_bank": None, "query_bank_size": 0, "n_docs": n, "dim": int(docs.shape[1]),
+                                "active_q": 0, "active_g": 0, "blank_docs": n}
+        return np.zeros(n), np.zeros(n, bool), np.zeros(n), np.zeros(n, bool), info
+    kept = ~blank
+    log_z_q, active_q, log_z_g, active_g, info = _fit_banks(p, corpus.subset(kept), train, docs[kept],
+                                                            activation_k=activation_k, name=name)
+    out = []
+    for part, dtype in ((log_z_q, np.float64), (active_q, bool), (log_z_g, np.float64), (active_g, bool)):
+        full = np.zeros(n, dtype)  # a blank document: penalty 0, in no activation set
+        full[kept] = part
+        out.append(full)
+    info.update(n_docs=n, blank_docs=int(blank.sum()))
+    return out[0], out[1], out[2], out[3], info
+
+
+def _fit_banks(p: BankParams, corpus: Corpus, train: TrainSet | None, docs: np.ndarray, *, activation_k: int,
+               name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+    """:func:`fit_banks` of a corpus without blank documents."""
     rng = np.random.default_rng(p.seed)
     q_rows: np.ndarray | None
     if p.query_bank == "train" and train is not None:
@@ -336,14 +373,7 @@ def fit_banks(p: BankParams, corpus: Corpus, train: TrainSet | None, docs: np.nd
         q_rows = None
     else:
         source = "pseudo"
-        texts, q_rows = pseudo_queries(corpus, p.query_bank_size or 1000, p.seed)
-        blank = blank_texts(texts)
-        if blank.any():  # drawn from blank documents: the bias direction, as a blank training query (left out)
-            texts, q_rows = [t for t, b in zip(texts, blank) if not b], q_rows[~blank]
-            if not texts:
-                raise DataError(f"{name}.fit: the query bank is empty: the {len(blank)} pseudo-queries are drawn "
-                                "from blank documents (empty, whitespace or invisible characters only); give "
-                                "documents with text, or training queries with query_bank='train'")
+        texts, q_rows = pseudo_queries(corpus, p.query_bank_size or 1000, p.seed)  # (of documents with text)
     if not texts:
         only = ", only blank ones" if source == "train" and train is not None and len(train.queries) else ""
         raise DataError(f"{name}.fit: the query bank is empty (no training queries{only}); give training queries "
@@ -645,26 +675,20 @@ class DBNormDense(_BankOperator):
         n = len(corpus)
         # a blank document (empty, whitespace or invisible characters only, title and text) is never found, as a
         # blank query finds nothing: its vector is the model's bias direction, near every short query.  It is in
-        # no bank (its penalty 0), and its slot is removed from the index (saved so)
+        # no bank (its penalty 0: fit_banks), and its slot is removed from the index (saved so)
         blank = blank_texts(corpus.full_texts)
         some_blank = bool(blank.any())
-        kept = corpus.subset(~blank) if some_blank else corpus
-        check_bank_inputs(self.name, p, kept, train)
+        check_bank_inputs(self.name, p, corpus, train)
         enc = self.encoder
         docs = (unit_rows(encode_documents(enc, corpus.full_texts, encoder_label(self.name, p.model, enc, "encode")))
                 if n else np.zeros((0, int(enc.dim)), np.float32))
-        if len(kept):
-            log_z_q, _, log_z_g, _, info = fit_banks(p, kept, train, docs[~blank] if some_blank else docs,
-                                                     name=self.name)
+        if not blank.all():
+            self.log_z_q_, _, self.log_z_g_, _, info = fit_banks(p, corpus, train, docs, name=self.name)
         else:  # nothing to retrieve
-            log_z_q, log_z_g = np.zeros(0), np.zeros(0)
-            info = {"query_bank": None, "query_bank_size": 0, "n_docs": 0, "dim": int(docs.shape[1])}
-        if some_blank:
             self.log_z_q_, self.log_z_g_ = np.zeros(n), np.zeros(n)
-            self.log_z_q_[~blank], self.log_z_g_[~blank] = log_z_q, log_z_g
-            info.update(n_docs=n, blank_docs=int(blank.sum()))
-        else:
-            self.log_z_q_, self.log_z_g_ = log_z_q, log_z_g
+            info = {"query_bank": None, "query_bank_size": 0, "n_docs": n, "dim": int(docs.shape[1])}
+            if n:
+                info["blank_docs"] = n
         d = docs.shape[1]
         aug = np.empty((n, d + 1), np.float32)
         aug[:, :d] = docs

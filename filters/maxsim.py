@@ -33,7 +33,9 @@ class MaxSim(TokenOperatorMixin, Operator):
     of a sentence-transformers model (:mod:`ragkit.encoders.tokens`).  All query-candidate
     pairs of the batch are scored with one chunked batched ``matmul``; the documents are
     re-sorted (ties: lower corpus row first) and their ``fields`` follow them.  Optional
-    query-side ball carving (``ball_carve_tau``) shrinks the query token set first.
+    query-side ball carving (``ball_carve_tau``) shrinks the query token set first.  A blank
+    document of an input ranking (empty, whitespace or invisible characters only, title and text)
+    has no tokens: it scores 0.0, so it comes after every candidate of positive score (in practice last).
 
     Khattab & Zaharia, "ColBERT", SIGIR 2020; Dhulipala et al., "MUVERA", arXiv 2405.19504
     (ball carving, Chamfer notation).
