@@ -299,7 +299,7 @@ def _keyword_pattern(keywords: tuple[str, ...], ignore_case: bool, ascii: bool =
     ideograph or a mark, the keyword holds a character no ASCII text has), without the full one's large character
     classes (~4x slower to scan)."""
     if ascii:
-        ideograph, word, sep, inside = None, _ASCII_WORD, r"[^\w\0]", r"\w"
+        ideograph, word, sep, inside, marks = None, _ASCII_WORD, r"[^\w\0]", r"\w", ""  # (no free end: no marks read)
     else:
         ideographs, marks, word = _word_parts()
         ideograph = re.compile(f"[{ideographs}]")
@@ -313,11 +313,12 @@ def _keyword_pattern(keywords: tuple[str, ...], ignore_case: bool, ascii: bool =
             cjk = ideograph is not None and (ideograph.fullmatch(a.group()) or ideograph.fullmatch(b.group()))
             core += sep + ("*" if cjk else "+") + re.escape(b.group())
         lead, trail = k[:words[0].start()].lstrip(), k[words[-1].end():].rstrip()
-        # an end at an ideograph is a word's end whatever touches it (細胞 in iPS細胞の): bounded elsewhere only
+        # an end at an ideograph is a word's end whatever touches it (細胞 in iPS細胞の), but for a combining mark
+        # after it, which makes another character of it (は + U+309A is ぱ, decomposed): bounded elsewhere only
         free_start = not lead and ideograph is not None and ideograph.fullmatch(words[0].group())
         free_end = not trail and ideograph is not None and ideograph.fullmatch(words[-1].group())
         phrases.add(("" if free_start else rf"(?<!{inside})") + re.escape(lead) + core + re.escape(trail)
-                    + ("" if free_end else rf"(?!{inside})"))
+                    + (rf"(?![{marks}])" if free_end else rf"(?!{inside})"))
     return re.compile("|".join(sorted(phrases, key=lambda p: (-len(p), p))), re.IGNORECASE if ignore_case else 0)
 
 

@@ -49,6 +49,9 @@ def test_rule_router_keywords_of_ideographs_match_inside_unspaced_text():
     # an ideograph keyword next to Latin letters or digits: the ideograph bounds it (review: iPS細胞 was missed)
     assert RuleRouter(rules=[{"label": "c", "keywords": ["細胞"]}], default="-").labels(
         ["iPS細胞の研究", "細胞DNA", "3細胞", "細い"]) == ["c", "c", "c", "-"]
+    # but a combining mark after it makes another character: は is not the start of a decomposed ぱ (は + U+309A)
+    assert RuleRouter(rules=[{"label": "c", "keywords": ["は"]}], default="-").labels(
+        ["は\u309aい", "はい", "iPSはい"]) == ["-", "c", "c"]
 
 
 def test_rule_router_latin_keywords_still_match_whole_words_in_any_batch():
