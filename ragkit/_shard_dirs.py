@@ -1,5 +1,6 @@
-"""The shard folders of a :class:`~ragkit._sharded.Sharded` retriever: a loaded operator's private
-hard-linked copy, and a copy's borrowed handle on its original's folder (removed once no one holds it).
+"""The shard folders of a :class:`~ragkit._sharded.Sharded` retriever: the folder a fit writes or a loaded
+operator's private hard-linked copy (:class:`ShardDir`, removed with its operator), and a copy's borrowed handle on
+its original's folder (:class:`_SharedDir`; the folder is removed once no one holds it).
 """
 
 from __future__ import annotations
@@ -12,7 +13,28 @@ from pathlib import Path
 from typing import Any
 
 
-def _private_dir(src: Path, workdir: Path | None) -> tempfile.TemporaryDirectory[str]:
+class ShardDir:
+    """A shard folder of this process's own (``name``, a fresh ``ragkit-shards-*`` folder inside ``dir``, the
+    temporary folder when None): removed by :meth:`cleanup` or, when this handle is garbage-collected, as quietly
+    (a :class:`~ragkit._sharded.Sharded` that goes takes its folder with it, which is no leak: no
+    ``ResourceWarning``, as the vector index's scratch folder, :mod:`ragkit.retrievers._index`).  ``borrowers``
+    are the copies' handles (:class:`_SharedDir`) that keep it after its owner ``released`` it (a refit)."""
+
+    def __init__(self, dir: Path | str | None = None) -> None:
+        self.name = tempfile.mkdtemp(prefix="ragkit-shards-", dir=dir)
+        self.borrowers: weakref.WeakSet[_SharedDir] = weakref.WeakSet()
+        self.released = False
+        self._remove = weakref.finalize(self, shutil.rmtree, self.name, True)
+
+    def cleanup(self) -> None:
+        """Remove the folder now (once; errors ignored, as a folder already gone)."""
+        self._remove()
+
+    def __repr__(self) -> str:
+        return f"ShardDir({self.name!r})"
+
+
+def _private_dir(src: Path, workdir: Path | None) -> ShardDir:
     """A fresh ``ragkit-shards-*`` folder for a loaded operator's own copy of its shard folders (in ``src``):
     inside ``workdir`` when given; else in the temporary folder when it is on ``src``'s file system (the
     files are hard links there), else beside ``src`` (the same file system, and storage the Ray workers
@@ -26,10 +48,10 @@ def _private_dir(src: Path, workdir: Path | None) -> tempfile.TemporaryDirectory
     places += [tmp] if same else [src.parent, tmp]
     for place in places[:-1]:
         try:
-            return tempfile.TemporaryDirectory(prefix="ragkit-shards-", dir=place, ignore_cleanup_errors=True)
+            return ShardDir(place)
         except OSError:  # (a read-only folder): the next place
             continue
-    return tempfile.TemporaryDirectory(prefix="ragkit-shards-", dir=places[-1], ignore_cleanup_errors=True)
+    return ShardDir(places[-1])
 
 
 def _link_tree(src: Path, dst: Path) -> None:
@@ -51,15 +73,15 @@ def _link_tree(src: Path, dst: Path) -> None:
 class _SharedDir:
     """A copy's handle on the shard folder of the :class:`Sharded` it was copied from (``name``, its path).
 
-    It never removes the folder itself (``cleanup`` does nothing); borrowing the owner's
-    ``TemporaryDirectory`` (``tmp``, in this process) keeps it: the owner's refit releases it
-    (:func:`_release_dir`) only once no copy still borrows it, else the last copy to go removes it.  A
-    pickled one names the folder only (no ``tmp``): the original's process owns it."""
+    It never removes the folder itself (``cleanup`` does nothing); borrowing the owner's :class:`ShardDir`
+    (``tmp``, in this process) keeps it: the owner's refit releases it (:func:`_release_dir`) only once no copy
+    still borrows it, else the last copy to go removes it.  A pickled one names the folder only (no ``tmp``): the
+    original's process owns it."""
 
-    def __init__(self, name: str, tmp: tempfile.TemporaryDirectory[str] | None = None) -> None:
+    def __init__(self, name: str, tmp: ShardDir | None = None) -> None:
         self.name, self.tmp = name, tmp
         if tmp is not None:
-            _borrowers(tmp).add(self)
+            tmp.borrowers.add(self)
             weakref.finalize(self, _borrower_gone, tmp)
 
     def cleanup(self) -> None:
@@ -72,22 +94,17 @@ class _SharedDir:
         return (_SharedDir, (self.name,))
 
 
-def _borrowers(tmp: tempfile.TemporaryDirectory[str]) -> weakref.WeakSet[_SharedDir]:
-    """The copies' handles (:class:`_SharedDir`) that borrow the shard folder ``tmp``."""
-    return tmp.__dict__.setdefault("_ragkit_borrowers", weakref.WeakSet())
-
-
-def _release_dir(folder: tempfile.TemporaryDirectory[str] | _SharedDir) -> None:
+def _release_dir(folder: ShardDir | _SharedDir) -> None:
     """Remove a refitted :class:`Sharded`'s earlier shard folder, unless a copy still borrows it (the last
     copy to go removes it then); a copy's own handle removes nothing."""
     if isinstance(folder, _SharedDir):
         return
-    folder.__dict__["_ragkit_released"] = True
-    if not list(_borrowers(folder)):
+    folder.released = True
+    if not list(folder.borrowers):
         folder.cleanup()
 
 
-def _borrower_gone(tmp: tempfile.TemporaryDirectory[str]) -> None:
+def _borrower_gone(tmp: ShardDir) -> None:
     """A copy's handle on ``tmp`` is gone: remove the folder if its owner released it and no copy is left."""
-    if tmp.__dict__.get("_ragkit_released") and not list(_borrowers(tmp)):
+    if tmp.released and not list(tmp.borrowers):
         tmp.cleanup()

@@ -7,10 +7,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
-import shutil
-import tempfile
 import threading
-import weakref
 from contextvars import ContextVar
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Literal, Mapping, Sequence
@@ -44,7 +41,7 @@ from ragkit._ray import (
 )
 from ragkit._ray_encode import _check_model
 from ragkit._saves import read_json, write_json
-from ragkit._shard_dirs import _link_tree, _private_dir, _release_dir, _SharedDir
+from ragkit._shard_dirs import ShardDir, _link_tree, _private_dir, _release_dir, _SharedDir
 from ragkit.errors import (
     ArtifactError,
     ArtifactNotFoundError,
@@ -547,8 +544,7 @@ class Sharded(Operator):
         # a folder of this fit's own, inside workdir when given: two sharded retrievers (or a refit, or the
         # straggling tasks of a failed fit) never write into each other's shard folders, which Ray actors
         # load lazily; it is removed when this operator is refitted or garbage-collected, or when this fit fails
-        tmp = _quiet(tempfile.TemporaryDirectory(prefix="ragkit-shards-", dir=self._workdir(),
-                                                 ignore_cleanup_errors=True))
+        tmp = ShardDir(self._workdir())
         try:
             root = Path(os.path.abspath(tmp.name))
             folders = [str(root / f"shard-{s:03d}") for s in range(self.params.n_shards)]
@@ -848,7 +844,7 @@ class Sharded(Operator):
                 where = self._workdir()
             except (OSError, RagkitError):  # (a workdir of the machine it was saved on): the default places
                 where = None
-            tmp = _quiet(_private_dir(folder, where))
+            tmp = _private_dir(folder, where)
             try:
                 root = Path(os.path.abspath(tmp.name))
                 for s in live:
@@ -893,19 +889,6 @@ class Sharded(Operator):
                                     f"{a:,}..{b - 1:,} ({b - a:,}), but {meta_file.parent.name} was fitted on {n:,} "
                                     f"documents; the folder was changed after it was saved (shards.json out of step "
                                     f"with the shard folders): save the operator again")
-
-
-def _quiet(tmp: tempfile.TemporaryDirectory[str]) -> tempfile.TemporaryDirectory[str]:
-    """``tmp``, removed as quietly when it is garbage-collected as when it is cleaned up: a ``Sharded`` that
-    goes (or its last copy borrowing the folder) takes its shard folder with it, which is no leak, so without
-    ``TemporaryDirectory``'s ``ResourceWarning`` ("Implicitly cleaning up ...", under ``-W always``), as the
-    vector index's scratch folder is removed (``weakref.finalize``, :mod:`ragkit.retrievers._index`).  Its own
-    finalizer (``_finalizer``, which ``cleanup`` detaches) is swapped for one that removes the folder
-    without the warning; a Python without it keeps its own."""
-    own = vars(tmp).get("_finalizer")
-    if isinstance(own, weakref.finalize) and own.detach() is not None:
-        vars(tmp)["_finalizer"] = weakref.finalize(tmp, shutil.rmtree, tmp.name, True)
-    return tmp
 
 
 def _kill(actors: Sequence[Any] | None) -> None:
