@@ -115,8 +115,13 @@ def missing_extra(packages: Iterable[str], *, extra: str | None, what: str | Cal
         if extra is None:
             raise TypeError("missing_extra: give install= where no ragkit extra installs the packages (extra=None)")
         install = f"pip install 'ragkit[{extra}]'"
-    named = f"the package{'s' if len(missing) > 1 else ''} {' and '.join(missing)}"
+    named = packages_named(missing)
     return MissingExtraError(f"{what(named) if callable(what) else what}: {install}", extra=extra, packages=missing)
+
+
+def packages_named(packages: Sequence[str]) -> str:
+    """``packages`` as an error message names them: ``the package gguf``, ``the packages gguf and accelerate``."""
+    return f"the package{'s' if len(packages) > 1 else ''} {' and '.join(packages)}"
 
 
 def require(packages: Iterable[str], *, extra: str | None, what: str | Callable[[str], str],

