@@ -292,7 +292,7 @@ def check_bank_inputs(name: str, p: BankParams, corpus: Corpus, train: TrainSet 
     """Refuse, before any encoding, a bank that fit could not build from these inputs (``name``: the operator).
     The banks are fitted on the documents that are not blank (:func:`fit_banks`): those are counted."""
     if (train is None and p.query_bank_size == 1  # (pseudo with 1: refused by the params)
-            and len(corpus) > 1 and int((~blank_texts(corpus.full_texts)).sum()) > 1):
+            and len(corpus) > 1 and int((~corpus.blank).sum()) > 1):
         raise ParamError(f"{name}.query_bank_size: fit got no training queries, so the query bank is "
                          f"pseudo-queries, and query_bank_size=1 leaves the document the one pseudo-query is "
                          f"drawn from no bank term; {PSEUDO_MIN}, or pass train to fit", path=f"{name}.query_bank_size")
@@ -302,8 +302,8 @@ def fit_banks(p: BankParams, corpus: Corpus, train: TrainSet | None, docs: np.nd
               name: str = "dbnorm") -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
     """The per-document penalties and activation sets of ``p``'s banks (ALGORITHMS.md section 3, "Fit / compute").
 
-    A blank document (empty, whitespace or invisible characters only, title and text: :func:`blank_texts` of
-    ``corpus.full_texts``) encodes to the model's bias direction, one fake hub near every short text: the banks
+    A blank document (empty, whitespace or invisible characters only, title and text: :attr:`Corpus.blank
+    <ragkit.types.Corpus.blank>`) encodes to the model's bias direction, one fake hub near every short text: the banks
     are fitted on the other documents (pseudo-queries drawn from them, the gallery bank of them; ``info``'s
     ``n_docs`` counts all, ``blank_docs`` the blank ones), and a blank document gets penalty 0 and is in no
     activation set.  Every document blank: every penalty 0 (no bank), or a :class:`DataError` where the query
@@ -329,7 +329,7 @@ def fit_banks(p: BankParams, corpus: Corpus, train: TrainSet | None, docs: np.nd
         activation set of the query bank; the same of the gallery bank at ``beta2`` (zeros and all false for
         ``is`` / ``qbnorm``, which have none); a dict describing the banks.
     """
-    blank = blank_texts(corpus.full_texts)
+    blank = corpus.blank
     if not blank.any():
         return _fit_banks(p, corpus, train, docs, activation_k=activation_k, name=name)
     n = len(corpus)
@@ -676,7 +676,7 @@ class DBNormDense(_BankOperator):
         # a blank document (empty, whitespace or invisible characters only, title and text) is never found, as a
         # blank query finds nothing: its vector is the model's bias direction, near every short query.  It is in
         # no bank (its penalty 0: fit_banks), and its slot is removed from the index (saved so)
-        blank = blank_texts(corpus.full_texts)
+        blank = corpus.blank
         some_blank = bool(blank.any())
         check_bank_inputs(self.name, p, corpus, train)
         enc = self.encoder

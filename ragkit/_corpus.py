@@ -341,6 +341,7 @@ class Corpus:
         _row_of: dict[str, int] | _Rows | None = None  # id -> row, built by row_of()
         _codes: dict[str, Coded] = field(default_factory=dict)  # metadata field -> codes, built by mask()
         _kinds: dict[str, frozenset[str]] = field(default_factory=dict)  # field -> its kinds, by an add's check
+        _blank: np.ndarray | None = None  # (n_docs,) bool, read-only: which documents are blank, built by blank
     else:  # (hidden from type checkers: the constructor's signature is the one above)
         def __new__(cls, *args: Any, **kwargs: Any) -> "Corpus":
             """Refuse one argument without ``texts`` (``Corpus(df)``, ``Corpus(["a", "b"])``): the dataclass's
@@ -406,6 +407,7 @@ class Corpus:
         object.__setattr__(self, "_row_of", None)
         object.__setattr__(self, "_codes", {})  # metadata field -> (codes, value -> code), built by mask()
         object.__setattr__(self, "_kinds", {})  # metadata field -> its kinds (ragkit.metadata.held_kinds)
+        object.__setattr__(self, "_blank", None)  # (n_docs,) bool: which documents are blank, built by ``blank``
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -563,6 +565,33 @@ class Corpus:
         all of them (BM25's and PRF's fits)."""
         return FullTexts(self.titles, self.texts)
 
+    @property
+    def blank(self) -> np.ndarray:
+        """Which documents are blank: ``(n_docs,)`` bool, read-only, ``True`` where the title and the text are both
+        empty or hold nothing but whitespace and invisible characters (``""``, ``"  "``, ``"\\u200b"``:
+        :func:`~ragkit.encoders.sentence.blank_texts`), which is what ``blank_texts(corpus.full_texts)`` says.
+
+        The embedding retrievers and ``dbnorm`` never index nor bank such a document (it would encode to the
+        model's bias direction, near every short query).  Worked out once per corpus, from the titles and the
+        texts apart (no joined copy of every document, as :attr:`full_texts` makes), and carried over to a corpus
+        cut from this one (:meth:`subset`, ``corpus[...]``) or grown from it (:meth:`concat`, where the added
+        corpus's is worked out too).
+
+        >>> c = Corpus(ids=["a", "b", "c", "d"], texts=["x", " ", "", "\\u200b"], titles=["", "", "t", "\\n"])
+        >>> c.blank.tolist(), c.blank.flags.writeable
+        ([False, True, False, True], False)
+        """
+        out = self.__dict__.get("_blank")  # (a corpus pickled before it had one: worked out here)
+        if out is None:
+            from ragkit.encoders.sentence import blank_texts  # (not at import: ragkit.encoders imports ragkit.types)
+
+            out = blank_texts(cast("Sequence[str]", self.titles)) & blank_texts(cast("Sequence[str]", self.texts))
+            out.flags.writeable = False
+            object.__setattr__(self, "_blank", out)
+        elif out.flags.writeable:  # (unpickled: a pickle does not keep the flag)
+            out.flags.writeable = False
+        return out
+
     def row_of(self, ids: Iterable[str], missing: str = "raise") -> np.ndarray:
         """Row numbers of document ids: int64, shape ``(n,)``, in the order of ``ids``.
 
@@ -614,6 +643,11 @@ class Corpus:
         if not increasing and len(np.unique(rows)) != len(rows):  # a row twice: the checks name the repeated id
             return Corpus(*cols)
         out = Corpus._checked(*cols)  # rows of this (checked) corpus: nothing to check again
+        blank = self.__dict__.get("_blank")
+        if blank is not None:  # (the same rows' flags)
+            kept = blank[rows]
+            kept.flags.writeable = False
+            object.__setattr__(out, "_blank", kept)
         if increasing:
             self._carry_cut(out, rows)
         for key in emptied:
@@ -719,6 +753,10 @@ class Corpus:
             return Corpus(*cols)  # the checks name the repeated ids
         out = Corpus._checked(*cols)
         n = len(self)
+        if self.__dict__.get("_blank") is not None:  # (the added documents' flags worked out: theirs to pay)
+            blank = np.concatenate([self.blank, other.blank])
+            blank.flags.writeable = False
+            object.__setattr__(out, "_blank", blank)
         added = dict(zip(new, range(n, n + len(new))))
         if isinstance(lut, _Rows):
             if 4 * (len(lut.extra) + len(new)) <= len(lut.pos):  # else rebuilt when asked (amortised)

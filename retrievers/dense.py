@@ -23,7 +23,7 @@ from ragkit._files import first_time
 from ragkit._topk import rankings_from_matrix
 from ragkit.encoders import DEFAULT_MODEL, Encoder, check_encoder_key, get_encoder, query_vectors, save_encoder_key
 from ragkit.encoders.adapt import AdaptConfig, TunedEncoderMixin
-from ragkit.encoders.sentence import blank_texts, encoder_label, encoder_vectors
+from ragkit.encoders.sentence import encoder_label, encoder_vectors
 from ragkit.errors import ArtifactError, DataError, InputTypeError, ParamError
 from ragkit.operator import Operator, edited_during_search, is_prefix, searched_ids
 from ragkit.options import PARAM
@@ -287,7 +287,7 @@ class Dense(TunedEncoderMixin, Operator):
         # a fresh array is handed over to the index (normalised in place; the f32 index keeps it): the
         # corpus's vectors are not copied a second time
         fresh = self._fresh(vecs)
-        blank = blank_texts(corpus.full_texts)
+        blank = corpus.blank
         if blank.any():  # (a new array: ours to hand over)
             vecs, fresh = vecs[~blank], True
         self._warn_b1_norms(vecs)
@@ -523,10 +523,10 @@ class Dense(TunedEncoderMixin, Operator):
                             f"remove them first")
         if not len(corpus):
             return self
+        blank = corpus.blank  # (before the concat, which carries it over to the joined corpus)
         joined = self.corpus_.concat(corpus, "dense.add")  # (refuses a metadata value of another kind: before edits)
         vecs = self._encode_docs(corpus)
         self._fresh(vecs)  # (drops the note: add never takes the array over)
-        blank = blank_texts(corpus.full_texts)
         if blank.any():  # a blank document is never found: not indexed, slot -1
             vecs = vecs[~blank]
         try:

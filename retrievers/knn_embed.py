@@ -33,7 +33,7 @@ from ragkit._cpus import thread_count
 from ragkit._saves import load_array, read_json, save_arrays, write_json
 from ragkit._topk import desc_order, topk_rows
 from ragkit.encoders import DEFAULT_MODEL, check_encoder_key, query_vectors, save_encoder_key, unit_rows
-from ragkit.encoders.sentence import blank_texts, encode_documents, encoder_label
+from ragkit.encoders.sentence import encode_documents, encoder_label
 from ragkit.errors import ArtifactError, DataError, ParamError
 from ragkit.operator import Operator
 from ragkit.options import filter_option
@@ -390,12 +390,12 @@ class KnnEmbed(Operator):
                          f"the only possible mixture components: {n_big} of {c}; {what}.  {hint}")
 
     def _find_blank(self) -> None:
-        """The blank documents (:meth:`_unfound`), read from the corpus: a title and a text both blank, which is
-        what ``blank_texts(corpus.full_texts)`` says (title, a space, text) without joining a copy of every
-        document (1.5 GB at 1M SciFact-sized documents).  Saved at fit (``blank.npy``, their rows); a load of a
-        save without it (written before blank documents were left out) finds them here."""
+        """The blank documents (:meth:`_unfound`), read from the corpus (:attr:`Corpus.blank
+        <ragkit.types.Corpus.blank>`: a title and a text both blank, worked out once per corpus without joining a
+        copy of every document, 1.5 GB at 1M SciFact-sized documents).  Saved at fit (``blank.npy``, their rows);
+        a load of a save without it (written before blank documents were left out) finds them here."""
         corpus = self.__dict__.get("corpus_")
-        blank = blank_texts(corpus.titles) & blank_texts(corpus.texts) if corpus is not None else None
+        blank = corpus.blank if corpus is not None else None
         self._blank = blank if blank is not None and blank.any() and len(blank) == len(self.labels_) else None
 
     def _build(self) -> None:
@@ -419,7 +419,7 @@ class KnnEmbed(Operator):
 
     def _unfound(self, mask: np.ndarray | None) -> np.ndarray | None:
         """``mask`` (a filter's passing documents, None: all) less the blank documents (empty, whitespace or
-        invisible characters only, title and text: :func:`~ragkit.encoders.sentence.blank_texts`), which are
+        invisible characters only, title and text: :attr:`Corpus.blank <ragkit.types.Corpus.blank>`), which are
         never found, as a blank query finds nothing (they encode to the model's bias direction, which short
         queries are near); they are left out as a filter leaves documents out (clustered, but neither voting
         nor counted in a prior, a component or the results).  None when both are none."""

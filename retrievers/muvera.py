@@ -102,12 +102,12 @@ class TokenOperatorMixin(TunedEncoderMixin):
 
     def _fit_tokens(self, corpus: Corpus, train: TrainSet | None = None) -> np.ndarray:
         """Encode the corpus's tokens into ``tokens_``, a blank document (empty, whitespace or invisible characters
-        only, title and text: :func:`~ragkit.encoders.sentence.blank_texts`) with none, as a blank query: never
+        only, title and text: :attr:`Corpus.blank <ragkit.types.Corpus.blank>`) with none, as a blank query: never
         found (the model's tokens of an empty text, [CLS] [SEP], are near every short query's).  Returns the
         ``(n_docs,)`` bool blank flags."""
         self._adapt_encoder(corpus, train)
         texts = corpus.full_texts
-        blank = blank_texts(texts)
+        blank = corpus.blank
         with model_named(self.name):
             self.tokens_ = _tokens_of(self.token_encoder.encode, texts, blank)
         return blank
