@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import re
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, TypeVar
@@ -70,8 +71,10 @@ def save_pipeline(pipe: Pipeline, path: str | Path, *, extra: dict[str, Any] | N
         # the documents every fitted step searches (after an add / remove on them, the edited ones);
         # steps that disagree are refused here, before the folder is touched
         corpus = shared_corpus(pipe)
+        text = dump_yaml(pipe)
+        _check_reads_back(pipe, text, path)  # before the folder is touched
         with atomic_dir(path) as tmp:
-            (tmp / "pipeline.yaml").write_text(dump_yaml(pipe), encoding="utf-8")
+            (tmp / "pipeline.yaml").write_text(text, encoding="utf-8")
             if corpus is not None:
                 corpus.save(tmp / "corpus.jsonl")
             folders: dict[int, str] = {}
@@ -93,6 +96,46 @@ def save_pipeline(pipe: Pipeline, path: str | Path, *, extra: dict[str, Any] | N
                 "format_version": FORMAT_VERSION, "ragkit_version": __version__, "fitted": corpus is not None,
                 "nodes": nodes, "sha256": folder_checksums(tmp),
             })
+
+
+class _QuietThread(logging.Filter):
+    """Drops the records the thread that made it logs (and only those: other threads log as ever)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ident = threading.get_ident()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.thread != self.ident
+
+
+def _check_reads_back(pipe: Pipeline, text: str, path: str | Path) -> None:
+    """Refuse (:class:`ConfigError`) to save ``pipe`` when ``text``, the ``pipeline.yaml`` the save would write,
+    is one this ragkit refuses to load: the folder could not be loaded.  Read as a load reads it, each step its
+    parameters validated as saved values, the steps themselves ``pipe``'s own (no model or encoder is loaded
+    or built: a few milliseconds); the notes building the tree logs (a route's shadowed branches), said when
+    ``pipe`` was built, are not said again."""
+    leaves = dict(walk_leaves(pipe))
+
+    def make_leaf(node_path: str, cls: type[Operator], params: Any) -> Operator:
+        validate_params(cls.Params, params, cls.name, node_path.rsplit(".", 1)[0], source="saved")
+        op = leaves.get(node_path)
+        if type(op) is not cls:
+            raise ConfigError(f"{node_path}: the YAML names {cls.name!r} where the pipeline has "
+                              f"{type(op).__name__ if op is not None else 'no step'}", path=node_path)
+        return op
+
+    quiet, log = _QuietThread(), logging.getLogger("ragkit")
+    log.addFilter(quiet)
+    try:
+        load_yaml(text, make_leaf=make_leaf)
+    except (ConfigError, ParamError) as e:
+        raise ConfigError(f"{path}: not saved: the pipeline.yaml it would write is one this ragkit refuses to load, "
+                          f"so the folder could not be loaded ({e}); build the pipeline so that "
+                          f"Pipeline.from_yaml(pipeline.to_yaml()) reads it, and save that (and please report "
+                          f"this: a pipeline ragkit builds should read back)", path=e.path) from None
+    finally:
+        log.removeFilter(quiet)
 
 
 def _check_unedited(pipe: Pipeline, corpus: Corpus, folders: dict[int, str], tmp: Path, path: str | Path) -> None:

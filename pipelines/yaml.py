@@ -1245,8 +1245,11 @@ def _build_route(body: Mapping[str, Any], here: str, make_leaf: LeafFactory, pro
             problems.wrong("branches", here, f"expected a mapping of label -> pipeline, got {branches!r:.60}"
                                              f"{_labelled_hint(branches)}")
         else:
-            # the labels' types (with has_default=True the router is not asked for its labels)
-            problem = route_label_problem_at(router, branches, has_default=True)
+            # the labels' types, and the branches no label reaches (has_default=True: a label without a branch is
+            # told below, once the default is read; a branch that only the default label reaches does run)
+            given_label = body.get("default")
+            problem = route_label_problem_at(router, branches, has_default=True,
+                                             default_label=given_label if isinstance(given_label, str) else None)
             if problem:
                 _label_problem(problems, here, problem)
             labels_ok = not problem

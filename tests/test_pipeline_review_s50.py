@@ -1,0 +1,86 @@
+"""Review findings (s50) on pipelines: a route whose ``default:`` is a branch label read back from YAML and from a
+saved folder (was: "branches ['x'] can never run"), and a save that refuses, before it writes anything, a
+pipeline.yaml this ragkit would not load."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+
+from ragkit.errors import ConfigError
+from ragkit.pipelines import Pipeline, Route, RuleRouter, store as store_module
+from ragkit.pipelines.yaml import load_yaml
+from ragkit.retrievers import BM25
+from ragkit.types import Corpus
+
+TEXTS = ["the cat sat on the mat", "dogs chase cats in the park", "a quick brown fox jumps",
+         "cats and dogs are pets", "the mat is red and the cat is black"]
+QUERIES = ["cat mat", "dogs", "fox", "red pets cats"]
+
+
+@pytest.fixture(scope="module")
+def corpus() -> Corpus:
+    return Corpus.from_texts(TEXTS)
+
+
+def _ranked(pipe: Pipeline) -> list[list[str]]:
+    return [list(map(str, d)) for d in pipe.search(QUERIES).doc_ids]
+
+
+# ------------------------------------------------------------------ 1. a route's default label
+def _default_label_route() -> Pipeline:
+    return Pipeline(Route(RuleRouter(rules=[{"label": "short", "max_words": 1}]),
+                          {"short": BM25(k=1), "x": BM25(k=2)}, default="x"))
+
+
+def test_route_default_label_branch_reads_back_from_yaml(corpus: Corpus) -> None:
+    pipe = _default_label_route().fit(corpus)
+    again = Pipeline.from_yaml(pipe.to_yaml())
+    assert again.to_yaml() == pipe.to_yaml()
+    assert _ranked(again.fit(corpus)) == _ranked(pipe)
+
+
+def test_route_default_label_branch_saves_and_loads(corpus: Corpus, tmp_path: Path) -> None:
+    pipe = _default_label_route().fit(corpus)
+    pipe.save(tmp_path / "p")
+    assert _ranked(Pipeline.load(tmp_path / "p")) == _ranked(pipe)
+
+
+def test_route_branch_no_label_reaches_still_refused_in_yaml() -> None:
+    # the default label reaches 'x'; 'y' is reached by nothing
+    with pytest.raises(ConfigError, match=r"^pipeline\[0\]\.route\.branches: branches \['y'\] can never run") as e:
+        load_yaml("pipeline:\n- route:\n    router: {rule_router: {rules: [{label: short, max_words: 1}]}}\n"
+                  "    branches: {short: [bm25: {}], x: [bm25: {}], y: [bm25: {}]}\n    default: x\n")
+    assert e.value.path == "pipeline[0].route.branches"
+
+
+def test_save_refuses_a_yaml_it_would_not_load_before_writing(corpus: Corpus, tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    pipe = _default_label_route().fit(corpus)
+    broken = pipe.to_yaml().replace("default: x", "default: y")
+    assert broken != pipe.to_yaml()
+    monkeypatch.setattr(store_module, "dump_yaml", lambda p: broken)
+    with pytest.raises(ConfigError, match=r"(?s)not saved: the pipeline\.yaml it would write is one this "
+                                          r"ragkit refuses to load.*label 'y' is not a branch") as e:
+        pipe.save(tmp_path / "p")
+    assert e.value.path.startswith("pipeline[0].route.")
+    assert not (tmp_path / "p").exists() and list(tmp_path.iterdir()) == []
+
+
+def test_save_check_says_no_route_note_again(corpus: Corpus, tmp_path: Path,
+                                             caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="ragkit"):
+        pipe = Pipeline(Route(RuleRouter(rules=[{"label": "a", "max_words": 5}, {"label": "b", "max_words": 2}],
+                                         default="c"), {"a": BM25(k=1), "b": BM25(k=2), "c": BM25(k=3)}))
+    notes = [r for r in caplog.records if r.getMessage().startswith("route:")]
+    assert len(notes) == 1
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="ragkit"):
+        pipe.fit(corpus).save(tmp_path / "p")
+    assert [r for r in caplog.records if r.getMessage().startswith("route:")] == []
+    with caplog.at_level(logging.WARNING, logger="ragkit"):
+        Pipeline.load(tmp_path / "p")  # (the load says it, as it builds the route)
+    assert len([r for r in caplog.records if r.getMessage().startswith("route:")]) == 1
+
