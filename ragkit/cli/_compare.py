@@ -22,15 +22,13 @@ from ragkit.cli._streams import _stdout_utf8
 from ragkit.errors import RagkitError
 
 
-def _data_folder(data: str) -> Optional[str]:
-    """The absolute path of the dataset folder ``--data`` named (a folder as given, a dataset name where it was
-    found: :func:`~ragkit.eval.beir.beir_qrels` found it already, nothing is downloaded), for ``-o``'s JSON;
-    ``None`` where it cannot be told."""
-    from ragkit.eval.beir import _locate_one
-
+def _data_folder(folder: Path) -> Optional[str]:
+    """The absolute path (links resolved) of the dataset folder ``--data`` named, ``folder`` as
+    :func:`~ragkit.eval.beir._locate_one` found it when its judgements were read (a folder as given, a dataset
+    name where it was found), for ``-o``'s JSON; ``None`` where it cannot be told."""
     try:
-        return str(_locate_one(data, download=False, base_url=None).resolve())
-    except (RagkitError, OSError):
+        return str(folder.resolve())
+    except (OSError, RuntimeError):  # (RuntimeError: a loop of symbolic links, before Python 3.13)
         return None
 
 
@@ -158,13 +156,14 @@ def compare_cmd(
         _prepare_output(output, "--output", "comparison.json")
         if _is_stdout(output):  # the JSON alone on standard output, for a script; the table and notes on stderr
             _human_output_to_stderr(ctx)
-        qrels, ds_name, fingerprint = None, None, None
+        qrels, ds_name, fingerprint, folder = None, None, None, None
         if data is not None:  # its judgements only: a corpus can be gigabytes
-            from ragkit.eval.beir import beir_qrels
+            from ragkit.eval.beir import _folder_qrels, _locate_one
             from ragkit.eval.compare import scored_qrels_fingerprint
 
             _check_data_folder(data)
-            ds_name, qrels = beir_qrels(data, split)
+            folder = _locate_one(data, download=True, base_url=None)  # once: -o's JSON records this folder too
+            ds_name, qrels = _folder_qrels(folder, split)
             fingerprint = scored_qrels_fingerprint(qrels, qrels)  # once: each run file scores every judged query
         stems = [p.stem for p in results]  # short names in the table: file stems when they tell the files apart
         labels = stems if len(set(stems)) == len(stems) else [str(p) for p in results]
@@ -173,8 +172,8 @@ def compare_cmd(
                               qrels_fingerprint=fingerprint)
                   for p, n in zip(results, labels)]
         cmp = compare(loaded, names, baseline=base, n_resamples=resamples, seed=seed, alpha=alpha)
-        if data is not None and output is not None:  # (what --data named, for the JSON that reruns the comparison)
-            cmp = replace(cmp, data=data, data_resolved=_data_folder(data))
+        if folder is not None and output is not None:  # (what --data named, for the JSON that reruns the comparison)
+            cmp = replace(cmp, data=data, data_resolved=_data_folder(folder))
     except RagkitError as e:
         _fail(e)
         return

@@ -771,8 +771,14 @@ def beir_qrels(name_or_path: str | os.PathLike[str], split: str = "test", *, dow
     without reading its corpus or queries (``ragkit compare`` scores run files with them; a corpus
     can be gigabytes).  Their ids are not checked against the corpus, as ``BeirDataset.qrels`` does."""
     name_or_path = _check_name_or_path(name_or_path, "beir_qrels")
-    path = _locate_one(name_or_path, download=download, base_url=base_url)
-    return path.resolve().name, read_qrels(_qrels_file(path, split))
+    return _folder_qrels(_locate_one(name_or_path, download=download, base_url=base_url), split)
+
+
+def _folder_qrels(folder: Path, split: str) -> tuple[str, Qrels]:
+    """:func:`beir_qrels` of a dataset folder found already (:func:`_locate_one`: ``ragkit compare`` locates
+    ``--data`` once, and records the folder in its JSON too): ``(the folder's name, links resolved; the judgements
+    of split)``."""
+    return folder.resolve().name, read_qrels(_qrels_file(folder, split))
 
 
 def beir_subsets(name_or_path: str | os.PathLike[str], *, download: bool = True,
