@@ -34,7 +34,7 @@ from ragkit.params import ModelName, Params
 from ragkit.registry import register
 from ragkit.types import Corpus, Ranking, State, TrainSet
 
-__all__ = ["MMR", "MMRParams", "mmr_select"]
+__all__ = ["MMR", "MMRParams", "mmr_select", "mmr_select_cosines"]
 
 _log = logging.getLogger("ragkit")
 
@@ -56,7 +56,7 @@ class MMRParams(Params):
 
 def mmr_select(q: np.ndarray, pool: np.ndarray, valid: np.ndarray, vectors: np.ndarray, k: int,
                lambda_mult: float) -> np.ndarray:
-    """Greedy MMR over padded pools, vectorised over the batch.
+    """Greedy MMR over padded pools, vectorised over the batch (:func:`mmr_select_cosines` without the cosines).
 
     Parameters
     ----------
@@ -71,18 +71,34 @@ def mmr_select(q: np.ndarray, pool: np.ndarray, valid: np.ndarray, vectors: np.n
     -------
     (n_q, min(k, F)) int64 positions into ``pool`` in selection order (-1 once a pool is exhausted).
     """
+    return mmr_select_cosines(q, pool, valid, vectors, k, lambda_mult)[0]
+
+
+def mmr_select_cosines(q: np.ndarray, pool: np.ndarray, valid: np.ndarray, vectors: np.ndarray, k: int,
+                       lambda_mult: float) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`mmr_select`, and the cosine ``q . d`` of each selected document: ``(sel, cos)``.
+
+    ``sel`` is :func:`mmr_select`'s ``(n_q, min(k, F))`` int64 positions into ``pool`` (-1 once a pool is
+    exhausted); ``cos`` the ``(n_q, min(k, F))`` float32 cosines of those documents (0 where ``sel`` is -1),
+    the very values the relevance term was computed from (no second gather of the vectors).
+
+    Memory: the gathered documents ``(n_q, F, dim)`` and their similarities ``(n_q, F, F)`` (float32 both),
+    so callers bound ``n_q`` per call (:class:`MMR` takes ``2**26 // (F * (F + dim))`` queries at a time).
+    """
     n_q, f = pool.shape
     k = min(k, f)
     sel = np.full((n_q, k), -1, np.int64)
     if n_q == 0 or k == 0:
-        return sel
+        return sel, np.zeros((n_q, k), np.float32)
     import torch  # batched GEMM: torch.bmm runs at BLAS speed, numpy's einsum / stacked matmul several times slower
 
     d = torch.from_numpy(np.ascontiguousarray(vectors[np.where(valid, pool, 0)], np.float32))  # (n_q, F, dim)
     qt = torch.from_numpy(np.ascontiguousarray(q, np.float32))
     with torch.inference_mode():
-        rel = torch.bmm(d, qt[:, :, None])[..., 0].numpy().astype(np.float64)
+        rel32 = torch.bmm(d, qt[:, :, None])[..., 0].numpy()  # (n_q, F) float32 cosines
         sim = torch.bmm(d, d.transpose(1, 2)).numpy()  # (n_q, F, F)
+    del d  # the (n_q, F, dim) block: the greedy steps read rel and sim only
+    rel = rel32.astype(np.float64)
     maxsim = np.zeros((n_q, f))
     avail = valid.copy()
     ar = np.arange(n_q)
@@ -100,7 +116,8 @@ def mmr_select(q: np.ndarray, pool: np.ndarray, valid: np.ndarray, vectors: np.n
         row_sim = sim[ar, pick]  # (n_q, F)
         maxsim = np.where(ok[:, None], np.maximum(maxsim, row_sim) if not first else row_sim, maxsim)
         first = False
-    return sel
+    cos = np.where(sel >= 0, np.take_along_axis(rel32, np.maximum(sel, 0), axis=1), np.float32(0))
+    return sel, cos.astype(np.float32, copy=False)
 
 
 def _repeats(pool: np.ndarray, valid: np.ndarray) -> np.ndarray:
@@ -202,13 +219,14 @@ class MMR(Operator):
         enc = self.encoder
         q = unit_rows(query_vectors(state, enc, who=encoder_label(self.name, self.params.model, enc, "encode_queries"),
                                     width=v.shape[1]))
-        step = max(1, int(2**26 // max(f * f, 1)))  # bound the (n_q, F, F) similarity block to ~256 MiB
+        # queries per block: the gathered documents (step, F, dim) and their similarities (step, F, F), float32
+        # both, together ~256 MiB at most (2**26 values; one query's pool alone may exceed it)
+        step = max(1, int(2**26 // max(f * (f + v.shape[1]), 1)))
         sels, coss = [], []
         for i in range(0, n_q, step):
-            sel = mmr_select(q[i:i + step], pool[i:i + step], valid[i:i + step], v, k, lambda_mult)
-            picked = np.take_along_axis(pool[i:i + step], np.maximum(sel, 0), axis=1)  # padding where sel < 0
+            sel, cos = mmr_select_cosines(q[i:i + step], pool[i:i + step], valid[i:i + step], v, k, lambda_mult)
             sels.append(sel)
-            coss.append(np.einsum("qkd,qd->qk", v[picked], q[i:i + step]).astype(np.float32))
+            coss.append(cos)
         sel, cosines = np.concatenate(sels), np.concatenate(coss)
         rankings = []
         for i, r in enumerate(state.rankings):  # assembling output objects only; the work above is batched
