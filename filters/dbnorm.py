@@ -299,15 +299,16 @@ def check_bank_inputs(name: str, p: BankParams, corpus: Corpus, train: TrainSet 
 
 
 def fit_banks(p: BankParams, corpus: Corpus, train: TrainSet | None, docs: np.ndarray, *, activation_k: int = 1,
-              name: str = "dbnorm") -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+              name: str = "dbnorm", empty_ok: bool = False
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
     """The per-document penalties and activation sets of ``p``'s banks (ALGORITHMS.md section 3, "Fit / compute").
 
     A blank document (empty, whitespace or invisible characters only, title and text: :attr:`Corpus.blank
     <ragkit.types.Corpus.blank>`) encodes to the model's bias direction, one fake hub near every short text: the banks
     are fitted on the other documents (pseudo-queries drawn from them, the gallery bank of them; ``info``'s
     ``n_docs`` counts all, ``blank_docs`` the blank ones), and a blank document gets penalty 0 and is in no
-    activation set.  Every document blank: every penalty 0 (no bank), or a :class:`DataError` where the query
-    bank is pseudo-queries (drawn from the documents).
+    activation set.  Every document blank (or none at all): every penalty 0 (no bank), or, unless ``empty_ok``, a
+    :class:`DataError` where there are documents and the query bank is pseudo-queries (drawn from them).
 
     Parameters
     ----------
@@ -321,6 +322,9 @@ def fit_banks(p: BankParams, corpus: Corpus, train: TrainSet | None, docs: np.nd
         Unit document vectors of ``p.model``; ``n_docs >= 1``.
     activation_k : int
         Top-k of each bank item forming the activation sets.
+    empty_ok : bool
+        Every document blank with a query bank of pseudo-queries gives every penalty 0, not a DataError (a
+        retriever of such a corpus finds nothing anyway: ``dbnorm_dense``).
 
     Returns
     -------
@@ -330,17 +334,19 @@ def fit_banks(p: BankParams, corpus: Corpus, train: TrainSet | None, docs: np.nd
         ``is`` / ``qbnorm``, which have none); a dict describing the banks.
     """
     blank = corpus.blank
-    if not blank.any():
-        return _fit_banks(p, corpus, train, docs, activation_k=activation_k, name=name)
     n = len(corpus)
-    if blank.all():  # nothing to normalise: a dense retriever finds none of them
-        if not (p.query_bank == "train" and train is not None):
+    if blank.all():  # nothing to normalise (no document, or blank ones only): a dense retriever finds none of them
+        if n and not empty_ok and not (p.query_bank == "train" and train is not None):
             raise DataError(f"{name}.fit: the query bank is empty: the pseudo-queries are drawn from the documents, "
                             f"and all {n} are blank (empty, whitespace or invisible characters only); give "
                             "documents with text, or training queries with query_bank='train'")
         info: dict[str, Any] = {"query_bank": None, "query_bank_size": 0, "n_docs": n, "dim": int(docs.shape[1]),
-                                "active_q": 0, "active_g": 0, "blank_docs": n}
+                                "active_q": 0, "active_g": 0}
+        if n:
+            info["blank_docs"] = n
         return np.zeros(n), np.zeros(n, bool), np.zeros(n), np.zeros(n, bool), info
+    if not blank.any():
+        return _fit_banks(p, corpus, train, docs, activation_k=activation_k, name=name)
     kept = ~blank
     log_z_q, active_q, log_z_g, active_g, info = _fit_banks(p, corpus.subset(kept), train, docs[kept],
                                                             activation_k=activation_k, name=name)
@@ -682,13 +688,8 @@ class DBNormDense(_BankOperator):
         enc = self.encoder
         docs = (unit_rows(encode_documents(enc, corpus.full_texts, encoder_label(self.name, p.model, enc, "encode")))
                 if n else np.zeros((0, int(enc.dim)), np.float32))
-        if not blank.all():
-            self.log_z_q_, _, self.log_z_g_, _, info = fit_banks(p, corpus, train, docs, name=self.name)
-        else:  # nothing to retrieve
-            self.log_z_q_, self.log_z_g_ = np.zeros(n), np.zeros(n)
-            info = {"query_bank": None, "query_bank_size": 0, "n_docs": n, "dim": int(docs.shape[1])}
-            if n:
-                info["blank_docs"] = n
+        # (no document, or blank ones only: every penalty 0, nothing to retrieve)
+        self.log_z_q_, _, self.log_z_g_, _, info = fit_banks(p, corpus, train, docs, name=self.name, empty_ok=True)
         d = docs.shape[1]
         aug = np.empty((n, d + 1), np.float32)
         aug[:, :d] = docs

@@ -259,9 +259,10 @@ class Dense(TunedEncoderMixin, Operator):
     def check_corpus(self, corpus: Corpus) -> None:
         """What :meth:`fit` on ``corpus`` would refuse of the parameters, refused before any work: a ``reduce``
         wider than the model's embeddings, or a ``reduce: pca:<dims>`` with no more documents than ``dims``
-        (a :class:`ParamError` at ``dense.reduce``).  Run by fit itself, and by a pipeline's fit for each of its
-        steps before it fits any (:meth:`~ragkit.pipelines.Pipeline.fit` checks every step first), so that a
-        refused step costs no encoding by the steps before it."""
+        (a :class:`ParamError` at ``dense.reduce``) or with blank documents only (:attr:`Corpus.blank
+        <ragkit.types.Corpus.blank>`, never indexed: a :class:`DataError`).  Run by fit itself, and by a pipeline's
+        fit for each of its steps before it fits any (:meth:`~ragkit.pipelines.Pipeline.fit` checks every step
+        first), so that a refused step costs no encoding by the steps before it."""
         kind, dims = parse_reduce(self.params.reduce)
         if kind != "none":  # before fine-tuning and encoding: the base model's width is the tuned one's; a known
             # width loads no model (2.5 s for MiniLM, where fit otherwise reads cached embeddings only)
@@ -271,6 +272,12 @@ class Dense(TunedEncoderMixin, Operator):
                 raise ParamError(f"dense.reduce: {self.params.reduce!r} asks for {dims} dimensions but "
                                  f"{self.params.model} embeddings have {width}; choose at most {width}",
                                  path="dense.reduce")
+            if kind == "pca" and len(corpus) and corpus.blank.all():  # (none indexed: nothing to fit them on)
+                raise DataError(f"dense.fit: reduce {self.params.reduce!r} fits {dims} principal components on the "
+                                f"documents with text, and all {len(corpus)} documents of the corpus are blank "
+                                "(empty, whitespace or invisible characters only, title and text), which are never "
+                                f"indexed; expected at least {dims + 1} documents with text: give documents with "
+                                "text, or fit with reduce: none")
             if kind == "pca" and len(corpus) <= dims:  # n centred documents span at most n - 1 dimensions
                 raise ParamError(f"dense.reduce: {self.params.reduce!r} fits {dims} principal components on the "
                                  f"corpus, which has {len(corpus)} documents: centred, they span at most "
@@ -372,15 +379,14 @@ class Dense(TunedEncoderMixin, Operator):
         (whatever an encoder returns), as encoded for ``"ip"``; zero for a blank document (not indexed)."""
         self._check_fitted()
         fv = self.index_.float_vectors()
-        blank = self.slots_ < 0
         if fv is not None:  # the index's own floats, normalised when they were indexed
             if len(self.slots_) == len(fv) and (self.slots_ == np.arange(len(fv))).all():
                 return fv
-            out = _at_slots(fv, self.slots_, 0)
-        else:
-            vecs = self._encode_docs(self.corpus_)
-            self._fresh(vecs)
-            out = self.index_._normalise(vecs)  # a new array: the encoder's is not changed
+            return _at_slots(fv, self.slots_, 0)  # (a blank document, in no slot: a zero row)
+        vecs = self._encode_docs(self.corpus_)
+        self._fresh(vecs)
+        out = self.index_._normalise(vecs)  # a new array: the encoder's is not changed
+        blank = self.slots_ < 0
         if blank.any():  # a blank document has no direction (as a blank query): never found
             out[blank] = 0
         return out
