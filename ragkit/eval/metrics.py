@@ -18,7 +18,6 @@ import contextlib
 import difflib
 import logging
 import re
-import threading
 import unicodedata
 from dataclasses import dataclass, field
 from itertools import chain
@@ -179,47 +178,6 @@ def _twice_said(groups: list[list[str]], say: Callable[[str], str] = repr) -> st
     return f"{said[0]} name the same metric" + "".join(f"; {s} another" for s in said[1:]) + "; name each once"
 
 
-#: The key of :class:`EvalResult`'s ``__dict__`` holding the fingerprint :func:`evaluate` left to compute: ``(its
-#: own checked copy of the judgements, the ids of the queries scored)`` (:class:`_LazyFingerprint`).
-_PENDING = "_qrels_fingerprint_of"
-#: Held while a pending fingerprint is computed: two threads reading it at once compute it once.
-_FINGERPRINT_LOCK = threading.Lock()
-
-
-class _LazyFingerprint:
-    """:attr:`EvalResult.qrels_fingerprint`: a value given (``EvalResult(..., qrels_fingerprint=...)``, an
-    assignment) is kept as it is; the one :func:`evaluate` leaves pending (one pass over the judgements, ~30% of
-    its time at 1.5M of them, which a result nobody compares never needs) is computed at its first read
-    (:func:`~ragkit.eval.compare.compare`, :func:`dataclasses.replace`, ``repr``, ``==``, a pickle or a copy), once,
-    and kept.  Kept in the instance's ``__dict__`` under its own name, as a plain field's (a pickle is alike)."""
-
-    def __set_name__(self, owner: type, name: str) -> None:
-        self._name = name
-
-    def __get__(self, obj: EvalResult | None, owner: type | None = None) -> str | None:
-        if obj is None:  # (the class's: the dataclass field's default)
-            return None
-        state = obj.__dict__
-        if _PENDING in state:
-            with _FINGERPRINT_LOCK:
-                pending = state.get(_PENDING)
-                if pending is not None:  # (else another thread computed it while this one waited)
-                    from ragkit.eval.compare import scored_qrels_fingerprint
-
-                    state[self._name] = scored_qrels_fingerprint(*pending)
-                    del state[_PENDING]
-        return state.get(self._name)
-
-    def __set__(self, obj: EvalResult, value: str | None) -> None:
-        state = obj.__dict__
-        if _PENDING in state:  # (replaced by the value set, never written over by a read computing it meanwhile)
-            with _FINGERPRINT_LOCK:
-                state.pop(_PENDING, None)
-                state[self._name] = value
-        else:  # (the dataclass's __init__: no lock taken)
-            state[self._name] = value
-
-
 @dataclass
 class EvalResult:
     """Aggregate and per-query metric values.
@@ -240,9 +198,7 @@ class EvalResult:
         The judgements it was scored against: :func:`~ragkit.eval.compare.scored_qrels_fingerprint` of those of
         the queries it scored (``"sha256-scored:..."``, what ``ragkit eval -o`` records as
         ``settings.qrels_fingerprint``; ``None``: unknown, an ``EvalResult`` built by hand);
-        :func:`~ragkit.eval.compare.compare` refuses results scored against different judgements.  :func:`evaluate`
-        computes it at its first read, once (from its own copy of the judgements and the ids of the queries it
-        scored: changing the qrels given, or ``per_query``, after the call changes nothing of it).
+        :func:`~ragkit.eval.compare.compare` refuses results scored against different judgements.
     """
 
     scores: dict[str, float]
@@ -252,20 +208,7 @@ class EvalResult:
     ignored_judged: int = 0
     relevance_level: int | None = None
     ignore_identical_ids: bool | None = None
-    # (a descriptor, typed as the value it gives: the dataclass takes its class-level value, None, as the default)
-    qrels_fingerprint: str | None = cast("str | None", _LazyFingerprint())
-
-    def __getstate__(self) -> dict[str, Any]:
-        """What a pickle or a copy keeps: the attributes, the fingerprint computed (not the judgements it is
-        computed from)."""
-        fingerprint = self.qrels_fingerprint
-        return {**{k: v for k, v in self.__dict__.items() if k != _PENDING}, "qrels_fingerprint": fingerprint}
-
-    def _fingerprint_later(self, judgements: Mapping[str, Mapping[str, int]], queries: Sequence[str]) -> None:
-        """Leave ``qrels_fingerprint`` to its first read: ``scored_qrels_fingerprint(judgements, queries)``, where
-        ``judgements`` are the caller's own (no one else may change them) and ``queries`` a snapshot; called before
-        the result is handed to anyone."""
-        self.__dict__[_PENDING] = (judgements, queries)
+    qrels_fingerprint: str | None = None
 
     def __getitem__(self, metric: str) -> float:
         """The mean of ``metric`` in any spelling ``parse_metric`` reads (``"nDCG@10"`` finds ``"ndcg@10"``)."""
@@ -391,8 +334,8 @@ def evaluate(
         asking for ``"ndcg@10"``); the dicts ``result.scores`` and ``result.per_query`` hold the names as given.
         ``relevance_level``, ``ignore_identical_ids`` and ``qrels_fingerprint`` (of the judgements of the queries
         scored: :func:`~ragkit.eval.compare.scored_qrels_fingerprint`, one pass over them, ~0.5-0.9 s per million
-        judgements, made at its first read, once) record how it was scored: :func:`~ragkit.eval.compare.compare`
-        refuses results scored otherwise or against other judgements.
+        judgements) record how it was scored: :func:`~ragkit.eval.compare.compare` refuses results scored otherwise
+        or against other judgements.
 
     Notes
     -----
@@ -482,22 +425,16 @@ def _evaluate_noted(
     starting ``who`` says whether none of the run's documents is judged at all (:func:`unjudged_docs_note`).
     ``fingerprint``: set the result's ``qrels_fingerprint``, the
     :func:`~ragkit.eval.compare.scored_qrels_fingerprint` of the judgements of the queries it scored (one pass over
-    them, ~0.5-0.9 s per million judgements; callers that compute it on their own leave it out): at its first read
-    where the judgements are this call's own copy (``qrels_checked=False``), else now."""
+    them, ~0.5-0.9 s per million judgements; callers that compute it on their own leave it out)."""
     judgements: Mapping[str, Mapping[str, int]] = cast("Mapping[str, Mapping[str, int]]", qrels)
-    own = False  # whether judgements are this call's own copy (as_qrels builds every dict anew), out of any reach
     if not qrels_checked and not isinstance(qrels, Run):  # once, for the scores and the note (a Run: refused below)
-        judgements, qrels_checked, own = as_qrels(qrels, "evaluate"), True, True  # (a DataFrame, a path: as TrainSet)
+        judgements, qrels_checked = as_qrels(qrels, "evaluate"), True  # (a DataFrame, a path: read as TrainSet does)
     result, ignored = _evaluate(run, judgements, metrics, ignore_identical_ids=ignore_identical_ids,
                                 relevance_level=relevance_level, qrels_checked=qrels_checked, annotated=annotated)
     if fingerprint:  # (compare refuses results of other judgements by it; compare imports this module)
-        scored = tuple(next(iter(result.per_query.values()), {}))  # (a snapshot: per_query is the caller's to change)
-        if own:  # at its first read (its judgements kept until then): a result never compared never computes it
-            result._fingerprint_later(judgements, scored)
-        else:  # judgements the caller holds, and may change: now
-            from ragkit.eval.compare import scored_qrels_fingerprint
+        from ragkit.eval.compare import scored_qrels_fingerprint
 
-            result.qrels_fingerprint = scored_qrels_fingerprint(judgements, scored)
+        result.qrels_fingerprint = scored_qrels_fingerprint(judgements, next(iter(result.per_query.values()), {}))
     if note_unsearched:
         _note_unsearched(run, result)
     zero = all(not any(v.values()) for m, v in result.per_query.items() if parse_metric(m)[0] != "hole")
