@@ -438,6 +438,51 @@ def _ranking_only(op: Operator) -> bool:
         return False
 
 
+def _builtin_fuser(op: Operator) -> bool:
+    """Whether ``op`` is a built-in fuser leaf (the registered class itself: ``rrf``, ``weighted``, ...), which
+    fuses the rankings of a parallel's branches and nothing else."""
+    if isinstance(op, Composite) or op.kind != "fuser":
+        return False
+    from ragkit import registry
+
+    try:
+        return type(op) is registry.get(op.name)
+    except RagkitError:  # a name no class is registered under: not a built-in
+        return False
+
+
+def _ranking_maker(op: Operator) -> bool:
+    """Whether ``op`` is a pipeline or parallel (the classes themselves, nested ones too) whose leaves are all
+    :func:`_ranking_blind` retrievers, :func:`_ranking_only` steps or built-in fusers, every path through which
+    starts with such a retriever (:func:`_blind_starts`): it only makes rankings of its own (it rewrites no
+    query, writes no value a later step reads, keeps no ranking that reaches it), so a :data:`_RANKING_BLIND`
+    retriever after it discards all it made, as one after a single such retriever does (``[[bm25], bm25]``,
+    ``[parallel: {branches: [bm25, dense]}, top_k, bm25]``).  Not a route (its router writes a value, and may
+    read the rankings), a loop, a composite holding ``prf``, a generator or any step of a plugin, or one with a
+    branch that keeps or reranks the rankings reaching it (``parallel: {branches: [[bm25], [top_k]]}``)."""
+    if type(op) not in (Pipeline, Parallel):
+        return False
+    if not all(_ranking_blind(x) or _ranking_only(x) or _builtin_fuser(x) for x in _leaves(op)):
+        return False
+    return bool(_blind_starts(op, ""))
+
+
+def _leaves(op: Operator) -> Iterator[Operator]:
+    """The leaves of the pipelines and parallels ``op`` is made of (a composite of any other class: itself, which
+    no leaf test accepts)."""
+    if type(op) in (Pipeline, Parallel):
+        for child in op.children():
+            yield from _leaves(child)
+    else:
+        yield op
+
+
+def _at_step(op: Operator, at: str) -> str:
+    """The path that names the step ``op`` at ``at`` in errors: a leaf's or a parallel's with its name
+    (``pipeline[0].bm25``), a nested pipeline's (which has no name) its own (``pipeline[0]``)."""
+    return f"{at}.{op.name}" if op.name else at
+
+
 def discarded_ranking_problem(op: Operator, path: str = "pipeline") -> ConfigError | None:
     """The error for the first retriever of ``op`` (at ``path``) that comes after another retriever in its list
     with only :func:`_ranking_only` steps (filters, rerankers) between them, both of :data:`_RANKING_BLIND`, else
@@ -447,7 +492,9 @@ def discarded_ranking_problem(op: Operator, path: str = "pipeline") -> ConfigErr
     100 documents per query).  The second may also be a parallel, route or loop every path through which starts
     with such a retriever (:func:`_blind_starts`: ``[bm25, parallel: {branches: [dense]}]``, ``[bm25, loop: {body:
     [bm25: {k: 7}], ...}]`` returned what they return without the first bm25); the error then names the
-    composite and those retrievers.  A rewriter between them (``prf``: the second reads its expanded query), a
+    composite and those retrievers.  The first may also be a pipeline or parallel that only makes rankings
+    (:func:`_ranking_maker`: ``[[bm25], bm25]``, ``[parallel: {branches: [bm25, dense]}, top_k, bm25]``).  A
+    rewriter between them (``prf``: the second reads its expanded query), a
     branch that keeps, reranks or expands from the ranking (``top_k``, ``mmr``, ``[prf, bm25]``, an empty route
     branch), a route whose router reads rankings, and a retriever of another class (which may read what reaches
     it) are not refused.  One pass over the tree (a look back over the steps since the last retriever)."""
@@ -462,7 +509,7 @@ def discarded_ranking_problem(op: Operator, path: str = "pipeline") -> ConfigErr
                 continue
             for i in range(j - 1, -1, -1):  # back over the filters and rerankers right before it
                 first, at_first = steps[i]
-                if _ranking_blind(first):
+                if _ranking_blind(first) or _ranking_maker(first):
                     if starts:
                         return _discarded_by_composite(first, at_first, second, at_second, starts, steps[i + 1:j])
                     return _discarded_ranking(first, at_first, second, at_second, steps[i + 1:j])
@@ -521,7 +568,15 @@ def _discarded_by_composite(first: Operator, at_first: str, second: Operator, at
     filters and rerankers ``between``, when every path through ``second`` starts with a retriever that searches
     the whole corpus (``starts``, their paths, from :func:`_blind_starts`): ``first``'s ranking is discarded
     whichever path a query takes."""
-    a, b = f"{at_first}.{first.name}", (at_second if isinstance(second, Pipeline) else f"{at_second}.{second.name}")
+    a, b = _at_step(first, at_first), _at_step(second, at_second)
+    if isinstance(first, Composite):  # (a pipeline or parallel that only makes rankings: _ranking_maker)
+        also = f" and what {', '.join(_at_step(s, w) for s, w in between)} did to them are" if between else " are"
+        return ConfigError(
+            f"{b}: every path through this step starts with a retriever that searches the whole corpus and replaces "
+            f"the rankings that reach it ({', '.join(starts)}), so the rankings {a} makes (it only makes rankings: "
+            f"its retrievers search the whole corpus){also} discarded: the pipeline returns what it returns without "
+            f"{a}; to combine the rankings, make the retrievers of {a} branches of one parallel with the others; "
+            f"else drop {a}", path=b)
     which = {"parallel": "every branch of this parallel", "route": "every branch of this route (and its default)",
              "loop": "this loop's body"}.get(second.name, "every path through this step")
     also = f" and what {', '.join(f'{w}.{s.name}' for s, w in between)} did to it are" if between else " is"
@@ -539,8 +594,17 @@ def _discarded_ranking(first: Operator, at_first: str, second: Operator, at_seco
     """The error for the retriever ``second`` (at ``at_second``) after the retriever ``first``, with only the
     filters and rerankers ``between`` (``(step, path)`` pairs) between them: it searches the whole corpus again, so
     the pipeline returns what ``second`` alone returns, ``first``'s ranking (and what ``between`` did to it)
-    unread."""
-    a, b = f"{at_first}.{first.name}", f"{at_second}.{second.name}"
+    unread.  ``first`` may be a pipeline or parallel that only makes rankings (:func:`_ranking_maker`)."""
+    a, b = _at_step(first, at_first), f"{at_second}.{second.name}"
+    if isinstance(first, Composite):
+        also = f" and what {', '.join(_at_step(s, w) for s, w in between)} did to them are" if between else " are"
+        return ConfigError(
+            f"{b}: {second.name} (retriever) searches the whole corpus and replaces the rankings that reach it, so "
+            f"the rankings {a} makes (it only makes rankings: its retrievers search the whole corpus){also} "
+            f"discarded and the pipeline returns what {b} alone returns (a retriever does not rerank the candidates "
+            f"of another, nor search only the documents the steps before it kept); to combine the rankings, make "
+            f"{second.name} another branch of a parallel with the retrievers of {a}; to keep what {a} gives, end "
+            f"the list before {b}; else drop one of the two", path=b)
     if not between:
         return ConfigError(
             f"{b}: {second.name} (retriever) searches the whole corpus and replaces the rankings that reach it, so "

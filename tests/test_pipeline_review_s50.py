@@ -1,15 +1,18 @@
-"""Review findings (s50) on pipelines: a route whose ``default:`` is a branch label read back from YAML and from a
-saved folder (was: "branches ['x'] can never run"), and a save that refuses, before it writes anything, a
-pipeline.yaml this ragkit would not load."""
+"""Review findings (s50) on pipelines, a section each: a route whose ``default:`` is a branch label, and a save
+that refuses a pipeline.yaml this ragkit would not load; a retriever after a pipeline or parallel that only makes
+rankings; a route branch that several labels reach, run once; ``max_iters``, one check in Python and YAML; the
+hint for route branches written as a list of steps."""
 
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 
 import pytest
 
 from ragkit.errors import ConfigError
+from ragkit.filters import TopK
 from ragkit.pipelines import Pipeline, Route, RuleRouter, store as store_module
 from ragkit.pipelines.yaml import load_yaml
 from ragkit.retrievers import BM25
@@ -83,4 +86,44 @@ def test_save_check_says_no_route_note_again(corpus: Corpus, tmp_path: Path,
     with caplog.at_level(logging.WARNING, logger="ragkit"):
         Pipeline.load(tmp_path / "p")  # (the load says it, as it builds the route)
     assert len([r for r in caplog.records if r.getMessage().startswith("route:")]) == 1
+
+
+# ------------------------------------------------------------------ 2. a ranking discarded after a composite
+@pytest.mark.parametrize(("steps", "path"), [
+    ([BM25(k=3) + BM25(k=3, b=0.1), TopK(k=2), BM25(k=4, b=0.3)], "pipeline[2].bm25"),
+    ([Pipeline([BM25(k=3)]), BM25(k=4, b=0.3)], "pipeline[1].bm25"),
+    ([Pipeline([BM25(k=3), TopK(k=2)]), BM25(k=4, b=0.3)], "pipeline[1].bm25"),
+    ([BM25(k=3) + BM25(k=3, b=0.1), Pipeline([BM25(k=4, b=0.3)])], "pipeline[1]"),
+])
+def test_retriever_after_a_ranking_only_composite_refused_at_fit(corpus: Corpus, steps: list, path: str) -> None:
+    with pytest.raises(ConfigError, match=rf"^{re.escape(path)}: .*discarded") as e:
+        Pipeline(steps).fit(corpus)
+    assert e.value.path == path
+
+
+@pytest.mark.parametrize(("text", "path"), [
+    ("[parallel: {branches: [bm25: {k: 3}, bm25: {k: 3, b: 0.1}]}, top_k: {k: 2}, bm25: {k: 4, b: 0.3}]",
+     "pipeline[2].bm25"),
+    ("[[bm25: {k: 3}], bm25: {k: 4, b: 0.3}]", "pipeline[1].bm25"),
+])
+def test_retriever_after_a_ranking_only_composite_refused_in_yaml(text: str, path: str) -> None:
+    with pytest.raises(ConfigError, match=rf"^{re.escape(path)}: bm25 \(retriever\) searches the whole corpus .*the "
+                                          r"rankings pipeline\[0\](\.parallel)? makes .* are discarded") as e:
+        load_yaml(f"pipeline: {text}")
+    assert e.value.path == path
+
+
+@pytest.mark.parametrize("text", [
+    "[[bm25: {k: 3}, prf: {}], bm25: {k: 4}]",  # the composite rewrites the query the bm25 after it reads
+    "[bm25: {k: 3}, [top_k: {k: 2}, maxsim: {}], top_k: {k: 1}]",  # no retriever after
+    "[[bm25: {k: 3}], top_k: {k: 2}]",
+    "[[bm25: {k: 3}], mmr: {}]",
+])
+def test_composites_that_do_more_than_rank_or_no_later_retriever_accepted(text: str) -> None:
+    load_yaml(f"pipeline: {text}")
+
+
+def test_a_composite_that_keeps_the_rankings_reaching_it_is_not_one_that_only_makes_rankings() -> None:
+    # a branch of the parallel keeps what reaches it: the look-back stops there, as before
+    load_yaml("pipeline: [bm25: {k: 10}, parallel: {branches: [[bm25: {k: 5}], [top_k: {k: 5}]]}, bm25: {k: 3}]")
 
