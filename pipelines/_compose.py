@@ -1541,13 +1541,18 @@ class Route(Composite):
         """The route on ``state`` (see :meth:`_call`)."""
         here = _at(path, "route")
         labelled, labels = self._route(state, here)
-        # the positions of each label's queries, labels in order of first appearance (one numpy pass)
+        # the positions of each branch's queries, branches in order of first appearance: the labels that run one
+        # branch object (those without a branch of their own, sent to the default; labels given one object) run
+        # it once, on all their queries (one numpy pass over the labels)
         uniq, first, inv = np.unique(np.array(labels, dtype=object), return_index=True, return_inverse=True)
         inv = inv.reshape(-1)
-        parts = []
+        groups: dict[int, tuple[Operator, str, list[int]]] = {}  # id(branch) -> branch, path, label numbers
         for g in np.argsort(first, kind="stable"):
-            idx = np.flatnonzero(inv == g).tolist()
             branch, where = self._branch_for(str(uniq[g]), here)
+            groups.setdefault(id(branch), (branch, where, []))[2].append(int(g))
+        parts = []
+        for branch, where, codes in groups.values():
+            idx = np.flatnonzero(np.isin(inv, codes)).tolist()
             parts.append((idx, run_step(branch, labelled.subset(idx), where)))
         out = merge_parts(labelled, parts)
         for key in QUERY_REWRITES:

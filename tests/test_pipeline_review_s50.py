@@ -127,3 +127,39 @@ def test_a_composite_that_keeps_the_rankings_reaching_it_is_not_one_that_only_ma
     # a branch of the parallel keeps what reaches it: the look-back stops there, as before
     load_yaml("pipeline: [bm25: {k: 10}, parallel: {branches: [[bm25: {k: 5}], [top_k: {k: 5}]]}, bm25: {k: 3}]")
 
+
+# ------------------------------------------------------------------ 3. a shared route branch runs once
+def _trace_counts(pipe: Pipeline, queries: list[str]) -> tuple[list[tuple[str, int]], list[list[str]], list[str]]:
+    run = pipe.search(queries, trace=True)
+    events = [(e.path, e.n_queries) for e in run.trace]
+    return events, [list(map(str, d)) for d in run.doc_ids], list(run.values["route"])
+
+
+def test_route_runs_the_default_once_for_all_labels_sent_to_it(corpus: Corpus) -> None:
+    # 'x' and 'y' have no branch: both go to the default, in one batch (was: once per label)
+    router = RuleRouter(rules=[{"label": "short", "max_words": 1}, {"label": "x", "max_words": 2}], default="y")
+    pipe = Pipeline(Route(router, {"short": BM25(k=1)}, default=BM25(k=2))).fit(corpus)
+    queries = ["cat mat", "dogs", "red pets cats", "fox", "cat mat"]
+    events, ranked, labels = _trace_counts(pipe, queries)
+    assert labels == ["x", "short", "y", "short", "x"]
+    default_runs = [n for p, n in events if p == "pipeline[0].route.default.bm25"]
+    assert default_runs == [3]
+    assert [n for p, n in events if p == "pipeline[0].route.branches.short.bm25"] == [2]
+    alone = Pipeline([BM25(k=2)]).fit(corpus)
+    for q, labels_of, docs in zip(queries, labels, ranked):
+        assert docs == (_ranked_one(alone, q) if labels_of != "short" else _ranked_one(Pipeline([BM25(k=1)]).fit(
+            corpus), q))
+
+
+def _ranked_one(pipe: Pipeline, query: str) -> list[str]:
+    return list(map(str, pipe.search([query]).doc_ids[0]))
+
+
+def test_route_runs_a_default_label_branch_once_for_its_label_and_the_unbranched(corpus: Corpus) -> None:
+    router = RuleRouter(rules=[{"label": "short", "max_words": 1}, {"label": "x", "max_words": 2}], default="y")
+    pipe = Pipeline(Route(router, {"short": BM25(k=1), "x": BM25(k=2)}, default="x")).fit(corpus)
+    events, _, labels = _trace_counts(pipe, ["red pets cats", "cat mat", "dogs"])
+    assert labels == ["y", "x", "short"]
+    assert [(p, n) for p, n in events if p.endswith(".bm25")] == [
+        ("pipeline[0].route.branches.x.bm25", 2), ("pipeline[0].route.branches.short.bm25", 1)]
+

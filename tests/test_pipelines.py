@@ -1387,10 +1387,12 @@ def test_trace_quality_is_what_evaluate_reports():
     router = RuleRouter(rules=[{"label": "one", "max_words": 1}, {"label": "three", "min_words": 3}], default="two")
     pipe = Pipeline([Route(router, {"one": [BM25(k=2)]}, default=[BM25(k=2)])]).fit(c)
     qs = Queries(["q1", "q2", "q3", "q4"], ["apple", "banana split now", "cherry tart", "date loaf"])
-    qrels = {"q2": {"d1": 1}, "q3": {"d3": 1}}  # q1 and q4 unjudged; q2 and q3 take the default in two parts
+    # q1 and q4 unjudged; q2, q3 and q4 take the default under two labels, in one call (it ran once per label before
+    # review s50: two parts, whose rows the trace merged)
+    qrels = {"q2": {"d1": 1}, "q3": {"d3": 1}}
     run = pipe.search(qs, trace=True, qrels=qrels)
     *_, last, route = aggregate_trace(run.trace)  # the route's own row last: its output over all its queries
-    assert last.path == "pipeline[0].route.default[0].bm25" and last.calls == 2
+    assert last.path == "pipeline[0].route.default[0].bm25" and last.calls == 1 and last.queries == 3
     assert last.recall == route.recall == evaluate(run, qrels, ["recall@100"])["recall@100"] == 0.5
     assert route.path == "pipeline[0].route" and route.queries == 4
 
