@@ -34,6 +34,7 @@ from typing import (
 )
 
 import numpy as np
+import pydantic
 
 from ragkit._files import user_path
 from ragkit.errors import ArtifactError, DataError, InputTypeError, NotFittedError, ParamError, RagkitError, some_ids
@@ -1568,6 +1569,31 @@ class Route(Composite):
         return call_checked(self, state, self._call)
 
 
+_LAX_INT = pydantic.TypeAdapter(int)
+
+
+def lax_int(value: Any) -> int | None:
+    """``value`` read as an integer the way an operator's parameters read one (pydantic's lax int: an
+    integral number, or a string of one: ``3``, ``3.0``, ``"3"``); None for anything else, a boolean too."""
+    if isinstance(value, (bool, np.bool_)):
+        return None
+    try:
+        return _LAX_INT.validate_python(value)
+    except pydantic.ValidationError:
+        return None
+
+
+def max_iters_problem(value: Any) -> str | None:
+    """Why ``value`` is no loop's ``max_iters`` (an integer from 1 to :data:`MAX_LOOP_ITERS`, read as
+    :func:`lax_int` reads one, as an operator's integer parameters are: ``"3"`` and ``3.0`` are 3), or ``None``:
+    the one check of :class:`Loop` and of a YAML ``loop:``, which places it at its path in the file."""
+    n = lax_int(value)
+    if n is not None and 1 <= n <= MAX_LOOP_ITERS:
+        return None
+    return (f"expected an integer from 1 to {MAX_LOOP_ITERS:,} (each iteration runs the body over the queries still "
+            f"looping), got {value!r}")
+
+
 class Loop(Composite):
     """Looping flow: run ``body`` per query until the judge says done or ``max_iters`` runs.
 
@@ -1606,13 +1632,14 @@ class Loop(Composite):
     def __init__(self, body: Operator | Sequence[Operator], until: Operator,
                  max_iters: int = DEFAULT_MAX_ITERS) -> None:
         super().__init__()
-        if isinstance(max_iters, bool) or not isinstance(max_iters, (int, np.integer)) or not (
-                1 <= max_iters <= MAX_LOOP_ITERS):
-            raise ParamError(f"loop.max_iters: expected an integer from 1 to {MAX_LOOP_ITERS:,} (each iteration runs "
-                             f"the body over the queries still looping), got {max_iters!r}", path="loop.max_iters")
+        problem = max_iters_problem(max_iters)
+        if problem:
+            raise ParamError(f"loop.max_iters: {problem}", path="loop.max_iters")
         self.until = _operator_of_kind(until, "judge", "loop.until", "MaxOnly(), TopKStable(), ScoreReached(...)")
         self.body = _as_pipeline(body, "loop.body")
-        self.max_iters = int(max_iters)
+        n = lax_int(max_iters)
+        assert n is not None  # (else max_iters_problem said so)
+        self.max_iters = n
 
     def children(self) -> list[Operator]:
         return [self.body, self.until]

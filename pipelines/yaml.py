@@ -40,7 +40,6 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, TypeVar
 
-import pydantic
 import yaml
 
 from ragkit import registry
@@ -50,13 +49,13 @@ from ragkit.params import LONG_INT_DIGITS, QUOTE_AS_WRITTEN, validate_params
 from ragkit.pipelines._checks import fuse_weights_problem, route_label_problem_at, unranked_router
 from ragkit.pipelines._compose import (
     DEFAULT_MAX_ITERS,
-    MAX_LOOP_ITERS,
     Composite,
     Loop,
     Parallel,
     Pipeline,
     Route,
     _second_generator,
+    max_iters_problem,
     unique_names,
 )
 
@@ -1307,28 +1306,13 @@ def _build_loop(body: Mapping[str, Any], here: str, make_leaf: LeafFactory, prob
         until = problems.attempt("until", lambda: _need_kind(
             build(body["until"], f"{here}.until", make_leaf, expect="judge"), "judge", f"{here}.until"))
     given = body.get("max_iters", DEFAULT_MAX_ITERS)
-    n = _lax_int(given)
-    if n is None or not 1 <= n <= MAX_LOOP_ITERS:
+    problem = max_iters_problem(given)  # (Loop's own check, placed at its path in the file)
+    if problem:
         why = "; YAML reads unquoted yes/no/on/off/true/false as booleans" if isinstance(given, bool) else ""
-        problems.wrong("max_iters", here, f"expected an integer from 1 to {MAX_LOOP_ITERS:,} (each iteration runs the "
-                                          f"body over the queries still looping), got {given!r}{why}")
+        problems.wrong("max_iters", here, f"{problem}{why}")
     problems.check()
-    assert loop_body is not None and until is not None and n is not None  # (else check raised the problem)
-    return Loop(loop_body, until=until, max_iters=n)
-
-
-_LAX_INT = pydantic.TypeAdapter(int)
-
-
-def _lax_int(value: Any) -> int | None:
-    """``value`` read as an integer the way an operator's parameters read one (pydantic's lax int: an
-    integral number, or a string of one: ``3``, ``3.0``, ``"3"``); None for anything else, a boolean too."""
-    if isinstance(value, bool):
-        return None
-    try:
-        return _LAX_INT.validate_python(value)
-    except pydantic.ValidationError:
-        return None
+    assert loop_body is not None and until is not None  # (else check raised the problem)
+    return Loop(loop_body, until=until, max_iters=given)
 
 
 def _need_kind(op: Operator, kind: str, where: str) -> Operator:

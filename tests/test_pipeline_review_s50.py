@@ -9,11 +9,12 @@ import logging
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from ragkit.errors import ConfigError
+from ragkit.errors import ConfigError, ParamError
 from ragkit.filters import TopK
-from ragkit.pipelines import Pipeline, Route, RuleRouter, store as store_module
+from ragkit.pipelines import Loop, MaxOnly, Pipeline, Route, RuleRouter, store as store_module
 from ragkit.pipelines.yaml import load_yaml
 from ragkit.retrievers import BM25
 from ragkit.types import Corpus
@@ -162,4 +163,29 @@ def test_route_runs_a_default_label_branch_once_for_its_label_and_the_unbranched
     assert labels == ["y", "x", "short"]
     assert [(p, n) for p, n in events if p.endswith(".bm25")] == [
         ("pipeline[0].route.branches.x.bm25", 2), ("pipeline[0].route.branches.short.bm25", 1)]
+
+
+# ------------------------------------------------------------------ 4. max_iters: one check
+@pytest.mark.parametrize(("given", "n"), [("3", 3), (3.0, 3), (" 2 ", 2), (np.int64(4), 4), (7, 7)])
+def test_loop_reads_max_iters_as_yaml_does(given: object, n: int) -> None:
+    loop = Loop(BM25(k=3), until=MaxOnly(), max_iters=given)  # type: ignore[arg-type]
+    assert loop.max_iters == n and type(loop.max_iters) is int
+    assert load_yaml(f"pipeline: [loop: {{body: [bm25: {{k: 3}}], until: {{max_only: {{}}}}, max_iters: {given!r}}}]"
+                     if not isinstance(given, np.integer) else
+                     f"pipeline: [loop: {{body: [bm25: {{k: 3}}], until: {{max_only: {{}}}}, max_iters: {n}}}]"
+                     ).steps[0].max_iters == n
+
+
+@pytest.mark.parametrize("given", ["0", 1001, 3.5, True, np.True_, "x", None, [3]])
+def test_loop_refuses_max_iters_as_yaml_does(given: object) -> None:
+    with pytest.raises(ParamError, match=r"^loop\.max_iters: expected an integer from 1 to 1,000 \(each iteration runs "
+                                         rf"the body over the queries still looping\), got {re.escape(repr(given))}$"):
+        Loop(BM25(k=3), until=MaxOnly(), max_iters=given)  # type: ignore[arg-type]
+
+
+def test_yaml_max_iters_error_is_placed_at_its_path() -> None:
+    with pytest.raises(ConfigError, match=r"^pipeline\[1\]\.loop\.max_iters: expected an integer from 1 to 1,000 .*"
+                                          r"got '0'$") as e:
+        load_yaml("pipeline: [bm25: {}, loop: {body: [prf: {}, bm25: {}], until: {max_only: {}}, max_iters: '0'}]")
+    assert e.value.path == "pipeline[1].loop.max_iters"
 
