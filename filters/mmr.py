@@ -34,9 +34,15 @@ from ragkit.params import ModelName, Params
 from ragkit.registry import register
 from ragkit.types import Corpus, Ranking, State, TrainSet
 
-__all__ = ["MMR", "MMRParams", "mmr_select", "mmr_select_cosines"]
+__all__ = ["MMR", "MMRParams", "mmr_select", "mmr_select_cosines", "TIE_TOLERANCE"]
 
 _log = logging.getLogger("ragkit")
+
+#: MMR's objectives (in [-1, 1]) within this of the best tie, and a tie goes to the earliest document of the pool
+#: (the incoming rank).  Float32 cosines of one document from two computations (MMR's batched GEMM, the dense
+#: retriever's index) differ by a few 1e-6 at dim 768, as :func:`~ragkit.filters._flat.check_dense_rankings`'s
+#: 1e-5 allows: with 1e-6, ``Dense(k=30) | MMR(k=30, lambda_mult=1)`` still reordered 146 of 500 hashed queries.
+TIE_TOLERANCE = 1e-5
 
 
 class MMRParams(Params):
@@ -67,6 +73,10 @@ def mmr_select(q: np.ndarray, pool: np.ndarray, valid: np.ndarray, vectors: np.n
     k : documents to select per query.
     lambda_mult : weight of relevance ``cos(q, d)`` against ``max cos(d, chosen)``.
 
+    Each step picks the available document of the highest objective; objectives within
+    :data:`TIE_TOLERANCE` (1e-5, float32 rounding) of the highest tie, and a tie goes to the lowest pool
+    position, so ``lambda_mult=1`` keeps a pool sorted by cosine in its order.
+
     Returns
     -------
     (n_q, min(k, F)) int64 positions into ``pool`` in selection order (-1 once a pool is exhausted).
@@ -80,7 +90,7 @@ def mmr_select_cosines(q: np.ndarray, pool: np.ndarray, valid: np.ndarray, vecto
 
     ``sel`` is :func:`mmr_select`'s ``(n_q, min(k, F))`` int64 positions into ``pool`` (-1 once a pool is
     exhausted); ``cos`` the ``(n_q, min(k, F))`` float32 cosines of those documents (0 where ``sel`` is -1),
-    the very values the relevance term was computed from (no second gather of the vectors).
+    the values the relevance term was computed from (summed in float64, then rounded; no second gather).
 
     Memory: the gathered documents ``(n_q, F, dim)`` and their similarities ``(n_q, F, F)`` (float32 both),
     so callers bound ``n_q`` per call (:class:`MMR` takes ``2**26 // (F * (F + dim))`` queries at a time).
@@ -92,32 +102,35 @@ def mmr_select_cosines(q: np.ndarray, pool: np.ndarray, valid: np.ndarray, vecto
         return sel, np.zeros((n_q, k), np.float32)
     import torch  # batched GEMM: torch.bmm runs at BLAS speed, numpy's einsum / stacked matmul several times slower
 
-    d = torch.from_numpy(np.ascontiguousarray(vectors[np.where(valid, pool, 0)], np.float32))  # (n_q, F, dim)
-    qt = torch.from_numpy(np.ascontiguousarray(q, np.float32))
+    block = np.ascontiguousarray(vectors[np.where(valid, pool, 0)], np.float32)  # (n_q, F, dim)
+    # the cosines summed in float64 (einsum casts in small buffers: no float64 copy of the block): torch's
+    # float32 matrix-vector product was off by up to 1e-5 at dim 768, more than the tie tolerance allows
+    rel = np.einsum("qfd,qd->qf", block, np.asarray(q, np.float32), dtype=np.float64)  # (n_q, F)
+    d = torch.from_numpy(block)
     with torch.inference_mode():
-        rel32 = torch.bmm(d, qt[:, :, None])[..., 0].numpy()  # (n_q, F) float32 cosines
         sim = torch.bmm(d, d.transpose(1, 2)).numpy()  # (n_q, F, F)
-    del d  # the (n_q, F, dim) block: the greedy steps read rel and sim only
-    rel = rel32.astype(np.float64)
+    del d, block  # the (n_q, F, dim) block: the greedy steps read rel and sim only
     maxsim = np.zeros((n_q, f))
     avail = valid.copy()
     ar = np.arange(n_q)
     first = True
     for t in range(k):  # k greedy steps, each vectorised over the batch
         obj = rel if first else lambda_mult * rel - (1 - lambda_mult) * maxsim
-        obj = np.where(avail, obj, -np.inf)
-        # an exact tie goes to the lowest pool position (= incoming rank); but rel and sim come from float32
-        # GEMMs, whose rounding can differ in the last bit between two copies of one vector, so copies (and
-        # other near-exact ties) are ordered by that rounding, not by pool position
-        pick = np.argmax(obj, axis=1)
+        obj = np.where(avail & ~np.isnan(obj), obj, -np.inf)  # (a NaN, never from unit rows, comes last)
+        # a near-tie goes to the lowest pool position (= the incoming rank): rel and sim come from float32 GEMMs,
+        # whose rounding differs between two documents of one cosine (and from the retriever's), so an objective
+        # within TIE_TOLERANCE of the best ties with it.  An exhausted pool (best -inf) picks no available
+        # position: argmax of all False is 0, not available, so -1 below
+        best = obj.max(axis=1, keepdims=True)
+        pick = np.argmax((obj >= best - TIE_TOLERANCE) & avail, axis=1)
         ok = avail[ar, pick]
         sel[:, t] = np.where(ok, pick, -1)
         avail[ar[ok], pick[ok]] = False
         row_sim = sim[ar, pick]  # (n_q, F)
         maxsim = np.where(ok[:, None], np.maximum(maxsim, row_sim) if not first else row_sim, maxsim)
         first = False
-    cos = np.where(sel >= 0, np.take_along_axis(rel32, np.maximum(sel, 0), axis=1), np.float32(0))
-    return sel, cos.astype(np.float32, copy=False)
+    cos = np.where(sel >= 0, np.take_along_axis(rel, np.maximum(sel, 0), axis=1), 0.0)
+    return sel, cos.astype(np.float32)
 
 
 def _repeats(pool: np.ndarray, valid: np.ndarray) -> np.ndarray:
@@ -141,8 +154,10 @@ class MMR(Operator):
     Takes the first ``fetch_k`` documents of the incoming ranking (its first occurrence of each:
     a repeated row is dropped) and greedily picks ``k``: the
     first is the most similar to the query, each next one maximises
-    ``lambda_mult * cos(q, d) - (1 - lambda_mult) * max_{s chosen} cos(d, s)``.  Cosines use the
-    model's unit vectors (``(N, d)`` float32 cached at fit).  The output order is the selection
+    ``lambda_mult * cos(q, d) - (1 - lambda_mult) * max_{s chosen} cos(d, s)``; objectives within 1e-5
+    (float32 rounding of the cosines, :data:`TIE_TOLERANCE`) tie, and a tie goes to the document ranked
+    first by the retriever, so ``Dense(k=10) | MMR(k=10, lambda_mult=1.0)`` returns dense's order.
+    Cosines use the model's unit vectors (``(N, d)`` float32 cached at fit).  The output order is the selection
     order, so its ``scores`` are rank scores ``(n - i) / n`` (best first, float32) and the cosine
     ``q . d`` is in ``fields["cosine"]``.
 

@@ -8,9 +8,11 @@ from __future__ import annotations
 import tracemalloc
 
 import numpy as np
+import pytest
 
 from ragkit.encoders import HashingEncoder, register_encoder
 from ragkit.filters.mmr import MMR
+from ragkit.retrievers import Dense
 from ragkit.types import Corpus, Ranking, State
 
 register_encoder("review-s50-hash768", HashingEncoder(dim=768), replace=True)
@@ -41,3 +43,46 @@ def test_mmr_memory_bound_counts_the_gathered_document_block():
     q = HashingEncoder(dim=768).encode(state.texts())
     r = out.rankings[7]
     np.testing.assert_allclose(r.fields["cosine"], v[r.rows] @ q[7], atol=1e-5)  # the cosines q . d (float32 rounding)
+
+
+# ---------------------------------------------------------------------- 2. MMR's near-ties
+def _hashed_corpus(n: int = 2000, seed: int = 1) -> tuple[Corpus, list[str]]:
+    rng = np.random.default_rng(seed)
+    vocab = [f"w{i}" for i in range(200)]
+    texts = [" ".join(rng.choice(vocab, rng.integers(3, 30))) for _ in range(n)]
+    queries = [" ".join(rng.choice(vocab, rng.integers(1, 4))) for _ in range(200)]
+    return Corpus([str(i) for i in range(n)], texts), queries
+
+
+@pytest.mark.parametrize("model", ["review-s50-hash64", "review-s50-hash768"])
+def test_mmr_lambda_one_returns_the_incoming_order(model):
+    """``Dense(k=10) | MMR(k=10, lambda_mult=1.0)`` reordered documents whose cosines differ by float32 rounding
+    (0.73036224 vs 0.7303623: hashed bags of words share many cosines), most queries at dim 768.  Near-ties
+    now go to the incoming rank: pure relevance is the dense retriever's order."""
+    corpus, queries = _hashed_corpus()
+    dense = Dense(k=30, model=model).fit(corpus)
+    pipe = dense | MMR(k=30, lambda_mult=1.0, model=model).fit(corpus)
+    want, got = dense.search(queries), pipe.search(queries)
+    for i in range(len(queries)):
+        assert got.doc_ids[i].tolist() == want.doc_ids[i].tolist(), queries[i]
+        np.testing.assert_allclose(got.rankings[i].fields["cosine"], want.rankings[i].scores, atol=1e-5)
+
+
+def test_mmr_select_near_ties_go_to_the_lowest_pool_position_and_a_nan_comes_last():
+    """Objectives within 1e-5 tie: the earlier pool position first, at lambda 1 and below; a clear lead still
+    wins; a NaN cosine (never from unit rows) is picked after every number, and padding never."""
+    from ragkit.filters.mmr import mmr_select
+
+    vecs = np.eye(4, 8, dtype=np.float32)  # orthogonal unit documents: each cosine is one query coordinate
+    q = np.array([[0.5, 0.5 + 4e-6, 0.5 + 8e-6, 0.5]], np.float32)  # four near-ties, rising in pool order
+    q = np.pad(q, ((0, 0), (0, 4)))
+    pool = np.array([[0, 1, 2, 3]])
+    valid = np.ones((1, 4), bool)
+    assert mmr_select(q, pool, valid, vecs, 4, 1.0)[0].tolist() == [0, 1, 2, 3]
+    assert mmr_select(q, pool, valid, vecs, 4, 0.5)[0].tolist() == [0, 1, 2, 3]  # orthogonal: no redundancy
+    q[0, 3] = 0.6  # a clear lead
+    assert mmr_select(q, pool, valid, vecs, 4, 1.0)[0].tolist() == [3, 0, 1, 2]
+    vecs = vecs.copy()
+    vecs[1] = np.nan
+    valid[0, 2] = False
+    assert mmr_select(q, pool, valid, vecs, 4, 1.0)[0].tolist() == [3, 0, 1, -1]
