@@ -1226,6 +1226,12 @@ def _quote_forms(value: Any) -> str:
 def _labelled_hint(branches: Any) -> str:
     """For a route's branches written as something else than a mapping: the mapping of labels they were likely
     meant to be (a list of ``- label: [...]`` items is that mapping without the '- ')."""
+    if isinstance(branches, list) and branches and all(isinstance(x, Mapping) and x for x in branches) and all(
+            _all_operators(x) for x in branches):  # steps, not labels: `branches: {bm25: {}}` names no label
+        names = ["short", "long", *(f"label{i}" for i in range(3, len(branches) + 1))]
+        labelled = ", ".join(f"{name}: {_flow_step([step])}" for name, step in zip(names, branches))
+        return (f"; these are steps, and a route's branches are a mapping of label: steps, a label the router gives "
+                f"(its queries run the steps) before each: e.g. `branches: {{{labelled}}}`")
     if isinstance(branches, list) and branches and all(isinstance(x, Mapping) for x in branches):
         merged = {k: _steps_of(v) for x in branches for k, v in x.items()}
         return (f"; a route's branches are a mapping of label: steps, not a list: drop the '- ' before each label, "

@@ -189,3 +189,28 @@ def test_yaml_max_iters_error_is_placed_at_its_path() -> None:
         load_yaml("pipeline: [bm25: {}, loop: {body: [prf: {}, bm25: {}], until: {max_only: {}}, max_iters: '0'}]")
     assert e.value.path == "pipeline[1].loop.max_iters"
 
+
+# ------------------------------------------------------------------ 5. route branches written as a list of steps
+_ROUTE = "pipeline: [route: {{router: {{rule_router: {{rules: [{{label: short, max_words: 1}}], default: long}}}}, " \
+         "branches: {branches}}}]"
+
+
+@pytest.mark.parametrize(("branches", "suggested"), [
+    ("[bm25: {}]", "{short: [bm25: {}]}"),
+    ("[bm25: {k: 3}, dense: {}]", "{short: [bm25: {k: 3}], long: [dense: {}]}"),
+])
+def test_route_branches_written_as_steps_get_a_hint_with_labels_that_loads(branches: str, suggested: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        load_yaml(_ROUTE.format(branches=branches))
+    said = str(e.value)
+    assert said.startswith("pipeline[0].route.branches: expected a mapping of label -> pipeline, got ")
+    assert "these are steps" in said and f"e.g. `branches: {suggested}`" in said, said
+    assert "drop the '- '" not in said
+    if "long" in suggested:  # what it suggests loads (the router gives both labels)
+        load_yaml(_ROUTE.format(branches=suggested))
+
+
+def test_route_branches_written_as_a_list_of_labels_keep_their_hint() -> None:
+    with pytest.raises(ConfigError, match=r"drop the '- ' before each label, e\.g\. `branches: \{short: \[\{bm25: "
+                                          r"\{\}\}\], long: \[\{bm25: \{\}\}\]\}`"):
+        load_yaml(_ROUTE.format(branches="[short: [bm25: {}], long: [bm25: {}]]"))
