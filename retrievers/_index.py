@@ -120,6 +120,26 @@ B1_WIDEN = 4
 GRAPH_DEAD_FRACTION = 0.25
 
 
+def _dead_slots(dead: np.ndarray | None, n: int) -> np.ndarray | None:
+    """The ``dead`` slots given to a build of ``n`` vectors, sorted and distinct (int64), or None for none; a slot
+    outside ``[0, n)`` is a :class:`DataError`."""
+    if dead is None:
+        return None
+    rows = np.unique(np.asarray(dead, dtype=np.int64).reshape(-1))
+    if len(rows) and (rows[0] < 0 or rows[-1] >= n):
+        raise DataError(f"VectorIndex.build: dead slots must be slots of the {n} vectors built, in [0, {n}), got "
+                        f"{rows.tolist()[:10]}")
+    return rows if len(rows) else None
+
+
+def _alive_of(n: int, dead: np.ndarray | None) -> np.ndarray:
+    """``(n,)`` bool: the slots of a build of ``n`` vectors that are live, all but the ``dead`` ones."""
+    alive = np.ones(n, dtype=bool)
+    if dead is not None:
+        alive[dead] = False
+    return alive
+
+
 def check_finite_vectors(x: np.ndarray, who: str, what: str) -> None:
     """DataError naming ``who`` when a row of ``x`` ``(n, d)`` (``what`` vectors: query, document)
     holds NaN or inf: it would score nothing, or spoil a fit, silently."""
@@ -352,8 +372,13 @@ class VectorIndex:
     _stored_codes_of = _quantize._stored_codes_of
 
     # ------------------------------------------------------------------ build / add / remove
-    def build(self, vectors: np.ndarray, *, copy: bool = True) -> "VectorIndex":
+    def build(self, vectors: np.ndarray, *, copy: bool = True, dead: np.ndarray | None = None) -> "VectorIndex":
         """Index ``vectors`` (n, d) float as slots ``0..n-1``; fits PCA / int8 calibration on them.
+
+        ``dead`` (slots, int): slots built removed, as :meth:`remove` then :meth:`rebuild_graph` would leave them,
+        in one graph build: the transforms are fitted on every vector (theirs too), and an HNSW graph holds only
+        the live slots, inserted as :meth:`rebuild_graph` inserts them (the same graph, built once).  MUVERA builds
+        its documents without tokens (blank ones) so.
 
         ``copy=False`` hands ``vectors`` over to the index, for a caller that will neither use nor
         modify them again (saves a copy of the corpus): a writable float32 array is normalised in
@@ -368,6 +393,7 @@ class VectorIndex:
         given = np.asarray(vectors)
         if given.ndim != 2 or not np.issubdtype(given.dtype, np.floating):
             raise DataError(f"VectorIndex.build expects a 2-D float array (n, dim), got {given.dtype} {given.shape}")
+        dead_rows = _dead_slots(dead, len(given))
         for a in range(0, len(given), BLOCK):  # blocks: no (n, d) bool temporary
             if not np.isfinite(given[a:a + BLOCK]).all():
                 raise DataError("VectorIndex.build: the vectors contain NaN or infinite values")
@@ -380,7 +406,7 @@ class VectorIndex:
             # time (b1 codes of 200,000 x 384: build +63 MB, not +309 MB; the same codes), into a buffer with
             # :meth:`_grown_codes`'s headroom (the first add copies nothing)
             return self.build_chunks(n, dim, lambda: ((a, min(n, a + BLOCK), np.array(given[a:a + BLOCK], np.float32))
-                                                      for a in range(0, n, BLOCK)))
+                                                      for a in range(0, n, BLOCK)), dead=dead_rows)
         full = np.asarray(given, dtype=np.float32)
         # a float32 copy made just above is ours to normalise in place, and so is a handed-over array
         ours = not np.may_share_memory(full, given) or (not copy and full.flags.writeable)
@@ -391,7 +417,7 @@ class VectorIndex:
         x = self._fit_transforms(full)
         self.ndim = int(x.shape[1])
         self._check_f16_range(x, "build")
-        self.alive = np.ones(n, dtype=bool)
+        self.alive = _alive_of(n, dead_rows)
         self.codes = None
         self.usearch = None
         self._graph_free = False
@@ -400,9 +426,15 @@ class VectorIndex:
             # f32 / no reduction: ``codes`` can be the caller's own array; never keep it (a caller
             # reusing its buffer would change the index).  may_share_memory: a bounds check, no search
             self.codes = codes.copy() if copy and np.may_share_memory(codes, vectors) else codes
-        else:
+        elif dead_rows is None:
             self.usearch = self._new_usearch()
             self._add_to_graph(np.arange(n, dtype=np.int64), x)
+        else:  # the graph of the live slots, as rebuild_graph builds it after a remove: their codes (usearch's, as
+            # it would hand them back) inserted in the order of those codes
+            live = np.flatnonzero(self.alive)
+            self.usearch = self._new_usearch()
+            self._view = False
+            self._insert_codes(live, self._codes(x[live], for_usearch=True, inplace=True))
         self.floats = None
         if self.rescore:
             self.floats = self._write_floats(full)
@@ -416,8 +448,8 @@ class VectorIndex:
             return "numpy" if n <= self.exact_max else "hnsw"
         return "numpy" if self.search_mode == "exact" else "hnsw"
 
-    def build_chunks(self, n: int, dim: int,
-                     chunks: Callable[[], Iterable[tuple[int, int, np.ndarray]]]) -> "VectorIndex":
+    def build_chunks(self, n: int, dim: int, chunks: Callable[[], Iterable[tuple[int, int, np.ndarray]]], *,
+                     dead: np.ndarray | None = None) -> "VectorIndex":
         """:meth:`build` of ``n`` vectors of ``dim`` dimensions handed over chunk by chunk, for a caller that
         computes them (MUVERA's document FDEs): ``chunks()`` yields ``(lo, hi, rows)``, the float vectors
         ``lo:hi`` in order, each ``rows`` array the index's to modify.
@@ -429,9 +461,10 @@ class VectorIndex:
         then the codes are made in the second; the chunks must be the same both times.  The index is the
         one :meth:`build` makes of the vectors, code for code.  An HNSW graph (its insertion order clusters
         all the vectors), a PCA or ``rescore`` (their float vectors) gather the chunks into one float32
-        matrix and :meth:`build` it, as before.
+        matrix and :meth:`build` it, as before.  ``dead``: slots built removed, as :meth:`build` takes them.
         """
         n, dim = int(n), int(dim)
+        dead_rows = _dead_slots(dead, n)
         backend = self._backend_for(n)
 
         def each() -> Iterator[np.ndarray]:
@@ -455,7 +488,7 @@ class VectorIndex:
             for rows in each():
                 full[at:at + len(rows)] = rows
                 at += len(rows)
-            return self.build(full, copy=False)
+            return self.build(full, copy=False, dead=dead_rows)
         self.d_in = self.ndim = dim
         self.backend = "numpy"
         if self.dtype == "i8":  # the calibration first: the range of every vector
@@ -479,7 +512,7 @@ class VectorIndex:
             codes[at:at + len(rows)] = self._stored_codes_of(rows)
             at += len(rows)
         self.codes = codes
-        self.alive = np.ones(n, dtype=bool)
+        self.alive = _alive_of(n, dead_rows)
         self.usearch = None
         self.floats = None
         self.built = True
@@ -730,6 +763,11 @@ class VectorIndex:
                              connectivity=graph.connectivity, expansion_add=self.expansion_add,
                              expansion_search=self.expansion_search)
         self._view = False
+        self._insert_codes(keys, codes)
+
+    def _insert_codes(self, keys: np.ndarray, codes: np.ndarray) -> None:
+        """Add ``codes`` (the graph's own codes, as usearch hands them back) to the (new) HNSW graph under ``keys``,
+        in :func:`~ragkit.retrievers._locality.insertion_order` of those codes when ``reorder``."""
         if not len(keys):
             return
         if self.reorder:

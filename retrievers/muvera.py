@@ -366,14 +366,14 @@ class Muvera(TokenOperatorMixin, Operator):
             self.codebook_, self.codes_, self.code_offsets_ = build_codes(
                 self.tokens_.data, self.tokens_.offsets, p.centroids, seed=p.seed, cache_key=key)
         tv, cfg = self.tokens_, self.fde_config
+        # a document without tokens (a blank one) is never found: its slot is built removed (saved so), and an
+        # HNSW graph is built without its node (else every search, unfiltered too, would drop it from a wider
+        # shortlist; slots kept: rows of documents), in one build (it was built with them, then rebuilt)
+        empty = np.flatnonzero(np.diff(tv.offsets) == 0)
         # chunk by chunk into the index's storage: never the whole float32 FDE matrix for f16 / i8 exact search
         self.index_ = self._new_index().build_chunks(len(tv), fde_dim(cfg, tv.dim),
-                                                     lambda: fde_document_chunks(tv.data, tv.offsets, cfg))
-        empty = np.flatnonzero(np.diff(tv.offsets) == 0)
-        if len(empty):  # a document without tokens (a blank one) is never found: its slot is removed (saved so)
-            self.index_.remove(empty)
-            if self.index_._graph_dead():  # an HNSW graph without their nodes: else every search, unfiltered
-                self.index_.rebuild_graph()  # too, drops them from a wider shortlist (slots kept: rows of docs)
+                                                     lambda: fde_document_chunks(tv.data, tv.offsets, cfg),
+                                                     dead=empty if len(empty) else None)
 
     def _check_identity_size(self, dim: int) -> None:
         """ParamError when the identity FDE of ``dim``-d tokens exceeds :data:`MAX_FDE_DIM`, or ``d_final``
