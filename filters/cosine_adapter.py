@@ -294,7 +294,8 @@ class CosineAdapter(Operator):
     The list features (``list_features=True``) read each query's first ``depth_`` candidates,
     the most a training query brought: a call with more candidates (``search(k=...)`` above the
     training depth) gives the candidates they share the same probabilities and the same cut; a
-    call with fewer sees a shorter list, whose mean and std differ from training's.
+    call with fewer sees a shorter list, whose mean and std differ from training's (it may drop every
+    candidate): while the corpus holds more documents, a warning says so (once per adapter object).
 
     References
     ----------
@@ -716,6 +717,7 @@ class CosineAdapter(Operator):
         rows, c, lengths, starts, qidx = flatten(state.rankings)
         check_cosines(c, self.name, qidx)
         check_dense_rankings(state.rankings, c, qidx, self.name, ordered=True)  # the kept set is a prefix
+        self._warn_shallow(int(lengths.max()) if len(lengths) else 0)
         qv = query_vectors(out, get_encoder(self.params.model))
         r = self._proba_flat(qv, c, lengths, starts, qidx)
         # r is monotone in the cosine and the list is sorted, so the kept set is a prefix; compared in float64
@@ -725,6 +727,27 @@ class CosineAdapter(Operator):
         out.rankings = cut_prefix(state.rankings, n_keep, new_scores=r.astype(np.float32), starts=starts,
                                   fields={"cosine": c})
         return out
+
+    def _warn_shallow(self, longest: int) -> None:
+        """Warn once per adapter object when its list features read shorter lists than at training: the incoming
+        rankings hold at most ``longest`` candidates, fewer than the training depth ``depth_``, while the corpus
+        holds more (a retriever's k lowered for a call, ``search(q, dense={"k": 1})`` behind ``Dense(k=10)``).
+        The top-1 minus top-10, mean and std of a shorter list are off the training distribution: the
+        probabilities may drop every candidate.  Nothing without list features, or for empty rankings."""
+        depth = getattr(self, "depth_", None)
+        corpus = getattr(self, "corpus_", None)
+        n_docs = len(corpus) if corpus is not None else depth
+        if (not self.params.list_features or depth is None or n_docs is None or longest == 0
+                or longest >= min(depth, n_docs) or self.__dict__.get("_warned_shallow")):
+            return
+        self.__dict__["_warned_shallow"] = True
+        logging.getLogger("ragkit").warning(
+            f"{self.name}: the rankings it filters hold at most {longest} candidate{'' if longest == 1 else 's'}, "
+            f"fewer than the {depth} per query it was trained on (the corpus has {n_docs}): its list features "
+            "(top-1 minus top-10, mean and std of the list) then read shorter lists than at training, so its "
+            "probabilities are off their training distribution and may drop every candidate; give the retriever "
+            f"before it a k of at least {min(depth, n_docs)} (the k it was fitted behind; a filter matching fewer "
+            "documents shortens the lists too), or fit it with list_features=False")
 
     # ------------------------------------------------------------------ updates
     #: it holds nothing per document (its weights read the query and its candidates' cosines): a pipeline whose

@@ -5,6 +5,7 @@ and what, and the per-call counts ``fetch_k`` / ``k_min`` held to the rule of a 
 
 from __future__ import annotations
 
+import logging
 import tracemalloc
 
 import numpy as np
@@ -86,3 +87,39 @@ def test_mmr_select_near_ties_go_to_the_lowest_pool_position_and_a_nan_comes_las
     vecs[1] = np.nan
     valid[0, 2] = False
     assert mmr_select(q, pool, valid, vecs, 4, 1.0)[0].tolist() == [3, 0, 1, -1]
+
+
+# ---------------------------------------------------------------------- 3. the adapter's shallow lists
+def _adapter_pipe(**kw):
+    from ragkit.filters.cosine_adapter import CosineAdapter
+    from ragkit.types import Queries, TrainSet
+
+    corpus = Corpus.from_texts([f"notes on topic{i}" for i in range(40)])
+    train = TrainSet(Queries.from_texts([f"topic{i}" for i in range(30)]), {f"q{i}": {str(i): 1} for i in range(30)})
+    return (Dense(k=10, model="review-s50-hash64")
+            | CosineAdapter(model="review-s50-hash64", target_value=0.9, **kw)).fit(corpus, train)
+
+
+def test_cosine_adapter_warns_once_of_lists_shorter_than_at_training(caplog):
+    """Fitted behind Dense(k=10), ``search(qs, dense={"k": 1})`` dropped every candidate, silently: the list
+    features of one candidate are off their training distribution.  A warning (once per adapter) says so."""
+    pipe = _adapter_pipe()
+    qs = [f"topic{i}" for i in range(30, 40)]
+    with caplog.at_level(logging.WARNING, logger="ragkit"):
+        assert [r.tolist() for r in pipe.search(qs).doc_ids] == [[str(i)] for i in range(30, 40)]
+        assert "fewer than the 10 per query it was trained on" not in caplog.text
+        pipe.search(qs, dense={"k": 1})
+        pipe.search(qs, dense={"k": 3})
+    msgs = [r.getMessage() for r in caplog.records if "it was trained on" in r.getMessage()]
+    assert len(msgs) == 1, msgs
+    assert ("cosine_adapter: the rankings it filters hold at most 1 candidate, fewer than the 10 per query it was "
+            "trained on (the corpus has 40)") in msgs[0]
+    assert "a k of at least 10" in msgs[0]
+
+
+def test_cosine_adapter_no_shallow_warning_without_list_features_or_deeper_lists(caplog):
+    pipe = _adapter_pipe(list_features=False)
+    with caplog.at_level(logging.WARNING, logger="ragkit"):
+        pipe.search(["topic31"], dense={"k": 1})
+        _adapter_pipe().search(["topic31"], dense={"k": 20})  # deeper than at training: the features read 10
+    assert "it was trained on" not in caplog.text
