@@ -1176,20 +1176,12 @@ class Parallel(Composite):
                              f"({fuse.kind}); the branches go in one list: Parallel([a, b], fuse=RRF())",
                              path="parallel.fuse")
         self.fuse = _operator_of_kind(fuse, "fuser", "parallel.fuse", "RRF(), WeightedFusion()")
-        if names is not None:  # (5 failed as a raw "'int' object is not iterable"; a set has no branch order)
-            given = (list(names) if isinstance(names, Iterable)
-                     and not isinstance(names, (str, bytes, Mapping, set, frozenset)) else None)
-            if given is None or not all(isinstance(n, str) for n in given):
-                raise ParamError(f"parallel.names: expected a list of strings (one per branch, in the order of the "
-                                 f"branches), got {names!r:.80} ({type(names).__name__})")
+        if names is not None:
+            given, problem = branch_names_problem(names, len(self.branches))
+            if problem:
+                raise ParamError(f"parallel.names: {problem}", path="parallel.names")
             names = given
         self.names = list(names) if names is not None else unique_names(self.branches)
-        if len(self.names) != len(self.branches):
-            raise ParamError(f"parallel.names: {len(self.names)} names for {len(self.branches)} branches")
-        repeated = sorted({n for n in self.names if self.names.count(n) > 1})
-        if repeated:
-            raise ParamError(f"parallel.names: {repeated} name more than one branch; each branch's fields "
-                             f"('<name>.rank', '<name>.score') need their own name")
         problem = fuse_weights_problem(self.fuse, self.names)
         if problem:
             raise ParamError(f"parallel.fuse.{self.fuse.name}.weights: {problem}")
@@ -1300,6 +1292,35 @@ def _branch_repr(branch: Operator) -> str:
     if isinstance(branch, Pipeline):
         return f"[{', '.join(repr(s) for s in branch.steps)}]"
     return repr(branch)
+
+
+def branch_names_problem(names: Any, n_branches: int | None) -> tuple[list[str], str | None]:
+    """A parallel's ``names`` as a list, and why they cannot name its ``n_branches`` branches (``None``: not
+    known, a YAML parallel whose branches are wrong), else ``None``: the one check of :class:`Parallel` and of a
+    YAML ``parallel:``, which places it at its path in the file.  They must be a list of strings (any iterable
+    with an order: a tuple, a generator; not a set, a mapping or a string), one per branch, distinct, and each
+    non-empty and without ``.``, ``[`` or ``]``, as a route's labels (:func:`route_label_problem_at`): a name is
+    a part of the fields the fused ranking writes (``<name>.rank``; ``''`` made ``.rank``, ``a.b`` made
+    ``a.b.rank``, read as the field ``b.rank`` of ``a``)."""
+    # (5 failed as a raw "'int' object is not iterable"; a set has no branch order)
+    given = (list(names) if isinstance(names, Iterable)
+             and not isinstance(names, (str, bytes, Mapping, set, frozenset)) else None)
+    if given is None or not all(isinstance(n, str) for n in given):
+        return [], (f"expected a list of strings (one per branch, in the order of the branches), got {names!r:.80} "
+                    f"({type(names).__name__})")
+    if n_branches is not None and len(given) != n_branches:
+        return given, (f"expected {n_branches} names (one per branch, in the order of the branches), got "
+                       f"{len(given)}: {given!r:.80}")
+    repeated = sorted({n for n in given if given.count(n) > 1})
+    if repeated:
+        return given, (f"{repeated} name more than one branch; each branch's fields ('<name>.rank', '<name>.score') "
+                       f"need their own name")
+    odd = [n for n in given if not n.strip() or any(c in n for c in ".[]")]
+    if odd:
+        return given, (f"branch names must be non-empty and hold no '.', '[' or ']' (they are parts of the fields the "
+                       f"fused ranking writes, '<name>.rank' and '<name>.score', as a route's labels are of paths), "
+                       f"got {odd}")
+    return given, None
 
 
 def unique_names(branches: list[Operator], taken: Sequence[str] = (),

@@ -55,6 +55,7 @@ from ragkit.pipelines._compose import (
     Pipeline,
     Route,
     _second_generator,
+    branch_names_problem,
     max_iters_problem,
     unique_names,
 )
@@ -1197,13 +1198,11 @@ def _build_parallel(body: Mapping[str, Any], here: str, make_leaf: LeafFactory, 
             fuse = problems.attempt("fuse", lambda: _need_kind(
                 build(body["fuse"], f"{here}.fuse", make_leaf, expect="fuser"), "fuser", f"{here}.fuse"))
     names, names_ok = body.get("names"), True
-    if names is not None and (not isinstance(names, list) or not all(isinstance(n, str) for n in names)):
-        problems.wrong("names", here, f"expected a list of strings, got {names!r:.60}")
-        names_ok = False
-    elif names is not None and isinstance(branches, list) and branches and (
-            len(names) != len(branches) or len(set(names)) != len(names)):
-        problems.wrong("names", here, f"expected {len(branches)} distinct names (one per branch), got {names!r:.80}")
-        names_ok = False
+    if names is not None:  # (Parallel's own check, placed at its path in the file)
+        problem = branch_names_problem(names, len(branches) if isinstance(branches, list) and branches else None)[1]
+        if problem:
+            problems.wrong("names", here, problem)
+            names_ok = False
     labels = names if names is not None else unique_names(built) if built is not None else None
     problem = fuse_weights_problem(fuse, labels) if fuse is not None and names_ok and labels is not None else None
     if problem and fuse is not None:

@@ -1,7 +1,7 @@
 """Review findings (s50) on pipelines, a section each: a route whose ``default:`` is a branch label, and a save
 that refuses a pipeline.yaml this ragkit would not load; a retriever after a pipeline or parallel that only makes
 rankings; a route branch that several labels reach, run once; ``max_iters``, one check in Python and YAML; the
-hint for route branches written as a list of steps."""
+hint for route branches written as a list of steps; a parallel's names, checked once and as route labels are."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import pytest
 
 from ragkit.errors import ConfigError, ParamError
 from ragkit.filters import TopK
-from ragkit.pipelines import Loop, MaxOnly, Pipeline, Route, RuleRouter, store as store_module
+from ragkit.pipelines import Loop, MaxOnly, Parallel, Pipeline, Route, RuleRouter, store as store_module
 from ragkit.pipelines.yaml import load_yaml
 from ragkit.retrievers import BM25
 from ragkit.types import Corpus
@@ -214,3 +214,33 @@ def test_route_branches_written_as_a_list_of_labels_keep_their_hint() -> None:
     with pytest.raises(ConfigError, match=r"drop the '- ' before each label, e\.g\. `branches: \{short: \[\{bm25: "
                                           r"\{\}\}\], long: \[\{bm25: \{\}\}\]\}`"):
         load_yaml(_ROUTE.format(branches="[short: [bm25: {}], long: [bm25: {}]]"))
+
+
+# ------------------------------------------------------------------ 6. a parallel's branch names
+@pytest.mark.parametrize("names", [["", "c"], [" ", "c"], ["a.b", "c"], ["a[0]", "c"], ["a", "b]"]])
+def test_parallel_names_refused_as_route_labels_are(names: list[str]) -> None:
+    odd = [n for n in names if n != "c" and n != "a"]
+    with pytest.raises(ParamError, match=r"^parallel\.names: branch names must be non-empty and hold no '\.', '\[' or "
+                                         rf"'\]' .*got {re.escape(repr(odd))}$") as e:
+        Parallel([BM25(k=3), BM25(k=3, b=0.1)], names=names)
+    assert e.value.path == "parallel.names"
+    with pytest.raises(ConfigError, match=r"^pipeline\[0\]\.parallel\.names: branch names must be non-empty") as y:
+        load_yaml(f"pipeline: [parallel: {{branches: [bm25: {{}}, bm25: {{b: 0.1}}], names: {names!r}}}]")
+    assert y.value.path == "pipeline[0].parallel.names"
+
+
+@pytest.mark.parametrize(("names", "said"), [
+    (["a"], r"expected 2 names \(one per branch, in the order of the branches\), got 1: \['a'\]"),
+    (["a", "a"], r"\['a'\] name more than one branch"),
+    ("ab", r"expected a list of strings \(one per branch, in the order of the branches\), got 'ab' \(str\)"),
+])
+def test_parallel_names_one_check_in_python_and_yaml(names: object, said: str) -> None:
+    with pytest.raises(ParamError, match=rf"^parallel\.names: {said}"):
+        Parallel([BM25(k=3), BM25(k=3, b=0.1)], names=names)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match=rf"^pipeline\[0\]\.parallel\.names: {said}"):
+        load_yaml(f"pipeline: [parallel: {{branches: [bm25: {{}}, bm25: {{b: 0.1}}], names: {names!r}}}]")
+
+
+def test_parallel_names_with_spaces_or_other_characters_still_taken(corpus: Corpus) -> None:
+    pipe = Pipeline([Parallel([BM25(k=3), BM25(k=3, b=0.1)], names=["a b", "c-d"])]).fit(corpus)
+    assert Pipeline.from_yaml(pipe.to_yaml()).steps[0].names == ["a b", "c-d"]
