@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import numpy as np
 
 from ragkit._results import score_rises
@@ -9,7 +11,7 @@ from ragkit.errors import DataError
 from ragkit.types import Ranking
 
 __all__ = ["flatten", "cut_prefix", "leading_run", "check_rows_in_corpus", "check_cosines", "check_dense_rankings",
-           "first_unsorted"]
+           "first_unsorted", "pad_rows", "first_positions"]
 
 
 def flatten(rankings: list[Ranking]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -28,6 +30,39 @@ def flatten(rankings: list[Ranking]) -> tuple[np.ndarray, np.ndarray, np.ndarray
     scores = np.concatenate([r.scores for r in rankings]).astype(np.float32, copy=False)
     qidx = np.repeat(np.arange(len(rankings)), lengths)
     return rows, scores, lengths, starts, qidx
+
+
+def pad_rows(rankings: Sequence[Ranking], width: int, fill: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """The first ``width`` rows of each ranking as one ``(n_q, width)`` int64 matrix, ``fill`` past a shorter
+    ranking's end, and the ``(n_q, width)`` bool mask of the real entries (each ranking's first
+    ``min(len, width)``): one concatenation, no per-document loop.  MMR's pools and the diversity measures'
+    top-k use it (retrievers/muvera.py's ``_pad_rankings`` is ``pad_rows(rankings, longest, -1)[0]``)."""
+    lens = np.fromiter((min(len(r), width) for r in rankings), np.int64, len(rankings))
+    rows = np.full((len(rankings), width), fill, np.int64)
+    valid = np.arange(width)[None, :] < lens[:, None]
+    if lens.sum():
+        rows[valid] = np.concatenate([np.asarray(r.rows[:width], np.int64) for r in rankings])
+    return rows, valid
+
+
+def first_positions(rows: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """``(n_q, F)`` int64: for each valid entry of ``rows`` (``(n_q, F)``, as :func:`pad_rows` gives them), the
+    position of the first entry of its ranking that holds the same row; an entry's own position where it is the
+    first, and for padding (``valid`` False) and negative rows (left to the range checks).  The repeated entries
+    are those where it differs from ``np.arange(F)``.  Vectorised: rows sorted per ranking (stable, so equal rows
+    keep their order), each run of equal rows sent to its first position."""
+    n_q, f = rows.shape
+    out = np.broadcast_to(np.arange(f), (n_q, f)).copy()
+    if f < 2 or not valid.any():
+        return out
+    keyed = np.where(valid & (rows >= 0), rows, -1)
+    order = np.argsort(keyed, axis=1, kind="stable")  # equal rows: the earlier position first
+    srt = np.take_along_axis(keyed, order, axis=1)
+    start = np.ones((n_q, f), bool)  # where a run of equal rows begins in sorted order (a non-row: each alone)
+    start[:, 1:] = (srt[:, 1:] != srt[:, :-1]) | (srt[:, 1:] < 0)
+    run_start = np.maximum.accumulate(np.where(start, np.arange(f), 0), axis=1)
+    np.put_along_axis(out, order, np.take_along_axis(order, run_start, axis=1), axis=1)
+    return out
 
 
 def cut_prefix(rankings: list[Ranking], n_keep: np.ndarray, new_scores: np.ndarray | None = None,

@@ -26,7 +26,7 @@ from ragkit.encoders import (
 )
 from ragkit.encoders.sentence import encode_documents, encoder_label
 from ragkit.errors import DataError
-from ragkit.filters._flat import check_rows_in_corpus
+from ragkit.filters._flat import check_rows_in_corpus, first_positions, pad_rows
 from ragkit.filters.cutoffs import cut_k
 from ragkit.operator import Operator
 from ragkit.options import PARAM
@@ -133,20 +133,6 @@ def mmr_select_cosines(q: np.ndarray, pool: np.ndarray, valid: np.ndarray, vecto
     return sel, cos.astype(np.float32)
 
 
-def _repeats(pool: np.ndarray, valid: np.ndarray) -> np.ndarray:
-    """``(n_q, F)`` bool: the valid entries of ``pool`` whose row already occurs earlier in the same pool row."""
-    if pool.size == 0:
-        return np.zeros(pool.shape, bool)
-    keyed = np.where(valid, pool, -1)
-    order = np.argsort(keyed, axis=1, kind="stable")  # equal rows: earlier position first
-    srt = np.take_along_axis(keyed, order, axis=1)
-    again = np.zeros(pool.shape, bool)
-    again[:, 1:] = (srt[:, 1:] == srt[:, :-1]) & (srt[:, 1:] >= 0)
-    out = np.zeros(pool.shape, bool)
-    np.put_along_axis(out, order, again, axis=1)
-    return out
-
-
 @register
 class MMR(Operator):
     """Maximal marginal relevance reranker.
@@ -223,14 +209,10 @@ class MMR(Operator):
         f = min(want, longest)
         v = np.asarray(self.vectors_)
         self._warn_short_pool(longest, want, len(v), fetch_k)
-        pool = np.zeros((n_q, f), np.int64)
-        valid = np.zeros((n_q, f), bool)
-        lens = np.array([min(len(r), f) for r in state.rankings])
-        valid[:] = np.arange(f)[None, :] < lens[:, None]
-        if f:
-            pool[valid] = np.concatenate([r.rows[:f] for r in state.rankings])
+        pool, valid = pad_rows(state.rankings, f)  # (n_q, f) rows, 0 past a ranking's end, and the real ones
         check_rows_in_corpus(pool[valid], len(v), self.name)
-        valid &= ~_repeats(pool, valid)  # a row the ranking holds twice is one candidate (its first place)
+        valid &= first_positions(pool, valid) == np.arange(f)  # a row the ranking holds twice: one candidate (its
+        # first place)
         enc = self.encoder
         q = unit_rows(query_vectors(state, enc, who=encoder_label(self.name, self.params.model, enc, "encode_queries"),
                                     width=v.shape[1]))

@@ -123,3 +123,19 @@ def test_cosine_adapter_no_shallow_warning_without_list_features_or_deeper_lists
         pipe.search(["topic31"], dense={"k": 1})
         _adapter_pipe().search(["topic31"], dense={"k": 20})  # deeper than at training: the features read 10
     assert "it was trained on" not in caplog.text
+
+
+# ---------------------------------------------------------------------- 4. the shared padding and repeat helpers
+def test_pad_rows_and_first_positions():
+    """MMR and the diversity measures share one padding and one repeat finder (filters/_flat.py)."""
+    from ragkit.filters._flat import first_positions, pad_rows
+
+    rankings = [Ranking([5, 3, 5, 3, 5], np.zeros(5, np.float32)), Ranking([], np.zeros(0, np.float32)),
+                Ranking([2], np.zeros(1, np.float32))]
+    rows, valid = pad_rows(rankings, 4)
+    assert rows.tolist() == [[5, 3, 5, 3], [0, 0, 0, 0], [2, 0, 0, 0]]
+    assert valid.tolist() == [[True] * 4, [False] * 4, [True, False, False, False]]
+    assert pad_rows(rankings, 6, -1)[0].tolist()[2] == [2, -1, -1, -1, -1, -1]
+    assert first_positions(rows, valid).tolist() == [[0, 1, 0, 1], [0, 1, 2, 3], [0, 1, 2, 3]]
+    rows, valid = pad_rows([], 3)
+    assert rows.shape == valid.shape == (0, 3) and first_positions(rows, valid).shape == (0, 3)

@@ -26,6 +26,7 @@ import numpy as np
 from ragkit._checks import _kind
 from ragkit.errors import DataError
 from ragkit.eval.metrics import check_run_mapping
+from ragkit.filters._flat import first_positions, pad_rows
 from ragkit.metadata import hashable
 from ragkit.run import Run, _check_unique
 from ragkit.types import Ranking, ids_once
@@ -56,33 +57,26 @@ def padded_rows(rankings: Run | Sequence[Ranking], k: int) -> tuple[np.ndarray, 
     document of its cluster."""
     if k < 1:
         raise DataError(f"diversity: k must be >= 1, got {k}")
-    rs = _rankings(rankings)
-    rows = np.zeros((len(rs), k), np.int64)
-    valid = np.zeros((len(rs), k), bool)
-    lens = np.array([min(len(r), k) for r in rs], dtype=np.int64)
-    valid[:] = np.arange(k)[None, :] < lens[:, None]
-    if len(rs) and lens.sum():
-        rows[valid] = np.concatenate([np.asarray(r.rows[:k], np.int64) for r in rs])
+    rows, valid = pad_rows(_rankings(rankings), k)
     _refuse_repeats(rankings, rows, valid)
     return rows, valid
 
 
 def _refuse_repeats(rankings: Run | Sequence[Ranking], rows: np.ndarray, valid: np.ndarray) -> None:
-    """A :class:`DataError` for the first ranking whose valid ``rows`` hold one row twice (vectorised: rows
-    sorted per ranking, equal neighbours).  Negative rows are left to the range check that follows."""
-    if rows.shape[1] < 2 or not valid.any():
-        return
-    keyed = np.where(valid & (rows >= 0), rows, -1)
-    order = np.argsort(keyed, axis=1, kind="stable")  # equal rows: the earlier rank first
-    srt = np.take_along_axis(keyed, order, axis=1)
-    again = (srt[:, 1:] == srt[:, :-1]) & (srt[:, 1:] >= 0)
+    """A :class:`DataError` for the first ranking whose valid ``rows`` hold one row twice (vectorised:
+    :func:`~ragkit.filters._flat.first_positions`), naming its smallest repeated row and that row's first two
+    ranks.  Negative rows are left to the range check that follows."""
+    firsts = first_positions(rows, valid)
+    again = firsts != np.arange(rows.shape[1])
     if not again.any():
         return
-    i, j = np.argwhere(again)[0]
-    first, second = sorted((int(order[i, j]), int(order[i, j + 1])))
+    i = int(np.flatnonzero(again.any(axis=1))[0])
+    js = np.flatnonzero(again[i])  # the repeats of ranking i, in rank order
+    second = int(js[np.argmin(rows[i, js])])  # the smallest repeated row's second rank (argmin: the first)
+    first, row = int(firsts[i, second]), int(rows[i, second])
     ids = rankings.query_ids if isinstance(rankings, Run) else None
-    where = f"query {ids[i]!r}" if ids is not None else f"ranking {int(i)}"
-    raise DataError(f"diversity: {where} lists row {int(srt[i, j])} twice (ranks {first + 1} and {second + 1}); "
+    where = f"query {ids[i]!r}" if ids is not None else f"ranking {i}"
+    raise DataError(f"diversity: {where} lists row {row} twice (ranks {first + 1} and {second + 1}); "
                     "expected each document at most once per ranking (a copy would count as a second, identical "
                     "document), as alpha_ndcg and evaluate require")
 
