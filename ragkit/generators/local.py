@@ -933,8 +933,10 @@ class LocalGenerator:
         for i, var in enumerate(chosen):  # over the prompt's chunks (a handful), not tokens
             k_i = int(((kept_np >= starts[i]) & (kept_np < starts[i] + lens[i])).sum())
             frac.append(k_i / max(lens[i], 1))
-            if var is not None:
-                cache.touch(var, k_i / max(lens[i], 1))
+            if var is not None and k_i < lens[i]:
+                # a reuse: rows of the variant were kept (one recomputed in full reused nothing of it, so its reuse
+                # count, which ranks it for eviction, does not rise)
+                cache.touch(var, k_i / lens[i])
                 reused += lens[i] - k_i
             recomputed += k_i
         cache.count_tokens(reused, recomputed)
