@@ -6,7 +6,6 @@ from typing import Any, Protocol
 
 from pydantic import Field
 
-from ragkit.errors import ParamError
 from ragkit.operator import Operator
 from ragkit.options import PARAM, resolve_k
 from ragkit.params import Params
@@ -22,11 +21,12 @@ class TopKParams(Params):
 
 class _KParams(Protocol):
     @property
-    def k(self) -> int | None: ...
+    def k(self) -> int: ...
 
 
 class _Cutter(Protocol):
-    """An operator whose parameters have ``k`` (top_k, mmr, maxsim)."""
+    """An operator whose parameters have an int ``k`` (top_k, mmr; maxsim's ``k`` may be None: it reads
+    :func:`~ragkit.options.resolve_k` itself)."""
 
     @property
     def name(self) -> str: ...
@@ -43,8 +43,7 @@ def cut_k(op: _Cutter, state: State) -> int:
     keeps fewer, as retrievers fetch at least ``k``): :func:`~ragkit.options.resolve_k`, the rule of
     :meth:`Operator.k_for <ragkit.operator.Operator.k_for>` too."""
     k = resolve_k(op.opt(state, "k"), op.params.k, state.options.get("k"), op.name)  # (each checked)
-    if k is None:  # maxsim's k: None (keep all) without a k option: it does not cut
-        raise ParamError(f"{op.name}: k is None and no k option was given; there is no cut-off")
+    assert k is not None  # (None only for a k parameter of None, which a _Cutter's int k is not)
     return k
 
 

@@ -8,9 +8,8 @@ import numpy as np
 from pydantic import Field
 
 from ragkit._topk import desc_order
-from ragkit.filters.cutoffs import cut_k
 from ragkit.operator import Operator
-from ragkit.options import PARAM
+from ragkit.options import PARAM, resolve_k
 from ragkit.registry import register
 from ragkit.retrievers.fde import chamfer_pairs
 from ragkit.retrievers.muvera import TokenOperatorMixin, TokenParams, _pad_rankings
@@ -71,7 +70,8 @@ class MaxSim(TokenOperatorMixin, Operator):
         order = desc_order(sc, rows)
         tokenless = np.diff(qo) == 0  # (special_tokens: drop, an empty text) every score 0: keep the order
         order[tokenless] = np.arange(rows.shape[1])
-        k = None if self.params.k is None and self.opt(state, "k") is None else cut_k(self, state)
+        # its own k option exactly, else its k raised to the call's; None (keep all) for a k of None without one
+        k = resolve_k(self.opt(state, "k"), self.params.k, state.options.get("k"), self.name)
         rankings = []
         for r, o, s, keep in zip(state.rankings, order, sc, tokenless):  # Ranking objects (work is done above)
             o = o[:len(r)][:k] if k is not None else o[:len(r)]
