@@ -652,8 +652,9 @@ def threshold_scale_problem(op: Operator, path: str = "pipeline", *, warn: bool 
 
     The steps checked are ``score_threshold``, ``score_router`` (features ``top1`` and ``gap``) and
     ``score_reached`` whose scores come, through some path, from a ``dense`` or ``knn_embed`` with ``metric:
-    cos`` (cosines, in [-1, 1]; the gap of two in [0, 2]), with a threshold above that range (as one on BM25's
-    scale is):
+    cos`` (cosines, in [-1, 1]; the gap of two in [0, 2]), an ``mmr`` (rank scores, in (0, 1]) or a
+    ``cosine_adapter`` (probabilities, in [0, 1]) (:data:`_BOUNDED_SCORES`), with a threshold above that range
+    (as one on BM25's scale is):
 
     * ``score_threshold``: refused.  No document passes it: every query keeps no documents (or only its
       ``k_min``); after a route whose other branches bring scores of another scale, only the queries routed
@@ -680,14 +681,44 @@ def threshold_scale_problem(op: Operator, path: str = "pipeline", *, warn: bool 
 #: the threshold warnings already given, per step (so a pipeline checked at load, fit and each search warns once)
 _THRESHOLD_WARNED: "weakref.WeakKeyDictionary[Operator, set[str]]" = weakref.WeakKeyDictionary()
 
-#: what the fixed ``threshold`` of each step compares, on cosines in [-1, 1]: ``(feature, low, high)`` where the
-#: feature is in [low, high] (``score_router``: by its ``feature``; ``rel_gap``, a ratio, is not bounded)
-_COSINE_FEATURES: dict[str, dict[str, tuple[str, float, float]]] = {
-    "score_threshold": {"": ("each document's score", -1.0, 1.0)},
-    "score_reached": {"": ("the score at its rank", -1.0, 1.0)},
-    "score_router": {"top1": ("the top score (feature: top1)", -1.0, 1.0),
-                     "gap": ("the gap between the top two scores (feature: gap)", 0.0, 2.0)},
+#: what the fixed ``threshold`` of each step compares: ``(feature, gap)``, the feature a score of the ranking
+#: (in its source's range ``[low, high]``), or with ``gap`` the gap between the top two (in ``[0, high - low]``)
+#: (``score_router``: by its ``feature``; ``rel_gap``, a ratio, is not bounded)
+_THRESHOLD_FEATURES: dict[str, dict[str, tuple[str, bool]]] = {
+    "score_threshold": {"": ("each document's score", False)},
+    "score_reached": {"": ("the score at its rank", False)},
+    "score_router": {"top1": ("the top score (feature: top1)", False),
+                     "gap": ("the gap between the top two scores (feature: gap)", True)},
 }
+
+#: the range of the scores of a ``dense`` or ``knn_embed`` with ``metric: cos`` (:func:`_scores_cosines`):
+#: ``(low, high, what they are)``
+_COSINE_RANGE = (-1.0, 1.0, "cosines (in [-1, 1])")
+
+#: the ranges of the scores the built-in steps that write bounded scores of their own write, whatever scores reach
+#: them: ``(low, high, what they are)``; ``mmr``'s rank scores ``(n - i) / n``, ``cosine_adapter``'s
+#: probabilities of relevance
+_BOUNDED_SCORES: dict[str, tuple[float, float, str]] = {
+    "mmr": (0.0, 1.0, "mmr's rank scores (in (0, 1])"),
+    "cosine_adapter": (0.0, 1.0, "cosine_adapter's probabilities (in [0, 1])"),
+}
+
+
+def _score_range(source: Operator) -> tuple[float, float, str] | None:
+    """The range of the scores ``source`` writes, ``(low, high, what they are)``: cosines', or one of
+    :data:`_BOUNDED_SCORES` (the registered class itself), else ``None`` (BM25's, a fuser's, a plugin's: not
+    bounded, or not known)."""
+    if _scores_cosines(source):
+        return _COSINE_RANGE
+    bounded = _BOUNDED_SCORES.get(source.name)
+    if bounded is None or isinstance(source, Composite):
+        return None
+    from ragkit import registry
+
+    try:
+        return bounded if type(source) is registry.get(source.name) else None
+    except RagkitError:  # a name no class is registered under: not a built-in
+        return None
 
 
 def _threshold_problem(step: Operator, at: str, sources: list[_Source],
@@ -695,28 +726,38 @@ def _threshold_problem(step: Operator, at: str, sources: list[_Source],
     """Why the fixed threshold of ``step`` (at ``at``) can never be crossed by the scores of ``sources``: the
     error when it empties results (a ``score_threshold``), else ``None``, with a warning added to ``notes`` as
     ``(step, message)`` (a ``score_router``, a ``score_reached``; see :func:`threshold_scale_problem`).
-    Only a ``threshold`` given is checked (not one learned, nor one given per search)."""
-    features = _COSINE_FEATURES.get(step.name)
+    Only a ``threshold`` given is checked (not one learned, nor one given per search).  The sources whose scores
+    are bounded (:func:`_score_range`: cosines, ``mmr``'s, ``cosine_adapter``'s) with the threshold above their
+    feature's range are those it happens to; the others' scores are on another scale."""
+    features = _THRESHOLD_FEATURES.get(step.name)
     threshold = getattr(step.params, "threshold", None)
     feature = features.get(str(getattr(step.params, "feature", ""))) if features is not None else None
     if feature is None or threshold is None or getattr(step.params, "learn", False):
         return None
-    what, low, high = feature
-    if threshold <= high:  # within the range, or below it: keeps everything, every query 'above', one iteration
+    what, gap = feature
+    below: list[tuple[str, float, float, str]] = []  # (path, low, high, what) of the sources it is above
+    others: list[str] = []
+    for s, w in sources:
+        scale = _score_range(s)
+        if scale is not None:
+            low, high = (0.0, scale[1] - scale[0]) if gap else (scale[0], scale[1])
+            if threshold > high:
+                below.append((f"{w}.{s.name}", low, high, scale[2]))
+                continue
+        others.append(f"{w}.{s.name}")
+    if not below:  # within the range, or below it: keeps everything, every query 'above', one iteration
         return None
-    cosine = [f"{w}.{s.name}" for s, w in sources if _scores_cosines(s)]
-    if not cosine:
-        return None
-    others = [f"{w}.{s.name}" for s, w in sources if not _scores_cosines(s)]
-    names = ", ".join(cosine)
-    # who it happens to: every query, or only those whose scores come from the cosine sources
+    names = ", ".join(p for p, *_ in below)
+    # who it happens to: every query, or only those whose scores come from the bounded sources
     who = "every query" if not others else f"the queries whose rankings come from {names}"
-    shown = ", ".join(f"{lo:g}" for lo in (low, high))
+    shown = ", ".join(f"{lo:g}" for lo in (min(x[1] for x in below), max(x[2] for x in below)))
+    kinds = ", ".join(dict.fromkeys(x[3] for x in below))
     head = (f"{at}.threshold: {threshold!r} is outside [{shown}], where {what} always lies on the scores reaching "
-            f"{step.name}{' from ' if others else ': those of '}{names}, cosines (in [-1, 1])")
+            f"{step.name}{' from ' if others else ': those of '}{names}, {kinds}")
     verb = {"score_threshold": "filtered", "score_router": "routed"}.get(step.name, "judged")
     rest = f" (those from {', '.join(others)}, on another scale, are {verb} as usual)" if others else ""
-    fix = f"give a threshold within [{shown}] (a cosine's scale, not BM25's)"
+    scale_of = "a cosine's scale" if all(x[3] == _COSINE_RANGE[2] for x in below) else "the scale of those scores"
+    fix = f"give a threshold within [{shown}] ({scale_of}, not BM25's)"
     if step.name == "score_threshold":
         k_min = step.params.k_min  # type: ignore[attr-defined]
         if not others:

@@ -1,7 +1,8 @@
 """Review findings (s50) on pipelines, a section each: a route whose ``default:`` is a branch label, and a save
 that refuses a pipeline.yaml this ragkit would not load; a retriever after a pipeline or parallel that only makes
 rankings; a route branch that several labels reach, run once; ``max_iters``, one check in Python and YAML; the
-hint for route branches written as a list of steps; a parallel's names, checked once and as route labels are."""
+hint for route branches written as a list of steps; a parallel's names, checked once and as route labels are; a
+score_threshold above the range of mmr's or cosine_adapter's scores."""
 
 from __future__ import annotations
 
@@ -12,11 +13,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from ragkit.encoders import HashingEncoder, register_encoder
 from ragkit.errors import ConfigError, ParamError
-from ragkit.filters import TopK
+from ragkit.filters import MMR, CosineAdapter, ScoreThreshold, TopK
 from ragkit.pipelines import Loop, MaxOnly, Parallel, Pipeline, Route, RuleRouter, store as store_module
 from ragkit.pipelines.yaml import load_yaml
-from ragkit.retrievers import BM25
+from ragkit.retrievers import BM25, Dense
 from ragkit.types import Corpus
 
 TEXTS = ["the cat sat on the mat", "dogs chase cats in the park", "a quick brown fox jumps",
@@ -244,3 +246,45 @@ def test_parallel_names_one_check_in_python_and_yaml(names: object, said: str) -
 def test_parallel_names_with_spaces_or_other_characters_still_taken(corpus: Corpus) -> None:
     pipe = Pipeline([Parallel([BM25(k=3), BM25(k=3, b=0.1)], names=["a b", "c-d"])]).fit(corpus)
     assert Pipeline.from_yaml(pipe.to_yaml()).steps[0].names == ["a b", "c-d"]
+
+
+# ------------------------------------------------------------------ 7. a threshold above mmr's or cosine_adapter's
+register_encoder("s50-hash", HashingEncoder(dim=32), replace=True)
+
+
+@pytest.mark.parametrize("between", [MMR(k=5, model="s50-hash"), CosineAdapter(model="s50-hash")])
+def test_score_threshold_above_a_bounded_step_is_refused(corpus: Corpus, between: object) -> None:
+    name = "mmr" if isinstance(between, MMR) else "cosine_adapter"
+    said = "mmr's rank scores (in (0, 1])" if name == "mmr" else "cosine_adapter's probabilities (in [0, 1])"
+    pipe = Pipeline([Dense(k=10, model="s50-hash"), between, ScoreThreshold(threshold=2)])  # type: ignore[list-item]
+    with pytest.raises(ConfigError, match=rf"^pipeline\[2\]\.score_threshold\.threshold: 2\.0 is outside \[0, 1\], "
+                                          rf"where each document's score always lies on the scores reaching "
+                                          rf"score_threshold: those of pipeline\[1\]\.{name}, {re.escape(said)}; so no "
+                                          r"document passes it .*give a threshold within \[0, 1\] \(the scale of "
+                                          r"those scores, not BM25's\)$") as e:
+        pipe.fit(corpus)  # (refused before any step is fitted)
+    assert e.value.path == "pipeline[2].score_threshold.threshold"
+    with pytest.raises(ConfigError) as y:
+        load_yaml(f"pipeline: [dense: {{k: 10, model: s50-hash}}, {name}: {{model: s50-hash}}, "
+                  f"score_threshold: {{threshold: 2}}]")
+    assert y.value.path == "pipeline[2].score_threshold.threshold"
+
+
+def test_score_threshold_within_a_bounded_step_and_cosines_still_said_as_before(
+        caplog: pytest.LogCaptureFixture) -> None:
+    load_yaml("pipeline: [dense: {k: 10, model: s50-hash}, mmr: {model: s50-hash}, score_threshold: {threshold: 0.5}]")
+    load_yaml("pipeline: [bm25: {k: 10}, mmr: {model: s50-hash}, score_threshold: {threshold: 0.5}]")
+    with pytest.raises(ConfigError, match=r"is outside \[-1, 1\], .*, cosines \(in \[-1, 1\]\); .*\(a cosine's "
+                                          r"scale, not BM25's\)$"):
+        load_yaml("pipeline: [dense: {k: 10, model: s50-hash}, score_threshold: {threshold: 2}]")
+    # a gap after mmr is in [0, 1]: 1.5 is above it (a score router's note, not an error); a cosines' gap is in [0, 2]
+    route = ("route: {router: {score_router: {feature: gap, threshold: 1.5}}, "
+             "branches: {easy: [top_k: {k: 1}], hard: [top_k: {k: 2}]}}")
+    with caplog.at_level(logging.WARNING, logger="ragkit"):
+        load_yaml(f"pipeline: [dense: {{k: 10, model: s50-hash}}, {route}]")
+    assert not [r for r in caplog.records if "is outside" in r.getMessage()]
+    with caplog.at_level(logging.WARNING, logger="ragkit"):
+        load_yaml(f"pipeline: [dense: {{k: 10, model: s50-hash}}, mmr: {{model: s50-hash}}, {route}]")
+    said = [r.getMessage() for r in caplog.records if "is outside" in r.getMessage()]
+    assert len(said) == 1 and said[0].startswith("pipeline[2].route.router.score_router.threshold: 1.5 is outside "
+                                                 "[0, 1], where the gap between the top two scores"), said

@@ -166,13 +166,15 @@ def test_a_score_threshold_after_a_route_names_only_the_cosine_branch(tmp_path):
 
 
 def test_a_score_threshold_after_a_pass_through_branch_names_the_cosines(tmp_path):
-    """The 'easy' branch passes the dense cosines on, the 'hard' one mmr's own scores (not guessed at): it said
-    every query keeps no documents."""
-    got = _error(tmp_path, UNITS.replace("threshold: 15.0", "threshold: 0.5"))
+    """The 'easy' branch passes the dense cosines on, the 'hard' one maxsim's own scores (not guessed at): it said
+    every query keeps no documents.  (mmr's own scores, here before review s50, are rank scores in (0, 1]: a
+    threshold of 5 empties its queries too.)"""
+    got = _error(tmp_path, UNITS.replace("threshold: 15.0", "threshold: 0.5").replace("mmr: {k: 50}",
+                                                                                      "maxsim: {k: 50}"))
     assert got.startswith("line 8: pipeline[2].score_threshold.threshold: 5.0 is outside [-1, 1]"), got
     assert "every query" not in got, got
     assert ("only the queries whose rankings come from pipeline[0].dense keep no documents (those from "
-            "pipeline[1].route.branches.hard[0].mmr, on another scale, are filtered as usual)") in got, got
+            "pipeline[1].route.branches.hard[0].maxsim, on another scale, are filtered as usual)") in got, got
 
 
 def test_a_score_router_threshold_beyond_cosines_is_warned_of_once(tmp_path, caplog):
@@ -249,7 +251,7 @@ def test_a_gap_threshold_beyond_its_range_is_warned_of_in_python(caplog):
     "pipeline: [dense: {}, {route: {router: {score_router: {feature: rel_gap, threshold: 3.0}}, "
     "branches: {easy: [], hard: []}}}]",
     "pipeline: [dense: {}, {route: {router: {score_router: {learn: true}}, branches: {easy: [], hard: []}}}]",
-    "pipeline: [dense: {}, mmr: {}, score_threshold: {threshold: 5.0}]",  # a reranker's own scores
+    "pipeline: [dense: {}, maxsim: {}, score_threshold: {threshold: 5.0}]",  # a reranker's own scores, not bounded
 ])
 def test_thresholds_on_other_scales_still_load(text, caplog):
     with caplog.at_level(logging.WARNING, logger="ragkit"):
