@@ -97,18 +97,32 @@ def check_rows_in_corpus(rows: np.ndarray, n_docs: int, who: str) -> None:
                         "refit on the current corpus")
 
 
-def check_cosines(scores: np.ndarray, who: str, qidx: np.ndarray | None = None) -> None:
+def check_cosines(scores: np.ndarray, who: str, qidx: np.ndarray | None = None, *, given: str | None = None) -> None:
     """Raise DataError unless ``scores`` look like cosines: finite, within [-1, 1].
 
-    ``qidx`` (the query of each score) lets the message name the first query at fault."""
+    ``qidx`` (the query of each score) lets the message name the first query at fault.  ``given``: what the
+    scores are called where a caller handed them in directly (``"cosines"``: ``predict_proba``'s argument): the
+    message then starts ``"<who>: <given> row <query>"`` and names the value, instead of speaking of the dense
+    retriever step a pipeline has before ``who``."""
     if not scores.size:
         return
     bad = ~np.isfinite(scores)
     if bad.any():
-        at = "" if qidx is None else f" (first in query {int(qidx[np.argmax(bad)])} of the batch)"
+        first = int(np.argmax(bad))
+        if given is not None:
+            row = "" if qidx is None else f" row {int(qidx[first])}"
+            raise DataError(f"{who}: {given}{row} holds a non-finite value ({float(scores[first])}; {int(bad.sum())} "
+                            "in all); expected raw cosine scores in [-1, 1] (NaN only as padding, at the end of a row)")
+        at = "" if qidx is None else f" (first in query {int(qidx[first])} of the batch)"
         raise DataError(f"{who} expects raw cosine scores in [-1, 1] from a dense retriever step before it, got "
-                        f"{int(bad.sum())} non-finite score(s){at}; one NaN would spoil its list's features")
-    if np.max(np.abs(scores)) > 1.0 + 1e-3:
+                        f"{int(bad.sum())} non-finite score(s){at}; a single one would spoil its list's features")
+    far = np.abs(scores) > 1.0 + 1e-3
+    if far.any():
+        if given is not None:
+            first = int(np.argmax(far))
+            row = "" if qidx is None else f" row {int(qidx[first])}"
+            raise DataError(f"{who}: {given}{row} holds {float(scores[first]):.4g}, outside [-1, 1]; expected "
+                            "raw cosine scores in [-1, 1] (of the adapter's encoder)")
         raise DataError(
             f"{who} expects raw cosine scores in [-1, 1] from a dense retriever step before it "
             f"(e.g. `dense | {who}`), got scores up to {float(np.max(np.abs(scores))):.3g}"

@@ -678,7 +678,7 @@ class CosineAdapter(Operator):
         starts[1:] = np.cumsum(lengths)[:-1]
         flat = cosines[valid]
         qidx = np.repeat(np.arange(B), lengths)
-        check_cosines(flat, self.name, qidx)
+        check_cosines(flat, "cosine_adapter.predict_proba", qidx, given="cosines")
         unsorted = first_unsorted(flat, qidx)
         if unsorted is not None:
             raise DataError(f"cosine_adapter.predict_proba: cosines row {unsorted} is not sorted best first (the "

@@ -139,3 +139,27 @@ def test_pad_rows_and_first_positions():
     assert first_positions(rows, valid).tolist() == [[0, 1, 0, 1], [0, 1, 2, 3], [0, 1, 2, 3]]
     rows, valid = pad_rows([], 3)
     assert rows.shape == valid.shape == (0, 3) and first_positions(rows, valid).shape == (0, 3)
+
+
+# ---------------------------------------------------------------------- 6. check_cosines names where and what
+def test_predict_proba_errors_name_the_row_and_the_value():
+    """``predict_proba(qv, [[1.5, .5], [.8, .2]])`` spoke of "a dense retriever step before it", and an inf
+    of "one NaN"; the errors now name predict_proba's argument, its row and the value."""
+    import re
+
+    from ragkit.errors import DataError
+    from ragkit.filters._flat import check_cosines
+
+    ad = _adapter_pipe().steps[-1]
+    qv = HashingEncoder(dim=64).encode(["a", "b"])
+    with pytest.raises(DataError, match=re.escape("cosine_adapter.predict_proba: cosines row 0 holds 1.5, outside "
+                                                  "[-1, 1]; expected raw cosine scores in [-1, 1]")) as e:
+        ad.predict_proba(qv, [[1.5, 0.5], [0.8, 0.2]])
+    assert "retriever" not in str(e.value)
+    with pytest.raises(DataError, match=re.escape("cosine_adapter.predict_proba: cosines row 1 holds a non-finite "
+                                                  "value (inf; 1 in all)")) as e:
+        ad.predict_proba(qv, [[0.9, 0.5], [0.8, np.inf]])
+    assert "retriever" not in str(e.value)
+    with pytest.raises(DataError, match="1 non-finite score") as e:  # a pipeline's message: no NaN for an inf
+        check_cosines(np.array([0.5, np.inf]), "cosine_adapter", np.array([0, 0]))
+    assert "NaN" not in str(e.value)
