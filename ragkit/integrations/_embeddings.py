@@ -14,6 +14,8 @@ from ragkit.encoders.sentence import as_texts
 from ragkit.errors import DataError, ParamError
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from ragkit.encoders.cache import EmbeddingCache
 
 
@@ -77,6 +79,7 @@ class LangChainEmbeddingsEncoder:
         self.key = key or self._default_key(embeddings)
         self._dim = dim
         self._cache: EmbeddingCache | None = None
+        self._cache_root: Path | None = None  # the cache folder ``_cache`` was opened under
         self.n_encoded = 0
 
     @staticmethod
@@ -106,13 +109,22 @@ class LangChainEmbeddingsEncoder:
     @property
     def store(self) -> EmbeddingCache:
         """The on-disk cache of document vectors (float32 ``(dim,)`` rows keyed by text), in a folder named
-        after :attr:`key` under ragkit's cache directory (``embeddings/``); opened on first use."""
-        if self._cache is None:
-            from ragkit.encoders.cache import EmbeddingCache
-            from ragkit.eval.beir import cache_dir
+        after :attr:`key` (its hash, so that two keys never share one) under ragkit's cache directory
+        (``embeddings/``): one reader per folder and key in a process, shared with every encoder of that key
+        (each sees what the others wrote), under the cache folder in force now (``$RAGKIT_CACHE`` is read at
+        each use), as :attr:`ragkit.encoders.Encoder.store` does."""
+        from ragkit.encoders.cache import EmbeddingCache
+        from ragkit.encoders.sentence import _LOCK, _STORES
+        from ragkit.eval.beir import cache_dir
 
-            safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in self.key)
-            self._cache = EmbeddingCache(cache_dir() / "embeddings", safe)
+        root = cache_dir()
+        if self._cache is None or self._cache_root != root:
+            folder = root / "embeddings"
+            with _LOCK:
+                store = _STORES.get((str(folder), self.key))
+                if store is None:
+                    store = _STORES[(str(folder), self.key)] = EmbeddingCache(folder, self.key)
+            self._cache, self._cache_root = store, root
         return self._cache
 
     def _forward(self, texts: list[str]) -> np.ndarray:
