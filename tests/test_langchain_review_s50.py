@@ -4,6 +4,9 @@
   before naming the cache folder: keys "org/model-v1", "org:model-v1" and "org_model-v1" shared one folder, so
   one model's vectors were served for another.  The key is passed unchanged, and the reader is shared per
   process and cache folder with ``Encoder.store``'s (``$RAGKIT_CACHE`` read at each use).
+- With ``cache=True`` and no key, an ``Embeddings`` that is no pydantic model was keyed by its object id, which
+  CPython gives to the next object once it is freed (and the disk cache outlives the process): a new model was
+  served an old one's vectors.  ``cache=True`` is refused there, saying to pass ``key=``.
 """
 from __future__ import annotations
 
@@ -11,8 +14,9 @@ import hashlib
 
 import numpy as np
 import pytest
-from langchain_core.embeddings import DeterministicFakeEmbedding
+from langchain_core.embeddings import DeterministicFakeEmbedding, Embeddings
 
+from ragkit.errors import ParamError
 from ragkit.integrations.langchain import LangChainEmbeddingsEncoder
 
 
@@ -58,3 +62,29 @@ def test_one_key_shares_a_reader_and_follows_ragkit_cache(tmp_path, monkeypatch)
     assert a.store.folder.parent == tmp_path / "two" / "embeddings"
     a.encode(["x"])
     assert a.n_encoded == 3  # a new cache folder: encoded again
+
+
+class _Plain(Embeddings):
+    """An ``Embeddings`` that is no pydantic model (no settings ragkit can hash)."""
+
+    def __init__(self, seed: int) -> None:
+        self.seed = seed
+
+    def embed_documents(self, texts: list[str]) -> list[list[float]]:
+        return [list(np.random.default_rng(self.seed).random(4)) for _ in texts]
+
+    def embed_query(self, text: str) -> list[float]:
+        return self.embed_documents([text])[0]
+
+
+def test_cache_refused_under_an_object_id_key(tmp_path, monkeypatch):
+    monkeypatch.setenv("RAGKIT_CACHE", str(tmp_path))
+    with pytest.raises(ParamError, match=r"cache=True needs a key naming the model.*_Plain.*object id.*pass key="):
+        LangChainEmbeddingsEncoder(_Plain(0), cache=True)
+    uncached = LangChainEmbeddingsEncoder(_Plain(0))  # no cache: the id key is fine
+    assert uncached.encode(["abc"]).shape == (1, 4)
+    with pytest.raises(ParamError, match="cache=True needs a key"):
+        uncached.encode(["abc"], cache=True)
+    named = LangChainEmbeddingsEncoder(_Plain(0), key="plain-seed-0", cache=True)
+    named.encode(["abc"])
+    assert named.n_encoded == 1

@@ -49,8 +49,10 @@ class LangChainEmbeddingsEncoder:
         Identity of the model and its settings: names the query vectors shared between
         operators and the on-disk cache folder.  Default: ``langchain:<Class>:<hash of its
         settings>`` (pydantic models), ``langchain:RagkitEmbeddings:<its encoder's key>``, or
-        ``langchain:<Class>:<object id>``, which differs in every process: a pipeline saved with it
-        loads only where the encoder is registered with that ``key`` (pass one).
+        ``langchain:<Class>:<object id>``, which names no model (an id is reused by another object
+        once this one is gone, in this process or the next): a pipeline saved with it loads only
+        where the encoder is registered with that ``key``, and ``cache=True`` is refused with it
+        (pass a key naming the model).
     dim : int, optional
         Vector dimension; found by embedding one probe text when not given.
     cache : bool
@@ -77,6 +79,10 @@ class LangChainEmbeddingsEncoder:
         self.batch_size = int(batch_size)
         self.cache_enabled = bool(cache)
         self.key = key or self._default_key(embeddings)
+        #: the key is the object's id (no key given, no settings to hash): it names no model, so no cache
+        self._key_is_id = not key and self.key == self._id_key(embeddings)
+        if self.cache_enabled:
+            self._check_cacheable()
         self._dim = dim
         self._cache: EmbeddingCache | None = None
         self._cache_root: Path | None = None  # the cache folder ``_cache`` was opened under
@@ -93,7 +99,24 @@ class LangChainEmbeddingsEncoder:
                 return f"langchain:{name}:{hashlib.sha1(dump().encode()).hexdigest()[:16]}"
             except Exception:  # noqa: BLE001 - settings not serialisable: fall back to identity
                 pass
-        return f"langchain:{name}:{id(emb):x}"
+        return LangChainEmbeddingsEncoder._id_key(emb)
+
+    @staticmethod
+    def _id_key(emb: Embeddings) -> str:
+        return f"langchain:{type(emb).__name__}:{id(emb):x}"
+
+    def _check_cacheable(self) -> None:
+        """Refuse the on-disk cache under a key that is only the object's id: CPython gives a freed object's
+        id to the next, and the cache outlives the process, so another model would be served these vectors."""
+        if self._key_is_id:
+            name = type(self.embeddings).__name__
+            raise ParamError(f"LangChainEmbeddingsEncoder: cache=True needs a key naming the model and its settings; "
+                             f"no key was given and {name} has no settings ragkit can hash (not a pydantic model, "
+                             f"or its settings are not JSON), so the key would be its object id {self.key!r}, which "
+                             f"another model reuses once this one is gone (and would be served its cached vectors): "
+                             f"pass key=... naming the model, e.g. "
+                             f"LangChainEmbeddingsEncoder(embeddings, key='{name}-<model name>', cache=True)",
+                             path="key")
 
     def __repr__(self) -> str:
         return f"LangChainEmbeddingsEncoder({type(self.embeddings).__name__}, key={self.key!r})"
@@ -117,6 +140,7 @@ class LangChainEmbeddingsEncoder:
         from ragkit.encoders.sentence import _LOCK, _STORES
         from ragkit.eval.beir import cache_dir
 
+        self._check_cacheable()
         root = cache_dir()
         if self._cache is None or self._cache_root != root:
             folder = root / "embeddings"
