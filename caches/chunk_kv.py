@@ -88,8 +88,8 @@ at the cap; ties: oldest written first) are deleted until the tier holds at most
 the next flushes do not trim again at once.  One store trims a folder at a time (a lock file,
 ``.trim.lock``, taken without waiting: another store trimming meanwhile does the work); a file another
 store rewrote after it was ranked is kept; key folders left empty are removed (a writer that finds its
-folder removed meanwhile makes it again).  Variants in memory stay there and are written again by the
-next flush.
+folder removed meanwhile makes it again).  Variants in memory stay there, and are written again by a
+later flush once they change (reused, or put again).
 
 Precision.  A variant is exact at the precision its rows were stored in: a store reads a file whose keys
 are of a less precise dtype than its ``storage_dtype`` (float16 files, written by a float16 store such
@@ -116,8 +116,9 @@ digest (or the key) was kept have none and are read unchecked, as before; a gene
 A file of another model is an error (:class:`CacheModelMismatchError`, naming it), never deleted: it
 may be that model's valid data.
 
-Persistence.  The memory tier reaches the disk tier on eviction, on :meth:`ChunkKVCache.flush`, and
-when the store goes: garbage-collected, or still alive when the process exits (a ``weakref.finalize``
+Persistence.  The memory tier reaches the disk tier on eviction, on :meth:`ChunkKVCache.flush` (the
+variants put or reused since they were written or read, :attr:`ChunkVariant.dirty`; not the whole memory
+tier), and when the store goes: garbage-collected, or still alive when the process exits (a ``weakref.finalize``
 hook; skipped when the folder or its manifest is gone, or when another thread holds the store for
 more than 10 s; a failure is one line on stderr, never an exception).  So a process that answers and
 exits leaves its chunks to the next one.  A process killed by a signal it does not handle (SIGKILL)
@@ -387,9 +388,10 @@ class ChunkVariant:
         Digest of the system-prompt token ids before the prefix.
     exact, exact_at : bool, str
         Whether the rows are a full prefill's of this context; the dtype they are exact at (see below).
-    reuse, last_tick, stored, cfo_sum, cfo_n
-        The store's bookkeeping: decayed reuse count, request of its last use, admission count, and the sum
-        and count of the CFOs of its reuses (:attr:`mean_cfo`).
+    reuse, last_tick, stored, cfo_sum, cfo_n, dirty
+        The store's bookkeeping: decayed reuse count, request of its last use, admission count, the sum
+        and count of the CFOs of its reuses (:attr:`mean_cfo`), and whether its disk-tier file (if any) is
+        behind it (put or reused since it was written or read: written by the next flush).
 
     The attention masses are softmax weights averaged over query heads and summed over the chunk's
     queries (unitless, in ``[0, n_tokens]``); an empty array (``(0, 0)``, ``(0,)``) when not captured.
@@ -420,6 +422,9 @@ class ChunkVariant:
     stored: int = 0
     cfo_sum: float = 0.0
     cfo_n: int = 0
+    #: held in memory with something its disk-tier file does not say (new, replaced, or reused since it was written or
+    #: read): what :meth:`ChunkKVCache.flush` writes; set by the store
+    dirty: bool = field(default=False, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.keys.shape != self.values.shape or self.keys.ndim != 4:
@@ -672,7 +677,6 @@ class ChunkKVCache:
         self._clock_ns = array("q")
         self._clock_tick = array("q")
         self._lock = threading.RLock()
-        self._dirty = False  # a request or a put since the last flush: the memory tier holds news for the disk
         self.disk_dir = Path(disk_dir) if disk_dir is not None else None
         #: the disk tier's folder cannot be written (a cache shipped read-only, warned about as it opened): its
         #: variants are read, never written, deleted or trimmed; what this store computes stays in memory
@@ -741,7 +745,6 @@ class ChunkKVCache:
 
     def _lookup(self, key: str, n_tokens: int | None = None) -> list[ChunkVariant]:
         self._tick += 1
-        self._dirty = True
         if self._tick % self._clock_step == 0:
             self._mark_clock()
         if n_tokens is not None:
@@ -795,7 +798,7 @@ class ChunkKVCache:
             variant.last_tick = self._tick
             variant.cfo_sum += cfo
             variant.cfo_n += 1
-            self._dirty = True
+            variant.dirty = True  # its file (if any) holds the count before this reuse
 
     def count_tokens(self, reused: int, recomputed: int) -> None:
         """Add a prefill's chunk tokens taken from the cache (``reused``) and computed again
@@ -844,7 +847,7 @@ class ChunkKVCache:
             for i in reversed(same):
                 self._drop(key, i, spill=False)
             variant.last_tick = self._tick
-            self._dirty = True
+            variant.dirty = True  # not in the disk tier yet (or its file is of the variant it replaces)
             self._insert(key, variant, from_disk=False)
             return variant
 
@@ -1122,6 +1125,7 @@ class ChunkKVCache:
                     with atomic_file(d / f"{v.file_stem}.safetensors") as tmp:
                         save_file(tensors, str(tmp), metadata=meta)
                         share_file_like_umask(tmp)  # (safetensors writes owner-only files; the folder may be shared)
+                    v.dirty = False
                     break
                 except Exception:
                     if attempt or d.is_dir():
@@ -1267,16 +1271,18 @@ class ChunkKVCache:
                      "group shares the folder, its owner can make it group-readable, chmod g+r, or delete it)")
 
     def flush(self) -> None:
-        """Write every in-memory variant to the disk tier, then trim it to ``disk_budget_bytes`` (no-op without
+        """Write the in-memory variants that the disk tier does not hold as they are (put or reused since they were
+        written or read: :attr:`ChunkVariant.dirty`), then trim the tier to ``disk_budget_bytes`` (no-op without
         ``disk_dir``, or when its folder cannot be written: the warning at the opening said that chunks computed
-        now are not kept; done at the process's exit too, see the module docstring)."""
+        now are not kept; done at the process's exit too, see the module docstring).  A variant whose file is
+        up to date is not written again (every one was: up to the whole memory tier per flush)."""
         if self.disk_dir is None or self._read_only:
             return
         with self._lock:
             for key, lst in self._mem.items():
                 for v in lst:
-                    self._write_disk(key, v, trim=False)
-            self._dirty = False
+                    if v.dirty:
+                        self._write_disk(key, v, trim=False)
             self._trim_disk()  # once, after all of the flush's writes: they are ranked with the other files
 
     def _trim_disk(self) -> None:
@@ -1322,14 +1328,16 @@ class ChunkKVCache:
     def _flush_on_close(self, timeout: float = 10.0) -> bool:
         """:meth:`flush` when the store is dropped or the process exits: skipped (``False``) when the folder or
         its manifest is gone (removed on purpose: not created again) or another thread holds the store past
-        ``timeout`` seconds, or when the folder cannot be written (nothing is tried: the warning at the opening
-        said that chunks computed now are not kept)."""
+        ``timeout`` seconds, when the folder cannot be written (nothing is tried: the warning at the opening
+        said that chunks computed now are not kept), or when no variant changed since the last flush."""
         d = self.disk_dir
-        if d is None or self._read_only or not self._mem or not self._dirty or not (d / "manifest.json").is_file():
-            return False  # nothing new since the last flush, a read-only folder, or the folder was removed
+        if d is None or self._read_only or not self._mem or not (d / "manifest.json").is_file():
+            return False  # nothing held, a read-only folder, or the folder was removed
         if not self._lock.acquire(timeout=timeout):  # a thread still inside (a daemon thread): never hang the exit
             return False
         try:
+            if not any(v.dirty for lst in self._mem.values() for v in lst):
+                return False  # nothing new since the last flush
             self.flush()
         finally:
             self._lock.release()

@@ -7,6 +7,7 @@ The tests use the tiny 4-layer checkpoints of ``tests/test_cachecraft.py`` (seco
 
 from __future__ import annotations
 
+import pytest
 from test_cachecraft import TINY_CHUNKS, TINY_Q, tiny  # noqa: F401
 
 
@@ -29,4 +30,84 @@ def test_a_variant_recomputed_in_full_is_not_counted_as_reused(tiny):  # noqa: F
     q = g.prefill(g.segments(TINY_Q, [a, b]), "cachecraft", fraction=0.0)
     assert q.chunk_fraction == [0.0, 0.0] and q.cost.chunks_reused == 2
     assert [v.reuse for v in old] == [1.0, 1.0]
+
+
+def _written(monkeypatch) -> list[str]:
+    """The chunk-cache files written from now on (their key folders), counted at safetensors' save_file."""
+    import safetensors.torch as st
+
+    real, out = st.save_file, []
+
+    def counted(tensors, path, metadata=None):
+        out.append(metadata["key"])
+        real(tensors, path, metadata=metadata)
+
+    monkeypatch.setattr(st, "save_file", counted)
+    return out
+
+
+def test_a_flush_writes_only_the_variants_that_changed(tmp_path, monkeypatch):
+    """Old code: every flush (Pipeline.save, the exit) wrote every in-memory variant again, up to the whole memory
+    tier (1 GiB by default), though one lookup was all that had happened since the last."""
+    import os
+
+    from test_cachecraft import _variant
+
+    from ragkit.caches import ChunkKVCache
+
+    cache = ChunkKVCache("m", "t", disk_dir=tmp_path)
+    for i in range(6):
+        cache.put(f"k{i}", _variant(seed=i))
+    written = _written(monkeypatch)
+    cache.flush()
+    assert sorted(written) == [f"k{i}" for i in range(6)]
+    files = sorted(tmp_path.glob("k*/*.safetensors"))
+    stamps = {f: (os.stat(f).st_ino, os.stat(f).st_mtime_ns) for f in files}
+    written.clear()
+    (v,) = cache.lookup("k0")
+    cache.flush()  # a lookup changes no variant: nothing is written
+    assert written == [] and {f: (os.stat(f).st_ino, os.stat(f).st_mtime_ns) for f in files} == stamps
+    cache.touch(v, 0.2)  # a reuse: its file holds the count before it
+    cache.put("k1", _variant(seed=11))  # the same context again: replaced
+    cache.put("k9", _variant(seed=9))  # new
+    cache.flush()
+    assert sorted(written) == ["k0", "k1", "k9"]
+    written.clear()
+    cache.flush()
+    assert written == []
+    back = {k: ChunkKVCache("m", "t", disk_dir=tmp_path).lookup(k)[0] for k in ("k0", "k1")}
+    assert back["k0"].cfo_n == 1 and back["k0"].cfo_sum == pytest.approx(0.2)  # (its reuse decays by the wall time)
+    assert torch_equal(back["k1"].keys, _variant(seed=11).keys)
+
+
+def test_a_variant_read_from_disk_is_written_again_only_once_reused(tmp_path, monkeypatch):
+    from test_cachecraft import _variant
+
+    from ragkit.caches import ChunkKVCache
+
+    first = ChunkKVCache("m", "t", disk_dir=tmp_path)
+    first.put("a", _variant(seed=1))
+    first.put("b", _variant(seed=2))
+    first.flush()
+    second = ChunkKVCache("m", "t", disk_dir=tmp_path)
+    written = _written(monkeypatch)
+    (a,) = second.lookup("a")
+    (b,) = second.lookup("b")
+    second.flush()
+    assert written == []
+    second.touch(b, 0.0)
+    second.flush()
+    assert written == ["b"]
+    written.clear()
+    del second  # its memory tier holds nothing new: the write at its close writes nothing
+    import gc
+
+    gc.collect()
+    assert written == []
+
+
+def torch_equal(a, b) -> bool:
+    import torch
+
+    return bool(torch.equal(a, b))
 
