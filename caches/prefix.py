@@ -73,6 +73,11 @@ class PrefixCache:
         self.misses += 1
         return 0, None, None
 
+    def holds(self, ids: np.ndarray, boundaries: Sequence[int]) -> bool:
+        """Whether the prompt :meth:`put` would store for ``ids`` and ``boundaries`` is stored (then ``put`` leaves
+        it as is: a caller need not gather its rows); counts no hit and moves nothing."""
+        return _h(ids[:max(boundaries)]) in self._entries
+
     def put(self, ids: np.ndarray, boundaries: Sequence[int], keys: torch.Tensor, values: torch.Tensor) -> None:
         """Store rows ``[0:max(boundaries)]`` and index every boundary.
 

@@ -111,3 +111,63 @@ def torch_equal(a, b) -> bool:
 
     return bool(torch.equal(a, b))
 
+
+def test_decoding_runs_no_pass_after_its_last_token(tiny):  # noqa: F811
+    """Old code: after the last token (max_new_tokens reached) decoding ran one more forward pass, whose logits were
+    never read.  The answer is the one a greedy loop over the whole text gives, and the prefill's rows are left as
+    they were (the cache decoding grows is not a clone of them any more: transformers' DynamicCache copies them)."""
+    import torch
+
+    from ragkit.generators.local import LocalGenerator
+
+    g = LocalGenerator(tiny[0]).load()
+    g.eos_ids_ = set()  # a random model: it never stops by chance, and now never stops early
+    seg = g.segments(TINY_Q, TINY_CHUNKS[:2])
+    passes = [0]
+    hook = g.model.register_forward_hook(lambda *_: passes.__setitem__(0, passes[0] + 1))
+    try:
+        for mode in ("full", "prefix", "cachecraft"):
+            pre = g.prefill(seg, mode, fraction=0.5)
+            rows = [k.clone() for k in pre.keys], [v.clone() for v in pre.values]
+            for n in (1, 2, 6):
+                passes[0] = 0
+                out = g.decode(pre, max_new_tokens=n)
+                assert len(out) == n and passes[0] == n - 1, (mode, n, passes[0])
+            assert all(torch.equal(a, b) for a, b in zip(rows[0] + rows[1], pre.keys + pre.values)), mode
+    finally:
+        hook.remove()
+    ids = list(seg.ids())
+    with torch.no_grad():
+        for _ in range(6):  # greedy over the whole text each step, no cache
+            ids.append(int(torch.argmax(g.model(input_ids=torch.tensor([ids])).logits[0, -1])))
+    assert g.decode(g.prefill(seg, "full"), max_new_tokens=6) == ids[-6:]
+    # a stop token ends it before a pass too: the passes are those that made the tokens kept and the stop token
+    pre = g.prefill(seg, "full")
+    g.eos_ids_ = {ids[len(seg) + 3]}
+    passes[0] = 0
+    hook = g.model.register_forward_hook(lambda *_: passes.__setitem__(0, passes[0] + 1))
+    try:
+        assert g.decode(pre, max_new_tokens=6) == ids[len(seg):len(seg) + 3] and passes[0] == 3
+    finally:
+        hook.remove()
+
+
+def test_a_prompt_already_in_the_prefix_cache_is_not_gathered_again(tiny, monkeypatch):  # noqa: F811
+    """Old code: every prefix-mode prefill joined the whole prompt's rows of every layer (torch.cat) before
+    PrefixCache.put found the prompt stored already and dropped them."""
+    from ragkit.caches import PrefixCache
+    from ragkit.generators.local import LocalGenerator
+
+    g = LocalGenerator(tiny[0]).load()
+    seg = g.segments(TINY_Q, TINY_CHUNKS)
+    puts = []
+    real = PrefixCache.put
+    monkeypatch.setattr(PrefixCache, "put", lambda self, *a: (puts.append(a[2].shape), real(self, *a))[1])
+    full = g.prefill(seg, "full")
+    first = g.prefill(seg, "prefix")
+    again = g.prefill(seg, "prefix")
+    assert len(puts) == 1 and puts[0][2] == len(seg) - len(seg.question)  # the rows up to the last chunk
+    assert again.chunk_fraction == [0.0, 0.0, 0.0] and first.chunk_fraction == [1.0, 1.0, 1.0]
+    assert float((again.logits - full.logits).abs().max()) < 1e-4
+    assert g.prefix_cache.holds(seg.ids(), [len(seg) - len(seg.question)])
+

@@ -758,15 +758,17 @@ class LocalGenerator:
         with torch.no_grad():
             if k == 0 or K is None or V is None:  # no cached prefix
                 o = self.model(input_ids=torch.from_numpy(ids)[None], use_cache=True)
-            else:
-                past = DynamicCache(ddp_cache_data=[(K[li:li + 1].clone(), V[li:li + 1].clone())
-                                                    for li in range(K.shape[0])])
+            else:  # (the cache copies the rows it is given: the stored prefix is never written, see decode)
+                past = DynamicCache(ddp_cache_data=[(K[li:li + 1], V[li:li + 1]) for li in range(K.shape[0])])
                 o = self.model(input_ids=torch.from_numpy(ids[k:])[None], position_ids=torch.arange(k, T)[None],
                                use_cache=True, **{_cache_kwarg(self.model): past})
         layers = _output_cache(o).layers
         Ks = [layer.keys for layer in layers]
         Vs = [layer.values for layer in layers]
-        self.prefix_cache.put(ids, bounds, torch.cat(Ks, 0), torch.cat(Vs, 0))
+        if not self.prefix_cache.holds(ids, bounds):  # (joined only to be stored: the rows up to the last chunk)
+            top = max(bounds)
+            self.prefix_cache.put(ids, bounds, torch.cat([k[:, :, :top] for k in Ks], 0),
+                                  torch.cat([v[:, :, :top] for v in Vs], 0))
         done = [min(max(k - s, 0), len(c)) / max(len(c), 1) for s, c in zip(seg.starts(), seg.chunks)]
         return Prefill(o.logits[0, -1], Ks, Vs, T, T - k, 0.0, "prefix", [1 - d for d in done])
 
@@ -965,7 +967,9 @@ class LocalGenerator:
         self.load()
         if self.context_length is not None:
             max_new_tokens = min(max_new_tokens, max(self.context_length - pre.n_prompt, 0))
-        past = DynamicCache(ddp_cache_data=[(k.clone(), v.clone()) for k, v in zip(pre.keys, pre.values)])
+        # not cloned: a DynamicCache's layers grow by torch.cat (a new tensor; its first update copies the rows
+        # given), so decoding never writes into pre's rows
+        past = DynamicCache(ddp_cache_data=list(zip(pre.keys, pre.values)))
         cache_kw = _cache_kwarg(self.model)
         out: list[int] = []
         logits = pre.logits
@@ -980,6 +984,8 @@ class LocalGenerator:
             out.append(tok)
             if on_token is not None:
                 shown = self._send(out, shown, on_token)
+            if len(out) == max_new_tokens:  # the last token: no pass for a next one (its logits were never read)
+                break
             with self._lock:
                 o = self.model(input_ids=torch.tensor([[tok]]), position_ids=torch.tensor([[pos]]),
                                use_cache=True, **{cache_kw: past})
