@@ -100,9 +100,9 @@ def test_reduce_is_read_case_insensitively_and_written_lower_case(value, read):
 @pytest.mark.parametrize("args, option, wanted, given", [
     (["eval", "--data", "x", "-p", "bm25", "--limit", "-3"], "--limit", "an integer >= 1", "-3"),
     (["eval", "--data", "x", "-p", "bm25", "--limit", "abc"], "--limit", "an integer >= 1", "abc"),
-    (["eval", "--data", "x", "-p", "bm25", "--depth", "0"], "--depth", "an integer >= 1", "0"),
+    (["eval", "--data", "x", "-p", "bm25", "--depth", "0"], "--depth", "an integer from 1 to 2,147,483,646", "0"),
     (["eval", "--data", "x", "-p", "bm25", "--relevance-level", "0"], "--relevance-level", "an integer >= 1", "0"),
-    (["search", "--index", "x", "--k", "0", "q"], "--k", "an integer >= 1", "0"),
+    (["search", "--index", "x", "--k", "0", "q"], "--k", "an integer from 1 to 2,147,483,647", "0"),
     (["ask", "q", "-p", "bm25", "--top-k", "0"], "--top-k", "an integer >= 1", "0"),
     (["ask", "q", "-p", "bm25", "--max-new-tokens", "1.5"], "--max-new-tokens", "an integer >= 1", "1.5"),
     (["train", "--data", "x", "-p", "bm25", "-o", "out", "--seed", "-1"], "--seed",

@@ -47,6 +47,7 @@ from ragkit.cli._records import (
 from ragkit.cli._scoring import _fit_and_score, _Scored, _Scoring
 from ragkit.errors import RagkitError, some_ids
 from ragkit.eval.provenance import timestamp
+from ragkit.params import MAX_INT
 
 
 def _n_queries(n: int) -> str:
@@ -171,7 +172,7 @@ def eval_cmd(
     limit: Optional[int] = _ranged_option(None, "--limit", lo=1,
                                           help="Evaluate only the first N queries (smoke runs; N >= 1)."),
     backend: str = typer.Option("local", "--backend", help="local or ray."),
-    depth: Optional[int] = _ranged_option(None, "--depth", lo=1,
+    depth: Optional[int] = _ranged_option(None, "--depth", lo=1, hi=MAX_INT - 1,  # (searched depth + 1: see below)
                                           help="Documents retrieved per query (the search's k, deepening every "
                                                "retriever: 1000 for recall@1000); default: the pipeline's own."),
     keep_identical_ids: bool = typer.Option(False, "--keep-identical-ids",

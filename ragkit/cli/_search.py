@@ -19,6 +19,7 @@ from ragkit.cli._options import _expands_paths, _ranged_option
 from ragkit.cli._outputs import _check_not_inside, _is_stdout, _prepare_outputs, _write_outputs
 from ragkit.cli._pipeline import _fewer_found, _load_folder, _rankings_only, _without_generation
 from ragkit.errors import RagkitError
+from ragkit.params import MAX_INT
 
 if TYPE_CHECKING:
     from ragkit.types import Corpus
@@ -34,7 +35,7 @@ def search_cmd(
         None, metavar="QUERY", help="One or more queries (or --queries FILE)."),
     index: Path = typer.Option(..., "--index", help="A saved, fitted folder (pipeline.save(dir) or "
                                                     "operator.save(dir))."),
-    k: int = _ranged_option(10, "--k", lo=1, help="Documents shown (or written) per query."),
+    k: int = _ranged_option(10, "--k", lo=1, hi=MAX_INT, help="Documents shown (or written) per query."),
     queries_file: Optional[Path] = typer.Option(None, "--queries", help="Search the queries of a file: a BEIR "
                                                                         "queries.jsonl, a TSV of query-id, tab, text "
                                                                         "lines, or one query per line; '-': read "

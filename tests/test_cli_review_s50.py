@@ -1,0 +1,99 @@
+"""CLI review s50: ranged options refused by name before any work, help texts that say what the commands do,
+a misspelt BEIR name with a suggestion, one ``--out`` probe, ``--pipeline`` resolved once, and messages that name
+the option given."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ragkit.params import MAX_INT
+
+DOCS = [("d1", "Vitamin D", "Vitamin D prevents fractures in elderly people."),
+        ("d2", "Cats", "Cats sleep most of the day."),
+        ("d3", "Dogs", "Dogs bark at strangers."),
+        ("d4", "Hips", "Fractures of the hip are common.")]
+QUERIES = [("q1", "does vitamin D prevent fractures"), ("q2", "why do cats sleep"), ("q3", "dog barking"),
+           ("q4", "hip fracture"), ("q5", "sleeping cats"), ("q6", "barking dogs")]
+
+
+def _cli(*args: object):
+    from typer.testing import CliRunner
+
+    from ragkit.cli import app
+
+    return CliRunner().invoke(app, [str(a) for a in args], env={"COLUMNS": "200"})
+
+
+def _tiny(root: Path) -> Path:
+    """A four-document BEIR folder with a test and a train split."""
+    (root / "qrels").mkdir(parents=True)
+    (root / "corpus.jsonl").write_text("".join(json.dumps({"_id": i, "title": t, "text": x}) + "\n"
+                                               for i, t, x in DOCS), encoding="utf-8")
+    (root / "queries.jsonl").write_text("".join(json.dumps({"_id": i, "text": t}) + "\n" for i, t in QUERIES),
+                                        encoding="utf-8")
+    head = "query-id\tcorpus-id\tscore\n"
+    (root / "qrels" / "test.tsv").write_text(head + "q1\td1\t1\nq2\td2\t1\nq3\td3\t1\n", encoding="utf-8")
+    (root / "qrels" / "train.tsv").write_text(head + "q4\td4\t1\nq5\td2\t1\nq6\td3\t1\n", encoding="utf-8")
+    return root
+
+
+def _index(root: Path) -> Path:
+    """A fitted, saved BM25 pipeline over :data:`DOCS`."""
+    from ragkit.pipelines import Pipeline
+    from ragkit.retrievers import BM25
+    from ragkit.types import Corpus
+
+    pipe = Pipeline([BM25()])
+    pipe.fit(Corpus([d[0] for d in DOCS], [d[2] for d in DOCS], [d[1] for d in DOCS]))
+    pipe.save(root)
+    return root
+
+
+def _no_work(monkeypatch, module: str, name: str) -> list[str]:
+    """Make ``module.name`` (the command's first piece of work: loading the index, resolving the pipeline)
+    record that it ran and fail; the list of its calls."""
+    import importlib
+
+    calls: list[str] = []
+
+    def refuse(*args, **kwargs):
+        calls.append(name)
+        raise AssertionError(f"{name} ran: the option should have been refused before any work")
+
+    monkeypatch.setattr(importlib.import_module(module), name, refuse)
+    return calls
+
+
+# ------------------------------------------------------------------ 1. ranged options' upper bound
+
+
+def test_search_k_beyond_max_int_is_refused_by_name_before_the_index_loads(tmp_path, monkeypatch):
+    """``search --k 3000000000`` loaded the index, then said "search option k: expected a positive integer of at
+    most 2,147,483,647"; now the flag's range check refuses it, naming --k, and --help states the range."""
+    idx = _index(tmp_path / "idx")
+    calls = _no_work(monkeypatch, "ragkit.cli._search", "_load_folder")
+    res = _cli("search", "--index", idx, "--k", 3_000_000_000, "vitamin")
+    assert res.exit_code == 2, res.output
+    assert "Invalid value for '--k': expected an integer from 1 to 2,147,483,647, got '3000000000'" in res.output
+    assert "search option k" not in res.output and calls == []
+    assert "[an integer from 1 to 2,147,483,647]" in " ".join(_cli("search", "--help").output.split())
+    monkeypatch.undo()
+    assert _cli("search", "--index", idx, "--k", MAX_INT, "vitamin").exit_code == 0  # (the bound itself: taken)
+
+
+def test_eval_depth_beyond_max_int_less_one_is_refused_before_the_fit(tmp_path, monkeypatch):
+    """``eval --depth 3000000000`` fitted the pipeline, then said "search option k ... got 3000000001" (its depth
+    + 1, for datasets whose queries are documents); now --depth takes at most MAX_INT - 1 (searched one deeper:
+    MAX_INT), refused by name before the pipeline is resolved, the range in --help."""
+    data = _tiny(tmp_path / "data")
+    calls = _no_work(monkeypatch, "ragkit.cli._eval", "resolve_pipeline")
+    for depth in (3_000_000_000, MAX_INT):
+        res = _cli("eval", "--data", data, "--pipeline", "bm25", "--depth", depth)
+        assert res.exit_code == 2, res.output
+        assert f"Invalid value for '--depth': expected an integer from 1 to 2,147,483,646, got '{depth}'" in res.output
+    assert calls == []
+    assert "[an integer from 1 to 2,147,483,646]" in " ".join(_cli("eval", "--help").output.split())
+    monkeypatch.undo()
+    res = _cli("eval", "--data", data, "--pipeline", "bm25", "--depth", MAX_INT - 1)
+    assert res.exit_code == 0, res.output
