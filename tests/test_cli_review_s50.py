@@ -97,3 +97,31 @@ def test_eval_depth_beyond_max_int_less_one_is_refused_before_the_fit(tmp_path, 
     monkeypatch.undo()
     res = _cli("eval", "--data", data, "--pipeline", "bm25", "--depth", MAX_INT - 1)
     assert res.exit_code == 0, res.output
+
+
+# ------------------------------------------------------------------ 2. train's help says when the report runs
+
+
+def _six_train(root: Path) -> Path:
+    """:func:`_tiny` with all six queries judged in the train split (enough for the held-out report)."""
+    _tiny(root)
+    (root / "qrels" / "train.tsv").write_text("query-id\tcorpus-id\tscore\n" + "".join(
+        f"q{i}\t{d}\t1\n" for i, d in zip(range(1, 7), ("d1", "d2", "d3", "d4", "d2", "d3"))), encoding="utf-8")
+    return root
+
+
+def test_train_help_says_a_pipeline_that_learns_nothing_skips_the_report(tmp_path):
+    """``train --help`` said the report runs "unless --no-report" and by default "when the split has that many"
+    queries; a pipeline that learns nothing (bm25) skips it unless --report.  The help now says so, and the
+    command does what it says."""
+    page = " ".join(_cli("train", "--help").output.split())
+    assert "A pipeline that learns nothing (bm25 alone) skips the report unless --report" in page
+    assert "report when the split has that many and the pipeline learns from judged queries" in page
+    assert "Unless --no-report, a held-out report comes first" not in page
+    data = _six_train(tmp_path / "data")
+    res = _cli("train", "--data", data, "--pipeline", "bm25", "--out", tmp_path / "a")
+    assert res.exit_code == 0, res.output
+    assert "held-out report is skipped" in res.output and "held-out 1 of 6" not in res.output
+    res = _cli("train", "--data", data, "--pipeline", "bm25", "--out", tmp_path / "b", "--report")
+    assert res.exit_code == 0, res.output
+    assert "held-out 1 of 6 train queries" in res.output

@@ -129,16 +129,20 @@ def train_cmd(
         None, "--report/--no-report", show_default=False,
         help=f"First fit on 80% of the split and report nDCG@10 on the held-out 20% (queries of one text, whitespace "
              f"and case aside, on one side); this needs at least "
-             f"{MIN_REPORT_QUERIES} judged queries.  Default: report when the split has that many, else skip the "
-             f"report with a note; --report on a smaller split is an error (before anything is fitted)."),
+             f"{MIN_REPORT_QUERIES} judged queries.  Default: report when the split has that many and the pipeline "
+             f"learns from judged queries, else skip the report with a note (a pipeline that learns nothing would "
+             f"show one fit twice: --report shows it anyway); --report on a smaller split is an error (before "
+             f"anything is fitted)."),
     seed: int = _ranged_option(0, "--seed", lo=0, hi=2**32 - 1, help="Seed of the held-out fold."),
 ) -> None:
     """Fit a pipeline on a corpus, learning from a judged split, and save it.
 
-    Unless --no-report, a held-out report comes first: one in five of the split's queries
-    are held out (the queries of one text together: a question asked under two ids is held
-    out under both or fitted on under both), the pipeline is fitted on the rest (and
-    unlearned, when it can be), and each step's effect on the held-out queries is shown.
+    When the pipeline learns from judged queries (and unless --no-report), a held-out report
+    comes first: one in five of the split's queries are held out (the queries of one text
+    together: a question asked under two ids is held out under both or fitted on under both),
+    the pipeline is fitted on the rest (and unlearned, when it can be), and each step's effect
+    on the held-out queries is shown.  A pipeline that learns nothing (bm25 alone) skips the
+    report unless --report: its unlearned and learned rows would be one fit.
     """
     from ragkit import evaluate, load_beir
     from ragkit.encoders import caching_queries
