@@ -159,12 +159,33 @@ def _json_text(v: Any) -> str:
 
 
 def _meta_value(v: Any) -> Any:
-    """One metadata value as :func:`_meta_column` keeps it."""
+    """One metadata value as :func:`_meta_column` keeps it: a numpy scalar as Python's, as a save writes it
+    (:func:`_jsonable`: a float32 by its shortest repr, so that ``filter={"w": 0.1}`` finds ``np.float32(0.1)``
+    before a save as after, and a returned value is JSON-serialisable); a datetime64 / timedelta64 kept."""
     if isinstance(v, np.ndarray) and v.ndim == 1:
         return v.tolist()
     if isinstance(v, tuple):
         return list(v)
+    if isinstance(v, np.floating) and v.dtype != np.float64 and np.isfinite(v):
+        v = float(str(v))
+    elif isinstance(v, np.generic) and not isinstance(v, (np.datetime64, np.timedelta64)):
+        v = v.item()
     return None if is_missing(v) else v
+
+
+def _filter_wants(want: Any) -> list[Any]:
+    """The values a filter's ``want`` asks for (:func:`filter_values`), a missing one (pandas.NA, NaT) as None and
+    a float32 / float16 scalar with its shortest decimal too (``np.float32(0.1)`` also as ``0.1``: how
+    :func:`_meta_value` keeps such a value of the documents, and a save writes it)."""
+    out: list[Any] = []
+    for w in filter_values(want):
+        if is_missing(w):
+            out.append(None)
+            continue
+        out.append(w)
+        if isinstance(w, np.floating) and w.dtype != np.float64:
+            out.append(float(str(w)))
+    return out
 
 
 def _frozen(arr: np.ndarray, given: Any) -> np.ndarray:
@@ -820,7 +841,7 @@ class Corpus:
             key, column = self._filter_column(key)
             # any collection of values (a list, a set, a range, dict keys, a numpy array or pandas
             # Series) means membership; a string or a single value means equality
-            wants = [None if is_missing(w) else w for w in filter_values(want)]  # pandas.NA, NaT: as None
+            wants = _filter_wants(want)
             if column is self.titles:  # strings only ('' for none): one vectorised membership test
                 strings = [w for w in wants if isinstance(w, str)]
                 if not strings:  # a number for a title (title: 2020) matches no document: refused, as for a field
@@ -847,7 +868,7 @@ class Corpus:
         check_filter(where)
         for key, want in where.items():
             key, column = self._filter_column(key)
-            wants = [None if is_missing(w) else w for w in filter_values(want)]
+            wants = _filter_wants(want)
             if column is self.titles:
                 if not any(isinstance(w, str) for w in wants):
                     check_kinds(key, dict.fromkeys(self.titles[:1].tolist(), 0), wants)

@@ -7,17 +7,23 @@
 - With ``cache=True`` and no key, an ``Embeddings`` that is no pydantic model was keyed by its object id, which
   CPython gives to the next object once it is freed (and the disk cache outlives the process): a new model was
   served an old one's vectors.  ``cache=True`` is refused there, saying to pass ``key=``.
+- numpy scalars in metadata stayed numpy (``np.float32(0.1)``): ``filter={"w": 0.1}`` found nothing before a
+  save and found the document after, and returned metadata was no JSON.  They are kept as Python's, as a save
+  writes them.
 """
 from __future__ import annotations
 
 import hashlib
+import json
 
 import numpy as np
 import pytest
+from langchain_core.documents import Document
 from langchain_core.embeddings import DeterministicFakeEmbedding, Embeddings
 
 from ragkit.errors import ParamError
-from ragkit.integrations.langchain import LangChainEmbeddingsEncoder
+from ragkit.integrations.langchain import LangChainEmbeddingsEncoder, RagkitRetriever
+from ragkit.types import Corpus
 
 
 class _Counting(DeterministicFakeEmbedding):
@@ -88,3 +94,29 @@ def test_cache_refused_under_an_object_id_key(tmp_path, monkeypatch):
     named = LangChainEmbeddingsEncoder(_Plain(0), key="plain-seed-0", cache=True)
     named.encode(["abc"])
     assert named.n_encoded == 1
+
+
+def test_numpy_scalar_metadata_filters_alike_before_and_after_a_save(tmp_path):
+    docs = [Document(page_content="vitamin c scurvy", id="a",
+                     metadata={"w": np.float32(0.1), "n": np.int64(3), "ok": np.bool_(True)}),
+            Document(page_content="vitamin d bones", id="c",
+                     metadata={"w": np.float32(0.25), "n": np.int64(4), "ok": np.bool_(False)})]
+    r = RagkitRetriever.from_documents(docs, k=3)
+    before = [[d.id for d in r.invoke("vitamin", filter=f)] for f in ({"w": 0.1}, {"w": 0.25}, {"n": 3})]
+    r.save(tmp_path / "r")
+    r2 = RagkitRetriever.load(tmp_path / "r")
+    after = [[d.id for d in r2.invoke("vitamin", filter=f)] for f in ({"w": 0.1}, {"w": 0.25}, {"n": 3})]
+    assert before == after == [["a"], ["c"], ["a"]]
+    got = {d.id: d.metadata for d in r.invoke("vitamin")}
+    assert (type(got["a"]["w"]), type(got["a"]["n"]), type(got["a"]["ok"])) == (float, int, bool)
+    assert (got["a"]["w"], got["a"]["ok"]) == (0.1, True)
+    json.dumps(list(got.values()))
+
+
+def test_corpus_keeps_numpy_scalars_as_python_values():
+    c = Corpus(ids=["a", "b", "c"], texts=["x", "y", "z"],
+               metadata={"w": [np.float32(0.1), 0.5, np.float32("nan")],
+                         "d": [np.datetime64("2020-01-01"), None, None]})
+    assert c.metadata["w"].tolist()[:2] == [0.1, 0.5] and c.metadata["w"].tolist()[2] is None
+    assert type(c.metadata["w"][0]) is float
+    assert isinstance(c.metadata["d"][0], np.datetime64)
