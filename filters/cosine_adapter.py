@@ -17,7 +17,16 @@ from pydantic import Field
 from ragkit._saves import load_array, read_json, save_arrays, saved_fit_report, write_json
 from ragkit.encoders import DEFAULT_MODEL, check_encoder_key, get_encoder, query_vectors, save_encoder_key
 from ragkit.errors import ArtifactError, DataError, InputTypeError
-from ragkit.filters._flat import check_cosines, check_dense_rankings, cut_prefix, first_unsorted, flatten, leading_run
+from ragkit.filters._flat import (
+    check_cosines,
+    check_dense_rankings,
+    count_option,
+    cut_prefix,
+    first_unsorted,
+    flatten,
+    leading_run,
+    read_count,
+)
 from ragkit.operator import Operator
 from ragkit.options import PARAM
 from ragkit.params import ModelName, Params, Seed
@@ -333,8 +342,10 @@ class CosineAdapter(Operator):
     needs_train = True  # fit always learns from judged queries (``ragkit train`` has no unlearned row for it)
     example = {"max_iter": 50}
     upstream_example = [{"dense": {"k": 20}}]
-    #: ``search(..., cosine_adapter={"threshold": 0.3})``; a ``threshold`` of None is the fitted one
-    run_options = {"threshold": PARAM, "k_min": PARAM}
+    #: ``search(..., cosine_adapter={"threshold": 0.3})``; a ``threshold`` of None is the fitted one; ``k_min`` is a
+    #: count, held to the rule of a per-call ``k`` (an integer, here >= 0: "2" and 2.0 refused, which the parameter
+    #: converts)
+    run_options = {"threshold": PARAM, "k_min": count_option(0)}
     #: set by fit: the deepest training query's candidates, or None when loaded from a save that predates it
     depth_: int | None
     #: set by fit: the power form's centre x0 (the median training candidate's (c+1)/2), None for other forms
@@ -713,7 +724,8 @@ class CosineAdapter(Operator):
             return out
         t = self.opt(state, "threshold")
         t = self.threshold_ if t is None else float(t)
-        k_min = int(self.opt(state, "k_min", self.params.k_min))
+        k_min = read_count(self, "k_min", self.opt(state, "k_min", self.params.k_min), 0)  # the call's (checked),
+        # else the parameter
         rows, c, lengths, starts, qidx = flatten(state.rankings)
         check_cosines(c, self.name, qidx)
         check_dense_rankings(state.rankings, c, qidx, self.name, ordered=True)  # the kept set is a prefix

@@ -26,7 +26,7 @@ from ragkit.encoders import (
 )
 from ragkit.encoders.sentence import encode_documents, encoder_label
 from ragkit.errors import DataError
-from ragkit.filters._flat import check_rows_in_corpus, first_positions, pad_rows
+from ragkit.filters._flat import check_rows_in_corpus, count_option, first_positions, pad_rows, read_count
 from ragkit.filters.cutoffs import cut_k
 from ragkit.operator import Operator
 from ragkit.options import PARAM
@@ -153,7 +153,8 @@ class MMR(Operator):
     corpus holds more documents, a warning (once per operator object) says to raise the
     retriever's ``k``.
 
-    ``k``, ``lambda_mult`` and ``fetch_k`` may also be set per call, checked as the parameters are:
+    ``k``, ``lambda_mult`` and ``fetch_k`` may also be set per call, ``lambda_mult`` checked as its parameter
+    is, ``k`` and ``fetch_k`` (or None) as a call's ``k`` is (a positive integer; ``"8"`` or ``8.0`` refused):
     ``search(queries, mmr={"lambda_mult": 0.3, "fetch_k": 50}, dense={"k": 50})`` (a ``fetch_k``
     beyond what the retriever returns needs its ``k`` raised too, as above); LangChain's
     ``RagkitRetriever.invoke(q, mmr={"lambda_mult": 0.3})`` passes them through.
@@ -178,9 +179,10 @@ class MMR(Operator):
     Params = MMRParams
     params: MMRParams
     example = {"k": 10, "fetch_k": 20, "lambda_mult": 0.5}
-    #: per call (``search(..., mmr={"lambda_mult": 0.3, "fetch_k": 50})``, LangChain's ``invoke(q, mmr={...})``),
-    #: each checked as the parameter of that name is
-    run_options = {"k": PARAM, "lambda_mult": PARAM, "fetch_k": PARAM}
+    #: per call (``search(..., mmr={"lambda_mult": 0.3, "fetch_k": 50})``, LangChain's ``invoke(q, mmr={...})``):
+    #: ``k`` and ``fetch_k`` (or None) are counts, held to the rule of a per-call ``k`` (a positive integer: "8"
+    #: and 8.0 refused, which the parameters convert), ``lambda_mult`` is checked as its parameter is
+    run_options = {"k": PARAM, "lambda_mult": PARAM, "fetch_k": count_option(none=True)}
 
     @property
     def encoder(self) -> Encoder:
@@ -202,7 +204,8 @@ class MMR(Operator):
             out.rankings = []
             return out
         k = cut_k(self, state)  # its own k option exactly, else its k raised to the call's
-        fetch_k = self.opt(state, "fetch_k", self.params.fetch_k)  # a per-call option, else the parameter
+        fetch_k = read_count(self, "fetch_k", self.opt(state, "fetch_k", self.params.fetch_k), none=True)  # the call's
+        # (a count, checked), else the parameter
         lambda_mult = self.opt(state, "lambda_mult", self.params.lambda_mult)
         longest = max((len(r) for r in state.rankings), default=0)
         want = max(fetch_k or longest, k)  # pool >= k

@@ -163,3 +163,41 @@ def test_predict_proba_errors_name_the_row_and_the_value():
     with pytest.raises(DataError, match="1 non-finite score") as e:  # a pipeline's message: no NaN for an inf
         check_cosines(np.array([0.5, np.inf]), "cosine_adapter", np.array([0, 0]))
     assert "NaN" not in str(e.value)
+
+
+# ---------------------------------------------------------------------- 7. per-call counts
+@pytest.mark.parametrize("value", ["8", 8.0, True, 0])
+def test_per_call_fetch_k_is_held_to_the_rule_of_a_per_call_k(value):
+    """``mmr={"fetch_k": "8"}`` and ``8.0`` were converted while ``mmr={"k": "3"}`` was refused: both are counts
+    now, refused alike by search and by a direct call; the parameters still convert as ``k``'s does."""
+    from ragkit.errors import ParamError
+
+    corpus, qs = _hashed_corpus(200)
+    pipe = (Dense(k=10, model="review-s50-hash64") | MMR(k=3, model="review-s50-hash64")).fit(corpus)
+    with pytest.raises(ParamError, match=f"search option mmr.fetch_k: expected a positive integer, got {value!r}"):
+        pipe.search(qs[:2], mmr={"fetch_k": value})
+    state = pipe.steps[0](State(qs[:2]))
+    state.options = {"mmr": {"fetch_k": value}}
+    with pytest.raises(ParamError, match=f"options.mmr.fetch_k: expected a positive integer, got {value!r}") as e:
+        pipe.steps[1](state)
+    assert e.value.path == "options.mmr.fetch_k"
+    assert pipe.search(qs[:2], mmr={"fetch_k": np.int64(8)}).doc_ids[0].tolist()
+    assert pipe.search(qs[:2], mmr={"fetch_k": None}).doc_ids[0].tolist()
+    assert MMR(fetch_k="8", k="3").params.fetch_k == 8  # the parameters: as k's ("3" -> 3)
+
+
+@pytest.mark.parametrize("value", ["2", 2.0, True, -1])
+def test_per_call_k_min_is_held_to_the_rule_of_a_per_call_k(value):
+    from ragkit.errors import ParamError
+    from ragkit.filters.cosine_adapter import CosineAdapter
+
+    pipe = _adapter_pipe()
+    with pytest.raises(ParamError, match=f"search option cosine_adapter.k_min: expected an integer >= 0, got "
+                                         f"{value!r}"):
+        pipe.search(["topic31"], cosine_adapter={"k_min": value})
+    state = pipe.steps[0](State(["topic31"]))
+    state.options = {"cosine_adapter": {"k_min": value}}
+    with pytest.raises(ParamError, match="options.cosine_adapter.k_min: expected an integer >= 0"):
+        pipe.steps[1](state)
+    assert len(pipe.search(["topic35"], cosine_adapter={"k_min": 3, "threshold": 1.0}).doc_ids[0]) == 3
+    assert CosineAdapter(k_min="2").params.k_min == 2  # the parameter: as k's ("3" -> 3)
