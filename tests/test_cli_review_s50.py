@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from ragkit.params import MAX_INT
 
 DOCS = [("d1", "Vitamin D", "Vitamin D prevents fractures in elderly people."),
@@ -125,3 +127,61 @@ def test_train_help_says_a_pipeline_that_learns_nothing_skips_the_report(tmp_pat
     res = _cli("train", "--data", data, "--pipeline", "bm25", "--out", tmp_path / "b", "--report")
     assert res.exit_code == 0, res.output
     assert "held-out 1 of 6 train queries" in res.output
+
+
+# ------------------------------------------------------------------ 3. a misspelt BEIR name
+
+
+def _mirror(tmp_path: Path, monkeypatch) -> Path:
+    """An empty folder served as ``$RAGKIT_BEIR_URL`` (a ``file:`` URL: no network; the cache under ``tmp_path``)."""
+    www = tmp_path / "www"
+    www.mkdir()
+    monkeypatch.setenv("RAGKIT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("RAGKIT_BEIR_URL", www.as_uri())
+    monkeypatch.chdir(tmp_path)
+    return www
+
+
+def test_a_misspelt_beir_name_is_bad_input_with_a_suggestion(tmp_path, monkeypatch):
+    """``--data scifcat`` fetched scifcat.zip, was told there is none and exited 1 (a failure worth retrying) with
+    no suggestion; it is a typo of a BEIR name: exit 2, "did you mean the BEIR dataset 'scifact'?"."""
+    from ragkit import load_beir
+    from ragkit.errors import DataError
+    from ragkit.eval.beir import DownloadError
+
+    _mirror(tmp_path, monkeypatch)
+    for command in (["eval", "--data", "scifcat", "-p", "bm25"],
+                    ["train", "--data", "nfcorpsu", "-p", "bm25", "--out", tmp_path / "out"]):
+        res = _cli(*command)
+        assert res.exit_code == 2, res.output
+        right = "scifact" if "scifcat" in command else "nfcorpus"
+        assert res.output.rstrip().endswith(f"; did you mean the BEIR dataset {right!r}?"), res.output
+    with pytest.raises(DataError, match=r"could not download BEIR dataset 'scifcat'.*did you mean the BEIR dataset "
+                                        r"'scifact'\?$") as caught:
+        load_beir("scifcat")
+    assert not isinstance(caught.value, DownloadError)
+
+
+def test_a_known_name_or_an_unknown_one_a_mirror_lacks_stays_a_failed_download(tmp_path, monkeypatch):
+    """A BEIR name the mirror lacks (an incomplete mirror), or a name close to none of BEIR's on a mirror (which
+    may host datasets of its own): a failed download still, exit 1, no suggestion."""
+    _mirror(tmp_path, monkeypatch)
+    for name in ("scifact", "my-own-data"):
+        res = _cli("eval", "--data", name, "-p", "bm25")
+        assert res.exit_code == 1, res.output
+        assert f"could not download BEIR dataset {name!r}" in res.output and "did you mean" not in res.output
+
+
+def test_a_name_beirs_own_server_lacks_is_bad_input_listing_its_datasets(tmp_path, monkeypatch):
+    """From BEIR's own server (no $RAGKIT_BEIR_URL), which holds only BEIR's datasets, a 404 for another name is
+    bad input (2), and the error lists the names it has.  (BEIR's address is pointed at a local folder here.)"""
+    import ragkit.eval._download as download
+    import ragkit.eval.beir as beir
+
+    www = _mirror(tmp_path, monkeypatch)
+    monkeypatch.delenv("RAGKIT_BEIR_URL")
+    monkeypatch.setattr(download, "BEIR_URL", www.as_uri())
+    monkeypatch.setattr(beir, "BEIR_URL", www.as_uri())
+    res = _cli("eval", "--data", "my-own-data", "-p", "bm25")
+    assert res.exit_code == 2, res.output
+    assert "; BEIR's datasets are arguana, climate-fever, " in res.output and "webis-touche2020" in res.output

@@ -553,10 +553,33 @@ def _find(name: str, label: str, *, download: bool, base_url: str | None) -> Pat
         return download_beir(name, base_url=base_url)
     except (DataError, ParamError) as e:  # (ParamError: a name that is no file name, 'my data')
         cls = DownloadError if isinstance(e, DownloadError) else DataError  # (a failed download stays one)
-        cached = [p for p in _misspelt(name, {cache_dir() / "beir"}) if p.name != name] if getattr(
-            e, "missing", False) else []  # (one of that name is an incomplete download: 'looked in' says so)
+        missing = getattr(e, "missing", False)
+        cached = [p for p in _misspelt(name, {cache_dir() / "beir"}) if p.name != name] if missing else []
+        # (one of that name is an incomplete download: 'looked in' says so)
         hint = f"; did you mean the cached dataset {cached[0].name!r} ({cached[0]})?" if cached else ""
+        if missing and not cached and name.lower() not in BEIR_NAMES:
+            hint, bad_name = _unknown_name(name, base_url)
+            if bad_name:  # a typo of a BEIR name, or a name BEIR's own server lacks: bad input, not a retry
+                cls = DataError
         raise cls(f"BEIR dataset {label!r}: not found locally (looked in {looked}); {e}{hint}") from None
+
+
+def _unknown_name(name: str, base_url: str | None) -> tuple[str, bool]:
+    """For a name the server answered it has no archive of (HTTP 404) and BEIR does not distribute
+    (:data:`BEIR_NAMES`): the hint to add to the error (``; did you mean the BEIR dataset 'scifact'?`` for
+    ``scifcat``; from BEIR's own server, the names it has), and whether the name is bad input (exit status 2:
+    asking again cannot help) rather than a failed download (1): so when it is a typo of a BEIR name, or when
+    the server is BEIR's own, which holds only those.  Another server ($RAGKIT_BEIR_URL, ``base_url``) may
+    host datasets of its own that it lacks for now: a name close to none of BEIR's stays a failed download."""
+    import difflib
+
+    near = difflib.get_close_matches(name.lower(), BEIR_NAMES, n=1, cutoff=0.75)
+    official = (base_url or os.environ.get("RAGKIT_BEIR_URL") or BEIR_URL).rstrip("/") == BEIR_URL.rstrip("/")
+    if near:
+        return f"; did you mean the BEIR dataset {near[0]!r}?", True
+    if official:
+        return f"; BEIR's datasets are {', '.join(BEIR_NAMES)}", True
+    return "", False
 
 
 def _find_sub(archive: str, sub: str, *, download: bool, base_url: str | None) -> Path:
