@@ -11,7 +11,7 @@ from pydantic import Field
 
 from ragkit._results import score_rises
 from ragkit.errors import DataError
-from ragkit.filters._flat import cut_prefix, flatten, leading_run
+from ragkit.filters._flat import count_option, cut_prefix, flatten, leading_run, read_count
 from ragkit.operator import Operator
 from ragkit.options import PARAM
 from ragkit.params import Params
@@ -31,7 +31,7 @@ class _PrefixCut(Operator):
     params: ScoreThresholdParams | RelativeThresholdParams  # (k_min)
     stateless = True
     min_keep = 0  # kept per query whatever the rule and ``k_min`` say
-    run_options = {"k_min": PARAM}
+    run_options = {"k_min": count_option(0)}
 
     def _keep(self, state: State, scores: np.ndarray, lengths: np.ndarray, starts: np.ndarray,
               qidx: np.ndarray) -> np.ndarray:
@@ -42,7 +42,7 @@ class _PrefixCut(Operator):
         out = state.copy()
         if state.rankings is None:
             return out
-        k_min = int(self.opt(state, "k_min", self.params.k_min))
+        k_min = int(read_count(self, "k_min", self.opt(state, "k_min", self.params.k_min), 0))
         _, scores, lengths, starts, qidx = flatten(state.rankings)
         _check_sorted(scores, qidx, self.name)
         keep = self._keep(state, scores, lengths, starts, qidx)
