@@ -185,3 +185,47 @@ def test_a_name_beirs_own_server_lacks_is_bad_input_listing_its_datasets(tmp_pat
     res = _cli("eval", "--data", "my-own-data", "-p", "bm25")
     assert res.exit_code == 2, res.output
     assert "; BEIR's datasets are arguana, climate-fever, " in res.output and "webis-touche2020" in res.output
+
+
+# ------------------------------------------------------------------ 4. train --out: one probe, named as given
+
+
+def test_train_out_refusals_name_the_option_as_given(tmp_path, monkeypatch):
+    """``train --out <a file>`` said "<resolved path>: exists and is not a folder; refusing to replace it with a
+    ragkit save" (a foreign folder, one inside a saved pipeline: the same), naming neither --out nor the path as
+    typed; every refusal now starts "--out <as given>: ", before the dataset is read."""
+    import ragkit
+
+    data = _tiny(tmp_path / "data")
+    monkeypatch.chdir(tmp_path)
+    Path("afile").write_text("x")
+    Path("mine").mkdir()
+    Path("mine/notes.txt").write_text("keep")
+    _index(tmp_path / "saved")
+    monkeypatch.setattr(ragkit, "load_beir", lambda *a, **k: pytest.fail("the dataset was read"))
+    for out, said in (("afile", "exists and is not a folder; a fitted pipeline is saved as a folder"),
+                      ("mine", "a non-empty folder that is not a ragkit save"),
+                      ("saved/ops/00-bm25", "inside the saved pipeline at "),
+                      ("afile/model", "afile is a file, not a folder")):
+        res = _cli("train", "--data", data, "-p", "bm25", "--out", out)
+        assert res.exit_code == 2, res.output
+        assert res.output.startswith(f"error: --out {out}: {said}"), res.output
+        assert str(tmp_path / out) not in res.output
+    assert Path("afile").read_text() == "x" and [p.name for p in Path("mine").iterdir()] == ["notes.txt"]
+
+
+def test_train_out_and_file_outputs_share_one_probe(tmp_path, monkeypatch):
+    """``train`` copied ``_prepare_output``'s folder probe; both now call :func:`_probe_writable`."""
+    from ragkit.cli import _outputs
+
+    seen: list[tuple[str, bool]] = []
+    real = _outputs._probe_writable
+    monkeypatch.setattr(_outputs, "_probe_writable",
+                        lambda path, option, *, folder=False: seen.append((option, folder)) or real(
+                            path, option, folder=folder))
+    data = _six_train(tmp_path / "data")
+    res = _cli("train", "--data", data, "-p", "bm25", "--out", tmp_path / "m", "--no-report")
+    assert res.exit_code == 0, res.output
+    res = _cli("eval", "--data", data, "-p", tmp_path / "m", "--split", "test", "-o", tmp_path / "r.json")
+    assert res.exit_code == 0, res.output
+    assert seen[:2] == [("--out", True), ("--output", False)], seen

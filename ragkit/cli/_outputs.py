@@ -48,27 +48,60 @@ def _prepare_output(path: Optional[Path], option: str, example: str) -> None:
         raise RagkitError(f"{option} {path}: not a regular file, character device or pipe (a socket or a block "
                           f"device), which the written file would replace; give a file path such as "
                           f"{example}, or '-' for standard output")
+    _probe_writable(path, option)
+
+
+def _probe_writable(path: Path, option: str, *, folder: bool = False) -> None:
+    """Check before any work starts that the output ``path`` of ``option`` (a file; with ``folder``, a folder the
+    command saves: ``train --out``) can be written, each refusal a :class:`RagkitError` that starts with
+    ``<option> <path as given>: ``: no file above it, and a real write into its nearest existing folder (a
+    temporary file, or folder, made and removed there: ``os.access`` says yes to root on read-only file
+    systems).  The missing folders are created only when it is written (:func:`_make_folder`, the save's own):
+    a command refused later (a bad --pipeline, a malformed dataset) or failing leaves no empty folder behind."""
     blocker = file_above(path)
     if blocker is not None:
         raise RagkitError(f"{option} {path}: {blocker} is a file, not a folder; choose another path")
-    # its folder is created when the file is written (_make_folder), not now: a command refused later (a bad
-    # --pipeline, a malformed dataset) or failing leaves no empty folder behind; the nearest folder that exists is
-    # tried now with a real write (os.access says yes to root on read-only file systems)
     parent = path.absolute().parent
     while not parent.exists() and parent != parent.parent:
         parent = parent.parent
     if not parent.is_dir():
         raise RagkitError(f"{option} {path}: cannot create its folder {path.parent}: {parent} is not a folder")
+    direct = folder or parent == path.absolute().parent  # (a save creates its missing folders itself)
     try:
-        if parent == path.absolute().parent:
+        if folder or not direct:
+            os.rmdir(tempfile.mkdtemp(dir=parent, prefix=f".{path.name}.", suffix=".probe"))
+        else:
             fd, probe = tempfile.mkstemp(dir=parent, prefix=f".{path.name}.", suffix=".probe")
             os.close(fd)
             os.unlink(probe)
-        else:
-            os.rmdir(tempfile.mkdtemp(dir=parent, prefix=f".{path.name}.", suffix=".probe"))
     except OSError as e:
-        what = "write into the folder" if parent == path.absolute().parent else f"create its folder {path.parent} in"
+        what = "write into the folder" if direct else f"create its folder {path.parent} in"
         raise RagkitError(f"{option} {path}: cannot {what} {parent}: {e.strerror or e}") from None
+
+
+def _prepare_out_folder(out: Path, option: str = "--out") -> None:
+    """Check before any fit that a fitted pipeline can be saved to the folder ``out`` (``train --out``), each
+    refusal starting with ``<option> <out as given>: ``: ``-`` (a saved pipeline is a folder: it cannot go to
+    standard output), a file, a file above it, a folder that cannot be written (:func:`_probe_writable`), and
+    what a save refuses to replace (:meth:`~ragkit._saves.atomic_dir.check`: a folder that is not a ragkit
+    save, one inside a saved pipeline).  Marks the command as one with files to write."""
+    from ragkit._saves import atomic_dir
+
+    if str(out) == "-":
+        raise RagkitError(f"{option} -: a fitted pipeline is saved as a folder, which cannot go to standard output; "
+                          "expected a folder path such as fitted/scifact-bm25")
+    _want_files()
+    if out.exists() and not out.is_dir():
+        raise RagkitError(f"{option} {out}: exists and is not a folder; a fitted pipeline is saved as a folder: give "
+                          "a new folder's path (or an earlier save's), such as fitted/scifact-bm25")
+    _probe_writable(out, option, folder=True)
+    try:
+        atomic_dir.check(out)
+    except RagkitError as e:  # said of the resolved path ('/home/me/x: ...'): said of the option as given
+        message, shown = str(e), str(out.resolve())
+        e.args = (f"{option} {out}: {message[len(shown) + 2:]}" if message.startswith(f"{shown}: ") else
+                  f"{option} {out}: {message}", *e.args[1:])
+        raise
 
 
 def _make_folder(path: Path, option: str) -> None:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +16,7 @@ from ragkit.cli._app import _examples, _fail, _RunFailure, app
 from ragkit.cli._console import console, err_console
 from ragkit.cli._data import _check_data_folder, _check_split, _refuse_test_split
 from ragkit.cli._options import _expands_paths, _ranged_option
+from ragkit.cli._outputs import _prepare_out_folder
 from ragkit.cli._pipeline import (
     _check_retrieves,
     _in_file,
@@ -27,7 +26,6 @@ from ragkit.cli._pipeline import (
     resolve_pipeline,
 )
 from ragkit.cli._scoring import _Scoring, _search_scored
-from ragkit.cli._streams import _want_files
 from ragkit.errors import MissingExtraError, RagkitError
 
 #: Judged queries ``ragkit train``'s held-out report needs: one in five is held out.
@@ -94,26 +92,6 @@ def _held_out_fold(queries: Any, seed: int) -> Optional[_Fold]:
     return _Fold(np.flatnonzero(held).tolist(), np.flatnonzero(~held).tolist(), int((sizes[group] > 1).sum()))
 
 
-def _check_out_folder(out: Path) -> None:
-    """Refuse, before any fit, a ``train --out`` of ``-`` (a saved pipeline is a folder: it cannot go to
-    standard output) and one whose nearest existing folder cannot be written (a real write, a temporary
-    folder made and removed there: ``os.access`` says yes to root on read-only file systems)."""
-    if str(out) == "-":
-        raise RagkitError("--out -: a fitted pipeline is saved as a folder, which cannot go to standard output; "
-                          "expected a folder path such as fitted/scifact-bm25")
-    _want_files()
-    parent = out.absolute().parent
-    while not parent.exists() and parent != parent.parent:  # (the save creates the missing folders)
-        parent = parent.parent
-    if not parent.is_dir():
-        raise RagkitError(f"--out {out}: {parent} is a file, not a folder; choose another path")
-    try:
-        probe = tempfile.mkdtemp(dir=parent, prefix=f".{out.name}.", suffix=".probe")
-        os.rmdir(probe)
-    except OSError as e:
-        raise RagkitError(f"--out {out}: cannot write into the folder {parent}: {e.strerror or e}") from None
-
-
 @app.command("train", epilog=_examples(
     "ragkit train --data scifact --pipeline examples/learned.yaml --out scifact-learned",
     "ragkit eval --data scifact --pipeline scifact-learned"))
@@ -156,10 +134,7 @@ def train_cmd(
     except RagkitError as e:
         _fail(e)
     try:
-        from ragkit._saves import atomic_dir
-
-        _check_out_folder(out)  # '-', or a folder that cannot be written: refused now, not after the training
-        atomic_dir.check(out)  # refuse a file or a foreign folder now, not after the training
+        _prepare_out_folder(out)  # '-', a file, a foreign or unwritable folder: refused now, not after the training
         # a broken pipeline is refused before the dataset is read (or downloaded)
         first = resolve_pipeline(pipeline)[0]
         _check_retrieves(first, f"--pipeline {pipeline}")
