@@ -171,3 +171,39 @@ def test_a_prompt_already_in_the_prefix_cache_is_not_gathered_again(tiny, monkey
     assert float((again.logits - full.logits).abs().max()) < 1e-4
     assert g.prefix_cache.holds(seg.ids(), [len(seg) - len(seg.question)])
 
+
+def test_the_gguf_file_is_hashed_once_by_the_check_of_the_source_and_the_load(tmp_path, monkeypatch):
+    """Old code: the load hashed the GGUF file itself (model_fingerprint), beside the memo the check of the source
+    had filled: SmolLM2's 98 MB twice per ragkit ask."""
+    from ragkit.generators import _model_source as ms
+
+    f = tmp_path / "m.gguf"
+    f.write_bytes(b"GGUF" + b"\0" * 64)
+    calls: list[str] = []
+    real = ms.model_fingerprint
+    monkeypatch.setattr(ms, "model_fingerprint", lambda p: calls.append(p) or real(p))
+    monkeypatch.setenv("RAGKIT_CACHE", str(tmp_path / "cache"))
+    read = []
+    monkeypatch.setattr(ms, "_read_gguf_copy", lambda folder, fp: read.append(fp) or ("tokenizer", "model"))
+    fp, _ = ms.source_fingerprint(str(f), None)
+    loaded = ms._load_model(str(tmp_path), "m.gguf")
+    assert loaded.fingerprint == fp == read[0] == real(str(f)) and (loaded.tokenizer, loaded.model) == ("tokenizer",
+                                                                                                      "model")
+    assert calls == [str(f)]
+
+
+def test_a_model_folder_is_hashed_once_while_unchanged(tiny, monkeypatch):  # noqa: F811
+    """Old code: the fingerprint of a model folder hashed its weight files at every call (the check of the source,
+    the generate step's fit, the load)."""
+    from ragkit.encoders import sentence
+    from ragkit.generators import _model_source as ms
+
+    monkeypatch.setattr(sentence, "_RACY_NS", 0)  # (the tiny folder was written just now)
+    calls: list[str] = []
+    real = sentence.model_fingerprint
+    monkeypatch.setattr(sentence, "model_fingerprint", lambda p: calls.append(p) or real(p))
+    monkeypatch.setattr(ms, "model_fingerprint", lambda p: calls.append(p) or real(p))
+    sentence._FINGERPRINTS.pop(tiny[1], None)
+    first = ms.source_fingerprint(tiny[1], None)
+    assert ms.source_fingerprint(tiny[1], None) == first and ms._local_fingerprint(tiny[1], None) == first
+    assert first[0] == real(tiny[1]) and calls == [tiny[1]]

@@ -23,7 +23,7 @@ import torch
 
 from ragkit._files import FCNTL as _fcntl, share_file_like_umask
 from ragkit._locks import MODEL_LOADING
-from ragkit.encoders.sentence import hub_unreachable as _hub_unreachable, model_fingerprint
+from ragkit.encoders.sentence import cached_fingerprint, hub_unreachable as _hub_unreachable, model_fingerprint
 from ragkit.errors import (
     ArtifactError,
     ArtifactNotFoundError,
@@ -239,13 +239,14 @@ def _file_fingerprint(path: str) -> str:
 
 def _local_fingerprint(name: str, gguf: str | None) -> tuple[str, str] | None:
     """``(fingerprint, path)`` of the GGUF file ``gguf`` in the folder ``name``, else of the model folder
-    ``name``: their content (:func:`~ragkit.encoders.sentence.model_fingerprint`); ``None`` for neither (a
-    Hugging Face id)."""
+    ``name``: their content (:func:`~ragkit.encoders.sentence.model_fingerprint`), hashed once per process
+    while the files are unchanged (:func:`_file_fingerprint`, :func:`~ragkit.encoders.sentence.cached_fingerprint`);
+    ``None`` for neither (a Hugging Face id)."""
     if gguf is not None and os.path.isfile(os.path.join(name, gguf)):
         path = os.path.join(name, gguf)
         return _file_fingerprint(path), path
     if os.path.isdir(name):
-        return model_fingerprint(name), name
+        return cached_fingerprint(name), name
     return None
 
 
@@ -742,7 +743,7 @@ def _load_model(name: str, gguf: str | None) -> _Loaded:
 
     path = os.path.join(name, gguf) if gguf is not None else ""
     if gguf is not None and os.path.isfile(path):
-        fp = model_fingerprint(path)
+        fp = _file_fingerprint(path)  # (hashed already by the check of the source, when it ran: not again)
         folder = gguf_copy_dir(fp)
         seen = _record_stamp(folder)
         got = _read_gguf_copy(folder, fp)
