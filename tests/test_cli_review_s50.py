@@ -229,3 +229,71 @@ def test_train_out_and_file_outputs_share_one_probe(tmp_path, monkeypatch):
     res = _cli("eval", "--data", data, "-p", tmp_path / "m", "--split", "test", "-o", tmp_path / "r.json")
     assert res.exit_code == 0, res.output
     assert seen[:2] == [("--out", True), ("--output", False)], seen
+
+
+# ------------------------------------------------------------------ 5. train resolves --pipeline once
+
+LEARNED = ("pipeline:\n  - parallel:\n      branches:\n        - bm25: {k: 10}\n"
+           "        - bm25: {k: 10, variant: okapi, b: 0.3}\n      fuse:\n        rrf: {learn: true}\n")
+
+
+def test_train_resolves_the_pipeline_once(tmp_path, monkeypatch):
+    """``train --pipeline <saved folder>`` with its held-out report resolved --pipeline four times (four loads of
+    the folder, checksums and all); now once, the report's two fits on unfitted copies of it, and what is saved
+    is the same; the report's unlearned fit no longer says that a fit without train drops what the folder learned."""
+    from ragkit.cli import _pipeline, _train
+    from ragkit.pipelines import store
+
+    data = _six_train(tmp_path / "data")
+    (tmp_path / "l.yaml").write_text(LEARNED, encoding="utf-8")
+    res = _cli("train", "--data", data, "-p", tmp_path / "l.yaml", "--out", tmp_path / "saved", "--no-report")
+    assert res.exit_code == 0, res.output
+    resolved: list[str] = []
+    loads: list[str] = []
+    real_resolve, real_load = _pipeline.resolve_pipeline, store.load_pipeline
+    monkeypatch.setattr(_train, "resolve_pipeline", lambda spec: resolved.append(spec) or real_resolve(spec))
+    monkeypatch.setattr(store, "load_pipeline", lambda *a, **k: loads.append(str(a[0])) or real_load(*a, **k))
+    for spec, out in ((tmp_path / "saved", "again"), (tmp_path / "l.yaml", "from-yaml")):
+        resolved.clear(), loads.clear()
+        res = _cli("train", "--data", data, "-p", spec, "--out", tmp_path / out, "--report")
+        assert res.exit_code == 0, res.output
+        assert "held-out 1 of 6 train queries" in res.output and "unlearned" in res.output
+        assert "fit without train" not in res.output
+        assert resolved == [str(spec)], resolved
+        assert len(loads) == (1 if out == "again" else 0), loads
+    from ragkit.pipelines import Pipeline
+
+    again, fresh = Pipeline.load(tmp_path / "again"), Pipeline.load(tmp_path / "from-yaml")
+    assert again.to_yaml() == fresh.to_yaml() == Pipeline.from_yaml(LEARNED).to_yaml()
+    assert again.learned() == fresh.learned()
+
+
+def test_the_report_copies_read_back_as_the_pipeline(tmp_path):
+    """:func:`_unfitted_copy` of each example pipeline, of an operator name's and of a saved learned folder's is
+    that pipeline (its YAML, its steps' parameters), unfitted."""
+    from ragkit.cli._pipeline import resolve_pipeline
+    from ragkit.cli._train import _unfitted_copy
+    from ragkit.pipelines import Pipeline
+
+    examples = Path(__file__).resolve().parent.parent / "examples"
+    fitted = Pipeline.from_yaml(LEARNED)
+    fitted.fit(_corpus(), None)
+    fitted.save(tmp_path / "saved")
+    specs = [*map(str, sorted(examples.glob("*.yaml"))), "bm25", str(tmp_path / "saved")]
+    for spec in specs:
+        pipe, _ = resolve_pipeline(spec)
+        copy = _unfitted_copy(pipe)
+        assert copy.to_yaml() == pipe.to_yaml() and repr(copy) == repr(pipe), spec
+        assert not any(getattr(leaf, "is_fitted", False) and not leaf.stateless for leaf in _leaves(copy)), spec
+
+
+def _corpus():
+    from ragkit.types import Corpus
+
+    return Corpus([d[0] for d in DOCS], [d[2] for d in DOCS], [d[1] for d in DOCS])
+
+
+def _leaves(pipe):
+    from ragkit.pipelines._compose import iter_leaves
+
+    return list(iter_leaves(pipe))

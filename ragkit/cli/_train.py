@@ -92,6 +92,16 @@ def _held_out_fold(queries: Any, seed: int) -> Optional[_Fold]:
     return _Fold(np.flatnonzero(held).tolist(), np.flatnonzero(~held).tolist(), int((sizes[group] > 1).sum()))
 
 
+def _unfitted_copy(pipe: Any) -> Any:
+    """A new, unfitted pipeline of ``pipe``'s steps and parameters, for the held-out report's fits: ``pipe``'s YAML
+    read back (what :func:`resolve_pipeline` builds from a YAML file or an operator name; of a saved folder, the
+    pipeline it was fitted as, without what it learned: each report fit starts from the parameters given, as a
+    fit does), so that ``--pipeline`` is resolved (a saved folder loaded and its checksums verified) once."""
+    from ragkit.pipelines import Pipeline
+
+    return Pipeline.from_yaml(pipe.to_yaml())
+
+
 @app.command("train", epilog=_examples(
     "ragkit train --data scifact --pipeline examples/learned.yaml --out scifact-learned",
     "ragkit eval --data scifact --pipeline scifact-learned"))
@@ -195,7 +205,7 @@ def train_cmd(
             traces = {}
             for label, tr in (("unlearned", None), ("learned", fit_part)):
                 # scored on rankings: a generate step's answers per held-out query would be thrown away
-                pipe = _without_generation(resolve_pipeline(pipeline)[0], f"--pipeline {pipeline}", note=tr is None)
+                pipe = _without_generation(_unfitted_copy(first), f"--pipeline {pipeline}", note=tr is None)
                 if tr is None and any(op.needs_train for op in iter_leaves(pipe)):
                     console.print("[dim]unlearned: skipped (parts of this pipeline fit only with judged queries)[/]")
                     continue
@@ -218,7 +228,7 @@ def train_cmd(
             from ragkit.pipelines.trace import print_stages
 
             print_stages(console, traces, title="what each step does to the held-out queries")
-        pipe, _ = resolve_pipeline(pipeline)
+        pipe = first  # (resolved once: a saved folder's load, checksums and all, was done up to four times)
         t0 = time.perf_counter()
         with err_console.status(f"fitting on all {len(train.queries)} {split} queries..."), caching_queries():
             pipe.fit(ds.corpus, train)
