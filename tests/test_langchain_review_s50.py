@@ -10,6 +10,9 @@
 - numpy scalars in metadata stayed numpy (``np.float32(0.1)``): ``filter={"w": 0.1}`` found nothing before a
   save and found the document after, and returned metadata was no JSON.  They are kept as Python's, as a save
   writes them.
+- A retriever kept a copy of its pipeline's corpus from when it was built, and checked an assigned
+  ``search_kwargs`` filter against it: a field another retriever sharing the pipeline added since was "not a
+  metadata field" (a call with the same filter worked).  The corpus is read from the pipeline at each use.
 """
 from __future__ import annotations
 
@@ -120,3 +123,18 @@ def test_corpus_keeps_numpy_scalars_as_python_values():
     assert c.metadata["w"].tolist()[:2] == [0.1, 0.5] and c.metadata["w"].tolist()[2] is None
     assert type(c.metadata["w"][0]) is float
     assert isinstance(c.metadata["d"][0], np.datetime64)
+
+
+def test_search_kwargs_filter_checked_against_documents_another_retriever_added():
+    """Retrievers sharing one fitted pipeline: a field another one added is a field for this one's search_kwargs
+    (it was checked against this retriever's copy of the corpus, from when it was built)."""
+    from ragkit.retrievers import BM25
+
+    pipe = BM25().fit(Corpus.from_texts(["apple pie", "cherry tart"]))
+    r1, r3 = RagkitRetriever(pipeline=pipe, k=2), RagkitRetriever(pipeline=pipe, k=2)
+    r1.add_documents([Document(page_content="apple crumble", id="y", metadata={"year": 2020})])
+    r3.search_kwargs = {"filter": {"year": 2020}}
+    assert [d.id for d in r3.invoke("apple")] == ["y"]
+    with pytest.raises(ParamError, match="'yr' is not a metadata field"):
+        r3.search_kwargs = {"filter": {"yr": 2020}}
+

@@ -404,7 +404,6 @@ class RagkitRetriever(BaseRetriever):
     call's ``k`` raises an operator's own ``k`` set here below it (``{"knn_embed": {"k": 4}}``, ``invoke(q, k=8)``:
     8 documents)."""
 
-    _corpus: Corpus = PrivateAttr()
     #: which retrievers produced each query's documents (:func:`_producers_of`)
     _producers: "_Producers" = PrivateAttr()
     #: the options that keep the tree's generate steps from answering (:func:`_rankings_only`; ``{}``: none)
@@ -440,7 +439,9 @@ class RagkitRetriever(BaseRetriever):
         if self.train is not None and not isinstance(self.train, TrainSet):
             raise ParamError(f"train: expected a ragkit TrainSet, got {type(self.train).__name__}")
         if self._op is not None and self.pipeline is self._op and self.corpus is None:
-            self._check_search_kwargs(self._op, self._corpus)  # r.k = 5, r.search_kwargs = {...}
+            # r.k = 5, r.search_kwargs = {...}: a filter checked against the documents the pipeline holds now
+            # (another retriever sharing it may have added some, with fields of their own, since this one was built)
+            self._check_search_kwargs(self._op, self._searched_corpus(self._op))
             return self
         # a folder of RagkitRetriever.save: its pipeline and settings from one save; what the call gives wins
         op, saved = _load_with_settings(self.pipeline)
@@ -478,7 +479,6 @@ class RagkitRetriever(BaseRetriever):
                 "pipeline: it is not fitted; pass corpus=... (documents to index) or a fitted pipeline / saved folder"
             )
         self.__dict__["pipeline"] = op
-        self._corpus = corpus
         self._producers = _producers_of(op)
         self._rankings_only = _rankings_only(op, self.search_kwargs)
         self._lock = lock_of(op)
@@ -777,7 +777,7 @@ class RagkitRetriever(BaseRetriever):
         error: Exception | None = None
         for _ in range(_EDIT_RETRIES):
             # the documents this search's rows index: read from the pipeline before and after it, never from
-            # this retriever (a call on another thread updates self._corpus after its own search)
+            # this retriever
             with self._reading() as state:  # (an edit through this retriever waits, and is waited for)
                 # a generate step passes its rankings on (the documents it would answer from), unless the
                 # options say generate={"answer": True}: the answers would be thrown away
@@ -805,8 +805,6 @@ class RagkitRetriever(BaseRetriever):
                 f"{len(queries)} quer{'y' if len(queries) == 1 else 'ies'} (add / remove on another thread); "
                 "expected them unchanged for the length of one search: edit the index between searches"
                 + (f" (last error: {type(error).__name__}: {error})" if error is not None else "")) from error
-        if state.pipeline is self.pipeline:
-            self._corpus = corpus  # a retriever edited since (add / remove)
         rankings = run.rankings if run.rankings is not None else [Ranking.empty() for _ in queries]
         producers = state.producers.of(run.values, len(queries))
         return [self._documents(r, corpus, names) for r, names in zip(rankings, producers)]
@@ -996,9 +994,12 @@ class RagkitRetriever(BaseRetriever):
                                 f"{again}): the pipeline's retrievers may now hold different documents, and searches "
                                 "say so; fit a new retriever") from e
             raise
-        corpus = _corpus_of(pipe)
-        assert corpus is not None
-        self._corpus = corpus
+
+    @property
+    def _corpus(self) -> Corpus | None:
+        """The documents the built pipeline searches now, read from it at each use (no copy is kept: another
+        retriever sharing the pipeline may have added or removed documents since); None before it is built."""
+        return None if self._op is None else self._searched_corpus(self._op)
 
     def _searched_corpus(self, pipeline: Operator | None = None) -> Corpus | None:
         """The corpus ``pipeline`` (default: the retriever's) searches now (``None`` while its retrievers
