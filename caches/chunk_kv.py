@@ -235,6 +235,26 @@ def _is_int(x: object) -> TypeGuard[int | np.integer]:
     return isinstance(x, (int, np.integer)) and not isinstance(x, (bool, np.bool_))
 
 
+#: what ``budget_bytes`` (:class:`ChunkKVCache`, :class:`~ragkit.caches.PrefixCache`, ``LocalGenerator``'s
+#: ``cache_budget_bytes``) and ``disk_budget_bytes`` may be, in words (their errors say it)
+BUDGET_EXPECTED = "an int >= 0, or None for no budget"
+DISK_BUDGET_EXPECTED = "an int >= 0, or None for no limit on the disk tier"
+
+
+def budget_ok(value: object) -> bool:
+    """Whether ``value`` is a byte budget: an int >= 0 (Python or numpy, not a bool), or ``None`` (none)."""
+    return value is None or (_is_int(value) and bool(value >= 0))
+
+
+def check_disk_budget_has_dir(where: str, disk_budget_bytes: object, disk_dir: object) -> None:
+    """Raise :class:`~ragkit.errors.ParamError` (from ``where``) for a ``disk_budget_bytes`` without a ``disk_dir``:
+    it would limit a disk tier that is not there."""
+    if disk_budget_bytes is not None and disk_dir is None:
+        raise ParamError(f"{where}: disk_budget_bytes={disk_budget_bytes!r} limits the chunk cache's disk tier, but "
+                         "there is none (disk_dir=None); set disk_dir, or leave disk_budget_bytes out",
+                         "disk_budget_bytes")
+
+
 class CacheModelMismatchError(ArtifactError, ValueError):
     """A chunk cache written for one model/tokenizer was offered to another (a ragkit
     :class:`~ragkit.errors.ArtifactError`, and a ``ValueError`` as before)."""
@@ -624,16 +644,12 @@ class ChunkKVCache:
         if dtype is None:
             raise ParamError(f"ChunkKVCache: storage_dtype={storage_dtype!r}; expected {STORAGE_DTYPE_EXPECTED}",
                              "storage_dtype")
-        if budget_bytes is not None and not (_is_int(budget_bytes) and budget_bytes >= 0):
-            raise ParamError(f"ChunkKVCache: budget_bytes={budget_bytes!r}; expected an int >= 0, or None for no "
-                             "budget", "budget_bytes")
-        if disk_budget_bytes is not None and not (_is_int(disk_budget_bytes) and disk_budget_bytes >= 0):
-            raise ParamError(f"ChunkKVCache: disk_budget_bytes={disk_budget_bytes!r}; expected an int >= 0, or None "
-                             "for no limit on the disk tier", "disk_budget_bytes")
-        if disk_budget_bytes is not None and disk_dir is None:
-            raise ParamError(f"ChunkKVCache: disk_budget_bytes={disk_budget_bytes!r} limits the disk tier, but there "
-                             "is none (disk_dir=None); set disk_dir, or leave disk_budget_bytes out",
+        if not budget_ok(budget_bytes):
+            raise ParamError(f"ChunkKVCache: budget_bytes={budget_bytes!r}; expected {BUDGET_EXPECTED}", "budget_bytes")
+        if not budget_ok(disk_budget_bytes):
+            raise ParamError(f"ChunkKVCache: disk_budget_bytes={disk_budget_bytes!r}; expected {DISK_BUDGET_EXPECTED}",
                              "disk_budget_bytes")
+        check_disk_budget_has_dir("ChunkKVCache", disk_budget_bytes, disk_dir)
         if not (_is_int(max_variants) and max_variants >= 1):
             raise ParamError(f"ChunkKVCache: max_variants={max_variants!r}; expected an int >= 1", "max_variants")
         if disk_dir is not None and (not isinstance(disk_dir, (str, os.PathLike)) or os.fspath(disk_dir) == ""):

@@ -15,6 +15,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from ragkit.caches.chunk_kv import BUDGET_EXPECTED, budget_ok
 from ragkit.errors import ParamError
 
 __all__ = ["PrefixCache"]
@@ -38,10 +39,8 @@ class PrefixCache:
     """
 
     def __init__(self, budget_bytes: int | None = None) -> None:
-        if budget_bytes is not None and (isinstance(budget_bytes, (bool, np.bool_))
-                                         or not isinstance(budget_bytes, (int, np.integer)) or budget_bytes < 0):
-            raise ParamError(f"PrefixCache: budget_bytes={budget_bytes!r}; expected an int >= 0, or None for no budget",
-                             "budget_bytes")
+        if not budget_ok(budget_bytes):
+            raise ParamError(f"PrefixCache: budget_bytes={budget_bytes!r}; expected {BUDGET_EXPECTED}", "budget_bytes")
         self.budget_bytes = None if budget_bytes is None else int(budget_bytes)
         self._entries: "OrderedDict[str, tuple[torch.Tensor, torch.Tensor]]" = OrderedDict()
         # boundary hash -> {entry holding those rows: boundary}, the most recently stored entry last

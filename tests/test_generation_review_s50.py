@@ -207,3 +207,40 @@ def test_a_model_folder_is_hashed_once_while_unchanged(tiny, monkeypatch):  # no
     first = ms.source_fingerprint(tiny[1], None)
     assert ms.source_fingerprint(tiny[1], None) == first and ms._local_fingerprint(tiny[1], None) == first
     assert first[0] == real(tiny[1]) and calls == [tiny[1]]
+
+
+def test_the_budgets_are_checked_alike_everywhere():
+    """One check of a byte budget (an int >= 0, numpy's too, not a bool; or None) and of a disk budget without a disk
+    tier, in ChunkKVCache, PrefixCache and LocalGenerator: the same words, each naming where."""
+    import numpy as np
+
+    from ragkit.caches import ChunkKVCache, PrefixCache
+    from ragkit.errors import ParamError
+    from ragkit.generators.local import LocalGenerator
+
+    for ok in (None, 0, 5, np.int64(5)):
+        ChunkKVCache("m", "t", budget_bytes=ok)
+        PrefixCache(ok)
+        LocalGenerator(cache_budget_bytes=ok)
+    for bad in (-1, True, np.bool_(True), 1.5, "1"):
+        got = []
+        for make in (lambda: ChunkKVCache("m", "t", budget_bytes=bad), lambda: PrefixCache(bad),
+                     lambda: LocalGenerator(cache_budget_bytes=bad)):
+            with pytest.raises(ParamError) as e:
+                make()
+            got.append(str(e.value).split(": ", 1))
+        assert [w for w, _ in got] == ["ChunkKVCache", "PrefixCache", "LocalGenerator"]
+        assert got[0][1] == got[1][1] == got[2][1].replace("cache_budget_bytes", "budget_bytes") == (
+            f"budget_bytes={bad!r}; expected an int >= 0, or None for no budget")
+    msgs = []
+    for make in (lambda: ChunkKVCache("m", "t", disk_budget_bytes=10), lambda: LocalGenerator(disk_budget_bytes=10)):
+        with pytest.raises(ParamError, match="disk_budget_bytes=10 limits the chunk cache's disk tier, but there is "
+                                             r"none \(disk_dir=None\)") as e:
+            make()
+        msgs.append(str(e.value).split(": ", 1)[1])
+    assert msgs[0] == msgs[1]
+    for make in (lambda: ChunkKVCache("m", "t", disk_dir="x", disk_budget_bytes=-1),
+                 lambda: LocalGenerator(disk_dir="x", disk_budget_bytes=-1)):
+        with pytest.raises(ParamError, match=r": disk_budget_bytes=-1; expected an int >= 0, or None for no limit "
+                                             "on the disk tier$"):
+            make()

@@ -10,7 +10,15 @@ from typing import Literal, TypeGuard
 
 import numpy as np
 
-from ragkit.caches.chunk_kv import STORAGE_DTYPE_EXPECTED, storage_dtype_name
+from ragkit.caches.chunk_kv import (
+    BUDGET_EXPECTED,
+    DISK_BUDGET_EXPECTED,
+    STORAGE_DTYPE_EXPECTED,
+    _is_int,
+    budget_ok,
+    check_disk_budget_has_dir,
+    storage_dtype_name,
+)
 from ragkit.errors import ParamError
 
 Mode = Literal["full", "prefix", "naive", "cachecraft"]
@@ -20,10 +28,6 @@ SELECTORS: tuple[str, ...] = ("fixed", "cacheblend", "cachecraft", "boundary", "
 TOKEN_SELECTS: tuple[str, ...] = ("deviation", "stored")
 #: default ``disk_half_life_s``, seconds: :class:`~ragkit.caches.ChunkKVCache`'s (one hour)
 DISK_HALF_LIFE_S = 3600.0
-
-
-def _is_int(x: object) -> TypeGuard[int | np.integer]:
-    return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
 
 
 def _is_real(x: object) -> TypeGuard[int | float | np.integer | np.floating]:
@@ -47,9 +51,7 @@ def _check_settings(*, model: object, gguf_file: object, system_prompt: object, 
          "a str (the system message; ragkit's default is DEFAULT_SYSTEM)"),
         ("max_chunk_tokens", max_chunk_tokens, _is_int(max_chunk_tokens) and max_chunk_tokens >= 1,
          "an int >= 1 (the chunk separator included)"),
-        ("cache_budget_bytes", cache_budget_bytes,
-         cache_budget_bytes is None or (_is_int(cache_budget_bytes) and cache_budget_bytes >= 0),
-         "an int >= 0, or None for no budget"),
+        ("cache_budget_bytes", cache_budget_bytes, budget_ok(cache_budget_bytes), BUDGET_EXPECTED),
         ("storage_dtype", storage_dtype, storage_dtype_name(storage_dtype) is not None, STORAGE_DTYPE_EXPECTED),
         ("max_variants", max_variants, _is_int(max_variants) and max_variants >= 1, "an int >= 1"),
         ("alpha", alpha, alpha is None or (_is_real(alpha) and alpha >= 0), "a finite number >= 0, or None"),
@@ -65,9 +67,7 @@ def _check_settings(*, model: object, gguf_file: object, system_prompt: object, 
         ("seed", seed, _is_int(seed) and seed >= 0, "an int >= 0 (the random selector's seed)"),
         ("disk_dir", disk_dir, disk_dir is None or (isinstance(disk_dir, path_like) and os.fspath(disk_dir) != ""),
          "a folder path (an empty one names the working folder: write '.' for that), or None for no disk tier"),
-        ("disk_budget_bytes", disk_budget_bytes,
-         disk_budget_bytes is None or (_is_int(disk_budget_bytes) and disk_budget_bytes >= 0),
-         "an int >= 0, or None for no limit on the disk tier"),
+        ("disk_budget_bytes", disk_budget_bytes, budget_ok(disk_budget_bytes), DISK_BUDGET_EXPECTED),
         ("disk_half_life_s", disk_half_life_s,
          isinstance(disk_half_life_s, (int, float, np.integer, np.floating)) and not isinstance(disk_half_life_s, bool)
          and 0 < disk_half_life_s <= math.inf,  # NaN fails the comparison
@@ -76,10 +76,7 @@ def _check_settings(*, model: object, gguf_file: object, system_prompt: object, 
     for name, value, ok, expected in checks:
         if not ok:
             raise ParamError(f"LocalGenerator: {name}={value!r}; expected {expected}", name)
-    if disk_budget_bytes is not None and disk_dir is None:
-        raise ParamError(f"LocalGenerator: disk_budget_bytes={disk_budget_bytes!r} limits the chunk cache's disk "
-                         "tier, but there is none (disk_dir=None); set disk_dir, or leave disk_budget_bytes out",
-                         "disk_budget_bytes")
+    check_disk_budget_has_dir("LocalGenerator", disk_budget_bytes, disk_dir)
     if disk_half_life_s != DISK_HALF_LIFE_S and disk_dir is None:
         raise ParamError(f"LocalGenerator: disk_half_life_s={disk_half_life_s!r} ages the chunk cache's disk tier "
                          "files, but there is none (disk_dir=None); set disk_dir, or leave disk_half_life_s out",
