@@ -297,3 +297,24 @@ def _leaves(pipe):
     from ragkit.pipelines._compose import iter_leaves
 
     return list(iter_leaves(pipe))
+
+
+# ------------------------------------------------------------------ 6. search --run: query ids before the index
+
+
+def test_search_refuses_a_query_id_the_run_cannot_hold_before_loading_the_index(tmp_path, monkeypatch):
+    """``search --queries F --run R`` with the query id "q 1" said "refused before any work" after loading the whole
+    index; the query ids are checked right after the queries are read (the document ids still after the load)."""
+    idx = _index(tmp_path / "idx")
+    monkeypatch.chdir(tmp_path)
+    Path("q.tsv").write_text("q 1\tvitamin\nq2\tcats\n", encoding="utf-8")
+    calls = _no_work(monkeypatch, "ragkit.cli._search", "_load_folder")
+    res = _cli("search", "--index", idx, "--queries", "q.tsv", "--run", "r.trec")
+    assert res.exit_code == 2, res.output
+    assert "q.tsv:1: --run r.trec: cannot write a TREC run file: query id 'q 1' holds whitespace" in res.output
+    assert calls == [] and not Path("r.trec").exists()
+    monkeypatch.undo()
+    monkeypatch.chdir(tmp_path)
+    Path("q.tsv").write_text("q1\tvitamin\nq2\tcats\n", encoding="utf-8")
+    res = _cli("search", "--index", idx, "--queries", "q.tsv", "--run", "r.trec")
+    assert res.exit_code == 0 and Path("r.trec").read_text().startswith("q1 Q0 d1 1 "), res.output

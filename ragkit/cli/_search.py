@@ -75,16 +75,19 @@ def search_cmd(
             batch = _read_queries_option(queries_file)
         else:
             batch = Queries([str(i) for i in range(1, len(query or []) + 1)], list(query or []))
-        pipe, fitted = _load_folder(index, "--index")
-        if not fitted:
-            raise RagkitError(f"--index {index}: saved before it was fitted; fit it on a corpus and save it again")
-        pipe = _without_generation(pipe, f"--index {index}")
-        if run_file is not None:  # before the search: ids the run file's columns cannot hold, named where they are
+        if run_file is not None:  # query ids the run file's columns cannot hold: named now, before the index loads
             from ragkit.eval.beir import check_run_ids
 
             listed = queries_file if queries_file is not None and not _is_stdout(queries_file) else None
             check_run_ids(f"--run {run_file}", batch.ids, "query id",
                           listed if listed is not None else "--queries - (standard input)", lookup=listed)
+        pipe, fitted = _load_folder(index, "--index")
+        if not fitted:
+            raise RagkitError(f"--index {index}: saved before it was fitted; fit it on a corpus and save it again")
+        pipe = _without_generation(pipe, f"--index {index}")
+        if run_file is not None:  # before the search: document ids the run file cannot hold, named where they are
+            from ragkit.eval.beir import check_run_ids
+
             check_run_ids(f"--run {run_file}", pipe.corpus_.ids.tolist(), "document id",
                           f"--index {index} (its corpus)", lookup=index / "corpus.jsonl",
                           fix="fit and save the index again on a corpus whose ids hold no whitespace")
