@@ -13,6 +13,9 @@
 - A retriever kept a copy of its pipeline's corpus from when it was built, and checked an assigned
   ``search_kwargs`` filter against it: a field another retriever sharing the pipeline added since was "not a
   metadata field" (a call with the same filter worked).  The corpus is read from the pipeline at each use.
+- ``configurable_fields(...)`` + ``batch`` built a retriever and ran one pipeline search per query (LangChain's
+  ``DynamicRunnable.batch``): the configs are grouped by the values they give the fields, one retriever and one
+  search per group, results in input order.
 """
 from __future__ import annotations
 
@@ -137,4 +140,40 @@ def test_search_kwargs_filter_checked_against_documents_another_retriever_added(
     assert [d.id for d in r3.invoke("apple")] == ["y"]
     with pytest.raises(ParamError, match="'yr' is not a metadata field"):
         r3.search_kwargs = {"filter": {"yr": 2020}}
+
+
+def _counting_searches(monkeypatch, pipeline) -> list[int]:
+    calls = [0]
+    orig = type(pipeline).search
+
+    def counting(self, *a, **kw):  # noqa: ANN001, ANN002, ANN003, ANN202
+        calls[0] += 1
+        return orig(self, *a, **kw)
+
+    monkeypatch.setattr(type(pipeline), "search", counting)
+    return calls
+
+
+def test_configurable_batch_searches_once_per_configuration(monkeypatch):
+    import asyncio
+
+    from langchain_core.runnables import ConfigurableField
+
+    texts = [f"doc {i} about vitamin {i % 7}" for i in range(50)]
+    r = RagkitRetriever.from_texts(texts, k=4)
+    c = r.configurable_fields(k=ConfigurableField(id="kk"))
+    qs = [f"vitamin {i % 7}" for i in range(20)]
+    want4, want2 = r.batch(qs), r.batch(qs, k=2)
+    calls = _counting_searches(monkeypatch, r.pipeline)
+    assert c.batch(qs, config={"configurable": {"kk": 4}}) == want4
+    assert calls[0] == 1
+    configs = [{"configurable": {"kk": 2 if i % 3 else 4}} for i in range(len(qs))]
+    got = c.batch(qs, config=configs)
+    assert calls[0] == 3  # one search per configuration
+    assert got == [want2[i] if i % 3 else want4[i] for i in range(len(qs))]  # in input order
+    assert asyncio.run(c.abatch(qs, config=configs)) == got
+    assert calls[0] == 5
+    assert c.batch([]) == []
+    out = c.batch(["vitamin 1", 3], config={"configurable": {"kk": 2}}, return_exceptions=True)
+    assert out[0] == want2[1] and isinstance(out[1], Exception)
 

@@ -43,7 +43,7 @@ from langchain_core.callbacks import (
 from langchain_core.documents import Document
 from langchain_core.retrievers import BaseRetriever
 from langchain_core.runnables import RunnableConfig, RunnableSerializable
-from langchain_core.runnables.config import ensure_config, get_config_list, run_in_executor
+from langchain_core.runnables.config import ensure_config, get_config_list, merge_configs, run_in_executor
 from langchain_core.runnables.configurable import RunnableConfigurableFields
 from langchain_core.runnables.utils import AnyConfigurableField, ConfigurableField
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_serializer, model_validator
@@ -1191,6 +1191,56 @@ class _ConfigurableRetriever(RunnableConfigurableFields):
     built knowing which fields its config set (:data:`_CONFIGURED`), so that a configured ``search_kwargs``
     holding ``k`` wins over the ``k`` passed again from the configured retriever, and a configured ``k`` over
     its ``search_kwargs["k"]``."""
+
+    def _groups(self, configs: list[RunnableConfig]) -> list[list[int]]:
+        """The positions of ``configs`` (each merged with the wrapper's own config) grouped by the values they give
+        this wrapper's fields: the configs of a group build one and the same retriever.  In order of first use."""
+        ids = [spec.id for spec in self.fields.values()]
+        unset = object()  # (a field the config leaves to its default)
+        buckets: dict[str, list[tuple[list[Any], list[int]]]] = {}
+        groups: list[list[int]] = []
+        for i, config in enumerate(configs):
+            given = config.get("configurable", {})
+            values = [given.get(name, unset) for name in ids]
+            bucket = buckets.setdefault(repr(values), [])  # (values may be unhashable: dicts of search_kwargs)
+            for seen, members in bucket:
+                if all(a is b or (a is not unset and b is not unset and a == b) for a, b in zip(seen, values)):
+                    members.append(i)
+                    break
+            else:
+                bucket.append((values, [i]))
+                groups.append(bucket[-1][1])
+        return groups
+
+    def batch(self, inputs: list[Any], config: RunnableConfig | list[RunnableConfig] | None = None, *,
+              return_exceptions: bool = False, **kwargs: Any | None) -> list[Any]:
+        """The inputs' results in input order: per group of configs that give the fields the same values
+        (:meth:`_groups`), one retriever built and one :meth:`RagkitRetriever.batch` (one pipeline search),
+        where LangChain's ``DynamicRunnable.batch`` built a retriever and searched once per input."""
+        inputs = list(inputs)
+        configs = [merge_configs(self.config, c) for c in get_config_list(config, len(inputs))]
+        results: list[Any] = [None] * len(inputs)
+        for members in self._groups(configs):
+            retriever, _ = self.prepare(configs[members[0]])
+            found = retriever.batch([inputs[i] for i in members], [configs[i] for i in members],
+                                    return_exceptions=return_exceptions, **kwargs)
+            for i, docs in zip(members, found):
+                results[i] = docs
+        return results
+
+    async def abatch(self, inputs: list[Any], config: RunnableConfig | list[RunnableConfig] | None = None, *,
+                     return_exceptions: bool = False, **kwargs: Any | None) -> list[Any]:
+        """:meth:`batch`'s grouping, each group's retriever's ``abatch`` awaited in turn."""
+        inputs = list(inputs)
+        configs = [merge_configs(self.config, c) for c in get_config_list(config, len(inputs))]
+        results: list[Any] = [None] * len(inputs)
+        for members in self._groups(configs):
+            retriever, _ = self.prepare(configs[members[0]])
+            found = await retriever.abatch([inputs[i] for i in members], [configs[i] for i in members],
+                                           return_exceptions=return_exceptions, **kwargs)
+            for i, docs in zip(members, found):
+                results[i] = docs
+        return results
 
     def _prepare(self, config: RunnableConfig | None = None) -> tuple[Any, RunnableConfig]:
         given = ensure_config(config).get("configurable", {})
