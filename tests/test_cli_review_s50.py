@@ -318,3 +318,29 @@ def test_search_refuses_a_query_id_the_run_cannot_hold_before_loading_the_index(
     Path("q.tsv").write_text("q1\tvitamin\nq2\tcats\n", encoding="utf-8")
     res = _cli("search", "--index", idx, "--queries", "q.tsv", "--run", "r.trec")
     assert res.exit_code == 0 and Path("r.trec").read_text().startswith("q1 Q0 d1 1 "), res.output
+
+
+# ------------------------------------------------------------------ 7. messages for the command line
+
+
+def test_a_step_folder_is_refused_with_the_option_that_loads_its_pipeline(tmp_path, monkeypatch):
+    """``search --index saved/ops/00-bm25`` (and ``validate``, ``eval --pipeline`` there) advised "load that folder
+    with Pipeline.load('/x/saved')", Python; a CLI user is given the option (or command) with the pipeline's
+    folder."""
+    monkeypatch.chdir(tmp_path)
+    data = _tiny(tmp_path / "data")
+    _index(tmp_path / "it's")
+    step = "it's/ops/00-bm25"
+    whole = "'" + str(tmp_path / "it").replace("'", "'\"'\"'") + "'\"'\"'s'"  # (shell-quoted)
+    cases = ((["search", "--index", step, "x"], f"error: --index {step}: ", f"--index {whole}"),
+             (["eval", "--data", data, "--pipeline", step], f"error: --pipeline {step}: ", f"--pipeline {whole}"),
+             (["validate", step], f"error: {step}: ", f"ragkit validate {whole}"))
+    for args, starts, advice in cases:
+        res = _cli(*args)
+        assert res.exit_code == 2, res.output
+        text = " ".join(res.output.split())
+        assert text.startswith(starts + "one step of the saved pipeline at "), text
+        assert f"(its documents are saved there): give the pipeline's folder: {advice}" in text, text
+        assert "Pipeline.load(" not in text
+    res = _cli("search", "--index", "it's", "vitamin")  # (the advice runs)
+    assert res.exit_code == 0, res.output

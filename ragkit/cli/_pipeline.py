@@ -87,13 +87,45 @@ def _in_file(e: RagkitError, spec: str) -> RagkitError:
     return e
 
 
-def _load_folder(path: Path, option: str = "--pipeline"):
-    """``(pipeline, fitted)`` from a folder written by ``Pipeline.save`` or ``Operator.save``."""
+#: The end of :meth:`Operator.load`'s refusal of one step's folder of a saved pipeline: Python's advice, with the
+#: pipeline's folder (``load that folder with Pipeline.load('/x/saved')``).
+_PYTHON_LOAD_ADVICE = re.compile(r"load that folder with Pipeline\.load\("
+                                 r"(?P<folder>'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\")\)$")
+
+
+def _cli_advice(e: Exception, option: str, use: Any = None) -> Exception:
+    """``e``, an error of :meth:`Operator.load` (``saved/ops/00-bm25: one step of ...``), with its advice for a Python
+    caller (``load that folder with Pipeline.load('/x/saved')``) said for the command line: ``--index
+    saved/ops/00-bm25: ...: give the pipeline's folder: --index /x/saved`` (``use(folder)``: another wording,
+    ``ragkit validate /x/saved``, the message left starting with the path).  Unchanged when it gives no such
+    advice."""
+    import ast
+
+    from ragkit._files import shell_quote
+
+    found = _PYTHON_LOAD_ADVICE.search(str(e))
+    if found is None:
+        return e
+    folder = shell_quote(str(ast.literal_eval(found["folder"])))
+    said = use(folder) if use is not None else f"{option} {folder}"
+    text = f"{str(e)[:found.start()]}give the pipeline's folder: {said}"
+    e.args = (f"{option} {text}" if use is None else text, *e.args[1:])
+    return e
+
+
+def _load_folder(path: Path, option: str = "--pipeline", use: Any = None):
+    """``(pipeline, fitted)`` from a folder written by ``Pipeline.save`` or ``Operator.save``; a step's folder of a
+    saved pipeline is refused with the pipeline's folder given as ``option`` (or as ``use(folder)`` says:
+    :func:`_cli_advice`)."""
+    from ragkit.errors import ArtifactError
     from ragkit.operator import Operator
     from ragkit.pipelines import Pipeline
 
     if (path / "manifest.json").is_file() or (path / "params.json").is_file():
-        op = Operator.load(path)  # a pipeline folder loads as a Pipeline
+        try:
+            op = Operator.load(path)  # a pipeline folder loads as a Pipeline
+        except ArtifactError as e:
+            raise _cli_advice(e, option, use) from None
         pipe = op if isinstance(op, Pipeline) else Pipeline([op])
         if hasattr(op, "corpus_"):
             pipe.corpus_ = op.corpus_

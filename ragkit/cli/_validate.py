@@ -217,6 +217,6 @@ def _load_saved(folder: Path) -> Any:
     from ragkit.errors import ArtifactError
 
     try:
-        return _load_folder(folder, "--index")[0]
+        return _load_folder(folder, "--index", use=lambda whole: f"ragkit validate {whole}")[0]
     except ArtifactError as e:
         raise ArtifactError(f"{e} (ragkit search --index and Pipeline.load refuse this folder too)") from None
