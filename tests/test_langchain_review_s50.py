@@ -16,6 +16,9 @@
 - ``configurable_fields(...)`` + ``batch`` built a retriever and ran one pipeline search per query (LangChain's
   ``DynamicRunnable.batch``): the configs are grouped by the values they give the fields, one retriever and one
   search per group, results in input order.
+- ``add_documents`` encoded the new documents ahead of the edit lock only for ragkit's own ``Encoder`` (its
+  type): a registered ``LangChainEmbeddingsEncoder(cache=True)`` encoded under the lock and searches waited.
+  Any encoder with its cache on and an ``encode`` is encoded ahead.
 """
 from __future__ import annotations
 
@@ -177,3 +180,27 @@ def test_configurable_batch_searches_once_per_configuration(monkeypatch):
     out = c.batch(["vitamin 1", 3], config={"configurable": {"kk": 2}}, return_exceptions=True)
     assert out[0] == want2[1] and isinstance(out[1], Exception)
 
+
+def test_cached_langchain_encoder_encodes_new_documents_before_the_edit_lock(tmp_path, monkeypatch):
+    """A dense retriever whose encoder is a LangChainEmbeddingsEncoder with its cache on encodes the documents
+    added before taking the edit lock (searches do not wait for the model), as one with ragkit's Encoder does."""
+    from ragkit.encoders import register_encoder
+    from ragkit.retrievers import Dense
+
+    monkeypatch.setenv("RAGKIT_CACHE", str(tmp_path))
+    enc = LangChainEmbeddingsEncoder(_Counting(size=16), key="counting-16-s50", cache=True)
+    register_encoder("counting-16-s50", enc, replace=True)
+    r = RagkitRetriever(pipeline=Dense(model="counting-16-s50"), corpus=["a b", "c d", "e f"], k=2)
+    locked = []
+    original = RagkitRetriever._editing
+
+    def editing(self):  # noqa: ANN001, ANN202
+        locked.append(enc.n_encoded)  # texts encoded when the lock is asked for
+        return original(self)
+
+    monkeypatch.setattr(RagkitRetriever, "_editing", editing)
+    before = enc.n_encoded
+    r.add_texts(["new doc", "another one"])
+    assert locked == [before + 2]  # encoded ahead of the lock
+    assert enc.n_encoded == before + 2  # and read from the cache under it, not encoded again
+    assert [d.page_content for d in r.invoke("new doc", k=1)] == ["new doc"]

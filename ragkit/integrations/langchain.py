@@ -916,14 +916,17 @@ class RagkitRetriever(BaseRetriever):
 
     def _encode_ahead(self, new: Corpus) -> None:
         """Encode ``new``'s documents into the embedding cache for every dense retriever of the pipeline
-        whose encoder is ragkit's own (cached), so that the edit, which searches wait for, reads them."""
-        from ragkit.encoders import Encoder
+        whose encoder keeps one (``cache_enabled`` true and an ``encode``: ragkit's ``Encoder``, a
+        ``LangChainEmbeddingsEncoder(cache=True)``), so that the edit, which searches wait for, reads them.  An
+        encoder without a cache encodes them in the edit (under the lock)."""
         from ragkit.pipelines.yaml import walk_leaves
 
         for _, leaf in walk_leaves(self.pipeline):
             enc = getattr(leaf, "encoder", None) if callable(getattr(leaf, "_encode_docs", None)) else None
-            if type(enc) is Encoder and enc.cache_enabled and getattr(leaf, "corpus_", None) is not None:
-                enc.encode(new.full_texts)
+            encode = getattr(enc, "encode", None)
+            if getattr(enc, "cache_enabled", False) is True and callable(encode) \
+                    and getattr(leaf, "corpus_", None) is not None:
+                encode(new.full_texts)
 
     def delete(self, ids: Sequence[str] | None = None, **kwargs: Any) -> bool:
         """Remove the documents ``ids`` from every retriever of the pipeline (their ``remove``: BM25 and
