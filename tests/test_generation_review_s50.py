@@ -244,3 +244,21 @@ def test_the_budgets_are_checked_alike_everywhere():
         with pytest.raises(ParamError, match=r": disk_budget_bytes=-1; expected an int >= 0, or None for no limit "
                                              "on the disk tier$"):
             make()
+
+
+def test_an_empty_chunk_counts_as_reusing_nothing(tiny):  # noqa: F811
+    """An empty chunk (a PromptSegments made by hand) had recompute share 0/1 in the reuse modes, so it counted as
+    reused (PrefillCost took the smaller of that count and the cache hits: [empty, a hit recomputed in full] said
+    1/2 chunks reused); its share is 1, as in modes full and prefix."""
+    from ragkit.generators.local import LocalGenerator, PromptSegments
+
+    g = LocalGenerator(tiny[0]).load()
+    one = g.segments(TINY_Q, TINY_CHUNKS[:1])
+    g.prefill(one, "cachecraft")  # stores the chunk alone
+    seg = PromptSegments(one.system, [[], one.chunks[0]], one.question)
+    for mode in ("full", "prefix"):
+        assert g.prefill(seg, mode).chunk_fraction == [1.0, 1.0]
+    p = g.prefill(seg, "cachecraft", fraction=1.0, selector="fixed", new_variants=False)  # another prefix: recomputed
+    assert (p.hits, p.misses, p.chunk_fraction, p.cost.chunks_reused) == (1, 1, [1.0, 1.0], 0)
+    p = g.prefill(seg, "naive")
+    assert p.chunk_fraction == [1.0, 0.0] and p.cost.chunks_reused == 1

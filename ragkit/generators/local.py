@@ -167,8 +167,8 @@ class Prefill:
         n = len(self.chunk_fraction)
         if self.mode in ("naive", "cachecraft"):
             # chunks served from the chunk cache and kept, in part at least: a hit recomputed in full (share 1)
-            # reused nothing of its variant; a miss is computed in full
-            reused = min(self.hits, sum(1 for f in self.chunk_fraction if f < 1))
+            # reused nothing of its variant; a miss (an empty chunk too) has share 1
+            reused = sum(1 for f in self.chunk_fraction if f < 1)
         elif self.mode == "prefix":
             reused = sum(1 for f in self.chunk_fraction if f < 1)  # chunks covered, even in part, by the prefix cache
         else:
@@ -821,7 +821,7 @@ class LocalGenerator:
         hits = misses = 0
         for i in range(n):
             # (a variant of another length is not this chunk's: the store drops it, it is computed again)
-            variants = [v for v in cache.lookup(ckeys[i], n_tokens=lens[i]) if v.n_tokens == lens[i]]
+            variants = cache.lookup(ckeys[i], n_tokens=lens[i])
             if not variants:
                 misses += 1
                 chosen.append(None)
@@ -934,7 +934,7 @@ class LocalGenerator:
         reused = recomputed = 0
         for i, var in enumerate(chosen):  # over the prompt's chunks (a handful), not tokens
             k_i = int(((kept_np >= starts[i]) & (kept_np < starts[i] + lens[i])).sum())
-            frac.append(k_i / max(lens[i], 1))
+            frac.append(k_i / lens[i] if lens[i] else 1.0)  # (an empty chunk reuses nothing, as in modes full, prefix)
             if var is not None and k_i < lens[i]:
                 # a reuse: rows of the variant were kept (one recomputed in full reused nothing of it, so its reuse
                 # count, which ranks it for eviction, does not rise)
