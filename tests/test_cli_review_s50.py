@@ -344,3 +344,35 @@ def test_a_step_folder_is_refused_with_the_option_that_loads_its_pipeline(tmp_pa
         assert "Pipeline.load(" not in text
     res = _cli("search", "--index", "it's", "vitamin")  # (the advice runs)
     assert res.exit_code == 0, res.output
+
+
+@pytest.mark.parametrize("args, option", [
+    (["search", "--index", "", "x"], "--index"),
+    (["search", "--index", "idx", "--queries", ""], "--queries"),
+    (["search", "--index", "idx", "x", "--run", ""], "--run"),
+    (["search", "--index", "idx", "x", "-o", ""], "--output"),
+    (["eval", "--data", "", "-p", "bm25"], "--data"),
+    (["eval", "--data", "data", "-p", ""], "--pipeline"),
+    (["eval", "--data", "data", "-p", "bm25", "--run", ""], "--run"),
+    (["train", "--data", "", "-p", "bm25", "--out", "m"], "--data"),
+    (["train", "--data", "data", "-p", "bm25", "--out", ""], "--out"),
+    (["ask", "q", "-p", ""], "--pipeline"),
+    (["validate", ""], "PIPELINE"),
+    (["compare", "", "b.json"], "RESULTS"),
+    (["compare", "a.json", "b.json", "--baseline", ""], "--baseline"),
+])
+def test_an_empty_path_is_refused_not_taken_as_the_current_folder(args, option, tmp_path, monkeypatch, capsys):
+    """``--data ""`` and ``--index ""`` (an unset variable: ``--index "$IDX"``) were taken as the current folder
+    (``Path("")`` is ``Path(".")``): "--index .: a folder, but neither a saved pipeline ...", or a dataset found in
+    it; now a usage error naming the option, before any work."""
+    from ragkit.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    _tiny(tmp_path / "data")
+    _index(tmp_path / "idx")
+    _tiny(tmp_path)  # (the current folder holds a dataset: it was evaluated)
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert f"error: Invalid value for '{option}': expected " in err and ", got '' (an empty path; for the current " \
+        "folder give '.')" in err, err
+    assert len(err.strip().splitlines()) == 1, err

@@ -15,7 +15,7 @@ from ragkit._files import shell_quote
 from ragkit.cli._app import _examples, _fail, _RunFailure, app
 from ragkit.cli._console import _print_uncut, console, err_console
 from ragkit.cli._data import _check_data_folder, _check_split
-from ragkit.cli._options import _expands_paths, _parse_metric_names, _ranged_option
+from ragkit.cli._options import _expands_paths, _parse_metric_names, _path_option, _path_parser, _ranged_option
 from ragkit.cli._outputs import _human_output_to_stderr, _is_stdout, _make_folder, _prepare_output, _write_text
 from ragkit.cli._pipeline import _path_like
 from ragkit.cli._streams import _stdout_utf8
@@ -95,10 +95,11 @@ def _check_no_pipelines(results: list[Path], data: Optional[str], split: str, re
 def compare_cmd(
     ctx: typer.Context,
     results: list[Path] = typer.Argument(
-        ..., metavar="RESULTS", help="Two or more 'ragkit eval -o' JSON files or TREC run files; "
+        ..., metavar="RESULTS", parser=_path_parser("RESULTS"),
+        help="Two or more 'ragkit eval -o' JSON files or TREC run files; "
                                                    "the first is the baseline unless --baseline names another."),
     metrics: str = typer.Option("ndcg@10,recall@100", "--metrics", "-m", help="Metrics, comma-separated."),
-    baseline: Optional[Path] = typer.Option(None, "--baseline", help="The reference system: one of RESULTS "
+    baseline: Optional[Path] = _path_option(None, "--baseline", help="The reference system: one of RESULTS "
                                                                      "(default: the first)."),
     data: Optional[str] = typer.Option(None, "--data", help="BEIR dataset name or folder whose judgements score "
                                                             "TREC run files."),
@@ -109,7 +110,7 @@ def compare_cmd(
     seed: int = _ranged_option(0, "--seed", lo=0, hi=2**32 - 1, help="Seed of the resampling."),
     alpha: float = _ranged_option(0.05, "--alpha", kind=float, lo=0.0, hi=1.0,
                                     help="Significance level (Holm-corrected)."),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write the comparison as JSON ('-': standard "
+    output: Optional[Path] = _path_option(None, "--output", "-o", help="Write the comparison as JSON ('-': standard "
                                                                        "output, the table then on standard error)."),
     relevance_level: int = _ranged_option(1, "--relevance-level", lo=1,
                                           help="Lowest grade the binary metrics count when scoring TREC run files "

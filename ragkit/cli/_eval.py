@@ -22,7 +22,7 @@ from ragkit.cli._data import (
     _refuse_test_split,
     _Split,
 )
-from ragkit.cli._options import _expands_paths, _parse_ks, _parse_metric_names, _ranged_option
+from ragkit.cli._options import _expands_paths, _parse_ks, _parse_metric_names, _path_option, _ranged_option
 from ragkit.cli._outputs import _check_not_an_input, _prepare_outputs, _write_outputs
 from ragkit.cli._pipeline import (
     _check_retrieves,
@@ -160,10 +160,10 @@ def eval_cmd(
                                           help="Metrics, comma-separated (ndcg, recall, map, mrr, p, r_cap, hole, acc "
                                                "@ a cut-off: ndcg@10,hole@10,r_cap@100), instead of nDCG, recall, "
                                                "MAP, MRR and P at each --k."),
-    output: Optional[Path] = typer.Option(None, "--output", "-o",
+    output: Optional[Path] = _path_option(None, "--output", "-o",
                                           help="Write metrics, per-query values, timings as JSON "
                                                "(missing folders are created; '-': standard output)."),
-    run_file: Optional[Path] = typer.Option(None, "--run", help="Also write a TREC run file "
+    run_file: Optional[Path] = _path_option(None, "--run", help="Also write a TREC run file "
                                                                 "(missing folders are created; '-': standard "
                                                                 "output)."),
     trace: bool = typer.Option(False, "--trace", help="Print per-operator time, candidates and recall."),

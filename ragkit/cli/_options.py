@@ -33,14 +33,51 @@ _PATH_PARAMS = frozenset({"data", "pipeline", "output", "run_file", "out", "inde
 
 def _expands_paths(command: Any) -> Any:
     """A command whose path parameters (:data:`_PATH_PARAMS`) come in with ``~`` expanded (:func:`_user_path`)
-    before its body checks or reads any."""
+    before its body checks or reads any, and an empty ``--data`` or ``--pipeline`` (:data:`_NAMED_PATHS`) is
+    refused as a usage error (it was read as the current folder)."""
     import functools
 
     @functools.wraps(command)
     def run(*args: Any, **kwargs: Any) -> Any:
+        for key, (option, expected) in _NAMED_PATHS.items():  # (a path option's parser refuses it: _path_option)
+            if kwargs.get(key) == "":
+                raise _empty_path(option, "", expected)
         return command(*args, **{k: _user_path(v) if k in _PATH_PARAMS else v for k, v in kwargs.items()})
 
     return run
+
+
+#: The options that take a dataset or pipeline as a path or a name (``str`` parameters, :func:`_expands_paths`):
+#: each parameter's name to the option's, and what it expects.
+_NAMED_PATHS = {"data": ("--data", "a BEIR dataset name or folder"),
+                "pipeline": ("--pipeline", "a pipeline YAML file, a saved folder or an operator name")}
+
+
+def _empty_path(name: str, value: Any, expected: str = "a path") -> typer.BadParameter:
+    """The usage error of an empty path given to the option ``name`` (``--data ""``, ``--index "$UNSET"``): it was
+    taken as the current folder (``Path("")`` is ``Path(".")``)."""
+    return typer.BadParameter(f"expected {expected}, got {value!r} (an empty path; for the current folder give '.')",
+                              param_hint=f"'{name}'")
+
+
+def _path_parser(name: str) -> Callable[[Any], Any]:
+    """The parser of a path option or argument ``name`` (:func:`_path_option`): its text as a :class:`Path`, an
+    empty one refused (:func:`_empty_path`), where typer's own made it ``Path(".")``, the current folder."""
+
+    def parse(value: Any) -> Any:
+        if value is None or isinstance(value, Path):  # (an optional option's default)
+            return value
+        if str(value) == "":
+            raise _empty_path(name, value)
+        return Path(value)
+
+    parse.__name__ = "path"
+    return parse
+
+
+def _path_option(default: Any, name: str, *names: str, **kw: Any) -> Any:
+    """``typer.Option(default, name, *names, ...)`` of a path that refuses an empty one (:func:`_path_parser`)."""
+    return typer.Option(default, name, *names, parser=_path_parser(name), metavar="<path>", **kw)
 
 
 def _range_text(kind: type, lo: float | None, hi: float | None) -> str:

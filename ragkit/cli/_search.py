@@ -15,7 +15,7 @@ from rich.text import Text
 
 from ragkit.cli._app import _examples, _fail, app
 from ragkit.cli._console import _cell, console, err_console
-from ragkit.cli._options import _expands_paths, _ranged_option
+from ragkit.cli._options import _expands_paths, _path_option, _ranged_option
 from ragkit.cli._outputs import _check_not_inside, _is_stdout, _prepare_outputs, _write_outputs
 from ragkit.cli._pipeline import _fewer_found, _load_folder, _rankings_only, _without_generation
 from ragkit.errors import RagkitError
@@ -33,18 +33,18 @@ def search_cmd(
     ctx: typer.Context,
     query: Optional[list[str]] = typer.Argument(
         None, metavar="QUERY", help="One or more queries (or --queries FILE)."),
-    index: Path = typer.Option(..., "--index", help="A saved, fitted folder (pipeline.save(dir) or "
+    index: Path = _path_option(..., "--index", help="A saved, fitted folder (pipeline.save(dir) or "
                                                     "operator.save(dir))."),
     k: int = _ranged_option(10, "--k", lo=1, hi=MAX_INT, help="Documents shown (or written) per query."),
-    queries_file: Optional[Path] = typer.Option(None, "--queries", help="Search the queries of a file: a BEIR "
+    queries_file: Optional[Path] = _path_option(None, "--queries", help="Search the queries of a file: a BEIR "
                                                                         "queries.jsonl, a TSV of query-id, tab, text "
                                                                         "lines, or one query per line; '-': read "
                                                                         "them from standard input (JSON lines when "
                                                                         "its first line is a JSON object)."),
-    output: Optional[Path] = typer.Option(None, "--output", "-o",
+    output: Optional[Path] = _path_option(None, "--output", "-o",
                                           help="Write the results as JSON (query id and text, then rank, doc id, "
                                                "score, title and text per document; '-': standard output)."),
-    run_file: Optional[Path] = typer.Option(None, "--run", help="Write a TREC run file ('-': standard output)."),
+    run_file: Optional[Path] = _path_option(None, "--run", help="Write a TREC run file ('-': standard output)."),
     run_tag: str = typer.Option("ragkit", "--run-tag", help="The tag column of the --run file."),
 ) -> None:
     """Queries against a saved pipeline: ad-hoc ones shown as tables, or a file of them written as

@@ -15,7 +15,7 @@ from ragkit._files import shell_quote
 from ragkit.cli._app import _examples, _fail, _RunFailure, app
 from ragkit.cli._console import console, err_console
 from ragkit.cli._data import _check_data_folder, _check_split, _refuse_test_split
-from ragkit.cli._options import _expands_paths, _ranged_option
+from ragkit.cli._options import _expands_paths, _path_option, _ranged_option
 from ragkit.cli._outputs import _prepare_out_folder
 from ragkit.cli._pipeline import (
     _check_retrieves,
@@ -110,7 +110,7 @@ def train_cmd(
     data: str = typer.Option(..., "--data", help="BEIR dataset name or folder."),
     pipeline: str = typer.Option(..., "--pipeline", "-p",
                                  help="Pipeline YAML file, saved pipeline or operator folder, or operator name."),
-    out: Path = typer.Option(..., "--out", "-o", help="Folder to save the fitted pipeline to (missing folders "
+    out: Path = _path_option(..., "--out", "-o", help="Folder to save the fitted pipeline to (missing folders "
                                                    "are created)."),
     split: str = typer.Option("train", help="Judged split to learn from (never the test split)."),
     report: Optional[bool] = typer.Option(

@@ -11,7 +11,7 @@ from rich.text import Text
 
 from ragkit.cli._app import _examples, _fail, app
 from ragkit.cli._console import console, err_console
-from ragkit.cli._options import _expands_paths
+from ragkit.cli._options import _expands_paths, _path_parser
 from ragkit.cli._pipeline import (
     _check_retrieves,
     _in_file,
@@ -28,7 +28,7 @@ from ragkit.errors import ParamError, RagkitError
     "ragkit validate examples/hybrid.yaml",
     "ragkit validate scifact-learned"))
 @_expands_paths
-def validate_cmd(path: Path = typer.Argument(..., metavar="PIPELINE",
+def validate_cmd(path: Path = typer.Argument(..., metavar="PIPELINE", parser=_path_parser("PIPELINE"),
                                           help="Pipeline YAML file, a saved pipeline or operator "
                                                         "folder, or an operator name (bm25).")) -> None:
     """Check a pipeline file (or a saved pipeline's pipeline.yaml, or a saved operator's
