@@ -19,6 +19,9 @@
 - ``add_documents`` encoded the new documents ahead of the edit lock only for ragkit's own ``Encoder`` (its
   type): a registered ``LangChainEmbeddingsEncoder(cache=True)`` encoded under the lock and searches waited.
   Any encoder with its cache on and an ``encode`` is encoded ahead.
+- A Document of ``get_by_ids`` / ``invoke`` added again under a new id kept the ``metadata["id"]`` the retriever
+  wrote (its old id), which became a metadata field: the other documents lost their returned ``id`` and
+  ``filter={"id": "0"}`` found nothing.  That key is dropped when it equals the document's own id.
 """
 from __future__ import annotations
 
@@ -204,3 +207,19 @@ def test_cached_langchain_encoder_encodes_new_documents_before_the_edit_lock(tmp
     assert locked == [before + 2]  # encoded ahead of the lock
     assert enc.n_encoded == before + 2  # and read from the cache under it, not encoded again
     assert [d.page_content for d in r.invoke("new doc", k=1)] == ["new doc"]
+
+
+def test_a_returned_document_added_again_under_a_new_id_keeps_id_no_field():
+    r = RagkitRetriever.from_texts([f"doc {i} about vitamin {c}" for i, c in enumerate("abc")], k=5)
+    d = r.get_by_ids(["1"])[0]
+    assert d.metadata["id"] == "1"
+    assert r.add_documents([d], ids=["1b"]) == ["1b"]
+    assert d.metadata["id"] == "1"  # (the caller's Document unchanged)
+    got = {x.id: x.metadata.get("id") for x in r.invoke("vitamin")}
+    assert got == {"0": "0", "1": "1", "2": "2", "1b": "1b"}
+    assert [x.id for x in r.invoke("vitamin", filter={"id": "0"})] == ["0"]
+    assert [x.id for x in r.invoke("vitamin", filter={"id": "1"})] == ["1"]
+    # a metadata id of the user's own (not the document's id) stays a field
+    r2 = RagkitRetriever.from_texts(["x y"], k=5)
+    r2.add_documents([Document(page_content="x z", id="a", metadata={"id": "ext-7"})], ids=["n"])
+    assert [x.id for x in r2.invoke("x", filter={"id": "ext-7"})] == ["n"]

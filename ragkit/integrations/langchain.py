@@ -837,7 +837,7 @@ class RagkitRetriever(BaseRetriever):
             raise DataError(f"add_documents: the documents' ids must be unique; given more than once: {twice} "
                             f"({'ids=' if ids is not None else 'their own id or metadata id'}); give each document "
                             "its own id")
-        new = Corpus.from_documents([d.model_copy(update={"id": i}) for d, i in zip(docs, given)])
+        new = Corpus.from_documents([_with_id(d, i) for d, i in zip(docs, given)])
         _check_reserved(new, "add_documents")
         check_metadata_kinds(new, "add_documents")  # (among themselves; against the index's below)
         self._encode_ahead(new)  # the slow part, before searches wait for the edit
@@ -1187,6 +1187,17 @@ class RagkitRetriever(BaseRetriever):
             await runs[i].on_retriever_end(docs)
             results[i] = docs
         return results
+
+
+def _with_id(doc: Document, new_id: str) -> Document:
+    """``doc`` (a copy) under the id ``new_id``, without the ``metadata["id"]`` a retriever wrote into it (equal to
+    its own id: a document of ``invoke`` or ``get_by_ids`` added again under another id), which would otherwise
+    become a metadata field of its own (the other documents then lost their ``id`` in what searches return, and
+    ``filter={"id": ...}`` found only this one)."""
+    meta = doc.metadata
+    if doc.id and "id" in meta and str(meta["id"]) == str(doc.id) and str(doc.id) != new_id:
+        meta = {key: v for key, v in meta.items() if key != "id"}
+    return doc.model_copy(update={"id": new_id, "metadata": meta})
 
 
 class _ConfigurableRetriever(RunnableConfigurableFields):
