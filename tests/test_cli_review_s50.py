@@ -376,3 +376,19 @@ def test_an_empty_path_is_refused_not_taken_as_the_current_folder(args, option, 
     assert f"error: Invalid value for '{option}': expected " in err and ", got '' (an empty path; for the current " \
         "folder give '.')" in err, err
     assert len(err.strip().splitlines()) == 1, err
+
+
+def test_a_queries_file_that_cannot_be_read_is_named_as_the_option(tmp_path, monkeypatch):
+    """``search --queries nope.tsv`` said "nope.tsv: file not found" without naming --queries; what is said of the
+    file itself starts "--queries <file>: " (a line's error keeps its "file:line: ")."""
+    idx = _index(tmp_path / "idx")
+    monkeypatch.chdir(tmp_path)
+    Path("folder").mkdir()
+    Path("empty.tsv").write_text("")
+    Path("blank.tsv").write_text("q1\t\n")
+    for given, said in (("nope.tsv", "file not found; expected a queries.jsonl"), ("folder", "not a file"),
+                        ("empty.tsv", "no query in the file")):
+        res = _cli("search", "--index", idx, "--queries", given)
+        assert res.exit_code == 2 and res.output.startswith(f"error: --queries {given}: {said}"), res.output
+    res = _cli("search", "--index", idx, "--queries", "blank.tsv")
+    assert res.exit_code == 2 and res.output.startswith("error: blank.tsv:1: the query text is blank"), res.output

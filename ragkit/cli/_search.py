@@ -130,7 +130,12 @@ def _read_queries_option(path: Path) -> Any:
     from ragkit.eval.beir import is_jsonl_query_file, read_query_file, starts_json_object
 
     if not _is_stdout(path):
-        return _without_header(read_query_file(path), str(path), not is_jsonl_query_file(path))
+        try:
+            return _without_header(read_query_file(path), str(path), not is_jsonl_query_file(path))
+        except RagkitError as e:  # what is said of the file itself ('q.tsv: file not found'): of --queries q.tsv
+            if str(e).startswith(f"{path}: "):
+                e.args = (f"--queries {e}", *e.args[1:])
+            raise
     # a byte-order mark is no part of the first line (as files read: a JSON line after one is JSON lines)
     data = sys.stdin.buffer.read().removeprefix(b"\xef\xbb\xbf")
     jsonl = starts_json_object(data)  # (the rule files are read by: is_jsonl_query_file)
