@@ -392,3 +392,19 @@ def test_a_queries_file_that_cannot_be_read_is_named_as_the_option(tmp_path, mon
         assert res.exit_code == 2 and res.output.startswith(f"error: --queries {given}: {said}"), res.output
     res = _cli("search", "--index", idx, "--queries", "blank.tsv")
     assert res.exit_code == 2 and res.output.startswith("error: blank.tsv:1: the query text is blank"), res.output
+
+
+def test_train_refuses_a_list_of_datasets_saying_it_takes_one(tmp_path, monkeypatch):
+    """``train --data a,b`` said "BEIR dataset 'a,b': not found locally ... is not a dataset name"; train takes one
+    dataset (eval takes a list).  A folder whose name holds a comma is still one dataset."""
+    monkeypatch.chdir(tmp_path)
+    _tiny(tmp_path / "a")
+    _tiny(tmp_path / "b")
+    res = _cli("train", "--data", "a,b", "-p", "bm25", "--out", "m")
+    assert res.exit_code == 2, res.output
+    assert res.output.startswith("error: --data a,b: a comma-separated list; train fits and saves one pipeline, on "
+                                 "one dataset: give one name or folder (ragkit eval --data a,b evaluates a list)")
+    assert not Path("m").exists()
+    _tiny(tmp_path / "c,d")
+    res = _cli("train", "--data", "c,d", "-p", "bm25", "--out", "m")
+    assert res.exit_code == 0, res.output

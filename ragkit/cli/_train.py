@@ -139,6 +139,10 @@ def train_cmd(
     from ragkit.types import TrainSet
 
     try:
+        if "," in data and not Path(data).exists():  # (a folder's name may hold a comma)
+            raise RagkitError(f"--data {data}: a comma-separated list; train fits and saves one pipeline, on one "
+                              f"dataset: give one name or folder (ragkit eval --data {shell_quote(data)} evaluates "
+                              "a list)")
         _check_split("--split", split, data)
         _refuse_test_split(None, split, "--split")  # (the name now; a link to qrels/test.tsv once it is read)
     except RagkitError as e:
