@@ -408,3 +408,20 @@ def test_train_refuses_a_list_of_datasets_saying_it_takes_one(tmp_path, monkeypa
     _tiny(tmp_path / "c,d")
     res = _cli("train", "--data", "c,d", "-p", "bm25", "--out", "m")
     assert res.exit_code == 0, res.output
+
+
+def test_a_run_tag_without_a_run_file_is_refused(tmp_path):
+    """``--run-tag`` without ``--run`` was ignored without a word (search and eval); refused before any work, as
+    eval refuses --k with --metrics: the option that would do nothing is named, with the one it needs."""
+    idx = _index(tmp_path / "idx")
+    data = _tiny(tmp_path / "data")
+    said = ("error: --run-tag 'mine': the tag column of the --run file, but no --run is given, so it would be "
+            "ignored; add --run FILE (or '-' for standard output), or leave out --run-tag")
+    for args in (["search", "--index", idx, "vitamin", "--run-tag", "mine"],
+                 ["search", "--index", idx, "vitamin", "--run-tag", "mine", "-o", tmp_path / "r.json"],
+                 ["eval", "--data", data, "-p", "bm25", "--run-tag", "mine", "-o", tmp_path / "r.json"]):
+        res = _cli(*args)
+        assert res.exit_code == 2 and res.output.startswith(said), res.output
+        assert not (tmp_path / "r.json").exists()
+    res = _cli("search", "--index", idx, "vitamin", "--run-tag", "mine", "--run", "-")
+    assert res.exit_code == 0 and res.stdout.split()[-1] == "mine", res.output

@@ -124,8 +124,11 @@ def _human_output_to_stderr(ctx: typer.Context) -> None:
 
 def _prepare_outputs(ctx: typer.Context, output: Optional[Path], run_file: Optional[Path], run_tag: str) -> None:
     """Check ``--output`` / ``--run`` / ``--run-tag`` before any work starts (folders created, writable,
-    not one path twice, a tag the run file can hold); when either is ``-`` the human output (tables,
-    notes, timings) goes to standard error for the command's duration."""
+    not one path twice, a tag the run file can hold, no ``--run-tag`` without a ``--run`` file to hold it); when
+    either is ``-`` the human output (tables, notes, timings) goes to standard error for the command's duration."""
+    if run_file is None and getattr(ctx.get_parameter_source("run_tag"), "name", "DEFAULT") != "DEFAULT":
+        raise RagkitError(f"--run-tag {run_tag!r}: the tag column of the --run file, but no --run is given, so it "
+                          "would be ignored; add --run FILE (or '-' for standard output), or leave out --run-tag")
     if _is_stdout(output) or _is_stdout(run_file):
         _human_output_to_stderr(ctx)
     if output is not None and run_file is not None and (str(output) == str(run_file) == "-" or (
