@@ -425,3 +425,38 @@ def test_a_run_tag_without_a_run_file_is_refused(tmp_path):
         assert not (tmp_path / "r.json").exists()
     res = _cli("search", "--index", idx, "vitamin", "--run-tag", "mine", "--run", "-")
     assert res.exit_code == 0 and res.stdout.split()[-1] == "mine", res.output
+
+
+# ------------------------------------------------------------------ 8. a damaged cached download
+
+
+def test_a_cached_download_lacking_a_split_says_how_to_download_it_again(tmp_path, monkeypatch):
+    """``qrels/test.tsv`` deleted from ``$RAGKIT_CACHE/beir/<name>`` said "no qrels for split 'test'" as of a
+    user's folder; it now says the folder is ragkit's download and that deleting it downloads it again (and
+    that advice works).  A user's own folder is told nothing of the kind."""
+    import io
+    import shutil
+    import zipfile
+
+    www = _mirror(tmp_path, monkeypatch)
+    src = _tiny(tmp_path / "src" / "sf")
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        for f in sorted(src.rglob("*")):
+            if f.is_file():
+                z.write(f, f"sf/{f.relative_to(src).as_posix()}")
+    (www / "sf.zip").write_bytes(buf.getvalue())
+    assert _cli("eval", "--data", "sf", "-p", "bm25").exit_code == 0
+    cached = tmp_path / "cache" / "beir" / "sf"
+    (cached / "qrels" / "test.tsv").unlink()
+    res = _cli("eval", "--data", "sf", "-p", "bm25")
+    assert res.exit_code == 2, res.output
+    text = " ".join(res.output.split())
+    assert "no qrels for split 'test'" in text and (
+        f"({cached} is ragkit's download of 'sf', in its cache: if qrels/test.tsv was removed from it, delete that "
+        "folder and the next load downloads it again)") in text, text
+    shutil.rmtree(cached)
+    assert _cli("eval", "--data", "sf", "-p", "bm25").exit_code == 0
+    (src / "qrels" / "test.tsv").unlink()
+    res = _cli("eval", "--data", src, "-p", "bm25")
+    assert res.exit_code == 2 and "no qrels for split 'test'" in res.output and "ragkit's download" not in res.output

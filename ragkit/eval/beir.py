@@ -382,7 +382,11 @@ def _qrels_file(folder: Path, split: str) -> Path:
                  "a tab-separated file, or read it with ragkit.eval.read_qrels (a .csv by its header) and write "
                  f"the folder with ragkit.eval.write_beir(folder, corpus, queries, {{{split!r}: qrels}})"
                  if other else "")
-        raise DataError(f"{path}: no qrels for split {split!r}{_gz_hint(path)}{found}; available splits: {splits}")
+        download = next((p for p in (folder, folder.parent) if _in_cache(p)), None)  # (an archive's sub-dataset)
+        again = (f" ({download} is ragkit's download of {download.name!r}, in its cache: if qrels/{split}.tsv was "
+                 "removed from it, delete that folder and the next load downloads it again)" if download else "")
+        raise DataError(f"{path}: no qrels for split {split!r}{_gz_hint(path)}{found}; available splits: "
+                        f"{splits}{again}")
     return path
 
 
