@@ -22,6 +22,9 @@
 - A Document of ``get_by_ids`` / ``invoke`` added again under a new id kept the ``metadata["id"]`` the retriever
   wrote (its old id), which became a metadata field: the other documents lost their returned ``id`` and
   ``filter={"id": "0"}`` found nothing.  That key is dropped when it equals the document's own id.
+- ``RagkitRetriever(k=np.int64(2))`` was "expected an integer" while ``search_kwargs`` and ``invoke`` took it:
+  any integer type but bool is taken, as an int.  Adding a Document the retriever returned to another one was
+  told to rename 'score', 'rank'...: it is told too that the retriever wrote them and how to drop them.
 """
 from __future__ import annotations
 
@@ -223,3 +226,29 @@ def test_a_returned_document_added_again_under_a_new_id_keeps_id_no_field():
     r2 = RagkitRetriever.from_texts(["x y"], k=5)
     r2.add_documents([Document(page_content="x z", id="a", metadata={"id": "ext-7"})], ids=["n"])
     assert [x.id for x in r2.invoke("x", filter={"id": "ext-7"})] == ["n"]
+
+
+def test_k_takes_any_integer_type_as_search_kwargs_and_invoke_do():
+    texts = {"a": "apple pie", "b": "apple tart", "c": "cherry"}
+    r = RagkitRetriever.from_texts(texts, k=np.int64(2))
+    assert r.k == 2 and type(r.k) is int and len(r.invoke("apple")) == 2
+    r.k = np.int32(1)
+    assert type(r.k) is int and len(r.invoke("apple")) == 1
+    for bad in (True, np.bool_(True), 2.0, "2"):
+        with pytest.raises(ParamError, match="k"):
+            RagkitRetriever.from_texts(texts, k=bad)
+
+
+def test_adding_returned_documents_says_how_to_drop_the_keys_the_retriever_wrote():
+    from ragkit.integrations.langchain import RESERVED_METADATA
+
+    r = RagkitRetriever.from_texts([f"doc {i} about vitamin {c}" for i, c in enumerate("abc")], k=5)
+    other = RagkitRetriever.from_texts(["x y"], k=5)
+    got = r.invoke("vitamin b")[0]
+    with pytest.raises(ParamError, match=r"rename those keys \(e\.g\. 'doc_score'\); documents a retriever returned "
+                                         r"\(invoke, batch\) carry the keys it wrote: drop them .*RESERVED_METADATA"):
+        other.add_documents([got])
+    # the way the message gives works
+    d = got
+    assert other.add_documents([Document(d.page_content, id=d.id, metadata={
+        k: v for k, v in d.metadata.items() if k not in RESERVED_METADATA})]) == [got.id]

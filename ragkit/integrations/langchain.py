@@ -28,6 +28,7 @@ import copy
 import json
 import logging
 import math
+import numbers
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -46,7 +47,16 @@ from langchain_core.runnables import RunnableConfig, RunnableSerializable
 from langchain_core.runnables.config import ensure_config, get_config_list, merge_configs, run_in_executor
 from langchain_core.runnables.configurable import RunnableConfigurableFields
 from langchain_core.runnables.utils import AnyConfigurableField, ConfigurableField
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_serializer, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_serializer,
+    field_validator,
+    model_validator,
+)
 
 from ragkit._files import user_path
 from ragkit._locks import ReadWriteLock, lock_of
@@ -398,6 +408,15 @@ class RagkitRetriever(BaseRetriever):
 
     k: int = Field(default=4, ge=1, strict=True, description="Documents per query.")
     """Documents returned per query; ``invoke(q, k=...)`` and ``search_kwargs["k"]`` override it."""
+
+    @field_validator("k", mode="before")
+    @classmethod
+    def _integral_k(cls, value: Any) -> Any:
+        """An integer of another type (``np.int64(2)``, as ``search_kwargs`` and ``invoke`` take) as an int; a bool,
+        a float or a string is left to the strict check, which refuses it."""
+        if isinstance(value, numbers.Integral) and not isinstance(value, bool):  # (np.bool_ is no Integral)
+            return int(value)
+        return value
 
     search_kwargs: dict[str, Any] = Field(default_factory=dict, description="Default pipeline.search options.")
     """Default search options (``k``, ``filter``, ``{operator: {option: value}}``); per-call kwargs win, and a
