@@ -428,20 +428,19 @@ def _ranking_only(op: Operator) -> bool:
     :data:`_RANKING_BLIND` retriever after it discards its work with the ranking it worked on.  A rewriter
     (``prf``: the retriever after it reads its expanded query), a generator, a composite and any class of a
     plugin are not: what they leave may reach the retriever or the steps after it."""
-    if isinstance(op, Composite) or op.kind not in ("filter", "reranker"):
-        return False
-    from ragkit import registry
-
-    try:
-        return type(op) is registry.get(op.name)
-    except RagkitError:  # a name no class is registered under: not a built-in
-        return False
+    return _builtin(op, ("filter", "reranker"))
 
 
 def _builtin_fuser(op: Operator) -> bool:
     """Whether ``op`` is a built-in fuser leaf (the registered class itself: ``rrf``, ``weighted``, ...), which
     fuses the rankings of a parallel's branches and nothing else."""
-    if isinstance(op, Composite) or op.kind != "fuser":
+    return _builtin(op, ("fuser",))
+
+
+def _builtin(op: Operator, kinds: tuple[str, ...]) -> bool:
+    """Whether ``op`` is a leaf of one of ``kinds`` whose class is the one registered under its name (not a
+    composite, not a plugin's subclass)."""
+    if isinstance(op, Composite) or op.kind not in kinds:
         return False
     from ragkit import registry
 

@@ -409,12 +409,7 @@ class Encoder:
 
         root = cache_dir()
         if self._cache is None or (self._cache_root is not None and self._cache_root != root):
-            folder = root / "embeddings"
-            with _LOCK:
-                store = _STORES.get((str(folder), self.key))
-                if store is None:
-                    store = _STORES[(str(folder), self.key)] = EmbeddingCache(folder, self.key)
-            self._cache, self._cache_root = store, root
+            self._cache, self._cache_root = shared_store(root, self.key), root
         return self._cache
 
     def _forward(self, texts: list[str], progress: bool) -> np.ndarray:
@@ -519,6 +514,18 @@ def load_model(model: str, path: str, device: str, max_seq_length: int | None, f
                 "the tokenizer's model_max_length; max_seq_length sets another")
         _MODELS[key] = m
         return m
+
+
+def shared_store(root: Path, key: str) -> EmbeddingCache:
+    """The process's one reader of the embedding cache of model ``key`` under the cache folder ``root``
+    (``root / "embeddings"``), made at its first use: every encoder of that key (of any batch size, ragkit's own or
+    a registered one) shares it, so each sees what the others wrote."""
+    folder = root / "embeddings"
+    with _LOCK:
+        store = _STORES.get((str(folder), key))
+        if store is None:
+            store = _STORES[(str(folder), key)] = EmbeddingCache(folder, key)
+    return store
 
 
 def get_encoder(model: str = DEFAULT_MODEL, **kwargs: Any) -> Encoder:

@@ -136,19 +136,13 @@ class LangChainEmbeddingsEncoder:
         (``embeddings/``): one reader per folder and key in a process, shared with every encoder of that key
         (each sees what the others wrote), under the cache folder in force now (``$RAGKIT_CACHE`` is read at
         each use), as :attr:`ragkit.encoders.Encoder.store` does."""
-        from ragkit.encoders.cache import EmbeddingCache
-        from ragkit.encoders.sentence import _LOCK, _STORES
+        from ragkit.encoders.sentence import shared_store
         from ragkit.eval.beir import cache_dir
 
         self._check_cacheable()
         root = cache_dir()
         if self._cache is None or self._cache_root != root:
-            folder = root / "embeddings"
-            with _LOCK:
-                store = _STORES.get((str(folder), self.key))
-                if store is None:
-                    store = _STORES[(str(folder), self.key)] = EmbeddingCache(folder, self.key)
-            self._cache, self._cache_root = store, root
+            self._cache, self._cache_root = shared_store(root, self.key), root
         return self._cache
 
     def _forward(self, texts: list[str]) -> np.ndarray:
