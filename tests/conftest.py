@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import io
+import json
 import os
 import runpy
 import sys
@@ -362,3 +363,46 @@ def _fresh_availability_after_hiding() -> Iterator[None]:
         for value in vars(utils).values() if utils is not None else ():
             if callable(getattr(value, "cache_clear", None)):
                 value.cache_clear()
+
+
+#: A four-document BEIR dataset for command-line tests (:func:`tiny_beir`): ``(id, title, text)`` ...
+TINY_DOCS = [("d1", "Vitamin D", "Vitamin D prevents fractures in elderly people."),
+             ("d2", "Cats", "Cats sleep most of the day."),
+             ("d3", "Dogs", "Dogs bark at strangers."),
+             ("d4", "Hips", "Fractures of the hip are common.")]
+#: ... and its queries, ``(id, text)``: q1-q3 judged in test, q4-q6 in train
+TINY_QUERIES = [("q1", "does vitamin D prevent fractures"), ("q2", "why do cats sleep"), ("q3", "dog barking"),
+                ("q4", "hip fracture"), ("q5", "sleeping cats"), ("q6", "barking dogs")]
+
+
+def tiny_beir(root: Path) -> Path:
+    """A BEIR folder at ``root`` of :data:`TINY_DOCS` and :data:`TINY_QUERIES`, with a test and a train split."""
+    (root / "qrels").mkdir(parents=True)
+    (root / "corpus.jsonl").write_text("".join(json.dumps({"_id": i, "title": t, "text": x}) + "\n"
+                                               for i, t, x in TINY_DOCS), encoding="utf-8")
+    (root / "queries.jsonl").write_text("".join(json.dumps({"_id": i, "text": t}) + "\n" for i, t in TINY_QUERIES),
+                                        encoding="utf-8")
+    head = "query-id\tcorpus-id\tscore\n"
+    (root / "qrels" / "test.tsv").write_text(head + "q1\td1\t1\nq2\td2\t1\nq3\td3\t1\n", encoding="utf-8")
+    (root / "qrels" / "train.tsv").write_text(head + "q4\td4\t1\nq5\td2\t1\nq6\td3\t1\n", encoding="utf-8")
+    return root
+
+
+def cli(*args: object):  # noqa: ANN201
+    """``ragkit`` with ``args`` (as strings), in this process, 200 columns wide: typer's ``Result``."""
+    from typer.testing import CliRunner
+
+    from ragkit.cli import app
+
+    return CliRunner().invoke(app, [str(a) for a in args], env={"COLUMNS": "200"})
+
+
+def file_mirror(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty folder served as ``$RAGKIT_BEIR_URL`` (a ``file:`` URL: no network), the cache under ``tmp_path``
+    and the current folder ``tmp_path``: the folder, to put zips in."""
+    www = tmp_path / "www"
+    www.mkdir()
+    monkeypatch.setenv("RAGKIT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("RAGKIT_BEIR_URL", www.as_uri())
+    monkeypatch.chdir(tmp_path)
+    return www

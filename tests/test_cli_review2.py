@@ -9,15 +9,10 @@ import shlex
 from pathlib import Path
 
 import pytest
+from conftest import cli as _cli, tiny_beir as _tiny
 
 from ragkit.errors import DataError
 
-DOCS = [("d1", "Vitamin D", "Vitamin D prevents fractures in elderly people."),
-        ("d2", "Cats", "Cats sleep most of the day."),
-        ("d3", "Dogs", "Dogs bark at strangers."),
-        ("d4", "Hips", "Fractures of the hip are common.")]
-QUERIES = [("q1", "does vitamin D prevent fractures"), ("q2", "why do cats sleep"), ("q3", "dog barking"),
-           ("q4", "hip fracture"), ("q5", "sleeping cats"), ("q6", "barking dogs")]
 LINEAR = "description: linear bm25 then top_k\npipeline:\n  - bm25: {k: 50, b: 0.4, k1: 0.9}\n  - top_k: {k: 20}\n"
 FUSION = ("pipeline:\n  - parallel:\n      branches:\n        - bm25: {k: 50}\n"
           "        - [bm25: {k: 50, variant: okapi}, top_k: {k: 30}]\n      fuse: {rrf: {}}\n  - top_k: {k: 20}\n")
@@ -27,25 +22,6 @@ FILTER_ERROR = ("line 5: pipeline[0].parallel.branches[1].bm25.filter: field 'ye
                 "corpus")
 
 
-def _cli(*args: object):
-    from typer.testing import CliRunner
-
-    from ragkit.cli import app
-
-    return CliRunner().invoke(app, [str(a) for a in args], env={"COLUMNS": "200"})
-
-
-def _tiny(root: Path) -> Path:
-    """A four-document BEIR folder with a test and a train split."""
-    (root / "qrels").mkdir(parents=True)
-    (root / "corpus.jsonl").write_text("".join(json.dumps({"_id": i, "title": t, "text": x}) + "\n"
-                                               for i, t, x in DOCS), encoding="utf-8")
-    (root / "queries.jsonl").write_text("".join(json.dumps({"_id": i, "text": t}) + "\n" for i, t in QUERIES),
-                                        encoding="utf-8")
-    head = "query-id\tcorpus-id\tscore\n"
-    (root / "qrels" / "test.tsv").write_text(head + "q1\td1\t1\nq2\td2\t1\nq3\td3\t1\n", encoding="utf-8")
-    (root / "qrels" / "train.tsv").write_text(head + "q4\td4\t1\nq5\td2\t1\nq6\td3\t1\n", encoding="utf-8")
-    return root
 
 
 def _advice(output: str) -> list[list[str]]:

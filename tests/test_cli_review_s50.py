@@ -4,40 +4,12 @@ the option given."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
+from conftest import TINY_DOCS as DOCS, cli as _cli, file_mirror as _mirror, tiny_beir as _tiny
 
 from ragkit.params import MAX_INT
-
-DOCS = [("d1", "Vitamin D", "Vitamin D prevents fractures in elderly people."),
-        ("d2", "Cats", "Cats sleep most of the day."),
-        ("d3", "Dogs", "Dogs bark at strangers."),
-        ("d4", "Hips", "Fractures of the hip are common.")]
-QUERIES = [("q1", "does vitamin D prevent fractures"), ("q2", "why do cats sleep"), ("q3", "dog barking"),
-           ("q4", "hip fracture"), ("q5", "sleeping cats"), ("q6", "barking dogs")]
-
-
-def _cli(*args: object):
-    from typer.testing import CliRunner
-
-    from ragkit.cli import app
-
-    return CliRunner().invoke(app, [str(a) for a in args], env={"COLUMNS": "200"})
-
-
-def _tiny(root: Path) -> Path:
-    """A four-document BEIR folder with a test and a train split."""
-    (root / "qrels").mkdir(parents=True)
-    (root / "corpus.jsonl").write_text("".join(json.dumps({"_id": i, "title": t, "text": x}) + "\n"
-                                               for i, t, x in DOCS), encoding="utf-8")
-    (root / "queries.jsonl").write_text("".join(json.dumps({"_id": i, "text": t}) + "\n" for i, t in QUERIES),
-                                        encoding="utf-8")
-    head = "query-id\tcorpus-id\tscore\n"
-    (root / "qrels" / "test.tsv").write_text(head + "q1\td1\t1\nq2\td2\t1\nq3\td3\t1\n", encoding="utf-8")
-    (root / "qrels" / "train.tsv").write_text(head + "q4\td4\t1\nq5\td2\t1\nq6\td3\t1\n", encoding="utf-8")
-    return root
 
 
 def _index(root: Path) -> Path:
@@ -131,15 +103,6 @@ def test_train_help_says_a_pipeline_that_learns_nothing_skips_the_report(tmp_pat
 
 # ------------------------------------------------------------------ 3. a misspelt BEIR name
 
-
-def _mirror(tmp_path: Path, monkeypatch) -> Path:
-    """An empty folder served as ``$RAGKIT_BEIR_URL`` (a ``file:`` URL: no network; the cache under ``tmp_path``)."""
-    www = tmp_path / "www"
-    www.mkdir()
-    monkeypatch.setenv("RAGKIT_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setenv("RAGKIT_BEIR_URL", www.as_uri())
-    monkeypatch.chdir(tmp_path)
-    return www
 
 
 def test_a_misspelt_beir_name_is_bad_input_with_a_suggestion(tmp_path, monkeypatch):

@@ -16,6 +16,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from conftest import file_mirror as _www
 
 from ragkit.errors import DataError
 from ragkit.eval.beir import DownloadError, read_qrels
@@ -61,14 +62,6 @@ def test_beirs_own_header_over_trec_eval_lines_reads_them_as_before(tmp_path):
 
 
 # ------------------------------------------------------------------ 3. a failed download exits 1
-def _www(tmp_path: Path, monkeypatch) -> Path:
-    """A folder served as ``$RAGKIT_BEIR_URL`` (a ``file:`` URL; the cache under ``tmp_path``)."""
-    www = tmp_path / "www"
-    www.mkdir()
-    monkeypatch.setenv("RAGKIT_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setenv("RAGKIT_BEIR_URL", www.as_uri())
-    monkeypatch.chdir(tmp_path)
-    return www
 
 
 def _damaged_zip(name: str) -> bytes:
