@@ -1041,7 +1041,9 @@ class ChunkKVCache:
         v = lst.pop(idx)
         self._bytes -= v.nbytes
         if spill and self.disk_dir is not None:
-            if self._write_disk(key, v):
+            # a variant whose file holds it already (read from disk, not reused since) is not written again, as
+            # flush() does not write it
+            if v.dirty and self._write_disk(key, v):
                 self.stats.spills += 1
         elif forget and self.disk_dir is not None and not self._read_only:
             (self.disk_dir / key / f"{v.file_stem}.safetensors").unlink(missing_ok=True)

@@ -106,6 +106,29 @@ def test_a_variant_read_from_disk_is_written_again_only_once_reused(tmp_path, mo
     assert written == []
 
 
+def test_an_eviction_writes_no_variant_whose_file_holds_it(tmp_path, monkeypatch):
+    """Old code: a variant read from disk and not reused was written again, the same bytes, each time the memory
+    budget evicted it: plain lookups over a working set larger than the budget wrote a file per request."""
+    from test_cachecraft import _variant
+
+    from ragkit.caches import ChunkKVCache
+
+    first = ChunkKVCache("m", "t", disk_dir=tmp_path)
+    first.put("a", _variant(seed=1))
+    first.put("b", _variant(seed=2))
+    first.flush()
+    second = ChunkKVCache("m", "t", disk_dir=tmp_path, budget_bytes=int(1.5 * _variant().nbytes))
+    written = _written(monkeypatch)
+    for key in ("a", "b", "a", "b"):
+        (v,) = second.lookup(key)
+    assert written == [] and second.stats.spills == 0
+    second.touch(v, 0.0)  # "b", reused: its file is behind it
+    second.lookup("a")  # evicts "b", which is written
+    assert written == ["b"] and second.stats.spills == 1
+    (b,) = ChunkKVCache("m", "t", disk_dir=tmp_path).lookup("b")
+    assert b.cfo_n == 1
+
+
 def torch_equal(a, b) -> bool:
     import torch
 
