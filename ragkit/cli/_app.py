@@ -13,7 +13,7 @@ from rich.text import Text
 
 from ragkit.cli._console import console, err_console
 from ragkit.cli._imports import _import_module
-from ragkit.cli._streams import _failing, _stream_errors, _tolerant_stdout
+from ragkit.cli._streams import _failing, _new_command, _tolerant_stdout
 from ragkit.errors import RagkitError
 
 #: The exit status epilog of ``ragkit --help`` and of every command's (the rule of :mod:`ragkit.cli`'s docstring).
@@ -88,10 +88,7 @@ def _main(ctx: typer.Context,
     """ragkit: retrieval operators that compose."""
     import warnings
 
-    # each command starts with no failed stream on record (main() clears it too; a program or a test that calls the
-    # app itself twice carried the first command's closed pipe into the second, whose --run - then wrote the locale's
-    # bytes, not UTF-8)
-    _stream_errors.clear()
+    _new_command()  # (main() calls it too: a program or a test may call the app itself, command after command)
     _tolerant_stdout(ctx)
     _plain_if_no_color(ctx)
     shown = warnings.showwarning  # (put back when the command ends: a program calling the app keeps its own)

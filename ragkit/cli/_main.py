@@ -48,8 +48,7 @@ def main(args: Optional[list[str]] = None) -> int:
     ``describe``) whose standard output's reader closed the pipe (or standard error's, the same pipe: ``2>&1 |
     head``) stops at that write instead, with 141 and no message (:class:`_ReaderGone`)."""
     with _no_color():
-        _streams._stream_errors.clear()
-        _streams._files_requested = _streams._reporting_failure = False
+        _streams._new_command()
         saved = sys.stdout, sys.stderr
         _streams._stderr_is_stdout = _same_stream(*saved)
         if sys.stdout is not None:  # (None: fd 1 closed or pythonw; Rich writes to a null file)

@@ -24,13 +24,24 @@ _stream_errors: dict[str, OSError] = {}
 
 #: Whether the running command was asked to write a file (``-o``/``--run`` given a path, not ``-``; ``train``'s
 #: ``--out`` folder): then a closed standard output does not stop it (:func:`_reader_gone`).  Set by
-#: :func:`_want_files`, cleared by :func:`main`.
+#: :func:`_want_files`, cleared by :func:`_new_command`.
 _files_requested = False
 
 
 #: Whether standard error writes where standard output does (``2>&1 | head``): then its reader closing the pipe is
 #: standard output's too (:func:`_reader_gone`).  Set by :func:`main` (:func:`_same_stream`).
 _stderr_is_stdout = False
+
+
+def _new_command() -> None:
+    """Start a command with nothing of an earlier one on record: no failed standard stream
+    (:data:`_stream_errors`), no file asked for (:data:`_files_requested`), no failure being reported
+    (:data:`_reporting_failure`).  Called by :func:`~ragkit.cli._main.main` and by the app's callback: a program (or
+    a test) that calls the app itself twice carried the first command's state into the second (its closed pipe:
+    ``--run -`` then wrote the locale's bytes; its ``-o`` file: a closed pipe did not stop a command with none)."""
+    global _files_requested, _reporting_failure
+    _stream_errors.clear()
+    _files_requested = _reporting_failure = False
 
 
 def _want_files() -> None:

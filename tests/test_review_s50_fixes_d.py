@@ -1,0 +1,63 @@
+"""Review of the s50 CLI fixes (part D): one reset of the command-line's state per command, the empty-path check of
+``ask --cache-dir`` shared with the other path options, ``--run-tag`` recorded only where a run file holds it, a
+cached archive's sub-dataset lacking a split named from its download folder, and one saved pipeline's step refused
+from the facts its error carries."""
+
+from __future__ import annotations
+
+import errno
+import io
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import TINY_DOCS as DOCS
+
+
+def _index(root: Path) -> Path:
+    """A fitted, saved BM25 pipeline over :data:`DOCS`."""
+    from ragkit.pipelines import Pipeline
+    from ragkit.retrievers import BM25
+    from ragkit.types import Corpus
+
+    pipe = Pipeline([BM25()])
+    pipe.fit(Corpus([d[0] for d in DOCS], [d[2] for d in DOCS], [d[1] for d in DOCS]))
+    pipe.save(root)
+    return root
+
+
+class _Closed(io.TextIOBase):
+    """A standard output whose reader closed the pipe: every write and flush fails with EPIPE."""
+
+    encoding = "utf-8"
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        raise BrokenPipeError(errno.EPIPE, "Broken pipe")
+
+    def flush(self) -> None:
+        raise BrokenPipeError(errno.EPIPE, "Broken pipe")
+
+
+# ------------------------------------------------------------------ 1. each command starts afresh
+
+
+@pytest.mark.parametrize("first", [["-o", "{tmp}/r.json"], ["--index", "{tmp}/nope"]],
+                         ids=["a file written", "a failure"])
+def test_a_command_of_the_app_called_directly_does_not_inherit_the_last_ones_state(first, tmp_path, monkeypatch):
+    """A program calling the app itself, command after command: the first one's ``-o`` file (or its failure being
+    reported) was still on record in the second, which has no file to write, so its closed pipe did not stop it
+    (it went on, its writes dropped); it stops there, as under :func:`ragkit.cli.main`."""
+    from ragkit.cli import app
+    from ragkit.cli._streams import _GuardedStream, _ReaderGone
+
+    idx = _index(tmp_path / "idx")
+    for name in ("stdout", "stderr"):
+        monkeypatch.setattr(sys, name, io.StringIO())
+    app(["search", "--index", str(idx), "vitamin", *(a.format(tmp=tmp_path) for a in first)],
+        prog_name="ragkit", standalone_mode=False)
+    monkeypatch.setattr(sys, "stdout", _GuardedStream(_Closed(), "stdout"))
+    with pytest.raises(_ReaderGone):
+        app(["search", "--index", str(idx), "vitamin"], prog_name="ragkit", standalone_mode=False)
