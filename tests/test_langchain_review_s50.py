@@ -237,6 +237,10 @@ def test_k_takes_any_integer_type_as_search_kwargs_and_invoke_do():
     for bad in (True, np.bool_(True), 2.0, "2"):
         with pytest.raises(ParamError, match="k"):
             RagkitRetriever.from_texts(texts, k=bad)
+    # at most MAX_INT, as every k (it was taken, then every invoke failed: "at most 2,147,483,647")
+    for big in (2**40, np.uint64(2**63 + 5)):
+        with pytest.raises(ParamError, match="k"):
+            RagkitRetriever.from_texts(texts, k=big)
 
 
 def test_adding_returned_documents_says_how_to_drop_the_keys_the_retriever_wrote():
@@ -248,6 +252,14 @@ def test_adding_returned_documents_says_how_to_drop_the_keys_the_retriever_wrote
     with pytest.raises(ParamError, match=r"rename those keys \(e\.g\. 'doc_score'\); documents a retriever returned "
                                          r"\(invoke, batch\) carry the keys it wrote: drop them .*RESERVED_METADATA"):
         other.add_documents([got])
+    # a pipeline whose corpus holds such a key is told to rename it, not how to re-add returned documents
+    from ragkit.retrievers import BM25
+    from ragkit.types import Corpus
+
+    fitted = BM25().fit(Corpus(["a", "b"], ["x y", "y z"], metadata={"score": [1, 2]}))
+    with pytest.raises(ParamError, match="rename that key") as e:
+        RagkitRetriever(pipeline=fitted)
+    assert "adding the documents again" not in str(e.value)
     # the way the message gives works
     d = got
     assert other.add_documents([Document(d.page_content, id=d.id, metadata={

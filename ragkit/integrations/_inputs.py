@@ -123,12 +123,15 @@ RESERVED_METADATA = ("score", "rank", "operators", "branches", "fields")
 
 
 def _check_reserved(corpus: Corpus, where: str) -> None:
+    """Refuse (:class:`ParamError`, from ``where``) documents whose metadata holds a key of :data:`RESERVED_METADATA`;
+    for ``add_documents``, also how to drop the keys a retriever wrote into the documents it returned."""
     clash = [key for key in RESERVED_METADATA if key in corpus.metadata]
     if clash:
         raise ParamError(
             f"{where}: the documents' metadata has {', '.join(repr(c) for c in clash)}, which RagkitRetriever "
             f"writes into every returned Document's metadata ({', '.join(RESERVED_METADATA)}); rename "
-            f"{'that key' if len(clash) == 1 else 'those keys'} (e.g. 'doc_{clash[0]}'); documents a retriever "
-            "returned (invoke, batch) carry the keys it wrote: drop them before adding the documents again, e.g. "
-            "Document(d.page_content, id=d.id, metadata={k: v for k, v in d.metadata.items() if k not in "
-            "RESERVED_METADATA}) (RESERVED_METADATA from ragkit.integrations.langchain)")
+            f"{'that key' if len(clash) == 1 else 'those keys'} (e.g. 'doc_{clash[0]}')" + (
+                "; documents a retriever returned (invoke, batch) carry the keys it wrote: drop them before adding "
+                "the documents again, e.g. Document(d.page_content, id=d.id, metadata={k: v for k, v in "
+                "d.metadata.items() if k not in RESERVED_METADATA}) (RESERVED_METADATA from "
+                "ragkit.integrations.langchain)" if where == "add_documents" else ""))

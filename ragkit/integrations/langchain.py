@@ -105,7 +105,7 @@ from ragkit.integrations.langchain_generate import RagkitGenerator
 from ragkit.metadata import AllOf, all_filters, check_added_kinds, check_metadata_kinds
 from ragkit.operator import Operator
 from ragkit.options import _positive_k, check_options
-from ragkit.params import refusal_of
+from ragkit.params import MAX_INT, refusal_of
 from ragkit.types import Corpus, Ranking, TrainSet, ids_and_texts
 
 if TYPE_CHECKING:
@@ -406,7 +406,7 @@ class RagkitRetriever(BaseRetriever):
             except ValidationError as exc:  # a check's RagkitError, which pydantic wrapped: raised as itself
                 raise refusal_of(exc, RagkitRetriever) from None
 
-    k: int = Field(default=4, ge=1, strict=True, description="Documents per query.")
+    k: int = Field(default=4, ge=1, le=MAX_INT, strict=True, description="Documents per query.")
     """Documents returned per query; ``invoke(q, k=...)`` and ``search_kwargs["k"]`` override it."""
 
     @field_validator("k", mode="before")
