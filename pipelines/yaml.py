@@ -1222,20 +1222,29 @@ def _quote_forms(value: Any) -> str:
     return f'"{value}"'
 
 
-def _labelled_hint(branches: Any) -> str:
+def _labelled_hint(branches: Any, router: Operator | None = None) -> str:
     """For a route's branches written as something else than a mapping: the mapping of labels they were likely
-    meant to be (a list of ``- label: [...]`` items is that mapping without the '- ')."""
+    meant to be (a list of ``- label: [...]`` items is that mapping without the '- '); its labels are those the
+    ``router`` can give (``possible_labels``), ``short`` / ``long`` without one (or one that does not tell)."""
+    possible = getattr(router, "possible_labels", None)
+    gives = [str(label) for label in possible()] if callable(possible) else []
     if isinstance(branches, list) and branches and all(isinstance(x, Mapping) and x for x in branches) and all(
             _all_operators(x) for x in branches):  # steps, not labels: `branches: {bm25: {}}` names no label
-        names = ["short", "long", *(f"label{i}" for i in range(3, len(branches) + 1))]
-        labelled = ", ".join(f"{name}: {_flow_step([step])}" for name, step in zip(names, branches))
+        names = gives or ["short", "long"]
+        names = [*names, *(f"label{i}" for i in range(len(names) + 1, len(branches) + 1))]
+        labelled = ", ".join(f"{_flow([name])[1:-1]}: {_flow_step([step])}" for name, step in zip(names, branches))
+        rest = gives[len(branches):]
+        also = (f"; router {router.name!r} also labels queries {rest}: a branch for each, or a 'default:' to the "
+                f"route" if rest and router is not None else "")
         return (f"; these are steps, and a route's branches are a mapping of label: steps, a label the router gives "
-                f"(its queries run the steps) before each: e.g. `branches: {{{labelled}}}`")
+                f"(its queries run the steps) before each: e.g. `branches: {{{labelled}}}`{also}")
     if isinstance(branches, list) and branches and all(isinstance(x, Mapping) for x in branches):
         merged = {k: _steps_of(v) for x in branches for k, v in x.items()}
         return (f"; a route's branches are a mapping of label: steps, not a list: drop the '- ' before each label, "
                 f"e.g. `branches: {_flow(merged)}`")
-    return "; e.g. `branches: {short: [bm25: {}], long: [dense: {}]}` (a label the router gives: its steps)"
+    steps = ["[bm25: {}]", "[dense: {}]"]
+    labelled = ", ".join(f"{_flow([name])[1:-1]}: {steps[i % 2]}" for i, name in enumerate(gives or ["short", "long"]))
+    return f"; e.g. `branches: {{{labelled}}}` (a label the router gives: its steps)"
 
 
 def _build_route(body: Mapping[str, Any], here: str, make_leaf: LeafFactory, problems: _Problems) -> Route:
@@ -1247,7 +1256,7 @@ def _build_route(body: Mapping[str, Any], here: str, make_leaf: LeafFactory, pro
     if problems.given(body, "branches", here):
         if not isinstance(branches, Mapping) or not branches:
             problems.wrong("branches", here, f"expected a mapping of label -> pipeline, got {branches!r:.60}"
-                                             f"{_labelled_hint(branches)}")
+                                             f"{_labelled_hint(branches, router)}")
         else:
             # the labels' types, and the branches no label reaches (has_default=True: a label without a branch is
             # told below, once the default is read; a branch that only the default label reaches does run)
