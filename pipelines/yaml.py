@@ -38,7 +38,7 @@ import os
 import re
 import sys
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, TypeVar
+from typing import Any, Callable, Iterator, Mapping, TypeVar, cast
 
 import yaml
 
@@ -500,6 +500,18 @@ def load_yaml(source: str | os.PathLike[str] | Mapping[str, Any], make_leaf: Lea
             raise ConfigError(message, path=e.path) from None
         raise ConfigError(f"{where}: {message}" if "\n" not in message else f"{where}:\n{message}",
                           path=e.path) from None
+
+
+_Op = TypeVar("_Op", bound=Operator)
+
+
+def unfitted_copy(op: _Op) -> _Op:
+    """A new, unfitted ``op`` of the same steps and parameters: its YAML read back (a pipeline as a pipeline, an
+    operator as that operator), without what it was fitted on or learned; of a loaded saved folder, the pipeline it
+    was fitted as.  RagkitRetriever's refits and ``ragkit train``'s held-out report fit such copies (a saved
+    ``--pipeline`` folder is loaded, its checksums verified, once)."""
+    copy = load_yaml(op.to_yaml())
+    return cast(_Op, copy if isinstance(op, Pipeline) else copy.steps[0])
 
 
 #: the keys by which a ``ragkit eval -o`` result is told from a pipeline file (it has 'pipeline' too)

@@ -235,8 +235,8 @@ def test_the_report_copies_read_back_as_the_pipeline(tmp_path):
     """:func:`_unfitted_copy` of each example pipeline, of an operator name's and of a saved learned folder's is
     that pipeline (its YAML, its steps' parameters), unfitted."""
     from ragkit.cli._pipeline import resolve_pipeline
-    from ragkit.cli._train import _unfitted_copy
     from ragkit.pipelines import Pipeline
+    from ragkit.pipelines.yaml import unfitted_copy as _unfitted_copy
 
     examples = Path(__file__).resolve().parent.parent / "examples"
     fitted = Pipeline.from_yaml(LEARNED)

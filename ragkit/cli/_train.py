@@ -92,16 +92,6 @@ def _held_out_fold(queries: Any, seed: int) -> Optional[_Fold]:
     return _Fold(np.flatnonzero(held).tolist(), np.flatnonzero(~held).tolist(), int((sizes[group] > 1).sum()))
 
 
-def _unfitted_copy(pipe: Any) -> Any:
-    """A new, unfitted pipeline of ``pipe``'s steps and parameters, for the held-out report's fits: ``pipe``'s YAML
-    read back (what :func:`resolve_pipeline` builds from a YAML file or an operator name; of a saved folder, the
-    pipeline it was fitted as, without what it learned: each report fit starts from the parameters given, as a
-    fit does), so that ``--pipeline`` is resolved (a saved folder loaded and its checksums verified) once."""
-    from ragkit.pipelines import Pipeline
-
-    return Pipeline.from_yaml(pipe.to_yaml())
-
-
 @app.command("train", epilog=_examples(
     "ragkit train --data scifact --pipeline examples/learned.yaml --out scifact-learned",
     "ragkit eval --data scifact --pipeline scifact-learned"))
@@ -136,6 +126,7 @@ def train_cmd(
     from ragkit.encoders import caching_queries
     from ragkit.pipelines._checks import check_ready
     from ragkit.pipelines._compose import iter_leaves
+    from ragkit.pipelines.yaml import unfitted_copy
     from ragkit.types import TrainSet
 
     try:
@@ -209,7 +200,7 @@ def train_cmd(
             traces = {}
             for label, tr in (("unlearned", None), ("learned", fit_part)):
                 # scored on rankings: a generate step's answers per held-out query would be thrown away
-                pipe = _without_generation(_unfitted_copy(first), f"--pipeline {pipeline}", note=tr is None)
+                pipe = _without_generation(unfitted_copy(first), f"--pipeline {pipeline}", note=tr is None)
                 if tr is None and any(op.needs_train for op in iter_leaves(pipe)):
                     console.print("[dim]unlearned: skipped (parts of this pipeline fit only with judged queries)[/]")
                     continue

@@ -13,15 +13,8 @@ import numpy as np
 from ragkit.errors import ParamError
 from ragkit.metadata import is_missing
 from ragkit.operator import Operator
+from ragkit.pipelines.yaml import unfitted_copy as _unfitted_copy  # noqa: F401  (langchain.py imports it from here)
 from ragkit.types import Corpus
-
-
-def _unfitted_copy(op: Operator) -> Operator:
-    """A new, unfitted ``op`` with the same parameters (built from its YAML)."""
-    from ragkit.pipelines import Pipeline, load_yaml
-
-    copy = load_yaml(op.to_yaml())
-    return copy if isinstance(op, Pipeline) else copy.steps[0]
 
 
 def _holds_index(op: Operator) -> bool:
