@@ -13,11 +13,17 @@ from ragkit.cli._outputs import _check_not_an_input
 from ragkit.errors import RagkitError, some_ids
 
 
+def _is_list(data: str) -> bool:
+    """Whether ``--data`` names several datasets (``a,b``): a comma in it, and no path of that name (a folder's
+    name may hold a comma)."""
+    return "," in data and not Path(data).exists()
+
+
 def _dataset_list(data: str) -> Optional[dict[str, str]]:
     """``--data a,b,...`` as ``{label: item}`` (the label: the dataset's folder name), or ``None`` for
-    one dataset or archive (a path that exists is one, commas and all).  Blank, repeated or
+    one dataset or archive (:func:`_is_list`: a path that exists is one, commas and all).  Blank, repeated or
     same-named items are refused; the datasets themselves are found by :func:`_eval_subsets`."""
-    if "," not in data or Path(data).exists():
+    if not _is_list(data):
         return None
     items = [x.strip() for x in data.split(",")]
     if not all(items):

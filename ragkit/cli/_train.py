@@ -14,7 +14,7 @@ from rich.text import Text
 from ragkit._files import shell_quote
 from ragkit.cli._app import _examples, _fail, _RunFailure, app
 from ragkit.cli._console import console, err_console
-from ragkit.cli._data import _check_data_folder, _check_split, _refuse_test_split
+from ragkit.cli._data import _check_data_folder, _check_split, _is_list, _refuse_test_split
 from ragkit.cli._options import _expands_paths, _path_option, _ranged_option
 from ragkit.cli._outputs import _prepare_out_folder
 from ragkit.cli._pipeline import (
@@ -130,7 +130,7 @@ def train_cmd(
     from ragkit.types import TrainSet
 
     try:
-        if "," in data and not Path(data).exists():  # (a folder's name may hold a comma)
+        if _is_list(data):
             raise RagkitError(f"--data {data}: a comma-separated list; train fits and saves one pipeline, on one "
                               f"dataset: give one name or folder (ragkit eval --data {shell_quote(data)} evaluates "
                               "a list)")
