@@ -326,6 +326,24 @@ def cut_to_k(state: State, k: int | None) -> State:
     return replace(state, rankings=[r.head(k) for r in state.rankings])
 
 
+class _StepFolderError(ArtifactError):
+    """:meth:`Operator.load` of one step's folder of a saved pipeline (``saved/ops/00-bm25``), which is loaded with
+    its pipeline (its documents and checksums are there): :attr:`pipeline_folder` is that pipeline's folder, and
+    :attr:`python_advice` the message's end, said to a Python caller (``load that folder with
+    Pipeline.load('saved')``), which the command line says in its own terms."""
+
+    pipeline_folder: Path
+    python_advice: str
+
+    @classmethod
+    def of(cls, folder: Path, whole: Path) -> "_StepFolderError":
+        """The error of the step's ``folder`` of the pipeline saved at ``whole``."""
+        advice = f"load that folder with Pipeline.load({str(whole)!r})"
+        e = cls(f"{folder}: one step of the saved pipeline at {whole} (its documents are saved there): {advice}")
+        e.pipeline_folder, e.python_advice = whole, advice
+        return e
+
+
 class _ParamsSignature:
     """``Operator.__signature__``: the constructor's signature as the class's ``Params`` model spells it,
     ``(params=None, /, *, k: int = 100, k1: float = 0.9, ...)``, for ``inspect.signature(BM25)``,
@@ -959,8 +977,7 @@ class Operator:
         if verify and not (folder / CHECKSUMS).is_file():  # every save writes it: a changed folder lost it
             whole = _saved_pipeline_above(folder)
             if whole is not None:  # a pipeline's step: its manifest holds the checksums, and the documents
-                raise ArtifactError(f"{folder}: one step of the saved pipeline at {whole} (its documents are "
-                                    f"saved there): load that folder with Pipeline.load({str(whole)!r})")
+                raise _StepFolderError.of(folder, whole)
             interrupted = _interrupted_save(folder)
             if interrupted is not None:
                 raise ArtifactError(f"{folder}: {interrupted}")
@@ -1009,8 +1026,7 @@ class Operator:
 
                 whole = _saved_pipeline_above(folder)
                 if whole is not None and not (folder / "corpus.jsonl").exists():
-                    raise ArtifactError(f"{folder}: one step of the saved pipeline at {whole} (its documents are "
-                                        f"saved there): load that folder with Pipeline.load({str(whole)!r})")
+                    raise _StepFolderError.of(folder, whole)
                 corpus = read_corpus(folder / "corpus.jsonl", allow_empty=True)
                 if "corpus" in meta and corpus_fingerprint(corpus) != meta["corpus"]:
                     raise ArtifactError(

@@ -87,28 +87,21 @@ def _in_file(e: RagkitError, spec: str) -> RagkitError:
     return e
 
 
-#: The end of :meth:`Operator.load`'s refusal of one step's folder of a saved pipeline: Python's advice, with the
-#: pipeline's folder (``load that folder with Pipeline.load('/x/saved')``).
-_PYTHON_LOAD_ADVICE = re.compile(r"load that folder with Pipeline\.load\("
-                                 r"(?P<folder>'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\")\)$")
-
-
 def _cli_advice(e: Exception, option: str, use: Any = None) -> Exception:
     """``e``, an error of :meth:`Operator.load` (``saved/ops/00-bm25: one step of ...``), with its advice for a Python
-    caller (``load that folder with Pipeline.load('/x/saved')``) said for the command line: ``--index
-    saved/ops/00-bm25: ...: give the pipeline's folder: --index /x/saved`` (``use(folder)``: another wording,
-    ``ragkit validate /x/saved``, the message left starting with the path).  Unchanged when it gives no such
-    advice."""
-    import ast
-
+    caller (``load that folder with Pipeline.load('/x/saved')``) said for the command line from the pipeline's folder
+    the error carries (:class:`~ragkit.operator._StepFolderError`): ``--index saved/ops/00-bm25: ...: give the
+    pipeline's folder: --index /x/saved`` (``use(folder)``: another wording, ``ragkit validate /x/saved``, the
+    message left starting with the path).  Unchanged when it is no such error."""
     from ragkit._files import shell_quote
+    from ragkit.operator import _StepFolderError
 
-    found = _PYTHON_LOAD_ADVICE.search(str(e))
-    if found is None:
+    message = str(e)
+    if not isinstance(e, _StepFolderError) or not message.endswith(e.python_advice):
         return e
-    folder = shell_quote(str(ast.literal_eval(found["folder"])))
+    folder = shell_quote(str(e.pipeline_folder))
     said = use(folder) if use is not None else f"{option} {folder}"
-    text = f"{str(e)[:found.start()]}give the pipeline's folder: {said}"
+    text = f"{message.removesuffix(e.python_advice)}give the pipeline's folder: {said}"
     e.args = (f"{option} {text}" if use is None else text, *e.args[1:])
     return e
 
