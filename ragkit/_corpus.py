@@ -158,33 +158,46 @@ def _json_text(v: Any) -> str:
     return json.dumps(v, ensure_ascii=False, default=repr, skipkeys=True)
 
 
+def saved_scalar(v: Any) -> Any:
+    """``v`` as the Python value a save writes it (:func:`_jsonable`) where it is a numpy scalar: a finite float
+    of another width than float64 (float32, float16) by its shortest decimal (``np.float32(0.1)`` as ``0.1``,
+    where ``.item()`` gives ``0.10000000149011612``), any other numpy scalar by ``.item()``; a datetime64 /
+    timedelta64 and any other value as it is.  The one rule that the metadata a corpus keeps (:func:`_meta_value`,
+    :func:`_meta_kept`), what it saves (:func:`_jsonable`), what a filter asks for (:func:`_filter_wants`) and a
+    filter given as an operator's parameter (:func:`ragkit.params._plain`) follow, so that ``np.float32(0.1)``
+    and ``0.1`` find the same documents before a save and after."""
+    if not isinstance(v, np.generic) or isinstance(v, (np.datetime64, np.timedelta64)):
+        return v
+    if isinstance(v, np.floating) and v.dtype != np.float64 and np.isfinite(v):
+        return float(str(v))
+    return v.item()
+
+
 def _meta_value(v: Any) -> Any:
     """One metadata value as :func:`_meta_column` keeps it: a numpy scalar as Python's, as a save writes it
-    (:func:`_jsonable`: a float32 by its shortest repr, so that ``filter={"w": 0.1}`` finds ``np.float32(0.1)``
+    (:func:`saved_scalar`: a float32 by its shortest repr, so that ``filter={"w": 0.1}`` finds ``np.float32(0.1)``
     before a save as after, and a returned value is JSON-serialisable); a datetime64 / timedelta64 kept."""
     if isinstance(v, np.ndarray) and v.ndim == 1:
         return v.tolist()
     if isinstance(v, tuple):
         return list(v)
-    if isinstance(v, np.floating) and v.dtype != np.float64 and np.isfinite(v):
-        v = float(str(v))
-    elif isinstance(v, np.generic) and not isinstance(v, (np.datetime64, np.timedelta64)):
-        v = v.item()
+    v = saved_scalar(v)
     return None if is_missing(v) else v
 
 
 def _filter_wants(want: Any) -> list[Any]:
     """The values a filter's ``want`` asks for (:func:`filter_values`), a missing one (pandas.NA, NaT) as None and
     a float32 / float16 scalar with its shortest decimal too (``np.float32(0.1)`` also as ``0.1``: how
-    :func:`_meta_value` keeps such a value of the documents, and a save writes it)."""
+    :func:`saved_scalar` makes it, as :func:`_meta_value` keeps such a value of the documents and a save writes
+    it)."""
     out: list[Any] = []
     for w in filter_values(want):
         if is_missing(w):
             out.append(None)
             continue
         out.append(w)
-        if isinstance(w, np.floating) and w.dtype != np.float64:
-            out.append(float(str(w)))
+        if isinstance(w, np.floating) and w.dtype != np.float64:  # (np.float32(0.1) == 0.1 in numpy 2, not in a
+            out.append(saved_scalar(w))  # dict of the column's values, which the filter codes look up)
     return out
 
 
@@ -1070,10 +1083,8 @@ def _jsonable(v: Any, field: str = "") -> Any:
     if isinstance(v, (float, np.floating)) and not np.isfinite(v):
         raise DataError(f"Corpus.save: metadata field {field!r} holds {v!r}, which JSON cannot hold; give a finite "
                         "number, or None")
-    if isinstance(v, (np.floating,)) and v.dtype != np.float64:
-        return float(str(v))
-    if isinstance(v, np.generic) and not isinstance(v, (np.datetime64, np.timedelta64)):  # (a datetime64's item()
-        v = v.item()  # is a date, or an int of nanoseconds: refused below, as a Timestamp is; bytes and complex too)
+    v = saved_scalar(v)  # (a datetime64 is kept: its item() is a date, or an int of nanoseconds; refused below, as a
+    # Timestamp is, and so are bytes and complex)
     if isinstance(v, (list, tuple, np.ndarray)):
         return [_jsonable(x, field) for x in (v.tolist() if isinstance(v, np.ndarray) else v)]
     if isinstance(v, dict) and all(isinstance(key, str) for key in v):

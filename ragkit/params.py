@@ -28,6 +28,7 @@ from pydantic import (
 )
 from pydantic.fields import FieldInfo
 
+from ragkit._corpus import saved_scalar
 from ragkit.errors import ParamError, RagkitError
 
 if TYPE_CHECKING:
@@ -43,7 +44,14 @@ __all__ = ["Params", "MetadataFilter", "ModelName", "Seed", "MAX_INT", "VectorDt
 
 
 def _plain(value: Any) -> Any:
-    """A filter value as plain Python: numpy scalars -> ``.item()``, any collection -> a list."""
+    """A filter value as plain Python: numpy scalars as a save writes them (:func:`~ragkit._corpus.saved_scalar`:
+    ``np.float32(0.1)`` as ``0.1``, as a corpus keeps such metadata; a datetime64 and other 0-d values by
+    ``.item()``), any collection -> a list."""
+    if isinstance(value, np.ndarray) and value.ndim == 0:
+        value = value[()]
+    if isinstance(value, np.generic):
+        plain = saved_scalar(value)
+        return value.item() if plain is value else plain
     if hasattr(value, "item") and getattr(value, "ndim", None) == 0:
         return value.item()
     if isinstance(value, (str, bytes)) or not isinstance(value, typing.Iterable):
@@ -358,9 +366,12 @@ class Params(_ParamsBase):
 
 
 def _numpy_plain(value: Any) -> Any:
-    """``value`` with every numpy scalar in it, at any depth of dicts, lists and tuples, as a Python scalar."""
+    """``value`` with every numpy scalar in it, at any depth of dicts, lists and tuples, as a Python scalar: as a
+    save writes it (:func:`~ragkit._corpus.saved_scalar`: ``np.float32(0.1)`` as ``0.1``, so that a ``filter``
+    parameter finds the documents a corpus keeps that value for), a datetime64 by ``.item()``."""
     if isinstance(value, np.generic):
-        return value.item()
+        plain = saved_scalar(value)
+        return value.item() if plain is value else plain
     if isinstance(value, dict):
         return {k: _numpy_plain(v) for k, v in value.items()}
     if type(value) in (list, tuple):
