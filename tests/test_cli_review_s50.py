@@ -320,6 +320,7 @@ def test_a_step_folder_is_refused_with_the_option_that_loads_its_pipeline(tmp_pa
     (["train", "--data", "", "-p", "bm25", "--out", "m"], "--data"),
     (["train", "--data", "data", "-p", "bm25", "--out", ""], "--out"),
     (["ask", "q", "-p", ""], "--pipeline"),
+    (["ask", "q", "-p", "bm25", "--cache-dir", ""], "--cache-dir"),
     (["validate", ""], "PIPELINE"),
     (["compare", "", "b.json"], "RESULTS"),
     (["compare", "a.json", "b.json", "--baseline", ""], "--baseline"),

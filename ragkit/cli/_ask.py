@@ -127,9 +127,6 @@ def ask_cmd(
         raise typer.BadParameter(f"expected one of full, prefix, naive, cachecraft; got {mode!r}", param_hint="--mode")
     if not question.strip():
         raise typer.BadParameter("expected a question, got an empty one", param_hint="QUESTION")
-    if cache_dir is not None and not cache_dir.strip():
-        raise typer.BadParameter("expected a folder path, got an empty one (write '.' for the working folder)",
-                                 param_hint="--cache-dir")
     if cache_dir is not None and mode in ("full", "prefix"):  # (the folder and its manifest were made for nothing)
         raise typer.BadParameter(f"--mode {mode} uses no chunk cache, so the folder would stay unused; drop "
                                  "--cache-dir, or ask with --mode cachecraft or naive", param_hint="--cache-dir")
