@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
 from ragkit._results import score_rises
 from ragkit.errors import DataError, ParamError
+from ragkit.options import count_option
 from ragkit.types import Ranking
 
 __all__ = ["flatten", "cut_prefix", "leading_run", "check_rows_in_corpus", "check_cosines", "check_dense_rankings",
-           "first_unsorted", "pad_rows", "first_positions", "check_count", "count_option", "read_count"]
+           "first_unsorted", "pad_rows", "first_positions", "read_count"]
 
 
 def flatten(rankings: list[Ranking]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -164,36 +165,6 @@ def first_unsorted(c: np.ndarray, qidx: np.ndarray) -> int | None:
     every operator's output is held to), or None when every list is sorted best first."""
     up = score_rises(c) & (qidx[1:] == qidx[:-1])
     return int(qidx[1:][up][0]) if up.any() else None
-
-
-def check_count(value: Any, minimum: int = 1) -> int:
-    """``value`` as an int when it is an integer (``int`` or a numpy integer) of at least ``minimum``, else
-    ``TypeError`` / ``ValueError`` ``"expected a positive integer, got '8'"``: the rule of a per-call ``k``
-    (:func:`~ragkit.options.positive_k`) for the other counts a call may set (mmr's ``fetch_k``, a filter's
-    ``k_min``, ``minimum=0``): a bool, a string (``"8"``) and a float (even ``8.0``) are refused, not converted,
-    and so is a count above :data:`ragkit.params.MAX_INT`.  (Their parameters convert ``"8"`` as ``k``'s does.)"""
-    from ragkit.params import MAX_INT, shown
-
-    what = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"expected {what}, got {shown(value)}")
-    if value < minimum:
-        raise ValueError(f"expected {what}, got {shown(value)}")
-    if value > MAX_INT:
-        raise ValueError(f"expected {what} of at most {MAX_INT:,}, got {shown(value)}")
-    return int(value)
-
-
-def count_option(minimum: int = 1, none: bool = False) -> Callable[[Any, Any, Any], int | None]:
-    """A ``run_options`` check (``(operator, value, corpus) -> value``) of a count set per call: :func:`check_count`
-    (``none``: ``None`` passes too, as the parameter allows it), so that ``search(q, mmr={"fetch_k": "8"})`` is
-    refused as ``mmr={"k": "3"}`` is (``search option mmr.fetch_k: expected a positive integer, got '8'``)."""
-
-    def check(op: Any, value: Any, corpus: Any = None) -> int | None:
-        return None if none and value is None else check_count(value, minimum)
-
-    check.__doc__ = f"A per-call count of at least {minimum}{' (or None)' if none else ''}: check_count."
-    return check
 
 
 def read_count(op: Any, key: str, value: Any, minimum: int = 1, none: bool = False) -> Any:

@@ -20,7 +20,6 @@ from ragkit.errors import ArtifactError, DataError, InputTypeError
 from ragkit.filters._flat import (
     check_cosines,
     check_dense_rankings,
-    count_option,
     cut_prefix,
     first_unsorted,
     flatten,
@@ -28,7 +27,7 @@ from ragkit.filters._flat import (
     read_count,
 )
 from ragkit.operator import Operator
-from ragkit.options import PARAM
+from ragkit.options import PARAM, count_option
 from ragkit.params import ModelName, Params, Seed
 from ragkit.registry import register
 from ragkit.types import Corpus, State, TrainSet, usable_query_ids

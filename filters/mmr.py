@@ -26,10 +26,10 @@ from ragkit.encoders import (
 )
 from ragkit.encoders.sentence import encode_documents, encoder_label
 from ragkit.errors import DataError
-from ragkit.filters._flat import check_rows_in_corpus, count_option, first_positions, pad_rows, read_count
+from ragkit.filters._flat import check_rows_in_corpus, first_positions, pad_rows, read_count
 from ragkit.filters.cutoffs import cut_k
 from ragkit.operator import Operator
-from ragkit.options import PARAM
+from ragkit.options import PARAM, count_option
 from ragkit.params import ModelName, Params
 from ragkit.registry import register
 from ragkit.types import Corpus, Ranking, State, TrainSet

@@ -11,9 +11,9 @@ from pydantic import Field
 
 from ragkit._results import score_rises
 from ragkit.errors import DataError
-from ragkit.filters._flat import count_option, cut_prefix, flatten, leading_run, read_count
+from ragkit.filters._flat import cut_prefix, flatten, leading_run, read_count
 from ragkit.operator import Operator
-from ragkit.options import PARAM
+from ragkit.options import PARAM, count_option
 from ragkit.params import Params
 from ragkit.registry import register
 from ragkit.types import State
@@ -42,7 +42,7 @@ class _PrefixCut(Operator):
         out = state.copy()
         if state.rankings is None:
             return out
-        k_min = int(read_count(self, "k_min", self.opt(state, "k_min", self.params.k_min), 0))
+        k_min = read_count(self, "k_min", self.opt(state, "k_min", self.params.k_min), 0)
         _, scores, lengths, starts, qidx = flatten(state.rankings)
         _check_sorted(scores, qidx, self.name)
         keep = self._keep(state, scores, lengths, starts, qidx)

@@ -38,7 +38,8 @@ if TYPE_CHECKING:
     from ragkit.types import Corpus
 
 __all__ = ["PARAM", "OptionCheck", "CALL_OPTIONS", "check_options", "check_option_names", "option_readers",
-           "filter_option", "callable_option", "filter_value", "positive_k", "resolve_k", "refuse_unapplied_filter"]
+           "filter_option", "callable_option", "filter_value", "positive_k", "check_count", "count_option", "resolve_k",
+           "refuse_unapplied_filter"]
 
 #: ``run_options`` value of an option that is a field of the operator's parameter model of the
 #: same name: checked (and converted) by validating a copy of the parameters with it replaced.
@@ -108,6 +109,39 @@ def callable_option(op: "Operator", value: Any, corpus: "Corpus | None") -> Any:
     return value
 
 
+def check_count(value: Any, minimum: int = 1, beyond: str = "") -> int:
+    """``value`` as an int when it is an integer (``int`` or a numpy integer) of at least ``minimum``, else
+    ``TypeError`` / ``ValueError`` ``"expected a positive integer, got '8'"``: the rule of every count a call may
+    set (its ``k``: :func:`positive_k`; mmr's ``fetch_k``, a filter's ``k_min``, ``minimum=0``): a bool, a string
+    (``"8"``) and a float (even ``8.0``) are refused, not converted, and so is a count above
+    :data:`ragkit.params.MAX_INT`, the error of which ends with ``beyond`` (after ``"; "``) when given.  (Their
+    parameters convert ``"8"`` as ``k``'s does.)"""
+    import numpy as np
+
+    from ragkit.params import MAX_INT, shown
+
+    what = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"expected {what}, got {shown(value)}")
+    if value < minimum:
+        raise ValueError(f"expected {what}, got {shown(value)}")
+    if value > MAX_INT:
+        raise ValueError(f"expected {what} of at most {MAX_INT:,}, got {shown(value)}{'; ' + beyond if beyond else ''}")
+    return int(value)
+
+
+def count_option(minimum: int = 1, none: bool = False) -> Callable[[Any, Any, Any], int | None]:
+    """A ``run_options`` check (``(operator, value, corpus) -> value``) of a count set per call: :func:`check_count`
+    (``none``: ``None`` passes too, as the parameter allows it), so that ``search(q, mmr={"fetch_k": "8"})`` is
+    refused as ``mmr={"k": "3"}`` is (``search option mmr.fetch_k: expected a positive integer, got '8'``)."""
+
+    def check(op: Any, value: Any, corpus: Any = None) -> int | None:
+        return None if none and value is None else check_count(value, minimum)
+
+    check.__doc__ = f"A per-call count of at least {minimum}{' (or None)' if none else ''}: check_count."
+    return check
+
+
 def positive_k(value: Any, where: str, path: str = "options.k") -> int:
     """``value`` as an int when it is a positive integer (``int`` or a numpy integer), else a
     :class:`ParamError` ``"<where>: expected a positive integer, got <value>"`` (``path``: its
@@ -118,16 +152,10 @@ def positive_k(value: Any, where: str, path: str = "options.k") -> int:
     a string (``"3"``) and a float (even ``3.0``) are refused, not converted, and so is a ``k`` above
     :data:`ragkit.params.MAX_INT` (2**31 - 1), as a ``k`` parameter refuses it.
     """
-    import numpy as np
-
-    from ragkit.params import MAX_INT, shown
-
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ParamError(f"{where}: expected a positive integer, got {shown(value)}", path=path)
-    if value > MAX_INT:
-        raise ParamError(f"{where}: expected a positive integer of at most {MAX_INT:,}, got {shown(value)}; a k "
-                         "above the corpus returns the whole corpus, so the corpus size is enough", path=path)
-    return int(value)
+    try:
+        return check_count(value, beyond="a k above the corpus returns the whole corpus, so the corpus size is enough")
+    except (TypeError, ValueError) as e:
+        raise ParamError(f"{where}: {e}", path=path) from None
 
 
 def _positive_k(value: Any, where: str = _WHERE) -> int | None:
