@@ -139,12 +139,10 @@ def test_a_name_beirs_own_server_lacks_is_bad_input_listing_its_datasets(tmp_pat
     """From BEIR's own server (no $RAGKIT_BEIR_URL), which holds only BEIR's datasets, a 404 for another name is
     bad input (2), and the error lists the names it has.  (BEIR's address is pointed at a local folder here.)"""
     import ragkit.eval._download as download
-    import ragkit.eval.beir as beir
 
     www = _mirror(tmp_path, monkeypatch)
     monkeypatch.delenv("RAGKIT_BEIR_URL")
     monkeypatch.setattr(download, "BEIR_URL", www.as_uri())
-    monkeypatch.setattr(beir, "BEIR_URL", www.as_uri())
     res = _cli("eval", "--data", "my-own-data", "-p", "bm25")
     assert res.exit_code == 2, res.output
     assert "; BEIR's datasets are arguana, climate-fever, " in res.output and "webis-touche2020" in res.output

@@ -30,6 +30,17 @@ _log = logging.getLogger("ragkit.eval.beir")  # (the logger it used before the s
 BEIR_URL = "https://public.ukp.informatik.tu-darmstadt.de/thakur/BEIR/datasets"
 
 
+def _base_url(base_url: str | None) -> str:
+    """Where archives are downloaded from, without a trailing ``/``: ``base_url`` when given, else
+    ``$RAGKIT_BEIR_URL`` when set, else BEIR's own server (:data:`BEIR_URL`)."""
+    return (base_url or os.environ.get("RAGKIT_BEIR_URL") or BEIR_URL).rstrip("/")
+
+
+def _beirs_own(base_url: str | None) -> bool:
+    """Whether the archives come from BEIR's own server (:func:`_base_url`), which holds BEIR's datasets alone."""
+    return _base_url(base_url) == BEIR_URL.rstrip("/")
+
+
 class DownloadError(DataError):
     """A BEIR archive's download that failed: the server could not be reached or refused it, the transfer was
     cut short, or what came is no zip archive or a damaged one.  A :class:`DataError` (as before), told apart
@@ -70,7 +81,7 @@ def download_beir(name: str, *, base_url: str | None = None, dest: Path | None =
         raise ParamError(f"download_beir: name {name!r} ends in .zip; expected the dataset's name without it "
                          f"({name[:-4]!r}): the archive <name>.zip is fetched; a local zip is loaded with "
                          f"load_beir({name!r})")
-    base = (base_url or os.environ.get("RAGKIT_BEIR_URL") or BEIR_URL).rstrip("/")
+    base = _base_url(base_url)
     dest = user_path(dest, "download_beir: dest") if dest is not None else cache_dir() / "beir"
     _refuse_not_a_download(dest / name, name)  # before fetching what may be gigabytes
     dest.mkdir(parents=True, exist_ok=True)

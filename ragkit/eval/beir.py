@@ -50,6 +50,7 @@ from ragkit.eval._download import (
     BEIR_URL as BEIR_URL,
     MAX_UNZIPPED as MAX_UNZIPPED,
     DownloadError,
+    _beirs_own,
     _unpacked,
     cache_dir,
     download_beir,
@@ -578,10 +579,9 @@ def _unknown_name(name: str, base_url: str | None) -> tuple[str, bool]:
     import difflib
 
     near = difflib.get_close_matches(name.lower(), BEIR_NAMES, n=1, cutoff=0.75)
-    official = (base_url or os.environ.get("RAGKIT_BEIR_URL") or BEIR_URL).rstrip("/") == BEIR_URL.rstrip("/")
     if near:
         return f"; did you mean the BEIR dataset {near[0]!r}?", True
-    if official:
+    if _beirs_own(base_url):
         return f"; BEIR's datasets are {', '.join(BEIR_NAMES)}", True
     return "", False
 
