@@ -62,26 +62,73 @@ _PLAIN_META = frozenset({str, int, bool, type(None), list, dict})
 def _meta_column(col: np.ndarray) -> np.ndarray:
     """A metadata column as a saved corpus reads it back, so that filters answer the same before and after a
     save: in an object column, a 1-D numpy array value (what ``pandas.read_parquet`` gives for a list
-    column) or a tuple as a list, and a missing value (NaN, ``pandas.NA``, ``NaT``) as ``None``.  A column
-    of another dtype (numbers, strings) is kept as it is; in an object column, one pass over the values'
-    types, and a look at the values of other types than str, int, bool, None, list and dict only."""
+    column) or a tuple as a list, and a missing value (NaN, ``pandas.NA``, ``NaT``) as ``None``.  A float16 /
+    float32 column as float64 by shortest decimals; a column of another dtype (numbers, strings) is kept as it
+    is; in an object column, one pass over the values' types, and a look at the values of other types than str,
+    int, bool, None, list and dict only (and inside lists and dicts, where one holds a numpy scalar)."""
     return _meta_kept(col)[0]
 
 
 def _meta_kept(col: np.ndarray) -> tuple[np.ndarray, list[Any] | None, set[type] | None]:
     """:func:`_meta_column`'s column, with its values as a list and the set of their types (``None``, ``None`` for
-    a column that is not of objects), which :func:`_check_meta_text` reads rather than listing them again."""
+    a column that is not of objects), which :func:`_check_meta_text` reads rather than listing them again.
+
+    A float16 / float32 column becomes float64 by each value's shortest decimal (``np.float32(0.1)`` as ``0.1``,
+    NaN kept), as a save writes it (:func:`saved_scalar`); numpy scalars inside list and dict values
+    (``[np.float32(0.1)]``) become Python's by :func:`_meta_value` too, looked for one level of nesting at a time
+    (one pass over the types, in C) and rebuilt only in a column that holds one."""
+    if col.dtype.kind == "f" and col.dtype != np.float64:  # (str(): the shortest decimal that reads back the same)
+        return col.astype(str).astype(np.float64), None, None
     if col.dtype != object:
         return col, None, None
     values = col.tolist()
     types = set(map(type, values))
     odd = types - _PLAIN_META
-    if not odd:
+    nested = _holds_numpy_scalar([v for v in values if type(v) in _NESTED]) if types & _NESTED else False
+    if not odd and not nested:
         return col, values, types
-    out = [_meta_value(v) if type(v) in odd else v for v in values]
+    out = [_meta_value(v) if type(v) in odd else _nested_plain(v) if nested and type(v) in _NESTED else v
+           for v in values]
     if all(a is b for a, b in zip(out, values)):
         return col, values, types
     return _column(out), out, set(map(type, out))
+
+
+#: the types of metadata values that hold other values (:func:`_holds_numpy_scalar`, :func:`_nested_plain`)
+_NESTED = frozenset({list, dict})
+
+
+def _holds_numpy_scalar(values: list[Any]) -> bool:
+    """Whether a numpy scalar is inside the lists and dicts ``values``, at any depth: per level of nesting, the
+    elements chained and their types listed (C calls), so that a column of tags costs one pass."""
+    def inside(vs: list[Any]) -> Iterator[Any]:
+        return itertools.chain.from_iterable(v.values() if type(v) is dict else v for v in vs)
+
+    level = values
+    while level:
+        types = set(map(type, inside(level)))
+        if any(issubclass(t, np.generic) for t in types):
+            return True
+        if not types & _NESTED:
+            return False
+        level = [v for v in inside(level) if type(v) in _NESTED]  # (a list of lists: the inner ones)
+    return False
+
+
+def _nested_plain(v: Any) -> Any:
+    """A list or dict metadata value with the numpy scalars in it (at any depth) as :func:`_meta_value` keeps
+    them (``np.float32(0.1)`` as ``0.1``, NaN as None: as a save writes them); ``v`` itself where it holds none."""
+    if type(v) is list:
+        out: Any = [_nested_plain(x) for x in v]
+        same = all(a is b for a, b in zip(out, v))
+    elif type(v) is dict:
+        out = {k: _nested_plain(x) for k, x in v.items()}
+        same = all(out[k] is x for k, x in v.items())
+    elif isinstance(v, np.generic):
+        return _meta_value(v)
+    else:
+        return v
+    return v if same else out
 
 
 def _check_meta_text(key: Any, col: np.ndarray, ids: np.ndarray, values: list[Any] | None = None,
@@ -423,6 +470,10 @@ class Corpus:
             if isinstance(col, (str, bytes)) or not isinstance(col, Iterable):  # 'en' would become ['e', 'n']
                 raise DataError(f"Corpus metadata field {key!r}: expected one value per document (a list or array of "
                                 f"{len(ids)}), got {col!r:.60}")
+            dtype = getattr(col, "dtype", None)
+            if not isinstance(col, np.ndarray) and isinstance(dtype, np.dtype) and dtype.kind == "f" \
+                    and dtype != np.float64:  # a pandas float32 Series: its own values (iterated, they are float64)
+                col = np.asarray(col)
             col, values, types = _meta_kept(_column(col) if not isinstance(col, np.ndarray) or col.ndim != 1 else col)
             if len(col) != len(ids):
                 raise DataError(

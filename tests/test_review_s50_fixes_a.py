@@ -1,12 +1,16 @@
 """Review of the s50 commits (a): numpy float32 metadata and filters alike everywhere.
 
 - a filter given as an operator parameter (``BM25(filter={"w": np.float32(0.1)})``) went through ``.item()``
-  (``0.10000000149011612``), which finds none of the documents a corpus keeps ``np.float32(0.1)`` for as ``0.1``.
+  (``0.10000000149011612``), which finds none of the documents a corpus keeps ``np.float32(0.1)`` for as ``0.1``;
+- a float32 numpy column (or pandas float32 Series) and numpy scalars inside list / dict values matched
+  ``{"w": 0.1}`` after a save only.
 """
 
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
+import pytest
 
 from ragkit.eval.beir import read_corpus
 from ragkit.retrievers import BM25
@@ -27,3 +31,30 @@ def test_a_float32_filter_parameter_finds_float32_metadata(tmp_path):
     assert list(BM25(k=5, filter={"w": [np.float32(0.25), np.int64(7)]}).fit(c).search(["vitamin"]).doc_ids[0]) \
         == ["b"]
     assert BM25(filter={"w": np.array(np.float32(0.1))}).params.filter == {"w": 0.1}  # (a 0-d array)
+
+
+@pytest.mark.parametrize("column", [np.array([0.1, 0.25], np.float32), np.array([0.1, 0.25], np.float16),
+                                    pd.Series([0.1, 0.25], dtype="float32")], ids=["f32", "f16", "pandas-f32"])
+def test_a_float32_column_filters_alike_before_and_after_a_save(tmp_path, column):
+    c = Corpus(ids=["a", "b"], texts=["x", "y"], metadata={"w": column})
+    before = c.mask({"w": 0.1}).tolist()
+    assert _saved(c, tmp_path).mask({"w": 0.1}).tolist() == before == [True, False]
+    assert c.mask({"w": np.float32(0.1)}).tolist() == [True, False]
+
+
+def test_a_float32_column_keeps_its_nan():
+    c = Corpus(ids=["a", "b"], texts=["x", "y"], metadata={"w": np.array([0.1, np.nan], np.float32)})
+    assert c.metadata["w"].dtype == np.float64 and c.metadata["w"][0] == 0.1 and np.isnan(c.metadata["w"][1])
+    assert c.mask({"w": None}).tolist() == [False, True]
+
+
+def test_numpy_scalars_inside_list_and_dict_values_filter_alike_before_and_after_a_save(tmp_path):
+    c = Corpus(ids=["a", "b"], texts=["x", "y"], metadata={"w": [[np.float32(0.1)], [0.25]]})
+    before = c.mask({"w": 0.1}).tolist()
+    assert _saved(c, tmp_path).mask({"w": 0.1}).tolist() == before == [True, False]
+    d = Corpus(ids=["a", "b"], texts=["x", "y"],
+               metadata={"info": [{"w": np.float32(0.1), "n": [np.int64(2), np.float32("nan")]}, {"w": 1}]})
+    assert d.metadata["info"].tolist() == [{"w": 0.1, "n": [2, None]}, {"w": 1}]
+    assert _saved(d, tmp_path).metadata["info"].tolist() == d.metadata["info"].tolist()
+    tags = [["red", "big"], ["blue"]]
+    assert Corpus(ids=["a", "b"], texts=["x", "y"], metadata={"tags": tags}).metadata["tags"][0] is tags[0]
