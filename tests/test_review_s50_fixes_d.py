@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import TINY_DOCS as DOCS
+from conftest import TINY_DOCS as DOCS, cli as _cli, tiny_beir as _tiny
 
 
 def _index(root: Path) -> Path:
@@ -61,3 +61,22 @@ def test_a_command_of_the_app_called_directly_does_not_inherit_the_last_ones_sta
     monkeypatch.setattr(sys, "stdout", _GuardedStream(_Closed(), "stdout"))
     with pytest.raises(_ReaderGone):
         app(["search", "--index", str(idx), "vitamin"], prog_name="ragkit", standalone_mode=False)
+
+
+# ------------------------------------------------------------------ 7. --run-tag recorded with a run file only
+
+
+def test_evals_json_records_a_run_tag_only_with_a_run_file(tmp_path):
+    """``--run-tag`` without ``--run`` is refused as one that "would be ignored"; the JSON's settings recorded the
+    tag (the default 'ragkit') of a run file that was never written: ``run_tag`` is now None without ``--run``."""
+    import json
+
+    data = _tiny(tmp_path / "data")
+    res = _cli("eval", "--data", data, "-p", "bm25", "-o", tmp_path / "a.json")
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "a.json").read_text())["settings"]["run_tag"] is None
+    res = _cli("eval", "--data", data, "-p", "bm25", "-o", tmp_path / "b.json", "--run", tmp_path / "b.trec",
+               "--run-tag", "mine")
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "b.json").read_text())["settings"]["run_tag"] == "mine"
+    assert (tmp_path / "b.trec").read_text().split()[-1] == "mine"

@@ -22,7 +22,7 @@ from ragkit.cli._data import (
     _refuse_test_split,
     _Split,
 )
-from ragkit.cli._options import _expands_paths, _parse_ks, _parse_metric_names, _path_option, _ranged_option
+from ragkit.cli._options import _expands_paths, _given, _parse_ks, _parse_metric_names, _path_option, _ranged_option
 from ragkit.cli._outputs import _check_not_an_input, _prepare_outputs, _write_outputs
 from ragkit.cli._pipeline import (
     _check_retrieves,
@@ -201,12 +201,13 @@ def eval_cmd(
     try:
         names = None
         if metrics is not None:
-            if getattr(ctx.get_parameter_source("k"), "name", "DEFAULT") != "DEFAULT":  # (typer's own click enum)
+            if _given(ctx, "k"):
                 raise RagkitError(f"--k {k} and --metrics {metrics}: --metrics names each metric with its cut-off "
                                   "(ndcg@10,recall@100), --k gives the cut-offs of the default metrics; pass one")
             names = _parse_metric_names(metrics)
             ks = sorted({int(m.rsplit("@", 1)[1]) for m in names})
-        scoring = _Scoring(depth, keep_identical_ids, relevance_level, run_tag, tuple(names) if names else None)
+        scoring = _Scoring(depth, keep_identical_ids, relevance_level, run_tag if run_file is not None else None,
+                           tuple(names) if names else None)
         if backend not in ("local", "ray"):
             raise RagkitError(f"--backend: expected 'local' or 'ray', got {backend!r}")
         _check_split("--split", split, data)

@@ -82,6 +82,12 @@ def _path_option(default: Any, name: str, *names: str, **kw: Any) -> Any:
     return typer.Option(default, name, *names, parser=_path_parser(name), metavar="<path>", **kw)
 
 
+def _given(ctx: typer.Context, name: str) -> bool:
+    """Whether the parameter ``name`` of the running command was given (on the command line, or by an environment
+    variable), not left at its default."""
+    return getattr(ctx.get_parameter_source(name), "name", "DEFAULT") != "DEFAULT"  # (typer's own click enum)
+
+
 def _range_text(kind: type, lo: float | None, hi: float | None) -> str:
     """``an integer >= 1``, ``an integer from 0 to 4,294,967,295``, ``a number from 0 to 1``: what a ranged option
     takes (:func:`_ranged_option`)."""

@@ -16,6 +16,7 @@ from rich.text import Text
 from ragkit._files import file_above, text_output, writes_through
 from ragkit.cli._app import _RunFailure
 from ragkit.cli._console import console, err_console
+from ragkit.cli._options import _given
 from ragkit.cli._streams import _stdout_utf8, _want_files
 from ragkit.errors import RagkitError
 
@@ -126,7 +127,7 @@ def _prepare_outputs(ctx: typer.Context, output: Optional[Path], run_file: Optio
     """Check ``--output`` / ``--run`` / ``--run-tag`` before any work starts (folders created, writable,
     not one path twice, a tag the run file can hold, no ``--run-tag`` without a ``--run`` file to hold it); when
     either is ``-`` the human output (tables, notes, timings) goes to standard error for the command's duration."""
-    if run_file is None and getattr(ctx.get_parameter_source("run_tag"), "name", "DEFAULT") != "DEFAULT":
+    if run_file is None and _given(ctx, "run_tag"):
         raise RagkitError(f"--run-tag {run_tag!r}: the tag column of the --run file, but no --run is given, so it "
                           "would be ignored; add --run FILE (or '-' for standard output), or leave out --run-tag")
     if _is_stdout(output) or _is_stdout(run_file):

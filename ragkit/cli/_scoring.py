@@ -30,12 +30,13 @@ class _Scoring:
     """How ``ragkit eval`` searches and scores: ``depth`` (the search's ``k``, deepening every retriever;
     None: the pipeline's own), ``keep_ids`` (documents with their query's id are scored, not dropped as
     BEIR does), ``relevance_level`` (the lowest grade the binary metrics count, trec_eval's ``-l``), the
-    run file's ``run_tag`` and the ``metrics`` asked for (None: nDCG, recall, MAP, MRR and P at each cut-off)."""
+    ``--run`` file's ``run_tag`` (None: no run file is written; the JSON's settings record it) and the ``metrics``
+    asked for (None: nDCG, recall, MAP, MRR and P at each cut-off)."""
 
     depth: Optional[int] = None
     keep_ids: bool = False
     relevance_level: int = 1
-    run_tag: str = "ragkit"
+    run_tag: Optional[str] = "ragkit"
     metrics: Optional[tuple[str, ...]] = None
 
     def metric_names(self, ks: list[int]) -> list[str]:
