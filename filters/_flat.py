@@ -37,7 +37,7 @@ def pad_rows(rankings: Sequence[Ranking], width: int, fill: int = 0) -> tuple[np
     """The first ``width`` rows of each ranking as one ``(n_q, width)`` int64 matrix, ``fill`` past a shorter
     ranking's end, and the ``(n_q, width)`` bool mask of the real entries (each ranking's first
     ``min(len, width)``): one concatenation, no per-document loop.  MMR's pools and the diversity measures'
-    top-k use it (retrievers/muvera.py's ``_pad_rankings`` is ``pad_rows(rankings, longest, -1)[0]``)."""
+    top-k use it, and maxsim's candidates (``pad_rows(rankings, longest, -1)[0]``)."""
     lens = np.fromiter((min(len(r), width) for r in rankings), np.int64, len(rankings))
     rows = np.full((len(rankings), width), fill, np.int64)
     valid = np.arange(width)[None, :] < lens[:, None]

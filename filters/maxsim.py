@@ -8,11 +8,12 @@ import numpy as np
 from pydantic import Field
 
 from ragkit._topk import desc_order
+from ragkit.filters._flat import pad_rows
 from ragkit.operator import Operator
 from ragkit.options import PARAM, resolve_k
 from ragkit.registry import register
 from ragkit.retrievers.fde import chamfer_pairs
-from ragkit.retrievers.muvera import TokenOperatorMixin, TokenParams, _pad_rankings
+from ragkit.retrievers.muvera import TokenOperatorMixin, TokenParams
 from ragkit.types import Corpus, Ranking, State, TrainSet
 
 __all__ = ["MaxSim", "MaxSimParams"]
@@ -61,7 +62,7 @@ class MaxSim(TokenOperatorMixin, Operator):
         out = state.copy()
         if state.rankings is None or len(state) == 0:
             return out
-        rows = _pad_rankings(state.rankings)
+        rows = pad_rows(state.rankings, max(map(len, state.rankings), default=0), -1)[0]  # (-1 past a shorter one)
         if rows.shape[1] == 0:
             return out
         qd, qo, qw = self.rerank_query(self.query_tokens(state))

@@ -30,7 +30,7 @@ import numpy as np
 from pydantic import Field, model_validator
 
 from ragkit._saves import load_array, read_json, save_arrays, write_json
-from ragkit._topk import desc_order, group_positions, rankings_from_matrix, topk_rows
+from ragkit._topk import desc_order, rankings_from_matrix, topk_rows
 from ragkit.encoders import DEFAULT_MODEL, check_encoder_key, save_encoder_key
 from ragkit.encoders.adapt import AdaptConfig, TunedEncoderMixin
 from ragkit.encoders.cache import text_digests
@@ -55,7 +55,7 @@ from ragkit.retrievers.fde import (
     fde_document_chunks,
     fde_queries,
 )
-from ragkit.types import Corpus, Ranking, State, TrainSet
+from ragkit.types import Corpus, State, TrainSet
 
 __all__ = ["Muvera", "MuveraParams", "MaxSimExact", "MaxSimExactParams", "TokenParams", "TokenOperatorMixin",
            "rerank_tokens"]
@@ -543,14 +543,3 @@ class MaxSimExact(TokenOperatorMixin, Operator):
 
     def _load(self, folder: Path, mmap: bool = False) -> None:
         self._load_tokens(folder, mmap)
-
-
-def _pad_rankings(rankings: list[Ranking]) -> np.ndarray:
-    """Rows of ragged rankings as one ``(n_q, max_len)`` int64 matrix padded with -1."""
-    lens = np.array([len(r) for r in rankings], np.int64)
-    width = int(lens.max()) if len(lens) else 0
-    rows = np.full((len(rankings), width), -1, np.int64)
-    if width:
-        flat = np.concatenate([r.rows for r in rankings])
-        rows[np.repeat(np.arange(len(rankings)), lens), group_positions(lens)] = flat
-    return rows
