@@ -198,13 +198,15 @@ def test_a_prompt_already_in_the_prefix_cache_is_not_gathered_again(tiny, monkey
 def test_the_gguf_file_is_hashed_once_by_the_check_of_the_source_and_the_load(tmp_path, monkeypatch):
     """Old code: the load hashed the GGUF file itself (model_fingerprint), beside the memo the check of the source
     had filled: SmolLM2's 98 MB twice per ragkit ask."""
+    from ragkit.encoders import sentence
     from ragkit.generators import _model_source as ms
 
     f = tmp_path / "m.gguf"
     f.write_bytes(b"GGUF" + b"\0" * 64)
+    monkeypatch.setattr(sentence, "_RACY_NS", 0)  # (the file was written just now)
     calls: list[str] = []
-    real = ms.model_fingerprint
-    monkeypatch.setattr(ms, "model_fingerprint", lambda p: calls.append(p) or real(p))
+    real = sentence.model_fingerprint
+    monkeypatch.setattr(sentence, "model_fingerprint", lambda p: calls.append(p) or real(p))
     monkeypatch.setenv("RAGKIT_CACHE", str(tmp_path / "cache"))
     read = []
     monkeypatch.setattr(ms, "_read_gguf_copy", lambda folder, fp: read.append(fp) or ("tokenizer", "model"))
@@ -213,6 +215,23 @@ def test_the_gguf_file_is_hashed_once_by_the_check_of_the_source_and_the_load(tm
     assert loaded.fingerprint == fp == read[0] == real(str(f)) and (loaded.tokenizer, loaded.model) == ("tokenizer",
                                                                                                       "model")
     assert calls == [str(f)]
+
+
+def test_a_gguf_rewritten_at_the_same_size_and_times_is_hashed_again(tmp_path, monkeypatch):
+    """The GGUF's fingerprint is the encoders' cached_fingerprint now (one memo, where the generators kept one of
+    their own): a file rewritten at the same size with its times put back is hashed again, not served its old
+    hash."""
+    import os
+
+    from ragkit.generators import _model_source as ms
+
+    f = tmp_path / "m.gguf"
+    f.write_bytes(b"GGUF" + b"\0" * 64)
+    st = os.stat(f)
+    first = ms._local_fingerprint(str(tmp_path), "m.gguf")[0]
+    f.write_bytes(b"GGUF" + b"\1" * 64)
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert ms._local_fingerprint(str(tmp_path), "m.gguf")[0] != first
 
 
 def test_a_model_folder_is_hashed_once_while_unchanged(tiny, monkeypatch):  # noqa: F811
@@ -225,7 +244,6 @@ def test_a_model_folder_is_hashed_once_while_unchanged(tiny, monkeypatch):  # no
     calls: list[str] = []
     real = sentence.model_fingerprint
     monkeypatch.setattr(sentence, "model_fingerprint", lambda p: calls.append(p) or real(p))
-    monkeypatch.setattr(ms, "model_fingerprint", lambda p: calls.append(p) or real(p))
     sentence._FINGERPRINTS.pop(tiny[1], None)
     first = ms.source_fingerprint(tiny[1], None)
     assert ms.source_fingerprint(tiny[1], None) == first and ms._local_fingerprint(tiny[1], None) == first

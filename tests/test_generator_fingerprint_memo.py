@@ -2,15 +2,17 @@
 for it up to three times), and again once it changes."""
 import os
 
+from ragkit.encoders import sentence
 from ragkit.generators import _model_source
 
 
 def test_gguf_fingerprint_hashed_once_while_unchanged(tmp_path, monkeypatch):
     f = tmp_path / "m.gguf"
     f.write_bytes(b"GGUF" + b"\0" * 64)
+    monkeypatch.setattr(sentence, "_RACY_NS", 0)  # (the file was written just now: memoised all the same)
     calls = []
-    real = _model_source.model_fingerprint
-    monkeypatch.setattr(_model_source, "model_fingerprint", lambda p: calls.append(p) or real(p))
+    real = sentence.model_fingerprint  # (the generators' fingerprint is the encoders' cached_fingerprint)
+    monkeypatch.setattr(sentence, "model_fingerprint", lambda p: calls.append(p) or real(p))
     first = _model_source.source_fingerprint(str(f), None)
     assert first == (real(str(f)), os.path.join(os.path.realpath(tmp_path), "m.gguf"))
     assert _model_source.source_fingerprint(str(f), None) == first

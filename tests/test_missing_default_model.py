@@ -192,7 +192,7 @@ def test_the_default_model_with_its_dequantized_copy_cached_needs_no_gguf(monkey
     hide_modules(monkeypatch, "gguf")
     with pytest.raises(MissingExtraError, match=re.escape("is read with the package gguf, not installed")):
         Generate().check_ready()
-    copy = _model_source.gguf_copy_dir(_model_source._file_fingerprint(os.path.join(folder, name)))
+    copy = _model_source.gguf_copy_dir(_model_source.cached_fingerprint(os.path.join(folder, name)))
     copy.mkdir(parents=True)
     (copy / _model_source._COPY_RECORD).write_text("{}")
     Generate().check_ready()

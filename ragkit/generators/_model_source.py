@@ -23,7 +23,7 @@ import torch
 
 from ragkit._files import FCNTL as _fcntl, share_file_like_umask
 from ragkit._locks import MODEL_LOADING
-from ragkit.encoders.sentence import cached_fingerprint, hub_unreachable as _hub_unreachable, model_fingerprint
+from ragkit.encoders.sentence import cached_fingerprint, hub_unreachable as _hub_unreachable
 from ragkit.errors import (
     ArtifactError,
     ArtifactNotFoundError,
@@ -157,7 +157,7 @@ def check_llm_packages(model: str | None, gguf_file: str | None = None, where: s
     if gguf is None:
         return
     path = os.path.join(folder, gguf)
-    if os.path.isfile(path) and (gguf_copy_dir(_file_fingerprint(path)) / _COPY_RECORD).is_file():
+    if os.path.isfile(path) and (gguf_copy_dir(cached_fingerprint(path)) / _COPY_RECORD).is_file():
         return
     raise refusal
 
@@ -221,30 +221,14 @@ def source_fingerprint(model: str | None, gguf_file: str | None) -> tuple[str, s
     return _local_fingerprint(*_check_source(name, gguf))
 
 
-#: :func:`_file_fingerprint`'s memo: (realpath, device, inode, size, mtime_ns, ctime_ns) -> fingerprint
-_FILE_FINGERPRINTS: dict[tuple[str, int, int, int, int, int], str] = {}
-
-
-def _file_fingerprint(path: str) -> str:
-    """:func:`~ragkit.encoders.sentence.model_fingerprint` of the weights file ``path`` (a GGUF), hashed once
-    per process while the file is unchanged (same real path, inode, size and times): ``ragkit ask`` asks
-    for it up to three times (its check of the source, the generate step's fit, the load)."""
-    st = os.stat(path)
-    key = (os.path.realpath(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-    fp = _FILE_FINGERPRINTS.get(key)
-    if fp is None:
-        fp = _FILE_FINGERPRINTS[key] = model_fingerprint(path)
-    return fp
-
-
 def _local_fingerprint(name: str, gguf: str | None) -> tuple[str, str] | None:
     """``(fingerprint, path)`` of the GGUF file ``gguf`` in the folder ``name``, else of the model folder
     ``name``: their content (:func:`~ragkit.encoders.sentence.model_fingerprint`), hashed once per process
-    while the files are unchanged (:func:`_file_fingerprint`, :func:`~ragkit.encoders.sentence.cached_fingerprint`);
+    while the files are unchanged (:func:`~ragkit.encoders.sentence.cached_fingerprint`);
     ``None`` for neither (a Hugging Face id)."""
     if gguf is not None and os.path.isfile(os.path.join(name, gguf)):
         path = os.path.join(name, gguf)
-        return _file_fingerprint(path), path
+        return cached_fingerprint(path), path
     if os.path.isdir(name):
         return cached_fingerprint(name), name
     return None
@@ -743,7 +727,7 @@ def _load_model(name: str, gguf: str | None) -> _Loaded:
 
     path = os.path.join(name, gguf) if gguf is not None else ""
     if gguf is not None and os.path.isfile(path):
-        fp = _file_fingerprint(path)  # (hashed already by the check of the source, when it ran: not again)
+        fp = cached_fingerprint(path)  # (hashed already by the check of the source, when it ran: not again)
         folder = gguf_copy_dir(fp)
         seen = _record_stamp(folder)
         got = _read_gguf_copy(folder, fp)

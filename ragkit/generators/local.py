@@ -165,14 +165,9 @@ class Prefill:
     def cost(self) -> "PrefillCost":
         """What this prefill cost and reused, without its tensors (what ``Generate`` keeps per answer)."""
         n = len(self.chunk_fraction)
-        if self.mode in ("naive", "cachecraft"):
-            # chunks served from the chunk cache and kept, in part at least: a hit recomputed in full (share 1)
-            # reused nothing of its variant; a miss (an empty chunk too) has share 1
-            reused = sum(1 for f in self.chunk_fraction if f < 1)
-        elif self.mode == "prefix":
-            reused = sum(1 for f in self.chunk_fraction if f < 1)  # chunks covered, even in part, by the prefix cache
-        else:
-            reused = 0
+        # the chunks kept, in part at least, from the chunk cache (naive, cachecraft: a hit recomputed in full, share
+        # 1, reused nothing of its variant; a miss, an empty chunk too, has share 1) or covered by the prefix cache
+        reused = sum(1 for f in self.chunk_fraction if f < 1) if self.mode in ("naive", "cachecraft", "prefix") else 0
         return PrefillCost(self.mode, self.seconds, n, reused, self.n_prompt, self.n_computed)
 
 
