@@ -415,11 +415,8 @@ _RANKING_BLIND = ("bm25", "dense", "knn_embed", "muvera", "maxsim_exact", "shard
 def _ranking_blind(op: Operator) -> bool:
     """Whether ``op`` is a leaf retriever of :data:`_RANKING_BLIND` (the registered class itself, not a subclass
     or another class of the same name): one of two such steps in a row discards the other's ranking."""
-    if isinstance(op, Composite) or op.kind != "retriever" or op.name not in _RANKING_BLIND:
-        return False
-    from ragkit import registry
-
-    return type(op) is registry.get(op.name) and not op.reads_rankings and not op.wants_upstream
+    return (op.name in _RANKING_BLIND and _builtin(op, ("retriever",)) and not op.reads_rankings
+            and not op.wants_upstream)
 
 
 def _ranking_only(op: Operator) -> bool:
@@ -437,10 +434,10 @@ def _builtin_fuser(op: Operator) -> bool:
     return _builtin(op, ("fuser",))
 
 
-def _builtin(op: Operator, kinds: tuple[str, ...]) -> bool:
-    """Whether ``op`` is a leaf of one of ``kinds`` whose class is the one registered under its name (not a
-    composite, not a plugin's subclass)."""
-    if isinstance(op, Composite) or op.kind not in kinds:
+def _builtin(op: Operator, kinds: tuple[str, ...] | None = None) -> bool:
+    """Whether ``op`` is a leaf of one of ``kinds`` (``None``: of any kind) whose class is the one registered under
+    its name (not a composite, not a plugin's subclass)."""
+    if isinstance(op, Composite) or (kinds is not None and op.kind not in kinds):
         return False
     from ragkit import registry
 
@@ -710,14 +707,7 @@ def _score_range(source: Operator) -> tuple[float, float, str] | None:
     if _scores_cosines(source):
         return _COSINE_RANGE
     bounded = _BOUNDED_SCORES.get(source.name)
-    if bounded is None or isinstance(source, Composite):
-        return None
-    from ragkit import registry
-
-    try:
-        return bounded if type(source) is registry.get(source.name) else None
-    except RagkitError:  # a name no class is registered under: not a built-in
-        return None
+    return bounded if bounded is not None and _builtin(source) else None
 
 
 def _threshold_problem(step: Operator, at: str, sources: list[_Source],
