@@ -24,7 +24,7 @@ from ragkit._topk import rankings_from_matrix
 from ragkit.encoders import DEFAULT_MODEL, Encoder, check_encoder_key, get_encoder, query_vectors, save_encoder_key
 from ragkit.encoders.adapt import AdaptConfig, TunedEncoderMixin
 from ragkit.encoders.sentence import encoder_label, encoder_vectors
-from ragkit.errors import ArtifactError, DataError, InputTypeError, ParamError
+from ragkit.errors import ArtifactError, DataError, InputTypeError, ParamError, some_ids
 from ragkit.operator import Operator, edited_during_search, is_prefix, searched_ids
 from ragkit.options import PARAM
 from ragkit.params import MetadataFilter, Metric, ModelName, Params, VectorDtype, shown
@@ -258,11 +258,12 @@ class Dense(TunedEncoderMixin, Operator):
 
     def check_corpus(self, corpus: Corpus) -> None:
         """What :meth:`fit` on ``corpus`` would refuse of the parameters, refused before any work: a ``reduce``
-        wider than the model's embeddings, or a ``reduce: pca:<dims>`` with no more documents than ``dims``
-        (a :class:`ParamError` at ``dense.reduce``) or with blank documents only (:attr:`Corpus.blank
-        <ragkit.types.Corpus.blank>`, never indexed: a :class:`DataError`).  Run by fit itself, and by a pipeline's
-        fit for each of its steps before it fits any (:meth:`~ragkit.pipelines.Pipeline.fit` checks every step
-        first), so that a refused step costs no encoding by the steps before it."""
+        wider than the model's embeddings, or a ``reduce: pca:<dims>`` with no more documents with text than
+        ``dims`` (a :class:`ParamError` at ``dense.reduce``) or with blank documents only (:attr:`Corpus.blank
+        <ragkit.types.Corpus.blank>`, never indexed: a :class:`DataError`; :meth:`_check_pca_corpus`).  Run by fit
+        itself, and by a pipeline's fit for each of its steps before it fits any
+        (:meth:`~ragkit.pipelines.Pipeline.fit` checks every step first), so that a refused step costs no encoding
+        by the steps before it."""
         kind, dims = parse_reduce(self.params.reduce)
         if kind != "none":  # before fine-tuning and encoding: the base model's width is the tuned one's; a known
             # width loads no model (2.5 s for MiniLM, where fit otherwise reads cached embeddings only)
@@ -272,19 +273,39 @@ class Dense(TunedEncoderMixin, Operator):
                 raise ParamError(f"dense.reduce: {self.params.reduce!r} asks for {dims} dimensions but "
                                  f"{self.params.model} embeddings have {width}; choose at most {width}",
                                  path="dense.reduce")
-            if kind == "pca" and len(corpus) and corpus.blank.all():  # (none indexed: nothing to fit them on)
-                raise DataError(f"dense.fit: reduce {self.params.reduce!r} fits {dims} principal components on the "
-                                f"documents with text, and all {len(corpus)} documents of the corpus are blank "
-                                "(empty, whitespace or invisible characters only, title and text), which are never "
-                                f"indexed; expected at least {dims + 1} documents with text: give documents with "
-                                "text, or fit with reduce: none")
-            if kind == "pca" and len(corpus) <= dims:  # n centred documents span at most n - 1 dimensions
-                raise ParamError(f"dense.reduce: {self.params.reduce!r} fits {dims} principal components on the "
-                                 f"corpus, which has {len(corpus)} documents: centred, they span at most "
-                                 f"{max(len(corpus) - 1, 0)} dimensions, so the components past that are noise, and "
-                                 f"documents added later are projected on them; fit on at least {dims + 1} documents "
-                                 f"(the whole corpus, then add) or choose at most pca:{max(len(corpus) - 1, 1)}",
-                                 path="dense.reduce")
+            if kind == "pca":
+                self._check_pca_corpus(corpus, dims)
+
+    def _check_pca_corpus(self, corpus: Corpus, dims: int) -> None:
+        """Refuse a ``reduce: pca:<dims>`` fit on ``corpus`` with no more documents with text than ``dims``: blank
+        documents (:attr:`Corpus.blank <ragkit.types.Corpus.blank>`) are never indexed, so the PCA is fitted on
+        the others only.  Blank documents only: a :class:`DataError` saying so; too few documents with text: a
+        :class:`ParamError` at ``dense.reduce``, naming the blank ones where there are any."""
+        blank = corpus.blank
+        n_blank = int(blank.sum())
+        n_text = len(corpus) - n_blank
+        if n_text > dims:
+            return
+        reduce = self.params.reduce
+        if n_text == 0 and n_blank:  # (none indexed: nothing to fit them on)
+            raise DataError(f"dense.fit: reduce {reduce!r} fits {dims} principal components on the documents with "
+                            f"text, and all {len(corpus)} documents of the corpus are blank (empty, whitespace or "
+                            "invisible characters only, title and text), which are never indexed; expected at least "
+                            f"{dims + 1} documents with text: give documents with text, or fit with reduce: none")
+        which = "documents"
+        if n_blank:
+            which = "documents with text"
+            counted = (f"{len(corpus)} documents, {n_blank} of them blank ({some_ids(corpus.ids[blank])}: empty, "
+                       f"whitespace or invisible characters only, title and text), which are never indexed, so "
+                       f"{n_text} with text")
+        else:
+            counted = f"{n_text} documents"
+        fewer = (f"choose at most pca:{n_text - 1}" if n_text > 1 else
+                 "fit with reduce: none")  # (n centred documents span at most n - 1 dimensions)
+        raise ParamError(f"dense.reduce: {reduce!r} fits {dims} principal components on the corpus, which has "
+                         f"{counted}: centred, they span at most {max(n_text - 1, 0)} dimensions, so the components "
+                         f"past that are noise, and documents added later are projected on them; fit on at least "
+                         f"{dims + 1} {which} (the whole corpus, then add) or {fewer}", path="dense.reduce")
 
     def _fit(self, corpus: Corpus, train: TrainSet | None, upstream: State | None) -> None:
         self.check_corpus(corpus)

@@ -58,3 +58,33 @@ def test_numpy_scalars_inside_list_and_dict_values_filter_alike_before_and_after
     assert _saved(d, tmp_path).metadata["info"].tolist() == d.metadata["info"].tolist()
     tags = [["red", "big"], ["blue"]]
     assert Corpus(ids=["a", "b"], texts=["x", "y"], metadata={"tags": tags}).metadata["tags"][0] is tags[0]
+
+
+# ------------------------------------------------------------------ 3. a PCA counts the documents with text only
+def _with_blanks(n_blank: int, n_text: int) -> Corpus:
+    texts = [""] * n_blank + [f"cell protein {i} gene {i * 7}" for i in range(n_text)]
+    return Corpus(ids=[f"d{i}" for i in range(n_blank + n_text)], texts=texts)
+
+
+def test_a_pca_counts_the_documents_with_text_and_names_the_blank_ones():
+    from ragkit.encoders import HashingEncoder, register_encoder
+    from ragkit.errors import DataError, ParamError
+    from ragkit.retrievers import Dense
+
+    register_encoder("fixes-a-hash", HashingEncoder(dim=32), replace=True)
+    for n_text, span in ((2, "at most 1 dimensions.*or choose at most pca:1"), (1, "at most 0 dimensions.*or fit "
+                                                                                   "with reduce: none")):
+        # 5 blank + 2 with text fitted the PCA on 2 vectors; 5 blank + 1: 'PCA needs at least 2 vectors, got 1'
+        with pytest.raises(ParamError, match=rf"(?s)^dense\.reduce: 'pca:4' fits 4 principal components on the "
+                                             rf"corpus, which has {5 + n_text} documents, 5 of them blank \('d0', "
+                                             rf"'d1', 'd2', \.\.\.: empty.*never indexed, so {n_text} with text: "
+                                             rf"centred, they span {span}") as e:
+            Dense(model="fixes-a-hash", reduce="pca:4").fit(_with_blanks(5, n_text))
+        assert "at least 5 documents with text" in str(e.value)
+    with pytest.raises(ParamError, match=r"which has 4 documents, 3 of them blank .* so 1 with text"):
+        Dense(model="fixes-a-hash", reduce="pca:2").fit(_with_blanks(3, 1))
+    with pytest.raises(DataError, match=r"all 5 documents of the corpus are blank"):
+        Dense(model="fixes-a-hash", reduce="pca:4").fit(_with_blanks(5, 0))
+    with pytest.raises(ParamError, match=r"which has 3 documents: centred, they span at most 2 dimensions"):
+        Dense(model="fixes-a-hash", reduce="pca:4").fit(_with_blanks(0, 3))  # (no blank one: as before)
+    assert Dense(model="fixes-a-hash", reduce="pca:4").fit(_with_blanks(5, 5)).index_.n_alive == 5
