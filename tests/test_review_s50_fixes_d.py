@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import TINY_DOCS as DOCS, cli as _cli, tiny_beir as _tiny
+from conftest import TINY_DOCS as DOCS, cli as _cli, file_mirror as _mirror, tiny_beir as _tiny
 
 
 def _index(root: Path) -> Path:
@@ -80,3 +80,33 @@ def test_evals_json_records_a_run_tag_only_with_a_run_file(tmp_path):
     assert res.exit_code == 0, res.output
     assert json.loads((tmp_path / "b.json").read_text())["settings"]["run_tag"] == "mine"
     assert (tmp_path / "b.trec").read_text().split()[-1] == "mine"
+
+
+# ------------------------------------------------------------------ 8. a cached archive's sub-dataset lacking a split
+
+
+def test_a_cached_archives_sub_dataset_lacking_a_split_names_the_file_in_the_download(tmp_path, monkeypatch):
+    """A cqadupstack-style archive's sub-dataset (``cq/a``) lacking ``qrels/test.tsv`` in the cache: the advice named
+    ``qrels/test.tsv`` of the archive's folder (``$RAGKIT_CACHE/beir/cq``), where there is none; it names
+    ``a/qrels/test.tsv``, the file's place in that download."""
+    import io
+    import zipfile
+
+    www = _mirror(tmp_path, monkeypatch)
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        for sub in ("a", "b"):
+            src = _tiny(tmp_path / "src" / sub)
+            for f in sorted(src.rglob("*")):
+                if f.is_file():
+                    z.write(f, f"cq/{sub}/{f.relative_to(src).as_posix()}")
+    (www / "cq.zip").write_bytes(buf.getvalue())
+    assert _cli("eval", "--data", "cq/a", "-p", "bm25").exit_code == 0
+    cached = tmp_path / "cache" / "beir" / "cq"
+    (cached / "a" / "qrels" / "test.tsv").unlink()
+    res = _cli("eval", "--data", "cq/a", "-p", "bm25")
+    assert res.exit_code == 2, res.output
+    text = " ".join(res.output.split())
+    assert "no qrels for split 'test'" in text and (
+        f"({cached} is ragkit's download of 'cq', in its cache: if a/qrels/test.tsv was removed from it, delete that "
+        "folder and the next load downloads it again)") in text, text

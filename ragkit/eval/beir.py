@@ -384,8 +384,9 @@ def _qrels_file(folder: Path, split: str) -> Path:
                  f"the folder with ragkit.eval.write_beir(folder, corpus, queries, {{{split!r}: qrels}})"
                  if other else "")
         download = next((p for p in (folder, folder.parent) if _in_cache(p)), None)  # (an archive's sub-dataset)
-        again = (f" ({download} is ragkit's download of {download.name!r}, in its cache: if qrels/{split}.tsv was "
-                 "removed from it, delete that folder and the next load downloads it again)" if download else "")
+        again = (f" ({download} is ragkit's download of {download.name!r}, in its cache: if "
+                 f"{path.relative_to(download).as_posix()} was removed from it, delete that folder and the next load "
+                 "downloads it again)" if download else "")
         raise DataError(f"{path}: no qrels for split {split!r}{_gz_hint(path)}{found}; available splits: "
                         f"{splits}{again}")
     return path
