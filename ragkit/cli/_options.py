@@ -10,6 +10,7 @@ from typing import Any, Callable
 import typer
 
 from ragkit.errors import RagkitError
+from ragkit.params import MAX_INT
 
 
 def _user_path(value: Any) -> Any:
@@ -143,8 +144,8 @@ def _parse_ks(ks: str) -> list[int]:
         raise typer.BadParameter(f"expected comma-separated integers such as 10,100, got {ks!r}", param_hint="--k")
     if not out or any(k < 1 for k in out):
         raise typer.BadParameter(f"expected positive integers, got {ks!r}", param_hint="--k")
-    if max(out) > 2**31 - 1:  # trec_eval's cut-offs are C ints: refused here, not as an unknown metric after the search
-        raise typer.BadParameter(f"expected cut-offs of at most 2,147,483,647, got {max(out)}", param_hint="--k")
+    if max(out) > MAX_INT:  # trec_eval's cut-offs are C ints: refused here, not as an unknown metric after the search
+        raise typer.BadParameter(f"expected cut-offs of at most {MAX_INT:,}, got {max(out)}", param_hint="--k")
     return list(dict.fromkeys(out))  # (10,10 and 10,010 are 10 once: each metric is scored at each cut-off once)
 
 

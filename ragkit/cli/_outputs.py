@@ -67,16 +67,17 @@ def _probe_writable(path: Path, option: str, *, folder: bool = False) -> None:
         parent = parent.parent
     if not parent.is_dir():
         raise RagkitError(f"{option} {path}: cannot create its folder {path.parent}: {parent} is not a folder")
-    direct = folder or parent == path.absolute().parent  # (a save creates its missing folders itself)
+    # a file whose folders are missing: they are created in parent (a save creates its own missing folders)
+    makes_folders = not folder and parent != path.absolute().parent
     try:
-        if folder or not direct:
+        if folder or makes_folders:  # a folder is made there
             os.rmdir(tempfile.mkdtemp(dir=parent, prefix=f".{path.name}.", suffix=".probe"))
-        else:
+        else:  # the file is written there
             fd, probe = tempfile.mkstemp(dir=parent, prefix=f".{path.name}.", suffix=".probe")
             os.close(fd)
             os.unlink(probe)
     except OSError as e:
-        what = "write into the folder" if direct else f"create its folder {path.parent} in"
+        what = f"create its folder {path.parent} in" if makes_folders else "write into the folder"
         raise RagkitError(f"{option} {path}: cannot {what} {parent}: {e.strerror or e}") from None
 
 
