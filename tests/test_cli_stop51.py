@@ -11,7 +11,7 @@ import stat
 from pathlib import Path
 
 import pytest
-from test_cli_review2 import DOCS, QUERIES  # the same tiny BEIR folder
+from conftest import TINY_DOCS as DOCS, TINY_QUERIES as QUERIES
 
 
 def _cli(*args: object, input: str | None = None):
