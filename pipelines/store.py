@@ -118,11 +118,13 @@ def _check_reads_back(pipe: Pipeline, text: str, path: str | Path) -> None:
     leaves = dict(walk_leaves(pipe))
 
     def make_leaf(node_path: str, cls: type[Operator], params: Any) -> Operator:
-        validate_params(cls.Params, params, cls.name, node_path.rsplit(".", 1)[0], source="saved")
         op = leaves.get(node_path)
-        if type(op) is not cls:
-            raise ConfigError(f"{node_path}: the YAML names {cls.name!r} where the pipeline has "
-                              f"{type(op).__name__ if op is not None else 'no step'}", path=node_path)
+        if _saved_step_agrees(op, cls, params, node_path.rsplit(".", 1)[0]) is None:
+            has = (f"{{{op.name}: {op.params.non_default()}}}" if type(op) is cls else
+                   type(op).__name__ if op is not None else "no step")
+            raise ConfigError(f"{node_path}: the YAML names {{{cls.name}: {dict(params or {})}}} where the pipeline "
+                              f"has {has}; a load would refuse the folder (\"changed after saving\")", path=node_path)
+        assert op is not None  # (else _saved_step_agrees said None)
         return op
 
     quiet, log = _QuietThread(), logging.getLogger("ragkit")
@@ -136,6 +138,19 @@ def _check_reads_back(pipe: Pipeline, text: str, path: str | Path) -> None:
                           f"this: a pipeline ragkit builds should read back)", path=e.path) from None
     finally:
         log.removeFilter(quiet)
+
+
+def _saved_step_agrees(op: Operator | None, cls: type[Operator], params: Any, where: str = "") -> set[str] | None:
+    """The parameters a ``pipeline.yaml`` node ``{cls.name: params}`` names, when ``op`` is the step it stands
+    for: of the class ``cls`` and running each of them (as the class builds them: ``sharded`` sets its own ``k``
+    from its retriever's); else ``None``, a step the load refuses (the folder "changed after saving").  The
+    ``params`` are validated as saved values (:class:`ParamError` at ``where`` when they are not).  The load's
+    check of each step, and the save's of the ``pipeline.yaml`` it would write (:func:`_check_reads_back`)."""
+    given = validate_params(cls.Params, params, cls.name, where, source="saved")
+    if op is None or type(op) is not cls:
+        return None
+    named, built = given.model_fields_set, cls(given).params
+    return None if any(getattr(built, key) != getattr(op.params, key) for key in named) else set(named)
 
 
 def _check_unedited(pipe: Pipeline, corpus: Corpus, folders: dict[int, str], tmp: Path, path: str | Path) -> None:
@@ -298,10 +313,8 @@ def _load_pipeline(folder: Path, corpus: Corpus | None, mmap: bool, verify: bool
         op = loaded[sub]
         # the step runs its params.json's parameters: the ones pipeline.yaml names must agree with them; the ones
         # it leaves out were the defaults when it was saved, which may have changed since (see _changed_defaults)
-        # (validated as a saved value, then as the class builds it: sharded sets its own k from its retriever's)
-        given = validate_params(cls.Params, params, cls.name, source="saved")
-        named, built = given.model_fields_set, cls(given).params
-        if type(op) is not cls or any(getattr(built, key) != getattr(op.params, key) for key in named):
+        named = _saved_step_agrees(op, cls, params)
+        if named is None:
             raise ArtifactError(f"{folder / 'pipeline.yaml'}: {node_path} is {{{cls.name}: {dict(params)}}}, but "
                                 f"{folder / sub / 'params.json'} holds {{{op.name}: {op.params.non_default()}}}; the "
                                 "folder was changed after saving: save the pipeline again")

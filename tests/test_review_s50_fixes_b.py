@@ -5,11 +5,16 @@ pipeline is refused by the save."""
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 
 from ragkit.errors import ConfigError
+from ragkit.filters import TopK
+from ragkit.pipelines import Pipeline, store as store_module
 from ragkit.pipelines.yaml import load_yaml
+from ragkit.retrievers import BM25
+from ragkit.types import Corpus
 
 # ------------------------------------------------------------------ 1. a route hint's labels: the router's
 _SCORE = "{score_router: {threshold: 3.0}}"
@@ -59,3 +64,25 @@ def test_route_hint_names_labels_past_the_routers_and_those_left_without_a_step(
     said = str(e.value)
     assert _suggested(said) == "{easy: [bm25: {}]}"
     assert "router 'score_router' also labels queries ['hard']: a branch for each, or a 'default:'" in said
+
+
+# ------------------------------------------------------------------ 2. a save the load would refuse
+TEXTS = ["the cat sat on the mat", "dogs chase cats in the park", "a quick brown fox jumps", "cats and dogs are pets"]
+
+
+def test_save_refuses_a_yaml_whose_step_parameters_are_not_the_steps(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    pipe = Pipeline([BM25(k=3), TopK(k=2)]).fit(Corpus.from_texts(TEXTS))
+    changed = pipe.to_yaml().replace("k: 3", "k: 4")
+    assert changed != pipe.to_yaml()
+    load_yaml(changed)  # a pipeline.yaml of its own right: only not the one of these steps
+    monkeypatch.setattr(store_module, "dump_yaml", lambda p: changed)
+    with pytest.raises(ConfigError, match=r"(?s)not saved: the pipeline\.yaml it would write is one this ragkit "
+                                          r"refuses to load.*pipeline\[0\]\.bm25: the YAML names \{bm25: \{'k': 4\}\} "
+                                          r"where the pipeline has \{bm25: \{'k': 3\}\}") as e:
+        pipe.save(tmp_path / "p")  # (it saved, and Pipeline.load raised ArtifactError: 'changed after saving')
+    assert e.value.path == "pipeline[0].bm25"
+    assert not (tmp_path / "p").exists()
+    monkeypatch.undo()
+    pipe.save(tmp_path / "p")  # as written, it saves and loads
+    assert Pipeline.load(tmp_path / "p").to_yaml() == pipe.to_yaml()
