@@ -319,7 +319,7 @@ def fit_banks(p: BankParams, corpus: Corpus, train: TrainSet | None, docs: np.nd
     train : TrainSet or None
         Its queries form the query bank of ``query_bank: train``; without it, pseudo-queries do.
     docs : (n_docs, d) float32
-        Unit document vectors of ``p.model``; ``n_docs >= 1``.
+        Unit document vectors of ``p.model`` (none for an empty corpus: no bank).
     activation_k : int
         Top-k of each bank item forming the activation sets.
     empty_ok : bool
@@ -516,14 +516,10 @@ class DBNorm(_BankOperator):
         p = self.params
         check_bank_inputs(self.name, p, corpus, train)
         enc = get_encoder(p.model)
-        if not len(corpus):  # nothing to normalise: every ranking it will see is empty
-            self.log_z_q_, self.active_q_ = np.zeros(0), np.zeros(0, bool)
-            self.log_z_g_, self.active_g_ = np.zeros(0), np.zeros(0, bool)
-            self.info_ = {"query_bank": None, "query_bank_size": 0, "n_docs": 0, "dim": None, "active_q": 0,
-                          "active_g": 0}
-            return
-        docs = unit_rows(encode_documents(enc, corpus.full_texts, encoder_label(self.name, p.model, enc, "encode")))
-        # (banks of cosines, like the dense scores it corrects)
+        docs = (unit_rows(encode_documents(enc, corpus.full_texts, encoder_label(self.name, p.model, enc, "encode")))
+                if len(corpus) else np.zeros((0, int(enc.dim)), np.float32))
+        # (banks of cosines, like the dense scores it corrects; no document: every ranking it sees is empty, and
+        # fit_banks gives no bank, as dbnorm_dense's)
         self.log_z_q_, self.active_q_, self.log_z_g_, self.active_g_, info = fit_banks(
             p, corpus, train, docs, activation_k=p.activation_k, name=self.name)
         self.info_ = info
@@ -711,9 +707,8 @@ class DBNormDense(_BankOperator):
                              f"use betas from {MIN_BETA:g} up to {MAX_BETA:g}", path=at)
         aug[:, d] = coord
         info["penalty_shift"] = self.shift_
-        self.index_ = VectorIndex(dtype="f32", metric="ip", search="exact").build(aug, copy=False)
-        if some_blank:
-            self.index_.remove(np.flatnonzero(blank))
+        self.index_ = VectorIndex(dtype="f32", metric="ip", search="exact").build(
+            aug, copy=False, dead=np.flatnonzero(blank) if some_blank else None)
         self.info_ = info
 
     def _coordinate(self, penalty: np.ndarray) -> np.ndarray:

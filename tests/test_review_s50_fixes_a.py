@@ -88,3 +88,16 @@ def test_a_pca_counts_the_documents_with_text_and_names_the_blank_ones():
     with pytest.raises(ParamError, match=r"which has 3 documents: centred, they span at most 2 dimensions"):
         Dense(model="fixes-a-hash", reduce="pca:4").fit(_with_blanks(0, 3))  # (no blank one: as before)
     assert Dense(model="fixes-a-hash", reduce="pca:4").fit(_with_blanks(5, 5)).index_.n_alive == 5
+
+
+# ------------------------------------------------------------------ 4. dbnorm of no document: fit_banks's banks
+def test_dbnorm_of_no_document_describes_its_banks_as_dbnorm_dense_does():
+    """DBNorm kept its own empty-corpus branch (``dim: None``), where fit_banks gives dbnorm_dense's (the width)."""
+    from ragkit.encoders import HashingEncoder, register_encoder
+    from ragkit.filters.dbnorm import DBNorm, DBNormDense
+
+    register_encoder("fixes-a-hash", HashingEncoder(dim=32), replace=True)
+    empty = Corpus(ids=[], texts=[])
+    rerank, dense = DBNorm(model="fixes-a-hash").fit(empty), DBNormDense(model="fixes-a-hash", k=5).fit(empty)
+    assert {**rerank.info_, "penalty_shift": 0.0} == dense.info_ and rerank.info_["dim"] == 32
+    assert len(rerank.log_z_q_) == len(rerank.active_g_) == 0
