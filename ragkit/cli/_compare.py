@@ -22,16 +22,6 @@ from ragkit.cli._streams import _stdout_utf8
 from ragkit.errors import RagkitError
 
 
-def _data_folder(folder: Path) -> Optional[str]:
-    """The absolute path (links resolved) of the dataset folder ``--data`` named, ``folder`` as
-    :func:`~ragkit.eval.beir._locate_one` found it when its judgements were read (a folder as given, a dataset
-    name where it was found), for ``-o``'s JSON; ``None`` where it cannot be told."""
-    try:
-        return str(folder.resolve())
-    except (OSError, RuntimeError):  # (RuntimeError: a loop of symbolic links, before Python 3.13)
-        return None
-
-
 def _blank_file(path: Path) -> bool:
     """Whether ``path`` holds nothing but whitespace (read until its first other byte)."""
     with open(path, "rb") as f:
@@ -163,7 +153,8 @@ def compare_cmd(
             from ragkit.eval.compare import scored_qrels_fingerprint
 
             _check_data_folder(data)
-            folder = _locate_one(data, download=True, base_url=None)  # once: -o's JSON records this folder too
+            # located once, links resolved once: its judgements are read there, and -o's JSON records it
+            folder = _locate_one(data, download=True, base_url=None).resolve()
             ds_name, qrels = _folder_qrels(folder, split)
             fingerprint = scored_qrels_fingerprint(qrels, qrels)  # once: each run file scores every judged query
         stems = [p.stem for p in results]  # short names in the table: file stems when they tell the files apart
@@ -174,7 +165,7 @@ def compare_cmd(
                   for p, n in zip(results, labels)]
         cmp = compare(loaded, names, baseline=base, n_resamples=resamples, seed=seed, alpha=alpha)
         if folder is not None and output is not None:  # (what --data named, for the JSON that reruns the comparison)
-            cmp = replace(cmp, data=data, data_resolved=_data_folder(folder))
+            cmp = replace(cmp, data=data, data_resolved=str(folder))
     except RagkitError as e:
         _fail(e)
         return
