@@ -13,7 +13,6 @@ import numpy as np
 from ragkit.errors import ParamError
 from ragkit.metadata import is_missing
 from ragkit.operator import Operator
-from ragkit.pipelines.yaml import unfitted_copy as _unfitted_copy  # noqa: F401  (langchain.py imports it from here)
 from ragkit.types import Corpus
 
 

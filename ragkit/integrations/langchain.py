@@ -81,7 +81,6 @@ from ragkit.integrations._copies import (
     _same_documents,
     _sharing_copy,
     _trained_steps,
-    _unfitted_copy,
 )
 from ragkit.integrations._embeddings import LangChainEmbeddingsEncoder, RagkitEmbeddings
 from ragkit.integrations._inputs import (
@@ -106,6 +105,7 @@ from ragkit.metadata import AllOf, all_filters, check_added_kinds, check_metadat
 from ragkit.operator import Operator
 from ragkit.options import _positive_k, check_options
 from ragkit.params import MAX_INT, refusal_of
+from ragkit.pipelines.yaml import unfitted_copy
 from ragkit.types import Corpus, Ranking, TrainSet, ids_and_texts
 
 if TYPE_CHECKING:
@@ -539,7 +539,7 @@ class RagkitRetriever(BaseRetriever):
         if self.train is None:
             _refuse_untrained_fit(op, given)
         if op.is_fitted and _holds_index(op):
-            op = _unfitted_copy(op)
+            op = unfitted_copy(op)
         op.fit(docs, self.train)
         return op
 
