@@ -27,7 +27,18 @@ from ragkit._files import first_time
 from ragkit.errors import ConfigError, DataError, ParamError, RagkitError, some_ids
 from ragkit.operator import Operator, check_fit_inputs
 from ragkit.params import Params
-from ragkit.pipelines._compose import Composite, Loop, Parallel, Pipeline, Route, _at, _label, iter_leaves, placed_at
+from ragkit.pipelines._compose import (
+    Composite,
+    Loop,
+    Parallel,
+    Pipeline,
+    Route,
+    _at,
+    _label,
+    iter_leaves,
+    path_unsafe,
+    placed_at,
+)
 from ragkit.pipelines.routers import RuleRouter
 from ragkit.types import Corpus, TrainSet
 
@@ -1121,7 +1132,7 @@ def route_label_problem_at(router: Operator | None, labels: Iterable[Any], has_d
         got = ", ".join(f"{k!r} ({type(k).__name__})" for k in bad)
         return "branches", (f"branch labels must be strings, got {got}; YAML reads unquoted yes/no/on/off/true/false "
                             f'as booleans and digits as numbers: quote the labels, e.g. "yes": [...] or "1": [...]')
-    odd = [k for k in labels if not k.strip() or any(c in k for c in ".[]")]
+    odd = path_unsafe(labels)
     if odd:  # a label is a part of every path under its branch: "a[0]" would name what "a"'s first step is
         return "branches", (f"branch labels must be non-empty and hold no '.', '[' or ']' (they are parts of the "
                             f"paths that name operators in errors, traces and saved pipelines), got {odd}")

@@ -1294,6 +1294,12 @@ def _branch_repr(branch: Operator) -> str:
     return repr(branch)
 
 
+def path_unsafe(names: Iterable[str]) -> list[str]:
+    """Those of ``names`` (a parallel's branch names, a route's labels) that cannot be a part of a path or a field
+    name: empty (or blank), or holding ``.``, ``[`` or ``]`` (``a[0]`` would name what ``a``'s first step is)."""
+    return [n for n in names if not n.strip() or any(c in n for c in ".[]")]
+
+
 def branch_names_problem(names: Any, n_branches: int | None) -> tuple[list[str], str | None]:
     """A parallel's ``names`` as a list, and why they cannot name its ``n_branches`` branches (``None``: not
     known, a YAML parallel whose branches are wrong), else ``None``: the one check of :class:`Parallel` and of a
@@ -1315,7 +1321,7 @@ def branch_names_problem(names: Any, n_branches: int | None) -> tuple[list[str],
     if repeated:
         return given, (f"{repeated} name more than one branch; each branch's fields ('<name>.rank', '<name>.score') "
                        f"need their own name")
-    odd = [n for n in given if not n.strip() or any(c in n for c in ".[]")]
+    odd = path_unsafe(given)
     if odd:
         return given, (f"branch names must be non-empty and hold no '.', '[' or ']' (they are parts of the fields the "
                        f"fused ranking writes, '<name>.rank' and '<name>.score', as a route's labels are of paths), "
@@ -1604,15 +1610,15 @@ def lax_int(value: Any) -> int | None:
         return None
 
 
-def max_iters_problem(value: Any) -> str | None:
-    """Why ``value`` is no loop's ``max_iters`` (an integer from 1 to :data:`MAX_LOOP_ITERS`, read as
-    :func:`lax_int` reads one, as an operator's integer parameters are: ``"3"`` and ``3.0`` are 3), or ``None``:
-    the one check of :class:`Loop` and of a YAML ``loop:``, which places it at its path in the file."""
+def max_iters_problem(value: Any) -> tuple[int, None] | tuple[None, str]:
+    """``value`` as a loop's ``max_iters`` (an integer from 1 to :data:`MAX_LOOP_ITERS`, read as :func:`lax_int`
+    reads one, as an operator's integer parameters are: ``"3"`` and ``3.0`` are 3), ``(n, None)``; else ``(None,
+    why)``: the one check of :class:`Loop` and of a YAML ``loop:``, which places it at its path in the file."""
     n = lax_int(value)
     if n is not None and 1 <= n <= MAX_LOOP_ITERS:
-        return None
-    return (f"expected an integer from 1 to {MAX_LOOP_ITERS:,} (each iteration runs the body over the queries still "
-            f"looping), got {value!r}")
+        return n, None
+    return None, (f"expected an integer from 1 to {MAX_LOOP_ITERS:,} (each iteration runs the body over the queries "
+                  f"still looping), got {value!r}")
 
 
 class Loop(Composite):
@@ -1653,13 +1659,11 @@ class Loop(Composite):
     def __init__(self, body: Operator | Sequence[Operator], until: Operator,
                  max_iters: int = DEFAULT_MAX_ITERS) -> None:
         super().__init__()
-        problem = max_iters_problem(max_iters)
-        if problem:
+        n, problem = max_iters_problem(max_iters)
+        if n is None:
             raise ParamError(f"loop.max_iters: {problem}", path="loop.max_iters")
         self.until = _operator_of_kind(until, "judge", "loop.until", "MaxOnly(), TopKStable(), ScoreReached(...)")
         self.body = _as_pipeline(body, "loop.body")
-        n = lax_int(max_iters)
-        assert n is not None  # (else max_iters_problem said so)
         self.max_iters = n
 
     def children(self) -> list[Operator]:

@@ -1332,7 +1332,7 @@ def _build_loop(body: Mapping[str, Any], here: str, make_leaf: LeafFactory, prob
         until = problems.attempt("until", lambda: _need_kind(
             build(body["until"], f"{here}.until", make_leaf, expect="judge"), "judge", f"{here}.until"))
     given = body.get("max_iters", DEFAULT_MAX_ITERS)
-    problem = max_iters_problem(given)  # (Loop's own check, placed at its path in the file)
+    problem = max_iters_problem(given)[1]  # (Loop's own check, placed at its path in the file)
     if problem:
         why = "; YAML reads unquoted yes/no/on/off/true/false as booleans" if isinstance(given, bool) else ""
         problems.wrong("max_iters", here, f"{problem}{why}")
