@@ -12,7 +12,7 @@ from ragkit.options import count_option
 from ragkit.types import Ranking
 
 __all__ = ["flatten", "cut_prefix", "leading_run", "check_rows_in_corpus", "check_cosines", "check_dense_rankings",
-           "first_unsorted", "pad_rows", "first_positions", "read_count"]
+           "first_unsorted", "pad_rows", "first_positions", "read_count", "first_time_for"]
 
 
 def flatten(rankings: list[Ranking]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -165,6 +165,17 @@ def first_unsorted(c: np.ndarray, qidx: np.ndarray) -> int | None:
     every operator's output is held to), or None when every list is sorted best first."""
     up = score_rises(c) & (qidx[1:] == qidx[:-1])
     return int(qidx[1:][up][0]) if up.any() else None
+
+
+def first_time_for(op: object, key: str) -> bool:
+    """Whether the warning ``key`` comes up for the first time for the object ``op`` (then it is marked in
+    ``op.__dict__``, past any attribute logic of its class): a warning an operator says once per object
+    (mmr's short pool, cosine_adapter's shallow lists, knn_embed's dense head), as
+    :func:`ragkit._files.first_time` says one once per process."""
+    if op.__dict__.get(key):
+        return False
+    op.__dict__[key] = True
+    return True
 
 
 def read_count(op: Any, key: str, value: Any, minimum: int = 1, none: bool = False) -> Any:

@@ -21,6 +21,7 @@ from ragkit.filters._flat import (
     check_cosines,
     check_dense_rankings,
     cut_prefix,
+    first_time_for,
     first_unsorted,
     flatten,
     leading_run,
@@ -749,9 +750,8 @@ class CosineAdapter(Operator):
         corpus = getattr(self, "corpus_", None)
         n_docs = len(corpus) if corpus is not None else depth
         if (not self.params.list_features or depth is None or n_docs is None or longest == 0
-                or longest >= min(depth, n_docs) or self.__dict__.get("_warned_shallow")):
+                or longest >= min(depth, n_docs) or not first_time_for(self, "_warned_shallow")):
             return
-        self.__dict__["_warned_shallow"] = True
         logging.getLogger("ragkit").warning(
             f"{self.name}: the rankings it filters hold at most {longest} candidate{'' if longest == 1 else 's'}, "
             f"fewer than the {depth} per query it was trained on (the corpus has {n_docs}): its list features "

@@ -26,7 +26,7 @@ from ragkit.encoders import (
 )
 from ragkit.encoders.sentence import encode_documents, encoder_label
 from ragkit.errors import DataError
-from ragkit.filters._flat import check_rows_in_corpus, first_positions, pad_rows, read_count
+from ragkit.filters._flat import check_rows_in_corpus, first_positions, first_time_for, pad_rows, read_count
 from ragkit.filters.cutoffs import cut_k
 from ragkit.operator import Operator
 from ragkit.options import PARAM, count_option
@@ -244,9 +244,8 @@ class MMR(Operator):
         max(fetch_k, k) while the corpus holds more (``n_docs``).  With ``fetch_k=None`` the pool is the
         incoming ranking, by design."""
         if (fetch_k is None or longest == 0 or longest >= min(want, n_docs)
-                or self.__dict__.get("_warned_short_pool")):
+                or not first_time_for(self, "_warned_short_pool")):
             return
-        self.__dict__["_warned_short_pool"] = True
         _log.warning(f"{self.name}: the rankings it reranks hold at most {longest} documents, fewer than its pool "
                      f"fetch_k={fetch_k} (the corpus has {n_docs}), so it picks among those {longest} "
                      f"only: the k of the retriever before it, a filter or a query matching few documents limits "

@@ -568,29 +568,32 @@ class KnnEmbed(Operator):
         (a ``top_k`` between: :func:`~ragkit.pipelines._compose.ranked_later`).  Quiet when a later step reads
         more than the anchor's slots (a reranker such as ``mmr`` or a fuser reading the whole ranking): a
         smaller ``k`` would only shrink its pool."""
+        from ragkit.filters._flat import first_time_for
         from ragkit.pipelines._compose import ranked_later
 
         p = self.params
         call_k = state.options.get("k")
-        if p.merge != "score" or self.opt(state, "k") is not None or self.__dict__.get("_warned_dense_head"):
+        if p.merge != "score" or self.opt(state, "k") is not None:
             return
         k_a = int(math.floor(p.anchor_share * k + 0.5))
         read = ranked_later()  # (a later step's cut is there without a call's k: a plain search warns too)
         if read is None and call_k is not None and 0 < int(call_k) <= k_a < k:
-            self.__dict__["_warned_dense_head"] = True
-            _log.warning(
+            said = (
                 f"knn_embed: searched with k={call_k}, but its k is {p.k}: the k={k} results are shared as "
                 f"{k_a} dense (anchor_share {p.anchor_share}) and {k - k_a} from the clusters, and with "
                 f"merge: score the anchor's come first, so the top {call_k} are plain dense.  For a diversified "
                 f"top {call_k} give knn_embed k={call_k} (KnnEmbed(k={call_k}) or the search option "
                 f"{self.name}={{'k': {call_k}}}), or use merge: interleave")
         elif read is not None and read <= k_a < k:
-            self.__dict__["_warned_dense_head"] = True
-            _log.warning(
+            said = (
                 f"knn_embed: a later step reorders or fuses only its top {read:.0f} (a top_k before it), but its "
                 f"k={k} results are shared as {k_a} dense (anchor_share {p.anchor_share}) and {k - k_a} from "
                 f"the clusters, and with merge: score the anchor's come first, so that step reads plain dense "
                 f"results.  Give knn_embed k={read:.0f} (or cut less), or use merge: interleave")
+        else:
+            return
+        if first_time_for(self, "_warned_dense_head"):
+            _log.warning(said)
 
     def _rank(self, q: np.ndarray, v: np.ndarray, labels: np.ndarray, mask: np.ndarray | None,
               sizes: np.ndarray | None, k: int) -> list[Ranking]:
