@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import importlib
 import io
 import json
@@ -406,3 +407,18 @@ def file_mirror(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("RAGKIT_BEIR_URL", www.as_uri())
     monkeypatch.chdir(tmp_path)
     return www
+
+
+class ClosedPipe(io.TextIOBase):
+    """A standard stream whose reader closed the pipe: every write and flush fails with EPIPE."""
+
+    encoding = "utf-8"
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        raise BrokenPipeError(errno.EPIPE, "Broken pipe")
+
+    def flush(self) -> None:
+        raise BrokenPipeError(errno.EPIPE, "Broken pipe")

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import ClosedPipe as _Closed
 
 DOCS = [("d1", "Vitamin D", "vitamin D and bones"), ("d2", "Cats", "cats sleep all day"),
         ("d3", "Dogs", "dogs bark at night"), ("d4", "Hips", "hip bones break in old age"),
@@ -32,20 +33,6 @@ def _dataset(folder: Path) -> Path:
             "query-id\tcorpus-id\tscore\n" + "".join(f"{q}\t{d}\t1\n" for q, d in RELEVANT.items()))
     return folder
 
-
-class _Closed(io.TextIOBase):
-    """A standard stream whose reader closed the pipe: every write and flush fails with EPIPE."""
-
-    encoding = "utf-8"
-
-    def writable(self) -> bool:
-        return True
-
-    def write(self, text: str) -> int:
-        raise BrokenPipeError(errno.EPIPE, "Broken pipe")
-
-    def flush(self) -> None:
-        raise BrokenPipeError(errno.EPIPE, "Broken pipe")
 
 
 def _main(*args: object) -> int:

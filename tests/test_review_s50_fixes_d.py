@@ -5,13 +5,12 @@ from the facts its error carries."""
 
 from __future__ import annotations
 
-import errno
 import io
 import sys
 from pathlib import Path
 
 import pytest
-from conftest import TINY_DOCS as DOCS, cli as _cli, file_mirror as _mirror, tiny_beir as _tiny
+from conftest import TINY_DOCS as DOCS, ClosedPipe as _Closed, cli as _cli, file_mirror as _mirror, tiny_beir as _tiny
 
 
 def _index(root: Path) -> Path:
@@ -25,20 +24,6 @@ def _index(root: Path) -> Path:
     pipe.save(root)
     return root
 
-
-class _Closed(io.TextIOBase):
-    """A standard output whose reader closed the pipe: every write and flush fails with EPIPE."""
-
-    encoding = "utf-8"
-
-    def writable(self) -> bool:
-        return True
-
-    def write(self, text: str) -> int:
-        raise BrokenPipeError(errno.EPIPE, "Broken pipe")
-
-    def flush(self) -> None:
-        raise BrokenPipeError(errno.EPIPE, "Broken pipe")
 
 
 # ------------------------------------------------------------------ 1. each command starts afresh
