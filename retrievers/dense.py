@@ -260,7 +260,7 @@ class Dense(TunedEncoderMixin, Operator):
         """What :meth:`fit` on ``corpus`` would refuse of the parameters, refused before any work: a ``reduce``
         wider than the model's embeddings, or a ``reduce: pca:<dims>`` with no more documents with text than
         ``dims`` (a :class:`ParamError` at ``dense.reduce``) or with blank documents only (:attr:`Corpus.blank
-        <ragkit.types.Corpus.blank>`, never indexed: a :class:`DataError`; :meth:`_check_pca_corpus`).  Run by fit
+        <ragkit.types.Corpus.blank>`, never indexed: a :class:`DataError`).  Run by fit
         itself, and by a pipeline's fit for each of its steps before it fits any
         (:meth:`~ragkit.pipelines.Pipeline.fit` checks every step first), so that a refused step costs no encoding
         by the steps before it."""

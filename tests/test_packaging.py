@@ -269,7 +269,7 @@ def test_ask_needs_no_gguf_package_for_a_gguf_of_which_a_dequantized_copy_is_cac
     gen = Generate(model=str(tmp_path / "m.gguf"))
     with pytest.raises(RagkitError, match="is read with the package gguf, not installed"):
         _check_llm_packages([gen])
-    copy = _model_source.gguf_copy_dir(_model_source.model_fingerprint(str(tmp_path / "m.gguf")))
+    copy = _model_source.gguf_copy_dir(_model_source.cached_fingerprint(str(tmp_path / "m.gguf")))
     copy.mkdir(parents=True)
     (copy / _model_source._COPY_RECORD).write_text("{}")
     _check_llm_packages([gen])
