@@ -517,8 +517,8 @@ class ShardStore(Generic[S]):
         return None
 
     def _set_aside(self, name: str, reason: str) -> None:
-        """Hook: the shard ``name`` is not served (``reason``: why).  Silent here (the token cache warns of its
-        damaged shards itself); :class:`EmbeddingCache` logs it."""
+        """Hook: the shard ``name`` is not served (``reason``: why).  Silent here; :class:`EmbeddingCache` logs it,
+        the token cache warns of it (once per shard file and process each)."""
 
     def _number(self, keys: np.ndarray, shard: S, name: str = "") -> int:
         """Give ``shard`` (of digests ``keys``, named ``name``) the next number (under the lock)."""

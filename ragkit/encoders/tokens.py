@@ -20,7 +20,8 @@ Document token vectors are cached on disk like dense embeddings
 (``$RAGKIT_CACHE/tokens/<model key hash>/``), keyed by model identity + settings and the
 BLAKE2 digest of each text, in shards of three ``.npy`` files (flat vectors, offsets,
 digests) written through temporary files renamed into place.  Shards are memory-mapped on
-read, checked for NaN once per reader (a damaged one is set aside and its texts encoded again), and a
+read, checked for NaN once per reader (a damaged one, or one truncated or unreadable, is set aside with a
+``RuntimeWarning`` naming it and its texts encoded again), and a
 corpus written as one shard with texts encoded just now (an edit) retires its older versions
 (:class:`TokenCache`).
 """
@@ -37,8 +38,16 @@ from typing import Any, Callable, Iterator, Literal, Optional, Sequence
 
 import numpy as np
 
+from ragkit import _files
 from ragkit._files import check_npy_size
-from ragkit.encoders.cache import UNREADABLE, ShardStore, load_npy, text_digests, write_shard
+from ragkit.encoders.cache import (
+    UNREADABLE,
+    ShardStore,
+    _outside_ragkit,
+    load_npy,
+    text_digests,
+    write_shard,
+)
 from ragkit.encoders.sentence import (
     DEFAULT_MODEL,
     as_texts,
@@ -245,6 +254,10 @@ def all_finite(data: np.ndarray) -> bool:
     return True
 
 
+#: the shard files of the token cache this process has warned of setting aside (once per file and process)
+_SET_ASIDE_SAID: set[Path] = set()
+
+
 class TokenCache(ShardStore[TokenVectors]):
     """Persistent ``text digest -> token matrix`` store for one model key (ragged shards).
 
@@ -253,11 +266,11 @@ class TokenCache(ShardStore[TokenVectors]):
     the keys file last, so a reader never sees a half-written shard.  Shards are memory-mapped.
 
     A shard is checked once per reader before its vectors are served (:func:`all_finite`): one
-    holding NaN or infinite values (the right size, damaged contents) is set aside as a truncated
-    one is, with a ``RuntimeWarning`` naming it, and its texts are encoded again.  A corpus written as
-    one shard with texts encoded just now (:meth:`consolidate`) retires the older versions of that corpus
-    (:meth:`retire`), so an edit of a few documents grows the cache by those documents, not by another copy
-    of the corpus.
+    holding NaN or infinite values (the right size, damaged contents) is set aside as a truncated or
+    unreadable one is (:meth:`_set_aside`), with a ``RuntimeWarning`` naming it, and its texts are encoded again.
+    A corpus written as one shard with texts encoded just now (:meth:`consolidate`) retires the older versions
+    of that corpus (:meth:`retire`), so an edit of a few documents grows the cache by those documents, not by
+    another copy of the corpus.
     """
 
     def __init__(self, root: Path, key: str) -> None:
@@ -273,6 +286,20 @@ class TokenCache(ShardStore[TokenVectors]):
         tv = TokenVectors.load(self.folder, name, mmap=True, finite=False)  # checked lazily once: _sound
         self._names[tv] = name
         return tv
+
+    def _set_aside(self, name: str, reason: str) -> None:
+        """Warn (a ``RuntimeWarning``, once per shard file and process) that the shard ``name`` is not served, and why
+        (``reason``: a truncated or unreadable file, offsets or keys that do not fit its vectors): its texts are
+        encoded again.  A shard found damaged by :meth:`_sound` (warned of there) and one whose files are gone
+        (retired or removed by another process since the folder was listed) are passed over silently."""
+        path = self.folder / f"{name}.npy"
+        if name in self._damaged or not (path.exists() and (self.folder / f"{name}.keys.npy").exists()):
+            return
+        if not _files.first_time(_SET_ASIDE_SAID, path):
+            return
+        warnings.warn(f"ragkit: the token cache shard {path} is set aside, not read: {reason}; its texts are encoded "
+                      f"again. Delete {name}.* from {self.folder} to stop this warning", RuntimeWarning,
+                      stacklevel=_outside_ragkit())
 
     def _sound(self, shard: TokenVectors) -> bool:
         """Whether ``shard``'s vectors are all finite, checked once per shard and reader.  A damaged
