@@ -18,8 +18,9 @@ from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping, Sequence, Te
 
 import numpy as np
 
-from ragkit._checks import _a, _kind, _utf8_clean
+from ragkit._checks import _a, _key_ids, _kind, _utf8_clean
 from ragkit._files import text_output, utf8_lines
+from ragkit._qrels import ids_once
 from ragkit.errors import DataError, InputTypeError, repeated, some_ids
 from ragkit.types import Corpus, Ranking, TraceEvent, check_id_nul, check_id_surrogates
 
@@ -200,6 +201,25 @@ def check_run_queries(run: Any, who: str) -> None:
                         "(a run is {query_id: {doc_id: score}})")
 
 
+def string_ids(run: Mapping[Any, Mapping[Any, Any]], who: str) -> Mapping[str, Mapping[str, Any]]:
+    """``run`` (``{query_id: {doc_id: score}}``, each query a mapping) with its query and document ids written
+    as qrels' are (:func:`~ragkit._checks._key_ids`: ``1.0`` -> ``"1"``, ``1`` -> ``"1"``, a NaN id refused
+    naming where it is), scores as given.  Two ids of one query, or two queries, that become one string
+    (``1`` and ``"1"``) are a :class:`DataError` starting ``who`` (:func:`~ragkit._qrels.ids_once`): a
+    document listed twice.  ``run`` itself when every id is a ``str`` already (one pass over the keys' types);
+    else a new dict, the queries whose document ids are all strings kept as given."""
+    if set(map(type, run)) <= {str} and set(map(type, chain.from_iterable(run.values()))) <= {str}:
+        return run
+    out: dict[str, Mapping[str, Any]] = {}
+    for q, qid, docs in zip(run, _key_ids(run, f"{who}: run's query ids"), run.values()):
+        if not set(map(type, docs)) <= {str}:
+            docs = dict(zip(_key_ids(docs, f"{who}: run[{q!r}]'s document ids"), docs.values()))
+            ids_once(docs, run[q], f"{who}: run[{q!r}] names a document")
+        out[qid] = docs
+    ids_once(out, run, f"{who}: run names a query")
+    return out
+
+
 def check_scores(run: Mapping[Any, Mapping[Any, Any]], who: str) -> None:
     """Refuse (a :class:`DataError` starting ``who``, naming the query, the document and the value) a score of
     ``run`` (``{query_id: {doc_id: score}}``, each query a mapping) that is no real number (:func:`_not_a_score`):
@@ -361,16 +381,25 @@ class Run:
     def from_dict(cls, run: Mapping[str, Mapping[str, float]]) -> "Run":
         """From ``{qid: {doc_id: score}}``, in trec_eval's order (:func:`trec_order`), so that
         :meth:`head` keeps what trec_eval's cut-offs keep.  Every query is ordered at once (one sort of all
-        the entries, :func:`_trec_flat`).  A score that is no real number (``None``, ``"1.0"``, a complex
-        number, ``10**400``) is a :class:`DataError` naming its query and document (:func:`check_scores`), and so
-        is a ``run`` that is no mapping of mappings (:func:`check_run_queries`)."""
-        check_run_queries(run, "Run.from_dict")
-        check_scores(run, "Run.from_dict")
-        lens, docs, s64 = _trec_flat(run)
+        the entries, :func:`_trec_flat`).  Ids are written as qrels' are (:func:`string_ids`: ``1.0`` and ``1``
+        as ``"1"``), so that they meet the judgements' in :func:`~ragkit.eval.evaluate`; two that become one
+        (``{"q": {1: 0.1, "1": 0.9}}``: a document listed twice) are a :class:`DataError`.  A score that is no
+        real number (``None``, ``"1.0"``, a complex number, ``10**400``) is a :class:`DataError` naming its query
+        and document (:func:`check_scores`), and so is a ``run`` that is no mapping of mappings
+        (:func:`check_run_queries`)."""
+        return cls._from_mapping(run, "Run.from_dict")
+
+    @classmethod
+    def _from_mapping(cls, run: Mapping[Any, Mapping[Any, float]], who: str) -> "Run":
+        """:meth:`from_dict`, its errors starting ``who`` (``"alpha_ndcg"`` for a run the diversity measures read)."""
+        check_run_queries(run, who)
+        check_scores(run, who)
+        written = string_ids(run, who)
+        lens, docs, s64 = _trec_flat(written)
         ends = np.cumsum(lens).tolist()
         spans = list(zip([0, *ends[:-1]], ends))
         s32 = _f32(s64)
-        return cls([str(q) for q in run], [docs[a:b] for a, b in spans], [s32[a:b] for a, b in spans])
+        return cls(list(written), [docs[a:b] for a, b in spans], [s32[a:b] for a, b in spans])
 
     def __len__(self) -> int:
         return len(self.query_ids)

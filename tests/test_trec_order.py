@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from ragkit.eval.metrics import _NO_DOC, _beir_tops, evaluate
-from ragkit.run import Run, trec_head, trec_order
+from ragkit.run import Run, _f32, _trec_flat, trec_head, trec_order
 
 
 # --- the former implementations, kept as the reference -------------------------------------------------------
@@ -107,11 +107,17 @@ def test_from_dict_and_trec_order_are_the_former_per_query_sorts(seed):
 
 
 def test_from_dict_ids_that_only_compare_within_a_query():
-    """Integer ids in one query, strings in another (each query's sort compared only its own)."""
+    """Integer ids in one query, strings in another (each query's sort compared only its own).  The sort is
+    _trec_flat's; Run.from_dict writes the ids as strings first, as qrels' are (review s51), so it orders "3",
+    "2", "10" as trec_eval orders those strings."""
     run = {"q": {3: 1.0, 10: 1.0, 2: 1.0, 7: 0.5}, "r": {"b": 2.0, "a": 2.0}, "s": {}}
-    new, (_, docs, scores) = Run.from_dict(run), old_from_dict(run)
-    assert [d.tolist() for d in new.doc_ids] == [d.tolist() for d in docs] == [[10, 3, 2, 7], ["b", "a"], []]
-    assert all(np.array_equal(a, b) for a, b in zip(new.scores, scores))
+    lens, flat, s64 = _trec_flat(run)
+    ends = np.cumsum(lens)
+    new = [flat[a:b] for a, b in zip(ends - lens, ends)]
+    (_, docs, scores) = old_from_dict(run)
+    assert [d.tolist() for d in new] == [d.tolist() for d in docs] == [[10, 3, 2, 7], ["b", "a"], []]
+    assert all(np.array_equal(_f32(s64[a:b]), s) for a, b, s in zip(ends - lens, ends, scores))
+    assert [d.tolist() for d in Run.from_dict(run).doc_ids] == [["3", "2", "10", "7"], ["b", "a"], []]
 
 
 def test_read_trec_orders_ties_as_before(tmp_path):

@@ -286,24 +286,20 @@ def _as_run(run: Any, measure: str) -> Run:
                                          "name no document id (subtopics name documents by id): pass the Run search "
                                          "returns, or Run.from_rankings(query_ids, rankings, corpus.ids)")
                       if rankings else None)
-    from ragkit._checks import _key_ids
-
-    written: dict[str, dict[str, float]] = {}
-    # as evaluate reads a run: ids as strings (1.0 and "1" alike: ragkit.types' ids), scores as numbers (no NaN)
-    for q, key, docs in zip(run, _key_ids(run, f"{measure}: run's query ids"), run.values()):
-        scores: dict[str, float] = {}
-        for d, did, v in zip(docs, _key_ids(docs, f"{measure}: run[{q!r}]'s document ids"), docs.values()):
+    scored: dict[Any, dict[Any, float]] = {}
+    for q, docs in run.items():  # scores as numbers (no NaN), in this function's words
+        scores: dict[Any, float] = {}
+        for d, v in docs.items():
             try:
                 f = float(v)
             except (TypeError, ValueError):
                 f = math.nan
             if f != f:
                 raise DataError(f"{measure}: query {q!r} gives document {d!r} the score {v!r:.40}; expected numbers")
-            scores[did] = f
-        ids_once(scores, docs, f"{measure}: run[{q!r}] names a document")
-        written[key] = scores
-    ids_once(written, run, f"{measure}: run names a query")
-    return Run.from_dict(written)
+            scores[d] = f
+        scored[q] = scores
+    # as evaluate reads a run: ids written as qrels' are (1.0 and "1" alike), in trec_eval's order
+    return Run._from_mapping(scored, measure)
 
 
 def _doc_lists(run: Any, k: int, measure: str) -> dict[str, list[str]]:

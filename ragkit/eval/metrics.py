@@ -28,7 +28,7 @@ import numpy as np
 from ragkit._checks import _a, _kind
 from ragkit._files import first_time
 from ragkit.errors import DataError, ParamError, some_ids
-from ragkit.run import Run, _f32, _flat, _trec_permutation, check_run_queries, check_scores
+from ragkit.run import Run, _f32, _flat, _trec_permutation, check_run_queries, check_scores, string_ids
 from ragkit.types import Ranking, State, as_qrels, check_id_nul, check_qrels, check_qrels_nul
 
 if TYPE_CHECKING:  # pandas is optional
@@ -256,7 +256,8 @@ def _clean_run(run: Run | Mapping[str, Mapping[str, float]], ignore_identical_id
     else:
         check_run_mapping(run, "evaluate")
         check_scores(run, "evaluate")  # (None, "1.0", 1j, 10**400: a DataError naming the query and document)
-        d = {str(q): {str(k): float(v) for k, v in docs.items()} for q, docs in run.items()}
+        # (ids written as qrels' are: 1.0 and 1 as "1"; {1: .1, "1": .9} lists one document twice)
+        d = {q: {k: float(v) for k, v in docs.items()} for q, docs in string_ids(run, "evaluate").items()}
         check_id_nul(list(d), "evaluate: run's query ids", "query")  # (a Run refuses them when made)
         if "\x00" in "".join(chain.from_iterable(d.values())):
             nul = next(q for q, docs in d.items() if "\x00" in "".join(docs))
@@ -466,7 +467,7 @@ def _note_unsearched(run: Run | Mapping[str, Mapping[str, float]], result: EvalR
     run's queries that are judged nowhere are named too (:func:`unjudged_note`): ``'1'`` for a judged ``'001'``
     scores 0 where the query was searched."""
     scored = next(iter(result.per_query.values()), {})  # every judged query, whatever the run holds
-    ran_ids = list(run.query_ids) if isinstance(run, Run) else [str(q) for q in run]
+    ran_ids = list(run.query_ids) if isinstance(run, Run) else list(string_ids(run, "evaluate"))
     ran = set(ran_ids)
     lacking = [q for q in scored if q not in ran]
     if lacking:
@@ -571,7 +572,7 @@ def unjudged_docs_note(run: Run | Mapping[str, Mapping[str, float]], judged: Map
         retrieved = set(flat)
         n_q = len(run)
     else:
-        retrieved = set().union(*run.values()) if run else set()
+        retrieved = set().union(*string_ids(run, "evaluate").values()) if run else set()
         n_q = len(run)
     retrieved.discard(_NO_DOC)
     known: set[str] = set().union(*judged.values()) if judged else set()
