@@ -72,10 +72,25 @@ def _frozen_array(a: np.ndarray) -> bool:
     return True
 
 
-def _save_npy(path: Path, arr: np.ndarray) -> None:
-    """``np.save`` to exactly ``path`` (no ``.npy`` appended), streaming a memory-mapped ``arr``."""
+class _CrcWriter:
+    """A write-only file that keeps the CRC32 of what was written through it (numpy's ``save`` then writes the
+    array in chunks through ``write``: the checksum is taken as the bytes go out, not by reading the file back)."""
+
+    def __init__(self, fh: Any) -> None:
+        self.fh, self.crc = fh, 0
+
+    def write(self, data: Any) -> int:
+        self.crc = zlib.crc32(data, self.crc)
+        return int(self.fh.write(data))
+
+
+def _save_npy(path: Path, arr: np.ndarray) -> int:
+    """``np.save`` to exactly ``path`` (no ``.npy`` appended), streaming a memory-mapped ``arr``; returns the
+    CRC32 of the file written (what :func:`_crc` of it gives)."""
     with open(path, "xb") as fh:
-        np.save(fh, arr if arr.flags.c_contiguous else np.ascontiguousarray(arr), allow_pickle=False)
+        out = _CrcWriter(fh)
+        np.save(out, arr if arr.flags.c_contiguous else np.ascontiguousarray(arr), allow_pickle=False)
+    return out.crc
 
 
 def _unlink_when_unmapped(path: str | Path, holder: Any) -> None:
@@ -231,6 +246,7 @@ def save(self: VectorIndex, folder: str | Path, prefix: str = "index") -> None:
     for name, arr in arrays.items():
         p = folder / f"{prefix}.{name}.npy"
         src = _whole_map(arr)
+        crc: int | None = None  # (the checksum of a file written here is taken as it is written)
         if same(src, p):
             pass
         elif src is not None and self._intact(src):  # a whole mapped file: copy it (no page faults)
@@ -238,8 +254,8 @@ def save(self: VectorIndex, folder: str | Path, prefix: str = "index") -> None:
                 shutil.copyfile(src, t)
         else:
             with atomic_file(p) as t:
-                _save_npy(t, np.asarray(arr))
-        files[p.name] = {"bytes": p.stat().st_size, "crc32": _crc(p)}
+                crc = _save_npy(t, np.asarray(arr))
+        files[p.name] = {"bytes": p.stat().st_size, "crc32": _crc(p) if crc is None else crc}
     if self.usearch is not None:
         p = folder / f"{prefix}.usearch"
         view = getattr(self, "_view", False)
