@@ -236,7 +236,9 @@ def _chunks(data: np.ndarray, offsets: np.ndarray, cfg: FDEConfig, is_query: boo
     cols = (cfg.d_final if cfg.d_final is not None else width) + n_mean
     sketch = _final_sketch(cfg, width) if final else None
     g, s = draw_matrices(cfg, d)
-    per_token = 4 * (d + cfg.r_reps * (cfg.k_sim + cfg.proj_dim(d)) + (0 if is_query else cfg.buckets))
+    # the fill's (tokens, buckets) tables: its uint16 XORs and its codes (uint16 for sets under 2**12 tokens)
+    fill = 0 if is_query else cfg.buckets * (2 + _fill_code(cfg.k_sim, _longest(offsets))[0].itemsize)
+    per_token = 4 * (d + cfg.r_reps * (cfg.k_sim + cfg.proj_dim(d))) + fill
     chunk_tokens = max(1024, min(chunk_tokens, CHUNK_BYTES // per_token))
     max_sets = max(1, CHUNK_BYTES // (4 * (cols + (width if final else 0))))  # short sets: many rows
     lo = 0
@@ -264,6 +266,26 @@ def _encode(data: np.ndarray, offsets: np.ndarray, cfg: FDEConfig, is_query: boo
     return out
 
 
+def _longest(offsets: np.ndarray) -> int:
+    """The most tokens of one set (0 for none)."""
+    return int(np.diff(offsets).max()) if len(offsets) > 1 else 0
+
+
+def _fill_code(k: int, longest: int) -> tuple[np.dtype, int]:
+    """Empty-bucket filling's code, ``hamming << shift | token index inside its set``, whose minimum is the
+    Hamming-nearest token, ties to the lowest index: the narrowest unsigned dtype holding it (uint16 for
+    ``k_sim`` 10 and sets under 2**12 tokens) and ``shift``."""
+    shift = max(1, (longest - 1).bit_length())
+    bits = k.bit_length() + shift
+    return np.dtype(np.uint16 if bits <= 16 else np.uint32 if bits <= 32 else np.uint64), shift
+
+
+#: Set bits of every SimHash bucket id (``2**MAX_K_SIM`` of them): the Hamming distance of buckets ``a`` and
+#: ``b`` is ``_POPCOUNT[a ^ b]``.
+_POPCOUNT = np.unpackbits(np.arange(2**MAX_K_SIM, dtype=">u2").view(np.uint8).reshape(-1, 2), axis=1).sum(
+    axis=1, dtype=np.uint8)
+
+
 def _encode_chunk(x: np.ndarray, off: np.ndarray, g: np.ndarray, s: np.ndarray | None, cfg: FDEConfig,
                   is_query: bool, out: np.ndarray, mean: np.ndarray | None) -> None:
     n, nt = len(off) - 1, len(x)
@@ -282,8 +304,12 @@ def _encode_chunk(x: np.ndarray, off: np.ndarray, g: np.ndarray, s: np.ndarray |
     bits_all = (x @ g) > 0                                            # (nt, R*k)
     proj_all = x @ s if s is not None else None                       # (nt, R*dp)
     pow2 = (1 << np.arange(k - 1, -1, -1)).astype(np.int64)           # first hyperplane = MSB
-    patterns = ((np.arange(B)[:, None] >> np.arange(k - 1, -1, -1)) & 1).astype(np.int32)  # (B, k)
     nonempty = np.flatnonzero(np.diff(off) > 0)
+    code_dtype, shift = _fill_code(k, _longest(off))
+    lut = _POPCOUNT[:B].astype(code_dtype) << code_dtype.type(shift)  # Hamming distance, shifted into the code
+    mask = code_dtype.type((1 << shift) - 1)
+    buckets16 = np.arange(B, dtype=np.uint16)
+    row_of = np.cumsum(np.diff(off) > 0) - 1                          # set -> its row among the nonempty
     block = B * dp
     for r in range(cfg.r_reps):  # loop over repetitions only
         bits = bits_all[:, r * k:(r + 1) * k]
@@ -299,14 +325,17 @@ def _encode_chunk(x: np.ndarray, off: np.ndarray, g: np.ndarray, s: np.ndarray |
                 empty = (counts == 0).reshape(n, B)
                 empty[np.diff(off) == 0] = False                      # an empty set stays all zero
                 if empty.any():
-                    b32 = bits.astype(np.int32)
-                    ham = b32 @ (1 - patterns).T + (1 - b32) @ patterns.T   # (nt, B) Hamming distances
-                    local = np.arange(nt, dtype=np.int64) - off[doc]        # token index inside its set
-                    code = ham.astype(np.int64) * (1 << 32) + local[:, None]
-                    best = np.full((n, B), -1, np.int64)
-                    best[nonempty] = np.minimum.reduceat(code, off[nonempty], axis=0)
+                    # (nt, B) codes hamming << shift | token index inside its set, the minimum per set and
+                    # bucket the nearest token (ties: lowest index); 2 + 2 bytes per entry for sets under 2**12
+                    # tokens, what _chunks charges (an int64 code over int32 tables took 20-28)
+                    xor = bucket.astype(np.uint16)[:, None] ^ buckets16
+                    code = lut[xor]
+                    del xor
+                    code |= (np.arange(nt, dtype=np.int64) - off[doc]).astype(code_dtype)[:, None]
+                    best = np.minimum.reduceat(code, off[nonempty], axis=0)   # (nonempty sets, B)
+                    del code
                     e_doc, e_b = np.nonzero(empty)
-                    tok = off[e_doc] + (best[e_doc, e_b] & 0xFFFFFFFF)
+                    tok = off[e_doc] + (best[row_of[e_doc], e_b] & mask).astype(np.int64)
                     sums[e_doc * B + e_b] = proj[tok]
         out[:, r * block:(r + 1) * block] = sums.reshape(n, block)
 

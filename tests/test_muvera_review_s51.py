@@ -1,0 +1,81 @@
+"""Review s51 of MUVERA and KnnEmbed: the memory of document FDE encoding at large ``k_sim``, the random
+draws an FDE search repeats, the checks a load repeats, one check of one option, KnnEmbed's anchor share."""
+
+from __future__ import annotations
+
+import tracemalloc
+
+import numpy as np
+import pytest
+
+from ragkit.retrievers import fde as F
+from ragkit.retrievers.fde import FDEConfig, fde_document_chunks, fde_documents
+
+
+def _unit_sets(rng: np.random.Generator, lens, d: int) -> tuple[np.ndarray, np.ndarray]:
+    off = np.concatenate([[0], np.cumsum(lens)]).astype(np.int64)
+    x = rng.standard_normal((int(off[-1]), d))
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    return x.astype(np.float32), off
+
+
+# ------------------------------------------------------------------------------ FDE memory
+def test_document_fdes_at_k_sim_10_stay_near_the_chunk_budget(monkeypatch):
+    """Document encoding's peak stays under 1.5x ``CHUNK_BYTES`` plus the chunk of FDE rows it yields, as
+    CHUNK_BYTES's docstring says.  At ``k_sim`` 10 empty-bucket filling held an int32 Hamming table, an int64
+    code table and int64 temporaries, 20-28 bytes per (token, bucket), where the chunk size charged 4: 205 MiB
+    at the 32 MiB budget (600 documents of 40-80 128-d tokens); now uint16 XORs and codes, the 4 charged."""
+    budget = 16 * 2**20
+    monkeypatch.setattr(F, "CHUNK_BYTES", budget)
+    rng = np.random.default_rng(0)
+    x, off = _unit_sets(rng, rng.integers(40, 80, 130), 128)
+    cfg = FDEConfig(k_sim=10, d_proj=4, r_reps=2)
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        tracemalloc.reset_peak()
+        largest = 0
+        for _, _, rows in fde_document_chunks(x, off, cfg):
+            largest = max(largest, rows.nbytes)
+            del rows
+        peak = tracemalloc.get_traced_memory()[1] - base
+    finally:
+        tracemalloc.stop()
+    assert peak <= 1.5 * budget + largest, (peak / 2**20, largest / 2**20)
+
+
+def _reference_fill(x: np.ndarray, off: np.ndarray, cfg: FDEConfig) -> list[tuple[int, int, int, int]]:
+    """Per set and repetition, each empty bucket's Hamming-nearest token (first minimum = lowest index), as
+    ``(set, repetition, bucket, token row)``: the spec's rule, one set at a time."""
+    g, _ = F.draw_matrices(cfg, x.shape[1])
+    k, B = cfg.k_sim, cfg.buckets
+    bits_all = (x @ g) > 0
+    patterns = ((np.arange(B)[:, None] >> np.arange(k - 1, -1, -1)) & 1).astype(bool)
+    found = []
+    for j in range(len(off) - 1):
+        a, b = int(off[j]), int(off[j + 1])
+        if a == b:
+            continue
+        for r in range(cfg.r_reps):
+            bits = bits_all[a:b, r * k:(r + 1) * k]
+            ham = (bits[:, None, :] != patterns[None]).sum(axis=2)          # (tokens, B)
+            occupied = (ham == 0).any(axis=0)
+            nearest = np.argmin(ham, axis=0)
+            found += [(j, r, int(e), a + int(nearest[e])) for e in np.flatnonzero(~occupied)]
+    return found
+
+
+@pytest.mark.parametrize("lens,k_sim", [([5000, 3, 0, 40], 10), ([2, 700, 1, 0, 90], 6), ([4100, 17], 3)])
+def test_empty_buckets_take_the_nearest_token_whatever_the_code_width(lens, k_sim):
+    """Empty-bucket filling copies the Hamming-nearest token's projection, ties to the lowest token index,
+    with a 16-bit code (short sets) and a 32-bit one (a 5,000-token set at ``k_sim`` 10), ties plentiful."""
+    rng = np.random.default_rng(3)
+    x, off = _unit_sets(rng, lens, 8)
+    cfg = FDEConfig(k_sim=k_sim, r_reps=2, projection="identity")
+    got = fde_documents(x, off, cfg)
+    B, d = cfg.buckets, x.shape[1]
+    want = _reference_fill(x, off, cfg)
+    assert want
+    for j, r, e, tok in want:
+        col = (r * B + e) * d
+        np.testing.assert_array_equal(got[j, col:col + d], x[tok])
