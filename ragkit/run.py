@@ -206,10 +206,15 @@ def string_ids(run: Mapping[Any, Mapping[Any, Any]], who: str) -> Mapping[str, M
     as qrels' are (:func:`~ragkit._checks._key_ids`: ``1.0`` -> ``"1"``, ``1`` -> ``"1"``, a NaN id refused
     naming where it is), scores as given.  Two ids of one query, or two queries, that become one string
     (``1`` and ``"1"``) are a :class:`DataError` starting ``who`` (:func:`~ragkit._qrels.ids_once`): a
-    document listed twice.  ``run`` itself when every id is a ``str`` already (one pass over the keys' types);
-    else a new dict, the queries whose document ids are all strings kept as given."""
-    if set(map(type, run)) <= {str} and set(map(type, chain.from_iterable(run.values()))) <= {str}:
+    document listed twice.  ``run`` itself when every id is a string already (one ``str.join`` of the query ids
+    and one of the document ids, which refuses anything else: 3 million ids in ~0.1 s, a third of a pass over
+    their types); else a new dict, the queries whose document ids are all strings kept as given."""
+    try:
+        "".join(run)
+        "".join(chain.from_iterable(run.values()))
         return run
+    except TypeError:  # (an id that is no string: written below)
+        pass
     out: dict[str, Mapping[str, Any]] = {}
     for q, qid, docs in zip(run, _key_ids(run, f"{who}: run's query ids"), run.values()):
         if not set(map(type, docs)) <= {str}:

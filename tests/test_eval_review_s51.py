@@ -52,3 +52,71 @@ def test_run_from_dict_writes_ids_as_strings():
     assert run.doc_ids[0].tolist() == ["2", "1", "x"]
     assert evaluate(run, {"1": {"1": 1}}, ["mrr@10"], ignore_identical_ids=False).scores == {"mrr@10": 0.5}
     assert Run.from_dict({"q": {"a": 1.0}}).doc_ids[0].tolist() == ["a"]
+
+
+# 3. every run cut at the deepest cut-off + 1 (ties kept) before pytrec_eval
+
+
+def _tied_run(rng: np.random.Generator, n_q: int = 12, n_docs: int = 60) -> dict[str, dict[str, float]]:
+    """A run of few score levels (many ties, some straddling every cut-off), some queries shorter than the cut."""
+    run = {}
+    for q in range(n_q):
+        n = int(rng.integers(0, n_docs))
+        docs = rng.choice(n_docs * 2, n, replace=False)
+        levels = rng.choice([0.5, 1.0, 1.5, 2.0, 3.0], n) if q % 3 else rng.random(n)
+        run[f"q{q}"] = {f"d{d}": float(s) for d, s in zip(docs, levels)}
+    run["q0"]["q0"] = 9.0  # a document with its query's id, ignored by default
+    return run
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_the_cut_scores_as_the_whole_run(seed, tmp_path):
+    """Per-query values with the cut at the deepest cut-off + 1 equal those of the whole run (a metric cut at
+    100,000 asks for no cut), for a dict, Run.from_dict and a run read from a TREC file, ties and all."""
+    rng = np.random.default_rng(seed)
+    run = _tied_run(rng)
+    qrels = {q: {f"d{d}": int(g) for d, g in zip(rng.choice(120, 15, replace=False), rng.integers(-1, 4, 15))}
+             for q in run}
+    qrels["q0"]["q0"] = 2
+    metrics = ["ndcg@3", "map@5", "recall@10", "p@5", "mrr@5", "r_cap@5", "acc@3", "hole@10"]
+    Run.from_dict(run).write_trec(tmp_path / "r.trec")
+    for given in (run, Run.from_dict(run), Run.read_trec(tmp_path / "r.trec")):
+        for ignore in (True, False):
+            cut = evaluate(given, qrels, metrics, ignore_identical_ids=ignore)
+            whole = evaluate(given, qrels, [*metrics, "recall@100000"], ignore_identical_ids=ignore)
+            for m in metrics:
+                assert cut.per_query[m] == whole.per_query[m], (m, ignore)
+
+
+def test_pytrec_eval_is_handed_the_cut_run(monkeypatch, tmp_path):
+    """A Run without rankings (read_trec, from_dict) and a dict were handed to pytrec_eval whole: 3,000 queries x
+    1,000 documents scored at 10 took 3.9 s against 0.77 s for the same run with rankings, which was cut."""
+    import pytrec_eval
+
+    seen: list[dict[str, int]] = []
+
+    class Spy(pytrec_eval.RelevanceEvaluator):
+        def evaluate(self, scores):
+            seen.append({q: len(d) for q, d in scores.items()})
+            return super().evaluate(scores)
+
+    monkeypatch.setattr(pytrec_eval, "RelevanceEvaluator", Spy)
+    # q: 200 distinct scores; t: 5 ties at the 11th score (ranks 9..13); s: shorter than the cut
+    run = {"q": {f"d{i}": float(200 - i) for i in range(200)},
+           "t": {**{f"d{i}": float(100 - i) for i in range(8)}, **{f"e{i}": 1.0 for i in range(5)},
+                 **{f"f{i}": 0.5 for i in range(50)}},
+           "s": {"d1": 1.0, "d2": 0.5}}
+    qrels = {q: {"d3": 1, "e4": 2} for q in run}
+    Run.from_dict(run).write_trec(tmp_path / "r.trec")
+    for given in (Run.read_trec(tmp_path / "r.trec"), Run.from_dict(run), run):
+        seen.clear()
+        evaluate(given, qrels, ["ndcg@10", "p@5"])
+        assert seen == [{"q": 11, "t": 13, "s": 2}]
+
+
+def test_a_document_twice_past_the_cut_is_still_refused():
+    """The cut looks at the whole list for a document listed twice (as to_dict does), not only the kept head."""
+    ids = np.array([f"d{i}" for i in range(30)] + ["d0"], dtype=object)
+    run = Run(["q"], [ids], [np.linspace(2, 1, 31, dtype=np.float32)])
+    with pytest.raises(DataError, match="query 'q' retrieves document 'd0' more than once"):
+        evaluate(run, {"q": {"d1": 1}}, ["ndcg@3"])
