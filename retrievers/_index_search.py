@@ -23,6 +23,13 @@ SECOND_STAGE_BYTES = 64 << 20
 #: a filtered HNSW search whose filter passes at most this many live rows scores them exactly, their codes
 #: fetched from usearch (~2 us a row); more go through the graph, oversampled by the filter's selectivity
 FILTER_EXACT_MAX = 4_096
+#: exact b1 search scores a batch of at most this many queries by a byte lookup table (:func:`_b1_lut_scores`),
+#: more by unpacking the bits to a ±1 float32 block for one matrix product (a fixed cost per block, shared by the
+#: batch).  Measured per 16,384 x 384 block on 2 busy cores: 1 query 1.5-1.9 ms vs 28-44 ms, 4 queries 9-20 ms vs
+#: 59-72 ms, 8 queries 30-46 ms vs 53-83 ms, 16 queries 54-80 ms vs 55-107 ms
+B1_LUT_QUERIES = 8
+#: the bits of each byte value, most significant first (``np.unpackbits``' order): ``(256, 8)`` float32
+_BYTE_BITS = np.unpackbits(np.arange(256, dtype=np.uint8)[:, None], axis=1).astype(np.float32)
 
 
 def _block_topk(s: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -112,8 +119,33 @@ def _block_scores(self: VectorIndex, qr: np.ndarray, codes: np.ndarray) -> np.nd
         return codes.astype(np.float32) @ (qr * self.i8_step).T  # (n, nq); transposed below
     # b1: the float query against the ±1 bits (asymmetric; ranks at least as well as Hamming
     # on the sign-quantised query, for the same matrix-product cost in numpy)
+    if len(qr) <= B1_LUT_QUERIES:
+        return _b1_lut_scores(qr, np.asarray(codes), self.ndim)
     db = np.unpackbits(np.asarray(codes), axis=1)[:, : self.ndim].astype(np.float32) * 2 - 1
     return (qr @ db.T) / np.float32(np.sqrt(self.ndim))
+
+
+def _b1_lut_scores(qr: np.ndarray, codes: np.ndarray, ndim: int) -> np.ndarray:
+    """``(n_q, n)`` float32: the b1 scores of ``_block_scores`` (``q . (2 bits - 1) / sqrt(ndim)``) of a few queries
+    ``qr`` ``(n_q, ndim)`` against packed codes ``(n, nbytes)``, by a byte lookup table: per query, the sum of its
+    coordinates under the set bits of each of the 256 byte values at each byte position (``(nbytes, 256)``), then
+    one lookup per code byte, summed (``s``); the score is ``(2 s - sum(q)) / sqrt(ndim)``.  No ``(n, ndim)``
+    float32 matrix of ±1 is made (the bits unpacked: 100,000 x 384 took ~200 ms a batch, whatever its size).
+    Equal codes sum the same lookups in the same order: equal scores, ranked by lower slot as before."""
+    nq, nbytes = len(qr), codes.shape[1]
+    q = np.zeros((nq, nbytes * 8), np.float32)
+    q[:, :ndim] = qr  # (the pad bits past ndim, zero in the codes, weigh nothing)
+    table = (q.reshape(nq, nbytes, 8) @ _BYTE_BITS.T).reshape(nq, nbytes * 256)  # [query, byte j * 256 + value]
+    at = codes.astype(np.int32) + np.arange(0, nbytes * 256, 256, dtype=np.int32)  # (n, nbytes) into the table
+    picked = np.empty(at.shape, np.float32)
+    out = np.empty((nq, len(codes)), np.float32)
+    for r in range(nq):  # a loop over queries (at most B1_LUT_QUERIES)
+        np.take(table[r], at, out=picked)
+        picked.sum(axis=1, out=out[r])
+    out *= 2
+    out -= q.sum(axis=1, dtype=np.float32)[:, None]
+    out /= np.float32(np.sqrt(ndim))
+    return out
 
 
 def _exact(self: VectorIndex, qr: np.ndarray, kk: int, rows: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
