@@ -12,6 +12,7 @@ import pytest
 from ragkit import Run
 from ragkit.errors import DataError
 from ragkit.eval import evaluate
+from ragkit.eval.diversity import alpha_ndcg, subtopic_recall
 
 
 @pytest.fixture(autouse=True)
@@ -120,3 +121,30 @@ def test_a_document_twice_past_the_cut_is_still_refused():
     run = Run(["q"], [ids], [np.linspace(2, 1, 31, dtype=np.float32)])
     with pytest.raises(DataError, match="query 'q' retrieves document 'd0' more than once"):
         evaluate(run, {"q": {"d1": 1}}, ["ndcg@3"])
+
+
+# 2. the diversity measures rank a Run's ties as evaluate does (trec_eval's order)
+
+
+def test_alpha_ndcg_orders_a_runs_ties_as_evaluate_does():
+    """A Run's stored order among tied scores was kept (a dict got trec_eval's through from_dict): alpha-nDCG@1
+    of one Run was 0.5, of its to_dict() 1.0."""
+    run = Run(["q"], [np.array(["a", "b"], object)], [np.array([1, 1], np.float32)])
+    sub = {"q": {"a": ["t1"], "b": ["t2", "t3"]}}
+    assert alpha_ndcg(run, sub, k=1) == alpha_ndcg(run.to_dict(), sub, k=1) == {"q": 1.0}
+    assert subtopic_recall(run, sub, k=1) == subtopic_recall(run.to_dict(), sub, k=1) == {"q": 2 / 3}
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_diversity_measures_of_a_run_and_its_dict_agree(seed):
+    rng = np.random.default_rng(seed)
+    run = _tied_run(rng, n_docs=30)
+    stored = Run(list(run), [np.array(list(d), object)[::-1] for d in run.values()],  # ties in another order
+                 [np.array(list(d.values()), np.float32)[::-1] for d in run.values()])
+    sub = {q: {f"d{d}": [f"t{t}" for t in rng.choice(6, int(rng.integers(1, 4)), replace=False)]
+               for d in rng.choice(60, 20, replace=False)} for q in run}
+    for k in (1, 3, 10, 100):
+        assert alpha_ndcg(stored, sub, k=k) == alpha_ndcg(run, sub, k=k)
+        assert subtopic_recall(stored, sub, k=k) == subtopic_recall(run, sub, k=k)
+    with pytest.raises(DataError, match="^alpha_ndcg: query 'q' gives document 'b' the score nan"):
+        alpha_ndcg(Run(["q"], [np.array(["a", "b"], object)], [np.array([1, np.nan], np.float32)]), sub, k=1)

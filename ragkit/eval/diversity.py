@@ -25,7 +25,7 @@ import numpy as np
 
 from ragkit._checks import _kind
 from ragkit.errors import DataError
-from ragkit.eval.metrics import check_run_mapping
+from ragkit.eval.metrics import _flat_heads, check_run_mapping
 from ragkit.filters._flat import first_positions, pad_rows
 from ragkit.metadata import hashable
 from ragkit.run import Run, _check_unique
@@ -303,14 +303,29 @@ def _as_run(run: Any, measure: str) -> Run:
 
 
 def _doc_lists(run: Any, k: int, measure: str) -> dict[str, list[str]]:
+    """Each query's top ``k`` document ids (strings) in trec_eval's order, the order :func:`~ragkit.eval.evaluate`
+    scores (score descending at float32, ties by document id descending), whatever order a :class:`Run` stores
+    its ties in; a mapping is read by :meth:`Run.from_dict`, which puts it in that order.  A Run listing a
+    document twice for a query, or giving one the score NaN, is a :class:`DataError` naming the query."""
     if k < 1:
         raise DataError(f"{measure}: k must be >= 1, got {k}")
-    run = _as_run(run, measure)
+    if not isinstance(run, Run):  # (from_dict: trec_eval's order already, each document once)
+        return {q: docs[:k].tolist() for q, docs, _ in _as_run(run, measure)}
     for q, docs, _ in run:  # a document listed twice would gain twice (alpha-nDCG above 1): refused as evaluate does
         _check_unique(q, docs, measure)
-    # (a numpy string array's tolist gives the str that str() of each gives, in one C call)
-    return {q: docs[:k].tolist() if isinstance(docs, np.ndarray) and docs.dtype.kind == "U" else
-            [str(d) for d in docs[:k]] for q, docs, _ in run}
+    lens = np.fromiter(map(len, run.doc_ids), np.int64, len(run))
+    ids = np.empty(int(lens.sum()), dtype=object)
+    ids[:] = [d if type(d) is str else str(d) for d in chain.from_iterable(d.tolist() for d in run.doc_ids)]
+    s64 = np.concatenate([np.asarray(s, np.float64) for s in run.scores]) if len(run) else np.zeros(0)
+    if np.isnan(s64).any():  # (NaN has no order)
+        at = int(np.argmax(np.isnan(s64)))
+        q = run.query_ids[int(np.searchsorted(np.cumsum(lens), at, side="right"))]
+        raise DataError(f"{measure}: query {q!r} gives document {ids[at]!r} the score nan; expected numbers")
+    # one partition and one sort for all queries; k beyond any list keeps every document
+    lens, ids, _ = _flat_heads(lens, ids, s64, int(min(k, max(int(lens.max(initial=0)), 1))))
+    ends = np.cumsum(lens).tolist()
+    flat = ids.tolist()
+    return {q: flat[a:min(b, a + k)] for q, a, b in zip(run.query_ids, [0, *ends[:-1]], ends)}
 
 
 def check_subtopics(subtopics: Any, who: str) -> dict[str, dict[str, list[Hashable]]]:

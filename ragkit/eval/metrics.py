@@ -774,7 +774,13 @@ def _trec_heads(run: Mapping[str, Mapping[str, float]], k: int) -> tuple[np.ndar
     its top ``k`` in trec_eval's order are among them) and put in trec_eval's order, flat: ``(lens, doc_ids,
     scores)`` as :func:`~ragkit.run._flat`.  All queries at once (one partition, one sort), as
     :func:`~ragkit.run.trec_head` orders one."""
-    lens, docs, s64 = _flat(run)
+    return _flat_heads(*_flat(run), k)
+
+
+def _flat_heads(lens: np.ndarray, docs: np.ndarray, s64: np.ndarray,
+                k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`_trec_heads` of a run given flat: ``(lens, doc_ids, scores)`` as :func:`~ragkit.run._flat` gives
+    them (a :class:`Run`'s arrays concatenated, say); no NaN score."""
     s32 = _f32(s64)  # (a score beyond float32's range is inf there, as trec_eval reads it: no numpy warning)
     owner = np.repeat(np.arange(len(lens)), lens)
     keep = _ties_kept(lens, s32, owner, k)
