@@ -20,10 +20,15 @@ _PLUGIN_HOW = ("put the class in a module file and import it (ragkit --import ./
                "myops in Python), install it as a package, or register it with a 'ragkit.operators' entry point")
 
 
-def _import_module(spec: str, label: str) -> None:
+def _import_module(spec: str, label: str, *, replace: bool = False) -> None:
     """Import ``spec`` (a module name, ``my_package.operators``, or the path of a ``.py`` file) so the operators
     it registers are known; an error starts with ``label`` (``--import mymodule``) and says what went wrong
-    (inside the module: where)."""
+    (inside the module: where).
+
+    A file is imported under its stem, so one named as a module of the standard library (``operator.py``,
+    ``code.py``) or as a module this process imported from another file (``numpy.py``) would replace that module
+    for the rest of the process (``import torch`` then fails far away): refused, asking to rename the file, unless
+    ``replace`` (a Ray worker importing the driver's file, which the driver imported under that name)."""
     path = Path(spec).expanduser()
     try:
         if spec.endswith(".py") or any(c in spec for c in "/\\"):
@@ -38,6 +43,8 @@ def _import_module(spec: str, label: str) -> None:
             loaded = sys.modules.get(name)
             if loaded is not None and Path(getattr(loaded, "__file__", "") or "").resolve() == path.resolve():
                 return  # imported already (twice on the command line; its classes are registered)
+            if not replace:
+                _refuse_shadowing(name, path, loaded, label)
             found = importlib.util.spec_from_file_location(name, path)
             if found is None or found.loader is None:
                 raise RagkitError(f"{label}: cannot be imported as a Python module")
@@ -70,6 +77,22 @@ def _import_module(spec: str, label: str) -> None:
         raise RagkitError(f"{label}: importing it failed: {_where(e)}{type(e).__name__}: {e}") from None
     except (Exception, SystemExit) as e:
         raise RagkitError(f"{label}: importing it failed: {_where(e)}{type(e).__name__}: {e}") from None
+
+
+def _refuse_shadowing(name: str, path: Path, loaded: object, label: str) -> None:
+    """A :class:`RagkitError` where importing the file ``path`` as the module ``name`` would replace another module
+    of that name: ``loaded`` (``sys.modules[name]``, from another file) or a module of the standard library, which
+    every later ``import name`` (the standard library's own, PyTorch's) would then get instead."""
+    if loaded is not None:
+        where = getattr(loaded, "__file__", None) or "no file (a built-in module)"
+        what = f"a module named {name!r} is imported already, from {where}"
+    elif name in getattr(sys, "stdlib_module_names", ()) or name in sys.builtin_module_names:
+        what = f"{name!r} is a module of Python's standard library"
+    else:
+        return
+    raise RagkitError(f"{label}: {path} would be imported as the module {name!r}, but {what}; importing it would "
+                      f"replace that module for every later 'import {name}' in this process (the standard "
+                      f"library's, other packages') and break them: rename the file (such as my_{name}.py)")
 
 
 def _where(e: BaseException) -> str:
@@ -134,7 +157,7 @@ def _import_plugins(modules: Sequence[tuple[str, str | None]]) -> None:
         label = f"importing {module!r} (it registers operators of this pipeline) on a Ray worker"
         if file is not None and "." not in module and Path(file).name != "__init__.py" and Path(file).is_file():
             # (the driver's file, before a module of that name the worker finds: ./code.py is not the stdlib's code)
-            _import_module(str(file), f"{label} from {file}")
+            _import_module(str(file), f"{label} from {file}", replace=True)
             continue
         try:
             importlib.import_module(module)
