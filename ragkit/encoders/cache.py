@@ -44,7 +44,7 @@ from ragkit._files import remove_stale_tempfiles
 from ragkit.errors import ParamError
 
 __all__ = ["EmbeddingCache", "ShardStore", "text_digests", "UNREADABLE", "write_shard", "write_cache_files",
-           "sweep_stale_tempfiles"]
+           "sweep_stale_tempfiles", "distinct"]
 
 _log = logging.getLogger(__name__)
 
@@ -403,6 +403,20 @@ def _as_s16(digests: np.ndarray) -> np.ndarray:
         raise ValueError(f"digests: expected a (n,) array of 16-byte digests (text_digests), got dtype {d.dtype} "
                          f"shape {d.shape}")
     return d.view("S16")
+
+
+def distinct(digests: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The repeats of ``digests`` ``(n,)``: ``(keep, again, of)``, int64 positions in ``digests``: ``keep`` the first
+    place of each distinct digest (in order), ``again`` the other places, ``of`` for each of those the index in
+    ``keep`` of its digest's first place (``digests[again] == digests[keep[of]]``).  Vectorised (``np.unique``): a
+    caller computes ``keep`` alone, then copies its results to ``again``."""
+    _, first, inv = np.unique(_as_s16(digests), return_index=True, return_inverse=True)
+    inv = inv.reshape(-1)
+    order = np.argsort(first)  # the distinct digests by first place
+    rank = np.empty(len(order), np.int64)
+    rank[order] = np.arange(len(order))
+    again = np.flatnonzero(first[inv] != np.arange(len(digests)))
+    return first[order].astype(np.int64), again.astype(np.int64), rank[inv[again]]
 
 
 def _latest(keys: np.ndarray, shard: np.ndarray, row: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -848,18 +862,22 @@ class EmbeddingCache(ShardStore[np.ndarray]):
 
     def fetch_or_compute(self, texts: list[str], compute: Callable[[list[str]], np.ndarray]) -> tuple[np.ndarray, int]:
         """Vectors of ``texts`` ``(n, dim)``: cached rows read back, the others computed with ``compute``
-        (called on the missing texts in order, :data:`COMPUTE_CHUNK` at a time) and stored a chunk at a time (a
-        shard each: an interrupted run keeps the chunks it finished).  Returns ``(vectors, number computed)``."""
+        (called on the missing texts in order, each distinct text once, :data:`COMPUTE_CHUNK` at a time) and stored
+        a chunk at a time (a shard each: an interrupted run keeps the chunks it finished).  A text missing several
+        times is computed and stored once, its vectors copied to its other places (1,000 copies of one text were
+        1,000 rows computed and a shard of 1,000 keys).  Returns ``(vectors, number of texts computed)``."""
         digests = text_digests(texts)
         known = self._width_computed  # (the model's width known before: no second lookup below)
         cached, hit = self.get(digests)
         miss = np.flatnonzero(~hit)
         if len(miss) == 0:
             return cached, 0  # type: ignore[return-value]
+        keep, again, of = distinct(digests[miss])  # each distinct missing text once, at its first place
+        todo = miss[keep]
         out = cached
         step = max(1, int(COMPUTE_CHUNK))
-        for a in range(0, len(miss), step):  # a loop over chunks of texts, each computed as one batch
-            rows = miss[a:a + step]
+        for a in range(0, len(todo), step):  # a loop over chunks of texts, each computed as one batch
+            rows = todo[a:a + step]
             fresh = compute([texts[i] for i in rows])
             self.put(digests[rows], fresh)
             if not known and out is not None and a == 0 and np.ndim(fresh) == 2 and fresh.shape[1] != out.shape[1]:
@@ -872,4 +890,6 @@ class EmbeddingCache(ShardStore[np.ndarray]):
             out[rows] = fresh
             del fresh
         assert out is not None
-        return out, len(miss)
+        if len(again):  # (the repeats only: no copy of every missing row)
+            out[miss[again]] = out[todo[of]]
+        return out, len(todo)

@@ -44,6 +44,7 @@ from ragkit.encoders.cache import (
     UNREADABLE,
     ShardStore,
     _outside_ragkit,
+    distinct,
     load_npy,
     text_digests,
     write_shard,
@@ -676,28 +677,35 @@ class TokenEncoder:
             return whole  # one shard holds exactly these texts in this order: its memory map
         parts, hit = store.parts(digests)
         miss = np.flatnonzero(~hit)
-        new = [texts[i] for i in miss]
-        show = progress if progress is not None else len(miss) > 500
+        # a text missing several times is encoded once (at its first place, ``todo``), its rows then gathered
+        # into its other places (``miss[again]``, from the text ``of`` of the fresh vectors) like a cached part's
+        keep, again, of = distinct(digests[miss])
+        todo = miss[keep]
+        new = [texts[i] for i in todo]
+        show = progress if progress is not None else len(todo) > 500
         lens = part_lengths(parts, len(texts))
         fresh = None
         failed = False  # a large result the cache could not take (warned): kept in memory
-        if len(miss) and self._streams():
-            lens[miss] = self._lengths(new, show)  # the tokenizer only: each batch of the model then goes to its place
+        if len(todo) and self._streams():
+            lens[todo] = self._lengths(new, show)  # the tokenizer only: each batch of the model then goes to its place
+            lens[miss[again]] = lens[todo[of]]
             off = _offsets(lens)
             if off[-1] * self.dim * 2 >= CONSOLIDATE_BYTES:
-                got = self._encode_into_shard(store, digests, off, parts, new, miss, show)
+                got = self._encode_into_shard(store, digests, off, parts, new, todo, show, (miss[again], todo[of]))
                 if got is not None:
-                    self._count(len(miss), count)
+                    self._count(len(todo), count)
                     return got
                 # the cache cannot be written (warned): encoded in memory below (again, where the shard's
                 # file was written before a later file failed and was removed with it)
                 failed = True
-            fresh = self._forward(new, show, lens[miss])
-        elif len(miss):
+            fresh = self._forward(new, show, lens[todo])
+        elif len(todo):
             fresh = self._forward(new, show)  # whole results (a subclass's or a test's _forward)
         if fresh is not None:
-            self._count(len(miss), count)
-            parts.append((miss, fresh, None))
+            self._count(len(todo), count)
+            parts.append((todo, fresh, None))
+            if len(again):
+                parts.append((miss[again], fresh, of))
         # vectors that are not finite (the model's output) are not cached: the caller's check names the encoder
         cacheable = fresh is None or all_finite(fresh.data)
         off = _offsets(part_lengths(parts, len(texts)))
@@ -715,9 +723,9 @@ class TokenEncoder:
                 if whole is not None:
                     return whole
         elif fresh is not None and cacheable:
-            store.put(digests[miss], fresh)
-        if fresh is not None and len(miss) == len(texts):
-            return fresh  # all new (or a cache that cannot be written): the fresh array itself
+            store.put(digests[todo], fresh)
+        if fresh is not None and len(todo) == len(texts):
+            return fresh  # all new and distinct (or a cache that cannot be written): the fresh array itself
         out = np.empty((int(off[-1]), dim), np.float16)
         assemble(out, off, parts)
         return TokenVectors(out, off)
@@ -730,16 +738,22 @@ class TokenEncoder:
             self.n_queries_encoded += n
 
     def _encode_into_shard(self, store: TokenCache, digests: np.ndarray, off: np.ndarray, parts: list[Part],
-                           new: list[str], miss: np.ndarray, progress: bool) -> TokenVectors | None:
+                           new: list[str], miss: np.ndarray, progress: bool,
+                           repeats: tuple[np.ndarray, np.ndarray] | None = None) -> TokenVectors | None:
         """A large result with new texts ``new`` (at positions ``miss``; ``off``: the whole result's offsets),
         written as one shard: the cached ``parts`` are gathered into the shard's temporary file, then each
         batch of the model is written to its place there (:meth:`_write_batches`), so the result is never
-        held in memory, nor the new texts' vectors.  Returns the shard's memory map; the result in memory
-        where a vector is not finite (not cached); ``None`` where the cache cannot be written (warned)."""
+        held in memory, nor the new texts' vectors.  ``repeats``: ``(positions, sources)``, new texts found
+        again at ``positions``, copied there from the positions ``sources`` once written.  Returns the shard's
+        memory map; the result in memory where a vector is not finite (not cached); ``None`` where the cache
+        cannot be written (warned)."""
         held: list[np.ndarray] = []
 
         def write_new(out: np.ndarray) -> None:
-            if not self._write_batches(new, out, off, miss, progress):
+            finite = self._write_batches(new, out, off, miss, progress)
+            if repeats is not None and len(repeats[0]):
+                assemble(out, off, [(repeats[0], TokenVectors(out, off), repeats[1])])
+            if not finite:
                 held.append(np.array(out))  # the result, in memory: its file is removed, not renamed into the cache
                 raise _NotFinite
 
