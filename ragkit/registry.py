@@ -82,7 +82,9 @@ def register(cls: T) -> T:
     ``TypeError``, for a class that is no :class:`~ragkit.operator.Operator`):
     a ``name`` that is missing, not lowercase snake_case, taken by another class (a built-in
     operator's included, whether or not its family was imported yet), or one of the pipeline YAML's
-    structural keys (:func:`structural_keys`: ``parallel``, ``route``, ``loop``); a ``kind`` not in :data:`KINDS`;
+    structural keys (:func:`structural_keys`: ``parallel``, ``route``, ``loop``), a keyword of ``search()`` itself
+    (:func:`call_keywords`: ``k``, ``filter``, ``trace``, ``qrels``, ...), or a name YAML reads as no string (``on``,
+    ``null``); a ``kind`` not in :data:`KINDS`;
     no ``Params`` of the class's own (a subclass of :class:`ragkit.Params`; an empty one for an operator
     without parameters).
     """
@@ -103,6 +105,19 @@ def register(cls: T) -> T:
                              f"structural key (a {name}: node), not as an operator, so a YAML or saved pipeline "
                              f"holding it would not load; the names {', '.join(structural_keys())} are reserved: "
                              f"give it another name (name = \"my_{name}\")")
+        taken = call_keywords()
+        if name in taken:  # search(q, filter={"min_score": 2}) is the call's filter, not this operator's options
+            raise ParamError(f"{label} cannot be named {name!r}: {name!r} is a keyword of search() itself "
+                             f"(search(queries, {name}=...)), so search(queries, {name}={{option: value}}) could never "
+                             f"reach this operator's run-time options; the names {', '.join(taken)} are reserved: give "
+                             f"it another name (name = \"my_{name}\")")
+        import yaml
+
+        read = yaml.safe_load(name)
+        if read != name:  # a hand-written "- on: {}" is read as True, "- null: {}" as None: no operator's name
+            raise ParamError(f"{label} cannot be named {name!r}: YAML reads {name} as {type(read).__name__} {read!r}, "
+                             f"not as the string {name!r}, so a pipeline YAML naming it unquoted (- {name}: {{}}) "
+                             f"would not load: give it another name (name = \"my_{name}\")")
     other = _REGISTRY.get(name)
     if other is not None and not same_class(other, cls):
         builtin = " (a built-in operator)" if _builtin(other) else ""
@@ -195,6 +210,21 @@ def names() -> list[str]:
     """Sorted registry names of all operators."""
     load_all()
     return sorted(_REGISTRY)
+
+
+def call_keywords() -> list[str]:
+    """The keywords of :meth:`Pipeline.search <ragkit.pipelines.Pipeline.search>` itself (``k``, ``trace``,
+    ``qrels``, ...) and the call's options (:data:`~ragkit.options.CALL_OPTIONS`: ``filter``): where an operator's
+    name goes, ``search(queries, name={option: value})``, they are read as the call's, so no operator may be named
+    so (:func:`register`)."""
+    import inspect
+
+    from ragkit.options import CALL_OPTIONS
+    from ragkit.pipelines import Pipeline
+
+    skip = (inspect.Parameter.VAR_KEYWORD, inspect.Parameter.VAR_POSITIONAL)
+    own = [p.name for p in inspect.signature(Pipeline.search).parameters.values() if p.kind not in skip]
+    return sorted({*CALL_OPTIONS, *own} - {"self"})
 
 
 def structural_keys() -> list[str]:

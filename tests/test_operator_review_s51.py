@@ -40,3 +40,45 @@ def test_a_plugin_file_imported_twice_and_a_fresh_name_still_import(tmp_path):
         assert sys.modules["s51_fresh_ops"] is first and first.X == 1
     finally:
         sys.modules.pop("s51_fresh_ops", None)
+
+
+# ---------------------------------------------------------------------- 2. names search() or YAML reads otherwise
+def _filter_class(name: str) -> type:
+    from ragkit import Operator, Params
+
+    class _NoParams(Params):
+        pass
+
+    return type(f"S51_{name}", (Operator,), {"name": name, "kind": "filter", "Params": _NoParams, "stateless": True,
+                                             "reads_rankings": True, "__module__": __name__,
+                                             "_call": lambda self, state: state.copy()})
+
+
+@pytest.mark.parametrize("name", ["k", "filter", "trace", "qrels", "queries", "relevance_level",
+                                  "ignore_identical_ids"])
+def test_an_operator_named_as_a_keyword_of_search_is_refused(scratch, name):
+    from ragkit.errors import ParamError
+    from ragkit.registry import call_keywords, register
+
+    assert name in call_keywords()
+    with pytest.raises(ParamError, match=rf"cannot be named '{name}': '{name}' is a keyword of search\(\) itself.*"
+                                         rf"name = \"my_{name}\""):
+        register(_filter_class(name))
+
+
+@pytest.mark.parametrize("name", ["on", "null", "off", "yes"])
+def test_an_operator_name_yaml_reads_as_no_string_is_refused(scratch, name):
+    from ragkit.errors import ParamError
+    from ragkit.registry import register
+
+    with pytest.raises(ParamError, match=rf"cannot be named '{name}': YAML reads {name} as (bool|NoneType)"):
+        register(_filter_class(name))
+
+
+def test_no_builtin_operator_is_named_as_a_keyword_of_search_or_a_yaml_value():
+    import yaml
+
+    from ragkit import registry
+
+    for name in registry.names():
+        assert name not in registry.call_keywords() and yaml.safe_load(name) == name, name
